@@ -1,0 +1,1 @@
+"""Biomarker analysis: cohort join, endpoints, Kaplan-Meier, cut-points, Cox models, report."""

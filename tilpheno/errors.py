@@ -1,0 +1,35 @@
+"""Exception types. Every message names the file, field or row at fault."""
+from __future__ import annotations
+
+
+class TilphenoError(Exception):
+    """Base class for all errors tilpheno raises on bad input."""
+
+
+class FCSReadError(TilphenoError):
+    """An FCS file could not be read. The message is one line: '<path>: <problem>'."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class PanelError(TilphenoError):
+    """A detector could not be mapped to a required marker (message lists the file's channels)."""
+
+
+class CompensationError(TilphenoError):
+    """A spillover matrix is malformed or does not match the file's detectors."""
+
+
+class StrategyError(TilphenoError):
+    """A gating strategy file is invalid; the message names the file and the key/line."""
+
+
+class GatingError(TilphenoError):
+    """A gate could not be placed or applied."""
+
+
+class TableError(TilphenoError):
+    """A manifest, outcomes or phenotype table is invalid; the message names file, row and column."""

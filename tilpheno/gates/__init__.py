@@ -1,0 +1,1 @@
+"""Gates: geometry (membership of events), automatic placement, strategies, interop."""

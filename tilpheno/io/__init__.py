@@ -1,0 +1,1 @@
+"""Input and output: FCS reading and writing, manifests, outcome tables, atomic writes."""

@@ -1,0 +1,1 @@
+"""Per-product HTML reports, cohort index page, plots."""

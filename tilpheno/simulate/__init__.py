@@ -1,0 +1,1 @@
+"""Simulated TIL infusion products (FCS files with ground truth) and clinical outcomes."""
