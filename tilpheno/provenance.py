@@ -1,0 +1,141 @@
+"""Run provenance (``run.json``): versions, command line, strategies, inputs, parameters, times.
+
+Everything except ``started_at``, ``finished_at`` and ``duration_s`` is a pure function of the
+inputs and options, so two runs on the same inputs give the same record apart from those fields.
+Times are UTC, ISO 8601 with a ``Z`` suffix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Mapping
+
+DEPENDENCIES = (
+    "numpy", "pandas", "scipy", "scikit-learn", "flowio", "flowutils", "matplotlib", "jinja2",
+    "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
+)
+TIME_FIELDS = ("started_at", "finished_at", "duration_s")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (memory independent of file size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 to the second with ``Z``."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def dependency_versions(names: Iterable[str] = DEPENDENCIES) -> dict[str, str]:
+    """Installed distribution versions (``"not installed"`` for absent optional ones)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file and the SHA-256 of its bytes (``role`` says what it was used as)."""
+
+    path: str
+    sha256: str
+    role: str = "input"
+
+
+@dataclass
+class RunRecord:
+    """Everything ``run.json`` holds; build with :func:`start_record`, close with :meth:`finish`."""
+
+    tilpheno_version: str
+    python: str
+    platform: str
+    dependencies: dict[str, str]
+    command_line: list[str]
+    parameters: dict
+    strategies: list[FileDigest]
+    release_spec: dict
+    started_at: str
+    inputs: list[FileDigest] = field(default_factory=list)
+    finished_at: str = ""
+    duration_s: float = 0.0
+
+    def finish(self, inputs: Iterable[FileDigest], duration_s: float) -> None:
+        """Record the inputs (sorted by path) and the end time."""
+        self.inputs = sorted(inputs, key=lambda d: d.path)
+        self.finished_at = utc_now()
+        self.duration_s = round(float(duration_s), 3)
+
+    def to_dict(self) -> dict:
+        return {
+            "tilpheno_version": self.tilpheno_version,
+            "python": self.python,
+            "platform": self.platform,
+            "dependencies": self.dependencies,
+            "command_line": self.command_line,
+            "parameters": self.parameters,
+            "strategies": [vars(d) for d in self.strategies],
+            "release_spec": self.release_spec,
+            "inputs": [vars(d) for d in self.inputs],
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+
+    def short(self) -> dict[str, str]:
+        """The short form every report shows (no times, so reports are reproducible)."""
+        strategies = ", ".join(f"{Path(d.path).name} ({d.sha256[:12]})" for d in self.strategies)
+        params = ", ".join(f"{k}={v}" for k, v in sorted(self.parameters.items()))
+        return {
+            "tilpheno": self.tilpheno_version,
+            "python": self.python.split()[0],
+            "strategies": strategies,
+            "release spec": self.release_spec.get("name", ""),
+            "parameters": params,
+            "full record": "run.json in the output folder",
+        }
+
+
+def start_record(
+    *,
+    command_line: list[str] | None,
+    parameters: Mapping[str, object],
+    strategy_paths: Iterable[str | Path],
+    release_spec: Mapping[str, object],
+) -> RunRecord:
+    """Open a run record now: versions, command line (``sys.argv`` by default), strategies + SHA-256."""
+    from tilpheno import __version__
+
+    return RunRecord(
+        tilpheno_version=__version__,
+        python=sys.version.replace("\n", " "),
+        platform=platform.platform(),
+        dependencies=dependency_versions(),
+        command_line=list(sys.argv if command_line is None else command_line),
+        parameters=dict(parameters),
+        strategies=[FileDigest(str(p), sha256_file(p), "strategy") for p in strategy_paths],
+        release_spec=dict(release_spec),
+        started_at=utc_now(),
+    )
+
+
+def strip_times(record: Mapping) -> dict:
+    """A copy of a run.json mapping without the time fields (for comparing two runs)."""
+    return {k: v for k, v in record.items() if k not in TIME_FIELDS}

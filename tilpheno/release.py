@@ -1,0 +1,158 @@
+"""Lot-release criteria for TIL infusion products: a small YAML spec and its evaluation.
+
+A spec is a named list of criteria, each a comparison of one phenotype column (percent units,
+as in ``phenotypes.csv``) against a limit::
+
+    name: Example site spec v2
+    criteria:
+      - name: Viability
+        column: viability_pct
+        op: ">"          # one of > >= < <=
+        limit: 70
+        unit: "%"
+      - name: CD3+ T cells
+        column: cd3_pct_of_live_lymph
+        op: ">"
+        limit: 90
+        unit: "% of live lymphocytes"
+
+The default spec follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
+cells) and CD3+ > 90 % of live lymphocytes. A criterion whose value is missing or not a number is
+"not evaluable"; the product then does not pass (release is never granted on missing data).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from tilpheno.errors import TableError
+
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+PASS, FAIL, NOT_EVALUABLE = "pass", "fail", "not evaluable"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One release criterion: ``value <op> limit`` on phenotype column ``column``."""
+
+    name: str
+    column: str
+    op: str
+    limit: float
+    unit: str = "%"
+
+    def describe(self) -> str:
+        """Human form, e.g. ``viability_pct > 70 %``."""
+        return f"{self.column} {self.op} {self.limit:g} {self.unit}".rstrip()
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """A named set of criteria; ``source`` is the YAML path (or ``built-in default``), ``sha256`` its digest."""
+
+    name: str
+    criteria: tuple[Criterion, ...]
+    source: str = "built-in default"
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    """A criterion applied to one product: the observed value (NaN when missing) and the outcome."""
+
+    criterion: Criterion
+    value: float
+    outcome: str  # PASS | FAIL | NOT_EVALUABLE
+
+
+DEFAULT_SPEC = ReleaseSpec(
+    name="TIL lot release (default: viability > 70 %, CD3+ > 90 % of live lymphocytes)",
+    criteria=(
+        Criterion("Viability (7AAD- of singlets)", "viability_pct", ">", 70.0, "%"),
+        Criterion("CD3+ T cells", "cd3_pct_of_live_lymph", ">", 90.0, "% of live lymphocytes"),
+    ),
+)
+
+
+def _criterion_from_dict(item, where: str) -> Criterion:
+    if not isinstance(item, Mapping):
+        raise TableError(f"{where}: each criterion must be a mapping with name, column, op, limit")
+    missing = [k for k in ("column", "op", "limit") if k not in item]
+    if missing:
+        raise TableError(f"{where}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(item) - {"name", "column", "op", "limit", "unit"})
+    if unknown:
+        raise TableError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    op = str(item["op"]).strip()
+    if op not in _OPS:
+        raise TableError(f"{where}.op: {op!r} is not one of {' '.join(_OPS)}")
+    limit = item["limit"]
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
+        raise TableError(f"{where}.limit: {limit!r} is not a finite number")
+    column = str(item["column"]).strip()
+    if not column:
+        raise TableError(f"{where}.column: empty")
+    return Criterion(str(item.get("name", column)), column, op, float(limit), str(item.get("unit", "%")))
+
+
+def load_release_spec(path: str | Path) -> ReleaseSpec:
+    """Read and validate a YAML release spec; errors name the file and the offending key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TableError(f"{path}: cannot read release spec ({exc.strerror or exc})") from None
+    try:
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TableError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, Mapping):
+        raise TableError(f"{path}: expected a mapping with 'name' and 'criteria'")
+    criteria = doc.get("criteria")
+    if not isinstance(criteria, list) or not criteria:
+        raise TableError(f"{path}: 'criteria' must be a non-empty list")
+    parsed = tuple(_criterion_from_dict(c, f"{path}: criteria[{i}]") for i, c in enumerate(criteria))
+    return ReleaseSpec(
+        name=str(doc.get("name", path.stem)),
+        criteria=parsed,
+        source=str(path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _as_float(value) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def evaluate(spec: ReleaseSpec, phenotype: Mapping[str, object]) -> list[CriterionResult]:
+    """Apply every criterion of ``spec`` to one product's phenotype row (column -> value)."""
+    results = []
+    for c in spec.criteria:
+        value = _as_float(phenotype.get(c.column))
+        if math.isnan(value):
+            outcome = NOT_EVALUABLE
+        else:
+            outcome = PASS if _OPS[c.op](value, c.limit) else FAIL
+        results.append(CriterionResult(c, value, outcome))
+    return results
+
+
+def overall(results: list[CriterionResult]) -> str:
+    """``pass`` only when every criterion passed; ``fail`` when any failed; else ``not evaluable``."""
+    outcomes = {r.outcome for r in results}
+    if FAIL in outcomes:
+        return FAIL
+    if NOT_EVALUABLE in outcomes or not results:
+        return NOT_EVALUABLE
+    return PASS
