@@ -1,0 +1,128 @@
+"""Gating-ML 2.0 import: every event's membership equals the compliance-test truth exactly.
+
+Data: tests/data/gatingml (from FlowKit's data/gate_ref, BSD-3): data1.fcs, 47 documents and
+51 truth vectors Results_<GateId>.txt. The truth file ParQuadRect belongs to gate
+ParRectangle1 of gml_parent_quadrant_rect_gate.xml (its id differs from the file name).
+"""
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tilpheno import read_fcs
+from tilpheno.errors import StrategyError
+from tilpheno.gates.gatingml import apply_gatingml, parse_gatingml, read_gatingml
+
+DATA = Path(__file__).parent / "data" / "gatingml"
+TRUTH_ALIASES = {("gml_parent_quadrant_rect_gate.xml", "ParRectangle1"): "ParQuadRect"}
+
+
+@lru_cache(maxsize=None)
+def sample():
+    return read_fcs(DATA / "data1.fcs")
+
+
+@lru_cache(maxsize=None)
+def memberships(doc_name: str) -> dict:
+    f = sample()
+    return apply_gatingml(read_gatingml(DATA / "gml" / doc_name), f.events, f.channel_names, f.spillover)
+
+
+def truth(name: str) -> np.ndarray:
+    values = np.loadtxt(DATA / "truth" / f"Results_{name}.txt", dtype=int)
+    assert set(np.unique(values)) <= {0, 1}
+    return values.astype(bool)
+
+
+def _cases():
+    """(document, population id, truth name) for every population that has a truth vector."""
+    names = {p.name[len("Results_"):-len(".txt")] for p in (DATA / "truth").glob("Results_*.txt")}
+    cases = []
+    for xml in sorted((DATA / "gml").glob("*.xml")):
+        for pid in read_gatingml(xml).population_ids:
+            name = TRUTH_ALIASES.get((xml.name, pid), pid)
+            if name in names:
+                cases.append((xml.name, pid, name))
+    return names, cases
+
+
+TRUTH_NAMES, CASES = _cases()
+
+
+def test_fixture_is_complete():
+    assert len(list((DATA / "gml").glob("*.xml"))) == 47
+    assert len(TRUTH_NAMES) == 51
+    assert {c[2] for c in CASES} == TRUTH_NAMES  # every truth vector is checked at least once
+
+
+@pytest.mark.parametrize("doc_name,pid,truth_name", CASES, ids=[f"{c[0][4:-4]}:{c[1]}" for c in CASES])
+def test_membership_equals_truth(doc_name, pid, truth_name):
+    got = memberships(doc_name)[pid]
+    expected = truth(truth_name)
+    assert got.shape == expected.shape == (sample().n_events,)
+    mismatches = np.flatnonzero(got != expected)
+    assert mismatches.size == 0, f"{doc_name} {pid}: {mismatches.size} events differ, first {mismatches[:5]}"
+
+
+def test_quadrants_partition_events():
+    m = memberships("gml_quadrant1_gate.xml")
+    total = sum(m[q].astype(int) for q in ("FL2P-FL4P", "FL2N-FL4P", "FL2N-FL4N", "FL2P-FL4N"))
+    assert np.all(total == 1)
+
+
+def _doc(body: str) -> str:
+    return (
+        '<gating:Gating-ML xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating" '
+        'xmlns:transforms="http://www.isac-net.org/std/Gating-ML/v2.0/transformations" '
+        f'xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">{body}</gating:Gating-ML>'
+    )
+
+
+RANGE = (
+    '<gating:RectangleGate gating:id="R" {parent}><gating:dimension gating:compensation-ref="{comp}" '
+    'gating:min="1" {tr}><data-type:fcs-dimension data-type:name="{name}"/></gating:dimension></gating:RectangleGate>'
+)
+
+
+def test_unknown_parent_named():
+    with pytest.raises(StrategyError, match="'Nope'"):
+        parse_gatingml(_doc(RANGE.format(parent='gating:parent_id="Nope"', comp="uncompensated", tr="", name="FL1-H")))
+
+
+def test_unknown_matrix_and_transform_named():
+    with pytest.raises(StrategyError, match="'Spill9'"):
+        parse_gatingml(_doc(RANGE.format(parent="", comp="Spill9", tr="", name="FL1-H")))
+    with pytest.raises(StrategyError, match="'Tx'"):
+        parse_gatingml(_doc(RANGE.format(parent="", comp="uncompensated", tr='gating:transformation-ref="Tx"', name="FL1-H")))
+
+
+def test_invalid_logicle_parameters_rejected():
+    tr = '<transforms:transformation transforms:id="L"><transforms:logicle transforms:T="262144" transforms:W="3" transforms:M="4.5" transforms:A="0"/></transforms:transformation>'
+    with pytest.raises(StrategyError, match="'L'.*W"):
+        parse_gatingml(_doc(tr))
+
+
+def test_malformed_xml_names_source():
+    with pytest.raises(StrategyError, match="my.xml"):
+        parse_gatingml("<gating:Gating-ML", source="my.xml")
+
+
+def test_missing_channel_is_a_clear_error():
+    from tilpheno.errors import GatingError
+
+    doc = parse_gatingml(_doc(RANGE.format(parent="", comp="uncompensated", tr="", name="CD99-A")))
+    with pytest.raises(GatingError, match="CD99-A"):
+        apply_gatingml(doc, np.zeros((3, 1)), ["FL1-H"])
+
+
+def test_fcs_spillover_reference_uses_file_matrix():
+    # detector values are true @ S; compensation by the file's matrix must recover them
+    from tilpheno.compensation import Spillover
+
+    s = Spillover(("A", "B"), np.array([[1.0, 0.5], [0.0, 1.0]]))
+    true = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.5]])
+    doc = parse_gatingml(_doc(RANGE.format(parent="", comp="FCS", tr="", name="B").replace('gating:min="1"', 'gating:max="1"')))
+    raw = true @ s.matrix  # B raw = 1.0, 2.0, 2.0: all >= 1 uncompensated
+    assert apply_gatingml(doc, raw, ["A", "B"], s)["R"].tolist() == [True, False, False]
+    assert apply_gatingml(doc, raw, ["A", "B"], None)["R"].tolist() == [False, False, False]
