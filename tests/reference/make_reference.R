@@ -1,0 +1,171 @@
+# Reference numbers for tilpheno's biomarker statistics, computed with R.
+#
+# Run from this folder:  Rscript make_reference.R
+# Needs R with the packages survival and maxstat (Debian: r-cran-survival r-cran-maxstat).
+# Writes *_reference.csv next to this script; the tests read those files and never need R.
+# Datasets: survival's lung and veteran, a few small hand-made curves (edge cases of the
+# median rule), and the simulated TIL cohort (til_cohort_*.csv, from make_til_cohort.py).
+suppressPackageStartupMessages({
+  library(survival)
+  library(maxstat)
+})
+options(digits = 17)
+
+num <- function(x) trimws(formatC(x, digits = 17, format = "g"))
+write_ref <- function(df, name) {
+  for (j in seq_along(df)) if (is.numeric(df[[j]])) df[[j]] <- num(df[[j]])
+  write.csv(df, name, row.names = FALSE, quote = TRUE, na = "NA")
+}
+
+lung2 <- data.frame(time = lung$time, event = lung$status - 1, age = lung$age, sex = lung$sex,
+                    ph_ecog = lung$ph.ecog)
+vet2 <- data.frame(time = veteran$time, event = veteran$status, trt = veteran$trt,
+                   karno = veteran$karno, age = veteran$age, celltype = as.character(veteran$celltype))
+write.csv(lung2, "lung.csv", row.names = FALSE)
+write.csv(vet2, "veteran.csv", row.names = FALSE)
+
+til <- merge(read.csv("til_cohort_outcomes.csv"), read.csv("til_cohort_phenotypes.csv"), by = "product_id")
+til <- til[order(til$product_id), ]
+markers <- c("til_dose_cells", "cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "cd3_pct_of_live_lymph")
+
+edge <- list(
+  flat_half = data.frame(time = c(1, 2, 3, 4), event = c(1, 1, 1, 1)),
+  ends_at_half = data.frame(time = c(1, 2, 3, 4), event = c(1, 1, 0, 0)),
+  ties_censored = data.frame(time = c(1, 2, 2, 3, 4, 5, 5, 6), event = c(1, 1, 0, 1, 0, 1, 1, 0)),
+  never_half = data.frame(time = c(1, 2, 3, 4, 5), event = c(1, 0, 0, 0, 0))
+)
+
+# ---- Kaplan-Meier: median + CI per conf.type, landmark rate, reverse-KM follow-up ----
+km_rows <- list()
+km_one <- function(dataset, endpoint, grouping, group, time, event, landmark) {
+  out <- list()
+  rev <- survfit(Surv(time, 1 - event) ~ 1)
+  fu <- quantile(rev, probs = 0.5, conf.int = FALSE)
+  for (ct in c("log", "log-log", "plain")) {
+    f <- survfit(Surv(time, event) ~ 1, conf.type = ct)
+    q <- quantile(f, probs = 0.5)
+    s <- summary(f, times = landmark)
+    has <- length(s$surv) == 1
+    out[[length(out) + 1]] <- data.frame(
+      dataset = dataset, endpoint = endpoint, grouping = grouping, group = group, conf_type = ct,
+      n = length(time), events = sum(event),
+      median = unname(q$quantile), median_ci_low = unname(q$lower), median_ci_high = unname(q$upper),
+      landmark = landmark, rate = if (has) s$surv else NA, rate_ci_low = if (has) s$lower else NA,
+      rate_ci_high = if (has) s$upper else NA, median_followup = unname(fu))
+  }
+  do.call(rbind, out)
+}
+add_km <- function(dataset, endpoint, grouping, time, event, group, landmark) {
+  km_rows[[length(km_rows) + 1]] <<- km_one(dataset, endpoint, grouping, "all", time, event, landmark)
+  if (!is.null(group)) for (g in sort(unique(group))) {
+    k <- group == g
+    km_rows[[length(km_rows) + 1]] <<- km_one(dataset, endpoint, grouping, as.character(g), time[k], event[k], landmark)
+  }
+}
+add_km("lung", "os", "sex", lung2$time, lung2$event, lung2$sex, 365)
+add_km("veteran", "os", "celltype", vet2$time, vet2$event, vet2$celltype, 100)
+add_km("veteran", "os", "trt", vet2$time, vet2$event, vet2$trt, 100)
+for (ep in c("pfs", "os")) {
+  tm <- til[[paste0(ep, "_months")]]; ev <- til[[paste0(ep, "_event")]]
+  add_km("til", ep, "cd8_pct_of_cd3_median", tm, ev,
+         ifelse(til$cd8_pct_of_cd3 <= median(til$cd8_pct_of_cd3), "low", "high"), 12)
+}
+for (nm in names(edge)) add_km(nm, "t", "none", edge[[nm]]$time, edge[[nm]]$event, NULL, 2.5)
+write_ref(do.call(rbind, km_rows), "km_reference.csv")
+
+# ---- log-rank (survdiff) ----
+lr <- function(dataset, endpoint, grouping, time, event, group) {
+  s <- survdiff(Surv(time, event) ~ group)
+  data.frame(dataset = dataset, endpoint = endpoint, grouping = grouping, chisq = s$chisq,
+             df = length(s$n) - 1, p = pchisq(s$chisq, length(s$n) - 1, lower.tail = FALSE))
+}
+lr_rows <- list(
+  lr("lung", "os", "sex", lung2$time, lung2$event, lung2$sex),
+  lr("veteran", "os", "celltype", vet2$time, vet2$event, vet2$celltype),
+  lr("veteran", "os", "trt", vet2$time, vet2$event, vet2$trt))
+for (ep in c("pfs", "os")) for (mk in markers) {
+  tm <- til[[paste0(ep, "_months")]]; ev <- til[[paste0(ep, "_event")]]
+  lr_rows[[length(lr_rows) + 1]] <- lr("til", ep, paste0(mk, "_median"), tm, ev,
+                                       ifelse(til[[mk]] <= median(til[[mk]]), "low", "high"))
+}
+write_ref(do.call(rbind, lr_rows), "logrank_reference.csv")
+
+# ---- Cox models (Efron), cox.zph(transform = "km") ----
+cox_rows <- list(); model_rows <- list(); zph_rows <- list()
+add_cox <- function(dataset, model, formula, data) {
+  environment(formula) <- environment()  # model.frame and cox.zph look the data up here
+  fit <- coxph(formula, data = data, ties = "efron", model = TRUE, x = TRUE)
+  s <- summary(fit)$coefficients
+  cox_rows[[length(cox_rows) + 1]] <<- data.frame(dataset = dataset, model = model, variable = rownames(s),
+    coef = s[, "coef"], se = s[, "se(coef)"], p = s[, "Pr(>|z|)"])
+  lrt <- 2 * diff(fit$loglik)
+  model_rows[[length(model_rows) + 1]] <<- data.frame(dataset = dataset, model = model, n = fit$n,
+    events = fit$nevent, loglik = fit$loglik[2], lr_chisq = lrt, lr_df = length(fit$coefficients),
+    lr_p = pchisq(lrt, length(fit$coefficients), lower.tail = FALSE),
+    concordance = unname(fit$concordance["concordance"]))
+  z <- cox.zph(fit, transform = "km")$table
+  zph_rows[[length(zph_rows) + 1]] <<- data.frame(dataset = dataset, model = model, term = rownames(z),
+    chisq = z[, "chisq"], df = z[, "df"], p = z[, "p"])
+}
+add_cox("lung", "age+sex", Surv(time, event) ~ age + sex, lung2)
+add_cox("lung", "age+sex+ph_ecog", Surv(time, event) ~ age + sex + ph_ecog, lung2)
+add_cox("veteran", "karno+age+trt+celltype", Surv(time, event) ~ karno + age + trt + celltype, vet2)
+add_cox("veteran", "karno", Surv(time, event) ~ karno, vet2)
+til$sex_f <- til$sex
+for (ep in c("pfs", "os")) {
+  d <- data.frame(time = til[[paste0(ep, "_months")]], event = til[[paste0(ep, "_event")]], til)
+  for (mk in markers) add_cox(paste0("til_", ep), mk, as.formula(paste("Surv(time, event) ~", mk)), d)
+  add_cox(paste0("til_", ep), "cd8+cd8pd1+age+sex+ecog",
+          Surv(time, event) ~ cd8_pct_of_cd3 + cd8pd1_pct_of_cd8 + age + sex + ecog, d)
+}
+write_ref(do.call(rbind, cox_rows), "cox_reference.csv")
+write_ref(do.call(rbind, model_rows), "cox_models_reference.csv")
+write_ref(do.call(rbind, zph_rows), "zph_reference.csv")
+
+# ---- maxstat: maximally selected log-rank statistics ----
+ms_rows <- list(); stats_rows <- list()
+add_ms <- function(dataset, endpoint, marker, time, event, x) {
+  d <- data.frame(time = time, event = event, x = x)
+  m92 <- maxstat.test(Surv(time, event) ~ x, data = d, smethod = "LogRank", pmethod = "Lau92",
+                      minprop = 0.1, maxprop = 0.9)
+  m94 <- maxstat.test(Surv(time, event) ~ x, data = d, smethod = "LogRank", pmethod = "Lau94",
+                      minprop = 0.1, maxprop = 0.9)
+  ms_rows[[length(ms_rows) + 1]] <<- data.frame(dataset = dataset, endpoint = endpoint, marker = marker,
+    statistic = unname(m94$statistic), cutpoint = unname(m94$estimate), n_low = sum(x <= m94$estimate),
+    p_lau92 = m92$p.value, p_lau94 = m94$p.value, n_cuts = length(m94$cuts))
+  stats_rows[[length(stats_rows) + 1]] <<- data.frame(dataset = dataset, endpoint = endpoint,
+    marker = marker, cut = m94$cuts, stat = m94$stats)
+}
+l3 <- na.omit(lung2[, c("time", "event", "age", "ph_ecog")])
+add_ms("lung", "os", "age", lung2$time, lung2$event, lung2$age)
+add_ms("lung", "os", "ph_ecog", l3$time, l3$event, l3$ph_ecog)
+add_ms("veteran", "os", "karno", vet2$time, vet2$event, vet2$karno)
+add_ms("veteran", "os", "age", vet2$time, vet2$event, vet2$age)
+for (ep in c("pfs", "os")) for (mk in markers)
+  add_ms("til", ep, mk, til[[paste0(ep, "_months")]], til[[paste0(ep, "_event")]], til[[mk]])
+write_ref(do.call(rbind, ms_rows), "maxstat_reference.csv")
+write_ref(do.call(rbind, stats_rows), "maxstat_stats_reference.csv")
+sc <- suppressWarnings(exactRankTests::cscores(Surv(lung2$time, lung2$event), type = "LogRank"))
+write_ref(data.frame(time = lung2$time, event = lung2$event, score = as.numeric(sc)), "logrank_scores_reference.csv")
+
+# ---- response rates (Clopper-Pearson) and responders table tests on the TIL cohort ----
+resp <- til$best_response
+ci <- function(k, n) binom.test(k, n)$conf.int
+orr <- sum(resp %in% c("CR", "PR")); dcr <- sum(resp %in% c("CR", "PR", "SD")); n <- length(resp)
+write_ref(data.frame(metric = c("ORR", "DCR"), n = n, count = c(orr, dcr), rate = c(orr, dcr) / n,
+                     ci_low = c(ci(orr, n)[1], ci(dcr, n)[1]), ci_high = c(ci(orr, n)[2], ci(dcr, n)[2])),
+          "response_reference.csv")
+responder <- resp %in% c("CR", "PR")
+rr <- list()
+for (v in c(markers, "age")) {
+  x <- til[[v]]
+  rr[[length(rr) + 1]] <- data.frame(variable = v, welch_p = t.test(x[responder], x[!responder])$p.value,
+    mannwhitney_p = suppressWarnings(wilcox.test(x[responder], x[!responder])$p.value))
+}
+write_ref(do.call(rbind, rr), "responders_reference.csv")
+tab_sex <- table(til$sex, responder); tab_ecog <- table(til$ecog, responder)
+write_ref(data.frame(variable = c("sex", "ecog"),
+  chisq_p = c(chisq.test(tab_sex)$p.value, suppressWarnings(chisq.test(tab_ecog)$p.value)),
+  fisher_p = c(fisher.test(tab_sex)$p.value, fisher.test(tab_ecog)$p.value)), "responders_categorical_reference.csv")
+writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
+             paste("maxstat", packageVersion("maxstat"))), "R_versions.txt")
