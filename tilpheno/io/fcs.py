@@ -1,0 +1,483 @@
+"""Read FCS 2.0 / 3.0 / 3.1 files into ``FCSFile`` (see docs/design.md, section FCS).
+
+Conventions
+-----------
+* ``events`` equal FlowKit's ``Sample(path).get_events('raw')``: float64, one row per event,
+  integer data bit-masked to ``next_power_of_2($PnR) - 1`` when that is below ``2**$PnB``, the
+  channel named ``Time`` (case-insensitive) multiplied by ``$TIMESTEP`` (its ``$PnG`` ignored),
+  ``$PnE f1,f2`` with ``f1 > 0`` decoded as ``10**(f1 * x / $PnR) * f2`` (``f2 = 0`` read as 1),
+  then division by ``$PnG`` when it is neither 0 nor 1. Units are the instrument's channel units.
+* The DATA segment is decoded with numpy for every byte-aligned layout: ``$DATATYPE`` F (32-bit),
+  D (64-bit), I with any ``$PnB`` that is a multiple of 8 up to 64 (uniform, e.g. 16/32/24-bit, or
+  per-channel widths such as Stratedigm's 16+32). flowio stays the reference the tests check against;
+  it cannot decode 24-bit or 64-bit integers, so the reader does not delegate to it.
+* Size checks come before any allocation: every offset and ``$TOT x bytes-per-event`` is checked
+  against the real file size, so a HEADER claiming 10^12 events cannot allocate more than the file.
+* Known instrument quirks that still read, each recorded in ``FCSFile.problems``:
+  DATA end offset one byte past the segment (Miltenyi MACSQuant, BD FACSDiva exports);
+  HEADER and TEXT DATA offsets that disagree (the pair whose length matches ``$TOT`` is used,
+  TEXT first for FCS 3.x, HEADER first for FCS 2.0); blank HEADER DATA offsets (large-file
+  convention); doubled delimiters meaning empty values; a non-numeric ``$TIMESTEP`` (read as 1);
+  a malformed spillover keyword (``spillover`` is then None).
+* A header-only file (TEXT present, DATA segment missing, e.g. a Cytek NL-2000 sample header)
+  reads with ``read_fcs_metadata``; ``read_fcs`` raises ``FCSReadError`` for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tilpheno.compensation import Spillover, parse_spill_keyword
+from tilpheno.errors import CompensationError, FCSReadError
+from tilpheno.io.text import HEADER_SIZE, Header, parse_header, parse_text
+
+SPILL_KEYWORDS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER")
+_BYTEORDERS = {"1,2,3,4": "<", "1,2": "<", "1": "<", "4,3,2,1": ">", "2,1": ">"}
+_MAX_DATASETS = 1000
+
+
+@dataclass
+class FCSFile:
+    """One data set of an FCS file. See the module docstring for the event conventions."""
+
+    path: Path
+    sha256: str
+    version: str
+    keywords: dict[str, str]
+    channels: pd.DataFrame
+    events: np.ndarray | None
+    spillover: Spillover | None
+    n_events: int
+    problems: tuple[str, ...] = field(default=())  # non-fatal quirks met while reading
+
+    @property
+    def channel_names(self) -> list[str]:
+        """$PnN of every parameter, in order."""
+        return list(self.channels["pnn"])
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the DATA segment is and how to decode it (absolute byte offsets, end exclusive)."""
+
+    start: int
+    stop: int
+    n_events: int
+    datatype: str  # "I" | "F" | "D"
+    order: str  # "<" | ">"
+    widths: tuple[int, ...]  # bytes per value, per channel
+
+
+# --------------------------------------------------------------------------- keyword helpers
+
+
+def _kw_int(kw: dict[str, str], name: str, path, *, required: bool = True) -> int | None:
+    raw = kw.get(name)
+    if raw is None or raw.strip() == "":
+        if required:
+            raise FCSReadError(path, f"required keyword {name} is missing")
+        return None
+    text = raw.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            raise FCSReadError(path, f"keyword {name} is not an integer: {text[:40]!r}") from None
+        if not number.is_integer():
+            raise FCSReadError(path, f"keyword {name} is not an integer: {text[:40]!r}")
+        value = int(number)
+    if value < 0:
+        raise FCSReadError(path, f"keyword {name} is negative: {value}")
+    return value
+
+
+def _kw_float(kw: dict[str, str], name: str, path, default: float) -> float:
+    raw = kw.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise FCSReadError(path, f"keyword {name} is not a number: {raw.strip()[:40]!r}") from None
+    if not math.isfinite(value):
+        raise FCSReadError(path, f"keyword {name} is not finite: {raw.strip()[:40]!r}")
+    return value
+
+
+def _pne(kw: dict[str, str], n: int, path) -> tuple[float, float]:
+    """($PnE decades, log value at 0); absent means linear (0, 0); f2 = 0 with f1 > 0 reads as 1."""
+    raw = kw.get(f"$P{n}E")
+    if raw is None or raw.strip() == "":
+        return (0.0, 0.0)
+    parts = raw.split(",")
+    try:
+        decades, log0 = (float(p) for p in parts)
+    except ValueError:
+        raise FCSReadError(path, f"keyword $P{n}E must be two numbers 'f1,f2', got {raw.strip()[:40]!r}") from None
+    if not (math.isfinite(decades) and math.isfinite(log0)) or decades < 0 or log0 < 0:
+        raise FCSReadError(path, f"keyword $P{n}E has invalid values {raw.strip()[:40]!r}")
+    if log0 == 0 and decades != 0:
+        log0 = 1.0
+    return (decades, log0)
+
+
+def _channels(kw: dict[str, str], path) -> pd.DataFrame:
+    """One row per parameter: n (1-based), pnn, pns ('' if absent), pnr, pnb, pne, png."""
+    n_par = _kw_int(kw, "$PAR", path)
+    if n_par == 0:
+        raise FCSReadError(path, "keyword $PAR is 0: the file has no parameters")
+    # every parameter needs its own $PnN, so $PAR can never exceed the keyword count
+    if n_par > len(kw):
+        raise FCSReadError(path, f"keyword $PAR = {n_par} but TEXT holds only {len(kw)} keywords")
+    rows = []
+    for n in range(1, n_par + 1):
+        pnn = kw.get(f"$P{n}N")
+        if pnn is None:
+            raise FCSReadError(path, f"required keyword $P{n}N is missing ($PAR = {n_par})")
+        if f"$P{n}R" not in kw:
+            raise FCSReadError(path, f"required keyword $P{n}R is missing")
+        pnr = _kw_float(kw, f"$P{n}R", path, default=float("nan"))
+        if pnr <= 0:
+            raise FCSReadError(path, f"keyword $P{n}R must be positive, got {pnr:g}")
+        rows.append(
+            {
+                "n": n,
+                "pnn": pnn,
+                "pns": kw.get(f"$P{n}S", ""),
+                "pnr": pnr,
+                "pnb": _kw_int(kw, f"$P{n}B", path, required=False),
+                "pne": _pne(kw, n, path),
+                "png": _kw_float(kw, f"$P{n}G", path, default=1.0),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["n", "pnn", "pns", "pnr", "pnb", "pne", "png"])
+    frame["pnb"] = frame["pnb"].astype("Int64")
+    return frame
+
+
+def _spillover(kw: dict[str, str], path, problems: list[str]) -> Spillover | None:
+    for name in SPILL_KEYWORDS:
+        value = kw.get(name)
+        if value is None or value.strip() in ("", "0"):
+            continue
+        try:
+            return parse_spill_keyword(value, source=f"{path} keyword {name}")
+        except CompensationError as exc:
+            problems.append(f"spillover keyword ignored: {exc}")
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _datatype_and_widths(kw, channels: pd.DataFrame, path) -> tuple[str, str, tuple[int, ...]]:
+    mode = kw.get("$MODE", "L").strip().upper() or "L"
+    if mode != "L":
+        raise FCSReadError(path, f"unsupported $MODE {mode!r}: only list mode (L) is supported")
+    raw_type = kw.get("$DATATYPE")
+    if raw_type is None:
+        raise FCSReadError(path, "required keyword $DATATYPE is missing")
+    datatype = raw_type.strip().upper()
+    if datatype not in ("I", "F", "D"):
+        raise FCSReadError(path, f"unsupported $DATATYPE {raw_type.strip()[:20]!r} (supported: I, F, D)")
+    raw_order = kw.get("$BYTEORD")
+    if raw_order is None:
+        raise FCSReadError(path, "required keyword $BYTEORD is missing")
+    order = _BYTEORDERS.get(raw_order.replace(" ", ""))
+    if order is None:
+        raise FCSReadError(path, f"unsupported $BYTEORD {raw_order.strip()[:20]!r}")
+    if datatype == "F":
+        return datatype, order, (4,) * len(channels)
+    if datatype == "D":
+        return datatype, order, (8,) * len(channels)
+    widths = []
+    for n, bits in zip(channels["n"], channels["pnb"]):
+        if pd.isna(bits):
+            raise FCSReadError(path, f"required keyword $P{n}B is missing for integer data")
+        bits = int(bits)
+        if bits == 0 or bits % 8 or bits > 64:
+            raise FCSReadError(path, f"unsupported integer width $P{n}B = {bits} (need 8, 16, 24, ... 64)")
+        widths.append(bits // 8)
+    return datatype, order, tuple(widths)
+
+
+def _data_candidates(header: Header, kw, path) -> list[tuple[str, int, int]]:
+    """(source, start, end-inclusive) pairs for DATA, in order of preference."""
+    text_pair = None
+    begin = _kw_int(kw, "$BEGINDATA", path, required=False)
+    end = _kw_int(kw, "$ENDDATA", path, required=False)
+    if begin is not None and end is not None:
+        text_pair = ("TEXT", begin, end)
+    header_pair = ("HEADER", header.data_start, header.data_end)
+    if header.data_start == 0 and header.data_end == 0:
+        header_pair = None  # large-file convention: look in TEXT
+    pairs = [text_pair, header_pair] if header.version != "FCS2.0" else [header_pair, text_pair]
+    return [p for p in pairs if p is not None]
+
+
+def _overlaps(start: int, end: int, header: Header) -> bool:
+    return start <= header.text_end and header.text_start <= end
+
+
+def _layout(header: Header, kw, channels, base: int, file_size: int, path, problems: list[str]) -> _Layout:
+    datatype, order, widths = _datatype_and_widths(kw, channels, path)
+    bpe = sum(widths)
+    tot = _kw_int(kw, "$TOT", path, required=False)
+    candidates = _data_candidates(header, kw, path)
+    if not candidates:
+        if tot == 0:
+            return _Layout(0, 0, 0, datatype, order, widths)
+        raise FCSReadError(path, "no DATA offsets: HEADER gives 0,0 and TEXT has no $BEGINDATA/$ENDDATA")
+    described = []
+    for source, start, end in candidates:
+        length = end - start + 1 if end >= start else 0
+        if start == 0 and end == 0:
+            length = 0
+        described.append(f"{source} {start}-{end}")
+        if length and (start < HEADER_SIZE or base + end >= file_size or _overlaps(start, end, header)):
+            continue
+        n = tot if tot is not None else length // bpe
+        need = n * bpe
+        if length == need or (n > 0 and need < length < need + bpe):
+            others = [f"{s} {a}-{b}" for s, a, b in candidates if (a, b) != (start, end)]
+            if others:
+                problems.append(f"DATA offsets disagree: used {source} {start}-{end}, ignored {', '.join(others)}")
+            if length != need:
+                problems.append(f"DATA segment is {length - need} byte(s) longer than $TOT events need (end offset quirk)")
+            return _Layout(base + start, base + start + need, n, datatype, order, widths)
+    source, start, end = candidates[0]
+    if base + max(start, end) >= file_size and end > 0:
+        raise FCSReadError(
+            path,
+            f"DATA segment ({', '.join(described)}) lies beyond the end of the file ({file_size} bytes)"
+            " - truncated or header-only file",
+        )
+    length = max(end - start + 1, 0)
+    if tot is None:
+        raise FCSReadError(path, f"DATA segment of {length} bytes is not a whole number of {bpe}-byte events ($TOT missing)")
+    raise FCSReadError(
+        path,
+        f"$TOT = {tot} events x {bpe} bytes/event = {tot * bpe} bytes, but the DATA segment"
+        f" ({', '.join(described)}) holds {length} bytes",
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _next_power_of_2(x: int) -> int:
+    return 1 if x <= 0 else 1 << (x - 1).bit_length()
+
+
+def _decode_ints(raw: np.ndarray, lay: _Layout, channels: pd.DataFrame) -> np.ndarray:
+    """Integer DATA (uint8 bytes, n_events x bytes-per-event) -> float64 after PnR bit masks."""
+    n_events = lay.n_events
+    widths = lay.widths
+    out = np.empty((n_events, len(widths)), dtype=np.float64)
+    standard = {1: "u1", 2: "u2", 4: "u4", 8: "u8"}
+    if len(set(widths)) == 1 and widths[0] in standard:
+        values = raw.reshape(-1).view(f"{lay.order}{standard[widths[0]]}").reshape(n_events, len(widths))
+        columns = [values[:, i] for i in range(len(widths))]
+    else:
+        columns, pos = [], 0
+        for w in widths:
+            block = raw[:, pos : pos + w].astype(np.uint64)
+            shifts = np.arange(w, dtype=np.uint64) * np.uint64(8)
+            if lay.order == ">":
+                shifts = shifts[::-1]
+            columns.append(np.bitwise_or.reduce(block << shifts, axis=1) if w > 1 else block[:, 0])
+            pos += w
+    for i, (column, w, pnr) in enumerate(zip(columns, widths, channels["pnr"])):
+        max_range = _next_power_of_2(math.ceil(pnr))
+        if max_range < 2 ** (8 * w):
+            column = column & column.dtype.type(max_range - 1)
+        out[:, i] = column
+    return out
+
+
+def _decode(buf, lay: _Layout, channels: pd.DataFrame, kw, path, problems: list[str]) -> np.ndarray:
+    n_par = len(lay.widths)
+    if lay.datatype == "I":
+        raw = np.frombuffer(buf, dtype=np.uint8, count=lay.stop - lay.start, offset=lay.start)
+        events = _decode_ints(raw.reshape(lay.n_events, sum(lay.widths)), lay, channels)
+    else:
+        code = f"{lay.order}f4" if lay.datatype == "F" else f"{lay.order}f8"
+        values = np.frombuffer(buf, dtype=code, count=lay.n_events * n_par, offset=lay.start)
+        events = values.reshape(lay.n_events, n_par).astype(np.float64)
+    time_index = None
+    for i, name in enumerate(channels["pnn"]):
+        if name.lower() == "time":
+            time_index = i  # the last one, as FlowKit
+    timestep = kw.get("$TIMESTEP", kw.get("TIMESTEP"))
+    if time_index is not None and timestep is not None:
+        text = timestep.strip()
+        try:
+            step = float(text) if text else 1.0
+        except ValueError:
+            problems.append(f"$TIMESTEP {text[:20]!r} is not a number; time not scaled")
+            step = 1.0
+        events[:, time_index] = events[:, time_index] * step
+    for i, ((decades, log0), pnr, png) in enumerate(zip(channels["pne"], channels["pnr"], channels["png"])):
+        if decades > 0:
+            events[:, i] = (10 ** (decades * events[:, i] / pnr)) * log0
+        if i != time_index and png != 1.0 and png != 0:
+            events[:, i] = events[:, i] / png
+    return events
+
+
+# --------------------------------------------------------------------------- file access
+
+
+def _open_checked(path: Path):
+    try:
+        if path.is_dir():
+            raise FCSReadError(path, "is a directory, not an FCS file")
+        return open(path, "rb")
+    except FCSReadError:
+        raise
+    except FileNotFoundError:
+        raise FCSReadError(path, "no such file") from None
+    except OSError as exc:
+        raise FCSReadError(path, f"cannot open: {exc.strerror or exc}") from None
+
+
+def _dataset_base(read_at, file_size: int, dataset: int, path, problems: list[str]) -> tuple[int, Header, dict[str, str]]:
+    """Follow $NEXTDATA to data set ``dataset``; return its base offset, HEADER and TEXT."""
+    if dataset < 0:
+        raise FCSReadError(path, f"data set index must be >= 0, got {dataset}")
+    base, seen = 0, set()
+    for index in range(_MAX_DATASETS):
+        header, kw = _header_and_text(read_at, base, file_size, path, problems if index == dataset else [])
+        if index == dataset:
+            return base, header, kw
+        step = _kw_int(kw, "$NEXTDATA", path, required=False) or 0
+        if step == 0:
+            raise FCSReadError(path, f"data set {dataset} requested but the file holds {index + 1}")
+        base += step
+        if base in seen or base + HEADER_SIZE > file_size:
+            raise FCSReadError(path, f"$NEXTDATA of data set {index} points to byte {base}, outside the file")
+        seen.add(base)
+    raise FCSReadError(path, f"more than {_MAX_DATASETS} data sets")
+
+
+def _header_and_text(read_at, base: int, file_size: int, path, problems: list[str]) -> tuple[Header, dict[str, str]]:
+    header = parse_header(read_at(base, HEADER_SIZE), str(path))
+    end = header.text_end
+    if base + header.text_start >= file_size:
+        raise FCSReadError(path, f"TEXT segment (bytes {header.text_start}-{end}) starts beyond the end of the file ({file_size} bytes)")
+    if base + end >= file_size:
+        if base + end == file_size:  # TEXT end off by one at the end of a header-only file
+            end -= 1
+        else:
+            raise FCSReadError(path, f"TEXT segment (bytes {header.text_start}-{end}) runs past the end of the file ({file_size} bytes)")
+    raw = read_at(base + header.text_start, end - header.text_start + 1)
+    try:
+        kw = parse_text(raw, f"{path} TEXT")  # tolerates a missing closing delimiter (end one short)
+    except FCSReadError:
+        if len(raw) < 3 or raw[-2:-1] != raw[:1]:
+            raise
+        kw = parse_text(raw[:-1], f"{path} TEXT")  # TEXT end offset one byte too far
+    kw = _with_supplemental_text(kw, read_at, base, header, file_size, path, problems)
+    return header, kw
+
+
+def _with_supplemental_text(kw, read_at, base, header: Header, file_size: int, path, problems: list[str]) -> dict[str, str]:
+    """Merge FCS 3.x supplemental TEXT keywords ($BEGINSTEXT/$ENDSTEXT); primary TEXT wins.
+
+    The supplemental TEXT is optional and some writers point it at binary blobs (Partec CyFlow
+    stores a ZIP there), so a bad one is recorded in ``problems`` and skipped, never fatal.
+    """
+    start = _kw_int(kw, "$BEGINSTEXT", path, required=False) or 0
+    end = _kw_int(kw, "$ENDSTEXT", path, required=False) or 0
+    if start == 0 or end <= start or (start == header.text_start and end == header.text_end):
+        return kw
+    if start < HEADER_SIZE or base + end >= file_size:
+        problems.append(f"supplemental TEXT (bytes {start}-{end}) lies outside the file; ignored")
+        return kw
+    try:
+        extra = parse_text(read_at(base + start, end - start + 1), "supplemental TEXT")
+    except FCSReadError as exc:
+        problems.append(f"supplemental TEXT ignored: {exc.problem}")
+        return kw
+    return {**extra, **kw}
+
+
+def _check_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise FCSReadError(repr(path), "path must be a string or os.PathLike")
+    return Path(path)
+
+
+def _version(header: Header) -> str:
+    return header.version
+
+
+def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
+    """Read data set ``dataset`` (0-based; .lmd files often hold two) of an FCS file, events included."""
+    path = _check_path(path)
+    with _open_checked(path) as fh:
+        try:
+            buf = fh.read()
+        except OSError as exc:
+            raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
+    digest: dict[str, str] = {}
+    hasher = threading.Thread(target=lambda: digest.setdefault("hex", hashlib.sha256(buf).hexdigest()))
+    hasher.start()
+    try:
+        size = len(buf)
+
+        def read_at(offset: int, n: int) -> bytes:
+            return buf[offset : offset + n]
+
+        problems: list[str] = []
+        base, header, kw = _dataset_base(read_at, size, dataset, path, problems)
+        channels = _channels(kw, path)
+        lay = _layout(header, kw, channels, base, size, path, problems)
+        events = _decode(buf, lay, channels, kw, path, problems)
+        spill = _spillover(kw, path, problems)
+    finally:
+        hasher.join()
+    return FCSFile(path, digest["hex"], _version(header), kw, channels, events, spill, lay.n_events, tuple(problems))
+
+
+def _sha256_file(fh) -> str:
+    fh.seek(0)
+    return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
+    """Read HEADER and TEXT only (``events is None``): fast, for scanning folders.
+
+    ``n_events`` is ``$TOT`` (or, without ``$TOT``, what the DATA length implies). The DATA
+    segment is not checked, so header-only files read here.
+    """
+    path = _check_path(path)
+    with _open_checked(path) as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+
+            def read_at(offset: int, n: int) -> bytes:
+                fh.seek(offset)
+                return fh.read(n)
+
+            problems: list[str] = []
+            base, header, kw = _dataset_base(read_at, size, dataset, path, problems)
+            channels = _channels(kw, path)
+            tot = _kw_int(kw, "$TOT", path, required=False)
+            if tot is None:
+                tot = _layout(header, kw, channels, base, size, path, problems).n_events
+            spill = _spillover(kw, path, problems)
+            digest = _sha256_file(fh)
+        except OSError as exc:
+            raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
+    return FCSFile(path, digest, _version(header), kw, channels, None, spill, tot, tuple(problems))
