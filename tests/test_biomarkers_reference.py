@@ -1,0 +1,187 @@
+"""tilpheno's survival statistics against R's numbers (tests/reference/make_reference.R outputs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.biomarkers.cox import cox_zph, design_matrix, fit_cox
+from tilpheno.biomarkers.cutpoints import logrank_scores, maxstat_logrank
+from tilpheno.biomarkers.survival import KaplanMeier, logrank_test, median_followup
+
+REF = Path(__file__).parent / "reference"
+MARKERS = ["til_dose_cells", "cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "cd3_pct_of_live_lymph"]
+EDGE = {
+    "flat_half": ([1, 2, 3, 4], [1, 1, 1, 1]),
+    "ends_at_half": ([1, 2, 3, 4], [1, 1, 0, 0]),
+    "ties_censored": ([1, 2, 2, 3, 4, 5, 5, 6], [1, 1, 0, 1, 0, 1, 1, 0]),
+    "never_half": ([1, 2, 3, 4, 5], [1, 0, 0, 0, 0]),
+}
+
+
+def ref(name: str) -> pd.DataFrame:
+    return pd.read_csv(REF / f"{name}_reference.csv", keep_default_na=True)
+
+
+def til() -> pd.DataFrame:
+    o = pd.read_csv(REF / "til_cohort_outcomes.csv")
+    p = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    return o.merge(p, on="product_id").sort_values("product_id").reset_index(drop=True)
+
+
+def dataset(name: str, endpoint: str) -> pd.DataFrame:
+    if name in EDGE:
+        t, e = EDGE[name]
+        return pd.DataFrame({"time": t, "event": e})
+    if name in ("lung", "veteran"):
+        return pd.read_csv(REF / f"{name}.csv")
+    d = til()
+    d["time"], d["event"] = d[f"{endpoint}_months"], d[f"{endpoint}_event"]
+    d["cd8_pct_of_cd3_median"] = np.where(d.cd8_pct_of_cd3 <= d.cd8_pct_of_cd3.median(), "low", "high")
+    return d
+
+
+def subset(d: pd.DataFrame, grouping: str, group: str) -> pd.DataFrame:
+    if group == "all":
+        return d
+    return d[d[grouping].astype(str) == str(group)]
+
+
+def same(a: float, b: float) -> bool:
+    return (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-12)
+
+
+KM_ROWS = list(ref("km").itertuples(index=False))
+
+
+@pytest.mark.parametrize("row", KM_ROWS, ids=[f"{r.dataset}-{r.endpoint}-{r.grouping}-{r.group}-{r.conf_type}" for r in KM_ROWS])
+def test_km_median_ci_landmark_followup(row):
+    d = subset(dataset(row.dataset, row.endpoint), row.grouping, row.group)
+    km = KaplanMeier(conf_type=row.conf_type).fit(d.time, d.event)
+    med = km.median()
+    assert (km.n, km.events) == (row.n, row.events)
+    assert same(med.estimate, row.median), ("median", med.estimate, row.median)
+    assert same(med.ci_low, row.median_ci_low), ("low", med.ci_low, row.median_ci_low)
+    assert same(med.ci_high, row.median_ci_high), ("high", med.ci_high, row.median_ci_high)
+    lm = km.survival_at(row.landmark)
+    for got, want in [(lm.surv, row.rate), (lm.ci_low, row.rate_ci_low), (lm.ci_high, row.rate_ci_high)]:
+        assert np.isnan(got) == np.isnan(want)
+        if not np.isnan(want):
+            assert got == pytest.approx(want, rel=1e-10)
+    assert same(median_followup(d.time, d.event).estimate, row.median_followup)
+
+
+LR_ROWS = list(ref("logrank").itertuples(index=False))
+
+
+@pytest.mark.parametrize("row", LR_ROWS, ids=[f"{r.dataset}-{r.endpoint}-{r.grouping}" for r in LR_ROWS])
+def test_logrank_chisq(row):
+    d = dataset(row.dataset, row.endpoint)
+    if row.dataset == "til":
+        mk = row.grouping.removesuffix("_median")
+        group = np.where(d[mk] <= d[mk].median(), "low", "high")
+    else:
+        group = d[row.grouping].to_numpy()
+    res = logrank_test(d.time, d.event, group)
+    assert res.chisq == pytest.approx(row.chisq, abs=1e-4, rel=1e-6)
+    assert res.df == row.df
+    assert res.p == pytest.approx(row.p, rel=1e-4)
+
+
+def test_logrank_scores_match_exactranktests():
+    r = ref("logrank_scores")
+    np.testing.assert_allclose(logrank_scores(r.time, r.event), r.score, rtol=1e-12, atol=1e-12)
+
+
+MS_ROWS = list(ref("maxstat").itertuples(index=False))
+
+
+def _maxstat_data(row):
+    d = dataset(row.dataset, row.endpoint).dropna(subset=[row.marker, "time", "event"])
+    return d[row.marker].to_numpy(float), d.time.to_numpy(float), d.event.to_numpy(float)
+
+
+@pytest.mark.parametrize("row", MS_ROWS, ids=[f"{r.dataset}-{r.endpoint}-{r.marker}" for r in MS_ROWS])
+def test_maxstat_statistic_cut_and_lausen_p(row):
+    x, t, e = _maxstat_data(row)
+    res = maxstat_logrank(x, t, e, n_perm=0)
+    assert res.statistic == pytest.approx(row.statistic, abs=1e-6)
+    assert res.cutpoint == pytest.approx(row.cutpoint, rel=1e-13)  # R parses decimals to within 1 ulp
+    assert res.n_low == row.n_low
+    assert len(res.cuts) == row.n_cuts
+    assert res.p_lau92 == pytest.approx(row.p_lau92, abs=1e-4)
+    assert res.p_lau94 == pytest.approx(row.p_lau94, abs=1e-4)
+
+
+def test_maxstat_every_candidate_statistic():
+    r = ref("maxstat_stats")
+    for (ds, ep, mk), grp in r.groupby(["dataset", "endpoint", "marker"]):
+        row = next(m for m in MS_ROWS if (m.dataset, m.endpoint, m.marker) == (ds, ep, mk))
+        res = maxstat_logrank(*_maxstat_data(row), n_perm=0)
+        np.testing.assert_allclose(res.cuts, grp.cut.to_numpy(), rtol=1e-13)
+        np.testing.assert_allclose(res.stats, grp.stat.to_numpy(), atol=1e-6)
+
+
+def test_lung_age_maxstat_matches_issue_numbers():
+    d = dataset("lung", "os")
+    res = maxstat_logrank(d.age, d.time, d.event, n_perm=0)
+    assert (round(res.statistic, 4), res.cutpoint) == (2.0136, 70)
+    assert (round(res.p_lau92, 3), round(res.p_lau94, 3)) == (0.455, 0.427)
+
+
+COX = ref("cox")
+MODELS = list(ref("cox_models").itertuples(index=False))
+
+
+def _cox_frame(row):
+    if row.dataset.startswith("til_"):
+        return dataset("til", row.dataset.split("_")[1])
+    return dataset(row.dataset, "os")
+
+
+def _variables(model: str) -> list[str]:
+    short = {"cd8": "cd8_pct_of_cd3", "cd8pd1": "cd8pd1_pct_of_cd8"}
+    return [short.get(v, v) for v in model.split("+")]
+
+
+def _r_name(var: str) -> str:  # R names factor columns <var><level>
+    return var.replace("[", "").replace("]", "")
+
+
+@pytest.mark.parametrize("row", MODELS, ids=[f"{m.dataset}-{m.model}" for m in MODELS])
+def test_cox_coefficients_lr_and_zph(row):
+    d = _cox_frame(row)
+    variables = _variables(row.model)
+    fit = fit_cox(d, "time", "event", variables)
+    want = COX[(COX.dataset == row.dataset) & (COX.model == row.model)].set_index("variable")
+    got = fit.coefficients.assign(variable=fit.coefficients.variable.map(_r_name)).set_index("variable")
+    assert list(got.index) == list(want.index)
+    np.testing.assert_allclose(got.coef, want.coef, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(got.se, want.se, rtol=1e-4)
+    np.testing.assert_allclose(got.p, want.p, rtol=1e-3)
+    assert (fit.n, fit.events) == (row.n, row.events)
+    assert fit.loglik == pytest.approx(row.loglik, rel=1e-8)
+    assert fit.lr_chisq == pytest.approx(row.lr_chisq, rel=1e-6)
+    assert fit.concordance == pytest.approx(row.concordance, abs=5e-3)
+    zph = ref("zph")
+    zw = zph[(zph.dataset == row.dataset) & (zph.model == row.model)].reset_index(drop=True)
+    assert list(fit.zph.term) == list(zw.term)
+    np.testing.assert_allclose(fit.zph.chisq, zw.chisq, rtol=1e-5)
+    np.testing.assert_allclose(fit.zph.p, zw.p, rtol=1e-4)
+
+
+def test_lung_age_sex_matches_issue_numbers():
+    fit = fit_cox(dataset("lung", "os"), "time", "event", ["age", "sex"])
+    c = fit.coefficients.set_index("variable")
+    assert c.coef.round(6).tolist() == [0.017045, -0.513219]
+    assert c.se.round(6).tolist() == [0.009223, 0.167458]
+
+
+def test_cox_zph_takes_terms_for_factors():
+    d = dataset("veteran", "os")
+    design = design_matrix(d, ["celltype"])
+    assert list(design.terms) == ["celltype"] and len(design.terms["celltype"]) == 3
+    with pytest.raises(np.linalg.LinAlgError):
+        cox_zph(d.time, d.event, design.X.iloc[:, [0, 0]], np.zeros(2))
