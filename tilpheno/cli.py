@@ -36,6 +36,82 @@ def _root(
 # --- commands are added below, one section per stage of the data flow ---
 
 
+# --- process: gate every product of a folder, per-product reports, cohort tables ---
+
+
+@app.command()
+def process(
+    folder: Path = typer.Argument(..., help="Folder of FCS files.", exists=True, file_okay=False),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; re-running overwrites atomically)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file,product_id,tube,role,fmo_marker) instead of scanning."),
+    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the bundled TIL strategies."),
+    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: viability > 70 %, CD3+ > 90 % of live lymphocytes."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Products processed in parallel (process pool)."),
+    executor: str = typer.Option("local", "--executor", help="local | dask"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
+    fmo_percentile: float = typer.Option(99.5, "--fmo-percentile", help="Percentile of the FMO tube's parent events that sets each marker threshold."),
+    include_identifiers: bool = typer.Option(False, "--include-identifiers", help="Show all FCS keywords in reports (default: an allow-list without identifiers)."),
+) -> None:
+    """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT."""
+    import sys
+
+    from tilpheno.errors import TilphenoError
+
+    try:
+        summary = _run_with_progress(
+            folder, out, manifest=manifest, strategy=strategy, release_spec=release_spec, jobs=jobs,
+            executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
+            include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
+        )
+    except TilphenoError as exc:
+        _fail(exc)
+    _print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+def _run_with_progress(folder, out, *, manifest=None, strategy=None, release_spec=None, jobs=1, executor="local",
+                       scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
+                       command_line=None):
+    """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tilpheno.pipeline import process_folder
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as bar:
+        state = {}
+
+        def on_start(n_products: int, n_files: int) -> None:
+            state["task"] = bar.add_task(f"gating {n_products} products ({n_files} files)", total=n_products)
+
+        def on_outcome(o) -> None:
+            if not o.ok:
+                bar.console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False)
+            bar.advance(state["task"])
+
+        return process_folder(
+            folder, out, manifest_csv=manifest, strategy_paths=strategy, release_spec_path=release_spec,
+            fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
+            executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
+            on_start=on_start, on_outcome=on_outcome,
+        )
+
+
+def _print_summary(summary) -> None:
+    typer.echo(
+        f"{len(summary.done)} of {summary.n_products} products done, {len(summary.failed)} failed "
+        f"in {summary.seconds:.1f} s; outputs in {summary.out_dir}"
+    )
+    for pid, reason in summary.failed.items():
+        typer.echo(f"  failed {pid}: {reason}")
+    if summary.flag_counts:
+        typer.echo("QC flags: " + ", ".join(f"{code} {n}" for code, n in summary.flag_counts.items()))
+    else:
+        typer.echo("QC flags: none")
+
+
 def main() -> None:  # console-script entry point
     app()
 

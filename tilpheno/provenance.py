@@ -21,6 +21,8 @@ DEPENDENCIES = (
     "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
 )
 TIME_FIELDS = ("started_at", "finished_at", "duration_s")
+EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler")
+"""How a run was executed; not in the reports' short form, so results do not depend on it."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -102,7 +104,9 @@ class RunRecord:
     def short(self) -> dict[str, str]:
         """The short form every report shows (no times, so reports are reproducible)."""
         strategies = ", ".join(f"{Path(d.path).name} ({d.sha256[:12]})" for d in self.strategies)
-        params = ", ".join(f"{k}={v}" for k, v in sorted(self.parameters.items()))
+        params = ", ".join(
+            f"{k}={v}" for k, v in sorted(self.parameters.items()) if k not in EXECUTION_PARAMETERS
+        )
         return {
             "tilpheno": self.tilpheno_version,
             "python": self.python.split()[0],

@@ -1,0 +1,509 @@
+"""The ``process`` job: gate every product of a manifest, report each one, write the cohort tables.
+
+One *job* per infusion product (all its tubes). A job runs :func:`process_product` anywhere
+(this process, a process pool, a Dask worker): it reads the product's files, gates them through
+``tilpheno.phenotype.analyze_product``, applies the release spec and renders the product's HTML
+report. It never raises for bad input: a failing product comes back as ``ok=False`` with the
+reason, so one bad product never sinks the batch. An unreadable file is dropped from its product
+with a QC flag ``unreadable_file``; the product is still gated from the files that remain.
+
+Determinism: products are processed in any order but collected and written sorted by product id;
+every output except the times in ``run.json`` is a pure function of the inputs and options, so
+``--jobs N``, Dask and re-runs give byte-identical files.
+
+Executors: ``local`` with ``n_jobs == 1`` (in-process), ``local`` with ``n_jobs > 1`` (a process
+pool of that many workers) and ``dask`` (a ``distributed`` cluster at a scheduler address, or a
+``distributed.Client`` passed in).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+from tilpheno.errors import FCSReadError, TableError, TilphenoError
+from tilpheno.provenance import FileDigest, RunRecord
+from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, ReleaseSpec
+
+SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
+EXECUTORS = ("local", "dask")
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """Options shared by every product job (all JSON-able except the spec)."""
+
+    fmo_percentile: float = 99.5
+    include_identifiers: bool = False
+    make_reports: bool = True
+    release_spec: ReleaseSpec = DEFAULT_SPEC
+    provenance_short: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProductJob:
+    """Everything one worker needs for one product: its manifest rows, the strategies, options."""
+
+    product_id: str
+    rows: object  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
+    strategies: tuple
+    options: ProcessOptions
+
+
+@dataclass
+class ProductOutcome:
+    """What a job returns: tables for the cohort files, the report HTML, the input digests."""
+
+    product_id: str
+    slug: str
+    ok: bool
+    error: str
+    phenotype: dict
+    populations: object  # pandas DataFrame (long: population x tube) or empty
+    qc: list  # of QCFlag-like objects (product_id, file, code, severity, message)
+    release: list[CriterionResult]
+    release_status: str
+    files: list[FileDigest]
+    report_html: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A QC flag raised by the pipeline itself (same fields as ``tilpheno.phenotype.QCFlag``)."""
+
+    product_id: str
+    file: str
+    code: str
+    severity: str
+    message: str
+
+
+@dataclass
+class RunSummary:
+    """End-of-run summary: products done, failed (id -> reason), flag counts by code, paths."""
+
+    out_dir: Path
+    n_products: int
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --- small pure helpers -------------------------------------------------------------------
+
+
+def product_slug(product_id: str) -> str:
+    """A file-system-safe folder name for a product id; never escapes its parent folder.
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``_``; leading dots are dropped; when anything
+    changed, 8 hex digits of the id's SHA-256 are appended so distinct ids stay distinct.
+    ``"../../x" -> "_.._x-<hash>"``-like names, never ``..`` or an absolute path.
+    """
+    import hashlib
+
+    text = str(product_id)
+    safe = _SAFE_CHARS.sub("_", text).lstrip(".")[:80] or "_"
+    if safe != text:
+        safe = f"{safe}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+    return safe
+
+
+def report_path(out_dir: Path, product_id: str) -> Path:
+    """``OUT/products/<slug>/report.html``; raises if the result would not be inside OUT."""
+    out_dir = Path(out_dir).resolve()
+    path = (out_dir / "products" / product_slug(product_id) / "report.html").resolve()
+    if out_dir not in path.parents:
+        raise TableError(f"product id {product_id!r}: report path escapes the output folder")
+    return path
+
+
+def worst_severity(flags: Iterable) -> str:
+    """``ok`` when there are no flags, else the highest severity (info < warning < error)."""
+    worst, rank = "ok", -1
+    for f in flags:
+        r = SEVERITY_ORDER.get(str(f.severity).lower(), 1)
+        if r > rank:
+            worst, rank = str(f.severity).lower(), r
+    return worst
+
+
+def group_products(manifest) -> list[tuple[str, object]]:
+    """Split a manifest DataFrame into (product_id, rows) pairs, sorted by product id (as text)."""
+    required = {"file", "product_id", "tube", "role"}
+    missing = sorted(required - set(manifest.columns))
+    if missing:
+        raise TableError(f"manifest: missing column(s) {', '.join(missing)}")
+    frame = manifest.copy()
+    frame["product_id"] = frame["product_id"].astype(str)
+    groups = []
+    for pid in sorted(frame["product_id"].unique()):
+        rows = frame[frame["product_id"] == pid].sort_values(["tube", "role", "file"], kind="stable")
+        groups.append((pid, rows.reset_index(drop=True)))
+    return groups
+
+
+def _dose(rows) -> float | None:
+    """The product's infused TIL number from a ``til_dose_cells`` manifest column, if any."""
+    if "til_dose_cells" not in rows.columns:
+        return None
+    values = [v for v in rows["til_dose_cells"].tolist() if v is not None and not _isnan(v)]
+    return float(values[0]) if values else None
+
+
+def _isnan(v) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# --- the job ------------------------------------------------------------------------------
+
+
+def _read_metadata(rows, product_id: str):
+    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests)."""
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.provenance import sha256_file
+
+    meta, flags, digests, keep = {}, [], [], []
+    for i, file in enumerate(rows["file"].tolist()):
+        try:
+            meta[file] = read_fcs_metadata(file)
+            keep.append(i)
+        except FCSReadError as exc:
+            flags.append(Flag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
+            try:
+                digests.append(FileDigest(str(file), sha256_file(file)))
+            except OSError:
+                digests.append(FileDigest(str(file), "unreadable"))
+    return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
+
+
+def _analyze(job: ProductJob, rows, flags: list):
+    """Gate the product; a file that fails to read during gating is dropped (flagged) and gating retried."""
+    from tilpheno.phenotype import analyze_product
+
+    while True:
+        try:
+            return rows, analyze_product(
+                job.product_id, rows, list(job.strategies),
+                fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows),
+            )
+        except FCSReadError as exc:
+            bad = rows["file"].astype(str) == exc.path
+            if not bad.any():
+                raise
+            flags.append(Flag(job.product_id, Path(exc.path).name, "unreadable_file", "error", exc.problem))
+            rows = rows[~bad].reset_index(drop=True)
+
+
+def _populations_long(product_id: str, tubes) -> object:
+    import pandas as pd
+
+    frames = []
+    for t in tubes:
+        pops = t.populations.copy()
+        head = {"product_id": product_id, "file": Path(t.file).name, "tube": t.tube, "role": t.role,
+                "fmo_marker": t.fmo_marker or ""}
+        for i, (k, v) in enumerate(head.items()):
+            pops.insert(i, k, v)
+        frames.append(pops)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _event_counts(tubes) -> dict[str, int]:
+    """Total events over all gated files and per stained tube (``n_events_<tube>``)."""
+    counts = {"n_events_total": 0}
+    for t in tubes:
+        n = int(len(next(iter(t.data.values())))) if t.data else 0
+        counts["n_events_total"] += n
+        if t.role == "stain":
+            counts[f"n_events_{t.tube}"] = n
+    return counts
+
+
+def process_product(job: ProductJob) -> ProductOutcome:
+    """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason)."""
+    from tilpheno.release import evaluate, overall
+
+    start = time.perf_counter()
+    pid, spec = job.product_id, job.options.release_spec
+    flags: list = []
+    digests: list[FileDigest] = []
+    result, meta, error = None, {}, ""
+    try:
+        rows, meta, flags, digests = _read_metadata(job.rows, pid)
+        if not (rows["role"] == "stain").any():
+            raise TableError(f"product {pid}: no readable stained tube (files: {', '.join(job.rows['file'].map(lambda f: Path(f).name))})")
+        rows, result = _analyze(job, rows, flags)
+    except TilphenoError as exc:
+        error = str(exc)
+    except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
+        error = f"internal error {type(exc).__name__}: {exc}"
+    if result is not None:
+        flags = list(result.qc) + flags
+        gated = {str(t.file) for t in result.tubes}
+        digests += [FileDigest(str(t.file), t.sha256) for t in result.tubes]
+        digests += [FileDigest(str(f), m.sha256) for f, m in meta.items() if str(f) not in gated]
+    else:
+        flags.append(Flag(pid, "", "product_failed", "error", error))
+        seen = {d.path for d in digests}
+        digests += [FileDigest(str(f), m.sha256) for f, m in meta.items() if str(f) not in seen]
+    phenotype = {**(dict(result.phenotype) if result else {}), "product_id": pid}
+    phenotype = {"product_id": pid, **phenotype}
+    release = evaluate(spec, phenotype) if result else []
+    outcome = ProductOutcome(
+        product_id=pid,
+        slug=product_slug(pid),
+        ok=result is not None,
+        error=error,
+        phenotype=phenotype,
+        populations=_populations_long(pid, result.tubes) if result else None,
+        qc=flags,
+        release=release,
+        release_status=overall(release) if result else NOT_EVALUABLE,
+        files=sorted(digests, key=lambda d: d.path),
+    )
+    outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
+    if job.options.make_reports:
+        from tilpheno.report.product import render_product
+
+        outcome.report_html = render_product(outcome, result, meta, job.options)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
+    cols = {
+        "status": "done" if outcome.ok else "failed",
+        "error": outcome.error,
+        "release_status": outcome.release_status,
+        "qc_status": worst_severity(outcome.qc),
+        "n_qc_flags": len(outcome.qc),
+        "n_files": n_files,
+    }
+    cols.update(_event_counts(result.tubes) if result else {"n_events_total": 0})
+    return cols
+
+
+# --- executors ----------------------------------------------------------------------------
+
+
+def _pool_context():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["tilpheno.pipeline", "numpy", "pandas", "matplotlib"])
+    return ctx
+
+
+def iter_outcomes(
+    jobs: Sequence[ProductJob],
+    *,
+    executor: str = "local",
+    n_jobs: int = 1,
+    scheduler=None,
+) -> Iterator[ProductOutcome]:
+    """Yield each job's outcome as it completes (any order; callers sort by product id).
+
+    ``scheduler``: for ``executor="dask"``, a scheduler address (``tcp://host:8786``) or a
+    ``distributed.Client``; ignored for ``local``.
+    """
+    if executor not in EXECUTORS:
+        raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if executor == "dask":
+        yield from _iter_dask(jobs, scheduler)
+    elif n_jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield process_product(job)
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=_pool_context()) as pool:
+            futures = [pool.submit(process_product, job) for job in jobs]
+            for fut in as_completed(futures):
+                yield fut.result()
+
+
+def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise TableError("--executor dask needs the 'distributed' package: pip install 'tilpheno[dask]'") from None
+    if scheduler is None:
+        raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+    own = not isinstance(scheduler, Client)
+    client = Client(scheduler) if own else scheduler
+    try:
+        import uuid
+
+        run = uuid.uuid4().hex  # fresh keys: a cluster never serves a cached result of an earlier run
+        keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(jobs))]
+        futures = client.map(process_product, list(jobs), key=keys, pure=False)
+        for fut in as_completed(futures):
+            yield fut.result()
+            fut.release()
+    finally:
+        if own:
+            client.close()
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+def _ordered_union(dicts: Iterable[Mapping]) -> list[str]:
+    cols: dict[str, None] = {}
+    for d in dicts:
+        for k in d:
+            cols.setdefault(k, None)
+    return list(cols)
+
+
+def _tables(outcomes: Sequence[ProductOutcome]):
+    """phenotypes, populations and qc DataFrames from outcomes sorted by product id."""
+    import pandas as pd
+
+    phen_cols = _ordered_union(o.phenotype for o in outcomes)
+    phenotypes = pd.DataFrame([o.phenotype for o in outcomes], columns=phen_cols)
+    pops = [o.populations for o in outcomes if o.populations is not None and len(o.populations)]
+    populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
+        columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    qc = pd.DataFrame(
+        [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
+          "severity": f.severity, "message": f.message} for o in outcomes for f in o.qc],
+        columns=["product_id", "file", "code", "severity", "message"],
+    )
+    return phenotypes, populations, qc
+
+
+def run_process(
+    manifest,
+    out_dir: str | Path,
+    strategies: Sequence,
+    record: RunRecord,
+    options: ProcessOptions = ProcessOptions(),
+    *,
+    executor: str = "local",
+    n_jobs: int = 1,
+    scheduler=None,
+    on_outcome: Callable[[ProductOutcome], None] | None = None,
+) -> RunSummary:
+    """Process every product of ``manifest`` into ``out_dir``; returns the summary.
+
+    ``record`` (from :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests
+    and written as ``run.json``. ``on_outcome`` is called in this process as each product finishes
+    (progress bars). Reports are written as products finish, tables at the end; every file atomically.
+    """
+    from tilpheno.io import atomic
+    from tilpheno.report.html import render_index
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
+    jobs = [ProductJob(pid, rows, tuple(strategies), options) for pid, rows in group_products(manifest)]
+    outcomes = []
+    for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        if outcome.report_html is not None:
+            atomic.write_text(report_path(out_dir, outcome.product_id), outcome.report_html)
+            outcome.report_html = None
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    outcomes.sort(key=lambda o: o.product_id)
+    phenotypes, populations, qc = _tables(outcomes)
+    atomic.write_csv(out_dir / "phenotypes.csv", phenotypes)
+    atomic.write_parquet(out_dir / "phenotypes.parquet", phenotypes)
+    atomic.write_csv(out_dir / "populations.csv", populations)
+    atomic.write_csv(out_dir / "qc.csv", qc)
+    atomic.write_text(out_dir / "index.html", render_index(outcomes, options))
+    seconds = time.perf_counter() - t0
+    record.finish((d for o in outcomes for d in o.files), seconds)
+    atomic.write_text(out_dir / "run.json", record.to_json())
+    summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=seconds)
+    for o in outcomes:
+        if o.ok:
+            summary.done.append(o.product_id)
+        else:
+            summary.failed[o.product_id] = o.error
+        for f in o.qc:
+            summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
+    summary.flag_counts = dict(sorted(summary.flag_counts.items()))
+    return summary
+
+
+def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None):
+    """The manifest: ``read_manifest(csv)`` when given (relative file paths resolved against
+    ``folder``), else ``scan_folder(folder)``."""
+    from tilpheno.io.manifest import read_manifest, scan_folder
+
+    folder = Path(folder)
+    if manifest_csv is None:
+        return scan_folder(folder)
+    frame = read_manifest(manifest_csv)
+    frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
+    return frame
+
+
+def process_folder(
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    manifest_csv: str | Path | None = None,
+    strategy_paths: Sequence[str | Path] | None = None,
+    release_spec_path: str | Path | None = None,
+    fmo_percentile: float = 99.5,
+    include_identifiers: bool = False,
+    make_reports: bool = True,
+    executor: str = "local",
+    n_jobs: int = 1,
+    scheduler=None,
+    command_line: list[str] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_outcome: Callable[[ProductOutcome], None] | None = None,
+) -> RunSummary:
+    """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
+
+    Bad options or inputs that concern the whole run (unreadable manifest, invalid strategy or
+    release spec, unknown executor) raise ``TilphenoError`` before any product is processed.
+    ``on_start(n_products, n_files)`` is called once the manifest is known.
+    """
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.provenance import start_record
+    from tilpheno.release import load_release_spec
+
+    if executor not in EXECUTORS:
+        raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if not 0 < fmo_percentile < 100:
+        raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
+    manifest = load_manifest(folder, manifest_csv)
+    paths = [Path(p) for p in (strategy_paths or default_strategy_paths())]
+    strategies = tuple(load_strategy(p) for p in paths)
+    spec = load_release_spec(release_spec_path) if release_spec_path else DEFAULT_SPEC
+    record = start_record(
+        command_line=command_line,
+        parameters={
+            "input_folder": str(folder), "manifest": str(manifest_csv or ""), "fmo_percentile": fmo_percentile,
+            "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
+        },
+        strategy_paths=paths,
+        release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
+                      "criteria": [c.describe() for c in spec.criteria]},
+    )
+    if on_start is not None:
+        on_start(int(manifest["product_id"].nunique()), len(manifest))
+    options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
+                             make_reports=make_reports, release_spec=spec)
+    return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
+                       scheduler=scheduler, on_outcome=on_outcome)

@@ -1,0 +1,126 @@
+"""HTML rendering: the per-product report and the cohort index, from Jinja2 templates.
+
+Safety: autoescaping is ON for every template (input-derived strings - keywords, file names,
+channel names, manifest values - are always escaped). Pages are self-contained (images inline as
+``data:`` URIs, CSS inline) and carry a Content-Security-Policy that allows no network access,
+no plugins and, in the index, only the one inline sorter script whose SHA-256 is in the policy;
+the product report allows no script at all. An injected ``<script>`` could therefore not run
+even if escaping failed.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from functools import lru_cache
+from typing import Sequence
+
+SORTER_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0];
+      var asc = th.getAttribute("aria-sort") !== "ascending";
+      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+      var rows = Array.prototype.slice.call(body.rows);
+      var key = function (row) {
+        var cell = row.cells[col];
+        var raw = cell.getAttribute("data-sort");
+        var text = raw !== null ? raw : cell.textContent.trim();
+        var num = parseFloat(text);
+        return (text !== "" && !isNaN(num) && isFinite(text)) ? [0, num] : [1, text.toLowerCase()];
+      };
+      rows.sort(function (a, b) {
+        var ka = key(a), kb = key(b);
+        var c = ka[0] - kb[0] || (ka[1] < kb[1] ? -1 : ka[1] > kb[1] ? 1 : 0);
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+""".strip()
+
+
+def _script_hash(js: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
+
+
+def csp(script: str | None) -> str:
+    """The page's Content-Security-Policy: inline CSS and data: images only; ``script`` by hash."""
+    script_src = f"'{_script_hash(script)}'" if script else "'none'"
+    return (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        f"script-src {script_src}; base-uri 'none'; form-action 'none'"
+    )
+
+
+def fmt(value, digits: int = 2) -> str:
+    """Numbers to ``digits`` decimals (integers as is), NaN/None as an empty string, text unchanged."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(f):
+        return ""
+    if f.is_integer() and abs(f) >= 1e5:
+        return f"{f:.0f}"
+    return f"{f:.{digits}f}"
+
+
+@lru_cache(maxsize=1)
+def environment():
+    """The Jinja2 environment over ``tilpheno/report/templates`` (package data), autoescape on."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(
+        loader=PackageLoader("tilpheno.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["fmt"] = fmt
+    return env
+
+
+def render(template: str, *, script: str | None = None, **context) -> str:
+    """Render ``template`` with ``context``; the CSP (and the sorter, when ``script``) are added."""
+    return environment().get_template(template).render(csp=csp(script), script=script, **context)
+
+
+INDEX_COLUMNS = (
+    "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
+    "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3",
+    "cd4foxp3_pct_of_cd4", "n_events_total",
+)
+
+
+def render_index(outcomes: Sequence, options) -> str:
+    """The cohort page: one sortable row per product (sorted by id), linking to each report."""
+    rows = []
+    for o in outcomes:
+        rows.append({
+            "product_id": o.product_id,
+            "href": f"products/{o.slug}/report.html" if options.make_reports else None,
+            "status": "done" if o.ok else "failed",
+            "error": o.error,
+            "release": o.release_status,
+            "qc": o.phenotype.get("qc_status", ""),
+            "n_flags": len(o.qc),
+            "values": [o.phenotype.get(c) for c in INDEX_COLUMNS],
+        })
+    n_failed = sum(1 for o in outcomes if not o.ok)
+    n_released = sum(1 for o in outcomes if o.release_status == "pass")
+    return render(
+        "index.html.j2", script=SORTER_JS, rows=rows, columns=INDEX_COLUMNS, n_failed=n_failed,
+        n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
+    )

@@ -1,0 +1,226 @@
+"""The per-product report: page model (figures, tables) from a gated product, rendered to HTML.
+
+Layout, top to bottom: release verdict and the spec used; study variables; release criteria;
+QC flags; per stained tube a FlowJo-like grid of the gating hierarchy (one density plot per gate,
+parent events shown, the gate drawn, population name and % of parent on the plot); FMO vs stained
+histograms with the threshold line for every FMO-derived marker; each tube's population table
+(the subset table); files with their SHA-256 and allow-listed keywords; provenance short form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+# FCS keywords shown by default: instrument and acquisition settings only. Anything that can
+# identify a patient, operator or site ($SRC, $PATIENTID, $FIL, $OP, $INST, $SMNO, $PROJ,
+# $COM, dates, free-text names) is shown only with --include-identifiers.
+KEYWORD_ALLOW_LIST = (
+    "$CYT", "$CYTSN", "$TOT", "$PAR", "$DATATYPE", "$MODE", "$BYTEORD", "$TIMESTEP", "$VOL",
+    "TUBE NAME", "CREATOR", "APPLY COMPENSATION",
+)
+ROOT_NAMES = ("", "root", "all", "all events", "none")
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    uri: str
+    alt: str
+
+
+def _detectors(meta: Mapping) -> dict[str, dict[str, str]]:
+    """Per file: marker/dimension name -> detector ($PnN), from $PnS (FMO-omitted markers from the stain tube)."""
+    from tilpheno.panel import normalize_marker
+
+    per_file = {}
+    for file, m in meta.items():
+        mapping = {}
+        for pnn, pns in zip(m.channels["pnn"], m.channels["pns"]):
+            mapping[str(pnn)] = str(pnn)
+            if isinstance(pns, str) and pns.strip():
+                try:
+                    mapping[normalize_marker(pns)] = str(pnn)
+                except Exception:  # an unknown stain name: keep the detector only
+                    pass
+        per_file[str(file)] = mapping
+    merged = {}
+    for mapping in per_file.values():
+        for k, v in mapping.items():
+            merged.setdefault(k, v)
+    return {f: {**merged, **mp} for f, mp in per_file.items()}
+
+
+def _axis(dim: str, detectors: Mapping[str, str]):
+    from tilpheno.report.plots import Axis, axis_label
+    from tilpheno.transforms import default_transform
+
+    detector = detectors.get(dim)
+    return Axis(dim, axis_label(dim, detector), default_transform(detector or dim))
+
+
+def population_masks(tube) -> dict[str, np.ndarray]:
+    """Mask (over all events of the tube) of every population, recomputed down the gate tree.
+
+    Uses ``tube.masks`` when the gating result carries them. Populations are evaluated in
+    ``tube.gates`` order (parents first, as the strategy lists them).
+    """
+    given = getattr(tube, "masks", None)
+    if given:
+        return dict(given)
+    n = len(next(iter(tube.data.values()))) if tube.data else 0
+    everything = np.ones(n, dtype=bool)
+    masks: dict[str, np.ndarray] = {}
+    for population, parent, gate, _method in tube.gates:
+        parent_mask = masks.get(parent, everything)
+        kind = type(gate).__name__
+        if kind == "BooleanGate":
+            own = gate.evaluate(masks)
+        elif kind == "QuadrantGate":
+            own = gate.contains(tube.data, population)
+        else:
+            own = gate.contains(tube.data)
+        masks[population] = own & parent_mask
+    return masks
+
+
+def _pct_of_parent(tube, population: str, masks, parent_mask) -> float:
+    pops = tube.populations
+    row = pops[pops["population"] == population] if "population" in pops else pops.iloc[0:0]
+    if len(row) and "pct_of_parent" in row:
+        return float(row["pct_of_parent"].iloc[0])
+    n_parent = int(parent_mask.sum())
+    return 100.0 * int(masks[population].sum()) / n_parent if n_parent else float("nan")
+
+
+def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str) -> list[Figure]:
+    """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent."""
+    from tilpheno.report import plots
+
+    masks = population_masks(tube)
+    n = len(next(iter(tube.data.values()))) if tube.data else 0
+    figures = []
+    for population, parent, gate, method in tube.gates:
+        dims = tuple(getattr(gate, "dims", ()))
+        if not dims:
+            continue
+        parent_mask = masks.get(parent, np.ones(n, dtype=bool))
+        inside = masks[population][parent_mask]
+        pct = _pct_of_parent(tube, population, masks, parent_mask)
+        parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+        title = f"{parent_name} → {population}"
+        if len(dims) == 1:
+            png = plots.histogram_png(
+                tube.data[dims[0]][parent_mask], _axis(dims[0], detectors), gate=gate, inside=inside,
+                population=population, pct_of_parent=pct, title=title,
+            )
+        else:
+            x, y = dims[0], dims[1]
+            png = plots.density_png(
+                tube.data[x][parent_mask], tube.data[y][parent_mask], _axis(x, detectors), _axis(y, detectors),
+                gate=gate, inside=inside, population=population, pct_of_parent=pct, title=title,
+            )
+        figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
+                              f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"))
+    return figures
+
+
+def fmo_figures(result, detectors_by_file: Mapping[str, Mapping[str, str]], percentile: float) -> list[Figure]:
+    """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file."""
+    from tilpheno.report import plots
+
+    by_name = {Path(str(t.file)).name: t for t in result.tubes}
+    masks_cache: dict[str, dict] = {}
+
+    def masks_of(tube):
+        key = str(tube.file)
+        if key not in masks_cache:
+            masks_cache[key] = population_masks(tube)
+        return masks_cache[key]
+
+    figures = []
+    for stain in (t for t in result.tubes if t.role == "stain"):
+        th = stain.thresholds
+        for row in th.itertuples(index=False):
+            source = Path(str(getattr(row, "source_file", "") or "")).name
+            fmo = by_name.get(source)
+            marker, parent = str(row.marker), str(row.parent)
+            if fmo is None or fmo is stain or marker not in stain.data or marker not in fmo.data:
+                continue
+            s_mask, f_mask = masks_of(stain).get(parent), masks_of(fmo).get(parent)
+            if s_mask is None or f_mask is None:
+                continue
+            s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
+            thr = float(row.value_transformed)
+            pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
+            pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
+            detectors = detectors_by_file.get(str(stain.file), {})
+            pctl = float(getattr(row, "percentile", percentile))
+            png = plots.fmo_overlay_png(
+                s_vals, f_vals, _axis(marker, detectors), threshold=thr, pct_stained=pct_s, pct_fmo=pct_f,
+                marker=marker, threshold_note=f"{pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})",
+            )
+            figures.append(Figure(
+                f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", plots.to_data_uri(png),
+                f"{marker} FMO vs stained histogram; threshold {thr:.3f} from {source}; "
+                f"stained {pct_s:.1f}% positive, FMO {pct_f:.1f}%",
+            ))
+    return figures
+
+
+def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
+    kw = meta.keywords
+    if include_identifiers:
+        return sorted((k, str(v)) for k, v in kw.items() if not k.startswith(("$P", "$SPILL", "SPILL")) or k in ("$PAR",))
+    return [(k, str(kw[k])) for k in KEYWORD_ALLOW_LIST if k in kw]
+
+
+def _table(frame) -> dict:
+    """A DataFrame as {columns, rows} of display strings."""
+    from tilpheno.report.html import fmt
+
+    if frame is None or len(frame) == 0:
+        return {"columns": [], "rows": []}
+    cols = [str(c) for c in frame.columns]
+    return {"columns": cols, "rows": [[fmt(v) for v in rec] for rec in frame.itertuples(index=False)]}
+
+
+def render_product(outcome, result, meta: Mapping, options) -> str:
+    """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
+    from tilpheno.report.html import render
+
+    tubes, fmo = [], []
+    if result is not None:
+        detectors = _detectors(meta)
+        order = sorted(result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
+        for t in order:
+            name = Path(str(t.file)).name
+            file_meta = meta.get(str(t.file)) or meta.get(t.file)
+            tubes.append({
+                "title": f"{t.tube} tube, {t.role}" + (f" (FMO {t.fmo_marker})" if t.fmo_marker else ""),
+                "file": name,
+                "sha256": t.sha256,
+                "n_events": len(next(iter(t.data.values()))) if t.data else 0,
+                "keywords": _keywords(file_meta, options.include_identifiers) if file_meta is not None else [],
+                "figures": gate_figures(t, detectors.get(str(t.file), {}), t.tube) if t.role == "stain" else [],
+                "populations": _table(t.populations),
+                "thresholds": _table(t.thresholds),
+            })
+        fmo = fmo_figures(result, detectors, options.fmo_percentile)
+    study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id"]
+    return render(
+        "product.html.j2",
+        o=outcome,
+        study=study,
+        release=outcome.release,
+        spec=options.release_spec,
+        flags=outcome.qc,
+        tubes=tubes,
+        fmo=fmo,
+        percentile=options.fmo_percentile,
+        strategy_sha256=getattr(result, "strategy_sha256", ""),
+        provenance=options.provenance_short,
+        include_identifiers=options.include_identifiers,
+    )
