@@ -1,0 +1,362 @@
+"""Data-driven gate placement: each function looks at one population's events and returns a
+resolved geometry gate (``tilpheno.gates.geometry``), the method's name, diagnostics, and QC flags.
+
+All functions are pure and deterministic bit for bit: densities are binned histograms smoothed
+with a Gaussian kernel (no random numbers); the one fitted model (the lymphocyte mixture) runs on
+a subsample drawn with a fixed seed, single-threaded (``threadpoolctl``), so the result does not
+depend on the machine's thread count.
+
+Scales: scatter dimensions are linear instrument units (0..``ceiling``, 262143 on the demo
+Fortessa); fluorescence dimensions are on the transformed scale (logicle 0..1 by default), so the
+1-D density bandwidths below are in transformed units.
+
+Methods
+-------
+``place_cells``  FSC-A/SSC-A. The debris boundary is the deepest point of the FSC-A density
+    between the lowest FSC-A peak (debris; the axis start counts as a peak when debris density
+    rises towards zero) and the main (highest) peak. Events at or above ``ceiling`` on either
+    axis (the saturated edge) are outside. Gate: a polygon (rectangle) ``[cut, ceiling) x
+    [-ceiling, ceiling)``. Without a debris peak the cut is ``fallback_fraction`` x the main
+    mode (diagnostic ``debris_peak = False``, no flag: a clean sample is not a problem).
+``place_singlets``  FSC-A vs FSC-H. Ratio r = H/A; centre = mode of r (smoothed density);
+    spread s = 1.4826 x the median deviation above the mode (the upper side holds no doublets);
+    band = [mode - width s, mode + width s], raised to the density valley between a doublet
+    peak and the singlet peak when such a peak exists. Gate: a wedge polygon through the origin.
+``place_valley``  1-D split at the density valley between the two most prominent peaks of a
+    smoothed density (live/dead on 7AAD; lineage markers without FMO). ``keep='low'`` keeps the
+    negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. With one peak only:
+    ``cut = peak + fallback_sd x sigma`` with sigma the RMS deviation of the events below the
+    peak (the negative peak's left half), flag ``no_second_peak``.
+``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (scikit-learn, full
+    covariance, components 1..``max_components`` chosen by BIC, k-means init with a fixed
+    ``seed``) on at most ``max_events`` events; the lymphocyte component is the heaviest one,
+    merged with components whose means lie inside its ellipse; the gate is the ellipse of the
+    merged moments at the chi-square ``coverage`` quantile (2 d.f.). Large non-lymphoid cells
+    form their own component(s) and fall outside.
+``place_fmo_threshold``  Threshold = the ``percentile`` (numpy linear interpolation, type 7) of
+    the FMO tube's events in the same parent population; positive = value > threshold. Flag
+    ``low_events`` when the FMO parent has fewer than ``min_events`` events.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import find_peaks
+from scipy.stats import chi2
+
+from tilpheno.errors import GatingError
+from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
+
+_BINS = 1024
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A QC finding from placement: ``code`` (design.md list), ``severity`` (info|warning|error)."""
+
+    code: str
+    severity: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A placed gate: the geometry, the method that placed it, numbers behind it, QC flags."""
+
+    gate: Gate
+    method: str
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    flags: tuple[Flag, ...] = ()
+
+
+@dataclass(frozen=True)
+class Density:
+    """A smoothed 1-D density on an even grid (``grid`` = bin centres, ``values`` sums to 1)."""
+
+    grid: np.ndarray
+    values: np.ndarray
+
+    def peaks(self, min_prominence: float) -> np.ndarray:
+        """Indices of peaks with prominence >= ``min_prominence`` x the highest density.
+
+        The density is padded with zeros so a maximum at either end of the grid counts.
+        """
+        padded = np.concatenate([[0.0], self.values, [0.0]])
+        idx, _ = find_peaks(padded, prominence=min_prominence * self.values.max())
+        return idx - 1
+
+    def valley(self, left: int, right: int) -> int:
+        """Index of the lowest density between grid indices ``left`` < ``right`` (first if tied)."""
+        return left + int(np.argmin(self.values[left : right + 1]))
+
+
+def _finite(values: np.ndarray, what: str, min_events: int = 2) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < min_events:
+        raise GatingError(f"{what}: only {values.size} events to place the gate on (need >= {min_events})")
+    return values
+
+
+def smoothed_density(values: np.ndarray, bandwidth: float, low: float, high: float) -> Density:
+    """Histogram of ``values`` on ``_BINS`` bins over [low, high], Gaussian-smoothed.
+
+    ``bandwidth`` is the kernel's standard deviation in the units of ``values``.
+    """
+    if not high > low:
+        high = low + max(abs(low), 1.0) * 1e-6
+    counts, edges = np.histogram(values, bins=_BINS, range=(low, high))
+    sigma_bins = bandwidth / (edges[1] - edges[0])
+    smooth = gaussian_filter1d(counts.astype(np.float64), sigma_bins, mode="constant")
+    total = smooth.sum()
+    return Density(0.5 * (edges[:-1] + edges[1:]), smooth / total if total > 0 else smooth)
+
+
+def _padded_range(values: np.ndarray, bandwidth: float) -> tuple[float, float]:
+    low, high = np.percentile(values, [0.05, 99.95])
+    return float(low - 3 * bandwidth), float(high + 3 * bandwidth)
+
+
+# --------------------------------------------------------------------------------------------
+# scatter: cells, singlets, lymphocytes
+# --------------------------------------------------------------------------------------------
+
+
+def place_cells(
+    fsc: np.ndarray,
+    ssc: np.ndarray,
+    dims: tuple[str, str] = ("FSC-A", "SSC-A"),
+    *,
+    ceiling: float = 262143.0,
+    bandwidth: float = 0.01,
+    min_prominence: float = 0.01,
+    fallback_fraction: float = 0.2,
+) -> Placement:
+    """Cells on FSC-A (x) vs SSC-A (y): drop debris (low FSC-A) and the saturated edge.
+
+    ``bandwidth`` is a fraction of ``ceiling``. See the module docstring for the method.
+    """
+    fsc = np.asarray(fsc, dtype=np.float64)
+    ssc = np.asarray(ssc, dtype=np.float64)
+    unsaturated = (fsc < ceiling) & (ssc < ceiling)
+    x = _finite(fsc[unsaturated] / ceiling, "cells gate (FSC-A)", 50)
+    density = smoothed_density(x, bandwidth, min(0.0, float(x.min())), 1.0)
+    peaks = density.peaks(min_prominence)
+    main = int(peaks[np.argmax(density.values[peaks])])
+    lowest = int(peaks[0])
+    debris_peak = lowest < main
+    if debris_peak:
+        cut = float(density.grid[density.valley(lowest, main)]) * ceiling
+    else:
+        cut = fallback_fraction * float(density.grid[main]) * ceiling
+    vertices = ((cut, -ceiling), (ceiling, -ceiling), (ceiling, ceiling), (cut, ceiling))
+    diagnostics = {
+        "fsc_cut": cut,
+        "main_mode_fsc": float(density.grid[main]) * ceiling,
+        "debris_peak": bool(debris_peak),
+        "saturated_events": int((~unsaturated).sum()),
+        "ceiling": ceiling,
+    }
+    return Placement(PolygonGate(tuple(dims), vertices), "fsc_density_valley", diagnostics)
+
+
+def place_singlets(
+    area: np.ndarray,
+    height: np.ndarray,
+    dims: tuple[str, str] = ("FSC-A", "FSC-H"),
+    *,
+    width: float = 4.0,
+    min_prominence: float = 0.02,
+    ceiling: float = 262143.0,
+) -> Placement:
+    """Singlets on FSC-A (x) vs FSC-H (y): a band of H/A ratio around the singlet diagonal.
+
+    ``width`` is in robust standard deviations of the ratio (upper side). See the module docstring.
+    """
+    area = np.asarray(area, dtype=np.float64)
+    height = np.asarray(height, dtype=np.float64)
+    ok = area > 0
+    ratio = _finite(height[ok] / area[ok], "singlets gate (FSC-H/FSC-A)", 50)
+    centre_guess = float(np.median(ratio))
+    bandwidth = 0.01 * abs(centre_guess) if centre_guess else 0.01
+    low, high = np.percentile(ratio, [0.5, 99.5])
+    density = smoothed_density(ratio, bandwidth, float(low), float(high))
+    peaks = density.peaks(min_prominence)
+    main = int(peaks[np.argmax(density.values[peaks])])
+    mode = float(density.grid[main])
+    above = ratio[ratio > mode] - mode
+    spread = 1.4826 * float(np.median(above)) if above.size else bandwidth
+    lower = mode - width * spread
+    upper = mode + width * spread
+    doublet_peaks = peaks[peaks < main]
+    valley = None
+    if doublet_peaks.size:
+        valley = float(density.grid[density.valley(int(doublet_peaks[-1]), main)])
+        lower = max(lower, valley)
+    far = 2.0 * ceiling
+    vertices = ((0.0, 0.0), (far, lower * far), (far, upper * far))
+    diagnostics = {
+        "ratio_mode": mode,
+        "ratio_spread": spread,
+        "ratio_low": lower,
+        "ratio_high": upper,
+        "doublet_valley": valley,
+    }
+    return Placement(PolygonGate(tuple(dims), vertices), "ratio_band", diagnostics)
+
+
+def _subsample(n: int, max_events: int, seed: int) -> np.ndarray:
+    """Sorted indices of a fixed-seed subsample (all indices when ``n <= max_events``)."""
+    if n <= max_events:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_events, replace=False))
+
+
+def place_lymphocytes(
+    fsc: np.ndarray,
+    ssc: np.ndarray,
+    dims: tuple[str, str] = ("FSC-A", "SSC-A"),
+    *,
+    max_components: int = 3,
+    coverage: float = 0.99,
+    max_events: int = 10000,
+    seed: int = 0,
+    ceiling: float = 262143.0,
+) -> Placement:
+    """Lymphocytes on FSC-A/SSC-A of live singlets: ellipse of the main mixture component."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    points = np.column_stack([np.asarray(fsc, np.float64), np.asarray(ssc, np.float64)])
+    points = points[np.all(np.isfinite(points), axis=1)]
+    if len(points) < 50:
+        raise GatingError(f"lymphocyte gate: only {len(points)} events to place the gate on (need >= 50)")
+    sample = points[_subsample(len(points), max_events, seed)] / ceiling
+    best = None
+    with threadpool_limits(limits=1):
+        for k in range(1, max_components + 1):
+            model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
+            bic = model.bic(sample)
+            if best is None or bic < best[0]:
+                best = (bic, model)
+    model = best[1]
+    main = int(np.argmax(model.weights_))
+    d2_limit = float(chi2.ppf(coverage, 2))
+    inv = np.linalg.inv(model.covariances_[main])
+    offsets = model.means_ - model.means_[main]
+    inside = np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit
+    weights = model.weights_[inside] / model.weights_[inside].sum()
+    mean = weights @ model.means_[inside]
+    centred = model.means_[inside] - mean
+    cov = np.einsum("i,ijk->jk", weights, model.covariances_[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
+    gate = EllipsoidGate(tuple(dims), tuple(mean * ceiling), tuple(map(tuple, cov * ceiling**2)), d2_limit)
+    diagnostics = {
+        "n_components": int(model.n_components),
+        "merged_components": int(inside.sum()),
+        "lymph_weight": float(model.weights_[inside].sum()),
+        "coverage": coverage,
+        "events_used": int(len(sample)),
+    }
+    return Placement(gate, "gmm_main_component", diagnostics)
+
+
+# --------------------------------------------------------------------------------------------
+# 1-D thresholds: density valley (live/dead, fallback) and FMO percentile
+# --------------------------------------------------------------------------------------------
+
+
+def valley_threshold(
+    values: np.ndarray,
+    *,
+    bandwidth: float = 0.02,
+    min_prominence: float = 0.01,
+    fallback_sd: float = 4.0,
+) -> tuple[float, dict[str, Any], bool]:
+    """Cut between a negative and a positive population: (cut, diagnostics, found_second_peak).
+
+    Two most prominent peaks -> the density minimum between them. One peak -> peak +
+    ``fallback_sd`` x the RMS deviation of the events below the peak.
+    """
+    x = _finite(values, "density threshold", 20)
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    peaks = density.peaks(min_prominence)
+    if peaks.size >= 2:
+        padded = np.concatenate([[0.0], density.values, [0.0]])
+        prominences = find_peaks(padded, prominence=min_prominence * density.values.max())[1]["prominences"]
+        top_two = np.sort(peaks[np.argsort(-prominences, kind="stable")[:2]])
+        cut_index = density.valley(int(top_two[0]), int(top_two[1]))
+        cut = float(density.grid[cut_index])
+        return cut, {"negative_peak": float(density.grid[top_two[0]]), "positive_peak": float(density.grid[top_two[1]])}, True
+    peak = float(density.grid[peaks[0]])
+    below = x[x <= peak] - peak
+    sigma = float(np.sqrt(np.mean(below**2))) if below.size else bandwidth
+    cut = peak + fallback_sd * sigma
+    return cut, {"negative_peak": peak, "negative_sigma": sigma}, False
+
+
+def place_valley(
+    values: np.ndarray,
+    dim: str,
+    *,
+    keep: str = "low",
+    bandwidth: float = 0.02,
+    min_prominence: float = 0.01,
+    fallback_sd: float = 4.0,
+) -> Placement:
+    """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``."""
+    if keep not in ("low", "high"):
+        raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
+    cut, diagnostics, two_peaks = valley_threshold(
+        values, bandwidth=bandwidth, min_prominence=min_prominence, fallback_sd=fallback_sd
+    )
+    diagnostics = {"threshold": cut, **diagnostics}
+    flags: tuple[Flag, ...] = ()
+    method = "density_valley"
+    if not two_peaks:
+        method = "single_peak_sd"
+        flags = (
+            Flag(
+                "no_second_peak",
+                "warning",
+                f"{dim}: no second density peak; cut at negative peak + {fallback_sd} SD = {cut:.4g}",
+            ),
+        )
+    gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
+    return Placement(gate, method, diagnostics, flags)
+
+
+def fmo_threshold(fmo_values: np.ndarray, percentile: float = 99.5) -> float:
+    """The ``percentile`` of the FMO events (numpy linear interpolation); positive = value > it."""
+    if not 0 < percentile < 100:
+        raise GatingError(f"FMO percentile must be in (0, 100), got {percentile}")
+    x = _finite(fmo_values, "FMO threshold", 1)
+    return float(np.percentile(x, percentile))
+
+
+def place_fmo_threshold(
+    fmo_values: np.ndarray,
+    dim: str,
+    *,
+    percentile: float = 99.5,
+    source_file: str = "",
+    min_events: int = 200,
+) -> Placement:
+    """Positive gate ``x > threshold`` with the threshold from the FMO tube's parent population."""
+    threshold = fmo_threshold(fmo_values, percentile)
+    n = int(np.isfinite(np.asarray(fmo_values, dtype=np.float64)).sum())
+    flags: tuple[Flag, ...] = ()
+    if n < min_events:
+        flags = (
+            Flag(
+                "low_events",
+                "warning",
+                f"{dim}: FMO {source_file or '(unnamed)'} has only {n} events in the parent population "
+                f"(< {min_events}); the {percentile}th percentile is imprecise",
+            ),
+        )
+    gate = RangeGate(dim, float(np.nextafter(threshold, np.inf)), None)
+    diagnostics = {"threshold": threshold, "percentile": percentile, "fmo_events": n, "source_file": source_file}
+    return Placement(gate, "fmo_percentile", diagnostics, flags)
