@@ -1,0 +1,443 @@
+"""Gating strategies as YAML files: load, validate, describe.
+
+A strategy file (``gating/til_surface.yaml``, ``gating/til_treg.yaml``) lists, for one tube
+kind, the populations of the gating tree. Each population has a ``name``, a ``parent``
+(``root`` = all events), the ``dims`` it is gated on (marker names such as ``CD3`` or scatter
+``FSC-A``), a placement ``method`` with ``params``; boolean populations give an ``expression``
+instead (openCyto style: ``"CD56+ & !CD3+"``, operands joined by all ``&`` or all ``|``, ``!``
+for the complement). ``transforms`` sets the scale of each dimension; ``variables`` names the
+study variables computed from the stained tube as ``100 * count(numerator) / count(denominator)``.
+
+Methods and their parameters (see ``tilpheno.gates.placement`` for the algorithms):
+
+=============  ====  ===============================================================
+method         dims  params (defaults)
+=============  ====  ===============================================================
+cells          2     ceiling 262143, bandwidth 0.01, min_prominence 0.01, fallback_fraction 0.2
+singlets       2     width 4, min_prominence 0.02, ceiling 262143
+lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
+valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, fallback_sd 4
+fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200,
+                     bandwidth / min_prominence / fallback_sd for the density fallback
+fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
+boolean        -     expression
+=============  ====  ===============================================================
+
+Validation errors raise ``StrategyError`` with ``<file>:<line>: <key>: <problem>``. A strategy
+records the SHA-256 of the file's bytes; results depend on the file only through its content.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from tilpheno.errors import GatingError, StrategyError
+from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
+from tilpheno.transforms import Transform, default_transform, transform_from_dict
+
+ROOT = "root"
+SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
+KNOWN_MARKERS = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3", "7AAD")
+"""Canonical marker names (docs/design.md, Panel)."""
+
+STRATEGY_DIR = Path(__file__).resolve().parents[2] / "gating"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One method parameter: its type, default and allowed range (inclusive bounds, None = open)."""
+
+    kind: type | tuple
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+
+_NUM = (int, float)
+METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
+    "cells": (2, {
+        "ceiling": ParamSpec(_NUM, 262143.0, 1, None),
+        "bandwidth": ParamSpec(_NUM, 0.01, 1e-4, 0.5),
+        "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
+        "fallback_fraction": ParamSpec(_NUM, 0.2, 0, 1),
+    }),
+    "singlets": (2, {
+        "width": ParamSpec(_NUM, 4.0, 0.5, 50),
+        "min_prominence": ParamSpec(_NUM, 0.02, 0, 1),
+        "ceiling": ParamSpec(_NUM, 262143.0, 1, None),
+    }),
+    "lymphocytes": (2, {
+        "max_components": ParamSpec(int, 3, 1, 10),
+        "coverage": ParamSpec(_NUM, 0.99, 0.5, 0.999999),
+        "max_events": ParamSpec(int, 10000, 100, 10_000_000),
+        "seed": ParamSpec(int, 0, 0, 2**32 - 1),
+        "ceiling": ParamSpec(_NUM, 262143.0, 1, None),
+    }),
+    "valley": (1, {
+        "keep": ParamSpec(str, "low", choices=("low", "high")),
+        "bandwidth": ParamSpec(_NUM, 0.02, 1e-5, 10),
+        "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
+        "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
+    }),
+    "fmo": (1, {
+        "percentile": ParamSpec(_NUM, None, 50, 99.999),
+        "min_events": ParamSpec(int, 200, 1, None),
+        "bandwidth": ParamSpec(_NUM, 0.02, 1e-5, 10),
+        "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
+        "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
+    }),
+    "fixed": (None, {"gate": ParamSpec(dict)}),
+}
+_POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
+_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables"}
+
+
+@dataclass(frozen=True)
+class Population:
+    """One node of the gating tree as the strategy file defines it (``line`` = its line in the file)."""
+
+    name: str
+    parent: str
+    method: str
+    dims: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    boolean: BooleanGate | None = None
+    fixed_gate: Gate | None = None
+    description: str = ""
+    line: int = 0
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """Populations that must be gated first: the parent and any boolean operands."""
+        own = (self.parent,) if self.parent != ROOT else ()
+        return own + (self.boolean.operands if self.boolean else ())
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A study variable: ``100 * count(numerator) / count(denominator)`` in the stained tube."""
+
+    name: str
+    numerator: str
+    denominator: str
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A validated strategy: populations in gating order (parents and operands first)."""
+
+    name: str
+    tube: str
+    path: str
+    sha256: str
+    markers: tuple[str, ...]
+    populations: tuple[Population, ...]
+    transforms: Mapping[str, Transform]
+    variables: tuple[Variable, ...]
+    description: str = ""
+
+    def transform_for(self, dim: str) -> Transform:
+        """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
+        return self.transforms.get(dim) or default_transform(dim)
+
+    def population(self, name: str) -> Population:
+        for p in self.populations:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Every dimension a gate uses, in first-use order."""
+        seen: dict[str, None] = {}
+        for p in self.populations:
+            for d in p.dims:
+                seen.setdefault(d, None)
+        return tuple(seen)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers
+# --------------------------------------------------------------------------------------------
+
+
+class _LineDict(dict):
+    """A mapping from the YAML file that remembers its own line and each key's line (1-based)."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
+    loader.flatten_mapping(node)
+    out = _LineDict()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in out:
+            raise StrategyError(f"{loader.name}:{line}: duplicate key {key!r}")
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = line
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line(mapping: Any, key: str | None = None) -> int:
+    if isinstance(mapping, _LineDict):
+        return mapping.key_lines.get(key, mapping.line) if key is not None else mapping.line
+    return 0
+
+
+class _Context:
+    """Builds error messages ``<file>:<line>: <where>: <problem>``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def error(self, line: int, where: str, problem: str) -> StrategyError:
+        location = f"{self.path}:{line}" if line else self.path
+        return StrategyError(f"{location}: {where}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+_BOOL_TOKEN = re.compile(r"^(!?)\s*(\S(?:.*\S)?)$")
+
+
+def parse_expression(expression: str) -> BooleanGate:
+    """``"A & !B"`` / ``"A | B"`` / ``"!A"`` -> BooleanGate; ValueError on mixed or empty operators."""
+    text = str(expression).strip()
+    has_and, has_or = "&" in text, "|" in text
+    if has_and and has_or:
+        raise ValueError(f"mixes '&' and '|' in {text!r}; define an intermediate population instead")
+    parts = [p.strip() for p in re.split(r"[&|]", text)]
+    if not text or any(not p for p in parts):
+        raise ValueError(f"empty operand in {text!r}")
+    operands, complements = [], []
+    for part in parts:
+        match = _BOOL_TOKEN.match(part)
+        operands.append(match.group(2).strip())
+        complements.append(match.group(1) == "!")
+    if len(parts) == 1:
+        if not complements[0]:
+            raise ValueError(f"{text!r} is a single operand without '!'; use '&' or '|' with two or more")
+        return BooleanGate("not", (operands[0],))
+    return BooleanGate("and" if has_and else "or", tuple(operands), tuple(complements))
+
+
+def _check_param(ctx: _Context, line: int, where: str, name: str, value: Any, spec: ParamSpec) -> Any:
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = "/".join(k.__name__ for k in kinds)
+        raise ctx.error(line, where, f"parameter {name!r} must be {names}, got {value!r}")
+    if spec.choices and value not in spec.choices:
+        raise ctx.error(line, where, f"parameter {name!r} must be one of {list(spec.choices)}, got {value!r}")
+    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+        raise ctx.error(line, where, f"parameter {name!r} = {value} outside [{spec.low}, {spec.high}]")
+    return float(value) if kinds == _NUM else value
+
+
+def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> Population:
+    line = _line(item)
+    if not isinstance(item, dict):
+        raise ctx.error(line, f"populations[{index}]", "each population must be a mapping with name, parent, ...")
+    name = item.get("name")
+    where = f"populations[{index}] {name!r}" if name is not None else f"populations[{index}]"
+    unknown = sorted(set(item) - _POPULATION_KEYS)
+    if unknown:
+        raise ctx.error(_line(item, unknown[0]), where, f"unknown key(s) {unknown}; allowed: {sorted(_POPULATION_KEYS)}")
+    for key in ("name", "parent"):
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise ctx.error(_line(item, key), where, f"{key!r} must be a non-empty string")
+    if name == ROOT:
+        raise ctx.error(_line(item, "name"), where, f"{ROOT!r} is reserved for all events")
+    if "expression" in item:
+        if "method" in item and item["method"] != "boolean" or "dims" in item or "params" in item:
+            raise ctx.error(_line(item, "expression"), where, "a boolean population has only name, parent and expression")
+        try:
+            gate = parse_expression(item["expression"])
+        except (ValueError, GatingError) as exc:
+            raise ctx.error(_line(item, "expression"), where, f"bad expression: {exc}") from None
+        return Population(name, item["parent"], "boolean", boolean=gate, description=str(item.get("description", "")), line=line)
+    method = item.get("method")
+    if method not in METHODS:
+        raise ctx.error(_line(item, "method"), where, f"unknown method {method!r}; known: {sorted([*METHODS, 'boolean'])}")
+    n_dims, specs = METHODS[method]
+    dims = item.get("dims")
+    if not isinstance(dims, list) or not all(isinstance(d, str) for d in dims) or not dims:
+        raise ctx.error(_line(item, "dims"), where, "'dims' must be a list of dimension names")
+    if n_dims is not None and len(dims) != n_dims:
+        raise ctx.error(_line(item, "dims"), where, f"method {method!r} takes {n_dims} dimension(s), got {dims}")
+    bad = [d for d in dims if d not in known_dims]
+    if bad:
+        raise ctx.error(_line(item, "dims"), where, f"unknown marker/dimension {bad}; known: {sorted(known_dims)}")
+    raw = item.get("params") or {}
+    if not isinstance(raw, dict):
+        raise ctx.error(_line(item, "params"), where, "'params' must be a mapping")
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise ctx.error(_line(raw, unknown[0]), where, f"unknown parameter(s) {unknown} for method {method!r}; allowed: {sorted(specs)}")
+    params = {k: _check_param(ctx, _line(raw, k), where, k, v, specs[k]) for k, v in raw.items()}
+    fixed = None
+    if method == "fixed":
+        if "gate" not in params:
+            raise ctx.error(_line(item, "params"), where, "method 'fixed' needs params.gate")
+        try:
+            fixed = gate_from_dict(params["gate"])
+        except (GatingError, TypeError, ValueError) as exc:
+            raise ctx.error(_line(raw, "gate"), where, f"bad fixed gate: {exc}") from None
+        if tuple(fixed.dims) != tuple(dims):
+            raise ctx.error(_line(raw, "gate"), where, f"fixed gate dims {list(fixed.dims)} differ from dims {dims}")
+    return Population(
+        name, item["parent"], method, tuple(dims), MappingProxyType(params), fixed_gate=fixed,
+        description=str(item.get("description", "")), line=line,
+    )
+
+
+def _order(ctx: _Context, populations: list[Population]) -> tuple[Population, ...]:
+    """Topological order (parents and operands first, file order otherwise); errors on unknown refs and cycles."""
+    by_name = {p.name: p for p in populations}
+    for p in populations:
+        for ref in p.depends_on:
+            if ref not in by_name:
+                what = "parent" if ref == p.parent else "operand"
+                raise ctx.error(p.line, f"population {p.name!r}", f"unknown {what} {ref!r}; defined: {sorted(by_name)}")
+    ordered: list[Population] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(p: Population, chain: list[str]):
+        if state.get(p.name) == 2:
+            return
+        if state.get(p.name) == 1:
+            cycle = chain[chain.index(p.name):] + [p.name]
+            raise ctx.error(p.line, f"population {p.name!r}", f"cycle {' -> '.join(cycle)}")
+        state[p.name] = 1
+        for ref in p.depends_on:
+            visit(by_name[ref], chain + [p.name])
+        state[p.name] = 2
+        ordered.append(p)
+
+    for p in populations:
+        visit(p, [])
+    return tuple(ordered)
+
+
+def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
+    """Validate strategy YAML ``text`` (``path`` names it in errors and in the result)."""
+    ctx = _Context(path)
+    loader = _Loader(text)
+    loader.name = path
+    try:
+        doc = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise ctx.error(mark.line + 1 if mark else 0, "YAML", str(exc.problem or exc)) from None
+    except yaml.YAMLError as exc:
+        raise ctx.error(0, "YAML", str(exc)) from None
+    finally:
+        loader.dispose()
+    if not isinstance(doc, dict):
+        raise ctx.error(0, "top level", "the file must be a YAML mapping with strategy, tube, markers, populations")
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise ctx.error(_line(doc, unknown[0]), "top level", f"unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    for key in ("strategy", "tube"):
+        if not isinstance(doc.get(key), str) or not doc[key].strip():
+            raise ctx.error(_line(doc, key), key, "must be a non-empty string")
+    markers = doc.get("markers")
+    if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
+        raise ctx.error(_line(doc, "markers"), "markers", "must be a list of marker names")
+    bad = [m for m in markers if m not in KNOWN_MARKERS]
+    if bad:
+        raise ctx.error(_line(doc, "markers"), "markers", f"unknown marker(s) {bad}; known: {list(KNOWN_MARKERS)}")
+    known_dims = set(markers) | set(SCATTER_DIMS)
+
+    transforms: dict[str, Transform] = {}
+    raw_transforms = doc.get("transforms") or {}
+    if not isinstance(raw_transforms, dict):
+        raise ctx.error(_line(doc, "transforms"), "transforms", "must be a mapping dimension -> {kind: ..., ...}")
+    for dim, spec in raw_transforms.items():
+        line = _line(raw_transforms, dim)
+        if dim not in known_dims:
+            raise ctx.error(line, f"transforms.{dim}", f"unknown marker/dimension; known: {sorted(known_dims)}")
+        if not isinstance(spec, dict):
+            raise ctx.error(line, f"transforms.{dim}", "must be a mapping such as {kind: logicle, w: 0.5}")
+        try:
+            transforms[dim] = transform_from_dict(spec)
+        except (ValueError, TypeError) as exc:
+            raise ctx.error(line, f"transforms.{dim}", str(exc)) from None
+
+    items = doc.get("populations")
+    if not isinstance(items, list) or not items:
+        raise ctx.error(_line(doc, "populations"), "populations", "must be a non-empty list")
+    populations = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        pop = _population(ctx, i, item, known_dims)
+        if pop.name in seen:
+            raise ctx.error(pop.line, f"populations[{i}]", f"duplicate population name {pop.name!r} (first at line {seen[pop.name]})")
+        seen[pop.name] = pop.line
+        populations.append(pop)
+    ordered = _order(ctx, populations)
+
+    variables = []
+    raw_vars = doc.get("variables") or {}
+    if not isinstance(raw_vars, dict):
+        raise ctx.error(_line(doc, "variables"), "variables", "must be a mapping name -> {numerator, denominator}")
+    for name, spec in raw_vars.items():
+        line = _line(raw_vars, name)
+        if not isinstance(spec, dict) or set(spec) != {"numerator", "denominator"}:
+            raise ctx.error(line, f"variables.{name}", "must be {numerator: <population>, denominator: <population>}")
+        for role in ("numerator", "denominator"):
+            if spec[role] not in seen:
+                raise ctx.error(_line(spec, role), f"variables.{name}.{role}", f"unknown population {spec[role]!r}")
+        variables.append(Variable(str(name), spec["numerator"], spec["denominator"]))
+
+    return Strategy(
+        name=doc["strategy"].strip(),
+        tube=doc["tube"].strip(),
+        path=path,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        markers=tuple(markers),
+        populations=ordered,
+        transforms=MappingProxyType(transforms),
+        variables=tuple(variables),
+        description=str(doc.get("description", "")),
+    )
+
+
+def load_strategy(path: str | Path) -> Strategy:
+    """Read and validate a strategy file; ``sha256`` is the digest of the file's bytes."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StrategyError(f"{path}: cannot read strategy file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StrategyError(f"{path}: not UTF-8 text ({exc})") from None
+    strategy = parse_strategy(text, str(path))
+    return strategy
+
+
+def default_strategy_paths() -> list[Path]:
+    """The bundled strategies: ``gating/til_surface.yaml`` and ``gating/til_treg.yaml``."""
+    return [STRATEGY_DIR / "til_surface.yaml", STRATEGY_DIR / "til_treg.yaml"]
