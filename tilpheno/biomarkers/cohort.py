@@ -1,0 +1,113 @@
+"""Join the phenotype table (one row per product) with the outcomes table (one row per patient).
+
+The join is on ``product_id``. Nothing is dropped silently: products without outcomes and
+patients whose product has no phenotype row are listed in :class:`Cohort` (and in the report
+and ``unmatched.csv``). Patients with outcomes but no phenotypes still count in the response
+rates and whole-cohort survival; marker analyses use patients with both. A marker value that
+is missing (e.g. a product that failed QC) removes that patient from that marker's analyses
+only, and the ``n`` of every result says how many were used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tilpheno.errors import TableError
+
+STUDY_MARKERS = (
+    "til_dose_cells", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
+    "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph",
+    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4foxp3_pct_of_cd4",
+)
+DEFAULT_COVARIATES = ("age", "sex", "ecog")
+ENDPOINTS = {"pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
+
+
+@dataclass
+class Cohort:
+    """Outcomes of all patients, the analysis set with markers, and what did not match."""
+
+    outcomes: pd.DataFrame
+    data: pd.DataFrame
+    markers: list[str]
+    covariates: list[str]
+    products_without_outcomes: list[str]
+    patients_without_products: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def unmatched(self) -> pd.DataFrame:
+        """One row per unmatched id: kind, id."""
+        rows = [("product_without_outcomes", p) for p in self.products_without_outcomes]
+        rows += [("patient_without_product", p) for p in self.patients_without_products]
+        return pd.DataFrame(rows, columns=["kind", "id"])
+
+
+def validate_phenotypes(phenotypes: pd.DataFrame, source: str = "phenotypes") -> pd.DataFrame:
+    """Require a unique, non-empty ``product_id``; return a copy with ids as stripped text."""
+    if "product_id" not in phenotypes.columns:
+        raise TableError(f"{source}: row 1, column 'product_id': missing required column")
+    frame = phenotypes.copy()
+    ids = frame["product_id"].map(lambda v: "" if pd.isna(v) else str(v).strip())
+    for i, value in enumerate(ids):
+        if value == "":
+            raise TableError(f"{source}: row {i + 2}, column 'product_id': missing id")
+    dup = ids[ids.duplicated()]
+    if not dup.empty:
+        i = int(np.flatnonzero(ids.to_numpy() == dup.iloc[0])[1])
+        raise TableError(f"{source}: row {i + 2}, column 'product_id': duplicate id '{dup.iloc[0]}'")
+    frame["product_id"] = ids
+    return frame
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TableError(f"{source}: row {i + 2}, column '{column}': '{frame[column].iloc[i]}' is not a number")
+    return values.astype(float)
+
+
+def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None) -> Cohort:
+    """Join on product_id; choose markers (default: dose + study phenotypes present) and covariates.
+
+    ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`).
+    A marker or covariate asked for by name must exist (TableError otherwise); default markers
+    absent from the tables are skipped with a note.
+    """
+    pheno = validate_phenotypes(phenotypes)
+    notes: list[str] = []
+    overlap = [c for c in pheno.columns if c != "product_id" and c in outcomes.columns]
+    if overlap:
+        notes.append(f"column(s) in both tables, outcomes' values used: {', '.join(overlap)}")
+        pheno = pheno.drop(columns=overlap)
+    product_ids = set(pheno["product_id"])
+    with_outcomes = set(outcomes["product_id"])
+    products_without = sorted(product_ids - with_outcomes)
+    patients_without = sorted(outcomes.loc[~outcomes["product_id"].isin(product_ids), "patient_id"])
+    data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
+    data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    if markers is None:
+        chosen = [m for m in STUDY_MARKERS if m in data.columns]
+        skipped = [m for m in STUDY_MARKERS if m not in data.columns]
+        if skipped:
+            notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
+    else:
+        chosen = list(markers)
+        for m in chosen:
+            if m not in data.columns:
+                raise TableError(f"phenotypes/outcomes: column '{m}': marker not found in either table")
+    for m in chosen:
+        data[m] = _numeric_column(data, m, "phenotypes/outcomes")
+    if covariates is None:
+        cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns]
+    else:
+        cov = list(covariates)
+        for c in cov:
+            if c not in data.columns:
+                raise TableError(f"outcomes: column '{c}': covariate not found")
+    return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
+                  products_without_outcomes=products_without, patients_without_products=patients_without,
+                  notes=notes)

@@ -1,0 +1,206 @@
+"""Read and validate the clinical outcomes table (CSV or Excel).
+
+One row per patient: ``patient_id, product_id, til_dose_cells, best_response, pfs_months,
+pfs_event, os_months, os_event`` plus any covariates (age, sex, ecog, ...).
+
+Every problem raises :class:`tilpheno.errors.TableError` naming the file, the row (as a
+spreadsheet shows it: the header is row 1, the first patient row 2) and the column:
+an empty file, a file that is neither CSV nor Excel, missing required columns, missing or
+duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
+codes, non-numeric doses, dates where a number belongs, and columns mixing numbers with text.
+
+Conventions: cells are stripped of surrounding blanks; an empty cell is missing; response
+codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
+evaluable); times are in months from the start of TIL therapy; events are 1 (event) or 0
+(censored). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
+all text is categorical; a mixture is an error.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tilpheno.errors import TableError
+
+RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
+ID_COLUMNS = ("patient_id", "product_id")
+TIME_COLUMNS = ("pfs_months", "os_months")
+EVENT_COLUMNS = ("pfs_event", "os_event")
+REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
+            "pfs_months", "pfs_event", "os_months", "os_event")
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+_DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
+_MAX_BYTES = 200 * 1024 * 1024
+
+
+def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):
+    where = []
+    if row is not None:
+        where.append(f"row {row}")
+    if column is not None:
+        where.append(f"column '{column}'")
+    loc = (", ".join(where) + ": ") if where else ""
+    raise TableError(f"{source}: {loc}{problem}")
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    """The table as text cells (Excel dates kept as datetime objects), row labels = sheet rows."""
+    source = str(path)
+    if not path.is_file():
+        _fail(source, "not a file" if path.exists() else "file not found")
+    size = path.stat().st_size
+    if size == 0:
+        _fail(source, "the file is empty")
+    if size > _MAX_BYTES:
+        _fail(source, f"the file is too large for an outcomes table ({size} bytes)")
+    data = path.read_bytes()
+    if data[:4] == b"PK\x03\x04" or path.suffix.lower() in EXCEL_SUFFIXES:
+        try:
+            frame = pd.read_excel(io.BytesIO(data), sheet_name=0, dtype=object, header=0, engine="openpyxl")
+        except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
+            _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
+    else:
+        if b"\x00" in data[:65536] or path.suffix.lower() == ".xls":
+            _fail(source, "not a CSV or Excel (.xlsx) file")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = data.decode("cp1252", errors="replace")
+        if not text.strip():
+            _fail(source, "the file is empty")
+        first = text.lstrip().splitlines()[0]
+        sep = "\t" if ("\t" in first and "," not in first) else (";" if (";" in first and "," not in first) else ",")
+        try:
+            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                                skip_blank_lines=False, quoting=csv.QUOTE_MINIMAL)
+        except (pd.errors.ParserError, csv.Error) as exc:
+            _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
+        except pd.errors.EmptyDataError:
+            _fail(source, "the file is empty")
+    frame.index = np.arange(2, len(frame) + 2)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _cell_text(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (_dt.datetime, _dt.date, pd.Timestamp)):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def _is_date(value) -> bool:
+    return isinstance(value, (_dt.datetime, _dt.date, _dt.time, pd.Timestamp)) or bool(_DATE_RE.match(str(value)))
+
+
+def _number(value, source: str, row: int, column: str) -> float:
+    """A finite number, or NaN for an empty cell; a date or text is an error."""
+    if _is_date(value):
+        _fail(source, f"'{_cell_text(value)}' looks like a date; expected a number", row, column)
+    text = _cell_text(value)
+    if text == "":
+        return float("nan")
+    try:
+        number = float(text.replace(",", "")) if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?", text) else float(text)
+    except ValueError:
+        _fail(source, f"'{text[:40]}' is not a number", row, column)
+    if not np.isfinite(number):
+        _fail(source, f"'{text[:40]}' is not a finite number", row, column)
+    return number
+
+
+def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFrame:
+    """Check a table of raw cells (index = sheet row numbers) and return typed columns."""
+    if raw.shape[1] == 0 or raw.shape[0] == 0:
+        _fail(source, "the table has no rows")
+    dupcols = [c for c in raw.columns[raw.columns.duplicated()]]
+    if dupcols:
+        _fail(source, "column appears more than once", 1, dupcols[0])
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing:
+        _fail(source, f"missing required column(s): {', '.join(missing)} (found: {', '.join(map(str, raw.columns))})", 1)
+    blank = raw.map(lambda v: _cell_text(v) == "").all(axis=1)
+    raw = raw.loc[~blank]
+    if raw.empty:
+        _fail(source, "the table has no rows")
+    out = pd.DataFrame(index=raw.index)
+    for col in ID_COLUMNS:
+        ids = raw[col].map(_cell_text)
+        for row, value in ids.items():
+            if value == "":
+                _fail(source, "missing id", row, col)
+        dup = ids[ids.duplicated(keep=False)]
+        if not dup.empty:
+            first = dup.index[0]
+            other = dup[dup == dup.loc[first]].index[1]
+            _fail(source, f"duplicate id '{dup.loc[first]}' (also in row {first})", other, col)
+        out[col] = ids
+    codes = raw["best_response"].map(lambda v: _cell_text(v).upper())
+    for row, code in codes.items():
+        if code not in RESPONSE_CODES:
+            shown = _cell_text(raw.at[row, "best_response"])[:40] or "(empty)"
+            _fail(source, f"unknown response code '{shown}'; expected one of {', '.join(RESPONSE_CODES)}",
+                  row, "best_response")
+    out["best_response"] = codes
+    for col in TIME_COLUMNS:
+        values = pd.Series({row: _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
+        for row, v in values.items():
+            if np.isnan(v):
+                _fail(source, "missing time", row, col)
+            if v < 0:
+                _fail(source, f"negative time {v:g}", row, col)
+        out[col] = values
+    for col in EVENT_COLUMNS:
+        values = pd.Series({row: _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
+        for row, v in values.items():
+            if v not in (0.0, 1.0):
+                shown = _cell_text(raw.at[row, col]) or "(empty)"
+                _fail(source, f"event must be 0 (censored) or 1 (event), not '{shown[:40]}'", row, col)
+        out[col] = values.astype(int)
+    dose = pd.Series({row: _number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
+                     dtype=float)
+    for row, v in dose.items():
+        if v < 0:
+            _fail(source, f"negative dose {v:g}", row, "til_dose_cells")
+    out["til_dose_cells"] = dose
+    for col in raw.columns:
+        if col not in REQUIRED:
+            out[col] = _covariate(raw[col], source, col)
+    return out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
+
+
+def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
+    """Numeric when every non-empty cell is a number, text when none is; mixed is an error."""
+    texts = cells.map(_cell_text)
+    filled = texts[texts != ""]
+    numeric = filled.map(lambda s: bool(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", s)))
+    if numeric.all() and not filled.empty:
+        return pd.Series({row: _number(v, source, row, column) for row, v in cells.items()}, dtype=float)
+    if numeric.any():
+        bad = numeric[~numeric].index[0] if numeric.sum() >= (~numeric).sum() else numeric[numeric].index[0]
+        kind = "text" if numeric.sum() >= (~numeric).sum() else "a number"
+        _fail(source, f"mixed types: '{texts.loc[bad][:40]}' is {kind} in a column of "
+                      f"{'numbers' if kind == 'text' else 'text'}", bad, column)
+    dates = filled[filled.map(lambda s: bool(_DATE_RE.match(s)))]
+    if not dates.empty and len(dates) < len(filled):
+        bad = filled[~filled.index.isin(dates.index)].index[0]
+        _fail(source, f"mixed types: '{texts.loc[bad][:40]}' in a column of dates", bad, column)
+    return texts.where(texts != "", None)
+
+
+def read_outcomes(path) -> pd.DataFrame:
+    """Read and validate an outcomes table (CSV, tab- or semicolon-separated text, or .xlsx).
+
+    Returns one row per patient with typed columns (ids and codes as text, times and doses as
+    floats, events as int, covariates numeric or text) and a default RangeIndex.
+    """
+    path = Path(path)
+    frame = validate_outcomes(_read_raw(path), source=str(path))
+    return frame.reset_index(drop=True)
