@@ -1,0 +1,203 @@
+"""Gating-ML export round trip: export, re-import with tilpheno and with FlowKit, same memberships."""
+from pathlib import Path
+
+import flowkit as fk
+import numpy as np
+import pytest
+from flowutils.transforms import logicle as fu_logicle
+
+from tilpheno import read_fcs
+from tilpheno.compensation import Spillover, compensate
+from tilpheno.errors import StrategyError
+from tilpheno.gates.gatingml import (
+    Dimension,
+    ExportGate,
+    apply_gatingml,
+    export_gatingml,
+    gatingml_id,
+    gatingml_xml,
+    logicle,
+    parse_gatingml,
+    read_gatingml,
+)
+from tilpheno.gates.geometry import BooleanGate, Divider, EllipsoidGate, PolygonGate, QuadrantGate, RangeGate, RectangleGate
+from tilpheno.io.fcs_write import write_fcs
+
+GML = Path(__file__).parent / "data" / "gatingml"
+FLUOR = ["FITC-A", "PE-A", "BV421-A", "APC-H7-A"]
+
+
+@pytest.fixture(scope="module")
+def product_file(tmp_path_factory):
+    """A small compensated-stain file in the demo layout: 4 detectors with $SPILLOVER, scatter, time."""
+    rng = np.random.default_rng(20240611)
+    n = 4000
+    fsc = rng.normal(60000, 15000, n)
+    ssc = rng.normal(30000, 12000, n)
+    true = np.column_stack([
+        np.where(rng.random(n) < 0.7, rng.lognormal(9, 0.5, n), rng.normal(0, 200, n)) for _ in FLUOR
+    ])
+    spill = Spillover(tuple(FLUOR), np.array([
+        [1.0, 0.12, 0.0, 0.01],
+        [0.02, 1.0, 0.0, 0.05],
+        [0.03, 0.01, 1.0, 0.0],
+        [0.0, 0.04, 0.02, 1.0],
+    ]))
+    observed = true @ spill.matrix
+    events = np.column_stack([fsc, fsc * rng.uniform(0.6, 0.9, n), ssc, observed, np.arange(n) * 0.01]).astype(np.float32)
+    names = ["FSC-A", "FSC-H", "SSC-A", *FLUOR, "Time"]
+    path = tmp_path_factory.mktemp("export") / "TIL001_surface_stain.fcs"
+    write_fcs(path, events, [(c, None, 262144) for c in names], {"$SRC": "TIL001"}, spillover=spill)
+    return path
+
+
+def pipeline_gates():
+    """Gates as the pipeline resolves them: scatter polygon, FMO thresholds, quadrants, boolean."""
+    lg = "Logicle_262144_0.5_4.5_0"
+    dims = {
+        "FSC-A": Dimension("FSC-A"), "SSC-A": Dimension("SSC-A"), "FSC-H": Dimension("FSC-H"),
+        "CD3": Dimension("FITC-A", "FCS", lg), "PD1": Dimension("PE-A", "FCS", lg),
+        "CD4": Dimension("BV421-A", "FCS", lg), "CD8": Dimension("APC-H7-A", "FCS", lg),
+    }
+    raw = [
+        ExportGate("Cells", None, PolygonGate(("FSC-A", "SSC-A"), (
+            (20000.0, 2000.0), (120000.0, 5000.0), (110000.0, 70000.0), (30000.0, 60000.0))), dims),
+        ExportGate("Singlets", "Cells", EllipsoidGate(("FSC-A", "FSC-H"), (60000.0, 45000.0),
+                                                     ((4.0e8, 3.0e8), (3.0e8, 2.6e8)), 4.0), dims),
+        ExportGate("CD3+", "Singlets", RangeGate("CD3", low=0.4318727), dims),
+        ExportGate("PD1+", "CD3+", RangeGate("PD1", low=0.512345678901), dims),
+        ExportGate("T4/8", "CD3+", QuadrantGate(
+            (Divider("d4", "CD4", (0.45,)), Divider("d8", "CD8", (0.47,))),
+            {"CD4+CD8-": {"d4": 1.0, "d8": 0.0}, "CD4-CD8+": {"d4": 0.0, "d8": 1.0},
+             "CD4+CD8+": {"d4": 1.0, "d8": 1.0}, "CD4-CD8-": {"d4": 0.0, "d8": 0.0}}), dims),
+        ExportGate("Box", "Singlets", RectangleGate(("CD3", "PD1"), (0.3, None), (0.9, 0.6)), dims),
+        ExportGate("CD8 PD1+", None, BooleanGate("and", ("CD4-CD8+", "PD1+"))),
+        ExportGate("not PD1+", "CD3+", BooleanGate("not", ("PD1+",))),
+        ExportGate("CD8 or not Box", "CD3+", BooleanGate("or", ("CD4-CD8+", "Box"), (False, True))),
+    ]
+    return [to_ids(g) for g in raw], [logicle(lg)]
+
+
+def to_ids(g: ExportGate) -> ExportGate:
+    """Labels -> valid Gating-ML ids (label kept as name), as the pipeline does before exporting."""
+    gate = g.gate
+    if isinstance(gate, QuadrantGate):
+        gate = QuadrantGate(gate.dividers, {gatingml_id(q): pos for q, pos in gate.quadrants.items()})
+    if isinstance(gate, BooleanGate):
+        gate = BooleanGate(gate.op, tuple(map(gatingml_id, gate.operands)), gate.complements)
+    return ExportGate(gatingml_id(g.id), g.parent and gatingml_id(g.parent), gate, g.dimensions, name=g.id)
+
+
+def independent_masks(fcs):
+    """The same gates evaluated directly: own compensation, flowutils logicle, geometry, parents by hand."""
+    ev = compensate(fcs.events, fcs.channel_names, fcs.spillover)
+    col = {n: ev[:, i] for i, n in enumerate(fcs.channel_names)}
+    lg = lambda x: fu_logicle(x, None, t=262144, m=4.5, w=0.5, a=0)  # noqa: E731
+    data = {"FSC-A": col["FSC-A"], "SSC-A": col["SSC-A"], "FSC-H": col["FSC-H"],
+            "CD3": lg(col["FITC-A"]), "PD1": lg(col["PE-A"]), "CD4": lg(col["BV421-A"]), "CD8": lg(col["APC-H7-A"])}
+    gates = {g.name: g for g in pipeline_gates()[0]}
+    m = {}
+    m["Cells"] = gates["Cells"].gate.contains(data)
+    m["Singlets"] = gates["Singlets"].gate.contains(data) & m["Cells"]
+    m["CD3+"] = gates["CD3+"].gate.contains(data) & m["Singlets"]
+    m["PD1+"] = gates["PD1+"].gate.contains(data) & m["CD3+"]
+    cd4, cd8 = data["CD4"] >= 0.45, data["CD8"] >= 0.47
+    m["CD4+CD8-"], m["CD4-CD8+"] = cd4 & ~cd8 & m["CD3+"], ~cd4 & cd8 & m["CD3+"]
+    m["CD4+CD8+"], m["CD4-CD8-"] = cd4 & cd8 & m["CD3+"], ~cd4 & ~cd8 & m["CD3+"]
+    m["Box"] = (data["CD3"] >= 0.3) & (data["CD3"] < 0.9) & (data["PD1"] < 0.6) & m["Singlets"]
+    m["CD8 PD1+"] = m["CD4-CD8+"] & m["PD1+"]
+    m["not PD1+"] = ~m["PD1+"] & m["CD3+"]
+    m["CD8 or not Box"] = (m["CD4-CD8+"] | ~m["Box"]) & m["CD3+"]
+    return {gatingml_id(label): mask for label, mask in m.items()}
+
+
+@pytest.fixture(scope="module")
+def exported(product_file, tmp_path_factory):
+    gates, transforms = pipeline_gates()
+    path = tmp_path_factory.mktemp("gml") / "TIL001_gates.xml"
+    export_gatingml(gates, path, transforms=transforms)
+    return path
+
+
+def test_round_trip_tilpheno_equals_direct_evaluation(product_file, exported):
+    fcs = read_fcs(product_file)
+    got = apply_gatingml(read_gatingml(exported), fcs.events, fcs.channel_names, fcs.spillover)
+    expected = independent_masks(fcs)
+    assert sorted(got) == sorted(expected)
+    for pid, mask in expected.items():
+        assert 0 < mask.sum() < fcs.n_events, f"{pid}: degenerate test population"
+        assert np.array_equal(got[pid], mask), pid
+
+
+def test_round_trip_flowkit_equals_tilpheno(product_file, exported):
+    fcs = read_fcs(product_file)
+    ours = apply_gatingml(read_gatingml(exported), fcs.events, fcs.channel_names, fcs.spillover)
+    strategy = fk.parse_gating_xml(str(exported))
+    results = strategy.gate_sample(fk.Sample(str(product_file)))
+    for pid, mask in ours.items():
+        paths = strategy.find_matching_gate_paths(pid)
+        assert len(paths) == 1, pid
+        theirs = results.get_gate_membership(pid, gate_path=paths[0])
+        assert np.array_equal(theirs, mask), f"{pid}: {(theirs != mask).sum()} events differ"
+
+
+def test_export_preserves_numbers_exactly(exported):
+    doc = read_gatingml(exported)
+    assert doc.gates["PD1pos"].gate.low == 0.512345678901
+    assert doc.gates["CD3pos"].gate.low == 0.4318727
+    assert doc.gates["PD1pos"].parent == "CD3pos"
+    assert doc.gates["PD1pos"].name == "PD1+"
+    assert doc.gates["PD1pos"].dimensions == (Dimension("PE-A", "FCS", "Logicle_262144_0.5_4.5_0"),)
+    assert doc.gates["Singlets"].gate.covariance == ((4.0e8, 3.0e8), (3.0e8, 2.6e8))
+
+
+def test_compliance_documents_survive_export_and_reimport():
+    """Re-export all 47 reference documents; memberships on data1.fcs unchanged (incl. spectrum matrices, ratios)."""
+    from flowkit._resources import gml_schema
+    from lxml import etree
+
+    fcs = read_fcs(GML / "data1.fcs")
+    for xml in sorted((GML / "gml").glob("*.xml")):
+        doc = read_gatingml(xml)
+        text = gatingml_xml(doc)
+        assert gml_schema.validate(etree.fromstring(text.encode()).getroottree()), (xml.name, gml_schema.error_log)
+        doc2 = parse_gatingml(text, source=f"re-export of {xml.name}")
+        a = apply_gatingml(doc, fcs.events, fcs.channel_names)
+        b = apply_gatingml(doc2, fcs.events, fcs.channel_names)
+        assert list(a) == list(b), xml.name
+        for pid in a:
+            assert np.array_equal(a[pid], b[pid]), f"{xml.name} {pid}"
+
+
+def test_export_rejects_undeclared_dimension_and_transform(tmp_path):
+    gate = RangeGate("CD3", low=0.4)
+    with pytest.raises(StrategyError, match="CD3"):
+        export_gatingml([ExportGate("CD3+", None, gate, {})], tmp_path / "x.xml")
+    with pytest.raises(StrategyError, match="'lg'"):
+        export_gatingml([ExportGate("CD3+", None, gate, {"CD3": Dimension("FITC-A", "FCS", "lg")})], tmp_path / "x.xml")
+    assert not (tmp_path / "x.xml").exists()
+
+
+def test_export_is_schema_valid(exported):
+    """Validated against the Gating-ML 2.0 XSD (the copy FlowKit ships)."""
+    from flowkit._resources import gml_schema
+    from lxml import etree
+
+    assert gml_schema.validate(etree.parse(str(exported))), gml_schema.error_log
+
+
+def test_export_rejects_invalid_and_duplicate_ids(tmp_path):
+    dims = {"CD3": Dimension("FITC-A")}
+    with pytest.raises(StrategyError, match=r"CD3\+.*CD3pos"):
+        export_gatingml([ExportGate("CD3+", None, RangeGate("CD3", low=1.0), dims)], tmp_path / "x.xml")
+    quad = QuadrantGate((Divider("A", "CD3", (1.0,)),), {"lo": {"A": 0.0}, "hi": {"A": 2.0}})
+    with pytest.raises(StrategyError, match="'A'"):
+        export_gatingml([ExportGate("A", None, quad, dims)], tmp_path / "x.xml")
+
+
+@pytest.mark.parametrize("label,expected", [
+    ("CD4+CD8-", "CD4posCD8neg"), ("CD3-CD56+", "CD3negCD56pos"), ("7AAD-", "_7AADneg"),
+    ("Live lymphocytes", "Live_lymphocytes"), ("PD-1+", "PD-1pos"),
+])
+def test_gatingml_id(label, expected):
+    assert gatingml_id(label) == expected
