@@ -36,6 +36,25 @@ def _root(
 # --- commands are added below, one section per stage of the data flow ---
 
 
+# --- simulate: demo cohort of raw FCS files with ground truth and outcomes ---
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created if needed)."),
+    products: int = typer.Option(6, "--products", min=1, help="Number of infusion products."),
+    seed: int = typer.Option(1, "--seed", help="Random seed; same seed and arguments give identical files."),
+    events: int = typer.Option(20000, "--events", min=1, help="Events per tube."),
+) -> None:
+    """Simulate raw FCS 3.1 files (9 tubes per product) with manifest.csv, truth.csv, outcomes.csv."""
+    from tilpheno.simulate.cohort import simulate_cohort
+
+    try:
+        paths = simulate_cohort(out, products, seed, events)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"wrote {len(paths.files)} FCS files for {products} products to {paths.out_dir}")
+    typer.echo(f"manifest: {paths.manifest}\ntruth: {paths.truth}\noutcomes: {paths.outcomes}")
+
+
 # --- process: gate every product of a folder, per-product reports, cohort tables ---
 
 

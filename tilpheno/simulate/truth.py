@@ -1,0 +1,132 @@
+"""Ground truth of a simulated product: label-based percentages and the ideal-FMO-gate reference.
+
+Label truth (columns named as the study's variables; percent, 0-100), from the event labels of
+the stained tubes:
+
+- ``viability_pct``: live (7AAD-) events among singlet cells (lymphocytes and large non-lymphoid
+  cells; not debris, not doublets) of the surface stain tube.
+- ``cd3_pct_of_live_lymph``, ``nk_pct_of_live_lymph`` (CD3-CD56+), ``nkt_pct_of_live_lymph``
+  (CD3+CD56+), ``pd1_pct_of_live_lymph``: among live singlet lymphocytes of the surface stain tube.
+- ``cd4_pct_of_cd3``, ``cd8_pct_of_cd3``: among CD3+ live lymphocytes; CD4+ and CD8+ both include
+  CD4+CD8+ double positives. ``cd8pd1_pct_of_cd8``: PD1+ among CD3+CD8+ live lymphocytes;
+  ``cd8pd1_pct_of_cd3``: CD8+PD1+ among CD3+ live lymphocytes.
+- ``cd4foxp3_pct_of_cd4``: FoxP3+ among CD3+CD4+ singlet lymphocytes of the Treg stain tube (fixed
+  cells, no viability dye, so dead cells are not excluded).
+
+Ideal FMO gate reference (``ref_*`` columns), for the dim markers PD1 and FoxP3 whose positive
+cells overlap the unstained ones, so label truth is not fully recoverable by any gate:
+
+1. The parent population is taken from the true labels, in both the FMO tube and the stained
+   tube: live singlet lymphocytes (``ref_pd1_pct_of_live_lymph``), CD3+CD8+ live singlet
+   lymphocytes (``ref_cd8pd1_pct_of_cd8``, ``ref_cd8pd1_pct_of_cd3``), CD3+CD4+ singlet
+   lymphocytes of the Treg tubes (``ref_cd4foxp3_pct_of_cd4``).
+2. Both tubes' raw events (as stored: float32) are compensated with the true spillover matrix.
+   (The default logicle display transform is monotone, so thresholds and positivity are the same
+   on the compensated linear scale.)
+3. Threshold = the 99.5th percentile (numpy's default linear interpolation) of the FMO tube's
+   parent events on the marker's detector (PE-A for PD1 and FoxP3).
+4. Positive = stained-tube parent events strictly above the threshold. ``ref_cd8pd1_pct_of_cd3``
+   = CD8+ events above the CD8-parent threshold, as a percentage of CD3+ live lymphocytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tilpheno.compensation import Spillover, compensate
+from tilpheno.simulate import instrument as ins
+from tilpheno.simulate.products import KIND_LARGE, KIND_LYMPH, TubeEvents
+
+FMO_PERCENTILE = 99.5
+
+LABEL_COLUMNS = (
+    "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
+    "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph",
+    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4foxp3_pct_of_cd4",
+)
+REFERENCE_COLUMNS = (
+    "ref_pd1_pct_of_live_lymph", "ref_cd8pd1_pct_of_cd8", "ref_cd8pd1_pct_of_cd3", "ref_cd4foxp3_pct_of_cd4",
+)
+
+
+def percent(mask: np.ndarray, parent: np.ndarray) -> float:
+    """100 * |mask & parent| / |parent|; NaN for an empty parent."""
+    n = int(np.count_nonzero(parent))
+    return 100.0 * np.count_nonzero(mask & parent) / n if n else float("nan")
+
+
+def singlet_cells(tube: TubeEvents) -> np.ndarray:
+    return (tube.kind == KIND_LYMPH) | (tube.kind == KIND_LARGE)
+
+
+def lymphocytes(tube: TubeEvents) -> np.ndarray:
+    return tube.kind == KIND_LYMPH
+
+
+def live_lymphocytes(tube: TubeEvents) -> np.ndarray:
+    return lymphocytes(tube) & ~tube.labels["dead"]
+
+
+def label_truth(surface: TubeEvents, treg: TubeEvents) -> dict[str, float]:
+    """The study variables from the labels of the surface and Treg stain tubes (module docstring)."""
+    lab = surface.labels
+    live = live_lymphocytes(surface)
+    cd3 = live & lab["cd3"]
+    cd8 = cd3 & lab["cd8"]
+    treg_cd4 = lymphocytes(treg) & treg.labels["cd3"] & treg.labels["cd4"]
+    return {
+        "viability_pct": percent(~lab["dead"], singlet_cells(surface)),
+        "cd3_pct_of_live_lymph": percent(lab["cd3"], live),
+        "cd4_pct_of_cd3": percent(lab["cd4"], cd3),
+        "cd8_pct_of_cd3": percent(lab["cd8"], cd3),
+        "nk_pct_of_live_lymph": percent(~lab["cd3"] & lab["cd56"], live),
+        "nkt_pct_of_live_lymph": percent(lab["cd3"] & lab["cd56"], live),
+        "pd1_pct_of_live_lymph": percent(lab["pd1"], live),
+        "cd8pd1_pct_of_cd8": percent(lab["pd1"], cd8),
+        "cd8pd1_pct_of_cd3": percent(cd8 & lab["pd1"], cd3),
+        "cd4foxp3_pct_of_cd4": percent(treg.labels["foxp3"], treg_cd4),
+    }
+
+
+def compensated_detector(tube: TubeEvents, detector: str, spillover: Spillover) -> np.ndarray:
+    """One detector's compensated values (float64) of a tube's stored float32 raw events."""
+    comp = compensate(tube.events.astype(np.float64), ins.CHANNEL_NAMES, spillover)
+    return comp[:, ins.CHANNEL_NAMES.index(detector)]
+
+
+def fmo_threshold(fmo_values: np.ndarray, percentile: float = FMO_PERCENTILE) -> float:
+    """The FMO threshold: numpy's default (linear) percentile of the FMO parent events."""
+    return float(np.percentile(fmo_values, percentile)) if fmo_values.size else float("nan")
+
+
+def fmo_reference(
+    surface: TubeEvents,
+    fmo_pd1: TubeEvents,
+    treg: TubeEvents,
+    fmo_foxp3: TubeEvents,
+    spillover: Spillover,
+    percentile: float = FMO_PERCENTILE,
+) -> dict[str, float]:
+    """The ideal-FMO-gate reference percentages (module docstring, steps 1-4)."""
+    pe_stain = compensated_detector(surface, "PE-A", spillover)
+    pe_fmo = compensated_detector(fmo_pd1, "PE-A", spillover)
+    live_s, live_f = live_lymphocytes(surface), live_lymphocytes(fmo_pd1)
+    cd3_s = live_s & surface.labels["cd3"]
+    cd8_s = cd3_s & surface.labels["cd8"]
+    cd8_f = live_f & fmo_pd1.labels["cd3"] & fmo_pd1.labels["cd8"]
+    thr_live = fmo_threshold(pe_fmo[live_f], percentile)
+    thr_cd8 = fmo_threshold(pe_fmo[cd8_f], percentile)
+
+    fox_stain = compensated_detector(treg, "PE-A", spillover)
+    fox_fmo = compensated_detector(fmo_foxp3, "PE-A", spillover)
+    cd4_s = lymphocytes(treg) & treg.labels["cd3"] & treg.labels["cd4"]
+    cd4_f = lymphocytes(fmo_foxp3) & fmo_foxp3.labels["cd3"] & fmo_foxp3.labels["cd4"]
+    thr_fox = fmo_threshold(fox_fmo[cd4_f], percentile)
+    return {
+        "ref_pd1_pct_of_live_lymph": percent(pe_stain > thr_live, live_s),
+        "ref_cd8pd1_pct_of_cd8": percent(pe_stain > thr_cd8, cd8_s),
+        "ref_cd8pd1_pct_of_cd3": percent(cd8_s & (pe_stain > thr_cd8), cd3_s),
+        "ref_cd4foxp3_pct_of_cd4": percent(fox_stain > thr_fox, cd4_s),
+        "ref_pd1_threshold": thr_live,
+        "ref_cd8pd1_threshold": thr_cd8,
+        "ref_foxp3_threshold": thr_fox,
+    }
