@@ -279,7 +279,7 @@ def process_product(job: ProductJob) -> ProductOutcome:
     if job.options.make_reports:
         from tilpheno.report.product import render_product
 
-        outcome.report_html = render_product(outcome, result, meta, job.options)
+        outcome.report_html = render_product(outcome, result, meta, job.options, job.strategies)
     outcome.seconds = time.perf_counter() - start
     return outcome
 

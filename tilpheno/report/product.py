@@ -53,12 +53,18 @@ def _detectors(meta: Mapping) -> dict[str, dict[str, str]]:
     return {f: {**merged, **mp} for f, mp in per_file.items()}
 
 
-def _axis(dim: str, detectors: Mapping[str, str]):
+def _axis(dim: str, detectors: Mapping[str, str], strategy=None):
+    """Plot axis for ``dim``: "marker (detector)" label; the strategy's transform sets the tick labels."""
     from tilpheno.report.plots import Axis, axis_label
     from tilpheno.transforms import default_transform
 
     detector = detectors.get(dim)
-    return Axis(dim, axis_label(dim, detector), default_transform(detector or dim))
+    transform = strategy.transform_for(dim) if strategy is not None else default_transform(detector or dim)
+    return Axis(dim, axis_label(dim, detector), transform)
+
+
+def _strategy_for(strategies, tube: str):
+    return next((s for s in strategies if getattr(s, "tube", None) == tube), None)
 
 
 def population_masks(tube) -> dict[str, np.ndarray]:
@@ -95,7 +101,7 @@ def _pct_of_parent(tube, population: str, masks, parent_mask) -> float:
     return 100.0 * int(masks[population].sum()) / n_parent if n_parent else float("nan")
 
 
-def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str) -> list[Figure]:
+def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
     """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent."""
     from tilpheno.report import plots
 
@@ -113,13 +119,13 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str) -> list[
         title = f"{parent_name} → {population}"
         if len(dims) == 1:
             png = plots.histogram_png(
-                tube.data[dims[0]][parent_mask], _axis(dims[0], detectors), gate=gate, inside=inside,
+                tube.data[dims[0]][parent_mask], _axis(dims[0], detectors, strategy), gate=gate, inside=inside,
                 population=population, pct_of_parent=pct, title=title,
             )
         else:
             x, y = dims[0], dims[1]
             png = plots.density_png(
-                tube.data[x][parent_mask], tube.data[y][parent_mask], _axis(x, detectors), _axis(y, detectors),
+                tube.data[x][parent_mask], tube.data[y][parent_mask], _axis(x, detectors, strategy), _axis(y, detectors, strategy),
                 gate=gate, inside=inside, population=population, pct_of_parent=pct, title=title,
             )
         figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
@@ -127,7 +133,8 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str) -> list[
     return figures
 
 
-def fmo_figures(result, detectors_by_file: Mapping[str, Mapping[str, str]], percentile: float) -> list[Figure]:
+def fmo_figures(result, detectors_by_file: Mapping[str, Mapping[str, str]], percentile: float,
+                strategies=()) -> list[Figure]:
     """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file."""
     from tilpheno.report import plots
 
@@ -159,7 +166,7 @@ def fmo_figures(result, detectors_by_file: Mapping[str, Mapping[str, str]], perc
             detectors = detectors_by_file.get(str(stain.file), {})
             pctl = float(getattr(row, "percentile", percentile))
             png = plots.fmo_overlay_png(
-                s_vals, f_vals, _axis(marker, detectors), threshold=thr, pct_stained=pct_s, pct_fmo=pct_f,
+                s_vals, f_vals, _axis(marker, detectors, _strategy_for(strategies, stain.tube)), threshold=thr, pct_stained=pct_s, pct_fmo=pct_f,
                 marker=marker, threshold_note=f"{pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})",
             )
             figures.append(Figure(
@@ -187,7 +194,7 @@ def _table(frame) -> dict:
     return {"columns": cols, "rows": [[fmt(v) for v in rec] for rec in frame.itertuples(index=False)]}
 
 
-def render_product(outcome, result, meta: Mapping, options) -> str:
+def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
     from tilpheno.report.html import render
 
@@ -204,11 +211,12 @@ def render_product(outcome, result, meta: Mapping, options) -> str:
                 "sha256": t.sha256,
                 "n_events": len(next(iter(t.data.values()))) if t.data else 0,
                 "keywords": _keywords(file_meta, options.include_identifiers) if file_meta is not None else [],
-                "figures": gate_figures(t, detectors.get(str(t.file), {}), t.tube) if t.role == "stain" else [],
+                "figures": (gate_figures(t, detectors.get(str(t.file), {}), t.tube, _strategy_for(strategies, t.tube))
+                            if t.role == "stain" else []),
                 "populations": _table(t.populations),
                 "thresholds": _table(t.thresholds),
             })
-        fmo = fmo_figures(result, detectors, options.fmo_percentile)
+        fmo = fmo_figures(result, detectors, options.fmo_percentile, strategies)
     study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id"]
     return render(
         "product.html.j2",

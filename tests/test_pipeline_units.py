@@ -1,0 +1,70 @@
+"""Pipeline helpers: path sanitising, grouping, severities, provenance record."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tilpheno.errors import TableError
+from tilpheno.pipeline import Flag, group_products, product_slug, report_path, worst_severity
+from tilpheno.provenance import sha256_file, start_record, strip_times
+
+
+@pytest.mark.parametrize("pid", ["../../x", "/etc/passwd", "..", ".", "a/b", "a\\b", "", "TIL 01", "é<script>", "\x00x"])
+def test_report_paths_stay_inside_out(tmp_path, pid):
+    out = tmp_path / "out"
+    path = report_path(out, pid)
+    assert out.resolve() in path.parents
+    assert path.parent.parent == (out / "products").resolve()
+    assert path.parent.name not in (".", "..") and "/" not in path.parent.name
+
+
+def test_slug_keeps_clean_ids_and_separates_colliding_ones():
+    assert product_slug("TIL001") == "TIL001"
+    assert product_slug("TIL-01.a_b") == "TIL-01.a_b"
+    assert product_slug("a/b") != product_slug("a_b")
+    assert product_slug("a/b") != product_slug("a\\b")
+    assert product_slug("a/b") == product_slug("a/b")
+
+
+def test_group_products_sorted_and_complete():
+    manifest = pd.DataFrame({
+        "file": ["b1.fcs", "a2.fcs", "a1.fcs", "c.fcs"],
+        "product_id": ["TIL2", "TIL1", "TIL1", "TIL10"],
+        "tube": ["surface", "surface", "surface", "treg"],
+        "role": ["stain", "fmo", "stain", "stain"],
+        "fmo_marker": ["", "PD1", "", ""],
+    })
+    groups = group_products(manifest)
+    assert [pid for pid, _ in groups] == ["TIL1", "TIL10", "TIL2"]
+    assert sorted(groups[0][1]["file"]) == ["a1.fcs", "a2.fcs"]
+    assert sum(len(rows) for _, rows in groups) == len(manifest)
+
+
+def test_group_products_requires_columns():
+    with pytest.raises(TableError, match="missing column"):
+        group_products(pd.DataFrame({"file": ["x.fcs"]}))
+
+
+def test_worst_severity():
+    assert worst_severity([]) == "ok"
+    flags = [Flag("p", "f", "low_events", "warning", "m"), Flag("p", "f", "x", "info", "m")]
+    assert worst_severity(flags) == "warning"
+    assert worst_severity(flags + [Flag("p", "f", "unreadable_file", "error", "m")]) == "error"
+
+
+def test_provenance_record(tmp_path):
+    strategy = tmp_path / "s.yaml"
+    strategy.write_bytes(b"strategy: x\n")
+    import hashlib
+
+    assert sha256_file(strategy) == hashlib.sha256(b"strategy: x\n").hexdigest()
+    rec = start_record(command_line=["tilpheno", "process"], parameters={"fmo_percentile": 99.5, "jobs": 2},
+                       strategy_paths=[strategy], release_spec={"name": "default"})
+    rec.finish([], 1.23456)
+    d = json.loads(rec.to_json())
+    assert d["strategies"][0]["sha256"] == hashlib.sha256(b"strategy: x\n").hexdigest()
+    assert d["dependencies"]["numpy"] != "not installed"
+    assert d["started_at"].endswith("Z") and d["duration_s"] == 1.235
+    assert "jobs" not in rec.short()["parameters"] and "fmo_percentile=99.5" in rec.short()["parameters"]
+    assert set(strip_times(d)) == set(d) - {"started_at", "finished_at", "duration_s"}
