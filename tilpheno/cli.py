@@ -131,6 +131,63 @@ def _print_summary(summary) -> None:
         typer.echo("QC flags: none")
 
 
+# --- demo: the whole chain on bundled data (what `make demo` runs) ---
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder for the demo's reports."),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="Products processed in parallel."),
+    products: int = typer.Option(60, "--products", min=10, help="Products in the simulated biomarker cohort."),
+    events: int = typer.Option(3000, "--events", min=500, help="Events per tube in the simulated cohort."),
+    seed: int = typer.Option(20240601, "--seed", help="Seed of the simulated cohort."),
+) -> None:
+    """`process` on sample_fcs/ (full reports), then a simulated cohort through FCS files, gating and biomarkers."""
+    import time
+
+    import pandas as pd
+
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.outcomes import read_outcomes
+    from tilpheno.simulate.cohort import simulate_cohort
+
+    start = time.perf_counter()
+    sample = _sample_folder()
+    try:
+        typer.echo(f"1/3 process {sample} -> {out / 'sample'}")
+        first = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"), jobs=jobs)
+        _print_summary(first)
+        typer.echo(f"2/3 simulate {products} products x 9 tubes x {events} events, then process (tables only)")
+        cohort = simulate_cohort(out / "cohort_fcs", products, seed, events)
+        second = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest, jobs=jobs,
+                                    make_reports=False)
+        _print_summary(second)
+        typer.echo("3/3 biomarker analysis of the simulated cohort")
+        phenotypes = pd.read_csv(out / "cohort" / "phenotypes.csv")
+        bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers")
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
+    typer.echo(f"  product reports: {out / 'sample' / 'index.html'}")
+    typer.echo(f"  cohort tables:   {out / 'cohort' / 'phenotypes.csv'}")
+    typer.echo(f"  biomarkers:      {bio.files.get('report.html', out / 'biomarkers')}")
+
+
+def _sample_folder() -> Path:
+    """The committed ``sample_fcs/`` (next to the package in a checkout, else in the working folder)."""
+    import tilpheno
+
+    for candidate in (Path(tilpheno.__file__).resolve().parents[1] / "sample_fcs", Path.cwd() / "sample_fcs"):
+        if candidate.is_dir():
+            return candidate
+    _fail(FileNotFoundError("sample_fcs/ not found: run the demo from a tilpheno checkout"))
+
+
+def _optional(path: Path) -> Optional[Path]:
+    return path if path.exists() else None
+
+
 def main() -> None:  # console-script entry point
     app()
 
