@@ -28,7 +28,7 @@ import hashlib
 import math
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -387,6 +387,8 @@ def _header_and_text(read_at, base: int, file_size: int, path, problems: list[st
         if len(raw) < 3 or raw[-2:-1] != raw[:1]:
             raise
         kw = parse_text(raw[:-1], f"{path} TEXT")  # TEXT end offset one byte too far
+    if raw[-1:] != raw[:1] and raw[-2:-1] == raw[:1]:
+        header = replace(header, text_end=end - 1)  # the last byte is not TEXT: DATA may start there
     kw = _with_supplemental_text(kw, read_at, base, header, file_size, path, problems)
     return header, kw
 

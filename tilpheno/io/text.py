@@ -110,8 +110,10 @@ def parse_text(raw: bytes, source: str = "<TEXT>") -> dict[str, str]:
     """Parse a TEXT (or supplemental TEXT / ANALYSIS) segment into ``{KEYWORD: value}``.
 
     Conventions: the first byte is the delimiter; a doubled delimiter inside a keyword or value
-    is an escaped delimiter (FCS 3.1 §3.2.9). If that reading leaves a keyword without a value,
-    doubled delimiters are re-read as empty values (some FCS 2.0/3.0 writers). Keyword names are
+    is an escaped delimiter (FCS 3.1 §3.2.9). If that reading leaves a keyword without a value, or
+    yields a keyword name holding a delimiter followed by ``$`` (``EMPTY//$CYT``), doubled
+    delimiters are re-read as empty values (some FCS 2.0/3.0 writers). An empty value followed by
+    a non-``$`` keyword cannot be told from an escape and is read as an escape. Keyword names are
     upper-cased with leading/trailing spaces removed; values are kept verbatim. Spaces or NULs
     padding the segment after its closing delimiter are ignored. Bytes are decoded
     as UTF-8, falling back to Latin-1. A keyword given twice keeps its last value.
@@ -123,16 +125,21 @@ def parse_text(raw: bytes, source: str = "<TEXT>") -> dict[str, str]:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     delim = text[0]
-    if delim.isalnum() or delim in "$":
+    if delim.isalnum() or delim in " $\x00" or ord(delim) > 126:
         raise FCSReadError(source, f"TEXT delimiter {delim!r} is not a valid delimiter character")
     body = text[1:]
-    fields = _trim_padding(_split(body, delim, escaped=True))
-    if len(fields) % 2:
+    strict = _trim_padding(_split(body, delim, escaped=True))
+    if len(strict) % 2 == 0 and not any(delim + "$" in key for key in strict[0::2]):
+        fields = strict
+    else:
+        # a keyword without a value, or a name like "EMPTY/$CYT": doubled delimiters were empty values
         alternative = _trim_padding(_split(body, delim, escaped=False))
         if len(alternative) % 2 == 0:
             fields = alternative
+        elif len(strict) % 2 == 0:
+            fields = strict
         else:
-            raise FCSReadError(source, f"TEXT segment has a keyword without a value (last field {fields[-1][:40]!r})")
+            raise FCSReadError(source, f"TEXT segment has a keyword without a value (last field {strict[-1][:40]!r})")
     keywords: dict[str, str] = {}
     for key, value in zip(fields[0::2], fields[1::2]):
         name = key.strip().upper()
