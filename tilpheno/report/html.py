@@ -116,7 +116,7 @@ def render_index(outcomes: Sequence, options) -> str:
             "release": o.release_status,
             "qc": o.phenotype.get("qc_status", ""),
             "n_flags": len(o.qc),
-            "values": [o.phenotype.get(c) for c in INDEX_COLUMNS],
+            "cells": [o.phenotype.get(c) for c in INDEX_COLUMNS],
         })
     n_failed = sum(1 for o in outcomes if not o.ok)
     n_released = sum(1 for o in outcomes if o.release_status == "pass")

@@ -1,0 +1,28 @@
+"""Shared fixtures: a headless Chromium (skipped with a reason when absent) and a small simulated cohort."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from browser import CHROMIUM, Browser  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (``make test`` installs Debian's chromium)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (`make browser` installs Debian's chromium package)")
+    with Browser(timeout=60) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    """Four simulated products (9 tubes x 2500 events each) with manifest, truth and outcomes."""
+    from tilpheno.simulate.cohort import simulate_cohort
+
+    return simulate_cohort(tmp_path_factory.mktemp("cohort"), n_products=4, seed=7, n_events=2500)
