@@ -190,22 +190,14 @@ def _read_metadata(rows, product_id: str):
     return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
 
 
-def _analyze(job: ProductJob, rows, flags: list):
-    """Gate the product; a file that fails to read during gating is dropped (flagged) and gating retried."""
+def _analyze(job: ProductJob, rows):
+    """Gate the product (``analyze_product`` flags and drops files it cannot read; it does not raise for them)."""
     from tilpheno.phenotype import analyze_product
 
-    while True:
-        try:
-            return rows, analyze_product(
-                job.product_id, rows, list(job.strategies),
-                fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows),
-            )
-        except FCSReadError as exc:
-            bad = rows["file"].astype(str) == exc.path
-            if not bad.any():
-                raise
-            flags.append(Flag(job.product_id, Path(exc.path).name, "unreadable_file", "error", exc.problem))
-            rows = rows[~bad].reset_index(drop=True)
+    return analyze_product(
+        job.product_id, rows, list(job.strategies),
+        fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows),
+    )
 
 
 def _populations_long(product_id: str, tubes) -> object:
@@ -222,17 +214,6 @@ def _populations_long(product_id: str, tubes) -> object:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _event_counts(tubes) -> dict[str, int]:
-    """Total events over all gated files and per stained tube (``n_events_<tube>``)."""
-    counts = {"n_events_total": 0}
-    for t in tubes:
-        n = int(len(next(iter(t.data.values())))) if t.data else 0
-        counts["n_events_total"] += n
-        if t.role == "stain":
-            counts[f"n_events_{t.tube}"] = n
-    return counts
-
-
 def process_product(job: ProductJob) -> ProductOutcome:
     """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason)."""
     from tilpheno.release import evaluate, overall
@@ -246,7 +227,7 @@ def process_product(job: ProductJob) -> ProductOutcome:
         rows, meta, flags, digests = _read_metadata(job.rows, pid)
         if not (rows["role"] == "stain").any():
             raise TableError(f"product {pid}: no readable stained tube (files: {', '.join(job.rows['file'].map(lambda f: Path(f).name))})")
-        rows, result = _analyze(job, rows, flags)
+        result = _analyze(job, rows)
     except TilphenoError as exc:
         error = str(exc)
     except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
@@ -293,7 +274,7 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
         "n_qc_flags": len(outcome.qc),
         "n_files": n_files,
     }
-    cols.update(_event_counts(result.tubes) if result else {"n_events_total": 0})
+    cols["n_events_total"] = sum(int(t.n_events) for t in result.tubes) if result else 0
     return cols
 
 

@@ -31,28 +31,6 @@ class Figure:
     alt: str
 
 
-def _detectors(meta: Mapping) -> dict[str, dict[str, str]]:
-    """Per file: marker/dimension name -> detector ($PnN), from $PnS (FMO-omitted markers from the stain tube)."""
-    from tilpheno.panel import normalize_marker
-
-    per_file = {}
-    for file, m in meta.items():
-        mapping = {}
-        for pnn, pns in zip(m.channels["pnn"], m.channels["pns"]):
-            mapping[str(pnn)] = str(pnn)
-            if isinstance(pns, str) and pns.strip():
-                try:
-                    mapping[normalize_marker(pns)] = str(pnn)
-                except Exception:  # an unknown stain name: keep the detector only
-                    pass
-        per_file[str(file)] = mapping
-    merged = {}
-    for mapping in per_file.values():
-        for k, v in mapping.items():
-            merged.setdefault(k, v)
-    return {f: {**merged, **mp} for f, mp in per_file.items()}
-
-
 def _axis(dim: str, detectors: Mapping[str, str], strategy=None):
     """Plot axis for ``dim``: "marker (detector)" label; the strategy's transform sets the tick labels."""
     from tilpheno.report.plots import Axis, axis_label
@@ -65,31 +43,6 @@ def _axis(dim: str, detectors: Mapping[str, str], strategy=None):
 
 def _strategy_for(strategies, tube: str):
     return next((s for s in strategies if getattr(s, "tube", None) == tube), None)
-
-
-def population_masks(tube) -> dict[str, np.ndarray]:
-    """Mask (over all events of the tube) of every population, recomputed down the gate tree.
-
-    Uses ``tube.masks`` when the gating result carries them. Populations are evaluated in
-    ``tube.gates`` order (parents first, as the strategy lists them).
-    """
-    given = getattr(tube, "masks", None)
-    if given:
-        return dict(given)
-    n = len(next(iter(tube.data.values()))) if tube.data else 0
-    everything = np.ones(n, dtype=bool)
-    masks: dict[str, np.ndarray] = {}
-    for population, parent, gate, _method in tube.gates:
-        parent_mask = masks.get(parent, everything)
-        kind = type(gate).__name__
-        if kind == "BooleanGate":
-            own = gate.evaluate(masks)
-        elif kind == "QuadrantGate":
-            own = gate.contains(tube.data, population)
-        else:
-            own = gate.contains(tube.data)
-        masks[population] = own & parent_mask
-    return masks
 
 
 def _pct_of_parent(tube, population: str, masks, parent_mask) -> float:
@@ -105,8 +58,8 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
     """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent."""
     from tilpheno.report import plots
 
-    masks = population_masks(tube)
-    n = len(next(iter(tube.data.values()))) if tube.data else 0
+    masks = tube.masks
+    n = tube.n_events
     figures = []
     for population, parent, gate, method in tube.gates:
         dims = tuple(getattr(gate, "dims", ()))
@@ -133,20 +86,11 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
     return figures
 
 
-def fmo_figures(result, detectors_by_file: Mapping[str, Mapping[str, str]], percentile: float,
-                strategies=()) -> list[Figure]:
+def fmo_figures(result, percentile: float, strategies=()) -> list[Figure]:
     """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file."""
     from tilpheno.report import plots
 
     by_name = {Path(str(t.file)).name: t for t in result.tubes}
-    masks_cache: dict[str, dict] = {}
-
-    def masks_of(tube):
-        key = str(tube.file)
-        if key not in masks_cache:
-            masks_cache[key] = population_masks(tube)
-        return masks_cache[key]
-
     figures = []
     for stain in (t for t in result.tubes if t.role == "stain"):
         th = stain.thresholds
@@ -156,14 +100,14 @@ def fmo_figures(result, detectors_by_file: Mapping[str, Mapping[str, str]], perc
             marker, parent = str(row.marker), str(row.parent)
             if fmo is None or fmo is stain or marker not in stain.data or marker not in fmo.data:
                 continue
-            s_mask, f_mask = masks_of(stain).get(parent), masks_of(fmo).get(parent)
+            s_mask, f_mask = stain.masks.get(parent), fmo.masks.get(parent)
             if s_mask is None or f_mask is None:
                 continue
             s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
             thr = float(row.value_transformed)
             pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
             pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
-            detectors = detectors_by_file.get(str(stain.file), {})
+            detectors = stain.detectors
             pctl = float(getattr(row, "percentile", percentile))
             png = plots.fmo_overlay_png(
                 s_vals, f_vals, _axis(marker, detectors, _strategy_for(strategies, stain.tube)), threshold=thr, pct_stained=pct_s, pct_fmo=pct_f,
@@ -200,7 +144,6 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
 
     tubes, fmo = [], []
     if result is not None:
-        detectors = _detectors(meta)
         order = sorted(result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
         for t in order:
             name = Path(str(t.file)).name
@@ -209,14 +152,14 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
                 "title": f"{t.tube} tube, {t.role}" + (f" (FMO {t.fmo_marker})" if t.fmo_marker else ""),
                 "file": name,
                 "sha256": t.sha256,
-                "n_events": len(next(iter(t.data.values()))) if t.data else 0,
+                "n_events": t.n_events,
                 "keywords": _keywords(file_meta, options.include_identifiers) if file_meta is not None else [],
-                "figures": (gate_figures(t, detectors.get(str(t.file), {}), t.tube, _strategy_for(strategies, t.tube))
+                "figures": (gate_figures(t, t.detectors, t.tube, _strategy_for(strategies, t.tube))
                             if t.role == "stain" else []),
                 "populations": _table(t.populations),
                 "thresholds": _table(t.thresholds),
             })
-        fmo = fmo_figures(result, detectors, options.fmo_percentile, strategies)
+        fmo = fmo_figures(result, options.fmo_percentile, strategies)
     study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id"]
     return render(
         "product.html.j2",
@@ -228,7 +171,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         tubes=tubes,
         fmo=fmo,
         percentile=options.fmo_percentile,
-        strategy_sha256=getattr(result, "strategy_sha256", ""),
+        strategy_sha256=sorted(dict(getattr(result, "strategy_sha256", None) or {}).items()),
         provenance=options.provenance_short,
         include_identifiers=options.include_identifiers,
     )
