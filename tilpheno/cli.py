@@ -131,6 +131,52 @@ def _print_summary(summary) -> None:
         typer.echo("QC flags: none")
 
 
+# --- biomarkers: outcomes join, response rates, Kaplan-Meier, cut-points, Cox models ---
+
+
+@app.command()
+def biomarkers(
+    phenotypes: Path = typer.Option(..., "--phenotypes", help="phenotypes.csv from `tilpheno process` (one row per product)."),
+    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes table, CSV or Excel (.xlsx): patient_id, product_id, til_dose_cells, best_response, pfs_months, pfs_event, os_months, os_event, covariates."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; files replaced atomically)."),
+    markers: Optional[str] = typer.Option(None, "--markers", help="Comma-separated marker columns; default: TIL dose and the study's phenotype columns."),
+    covariates: Optional[str] = typer.Option(None, "--covariates", help="Comma-separated covariates of the multivariable models; default: age, sex, ecog when present."),
+    endpoints: str = typer.Option("pfs,os", "--endpoints", help="Comma-separated endpoints: pfs, os."),
+    cutpoints: Optional[Path] = typer.Option(None, "--cutpoints", help="CSV of pre-specified cut-points: marker, cutpoint[, endpoint]."),
+    n_perm: int = typer.Option(10_000, "--permutations", min=0, help="Permutations for the cut-point p-value (0 = none)."),
+    seed: int = typer.Option(20240601, "--seed", help="Seed of the permutations."),
+    conf_type: str = typer.Option("log", "--conf-type", help="Kaplan-Meier CI transformation: log, log-log or plain."),
+    minprop: float = typer.Option(0.1, "--minprop", min=0.01, max=0.49, help="Smallest group fraction of a candidate cut-point."),
+) -> None:
+    """Biomarker analysis of PHENOTYPES against OUTCOMES: response.csv, km.csv, cutpoints.csv, cox_*.csv, responders.csv, report.html."""
+    from tilpheno.biomarkers.analysis import read_cutpoints, run_biomarkers
+    from tilpheno.biomarkers.cohort import read_phenotypes
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.outcomes import read_outcomes
+
+    def _split(text):
+        return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+    try:
+        pre = read_cutpoints(cutpoints) if cutpoints is not None else None
+        results = run_biomarkers(
+            read_phenotypes(phenotypes), read_outcomes(outcomes), out, markers=_split(markers),
+            covariates=_split(covariates), endpoints=tuple(_split(endpoints) or ()), cutpoints=pre,
+            n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop,
+        )
+    except (TilphenoError, ValueError) as exc:
+        _fail(exc)
+    cohort = results.cohort
+    typer.echo(f"{len(cohort.data)} patients with phenotypes and outcomes ({len(cohort.outcomes)} with outcomes); "
+               f"{len(cohort.markers)} markers; outputs in {out}")
+    for pid in cohort.products_without_outcomes:
+        typer.echo(f"  product without outcomes: {pid}")
+    for pid in cohort.patients_without_products:
+        typer.echo(f"  patient without a phenotyped product: {pid}")
+    for w in results.warnings:
+        typer.echo(f"  warning: {w}")
+
+
 # --- demo: the whole chain on bundled data (what `make demo` runs) ---
 
 

@@ -61,6 +61,27 @@ def validate_phenotypes(phenotypes: pd.DataFrame, source: str = "phenotypes") ->
     return frame
 
 
+def read_phenotypes(path) -> pd.DataFrame:
+    """Read ``phenotypes.csv`` (or ``.parquet``) of ``tilpheno process``; TableError when unreadable."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise TableError(f"{path}: the file is empty")
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            if b"\x00" in path.read_bytes()[:65536]:
+                raise TableError(f"{path}: not a CSV file")
+            frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise TableError(f"{path}: not a readable table ({type(exc).__name__})") from None
+    return validate_phenotypes(frame, str(path))
+
+
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
