@@ -26,6 +26,7 @@ from tilpheno.simulate.truth import fmo_reference, label_truth
 MANIFEST_COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
 FIRST_DAY = dt.date(2016, 6, 1)  # study enrolment June 2016 - March 2018
 ENROLMENT_DAYS = 640
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _keywords(product_id: str, spec, file: str, start: dt.datetime, events: np.n
     seconds = float(events[-1, -1]) * ins.TIMESTEP if len(events) else 0.0
     end = start + dt.timedelta(seconds=seconds)
     kw = {
-        "$CYT": "LSRFortessa", "$CYTSN": "H6470012", "$DATE": start.strftime("%d-%b-%Y").upper(),
+        "$CYT": "LSRFortessa", "$CYTSN": "H6470012", "$DATE": f"{start.day:02d}-{MONTHS[start.month - 1]}-{start.year}",
         "$BTIM": start.strftime("%H:%M:%S"), "$ETIM": end.strftime("%H:%M:%S"),
         "$SRC": product_id, "$FIL": file, "$OP": "tilpheno simulator", "$TIMESTEP": str(ins.TIMESTEP),
         "CREATOR": f"tilpheno {__version__} simulate (FACSDiva 8 style export)",
