@@ -1,0 +1,143 @@
+"""Gate placement on synthetic events with known labels (truth independent of the placement code)."""
+import numpy as np
+import pytest
+from scipy.stats import norm
+from threadpoolctl import threadpool_limits
+
+from tilpheno.errors import GatingError
+from tilpheno.gates.placement import (
+    fmo_threshold,
+    place_cells,
+    place_fmo_threshold,
+    place_lymphocytes,
+    place_singlets,
+    place_valley,
+)
+
+CEIL = 262143.0
+
+
+def scatter_events(seed=0, n=30000):
+    """Labelled scatter: 0 lymphocyte, 1 debris, 2 doublet, 3 large cell, 4 saturated."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(5, size=n, p=[0.72, 0.12, 0.06, 0.08, 0.02])
+    fsc = 70000 * np.exp(0.12 * rng.standard_normal(n))
+    ssc = 22000 * np.exp(0.25 * rng.standard_normal(n))
+    debris = kind == 1
+    fsc[debris] = np.exp(rng.uniform(np.log(1500), np.log(24000), debris.sum()))
+    ssc[debris] = 7000 * np.exp(0.7 * rng.standard_normal(debris.sum()))
+    large = kind == 3
+    fsc[large] = 150000 * np.exp(0.12 * rng.standard_normal(large.sum()))
+    ssc[large] = 90000 * np.exp(0.25 * rng.standard_normal(large.sum()))
+    height = fsc * rng.normal(0.78, 0.025, n)
+    doublet = kind == 2
+    fsc[doublet] *= 2.0
+    height[doublet] *= rng.uniform(0.51, 0.62, doublet.sum())
+    sat = kind == 4
+    fsc[sat] = CEIL
+    return kind, fsc, np.minimum(ssc, CEIL), np.minimum(height, CEIL)
+
+
+def test_cells_drop_debris_and_saturated_edge():
+    kind, fsc, ssc, _ = scatter_events()
+    p = place_cells(fsc, ssc)
+    inside = p.gate.contains({"FSC-A": fsc, "SSC-A": ssc})
+    assert inside[kind == 4].sum() == 0
+    assert inside[kind == 1].mean() < 0.03
+    for k in (0, 2, 3):
+        assert inside[kind == k].mean() > 0.995
+    assert p.diagnostics["debris_peak"] and 20000 < p.diagnostics["fsc_cut"] < 45000
+
+
+def test_cells_without_debris_uses_fraction_of_main_mode():
+    kind, fsc, ssc, _ = scatter_events()
+    keep = kind == 0
+    p = place_cells(fsc[keep], ssc[keep], fallback_fraction=0.2)
+    assert not p.diagnostics["debris_peak"]
+    assert p.diagnostics["fsc_cut"] == pytest.approx(0.2 * p.diagnostics["main_mode_fsc"])
+    assert p.gate.contains({"FSC-A": fsc[keep], "SSC-A": ssc[keep]}).mean() > 0.999
+
+
+def test_singlets_exclude_doublets():
+    kind, fsc, _, height = scatter_events(1)
+    cells = (kind != 1) & (kind != 4)
+    p = place_singlets(fsc[cells], height[cells])
+    inside = p.gate.contains({"FSC-A": fsc, "FSC-H": height})
+    assert inside[kind == 2].mean() < 0.01
+    assert inside[kind == 0].mean() > 0.995 and inside[kind == 3].mean() > 0.995
+    assert p.diagnostics["ratio_mode"] == pytest.approx(0.78, abs=0.01)
+
+
+def two_peaks(seed=2, n=20000, positive=0.2):
+    rng = np.random.default_rng(seed)
+    pos = rng.random(n) < positive
+    x = np.where(pos, rng.normal(0.75, 0.05, n), rng.normal(0.15, 0.04, n))
+    return pos, x
+
+
+def test_valley_separates_two_populations_both_directions():
+    pos, x = two_peaks()
+    low = place_valley(x, "7AAD", keep="low")
+    high = place_valley(x, "7AAD", keep="high")
+    assert low.flags == () and low.method == "density_valley"
+    assert 0.3 < low.diagnostics["threshold"] < 0.6
+    m_low = low.gate.contains({"7AAD": x})
+    m_high = high.gate.contains({"7AAD": x})
+    assert np.array_equal(m_low, ~m_high)  # x < cut vs x > cut, nothing sits exactly on the cut here
+    assert (m_low == ~pos).mean() > 0.999
+
+
+def test_valley_with_small_positive_peak():
+    pos, x = two_peaks(3, positive=0.03)
+    p = place_valley(x, "CD56", keep="high")
+    assert p.flags == ()
+    assert (p.gate.contains({"CD56": x}) == pos).mean() > 0.999
+
+
+def test_valley_single_peak_falls_back_and_flags():
+    x = np.random.default_rng(4).normal(0.2, 0.03, 10000)
+    p = place_valley(x, "7AAD", keep="low", fallback_sd=4)
+    assert [f.code for f in p.flags] == ["no_second_peak"]
+    assert p.diagnostics["threshold"] == pytest.approx(0.2 + 4 * 0.03, abs=0.01)
+    assert p.gate.contains({"7AAD": x}).mean() > 0.999
+
+
+def test_lymphocytes_exclude_large_cells():
+    kind, fsc, ssc, _ = scatter_events(5)
+    live = (kind == 0) | (kind == 3)
+    p = place_lymphocytes(fsc[live], ssc[live])
+    inside = p.gate.contains({"FSC-A": fsc, "SSC-A": ssc})
+    assert inside[kind == 3].mean() < 0.005
+    assert inside[kind == 0].mean() > 0.97
+
+
+def test_lymphocytes_deterministic_and_thread_independent():
+    kind, fsc, ssc, _ = scatter_events(6, n=40000)
+    live = (kind == 0) | (kind == 3)
+    a = place_lymphocytes(fsc[live], ssc[live]).gate.to_dict()
+    with threadpool_limits(limits=2):
+        b = place_lymphocytes(fsc[live], ssc[live]).gate.to_dict()
+    assert a == b
+
+
+def test_fmo_threshold_percentile_and_strict_positivity():
+    x = np.random.default_rng(7).standard_normal(400000)
+    assert fmo_threshold(x, 99.5) == pytest.approx(norm.ppf(0.995), abs=0.02)
+    small = np.arange(1.0, 201.0)  # percentile 99.5 of 1..200 (type 7): 199 + 0.005 * 199 -> 199.005
+    thr = fmo_threshold(small, 99.5)
+    assert thr == pytest.approx(199.005)
+    p = place_fmo_threshold(small, "PD1", source_file="fmo.fcs")
+    inside = p.gate.contains({"PD1": np.array([thr, np.nextafter(thr, np.inf), 200.0])})
+    assert inside.tolist() == [False, True, True]
+    assert p.diagnostics["source_file"] == "fmo.fcs" and p.flags == ()
+
+
+def test_fmo_low_events_flag_and_errors():
+    p = place_fmo_threshold(np.linspace(0, 1, 50), "PD1", min_events=200)
+    assert [f.code for f in p.flags] == ["low_events"]
+    with pytest.raises(GatingError):
+        fmo_threshold(np.array([]), 99.5)
+    with pytest.raises(GatingError):
+        fmo_threshold(np.ones(10), 100)
+    with pytest.raises(GatingError, match="keep"):
+        place_valley(np.ones(100), "CD3", keep="middle")
