@@ -1,0 +1,141 @@
+"""Strategy files: the bundled ones load; invalid files fail with the file and line named."""
+import hashlib
+import textwrap
+
+import pytest
+
+from tilpheno.errors import StrategyError
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_expression, parse_strategy
+from tilpheno.transforms import Linear, Logicle
+
+BASE = textwrap.dedent(
+    """\
+    strategy: test
+    tube: surface
+    markers: [CD3, CD56, 7AAD]
+    transforms:
+      CD3: {kind: logicle, w: 0.7}
+    populations:
+      - name: cells
+        parent: root
+        dims: [FSC-A, SSC-A]
+        method: cells
+      - name: live
+        parent: cells
+        dims: [7AAD]
+        method: valley
+        params: {keep: low}
+      - name: CD3+
+        parent: live
+        dims: [CD3]
+        method: fmo
+      - name: CD56+
+        parent: live
+        dims: [CD56]
+        method: fmo
+        params: {percentile: 99}
+      - name: NK
+        parent: live
+        expression: CD56+ & !CD3+
+    variables:
+      cd3_pct: {numerator: CD3+, denominator: live}
+    """
+)
+
+
+def write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_bundled_strategies_load():
+    surface, treg = (load_strategy(p) for p in default_strategy_paths())
+    assert surface.tube == "surface" and treg.tube == "treg"
+    names = [p.name for p in surface.populations]
+    for pop in ("cells", "singlets", "live", "live_lymph", "CD3+", "CD4+", "CD8+", "CD56+", "NK", "NKT", "PD1+", "CD8+PD1+"):
+        assert pop in names
+    assert {v.name for v in surface.variables} >= {
+        "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
+        "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3",
+    }
+    assert [v.name for v in treg.variables] == ["cd4foxp3_pct_of_cd4"]
+    for s, path in zip((surface, treg), default_strategy_paths()):
+        assert s.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_parse_details(tmp_path):
+    s = load_strategy(write(tmp_path, BASE))
+    assert s.transform_for("CD3") == Logicle(w=0.7)
+    assert s.transform_for("CD56") == Logicle() and s.transform_for("FSC-A") == Linear()
+    nk = s.population("NK")
+    assert nk.boolean.op == "and" and nk.boolean.operands == ("CD56+", "CD3+") and nk.boolean.complements == (False, True)
+    assert s.population("CD56+").params["percentile"] == 99.0
+    assert s.population("cells").line == 7
+
+
+def test_order_puts_parents_and_operands_first(tmp_path):
+    text = BASE.replace("  - name: cells\n    parent: root\n    dims: [FSC-A, SSC-A]\n    method: cells\n", "")
+    text = text.replace("variables:", "  - name: cells\n    parent: root\n    dims: [FSC-A, SSC-A]\n    method: cells\nvariables:")
+    names = [p.name for p in parse_strategy(text).populations]
+    assert names.index("cells") < names.index("live") < names.index("CD3+") < names.index("NK")
+    assert names.index("CD56+") < names.index("NK")
+
+
+def test_sha_changes_with_content_only(tmp_path):
+    a = load_strategy(write(tmp_path, BASE, "a.yaml"))
+    b = load_strategy(write(tmp_path, BASE, "b.yaml"))
+    c = load_strategy(write(tmp_path, BASE + "# a comment\n", "c.yaml"))
+    assert a.sha256 == b.sha256 != c.sha256
+    assert a.populations == b.populations
+
+
+@pytest.mark.parametrize(
+    "old,new,line,pattern",
+    [
+        ("    parent: live\n    dims: [CD3]", "    parent: alive\n    dims: [CD3]", 16, "unknown parent 'alive'"),
+        ("dims: [CD56]", "dims: [CD57]", 22, r"unknown marker/dimension \['CD57'\]"),
+        ("params: {keep: low}", "params: {keep: lowest}", 15, "keep"),
+        ("params: {percentile: 99}", "params: {percentile: 120}", 24, "percentile"),
+        ("params: {percentile: 99}", "params: {pctl: 99}", 24, "unknown parameter"),
+        ("method: cells", "method: magic", 10, "unknown method 'magic'"),
+        ("dims: [7AAD]", "dims: [7AAD, CD3]", 13, "takes 1 dimension"),
+        ("expression: CD56+ & !CD3+", "expression: CD56+ & !CD4+", 25, r"unknown operand 'CD4\+'"),
+        ("expression: CD56+ & !CD3+", "expression: CD56+ & CD3+ | live", 27, "mixes"),
+        ("  - name: NK\n", "  - name: CD3+\n", 25, r"duplicate population name 'CD3\+'"),
+        ("markers: [CD3, CD56, 7AAD]", "markers: [CD3, CD56, 7AAD, CD99]", 3, "unknown marker"),
+        ("  CD3: {kind: logicle, w: 0.7}", "  CD3: {kind: logicle, w: 9}", 5, "logicle parameters"),
+        ("tube: surface\n", "tube: surface\ntube: treg\n", 3, "duplicate key 'tube'"),
+        ("  cd3_pct: {numerator: CD3+, denominator: live}", "  cd3_pct: {numerator: CD3+, denominator: lve}", 29, "unknown population 'lve'"),
+    ],
+)
+def test_errors_name_file_and_line(tmp_path, old, new, line, pattern):
+    assert old in BASE
+    path = write(tmp_path, BASE.replace(old, new))
+    with pytest.raises(StrategyError, match=pattern) as info:
+        load_strategy(path)
+    assert str(info.value).startswith(f"{path}:{line}:"), str(info.value)
+
+
+def test_cycle_is_reported(tmp_path):
+    text = BASE.replace("  - name: cells\n    parent: root", "  - name: cells\n    parent: live")
+    with pytest.raises(StrategyError, match="cycle") as info:
+        load_strategy(write(tmp_path, text))
+    assert str(info.value).startswith(str(tmp_path / "s.yaml") + ":")
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path):
+    with pytest.raises(StrategyError, match=r"s.yaml:\d+: YAML"):
+        load_strategy(write(tmp_path, "strategy: [unclosed\n"))
+    with pytest.raises(StrategyError, match="cannot read"):
+        load_strategy(tmp_path / "nope.yaml")
+
+
+def test_parse_expression():
+    g = parse_expression("!CD3+")
+    assert g.op == "not" and g.operands == ("CD3+",)
+    g = parse_expression("A | B | !C")
+    assert g.op == "or" and g.complements == (False, False, True)
+    for bad in ("", "A &", "A"):
+        with pytest.raises(ValueError):
+            parse_expression(bad)
