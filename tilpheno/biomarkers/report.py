@@ -56,10 +56,11 @@ def km_panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, s
     ax.grid(alpha=0.2)
     for row, (fit, color) in enumerate(zip(fits, COLORS)):
         y = -0.28 - 0.09 * row
-        ax.text(-0.02, y, fit.label, transform=ax.transAxes, ha="right", va="center", fontsize=7, color=color)
+        ax.text(-0.06, y, fit.label.split(" ")[0], transform=ax.transAxes, ha="right", va="center", fontsize=7,
+                color=color)
         for tick, n in zip(ticks, fit.at_risk(ticks)):
             ax.text(tick, y, str(n), transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=7)
-    ax.text(-0.02, -0.19, "at risk", transform=ax.transAxes, ha="right", va="center", fontsize=7, style="italic")
+    ax.text(-0.06, -0.19, "at risk", transform=ax.transAxes, ha="right", va="center", fontsize=7, style="italic")
 
 
 def km_figures(results) -> list[dict]:
@@ -87,7 +88,7 @@ def km_figures(results) -> list[dict]:
             fig, axes = plt.subplots(1, len(rows), figsize=(4.4 * len(rows), 3.6), squeeze=False)
             for ax, rec in zip(axes[0], rows.itertuples(index=False)):
                 low = x <= rec.cutpoint
-                curves = [(f"<= {rec.cutpoint:.4g}", t[low], e[low]), (f"> {rec.cutpoint:.4g}", t[~low], e[~low])]
+                curves = [(f"low (<= {rec.cutpoint:.4g})", t[low], e[low]), (f"high (> {rec.cutpoint:.4g})", t[~low], e[~low])]
                 p_text = f"log-rank p={rec.logrank_p:.3g}"
                 if rec.method == "maxstat":
                     p_text = f"raw p={rec.p_raw:.3g}, Lau94 p={rec.p_lau94:.3g}"

@@ -1,0 +1,263 @@
+"""The biomarker analysis end to end: join, response rates and Table 3 against R, output files,
+cut-point files, report safety, the CLI, and the behaviour of the cut-point p-values under the null."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.biomarkers.analysis import CUT_COLUMNS, read_cutpoints, run_biomarkers
+from tilpheno.biomarkers.cohort import build_cohort, read_phenotypes
+from tilpheno.biomarkers.cox import fit_cox
+from tilpheno.biomarkers.cutpoints import maxstat_logrank
+from tilpheno.biomarkers.endpoints import clopper_pearson, is_responder, response_rates
+from tilpheno.biomarkers.responders import categorical_test, fisher_rx2, responders_table
+from tilpheno.errors import TableError
+from tilpheno.io.outcomes import read_outcomes
+
+REF = Path(__file__).parent / "reference"
+OUTCOMES = REF / "til_cohort_outcomes.csv"
+PHENOTYPES = REF / "til_cohort_phenotypes.csv"
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return pd.read_csv(PHENOTYPES), read_outcomes(OUTCOMES)
+
+
+@pytest.fixture(scope="module")
+def results(tables, tmp_path_factory):
+    pheno, outcomes = tables
+    out = tmp_path_factory.mktemp("bio")
+    cut = out / "cuts.csv"
+    cut.write_text("marker,cutpoint,endpoint\ncd8_pct_of_cd3,50,\ncd4foxp3_pct_of_cd4,5,os\n")
+    return run_biomarkers(pheno, outcomes, out, markers=["til_dose_cells", "cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"],
+                          cutpoints=cut, n_perm=999, seed=3)
+
+
+def test_response_rates_match_r_binom_test(tables):
+    want = pd.read_csv(REF / "response_reference.csv")
+    got = response_rates(tables[1].best_response)
+    assert got.metric.tolist() == want.metric.tolist()
+    assert got[["n", "count"]].to_numpy().tolist() == want[["n", "count"]].to_numpy().tolist()
+    np.testing.assert_allclose(got[["rate", "ci_low", "ci_high"]], want[["rate", "ci_low", "ci_high"]], rtol=1e-9)
+
+
+def test_clopper_pearson_edges():
+    assert clopper_pearson(0, 10)[0] == 0.0 and clopper_pearson(10, 10)[1] == 1.0
+    assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10))
+
+
+def test_responders_table_matches_r(tables):
+    pheno, outcomes = tables
+    data = outcomes.merge(pheno, on="product_id").sort_values("product_id").reset_index(drop=True)
+    variables = ["til_dose_cells", "cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4",
+                 "cd3_pct_of_live_lymph", "age", "sex", "ecog"]
+    tab = responders_table(data, is_responder(data.best_response), variables)
+    want = pd.read_csv(REF / "responders_reference.csv").set_index("variable")
+    num = tab[tab.kind == "numeric"].set_index("variable")
+    np.testing.assert_allclose(num.loc[want.index, "welch_p"], want.welch_p, rtol=1e-8)
+    np.testing.assert_allclose(num.loc[want.index, "mannwhitney_p"], want.mannwhitney_p, rtol=1e-8)
+    cat = pd.read_csv(REF / "responders_categorical_reference.csv").set_index("variable")
+    for var in ("sex", "ecog"):
+        rows = tab[tab.variable == var]
+        want_p = cat.at[var, "fisher_p"] if rows.test.iloc[0] == "Fisher exact" else cat.at[var, "chisq_p"]
+        assert rows.p.iloc[0] == pytest.approx(want_p, rel=1e-8)
+    assert tab[tab.variable == "ecog"].test.iloc[0] == "Fisher exact"  # expected counts < 5 for ECOG 2
+    assert num.at["age", "n_resp"] + num.at["age", "n_nonresp"] == 60
+
+
+def test_fisher_rx2_equals_scipy_for_2x2():
+    from scipy import stats
+
+    for table in ([[3, 9], [7, 2]], [[0, 5], [6, 1]], [[10, 10], [10, 10]]):
+        assert fisher_rx2(np.array(table)) == pytest.approx(stats.fisher_exact(table).pvalue, rel=1e-9)
+    assert categorical_test(np.array([[20, 20], [20, 20]]))[0] == "chi-square"
+
+
+def test_join_lists_unmatched_never_drops(tables, tmp_path):
+    pheno, outcomes = tables
+    pheno2 = pd.concat([pheno.iloc[2:], pheno.iloc[[0]].assign(product_id="TIL999")])
+    cohort = build_cohort(pheno2, outcomes)
+    assert cohort.products_without_outcomes == ["TIL999"]
+    assert cohort.patients_without_products == ["P001", "P002"]
+    assert len(cohort.data) == 58 and len(cohort.outcomes) == 60
+    assert set(cohort.unmatched().id) == {"TIL999", "P001", "P002"}
+    res = run_biomarkers(pheno2, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0)
+    assert res.response.n.tolist() == [60, 60]
+    km = res.km.set_index(["endpoint", "grouping", "group"])
+    assert km.loc[("pfs", "all", "all"), "n"] == 60
+    assert km.loc[("pfs", "cd8_pct_of_cd3:median", "low"), "n"] + km.loc[("pfs", "cd8_pct_of_cd3:median", "high"), "n"] == 58
+    assert pd.read_csv(tmp_path / "unmatched.csv").shape == (3, 2)
+
+
+def test_duplicate_product_in_phenotypes_is_an_error(tables, tmp_path):
+    pheno, outcomes = tables
+    path = tmp_path / "p.csv"
+    pd.concat([pheno, pheno.iloc[[4]]]).to_csv(path, index=False)
+    with pytest.raises(TableError, match=r"row 62, column 'product_id': duplicate id 'TIL005'"):
+        read_phenotypes(path)
+
+
+def test_unknown_marker_and_non_numeric_marker(tables):
+    pheno, outcomes = tables
+    with pytest.raises(TableError, match="'cd99'"):
+        build_cohort(pheno, outcomes, markers=["cd99"])
+    bad = pheno.astype({"cd8_pct_of_cd3": object})
+    bad.loc[3, "cd8_pct_of_cd3"] = "n/a?"
+    with pytest.raises(TableError, match="column 'cd8_pct_of_cd3'"):
+        build_cohort(bad, outcomes, markers=["cd8_pct_of_cd3"])
+
+
+def test_output_files_and_columns(results):
+    files = {p.name for p in results.files.values()}
+    assert files == {"response.csv", "km.csv", "cutpoints.csv", "cox_univariable.csv", "cox_multivariable.csv",
+                     "responders.csv", "unmatched.csv", "report.html"}
+    km = pd.read_csv(results.files["km.csv"])
+    assert list(km.columns) == ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low",
+                                "median_ci_high", "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
+    cuts = pd.read_csv(results.files["cutpoints.csv"])
+    assert list(cuts.columns) == CUT_COLUMNS
+    cox = pd.read_csv(results.files["cox_univariable.csv"])
+    for col in ["endpoint", "model", "variable", "coding", "n", "events", "coef", "se", "hr", "hr_ci_low",
+                "hr_ci_high", "p"]:
+        assert col in cox.columns
+    assert set(cox.coding) == {"continuous", "dichotomized"}
+    multi = pd.read_csv(results.files["cox_multivariable.csv"])
+    assert {"age", "sex[M]", "ecog"} <= set(multi.variable)
+
+
+def test_cutpoint_methods_and_prespecified(results):
+    c = results.cutpoints
+    cd8 = c[c.marker == "cd8_pct_of_cd3"]
+    assert sorted(cd8.method.unique()) == ["maxstat", "median", "prespecified"]
+    assert (cd8[cd8.method == "prespecified"].cutpoint == 50).all()
+    foxp3 = c[(c.marker == "cd4foxp3_pct_of_cd4")]
+    assert set(foxp3[foxp3.endpoint == "pfs"].method) == {"median", "maxstat"}
+    assert set(foxp3[foxp3.endpoint == "os"].method) == {"median", "maxstat", "prespecified"}
+    ms = c[c.method == "maxstat"]
+    assert (ms.p_raw <= ms.p_lau92).all() and (ms.p_raw <= ms.p_perm).all()
+    assert ms[["p_lau92", "p_lau94", "p_perm"]].notna().all().all()
+    uni = results.cox_univariable
+    dich = uni[(uni.variable == "cd8_pct_of_cd3") & (uni.coding == "dichotomized")]
+    assert dich.unit.str.contains("prespecified cut 50").all()
+
+
+def test_maxstat_row_matches_r_on_cohort(results):
+    want = pd.read_csv(REF / "maxstat_reference.csv")
+    want = want[(want.dataset == "til") & want.marker.isin(["til_dose_cells", "cd8_pct_of_cd3"])]
+    got = results.cutpoints[results.cutpoints.method == "maxstat"].set_index(["endpoint", "marker"])
+    for row in want.itertuples():
+        g = got.loc[(row.endpoint, row.marker)]
+        assert g.statistic == pytest.approx(row.statistic, abs=1e-6)
+        assert g.p_lau94 == pytest.approx(min(row.p_lau94, 1.0), abs=1e-4)
+
+
+def test_dichotomised_cox_uses_the_stated_cut(results, tables):
+    pheno, outcomes = tables
+    d = outcomes.merge(pheno, on="product_id")
+    d["high"] = (d.til_dose_cells > d.til_dose_cells.median()).astype(float)
+    fit = fit_cox(d, "pfs_months", "pfs_event", ["high"])
+    uni = results.cox_univariable
+    row = uni[(uni.endpoint == "pfs") & (uni.variable == "til_dose_cells") & (uni.coding == "dichotomized")]
+    assert row.coef.iloc[0] == pytest.approx(fit.coefficients.coef.iloc[0], rel=1e-6)
+    cont = uni[(uni.endpoint == "pfs") & (uni.variable == "til_dose_cells") & (uni.coding == "continuous")]
+    r_coef = pd.read_csv(REF / "cox_reference.csv").query("dataset == 'til_pfs' and model == 'til_dose_cells'").coef
+    assert cont.coef.iloc[0] == pytest.approx(r_coef.iloc[0] * 1e9, rel=1e-5)  # per 1e9 cells
+
+
+def test_events_per_variable_warning(tables, tmp_path):
+    pheno, outcomes = tables
+    few = outcomes.copy()
+    few["os_event"] = 0
+    few.loc[:11, "os_event"] = 1  # 12 events, 4 variables in the multivariable model
+    res = run_biomarkers(pheno, few, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0)
+    assert any("fewer than 10 events per variable" in w for w in res.warnings)
+    assert res.cox_multivariable.warning.str.contains("fewer than 10").all()
+    assert not res.cox_univariable.warning.str.contains("fewer than 10").any()
+
+
+def test_report_escapes_input_values_and_states_conventions(tables, tmp_path):
+    pheno, outcomes = tables
+    evil = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+    out2 = outcomes.copy()
+    out2["sex"] = out2["sex"].where(out2.index % 2 == 0, evil)
+    out2.loc[0, "patient_id"] = evil
+    pheno2 = pheno.copy()
+    pheno2.loc[0, "product_id"] = "TIL<b>x</b>"
+    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0)
+    html = res.files["report.html"].read_text()
+    assert "<script" not in html and "<img src=x" not in html and "<b>x</b>" not in html
+    assert "&lt;script&gt;" in html
+    for phrase in ("REMARK item 10", "REMARK item 11", "Efron", "cox.zph", "Brookmeyer-Crowley", "reverse Kaplan-Meier",
+                   "Lausen", "permutation", "inflate the type I error", "Clopper-Pearson", "Welch", "Mann-Whitney"):
+        assert phrase in html, phrase
+    assert html.count("data:image/png;base64,") >= 4
+
+
+def test_cutpoints_file_errors(tmp_path):
+    bad = tmp_path / "cuts.csv"
+    bad.write_text("marker,cutpoint\ncd8_pct_of_cd3,high\n")
+    with pytest.raises(TableError, match=r"row 2, column 'cutpoint'"):
+        read_cutpoints(bad)
+    bad.write_text("marker,cut\ncd8,1\n")
+    with pytest.raises(TableError, match=r"column 'cutpoint'"):
+        read_cutpoints(bad)
+    bad.write_text("marker,cutpoint,endpoint\ncd8,1,dfs\n")
+    with pytest.raises(TableError, match=r"unknown endpoint"):
+        read_cutpoints(bad)
+
+
+def test_cli_biomarkers(tmp_path):
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    out = tmp_path / "bio"
+    r = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(PHENOTYPES), "--outcomes", str(OUTCOMES), "-o",
+                                 str(out), "--markers", "cd8_pct_of_cd3", "--endpoints", "pfs",
+                                 "--permutations", "99", "--conf-type", "log-log"])
+    assert r.exit_code == 0, r.output
+    assert (out / "report.html").exists() and (out / "km.csv").exists()
+    km = pd.read_csv(out / "km.csv")
+    want = pd.read_csv(REF / "km_reference.csv").query("dataset == 'til' and endpoint == 'pfs' and group == 'all' "
+                                                       "and conf_type == 'log-log'")
+    assert km.loc[0, "median_ci_low"] == want.median_ci_low.iloc[0]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(OUTCOMES.read_text().replace(",PR,", ",XX,", 1))
+    r = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(PHENOTYPES), "--outcomes", str(bad), "-o", str(out)])
+    assert r.exit_code == 2 and "column 'best_response'" in r.output
+
+
+def _null_dataset(rng, n=60):
+    return rng.normal(size=n), rng.exponential(8, n), (rng.uniform(size=n) < 0.85).astype(float)
+
+
+def test_null_simulation_uncorrected_search_inflates_corrected_does_not():
+    rng = np.random.default_rng(11)
+    res = [maxstat_logrank(*_null_dataset(rng), n_perm=0) for _ in range(600)]
+    raw = np.mean([r.p_raw < 0.05 for r in res])
+    lau92 = np.mean([r.p_lau92 < 0.05 for r in res])
+    lau94 = np.mean([r.p_lau94 < 0.05 for r in res])
+    assert 0.25 < raw < 0.45, raw  # "about a third"
+    assert lau92 < 0.075 and lau94 < 0.075, (lau92, lau94)
+
+
+def test_permutation_p_is_calibrated_under_the_null():
+    rng = np.random.default_rng(5)
+    p = np.array([maxstat_logrank(*_null_dataset(rng), n_perm=199, seed=i).p_perm for i in range(300)])
+    assert 0.02 < np.mean(p < 0.05) < 0.09
+    assert 0.07 < np.mean(p < 0.10) < 0.14
+    assert p.min() >= 1 / 200
+
+
+def test_permutation_p_reproducible_and_detects_a_real_effect():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=60)
+    t = rng.exponential(np.where(x > 0.3, 20, 5))
+    e = np.ones(60)
+    a = maxstat_logrank(x, t, e, n_perm=2000, seed=9)
+    b = maxstat_logrank(x, t, e, n_perm=2000, seed=9)
+    assert a.p_perm == b.p_perm < 0.01

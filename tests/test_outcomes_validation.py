@@ -1,0 +1,153 @@
+"""The outcomes reader: good tables in every accepted format, and every bad-table class of issue 6."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tilpheno.errors import TableError
+from tilpheno.io.outcomes import read_outcomes
+
+HEADER = "patient_id,product_id,til_dose_cells,best_response,pfs_months,pfs_event,os_months,os_event,age,sex"
+ROWS = [
+    "P1,TIL1,3e10,PR,5.5,1,12.0,1,25,M",
+    "P2,TIL2,2.1e10,sd,3.2,1,8.1,0,31,F",
+    "P3,TIL3,4.0e10,CR,15,0,15,0,17,M",
+]
+
+
+def write(tmp_path: Path, rows=ROWS, header=HEADER, name="outcomes.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(TableError) as info:
+        read_outcomes(path)
+    msg = str(info.value)
+    assert str(path) in msg and "\n" not in msg
+    return msg
+
+
+def test_good_csv_typed_and_normalised(tmp_path):
+    df = read_outcomes(write(tmp_path))
+    assert list(df.columns[:8]) == ["patient_id", "product_id", "til_dose_cells", "best_response",
+                                    "pfs_months", "pfs_event", "os_months", "os_event"]
+    assert df.best_response.tolist() == ["PR", "SD", "CR"]
+    assert df.pfs_event.dtype.kind == "i" and df.pfs_months.dtype.kind == "f"
+    assert df.age.dtype.kind == "f" and df.sex.tolist() == ["M", "F", "M"]
+    assert df.til_dose_cells.iloc[0] == 3e10
+
+
+@pytest.mark.parametrize("sep,name", [("\t", "o.tsv"), (";", "o.txt")])
+def test_tab_and_semicolon_separated(tmp_path, sep, name):
+    path = write(tmp_path, [r.replace(",", sep) for r in ROWS], HEADER.replace(",", sep), name)
+    assert len(read_outcomes(path)) == 3
+
+
+def test_excel_workbook(tmp_path):
+    df = read_outcomes(write(tmp_path))
+    path = tmp_path / "o.xlsx"
+    df.to_excel(path, index=False)
+    back = read_outcomes(path)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+
+
+def test_excel_date_in_time_column(tmp_path):
+    df = read_outcomes(write(tmp_path)).astype({"pfs_months": object})
+    df.loc[1, "pfs_months"] = dt.datetime(2020, 3, 1)
+    path = tmp_path / "dates.xlsx"
+    df.to_excel(path, index=False)
+    msg = error_of(path)
+    assert "row 3" in msg and "'pfs_months'" in msg and "date" in msg
+
+
+@pytest.mark.parametrize("row_index,column,value,expect", [
+    (1, "pfs_months", "2019-05-03", "looks like a date"),
+    (0, "os_months", "03/05/2019", "looks like a date"),
+    (2, "pfs_months", "-1.5", "negative time"),
+    (1, "os_months", "", "missing time"),
+    (0, "pfs_months", "five", "not a number"),
+    (2, "pfs_event", "2", "0 (censored) or 1"),
+    (1, "os_event", "yes", "not a number"),
+    (0, "os_event", "", "0 (censored) or 1"),
+    (1, "best_response", "MR", "unknown response code"),
+    (2, "best_response", "", "unknown response code"),
+    (0, "til_dose_cells", "lots", "not a number"),
+    (1, "til_dose_cells", "-5", "negative dose"),
+    (2, "age", "unknown", "mixed types"),
+    (0, "patient_id", "", "missing id"),
+])
+def test_bad_cell_names_row_and_column(tmp_path, row_index, column, value, expect):
+    frame = pd.read_csv(write(tmp_path), dtype=str, keep_default_na=False)
+    frame.loc[row_index, column] = value
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    msg = error_of(path)
+    assert f"row {row_index + 2}" in msg, msg
+    assert f"column '{column}'" in msg, msg
+    assert expect in msg, msg
+
+
+@pytest.mark.parametrize("column", ["patient_id", "product_id"])
+def test_duplicate_ids(tmp_path, column):
+    rows = ROWS + [ROWS[1].replace("P2", "P4" if column == "product_id" else "P2")
+                   .replace("TIL2", "TIL2" if column == "product_id" else "TIL4")]
+    msg = error_of(write(tmp_path, rows))
+    assert "duplicate id" in msg and "row 5" in msg and "row 3" in msg and f"'{column}'" in msg
+
+
+def test_missing_required_columns(tmp_path):
+    header = HEADER.replace("os_event,", "").replace(",pfs_event", "")
+    rows = [",".join(v for i, v in enumerate(r.split(",")) if i not in (5, 7)) for r in ROWS]
+    msg = error_of(write(tmp_path, rows, header))
+    assert "row 1" in msg and "pfs_event" in msg and "os_event" in msg and "missing required column" in msg
+
+
+def test_empty_and_header_only_and_blank(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    assert "empty" in error_of(empty)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n  \n")
+    assert "empty" in error_of(blank)
+    assert "no rows" in error_of(write(tmp_path, []))
+
+
+def test_blank_lines_keep_row_numbers(tmp_path):
+    rows = [ROWS[0], "", ROWS[1], ROWS[2].replace(",CR,", ",XX,")]
+    msg = error_of(write(tmp_path, rows))
+    assert "row 5" in msg
+
+
+@pytest.mark.parametrize("content,name", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64), "image.csv"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "old.xls"),
+    (b"PK\x03\x04 not really a workbook", "fake.xlsx"),
+])
+def test_not_csv_or_excel(tmp_path, content, name):
+    path = tmp_path / name
+    path.write_bytes(content)
+    msg = error_of(path)
+    assert re.search(r"not a (CSV|readable Excel)", msg), msg
+
+
+def test_directory_and_missing_file(tmp_path):
+    assert "not a file" in error_of(tmp_path)
+    assert "not found" in error_of(tmp_path / "nope.csv")
+
+
+def test_mixed_types_in_covariate_reports_the_odd_cell(tmp_path):
+    rows = [r.replace(",M", ",1") for r in ROWS]
+    rows[1] = rows[1].replace(",F", ",female")
+    msg = error_of(write(tmp_path, rows))
+    assert "row 3" in msg and "'sex'" in msg and "mixed types" in msg
+
+
+def test_response_codes_case_insensitive_and_ne_kept(tmp_path):
+    rows = [ROWS[0].replace(",PR,", ",pr,"), ROWS[1].replace(",sd,", ",NE,"), ROWS[2]]
+    assert read_outcomes(write(tmp_path, rows)).best_response.tolist() == ["PR", "NE", "CR"]
