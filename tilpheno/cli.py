@@ -36,6 +36,53 @@ def _root(
 # --- commands are added below, one section per stage of the data flow ---
 
 
+# --- scan: infer the manifest (product, tube, role, FMO marker) of a folder of FCS files ---
+@app.command()
+def scan(
+    folder: Path = typer.Argument(..., help="Folder of FCS files (searched recursively)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file,product_id,tube,role,fmo_marker) here."),
+) -> None:
+    """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS) and optionally write it."""
+    import os
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.atomic import write_csv
+    from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
+
+    try:
+        if manifest is not None:
+            if not folder.is_dir():
+                raise TilphenoError(f"{folder}: not a folder")
+            frame = read_manifest(manifest, base=folder)
+            frame["problem"] = ""
+        else:
+            frame = scan_folder(folder)
+    except TilphenoError as exc:
+        _fail(exc)
+    table = Table(title=f"{folder}: {frame['product_id'].nunique() if len(frame) else 0} products, {len(frame)} files")
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold")
+    console = Console()
+    for row in frame.itertuples(index=False):
+        style = "red" if row.problem else None
+        name = os.path.relpath(row.file, folder) if manifest is None else row.file
+        table.add_row(name, row.product_id, row.tube, row.role, row.fmo_marker, style=style)
+    console.print(table)
+    unreadable = frame[frame["problem"] != ""]
+    for problem in unreadable["problem"]:
+        typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
+    if out is not None:
+        written = frame[list(COLUMNS)].copy()
+        if manifest is None:
+            written["file"] = [os.path.relpath(f, folder) for f in written["file"]]
+        write_csv(out, written)
+        typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
+
+
 # --- simulate: demo cohort of raw FCS files with ground truth and outcomes ---
 @app.command()
 def simulate(

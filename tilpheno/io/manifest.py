@@ -1,0 +1,235 @@
+"""Manifests: which file is which tube of which infusion product.
+
+A manifest has one row per FCS file with columns ``file, product_id, tube, role, fmo_marker``:
+
+* ``tube``: the tube kind, ``surface`` | ``treg`` (Treg = the tube stains FoxP3), or ``unstained``
+  for the unstained control;
+* ``role``: ``stain`` | ``fmo`` | ``unstained``;
+* ``fmo_marker``: the canonical marker an FMO tube omits (``''`` otherwise).
+
+``scan_folder`` infers it from HEADER/TEXT only (``read_fcs_metadata``). Inference, per file:
+
+1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs``;
+2. otherwise product from ``$SRC`` (else the folder name, else the file name), and role from
+   ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
+   ``unstain`` / ``blank`` / ``no stain`` means unstained; a file with no marker label ($PnS) on
+   any fluorescence detector is unstained; anything else is a stain;
+3. an FMO tube whose name gives no marker gets the one stained marker it lacks relative to a
+   stained tube of the same product (the stain tube whose markers contain all of its own);
+4. tube kind: from the name when given, else ``treg`` if the file (or its FMO marker) has FoxP3.
+
+Unreadable files stay in the manifest with what their name tells, and the reader's message in an
+extra ``problem`` column (``''`` for readable files), so that processing reports them.
+``read_manifest`` reads a user manifest (CSV or Excel) and validates it; errors are TableError
+naming the file, row and column.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from tilpheno.errors import FCSReadError, TableError
+from tilpheno.panel import _labelled_markers, is_scatter_or_time, normalize_marker
+
+COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
+ROLES = ("stain", "fmo", "unstained")
+FCS_SUFFIXES = (".fcs", ".lmd")
+
+_DESIGN_NAME = re.compile(
+    r"^(?P<product>.+?)_(?P<tube>surface|treg)_(?:(?P<stain>stain)|FMO_(?P<marker>.+))$", re.IGNORECASE
+)
+_DESIGN_UNSTAINED = re.compile(r"^(?P<product>.+?)_unstained$", re.IGNORECASE)
+_FMO = re.compile(r"(?:^|[^A-Za-z])FMO(?:[^A-Za-z]+(?P<rest>.*))?$", re.IGNORECASE)
+_UNSTAINED = re.compile(r"(?:^|[^A-Za-z])(unstained|unstain|blank|no[ _-]?stain)(?:[^A-Za-z]|$)", re.IGNORECASE)
+_TREG = re.compile(r"(?:^|[^A-Za-z])(treg|foxp3|intracellular)(?:[^A-Za-z]|$)", re.IGNORECASE)
+
+
+def list_fcs_files(folder: Path) -> list[Path]:
+    """FCS files under ``folder`` (recursive, sorted, hidden entries skipped; a directory that is
+    named like an FCS file is listed too, so it gets reported as unreadable)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in [*files, *dirs]:
+            if not name.startswith(".") and name.lower().endswith(FCS_SUFFIXES):
+                found.append(Path(root) / name)
+    return sorted(set(found))
+
+
+def _role_from_text(text: str) -> tuple[str | None, str | None]:
+    """(role, fmo_marker) named in a tube name or file name, or (None, None)."""
+    text = text.replace("_", " ")
+    fmo = _FMO.search(text)
+    if fmo:
+        return "fmo", normalize_marker(fmo.group("rest") or "")
+    if _UNSTAINED.search(text):
+        return "unstained", None
+    return None, None
+
+
+def _infer_row(path: Path, root: Path, fcs) -> dict:
+    """One manifest row for ``path`` from its name and (if readable) its keywords."""
+    stem = path.name.rsplit(".", 1)[0]
+    kw = fcs.keywords if fcs is not None else {}
+    markers: set[str] = set()
+    fluorescent = 0
+    if fcs is not None:
+        channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
+        markers = set(_labelled_markers(channels))
+        fluorescent = sum(not is_scatter_or_time(n) for n, _ in channels)
+    design = _DESIGN_NAME.match(stem)
+    if design:
+        role = "stain" if design.group("stain") else "fmo"
+        marker = normalize_marker(design.group("marker")) if role == "fmo" else None
+        return _row(path, design.group("product"), design.group("tube").lower(), role, marker, markers)
+    unstained = _DESIGN_UNSTAINED.match(stem)
+    if unstained:
+        return _row(path, unstained.group("product"), "unstained", "unstained", None, markers)
+    product = kw.get("$SRC", "").strip() or kw.get("SPECIMEN NAME", "").strip()
+    if not product:
+        product = path.parent.name if path.parent != root else stem
+    role, marker = None, None
+    for text in (kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem):
+        role, marker = _role_from_text(text)
+        if role:
+            break
+    if role is None:
+        role = "unstained" if fcs is not None and fluorescent and not markers else "stain"
+    names = " ".join((kw.get("TUBE NAME", ""), stem))
+    kind = "treg" if _TREG.search(names) else None
+    return _row(path, product, kind, role, marker, markers)
+
+
+def _row(path: Path, product: str, tube: str | None, role: str, marker: str | None, markers: set[str]) -> dict:
+    if tube is None:
+        tube = "unstained" if role == "unstained" else None
+    return {"file": str(path), "product_id": product, "tube": tube, "role": role,
+            "fmo_marker": marker or "", "_markers": markers}
+
+
+def _resolve_fmo_and_kind(rows: list[dict]) -> None:
+    """Fill FMO markers missing from names (step 3) and tube kinds (step 4), in place."""
+    stains = [r for r in rows if r["role"] == "stain"]
+    for row in rows:
+        if row["role"] == "fmo" and not row["fmo_marker"] and row["_markers"]:
+            candidates = [
+                s for s in stains
+                if s["product_id"] == row["product_id"] and row["_markers"] < s["_markers"]
+                and len(s["_markers"] - row["_markers"]) == 1
+            ]
+            if candidates:
+                row["fmo_marker"] = next(iter(candidates[0]["_markers"] - row["_markers"]))
+                row["tube"] = row["tube"] or candidates[0]["tube"]
+    for row in rows:
+        if row["tube"] is None:
+            has_foxp3 = "FoxP3" in row["_markers"] or row["fmo_marker"] == "FoxP3"
+            row["tube"] = "treg" if has_foxp3 else "surface"
+
+
+def scan_folder(path: str | os.PathLike) -> pd.DataFrame:
+    """Infer the manifest of every FCS file under ``path`` (see the module docstring).
+
+    Returns a DataFrame with ``COLUMNS`` plus ``problem`` (the FCSReadError message of an
+    unreadable file, else ''), sorted by product, tube, role, file. ``file`` is ``path / name``.
+    Raises TableError when ``path`` is not a folder.
+    """
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    root = Path(path)
+    if not root.is_dir():
+        raise TableError(f"{root}: not a folder")
+    rows = []
+    for file in list_fcs_files(root):
+        try:
+            fcs, problem = read_fcs_metadata(file), ""
+        except FCSReadError as exc:
+            fcs, problem = None, str(exc)
+        row = _infer_row(file, root, fcs)
+        row["problem"] = problem
+        rows.append(row)
+    _resolve_fmo_and_kind(rows)
+    frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
+    if frame.empty:
+        return frame
+    order = frame["role"].map({r: i for i, r in enumerate(ROLES)})
+    frame = frame.assign(_order=order).sort_values(["product_id", "tube", "_order", "file"], kind="stable")
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- reading a manifest
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise TableError(f"{path}: manifest file not found")
+    if path.stat().st_size == 0:
+        raise TableError(f"{path}: manifest file is empty")
+    try:
+        if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
+            frame = pd.read_excel(path, dtype=str)
+            frame = frame.fillna("")
+        else:
+            raw = path.read_bytes()
+            if b"\x00" in raw[:4096]:
+                raise TableError(f"{path}: not a CSV text file (binary content)")
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except TableError:
+        raise
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
+    and optional ``fmo_marker`` (extra columns are kept).
+
+    Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
+    row N is line N+1) and column: missing columns, empty cells, unknown roles, FMO rows without a
+    recognisable marker, duplicate files, files that do not exist (relative paths are looked up
+    under ``base``, default the manifest's folder). Values are returned as written (stripped), with
+    ``fmo_marker`` normalised to the canonical marker names.
+    """
+    path = Path(path)
+    base = Path(base) if base is not None else path.parent
+    frame = _read_table(path)
+    if frame.empty:
+        raise TableError(f"{path}: manifest has a header but no rows")
+    missing = [c for c in COLUMNS[:4] if c not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; found {list(frame.columns)}")
+    if "fmo_marker" not in frame.columns:
+        frame["fmo_marker"] = ""
+    frame = frame.copy()
+    for column in COLUMNS:
+        frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
+    seen: dict[str, int] = {}
+    markers = []
+    for i, row in enumerate(frame.itertuples(index=False), start=1):
+        where = f"{path}: row {i} (line {i + 1})"
+        for column in COLUMNS[:4]:
+            if getattr(row, column) == "":
+                raise TableError(f"{where}, column '{column}': empty value")
+        if row.role not in ROLES:
+            raise TableError(f"{where}, column 'role': unknown role {row.role!r} (allowed: {', '.join(ROLES)})")
+        marker = normalize_marker(row.fmo_marker) if row.fmo_marker else None
+        if row.role == "fmo" and marker is None:
+            raise TableError(f"{where}, column 'fmo_marker': FMO row needs a known marker, got {row.fmo_marker!r}")
+        if row.role != "fmo" and row.fmo_marker:
+            raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
+        markers.append(marker or "")
+        file = Path(row.file)
+        resolved = file if file.is_absolute() else base / file
+        if not resolved.is_file():
+            raise TableError(f"{where}, column 'file': {row.file!r} does not exist (looked for {resolved})")
+        key = str(resolved.resolve())
+        if key in seen:
+            raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")
+        seen[key] = i
+    frame["fmo_marker"] = markers
+    return frame

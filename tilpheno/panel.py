@@ -1,0 +1,279 @@
+"""Panels: which detector ($PnN) carries which marker in one tube (see docs/design.md, Panel).
+
+Conventions
+-----------
+* Canonical marker names: ``CD3 CD4 CD8 CD56 PD1 FoxP3 7AAD`` (``CANONICAL``). Spellings such as
+  ``"CD3 BV421"``, ``"hCD3"``, ``"anti-CD3"``, ``"PD-1"``, ``"CD279"``, ``"FOXP3 PE"``, ``"7-AAD"``,
+  ``"7 AAD"`` map to them; anything else is ``None`` (unknown marker).
+* Scatter and time channels (``FSC*``, ``SSC*``, ``Time``) are never markers.
+* A marker labelled on several detectors (FACSDiva repeats $PnS on -A, -H and -W) maps to the
+  ``-A`` detector, else the first one.
+* FMO tubes: the omitted marker's detector is present without $PnS; ``panel_from_fcs`` resolves
+  it from the stained tube of the same product and tube kind (``reference=`` its Panel or
+  ``stained=`` its FCSFile). The same detector may carry different markers in different tubes
+  (PE-A = PD1 in the surface tube, FoxP3 in the Treg tube), so panels are per file.
+* Override panel files (CSV or YAML) have columns/keys ``tube, detector, marker``; a row applies
+  to files whose tube kind (``surface``/``treg``), TUBE NAME keyword or file name (without
+  ``.fcs``) equals ``tube`` (case-insensitive); ``tube`` empty or ``*`` applies to every file.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tilpheno.errors import PanelError, TableError
+
+CANONICAL = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3", "7AAD")
+
+# token (upper case, separators removed) -> canonical marker
+_ALIASES = {
+    "CD3": "CD3", "CD3E": "CD3",
+    "CD4": "CD4",
+    "CD8": "CD8", "CD8A": "CD8", "CD8B": "CD8",
+    "CD56": "CD56", "NCAM": "CD56", "NCAM1": "CD56",
+    "PD1": "PD1", "CD279": "PD1", "PDCD1": "PD1",
+    "FOXP3": "FoxP3",
+    "7AAD": "7AAD",
+}
+_SPECIES_PREFIX = re.compile(r"^(?:ANTI|HUMAN|HU|H)(?=CD|PD|FOXP)")
+_SEPARATORS = re.compile(r"[\s_/:;,()\[\]]+")
+
+
+def _token_marker(token: str) -> str | None:
+    token = token.upper().replace("-", "").replace(".", "")
+    if token in _ALIASES:
+        return _ALIASES[token]
+    stripped = _SPECIES_PREFIX.sub("", token)
+    return _ALIASES.get(stripped)
+
+
+def normalize_marker(text: str | None) -> str | None:
+    """The canonical marker named in ``text`` ($PnS, a panel file cell, a tube name), or None.
+
+    Words are split on spaces, underscores and slashes; hyphens inside a word are ignored
+    (``PD-1``, ``7-AAD``), and two adjacent words are also tried joined (``7 AAD``, ``PD 1``).
+    The first marker found wins (``"CD3 FITC"`` -> ``CD3``).
+    """
+    if text is None:
+        return None
+    words = [w for w in _SEPARATORS.split(str(text).strip()) if w]
+    for i, word in enumerate(words):
+        found = _token_marker(word)
+        if found is None and i + 1 < len(words):
+            found = _token_marker(word + words[i + 1])
+        if found is None and "-" in word:  # "CD3-FITC", "anti-CD3"
+            parts = [p for p in word.split("-") if p]
+            for j, part in enumerate(parts):
+                found = _token_marker(part) or (j + 1 < len(parts) and _token_marker(part + parts[j + 1])) or None
+                if found:
+                    break
+        if found:
+            return found
+    return None
+
+
+def is_scatter_or_time(detector: str) -> bool:
+    """True for FSC*/SSC* scatter channels and the Time channel (never markers)."""
+    name = detector.strip().upper()
+    return name.startswith(("FSC", "SSC")) or name == "TIME"
+
+
+@dataclass(frozen=True)
+class Panel(Mapping):
+    """Marker -> detector ($PnN) for one file; behaves as a read-only mapping over ``markers``.
+
+    ``channels``: the file's (``$PnN``, ``$PnS``) pairs, for error messages.
+    ``resolved``: markers not labelled in this file and where they came from (FMO resolution or
+    an override), marker -> description.
+    """
+
+    source: str
+    markers: dict[str, str]
+    channels: tuple[tuple[str, str], ...] = ()
+    resolved: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, marker: str) -> str:
+        return self.markers[marker]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.markers)
+
+    def __len__(self) -> int:
+        return len(self.markers)
+
+    def __hash__(self) -> int:  # Mapping sets __hash__ = None; panels are immutable values
+        return hash((self.source, tuple(sorted(self.markers.items()))))
+
+    @property
+    def detectors(self) -> dict[str, str]:
+        """Detector ($PnN) -> marker: the reverse mapping."""
+        return {d: m for m, d in self.markers.items()}
+
+    def marker_of(self, detector: str) -> str | None:
+        return self.detectors.get(detector)
+
+    def describe_channels(self) -> str:
+        """``FITC-A (CD3 FITC), PE-A (-), ...`` for messages."""
+        return describe_channels(self.channels)
+
+
+def describe_channels(channels: Iterable[tuple[str, str]]) -> str:
+    """``$PnN ($PnS)`` pairs joined for messages; ``-`` for an absent $PnS."""
+    return ", ".join(f"{n} ({s.strip() or '-'})" for n, s in channels)
+
+
+def _prefer(current: str, candidate: str) -> str:
+    """Of two detectors labelled with one marker, keep the area (-A) one, else the first."""
+    if not current.upper().endswith("-A") and candidate.upper().endswith("-A"):
+        return candidate
+    return current
+
+
+def _labelled_markers(channels: Iterable[tuple[str, str]]) -> dict[str, str]:
+    markers: dict[str, str] = {}
+    for pnn, pns in channels:
+        if is_scatter_or_time(pnn):
+            continue
+        marker = normalize_marker(pns)
+        if marker is None:
+            continue
+        markers[marker] = _prefer(markers[marker], pnn) if marker in markers else pnn
+    return markers
+
+
+def _fcs_channels(fcs) -> tuple[tuple[str, str], ...]:
+    return tuple(zip((str(x) for x in fcs.channels["pnn"]), (str(x) for x in fcs.channels["pns"])))
+
+
+def tube_kind_of(markers: Iterable[str]) -> str:
+    """``treg`` when the markers include FoxP3, else ``surface``."""
+    return "treg" if "FoxP3" in set(markers) else "surface"
+
+
+def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, override=None) -> Panel:
+    """The Panel of one FCSFile from its $PnS labels.
+
+    ``reference`` (a Panel) or ``stained`` (the FCSFile of the stained tube of the same product
+    and tube kind) resolves FMO-omitted markers: a reference marker missing here is mapped to the
+    reference's detector when this file has that detector without a $PnS.
+    ``override``: ``{detector: marker}`` applied to every file, a ``PanelOverrides`` from
+    ``read_panel_file``, or the path of such a file. Override rows win over $PnS.
+    """
+    channels = _fcs_channels(fcs)
+    markers = _labelled_markers(channels)
+    resolved: dict[str, str] = {}
+    if reference is None and stained is not None:
+        reference = panel_from_fcs(stained, override=override)
+    if reference is not None:
+        unlabelled = {n for n, s in channels if not s.strip() and not is_scatter_or_time(n)}
+        taken = set(markers.values())
+        for marker, detector in reference.markers.items():
+            if marker not in markers and detector in unlabelled and detector not in taken:
+                markers[marker] = detector
+                resolved[marker] = f"unlabelled detector resolved from {reference.source}"
+    rows = _override_rows(override, fcs, markers)
+    names = {n for n, _ in channels}
+    for detector, marker in rows.items():
+        if detector not in names:
+            raise PanelError(f"{fcs.path}: override maps {marker} to detector {detector!r}, not among the channels "
+                             f"{describe_channels(channels)}")
+        for old in [m for m, d in markers.items() if d == detector or m == marker]:
+            del markers[old]
+        markers[marker] = detector
+        resolved[marker] = "override"
+    return Panel(str(fcs.path), markers, channels, resolved)
+
+
+def require(panel: Panel, markers: Iterable[str]) -> dict[str, str]:
+    """``{marker: detector}`` for ``markers``; PanelError listing the file's channels if any is missing."""
+    wanted = list(markers)
+    missing = [m for m in wanted if m not in panel.markers]
+    if missing:
+        raise PanelError(
+            f"{panel.source}: marker(s) {', '.join(missing)} not found; channels ($PnN ($PnS)): {panel.describe_channels()}"
+        )
+    return {m: panel.markers[m] for m in wanted}
+
+
+# --------------------------------------------------------------------------- override files
+
+
+@dataclass(frozen=True)
+class PanelOverride:
+    """One override row: in tubes matching ``tube`` ('' = all), ``detector`` carries ``marker``."""
+
+    tube: str
+    detector: str
+    marker: str
+
+
+@dataclass(frozen=True)
+class PanelOverrides:
+    """The rows of an override panel file, in file order (later rows win)."""
+
+    source: str
+    rows: tuple[PanelOverride, ...]
+
+    def for_file(self, tube_kind: str, tube_name: str, file_stem: str) -> dict[str, str]:
+        keys = {tube_kind.lower(), tube_name.strip().lower(), file_stem.lower()}
+        return {r.detector: r.marker for r in self.rows if r.tube in ("", "*") or r.tube.lower() in keys}
+
+
+def _override_rows(override, fcs, markers: dict[str, str]) -> dict[str, str]:
+    if override is None:
+        return {}
+    if isinstance(override, (str, os.PathLike)):
+        override = read_panel_file(override)
+    if isinstance(override, PanelOverrides):
+        tube_name = str(fcs.keywords.get("TUBE NAME", ""))
+        return override.for_file(tube_kind_of(markers), tube_name, Path(str(fcs.path)).stem)
+    if isinstance(override, Mapping):
+        return {str(d): normalize_marker(str(m)) or str(m).strip() for d, m in override.items()}
+    raise PanelError(f"panel override must be a mapping, PanelOverrides or a file path, got {type(override).__name__}")
+
+
+def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
+    """Read an override panel (CSV, or YAML: a list of {tube, detector, marker} or a mapping with
+    key ``panel`` holding that list). Markers are normalised when recognised, else kept as written.
+    Raises TableError naming the file, row and column at fault."""
+    import pandas as pd
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: panel file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if isinstance(doc, dict):
+                doc = doc.get("panel")
+            if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
+                raise TableError(f"{path}: YAML panel must be a list of {{tube, detector, marker}} mappings")
+            frame = pd.DataFrame(doc, dtype=str)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except TableError:
+        raise
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise TableError(f"{path}: cannot read panel file ({str(exc).splitlines()[0]})") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    for column in ("detector", "marker"):
+        if column not in frame.columns:
+            raise TableError(f"{path}: missing column '{column}' (need tube, detector, marker)")
+    if "tube" not in frame.columns:
+        frame["tube"] = ""
+    rows = []
+    for i, rec in enumerate(frame.fillna("").to_dict("records"), start=2 if suffix not in (".yaml", ".yml") else 1):
+        where = f"row {i}" if suffix not in (".yaml", ".yml") else f"entry {i}"
+        detector, marker = str(rec["detector"]).strip(), str(rec["marker"]).strip()
+        if not detector:
+            raise TableError(f"{path}: {where}, column 'detector': empty")
+        if not marker:
+            raise TableError(f"{path}: {where}, column 'marker': empty")
+        rows.append(PanelOverride(str(rec["tube"]).strip(), detector, normalize_marker(marker) or marker))
+    return PanelOverrides(str(path), tuple(rows))
