@@ -281,6 +281,87 @@ def _optional(path: Path) -> Optional[Path]:
     return path if path.exists() else None
 
 
+# --- interop: apply Gating-ML / FlowJo gates to one file; export events with membership ---
+
+
+def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], group: str):
+    """(FCSFile, {population: mask}, workspace sample or None) for one of --gatingml / --wsp."""
+    from tilpheno.io.fcs import read_fcs
+
+    if (gatingml is None) == (wsp is None):
+        raise typer.BadParameter("give exactly one of --gatingml and --wsp")
+    fcs = read_fcs(file)
+    if gatingml is not None:
+        from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
+
+        return fcs, apply_gatingml(read_gatingml(gatingml), fcs.events, fcs.channel_names, fcs.spillover), None
+    from tilpheno.gates.flowjo import apply_workspace, read_workspace, workspace_samples
+
+    several = len(workspace_samples(wsp, group)) > 1
+    sample = read_workspace(wsp, group, sample=file.name if several else None)
+    return fcs, apply_workspace(sample, fcs.events, fcs.channel_names), sample
+
+
+@app.command("apply-gates")
+def apply_gates(
+    file: Path = typer.Argument(..., help="FCS file.", exists=True, dir_okay=False),
+    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", exists=True, dir_okay=False),
+    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", exists=True, dir_okay=False),
+    group: str = typer.Option("All Samples", "--group", help="Sample group of the workspace (its sample matching FILE's name when it has several)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output CSV (written atomically)."),
+) -> None:
+    """Apply Gating-ML or FlowJo gates to FILE with tilpheno's geometry.
+
+    Gating-ML: one 0/1 column per gate id (one per quadrant id) in event order.
+    Workspace: one row per population (path from the sample root) with population,parent,count.
+    """
+    import pandas as pd
+
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.atomic import write_csv
+
+    try:
+        fcs, masks, sample = _gates_on_file(file, gatingml, wsp, group)
+        if sample is None:
+            table = pd.DataFrame({pid: mask.astype("int8") for pid, mask in masks.items()})
+        else:
+            table = pd.DataFrame({
+                "population": [p.path for p in sample.populations],
+                "parent": [p.parent for p in sample.populations],
+                "count": [int(masks[p.path].sum()) for p in sample.populations],
+            })
+        write_csv(out, table)
+    except TilphenoError as exc:
+        _fail(exc)
+    what = f"{len(masks)} gate columns x {fcs.n_events} events" if sample is None else f"{len(table)} populations"
+    typer.echo(f"wrote {what} to {out}")
+
+
+@app.command("export-events")
+def export_events(
+    file: Path = typer.Argument(..., help="FCS file.", exists=True, dir_okay=False),
+    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", exists=True, dir_okay=False),
+    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", exists=True, dir_okay=False),
+    group: str = typer.Option("All Samples", "--group", help="Sample group of the workspace."),
+    fcs_out: Optional[Path] = typer.Option(None, "--fcs", help="Write FCS 3.1: the events plus one 0/1 channel per population."),
+    h5ad_out: Optional[Path] = typer.Option(None, "--h5ad", help="Write AnnData .h5ad: obs = membership columns, var = channels."),
+) -> None:
+    """Export FILE's events with their population membership (Gating-ML or FlowJo gates) for other tools."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.export import export_fcs, export_h5ad
+
+    if fcs_out is None and h5ad_out is None:
+        raise typer.BadParameter("give --fcs and/or --h5ad")
+    try:
+        fcs, masks, _ = _gates_on_file(file, gatingml, wsp, group)
+        for target, writer in ((fcs_out, export_fcs), (h5ad_out, export_h5ad)):
+            if target is not None:
+                writer(fcs, masks, target)
+                typer.echo(f"wrote {fcs.n_events} events x {len(masks)} populations to {target}")
+    except TilphenoError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # console-script entry point
     app()
 

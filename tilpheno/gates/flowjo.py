@@ -227,6 +227,21 @@ def workspace_groups(path: str | Path) -> list[str]:
     return [g.get("name") for g in root.iter("GroupNode")]
 
 
+def workspace_samples(path: str | Path, group: str = "All Samples") -> list[str]:
+    """Sample names (SampleNode names) of ``group``, in the group's order."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    samples = {s_el.find("DataSet").get("sampleID"): s_el for s_el in root.iter("Sample") if s_el.find("DataSet") is not None}
+    names = []
+    for sid in _group_sample_ids(root, group, str(path)):
+        if sid in samples:
+            node = samples[sid].find("SampleNode")
+            names.append(node.get("name", sid) if node is not None else sid)
+    return names
+
+
 def _group_sample_ids(root: ET.Element, group: str, source: str) -> list[str]:
     for node in root.iter("GroupNode"):
         if node.get("name") == group:
