@@ -259,3 +259,12 @@ def test_committed_sample_cohort_regenerates(tmp_path):
     if committed != fresh and not np.__version__.startswith("2.4."):
         pytest.skip(f"numpy {np.__version__} draws other random streams than numpy 2.4 that made sample_fcs/")
     assert committed == fresh
+
+
+def test_spill_is_true_times_spillover_matrix():
+    rng = np.random.default_rng(1)
+    amounts = rng.uniform(0, 50000, size=(500, 6))
+    assert np.allclose(ins.spill(amounts), amounts @ ins.SPILLOVER_MATRIX, rtol=1e-13, atol=1e-9)
+    # the file's $SPILLOVER is that matrix, rows = fluorochromes, columns = detectors
+    spill = ins.true_spillover()
+    assert spill.detectors == ins.DETECTORS and np.array_equal(spill.matrix, ins.SPILLOVER_MATRIX)
