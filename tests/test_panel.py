@@ -1,0 +1,140 @@
+"""Panels: marker normalisation, detector mapping, FMO resolution, overrides, require()."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tilpheno.errors import PanelError, TableError
+from tilpheno.io.fcs import read_fcs_metadata
+from tilpheno.panel import CANONICAL, normalize_marker, panel_from_fcs, read_panel_file, require
+
+sys.path.insert(0, str(Path(__file__).parent))
+from malformed_fcs import float_file  # noqa: E402
+
+# docs/design.md, "Demo instrument layout": $PnN -> ($PnS surface tube, $PnS Treg tube)
+LAYOUT = {
+    "FSC-A": ("", ""), "FSC-H": ("", ""), "SSC-A": ("", ""), "SSC-H": ("", ""),
+    "FITC-A": ("CD3 FITC", "CD3 FITC"), "PE-A": ("PD1 PE", "FoxP3 PE"), "PerCP-Cy5-5-A": ("7AAD", ""),
+    "APC-A": ("CD56 APC", ""), "BV421-A": ("CD4 BV421", "CD4 BV421"), "APC-H7-A": ("CD8 APC-H7", ""), "Time": ("", ""),
+}
+SURFACE = {"CD3": "FITC-A", "PD1": "PE-A", "7AAD": "PerCP-Cy5-5-A", "CD56": "APC-A", "CD4": "BV421-A", "CD8": "APC-H7-A"}
+TREG = {"CD3": "FITC-A", "FoxP3": "PE-A", "CD4": "BV421-A"}
+
+
+def design_file(folder: Path, name: str, tube: str, omit: str | None = None, keywords=None) -> Path:
+    """A small file with the design layout; ``omit`` drops that marker's $PnS (an FMO tube)."""
+    names = tuple(LAYOUT)
+    extra = dict(keywords or {})
+    for n, pnn in enumerate(names, 1):
+        pns = LAYOUT[pnn][0 if tube == "surface" else 1]
+        if pns and normalize_marker(pns) != omit:
+            extra[f"$P{n}S"] = pns
+    events = np.ones((3, len(names)))
+    path = folder / name
+    path.write_bytes(float_file(events, channels=names, extra=extra))
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("CD3", "CD3"), ("CD3 BV421", "CD3"), ("hCD3", "CD3"), ("anti-CD3", "CD3"), ("CD3-FITC", "CD3"),
+        ("cd4", "CD4"), ("CD4 BV421", "CD4"), ("CD8 APC-H7", "CD8"), ("CD8a", "CD8"), ("CD56 APC", "CD56"),
+        ("PD-1", "PD1"), ("PD1 PE", "PD1"), ("CD279", "PD1"), ("CD279 (PD-1) BV605", "PD1"),
+        ("Foxp3", "FoxP3"), ("FOXP3 PE", "FoxP3"), ("FoxP3", "FoxP3"),
+        ("7-AAD", "7AAD"), ("7AAD", "7AAD"), ("7 AAD", "7AAD"), ("7-aad", "7AAD"),
+        ("CD45", None), ("CD34", None), ("CD38", None), ("CD45RA FITC", None), ("HLA-DR", None),
+        ("FSC-A", None), ("", None), (None, None), ("Live/Dead Aqua", None), ("APC-H7", None),
+    ],
+)
+def test_normalize_marker(text, expected):
+    assert normalize_marker(text) == expected
+
+
+def test_canonical_names_normalise_to_themselves():
+    assert [normalize_marker(m) for m in CANONICAL] == list(CANONICAL)
+
+
+def test_surface_and_treg_panels_follow_the_design_layout(tmp_path):
+    surface = panel_from_fcs(read_fcs_metadata(design_file(tmp_path, "s.fcs", "surface")))
+    treg = panel_from_fcs(read_fcs_metadata(design_file(tmp_path, "t.fcs", "treg")))
+    assert dict(surface) == SURFACE
+    assert dict(treg) == TREG
+    # one detector, different markers in different tubes
+    assert surface.marker_of("PE-A") == "PD1" and treg.marker_of("PE-A") == "FoxP3"
+    assert surface.detectors["APC-H7-A"] == "CD8"
+    assert surface.source.endswith("s.fcs")
+
+
+def test_fmo_marker_resolved_from_the_stained_tube(tmp_path):
+    stained = read_fcs_metadata(design_file(tmp_path, "stain.fcs", "surface"))
+    fmo = read_fcs_metadata(design_file(tmp_path, "fmo.fcs", "surface", omit="PD1"))
+    alone = panel_from_fcs(fmo)
+    assert "PD1" not in alone and len(alone) == 5
+    for panel in (panel_from_fcs(fmo, stained=stained), panel_from_fcs(fmo, reference=panel_from_fcs(stained))):
+        assert dict(panel) == SURFACE
+        assert set(panel.resolved) == {"PD1"}
+    treg_fmo = read_fcs_metadata(design_file(tmp_path, "treg_fmo.fcs", "treg", omit="FoxP3"))
+    treg_stain = read_fcs_metadata(design_file(tmp_path, "treg_stain.fcs", "treg"))
+    assert dict(panel_from_fcs(treg_fmo, stained=treg_stain)) == TREG
+
+
+def test_reference_does_not_override_a_labelled_detector(tmp_path):
+    """The Treg stained panel must not put FoxP3 on a surface file's PE-A (labelled PD1)."""
+    treg_stain = read_fcs_metadata(design_file(tmp_path, "treg_stain.fcs", "treg"))
+    surface = read_fcs_metadata(design_file(tmp_path, "s.fcs", "surface"))
+    panel = panel_from_fcs(surface, stained=treg_stain)
+    assert dict(panel) == SURFACE and "FoxP3" not in panel
+
+
+def test_require_lists_the_channels(tmp_path):
+    fmo = panel_from_fcs(read_fcs_metadata(design_file(tmp_path, "fmo.fcs", "surface", omit="CD8")))
+    assert require(fmo, ["CD3", "CD4"]) == {"CD3": "FITC-A", "CD4": "BV421-A"}
+    with pytest.raises(PanelError) as info:
+        require(fmo, ["CD3", "CD8"])
+    message = str(info.value)
+    assert "fmo.fcs" in message and "CD8" in message
+    assert "APC-H7-A (-)" in message and "FITC-A (CD3 FITC)" in message and "\n" not in message
+
+
+def test_override_mapping_and_files(tmp_path):
+    fcs = read_fcs_metadata(design_file(tmp_path, "s.fcs", "surface"))
+    panel = panel_from_fcs(fcs, override={"APC-A": "NKp46"})
+    assert panel["NKp46"] == "APC-A" and "CD56" not in panel and panel.resolved["NKp46"] == "override"
+    csv = tmp_path / "panel.csv"
+    csv.write_text("tube,detector,marker\nsurface,PE-A,CD279\ntreg,PE-A,Foxp3\n*,APC-H7-A,hCD8\n")
+    yaml = tmp_path / "panel.yaml"
+    yaml.write_text("panel:\n  - {tube: surface, detector: PE-A, marker: CD279}\n  - {tube: '*', detector: APC-H7-A, marker: hCD8}\n")
+    unlabelled = read_fcs_metadata(design_file(tmp_path, "u.fcs", "surface", omit="PD1"))
+    for source in (csv, yaml, read_panel_file(csv)):
+        panel = panel_from_fcs(unlabelled, override=source)
+        assert panel["PD1"] == "PE-A" and panel["CD8"] == "APC-H7-A"
+    with pytest.raises(PanelError, match="not among the channels"):
+        panel_from_fcs(fcs, override={"BUV395-A": "CD3"})
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("tube,marker\nsurface,CD3\n", "missing column 'detector'"),
+        ("tube,detector,marker\nsurface,,CD3\n", "row 2, column 'detector': empty"),
+        ("tube,detector,marker\nsurface,FITC-A,\n", "row 2, column 'marker': empty"),
+    ],
+)
+def test_panel_file_errors(tmp_path, content, match):
+    path = tmp_path / "p.csv"
+    path.write_text(content)
+    with pytest.raises(TableError, match=match):
+        read_panel_file(path)
+
+
+def test_panel_file_missing_and_bad_yaml(tmp_path):
+    with pytest.raises(TableError, match="not found"):
+        read_panel_file(tmp_path / "absent.csv")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("panel: {not: a list}\n")
+    with pytest.raises(TableError, match="list of"):
+        read_panel_file(bad)
