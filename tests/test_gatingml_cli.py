@@ -1,0 +1,66 @@
+"""`tilpheno apply-gates`: Gating-ML (0/1 column per gate) and FlowJo workspaces (population counts)."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+
+DATA = Path(__file__).parent / "data"
+GML = DATA / "gatingml"
+WSP = DATA / "flowjo"
+
+
+def truth(name):
+    return np.loadtxt(GML / "truth" / f"Results_{name}.txt", dtype=int)
+
+
+def run(*args):
+    result = CliRunner().invoke(app, ["apply-gates", *map(str, args)])
+    return result
+
+
+def test_gatingml_columns_per_gate_and_quadrant(tmp_path):
+    out = tmp_path / "m.csv"
+    result = run(GML / "data1.fcs", "--gatingml", GML / "gml" / "gml_all_gates.xml", "-o", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert len(table) == 13367
+    assert "Quadrant1" not in table.columns  # quadrant gates give one column per quadrant id
+    for name in ("Range1", "Polygon1", "Ellipse1", "FL2N-FL4N", "FSCD-FL1P", "And3", "ScaleRect1", "RatRange1a"):
+        assert np.array_equal(table[name].to_numpy(), truth(name)), name
+    assert set(np.unique(table.to_numpy())) <= {0, 1}
+
+
+def test_workspace_population_counts(tmp_path):
+    out = tmp_path / "c.csv"
+    result = run(WSP / "data_set_simple_line_100.fcs", "--wsp", WSP / "single_ellipse_51_events.wsp", "-o", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["population", "parent", "count"]
+    assert table.to_dict("records") == [{"population": "ellipse1", "parent": "", "count": 51}]
+
+
+def test_workspace_group_option(tmp_path):
+    out = tmp_path / "c.csv"
+    result = run(WSP / "data_set_simple_line_100.fcs", "--wsp", WSP / "simple_poly_and_rect_v2_poly50.wsp",
+                 "--group", "my_group", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out).set_index("population")["count"].to_dict() == {"poly1": 50, "rect1": 0}
+
+
+def test_errors_are_one_line_exit_2(tmp_path):
+    result = run(WSP / "data_set_simple_line_100.fcs", "--wsp", WSP / "simple_poly_and_rect.wsp",
+                 "--group", "no such group", "-o", tmp_path / "x.csv")
+    assert result.exit_code == 2
+    assert "no such group" in result.output and "my_group" in result.output
+    assert not (tmp_path / "x.csv").exists()
+    result = run(GML / "data1.fcs", "-o", tmp_path / "x.csv")
+    assert result.exit_code != 0
+
+
+def test_gates_on_missing_channel(tmp_path):
+    result = run(WSP / "data_set_simple_line_100.fcs", "--gatingml", GML / "gml" / "gml_rect1_gate.xml", "-o", tmp_path / "x.csv")
+    assert result.exit_code == 2
+    assert "SSC-H" in result.output or "FL1-H" in result.output
