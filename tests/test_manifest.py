@@ -1,0 +1,178 @@
+"""Folder scan (manifest inference), manifest validation, and the `tilpheno scan` command."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+from tilpheno.errors import TableError
+from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
+from malformed_fcs import float_file
+from test_panel import LAYOUT, design_file
+
+SAMPLE = Path(__file__).parent.parent / "sample_fcs"
+
+# (file name, $SRC, TUBE NAME, tube kind, omitted marker) -> expected (product, tube, role, fmo_marker)
+PRODUCT_TUBES = [
+    ("surface", None, "Surface stain", "stain"),
+    ("surface", "PD1", "FMO PD1", "fmo"),
+    ("surface", "CD8", "FMO CD8", "fmo"),
+    ("treg", None, "Treg stain", "stain"),
+    ("treg", "FoxP3", "FMO FoxP3", "fmo"),
+]
+
+
+def _rows(frame: pd.DataFrame) -> set[tuple]:
+    return {(Path(f).name, p, t, r, m) for f, p, t, r, m in frame[list(COLUMNS)].itertuples(index=False)}
+
+
+def _unstained(folder: Path, name: str, keywords) -> None:
+    """The design layout with no $PnS at all."""
+    (folder / name).write_bytes(float_file(np.ones((3, len(LAYOUT))), channels=tuple(LAYOUT), extra=keywords))
+
+
+def test_design_names(tmp_path):
+    expected = set()
+    for product in ("TIL001", "TIL002"):
+        for tube, omit, tube_name, role in PRODUCT_TUBES:
+            name = f"{product}_{tube}_{'stain' if role == 'stain' else 'FMO_' + omit}.fcs"
+            design_file(tmp_path, name, tube, omit=omit, keywords={"$SRC": product, "TUBE NAME": tube_name})
+            expected.add((name, product, tube, role, omit or ""))
+        _unstained(tmp_path, f"{product}_unstained.fcs", {"$SRC": product, "TUBE NAME": "Unstained"})
+        expected.add((f"{product}_unstained.fcs", product, "unstained", "unstained", ""))
+    frame = scan_folder(tmp_path)
+    assert _rows(frame) == expected
+    assert (frame["problem"] == "").all()
+
+
+def test_facsdiva_names_use_src_and_tube_name(tmp_path):
+    expected = set()
+    for p, product in enumerate(("Patient A-17", "Patient B-02"), 1):
+        folder = tmp_path / f"Experiment_{p}"
+        folder.mkdir()
+        for i, (tube, omit, tube_name, role) in enumerate(PRODUCT_TUBES, 1):
+            name = f"Specimen_00{p}_{tube_name}_00{i}.fcs"
+            design_file(folder, name, tube, omit=omit, keywords={"$SRC": product, "TUBE NAME": tube_name, "$FIL": name})
+            expected.add((name, product, tube, role, omit or ""))
+        _unstained(folder, f"Specimen_00{p}_Unstained_009.fcs", {"$SRC": product, "TUBE NAME": "Unstained"})
+        expected.add((f"Specimen_00{p}_Unstained_009.fcs", product, "unstained", "unstained", ""))
+    assert _rows(scan_folder(tmp_path)) == expected
+
+
+def test_fmo_marker_from_missing_label_and_unstained_from_no_labels(tmp_path):
+    """Names that say only 'FMO' (no marker) and nothing about staining; products from folders."""
+    folder = tmp_path / "TIL042"
+    folder.mkdir()
+    design_file(folder, "tube_1.fcs", "surface")
+    design_file(folder, "tube_2_FMO.fcs", "surface", omit="CD56")
+    design_file(folder, "tube_3.fcs", "treg")
+    design_file(folder, "tube_4 FMO.fcs", "treg", omit="FoxP3")
+    _unstained(folder, "tube_5.fcs", {})
+    assert _rows(scan_folder(tmp_path)) == {
+        ("tube_1.fcs", "TIL042", "surface", "stain", ""),
+        ("tube_2_FMO.fcs", "TIL042", "surface", "fmo", "CD56"),
+        ("tube_3.fcs", "TIL042", "treg", "stain", ""),
+        ("tube_4 FMO.fcs", "TIL042", "treg", "fmo", "FoxP3"),
+        ("tube_5.fcs", "TIL042", "unstained", "unstained", ""),
+    }
+
+
+def test_unreadable_files_are_reported_not_fatal(tmp_path):
+    design_file(tmp_path, "TIL001_surface_stain.fcs", "surface", keywords={"$SRC": "TIL001"})
+    (tmp_path / "TIL001_surface_FMO_PD1.fcs").write_bytes(b"FCS3.1 garbage")
+    (tmp_path / "TIL001_treg_stain.fcs").mkdir()
+    (tmp_path / "notes.txt").write_text("not an FCS file")
+    frame = scan_folder(tmp_path).set_index("file")
+    bad = frame.loc[str(tmp_path / "TIL001_surface_FMO_PD1.fcs")]
+    assert (bad.product_id, bad.tube, bad.role, bad.fmo_marker) == ("TIL001", "surface", "fmo", "PD1")
+    assert "file too short" in bad.problem
+    assert "is a directory" in frame.loc[str(tmp_path / "TIL001_treg_stain.fcs")].problem
+    assert frame.loc[str(tmp_path / "TIL001_surface_stain.fcs")].problem == ""
+    assert len(frame) == 3
+
+
+@pytest.mark.skipif(not (SAMPLE / "manifest.csv").is_file(), reason="bundled sample_fcs not present")
+def test_scan_of_bundled_sample_matches_its_manifest():
+    truth = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    assert _rows(scan_folder(SAMPLE)) == _rows(truth)
+
+
+def _write(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    design_file(tmp_path, "a.fcs", "surface")
+    design_file(tmp_path, "b.fcs", "surface", omit="PD1")
+    return tmp_path
+
+
+def test_read_manifest_valid(files):
+    path = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "007", "surface", "stain", ""], ["b.fcs", "007", "surface", "fmo", "PD-1"]])
+    frame = read_manifest(path)
+    assert list(frame["product_id"]) == ["007", "007"]  # ids stay text
+    assert list(frame["fmo_marker"]) == ["", "PD1"]
+    no_marker_column = _write(files / "m2.csv", [["file", "product_id", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
+    assert list(read_manifest(no_marker_column)["fmo_marker"]) == [""]
+    xlsx = files / "m.xlsx"
+    pd.read_csv(path, dtype=str, keep_default_na=False).to_excel(xlsx, index=False)
+    assert read_manifest(xlsx)["fmo_marker"].tolist() == ["", "PD1"]
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([["file", "product_id", "role"], ["a.fcs", "P", "stain"]], "missing column\\(s\\) 'tube'"),
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stained", ""]], "row 1 \\(line 2\\), column 'role': unknown role 'stained'"),
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["zz.fcs", "P", "surface", "stain", ""]],
+         "row 2 \\(line 3\\), column 'file': 'zz.fcs' does not exist"),
+        ([list(COLUMNS), ["a.fcs", "", "surface", "stain", ""]], "row 1 \\(line 2\\), column 'product_id': empty"),
+        ([list(COLUMNS), ["b.fcs", "P", "surface", "fmo", "CD45"]], "column 'fmo_marker': FMO row needs a known marker"),
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", "CD3"]], "column 'fmo_marker': 'CD3' given for a stain row"),
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["./a.fcs", "P", "surface", "stain", ""]],
+         "row 2 \\(line 3\\), column 'file': './a.fcs' already listed in row 1"),
+        ([list(COLUMNS)], "header but no rows"),
+    ],
+)
+def test_read_manifest_errors(files, rows, match):
+    with pytest.raises(TableError, match=match):
+        read_manifest(_write(files / "m.csv", rows))
+
+
+def test_read_manifest_not_a_table(files):
+    empty = files / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(TableError, match="empty"):
+        read_manifest(empty)
+    binary = files / "m.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(TableError, match="not a CSV"):
+        read_manifest(binary)
+    with pytest.raises(TableError, match="not found"):
+        read_manifest(files / "absent.csv")
+
+
+def test_cli_scan_writes_csv_and_accepts_manifest(files):
+    runner = CliRunner()
+    out = files / "out" / "manifest.csv"
+    result = runner.invoke(app, ["scan", str(files), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(written.columns) == list(COLUMNS)
+    assert set(written["file"]) == {"a.fcs", "b.fcs"}  # relative to the scanned folder
+    assert not list(out.parent.glob(".*.part"))  # atomic write left no temporary file
+    override = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "stain", ""]])
+    result = runner.invoke(app, ["scan", str(files), "--manifest", str(override), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out, dtype=str, keep_default_na=False).values.tolist() == [["a.fcs", "X1", "treg", "stain", ""]]
+    bad = _write(files / "bad.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "weird", ""]])
+    result = runner.invoke(app, ["scan", str(files), "--manifest", str(bad)])
+    assert result.exit_code == 2 and "unknown role 'weird'" in result.output
