@@ -152,6 +152,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     data = frame[[duration, event, *variables]].dropna()
     design = design_matrix(data, variables)
     X = design.X
+    if data[event].sum() == 0:
+        raise ValueError("no events")
     constant = [c for c in X.columns if X[c].nunique() < 2]
     if constant:
         raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
@@ -165,11 +167,12 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     z = stats.norm.ppf(1 - (1 - conf_level) / 2)
     coef = s["coef"].to_numpy()
     se = s["se(coef)"].to_numpy()
-    table = pd.DataFrame({
-        "variable": list(X.columns), "coef": coef, "se": se, "hr": np.exp(coef),
-        "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
-        "z": coef / se, "p": 2 * stats.norm.sf(np.abs(coef / se)),
-    })
+    with np.errstate(over="ignore"):
+        table = pd.DataFrame({
+            "variable": list(X.columns), "coef": coef, "se": se, "hr": np.exp(coef),
+            "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
+            "z": coef / se, "p": 2 * stats.norm.sf(np.abs(coef / se)),
+        })
     lr = cph.log_likelihood_ratio_test()
     n_events = int(data[event].sum())
     notes = []

@@ -173,8 +173,8 @@ def fixed_cut_statistic(x, time, event, cut: float) -> SplitResult:
     n = x.size
     low = x <= cut
     m = int(low.sum())
-    if m == 0 or m == n:
-        return SplitResult(cut, m, n - m, float("nan"), float("nan"))
     total, sum_sq = scores.sum(), (scores**2).sum()
+    if m == 0 or m == n or n * sum_sq - total**2 <= 0:
+        return SplitResult(cut, m, n - m, float("nan"), float("nan"))
     stat = float(_standardised(np.array([scores[low].sum()]), total, sum_sq, np.array([m]), n)[0])
     return SplitResult(cut, m, n - m, stat, float(2 * stats.norm.sf(stat)))
