@@ -129,3 +129,27 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(ValueError):
         write_fcs(path, _events(5), CHANNELS, {"NOTE": ""})
     assert list(tmp_path.iterdir()) == []
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+# flowio drops every '$' from TEXT values, so '$' is left out of the alphabet here.
+_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="$"), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(_TEXT.filter(lambda v: not v.startswith("/") and not v.endswith("/")), min_size=1, max_size=4))
+def test_keyword_values_round_trip_through_flowio(tmp_path_factory, values):
+    path = tmp_path_factory.mktemp("kw") / "k.fcs"
+    keywords = {f"NOTE{i}": v for i, v in enumerate(values)}
+    write_fcs(path, np.ones((3, 1)), [("A", None, 1024)], keywords)
+    text = flowio.FlowData(str(path)).text
+    assert [text[f"note{i}"] for i in range(len(values))] == values
+
+
+def test_zero_events_file(tmp_path):
+    data = build_fcs_bytes(np.zeros((0, 2)), [("A", None, 1024), ("B", "x", 1024)], {})
+    head = data[:58]
+    assert int(head[26:34]) == 0 and int(head[34:42]) == 0
+    assert b"/$TOT/0/" in data and b"/$BEGINDATA/0/$ENDDATA/0/" in data
+    assert len(data) == int(head[18:26]) + 1  # nothing after TEXT
