@@ -201,3 +201,19 @@ def test_export_rejects_invalid_and_duplicate_ids(tmp_path):
 ])
 def test_gatingml_id(label, expected):
     assert gatingml_id(label) == expected
+
+
+def test_scale_transform_for_tilpheno_transforms():
+    from tilpheno.gates.gatingml import scale_transform_for
+    from tilpheno.transforms import Arcsinh, Linear, Logicle
+
+    x = np.array([-500.0, 0.0, 12.5, 1000.0, 262144.0])
+    lg = scale_transform_for(Logicle(262144, 0.5, 4.5, 0), "lg")
+    assert lg.params == {"T": 262144.0, "W": 0.5, "M": 4.5, "A": 0.0}
+    # same scale as tilpheno's logicle, within its documented interpolation tolerance
+    from tilpheno.transforms import LOGICLE_TOLERANCE
+
+    assert np.max(np.abs(lg.apply(x) - Logicle().apply(x))) <= LOGICLE_TOLERANCE
+    assert scale_transform_for(Linear(), "lin") is None
+    with pytest.raises(StrategyError, match="Arcsinh"):
+        scale_transform_for(Arcsinh(150), "as")

@@ -615,6 +615,23 @@ def logicle(transform_id: str, t: float = 262144.0, w: float = 0.5, m: float = 4
     return ScaleTransform(transform_id, "logicle", {"T": t, "W": w, "M": m, "A": a})
 
 
+def scale_transform_for(transform, transform_id: str) -> ScaleTransform | None:
+    """The Gating-ML transformation equal to a ``tilpheno.transforms`` transform.
+
+    ``Logicle(t, w, m, a)`` -> ``logicle`` with the same parameters (same 0..1 scale, so gate
+    values carry over unchanged); ``Linear()`` -> None (no ``transformation-ref``).
+    ``Arcsinh(cofactor)`` has no Gating-ML form with the same output scale: StrategyError.
+    """
+    kind = getattr(transform, "kind", None)
+    if kind == "logicle":
+        return logicle(transform_id, transform.t, transform.w, transform.m, transform.a)
+    if kind == "linear":
+        return None
+    raise StrategyError(
+        f"transform {transform!r} has no Gating-ML equivalent on the same scale; export its dimension untransformed "
+        "(gate values in linear units) instead")
+
+
 def _renamed(gate: Gate, mapping: Mapping[str, str]) -> Gate:
     """``gate`` with its dimension names replaced through ``mapping``."""
     from tilpheno.gates.geometry import gate_from_dict
