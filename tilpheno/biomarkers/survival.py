@@ -241,7 +241,7 @@ def logrank_test(time, event, group) -> LogRankResult:
     var = np.einsum("j,jg,gh->gh", factor * n_j, n_jg, np.eye(k)) - np.einsum("j,jg,jh->gh", factor, n_jg, n_jg)
     oe = (observed - expected)[:-1]
     v = var[:-1, :-1]
-    chisq = float(oe @ np.linalg.pinv(v) @ oe) if k > 1 else np.nan
+    chisq = float(oe @ np.linalg.pinv(v) @ oe)
     df = int(np.linalg.matrix_rank(v))
     p = float(stats.chi2.sf(chisq, df)) if df > 0 else np.nan
     table = pd.DataFrame(
