@@ -268,3 +268,18 @@ def test_spill_is_true_times_spillover_matrix():
     # the file's $SPILLOVER is that matrix, rows = fluorochromes, columns = detectors
     spill = ins.true_spillover()
     assert spill.detectors == ins.DETECTORS and np.array_equal(spill.matrix, ins.SPILLOVER_MATRIX)
+
+
+def test_treg_fmo_tube_lacks_foxp3(product, written):
+    path = written / "TIL007_treg_FMO_FoxP3.fcs"
+    fd = flowio.FlowData(str(path))
+    assert fd.text["tube name"] == "FMO FoxP3"
+    assert fd.pns_labels[4:10] == ["CD3 FITC", "", "", "", "CD4 BV421", ""]
+    comp, names = _comp_events(path)
+    t = product.tube("treg", "fmo", "FoxP3").data
+    cd4 = (t.kind == KIND_LYMPH) & t.labels["cd3"] & t.labels["cd4"]
+    pe = _col(names, "PE-A")
+    assert abs(np.median(comp[cd4 & t.labels["foxp3"], pe]) - np.median(comp[cd4 & ~t.labels["foxp3"], pe])) < 60
+    # fixed cells: no 7AAD signal beyond autofluorescence and spill, even on dead cells
+    aad = _col(names, "PerCP-Cy5-5-A")
+    assert np.percentile(comp[(t.kind == KIND_LYMPH) & t.labels["dead"], aad], 99) < 1000
