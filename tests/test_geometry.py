@@ -208,3 +208,24 @@ def test_polygon_agrees_with_flowutils_reference_on_grid_points():
     data = {"x": gx.ravel(), "y": gy.ravel()}
     reference = points_in_polygon(np.array(verts), np.column_stack([data["x"], data["y"]]))
     assert np.array_equal(PolygonGate(("x", "y"), verts).contains(data), reference)
+
+
+def test_random_polygons_and_ellipses_agree_with_flowutils():
+    """Random (often self-intersecting) integer polygons, points on a half-integer grid hitting
+    vertices and edges; random ellipses. flowutils is FlowKit's reference implementation."""
+    from flowutils.gating import points_in_ellipsoid, points_in_polygon
+
+    rng = np.random.default_rng(11)
+    gx, gy = np.meshgrid(np.arange(-2, 12, 0.5), np.arange(-2, 12, 0.5))
+    pts = np.column_stack([gx.ravel(), gy.ravel()])
+    data = {"x": pts[:, 0], "y": pts[:, 1]}
+    for _ in range(40):
+        verts = rng.integers(0, 10, size=(rng.integers(3, 9), 2)).astype(float)
+        ours = PolygonGate(("x", "y"), tuple(map(tuple, verts))).contains(data)
+        assert np.array_equal(ours, points_in_polygon(verts, pts))
+    for _ in range(20):
+        a = rng.normal(size=(2, 2))
+        cov = a @ a.T + 0.1 * np.eye(2)
+        mean = rng.uniform(0, 10, 2)
+        ours = EllipsoidGate(("x", "y"), tuple(mean), tuple(map(tuple, cov)), 4.0).contains(data)
+        assert np.array_equal(ours, points_in_ellipsoid(cov, mean, 4.0, pts))
