@@ -6,7 +6,7 @@ Per endpoint (PFS, OS) and marker:
   (``--cutpoints`` file), and the maximally selected log-rank cut (see ``cutpoints``), each with
   Kaplan-Meier medians per group and the log-rank test of the grouping;
 - Cox models: univariable (marker alone) and multivariable (marker + covariates), the marker
-  coded continuous (HR per unit, per 10^9 cells for ``til_dose_cells``) and dichotomised
+  coded continuous (HR per unit; per 10^9 cells for dose columns ``*_dose_cells``) and dichotomised
   (high vs low at the pre-specified cut when given, else the median; never the data-optimised
   cut, whose HR would be biased away from 1).
 
@@ -31,7 +31,6 @@ from .endpoints import is_responder, response_rates
 from .responders import responders_table
 from .survival import KaplanMeier, logrank_test, median_followup
 
-UNIT_SCALE = {"til_dose_cells": (1e9, "per 1e9 cells")}
 LANDMARK_MONTHS = 12.0
 KM_COLUMNS = ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high",
               "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
@@ -178,7 +177,7 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                              median_low=medians.get("low", np.nan), median_high=medians.get("high", np.nan),
                              logrank_chisq=lr.chisq, logrank_p=lr.p))
     dich_cut = pre_cut if pre_cut is not None else splits[0][1]
-    scale, unit = UNIT_SCALE.get(marker, (1.0, "per unit"))
+    scale, unit = (1e9, "per 1e9 cells") if marker.endswith("_dose_cells") else (1.0, "per unit")
     frame = d.assign(_cont=d[marker] / scale, _dich=(d[marker] > dich_cut).astype(float))
     cut_label = "prespecified" if pre_cut is not None else "median"
     codings = [("continuous", "_cont", unit), ("dichotomized", "_dich", f"high vs low ({cut_label} cut {dich_cut:.4g})")]

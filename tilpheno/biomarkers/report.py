@@ -170,7 +170,7 @@ def methods_text(results) -> list[str]:
         "Median follow-up is estimated by the reverse Kaplan-Meier method. Groups are compared by the "
         "log-rank (Mantel-Haenszel) test.",
         "REMARK item 10 (how markers were handled): every marker was analysed as a continuous variable (Cox "
-        "hazard ratio per unit as measured; per 1e9 cells for the TIL dose) and dichotomised (high = above the "
+        "hazard ratio per unit as measured; per 1e9 cells for cell doses) and dichotomised (high = above the "
         "cut, low = at or below it) at a pre-specified cut-point where one was given, otherwise at the cohort "
         "median. No marker was transformed.",
         "REMARK item 11 (how cut-points were chosen): for each endpoint and marker, (a) the median split; "
