@@ -73,8 +73,7 @@ def _channels(spec) -> list[tuple[str, str | None, int]]:
 
 
 def _keywords(product_id: str, spec, file: str, start: dt.datetime, events: np.ndarray, seed_note: str) -> dict[str, str]:
-    seconds = float(events[-1, -1]) * ins.TIMESTEP if len(events) else 0.0
-    end = start + dt.timedelta(seconds=seconds)
+    end = start + dt.timedelta(seconds=float(events[-1, -1]) * ins.TIMESTEP)
     kw = {
         "$CYT": "LSRFortessa", "$CYTSN": "H6470012", "$DATE": f"{start.day:02d}-{MONTHS[start.month - 1]}-{start.year}",
         "$BTIM": start.strftime("%H:%M:%S"), "$ETIM": end.strftime("%H:%M:%S"),
@@ -103,6 +102,8 @@ def simulate_product(
     ``seed``: an int or a SeedSequence (``simulate_cohort`` passes spawned children).
     ``composition``: fixed composition, or ``None`` to draw one from the product's stream.
     """
+    if n_events < 1:
+        raise ValueError(f"{product_id}: need at least one event per tube, got {n_events}")
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     meta_seq, *tube_seqs = seq.spawn(1 + len(TUBES))
     meta = np.random.default_rng(meta_seq)
@@ -144,7 +145,7 @@ def manifest_rows(product: SimulatedProduct) -> list[dict[str, str]]:
              "role": t.data.spec.role, "fmo_marker": t.data.spec.fmo_marker or ""} for t in product.tubes]
 
 
-def product_id(index: int) -> str:
+def product_name(index: int) -> str:
     """``TIL001`` for index 0."""
     return f"TIL{index + 1:03d}"
 
@@ -165,7 +166,7 @@ def simulate_cohort(out_dir: str | Path, n_products: int, seed: int, n_events: i
     manifest: list[dict[str, str]] = []
     truth: list[dict[str, float]] = []
     for i, seq in enumerate(product_seqs):
-        product = simulate_product(product_id(i), seq, n_events)
+        product = simulate_product(product_name(i), seq, n_events)
         files += write_product(product, out)
         manifest += manifest_rows(product)
         truth.append(product.truth)

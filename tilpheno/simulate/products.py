@@ -27,11 +27,6 @@ import numpy as np
 
 from tilpheno.simulate import instrument as ins
 
-MARKERS = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3", "7AAD")
-
-# Label columns carried per event (booleans), besides the event kind.
-LABELS = ("dead", "cd3", "cd4", "cd8", "cd56", "pd1", "foxp3")
-
 KIND_DEBRIS, KIND_DOUBLET, KIND_LARGE, KIND_LYMPH = 0, 1, 2, 3
 
 # Marker -> (fluorochrome column index, $PnS text) in the surface and Treg panels.
@@ -179,7 +174,9 @@ TUBES = (
 @dataclass
 class TubeEvents:
     """Raw events of one tube: ``events`` (n x 11, float32, ``instrument.CHANNEL_NAMES`` order,
-    uncompensated) and per-event ground truth: ``kind`` (KIND_* codes) and boolean ``labels``."""
+    uncompensated) and per-event ground truth: ``kind`` (KIND_* codes) and boolean ``labels``
+    (``dead``, ``cd3``, ``cd4``, ``cd8``, ``cd56``, ``pd1``, ``foxp3``; marker labels are False on
+    everything but lymphocytes, ``dead`` is False on debris and doublets)."""
 
     spec: TubeSpec
     events: np.ndarray
