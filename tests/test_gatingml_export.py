@@ -217,3 +217,47 @@ def test_scale_transform_for_tilpheno_transforms():
     assert scale_transform_for(Linear(), "lin") is None
     with pytest.raises(StrategyError, match="Arcsinh"):
         scale_transform_for(Arcsinh(150), "as")
+
+
+def test_pipeline_product_round_trip(tmp_path):
+    """A product gated by the pipeline (sample_fcs TIL001): export each stained tube's resolved gates
+    (FMO thresholds as numbers), re-import with tilpheno and FlowKit, compare with the pipeline's masks."""
+    import pandas as pd
+    from flowkit._resources import gml_schema
+    from lxml import etree
+
+    from tilpheno.gates.gatingml import export_tube_gatingml
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.phenotype import analyze_product
+    from tilpheno.transforms import LOGICLE_TOLERANCE
+
+    root = Path(__file__).parents[1] / "sample_fcs"
+    manifest = pd.read_csv(root / "manifest.csv")
+    rows = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(root / f) for f in m["file"]])
+    strategies = {s.tube: s for s in map(load_strategy, default_strategy_paths())}
+    product = analyze_product("TIL001", rows, list(strategies.values()))
+    stained = [t for t in product.tubes if t.role == "stain"]
+    assert {t.tube for t in stained} == {"surface", "treg"}
+    for tube in stained:
+        out = tmp_path / f"{tube.tube}.xml"
+        export_tube_gatingml(tube, out, {d: strategies[tube.tube].transform_for(d) for d in tube.data})
+        assert gml_schema.validate(etree.parse(str(out))), gml_schema.error_log
+        fcs = read_fcs(tube.file)
+        ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names, fcs.spillover)
+        strategy = fk.parse_gating_xml(str(out))
+        theirs = strategy.gate_sample(fk.Sample(tube.file))
+        # events the pipeline's table logicle could place on the other side of a threshold
+        near = np.zeros(fcs.n_events, dtype=bool)
+        for _, _, gate, _ in tube.gates:
+            if isinstance(gate, RangeGate) and gate.dim in tube.detectors:
+                for bound in (gate.low, gate.high):
+                    if bound is not None:
+                        near |= np.abs(tube.data[gate.dim] - bound) <= LOGICLE_TOLERANCE
+        for population, *_ in tube.gates:
+            pid = gatingml_id(population)
+            assert tube.masks[population].sum() > 0, population
+            differ = ours[pid] != tube.masks[population]
+            assert not np.any(differ & ~near), f"{tube.tube} {population}: {differ.sum()} events differ"
+            fk_mask = theirs.get_gate_membership(pid, gate_path=strategy.find_matching_gate_paths(pid)[0])
+            assert np.array_equal(fk_mask, ours[pid]), f"{tube.tube} {population}: FlowKit differs"
+        assert read_gatingml(out).gates[gatingml_id("CD3+")].name == "CD3+"

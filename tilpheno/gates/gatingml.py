@@ -831,3 +831,55 @@ def export_gatingml(
     doc = build_document(gates, transforms, matrices, source=str(path))
     write_gatingml(doc, path)
     return doc
+
+
+def export_tube_gatingml(
+    result,
+    path: str | Path,
+    transforms: Mapping[str, object],
+    compensation: str | Spillover = FCS_COMPENSATION,
+) -> GatingMLDocument:
+    """Export one gated tube (``tilpheno.phenotype.TubeResult``) as Gating-ML 2.0 at ``path``.
+
+    ``result.gates`` gives (population, parent, gate, method), gate dimensions named by marker
+    (mapped to detectors through ``result.detectors``) or scatter $PnN. ``transforms``: dimension
+    -> ``tilpheno.transforms`` transform used (e.g. ``{d: strategy.transform_for(d) ...}``).
+    ``compensation``: ``"FCS"`` when the file's own ``$SPILLOVER`` compensated the markers,
+    ``"uncompensated"``, or the override Spillover used (written as a spectrumMatrix
+    "Compensation" whose fluorochromes are the detectors). Population labels become ids through
+    ``gatingml_id`` and are kept as names; the top-level parent ("root" or None) is dropped.
+    """
+    matrices: list[SpectrumMatrix] = []
+    comp_ref = compensation
+    if isinstance(compensation, Spillover):
+        comp_ref = "Compensation"
+        matrices.append(SpectrumMatrix(comp_ref, compensation.detectors, compensation.detectors,
+                                       tuple(map(tuple, compensation.matrix))))
+    scale: dict[str, ScaleTransform] = {}
+    dims: dict[str, Dimension] = {}
+
+    def dimension(dim: str) -> Dimension:
+        if dim not in dims:
+            if dim not in transforms:
+                raise StrategyError(f"{path}: no transform given for dimension {dim!r}")
+            st = scale_transform_for(transforms[dim], "transform")
+            tid = None
+            if st is not None:  # e.g. Logicle_262144_0.5_4.5_0
+                tid = "_".join([st.kind.capitalize(), *(f"{v:g}" for v in st.params.values())])
+                scale.setdefault(tid, ScaleTransform(tid, st.kind, st.params))
+            marker = dim in result.detectors
+            dims[dim] = Dimension(result.detectors.get(dim, dim), comp_ref if marker else UNCOMPENSATED, tid)
+        return dims[dim]
+
+    def ident(population: str | None) -> str | None:
+        return None if population in (None, "", "root") else gatingml_id(population)
+
+    gates = []
+    for population, parent, gate, _method in result.gates:
+        if isinstance(gate, BooleanGate):
+            gate = BooleanGate(gate.op, tuple(map(ident, gate.operands)), gate.complements)
+        elif isinstance(gate, QuadrantGate):
+            gate = QuadrantGate(gate.dividers, {gatingml_id(q): pos for q, pos in gate.quadrants.items()})
+        gates.append(ExportGate(ident(population), ident(parent), gate, {d: dimension(d) for d in gate.dims}, name=population))
+    return export_gatingml(gates, path, transforms=list(scale.values()), matrices=matrices)
+
