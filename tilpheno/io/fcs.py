@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -279,59 +280,91 @@ def _next_power_of_2(x: int) -> int:
     return 1 if x <= 0 else 1 << (x - 1).bit_length()
 
 
-def _decode_ints(raw: np.ndarray, lay: _Layout, channels: pd.DataFrame) -> np.ndarray:
-    """Integer DATA (uint8 bytes, n_events x bytes-per-event) -> float64 after PnR bit masks."""
-    n_events = lay.n_events
-    widths = lay.widths
-    out = np.empty((n_events, len(widths)), dtype=np.float64)
-    standard = {1: "u1", 2: "u2", 4: "u4", 8: "u8"}
-    if len(set(widths)) == 1 and widths[0] in standard:
-        values = raw.reshape(-1).view(f"{lay.order}{standard[widths[0]]}").reshape(n_events, len(widths))
-        columns = [values[:, i] for i in range(len(widths))]
-    else:
-        columns, pos = [], 0
-        for w in widths:
-            block = raw[:, pos : pos + w].astype(np.uint64)
-            shifts = np.arange(w, dtype=np.uint64) * np.uint64(8)
-            if lay.order == ">":
-                shifts = shifts[::-1]
-            columns.append(np.bitwise_or.reduce(block << shifts, axis=1) if w > 1 else block[:, 0])
-            pos += w
-    for i, (column, w, pnr) in enumerate(zip(columns, widths, channels["pnr"])):
-        max_range = _next_power_of_2(math.ceil(pnr))
-        if max_range < 2 ** (8 * w):
-            column = column & column.dtype.type(max_range - 1)
-        out[:, i] = column
-    return out
+CHUNK_BYTES = 1 << 22  # DATA is decoded in blocks of about 4 MiB (stays in cache for scaling)
 
 
-def _decode(buf, lay: _Layout, channels: pd.DataFrame, kw, path, problems: list[str]) -> np.ndarray:
-    n_par = len(lay.widths)
-    if lay.datatype == "I":
-        raw = np.frombuffer(buf, dtype=np.uint8, count=lay.stop - lay.start, offset=lay.start)
-        events = _decode_ints(raw.reshape(lay.n_events, sum(lay.widths)), lay, channels)
-    else:
-        code = f"{lay.order}f4" if lay.datatype == "F" else f"{lay.order}f8"
-        values = np.frombuffer(buf, dtype=code, count=lay.n_events * n_par, offset=lay.start)
-        events = values.reshape(lay.n_events, n_par).astype(np.float64)
+@dataclass(frozen=True)
+class _Scaling:
+    """Per-channel post-processing, in FlowKit's order: time x $TIMESTEP, $PnE decoding, / $PnG."""
+
+    time_index: int | None
+    timestep: float
+    log: tuple[tuple[int, float, float, float], ...]  # (column, decades, log0, $PnR)
+    gain: tuple[tuple[int, float], ...]  # (column, $PnG) where $PnG is neither 0 nor 1
+    masks: tuple[int | None, ...]  # integer data: bit mask per column, None = no mask
+
+
+def _scaling(lay: _Layout, channels: pd.DataFrame, kw, problems: list[str]) -> _Scaling:
     time_index = None
     for i, name in enumerate(channels["pnn"]):
         if name.lower() == "time":
             time_index = i  # the last one, as FlowKit
+    step = 1.0
     timestep = kw.get("$TIMESTEP", kw.get("TIMESTEP"))
-    if time_index is not None and timestep is not None:
-        text = timestep.strip()
+    if time_index is not None and timestep is not None and timestep.strip():
         try:
-            step = float(text) if text else 1.0
+            step = float(timestep.strip())
         except ValueError:
-            problems.append(f"$TIMESTEP {text[:20]!r} is not a number; time not scaled")
-            step = 1.0
-        events[:, time_index] = events[:, time_index] * step
-    for i, ((decades, log0), pnr, png) in enumerate(zip(channels["pne"], channels["pnr"], channels["png"])):
-        if decades > 0:
-            events[:, i] = (10 ** (decades * events[:, i] / pnr)) * log0
-        if i != time_index and png != 1.0 and png != 0:
-            events[:, i] = events[:, i] / png
+            problems.append(f"$TIMESTEP {timestep.strip()[:20]!r} is not a number; time not scaled")
+    log = tuple((i, d, l0, r) for i, ((d, l0), r) in enumerate(zip(channels["pne"], channels["pnr"])) if d > 0)
+    gain = tuple((i, g) for i, g in enumerate(channels["png"]) if i != time_index and g != 1.0 and g != 0)
+    masks: list[int | None] = []
+    for w, pnr in zip(lay.widths, channels["pnr"]):
+        max_range = _next_power_of_2(math.ceil(pnr))
+        masks.append(max_range - 1 if lay.datatype == "I" and max_range < 2 ** (8 * w) else None)
+    return _Scaling(time_index, step, log, gain, tuple(masks))
+
+
+def _decode_block(raw: np.ndarray, lay: _Layout, scale: _Scaling, out: np.ndarray) -> None:
+    """Decode ``raw`` (uint8, rows x bytes-per-event) into ``out`` (float64, rows x channels)."""
+    widths = lay.widths
+    if lay.datatype in ("F", "D"):
+        code = f"{lay.order}f4" if lay.datatype == "F" else f"{lay.order}f8"
+        out[...] = raw.reshape(-1).view(code).reshape(out.shape)
+    elif len(set(widths)) == 1 and widths[0] in (1, 2, 4, 8):
+        values = raw.reshape(-1).view(f"{lay.order}u{widths[0]}").reshape(out.shape)
+        if any(m is not None for m in scale.masks):
+            values = values & np.array([(2 ** (8 * widths[0]) - 1) if m is None else m for m in scale.masks],
+                                       dtype=values.dtype)
+        out[...] = values
+    else:  # any byte-aligned widths: assemble each column from its bytes
+        pos = 0
+        for i, w in enumerate(widths):
+            block = raw[:, pos : pos + w].astype(np.uint64)
+            shifts = np.arange(w, dtype=np.uint64) * np.uint64(8)
+            if lay.order == ">":
+                shifts = shifts[::-1]
+            column = np.bitwise_or.reduce(block << shifts, axis=1)
+            if scale.masks[i] is not None:
+                column &= np.uint64(scale.masks[i])
+            out[:, i] = column
+            pos += w
+    if scale.time_index is not None and scale.timestep != 1.0:
+        out[:, scale.time_index] = out[:, scale.time_index] * scale.timestep
+    for i, decades, log0, pnr in scale.log:
+        out[:, i] = (10 ** (decades * out[:, i] / pnr)) * log0
+    for i, gain in scale.gain:
+        out[:, i] = out[:, i] / gain
+
+
+def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
+    """Read and decode the DATA segment block by block straight from the file."""
+    n_par, bpe = len(lay.widths), sum(lay.widths)
+    events = np.empty((lay.n_events, n_par), dtype=np.float64)
+    rows = max(1, CHUNK_BYTES // bpe)
+    buffer = bytearray(min(lay.n_events, rows) * bpe)
+    fh.seek(lay.start)
+    for first in range(0, lay.n_events, rows):
+        last = min(lay.n_events, first + rows)
+        view = memoryview(buffer)[: (last - first) * bpe]
+        filled = 0
+        while filled < len(view):
+            got = fh.readinto(view[filled:])
+            if not got:
+                raise FCSReadError(path, f"file ended inside the DATA segment (event {first + filled // bpe})")
+            filled += got
+        raw = np.frombuffer(buffer, dtype=np.uint8, count=len(view)).reshape(last - first, bpe)
+        _decode_block(raw, lay, scale, events[first:last])
     return events
 
 
@@ -420,51 +453,31 @@ def _check_path(path) -> Path:
     return Path(path)
 
 
-def _version(header: Header) -> str:
-    return header.version
+def _start_hashing(path: Path) -> tuple[threading.Thread, dict[str, str]]:
+    """SHA-256 of the whole file in a background thread (hashlib releases the GIL), through
+    its own read-only handle, so hashing overlaps with parsing and decoding."""
+    result: dict[str, str] = {}
 
-
-def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
-    """Read data set ``dataset`` (0-based; .lmd files often hold two) of an FCS file, events included."""
-    path = _check_path(path)
-    with _open_checked(path) as fh:
+    def run() -> None:
         try:
-            buf = fh.read()
-        except OSError as exc:
-            raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
-    digest: dict[str, str] = {}
-    hasher = threading.Thread(target=lambda: digest.setdefault("hex", hashlib.sha256(buf).hexdigest()))
-    hasher.start()
-    try:
-        size = len(buf)
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    result["hex"] = hashlib.sha256(b"").hexdigest()
+                    return
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    result["hex"] = hashlib.sha256(mapped).hexdigest()
+        except (OSError, ValueError) as exc:
+            result["error"] = exc.strerror or str(exc)
 
-        def read_at(offset: int, n: int) -> bytes:
-            return buf[offset : offset + n]
-
-        problems: list[str] = []
-        base, header, kw = _dataset_base(read_at, size, dataset, path, problems)
-        channels = _channels(kw, path)
-        lay = _layout(header, kw, channels, base, size, path, problems)
-        events = _decode(buf, lay, channels, kw, path, problems)
-        spill = _spillover(kw, path, problems)
-    finally:
-        hasher.join()
-    return FCSFile(path, digest["hex"], _version(header), kw, channels, events, spill, lay.n_events, tuple(problems))
+    thread = threading.Thread(target=run, name="fcs-sha256", daemon=True)
+    thread.start()
+    return thread, result
 
 
-def _sha256_file(fh) -> str:
-    fh.seek(0)
-    return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
-    """Read HEADER and TEXT only (``events is None``): fast, for scanning folders.
-
-    ``n_events`` is ``$TOT`` (or, without ``$TOT``, what the DATA length implies). The DATA
-    segment is not checked, so header-only files read here.
-    """
+def _read(path: str | os.PathLike, dataset: int, with_events: bool) -> FCSFile:
     path = _check_path(path)
     with _open_checked(path) as fh:
+        hasher, digest = _start_hashing(path)
         try:
             size = os.fstat(fh.fileno()).st_size
 
@@ -475,11 +488,34 @@ def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
             problems: list[str] = []
             base, header, kw = _dataset_base(read_at, size, dataset, path, problems)
             channels = _channels(kw, path)
-            tot = _kw_int(kw, "$TOT", path, required=False)
-            if tot is None:
-                tot = _layout(header, kw, channels, base, size, path, problems).n_events
+            if with_events:
+                lay = _layout(header, kw, channels, base, size, path, problems)
+                events = _read_events(fh, lay, _scaling(lay, channels, kw, problems), path)
+                n_events = lay.n_events
+            else:
+                events = None
+                n_events = _kw_int(kw, "$TOT", path, required=False)
+                if n_events is None:
+                    n_events = _layout(header, kw, channels, base, size, path, problems).n_events
             spill = _spillover(kw, path, problems)
-            digest = _sha256_file(fh)
         except OSError as exc:
             raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
-    return FCSFile(path, digest, _version(header), kw, channels, None, spill, tot, tuple(problems))
+        finally:
+            hasher.join()
+    if "hex" not in digest:
+        raise FCSReadError(path, f"cannot read: {digest.get('error', 'hashing failed')}")
+    return FCSFile(path, digest["hex"], header.version, kw, channels, events, spill, n_events, tuple(problems))
+
+
+def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
+    """Read data set ``dataset`` (0-based; .lmd files often hold two) of an FCS file, events included."""
+    return _read(path, dataset, with_events=True)
+
+
+def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
+    """Read HEADER and TEXT only (``events is None``): fast, for scanning folders.
+
+    ``n_events`` is ``$TOT`` (or, without ``$TOT``, what the DATA length implies). The DATA
+    segment is not checked, so header-only files read here.
+    """
+    return _read(path, dataset, with_events=False)
