@@ -191,7 +191,7 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
                 warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({exc})")
                 continue
-            warnings.extend(f"{endpoint} {marker} {model} {coding}: {w}" for w in fit.warnings)
+            warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)
             sink.extend(_cox_rows(fit, endpoint, model, coding, unit_text, col, marker))
     return km_rows, cut_rows, uni, multi
 
@@ -221,8 +221,24 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
         cohort=cohort, settings=settings, response=resp, km=pd.DataFrame(km_rows, columns=KM_COLUMNS),
         cutpoints=pd.DataFrame(cut_rows, columns=CUT_COLUMNS), cox_univariable=pd.DataFrame(uni, columns=COX_COLUMNS),
         cox_multivariable=pd.DataFrame(multi, columns=COX_COLUMNS), responders=responders, prespecified=pre,
-        warnings=warnings,
+        warnings=_collapse(warnings),
     )
+
+
+def _collapse(warnings: list[str]) -> list[str]:
+    """Merge model warnings that differ only in the marker: 'pfs univariable continuous (a, b): text'."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    order: list[tuple[str, str]] = []
+    for w in warnings:
+        head, sep, text = w.partition("): ")
+        prefix, paren, marker = head.partition(" (")
+        key = (prefix, text) if sep and paren else (w, "")
+        if key not in merged:
+            merged[key] = []
+            order.append(key)
+        if sep and paren:
+            merged[key].append(marker)
+    return [f"{k[0]} ({', '.join(merged[k])}): {k[1]}" if merged[k] else k[0] for k in order]
 
 
 def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, markers=None, covariates=None,
