@@ -27,10 +27,11 @@ _PALETTE = (
     "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
 )
 _FIXED_COLOURS = {
-    "cells": "#1f77b4", "singlets": "#17becf", "live": "#2ca02c", "lymphocytes": "#9467bd",
-    "cd3": "#d62728", "cd4": "#ff7f0e", "cd8": "#8c564b", "nk": "#e377c2", "nkt": "#bcbd22",
-    "pd1": "#7f7f7f", "foxp3": "#e377c2", "treg": "#e377c2",
+    "cells": "#1f77b4", "singlets": "#17becf", "live": "#2ca02c", "lymph": "#9467bd", "livelymph": "#9467bd",
+    "lymphocytes": "#9467bd", "cd3": "#d62728", "cd4": "#ff7f0e", "cd8": "#8c564b", "cd56": "#bcbd22",
+    "nk": "#e377c2", "nkt": "#7f7f7f", "pd1": "#6a3d9a", "foxp3": "#e7298a", "treg": "#e7298a",
 }
+SCATTER_TOP = 262144.0  # $PnR of the scatter detectors: linear scatter axes show 0..top, as FlowJo
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 BINS = 128
 FIG_INCHES = (2.9, 2.7)
@@ -38,11 +39,17 @@ DPI = 100
 
 
 def population_colour(name: str) -> str:
-    """Stable colour of a population: a fixed one for the standard TIL populations, else by CRC32 of the name."""
+    """Stable colour of a population or marker, the same in every plot and report.
+
+    Standard TIL populations have fixed colours; a compound population takes the colour of its
+    last marker (``CD8+PD1+`` -> PD1's); anything else a palette colour by CRC32 of its name.
+    """
     key = name.lower().replace("_", "").replace("+", "").replace("-", "").replace(" ", "")
-    for prefix, colour in _FIXED_COLOURS.items():
-        if key == prefix:
-            return colour
+    if key in _FIXED_COLOURS:
+        return _FIXED_COLOURS[key]
+    suffixes = [k for k in _FIXED_COLOURS if key.endswith(k)]
+    if suffixes:
+        return _FIXED_COLOURS[max(suffixes, key=len)]
     return _PALETTE[zlib.crc32(name.encode("utf-8")) % len(_PALETTE)]
 
 
@@ -86,16 +93,22 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _limits(values: np.ndarray, extra: Sequence[float] = ()) -> tuple[float, float]:
-    """Display range: 0.1st..99.9th percentile of the finite values, widened to hold ``extra``, padded 5 %."""
+def _limits(values: np.ndarray, extra: Sequence[float] = (), axis: "Axis | None" = None) -> tuple[float, float]:
+    """Display range, padded 5 %.
+
+    Linear scatter axes (FSC/SSC) show the full scale 0..262144 as FlowJo does. Other axes show
+    the 0.1st..99.9th percentile of the finite values, widened to hold the gate coordinates
+    ``extra`` that lie within one data span of it (a gate edge far off-scale is clipped instead).
+    """
     finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        lo, hi = 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [0.1, 99.9])) if finite.size else (0.0, 1.0)
+    if axis is not None and axis.dim.upper().startswith(("FSC", "SSC")) and getattr(axis.transform, "kind", "") == "linear":
+        lo, hi = min(0.0, lo), max(SCATTER_TOP, hi)
     else:
-        lo, hi = (float(v) for v in np.percentile(finite, [0.1, 99.9]))
-    extra = [float(e) for e in extra if e is not None and np.isfinite(e)]
-    if extra:
-        lo, hi = min(lo, *extra), max(hi, *extra)
+        span = max(hi - lo, 1e-12)
+        near = [float(e) for e in extra if e is not None and np.isfinite(e) and lo - span <= e <= hi + span]
+        if near:
+            lo, hi = min(lo, *near), max(hi, *near)
     if hi <= lo:
         hi = lo + 1.0
     pad = 0.05 * (hi - lo)
@@ -237,8 +250,8 @@ def density_png(
     from matplotlib.colors import LogNorm
 
     colour = population_colour(population)
-    xlim = _limits(x, _gate_extent(gate, xaxis.dim))
-    ylim = _limits(y, _gate_extent(gate, yaxis.dim))
+    xlim = _limits(x, _gate_extent(gate, xaxis.dim), xaxis)
+    ylim = _limits(y, _gate_extent(gate, yaxis.dim), yaxis)
     fig, ax = _figure()
     ok = np.isfinite(x) & np.isfinite(y)
     counts, _, _ = np.histogram2d(x[ok], y[ok], bins=BINS, range=(xlim, ylim))
@@ -271,7 +284,7 @@ def histogram_png(
 ) -> bytes:
     """Histogram (counts) of the parent's events on one dimension with a 1-D gate drawn and labelled."""
     colour = population_colour(population)
-    xlim = _limits(x, _gate_extent(gate, axis.dim))
+    xlim = _limits(x, _gate_extent(gate, axis.dim), axis)
     fig, ax = _figure()
     finite = x[np.isfinite(x)]
     counts, edges = np.histogram(finite, bins=BINS, range=xlim)
@@ -303,7 +316,7 @@ def fmo_overlay_png(
     Percentages are of the parent population in each tube with value > threshold.
     """
     colour = population_colour(marker)
-    xlim = _limits(np.concatenate([stained, fmo]), [threshold])
+    xlim = _limits(np.concatenate([stained, fmo]), [threshold], axis)
     fig, ax = _figure()
     for values, kind in ((fmo, "fmo"), (stained, "stained")):
         finite = values[np.isfinite(values)]
@@ -315,7 +328,8 @@ def fmo_overlay_png(
         else:
             ax.step(edges[:-1], norm, where="post", color=colour, linewidth=1.4, label=f"stained {pct_stained:.1f}% +")
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=threshold_note)
-    ax.set_ylim(0, 118)
+    ax.set_ylim(0, 150)
+    ax.set_yticks([0, 25, 50, 75, 100])
     _style_axis(ax, axis, xlim, "x")
     ax.set_ylabel("% of mode", fontsize=8)
     ax.legend(fontsize=6.5, loc="upper right", frameon=False)

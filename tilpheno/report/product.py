@@ -22,6 +22,7 @@ KEYWORD_ALLOW_LIST = (
     "TUBE NAME", "CREATOR", "APPLY COMPENSATION",
 )
 ROOT_NAMES = ("", "root", "all", "all events", "none")
+COUNT_AND_STATUS = ("status", "error", "release_status", "qc_status")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ def _table(frame) -> dict:
     if frame is None or len(frame) == 0:
         return {"columns": [], "rows": []}
     cols = [str(c) for c in frame.columns]
-    return {"columns": cols, "rows": [[fmt(v) for v in rec] for rec in frame.itertuples(index=False)]}
+    rows = [[Path(v).name if c == "source_file" and isinstance(v, str) else fmt(v) for c, v in zip(cols, rec)]
+            for rec in frame.itertuples(index=False)]
+    return {"columns": cols, "rows": rows}
 
 
 def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:
@@ -160,11 +163,14 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
                 "thresholds": _table(t.thresholds),
             })
         fmo = fmo_figures(result, options.fmo_percentile, strategies)
-    study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id"]
+    study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id" and k not in COUNT_AND_STATUS
+             and not k.startswith("n_")]
+    counts = [(k, v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
     return render(
         "product.html.j2",
         o=outcome,
         study=study,
+        counts=counts,
         release=outcome.release,
         spec=options.release_spec,
         flags=outcome.qc,

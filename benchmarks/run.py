@@ -1,0 +1,244 @@
+"""Benchmarks of the whole chain, with FlowKit on the same files and gates (run by hand).
+
+    .venv/bin/python benchmarks/make_cohort.py --out /tmp/bench --products 12 --events 100000
+    .venv/bin/python benchmarks/run.py --cohort /tmp/bench --products 12
+
+Measures, on the cohort's files:
+1. reading: ``read_fcs`` against ``np.fromfile`` of the DATA segment (the practical limit);
+2. compensation + transform: ``phenotype.load_tube`` against FlowKit ``Sample.apply_compensation``
+   + ``apply_transform(LogicleTransform)``;
+3. gating with the same gates: one product is gated by tilpheno; its resolved stained-tube gates
+   (same thresholds, polygons, ellipses) are applied as numpy masks and, exported as Gating-ML 2.0,
+   by FlowKit ``GatingStrategy.gate_sample`` (which includes FlowKit's compensation + transform);
+   population counts are compared;
+4. per file, FlowKit (Sample + gate_sample) against tilpheno (read + compensate + transform + masks);
+5. the whole ``tilpheno process`` (gate placement, reports, tables) with ``--jobs 1`` and ``--jobs 2``
+   in subprocesses: seconds per product, events per second, peak RSS of the largest process;
+6. CLI import time (``python -X importtime -c "import tilpheno.cli"``).
+
+Timings are the best of ``--repeat`` runs (wall clock, ``time.perf_counter``). Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def best(fn, repeat: int) -> tuple[float, object]:
+    times, value = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), value
+
+
+def bench_read(path: Path, repeat: int) -> dict:
+    from tilpheno.io.fcs import read_fcs, read_fcs_metadata
+
+    meta = read_fcs_metadata(path)
+    begin, n_par, n_tot = int(meta.keywords["$BEGINDATA"]), int(meta.keywords["$PAR"]), int(meta.keywords["$TOT"])
+    dtype = "<f4" if meta.keywords.get("$BYTEORD", "1,2,3,4").startswith("1") else ">f4"
+    t_np, raw = best(lambda: np.fromfile(path, dtype=dtype, count=n_par * n_tot, offset=begin).reshape(n_tot, n_par), repeat)
+    t_read, fcs = best(lambda: read_fcs(path), repeat)
+    cols = [i for i, n in enumerate(fcs.channel_names) if n != "Time"]  # Time is scaled by $TIMESTEP
+    assert np.array_equal(fcs.events[:, cols], raw[:, cols].astype(np.float64)), "read_fcs disagrees with np.fromfile"
+    return {"events": n_tot, "channels": n_par, "t_fromfile": t_np, "t_read_fcs": t_read}
+
+
+def bench_comp_transform(path: Path, strategy, repeat: int) -> dict:
+    import flowkit as fk
+
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.panel import panel_from_fcs
+    from tilpheno.phenotype import load_tube
+
+    fcs = read_fcs(path)
+    panel = panel_from_fcs(fcs)
+    detectors = {m: panel[m] for m in strategy.markers if m in panel}
+    t_ours, _ = best(lambda: load_tube(fcs, detectors, strategy, tube=strategy.tube, role="stain"), repeat)
+    logicle = fk.transforms.LogicleTransform(262144, 0.5, 4.5, 0)
+
+    def flowkit():
+        s = fk.Sample(str(path))
+        s.apply_compensation(s.metadata["spillover"])
+        s.apply_transform(logicle)
+        return s.get_events("xform")
+
+    t_fk_total, _ = best(flowkit, repeat)
+    t_fk_read, _ = best(lambda: fk.Sample(str(path)), repeat)
+    return {"t_ours": t_ours, "t_flowkit": max(t_fk_total - t_fk_read, 1e-9), "t_flowkit_read": t_fk_read}
+
+
+def _export_gates(tube, strategy, path: Path):
+    from tilpheno.gates.geometry import BooleanGate
+    from tilpheno.gates.gatingml import Dimension, ExportGate, export_gatingml, gatingml_id, logicle
+
+    ids = {pop: gatingml_id(pop) for pop, *_ in tube.gates}
+    gates = []
+    for pop, parent, gate, _method in tube.gates:
+        if isinstance(gate, BooleanGate):
+            gate = BooleanGate(gate.op, tuple(ids[o] for o in gate.operands), gate.complements)
+            dims = {}
+        else:
+            dims = {}
+            for d in gate.dims:
+                if d in strategy.markers:
+                    dims[d] = Dimension(tube.detectors[d], "FCS", "logicle")
+                else:
+                    dims[d] = Dimension(d, "uncompensated", None)
+        gates.append(ExportGate(ids[pop], ids.get(parent), gate, dims, name=pop))
+    export_gatingml(gates, path, transforms=[logicle("logicle")])
+    return ids
+
+
+def _apply_masks(gates, data, n_events: int) -> dict[str, int]:
+    """Population counts from resolved gates applied as numpy masks down the tree."""
+    from tilpheno.gates.geometry import BooleanGate
+
+    masks = {}
+    everything = np.ones(n_events, dtype=bool)
+    for pop, parent, gate, _ in gates:
+        own = gate.evaluate(masks) if isinstance(gate, BooleanGate) else gate.contains(data)
+        masks[pop] = own & masks.get(parent, everything)
+    return {p: int(m.sum()) for p, m in masks.items()}
+
+
+def bench_gating(manifest: pd.DataFrame, strategies, repeat: int, workdir: Path) -> dict:
+    import flowkit as fk
+
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.phenotype import analyze_product, load_tube
+
+    pid = sorted(manifest["product_id"].unique())[0]
+    rows = manifest[manifest["product_id"] == pid]
+    t_product, result = best(lambda: analyze_product(pid, rows, strategies), 1)
+    tube = next(t for t in result.tubes if t.role == "stain" and t.tube == "surface")
+    strategy = next(s for s in strategies if s.tube == "surface")
+    xml = workdir / "surface_gates.xml"
+    ids = _export_gates(tube, strategy, xml)
+    t_masks, ours = best(lambda: _apply_masks(tube.gates, tube.data, tube.n_events), repeat)
+    gs = fk.parse_gating_xml(str(xml))
+
+    def flowkit_gate():
+        return gs.gate_sample(fk.Sample(tube.file))
+
+    t_fk, res = best(flowkit_gate, repeat)
+    t_fk_read, _ = best(lambda: fk.Sample(tube.file), repeat)
+    report = res.report
+    theirs = {}
+    for pop, gid in ids.items():
+        hit = report[report["gate_name"] == gid]
+        if len(hit):
+            theirs[pop] = int(hit["count"].iloc[0])
+    diffs = {p: abs(ours[p] - theirs[p]) for p in theirs}
+    fcs_path = Path(tube.file)
+
+    def ours_per_file():
+        fcs = read_fcs(fcs_path)
+        loaded = load_tube(fcs, tube.detectors, strategy, tube="surface", role="stain")
+        return _apply_masks(tube.gates, loaded.data, fcs.n_events)
+
+    t_ours_file, _ = best(ours_per_file, repeat)
+    return {
+        "product": pid, "t_analyze_product": t_product, "n_gates": len(tube.gates), "events": tube.n_events,
+        "t_masks": t_masks, "t_flowkit_gate_sample": t_fk - t_fk_read, "t_flowkit_file": t_fk,
+        "t_ours_file": t_ours_file, "count_max_abs_diff": max(diffs.values()) if diffs else None,
+        "n_compared": len(diffs),
+    }
+
+
+def bench_process(cohort: Path, manifest_csv: Path, jobs: int, out: Path) -> dict:
+    cmd = [str(VENV_BIN / "tilpheno"), "process", str(cohort), "-o", str(out), "--manifest", str(manifest_csv),
+           "--jobs", str(jobs)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(proc.stderr[-2000:])
+    return {"jobs": jobs, "seconds": seconds, "peak_rss_mb": max(peak_kb, before) / 1024, "exit": proc.returncode}
+
+
+def bench_import(repeat: int) -> dict:
+    py = sys.executable
+    best_s = min(
+        (lambda t0: (subprocess.run([py, "-c", "import tilpheno.cli"], check=True), time.perf_counter() - t0)[1])(time.perf_counter())
+        for _ in range(repeat)
+    )
+    err = subprocess.run([py, "-X", "importtime", "-c", "import tilpheno.cli"], capture_output=True, text=True).stderr
+    cumulative = [int(m.group(1)) for m in re.finditer(r"import time:\s+\d+ \|\s+(\d+) \| tilpheno\.cli$", err, re.M)]
+    heavy = [name for name in ("pandas", "matplotlib", "scipy", "flowkit", "dask", "sklearn")
+             if re.search(rf"\| {name}$", err, re.M)]
+    return {"wall_s": best_s, "tilpheno_cli_cumulative_us": cumulative[0] if cumulative else None, "heavy_imported": heavy}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="tilpheno benchmarks (see module docstring)")
+    ap.add_argument("--cohort", required=True, type=Path, help="folder from benchmarks/make_cohort.py")
+    ap.add_argument("--products", type=int, default=None, help="products for the process runs (default all)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-process", action="store_true")
+    args = ap.parse_args(argv)
+
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+
+    strategies = [load_strategy(p) for p in default_strategy_paths()]
+    surface = next(s for s in strategies if s.tube == "surface")
+    manifest = pd.read_csv(args.cohort / "manifest.csv")
+    manifest["file"] = [str(args.cohort / f) for f in manifest["file"]]
+    keep = sorted(manifest["product_id"].unique())[: args.products]
+    manifest = manifest[manifest["product_id"].isin(keep)].reset_index(drop=True)
+    stained = Path(manifest.loc[(manifest["role"] == "stain") & (manifest["tube"] == "surface"), "file"].iloc[0])
+    work = Path(tempfile.mkdtemp(prefix="tilpheno-bench-"))
+
+    rd = bench_read(stained, args.repeat)
+    ct = bench_comp_transform(stained, surface, args.repeat)
+    gt = bench_gating(manifest, strategies, args.repeat, work)
+    imp = bench_import(args.repeat)
+    n_ev, n_files = rd["events"], len(manifest)
+    total_events = n_files * n_ev
+    lines = [
+        f"cohort: {args.cohort} ({len(keep)} products, {n_files} files, {n_ev} events x {rd['channels']} channels per file); "
+        f"{os.cpu_count()} CPUs",
+        "",
+        "| measure | tilpheno | reference | ratio |",
+        "|---|---|---|---|",
+        f"| read one file (s) | {rd['t_read_fcs']:.4f} | np.fromfile {rd['t_fromfile']:.4f} | {rd['t_read_fcs'] / rd['t_fromfile']:.2f}x of the limit |",
+        f"| read throughput (events/s) | {n_ev / rd['t_read_fcs']:.3g} | np.fromfile {n_ev / rd['t_fromfile']:.3g} | |",
+        f"| compensation + transform (s) | {ct['t_ours']:.4f} | FlowKit {ct['t_flowkit']:.4f} | {ct['t_flowkit'] / ct['t_ours']:.1f}x faster |",
+        f"| apply the same {gt['n_gates']} gates (s) | numpy masks {gt['t_masks']:.4f} | FlowKit gate_sample {gt['t_flowkit_gate_sample']:.4f} | {gt['t_flowkit_gate_sample'] / gt['t_masks']:.1f}x faster |",
+        f"| per file: read + comp + transform + gates (s) | {gt['t_ours_file']:.4f} | FlowKit Sample + gate_sample {gt['t_flowkit_file']:.4f} | {gt['t_flowkit_file'] / gt['t_ours_file']:.1f}x throughput |",
+        f"| same-gate population counts, max abs difference | {gt['count_max_abs_diff']} over {gt['n_compared']} populations | | |",
+        f"| analyze_product with gate placement, 1 product of 8 gated tubes (s) | {gt['t_analyze_product']:.3f} | | |",
+        f"| CLI import (s, wall) | {imp['wall_s']:.3f} | tilpheno.cli cumulative {imp['tilpheno_cli_cumulative_us']} us; heavy modules imported: {imp['heavy_imported'] or 'none'} | |",
+    ]
+    if not args.skip_process:
+        sub = work / "manifest.csv"
+        manifest.to_csv(sub, index=False)
+        runs = [bench_process(args.cohort, sub, j, work / f"out{j}") for j in (1, 2)]
+        for r in runs:
+            lines.append(
+                f"| process --jobs {r['jobs']}: s/product, events/s, peak RSS | {r['seconds'] / len(keep):.3f} s, "
+                f"{total_events / r['seconds']:.3g} ev/s, {r['peak_rss_mb']:.0f} MB | total {r['seconds']:.1f} s | |"
+            )
+        lines.append(f"| --jobs 2 speed-up over --jobs 1 | {runs[0]['seconds'] / runs[1]['seconds']:.2f}x | | |")
+        lines.append(f"| largest file's event array (float64) | {n_ev * rd['channels'] * 8 / 2**20:.1f} MB | | |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
