@@ -191,3 +191,31 @@ def test_unsupported_transform_is_named(tmp_path):
     (tmp_path / "w.wsp").write_text(text)
     with pytest.raises(StrategyError, match="Comp-FITC-A.*miracle"):
         read_workspace(tmp_path / "w.wsp", "TIL")
+
+
+@pytest.mark.parametrize("xform,display", [
+    ('<transforms:log transforms:offset="10" transforms:decades="4"><data-type:parameter data-type:name="{p}"/></transforms:log>',
+     lambda x: np.log10(x / 10) / 4),
+    ('<transforms:fasinh transforms:T="262144" transforms:M="4.5" transforms:A="0" transforms:W="0" transforms:length="256" transforms:maxRange="262144"><data-type:parameter data-type:name="{p}"/></transforms:fasinh>',
+     lambda x: np.arcsinh(x * np.sinh(4.5 * np.log(10)) / 262144) / (4.5 * np.log(10))),
+])
+def test_polygon_on_nonlinear_display_scale(tmp_path, xform, display):
+    """A triangle drawn on a log / arcsinh display: straight edges on that scale, computed by hand."""
+    tri = vertex(100, 100) + vertex(100000, 100) + vertex(100, 100000)
+    text = f"""<?xml version="1.0" encoding="UTF-8"?>
+<Workspace version="20.0" flowJoVersion="10.8.1" {NS}>
+<Groups><GroupNode name="All Samples"><Group name="All Samples"><SampleRefs><SampleRef sampleID="1"/></SampleRefs></Group></GroupNode></Groups>
+<SampleList><Sample><DataSet uri="file:/x/a.fcs" sampleID="1"/>
+<Transformations>{xform.format(p="A")}{xform.format(p="B")}</Transformations>
+<SampleNode name="a.fcs" count="-1" sampleID="1"><Subpopulations>{pop("tri", ("PolygonGate", dim("A") + dim("B") + tri))}</Subpopulations></SampleNode>
+</Sample></SampleList></Workspace>"""
+    (tmp_path / "w.wsp").write_text(text)
+    rng = np.random.default_rng(3)
+    events = 10 ** rng.uniform(1.5, 5.5, size=(3000, 2))
+    got = apply_workspace(read_workspace(tmp_path / "w.wsp"), events, ["A", "B"])["tri"]
+    dx, dy = display(events[:, 0]), display(events[:, 1])
+    lo, hi = display(np.array([100.0, 100000.0]))
+    expected = (dx >= lo) & (dy >= lo) & (dx - lo + dy - lo < hi - lo)
+    assert 100 < expected.sum() < 2900
+    assert (expected != ((events[:, 0] >= 100) & (events[:, 1] >= 100) & (events.sum(axis=1) < 100100))).sum() > 50
+    assert np.array_equal(got, expected)
