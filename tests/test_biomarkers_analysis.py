@@ -197,6 +197,15 @@ def test_report_escapes_input_values_and_states_conventions(tables, tmp_path):
     assert html.count("data:image/png;base64,") >= 4
 
 
+def test_marker_and_level_names_with_mathtext_characters(tables, tmp_path):
+    pheno, outcomes = tables
+    pheno2 = pheno.rename(columns={"cd8_pct_of_cd3": "cd8 $\\frac{x$"})
+    out2 = outcomes.assign(sex=outcomes.sex.map({"M": "$_{$", "F": "F"}))
+    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8 $\\frac{x$"], endpoints=("os",), n_perm=0)
+    assert "cd8 $\\frac{x$" in set(res.cox_univariable.variable)
+    assert "$\\frac{x$" in res.files["report.html"].read_text()
+
+
 def test_cutpoints_file_errors(tmp_path):
     bad = tmp_path / "cuts.csv"
     bad.write_text("marker,cutpoint\ncd8_pct_of_cd3,high\n")

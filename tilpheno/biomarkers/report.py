@@ -21,6 +21,11 @@ ENDPOINT_NAMES = {"pfs": "Progression-free survival", "os": "Overall survival"}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 
 
+def _plain(text: str) -> str:
+    """Text for matplotlib with '$' escaped, so names from the inputs are never parsed as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -93,7 +98,7 @@ def km_figures(results) -> list[dict]:
                 if rec.method == "maxstat":
                     p_text = f"raw p={rec.p_raw:.3g}, Lau94 p={rec.p_lau94:.3g}"
                 km_panel(ax, [c for c in curves if c[1].size], f"{rec.method} cut; {p_text}", settings)
-            fig.suptitle(f"{ENDPOINT_NAMES[endpoint]} by {marker}", fontsize=10)
+            fig.suptitle(_plain(f"{ENDPOINT_NAMES[endpoint]} by {marker}"), fontsize=10)
             fig.subplots_adjust(bottom=0.35, wspace=0.45)
             figures.append({"title": f"{ENDPOINT_NAMES[endpoint]} by {marker}", "png": _png(fig)})
     return figures
@@ -119,7 +124,8 @@ def forest_figure(table: pd.DataFrame, title: str) -> str | None:
     ax.axvline(1, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{r.endpoint.upper()} {r.variable} ({r.coding})" for r in rows.itertuples()], fontsize=7)
+    ax.set_yticklabels([_plain(f"{r.endpoint.upper()} {r.variable} ({r.coding})") for r in rows.itertuples()],
+                       fontsize=7)
     ax.set_xlabel("hazard ratio (95% CI, log scale)")
     ax.set_title(title, fontsize=9)
     return _png(fig)
