@@ -141,3 +141,19 @@ def test_fmo_low_events_flag_and_errors():
         fmo_threshold(np.ones(10), 100)
     with pytest.raises(GatingError, match="keep"):
         place_valley(np.ones(100), "CD3", keep="middle")
+
+
+def test_density_peaks_match_scipy_find_peaks():
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    from tilpheno.gates.placement import Density
+
+    rng = np.random.default_rng(8)
+    for _ in range(100):
+        values = gaussian_filter1d(rng.random(300) * rng.random(300) ** 3, rng.uniform(1, 6))
+        for min_prominence in (1e-4, 0.01, 0.1):
+            ours, prominences = Density(np.arange(300.0), values).peaks(min_prominence)
+            ref, props = find_peaks(np.concatenate([[0.0], values, [0.0]]), prominence=min_prominence * values.max())
+            assert np.array_equal(ours, ref - 1)
+            assert np.allclose(prominences, props["prominences"])

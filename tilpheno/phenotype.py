@@ -473,7 +473,7 @@ def analyze_product(
     Never raises on a bad file: the file is dropped with a QC flag and variables become NaN.
     """
     from tilpheno.io.fcs import read_fcs
-    from tilpheno.panel import panel_from_fcs
+    from tilpheno.panel import panel_from_fcs, require
 
     strategy_map = _as_strategy_map(strategies)
     spill = _spillover(spillover_override)
@@ -504,10 +504,7 @@ def analyze_product(
             try:
                 marker = _fmo_marker(getattr(row, "fmo_marker", None)) if row.role == "fmo" else None
                 panel = panel_from_fcs(fcs, stained=stained_fcs if fcs is not stained_fcs else None, override=panel_override)
-                detectors = {m: panel[m] for m in strategy.markers if m in panel}
-                missing = [m for m in strategy.markers if m not in detectors]
-                if missing:
-                    raise PanelError(f"{fcs.path}: marker(s) {missing} not in the panel; channels {fcs.channel_names}")
+                detectors = require(panel, strategy.markers)
                 tube = load_tube(fcs, detectors, strategy, tube=str(tube_kind), role=str(row.role), fmo_marker=marker,
                                  spillover=spill)
             except PanelError as exc:

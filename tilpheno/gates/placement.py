@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.signal import find_peaks
 from scipy.stats import chi2
 
 from tilpheno.errors import GatingError
@@ -79,14 +78,33 @@ class Density:
     grid: np.ndarray
     values: np.ndarray
 
-    def peaks(self, min_prominence: float) -> np.ndarray:
-        """Indices of peaks with prominence >= ``min_prominence`` x the highest density.
+    def peaks(self, min_prominence: float) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (increasing) and prominences of the peaks with prominence >= ``min_prominence``
+        x the highest density.
 
-        The density is padded with zeros so a maximum at either end of the grid counts.
+        A peak is a local maximum (the left end of a flat top); the density is taken as 0 beyond
+        both ends of the grid, so a maximum at either end counts. Prominence as in topography
+        (and ``scipy.signal.peak_prominences``): height above the higher of the two lowest points
+        separating the peak from higher ground (or the grid's end) on each side.
         """
-        padded = np.concatenate([[0.0], self.values, [0.0]])
-        idx, _ = find_peaks(padded, prominence=min_prominence * self.values.max())
-        return idx - 1
+        v = np.concatenate([[0.0], self.values, [0.0]])
+        step = np.sign(np.diff(v))  # step[k] = sign(v[k + 1] - v[k])
+        position = np.arange(step.size)
+        nonzero_at = np.minimum.accumulate(np.where(step != 0, position, step.size)[::-1])[::-1]
+        next_step = np.where(nonzero_at < step.size, step[np.minimum(nonzero_at, step.size - 1)], 0)
+        candidates = np.nonzero((step[:-1] > 0) & (next_step[1:] < 0))[0] + 1
+        keep, prominences = [], []
+        limit = min_prominence * self.values.max()
+        for i in candidates:
+            higher_left = np.nonzero(v[:i] > v[i])[0]
+            higher_right = np.nonzero(v[i + 1:] > v[i])[0]
+            left = v[higher_left[-1] if higher_left.size else 0 : i].min()
+            right = v[i + 1 : i + 1 + higher_right[0] if higher_right.size else len(v)].min()
+            prominence = v[i] - max(left, right)
+            if prominence >= limit and prominence > 0:
+                keep.append(i - 1)
+                prominences.append(prominence)
+        return np.asarray(keep, dtype=np.int64), np.asarray(prominences, dtype=np.float64)
 
     def valley(self, left: int, right: int) -> int:
         """Index of the lowest density between grid indices ``left`` < ``right`` (first if tied)."""
@@ -144,7 +162,7 @@ def place_cells(
     unsaturated = (fsc < ceiling) & (ssc < ceiling)
     x = _finite(fsc[unsaturated] / ceiling, "cells gate (FSC-A)", 50)
     density = smoothed_density(x, bandwidth, min(0.0, float(x.min())), 1.0)
-    peaks = density.peaks(min_prominence)
+    peaks, _ = density.peaks(min_prominence)
     main = int(peaks[np.argmax(density.values[peaks])])
     lowest = int(peaks[0])
     debris_peak = lowest < main
@@ -184,7 +202,7 @@ def place_singlets(
     bandwidth = 0.01 * abs(centre_guess) if centre_guess else 0.01
     low, high = np.percentile(ratio, [0.5, 99.5])
     density = smoothed_density(ratio, bandwidth, float(low), float(high))
-    peaks = density.peaks(min_prominence)
+    peaks, _ = density.peaks(min_prominence)
     main = int(peaks[np.argmax(density.values[peaks])])
     mode = float(density.grid[main])
     above = ratio[ratio > mode] - mode
@@ -282,10 +300,8 @@ def valley_threshold(
     """
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
-    peaks = density.peaks(min_prominence)
+    peaks, prominences = density.peaks(min_prominence)
     if peaks.size >= 2:
-        padded = np.concatenate([[0.0], density.values, [0.0]])
-        prominences = find_peaks(padded, prominence=min_prominence * density.values.max())[1]["prominences"]
         top_two = np.sort(peaks[np.argsort(-prominences, kind="stable")[:2]])
         cut_index = density.valley(int(top_two[0]), int(top_two[1]))
         cut = float(density.grid[cut_index])

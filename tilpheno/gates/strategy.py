@@ -39,12 +39,11 @@ import yaml
 
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
+from tilpheno.panel import CANONICAL as KNOWN_MARKERS
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
 
 ROOT = "root"
 SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
-KNOWN_MARKERS = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3", "7AAD")
-"""Canonical marker names (docs/design.md, Panel)."""
 
 STRATEGY_DIR = Path(__file__).resolve().parents[2] / "gating"
 

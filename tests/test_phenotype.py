@@ -1,0 +1,174 @@
+"""Product phenotype: end to end on simulated FCS files, QC paths, determinism, doses."""
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+from tilpheno.io.fcs_write import write_fcs
+from tilpheno.phenotype import STUDY_VARIABLES, analyze_product
+from tilpheno.simulate import instrument as ins
+from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+
+SEED = 321  # development seed (the accuracy test uses its own, unseen seeds)
+N_EVENTS = 12000
+
+
+@pytest.fixture(scope="module")
+def strategies():
+    return {s.tube: s for s in map(load_strategy, default_strategy_paths())}
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory):
+    out = tmp_path_factory.mktemp("product")
+    prod = simulate_product("TIL900", SEED, N_EVENTS)
+    write_product(prod, out)
+    rows = pd.DataFrame(manifest_rows(prod))
+    rows["file"] = [str(out / f) for f in rows["file"]]
+    return prod, rows, out
+
+
+def run(rows, strategies, **kw):
+    return analyze_product("TIL900", rows, strategies, **kw)
+
+
+def test_result_structure_and_accuracy(product, strategies):
+    prod, rows, _ = product
+    result = run(rows, strategies, til_dose_cells=5e9)
+    ph = result.phenotype
+    assert ph["product_id"] == "TIL900"
+    for v in STUDY_VARIABLES:
+        assert np.isfinite(ph[v]), v
+    for v in ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
+              "nkt_pct_of_live_lymph"):
+        assert abs(ph[v] - prod.truth[v]) < 2.0, v
+    for v in ("pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4foxp3_pct_of_cd4"):
+        assert abs(ph[v] - prod.truth[f"ref_{v}"]) < 1.5, v
+    # one TubeResult per gated file (the unstained tube has no strategy)
+    assert sorted(Path(t.file).name for t in result.tubes) == sorted(
+        f for f in (Path(x).name for x in rows["file"]) if "unstained" not in f)
+    assert not [f for f in result.qc if f.severity == "error"]
+    assert result.strategy_sha256 == {s.name: s.sha256 for s in strategies.values()}
+    # doses: TILs counted as live lymphocytes
+    assert ph["cd3_dose_cells"] == pytest.approx(5e9 * ph["cd3_pct_of_live_lymph"] / 100)
+    assert ph["cd8_dose_cells"] == pytest.approx(5e9 * ph["cd3_pct_of_live_lymph"] / 100 * ph["cd8_pct_of_cd3"] / 100)
+    assert ph["treg_dose_cells"] == pytest.approx(ph["cd4_dose_cells"] * ph["cd4foxp3_pct_of_cd4"] / 100)
+
+
+def test_tables_thresholds_and_masks(product, strategies):
+    prod, rows, out = product
+    result = run(rows, strategies)
+    stain = next(t for t in result.tubes if t.tube == "surface" and t.role == "stain")
+    pops = stain.populations.set_index("population")
+    assert pops.loc["CD3+", "parent"] == "live_lymph"
+    assert pops.loc["CD3+", "count"] == int(stain.masks["CD3+"].sum())
+    assert pops.loc["CD4+", "pct_of_parent"] == pytest.approx(100 * stain.masks["CD4+"].sum() / stain.masks["CD3+"].sum())
+    assert pops.loc["live_lymph", "pct_of_live_lymph"] == 100.0 and np.isnan(pops.loc["cells", "pct_of_live_lymph"])
+    assert pops.loc["CD3+", "median_CD3"] > 1000  # compensated linear units; CD3 median ~6000 at lymphocyte size
+    # every mask lies inside its parent's mask
+    for population, parent, _, _ in stain.gates:
+        if parent != "root":
+            assert not np.any(stain.masks[population] & ~stain.masks[parent]), population
+    th = stain.thresholds.set_index("population")
+    assert th.loc["PD1+", "source_file"] == str(out / "TIL900_surface_FMO_PD1.fcs")
+    assert th.loc["CD8+PD1+", "parent"] == "CD8+" and th.loc["CD8+PD1+", "percentile"] == 99.5
+    # positive = strictly above the threshold, on the transformed scale
+    pd1 = stain.data["PD1"]
+    expected = (pd1 > th.loc["PD1+", "value_transformed"]) & stain.masks["live_lymph"]
+    assert np.array_equal(stain.masks["PD1+"], expected)
+    # the threshold is the 99.5th percentile of the FMO file's own live lymphocytes
+    fmo = next(t for t in result.tubes if t.fmo_marker == "PD1")
+    assert th.loc["PD1+", "value_transformed"] == np.percentile(fmo.data["PD1"][fmo.masks["live_lymph"]], 99.5)
+    assert fmo.thresholds.equals(stain.thresholds)
+
+
+def test_fmo_percentile_parameter(product, strategies):
+    _, rows, _ = product
+    lo = run(rows, strategies, fmo_percentile=98.0).phenotype
+    hi = run(rows, strategies, fmo_percentile=99.9).phenotype
+    assert lo["pd1_pct_of_live_lymph"] > hi["pd1_pct_of_live_lymph"]
+
+
+def test_missing_fmo_falls_back_with_flags(product, strategies):
+    _, rows, _ = product
+    result = run(rows[rows["fmo_marker"] != "CD56"], strategies)
+    codes = {(f.code, f.file) for f in result.qc}
+    assert ("missing_fmo", "TIL900_surface_stain.fcs") in codes and ("fallback_gate", "TIL900_surface_stain.fcs") in codes
+    stain = next(t for t in result.tubes if t.tube == "surface" and t.role == "stain")
+    row = stain.thresholds.set_index("population").loc["CD56+"]
+    assert row["source_file"] == "" and row["method"].startswith("fallback_")
+    assert np.isfinite(result.phenotype["nk_pct_of_live_lymph"])
+
+
+def test_unreadable_and_missing_files_give_flags_and_nans(product, strategies, tmp_path):
+    _, rows, _ = product
+    bad = rows.copy()
+    broken = tmp_path / "TIL900_treg_stain.fcs"
+    broken.write_bytes(b"FCS3.1    garbage")
+    bad.loc[bad["file"].str.endswith("TIL900_treg_stain.fcs"), "file"] = str(broken)
+    result = run(bad, strategies)
+    assert ("unreadable_file", "TIL900_treg_stain.fcs") in {(f.code, f.file) for f in result.qc}
+    assert "missing_stain" in {f.code for f in result.qc}
+    assert np.isnan(result.phenotype["cd4foxp3_pct_of_cd4"])
+    assert np.isfinite(result.phenotype["cd3_pct_of_live_lymph"])
+
+
+def test_spillover_override_and_no_compensation(product, strategies, tmp_path):
+    prod, rows, _ = product
+    # rewrite the surface files without $SPILLOVER
+    plain = rows.copy()
+    for t in prod.tubes:
+        if t.data.spec.tube == "surface":
+            write_fcs(tmp_path / t.file, t.data.events, t.channels, t.keywords, spillover=None)
+            plain.loc[plain["file"].str.endswith("/" + t.file), "file"] = str(tmp_path / t.file)
+    plain = plain[plain["tube"] == "surface"]
+    reference = run(rows[rows["tube"] == "surface"], strategies)
+    uncompensated = run(plain, strategies)
+    assert "no_compensation" in {f.code for f in uncompensated.qc}
+    csv = tmp_path / "spill.csv"
+    ins.true_spillover().to_dataframe().to_csv(csv)
+    override = run(plain, strategies, spillover_override=csv)
+    assert "no_compensation" not in {f.code for f in override.qc}
+    for v in ("cd3_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8"):
+        assert override.phenotype[v] == reference.phenotype[v]
+
+
+def _digest(result) -> str:
+    h = hashlib.sha256()
+    for k in sorted(result.phenotype):
+        h.update(f"{k}={result.phenotype[k]!r};".encode())
+    for t in result.tubes:
+        h.update(t.populations.to_csv().encode() + t.thresholds.to_csv().encode())
+        for name in sorted(t.masks):
+            h.update(name.encode() + np.packbits(t.masks[name]).tobytes())
+    return h.hexdigest()
+
+
+def test_deterministic_bit_for_bit_across_runs_and_thread_counts(product, strategies, tmp_path):
+    _, rows, _ = product
+    first = _digest(run(rows, strategies))
+    assert _digest(run(rows, strategies)) == first
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    script = textwrap.dedent(
+        f"""
+        import sys, pandas as pd
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_phenotype import _digest
+        from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+        from tilpheno.phenotype import analyze_product
+        rows = pd.read_csv({str(tmp_path / 'rows.csv')!r}, keep_default_na=False)
+        s = [load_strategy(p) for p in default_strategy_paths()]
+        print(_digest(analyze_product("TIL900", rows, s)))
+        """
+    )
+    # a fresh process limited to one thread (this process runs with the default thread count)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == first
