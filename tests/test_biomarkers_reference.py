@@ -31,7 +31,12 @@ def til() -> pd.DataFrame:
     return o.merge(p, on="product_id").sort_values("product_id").reset_index(drop=True)
 
 
+RANDOM = pd.read_csv(REF / "random_data.csv")
+
+
 def dataset(name: str, endpoint: str) -> pd.DataFrame:
+    if name.startswith("random"):
+        return RANDOM[RANDOM.dataset == name].reset_index(drop=True)
     if name in EDGE:
         t, e = EDGE[name]
         return pd.DataFrame({"time": t, "event": e})
@@ -136,6 +141,8 @@ MODELS = list(ref("cox_models").itertuples(index=False))
 
 
 def _cox_frame(row):
+    if row.dataset.startswith("random"):
+        return dataset(row.dataset, "t")
     if row.dataset.startswith("til_"):
         return dataset("til", row.dataset.split("_")[1])
     return dataset(row.dataset, "os")

@@ -71,6 +71,19 @@ for (ep in c("pfs", "os")) {
          ifelse(til$cd8_pct_of_cd3 <= median(til$cd8_pct_of_cd3), "low", "high"), 12)
 }
 for (nm in names(edge)) add_km(nm, "t", "none", edge[[nm]]$time, edge[[nm]]$event, NULL, 2.5)
+# random small datasets with integer times: many ties and flat steps at exactly 0.5
+set.seed(2024)
+rand <- do.call(rbind, lapply(1:40, function(i) {
+  n <- sample(c(4:12, 20, 30, 50), 1)
+  data.frame(dataset = paste0("random", i), time = pmax(1, round(rexp(n, 1 / 8))),
+             event = rbinom(n, 1, runif(1, 0.4, 1)), x = sample(1:6, n, replace = TRUE),
+             z = round(rnorm(n), 1))
+}))
+write.csv(rand, "random_data.csv", row.names = FALSE)
+for (nm in unique(rand$dataset)) {
+  d <- rand[rand$dataset == nm, ]
+  if (sum(d$event) > 0) add_km(nm, "t", "none", d$time, d$event, NULL, 6)
+}
 write_ref(do.call(rbind, km_rows), "km_reference.csv")
 
 # ---- log-rank (survdiff) ----
@@ -118,6 +131,10 @@ for (ep in c("pfs", "os")) {
   add_cox(paste0("til_", ep), "cd8+cd8pd1+age+sex+ecog",
           Surv(time, event) ~ cd8_pct_of_cd3 + cd8pd1_pct_of_cd8 + age + sex + ecog, d)
 }
+for (nm in paste0("random", 1:40)) {
+  d <- rand[rand$dataset == nm, ]
+  if (nrow(d) >= 20 && sum(d$event) >= 5) add_cox(nm, "x+z", Surv(time, event) ~ x + z, d)
+}
 write_ref(do.call(rbind, cox_rows), "cox_reference.csv")
 write_ref(do.call(rbind, model_rows), "cox_models_reference.csv")
 write_ref(do.call(rbind, zph_rows), "zph_reference.csv")
@@ -143,6 +160,10 @@ add_ms("veteran", "os", "karno", vet2$time, vet2$event, vet2$karno)
 add_ms("veteran", "os", "age", vet2$time, vet2$event, vet2$age)
 for (ep in c("pfs", "os")) for (mk in markers)
   add_ms("til", ep, mk, til[[paste0(ep, "_months")]], til[[paste0(ep, "_event")]], til[[mk]])
+for (nm in paste0("random", 1:40)) {
+  d <- rand[rand$dataset == nm, ]
+  if (nrow(d) >= 20 && sum(d$event) >= 2) add_ms(nm, "t", "z", d$time, d$event, d$z)
+}
 write_ref(do.call(rbind, ms_rows), "maxstat_reference.csv")
 write_ref(do.call(rbind, stats_rows), "maxstat_stats_reference.csv")
 sc <- suppressWarnings(exactRankTests::cscores(Surv(lung2$time, lung2$event), type = "LogRank"))
