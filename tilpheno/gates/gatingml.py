@@ -20,6 +20,10 @@ Conventions (Gating-ML 2.0 specification, ISAC 2013):
 - A gate with ``parent_id`` contains the events of its parent that its geometry contains. Boolean
   gates combine the full populations (parents included) of the gates they reference. A quadrant
   gate yields one population per quadrant id; its own id is not a population.
+
+Export (``export_gatingml``, ``export_tube_gatingml``) writes the same model back: XSD-valid
+Gating-ML 2.0 whose numbers read back to the identical float64, so tilpheno and FlowKit
+re-importing it give the memberships the gates had.
 """
 from __future__ import annotations
 
