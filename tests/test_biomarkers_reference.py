@@ -192,3 +192,12 @@ def test_cox_zph_takes_terms_for_factors():
     assert list(design.terms) == ["celltype"] and len(design.terms["celltype"]) == 3
     with pytest.raises(np.linalg.LinAlgError):
         cox_zph(d.time, d.event, design.X.iloc[:, [0, 0]], np.zeros(2))
+
+
+@pytest.mark.parametrize("row", list(ref("maxstat_condmc").itertuples(index=False)), ids=lambda r: f"{r.dataset}-{r.marker}")
+def test_permutation_p_agrees_with_maxstat_condmc(row):
+    """Both are Monte Carlo estimates of the same permutation p: equal within 4.5 standard errors."""
+    ms = next(m for m in MS_ROWS if (m.dataset, m.endpoint, m.marker) == (row.dataset, row.endpoint, row.marker))
+    res = maxstat_logrank(*_maxstat_data(ms), n_perm=row.B, seed=4)
+    se_diff = np.sqrt(2 * row.p_condmc * (1 - row.p_condmc) / row.B)
+    assert abs(res.p_perm - row.p_condmc) < 4.5 * se_diff, (res.p_perm, row.p_condmc)

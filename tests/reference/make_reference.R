@@ -166,6 +166,21 @@ for (nm in paste0("random", 1:40)) {
 }
 write_ref(do.call(rbind, ms_rows), "maxstat_reference.csv")
 write_ref(do.call(rbind, stats_rows), "maxstat_stats_reference.csv")
+# Monte Carlo permutation p-values (maxstat's condMC, B = 20000): a statistical cross-check of
+# tilpheno's permutation p (different random streams, so equal only up to Monte Carlo error)
+set.seed(20240601)
+cmc <- function(dataset, endpoint, marker, time, event, x) {
+  d <- data.frame(time = time, event = event, x = x)
+  data.frame(dataset = dataset, endpoint = endpoint, marker = marker, B = 20000,
+             p_condmc = maxstat.test(Surv(time, event) ~ x, data = d, smethod = "LogRank", pmethod = "condMC",
+                                     minprop = 0.1, maxprop = 0.9, B = 20000)$p.value)
+}
+write_ref(rbind(
+  cmc("lung", "os", "age", lung2$time, lung2$event, lung2$age),
+  cmc("veteran", "os", "age", vet2$time, vet2$event, vet2$age),
+  cmc("til", "pfs", "til_dose_cells", til$pfs_months, til$pfs_event, til$til_dose_cells),
+  cmc("til", "os", "cd8pd1_pct_of_cd8", til$os_months, til$os_event, til$cd8pd1_pct_of_cd8)),
+  "maxstat_condmc_reference.csv")
 sc <- suppressWarnings(exactRankTests::cscores(Surv(lung2$time, lung2$event), type = "LogRank"))
 write_ref(data.frame(time = lung2$time, event = lung2$event, score = as.numeric(sc)), "logrank_scores_reference.csv")
 
