@@ -270,3 +270,14 @@ def test_permutation_p_reproducible_and_detects_a_real_effect():
     a = maxstat_logrank(x, t, e, n_perm=2000, seed=9)
     b = maxstat_logrank(x, t, e, n_perm=2000, seed=9)
     assert a.p_perm == b.p_perm < 0.01
+
+
+def test_numeric_looking_ids_join_as_text(tmp_path):
+    pheno = tmp_path / "p.csv"
+    pheno.write_text("product_id,cd8_pct_of_cd3\n001,10\n002,20\n003,30\n")
+    out = tmp_path / "o.csv"
+    out.write_text("patient_id,product_id,til_dose_cells,best_response,pfs_months,pfs_event,os_months,os_event\n"
+                   "P1,001,1e9,PR,1,1,2,1\nP2,002,1e9,SD,2,1,3,0\nP3,003,1e9,PD,3,0,4,1\n")
+    cohort = build_cohort(read_phenotypes(pheno), read_outcomes(out), markers=["cd8_pct_of_cd3"])
+    assert cohort.data.product_id.tolist() == ["001", "002", "003"]
+    assert not cohort.products_without_outcomes and not cohort.patients_without_products
