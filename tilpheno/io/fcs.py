@@ -320,7 +320,8 @@ def _decode_block(raw: np.ndarray, lay: _Layout, scale: _Scaling, out: np.ndarra
     widths = lay.widths
     if lay.datatype in ("F", "D"):
         code = f"{lay.order}f4" if lay.datatype == "F" else f"{lay.order}f8"
-        out[...] = raw.reshape(-1).view(code).reshape(out.shape)
+        with np.errstate(invalid="ignore"):  # signalling NaNs become quiet NaNs, as in FlowKit
+            out[...] = raw.reshape(-1).view(code).reshape(out.shape)
     elif len(set(widths)) == 1 and widths[0] in (1, 2, 4, 8):
         values = raw.reshape(-1).view(f"{lay.order}u{widths[0]}").reshape(out.shape)
         if any(m is not None for m in scale.masks):
