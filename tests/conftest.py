@@ -22,7 +22,7 @@ def browser():
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory):
-    """Four simulated products (9 tubes x 2500 events each) with manifest, truth and outcomes."""
+    """Three simulated products (9 tubes x 2500 events each) with manifest, truth and outcomes."""
     from tilpheno.simulate.cohort import simulate_cohort
 
-    return simulate_cohort(tmp_path_factory.mktemp("cohort"), n_products=4, seed=7, n_events=2500)
+    return simulate_cohort(tmp_path_factory.mktemp("cohort"), n_products=3, seed=7, n_events=2500)

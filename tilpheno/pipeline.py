@@ -474,14 +474,14 @@ def run_process(
 
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None):
-    """The manifest: ``read_manifest(csv)`` when given (relative file paths resolved against
-    ``folder``), else ``scan_folder(folder)``."""
+    """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``),
+    else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory."""
     from tilpheno.io.manifest import read_manifest, scan_folder
 
     folder = Path(folder)
     if manifest_csv is None:
         return scan_folder(folder)
-    frame = read_manifest(manifest_csv)
+    frame = read_manifest(manifest_csv, base=folder)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
 
