@@ -281,3 +281,21 @@ def test_numeric_looking_ids_join_as_text(tmp_path):
     cohort = build_cohort(read_phenotypes(pheno), read_outcomes(out), markers=["cd8_pct_of_cd3"])
     assert cohort.data.product_id.tolist() == ["001", "002", "003"]
     assert not cohort.products_without_outcomes and not cohort.patients_without_products
+
+
+@pytest.mark.browser
+def test_report_with_planted_markup_runs_nothing_in_chromium(tables, tmp_path, browser):
+    pheno, outcomes = tables
+    planted = ['<script>alert(1)</script>', '"><img src=x onerror=alert(2)>']
+    out2 = outcomes.assign(sex=np.where(outcomes.index % 2 == 0, planted[0], planted[1]))
+    out2.loc[0, "patient_id"] = planted[1]
+    pheno2 = pheno.copy()
+    pheno2.loc[0, "product_id"] = planted[0]
+    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0)
+    session, page = browser.load(res.files["report.html"].as_uri())
+    assert page.loaded and page.problems == [] and page.dialogs == []
+    assert len(page.images) >= 3 and all(img["complete"] and img["naturalWidth"] > 0 for img in page.images)
+    assert browser.evaluate(session, "document.scripts.length") == 0
+    assert browser.evaluate(session, "document.querySelectorAll('img[onerror]').length") == 0
+    text = browser.evaluate(session, "document.body.innerText")
+    assert planted[0] in text and planted[1] in text  # shown as text, not markup
