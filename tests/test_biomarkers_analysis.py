@@ -107,8 +107,11 @@ def test_unknown_marker_and_non_numeric_marker(tables):
         build_cohort(pheno, outcomes, markers=["cd99"])
     bad = pheno.astype({"cd8_pct_of_cd3": object})
     bad.loc[3, "cd8_pct_of_cd3"] = "n/a?"
-    with pytest.raises(TableError, match="column 'cd8_pct_of_cd3'"):
+    with pytest.raises(TableError, match=r"phenotypes: row 5, column 'cd8_pct_of_cd3': 'n/a\?' is not a number"):
         build_cohort(bad, outcomes, markers=["cd8_pct_of_cd3"])
+    with pytest.raises(TableError, match="outcomes: column 'sex': marker is not numeric"):
+        build_cohort(pheno, outcomes, markers=["sex"])
+    assert build_cohort(pheno, outcomes, markers=["age"]).markers == ["age"]
 
 
 def test_output_files_and_columns(results):

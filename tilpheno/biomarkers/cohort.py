@@ -98,30 +98,33 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
     absent from the tables are skipped with a note.
     """
-    pheno = validate_phenotypes(phenotypes)
+    pheno = validate_phenotypes(phenotypes).reset_index(drop=True)
     notes: list[str] = []
     overlap = [c for c in pheno.columns if c != "product_id" and c in outcomes.columns]
     if overlap:
         notes.append(f"column(s) in both tables, outcomes' values used: {', '.join(overlap)}")
         pheno = pheno.drop(columns=overlap)
+    if markers is None:
+        chosen = [m for m in STUDY_MARKERS if m in pheno.columns or m in outcomes.columns]
+        skipped = [m for m in STUDY_MARKERS if m not in chosen]
+        if skipped:
+            notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
+    else:
+        chosen = list(markers)
+    for m in chosen:
+        if m in pheno.columns:
+            pheno[m] = _numeric_column(pheno, m, "phenotypes")
+        elif m in outcomes.columns:
+            if not pd.api.types.is_numeric_dtype(outcomes[m]):
+                raise TableError(f"outcomes: column '{m}': marker is not numeric")
+        else:
+            raise TableError(f"phenotypes/outcomes: column '{m}': marker not found in either table")
     product_ids = set(pheno["product_id"])
     with_outcomes = set(outcomes["product_id"])
     products_without = sorted(product_ids - with_outcomes)
     patients_without = sorted(outcomes.loc[~outcomes["product_id"].isin(product_ids), "patient_id"])
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
-    if markers is None:
-        chosen = [m for m in STUDY_MARKERS if m in data.columns]
-        skipped = [m for m in STUDY_MARKERS if m not in data.columns]
-        if skipped:
-            notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
-    else:
-        chosen = list(markers)
-        for m in chosen:
-            if m not in data.columns:
-                raise TableError(f"phenotypes/outcomes: column '{m}': marker not found in either table")
-    for m in chosen:
-        data[m] = _numeric_column(data, m, "phenotypes/outcomes")
     if covariates is None:
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns]
     else:
