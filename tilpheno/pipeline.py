@@ -33,6 +33,7 @@ from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, Relea
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
 EXECUTORS = ("local", "dask")
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,14 @@ class RunSummary:
 def product_slug(product_id: str) -> str:
     """A file-system-safe folder name for a product id; never escapes its parent folder.
 
-    Characters outside ``[A-Za-z0-9._-]`` become ``_``; leading dots are dropped; when anything
+    Characters outside ``[A-Za-z0-9._-]`` and runs of dots become ``_``; leading dots are dropped; when anything
     changed, 8 hex digits of the id's SHA-256 are appended so distinct ids stay distinct.
-    ``"../../x" -> "_.._x-<hash>"``-like names, never ``..`` or an absolute path.
+    ``"../../x" -> "____x-<hash>"``: never ``..``, a separator or an absolute path.
     """
     import hashlib
 
     text = str(product_id)
-    safe = _SAFE_CHARS.sub("_", text).lstrip(".")[:80] or "_"
+    safe = _DOTS.sub("_", _SAFE_CHARS.sub("_", text)).lstrip(".")[:80] or "_"
     if safe != text:
         safe = f"{safe}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
     return safe

@@ -1,0 +1,144 @@
+"""Batch resilience, atomic outputs and safe reports (issue 6), on simulated products."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+from tilpheno.pipeline import process_folder
+from tilpheno.simulate.cohort import simulate_product, write_product
+
+EVENTS = 2000
+PLANTED_NAME = "Planted Patientname"
+SCRIPT = "<script>alert('op')</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory):
+    """Four products: P1 intact; P2 with a truncated FMO file; P3 without its PD1 FMO; P4 only unstained;
+    plus a PNG named .fcs."""
+    folder = tmp_path_factory.mktemp("broken")
+    for i, pid in enumerate(("P1", "P2", "P3", "P4")):
+        write_product(simulate_product(pid, 100 + i, EVENTS), folder)
+    truncated = folder / "P2_surface_FMO_CD4.fcs"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (folder / "P3_surface_FMO_PD1.fcs").unlink()
+    for f in folder.glob("P4_*.fcs"):
+        if f.name != "P4_unstained.fcs":
+            f.unlink()
+    (folder / "P5_surface_stain.fcs").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    return folder
+
+
+def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
+    before = _digests(broken_folder)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(broken_folder), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert _digests(broken_folder) == before  # inputs never modified
+    assert "failed P4" in result.output and "failed P5" in result.output
+    assert "unreadable_file" in result.output and "missing_fmo" in result.output
+
+    phen = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    assert phen.loc[["P1", "P2", "P3"], "status"].tolist() == ["done"] * 3
+    assert phen.loc[["P4", "P5"], "status"].tolist() == ["failed"] * 2
+    qc = pd.read_csv(out / "qc.csv")
+    flagged = set(zip(qc["product_id"], qc["code"]))
+    assert ("P2", "unreadable_file") in flagged and ("P5", "unreadable_file") in flagged
+    assert ("P3", "missing_fmo") in flagged and ("P4", "product_failed") in flagged
+    assert qc.loc[(qc["product_id"] == "P2") & (qc["code"] == "unreadable_file"), "file"].tolist() == ["P2_surface_FMO_CD4.fcs"]
+    for pid in ("P1", "P2", "P3", "P4", "P5"):
+        assert (out / "products" / pid / "report.html").is_file()
+    assert "could not be processed" in (out / "products" / "P4" / "report.html").read_text()
+
+    # the good product's results are those of a clean run of that product alone
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for f in broken_folder.glob("P1_*.fcs"):
+        shutil.copy(f, alone / f.name)
+    clean = process_folder(alone, tmp_path / "alone_out", make_reports=False)
+    assert clean.ok
+    ref = pd.read_csv(tmp_path / "alone_out" / "phenotypes.csv").set_index("product_id").loc["P1"]
+    got = phen.loc["P1"]
+    for col in ("viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "n_events_total"):
+        assert got[col] == ref[col], col
+
+
+def test_interrupted_run_leaves_no_partial_files(small_cohort, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "phenotypes.csv").write_text("previous complete table\n")
+
+    def interrupt(_outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, on_outcome=interrupt)
+    assert (out / "phenotypes.csv").read_text() == "previous complete table\n"
+    assert not list(out.rglob("*.part")) and not list(out.rglob(".*"))
+    reports = list(out.rglob("report.html"))
+    assert len(reports) == 1 and reports[0].read_text().rstrip().endswith("</html>")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """One product whose FCS keywords carry a patient name and HTML payloads, a file name with markup,
+    and a hostile product id (manifest)."""
+    folder = tmp_path_factory.mktemp("planted")
+    product = simulate_product("PX", 5, EVENTS)
+    for t in product.tubes:
+        t.keywords.update({"$PATIENTID": PLANTED_NAME, "$OP": SCRIPT, "$INST": IMG, "$SRC": PLANTED_NAME})
+    hostile_file = product.tube("surface", "fmo", "PD1")
+    hostile_file.file = f"PX_surface_FMO_PD1{IMG}.fcs"
+    write_product(product, folder)
+    pid = f"../../escape{IMG}"
+    rows = [{"file": t.file, "product_id": pid, "tube": t.data.spec.tube, "role": t.data.spec.role,
+             "fmo_marker": t.data.spec.fmo_marker or ""} for t in product.tubes]
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+def _all_bytes(out: Path) -> bytes:
+    return b"\n".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())
+
+
+@pytest.mark.browser
+def test_planted_identifiers_and_markup_never_leak_or_run(planted, tmp_path, browser):
+    work = tmp_path / "work"
+    out = work / "out"
+    summary = process_folder(planted, out, manifest_csv=planted / "manifest.csv")
+    assert summary.ok
+    assert sorted(p.name for p in work.iterdir()) == ["out"]  # nothing written outside OUT
+    blob = _all_bytes(out)
+    assert PLANTED_NAME.encode() not in blob
+    for html in out.rglob("*.html"):
+        text = html.read_text()
+        assert "<script>alert" not in text and "<img src=x" not in text
+    reports = list((out / "products").glob("*/report.html"))
+    assert len(reports) == 1 and ".." not in reports[0].parent.name
+    for page in (reports[0], out / "index.html"):
+        session, rep = browser.load(page.as_uri())
+        assert rep.loaded and rep.problems == [] and rep.dialogs == []
+        assert all(img["naturalWidth"] > 0 for img in rep.images)
+        title = browser.evaluate(session, "document.querySelector('h1').textContent")
+        assert "escape" in title or "cohort" in title
+    shown = browser.evaluate(browser.load(reports[0].as_uri())[0], "document.body.textContent")
+    assert "PX_surface_FMO_PD1" in shown and 'onerror=alert(1)>' in shown  # shown as text, not markup
+
+
+def test_include_identifiers_opts_in(planted, tmp_path):
+    out = tmp_path / "out"
+    assert process_folder(planted, out, manifest_csv=planted / "manifest.csv", include_identifiers=True).ok
+    report = next((out / "products").glob("*/report.html")).read_text()
+    assert PLANTED_NAME in report and "&lt;script&gt;" in report
