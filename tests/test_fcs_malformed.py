@@ -2,6 +2,7 @@
 naming the file; never another exception, never a hang, never a header-driven allocation."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import tracemalloc
@@ -142,3 +143,12 @@ def test_missing_file_bad_path_type_and_bad_dataset_index(tmp_path):
     good.write_bytes(VARIANTS[0].content)
     with pytest.raises(FCSReadError, match="data set index"):
         read_fcs_metadata(good, dataset=-1)
+
+
+def test_fifo_named_fcs_does_not_block(tmp_path):
+    fifo = tmp_path / "pipe.fcs"
+    os.mkfifo(fifo)
+    with hang_guard():
+        for reader in (read_fcs, read_fcs_metadata):
+            with pytest.raises(FCSReadError, match="not a regular file"):
+                reader(fifo)

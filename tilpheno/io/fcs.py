@@ -28,6 +28,7 @@ import hashlib
 import math
 import mmap
 import os
+import stat
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -373,9 +374,13 @@ def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
 
 
 def _open_checked(path: Path):
+    """Open a regular file read-only (a FIFO or device named .fcs would block or never end)."""
     try:
-        if path.is_dir():
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
             raise FCSReadError(path, "is a directory, not an FCS file")
+        if not stat.S_ISREG(mode):
+            raise FCSReadError(path, "is not a regular file")
         return open(path, "rb")
     except FCSReadError:
         raise
