@@ -126,12 +126,17 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
     if covariates is None:
-        cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns]
+        cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
+        empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
+        if empty:
+            notes.append(f"default covariate(s) with no values, not used: {', '.join(empty)}")
     else:
         cov = list(covariates)
         for c in cov:
             if c not in data.columns:
                 raise TableError(f"outcomes: column '{c}': covariate not found")
+            if data[c].isna().all():
+                raise TableError(f"outcomes: column '{c}': covariate has no values")
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
                   products_without_outcomes=products_without, patients_without_products=patients_without,
                   notes=notes)

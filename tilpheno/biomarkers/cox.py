@@ -150,6 +150,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     from lifelines import CoxPHFitter
 
     data = frame[[duration, event, *variables]].dropna()
+    if data.empty:
+        raise ValueError("no patient with complete data")
     design = design_matrix(data, variables)
     X = design.X
     if data[event].sum() == 0:
