@@ -12,9 +12,9 @@ Fortessa); fluorescence dimensions are on the transformed scale (logicle 0..1 by
 
 Methods
 -------
-``place_cells``  FSC-A/SSC-A. The debris boundary is the deepest point of the FSC-A density
-    between the lowest FSC-A peak (debris; the axis start counts as a peak when debris density
-    rises towards zero) and the main (highest) peak. Events at or above ``ceiling`` on either
+``place_cells``  FSC-A/SSC-A. The debris boundary is the deepest point of the log10(FSC-A)
+    density between the lowest peak (debris; the axis start counts as a peak when debris density
+    rises towards it) and the main (highest) peak. Events at or above ``ceiling`` on either
     axis (the saturated edge) are outside. Gate: a polygon (rectangle) ``[cut, ceiling) x
     [-ceiling, ceiling)``. Without a debris peak the cut is ``fallback_fraction`` x the main
     mode (diagnostic ``debris_peak = False``, no flag: a clean sample is not a problem).
@@ -149,31 +149,35 @@ def place_cells(
     dims: tuple[str, str] = ("FSC-A", "SSC-A"),
     *,
     ceiling: float = 262143.0,
-    bandwidth: float = 0.01,
+    bandwidth: float = 0.02,
     min_prominence: float = 0.01,
     fallback_fraction: float = 0.2,
 ) -> Placement:
     """Cells on FSC-A (x) vs SSC-A (y): drop debris (low FSC-A) and the saturated edge.
 
-    ``bandwidth`` is a fraction of ``ceiling``. See the module docstring for the method.
+    The density is taken on log10(FSC-A) (values below ``ceiling`` x 1e-4 count at that floor),
+    where the narrow cell peaks stand out above debris spread over decades; ``bandwidth`` is in
+    decades. See the module docstring for the method.
     """
     fsc = np.asarray(fsc, dtype=np.float64)
     ssc = np.asarray(ssc, dtype=np.float64)
     unsaturated = (fsc < ceiling) & (ssc < ceiling)
-    x = _finite(fsc[unsaturated] / ceiling, "cells gate (FSC-A)", 50)
-    density = smoothed_density(x, bandwidth, min(0.0, float(x.min())), 1.0)
+    floor = np.log10(ceiling) - 4.0
+    x = np.log10(np.maximum(_finite(fsc[unsaturated], "cells gate (FSC-A)", 50), 10.0**floor))
+    density = smoothed_density(x, bandwidth, floor, np.log10(ceiling))
     peaks, _ = density.peaks(min_prominence)
     main = int(peaks[np.argmax(density.values[peaks])])
     lowest = int(peaks[0])
     debris_peak = lowest < main
+    main_mode = float(10.0 ** density.grid[main])
     if debris_peak:
-        cut = float(density.grid[density.valley(lowest, main)]) * ceiling
+        cut = float(10.0 ** density.grid[density.valley(lowest, main)])
     else:
-        cut = fallback_fraction * float(density.grid[main]) * ceiling
+        cut = fallback_fraction * main_mode
     vertices = ((cut, -ceiling), (ceiling, -ceiling), (ceiling, ceiling), (cut, ceiling))
     diagnostics = {
         "fsc_cut": cut,
-        "main_mode_fsc": float(density.grid[main]) * ceiling,
+        "main_mode_fsc": main_mode,
         "debris_peak": bool(debris_peak),
         "saturated_events": int((~unsaturated).sum()),
         "ceiling": ceiling,

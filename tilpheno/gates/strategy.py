@@ -13,7 +13,7 @@ Methods and their parameters (see ``tilpheno.gates.placement`` for the algorithm
 =============  ====  ===============================================================
 method         dims  params (defaults)
 =============  ====  ===============================================================
-cells          2     ceiling 262143, bandwidth 0.01, min_prominence 0.01, fallback_fraction 0.2
+cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.01, fallback_fraction 0.2
 singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
 valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, fallback_sd 4
@@ -63,7 +63,7 @@ _NUM = (int, float)
 METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
     "cells": (2, {
         "ceiling": ParamSpec(_NUM, 262143.0, 1, None),
-        "bandwidth": ParamSpec(_NUM, 0.01, 1e-4, 0.5),
+        "bandwidth": ParamSpec(_NUM, 0.02, 1e-4, 0.5),
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
         "fallback_fraction": ParamSpec(_NUM, 0.2, 0, 1),
     }),
