@@ -75,6 +75,14 @@ def test_fisher_rx2_equals_scipy_for_2x2():
     for table in ([[3, 9], [7, 2]], [[0, 5], [6, 1]], [[10, 10], [10, 10]]):
         assert fisher_rx2(np.array(table)) == pytest.approx(stats.fisher_exact(table).pvalue, rel=1e-9)
     assert categorical_test(np.array([[20, 20], [20, 20]]))[0] == "chi-square"
+    many = np.array([[3, 5], [10, 2], [4, 4], [1, 6], [2, 2], [5, 1], [0, 3], [4, 4], [2, 2], [1, 1]])
+    test, p = categorical_test(many)
+    assert test.startswith("Fisher (Monte Carlo")
+    few = many[:6]  # small enough to enumerate: the Monte Carlo estimate agrees with the exact p
+    assert categorical_test(few) == ("Fisher exact", pytest.approx(fisher_rx2(few)))
+    assert abs(stats.fisher_exact(few, method=stats.MonteCarloMethod(n_resamples=20000, rng=np.random.default_rng(1))).pvalue
+               - fisher_rx2(few)) < 0.01
+    assert 0 < p < 1
 
 
 def test_join_lists_unmatched_never_drops(tables, tmp_path):

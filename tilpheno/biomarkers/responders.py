@@ -7,7 +7,8 @@ otherwise the normal approximation with continuity and tie corrections.
 Categorical variables: counts per level; Pearson's chi-square test (Yates-corrected for 2x2
 tables, as R ``chisq.test``) unless an expected count is below 5, then Fisher's exact test
 (for r x 2 tables: all tables with the observed margins, p = sum of probabilities not above
-the observed one, with R's relative tolerance 1e-7).
+the observed one, with R's relative tolerance 1e-7; estimated from 20,000 random tables with
+the same margins when there are too many levels to enumerate).
 A numeric column with at most 3 distinct values (e.g. ECOG 0/1/2) is treated as categorical.
 Missing values are left out per variable; ``n_resp``/``n_nonresp`` say how many were used.
 """
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+MAX_EXACT_TABLES = 200_000
+MC_TABLES = 20_000
 COLUMNS = ["variable", "kind", "level", "n_resp", "n_nonresp", "resp_summary", "nonresp_summary",
            "resp_mean", "resp_sd", "resp_median", "resp_q1", "resp_q3",
            "nonresp_mean", "nonresp_sd", "nonresp_median", "nonresp_q1", "nonresp_q3",
@@ -78,13 +81,20 @@ def _numeric_row(name: str, x: np.ndarray, responder: np.ndarray) -> dict:
 
 
 def categorical_test(table: np.ndarray) -> tuple[str, float]:
-    """Chi-square, or Fisher's exact test when an expected count is below 5."""
+    """Chi-square, or Fisher's exact test when an expected count is below 5.
+
+    Exact enumeration is used up to ``MAX_EXACT_TABLES`` candidate tables; beyond (many levels)
+    the Fisher p-value is estimated from ``MC_TABLES`` random tables with the same margins (seed 1).
+    """
     table = table[table.sum(axis=1) > 0]
     if table.shape[0] < 2 or (table.sum(axis=0) == 0).any():
         return "none", float("nan")
     expected = stats.contingency.expected_freq(table)
     if (expected < 5).any():
-        return "Fisher exact", fisher_rx2(table)
+        if np.prod(table.sum(axis=1)[:-1] + 1.0) <= MAX_EXACT_TABLES:
+            return "Fisher exact", fisher_rx2(table)
+        method = stats.MonteCarloMethod(n_resamples=MC_TABLES, rng=np.random.default_rng(1))
+        return f"Fisher (Monte Carlo, {MC_TABLES} tables)", float(stats.fisher_exact(table, method=method).pvalue)
     return "chi-square", float(stats.chi2_contingency(table, correction=True).pvalue)
 
 
