@@ -198,7 +198,9 @@ def methods_text(results) -> list[str]:
         "compared by Welch's t-test and the Mann-Whitney test (exact without ties when both groups have fewer "
         "than 50 patients, else the normal approximation with continuity correction); categorical variables "
         "(and numeric ones with at most 3 values) as counts, compared by the chi-square test (Yates-corrected "
-        "for 2x2) or Fisher's exact test when an expected count is below 5. No correction for multiple "
+        "for 2x2) or Fisher's exact test when an expected count is below 5 (estimated from 20,000 random "
+        "tables with the same margins when a variable has too many levels to enumerate; the table says "
+        "which). No correction for multiple "
         "testing was applied: p-values are descriptive.",
     ]
 
