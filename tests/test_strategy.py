@@ -139,3 +139,11 @@ def test_parse_expression():
     for bad in ("", "A &", "A"):
         with pytest.raises(ValueError):
             parse_expression(bad)
+
+
+def test_strategies_pickle_for_worker_processes():
+    import pickle
+
+    for path in default_strategy_paths():
+        s = load_strategy(path)
+        assert pickle.loads(pickle.dumps(s)) == s

@@ -32,7 +32,6 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Mapping
 
 import yaml
@@ -305,7 +304,7 @@ def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> P
         if tuple(fixed.dims) != tuple(dims):
             raise ctx.error(_line(raw, "gate"), where, f"fixed gate dims {list(fixed.dims)} differ from dims {dims}")
     return Population(
-        name, item["parent"], method, tuple(dims), MappingProxyType(params), fixed_gate=fixed,
+        name, item["parent"], method, tuple(dims), params, fixed_gate=fixed,
         description=str(item.get("description", "")), line=line,
     )
 
@@ -416,7 +415,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         markers=tuple(markers),
         populations=ordered,
-        transforms=MappingProxyType(transforms),
+        transforms=transforms,
         variables=tuple(variables),
         description=str(doc.get("description", "")),
     )
