@@ -56,7 +56,7 @@ import pandas as pd
 from tilpheno.compensation import Spillover, compensate, read_spillover_csv
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import placement as pl
-from tilpheno.gates.geometry import Gate, RangeGate
+from tilpheno.gates.geometry import Gate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 
 STUDY_VARIABLES = (
