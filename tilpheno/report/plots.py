@@ -31,7 +31,6 @@ _FIXED_COLOURS = {
     "lymphocytes": "#9467bd", "cd3": "#d62728", "cd4": "#ff7f0e", "cd8": "#8c564b", "cd56": "#bcbd22",
     "nk": "#e377c2", "nkt": "#7f7f7f", "pd1": "#6a3d9a", "foxp3": "#e7298a", "treg": "#e7298a",
 }
-SCATTER_TOP = 262144.0  # $PnR of the scatter detectors: linear scatter axes show 0..top, as FlowJo
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 BINS = 128
 FIG_INCHES = (2.9, 2.7)
@@ -94,25 +93,23 @@ def _png(fig) -> bytes:
 
 
 def _limits(values: np.ndarray, extra: Sequence[float] = (), axis: "Axis | None" = None) -> tuple[float, float]:
-    """Display range, padded 5 %.
-
-    Linear scatter axes (FSC/SSC) show the full scale 0..262144 as FlowJo does. Other axes show
-    the 0.1st..99.9th percentile of the finite values, widened to hold the gate coordinates
-    ``extra`` that lie within one data span of it (a gate edge far off-scale is clipped instead).
+    """Display range, padded 5 %: the 0.1st..99.9th percentile of the finite values, widened to hold
+    the gate coordinates ``extra`` that lie within one data span of it (a gate edge far off-scale is
+    clipped instead). Linear scatter axes (FSC/SSC) start at 0 when the data are non-negative.
     """
     finite = values[np.isfinite(values)]
     lo, hi = (float(v) for v in np.percentile(finite, [0.1, 99.9])) if finite.size else (0.0, 1.0)
-    if axis is not None and axis.dim.upper().startswith(("FSC", "SSC")) and getattr(axis.transform, "kind", "") == "linear":
-        lo, hi = min(0.0, lo), max(SCATTER_TOP, hi)
-    else:
-        span = max(hi - lo, 1e-12)
-        near = [float(e) for e in extra if e is not None and np.isfinite(e) and lo - span <= e <= hi + span]
-        if near:
-            lo, hi = min(lo, *near), max(hi, *near)
+    span = max(hi - lo, 1e-12)
+    near = [float(e) for e in extra if e is not None and np.isfinite(e) and lo - span <= e <= hi + span]
+    if near:
+        lo, hi = min(lo, *near), max(hi, *near)
+    scatter = axis is not None and axis.dim.upper().startswith(("FSC", "SSC"))
+    if scatter and getattr(axis.transform, "kind", "") == "linear" and lo >= 0:
+        lo = 0.0
     if hi <= lo:
         hi = lo + 1.0
     pad = 0.05 * (hi - lo)
-    return lo - pad, hi + pad
+    return (lo if scatter and lo == 0.0 else lo - pad), hi + pad
 
 
 def _decade_ticks(axis: Axis, limits: tuple[float, float]):
@@ -222,13 +219,19 @@ def _label(ax, x: float, y: float, text: str, colour: str) -> None:
     )
 
 
-def _label_position(values: np.ndarray, inside: np.ndarray | None, limits) -> float:
-    """Median of the gated events (clipped into view), or the middle of the axis when none are gated."""
+def _label_position(values: np.ndarray, inside: np.ndarray | None, limits, above: bool = False) -> float:
+    """Where a population label goes on one axis, clipped into view: the median of the gated events,
+    or (``above``) just beyond their 97.5th percentile, so the label does not hide the gate."""
     sel = values[inside] if inside is not None else values
     sel = sel[np.isfinite(sel)]
-    centre = float(np.median(sel)) if sel.size else 0.5 * (limits[0] + limits[1])
     span = limits[1] - limits[0]
-    return float(np.clip(centre, limits[0] + 0.12 * span, limits[1] - 0.12 * span))
+    if not sel.size:
+        centre = 0.5 * (limits[0] + limits[1])
+    elif above:
+        centre = float(np.percentile(sel, 97.5)) + 0.1 * span
+    else:
+        centre = float(np.median(sel))
+    return float(np.clip(centre, limits[0] + 0.12 * span, limits[1] - 0.1 * span))
 
 
 def density_png(
@@ -265,8 +268,8 @@ def density_png(
     _style_axis(ax, yaxis, ylim, "y")
     _draw_gate(ax, gate, xaxis.dim, yaxis.dim, colour)
     _label(
-        ax, _label_position(x, inside, xlim), _label_position(y, inside, ylim),
-        f"{population}\n{pct_of_parent:.1f}%", colour,
+        ax, _label_position(x, inside, xlim), _label_position(y, inside, ylim, above=True),
+        f"{population} {pct_of_parent:.1f}%", colour,
     )
     ax.set_title(title, fontsize=8)
     return _png(fig)
