@@ -68,3 +68,16 @@ def test_provenance_record(tmp_path):
     assert d["started_at"].endswith("Z") and d["duration_s"] == 1.235
     assert "jobs" not in rec.short()["parameters"] and "fmo_percentile=99.5" in rec.short()["parameters"]
     assert set(strip_times(d)) == set(d) - {"started_at", "finished_at", "duration_s"}
+
+
+def test_unknown_executor_and_unreachable_scheduler(tmp_path):
+    from tilpheno.errors import TilphenoError
+    from tilpheno.pipeline import iter_outcomes
+
+    with pytest.raises(TableError, match="--executor"):
+        list(iter_outcomes([], executor="spark"))
+    with pytest.raises(TableError, match="--scheduler"):
+        list(iter_outcomes([], executor="dask"))
+    dask = pytest.importorskip("dask")
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(TilphenoError, match="cannot connect"):
+        list(iter_outcomes([], executor="dask", scheduler="tcp://127.0.0.1:9"))

@@ -374,7 +374,10 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome
     if scheduler is None:
         raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
     own = not isinstance(scheduler, Client)
-    client = Client(scheduler) if own else scheduler
+    try:
+        client = Client(scheduler) if own else scheduler
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise TilphenoError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler ({exc})") from None
     try:
         import uuid
 
