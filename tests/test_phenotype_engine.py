@@ -1,0 +1,102 @@
+"""The gating engine on synthetic TubeData: FMO threshold transfer, fallback, fixed and boolean gates."""
+import textwrap
+
+import numpy as np
+import pytest
+
+from tilpheno.gates.strategy import parse_strategy
+from tilpheno.phenotype import TubeData, gate_tube_kind, population_table, tube_variables
+from tilpheno.transforms import Linear
+
+STRATEGY = parse_strategy(textwrap.dedent(
+    """\
+    strategy: toy
+    tube: surface
+    markers: [CD3, CD56]
+    transforms:
+      CD3: {kind: linear}
+      CD56: {kind: linear}
+    populations:
+      - name: big
+        parent: root
+        dims: [FSC-A]
+        method: fixed
+        params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}
+      - name: CD3+
+        parent: big
+        dims: [CD3]
+        method: fmo
+        params: {percentile: 99}
+      - name: CD56+
+        parent: big
+        dims: [CD56]
+        method: fmo
+      - name: NK
+        parent: big
+        expression: CD56+ & !CD3+
+    variables:
+      nk_pct: {numerator: NK, denominator: big}
+    """
+), "toy.yaml")
+
+
+def tube(role, fmo_marker, seed, n=20000):
+    rng = np.random.default_rng(seed)
+    fsc = rng.uniform(0, 200, n)
+    cd3_pos = rng.random(n) < 0.7
+    cd56_pos = rng.random(n) < 0.2
+    cd3 = rng.normal(0, 1, n) + np.where(cd3_pos & (fmo_marker != "CD3"), 10.0, 0.0)
+    cd56 = rng.normal(0, 1, n) + np.where(cd56_pos & (fmo_marker != "CD56"), 10.0, 0.0)
+    data = {"FSC-A": fsc, "CD3": cd3, "CD56": cd56}
+    return TubeData(f"{role}_{fmo_marker}.fcs", "0" * 64, "surface", role, fmo_marker, data,
+                    {"CD3": "FITC-A", "CD56": "APC-A"}, {k: Linear() for k in data}, True), cd3_pos, cd56_pos
+
+
+def test_fmo_thresholds_are_transferred_from_the_fmo_parent():
+    stained, cd3_pos, cd56_pos = tube("stain", None, 1)
+    fmo3, _, _ = tube("fmo", "CD3", 2)
+    fmo56, _, _ = tube("fmo", "CD56", 3)
+    states = gate_tube_kind(STRATEGY, [stained, fmo3, fmo56], fmo_percentile=99.5)
+    s = states[0]
+    big = stained.data["FSC-A"] >= 100
+    assert np.array_equal(s.masks["big"], big)
+    thr3 = np.percentile(fmo3.data["CD3"][fmo3.data["FSC-A"] >= 100], 99)     # population's own percentile
+    thr56 = np.percentile(fmo56.data["CD56"][fmo56.data["FSC-A"] >= 100], 99.5)  # the run's percentile
+    assert np.array_equal(s.masks["CD3+"], big & (stained.data["CD3"] > thr3))
+    assert np.array_equal(s.masks["CD56+"], big & (stained.data["CD56"] > thr56))
+    assert np.array_equal(s.masks["NK"], s.masks["CD56+"] & ~s.masks["CD3+"])
+    rows = {r["population"]: r for r in s.thresholds}
+    assert rows["CD3+"]["source_file"] == "fmo_CD3.fcs" and rows["CD3+"]["percentile"] == 99.0
+    assert rows["CD56+"]["value_transformed"] == thr56
+    # the same threshold gates the other FMO file (CD3 is stained there)
+    assert np.array_equal(states[2].masks["CD3+"], (fmo56.data["FSC-A"] >= 100) & (fmo56.data["CD3"] > thr3))
+    # and agrees with the labels
+    truth_nk = 100 * np.sum(big & cd56_pos & ~cd3_pos) / big.sum()
+    assert tube_variables(STRATEGY, s)["nk_pct"] == pytest.approx(truth_nk, abs=0.5)
+    table = population_table(STRATEGY, s).set_index("population")
+    assert table.loc["NK", "count"] == s.masks["NK"].sum()
+    assert table.loc["CD3+", "median_CD3"] == pytest.approx(np.median(stained.data["CD3"][s.masks["CD3+"]]))
+    assert not any(f.code in ("missing_fmo", "fallback_gate") for st in states for f in st.flags)
+
+
+def test_missing_fmo_uses_stained_density_and_flags():
+    stained, cd3_pos, _ = tube("stain", None, 4)
+    fmo56, _, _ = tube("fmo", "CD56", 5)
+    states = gate_tube_kind(STRATEGY, [stained, fmo56])
+    s = states[0]
+    codes = [f.code for f in s.flags]
+    assert "missing_fmo" in codes and "fallback_gate" in codes
+    row = next(r for r in s.thresholds if r["population"] == "CD3+")
+    assert row["source_file"] == "" and row["method"] == "fallback_density_valley"
+    assert 2 < row["value_transformed"] < 8  # the valley between N(0,1) and N(10,1)
+    big = stained.data["FSC-A"] >= 100
+    assert (s.masks["CD3+"][big] == cd3_pos[big]).mean() > 0.999
+
+
+def test_unplaceable_gate_is_flagged_not_raised():
+    stained, _, _ = tube("stain", None, 6)
+    stained.data["FSC-A"][:] = 0.0  # nobody passes the fixed gate
+    states = gate_tube_kind(STRATEGY, [stained])
+    assert states[0].masks["big"].sum() == 0
+    assert "gate_failed" in [f.code for f in states[0].flags]
+    assert np.isnan(tube_variables(STRATEGY, states[0])["nk_pct"])
