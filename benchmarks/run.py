@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,12 @@ def best(fn, repeat: int) -> tuple[float, object]:
         value = fn()
         times.append(time.process_time() - t)
     return min(times), value
+
+
+def manifest_events(path: Path) -> int:
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    return int(read_fcs_metadata(path).keywords["$TOT"])
 
 
 def bench_read(path: Path, repeat: int) -> dict:
@@ -166,20 +171,60 @@ def bench_gating(manifest: pd.DataFrame, strategies, repeat: int, workdir: Path)
     }
 
 
+def _watch(proc: subprocess.Popen, interval: float = 0.05) -> dict:
+    """Sample the process tree until ``proc`` exits: peak RSS of any one process and of the whole
+    tree, and CPU seconds (user + system, last value seen per process)."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    peak_one = peak_tree = 0
+    cpu: dict[int, float] = {}
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        total = 0
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            cpu[p.pid] = t.user + t.system
+            total += rss
+            peak_one = max(peak_one, rss)
+        peak_tree = max(peak_tree, total)
+        time.sleep(interval)
+    return {"peak_one_mb": peak_one / 2**20, "peak_tree_mb": peak_tree / 2**20, "cpu_s": sum(cpu.values())}
+
+
 def bench_process(cohort: Path, manifest_csv: Path, jobs: int, out: Path) -> dict:
+    """``tilpheno process`` in a subprocess: wall time, CPU time and peak RSS of the process tree."""
     cmd = [str(VENV_BIN / "tilpheno"), "process", str(cohort), "-o", str(out), "--manifest", str(manifest_csv),
            "--jobs", str(jobs)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    usage = _watch(proc)
+    _, err = proc.communicate()
     seconds = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
-        raise RuntimeError(proc.stderr[-2000:])
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"jobs": jobs, "seconds": seconds, "cpu_s": cpu, "peak_rss_mb": max(after.ru_maxrss, before.ru_maxrss) / 1024,
-            "exit": proc.returncode, "load_before": load}
+        raise RuntimeError(err[-2000:])
+    return {"jobs": jobs, "seconds": seconds, "load_before": load, "exit": proc.returncode, **usage}
+
+
+def bench_memory(folder: Path, work: Path) -> dict:
+    """Peak RSS of ``process --jobs 1`` on one product vs on the whole ``folder`` (e.g. 500 files)."""
+    manifest = pd.read_csv(folder / "manifest.csv")
+    first = sorted(manifest["product_id"].unique())[0]
+    one = work / "one_product.csv"
+    manifest[manifest["product_id"] == first].to_csv(one, index=False)
+    small = bench_process(folder, one, 1, work / "mem_one")
+    full = bench_process(folder, folder / "manifest.csv", 1, work / "mem_all")
+    largest = max((folder / f).stat().st_size for f in manifest["file"])
+    return {"n_files": len(manifest), "one": small, "all": full, "largest_file_mb": largest / 2**20,
+            "events": manifest_events(folder / manifest["file"].iloc[0])}
 
 
 def bench_import(repeat: int) -> dict:
@@ -201,6 +246,9 @@ def main(argv=None) -> None:
     ap.add_argument("--products", type=int, default=None, help="products for the process runs (default all)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-process", action="store_true")
+    ap.add_argument("--memory-folder", type=Path, default=None,
+                    help="cohort folder (e.g. 56 products = 504 files) for the memory-scaling run")
+    ap.add_argument("--read-file", type=Path, default=None, help="FCS file for the read benchmark (e.g. a 1M-event file)")
     args = ap.parse_args(argv)
 
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
@@ -214,11 +262,11 @@ def main(argv=None) -> None:
     stained = Path(manifest.loc[(manifest["role"] == "stain") & (manifest["tube"] == "surface"), "file"].iloc[0])
     work = Path(tempfile.mkdtemp(prefix="tilpheno-bench-"))
 
-    rd = bench_read(stained, args.repeat)
+    rd = bench_read(args.read_file or stained, args.repeat)
     ct = bench_comp_transform(stained, surface, args.repeat)
     gt = bench_gating(manifest, strategies, args.repeat, work)
     imp = bench_import(args.repeat)
-    n_ev, n_files = rd["events"], len(manifest)
+    n_ev, n_files = int(manifest_events(stained)), len(manifest)
     total_events = n_files * n_ev
     lines = [
         f"cohort: {args.cohort} ({len(keep)} products, {n_files} files, {n_ev} events x {rd['channels']} channels per file); "
@@ -226,8 +274,8 @@ def main(argv=None) -> None:
         "",
         "| measure | tilpheno | reference | ratio |",
         "|---|---|---|---|",
-        f"| read one file (CPU s) | {rd['t_read_fcs']:.4f} | np.fromfile {rd['t_fromfile']:.4f} | {rd['t_read_fcs'] / rd['t_fromfile']:.2f}x of the limit |",
-        f"| read throughput (events/s) | {n_ev / rd['t_read_fcs']:.3g} | np.fromfile {n_ev / rd['t_fromfile']:.3g} | |",
+        f"| read one file of {rd['events']} events (CPU s) | {rd['t_read_fcs']:.4f} | np.fromfile {rd['t_fromfile']:.4f} | {rd['t_read_fcs'] / rd['t_fromfile']:.2f}x of the limit |",
+        f"| read throughput (events/s) | {rd['events'] / rd['t_read_fcs']:.3g} | np.fromfile {rd['events'] / rd['t_fromfile']:.3g} | |",
         f"| compensation + transform (CPU s) | {ct['t_ours']:.4f} | FlowKit {ct['t_flowkit']:.4f} | {ct['t_flowkit'] / ct['t_ours']:.1f}x faster |",
         f"| apply the same {gt['n_gates']} gates (CPU s) | numpy masks {gt['t_masks']:.4f} | FlowKit gate_sample {gt['t_flowkit_gate_sample']:.4f} | {gt['t_flowkit_gate_sample'] / gt['t_masks']:.1f}x faster |",
         f"| per file: read + comp + transform + gates (CPU s) | {gt['t_ours_file']:.4f} | FlowKit Sample + gate_sample {gt['t_flowkit_file']:.4f} | {gt['t_flowkit_file'] / gt['t_ours_file']:.1f}x throughput |",
@@ -241,12 +289,22 @@ def main(argv=None) -> None:
         runs = [bench_process(args.cohort, sub, j, work / f"out{j}") for j in (1, 2)]
         for r in runs:
             lines.append(
-                f"| process --jobs {r['jobs']}: wall s/product, events/s, peak RSS | {r['seconds'] / len(keep):.3f} s, "
-                f"{total_events / r['seconds']:.3g} ev/s, {r['peak_rss_mb']:.0f} MB | total {r['seconds']:.1f} s wall, "
+                f"| process --jobs {r['jobs']}: wall s/product, events/s; peak RSS one process / whole tree | "
+                f"{r['seconds'] / len(keep):.3f} s, {total_events / r['seconds']:.3g} ev/s; "
+                f"{r['peak_one_mb']:.0f} MB / {r['peak_tree_mb']:.0f} MB | total {r['seconds']:.1f} s wall, "
                 f"{r['cpu_s']:.1f} s CPU; load average before {r['load_before']:.1f} | |"
             )
         lines.append(f"| --jobs 2 speed-up over --jobs 1 | {runs[0]['seconds'] / runs[1]['seconds']:.2f}x | | |")
         lines.append(f"| largest file's event array (float64) | {n_ev * rd['channels'] * 8 / 2**20:.1f} MB | | |")
+    if args.memory_folder:
+        mem = bench_memory(args.memory_folder, work)
+        array_mb = mem["events"] * rd["channels"] * 8 / 2**20
+        lines.append(
+            f"| memory: process --jobs 1, peak RSS, 1 product vs {mem['n_files']} files | "
+            f"{mem['one']['peak_one_mb']:.0f} MB vs {mem['all']['peak_one_mb']:.0f} MB | largest file "
+            f"{mem['largest_file_mb']:.1f} MB on disk, {array_mb:.1f} MB as a float64 event array | "
+            f"growth {mem['all']['peak_one_mb'] - mem['one']['peak_one_mb']:+.0f} MB |"
+        )
     print("\n".join(lines))
 
 
