@@ -27,22 +27,18 @@ def text_segment(keywords: dict[str, str], delim: str = "/") -> bytes:
     return (delim + delim.join(parts) + delim).encode("utf-8")
 
 
-def assemble(text: bytes, data: bytes, *, version: str = "FCS3.1", offsets=None, fix_text_offsets=True,
-             keywords: dict[str, str] | None = None) -> bytes:
-    """HEADER + TEXT + DATA. With ``keywords``, $BEGINDATA/$ENDDATA are put in TEXT (fixed point)."""
+def assemble(keywords: dict[str, str], data: bytes, *, version: str = "FCS3.1") -> bytes:
+    """HEADER + TEXT + DATA, with $BEGINDATA/$ENDDATA in TEXT and the HEADER (fixed point)."""
     text_start = 58
-    if keywords is not None:
-        kw = dict(keywords)
-        for _ in range(4):
-            text = text_segment(kw)
-            data_start = text_start + len(text)
-            data_end = data_start + len(data) - 1 if data else 0
-            if fix_text_offsets:
-                kw["$BEGINDATA"], kw["$ENDDATA"] = str(data_start if data else 0), str(data_end)
-        text = text_segment(kw)
+    kw = dict(keywords)
+    for _ in range(4):
+        data_start = text_start + len(text_segment(kw))
+        kw["$BEGINDATA"] = str(data_start if data else 0)
+        kw["$ENDDATA"] = str(data_start + len(data) - 1 if data else 0)
+    text = text_segment(kw)
     data_start = text_start + len(text)
     data_end = data_start + len(data) - 1 if data else 0
-    values = offsets or (text_start, text_start + len(text) - 1, data_start if data else 0, data_end, 0, 0)
+    values = (text_start, text_start + len(text) - 1, data_start if data else 0, data_end, 0, 0)
     header = version.encode("ascii").ljust(10) + b"".join(str(v).rjust(8).encode() for v in values)
     return header + text + data
 
@@ -61,11 +57,10 @@ def float_file(events: np.ndarray, *, extra: dict[str, str] | None = None, byteo
         kw.pop(key, None)
     order = "<" if byteord.startswith("1") else ">"
     data = np.asarray(events, dtype=f"{order}f{width}").tobytes()
-    return assemble(b"", data, version=version, keywords=kw)
+    return assemble(kw, data, version=version)
 
 
-def int_file(values: np.ndarray, widths_bits, *, byteord="4,3,2,1", pnr=None, pne=None, png=None,
-             extra: dict[str, str] | None = None, version="FCS3.0") -> bytes:
+def int_file(values: np.ndarray, widths_bits, *, byteord="4,3,2,1", pnr=None, version="FCS3.0") -> bytes:
     """A list-mode integer file; per-channel bit widths may differ and need not be 8/16/32."""
     n, p = values.shape
     kw = {"$BYTEORD": byteord, "$DATATYPE": "I", "$MODE": "L", "$NEXTDATA": "0", "$PAR": str(p), "$TOT": str(n)}
@@ -73,15 +68,12 @@ def int_file(values: np.ndarray, widths_bits, *, byteord="4,3,2,1", pnr=None, pn
         kw[f"$P{i + 1}N"] = CHANNELS[i] if i < len(CHANNELS) else f"P{i + 1}"
         kw[f"$P{i + 1}B"] = str(widths_bits[i])
         kw[f"$P{i + 1}R"] = str(pnr[i] if pnr else 2 ** widths_bits[i])
-        kw[f"$P{i + 1}E"] = pne[i] if pne else "0,0"
-        if png:
-            kw[f"$P{i + 1}G"] = png[i]
-    kw.update(extra or {})
+        kw[f"$P{i + 1}E"] = "0,0"
     endian = "little" if byteord.startswith("1") else "big"
     data = b"".join(
         int(values[r, c]).to_bytes(widths_bits[c] // 8, endian) for r in range(n) for c in range(p)
     )
-    return assemble(b"", data, version=version, keywords=kw)
+    return assemble(kw, data, version=version)
 
 
 # --------------------------------------------------------------------------- malformed variants

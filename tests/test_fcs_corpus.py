@@ -155,7 +155,7 @@ def test_24bit_integers_match_flowkit_on_a_32bit_copy(tmp_path):
     keep.update({"$BYTEORD": "4,3,2,1", "$DATATYPE": "I", "$MODE": "L", "$NEXTDATA": "0", "$PAR": str(n_par), "$TOT": str(n_events)})
     keep.update({f"$P{i}B": "32" for i in range(1, n_par + 1)})
     widened = tmp_path / "cytek_32bit.fcs"
-    widened.write_bytes(assemble(b"", b"".join(v.to_bytes(4, "big") for v in stored), version="FCS3.0", keywords=keep))
+    widened.write_bytes(assemble(keep, b"".join(v.to_bytes(4, "big") for v in stored), version="FCS3.0"))
     np.testing.assert_array_equal(ours.events, _flowkit_raw(str(widened)).get_events("raw"))
     assert ours.events.shape == (23126, 8)
 
