@@ -79,6 +79,8 @@ def test_metadata_read_agrees_with_full_read(path):
     assert meta.keywords == full.keywords
     assert meta.n_events == full.n_events
     assert meta.sha256 == full.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    quick = read_fcs_metadata(path, checksum=False)
+    assert quick.sha256 == "" and quick.keywords == full.keywords
     assert meta.channels.equals(full.channels)
 
 

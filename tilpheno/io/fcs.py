@@ -480,10 +480,10 @@ def _start_hashing(path: Path) -> tuple[threading.Thread, dict[str, str]]:
     return thread, result
 
 
-def _read(path: str | os.PathLike, dataset: int, with_events: bool) -> FCSFile:
+def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bool = True) -> FCSFile:
     path = _check_path(path)
     with _open_checked(path) as fh:
-        hasher, digest = _start_hashing(path)
+        hasher, digest = _start_hashing(path) if checksum else (None, {"hex": ""})
         try:
             size = os.fstat(fh.fileno()).st_size
 
@@ -507,7 +507,8 @@ def _read(path: str | os.PathLike, dataset: int, with_events: bool) -> FCSFile:
         except OSError as exc:
             raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
         finally:
-            hasher.join()
+            if hasher is not None:
+                hasher.join()
     if "hex" not in digest:
         raise FCSReadError(path, f"cannot read: {digest.get('error', 'hashing failed')}")
     return FCSFile(path, digest["hex"], header.version, kw, channels, events, spill, n_events, tuple(problems))
@@ -518,10 +519,11 @@ def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
     return _read(path, dataset, with_events=True)
 
 
-def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
+def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0, checksum: bool = True) -> FCSFile:
     """Read HEADER and TEXT only (``events is None``): fast, for scanning folders.
 
     ``n_events`` is ``$TOT`` (or, without ``$TOT``, what the DATA length implies). The DATA
-    segment is not checked, so header-only files read here.
+    segment is not checked, so header-only files read here. ``checksum=False`` skips hashing the
+    whole file (``sha256`` is then ``''``): the read touches only HEADER and TEXT.
     """
-    return _read(path, dataset, with_events=False)
+    return _read(path, dataset, with_events=False, checksum=checksum)

@@ -144,7 +144,7 @@ def scan_folder(path: str | os.PathLike) -> pd.DataFrame:
     rows = []
     for file in list_fcs_files(root):
         try:
-            fcs, problem = read_fcs_metadata(file), ""
+            fcs, problem = read_fcs_metadata(file, checksum=False), ""
         except FCSReadError as exc:
             fcs, problem = None, str(exc)
         row = _infer_row(file, root, fcs)
