@@ -1,7 +1,7 @@
 """Benchmarks of the whole chain, with FlowKit on the same files and gates (run by hand).
 
     .venv/bin/python benchmarks/make_cohort.py --out /tmp/bench --products 12 --events 100000
-    .venv/bin/python benchmarks/run.py --cohort /tmp/bench --products 12
+    .venv/bin/python benchmarks/run.py --cohort /tmp/bench --products 12   # or `make bench` (generates one)
 
 Measures, on the cohort's files:
 1. reading: ``read_fcs`` against ``np.fromfile`` of the DATA segment (the practical limit);
@@ -242,7 +242,8 @@ def bench_import(repeat: int) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="tilpheno benchmarks (see module docstring)")
-    ap.add_argument("--cohort", required=True, type=Path, help="folder from benchmarks/make_cohort.py")
+    ap.add_argument("--cohort", type=Path, default=None,
+                    help="folder from benchmarks/make_cohort.py (default: generate 12 products x 100k events)")
     ap.add_argument("--products", type=int, default=None, help="products for the process runs (default all)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-process", action="store_true")
@@ -253,6 +254,10 @@ def main(argv=None) -> None:
 
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 
+    if args.cohort is None:  # `make bench`
+        from tilpheno.simulate.cohort import simulate_cohort
+
+        args.cohort = simulate_cohort(Path(tempfile.mkdtemp(prefix="tilpheno-cohort-")), 12, 7, 100_000).out_dir
     strategies = [load_strategy(p) for p in default_strategy_paths()]
     surface = next(s for s in strategies if s.tube == "surface")
     manifest = pd.read_csv(args.cohort / "manifest.csv")

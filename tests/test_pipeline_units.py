@@ -81,3 +81,22 @@ def test_unknown_executor_and_unreachable_scheduler(tmp_path):
     dask = pytest.importorskip("dask")
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(TilphenoError, match="cannot connect"):
         list(iter_outcomes([], executor="dask", scheduler="tcp://127.0.0.1:9"))
+
+
+def test_report_failure_keeps_the_product(small_cohort, monkeypatch):
+    """A plotting error becomes a ``report_failed`` flag and a plain report; the tables survive."""
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.pipeline import ProcessOptions, ProductJob, load_manifest, process_product, strategy_sources
+    from tilpheno.report import plots
+
+    def broken(*args, **kwargs):
+        raise ValueError("plotting exploded")
+
+    monkeypatch.setattr(plots, "density_png", broken)
+    pid, rows = group_products(load_manifest(small_cohort.out_dir, small_cohort.manifest))[0]
+    sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
+    outcome = process_product(ProductJob(pid, rows, sources, ProcessOptions()))
+    assert outcome.ok and outcome.phenotype["qc_status"] == "error"
+    assert [f.code for f in outcome.qc if f.severity == "error"] == ["report_failed"]
+    assert "plotting exploded" in outcome.report_html and "<img" not in outcome.report_html
+    assert outcome.phenotype["viability_pct"] > 0

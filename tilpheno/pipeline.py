@@ -278,8 +278,7 @@ def process_product(job: ProductJob) -> ProductOutcome:
         flags.append(Flag(pid, "", "product_failed", "error", error))
         seen = {d.path for d in digests}
         digests += [FileDigest(str(f), m.sha256) for f, m in meta.items() if str(f) not in seen]
-    phenotype = {**(dict(result.phenotype) if result else {}), "product_id": pid}
-    phenotype = {"product_id": pid, **phenotype}
+    phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
     release = evaluate(spec, phenotype) if result else []
     outcome = ProductOutcome(
         product_id=pid,
@@ -295,11 +294,21 @@ def process_product(job: ProductJob) -> ProductOutcome:
     )
     outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
     if job.options.make_reports:
-        from tilpheno.report.product import render_product
-
-        outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
+        _render(outcome, result, meta, job)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
+    """The product's report; if drawing it fails, a report without plots and a ``report_failed`` flag."""
+    from tilpheno.report.product import render_product
+
+    try:
+        outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
+    except Exception as exc:  # a plotting bug must not sink the product's tables
+        outcome.qc.append(Flag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
+        outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
+        outcome.report_html = render_product(outcome, None, meta, job.options)
 
 
 def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
