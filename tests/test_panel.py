@@ -90,6 +90,14 @@ def test_reference_does_not_override_a_labelled_detector(tmp_path):
     assert dict(panel) == SURFACE and "FoxP3" not in panel
 
 
+def test_marker_named_in_pnn_when_pns_is_absent(tmp_path):
+    path = tmp_path / "renamed.fcs"
+    path.write_bytes(float_file(np.ones((2, 4)), channels=("FSC-A", "CD3", "PD-1 PE-A", "Time"),
+                                extra={"$P3S": "CD8 (re-used detector)"}))
+    panel = panel_from_fcs(read_fcs_metadata(path))
+    assert dict(panel) == {"CD3": "CD3", "CD8": "PD-1 PE-A"}  # $PnS wins over $PnN
+
+
 def test_require_lists_the_channels(tmp_path):
     fmo = panel_from_fcs(read_fcs_metadata(design_file(tmp_path, "fmo.fcs", "surface", omit="CD8")))
     assert require(fmo, ["CD3", "CD4"]) == {"CD3": "FITC-A", "CD4": "BV421-A"}

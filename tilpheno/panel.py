@@ -5,7 +5,8 @@ Conventions
 * Canonical marker names: ``CD3 CD4 CD8 CD56 PD1 FoxP3 7AAD`` (``CANONICAL``). Spellings such as
   ``"CD3 BV421"``, ``"hCD3"``, ``"anti-CD3"``, ``"PD-1"``, ``"CD279"``, ``"FOXP3 PE"``, ``"7-AAD"``,
   ``"7 AAD"`` map to them; anything else is ``None`` (unknown marker).
-* Scatter and time channels (``FSC*``, ``SSC*``, ``Time``) are never markers.
+* Markers come from $PnS; a channel without $PnS whose $PnN names a marker (channels renamed
+  ``CD3`` etc.) counts too. Scatter and time channels (``FSC*``, ``SSC*``, ``Time``) never do.
 * A marker labelled on several detectors (FACSDiva repeats $PnS on -A, -H and -W) maps to the
   ``-A`` detector, else the first one.
 * FMO tubes: the omitted marker's detector is present without $PnS; ``panel_from_fcs`` resolves
@@ -134,11 +135,12 @@ def _prefer(current: str, candidate: str) -> str:
 
 
 def _labelled_markers(channels: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Marker -> detector from $PnS, or from $PnN itself when $PnS is empty (renamed channels)."""
     markers: dict[str, str] = {}
     for pnn, pns in channels:
         if is_scatter_or_time(pnn):
             continue
-        marker = normalize_marker(pns)
+        marker = normalize_marker(pns) if pns.strip() else normalize_marker(pnn)
         if marker is None:
             continue
         markers[marker] = _prefer(markers[marker], pnn) if marker in markers else pnn
@@ -169,7 +171,7 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
     if reference is None and stained is not None:
         reference = panel_from_fcs(stained, override=override)
     if reference is not None:
-        unlabelled = {n for n, s in channels if not s.strip() and not is_scatter_or_time(n)}
+        unlabelled = {n for n, s in channels if not s.strip() and not is_scatter_or_time(n) and normalize_marker(n) is None}
         taken = set(markers.values())
         for marker, detector in reference.markers.items():
             if marker not in markers and detector in unlabelled and detector not in taken:
