@@ -12,8 +12,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
 1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs``;
 2. otherwise product from ``$SRC`` (else the folder name, else the file name), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
-   ``unstain`` / ``blank`` / ``no stain`` means unstained; a file with no marker label ($PnS) on
-   any fluorescence detector is unstained; anything else is a stain;
+   ``unstain`` / ``blank`` / ``no stain`` means unstained; a file with no $PnS on any
+   fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
 3. an FMO tube whose name gives no marker gets the one stained marker it lacks relative to a
    stained tube of the same product (the stain tube whose markers contain all of its own);
 4. tube kind: from the name when given, else ``treg`` if the file (or its FMO marker) has FoxP3.
@@ -75,11 +75,11 @@ def _infer_row(path: Path, root: Path, fcs) -> dict:
     stem = path.name.rsplit(".", 1)[0]
     kw = fcs.keywords if fcs is not None else {}
     markers: set[str] = set()
-    fluorescent = 0
+    labelled = True  # some fluorescence detector has a $PnS (any text, not only our markers)
     if fcs is not None:
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
         markers = set(_labelled_markers(channels))
-        fluorescent = sum(not is_scatter_or_time(n) for n, _ in channels)
+        labelled = any(s.strip() for n, s in channels if not is_scatter_or_time(n))
     design = _DESIGN_NAME.match(stem)
     if design:
         role = "stain" if design.group("stain") else "fmo"
@@ -97,7 +97,7 @@ def _infer_row(path: Path, root: Path, fcs) -> dict:
         if role:
             break
     if role is None:
-        role = "unstained" if fcs is not None and fluorescent and not markers else "stain"
+        role = "stain" if labelled or markers else "unstained"
     names = " ".join((kw.get("TUBE NAME", ""), stem))
     kind = "treg" if _TREG.search(names) else None
     return _row(path, product, kind, role, marker, markers)
