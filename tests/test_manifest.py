@@ -122,6 +122,9 @@ def test_read_manifest_valid(files):
     assert list(frame["fmo_marker"]) == ["", "PD1"]
     no_marker_column = _write(files / "m2.csv", [["file", "product_id", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
     assert list(read_manifest(no_marker_column)["fmo_marker"]) == [""]
+    excel_csv = files / "excel.csv"  # UTF-8 BOM, CRLF, capitalised header
+    excel_csv.write_bytes("\ufeffFile,Product_ID,Tube,Role,FMO_marker\r\na.fcs,P9,surface,stain,\r\n".encode("utf-8"))
+    assert read_manifest(excel_csv)[list(COLUMNS)].values.tolist() == [["a.fcs", "P9", "surface", "stain", ""]]
     xlsx = files / "m.xlsx"
     pd.read_csv(path, dtype=str, keep_default_na=False).to_excel(xlsx, index=False)
     assert read_manifest(xlsx)["fmo_marker"].tolist() == ["", "PD1"]

@@ -175,13 +175,13 @@ def _read_table(path: Path) -> pd.DataFrame:
             raw = path.read_bytes()
             if b"\x00" in raw[:4096]:
                 raise TableError(f"{path}: not a CSV text file (binary content)")
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except TableError:
         raise
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in frame.columns]
     return frame
 
 
