@@ -157,3 +157,19 @@ def test_density_peaks_match_scipy_find_peaks():
             ref, props = find_peaks(np.concatenate([[0.0], values, [0.0]]), prominence=min_prominence * values.max())
             assert np.array_equal(ours, ref - 1)
             assert np.allclose(prominences, props["prominences"])
+
+
+def test_valley_skips_a_shoulder_of_the_negatives():
+    """Autofluorescent large cells make a bump just above the negatives; dead cells are far brighter."""
+    rng = np.random.default_rng(9)
+    n = 30000
+    kind = rng.choice(3, size=n, p=[0.70, 0.28, 0.02])  # live lymphocytes, live large cells, dead
+    x = np.choose(kind, [rng.normal(0.15, 0.04, n), rng.normal(0.35, 0.05, n), rng.normal(0.75, 0.05, n)])
+    p = place_valley(x, "7AAD", keep="low")
+    assert p.flags == () and p.diagnostics["positive_peak"] == pytest.approx(0.75, abs=0.03)
+    live = p.gate.contains({"7AAD": x})
+    assert (live == (kind != 2)).mean() > 0.999
+    # without the dead cells the shoulder is not taken for a positive peak
+    q = place_valley(x[kind != 2], "7AAD", keep="low")
+    assert [f.code for f in q.flags] == ["no_second_peak"]
+    assert q.gate.contains({"7AAD": x[kind != 2]}).mean() > 0.999  # the cut lies above the shoulder too

@@ -23,10 +23,12 @@ Methods
     band = [mode - width s, mode + width s], raised to the density valley between a doublet
     peak and the singlet peak when such a peak exists. Gate: a wedge polygon through the origin.
 ``place_valley``  1-D split at the density valley between the two most prominent peaks of a
-    smoothed density (live/dead on 7AAD; lineage markers without FMO). ``keep='low'`` keeps the
-    negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. With one peak only:
-    ``cut = peak + fallback_sd x sigma`` with sigma the RMS deviation of the events below the
-    peak (the negative peak's left half), flag ``no_second_peak``.
+    smoothed density (live/dead on 7AAD; lineage markers without FMO); a second peak closer
+    than ``min_separation`` to the negative one is a shoulder (autofluorescent large cells), and
+    the next prominent peak beyond that distance is taken instead. ``keep='low'`` keeps the
+    negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. Without a
+    positive peak: ``cut = highest-located peak + fallback_sd x sigma``, sigma the RMS deviation
+    of the events below the main negative peak (its lower half), flag ``no_second_peak``.
 ``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (scikit-learn, full
     covariance, components 1..``max_components`` chosen by BIC, k-means init with a fixed
     ``seed``) on at most ``max_events`` events; the lymphocyte component is the heaviest one,
@@ -295,26 +297,34 @@ def valley_threshold(
     *,
     bandwidth: float = 0.02,
     min_prominence: float = 0.01,
+    min_separation: float = 0.25,
     fallback_sd: float = 4.0,
 ) -> tuple[float, dict[str, Any], bool]:
     """Cut between a negative and a positive population: (cut, diagnostics, found_second_peak).
 
-    Two most prominent peaks -> the density minimum between them. One peak -> peak +
-    ``fallback_sd`` x the RMS deviation of the events below the peak.
+    The two most prominent peaks, in location order, are the negative and the positive one; the
+    cut is the density minimum between them. When they lie closer than ``min_separation``
+    (transformed units; 0.25 is ~1.1 decades on the default logicle) the upper one is a shoulder
+    of the negatives (e.g. autofluorescent large cells), and the positive peak is the most
+    prominent one at least ``min_separation`` above the negative peak. Without such a peak every
+    peak is negative: ``cut = the highest-located peak + fallback_sd`` x the RMS deviation of the
+    events below the negative peak (its lower half, free of shoulders and positives).
     """
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
     peaks, prominences = density.peaks(min_prominence)
-    if peaks.size >= 2:
-        top_two = np.sort(peaks[np.argsort(-prominences, kind="stable")[:2]])
-        cut_index = density.valley(int(top_two[0]), int(top_two[1]))
-        cut = float(density.grid[cut_index])
-        return cut, {"negative_peak": float(density.grid[top_two[0]]), "positive_peak": float(density.grid[top_two[1]])}, True
-    peak = float(density.grid[peaks[0]])
+    by_prominence = peaks[np.argsort(-prominences, kind="stable")]
+    negative = int(by_prominence[:2].min())
+    far = [int(p) for p in by_prominence if density.grid[p] - density.grid[negative] >= min_separation]
+    if far:
+        cut = float(density.grid[density.valley(negative, far[0])])
+        return cut, {"negative_peak": float(density.grid[negative]), "positive_peak": float(density.grid[far[0]])}, True
+    peak = float(density.grid[negative])
     below = x[x <= peak] - peak
     sigma = float(np.sqrt(np.mean(below**2))) if below.size else bandwidth
-    cut = peak + fallback_sd * sigma
-    return cut, {"negative_peak": peak, "negative_sigma": sigma}, False
+    top = float(density.grid[peaks.max()])
+    cut = top + fallback_sd * sigma
+    return cut, {"negative_peak": peak, "highest_negative_peak": top, "negative_sigma": sigma}, False
 
 
 def place_valley(
@@ -324,13 +334,14 @@ def place_valley(
     keep: str = "low",
     bandwidth: float = 0.02,
     min_prominence: float = 0.01,
+    min_separation: float = 0.25,
     fallback_sd: float = 4.0,
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``."""
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
     cut, diagnostics, two_peaks = valley_threshold(
-        values, bandwidth=bandwidth, min_prominence=min_prominence, fallback_sd=fallback_sd
+        values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation, fallback_sd=fallback_sd
     )
     diagnostics = {"threshold": cut, **diagnostics}
     flags: tuple[Flag, ...] = ()
@@ -341,7 +352,7 @@ def place_valley(
             Flag(
                 "no_second_peak",
                 "warning",
-                f"{dim}: no second density peak; cut at negative peak + {fallback_sd} SD = {cut:.4g}",
+                f"{dim}: no positive density peak; cut at the highest negative peak + {fallback_sd} SD = {cut:.4g}",
             ),
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)

@@ -16,9 +16,11 @@ method         dims  params (defaults)
 cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.01, fallback_fraction 0.2
 singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
-valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, fallback_sd 4
+valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, min_separation 0.25,
+                     fallback_sd 4
 fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200,
-                     bandwidth / min_prominence / fallback_sd for the density fallback
+                     bandwidth / min_prominence / min_separation / fallback_sd for the
+                     density fallback
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -82,6 +84,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "keep": ParamSpec(str, "low", choices=("low", "high")),
         "bandwidth": ParamSpec(_NUM, 0.02, 1e-5, 10),
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
+        "min_separation": ParamSpec(_NUM, 0.25, 0, 100),
         "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
     }),
     "fmo": (1, {
@@ -89,6 +92,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "min_events": ParamSpec(int, 200, 1, None),
         "bandwidth": ParamSpec(_NUM, 0.02, 1e-5, 10),
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
+        "min_separation": ParamSpec(_NUM, 0.25, 0, 100),
         "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
