@@ -173,3 +173,17 @@ def test_valley_skips_a_shoulder_of_the_negatives():
     q = place_valley(x[kind != 2], "7AAD", keep="low")
     assert [f.code for f in q.flags] == ["no_second_peak"]
     assert q.gate.contains({"7AAD": x[kind != 2]}).mean() > 0.999  # the cut lies above the shoulder too
+
+
+def test_valley_single_bright_population_is_positive_when_zero_is_known():
+    """Nearly all cells CD3+: one peak far above the unstained position; cut below it."""
+    rng = np.random.default_rng(10)
+    n = 20000
+    pos = rng.random(n) < 0.997
+    x = np.where(pos, rng.normal(0.65, 0.04, n), rng.normal(0.15, 0.04, n))
+    p = place_valley(x, "CD3", keep="high", zero=0.111)
+    assert [f.code for f in p.flags] == ["no_second_peak"] and "positive_peak" in p.diagnostics
+    assert p.gate.contains({"CD3": x})[pos].mean() > 0.999
+    # without knowing where zero lies the single peak is taken as negative (flagged either way)
+    q = place_valley(x, "CD3", keep="high")
+    assert "negative_peak" in q.diagnostics and q.flags[0].code == "no_second_peak"

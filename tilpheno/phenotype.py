@@ -218,7 +218,12 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placeme
         return pl.place_singlets(cols[0], cols[1], pop.dims, **params)
     if pop.method == "lymphocytes":
         return pl.place_lymphocytes(cols[0], cols[1], pop.dims, **params)
-    return pl.place_valley(cols[0], pop.dims[0], **params)
+    return pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+
+
+def _zero(tube: TubeData, dim: str) -> float:
+    """Where 0 (no stain, no autofluorescence) lies on the dimension's transformed scale."""
+    return float(tube.transforms[dim].apply(np.zeros(1))[0])
 
 
 def _fmo_placement(
@@ -240,7 +245,8 @@ def _fmo_placement(
         reason = "no FMO file for this marker"
     if stained is None:
         raise GatingError(f"{pop.name}: {reason} and no stained tube to fall back on")
-    placement = pl.place_valley(stained.tube.data[marker][stained.parent_mask(pop)], marker, keep="high", **params)
+    placement = pl.place_valley(stained.tube.data[marker][stained.parent_mask(pop)], marker, keep="high",
+                                zero=_zero(stained.tube, marker), **params)
     flags = placement.flags + (
         pl.Flag("missing_fmo", "warning", f"{pop.name} ({marker}): {reason}"),
         pl.Flag(

@@ -26,9 +26,10 @@ Methods
     smoothed density (live/dead on 7AAD; lineage markers without FMO); a second peak closer
     than ``min_separation`` to the negative one is a shoulder (autofluorescent large cells), and
     the next prominent peak beyond that distance is taken instead. ``keep='low'`` keeps the
-    negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. Without a
-    positive peak: ``cut = highest-located peak + fallback_sd x sigma``, sigma the RMS deviation
-    of the events below the main negative peak (its lower half), flag ``no_second_peak``.
+    negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. With one
+    population only (flag ``no_second_peak``): negative unless its peaks lie ``min_separation``
+    above the transformed zero; cut ``fallback_sd`` robust SDs above (negative) or below
+    (positive) its peaks (see ``valley_threshold``).
 ``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (scikit-learn, full
     covariance, components 1..``max_components`` chosen by BIC, k-means init with a fixed
     ``seed``) on at most ``max_events`` events; the lymphocyte component is the heaviest one,
@@ -299,16 +300,23 @@ def valley_threshold(
     min_prominence: float = 0.01,
     min_separation: float = 0.25,
     fallback_sd: float = 4.0,
+    zero: float | None = None,
 ) -> tuple[float, dict[str, Any], bool]:
-    """Cut between a negative and a positive population: (cut, diagnostics, found_second_peak).
+    """Cut between a negative and a positive population: (cut, diagnostics, found_both_peaks).
 
     The two most prominent peaks, in location order, are the negative and the positive one; the
     cut is the density minimum between them. When they lie closer than ``min_separation``
     (transformed units; 0.25 is ~1.1 decades on the default logicle) the upper one is a shoulder
     of the negatives (e.g. autofluorescent large cells), and the positive peak is the most
-    prominent one at least ``min_separation`` above the negative peak. Without such a peak every
-    peak is negative: ``cut = the highest-located peak + fallback_sd`` x the RMS deviation of the
-    events below the negative peak (its lower half, free of shoulders and positives).
+    prominent one at least ``min_separation`` above the negative peak.
+
+    Without such a pair all peaks belong to one population. It is the positive one when ``zero``
+    (the transformed value of 0, where unstained cells sit) is given and the lowest peak lies at
+    least ``min_separation`` above it: ``cut = lowest peak - fallback_sd x sigma``, sigma the RMS
+    deviation of the events above the highest peak. Otherwise it is the negative one:
+    ``cut = highest peak + fallback_sd x sigma``, sigma the RMS deviation of the events below
+    the main peak (lower halves and upper halves are free of shoulders and of the few events of
+    the other population).
     """
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
@@ -319,12 +327,15 @@ def valley_threshold(
     if far:
         cut = float(density.grid[density.valley(negative, far[0])])
         return cut, {"negative_peak": float(density.grid[negative]), "positive_peak": float(density.grid[far[0]])}, True
-    peak = float(density.grid[negative])
-    below = x[x <= peak] - peak
+    low, high = float(density.grid[peaks.min()]), float(density.grid[peaks.max()])
+    if zero is not None and low - zero >= min_separation:
+        above = x[x >= high] - high
+        sigma = float(np.sqrt(np.mean(above**2))) if above.size else bandwidth
+        return low - fallback_sd * sigma, {"positive_peak": low, "positive_sigma": sigma, "zero": zero}, False
+    main = float(density.grid[by_prominence[0]])
+    below = x[x <= main] - main
     sigma = float(np.sqrt(np.mean(below**2))) if below.size else bandwidth
-    top = float(density.grid[peaks.max()])
-    cut = top + fallback_sd * sigma
-    return cut, {"negative_peak": peak, "highest_negative_peak": top, "negative_sigma": sigma}, False
+    return high + fallback_sd * sigma, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma}, False
 
 
 def place_valley(
@@ -336,23 +347,31 @@ def place_valley(
     min_prominence: float = 0.01,
     min_separation: float = 0.25,
     fallback_sd: float = 4.0,
+    zero: float | None = None,
 ) -> Placement:
-    """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``."""
+    """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
+
+    ``zero``: the transformed value of 0 (see ``valley_threshold``).
+    """
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
     cut, diagnostics, two_peaks = valley_threshold(
-        values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation, fallback_sd=fallback_sd
+        values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation,
+        fallback_sd=fallback_sd, zero=zero,
     )
     diagnostics = {"threshold": cut, **diagnostics}
     flags: tuple[Flag, ...] = ()
     method = "density_valley"
     if not two_peaks:
-        method = "single_peak_sd"
+        method = "single_population_sd"
+        side = "negative" if "negative_peak" in diagnostics else "positive"
+        other = "positive" if side == "negative" else "negative"
         flags = (
             Flag(
                 "no_second_peak",
                 "warning",
-                f"{dim}: no positive density peak; cut at the highest negative peak + {fallback_sd} SD = {cut:.4g}",
+                f"{dim}: no {other} density peak; all peaks taken as {side}, cut {fallback_sd} SD "
+                f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}",
             ),
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
