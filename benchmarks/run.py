@@ -267,6 +267,9 @@ def main(argv=None) -> None:
     stained = Path(manifest.loc[(manifest["role"] == "stain") & (manifest["tube"] == "surface"), "file"].iloc[0])
     work = Path(tempfile.mkdtemp(prefix="tilpheno-bench-"))
 
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # as in the pipeline's workers; keeps BLAS spin time out of the CPU times
     rd = bench_read(args.read_file or stained, args.repeat)
     ct = bench_comp_transform(stained, surface, args.repeat)
     gt = bench_gating(manifest, strategies, args.repeat, work)
