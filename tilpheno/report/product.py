@@ -8,6 +8,7 @@ histograms with the threshold line for every FMO-derived marker; each tube's pop
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -21,12 +22,15 @@ KEYWORD_ALLOW_LIST = (
     "$CYT", "$CYTSN", "$TOT", "$PAR", "$DATATYPE", "$MODE", "$BYTEORD", "$TIMESTEP", "$VOL",
     "TUBE NAME", "CREATOR", "APPLY COMPENSATION",
 )
+_PARAMETER_KEYWORD = re.compile(r"^(\$P\d+[A-Z]+|\$?SPILL(OVER)?|\$COMP)$")
 ROOT_NAMES = ("", "root", "all", "all events", "none")
 COUNT_AND_STATUS = ("status", "error", "release_status", "qc_status")
 
 
 @dataclass(frozen=True)
 class Figure:
+    """One inline image of the report: caption, ``data:`` URI of the PNG, alt text."""
+
     title: str
     uri: str
     alt: str
@@ -123,9 +127,10 @@ def fmo_figures(result, percentile: float, strategies=()) -> list[Figure]:
 
 
 def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
+    """Keywords to show: the allow-list, or (opt-in) every keyword except per-parameter ($PnX) and spillover ones."""
     kw = meta.keywords
     if include_identifiers:
-        return sorted((k, str(v)) for k, v in kw.items() if not k.startswith(("$P", "$SPILL", "SPILL")) or k in ("$PAR",))
+        return sorted((k, str(v)) for k, v in kw.items() if not _PARAMETER_KEYWORD.match(k))
     return [(k, str(kw[k])) for k in KEYWORD_ALLOW_LIST if k in kw]
 
 
@@ -150,7 +155,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         order = sorted(result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
         for t in order:
             name = Path(str(t.file)).name
-            file_meta = meta.get(str(t.file)) or meta.get(t.file)
+            file_meta = meta.get(str(t.file))
             tubes.append({
                 "title": f"{t.tube} tube, {t.role}" + (f" (FMO {t.fmo_marker})" if t.fmo_marker else ""),
                 "file": name,
