@@ -104,5 +104,13 @@ def compensate(events: np.ndarray, channel_names: Sequence[str], spillover: Spil
     except np.linalg.LinAlgError:
         raise CompensationError(f"{spillover.source or 'spillover'}: matrix is singular") from None
     out = np.array(events, dtype=np.float64, copy=True)
-    out[:, cols] = events[:, cols] @ inverse
+    # A fixed-order sum of column products instead of a BLAS matrix product: the result is the
+    # same bit for bit on every CPU and thread count (BLAS kernels may reassociate), and for the
+    # few detectors of a panel it is as fast.
+    source = [np.asarray(events[:, c], dtype=np.float64) for c in cols]
+    for j, c in enumerate(cols):
+        acc = source[0] * inverse[0, j]
+        for i in range(1, len(cols)):
+            acc += source[i] * inverse[i, j]
+        out[:, c] = acc
     return out

@@ -1,0 +1,99 @@
+"""Compensation against independent implementations (flowutils, FlowKit) and error handling."""
+import numpy as np
+import pytest
+
+import tilpheno
+from tilpheno.compensation import Spillover, compensate, parse_spill_keyword, read_spillover_csv
+from tilpheno.errors import CompensationError
+
+DATA = "tests/data"
+FCS = f"{DATA}/fcs/flowkit/test_comp_example.fcs"
+CSV = f"{DATA}/compensation/comp_complete_example.csv"
+# FlowKit's test data: this file's events as FlowKit read them (float64, 18 channels, time not
+# yet multiplied by $TIMESTEP). Despite its name it holds uncompensated values.
+NPY = f"{DATA}/compensation/test_comp_example.npy"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return tilpheno.read_fcs(FCS)
+
+
+def test_raw_events_equal_flowkit_stored_array(sample):
+    stored = np.fromfile(NPY, dtype="<f8").reshape(-1, len(sample.channel_names))
+    time = sample.channel_names.index("Time")
+    others = [i for i in range(stored.shape[1]) if i != time]
+    np.testing.assert_array_equal(sample.events[:, others], stored[:, others])
+    step = float(sample.keywords["$TIMESTEP"])
+    np.testing.assert_allclose(sample.events[:, time], stored[:, time] * step, rtol=1e-12)
+
+
+def test_csv_matrix_matches_flowutils(sample):
+    import flowutils
+
+    spill = read_spillover_csv(CSV)
+    ours = compensate(sample.events, sample.channel_names, spill)
+    idx = [sample.channel_names.index(d) for d in spill.detectors]
+    ref = flowutils.compensate.compensate(sample.events, spill.matrix, idx)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-8)
+    untouched = [i for i in range(len(sample.channel_names)) if i not in idx]
+    np.testing.assert_array_equal(ours[:, untouched], sample.events[:, untouched])
+
+
+def test_keyword_matrix_matches_flowkit(sample):
+    import flowkit as fk
+
+    assert sample.spillover is not None
+    ours = compensate(sample.events, sample.channel_names, sample.spillover)
+    fks = fk.Sample(FCS, ignore_offset_error=True)
+    fks.apply_compensation(fks.metadata["spill"])
+    ref = fks.get_events(source="comp")
+    cols = [i for i, n in enumerate(sample.channel_names) if n != "Time"]
+    np.testing.assert_allclose(ours[:, cols], ref[:, cols], rtol=1e-9, atol=1e-6)
+
+
+def test_compensation_inverts_known_spillover():
+    rng = np.random.default_rng(1)
+    true = rng.gamma(2.0, 500.0, size=(5000, 3))
+    matrix = np.array([[1.0, 0.2, 0.05], [0.1, 1.0, 0.3], [0.0, 0.15, 1.0]])
+    raw = np.column_stack([rng.normal(size=5000), true @ matrix])
+    spill = Spillover(("A", "B", "C"), matrix)
+    out = compensate(raw, ["FSC-A", "A", "B", "C"], spill)
+    np.testing.assert_allclose(out[:, 1:], true, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(out[:, 0], raw[:, 0])
+
+
+def test_parse_keyword_layout():
+    spill = parse_spill_keyword("2,FL1-A,FL2-A,1,0.1,0.02,1")
+    assert spill.detectors == ("FL1-A", "FL2-A")
+    np.testing.assert_array_equal(spill.matrix, [[1, 0.1], [0.02, 1]])
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("x,A,B,1,0,0,1", "number of detectors"),
+        ("2,A,B,1,0,0", "expected 7"),
+        ("2,A,B,1,zero,0,1", "non-numeric"),
+        ("2,A,A,1,0,0,1", "duplicate"),
+        ("2,A,B,1,nan,0,1", "non-finite"),
+    ],
+)
+def test_bad_keyword_values_name_the_problem(value, problem):
+    with pytest.raises(CompensationError, match=problem):
+        parse_spill_keyword(value)
+
+
+def test_missing_detector_and_singular_matrix():
+    events = np.ones((4, 2))
+    with pytest.raises(CompensationError, match=r"'C'.*not among"):
+        compensate(events, ["A", "B"], Spillover(("A", "C"), np.eye(2)))
+    with pytest.raises(CompensationError, match="singular"):
+        compensate(events, ["A", "B"], Spillover(("A", "B"), np.ones((2, 2))))
+
+
+def test_unreadable_csv_names_file(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("A,B\n1,x\n0,1\n")
+    with pytest.raises(CompensationError, match="m.csv"):
+        read_spillover_csv(bad)
