@@ -232,7 +232,7 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder for the demo's reports."),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Products processed in parallel."),
     products: int = typer.Option(60, "--products", min=10, help="Products in the simulated biomarker cohort."),
-    events: int = typer.Option(3000, "--events", min=500, help="Events per tube in the simulated cohort."),
+    events: int = typer.Option(5000, "--events", min=500, help="Events per tube in the simulated cohort."),
     seed: int = typer.Option(20240601, "--seed", help="Seed of the simulated cohort."),
 ) -> None:
     """`process` on sample_fcs/ (full reports), then a simulated cohort through FCS files, gating and biomarkers."""
