@@ -1,0 +1,24 @@
+"""`tilpheno demo` (what `make demo` runs), on a smaller simulated cohort than the default 60 products."""
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+
+
+def test_demo_runs_the_whole_chain(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--products", "12", "--events", "1000"])
+    assert result.exit_code == 0, result.output
+    sample = pd.read_csv(out / "sample" / "phenotypes.csv")
+    committed = pd.read_csv(Path(__file__).parents[1] / "sample_fcs" / "manifest.csv")
+    assert sorted(sample["product_id"]) == sorted(committed["product_id"].unique())
+    assert (sample["status"] == "done").all()
+    for pid in sample["product_id"]:
+        assert (out / "sample" / "products" / pid / "report.html").is_file()
+    cohort = pd.read_csv(out / "cohort" / "phenotypes.csv")
+    assert len(cohort) == 12 and (cohort["status"] == "done").all()
+    for name in ("response.csv", "km.csv", "cutpoints.csv", "report.html"):
+        assert (out / "biomarkers" / name).is_file(), name
+    assert str(out / "sample" / "index.html") in result.output
