@@ -100,3 +100,29 @@ def test_report_failure_keeps_the_product(small_cohort, monkeypatch):
     assert [f.code for f in outcome.qc if f.severity == "error"] == ["report_failed"]
     assert "plotting exploded" in outcome.report_html and "<img" not in outcome.report_html
     assert outcome.phenotype["viability_pct"] > 0
+
+
+class _KillsWorker:
+    """Unpickling this object ends the process: a stand-in for a worker killed mid-job (OOM, signal)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os._exit, (3,))
+
+
+def test_dead_worker_fails_its_product_not_the_batch(small_cohort):
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.pipeline import ProcessOptions, ProductJob, iter_outcomes, load_manifest, strategy_sources
+
+    (pid, rows), = group_products(load_manifest(small_cohort.out_dir, small_cohort.manifest))[:1]
+    sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
+    options = ProcessOptions(make_reports=False)
+    poisoned = rows.assign(poison=[_KillsWorker()] + [None] * (len(rows) - 1))
+    jobs = [ProductJob("A", poisoned, sources, options), ProductJob("B", poisoned, sources, options)]
+    outcomes = {o.product_id: o for o in iter_outcomes(jobs, n_jobs=2)}
+    assert set(outcomes) == {"A", "B"}
+    for o in outcomes.values():
+        assert not o.ok and o.error.startswith("worker failed: BrokenProcessPool")
+        assert [f.code for f in o.qc] == ["product_failed"] and o.phenotype["status"] == "failed"
+        assert {d.path for d in o.files} == set(rows["file"])

@@ -346,6 +346,37 @@ def _pool_context():
     return ctx
 
 
+def _result_or_failure(future, job: ProductJob) -> ProductOutcome:
+    """The future's outcome; if the worker itself died or the task could not run (killed, out of
+    memory, lost Dask worker), a failed outcome naming the cause, so the batch goes on."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return crashed_outcome(job, f"worker failed: {type(exc).__name__}: {exc}")
+
+
+def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
+    """A failed outcome built in this process for a job whose worker never returned."""
+    from tilpheno.provenance import sha256_file
+
+    digests = []
+    for file in job.rows["file"].tolist():
+        try:
+            digests.append(FileDigest(str(file), sha256_file(file)))
+        except OSError:
+            digests.append(FileDigest(str(file), "unreadable"))
+    outcome = ProductOutcome(
+        product_id=job.product_id, slug=product_slug(job.product_id), ok=False, error=reason,
+        phenotype={"product_id": job.product_id}, populations=None,
+        qc=[Flag(job.product_id, "", "product_failed", "error", reason)], release=[],
+        release_status=NOT_EVALUABLE, files=sorted(digests, key=lambda d: d.path),
+    )
+    outcome.phenotype.update(_status_columns(outcome, None, len(job.rows)))
+    if job.options.make_reports:
+        _render(outcome, None, {}, job)
+    return outcome
+
+
 def iter_outcomes(
     jobs: Sequence[ProductJob],
     *,
@@ -370,9 +401,9 @@ def iter_outcomes(
 
         with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=_pool_context(),
                                  initializer=_single_threaded_worker) as pool:
-            futures = [pool.submit(process_product, job) for job in jobs]
+            futures = {pool.submit(process_product, job): job for job in jobs}
             for fut in as_completed(futures):
-                yield fut.result()
+                yield _result_or_failure(fut, futures[fut])
 
 
 def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:
@@ -393,8 +424,9 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome
         run = uuid.uuid4().hex  # fresh keys: a cluster never serves a cached result of an earlier run
         keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(jobs))]
         futures = client.map(process_product, list(jobs), key=keys, pure=False)
+        job_of = {fut.key: job for fut, job in zip(futures, jobs)}
         for fut in as_completed(futures):
-            yield fut.result()
+            yield _result_or_failure(fut, job_of[fut.key])
             fut.release()
     finally:
         if own:
