@@ -8,8 +8,8 @@ Measures, on the cohort's files:
 2. compensation + transform: ``phenotype.load_tube`` against FlowKit ``Sample.apply_compensation``
    + ``apply_transform(LogicleTransform)``;
 3. gating with the same gates: one product is gated by tilpheno; its resolved stained-tube gates
-   (same thresholds, polygons, ellipses) are applied as numpy masks and, exported as Gating-ML 2.0,
-   by FlowKit ``GatingStrategy.gate_sample`` (which includes FlowKit's compensation + transform);
+   (same thresholds, polygons, ellipses) are applied as numpy masks and, exported as Gating-ML 2.0
+   (``gatingml.export_tube_gatingml``), by FlowKit ``GatingStrategy.gate_sample`` (which includes FlowKit's compensation + transform);
    population counts are compared;
 4. per file, FlowKit (Sample + gate_sample) against tilpheno (read + compensate + transform + masks);
 5. the whole ``tilpheno process`` (gate placement, reports, tables) with ``--jobs 1`` and ``--jobs 2``
@@ -93,28 +93,6 @@ def bench_comp_transform(path: Path, strategy, repeat: int) -> dict:
     return {"t_ours": t_ours, "t_flowkit": max(t_fk_total - t_fk_read, 1e-9), "t_flowkit_read": t_fk_read}
 
 
-def _export_gates(tube, strategy, path: Path):
-    from tilpheno.gates.geometry import BooleanGate
-    from tilpheno.gates.gatingml import Dimension, ExportGate, export_gatingml, gatingml_id, logicle
-
-    ids = {pop: gatingml_id(pop) for pop, *_ in tube.gates}
-    gates = []
-    for pop, parent, gate, _method in tube.gates:
-        if isinstance(gate, BooleanGate):
-            gate = BooleanGate(gate.op, tuple(ids[o] for o in gate.operands), gate.complements)
-            dims = {}
-        else:
-            dims = {}
-            for d in gate.dims:
-                if d in strategy.markers:
-                    dims[d] = Dimension(tube.detectors[d], "FCS", "logicle")
-                else:
-                    dims[d] = Dimension(d, "uncompensated", None)
-        gates.append(ExportGate(ids[pop], ids.get(parent), gate, dims, name=pop))
-    export_gatingml(gates, path, transforms=[logicle("logicle")])
-    return ids
-
-
 def _apply_masks(gates, data, n_events: int) -> dict[str, int]:
     """Population counts from resolved gates applied as numpy masks down the tree."""
     from tilpheno.gates.geometry import BooleanGate
@@ -130,6 +108,7 @@ def _apply_masks(gates, data, n_events: int) -> dict[str, int]:
 def bench_gating(manifest: pd.DataFrame, strategies, repeat: int, workdir: Path) -> dict:
     import flowkit as fk
 
+    from tilpheno.gates.gatingml import export_tube_gatingml, gatingml_id
     from tilpheno.io.fcs import read_fcs
     from tilpheno.phenotype import analyze_product, load_tube
 
@@ -139,7 +118,8 @@ def bench_gating(manifest: pd.DataFrame, strategies, repeat: int, workdir: Path)
     tube = next(t for t in result.tubes if t.role == "stain" and t.tube == "surface")
     strategy = next(s for s in strategies if s.tube == "surface")
     xml = workdir / "surface_gates.xml"
-    ids = _export_gates(tube, strategy, xml)
+    export_tube_gatingml(tube, xml, {d: strategy.transform_for(d) for d in strategy.dims})
+    ids = {pop: gatingml_id(pop) for pop, *_ in tube.gates}
     t_masks, ours = best(lambda: _apply_masks(tube.gates, tube.data, tube.n_events), repeat)
     gs = fk.parse_gating_xml(str(xml))
 
