@@ -338,3 +338,62 @@ def fmo_overlay_png(
     ax.legend(fontsize=6.5, loc="upper right", frameon=False)
     ax.set_title(title, fontsize=8)
     return _png(fig)
+
+
+def quadrant_percentages(x: np.ndarray, y: np.ndarray, xgate, ygate, xdim: str, ydim: str) -> dict:
+    """% of the events with finite (x, y) in each quadrant, keyed (inside xgate, inside ygate).
+
+    Membership is the gates' own (``contains``: Gating-ML ``low <= v < high``); the four values sum
+    to 100 (or are all 0 when no event has finite coordinates).
+    """
+    ok = np.isfinite(x) & np.isfinite(y)
+    xin = xgate.contains({xdim: x})
+    yin = ygate.contains({ydim: y})
+    n = int(ok.sum())
+    return {(xs, ys): (100.0 * int(np.sum(ok & (xin == xs) & (yin == ys))) / n if n else 0.0)
+            for xs in (True, False) for ys in (True, False)}
+
+
+def quadrant_png(
+    x: np.ndarray,
+    y: np.ndarray,
+    xaxis: Axis,
+    yaxis: Axis,
+    *,
+    xgate,
+    ygate,
+    xpopulation: str,
+    ypopulation: str,
+    title: str,
+) -> bytes:
+    """Two sibling 1-D gates as a FlowJo quadrant plot: density of the parent's events on (x, y),
+    both thresholds drawn, and the % of parent in each quadrant in its corner.
+
+    Quadrant membership uses the gates themselves (``xgate.contains`` / ``ygate.contains``), so
+    the corner numbers add up to 100 % of the events with finite values on both axes.
+    """
+    from matplotlib.colors import LogNorm
+
+    quadrants = quadrant_percentages(x, y, xgate, ygate, xaxis.dim, yaxis.dim)
+    ok = np.isfinite(x) & np.isfinite(y)
+    xlim = _limits(x, _gate_extent(xgate, xaxis.dim), xaxis)
+    ylim = _limits(y, _gate_extent(ygate, yaxis.dim), yaxis)
+    fig, ax = _figure()
+    counts, _, _ = np.histogram2d(x[ok], y[ok], bins=BINS, range=(xlim, ylim))
+    masked = np.ma.masked_equal(counts.T, 0)
+    if masked.count():
+        ax.imshow(
+            masked, origin="lower", extent=(*xlim, *ylim), aspect="auto", interpolation="nearest",
+            cmap="jet", norm=LogNorm(vmin=1, vmax=max(2.0, float(counts.max()))),
+        )
+    _style_axis(ax, xaxis, xlim, "x")
+    _style_axis(ax, yaxis, ylim, "y")
+    _draw_gate(ax, xgate, xaxis.dim, yaxis.dim, population_colour(xpopulation))
+    _draw_gate(ax, ygate, xaxis.dim, yaxis.dim, population_colour(ypopulation))
+    corners = {(True, True): (0.97, 0.97, "right", "top"), (False, True): (0.03, 0.97, "left", "top"),
+               (False, False): (0.03, 0.03, "left", "bottom"), (True, False): (0.97, 0.03, "right", "bottom")}
+    for key, (cx, cy, ha, va) in corners.items():
+        ax.text(cx, cy, f"{quadrants[key]:.1f}%", transform=ax.transAxes, ha=ha, va=va, fontsize=7.5, fontweight="bold",
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="#555555", alpha=0.85, linewidth=0.6))
+    ax.set_title(title, fontsize=8)
+    return _png(fig)

@@ -88,6 +88,39 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
             )
         figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
                               f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"))
+    return figures + quadrant_figures(tube, detectors, title_prefix, strategy)
+
+
+def sibling_range_pairs(gates) -> list[tuple[tuple, tuple]]:
+    """Pairs of 1-D range gates with the same parent on different dimensions (first two per parent,
+    in strategy order): CD4+/CD8+ under CD3+, CD3+/CD56+ under live lymphocytes."""
+    by_parent: dict[str, list[tuple]] = {}
+    for entry in gates:
+        gate = entry[2]
+        if type(gate).__name__ == "RangeGate":
+            siblings = by_parent.setdefault(entry[1], [])
+            if all(g[2].dim != gate.dim for g in siblings):
+                siblings.append(entry)
+    return [(s[0], s[1]) for s in by_parent.values() if len(s) >= 2]
+
+
+def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
+    """FlowJo quadrant plots for sibling threshold gates, with the % of parent in each quadrant."""
+    from tilpheno.report import plots
+
+    figures = []
+    for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(tube.gates):
+        parent_mask = tube.masks.get(parent, np.ones(tube.n_events, dtype=bool))
+        parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+        title = f"{parent_name}: {xgate.dim} vs {ygate.dim}"
+        png = plots.quadrant_png(
+            tube.data[xgate.dim][parent_mask], tube.data[ygate.dim][parent_mask],
+            _axis(xgate.dim, detectors, strategy), _axis(ygate.dim, detectors, strategy),
+            xgate=xgate, ygate=ygate, xpopulation=xpop, ypopulation=ypop, title=title,
+        )
+        figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
+                              f"{xpop} and {ypop} thresholds on {xgate.dim} vs {ygate.dim} in {parent_name}, "
+                              "% of parent per quadrant"))
     return figures
 
 
