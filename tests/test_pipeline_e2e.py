@@ -147,4 +147,8 @@ def test_cli_rerun_into_same_out_is_identical(processed, small_cohort, tmp_path)
                                       "--manifest", str(small_cohort.manifest)])
     assert result.exit_code == 0, result.output
     assert "3 of 3 products done, 0 failed" in result.output and "low_events" in result.output
+    phen = pd.read_csv(again / "phenotypes.csv")
+    counts = phen["release_status"].value_counts()
+    expected = ", ".join(f"{status} {counts[status]}" for status in sorted(counts.index))
+    assert f"release (TIL lot release (default: viability > 70 %, CD3+ > 90 % of live lymphocytes)): {expected}" in result.output
     _same_outputs(out, again)

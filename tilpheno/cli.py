@@ -176,6 +176,8 @@ def _print_summary(summary) -> None:
         typer.echo("QC flags: " + ", ".join(f"{code} {n}" for code, n in summary.flag_counts.items()))
     else:
         typer.echo("QC flags: none")
+    typer.echo(f"release ({summary.release_spec}): "
+               + ", ".join(f"{status} {n}" for status, n in sorted(summary.release_counts.items())))
 
 
 # --- biomarkers: outcomes join, response rates, Kaplan-Meier, cut-points, Cox models ---

@@ -96,13 +96,16 @@ class Flag:
 
 @dataclass
 class RunSummary:
-    """End-of-run summary: products done, failed (id -> reason), flag counts by code, paths."""
+    """End-of-run summary: products done, failed (id -> reason), QC flag counts by code, release
+    outcomes (pass / fail / not evaluable -> count) under the named spec, duration."""
 
     out_dir: Path
     n_products: int
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     flag_counts: dict[str, int] = field(default_factory=dict)
+    release_counts: dict[str, int] = field(default_factory=dict)
+    release_spec: str = ""
     seconds: float = 0.0
 
     @property
@@ -506,8 +509,10 @@ def run_process(
     seconds = time.perf_counter() - t0
     record.finish((d for o in outcomes for d in o.files), seconds)
     atomic.write_text(out_dir / "run.json", record.to_json())
-    summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=seconds)
+    summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=seconds,
+                         release_spec=options.release_spec.name)
     for o in outcomes:
+        summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
         if o.ok:
             summary.done.append(o.product_id)
         else:
