@@ -240,6 +240,15 @@ def _analyze(job: ProductJob, rows):
     )
 
 
+def _digest(file, holder) -> FileDigest:
+    """``holder.sha256`` (an FCSFile or TubeResult); ``changed: ...`` when the reader refuses to hash
+    a file that changed or vanished since it was read."""
+    try:
+        return FileDigest(str(file), holder.sha256)
+    except FCSReadError as exc:
+        return FileDigest(str(file), f"changed: {exc.problem}")
+
+
 def _populations_long(product_id: str, tubes) -> object:
     import pandas as pd
 
@@ -275,12 +284,12 @@ def process_product(job: ProductJob) -> ProductOutcome:
     if result is not None:
         flags = list(result.qc) + flags
         gated = {str(t.file) for t in result.tubes}
-        digests += [FileDigest(str(t.file), t.sha256) for t in result.tubes]
-        digests += [FileDigest(str(f), m.sha256) for f, m in meta.items() if str(f) not in gated]
+        digests += [_digest(t.file, t) for t in result.tubes]
+        digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
     else:
         flags.append(Flag(pid, "", "product_failed", "error", error))
         seen = {d.path for d in digests}
-        digests += [FileDigest(str(f), m.sha256) for f, m in meta.items() if str(f) not in seen]
+        digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
     release = evaluate(spec, phenotype) if result else []
     outcome = ProductOutcome(
@@ -398,7 +407,11 @@ def iter_outcomes(
         yield from _iter_dask(jobs, scheduler)
     elif n_jobs <= 1 or len(jobs) <= 1:
         for job in jobs:
-            yield process_product(job)
+            try:
+                outcome = process_product(job)
+            except Exception as exc:  # process_product catches input errors; this is the last guard
+                outcome = crashed_outcome(job, f"worker failed: {type(exc).__name__}: {exc}")
+            yield outcome
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
