@@ -239,3 +239,33 @@ def test_inputs_are_not_modified():
 
 def test_text_segment_helper_round_trip():
     assert text_segment({"$A": "x/y"}) == b"/$A/x//y/"
+
+
+# DATA is decoded block by block (CHUNK_BYTES); most corpus files fit in one block, so these tests
+# force many blocks (a partial last one included) and check nothing changes at block boundaries.
+@pytest.mark.parametrize("chunk", [1, 1000, 65536])
+def test_block_size_does_not_change_events(chunk, monkeypatch):
+    import tilpheno.io.fcs as fcs_module
+
+    compared = 0
+    for path in ALL:
+        monkeypatch.setattr(fcs_module, "CHUNK_BYTES", 1 << 40)  # the whole DATA segment as one block
+        try:
+            whole = read_fcs(path)
+        except FCSReadError:
+            continue
+        monkeypatch.setattr(fcs_module, "CHUNK_BYTES", chunk)
+        blocks = read_fcs(path)
+        assert blocks.events.dtype == whole.events.dtype == np.float64
+        np.testing.assert_array_equal(blocks.events, whole.events, err_msg=str(path))
+        assert blocks.problems == whole.problems
+        compared += 1
+    assert compared >= 25
+
+
+@pytest.mark.parametrize("path", FLOWKIT_DIRECT, ids=_id)
+def test_many_blocks_equal_flowkit(path, monkeypatch):
+    import tilpheno.io.fcs as fcs_module
+
+    monkeypatch.setattr(fcs_module, "CHUNK_BYTES", 997)  # a prime: blocks of a few events, partial last
+    np.testing.assert_array_equal(read_fcs(path).events, _flowkit_raw(str(path)).get_events("raw"))

@@ -21,15 +21,21 @@ Conventions
   a malformed spillover keyword (``spillover`` is then None).
 * A header-only file (TEXT present, DATA segment missing, e.g. a Cytek NL-2000 sample header)
   reads with ``read_fcs_metadata``; ``read_fcs`` raises ``FCSReadError`` for it.
+* ``FCSFile.sha256`` (SHA-256 of the whole file) is computed on first access, not by the read:
+  streamed from the file in 1 MiB chunks through a new read-only handle, then cached. The file's
+  identity (device, inode, size, mtime, ctime) is taken from the handle the read used, before any
+  byte is read; if it differs when the hash is computed (or changes while hashing), accessing
+  ``sha256`` raises ``FCSReadError`` instead of returning a digest of bytes that were not read.
+* DATA is decoded in one pass from the file to the float64 array: blocks of ``CHUNK_BYTES`` are
+  read (``readinto``) into one small reusable buffer and converted straight into their rows of the
+  output; bit masks, ``$TIMESTEP``, ``$PnE`` and ``$PnG`` touch only the columns that need them.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import mmap
 import os
 import stat
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,13 +50,67 @@ SPILL_KEYWORDS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER")
 _BYTEORDERS = {"1,2,3,4": "<", "1,2": "<", "1": "<", "4,3,2,1": ">", "2,1": ">"}
 _MAX_DATASETS = 1000
 
+HASH_CHUNK_BYTES = 1 << 20  # the lazy SHA-256 streams the file in blocks of 1 MiB
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _LazySHA256:
+    """SHA-256 of a file, computed on first use, and only if the file is still the one read.
+
+    ``identity`` is (device, inode, size, mtime_ns, ctime_ns) from ``fstat`` of the handle the read
+    used, taken before any byte was read. Picklable (no handle, no lock kept).
+    """
+
+    __slots__ = ("path", "identity")
+
+    def __init__(self, path: Path, identity: tuple[int, ...]):
+        self.path = path
+        self.identity = identity
+
+    def hexdigest(self) -> str:
+        path = self.path
+
+        def nonblocking(name, flags):  # a FIFO put in the file's place must not block the open
+            return os.open(name, flags | os.O_NONBLOCK)
+
+        try:
+            with open(path, "rb", buffering=0, opener=nonblocking) as fh:
+                if _identity(os.fstat(fh.fileno())) != self.identity:
+                    raise FCSReadError(path, "file changed since it was read (device, inode, size, modification or"
+                                             " change time differ); its SHA-256 would not describe the data read")
+                digest = hashlib.sha256()
+                buffer = bytearray(HASH_CHUNK_BYTES)
+                view = memoryview(buffer)
+                while True:
+                    got = fh.readinto(buffer)
+                    if not got:
+                        break
+                    digest.update(view[:got])
+                if _identity(os.fstat(fh.fileno())) != self.identity:
+                    raise FCSReadError(path, "file changed while its SHA-256 was computed")
+                return digest.hexdigest()
+        except FCSReadError:
+            raise
+        except FileNotFoundError:
+            raise FCSReadError(path, "file removed since it was read; SHA-256 not computed") from None
+        except OSError as exc:
+            raise FCSReadError(path, f"cannot read to compute SHA-256: {exc.strerror or exc}") from None
+
 
 @dataclass
 class FCSFile:
-    """One data set of an FCS file. See the module docstring for the event conventions."""
+    """One data set of an FCS file. See the module docstring for the event conventions.
+
+    ``sha256`` (hex SHA-256 of the whole file's bytes) is computed on first access and cached;
+    it raises ``FCSReadError`` if the file changed or vanished since it was read. ``''`` when the
+    file was read with ``read_fcs_metadata(checksum=False)``. It may also be given as a string.
+    """
 
     path: Path
-    sha256: str
+    sha256: str = field(repr=False)  # a property, see below: computed on first access
     version: str
     keywords: dict[str, str]
     channels: pd.DataFrame
@@ -63,6 +123,23 @@ class FCSFile:
     def channel_names(self) -> list[str]:
         """$PnN of every parameter, in order."""
         return list(self.channels["pnn"])
+
+
+def _get_sha256(self: FCSFile) -> str:
+    value = self.__dict__["_sha256"]
+    if isinstance(value, _LazySHA256):
+        value = value.hexdigest()
+        self.__dict__["_sha256"] = value  # cached; two threads racing compute the same digest
+    return value
+
+
+def _set_sha256(self: FCSFile, value: str | _LazySHA256) -> None:
+    self.__dict__["_sha256"] = value
+
+
+# set after @dataclass so that the generated __init__ goes through the setter (dataclasses.replace,
+# ==, asdict read it through the getter, i.e. compute the digest)
+FCSFile.sha256 = property(_get_sha256, _set_sha256, doc="Hex SHA-256 of the whole file, computed on first access.")
 
 
 @dataclass(frozen=True)
@@ -281,7 +358,7 @@ def _next_power_of_2(x: int) -> int:
     return 1 if x <= 0 else 1 << (x - 1).bit_length()
 
 
-CHUNK_BYTES = 1 << 22  # DATA is decoded in blocks of about 4 MiB (stays in cache for scaling)
+CHUNK_BYTES = 1 << 20  # DATA is read and decoded in blocks of 1 MiB (a reused buffer that stays in cache)
 
 
 @dataclass(frozen=True)
@@ -317,18 +394,20 @@ def _scaling(lay: _Layout, channels: pd.DataFrame, kw, problems: list[str]) -> _
 
 
 def _decode_block(raw: np.ndarray, lay: _Layout, scale: _Scaling, out: np.ndarray) -> None:
-    """Decode ``raw`` (uint8, rows x bytes-per-event) into ``out`` (float64, rows x channels)."""
+    """Decode ``raw`` (uint8, rows x bytes-per-event, a writable view of the read buffer) into
+    ``out`` (float64 rows x channels, a slice of the result) in one conversion; the buffer may be
+    modified (integer bit masks are applied in it, in place)."""
     widths = lay.widths
-    if lay.datatype in ("F", "D"):
+    if lay.datatype in ("F", "D"):  # (signalling NaNs become quiet NaNs, as in FlowKit: see _read_events)
         code = f"{lay.order}f4" if lay.datatype == "F" else f"{lay.order}f8"
-        with np.errstate(invalid="ignore"):  # signalling NaNs become quiet NaNs, as in FlowKit
-            out[...] = raw.reshape(-1).view(code).reshape(out.shape)
+        np.copyto(out, raw.reshape(-1).view(code).reshape(out.shape))
     elif len(set(widths)) == 1 and widths[0] in (1, 2, 4, 8):
         values = raw.reshape(-1).view(f"{lay.order}u{widths[0]}").reshape(out.shape)
-        if any(m is not None for m in scale.masks):
-            values = values & np.array([(2 ** (8 * widths[0]) - 1) if m is None else m for m in scale.masks],
-                                       dtype=values.dtype)
-        out[...] = values
+        for i, mask in enumerate(scale.masks):
+            if mask is not None:
+                column = values[:, i]
+                np.bitwise_and(column, column.dtype.type(mask), out=column)
+        np.copyto(out, values)
     else:  # any byte-aligned widths: assemble each column from its bytes
         pos = 0
         for i, w in enumerate(widths):
@@ -341,21 +420,32 @@ def _decode_block(raw: np.ndarray, lay: _Layout, scale: _Scaling, out: np.ndarra
                 column &= np.uint64(scale.masks[i])
             out[:, i] = column
             pos += w
+    # in place, column by column, while the block is in cache (same arithmetic as FlowKit's)
     if scale.time_index is not None and scale.timestep != 1.0:
-        out[:, scale.time_index] = out[:, scale.time_index] * scale.timestep
+        column = out[:, scale.time_index]
+        np.multiply(column, scale.timestep, out=column)
     for i, decades, log0, pnr in scale.log:
         out[:, i] = (10 ** (decades * out[:, i] / pnr)) * log0
     for i, gain in scale.gain:
-        out[:, i] = out[:, i] / gain
+        column = out[:, i]
+        np.divide(column, gain, out=column)
 
 
 def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
-    """Read and decode the DATA segment block by block straight from the file."""
+    """Read the DATA segment once, block by block into one reused buffer, decoding each block
+    straight into its rows of the float64 result (no full-size intermediate array)."""
     n_par, bpe = len(lay.widths), sum(lay.widths)
-    events = np.empty((lay.n_events, n_par), dtype=np.float64)
+    events = np.empty((lay.n_events, n_par), dtype=np.float64)  # size checked against the file by _layout
     rows = max(1, CHUNK_BYTES // bpe)
     buffer = bytearray(min(lay.n_events, rows) * bpe)
     fh.seek(lay.start)
+    with np.errstate(invalid="ignore"):  # a signalling NaN cast to float64 is not an error
+        _read_blocks(fh, lay, scale, path, events, rows, buffer)
+    return events
+
+
+def _read_blocks(fh, lay: _Layout, scale: _Scaling, path, events: np.ndarray, rows: int, buffer: bytearray) -> None:
+    bpe = sum(lay.widths)
     for first in range(0, lay.n_events, rows):
         last = min(lay.n_events, first + rows)
         view = memoryview(buffer)[: (last - first) * bpe]
@@ -367,7 +457,6 @@ def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
             filled += got
         raw = np.frombuffer(buffer, dtype=np.uint8, count=len(view)).reshape(last - first, bpe)
         _decode_block(raw, lay, scale, events[first:last])
-    return events
 
 
 # --------------------------------------------------------------------------- file access
@@ -459,33 +548,13 @@ def _check_path(path) -> Path:
     return Path(path)
 
 
-def _start_hashing(path: Path) -> tuple[threading.Thread, dict[str, str]]:
-    """SHA-256 of the whole file in a background thread (hashlib releases the GIL), through
-    its own read-only handle, so hashing overlaps with parsing and decoding."""
-    result: dict[str, str] = {}
-
-    def run() -> None:
-        try:
-            with open(path, "rb") as fh:
-                if os.fstat(fh.fileno()).st_size == 0:
-                    result["hex"] = hashlib.sha256(b"").hexdigest()
-                    return
-                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    result["hex"] = hashlib.sha256(mapped).hexdigest()
-        except (OSError, ValueError) as exc:
-            result["error"] = exc.strerror or str(exc)
-
-    thread = threading.Thread(target=run, name="fcs-sha256", daemon=True)
-    thread.start()
-    return thread, result
-
-
 def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bool = True) -> FCSFile:
     path = _check_path(path)
     with _open_checked(path) as fh:
-        hasher, digest = _start_hashing(path) if checksum else (None, {"hex": ""})
         try:
-            size = os.fstat(fh.fileno()).st_size
+            st = os.fstat(fh.fileno())  # before any byte is read: what the lazy SHA-256 must find again
+            size = st.st_size
+            digest = _LazySHA256(Path(os.path.abspath(path)), _identity(st)) if checksum else ""
 
             def read_at(offset: int, n: int) -> bytes:
                 fh.seek(offset)
@@ -506,16 +575,14 @@ def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bo
             spill = _spillover(kw, path, problems)
         except OSError as exc:
             raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
-        finally:
-            if hasher is not None:
-                hasher.join()
-    if "hex" not in digest:
-        raise FCSReadError(path, f"cannot read: {digest.get('error', 'hashing failed')}")
-    return FCSFile(path, digest["hex"], header.version, kw, channels, events, spill, n_events, tuple(problems))
+    return FCSFile(path, digest, header.version, kw, channels, events, spill, n_events, tuple(problems))
 
 
 def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
-    """Read data set ``dataset`` (0-based; .lmd files often hold two) of an FCS file, events included."""
+    """Read data set ``dataset`` (0-based; .lmd files often hold two) of an FCS file, events included.
+
+    ``sha256`` is not computed here: it is computed from the file on first access (see FCSFile).
+    """
     return _read(path, dataset, with_events=True)
 
 
@@ -523,7 +590,7 @@ def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0, checksum: bo
     """Read HEADER and TEXT only (``events is None``): fast, for scanning folders.
 
     ``n_events`` is ``$TOT`` (or, without ``$TOT``, what the DATA length implies). The DATA
-    segment is not checked, so header-only files read here. ``checksum=False`` skips hashing the
-    whole file (``sha256`` is then ``''``): the read touches only HEADER and TEXT.
+    segment is not checked, so header-only files read here. The read touches only HEADER and TEXT;
+    ``sha256`` is computed on first access (see FCSFile). ``checksum=False``: ``sha256`` is ``''``.
     """
     return _read(path, dataset, with_events=False, checksum=checksum)
