@@ -37,7 +37,6 @@ be counted differently; tests/test_flowjo.py states the tolerance reached.
 """
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -49,6 +48,7 @@ import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import GatingError, StrategyError
+from tilpheno.gates.gatingml import parse_number
 from tilpheno.gates.geometry import BooleanGate, EllipsoidGate, Gate, PolygonGate, RangeGate, RectangleGate
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
@@ -263,16 +263,6 @@ def _sample_labels(sample_el: ET.Element) -> set[str]:
     return labels
 
 
-def _number(text: str | None, what: str, source: str) -> float:
-    try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise StrategyError(f"{source}: {what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise StrategyError(f"{source}: {what}: {text!r} is not finite")
-    return value
-
-
 def _count(el: ET.Element) -> int | None:
     try:
         value = int(el.get("count", "-1"))
@@ -298,9 +288,9 @@ def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSampl
             raise StrategyError(
                 f"{source}: sample {s.name!r} parameter {param!r}: FlowJo transform <{kind}> is not supported "
                 f"(supported: {sorted(_TRANSFORM_PARAMS)})")
-        params = {p: _number(_attr(el, p), f"{kind} transform of {param!r} parameter {p}", source) for p in _TRANSFORM_PARAMS[kind]}
+        params = {p: parse_number(_attr(el, p), f"{kind} transform of {param!r} parameter {p}", source) for p in _TRANSFORM_PARAMS[kind]}
         if kind == "linear":
-            gain = _number(_attr(el, "gain") or "1", f"linear transform of {param!r} gain", source)
+            gain = parse_number(_attr(el, "gain") or "1", f"linear transform of {param!r} gain", source)
             if gain != 1 or params["maxRange"] <= params["minRange"]:
                 raise StrategyError(f"{source}: linear transform of {param!r}: need gain 1 and maxRange > minRange")
         s.transforms[param] = DisplayTransform(kind, params)
@@ -318,7 +308,7 @@ def _parse_spillover(el: ET.Element, source: str) -> tuple[Spillover, str, str]:
     detectors = [_attr(p, "name") for p in (params if params is not None else [])]
     rows = []
     for row in el.findall(_t("spillover")):
-        rows.append([_number(_attr(c, "value"), "spillover coefficient", source) for c in row.findall(_t("coefficient"))])
+        rows.append([parse_number(_attr(c, "value"), "spillover coefficient", source) for c in row.findall(_t("coefficient"))])
     if el.get("spectral") == "1":
         raise StrategyError(f"{source}: spectral (unmixing) matrices in FlowJo workspaces are not supported")
     return Spillover(tuple(detectors), np.array(rows, dtype=np.float64), f"{source} spilloverMatrix {el.get('name', '')}"), el.get("prefix", ""), el.get("suffix", "")
@@ -352,7 +342,7 @@ def _dims(gate_el: ET.Element, path: str, source: str) -> list[str]:
 def _vertices(parent: ET.Element | None, path: str, source: str) -> list[tuple[float, float]]:
     out = []
     for v in parent.findall(_g("vertex")) if parent is not None else []:
-        coords = [_number(_attr(c, "value"), f"population {path!r} vertex", source) for c in v.findall(_g("coordinate"))]
+        coords = [parse_number(_attr(c, "value"), f"population {path!r} vertex", source) for c in v.findall(_g("coordinate"))]
         if len(coords) != 2:
             raise StrategyError(f"{source}: population {path!r}: a vertex needs 2 coordinates")
         out.append((coords[0], coords[1]))
@@ -370,9 +360,9 @@ def _population(el, name, path, parent, s: FlowJoSample, source) -> WorkspacePop
     dims = _dims(g, path, source)
     try:
         if kind == "RectangleGate":
-            lows = [None if _attr(d, "min") is None else _number(_attr(d, "min"), f"population {path!r} min", source)
+            lows = [None if _attr(d, "min") is None else parse_number(_attr(d, "min"), f"population {path!r} min", source)
                     for d in g.findall(_g("dimension"))]
-            highs = [None if _attr(d, "max") is None else _number(_attr(d, "max"), f"population {path!r} max", source)
+            highs = [None if _attr(d, "max") is None else parse_number(_attr(d, "max"), f"population {path!r} max", source)
                      for d in g.findall(_g("dimension"))]
             if len(dims) == 1:
                 return WorkspacePopulation(path, name, parent, RangeGate(dims[0], lows[0], highs[0]), "range", complement, False, _count(el))

@@ -297,7 +297,8 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _number(text: str | None, what: str, source: str) -> float:
+def parse_number(text: str | None, what: str, source: str) -> float:
+    """A finite float from an XML attribute; ``StrategyError`` naming ``source`` and ``what`` otherwise."""
     try:
         value = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -318,7 +319,7 @@ def _parse_matrix(el: ET.Element, source: str) -> SpectrumMatrix:
     if fluor is None or det is None:
         raise StrategyError(f"{source}: spectrumMatrix {mid!r} needs <fluorochromes> and <detectors>")
     rows = [
-        tuple(_number(_attr(c, "value", source, True), f"spectrumMatrix {mid!r} coefficient", source)
+        tuple(parse_number(_attr(c, "value", source, True), f"spectrumMatrix {mid!r} coefficient", source)
               for c in spec.findall(_t("coefficient")))
         for spec in el.findall(_t("spectrum"))
     ]
@@ -335,7 +336,7 @@ def _parse_transformation(el: ET.Element, source: str) -> ScaleTransform | Ratio
     kind = _local(child.tag)
 
     def param(p: str) -> float:
-        return _number(_attr(child, p, source, True), f"transformation {tid!r} parameter {p}", source)
+        return parse_number(_attr(child, p, source, True), f"transformation {tid!r} parameter {p}", source)
 
     if kind == "fratio":
         names = _fcs_names(child, source)
@@ -375,15 +376,15 @@ def _parse_rectangle(el, gid, source):
         lo, hi = _attr(d_el, "min", source), _attr(d_el, "max", source)
         if lo is None and hi is None:
             raise StrategyError(f"{source}: gate {gid!r} dimension {dim.name!r} has neither min nor max")
-        lows.append(None if lo is None else _number(lo, f"gate {gid!r} min", source))
-        highs.append(None if hi is None else _number(hi, f"gate {gid!r} max", source))
+        lows.append(None if lo is None else parse_number(lo, f"gate {gid!r} min", source))
+        highs.append(None if hi is None else parse_number(hi, f"gate {gid!r} max", source))
     if len(dims) == 1:
         return RangeGate(dims[0].key, lows[0], highs[0]), dims
     return RectangleGate(tuple(d.key for d in dims), tuple(lows), tuple(highs)), dims
 
 
 def _coordinates(el: ET.Element, what: str, source: str) -> tuple[float, ...]:
-    return tuple(_number(_attr(c, "value", source, True), what, source) for c in el.findall(_g("coordinate")))
+    return tuple(parse_number(_attr(c, "value", source, True), what, source) for c in el.findall(_g("coordinate")))
 
 
 def _parse_polygon(el, gid, source):
@@ -405,10 +406,10 @@ def _parse_ellipsoid(el, gid, source):
     if mean_el is None or cov_el is None or dist_el is None:
         raise StrategyError(f"{source}: ellipsoid gate {gid!r} needs mean, covarianceMatrix and distanceSquare")
     cov = tuple(
-        tuple(_number(_attr(e, "value", source, True), f"gate {gid!r} covariance", source) for e in row.findall(_g("entry")))
+        tuple(parse_number(_attr(e, "value", source, True), f"gate {gid!r} covariance", source) for e in row.findall(_g("entry")))
         for row in cov_el.findall(_g("row"))
     )
-    dist = _number(_attr(dist_el, "value", source, True), f"gate {gid!r} distanceSquare", source)
+    dist = parse_number(_attr(dist_el, "value", source, True), f"gate {gid!r} distanceSquare", source)
     try:
         return EllipsoidGate(tuple(d.key for d in dims), _coordinates(mean_el, f"gate {gid!r} mean", source), cov, dist), dims
     except GatingError as exc:
@@ -420,14 +421,14 @@ def _parse_quadrant(el, gid, source):
     for div in el.findall(_g("divider")):
         did = _attr(div, "id", source, True)
         dim = _parse_dimension(div, gid, source)
-        values = tuple(sorted(_number(v.text, f"gate {gid!r} divider {did!r} value", source) for v in div.findall(_g("value"))))
+        values = tuple(sorted(parse_number(v.text, f"gate {gid!r} divider {did!r} value", source) for v in div.findall(_g("value"))))
         dividers.append(Divider(did, dim.key, values))
         dims.append(dim)
     quadrants = {}
     for q in el.findall(_g("Quadrant")):
         qid = _attr(q, "id", source, True)
         quadrants[qid] = {
-            _attr(p, "divider_ref", source, True): _number(_attr(p, "location", source, True), f"quadrant {qid!r} location", source)
+            _attr(p, "divider_ref", source, True): parse_number(_attr(p, "location", source, True), f"quadrant {qid!r} location", source)
             for p in q.findall(_g("position"))
         }
     try:
