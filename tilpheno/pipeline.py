@@ -578,6 +578,8 @@ def process_folder(
 
     if executor not in EXECUTORS:
         raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if executor == "dask" and scheduler is None:
+        raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
     if not 0 < fmo_percentile < 100:
         raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
     manifest = load_manifest(folder, manifest_csv)
