@@ -104,7 +104,8 @@ def _biexponential(y: np.ndarray, k: _LogicleCoefficients) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _logicle_table(t: float, w: float, m: float, a: float) -> tuple[np.ndarray, np.ndarray]:
-    """``logicle(node) - logicle(0)`` at the table nodes (exact), and the step to the next node."""
+    """``logicle(node) - logicle(0)`` at the table nodes (exact), and the step to the next node,
+    each at index ``node bits >> _SHIFT``."""
     k = _coefficients(t, w, m, a)
     node_bits = (np.arange(_N_NODES, dtype=np.int64) + _NODE0) << _SHIFT
     x = node_bits.view(np.float64)
@@ -120,11 +121,58 @@ def _logicle_table(t: float, w: float, m: float, a: float) -> tuple[np.ndarray, 
         below = _biexponential(mid, k) < x
         lo = np.where(below, mid, lo)
         hi = np.where(below, hi, mid)
-    offset = 0.5 * (lo + hi) - k.x1
-    step = np.append(np.diff(offset), 0.0)
+    values = 0.5 * (lo + hi) - k.x1
+    # Stored from index _NODE0 on, so that the top bits of |x| index the tables without an
+    # offset; the unused head is never touched (np.zeros pages are allocated lazily).
+    offset = np.zeros(_NODE0 + _N_NODES)
+    step = np.zeros(_NODE0 + _N_NODES)
+    offset[_NODE0:] = values
+    step[_NODE0:] = np.append(np.diff(values), 0.0)
     offset.setflags(write=False)
     step.setflags(write=False)
     return offset, step
+
+
+_BLOCK = 16000  # values per block in Logicle.apply: temporaries < 128 KiB (cache-resident, heap- not mmap-allocated)
+
+
+_LOW_FLOAT, _HIGH_FLOAT = 2.0**_LOW_EXP, 2.0**_HIGH_EXP
+_SIGN_BIT = np.int64(-(2**63))
+
+
+def _logicle_block(x: np.ndarray, out: np.ndarray, tables: tuple[np.ndarray, np.ndarray], x1: float) -> None:
+    """``out[:] = logicle(x)`` for one block (``out`` may be ``x``); see the module docstring."""
+    try:
+        _logicle_finite(x, out, tables, x1, None)
+    except IndexError:
+        # A NaN's bit pattern indexes past the table (nothing is written to ``out`` before the
+        # table look-ups), so NaNs cost nothing on blocks without any: redo this block with them
+        # set aside.
+        nan = np.isnan(x)
+        _logicle_finite(x, out, tables, x1, nan)
+        np.putmask(out, nan, np.nan)
+
+
+def _logicle_finite(x: np.ndarray, out: np.ndarray, tables, x1: float, nan: np.ndarray | None) -> None:
+    offset, step = tables        # indexed by the top bits of |x| directly (see _logicle_table)
+    work = np.abs(x)
+    if nan is not None:
+        np.putmask(work, nan, 0.0)
+    # Clamping the non-negative floats clamps their bit patterns alike (same order); infinities
+    # saturate at 2**40, NaN stays NaN.
+    np.clip(work, _LOW_FLOAT, _HIGH_FLOAT, out=work)
+    bits = work.view(np.int64)
+    index = bits >> _SHIFT
+    step_at = step.take(index)   # IndexError for a NaN
+    offset_at = offset.take(index)
+    bits &= _FRACTION_MASK
+    np.multiply(bits, _FRACTION_SCALE, out=work)   # position between node index and index + 1, in [0, 1)
+    work *= step_at
+    work += offset_at            # logicle(|x|) - logicle(0) >= 0
+    # logicle(-x) - logicle(0) = -(logicle(x) - logicle(0)): put x's sign bit on the non-negative
+    # value (as np.copysign, with one integer operation less)
+    np.bitwise_or(bits, np.bitwise_and(x.view(np.int64), _SIGN_BIT), out=out.view(np.int64))
+    out += x1
 
 
 @dataclass(frozen=True)
@@ -151,26 +199,26 @@ class Logicle:
                 "(need t>0, m>0, 0<=w<=m/2, -w<=a<=m-2w)"
             )
 
-    def apply(self, x) -> np.ndarray:
+    def apply(self, x, out: np.ndarray | None = None) -> np.ndarray:
         """Logicle of ``x`` (linear units) on the normalised scale; float64, same shape.
 
         NaN stays NaN; ``|x|`` beyond 2**40 (and infinities) saturate at the value for 2**40.
+        ``out``: a float64 array of ``x``'s shape to write into; may be ``x`` itself (in place).
         """
         x = np.asarray(x, dtype=np.float64)
-        offset, step = _logicle_table(self.t, self.w, self.m, self.a)
-        bits = np.abs(x).view(np.int64)
-        np.clip(bits, _BITS_LOW, _BITS_HIGH, out=bits)
-        index = bits >> _SHIFT
-        index -= _NODE0
-        bits &= _FRACTION_MASK
-        y = bits.astype(np.float64)
-        y *= _FRACTION_SCALE          # position between node index and index + 1, in [0, 1)
-        y *= step.take(index)
-        y += offset.take(index)
-        np.copysign(y, x, out=y)      # logicle(-x) - logicle(0) = -(logicle(x) - logicle(0))
-        y += _coefficients(self.t, self.w, self.m, self.a).x1
-        np.putmask(y, np.isnan(x), np.nan)
-        return y
+        if out is None:
+            out = np.empty_like(x)
+        elif out.shape != x.shape or out.dtype != np.float64:
+            raise ValueError(f"out must be float64 of shape {x.shape}, got {out.dtype} {out.shape}")
+        tables = _logicle_table(self.t, self.w, self.m, self.a)
+        x1 = _coefficients(self.t, self.w, self.m, self.a).x1
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):
+            _logicle_block(x, out, tables, x1)   # strided views: one block
+            return out
+        flat_x, flat_out = x.reshape(-1), out.reshape(-1)   # views (contiguous)
+        for start in range(0, flat_x.size, _BLOCK):
+            _logicle_block(flat_x[start:start + _BLOCK], flat_out[start:start + _BLOCK], tables, x1)
+        return out
 
     def inverse(self, y) -> np.ndarray:
         """Linear value whose logicle is ``y`` (exact closed form)."""
@@ -197,8 +245,12 @@ class Arcsinh:
         if not self.cofactor > 0:
             raise ValueError(f"arcsinh cofactor must be > 0, got {self.cofactor}")
 
-    def apply(self, x) -> np.ndarray:
-        return np.arcsinh(np.asarray(x, dtype=np.float64) / self.cofactor)
+    def apply(self, x, out: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if out is None:
+            return np.arcsinh(x / self.cofactor)
+        np.divide(x, self.cofactor, out=out)
+        return np.arcsinh(out, out=out)
 
     def inverse(self, y) -> np.ndarray:
         return np.sinh(np.asarray(y, dtype=np.float64)) * self.cofactor
@@ -213,8 +265,12 @@ class Linear:
 
     kind: str = field(default="linear", init=False)
 
-    def apply(self, x) -> np.ndarray:
-        return np.array(x, dtype=np.float64, copy=True)
+    def apply(self, x, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return np.array(x, dtype=np.float64, copy=True)
+        if out is not x:
+            np.copyto(out, x)
+        return out
 
     def inverse(self, y) -> np.ndarray:
         return np.array(y, dtype=np.float64, copy=True)

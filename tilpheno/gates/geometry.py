@@ -162,11 +162,18 @@ class PolygonGate:
         verts = np.asarray(self.vertices)
         inside = np.zeros(px.shape, dtype=bool)
         for (ax, ay), (bx, by) in zip(verts, np.roll(verts, -1, axis=0)):
-            # cross > 0: point strictly left of the edge a->b
+            # An edge counts for an upward crossing (ay <= py < by, point strictly left of a->b,
+            # cross > 0) or a downward one (by <= py < ay, cross < 0); at most one of the two
+            # ranges is non-empty, and a horizontal edge (ay == by) never counts, so only that
+            # one is evaluated (the same membership as evaluating both).
+            if not ay < by and not by < ay:
+                continue  # horizontal (or NaN) edge: both ranges empty
             cross = (bx - ax) * (py - ay) - (px - ax) * (by - ay)
-            upward = (ay <= py) & (py < by) & (cross > 0)
-            downward = (by <= py) & (py < ay) & (cross < 0)
-            inside ^= upward | downward
+            if ay < by:
+                crossing = (ay <= py) & (py < by) & (cross > 0)
+            else:
+                crossing = (by <= py) & (py < ay) & (cross < 0)
+            inside ^= crossing
         return inside
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +221,13 @@ class EllipsoidGate:
         points = np.column_stack([_column(data, d, "ellipsoid") for d in self.dims])
         centred = points - np.asarray(self.mean)
         inv = np.linalg.inv(np.asarray(self.covariance))
-        d2 = np.sum((centred @ inv) * centred, axis=1)
+        products = (centred @ inv) * centred
+        if products.shape[1] == 2:
+            # the same single addition as np.sum(axis=1) over two columns (same bits), without the
+            # slow short-axis reduction
+            d2 = products[:, 0] + products[:, 1]
+        else:
+            d2 = np.sum(products, axis=1)
         return d2 <= self.distance_square
 
     def to_dict(self) -> dict[str, Any]:
