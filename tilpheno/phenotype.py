@@ -53,7 +53,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tilpheno.compensation import Spillover, compensate, read_spillover_csv
+from tilpheno.compensation import Spillover, compensate_columns, read_spillover_csv
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate
@@ -84,6 +84,9 @@ LOW_VIABILITY_PCT = 70.0   # below -> low_viability (TIL lot release practice)
 THRESHOLD_RANGE_RAW = (0.0, 5000.0)  # an FMO threshold outside (linear units) -> threshold_out_of_range
 
 _PLACED_PER_FILE = ("cells", "singlets", "lymphocytes", "valley")
+
+PLOT_EVENTS = 20_000
+"""Events per file kept for the report's plots by the pipeline (``analyze_product(plot_events=...)``)."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,14 @@ class TubeResult:
     populations: pd.DataFrame   # population, parent, count, pct_of_parent, pct_of_live_lymph, median_<marker>...
     thresholds: pd.DataFrame    # population, marker, parent, percentile, value_transformed, value_raw, method, source_file
     gates: list[tuple[str, str, Gate, str]]   # (population, parent, gate, method), parents first
-    data: dict[str, np.ndarray]               # transformed dimensions (all events)
-    masks: dict[str, np.ndarray] = field(default_factory=dict)   # population -> mask over all events
+    data: dict[str, np.ndarray]               # transformed dimensions (all events, or the events of ``subsample``)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)   # population -> mask over the same events as data
     detectors: dict[str, str] = field(default_factory=dict)
-    n_events: int = 0
+    n_events: int = 0                         # events in the file (authoritative; counts in ``populations``)
+    subsample: np.ndarray | None = None       # indices of the events in data/masks; None = all events
+    quadrants: dict[tuple[str, str], dict[tuple[bool, bool], float]] = field(default_factory=dict)
+    # (x population, y population) -> % of parent per quadrant, on all events, for sibling
+    # threshold gates (report.product.sibling_range_pairs); filled when data is a subsample
 
 
 @dataclass
@@ -167,24 +174,34 @@ def load_tube(
     (``TubeData.compensated`` False). Transformed dimensions: the strategy's scatter dimensions
     and every marker of ``detectors`` (which must include the strategy's markers).
     """
+    data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spillover)
+    return TubeData(
+        file=str(fcs.path), sha256=fcs.sha256, tube=tube, role=role, fmo_marker=fmo_marker,
+        data=data, detectors=dict(detectors), transforms=used, compensated=compensated,
+    )
+
+
+def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strategy, spillover: Spillover | None):
+    """``(data, transforms used, compensated)`` of :func:`load_tube`, without touching ``fcs.sha256``."""
     names = list(fcs.channel_names)
     matrix = spillover if spillover is not None else fcs.spillover
-    events = compensate(fcs.events, names, matrix) if matrix is not None else np.asarray(fcs.events, dtype=np.float64)
     index = {n: i for i, n in enumerate(names)}
     wanted = {d: d for d in strategy.dims if d not in strategy.markers}
     wanted.update({m: det for m, det in detectors.items()})
     missing_scatter = [d for d, det in wanted.items() if det not in index]
     if missing_scatter:
         raise PanelError(f"{fcs.path}: dimension(s) {missing_scatter} not found; channels are {names}")
+    # Only the wanted channels are compensated, each into its own new array, transformed in place.
+    columns = compensate_columns(fcs.events, names, matrix, list(dict.fromkeys(wanted.values())))
     data, used = {}, {}
     for dim, det in wanted.items():
         transform = strategy.transform_for(dim)
-        data[dim] = transform.apply(events[:, index[det]])
+        column = columns[det]
+        if sum(1 for d in wanted.values() if d == det) > 1:  # one detector behind two dimensions
+            column = column.copy()
+        data[dim] = transform.apply(column, out=column)
         used[dim] = transform
-    return TubeData(
-        file=str(fcs.path), sha256=fcs.sha256, tube=tube, role=role, fmo_marker=fmo_marker,
-        data=data, detectors=dict(detectors), transforms=used, compensated=matrix is not None,
-    )
+    return data, used, matrix is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,36 +243,206 @@ def _zero(tube: TubeData, dim: str) -> float:
     return float(tube.transforms[dim].apply(np.zeros(1))[0])
 
 
-def _fmo_placement(
-    pop: Population, stained: _Gated | None, fmos: Mapping[str, _Gated], percentile: float
-) -> tuple[pl.Placement, str]:
-    """The threshold gate of an ``fmo`` population and the file that set it ('' = fallback)."""
-    marker = pop.dims[0]
-    params = dict(pop.params)
-    pct = float(params.pop("percentile", percentile))
-    min_events = int(params.pop("min_events", 200))
-    fmo = fmos.get(marker)
-    if fmo is not None and (pop.parent == ROOT or pop.parent in fmo.masks) and marker in fmo.tube.data:
-        values = fmo.tube.data[marker][fmo.parent_mask(pop)]
-        if values.size:
-            placement = pl.place_fmo_threshold(values, marker, percentile=pct, source_file=fmo.tube.file, min_events=min_events)
-            return placement, fmo.tube.file
-        reason = f"FMO {Path(fmo.tube.file).name} has no events in {pop.parent}"
-    else:
-        reason = "no FMO file for this marker"
-    if stained is None:
-        raise GatingError(f"{pop.name}: {reason} and no stained tube to fall back on")
-    placement = pl.place_valley(stained.tube.data[marker][stained.parent_mask(pop)], marker, keep="high",
-                                zero=_zero(stained.tube, marker), **params)
-    flags = placement.flags + (
-        pl.Flag("missing_fmo", "warning", f"{pop.name} ({marker}): {reason}"),
-        pl.Flag(
-            "fallback_gate", "warning",
-            f"{pop.name} ({marker}): threshold {placement.diagnostics['threshold']:.4g} from the density of the "
-            f"stained tube ({placement.method}) instead of the FMO {pct}th percentile",
-        ),
-    )
-    return pl.Placement(placement.gate, f"fallback_{placement.method}", placement.diagnostics, flags), ""
+class _Failed(Exception):
+    """A gate that could not be placed (the GatingError's message, kept for every later use)."""
+
+
+@dataclass
+class _Source:
+    """One file of a tube kind while its strategy is walked: loaded on demand, possibly twice."""
+
+    order: int
+    role: str
+    fmo_marker: str | None
+    failed: bool = False                      # unreadable, panel or compensation error (flagged by the loader)
+    placed: dict[str, Any] = field(default_factory=dict)   # population -> Placement | _Failed (per-file gates)
+    handle: Any = None                        # loader's data (e.g. the manifest row, the FCSFile for the digest)
+
+
+@dataclass
+class _Threshold:
+    """An ``fmo`` population's threshold, resolved once for the whole tube kind."""
+
+    placement: pl.Placement | None
+    row: dict[str, Any] | None
+    error: str = ""
+
+
+class _TubeKindRun:
+    """Walks one strategy over the files of one tube kind (see :func:`gate_tube_kind`).
+
+    Two passes. Pass 1 resolves every ``fmo`` threshold in strategy order: the marker's FMO file is
+    gated down to the population's parent (its per-file gates placed on its own data, earlier
+    thresholds applied) and the percentile taken; a missing FMO falls back to the stained tube.
+    Pass 2 gates every file to the end with all thresholds known. A file's per-file placements
+    (cells, singlets, lymphocytes, valley) are kept, so a file loaded in both passes is placed once.
+    With ``keep_loaded`` False only one file's arrays are held at a time (a file is loaded again
+    in pass 2 if another one was needed in between): the memory of a tube kind is one file's.
+    """
+
+    def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool):
+        self.strategy, self.sources, self.load = strategy, list(sources), load
+        self.percentile, self.keep_loaded = percentile, keep_loaded
+        self.pops = list(strategy.populations)
+        self.loaded: dict[int, _Gated] = {}
+        self.position: dict[int, int] = {}
+        self.file_flags: dict[int, list[tuple[int, pl.Flag]]] = {}
+        self.thresholds: dict[str, _Threshold] = {}
+        self.global_flags: list[tuple[int, pl.Flag]] = []   # flags of fmo thresholds, given to the target file
+
+    # -- loading ---------------------------------------------------------------------------
+    def state(self, i: int, final: bool = False) -> _Gated | None:
+        if i in self.loaded:
+            return self.loaded[i]
+        src = self.sources[i]
+        if src.failed:
+            return None
+        if not self.keep_loaded:
+            self.loaded.clear()   # release the previous file's arrays before reading the next
+        tube = self.load(src, final)
+        if tube is None:
+            src.failed = True
+            return None
+        self.loaded[i] = _Gated(tube)
+        self.position[i] = 0
+        self.file_flags[i] = []
+        return self.loaded[i]
+
+    def first_loadable(self, indices: Sequence[int]) -> tuple[int, _Gated] | None:
+        for i in indices:
+            st = self.state(i)
+            if st is not None:
+                return i, st
+        return None
+
+    # -- walking ---------------------------------------------------------------------------
+    def walk(self, i: int, upto: int) -> None:
+        """Gate file ``i`` through populations ``[its position, upto)`` (thresholds before ``upto`` resolved)."""
+        st, src = self.loaded[i], self.sources[i]
+        flags = self.file_flags[i]
+        for k in range(self.position[i], upto):
+            pop = self.pops[k]
+            if pop.method == "boolean":
+                st.masks[pop.name] = pop.boolean.evaluate(st.masks) & st.parent_mask(pop)
+                st.gates.append((pop.name, pop.parent, pop.boolean, "boolean"))
+                continue
+            if pop.method == "fmo":
+                th = self.thresholds[pop.name]
+                if th.placement is None:
+                    st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
+                    flags.append((k, pl.Flag("gate_failed", "error", th.error)))
+                    continue
+                st.masks[pop.name] = th.placement.gate.contains(st.tube.data) & st.parent_mask(pop)
+                st.gates.append((pop.name, pop.parent, th.placement.gate, th.placement.method))
+                st.thresholds.append(th.row)
+                continue
+            parent = st.parent_mask(pop)
+            placement = src.placed.get(pop.name)
+            if placement is None:
+                try:
+                    placement = pl.Placement(pop.fixed_gate, "fixed") if pop.method == "fixed" else _place_on(pop, st.tube, parent)
+                except GatingError as exc:
+                    placement = _Failed(f"{pop.name}: {exc}")
+                src.placed[pop.name] = placement
+            if isinstance(placement, _Failed):
+                st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
+                flags.append((k, pl.Flag("gate_failed", "error", str(placement))))
+                continue
+            st.masks[pop.name] = placement.gate.contains(st.tube.data) & parent
+            st.gates.append((pop.name, pop.parent, placement.gate, placement.method))
+            flags.extend((k, f) for f in placement.flags)
+        self.position[i] = max(self.position[i], upto)
+
+    def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str]:
+        """The threshold gate of ``fmo`` population ``pop`` (index ``k``) and the file that set it ('' = fallback)."""
+        stains = [i for i, s in enumerate(self.sources) if s.role == "stain"]
+        marker = pop.dims[0]
+        params = dict(pop.params)
+        pct = float(params.pop("percentile", self.percentile))
+        min_events = int(params.pop("min_events", 200))
+        # the last FMO file of the marker that loads (as a dict keyed by marker would keep)
+        fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and s.fmo_marker == marker]
+        found = self.first_loadable(fmo_files[::-1])
+        placement, source = None, ""
+        if found is not None and marker in found[1].tube.data:
+            i, st = found
+            self.walk(i, k)
+            values = st.tube.data[marker][st.parent_mask(pop)]
+            if values.size:
+                placement = pl.place_fmo_threshold(values, marker, percentile=pct, source_file=st.tube.file,
+                                                   min_events=min_events)
+                source = st.tube.file
+            reason = f"FMO {Path(st.tube.file).name} has no events in {pop.parent}"
+        else:
+            reason = "no FMO file for this marker"
+        if placement is None:
+            stained = self.first_loadable(stains)
+            if stained is None:
+                raise GatingError(f"{pop.name}: {reason} and no stained tube to fall back on")
+            i, st = stained
+            self.walk(i, k)
+            valley = pl.place_valley(st.tube.data[marker][st.parent_mask(pop)], marker, keep="high",
+                                     zero=_zero(st.tube, marker), **params)
+            flags = valley.flags + (
+                pl.Flag("missing_fmo", "warning", f"{pop.name} ({marker}): {reason}"),
+                pl.Flag(
+                    "fallback_gate", "warning",
+                    f"{pop.name} ({marker}): threshold {valley.diagnostics['threshold']:.4g} from the density of the "
+                    f"stained tube ({valley.method}) instead of the FMO {pct}th percentile",
+                ),
+            )
+            placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
+        return placement, source
+
+    def resolve(self) -> None:
+        """Pass 1: every ``fmo`` threshold, in strategy order."""
+        for k, pop in enumerate(self.pops):
+            if pop.method != "fmo":
+                continue
+            try:
+                placement, source = self._placement(k, pop)
+            except GatingError as exc:
+                self.thresholds[pop.name] = _Threshold(None, None, str(exc))
+                continue
+            marker = pop.dims[0]
+            row = _threshold_row(pop, placement, source, self.strategy, self.percentile)
+            self.thresholds[pop.name] = _Threshold(placement, row)
+            self.global_flags.extend((k, f) for f in placement.flags)
+            if not THRESHOLD_RANGE_RAW[0] <= row["value_raw"] <= THRESHOLD_RANGE_RAW[1]:
+                self.global_flags.append((k, pl.Flag(
+                    "threshold_out_of_range", "warning",
+                    f"{pop.name} ({marker}): threshold {row['value_raw']:.4g} outside the expected "
+                    f"{THRESHOLD_RANGE_RAW[0]:g}-{THRESHOLD_RANGE_RAW[1]:g} (compensated linear units)",
+                )))
+
+    def finish(self, consume) -> None:
+        """Pass 2: gate every loadable file to the end and hand it to ``consume(index, state)``,
+        the file already in memory first; its arrays are released afterwards (unless ``keep_loaded``).
+        The state's ``flags`` are complete only after :meth:`ordered_flags` (the target file of the
+        thresholds' flags is known once every file has been tried)."""
+        order = list(self.loaded) + [i for i in range(len(self.sources)) if i not in self.loaded]
+        for i in order:
+            st = self.state(i, final=True)
+            if st is None:
+                continue
+            self.walk(i, len(self.pops))
+            consume(i, st)
+            if not self.keep_loaded:
+                self.loaded.pop(i, None)
+                del st   # no reference left: the file's arrays are freed before the next file is read
+
+    def target(self) -> int | None:
+        """The file that carries the thresholds' flags: the first usable stained file, else the first usable file."""
+        usable = [i for i, s in enumerate(self.sources) if not s.failed and i in self.file_flags]
+        stains = [i for i in usable if self.sources[i].role == "stain"]
+        return (stains or usable or [None])[0]
+
+    def ordered_flags(self, i: int) -> list[pl.Flag]:
+        """File ``i``'s flags in strategy order (as if all files had been walked population by population)."""
+        entries = list(self.file_flags.get(i, []))
+        if i == self.target():
+            entries += self.global_flags
+        return [f for _, f in sorted(entries, key=lambda e: e[0])]
 
 
 def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile: float = 99.5) -> list[_Gated]:
@@ -263,49 +450,15 @@ def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile
 
     Returns one ``_Gated`` per input tube, in input order.
     """
-    states = [_Gated(t) for t in tubes]
-    stained = next((s for s in states if s.tube.role == "stain"), None)
-    fmos = {s.tube.fmo_marker: s for s in states if s.tube.role == "fmo" and s.tube.fmo_marker}
-    for pop in strategy.populations:
-        if pop.method == "boolean":
-            for s in states:
-                s.masks[pop.name] = pop.boolean.evaluate(s.masks) & s.parent_mask(pop)
-                s.gates.append((pop.name, pop.parent, pop.boolean, "boolean"))
-            continue
-        if pop.method == "fmo":
-            try:
-                placement, source = _fmo_placement(pop, stained, fmos, fmo_percentile)
-            except GatingError as exc:
-                for s in states:
-                    s.masks[pop.name] = np.zeros(s.tube.n_events, dtype=bool)
-                    s.flags.append(pl.Flag("gate_failed", "error", str(exc)))
-                continue
-            row = _threshold_row(pop, placement, source, strategy, fmo_percentile)
-            for s in states:
-                s.masks[pop.name] = placement.gate.contains(s.tube.data) & s.parent_mask(pop)
-                s.gates.append((pop.name, pop.parent, placement.gate, placement.method))
-                s.thresholds.append(row)
-            target = stained if stained is not None else states[0]
-            target.flags.extend(placement.flags)
-            if not THRESHOLD_RANGE_RAW[0] <= row["value_raw"] <= THRESHOLD_RANGE_RAW[1]:
-                target.flags.append(pl.Flag(
-                    "threshold_out_of_range", "warning",
-                    f"{pop.name} ({pop.dims[0]}): threshold {row['value_raw']:.4g} outside the expected "
-                    f"{THRESHOLD_RANGE_RAW[0]:g}-{THRESHOLD_RANGE_RAW[1]:g} (compensated linear units)",
-                ))
-            continue
-        for s in states:
-            parent = s.parent_mask(pop)
-            try:
-                placement = pl.Placement(pop.fixed_gate, "fixed") if pop.method == "fixed" else _place_on(pop, s.tube, parent)
-            except GatingError as exc:
-                s.masks[pop.name] = np.zeros(s.tube.n_events, dtype=bool)
-                s.flags.append(pl.Flag("gate_failed", "error", f"{pop.name}: {exc}"))
-                continue
-            s.masks[pop.name] = placement.gate.contains(s.tube.data) & parent
-            s.gates.append((pop.name, pop.parent, placement.gate, placement.method))
-            s.flags.extend(placement.flags)
-    return states
+    tubes = list(tubes)
+    sources = [_Source(i, t.role, t.fmo_marker) for i, t in enumerate(tubes)]
+    run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True)
+    run.resolve()
+    states: dict[int, _Gated] = {}
+    run.finish(lambda i, st: states.__setitem__(i, st))
+    for i, st in states.items():
+        st.flags = run.ordered_flags(i)
+    return [states[i] for i in range(len(tubes))]
 
 
 def _threshold_row(pop: Population, placement: pl.Placement, source: str, strategy: Strategy, percentile: float) -> dict:
@@ -373,15 +526,41 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
 _THRESHOLD_COLUMNS = ["population", "marker", "parent", "percentile", "value_transformed", "value_raw", "method", "source_file"]
 
 
-def _tube_result(strategy: Strategy, state: _Gated) -> TubeResult:
+def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = None) -> TubeResult:
+    """The file's TubeResult. ``plot_events``: keep in ``data``/``masks`` only an evenly spaced,
+    deterministic subsample of at most that many events (every k-th event from the first); the
+    tables are computed on all events before."""
     t = state.tube
-    return TubeResult(
+    n = t.n_events
+    result = TubeResult(
         file=t.file, sha256=t.sha256, tube=t.tube, role=t.role, fmo_marker=t.fmo_marker,
         populations=population_table(strategy, state),
         thresholds=pd.DataFrame(state.thresholds, columns=_THRESHOLD_COLUMNS),
         gates=list(state.gates), data=t.data, masks=dict(state.masks), detectors=dict(t.detectors),
-        n_events=t.n_events,
+        n_events=n,
     )
+    if plot_events is not None and n > plot_events:
+        stride = -(-n // max(1, int(plot_events)))
+        index = np.arange(0, n, stride)
+        if t.role == "stain":
+            result.quadrants = _quadrants(state)
+        result.data = {d: v[index] for d, v in t.data.items()}
+        result.masks = {p: m[index] for p, m in state.masks.items()}
+        result.subsample = index
+    return result
+
+
+def _quadrants(state: _Gated) -> dict:
+    """% of parent per quadrant for the report's quadrant plots, on all events (see TubeResult)."""
+    from tilpheno.report.plots import quadrant_percentages
+    from tilpheno.report.product import sibling_range_pairs
+
+    out = {}
+    for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(state.gates):
+        parent_mask = state.masks.get(parent, np.ones(state.tube.n_events, dtype=bool))
+        x, y = state.tube.data[xgate.dim][parent_mask], state.tube.data[ygate.dim][parent_mask]
+        out[(xpop, ypop)] = quadrant_percentages(x, y, xgate, ygate, xgate.dim, ygate.dim)
+    return out
 
 
 def _slug(population: str) -> str:
@@ -410,21 +589,36 @@ def doses(phenotype: Mapping[str, float], til_dose_cells: float | None) -> dict[
     return {k: v for k, v in values.items() if k != "dose"}
 
 
-def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _Gated], strategies: Mapping[str, Strategy]) -> list[QCFlag]:
+@dataclass
+class _StainedSummary:
+    """What the product's QC flags need from a gated stained tube (its arrays are released)."""
+
+    file: str
+    n_events: int
+    lymph_count: int | None    # events in the strategy's lymphocyte population; None without one
+
+
+def _stained_summary(strategy: Strategy, state: _Gated) -> _StainedSummary:
+    lymph = _lymph_population(strategy)
+    count = int(state.masks[lymph].sum()) if lymph and lymph in state.masks else None
+    return _StainedSummary(state.tube.file, state.tube.n_events, count)
+
+
+def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary], strategies: Mapping[str, Strategy]) -> list[QCFlag]:
     flags = []
-    for tube, state in stained.items():
-        name = Path(state.tube.file).name
-        if state.tube.n_events < MIN_EVENTS:
+    for tube, summary in stained.items():
+        name = Path(summary.file).name
+        if summary.n_events < MIN_EVENTS:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{state.tube.n_events} events in the {tube} stained tube (< {MIN_EVENTS})"))
+                                f"{summary.n_events} events in the {tube} stained tube (< {MIN_EVENTS})"))
         lymph = _lymph_population(strategies[tube])
-        if lymph and lymph in state.masks and int(state.masks[lymph].sum()) < MIN_LYMPH_EVENTS:
+        if summary.lymph_count is not None and summary.lymph_count < MIN_LYMPH_EVENTS:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{int(state.masks[lymph].sum())} events in {lymph} (< {MIN_LYMPH_EVENTS})"))
+                                f"{summary.lymph_count} events in {lymph} (< {MIN_LYMPH_EVENTS})"))
     viability = phenotype.get("viability_pct", float("nan"))
     if math.isfinite(viability) and viability < LOW_VIABILITY_PCT:
         surface = stained.get("surface")
-        flags.append(QCFlag(product_id, Path(surface.tube.file).name if surface else "", "low_viability", "warning",
+        flags.append(QCFlag(product_id, Path(surface.file).name if surface else "", "low_viability", "warning",
                             f"viability {viability:.1f}% < {LOW_VIABILITY_PCT:g}%"))
     return flags
 
@@ -468,6 +662,7 @@ def analyze_product(
     til_dose_cells: float | None = None,
     spillover_override: Spillover | str | Path | None = None,
     panel_override=None,
+    plot_events: int | None = None,
 ) -> ProductResult:
     """Gate every file of one product and compute its phenotype (module docstring).
 
@@ -476,6 +671,11 @@ def analyze_product(
     files of a tube kind without a strategy (the unstained tube) are not gated.
     ``spillover_override``: a Spillover or a CSV path used instead of every file's $SPILLOVER.
     ``panel_override``: passed to ``tilpheno.panel.panel_from_fcs``.
+    ``plot_events``: None keeps every file's arrays and each TubeResult's ``data``/``masks`` over
+    all events. A number bounds memory (the pipeline): files are gated one at a time (a file's
+    arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
+    deterministic subsample of at most that many events for plots; tables, variables, thresholds
+    and QC are computed on all events and are identical either way.
     Never raises on a bad file: the file is dropped with a QC flag and variables become NaN.
     """
     from tilpheno.io.fcs import read_fcs
@@ -486,60 +686,96 @@ def analyze_product(
     qc: list[QCFlag] = []
     tubes_out: list[TubeResult] = []
     phenotype: dict[str, float] = {v: float("nan") for v in STUDY_VARIABLES}
-    stained_states: dict[str, _Gated] = {}
+    stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
         if strategy is None:
             continue
-        read = []
-        for row in group.itertuples(index=False):
-            name = Path(str(row.file)).name
+        sources = []
+        for i, row in enumerate(group.itertuples(index=False)):
+            marker = _fmo_marker(getattr(row, "fmo_marker", None)) if row.role == "fmo" else None
+            src = _Source(i, str(row.role), marker)
+            src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
+            sources.append(src)
+        # The stained files are read first: the first readable one resolves the FMO files' panels
+        # (its TEXT only is kept); unreadable files are flagged once, whenever they are met.
+        reference, reference_src, n_stained_read = None, None, 0
+        for src in sources:
+            if src.role != "stain":
+                continue
             try:
-                read.append((row, read_fcs(row.file)))
+                fcs = read_fcs(src.handle["row"].file)
             except FCSReadError as exc:
-                qc.append(QCFlag(product_id, name, "unreadable_file", "error", exc.problem))
-        stained_fcs = next((f for r, f in read if r.role == "stain"), None)
-        if sum(r.role == "stain" for r, _ in read) > 1:
+                src.failed = True
+                src.handle["read_flag"] = QCFlag(product_id, src.handle["name"], "unreadable_file", "error", exc.problem)
+                continue
+            n_stained_read += 1
+            if reference is None:
+                fcs.events = None   # the TEXT is what the panels need; the events are read again when gated
+                reference, reference_src = fcs, src
+
+        def load(src: _Source, final: bool, strategy=strategy, tube_kind=str(tube_kind)) -> TubeData | None:
+            h = src.handle
+            try:
+                fcs = read_fcs(h["row"].file)
+            except FCSReadError as exc:
+                h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
+                return None
+            try:
+                panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override)
+                detectors = require(panel, strategy.markers)
+                data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spill)
+            except PanelError as exc:
+                h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
+                return None
+            except CompensationError as exc:
+                h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]
+                return None
+            h["load_flag"] = [] if compensated else [QCFlag(
+                product_id, h["name"], "no_compensation", "warning",
+                "no $SPILLOVER in the file and no override matrix: data left uncompensated")]
+            fcs.events = None   # compensated and transformed: release the raw event array
+            h["fcs"] = fcs      # its digest is computed once, when the file's result is made
+            return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
+                            data=data, detectors=dict(detectors), transforms=used, compensated=compensated)
+
+        run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None)
+        run.resolve()
+        made: dict[int, TubeResult] = {}
+        variables: dict[int, tuple[dict, _StainedSummary]] = {}
+
+        def consume(i: int, state: _Gated, strategy=strategy) -> None:
+            state.tube.sha256 = sources[i].handle["fcs"].sha256
+            state.flags = []   # completed by ordered_flags once every file has been tried
+            made[i] = _tube_result(strategy, state, plot_events)
+            if sources[i].role == "stain":
+                variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
+
+        run.finish(consume)
+        qc.extend(s.handle["read_flag"] for s in sources if s.handle["read_flag"] is not None)
+        if n_stained_read > 1:
             qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",
                              f"more than one {tube_kind} stained file; the first by name is used for the variables"))
-        loaded: list[TubeData] = []
-        for row, fcs in read:
-            name = Path(str(row.file)).name
-            try:
-                marker = _fmo_marker(getattr(row, "fmo_marker", None)) if row.role == "fmo" else None
-                panel = panel_from_fcs(fcs, stained=stained_fcs if fcs is not stained_fcs else None, override=panel_override)
-                detectors = require(panel, strategy.markers)
-                tube = load_tube(fcs, detectors, strategy, tube=str(tube_kind), role=str(row.role), fmo_marker=marker,
-                                 spillover=spill)
-            except PanelError as exc:
-                qc.append(QCFlag(product_id, name, "panel_error", "error", str(exc)))
-                continue
-            except CompensationError as exc:
-                qc.append(QCFlag(product_id, name, "compensation_error", "error", str(exc)))
-                continue
-            if not tube.compensated:
-                qc.append(QCFlag(product_id, name, "no_compensation", "warning",
-                                 "no $SPILLOVER in the file and no override matrix: data left uncompensated"))
-            loaded.append(tube)
-        if not any(t.role == "stain" for t in loaded):
+        for s in sources:
+            qc.extend(s.handle["load_flag"])
+        if not any(sources[i].role == "stain" for i in made):
             qc.append(QCFlag(product_id, "", "missing_stain", "error",
                              f"no usable {tube_kind} stained file: {tube_kind} variables are NaN"))
-        if not loaded:
-            continue
-        states = gate_tube_kind(strategy, loaded, fmo_percentile)
-        for state in states:
-            name = Path(state.tube.file).name
-            qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message) for f in state.flags)
-            tubes_out.append(_tube_result(strategy, state))
-        stained = next((s for s in states if s.tube.role == "stain"), None)
-        if stained is not None:
-            stained_states[str(tube_kind)] = stained
-            phenotype.update(tube_variables(strategy, stained))
+        for i in sorted(made):
+            result = made[i]
+            name = sources[i].handle["name"]
+            qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message) for f in run.ordered_flags(i))
+            tubes_out.append(result)
+        if variables:
+            first = min(variables)
+            values, summary = variables[first]
+            stained_summaries[str(tube_kind)] = summary
+            phenotype.update(values)
 
     phenotype.update(doses(phenotype, til_dose_cells))
-    qc.extend(_product_flags(product_id, phenotype, stained_states, strategy_map))
+    qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map))
     return ProductResult(
         product_id=product_id,
         phenotype={"product_id": product_id, **phenotype},

@@ -232,11 +232,13 @@ def job_strategies(job: ProductJob) -> tuple:
 
 def _analyze(job: ProductJob, rows):
     """Gate the product (``analyze_product`` flags and drops files it cannot read; it does not raise for them)."""
-    from tilpheno.phenotype import analyze_product
+    from tilpheno.phenotype import PLOT_EVENTS, analyze_product
 
+    # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
+    # the report, so a job's memory follows the largest file, not the product or the folder
     return analyze_product(
         job.product_id, rows, list(job_strategies(job)),
-        fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows),
+        fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
     )
 
 

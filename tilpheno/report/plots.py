@@ -365,16 +365,19 @@ def quadrant_png(
     xpopulation: str,
     ypopulation: str,
     title: str,
+    percentages: dict | None = None,
 ) -> bytes:
     """Two sibling 1-D gates as a FlowJo quadrant plot: density of the parent's events on (x, y),
     both thresholds drawn, and the % of parent in each quadrant in its corner.
 
     Quadrant membership uses the gates themselves (``xgate.contains`` / ``ygate.contains``), so
     the corner numbers add up to 100 % of the events with finite values on both axes.
+    ``percentages``: the corner numbers when (x, y) are a subsample (``quadrant_percentages`` of
+    all events, computed beforehand); None computes them from (x, y).
     """
     from matplotlib.colors import LogNorm
 
-    quadrants = quadrant_percentages(x, y, xgate, ygate, xaxis.dim, yaxis.dim)
+    quadrants = percentages if percentages is not None else quadrant_percentages(x, y, xgate, ygate, xaxis.dim, yaxis.dim)
     ok = np.isfinite(x) & np.isfinite(y)
     xlim = _limits(x, _gate_extent(xgate, xaxis.dim), xaxis)
     ylim = _limits(y, _gate_extent(ygate, yaxis.dim), yaxis)

@@ -59,12 +59,32 @@ def _pct_of_parent(tube, population: str, masks, parent_mask) -> float:
     return 100.0 * int(masks[population].sum()) / n_parent if n_parent else float("nan")
 
 
+def _n_plotted(tube) -> int:
+    """Events in ``tube.data``/``tube.masks``: all of the file's, or its subsample (``TubeResult.subsample``)."""
+    if getattr(tube, "subsample", None) is not None:
+        return len(tube.subsample)
+    return tube.n_events
+
+
+def _pct_from_table(tube, population: str) -> float | None:
+    """``pct_of_parent`` of ``population`` in the tube's table (all events), None if absent."""
+    pops = tube.populations
+    if "population" not in pops or "pct_of_parent" not in pops:
+        return None
+    row = pops[pops["population"] == population]
+    return float(row["pct_of_parent"].iloc[0]) if len(row) else None
+
+
 def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
-    """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent."""
+    """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent.
+
+    The events drawn are ``tube.data`` (a subsample when ``tube.subsample`` is set); the
+    percentages come from the population table, computed on all events.
+    """
     from tilpheno.report import plots
 
     masks = tube.masks
-    n = tube.n_events
+    n = _n_plotted(tube)
     figures = []
     for population, parent, gate, method in tube.gates:
         dims = tuple(getattr(gate, "dims", ()))
@@ -109,14 +129,16 @@ def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, stra
     from tilpheno.report import plots
 
     figures = []
+    stored = getattr(tube, "quadrants", None) or {}
     for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(tube.gates):
-        parent_mask = tube.masks.get(parent, np.ones(tube.n_events, dtype=bool))
+        parent_mask = tube.masks.get(parent, np.ones(_n_plotted(tube), dtype=bool))
         parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
         title = f"{parent_name}: {xgate.dim} vs {ygate.dim}"
         png = plots.quadrant_png(
             tube.data[xgate.dim][parent_mask], tube.data[ygate.dim][parent_mask],
             _axis(xgate.dim, detectors, strategy), _axis(ygate.dim, detectors, strategy),
             xgate=xgate, ygate=ygate, xpopulation=xpop, ypopulation=ypop, title=title,
+            percentages=stored.get((xpop, ypop)),
         )
         figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
                               f"{xpop} and {ypop} thresholds on {xgate.dim} vs {ygate.dim} in {parent_name}, "
@@ -143,8 +165,15 @@ def fmo_figures(result, percentile: float, strategies=()) -> list[Figure]:
                 continue
             s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
             thr = float(row.value_transformed)
-            pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
-            pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
+            if getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None:
+                pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
+                pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
+            else:
+                # drawn from subsamples: the % positive of each tube's table (all events; the
+                # population is the parent's events above the same threshold)
+                pct_s, pct_f = (_pct_from_table(t, str(row.population)) for t in (stain, fmo))
+                pct_s = float("nan") if pct_s is None else pct_s
+                pct_f = float("nan") if pct_f is None else pct_f
             detectors = stain.detectors
             pctl = float(getattr(row, "percentile", percentile))
             png = plots.fmo_overlay_png(
