@@ -14,9 +14,14 @@ Measures, on the cohort's files:
 4. per file, FlowKit (Sample + gate_sample) against tilpheno (read + compensate + transform + masks);
 5. the whole ``tilpheno process`` (gate placement, reports, tables) with ``--jobs 1`` and ``--jobs 2``
    in subprocesses: seconds per product, events per second, peak RSS of the largest process;
+   memory (``--memory-folder``, repeatable): ``process --jobs 1`` on the folder's first product and on
+   the whole folder, each in a fresh process that first imports every module the pipeline uses
+   (``PIPELINE_MODULES``; the RSS then is the libraries' baseline) and reports the kernel's peak RSS
+   (``ru_maxrss``) and the increment above the baseline, against 3x the largest file's float64 event
+   array (``--memory-only`` runs just these);
 6. CLI import time (``python -X importtime -c "import tilpheno.cli"``).
 
-Timings of steps are the best of ``--repeat`` runs in CPU seconds (``time.process_time``), which other
+Timings of steps are the median of ``--repeat`` runs in CPU seconds (``time.process_time``), which other
 work on a shared machine does not inflate; the ``process`` runs report wall and CPU time and the load
 average before each run. Prints a Markdown table.
 """
@@ -38,16 +43,17 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def best(fn, repeat: int) -> tuple[float, object]:
-    """Minimum CPU time (``time.process_time``: this process, all threads) over ``repeat`` calls.
+    """Median CPU time (``time.process_time``: this process, all threads) over ``repeat`` calls.
 
-    CPU time, not wall time, so that other work on a shared machine does not distort the ratios.
+    CPU time, not wall time, so that other work on a shared machine does not distort the ratios;
+    the median, not the minimum, so that one lucky run does not decide a ratio.
     """
     times, value = [], None
     for _ in range(repeat):
         t = time.process_time()
         value = fn()
         times.append(time.process_time() - t)
-    return min(times), value
+    return float(np.median(times)), value
 
 
 def manifest_events(path: Path) -> int:
@@ -195,17 +201,101 @@ def bench_process(cohort: Path, manifest_csv: Path, jobs: int, out: Path) -> dic
     return {"jobs": jobs, "seconds": seconds, "load_before": load, "exit": proc.returncode, **usage}
 
 
-def bench_memory(folder: Path, work: Path) -> dict:
-    """Peak RSS of ``process --jobs 1`` on one product vs on the whole ``folder`` (e.g. 500 files)."""
+# Everything `tilpheno process --jobs 1` imports (checked: `memory_child` reports any module first
+# imported while data are processed); importing them first gives the libraries' baseline RSS.
+PIPELINE_MODULES = (
+    "tilpheno.cli", "tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.io.fcs", "tilpheno.io.manifest",
+    "tilpheno.io.atomic", "tilpheno.panel", "tilpheno.compensation", "tilpheno.transforms",
+    "tilpheno.gates.strategy", "tilpheno.gates.placement", "tilpheno.gates.geometry", "tilpheno.release",
+    "tilpheno.provenance", "tilpheno.report.product", "tilpheno.report.plots", "tilpheno.report.html",
+    "threadpoolctl", "numpy", "pandas", "pyarrow", "pyarrow.parquet", "sklearn.mixture", "jinja2", "yaml",
+    "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.colors",
+    "matplotlib.patches", "matplotlib.ticker", "matplotlib.font_manager",
+    "PIL.Image", "PIL.PngImagePlugin", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
+    "PIL.PpmImagePlugin", "concurrent.futures.thread", "email.parser", "encodings.unicode_escape",
+    "encodings.utf_8_sig", "pandas.io.formats.csvs", "pandas.core.arrays.arrow.extension_types", "pyarrow.pandas_compat",
+)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(folder: Path, manifest_csv: Path, out: Path) -> dict:
+    """In a fresh process: import the pipeline's modules (baseline RSS), then ``process_folder``
+    with one job (what ``tilpheno process --jobs 1`` runs); peak RSS is the kernel's high-water
+    mark (``ru_maxrss``), so no sampling interval can miss a short peak."""
+    import importlib
+    import resource
+    import sys
+
+    for name in PIPELINE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    baseline = _rss()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    modules = set(sys.modules)
+    from tilpheno.pipeline import process_folder
+
+    t = time.perf_counter()
+    summary = process_folder(folder, out, manifest_csv=manifest_csv, n_jobs=1)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    late = sorted(set(sys.modules) - modules)
+    return {"baseline": baseline, "peak": peak, "peak_before_run": peak_before, "seconds": seconds,
+            "done": len(summary.done), "failed": len(summary.failed), "late_imports": late}
+
+
+def _memory_run(folder: Path, manifest_csv: Path, out: Path) -> dict:
+    import json
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(folder), str(manifest_csv), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                                    "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(folder: Path, work: Path, products: int | None = None) -> dict:
+    """Peak RSS of ``process --jobs 1`` above the libraries' baseline: the folder's first product
+    alone vs the whole folder (or its first ``products`` products); each run in a fresh process."""
+    from tilpheno.io.fcs import read_fcs_metadata
+
     manifest = pd.read_csv(folder / "manifest.csv")
-    first = sorted(manifest["product_id"].unique())[0]
-    one = work / "one_product.csv"
-    manifest[manifest["product_id"] == first].to_csv(one, index=False)
-    small = bench_process(folder, one, 1, work / "mem_one")
-    full = bench_process(folder, folder / "manifest.csv", 1, work / "mem_all")
-    largest = max((folder / f).stat().st_size for f in manifest["file"])
-    return {"n_files": len(manifest), "one": small, "all": full, "largest_file_mb": largest / 2**20,
-            "events": manifest_events(folder / manifest["file"].iloc[0])}
+    ids = sorted(manifest["product_id"].unique())
+    one = work / f"{folder.name}_one.csv"
+    manifest[manifest["product_id"] == ids[0]].to_csv(one, index=False)
+    every = work / f"{folder.name}_all.csv"
+    manifest[manifest["product_id"].isin(ids[:products])].to_csv(every, index=False)
+    sizes = {}
+    for f in manifest["file"]:
+        meta = read_fcs_metadata(folder / f, checksum=False)
+        sizes[f] = int(meta.keywords["$TOT"]) * int(meta.keywords["$PAR"]) * 8
+    largest = max(sizes.values())
+    runs = {name: _memory_run(folder, csv, work / f"mem_{folder.name}_{name}") for name, csv in (("one", one), ("all", every))}
+    n_all = len(pd.read_csv(every))
+    return {"folder": str(folder), "n_files_one": int((manifest["product_id"] == ids[0]).sum()), "n_files_all": n_all,
+            "largest_array": largest, "runs": runs}
+
+
+def memory_lines(mem: dict) -> list[str]:
+    mb = 2**20
+    limit = 3 * mem["largest_array"]
+    lines = []
+    for name, n in (("one", mem["n_files_one"]), ("all", mem["n_files_all"])):
+        r = mem["runs"][name]
+        inc = r["peak"] - r["baseline"]
+        lines.append(
+            f"| memory: process --jobs 1, {mem['folder']}, {n} files | baseline {r['baseline'] / mb:.0f} MiB, peak "
+            f"{r['peak'] / mb:.0f} MiB, increment {inc / mb:.0f} MiB | 3x largest event array {limit / mb:.0f} MiB "
+            f"(array {mem['largest_array'] / mb:.1f} MiB) | {'met' if inc <= limit else 'NOT met'} ({inc / limit:.2f} of the limit); "
+            f"{r['seconds']:.0f} s, late imports: {', '.join(r['late_imports']) or 'none'} |"
+        )
+    return lines
 
 
 def bench_import(repeat: int) -> dict:
@@ -226,12 +316,26 @@ def main(argv=None) -> None:
     ap.add_argument("--cohort", type=Path, default=None,
                     help="folder from benchmarks/make_cohort.py (default: generate 12 products x 100k events)")
     ap.add_argument("--products", type=int, default=None, help="products for the process runs (default all)")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--skip-process", action="store_true")
-    ap.add_argument("--memory-folder", type=Path, default=None,
-                    help="cohort folder (e.g. 56 products = 504 files) for the memory-scaling run")
+    ap.add_argument("--memory-folder", type=Path, action="append", default=None,
+                    help="cohort folder (e.g. 56 products = 504 files) for the memory-scaling run (repeatable)")
     ap.add_argument("--read-file", type=Path, default=None, help="FCS file for the read benchmark (e.g. a 1M-event file)")
+    ap.add_argument("--memory-products", type=int, default=None,
+                    help="products of --memory-folder for the 'all' memory run (default all)")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory runs (needs --memory-folder)")
+    ap.add_argument("--memory-child", nargs=3, metavar=("FOLDER", "MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child:
+        import json
+
+        print(json.dumps(memory_child(*map(Path, args.memory_child))))
+        return
+    if args.memory_only:
+        work = Path(tempfile.mkdtemp(prefix="tilpheno-bench-"))
+        for folder in args.memory_folder:
+            print("\n".join(memory_lines(bench_memory(folder, work, args.memory_products))))
+        return
 
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 
@@ -287,14 +391,8 @@ def main(argv=None) -> None:
         lines.append(f"| --jobs 2 speed-up over --jobs 1 | {runs[0]['seconds'] / runs[1]['seconds']:.2f}x | | |")
         lines.append(f"| largest file's event array (float64) | {n_ev * rd['channels'] * 8 / 2**20:.1f} MB | | |")
     if args.memory_folder:
-        mem = bench_memory(args.memory_folder, work)
-        array_mb = mem["events"] * rd["channels"] * 8 / 2**20
-        lines.append(
-            f"| memory: process --jobs 1, peak RSS, 1 product vs {mem['n_files']} files | "
-            f"{mem['one']['peak_one_mb']:.0f} MB vs {mem['all']['peak_one_mb']:.0f} MB | largest file "
-            f"{mem['largest_file_mb']:.1f} MB on disk, {array_mb:.1f} MB as a float64 event array | "
-            f"growth {mem['all']['peak_one_mb'] - mem['one']['peak_one_mb']:+.0f} MB |"
-        )
+        for folder in args.memory_folder:
+            lines.extend(memory_lines(bench_memory(folder, work, args.memory_products)))
     print("\n".join(lines))
 
 

@@ -267,6 +267,34 @@ def _populations_long(product_id: str, tubes) -> object:
 
 def process_product(job: ProductJob) -> ProductOutcome:
     """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason)."""
+    outcome = _process_product(job)
+    _return_free_memory()   # the product's arrays are gone: give their pages back before the next product
+    return outcome
+
+
+def _return_free_memory() -> None:
+    """Collect cyclic garbage, then glibc ``malloc_trim(0)``: return freed heap pages to the system (large numpy temporaries that
+    landed on the heap would otherwise keep a worker's RSS at its high-water mark and let freed
+    gaps accumulate from product to product). A no-op where glibc is not the allocator."""
+    global _MALLOC_TRIM
+    import gc
+
+    gc.collect()   # matplotlib figures hold reference cycles: free them now, not at some later collection
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
+def _process_product(job: ProductJob) -> ProductOutcome:
     from tilpheno.release import evaluate, overall
 
     start = time.perf_counter()
