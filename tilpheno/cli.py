@@ -110,6 +110,7 @@ def process(
     folder: Path = typer.Argument(..., help="Folder of FCS files.", exists=True, file_okay=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; re-running overwrites atomically)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file,product_id,tube,role,fmo_marker) instead of scanning."),
+    outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
     strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the bundled TIL strategies."),
     release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: viability > 70 %, CD3+ > 90 % of live lymphocytes."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Products processed in parallel (process pool)."),
@@ -125,7 +126,7 @@ def process(
 
     try:
         summary = _run_with_progress(
-            folder, out, manifest=manifest, strategy=strategy, release_spec=release_spec, jobs=jobs,
+            folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
         )
@@ -136,7 +137,7 @@ def process(
         raise typer.Exit(code=1)
 
 
-def _run_with_progress(folder, out, *, manifest=None, strategy=None, release_spec=None, jobs=1, executor="local",
+def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
@@ -158,7 +159,7 @@ def _run_with_progress(folder, out, *, manifest=None, strategy=None, release_spe
             bar.advance(state["task"])
 
         return process_folder(
-            folder, out, manifest_csv=manifest, strategy_paths=strategy, release_spec_path=release_spec,
+            folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
             on_start=on_start, on_outcome=on_outcome,
@@ -251,12 +252,13 @@ def demo(
     sample = _sample_folder()
     try:
         typer.echo(f"1/3 process {sample} -> {out / 'sample'}")
-        first = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"), jobs=jobs)
+        first = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"),
+                                   outcomes=_optional(sample / "outcomes.csv"), jobs=jobs)
         _print_summary(first)
         typer.echo(f"2/3 simulate {products} products x 9 tubes x {events} events, then process (tables only)")
         cohort = simulate_cohort(out / "cohort_fcs", products, seed, events)
-        second = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest, jobs=jobs,
-                                    make_reports=False)
+        second = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest,
+                                    outcomes=cohort.outcomes, jobs=jobs, make_reports=False)
         _print_summary(second)
         typer.echo("3/3 biomarker analysis of the simulated cohort")
         phenotypes = pd.read_csv(out / "cohort" / "phenotypes.csv")

@@ -579,11 +579,31 @@ def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None):
     return frame
 
 
+def attach_doses(manifest, outcomes):
+    """Add each product's infused TIL number (``til_dose_cells``, cells) from an outcomes table.
+
+    ``outcomes`` is a validated outcomes DataFrame (``tilpheno.io.outcomes.read_outcomes``). A
+    dose already in the manifest wins; products without a dose stay NaN (no absolute doses).
+    """
+    import pandas as pd
+
+    doses = outcomes.dropna(subset=["til_dose_cells"]).set_index("product_id")["til_dose_cells"]
+    frame = manifest.copy()
+    from_outcomes = frame["product_id"].astype(str).map(doses)
+    if "til_dose_cells" in frame.columns:
+        given = pd.to_numeric(frame["til_dose_cells"], errors="coerce")
+        frame["til_dose_cells"] = given.where(given.notna(), from_outcomes)
+    else:
+        frame["til_dose_cells"] = from_outcomes
+    return frame
+
+
 def process_folder(
     folder: str | Path,
     out_dir: str | Path,
     *,
     manifest_csv: str | Path | None = None,
+    outcomes_path: str | Path | None = None,
     strategy_paths: Sequence[str | Path] | None = None,
     release_spec_path: str | Path | None = None,
     fmo_percentile: float = 99.5,
@@ -613,13 +633,18 @@ def process_folder(
     if not 0 < fmo_percentile < 100:
         raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
     manifest = load_manifest(folder, manifest_csv)
+    if outcomes_path is not None:
+        from tilpheno.io.outcomes import read_outcomes
+
+        manifest = attach_doses(manifest, read_outcomes(outcomes_path))
     paths = [Path(p) for p in (strategy_paths or default_strategy_paths())]
     strategies = tuple(load_strategy(p) for p in paths)
     spec = load_release_spec(release_spec_path) if release_spec_path else DEFAULT_SPEC
     record = start_record(
         command_line=command_line,
         parameters={
-            "input_folder": str(folder), "manifest": str(manifest_csv or ""), "fmo_percentile": fmo_percentile,
+            "input_folder": str(folder), "manifest": str(manifest_csv or ""),
+            "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
         },
         strategy_paths=paths,

@@ -1,0 +1,51 @@
+"""Absolute subset doses: the infused TIL number comes from the outcomes table (or the manifest)."""
+import math
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+from tilpheno.pipeline import attach_doses
+
+SAMPLE = "sample_fcs"
+
+
+def test_attach_doses_manifest_wins_and_missing_stay_nan():
+    manifest = pd.DataFrame({"file": ["a", "b", "c"], "product_id": ["P1", "P2", "P3"],
+                             "til_dose_cells": [7e9, None, None]})
+    outcomes = pd.DataFrame({"product_id": ["P1", "P2"], "til_dose_cells": [1e9, 2e9]})
+    out = attach_doses(manifest, outcomes)
+    assert out["til_dose_cells"].tolist()[:2] == [7e9, 2e9]
+    assert math.isnan(out["til_dose_cells"].iloc[2])
+    assert "til_dose_cells" in attach_doses(manifest.drop(columns="til_dose_cells"), outcomes)
+
+
+@pytest.fixture(scope="module")
+def two_products(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two")
+    manifest = pd.read_csv(f"{SAMPLE}/manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"].isin(["TIL001", "TIL002"])]
+    for name in manifest["file"]:
+        shutil.copy(f"{SAMPLE}/{name}", folder / name)
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    outcomes = pd.read_csv(f"{SAMPLE}/outcomes.csv")
+    outcomes[outcomes["product_id"].isin(["TIL001"])].to_csv(folder / "outcomes.csv", index=False)
+    return folder, outcomes.set_index("product_id")["til_dose_cells"]
+
+
+def test_process_with_outcomes_writes_doses(two_products, tmp_path):
+    folder, doses = two_products
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(tmp_path / "out"),
+                                      "--manifest", str(folder / "manifest.csv"),
+                                      "--outcomes", str(folder / "outcomes.csv")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out" / "phenotypes.csv").set_index("product_id")
+    row = table.loc["TIL001"]
+    dose = doses["TIL001"]
+    cd3 = dose * row["cd3_pct_of_live_lymph"] / 100
+    assert row["cd3_dose_cells"] == pytest.approx(cd3, rel=1e-12)
+    assert row["cd8_dose_cells"] == pytest.approx(cd3 * row["cd8_pct_of_cd3"] / 100, rel=1e-12)
+    assert row["cd8pd1_dose_cells"] == pytest.approx(cd3 * row["cd8pd1_pct_of_cd3"] / 100, rel=1e-12)
+    assert math.isnan(table.loc["TIL002", "cd3_dose_cells"])  # no outcome row: no dose, not a guess
