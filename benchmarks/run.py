@@ -109,7 +109,7 @@ def _apply_masks(gates, data, n_events: int) -> dict[str, int]:
     for pop, parent, gate, _ in gates:
         own = gate.evaluate(masks) if isinstance(gate, BooleanGate) else gate.contains(data)
         masks[pop] = own & masks.get(parent, everything)
-    return {p: int(m.sum()) for p, m in masks.items()}
+    return {p: int(np.count_nonzero(m)) for p, m in masks.items()}
 
 
 def bench_gating(manifest: pd.DataFrame, strategies, repeat: int, workdir: Path) -> dict:

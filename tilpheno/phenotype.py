@@ -498,13 +498,13 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     """Per population: count, % of parent, % of live lymphocytes, median of each marker (linear units)."""
     n = state.tube.n_events
     lymph = _lymph_population(strategy)
-    lymph_count = int(state.masks[lymph].sum()) if lymph in state.masks else 0
+    lymph_count = int(np.count_nonzero(state.masks[lymph])) if lymph in state.masks else 0
     markers = [m for m in strategy.markers if m in state.tube.data]
     rows = []
     for pop in strategy.populations:
         mask = state.masks.get(pop.name)
-        count = int(mask.sum()) if mask is not None else 0
-        parent_count = n if pop.parent == ROOT else int(state.masks[pop.parent].sum()) if pop.parent in state.masks else 0
+        count = int(np.count_nonzero(mask)) if mask is not None else 0
+        parent_count = n if pop.parent == ROOT else int(np.count_nonzero(state.masks[pop.parent])) if pop.parent in state.masks else 0
         row = {
             "population": pop.name,
             "parent": pop.parent,
@@ -570,7 +570,7 @@ def _slug(population: str) -> str:
 def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
     """The strategy's variables on a gated stained tube, plus event counts ``n_<population>_<tube>``."""
     out: dict[str, float] = {}
-    counts = {name: int(m.sum()) for name, m in state.masks.items()}
+    counts = {name: int(np.count_nonzero(m)) for name, m in state.masks.items()}
     for v in strategy.variables:
         den = counts.get(v.denominator, 0)
         out[v.name] = 100.0 * counts.get(v.numerator, 0) / den if den else float("nan")
@@ -600,7 +600,7 @@ class _StainedSummary:
 
 def _stained_summary(strategy: Strategy, state: _Gated) -> _StainedSummary:
     lymph = _lymph_population(strategy)
-    count = int(state.masks[lymph].sum()) if lymph and lymph in state.masks else None
+    count = int(np.count_nonzero(state.masks[lymph])) if lymph and lymph in state.masks else None
     return _StainedSummary(state.tube.file, state.tube.n_events, count)
 
 
