@@ -17,7 +17,7 @@ Measures, on the cohort's files:
    memory (``--memory-folder``, repeatable): ``process --jobs 1`` on the folder's first product and on
    the whole folder, each in a fresh process that first imports every module the pipeline uses
    (``PIPELINE_MODULES``; the RSS then is the libraries' baseline) and reports the kernel's peak RSS
-   (``ru_maxrss``) and the increment above the baseline, against 3x the largest file's float64 event
+   (``VmHWM``) and the increment above the baseline, against 3x the largest file's float64 event
    array (``--memory-only`` runs just these);
 6. CLI import time (``python -X importtime -c "import tilpheno.cli"``).
 
@@ -222,12 +222,21 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS (``VmHWM``, of its own address space). Not ``ru_maxrss``: Linux carries
+    that over ``exec`` from the forked copy of the parent, so a big parent would set the child's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def memory_child(folder: Path, manifest_csv: Path, out: Path) -> dict:
     """In a fresh process: import the pipeline's modules (baseline RSS), then ``process_folder``
     with one job (what ``tilpheno process --jobs 1`` runs); peak RSS is the kernel's high-water
-    mark (``ru_maxrss``), so no sampling interval can miss a short peak."""
+    mark of the process (``VmHWM``), so no sampling interval can miss a short peak."""
     import importlib
-    import resource
     import sys
 
     for name in PIPELINE_MODULES:
@@ -236,14 +245,14 @@ def memory_child(folder: Path, manifest_csv: Path, out: Path) -> dict:
         except ImportError:
             pass
     baseline = _rss()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_before = _peak_rss()
     modules = set(sys.modules)
     from tilpheno.pipeline import process_folder
 
     t = time.perf_counter()
     summary = process_folder(folder, out, manifest_csv=manifest_csv, n_jobs=1)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     late = sorted(set(sys.modules) - modules)
     return {"baseline": baseline, "peak": peak, "peak_before_run": peak_before, "seconds": seconds,
             "done": len(summary.done), "failed": len(summary.failed), "late_imports": late}
