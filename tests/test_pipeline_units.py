@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from tilpheno.errors import TableError
-from tilpheno.pipeline import Flag, group_products, product_slug, report_path, worst_severity
+from tilpheno.pipeline import group_products, product_slug, report_path, worst_severity
+from tilpheno.qc import QCFlag
 from tilpheno.provenance import sha256_file, start_record, strip_times
 
 
@@ -48,9 +49,9 @@ def test_group_products_requires_columns():
 
 def test_worst_severity():
     assert worst_severity([]) == "ok"
-    flags = [Flag("p", "f", "low_events", "warning", "m"), Flag("p", "f", "x", "info", "m")]
+    flags = [QCFlag("p", "f", "low_events", "warning", "m"), QCFlag("p", "f", "x", "info", "m")]
     assert worst_severity(flags) == "warning"
-    assert worst_severity(flags + [Flag("p", "f", "unreadable_file", "error", "m")]) == "error"
+    assert worst_severity(flags + [QCFlag("p", "f", "unreadable_file", "error", "m")]) == "error"
 
 
 def test_provenance_record(tmp_path):

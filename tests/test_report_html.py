@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from tilpheno.pipeline import Flag, ProcessOptions, ProductOutcome, product_slug
+from tilpheno.pipeline import ProcessOptions, ProductOutcome, product_slug
+from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC, evaluate, overall
 from tilpheno.report.html import SORTER_JS, csp, fmt, render_index
 
@@ -14,7 +15,7 @@ EVIL = '<script>alert("x")</script>"><img src=x onerror=alert(1)>'
 def _outcome(pid, viability, cd3, error=""):
     phen = {"product_id": pid, "viability_pct": viability, "cd3_pct_of_live_lymph": cd3}
     rel = evaluate(DEFAULT_SPEC, phen)
-    flags = [Flag(pid, "f.fcs", "low_events", "warning", EVIL)] if error else []
+    flags = [QCFlag(pid, "f.fcs", "low_events", "warning", EVIL)] if error else []
     phen.update(qc_status="warning" if flags else "ok", status="failed" if error else "done")
     return ProductOutcome(pid, product_slug(pid), not error, error, phen, None, flags, rel, overall(rel), [])
 

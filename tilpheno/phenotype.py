@@ -58,6 +58,7 @@ from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelE
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
+from tilpheno.qc import QCFlag
 
 STUDY_VARIABLES = (
     "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
@@ -87,17 +88,6 @@ _PLACED_PER_FILE = ("cells", "singlets", "lymphocytes", "valley")
 
 PLOT_EVENTS = 20_000
 """Events per file kept for the report's plots by the pipeline (``analyze_product(plot_events=...)``)."""
-
-
-@dataclass(frozen=True)
-class QCFlag:
-    """A QC finding: ``severity`` info | warning | error; ``file`` is the file name ('' = product)."""
-
-    product_id: str
-    file: str
-    code: str
-    severity: str
-    message: str
 
 
 @dataclass

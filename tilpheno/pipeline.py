@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from tilpheno.errors import FCSReadError, TableError, TilphenoError
 from tilpheno.provenance import FileDigest, RunRecord
+from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, ReleaseSpec
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
@@ -75,23 +76,12 @@ class ProductOutcome:
     error: str
     phenotype: dict
     populations: object  # pandas DataFrame (long: population x tube) or empty
-    qc: list  # of QCFlag-like objects (product_id, file, code, severity, message)
+    qc: list  # of tilpheno.qc.QCFlag
     release: list[CriterionResult]
     release_status: str
     files: list[FileDigest]
     report_html: str | None = None
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A QC flag raised by the pipeline itself (same fields as ``tilpheno.phenotype.QCFlag``)."""
-
-    product_id: str
-    file: str
-    code: str
-    severity: str
-    message: str
 
 
 @dataclass
@@ -195,7 +185,7 @@ def _read_metadata(rows, product_id: str):
             meta[file] = read_fcs_metadata(file)
             keep.append(i)
         except FCSReadError as exc:
-            flags.append(Flag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
+            flags.append(QCFlag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
             try:
                 digests.append(FileDigest(str(file), sha256_file(file)))
             except OSError:
@@ -317,7 +307,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         digests += [_digest(t.file, t) for t in result.tubes]
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
     else:
-        flags.append(Flag(pid, "", "product_failed", "error", error))
+        flags.append(QCFlag(pid, "", "product_failed", "error", error))
         seen = {d.path for d in digests}
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
@@ -348,7 +338,7 @@ def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
     try:
         outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
     except Exception as exc:  # a plotting bug must not sink the product's tables
-        outcome.qc.append(Flag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
+        outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
         outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
         outcome.report_html = render_product(outcome, None, meta, job.options)
 
@@ -410,7 +400,7 @@ def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
     outcome = ProductOutcome(
         product_id=job.product_id, slug=product_slug(job.product_id), ok=False, error=reason,
         phenotype={"product_id": job.product_id}, populations=None,
-        qc=[Flag(job.product_id, "", "product_failed", "error", reason)], release=[],
+        qc=[QCFlag(job.product_id, "", "product_failed", "error", reason)], release=[],
         release_status=NOT_EVALUABLE, files=sorted(digests, key=lambda d: d.path),
     )
     outcome.phenotype.update(_status_columns(outcome, None, len(job.rows)))
