@@ -234,6 +234,24 @@ def _label_position(values: np.ndarray, inside: np.ndarray | None, limits, above
     return float(np.clip(centre, limits[0] + 0.12 * span, limits[1] - 0.1 * span))
 
 
+def _density_axes(x: np.ndarray, y: np.ndarray, xaxis: Axis, yaxis: Axis, xlim, ylim):
+    """A new figure with the pseudo-colour density of (x, y): events per bin on a log colour scale."""
+    from matplotlib.colors import LogNorm
+
+    fig, ax = _figure()
+    ok = np.isfinite(x) & np.isfinite(y)
+    counts, _, _ = np.histogram2d(x[ok], y[ok], bins=BINS, range=(xlim, ylim))
+    masked = np.ma.masked_equal(counts.T, 0)
+    if masked.count():
+        ax.imshow(
+            masked, origin="lower", extent=(*xlim, *ylim), aspect="auto", interpolation="nearest",
+            cmap="jet", norm=LogNorm(vmin=1, vmax=max(2.0, float(counts.max()))),
+        )
+    _style_axis(ax, xaxis, xlim, "x")
+    _style_axis(ax, yaxis, ylim, "y")
+    return fig, ax
+
+
 def density_png(
     x: np.ndarray,
     y: np.ndarray,
@@ -250,22 +268,10 @@ def density_png(
 
     ``inside`` is the boolean mask (over x/y) of the gated population, used to place the label.
     """
-    from matplotlib.colors import LogNorm
-
     colour = population_colour(population)
     xlim = _limits(x, _gate_extent(gate, xaxis.dim), xaxis)
     ylim = _limits(y, _gate_extent(gate, yaxis.dim), yaxis)
-    fig, ax = _figure()
-    ok = np.isfinite(x) & np.isfinite(y)
-    counts, _, _ = np.histogram2d(x[ok], y[ok], bins=BINS, range=(xlim, ylim))
-    masked = np.ma.masked_equal(counts.T, 0)
-    if masked.count():
-        ax.imshow(
-            masked, origin="lower", extent=(*xlim, *ylim), aspect="auto", interpolation="nearest",
-            cmap="jet", norm=LogNorm(vmin=1, vmax=max(2.0, float(counts.max()))),
-        )
-    _style_axis(ax, xaxis, xlim, "x")
-    _style_axis(ax, yaxis, ylim, "y")
+    fig, ax = _density_axes(x, y, xaxis, yaxis, xlim, ylim)
     _draw_gate(ax, gate, xaxis.dim, yaxis.dim, colour)
     _label(
         ax, _label_position(x, inside, xlim), _label_position(y, inside, ylim, above=True),
@@ -375,22 +381,10 @@ def quadrant_png(
     ``percentages``: the corner numbers when (x, y) are a subsample (``quadrant_percentages`` of
     all events, computed beforehand); None computes them from (x, y).
     """
-    from matplotlib.colors import LogNorm
-
     quadrants = percentages if percentages is not None else quadrant_percentages(x, y, xgate, ygate, xaxis.dim, yaxis.dim)
-    ok = np.isfinite(x) & np.isfinite(y)
     xlim = _limits(x, _gate_extent(xgate, xaxis.dim), xaxis)
     ylim = _limits(y, _gate_extent(ygate, yaxis.dim), yaxis)
-    fig, ax = _figure()
-    counts, _, _ = np.histogram2d(x[ok], y[ok], bins=BINS, range=(xlim, ylim))
-    masked = np.ma.masked_equal(counts.T, 0)
-    if masked.count():
-        ax.imshow(
-            masked, origin="lower", extent=(*xlim, *ylim), aspect="auto", interpolation="nearest",
-            cmap="jet", norm=LogNorm(vmin=1, vmax=max(2.0, float(counts.max()))),
-        )
-    _style_axis(ax, xaxis, xlim, "x")
-    _style_axis(ax, yaxis, ylim, "y")
+    fig, ax = _density_axes(x, y, xaxis, yaxis, xlim, ylim)
     _draw_gate(ax, xgate, xaxis.dim, yaxis.dim, population_colour(xpopulation))
     _draw_gate(ax, ygate, xaxis.dim, yaxis.dim, population_colour(ypopulation))
     corners = {(True, True): (0.97, 0.97, "right", "top"), (False, True): (0.03, 0.97, "left", "top"),
