@@ -177,7 +177,6 @@ def _isnan(v) -> bool:
 def _read_metadata(rows, product_id: str):
     """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests)."""
     from tilpheno.io.fcs import read_fcs_metadata
-    from tilpheno.provenance import sha256_file
 
     meta, flags, digests, keep = {}, [], [], []
     for i, file in enumerate(rows["file"].tolist()):
@@ -186,10 +185,7 @@ def _read_metadata(rows, product_id: str):
             keep.append(i)
         except FCSReadError as exc:
             flags.append(QCFlag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
-            try:
-                digests.append(FileDigest(str(file), sha256_file(file)))
-            except OSError:
-                digests.append(FileDigest(str(file), "unreadable"))
+            digests.append(_file_digest(file))
     return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
 
 
@@ -230,6 +226,16 @@ def _analyze(job: ProductJob, rows):
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
     )
+
+
+def _file_digest(file) -> FileDigest:
+    """SHA-256 of a file the reader could not use (or whose worker died); ``unreadable`` if it cannot be opened."""
+    from tilpheno.provenance import sha256_file
+
+    try:
+        return FileDigest(str(file), sha256_file(file))
+    except OSError:
+        return FileDigest(str(file), "unreadable")
 
 
 def _digest(file, holder) -> FileDigest:
@@ -389,14 +395,7 @@ def _result_or_failure(future, job: ProductJob) -> ProductOutcome:
 
 def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
     """A failed outcome built in this process for a job whose worker never returned."""
-    from tilpheno.provenance import sha256_file
-
-    digests = []
-    for file in job.rows["file"].tolist():
-        try:
-            digests.append(FileDigest(str(file), sha256_file(file)))
-        except OSError:
-            digests.append(FileDigest(str(file), "unreadable"))
+    digests = [_file_digest(file) for file in job.rows["file"].tolist()]
     outcome = ProductOutcome(
         product_id=job.product_id, slug=product_slug(job.product_id), ok=False, error=reason,
         phenotype={"product_id": job.product_id}, populations=None,
