@@ -111,8 +111,11 @@ def forest_figure(table: pd.DataFrame, title: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = table[table.coding != "covariate"].dropna(subset=["hr", "hr_ci_low", "hr_ci_high"])
-    rows = rows[np.isfinite(rows[["hr", "hr_ci_low", "hr_ci_high"]]).all(axis=1) & (rows.hr_ci_low > 0)]
+    rows = table[table.coding != "covariate"].copy()
+    hr_columns = ["hr", "hr_ci_low", "hr_ci_high"]
+    # a table whose models all failed (e.g. too few patients) holds only None: object dtype
+    values = rows[hr_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    rows = rows[np.isfinite(values).all(axis=1) & (values[:, 1] > 0)].astype({c: float for c in hr_columns})
     if rows.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(rows) + 1.2))
