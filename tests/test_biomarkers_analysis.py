@@ -125,7 +125,8 @@ def test_unknown_marker_and_non_numeric_marker(tables):
 def test_output_files_and_columns(results):
     files = {p.name for p in results.files.values()}
     assert files == {"response.csv", "km.csv", "cutpoints.csv", "cox_univariable.csv", "cox_multivariable.csv",
-                     "responders.csv", "unmatched.csv", "report.html"}
+                     "responders.csv", "unmatched.csv", "report.html", "km_table.csv", "at_risk.csv",
+                     "logrank.csv", "analysis_dataset.csv"}
     km = pd.read_csv(results.files["km.csv"])
     assert list(km.columns) == ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low",
                                 "median_ci_high", "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]

@@ -165,18 +165,29 @@ def test_cox_coefficients_lr_and_zph(row):
     want = COX[(COX.dataset == row.dataset) & (COX.model == row.model)].set_index("variable")
     got = fit.coefficients.assign(variable=fit.coefficients.variable.map(_r_name)).set_index("variable")
     assert list(got.index) == list(want.index)
-    np.testing.assert_allclose(got.coef, want.coef, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(got.se, want.se, rtol=1e-4)
-    np.testing.assert_allclose(got.p, want.p, rtol=1e-3)
+    # issue 17: converged to R's optimum, coef/se/p within 1e-6 relative, concordance exact with ties
+    np.testing.assert_allclose(got.coef, want.coef, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(got.se, want.se, rtol=1e-6)
+    np.testing.assert_allclose(got.p, want.p, rtol=1e-6)
+    assert fit.converged and fit.max_scaled_score < 1e-6
     assert (fit.n, fit.events) == (row.n, row.events)
-    assert fit.loglik == pytest.approx(row.loglik, rel=1e-8)
+    assert fit.loglik == pytest.approx(row.loglik, rel=1e-10)
     assert fit.lr_chisq == pytest.approx(row.lr_chisq, rel=1e-6)
-    assert fit.concordance == pytest.approx(row.concordance, abs=1e-6)
+    assert fit.wald_chisq == pytest.approx(row.wald_chisq, rel=1e-6)
+    assert fit.score_chisq == pytest.approx(row.score_chisq, rel=1e-6)
+    assert fit.concordance == pytest.approx(row.concordance, rel=1e-12)
+    assert fit.concordance_se == pytest.approx(row.concordance_se, rel=1e-6)
     zph = ref("zph")
     zw = zph[(zph.dataset == row.dataset) & (zph.model == row.model)].reset_index(drop=True)
     assert list(fit.zph.term) == list(zw.term)
     np.testing.assert_allclose(fit.zph.chisq, zw.chisq, rtol=1e-5)
     np.testing.assert_allclose(fit.zph.p, zw.p, rtol=1e-4)
+    assert fit.zph.df.tolist() == zw.df.tolist()
+
+
+def test_tied_predictor_models_are_in_the_reference():
+    tied = [m for m in MODELS if m.model in ("trt+celltype", "sex+ph_ecog")]
+    assert len(tied) == 2 and all(m.tied_x > 0 for m in tied)
 
 
 def test_lung_age_sex_matches_issue_numbers():

@@ -1,13 +1,14 @@
 # Reference numbers for tilpheno's biomarker statistics, computed with R.
 #
 # Run from this folder:  Rscript make_reference.R
-# Needs R with the packages survival and maxstat (Debian: r-cran-survival r-cran-maxstat).
+# Needs R with the packages survival, maxstat and rms (Debian: r-cran-survival r-cran-maxstat r-cran-rms).
 # Writes *_reference.csv next to this script; the tests read those files and never need R.
 # Datasets: survival's lung and veteran, a few small hand-made curves (edge cases of the
 # median rule), and the simulated TIL cohort (til_cohort_*.csv, from make_til_cohort.py).
 suppressPackageStartupMessages({
   library(survival)
   library(maxstat)
+  library(rms)
 })
 options(digits = 17)
 
@@ -115,7 +116,9 @@ add_cox <- function(dataset, model, formula, data) {
   model_rows[[length(model_rows) + 1]] <<- data.frame(dataset = dataset, model = model, n = fit$n,
     events = fit$nevent, loglik = fit$loglik[2], lr_chisq = lrt, lr_df = length(fit$coefficients),
     lr_p = pchisq(lrt, length(fit$coefficients), lower.tail = FALSE),
-    concordance = unname(fit$concordance["concordance"]))
+    concordance = unname(fit$concordance["concordance"]), concordance_se = unname(fit$concordance["std"]),
+    wald_chisq = unname(fit$wald.test), score_chisq = unname(fit$score),
+    tied_x = unname(fit$concordance["tied.x"]))
   z <- cox.zph(fit, transform = "km")$table
   zph_rows[[length(zph_rows) + 1]] <<- data.frame(dataset = dataset, model = model, term = rownames(z),
     chisq = z[, "chisq"], df = z[, "df"], p = z[, "p"])
@@ -124,6 +127,9 @@ add_cox("lung", "age+sex", Surv(time, event) ~ age + sex, lung2)
 add_cox("lung", "age+sex+ph_ecog", Surv(time, event) ~ age + sex + ph_ecog, lung2)
 add_cox("veteran", "karno+age+trt+celltype", Surv(time, event) ~ karno + age + trt + celltype, vet2)
 add_cox("veteran", "karno", Surv(time, event) ~ karno, vet2)
+# discrete covariates only: many patients share a linear predictor (concordance ties)
+add_cox("veteran", "trt+celltype", Surv(time, event) ~ trt + celltype, vet2)
+add_cox("lung", "sex+ph_ecog", Surv(time, event) ~ sex + ph_ecog, lung2)
 til$sex_f <- til$sex
 for (ep in c("pfs", "os")) {
   d <- data.frame(time = til[[paste0(ep, "_months")]], event = til[[paste0(ep, "_event")]], til)
@@ -203,5 +209,126 @@ tab_sex <- table(til$sex, responder); tab_ecog <- table(til$ecog, responder)
 write_ref(data.frame(variable = c("sex", "ecog"),
   chisq_p = c(chisq.test(tab_sex)$p.value, suppressWarnings(chisq.test(tab_ecog)$p.value)),
   fisher_p = c(fisher.test(tab_sex)$p.value, fisher.test(tab_ecog)$p.value)), "responders_categorical_reference.csv")
+# ---- survfit table (summary(censored = TRUE)), numbers at risk, survdiff observed/expected ----
+kt <- list(); ar <- list(); oe <- list()
+add_kmtab <- function(dataset, group, time, event, breaks) {
+  for (ct in c("log", "log-log", "plain")) {
+    s <- summary(survfit(Surv(time, event) ~ 1, conf.type = ct), censored = TRUE)
+    kt[[length(kt) + 1]] <<- data.frame(dataset = dataset, group = group, conf_type = ct, time = s$time,
+      n_risk = s$n.risk, n_event = s$n.event, n_censor = s$n.censor, surv = s$surv, std_err = s$std.err,
+      lower = s$lower, upper = s$upper)
+  }
+  a <- summary(survfit(Surv(time, event) ~ 1), times = breaks, extend = TRUE)
+  ar[[length(ar) + 1]] <<- data.frame(dataset = dataset, group = group, time = a$time, n_risk = a$n.risk)
+}
+for (g in sort(unique(lung2$sex))) { k <- lung2$sex == g
+  add_kmtab("lung", as.character(g), lung2$time[k], lung2$event[k], seq(0, 1000, 200)) }
+add_kmtab("til_pfs", "all", til$pfs_months, til$pfs_event, seq(0, 30, 6))
+add_kmtab("til_os", "all", til$os_months, til$os_event, seq(0, 48, 12))
+for (nm in names(edge)) add_kmtab(nm, "all", edge[[nm]]$time, edge[[nm]]$event, c(0, 1, 2.5, 4, 10))
+write_ref(do.call(rbind, kt), "km_table_reference.csv")
+write_ref(do.call(rbind, ar), "atrisk_reference.csv")
+add_oe <- function(dataset, time, event, group) {
+  s <- survdiff(Surv(time, event) ~ group)
+  oe[[length(oe) + 1]] <<- data.frame(dataset = dataset, group = sub("group=", "", names(s$n)),
+                                      n = as.numeric(s$n), observed = s$obs, expected = s$exp)
+}
+add_oe("lung_sex", lung2$time, lung2$event, lung2$sex)
+add_oe("veteran_celltype", vet2$time, vet2$event, vet2$celltype)
+add_oe("til_pfs_cd8_median", til$pfs_months, til$pfs_event,
+       ifelse(til$cd8_pct_of_cd3 <= median(til$cd8_pct_of_cd3), "low", "high"))
+write_ref(do.call(rbind, oe), "logrank_oe_reference.csv")
+
+# ---- multiplicity: p.adjust ----
+set.seed(7)
+pv <- list(uniform = runif(10), small = c(0.001, 0.002, 0.02, 0.03, 0.04, 0.5),
+           ties = c(0.01, 0.01, 0.04, 0.04, 0.2, 0.9, 1), with_na = c(0.03, NA, 0.001, 0.6, NA, 0.049))
+write_ref(do.call(rbind, lapply(names(pv), function(nm) data.frame(set = nm, p = pv[[nm]],
+  holm = p.adjust(pv[[nm]], "holm"), bh = p.adjust(pv[[nm]], "BH")))), "padjust_reference.csv")
+
+# ---- restricted cubic splines: rms::cph(Surv ~ rcs(x, k)), knots, coefficients, Wald tests, curve ----
+sp <- list(); spc <- list()
+add_rcs <- function(dataset, xname, time, event, x, k) {
+  dd <- data.frame(time = time, event = event, x = x)
+  knots <- rcspline.eval(x, nk = k, knots.only = TRUE)
+  f <- cph(Surv(time, event) ~ rcs(x, knots), data = dd, x = TRUE, y = TRUE)
+  a <- anova(f)
+  grid <- seq(min(x), max(x), length.out = 7)
+  B <- rcspline.eval(grid, knots = knots, inclx = TRUE)
+  lp <- drop(B %*% coef(f)); v <- vcov(f)
+  sp[[length(sp) + 1]] <<- data.frame(dataset = dataset, marker = xname, k = k, term = seq_along(coef(f)),
+    knots = paste(num(knots), collapse = ";"), coef = unname(coef(f)),
+    se = unname(sqrt(diag(v))), overall_chisq = a[1, 1], overall_df = a[1, 2], overall_p = a[1, 3],
+    nonlin_chisq = a[2, 1], nonlin_df = a[2, 2], nonlin_p = a[2, 3], loglik = f$loglik[2],
+    n_knots = length(knots))
+  spc[[length(spc) + 1]] <<- data.frame(dataset = dataset, marker = xname, k = k, x = grid, lp = lp,
+    se = sqrt(rowSums((B %*% v) * B)))
+}
+for (k in 3:5) {
+  add_rcs("lung", "age", lung2$time, lung2$event, lung2$age, k)
+  add_rcs("veteran", "karno", vet2$time, vet2$event, vet2$karno, k)
+  for (ep in c("pfs", "os")) for (mk in c("cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4", "til_dose_cells"))
+    add_rcs(paste0("til_", ep), mk, til[[paste0(ep, "_months")]], til[[paste0(ep, "_event")]], til[[mk]], k)
+}
+write_ref(do.call(rbind, sp), "rcs_reference.csv")
+write_ref(do.call(rbind, spc), "rcs_curve_reference.csv")
+
+# ---- bootstrap internal validation: rms::validate(cph, B = 200), 20 seeds (Monte Carlo spread) ----
+vr <- list()
+add_val <- function(dataset, model, formula, data) {
+  environment(formula) <- environment()
+  f <- cph(formula, data = data, x = TRUE, y = TRUE, surv = TRUE)
+  for (s in 1:20) {
+    set.seed(s)
+    v <- validate(f, B = 200)
+    vr[[length(vr) + 1]] <<- data.frame(dataset = dataset, model = model, seed = s,
+      dxy_orig = v["Dxy", "index.orig"], dxy_optimism = v["Dxy", "optimism"],
+      dxy_corrected = v["Dxy", "index.corrected"], slope_optimism = v["Slope", "optimism"],
+      slope_corrected = v["Slope", "index.corrected"], B = v["Dxy", "n"])
+  }
+}
+add_val("lung", "age+sex+ph_ecog", Surv(time, event) ~ age + sex + ph_ecog, na.omit(lung2))
+for (ep in c("pfs", "os")) {
+  d <- data.frame(time = til[[paste0(ep, "_months")]], event = til[[paste0(ep, "_event")]], til)
+  add_val(paste0("til_", ep), "cd8+cd8pd1+age+sex+ecog",
+          Surv(time, event) ~ cd8_pct_of_cd3 + cd8pd1_pct_of_cd8 + age + sex + ecog, d)
+}
+write_ref(do.call(rbind, vr), "validate_reference.csv")
+
+# ---- response as a time-dependent covariate: coxph on start-stop data ----
+set.seed(11)
+nr <- 80
+tv <- data.frame(id = 1:nr, os = round(rexp(nr, 1 / 14), 1) + 0.5, event = rbinom(nr, 1, 0.8))
+tv$resp_time <- ifelse(runif(nr) < 0.4, round(runif(nr, 1, 8), 1), NA)
+tv$resp_time[!is.na(tv$resp_time) & tv$resp_time >= tv$os] <- NA
+tv$age <- round(rnorm(nr, 40, 12))
+write.csv(tv, "response_timevarying.csv", row.names = FALSE, na = "")
+ss <- tmerge(tv[, c("id", "age")], tv, id = id, death = event(os, event))
+ss <- tmerge(ss, tv, id = id, responder = tdc(resp_time))
+tdr <- list()
+for (form in c("responder", "responder+age")) {
+  fit <- coxph(as.formula(paste("Surv(tstart, tstop, death) ~", form)), data = ss, ties = "efron")
+  s <- summary(fit)$coefficients
+  tdr[[length(tdr) + 1]] <- data.frame(model = form, variable = rownames(s), coef = s[, "coef"],
+                                       se = s[, "se(coef)"], p = s[, "Pr(>|z|)"], loglik = fit$loglik[2])
+}
+write_ref(do.call(rbind, tdr), "timevarying_reference.csv")
+# landmark at 3 months: patients alive (os > 3) classified by response by then, log-rank and Cox
+lm3 <- tv[tv$os > 3, ]; lm3$resp <- as.numeric(!is.na(lm3$resp_time) & lm3$resp_time <= 3)
+lf <- coxph(Surv(os - 3, event) ~ resp, data = lm3)
+write_ref(data.frame(landmark = 3, n = nrow(lm3), n_resp = sum(lm3$resp), coef = unname(coef(lf)),
+                     se = unname(sqrt(diag(vcov(lf)))), logrank_chisq = survdiff(Surv(os, event) ~ resp, lm3)$chisq),
+          "landmark_reference.csv")
+
+# ---- sample size of a validation study: Schoenfeld (two groups), Hsieh-Lavori (continuous) ----
+pl <- expand.grid(hr = c(0.5, 0.7, 1.5, 2), alpha = c(0.05, 0.01), power = c(0.8, 0.9), prop = c(0.5, 0.3),
+                  sd = c(1, 12.5), p_event = c(0.8, 0.6))
+zz <- (qnorm(1 - pl$alpha / 2) + qnorm(pl$power))^2
+pl$schoenfeld_events <- zz / (pl$prop * (1 - pl$prop) * log(pl$hr)^2)
+pl$hsieh_events <- zz / (pl$sd^2 * log(pl$hr)^2)
+pl$schoenfeld_patients <- ceiling(ceiling(pl$schoenfeld_events) / pl$p_event)
+pl$hsieh_patients <- ceiling(ceiling(pl$hsieh_events) / pl$p_event)
+write_ref(pl, "planning_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
-             paste("maxstat", packageVersion("maxstat"))), "R_versions.txt")
+             paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

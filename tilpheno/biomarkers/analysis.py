@@ -10,8 +10,12 @@ Per endpoint (PFS, OS) and marker:
   (high vs low at the pre-specified cut when given, else the median; never the data-optimised
   cut, whose HR would be biased away from 1).
 
-Files written (atomically) to ``out_dir``: response.csv, km.csv, cutpoints.csv,
-cox_univariable.csv, cox_multivariable.csv, responders.csv, unmatched.csv, report.html.
+Files written (atomically) to ``out_dir``: response.csv, km.csv, km_table.csv (survfit-style,
+every curve), at_risk.csv (numbers at risk at the break times), logrank.csv (observed/expected
+per group), cutpoints.csv, cox_univariable.csv, cox_multivariable.csv (one ``model_id`` per
+model, numeric ``cut``), responders.csv, unmatched.csv, analysis_dataset.csv, report.html.
+Tables where several markers are tested carry Holm and Benjamini-Hochberg adjusted p-values
+(``p_holm``, ``p_bh``; R ``p.adjust``) across markers within an endpoint x model x coding.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from .cohort import ENDPOINTS, Cohort, build_cohort
 from .cox import fit_cox
 from .cutpoints import fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
+from .multiplicity import p_adjust
 from .responders import responders_table
 from .survival import KaplanMeier, logrank_test, median_followup
 
@@ -35,10 +40,17 @@ LANDMARK_MONTHS = 12.0
 KM_COLUMNS = ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high",
               "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
 CUT_COLUMNS = ["endpoint", "marker", "method", "cutpoint", "n_low", "n_high", "statistic", "p_raw", "p_lau92",
-               "p_lau94", "p_perm", "n_perm", "median_low", "median_high", "logrank_chisq", "logrank_p"]
-COX_COLUMNS = ["endpoint", "model", "variable", "coding", "unit", "n", "events", "coef", "se", "hr", "hr_ci_low",
-               "hr_ci_high", "p", "zph_chisq", "zph_p", "zph_global_p", "lr_chisq", "lr_df", "lr_p",
-               "concordance", "events_per_variable", "warning"]
+               "p_lau94", "p_lau94_bound", "p_perm", "n_perm", "median_low", "median_high", "logrank_chisq",
+               "logrank_p", "p_for_adjustment", "p_holm", "p_bh"]
+COX_COLUMNS = ["model_id", "endpoint", "model", "variable", "coding", "unit", "cut", "cut_method", "n", "events",
+               "coef", "se", "hr", "hr_ci_low", "hr_ci_high", "z", "p", "p_holm", "p_bh", "zph_chisq", "zph_df",
+               "zph_p", "zph_global_chisq", "zph_global_df", "zph_global_p", "lr_chisq", "lr_df", "lr_p",
+               "wald_chisq", "wald_p", "score_chisq", "score_p", "concordance", "concordance_se", "loglik",
+               "converged", "iterations", "max_scaled_score", "events_per_variable", "warning"]
+KM_TABLE_COLUMNS = ["endpoint", "grouping", "group", "time", "n.risk", "n.event", "n.censor", "surv", "std.err",
+                    "lower", "upper"]
+ATRISK_COLUMNS = ["endpoint", "grouping", "group", "time", "n.risk"]
+LOGRANK_COLUMNS = ["endpoint", "grouping", "group", "n", "observed", "expected", "o_over_e", "chisq", "df", "p"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Settings:
     maxprop: float = 0.9
     n_perm: int = 10_000
     seed: int = 20240601
+    break_times: tuple[float, ...] | None = None  # numbers at risk; None = every 6 months to the end
 
 
 @dataclass
@@ -67,6 +80,9 @@ class BiomarkerResults:
     cox_multivariable: pd.DataFrame
     responders: pd.DataFrame
     prespecified: pd.DataFrame
+    km_table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KM_TABLE_COLUMNS))
+    at_risk: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATRISK_COLUMNS))
+    logrank: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LOGRANK_COLUMNS))
     warnings: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -99,8 +115,24 @@ def read_cutpoints(path) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["marker", "endpoint", "cutpoint"])
 
 
-def _km_row(endpoint, grouping, group, time, event, settings: Settings) -> dict:
+def break_times(settings: Settings, max_time: float) -> np.ndarray:
+    """Times of the numbers-at-risk table: the chosen ones, else 0, 6, 12, ... months past the last time."""
+    if settings.break_times:
+        return np.asarray(sorted(settings.break_times), dtype=float)
+    return np.arange(0.0, max_time + 6.0, 6.0)
+
+
+def _km_row(endpoint, grouping, group, time, event, settings: Settings, curves: list | None = None) -> dict:
     km = KaplanMeier(settings.conf_type, settings.conf_level).fit(time, event)
+    if curves is not None:
+        tab = km.survfit_table()
+        tab.insert(0, "group", group)
+        tab.insert(0, "grouping", grouping)
+        tab.insert(0, "endpoint", endpoint)
+        times = break_times(settings, float(np.max(time)))
+        risk = pd.DataFrame({"endpoint": endpoint, "grouping": grouping, "group": group, "time": times,
+                             "n.risk": km.at_risk(times)})
+        curves.append((tab, risk))
     med = km.median()
     lm = km.survival_at(LANDMARK_MONTHS)
     return dict(endpoint=endpoint, grouping=grouping, group=group, n=km.n, events=km.events, median=med.estimate,
@@ -120,26 +152,48 @@ def _grouping(x: np.ndarray, cut: float) -> np.ndarray:
     return np.where(x <= cut, "low", "high")
 
 
-def _cox_rows(fit, endpoint, model, coding, unit, marker_col, marker) -> list[dict]:
+def _cox_rows(fit, endpoint, model, coding, unit, marker_col, marker, cut=np.nan, cut_method="") -> list[dict]:
     zph = fit.zph.set_index("term")
     rows = []
     n_vars = len(fit.coefficients)
+    model_id = f"{endpoint}:{model}:{coding}:{marker}"
     for rec in fit.coefficients.itertuples(index=False):
         term = next((t for t in zph.index if rec.variable == t or rec.variable.startswith(f"{t}[")), None)
-        name = marker if rec.variable == marker_col else rec.variable
-        rows.append(dict(endpoint=endpoint, model=model, variable=name,
-                         coding=coding if rec.variable == marker_col else "covariate",
-                         unit=unit if rec.variable == marker_col else "", n=fit.n, events=fit.events,
-                         coef=rec.coef, se=rec.se, hr=rec.hr, hr_ci_low=rec.hr_ci_low, hr_ci_high=rec.hr_ci_high,
-                         p=rec.p, zph_chisq=zph.at[term, "chisq"] if term else np.nan,
-                         zph_p=zph.at[term, "p"] if term else np.nan, zph_global_p=zph.at["GLOBAL", "p"],
-                         lr_chisq=fit.lr_chisq, lr_df=fit.lr_df, lr_p=fit.lr_p, concordance=fit.concordance,
-                         events_per_variable=fit.events / n_vars, warning="; ".join(fit.warnings)))
+        is_marker = rec.variable == marker_col
+        rows.append(dict(model_id=model_id, endpoint=endpoint, model=model, variable=marker if is_marker else rec.variable,
+                         coding=coding if is_marker else "covariate", unit=unit if is_marker else "",
+                         cut=cut if is_marker else np.nan, cut_method=cut_method if is_marker else "",
+                         n=fit.n, events=fit.events, coef=rec.coef, se=rec.se, hr=rec.hr, hr_ci_low=rec.hr_ci_low,
+                         hr_ci_high=rec.hr_ci_high, z=rec.z, p=rec.p, p_holm=np.nan, p_bh=np.nan,
+                         zph_chisq=zph.at[term, "chisq"] if term else np.nan,
+                         zph_df=zph.at[term, "df"] if term else np.nan, zph_p=zph.at[term, "p"] if term else np.nan,
+                         zph_global_chisq=zph.at["GLOBAL", "chisq"], zph_global_df=zph.at["GLOBAL", "df"],
+                         zph_global_p=zph.at["GLOBAL", "p"], lr_chisq=fit.lr_chisq, lr_df=fit.lr_df, lr_p=fit.lr_p,
+                         wald_chisq=fit.wald_chisq, wald_p=fit.wald_p, score_chisq=fit.score_chisq,
+                         score_p=fit.score_p, concordance=fit.concordance, concordance_se=fit.concordance_se,
+                         loglik=fit.loglik, converged=fit.converged, iterations=fit.iterations,
+                         max_scaled_score=fit.max_scaled_score, events_per_variable=fit.events / n_vars,
+                         warning="; ".join(fit.warnings)))
     return rows
 
 
+def adjust_markers(table: pd.DataFrame, p_column: str, by: list[str], mask=None) -> pd.DataFrame:
+    """Holm and BH adjusted ``p_column`` across the rows of each ``by`` group (``mask`` = rows tested)."""
+    table = table.copy()
+    table["p_holm"] = np.nan
+    table["p_bh"] = np.nan
+    if table.empty:
+        return table
+    rows = table[mask] if mask is not None else table
+    for _, grp in rows.groupby(by, sort=False):
+        p = pd.to_numeric(grp[p_column], errors="coerce").to_numpy(float)
+        table.loc[grp.index, "p_holm"] = p_adjust(p, "holm")
+        table.loc[grp.index, "p_bh"] = p_adjust(p, "BH")
+    return table
+
+
 def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFrame, settings: Settings,
-                     warnings: list[str]):
+                     warnings: list[str], curves: list, logrank_rows: list):
     tcol, ecol = ENDPOINTS[endpoint]
     d = cohort.data.dropna(subset=[marker])
     x, t, e = d[marker].to_numpy(float), d[tcol].to_numpy(float), d[ecol].to_numpy(float)
@@ -161,21 +215,31 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
         for g in ("low", "high"):
             k = groups == g
             if k.any():
-                row = _km_row(endpoint, grouping, g, t[k], e[k], settings)
+                row = _km_row(endpoint, grouping, g, t[k], e[k], settings, curves)
                 km_rows.append(row)
                 medians[g] = row["median"]
         lr = logrank_test(t, e, groups)
+        for rec in lr.table.itertuples(index=False):
+            logrank_rows.append(dict(endpoint=endpoint, grouping=grouping, group=rec.group, n=rec.n,
+                                     observed=rec.observed, expected=rec.expected,
+                                     o_over_e=rec.observed / rec.expected if rec.expected > 0 else np.nan,
+                                     chisq=lr.chisq, df=lr.df, p=lr.p))
         if ms_res is not None:
-            stat, p_raw, p92, p94, p_perm = ms_res.statistic, ms_res.p_raw, ms_res.p_lau92, min(ms_res.p_lau94, 1.0), ms_res.p_perm
+            stat, p_raw, p92, p_perm = ms_res.statistic, ms_res.p_raw, ms_res.p_lau92, ms_res.p_perm
+            p94_bound = ms_res.p_lau94
+            p94 = min(max(p94_bound, 0.0), 1.0)
+            p_adj_basis = p_perm if settings.n_perm > 0 else p92
         else:
             fixed = fixed_cut_statistic(x, t, e, cut)
-            stat, p_raw, p92, p94, p_perm = fixed.statistic, fixed.p_raw, np.nan, np.nan, np.nan
+            stat, p_raw, p92, p94, p94_bound, p_perm = fixed.statistic, fixed.p_raw, np.nan, np.nan, np.nan, np.nan
+            p_adj_basis = lr.p
         cut_rows.append(dict(endpoint=endpoint, marker=marker, method=method, cutpoint=cut,
                              n_low=int((groups == "low").sum()), n_high=int((groups == "high").sum()),
-                             statistic=stat, p_raw=p_raw, p_lau92=p92, p_lau94=p94, p_perm=p_perm,
+                             statistic=stat, p_raw=p_raw, p_lau92=p92, p_lau94=p94, p_lau94_bound=p94_bound,
+                             p_perm=p_perm,
                              n_perm=settings.n_perm if ms_res is not None else 0,
                              median_low=medians.get("low", np.nan), median_high=medians.get("high", np.nan),
-                             logrank_chisq=lr.chisq, logrank_p=lr.p))
+                             logrank_chisq=lr.chisq, logrank_p=lr.p, p_for_adjustment=p_adj_basis))
     dich_cut = pre_cut if pre_cut is not None else splits[0][1]
     scale, unit = (1e9, "per 1e9 cells") if marker.endswith("_dose_cells") else (1.0, "per unit")
     frame = d.assign(_cont=d[marker] / scale, _dich=(d[marker] > dich_cut).astype(float))
@@ -192,7 +256,9 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                 warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({exc})")
                 continue
             warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)
-            sink.extend(_cox_rows(fit, endpoint, model, coding, unit_text, col, marker))
+            sink.extend(_cox_rows(fit, endpoint, model, coding, unit_text, col, marker,
+                                  dich_cut if coding == "dichotomized" else np.nan,
+                                  cut_label if coding == "dichotomized" else ""))
     return km_rows, cut_rows, uni, multi
 
 
@@ -203,13 +269,13 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     warnings = list(cohort.notes)
     if unknown:
         warnings.append(f"pre-specified cut-point(s) for marker(s) not analysed: {', '.join(unknown)}")
-    km_rows, cut_rows, uni, multi = [], [], [], []
+    km_rows, cut_rows, uni, multi, curves, logrank_rows = [], [], [], [], [], []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
         km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),
-                               cohort.outcomes[ecol].to_numpy(float), settings))
+                               cohort.outcomes[ecol].to_numpy(float), settings, curves))
         for marker in cohort.markers:
-            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, warnings)
+            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, warnings, curves, logrank_rows)
             km_rows += k
             cut_rows += c
             uni += u
@@ -217,10 +283,22 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     resp = response_rates(cohort.outcomes["best_response"], settings.conf_level)
     responder_vars = [v for v in [*cohort.markers, *cohort.covariates] if v in cohort.data.columns]
     responders = responders_table(cohort.data, is_responder(cohort.data["best_response"]), responder_vars)
+    marker_rows = responders.variable.isin(cohort.markers) & (responders.kind == "numeric")
+    responders = adjust_markers(responders.assign(_all=0), "p", ["_all"], marker_rows).drop(columns="_all")
+    cuts = adjust_markers(pd.DataFrame(cut_rows, columns=CUT_COLUMNS), "p_for_adjustment", ["endpoint", "method"])
+    cox_tables = []
+    for rows in (uni, multi):
+        frame = pd.DataFrame(rows, columns=COX_COLUMNS)
+        frame = adjust_markers(frame, "p", ["endpoint", "model", "coding"], frame.coding != "covariate")
+        cox_tables.append(frame[COX_COLUMNS])
+    km_table = pd.concat([c[0] for c in curves], ignore_index=True) if curves else None
+    at_risk = pd.concat([c[1] for c in curves], ignore_index=True) if curves else None
     return BiomarkerResults(
         cohort=cohort, settings=settings, response=resp, km=pd.DataFrame(km_rows, columns=KM_COLUMNS),
-        cutpoints=pd.DataFrame(cut_rows, columns=CUT_COLUMNS), cox_univariable=pd.DataFrame(uni, columns=COX_COLUMNS),
-        cox_multivariable=pd.DataFrame(multi, columns=COX_COLUMNS), responders=responders, prespecified=pre,
+        cutpoints=cuts[CUT_COLUMNS], cox_univariable=cox_tables[0], cox_multivariable=cox_tables[1],
+        responders=responders, prespecified=pre, km_table=km_table if km_table is not None else
+        pd.DataFrame(columns=KM_TABLE_COLUMNS), at_risk=at_risk if at_risk is not None else
+        pd.DataFrame(columns=ATRISK_COLUMNS), logrank=pd.DataFrame(logrank_rows, columns=LOGRANK_COLUMNS),
         warnings=_collapse(warnings),
     )
 
@@ -241,9 +319,17 @@ def _collapse(warnings: list[str]) -> list[str]:
     return [f"{k[0]} ({', '.join(merged[k])}): {k[1]}" if merged[k] else k[0] for k in order]
 
 
+def analysis_dataset(cohort: Cohort) -> pd.DataFrame:
+    """The merged phenotypes + outcomes that the marker analyses used (one row per patient)."""
+    outcome_cols = [c for c in cohort.outcomes.columns if c not in cohort.covariates]
+    cols = [*outcome_cols, *[c for c in cohort.covariates if c not in outcome_cols],
+            *[m for m in cohort.markers if m not in outcome_cols]]
+    return cohort.data[[c for c in dict.fromkeys(cols) if c in cohort.data.columns]]
+
+
 def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, markers=None, covariates=None,
                    endpoints=("pfs", "os"), cutpoints=None, n_perm: int = 10_000, seed: int = 20240601,
-                   conf_type: str = "log", minprop: float = 0.1) -> BiomarkerResults:
+                   conf_type: str = "log", minprop: float = 0.1, break_times=None) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
@@ -257,13 +343,15 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     cohort = build_cohort(phenotypes, outcomes, markers, covariates)
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
-                        n_perm=n_perm, seed=seed)
+                        n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None)
     results = analyse(cohort, settings, pre)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {"response.csv": results.response, "km.csv": results.km, "cutpoints.csv": results.cutpoints,
               "cox_univariable.csv": results.cox_univariable, "cox_multivariable.csv": results.cox_multivariable,
-              "responders.csv": results.responders, "unmatched.csv": cohort.unmatched()}
+              "responders.csv": results.responders, "unmatched.csv": cohort.unmatched(),
+              "km_table.csv": results.km_table, "at_risk.csv": results.at_risk, "logrank.csv": results.logrank,
+              "analysis_dataset.csv": analysis_dataset(cohort)}
     for name, frame in tables.items():
         atomic.write_csv(out / name, frame)
         results.files[name] = out / name

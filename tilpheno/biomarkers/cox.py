@@ -4,7 +4,14 @@ Conventions:
 
 - Partial likelihood with Efron's method for tied event times (as R ``coxph`` and lifelines).
 - ``p`` in the coefficient table is the Wald p-value; hazard-ratio CIs are ``exp(coef +- z se)``.
-- Per model: the likelihood-ratio test against the null model and Harrell's concordance.
+- Coefficients are polished by Newton-Raphson on the exact Efron likelihood after lifelines'
+  fit, so they sit at R ``coxph``'s optimum (not lifelines' stopping point); the convergence
+  check (steps, last step, largest score component) is recorded per model.
+- Per model: likelihood-ratio, Wald and score tests against the null model, and Harrell's
+  concordance computed as R ``concordance`` does (tied predictors count 1/2) with R's
+  infinitesimal-jackknife standard error.
+- lifelines' warnings are recorded in ``warnings`` (never silenced), as are non-convergence,
+  near-infinite coefficients and a cox.zph p < 0.05.
 - Non-numeric covariates are coded as indicator columns against their first level (sorted);
   the PH test treats their indicators as one term, as R does with ``terms = TRUE``.
 - The PH test is R survival (>= 3.0) ``cox.zph(fit, transform = "km", terms = TRUE)``: a score
@@ -128,9 +135,165 @@ def cox_zph(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]] | No
     return pd.DataFrame(rows, columns=["term", "chisq", "df", "p"])
 
 
+@dataclass(frozen=True)
+class EfronDerivatives:
+    """Log partial likelihood (Efron ties), its gradient (score) and the information matrix."""
+
+    loglik: float
+    score: np.ndarray
+    information: np.ndarray
+
+
+def efron_derivatives(time, event, X, beta) -> EfronDerivatives:
+    """Efron log partial likelihood, score vector and information at ``beta`` (vectorised over event times).
+
+    Risk-set sums are reverse cumulative sums over patients sorted by time; tied deaths at one
+    time are handled with Efron's weights ``j / d`` (j = 0..d-1), looping over the largest tie size.
+    """
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float)
+    X = np.asarray(X, dtype=float).reshape(t.size, -1)
+    order = np.argsort(t, kind="stable")
+    t, e, X = t[order], e[order], X[order] - X.mean(axis=0)
+    p = X.shape[1]
+    eta = X @ np.asarray(beta, dtype=float)
+    shift = eta.max()
+    r = np.exp(eta - shift)
+    dead = e == 1
+    event_times, k = np.unique(t[dead], return_inverse=True)
+    first = np.searchsorted(t, event_times, side="left")
+    rx = r[:, None] * X
+    rxx = rx[:, :, None] * X[:, None, :]
+    s0 = np.cumsum(r[::-1])[::-1][first]
+    s1 = np.cumsum(rx[::-1], axis=0)[::-1][first]
+    s2 = np.cumsum(rxx[::-1], axis=0)[::-1][first]
+    K = event_times.size
+    d = np.bincount(k, minlength=K).astype(float)
+    d0 = np.bincount(k, weights=r[dead], minlength=K)
+    onehot = np.zeros((K, int(dead.sum())))
+    onehot[k, np.arange(k.size)] = 1.0
+    d1 = onehot @ rx[dead]
+    d2 = np.einsum("ki,iab->kab", onehot, rxx[dead])
+    loglik = float(eta[dead].sum() - shift * dead.sum())
+    score = X[dead].sum(axis=0)
+    info = np.zeros((p, p))
+    for j in range(int(d.max()) if K else 0):
+        m = d > j
+        frac = j / d[m]
+        den = s0[m] - frac * d0[m]
+        mean = (s1[m] - frac[:, None] * d1[m]) / den[:, None]
+        loglik -= float(np.log(den).sum())
+        score = score - mean.sum(axis=0)
+        info += ((s2[m] - frac[:, None, None] * d2[m]) / den[:, None, None]).sum(axis=0) - mean.T @ mean
+    return EfronDerivatives(loglik, score, info)
+
+
+@dataclass(frozen=True)
+class NewtonFit:
+    """Result of Newton-Raphson on the partial likelihood, with its convergence check."""
+
+    beta: np.ndarray
+    derivatives: EfronDerivatives
+    iterations: int
+    converged: bool
+    last_step: float
+
+
+def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-11) -> NewtonFit:
+    """Maximise the Efron partial likelihood by Newton-Raphson with step halving (as R ``coxph.fit``).
+
+    Converged when the largest Newton step is below ``tol * (1 + |beta|)`` (elementwise); the
+    derivatives returned are evaluated at the final ``beta`` (R's ``imat``).
+    """
+    X = np.asarray(X, dtype=float).reshape(len(time), -1)
+    beta = np.zeros(X.shape[1]) if beta0 is None else np.asarray(beta0, dtype=float).copy()
+    cur = efron_derivatives(time, event, X, beta)
+    last = float("inf")
+    for it in range(1, max_iter + 1):
+        step = np.linalg.solve(cur.information, cur.score)
+        last = float(np.max(np.abs(step) / (1 + np.abs(beta))))
+        halvings = 0
+        while True:
+            cand = beta + step
+            nxt = efron_derivatives(time, event, X, cand)
+            if np.isfinite(nxt.loglik) and nxt.loglik >= cur.loglik - 1e-12 * abs(cur.loglik) or halvings >= 30:
+                break
+            step = step / 2
+            halvings += 1
+        beta, cur = cand, nxt
+        if last < tol:
+            return NewtonFit(beta, cur, it, True, last)
+    return NewtonFit(beta, cur, max_iter, False, last)
+
+
+@dataclass(frozen=True)
+class Concordance:
+    """Harrell's concordance as R ``concordance`` for a Cox model, with R's standard error and counts."""
+
+    concordance: float
+    std_err: float
+    concordant: float
+    discordant: float
+    tied_x: float
+    tied_y: float
+
+
+def concordance_index(time, event, risk) -> Concordance:
+    """Concordance of a risk score (higher = shorter survival) as R survival's ``concordance(fit)``.
+
+    A pair is comparable when the shorter time is an event; a censored time equal to an event
+    time counts as later (censored after the death). Pairs tied on the risk score count 1/2
+    (``tied.x``); pairs of deaths at the same time (``tied.y``) are not comparable. The standard
+    error is R's infinitesimal-jackknife ``sqrt(var)``: ``var = sum(dfbeta^2) / 4`` with
+    ``dfbeta_i = (C_i - D_i)/npair - somers/npair (C_i + D_i + T_i)`` and ``C_i, D_i, T_i`` the
+    comparable pairs patient i is part of.
+    """
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float) == 1
+    x = np.asarray(risk, dtype=float)
+    later = (t[None, :] > t[:, None]) | ((t[None, :] == t[:, None]) & ~e[None, :])
+    comp = e[:, None] & later  # row i: death, column j: still at risk after it
+    conc = comp & (x[:, None] > x[None, :])
+    disc = comp & (x[:, None] < x[None, :])
+    tied = comp & (x[:, None] == x[None, :])
+    tied_y = e[:, None] & e[None, :] & (t[:, None] == t[None, :])
+    np.fill_diagonal(tied_y, False)
+    C, D, T = conc.sum(), disc.sum(), tied.sum()
+    npair = C + D + T
+    if npair == 0:
+        return Concordance(float("nan"), float("nan"), 0.0, 0.0, 0.0, float(tied_y.sum() / 2))
+    somers = (C - D) / npair
+    ci = conc.sum(axis=0) + conc.sum(axis=1)
+    di = disc.sum(axis=0) + disc.sum(axis=1)
+    ti = tied.sum(axis=0) + tied.sum(axis=1)
+    dfbeta = (ci - di) / npair - somers / npair * (ci + di + ti)
+    return Concordance(float((somers + 1) / 2), float(np.sqrt(np.sum(dfbeta**2) / 4)), float(C), float(D),
+                       float(T), float(tied_y.sum() / 2))
+
+
+def linear_predictor(X: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """``X beta`` summed column by column, so identical covariate rows get bit-identical scores.
+
+    (A BLAS matrix-vector product may round rows differently depending on their position,
+    which would split ties in the concordance.)
+    """
+    X = np.asarray(X, dtype=float)
+    out = np.zeros(X.shape[0])
+    for j, b in enumerate(np.asarray(beta, dtype=float)):
+        out = out + X[:, j] * b
+    return out
+
+
 @dataclass
 class CoxResult:
-    """One fitted Cox model: per-column coefficients, per-term PH tests and model statistics."""
+    """One fitted Cox model: per-column coefficients, per-term PH tests and model statistics.
+
+    Global tests against the null model, as R ``summary(coxph)``: likelihood ratio
+    ``2 (l(b) - l(0))``, Wald ``b' I(b) b`` and score ``U(0)' I(0)^-1 U(0)``, each chi-square on
+    the number of coefficients. ``converged``/``iterations``/``max_scaled_score`` record the
+    Newton convergence check (``max_scaled_score`` is the largest score component at the solution
+    times its coefficient's standard error: scale-free, about 1e-10 or less when converged).
+    """
 
     coefficients: pd.DataFrame  # variable, coef, se, hr, hr_ci_low, hr_ci_high, z, p
     zph: pd.DataFrame  # term, chisq, df, p (+ GLOBAL)
@@ -141,14 +304,46 @@ class CoxResult:
     lr_df: int
     lr_p: float
     concordance: float
+    wald_chisq: float = float("nan")
+    wald_p: float = float("nan")
+    score_chisq: float = float("nan")
+    score_p: float = float("nan")
+    concordance_se: float = float("nan")
+    converged: bool = True
+    iterations: int = 0
+    max_scaled_score: float = float("nan")
+    covariance: np.ndarray | None = None
+    linear_predictor: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
 
 
-def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str],
-            conf_level: float = 0.95) -> CoxResult:
-    """Fit ``Surv(duration, event) ~ variables`` (Efron ties) on complete cases of ``frame``."""
+def _lifelines_start(fit_frame: pd.DataFrame, duration: str, event: str, conf_level: float, notes: list[str]):
+    """lifelines' fit as the starting point; every warning it raises is recorded in ``notes``."""
     from lifelines import CoxPHFitter
 
+    cph = CoxPHFitter(alpha=1 - conf_level)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        try:
+            cph.fit(fit_frame, duration_col=duration, event_col=event,
+                    fit_options={"precision": 1e-12, "r_precision": 1e-12, "max_steps": 200})
+        except Exception as exc:  # lifelines raises ConvergenceError and LinAlgError subclasses
+            notes.append(f"lifelines: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return None
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        notes.append(f"lifelines {w.category.__name__}: {text[:300]}")
+    return cph.params_.to_numpy(dtype=float)
+
+
+def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str],
+            conf_level: float = 0.95, start: str = "lifelines") -> CoxResult:
+    """Fit ``Surv(duration, event) ~ variables`` (Efron ties) on complete cases of ``frame``.
+
+    lifelines fits the model (its warnings go to ``warnings``); Newton steps on the exact
+    Efron likelihood then polish the coefficients to R ``coxph``'s optimum (step < 1e-11
+    relative). ``start="zero"`` skips lifelines (used inside bootstrap loops).
+    """
     data = frame[[duration, event, *variables]].dropna()
     if data.empty:
         raise ValueError("no patient with complete data")
@@ -159,31 +354,62 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     constant = [c for c in X.columns if X[c].nunique() < 2]
     if constant:
         raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
-    fit_frame = pd.concat([data[[duration, event]].astype(float), X], axis=1)
-    cph = CoxPHFitter(alpha=1 - conf_level)
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore")
-        cph.fit(fit_frame, duration_col=duration, event_col=event,
-                fit_options={"precision": 1e-12, "max_steps": 200})
-    s = cph.summary
+    t = data[duration].to_numpy(float)
+    ev = data[event].to_numpy(float)
+    Xa = X.to_numpy(float)
+    notes: list[str] = []
+    beta0 = None
+    if start == "lifelines":
+        fit_frame = pd.concat([data[[duration, event]].astype(float), X], axis=1)
+        beta0 = _lifelines_start(fit_frame, duration, event, conf_level, notes)
+    nf = newton_cox(t, ev, Xa, beta0)
+    if not nf.converged:
+        nf = newton_cox(t, ev, Xa, None)
+    coef = nf.beta
+    info = nf.derivatives.information
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        cov = np.full_like(info, np.nan)
+    se = np.sqrt(np.diag(cov))
     z = stats.norm.ppf(1 - (1 - conf_level) / 2)
-    coef = s["coef"].to_numpy()
-    se = s["se(coef)"].to_numpy()
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         table = pd.DataFrame({
             "variable": list(X.columns), "coef": coef, "se": se, "hr": np.exp(coef),
             "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
             "z": coef / se, "p": 2 * stats.norm.sf(np.abs(coef / se)),
         })
-    lr = cph.log_likelihood_ratio_test()
-    n_events = int(data[event].sum())
-    notes = []
-    if n_events / X.shape[1] < EPV_MIN:
-        notes.append(f"{n_events} events for {X.shape[1]} variable(s): fewer than {EPV_MIN} events "
+    k = len(coef)
+    null = efron_derivatives(t, ev, Xa, np.zeros(k))
+    lr = float(2 * (nf.derivatives.loglik - null.loglik))
+    wald = float(coef @ info @ coef)
+    try:
+        score = float(null.score @ np.linalg.solve(null.information, null.score))
+    except np.linalg.LinAlgError:
+        score = float("nan")
+    n_events = int(ev.sum())
+    max_score = float(np.max(np.abs(nf.derivatives.score) * se))
+    if not nf.converged:
+        notes.append(f"Newton-Raphson did not converge in {nf.iterations} steps (last relative step "
+                     f"{nf.last_step:.2g}): a coefficient may be infinite (monotone likelihood, e.g. a "
+                     "covariate that separates events)")
+    big = [name for name, b, s in zip(X.columns, coef, se) if abs(b) > 10 and s > 5 * abs(b)]
+    if big and nf.converged:
+        notes.append(f"coefficient(s) of {', '.join(big)} near-infinite with a huge standard error "
+                     "(monotone likelihood suspected)")
+    if n_events / k < EPV_MIN:
+        notes.append(f"{n_events} events for {k} variable(s): fewer than {EPV_MIN} events "
                      "per variable, estimates may be unstable")
-    zph = cox_zph(data[duration], data[event], X, coef, design.terms)
+    zph = cox_zph(t, ev, X, coef, design.terms)
+    violated = zph[(zph.term != "GLOBAL") & (zph.p < 0.05)]
+    for rec in violated.itertuples(index=False):
+        notes.append(f"proportional hazards doubtful for {rec.term} (cox.zph p = {rec.p:.3g})")
+    lp = linear_predictor(Xa, coef)
+    conc = concordance_index(t, ev, lp)
     return CoxResult(
-        coefficients=table, zph=zph, n=len(data), events=n_events, loglik=float(cph.log_likelihood_),
-        lr_chisq=float(lr.test_statistic), lr_df=int(lr.degrees_freedom), lr_p=float(lr.p_value),
-        concordance=float(cph.concordance_index_), warnings=notes,
+        coefficients=table, zph=zph, n=len(data), events=n_events, loglik=nf.derivatives.loglik,
+        lr_chisq=lr, lr_df=k, lr_p=float(stats.chi2.sf(lr, k)), concordance=conc.concordance,
+        wald_chisq=wald, wald_p=float(stats.chi2.sf(wald, k)), score_chisq=score,
+        score_p=float(stats.chi2.sf(score, k)), concordance_se=conc.std_err, converged=nf.converged,
+        iterations=nf.iterations, max_scaled_score=max_score, covariance=cov, linear_predictor=lp, warnings=notes,
     )

@@ -189,9 +189,15 @@ def methods_text(results) -> list[str]:
         "low group = values at or below the cut, the standardised statistic maximised over the candidates. "
         "For (c) the raw p (the minimum p over candidates, 2(1 - Phi(M))) is shown beside p-values corrected "
         "for the search: Lausen and Schumacher (1992), Lausen, Sauerbrei and Schumacher (1994, an upper "
-        f"bound, shown capped at 1), and a permutation p-value ({s.n_perm} permutations of the scores, seed "
+        f"bound that can fall below 0 or exceed 1: p_lau94 is the bound clipped to [0, 1], the unclipped value is in '
+        "p_lau94_bound), and a permutation p-value ({s.n_perm} permutations of the scores, seed "
         f"{s.seed}, (1 + #{{M* >= M}})/(1 + B)). Hazard ratios are never estimated at the data-derived cut.",
-        f"Cox models: partial likelihood with Efron's method for ties (lifelines). Univariable: the marker alone; "
+        "Cox models: partial likelihood with Efron's method for ties, fitted with lifelines and polished by "
+        "Newton-Raphson on the exact likelihood to R coxph's optimum (convergence recorded per model: converged, "
+        "iterations, max_scaled_score). Global likelihood-ratio, Wald and score tests; Harrell's concordance as R "
+        "computes it (pairs tied on the linear predictor count 1/2) with R's standard error. lifelines' warnings, "
+        "non-convergence, near-infinite coefficients and cox.zph p < 0.05 are written in the 'warning' column. "
+        f"Univariable: the marker alone; "
         f"multivariable: the marker adjusted for {covs} (categorical covariates as indicators against their "
         "first level). Wald p-values and confidence intervals; per model the likelihood-ratio test and "
         "Harrell's concordance; per variable the proportional-hazards test of R survival's cox.zph with the "
@@ -203,8 +209,9 @@ def methods_text(results) -> list[str]:
         "(and numeric ones with at most 3 values) as counts, compared by the chi-square test (Yates-corrected "
         "for 2x2) or Fisher's exact test when an expected count is below 5 (estimated from 20,000 random "
         "tables with the same margins when a variable has too many levels to enumerate; the table says "
-        "which). No correction for multiple "
-        "testing was applied: p-values are descriptive.",
+        "which). Where several markers are tested, Holm (family-wise) and Benjamini-Hochberg (false discovery "
+        "rate) adjusted p-values (R p.adjust) are given beside the raw p across the markers of one endpoint, model "
+        "and coding (cut-points: the permutation p of the maximally selected statistic, else the log-rank p).",
     ]
 
 

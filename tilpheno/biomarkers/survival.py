@@ -184,6 +184,17 @@ class KaplanMeier:
     def summary(self) -> pd.DataFrame:
         return self.table_.copy()
 
+    def survfit_table(self) -> pd.DataFrame:
+        """R ``summary(survfit(...), censored = TRUE)``: time, n.risk, n.event, n.censor, surv, std.err,
+        lower, upper; ``std.err`` is the standard error of S(t) (Greenwood), as R's summary prints it."""
+        tab = self.table_
+        with np.errstate(invalid="ignore"):
+            se_surv = tab["std_err"].to_numpy() * tab["surv"].to_numpy()
+        se_surv = np.where(np.isinf(tab["std_err"].to_numpy()), np.nan, se_surv)
+        return pd.DataFrame({"time": tab["time"], "n.risk": tab["n_risk"], "n.event": tab["n_event"],
+                             "n.censor": tab["n_censor"], "surv": tab["surv"], "std.err": se_surv,
+                             "lower": tab["lower"], "upper": tab["upper"]})
+
     def plot(self, ax, color=None, ci: bool = False):
         """Draw the step curve on a matplotlib axis (censorings as '+' ticks)."""
         tab = self.table_

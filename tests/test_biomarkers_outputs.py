@@ -1,0 +1,119 @@
+"""Statistician tables of the biomarker analysis (issues 16/17): model ids, numeric cuts, km_table,
+numbers at risk, log-rank O/E, Holm/BH, Lau94 conventions, recorded Cox warnings (issue 12)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.biomarkers.analysis import run_biomarkers
+from tilpheno.biomarkers.cox import fit_cox
+from tilpheno.biomarkers.multiplicity import p_adjust
+from tilpheno.biomarkers.survival import KaplanMeier
+from tilpheno.io.outcomes import read_outcomes
+
+REF = Path(__file__).parent / "reference"
+MARKERS = ["til_dose_cells", "cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"]
+
+
+@pytest.fixture(scope="module")
+def res(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bio_out")
+    return run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv"),
+                          out, markers=MARKERS, n_perm=199, seed=5, break_times=[0, 6, 12, 24])
+
+
+def test_cox_tables_have_model_ids_and_numeric_cuts(res):
+    multi = pd.read_csv(res.files["cox_multivariable.csv"])
+    per_model = multi.groupby("model_id").size()
+    assert len(per_model) == 2 * 2 * len(MARKERS)  # endpoints x codings x markers
+    assert (per_model == 4).all()  # marker + age + sex + ecog
+    dich = multi[(multi.coding == "dichotomized")]
+    assert dich.cut.notna().all() and (dich.cut_method == "median").all()
+    d = res.cohort.data
+    for rec in dich.itertuples():
+        assert rec.cut == pytest.approx(d[rec.variable].median())
+    assert multi[multi.coding == "continuous"].cut.isna().all()
+    assert multi.converged.all() and (multi.max_scaled_score < 1e-6).all()
+    assert {"wald_chisq", "score_chisq", "concordance_se", "zph_df", "zph_global_df"} <= set(multi.columns)
+
+
+def test_holm_and_bh_across_markers(res):
+    uni = res.cox_univariable
+    for _, grp in uni.groupby(["endpoint", "coding"]):
+        assert len(grp) == len(MARKERS)
+        np.testing.assert_array_equal(grp.p_holm, p_adjust(grp.p, "holm"))
+        np.testing.assert_array_equal(grp.p_bh, p_adjust(grp.p, "BH"))
+    multi = res.cox_multivariable
+    assert multi[multi.coding == "covariate"].p_holm.isna().all()
+    cuts = res.cutpoints
+    for _, grp in cuts.groupby(["endpoint", "method"]):
+        np.testing.assert_array_equal(grp.p_holm, p_adjust(grp.p_for_adjustment, "holm"))
+    ms = cuts[cuts.method == "maxstat"]
+    assert (ms.p_for_adjustment == ms.p_perm).all()
+    med = cuts[cuts.method == "median"]
+    assert (med.p_for_adjustment == med.logrank_p).all()
+
+
+def test_lau94_capped_and_raw_bound_both_written(res):
+    ms = res.cutpoints[res.cutpoints.method == "maxstat"]
+    assert (ms.p_lau94 == ms.p_lau94_bound.clip(0, 1)).all()
+    assert (ms.p_lau94 <= 1).all()
+
+
+def test_km_table_every_curve_and_at_risk(res):
+    kt = pd.read_csv(res.files["km_table.csv"])
+    assert list(kt.columns[3:]) == ["time", "n.risk", "n.event", "n.censor", "surv", "std.err", "lower", "upper"]
+    km = res.km
+    curves = kt.groupby(["endpoint", "grouping", "group"]).size()
+    assert len(curves) == len(km)
+    d = res.cohort.outcomes
+    whole = kt[(kt.endpoint == "os") & (kt.grouping == "all")]
+    np.testing.assert_allclose(whole.surv, KaplanMeier().fit(d.os_months, d.os_event).table_.surv, rtol=1e-15)
+    ar = res.at_risk
+    assert sorted(ar.time.unique()) == [0, 6, 12, 24]
+    first = ar[(ar.grouping == "all") & (ar.time == 0)]
+    assert (first["n.risk"] == len(d)).all()
+    six = ar[(ar.grouping == "all") & (ar.endpoint == "pfs") & (ar.time == 6)]["n.risk"].iloc[0]
+    assert six == int((d.pfs_months >= 6).sum())
+
+
+def test_logrank_observed_expected_sum(res):
+    lr = res.logrank
+    for _, g in lr.groupby(["endpoint", "grouping"]):
+        assert g.observed.sum() == pytest.approx(g.expected.sum(), rel=1e-12)
+        assert g.chisq.nunique() == 1
+
+
+def test_analysis_dataset_is_the_modelled_data(res):
+    ad = pd.read_csv(res.files["analysis_dataset.csv"])
+    assert len(ad) == len(res.cohort.data)
+    assert set(MARKERS) <= set(ad.columns) and {"pfs_months", "os_event", "age", "sex"} <= set(ad.columns)
+
+
+def test_separation_is_reported_not_hidden():
+    """Issue 12: a covariate that separates events gives a recorded warning, not a silent HR of 1e-10."""
+    rng = np.random.default_rng(0)
+    n = 40
+    x = np.r_[np.zeros(20), np.ones(20)]
+    t = np.r_[rng.uniform(1, 5, 20), rng.uniform(6, 10, 20)]
+    e = np.r_[np.ones(20), np.zeros(20)]
+    fit = fit_cox(pd.DataFrame({"t": t, "e": e, "x": x}), "t", "e", ["x"])
+    text = " ".join(fit.warnings)
+    assert "infinite" in text or "monotone" in text, fit.warnings
+    ok = fit_cox(pd.DataFrame({"t": t, "e": np.ones(n), "x": rng.normal(size=n)}), "t", "e", ["x"])
+    assert not any("infinite" in w for w in ok.warnings)
+
+
+def test_ph_violation_goes_to_warning():
+    rng = np.random.default_rng(3)
+    n = 300
+    x = rng.integers(0, 2, n).astype(float)
+    # crossing hazards: x=1 dies early or very late
+    t = np.where(x == 1, np.where(rng.random(n) < 0.5, rng.exponential(0.3, n), rng.exponential(8, n)),
+                 rng.exponential(2, n))
+    fit = fit_cox(pd.DataFrame({"t": t, "e": 1.0, "x": x}), "t", "e", ["x"])
+    assert fit.zph.p.iloc[0] < 0.05
+    assert any("proportional hazards doubtful for x" in w for w in fit.warnings)
