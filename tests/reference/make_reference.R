@@ -251,7 +251,8 @@ sp <- list(); spc <- list()
 add_rcs <- function(dataset, xname, time, event, x, k) {
   dd <- data.frame(time = time, event = event, x = x)
   knots <- rcspline.eval(x, nk = k, knots.only = TRUE)
-  f <- cph(Surv(time, event) ~ rcs(x, knots), data = dd, x = TRUE, y = TRUE)
+  # cph stops at a relative log-likelihood change of 1e-4 by default (eps): converge fully
+  f <- cph(Surv(time, event) ~ rcs(x, knots), data = dd, x = TRUE, y = TRUE, eps = 1e-12, iter.max = 100)
   a <- anova(f)
   grid <- seq(min(x), max(x), length.out = 7)
   B <- rcspline.eval(grid, knots = knots, inclx = TRUE)

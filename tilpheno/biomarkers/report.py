@@ -189,8 +189,8 @@ def methods_text(results) -> list[str]:
         "low group = values at or below the cut, the standardised statistic maximised over the candidates. "
         "For (c) the raw p (the minimum p over candidates, 2(1 - Phi(M))) is shown beside p-values corrected "
         "for the search: Lausen and Schumacher (1992), Lausen, Sauerbrei and Schumacher (1994, an upper "
-        f"bound that can fall below 0 or exceed 1: p_lau94 is the bound clipped to [0, 1], the unclipped value is in '
-        "p_lau94_bound), and a permutation p-value ({s.n_perm} permutations of the scores, seed "
+        "bound that can fall below 0 or exceed 1: p_lau94 is the bound clipped to [0, 1], the unclipped value is in "
+        f"p_lau94_bound), and a permutation p-value ({s.n_perm} permutations of the scores, seed "
         f"{s.seed}, (1 + #{{M* >= M}})/(1 + B)). Hazard ratios are never estimated at the data-derived cut.",
         "Cox models: partial likelihood with Efron's method for ties, fitted with lifelines and polished by "
         "Newton-Raphson on the exact likelihood to R coxph's optimum (convergence recorded per model: converged, "
