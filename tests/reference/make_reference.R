@@ -252,7 +252,7 @@ add_rcs <- function(dataset, xname, time, event, x, k) {
   dd <- data.frame(time = time, event = event, x = x)
   knots <- rcspline.eval(x, nk = k, knots.only = TRUE)
   # cph stops at a relative log-likelihood change of 1e-4 by default (eps): converge fully
-  f <- cph(Surv(time, event) ~ rcs(x, knots), data = dd, x = TRUE, y = TRUE, eps = 1e-12, iter.max = 100)
+  f <- cph(Surv(time, event) ~ rcs(x, knots), data = dd, x = TRUE, y = TRUE, eps = 1e-12, tol = 1e-14, iter.max = 100)
   a <- anova(f)
   grid <- seq(min(x), max(x), length.out = 7)
   B <- rcspline.eval(grid, knots = knots, inclx = TRUE)
@@ -269,7 +269,8 @@ for (k in 3:5) {
   add_rcs("lung", "age", lung2$time, lung2$event, lung2$age, k)
   add_rcs("veteran", "karno", vet2$time, vet2$event, vet2$karno, k)
   for (ep in c("pfs", "os")) for (mk in c("cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4", "til_dose_cells"))
-    add_rcs(paste0("til_", ep), mk, til[[paste0(ep, "_months")]], til[[paste0(ep, "_event")]], til[[mk]], k)
+    add_rcs(paste0("til_", ep), if (mk == "til_dose_cells") "til_dose_1e9" else mk, til[[paste0(ep, "_months")]],
+            til[[paste0(ep, "_event")]], if (mk == "til_dose_cells") til[[mk]] / 1e9 else til[[mk]], k)
 }
 write_ref(do.call(rbind, sp), "rcs_reference.csv")
 write_ref(do.call(rbind, spc), "rcs_curve_reference.csv")
