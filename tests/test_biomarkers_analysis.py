@@ -34,7 +34,7 @@ def results(tables, tmp_path_factory):
     cut = out / "cuts.csv"
     cut.write_text("marker,cutpoint,endpoint\ncd8_pct_of_cd3,50,\ncd4foxp3_pct_of_cd4,5,os\n")
     return run_biomarkers(pheno, outcomes, out, markers=["til_dose_cells", "cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"],
-                          cutpoints=cut, n_perm=999, seed=3)
+                          cutpoints=cut, n_perm=999, seed=3, n_boot=10)
 
 
 def test_response_rates_match_r_binom_test(tables):
@@ -93,7 +93,7 @@ def test_join_lists_unmatched_never_drops(tables, tmp_path):
     assert cohort.patients_without_products == ["P001", "P002"]
     assert len(cohort.data) == 58 and len(cohort.outcomes) == 60
     assert set(cohort.unmatched().id) == {"TIL999", "P001", "P002"}
-    res = run_biomarkers(pheno2, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0)
+    res = run_biomarkers(pheno2, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0, n_boot=0)
     assert res.response.n.tolist() == [60, 60]
     km = res.km.set_index(["endpoint", "grouping", "group"])
     assert km.loc[("pfs", "all", "all"), "n"] == 60
@@ -126,7 +126,9 @@ def test_output_files_and_columns(results):
     files = {p.name for p in results.files.values()}
     assert files == {"response.csv", "km.csv", "cutpoints.csv", "cox_univariable.csv", "cox_multivariable.csv",
                      "responders.csv", "unmatched.csv", "report.html", "km_table.csv", "at_risk.csv",
-                     "logrank.csv", "analysis_dataset.csv"}
+                     "logrank.csv", "analysis_dataset.csv", "splines.csv", "spline_curves.csv", "validation.csv",
+                     "time_auc.csv", "time_auc_comparisons.csv", "response_survival.csv", "codebook.csv",
+                     "figures.pdf", "run.json"}
     km = pd.read_csv(results.files["km.csv"])
     assert list(km.columns) == ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low",
                                 "median_ci_high", "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
@@ -185,7 +187,7 @@ def test_events_per_variable_warning(tables, tmp_path):
     few = outcomes.copy()
     few["os_event"] = 0
     few.loc[:11, "os_event"] = 1  # 12 events, 4 variables in the multivariable model
-    res = run_biomarkers(pheno, few, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0)
+    res = run_biomarkers(pheno, few, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0, n_boot=0)
     assert any("fewer than 10 events per variable" in w for w in res.warnings)
     assert res.cox_multivariable.warning.str.contains("fewer than 10").all()
     assert not res.cox_univariable.warning.str.contains("fewer than 10").any()
@@ -199,21 +201,21 @@ def test_report_escapes_input_values_and_states_conventions(tables, tmp_path):
     out2.loc[0, "patient_id"] = evil
     pheno2 = pheno.copy()
     pheno2.loc[0, "product_id"] = "TIL<b>x</b>"
-    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0)
+    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0, n_boot=0)
     html = res.files["report.html"].read_text()
     assert "<script" not in html and "<img src=x" not in html and "<b>x</b>" not in html
     assert "&lt;script&gt;" in html
     for phrase in ("REMARK item 10", "REMARK item 11", "Efron", "cox.zph", "Brookmeyer-Crowley", "reverse Kaplan-Meier",
                    "Lausen", "permutation", "inflate the type I error", "Clopper-Pearson", "Welch", "Mann-Whitney"):
         assert phrase in html, phrase
-    assert html.count("data:image/png;base64,") >= 4
+    assert html.count("data:image/svg+xml;base64,") >= 4
 
 
 def test_marker_and_level_names_with_mathtext_characters(tables, tmp_path):
     pheno, outcomes = tables
     pheno2 = pheno.rename(columns={"cd8_pct_of_cd3": "cd8 $\\frac{x$"})
     out2 = outcomes.assign(sex=outcomes.sex.map({"M": "$_{$", "F": "F"}))
-    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8 $\\frac{x$"], endpoints=("os",), n_perm=0)
+    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8 $\\frac{x$"], endpoints=("os",), n_perm=0, n_boot=0)
     assert "cd8 $\\frac{x$" in set(res.cox_univariable.variable)
     assert "$\\frac{x$" in res.files["report.html"].read_text()
 
@@ -239,7 +241,7 @@ def test_cli_biomarkers(tmp_path):
     out = tmp_path / "bio"
     r = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(PHENOTYPES), "--outcomes", str(OUTCOMES), "-o",
                                  str(out), "--markers", "cd8_pct_of_cd3", "--endpoints", "pfs",
-                                 "--permutations", "99", "--conf-type", "log-log"])
+                                 "--permutations", "99", "--conf-type", "log-log", "--bootstrap", "5"])
     assert r.exit_code == 0, r.output
     assert (out / "report.html").exists() and (out / "km.csv").exists()
     km = pd.read_csv(out / "km.csv")
@@ -303,7 +305,7 @@ def test_report_with_planted_markup_runs_nothing_in_chromium(tables, tmp_path, b
     out2.loc[0, "patient_id"] = planted[1]
     pheno2 = pheno.copy()
     pheno2.loc[0, "product_id"] = planted[0]
-    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0)
+    res = run_biomarkers(pheno2, out2, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
     session, page = browser.load(res.files["report.html"].as_uri())
     assert page.loaded and page.problems == [] and page.dialogs == []
     assert len(page.images) >= 3 and all(img["complete"] and img["naturalWidth"] > 0 for img in page.images)

@@ -22,7 +22,7 @@ MARKERS = ["til_dose_cells", "cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"]
 def res(tmp_path_factory):
     out = tmp_path_factory.mktemp("bio_out")
     return run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv"),
-                          out, markers=MARKERS, n_perm=199, seed=5, break_times=[0, 6, 12, 24])
+                          out, markers=MARKERS, n_perm=199, seed=5, break_times=[0, 6, 12, 24], n_boot=10)
 
 
 def test_cox_tables_have_model_ids_and_numeric_cuts(res):

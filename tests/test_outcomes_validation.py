@@ -73,7 +73,7 @@ def test_excel_date_in_time_column(tmp_path):
     (1, "os_months", "", "missing time"),
     (0, "pfs_months", "five", "not a number"),
     (2, "pfs_event", "2", "0 (censored) or 1"),
-    (1, "os_event", "yes", "not a number"),
+    (1, "os_event", "maybe", "not a number"),
     (0, "os_event", "", "0 (censored) or 1"),
     (1, "best_response", "MR", "unknown response code"),
     (2, "best_response", "", "unknown response code"),

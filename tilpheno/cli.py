@@ -197,6 +197,11 @@ def biomarkers(
     seed: int = typer.Option(20240601, "--seed", help="Seed of the permutations."),
     conf_type: str = typer.Option("log", "--conf-type", help="Kaplan-Meier CI transformation: log, log-log or plain."),
     minprop: float = typer.Option(0.1, "--minprop", min=0.01, max=0.49, help="Smallest group fraction of a candidate cut-point."),
+    n_boot: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap samples for internal validation and time-dependent AUC CIs (0 = none)."),
+    knots: int = typer.Option(4, "--knots", min=3, max=5, help="Knots of the restricted cubic splines (Harrell's quantiles)."),
+    roc_times: str = typer.Option("6,12", "--roc-times", help="Comma-separated times (months) of the time-dependent AUC."),
+    break_times: Optional[str] = typer.Option(None, "--break-times", help="Comma-separated times (months) of the numbers-at-risk tables; default every 6 months."),
+    landmark: float = typer.Option(3.0, "--landmark", min=0.0, help="Landmark time (months) of the responder survival comparison."),
 ) -> None:
     """Biomarker analysis of PHENOTYPES against OUTCOMES: response.csv, km.csv, cutpoints.csv, cox_*.csv, responders.csv, report.html."""
     from tilpheno.biomarkers.analysis import read_cutpoints, run_biomarkers
@@ -212,7 +217,10 @@ def biomarkers(
         results = run_biomarkers(
             read_phenotypes(phenotypes), read_outcomes(outcomes), out, markers=_split(markers),
             covariates=_split(covariates), endpoints=tuple(_split(endpoints) or ()), cutpoints=pre,
-            n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop,
+            n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop, n_boot=n_boot, spline_knots=knots,
+            roc_times=[float(v) for v in _split(roc_times) or ()],
+            break_times=[float(v) for v in _split(break_times)] if break_times else None, landmark=landmark,
+            inputs=[phenotypes, outcomes, cutpoints],
         )
     except (TilphenoError, ValueError) as exc:
         _fail(exc)
@@ -225,6 +233,44 @@ def biomarkers(
         typer.echo(f"  patient without a phenotyped product: {pid}")
     for w in results.warnings:
         typer.echo(f"  warning: {w}")
+
+
+@app.command()
+def plan(
+    hr: Optional[float] = typer.Option(None, "--hr", help="Hazard ratio to confirm (two groups: high vs low; continuous: per unit of the marker)."),
+    observed: Optional[Path] = typer.Option(None, "--observed", help="Output folder of `tilpheno biomarkers`: take the HR, SD, group fraction and event probability observed for --marker."),
+    marker: Optional[str] = typer.Option(None, "--marker", help="Marker whose observed effect is used (with --observed)."),
+    endpoint: str = typer.Option("pfs", "--endpoint", help="Endpoint of the observed effect (with --observed)."),
+    sd: Optional[float] = typer.Option(None, "--sd", help="Marker standard deviation: gives the continuous-marker (Hsieh-Lavori) size."),
+    prop: float = typer.Option(0.5, "--prop", help="Fraction of patients in the high group (Schoenfeld)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Two-sided significance level."),
+    power: float = typer.Option(0.8, "--power", help="Power."),
+    p_event: float = typer.Option(1.0, "--p-event", help="Probability that a patient has the event during the study (patients = events / p_event)."),
+) -> None:
+    """Events and patients a validation study needs to confirm a marker's hazard ratio (Schoenfeld; Hsieh-Lavori with --sd)."""
+    from tilpheno.biomarkers.planning import hsieh_lavori, observed_effect, schoenfeld
+
+    try:
+        if observed is not None:
+            if marker is None:
+                raise ValueError("--observed needs --marker")
+            eff = observed_effect(observed, marker, endpoint)
+            typer.echo(f"observed ({endpoint}, {marker}): HR high vs low {eff['hr_dichotomized']:.4g}, HR per unit "
+                       f"{eff['hr_continuous']:.4g}, SD {eff['sd']:.4g}, high fraction {eff['prop']:.3g}, "
+                       f"P(event) {eff['p_event']:.3g}")
+            sizes = [schoenfeld(eff["hr_dichotomized"], eff["prop"], alpha, power, eff["p_event"]),
+                     hsieh_lavori(eff["hr_continuous"], eff["sd"], alpha, power, eff["p_event"])]
+        else:
+            if hr is None:
+                raise ValueError("give --hr, or --observed with --marker")
+            sizes = [schoenfeld(hr, prop, alpha, power, p_event)]
+            if sd is not None:
+                sizes.append(hsieh_lavori(hr, sd, alpha, power, p_event))
+    except (ValueError, OSError, KeyError) as exc:
+        _fail(exc)
+    for s in sizes:
+        typer.echo(f"{s.method}: HR {s.hr:g}, two-sided alpha {s.alpha:g}, power {s.power:g}: {s.events} events "
+                   f"({s.events_exact:.2f}), {s.patients} patients at P(event) = {s.p_event:g}")
 
 
 # --- demo: the whole chain on bundled data (what `make demo` runs) ---

@@ -34,7 +34,11 @@ from .cutpoints import fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
 from .responders import responders_table
+from .landmark import landmark_analysis, time_dependent_cox
+from .splines import fit_spline, spline_rows
 from .survival import KaplanMeier, logrank_test, median_followup
+from .tdroc import time_roc
+from .validation import validate_cox
 
 LANDMARK_MONTHS = 12.0
 KM_COLUMNS = ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high",
@@ -65,6 +69,10 @@ class Settings:
     n_perm: int = 10_000
     seed: int = 20240601
     break_times: tuple[float, ...] | None = None  # numbers at risk; None = every 6 months to the end
+    spline_knots: int = 4
+    n_boot: int = 200  # bootstrap validation and time-dependent AUC CIs
+    roc_times: tuple[float, ...] = (6.0, 12.0)
+    landmark: float = 3.0
 
 
 @dataclass
@@ -80,11 +88,18 @@ class BiomarkerResults:
     cox_multivariable: pd.DataFrame
     responders: pd.DataFrame
     prespecified: pd.DataFrame
+    splines: pd.DataFrame = field(default_factory=pd.DataFrame)
+    spline_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    time_auc: pd.DataFrame = field(default_factory=pd.DataFrame)
+    auc_comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
+    response_survival: pd.DataFrame = field(default_factory=pd.DataFrame)
     km_table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KM_TABLE_COLUMNS))
     at_risk: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATRISK_COLUMNS))
     logrank: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LOGRANK_COLUMNS))
     warnings: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    run_record: object = None  # tilpheno.provenance.RunRecord of run_biomarkers
 
 
 def read_cutpoints(path) -> pd.DataFrame:
@@ -255,6 +270,7 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
                 warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({exc})")
                 continue
+            fit.warnings = [w.replace(col, marker) for w in fit.warnings]  # internal column name -> marker
             warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)
             sink.extend(_cox_rows(fit, endpoint, model, coding, unit_text, col, marker,
                                   dich_cut if coding == "dichotomized" else np.nan,
@@ -291,6 +307,7 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
         frame = pd.DataFrame(rows, columns=COX_COLUMNS)
         frame = adjust_markers(frame, "p", ["endpoint", "model", "coding"], frame.coding != "covariate")
         cox_tables.append(frame[COX_COLUMNS])
+    extra = _continuous_marker_analyses(cohort, settings, warnings)
     km_table = pd.concat([c[0] for c in curves], ignore_index=True) if curves else None
     at_risk = pd.concat([c[1] for c in curves], ignore_index=True) if curves else None
     return BiomarkerResults(
@@ -299,8 +316,85 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
         responders=responders, prespecified=pre, km_table=km_table if km_table is not None else
         pd.DataFrame(columns=KM_TABLE_COLUMNS), at_risk=at_risk if at_risk is not None else
         pd.DataFrame(columns=ATRISK_COLUMNS), logrank=pd.DataFrame(logrank_rows, columns=LOGRANK_COLUMNS),
-        warnings=_collapse(warnings),
+        warnings=_collapse(warnings), **extra,
     )
+
+
+def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: list[str]) -> dict:
+    """Splines, bootstrap validation, time-dependent AUC and response-without-bias tables."""
+    spl_rows, curves, val_rows, auc_tables, comparisons, resp_rows = [], [], [], [], [], []
+    for endpoint in settings.endpoints:
+        tcol, ecol = ENDPOINTS[endpoint]
+        for marker in cohort.markers:
+            try:
+                fit = fit_spline(cohort.data, tcol, ecol, marker, settings.spline_knots)
+                spl_rows.append(spline_rows(fit, endpoint))
+                curves.append(fit.curve(conf_level=settings.conf_level).assign(endpoint=endpoint, marker=marker))
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                warnings.append(f"{endpoint} {marker}: spline model not fitted ({exc})")
+            if settings.n_boot > 0:
+                variables = [marker, *cohort.covariates]
+                try:
+                    v = validate_cox(cohort.data, tcol, ecol, variables, settings.n_boot, settings.seed)
+                    val_rows.append(dict(endpoint=endpoint, model_id=f"{endpoint}:multivariable:continuous:{marker}",
+                                         variables=" + ".join(variables), **v.row()))
+                except (ValueError, np.linalg.LinAlgError) as exc:
+                    warnings.append(f"{endpoint} {marker}: bootstrap validation not done ({exc})")
+        complete = cohort.data.dropna(subset=[tcol, ecol, *cohort.markers])
+        times = [t for t in settings.roc_times if t < complete[tcol].max()]
+        if settings.n_boot > 0 and times and len(complete) >= 10:
+            try:
+                roc = time_roc(complete[tcol], complete[ecol], {m: complete[m].to_numpy(float) for m in cohort.markers},
+                               times, settings.n_boot, settings.seed, settings.conf_level)
+                auc_tables.append(roc.table.assign(endpoint=endpoint))
+                first = cohort.markers[0]
+                for m in cohort.markers[1:]:
+                    for t in times:
+                        comparisons.append(dict(endpoint=endpoint, **roc.compare(m, first, t)))
+            except ValueError as exc:
+                warnings.append(f"{endpoint}: time-dependent AUC not computed ({exc})")
+        resp_rows += _response_survival(cohort, endpoint, settings, warnings)
+    auc = pd.concat(auc_tables, ignore_index=True) if auc_tables else pd.DataFrame()
+    spl = pd.DataFrame(spl_rows)
+    if not spl.empty:
+        spl = adjust_markers(spl, "overall_p", ["endpoint"])
+    comp = pd.DataFrame(comparisons)
+    if not comp.empty:
+        comp = adjust_markers(comp, "p", ["endpoint", "time"])
+    return dict(splines=spl, spline_curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+                validation=pd.DataFrame(val_rows), time_auc=auc, auc_comparisons=comp,
+                response_survival=pd.DataFrame(resp_rows))
+
+
+def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnings: list[str]) -> list[dict]:
+    """Responders vs non-responders by landmark and (with ``response_months``) time-dependent Cox."""
+    tcol, ecol = ENDPOINTS[endpoint]
+    o = cohort.outcomes
+    responder = is_responder(o["best_response"]).to_numpy()
+    L = settings.landmark
+    if "response_months" in o.columns:
+        rt = pd.to_numeric(o["response_months"], errors="coerce").to_numpy(float)
+        by_landmark = responder & (np.nan_to_num(rt, nan=np.inf) <= L)
+        assumption = None
+    else:
+        rt = None
+        by_landmark = responder
+        assumption = (f"no response_months column: responders (CR/PR) taken as responding by the {L:g}-month "
+                      "landmark (the first tumour assessment); give response_months for an exact landmark")
+    rows = []
+    lm = landmark_analysis(o[tcol], o[ecol], by_landmark, L, endpoint, assumption, settings.conf_level)
+    rows.append(lm.row())
+    if rt is not None:
+        try:
+            td = time_dependent_cox(o[tcol], o[ecol], np.where(responder, rt, np.nan), endpoint=endpoint,
+                                    conf_level=settings.conf_level)
+            rec = td.iloc[0]
+            rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=int(rec.n),
+                             n_excluded=0, n_responders=int(responder.sum()), hr=rec.hr, hr_ci_low=rec.hr_ci_low,
+                             hr_ci_high=rec.hr_ci_high, p_cox=rec.p, warning=rec.warning))
+        except Exception as exc:  # lifelines raises its own convergence errors
+            warnings.append(f"{endpoint}: time-dependent Cox for response not fitted ({type(exc).__name__}: {exc})")
+    return rows
 
 
 def _collapse(warnings: list[str]) -> list[str]:
@@ -329,32 +423,68 @@ def analysis_dataset(cohort: Cohort) -> pd.DataFrame:
 
 def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, markers=None, covariates=None,
                    endpoints=("pfs", "os"), cutpoints=None, n_perm: int = 10_000, seed: int = 20240601,
-                   conf_type: str = "log", minprop: float = 0.1, break_times=None) -> BiomarkerResults:
+                   conf_type: str = "log", minprop: float = 0.1, break_times=None, n_boot: int = 200,
+                   spline_knots: int = 4, roc_times=(6.0, 12.0), landmark: float = 3.0, inputs=(),
+                   command_line=None) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
-    is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None.
+    is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None. ``inputs``: paths
+    of the input files, recorded with their SHA-256 in ``run.json`` and the report's footer.
     """
-    from .report import render_report
+    import time as _time
+
+    from tilpheno.provenance import FileDigest, sha256_file, start_record
+
+    from .codebook import codebook
+    from .report import FigureExport, render_report
+
+    started = _time.monotonic()
 
     bad = [e for e in endpoints if e not in ENDPOINTS]
     if bad:
-        raise ValueError(f"unknown endpoint(s) {', '.join(bad)}; choose from pfs, os")
+        from tilpheno.io.outcomes import did_you_mean
+
+        raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
     cohort = build_cohort(phenotypes, outcomes, markers, covariates)
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
-                        n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None)
+                        n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,
+                        n_boot=n_boot, spline_knots=spline_knots, roc_times=tuple(roc_times), landmark=landmark)
+    record = start_record(command_line=command_line, parameters={k: v for k, v in settings.__dict__.items()},
+                          strategy_paths=[], release_spec={})
     results = analyse(cohort, settings, pre)
+    record.finish([FileDigest(str(p), sha256_file(p)) for p in inputs if p is not None], 0.0)
+    results.run_record = record
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = {"response.csv": results.response, "km.csv": results.km, "cutpoints.csv": results.cutpoints,
               "cox_univariable.csv": results.cox_univariable, "cox_multivariable.csv": results.cox_multivariable,
               "responders.csv": results.responders, "unmatched.csv": cohort.unmatched(),
               "km_table.csv": results.km_table, "at_risk.csv": results.at_risk, "logrank.csv": results.logrank,
-              "analysis_dataset.csv": analysis_dataset(cohort)}
+              "analysis_dataset.csv": analysis_dataset(cohort), "splines.csv": results.splines,
+              "spline_curves.csv": results.spline_curves, "validation.csv": results.validation,
+              "time_auc.csv": results.time_auc, "time_auc_comparisons.csv": results.auc_comparisons,
+              "response_survival.csv": results.response_survival}
+    tables["codebook.csv"] = codebook(tables)
     for name, frame in tables.items():
         atomic.write_csv(out / name, frame)
         results.files[name] = out / name
-    atomic.write_text(out / "report.html", render_report(results))
+    figures = FigureExport()
+    atomic.write_text(out / "report.html", render_report(results, figures))
     results.files["report.html"] = out / "report.html"
+    _export_figures(out, figures)
+    results.files["figures.pdf"] = out / "figures.pdf"
+    record.finish(record.inputs, _time.monotonic() - started)
+    atomic.write_text(out / "run.json", record.to_json())
+    results.files["run.json"] = out / "run.json"
     return results
+
+
+def _export_figures(out: Path, figures) -> None:
+    """figures/<name>.svg for each figure and figures.pdf with one page per figure."""
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    for name, svg in figures.svgs:
+        atomic.write_bytes(folder / f"{name}.svg", svg)
+    atomic.write_bytes(out / "figures.pdf", figures.pdf_bytes())

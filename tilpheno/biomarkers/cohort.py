@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError
+from tilpheno.io.outcomes import MISSING_WORDS, did_you_mean
+
+from .plausibility import plausibility_warnings
 
 STUDY_MARKERS = (
     "til_dose_cells", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
@@ -83,11 +86,19 @@ def read_phenotypes(path) -> pd.DataFrame:
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
+    """Numbers; blank/NA missing; text or an infinite value is an error naming the row and column."""
+    raw = frame[column]
+    text = raw.astype(str).str.strip()
+    missing = raw.isna() | (text == "") | text.str.lower().isin(MISSING_WORDS)
+    values = pd.to_numeric(raw.where(~missing), errors="coerce")
+    bad = values.isna() & ~missing
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TableError(f"{source}: row {i + 2}, column '{column}': '{frame[column].iloc[i]}' is not a number")
+        raise TableError(f"{source}: row {i + 2}, column '{column}': '{raw.iloc[i]}' is not a number")
+    inf = np.isinf(values.to_numpy(dtype=float))
+    if inf.any():
+        i = int(np.flatnonzero(inf)[0])
+        raise TableError(f"{source}: row {i + 2}, column '{column}': '{raw.iloc[i]}' is not a finite number")
     return values.astype(float)
 
 
@@ -118,11 +129,22 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             if not pd.api.types.is_numeric_dtype(outcomes[m]):
                 raise TableError(f"outcomes: column '{m}': marker is not numeric")
         else:
-            raise TableError(f"phenotypes/outcomes: column '{m}': marker not found in either table")
+            hint = did_you_mean(m, [*pheno.columns, *outcomes.columns])
+            raise TableError(f"phenotypes/outcomes: column '{m}': marker not found in either table{hint}")
+    empty_markers = [m for m in chosen if (pheno[m] if m in pheno.columns else outcomes[m]).isna().all()]
+    if empty_markers:
+        notes.append(f"marker(s) with no values (e.g. every tube of that kind failed), skipped: "
+                     f"{', '.join(empty_markers)}")
+        chosen = [m for m in chosen if m not in empty_markers]
     product_ids = set(pheno["product_id"])
     with_outcomes = set(outcomes["product_id"])
     products_without = sorted(product_ids - with_outcomes)
     patients_without = sorted(outcomes.loc[~outcomes["product_id"].isin(product_ids), "patient_id"])
+    unmatched_ids = sorted(with_outcomes - product_ids)
+    for pid in unmatched_ids[:20]:
+        hint = did_you_mean(pid, products_without)
+        if hint:
+            notes.append(f"outcomes product_id '{pid}' matches no phenotyped product{hint}")
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
     if covariates is None:
@@ -134,9 +156,10 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         cov = list(covariates)
         for c in cov:
             if c not in data.columns:
-                raise TableError(f"outcomes: column '{c}': covariate not found")
+                raise TableError(f"outcomes: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
             if data[c].isna().all():
                 raise TableError(f"outcomes: column '{c}': covariate has no values")
+    notes += plausibility_warnings(outcomes, data, chosen)
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
                   products_without_outcomes=products_without, patients_without_products=patients_without,
                   notes=notes)

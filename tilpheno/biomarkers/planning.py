@@ -59,3 +59,26 @@ def hsieh_lavori(hr: float, sd: float, alpha: float = 0.05, power: float = 0.8, 
         raise ValueError(f"marker standard deviation must be positive (got {sd})")
     d = _z2(alpha, power) / (sd**2 * math.log(hr) ** 2)
     return StudySize("Hsieh-Lavori", hr, alpha, power, d, math.ceil(d), math.ceil(math.ceil(d) / p_event), p_event)
+
+
+def observed_effect(out_dir, marker: str, endpoint: str = "pfs") -> dict:
+    """HRs (univariable Cox: dichotomised and per unit as in the table), marker SD, high-group fraction and
+    event fraction observed in a ``tilpheno biomarkers`` output folder."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out_dir)
+    cox = pd.read_csv(out / "cox_univariable.csv")
+    rows = cox[(cox.endpoint == endpoint) & (cox.variable == marker)].set_index("coding")
+    if not {"continuous", "dichotomized"} <= set(rows.index):
+        raise ValueError(f"{out / 'cox_univariable.csv'}: no univariable models for marker '{marker}', endpoint "
+                         f"'{endpoint}'")
+    data = pd.read_csv(out / "analysis_dataset.csv")
+    x = data[marker].dropna()
+    unit = str(rows.at["continuous", "unit"])
+    scale = 1e9 if "1e9" in unit else 1.0
+    cut = float(rows.at["dichotomized", "cut"])
+    ev = data.loc[x.index, f"{endpoint}_event"]
+    return dict(hr_dichotomized=float(rows.at["dichotomized", "hr"]), hr_continuous=float(rows.at["continuous", "hr"]),
+                sd=float(x.std(ddof=1) / scale), prop=float((x > cut).mean()), p_event=float(ev.mean()))

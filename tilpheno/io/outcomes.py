@@ -12,7 +12,10 @@ codes, non-numeric doses, dates where a number belongs, and columns mixing numbe
 Conventions: cells are stripped of surrounding blanks; an empty cell is missing; response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
 evaluable); times are in months from the start of TIL therapy; events are 1 (event) or 0
-(censored). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
+(censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive).
+``NA``, ``N/A``, ``NaN`` and ``NULL`` (any case, as R and spreadsheets write them) are missing,
+like a blank cell. A missing required column or an unknown response code gets a "did you mean"
+suggestion (closest match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
 all text is categorical; a mixture is an error.
 """
 from __future__ import annotations
@@ -37,6 +40,17 @@ REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
 _MAX_BYTES = 200 * 1024 * 1024
+MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
+EVENT_WORDS = {"yes": 1.0, "no": 0.0, "y": 1.0, "n": 0.0, "true": 1.0, "false": 0.0, "event": 1.0,
+               "censored": 0.0}
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):
@@ -93,7 +107,8 @@ def _cell_text(value) -> str:
         return ""
     if isinstance(value, (_dt.datetime, _dt.date, pd.Timestamp)):
         return value.isoformat()
-    return str(value).strip()
+    text = str(value).strip()
+    return "" if text.lower() in MISSING_WORDS else text
 
 
 def _is_date(value) -> bool:
@@ -125,7 +140,10 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
         _fail(source, "column appears more than once", 1, dupcols[0])
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
-        _fail(source, f"missing required column(s): {', '.join(missing)} (found: {', '.join(map(str, raw.columns))})", 1)
+        extra = [c for c in raw.columns if c not in REQUIRED]
+        hints = "".join(did_you_mean(m, extra) for m in missing[:1])
+        _fail(source, f"missing required column(s): {', '.join(missing)}{hints} "
+                      f"(found: {', '.join(map(str, raw.columns))})", 1)
     blank = raw.map(lambda v: _cell_text(v) == "").all(axis=1)
     raw = raw.loc[~blank]
     if raw.empty:
@@ -146,8 +164,8 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
     for row, code in codes.items():
         if code not in RESPONSE_CODES:
             shown = _cell_text(raw.at[row, "best_response"])[:40] or "(empty)"
-            _fail(source, f"unknown response code '{shown}'; expected one of {', '.join(RESPONSE_CODES)}",
-                  row, "best_response")
+            _fail(source, f"unknown response code '{shown}'{did_you_mean(code, RESPONSE_CODES)}; expected one of "
+                          f"{', '.join(RESPONSE_CODES)}", row, "best_response")
     out["best_response"] = codes
     for col in TIME_COLUMNS:
         values = pd.Series({row: _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
@@ -158,7 +176,8 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
                 _fail(source, f"negative time {v:g}", row, col)
         out[col] = values
     for col in EVENT_COLUMNS:
-        values = pd.Series({row: _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
+        values = pd.Series({row: EVENT_WORDS[_cell_text(v).lower()] if _cell_text(v).lower() in EVENT_WORDS
+                            else _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
         for row, v in values.items():
             if v not in (0.0, 1.0):
                 shown = _cell_text(raw.at[row, col]) or "(empty)"

@@ -1,0 +1,102 @@
+"""Input handling of the biomarker analysis (issues 11 and 16): NA and yes/no in outcomes, "did you
+mean", all-missing markers, infinite values, sparse categorical covariates, plausibility warnings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.biomarkers.analysis import run_biomarkers
+from tilpheno.biomarkers.cohort import build_cohort
+from tilpheno.biomarkers.responders import responders_table
+from tilpheno.errors import TableError
+from tilpheno.io.outcomes import read_outcomes
+
+REF = Path(__file__).parent / "reference"
+
+
+@pytest.fixture()
+def tables():
+    return pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv")
+
+
+def _write(tmp_path, frame, name="o.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_na_is_missing_and_yes_no_events(tmp_path):
+    raw = pd.read_csv(REF / "til_cohort_outcomes.csv", dtype=str)
+    raw.loc[0, "age"] = "NA"
+    raw.loc[1, "til_dose_cells"] = "N/A"
+    raw["os_event"] = raw["os_event"].map({"1": "yes", "0": "No"})
+    raw.loc[2, "pfs_event"] = "TRUE"
+    out = read_outcomes(_write(tmp_path, raw))
+    assert np.isnan(out.age.iloc[0]) and np.isnan(out.til_dose_cells.iloc[1])
+    assert out.os_event.tolist() == pd.read_csv(REF / "til_cohort_outcomes.csv").os_event.tolist()
+    assert out.pfs_event.iloc[2] == 1
+
+
+def test_did_you_mean_for_columns_codes_markers_endpoints(tmp_path, tables):
+    raw = pd.read_csv(REF / "til_cohort_outcomes.csv", dtype=str).rename(columns={"pfs_months": "pfs_month"})
+    with pytest.raises(TableError, match="did you mean 'pfs_month'"):
+        read_outcomes(_write(tmp_path, raw))
+    raw = pd.read_csv(REF / "til_cohort_outcomes.csv", dtype=str)
+    raw.loc[3, "best_response"] = "PRR"
+    with pytest.raises(TableError, match=r"row 5, column 'best_response'.*did you mean 'PR'"):
+        read_outcomes(_write(tmp_path, raw))
+    pheno, outcomes = tables
+    with pytest.raises(TableError, match="did you mean 'cd8_pct_of_cd3'"):
+        build_cohort(pheno, outcomes, markers=["cd8_pct_of_cd"])
+    with pytest.raises(ValueError, match="did you mean 'pfs'"):
+        run_biomarkers(pheno, outcomes, tmp_path / "x", endpoints=("psf",))
+    typo = outcomes.copy()
+    typo.loc[0, "product_id"] = "TIL0O1"
+    notes = build_cohort(pheno, typo).notes
+    assert any("'TIL0O1' matches no phenotyped product (did you mean 'TIL001'?)" in n for n in notes)
+
+
+def test_all_missing_marker_skipped_with_warning(tables, tmp_path):
+    pheno, outcomes = tables
+    pheno = pheno.assign(cd4foxp3_pct_of_cd4=np.nan)
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"],
+                         endpoints=("os",), n_perm=0, n_boot=0)
+    assert res.cohort.markers == ["cd8_pct_of_cd3"]
+    assert any("no values" in w and "cd4foxp3_pct_of_cd4" in w for w in res.warnings)
+
+
+def test_infinite_marker_value_is_an_error_naming_row_and_column(tables):
+    pheno, outcomes = tables
+    pheno = pheno.astype({"cd8_pct_of_cd3": object})
+    pheno.loc[4, "cd8_pct_of_cd3"] = "inf"
+    with pytest.raises(TableError, match=r"row 6, column 'cd8_pct_of_cd3': 'inf' is not a finite number"):
+        build_cohort(pheno, outcomes, markers=["cd8_pct_of_cd3"])
+
+
+def test_sparse_categorical_covariate_many_levels_does_not_crash():
+    rng = np.random.default_rng(0)
+    site = pd.Series([f"site{i}" for i in rng.integers(0, 25, 60)])
+    tab = responders_table(pd.DataFrame({"site": site}), pd.Series(rng.random(60) < 0.4), ["site"])
+    assert tab.test.iloc[0].startswith("Fisher") and 0 <= tab.p.iloc[0] <= 1
+    assert np.ndim(tab.p.iloc[0]) == 0
+
+
+def test_plausibility_warnings(tables, tmp_path):
+    pheno, outcomes = tables
+    bad = outcomes.copy()
+    bad["os_months"] = bad["os_months"] * 30.4
+    bad["pfs_months"] = bad["pfs_months"] * 30.4
+    bad.loc[0, "pfs_months"] = bad.loc[0, "os_months"] + 5
+    bad["til_dose_cells"] = bad["til_dose_cells"] / 1e9
+    p2 = pheno.copy()
+    p2.loc[1, "cd8_pct_of_cd3"] = 130.0
+    notes = build_cohort(p2, bad, markers=["til_dose_cells", "cd8_pct_of_cd3"]).notes
+    text = " | ".join(notes)
+    assert "os_months" in text and "look like days" in text
+    assert "PFS longer than OS for 1 patient(s) (P001)" in text
+    assert "units of 1e9" in text
+    assert "cd8_pct_of_cd3 has 1 value(s) outside 0-100" in text
+    assert not any(n.startswith("plausibility") for n in build_cohort(pheno, outcomes).notes)

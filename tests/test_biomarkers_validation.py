@@ -1,0 +1,47 @@
+"""Bootstrap internal validation against rms::validate(cph, B = 200).
+
+The reference ran rms::validate with 20 seeds (tests/reference/validate_reference.csv): the apparent
+Dxy must be equal (1e-9); the optimism-corrected Dxy and calibration slope are Monte Carlo estimates
+from different random streams, so tilpheno's (B = 200, its own seed) must lie within 4 standard
+deviations of R's runs' mean, sd taken over R's 20 runs (the sd of one run's estimate)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.biomarkers.validation import validate_cox
+
+REF = Path(__file__).parent / "reference"
+VAL = pd.read_csv(REF / "validate_reference.csv", float_precision="round_trip")
+
+
+def data(ds):
+    if ds == "lung":
+        return pd.read_csv(REF / "lung.csv").dropna(), ["age", "sex", "ph_ecog"]
+    o = pd.read_csv(REF / "til_cohort_outcomes.csv").merge(pd.read_csv(REF / "til_cohort_phenotypes.csv"),
+                                                            on="product_id")
+    ep = ds.split("_")[1]
+    return (o.assign(time=o[f"{ep}_months"], event=o[f"{ep}_event"]),
+            ["cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "age", "sex", "ecog"])
+
+
+@pytest.mark.parametrize("ds", sorted(VAL.dataset.unique()))
+def test_validate_agrees_with_rms_within_monte_carlo_error(ds):
+    want = VAL[VAL.dataset == ds]
+    frame, variables = data(ds)
+    got = validate_cox(frame, "time", "event", variables, B=200, seed=11)
+    assert got.dxy_apparent == pytest.approx(want.dxy_orig.iloc[0], rel=1e-9)
+    assert got.B == 200
+    for ours, theirs in ((got.dxy_corrected, want.dxy_corrected), (got.slope_corrected, want.slope_corrected)):
+        assert abs(ours - theirs.mean()) < 4 * theirs.std(ddof=1), (ours, theirs.mean(), theirs.std())
+    assert got.dxy_corrected < got.dxy_apparent and got.slope_corrected < 1
+
+
+def test_seeded_and_reproducible():
+    frame, variables = data("til_pfs")
+    a = validate_cox(frame, "time", "event", variables, B=20, seed=3)
+    b = validate_cox(frame, "time", "event", variables, B=20, seed=3)
+    assert a == b

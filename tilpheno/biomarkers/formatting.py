@@ -1,0 +1,94 @@
+"""Numbers rounded for reading (HTML report); machine tables (CSV) keep full precision.
+
+Conventions:
+
+- p-values: ``< 0.001`` below 0.001, else 2 significant digits (3 decimals between 0.001 and
+  0.01: 0.0047), never rounded onto 0.05 from either side.
+- Hazard ratios with CIs: 3 significant digits, more (up to 6) while a bound that excludes 1
+  would print as 1 (e.g. ``1.026 (1.0004-1.052)``), or while the estimate prints equal to a bound.
+- Rates (response, survival probabilities) as percentages with one decimal.
+- Cell doses (columns ``*_dose_cells``) in units of 10^9 cells: ``5.98 ×10⁹``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _finite(v) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def sig(v: float, digits: int = 3) -> str:
+    """``v`` to ``digits`` significant digits, plain notation within 1e-4..1e6."""
+    if not _finite(v):
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else ("∞" if float(v) > 0 else "−∞")
+    v = float(v)
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e6 or abs(v) < 1e-4:
+        return f"{v:.{digits - 1}e}"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(v))), 0)
+    return f"{v:.{decimals}f}"
+
+
+def fmt_p(p) -> str:
+    """A p-value for reading (see the module docstring)."""
+    if not _finite(p):
+        return "–"
+    p = float(p)
+    if p < 0.001:
+        return "< 0.001"
+    text = sig(p, 2)
+    if p < 0.05 <= float(text):  # would print as 0.05 while below it
+        text = sig(p, 3)
+    if p >= 0.05 > float(text):
+        text = sig(p, 3)
+    return text
+
+
+def fmt_hr_ci(hr, low, high, digits: int = 3) -> str:
+    """``HR (low-high)`` with enough digits that a bound excluding 1 never prints as 1."""
+    if not all(_finite(v) for v in (hr, low, high)):
+        return "–"
+    for d in range(digits, 7):
+        h, lo, hi = sig(hr, d), sig(low, d), sig(high, d)
+        excludes = low > 1 or high < 1
+        if excludes and (float(lo) == 1 or float(hi) == 1):
+            continue
+        if (h == lo and hr != low) or (h == hi and hr != high):
+            continue
+        break
+    return f"{h} ({lo}–{hi})"
+
+
+def pct(v, decimals: int = 1) -> str:
+    return f"{100 * float(v):.{decimals}f} %" if _finite(v) else "–"
+
+
+def dose(v) -> str:
+    return f"{float(v) / 1e9:.3g} ×10⁹" if _finite(v) else "–"
+
+
+def cell(column: str, value) -> str:
+    """Display text for one table cell, by column name (the module's conventions)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if not isinstance(value, (float, np.floating)):
+        return str(value)
+    c = column.lower()
+    if c == "p" or c.startswith("p_") or c.endswith("_p") or c in ("logrank_p", "lr_p", "wald_p", "score_p"):
+        return fmt_p(value)
+    if c in ("rate", "ci_low", "ci_high") or c.startswith("rate_") or c in ("surv", "lower", "upper"):
+        return pct(value)
+    if "dose_cells" in c:
+        return dose(value)
+    return sig(value, 4)

@@ -1,0 +1,48 @@
+"""Plausibility checks of a joined cohort: warnings (printed and in the report), never silent.
+
+- Times that look like days: median follow-up time above 60 "months" or any time above 240.
+- PFS longer than OS for a patient (progression cannot come after death).
+- A cell-dose column (``*_dose_cells``) whose median is below 1e6 cells (given in units of 1e9?).
+- Percent columns (names containing ``pct``) with values outside 0-100.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+DAYS_MEDIAN = 60.0
+DAYS_MAX = 240.0
+MIN_CELLS = 1e6
+
+
+def _ids(frame: pd.DataFrame, mask) -> str:
+    ids = frame.loc[mask, "patient_id"].astype(str).tolist() if "patient_id" in frame else []
+    more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+    return ", ".join(ids[:5]) + more
+
+
+def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: list[str]) -> list[str]:
+    """One sentence per implausible pattern."""
+    out = []
+    for col in ("pfs_months", "os_months"):
+        if col in outcomes:
+            t = pd.to_numeric(outcomes[col], errors="coerce")
+            if t.median() > DAYS_MEDIAN or t.max() > DAYS_MAX:
+                out.append(f"plausibility: {col} has median {t.median():g} and maximum {t.max():g}: these look like "
+                           "days, not months (divide by 30.4375)")
+    if {"pfs_months", "os_months"} <= set(outcomes.columns):
+        later = outcomes["pfs_months"] > outcomes["os_months"] + 1e-9
+        if later.any():
+            out.append(f"plausibility: PFS longer than OS for {int(later.sum())} patient(s) ({_ids(outcomes, later)}): "
+                       "progression cannot follow death; check the times")
+    for m in markers:
+        if m not in data:
+            continue
+        x = pd.to_numeric(data[m], errors="coerce")
+        if m.endswith("_dose_cells") and x.notna().any() and x.median() < MIN_CELLS:
+            out.append(f"plausibility: {m} has median {x.median():g}, fewer than {MIN_CELLS:g} cells: is the dose "
+                       "given in units of 1e9 cells? Doses must be in cells")
+        if "pct" in m and ((x < 0) | (x > 100)).any():
+            bad = (x < 0) | (x > 100)
+            out.append(f"plausibility: {m} has {int(bad.sum())} value(s) outside 0-100 % ({_ids(data, bad)})")
+    return out
