@@ -515,6 +515,7 @@ def run_process(
     (progress bars). Reports are written as products finish, tables at the end; every file atomically.
     """
     from tilpheno.io import atomic
+    from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render_index
 
     t0 = time.perf_counter()
@@ -537,7 +538,9 @@ def run_process(
     atomic.write_parquet(out_dir / "phenotypes.parquet", phenotypes)
     atomic.write_csv(out_dir / "populations.csv", populations)
     atomic.write_csv(out_dir / "qc.csv", qc)
-    atomic.write_text(out_dir / "index.html", render_index(outcomes, options))
+    tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": populations.columns, "qc.csv": qc.columns}
+    atomic.write_csv(out_dir / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
+    atomic.write_text(out_dir / "index.html", render_index(outcomes, options, strategies))
     seconds = time.perf_counter() - t0
     record.finish((d for o in outcomes for d in o.files), seconds)
     atomic.write_text(out_dir / "run.json", record.to_json())
