@@ -165,7 +165,7 @@ def _svg(fig, alt: str) -> str:
 def _text(ax, x, y, s, colour, *, size=FONT, box=True, ha="center", va="center", transform=None, gid=None):
     kw = dict(fontsize=size, color=colour, ha=ha, va=va, fontweight="bold", parse_math=False, linespacing=1.1, gid=gid)
     if box:
-        kw["bbox"] = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor=colour, alpha=0.88, linewidth=0.7)
+        kw["bbox"] = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor=colour, alpha=0.8, linewidth=0.7)
     if transform is not None:
         kw["transform"] = transform
     return ax.text(x, y, s, **kw)
@@ -385,9 +385,10 @@ def _place(ax, text, candidates: Sequence[Candidate], covered: Callable[[tuple],
         if text.get_bbox_patch() is not None:   # the rounded box: pad 0.2 x font size, plus its line
             box = box.padded(0.2 * text.get_fontsize() * ax.figure.dpi / 72 + 1.0)
         # a box anchored on a line (a quadrant's inner corner) steps off it, to the side it extends to
-        dx = sum(_off_line(box.x0, box.x1, v, ha, "left", "right") for v in ax.transData.transform(
+        ax_, ay_ = ax.transData.transform((x, y))
+        dx = sum(_off_line(box.x0, box.x1, v, ax_, ha, "left", "right") for v in ax.transData.transform(
             np.column_stack([vlines, np.zeros(len(vlines))]))[:, 0]) if len(vlines) else 0.0
-        dy = sum(_off_line(box.y0, box.y1, v, va, "bottom", "top") for v in ax.transData.transform(
+        dy = sum(_off_line(box.y0, box.y1, v, ay_, va, "bottom", "top") for v in ax.transData.transform(
             np.column_stack([np.zeros(len(hlines)), hlines]))[:, 1]) if len(hlines) else 0.0
         box = box.translated(dx, dy)
         ix = max(0.0, frame.x0 + _PAD_PX - box.x0) - max(0.0, box.x1 - (frame.x1 - _PAD_PX))
@@ -408,9 +409,10 @@ def _place(ax, text, candidates: Sequence[Candidate], covered: Callable[[tuple],
     return box
 
 
-def _off_line(lo: float, hi: float, line: float, align: str, start: str, end: str) -> float:
-    """Shift (display units) that moves a box [lo, hi] aligned ``align`` off a line it straddles."""
-    if not lo < line < hi:
+def _off_line(lo: float, hi: float, line: float, anchor: float, align: str, start: str, end: str) -> float:
+    """Shift (display units) that moves a box [lo, hi] anchored on a line (``anchor`` within 3 px of
+    it, aligned ``align``) off that line, to the side it extends to; 0 for any other box."""
+    if not lo < line < hi or abs(anchor - line) > 3.0:
         return 0.0
     if align == start:
         return line + 1.5 - lo
