@@ -67,6 +67,12 @@ def test_responders_table_matches_r(tables):
         assert rows.p.iloc[0] == pytest.approx(want_p, rel=1e-8)
     assert tab[tab.variable == "ecog"].test.iloc[0] == "Fisher exact"  # expected counts < 5 for ECOG 2
     assert num.at["age", "n_resp"] + num.at["age", "n_nonresp"] == 60
+    # effect sizes: Welch t, df and CI of the mean difference (t.test), W (wilcox.test), OR (fisher.test)
+    for col in ("t_statistic", "t_df", "mean_diff_ci_low", "mean_diff_ci_high", "w_statistic"):
+        np.testing.assert_allclose(num.loc[want.index, col], want[col], rtol=1e-8)
+    sex = tab[tab.variable == "sex"].iloc[0]
+    for col in ("odds_ratio", "or_ci_low", "or_ci_high"):
+        assert sex[col] == pytest.approx(cat.at["sex", col], rel=1e-5)
 
 
 def test_fisher_rx2_equals_scipy_for_2x2():
@@ -128,7 +134,7 @@ def test_output_files_and_columns(results):
                      "responders.csv", "unmatched.csv", "report.html", "km_table.csv", "at_risk.csv",
                      "logrank.csv", "analysis_dataset.csv", "splines.csv", "spline_curves.csv", "validation.csv",
                      "time_auc.csv", "time_auc_comparisons.csv", "response_survival.csv", "codebook.csv",
-                     "figures.pdf", "run.json"}
+                     "run.json"}
     km = pd.read_csv(results.files["km.csv"])
     assert list(km.columns) == ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low",
                                 "median_ci_high", "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
@@ -241,9 +247,16 @@ def test_cli_biomarkers(tmp_path):
     out = tmp_path / "bio"
     r = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(PHENOTYPES), "--outcomes", str(OUTCOMES), "-o",
                                  str(out), "--markers", "cd8_pct_of_cd3", "--endpoints", "pfs",
-                                 "--permutations", "99", "--conf-type", "log-log", "--bootstrap", "5"])
+                                 "--permutations", "99", "--conf-type", "log-log", "--bootstrap", "5", "--pdf"])
     assert r.exit_code == 0, r.output
     assert (out / "report.html").exists() and (out / "km.csv").exists()
+    assert (out / "figures.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (out / "figures" / "km_pfs_all.svg").read_bytes().lstrip().startswith(b"<?xml")
+    run = __import__("json").loads((out / "run.json").read_text())
+    assert run["parameters"]["n_boot"] == 5 and any(i["path"] == str(OUTCOMES) for i in run["inputs"])
+    codebook = pd.read_csv(out / "codebook.csv")
+    assert {"file", "column", "meaning", "unit", "method"} == set(codebook.columns)
+    assert ("cox_univariable.csv", "p_holm") in set(zip(codebook.file, codebook.column))
     km = pd.read_csv(out / "km.csv")
     want = pd.read_csv(REF / "km_reference.csv").query("dataset == 'til' and endpoint == 'pfs' and group == 'all' "
                                                        "and conf_type == 'log-log'")

@@ -9,7 +9,8 @@ from tilpheno.cli import app
 
 def test_demo_runs_the_whole_chain(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--products", "12", "--events", "1000"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--products", "12", "--events", "1000",
+                                       "--bootstrap", "10"])
     assert result.exit_code == 0, result.output
     sample = pd.read_csv(out / "sample" / "phenotypes.csv")
     committed = pd.read_csv(Path(__file__).parents[1] / "sample_fcs" / "manifest.csv")

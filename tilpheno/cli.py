@@ -257,6 +257,7 @@ def biomarkers(
     roc_times: str = typer.Option("6,12", "--roc-times", help="Comma-separated times (months) of the time-dependent AUC."),
     break_times: Optional[str] = typer.Option(None, "--break-times", help="Comma-separated times (months) of the numbers-at-risk tables; default every 6 months."),
     landmark: float = typer.Option(3.0, "--landmark", min=0.0, help="Landmark time (months) of the responder survival comparison."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write every figure to figures.pdf (one page each; SVGs are always written)."),
 ) -> None:
     """Biomarker analysis of PHENOTYPES against OUTCOMES: response.csv, km.csv, cutpoints.csv, cox_*.csv, responders.csv, report.html."""
     from tilpheno.biomarkers.analysis import read_cutpoints, run_biomarkers
@@ -275,7 +276,7 @@ def biomarkers(
             n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop, n_boot=n_boot, spline_knots=knots,
             roc_times=[float(v) for v in _split(roc_times) or ()],
             break_times=[float(v) for v in _split(break_times)] if break_times else None, landmark=landmark,
-            inputs=[phenotypes, outcomes, cutpoints],
+            inputs=[phenotypes, outcomes, cutpoints], pdf=pdf,
         )
     except (TilphenoError, ValueError, OSError) as exc:
         _fail(exc)
@@ -338,6 +339,7 @@ def demo(
     products: int = typer.Option(60, "--products", min=10, help="Products in the simulated biomarker cohort."),
     events: int = typer.Option(5000, "--events", min=500, help="Events per tube in the simulated cohort."),
     seed: int = typer.Option(20240601, "--seed", help="Seed of the simulated cohort."),
+    n_boot: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap samples of the biomarker analysis."),
 ) -> None:
     """`process` on sample_fcs/ (full reports), then a simulated cohort through FCS files, gating and biomarkers."""
     import time
@@ -364,7 +366,8 @@ def demo(
         _print_summary(second)
         typer.echo("3/3 biomarker analysis of the simulated cohort")
         phenotypes = pd.read_csv(out / "cohort" / "phenotypes.csv")
-        bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers")
+        bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers",
+                             n_boot=n_boot, inputs=[out / "cohort" / "phenotypes.csv", cohort.outcomes])
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")

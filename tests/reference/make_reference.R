@@ -201,14 +201,19 @@ responder <- resp %in% c("CR", "PR")
 rr <- list()
 for (v in c(markers, "age")) {
   x <- til[[v]]
-  rr[[length(rr) + 1]] <- data.frame(variable = v, welch_p = t.test(x[responder], x[!responder])$p.value,
-    mannwhitney_p = suppressWarnings(wilcox.test(x[responder], x[!responder])$p.value))
+  tt <- t.test(x[responder], x[!responder]); ww <- suppressWarnings(wilcox.test(x[responder], x[!responder]))
+  rr[[length(rr) + 1]] <- data.frame(variable = v, welch_p = tt$p.value, mannwhitney_p = ww$p.value,
+    t_statistic = unname(tt$statistic), t_df = unname(tt$parameter), mean_diff_ci_low = tt$conf.int[1],
+    mean_diff_ci_high = tt$conf.int[2], w_statistic = unname(ww$statistic))
 }
 write_ref(do.call(rbind, rr), "responders_reference.csv")
 tab_sex <- table(til$sex, responder); tab_ecog <- table(til$ecog, responder)
 write_ref(data.frame(variable = c("sex", "ecog"),
   chisq_p = c(chisq.test(tab_sex)$p.value, suppressWarnings(chisq.test(tab_ecog)$p.value)),
-  fisher_p = c(fisher.test(tab_sex)$p.value, fisher.test(tab_ecog)$p.value)), "responders_categorical_reference.csv")
+  fisher_p = c(fisher.test(tab_sex)$p.value, fisher.test(tab_ecog)$p.value),
+  odds_ratio = c(unname(fisher.test(tab_sex)$estimate), NA),
+  or_ci_low = c(fisher.test(tab_sex)$conf.int[1], NA), or_ci_high = c(fisher.test(tab_sex)$conf.int[2], NA)),
+  "responders_categorical_reference.csv")
 # ---- survfit table (summary(censored = TRUE)), numbers at risk, survdiff observed/expected ----
 kt <- list(); ar <- list(); oe <- list()
 add_kmtab <- function(dataset, group, time, event, breaks) {

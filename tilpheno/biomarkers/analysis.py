@@ -425,12 +425,13 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                    endpoints=("pfs", "os"), cutpoints=None, n_perm: int = 10_000, seed: int = 20240601,
                    conf_type: str = "log", minprop: float = 0.1, break_times=None, n_boot: int = 200,
                    spline_knots: int = 4, roc_times=(6.0, 12.0), landmark: float = 3.0, inputs=(),
-                   command_line=None) -> BiomarkerResults:
+                   command_line=None, pdf: bool = False) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
     is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None. ``inputs``: paths
     of the input files, recorded with their SHA-256 in ``run.json`` and the report's footer.
+    Every figure is written to ``figures/<name>.svg``; ``pdf=True`` also writes ``figures.pdf``.
     """
     import time as _time
 
@@ -470,11 +471,12 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     for name, frame in tables.items():
         atomic.write_csv(out / name, frame)
         results.files[name] = out / name
-    figures = FigureExport()
+    figures = FigureExport(pdf)
     atomic.write_text(out / "report.html", render_report(results, figures))
     results.files["report.html"] = out / "report.html"
     _export_figures(out, figures)
-    results.files["figures.pdf"] = out / "figures.pdf"
+    if pdf:
+        results.files["figures.pdf"] = out / "figures.pdf"
     record.finish(record.inputs, _time.monotonic() - started)
     atomic.write_text(out / "run.json", record.to_json())
     results.files["run.json"] = out / "run.json"
@@ -487,4 +489,6 @@ def _export_figures(out: Path, figures) -> None:
     folder.mkdir(exist_ok=True)
     for name, svg in figures.svgs:
         atomic.write_bytes(folder / f"{name}.svg", svg)
-    atomic.write_bytes(out / "figures.pdf", figures.pdf_bytes())
+    pdf = figures.pdf_bytes()
+    if pdf is not None:
+        atomic.write_bytes(out / "figures.pdf", pdf)

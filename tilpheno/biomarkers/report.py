@@ -31,21 +31,24 @@ def _plain(text: str) -> str:
 
 
 class FigureExport:
-    """Collects each figure as SVG bytes and as a page of one PDF, closing the figure at once."""
+    """Collects each figure as SVG bytes and, with ``pdf=True``, as a page of one PDF."""
 
-    def __init__(self):
+    def __init__(self, pdf: bool = False):
         from matplotlib.backends.backend_pdf import PdfPages
 
         self.svgs: list[tuple[str, bytes]] = []
         self._pdf_buffer = io.BytesIO()
-        self._pdf = PdfPages(self._pdf_buffer)
+        self._pdf = PdfPages(self._pdf_buffer) if pdf else None
 
     def add(self, name: str, svg: bytes, fig) -> None:
         self.svgs.append((name, svg))
-        with matplotlib_rc():
-            self._pdf.savefig(fig, bbox_inches="tight")
+        if self._pdf is not None:
+            with matplotlib_rc():
+                self._pdf.savefig(fig, bbox_inches="tight")
 
-    def pdf_bytes(self) -> bytes:
+    def pdf_bytes(self) -> bytes | None:
+        if self._pdf is None:
+            return None
         self._pdf.close()
         return self._pdf_buffer.getvalue()
 
@@ -103,8 +106,6 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
             if np.isfinite(med):
                 ax.plot([0, med, med], [0.5, 0.5, 0], ls="--", lw=0.8, color=color)
             y = len(fits) - row
-            tab.text(-0.01, y, _plain(fit.label), transform=tab.get_yaxis_transform(), ha="right", va="center",
-                     color=color, fontsize=8)
             for tick, n in zip(ticks, fit.at_risk(ticks)):
                 tab.text(tick, y, str(n), ha="center", va="center", fontsize=8)
         ax.set_ylim(0, 1.02)
@@ -115,13 +116,16 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
         ax.set_ylabel(ylabel)
         ax.set_title(_plain(title))
         ax.grid(alpha=0.2)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(len(fits), 3), frameon=False)
+        ax.legend(loc="upper right", frameon=False)
         if p_text:
-            ax.text(0.98, 0.96, p_text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+            ax.text(0.02, 0.03, p_text, transform=ax.transAxes, ha="left", va="bottom", fontsize=8.5,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
         tab.set_ylim(0.4, len(fits) + 0.6)
-        tab.set_yticks([])
-        tab.tick_params(labelbottom=False, bottom=False)
+        tab.set_yticks([len(fits) - i for i in range(len(fits))])
+        tab.set_yticklabels([_plain(f.label) for f in fits], fontsize=8)
+        for label, color in zip(tab.get_yticklabels(), COLORS):
+            label.set_color(color)
+        tab.tick_params(labelbottom=False, bottom=False, left=False)
         for side in ("top", "right", "left", "bottom"):
             tab.spines[side].set_visible(False)
         tab.set_title("Number at risk", fontsize=8, loc="left")
@@ -178,6 +182,8 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FuncFormatter
+
     rows = table[table.coding != "covariate"].copy()
     hr_columns = ["hr", "hr_ci_low", "hr_ci_high"]
     # a table whose models all failed (e.g. too few patients) holds only None: object dtype
@@ -197,6 +203,8 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
                         color=color, ecolor=color, elinewidth=1.2, capsize=2)
             ax.axvline(1, color="grey", lw=0.8, ls="--")
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
             ax.set_ylim(-0.7, len(part) - 0.3)
             ax.set_yticks(y)
             labels = []

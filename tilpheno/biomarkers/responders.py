@@ -10,6 +10,11 @@ tables, as R ``chisq.test``) unless an expected count is below 5, then Fisher's 
 the observed one, with R's relative tolerance 1e-7; estimated from 20,000 random tables with
 the same margins when there are too many levels to enumerate).
 A numeric column with at most 3 distinct values (e.g. ECOG 0/1/2) is treated as categorical.
+Effect sizes (responders minus non-responders): Welch's t statistic and df, the difference in
+means with its Welch CI (R ``t.test``), the difference in medians, the Mann-Whitney W (R's
+statistic: pairs with the responder value larger, ties 1/2); for two-level categorical variables
+the conditional maximum-likelihood odds ratio of response (second level vs first) with its exact
+CI (R ``fisher.test``).
 Missing values are left out per variable; ``n_resp``/``n_nonresp`` say how many were used.
 """
 from __future__ import annotations
@@ -25,7 +30,8 @@ MC_TABLES = 20_000
 COLUMNS = ["variable", "kind", "level", "n_resp", "n_nonresp", "resp_summary", "nonresp_summary",
            "resp_mean", "resp_sd", "resp_median", "resp_q1", "resp_q3",
            "nonresp_mean", "nonresp_sd", "nonresp_median", "nonresp_q1", "nonresp_q3",
-           "test", "p", "welch_p", "mannwhitney_p"]
+           "test", "p", "welch_p", "mannwhitney_p", "t_statistic", "t_df", "mean_diff", "mean_diff_ci_low",
+           "mean_diff_ci_high", "median_diff", "w_statistic", "odds_ratio", "or_ci_low", "or_ci_high"]
 
 
 def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,13 +77,24 @@ def _numeric_row(name: str, x: np.ndarray, responder: np.ndarray) -> dict:
     ok = ~np.isnan(x)
     a, b = x[ok & responder], x[ok & ~responder]
     sa, sb = _summary(a), _summary(b)
-    welch = float(stats.ttest_ind(a, b, equal_var=False).pvalue) if a.size > 1 and b.size > 1 else np.nan
+    effects = dict(t_statistic=np.nan, t_df=np.nan, mean_diff=np.nan, mean_diff_ci_low=np.nan,
+                   mean_diff_ci_high=np.nan, median_diff=np.nan, w_statistic=np.nan)
+    welch = np.nan
+    if a.size > 1 and b.size > 1:
+        tt = stats.ttest_ind(a, b, equal_var=False)
+        ci = tt.confidence_interval()
+        welch = float(tt.pvalue)
+        effects.update(t_statistic=float(tt.statistic), t_df=float(tt.df), mean_diff=float(a.mean() - b.mean()),
+                       mean_diff_ci_low=float(ci.low), mean_diff_ci_high=float(ci.high))
     mw = mann_whitney_p(a, b) if a.size and b.size else np.nan
+    if a.size and b.size:
+        effects.update(median_diff=float(np.median(a) - np.median(b)),
+                       w_statistic=float(stats.mannwhitneyu(a, b, method="asymptotic").statistic))
     return dict(variable=name, kind="numeric", level="", n_resp=a.size, n_nonresp=b.size,
                 resp_summary=sa[0], nonresp_summary=sb[0],
                 resp_mean=sa[1], resp_sd=sa[2], resp_median=sa[3], resp_q1=sa[4], resp_q3=sa[5],
                 nonresp_mean=sb[1], nonresp_sd=sb[2], nonresp_median=sb[3], nonresp_q1=sb[4], nonresp_q3=sb[5],
-                test="Welch t / Mann-Whitney", p=welch, welch_p=welch, mannwhitney_p=mw)
+                test="Welch t / Mann-Whitney", p=welch, welch_p=welch, mannwhitney_p=mw, **effects)
 
 
 def categorical_test(table: np.ndarray) -> tuple[str, float]:
@@ -105,12 +122,17 @@ def _categorical_rows(name: str, values: pd.Series, responder: np.ndarray) -> li
     table = np.array([[np.sum(ok & (v == lev) & responder), np.sum(ok & (v == lev) & ~responder)] for lev in levels])
     test, p = categorical_test(table)
     n_r, n_n = table.sum(axis=0)
+    odds = dict(odds_ratio=np.nan, or_ci_low=np.nan, or_ci_high=np.nan)
+    if table.shape == (2, 2) and (table.sum(axis=0) > 0).all() and (table.sum(axis=1) > 0).all():
+        res = stats.contingency.odds_ratio(table[:, ::-1], kind="conditional")
+        ci = res.confidence_interval()
+        odds = dict(odds_ratio=float(res.statistic), or_ci_low=float(ci.low), or_ci_high=float(ci.high))
     rows = []
     for lev, (cr, cn) in zip(levels, table):
         rows.append(dict(variable=name, kind="categorical", level=lev, n_resp=int(n_r), n_nonresp=int(n_n),
                          resp_summary=f"{cr} ({100 * cr / n_r:.0f}%)" if n_r else "0",
                          nonresp_summary=f"{cn} ({100 * cn / n_n:.0f}%)" if n_n else "0",
-                         test=test, p=p))
+                         test=test, p=p, **odds))
     return rows
 
 
