@@ -150,6 +150,7 @@ def process(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
     fmo_percentile: float = typer.Option(99.5, "--fmo-percentile", help="Percentile of the FMO tube's parent events that sets each marker threshold."),
     include_identifiers: bool = typer.Option(False, "--include-identifiers", help="Show all FCS keywords in reports (default: an allow-list without identifiers)."),
+    compensation: Optional[Path] = typer.Option(None, "--compensation", help="Spillover matrix CSV (FlowJo/FlowKit layout, e.g. from `tilpheno compensate`) used for every file instead of $SPILLOVER and of single-stain controls in the folder."),
 ) -> None:
     """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT."""
     import sys
@@ -161,6 +162,7 @@ def process(
             folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
+            compensation=compensation,
         )
     except TilphenoError as exc:
         _fail(exc)
@@ -171,7 +173,7 @@ def process(
 
 def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
-                       command_line=None):
+                       command_line=None, compensation=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -194,7 +196,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
-            on_start=on_start, on_outcome=on_outcome,
+            on_start=on_start, on_outcome=on_outcome, compensation_path=compensation,
         )
 
 

@@ -64,6 +64,7 @@ class ProductJob:
     rows: object  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
     strategies: tuple[StrategySource, ...]
     options: ProcessOptions
+    compensation: object = None  # tilpheno.spillover.CompensationChoice, or None: each file's $SPILLOVER
 
 
 @dataclass
@@ -222,9 +223,13 @@ def _analyze(job: ProductJob, rows):
 
     # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
     # the report, so a job's memory follows the largest file, not the product or the folder
+    choice = job.compensation
+    if choice is not None and choice.error:
+        raise TilphenoError(choice.error)
     return analyze_product(
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
+        spillover_override=choice.spillover if choice is not None else None,
     )
 
 
@@ -307,6 +312,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         error = str(exc)
     except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
         error = f"internal error {type(exc).__name__}: {exc}"
+    if job.compensation is not None:   # the single-stain controls the product's matrix came from
+        digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:
         flags = list(result.qc) + flags
         gated = {str(t.file) for t in result.tubes}
@@ -507,9 +514,12 @@ def run_process(
     n_jobs: int = 1,
     scheduler=None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
+    compensations: Mapping | None = None,
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
 
+    ``compensations``: product id -> ``tilpheno.spillover.CompensationChoice`` (from
+    ``plan_compensation``); products not in it use their files' own ``$SPILLOVER``.
     ``record`` (from :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests
     and written as ``run.json``. ``on_outcome`` is called in this process as each product finishes
     (progress bars). Reports are written as products finish, tables at the end; every file atomically.
@@ -522,7 +532,8 @@ def run_process(
     out_dir.mkdir(parents=True, exist_ok=True)
     options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
     sources = strategy_sources(strategies)
-    jobs = [ProductJob(pid, rows, sources, options) for pid, rows in group_products(manifest)]
+    jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
+            for pid, rows in group_products(manifest)]
     outcomes = []
     for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
         if outcome.report_html is not None:
@@ -539,7 +550,7 @@ def run_process(
     atomic.write_csv(out_dir / "qc.csv", qc)
     atomic.write_text(out_dir / "index.html", render_index(outcomes, options))
     seconds = time.perf_counter() - t0
-    record.finish((d for o in outcomes for d in o.files), seconds)
+    record.finish({d.path: d for o in outcomes for d in o.files}.values(), seconds)   # shared control files once
     atomic.write_text(out_dir / "run.json", record.to_json())
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=seconds,
                          release_spec=options.release_spec.name)
@@ -601,6 +612,7 @@ def process_folder(
     executor: str = "local",
     n_jobs: int = 1,
     scheduler=None,
+    compensation_path: str | Path | None = None,
     command_line: list[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
@@ -622,6 +634,9 @@ def process_folder(
     if not 0 < fmo_percentile < 100:
         raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
     manifest = load_manifest(folder, manifest_csv)
+    from tilpheno.spillover import plan_compensation
+
+    manifest, compensations = plan_compensation(manifest, compensation_path)
     if outcomes_path is not None:
         from tilpheno.io.outcomes import read_outcomes
 
@@ -635,6 +650,7 @@ def process_folder(
             "input_folder": str(folder), "manifest": str(manifest_csv or ""),
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
+            "compensation": str(compensation_path or ""),
         },
         strategy_paths=paths,
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
@@ -645,4 +661,4 @@ def process_folder(
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_outcome=on_outcome)
+                       scheduler=scheduler, on_outcome=on_outcome, compensations=compensations)

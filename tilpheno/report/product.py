@@ -212,7 +212,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
     from tilpheno.report.html import render
 
-    tubes, fmo = [], []
+    tubes, fmo, acquisition, compensation = [], [], None, []
     if result is not None:
         order = sorted(result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
         for t in order:
@@ -230,6 +230,9 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
                 "thresholds": _table(t.thresholds),
             })
         fmo = fmo_figures(result, options.fmo_percentile, strategies)
+        from tilpheno.report.qc_sections import acquisition_section, compensation_section
+
+        acquisition, compensation = acquisition_section(result, strategies), compensation_section(result, strategies)
     study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id" and k not in COUNT_AND_STATUS
              and not k.startswith("n_")]
     counts = [(k, v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
@@ -243,6 +246,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         flags=outcome.qc,
         tubes=tubes,
         fmo=fmo,
+        acquisition=acquisition,
+        compensation=compensation,
         percentile=options.fmo_percentile,
         strategy_sha256=sorted(dict(getattr(result, "strategy_sha256", None) or {}).items()),
         provenance=options.provenance_short,
