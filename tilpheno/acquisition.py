@@ -110,6 +110,8 @@ _RANGES = {
 
 def _check_setting(key: str, value: Any) -> Any:
     if key == "mode":
+        if value is False:   # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {value!r}")
         return value
