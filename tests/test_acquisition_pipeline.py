@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,20 @@ def product(tmp_path_factory):
     return folder, rows, truth
 
 
-def _strategies(section: str = ""):
+MODE_LINE = re.compile(r"^  mode: remove\b", re.MULTILINE)
+
+
+def _with(text: str, replacement: str) -> str:
+    """The bundled strategy text with its ``acquisition_qc`` mode line replaced."""
+    assert MODE_LINE.search(text)
+    return MODE_LINE.sub(replacement, text)
+
+
+def _strategies(mode: str = ""):
     out = []
     for path in default_strategy_paths():
         text = path.read_text()
-        out.append(parse_strategy(text + section, str(path)) if section else load_strategy(path))
+        out.append(parse_strategy(_with(text, f"  mode: {mode}"), str(path)) if mode else load_strategy(path))
     return out
 
 
@@ -53,7 +63,7 @@ def test_step0_removes_the_clog_and_flags_it(product):
     assert {"flow_rate_anomaly", "acquisition_removed_pct"} <= _codes(removed, "surface_stain")
     assert EVENTS - stained.n_events == stained.acquisition.n_removed >= 0.8 * truth.sum()
     assert stained.acquisition.removed_pct < 2 * 100 * truth.mean()
-    flagged = analyze_product("TIL001", rows, _strategies("\nacquisition_qc: {mode: flag}\n"))
+    flagged = analyze_product("TIL001", rows, _strategies("flag"))
     kept = next(t for t in flagged.tubes if t.role == "stain" and t.tube == "surface")
     assert kept.n_events == EVENTS and "flow_rate_anomaly" in _codes(flagged, "surface_stain")
     # clean files (every other tube) lose nothing
@@ -62,12 +72,12 @@ def test_step0_removes_the_clog_and_flags_it(product):
 
 def test_wrong_matrix_raises_compensation_residual(product):
     _, rows, _ = product
-    right = analyze_product("TIL001", rows, _strategies("\nacquisition_qc: {mode: off}\n"))
+    right = analyze_product("TIL001", rows, _strategies("off"))
     assert "compensation_residual" not in {f.code for f in right.qc}
     assert all(t.acquisition is None for t in right.tubes)
     wrong = ins.SPILLOVER_MATRIX.copy()
     wrong[0, 1] += 0.1     # FITC -> PE too large: PD1 negatives over-compensated along CD3
-    result = analyze_product("TIL001", rows, _strategies("\nacquisition_qc: {mode: off}\n"),
+    result = analyze_product("TIL001", rows, _strategies("off"),
                              spillover_override=Spillover(ins.DETECTORS, wrong, "wrong test matrix"))
     messages = [f.message for f in result.qc if f.code == "compensation_residual"]
     assert any("per unit of CD3" in m and "FITC-A -> PE-A" in m and "over-compensated" in m for m in messages)
@@ -77,12 +87,14 @@ def test_wrong_matrix_raises_compensation_residual(product):
 
 def test_strategy_section_is_validated():
     text = default_strategy_paths()[0].read_text()
-    assert parse_strategy(text, "s.yaml").acquisition.mode == "remove"
-    assert parse_strategy(text + "\nacquisition_qc: {mode: flag, t_crit: 9}\n", "s.yaml").acquisition.t_crit == 9.0
-    with pytest.raises(StrategyError, match=r"s.yaml:\d+: acquisition_qc: mode: must be one of"):
-        parse_strategy(text + "\nacquisition_qc: {mode: delete}\n", "s.yaml")
+    bare = re.sub(r"^acquisition_qc:.*?\n\n", "", text, flags=re.MULTILINE | re.DOTALL)
+    assert "acquisition_qc" not in bare and parse_strategy(bare, "s.yaml").acquisition.mode == "remove"
+    assert parse_strategy(_with(text, "  mode: flag"), "s.yaml").acquisition.mode == "flag"
+    line = text[: MODE_LINE.search(text).start()].count("\n") + 1
+    with pytest.raises(StrategyError, match=rf"s.yaml:{line}: acquisition_qc: mode: must be one of"):
+        parse_strategy(_with(text, "  mode: delete"), "s.yaml")
     with pytest.raises(StrategyError, match=r"acquisition_qc: bins: unknown key"):
-        parse_strategy(text + "\nacquisition_qc:\n  bins: 3\n", "s.yaml")
+        parse_strategy(_with(text, "  bins: 3\n  mode: remove"), "s.yaml")
 
 
 def test_plan_compensation_precedence(tmp_path):

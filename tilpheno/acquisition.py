@@ -38,10 +38,12 @@ well as steps:
 6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
    shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
    anomalous too.
+   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked.
 7. **Margin events** per channel: events at or above ``$PnR - 1`` or tied at the channel's largest
    value (pile-up at the top of the scale), and events tied at the channel's smallest value when at
    least ``MIN_TIES`` share it (pile-up at the bottom). A channel with more than
-   ``margin_limit_pct`` of its events there raises ``margin_events``. Margin events are reported,
+   ``margin_limit_pct`` of its events there raises ``margin_events`` (pulse-width ``-W`` channels
+   are not counted). Margin events are reported,
    and removed only with ``remove_margin_events: true`` (saturated scatter is removed by the
    ``cells`` gate anyway).
 
@@ -197,12 +199,24 @@ class AcquisitionQC:
 # --------------------------------------------------------------------------------------------
 
 
+TIME_NAMES = ("time", "hdr-t")   # Miltenyi MACSQuant calls its time channel HDR-T
+
+
 def find_time_channel(channel_names: Sequence[str]) -> str | None:
-    """The time channel ($PnN ``Time``, case-insensitive; else the first name containing 'time')."""
+    """The time channel ($PnN ``Time`` or ``HDR-T``, case-insensitive; else the first name containing 'time')."""
     for name in channel_names:
-        if str(name).strip().lower() == "time":
+        if str(name).strip().lower() in TIME_NAMES:
             return name
     return next((n for n in channel_names if "time" in str(n).lower()), None)
+
+
+def is_counter(values: np.ndarray) -> bool:
+    """An event counter or sequence channel (never decreasing, not constant): not a signal."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 3:
+        return False
+    d = np.diff(v)
+    return bool(np.all(d >= 0) and v[-1] > v[0])
 
 
 def robust_noise(series: np.ndarray) -> float:
@@ -377,13 +391,15 @@ def check_acquisition(
     n = int(events.shape[0])
     ranges = [float(r) if r is not None and np.isfinite(r) else 0.0 for r in (ranges or [0.0] * len(names))]
     time_name = find_time_channel(names)
-    checked = [c for c in (channels or names) if c != time_name and c in names]
+    checked = [c for c in (channels or names) if c != time_name and c in names
+               and not is_counter(events[:, names.index(c)])]
     findings: list[Finding] = []
     if time_name is None:
         findings.append(Finding("no_time_channel", "warning",
                                 "no Time channel: flow rate not checked; signal checked in event order"))
-    margins, margin_mask = margin_events(events[:, [names.index(c) for c in checked]], checked,
-                                         [ranges[names.index(c)] for c in checked]) if n else (
+    edged = [c for c in checked if not c.upper().endswith("-W")]   # pulse widths are not intensities
+    margins, margin_mask = margin_events(events[:, [names.index(c) for c in edged]], edged,
+                                         [ranges[names.index(c)] for c in edged]) if n else (
         pd.DataFrame(columns=["channel", "upper", "lower", "pct"]), np.zeros(0, dtype=bool))
     heavy = margins[margins["pct"] > settings.margin_limit_pct]
     if len(heavy):
