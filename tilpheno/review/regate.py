@@ -116,6 +116,7 @@ class ReviewSource:
         self._inputs = {Path(i["path"]).name: i for i in self.run.get("inputs", [])}
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
+        self._automatic: dict[str, dict] = {}
 
     # -- run.json ----------------------------------------------------------------------------
     def _strategies(self) -> dict[str, Strategy]:
@@ -209,6 +210,11 @@ class ReviewSource:
     # -- automatic gates ---------------------------------------------------------------------------
     def automatic(self, product_id: str) -> dict:
         """Version 1: the pipeline's own gates on each stained tube (re-run, checked against phenotypes.csv)."""
+        if product_id not in self._automatic:
+            self._automatic[product_id] = self._rerun(product_id)
+        return json.loads(json.dumps(self._automatic[product_id]))
+
+    def _rerun(self, product_id: str) -> dict:
         from tilpheno.phenotype import PLOT_EVENTS, analyze_product
 
         files = self.product_files(product_id)

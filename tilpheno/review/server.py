@@ -12,8 +12,10 @@ from tilpheno.review.service import ReviewService
 log = logging.getLogger(__name__)
 
 
-def build_service(out_dir: str | Path, db_url: str | None = None, inputs_dir: str | Path | None = None) -> ReviewService:
-    source = ReviewSource(out_dir, inputs_dir)
+def build_service(out_dir: str | Path, db_url: str | None = None, inputs_dir: str | Path | None = None,
+                  source: ReviewSource | None = None) -> ReviewService:
+    """The review service of OUT on ``db_url`` (default: the SQLite file beside OUT); ``source`` reuses a loaded OUT."""
+    source = source or ReviewSource(out_dir, inputs_dir)
     return ReviewService(source, open_database(db_url or default_db_url(out_dir)))
 
 
