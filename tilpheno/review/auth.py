@@ -30,8 +30,8 @@ LOCKOUT_MINUTES = 15
 SESSION_HOURS = 8
 MIN_PASSWORD = 10
 _USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HASHER = PasswordHasher()
-_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+_HASHER = PasswordHasher()   # argon2id, RFC 9106 low-memory profile (argon2-cffi's default)
+_DUMMY_HASH = ""             # made on first use: verified for unknown users so they cost the same time
 
 
 class AuthError(Exception):
@@ -87,7 +87,9 @@ def check_password(db: Session, user: User | None, password: str) -> User:
     """The user if ``password`` is right; else count the failure (lock-out) and raise AuthError.
 
     The caller commits in both cases (a failure must be stored)."""
+    global _DUMMY_HASH
     if user is None or not user.active:
+        _DUMMY_HASH = _DUMMY_HASH or _HASHER.hash("not a password of anyone")
         try:
             _HASHER.verify(_DUMMY_HASH, password)  # same work as for a real account
         except VerificationError:

@@ -55,7 +55,7 @@
     $("version-badge").textContent = "gate version " + S.current_version;
     $("approved-badge").textContent = S.approved_version ? "approved: version " + S.approved_version : "not approved";
     $("spec-name").textContent = S.release.spec;
-    renderPlots(S.plots);
+    renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderVersions(); renderApply();
   }
@@ -72,7 +72,7 @@
     };
   }
 
-  function renderPlots(plots) {
+  function renderPlots(plots, tables) {
     const box = $("plots");
     box.textContent = "";
     for (const p of plots) {
@@ -89,7 +89,7 @@
       drawOverlay(p);
     }
     S.plots = plots;
-    updatePlotLabels(S.populations.current);
+    updatePlotLabels(tables);
   }
 
   function drawEvents(canvas, p) {
@@ -228,7 +228,7 @@
     lastShown = seq;
     if (r.status !== 200) { message(r.data.error || "preview failed", false); return; }
     renderTables(r.data.populations, r.data.release, r.data.release_status);
-    if (final && r.data.plots) { renderPlots(r.data.plots); }
+    if (final && r.data.plots) { renderPlots(r.data.plots, r.data.populations); }
     if (pending) schedulePreview(true);
   }
 
