@@ -78,7 +78,7 @@ def review_out(tmp_path_factory):
     subset.to_csv(tmp / "manifest.csv", index=False)
     out = tmp / "out"
     summary = process_folder(SAMPLE, out, manifest_csv=tmp / "manifest.csv", outcomes_path=SAMPLE / "outcomes.csv",
-                             make_reports=False)
+                             allow_unmatched=True, make_reports=False)
     assert summary.ok, summary.failed
     return out
 
