@@ -1,105 +1,108 @@
-"""Page model of the product report's acquisition-QC and compensation sections (issue 15).
+"""The product report's acquisition-QC and compensation sections (issue 15): ``report.product``
+section builders (``builder(ReportContext) -> Section | list[Section] | None``).
 
-``acquisition_section(result)``: one row per gated file (mode, time channel, events, % anomalous,
-events removed, drifting channels, flags), the method's parameters, and per stained tube a plot of
+``acquisition_section``: one row per gated file (mode, time channel, events, % anomalous, events
+removed, drifting channels, flags), the method and its parameters, and per stained tube a plot of
 the flow rate and the channel medians over time with the anomalous stretches shaded.
-``compensation_section(result)``: per stained tube the matrix used and its source, density plots of
-the compensated tube for the ``PAIRS`` largest spillover coefficients among its markers' detectors
-(the residual slope of the target's negatives written on each), and the residual-spillover table.
+``compensation_sections``: per stained tube the matrix used and its source, density plots of the
+compensated tube for the ``PAIRS`` largest spillover coefficients among its markers' detectors (the
+residual slope of the target's negatives written on each), and the residual-spillover table.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from tilpheno.report.product import Figure, _axis, _strategy_for
-
 PAIRS = 6
-METHOD = ("Acquisition QC (gating step 0, per file, raw events in acquisition order; PeacoQC/flowCut-like): "
-          "bins of consecutive events; flow rate = events per equal time interval; per bin and channel the "
-          "50th and 90th percentiles on a logicle scale; binary change-point segmentation of each series "
-          "(split when the two-sample statistic exceeds t_crit, noise from bin-to-bin differences or split "
+METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition order, before compensation; "
+          "PeacoQC/flowCut-like): bins of consecutive events; flow rate = events per equal time interval; per bin "
+          "and channel the 50th and 90th percentiles on a logicle scale; binary change-point segmentation of each "
+          "series (a split when the two-sample statistic exceeds t_crit; noise from bin-to-bin differences or split "
           "halves); a segment is anomalous when its level departs from the majority level by more than "
-          "rate_tolerance (relative) or min_shift (logicle units); short good stretches between anomalous "
-          "ones are anomalous too. Remove mode drops the anomalous events before compensation.")
+          "rate_tolerance (relative) or min_shift (logicle units); short good stretches between anomalous ones are "
+          "anomalous too. Remove mode drops the anomalous events before compensation and gating.")
 RESIDUAL_METHOD = ("Residual spillover: among each target detector's negative events (below the tube's own gate "
-                   "threshold, lymphocytes), the shift of the target's half-sample mode between the brightest 5 % "
-                   "and the dimmest 20 % of a source detector, per unit of the source (slope); |slope| > 0.04 "
-                   "raises compensation_residual (negative = over-, positive = under-compensated).")
+                   "threshold, lymphocytes) the shift of the target's half-sample mode between the brightest 5% and "
+                   "the dimmest 20% of a source detector, per unit of the source (slope); |slope| > 0.04 raises "
+                   "compensation_residual (negative = over-, positive = under-compensated).")
+ACQUISITION_COLUMNS = ("file", "tube", "mode", "time channel", "events", "% anomalous", "removed", "drift channels",
+                       "flags")
 
 
-def _fmt(v) -> str:
-    from tilpheno.report.html import fmt
+def acquisition_section(ctx):
+    """The acquisition QC block (None when step 0 did not run on any file)."""
+    from tilpheno.report.product import Figure, Section, Table
+    from tilpheno.report.qc_plots import acquisition_plot
 
-    return fmt(v)
-
-
-def acquisition_section(result, strategies=()) -> dict:
-    """``{rows, columns, settings, figures}`` for the report (empty rows when step 0 did not run)."""
-    from tilpheno.report import plots
-    from tilpheno.report.qc_plots import acquisition_png
-
+    if ctx.result is None:
+        return None
     rows, figures, settings = [], [], {}
-    for t in result.tubes:
+    for t in ctx.result.tubes:
         qc = getattr(t, "acquisition", None)
         if qc is None:
             continue
         s = qc.summary()
-        rows.append([Path(str(t.file)).name, f"{t.tube} {t.role}" + (f" {t.fmo_marker}" if t.fmo_marker else ""),
+        rows.append((Path(str(t.file)).name, f"{t.tube} {t.role}" + (f" {t.fmo_marker}" if t.fmo_marker else ""),
                      s["mode"], s["time_channel"] or "none", str(s["n_events"]), f"{s['anomalous_pct']:.2f}",
-                     str(s["n_removed"]), s["drift_channels"], s["flags"]])
+                     str(s["n_removed"]), s["drift_channels"], s["flags"]))
         settings.setdefault(t.tube, qc.settings.to_dict())
         if t.role == "stain" and not qc.signal.empty:
-            detectors = dict(t.detectors)
-            labels = {det: f"{m} ({det})" for m, det in detectors.items()}
-            channels = [c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns] + list(detectors.values())
-            png = acquisition_png(qc, channels, labels, title=f"{t.tube} stained tube")
-            figures.append(Figure(f"{t.tube} tube: flow rate and channel medians over time", plots.to_data_uri(png),
-                                  f"events per second and bin medians over time for {Path(str(t.file)).name}; "
-                                  f"{qc.removed_pct:.1f}% of events in anomalous stretches (shaded)"))
-    columns = ["file", "tube", "mode", "time channel", "events", "% anomalous", "removed", "drift channels", "flags"]
-    return {"columns": columns, "rows": rows, "settings": sorted(settings.items()), "figures": figures,
-            "method": METHOD}
+            labels = {det: f"{m} ({det})" for m, det in t.detectors.items()}
+            channels = [c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns] + list(t.detectors.values())
+            figures.append(Figure(f"{t.tube} stained tube: flow rate and channel medians over time",
+                                  acquisition_plot(qc, channels, labels, title=f"{t.tube} stained tube"),
+                                  f"{Path(str(t.file)).name}: {qc.removed_pct:.1f}% of events in anomalous stretches"))
+    if not rows:
+        return None
+    params = " ".join(f"Parameters ({tube} strategy): " + ", ".join(f"{k} = {v}" for k, v in p.items()) + "."
+                      for tube, p in sorted(settings.items()))
+    table = Table("acquisition-qc", ACQUISITION_COLUMNS, tuple(rows), "Acquisition QC of every gated file.")
+    return Section("acquisition-qc", "Acquisition QC over time", f"{METHOD} {params}", tuple(figures), (table,))
 
 
-def compensation_section(result, strategies=()) -> list[dict]:
-    """One entry per stained tube: ``title, source, matrix {columns, rows}, figures, residual {columns, rows}``."""
-    from tilpheno.report import plots
-    from tilpheno.report.qc_plots import compensation_pair_png
+def compensation_sections(ctx):
+    """One compensation block per stained tube."""
+    from tilpheno.report.html import fmt
+    from tilpheno.report.product import Figure, Section, Table, _axis, _stained, _strategy_for
+    from tilpheno.report.qc_plots import compensation_pair_plot
 
     out = []
-    for t in result.tubes:
+    for t in _stained(ctx):
         used = getattr(t, "compensation", None)
-        if t.role != "stain" or used is None:
+        if used is None:
             continue
-        entry = {"title": f"{t.tube} tube ({Path(str(t.file)).name})", "source": used.source,
-                 "matrix": {"columns": [], "rows": []}, "figures": [], "residual": {"columns": [], "rows": []},
-                 "method": RESIDUAL_METHOD}
-        spill = used.spillover
-        if spill is not None:
-            frame = spill.to_dataframe()
-            entry["matrix"] = {"columns": ["fluorochrome \\ detector", *frame.columns],
-                               "rows": [[idx, *(f"{v:.4f}" for v in row)] for idx, row in zip(frame.index, frame.to_numpy())]}
-            marker_of = {d: m for m, d in t.detectors.items() if m in t.data}
-            pairs = [(frame.loc[a, b], a, b) for a in frame.index for b in frame.columns
-                     if a != b and a in marker_of and b in marker_of]
-            residual = used.residual
-            strategy = _strategy_for(strategies, t.tube)
-            for coef, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2]))[:PAIRS]:
-                xm, ym = marker_of[a], marker_of[b]
-                note = f"spillover {coef:.3f}"
-                if residual is not None and len(residual):
-                    hit = residual[(residual["source"] == a) & (residual["target"] == b)]
-                    if len(hit):
-                        note += f"\nresidual slope {hit['slope'].iloc[0]:+.3f}"
-                png = compensation_pair_png(t.data[xm], t.data[ym], _axis(xm, t.detectors, strategy),
-                                            _axis(ym, t.detectors, strategy), title=f"{xm} vs {ym}", note=note)
-                entry["figures"].append(Figure(f"{xm} ({a}) vs {ym} ({b}), compensated", plots.to_data_uri(png),
-                                               f"compensated {t.tube} tube, {xm} vs {ym}; {note}"))
+        name = Path(str(t.file)).name
+        intro = (f"{name}: matrix used: {used.source}. Convention: compensated = raw x inverse(S), "
+                 "S[fluorochrome, detector]. ")
+        spill, figures, tables = used.spillover, [], []
+        if spill is None:
+            out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube", intro + "Not compensated."))
+            continue
+        frame = spill.to_dataframe()
+        tables.append(Table(f"spillover-{t.tube}", ("fluorochrome \\ detector", *map(str, frame.columns)),
+                            tuple((str(i), *(f"{v:.4f}" for v in row)) for i, row in zip(frame.index, frame.to_numpy())),
+                            f"Spillover matrix ({used.source})"))
+        marker_of = {d: m for m, d in t.detectors.items() if m in t.data}
+        pairs = [(float(frame.loc[a, b]), a, b) for a in frame.index for b in frame.columns
+                 if a != b and a in marker_of and b in marker_of]
+        residual = used.residual
+        strategy = _strategy_for(ctx.strategies, t.tube)
+        for coef, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2]))[:PAIRS]:
+            xm, ym = marker_of[a], marker_of[b]
+            note = f"spillover {coef:.3f}"
             if residual is not None and len(residual):
-                shown = residual.reindex(residual["slope"].abs().sort_values(ascending=False).index)
-                entry["residual"] = {"columns": list(shown.columns),
-                                     "rows": [[_fmt(v) for v in r] for r in shown.itertuples(index=False)]}
-        out.append(entry)
+                hit = residual[(residual["source"] == a) & (residual["target"] == b)]
+                if len(hit):
+                    note += f"\nresidual slope {hit['slope'].iloc[0]:+.3f}"
+            xaxis = _axis(xm, t.detectors, strategy, ctx.axes.get((t.tube, xm)))
+            yaxis = _axis(ym, t.detectors, strategy, ctx.axes.get((t.tube, ym)))
+            figures.append(Figure(f"{xm} vs {ym} ({a} -> {b}), compensated",
+                                  compensation_pair_plot(t.data[xm], t.data[ym], xaxis, yaxis, title=f"{xm} vs {ym}",
+                                                         note=note), note.replace("\n", "; ")))
+        if residual is not None and len(residual):
+            shown = residual.reindex(residual["slope"].abs().sort_values(ascending=False).index)
+            tables.append(Table(f"residual-{t.tube}", tuple(map(str, shown.columns)),
+                                tuple(tuple(fmt(v) for v in r) for r in shown.itertuples(index=False)), RESIDUAL_METHOD))
+        out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube",
+                           intro + f"Density plots: the {len(figures)} largest spillover pairs among the tube's markers.",
+                           tuple(figures), tuple(tables)))
     return out
