@@ -241,8 +241,8 @@ def _negative_cuts(state: _Gated) -> dict[str, float]:
 
 def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover | None) -> pd.DataFrame | None:
     """Residual spillover of a gated stained tube (``tilpheno.spillover.residual_spillover``):
-    compensated linear values of its markers' detectors, in the strategy's lymphocyte population
-    (all events without one), negatives below each marker's own gate threshold."""
+    compensated linear values of its markers' detectors, in the strategy's singlets population (else
+    its lymphocytes, else all events), negatives below each marker's own gate threshold."""
     from tilpheno.spillover import residual_spillover
 
     if spillover is None:
@@ -250,8 +250,10 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     markers = {m: d for m, d in state.tube.detectors.items() if d in spillover.detectors and m in state.tube.data}
     values = {d: state.tube.transforms[m].inverse(state.tube.data[m]) for m, d in markers.items()}
     cuts = {markers[m]: c for m, c in _negative_cuts(state).items() if m in markers}
-    lymph = _lymph_population(strategy)
-    mask = state.masks.get(lymph) if lymph else None
+    # singlet cells (dead ones included: a viability dye's bright events are a source too), else the
+    # lymphocytes, else every event
+    within = next((p.name for p in strategy.populations if p.method == "singlets"), None) or _lymph_population(strategy)
+    mask = state.masks.get(within) if within else None
     return residual_spillover(values, mask=mask, negative_cuts=cuts)
 
 
