@@ -174,3 +174,20 @@ def test_apply_gate_to_other_products_over_http(app, service):
     r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL404"],
                                                   "reason": "x" * 5}, headers=h)
     assert r.status_code == 404 and "TIL404" in r.json["error"]
+
+
+VALUES = [None, 1, -1.5, True, "x", [], [1, [2]], {}, {"tubes": []}, {"tubes": {"surface": []}},
+          {"tubes": {"surface": {"gates": {"CD3+": {"type": "range", "dim": "CD3", "low": [1]}}}}}]
+
+
+def test_any_json_value_in_any_field_is_a_4xx_never_a_crash(app, service):
+    c, h, _ = login(app, "alice")
+    before = counts(service)
+    for value in VALUES:
+        for path, fields in (("preview", ("gates",)), ("versions", ("base_version", "gates", "reason")),
+                             ("sign", ("version", "meaning", "password", "qc_resolutions", "comment")),
+                             ("apply", ("tube", "population", "products", "reason"))):
+            for field in fields:
+                r = c.post(f"/api/products/{PID}/{path}", json={field: value}, headers=h)
+                assert 400 <= r.status_code < 500 and r.json["error"], (path, field, value, r.status_code)
+    assert counts(service)[1:] == before[1:]
