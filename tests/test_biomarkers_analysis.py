@@ -134,7 +134,7 @@ def test_output_files_and_columns(results):
                      "responders.csv", "unmatched.csv", "report.html", "km_table.csv", "at_risk.csv",
                      "logrank.csv", "analysis_dataset.csv", "splines.csv", "spline_curves.csv", "validation.csv",
                      "time_auc.csv", "time_auc_comparisons.csv", "response_survival.csv", "codebook.csv",
-                     "run.json"}
+                     "run.json", "calibration.csv"}
     km = pd.read_csv(results.files["km.csv"])
     assert list(km.columns) == ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low",
                                 "median_ci_high", "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]

@@ -45,3 +45,30 @@ def test_seeded_and_reproducible():
     a = validate_cox(frame, "time", "event", variables, B=20, seed=3)
     b = validate_cox(frame, "time", "event", variables, B=20, seed=3)
     assert a == b
+
+
+def test_predicted_survival_equals_r_survfit_coxph():
+    """S(6 months | x) of an Efron Cox fit equals R summary(survfit(fit, newdata), times = 6)."""
+    from tilpheno.biomarkers.cox import design_matrix, linear_predictor, newton_cox
+    from tilpheno.biomarkers.validation import predicted_survival
+
+    ref = pd.read_csv(REF / "predicted_survival_reference.csv", float_precision="round_trip")
+    for ds, want in ref.groupby("dataset"):
+        frame, _ = data(ds)
+        frame = frame.sort_values("product_id").reset_index(drop=True)
+        X = design_matrix(frame, ["cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "age", "ecog"]).X.to_numpy(float)
+        fit = newton_cox(frame.time, frame.event, X)
+        lp = linear_predictor(X, fit.beta)
+        got = predicted_survival(frame.time, frame.event, lp, lp[:8], 6.0)
+        np.testing.assert_allclose(got, want.surv, rtol=1e-8)
+
+
+def test_calibration_at_a_time_groups():
+    from tilpheno.biomarkers.validation import calibration_at
+
+    frame, variables = data("til_os")
+    cal = calibration_at(frame, "time", "event", variables, 12.0, groups=4)
+    assert cal.n.sum() == len(frame) and len(cal) == 4
+    assert cal.predicted.is_monotonic_increasing
+    assert ((cal.predicted > 0) & (cal.predicted < 1)).all()
+    assert (cal.observed.between(cal.observed_ci_low, cal.observed_ci_high) | cal.observed.isna()).all()

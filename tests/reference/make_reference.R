@@ -301,6 +301,15 @@ for (ep in c("pfs", "os")) {
           Surv(time, event) ~ cd8_pct_of_cd3 + cd8pd1_pct_of_cd8 + age + sex + ecog, d)
 }
 write_ref(do.call(rbind, vr), "validate_reference.csv")
+# predicted survival at a time from Efron Cox fits (survfit.coxph), for calibration at a time
+ps <- list()
+for (ep in c("pfs", "os")) {
+  d <- data.frame(time = til[[paste0(ep, "_months")]], event = til[[paste0(ep, "_event")]], til)
+  f <- coxph(Surv(time, event) ~ cd8_pct_of_cd3 + cd8pd1_pct_of_cd8 + age + ecog, data = d, ties = "efron")
+  s <- summary(survfit(f, newdata = d[1:8, ]), times = 6)
+  ps[[length(ps) + 1]] <- data.frame(dataset = paste0("til_", ep), patient = 1:8, time = 6, surv = as.numeric(s$surv))
+}
+write_ref(do.call(rbind, ps), "predicted_survival_reference.csv")
 
 # ---- response as a time-dependent covariate: coxph on start-stop data ----
 set.seed(11)

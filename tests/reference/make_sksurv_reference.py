@@ -1,7 +1,10 @@
 """Reference numbers for tilpheno's time-dependent AUC from scikit-survival (run once, outputs committed).
 
-scikit-survival is a reference tool only (not a tilpheno dependency). Run in an environment with
-scikit-survival 0.28 installed, from this folder:  python make_sksurv_reference.py
+scikit-survival is a reference tool only (not a tilpheno dependency). It was installed from PyPI
+into a separate virtual environment, so the project's own pins stay untouched:
+
+    python3 -m venv /tmp/sksurv-venv && /tmp/sksurv-venv/bin/pip install scikit-survival==0.28.0
+    cd tests/reference && /tmp/sksurv-venv/bin/python make_sksurv_reference.py
 Writes tdauc_reference.csv: cumulative_dynamic_auc(y, y, marker, times) (same data as training
 and test set) on lung, veteran, the TIL cohort and random tied data.
 """

@@ -38,7 +38,7 @@ from .landmark import landmark_analysis, time_dependent_cox
 from .splines import fit_spline, spline_rows
 from .survival import KaplanMeier, logrank_test, median_followup
 from .tdroc import time_roc
-from .validation import validate_cox
+from .validation import calibration_at, validate_cox
 
 LANDMARK_MONTHS = 12.0
 KM_COLUMNS = ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high",
@@ -73,6 +73,7 @@ class Settings:
     n_boot: int = 200  # bootstrap validation and time-dependent AUC CIs
     roc_times: tuple[float, ...] = (6.0, 12.0)
     landmark: float = 3.0
+    calibration_time: float = 12.0
 
 
 @dataclass
@@ -91,6 +92,7 @@ class BiomarkerResults:
     splines: pd.DataFrame = field(default_factory=pd.DataFrame)
     spline_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     validation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
     time_auc: pd.DataFrame = field(default_factory=pd.DataFrame)
     auc_comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
     response_survival: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -322,7 +324,7 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
 
 def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: list[str]) -> dict:
     """Splines, bootstrap validation, time-dependent AUC and response-without-bias tables."""
-    spl_rows, curves, val_rows, auc_tables, comparisons, resp_rows = [], [], [], [], [], []
+    spl_rows, curves, val_rows, auc_tables, comparisons, resp_rows, cal = [], [], [], [], [], [], []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
         for marker in cohort.markers:
@@ -336,8 +338,12 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 variables = [marker, *cohort.covariates]
                 try:
                     v = validate_cox(cohort.data, tcol, ecol, variables, settings.n_boot, settings.seed)
-                    val_rows.append(dict(endpoint=endpoint, model_id=f"{endpoint}:multivariable:continuous:{marker}",
-                                         variables=" + ".join(variables), **v.row()))
+                    model_id = f"{endpoint}:multivariable:continuous:{marker}"
+                    val_rows.append(dict(endpoint=endpoint, model_id=model_id, variables=" + ".join(variables),
+                                         **v.row()))
+                    if settings.calibration_time < cohort.data[tcol].max():
+                        cal.append(calibration_at(cohort.data, tcol, ecol, variables, settings.calibration_time)
+                                   .assign(endpoint=endpoint, model_id=model_id))
                 except (ValueError, np.linalg.LinAlgError) as exc:
                     warnings.append(f"{endpoint} {marker}: bootstrap validation not done ({exc})")
         complete = cohort.data.dropna(subset=[tcol, ecol, *cohort.markers])
@@ -362,7 +368,8 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
     if not comp.empty:
         comp = adjust_markers(comp, "p", ["endpoint", "time"])
     return dict(splines=spl, spline_curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-                validation=pd.DataFrame(val_rows), time_auc=auc, auc_comparisons=comp,
+                validation=pd.DataFrame(val_rows), time_auc=auc,
+                calibration=pd.concat(cal, ignore_index=True) if cal else pd.DataFrame(), auc_comparisons=comp,
                 response_survival=pd.DataFrame(resp_rows))
 
 
@@ -465,6 +472,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
               "km_table.csv": results.km_table, "at_risk.csv": results.at_risk, "logrank.csv": results.logrank,
               "analysis_dataset.csv": analysis_dataset(cohort), "splines.csv": results.splines,
               "spline_curves.csv": results.spline_curves, "validation.csv": results.validation,
+              "calibration.csv": results.calibration,
               "time_auc.csv": results.time_auc, "time_auc_comparisons.csv": results.auc_comparisons,
               "response_survival.csv": results.response_survival}
     tables["codebook.csv"] = codebook(tables)

@@ -97,6 +97,9 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "n_resp": ("responders with a value", "patients", ""), "n_nonresp": ("non-responders with a value", "patients", ""),
     "test": ("test used", "", ""), "welch_p": ("Welch t-test p", "", ""), "mannwhitney_p": ("Mann-Whitney p", "", ""),
     "id": ("unmatched id", "", ""),
+    "predicted": ("mean predicted survival at time in the group", "fraction", "Cox, Efron baseline hazard"),
+    "observed": ("Kaplan-Meier survival at time in the group", "fraction", ""),
+    "observed_ci_low": ("lower CI", "fraction", "log"), "observed_ci_high": ("upper CI", "fraction", "log"),
 }
 
 

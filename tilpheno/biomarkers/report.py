@@ -337,7 +337,9 @@ def extra_methods(results) -> list[str]:
         "and a rug of the observed values.",
         f"Internal validation (REMARK item 15): each multivariable continuous model was refitted in {s.n_boot} "
         f"bootstrap samples (seed {s.seed}); optimism = mean(training - test) Somers' Dxy and calibration slope "
-        "(rms::validate method 'boot'); the optimism-corrected values are in validation.csv.",
+        "(rms::validate method 'boot'); the optimism-corrected values are in validation.csv. Calibration at "
+        f"{s.calibration_time:g} months: patients in quartiles of the predicted survival (Cox with the Efron baseline "
+        "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed (apparent, calibration.csv).",
         f"Time-dependent discrimination: cumulative/dynamic AUC at {', '.join(f'{t:g}' for t in s.roc_times)} months "
         "with inverse-probability-of-censoring weights (Uno; equal to scikit-survival's cumulative_dynamic_auc), "
         "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); 95% "
@@ -415,6 +417,8 @@ def render_report(results, export: FigureExport | None = None) -> str:
         ("Multivariable Cox models (cox_multivariable.csv)", results.cox_multivariable),
         ("Restricted cubic splines (splines.csv)", results.splines),
         ("Bootstrap internal validation (validation.csv)", results.validation),
+        ("Calibration at a time: predicted vs Kaplan-Meier by quartile of predicted survival (calibration.csv)",
+         results.calibration),
         ("Time-dependent AUC (time_auc.csv)", results.time_auc),
         ("Time-dependent AUC comparisons (time_auc_comparisons.csv)", results.auc_comparisons),
         ("Responders and survival without guarantee-time bias (response_survival.csv)", results.response_survival),

@@ -89,3 +89,51 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
     do, so = float(np.mean(d_opt)), float(np.mean(s_opt))
     return Validation(apparent, do, apparent - do, (apparent + 1) / 2, (apparent - do + 1) / 2, so, 1 - so,
                       len(d_opt), B, seed)
+
+
+def baseline_cumhaz(time, event, lp) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative baseline hazard at the distinct event times for risk scores ``exp(lp)``, with Efron's
+    correction for tied deaths (R ``survfit.coxph`` for an Efron fit): each of d tied deaths adds
+    ``1 / (sum_risk r - j/d sum_dead r)``, j = 0..d-1."""
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float)
+    r = np.exp(np.asarray(lp, dtype=float))
+    times = np.unique(t[e == 1])
+    steps = []
+    for tk in times:
+        risk = r[t >= tk].sum()
+        dead = r[(t == tk) & (e == 1)]
+        d = dead.size
+        steps.append(sum(1.0 / (risk - j / d * dead.sum()) for j in range(d)))
+    return times, np.cumsum(steps)
+
+
+def predicted_survival(time, event, lp, lp_new, u: float) -> np.ndarray:
+    """S(u | x) = exp(-H0(u) exp(lp_new)) from a fitted Cox model's linear predictors ``lp``."""
+    times, H = baseline_cumhaz(time, event, lp)
+    k = np.searchsorted(times, u, side="right")
+    H0 = H[k - 1] if k > 0 else 0.0
+    return np.exp(-H0 * np.exp(np.asarray(lp_new, dtype=float)))
+
+
+def calibration_at(frame: pd.DataFrame, duration: str, event: str, variables: list[str], u: float,
+                   groups: int = 4) -> pd.DataFrame:
+    """Apparent calibration at time ``u`` (as ``rms::calibrate(cmethod = "KM")`` without the bootstrap):
+    patients in ``groups`` equal-size groups of predicted S(u); per group the mean predicted S(u) and the
+    Kaplan-Meier S(u) with its log CI (missing when the group's follow-up ends before u)."""
+    from .survival import KaplanMeier
+
+    data = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
+    X = design_matrix(data, variables).X.to_numpy(float)
+    t = data[duration].to_numpy(float)
+    e = data[event].to_numpy(float)
+    fit = newton_cox(t, e, X)
+    lp = linear_predictor(X, fit.beta)
+    pred = predicted_survival(t, e, lp, lp, u)
+    order = np.argsort(pred, kind="stable")
+    rows = []
+    for g, idx in enumerate(np.array_split(order, groups), start=1):
+        lm = KaplanMeier().fit(t[idx], e[idx]).survival_at(u)
+        rows.append(dict(time=u, group=g, n=idx.size, predicted=float(pred[idx].mean()), observed=lm.surv,
+                         observed_ci_low=lm.ci_low, observed_ci_high=lm.ci_high))
+    return pd.DataFrame(rows)
