@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import delete
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import LoginSession, User
+from tilpheno.review.models import LoginSession, User, utcnow
 from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
 
@@ -138,6 +139,7 @@ def create_app(service: ReviewService) -> Flask:
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
                 db.delete(old)
+            db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))   # forget expired sessions
             token, _row = new_session(db, user.id)
             audit.append(db, user.username, "login")
             return token, ""
