@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import GateSetVersion, Product, Signature, User, utcnow
+from tilpheno.review.models import GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
                                     validate_gate_set)
 
@@ -119,6 +119,21 @@ class ReviewService:
         if not isinstance(product_id, str) or not self.source.has_product(product_id):
             raise NotFound(f"no product {str(product_id)[:80]!r} in this output folder")
 
+    def can_access(self, user: User, product_id: str) -> bool:
+        """Reviewers and admins: every product; analysts: the products assigned to them."""
+        if user.role in ("reviewer", "admin"):
+            return True
+        with self.factory() as db:
+            return db.scalar(select(ProductAssignment).where(ProductAssignment.product_id == product_id,
+                                                             ProductAssignment.username == user.username)) is not None
+
+    def require_access(self, user: User, product_id: str) -> None:
+        """NotFound for an unknown product; Forbidden for a product not assigned to this analyst."""
+        self.require_product(product_id)
+        if not self.can_access(user, product_id):
+            raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role}); "
+                            f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
+
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
         """The product's row; on first use its automatic gates become version 1 (audited)."""
         self.require_product(product_id)
@@ -182,6 +197,7 @@ class ReviewService:
         """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if stale."""
         if user.role not in EDIT_ROLES:
             raise Forbidden(f"role {user.role} cannot save gates")
+        self.require_access(user, product_id)
         if isinstance(base_version, bool) or not isinstance(base_version, int):
             raise GateSetError("base_version: the version number you edited is required")
         reason = check_reason(reason)
@@ -285,6 +301,8 @@ class ReviewService:
                 raise
             if user.role not in MEANINGS[meaning]:
                 raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
+            if not self.can_access(user, product_id):
+                raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role})")
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
             at = utcnow()
