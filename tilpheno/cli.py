@@ -118,8 +118,14 @@ def process(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
     fmo_percentile: float = typer.Option(99.5, "--fmo-percentile", help="Percentile of the FMO tube's parent events that sets each marker threshold."),
     include_identifiers: bool = typer.Option(False, "--include-identifiers", help="Show all FCS keywords in reports (default: an allow-list without identifiers)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Process every product again, even those whose inputs and settings are unchanged since the last run into OUT."),
+    reports: str = typer.Option("now", "--reports", help="now: draw every product's report; later: tables only, draw reports on demand with `tilpheno report OUT`."),
 ) -> None:
-    """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT."""
+    """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT.
+
+    Incremental: products whose files, strategies and settings are unchanged since the last run
+    into OUT are taken from OUT/.cache, not processed again (run.json lists them).
+    """
     import sys
 
     from tilpheno.errors import TilphenoError
@@ -129,6 +135,7 @@ def process(
             folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
+            use_cache=not no_cache, reports=reports,
         )
     except TilphenoError as exc:
         _fail(exc)
@@ -139,7 +146,7 @@ def process(
 
 def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
-                       command_line=None):
+                       command_line=None, use_cache=True, reports=None, report_products=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -162,8 +169,39 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
-            on_start=on_start, on_outcome=on_outcome,
+            on_start=on_start, on_outcome=on_outcome, use_cache=use_cache, reports=reports,
+            report_products=report_products,
         )
+
+
+@app.command()
+def report(
+    out: Path = typer.Argument(..., help="Output folder of an earlier `tilpheno process` run.", exists=True, file_okay=False),
+    products: Optional[List[str]] = typer.Argument(None, help="Product ids (default: every product)."),
+) -> None:
+    """Draw the reports of OUT's products (e.g. after `process --reports later`), with the run's own settings.
+
+    Gating is taken from OUT/.cache when the inputs are unchanged; a product without a stored
+    report is gated again and drawn. Other products keep the reports they have.
+    """
+    import sys
+
+    from tilpheno.errors import TilphenoError
+    from tilpheno.pipeline import rerun_arguments
+
+    try:
+        kwargs, known = rerun_arguments(out)
+        unknown = sorted(set(products or ()) - known)
+        if unknown:
+            raise TilphenoError(f"{out}: no product {', '.join(map(repr, unknown))} in this run (products: "
+                                f"{', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''})")
+        summary = _run_with_progress(**kwargs, out=out, reports="now", report_products=products or None,
+                                     command_line=["tilpheno", *sys.argv[1:]])
+    except TilphenoError as exc:
+        _fail(exc)
+    _print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(code=1)
 
 
 def _print_summary(summary) -> None:

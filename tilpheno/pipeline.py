@@ -82,6 +82,7 @@ class ProductOutcome:
     files: list[FileDigest]
     report_html: str | None = None
     seconds: float = 0.0
+    has_report: bool | None = None  # a report was published for it (None: as ``ProcessOptions.make_reports``)
 
 
 @dataclass
@@ -507,40 +508,38 @@ def run_process(
     n_jobs: int = 1,
     scheduler=None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
+    use_cache: bool = True,
+    reports: str | None = None,
+    report_products: Iterable[str] | None = None,
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
+
+    Incremental (:mod:`tilpheno.cache`): a product whose inputs, strategies, options and code are
+    those of an entry in ``OUT/.cache`` is not processed again; its stored outcome (and report)
+    are used. ``use_cache=False`` processes every product (entries are still written).
+    ``reports``: ``now`` (every product's report drawn; the default when ``options.make_reports``),
+    ``later`` (none drawn: ``tilpheno report OUT`` draws them on demand) or ``none``;
+    ``report_products``: with ``now``, only these products get a report drawn, the others keep a
+    report stored in the cache, if any.
 
     ``record`` (from :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests
     and written as ``run.json``. ``on_outcome`` is called in this process as each product finishes
     (progress bars). Reports are written as products finish, tables at the end; every file atomically.
     """
-    from tilpheno.io import atomic
-    from tilpheno.report.html import render_index
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
+    reports = reports or ("now" if options.make_reports else "none")
+    if reports not in REPORT_MODES:
+        raise TableError(f"--reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
+    options = dataclasses.replace(options, provenance_short=tuple(record.short().items()),
+                                  make_reports=reports == "now")
     sources = strategy_sources(strategies)
     jobs = [ProductJob(pid, rows, sources, options) for pid, rows in group_products(manifest)]
-    outcomes = []
-    for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
-        if outcome.report_html is not None:
-            atomic.write_text(report_path(out_dir, outcome.product_id), outcome.report_html)
-            outcome.report_html = None
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-    outcomes.sort(key=lambda o: o.product_id)
-    phenotypes, populations, qc = _tables(outcomes)
-    atomic.write_csv(out_dir / "phenotypes.csv", phenotypes)
-    atomic.write_parquet(out_dir / "phenotypes.parquet", phenotypes)
-    atomic.write_csv(out_dir / "populations.csv", populations)
-    atomic.write_csv(out_dir / "qc.csv", qc)
-    atomic.write_text(out_dir / "index.html", render_index(outcomes, options))
-    seconds = time.perf_counter() - t0
-    record.finish((d for o in outcomes for d in o.files), seconds)
-    atomic.write_text(out_dir / "run.json", record.to_json())
+    outcomes = _run_and_write(out_dir, jobs, options, record, t0, use_cache=use_cache, reports=reports,
+                              report_products=report_products, executor=executor, n_jobs=n_jobs,
+                              scheduler=scheduler, on_outcome=on_outcome)
+    seconds = record.duration_s
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=seconds,
                          release_spec=options.release_spec.name)
     for o in outcomes:
@@ -553,6 +552,204 @@ def run_process(
             summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
     summary.flag_counts = dict(sorted(summary.flag_counts.items()))
     return summary
+
+
+REPORT_MODES = ("now", "later", "none")
+
+
+def _report_wanted(job: ProductJob, reports: str, selected) -> str:
+    """``draw`` (the job draws its report), ``stored`` (publish a cached report if there is one) or ``no``."""
+    if reports != "now":
+        return "no"
+    return "draw" if selected is None or job.product_id in selected else "stored"
+
+
+def outcome_record(outcome: ProductOutcome) -> dict:
+    """The JSON-able part of an outcome (everything but the population table and the report)."""
+    return {
+        "product_id": outcome.product_id, "slug": outcome.slug, "ok": outcome.ok, "error": outcome.error,
+        "phenotype": outcome.phenotype, "qc": [dataclasses.asdict(f) for f in outcome.qc],
+        "release": [dataclasses.asdict(r) for r in outcome.release], "release_status": outcome.release_status,
+        "files": [dataclasses.asdict(d) for d in outcome.files], "seconds": round(outcome.seconds, 3),
+    }
+
+
+def outcome_from_record(rec: Mapping) -> ProductOutcome:
+    """An outcome (without tables or report) from :func:`outcome_record`'s dict."""
+    from tilpheno.release import Criterion
+
+    release = [CriterionResult(Criterion(**r["criterion"]), r["value"], r["outcome"]) for r in rec["release"]]
+    return ProductOutcome(
+        product_id=rec["product_id"], slug=rec["slug"], ok=rec["ok"], error=rec["error"],
+        phenotype=dict(rec["phenotype"]), populations=None, qc=[QCFlag(**f) for f in rec["qc"]],
+        release=release, release_status=rec["release_status"], files=[FileDigest(**d) for d in rec["files"]],
+        seconds=rec.get("seconds", 0.0),
+    )
+
+
+def _publish_report(src: Path, dest: Path) -> None:
+    """Put a stored report at ``dest``: a hard link to the cache's copy when the file system allows
+    (no bytes copied), else an atomic copy. Either way ``dest`` appears complete or not at all."""
+    import os
+    import tempfile
+
+    from tilpheno.io import atomic
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".link-", dir=dest.parent)) / "report.html"
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        atomic.write_bytes(dest, src.read_bytes())
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _run_and_write(out_dir: Path, jobs: Sequence[ProductJob], options: ProcessOptions, record: RunRecord, t0: float,
+                   *, use_cache: bool,
+                   reports: str, report_products, executor: str, n_jobs: int, scheduler,
+                   on_outcome) -> list[ProductOutcome]:
+    """Re-use cached products, run the others, write reports as they finish and the tables at the end.
+
+    Every product's outcome goes to the store as soon as it arrives (then only its small fields
+    stay in memory); the tables are written from the stored entries in product order, so a
+    re-run's tables are byte-identical to a fresh run's. Returns the outcomes (no tables) by id.
+    """
+    import hashlib
+    import uuid
+
+    from tilpheno.cache import ProductStore, cacheable, product_key
+    from tilpheno.io import atomic
+    from tilpheno.report.html import render_index
+
+    store = ProductStore(out_dir, read=use_cache)
+    digests = store.inputs()
+    selected = None if report_products is None else {str(p) for p in report_products}
+    keys: dict[str, tuple[str | None, dict]] = {}
+    done: dict[str, tuple[ProductOutcome, Path]] = {}
+    todo, reused = [], []
+    for job in jobs:
+        wanted = _report_wanted(job, reports, selected)
+        job = dataclasses.replace(job, options=dataclasses.replace(job.options, make_reports=wanted == "draw"))
+        file_digests = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
+        key = product_key(job, file_digests) if all(file_digests.values()) else None
+        keys[job.product_id] = (key, file_digests)
+        entry = store.load(key, need_report=wanted == "draw") if key else None
+        if entry is None:
+            todo.append(job)
+            continue
+        outcome = outcome_from_record(entry.outcome)
+        outcome.has_report = wanted != "no" and entry.has_report
+        if outcome.has_report:
+            _publish_report(entry.report_path, report_path(out_dir, outcome.product_id))
+        done[outcome.product_id] = (outcome, entry.populations_path)
+        reused.append(outcome.product_id)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    run = uuid.uuid4().hex
+    for fresh in iter_outcomes(todo, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        key, file_digests = keys[fresh.product_id]
+        if key is None or not cacheable(fresh, file_digests):
+            key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
+        entry = store.store(key, outcome_record(fresh), fresh.populations, fresh.report_html)
+        outcome = outcome_from_record(entry.outcome)  # the stored form, as a re-run reads it
+        outcome.has_report = entry.has_report
+        if entry.has_report:
+            _publish_report(entry.report_path, report_path(out_dir, outcome.product_id))
+        del fresh
+        done[outcome.product_id] = (outcome, entry.populations_path)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    ordered = [done[pid] for pid in sorted(done)]
+    outcomes = [o for o, _ in ordered]
+    phenotypes, _, qc = _tables(outcomes)
+    atomic.write_csv(out_dir / "phenotypes.csv", phenotypes)
+    atomic.write_parquet(out_dir / "phenotypes.parquet", phenotypes)
+    _write_populations(out_dir / "populations.csv", [p for _, p in ordered])
+    atomic.write_csv(out_dir / "qc.csv", qc)
+    atomic.write_text(out_dir / "index.html", render_index(outcomes, options))
+    record.extra["cache"] = {
+        "enabled": use_cache, "reused": sorted(reused), "processed": sorted(j.product_id for j in todo),
+        "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused,
+    }
+    record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
+    atomic.write_text(out_dir / "run.json", record.to_json())
+    digests.save()
+    store.prune(k for k, _ in keys.values() if k)
+    return outcomes
+
+
+def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> None:
+    """``populations.csv`` streamed from each product's stored table, in product order: one
+    product's rows in memory at a time. Columns: the union over products in order of appearance
+    (a column a product lacks is empty in its rows), as ``pandas.concat`` would give."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from tilpheno.io import atomic
+
+    columns: dict[str, None] = {}
+    for p in parquet_paths:
+        for name in pq.read_schema(p).names:
+            if not name.startswith("__index_level"):
+                columns.setdefault(name, None)
+    with atomic.atomic_open(path, "w") as fh:
+        if not columns:
+            pd.DataFrame(columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent",
+                                  "count"]).to_csv(fh, index=False, lineterminator="\n")
+            return
+        header = True
+        for p in parquet_paths:
+            frame = pd.read_parquet(p)
+            if len(frame) == 0:
+                continue
+            frame.reindex(columns=list(columns)).to_csv(fh, index=False, header=header, lineterminator="\n")
+            header = False
+        if header:  # no product has rows
+            pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+
+
+
+def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
+    """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
+    outcomes, strategies, release spec, FMO percentile, identifiers, local jobs), and the run's
+    product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or
+    a strategy or release spec file changed since (the results would no longer be that run's)."""
+    import json
+
+    import pandas as pd
+
+    from tilpheno.provenance import sha256_file
+
+    out_dir = Path(out_dir)
+    try:
+        run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        params = run["parameters"]
+        known = set(pd.read_parquet(out_dir / "phenotypes.parquet", columns=["product_id"])["product_id"].astype(str))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({exc})") from None
+    for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
+            [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
+            if run.get("release_spec", {}).get("sha256") else []):
+        try:
+            same = sha256_file(path) == digest
+        except OSError:
+            same = False
+        if not same:
+            raise TilphenoError(f"{path}: {what} changed or missing since the run in {out_dir}; run `tilpheno process` again")
+    jobs = int(params.get("jobs", 1)) if params.get("executor", "local") == "local" else 1
+    kwargs = {
+        "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
+        "outcomes": Path(params["outcomes"]) if params.get("outcomes") else None,
+        "strategy": [Path(s["path"]) for s in run.get("strategies", [])] or None,
+        "release_spec": Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256") else None,
+        "fmo_percentile": float(params.get("fmo_percentile", 99.5)),
+        "include_identifiers": bool(params.get("include_identifiers", False)), "jobs": max(jobs, 1),
+    }
+    return kwargs, known
 
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None):
@@ -604,8 +801,14 @@ def process_folder(
     command_line: list[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
+    use_cache: bool = True,
+    reports: str | None = None,
+    report_products: Iterable[str] | None = None,
 ) -> RunSummary:
     """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
+
+    ``use_cache``, ``reports``, ``report_products``: see :func:`run_process` (``reports`` defaults
+    to ``now`` when ``make_reports``, else ``none``).
 
     Bad options or inputs that concern the whole run (unreadable manifest, invalid strategy or
     release spec, unknown executor) raise ``TilphenoError`` before any product is processed.
@@ -635,6 +838,7 @@ def process_folder(
             "input_folder": str(folder), "manifest": str(manifest_csv or ""),
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
+            "reports": reports or ("now" if make_reports else "none"), "cache": use_cache,
         },
         strategy_paths=paths,
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
@@ -645,4 +849,5 @@ def process_folder(
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_outcome=on_outcome)
+                       scheduler=scheduler, on_outcome=on_outcome, use_cache=use_cache, reports=reports,
+                       report_products=report_products)

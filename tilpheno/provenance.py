@@ -21,7 +21,7 @@ DEPENDENCIES = (
     "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
 )
 TIME_FIELDS = ("started_at", "finished_at", "duration_s")
-EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler")
+EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler", "reports", "cache")
 """How a run was executed; not in the reports' short form, so results do not depend on it."""
 
 
@@ -75,6 +75,7 @@ class RunRecord:
     inputs: list[FileDigest] = field(default_factory=list)
     finished_at: str = ""
     duration_s: float = 0.0
+    extra: dict = field(default_factory=dict)   # e.g. ``outputs`` and ``output_folder`` (tilpheno.io.outdir)
 
     def finish(self, inputs: Iterable[FileDigest], duration_s: float) -> None:
         """Record the inputs (sorted by path) and the end time."""
@@ -93,6 +94,7 @@ class RunRecord:
             "strategies": [vars(d) for d in self.strategies],
             "release_spec": self.release_spec,
             "inputs": [vars(d) for d in self.inputs],
+            **self.extra,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,

@@ -104,13 +104,19 @@ INDEX_COLUMNS = (
 )
 
 
+def _has_report(outcome, options) -> bool:
+    """Whether the product's report was published (``has_report``; unset: as ``options.make_reports``)."""
+    has = getattr(outcome, "has_report", None)
+    return options.make_reports if has is None else bool(has)
+
+
 def render_index(outcomes: Sequence, options) -> str:
     """The cohort page: one sortable row per product (sorted by id), linking to each report."""
     rows = []
     for o in outcomes:
         rows.append({
             "product_id": o.product_id,
-            "href": f"products/{o.slug}/report.html" if options.make_reports else None,
+            "href": f"products/{o.slug}/report.html" if _has_report(o, options) else None,
             "status": "done" if o.ok else "failed",
             "error": o.error,
             "release": o.release_status,
