@@ -570,7 +570,7 @@ def outcome_record(outcome: ProductOutcome) -> dict:
         "product_id": outcome.product_id, "slug": outcome.slug, "ok": outcome.ok, "error": outcome.error,
         "phenotype": outcome.phenotype, "qc": [dataclasses.asdict(f) for f in outcome.qc],
         "release": [dataclasses.asdict(r) for r in outcome.release], "release_status": outcome.release_status,
-        "files": [dataclasses.asdict(d) for d in outcome.files], "seconds": round(outcome.seconds, 3),
+        "files": [dataclasses.asdict(d) for d in outcome.files],
     }
 
 
@@ -583,7 +583,6 @@ def outcome_from_record(rec: Mapping) -> ProductOutcome:
         product_id=rec["product_id"], slug=rec["slug"], ok=rec["ok"], error=rec["error"],
         phenotype=dict(rec["phenotype"]), populations=None, qc=[QCFlag(**f) for f in rec["qc"]],
         release=release, release_status=rec["release_status"], files=[FileDigest(**d) for d in rec["files"]],
-        seconds=rec.get("seconds", 0.0),
     )
 
 
