@@ -90,7 +90,7 @@ def test_interrupted_run_leaves_no_partial_files(small_cohort, tmp_path):
     # hidden entries: only the incremental-run store (complete, verified entries a re-run resumes from)
     assert [p.name for p in out.rglob(".*") if ".cache" not in p.relative_to(out).parts[1:]] in ([], [".cache"])
     assert not [p for p in (out / ".cache").rglob(".*")] if (out / ".cache").exists() else True
-    reports = list(out.rglob("report.html"))
+    reports = list((out / "products").rglob("report.html"))
     assert len(reports) == 1 and reports[0].read_text().rstrip().endswith("</html>")
 
 
