@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/bench_scale.py memory --cohort /tmp/b200 --small 20
     .venv/bin/python benchmarks/bench_scale.py throughput --cohort /tmp/b12 --baseline /path/to/old/tree
     .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
+    .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
 
 Every ``process`` runs in a subprocess (``python -m tilpheno.cli process``, ``--no-cache`` unless the
 cache is what is measured) against the ``tilpheno`` of ``--tree`` (default: this checkout); wall
@@ -197,9 +198,43 @@ def parallel(args) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def scan(args) -> None:
+    """``scan_folder`` of ``--files`` files (symbolic links to the cohort's files, renamed so that
+    every 9 make a new product): wall and CPU seconds, and bytes read per file (``rchar`` of
+    ``/proc/self/io``), against the files' mean size: only HEADER and TEXT are read."""
+    from tilpheno.io.manifest import scan_folder
+
+    work = Path(tempfile.mkdtemp(prefix="scale-scan-"))
+    sources = sorted(args.cohort.glob("*.fcs"))
+    per_product = {}
+    for f in sources:
+        per_product.setdefault(f.name.split("_", 1)[0], []).append(f)
+    tubes = list(per_product.values())
+    n = 0
+    while n < args.files:
+        for f in tubes[(n // 9) % len(tubes)]:
+            if n >= args.files:
+                break
+            (work / f"P{n // 9:06d}_{f.name.split('_', 1)[1]}").symlink_to(f)
+            n += 1
+
+    def rchar() -> int:
+        with open("/proc/self/io") as fh:
+            return int(next(line for line in fh if line.startswith("rchar")).split()[1])
+
+    before, r0, c0, t0 = load(), rchar(), time.process_time(), time.perf_counter()
+    frame = scan_folder(work)
+    wall, cpu, read = time.perf_counter() - t0, time.process_time() - c0, rchar() - r0
+    mean_size = sum(f.stat().st_size for f in sources) / len(sources)
+    print(f"| scan of {len(frame)} files ({frame['product_id'].nunique()} products) | {wall:.1f} s wall, {cpu:.1f} s CPU "
+          f"({1e3 * cpu / len(frame):.2f} ms per file) | load {before:.1f} | {read / len(frame) / 1024:.1f} KiB read per file, "
+          f"files are {mean_size / 1024:.0f} KiB; problems: {int((frame['problem'] != '').sum())} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel"))
+    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "scan"))
     ap.add_argument("--cohort", type=Path, required=True, help="folder from benchmarks/make_cohort.py")
     ap.add_argument("--tree", type=Path, default=HERE.parent, help="tilpheno checkout to run (default: this one)")
     ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`")
@@ -207,8 +242,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of `throughput`")
     ap.add_argument("--overwrite", action="store_true", help="pass --overwrite to re-runs into the same OUT")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--files", type=int, default=10_000, help="files for `scan`")
     args = ap.parse_args(argv)
-    {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel}[args.what](args)
+    {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
+     "scan": scan}[args.what](args)
 
 
 if __name__ == "__main__":
