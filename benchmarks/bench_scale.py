@@ -97,7 +97,7 @@ def incremental(args) -> None:
     first = run_process(args.tree, cohort, out)
     lines.append(row("first run, fresh OUT", first, f"{len(files)} files, {size / 1e9:.2f} GB"))
     reference = outputs(out)
-    again = run_process(args.tree, cohort, out, "--overwrite") if args.overwrite else run_process(args.tree, cohort, out)
+    again = run_process(args.tree, cohort, out, "--overwrite")
     rec = cache_record(out)
     same = outputs(out) == reference
     lines.append(row("same command again (unchanged)", again,
@@ -107,14 +107,14 @@ def incremental(args) -> None:
                      f"outputs identical: {same}"))
     for f in files:
         os.utime(f)
-    touched = run_process(args.tree, cohort, out, *(["--overwrite"] if args.overwrite else []))
+    touched = run_process(args.tree, cohort, out, "--overwrite")
     rec = cache_record(out)
     lines.append(row("after `touch` of every input", touched,
                      f"{touched['wall'] / first['wall']:.1%} of the first run; inputs hashed {rec.get('inputs_hashed')}; "
                      f"re-used {len(rec.get('reused', []))}; outputs identical: {outputs(out) == reference}"))
     victim = sorted(cohort.glob("*_surface_FMO_PD1.fcs"))
     victim[1].write_bytes(victim[0].read_bytes())
-    changed = run_process(args.tree, cohort, out, *(["--overwrite"] if args.overwrite else []))
+    changed = run_process(args.tree, cohort, out, "--overwrite")
     rec = cache_record(out)
     clean = work / "clean"
     fresh = run_process(args.tree, cohort, clean, "--no-cache")
@@ -240,7 +240,6 @@ def main(argv=None) -> None:
     ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`")
     ap.add_argument("--small", type=int, default=20, help="products of the small memory run")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of `throughput`")
-    ap.add_argument("--overwrite", action="store_true", help="pass --overwrite to re-runs into the same OUT")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--files", type=int, default=10_000, help="files for `scan`")
     args = ap.parse_args(argv)

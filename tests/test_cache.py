@@ -40,7 +40,7 @@ def cohort(small_cohort, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache_first") / "out"
-    summary = process_folder(cohort, out, manifest_csv=cohort / "manifest.csv")
+    summary = process_folder(cohort, out, manifest_csv=cohort / "manifest.csv", overwrite=True)
     assert summary.ok
     return out
 
@@ -49,7 +49,7 @@ def test_rerun_reuses_every_product_and_gives_identical_outputs(first, cohort, t
     again = tmp_path / "again"
     shutil.copytree(first, again)
     before = _outputs(again)
-    summary = process_folder(cohort, again, manifest_csv=cohort / "manifest.csv")
+    summary = process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
     assert summary.ok and summary.n_products == 3
     record = _cache_record(again)
     assert record["reused"] == ["TIL001", "TIL002", "TIL003"] and record["processed"] == []
@@ -65,17 +65,17 @@ def test_changed_fmo_file_reprocesses_only_its_product(cohort, tmp_path):
     shutil.copytree(cohort, folder)
     manifest = folder / "manifest.csv"
     out = tmp_path / "out"
-    process_folder(folder, out, manifest_csv=manifest, make_reports=False)
+    process_folder(folder, out, manifest_csv=manifest, make_reports=False, overwrite=True)
     # TIL002's PD1 FMO replaced by TIL001's (a valid FCS file with other events)
     target = folder / "TIL002_surface_FMO_PD1.fcs"
     target.write_bytes((folder / "TIL001_surface_FMO_PD1.fcs").read_bytes())
-    summary = process_folder(folder, out, manifest_csv=manifest, make_reports=False)
+    summary = process_folder(folder, out, manifest_csv=manifest, make_reports=False, overwrite=True)
     assert summary.ok
     record = _cache_record(out)
     assert record["processed"] == ["TIL002"] and record["reused"] == ["TIL001", "TIL003"]
     incremental = _outputs(out)
     # --no-cache: every product processed again (entries not read), every input hashed again
-    process_folder(folder, out, manifest_csv=manifest, make_reports=False, use_cache=False)
+    process_folder(folder, out, manifest_csv=manifest, make_reports=False, use_cache=False, overwrite=True)
     record = _cache_record(out)
     assert record["reused"] == [] and record["processed"] == ["TIL001", "TIL002", "TIL003"]
     assert record["inputs_hashed"] == 27 and record["inputs_digest_reused"] == 0
@@ -95,7 +95,7 @@ def test_corrupt_entry_is_ignored_with_a_log_line(first, cohort, tmp_path, caplo
     pid = json.loads(victim.read_text())["product_id"]
     victim.write_text(victim.read_text().replace('"ok": true', '"ok": false'))  # bytes no longer match entry.json
     with caplog.at_level(logging.WARNING, logger="tilpheno.cache"):
-        process_folder(cohort, again, manifest_csv=cohort / "manifest.csv")
+        process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
     assert any("ignoring entry" in r.getMessage() and "SHA-256 does not match" in r.getMessage() for r in caplog.records)
     record = _cache_record(again)
     assert record["processed"] == [pid] and len(record["reused"]) == 2
@@ -109,7 +109,7 @@ def test_report_link_or_edit_never_changes_the_cache(first, cohort, tmp_path):
     report = again / "products" / "TIL001" / "report.html"
     with open(report, "r+b") as fh:  # in-place edit, as an editor that does not replace files would
         fh.write(b"<!-- edited -->")
-    process_folder(cohort, again, manifest_csv=cohort / "manifest.csv")
+    process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
     assert _outputs(again) == _outputs(first)
 
 

@@ -50,8 +50,7 @@ from typing import Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = ".cache"
-"""The store's folder inside OUT (hidden; a later run into the same OUT finds it)."""
+from tilpheno.io.outdir import CACHE_NAME as CACHE_DIR  # noqa: E402  the store's folder inside OUT
 FORMAT = 1
 RACY_SECONDS = 2.0
 _ENTRY_FILES = ("outcome.json", "populations.parquet", "report.html")
