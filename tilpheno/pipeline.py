@@ -690,7 +690,7 @@ def run_process(
         try:
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
                               scheduler=scheduler, on_outcome=on_outcome, folder=folder,
-                              run_flags=run_flags, use_cache=use_cache, reports=reports,
+                              run_flags=run_flags, strategies=strategies, use_cache=use_cache, reports=reports,
                               report_products=report_products)
             folder.publish()
         except OSError as exc:
@@ -766,8 +766,8 @@ def _publish_report(src: Path, dest: Path) -> None:
 
 
 def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, record: RunRecord, t0: float, *,
-           executor: str, n_jobs: int, scheduler, on_outcome, folder, run_flags=(), use_cache: bool = True,
-           reports: str = "now", report_products=None) -> list[ProductOutcome]:
+           executor: str, n_jobs: int, scheduler, on_outcome, folder, run_flags=(), strategies=(),
+           use_cache: bool = True, reports: str = "now", report_products=None) -> list[ProductOutcome]:
     """Re-use cached products, run the others, write every output into ``staging`` (``run.json`` last).
 
     Every product's outcome goes to the store (``OUT/.cache``, not staged) as soon as it arrives,
@@ -780,6 +780,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
 
     from tilpheno.cache import ProductStore, cacheable, product_key
     from tilpheno.io import atomic
+    from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render_index
 
     out_dir = folder.path
@@ -826,9 +827,11 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     phenotypes, _, qc = _tables(outcomes, run_flags)
     atomic.write_csv(staging / "phenotypes.csv", phenotypes)
     atomic.write_parquet(staging / "phenotypes.parquet", phenotypes)
-    _write_populations(staging / "populations.csv", [p for _, p in ordered])
+    population_columns = _write_populations(staging / "populations.csv", [p for _, p in ordered])
     atomic.write_csv(staging / "qc.csv", qc)
-    atomic.write_text(staging / "index.html", render_index(outcomes, options))
+    tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": population_columns, "qc.csv": qc.columns}
+    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
+    atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
     record.extra["cache"] = {
         "enabled": use_cache, "reused": sorted(reused), "processed": sorted(j.product_id for j in todo),
         "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused,
@@ -841,10 +844,10 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     return outcomes
 
 
-def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> None:
+def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
     """``populations.csv`` streamed from each product's stored table, in product order: one
-    product's rows in memory at a time. Columns: the union over products in order of appearance
-    (a column a product lacks is empty in its rows), as ``pandas.concat`` would give."""
+    product's rows in memory at a time. Columns (returned): the union over products in order of
+    appearance (a column a product lacks is empty in its rows), as ``pandas.concat`` would give."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -855,11 +858,9 @@ def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> None:
         for name in pq.read_schema(p).names:
             if not name.startswith("__index_level"):
                 columns.setdefault(name, None)
+    if not columns:
+        columns = dict.fromkeys(["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     with atomic.atomic_open(path, "w") as fh:
-        if not columns:
-            pd.DataFrame(columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent",
-                                  "count"]).to_csv(fh, index=False, lineterminator="\n")
-            return
         header = True
         for p in parquet_paths:
             frame = pd.read_parquet(p)
@@ -869,6 +870,7 @@ def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> None:
             header = False
         if header:  # no product has rows
             pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+    return list(columns)
 
 
 
