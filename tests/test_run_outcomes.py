@@ -183,7 +183,8 @@ def test_overwrite_removes_what_the_previous_run_wrote(two_products, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert "products/P1/report.html" in run["output_folder"]["removed_previous_outputs"]
     assert run["output_folder"]["kept_other_entries"] == ["my_notes.txt"]
-    assert set(run["outputs"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"my_notes.txt"}
+    assert set(run["outputs"]) == {str(p.relative_to(out)) for p in out.rglob("*")
+                                   if p.is_file() and p.relative_to(out).parts[0] != ".cache"} - {"my_notes.txt"}
     assert list(pd.read_csv(out / "phenotypes.csv")["product_id"]) == ["P2"]
     assert not list(out.glob(".tilpheno*"))
 

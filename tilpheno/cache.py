@@ -18,8 +18,10 @@ whose files are missing or whose digests do not match is ignored (and removed) w
 never trusted. The pipeline builds its tables from the stored entries in both a fresh and a
 re-used run, so a re-run's outputs are byte-identical to a clean run's.
 
-Input digests (:class:`InputDigests`): every input's SHA-256 is needed for the key. Hashing costs
-about 2 ms per 5 MB file (SHA-NI); the store keeps ``OUT/.cache/inputs.json`` with each file's
+Input digests (:class:`InputDigests`): looking an entry up needs every input's SHA-256 before the
+product runs (a first run into OUT, or ``--no-cache``, looks nothing up and hashes nothing before:
+each product is stored under the key of the digests its job took of the bytes it read). Hashing
+costs about 2 ms per 5 MB file (SHA-NI); the store keeps ``OUT/.cache/inputs.json`` with each file's
 stat identity (device, inode, size, mtime and ctime in ns) and its digest. A file whose identity
 is unchanged reuses the recorded digest, but only when its mtime and ctime lie at least
 ``RACY_SECONDS`` before the moment the digest was recorded (a file rewritten within one
@@ -224,6 +226,20 @@ class InputDigests:
         except (KeyError, TypeError, ValueError):
             return False
 
+    def record(self, path: str, digest: str, recorded_ns: int) -> None:
+        """Record ``digest`` for ``path`` (taken by a job that read the file after ``recorded_ns``)
+        with the file's identity now. A file changed after ``recorded_ns`` has a later mtime/ctime,
+        so the next run does not trust the record (it hashes the file)."""
+        path = str(path)
+        if path in self._seen or not _is_digest(digest):
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            self._seen[path] = {**asdict(FileIdentity.of(st)), "sha256": digest, "recorded_ns": int(recorded_ns)}
+
     def save(self) -> None:
         """Write the identities and digests of the files seen in this run (atomically)."""
         if self.index_path is None:
@@ -283,6 +299,12 @@ class ProductStore:
     def inputs(self) -> InputDigests:
         """The input digest index of this store (every file hashed again when reading is off)."""
         return InputDigests(self.root / "inputs.json", verify=not self.read)
+
+    def has_entries(self) -> bool:
+        """Whether :meth:`load` can find anything (reading on, and some entry stored)."""
+        if not self.read or not self.entries.is_dir():
+            return False
+        return any(not shard.name.startswith(".") for shard in self.entries.iterdir())
 
     def folder(self, key: str) -> Path:
         return self.entries / key[:2] / key
@@ -399,11 +421,19 @@ class _suppress_os_error:
         return kind is not None and issubclass(kind, OSError)
 
 
-def cacheable(outcome, key_digests: Mapping[str, str]) -> bool:
-    """True when ``outcome`` may be stored under the key computed from ``key_digests``: it came
-    back from the job itself (not a dead worker or an internal error) and the files it read have
-    the digests the key was computed from."""
+def job_key(job, outcome) -> str | None:
+    """The key to store ``outcome`` under: :func:`product_key` of the digests the job itself took
+    of the bytes it read (``outcome.files``), or None when the outcome must not be cached (a dead
+    worker or an internal error, whose cause may be the machine; a file that could not be hashed
+    or changed while it was read)."""
     if outcome.error.startswith(UNCACHEABLE_ERRORS):
-        return False
+        return None
     read = {d.path: d.sha256 for d in outcome.files}
-    return all(read.get(path) == digest for path, digest in key_digests.items())
+    files = [str(f) for f in job.rows["file"].tolist()]
+    if not all(_is_digest(read.get(f)) for f in files):
+        return None
+    return product_key(job, {f: read[f] for f in files})
+
+
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)

@@ -778,27 +778,33 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     import hashlib
     import uuid
 
-    from tilpheno.cache import ProductStore, cacheable, product_key
+    from tilpheno.cache import ProductStore, job_key, product_key
     from tilpheno.io import atomic
     from tilpheno.report.codebook import build_codebook
-    from tilpheno.report.html import render_index
+    from tilpheno.report.html import render_index_pages
 
     out_dir = folder.path
     store = ProductStore(out_dir, read=use_cache)
     digests = store.inputs()
     selected = None if report_products is None else {str(p) for p in report_products}
-    keys: dict[str, tuple[str | None, dict]] = {}
+    keys: dict[str, str] = {}
     done: dict[str, tuple[ProductOutcome, Path]] = {}
-    todo, reused = [], []
+    todo, reused = {}, []
+    # an empty store (first run into OUT) or --no-cache: nothing to look up, so the inputs are not
+    # hashed here; each product's key comes from the digests its job took of the bytes it read
+    look_up = store.has_entries()
     for job in jobs:
         wanted = _report_wanted(job, reports, selected)
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, make_reports=wanted == "draw"))
-        file_digests = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
-        key = product_key(job, file_digests) if all(file_digests.values()) else None
-        keys[job.product_id] = (key, file_digests)
-        entry = store.load(key, need_report=wanted == "draw") if key else None
+        entry = None
+        if look_up:
+            file_digests = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
+            key = product_key(job, file_digests) if all(file_digests.values()) else None
+            entry = store.load(key, need_report=wanted == "draw") if key else None
+            if key:
+                keys[job.product_id] = key
         if entry is None:
-            todo.append(job)
+            todo[job.product_id] = job
             continue
         outcome = outcome_from_record(entry.outcome)
         outcome.has_report = wanted != "no" and entry.has_report
@@ -809,9 +815,15 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
         if on_outcome is not None:
             on_outcome(outcome)
     run = uuid.uuid4().hex
-    for fresh in iter_outcomes(todo, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
-        key, file_digests = keys[fresh.product_id]
-        if key is None or not cacheable(fresh, file_digests):
+    dispatched_ns = time.time_ns()
+    for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        job = todo[fresh.product_id]
+        key = job_key(job, fresh)
+        if key is not None:
+            keys[fresh.product_id] = key
+            for d in fresh.files:  # identities for the next run's stat pre-check, as of before the reads
+                digests.record(d.path, d.sha256, dispatched_ns)
+        else:
             key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
         entry = store.store(key, outcome_record(fresh), fresh.populations, fresh.report_html)
         outcome = outcome_from_record(entry.outcome)  # the stored form, as a re-run reads it
@@ -831,16 +843,17 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     atomic.write_csv(staging / "qc.csv", qc)
     tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": population_columns, "qc.csv": qc.columns}
     atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
-    atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
+    for name, page in render_index_pages(outcomes, options, strategies):
+        atomic.write_text(staging / name, page)
     record.extra["cache"] = {
-        "enabled": use_cache, "reused": sorted(reused), "processed": sorted(j.product_id for j in todo),
+        "enabled": use_cache, "reused": sorted(reused), "processed": sorted(todo),
         "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused,
     }
     record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
     record.extra.update(folder.record())
     atomic.write_text(staging / "run.json", record.to_json())
     digests.save()
-    store.prune(k for k, _ in keys.values() if k)
+    store.prune(keys.values())
     return outcomes
 
 
