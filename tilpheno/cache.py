@@ -4,8 +4,9 @@ A product's outcome (phenotype row, population table, QC flags, release verdict,
 and its HTML report when one was drawn) is a pure function of
 
 * the SHA-256 of each of its input files, their paths and every manifest value of its rows,
-* the strategies' and the release spec's contents, the options (FMO percentile, identifiers,
-  the provenance short form the report prints),
+* the strategies' and the release spec's contents, the compensation matrix chosen for the product
+  (from single-stain controls or a CSV: its values, source and control files), the options (FMO
+  percentile, identifiers, the provenance short form the report prints),
 * the code: tilpheno's version and a digest of the installed package's own source files, the
   Python version and the versions of the libraries that compute or draw (``provenance.DEPENDENCIES``).
 
@@ -118,6 +119,7 @@ def product_key(job, digests: Mapping[str, str]) -> str:
         "rows": rows,
         "inputs": {str(f): digests[str(f)] for f in job.rows["file"].tolist()},
         "strategies": [[s.path, hashlib.sha256(s.text.encode("utf-8")).hexdigest()] for s in job.strategies],
+        "compensation": _compensation(getattr(job, "compensation", None)),
         "options": {
             "fmo_percentile": float(opts.fmo_percentile),
             "include_identifiers": bool(opts.include_identifiers),
@@ -128,6 +130,17 @@ def product_key(job, digests: Mapping[str, str]) -> str:
     }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _compensation(choice) -> dict | None:
+    """A product's compensation choice (``tilpheno.spillover.CompensationChoice``) in the key: the
+    matrix itself (detectors, every value exactly, its source), the control files and any error."""
+    if choice is None:
+        return None
+    sp = choice.spillover
+    matrix = None if sp is None else {"detectors": list(sp.detectors), "source": str(sp.source),
+                                      "values": [float(v).hex() for v in sp.matrix.ravel()]}
+    return {"spillover": matrix, "files": [str(f) for f in choice.files], "error": str(choice.error)}
 
 
 # --- input digests with a stat pre-check --------------------------------------------------------
