@@ -40,7 +40,10 @@ def _copy(folder: Path, dest: Path, keep=lambda name: True) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file of OUT but the incremental-run store (OUT/.cache: complete, verified entries of the
+    products a failed run finished, kept so that the next run resumes; not outputs)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).parts[0] != ".cache"}
 
 
 def _process(*args):
