@@ -115,6 +115,7 @@ def render_index(outcomes: Sequence, options) -> str:
             "error": o.error,
             "release": o.release_status,
             "qc": o.phenotype.get("qc_status", ""),
+            "review": o.phenotype.get("review_status", ""),
             "n_flags": len(o.qc),
             "cells": [o.phenotype.get(c) for c in INDEX_COLUMNS],
         })
