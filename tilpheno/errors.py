@@ -33,3 +33,7 @@ class GatingError(TilphenoError):
 
 class TableError(TilphenoError):
     """A manifest, outcomes or phenotype table is invalid; the message names file, row and column."""
+
+
+class NoInputError(TilphenoError):
+    """A run found nothing to process (no FCS files in the folder)."""
