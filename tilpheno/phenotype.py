@@ -226,7 +226,8 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placeme
         return pl.place_singlets(cols[0], cols[1], pop.dims, **params)
     if pop.method == "lymphocytes":
         return pl.place_lymphocytes(cols[0], cols[1], pop.dims, **params)
-    return pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+    return checks.check_valley(pop.name, placement, cols[0]) if tube.role == "stain" else placement
 
 
 def _zero(tube: TubeData, dim: str) -> float:

@@ -179,3 +179,34 @@ def needs_review(flag) -> bool:
 def review_status(flags) -> str:
     """``"needs review"`` when any flag :func:`needs_review`, else ``"no gating flags"``."""
     return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS
+
+
+def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *,
+                 shallow_ratio: float = 0.5) -> pl.Placement:
+    """Self-check of a stained-tube ``valley`` gate: ``cut_in_dense_region`` when the density at
+    the cut exceeds ``shallow_ratio`` x the lower of its two neighbouring peaks (the negative and
+    the positive one; for a one-population cut, the negative peak): the populations overlap and
+    a small move of the cut moves many events. Adds ``cut_density_ratio`` and
+    ``sensitivity_points`` to the diagnostics."""
+    d = dict(placement.diagnostics)
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    cut = float(d.get("threshold", float("nan")))
+    if x.size < 20 or not np.isfinite(cut):
+        return placement
+    density = pl.smoothed_density(x, DELTA, float(x.min()) - 3 * DELTA, float(x.max()) + 3 * DELTA)
+    peaks = [d[k] for k in ("negative_peak", "positive_peak", "negative_mode") if k in d and np.isfinite(d[k])]
+    if not peaks:
+        return placement
+    at_cut, *at_peaks = np.interp([cut, *peaks], density.grid, density.values)
+    ratio = float(at_cut / min(at_peaks)) if min(at_peaks) > 0 else float("nan")
+    sens = cut_sensitivity(x, cut)
+    d.update(cut_density_ratio=ratio, sensitivity_points=sens)
+    flags = list(placement.flags)
+    marker = getattr(placement.gate, "dim", "")
+    if np.isfinite(ratio) and ratio > shallow_ratio:
+        flags.append(pl.Flag("cut_in_dense_region", "warning",
+                             f"{population} ({marker}): the cut {cut:.3f} lies where events are dense (density "
+                             f"{ratio:.2f} of the neighbouring peak's, limit {shallow_ratio:g}); {sens:.1f} points of the "
+                             f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent"))
+    return pl.Placement(placement.gate, placement.method, d, tuple(flags))

@@ -1,0 +1,89 @@
+"""Gating time per product: this checkout vs another one (e.g. the code before issue 13), one run.
+
+    git -C /work/main worktree add /tmp/base b929823      # or: git archive b929823 | tar -x -C /tmp/base
+    .venv/bin/python benchmarks/gating_time.py --baseline /tmp/base --products 6 --repeats 3
+
+Simulates ``--products`` products with bench phenomena (seeds 80001...; 20,000 events per tube)
+once into a temporary folder, then times ``tilpheno.phenotype.analyze_product`` on each product
+with each checkout's own strategies, alternating the two checkouts (``--repeats`` rounds) in fresh
+subprocesses (``PYTHONPATH`` = the checkout) so both see the same machine load. Reported: CPU
+seconds per product (``time.process_time``, one BLAS thread), median over products and rounds,
+and the ratio new / baseline; plus a check that this checkout's phenotypes are identical between
+rounds (deterministic).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, time
+import pandas as pd
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+from tilpheno.phenotype import analyze_product
+folder = sys.argv[1]
+manifest = pd.read_csv(folder + "/manifest.csv", dtype=str).fillna("")
+manifest["file"] = [folder + "/" + f for f in manifest["file"]]
+strategies = [load_strategy(p) for p in default_strategy_paths()]
+out = {}
+for pid, rows in manifest.groupby("product_id", sort=True):
+    start = time.process_time()
+    result = analyze_product(pid, rows, strategies)
+    seconds = time.process_time() - start
+    out[pid] = {"seconds": seconds, "phenotype": {k: (None if v != v else v) for k, v in result.phenotype.items()
+                                                  if isinstance(v, float)}}
+print(json.dumps(out))
+"""
+
+
+def run(checkout: Path, folder: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="checkout of the code to compare with")
+    parser.add_argument("--products", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=int, default=20000)
+    args = parser.parse_args(argv)
+
+    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rows = []
+        for i in range(args.products):
+            prod = simulate_product(f"T{80001 + i}", 80001 + i, args.events, phenomena=True)
+            write_product(prod, folder)
+            rows += manifest_rows(prod)
+        pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+        new, old, phenotypes = [], [], []
+        for _ in range(args.repeats):
+            b = run(Path(args.baseline), folder)
+            n = run(ROOT, folder)
+            old += [v["seconds"] for v in b.values()]
+            new += [v["seconds"] for v in n.values()]
+            phenotypes.append({k: v["phenotype"] for k, v in n.items()})
+    deterministic = all(p == phenotypes[0] for p in phenotypes)
+    print(f"{args.products} products x {args.repeats} rounds, {args.events} events per tube")
+    print(f"baseline ({args.baseline}): median {np.median(old):.3f} s CPU per product")
+    print(f"this checkout ({ROOT}):     median {np.median(new):.3f} s CPU per product")
+    print(f"ratio new / baseline: {np.median(new) / np.median(old):.2f}x (target <= 1.5x)")
+    print(f"phenotypes identical across rounds: {deterministic}")
+
+
+if __name__ == "__main__":
+    main()
