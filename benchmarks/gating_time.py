@@ -9,7 +9,7 @@ with each checkout's own strategies, alternating the two checkouts (``--repeats`
 subprocesses (``PYTHONPATH`` = the checkout) so both see the same machine load. Reported: CPU
 seconds per product (``time.process_time``, one BLAS thread), median over products and rounds,
 and the ratio new / baseline; plus a check that this checkout's phenotypes are identical between
-rounds (deterministic).
+rounds (deterministic), and both checkouts' mean absolute errors on these products.
 """
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIABLES = ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
+             "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3",
+             "cd4foxp3_pct_of_cd4")
 
 CHILD = r"""
 import json, sys, time
 import pandas as pd
+import tilpheno
 from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.phenotype import analyze_product
 folder = sys.argv[1]
@@ -41,14 +45,19 @@ for pid, rows in manifest.groupby("product_id", sort=True):
     seconds = time.process_time() - start
     out[pid] = {"seconds": seconds, "phenotype": {k: (None if v != v else v) for k, v in result.phenotype.items()
                                                   if isinstance(v, float)}}
-print(json.dumps(out))
+print(json.dumps({"package": tilpheno.__file__, "products": out}))
 """
 
 
 def run(checkout: Path, folder: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # cwd = the data folder: with ``-c`` the working directory comes first on sys.path, before PYTHONPATH
+    done = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True,
+                          check=True, cwd=folder)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["package"].startswith(str(checkout)):
+        raise SystemExit(f"{checkout}: the child imported {result['package']} instead")
+    return result["products"]
 
 
 def main(argv=None) -> None:
@@ -64,25 +73,33 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rows = []
+        rows, truths = [], {}
         for i in range(args.products):
             prod = simulate_product(f"T{80001 + i}", 80001 + i, args.events, phenomena=True)
             write_product(prod, folder)
             rows += manifest_rows(prod)
+            truths[prod.product_id] = prod.truth
         pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-        new, old, phenotypes = [], [], []
+        new, old, phenotypes, base_phenotypes = [], [], [], {}
         for _ in range(args.repeats):
             b = run(Path(args.baseline), folder)
             n = run(ROOT, folder)
             old += [v["seconds"] for v in b.values()]
             new += [v["seconds"] for v in n.values()]
             phenotypes.append({k: v["phenotype"] for k, v in n.items()})
+            base_phenotypes = {k: v["phenotype"] for k, v in b.items()}
     deterministic = all(p == phenotypes[0] for p in phenotypes)
     print(f"{args.products} products x {args.repeats} rounds, {args.events} events per tube")
     print(f"baseline ({args.baseline}): median {np.median(old):.3f} s CPU per product")
     print(f"this checkout ({ROOT}):     median {np.median(new):.3f} s CPU per product")
     print(f"ratio new / baseline: {np.median(new) / np.median(old):.2f}x (target <= 1.5x)")
     print(f"phenotypes identical across rounds: {deterministic}")
+    print("\nmean |error| on these products, points (lineage vs label truth, PD1/FoxP3 vs ideal-FMO reference):")
+    print(f"{'variable':<24}{'baseline':>10}{'this':>10}")
+    for v in VARIABLES:
+        ref = (lambda t: t[f"ref_{v}"]) if f"ref_{v}" in next(iter(truths.values())) else (lambda t: t[v])
+        errs = [[abs(p[pid][v] - ref(truths[pid])) for pid in truths] for p in (base_phenotypes, phenotypes[0])]
+        print(f"{v:<24}{np.mean(errs[0]):>10.2f}{np.mean(errs[1]):>10.2f}")
 
 
 if __name__ == "__main__":
