@@ -66,3 +66,38 @@ def test_migration_creates_the_orm_schema(tmp_path):
     with factory.kw["bind"].connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff
+
+
+def test_serve_binds_localhost_by_default(review_out, tmp_path):
+    """`tilpheno serve OUT` listens on 127.0.0.1 only (the port in /proc/net/tcp, local address 0100007F)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tilpheno.cli", "serve", str(review_out), "--port", str(port),
+                             "--db", f"sqlite:///{tmp_path / 's.sqlite'}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(150):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("serve did not answer")
+        assert b'"ok":true' in body
+        listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        local = {f[1] for f in listening if f[3] == "0A" and int(f[1].split(":")[1], 16) == port}
+        assert local == {f"0100007F:{port:04X}"}
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -47,6 +47,8 @@ def serve(
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
 ) -> None:
     """Review, correct, sign and release the products of OUT in the browser (http://HOST:PORT/)."""
+    import logging
+
     from tilpheno.errors import TilphenoError
     from tilpheno.review.server import build_service
     from tilpheno.review.server import serve as run
@@ -55,6 +57,10 @@ def serve(
         service = build_service(out, db, inputs)
     except TilphenoError as exc:
         _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host}: plain HTTP, put it behind an HTTPS proxy (cookies are Secure only "
+                    "under HTTPS)", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"tilpheno review of {out}: http://{host}:{port}/  (Ctrl-C stops)")
     run(service, host, port)
 

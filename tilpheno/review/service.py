@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -74,6 +74,17 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             raise
         finally:
             db.close()
+
+
+T = TypeVar("T")
+
+
+def _get(db: Session, model: type[T], key: Any) -> T:
+    """The row with primary key ``key`` (it must exist: products are imported, users are never deleted)."""
+    row = db.get(model, key)
+    if row is None:
+        raise NotFound(f"no {model.__name__.lower()} {str(key)[:80]!r}")
+    return row
 
 
 def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str) -> str:
@@ -143,7 +154,7 @@ class ReviewService:
             return transaction(self.factory, add)
         except IntegrityError:   # imported concurrently by another request
             with self.factory() as db:
-                return db.get(Product, product_id)
+                return _get(db, Product, product_id)
 
     def versions(self, product_id: str) -> list[GateSetVersion]:
         self.ensure_imported(product_id)
@@ -154,7 +165,7 @@ class ReviewService:
     def version(self, product_id: str, version: int | None = None) -> GateSetVersion:
         product = self.ensure_imported(product_id)
         with self.factory() as db:
-            v = version if version is not None else db.get(Product, product_id).current_version
+            v = version if version is not None else _get(db, Product, product_id).current_version
             row = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                          GateSetVersion.version == v))
         if row is None:
@@ -164,7 +175,7 @@ class ReviewService:
     def current_version(self, product_id: str) -> int:
         self.ensure_imported(product_id)
         with self.factory() as db:
-            return db.get(Product, product_id).current_version
+            return _get(db, Product, product_id).current_version
 
     def save_version(self, product_id: str, user: User, base_version: Any, submitted: Any, reason: Any,
                      source_label: str = "adjusted") -> GateSetVersion:
@@ -183,9 +194,9 @@ class ReviewService:
         digest = gates_sha256(new_set)
 
         def save(db: Session):
-            moved = db.execute(update(Product).where(Product.product_id == product_id,
-                                                     Product.current_version == base_version)
-                               .values(current_version=base_version + 1)).rowcount
+            moved = audit.rowcount(db.execute(update(Product).where(Product.product_id == product_id,
+                                                                    Product.current_version == base_version)
+                                              .values(current_version=base_version + 1)))
             if moved != 1:
                 db.rollback()
                 raise self._conflict(db, product_id, base_version)
@@ -208,20 +219,22 @@ class ReviewService:
                 raise self._conflict(db, product_id, base_version) from None
 
     def _conflict(self, db: Session, product_id: str, base_version: int) -> VersionConflict:
-        current = db.get(Product, product_id).current_version
+        current = _get(db, Product, product_id).current_version
         latest = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                         GateSetVersion.version == current))
         who = f" by {latest.created_by} at {latest.created_at[:19]} UTC ({latest.reason})" if latest else ""
         return VersionConflict(f"conflict: product {product_id} is now at version {current}{who}; you edited "
                                f"version {base_version}. Nothing was saved: reload the product and apply your change again.")
 
-    def apply_to_batch(self, from_product: str, user: User, tube: str, population: str, targets: list,
+    def apply_to_batch(self, from_product: str, user: User, tube: Any, population: Any, targets: Any,
                        reason: Any) -> list[GateSetVersion]:
         """Copy one gate of ``from_product``'s current version to each target's current version (a new version each)."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
-        if not isinstance(targets, list) or not targets:
+        if not isinstance(tube, str) or not isinstance(population, str):
+            raise GateSetError("tube and population: text required")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
             raise GateSetError("products: a list of product ids is required")
         for t in targets:
             self.require_product(t)
@@ -243,7 +256,7 @@ class ReviewService:
     # -- signatures --------------------------------------------------------------------------------
     def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,
              comment: Any = "") -> Signature:
-        if meaning not in MEANINGS:
+        if not isinstance(meaning, str) or meaning not in MEANINGS:
             raise GateSetError(f"meaning: one of {', '.join(MEANINGS)}")
         current = self.version(product_id)
         if version != current.version:
@@ -263,7 +276,7 @@ class ReviewService:
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
 
         def do(db: Session):
-            user = db.get(User, user_id)
+            user = _get(db, User, user_id)
             try:
                 check_password(db, user, password)
             except AuthError as exc:
@@ -272,7 +285,7 @@ class ReviewService:
                 raise
             if user.role not in MEANINGS[meaning]:
                 raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
-            if db.get(Product, product_id).current_version != current.version:
+            if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
             at = utcnow()
             content = {"product_id": product_id, "version": current.version, "meaning": meaning, "username": user.username,

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import delete
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import LoginSession, User
+from tilpheno.review.models import LoginSession, User, utcnow
 from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
 
@@ -138,6 +139,7 @@ def create_app(service: ReviewService) -> Flask:
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
                 db.delete(old)
+            db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))   # forget expired sessions
             token, _row = new_session(db, user.id)
             audit.append(db, user.username, "login")
             return token, ""
@@ -170,8 +172,10 @@ def create_app(service: ReviewService) -> Flask:
         for pid in service.source.product_ids():
             row = service.source.phenotype_row(pid)
             approved = service.approved_version(pid)
+            released = (recompute(service.source, pid, json.loads(approved.gates_json), medians=False).release_status
+                        if approved else "not approved")
             rows.append({"id": pid, "version": service.current_version(pid),
-                         "approved": approved.version if approved else None,
+                         "approved": approved.version if approved else None, "approved_release": released,
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir))
@@ -352,11 +356,14 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             index = np.flatnonzero(parent)
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
+            auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
             coords, ranges = [], []
-            for d in dims:
+            for axis, d in enumerate(dims):
                 shown = st.tube.data[d][index]
-                finite = shown[np.isfinite(shown)]   # axis range from the plotted subsample
+                finite = shown[np.isfinite(shown)]   # axis range: the plotted subsample and both gates' points
                 lo, hi = (np.percentile(finite, [0.2, 99.8]) if finite.size else (0.0, 1.0))
+                points = [v for g in (gate, auto) if g for v in _gate_coordinates(g, axis)]
+                lo, hi = min([lo, *points]), max([hi, *points])
                 span = (hi - lo) or 1.0
                 lo, hi = lo - 0.08 * span, hi + 0.08 * span
                 lo, hi = max(lo, st.bounds[d][0]), min(hi, st.bounds[d][1])
@@ -366,5 +373,17 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
                         "dims": dims, "events": coords, "ranges": ranges,
                         "bounds": [list(st.bounds[d]) for d in dims],
-                        "automatic": auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)})
+                        "automatic": auto})
     return out
+
+
+def _gate_coordinates(gate: dict, axis: int) -> list[float]:
+    """A gate's coordinates on plot axis ``axis`` (thresholds, vertices, the ellipse's extent)."""
+    if gate["type"] == "range":
+        return [v for v in (gate["low"], gate["high"]) if v is not None] if axis == 0 else []
+    if gate["type"] == "polygon":
+        return [v[axis] for v in gate["vertices"]]
+    if gate["type"] == "ellipsoid":
+        half = math.sqrt(gate["distance_square"] * gate["covariance"][axis][axis])
+        return [gate["mean"][axis] - half, gate["mean"][axis] + half]
+    return []
