@@ -5,7 +5,8 @@
 
 Simulates ``--products`` products with bench phenomena (seeds 80001...; 20,000 events per tube)
 once into a temporary folder, then times ``tilpheno.phenotype.analyze_product`` on each product
-with each checkout's own strategies, alternating the two checkouts (``--repeats`` rounds) in fresh
+with each checkout's own strategies (and this checkout's once more with its acquisition QC step,
+another stage of analyze_product, switched off), alternating the checkouts (``--repeats`` rounds) in fresh
 subprocesses (``PYTHONPATH`` = the checkout) so both see the same machine load. Reported: CPU
 seconds per product (``time.process_time``, one BLAS thread), median over products and rounds,
 and the ratio new / baseline; plus a check that this checkout's phenotypes are identical between
@@ -31,13 +32,17 @@ VARIABLES = ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pc
 CHILD = r"""
 import json, sys, time
 import pandas as pd
+import re
 import tilpheno
-from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
 from tilpheno.phenotype import analyze_product
 folder = sys.argv[1]
 manifest = pd.read_csv(folder + "/manifest.csv", dtype=str).fillna("")
 manifest["file"] = [folder + "/" + f for f in manifest["file"]]
-strategies = [load_strategy(p) for p in default_strategy_paths()]
+texts = [(p.read_text(), str(p)) for p in default_strategy_paths()]
+if sys.argv[2] == "gating-only":   # the acquisition QC step (another stage, when present) switched off
+    texts = [(re.sub(r"(acquisition_qc:[^\n]*\n(?:[ #][^\n]*\n)*?\s+mode:)\s*\w+", r'\1 "off"', t), p) for t, p in texts]
+strategies = [parse_strategy(t, p) for t, p in texts]
 out = {}
 for pid, rows in manifest.groupby("product_id", sort=True):
     start = time.process_time()
@@ -49,10 +54,10 @@ print(json.dumps({"package": tilpheno.__file__, "products": out}))
 """
 
 
-def run(checkout: Path, folder: Path) -> dict:
+def run(checkout: Path, folder: Path, mode: str = "all") -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     # cwd = the data folder: with ``-c`` the working directory comes first on sys.path, before PYTHONPATH
-    done = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", CHILD, str(folder), mode], env=env, capture_output=True, text=True,
                           check=True, cwd=folder)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if not result["package"].startswith(str(checkout)):
@@ -80,12 +85,14 @@ def main(argv=None) -> None:
             rows += manifest_rows(prod)
             truths[prod.product_id] = prod.truth
         pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-        new, old, phenotypes, base_phenotypes = [], [], [], {}
+        new, old, gating_only, phenotypes, base_phenotypes = [], [], [], [], {}
         for _ in range(args.repeats):
             b = run(Path(args.baseline), folder)
             n = run(ROOT, folder)
+            g = run(ROOT, folder, "gating-only")
             old += [v["seconds"] for v in b.values()]
             new += [v["seconds"] for v in n.values()]
+            gating_only += [v["seconds"] for v in g.values()]
             phenotypes.append({k: v["phenotype"] for k, v in n.items()})
             base_phenotypes = {k: v["phenotype"] for k, v in b.items()}
     deterministic = all(p == phenotypes[0] for p in phenotypes)
@@ -93,6 +100,8 @@ def main(argv=None) -> None:
     print(f"baseline ({args.baseline}): median {np.median(old):.3f} s CPU per product")
     print(f"this checkout ({ROOT}):     median {np.median(new):.3f} s CPU per product")
     print(f"ratio new / baseline: {np.median(new) / np.median(old):.2f}x (target <= 1.5x)")
+    print(f"this checkout without the acquisition QC step: median {np.median(gating_only):.3f} s, "
+          f"ratio {np.median(gating_only) / np.median(old):.2f}x")
     print(f"phenotypes identical across rounds: {deterministic}")
     print("\nmean |error| on these products, points (lineage vs label truth, PD1/FoxP3 vs ideal-FMO reference):")
     print(f"{'variable':<24}{'baseline':>10}{'this':>10}")
