@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import GateSetVersion, Product, Signature, User, utcnow
+from tilpheno.review.models import GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
-                                    validate_gate_set)
+                                    recompute, validate_gate_set)
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -113,11 +113,27 @@ class ReviewService:
 
     def __init__(self, source: ReviewSource, factory: sessionmaker):
         self.source, self.factory = source, factory
+        self._release: dict[tuple[str, str], str] = {}
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
         if not isinstance(product_id, str) or not self.source.has_product(product_id):
             raise NotFound(f"no product {str(product_id)[:80]!r} in this output folder")
+
+    def can_access(self, user: User, product_id: str) -> bool:
+        """Reviewers and admins: every product; analysts: the products assigned to them."""
+        if user.role in ("reviewer", "admin"):
+            return True
+        with self.factory() as db:
+            return db.scalar(select(ProductAssignment).where(ProductAssignment.product_id == product_id,
+                                                             ProductAssignment.username == user.username)) is not None
+
+    def require_access(self, user: User, product_id: str) -> None:
+        """NotFound for an unknown product; Forbidden for a product not assigned to this analyst."""
+        self.require_product(product_id)
+        if not self.can_access(user, product_id):
+            raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role}); "
+                            f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
 
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
         """The product's row; on first use its automatic gates become version 1 (audited)."""
@@ -182,6 +198,7 @@ class ReviewService:
         """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if stale."""
         if user.role not in EDIT_ROLES:
             raise Forbidden(f"role {user.role} cannot save gates")
+        self.require_access(user, product_id)
         if isinstance(base_version, bool) or not isinstance(base_version, int):
             raise GateSetError("base_version: the version number you edited is required")
         reason = check_reason(reason)
@@ -285,6 +302,8 @@ class ReviewService:
                 raise
             if user.role not in MEANINGS[meaning]:
                 raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
+            if not self.can_access(user, product_id):
+                raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role})")
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
             at = utcnow()
@@ -317,6 +336,14 @@ class ReviewService:
             else:
                 out.append(SignatureView(s, True, ""))
         return out
+
+    def release_status(self, product_id: str, version: GateSetVersion) -> str:
+        """Release outcome of a stored version (memoised by gate-set hash: versions never change)."""
+        key = (product_id, version.gates_sha256)
+        if key not in self._release:
+            self._release[key] = recompute(self.source, product_id, json.loads(version.gates_json),
+                                           medians=False).release_status
+        return self._release[key]
 
     def approved_version(self, product_id: str) -> GateSetVersion | None:
         state = None
