@@ -38,7 +38,9 @@ well as steps:
 6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
    shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
    anomalous too.
-   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked.
+   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked, nor
+   height/width channels whose area channel is (``FSC-H`` follows ``FSC-A``). The split-half noise
+   uses at most 16 evenly spaced bins.
 7. **Margin events** per channel: events at or above ``$PnR - 1`` or tied at the channel's largest
    value (pile-up at the top of the scale), and events tied at the channel's smallest value when at
    least ``MIN_TIES`` share it (pile-up at the bottom). A channel with more than
@@ -58,12 +60,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 MODES = ("remove", "flag", "off")
+NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
 MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
 _MAD_TO_SD = 1.4826
 
@@ -324,10 +328,15 @@ def monotonic_time(time: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.concatenate([[t[0]], t[0] + np.cumsum(step)]), False
 
 
-def _qc_scale(values: np.ndarray, top: float) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _qc_logicle(top: float):
     from tilpheno.transforms import Logicle
 
-    return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0).apply(values)
+    return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0)
+
+
+def _qc_scale(values: np.ndarray, top: float) -> np.ndarray:
+    return _qc_logicle(float(top)).apply(values)
 
 
 def margin_events(events: np.ndarray, names: Sequence[str], ranges: Sequence[float]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -393,6 +402,8 @@ def check_acquisition(
     time_name = find_time_channel(names)
     checked = [c for c in (channels or names) if c != time_name and c in names
                and not is_counter(events[:, names.index(c)])]
+    # a pulse height or width follows its area: drift is checked on the area channel when there is one
+    signal_channels = [c for c in checked if not (c[-2:].upper() in ("-H", "-W") and f"{c[:-2]}-A" in checked)]
     findings: list[Finding] = []
     if time_name is None:
         findings.append(Finding("no_time_channel", "warning",
@@ -459,12 +470,16 @@ def check_acquisition(
     signal_bad_bins = np.zeros(n_bins, dtype=bool)
     medians: dict[str, np.ndarray] = {}
     drift: list[str] = []
-    for c in checked:
+    scaled = np.empty((len(signal_channels), n), dtype=np.float32)   # channel x event, QC logicle scale
+    for k, c in enumerate(signal_channels):
         j = names.index(c)
         top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j]))) if n else 1.0
-        scaled = _qc_scale(events[:, j].astype(np.float64), top)
-        per_bin = _bin_quantiles(scaled, bounds, settings.quantiles)
-        noise = _split_half_noise(scaled, bounds, settings.quantiles)
+        scaled[k] = _qc_scale(events[:, j].astype(np.float64), top)
+    per_bins = _bin_quantiles(scaled, n_bins, epb, settings.quantiles)     # quantile x channel x bin
+    noises = _split_half_noise(scaled, n_bins, epb, settings.quantiles)    # quantile x channel
+    for k, c in enumerate(signal_channels):
+        per_bin = per_bins[:, k, :].T
+        noise = noises[:, k]
         medians[c] = per_bin[:, 0] if 0.5 not in settings.quantiles else per_bin[:, settings.quantiles.index(0.5)]
         channel_bad = np.zeros(n_bins, dtype=bool)
         for q in range(per_bin.shape[1]):
@@ -500,24 +515,22 @@ def check_acquisition(
     return result
 
 
-def _split_half_noise(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+def _split_half_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
     """Sampling SD of a bin's quantiles from its two halves (even and odd events): ``sqrt(mean((q_even
-    - q_odd)^2)) / 2`` over the bins; unaffected by shifts and drift between bins."""
-    even = _bin_quantiles(values[0::2], bounds // 2, quantiles)
-    odd = _bin_quantiles(values[1::2], bounds // 2, quantiles)
-    d = even - odd
+    - q_odd)^2)) / 2`` over at most ``NOISE_BINS`` evenly spaced bins, per quantile and channel;
+    unaffected by shifts and drift between bins."""
+    half = width // 2
+    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
+    block = block[:, np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))]
+    even = np.quantile(block[:, :, 0 : 2 * half : 2], quantiles, axis=2)
+    odd = np.quantile(block[:, :, 1 : 2 * half : 2], quantiles, axis=2)
+    d = (even - odd).astype(np.float64)
     with np.errstate(invalid="ignore"):
-        return np.sqrt(np.nanmean(d * d, axis=0)) / 2.0
+        return np.sqrt(np.nanmean(d * d, axis=2)) / 2.0
 
 
-def _bin_quantiles(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
-    """``n_bins x len(quantiles)``: each bin's quantiles (numpy linear interpolation), NaN-free bins only."""
-    n_bins = bounds.size - 1
-    out = np.full((n_bins, len(quantiles)), np.nan)
-    width = int(bounds[1] - bounds[0])
-    full = n_bins - 1   # every bin but the last has exactly `width` events
-    if full:
-        block = values[: full * width].reshape(full, width)
-        out[:full] = np.quantile(block, quantiles, axis=1).T
-    out[full] = np.quantile(values[bounds[full]:], quantiles)
-    return out
+def _bin_quantiles(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
+    """``quantiles x channels x n_bins``: each bin's quantiles (numpy linear interpolation) of
+    ``values`` (channels x events); the events after the last full bin are not used for them."""
+    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
+    return np.quantile(block, quantiles, axis=2).astype(np.float64)
