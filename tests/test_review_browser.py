@@ -14,7 +14,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from review_support import PASSWORDS, database_url, make_service, review_out, review_source  # noqa: F401
+from review_support import PASSWORDS, database_url, drop_schema, make_service, review_out, review_source  # noqa: F401
 from tilpheno.review.models import User
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -47,18 +47,21 @@ def driver(tmp_path_factory):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def server(request, review_out, review_source, tmp_path):
-    from waitress.server import create_server
+    from werkzeug.serving import make_server
 
     from tilpheno.review.web import create_app
 
-    service = make_service(review_out, database_url(request.param, tmp_path), review_source)
-    srv = create_server(create_app(service), host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.2)
-    thread = threading.Thread(target=srv.run, daemon=True)
+    url = database_url(request.param, tmp_path)
+    service = make_service(review_out, url, review_source)
+    # a threaded HTTP server that stops cleanly (`tilpheno serve` uses waitress: test_review_cli)
+    srv = make_server("127.0.0.1", 0, create_app(service), threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield service, f"http://127.0.0.1:{srv.effective_port}"
-    srv.close()
-    thread.join(1)
+    yield service, f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join(5)
     service.factory.kw["bind"].dispose()
+    drop_schema(url)
 
 
 def wait(driver, predicate, what, timeout=20.0):
