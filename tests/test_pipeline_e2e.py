@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tilpheno.gates import checks
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +20,9 @@ LINEAGE = ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Output files and their bytes (not OUT/.cache, the incremental-run store: it records file identities)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and ".cache" not in p.relative_to(out).parts}
 
 
 def _same_outputs(a: Path, b: Path) -> None:
@@ -55,7 +59,8 @@ def test_outputs_and_tables(processed, small_cohort):
                 assert math.isclose(row.pct_of_parent, 100 * row.count / parent, rel_tol=1e-9, abs_tol=1e-9)
     # 2500 events per tube is below the 5000-event QC limit: every product is flagged, in qc.csv too
     qc = pd.read_csv(out / "qc.csv")
-    assert list(qc.columns) == ["product_id", "file", "code", "severity", "message"]
+    assert list(qc.columns) == ["product_id", "file", "code", "severity", "needs_review", "message"]
+    assert set(qc.loc[qc["needs_review"], "code"]) <= set(checks.REVIEW_CODES)
     assert set(qc.loc[qc["code"] == "low_events", "product_id"]) == set(phen["product_id"])
 
 
@@ -72,7 +77,12 @@ def test_release_status_follows_the_default_spec(processed):
     out, _ = processed
     phen = pd.read_csv(out / "phenotypes.csv")
     expected = np.where((phen["viability_pct"] > 70) & (phen["cd3_pct_of_live_lymph"] > 90), "pass", "fail")
+    # a product whose gates may be wrong is not evaluable until reviewed
+    expected = np.where(phen["review_status"] == checks.NEEDS_REVIEW, "not evaluable", expected)
     assert list(phen["release_status"]) == list(expected)
+    qc = pd.read_csv(out / "qc.csv")
+    flagged = set(qc.loc[qc["needs_review"], "product_id"])
+    assert set(phen.loc[phen["review_status"] == checks.NEEDS_REVIEW, "product_id"]) == flagged
 
 
 def test_run_json_provenance(processed, small_cohort):
@@ -99,16 +109,15 @@ def test_process_pool_gives_identical_outputs(processed, small_cohort, tmp_path)
     _same_outputs(out, tmp_path / "jobs2")
 
 
-def test_dask_local_cluster_gives_identical_tables(processed, small_cohort, tmp_path):
+def test_dask_local_cluster_gives_identical_outputs(processed, small_cohort, tmp_path):
     distributed = pytest.importorskip("distributed")
     out, _ = processed
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_dashboard_address=None) as cluster:
         summary = process_folder(small_cohort.out_dir, tmp_path / "dask", manifest_csv=small_cohort.manifest,
-                                 executor="dask", scheduler=cluster.scheduler_address, make_reports=False)
+                                 executor="dask", scheduler=cluster.scheduler_address)
     assert summary.ok
-    for name in ("phenotypes.csv", "phenotypes.parquet", "populations.csv", "qc.csv"):
-        assert (tmp_path / "dask" / name).read_bytes() == (out / name).read_bytes(), name
+    _same_outputs(out, tmp_path / "dask")  # tables and every report, byte for byte
 
 
 @pytest.mark.browser
