@@ -42,6 +42,7 @@ def scan(
     folder: Path = typer.Argument(..., help="Folder of FCS files (searched recursively)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file,product_id,tube,role,fmo_marker) here."),
+    study: str = typer.Option("til", "--study", help="Study (tube kinds, marker vocabulary): a bundled name or a study.yaml path."),
 ) -> None:
     """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS) and optionally write it."""
     import os
@@ -52,15 +53,17 @@ def scan(
     from tilpheno.errors import TilphenoError
     from tilpheno.io.atomic import write_csv
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
+    from tilpheno.study import load_study
 
     try:
+        config = load_study(study)
         if manifest is not None:
             if not folder.is_dir():
                 raise TilphenoError(f"{folder}: not a folder")
-            frame = read_manifest(manifest, base=folder)
+            frame = read_manifest(manifest, base=folder, study=config)
             frame["problem"] = ""
         else:
-            frame = scan_folder(folder)
+            frame = scan_folder(folder, study=config)
     except TilphenoError as exc:
         _fail(exc)
     table = Table(title=f"{folder}: {frame['product_id'].nunique() if len(frame) else 0} products, {len(frame)} files")
@@ -111,8 +114,10 @@ def process(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; re-running overwrites atomically)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file,product_id,tube,role,fmo_marker) instead of scanning."),
     outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
-    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the bundled TIL strategies."),
-    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: viability > 70 %, CD3+ > 90 % of live lymphocytes."),
+    study: str = typer.Option("til", "--study", help="Study: a bundled name or a study.yaml path (tube kinds, strategies, variables, doses, QC, release spec, marker aliases)."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming the marker on a detector; wins over $PnS."),
+    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the study's strategies."),
+    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: the study's (TIL: viability > 70 %, CD3+ > 90 % of live lymphocytes)."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Products processed in parallel (process pool)."),
     executor: str = typer.Option("local", "--executor", help="local | dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
@@ -126,7 +131,8 @@ def process(
 
     try:
         summary = _run_with_progress(
-            folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec, jobs=jobs,
+            folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec,
+            study=study, panel=panel, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
         )
@@ -137,7 +143,8 @@ def process(
         raise typer.Exit(code=1)
 
 
-def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
+def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, study=None,
+                       panel=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
@@ -160,6 +167,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
 
         return process_folder(
             folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
+            study=study, panel_path=panel,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
             on_start=on_start, on_outcome=on_outcome,

@@ -33,3 +33,7 @@ class GatingError(TilphenoError):
 
 class TableError(TilphenoError):
     """A manifest, outcomes or phenotype table is invalid; the message names file, row and column."""
+
+
+class StudyError(TilphenoError):
+    """A study configuration (study.yaml, vocabulary) is invalid; the message names the file and key."""

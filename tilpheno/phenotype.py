@@ -25,9 +25,11 @@ the first population placed with method ``lymphocytes`` (NaN for populations out
 Medians (``median_<marker>``) are in compensated linear units: the inverse transform of the
 median of the transformed values.
 
-Study variables come from each strategy's ``variables`` section, computed on its stained tube.
-Absolute doses (when ``til_dose_cells``, the number of infused TILs, is known), with TILs taken
-as live lymphocytes::
+Study variables come from each strategy's ``variables`` section, computed on its stained tube;
+the study (``tilpheno.study.Study``, default the bundled TIL study) names the variables every
+phenotype carries (NaN when not computable), the doses and the QC rules. Absolute doses (when
+``til_dose_cells``, the number of infused cells, is known) are ``base x variable / 100`` as the
+study defines them; the TIL study's, with TILs taken as live lymphocytes::
 
     cd3_dose_cells    = dose * cd3_pct_of_live_lymph / 100
     cd4_dose_cells    = cd3_dose_cells * cd4_pct_of_cd3 / 100
@@ -59,30 +61,8 @@ from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.qc import QCFlag
-
-STUDY_VARIABLES = (
-    "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
-    "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph",
-    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4foxp3_pct_of_cd4",
-)
-"""The study's per-product variables (percent, 0-100); always present in ``phenotype`` (NaN if unknown)."""
-
-DOSES = {
-    # name: (base, variable): base is "dose" or another dose name, multiplied by variable / 100
-    "cd3_dose_cells": ("dose", "cd3_pct_of_live_lymph"),
-    "cd4_dose_cells": ("cd3_dose_cells", "cd4_pct_of_cd3"),
-    "cd8_dose_cells": ("cd3_dose_cells", "cd8_pct_of_cd3"),
-    "nk_dose_cells": ("dose", "nk_pct_of_live_lymph"),
-    "nkt_dose_cells": ("dose", "nkt_pct_of_live_lymph"),
-    "pd1_dose_cells": ("dose", "pd1_pct_of_live_lymph"),
-    "cd8pd1_dose_cells": ("cd3_dose_cells", "cd8pd1_pct_of_cd3"),
-    "treg_dose_cells": ("cd4_dose_cells", "cd4foxp3_pct_of_cd4"),
-}
-
-MIN_EVENTS = 5000          # fewer events in a stained tube -> low_events
-MIN_LYMPH_EVENTS = 1000    # fewer (live) lymphocytes in a stained tube -> low_events
-LOW_VIABILITY_PCT = 70.0   # below -> low_viability (TIL lot release practice)
-THRESHOLD_RANGE_RAW = (0.0, 5000.0)  # an FMO threshold outside (linear units) -> threshold_out_of_range
+from tilpheno.study import QCRules, Study, default_study
+from tilpheno.vocabulary import Vocabulary, default_vocabulary
 
 _PLACED_PER_FILE = ("cells", "singlets", "lymphocytes", "valley")
 
@@ -270,9 +250,12 @@ class _TubeKindRun:
     in pass 2 if another one was needed in between): the memory of a tube kind is one file's.
     """
 
-    def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool):
+    def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
+                 vocabulary: Vocabulary | None = None, qc: QCRules | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
         self.percentile, self.keep_loaded = percentile, keep_loaded
+        self.vocabulary = vocabulary or default_vocabulary()
+        self.qc = qc or QCRules()
         self.pops = list(strategy.populations)
         self.loaded: dict[int, _Gated] = {}
         self.position: dict[int, int] = {}
@@ -351,7 +334,7 @@ class _TubeKindRun:
         pct = float(params.pop("percentile", self.percentile))
         min_events = int(params.pop("min_events", 200))
         # the last FMO file of the marker that loads (as a dict keyed by marker would keep)
-        fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and s.fmo_marker == marker]
+        fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and self.vocabulary.same(s.fmo_marker, marker)]
         found = self.first_loadable(fmo_files[::-1])
         placement, source = None, ""
         if found is not None and marker in found[1].tube.data:
@@ -398,11 +381,12 @@ class _TubeKindRun:
             row = _threshold_row(pop, placement, source, self.strategy, self.percentile)
             self.thresholds[pop.name] = _Threshold(placement, row)
             self.global_flags.extend((k, f) for f in placement.flags)
-            if not THRESHOLD_RANGE_RAW[0] <= row["value_raw"] <= THRESHOLD_RANGE_RAW[1]:
+            low, high = self.qc.fmo_threshold_range
+            if not low <= row["value_raw"] <= high:
                 self.global_flags.append((k, pl.Flag(
                     "threshold_out_of_range", "warning",
                     f"{pop.name} ({marker}): threshold {row['value_raw']:.4g} outside the expected "
-                    f"{THRESHOLD_RANGE_RAW[0]:g}-{THRESHOLD_RANGE_RAW[1]:g} (compensated linear units)",
+                    f"{low:g}-{high:g} (compensated linear units)",
                 )))
 
     def finish(self, consume) -> None:
@@ -435,14 +419,18 @@ class _TubeKindRun:
         return [f for _, f in sorted(entries, key=lambda e: e[0])]
 
 
-def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile: float = 99.5) -> list[_Gated]:
+def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile: float = 99.5,
+                   study: Study | None = None) -> list[_Gated]:
     """Walk ``strategy`` over the stained tube and FMO files of one tube kind (module docstring).
 
-    Returns one ``_Gated`` per input tube, in input order.
+    Returns one ``_Gated`` per input tube, in input order. ``study``: vocabulary and QC rules
+    (default the bundled study).
     """
+    study = study or default_study()
     tubes = list(tubes)
     sources = [_Source(i, t.role, t.fmo_marker) for i, t in enumerate(tubes)]
-    run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True)
+    run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True,
+                       vocabulary=study.vocabulary, qc=study.qc)
     run.resolve()
     states: dict[int, _Gated] = {}
     run.finish(lambda i, st: states.__setitem__(i, st))
@@ -570,12 +558,12 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
     return out
 
 
-def doses(phenotype: Mapping[str, float], til_dose_cells: float | None) -> dict[str, float]:
-    """Absolute subset doses (cells) from the infused TIL number (``DOSES``); NaN when unknown."""
+def doses(phenotype: Mapping[str, float], til_dose_cells: float | None, study: Study | None = None) -> dict[str, float]:
+    """Absolute subset doses (cells) from the infused cell number (the study's ``doses``); NaN when unknown."""
     known = til_dose_cells is not None and math.isfinite(float(til_dose_cells))
     values: dict[str, float] = {"dose": float(til_dose_cells) if known else float("nan")}
-    for name, (base, variable) in DOSES.items():
-        values[name] = values[base] * float(phenotype.get(variable, float("nan"))) / 100.0
+    for dose in (study or default_study()).doses:
+        values[dose.name] = values[dose.base] * float(phenotype.get(dose.variable, float("nan"))) / 100.0
     return {k: v for k, v in values.items() if k != "dose"}
 
 
@@ -594,22 +582,27 @@ def _stained_summary(strategy: Strategy, state: _Gated) -> _StainedSummary:
     return _StainedSummary(state.tube.file, state.tube.n_events, count)
 
 
-def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary], strategies: Mapping[str, Strategy]) -> list[QCFlag]:
+def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary],
+                   strategies: Mapping[str, Strategy], study: Study) -> list[QCFlag]:
+    rules = study.qc
     flags = []
     for tube, summary in stained.items():
         name = Path(summary.file).name
-        if summary.n_events < MIN_EVENTS:
+        if summary.n_events < rules.min_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.n_events} events in the {tube} stained tube (< {MIN_EVENTS})"))
+                                f"{summary.n_events} events in the {tube} stained tube (< {rules.min_events})"))
         lymph = _lymph_population(strategies[tube])
-        if summary.lymph_count is not None and summary.lymph_count < MIN_LYMPH_EVENTS:
+        if summary.lymph_count is not None and summary.lymph_count < rules.min_lymph_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.lymph_count} events in {lymph} (< {MIN_LYMPH_EVENTS})"))
-    viability = phenotype.get("viability_pct", float("nan"))
-    if math.isfinite(viability) and viability < LOW_VIABILITY_PCT:
-        surface = stained.get("surface")
-        flags.append(QCFlag(product_id, Path(surface.file).name if surface else "", "low_viability", "warning",
-                            f"viability {viability:.1f}% < {LOW_VIABILITY_PCT:g}%"))
+                                f"{summary.lymph_count} events in {lymph} (< {rules.min_lymph_events})"))
+    for expected in rules.expected:
+        message = expected.check(float(phenotype.get(expected.variable, float("nan"))))
+        if message is None:
+            continue
+        # the flag names the stained file of the tube kind whose strategy defines the variable
+        tube = next((t for t, s in strategies.items() if any(v.name == expected.variable for v in s.variables)), None)
+        summary = stained.get(tube) if tube is not None else None
+        flags.append(QCFlag(product_id, Path(summary.file).name if summary else "", expected.flag, "warning", message))
     return flags
 
 
@@ -635,12 +628,10 @@ def _spillover(override) -> Spillover | None:
     return read_spillover_csv(override)
 
 
-def _fmo_marker(value) -> str | None:
+def _fmo_marker(value, vocabulary: Vocabulary) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return None
-    from tilpheno.panel import normalize_marker
-
-    return normalize_marker(str(value))
+    return vocabulary.marker_in(str(value))
 
 
 def analyze_product(
@@ -653,6 +644,7 @@ def analyze_product(
     spillover_override: Spillover | str | Path | None = None,
     panel_override=None,
     plot_events: int | None = None,
+    study: Study | None = None,
 ) -> ProductResult:
     """Gate every file of one product and compute its phenotype (module docstring).
 
@@ -661,6 +653,8 @@ def analyze_product(
     files of a tube kind without a strategy (the unstained tube) are not gated.
     ``spillover_override``: a Spillover or a CSV path used instead of every file's $SPILLOVER.
     ``panel_override``: passed to ``tilpheno.panel.panel_from_fcs``.
+    ``study``: the variables every phenotype carries, the doses, QC rules and marker vocabulary
+    (default: the bundled TIL study).
     ``plot_events``: None keeps every file's arrays and each TubeResult's ``data``/``masks`` over
     all events. A number bounds memory (the pipeline): files are gated one at a time (a file's
     arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
@@ -671,11 +665,12 @@ def analyze_product(
     from tilpheno.io.fcs import read_fcs
     from tilpheno.panel import panel_from_fcs, require
 
+    study = study or default_study()
     strategy_map = _as_strategy_map(strategies)
     spill = _spillover(spillover_override)
     qc: list[QCFlag] = []
     tubes_out: list[TubeResult] = []
-    phenotype: dict[str, float] = {v: float("nan") for v in STUDY_VARIABLES}
+    phenotype: dict[str, float] = {v: float("nan") for v in study.variables}
     stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
@@ -685,7 +680,7 @@ def analyze_product(
             continue
         sources = []
         for i, row in enumerate(group.itertuples(index=False)):
-            marker = _fmo_marker(getattr(row, "fmo_marker", None)) if row.role == "fmo" else None
+            marker = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary) if row.role == "fmo" else None
             src = _Source(i, str(row.role), marker)
             src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
             sources.append(src)
@@ -714,8 +709,9 @@ def analyze_product(
                 h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
                 return None
             try:
-                panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override)
-                detectors = require(panel, strategy.markers)
+                panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override,
+                                       tube=tube_kind, study=study)
+                detectors = require(panel, strategy.markers, study.vocabulary)
                 data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spill)
             except PanelError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
@@ -731,7 +727,8 @@ def analyze_product(
             return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
                             data=data, detectors=dict(detectors), transforms=used, compensated=compensated)
 
-        run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None)
+        run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
+                           vocabulary=study.vocabulary, qc=study.qc)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}
@@ -764,8 +761,8 @@ def analyze_product(
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
 
-    phenotype.update(doses(phenotype, til_dose_cells))
-    qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map))
+    phenotype.update(doses(phenotype, til_dose_cells, study))
+    qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map, study))
     return ProductResult(
         product_id=product_id,
         phenotype={"product_id": product_id, **phenotype},

@@ -30,6 +30,7 @@ from tilpheno.errors import FCSReadError, TableError, TilphenoError
 from tilpheno.provenance import FileDigest, RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, ReleaseSpec
+from tilpheno.study import Study, default_study
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
 EXECUTORS = ("local", "dask")
@@ -39,13 +40,18 @@ _DOTS = re.compile(r"\.{2,}")
 
 @dataclass(frozen=True)
 class ProcessOptions:
-    """Options shared by every product job (all JSON-able except the spec)."""
+    """Options shared by every product job (all JSON-able except the spec, the study and the panel).
+
+    ``study``: variables, doses, QC rules, vocabulary, index columns (default: the bundled TIL
+    study). ``panel``: override panel rows (``tilpheno.panel.read_panel_file``) or None."""
 
     fmo_percentile: float = 99.5
     include_identifiers: bool = False
     make_reports: bool = True
     release_spec: ReleaseSpec = DEFAULT_SPEC
     provenance_short: tuple[tuple[str, str], ...] = ()
+    study: Study = field(default_factory=default_study)
+    panel: object = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,7 @@ def _analyze(job: ProductJob, rows):
     return analyze_product(
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
+        study=job.options.study, panel_override=job.options.panel,
     )
 
 
@@ -555,15 +562,15 @@ def run_process(
     return summary
 
 
-def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None):
+def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, study: Study | None = None):
     """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``),
     else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory."""
     from tilpheno.io.manifest import read_manifest, scan_folder
 
     folder = Path(folder)
     if manifest_csv is None:
-        return scan_folder(folder)
-    frame = read_manifest(manifest_csv, base=folder)
+        return scan_folder(folder, study=study)
+    frame = read_manifest(manifest_csv, base=folder, study=study)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
 
@@ -595,6 +602,8 @@ def process_folder(
     outcomes_path: str | Path | None = None,
     strategy_paths: Sequence[str | Path] | None = None,
     release_spec_path: str | Path | None = None,
+    study: str | Path | Study | None = None,
+    panel_path: str | Path | None = None,
     fmo_percentile: float = 99.5,
     include_identifiers: bool = False,
     make_reports: bool = True,
@@ -607,13 +616,20 @@ def process_folder(
 ) -> RunSummary:
     """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
 
-    Bad options or inputs that concern the whole run (unreadable manifest, invalid strategy or
-    release spec, unknown executor) raise ``TilphenoError`` before any product is processed.
+    ``study``: a Study, a bundled study name or a study.yaml path (default: the bundled TIL
+    study); its strategies and release spec are used unless ``strategy_paths`` /
+    ``release_spec_path`` are given. ``panel_path``: an override panel file (``tube, detector,
+    marker``) applied to every file.
+    Bad options or inputs that concern the whole run (unreadable manifest, invalid study,
+    strategy, panel or release spec, unknown executor) raise ``TilphenoError`` before any product
+    is processed.
     ``on_start(n_products, n_files)`` is called once the manifest is known.
     """
-    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.panel import read_panel_file
     from tilpheno.provenance import start_record
     from tilpheno.release import load_release_spec
+    from tilpheno.study import load_study
 
     if executor not in EXECUTORS:
         raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -621,20 +637,23 @@ def process_folder(
         raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
     if not 0 < fmo_percentile < 100:
         raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
-    manifest = load_manifest(folder, manifest_csv)
+    study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
+    panel = read_panel_file(panel_path) if panel_path is not None else None
+    manifest = load_manifest(folder, manifest_csv, study)
     if outcomes_path is not None:
         from tilpheno.io.outcomes import read_outcomes
 
         manifest = attach_doses(manifest, read_outcomes(outcomes_path))
-    paths = [Path(p) for p in (strategy_paths or default_strategy_paths())]
+    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
     strategies = tuple(load_strategy(p) for p in paths)
-    spec = load_release_spec(release_spec_path) if release_spec_path else DEFAULT_SPEC
+    spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
     record = start_record(
         command_line=command_line,
         parameters={
             "input_folder": str(folder), "manifest": str(manifest_csv or ""),
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
+            "study": study.source, "study_sha256": study.sha256, "panel": str(panel_path or ""),
         },
         strategy_paths=paths,
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
@@ -643,6 +662,6 @@ def process_folder(
     if on_start is not None:
         on_start(int(manifest["product_id"].nunique()), len(manifest))
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
-                             make_reports=make_reports, release_spec=spec)
+                             make_reports=make_reports, release_spec=spec, study=study, panel=panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
                        scheduler=scheduler, on_outcome=on_outcome)

@@ -16,7 +16,7 @@ as in ``phenotypes.csv``) against a limit::
         limit: 90
         unit: "% of live lymphocytes"
 
-The default spec follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
+The default spec (the bundled TIL study's ``release.yaml``) follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
 cells) and CD3+ > 90 % of live lymphocytes. A criterion whose value is missing or not a number is
 "not evaluable"; the product then does not pass (release is never granted on missing data).
 """
@@ -53,11 +53,11 @@ class Criterion:
 
 @dataclass(frozen=True)
 class ReleaseSpec:
-    """A named set of criteria; ``source`` is the YAML path (or ``built-in default``), ``sha256`` its digest."""
+    """A named set of criteria; ``source`` is the YAML path (or a label for a bundled file), ``sha256`` its digest."""
 
     name: str
     criteria: tuple[Criterion, ...]
-    source: str = "built-in default"
+    source: str = ""
     sha256: str = ""
 
 
@@ -70,13 +70,7 @@ class CriterionResult:
     outcome: str  # PASS | FAIL | NOT_EVALUABLE
 
 
-DEFAULT_SPEC = ReleaseSpec(
-    name="TIL lot release (default: viability > 70 %, CD3+ > 90 % of live lymphocytes)",
-    criteria=(
-        Criterion("Viability (7AAD- of singlets)", "viability_pct", ">", 70.0, "%"),
-        Criterion("CD3+ T cells", "cd3_pct_of_live_lymph", ">", 90.0, "% of live lymphocytes"),
-    ),
-)
+
 
 
 def _criterion_from_dict(item, where: str) -> Criterion:
@@ -100,8 +94,10 @@ def _criterion_from_dict(item, where: str) -> Criterion:
     return Criterion(str(item.get("name", column)), column, op, float(limit), str(item.get("unit", "%")))
 
 
-def load_release_spec(path: str | Path) -> ReleaseSpec:
-    """Read and validate a YAML release spec; errors name the file and the offending key."""
+def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseSpec:
+    """Read and validate a YAML release spec; errors name the file and the offending key.
+
+    ``label``: the ``source`` recorded in the spec (default: the path), e.g. for bundled files."""
     import yaml
 
     path = Path(path)
@@ -122,9 +118,14 @@ def load_release_spec(path: str | Path) -> ReleaseSpec:
     return ReleaseSpec(
         name=str(doc.get("name", path.stem)),
         criteria=parsed,
-        source=str(path),
+        source=label or str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+BUNDLED_SPEC = Path(__file__).resolve().parent / "studies" / "til" / "release.yaml"
+DEFAULT_SPEC = load_release_spec(BUNDLED_SPEC, label="til/release.yaml (bundled)")
+"""The bundled TIL study's spec (``tilpheno/studies/til/release.yaml``): viability > 70 %, CD3+ > 90 %."""
 
 
 def _as_float(value) -> float:

@@ -1,9 +1,11 @@
 """Gating strategies as YAML files: load, validate, describe.
 
-A strategy file (``gating/til_surface.yaml``, ``gating/til_treg.yaml``) lists, for one tube
-kind, the populations of the gating tree. Each population has a ``name``, a ``parent``
-(``root`` = all events), the ``dims`` it is gated on (marker names such as ``CD3`` or scatter
-``FSC-A``), a placement ``method`` with ``params``; boolean populations give an ``expression``
+A strategy file (the bundled TIL study's ``tilpheno/studies/til/til_surface.yaml`` and
+``til_treg.yaml``) lists, for one tube kind, the populations of the gating tree. ``markers`` are
+free text (any marker or dye name; spellings are matched through the study's vocabulary when the
+file's panel is read). Each population has a ``name``, a ``parent`` (``root`` = all events), the
+``dims`` it is gated on (a marker of ``markers``, a scatter/time channel such as ``FSC-A``, or a
+detector name ($PnN) listed under ``detectors``), a placement ``method`` with ``params``; boolean populations give an ``expression``
 instead (openCyto style: ``"CD56+ & !CD3+"``, operands joined by all ``&`` or all ``|``, ``!``
 for the complement). ``transforms`` sets the scale of each dimension; ``variables`` names the
 study variables computed from the stained tube as ``100 * count(numerator) / count(denominator)``.
@@ -40,13 +42,11 @@ import yaml
 
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
-from tilpheno.panel import CANONICAL as KNOWN_MARKERS
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
 
 ROOT = "root"
 SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
 
-STRATEGY_DIR = Path(__file__).resolve().parents[2] / "gating"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
 _POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
-_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables"}
+_TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transforms", "populations", "variables"}
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ class Strategy:
     transforms: Mapping[str, Transform]
     variables: tuple[Variable, ...]
     description: str = ""
+    detectors: tuple[str, ...] = ()   # detector names ($PnN) used as dimensions as they are
 
     def transform_for(self, dim: str) -> Transform:
         """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
@@ -364,12 +365,20 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise ctx.error(_line(doc, key), key, "must be a non-empty string")
     markers = doc.get("markers")
-    if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
+    if not isinstance(markers, list) or not all(isinstance(m, str) and m.strip() for m in markers):
         raise ctx.error(_line(doc, "markers"), "markers", "must be a list of marker names")
-    bad = [m for m in markers if m not in KNOWN_MARKERS]
-    if bad:
-        raise ctx.error(_line(doc, "markers"), "markers", f"unknown marker(s) {bad}; known: {list(KNOWN_MARKERS)}")
-    known_dims = set(markers) | set(SCATTER_DIMS)
+    markers = [m.strip() for m in markers]
+    repeated = sorted({m for m in markers if markers.count(m) > 1})
+    if repeated:
+        raise ctx.error(_line(doc, "markers"), "markers", f"repeated marker(s) {repeated}")
+    detectors = doc.get("detectors") or []
+    if not isinstance(detectors, list) or not all(isinstance(d, str) and d.strip() for d in detectors):
+        raise ctx.error(_line(doc, "detectors"), "detectors", "must be a list of detector names ($PnN)")
+    detectors = [d.strip() for d in detectors]
+    clash = sorted(set(detectors) & set(markers))
+    if clash:
+        raise ctx.error(_line(doc, "detectors"), "detectors", f"{clash} also listed as markers")
+    known_dims = set(markers) | set(SCATTER_DIMS) | set(detectors)
 
     transforms: dict[str, Transform] = {}
     raw_transforms = doc.get("transforms") or {}
@@ -422,6 +431,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         transforms=transforms,
         variables=tuple(variables),
         description=str(doc.get("description", "")),
+        detectors=tuple(detectors),
     )
 
 
@@ -441,5 +451,7 @@ def load_strategy(path: str | Path) -> Strategy:
 
 
 def default_strategy_paths() -> list[Path]:
-    """The bundled strategies: ``gating/til_surface.yaml`` and ``gating/til_treg.yaml``."""
-    return [STRATEGY_DIR / "til_surface.yaml", STRATEGY_DIR / "til_treg.yaml"]
+    """The bundled default study's strategies (``tilpheno/studies/til/til_surface.yaml``, ``til_treg.yaml``)."""
+    from tilpheno.study import default_study
+
+    return default_study().strategy_paths

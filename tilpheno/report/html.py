@@ -97,15 +97,10 @@ def render(template: str, *, script: str | None = None, **context) -> str:
     return environment().get_template(template).render(csp=csp(script), script=script, **context)
 
 
-INDEX_COLUMNS = (
-    "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
-    "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3",
-    "cd4foxp3_pct_of_cd4", "n_events_total",
-)
-
-
 def render_index(outcomes: Sequence, options) -> str:
-    """The cohort page: one sortable row per product (sorted by id), linking to each report."""
+    """The cohort page: one sortable row per product (sorted by id), linking to each report; the
+    columns are the study's ``index_columns``."""
+    columns = tuple(options.study.index_columns)
     rows = []
     for o in outcomes:
         rows.append({
@@ -116,11 +111,11 @@ def render_index(outcomes: Sequence, options) -> str:
             "release": o.release_status,
             "qc": o.phenotype.get("qc_status", ""),
             "n_flags": len(o.qc),
-            "cells": [o.phenotype.get(c) for c in INDEX_COLUMNS],
+            "cells": [o.phenotype.get(c) for c in columns],
         })
     n_failed = sum(1 for o in outcomes if not o.ok)
     n_released = sum(1 for o in outcomes if o.release_status == "pass")
     return render(
-        "index.html.j2", script=SORTER_JS, rows=rows, columns=INDEX_COLUMNS, n_failed=n_failed,
+        "index.html.j2", script=SORTER_JS, rows=rows, columns=columns, n_failed=n_failed,
         n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
     )
