@@ -105,6 +105,38 @@ def simulate(
     typer.echo(f"manifest: {paths.manifest}\ntruth: {paths.truth}\noutcomes: {paths.outcomes}")
 
 
+# --- compensate: spillover matrix from single-stain controls ---
+
+
+@app.command()
+def compensate(
+    controls_folder: Path = typer.Argument(..., help="Folder of single-stain controls (and an unstained control)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Matrix CSV to write (FlowJo/FlowKit layout; usable by process --compensation)."),
+    controls: Optional[Path] = typer.Option(None, "--controls", help="CSV file,detector naming each control's detector (empty detector = unstained control); overrides inference from file names and $PnS."),
+    ssm: Optional[Path] = typer.Option(None, "--ssm", help="Also write the spillover spreading matrix CSV here."),
+    diagnostics: Optional[Path] = typer.Option(None, "--diagnostics", help="Also write one row per control (events, positives, stain index) here."),
+) -> None:
+    """Compute the spillover matrix from single-stain controls in CONTROLS_FOLDER."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.atomic import write_csv
+    from tilpheno.spillover import controls_in_folder, estimate_spillover, write_spillover_csv
+
+    try:
+        found = controls_in_folder(controls_folder, controls)
+        estimate = estimate_spillover(found, source=f"single-stain controls in {controls_folder}")
+        write_spillover_csv(estimate.spillover, out)
+        if ssm is not None:
+            write_csv(ssm, estimate.ssm.reset_index(names="fluorochrome"))
+        if diagnostics is not None:
+            write_csv(diagnostics, estimate.controls)
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"{len(estimate.controls)} single-stain controls, negative reference: "
+               f"{', '.join(sorted(set(estimate.controls['negative'])))}")
+    typer.echo(estimate.spillover.to_dataframe().round(4).to_string())
+    typer.echo(f"wrote {out}")
+
+
 # --- process: gate every product of a folder, per-product reports, cohort tables ---
 
 

@@ -1,0 +1,115 @@
+"""Acquisition QC (tilpheno.acquisition) against simulated faults with per-event truth."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tilpheno.acquisition import (
+    AcquisitionSettings, check_acquisition, fill_short_gaps, margin_events, monotonic_time, segment,
+)
+from tilpheno.simulate import instrument as ins
+from tilpheno.simulate.acquisition import clog, drift, inject, rate_change
+from tilpheno.simulate.products import TUBES, draw_composition, simulate_tube
+
+RANGES = [ins.RANGE] * len(ins.CHANNEL_NAMES)
+
+
+def _tube(seed: int, n: int = 20000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return simulate_tube(draw_composition(rng), TUBES[0], n, rng).events.astype(np.float64)
+
+
+def _balanced_accuracy(truth, called) -> float:
+    return 0.5 * (np.mean(called[truth]) + np.mean(~called[~truth]))
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return [_tube(seed) for seed in (1, 2, 3)]
+
+
+def test_clean_files_keep_almost_everything(clean):
+    for events in clean:
+        qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+        assert qc.removed_pct <= 2.0
+        assert qc.keep.sum() == qc.n_events - int(qc.anomalous.sum())
+
+
+@pytest.mark.parametrize("fault", [
+    clog(0.40, 0.06, rate_factor=0.2, signal_factor=0.7),
+    rate_change(0.30, 0.25, rate_factor=0.4),
+    rate_change(0.50, 0.20, rate_factor=2.5),
+    drift(0.60, 0.15, signal_factor=0.6),
+], ids=["clog", "slower", "faster", "drift"])
+def test_faults_are_found_against_truth(clean, fault):
+    events, truth = inject(clean[0], [fault])
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    assert _balanced_accuracy(truth, qc.anomalous) >= 0.9
+    codes = {f.code for f in qc.findings}
+    expected = {"clog": {"flow_rate_anomaly"}, "rate": {"flow_rate_anomaly"}, "drift": {"signal_drift"}}[fault.kind]
+    assert expected <= codes
+    assert not qc.keep[truth].all()          # remove mode drops (most of) the stretch
+    if fault.kind == "drift":
+        assert set(qc.drift_channels) & {"FITC-A", "FSC-A", "SSC-A", "PE-A"}
+
+
+def test_flag_mode_keeps_every_event(clean):
+    events, truth = inject(clean[1], [clog(0.5, 0.08)])
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES, AcquisitionSettings(mode="flag"))
+    assert qc.keep.all() and qc.anomalous[truth].mean() > 0.8
+    assert qc.n_removed == 0 and qc.removed_pct > 0
+
+
+def test_removed_share_over_limit_is_flagged(clean):
+    events, _ = inject(clean[2], [rate_change(0.2, 0.3, rate_factor=0.3)])
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES, AcquisitionSettings(max_removed_pct=5))
+    assert "acquisition_removed_pct" in {f.code for f in qc.findings}
+
+
+def test_no_time_channel_is_a_flag_not_a_crash(clean):
+    names = [c for c in ins.CHANNEL_NAMES if c != "Time"]
+    events, truth = inject(clean[0], [drift(0.6, 0.15)])
+    qc = check_acquisition(events[:, :-1], names, RANGES[:-1])
+    codes = [f.code for f in qc.findings]
+    assert "no_time_channel" in codes and "flow_rate_anomaly" not in codes
+    assert qc.rate.empty and _balanced_accuracy(truth, qc.anomalous) >= 0.9   # signal check in event order
+
+
+def test_small_file_is_skipped_with_info():
+    events = _tube(4, n=2000)
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    assert [f.code for f in qc.findings] == ["acquisition_qc_skipped"] and not qc.anomalous.any()
+
+
+def test_margin_events_per_channel():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(10, 1000, size=(1000, 2))
+    x[:50, 0] = 1023.0          # 5 % at the top of a 1024 range
+    x[:30, 1] = 0.0             # 3 % piled up at the bottom
+    table, mask = margin_events(x, ["A", "B"], [1024, 1024])
+    assert table["upper"].tolist() == [50, 0] and table["lower"].tolist() == [0, 30]
+    assert mask.sum() == 50     # rows 0-29 are in both
+
+
+def test_segment_finds_steps_and_not_noise():
+    rng = np.random.default_rng(1)
+    flat = rng.normal(0, 1, 200)
+    assert segment(flat, 1.0, 7.0) == [(0, 200)]
+    step = flat + np.r_[np.zeros(120), np.full(80, 3.0)]
+    assert (120, 200) in segment(step, 1.0, 7.0)
+
+
+def test_fill_short_gaps_and_monotonic_time():
+    bad = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0], dtype=bool)
+    assert fill_short_gaps(bad, 3).tolist() == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    t, ok = monotonic_time(np.array([0.0, 1.0, 2.0, 0.5, 1.5]))
+    assert not ok and t.tolist() == [0.0, 1.0, 2.0, 2.0, 3.0]
+
+
+def test_settings_validation():
+    s = AcquisitionSettings.from_mapping({"mode": "flag", "events_per_bin": 1000, "quantiles": [0.5]})
+    assert s.mode == "flag" and s.quantiles == (0.5,)
+    for bad, word in (({"mode": "delete"}, "mode"), ({"t_crit": "x"}, "t_crit"), ({"bins": 3}, "bins"),
+                      ({"quantiles": [1.5]}, "quantiles"), ({"events_per_bin": 2.5}, "events_per_bin")):
+        with pytest.raises(ValueError, match=word):
+            AcquisitionSettings.from_mapping(bad)

@@ -1,0 +1,489 @@
+"""Acquisition QC over time (gating step 0): flow-rate anomalies, signal shifts and drift, margin events.
+
+A clog, a bubble, a change of flow rate or a drifting laser makes a stretch of a file unreliable.
+:func:`check_acquisition` looks at one file's raw events (``FCSFile.events``, before compensation)
+in acquisition order and returns an :class:`AcquisitionQC`: which events lie in anomalous
+stretches, the per-bin series behind the decision (for the report's plots), the margin events per
+channel and the QC findings. The method follows PeacoQC (Emmaneel et al. 2022: bins of consecutive
+events, a robust statistic per bin and channel, short good stretches between bad ones removed too)
+and flowCut (Meskas et al. 2023: several order statistics per segment of 500 events), with a
+change-point segmentation instead of PeacoQC's isolation tree so that slow drifts are found as
+well as steps:
+
+1. **Bins.** Events in acquisition order are cut into ``n_bins = n // events_per_bin`` bins of
+   consecutive events (``events_per_bin`` raised to ``ceil(n / max_bins)`` for big files; the last
+   bin takes the remainder). Fewer than ``min_bins`` bins: nothing is tested (flag
+   ``acquisition_qc_skipped``).
+2. **Flow rate.** The acquisition time (the ``Time`` channel, seconds after ``$TIMESTEP``) is cut
+   into ``n_bins`` equal intervals; events per interval / width = rate (events/s).
+3. **Signal.** Every scatter and fluorescence channel is put on a logicle scale (T = the channel's
+   ``$PnR`` or its largest value, W = 0.5, M = 4.5, A = 0; 1.0 = top of scale, 0.01 ~ 2.3 % of
+   intensity near the top), and per bin the ``quantiles`` (default the 50th and 90th percentiles:
+   the main population and the bright one) are taken: one series per channel and quantile.
+4. **Change points.** Each series (rates, and every signal series) is segmented by binary
+   segmentation: the split maximising the two-sample statistic
+   ``|mean(left) - mean(right)| / (sigma * sqrt(1/n_left + 1/n_right))`` is kept when it exceeds
+   ``t_crit`` (default 7), recursively; ``sigma`` = the robust bin-to-bin noise
+   ``1.4826 * median(|diff(series)|) / sqrt(2)`` (insensitive to steps and slow drift). A drift is
+   cut into steps this way.
+5. **Reference and anomalies.** A segment's level is its median. The reference level is that of the
+   majority of events: the segment whose level has the most events in segments within tolerance of
+   it (rates: weighted by events, not by time). A segment is anomalous when its median differs
+   from the reference by more than the effect size: ``rate_tolerance`` (default 0.25 = 25 % of the
+   reference rate) for rates, ``min_shift`` (default 0.01 logicle units) for signals, and by more
+   than ``3 sigma / sqrt(bins in the segment)``.
+6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
+   shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
+   anomalous too.
+7. **Margin events** per channel: events at or above ``$PnR - 1`` or tied at the channel's largest
+   value (pile-up at the top of the scale), and events tied at the channel's smallest value when at
+   least ``MIN_TIES`` share it (pile-up at the bottom). A channel with more than
+   ``margin_limit_pct`` of its events there raises ``margin_events``. Margin events are reported,
+   and removed only with ``remove_margin_events: true`` (saturated scatter is removed by the
+   ``cells`` gate anyway).
+
+Modes (``mode`` in a strategy's ``acquisition_qc`` section): ``remove`` (default; anomalous events
+are dropped before compensation, the share recorded), ``flag`` (findings only, every event kept),
+``off``. Flags: ``flow_rate_anomaly``, ``signal_drift`` (naming the channels), ``margin_events``,
+``acquisition_removed_pct`` (more than ``max_removed_pct`` % of the events anomalous),
+``no_time_channel`` (no ``Time`` channel: no rate check; the signal check runs in event order) and
+``time_not_monotonic`` (time resets are stitched: each negative step is taken as zero elapsed time).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+MODES = ("remove", "flag", "off")
+MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
+_MAD_TO_SD = 1.4826
+
+
+@dataclass(frozen=True)
+class AcquisitionSettings:
+    """Parameters of :func:`check_acquisition` (a strategy's ``acquisition_qc`` section)."""
+
+    mode: str = "remove"
+    events_per_bin: int = 500
+    max_bins: int = 500
+    min_bins: int = 8
+    quantiles: tuple[float, ...] = (0.5, 0.9)
+    t_crit: float = 7.0
+    min_shift: float = 0.01
+    rate_tolerance: float = 0.25
+    consecutive_bins: int = 5
+    margin_limit_pct: float = 2.0
+    max_removed_pct: float = 10.0
+    remove_margin_events: bool = False
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> "AcquisitionSettings":
+        """Validated settings from a mapping (YAML); ``ValueError("<key>: <problem>")`` on a bad value."""
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown key; allowed: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            values[key] = _check_setting(key, value)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+_RANGES = {
+    "events_per_bin": (int, 50, 1_000_000), "max_bins": (int, 10, 100_000), "min_bins": (int, 3, 10_000),
+    "t_crit": (float, 1.0, 100.0), "min_shift": (float, 0.0, 1.0), "rate_tolerance": (float, 0.0, 10.0),
+    "consecutive_bins": (int, 0, 10_000), "margin_limit_pct": (float, 0.0, 100.0),
+    "max_removed_pct": (float, 0.0, 100.0),
+}
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    if key == "mode":
+        if value not in MODES:
+            raise ValueError(f"mode: must be one of {list(MODES)}, got {value!r}")
+        return value
+    if key == "remove_margin_events":
+        if not isinstance(value, bool):
+            raise ValueError(f"remove_margin_events: must be true or false, got {value!r}")
+        return value
+    if key == "quantiles":
+        if (not isinstance(value, (list, tuple)) or not value
+                or not all(isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1 for q in value)):
+            raise ValueError(f"quantiles: must be a list of numbers between 0 and 1, got {value!r}")
+        return tuple(float(q) for q in value)
+    kind, low, high = _RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ValueError(f"{key}: must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{key}: {value} outside [{low}, {high}]")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One QC finding of a file: ``code`` (a QC flag code), ``severity``, one-line ``message``."""
+
+    code: str
+    severity: str
+    message: str
+
+
+@dataclass
+class AcquisitionQC:
+    """Result of :func:`check_acquisition` for one file.
+
+    ``anomalous``: bool per event (acquisition order), True in an anomalous stretch (or a removed
+    margin event). ``keep``: the events gating uses (``~anomalous`` in ``remove`` mode, all events
+    otherwise). ``rate``: one row per time interval (``t_start, t_end`` s, ``events``,
+    ``rate_per_s``, ``anomalous``); empty without a time channel. ``signal``: one row per event bin
+    (``bin, first_event, last_event, t_mid`` (s, NaN without time), ``anomalous``, and per channel
+    ``<channel>`` = the bin's median on the QC logicle scale). ``margins``: per channel
+    ``channel, upper, lower, pct``. ``drift_channels``: channels with an anomalous segment.
+    ``removed_intervals``: (start, end) of the anomalous stretches in seconds (event indices
+    without time). ``removed_pct`` = 100 x anomalous / events.
+    """
+
+    n_events: int
+    settings: AcquisitionSettings
+    time_channel: str | None
+    anomalous: np.ndarray
+    rate: pd.DataFrame
+    signal: pd.DataFrame
+    margins: pd.DataFrame
+    drift_channels: tuple[str, ...] = ()
+    removed_intervals: tuple[tuple[float, float], ...] = ()
+    findings: list[Finding] = field(default_factory=list)
+    events_per_bin: int = 0
+
+    @property
+    def keep(self) -> np.ndarray:
+        if self.settings.mode == "remove":
+            return ~self.anomalous
+        return np.ones(self.n_events, dtype=bool)
+
+    @property
+    def removed_pct(self) -> float:
+        return 100.0 * float(np.count_nonzero(self.anomalous)) / self.n_events if self.n_events else 0.0
+
+    @property
+    def n_removed(self) -> int:
+        return int(np.count_nonzero(~self.keep))
+
+    def summary(self) -> dict[str, Any]:
+        """One row for tables: mode, time channel, events, anomalous %, events removed, flags."""
+        return {
+            "mode": self.settings.mode, "time_channel": self.time_channel or "", "n_events": self.n_events,
+            "anomalous_pct": round(self.removed_pct, 3), "n_removed": self.n_removed,
+            "events_per_bin": self.events_per_bin, "drift_channels": ", ".join(self.drift_channels),
+            "flags": ", ".join(dict.fromkeys(f.code for f in self.findings)),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# small pure helpers
+# --------------------------------------------------------------------------------------------
+
+
+def find_time_channel(channel_names: Sequence[str]) -> str | None:
+    """The time channel ($PnN ``Time``, case-insensitive; else the first name containing 'time')."""
+    for name in channel_names:
+        if str(name).strip().lower() == "time":
+            return name
+    return next((n for n in channel_names if "time" in str(n).lower()), None)
+
+
+def robust_noise(series: np.ndarray) -> float:
+    """Bin-to-bin noise SD: ``1.4826 * median(|diff|) / sqrt(2)`` (steps and slow drift barely move it)."""
+    d = np.diff(series[np.isfinite(series)])
+    if d.size == 0:
+        return 0.0
+    return float(_MAD_TO_SD * np.median(np.abs(d)) / math.sqrt(2.0))
+
+
+def segment(series: np.ndarray, sigma: float, t_crit: float) -> list[tuple[int, int]]:
+    """Binary segmentation of ``series`` into ``[(start, stop), ...]`` (stop exclusive, in order).
+
+    A segment is split at the point maximising ``|mean(left) - mean(right)| / (sigma *
+    sqrt(1/n_left + 1/n_right))`` when that statistic exceeds ``t_crit``; both halves are split
+    again the same way. ``sigma <= 0`` (a constant series) gives one segment.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    n = x.size
+    if n < 2 or not sigma > 0:
+        return [(0, n)]
+    out: list[tuple[int, int]] = []
+    stack = [(0, n)]
+    while stack:
+        a, b = stack.pop()
+        m = b - a
+        if m < 2:
+            out.append((a, b))
+            continue
+        seg = x[a:b]
+        cum = np.cumsum(seg)
+        k = np.arange(1, m)
+        left = cum[:-1] / k
+        right = (cum[-1] - cum[:-1]) / (m - k)
+        stat = np.abs(left - right) / (sigma * np.sqrt(1.0 / k + 1.0 / (m - k)))
+        best = int(np.argmax(stat))
+        if stat[best] > t_crit:
+            split = a + best + 1
+            stack.append((split, b))
+            stack.append((a, split))
+        else:
+            out.append((a, b))
+    return sorted(out)
+
+
+def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, relative: bool,
+                       weights: np.ndarray | None = None) -> np.ndarray:
+    """Bool per element of ``series``: inside a segment whose level departs from the reference.
+
+    Segments come from :func:`segment`; a segment's level is its median. The reference is the
+    level of the *majority*: for each segment, the weight (``weights`` summed, default the number
+    of elements) of all segments whose levels lie within ``tolerance`` of its own; the segment with
+    the largest such weight gives the reference level. A segment is anomalous when ``|level -
+    reference|`` exceeds ``tolerance`` (times the reference when ``relative``) and
+    ``3 sigma / sqrt(length)``.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    bad = np.zeros(x.size, dtype=bool)
+    if x.size < 2:
+        return bad
+    w = np.ones(x.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    sigma = robust_noise(x)
+    if relative:   # counts: Poisson noise is the floor of the bin-to-bin noise
+        sigma = max(sigma, math.sqrt(max(float(np.median(x)), 1.0)))
+    segments = segment(x, sigma, t_crit)
+    levels = np.array([float(np.median(x[a:b])) for a, b in segments])
+    mass = np.array([float(w[a:b].sum()) for a, b in segments])
+
+    def limit(ref: float) -> float:
+        return tolerance * abs(ref) if relative else tolerance
+
+    support = [mass[np.abs(levels - lv) <= limit(lv)].sum() for lv in levels]
+    reference = float(levels[int(np.argmax(support))])
+    for (a, b), level in zip(segments, levels):
+        delta = abs(level - reference)
+        if delta > limit(reference) and delta > 3.0 * sigma / math.sqrt(b - a):
+            bad[a:b] = True
+    return bad
+
+
+def fill_short_gaps(bad: np.ndarray, min_good: int) -> np.ndarray:
+    """``bad`` with every good run shorter than ``min_good`` elements between two bad runs set bad."""
+    out = bad.copy()
+    if min_good <= 0 or not out.any():
+        return out
+    idx = np.flatnonzero(np.diff(out.astype(np.int8)))   # run boundaries
+    starts = np.concatenate([[0], idx + 1])
+    stops = np.concatenate([idx + 1, [out.size]])
+    for s, e in zip(starts, stops):
+        if not out[s] and s > 0 and e < out.size and e - s < min_good:
+            out[s:e] = True
+    return out
+
+
+def monotonic_time(time: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(elapsed time, was_monotonic)``: negative steps (counter resets) count as zero elapsed time."""
+    t = np.asarray(time, dtype=np.float64)
+    if t.size < 2:
+        return t.copy(), True
+    step = np.diff(t)
+    if np.all(step >= 0):
+        return t.copy(), True
+    step[~(step >= 0)] = 0.0
+    return np.concatenate([[t[0]], t[0] + np.cumsum(step)]), False
+
+
+def _qc_scale(values: np.ndarray, top: float) -> np.ndarray:
+    from tilpheno.transforms import Logicle
+
+    return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0).apply(values)
+
+
+def margin_events(events: np.ndarray, names: Sequence[str], ranges: Sequence[float]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per channel the margin events (module docstring, step 7) and a bool mask of all of them."""
+    n = events.shape[0]
+    mask = np.zeros(n, dtype=bool)
+    rows = []
+    for j, (name, top) in enumerate(zip(names, ranges)):
+        x = events[:, j]
+        finite = np.isfinite(x)
+        if not finite.any():
+            rows.append({"channel": name, "upper": 0, "lower": 0, "pct": 0.0})
+            continue
+        hi, lo = float(np.max(x[finite])), float(np.min(x[finite]))
+        upper = x >= hi
+        if not (top and top > 1 and hi >= top - 1) and np.count_nonzero(upper) < 2:
+            upper = np.zeros(n, dtype=bool)
+        if top and top > 1:
+            upper |= x >= top - 1
+        lower = x <= lo
+        if np.count_nonzero(lower) < MIN_TIES:
+            lower = np.zeros(n, dtype=bool)
+        both = upper | lower
+        mask |= both
+        rows.append({"channel": name, "upper": int(np.count_nonzero(upper)), "lower": int(np.count_nonzero(lower)),
+                     "pct": 100.0 * np.count_nonzero(both) / n if n else 0.0})
+    return pd.DataFrame(rows, columns=["channel", "upper", "lower", "pct"]), mask
+
+
+def _intervals(bad: np.ndarray, position: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """(start, end) positions of each run of ``bad`` (``position``: time or event index per event)."""
+    if not bad.any():
+        return ()
+    idx = np.flatnonzero(np.diff(bad.astype(np.int8)))
+    starts = np.concatenate([[0], idx + 1])
+    stops = np.concatenate([idx + 1, [bad.size]])
+    return tuple((float(position[s]), float(position[e - 1])) for s, e in zip(starts, stops) if bad[s])
+
+
+# --------------------------------------------------------------------------------------------
+# the check
+# --------------------------------------------------------------------------------------------
+
+
+def check_acquisition(
+    events: np.ndarray,
+    channel_names: Sequence[str],
+    ranges: Sequence[float] | None = None,
+    settings: AcquisitionSettings = AcquisitionSettings(),
+    *,
+    channels: Sequence[str] | None = None,
+) -> AcquisitionQC:
+    """Acquisition QC of one file's raw events (see the module docstring for the method).
+
+    ``events``: n x channels, acquisition order, as ``FCSFile.events`` (Time in seconds).
+    ``ranges``: ``$PnR`` per channel (None: the largest value of each channel). ``channels``: the
+    channels whose signal is checked (default: every channel but time).
+    """
+    events = np.asarray(events)
+    names = [str(c) for c in channel_names]
+    n = int(events.shape[0])
+    ranges = [float(r) if r is not None and np.isfinite(r) else 0.0 for r in (ranges or [0.0] * len(names))]
+    time_name = find_time_channel(names)
+    checked = [c for c in (channels or names) if c != time_name and c in names]
+    findings: list[Finding] = []
+    if time_name is None:
+        findings.append(Finding("no_time_channel", "warning",
+                                "no Time channel: flow rate not checked; signal checked in event order"))
+    margins, margin_mask = margin_events(events[:, [names.index(c) for c in checked]], checked,
+                                         [ranges[names.index(c)] for c in checked]) if n else (
+        pd.DataFrame(columns=["channel", "upper", "lower", "pct"]), np.zeros(0, dtype=bool))
+    heavy = margins[margins["pct"] > settings.margin_limit_pct]
+    if len(heavy):
+        findings.append(Finding("margin_events", "warning", "margin events above "
+                                f"{settings.margin_limit_pct:g}%: " + ", ".join(
+                                    f"{r.channel} {r.pct:.1f}%" for r in heavy.itertuples())))
+    empty = AcquisitionQC(n, settings, time_name, np.zeros(n, dtype=bool), pd.DataFrame(), pd.DataFrame(), margins,
+                          findings=findings)
+    if settings.mode == "off":
+        return empty
+    epb = max(int(settings.events_per_bin), math.ceil(n / settings.max_bins)) if n else settings.events_per_bin
+    n_bins = n // epb if epb else 0
+    empty.events_per_bin = epb
+    if n_bins < settings.min_bins:
+        findings.append(Finding("acquisition_qc_skipped", "info",
+                                f"{n} events: fewer than {settings.min_bins} bins of {epb} events, time QC not run"))
+        return empty
+
+    # event bins (the last one takes the remainder)
+    bounds = np.arange(n_bins + 1) * epb
+    bounds[-1] = n
+    bin_of_event = np.minimum(np.arange(n) // epb, n_bins - 1)
+
+    # time and flow rate
+    rate = pd.DataFrame(columns=["t_start", "t_end", "events", "rate_per_s", "anomalous"])
+    rate_bad_events = np.zeros(n, dtype=bool)
+    elapsed = None
+    if time_name is not None:
+        raw_time = events[:, names.index(time_name)].astype(np.float64)
+        elapsed, monotonic = monotonic_time(raw_time)
+        if not monotonic:
+            findings.append(Finding("time_not_monotonic", "warning",
+                                    f"{time_name} decreases {int(np.count_nonzero(np.diff(raw_time) < 0))} time(s); "
+                                    "resets stitched (zero elapsed time at each)"))
+        t0, t1 = float(elapsed[0]), float(elapsed[-1])
+        if not np.all(np.isfinite(elapsed)) or t1 <= t0:
+            findings.append(Finding("no_time_channel", "warning",
+                                    f"{time_name} does not advance: flow rate not checked"))
+            elapsed = None
+        else:
+            edges = np.linspace(t0, t1, n_bins + 1)
+            counts, _ = np.histogram(elapsed, bins=edges)
+            width = (t1 - t0) / n_bins
+            bad_bins = anomalous_segments(counts.astype(np.float64), settings.t_crit, settings.rate_tolerance,
+                                          relative=True, weights=counts)
+            which = np.minimum(((elapsed - t0) / width).astype(np.int64), n_bins - 1)
+            rate_bad_events = bad_bins[which]
+            rate = pd.DataFrame({"t_start": edges[:-1], "t_end": edges[1:], "events": counts,
+                                 "rate_per_s": counts / width, "anomalous": bad_bins})
+            if bad_bins.any():
+                pct = 100.0 * np.count_nonzero(rate_bad_events) / n
+                findings.append(Finding("flow_rate_anomaly", "warning",
+                                        f"flow rate departs > {100 * settings.rate_tolerance:g}% from its stable level in "
+                                        f"{int(bad_bins.sum())} of {n_bins} time intervals ({pct:.1f}% of events)"))
+
+    # signal per channel and quantile
+    signal_bad_bins = np.zeros(n_bins, dtype=bool)
+    medians: dict[str, np.ndarray] = {}
+    drift: list[str] = []
+    for c in checked:
+        j = names.index(c)
+        top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j]))) if n else 1.0
+        scaled = _qc_scale(events[:, j].astype(np.float64), top)
+        per_bin = _bin_quantiles(scaled, bounds, settings.quantiles)
+        medians[c] = per_bin[:, 0] if 0.5 not in settings.quantiles else per_bin[:, settings.quantiles.index(0.5)]
+        channel_bad = np.zeros(n_bins, dtype=bool)
+        for q in range(per_bin.shape[1]):
+            series = per_bin[:, q]
+            if not np.all(np.isfinite(series)):
+                continue
+            channel_bad |= anomalous_segments(series, settings.t_crit, settings.min_shift, relative=False)
+        if channel_bad.any():
+            drift.append(c)
+        signal_bad_bins |= channel_bad
+    signal_bad_events = signal_bad_bins[bin_of_event]
+    if drift:
+        pct = 100.0 * np.count_nonzero(signal_bad_events) / n
+        findings.append(Finding("signal_drift", "warning",
+                                f"signal shift or drift (> {settings.min_shift:g} logicle units from the stable level) in "
+                                f"{', '.join(drift)}: {int(signal_bad_bins.sum())} of {n_bins} bins ({pct:.1f}% of events)"))
+
+    bad = fill_short_gaps(rate_bad_events | signal_bad_events, settings.consecutive_bins * epb)
+    if settings.remove_margin_events:
+        bad |= margin_mask
+    position = elapsed if elapsed is not None else np.arange(n, dtype=np.float64)
+    mids = (bounds[:-1] + bounds[1:] - 1) // 2
+    signal = pd.DataFrame({"bin": np.arange(n_bins), "first_event": bounds[:-1], "last_event": bounds[1:] - 1,
+                           "t_mid": elapsed[mids] if elapsed is not None else np.full(n_bins, np.nan),
+                           "anomalous": signal_bad_bins, **medians})
+    result = AcquisitionQC(n, settings, time_name, bad, rate, signal, margins, tuple(drift),
+                           _intervals(bad, position), findings, epb)
+    if result.removed_pct > settings.max_removed_pct:
+        verb = "removed" if settings.mode == "remove" else "anomalous (flag mode: kept)"
+        findings.append(Finding("acquisition_removed_pct", "warning",
+                                f"{result.removed_pct:.1f}% of events {verb} by acquisition QC (> {settings.max_removed_pct:g}%)"))
+    return result
+
+
+def _bin_quantiles(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+    """``n_bins x len(quantiles)``: each bin's quantiles (numpy linear interpolation), NaN-free bins only."""
+    n_bins = bounds.size - 1
+    out = np.full((n_bins, len(quantiles)), np.nan)
+    width = int(bounds[1] - bounds[0])
+    full = n_bins - 1   # every bin but the last has exactly `width` events
+    if full:
+        block = values[: full * width].reshape(full, width)
+        out[:full] = np.quantile(block, quantiles, axis=1).T
+    out[full] = np.quantile(values[bounds[full]:], quantiles)
+    return out

@@ -1,0 +1,476 @@
+"""Spillover from single-stain controls: which control is which, the matrix, its spreading (SSM).
+
+Convention as :mod:`tilpheno.compensation`: ``S[i, j]`` = fraction of fluorochrome ``i``'s signal
+(row; named by its primary detector) seen in detector ``j`` (column), diagonal 1, so that
+``compensated = raw @ inv(S)``. Written in the FlowJo/FlowKit CSV layout (a header row of detector
+names, one row per fluorochrome in the same order), which ``process --compensation`` reads.
+
+Which control stains which detector (:func:`identify_controls`): a ``--controls`` CSV
+(``file,detector``; an empty detector marks the unstained control) wins; else the file name or
+``TUBE NAME`` ("Compensation Controls_FITC Stained Control", "unstained"/"blank"/"no stain" for the
+unstained control): the detector ($PnN without ``-A``/``-H``/``-W``) whose name appears there as a
+whole word, the longest such name winning ("PE-Cy7" over "PE"); else the one fluorescence detector
+with a ``$PnS`` label.
+
+Estimation (:func:`estimate_spillover`), per control with primary detector ``p``:
+
+1. **Events used**: the control's (and the unstained control's) main scatter population: events
+   within ``SCATTER_SD`` (2.5) robust SDs (1.4826 x MAD) of the median of log10 FSC-A and of
+   log10 SSC-A (when those channels exist), without events at the top of any detector's range
+   (>= ``$PnR`` - 1: saturated).
+2. **Negative population**: the unstained control's events when there is one (universal negative,
+   as FlowJo's); else the control's own events below Otsu's threshold of ``asinh(x_p / 150)``
+   (bead files and cells with a negative part).
+3. **Positive population**: events with ``x_p`` above the 99.5th percentile of the negative
+   population (and above Otsu's threshold when the negative is internal). Checks: fewer than
+   ``min_positive`` (100) events -> error "too small"; stain index ``(median_pos(x_p) -
+   median_neg(x_p)) / (2 rSD_neg(x_p))`` below ``min_stain_index`` (3) -> error "too dim"
+   (rSD = half the 15.87th-84.13th percentile distance).
+4. **Spillover slope** into every other detector ``j``: the median over the positive events of
+   ``(y_j - median_neg(y_j)) / (x_p - median_neg(x_p))`` (median of per-event ratios: robust to
+   outliers and to the spread of the positive population). Its standard error:
+   ``1.2533 x 1.4826 x MAD(ratios) / sqrt(n_pos)`` (asymptotic SE of a median). A slope below
+   ``-max(neg_tolerance, 4 SE)`` (default tolerance 0.01) is an error: "negative spillover beyond
+   noise".
+5. **Matrix**: rows/columns = the controls' primary detectors in the files' ``$PnN`` order. Two
+   controls on one detector, or a matrix whose condition number exceeds ``MAX_CONDITION`` (100:
+   compensation would amplify noise more than 100-fold; real matrices are near 1-10),
+   are errors naming the controls.
+6. **Spillover spreading matrix** (Nguyen et al. 2013, Cytometry A 83:306): the controls'
+   positive and negative events compensated with the new matrix; ``SSM[i, j] = sqrt(max(0,
+   rSD_pos(j)^2 - rSD_neg(j)^2)) / sqrt(median_pos(i) - median_neg(i))`` with rSD = the 84.13th
+   minus the 50th percentile; units sqrt(linear units); diagonal NaN.
+
+Every problem raises :class:`tilpheno.errors.CompensationError` with a one-line message naming the
+control file.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tilpheno.compensation import Spillover, compensate
+from tilpheno.errors import CompensationError, FCSReadError, TableError
+
+SCATTER_SD = 2.5
+MAX_CONDITION = 100.0
+ASINH_COFACTOR = 150.0
+_UNSTAINED = re.compile(r"(?:^|[^A-Za-z])(unstained|unstain|blank|no[ _-]?stain|negative control)(?:[^A-Za-z]|$)",
+                        re.IGNORECASE)
+_SUFFIX = re.compile(r"-[AHW]$")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control file and the detector its fluorochrome is measured in (None = unstained)."""
+
+    file: str
+    detector: str | None
+
+
+@dataclass
+class SpilloverEstimate:
+    """Result of :func:`estimate_spillover`.
+
+    ``spillover``: the matrix (``source`` names the controls' folder). ``standard_errors``: SE of
+    each coefficient (DataFrame like the matrix, diagonal 0). ``ssm``: spillover spreading matrix
+    (sqrt(linear units), diagonal NaN). ``controls``: one row per control: ``file, detector,
+    n_events, n_used, negative`` (``unstained`` or ``internal``), ``n_negative, n_positive,
+    median_negative, median_positive, stain_index``.
+    """
+
+    spillover: Spillover
+    standard_errors: pd.DataFrame
+    ssm: pd.DataFrame
+    controls: pd.DataFrame
+
+    def matrix_frame(self) -> pd.DataFrame:
+        """The matrix in the FlowJo/FlowKit CSV layout (columns = detectors, rows in the same order)."""
+        return pd.DataFrame(self.spillover.matrix, columns=list(self.spillover.detectors))
+
+
+def write_spillover_csv(spillover: Spillover, path: str | Path) -> None:
+    """Write ``spillover`` in the FlowJo/FlowKit CSV layout (header row of detector names, one row
+    per fluorochrome in the same order), atomically; ``compensation.read_spillover_csv`` reads it."""
+    from tilpheno.io.atomic import write_csv
+
+    write_csv(path, pd.DataFrame(spillover.matrix, columns=list(spillover.detectors)))
+
+
+# --------------------------------------------------------------------------------------------
+# which control is which
+# --------------------------------------------------------------------------------------------
+
+
+def _detector_pattern(detector: str) -> re.Pattern:
+    base = _SUFFIX.sub("", detector)
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", base) if p]
+    body = r"[-. ]?".join(re.escape(p) for p in parts)
+    return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def detector_from_text(text: str, detectors: Sequence[str]) -> str | None:
+    """The detector named in ``text`` as a whole word ("FITC" -> ``FITC-A``), longest name first;
+    ``-A`` detectors are preferred over ``-H``/``-W`` ones of the same name."""
+    text = text.replace("_", " ")
+    hits = [d for d in detectors if _detector_pattern(d).search(text)]
+    if not hits:
+        return None
+    return max(hits, key=lambda d: (len(_SUFFIX.sub("", d)), d.endswith("-A")))
+
+
+def fluorescence_detectors(fcs) -> list[str]:
+    """$PnN of the fluorescence channels (not scatter, not time)."""
+    from tilpheno.panel import is_scatter_or_time
+
+    return [n for n in fcs.channel_names if not is_scatter_or_time(n)]
+
+
+def identify_control(fcs) -> Control:
+    """A control's role from its file name, ``TUBE NAME`` and ``$PnS`` (module docstring)."""
+    path = Path(fcs.path)
+    texts = [path.stem, fcs.keywords.get("TUBE NAME", ""), Path(fcs.keywords.get("$FIL", "")).stem]
+    if any(_UNSTAINED.search(t.replace("_", " ")) for t in texts if t):
+        return Control(str(path), None)
+    detectors = fluorescence_detectors(fcs)
+    for t in texts:
+        if t:
+            found = detector_from_text(t, detectors)
+            if found:
+                return Control(str(path), found)
+    labelled = [str(r.pnn) for r in fcs.channels.itertuples() if str(r.pnn) in detectors and str(r.pns).strip()]
+    if len(labelled) == 1:
+        return Control(str(path), labelled[0])
+    raise CompensationError(
+        f"{path}: cannot tell which detector this single-stain control stains (no detector name in the file"
+        f" name or TUBE NAME, {len(labelled)} labelled detectors); list it in a --controls CSV (file,detector)")
+
+
+def read_controls_csv(path: str | Path, base: str | Path | None = None) -> list[Control]:
+    """``file,detector`` rows (an empty detector = the unstained control); relative files under
+    ``base`` (default the CSV's folder). TableError naming the row for a missing column or file."""
+    path = Path(path)
+    base = Path(base) if base is not None else path.parent
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise TableError(f"{path}: cannot read the controls CSV ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    missing = [c for c in ("file", "detector") if c not in frame.columns]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    out = []
+    for i, row in enumerate(frame.itertuples(index=False), start=1):
+        file = Path(str(row.file).strip())
+        if not str(file):
+            raise TableError(f"{path}: row {i} (line {i + 1}), column 'file': empty value")
+        resolved = file if file.is_absolute() else base / file
+        if not resolved.is_file():
+            raise TableError(f"{path}: row {i} (line {i + 1}), column 'file': {str(file)!r} does not exist (looked for {resolved})")
+        detector = str(row.detector).strip()
+        out.append(Control(str(resolved), detector or None))
+    return out
+
+
+def identify_controls(files: Sequence[str | Path], controls_csv: str | Path | None = None) -> list[Control]:
+    """Controls for ``files`` (or exactly the rows of ``controls_csv`` when given)."""
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    if controls_csv is not None:
+        return read_controls_csv(controls_csv)
+    out = []
+    for f in files:
+        try:
+            fcs = read_fcs_metadata(f, checksum=False)
+        except FCSReadError as exc:
+            raise CompensationError(str(exc)) from None
+        out.append(identify_control(fcs))
+    return out
+
+
+def controls_in_folder(folder: str | Path, controls_csv: str | Path | None = None) -> list[Control]:
+    """The controls of a folder: the ``--controls`` CSV's rows (relative to the CSV), else every FCS file found."""
+    from tilpheno.io.manifest import list_fcs_files
+
+    folder = Path(folder)
+    if controls_csv is not None:
+        return read_controls_csv(controls_csv, base=Path(controls_csv).parent)
+    if not folder.is_dir():
+        raise TableError(f"{folder}: not a folder")
+    files = list_fcs_files(folder)
+    if not files:
+        raise TableError(f"{folder}: no FCS files")
+    return identify_controls(files)
+
+
+# --------------------------------------------------------------------------------------------
+# estimation
+# --------------------------------------------------------------------------------------------
+
+
+def _rsd(x: np.ndarray) -> float:
+    lo, hi = np.percentile(x, [15.87, 84.13])
+    return float(hi - lo) / 2.0
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold (maximal between-class variance) of ``values`` on a histogram of ``bins``."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = np.divide(m0, w0, out=np.zeros_like(m0, dtype=float), where=w0 > 0)
+    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0, dtype=float), where=w1 > 0)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def _main_scatter(fcs, detectors: Sequence[str]) -> np.ndarray:
+    """Bool mask: the main scatter population, no saturated events (step 1)."""
+    names = list(fcs.channel_names)
+    ev = fcs.events
+    keep = np.all(np.isfinite(ev), axis=1)
+    ranges = dict(zip(map(str, fcs.channels["pnn"]), fcs.channels["pnr"].astype(float)))
+    for d in detectors:
+        top = ranges.get(d, 0.0)
+        if top and top > 1:
+            keep &= ev[:, names.index(d)] < top - 1
+    for s in ("FSC-A", "SSC-A"):
+        if s in names:
+            x = np.log10(np.clip(ev[:, names.index(s)], 1.0, None))
+            med = np.median(x[keep]) if keep.any() else 0.0
+            mad = 1.4826 * np.median(np.abs(x[keep] - med)) if keep.any() else 0.0
+            if mad > 0:
+                keep &= np.abs(x - med) <= SCATTER_SD * mad
+    return keep
+
+
+def _read(control: Control, detectors: Sequence[str]):
+    from tilpheno.io.fcs import read_fcs
+
+    try:
+        fcs = read_fcs(control.file)
+    except FCSReadError as exc:
+        raise CompensationError(str(exc)) from None
+    missing = [d for d in detectors if d not in fcs.channel_names]
+    if missing:
+        raise CompensationError(f"{control.file}: control lacks detector(s) {missing}; channels are {fcs.channel_names}")
+    return fcs
+
+
+def _columns(fcs, mask: np.ndarray, detectors: Sequence[str]) -> np.ndarray:
+    names = list(fcs.channel_names)
+    return fcs.events[np.ix_(mask, [names.index(d) for d in detectors])]
+
+
+def estimate_spillover(
+    controls: Sequence[Control],
+    *,
+    min_positive: int = 100,
+    min_stain_index: float = 3.0,
+    neg_tolerance: float = 0.01,
+    source: str = "single-stain controls",
+) -> SpilloverEstimate:
+    """The spillover matrix (and SSM) from single-stain controls (module docstring for the method)."""
+    stained = [c for c in controls if c.detector]
+    unstained = [c for c in controls if not c.detector]
+    if not stained:
+        raise CompensationError(f"{source}: no single-stain control among {len(controls)} file(s)")
+    if len(unstained) > 1:
+        raise CompensationError(f"{source}: more than one unstained control: {', '.join(Path(c.file).name for c in unstained)}")
+    by_detector: dict[str, Control] = {}
+    for c in stained:
+        if c.detector in by_detector:
+            raise CompensationError(f"{Path(c.file).name}: detector {c.detector} already has control "
+                                    f"{Path(by_detector[c.detector].file).name}; one control per detector")
+        by_detector[c.detector] = c
+    first = _read(stained[0], [stained[0].detector])
+    order = [n for n in first.channel_names if n in by_detector]
+    unknown = [d for d in by_detector if d not in order]
+    if unknown:
+        raise CompensationError(f"{Path(by_detector[unknown[0]].file).name}: detector {unknown[0]} is not a channel of "
+                                f"{Path(first.path).name} ({first.channel_names})")
+    k = len(order)
+    negative_ref = None
+    if unstained:
+        fcs = _read(unstained[0], order)
+        negative_ref = _columns(fcs, _main_scatter(fcs, order), order)
+        if len(negative_ref) < min_positive:
+            raise CompensationError(f"{unstained[0].file}: only {len(negative_ref)} events in the unstained control's main "
+                                    f"scatter population (< {min_positive})")
+    matrix = np.eye(k)
+    se = np.zeros((k, k))
+    rows, populations = [], {}
+    for i, det in enumerate(order):
+        control = by_detector[det]
+        fcs = first if control is stained[0] else _read(control, order)
+        mask = _main_scatter(fcs, order)
+        data = _columns(fcs, mask, order)
+        name = Path(control.file).name
+        x = data[:, i]
+        if negative_ref is not None:
+            neg = negative_ref
+            cut = float(np.percentile(neg[:, i], 99.5))
+            kind = "unstained"
+        else:
+            scaled = np.arcsinh(x / ASINH_COFACTOR)
+            otsu = float(np.sinh(otsu_threshold(scaled)) * ASINH_COFACTOR) if x.size else 0.0
+            neg = data[x <= otsu]
+            cut = max(otsu, float(np.percentile(neg[:, i], 99.5))) if len(neg) else otsu
+            kind = "internal"
+        pos = data[x > cut]
+        if len(neg) < min_positive:
+            raise CompensationError(f"{control.file}: only {len(neg)} negative events ({kind}) (< {min_positive}); "
+                                    "add an unstained control or use beads with a negative population")
+        if len(pos) < min_positive:
+            raise CompensationError(f"{control.file}: positive population too small: {len(pos)} events above "
+                                    f"{cut:.0f} in {det} (< {min_positive})")
+        neg_med = np.median(neg, axis=0)
+        pos_med = np.median(pos, axis=0)
+        rsd = _rsd(neg[:, i])
+        stain_index = float((pos_med[i] - neg_med[i]) / (2.0 * rsd)) if rsd > 0 else float("inf")
+        if stain_index < min_stain_index:
+            raise CompensationError(f"{control.file}: positive population too dim in {det}: stain index "
+                                    f"{stain_index:.2f} < {min_stain_index:g}")
+        dx = pos[:, i] - neg_med[i]
+        keep = dx > 0
+        for j in range(k):
+            if j == i:
+                continue
+            ratio = (pos[keep, j] - neg_med[j]) / dx[keep]
+            slope = float(np.median(ratio))
+            err = 1.2533 * 1.4826 * float(np.median(np.abs(ratio - slope))) / math.sqrt(ratio.size)
+            if slope < -max(neg_tolerance, 4.0 * err):
+                raise CompensationError(f"{control.file}: negative spillover beyond noise into {order[j]}: {slope:.4f} "
+                                        f"(SE {err:.4f}); check the control's negative population and the detector it stains")
+            matrix[i, j], se[i, j] = slope, err
+        populations[i] = (pos, neg)
+        rows.append({"file": name, "detector": det, "n_events": int(fcs.n_events), "n_used": int(mask.sum()),
+                     "negative": kind, "n_negative": int(len(neg)), "n_positive": int(len(pos)),
+                     "median_negative": float(neg_med[i]), "median_positive": float(pos_med[i]),
+                     "stain_index": stain_index})
+    condition = float(np.linalg.cond(matrix))
+    if not np.isfinite(condition) or condition > MAX_CONDITION:
+        names = ", ".join(Path(by_detector[d].file).name for d in order)
+        raise CompensationError(f"{source}: spillover matrix is singular (condition number {condition:.3g}) from controls {names}")
+    spill = Spillover(tuple(order), matrix, source)
+    ssm = _spreading(spill, populations)
+    return SpilloverEstimate(spill, pd.DataFrame(se, index=order, columns=order), ssm,
+                             pd.DataFrame(rows))
+
+
+def _spreading(spill: Spillover, populations: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """Spillover spreading matrix (module docstring, step 6)."""
+    order = list(spill.detectors)
+    k = len(order)
+    ssm = np.full((k, k), np.nan)
+    for i, (pos, neg) in populations.items():
+        cp, cn = compensate(pos, order, spill), compensate(neg, order, spill)
+        delta = float(np.median(cp[:, i]) - np.median(cn[:, i]))
+        if delta <= 0:
+            continue
+        for j in range(k):
+            if j == i:
+                continue
+            sp = float(np.percentile(cp[:, j], 84.13) - np.median(cp[:, j]))
+            sn = float(np.percentile(cn[:, j], 84.13) - np.median(cn[:, j]))
+            ssm[i, j] = math.sqrt(max(0.0, sp * sp - sn * sn)) / math.sqrt(delta)
+    return pd.DataFrame(ssm, index=order, columns=order)
+
+
+# --------------------------------------------------------------------------------------------
+# checking a matrix on a compensated stained tube
+# --------------------------------------------------------------------------------------------
+
+
+def half_sample_mode(values: np.ndarray) -> float:
+    """Half-sample mode (Bickel & Fruehwirth 2006): repeatedly keep the half of the sorted values
+    with the smallest range; the mode of the last 1-3 values. Robust, no bandwidth."""
+    x = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])
+    if x.size == 0:
+        return float("nan")
+    while x.size > 3:
+        h = (x.size + 1) // 2
+        widths = x[h - 1:] - x[: x.size - h + 1]
+        start = int(np.argmin(widths))
+        x = x[start : start + h]
+    if x.size == 3:
+        left, right = x[1] - x[0], x[2] - x[1]
+        return float((x[0] + x[1]) / 2 if left < right else (x[1] + x[2]) / 2 if right < left else x[1])
+    return float(np.mean(x))
+
+
+RESIDUAL_TOLERANCE = 0.04
+RESIDUAL_MAX_EVENTS = 50_000
+
+
+def residual_spillover(
+    compensated: dict[str, np.ndarray],
+    *,
+    negative_cuts: dict[str, float] | None = None,
+    mask: np.ndarray | None = None,
+    tolerance: float = RESIDUAL_TOLERANCE,
+    low_fraction: float = 0.2,
+    bright_fraction: float = 0.05,
+    min_events: int = 100,
+    min_lever: float = 1000.0,
+    max_events: int = RESIDUAL_MAX_EVENTS,
+) -> pd.DataFrame:
+    """Residual spillover left after compensation, per ordered pair of detectors (source, target).
+
+    ``compensated``: detector -> compensated linear values of one stained tube (``mask``: the
+    events to use, e.g. the lymphocytes). For each target detector its *negative* events: values
+    below ``negative_cuts[target]`` (the tube's own gate threshold, linear units; without one,
+    Otsu's threshold of ``asinh(y / 150)``). Among them, for each source detector, the dim group
+    (lowest ``low_fraction`` of the source) and the bright group (highest ``bright_fraction``);
+    ``lever`` = the difference of their source medians (pairs with ``lever < min_lever`` or fewer
+    than ``min_events`` events per group are skipped). ``shift`` = the difference of the target's
+    half-sample modes between the bright and the dim group and ``slope = shift / lever``: about 0
+    when the compensation is right, ``+delta`` when the spillover coefficient is too small by
+    ``delta`` (under-compensated: negatives lean up with the bright channel), ``-delta`` when it is
+    too large (over-compensated). ``flagged`` = ``|slope| > tolerance``.
+    At most ``max_events`` events are used (every k-th of the masked events: deterministic).
+    Columns ``source, target, n_negative, lever, shift, slope, flagged``.
+    """
+    cuts = dict(negative_cuts or {})
+    names = list(compensated)
+    values = {d: (v if mask is None else v[mask]) for d, v in compensated.items()}
+    n = len(next(iter(values.values()))) if values else 0
+    if n > max_events:
+        stride = -(-n // max_events)
+        values = {d: v[::stride] for d, v in values.items()}
+    rows = []
+    for tgt in names:
+        y = values[tgt]
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
+        cut = cuts.get(tgt)
+        if cut is None:
+            cut = float(np.sinh(otsu_threshold(np.arcsinh(y[ok] / ASINH_COFACTOR))) * ASINH_COFACTOR)
+        negative = ok & (y < cut)
+        for src in names:
+            if src == tgt:
+                continue
+            x = values[src]
+            sel = negative & np.isfinite(x)
+            if np.count_nonzero(sel) * min(low_fraction, bright_fraction) < min_events:
+                continue
+            xs, ys = x[sel], y[sel]
+            lo_cut, hi_cut = np.quantile(xs, [low_fraction, 1.0 - bright_fraction])
+            low, high = xs <= lo_cut, xs >= hi_cut
+            lever = float(np.median(xs[high]) - np.median(xs[low]))
+            if lever < min_lever:
+                continue
+            shift = half_sample_mode(ys[high]) - half_sample_mode(ys[low])
+            slope = shift / lever
+            rows.append({"source": src, "target": tgt, "n_negative": int(sel.sum()), "lever": lever, "shift": shift,
+                         "slope": slope, "flagged": bool(abs(slope) > tolerance)})
+    return pd.DataFrame(rows, columns=["source", "target", "n_negative", "lever", "shift", "slope", "flagged"])
