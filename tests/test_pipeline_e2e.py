@@ -143,8 +143,12 @@ def test_cli_rerun_into_same_out_is_identical(processed, small_cohort, tmp_path)
     out, _ = processed
     again = tmp_path / "again"
     shutil.copytree(out, again)
-    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "-o", str(again),
-                                      "--manifest", str(small_cohort.manifest)])
+    before = {p: p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    args = ["process", str(small_cohort.out_dir), "-o", str(again), "--manifest", str(small_cohort.manifest)]
+    refused = CliRunner().invoke(app, args)   # a reused output folder is refused without --overwrite
+    assert refused.exit_code == 2 and "pass --overwrite" in refused.output, refused.output
+    assert {p: p.read_bytes() for p in again.rglob("*") if p.is_file()} == before
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert "3 of 3 products done, 0 failed" in result.output and "low_events" in result.output
     phen = pd.read_csv(again / "phenotypes.csv")

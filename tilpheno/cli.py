@@ -18,19 +18,33 @@ app = typer.Typer(
 
 
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    """Print one line (``error: ...``) and exit with status 2. An ``OSError`` (disk full, read-only
+    folder, a file where a folder is needed) is described by the path and the cause."""
+    if isinstance(exc, OSError):
+        from tilpheno.io.outdir import describe_os_error
+
+        text = describe_os_error(exc)
+    else:
+        text = str(exc)
+    typer.secho(f"error: {' '.join(text.split())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: runs while the options are parsed, so no command is needed."""
+    if value:
+        from tilpheno import __version__
+
+        typer.echo(f"tilpheno {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
 ) -> None:
-    if version:
-        from tilpheno import __version__
-
-        typer.echo(__version__)
-        raise typer.Exit()
+    """tilpheno: phenotype reports and biomarker analyses for TIL infusion products."""
 
 
 # --- commands are added below, one section per stage of the data flow ---
@@ -64,7 +78,7 @@ def scan(
             frame["problem"] = ""
         else:
             frame = scan_folder(folder, study=config)
-    except TilphenoError as exc:
+    except (TilphenoError, OSError) as exc:
         _fail(exc)
     table = Table(title=f"{folder}: {frame['product_id'].nunique() if len(frame) else 0} products, {len(frame)} files")
     for column in COLUMNS:
@@ -155,8 +169,15 @@ def process(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
     fmo_percentile: float = typer.Option(99.5, "--fmo-percentile", help="Percentile of the FMO tube's parent events that sets each marker threshold."),
     include_identifiers: bool = typer.Option(False, "--include-identifiers", help="Show all FCS keywords in reports (default: an allow-list without identifiers)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT may hold a previous run: replace what that run wrote (recorded in run.json)."),
+    allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Accept --outcomes product ids that match no product (listed as a warning)."),
+    allow_outside: bool = typer.Option(False, "--allow-outside", help="Accept manifest files (or links) that lie outside FOLDER."),
 ) -> None:
-    """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT."""
+    """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT.
+
+    Exit status: 0 every product done, 1 some product failed (the others' outputs are complete),
+    2 the run could not start or finish (no FCS files, bad options, OUT in use or not writable).
+    """
     import sys
 
     from tilpheno.errors import TilphenoError
@@ -167,8 +188,9 @@ def process(
             study=study, panel=panel, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
+            overwrite=overwrite, allow_unmatched=allow_unmatched, allow_outside=allow_outside,
         )
-    except TilphenoError as exc:
+    except (TilphenoError, OSError) as exc:
         _fail(exc)
     _print_summary(summary)
     if not summary.ok:
@@ -178,7 +200,7 @@ def process(
 def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, study=None,
                        panel=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
-                       command_line=None):
+                       command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -202,7 +224,8 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             study=study, panel_path=panel,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
-            on_start=on_start, on_outcome=on_outcome,
+            on_start=on_start, on_outcome=on_outcome, overwrite=overwrite, allow_unmatched=allow_unmatched,
+            allow_outside=allow_outside,
         )
 
 
@@ -254,7 +277,7 @@ def biomarkers(
             covariates=_split(covariates), endpoints=tuple(_split(endpoints) or ()), cutpoints=pre,
             n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop,
         )
-    except (TilphenoError, ValueError) as exc:
+    except (TilphenoError, ValueError, OSError) as exc:
         _fail(exc)
     cohort = results.cohort
     typer.echo(f"{len(cohort.data)} patients with phenotypes and outcomes ({len(cohort.outcomes)} with outcomes); "
@@ -292,18 +315,19 @@ def demo(
     sample = _sample_folder()
     try:
         typer.echo(f"1/3 process {sample} -> {out / 'sample'}")
+        # the demo owns its output folders: a second `make demo` replaces the first one's outputs
         first = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"),
-                                   outcomes=_optional(sample / "outcomes.csv"), jobs=jobs)
+                                   outcomes=_optional(sample / "outcomes.csv"), jobs=jobs, overwrite=True)
         _print_summary(first)
         typer.echo(f"2/3 simulate {products} products x 9 tubes x {events} events, then process (tables only)")
         cohort = simulate_cohort(out / "cohort_fcs", products, seed, events)
         second = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest,
-                                    outcomes=cohort.outcomes, jobs=jobs, make_reports=False)
+                                    outcomes=cohort.outcomes, jobs=jobs, make_reports=False, overwrite=True)
         _print_summary(second)
         typer.echo("3/3 biomarker analysis of the simulated cohort")
         phenotypes = pd.read_csv(out / "cohort" / "phenotypes.csv")
         bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers")
-    except TilphenoError as exc:
+    except (TilphenoError, OSError) as exc:
         _fail(exc)
     typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     typer.echo(f"  product reports: {out / 'sample' / 'index.html'}")
@@ -375,7 +399,7 @@ def apply_gates(
                 "count": [int(masks[p.path].sum()) for p in sample.populations],
             })
         write_csv(out, table)
-    except TilphenoError as exc:
+    except (TilphenoError, OSError) as exc:
         _fail(exc)
     what = f"{len(masks)} gate columns x {fcs.n_events} events" if sample is None else f"{len(table)} populations"
     typer.echo(f"wrote {what} to {out}")
@@ -402,7 +426,7 @@ def export_events(
             if target is not None:
                 writer(fcs, masks, target)
                 typer.echo(f"wrote {fcs.n_events} events x {len(masks)} populations to {target}")
-    except TilphenoError as exc:
+    except (TilphenoError, OSError) as exc:
         _fail(exc)
 
 

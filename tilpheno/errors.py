@@ -37,3 +37,7 @@ class TableError(TilphenoError):
 
 class StudyError(TilphenoError):
     """A study configuration (study.yaml, vocabulary) is invalid; the message names the file and key."""
+
+
+class NoInputError(TilphenoError):
+    """A run found nothing to process (no FCS files in the folder)."""

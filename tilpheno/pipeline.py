@@ -18,6 +18,7 @@ pool of that many workers) and ``dask`` (a ``distributed`` cluster at a schedule
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import time
@@ -26,12 +27,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-from tilpheno.errors import FCSReadError, TableError, TilphenoError
+from tilpheno.errors import FCSReadError, NoInputError, TableError, TilphenoError
+from tilpheno.io.files import display_name
 from tilpheno.provenance import FileDigest, RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, ReleaseSpec
 from tilpheno.study import Study, default_study
 
+log = logging.getLogger(__name__)
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
 EXECUTORS = ("local", "dask")
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -103,10 +106,12 @@ class RunSummary:
     release_counts: dict[str, int] = field(default_factory=dict)
     release_spec: str = ""
     seconds: float = 0.0
+    run_flags: list = field(default_factory=list)   # QCFlags of the run itself (product_id ''), e.g. unlistable_folder
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """No product failed and the run met no error of its own (e.g. a folder it could not list)."""
+        return not self.failed and not any(f.severity == "error" for f in self.run_flags)
 
 
 # --- small pure helpers -------------------------------------------------------------------
@@ -124,7 +129,7 @@ def product_slug(product_id: str) -> str:
     text = str(product_id)
     safe = _DOTS.sub("_", _SAFE_CHARS.sub("_", text)).lstrip(".")[:80] or "_"
     if safe != text:
-        safe = f"{safe}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+        safe = f"{safe}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     return safe
 
 
@@ -193,6 +198,62 @@ def _read_metadata(rows, product_id: str):
             flags.append(QCFlag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
             digests.append(_file_digest(file))
     return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
+
+
+FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
+"""QC codes that drop a file from its product."""
+
+
+def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequence, rows=None) -> str:
+    """Why a gated product is *failed* (``''`` when it is usable). The one definition:
+
+    * a tube kind that the run's strategies gate has no usable stained file (none in the
+      manifest, or every one unreadable, with a panel error or a compensation error): every
+      variable of that strategy is unknowable;
+    * a gate failed (``gate_failed``) on the stained file whose counts give the variables: the
+      populations below it are empty, so the variables are unknowable (not 0).
+
+    Missing FMO tubes are not failures: the fallback gate is flagged (``missing_fmo``,
+    ``fallback_gate``) and the product stays usable. ``tubes`` are the gated TubeResults, ``flags``
+    every QC flag of the product; ``rows`` (its manifest rows) lets the message name the dropped
+    files of each tube kind.
+    """
+    tube_of = {}
+    if rows is not None:
+        tube_of = {Path(str(f)).name: str(t) for f, t in zip(rows["file"], rows["tube"])}
+    used: dict[str, str] = {}   # tube kind -> the stained file whose counts give the variables
+    for tube in tubes:
+        if tube.role == "stain":
+            used.setdefault(str(tube.tube), Path(str(tube.file)).name)
+    reasons = []
+    for strategy in strategies:
+        kind = str(strategy.tube)
+        if kind not in used:
+            dropped = [f"{f.file}: {f.code}: {f.message}" for f in flags
+                       if f.code in FILE_ERROR_CODES and tube_of.get(f.file) == kind]
+            detail = "; ".join(dropped) if dropped else f"no {kind} stained file in the manifest"
+            reasons.append(f"no usable {kind} stained file ({detail}): {kind} variables unknowable")
+            continue
+        for f in flags:
+            if f.code == "gate_failed" and f.file == used[kind]:
+                reasons.append(f"{f.file}: gate failed ({f.message}): {kind} variables unknowable")
+    return "; ".join(reasons)
+
+
+def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
+    """A warning ``ungated_tube`` per tube kind present in the product's files that no strategy of
+    the run gates (the unstained control is never gated and is not flagged)."""
+    gated = {str(s.tube) for s in strategies}
+    names = ", ".join(sorted(gated)) or "none"
+    flags = []
+    for kind, group in rows.groupby(rows["tube"].astype(str), sort=True):
+        if kind in gated or kind == "unstained":
+            continue
+        files = ", ".join(Path(str(f)).name for f in group["file"])
+        flags.append(QCFlag(product_id, "", "ungated_tube", "warning",
+                            f"{len(group)} {kind} file(s) not gated ({files}): no strategy for tube kind "
+                            f"'{kind}' in this run (strategies for: {names})"))
+    return flags
 
 
 def strategy_sources(strategies: Sequence) -> tuple[StrategySource, ...]:
@@ -309,32 +370,36 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         rows, meta, flags, digests = _read_metadata(job.rows, pid)
         if not (rows["role"] == "stain").any():
             raise TableError(f"product {pid}: no readable stained tube (files: {', '.join(job.rows['file'].map(lambda f: Path(f).name))})")
+        flags += ungated_tube_flags(pid, job.rows, job_strategies(job))
         result = _analyze(job, rows)
+        flags = list(result.qc) + flags
+        error = failure_reason(result.tubes, flags, job_strategies(job), job.rows)
     except TilphenoError as exc:
         error = str(exc)
     except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
+        log.exception("product %s: internal error", pid)
         error = f"internal error {type(exc).__name__}: {exc}"
     if result is not None:
-        flags = list(result.qc) + flags
         gated = {str(t.file) for t in result.tubes}
         digests += [_digest(t.file, t) for t in result.tubes]
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
     else:
-        flags.append(QCFlag(pid, "", "product_failed", "error", error))
         seen = {d.path for d in digests}
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
+    if error:
+        flags.append(QCFlag(pid, "", "product_failed", "error", error))
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
-    release = evaluate(spec, phenotype) if result else []
+    release = evaluate(spec, phenotype) if result and not error else []
     outcome = ProductOutcome(
         product_id=pid,
         slug=product_slug(pid),
-        ok=result is not None,
+        ok=not error,
         error=error,
         phenotype=phenotype,
         populations=_populations_long(pid, result.tubes) if result else None,
         qc=flags,
         release=release,
-        release_status=overall(release) if result else NOT_EVALUABLE,
+        release_status=overall(release) if result and not error else NOT_EVALUABLE,
         files=sorted(digests, key=lambda d: d.path),
     )
     outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
@@ -426,6 +491,11 @@ def iter_outcomes(
 
     ``scheduler``: for ``executor="dask"``, a scheduler address (``tcp://host:8786``) or a
     ``distributed.Client``; ignored for ``local``.
+
+    A process-pool worker that dies (killed by the out-of-memory killer, a crash in a native
+    library) breaks the whole pool: every job it had not finished is then run again, each alone in
+    a fresh process (:func:`run_isolated`), so only the product that kills its worker again fails
+    (``worker died ...``); the others are retried and complete.
     """
     if executor not in EXECUTORS:
         raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -436,16 +506,83 @@ def iter_outcomes(
             try:
                 outcome = process_product(job)
             except Exception as exc:  # process_product catches input errors; this is the last guard
+                log.exception("product %s: worker failed", job.product_id)
                 outcome = crashed_outcome(job, f"worker failed: {type(exc).__name__}: {exc}")
             yield outcome
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        yield from _iter_pool(jobs, n_jobs)
 
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=_pool_context(),
-                                 initializer=_single_threaded_worker) as pool:
-            futures = {pool.submit(process_product, job): job for job in jobs}
-            for fut in as_completed(futures):
-                yield _result_or_failure(fut, futures[fut])
+
+def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutcome]:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    unfinished: list[ProductJob] = []
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=_pool_context(),
+                             initializer=_single_threaded_worker) as pool:
+        futures = {pool.submit(process_product, job): job for job in jobs}
+        for fut in as_completed(futures):
+            try:
+                outcome = fut.result()
+            except BrokenProcessPool:
+                unfinished.append(futures[fut])
+                continue
+            except Exception as exc:
+                log.error("product %s: worker failed: %s", futures[fut].product_id, exc)
+                outcome = crashed_outcome(futures[fut], f"worker failed: {type(exc).__name__}: {exc}")
+            yield outcome
+    if unfinished:
+        log.warning("a worker process died; %d product(s) it left unfinished are run again, each alone: %s",
+                    len(unfinished), ", ".join(sorted(j.product_id for j in unfinished)))
+    for job in sorted(unfinished, key=lambda j: j.product_id):
+        yield run_isolated(job)
+
+
+def _isolated_main(job: ProductJob, conn) -> None:
+    """Child side of :func:`run_isolated`: one BLAS thread, run the job, send the outcome back."""
+    _single_threaded_worker()
+    try:
+        conn.send(process_product(job))
+    finally:
+        conn.close()
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    import signal
+
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (sent by the out-of-memory killer, or by hand)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {exitcode}"
+
+
+def run_isolated(job: ProductJob) -> ProductOutcome:
+    """Run one job alone in a fresh process; if that process dies, a failed outcome that says so."""
+    ctx = _pool_context()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated_main, args=(job, send), daemon=True)
+    proc.start()
+    send.close()
+    outcome = None
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        pass   # the process died before it sent anything
+    finally:
+        receive.close()
+        proc.join()
+    if outcome is None or proc.exitcode not in (0, None):
+        reason = (f"worker died while processing this product ({_describe_exit(proc.exitcode)}), "
+                  "also when run again alone")
+        log.error("product %s: %s", job.product_id, reason)
+        return crashed_outcome(job, reason)
+    return outcome
 
 
 def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:
@@ -486,8 +623,9 @@ def _ordered_union(dicts: Iterable[Mapping]) -> list[str]:
     return list(cols)
 
 
-def _tables(outcomes: Sequence[ProductOutcome]):
-    """phenotypes, populations and qc DataFrames from outcomes sorted by product id."""
+def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()):
+    """phenotypes, populations and qc DataFrames from outcomes sorted by product id (the run's own
+    flags first in qc)."""
     import pandas as pd
 
     phen_cols = _ordered_union(o.phenotype for o in outcomes)
@@ -497,7 +635,7 @@ def _tables(outcomes: Sequence[ProductOutcome]):
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
         [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
-          "severity": f.severity, "message": f.message} for o in outcomes for f in o.qc],
+          "severity": f.severity, "message": f.message} for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
         columns=["product_id", "file", "code", "severity", "message"],
     )
     return phenotypes, populations, qc
@@ -514,42 +652,41 @@ def run_process(
     n_jobs: int = 1,
     scheduler=None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
+    overwrite: bool = False,
+    run_flags: Sequence[QCFlag] = (),
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
 
-    ``record`` (from :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests
-    and written as ``run.json``. ``on_outcome`` is called in this process as each product finishes
-    (progress bars). Reports are written as products finish, tables at the end; every file atomically.
+    The run claims ``out_dir`` (:class:`tilpheno.io.outdir.OutputFolder`: lock, staging, publish;
+    a folder holding anything is refused unless ``overwrite``, which replaces what the previous
+    run wrote). Reports are staged as products finish, tables at the end, every file atomically;
+    the outputs appear in ``out_dir`` only when the run completes (``run.json`` last). A run that
+    raises or is interrupted leaves ``out_dir`` as it was. ``record`` (from
+    :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests, the list of
+    outputs and what was replaced, and written as ``run.json``. ``on_outcome`` is called in this
+    process as each product finishes (progress bars). ``run_flags``: QC flags of the run itself
+    (product id ''), written first in ``qc.csv``; an error among them makes the summary not ok.
     """
-    from tilpheno.io import atomic
-    from tilpheno.report.html import render_index
+    from tilpheno.io.outdir import OutputFolder, OutputFolderError, describe_os_error
 
+    if manifest is None or len(manifest) == 0:
+        raise NoInputError("no FCS files to process (empty manifest)")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
     sources = strategy_sources(strategies)
     jobs = [ProductJob(pid, rows, sources, options) for pid, rows in group_products(manifest)]
-    outcomes = []
-    for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
-        if outcome.report_html is not None:
-            atomic.write_text(report_path(out_dir, outcome.product_id), outcome.report_html)
-            outcome.report_html = None
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-    outcomes.sort(key=lambda o: o.product_id)
-    phenotypes, populations, qc = _tables(outcomes)
-    atomic.write_csv(out_dir / "phenotypes.csv", phenotypes)
-    atomic.write_parquet(out_dir / "phenotypes.parquet", phenotypes)
-    atomic.write_csv(out_dir / "populations.csv", populations)
-    atomic.write_csv(out_dir / "qc.csv", qc)
-    atomic.write_text(out_dir / "index.html", render_index(outcomes, options))
-    seconds = time.perf_counter() - t0
-    record.finish((d for o in outcomes for d in o.files), seconds)
-    atomic.write_text(out_dir / "run.json", record.to_json())
-    summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=seconds,
-                         release_spec=options.release_spec.name)
+    with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at) as folder:
+        try:
+            outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
+                              scheduler=scheduler, on_outcome=on_outcome, folder=folder,
+                              run_flags=run_flags)
+            folder.publish()
+        except OSError as exc:
+            raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
+                                    f"{out_dir} was left as it was") from None
+    summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
+                         release_spec=options.release_spec.name, run_flags=list(run_flags))
     for o in outcomes:
         summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
         if o.ok:
@@ -558,21 +695,69 @@ def run_process(
             summary.failed[o.product_id] = o.error
         for f in o.qc:
             summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
+    for f in run_flags:
+        summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
     summary.flag_counts = dict(sorted(summary.flag_counts.items()))
     return summary
 
 
-def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, study: Study | None = None):
+def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: float, *, executor, n_jobs,
+           scheduler, on_outcome, folder, run_flags=()) -> list[ProductOutcome]:
+    """Run the jobs and write every output into ``staging`` (``run.json`` last)."""
+    from tilpheno.io import atomic
+    from tilpheno.report.html import render_index
+
+    outcomes = []
+    for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        if outcome.report_html is not None:
+            atomic.write_text(report_path(staging, outcome.product_id), outcome.report_html)
+            outcome.report_html = None
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    outcomes.sort(key=lambda o: o.product_id)
+    phenotypes, populations, qc = _tables(outcomes, run_flags)
+    atomic.write_csv(staging / "phenotypes.csv", phenotypes)
+    atomic.write_parquet(staging / "phenotypes.parquet", phenotypes)
+    atomic.write_csv(staging / "populations.csv", populations)
+    atomic.write_csv(staging / "qc.csv", qc)
+    atomic.write_text(staging / "index.html", render_index(outcomes, options))
+    record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
+    record.extra.update(folder.record())
+    atomic.write_text(staging / "run.json", record.to_json())
+    return outcomes
+
+
+def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
+                  study: Study | None = None):
     """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``),
-    else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory."""
+    else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory. Files
+    must lie under ``folder`` (after resolving links) unless ``allow_outside``."""
     from tilpheno.io.manifest import read_manifest, scan_folder
 
     folder = Path(folder)
     if manifest_csv is None:
-        return scan_folder(folder, study=study)
-    frame = read_manifest(manifest_csv, base=folder, study=study)
+        return scan_folder(folder, allow_outside=allow_outside, study=study)
+    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
+
+
+def unmatched_outcomes(manifest, outcomes) -> list[str]:
+    """Product ids of the outcomes table that match no product of the manifest (sorted)."""
+    products = set(manifest["product_id"].astype(str))
+    return sorted({str(p) for p in outcomes["product_id"].dropna()} - products)
+
+
+def _did_you_mean(ids: Sequence[str], choices: Iterable[str]) -> str:
+    import difflib
+
+    choices = sorted(set(choices))
+    hints = []
+    for pid in ids:
+        close = difflib.get_close_matches(pid, choices, n=1, cutoff=0.6)
+        hints.append(f"{pid} (did you mean {close[0]}?)" if close else pid)
+    return ", ".join(hints)
 
 
 def attach_doses(manifest, outcomes):
@@ -613,6 +798,9 @@ def process_folder(
     command_line: list[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
+    overwrite: bool = False,
+    allow_unmatched: bool = False,
+    allow_outside: bool = False,
 ) -> RunSummary:
     """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
 
@@ -620,9 +808,11 @@ def process_folder(
     study); its strategies and release spec are used unless ``strategy_paths`` /
     ``release_spec_path`` are given. ``panel_path``: an override panel file (``tube, detector,
     marker``) applied to every file.
-    Bad options or inputs that concern the whole run (unreadable manifest, invalid study,
-    strategy, panel or release spec, unknown executor) raise ``TilphenoError`` before any product
-    is processed.
+    Bad options or inputs that concern the whole run raise ``TilphenoError`` before any product is
+    processed and before ``out_dir`` is touched: unreadable manifest, no FCS files
+    (``NoInputError``), invalid study, strategy, panel or release spec, unknown executor, outcome ids that
+    match no product (unless ``allow_unmatched``), manifest files outside ``folder`` (unless
+    ``allow_outside``), an output folder in use or holding a previous run (unless ``overwrite``).
     ``on_start(n_products, n_files)`` is called once the manifest is known.
     """
     from tilpheno.gates.strategy import load_strategy
@@ -639,11 +829,27 @@ def process_folder(
         raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
     study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
     panel = read_panel_file(panel_path) if panel_path is not None else None
-    manifest = load_manifest(folder, manifest_csv, study)
+    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)
+    run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
+                        f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
+                 for where, reason in manifest.attrs.get("unlistable", [])]
+    if len(manifest) == 0 and run_flags:
+        raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
+    if len(manifest) == 0:
+        raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found; nothing to process")
     if outcomes_path is not None:
         from tilpheno.io.outcomes import read_outcomes
 
-        manifest = attach_doses(manifest, read_outcomes(outcomes_path))
+        outcomes = read_outcomes(outcomes_path)
+        unmatched = unmatched_outcomes(manifest, outcomes)
+        if unmatched and not allow_unmatched:
+            raise TableError(
+                f"{outcomes_path}: {len(unmatched)} product id(s) match no product in {folder}: "
+                f"{_did_you_mean(unmatched, manifest['product_id'].astype(str))}; "
+                "fix the ids or pass --allow-unmatched")
+        if unmatched:
+            log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
+        manifest = attach_doses(manifest, outcomes)
     paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
     strategies = tuple(load_strategy(p) for p in paths)
     spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
@@ -653,6 +859,7 @@ def process_folder(
             "input_folder": str(folder), "manifest": str(manifest_csv or ""),
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
+            "overwrite": overwrite, "allow_unmatched": allow_unmatched, "allow_outside": allow_outside,
             "study": study.source, "study_sha256": study.sha256, "panel": str(panel_path or ""),
         },
         strategy_paths=paths,
@@ -664,4 +871,4 @@ def process_folder(
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec, study=study, panel=panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_outcome=on_outcome)
+                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags)

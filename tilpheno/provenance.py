@@ -21,16 +21,29 @@ DEPENDENCIES = (
     "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
 )
 TIME_FIELDS = ("started_at", "finished_at", "duration_s")
-EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler")
+EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler", "overwrite")
 """How a run was executed; not in the reports' short form, so results do not depend on it."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (memory independent of file size)."""
+def sha256_file(path: str | Path, chunk: int = 1 << 20, *, seconds: float | None = None) -> str:
+    """Hex SHA-256 of a regular file's bytes, read in chunks (memory independent of file size).
+
+    Raises ``OSError`` for anything but a regular file (never blocks on a FIFO or reads a device
+    forever) and when reading takes longer than ``seconds`` (default
+    ``tilpheno.io.files.READ_SECONDS_LIMIT``).
+    """
+    import time
+
+    from tilpheno.io.files import READ_SECONDS_LIMIT, open_regular
+
+    seconds = READ_SECONDS_LIMIT if seconds is None else seconds
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    deadline = time.monotonic() + seconds
+    with open_regular(path) as fh:
         while block := fh.read(chunk):
             h.update(block)
+            if time.monotonic() > deadline:
+                raise OSError(f"{path}: reading took longer than {seconds:g} s; abandoned")
     return h.hexdigest()
 
 
@@ -75,6 +88,7 @@ class RunRecord:
     inputs: list[FileDigest] = field(default_factory=list)
     finished_at: str = ""
     duration_s: float = 0.0
+    extra: dict = field(default_factory=dict)   # e.g. ``outputs`` and ``output_folder`` (tilpheno.io.outdir)
 
     def finish(self, inputs: Iterable[FileDigest], duration_s: float) -> None:
         """Record the inputs (sorted by path) and the end time."""
@@ -93,6 +107,7 @@ class RunRecord:
             "strategies": [vars(d) for d in self.strategies],
             "release_spec": self.release_spec,
             "inputs": [vars(d) for d in self.inputs],
+            **self.extra,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,

@@ -19,14 +19,19 @@ def _default_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it to ``path``."""
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
+                errors: str = "backslashreplace") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it to ``path``.
+
+    Text is UTF-8; a character that UTF-8 cannot hold (the surrogate escape of an undecodable
+    byte in a file name) is written as a backslash escape (``errors``), never a crash.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding, errors=None if binary else errors) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

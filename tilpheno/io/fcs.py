@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -445,8 +444,15 @@ def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
 
 
 def _read_blocks(fh, lay: _Layout, scale: _Scaling, path, events: np.ndarray, rows: int, buffer: bytearray) -> None:
+    import time
+
+    from tilpheno.io.files import READ_SECONDS_LIMIT
+
     bpe = sum(lay.widths)
+    deadline = time.monotonic() + READ_SECONDS_LIMIT
     for first in range(0, lay.n_events, rows):
+        if time.monotonic() > deadline:
+            raise FCSReadError(path, f"reading DATA took longer than {READ_SECONDS_LIMIT:g} s; abandoned")
         last = min(lay.n_events, first + rows)
         view = memoryview(buffer)[: (last - first) * bpe]
         filled = 0
@@ -463,18 +469,16 @@ def _read_blocks(fh, lay: _Layout, scale: _Scaling, path, events: np.ndarray, ro
 
 
 def _open_checked(path: Path):
-    """Open a regular file read-only (a FIFO or device named .fcs would block or never end)."""
+    """Open a regular file read-only (a FIFO or device named .fcs would block or never end):
+    ``tilpheno.io.files.open_regular`` checks the type on the opened handle."""
+    from tilpheno.io.files import open_regular
+
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise FCSReadError(path, "is a directory, not an FCS file")
-        if not stat.S_ISREG(mode):
-            raise FCSReadError(path, "is not a regular file")
-        return open(path, "rb")
-    except FCSReadError:
-        raise
+        return open_regular(path)
     except FileNotFoundError:
         raise FCSReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise FCSReadError(path, "is a directory, not an FCS file") from None
     except OSError as exc:
         raise FCSReadError(path, f"cannot open: {exc.strerror or exc}") from None
 

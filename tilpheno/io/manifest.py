@@ -28,6 +28,7 @@ naming the file, row and column.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -35,8 +36,11 @@ from pathlib import Path
 import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError
+from tilpheno.io.files import display_name
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
 ROLES = ("stain", "fmo", "unstained")
@@ -54,16 +58,49 @@ def _design_name(study: Study) -> re.Pattern:
     return re.compile(rf"^(?P<product>.+?)_(?P<tube>{alternatives})_(?:(?P<stain>stain)|FMO_(?P<marker>.+))$", re.IGNORECASE)
 
 
-def list_fcs_files(folder: Path) -> list[Path]:
-    """FCS files under ``folder`` (recursive, sorted, hidden entries skipped; a directory that is
-    named like an FCS file is listed too, so it gets reported as unreadable)."""
+def list_fcs_files(folder: Path, problems: list[tuple[str, str]] | None = None) -> list[Path]:
+    """FCS files under ``folder`` (recursive, sorted, hidden entries skipped; a directory or other
+    non-regular entry named like an FCS file is listed too, so it gets reported as unreadable).
+
+    The walk is iterative (any depth, no recursion limit) and does not follow links to folders.
+    A folder that cannot be listed is appended to ``problems`` as ``(folder, reason)`` (never
+    skipped silently). Names that are not valid UTF-8 are kept as ``os.fsdecode`` gives them
+    (surrogate escapes), so the file can still be opened.
+    """
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in [*files, *dirs]:
-            if not name.startswith(".") and name.lower().endswith(FCS_SUFFIXES):
-                found.append(Path(root) / name)
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            log.warning("%s: folder cannot be listed (%s); its files are not processed", display_name(str(current)), reason)
+            if problems is not None:
+                problems.append((str(current), reason))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if entry.name.lower().endswith(FCS_SUFFIXES):
+                found.append(Path(entry.path))
+            elif is_dir:
+                stack.append(Path(entry.path))
     return sorted(set(found))
+
+
+def outside(path: Path, root: Path) -> bool:
+    """True when ``path`` (links resolved) does not lie under ``root`` (links resolved)."""
+    try:
+        real, base = os.path.realpath(path), os.path.realpath(root)
+    except (OSError, ValueError):
+        return True
+    return os.path.commonpath([real, base]) != base
 
 
 def _role_from_text(text: str, study: Study) -> tuple[str | None, str | None]:
@@ -121,7 +158,7 @@ def _kind_named(study: Study, text: str) -> str | None:
 def _row(path: Path, product: str, tube: str | None, role: str, marker: str | None, markers: set[str]) -> dict:
     if tube is None:
         tube = "unstained" if role == "unstained" else None
-    return {"file": str(path), "product_id": product, "tube": tube, "role": role,
+    return {"file": str(path), "product_id": display_name(product), "tube": tube, "role": role,
             "fmo_marker": marker or "", "_markers": markers}
 
 
@@ -144,14 +181,16 @@ def _resolve_fmo_and_kind(rows: list[dict], study: Study) -> None:
             row["tube"] = study.tube_kind_of("", markers) or "unknown"
 
 
-def scan_folder(path: str | os.PathLike, *, study: Study | None = None) -> pd.DataFrame:
+def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None) -> pd.DataFrame:
     """Infer the manifest of every FCS file under ``path`` (see the module docstring).
 
     ``study``: tube kinds and marker vocabulary (default: the bundled TIL study).
 
     Returns a DataFrame with ``COLUMNS`` plus ``problem`` (the FCSReadError message of an
     unreadable file, else ''), sorted by product, tube, role, file. ``file`` is ``path / name``.
-    Raises TableError when ``path`` is not a folder.
+    A file that is a link resolving outside ``path`` is not read (``problem`` says so) unless
+    ``allow_outside``. Folders that cannot be listed are in ``frame.attrs["unlistable"]`` as
+    ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder.
     """
     from tilpheno.io.fcs import read_fcs_metadata
 
@@ -160,21 +199,28 @@ def scan_folder(path: str | os.PathLike, *, study: Study | None = None) -> pd.Da
     if not root.is_dir():
         raise TableError(f"{root}: not a folder")
     rows = []
-    for file in list_fcs_files(root):
-        try:
-            fcs, problem = read_fcs_metadata(file, checksum=False), ""
-        except FCSReadError as exc:
-            fcs, problem = None, str(exc)
+    unlistable: list[tuple[str, str]] = []
+    for file in list_fcs_files(root, unlistable):
+        if not allow_outside and outside(file, root):
+            fcs = None
+            problem = (f"{display_name(str(file))}: links to a file outside {display_name(str(root))}; not read "
+                       "(pass --allow-outside to accept it)")
+        else:
+            try:
+                fcs, problem = read_fcs_metadata(file, checksum=False), ""
+            except FCSReadError as exc:
+                fcs, problem = None, display_name(str(exc))
         row = _infer_row(file, root, fcs, study)
         row["problem"] = problem
         rows.append(row)
     _resolve_fmo_and_kind(rows, study)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
-    if frame.empty:
-        return frame
-    order = frame["role"].map({r: i for i, r in enumerate(ROLES)})
-    frame = frame.assign(_order=order).sort_values(["product_id", "tube", "_order", "file"], kind="stable")
-    return frame.drop(columns="_order").reset_index(drop=True)
+    if not frame.empty:
+        order = frame["role"].map({r: i for i, r in enumerate(ROLES)})
+        frame = frame.assign(_order=order).sort_values(["product_id", "tube", "_order", "file"], kind="stable")
+        frame = frame.drop(columns="_order").reset_index(drop=True)
+    frame.attrs["unlistable"] = unlistable
+    return frame
 
 
 # --------------------------------------------------------------------------- reading a manifest
@@ -193,7 +239,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             raw = path.read_bytes()
             if b"\x00" in raw[:4096]:
                 raise TableError(f"{path}: not a CSV text file (binary content)")
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig",
+                                encoding_errors="surrogateescape")
     except TableError:
         raise
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
@@ -204,14 +251,15 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
-                  study: Study | None = None) -> pd.DataFrame:
+                  allow_outside: bool = False, study: Study | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
     Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
     row N is line N+1) and column: missing columns, empty cells, unknown roles, FMO rows without a
     recognisable marker, duplicate files, files that do not exist (relative paths are looked up
-    under ``base``, default the manifest's folder). Values are returned as written (stripped), with
+    under ``base``, default the manifest's folder), files (links resolved) outside ``base`` unless
+    ``allow_outside``, files that are not regular files. Values are returned as written (stripped), with
     ``fmo_marker`` read through the study's vocabulary (default: the bundled study's).
     """
     vocabulary = (study or default_study()).vocabulary
@@ -246,7 +294,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         file = Path(row.file)
         resolved = file if file.is_absolute() else base / file
         if not resolved.is_file():
-            raise TableError(f"{where}, column 'file': {row.file!r} does not exist (looked for {resolved})")
+            raise TableError(f"{where}, column 'file': {row.file!r} does not exist or is not a regular file "
+                             f"(looked for {resolved})")
+        if not allow_outside and outside(resolved, base):
+            raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
+                             "pass --allow-outside to accept files outside the folder")
         key = str(resolved.resolve())
         if key in seen:
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")

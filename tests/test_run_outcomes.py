@@ -1,0 +1,244 @@
+"""Runs that never look like success when they are not (issues 11 and 16): the failed-product
+definition, exit codes, output-folder ownership (lock, staging, --overwrite, stale temporaries)
+and one-line file-system errors."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+from tilpheno.io.outdir import INCOMPLETE_NAME, LOCK_NAME, OutputFolder, OutputFolderError
+from tilpheno.pipeline import process_folder
+from tilpheno.simulate.cohort import simulate_product, write_product
+
+EVENTS = 2000
+GATING = Path(__file__).resolve().parents[1] / "gating"
+
+
+@pytest.fixture(scope="module")
+def two_products(tmp_path_factory):
+    """Two intact simulated products P1, P2 (9 tubes each)."""
+    folder = tmp_path_factory.mktemp("two")
+    for i, pid in enumerate(("P1", "P2")):
+        write_product(simulate_product(pid, 300 + i, EVENTS), folder)
+    return folder
+
+
+def _copy(folder: Path, dest: Path, keep=lambda name: True) -> Path:
+    dest.mkdir(parents=True)
+    for f in folder.glob("*.fcs"):
+        if keep(f.name):
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _process(*args):
+    return CliRunner().invoke(app, ["process", *map(str, args)])
+
+
+# --- the failed-product definition and exit codes ------------------------------------------------
+
+
+def test_truncated_stained_tube_fails_the_product(two_products, tmp_path):
+    folder = _copy(two_products, tmp_path / "in")
+    stained = folder / "P2_treg_stain.fcs"
+    stained.write_bytes(stained.read_bytes()[: stained.stat().st_size // 2])
+    result = _process(folder, "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    phen = pd.read_csv(tmp_path / "out" / "phenotypes.csv").set_index("product_id")
+    assert phen.loc["P1", "status"] == "done" and phen.loc["P2", "status"] == "failed"
+    assert "no usable treg stained file" in phen.loc["P2", "error"]
+    assert "P2_treg_stain.fcs" in phen.loc["P2", "error"]
+    assert phen.loc["P2", "release_status"] == "not evaluable"
+    assert "failed P2" in result.output
+
+
+def test_missing_tube_kind_fails_the_product(two_products, tmp_path):
+    folder = _copy(two_products, tmp_path / "in", keep=lambda n: not (n.startswith("P1_treg")))
+    summary = process_folder(folder, tmp_path / "out", make_reports=False)
+    assert summary.failed.keys() == {"P1"} and summary.done == ["P2"]
+    assert "no treg stained file in the manifest" in summary.failed["P1"]
+
+
+def test_every_file_with_a_panel_error_fails_the_product(two_products, tmp_path):
+    """A panel that names no marker the strategies need: every file raises panel_error."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in two_products.glob("P1_*.fcs"):
+        fcs = read_fcs(f)
+        channels = [(n, None, float(r)) for n, r in zip(fcs.channels["pnn"], fcs.channels["pnr"])]
+        keywords = {k: v for k, v in fcs.keywords.items() if k in ("$SRC", "TUBE NAME", "$FIL")}
+        write_fcs(folder / f.name, fcs.events.astype("float32"), channels, keywords)
+    manifest = pd.read_csv(two_products / "manifest.csv") if (two_products / "manifest.csv").exists() else None
+    rows = [{"file": f.name, "product_id": "P1", "tube": f.name.split("_")[1] if "unstained" not in f.name else "unstained",
+             "role": "unstained" if "unstained" in f.name else ("fmo" if "FMO" in f.name else "stain"),
+             "fmo_marker": f.stem.split("FMO_")[1] if "FMO" in f.name else ""} for f in folder.glob("*.fcs")]
+    pd.DataFrame(rows).to_csv(folder / "m.csv", index=False)
+    assert manifest is None or len(manifest)
+    summary = process_folder(folder, tmp_path / "out", manifest_csv=folder / "m.csv", make_reports=False)
+    assert summary.failed.keys() == {"P1"} and not summary.ok
+    assert "panel_error" in summary.failed["P1"]
+    assert summary.flag_counts["panel_error"] >= 2 and summary.flag_counts["product_failed"] == 1
+
+
+def test_no_fcs_files_is_an_error_and_out_is_untouched(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no cytometry here\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "phenotypes.csv").write_text("an earlier table\n")
+    before = _tree(out)
+    result = _process(empty, "-o", out, "--overwrite")
+    assert result.exit_code == 2
+    assert "no FCS files" in result.output and str(empty) in result.output
+    assert len(result.output.strip().splitlines()) == 1   # one line, no traceback
+    assert _tree(out) == before
+
+
+def test_strategy_set_leaving_a_tube_kind_ungated_is_flagged(two_products, tmp_path):
+    summary = process_folder(two_products, tmp_path / "out", strategy_paths=[GATING / "til_surface.yaml"],
+                             make_reports=False)
+    assert summary.ok and summary.flag_counts["ungated_tube"] == 2
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    message = qc.loc[(qc["code"] == "ungated_tube") & (qc["product_id"] == "P1"), "message"].item()
+    assert "2 treg file(s) not gated" in message and "P1_treg_stain.fcs" in message
+
+
+def test_outcome_ids_matching_no_product(two_products, tmp_path):
+    outcomes = pd.DataFrame({
+        "patient_id": ["A", "B", "C"], "product_id": ["P1", "P2", "P3x"],
+        "til_dose_cells": [5e9, 6e9, 7e9], "best_response": ["PR", "SD", "PD"],
+        "pfs_months": [5.0, 3.0, 2.0], "pfs_event": [1, 1, 1], "os_months": [9.0, 8.0, 7.0], "os_event": [0, 1, 1],
+    })
+    path = tmp_path / "outcomes.csv"
+    outcomes.to_csv(path, index=False)
+    out = tmp_path / "out"
+    result = _process(two_products, "-o", out, "--outcomes", path)
+    assert result.exit_code == 2 and "P3x" in result.output and "--allow-unmatched" in result.output
+    assert not out.exists() or not any(p for p in out.iterdir() if p.name != LOCK_NAME)
+    summary = process_folder(two_products, out, outcomes_path=path, allow_unmatched=True, make_reports=False)
+    assert summary.ok
+    phen = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    assert phen.loc["P1", "cd3_dose_cells"] > 0
+
+
+def test_version():
+    from tilpheno import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"tilpheno {__version__}"
+
+
+# --- output-folder ownership ------------------------------------------------------------------
+
+
+def test_second_run_into_a_locked_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    with OutputFolder.claim(out) as first:
+        with pytest.raises(OutputFolderError, match="another tilpheno run is writing to this folder"):
+            OutputFolder.claim(out, overwrite=True)
+        assert f"pid {os.getpid()}" in (out / LOCK_NAME).read_text()
+        assert first.staging.is_dir() and first.staging.parent == out
+    assert not (out / LOCK_NAME).exists() and list(out.iterdir()) == []
+
+
+def test_a_killed_runs_lock_and_temporaries_do_not_block_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    (out / ".tilpheno-staging-abc123" / "products" / "X").mkdir(parents=True)
+    (out / ".tilpheno-staging-abc123" / "products" / "X" / "report.html").write_text("stale")
+    (out / LOCK_NAME).write_text("pid 999999 on a host, run killed")   # no process holds its flock
+    (out / ".phenotypes.csv.x1y2.part").write_text("half")
+    with OutputFolder.claim(out) as folder:
+        assert sorted(folder.stale_removed) == [".phenotypes.csv.x1y2.part", ".tilpheno-staging-abc123"]
+    assert list(out.iterdir()) == []
+
+
+def test_overwrite_removes_what_the_previous_run_wrote(two_products, tmp_path):
+    out = tmp_path / "out"
+    process_folder(two_products, out)
+    assert (out / "products" / "P1" / "report.html").is_file()
+    (out / "my_notes.txt").write_text("mine\n")
+    only_p2 = _copy(two_products, tmp_path / "p2", keep=lambda n: n.startswith("P2_"))
+    with pytest.raises(OutputFolderError, match="already holds the outputs of a previous run"):
+        process_folder(only_p2, out)
+    process_folder(only_p2, out, overwrite=True)
+    assert not (out / "products" / "P1").exists()          # the earlier run's report is gone
+    assert (out / "products" / "P2" / "report.html").is_file()
+    assert (out / "my_notes.txt").read_text() == "mine\n"   # not the previous run's: kept
+    run = json.loads((out / "run.json").read_text())
+    assert "products/P1/report.html" in run["output_folder"]["removed_previous_outputs"]
+    assert run["output_folder"]["kept_other_entries"] == ["my_notes.txt"]
+    assert set(run["outputs"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"my_notes.txt"}
+    assert list(pd.read_csv(out / "phenotypes.csv")["product_id"]) == ["P2"]
+    assert not list(out.glob(".tilpheno*"))
+
+
+def test_a_run_killed_while_publishing_marks_the_folder_incomplete(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "phenotypes.csv").write_text("half published\n")
+    (out / INCOMPLETE_NAME).write_text(json.dumps({"removing": [], "publishing": ["phenotypes.csv", "../../etc/x"]}))
+    with pytest.raises(OutputFolderError, match="killed while publishing"):
+        OutputFolder.claim(out)
+    with OutputFolder.claim(out, overwrite=True) as folder:
+        assert folder.previous == [INCOMPLETE_NAME, "phenotypes.csv"]   # the path outside OUT is ignored
+        (folder.staging / "qc.csv").write_text("new\n")
+        folder.publish()
+    assert sorted(p.name for p in out.iterdir()) == ["qc.csv"]
+
+
+def test_foreign_folder_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.docx").write_text("x")
+    with pytest.raises(OutputFolderError, match=r"is not empty \(thesis.docx\) and holds no tilpheno run"):
+        OutputFolder.claim(out)
+
+
+# --- one-line errors for file-system failures ---------------------------------------------------
+
+
+def test_out_is_a_file(two_products, tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("a file\n")
+    result = _process(two_products, "-o", out)
+    assert result.exit_code == 2 and "exists and is not a folder" in result.output
+    assert len(result.output.strip().splitlines()) <= 2 and "Traceback" not in result.output
+    assert out.read_text() == "a file\n"
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
+def test_disk_full_and_read_only_out_give_one_line(two_products, tmp_path, monkeypatch, code, words):
+    """The file system's answer is simulated (tests run as root, which ignores permission bits)."""
+    from tilpheno.io import atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text('{"outputs": ["run.json"]}\n')
+    before = _tree(out)
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(out / "phenotypes.csv"))
+
+    monkeypatch.setattr(atomic, "write_csv", refuse)
+    result = _process(two_products, "-o", out, "--overwrite")
+    assert result.exit_code == 2, result.output
+    line = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and words in line[0] and "phenotypes.csv" in line[0], result.output
+    assert "Traceback" not in result.output
+    assert _tree(out) == before and not list(out.glob(".tilpheno*"))

@@ -1,0 +1,38 @@
+"""Safe opening of input files: regular files only, opened without blocking, reads bounded in time."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+READ_SECONDS_LIMIT = 600.0
+"""Wall-clock limit (seconds) of reading or hashing one file: a read that still makes progress but
+would take longer (a stalled network share) is abandoned with an error naming the file. A single
+system call that never returns (a hung NFS server) cannot be interrupted from Python."""
+
+
+def open_regular(path: str | Path, buffering: int = -1):
+    """Open ``path`` read-only (binary), refusing anything but a regular file.
+
+    The open itself cannot block (``O_NONBLOCK``: a FIFO put in a file's place opens at once) and
+    the type is checked on the opened handle (``fstat``), so a FIFO, device, socket or a link to
+    one (``/dev/zero``) raises ``OSError`` instead of hanging or never ending.
+    """
+    def opener(name, flags):
+        return os.open(name, flags | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+
+    fh = open(path, "rb", buffering=buffering, opener=opener)
+    mode = os.fstat(fh.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        fh.close()
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else \
+            "a device" if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "a socket" if stat.S_ISSOCK(mode) else \
+            "not a regular file"
+        raise OSError(f"not a regular file ({kind})")
+    return fh
+
+
+def display_name(text: str) -> str:
+    """``text`` with undecodable bytes of a file name (surrogate escapes) shown as ``\\xNN``:
+    safe to print, to write as UTF-8 and to use as a product id."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
