@@ -19,7 +19,7 @@ from tilpheno.pipeline import process_folder
 from tilpheno.simulate.cohort import simulate_product, write_product
 
 EVENTS = 2000
-GATING = Path(__file__).resolve().parents[1] / "gating"
+GATING = Path(__file__).resolve().parents[1] / "tilpheno" / "studies" / "til"
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,41 @@ def _print_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO) to stderr, not only warnings."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Append the run log (DEBUG, with tracebacks of internal errors) to this file."),
 ) -> None:
     """tilpheno: phenotype reports and biomarker analyses for TIL infusion products."""
+    configure_logging(verbose=verbose, log_file=log)
+
+
+def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None) -> None:
+    """The ``tilpheno`` logger: warnings (``--verbose``: info) to stderr, everything to ``--log FILE``.
+
+    Library modules only log (``logging.getLogger(__name__)``); handlers are the CLI's business."""
+    import logging
+
+    logger = logging.getLogger("tilpheno")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_tilpheno_cli", False):
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    console = logging.StreamHandler()
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            _fail(exc)
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler._tilpheno_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 # --- commands are added below, one section per stage of the data flow ---

@@ -60,6 +60,8 @@ from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelE
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
+from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
+from tilpheno.gates.tree import population_mask
 from tilpheno.qc import QCFlag
 from tilpheno.study import QCRules, Study, default_study
 from tilpheno.vocabulary import Vocabulary, default_vocabulary
@@ -108,7 +110,7 @@ class TubeResult:
     subsample: np.ndarray | None = None       # indices of the events in data/masks; None = all events
     quadrants: dict[tuple[str, str], dict[tuple[bool, bool], float]] = field(default_factory=dict)
     # (x population, y population) -> % of parent per quadrant, on all events, for sibling
-    # threshold gates (report.product.sibling_range_pairs); filled when data is a subsample
+    # threshold gates (tilpheno.gates.quadrants.sibling_range_pairs); filled when data is a subsample
 
 
 @dataclass
@@ -188,11 +190,17 @@ class _Gated:
     gates: list[tuple[str, str, Gate, str]] = field(default_factory=list)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     flags: list[pl.Flag] = field(default_factory=list)
+    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)   # population -> placement numbers
 
     def parent_mask(self, pop: Population) -> np.ndarray:
         if pop.parent == ROOT:
             return np.ones(self.tube.n_events, dtype=bool)
         return self.masks[pop.parent]
+
+    def mask_of(self, pop: Population, gate) -> np.ndarray:
+        """``pop``'s mask with its placed ``gate`` (the tree evaluator, ``tilpheno.gates.tree``)."""
+        parent = None if pop.parent == ROOT else pop.parent
+        return population_mask(gate, self.tube.data, self.masks, parent, self.tube.n_events, pop.complement)
 
 
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placement:
@@ -296,7 +304,7 @@ class _TubeKindRun:
         for k in range(self.position[i], upto):
             pop = self.pops[k]
             if pop.method == "boolean":
-                st.masks[pop.name] = pop.boolean.evaluate(st.masks) & st.parent_mask(pop)
+                st.masks[pop.name] = st.mask_of(pop, pop.boolean)
                 st.gates.append((pop.name, pop.parent, pop.boolean, "boolean"))
                 continue
             if pop.method == "fmo":
@@ -305,8 +313,9 @@ class _TubeKindRun:
                     st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
                     flags.append((k, pl.Flag("gate_failed", "error", th.error)))
                     continue
-                st.masks[pop.name] = th.placement.gate.contains(st.tube.data) & st.parent_mask(pop)
+                st.masks[pop.name] = st.mask_of(pop, th.placement.gate)
                 st.gates.append((pop.name, pop.parent, th.placement.gate, th.placement.method))
+                st.diagnostics[pop.name] = dict(th.placement.diagnostics)
                 st.thresholds.append(th.row)
                 continue
             parent = st.parent_mask(pop)
@@ -321,8 +330,9 @@ class _TubeKindRun:
                 st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
                 flags.append((k, pl.Flag("gate_failed", "error", str(placement))))
                 continue
-            st.masks[pop.name] = placement.gate.contains(st.tube.data) & parent
+            st.masks[pop.name] = st.mask_of(pop, placement.gate)
             st.gates.append((pop.name, pop.parent, placement.gate, placement.method))
+            st.diagnostics[pop.name] = dict(placement.diagnostics)
             flags.extend((k, f) for f in placement.flags)
         self.position[i] = max(self.position[i], upto)
 
@@ -530,14 +540,12 @@ def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = No
 
 def _quadrants(state: _Gated) -> dict:
     """% of parent per quadrant for the report's quadrant plots, on all events (see TubeResult)."""
-    from tilpheno.report.plots import quadrant_percentages
-    from tilpheno.report.product import sibling_range_pairs
-
     out = {}
     for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(state.gates):
         parent_mask = state.masks.get(parent, np.ones(state.tube.n_events, dtype=bool))
-        x, y = state.tube.data[xgate.dim][parent_mask], state.tube.data[ygate.dim][parent_mask]
-        out[(xpop, ypop)] = quadrant_percentages(x, y, xgate, ygate, xgate.dim, ygate.dim)
+        xdim, ydim = xgate.dims[0], ygate.dims[0]
+        x, y = state.tube.data[xdim][parent_mask], state.tube.data[ydim][parent_mask]
+        out[(xpop, ypop)] = quadrant_percentages(x, y, xgate, ygate, xdim, ydim)
     return out
 
 

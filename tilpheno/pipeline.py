@@ -91,6 +91,7 @@ class ProductOutcome:
     files: list[FileDigest]
     report_html: str | None = None
     seconds: float = 0.0
+    traceback: str = ""   # a crash (a bug, not bad input): the worker's traceback, logged by the parent
 
 
 @dataclass
@@ -365,7 +366,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     pid, spec = job.product_id, job.options.release_spec
     flags: list = []
     digests: list[FileDigest] = []
-    result, meta, error = None, {}, ""
+    result, meta, error, crash = None, {}, "", ""
     try:
         rows, meta, flags, digests = _read_metadata(job.rows, pid)
         if not (rows["role"] == "stain").any():
@@ -376,8 +377,10 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         error = failure_reason(result.tubes, flags, job_strategies(job), job.rows)
     except TilphenoError as exc:
         error = str(exc)
-    except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
-        log.exception("product %s: internal error", pid)
+    except Exception as exc:  # a bug, not bad input: keep the traceback (the parent logs it), keep the batch going
+        import traceback
+
+        crash = traceback.format_exc()
         error = f"internal error {type(exc).__name__}: {exc}"
     if result is not None:
         gated = {str(t.file) for t in result.tubes}
@@ -387,7 +390,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         seen = {d.path for d in digests}
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
     if error:
-        flags.append(QCFlag(pid, "", "product_failed", "error", error))
+        flags.append(QCFlag(pid, "", "internal_error" if crash else "product_failed", "error", error))
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
     release = evaluate(spec, phenotype) if result and not error else []
     outcome = ProductOutcome(
@@ -401,6 +404,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         release=release,
         release_status=overall(release) if result and not error else NOT_EVALUABLE,
         files=sorted(digests, key=lambda d: d.path),
+        traceback=crash,
     )
     outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
     if job.options.make_reports:
@@ -709,6 +713,11 @@ def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: 
 
     outcomes = []
     for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        if outcome.traceback:
+            log.error("product %s: %s (a bug, not bad input; traceback in the run log)", outcome.product_id, outcome.error)
+            log.debug("product %s: traceback of the internal error\n%s", outcome.product_id, outcome.traceback.rstrip())
+        else:
+            log.info("product %s: %s", outcome.product_id, "done" if outcome.ok else f"failed: {outcome.error}")
         if outcome.report_html is not None:
             atomic.write_text(report_path(staging, outcome.product_id), outcome.report_html)
             outcome.report_html = None

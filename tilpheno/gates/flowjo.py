@@ -50,6 +50,7 @@ from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.gatingml import parse_number
 from tilpheno.gates.geometry import BooleanGate, EllipsoidGate, Gate, PolygonGate, RangeGate, RectangleGate
+from tilpheno.gates.tree import Node, evaluate_tree
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 TRANSFORMS_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
@@ -451,16 +452,17 @@ def apply_workspace(s: FlowJoSample, events: np.ndarray, channel_names: Sequence
 
 def _masks(s: FlowJoSample, data: Mapping[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(full masks with parents, each gate's own geometric mask) by population path."""
-    masks: dict[str, np.ndarray] = {}
-    own_masks: dict[str, np.ndarray] = {}
-    everything = np.ones(n, dtype=bool)
-    for p in s.populations:  # tree order: parents and dependents come first
-        own = p.gate.evaluate(masks) if isinstance(p.gate, BooleanGate) else p.gate.contains(data)
-        if p.complement:
-            own = ~own
-        own_masks[p.path] = own
-        masks[p.path] = own & (masks[p.parent] if p.parent else everything)
+    masks = evaluate_tree(tree_nodes(s), data, n, s.source)
+    own_masks = {}
+    for p in s.populations:
+        own = p.gate.membership(data, masks)
+        own_masks[p.path] = ~own if p.complement else own
     return masks, own_masks
+
+
+def tree_nodes(s: FlowJoSample) -> list[Node]:
+    """The sample's populations as tree nodes (``eventsInside="0"`` gates as complements)."""
+    return [Node(p.path, p.parent or None, p.gate, p.complement) for p in s.populations]
 
 
 def _bin_width(s: FlowJoSample, dim: str) -> float | None:

@@ -48,6 +48,7 @@ from tilpheno.gates.geometry import (
     RangeGate,
     RectangleGate,
 )
+from tilpheno.gates.tree import Node, dependency_order, evaluate_tree
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 TRANSFORMS_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
@@ -544,35 +545,24 @@ def apply_gatingml(
     Each mask is over all events and already includes the population's parents.
     """
     data = dimension_data(doc, events, channel_names, spillover)
-    own: dict[str, np.ndarray] = {}  # geometry alone, before parents
-    owner: dict[str, GatingMLGate] = {}
+    nodes = tree_nodes(doc)
+    try:
+        dependency_order(nodes, doc.source)
+    except GatingError as exc:
+        raise StrategyError(str(exc)) from None
+    masks = evaluate_tree(nodes, data, len(events), doc.source)
+    return {pid: masks[pid] for pid in doc.population_ids}
+
+
+def tree_nodes(doc: GatingMLDocument) -> list[Node]:
+    """The document's populations as tree nodes (a quadrant gate gives one rectangle per quadrant id)."""
+    nodes = []
     for gid, g in doc.gates.items():
         if isinstance(g.gate, QuadrantGate):
-            for qid, mask in g.gate.masks(data).items():
-                own[qid], owner[qid] = mask, g
-        elif not isinstance(g.gate, BooleanGate):
-            own[gid], owner[gid] = g.gate.contains(data), g
+            nodes.extend(Node(qid, g.parent, g.gate.rectangle(qid)) for qid in g.gate.quadrants)
         else:
-            owner[gid] = g
-    full: dict[str, np.ndarray] = {}
-
-    def resolve(pid: str, stack: tuple[str, ...]) -> np.ndarray:
-        if pid in full:
-            return full[pid]
-        if pid in stack:
-            raise StrategyError(f"{doc.source}: gate references form a cycle: {' -> '.join(stack + (pid,))}")
-        g = owner[pid]
-        stack = stack + (pid,)
-        if isinstance(g.gate, BooleanGate):
-            mask = g.gate.evaluate({o: resolve(o, stack) for o in g.gate.operands})
-        else:
-            mask = own[pid]
-        if g.parent is not None:
-            mask = mask & resolve(g.parent, stack)
-        full[pid] = mask
-        return mask
-
-    return {pid: resolve(pid, ()) for pid in doc.population_ids}
+            nodes.append(Node(gid, g.parent, g.gate))
+    return nodes
 
 
 # ----------------------------------------------------------------------------- export

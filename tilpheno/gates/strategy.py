@@ -114,6 +114,7 @@ class Population:
     fixed_gate: Gate | None = None
     description: str = ""
     line: int = 0
+    complement: bool = False   # the parent's events outside the gate (FlowJo eventsInside="0")
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -145,6 +146,36 @@ class Strategy:
     variables: tuple[Variable, ...]
     description: str = ""
     detectors: tuple[str, ...] = ()   # detector names ($PnN) used as dimensions as they are
+    source: Any = None                # a Gating-ML document / FlowJo sample whose dimensions the gates use
+
+    # -- the ways to build one -------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Strategy":
+        """A strategy file (module docstring); same as :func:`load_strategy`."""
+        return load_strategy(path)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], name: str = "<code>") -> "Strategy":
+        """A strategy written in code: the mapping a strategy file holds (validated the same way)."""
+        return parse_strategy(yaml.safe_dump(_plain(doc), sort_keys=False), name)
+
+    @classmethod
+    def from_gatingml(cls, path: str | Path) -> "Strategy":
+        """The gates of a Gating-ML 2.0 document as a strategy of fixed gates (quadrants become one
+        rectangle per quadrant). Its dimensions are the document's (compensation and transform
+        per dimension, ``tilpheno.gates.gatingml.dimension_data``)."""
+        from tilpheno.gates.gatingml import read_gatingml, tree_nodes
+
+        doc = read_gatingml(path)
+        return _fixed_strategy(Path(path), tree_nodes(doc), doc)
+
+    @classmethod
+    def from_flowjo(cls, path: str | Path, group: str = "All Samples", sample: str | None = None) -> "Strategy":
+        """The gating tree of one sample of a FlowJo 10 workspace as a strategy of fixed gates."""
+        from tilpheno.gates.flowjo import read_workspace, tree_nodes
+
+        ws = read_workspace(path, group, sample)
+        return _fixed_strategy(Path(path), tree_nodes(ws), ws)
 
     def transform_for(self, dim: str) -> Transform:
         """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
@@ -432,6 +463,41 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         variables=tuple(variables),
         description=str(doc.get("description", "")),
         detectors=tuple(detectors),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists (and mappings to dicts), so code-built strategies dump as plain YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _fixed_strategy(path: Path, nodes, source: Any) -> Strategy:
+    """A strategy of fixed and boolean gates from tree nodes (Gating-ML, FlowJo): no markers, the
+    gates' dimension names used as they are (already on their display scale: linear transforms)."""
+    from tilpheno.gates.tree import dependency_order
+    from tilpheno.transforms import Linear
+
+    try:
+        ordered = dependency_order(nodes, str(path))
+    except GatingError as exc:
+        raise StrategyError(str(exc)) from None
+    populations = []
+    for node in ordered:
+        boolean = isinstance(node.gate, BooleanGate)
+        populations.append(Population(
+            node.name, node.parent if node.parent is not None else ROOT, "boolean" if boolean else "fixed",
+            dims=tuple(node.gate.dims), boolean=node.gate if boolean else None, fixed_gate=None if boolean else node.gate,
+            complement=node.complement,
+        ))
+    dims = tuple(dict.fromkeys(d for p in populations for d in p.dims))
+    return Strategy(
+        name=path.stem, tube="", path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        markers=(), populations=tuple(populations), transforms={d: Linear() for d in dims}, variables=(),
+        detectors=dims, source=source,
     )
 
 

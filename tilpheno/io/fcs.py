@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tilpheno.compensation import Spillover, parse_spill_keyword
+from tilpheno.io.spill import Spillover, parse_spill_keyword
 from tilpheno.errors import CompensationError, FCSReadError
 from tilpheno.io.text import HEADER_SIZE, Header, parse_header, parse_text
 

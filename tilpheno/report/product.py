@@ -15,6 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
+from tilpheno.gates.quadrants import sibling_range_pairs
+
 # FCS keywords shown by default: instrument and acquisition settings only. Anything that can
 # identify a patient, operator or site ($SRC, $PATIENTID, $FIL, $OP, $INST, $SMNO, $PROJ,
 # $COM, dates, free-text names) is shown only with --include-identifiers.
@@ -75,6 +77,43 @@ def _pct_from_table(tube, population: str) -> float | None:
     return float(row["pct_of_parent"].iloc[0]) if len(row) else None
 
 
+def _parent_name(parent) -> str:
+    return parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+
+
+def _gate_png(tube, population: str, parent, gate, detectors: Mapping[str, str], strategy=None) -> tuple[bytes, float]:
+    """PNG of one geometric gate on its parent's events, and the % of parent written on it."""
+    from tilpheno.report import plots
+
+    masks = tube.masks
+    dims = tuple(gate.dims)
+    parent_mask = masks.get(parent, np.ones(_n_plotted(tube), dtype=bool))
+    inside = masks[population][parent_mask]
+    pct = _pct_of_parent(tube, population, masks, parent_mask)
+    title = f"{_parent_name(parent)} → {population}"
+    if len(dims) == 1:
+        png = plots.histogram_png(
+            tube.data[dims[0]][parent_mask], _axis(dims[0], detectors, strategy), gate=gate, inside=inside,
+            population=population, pct_of_parent=pct, title=title,
+        )
+    else:
+        x, y = dims[0], dims[1]
+        png = plots.density_png(
+            tube.data[x][parent_mask], tube.data[y][parent_mask], _axis(x, detectors, strategy), _axis(y, detectors, strategy),
+            gate=gate, inside=inside, population=population, pct_of_parent=pct, title=title,
+        )
+    return png, pct
+
+
+def gate_figure_png(tube, population: str, detectors: Mapping[str, str], strategy=None) -> bytes:
+    """PNG of ``population``'s gate on its parent's events (KeyError naming the gated populations)."""
+    for name, parent, gate, _method in tube.gates:
+        if name == population and gate.dims:
+            return _gate_png(tube, name, parent, gate, detectors, strategy)[0]
+    drawable = [name for name, _, gate, _ in tube.gates if gate.dims]
+    raise KeyError(f"no drawable gate for population {population!r}; gates: {', '.join(drawable)}")
+
+
 def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
     """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent.
 
@@ -83,45 +122,17 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
     """
     from tilpheno.report import plots
 
-    masks = tube.masks
-    n = _n_plotted(tube)
     figures = []
     for population, parent, gate, method in tube.gates:
-        dims = tuple(getattr(gate, "dims", ()))
+        dims = tuple(gate.dims)
         if not dims:
             continue
-        parent_mask = masks.get(parent, np.ones(n, dtype=bool))
-        inside = masks[population][parent_mask]
-        pct = _pct_of_parent(tube, population, masks, parent_mask)
-        parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+        png, pct = _gate_png(tube, population, parent, gate, detectors, strategy)
+        parent_name = _parent_name(parent)
         title = f"{parent_name} → {population}"
-        if len(dims) == 1:
-            png = plots.histogram_png(
-                tube.data[dims[0]][parent_mask], _axis(dims[0], detectors, strategy), gate=gate, inside=inside,
-                population=population, pct_of_parent=pct, title=title,
-            )
-        else:
-            x, y = dims[0], dims[1]
-            png = plots.density_png(
-                tube.data[x][parent_mask], tube.data[y][parent_mask], _axis(x, detectors, strategy), _axis(y, detectors, strategy),
-                gate=gate, inside=inside, population=population, pct_of_parent=pct, title=title,
-            )
         figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
                               f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"))
     return figures + quadrant_figures(tube, detectors, title_prefix, strategy)
-
-
-def sibling_range_pairs(gates) -> list[tuple[tuple, tuple]]:
-    """Pairs of 1-D range gates with the same parent on different dimensions (first two per parent,
-    in strategy order): CD4+/CD8+ under CD3+, CD3+/CD56+ under live lymphocytes."""
-    by_parent: dict[str, list[tuple]] = {}
-    for entry in gates:
-        gate = entry[2]
-        if type(gate).__name__ == "RangeGate":
-            siblings = by_parent.setdefault(entry[1], [])
-            if all(g[2].dim != gate.dim for g in siblings):
-                siblings.append(entry)
-    return [(s[0], s[1]) for s in by_parent.values() if len(s) >= 2]
 
 
 def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
@@ -133,15 +144,16 @@ def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, stra
     for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(tube.gates):
         parent_mask = tube.masks.get(parent, np.ones(_n_plotted(tube), dtype=bool))
         parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
-        title = f"{parent_name}: {xgate.dim} vs {ygate.dim}"
+        xdim, ydim = xgate.dims[0], ygate.dims[0]
+        title = f"{parent_name}: {xdim} vs {ydim}"
         png = plots.quadrant_png(
-            tube.data[xgate.dim][parent_mask], tube.data[ygate.dim][parent_mask],
-            _axis(xgate.dim, detectors, strategy), _axis(ygate.dim, detectors, strategy),
+            tube.data[xdim][parent_mask], tube.data[ydim][parent_mask],
+            _axis(xdim, detectors, strategy), _axis(ydim, detectors, strategy),
             xgate=xgate, ygate=ygate, xpopulation=xpop, ypopulation=ypop, title=title,
             percentages=stored.get((xpop, ypop)),
         )
         figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
-                              f"{xpop} and {ypop} thresholds on {xgate.dim} vs {ygate.dim} in {parent_name}, "
+                              f"{xpop} and {ypop} thresholds on {xdim} vs {ydim} in {parent_name}, "
                               "% of parent per quadrant"))
     return figures
 

@@ -1,0 +1,90 @@
+"""Layers point one way: read -> compensate -> transform -> gate -> measure -> report -> pipeline/API.
+
+Every ``import`` of a tilpheno module inside tilpheno (module level or inside a function) is read
+from the source with ``ast`` and must go to the same or a lower layer. A module's layer comes from
+``LAYERS`` (most specific prefix wins); modules not listed are in the top layer (applications), so
+a new module can import anything but nothing lower can import it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "tilpheno"
+
+LAYERS = {
+    # 0 configuration and foundations: errors, QC records, atomic files, the study's vocabulary in YAML
+    "tilpheno": 0, "tilpheno.errors": 0, "tilpheno.qc": 0, "tilpheno.vocabulary": 0, "tilpheno.release": 0,
+    "tilpheno.study": 0, "tilpheno.io": 0, "tilpheno.io.atomic": 0, "tilpheno.io.files": 0, "tilpheno.io.text": 0,
+    # 1 read: FCS files (and the spillover matrices they carry), tables, output folders
+    "tilpheno.io.fcs": 1, "tilpheno.io.spill": 1, "tilpheno.io.fcs_write": 1, "tilpheno.io.outcomes": 1,
+    "tilpheno.io.outdir": 1, "tilpheno.io.export": 1,
+    # 2 map and group: detectors -> markers, files -> products and tubes
+    "tilpheno.panel": 2, "tilpheno.io.manifest": 2,
+    # 3 compensate
+    "tilpheno.compensation": 3, "tilpheno.spillover": 3,
+    # 4 transform (and acquisition QC on transformed signals)
+    "tilpheno.transforms": 4, "tilpheno.acquisition": 4,
+    # 5 gate
+    "tilpheno.gates": 5,
+    # 6 measure
+    "tilpheno.phenotype": 6,
+    # 7 report and provenance
+    "tilpheno.report": 7, "tilpheno.provenance": 7,
+    # 8 pipeline, public API, analyses, simulation; 9 the command line
+    "tilpheno.pipeline": 8, "tilpheno.gating": 8, "tilpheno.biomarkers": 8, "tilpheno.simulate": 8,
+    "tilpheno.cli": 9,
+}
+TOP = max(LAYERS.values())
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in LAYERS and (n > 1 or module == "tilpheno"):
+            return LAYERS[prefix]
+    return TOP
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tilpheno" and node.level == 0:
+            targets = [node.module]
+            # "from tilpheno.gates import placement" imports the submodule
+            targets += [f"{node.module}.{a.name}" for a in node.names if (ROOT.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()]
+            found += [(node.lineno, t) for t in targets]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "tilpheno"]
+    return found
+
+
+def test_no_import_goes_up_a_layer():
+    violations = []
+    for path in sorted(ROOT.rglob("*.py")):
+        own = module_name(path)
+        for line, target in imports(path):
+            if layer(target) > layer(own):
+                violations.append(f"{own} (layer {layer(own)}) imports {target} (layer {layer(target)}) at line {line}")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The test can fail: an import of the report from the measure stage is caught."""
+    fake = ROOT / "phenotype.py"
+    source = fake.read_text(encoding="utf-8") + "\n\ndef _x():\n    from tilpheno.report.plots import density_png\n"
+    probe = tmp_path / "tilpheno" / "phenotype.py"
+    probe.parent.mkdir()
+    probe.write_text(source)
+    found = [t for _, t in imports(probe)]
+    assert "tilpheno.report.plots" in found and layer("tilpheno.report.plots") > layer("tilpheno.phenotype")
+    assert layer("tilpheno.gates.placement") == 5 and layer("tilpheno.review.app") == TOP and layer("tilpheno") == 0
