@@ -174,11 +174,11 @@ class GatingResult(TubeResult):
         return pd.DataFrame(rows, columns=["variable", "numerator", "denominator", "numerator_count",
                                            "denominator_count", "percent"])
 
-    def plot(self, population: str) -> bytes:
-        """PNG of ``population``'s gate on its parent's events (as in the product report)."""
-        from tilpheno.report.product import gate_figure_png
+    def plot(self, population: str) -> str:
+        """``population``'s gate on its parent's events, as in the product report: inline ``<svg>`` markup."""
+        from tilpheno.report.product import population_figure
 
-        return gate_figure_png(self, population, self.detectors, self.strategy)
+        return population_figure(self, population, self.detectors, self.strategy).svg
 
     @classmethod
     def from_tube(cls, tube: TubeResult, strategy: Strategy | None = None, diagnostics=None, flags=()) -> "GatingResult":
