@@ -732,7 +732,7 @@ def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: 
     atomic.write_csv(staging / "populations.csv", populations)
     atomic.write_csv(staging / "qc.csv", qc)
     tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": populations.columns, "qc.csv": qc.columns}
-    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
+    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile, options.study))
     atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
     record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
     record.extra.update(folder.record())

@@ -154,7 +154,8 @@ def render_index(outcomes: Sequence, options, strategies: Sequence = ()) -> str:
     from tilpheno.report.codebook import build_codebook
 
     columns = index_columns(outcomes, strategies, getattr(options, "study", None))
-    book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile).set_index("column")
+    book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile,
+                          getattr(options, "study", None)).set_index("column")
     headers = [{"column": c, "label": book.at[c, "label"], "title": f"{c}: {book.at[c, 'meaning']}"
                 + (f" ({book.at[c, 'unit']})" if book.at[c, "unit"] else "")} for c in columns]
     rows = []

@@ -353,7 +353,7 @@ def _table(frame, id: str, labels: Mapping[str, str], caption: str = "") -> Tabl
 def _labels(ctx: ReportContext, columns) -> dict[str, str]:
     from tilpheno.report.codebook import labels
 
-    return labels(columns, ctx.strategies)
+    return labels(columns, ctx.strategies, getattr(ctx.options, "study", None))
 
 
 def _stained(ctx: ReportContext) -> list:
@@ -437,7 +437,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     axes = product_axes(result, meta, strategies) if result is not None else {}
     ctx = ReportContext(outcome, result, meta, options, strategies, axes)
     sections = [s for builder in SECTION_BUILDERS for s in _as_list(builder(ctx))]
-    book = build_codebook({"phenotypes.csv": list(outcome.phenotype)}, strategies, options.fmo_percentile)
+    book = build_codebook({"phenotypes.csv": list(outcome.phenotype)}, strategies, options.fmo_percentile,
+                          getattr(options, "study", None))
     book = book.set_index("column")
     study = [(k, book.at[k, "label"], v, book.at[k, "unit"], book.at[k, "meaning"]) for k, v in outcome.phenotype.items()
              if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]
