@@ -105,12 +105,13 @@ def test_new_lab_panel_runs_through_process(tmp_path):
 def test_without_the_panel_file_the_unlabelled_detector_is_reported(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "-o", str(out)])
-    assert result.exit_code == 0, result.output   # the product is done; its residency variables are NaN
+    assert result.exit_code == 1, result.output   # a tube kind without a usable stained file fails the product
     qc = pd.read_csv(out / "qc.csv")
     errors = qc[qc["code"] == "panel_error"]
     assert set(errors["file"]) == {"LAB7_residency_stain.fcs", "LAB7_residency_FMO_CD103.fcs"}
     assert errors["message"].str.contains("CD103").all() and errors["message"].str.contains("FITC-A").all()
-    assert pd.isna(pd.read_csv(out / "phenotypes.csv")["cd103_pct_of_cd8"].iloc[0])
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    assert row["status"] == "failed" and "CD103 not found" in row["error"] and pd.isna(row["cd103_pct_of_cd8"])
 
 
 def test_no_code_names_the_new_labs_vocabulary():
