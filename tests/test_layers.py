@@ -88,3 +88,33 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     found = [t for _, t in imports(probe)]
     assert "tilpheno.report.plots" in found and layer("tilpheno.report.plots") > layer("tilpheno.phenotype")
     assert layer("tilpheno.gates.placement") == 5 and layer("tilpheno.review.app") == TOP and layer("tilpheno") == 0
+
+
+def _raised_strings(path: Path) -> list[tuple[int, str]]:
+    """The literal text of every ``raise SomeError(...)`` message in a module (f-string parts joined)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            for arg in node.exc.args:
+                parts = [n.value for n in ast.walk(arg) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                out.append((node.lineno, "".join(parts)))
+    return out
+
+
+def test_library_errors_do_not_quote_command_line_flags():
+    """Errors raised by the library name its parameters; only command-line modules speak in flags
+    (tilpheno.cli translates ``overwrite=True`` to ``--overwrite`` and so on)."""
+    import re
+
+    flag = re.compile(r"(^|[\s(])--[a-z]")
+    found = [f"{module_name(p)}:{line}: {text}" for p in sorted(ROOT.rglob("*.py")) if not p.name == "cli.py"
+             for line, text in _raised_strings(p) if flag.search(text)]
+    assert not found, "\n".join(found)
+
+
+def test_the_cli_speaks_in_flags():
+    from tilpheno.cli import as_cli_text
+
+    assert as_cli_text("OUT: previous run; pass overwrite=True to replace it") == "OUT: previous run; pass --overwrite to replace it"
+    assert as_cli_text("executor: 'spark' is not one of local, dask").startswith("--executor:")
+    assert as_cli_text("fmo_percentile: 120 is not between 0 and 100").startswith("--fmo-percentile:")

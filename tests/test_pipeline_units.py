@@ -75,9 +75,9 @@ def test_unknown_executor_and_unreachable_scheduler(tmp_path):
     from tilpheno.errors import TilphenoError
     from tilpheno.pipeline import iter_outcomes
 
-    with pytest.raises(TableError, match="--executor"):
+    with pytest.raises(TableError, match="executor"):
         list(iter_outcomes([], executor="spark"))
-    with pytest.raises(TableError, match="--scheduler"):
+    with pytest.raises(TableError, match="scheduler address"):
         list(iter_outcomes([], executor="dask"))
     dask = pytest.importorskip("dask")
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(TilphenoError, match="cannot connect"):

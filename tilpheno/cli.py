@@ -17,6 +17,17 @@ app = typer.Typer(
 )
 
 
+def as_cli_text(text: str) -> str:
+    """A library message in the command line's words: the library names its parameters
+    (``overwrite=True``, ``executor``, ``fmo_percentile``), the CLI user sees the flags."""
+    import re
+
+    text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers)=True\b",
+                  lambda m: "--" + m.group(1).replace("_", "-"), text)
+    text = re.sub(r"\binputs=FOLDER\b", "--inputs FOLDER", text)
+    return re.sub(r"^(executor|scheduler|fmo_percentile)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
+
+
 def _fail(exc: Exception) -> None:
     """Print one line (``error: ...``) and exit with status 2. An ``OSError`` (disk full, read-only
     folder, a file where a folder is needed) is described by the path and the cause."""
@@ -26,7 +37,7 @@ def _fail(exc: Exception) -> None:
         text = describe_os_error(exc)
     else:
         text = str(exc)
-    typer.secho(f"error: {' '.join(text.split())}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {as_cli_text(' '.join(text.split()))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 

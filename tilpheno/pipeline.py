@@ -502,7 +502,7 @@ def iter_outcomes(
     (``worker died ...``); the others are retried and complete.
     """
     if executor not in EXECUTORS:
-        raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+        raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask":
         yield from _iter_dask(jobs, scheduler)
     elif n_jobs <= 1 or len(jobs) <= 1:
@@ -593,14 +593,14 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise TableError("--executor dask needs the 'distributed' package: pip install 'tilpheno[dask]'") from None
+        raise TableError("executor dask needs the 'distributed' package: pip install 'tilpheno[dask]'") from None
     if scheduler is None:
-        raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
     own = not isinstance(scheduler, Client)
     try:
         client = Client(scheduler) if own else scheduler
     except (OSError, TimeoutError, ValueError) as exc:
-        raise TilphenoError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler ({exc})") from None
+        raise TilphenoError(f"scheduler {scheduler}: cannot connect to the Dask scheduler ({exc})") from None
     try:
         import uuid
 
@@ -834,11 +834,11 @@ def process_folder(
     from tilpheno.study import load_study
 
     if executor not in EXECUTORS:
-        raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+        raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask" and scheduler is None:
-        raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
     if not 0 < fmo_percentile < 100:
-        raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
+        raise TableError(f"fmo_percentile: {fmo_percentile} is not between 0 and 100")
     study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
     panel = read_panel_file(panel_path) if panel_path is not None else None
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)
@@ -858,7 +858,7 @@ def process_folder(
             raise TableError(
                 f"{outcomes_path}: {len(unmatched)} product id(s) match no product in {folder}: "
                 f"{_did_you_mean(unmatched, manifest['product_id'].astype(str))}; "
-                "fix the ids or pass --allow-unmatched")
+                "fix the ids or pass allow_unmatched=True")
         if unmatched:
             log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
         manifest = attach_doses(manifest, outcomes)

@@ -149,7 +149,7 @@ def identify_control(fcs) -> Control:
         return Control(str(path), labelled[0])
     raise CompensationError(
         f"{path}: cannot tell which detector this single-stain control stains (no detector name in the file"
-        f" name or TUBE NAME, {len(labelled)} labelled detectors); list it in a --controls CSV (file,detector)")
+        f" name or TUBE NAME, {len(labelled)} labelled detectors); list it in a controls CSV (file,detector)")
 
 
 def read_controls_csv(path: str | Path, base: str | Path | None = None) -> list[Control]:

@@ -204,7 +204,7 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
         if not allow_outside and outside(file, root):
             fcs = None
             problem = (f"{display_name(str(file))}: links to a file outside {display_name(str(root))}; not read "
-                       "(pass --allow-outside to accept it)")
+                       "(files outside the input folder are refused unless allowed)")
         else:
             try:
                 fcs, problem = read_fcs_metadata(file, checksum=False), ""
@@ -298,7 +298,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                              f"(looked for {resolved})")
         if not allow_outside and outside(resolved, base):
             raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
-                             "pass --allow-outside to accept files outside the folder")
+                             "pass allow_outside=True to accept files outside the folder")
         key = str(resolved.resolve())
         if key in seen:
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")

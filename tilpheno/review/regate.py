@@ -202,7 +202,7 @@ class ReviewSource:
             if c.is_file():
                 return c
         raise ReviewError(f"input file {recorded} of the run not found (looked in: {', '.join(map(str, candidates))}); "
-                          "pass --inputs FOLDER")
+                          "give the folder that holds the run's inputs (inputs=FOLDER)")
 
     def inputs_digest(self, product_id: str) -> list[dict]:
         """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these)."""
