@@ -61,7 +61,7 @@ def compensate_columns(
     if not compensated:
         cols = []
     passthrough = [w for w in wanted if w not in position]
-    inverse = _inverse(spillover) if compensated else None
+    inverse = _inverse(spillover) if compensated and spillover is not None else np.empty((0, 0))
     events = np.asarray(events)
     n = events.shape[0]
     # rows: the compensated detectors first (one contiguous block the sums accumulate into), then
@@ -71,8 +71,8 @@ def compensate_columns(
     gather = cols + [index[w] for w in passthrough]
     k, t, step = len(cols), len(compensated), max(1, _CHUNK_EVENTS)
     # coefficient[r, i] = inverse[i, j] for the r-th compensated detector j
-    coefficient = inverse[:, [position[d] for d in compensated]].T.copy() if t else None
-    tmp = np.empty((t, min(n, step)), dtype=np.float64) if t else None
+    coefficient = inverse[:, [position[d] for d in compensated]].T.copy() if t else np.empty((0, 0))
+    tmp = np.empty((t, min(n, step)), dtype=np.float64) if t else np.empty((0, 0))
     for start in range(0, n, step):
         stop = min(n, start + step)
         # One gather of the needed columns of a block of events into rows (a strided copy per

@@ -110,7 +110,7 @@ class Sample:
 
         study = study or default_study()
         fcs = read_fcs(source) if isinstance(source, (str, os.PathLike)) else source
-        matrix = read_spillover_csv(spillover) if isinstance(spillover, (str, os.PathLike)) else spillover
+        matrix = read_spillover_csv(Path(spillover)) if isinstance(spillover, (str, os.PathLike)) else spillover
         role, marker = ("fmo", study.vocabulary.marker_in(fmo)) if fmo else ("stain", None)
         if strategy.source is not None:   # Gating-ML document / FlowJo sample: its own dimensions
             data = _external_dimensions(strategy, fcs, matrix)
@@ -158,7 +158,8 @@ class GatingResult(TubeResult):
     @property
     def counts(self) -> dict[str, int]:
         """Events per population (all events of the file)."""
-        return {str(r.population): int(r.count) for r in self.populations.itertuples(index=False)}
+        table = self.populations
+        return {str(p): int(c) for p, c in zip(table["population"], table["count"])}
 
     @property
     def summary(self) -> pd.DataFrame:

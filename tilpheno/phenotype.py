@@ -118,7 +118,7 @@ class ProductResult:
     """All tubes of one product, its study variables and QC flags."""
 
     product_id: str
-    phenotype: dict[str, float]
+    phenotype: dict[str, Any]   # product_id (text), then the variables, counts and doses (numbers)
     tubes: list[TubeResult]
     qc: list[QCFlag]
     strategy_sha256: dict[str, str]   # strategy name -> SHA-256 of its file
@@ -207,12 +207,13 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placeme
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the parent's events."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
+    xy = (pop.dims[0], pop.dims[-1])   # the 2-D methods (validated: exactly two dims)
     if pop.method == "cells":
-        return pl.place_cells(cols[0], cols[1], pop.dims, **params)
+        return pl.place_cells(cols[0], cols[1], xy, **params)
     if pop.method == "singlets":
-        return pl.place_singlets(cols[0], cols[1], pop.dims, **params)
+        return pl.place_singlets(cols[0], cols[1], xy, **params)
     if pop.method == "lymphocytes":
-        return pl.place_lymphocytes(cols[0], cols[1], pop.dims, **params)
+        return pl.place_lymphocytes(cols[0], cols[1], xy, **params)
     return pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
 
 
@@ -303,7 +304,7 @@ class _TubeKindRun:
         flags = self.file_flags[i]
         for k in range(self.position[i], upto):
             pop = self.pops[k]
-            if pop.method == "boolean":
+            if pop.boolean is not None:
                 st.masks[pop.name] = st.mask_of(pop, pop.boolean)
                 st.gates.append((pop.name, pop.parent, pop.boolean, "boolean"))
                 continue
@@ -316,13 +317,15 @@ class _TubeKindRun:
                 st.masks[pop.name] = st.mask_of(pop, th.placement.gate)
                 st.gates.append((pop.name, pop.parent, th.placement.gate, th.placement.method))
                 st.diagnostics[pop.name] = dict(th.placement.diagnostics)
-                st.thresholds.append(th.row)
+                if th.row is not None:
+                    st.thresholds.append(th.row)
                 continue
             parent = st.parent_mask(pop)
             placement = src.placed.get(pop.name)
             if placement is None:
                 try:
-                    placement = pl.Placement(pop.fixed_gate, "fixed") if pop.method == "fixed" else _place_on(pop, st.tube, parent)
+                    placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
+                                 else _place_on(pop, st.tube, parent))
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -419,7 +422,7 @@ class _TubeKindRun:
         """The file that carries the thresholds' flags: the first usable stained file, else the first usable file."""
         usable = [i for i, s in enumerate(self.sources) if not s.failed and i in self.file_flags]
         stains = [i for i in usable if self.sources[i].role == "stain"]
-        return (stains or usable or [None])[0]
+        return (stains or usable or [None])[0]  # type: ignore[list-item]  # None: no usable file
 
     def ordered_flags(self, i: int) -> list[pl.Flag]:
         """File ``i``'s flags in strategy order (as if all files had been walked population by population)."""
@@ -568,8 +571,8 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
 
 def doses(phenotype: Mapping[str, float], til_dose_cells: float | None, study: Study | None = None) -> dict[str, float]:
     """Absolute subset doses (cells) from the infused cell number (the study's ``doses``); NaN when unknown."""
-    known = til_dose_cells is not None and math.isfinite(float(til_dose_cells))
-    values: dict[str, float] = {"dose": float(til_dose_cells) if known else float("nan")}
+    dose = float(til_dose_cells) if til_dose_cells is not None else float("nan")
+    values: dict[str, float] = {"dose": dose if math.isfinite(dose) else float("nan")}
     for dose in (study or default_study()).doses:
         values[dose.name] = values[dose.base] * float(phenotype.get(dose.variable, float("nan"))) / 100.0
     return {k: v for k, v in values.items() if k != "dose"}
@@ -608,9 +611,9 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
         if message is None:
             continue
         # the flag names the stained file of the tube kind whose strategy defines the variable
-        tube = next((t for t, s in strategies.items() if any(v.name == expected.variable for v in s.variables)), None)
-        summary = stained.get(tube) if tube is not None else None
-        flags.append(QCFlag(product_id, Path(summary.file).name if summary else "", expected.flag, "warning", message))
+        kind = next((t for t, s in strategies.items() if any(v.name == expected.variable for v in s.variables)), None)
+        where = stained.get(kind) if kind is not None else None
+        flags.append(QCFlag(product_id, Path(where.file).name if where else "", expected.flag, "warning", message))
     return flags
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from tilpheno.errors import FCSReadError, NoInputError, TableError, TilphenoError
 from tilpheno.io.files import display_name
@@ -70,7 +70,7 @@ class ProductJob:
     """Everything one worker needs for one product: its manifest rows, the strategies, options."""
 
     product_id: str
-    rows: object  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
+    rows: Any  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
     strategies: tuple[StrategySource, ...]
     options: ProcessOptions
 
@@ -84,7 +84,7 @@ class ProductOutcome:
     ok: bool
     error: str
     phenotype: dict
-    populations: object  # pandas DataFrame (long: population x tube) or empty
+    populations: Any  # pandas DataFrame (long: population x tube) or empty
     qc: list  # of tilpheno.qc.QCFlag
     release: list[CriterionResult]
     release_status: str
@@ -356,7 +356,7 @@ def _return_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-_MALLOC_TRIM = None
+_MALLOC_TRIM: Any = None
 
 
 def _process_product(job: ProductJob) -> ProductOutcome:

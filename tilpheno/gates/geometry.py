@@ -180,6 +180,7 @@ class RectangleGate:
         for d, lo, hi in zip(self.dims, self.lows, self.highs):
             m = _in_interval(_column(data, d, "rectangle"), lo, hi)
             mask = m if mask is None else mask & m
+        assert mask is not None   # __post_init__ requires at least one dimension
         return mask
 
     def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:

@@ -491,10 +491,11 @@ def _fixed_strategy(path: Path, nodes, source: Any) -> Strategy:
         raise StrategyError(str(exc)) from None
     populations = []
     for node in ordered:
-        boolean = isinstance(node.gate, BooleanGate)
+        gate = node.gate
+        boolean = gate if isinstance(gate, BooleanGate) else None
         populations.append(Population(
-            node.name, node.parent if node.parent is not None else ROOT, "boolean" if boolean else "fixed",
-            dims=tuple(node.gate.dims), boolean=node.gate if boolean else None, fixed_gate=None if boolean else node.gate,
+            node.name, node.parent if node.parent is not None else ROOT, "fixed" if boolean is None else "boolean",
+            dims=tuple(gate.dims), boolean=boolean, fixed_gate=gate if boolean is None else None,
             complement=node.complement,
         ))
     dims = tuple(dict.fromkeys(d for p in populations for d in p.dims))
