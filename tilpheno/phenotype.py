@@ -571,8 +571,8 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
 
 def doses(phenotype: Mapping[str, float], til_dose_cells: float | None, study: Study | None = None) -> dict[str, float]:
     """Absolute subset doses (cells) from the infused cell number (the study's ``doses``); NaN when unknown."""
-    dose = float(til_dose_cells) if til_dose_cells is not None else float("nan")
-    values: dict[str, float] = {"dose": dose if math.isfinite(dose) else float("nan")}
+    infused = float(til_dose_cells) if til_dose_cells is not None else float("nan")
+    values: dict[str, float] = {"dose": infused if math.isfinite(infused) else float("nan")}
     for dose in (study or default_study()).doses:
         values[dose.name] = values[dose.base] * float(phenotype.get(dose.variable, float("nan"))) / 100.0
     return {k: v for k, v in values.items() if k != "dose"}

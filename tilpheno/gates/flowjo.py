@@ -494,7 +494,7 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
         if any(w is None for w in widths):
             out[p.path] = None
             continue
-        base = p.gate.contains(data)
+        base = p.gate.membership(data)
         near = np.zeros(len(base), dtype=bool)
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
@@ -502,7 +502,7 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
                     shifted = dict(data)
                     shifted[p.gate.dims[0]] = data[p.gate.dims[0]] + dx * widths[0]
                     shifted[p.gate.dims[1]] = data[p.gate.dims[1]] + dy * widths[1]
-                    near |= p.gate.contains(shifted) != base
+                    near |= p.gate.membership(shifted) != base
         parent = masks[p.parent] if p.parent else np.ones(len(base), dtype=bool)
         out[p.path] = int((near & parent).sum())
     return out
