@@ -123,8 +123,21 @@ def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseS
     )
 
 
-BUNDLED_SPEC = Path(__file__).resolve().parent / "studies" / "til" / "release.yaml"
-DEFAULT_SPEC = load_release_spec(BUNDLED_SPEC, label="til/release.yaml (bundled)")
+_STUDIES = Path(__file__).resolve().parent / "studies"
+_BUNDLED = " (bundled)"
+
+
+def spec_path(source: str) -> Path:
+    """The file a spec's ``source`` names: a path, or ``<study>/<file> (bundled)`` under the package."""
+    return _STUDIES / source.removesuffix(_BUNDLED) if source.endswith(_BUNDLED) else Path(source)
+
+
+def load_spec_source(source: str) -> ReleaseSpec:
+    """The spec a ``source`` names (as ``run.json`` records it): bundled label or path."""
+    return load_release_spec(spec_path(source), label=source if source.endswith(_BUNDLED) else None)
+
+
+DEFAULT_SPEC = load_spec_source("til/release.yaml" + _BUNDLED)
 """The bundled TIL study's spec (``tilpheno/studies/til/release.yaml``): viability > 70 %, CD3+ > 90 %."""
 
 

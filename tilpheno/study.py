@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tilpheno.errors import StudyError
-from tilpheno.release import ReleaseSpec, load_release_spec
+from tilpheno.release import ReleaseSpec, load_release_spec, load_spec_source
 from tilpheno.vocabulary import STUDIES_DIR, Vocabulary, default_vocabulary, key, parse_aliases
 
 DEFAULT_STUDY = "til"
@@ -268,7 +268,8 @@ def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
     if doc.get("release"):
         release_file = (path.parent / str(doc["release"])).resolve()
         bundled = release_file.is_relative_to(STUDIES_DIR)
-        release = load_release_spec(release_file, label=f"{release_file.relative_to(STUDIES_DIR)} (bundled)" if bundled else None)
+        release = (load_spec_source(f"{release_file.relative_to(STUDIES_DIR)} (bundled)") if bundled
+                   else load_release_spec(release_file))
     vocabulary = default_vocabulary().with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), path.name)
     return Study(
         name=name,

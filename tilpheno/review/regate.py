@@ -43,7 +43,7 @@ from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
 from tilpheno.study import default_study
-from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_release_spec, overall
+from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_spec_source, overall, spec_path
 from tilpheno.review.db import ReviewError
 from tilpheno.transforms import Logicle
 
@@ -143,10 +143,10 @@ class ReviewSource:
     def _release_spec(self):
         spec = self.run.get("release_spec") or {}
         source = spec.get("source", "built-in default")
-        if source in ("", "built-in default"):
+        if source in ("", "built-in default", DEFAULT_SPEC.source):
             return DEFAULT_SPEC
-        loaded = load_release_spec(source)
-        if spec.get("sha256") and hashlib.sha256(Path(source).read_bytes()).hexdigest() != spec["sha256"]:
+        loaded = load_spec_source(source)
+        if spec.get("sha256") and hashlib.sha256(spec_path(source).read_bytes()).hexdigest() != spec["sha256"]:
             raise ReviewError(f"release spec {source} changed since the run (sha256 differs from run.json)")
         return loaded
 
