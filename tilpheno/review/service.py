@@ -113,8 +113,11 @@ class ReviewService:
         self.require_product(product_id)
         with self.factory() as db:
             product = db.get(Product, product_id)
-            if product is not None:
-                return product
+        if product is not None:
+            if json.loads(product.inputs_json) != self.source.inputs_digest(product_id):
+                raise ReviewError(f"product {product_id}: the database holds it with other input files (SHA-256) than "
+                                  f"{self.source.out_dir}; use one database per output folder (--db)")
+            return product
         gate_set = self.source.automatic(product_id)   # slow part outside the transaction
         inputs = self.source.inputs_digest(product_id)
         digest = gates_sha256(gate_set)

@@ -354,9 +354,8 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 index = index[:: -(-index.size // PLOT_POINTS)]
             coords, ranges = [], []
             for d in dims:
-                values = st.tube.data[d]
-                shown = values[index]
-                finite = values[parent & np.isfinite(values)] if index.size else values[np.isfinite(values)]
+                shown = st.tube.data[d][index]
+                finite = shown[np.isfinite(shown)]   # axis range from the plotted subsample
                 lo, hi = (np.percentile(finite, [0.2, 99.8]) if finite.size else (0.0, 1.0))
                 span = (hi - lo) or 1.0
                 lo, hi = lo - 0.08 * span, hi + 0.08 * span
