@@ -24,7 +24,7 @@ def as_cli_text(text: str) -> str:
 
     text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers)=True\b",
                   lambda m: "--" + m.group(1).replace("_", "-"), text)
-    text = re.sub(r"\binputs=FOLDER\b", "--inputs FOLDER", text)
+    text = re.sub(r"\b(inputs=FOLDER|db=URL)\b", lambda m: "--" + m.group(1).replace("=", " "), text)
     return re.sub(r"^(executor|scheduler|fmo_percentile)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
