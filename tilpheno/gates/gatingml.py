@@ -32,7 +32,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -282,8 +282,12 @@ def parse_gatingml(xml: str | bytes, source: str = "<string>") -> GatingMLDocume
     return doc
 
 
+@overload
+def _attr(el: ET.Element, name: str, source: str, required: Literal[True]) -> str: ...
+@overload
+def _attr(el: ET.Element, name: str, source: str, required: bool = False) -> str | None: ...
 def _attr(el: ET.Element, name: str, source: str, required: bool = False) -> str | None:
-    """An attribute in the gating, transforms or data-type namespace (or none)."""
+    """An attribute in the gating, transforms or data-type namespace (or none; StrategyError when ``required``)."""
     for ns in (GATING_NS, TRANSFORMS_NS, DATATYPE_NS):
         value = el.get(f"{{{ns}}}{name}")
         if value is not None:

@@ -270,6 +270,7 @@ def parse_expression(expression: str) -> BooleanGate:
     operands, complements = [], []
     for part in parts:
         match = _BOOL_TOKEN.match(part)
+        assert match is not None   # a non-empty part always matches
         operands.append(match.group(2).strip())
         complements.append(match.group(1) == "!")
     if len(parts) == 1:
@@ -297,6 +298,7 @@ def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> P
         raise ctx.error(line, f"populations[{index}]", "each population must be a mapping with name, parent, ...")
     name = item.get("name")
     where = f"populations[{index}] {name!r}" if name is not None else f"populations[{index}]"
+    name = str(name)   # checked to be a non-empty string below
     unknown = sorted(set(item) - _POPULATION_KEYS)
     if unknown:
         raise ctx.error(_line(item, unknown[0]), where, f"unknown key(s) {unknown}; allowed: {sorted(_POPULATION_KEYS)}")
