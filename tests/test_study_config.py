@@ -94,8 +94,10 @@ def test_new_lab_panel_runs_through_process(tmp_path):
     populations = pd.read_csv(out / "populations.csv")
     assert set(populations["tube"]) == {"tcell", "exhaustion", "residency"}
     assert set(populations.loc[populations["role"] == "fmo", "fmo_marker"]) == {"CD45", "CD3", "CD4", "CD8", "CD39", "LAG3", "CD103"}
-    # every FMO-gated marker's threshold came from its FMO file (no fallback)
-    assert pd.read_csv(out / "qc.csv").empty
+    # every FMO-gated marker's threshold came from its FMO file (no fallback), no gating problem; the
+    # only flags are the informational "acquisition QC skipped" of these short (3000-event) files
+    qc = pd.read_csv(out / "qc.csv")
+    assert set(qc["code"]) <= {"acquisition_qc_skipped"} and set(qc["severity"]) <= {"info"}
     index = (out / "index.html").read_text()
     assert "cd103_pct_of_cd8" in index and "cd4foxp3" not in index
     run = (out / "run.json").read_text()

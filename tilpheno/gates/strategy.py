@@ -27,6 +27,11 @@ fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_
 boolean        -     expression
 =============  ====  ===============================================================
 
+``acquisition_qc`` (optional; gating step 0, per file, before compensation) sets the time-based
+acquisition QC: ``mode`` remove (default) | flag | off and the parameters of
+``tilpheno.acquisition.AcquisitionSettings`` (events_per_bin, t_crit, min_shift, rate_tolerance,
+consecutive_bins, margin_limit_pct, max_removed_pct, ...). Absent = the defaults, mode remove.
+
 Validation errors raise ``StrategyError`` with ``<file>:<line>: <key>: <problem>``. A strategy
 records the SHA-256 of the file's bytes; results depend on the file only through its content.
 """
@@ -40,6 +45,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from tilpheno.acquisition import AcquisitionSettings
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
@@ -98,7 +104,8 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
 _POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
-_TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transforms", "populations", "variables", "quadrants"}
+_TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transforms", "populations", "variables", "quadrants",
+             "acquisition_qc"}
 QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
@@ -150,6 +157,7 @@ class Strategy:
     source: Any = None                # a Gating-ML document / FlowJo sample whose dimensions the gates use
     quadrant_names: Mapping[tuple[str, str], Mapping[tuple[bool, bool], str]] = field(default_factory=dict)
     # (x population, y population) -> {(x inside, y inside): name}: the report's quadrant labels
+    acquisition: AcquisitionSettings = AcquisitionSettings()   # step 0, the ``acquisition_qc`` section
 
     # -- the ways to build one -------------------------------------------------------------
     @classmethod
@@ -457,6 +465,16 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
                 raise ctx.error(_line(spec, role), f"variables.{name}.{role}", f"unknown population {spec[role]!r}")
         variables.append(Variable(str(name), spec["numerator"], spec["denominator"]))
 
+    raw_acquisition = doc.get("acquisition_qc")
+    if raw_acquisition is not None and not isinstance(raw_acquisition, dict):
+        raise ctx.error(_line(doc, "acquisition_qc"), "acquisition_qc", "must be a mapping such as {mode: remove}")
+    try:
+        acquisition = AcquisitionSettings.from_mapping(raw_acquisition)
+    except ValueError as exc:
+        key = str(exc).split(":", 1)[0]
+        raise ctx.error(_line(raw_acquisition, key) if key in (raw_acquisition or {}) else _line(doc, "acquisition_qc"),
+                        "acquisition_qc", str(exc)) from None
+
     return Strategy(
         name=doc["strategy"].strip(),
         tube=doc["tube"].strip(),
@@ -469,6 +487,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         description=str(doc.get("description", "")),
         detectors=tuple(detectors),
         quadrant_names=_quadrant_names(ctx, doc, seen),
+        acquisition=acquisition,
     )
 
 

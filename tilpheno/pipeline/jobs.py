@@ -60,6 +60,7 @@ class ProductJob:
     rows: Any  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
     strategies: tuple[StrategySource, ...]
     options: ProcessOptions
+    compensation: Any = None  # tilpheno.spillover.CompensationChoice, or None: each file's $SPILLOVER
 
 
 @dataclass
@@ -199,9 +200,13 @@ def _analyze(job: ProductJob, rows):
 
     # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
     # the report, so a job's memory follows the largest file, not the product or the folder
+    choice = job.compensation
+    if choice is not None and choice.error:
+        raise TilphenoError(choice.error)
     return analyze_product(
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
+        spillover_override=choice.spillover if choice is not None else None,
         study=job.options.study, panel_override=job.options.panel,
     )
 
@@ -277,6 +282,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
 
         crash = traceback.format_exc()
         error = f"internal error {type(exc).__name__}: {exc}"
+    if job.compensation is not None:   # the single-stain controls the product's matrix came from
+        digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:
         gated = {str(t.file) for t in result.tubes}
         digests += [_digest(t.file, t) for t in result.tubes]

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from tilpheno.errors import NoInputError, TableError
 from tilpheno.io.files import display_name
@@ -78,8 +78,12 @@ def run_process(
     on_outcome: Callable[[ProductOutcome], None] | None = None,
     overwrite: bool = False,
     run_flags: Sequence[QCFlag] = (),
+    compensations: Mapping | None = None,
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
+
+    ``compensations``: product id -> ``tilpheno.spillover.CompensationChoice`` (from
+    ``spillover.plan_compensation``); products not in it use their files' own ``$SPILLOVER``.
 
     The run claims ``out_dir`` (:class:`tilpheno.io.outdir.OutputFolder`: lock, staging, publish;
     a folder holding anything is refused unless ``overwrite``, which replaces what the previous
@@ -99,7 +103,8 @@ def run_process(
     out_dir = Path(out_dir)
     options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
     sources = strategy_sources(strategies)
-    jobs = [ProductJob(pid, rows, sources, options) for pid, rows in group_products(manifest)]
+    jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
+            for pid, rows in group_products(manifest)]
     with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at) as folder:
         try:
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
@@ -154,7 +159,8 @@ def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: 
     tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": populations.columns, "qc.csv": qc.columns}
     atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile, options.study))
     atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
-    record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
+    record.finish({d.path: d for o in outcomes for d in o.files}.values(),   # shared control files once
+                  time.perf_counter() - t0)
     record.extra.update(folder.record())
     atomic.write_text(staging / "run.json", record.to_json())
     return outcomes
@@ -227,6 +233,7 @@ def process_folder(
     executor: str = "local",
     n_jobs: int = 1,
     scheduler=None,
+    compensation_path: str | Path | None = None,
     command_line: list[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
@@ -269,6 +276,9 @@ def process_folder(
         raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
     if len(manifest) == 0:
         raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found; nothing to process")
+    from tilpheno.spillover import plan_compensation
+
+    manifest, compensations = plan_compensation(manifest, compensation_path)
     if outcomes_path is not None:
         from tilpheno.io.outcomes import read_outcomes
 
@@ -292,6 +302,7 @@ def process_folder(
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
             "overwrite": overwrite, "allow_unmatched": allow_unmatched, "allow_outside": allow_outside,
+            "compensation": str(compensation_path or ""),
             "study": study.source, "study_sha256": study.sha256, "panel": str(panel_path or ""),
         },
         strategy_paths=paths,
@@ -303,4 +314,5 @@ def process_folder(
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec, study=study, panel=panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags)
+                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags,
+                       compensations=compensations)
