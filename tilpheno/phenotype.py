@@ -212,12 +212,15 @@ def acquisition_step(fcs, settings, cached=None):
 def _negative_cuts(state: _Gated) -> dict[str, float]:
     """Per marker the lowest 1-D gate threshold of the tube (linear units): its negatives lie below."""
     cuts: dict[str, float] = {}
-    for _, _, gate, _ in state.gates:
-        if type(gate).__name__ != "RangeGate" or gate.dim not in state.tube.detectors:
+    for _, _, gate, _ in state.gates:   # 1-D interval gates (the gate protocol's drawing), by dimension
+        shape = gate.drawing()
+        if shape.shape != "intervals" or len(gate.dims) != 1 or gate.dims[0] not in state.tube.detectors:
             continue
-        edge = gate.low if gate.low is not None else gate.high
-        raw = float(state.tube.transforms[gate.dim].inverse(np.array([edge]))[0])
-        cuts[gate.dim] = min(cuts.get(gate.dim, raw), raw)
+        dim = gate.dims[0]
+        low, high = shape.bounds[dim]
+        edge = low if low is not None else high
+        raw = float(state.tube.transforms[dim].inverse(np.array([edge]))[0])
+        cuts[dim] = min(cuts.get(dim, raw), raw)
     return cuts
 
 
