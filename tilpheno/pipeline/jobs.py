@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tilpheno.errors import FCSReadError, TableError, TilphenoError
+from tilpheno.gates.checks import NEEDS_REVIEW, review_status
 from tilpheno.pipeline.outputs import _populations_long, product_slug, worst_severity
 from tilpheno.provenance import FileDigest
 from tilpheno.qc import QCFlag
@@ -295,6 +296,9 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         flags.append(QCFlag(pid, "", "internal_error" if crash else "product_failed", "error", error))
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
     release = evaluate(spec, phenotype) if result and not error else []
+    # a gate that may be wrong (gates.checks.REVIEW_CODES) holds release until a reviewer signs
+    review = review_status(flags) if result and not error else NEEDS_REVIEW
+    release_status = overall(release) if result and not error and review != NEEDS_REVIEW else NOT_EVALUABLE
     outcome = ProductOutcome(
         product_id=pid,
         slug=product_slug(pid),
@@ -304,7 +308,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         populations=_populations_long(pid, result.tubes) if result else None,
         qc=flags,
         release=release,
-        release_status=overall(release) if result and not error else NOT_EVALUABLE,
+        release_status=release_status,
         files=sorted(digests, key=lambda d: d.path),
         traceback=crash,
     )
@@ -332,6 +336,7 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
         "status": "done" if outcome.ok else "failed",
         "error": outcome.error,
         "release_status": outcome.release_status,
+        "review_status": review_status(outcome.qc) if outcome.ok else NEEDS_REVIEW,
         "qc_status": worst_severity(outcome.qc),
         "n_qc_flags": len(outcome.qc),
         "n_files": n_files,

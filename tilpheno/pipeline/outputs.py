@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from tilpheno.errors import TableError
+from tilpheno.gates.checks import needs_review
 from tilpheno.qc import QCFlag
 
 if TYPE_CHECKING:   # the outcomes' type only; jobs imports this module
@@ -82,8 +83,9 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
         [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
-          "severity": f.severity, "message": f.message} for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
-        columns=["product_id", "file", "code", "severity", "message"],
+          "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
+         for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
+        columns=["product_id", "file", "code", "severity", "needs_review", "message"],
     )
     return phenotypes, populations, qc
 
