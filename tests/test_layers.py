@@ -32,7 +32,7 @@ LAYERS = {
     # 7 report and provenance
     "tilpheno.report": 7, "tilpheno.provenance": 7,
     # 8 pipeline, public API, analyses, simulation; 9 the command line
-    "tilpheno.pipeline": 8, "tilpheno.gating": 8, "tilpheno.biomarkers": 8, "tilpheno.simulate": 8,
+    "tilpheno.pipeline": 8, "tilpheno.cache": 8, "tilpheno.gating": 8, "tilpheno.biomarkers": 8, "tilpheno.simulate": 8,
     "tilpheno.cli": 9,
 }
 TOP = max(LAYERS.values())
