@@ -929,6 +929,8 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     import pandas as pd
 
     from tilpheno.provenance import sha256_file
+    from tilpheno.release import spec_path
+    from tilpheno.vocabulary import STUDIES_DIR
 
     out_dir = Path(out_dir)
     try:
@@ -941,7 +943,7 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
             [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
             if run.get("release_spec", {}).get("sha256") else []):
         try:
-            same = sha256_file(path) == digest
+            same = sha256_file(spec_path(path) if what == "release spec" else path) == digest
         except OSError:
             same = False
         if not same:
@@ -951,7 +953,12 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
         "outcomes": Path(params["outcomes"]) if params.get("outcomes") else None,
         "strategy": [Path(s["path"]) for s in run.get("strategies", [])] or None,
-        "release_spec": Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256") else None,
+        # a bundled spec came with the (bundled) study; a spec file given on its own is passed again
+        "release_spec": (Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256")
+                         and not str(run["release_spec"]["source"]).endswith(" (bundled)") else None),
+        "study": (str(STUDIES_DIR / params["study"].removesuffix(" (bundled)")) if str(params.get("study", "")).endswith(" (bundled)")
+                  else params.get("study") or None),
+        "panel": Path(params["panel"]) if params.get("panel") else None,
         "fmo_percentile": float(params.get("fmo_percentile", 99.5)),
         "include_identifiers": bool(params.get("include_identifiers", False)), "jobs": max(jobs, 1),
         "compensation": Path(params["compensation"]) if params.get("compensation") else None,
