@@ -198,3 +198,9 @@ class Browser:
         data = self._send("Page.captureScreenshot", params, session=session)["data"]
         with open(path, "wb") as fh:
             fh.write(base64.b64decode(data))
+
+    def pdf(self, session: str) -> bytes:
+        """The page printed as the browser's print dialog would (the page's own @page size and
+        margin boxes, backgrounds, no browser header/footer): PDF bytes."""
+        params = {"preferCSSPageSize": True, "printBackground": True, "displayHeaderFooter": False}
+        return base64.b64decode(self._send("Page.printToPDF", params, session=session)["data"])

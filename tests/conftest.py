@@ -26,3 +26,13 @@ def small_cohort(tmp_path_factory):
     from tilpheno.simulate.cohort import simulate_cohort
 
     return simulate_cohort(tmp_path_factory.mktemp("cohort"), n_products=3, seed=7, n_events=2500)
+
+
+@pytest.fixture(scope="session")
+def processed(small_cohort, tmp_path_factory):
+    """The small cohort processed once with --jobs 1 (library call): (output folder, RunSummary)."""
+    from tilpheno.pipeline import process_folder
+
+    out = tmp_path_factory.mktemp("out_jobs1")
+    summary = process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest)
+    return out, summary

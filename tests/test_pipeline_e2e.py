@@ -30,14 +30,6 @@ def _same_outputs(a: Path, b: Path) -> None:
         assert fa[name] == fb[name], f"{name} differs"
 
 
-@pytest.fixture(scope="session")
-def processed(small_cohort, tmp_path_factory):
-    """The small cohort processed once with --jobs 1 (library call)."""
-    out = tmp_path_factory.mktemp("out_jobs1")
-    summary = process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest)
-    return out, summary
-
-
 def test_outputs_and_tables(processed, small_cohort):
     out, summary = processed
     manifest = pd.read_csv(small_cohort.manifest)
@@ -128,12 +120,12 @@ def test_report_and_index_render_in_chromium(processed, browser):
     assert len(links) == len(pd.read_csv(out / "phenotypes.csv"))
     session, page = browser.load(links[0])
     assert page.loaded and page.problems == []
-    assert len(page.images) >= 10
-    assert all(img["complete"] and img["naturalWidth"] > 0 for img in page.images)
+    sizes = browser.evaluate(session, "Array.from(document.querySelectorAll('svg.plot')).map(s => s.getBoundingClientRect().width)")
+    assert len(sizes) >= 10 and min(sizes) > 200
     release = browser.evaluate(session, "document.getElementById('release-status').textContent")
     phen = pd.read_csv(out / "phenotypes.csv")
     assert release == phen["release_status"].iloc[0]
-    axis_texts = browser.evaluate(session, "Array.from(document.images).map(i => i.alt).join(' | ')")
+    axis_texts = browser.evaluate(session, "Array.from(document.querySelectorAll('svg.plot')).map(s => s.getAttribute('aria-label')).join(' | ')")
     assert "CD3" in axis_texts and "FSC-A" in axis_texts
 
 

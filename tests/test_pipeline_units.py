@@ -93,13 +93,13 @@ def test_report_failure_keeps_the_product(small_cohort, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("plotting exploded")
 
-    monkeypatch.setattr(plots, "density_png", broken)
+    monkeypatch.setattr(plots, "density_plot", broken)
     pid, rows = group_products(load_manifest(small_cohort.out_dir, small_cohort.manifest))[0]
     sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
     outcome = process_product(ProductJob(pid, rows, sources, ProcessOptions()))
     assert outcome.ok and outcome.phenotype["qc_status"] == "error"
     assert [f.code for f in outcome.qc if f.severity == "error"] == ["report_failed"]
-    assert "plotting exploded" in outcome.report_html and "<img" not in outcome.report_html
+    assert "plotting exploded" in outcome.report_html and "<svg" not in outcome.report_html
     assert outcome.phenotype["viability_pct"] > 0
 
 

@@ -56,7 +56,7 @@ def test_index_in_chromium_runs_nothing_injected_and_sorts(tmp_path, browser, ou
     assert report.loaded and report.problems == []
     rows = browser.evaluate(session, "Array.from(document.querySelectorAll('#products tbody tr')).map(r => r.cells[0].textContent)")
     assert rows == ["TIL001", "TIL002", EVIL, "TIL010"]  # the planted text is shown as text
-    header = "Array.from(document.querySelectorAll('#products th')).findIndex(h => h.textContent.startsWith('viability_pct'))"
+    header = "Array.from(document.querySelectorAll('#products th')).findIndex(h => h.title.startsWith('viability_pct'))"
     col = browser.evaluate(session, header)
     assert col > 0
     browser.evaluate(session, f"document.querySelectorAll('#products th')[{col}].click()")

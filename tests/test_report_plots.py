@@ -1,10 +1,50 @@
-"""Report plots: deterministic PNGs, quadrant statistics, gate pairing, colours, axis labels."""
-import numpy as np
+"""Report plots: deterministic self-contained SVG, fixed logicle axes, label placement, quadrant names."""
+import re
+import xml.etree.ElementTree as ET
 
+import numpy as np
+import pytest
+
+from tilpheno.errors import StrategyError
 from tilpheno.gates.geometry import PolygonGate, RangeGate
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_strategy
 from tilpheno.report import plots
-from tilpheno.report.product import sibling_range_pairs
+from tilpheno.report.product import quadrant_names, sibling_range_pairs
 from tilpheno.transforms import Linear, Logicle
+
+SVG = "{http://www.w3.org/2000/svg}"
+FULL = (0.0, 1.0)
+
+
+def _texts(svg: str) -> dict[str, list[tuple[str, float, float]]]:
+    """gid suffix ('xtick-3', 'quadrant-+-', ...) -> [(text, x, y)] of the <text> elements under it."""
+    root = ET.fromstring(svg)
+    out: dict[str, list] = {}
+    for group in root.iter(f"{SVG}g"):
+        gid = group.get("id", "")
+        if "-tp-" in gid:
+            key = gid.split("-tp-", 1)[1]
+            for t in group.iter(f"{SVG}text"):
+                lines = [t.text or ""] + [s.text or "" for s in t.iter(f"{SVG}tspan")]
+                out.setdefault(key, []).append((" ".join(x for x in lines if x).strip(), float(t.get("x", 0)), float(t.get("y", 0))))
+    return out
+
+
+def _box(svg: str, key: str) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) in SVG user units of the rounded label box drawn under gid ``tp-<key>``."""
+    group = next(g for g in ET.fromstring(svg).iter(f"{SVG}g") if g.get("id", "").endswith("-tp-" + key))
+    numbers = [float(v) for v in re.findall(r"-?\d+\.?\d*", next(group.iter(f"{SVG}path")).get("d"))]
+    xs, ys = numbers[0::2], numbers[1::2]
+    return min(xs), max(xs), min(ys), max(ys)
+
+
+def _to_svg(x, y, xlim, ylim, rect=plots.AXES_RECT):
+    """Data coordinates -> SVG user units (points; y down) for a plot drawn with ``rect``."""
+    w, h = (72 * v for v in plots.FIG_INCHES)
+    left, bottom, width, height = rect
+    sx = (left + (x - xlim[0]) / (xlim[1] - xlim[0]) * width) * w
+    sy = h - (bottom + (y - ylim[0]) / (ylim[1] - ylim[0]) * height) * h
+    return sx, sy
 
 
 def test_quadrant_percentages_by_hand():
@@ -31,17 +71,124 @@ def test_sibling_range_pairs_first_two_distinct_dims_per_parent():
     assert pairs == [("CD3+", "CD56+"), ("CD4+", "CD8+")]
 
 
-def test_pngs_are_deterministic_and_decodable():
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(0.5, 0.1, 5000), rng.normal(50000, 9000, 5000)
-    args = dict(gate=RangeGate("CD3", 0.5), inside=x >= 0.5, population="CD3+", pct_of_parent=50.0, title="t")
-    ax_cd3 = plots.Axis("CD3", plots.axis_label("CD3", "FITC-A"), Logicle())
-    a = plots.histogram_png(x, ax_cd3, **args)
-    b = plots.histogram_png(x, ax_cd3, **args)
-    assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
-    d = plots.density_png(x, y, ax_cd3, plots.Axis("SSC-A", "SSC-A", Linear()), **args)
-    assert d[:8] == b"\x89PNG\r\n\x1a\n" and len(d) > 2000
-    assert plots.to_data_uri(d).startswith("data:image/png;base64,iVBOR")
+def _density(n=5000, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.5, 0.1, n), rng.normal(50000, 9000, n)
+
+
+def test_svg_is_deterministic_inline_ready_and_small():
+    x, y = _density(100_000)
+    ax_cd3 = plots.Axis("CD3", plots.axis_label("CD3", "FITC-A"), Logicle(), FULL)
+    ax_ssc = plots.Axis("SSC-A", "SSC-A", Linear(), (0.0, 262144.0))
+    args = dict(gate=RangeGate("CD3", 0.5), population="CD3+", pct_of_parent=50.0, title="t")
+    a = plots.histogram_plot(x, ax_cd3, **args)
+    assert a == plots.histogram_plot(x, ax_cd3, **args)
+    d = plots.density_plot(x, y, ax_cd3, ax_ssc, **args)
+    for svg in (a, d):
+        assert svg.startswith('<svg class="plot" role="img" aria-label=') and svg.rstrip().endswith("</svg>")
+        assert "<?xml" not in svg and "<style" not in svg and "<metadata" not in svg and "<script" not in svg
+        ET.fromstring(svg)   # well-formed
+        ids = re.findall(r'\sid="([^"]+)"', svg)
+        prefix = ids[0].split("-")[0]
+        assert all(i.startswith(prefix + "-") for i in ids)
+        refs = re.findall(r'(?:url\(#|href="#)([^")]+)', svg)
+        assert refs and set(refs) <= set(ids)   # every reference resolves inside this plot
+    # the density is one embedded raster (128 x 128 bins), the rest vector: size does not grow with events
+    assert len(re.findall(r"<image ", d)) == 1 and "data:image/png;base64," in d and "pixelated" in d
+    small = plots.density_plot(*_density(2000), ax_cd3, ax_ssc, **args)
+    assert len(d) < 40_000 and len(small) < 40_000 and len(a) < 40_000
+
+
+def test_text_is_escaped_text_not_paths():
+    evil = '<script>alert("x")</script>'
+    axis = plots.Axis("CD3", plots.axis_label("CD3", evil), Logicle(), FULL)
+    svg = plots.histogram_plot(_density()[0], axis, gate=RangeGate("CD3", 0.5), population="CD3+",
+                               pct_of_parent=50.0, title=evil)
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    texts = _texts(svg)
+    assert texts["xlabel"][0][0] == f"CD3 ({evil})" and texts["label"][0][0] == "CD3+ 50.0%"
+
+
+def test_display_limits_and_decade_ticks():
+    logicle = Logicle()
+    assert plots.display_limits(logicle, 262144.0) == (0.0, pytest.approx(1.0))
+    assert plots.display_limits(logicle, None) == (0.0, pytest.approx(1.0))   # the transform's T
+    assert plots.display_limits(Linear(), 1048576.0) == (0.0, 1048576.0)
+    major, labels, minor = plots.decade_ticks(logicle, (0.0, 1.0))
+    shown = [t for t in labels if t]
+    assert shown == ["-10²", "0", "10²", "10³", "10⁴", "10⁵"]
+    np.testing.assert_allclose(major[labels.index("10³")], logicle.apply(np.array([1000.0]))[0])
+    # minor ticks at 2..9 x each decade, between the majors
+    assert np.all(np.diff(minor) > 0) and len(minor) > 20
+    np.testing.assert_allclose(minor, np.sort(minor))
+    assert plots.decade_ticks(Linear(), (0.0, 1.0)) is None
+
+
+def test_fixed_axes_do_not_depend_on_the_data():
+    """Two files with different ranges drawn on the same Axis get identical tick positions."""
+    axis = plots.Axis("PD1", "PD1 (PE-A)", Logicle(), FULL)
+    rng = np.random.default_rng(3)
+    ticks = []
+    for centre in (0.2, 0.7):
+        svg = plots.histogram_plot(rng.normal(centre, 0.03, 4000), axis, gate=RangeGate("PD1", 0.4),
+                                   population="PD1+", pct_of_parent=10.0, title="t")
+        texts = _texts(svg)
+        ticks.append(sorted((v[0][0], v[0][1]) for k, v in texts.items() if k.startswith("xtick")))
+    assert ticks[0] == ticks[1] and [t for t, _ in ticks[0]] == ["-10²", "0", "10²", "10³", "10⁴", "10⁵"]
+
+
+def test_quadrant_labels_avoid_the_clusters_and_carry_names():
+    """Clusters sit in the outer corner of two quadrants: their labels move to a free corner; the
+    quadrants without events keep FlowJo's outer-corner place."""
+    rng = np.random.default_rng(5)
+    centres = [(0.9, 0.9), (0.05, 0.06)]   # top-right and bottom-left outer corners
+    x = np.concatenate([rng.normal(cx, 0.02, 4000) for cx, _ in centres])
+    y = np.concatenate([rng.normal(cy, 0.02, 4000) for _, cy in centres])
+    ax_x = plots.Axis("CD3", "CD3 (FITC-A)", Logicle(), FULL)
+    ax_y = plots.Axis("CD56", "CD56 (APC-A)", Logicle(), FULL)
+    names = {(True, True): "NKT", (False, True): "NK", (True, False): "T", (False, False): "double negative"}
+    svg = plots.quadrant_plot(x, y, ax_x, ax_y, xgate=RangeGate("CD3", 0.5), ygate=RangeGate("CD56", 0.5),
+                              xpopulation="CD3+", ypopulation="CD56+", title="t", names=names)
+    texts = _texts(svg)
+    assert {k: " ".join(t for t, _, _ in v) for k, v in texts.items() if k.startswith("quadrant")} == {
+        "quadrant-++": "NKT 50.0%", "quadrant-+-": "T 0.0%", "quadrant--+": "NK 0.0%",
+        "quadrant---": "double negative 50.0%"}
+    for key, (cx, cy) in (("quadrant-++", centres[0]), ("quadrant---", centres[1])):
+        x0, x1, y0, y1 = _box(svg, key)
+        sx, sy = _to_svg(cx, cy, FULL, FULL)
+        # the cluster (2 SD = 0.04 of the axis, about 7 points) is clear of the label box
+        assert not (x0 - 8 < sx < x1 + 8 and y0 - 8 < sy < y1 + 8), key
+    x0, _, y0, _ = _box(svg, "quadrant--+")            # empty quadrant: top-left corner of the plot
+    sx, sy = _to_svg(0.0, 1.0, FULL, FULL)
+    assert 0 < x0 - sx < 6 and 0 < y0 - sy < 6
+
+
+def test_fmo_legend_sits_above_the_axes():
+    rng = np.random.default_rng(2)
+    axis = plots.Axis("PD1", "PD1 (PE-A)", Logicle(), FULL)
+    svg = plots.fmo_overlay_plot(rng.normal(0.4, 0.05, 3000), rng.normal(0.3, 0.04, 3000), axis, threshold=0.9,
+                                 pct_stained=12.0, pct_fmo=0.5, marker="PD1", threshold_note="threshold: 99.5th pct of FMO",
+                                 title="t")
+    texts = _texts(svg)
+    top_of_axes = 72 * plots.FIG_INCHES[1] * (1 - plots.FMO_AXES_RECT[1] - plots.FMO_AXES_RECT[3])
+    legend = texts["legend"]
+    assert {t for t, _, _ in legend} == {"FMO: 0.5% +", "stained: 12.0% +", "threshold: 99.5th pct of FMO"}
+    assert all(y < top_of_axes for _, _, y in legend)   # SVG y grows downwards: above the axes
+
+
+def test_quadrant_names_from_the_strategy():
+    surface = load_strategy(default_strategy_paths()[0])
+    assert quadrant_names(surface, "CD3+", "CD56+") == {
+        (True, False): "T", (True, True): "NKT", (False, True): "NK", (False, False): "double negative"}
+    # without a quadrants entry, boolean populations x & y name their quadrants
+    text = default_strategy_paths()[0].read_text().split("\nquadrants:")[0]
+    bare = parse_strategy(text, "bare.yaml")
+    assert quadrant_names(bare, "CD3+", "CD56+") == {(False, True): "NK", (True, True): "NKT"}
+    assert quadrant_names(bare, "CD4+", "CD8+") == {(True, True): "CD4+CD8+"}
+    with pytest.raises(StrategyError, match=r"bad.yaml:\d+: quadrants\[0\]\.names"):
+        parse_strategy(text + '\nquadrants:\n  - {x: CD3+, y: CD56+, names: {"+x": T}}\n', "bad.yaml")
+    with pytest.raises(StrategyError, match=r"quadrants\[0\]\.y: unknown population 'CD99\+'"):
+        parse_strategy(text + '\nquadrants:\n  - {x: CD3+, y: CD99+, names: {"++": T}}\n', "bad.yaml")
 
 
 def test_axis_labels_and_colours():

@@ -676,7 +676,7 @@ def run_process(
         try:
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
                               scheduler=scheduler, on_outcome=on_outcome, folder=folder,
-                              run_flags=run_flags)
+                              run_flags=run_flags, strategies=strategies)
             folder.publish()
         except OSError as exc:
             raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
@@ -698,9 +698,10 @@ def run_process(
 
 
 def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: float, *, executor, n_jobs,
-           scheduler, on_outcome, folder, run_flags=()) -> list[ProductOutcome]:
+           scheduler, on_outcome, folder, run_flags=(), strategies=()) -> list[ProductOutcome]:
     """Run the jobs and write every output into ``staging`` (``run.json`` last)."""
     from tilpheno.io import atomic
+    from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render_index
 
     outcomes = []
@@ -717,7 +718,9 @@ def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: 
     atomic.write_parquet(staging / "phenotypes.parquet", phenotypes)
     atomic.write_csv(staging / "populations.csv", populations)
     atomic.write_csv(staging / "qc.csv", qc)
-    atomic.write_text(staging / "index.html", render_index(outcomes, options))
+    tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": populations.columns, "qc.csv": qc.columns}
+    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
+    atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
     record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
     record.extra.update(folder.record())
     atomic.write_text(staging / "run.json", record.to_json())

@@ -100,7 +100,8 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
 _POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
-_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables"}
+_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables", "quadrants"}
+QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ class Strategy:
     transforms: Mapping[str, Transform]
     variables: tuple[Variable, ...]
     description: str = ""
+    quadrant_names: Mapping[tuple[str, str], Mapping[tuple[bool, bool], str]] = field(default_factory=dict)
+    # (x population, y population) -> {(x inside, y inside): name}: the report's quadrant labels
 
     def transform_for(self, dim: str) -> Transform:
         """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
@@ -436,7 +439,31 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         transforms=transforms,
         variables=tuple(variables),
         description=_text(ctx, doc, "description", "top level"),
+        quadrant_names=_quadrant_names(ctx, doc, seen),
     )
+
+
+def _quadrant_names(ctx: _Context, doc: Mapping, populations: Mapping[str, int]) -> dict:
+    """``quadrants: [{x: CD3+, y: CD56+, names: {"+-": T, "-+": NK, ...}}]``: names of the report's
+    quadrant plots; the first sign is the x population's, the second the y population's."""
+    raw = doc.get("quadrants") or []
+    if not isinstance(raw, list):
+        raise ctx.error(_line(doc, "quadrants"), "quadrants", "must be a list of {x, y, names}")
+    out = {}
+    for i, item in enumerate(raw):
+        where = f"quadrants[{i}]"
+        if not isinstance(item, dict) or set(item) != {"x", "y", "names"}:
+            raise ctx.error(_line(item) or _line(doc, "quadrants"), where, "must be {x: <population>, y: <population>, names: {...}}")
+        for axis in ("x", "y"):
+            if item[axis] not in populations:
+                raise ctx.error(_line(item, axis), f"{where}.{axis}", f"unknown population {item[axis]!r}")
+        names = item["names"]
+        if not isinstance(names, dict) or not names or set(names) - set(QUADRANT_SIGNS) \
+                or not all(isinstance(v, str) and v.strip() for v in names.values()):
+            raise ctx.error(_line(item, "names"), f"{where}.names",
+                            f"must map {sorted(QUADRANT_SIGNS)} (x sign, y sign) to non-empty names")
+        out[(item["x"], item["y"])] = {QUADRANT_SIGNS[k]: v.strip() for k, v in names.items()}
+    return out
 
 
 def load_strategy(path: str | Path) -> Strategy:

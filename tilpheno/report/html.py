@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import re
 from functools import lru_cache
 from typing import Sequence
 
@@ -75,6 +76,19 @@ def fmt(value, digits: int = 2) -> str:
     return f"{f:.{digits}f}"
 
 
+_NUMERIC = re.compile(r"^[-+−]?\d[\d,]*(\.\d+)?(e[-+]?\d+)?%?$")
+
+
+def css_string(value) -> str:
+    """``value`` for a CSS string literal inside ``<style>``: every character outside
+    ``[A-Za-z0-9 _.,:()%+-]`` as a six-digit CSS escape (so no quote, backslash, ``<`` or newline
+    can end the string or the style element). Marked safe: HTML escaping would not apply there."""
+    from markupsafe import Markup
+
+    ok = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.,:()%+-")
+    return Markup("".join(ch if ch in ok else f"\\{ord(ch):06x}" for ch in str(value)))
+
+
 @lru_cache(maxsize=1)
 def environment():
     """The Jinja2 environment over ``tilpheno/report/templates`` (package data), autoescape on."""
@@ -89,6 +103,8 @@ def environment():
         keep_trailing_newline=True,
     )
     env.filters["fmt"] = fmt
+    env.filters["css_string"] = css_string
+    env.tests["numeric"] = lambda v: bool(_NUMERIC.match(str(v)))
     return env
 
 
@@ -97,15 +113,46 @@ def render(template: str, *, script: str | None = None, **context) -> str:
     return environment().get_template(template).render(csp=csp(script), script=script, **context)
 
 
-INDEX_COLUMNS = (
-    "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
-    "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3",
-    "cd4foxp3_pct_of_cd4", "n_events_total",
-)
+def failed_criteria(release: Sequence) -> list[str]:
+    """Each release criterion a product did not pass, in words: ``"CD3+ T cells: 87.82 (needs > 90 % of
+    live lymphocytes)"``, ``"Viability: not evaluable (no value)"``."""
+    out = []
+    for r in release:
+        if r.outcome == "pass":
+            continue
+        c = r.criterion
+        value = fmt(r.value)
+        need = f"needs {c.op} {c.limit:g} {c.unit}".rstrip()
+        out.append(f"{c.name}: {value} ({need})" if value else f"{c.name}: {r.outcome} (no value; {need})")
+    return out
 
 
-def render_index(outcomes: Sequence, options) -> str:
-    """The cohort page: one sortable row per product (sorted by id), linking to each report."""
+def index_columns(outcomes: Sequence, strategies: Sequence = ()) -> list[str]:
+    """The index's value columns: the strategies' study variables (in strategy order) present in the
+    outcomes, then ``n_events_total``; without strategies every ``*_pct*`` column of the outcomes."""
+    present: dict[str, None] = {}
+    for o in outcomes:
+        present.update(dict.fromkeys(o.phenotype))
+    if strategies:
+        wanted = [v.name for st in strategies for v in st.variables]
+    else:
+        wanted = [c for c in present if "_pct" in c]
+    return [c for c in dict.fromkeys(wanted) if c in present] + ["n_events_total"]
+
+
+def render_index(outcomes: Sequence, options, strategies: Sequence = ()) -> str:
+    """The cohort page: one sortable row per product (sorted by id), linking to each report.
+
+    Headers are the codebook's labels (``tilpheno.report.codebook``), the column name in a tooltip;
+    each product not released lists the criteria it failed; the product column stays in view
+    while the table scrolls sideways.
+    """
+    from tilpheno.report.codebook import build_codebook
+
+    columns = index_columns(outcomes, strategies)
+    book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile).set_index("column")
+    headers = [{"column": c, "label": book.at[c, "label"], "title": f"{c}: {book.at[c, 'meaning']}"
+                + (f" ({book.at[c, 'unit']})" if book.at[c, "unit"] else "")} for c in columns]
     rows = []
     for o in outcomes:
         rows.append({
@@ -114,13 +161,14 @@ def render_index(outcomes: Sequence, options) -> str:
             "status": "done" if o.ok else "failed",
             "error": o.error,
             "release": o.release_status,
+            "reasons": failed_criteria(o.release),
             "qc": o.phenotype.get("qc_status", ""),
             "n_flags": len(o.qc),
-            "cells": [o.phenotype.get(c) for c in INDEX_COLUMNS],
+            "cells": [o.phenotype.get(c) for c in columns],
         })
     n_failed = sum(1 for o in outcomes if not o.ok)
     n_released = sum(1 for o in outcomes if o.release_status == "pass")
     return render(
-        "index.html.j2", script=SORTER_JS, rows=rows, columns=INDEX_COLUMNS, n_failed=n_failed,
+        "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
         n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
     )

@@ -1,10 +1,12 @@
-"""The per-product report: page model (figures, tables) from a gated product, rendered to HTML.
+"""The per-product report: page model (sections of figures and tables) from a gated product, rendered to HTML.
 
-Layout, top to bottom: release verdict and the spec used; study variables; release criteria;
-QC flags; per stained tube a FlowJo-like grid of the gating hierarchy (one density plot per gate,
-parent events shown, the gate drawn, population name and % of parent on the plot); FMO vs stained
-histograms with the threshold line for every FMO-derived marker; each tube's population table
-(the subset table); files with their SHA-256 and allow-listed keywords; provenance short form.
+Layout, top to bottom: release verdict and the spec used; study variables (codebook labels and
+units); release criteria; QC flags; then the sections of ``SECTION_BUILDERS``: per stained tube a
+FlowJo-like grid of the gating hierarchy (one plot per gate on fixed per-marker axes, named
+quadrant plots) and its subset table; FMO vs stained overlays and one compact table of every
+threshold and its control; files with their SHA-256 and allow-listed keywords; provenance.
+Figures are inline SVG (``report.plots``); the print stylesheet puts the product id and
+"page N of M" on every printed page.
 """
 from __future__ import annotations
 
@@ -29,25 +31,98 @@ COUNT_AND_STATUS = ("status", "error", "release_status", "qc_status")
 
 @dataclass(frozen=True)
 class Figure:
-    """One inline image of the report: caption, ``data:`` URI of the PNG, alt text."""
+    """One plot of the report: caption, the inline ``<svg>`` markup (``report.plots``), alt text."""
 
     title: str
-    uri: str
+    svg: str
     alt: str
 
 
-def _axis(dim: str, detectors: Mapping[str, str], strategy=None):
-    """Plot axis for ``dim``: "marker (detector)" label; the strategy's transform sets the tick labels."""
+@dataclass(frozen=True)
+class Table:
+    """A table of display strings: ``columns`` (headers) and ``rows``; ``id`` for tests and links."""
+
+    id: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One block of the product report: heading, an explanatory line, a grid of figures, tables.
+
+    Built by the functions in ``SECTION_BUILDERS`` (``builder(context) -> Section | None``) and
+    rendered in that order after the summary, release and QC blocks. Other stages add their own
+    block (threshold diagnostics, acquisition QC) by appending a builder: see ``ReportContext``.
+    """
+
+    id: str
+    title: str
+    intro: str = ""
+    figures: tuple[Figure, ...] = ()
+    tables: tuple[Table, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a section builder gets: the gated product (``result``, a ``ProductResult``; None when
+    the product failed), the outcome (phenotype, QC, release), FCS metadata by file, the run's
+    options and strategies, and the product's fixed plot axes (``axes[(tube, dim)]``)."""
+
+    outcome: object
+    result: object
+    meta: Mapping
+    options: object
+    strategies: tuple
+    axes: Mapping[tuple[str, str], object]
+
+
+def _axis(dim: str, detectors: Mapping[str, str], strategy=None, limits=None):
+    """Plot axis for ``dim``: "marker (detector)" label, the strategy's transform (tick labels), fixed limits."""
     from tilpheno.report.plots import Axis, axis_label
     from tilpheno.transforms import default_transform
 
     detector = detectors.get(dim)
     transform = strategy.transform_for(dim) if strategy is not None else default_transform(detector or dim)
-    return Axis(dim, axis_label(dim, detector), transform)
+    return Axis(dim, axis_label(dim, detector), transform, limits)
 
 
 def _strategy_for(strategies, tube: str):
     return next((s for s in strategies if getattr(s, "tube", None) == tube), None)
+
+
+def _top_of_scale(meta: Mapping, file: str, detector: str) -> float | None:
+    """``$PnR`` of ``detector`` in ``file``'s metadata, if known."""
+    fcs = meta.get(str(file))
+    channels = getattr(fcs, "channels", None)
+    if channels is None or "pnn" not in channels or "pnr" not in channels:
+        return None
+    rows = channels[channels["pnn"] == detector]
+    value = float(rows["pnr"].iloc[0]) if len(rows) else float("nan")
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def product_axes(result, meta: Mapping, strategies=()) -> dict[tuple[str, str], tuple[float, float]]:
+    """Fixed display range of every (tube kind, dimension) of a product: ``plots.display_limits`` of
+    the strategy's transform up to the largest ``$PnR`` of that detector among the product's files.
+    Every file of the product (stained, FMO) is drawn on these same axes."""
+    from tilpheno.report.plots import display_limits
+    from tilpheno.transforms import default_transform
+
+    tops: dict[tuple[str, str], float | None] = {}
+    for t in result.tubes:
+        for dim in t.data:
+            top = _top_of_scale(meta, t.file, t.detectors.get(dim, dim))
+            key = (t.tube, dim)
+            if key not in tops or (top is not None and (tops[key] is None or top > tops[key])):
+                tops[key] = top
+    out = {}
+    for (tube, dim), top in tops.items():
+        strategy = _strategy_for(strategies, tube)
+        transform = strategy.transform_for(dim) if strategy is not None else default_transform(dim)
+        out[(tube, dim)] = display_limits(transform, top)
+    return out
 
 
 def _pct_of_parent(tube, population: str, masks, parent_mask) -> float:
@@ -66,23 +141,30 @@ def _n_plotted(tube) -> int:
     return tube.n_events
 
 
-def _pct_from_table(tube, population: str) -> float | None:
-    """``pct_of_parent`` of ``population`` in the tube's table (all events), None if absent."""
+def _pop_value(tube, population: str, column: str) -> float | None:
+    """``column`` of ``population`` in the tube's table (all events), None if absent."""
     pops = tube.populations
-    if "population" not in pops or "pct_of_parent" not in pops:
+    if "population" not in pops or column not in pops:
         return None
     row = pops[pops["population"] == population]
-    return float(row["pct_of_parent"].iloc[0]) if len(row) else None
+    return float(row[column].iloc[0]) if len(row) else None
 
 
-def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
+def _parent_name(parent) -> str:
+    return parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+
+
+def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None,
+                 axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Figure]:
     """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent.
 
     The events drawn are ``tube.data`` (a subsample when ``tube.subsample`` is set); the
-    percentages come from the population table, computed on all events.
+    percentages come from the population table, computed on all events. ``axes``: fixed display
+    ranges by (tube kind, dimension) (``product_axes``); None = each plot's own data range.
     """
     from tilpheno.report import plots
 
+    axes = axes or {}
     masks = tube.masks
     n = _n_plotted(tube)
     figures = []
@@ -91,24 +173,19 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
         if not dims:
             continue
         parent_mask = masks.get(parent, np.ones(n, dtype=bool))
-        inside = masks[population][parent_mask]
         pct = _pct_of_parent(tube, population, masks, parent_mask)
-        parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+        parent_name = _parent_name(parent)
         title = f"{parent_name} → {population}"
+        alt = f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"
+        axis = [_axis(d, detectors, strategy, axes.get((tube.tube, d))) for d in dims[:2]]
         if len(dims) == 1:
-            png = plots.histogram_png(
-                tube.data[dims[0]][parent_mask], _axis(dims[0], detectors, strategy), gate=gate, inside=inside,
-                population=population, pct_of_parent=pct, title=title,
-            )
+            svg = plots.histogram_plot(tube.data[dims[0]][parent_mask], axis[0], gate=gate,
+                                       population=population, pct_of_parent=pct, title=title, alt=alt)
         else:
-            x, y = dims[0], dims[1]
-            png = plots.density_png(
-                tube.data[x][parent_mask], tube.data[y][parent_mask], _axis(x, detectors, strategy), _axis(y, detectors, strategy),
-                gate=gate, inside=inside, population=population, pct_of_parent=pct, title=title,
-            )
-        figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
-                              f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"))
-    return figures + quadrant_figures(tube, detectors, title_prefix, strategy)
+            svg = plots.density_plot(tube.data[dims[0]][parent_mask], tube.data[dims[1]][parent_mask], axis[0], axis[1],
+                                     gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt)
+        figures.append(Figure(f"{title_prefix}: {title}", svg, alt))
+    return figures + quadrant_figures(tube, detectors, title_prefix, strategy, axes)
 
 
 def sibling_range_pairs(gates) -> list[tuple[tuple, tuple]]:
@@ -124,68 +201,130 @@ def sibling_range_pairs(gates) -> list[tuple[tuple, tuple]]:
     return [(s[0], s[1]) for s in by_parent.values() if len(s) >= 2]
 
 
-def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None) -> list[Figure]:
-    """FlowJo quadrant plots for sibling threshold gates, with the % of parent in each quadrant."""
+def quadrant_names(strategy, xpop: str, ypop: str) -> dict[tuple[bool, bool], str]:
+    """Names of the quadrants of (x population, y population), from the strategy: its boolean
+    populations that are exactly ``x & y`` with or without complements (``NK = CD56+ & !CD3+``),
+    then its ``quadrants`` entries, which win. Unnamed quadrants are absent."""
+    if strategy is None:
+        return {}
+    names: dict[tuple[bool, bool], str] = {}
+    for p in strategy.populations:
+        gate = p.boolean
+        if gate is None or gate.op != "and" or set(gate.operands) != {xpop, ypop} or len(gate.operands) != 2:
+            continue
+        inside = {o: not c for o, c in zip(gate.operands, gate.complements or (False, False))}
+        names[(inside[xpop], inside[ypop])] = p.name
+    names.update(getattr(strategy, "quadrant_names", {}).get((xpop, ypop), {}))
+    return names
+
+
+def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None,
+                     axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Figure]:
+    """FlowJo quadrant plots for sibling threshold gates: named quadrants, % of parent in each."""
     from tilpheno.report import plots
 
+    axes = axes or {}
     figures = []
     stored = getattr(tube, "quadrants", None) or {}
     for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(tube.gates):
         parent_mask = tube.masks.get(parent, np.ones(_n_plotted(tube), dtype=bool))
-        parent_name = parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
+        parent_name = _parent_name(parent)
         title = f"{parent_name}: {xgate.dim} vs {ygate.dim}"
-        png = plots.quadrant_png(
+        names = quadrant_names(strategy, xpop, ypop)
+        alt = (f"{xpop} and {ypop} thresholds on {xgate.dim} vs {ygate.dim} in {parent_name}, % of parent per quadrant"
+               + (f" ({', '.join(sorted(names.values()))})" if names else ""))
+        svg = plots.quadrant_plot(
             tube.data[xgate.dim][parent_mask], tube.data[ygate.dim][parent_mask],
-            _axis(xgate.dim, detectors, strategy), _axis(ygate.dim, detectors, strategy),
+            _axis(xgate.dim, detectors, strategy, axes.get((tube.tube, xgate.dim))),
+            _axis(ygate.dim, detectors, strategy, axes.get((tube.tube, ygate.dim))),
             xgate=xgate, ygate=ygate, xpopulation=xpop, ypopulation=ypop, title=title,
-            percentages=stored.get((xpop, ypop)),
+            percentages=stored.get((xpop, ypop)), names=names, alt=alt,
         )
-        figures.append(Figure(f"{title_prefix}: {title}", plots.to_data_uri(png),
-                              f"{xpop} and {ypop} thresholds on {xgate.dim} vs {ygate.dim} in {parent_name}, "
-                              "% of parent per quadrant"))
+        figures.append(Figure(f"{title_prefix}: {title}", svg, alt))
     return figures
 
 
-def fmo_figures(result, percentile: float, strategies=()) -> list[Figure]:
+def _fmo_pairs(result):
+    """(stained tube, threshold row, FMO tube or None) for every threshold of every stained tube."""
+    by_name = {Path(str(t.file)).name: t for t in result.tubes}
+    for stain in (t for t in result.tubes if t.role == "stain"):
+        for row in stain.thresholds.itertuples(index=False):
+            source = Path(str(getattr(row, "source_file", "") or "")).name
+            fmo = by_name.get(source)
+            yield stain, row, (fmo if fmo is not stain else None)
+
+
+def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
+    """% above the threshold in the stained and FMO parent: from the arrays when they hold all events,
+    else from each tube's population table (all events; the population is the parent's events above it)."""
+    if getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None:
+        pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
+        pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
+        return pct_s, pct_f
+    values = [_pop_value(t, str(row.population), "pct_of_parent") for t in (stain, fmo)]
+    return tuple(float("nan") if v is None else v for v in values)
+
+
+def fmo_figures(result, percentile: float, strategies=(),
+                axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Figure]:
     """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file."""
     from tilpheno.report import plots
 
-    by_name = {Path(str(t.file)).name: t for t in result.tubes}
+    axes = axes or {}
     figures = []
-    for stain in (t for t in result.tubes if t.role == "stain"):
-        th = stain.thresholds
-        for row in th.itertuples(index=False):
-            source = Path(str(getattr(row, "source_file", "") or "")).name
-            fmo = by_name.get(source)
-            marker, parent = str(row.marker), str(row.parent)
-            if fmo is None or fmo is stain or marker not in stain.data or marker not in fmo.data:
-                continue
-            s_mask, f_mask = stain.masks.get(parent), fmo.masks.get(parent)
-            if s_mask is None or f_mask is None:
-                continue
-            s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
-            thr = float(row.value_transformed)
-            if getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None:
-                pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
-                pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
-            else:
-                # drawn from subsamples: the % positive of each tube's table (all events; the
-                # population is the parent's events above the same threshold)
-                pct_s, pct_f = (_pct_from_table(t, str(row.population)) for t in (stain, fmo))
-                pct_s = float("nan") if pct_s is None else pct_s
-                pct_f = float("nan") if pct_f is None else pct_f
-            detectors = stain.detectors
-            pctl = float(getattr(row, "percentile", percentile))
-            png = plots.fmo_overlay_png(
-                s_vals, f_vals, _axis(marker, detectors, _strategy_for(strategies, stain.tube)), threshold=thr, pct_stained=pct_s, pct_fmo=pct_f,
-                marker=marker, threshold_note=f"{pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})",
-            )
-            figures.append(Figure(
-                f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", plots.to_data_uri(png),
-                f"{marker} FMO vs stained histogram; threshold {thr:.3f} from {source}; "
-                f"stained {pct_s:.1f}% positive, FMO {pct_f:.1f}%",
-            ))
+    for stain, row, fmo in _fmo_pairs(result):
+        marker, parent = str(row.marker), str(row.parent)
+        if fmo is None or marker not in stain.data or marker not in fmo.data:
+            continue
+        s_mask, f_mask = stain.masks.get(parent), fmo.masks.get(parent)
+        if s_mask is None or f_mask is None:
+            continue
+        s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
+        thr = float(row.value_transformed)
+        pct_s, pct_f = _pct_positive(stain, fmo, row, s_vals, f_vals, thr)
+        pctl = float(getattr(row, "percentile", percentile))
+        source = Path(str(fmo.file)).name
+        alt = (f"{marker} FMO vs stained histogram; threshold {thr:.3f} from {source}; "
+               f"stained {pct_s:.1f}% positive, FMO {pct_f:.1f}%")
+        svg = plots.fmo_overlay_plot(
+            s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
+            threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker,
+            threshold_note=f"threshold: {pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})", alt=alt,
+        )
+        figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt))
     return figures
+
+
+FMO_TABLE_COLUMNS = (
+    "population", "marker", "parent", "control file", "control parent events", "control % +",
+    "stained % +", "threshold (raw)", "threshold (scale)", "rule",
+)
+
+
+def fmo_table(result, fmo_percentile: float) -> Table:
+    """Every threshold of the stained tubes in one compact table: the control (FMO) file it came
+    from, that control's parent events and % above the threshold (≈ 100 − percentile by
+    construction), the stained tube's % above it, the threshold on both scales and the rule used."""
+    from tilpheno.report.html import fmt
+
+    rows = []
+    for stain, row, fmo in _fmo_pairs(result):
+        population, parent = str(row.population), str(row.parent)
+        method = str(getattr(row, "method", ""))
+        pctl = getattr(row, "percentile", fmo_percentile)
+        rule = (f"{fmt(pctl, 1)}th pct of FMO" if fmo is not None
+                else f"no FMO: {method}" if method else "no FMO")
+        control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
+        control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
+        rows.append((
+            population, str(row.marker), parent, Path(str(fmo.file)).name if fmo is not None else "—",
+            fmt(control_n, 0) if control_n is not None else "—",
+            fmt(control_pct) if control_pct is not None else "—",
+            fmt(_pop_value(stain, population, "pct_of_parent")),
+            fmt(getattr(row, "value_raw", None), 1), fmt(row.value_transformed, 3), rule,
+        ))
+    return Table("fmo-summary", FMO_TABLE_COLUMNS, tuple(rows),
+                 "One row per threshold; control = the FMO tube gated through the same upstream gates.")
 
 
 def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
@@ -196,43 +335,110 @@ def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
     return [(k, str(kw[k])) for k in KEYWORD_ALLOW_LIST if k in kw]
 
 
-def _table(frame) -> dict:
-    """A DataFrame as {columns, rows} of display strings."""
+def _table(frame, id: str, labels: Mapping[str, str], caption: str = "") -> Table:
+    """A DataFrame as a ``Table`` of display strings with the codebook's headers."""
     from tilpheno.report.html import fmt
 
     if frame is None or len(frame) == 0:
-        return {"columns": [], "rows": []}
+        return Table(id, (), ())
     cols = [str(c) for c in frame.columns]
-    rows = [[Path(v).name if c == "source_file" and isinstance(v, str) else fmt(v) for c, v in zip(cols, rec)]
-            for rec in frame.itertuples(index=False)]
-    return {"columns": cols, "rows": rows}
+    rows = tuple(tuple(Path(v).name if c == "source_file" and isinstance(v, str) else fmt(v) for c, v in zip(cols, rec))
+                 for rec in frame.itertuples(index=False))
+    return Table(id, tuple(labels.get(c, c) for c in cols), rows, caption)
+
+
+def _labels(ctx: ReportContext, columns) -> dict[str, str]:
+    from tilpheno.report.codebook import labels
+
+    return labels(columns, ctx.strategies)
+
+
+def _stained(ctx: ReportContext) -> list:
+    if ctx.result is None:
+        return []
+    return sorted((t for t in ctx.result.tubes if t.role == "stain"), key=lambda t: (str(t.tube), str(t.file)))
+
+
+def gating_sections(ctx: ReportContext) -> list[Section]:
+    """Per stained tube: the gating hierarchy as plots, then its subset table."""
+    sections = []
+    for t in _stained(ctx):
+        name = Path(str(t.file)).name
+        figures = gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes)
+        table = _table(t.populations, f"subsets-{t.tube}", _labels(ctx, t.populations.columns),
+                       f"{name}: every population on all {t.n_events} events; medians in compensated linear units.")
+        sections.append(Section(
+            f"gating-{t.tube}", f"Gating and subsets: {t.tube} tube",
+            f"{name}: {t.n_events} events. Each plot shows the parent population's events (log-scaled density "
+            f"of at most {_n_plotted(t)} events drawn), the gate, and the population's % of parent (all events). "
+            "Axes are fixed per marker for every file of the product.",
+            tuple(figures), (table,) if table.rows else ()))
+    return sections
+
+
+def fmo_section(ctx: ReportContext) -> Section | None:
+    """FMO overlays and the one compact table of every threshold and its control."""
+    if ctx.result is None:
+        return None
+    table = fmo_table(ctx.result, ctx.options.fmo_percentile)
+    if not table.rows:
+        return None
+    return Section(
+        "fmo", "FMO controls and thresholds",
+        f"Threshold = the {ctx.options.fmo_percentile:g}th percentile of the FMO tube's events in the same parent "
+        "population (numpy linear interpolation); positive = value above the threshold. Histograms normalised "
+        "to mode; grey = FMO, line = stained tube.",
+        tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes)), (table,))
+
+
+FILE_COLUMNS = ("file", "tube", "role", "events", "SHA-256")
+
+
+def files_section(ctx: ReportContext) -> Section | None:
+    """Every gated file with its digest, and the allow-listed FCS keywords of each stained file."""
+    if ctx.result is None:
+        return None
+    tubes = sorted(ctx.result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
+    files = Table("files", FILE_COLUMNS, tuple(
+        (Path(str(t.file)).name, str(t.tube), str(t.role) + (f" ({t.fmo_marker})" if t.fmo_marker else ""),
+         str(t.n_events), str(t.sha256)) for t in tubes))
+    tables = [files]
+    which = "" if ctx.options.include_identifiers else " (allow-list; identifiers hidden)"
+    for t in _stained(ctx):
+        meta = ctx.meta.get(str(t.file))
+        keywords = _keywords(meta, ctx.options.include_identifiers) if meta is not None else []
+        if keywords:
+            tables.append(Table(f"keywords-{t.tube}", ("keyword", "value"), tuple(keywords),
+                                f"FCS keywords of {Path(str(t.file)).name}{which}"))
+    return Section("files", "Files", "Inputs as read; SHA-256 of each file's bytes.", (), tuple(tables))
+
+
+def _as_list(built) -> list[Section]:
+    if built is None:
+        return []
+    return list(built) if isinstance(built, (list, tuple)) else [built]
+
+
+# Section builders in report order: ``builder(ReportContext) -> Section | list[Section] | None``.
+# Extension point: another stage adds its block (e.g. threshold diagnostics, acquisition QC) by
+# inserting its builder here; it must not raise for a failed product (``ctx.result is None``).
+SECTION_BUILDERS = [gating_sections, fmo_section, files_section]
 
 
 def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
+    from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render
 
-    tubes, fmo = [], []
-    if result is not None:
-        order = sorted(result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
-        for t in order:
-            name = Path(str(t.file)).name
-            file_meta = meta.get(str(t.file))
-            tubes.append({
-                "title": f"{t.tube} tube, {t.role}" + (f" (FMO {t.fmo_marker})" if t.fmo_marker else ""),
-                "file": name,
-                "sha256": t.sha256,
-                "n_events": t.n_events,
-                "keywords": _keywords(file_meta, options.include_identifiers) if file_meta is not None else [],
-                "figures": (gate_figures(t, t.detectors, t.tube, _strategy_for(strategies, t.tube))
-                            if t.role == "stain" else []),
-                "populations": _table(t.populations),
-                "thresholds": _table(t.thresholds),
-            })
-        fmo = fmo_figures(result, options.fmo_percentile, strategies)
-    study = [(k, v) for k, v in outcome.phenotype.items() if k != "product_id" and k not in COUNT_AND_STATUS
-             and not k.startswith("n_")]
-    counts = [(k, v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
+    strategies = tuple(strategies)
+    axes = product_axes(result, meta, strategies) if result is not None else {}
+    ctx = ReportContext(outcome, result, meta, options, strategies, axes)
+    sections = [s for builder in SECTION_BUILDERS for s in _as_list(builder(ctx))]
+    book = build_codebook({"phenotypes.csv": list(outcome.phenotype)}, strategies, options.fmo_percentile)
+    book = book.set_index("column")
+    study = [(k, book.at[k, "label"], v, book.at[k, "unit"], book.at[k, "meaning"]) for k, v in outcome.phenotype.items()
+             if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]
+    counts = [(k, book.at[k, "label"], v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
     return render(
         "product.html.j2",
         o=outcome,
@@ -241,8 +447,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         release=outcome.release,
         spec=options.release_spec,
         flags=outcome.qc,
-        tubes=tubes,
-        fmo=fmo,
+        sections=sections,
         percentile=options.fmo_percentile,
         strategy_sha256=sorted(dict(getattr(result, "strategy_sha256", None) or {}).items()),
         provenance=options.provenance_short,
