@@ -27,7 +27,8 @@ def test_dollar_caret_underscore_in_a_detector_name(tmp_path):
     qc = pd.read_csv(tmp_path / "out" / "qc.csv")
     assert "report_failed" not in set(qc["code"]), qc.loc[qc["code"] == "report_failed", "message"].tolist()
     report = (tmp_path / "out" / "products" / "MT1" / "report.html").read_text()
-    assert report.count("<img") >= 10
+    assert report.count("<svg") >= 10
+    assert "(PE-A $^$ a_b)" in report   # an axis label, drawn as written (SVG text)
 
 
 def test_literal_text_is_drawn_as_written():
