@@ -152,3 +152,21 @@ def test_open_regular_refuses_what_is_not_a_file(tmp_path):
     with pytest.raises(IsADirectoryError):
         open_regular(tmp_path)
     assert display_name(os.fsdecode(b"a\xffb")) == "a\\xffb"
+
+
+def test_reads_and_hashes_are_bounded_in_time(product_files, monkeypatch):
+    """A read that still makes progress but exceeds the limit is abandoned with a one-line error
+    (the limit is set below zero here, so the first block already exceeds it)."""
+    from tilpheno.errors import FCSReadError
+    from tilpheno.io import fcs as fcs_module
+    from tilpheno.io.fcs import read_fcs
+
+    path = product_files / "P1_surface_stain.fcs"
+    with pytest.raises(OSError, match="longer than -1 s"):
+        sha256_file(path, seconds=-1)
+    ok = read_fcs(path)
+    monkeypatch.setattr(fcs_module, "READ_SECONDS_LIMIT", -1.0)
+    with pytest.raises(FCSReadError, match="reading DATA took longer than -1 s"):
+        read_fcs(path)
+    with pytest.raises(FCSReadError, match="computing SHA-256 took longer than -1 s"):
+        ok.sha256

@@ -56,3 +56,8 @@ def restore_frame(frame):
             out[column] = out[column].map(restore_cell)
     out.columns = [restore_cell(c) if isinstance(c, str) else c for c in out.columns]
     return out
+
+
+def csv_text(frame) -> str:
+    """A DataFrame as neutralised CSV text (no index): for CSV served rather than written to a file."""
+    return neutralise_frame(frame).to_csv(index=False, lineterminator="\n")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,6 +44,7 @@ import pandas as pd
 
 from tilpheno.compensation import Spillover, parse_spill_keyword
 from tilpheno.errors import CompensationError, FCSReadError
+from tilpheno.io.files import READ_SECONDS_LIMIT
 from tilpheno.io.text import HEADER_SIZE, Header, parse_header, parse_text
 
 SPILL_KEYWORDS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER")
@@ -83,11 +85,14 @@ class _LazySHA256:
                 digest = hashlib.sha256()
                 buffer = bytearray(HASH_CHUNK_BYTES)
                 view = memoryview(buffer)
+                deadline = time.monotonic() + READ_SECONDS_LIMIT
                 while True:
                     got = fh.readinto(buffer)
                     if not got:
                         break
                     digest.update(view[:got])
+                    if time.monotonic() > deadline:
+                        raise FCSReadError(path, f"computing SHA-256 took longer than {READ_SECONDS_LIMIT:g} s; abandoned")
                 if _identity(os.fstat(fh.fileno())) != self.identity:
                     raise FCSReadError(path, "file changed while its SHA-256 was computed")
                 return digest.hexdigest()
@@ -489,10 +494,6 @@ def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
 
 
 def _read_blocks(fh, lay: _Layout, scale: _Scaling, path, events: np.ndarray, rows: int, buffer: bytearray) -> None:
-    import time
-
-    from tilpheno.io.files import READ_SECONDS_LIMIT
-
     bpe = sum(lay.widths)
     deadline = time.monotonic() + READ_SECONDS_LIMIT
     for first in range(0, lay.n_events, rows):
