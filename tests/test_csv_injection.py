@@ -63,7 +63,7 @@ def test_every_output_csv_is_neutralised(tmp_path):
     back = read_manifest(out / "manifest_scanned.csv", base=folder)
     assert "=HYPERLINK(x)_surface_stain.fcs" in set(back["file"])
 
-    phen = pd.read_csv(tmp_path / "../reference_phen.csv") if False else pd.read_csv(REFERENCE / "til_cohort_phenotypes.csv")
+    phen = pd.read_csv(REFERENCE / "til_cohort_phenotypes.csv")
     outcomes = pd.read_csv(REFERENCE / "til_cohort_outcomes.csv")
     outcomes.loc[0, "product_id"] = PAYLOADS[1]                 # an outcome id matching no product
     outcomes["site"] = np.where(np.arange(len(outcomes)) % 2, PAYLOADS[2], "@home")   # covariate values

@@ -71,7 +71,6 @@ def test_manifest_files_must_lie_under_the_folder(product_files, tmp_path):
     secret.write_text("root:x:0:0:secret-bytes\n")
     folder = tmp_path / "in"
     shutil.copytree(product_files, folder)
-    manifest = pd.read_csv(product_files / "manifest.csv") if (product_files / "manifest.csv").exists() else None
     rows = scan_folder(folder)[["file", "product_id", "tube", "role", "fmo_marker"]].copy()
     rows["file"] = rows["file"].map(lambda f: Path(f).name)
     rows.loc[len(rows)] = ["../secret.txt", "P1", "surface", "fmo", "CD3"]
@@ -81,7 +80,6 @@ def test_manifest_files_must_lie_under_the_folder(product_files, tmp_path):
     result = _cli("process", folder, "-o", tmp_path / "out", "--manifest", folder / "m.csv")
     assert result.returncode == 2 and "--allow-outside" in result.stderr
     assert not (tmp_path / "out" / "qc.csv").exists()
-    assert manifest is None or len(manifest)
 
 
 def test_names_that_are_not_utf8(product_files, tmp_path):
