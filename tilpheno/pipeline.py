@@ -235,13 +235,14 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
 
 
 def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
-    """A warning ``ungated_tube`` per tube kind present in the product's files that no strategy of
-    the run gates (the unstained control is never gated and is not flagged)."""
+    """A warning ``ungated_tube`` per tube kind whose stained or FMO files no strategy of the run
+    gates (controls, i.e. unstained and single-stain files, are never gated and not flagged)."""
     gated = {str(s.tube) for s in strategies}
     names = ", ".join(sorted(gated)) or "none"
     flags = []
-    for kind, group in rows.groupby(rows["tube"].astype(str), sort=True):
-        if kind in gated or kind == "unstained":
+    tubes = rows[rows["role"].astype(str).isin(("stain", "fmo"))]
+    for kind, group in tubes.groupby(tubes["tube"].astype(str), sort=True):
+        if kind in gated:
             continue
         files = ", ".join(Path(str(f)).name for f in group["file"])
         flags.append(QCFlag(product_id, "", "ungated_tube", "warning",
