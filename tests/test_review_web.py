@@ -94,10 +94,16 @@ def test_preview_changes_pct_and_save_needs_a_reason(app, service):
 
 
 @pytest.mark.parametrize("case", ["tampered_cookie", "no_csrf", "wrong_csrf", "unknown_product", "script_product",
-                                  "script_reason", "out_of_range", "analyst_approves", "bad_password", "not_json"])
+                                  "script_reason", "out_of_range", "analyst_approves", "bad_password", "not_json",
+                                  "other_users_product"])
 def test_bad_requests_are_refused_and_store_nothing(app, service, case):
-    c, h, _ = login(app, "bob" if case == "analyst_approves" else "alice")
-    state, body = cd3_body(c, 0.01)
+    c, h, _ = login(app, "bob" if case in ("analyst_approves", "other_users_product") else "alice")
+    current = service.version(PID)
+    gate = json.loads(current.gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] += 0.01
+    state = {"current_version": current.version}
+    body = {"base_version": current.version, "gates": {"tubes": {"surface": {"gates": {"CD3+": gate}}}},
+            "reason": "dim tail trimmed"}
     url, payload, headers = f"/api/products/{PID}/versions", body, h
     expect = {"tampered_cookie": (401, "session invalid or expired"), "no_csrf": (403, "CSRF token missing or wrong"),
               "wrong_csrf": (403, "CSRF token missing or wrong"), "unknown_product": (404, "no product 'TIL999'"),
@@ -105,7 +111,8 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
               "out_of_range": (400, "surface/CD3+.low: 99 is outside the allowed range"),
               "analyst_approves": (403, "cannot sign 'approved for release'"),
               "bad_password": (403, "signature refused: wrong user name or password"),
-              "not_json": (400, "a JSON object is required")}[case]
+              "not_json": (400, "a JSON object is required"),
+              "other_users_product": (403, "product TIL002 is not assigned to you (bob, analyst)")}[case]
     if case == "tampered_cookie":
         cookie = c.get_cookie(COOKIE)
         c.set_cookie(COOKIE, cookie.value[:-4] + "AAAA")
@@ -115,6 +122,8 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         headers = {"X-CSRF-Token": "x" * 43}
     elif case == "unknown_product":
         url = "/api/products/TIL999/versions"
+    elif case == "other_users_product":
+        url = "/api/products/TIL002/versions"
     elif case == "script_product":
         url = "/api/products/<script>alert(1)<%2Fscript>/versions"
     elif case == "script_reason":
@@ -138,7 +147,6 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         assert after[0] == before[0] + 1                 # the refused signature is audited
     else:
         assert after[0] == before[0]
-    assert c.get(f"/api/products/{PID}/state").status_code in (200, 401)
 
 
 def test_script_in_product_id_page_is_escaped(app):
@@ -155,7 +163,39 @@ def test_exports_and_audit_csv(app, service):
     assert "save_gates" in r.text
     c_bob, _, _ = login(app, "bob")
     assert c_bob.get("/audit.csv").status_code == 403
+    assert c_bob.get("/export/phenotypes.csv").status_code == 403
+    home = c_bob.get("/").text
+    assert "TIL001" in home and "TIL002" not in home          # an analyst sees the products assigned to them
+    assert c_bob.get("/api/products/TIL002/state").status_code == 403
     r = c.get("/export/phenotypes.csv")
     assert r.status_code == 200 and "review_status" in r.text.splitlines()[0]
     r = c.get(f"/products/{PID}/certificate.pdf")
     assert r.status_code == 409 and "approved" in json.loads(r.text)["error"]
+
+
+def test_apply_gate_to_other_products_over_http(app, service):
+    c, h, _ = login(app, "carol")
+    before = service.current_version("TIL002")
+    r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL002"],
+                                                  "reason": "same CD3 valley across the batch"}, headers=h)
+    assert r.status_code == 201 and f"TIL002 v{before + 1}" in r.json["message"]
+    r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL404"],
+                                                  "reason": "x" * 5}, headers=h)
+    assert r.status_code == 404 and "TIL404" in r.json["error"]
+
+
+VALUES = [None, 1, -1.5, True, "x", [], [1, [2]], {}, {"tubes": []}, {"tubes": {"surface": []}},
+          {"tubes": {"surface": {"gates": {"CD3+": {"type": "range", "dim": "CD3", "low": [1]}}}}}]
+
+
+def test_any_json_value_in_any_field_is_a_4xx_never_a_crash(app, service):
+    c, h, _ = login(app, "alice")
+    before = counts(service)
+    for value in VALUES:
+        for path, fields in (("preview", ("gates",)), ("versions", ("base_version", "gates", "reason")),
+                             ("sign", ("version", "meaning", "password", "qc_resolutions", "comment")),
+                             ("apply", ("tube", "population", "products", "reason"))):
+            for field in fields:
+                r = c.post(f"/api/products/{PID}/{path}", json={field: value}, headers=h)
+                assert 400 <= r.status_code < 500 and r.json["error"], (path, field, value, r.status_code)
+    assert counts(service)[1:] == before[1:]

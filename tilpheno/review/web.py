@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import delete
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import LoginSession, User
+from tilpheno.review.models import LoginSession, User, utcnow
 from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
 
@@ -138,6 +139,7 @@ def create_app(service: ReviewService) -> Flask:
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
                 db.delete(old)
+            db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))   # forget expired sessions
             token, _row = new_session(db, user.id)
             audit.append(db, user.username, "login")
             return token, ""
@@ -168,10 +170,14 @@ def create_app(service: ReviewService) -> Flask:
     def index():
         rows = []
         for pid in service.source.product_ids():
+            if not service.can_access(g.user, pid):
+                continue
             row = service.source.phenotype_row(pid)
             approved = service.approved_version(pid)
+            released = (recompute(service.source, pid, json.loads(approved.gates_json), medians=False).release_status
+                        if approved else "not approved")
             rows.append({"id": pid, "version": service.current_version(pid),
-                         "approved": approved.version if approved else None,
+                         "approved": approved.version if approved else None, "approved_release": released,
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir))
@@ -179,8 +185,8 @@ def create_app(service: ReviewService) -> Flask:
     @app.get("/products/<path:product_id>")
     @login_required
     def product_page(product_id: str):
-        service.require_product(product_id)
-        others = [p for p in service.source.product_ids() if p != product_id]
+        service.require_access(g.user, product_id)
+        others = [p for p in service.source.product_ids() if p != product_id and service.can_access(g.user, p)]
         return render_template("product.html", product_id=product_id, user=g.user, csrf=g.sess.csrf_token,
                                others=others, tubes=sorted(service.source.strategies), can_approve=g.user.role in ("reviewer", "admin"))
 
@@ -188,7 +194,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.get("/api/products/<path:product_id>/state")
     @login_required
     def state(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         current = service.version(product_id)
         automatic = service.version(product_id, 1)
         cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
@@ -216,7 +222,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/preview")
     @login_required
     def preview(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         current = service.version(product_id)
         stained = service.source.stained(product_id)
@@ -231,7 +237,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/versions")
     @login_required
     def save(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"))
         return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
@@ -240,7 +246,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/sign")
     @login_required
     def sign(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
                            data.get("qc_resolutions"), data.get("comment", ""))
@@ -249,7 +255,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/apply")
     @login_required
     def apply(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"), data.get("products"),
                                       data.get("reason"))
@@ -262,7 +268,7 @@ def create_app(service: ReviewService) -> Flask:
     def certificate(product_id: str):
         from tilpheno.review.certificate import certificate_pdf
 
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         pdf = certificate_pdf(service, product_id)
         transaction(factory, lambda db: audit.append(db, g.user.username, "certificate", product_id=product_id))
         return Response(pdf, mimetype="application/pdf",
@@ -273,7 +279,7 @@ def create_app(service: ReviewService) -> Flask:
     def gatingml(product_id: str, tube: str):
         from tilpheno.review.export import approved_gatingml
 
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         text = approved_gatingml(service, product_id, tube)
         return Response(text, mimetype="application/xml",
                         headers={"Content-Disposition": f'attachment; filename="gates_{_ascii(product_id)}_{_ascii(tube)}.xml"'})
@@ -282,6 +288,9 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def export_table(table: str):
         from tilpheno.review.export import approved_tables
+
+        if g.user.role not in ("reviewer", "admin"):
+            raise Forbidden(f"role {g.user.role} cannot export every product's results (reviewer or admin)")
 
         phenotypes, populations = approved_tables(service)
         frame = phenotypes if table == "phenotypes" else populations
@@ -354,11 +363,14 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             index = np.flatnonzero(parent)
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
+            auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
             coords, ranges = [], []
-            for d in dims:
+            for axis, d in enumerate(dims):
                 shown = st.tube.data[d][index]
-                finite = shown[np.isfinite(shown)]   # axis range from the plotted subsample
+                finite = shown[np.isfinite(shown)]   # axis range: the plotted subsample and both gates' points
                 lo, hi = (np.percentile(finite, [0.2, 99.8]) if finite.size else (0.0, 1.0))
+                points = [v for g in (gate, auto) if g for v in _gate_coordinates(g, axis)]
+                lo, hi = min([lo, *points]), max([hi, *points])
                 span = (hi - lo) or 1.0
                 lo, hi = lo - 0.08 * span, hi + 0.08 * span
                 lo, hi = max(lo, st.bounds[d][0]), min(hi, st.bounds[d][1])
@@ -368,5 +380,17 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
                         "dims": dims, "events": coords, "ranges": ranges,
                         "bounds": [list(st.bounds[d]) for d in dims],
-                        "automatic": auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)})
+                        "automatic": auto})
     return out
+
+
+def _gate_coordinates(gate: dict, axis: int) -> list[float]:
+    """A gate's coordinates on plot axis ``axis`` (thresholds, vertices, the ellipse's extent)."""
+    if gate["type"] == "range":
+        return [v for v in (gate["low"], gate["high"]) if v is not None] if axis == 0 else []
+    if gate["type"] == "polygon":
+        return [v[axis] for v in gate["vertices"]]
+    if gate["type"] == "ellipsoid":
+        half = math.sqrt(gate["distance_square"] * gate["covariance"][axis][axis])
+        return [gate["mean"][axis] - half, gate["mean"][axis] + half]
+    return []
