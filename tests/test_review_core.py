@@ -136,6 +136,10 @@ def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     views = service.signatures(pid)
     assert all(s.valid for s in views if s.row.version == v)
     assert sig.signed_at.endswith("Z") and len(sig.data_sha256) == 64
+    service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
+    assert service.approved_version(pid) is None           # a later valid rejection withdraws the approval
+    service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {})
+    assert service.approved_version(pid).version == v
     service.save_version(pid, user(service, "carol"), v, shifted_cd3(service, pid, 0.01), "carol moves it again")
     views = service.signatures(pid)
     assert not any(s.valid for s in views)

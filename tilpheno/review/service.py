@@ -33,7 +33,7 @@ from tilpheno.review.auth import AuthError, check_password
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
-                                    validate_gate_set)
+                                    recompute, validate_gate_set)
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -113,6 +113,7 @@ class ReviewService:
 
     def __init__(self, source: ReviewSource, factory: sessionmaker):
         self.source, self.factory = source, factory
+        self._release: dict[tuple[str, str], str] = {}
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
@@ -335,6 +336,14 @@ class ReviewService:
             else:
                 out.append(SignatureView(s, True, ""))
         return out
+
+    def release_status(self, product_id: str, version: GateSetVersion) -> str:
+        """Release outcome of a stored version (memoised by gate-set hash: versions never change)."""
+        key = (product_id, version.gates_sha256)
+        if key not in self._release:
+            self._release[key] = recompute(self.source, product_id, json.loads(version.gates_json),
+                                           medians=False).release_status
+        return self._release[key]
 
     def approved_version(self, product_id: str) -> GateSetVersion | None:
         state = None

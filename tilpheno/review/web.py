@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import LoginSession, User, utcnow
+from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
 
@@ -169,15 +169,16 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def index():
         rows = []
+        with factory() as db:
+            imported = {p.product_id: p.current_version for p in db.scalars(select(Product))}
         for pid in service.source.product_ids():
             if not service.can_access(g.user, pid):
                 continue
             row = service.source.phenotype_row(pid)
-            approved = service.approved_version(pid)
-            released = (recompute(service.source, pid, json.loads(approved.gates_json), medians=False).release_status
-                        if approved else "not approved")
-            rows.append({"id": pid, "version": service.current_version(pid),
-                         "approved": approved.version if approved else None, "approved_release": released,
+            approved = service.approved_version(pid) if pid in imported else None
+            rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
+                         "approved": approved.version if approved else None,
+                         "approved_release": service.release_status(pid, approved) if approved else "not approved",
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir))
