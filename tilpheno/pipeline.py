@@ -322,7 +322,7 @@ def _populations_long(product_id: str, tubes) -> object:
     frames = []
     for t in tubes:
         pops = t.populations.copy()
-        head = {"product_id": product_id, "file": Path(t.file).name, "tube": t.tube, "role": t.role,
+        head = {"product_id": product_id, "file": display_name(Path(t.file).name), "tube": t.tube, "role": t.role,
                 "fmo_marker": t.fmo_marker or ""}
         for i, (k, v) in enumerate(head.items()):
             pops.insert(i, k, v)
@@ -644,7 +644,7 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
-        [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
+        [{"product_id": f.product_id, "file": display_name(Path(str(f.file)).name) if f.file else "", "code": f.code,
           "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
          for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
         columns=["product_id", "file", "code", "severity", "needs_review", "message"],
@@ -896,16 +896,20 @@ def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
                 columns.setdefault(name, None)
     if not columns:
         columns = dict.fromkeys(["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    from tilpheno.io.csvcells import neutralise_frame
+
     with atomic.atomic_open(path, "w") as fh:
         header = True
         for p in parquet_paths:
             frame = pd.read_parquet(p)
             if len(frame) == 0:
                 continue
-            frame.reindex(columns=list(columns)).to_csv(fh, index=False, header=header, lineterminator="\n")
+            # the one CSV rule of every tilpheno CSV: formula-like text neutralised (tilpheno.io.csvcells)
+            neutralise_frame(frame.reindex(columns=list(columns))).to_csv(fh, index=False, header=header,
+                                                                         lineterminator="\n")
             header = False
         if header:  # no product has rows
-            pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+            neutralise_frame(pd.DataFrame(columns=list(columns))).to_csv(fh, index=False, lineterminator="\n")
     return list(columns)
 
 
