@@ -129,5 +129,5 @@ def test_dead_worker_fails_its_product_not_the_batch(small_cohort):
     assert not a.ok and a.error.startswith("worker died while processing this product (exited with status 3)")
     assert [f.code for f in a.qc] == ["product_failed"] and a.phenotype["status"] == "failed"
     assert {d.path for d in a.files} == set(rows["file"])
-    for pid in ("B", "C"):   # run again (alone if they were in the broken pool) and done
+    for pid in ("B", "C"):   # each product has a process of its own: B and C run on
         assert outcomes[pid].ok and outcomes[pid].phenotype["status"] == "done", outcomes[pid].error

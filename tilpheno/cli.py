@@ -37,7 +37,9 @@ def _fail(exc: Exception) -> None:
         text = describe_os_error(exc)
     else:
         text = str(exc)
-    typer.secho(f"error: {as_cli_text(' '.join(text.split()))}", fg=typer.colors.RED, err=True)
+    from tilpheno.io.files import display_name
+
+    typer.secho(f"error: {as_cli_text(display_name(' '.join(text.split())))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -108,8 +110,9 @@ def scan(
     from rich.console import Console
     from rich.table import Table
 
-    from tilpheno.errors import TilphenoError
+    from tilpheno.errors import NoInputError, TilphenoError
     from tilpheno.io.atomic import write_csv
+    from tilpheno.io.files import display_name
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
     from tilpheno.study import load_study
 
@@ -122,6 +125,10 @@ def scan(
             frame["problem"] = ""
         else:
             frame = scan_folder(folder, study=config)
+            for where, reason in frame.attrs.get("unlistable", []):
+                typer.secho(f"unlistable folder: {display_name(where)}: {reason}", fg=typer.colors.YELLOW, err=True)
+            if frame.empty:
+                raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found")
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     table = Table(title=f"{folder}: {frame['product_id'].nunique() if len(frame) else 0} products, {len(frame)} files")
@@ -130,7 +137,7 @@ def scan(
     console = Console()
     for row in frame.itertuples(index=False):
         style = "red" if row.problem else None
-        name = os.path.relpath(row.file, folder) if manifest is None else row.file
+        name = display_name(os.path.relpath(row.file, folder) if manifest is None else row.file)
         table.add_row(name, row.product_id, row.tube, row.role, row.fmo_marker, style=style)
     console.print(table)
     unreadable = frame[frame["problem"] != ""]
@@ -140,7 +147,7 @@ def scan(
         written = frame[list(COLUMNS)].copy()
         if manifest is None:
             written["file"] = [os.path.relpath(f, folder) for f in written["file"]]
-        write_csv(out, written)
+        write_csv(out, written, errors="surrogateescape")   # file names that are not UTF-8 read back as written
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
 
 

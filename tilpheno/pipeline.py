@@ -242,13 +242,14 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
 
 
 def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
-    """A warning ``ungated_tube`` per tube kind present in the product's files that no strategy of
-    the run gates (the unstained control is never gated and is not flagged)."""
+    """A warning ``ungated_tube`` per tube kind whose stained or FMO files no strategy of the run
+    gates (controls, i.e. unstained and single-stain files, are never gated and not flagged)."""
     gated = {str(s.tube) for s in strategies}
     names = ", ".join(sorted(gated)) or "none"
     flags = []
-    for kind, group in rows.groupby(rows["tube"].astype(str), sort=True):
-        if kind in gated or kind == "unstained":
+    tubes = rows[rows["role"].astype(str).isin(("stain", "fmo"))]
+    for kind, group in tubes.groupby(tubes["tube"].astype(str), sort=True):
+        if kind in gated:
             continue
         files = ", ".join(Path(str(f)).name for f in group["file"])
         flags.append(QCFlag(product_id, "", "ungated_tube", "warning",
@@ -326,7 +327,7 @@ def _populations_long(product_id: str, tubes) -> object:
     frames = []
     for t in tubes:
         pops = t.populations.copy()
-        head = {"product_id": product_id, "file": Path(t.file).name, "tube": t.tube, "role": t.role,
+        head = {"product_id": product_id, "file": display_name(Path(t.file).name), "tube": t.tube, "role": t.role,
                 "fmo_marker": t.fmo_marker or ""}
         for i, (k, v) in enumerate(head.items()):
             pops.insert(i, k, v)
@@ -424,14 +425,20 @@ def _process_product(job: ProductJob) -> ProductOutcome:
 
 def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
     """The product's report; if drawing it fails, a report without plots and a ``report_failed`` flag."""
+    from matplotlib import rc_context
+
     from tilpheno.report.product import render_product
 
-    try:
-        outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
-    except Exception as exc:  # a plotting bug must not sink the product's tables
-        outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
-        outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
-        outcome.report_html = render_product(outcome, None, meta, job.options)
+    # text in plots (detector, marker, population and product names) is shown literally: a '$', '_'
+    # or '^' from the inputs is never parsed as mathtext (which fails or typesets it)
+    with rc_context({"text.parse_math": False}):
+        try:
+            outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
+        except Exception as exc:  # a plotting bug must not sink the product's tables
+            log.exception("product %s: report failed", outcome.product_id)
+            outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
+            outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
+            outcome.report_html = render_product(outcome, None, meta, job.options)
 
 
 def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
@@ -506,10 +513,8 @@ def iter_outcomes(
     ``scheduler``: for ``executor="dask"``, a scheduler address (``tcp://host:8786``) or a
     ``distributed.Client``; ignored for ``local``.
 
-    A process-pool worker that dies (killed by the out-of-memory killer, a crash in a native
-    library) breaks the whole pool: every job it had not finished is then run again, each alone in
-    a fresh process (:func:`run_isolated`), so only the product that kills its worker again fails
-    (``worker died ...``); the others are retried and complete.
+    With ``n_jobs > 1`` every product runs in a fresh process of its own (:func:`_iter_pool`):
+    a process that dies fails only its own product (``worker died ...``); the others run on.
     """
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -528,37 +533,59 @@ def iter_outcomes(
 
 
 def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutcome]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    """Up to ``n_jobs`` products at a time, each in a fresh process of its own (forked from a
+    preloaded fork server, so starting one costs milliseconds, not the imports).
 
-    unfinished: list[ProductJob] = []
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=_pool_context(),
-                             initializer=_single_threaded_worker) as pool:
-        futures = {pool.submit(process_product, job): job for job in jobs}
-        for fut in as_completed(futures):
-            try:
-                outcome = fut.result()
-            except BrokenProcessPool:
-                unfinished.append(futures[fut])
-                continue
-            except Exception as exc:
-                log.error("product %s: worker failed: %s", futures[fut].product_id, exc)
-                outcome = crashed_outcome(futures[fut], f"worker failed: {type(exc).__name__}: {exc}")
-            yield outcome
-    if unfinished:
-        log.warning("a worker process died; %d product(s) it left unfinished are run again, each alone: %s",
-                    len(unfinished), ", ".join(sorted(j.product_id for j in unfinished)))
-    for job in sorted(unfinished, key=lambda j: j.product_id):
-        yield run_isolated(job)
+    One process per product, not a shared pool: a process that dies (out-of-memory killer, a
+    crash in a native library) takes only its own product with it, reported as ``worker died
+    while processing this product (killed by SIGKILL ...)``; the other products run on. (A
+    ``concurrent.futures`` pool breaks as a whole when one worker dies, and on Python 3.11 its
+    shutdown can then hang.)
+    """
+    from multiprocessing.connection import wait
+
+    ctx = _pool_context()
+    pending = list(jobs)
+    running: dict = {}   # receiving connection -> (process, job)
+    while pending or running:
+        while pending and len(running) < n_jobs:
+            job = pending.pop(0)
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_product_process, args=(job, send), daemon=True)
+            proc.start()
+            send.close()   # the child holds the only writing end: its death is an EOF here
+            running[receive] = (proc, job)
+        for receive in wait(list(running)):
+            proc, job = running.pop(receive)
+            yield _collect(receive, proc, job)
 
 
-def _isolated_main(job: ProductJob, conn) -> None:
-    """Child side of :func:`run_isolated`: one BLAS thread, run the job, send the outcome back."""
+def _product_process(job: ProductJob, conn) -> None:
+    """Body of a product's process: one BLAS thread, run the job, send the outcome back."""
     _single_threaded_worker()
     try:
         conn.send(process_product(job))
     finally:
         conn.close()
+
+
+def _collect(receive, proc, job: ProductJob) -> ProductOutcome:
+    """The outcome a product's process sent, or a failed outcome saying how the process died."""
+    outcome = None
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        pass   # the process died before it sent anything
+    except Exception as exc:   # an outcome that could not be unpickled
+        log.error("product %s: outcome unreadable: %s", job.product_id, exc)
+    finally:
+        receive.close()
+        proc.join()
+    if outcome is None:
+        reason = f"worker died while processing this product ({_describe_exit(proc.exitcode)})"
+        log.error("product %s: %s", job.product_id, reason)
+        return crashed_outcome(job, reason)
+    return outcome
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -574,29 +601,6 @@ def _describe_exit(exitcode: int | None) -> str:
         hint = " (sent by the out-of-memory killer, or by hand)" if -exitcode == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exited with status {exitcode}"
-
-
-def run_isolated(job: ProductJob) -> ProductOutcome:
-    """Run one job alone in a fresh process; if that process dies, a failed outcome that says so."""
-    ctx = _pool_context()
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(job, send), daemon=True)
-    proc.start()
-    send.close()
-    outcome = None
-    try:
-        outcome = receive.recv()
-    except EOFError:
-        pass   # the process died before it sent anything
-    finally:
-        receive.close()
-        proc.join()
-    if outcome is None or proc.exitcode not in (0, None):
-        reason = (f"worker died while processing this product ({_describe_exit(proc.exitcode)}), "
-                  "also when run again alone")
-        log.error("product %s: %s", job.product_id, reason)
-        return crashed_outcome(job, reason)
-    return outcome
 
 
 def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:
@@ -648,7 +652,7 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
-        [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
+        [{"product_id": f.product_id, "file": display_name(Path(str(f.file)).name) if f.file else "", "code": f.code,
           "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
          for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
         columns=["product_id", "file", "code", "severity", "needs_review", "message"],
@@ -905,16 +909,20 @@ def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
                 columns.setdefault(name, None)
     if not columns:
         columns = dict.fromkeys(["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    from tilpheno.io.csvcells import neutralise_frame
+
     with atomic.atomic_open(path, "w") as fh:
         header = True
         for p in parquet_paths:
             frame = pd.read_parquet(p)
             if len(frame) == 0:
                 continue
-            frame.reindex(columns=list(columns)).to_csv(fh, index=False, header=header, lineterminator="\n")
+            # the one CSV rule of every tilpheno CSV: formula-like text neutralised (tilpheno.io.csvcells)
+            neutralise_frame(frame.reindex(columns=list(columns))).to_csv(fh, index=False, header=header,
+                                                                         lineterminator="\n")
             header = False
         if header:  # no product has rows
-            pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+            neutralise_frame(pd.DataFrame(columns=list(columns))).to_csv(fh, index=False, lineterminator="\n")
     return list(columns)
 
 

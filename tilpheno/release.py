@@ -82,16 +82,23 @@ def _criterion_from_dict(item, where: str) -> Criterion:
     unknown = sorted(set(item) - {"name", "column", "op", "limit", "unit"})
     if unknown:
         raise TableError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-    op = str(item["op"]).strip()
+    from tilpheno.io.yamlsafe import YAMLLimitError, scalar_text
+
+    try:   # rendered as text: scalars of bounded length only
+        texts = {k: scalar_text(item.get(k), f"{where}.{k}") for k in ("name", "column", "op", "unit")}
+    except YAMLLimitError as exc:
+        raise TableError(str(exc)) from None
+    op = texts["op"].strip()
     if op not in _OPS:
         raise TableError(f"{where}.op: {op!r} is not one of {' '.join(_OPS)}")
     limit = item["limit"]
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
         raise TableError(f"{where}.limit: {limit!r} is not a finite number")
-    column = str(item["column"]).strip()
+    column = texts["column"].strip()
     if not column:
         raise TableError(f"{where}.column: empty")
-    return Criterion(str(item.get("name", column)), column, op, float(limit), str(item.get("unit", "%")))
+    return Criterion(texts["name"] if "name" in item else column, column, op, float(limit),
+                     texts["unit"] if "unit" in item else "%")
 
 
 def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseSpec:
@@ -100,13 +107,19 @@ def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseS
     ``label``: the ``source`` recorded in the spec (default: the path), e.g. for bundled files."""
     import yaml
 
+    from tilpheno.io.yamlsafe import YAMLLimitError, read_yaml_bytes, safe_load, scalar_text
+
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_yaml_bytes(path)   # a regular file of at most 1 MiB
+    except YAMLLimitError as exc:
+        raise TableError(f"{path}: {exc}") from None
     except OSError as exc:
         raise TableError(f"{path}: cannot read release spec ({exc.strerror or exc})") from None
     try:
-        doc = yaml.safe_load(raw.decode("utf-8"))
+        doc = safe_load(raw.decode("utf-8"))   # alias expansion bounded
+    except YAMLLimitError as exc:
+        raise TableError(f"{path}: {exc}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise TableError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, Mapping):
@@ -115,8 +128,12 @@ def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseS
     if not isinstance(criteria, list) or not criteria:
         raise TableError(f"{path}: 'criteria' must be a non-empty list")
     parsed = tuple(_criterion_from_dict(c, f"{path}: criteria[{i}]") for i, c in enumerate(criteria))
+    try:
+        name = scalar_text(doc.get("name"), "name", default=path.stem)
+    except YAMLLimitError as exc:
+        raise TableError(f"{path}: {exc}") from None
     return ReleaseSpec(
-        name=str(doc.get("name", path.stem)),
+        name=name,
         criteria=parsed,
         source=label or str(path),
         sha256=hashlib.sha256(raw).hexdigest(),

@@ -190,6 +190,17 @@ class FlowJoSample:
 # ----------------------------------------------------------------------------- parsing
 
 
+def _workspace_root(path: str | Path) -> ET.Element:
+    """The parsed workspace (a regular file only: a FIFO would block); StrategyError naming it."""
+    from tilpheno.io.files import open_regular
+
+    try:
+        with open_regular(path) as fh:
+            return ET.parse(fh).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+
+
 def read_workspace(path: str | Path, group: str = "All Samples", sample: str | None = None) -> FlowJoSample:
     """The gating of one sample of ``group`` in the FlowJo 10 workspace at ``path``.
 
@@ -198,10 +209,7 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
     workspace and the group/sample/element at fault.
     """
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    root = _workspace_root(path)
     source = str(path)
     if root.tag != "Workspace" or not str(root.get("flowJoVersion", "")).split(".")[0].isdigit():
         raise StrategyError(f"{source}: not a FlowJo workspace (root element <{root.tag}>)")
@@ -221,19 +229,13 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
 
 def workspace_groups(path: str | Path) -> list[str]:
     """Names of the sample groups of a workspace."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    root = _workspace_root(path)
     return [g.get("name") for g in root.iter("GroupNode")]
 
 
 def workspace_samples(path: str | Path, group: str = "All Samples") -> list[str]:
     """Sample names (SampleNode names) of ``group``, in the group's order."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    root = _workspace_root(path)
     samples = {s_el.find("DataSet").get("sampleID"): s_el for s_el in root.iter("Sample") if s_el.find("DataSet") is not None}
     names = []
     for sid in _group_sample_ids(root, group, str(path)):

@@ -243,11 +243,14 @@ class GatingMLDocument:
 
 def read_gatingml(path: str | Path) -> GatingMLDocument:
     """Parse the Gating-ML 2.0 file at ``path``; StrategyError naming the file and element on failure."""
+    from tilpheno.io.files import open_regular
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open_regular(path) as fh:   # a regular file only: a FIFO would block the read
+            data = fh.read()
     except OSError as exc:
-        raise StrategyError(f"{path}: cannot read Gating-ML file ({exc.strerror})") from None
+        raise StrategyError(f"{path}: cannot read Gating-ML file ({exc.strerror or exc})") from None
     return parse_gatingml(data, source=str(path))
 
 

@@ -52,6 +52,7 @@ import yaml
 from tilpheno.acquisition import AcquisitionSettings
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
+from tilpheno.io.yamlsafe import MAX_YAML_BYTES, YAMLLimitError, load_document, read_yaml_bytes, scalar_text
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
 
 ROOT = "root"
@@ -323,6 +324,14 @@ def _check_param(ctx: _Context, line: int, where: str, name: str, value: Any, sp
     return float(value) if kinds == _NUM else value
 
 
+def _text(ctx: _Context, mapping, key: str, where: str) -> str:
+    """A text value (description) that must be a scalar of bounded length."""
+    try:
+        return scalar_text(mapping.get(key), f"{where}: {key}")
+    except YAMLLimitError as exc:
+        raise ctx.error(_line(mapping, key), where, str(exc)) from None
+
+
 def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> Population:
     line = _line(item)
     if not isinstance(item, dict):
@@ -345,7 +354,7 @@ def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> P
             gate = parse_expression(item["expression"])
         except (ValueError, GatingError) as exc:
             raise ctx.error(_line(item, "expression"), where, f"bad expression: {exc}") from None
-        return Population(name, item["parent"], "boolean", boolean=gate, description=str(item.get("description", "")), line=line)
+        return Population(name, item["parent"], "boolean", boolean=gate, description=_text(ctx, item, "description", where), line=line)
     method = item.get("method")
     if method not in METHODS:
         raise ctx.error(_line(item, "method"), where, f"unknown method {method!r}; known: {sorted([*METHODS, 'boolean'])}")
@@ -377,7 +386,7 @@ def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> P
             raise ctx.error(_line(raw, "gate"), where, f"fixed gate dims {list(fixed.dims)} differ from dims {dims}")
     return Population(
         name, item["parent"], method, tuple(dims), params, fixed_gate=fixed,
-        description=str(item.get("description", "")), line=line,
+        description=_text(ctx, item, "description", where), line=line,
     )
 
 
@@ -412,10 +421,14 @@ def _order(ctx: _Context, populations: list[Population]) -> tuple[Population, ..
 def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
     """Validate strategy YAML ``text`` (``path`` names it in errors and in the result)."""
     ctx = _Context(path)
+    if len(text) > MAX_YAML_BYTES:
+        raise ctx.error(0, "file", f"larger than {MAX_YAML_BYTES} bytes; a strategy is a few kB")
     loader = _Loader(text)
     loader.name = path
     try:
-        doc = loader.get_single_data()
+        doc = load_document(loader)   # alias expansion bounded (tilpheno.io.yamlsafe)
+    except YAMLLimitError as exc:
+        raise ctx.error(0, "YAML", str(exc)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise ctx.error(mark.line + 1 if mark else 0, "YAML", str(exc.problem or exc)) from None
@@ -520,7 +533,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         populations=ordered,
         transforms=transforms,
         variables=tuple(variables),
-        description=str(doc.get("description", "")),
+        description=_text(ctx, doc, "description", "top level"),
         detectors=tuple(detectors),
         quadrant_names=_quadrant_names(ctx, doc, seen),
         acquisition=acquisition,
@@ -590,7 +603,9 @@ def load_strategy(path: str | Path) -> Strategy:
     """Read and validate a strategy file; ``sha256`` is the digest of the file's bytes."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_yaml_bytes(path)   # a regular file of at most 1 MiB
+    except YAMLLimitError as exc:
+        raise StrategyError(f"{path}: {exc}") from None
     except OSError as exc:
         raise StrategyError(f"{path}: cannot read strategy file ({exc.strerror or exc})") from None
     try:

@@ -212,7 +212,7 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
         if not allow_outside and outside(file, root):
             fcs = None
             problem = (f"{display_name(str(file))}: links to a file outside {display_name(str(root))}; not read "
-                       "(files outside the input folder are refused unless allowed)")
+                       "(pass --allow-outside to accept it)")
         else:
             try:
                 fcs, problem = read_fcs_metadata(file, checksum=False), ""
@@ -254,6 +254,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
+    from tilpheno.io.csvcells import restore_frame
+
+    frame = restore_frame(frame)   # a manifest written by `tilpheno scan -o` has neutralised cells
     frame.columns = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in frame.columns]
     return frame
 
