@@ -477,6 +477,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
               "response_survival.csv": results.response_survival}
     tables["codebook.csv"] = codebook(tables)
     for name, frame in tables.items():
+        if frame.shape[1] == 0:  # an analysis not run (e.g. --bootstrap 0): no file rather than an empty one
+            continue
         atomic.write_csv(out / name, frame)
         results.files[name] = out / name
     figures = FigureExport(pdf)
