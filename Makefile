@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv browser bench clean
+.PHONY: demo test venv browser services bench clean
 
 venv: $(STAMP)
 
@@ -25,10 +25,14 @@ browser:
 	      || echo "warning: could not install chromium; browser tests will be skipped"; \
 	  else echo "warning: chromium not installed and not root; browser tests will be skipped"; fi; }
 
+# The review app's tests: chromium-driver, poppler-utils and a running PostgreSQL (as root; idempotent).
+services:
+	@bash .ci/review-services.sh
+
 demo: $(STAMP)
 	$(VENV)/bin/tilpheno demo --out $(DEMO_OUT)
 
-test: $(STAMP) browser
+test: $(STAMP) browser services
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

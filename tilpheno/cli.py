@@ -422,6 +422,12 @@ def export_events(
         _fail(exc)
 
 
+# --- review: `serve`, `users`, `audit`, `export-approved` (tilpheno.review) ---
+from tilpheno.review.cli import register as _register_review  # noqa: E402  (typer only; the app loads lazily)
+
+_register_review(app)
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -1,0 +1,117 @@
+"""Fixtures of the review-app tests: a processed output folder (two sample products) and a
+database per backend: SQLite always, PostgreSQL when reachable (``TILPHENO_TEST_PG_URL``, else the
+URL that ``.ci/review-services.sh`` wrote to ``.ci/pg_url``). In CI (``TILPHENO_REQUIRE_PG=1``)
+an unreachable PostgreSQL fails the tests instead of skipping them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_fcs"
+PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-12", "carol": "carol-password-1", "root": "root-password-1"}
+ROLES = {"alice": "reviewer", "bob": "analyst", "carol": "reviewer", "root": "admin"}
+PRODUCTS = ("TIL001", "TIL002")
+
+
+def cheap_password_hashing() -> None:
+    """argon2's CHEAPEST profile (made for tests) instead of RFC 9106's 64 MiB default: the same
+    algorithm and checks, ~100x less CPU per login. Production code is not changed."""
+    from argon2 import PasswordHasher, profiles
+
+    from tilpheno.review import auth
+
+    auth._HASHER = PasswordHasher.from_parameters(profiles.CHEAPEST)
+    auth._DUMMY_HASH = ""
+
+
+def pg_url() -> str | None:
+    url = os.environ.get("TILPHENO_TEST_PG_URL")
+    if not url and (ROOT / ".ci" / "pg_url").exists():
+        url = (ROOT / ".ci" / "pg_url").read_text().strip()
+    return url or None
+
+
+def reset_postgres(url: str) -> None:
+    """Drop every table of the test database (each test module starts from an empty schema)."""
+    from sqlalchemy import create_engine, text
+
+    from tilpheno.review.db import normalise_url
+
+    engine = create_engine(normalise_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def database_url(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'review.sqlite'}"
+    url = pg_url()
+    reason = "PostgreSQL not available: no TILPHENO_TEST_PG_URL and no .ci/pg_url (run `make services` as root)"
+    if url:
+        try:
+            reset_postgres(url)
+        except Exception as exc:  # connection refused, ...
+            reason = f"PostgreSQL at {url.split('@')[-1]} not reachable: {type(exc).__name__}"
+            url = None
+    if url is None:
+        if os.environ.get("TILPHENO_REQUIRE_PG"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(scope="session")
+def review_out(tmp_path_factory):
+    """``tilpheno process`` of two sample products (tables only), as the review app reads it."""
+    from tilpheno.pipeline import process_folder
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    tmp = tmp_path_factory.mktemp("review")
+    subset = manifest[manifest["product_id"].isin(PRODUCTS)].copy()
+    subset["file"] = [str(SAMPLE / f) for f in subset["file"]]
+    subset.to_csv(tmp / "manifest.csv", index=False)
+    out = tmp / "out"
+    summary = process_folder(SAMPLE, out, manifest_csv=tmp / "manifest.csv", outcomes_path=SAMPLE / "outcomes.csv",
+                             allow_unmatched=True, make_reports=False)
+    assert summary.ok, summary.failed
+    return out
+
+
+@pytest.fixture(scope="session")
+def review_source(review_out):
+    """The output folder loaded once (its automatic gates and loaded tubes are shared by every database)."""
+    from tilpheno.review.regate import ReviewSource
+
+    return ReviewSource(review_out)
+
+
+def make_service(out: Path, url: str, source=None):
+    from tilpheno.review import audit
+    from tilpheno.review.auth import create_user
+    from tilpheno.review.server import build_service
+    from tilpheno.review.service import transaction
+
+    cheap_password_hashing()
+    service = build_service(out, url, source=source)
+
+    def add(db):
+        for name, role in ROLES.items():
+            create_user(db, name, name.capitalize() + " Tester", role, PASSWORDS[name])
+            audit.append(db, "test", "user_added", after={"username": name, "role": role})
+    transaction(service.factory, add)
+    return service
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def service(request, review_out, review_source, tmp_path_factory):
+    """A review service over ``review_out`` with users alice/carol (reviewer), bob (analyst), root (admin)."""
+    url = database_url(request.param, tmp_path_factory.mktemp("db"))
+    svc = make_service(review_out, url, review_source)
+    yield svc
+    svc.factory.kw["bind"].dispose()

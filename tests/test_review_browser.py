@@ -1,0 +1,154 @@
+"""End to end in headless Chromium (Selenium + Debian's chromium-driver), on SQLite and PostgreSQL:
+log in, drag the CD3 threshold and see the % change, lose a race to a second reviewer (clear
+conflict, nothing lost), reload, drag again, save with a reason, sign with the password, download
+the certificate of analysis and read it."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from review_support import PASSWORDS, database_url, make_service, review_out, review_source  # noqa: F401
+from tilpheno.review.models import User
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium")
+PID = "TIL001"
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    if not (CHROMEDRIVER and CHROMIUM):
+        pytest.skip("chromium / chromium-driver not installed (`make services` installs Debian's packages)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1500,1100",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request, review_out, review_source, tmp_path):
+    from waitress.server import create_server
+
+    from tilpheno.review.web import create_app
+
+    service = make_service(review_out, database_url(request.param, tmp_path), review_source)
+    srv = create_server(create_app(service), host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.2)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    yield service, f"http://127.0.0.1:{srv.effective_port}"
+    srv.close()
+    thread.join(1)
+    service.factory.kw["bind"].dispose()
+
+
+def wait(driver, predicate, what, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            value = predicate(driver)
+            if value:
+                return value
+        except Exception:  # element not there yet / re-rendered
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; message: {driver.find_element('id', 'message').text!r}")
+
+
+def draft_pct(driver) -> float:
+    text = driver.find_element("css selector", '[data-pct="surface|CD3+"]').text
+    return float(re.search(r"draft ([0-9.]+)%", text).group(1))
+
+
+def drag_cd3(driver, dx: int) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    knob = wait(driver, lambda d: d.find_element("css selector", '[data-handle="surface|CD3+|low-knob"]'), "the CD3 knob")
+    ActionChains(driver).click_and_hold(knob).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
+
+
+def test_review_flow_in_chromium(driver, server, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    driver.get(base + f"/products/{PID}")
+    driver.find_element("id", "username").send_keys("alice")
+    driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
+    driver.find_element("id", "login-button").click()
+    wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+
+    drag_cd3(driver, 105)
+    wait(driver, lambda d: draft_pct(d) < start - 0.5, "the recomputed CD3+ %")
+    assert driver.find_elements("css selector", 'tr.changed[data-row="surface|CD3+"]')
+
+    # a second reviewer saves first (another session): the browser's save must be refused, not lost
+    with service.factory() as db:
+        carol = db.scalar(select(User).where(User.username == "carol"))
+    g = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    g["low"] -= 0.02
+    service.save_version(PID, carol, 1, {"tubes": {"surface": {"gates": {"CD3+": g}}}}, "carol: CD3 valley lower")
+    driver.find_element("id", "reason").send_keys("CD3 dim tail is debris")
+    driver.find_element("id", "save-button").click()
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "conflict" in d.find_element("id", "message").text
+               else None, "the conflict message")
+    assert "now at version 2" in msg and "carol" in msg and "Nothing was saved" in msg
+    assert [v.version for v in service.versions(PID)] == [1, 2]
+    assert service.version(PID).created_by == "carol"
+
+    driver.refresh()
+    wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version 2 after reload")
+    before = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    drag_cd3(driver, 105)
+    wait(driver, lambda d: draft_pct(d) < before - 0.5, "the recomputed CD3+ %")
+    driver.find_element("id", "reason").send_keys("CD3 dim tail is debris (after carol's change)")
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: "saved version 3" in d.find_element("id", "message").text, "saved version 3")
+    wait(driver, lambda d: "gate version 3" in d.find_element("id", "version-badge").text, "version badge 3")
+    v3 = service.version(PID)
+    assert v3.created_by == "alice" and v3.based_on == 2 and "debris" in v3.reason
+
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    for field in driver.find_elements("css selector", "[data-resolution]"):
+        field.send_keys("reviewed on the plots")
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["alice"])
+    driver.find_element("id", "sign-button").click()
+    wait(driver, lambda d: "signed version 3" in d.find_element("id", "message").text, "the signature")
+    sig = wait(driver, lambda d: d.find_element("css selector", "[data-signature]").text, "the signature line")
+    assert "approved for release" in sig and "VALID" in sig and "UTC" in sig
+    assert "approved: version 3" in driver.find_element("id", "approved-badge").text
+
+    driver.find_element("id", "certificate-link").click()
+    pdf = wait(driver, lambda d: next(iter(tmp_path.glob("certificate_*.pdf")), None), "the certificate download")
+    time.sleep(0.3)
+    if shutil.which("pdftotext"):
+        words = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+        assert f"product {PID}" in words and "gate-set version 3" in words and "Alice Tester" in words
+        from tilpheno.review.regate import recompute
+
+        res = recompute(service.source, PID, json.loads(v3.gates_json))
+        assert f"{res.phenotype['cd3_pct_of_live_lymph']:.2f}" in words
+    # script errors and CSP violations only (the expected 409 of the conflict is logged as a network error)
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

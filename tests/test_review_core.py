@@ -1,0 +1,297 @@
+"""Review app core, on SQLite and PostgreSQL: re-gating, versions, conflicts, signatures, audit chain,
+Gating-ML round trip, certificate PDF, approved exports, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+
+from review_support import PASSWORDS, review_out, review_source, service  # noqa: F401  (fixtures)
+from tilpheno.review import audit
+from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
+from tilpheno.review.models import AuditEntry, User
+from tilpheno.review.regate import GateSetError, evaluate, recompute
+from tilpheno.review.service import Forbidden, VersionConflict
+
+
+def user(service, name):
+    with service.factory() as db:
+        return db.scalar(select(User).where(User.username == name))
+
+
+def gates(service, pid, version=None):
+    return json.loads(service.version(pid, version).gates_json)
+
+
+def shifted_cd3(service, pid, delta):
+    g = gates(service, pid)
+    g["tubes"]["surface"]["gates"]["CD3+"]["low"] += delta
+    return {"tubes": {"surface": {"gates": {"CD3+": g["tubes"]["surface"]["gates"]["CD3+"]}}}}
+
+
+def test_automatic_version_reproduces_the_run(service):
+    src = service.source
+    pops = src.populations_csv
+    for pid in src.product_ids():
+        res = recompute(src, pid, gates(service, pid, 1))
+        for tube, table in res.populations.items():
+            ref = pops[(pops["product_id"] == pid) & (pops["tube"] == tube) & (pops["role"] == "stain")].set_index("population")
+            mine = table.set_index("population")
+            assert (mine["count"] == ref.loc[mine.index, "count"]).all(), (pid, tube)
+            np.testing.assert_allclose(mine["pct_of_parent"], ref.loc[mine.index, "pct_of_parent"], rtol=1e-12, atol=1e-12)
+        row = src.phenotype_row(pid)
+        for var in ("viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "cd8_dose_cells"):
+            assert math.isclose(res.phenotype[var], float(row[var]), rel_tol=1e-9), var
+        assert res.release_status == row["release_status"]
+
+
+def test_adjusted_threshold_counts_every_event(service):
+    """Raising the CD3 threshold: CD3+ = live lymphocytes with CD3 >= the new low, counted independently."""
+    pid = "TIL001"
+    st = service.source.stained(pid)["surface"]
+    g = gates(service, pid, 1)
+    g["tubes"]["surface"]["gates"]["CD3+"]["low"] += 0.04
+    masks = evaluate(st.strategy, st.tube, g["tubes"]["surface"]["gates"])
+    res = recompute(service.source, pid, g)
+    cd3 = st.tube.data["CD3"]
+    expected = int(np.count_nonzero(masks["live_lymph"] & (cd3 >= g["tubes"]["surface"]["gates"]["CD3+"]["low"])))
+    row = res.populations["surface"].set_index("population").loc["CD3+"]
+    assert row["count"] == expected
+    assert row["pct_of_parent"] == pytest.approx(100 * expected / np.count_nonzero(masks["live_lymph"]), rel=1e-12)
+    auto = recompute(service.source, pid, gates(service, pid, 1)).populations["surface"].set_index("population")
+    assert expected < auto.loc["CD3+", "count"]
+    assert res.phenotype["cd3_pct_of_live_lymph"] == pytest.approx(row["pct_of_live_lymph"], rel=1e-12)
+
+
+@pytest.mark.parametrize("gate, problem", [
+    ({"type": "range", "dim": "CD3", "low": 7.5, "high": None}, "outside the allowed range"),
+    ({"type": "range", "dim": "CD3", "low": float("nan"), "high": None}, "not a finite number"),
+    ({"type": "range", "dim": "CD3", "low": "0.3", "high": None}, "is not a number"),
+    ({"type": "range", "dim": "CD4", "low": 0.3, "high": None}, "dimension must stay"),
+    ({"type": "polygon", "dims": ["CD3", "CD4"], "vertices": [[0, 0], [1, 1], [0, 1]]}, "gate type must stay"),
+    ({"type": "range", "dim": "CD3", "low": 0.3, "high": 0.9}, "must stay open"),
+])
+def test_invalid_gates_are_refused(service, gate, problem):
+    before = service.current_version("TIL001")
+    with pytest.raises(GateSetError, match=problem):
+        service.save_version("TIL001", user(service, "alice"), before,
+                             {"tubes": {"surface": {"gates": {"CD3+": gate}}}}, "a valid reason")
+    assert service.current_version("TIL001") == before
+
+
+def test_polygon_vertex_out_of_range_and_script_reason_refused(service):
+    g = gates(service, "TIL001")["tubes"]["surface"]["gates"]["cells"]
+    g["vertices"][0] = [1e9, g["vertices"][0][1]]
+    with pytest.raises(GateSetError, match=r"surface/cells.vertices\[0\]\[0\]"):
+        service.save_version("TIL001", user(service, "alice"), service.current_version("TIL001"),
+                             {"tubes": {"surface": {"gates": {"cells": g}}}}, "reason")
+    with pytest.raises(GateSetError, match="plain text only"):
+        service.save_version("TIL001", user(service, "alice"), service.current_version("TIL001"),
+                             shifted_cd3(service, "TIL001", 0.01), "<script>alert(1)</script>")
+
+
+def test_concurrent_saves_one_wins_the_other_gets_a_conflict(service):
+    pid = "TIL002"
+    base = service.current_version(pid)
+    results, barrier = [], threading.Barrier(2)
+
+    def edit(name, delta):
+        body = shifted_cd3(service, pid, delta)
+        barrier.wait()
+        try:
+            results.append(("ok", service.save_version(pid, user(service, name), base, body, f"{name} adjusts CD3").version))
+        except VersionConflict as exc:
+            results.append(("conflict", str(exc)))
+
+    threads = [threading.Thread(target=edit, args=(n, d)) for n, d in (("alice", 0.02), ("carol", -0.02))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kinds = sorted(k for k, _ in results)
+    assert kinds == ["conflict", "ok"], results
+    message = next(m for k, m in results if k == "conflict")
+    assert f"is now at version {base + 1}" in message and "Nothing was saved" in message
+    assert [v.version for v in service.versions(pid)][-1] == base + 1   # exactly one new version
+    with service.factory() as db:
+        assert db.execute(text("SELECT count(*) FROM gate_set_versions WHERE product_id = :p AND version > :b"),
+                          {"p": pid, "b": base}).scalar() == 1
+
+
+def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
+    pid = "TIL001"
+    v = service.save_version(pid, user(service, "bob"), service.current_version(pid), shifted_cd3(service, pid, 0.01),
+                             "analyst trims the CD3 dim tail").version
+    with pytest.raises(Forbidden):
+        service.sign(pid, user(service, "bob").id, PASSWORDS["bob"], "approved for release", v, {})
+    service.sign(pid, user(service, "bob").id, PASSWORDS["bob"], "reviewed", v, {})
+    sig = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {})
+    assert service.approved_version(pid).version == v
+    views = service.signatures(pid)
+    assert all(s.valid for s in views if s.row.version == v)
+    assert sig.signed_at.endswith("Z") and len(sig.data_sha256) == 64
+    service.save_version(pid, user(service, "carol"), v, shifted_cd3(service, pid, 0.01), "carol moves it again")
+    views = service.signatures(pid)
+    assert not any(s.valid for s in views)
+    assert all("void: gates changed to version" in s.void_reason for s in views)
+    assert service.approved_version(pid) is None
+    with pytest.raises(VersionConflict, match="signing version"):
+        service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {})
+
+
+def test_wrong_passwords_lock_the_account(service):
+    for _ in range(MAX_FAILURES - 1):
+        with service.factory() as db, pytest.raises(AuthError, match="wrong user name or password"):
+            try:
+                check_password(db, db.scalar(select(User).where(User.username == "root")), "nope")
+            finally:
+                db.commit()
+    with service.factory() as db, pytest.raises(AuthError, match="now locked"):
+        try:
+            check_password(db, db.scalar(select(User).where(User.username == "root")), "nope")
+        finally:
+            db.commit()
+    with service.factory() as db, pytest.raises(AuthError, match="is locked until"):
+        check_password(db, db.scalar(select(User).where(User.username == "root")), PASSWORDS["root"])
+
+
+def _tamper(service, sql, params=None):
+    """Bypass the append-only triggers as an attacker with DDL rights would, run ``sql``, restore them."""
+    with service.factory() as db:
+        dialect = db.bind.dialect.name
+    with service.factory.kw["bind"].begin() as conn:
+        if dialect == "postgresql":
+            conn.execute(text("ALTER TABLE audit_entries DISABLE TRIGGER USER"))
+            conn.execute(text(sql), params or {})
+            conn.execute(text("ALTER TABLE audit_entries ENABLE TRIGGER USER"))
+        else:
+            conn.execute(text("DROP TRIGGER audit_entries_no_update"))
+            conn.execute(text("DROP TRIGGER audit_entries_no_delete"))
+            conn.execute(text(sql), params or {})
+            for what in ("UPDATE", "DELETE"):
+                conn.execute(text(f"CREATE TRIGGER audit_entries_no_{what.lower()} BEFORE {what} ON audit_entries "
+                                  "BEGIN SELECT RAISE(ABORT, 'audit_entries is append-only'); END"))
+
+
+def test_audit_chain_detects_edit_delete_reorder(service):
+    with service.factory() as db:
+        assert audit.verify(db).ok, audit.verify(db).problems
+        n = audit.verify(db).n_entries
+        assert n >= 6
+        rows = list(db.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+        actions = {r.action for r in rows}
+        assert {"import_product", "save_gates", "sign", "user_added"} <= actions
+        saved = next(r for r in rows if r.action == "save_gates")
+        assert json.loads(saved.before_json)["gates"] and json.loads(saved.after_json)["gates"] and saved.reason
+    # the database refuses edits and deletions
+    with pytest.raises(Exception, match="append-only"):
+        with service.factory.kw["bind"].begin() as conn:
+            conn.execute(text("UPDATE audit_entries SET reason = 'x' WHERE seq = 2"))
+    with pytest.raises(Exception, match="append-only"):
+        with service.factory.kw["bind"].begin() as conn:
+            conn.execute(text("DELETE FROM audit_entries WHERE seq = 2"))
+    # an edited reason
+    _tamper(service, "UPDATE audit_entries SET reason = 'nothing to see' WHERE seq = 3")
+    with service.factory() as db:
+        result = audit.verify(db)
+    assert not result.ok and any("entry 3: content does not match" in p for p in result.problems)
+    # a deleted entry
+    _tamper(service, "DELETE FROM audit_entries WHERE seq = 2")
+    with service.factory() as db:
+        problems = audit.verify(db).problems
+    assert any("entry 3: expected entry 2" in p for p in problems)
+    assert any("entry 3: link to the previous entry broken" in p for p in problems)
+    # swap two entries' positions (re-order): renumber 4 <-> 5
+    _tamper(service, "UPDATE audit_entries SET seq = -1 WHERE seq = 4")
+    _tamper(service, "UPDATE audit_entries SET seq = 4 WHERE seq = 5")
+    _tamper(service, "UPDATE audit_entries SET seq = 5 WHERE seq = -1")
+    with service.factory() as db:
+        problems = audit.verify(db).problems
+    assert any(p.startswith("entry 4:") for p in problems) and any(p.startswith("entry 5:") for p in problems)
+    # the newest entry removed
+    _tamper(service, "DELETE FROM audit_entries WHERE seq = :n", {"n": n})
+    with service.factory() as db:
+        assert any("newest entries deleted" in p for p in audit.verify(db).problems)
+
+
+def test_gatingml_export_reimports_to_the_same_memberships(service):
+    from tilpheno.gates.gatingml import apply_gatingml, gatingml_id, parse_gatingml
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.review.export import approved_gatingml
+
+    pid = "TIL002"
+    version = service.current_version(pid)
+    st = service.source.stained(pid)["surface"]
+    g = gates(service, pid)
+    doc = parse_gatingml(approved_gatingml(service, pid, "surface", version=version))
+    fcs = read_fcs(next(f.path for f in service.source.product_files(pid) if f.role == "stain" and f.tube == "surface"))
+    theirs = apply_gatingml(doc, fcs.events, fcs.channel_names, fcs.spillover)
+    mine = evaluate(st.strategy, st.tube, g["tubes"]["surface"]["gates"])
+    assert version > 1   # an adjusted version (from the concurrency test)
+    for pop, mask in mine.items():
+        other = theirs[gatingml_id(pop)]
+        # logicle in Gating-ML is evaluated by flowutils-compatible code: identical but for events on a gate edge
+        assert np.count_nonzero(mask != other) <= 2, pop
+    assert np.count_nonzero(mine["CD3+"]) > 1000
+
+
+def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
+    from tilpheno.review.certificate import certificate_pdf
+
+    if not (shutil.which("pdftoppm") and shutil.which("pdftotext")):
+        pytest.skip("poppler-utils not installed (`make services` installs it)")
+    pid = "TIL002"
+    v = service.current_version(pid)
+    with pytest.raises(VersionConflict, match="no valid 'approved for release'"):
+        certificate_pdf(service, pid)
+    service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "approved for release", v, {}, "QA release review")
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(certificate_pdf(service, pid))
+    subprocess.run(["pdftoppm", "-png", "-r", "60", str(pdf), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page*.png"))
+    assert pages and pages[0].stat().st_size > 5000
+    words = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    res = recompute(service.source, pid, gates(service, pid))
+    assert f"Certificate of analysis: product {pid}" in words
+    assert f"gate-set version {v}" in words and "Carol Tester" in words
+    assert f"{res.phenotype['cd3_pct_of_live_lymph']:.2f}" in words
+    assert f"{res.phenotype['viability_pct']:.2f}" in words
+    decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else "RELEASE CRITERIA NOT MET"
+    assert decision in words
+    stained = next(f for f in service.source.inputs_digest(pid) if f["role"] == "stain")
+    assert stained["sha256"] in words.replace("\n", "")
+
+
+def test_approved_tables_follow_the_approved_version(service):
+    from tilpheno.review.export import approved_tables
+
+    phenotypes, populations = approved_tables(service)
+    by_id = phenotypes.set_index("product_id")
+    assert by_id.loc["TIL001", "review_status"] == "not approved"      # its approval was voided
+    assert math.isnan(float(by_id.loc["TIL001", "cd3_pct_of_live_lymph"]))
+    assert by_id.loc["TIL002", "review_status"] == "approved"
+    approved = service.approved_version("TIL002")
+    res = recompute(service.source, "TIL002", json.loads(approved.gates_json))
+    assert by_id.loc["TIL002", "cd3_pct_of_live_lymph"] == pytest.approx(res.phenotype["cd3_pct_of_live_lymph"], rel=1e-12)
+    assert by_id.loc["TIL002", "cd3_pct_of_live_lymph"] != pytest.approx(
+        float(service.source.phenotype_row("TIL002")["cd3_pct_of_live_lymph"]), rel=1e-9)
+    assert set(populations["product_id"]) == {"TIL002"}
+
+
+def test_apply_gate_to_batch_makes_a_version_per_product(service):
+    src_v = service.current_version("TIL002")
+    target_before = service.current_version("TIL001")
+    with pytest.raises(Forbidden):
+        service.apply_to_batch("TIL002", user(service, "bob"), "surface", "CD3+", ["TIL001"], "group gate")
+    rows = service.apply_to_batch("TIL002", user(service, "alice"), "surface", "CD3+", ["TIL001"], "group gate")
+    assert [r.product_id for r in rows] == ["TIL001"] and rows[0].version == target_before + 1
+    assert rows[0].source == f"batch from TIL002 v{src_v}"
+    copied = gates(service, "TIL001")["tubes"]["surface"]["gates"]["CD3+"]
+    assert copied == gates(service, "TIL002")["tubes"]["surface"]["gates"]["CD3+"]
+    assert service.approved_version("TIL001") is None   # each product is still reviewed on its own

@@ -1,0 +1,161 @@
+"""The review web app's HTTP contract on SQLite and PostgreSQL: login, cookies, CSRF, roles and bad input
+(4xx with a clear message, nothing stored, nothing executed)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sqlalchemy import text
+
+from review_support import PASSWORDS, review_out, review_source, service  # noqa: F401  (fixtures)
+from tilpheno.review.web import COOKIE, create_app
+
+PID = "TIL001"
+
+
+@pytest.fixture(scope="module")
+def app(service):
+    return create_app(service)
+
+
+def login(app, name):
+    c = app.test_client()
+    page = c.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = c.post("/login", data={"username": name, "password": PASSWORDS[name], "csrf_token": csrf, "next": "/"})
+    assert r.status_code == 302, r.text
+    home = c.get("/")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
+    return c, {"X-CSRF-Token": token}, r
+
+
+def counts(service):
+    with service.factory() as db:
+        return (db.execute(text("SELECT count(*) FROM audit_entries")).scalar(),
+                db.execute(text("SELECT count(*) FROM gate_set_versions")).scalar(),
+                db.execute(text("SELECT count(*) FROM signatures")).scalar())
+
+
+def cd3_body(client, delta, base=None):
+    state = client.get(f"/api/products/{PID}/state").json
+    gate = state["current"]["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] += delta
+    return state, {"base_version": base or state["current_version"],
+                   "gates": {"tubes": {"surface": {"gates": {"CD3+": gate}}}}, "reason": "dim tail trimmed"}
+
+
+def test_login_cookie_flags_headers_and_session_rotation(app):
+    c = app.test_client()
+    anon = c.get("/login")
+    cookie = anon.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "script-src 'self'" in anon.headers["Content-Security-Policy"]
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', anon.text).group(1)
+    r = c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": csrf})
+    assert r.status_code == 302
+    assert r.headers["Set-Cookie"].split(";")[0] != cookie.split(";")[0]   # new session id at login
+    assert c.get("/").status_code == 200
+    assert app.test_client().get("/").status_code == 302                # not logged in -> login page
+
+
+def test_wrong_password_and_lockout_over_http(app, service):
+    c = app.test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+    for i in range(5):
+        r = c.post("/login", data={"username": "root", "password": "wrong", "csrf_token": csrf})
+        assert r.status_code == 401
+    assert "locked" in r.text
+    r = c.post("/login", data={"username": "root", "password": PASSWORDS["root"], "csrf_token": csrf})
+    assert r.status_code == 401 and "is locked until" in r.text
+
+
+def test_preview_changes_pct_and_save_needs_a_reason(app, service):
+    c, h, _ = login(app, "alice")
+    state, body = cd3_body(c, 0.05)
+    auto = {r["population"]: r for r in state["populations"]["automatic"]["surface"]}
+    prev = c.post(f"/api/products/{PID}/preview", json={"gates": body["gates"]}, headers=h)
+    assert prev.status_code == 200
+    new = {r["population"]: r for r in prev.json["populations"]["surface"]}
+    assert new["CD3+"]["pct_of_parent"] < auto["CD3+"]["pct_of_parent"]
+    assert new["live_lymph"]["count"] == auto["live_lymph"]["count"]
+    before = counts(service)
+    r = c.post(f"/api/products/{PID}/versions", json={**body, "reason": ""}, headers=h)
+    assert r.status_code == 400 and "reason: required" in r.json["error"]
+    assert counts(service) == before
+    r = c.post(f"/api/products/{PID}/versions", json=body, headers=h)
+    assert r.status_code == 201 and r.json["version"] == state["current_version"] + 1
+    # a second reviewer who loaded the old version: conflict, nothing lost
+    c2, h2, _ = login(app, "carol")
+    _, stale = cd3_body(c2, -0.02, base=state["current_version"])
+    r = c2.post(f"/api/products/{PID}/versions", json=stale, headers=h2)
+    assert r.status_code == 409 and "conflict" in r.json["error"] and "alice" in r.json["error"]
+    assert c2.get(f"/api/products/{PID}/state").json["current_version"] == state["current_version"] + 1
+
+
+@pytest.mark.parametrize("case", ["tampered_cookie", "no_csrf", "wrong_csrf", "unknown_product", "script_product",
+                                  "script_reason", "out_of_range", "analyst_approves", "bad_password", "not_json"])
+def test_bad_requests_are_refused_and_store_nothing(app, service, case):
+    c, h, _ = login(app, "bob" if case == "analyst_approves" else "alice")
+    state, body = cd3_body(c, 0.01)
+    url, payload, headers = f"/api/products/{PID}/versions", body, h
+    expect = {"tampered_cookie": (401, "session invalid or expired"), "no_csrf": (403, "CSRF token missing or wrong"),
+              "wrong_csrf": (403, "CSRF token missing or wrong"), "unknown_product": (404, "no product 'TIL999'"),
+              "script_product": (404, "no product"), "script_reason": (400, "plain text only"),
+              "out_of_range": (400, "surface/CD3+.low: 99 is outside the allowed range"),
+              "analyst_approves": (403, "cannot sign 'approved for release'"),
+              "bad_password": (403, "signature refused: wrong user name or password"),
+              "not_json": (400, "a JSON object is required")}[case]
+    if case == "tampered_cookie":
+        cookie = c.get_cookie(COOKIE)
+        c.set_cookie(COOKIE, cookie.value[:-4] + "AAAA")
+    elif case == "no_csrf":
+        headers = {}
+    elif case == "wrong_csrf":
+        headers = {"X-CSRF-Token": "x" * 43}
+    elif case == "unknown_product":
+        url = "/api/products/TIL999/versions"
+    elif case == "script_product":
+        url = "/api/products/<script>alert(1)<%2Fscript>/versions"
+    elif case == "script_reason":
+        payload = {**body, "reason": "ok <script>alert('x')</script>"}
+    elif case == "out_of_range":
+        payload["gates"]["tubes"]["surface"]["gates"]["CD3+"]["low"] = 99
+    elif case in ("analyst_approves", "bad_password"):
+        url = f"/api/products/{PID}/sign"
+        payload = {"version": state["current_version"], "meaning": "approved for release", "qc_resolutions": {},
+                   "password": PASSWORDS["bob"] if case == "analyst_approves" else "not-my-password"}
+    before = counts(service)
+    if case == "not_json":
+        r = c.post(url, data="gates=1", headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+    else:
+        r = c.post(url, json=payload, headers=headers)
+    assert (r.status_code, r.is_json) == (expect[0], True), r.text
+    assert expect[1] in r.json["error"], r.json["error"]
+    after = counts(service)
+    assert after[1:] == before[1:]                       # no version, no signature stored
+    if case == "bad_password":
+        assert after[0] == before[0] + 1                 # the refused signature is audited
+    else:
+        assert after[0] == before[0]
+    assert c.get(f"/api/products/{PID}/state").status_code in (200, 401)
+
+
+def test_script_in_product_id_page_is_escaped(app):
+    c, _, _ = login(app, "alice")
+    r = c.get("/products/<script>alert(1)<%2Fscript>", headers={"Accept": "text/html"})
+    assert r.status_code == 404
+    assert "<script>alert" not in r.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
+
+
+def test_exports_and_audit_csv(app, service):
+    c, _, _ = login(app, "alice")
+    r = c.get("/audit.csv")
+    assert r.status_code == 200 and r.text.startswith("seq,at,username,action")
+    assert "save_gates" in r.text
+    c_bob, _, _ = login(app, "bob")
+    assert c_bob.get("/audit.csv").status_code == 403
+    r = c.get("/export/phenotypes.csv")
+    assert r.status_code == 200 and "review_status" in r.text.splitlines()[0]
+    r = c.get(f"/products/{PID}/certificate.pdf")
+    assert r.status_code == 409 and "approved" in json.loads(r.text)["error"]

@@ -1,0 +1,121 @@
+"""The audit trail: append-only entries (who, when, what, before, after, why), chained by SHA-256.
+
+Entry ``n`` stores ``prev_sha256`` = entry ``n-1``'s hash (64 zeros for the first) and
+``entry_sha256`` = SHA-256 of the canonical JSON list
+``[seq, at, username, action, product_id, before_json, after_json, reason, prev_sha256]``
+(UTF-8, ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``). ``audit_head`` holds
+the newest ``(seq, hash)``. :func:`verify` recomputes the chain: an edited entry changes its
+hash, a deleted entry leaves a gap in ``seq`` and a broken link, re-ordered entries break the
+links, and deleting the newest entries disagrees with the head. The database also refuses
+UPDATE and DELETE on the table (triggers), so tampering needs direct, deliberate access;
+someone who can rewrite the whole database can rewrite the whole chain: keep the head hash
+printed by ``tilpheno audit verify`` elsewhere (it is the digest of the entire history).
+
+An entry is written in the same transaction as the change it records; two writers racing for
+the same ``seq`` collide on the head update and the loser retries (:class:`ChainConflict`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tilpheno.review.models import AuditEntry, AuditHead, utcnow
+
+GENESIS = "0" * 64
+CSV_COLUMNS = ("seq", "at", "username", "action", "product_id", "before_json", "after_json", "reason",
+               "prev_sha256", "entry_sha256")
+
+
+class ChainConflict(Exception):
+    """Another writer appended first: the transaction is rolled back and retried."""
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON text (sorted keys, no spaces) used inside entries and hashes."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def entry_hash(seq: int, at: str, username: str, action: str, product_id: str, before_json: str, after_json: str,
+               reason: str, prev_sha256: str) -> str:
+    payload = json.dumps([seq, at, username, action, product_id, before_json, after_json, reason, prev_sha256],
+                         ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def append(db: Session, username: str, action: str, *, product_id: str = "", before: Any = None, after: Any = None,
+           reason: str = "") -> AuditEntry:
+    """Add one entry to the chain inside the caller's transaction (flushes; the caller commits)."""
+    head = db.get(AuditHead, 1)
+    seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
+    at = utcnow()
+    before_json, after_json = canonical(before), canonical(after)
+    digest = entry_hash(seq + 1, at, username, action, product_id, before_json, after_json, reason, prev)
+    entry = AuditEntry(seq=seq + 1, at=at, username=username, action=action, product_id=product_id,
+                       before_json=before_json, after_json=after_json, reason=reason, prev_sha256=prev,
+                       entry_sha256=digest)
+    if head is None:
+        db.add(AuditHead(id=1, seq=seq + 1, entry_sha256=digest))
+    else:
+        moved = db.execute(update(AuditHead).where(AuditHead.id == 1, AuditHead.seq == seq)
+                           .values(seq=seq + 1, entry_sha256=digest)).rowcount
+        if moved != 1:
+            raise ChainConflict("audit head moved")
+    db.add(entry)
+    db.flush()
+    return entry
+
+
+@dataclass
+class Verification:
+    ok: bool
+    n_entries: int
+    head_sha256: str
+    problems: list[str]
+
+
+def verify(db: Session) -> Verification:
+    """Recompute the chain in ``seq`` order; every problem is one line naming the entry."""
+    problems: list[str] = []
+    prev, expected_seq, n = GENESIS, 1, 0
+    for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
+        n += 1
+        if e.seq != expected_seq:
+            problems.append(f"entry {e.seq}: expected entry {expected_seq} here (entries {expected_seq}-{e.seq - 1} "
+                            "deleted or renumbered)")
+        if e.prev_sha256 != prev:
+            problems.append(f"entry {e.seq}: link to the previous entry broken (deleted, re-ordered or edited entries)")
+        digest = entry_hash(e.seq, e.at, e.username, e.action, e.product_id, e.before_json, e.after_json, e.reason,
+                            e.prev_sha256)
+        if digest != e.entry_sha256:
+            problems.append(f"entry {e.seq}: content does not match its hash (edited)")
+        prev, expected_seq = e.entry_sha256, e.seq + 1
+    head = db.get(AuditHead, 1)
+    if head is None and n:
+        problems.append("audit head missing")
+    elif head is not None and (head.seq != expected_seq - 1 or head.entry_sha256 != prev):
+        problems.append(f"head says entry {head.seq} is the newest but the table ends at entry {expected_seq - 1} "
+                        "(newest entries deleted or replaced)")
+    return Verification(not problems, n, prev, problems)
+
+
+def export_csv(db: Session) -> str:
+    """Every entry, oldest first, as CSV text (cells starting with = + - @ are prefixed with ')."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
+        writer.writerow([_cell(getattr(e, c)) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _cell(value):
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

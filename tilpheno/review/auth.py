@@ -1,0 +1,143 @@
+"""Users, roles, passwords (argon2id), lock-out, login sessions and CSRF tokens.
+
+Roles: ``analyst`` (view, adjust gates, save versions, sign "reviewed"), ``reviewer`` (QA: also
+sign "approved for release" / "rejected" and apply a gate to other products of a batch),
+``admin`` (everything, and the audit trail in the browser). Accounts are managed with
+``tilpheno users ...`` (there is no self-registration).
+
+Lock-out: ``MAX_FAILURES`` consecutive wrong passwords (at login or at a signature's password
+re-entry) lock the account for ``LOCKOUT_MINUTES``; ``tilpheno users unlock`` ends it early.
+Sessions: a random 256-bit token in an httpOnly, SameSite=Strict cookie; the database stores
+only its SHA-256, with a per-session CSRF token and an expiry (``SESSION_HOURS``).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timedelta, timezone
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tilpheno.review.db import ReviewError
+from tilpheno.review.models import ROLES, LoginSession, User, utcnow
+
+MAX_FAILURES = 5
+LOCKOUT_MINUTES = 15
+SESSION_HOURS = 8
+MIN_PASSWORD = 10
+_USERNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HASHER = PasswordHasher()   # argon2id, RFC 9106 low-memory profile (argon2-cffi's default)
+_DUMMY_HASH = ""             # made on first use: verified for unknown users so they cost the same time
+
+
+class AuthError(Exception):
+    """Login or password re-entry refused; the message is safe to show."""
+
+
+def _parse(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def _fmt(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def validate_new_user(username: str, role: str, password: str) -> None:
+    if not _USERNAME.match(username):
+        raise ReviewError(f"user name {username!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    if role not in ROLES:
+        raise ReviewError(f"role {role!r}: one of {', '.join(ROLES)}")
+    if len(password) < MIN_PASSWORD:
+        raise ReviewError(f"password: at least {MIN_PASSWORD} characters")
+
+
+def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:
+    validate_new_user(username, role, password)
+    if db.scalar(select(User).where(User.username == username)) is not None:
+        raise ReviewError(f"user {username!r} exists already")
+    user = User(username=username, full_name=full_name or username, role=role, password_hash=_HASHER.hash(password),
+                failed_logins=0, locked_until=None, active=True, created_at=utcnow())
+    db.add(user)
+    db.flush()
+    return user
+
+
+def set_password(user: User, password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ReviewError(f"password: at least {MIN_PASSWORD} characters")
+    user.password_hash = _HASHER.hash(password)
+
+
+def get_user(db: Session, username: str) -> User:
+    user = db.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise ReviewError(f"no user {username!r}")
+    return user
+
+
+def locked(user: User, now: datetime | None = None) -> bool:
+    return user.locked_until is not None and _parse(user.locked_until) > (now or datetime.now(timezone.utc))
+
+
+def check_password(db: Session, user: User | None, password: str) -> User:
+    """The user if ``password`` is right; else count the failure (lock-out) and raise AuthError.
+
+    The caller commits in both cases (a failure must be stored)."""
+    global _DUMMY_HASH
+    if user is None or not user.active:
+        _DUMMY_HASH = _DUMMY_HASH or _HASHER.hash("not a password of anyone")
+        try:
+            _HASHER.verify(_DUMMY_HASH, password)  # same work as for a real account
+        except VerificationError:
+            pass
+        raise AuthError("wrong user name or password")
+    if locked(user):
+        raise AuthError(f"account {user.username} is locked until {user.locked_until[:19]} UTC after "
+                        f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")
+    try:
+        _HASHER.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        user.failed_logins += 1
+        if user.failed_logins >= MAX_FAILURES:
+            user.locked_until = _fmt(datetime.now(timezone.utc) + timedelta(minutes=LOCKOUT_MINUTES))
+            user.failed_logins = 0
+            raise AuthError(f"wrong password; account {user.username} is now locked for {LOCKOUT_MINUTES} minutes")
+        raise AuthError("wrong user name or password")
+    user.failed_logins = 0
+    user.locked_until = None
+    if _HASHER.check_needs_rehash(user.password_hash):
+        user.password_hash = _HASHER.hash(password)
+    return user
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_session(db: Session, user_id: int | None) -> tuple[str, LoginSession]:
+    """A fresh session (anonymous when ``user_id`` is None): ``(cookie token, row)``."""
+    token = secrets.token_urlsafe(32)
+    now = datetime.now(timezone.utc)
+    row = LoginSession(token_sha256=token_digest(token), user_id=user_id, csrf_token=secrets.token_urlsafe(32),
+                       created_at=_fmt(now), expires_at=_fmt(now + timedelta(hours=SESSION_HOURS)))
+    db.add(row)
+    db.flush()
+    return token, row
+
+
+def find_session(db: Session, token: str | None) -> LoginSession | None:
+    """The live session of a cookie token, else None (unknown, tampered or expired)."""
+    if not token or len(token) > 100:
+        return None
+    row = db.get(LoginSession, token_digest(token))
+    if row is None or _parse(row.expires_at) <= datetime.now(timezone.utc):
+        return None
+    return row
+
+
+def csrf_ok(row: LoginSession | None, sent: str | None) -> bool:
+    return row is not None and bool(sent) and secrets.compare_digest(row.csrf_token.encode(), str(sent).encode())

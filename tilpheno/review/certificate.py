@@ -1,0 +1,111 @@
+"""Certificate of analysis (PDF, reportlab) of a product, made from its approved gate set only.
+
+Contents: product, approval (version, signatures with name, meaning and UTC time), the release
+spec with each criterion's value and pass/fail, the overall release decision, the study
+variables recomputed with the approved gates, every QC flag with its resolution (as entered at
+approval), the gate adjustments that led to the approved version (who, when, why), the input
+files' SHA-256, the data hash the signatures are bound to, and the software and strategy
+versions. A product without a valid "approved for release" signature gets no certificate.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from xml.sax.saxutils import escape
+
+from tilpheno.phenotype import STUDY_VARIABLES
+from tilpheno.review.models import utcnow
+from tilpheno.review.regate import recompute
+from tilpheno.review.service import ReviewService, VersionConflict, data_sha256
+
+
+def _fmt(v) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "NA" if math.isnan(f) else f"{f:.2f}" if abs(f) < 1e6 else f"{f:.4g}"
+
+
+def certificate_pdf(service: ReviewService, product_id: str) -> bytes:
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    import tilpheno
+
+    approved = service.approved_version(product_id)
+    if approved is None:
+        raise VersionConflict(f"product {product_id} has no valid 'approved for release' signature: "
+                              "a certificate of analysis is issued only for approved products")
+    src = service.source
+    res = recompute(src, product_id, json.loads(approved.gates_json))
+    sigs = [v.row for v in service.signatures(product_id) if v.valid and v.row.version == approved.version]
+    approval = [s for s in sigs if s.meaning == "approved for release"][-1]
+    resolutions = json.loads(approval.qc_resolutions_json)
+    styles = getSampleStyleSheet()
+    small = styles["BodyText"].clone("small", fontSize=7.5, leading=9)
+    body = styles["BodyText"]
+
+    def p(text, style=body):
+        return Paragraph(escape(str(text)), style)
+
+    def table(rows, widths, header=True):
+        t = Table([[p(c, small) for c in r] for r in rows], colWidths=[w * mm for w in widths], repeatRows=1 if header else 0)
+        t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
+                               ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke if header else colors.white),
+                               ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        return t
+
+    story = [p(f"Certificate of analysis: product {product_id}", styles["Title"]),
+             p(f"Issued {utcnow()[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
+               f"(approved for release by {approval.full_name}, {approval.signed_at[:19]} UTC).")]
+    decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else f"RELEASE CRITERIA NOT MET ({res.release_status})"
+    story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"]),
+              p(f"Specification: {src.release_spec.name} (source: {src.release_spec.source})")]
+    story.append(table([["criterion", "rule", "value", "result"]] +
+                       [[r.criterion.name, r.criterion.describe(), _fmt(r.value), r.outcome.upper()] for r in res.release],
+                       [45, 60, 30, 35]))
+    story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", styles["Heading3"])]
+    story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in STUDY_VARIABLES], [80, 40]))
+    flags = src.qc_flags(product_id)
+    story += [Spacer(1, 3 * mm), p("QC flags and their resolution", styles["Heading3"])]
+    if flags:
+        rows = [["severity", "code", "file", "message", "resolution"]]
+        warn_i = 0
+        for f in flags:
+            resolution = "informational"
+            if f["severity"] in ("warning", "error"):
+                resolution = resolutions.get(f"{f['code']}:{f['file']}:{warn_i}", "")
+                warn_i += 1
+            rows.append([f["severity"], f["code"], f["file"], f["message"], resolution])
+        story.append(table(rows, [16, 28, 36, 55, 45]))
+    else:
+        story.append(p("No QC flags were raised."))
+    story += [Spacer(1, 3 * mm), p("Gate review history", styles["Heading3"])]
+    story.append(table([["version", "source", "by", "UTC time", "reason"]] +
+                       [[f"v{v.version}", v.source, v.created_by, v.created_at[:19], v.reason]
+                        for v in service.versions(product_id) if v.version <= approved.version],
+                       [15, 35, 25, 35, 70]))
+    story += [Spacer(1, 3 * mm), p("Electronic signatures (valid for this version)", styles["Heading3"])]
+    story.append(table([["name", "user", "meaning", "UTC time", "signature SHA-256"]] +
+                       [[s.full_name, s.username, s.meaning, s.signed_at[:19], s.signature_sha256] for s in sigs],
+                       [32, 22, 30, 32, 64]))
+    story += [Spacer(1, 3 * mm), p("Inputs and software", styles["Heading3"])]
+    rows = [["item", "value"]]
+    rows += [[f"{f['file']} ({f['tube']}, {f['role']})", f["sha256"]] for f in src.inputs_digest(product_id)]
+    rows += [[f"strategy {s.name} ({tube})", s.sha256] for tube, s in sorted(src.strategies.items())]
+    rows += [["FMO percentile", f"{src.fmo_percentile:g}"],
+             ["gate set SHA-256 (approved version)", approved.gates_sha256],
+             ["data SHA-256 bound to the signatures", data_sha256(src, product_id, approved.version, approved.gates_sha256)],
+             ["tilpheno", tilpheno.__version__], ["run", str(src.run.get("finished_at", ""))]]
+    story.append(table(rows, [70, 110]))
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, title=f"Certificate of analysis {product_id}", author="tilpheno",
+                            leftMargin=14 * mm, rightMargin=14 * mm, topMargin=14 * mm, bottomMargin=14 * mm,
+                            invariant=1)
+    doc.build(story)
+    return buf.getvalue()

@@ -1,0 +1,250 @@
+"""CLI of the review app: ``serve``, ``users ...``, ``audit ...``, ``export-approved`` (registered by tilpheno.cli)."""
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+users_app = typer.Typer(no_args_is_help=True, help="Review-app accounts (roles: analyst, reviewer, admin).")
+audit_app = typer.Typer(no_args_is_help=True, help="The review audit trail: verify the SHA-256 chain, export CSV.")
+
+DB_HELP = "Database URL: sqlite:///FILE or postgresql://user:password@host/db (default: SQLite file <OUT>.review.sqlite)."
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _factory(out: Path, db: Optional[str]):
+    from tilpheno.review.db import default_db_url, open_database
+
+    return open_database(db or default_db_url(out))
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _password(stdin: bool) -> str:
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def serve(
+    out: Path = typer.Argument(..., help="A processed output folder (`tilpheno process ... -o OUT`)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
+    port: int = typer.Option(8765, "--port", min=1, max=65535),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
+) -> None:
+    """Review, correct, sign and release the products of OUT in the browser (http://HOST:PORT/)."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review.server import build_service
+    from tilpheno.review.server import serve as run
+
+    try:
+        service = build_service(out, db, inputs)
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"tilpheno review of {out}: http://{host}:{port}/  (Ctrl-C stops)")
+    run(service, host, port)
+
+
+@users_app.command("add")
+def users_add(
+    out: Path = typer.Argument(..., help="The output folder (locates the default database)."),
+    username: str = typer.Argument(...),
+    role: str = typer.Option(..., "--role", help="analyst, reviewer or admin"),
+    full_name: str = typer.Option("", "--full-name", help="Name shown on signatures."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Create an account (argon2id password hash)."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review import audit
+    from tilpheno.review.auth import create_user, validate_new_user
+    from tilpheno.review.service import transaction
+
+    try:
+        factory = _factory(out, db)
+        password = _password(password_stdin)
+        validate_new_user(username, role, password)
+
+        def add(s):
+            user = create_user(s, username, full_name, role, password)
+            audit.append(s, _actor(), "user_added", after={"username": user.username, "role": role, "full_name": user.full_name})
+        transaction(factory, add)
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"user {username} ({role}) added")
+
+
+def _change(out: Path, db: Optional[str], username: str, action: str, change) -> None:
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review import audit
+    from tilpheno.review.auth import get_user
+    from tilpheno.review.service import transaction
+
+    try:
+        factory = _factory(out, db)
+
+        def do(s):
+            user = get_user(s, username)
+            before = {"role": user.role, "active": user.active, "locked_until": user.locked_until}
+            change(user)
+            audit.append(s, _actor(), action, before=before,
+                         after={"username": user.username, "role": user.role, "active": user.active,
+                                "locked_until": user.locked_until})
+        transaction(factory, do)
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"user {username}: {action.replace('user_', '').replace('_', ' ')}")
+
+
+@users_app.command("list")
+def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """List accounts: user name, role, active, locked until."""
+    from sqlalchemy import select
+
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review.models import User
+
+    try:
+        factory = _factory(out, db)
+    except TilphenoError as exc:
+        _fail(exc)
+    with factory() as s:
+        for u in s.scalars(select(User).order_by(User.username)):
+            typer.echo(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}\t{u.full_name}"
+                       f"\t{'locked until ' + u.locked_until[:19] + ' UTC' if u.locked_until else ''}")
+
+
+@users_app.command("unlock")
+def users_unlock(out: Path = typer.Argument(...), username: str = typer.Argument(...),
+                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """End a lock-out after repeated wrong passwords."""
+    def change(u):
+        u.locked_until, u.failed_logins = None, 0
+    _change(out, db, username, "user_unlocked", change)
+
+
+@users_app.command("disable")
+def users_disable(out: Path = typer.Argument(...), username: str = typer.Argument(...),
+                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Disable an account (kept for the audit trail and signatures)."""
+    _change(out, db, username, "user_disabled", lambda u: setattr(u, "active", False))
+
+
+@users_app.command("set-role")
+def users_set_role(out: Path = typer.Argument(...), username: str = typer.Argument(...), role: str = typer.Argument(...),
+                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Change an account's role."""
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.models import ROLES
+
+    if role not in ROLES:
+        _fail(ReviewError(f"role {role!r}: one of {', '.join(ROLES)}"))
+    _change(out, db, username, "user_role_changed", lambda u: setattr(u, "role", role))
+
+
+@users_app.command("set-password")
+def users_set_password(out: Path = typer.Argument(...), username: str = typer.Argument(...),
+                       password_stdin: bool = typer.Option(False, "--password-stdin"),
+                       db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Set a new password (also ends a lock-out)."""
+    from tilpheno.review.auth import set_password
+
+    password = _password(password_stdin)
+
+    def change(u):
+        set_password(u, password)
+        u.locked_until, u.failed_logins = None, 0
+    _change(out, db, username, "user_password_set", change)
+
+
+@audit_app.command("verify")
+def audit_verify(out: Path = typer.Argument(...), db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Recompute the SHA-256 chain; exit 1 and name every edited, deleted or re-ordered entry."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review.audit import verify
+
+    try:
+        factory = _factory(out, db)
+    except TilphenoError as exc:
+        _fail(exc)
+    with factory() as s:
+        result = verify(s)
+    if result.ok:
+        typer.echo(f"audit trail intact: {result.n_entries} entries, head SHA-256 {result.head_sha256}")
+        return
+    for problem in result.problems:
+        typer.secho(f"audit: {problem}", fg=typer.colors.RED, err=True)
+    typer.secho(f"audit trail BROKEN: {len(result.problems)} problem(s) in {result.n_entries} entries", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+@audit_app.command("export")
+def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(..., "-o", "--out", help="CSV file to write."),
+                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Write every audit entry (oldest first) as CSV."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io.atomic import write_text
+    from tilpheno.review.audit import export_csv
+
+    try:
+        factory = _factory(out, db)
+    except TilphenoError as exc:
+        _fail(exc)
+    with factory() as s:
+        write_text(csv_path, export_csv(s))
+    typer.echo(f"audit trail written to {csv_path}")
+
+
+def export_approved(
+    out: Path = typer.Argument(..., help="The processed output folder."),
+    dest: Path = typer.Option(..., "-o", "--out", help="Folder for the approved tables, Gating-ML and certificates."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
+) -> None:
+    """phenotypes_approved.csv, populations_approved.csv, and per approved product its Gating-ML and certificate."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.io import atomic
+    from tilpheno.pipeline import product_slug
+    from tilpheno.review.certificate import certificate_pdf
+    from tilpheno.review.export import approved_gatingml, approved_tables
+    from tilpheno.review.server import build_service
+
+    try:
+        service = build_service(out, db, inputs)
+        phenotypes, populations = approved_tables(service)
+        os.makedirs(dest, exist_ok=True)
+        atomic.write_csv(dest / "phenotypes_approved.csv", phenotypes)
+        atomic.write_csv(dest / "populations_approved.csv", populations)
+        n = 0
+        for pid in phenotypes.loc[phenotypes["review_status"] == "approved", "product_id"]:
+            folder = dest / product_slug(pid)
+            folder.mkdir(exist_ok=True)
+            for tube in sorted(service.source.stained(pid)):
+                atomic.write_text(folder / f"gates_{tube}.xml", approved_gatingml(service, pid, tube))
+            atomic.write_bytes(folder / "certificate.pdf", certificate_pdf(service, pid))
+            n += 1
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"{n} approved product(s) of {len(phenotypes)} exported to {dest}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the review commands to the main CLI."""
+    app.command("serve")(serve)
+    app.command("export-approved")(export_approved)
+    app.add_typer(users_app, name="users")
+    app.add_typer(audit_app, name="audit")

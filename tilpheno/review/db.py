@@ -1,0 +1,81 @@
+"""Database URL, engine and schema migrations (Alembic) for the review app.
+
+Default database: an SQLite file beside the output folder, ``<OUT>.review.sqlite`` (the output
+folder itself stays the pipeline's). A lab server passes a PostgreSQL URL
+(``postgresql://user:password@host/db``; driver psycopg 3). ``open_database`` upgrades the schema
+to the newest migration before use, so every database has the same tables and triggers.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
+from tilpheno.errors import TilphenoError
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class ReviewError(TilphenoError):
+    """A review-app problem that is the user's input (bad URL, unknown user, ...): one line."""
+
+
+def default_db_url(out_dir: str | Path) -> str:
+    """``sqlite:///<OUT>.review.sqlite``: a file beside the output folder."""
+    out = Path(out_dir).resolve()
+    return f"sqlite:///{out.parent / (out.name + '.review.sqlite')}"
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` / ``postgres://`` and use the psycopg 3 driver; keep ``sqlite:///``."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith(("postgresql+psycopg://", "sqlite:///")):
+        return url
+    raise ReviewError(f"--db {url!r}: use sqlite:///FILE or postgresql://user:password@host/database")
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # foreign keys on, WAL for concurrent readers
+            cur = conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every Alembic migration not yet applied (``alembic upgrade head``)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def open_database(url: str) -> sessionmaker:
+    """Engine for ``url``, schema upgraded, and a session factory (``expire_on_commit=False``)."""
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    except Exception as exc:  # connection refused, bad credentials, ...: one line
+        if isinstance(exc, TilphenoError):
+            raise
+        raise ReviewError(f"database {engine.url.render_as_string(hide_password=True)}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return sessionmaker(engine, expire_on_commit=False)

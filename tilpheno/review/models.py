@@ -1,0 +1,109 @@
+"""The review database schema (SQLAlchemy 2 ORM). Migrations in ``migrations/versions`` create it.
+
+Times are stored as UTC ISO 8601 text (``2026-12-02T07:45:01.123456Z``) so that they hash
+identically on every database. ``audit_entries``, ``gate_set_versions`` and ``signatures`` are
+append-only: database triggers (created by the migration) refuse UPDATE and DELETE.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ROLES = ("analyst", "reviewer", "admin")
+
+
+def utcnow() -> str:
+    """Now, UTC, ISO 8601 with microseconds and a ``Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    full_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[str] = mapped_column(String(32))
+
+
+class Product(Base):
+    __tablename__ = "products"
+    product_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    current_version: Mapped[int] = mapped_column(Integer)
+    inputs_json: Mapped[str] = mapped_column(Text)        # [{path, sha256, tube, role}] of the product's files
+    til_dose_cells: Mapped[float | None] = mapped_column(Float, nullable=True)
+    imported_at: Mapped[str] = mapped_column(String(32))
+
+
+class GateSetVersion(Base):
+    __tablename__ = "gate_set_versions"
+    __table_args__ = (UniqueConstraint("product_id", "version", name="uq_gate_set_product_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.product_id"))
+    version: Mapped[int] = mapped_column(Integer)
+    based_on: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gates_json: Mapped[str] = mapped_column(Text)
+    gates_sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(300))     # automatic | adjusted | batch from <product> v<n>
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+
+
+class Signature(Base):
+    __tablename__ = "signatures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.product_id"))
+    version: Mapped[int] = mapped_column(Integer)
+    meaning: Mapped[str] = mapped_column(String(40))
+    username: Mapped[str] = mapped_column(String(64))
+    full_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    signed_at: Mapped[str] = mapped_column(String(32))
+    data_sha256: Mapped[str] = mapped_column(String(64))
+    gates_sha256: Mapped[str] = mapped_column(String(64))
+    qc_resolutions_json: Mapped[str] = mapped_column(Text)
+    comment: Mapped[str] = mapped_column(Text)
+    signature_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_entries"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(32))
+    username: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(40))
+    product_id: Mapped[str] = mapped_column(String(200))
+    before_json: Mapped[str] = mapped_column(Text)
+    after_json: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    prev_sha256: Mapped[str] = mapped_column(String(64))
+    entry_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The newest entry's number and hash (so deleting the last entries is detected too)."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    entry_sha256: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,480 @@
+"""Re-gate a processed product with a reviewed gate set (the science behind the review app).
+
+A processed output folder OUT (``tilpheno process``) names its inputs, strategies and release
+spec in ``run.json``. For one product:
+
+* **Automatic gate set (version 1)**: :meth:`ReviewSource.automatic` re-runs
+  ``tilpheno.phenotype.analyze_product`` on the product's files (paths and SHA-256 from
+  ``run.json``, tube/role/FMO marker from ``populations.csv``) with the run's strategies and FMO
+  percentile, and keeps every geometric gate of each tube kind's stained tube (the tube the study
+  variables come from; FMO thresholds are the FMO-derived gates applied to it). The re-run must
+  reproduce ``phenotypes.csv`` (study variables within ``REPRODUCE_TOLERANCE`` percentage points)
+  or the product is refused: the inputs or the software changed since the run.
+* **Any gate set**: :func:`evaluate` walks the strategy's population tree over *every* event of
+  the stained tube, each population = its gate AND its parent (boolean populations from their
+  expressions, as in the strategy). Counts, % of parent, % of live lymphocytes and medians
+  follow ``tilpheno.phenotype.population_table``; the study variables ``tube_variables``; doses
+  ``doses`` with the infused TIL number recovered from the run (``cd3_dose_cells /
+  cd3_pct_of_live_lymph * 100``); release ``tilpheno.release.evaluate`` with the run's spec.
+
+A gate set is JSON: ``{"tubes": {tube kind: {"file": stained file name, "sha256": its digest,
+"gates": {population: gate.to_dict()}}}}``. A reviewed gate must keep the automatic gate's type,
+dimensions and open bounds; coordinates must be finite numbers inside ``coordinate_bounds``
+(logicle dims -0.5..1.5 on Gating-ML's 0-1 scale, linear dims -PnR..2 PnR), polygons 3-200
+vertices, ellipses a positive-definite covariance and 0 < distance_square <= 100.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from tilpheno.errors import GatingError, TilphenoError
+from tilpheno.gates.geometry import gate_from_dict
+from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
+from tilpheno.phenotype import STUDY_VARIABLES, TubeData, doses, population_table, tube_variables
+from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_release_spec, overall
+from tilpheno.review.db import ReviewError
+from tilpheno.transforms import Logicle
+
+REPRODUCE_TOLERANCE = 1e-6   # percentage points between phenotypes.csv and the re-run
+MAX_VERTICES = 200
+MAX_DISTANCE_SQUARE = 100.0
+CACHE_PRODUCTS = 6
+
+
+class GateSetError(ReviewError):
+    """A submitted gate set is malformed or out of range (the message names tube, population, field)."""
+
+
+def gates_sha256(gate_set: Mapping) -> str:
+    text = json.dumps(gate_set, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class StainedTube:
+    """A stained tube loaded for review: every event, compensated and transformed."""
+
+    tube: TubeData
+    strategy: Strategy
+    bounds: dict[str, tuple[float, float]]   # dimension -> allowed gate coordinates
+
+
+@dataclass
+class ProductFile:
+    path: Path
+    name: str
+    sha256: str
+    tube: str
+    role: str
+    fmo_marker: str
+
+
+@dataclass
+class Recomputed:
+    """A gate set's results: per tube kind the population table; the phenotype and release."""
+
+    populations: dict[str, pd.DataFrame]
+    phenotype: dict[str, float]
+    release: list            # tilpheno.release.CriterionResult
+    release_status: str
+    masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+class ReviewSource:
+    """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
+
+    def __init__(self, out_dir: str | Path, inputs_dir: str | Path | None = None):
+        self.out_dir = Path(out_dir).resolve()
+        self.inputs_dir = Path(inputs_dir).resolve() if inputs_dir else None
+        run_json = self.out_dir / "run.json"
+        try:
+            self.run = json.loads(run_json.read_text(encoding="utf-8"))
+            self.phenotypes = pd.read_csv(self.out_dir / "phenotypes.csv", dtype={"product_id": str}, keep_default_na=False,
+                                          na_values=[""])
+            self.populations_csv = pd.read_csv(self.out_dir / "populations.csv", dtype={"product_id": str, "fmo_marker": str},
+                                               keep_default_na=False, na_values=[""])
+            qc_path = self.out_dir / "qc.csv"
+            self.qc = (pd.read_csv(qc_path, dtype=str, keep_default_na=False) if qc_path.exists()
+                       else pd.DataFrame(columns=["product_id", "file", "code", "severity", "message"]))
+        except (OSError, ValueError) as exc:
+            raise ReviewError(f"{self.out_dir}: not a processed output folder (run.json, phenotypes.csv, populations.csv "
+                              f"from `tilpheno process`): {exc}") from None
+        self.fmo_percentile = float(self.run.get("parameters", {}).get("fmo_percentile", 99.5))
+        self.strategies = self._strategies()
+        self.release_spec = self._release_spec()
+        self._inputs = {Path(i["path"]).name: i for i in self.run.get("inputs", [])}
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
+        self._automatic: dict[str, dict] = {}
+
+    # -- run.json ----------------------------------------------------------------------------
+    def _strategies(self) -> dict[str, Strategy]:
+        out: dict[str, Strategy] = {}
+        bundled = {}
+        for p in default_strategy_paths():
+            s = load_strategy(p)
+            bundled[s.sha256] = s
+        for entry in self.run.get("strategies", []):
+            path = Path(entry["path"])
+            strategy = None
+            if path.exists():
+                s = load_strategy(path)
+                if s.sha256 == entry["sha256"]:
+                    strategy = s
+            strategy = strategy or bundled.get(entry["sha256"])
+            if strategy is None:
+                raise ReviewError(f"{self.out_dir / 'run.json'}: strategy {path} (sha256 {entry['sha256'][:12]}...) not "
+                                  "found with the same content; the review needs the strategy the run used")
+            out[strategy.tube] = strategy
+        return out
+
+    def _release_spec(self):
+        spec = self.run.get("release_spec") or {}
+        source = spec.get("source", "built-in default")
+        if source in ("", "built-in default"):
+            return DEFAULT_SPEC
+        loaded = load_release_spec(source)
+        if spec.get("sha256") and hashlib.sha256(Path(source).read_bytes()).hexdigest() != spec["sha256"]:
+            raise ReviewError(f"release spec {source} changed since the run (sha256 differs from run.json)")
+        return loaded
+
+    # -- products ------------------------------------------------------------------------------
+    def product_ids(self) -> list[str]:
+        done = self.phenotypes[self.phenotypes.get("status", "done") == "done"] if "status" in self.phenotypes else self.phenotypes
+        return sorted(done["product_id"].astype(str))
+
+    def has_product(self, product_id: str) -> bool:
+        return product_id in set(self.product_ids())
+
+    def phenotype_row(self, product_id: str) -> dict:
+        rows = self.phenotypes[self.phenotypes["product_id"].astype(str) == product_id]
+        if rows.empty:
+            raise ReviewError(f"no product {product_id!r} in {self.out_dir}")
+        return rows.iloc[0].to_dict()
+
+    def qc_flags(self, product_id: str) -> list[dict]:
+        rows = self.qc[self.qc["product_id"].astype(str) == product_id]
+        return [dict(r) for r in rows[["file", "code", "severity", "message"]].to_dict("records")]
+
+    def til_dose_cells(self, product_id: str) -> float | None:
+        row = self.phenotype_row(product_id)
+        dose, pct = row.get("cd3_dose_cells"), row.get("cd3_pct_of_live_lymph")
+        try:
+            value = float(dose) / float(pct) * 100.0
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return value if math.isfinite(value) else None
+
+    def product_files(self, product_id: str) -> list[ProductFile]:
+        rows = self.populations_csv[self.populations_csv["product_id"].astype(str) == product_id]
+        files = rows.drop_duplicates("file")
+        if files.empty:
+            raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
+        out = []
+        for r in files.itertuples(index=False):
+            entry = self._inputs.get(r.file)
+            if entry is None:
+                raise ReviewError(f"{r.file}: not listed in {self.out_dir / 'run.json'} inputs")
+            marker = "" if not isinstance(r.fmo_marker, str) else r.fmo_marker
+            out.append(ProductFile(self._resolve(entry["path"]), r.file, entry["sha256"], r.tube, r.role, marker))
+        return out
+
+    def _resolve(self, recorded: str) -> Path:
+        p = Path(recorded)
+        candidates = [p] if p.is_absolute() else []
+        if self.inputs_dir is not None:
+            candidates.append(self.inputs_dir / p.name)
+        if not p.is_absolute():
+            candidates += [Path.cwd() / p, self.out_dir.parent / p, self.out_dir / p]
+        for c in candidates:
+            if c.is_file():
+                return c
+        raise ReviewError(f"input file {recorded} of the run not found (looked in: {', '.join(map(str, candidates))}); "
+                          "pass --inputs FOLDER")
+
+    def inputs_digest(self, product_id: str) -> list[dict]:
+        """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these)."""
+        return [{"file": f.name, "tube": f.tube, "role": f.role, "sha256": f.sha256} for f in self.product_files(product_id)]
+
+    # -- automatic gates ---------------------------------------------------------------------------
+    def automatic(self, product_id: str) -> dict:
+        """Version 1: the pipeline's own gates on each stained tube (re-run, checked against phenotypes.csv)."""
+        if product_id not in self._automatic:
+            self._automatic[product_id] = self._rerun(product_id)
+        return json.loads(json.dumps(self._automatic[product_id]))
+
+    def _rerun(self, product_id: str) -> dict:
+        from tilpheno.phenotype import PLOT_EVENTS, analyze_product
+
+        files = self.product_files(product_id)
+        rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker} for f in files])
+        result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
+                                 til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS)
+        recorded = self.phenotype_row(product_id)
+        for var in STUDY_VARIABLES:
+            a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
+            if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= REPRODUCE_TOLERANCE:
+                raise ReviewError(f"product {product_id}: re-gating gives {var} = {a:.6g}, phenotypes.csv says {b:.6g}; "
+                                  "inputs or software changed since the run, re-run `tilpheno process`")
+        by_name = {f.name: f for f in files}
+        tubes: dict[str, dict] = {}
+        for t in result.tubes:
+            name = Path(t.file).name
+            if t.role != "stain" or t.tube in tubes:
+                continue
+            if t.sha256 != by_name[name].sha256:
+                raise ReviewError(f"{name}: SHA-256 differs from run.json (the file changed since the run)")
+            tubes[t.tube] = {"file": name, "sha256": t.sha256,
+                             "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
+                             "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
+        return {"tubes": tubes}
+
+    # -- stained tubes (all events) ------------------------------------------------------------------
+    def stained(self, product_id: str) -> dict[str, StainedTube]:
+        with self._lock:
+            if product_id in self._cache:
+                self._cache.move_to_end(product_id)
+                return self._cache[product_id]
+        loaded = {}
+        for f in self.product_files(product_id):
+            if f.role != "stain" or f.tube not in self.strategies or f.tube in loaded:
+                continue
+            loaded[f.tube] = self._load(f, self.strategies[f.tube])
+        with self._lock:
+            self._cache[product_id] = loaded
+            while len(self._cache) > CACHE_PRODUCTS:
+                self._cache.popitem(last=False)
+        return loaded
+
+    def _load(self, f: ProductFile, strategy: Strategy) -> StainedTube:
+        from tilpheno.io.fcs import read_fcs
+        from tilpheno.panel import panel_from_fcs, require
+        from tilpheno.phenotype import load_tube
+
+        fcs = read_fcs(f.path)
+        if fcs.sha256 != f.sha256:
+            raise ReviewError(f"{f.path}: SHA-256 differs from run.json (the file changed since the run)")
+        detectors = require(panel_from_fcs(fcs), strategy.markers)
+        tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role)
+        pnr = dict(zip(fcs.channels["pnn"], fcs.channels["pnr"]))
+        bounds = {}
+        for dim in tube.data:
+            transform = tube.transforms[dim]
+            if isinstance(transform, Logicle):
+                bounds[dim] = (-0.5, 1.5)
+            else:
+                r = float(pnr.get(detectors.get(dim, dim), 262144.0) or 262144.0)
+                bounds[dim] = (-r, 2.0 * r)
+        fcs.events = None
+        return StainedTube(tube, strategy, bounds)
+
+
+# -- evaluating a gate set -----------------------------------------------------------------------
+
+
+def evaluate(strategy: Strategy, tube: TubeData, gates: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
+    """Population -> mask over every event of ``tube`` (each mask ANDed with its parent)."""
+    n = tube.n_events
+    masks: dict[str, np.ndarray] = {}
+    for pop in strategy.populations:
+        parent = np.ones(n, dtype=bool) if pop.parent == ROOT else masks[pop.parent]
+        if pop.method == "boolean":
+            masks[pop.name] = pop.boolean.evaluate(masks) & parent
+        elif pop.name in gates:
+            masks[pop.name] = gate_from_dict(gates[pop.name]).contains(tube.data) & parent
+        else:   # the automatic gate could not be placed (gate_failed): an empty population, as in the run
+            masks[pop.name] = np.zeros(n, dtype=bool)
+    return masks
+
+
+def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndarray]) -> list[dict]:
+    """Fast counts and percentages (no medians) for interactive previews."""
+    counts = {name: int(np.count_nonzero(m)) for name, m in masks.items()}
+    lymph = next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
+    below_lymph = _descendants(strategy, lymph)
+    rows = []
+    for pop in strategy.populations:
+        parent_count = tube.n_events if pop.parent == ROOT else counts.get(pop.parent, 0)
+        c = counts.get(pop.name, 0)
+        rows.append({"population": pop.name, "parent": pop.parent, "count": c,
+                     "pct_of_parent": 100.0 * c / parent_count if parent_count else None,
+                     "pct_of_live_lymph": (100.0 * c / counts[lymph] if lymph and counts.get(lymph) and pop.name in below_lymph
+                                           else None)})
+    return rows
+
+
+def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
+    out: set[str] = set()
+    if ancestor is None:
+        return out
+    for pop in strategy.populations:   # parents first
+        if pop.name == ancestor or pop.parent in out:
+            out.add(pop.name)
+    return out
+
+
+def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
+    """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set."""
+    stained = source.stained(product_id)
+    phenotype: dict[str, float] = {v: math.nan for v in STUDY_VARIABLES}
+    tables, all_masks = {}, {}
+    for tube_kind in sorted(stained):
+        st = stained[tube_kind]
+        gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
+        masks = evaluate(st.strategy, st.tube, gates)
+        state = SimpleNamespace(tube=st.tube, masks=masks)
+        tables[tube_kind] = (population_table(st.strategy, state) if medians
+                             else pd.DataFrame(counts_table(st.strategy, st.tube, masks)))
+        phenotype.update(tube_variables(st.strategy, state))
+        all_masks[tube_kind] = masks
+    phenotype.update(doses(phenotype, source.til_dose_cells(product_id)))
+    release = evaluate_release(source.release_spec, phenotype)
+    return Recomputed(tables, {"product_id": product_id, **phenotype}, release, overall(release), all_masks)
+
+
+# -- validating a submitted gate set ---------------------------------------------------------------
+
+
+def _number(value: Any, where: str, bounds: tuple[float, float]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GateSetError(f"{where}: {value!r} is not a number")
+    v = float(value)
+    if not math.isfinite(v):
+        raise GateSetError(f"{where}: {value!r} is not a finite number")
+    if not bounds[0] <= v <= bounds[1]:
+        raise GateSetError(f"{where}: {v:.6g} is outside the allowed range {bounds[0]:.6g} to {bounds[1]:.6g}")
+    return v
+
+
+def validate_gate(auto: Mapping, submitted: Any, where: str, bounds: Mapping[str, tuple[float, float]]) -> dict:
+    """A submitted gate checked against its automatic counterpart; returns the clean dict."""
+    if not isinstance(submitted, Mapping):
+        raise GateSetError(f"{where}: a gate must be a JSON object")
+    kind = auto["type"]
+    if submitted.get("type") != kind:
+        raise GateSetError(f"{where}: gate type must stay {kind!r} (got {submitted.get('type')!r})")
+    if kind == "range":
+        if submitted.get("dim") != auto["dim"]:
+            raise GateSetError(f"{where}: dimension must stay {auto['dim']!r}")
+        clean = {"type": "range", "dim": auto["dim"]}
+        for key in ("low", "high"):
+            if (auto[key] is None) != (submitted.get(key) is None):
+                raise GateSetError(f"{where}.{key}: must stay {'open' if auto[key] is None else 'a number'} as in the automatic gate")
+            clean[key] = None if auto[key] is None else _number(submitted[key], f"{where}.{key}", bounds[auto["dim"]])
+    elif kind == "polygon":
+        if list(submitted.get("dims") or []) != list(auto["dims"]):
+            raise GateSetError(f"{where}: dimensions must stay {auto['dims']}")
+        vertices = submitted.get("vertices")
+        if not isinstance(vertices, list) or not 3 <= len(vertices) <= MAX_VERTICES:
+            raise GateSetError(f"{where}.vertices: 3 to {MAX_VERTICES} [x, y] pairs required")
+        clean_v = []
+        for i, v in enumerate(vertices):
+            if not isinstance(v, list) or len(v) != 2:
+                raise GateSetError(f"{where}.vertices[{i}]: an [x, y] pair required")
+            clean_v.append([_number(v[j], f"{where}.vertices[{i}][{j}]", bounds[auto["dims"][j]]) for j in range(2)])
+        clean = {"type": "polygon", "dims": list(auto["dims"]), "vertices": clean_v}
+    elif kind == "ellipsoid":
+        dims = list(auto["dims"])
+        if list(submitted.get("dims") or []) != dims:
+            raise GateSetError(f"{where}: dimensions must stay {dims}")
+        mean = submitted.get("mean")
+        cov = submitted.get("covariance")
+        if not isinstance(mean, list) or len(mean) != len(dims):
+            raise GateSetError(f"{where}.mean: {len(dims)} numbers required")
+        if not isinstance(cov, list) or len(cov) != len(dims) or any(not isinstance(r, list) or len(r) != len(dims) for r in cov):
+            raise GateSetError(f"{where}.covariance: a {len(dims)}x{len(dims)} matrix required")
+        clean_cov = [[_number(x, f"{where}.covariance", (-1e12, 1e12)) for x in r] for r in cov]
+        c = np.array(clean_cov)
+        if not np.allclose(c, c.T) or np.any(np.linalg.eigvalsh((c + c.T) / 2) <= 0):
+            raise GateSetError(f"{where}.covariance: must be symmetric positive definite")
+        clean = {"type": "ellipsoid", "dims": dims,
+                 "mean": [_number(m, f"{where}.mean[{i}]", bounds[dims[i]]) for i, m in enumerate(mean)],
+                 "covariance": clean_cov,
+                 "distance_square": _number(submitted.get("distance_square"), f"{where}.distance_square",
+                                            (1e-9, MAX_DISTANCE_SQUARE))}
+    elif kind == "rectangle":
+        dims = list(auto["dims"])
+        if list(submitted.get("dims") or []) != dims:
+            raise GateSetError(f"{where}: dimensions must stay {dims}")
+        clean = {"type": "rectangle", "dims": dims, "lows": [], "highs": []}
+        for key in ("lows", "highs"):
+            vals = submitted.get(key)
+            if not isinstance(vals, list) or len(vals) != len(dims):
+                raise GateSetError(f"{where}.{key}: {len(dims)} values required")
+            for i, v in enumerate(vals):
+                if (auto[key][i] is None) != (v is None):
+                    raise GateSetError(f"{where}.{key}[{i}]: must stay {'open' if auto[key][i] is None else 'a number'}")
+                clean[key].append(None if v is None else _number(v, f"{where}.{key}[{i}]", bounds[dims[i]]))
+    else:
+        raise GateSetError(f"{where}: {kind} gates cannot be edited in the review app")
+    try:
+        gate_from_dict(clean)
+    except GatingError as exc:
+        raise GateSetError(f"{where}: {exc}") from None
+    return clean
+
+
+def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, StainedTube]) -> dict:
+    """The base version's gate set with the submitted gates replaced (each validated).
+
+    ``submitted``: ``{"tubes": {tube: {"gates": {population: gate}}}}``; tubes or populations
+    not named keep the base gates; unknown tubes or populations are refused."""
+    if not isinstance(submitted, Mapping) or not isinstance(submitted.get("tubes"), Mapping):
+        raise GateSetError("gates: a JSON object {\"tubes\": {tube: {\"gates\": {population: gate}}}} is required")
+    out = json.loads(json.dumps(base))
+    for tube_kind, entry in submitted["tubes"].items():
+        if tube_kind not in out["tubes"] or tube_kind not in stained:
+            raise GateSetError(f"gates: unknown tube {str(tube_kind)[:60]!r}; this product has {sorted(out['tubes'])}")
+        gates = entry.get("gates") if isinstance(entry, Mapping) else None
+        if not isinstance(gates, Mapping):
+            raise GateSetError(f"gates.{tube_kind}: a JSON object of population -> gate is required")
+        for pop, gate in gates.items():
+            auto = out["tubes"][tube_kind]["gates"].get(pop)
+            if auto is None:
+                raise GateSetError(f"gates.{tube_kind}: unknown or non-editable population {str(pop)[:60]!r}")
+            out["tubes"][tube_kind]["gates"][pop] = validate_gate(auto, gate, f"{tube_kind}/{pop}", stained[tube_kind].bounds)
+    return out
+
+
+def changed_gates(before: Mapping, after: Mapping) -> dict:
+    """``{tube/population: {"before": gate, "after": gate}}`` for every gate that differs."""
+    diff = {}
+    for tube_kind, entry in after["tubes"].items():
+        for pop, gate in entry["gates"].items():
+            old = before["tubes"].get(tube_kind, {}).get("gates", {}).get(pop)
+            if old != gate:
+                diff[f"{tube_kind}/{pop}"] = {"before": old, "after": gate}
+    return diff
+
+
+def check_reason(text: Any, what: str = "reason") -> str:
+    """Plain text, 3-2000 characters, no markup or control characters (refused, never stored)."""
+    if not isinstance(text, str) or len(text.strip()) < 3:
+        raise GateSetError(f"{what}: required (at least 3 characters)")
+    text = text.strip()
+    if len(text) > 2000:
+        raise GateSetError(f"{what}: at most 2000 characters")
+    if "<" in text or ">" in text:
+        raise GateSetError(f"{what}: plain text only ('<' and '>' are refused so no markup or script is stored)")
+    if any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise GateSetError(f"{what}: control characters are not allowed")
+    return text
+
+
+def release_rows(results) -> list[dict]:
+    return [{"criterion": r.criterion.name, "rule": r.criterion.describe(),
+             "value": None if math.isnan(r.value) else r.value, "outcome": r.outcome} for r in results]
+
+
+__all__ = ["ReviewSource", "GateSetError", "evaluate", "recompute", "validate_gate_set", "gates_sha256", "TilphenoError"]

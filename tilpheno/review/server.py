@@ -1,0 +1,38 @@
+"""``tilpheno serve``: open the output folder and the database, import products, run the web app."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from tilpheno.review.db import default_db_url, open_database
+from tilpheno.review.regate import ReviewSource
+from tilpheno.review.service import ReviewService
+
+log = logging.getLogger(__name__)
+
+
+def build_service(out_dir: str | Path, db_url: str | None = None, inputs_dir: str | Path | None = None,
+                  source: ReviewSource | None = None) -> ReviewService:
+    """The review service of OUT on ``db_url`` (default: the SQLite file beside OUT); ``source`` reuses a loaded OUT."""
+    source = source or ReviewSource(out_dir, inputs_dir)
+    return ReviewService(source, open_database(db_url or default_db_url(out_dir)))
+
+
+def import_all(service: ReviewService) -> None:
+    """Make version 1 (automatic gates) of every product not yet in the database; log failures."""
+    for pid in service.source.product_ids():
+        try:
+            service.ensure_imported(pid)
+        except Exception as exc:  # one product's missing input must not stop the others
+            log.warning("product %s: %s", pid, exc)
+
+
+def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, threads: int = 8) -> None:
+    """Serve the review app with waitress (a production WSGI server) until interrupted."""
+    from waitress import serve as waitress_serve
+
+    from tilpheno.review.web import create_app
+
+    threading.Thread(target=import_all, args=(service,), daemon=True, name="import-products").start()
+    waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")

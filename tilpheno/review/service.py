@@ -1,0 +1,314 @@
+"""Review operations on the database: gate-set versions, e-signatures, batch apply, approved results.
+
+Every operation runs in one transaction together with its audit entry (:mod:`audit`).
+
+* **Versions**: version 1 = the automatic gates (imported on first open). A save names the
+  version it was based on; it succeeds only if that is still the product's current version
+  (``UPDATE products SET current_version = n+1 WHERE current_version = n``; the unique
+  ``(product_id, version)`` constraint backs it), else :class:`VersionConflict`, so a concurrent
+  edit is never lost: the second writer is told who saved what and must reload.
+* **Signatures**: password re-entry (wrong passwords count towards the lock-out), a meaning
+  (``reviewed`` by anyone; ``approved for release`` and ``rejected`` by reviewers and admins),
+  UTC time, bound to the gate version and ``data_sha256`` = SHA-256 of the product id, its input
+  files' SHA-256, the strategies' SHA-256, the release spec and the gate set's SHA-256. A
+  signature is valid only while the product is still at its version and the data hash still
+  matches; any later save voids it (shown as void, never deleted).
+* **Approved version**: the version of the newest valid ``approved for release`` signature with
+  no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tilpheno.review import audit
+from tilpheno.review.auth import AuthError, check_password
+from tilpheno.review.db import ReviewError
+from tilpheno.review.models import GateSetVersion, Product, Signature, User, utcnow
+from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
+                                    validate_gate_set)
+
+MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
+            "approved for release": ("reviewer", "admin"),
+            "rejected": ("reviewer", "admin")}
+EDIT_ROLES = ("analyst", "reviewer", "admin")
+BATCH_ROLES = ("reviewer", "admin")
+
+
+class VersionConflict(ReviewError):
+    """Someone saved a newer version since the editor loaded the product (HTTP 409)."""
+
+
+class Forbidden(ReviewError):
+    """The user's role does not allow this (HTTP 403)."""
+
+
+class NotFound(ReviewError):
+    """No such product (HTTP 404)."""
+
+
+def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: int = 8):
+    """Run ``fn(db)`` in a transaction; retry when another writer took the audit chain's next number."""
+    for attempt in range(retries):
+        db = factory()
+        try:
+            result = fn(db)
+            db.commit()
+            return result
+        except (audit.ChainConflict, IntegrityError, OperationalError) as exc:
+            db.rollback()   # another writer was first (audit chain, unique version, SQLite lock): retry
+            if attempt == retries - 1:
+                if isinstance(exc, IntegrityError):
+                    raise
+                raise ReviewError("database busy: please retry") from exc
+            time.sleep(0.05 * (attempt + 1))
+        except BaseException:
+            db.rollback()
+            raise
+        finally:
+            db.close()
+
+
+def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str) -> str:
+    spec = source.release_spec
+    payload = {
+        "product_id": product_id,
+        "inputs": source.inputs_digest(product_id),
+        "strategies": {tube: s.sha256 for tube, s in sorted(source.strategies.items())},
+        "release_spec": {"name": spec.name, "criteria": [c.describe() for c in spec.criteria]},
+        "fmo_percentile": source.fmo_percentile,
+        "gate_version": version,
+        "gates_sha256": gates_digest,
+    }
+    return hashlib.sha256(audit.canonical(payload).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class SignatureView:
+    row: Signature
+    valid: bool
+    void_reason: str
+
+
+class ReviewService:
+    """The review operations over one output folder and one database."""
+
+    def __init__(self, source: ReviewSource, factory: sessionmaker):
+        self.source, self.factory = source, factory
+
+    # -- products and versions ---------------------------------------------------------------------
+    def require_product(self, product_id: str) -> None:
+        if not isinstance(product_id, str) or not self.source.has_product(product_id):
+            raise NotFound(f"no product {str(product_id)[:80]!r} in this output folder")
+
+    def ensure_imported(self, product_id: str, username: str = "system") -> Product:
+        """The product's row; on first use its automatic gates become version 1 (audited)."""
+        self.require_product(product_id)
+        with self.factory() as db:
+            product = db.get(Product, product_id)
+            if product is not None:
+                return product
+        gate_set = self.source.automatic(product_id)   # slow part outside the transaction
+        inputs = self.source.inputs_digest(product_id)
+        digest = gates_sha256(gate_set)
+
+        def add(db: Session):
+            existing = db.get(Product, product_id)
+            if existing is not None:
+                return existing
+            now = utcnow()
+            product = Product(product_id=product_id, current_version=1, inputs_json=audit.canonical(inputs),
+                              til_dose_cells=self.source.til_dose_cells(product_id), imported_at=now)
+            db.add(product)
+            db.flush()
+            db.add(GateSetVersion(product_id=product_id, version=1, based_on=None, gates_json=audit.canonical(gate_set),
+                                  gates_sha256=digest, source="automatic", reason="automatic gates of the run",
+                                  created_by="tilpheno", created_at=now))
+            audit.append(db, username, "import_product", product_id=product_id,
+                         after={"version": 1, "gates_sha256": digest, "inputs": inputs},
+                         reason="automatic gates of the run become version 1")
+            return product
+
+        try:
+            return transaction(self.factory, add)
+        except IntegrityError:   # imported concurrently by another request
+            with self.factory() as db:
+                return db.get(Product, product_id)
+
+    def versions(self, product_id: str) -> list[GateSetVersion]:
+        self.ensure_imported(product_id)
+        with self.factory() as db:
+            return list(db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == product_id)
+                                   .order_by(GateSetVersion.version)))
+
+    def version(self, product_id: str, version: int | None = None) -> GateSetVersion:
+        product = self.ensure_imported(product_id)
+        with self.factory() as db:
+            v = version if version is not None else db.get(Product, product_id).current_version
+            row = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
+                                                         GateSetVersion.version == v))
+        if row is None:
+            raise NotFound(f"product {product_id}: no gate-set version {v} (current is {product.current_version})")
+        return row
+
+    def current_version(self, product_id: str) -> int:
+        self.ensure_imported(product_id)
+        with self.factory() as db:
+            return db.get(Product, product_id).current_version
+
+    def save_version(self, product_id: str, user: User, base_version: Any, submitted: Any, reason: Any,
+                     source_label: str = "adjusted") -> GateSetVersion:
+        """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if stale."""
+        if user.role not in EDIT_ROLES:
+            raise Forbidden(f"role {user.role} cannot save gates")
+        if isinstance(base_version, bool) or not isinstance(base_version, int):
+            raise GateSetError("base_version: the version number you edited is required")
+        reason = check_reason(reason)
+        base = self.version(product_id, base_version)
+        base_set = json.loads(base.gates_json)
+        new_set = validate_gate_set(base_set, submitted, self.source.stained(product_id))
+        diff = changed_gates(base_set, new_set)
+        if not diff:
+            raise GateSetError("no gate changed: nothing to save")
+        digest = gates_sha256(new_set)
+
+        def save(db: Session):
+            moved = db.execute(update(Product).where(Product.product_id == product_id,
+                                                     Product.current_version == base_version)
+                               .values(current_version=base_version + 1)).rowcount
+            if moved != 1:
+                db.rollback()
+                raise self._conflict(db, product_id, base_version)
+            row = GateSetVersion(product_id=product_id, version=base_version + 1, based_on=base_version,
+                                 gates_json=audit.canonical(new_set), gates_sha256=digest, source=source_label,
+                                 reason=reason, created_by=user.username, created_at=utcnow())
+            db.add(row)
+            db.flush()
+            audit.append(db, user.username, "save_gates", product_id=product_id,
+                         before={"version": base_version, "gates": {k: d["before"] for k, d in diff.items()}},
+                         after={"version": base_version + 1, "gates": {k: d["after"] for k, d in diff.items()},
+                                "gates_sha256": digest},
+                         reason=reason)
+            return row
+
+        try:
+            return transaction(self.factory, save)
+        except IntegrityError:
+            with self.factory() as db:
+                raise self._conflict(db, product_id, base_version) from None
+
+    def _conflict(self, db: Session, product_id: str, base_version: int) -> VersionConflict:
+        current = db.get(Product, product_id).current_version
+        latest = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
+                                                        GateSetVersion.version == current))
+        who = f" by {latest.created_by} at {latest.created_at[:19]} UTC ({latest.reason})" if latest else ""
+        return VersionConflict(f"conflict: product {product_id} is now at version {current}{who}; you edited "
+                               f"version {base_version}. Nothing was saved: reload the product and apply your change again.")
+
+    def apply_to_batch(self, from_product: str, user: User, tube: str, population: str, targets: list,
+                       reason: Any) -> list[GateSetVersion]:
+        """Copy one gate of ``from_product``'s current version to each target's current version (a new version each)."""
+        if user.role not in BATCH_ROLES:
+            raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
+        reason = check_reason(reason)
+        if not isinstance(targets, list) or not targets:
+            raise GateSetError("products: a list of product ids is required")
+        for t in targets:
+            self.require_product(t)
+        src = self.version(from_product)
+        gate = json.loads(src.gates_json)["tubes"].get(tube, {}).get("gates", {}).get(population)
+        if gate is None:
+            raise GateSetError(f"{tube}/{population}: no such gate in {from_product}")
+        saved = []
+        for t in targets:
+            if t == from_product:
+                continue
+            base = self.current_version(t)
+            saved.append(self.save_version(
+                t, user, base, {"tubes": {tube: {"gates": {population: gate}}}},
+                f"{reason} (gate {tube}/{population} applied from {from_product} v{src.version})",
+                source_label=f"batch from {from_product} v{src.version}"))
+        return saved
+
+    # -- signatures --------------------------------------------------------------------------------
+    def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,
+             comment: Any = "") -> Signature:
+        if meaning not in MEANINGS:
+            raise GateSetError(f"meaning: one of {', '.join(MEANINGS)}")
+        current = self.version(product_id)
+        if version != current.version:
+            raise VersionConflict(f"conflict: you are signing version {version} but product {product_id} is at version "
+                                  f"{current.version}; reload and review the current gates before signing")
+        flags = [f for f in self.source.qc_flags(product_id) if f["severity"] in ("warning", "error")]
+        resolutions = qc_resolutions if isinstance(qc_resolutions, dict) else {}
+        clean_res = {}
+        if meaning == "approved for release":
+            for i, f in enumerate(flags):
+                key = f"{f['code']}:{f['file']}:{i}"
+                clean_res[key] = check_reason(resolutions.get(key), f"resolution of QC flag {f['code']} ({f['file']})")
+        comment = "" if comment in (None, "") else check_reason(comment, "comment")
+        if not isinstance(password, str) or not password:
+            raise AuthError("password: re-enter your password to sign")
+        gates_digest = current.gates_sha256
+        data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
+
+        def do(db: Session):
+            user = db.get(User, user_id)
+            try:
+                check_password(db, user, password)
+            except AuthError as exc:
+                audit.append(db, user.username, "signature_refused", product_id=product_id, reason=str(exc))
+                db.commit()
+                raise
+            if user.role not in MEANINGS[meaning]:
+                raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
+            if db.get(Product, product_id).current_version != current.version:
+                raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
+            at = utcnow()
+            content = {"product_id": product_id, "version": current.version, "meaning": meaning, "username": user.username,
+                       "full_name": user.full_name, "signed_at": at, "data_sha256": data_digest,
+                       "gates_sha256": gates_digest, "qc_resolutions": clean_res, "comment": comment}
+            sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
+                            full_name=user.full_name, role=user.role, signed_at=at, data_sha256=data_digest,
+                            gates_sha256=gates_digest, qc_resolutions_json=audit.canonical(clean_res), comment=comment,
+                            signature_sha256=hashlib.sha256(audit.canonical(content).encode()).hexdigest())
+            db.add(sig)
+            db.flush()
+            audit.append(db, user.username, "sign", product_id=product_id, after=content,
+                         reason=comment or meaning)
+            return sig
+
+        return transaction(self.factory, do)
+
+    def signatures(self, product_id: str) -> list[SignatureView]:
+        current = self.version(product_id)
+        data_now = data_sha256(self.source, product_id, current.version, current.gates_sha256)
+        with self.factory() as db:
+            rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
+        out = []
+        for s in rows:
+            if s.version != current.version:
+                out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
+            elif s.data_sha256 != data_now:
+                out.append(SignatureView(s, False, "void: input data, strategy or release spec changed after signing"))
+            else:
+                out.append(SignatureView(s, True, ""))
+        return out
+
+    def approved_version(self, product_id: str) -> GateSetVersion | None:
+        state = None
+        for view in self.signatures(product_id):
+            if not view.valid:
+                continue
+            if view.row.meaning == "approved for release":
+                state = view.row.version
+            elif view.row.meaning == "rejected":
+                state = None
+        return self.version(product_id, state) if state is not None else None

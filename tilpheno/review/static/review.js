@@ -1,0 +1,352 @@
+// tilpheno review page: draw each editable gate over its parent's events, let the reviewer drag it,
+// ask the server to recompute counts and % from every event, save with a reason, sign.
+// All text from the server is inserted with textContent (never as HTML).
+"use strict";
+(function () {
+  const app = document.getElementById("app");
+  if (!app) return;
+  const csrf = app.dataset.csrf;
+  const W = 300, H = 240, L = 40, R = 6, T = 6, B = 22;
+  const SVGNS = "http://www.w3.org/2000/svg";
+  let S = null;          // state from the server
+  let draft = null;      // {tube: {pop: gate}}
+  let previewSeq = 0, lastShown = 0, inFlight = false, lastSent = 0, pending = false;
+
+  const $ = (id) => document.getElementById(id);
+  const key = (tube, pop) => tube + "|" + pop;
+  const clone = (x) => JSON.parse(JSON.stringify(x));
+  const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "NA" : Number(v).toFixed(d);
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function sv(tag, attrs) {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    return e;
+  }
+  function message(text, ok) {
+    const m = $("message");
+    m.textContent = text;
+    m.className = "message " + (ok ? "ok" : "bad");
+  }
+
+  async function api(url, body) {
+    const opts = body === undefined ? { credentials: "same-origin" } : {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(body),
+    };
+    const resp = await fetch(url, opts);
+    let data = {};
+    try { data = await resp.json(); } catch (e) { data = { error: "HTTP " + resp.status }; }
+    return { status: resp.status, data };
+  }
+
+  async function load() {
+    const r = await api(app.dataset.state);
+    if (r.status !== 200) { message(r.data.error || "could not load the product", false); return; }
+    S = r.data;
+    draft = {};
+    for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
+    $("version-badge").textContent = "gate version " + S.current_version;
+    $("approved-badge").textContent = S.approved_version ? "approved: version " + S.approved_version : "not approved";
+    $("spec-name").textContent = S.release.spec;
+    renderPlots(S.plots, S.populations.current);
+    renderTables(S.populations.current, S.release.current, S.release.current_status);
+    renderQC(); renderSignatures(); renderVersions(); renderApply();
+  }
+
+  // ---- plots -------------------------------------------------------------------------------------
+  function scales(p) {
+    const [x0, x1] = p.ranges[0];
+    const [y0, y1] = p.ranges.length > 1 ? p.ranges[1] : [0, 1];
+    return {
+      px: (x) => L + (x - x0) / (x1 - x0) * (W - L - R),
+      py: (y) => H - B - (y - y0) / (y1 - y0) * (H - B - T),
+      ix: (px) => x0 + (px - L) / (W - L - R) * (x1 - x0),
+      iy: (py) => y0 + (H - B - py) / (H - B - T) * (y1 - y0),
+    };
+  }
+
+  function renderPlots(plots, tables) {
+    const box = $("plots");
+    box.textContent = "";
+    for (const p of plots) {
+      const card = el("div", { class: "plot", "data-plot": key(p.tube, p.population) });
+      card.appendChild(el("h3", {}, p.tube + ": " + p.population + " (of " + p.parent + ") on " + p.dims.join(" vs ")));
+      card.appendChild(el("div", { class: "pct", "data-pct": key(p.tube, p.population) }, ""));
+      const stack = el("div", { class: "stack" });
+      const canvas = el("canvas", { width: W, height: H });
+      const svg = sv("svg", { width: W, height: H, "data-svg": key(p.tube, p.population) });
+      stack.appendChild(canvas); stack.appendChild(svg); card.appendChild(stack);
+      box.appendChild(card);
+      drawEvents(canvas, p);
+      p._svg = svg;
+      drawOverlay(p);
+    }
+    S.plots = plots;
+    updatePlotLabels(tables);
+  }
+
+  function drawEvents(canvas, p) {
+    const ctx = canvas.getContext("2d");
+    const s = scales(p);
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
+    if (p.dims.length === 1) {
+      const xs = p.events[0], bins = 80, counts = new Array(bins).fill(0);
+      const [x0, x1] = p.ranges[0];
+      for (const x of xs) { const b = Math.floor((x - x0) / (x1 - x0) * bins); if (b >= 0 && b < bins) counts[b]++; }
+      const m = Math.max(1, ...counts);
+      ctx.fillStyle = "#5b7fa8";
+      for (let b = 0; b < bins; b++) {
+        const h = counts[b] / m * (H - B - T);
+        ctx.fillRect(s.px(x0 + b * (x1 - x0) / bins), H - B - h, (W - L - R) / bins, h);
+      }
+    } else {
+      ctx.fillStyle = "rgba(40, 70, 120, 0.35)";
+      const xs = p.events[0], ys = p.events[1];
+      for (let i = 0; i < xs.length; i++) ctx.fillRect(s.px(xs[i]), s.py(ys[i]), 1.6, 1.6);
+    }
+    ctx.strokeStyle = "#444"; ctx.beginPath(); ctx.moveTo(L, T); ctx.lineTo(L, H - B); ctx.lineTo(W - R, H - B); ctx.stroke();
+  }
+
+  function ellipsePoints(g, s) {
+    const [[a, b], [, c]] = g.covariance;
+    const l11 = Math.sqrt(a), l21 = b / l11, l22 = Math.sqrt(Math.max(c - l21 * l21, 1e-300));
+    const r = Math.sqrt(g.distance_square), pts = [];
+    for (let i = 0; i <= 64; i++) {
+      const t = 2 * Math.PI * i / 64, u = Math.cos(t) * r, v = Math.sin(t) * r;
+      pts.push([s.px(g.mean[0] + l11 * u), s.py(g.mean[1] + l21 * u + l22 * v)]);
+    }
+    return { pts, rim: [g.mean[0] + l11 * r, g.mean[1] + l21 * r], l: [l11, l21, l22] };
+  }
+
+  function shape(g, s, cls) {
+    if (g.type === "range") {
+      const grp = sv("g", { class: cls });
+      for (const k of ["low", "high"]) {
+        if (g[k] === null) continue;
+        grp.appendChild(sv("line", { x1: s.px(g[k]), x2: s.px(g[k]), y1: T, y2: H - B, class: cls }));
+      }
+      return grp;
+    }
+    if (g.type === "polygon") {
+      return sv("polygon", { points: g.vertices.map((v) => s.px(v[0]) + "," + s.py(v[1])).join(" "), class: cls });
+    }
+    if (g.type === "ellipsoid") {
+      return sv("polygon", { points: ellipsePoints(g, s).pts.map((q) => q.join(",")).join(" "), class: cls });
+    }
+    return sv("g", {});
+  }
+
+  function drawOverlay(p) {
+    const svg = p._svg, s = scales(p), g = draft[p.tube][p.population];
+    svg.textContent = "";
+    const [x0, x1] = p.ranges[0];
+    const tx = sv("text", { x: L, y: H - 6, class: "axis" }); tx.textContent = fmt(x0, 2); svg.appendChild(tx);
+    const tx2 = sv("text", { x: W - R - 60, y: H - 6, class: "axis" }); tx2.textContent = p.dims[0] + " " + fmt(x1, 2); svg.appendChild(tx2);
+    if (p.dims.length > 1) {
+      const ty = sv("text", { x: 2, y: T + 10, class: "axis" }); ty.textContent = p.dims[1]; svg.appendChild(ty);
+    }
+    if (p.automatic) svg.appendChild(shape(p.automatic, s, "auto"));
+    svg.appendChild(shape(g, s, "draft"));
+    const h = (name, attrs) => {
+      const e = sv(attrs.tag || "circle", Object.assign({ class: "handle", "data-handle": key(p.tube, p.population) + "|" + name }, attrs));
+      e.addEventListener("pointerdown", (ev) => startDrag(ev, p, name));
+      svg.appendChild(e);
+    };
+    if (g.type === "range") {
+      for (const k of ["low", "high"]) {
+        if (g[k] === null) continue;
+        h(k, { tag: "line", x1: s.px(g[k]), x2: s.px(g[k]), y1: T, y2: H - B, class: "line-handle" });
+        h(k + "-knob", { cx: s.px(g[k]), cy: T + 12, r: 6 });
+      }
+    } else if (g.type === "polygon") {
+      g.vertices.forEach((v, i) => h("v" + i, { cx: s.px(v[0]), cy: s.py(v[1]), r: 5 }));
+    } else if (g.type === "ellipsoid") {
+      const e = ellipsePoints(g, s);
+      h("centre", { cx: s.px(g.mean[0]), cy: s.py(g.mean[1]), r: 6 });
+      h("rim", { cx: s.px(e.rim[0]), cy: s.py(e.rim[1]), r: 5 });
+    }
+  }
+
+  function clamp(v, b) { return Math.min(b[1], Math.max(b[0], v)); }
+
+  function startDrag(ev, p, name) {
+    ev.preventDefault();
+    const s = scales(p), svg = p._svg, g = draft[p.tube][p.population];
+    const rect = () => svg.getBoundingClientRect();
+    const start = { x: ev.clientX, y: ev.clientY, mean: g.mean ? g.mean.slice() : null };
+    const move = (e) => {
+      const r = rect(), x = s.ix(e.clientX - r.left), y = s.iy(e.clientY - r.top);
+      if (g.type === "range") {
+        g[name.startsWith("low") ? "low" : "high"] = clamp(x, p.bounds[0]);
+      } else if (g.type === "polygon") {
+        g.vertices[Number(name.slice(1))] = [clamp(x, p.bounds[0]), clamp(y, p.bounds[1])];
+      } else if (g.type === "ellipsoid" && name === "centre") {
+        const dx = s.ix(e.clientX - r.left) - s.ix(start.x - r.left), dy = s.iy(e.clientY - r.top) - s.iy(start.y - r.top);
+        g.mean = [clamp(start.mean[0] + dx, p.bounds[0]), clamp(start.mean[1] + dy, p.bounds[1])];
+      } else if (g.type === "ellipsoid") {
+        const [[a, b], [, c]] = g.covariance, det = a * c - b * b;
+        const dx = x - g.mean[0], dy = y - g.mean[1];
+        g.distance_square = Math.min(100, Math.max(1e-6, (c * dx * dx - 2 * b * dx * dy + a * dy * dy) / det));
+      }
+      drawOverlay(p);
+      schedulePreview(false);
+    };
+    const up = () => {
+      document.removeEventListener("pointermove", move);
+      document.removeEventListener("pointerup", up);
+      schedulePreview(true);
+    };
+    document.addEventListener("pointermove", move);
+    document.addEventListener("pointerup", up);
+  }
+
+  function draftBody() {
+    const tubes = {};
+    for (const [tube, gates] of Object.entries(draft)) tubes[tube] = { gates };
+    return { tubes };
+  }
+
+  function schedulePreview(final) {
+    const now = Date.now();
+    if (!final && (inFlight || now - lastSent < 100)) { pending = true; return; }
+    sendPreview(final);
+  }
+
+  async function sendPreview(final) {
+    const seq = ++previewSeq;
+    inFlight = true; lastSent = Date.now(); pending = false;
+    const r = await api(app.dataset.preview, { gates: draftBody(), plots: final });
+    inFlight = false;
+    if (seq < lastShown) return;
+    lastShown = seq;
+    if (r.status !== 200) { message(r.data.error || "preview failed", false); return; }
+    renderTables(r.data.populations, r.data.release, r.data.release_status);
+    if (final && r.data.plots) { renderPlots(r.data.plots, r.data.populations); }
+    if (pending) schedulePreview(true);
+  }
+
+  // ---- tables -------------------------------------------------------------------------------------------
+  function rowsBy(tables) {
+    const out = {};
+    for (const [tube, rows] of Object.entries(tables)) for (const r of rows) out[key(tube, r.population)] = r;
+    return out;
+  }
+
+  function updatePlotLabels(currentTables) {
+    const auto = rowsBy(S.populations.automatic), cur = rowsBy(currentTables);
+    for (const e of document.querySelectorAll("[data-pct]")) {
+      const a = auto[e.dataset.pct], c = cur[e.dataset.pct];
+      if (!a || !c) continue;
+      e.textContent = "automatic " + fmt(a.pct_of_parent) + "% (n=" + a.count + ")  ->  draft " + fmt(c.pct_of_parent) + "% (n=" + c.count + ")";
+    }
+  }
+
+  function renderTables(currentTables, release, status) {
+    const auto = rowsBy(S.populations.automatic), cur = rowsBy(currentTables);
+    const t = el("table", { class: "grid", id: "population-table" });
+    const head = el("tr");
+    for (const h of ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent", "draft % live lymph"]) head.appendChild(el("th", {}, h));
+    t.appendChild(head);
+    for (const [k, c] of Object.entries(cur)) {
+      const a = auto[k] || {};
+      const tr = el("tr", { "data-row": k });
+      if (a.count !== c.count) tr.className = "changed";
+      for (const v of [k, a.count, fmt(a.pct_of_parent), c.count, fmt(c.pct_of_parent), fmt(c.pct_of_live_lymph)]) tr.appendChild(el("td", {}, String(v)));
+      t.appendChild(tr);
+    }
+    const box = $("populations"); box.textContent = ""; box.appendChild(t);
+    const rt = el("table", { class: "grid", id: "release-table" });
+    const rh = el("tr");
+    for (const h of ["criterion", "rule", "draft value", "outcome"]) rh.appendChild(el("th", {}, h));
+    rt.appendChild(rh);
+    for (const r of release) {
+      const tr = el("tr");
+      for (const v of [r.criterion, r.rule, fmt(r.value), r.outcome]) tr.appendChild(el("td", {}, String(v)));
+      rt.appendChild(tr);
+    }
+    const rb = $("release"); rb.textContent = "";
+    rb.appendChild(el("p", { id: "release-status" }, "draft release status: " + status + " (automatic: " + S.release.automatic_status + ")"));
+    rb.appendChild(rt);
+    updatePlotLabels(currentTables);
+  }
+
+  function warningFlags() { return S.qc_flags.filter((f) => f.severity === "warning" || f.severity === "error"); }
+
+  function renderQC() {
+    const box = $("qc"); box.textContent = "";
+    if (!S.qc_flags.length) { box.appendChild(el("p", {}, "none")); }
+    for (const f of S.qc_flags) box.appendChild(el("p", {}, f.severity + " " + f.code + " (" + f.file + "): " + f.message));
+    const res = $("resolutions"); res.textContent = "";
+    warningFlags().forEach((f, i) => {
+      const lab = el("label", {}, "Resolution of " + f.code + " (" + f.file + ") (required to approve)");
+      lab.appendChild(el("input", { "data-resolution": f.code + ":" + f.file + ":" + i, maxlength: "2000" }));
+      res.appendChild(lab);
+    });
+  }
+
+  function renderSignatures() {
+    const box = $("signatures"); box.textContent = "";
+    if (!S.signatures.length) box.appendChild(el("p", {}, "none yet"));
+    for (const s of S.signatures) {
+      const p = el("p", { class: s.valid ? "valid" : "void", "data-signature": s.id });
+      p.textContent = s.full_name + " (" + s.username + ", " + s.role + "): " + s.meaning + ", version " + s.version +
+        ", " + s.signed_at.slice(0, 19).replace("T", " ") + " UTC, data " + s.data_sha256.slice(0, 12) + "... " +
+        (s.valid ? "VALID" : "VOID - " + s.void_reason);
+      box.appendChild(p);
+    }
+  }
+
+  function renderVersions() {
+    const box = $("versions"); box.textContent = "";
+    for (const v of S.versions.slice().reverse()) {
+      box.appendChild(el("p", { "data-version": v.version }, "v" + v.version + " (" + v.source + ") by " + v.created_by + ", " +
+        v.created_at.slice(0, 19).replace("T", " ") + " UTC: " + v.reason));
+    }
+  }
+
+  function renderApply() {
+    const sel = $("apply-gate");
+    if (!sel) return;
+    sel.textContent = "";
+    for (const p of S.plots) sel.appendChild(el("option", { value: key(p.tube, p.population) }, p.tube + ": " + p.population));
+  }
+
+  // ---- forms ---------------------------------------------------------------------------------------------
+  $("save-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const r = await api(app.dataset.save, { base_version: S.current_version, gates: draftBody(), reason: $("reason").value });
+    if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); message(r.data.message, true); }
+    else message(r.data.error || ("save failed: HTTP " + r.status), false);
+  });
+  $("reset-button").addEventListener("click", () => {
+    for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
+    schedulePreview(true);
+  });
+  $("sign-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const res = {};
+    for (const e of document.querySelectorAll("[data-resolution]")) if (e.value) res[e.dataset.resolution] = e.value;
+    const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
+      password: $("sign-password").value, qc_resolutions: res, comment: $("comment").value });
+    $("sign-password").value = "";
+    if (r.status === 201) { await load(); message(r.data.message, true); }
+    else message(r.data.error || ("signature failed: HTTP " + r.status), false);
+  });
+  const applyForm = $("apply-form");
+  if (applyForm) applyForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const [tube, population] = $("apply-gate").value.split("|");
+    const products = Array.from($("apply-products").selectedOptions).map((o) => o.value);
+    const r = await api(app.dataset.apply, { tube, population, products, reason: $("apply-reason").value });
+    message(r.data.message || r.data.error || ("HTTP " + r.status), r.status === 201);
+  });
+
+  load();
+})();

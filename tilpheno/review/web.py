@@ -1,0 +1,371 @@
+"""The review web application (Flask; served by waitress in ``tilpheno serve``).
+
+Security model (stated in the README too):
+
+* Session: a random token in the cookie ``tilpheno_session`` (httpOnly, SameSite=Strict,
+  Secure under HTTPS); the database keeps its SHA-256. A cookie that matches no live session
+  (tampered, expired, logged out) gets 401 "session invalid or expired". A new session is made
+  at login (no session fixation).
+* CSRF: every POST must carry the session's CSRF token (header ``X-CSRF-Token`` or form field
+  ``csrf_token``), else 403 and nothing happens.
+* Input: product ids must name a product of the output folder (404 otherwise); reasons are plain
+  text (no ``<``/``>``); gates are validated (:mod:`regate`); bodies are JSON of at most 1 MiB.
+  Every page is autoescaped Jinja2 with a Content-Security-Policy allowing only this server's own
+  script and style files, so nothing a user typed can run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import wraps
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from tilpheno.review import audit
+from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
+from tilpheno.review.db import ReviewError
+from tilpheno.review.models import LoginSession, User
+from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
+from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
+
+COOKIE = "tilpheno_session"
+PLOT_POINTS = 2500
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+STATUS = {NotFound: 404, Forbidden: 403, VersionConflict: 409, GateSetError: 400, AuthError: 403}
+
+
+def create_app(service: ReviewService) -> Flask:
+    app = Flask(__name__, template_folder=str(Path(__file__).with_name("templates")),
+                static_folder=str(Path(__file__).with_name("static")))
+    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    app.extensions["tilpheno_review"] = service
+    factory = service.factory
+
+    # -- sessions, CSRF, headers -----------------------------------------------------------------
+    @app.before_request
+    def _session():
+        token = request.cookies.get(COOKIE)
+        g.user, g.new_token = None, None
+        with factory() as db:
+            g.sess = find_session(db, token)
+            if g.sess is not None and g.sess.user_id is not None:
+                g.user = db.get(User, g.sess.user_id)
+                if g.user is not None and not g.user.active:
+                    g.user = None
+        g.bad_cookie = token is not None and g.sess is None
+        if g.bad_cookie and request.endpoint not in ("login", "static", "healthz"):
+            return _error(401, "session invalid or expired: log in again")
+        if request.method == "POST" and request.endpoint != "static":
+            sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")
+            if not csrf_ok(g.sess, sent):
+                return _error(403, "CSRF token missing or wrong: reload the page and try again (nothing was changed)")
+
+    @app.after_request
+    def _headers(resp: Response):
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Cache-Control"] = "no-store"
+        if g.get("new_token"):
+            resp.set_cookie(COOKIE, g.new_token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
+        return resp
+
+    def _error(status: int, message: str):
+        if request.path.startswith("/api/") or request.method == "POST" or not request.accept_mimetypes.accept_html:
+            return jsonify(error=message), status
+        return render_template("error.html", status=status, message=message, user=g.get("user")), status
+
+    @app.errorhandler(ReviewError)
+    def _review_error(exc: ReviewError):
+        return _error(next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400), str(exc))
+
+    @app.errorhandler(AuthError)
+    def _auth_error(exc: AuthError):
+        return _error(403, f"signature refused: {exc}")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    def login_required(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            if g.user is None:
+                if g.bad_cookie:
+                    return _error(401, "session invalid or expired: log in again")
+                if request.path.startswith("/api/") or request.method == "POST":
+                    return _error(401, "not logged in")
+                return redirect(url_for("login", next=request.path))
+            return view(*args, **kwargs)
+        return wrapped
+
+    def anonymous_csrf() -> str:
+        if g.sess is None:
+            def make(db):
+                token, row = new_session(db, None)
+                return token, row
+            token, row = transaction(factory, make)
+            g.new_token, g.sess = token, row
+        return g.sess.csrf_token
+
+    def body() -> dict:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise GateSetError("request body: a JSON object is required")
+        return data
+
+    # -- login -----------------------------------------------------------------------------------------
+    @app.get("/login")
+    def login():
+        return render_template("login.html", csrf=anonymous_csrf(), error="", next=_safe_next(request.args.get("next")))
+
+    @app.post("/login")
+    def login_post():
+        username = str(request.form.get("username", ""))[:64]
+        password = str(request.form.get("password", ""))
+
+        def attempt(db):
+            user = db.query(User).filter(User.username == username).one_or_none()
+            try:
+                check_password(db, user, password)
+            except AuthError as exc:
+                audit.append(db, username or "-", "login_failed", reason=str(exc))
+                return None, str(exc)
+            old = db.get(LoginSession, g.sess.token_sha256)
+            if old is not None:
+                db.delete(old)
+            token, _row = new_session(db, user.id)
+            audit.append(db, user.username, "login")
+            return token, ""
+
+        token, problem = transaction(factory, attempt)
+        if token is None:
+            return render_template("login.html", csrf=g.sess.csrf_token, error=problem,
+                                   next=_safe_next(request.form.get("next"))), 401
+        g.new_token = token
+        return redirect(_safe_next(request.form.get("next")) or url_for("index"))
+
+    @app.post("/logout")
+    @login_required
+    def logout():
+        def out(db):
+            row = db.get(LoginSession, g.sess.token_sha256)
+            if row is not None:
+                db.delete(row)
+            audit.append(db, g.user.username, "logout")
+        transaction(factory, out)
+        resp = redirect(url_for("login"))
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
+
+    # -- pages -----------------------------------------------------------------------------------------
+    @app.get("/")
+    @login_required
+    def index():
+        rows = []
+        for pid in service.source.product_ids():
+            row = service.source.phenotype_row(pid)
+            approved = service.approved_version(pid)
+            rows.append({"id": pid, "version": service.current_version(pid),
+                         "approved": approved.version if approved else None,
+                         "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
+        return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
+                               out_dir=str(service.source.out_dir))
+
+    @app.get("/products/<path:product_id>")
+    @login_required
+    def product_page(product_id: str):
+        service.require_product(product_id)
+        others = [p for p in service.source.product_ids() if p != product_id]
+        return render_template("product.html", product_id=product_id, user=g.user, csrf=g.sess.csrf_token,
+                               others=others, tubes=sorted(service.source.strategies), can_approve=g.user.role in ("reviewer", "admin"))
+
+    # -- API ---------------------------------------------------------------------------------------------
+    @app.get("/api/products/<path:product_id>/state")
+    @login_required
+    def state(product_id: str):
+        service.require_product(product_id)
+        current = service.version(product_id)
+        automatic = service.version(product_id, 1)
+        cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
+        auto_res = recompute(service.source, product_id, auto_set, medians=False)
+        cur_res = recompute(service.source, product_id, cur_set, medians=False)
+        approved = service.approved_version(product_id)
+        return jsonify({
+            "product_id": product_id,
+            "current_version": current.version,
+            "approved_version": approved.version if approved else None,
+            "versions": [{"version": v.version, "based_on": v.based_on, "source": v.source, "reason": v.reason,
+                          "created_by": v.created_by, "created_at": v.created_at, "gates_sha256": v.gates_sha256}
+                         for v in service.versions(product_id)],
+            "automatic": auto_set, "current": cur_set,
+            "plots": _plots(service, product_id, cur_set, auto_set),
+            "populations": {"automatic": _tables(auto_res), "current": _tables(cur_res)},
+            "phenotype": {"automatic": _clean(auto_res.phenotype), "current": _clean(cur_res.phenotype)},
+            "release": {"automatic": release_rows(auto_res.release), "automatic_status": auto_res.release_status,
+                        "current": release_rows(cur_res.release), "current_status": cur_res.release_status,
+                        "spec": service.source.release_spec.name},
+            "qc_flags": service.source.qc_flags(product_id),
+            "signatures": [_signature(v) for v in service.signatures(product_id)],
+        })
+
+    @app.post("/api/products/<path:product_id>/preview")
+    @login_required
+    def preview(product_id: str):
+        service.require_product(product_id)
+        data = body()
+        current = service.version(product_id)
+        stained = service.source.stained(product_id)
+        draft = validate_gate_set(json.loads(current.gates_json), data.get("gates"), stained)
+        res = recompute(service.source, product_id, draft, medians=False)
+        out = {"populations": _tables(res), "phenotype": _clean(res.phenotype), "release": release_rows(res.release),
+               "release_status": res.release_status}
+        if data.get("plots"):
+            out["plots"] = _plots(service, product_id, draft, json.loads(service.version(product_id, 1).gates_json))
+        return jsonify(out)
+
+    @app.post("/api/products/<path:product_id>/versions")
+    @login_required
+    def save(product_id: str):
+        service.require_product(product_id)
+        data = body()
+        row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"))
+        return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
+                        "message": f"saved version {row.version} of {product_id}"}), 201
+
+    @app.post("/api/products/<path:product_id>/sign")
+    @login_required
+    def sign(product_id: str):
+        service.require_product(product_id)
+        data = body()
+        sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
+                           data.get("qc_resolutions"), data.get("comment", ""))
+        return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'", "signature_sha256": sig.signature_sha256}), 201
+
+    @app.post("/api/products/<path:product_id>/apply")
+    @login_required
+    def apply(product_id: str):
+        service.require_product(product_id)
+        data = body()
+        rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"), data.get("products"),
+                                      data.get("reason"))
+        return jsonify({"message": f"applied to {len(rows)} product(s): " +
+                        ", ".join(f"{r.product_id} v{r.version}" for r in rows)}), 201
+
+    # -- downloads ----------------------------------------------------------------------------------------
+    @app.get("/products/<path:product_id>/certificate.pdf")
+    @login_required
+    def certificate(product_id: str):
+        from tilpheno.review.certificate import certificate_pdf
+
+        service.require_product(product_id)
+        pdf = certificate_pdf(service, product_id)
+        transaction(factory, lambda db: audit.append(db, g.user.username, "certificate", product_id=product_id))
+        return Response(pdf, mimetype="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="certificate_{_ascii(product_id)}.pdf"'})
+
+    @app.get("/products/<path:product_id>/gates/<tube>.xml")
+    @login_required
+    def gatingml(product_id: str, tube: str):
+        from tilpheno.review.export import approved_gatingml
+
+        service.require_product(product_id)
+        text = approved_gatingml(service, product_id, tube)
+        return Response(text, mimetype="application/xml",
+                        headers={"Content-Disposition": f'attachment; filename="gates_{_ascii(product_id)}_{_ascii(tube)}.xml"'})
+
+    @app.get("/export/<any(phenotypes, populations):table>.csv")
+    @login_required
+    def export_table(table: str):
+        from tilpheno.review.export import approved_tables
+
+        phenotypes, populations = approved_tables(service)
+        frame = phenotypes if table == "phenotypes" else populations
+        return Response(frame.to_csv(index=False), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{table}_approved.csv"'})
+
+    @app.get("/audit.csv")
+    @login_required
+    def audit_csv():
+        if g.user.role not in ("reviewer", "admin"):
+            raise Forbidden(f"role {g.user.role} cannot export the audit trail")
+        with factory() as db:
+            text = audit.export_csv(db)
+        return Response(text, mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True)
+
+    return app
+
+
+def _safe_next(value) -> str:
+    value = str(value or "")
+    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else ""
+
+
+def _ascii(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:80]
+
+
+def _num(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return None if math.isnan(f) or math.isinf(f) else f
+
+
+def _clean(d: dict) -> dict:
+    return {k: _num(v) if k != "product_id" else v for k, v in d.items()}
+
+
+def _tables(res) -> dict:
+    return {tube: [{k: _num(v) if k not in ("population", "parent") else v for k, v in row.items()}
+                   for row in table.to_dict("records")] for tube, table in res.populations.items()}
+
+
+def _signature(view) -> dict:
+    s = view.row
+    return {"id": s.id, "version": s.version, "meaning": s.meaning, "username": s.username, "full_name": s.full_name,
+            "role": s.role, "signed_at": s.signed_at, "data_sha256": s.data_sha256, "valid": view.valid,
+            "void_reason": view.void_reason}
+
+
+def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
+    """One plot per editable gate: a subsample of its parent's events (under ``gate_set``) and axis ranges."""
+    out = []
+    for tube_kind, st in sorted(service.source.stained(product_id).items()):
+        gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
+        masks = evaluate(st.strategy, st.tube, gates)
+        for pop in st.strategy.populations:
+            if pop.name not in gates:
+                continue
+            gate = gates[pop.name]
+            dims = [gate["dim"]] if gate["type"] == "range" else list(gate["dims"])
+            parent = masks[pop.parent] if pop.parent in masks else np.ones(st.tube.n_events, dtype=bool)
+            index = np.flatnonzero(parent)
+            if index.size > PLOT_POINTS:
+                index = index[:: -(-index.size // PLOT_POINTS)]
+            coords, ranges = [], []
+            for d in dims:
+                values = st.tube.data[d]
+                shown = values[index]
+                finite = values[parent & np.isfinite(values)] if index.size else values[np.isfinite(values)]
+                lo, hi = (np.percentile(finite, [0.2, 99.8]) if finite.size else (0.0, 1.0))
+                span = (hi - lo) or 1.0
+                lo, hi = lo - 0.08 * span, hi + 0.08 * span
+                lo, hi = max(lo, st.bounds[d][0]), min(hi, st.bounds[d][1])
+                decimals = max(0, 4 - int(math.floor(math.log10(max(hi - lo, 1e-12)))))   # ~1/10000 of the axis
+                coords.append(np.round(shown, decimals).tolist())
+                ranges.append([float(lo), float(hi)])
+            out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
+                        "dims": dims, "events": coords, "ranges": ranges,
+                        "bounds": [list(st.bounds[d]) for d in dims],
+                        "automatic": auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)})
+    return out
