@@ -512,7 +512,7 @@ def density_plot(
     _draw_gate(ax, gate, xaxis.dim, yaxis.dim, colour)
     label = _text(ax, 0, 0, f"{population} {pct_of_parent:.1f}%", colour, gid="tp-label")
     _place(ax, label, _gate_label_candidates(gate, xaxis.dim, yaxis.dim, xlim, ylim), _grid_cover(counts, xlim, ylim),
-           slack=0.005 * float(counts.sum()))
+           slack=0.02 * float(counts.sum()))   # next to its gate unless that hides 2 % more events
     _title(fig, ax, title)
     return _svg(fig, alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_of_parent:.1f}%")
 
