@@ -97,7 +97,12 @@ def test_preview_changes_pct_and_save_needs_a_reason(app, service):
                                   "script_reason", "out_of_range", "analyst_approves", "bad_password", "not_json"])
 def test_bad_requests_are_refused_and_store_nothing(app, service, case):
     c, h, _ = login(app, "bob" if case == "analyst_approves" else "alice")
-    state, body = cd3_body(c, 0.01)
+    current = service.version(PID)
+    gate = json.loads(current.gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] += 0.01
+    state = {"current_version": current.version}
+    body = {"base_version": current.version, "gates": {"tubes": {"surface": {"gates": {"CD3+": gate}}}},
+            "reason": "dim tail trimmed"}
     url, payload, headers = f"/api/products/{PID}/versions", body, h
     expect = {"tampered_cookie": (401, "session invalid or expired"), "no_csrf": (403, "CSRF token missing or wrong"),
               "wrong_csrf": (403, "CSRF token missing or wrong"), "unknown_product": (404, "no product 'TIL999'"),
@@ -138,7 +143,6 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         assert after[0] == before[0] + 1                 # the refused signature is audited
     else:
         assert after[0] == before[0]
-    assert c.get(f"/api/products/{PID}/state").status_code in (200, 401)
 
 
 def test_script_in_product_id_page_is_escaped(app):
@@ -159,3 +163,31 @@ def test_exports_and_audit_csv(app, service):
     assert r.status_code == 200 and "review_status" in r.text.splitlines()[0]
     r = c.get(f"/products/{PID}/certificate.pdf")
     assert r.status_code == 409 and "approved" in json.loads(r.text)["error"]
+
+
+def test_apply_gate_to_other_products_over_http(app, service):
+    c, h, _ = login(app, "carol")
+    before = service.current_version("TIL002")
+    r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL002"],
+                                                  "reason": "same CD3 valley across the batch"}, headers=h)
+    assert r.status_code == 201 and f"TIL002 v{before + 1}" in r.json["message"]
+    r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL404"],
+                                                  "reason": "x" * 5}, headers=h)
+    assert r.status_code == 404 and "TIL404" in r.json["error"]
+
+
+VALUES = [None, 1, -1.5, True, "x", [], [1, [2]], {}, {"tubes": []}, {"tubes": {"surface": []}},
+          {"tubes": {"surface": {"gates": {"CD3+": {"type": "range", "dim": "CD3", "low": [1]}}}}}]
+
+
+def test_any_json_value_in_any_field_is_a_4xx_never_a_crash(app, service):
+    c, h, _ = login(app, "alice")
+    before = counts(service)
+    for value in VALUES:
+        for path, fields in (("preview", ("gates",)), ("versions", ("base_version", "gates", "reason")),
+                             ("sign", ("version", "meaning", "password", "qc_resolutions", "comment")),
+                             ("apply", ("tube", "population", "products", "reason"))):
+            for field in fields:
+                r = c.post(f"/api/products/{PID}/{path}", json={field: value}, headers=h)
+                assert 400 <= r.status_code < 500 and r.json["error"], (path, field, value, r.status_code)
+    assert counts(service)[1:] == before[1:]

@@ -325,6 +325,11 @@ def demo(
     typer.echo(f"  product reports: {out / 'sample' / 'index.html'}")
     typer.echo(f"  cohort tables:   {out / 'cohort' / 'phenotypes.csv'}")
     typer.echo(f"  biomarkers:      {bio.files.get('report.html', out / 'biomarkers')}")
+    sample_out = out / "sample"
+    typer.echo("\nreview, correct and sign the sample products in the browser:")
+    typer.echo(f"  tilpheno users add {sample_out} YOUR_NAME --role reviewer --full-name 'Your Name'")
+    typer.echo(f"  tilpheno serve {sample_out}        # then open http://127.0.0.1:8765/")
+    typer.echo("  (with `make demo`, the commands are .venv/bin/tilpheno ...)")
 
 
 def _sample_folder() -> Path:

@@ -7,7 +7,6 @@ to the newest migration before use, so every database has the same tables and tr
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -16,7 +15,6 @@ from sqlalchemy.orm import sessionmaker
 
 from tilpheno.errors import TilphenoError
 
-log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 

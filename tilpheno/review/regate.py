@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from tilpheno.errors import GatingError, TilphenoError
+from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import STUDY_VARIABLES, TubeData, doses, population_table, tube_variables
@@ -476,5 +476,3 @@ def release_rows(results) -> list[dict]:
     return [{"criterion": r.criterion.name, "rule": r.criterion.describe(),
              "value": None if math.isnan(r.value) else r.value, "outcome": r.outcome} for r in results]
 
-
-__all__ = ["ReviewSource", "GateSetError", "evaluate", "recompute", "validate_gate_set", "gates_sha256", "TilphenoError"]

@@ -113,8 +113,11 @@ class ReviewService:
         self.require_product(product_id)
         with self.factory() as db:
             product = db.get(Product, product_id)
-            if product is not None:
-                return product
+        if product is not None:
+            if json.loads(product.inputs_json) != self.source.inputs_digest(product_id):
+                raise ReviewError(f"product {product_id}: the database holds it with other input files (SHA-256) than "
+                                  f"{self.source.out_dir}; use one database per output folder (--db)")
+            return product
         gate_set = self.source.automatic(product_id)   # slow part outside the transaction
         inputs = self.source.inputs_digest(product_id)
         digest = gates_sha256(gate_set)
@@ -218,7 +221,9 @@ class ReviewService:
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
-        if not isinstance(targets, list) or not targets:
+        if not isinstance(tube, str) or not isinstance(population, str):
+            raise GateSetError("tube and population: text required")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
             raise GateSetError("products: a list of product ids is required")
         for t in targets:
             self.require_product(t)
@@ -240,7 +245,7 @@ class ReviewService:
     # -- signatures --------------------------------------------------------------------------------
     def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,
              comment: Any = "") -> Signature:
-        if meaning not in MEANINGS:
+        if not isinstance(meaning, str) or meaning not in MEANINGS:
             raise GateSetError(f"meaning: one of {', '.join(MEANINGS)}")
         current = self.version(product_id)
         if version != current.version:

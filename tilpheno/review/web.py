@@ -170,8 +170,10 @@ def create_app(service: ReviewService) -> Flask:
         for pid in service.source.product_ids():
             row = service.source.phenotype_row(pid)
             approved = service.approved_version(pid)
+            released = (recompute(service.source, pid, json.loads(approved.gates_json), medians=False).release_status
+                        if approved else "not approved")
             rows.append({"id": pid, "version": service.current_version(pid),
-                         "approved": approved.version if approved else None,
+                         "approved": approved.version if approved else None, "approved_release": released,
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir))
@@ -352,12 +354,14 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             index = np.flatnonzero(parent)
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
+            auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
             coords, ranges = [], []
-            for d in dims:
-                values = st.tube.data[d]
-                shown = values[index]
-                finite = values[parent & np.isfinite(values)] if index.size else values[np.isfinite(values)]
+            for axis, d in enumerate(dims):
+                shown = st.tube.data[d][index]
+                finite = shown[np.isfinite(shown)]   # axis range: the plotted subsample and both gates' points
                 lo, hi = (np.percentile(finite, [0.2, 99.8]) if finite.size else (0.0, 1.0))
+                points = [v for g in (gate, auto) if g for v in _gate_coordinates(g, axis)]
+                lo, hi = min([lo, *points]), max([hi, *points])
                 span = (hi - lo) or 1.0
                 lo, hi = lo - 0.08 * span, hi + 0.08 * span
                 lo, hi = max(lo, st.bounds[d][0]), min(hi, st.bounds[d][1])
@@ -367,5 +371,17 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
                         "dims": dims, "events": coords, "ranges": ranges,
                         "bounds": [list(st.bounds[d]) for d in dims],
-                        "automatic": auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)})
+                        "automatic": auto})
     return out
+
+
+def _gate_coordinates(gate: dict, axis: int) -> list[float]:
+    """A gate's coordinates on plot axis ``axis`` (thresholds, vertices, the ellipse's extent)."""
+    if gate["type"] == "range":
+        return [v for v in (gate["low"], gate["high"]) if v is not None] if axis == 0 else []
+    if gate["type"] == "polygon":
+        return [v[axis] for v in gate["vertices"]]
+    if gate["type"] == "ellipsoid":
+        half = math.sqrt(gate["distance_square"] * gate["covariance"][axis][axis])
+        return [gate["mean"][axis] - half, gate["mean"][axis] + half]
+    return []

@@ -1,0 +1,119 @@
+"""Review app speed: dragging a gate on a 100,000-event product, and loading the product page.
+
+Run by hand (not a test):
+
+    .venv/bin/python benchmarks/bench_review.py [--events 100000] [--repeats 25] [--db postgresql://...]
+
+Simulates one product (9 tubes x N events, `tilpheno.simulate`), processes it (tables only),
+starts the review app on 127.0.0.1 (waitress, a real HTTP server, SQLite beside OUT unless --db)
+and measures over HTTP with a logged-in session, wall clock, after one warm-up request:
+
+* drag: ``POST /api/products/P/preview`` with the CD3+ threshold moved (a new value each time),
+  what the browser sends while a gate is dragged: every population of both stained tubes
+  recomputed from all events (counts, % of parent, % of live lymphocytes, phenotype, release);
+* drag end: the same with ``plots: true`` (the parents' event subsamples for redrawing the plots);
+* product page: ``GET /products/P`` (HTML) + ``GET /api/products/P/state`` (everything the page
+  draws: plots, automatic and current populations, release, QC, signatures, versions);
+* first open of a product (version 1 made by re-running the automatic gating), once.
+
+Prints medians and maximums in ms and the machine's load average (other processes inflate wall time).
+"""
+from __future__ import annotations
+
+import argparse
+import http.cookiejar
+import json
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=25)
+    ap.add_argument("--db", default=None, help="database URL (default: SQLite beside OUT)")
+    args = ap.parse_args()
+
+    import pandas as pd
+    from waitress.server import create_server
+
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.auth import create_user
+    from tilpheno.review.server import build_service
+    from tilpheno.review.service import transaction
+    from tilpheno.review.web import create_app
+    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_review_"))
+    product = simulate_product("TIL001", 20240601, args.events)
+    write_product(product, tmp / "fcs")
+    pd.DataFrame(manifest_rows(product)).to_csv(tmp / "fcs" / "manifest.csv", index=False)
+    t = time.perf_counter()
+    process_folder(tmp / "fcs", tmp / "out", manifest_csv=tmp / "fcs" / "manifest.csv", make_reports=False)
+    print(f"process 1 product x 9 tubes x {args.events} events: {time.perf_counter() - t:.1f} s")
+
+    service = build_service(tmp / "out", args.db)
+    transaction(service.factory, lambda db: create_user(db, "bench", "Bench Reviewer", "reviewer", "bench-password-1"))
+    t = time.perf_counter()
+    service.ensure_imported("TIL001")
+    first_open = (time.perf_counter() - t) * 1000
+    srv = create_server(create_app(service), host="127.0.0.1", port=0, threads=4)
+    threading.Thread(target=srv.run, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.effective_port}"
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(base + "/login").read().decode()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    data = urllib.parse.urlencode({"username": "bench", "password": "bench-password-1", "csrf_token": csrf}).encode()
+    home = opener.open(base + "/login", data=data).read().decode()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', home).group(1)
+    state = json.loads(opener.open(base + "/api/products/TIL001/state").read())
+    gate = state["current"]["tubes"]["surface"]["gates"]["CD3+"]
+    low0 = gate["low"]
+    step = iter(range(10_000))
+
+    def post(path: str, body: dict) -> dict:
+        req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+        return json.loads(opener.open(req).read())
+
+    def drag(plots: bool):
+        gate["low"] = low0 + 0.002 * (next(step) % 40 - 20)
+        res = post("/api/products/TIL001/preview", {"gates": {"tubes": {"surface": {"gates": {"CD3+": gate}}}}, "plots": plots})
+        assert res["populations"]["surface"]
+
+    def product_page():
+        opener.open(base + "/products/TIL001").read()
+        opener.open(base + "/api/products/TIL001/state").read()
+
+    rows = [("drag (preview, all populations)", timed(lambda: drag(False), args.repeats)),
+            ("drag end (preview + plot data)", timed(lambda: drag(True), args.repeats)),
+            ("product page (HTML + state JSON)", timed(product_page, args.repeats))]
+    print(f"load average before: {os.getloadavg()[0]:.2f}; events per stained tube: {args.events}; "
+          f"database: {service.factory.kw['bind'].url.render_as_string(hide_password=True)}")
+    print(f"{'request':40s} {'median ms':>10s} {'max ms':>10s}")
+    for name, ms in rows:
+        print(f"{name:40s} {statistics.median(ms):10.1f} {max(ms):10.1f}")
+    print(f"{'first open (re-gate, version 1)':40s} {first_open:10.1f}")
+    srv.close()
+
+
+if __name__ == "__main__":
+    main()

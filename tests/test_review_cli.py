@@ -1,0 +1,103 @@
+"""Review CLI on SQLite: users (stdin passwords, list, unlock), audit verify (exit 1 on tampering) and
+export, export-approved; the Alembic migration creates exactly the ORM's schema."""
+from __future__ import annotations
+
+import sqlite3
+
+from typer.testing import CliRunner
+
+from review_support import review_out  # noqa: F401  (fixture)
+from tilpheno.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, stdin=None):
+    return runner.invoke(app, [str(a) for a in args], input=stdin)
+
+
+def test_users_audit_and_export_commands(review_out, tmp_path):
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    r = run("users", "add", review_out, "dana", "--role", "reviewer", "--full-name", "Dana QA", "--password-stdin", "--db", db,
+            stdin="dana-password-1\n")
+    assert r.exit_code == 0, r.output
+    r = run("users", "add", review_out, "eve", "--role", "boss", "--password-stdin", "--db", db, stdin="eve-password-1\n")
+    assert r.exit_code == 2 and "role 'boss': one of analyst, reviewer, admin" in r.output
+    r = run("users", "add", review_out, "eve", "--role", "analyst", "--password-stdin", "--db", db, stdin="short\n")
+    assert r.exit_code == 2 and "at least 10 characters" in r.output
+    r = run("users", "list", review_out, "--db", db)
+    assert "dana\treviewer\tactive\tDana QA" in r.output and "eve" not in r.output
+    assert run("users", "unlock", review_out, "dana", "--db", db).exit_code == 0
+    assert "no user 'zed'" in run("users", "unlock", review_out, "zed", "--db", db).output
+    r = run("audit", "verify", review_out, "--db", db)
+    assert r.exit_code == 0 and "audit trail intact: 2 entries" in r.output
+    r = run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db)
+    assert r.exit_code == 0
+    lines = (tmp_path / "audit.csv").read_text().splitlines()
+    assert lines[0].startswith("seq,at,username,action") and "user_added" in lines[1] and "user_unlocked" in lines[2]
+    r = run("export-approved", review_out, "-o", tmp_path / "approved", "--db", db)
+    assert r.exit_code == 0 and "0 approved product(s) of 2" in r.output
+    assert "not approved" in (tmp_path / "approved" / "phenotypes_approved.csv").read_text()
+    # tamper with the first entry behind the triggers' back
+    con = sqlite3.connect(tmp_path / "r.sqlite")
+    con.execute("DROP TRIGGER audit_entries_no_update")
+    con.execute("UPDATE audit_entries SET username = 'mallory' WHERE seq = 1")
+    con.commit()
+    con.close()
+    r = run("audit", "verify", review_out, "--db", db)
+    assert r.exit_code == 1 and "entry 1: content does not match its hash (edited)" in r.output
+
+
+def test_bad_database_url_is_one_line(review_out):
+    r = run("users", "list", review_out, "--db", "mysql://x")
+    assert r.exit_code == 2 and "use sqlite:///FILE or postgresql://" in r.output
+    r = run("audit", "verify", review_out, "--db", "postgresql://nobody:pw@127.0.0.1:1/none")
+    assert r.exit_code == 2 and "error: database postgresql+psycopg://nobody:***@127.0.0.1:1/none" in r.output
+
+
+def test_migration_creates_the_orm_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from tilpheno.review.db import open_database
+    from tilpheno.review.models import Base
+
+    factory = open_database(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    with factory.kw["bind"].connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], diff
+
+
+def test_serve_binds_localhost_by_default(review_out, tmp_path):
+    """`tilpheno serve OUT` listens on 127.0.0.1 only (the port in /proc/net/tcp, local address 0100007F)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tilpheno.cli", "serve", str(review_out), "--port", str(port),
+                             "--db", f"sqlite:///{tmp_path / 's.sqlite'}"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(150):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("serve did not answer")
+        assert b'"ok":true' in body
+        listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        local = {f[1] for f in listening if f[3] == "0A" and int(f[1].split(":")[1], 16) == port}
+        assert local == {f"0100007F:{port:04X}"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
