@@ -94,6 +94,7 @@ def review_source(review_out):
 def make_service(out: Path, url: str, source=None):
     from tilpheno.review import audit
     from tilpheno.review.auth import create_user
+    from tilpheno.review.models import ProductAssignment, utcnow
     from tilpheno.review.server import build_service
     from tilpheno.review.service import transaction
 
@@ -104,6 +105,8 @@ def make_service(out: Path, url: str, source=None):
         for name, role in ROLES.items():
             create_user(db, name, name.capitalize() + " Tester", role, PASSWORDS[name])
             audit.append(db, "test", "user_added", after={"username": name, "role": role})
+        db.flush()
+        db.add(ProductAssignment(product_id="TIL001", username="bob", assigned_by="test", assigned_at=utcnow()))
     transaction(service.factory, add)
     return service
 

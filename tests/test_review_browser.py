@@ -47,17 +47,18 @@ def driver(tmp_path_factory):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def server(request, review_out, review_source, tmp_path):
-    from waitress.server import create_server
+    from werkzeug.serving import make_server
 
     from tilpheno.review.web import create_app
 
     service = make_service(review_out, database_url(request.param, tmp_path), review_source)
-    srv = create_server(create_app(service), host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.2)
-    thread = threading.Thread(target=srv.run, daemon=True)
+    # a threaded HTTP server that stops cleanly (`tilpheno serve` uses waitress: test_review_cli)
+    srv = make_server("127.0.0.1", 0, create_app(service), threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield service, f"http://127.0.0.1:{srv.effective_port}"
-    srv.close()
-    thread.join(1)
+    yield service, f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join(5)
     service.factory.kw["bind"].dispose()
 
 

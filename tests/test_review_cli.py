@@ -28,13 +28,17 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
     r = run("users", "list", review_out, "--db", db)
     assert "dana\treviewer\tactive\tDana QA" in r.output and "eve" not in r.output
     assert run("users", "unlock", review_out, "dana", "--db", db).exit_code == 0
+    r = run("users", "assign", review_out, "dana", "TIL001", "TIL404", "--db", db)
+    assert r.exit_code == 2 and "no product(s) 'TIL404'" in r.output
+    assert run("users", "assign", review_out, "dana", "TIL001", "--db", db).exit_code == 0
     assert "no user 'zed'" in run("users", "unlock", review_out, "zed", "--db", db).output
     r = run("audit", "verify", review_out, "--db", db)
-    assert r.exit_code == 0 and "audit trail intact: 2 entries" in r.output
+    assert r.exit_code == 0 and "audit trail intact: 3 entries" in r.output
     r = run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db)
     assert r.exit_code == 0
     lines = (tmp_path / "audit.csv").read_text().splitlines()
     assert lines[0].startswith("seq,at,username,action") and "user_added" in lines[1] and "user_unlocked" in lines[2]
+    assert ",assign," in lines[3]
     r = run("export-approved", review_out, "-o", tmp_path / "approved", "--db", db)
     assert r.exit_code == 0 and "0 approved product(s) of 2" in r.output
     assert "not approved" in (tmp_path / "approved" / "phenotypes_approved.csv").read_text()
@@ -101,3 +105,29 @@ def test_serve_binds_localhost_by_default(review_out, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
+    """A database at revision 0001 gains the assignments table (0002) when opened; data kept."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect, text
+
+    from tilpheno.review.db import MIGRATIONS, make_engine, open_database
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = make_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO users (username, full_name, role, password_hash, failed_logins, active, created_at) "
+                          "VALUES ('old', 'Old User', 'analyst', 'x', 0, 1, '2026-01-01T00:00:00.000000Z')"))
+    assert "product_assignments" not in inspect(engine).get_table_names()
+    engine.dispose()
+    factory = open_database(url)
+    with factory() as db:
+        assert "product_assignments" in inspect(db.bind).get_table_names()
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert db.execute(text("SELECT full_name FROM users")).scalar() == "Old User"

@@ -94,9 +94,10 @@ def test_preview_changes_pct_and_save_needs_a_reason(app, service):
 
 
 @pytest.mark.parametrize("case", ["tampered_cookie", "no_csrf", "wrong_csrf", "unknown_product", "script_product",
-                                  "script_reason", "out_of_range", "analyst_approves", "bad_password", "not_json"])
+                                  "script_reason", "out_of_range", "analyst_approves", "bad_password", "not_json",
+                                  "other_users_product"])
 def test_bad_requests_are_refused_and_store_nothing(app, service, case):
-    c, h, _ = login(app, "bob" if case == "analyst_approves" else "alice")
+    c, h, _ = login(app, "bob" if case in ("analyst_approves", "other_users_product") else "alice")
     current = service.version(PID)
     gate = json.loads(current.gates_json)["tubes"]["surface"]["gates"]["CD3+"]
     gate["low"] += 0.01
@@ -110,7 +111,8 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
               "out_of_range": (400, "surface/CD3+.low: 99 is outside the allowed range"),
               "analyst_approves": (403, "cannot sign 'approved for release'"),
               "bad_password": (403, "signature refused: wrong user name or password"),
-              "not_json": (400, "a JSON object is required")}[case]
+              "not_json": (400, "a JSON object is required"),
+              "other_users_product": (403, "product TIL002 is not assigned to you (bob, analyst)")}[case]
     if case == "tampered_cookie":
         cookie = c.get_cookie(COOKIE)
         c.set_cookie(COOKIE, cookie.value[:-4] + "AAAA")
@@ -120,6 +122,8 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         headers = {"X-CSRF-Token": "x" * 43}
     elif case == "unknown_product":
         url = "/api/products/TIL999/versions"
+    elif case == "other_users_product":
+        url = "/api/products/TIL002/versions"
     elif case == "script_product":
         url = "/api/products/<script>alert(1)<%2Fscript>/versions"
     elif case == "script_reason":
@@ -159,6 +163,10 @@ def test_exports_and_audit_csv(app, service):
     assert "save_gates" in r.text
     c_bob, _, _ = login(app, "bob")
     assert c_bob.get("/audit.csv").status_code == 403
+    assert c_bob.get("/export/phenotypes.csv").status_code == 403
+    home = c_bob.get("/").text
+    assert "TIL001" in home and "TIL002" not in home          # an analyst sees the products assigned to them
+    assert c_bob.get("/api/products/TIL002/state").status_code == 403
     r = c.get("/export/phenotypes.csv")
     assert r.status_code == 200 and "review_status" in r.text.splitlines()[0]
     r = c.get(f"/products/{PID}/certificate.pdf")

@@ -19,13 +19,16 @@ well as steps:
 3. **Signal.** Every scatter and fluorescence channel is put on a logicle scale (T = the channel's
    ``$PnR`` or its largest value, W = 0.5, M = 4.5, A = 0; 1.0 = top of scale, 0.01 ~ 2.3 % of
    intensity near the top), and per bin the ``quantiles`` (default the 50th and 90th percentiles:
-   the main population and the bright one) are taken: one series per channel and quantile.
+   the main population and the bright one) are taken: one series per channel and quantile. Their
+   sampling noise is also taken from each bin's two halves (even and odd events):
+   ``sqrt(mean((q_even - q_odd)^2)) / 2``.
 4. **Change points.** Each series (rates, and every signal series) is segmented by binary
    segmentation: the split maximising the two-sample statistic
    ``|mean(left) - mean(right)| / (sigma * sqrt(1/n_left + 1/n_right))`` is kept when it exceeds
    ``t_crit`` (default 7), recursively; ``sigma`` = the robust bin-to-bin noise
-   ``1.4826 * median(|diff(series)|) / sqrt(2)`` (insensitive to steps and slow drift). A drift is
-   cut into steps this way.
+   ``1.4826 * median(|diff(series)|) / sqrt(2)`` (insensitive to steps and slow drift), or the
+   split-half sampling noise when larger (few bins make the first unreliable). A drift is cut into
+   steps this way.
 5. **Reference and anomalies.** A segment's level is its median. The reference level is that of the
    majority of events: the segment whose level has the most events in segments within tolerance of
    it (rates: weighted by events, not by time). A segment is anomalous when its median differs
@@ -35,10 +38,12 @@ well as steps:
 6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
    shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
    anomalous too.
+   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked.
 7. **Margin events** per channel: events at or above ``$PnR - 1`` or tied at the channel's largest
    value (pile-up at the top of the scale), and events tied at the channel's smallest value when at
    least ``MIN_TIES`` share it (pile-up at the bottom). A channel with more than
-   ``margin_limit_pct`` of its events there raises ``margin_events``. Margin events are reported,
+   ``margin_limit_pct`` of its events there raises ``margin_events`` (pulse-width ``-W`` channels
+   are not counted). Margin events are reported,
    and removed only with ``remove_margin_events: true`` (saturated scatter is removed by the
    ``cells`` gate anyway).
 
@@ -107,6 +112,8 @@ _RANGES = {
 
 def _check_setting(key: str, value: Any) -> Any:
     if key == "mode":
+        if value is False:   # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {value!r}")
         return value
@@ -192,12 +199,24 @@ class AcquisitionQC:
 # --------------------------------------------------------------------------------------------
 
 
+TIME_NAMES = ("time", "hdr-t")   # Miltenyi MACSQuant calls its time channel HDR-T
+
+
 def find_time_channel(channel_names: Sequence[str]) -> str | None:
-    """The time channel ($PnN ``Time``, case-insensitive; else the first name containing 'time')."""
+    """The time channel ($PnN ``Time`` or ``HDR-T``, case-insensitive; else the first name containing 'time')."""
     for name in channel_names:
-        if str(name).strip().lower() == "time":
+        if str(name).strip().lower() in TIME_NAMES:
             return name
     return next((n for n in channel_names if "time" in str(n).lower()), None)
+
+
+def is_counter(values: np.ndarray) -> bool:
+    """An event counter or sequence channel (never decreasing, not constant): not a signal."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 3:
+        return False
+    d = np.diff(v)
+    return bool(np.all(d >= 0) and v[-1] > v[0])
 
 
 def robust_noise(series: np.ndarray) -> float:
@@ -244,7 +263,7 @@ def segment(series: np.ndarray, sigma: float, t_crit: float) -> list[tuple[int, 
 
 
 def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, relative: bool,
-                       weights: np.ndarray | None = None) -> np.ndarray:
+                       weights: np.ndarray | None = None, noise: float = 0.0) -> np.ndarray:
     """Bool per element of ``series``: inside a segment whose level departs from the reference.
 
     Segments come from :func:`segment`; a segment's level is its median. The reference is the
@@ -252,14 +271,15 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
     of elements) of all segments whose levels lie within ``tolerance`` of its own; the segment with
     the largest such weight gives the reference level. A segment is anomalous when ``|level -
     reference|`` exceeds ``tolerance`` (times the reference when ``relative``) and
-    ``3 sigma / sqrt(length)``.
+    ``3 sigma / sqrt(length)``. ``sigma`` = the larger of :func:`robust_noise` and ``noise`` (a
+    known sampling SD of one element).
     """
     x = np.asarray(series, dtype=np.float64)
     bad = np.zeros(x.size, dtype=bool)
     if x.size < 2:
         return bad
     w = np.ones(x.size) if weights is None else np.asarray(weights, dtype=np.float64)
-    sigma = robust_noise(x)
+    sigma = max(robust_noise(x), float(noise))
     if relative:   # counts: Poisson noise is the floor of the bin-to-bin noise
         sigma = max(sigma, math.sqrt(max(float(np.median(x)), 1.0)))
     segments = segment(x, sigma, t_crit)
@@ -371,13 +391,15 @@ def check_acquisition(
     n = int(events.shape[0])
     ranges = [float(r) if r is not None and np.isfinite(r) else 0.0 for r in (ranges or [0.0] * len(names))]
     time_name = find_time_channel(names)
-    checked = [c for c in (channels or names) if c != time_name and c in names]
+    checked = [c for c in (channels or names) if c != time_name and c in names
+               and not is_counter(events[:, names.index(c)])]
     findings: list[Finding] = []
     if time_name is None:
         findings.append(Finding("no_time_channel", "warning",
                                 "no Time channel: flow rate not checked; signal checked in event order"))
-    margins, margin_mask = margin_events(events[:, [names.index(c) for c in checked]], checked,
-                                         [ranges[names.index(c)] for c in checked]) if n else (
+    edged = [c for c in checked if not c.upper().endswith("-W")]   # pulse widths are not intensities
+    margins, margin_mask = margin_events(events[:, [names.index(c) for c in edged]], edged,
+                                         [ranges[names.index(c)] for c in edged]) if n else (
         pd.DataFrame(columns=["channel", "upper", "lower", "pct"]), np.zeros(0, dtype=bool))
     heavy = margins[margins["pct"] > settings.margin_limit_pct]
     if len(heavy):
@@ -442,13 +464,15 @@ def check_acquisition(
         top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j]))) if n else 1.0
         scaled = _qc_scale(events[:, j].astype(np.float64), top)
         per_bin = _bin_quantiles(scaled, bounds, settings.quantiles)
+        noise = _split_half_noise(scaled, bounds, settings.quantiles)
         medians[c] = per_bin[:, 0] if 0.5 not in settings.quantiles else per_bin[:, settings.quantiles.index(0.5)]
         channel_bad = np.zeros(n_bins, dtype=bool)
         for q in range(per_bin.shape[1]):
             series = per_bin[:, q]
             if not np.all(np.isfinite(series)):
                 continue
-            channel_bad |= anomalous_segments(series, settings.t_crit, settings.min_shift, relative=False)
+            channel_bad |= anomalous_segments(series, settings.t_crit, settings.min_shift, relative=False,
+                                              noise=noise[q])
         if channel_bad.any():
             drift.append(c)
         signal_bad_bins |= channel_bad
@@ -474,6 +498,16 @@ def check_acquisition(
         findings.append(Finding("acquisition_removed_pct", "warning",
                                 f"{result.removed_pct:.1f}% of events {verb} by acquisition QC (> {settings.max_removed_pct:g}%)"))
     return result
+
+
+def _split_half_noise(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+    """Sampling SD of a bin's quantiles from its two halves (even and odd events): ``sqrt(mean((q_even
+    - q_odd)^2)) / 2`` over the bins; unaffected by shifts and drift between bins."""
+    even = _bin_quantiles(values[0::2], bounds // 2, quantiles)
+    odd = _bin_quantiles(values[1::2], bounds // 2, quantiles)
+    d = even - odd
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.nanmean(d * d, axis=0)) / 2.0
 
 
 def _bin_quantiles(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:

@@ -164,6 +164,7 @@ def process(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
     fmo_percentile: float = typer.Option(99.5, "--fmo-percentile", help="Percentile of the FMO tube's parent events that sets each marker threshold."),
     include_identifiers: bool = typer.Option(False, "--include-identifiers", help="Show all FCS keywords in reports (default: an allow-list without identifiers)."),
+    compensation: Optional[Path] = typer.Option(None, "--compensation", help="Spillover matrix CSV (FlowJo/FlowKit layout, e.g. from `tilpheno compensate`) used for every file instead of $SPILLOVER and of single-stain controls in the folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="OUT may hold a previous run: replace what that run wrote (recorded in run.json)."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Accept --outcomes product ids that match no product (listed as a warning)."),
     allow_outside: bool = typer.Option(False, "--allow-outside", help="Accept manifest files (or links) that lie outside FOLDER."),
@@ -183,6 +184,7 @@ def process(
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
             overwrite=overwrite, allow_unmatched=allow_unmatched, allow_outside=allow_outside,
+            compensation=compensation,
         )
     except (TilphenoError, OSError) as exc:
         _fail(exc)
@@ -193,7 +195,8 @@ def process(
 
 def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
-                       command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False):
+                       command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False,
+                       compensation=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -217,7 +220,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
             on_start=on_start, on_outcome=on_outcome, overwrite=overwrite, allow_unmatched=allow_unmatched,
-            allow_outside=allow_outside,
+            allow_outside=allow_outside, compensation_path=compensation,
         )
 
 

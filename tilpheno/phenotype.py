@@ -129,6 +129,8 @@ class TubeResult:
     quadrants: dict[tuple[str, str], dict[tuple[bool, bool], float]] = field(default_factory=dict)
     # (x population, y population) -> % of parent per quadrant, on all events, for sibling
     # threshold gates (report.product.sibling_range_pairs); filled when data is a subsample
+    acquisition: Any = None                   # tilpheno.acquisition.AcquisitionQC of step 0 (None when off)
+    compensation: Any = None                  # CompensationUsed: the matrix, its source, residual spillover
 
 
 @dataclass
@@ -192,6 +194,87 @@ def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strate
         data[dim] = transform.apply(column, out=column)
         used[dim] = transform
     return data, used, matrix is not None
+
+
+# --------------------------------------------------------------------------------------------
+# step 0 (acquisition QC) and the compensation check of a stained tube
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompensationUsed:
+    """The matrix a file was compensated with: ``spillover`` (None = uncompensated), ``source``
+    (``$SPILLOVER`` keyword, the override CSV, the single-stain controls) and, for stained tubes,
+    ``residual``: ``tilpheno.spillover.residual_spillover`` on the lymphocytes (or all events)."""
+
+    spillover: Spillover | None
+    source: str
+    residual: pd.DataFrame | None = None
+
+
+def acquisition_step(fcs, settings, cached=None):
+    """Gating step 0 on a read file: ``tilpheno.acquisition.check_acquisition`` of its raw events
+    (``cached``: the result of an earlier read of the same file, reused), and in ``remove`` mode the
+    anomalous events dropped from ``fcs.events``. Returns the AcquisitionQC (None when ``off``)."""
+    from tilpheno.acquisition import check_acquisition
+
+    if settings.mode == "off":
+        return None
+    qc = cached if cached is not None else check_acquisition(
+        fcs.events, fcs.channel_names, fcs.channels["pnr"].astype(float).tolist(), settings)
+    if settings.mode == "remove" and qc.n_removed:
+        fcs.events = fcs.events[qc.keep]
+    return qc
+
+
+def _negative_cuts(state: _Gated) -> dict[str, float]:
+    """Per marker the lowest 1-D gate threshold of the tube (linear units): its negatives lie below."""
+    cuts: dict[str, float] = {}
+    for _, _, gate, _ in state.gates:
+        if type(gate).__name__ != "RangeGate" or gate.dim not in state.tube.detectors:
+            continue
+        edge = gate.low if gate.low is not None else gate.high
+        raw = float(state.tube.transforms[gate.dim].inverse(np.array([edge]))[0])
+        cuts[gate.dim] = min(cuts.get(gate.dim, raw), raw)
+    return cuts
+
+
+def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover | None) -> pd.DataFrame | None:
+    """Residual spillover of a gated stained tube (``tilpheno.spillover.residual_spillover``):
+    compensated linear values of its markers' detectors, in the strategy's singlets population (else
+    its lymphocytes, else all events), negatives below each marker's own gate threshold."""
+    from tilpheno.spillover import residual_spillover
+
+    if spillover is None:
+        return None
+    markers = {m: d for m, d in state.tube.detectors.items() if d in spillover.detectors and m in state.tube.data}
+    values = {d: state.tube.transforms[m].inverse(state.tube.data[m]) for m, d in markers.items()}
+    cuts = {markers[m]: c for m, c in _negative_cuts(state).items() if m in markers}
+    # singlet cells (dead ones included: a viability dye's bright events are a source too), else the
+    # lymphocytes, else every event
+    within = next((p.name for p in strategy.populations if p.method == "singlets"), None) or _lymph_population(strategy)
+    mask = state.masks.get(within) if within else None
+    return residual_spillover(values, mask=mask, negative_cuts=cuts)
+
+
+def step_flags(product_id: str, name: str, result: TubeResult) -> list[QCFlag]:
+    """QC flags of step 0 (acquisition findings) and of the compensation check of one file."""
+    flags = []
+    if result.acquisition is not None:
+        flags += [QCFlag(product_id, name, f.code, f.severity, f.message) for f in result.acquisition.findings]
+    residual = result.compensation.residual if result.compensation is not None else None
+    if residual is not None:
+        spill = result.compensation.spillover
+        markers = {d: m for m, d in result.detectors.items()}
+        for row in residual[residual["flagged"]].itertuples(index=False):
+            coefficient = spill.to_dataframe().loc[row.source, row.target]
+            kind = "over" if row.slope < 0 else "under"
+            flags.append(QCFlag(
+                product_id, name, "compensation_residual", "warning",
+                f"{markers.get(row.target, row.target)}-negative events shift {row.slope:+.3f} per unit of "
+                f"{markers.get(row.source, row.source)} ({row.source} -> {row.target}, matrix coefficient "
+                f"{coefficient:.4f}): {kind}-compensated beyond tolerance"))
+    return flags
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,6 +756,7 @@ def analyze_product(
 
     strategy_map = _as_strategy_map(strategies)
     spill = _spillover(spillover_override)
+    spill_source = spill.source if spill is not None else ""
     qc: list[QCFlag] = []
     tubes_out: list[TubeResult] = []
     phenotype: dict[str, float] = {v: float("nan") for v in STUDY_VARIABLES}
@@ -713,6 +797,10 @@ def analyze_product(
             except FCSReadError as exc:
                 h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
                 return None
+            h["acquisition"] = acquisition_step(fcs, strategy.acquisition, h.get("acquisition"))
+            matrix = spill if spill is not None else fcs.spillover
+            h["compensation"] = CompensationUsed(matrix, spill_source if spill is not None else (
+                matrix.source if matrix is not None else "none: uncompensated"))
             try:
                 panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override)
                 detectors = require(panel, strategy.markers)
@@ -740,6 +828,10 @@ def analyze_product(
             state.tube.sha256 = sources[i].handle["fcs"].sha256
             state.flags = []   # completed by ordered_flags once every file has been tried
             made[i] = _tube_result(strategy, state, plot_events)
+            made[i].acquisition = sources[i].handle.get("acquisition")
+            made[i].compensation = sources[i].handle.get("compensation")
+            if sources[i].role == "stain" and made[i].compensation is not None:
+                made[i].compensation.residual = compensation_check(strategy, state, made[i].compensation.spillover)
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
 
@@ -756,6 +848,7 @@ def analyze_product(
         for i in sorted(made):
             result = made[i]
             name = sources[i].handle["name"]
+            qc.extend(step_flags(product_id, name, result))
             qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message) for f in run.ordered_flags(i))
             tubes_out.append(result)
         if variables:

@@ -67,6 +67,7 @@ class ProductJob:
     rows: object  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
     strategies: tuple[StrategySource, ...]
     options: ProcessOptions
+    compensation: object = None  # tilpheno.spillover.CompensationChoice, or None: each file's $SPILLOVER
 
 
 @dataclass
@@ -283,9 +284,13 @@ def _analyze(job: ProductJob, rows):
 
     # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
     # the report, so a job's memory follows the largest file, not the product or the folder
+    choice = job.compensation
+    if choice is not None and choice.error:
+        raise TilphenoError(choice.error)
     return analyze_product(
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
+        spillover_override=choice.spillover if choice is not None else None,
     )
 
 
@@ -372,6 +377,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
         log.exception("product %s: internal error", pid)
         error = f"internal error {type(exc).__name__}: {exc}"
+    if job.compensation is not None:   # the single-stain controls the product's matrix came from
+        digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:
         gated = {str(t.file) for t in result.tubes}
         digests += [_digest(t.file, t) for t in result.tubes]
@@ -647,8 +654,12 @@ def run_process(
     on_outcome: Callable[[ProductOutcome], None] | None = None,
     overwrite: bool = False,
     run_flags: Sequence[QCFlag] = (),
+    compensations: Mapping | None = None,
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
+
+    ``compensations``: product id -> ``tilpheno.spillover.CompensationChoice`` (from
+    ``spillover.plan_compensation``); products not in it use their files' own ``$SPILLOVER``.
 
     The run claims ``out_dir`` (:class:`tilpheno.io.outdir.OutputFolder`: lock, staging, publish;
     a folder holding anything is refused unless ``overwrite``, which replaces what the previous
@@ -668,7 +679,8 @@ def run_process(
     out_dir = Path(out_dir)
     options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
     sources = strategy_sources(strategies)
-    jobs = [ProductJob(pid, rows, sources, options) for pid, rows in group_products(manifest)]
+    jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
+            for pid, rows in group_products(manifest)]
     with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at) as folder:
         try:
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
@@ -718,7 +730,8 @@ def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: 
     tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": populations.columns, "qc.csv": qc.columns}
     atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
     atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
-    record.finish((d for o in outcomes for d in o.files), time.perf_counter() - t0)
+    record.finish({d.path: d for o in outcomes for d in o.files}.values(),   # shared control files once
+                  time.perf_counter() - t0)
     record.extra.update(folder.record())
     atomic.write_text(staging / "run.json", record.to_json())
     return outcomes
@@ -788,6 +801,7 @@ def process_folder(
     executor: str = "local",
     n_jobs: int = 1,
     scheduler=None,
+    compensation_path: str | Path | None = None,
     command_line: list[str] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
@@ -822,6 +836,9 @@ def process_folder(
         raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
     if len(manifest) == 0:
         raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found; nothing to process")
+    from tilpheno.spillover import plan_compensation
+
+    manifest, compensations = plan_compensation(manifest, compensation_path)
     if outcomes_path is not None:
         from tilpheno.io.outcomes import read_outcomes
 
@@ -845,6 +862,7 @@ def process_folder(
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
             "overwrite": overwrite, "allow_unmatched": allow_unmatched, "allow_outside": allow_outside,
+            "compensation": str(compensation_path or ""),
         },
         strategy_paths=paths,
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
@@ -855,4 +873,5 @@ def process_folder(
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags)
+                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags,
+                       compensations=compensations)

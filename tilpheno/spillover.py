@@ -474,3 +474,85 @@ def residual_spillover(
             rows.append({"source": src, "target": tgt, "n_negative": int(sel.sum()), "lever": lever, "shift": shift,
                          "slope": slope, "flagged": bool(abs(slope) > tolerance)})
     return pd.DataFrame(rows, columns=["source", "target", "n_negative", "lever", "shift", "slope", "flagged"])
+
+
+# --------------------------------------------------------------------------------------------
+# which matrix each product of a manifest uses
+# --------------------------------------------------------------------------------------------
+
+CONTROL_TUBE = "compensation"   # manifest tube of a control set's files (role single_stain, or its unstained control)
+
+
+@dataclass(frozen=True)
+class CompensationChoice:
+    """The matrix one product is compensated with: ``spillover`` (None = each file's own
+    ``$SPILLOVER``), the control ``files`` it was estimated from, or the ``error`` that made the
+    estimate fail (the product then fails with it)."""
+
+    spillover: Spillover | None = None
+    files: tuple[str, ...] = ()
+    error: str = ""
+
+
+def _is_control_row(row) -> bool:
+    return row.role == "single_stain" or (row.role == "unstained" and str(row.tube) == CONTROL_TUBE)
+
+
+def _control_of(row) -> Control:
+    if row.role == "unstained":
+        return Control(str(row.file), None)
+    detector = str(getattr(row, "detector", "") or "").strip()
+    if detector and detector.lower() != "nan":
+        return Control(str(row.file), detector)
+    return identify_controls([row.file])[0]
+
+
+def _estimate_set(name: str, rows) -> CompensationChoice:
+    files = tuple(str(f) for f in rows["file"])
+    try:
+        controls = [_control_of(r) for r in rows.itertuples(index=False)]
+        names = ", ".join(Path(f).name for f in files)
+        est = estimate_spillover(controls, source=f"single-stain controls of {name} ({names})")
+    except (CompensationError, TableError) as exc:
+        return CompensationChoice(None, files, f"compensation from single-stain controls of {name} failed: {exc}")
+    return CompensationChoice(est.spillover, files)
+
+
+def plan_compensation(manifest: pd.DataFrame, override: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, CompensationChoice]]:
+    """Split control rows off a manifest and choose each product's matrix.
+
+    Control rows: role ``single_stain``, and role ``unstained`` with tube ``compensation`` (the
+    control set's unstained control). Precedence: ``override`` (a matrix CSV, ``process
+    --compensation``) for every product; else the product's own control rows; else the one control
+    set of a group without stained tubes (e.g. FACSDiva's "Compensation Controls" specimen); else
+    each file's ``$SPILLOVER``. Returns the manifest without control rows and control-only groups,
+    and ``{product_id: CompensationChoice}`` for products not using their files' own matrix.
+    A bad override CSV raises CompensationError; two control-only sets with products left to
+    choose raise TableError.
+    """
+    from tilpheno.compensation import read_spillover_csv
+
+    frame = manifest.copy()
+    frame["product_id"] = frame["product_id"].astype(str)
+    is_control = pd.Series([_is_control_row(r) for r in frame.itertuples(index=False)], index=frame.index, dtype=bool)
+    controls, products = frame[is_control], frame[~is_control]
+    has_stain = set(products.loc[products["role"] == "stain", "product_id"])
+    products = products[products["product_id"].isin(has_stain) | ~products["product_id"].isin(set(controls["product_id"]))]
+    ids = sorted(products["product_id"].unique())
+    if override is not None:
+        matrix = read_spillover_csv(override)
+        return products.reset_index(drop=True), {pid: CompensationChoice(matrix) for pid in ids}
+    sets = {pid: rows for pid, rows in controls.groupby("product_id", sort=True)}
+    shared = [pid for pid in sets if pid not in has_stain]
+    choices: dict[str, CompensationChoice] = {}
+    for pid in ids:
+        if pid in sets:
+            choices[pid] = _estimate_set(pid, sets[pid])
+    rest = [pid for pid in ids if pid not in choices]
+    if shared and rest:
+        if len(shared) > 1:
+            raise TableError(f"manifest: {len(shared)} control sets without a product ({', '.join(shared)}); "
+                             "give each product its own single_stain rows or pass --compensation")
+        choice = _estimate_set(shared[0], sets[shared[0]])
+        choices.update({pid: choice for pid in rest})
+    return products.reset_index(drop=True), choices

@@ -25,6 +25,11 @@ fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_
 boolean        -     expression
 =============  ====  ===============================================================
 
+``acquisition_qc`` (optional; gating step 0, per file, before compensation) sets the time-based
+acquisition QC: ``mode`` remove (default) | flag | off and the parameters of
+``tilpheno.acquisition.AcquisitionSettings`` (events_per_bin, t_crit, min_shift, rate_tolerance,
+consecutive_bins, margin_limit_pct, max_removed_pct, ...). Absent = the defaults, mode remove.
+
 Validation errors raise ``StrategyError`` with ``<file>:<line>: <key>: <problem>``. A strategy
 records the SHA-256 of the file's bytes; results depend on the file only through its content.
 """
@@ -38,6 +43,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from tilpheno.acquisition import AcquisitionSettings
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
 from tilpheno.panel import CANONICAL as KNOWN_MARKERS
@@ -98,7 +104,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
 _POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
-_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables", "quadrants"}
+_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables", "quadrants", "acquisition_qc"}
 QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
@@ -147,6 +153,7 @@ class Strategy:
     description: str = ""
     quadrant_names: Mapping[tuple[str, str], Mapping[tuple[bool, bool], str]] = field(default_factory=dict)
     # (x population, y population) -> {(x inside, y inside): name}: the report's quadrant labels
+    acquisition: AcquisitionSettings = AcquisitionSettings()   # step 0, the ``acquisition_qc`` section
 
     def transform_for(self, dim: str) -> Transform:
         """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
@@ -415,6 +422,16 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
                 raise ctx.error(_line(spec, role), f"variables.{name}.{role}", f"unknown population {spec[role]!r}")
         variables.append(Variable(str(name), spec["numerator"], spec["denominator"]))
 
+    raw_acquisition = doc.get("acquisition_qc")
+    if raw_acquisition is not None and not isinstance(raw_acquisition, dict):
+        raise ctx.error(_line(doc, "acquisition_qc"), "acquisition_qc", "must be a mapping such as {mode: remove}")
+    try:
+        acquisition = AcquisitionSettings.from_mapping(raw_acquisition)
+    except ValueError as exc:
+        key = str(exc).split(":", 1)[0]
+        raise ctx.error(_line(raw_acquisition, key) if key in (raw_acquisition or {}) else _line(doc, "acquisition_qc"),
+                        "acquisition_qc", str(exc)) from None
+
     return Strategy(
         name=doc["strategy"].strip(),
         tube=doc["tube"].strip(),
@@ -426,6 +443,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         variables=tuple(variables),
         description=str(doc.get("description", "")),
         quadrant_names=_quadrant_names(ctx, doc, seen),
+        acquisition=acquisition,
     )
 
 

@@ -4,7 +4,10 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
 
 * ``tube``: the tube kind, ``surface`` | ``treg`` (Treg = the tube stains FoxP3), or ``unstained``
   for the unstained control;
-* ``role``: ``stain`` | ``fmo`` | ``unstained``;
+* ``role``: ``stain`` | ``fmo`` | ``unstained`` | ``single_stain`` (a compensation control; its
+  rows and the control set's unstained control have tube ``compensation``; an optional
+  ``detector`` column names the control's detector, else it is inferred, see
+  ``tilpheno.spillover``);
 * ``fmo_marker``: the canonical marker an FMO tube omits (``''`` otherwise).
 
 ``scan_folder`` infers it from HEADER/TEXT only (``read_fcs_metadata``). Inference, per file:
@@ -39,7 +42,7 @@ from tilpheno.panel import _labelled_markers, is_scatter_or_time, normalize_mark
 log = logging.getLogger(__name__)
 
 COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
-ROLES = ("stain", "fmo", "unstained")
+ROLES = ("stain", "fmo", "unstained", "single_stain")
 FCS_SUFFIXES = (".fcs", ".lmd")
 
 _DESIGN_NAME = re.compile(
@@ -48,6 +51,7 @@ _DESIGN_NAME = re.compile(
 _DESIGN_UNSTAINED = re.compile(r"^(?P<product>.+?)_unstained$", re.IGNORECASE)
 _FMO = re.compile(r"(?:^|[^A-Za-z])FMO(?:[^A-Za-z]+(?P<rest>.*))?$", re.IGNORECASE)
 _UNSTAINED = re.compile(r"(?:^|[^A-Za-z])(unstained|unstain|blank|no[ _-]?stain)(?:[^A-Za-z]|$)", re.IGNORECASE)
+_CONTROL = re.compile(r"stained control|single[ _-]?stain|comp(?:ensation)?[ _-]?control", re.IGNORECASE)
 _TREG = re.compile(r"(?:^|[^A-Za-z])(treg|foxp3|intracellular)(?:[^A-Za-z]|$)", re.IGNORECASE)
 
 
@@ -128,6 +132,10 @@ def _infer_row(path: Path, root: Path, fcs) -> dict:
     product = kw.get("$SRC", "").strip() or kw.get("SPECIMEN NAME", "").strip()
     if not product:
         product = path.parent.name if path.parent != root else stem
+    named = " ".join((kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem)).replace("_", " ")
+    if _CONTROL.search(named):   # a compensation control (FACSDiva: "<fluorochrome> Stained Control")
+        role = "unstained" if _UNSTAINED.search(named) else "single_stain"
+        return _row(path, product, "compensation", role, None, markers)
     role, marker = None, None
     for text in (kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem):
         role, marker = _role_from_text(text)

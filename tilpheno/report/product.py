@@ -17,6 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
+from tilpheno.report.qc_sections import acquisition_section, compensation_sections
+
 # FCS keywords shown by default: instrument and acquisition settings only. Anything that can
 # identify a patient, operator or site ($SRC, $PATIENTID, $FIL, $OP, $INST, $SMNO, $PROJ,
 # $COM, dates, free-text names) is shown only with --include-identifiers.
@@ -429,7 +431,7 @@ def _as_list(built) -> list[Section]:
 # Section builders in report order: ``builder(ReportContext) -> Section | list[Section] | None``.
 # Extension point: another stage adds its block (e.g. threshold diagnostics, acquisition QC) by
 # inserting its builder here; it must not raise for a failed product (``ctx.result is None``).
-SECTION_BUILDERS = [gating_sections, fmo_section, files_section]
+SECTION_BUILDERS = [gating_sections, fmo_section, acquisition_section, compensation_sections, files_section]
 
 
 def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:

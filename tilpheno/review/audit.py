@@ -33,6 +33,11 @@ CSV_COLUMNS = ("seq", "at", "username", "action", "product_id", "before_json", "
                "prev_sha256", "entry_sha256")
 
 
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE (``CursorResult.rowcount``)."""
+    return int(result.rowcount)
+
+
 class ChainConflict(Exception):
     """Another writer appended first: the transaction is rolled back and retried."""
 
@@ -63,8 +68,8 @@ def append(db: Session, username: str, action: str, *, product_id: str = "", bef
     if head is None:
         db.add(AuditHead(id=1, seq=seq + 1, entry_sha256=digest))
     else:
-        moved = db.execute(update(AuditHead).where(AuditHead.id == 1, AuditHead.seq == seq)
-                           .values(seq=seq + 1, entry_sha256=digest)).rowcount
+        moved = rowcount(db.execute(update(AuditHead).where(AuditHead.id == 1, AuditHead.seq == seq)
+                                    .values(seq=seq + 1, entry_sha256=digest)))
         if moved != 1:
             raise ChainConflict("audit head moved")
     db.add(entry)

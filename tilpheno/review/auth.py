@@ -96,7 +96,7 @@ def check_password(db: Session, user: User | None, password: str) -> User:
             pass
         raise AuthError("wrong user name or password")
     if locked(user):
-        raise AuthError(f"account {user.username} is locked until {user.locked_until[:19]} UTC after "
+        raise AuthError(f"account {user.username} is locked until {str(user.locked_until)[:19]} UTC after "
                         f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")
     try:
         _HASHER.verify(user.password_hash, password)

@@ -47,6 +47,8 @@ def serve(
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
 ) -> None:
     """Review, correct, sign and release the products of OUT in the browser (http://HOST:PORT/)."""
+    import logging
+
     from tilpheno.errors import TilphenoError
     from tilpheno.review.server import build_service
     from tilpheno.review.server import serve as run
@@ -55,6 +57,10 @@ def serve(
         service = build_service(out, db, inputs)
     except TilphenoError as exc:
         _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host}: plain HTTP, put it behind an HTTPS proxy (cookies are Secure only "
+                    "under HTTPS)", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"tilpheno review of {out}: http://{host}:{port}/  (Ctrl-C stops)")
     run(service, host, port)
 
@@ -169,6 +175,46 @@ def users_set_password(out: Path = typer.Argument(...), username: str = typer.Ar
         set_password(u, password)
         u.locked_until, u.failed_logins = None, 0
     _change(out, db, username, "user_password_set", change)
+
+
+@users_app.command("assign")
+def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument(...),
+                 products: list[str] = typer.Argument(..., help="Product ids of OUT."),
+                 remove: bool = typer.Option(False, "--remove", help="Withdraw the assignment instead."),
+                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Assign products to an analyst (reviewers and admins see every product)."""
+    from sqlalchemy import delete, select
+
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review import audit
+    from tilpheno.review.auth import get_user
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.regate import ReviewSource
+    from tilpheno.review.service import transaction
+
+    try:
+        known = set(ReviewSource(out).product_ids())
+        unknown = [p for p in products if p not in known]
+        if unknown:
+            raise ReviewError(f"no product(s) {', '.join(map(repr, unknown))} in {out}")
+        factory = _factory(out, db)
+
+        def do(s):
+            user = get_user(s, username)
+            for pid in products:
+                exists = s.scalar(select(ProductAssignment).where(ProductAssignment.product_id == pid,
+                                                                  ProductAssignment.username == user.username))
+                if remove and exists is not None:
+                    s.execute(delete(ProductAssignment).where(ProductAssignment.id == exists.id))
+                elif not remove and exists is None:
+                    s.add(ProductAssignment(product_id=pid, username=user.username, assigned_by=_actor(),
+                                            assigned_at=utcnow()))
+            audit.append(s, _actor(), "unassign" if remove else "assign", after={"username": username, "products": products})
+        transaction(factory, do)
+    except TilphenoError as exc:
+        _fail(exc)
+    typer.echo(f"{'withdrew' if remove else 'assigned'} {', '.join(products)} {'from' if remove else 'to'} {username}")
 
 
 @audit_app.command("verify")

@@ -15,6 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 
@@ -27,7 +28,8 @@ NOT_APPROVED = "not released (not approved)"
 
 
 def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]:
-    phen_rows, pop_frames = [], []
+    phen_rows: list[dict[str, Any]] = []
+    pop_frames: list[pd.DataFrame] = []
     for pid in service.source.product_ids():
         approved = service.approved_version(pid)
         if approved is None:
@@ -40,8 +42,9 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
         for tube, table in res.populations.items():
             stained = service.source.stained(pid)[tube]
             frame = table.copy()
-            for i, (k, v) in enumerate({"product_id": pid, "file": Path(stained.tube.file).name, "tube": tube,
-                                        "gate_version": approved.version}.items()):
+            head: dict[str, Any] = {"product_id": pid, "file": Path(stained.tube.file).name, "tube": tube,
+                                    "gate_version": approved.version}
+            for i, (k, v) in enumerate(head.items()):
                 frame.insert(i, k, v)
             pop_frames.append(frame)
     phenotypes = pd.DataFrame(phen_rows)
@@ -58,7 +61,7 @@ def tube_gates(service: ReviewService, product_id: str, tube: str, gate_set: dic
     if st is None or tube not in gate_set["tubes"]:
         raise NotFound(f"product {product_id} has no stained {str(tube)[:40]!r} tube")
     gates = gate_set["tubes"][tube]["gates"]
-    out = []
+    out: list[tuple[str, str, Any, str]] = []
     for pop in st.strategy.populations:
         if pop.method == "boolean":
             out.append((pop.name, pop.parent, pop.boolean, "boolean"))
@@ -77,8 +80,8 @@ def approved_gatingml(service: ReviewService, product_id: str, tube: str, *, ver
             raise VersionConflict(f"product {product_id} has no valid 'approved for release' signature: no approved gates to export")
     else:
         approved = service.version(product_id, version)
-    st = service.source.stained(product_id)[tube] if tube in service.source.stained(product_id) else None
-    gates = tube_gates(service, product_id, tube, json.loads(approved.gates_json))
+    gates = tube_gates(service, product_id, tube, json.loads(approved.gates_json))   # NotFound for an unknown tube
+    st = service.source.stained(product_id)[tube]
     result = SimpleNamespace(gates=gates, detectors=st.tube.detectors)
     transforms = {d: st.strategy.transform_for(d) for d in st.tube.data}
     with tempfile.TemporaryDirectory() as tmp:

@@ -107,3 +107,15 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     entry_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class ProductAssignment(Base):
+    """An analyst's access to a product (reviewers and admins see every product)."""
+
+    __tablename__ = "product_assignments"
+    __table_args__ = (UniqueConstraint("product_id", "username", name="uq_assignment_product_user"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(200))
+    username: Mapped[str] = mapped_column(ForeignKey("users.username"))
+    assigned_by: Mapped[str] = mapped_column(String(64))
+    assigned_at: Mapped[str] = mapped_column(String(32))

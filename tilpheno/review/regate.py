@@ -85,7 +85,7 @@ class Recomputed:
     """A gate set's results: per tube kind the population table; the phenotype and release."""
 
     populations: dict[str, pd.DataFrame]
-    phenotype: dict[str, float]
+    phenotype: dict[str, Any]            # product_id and the variables (floats)
     release: list            # tilpheno.release.CriterionResult
     release_status: str
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -171,7 +171,7 @@ class ReviewSource:
         row = self.phenotype_row(product_id)
         dose, pct = row.get("cd3_dose_cells"), row.get("cd3_pct_of_live_lymph")
         try:
-            value = float(dose) / float(pct) * 100.0
+            value = float(dose) / float(pct) * 100.0  # type: ignore[arg-type]  # NaN/None handled below
         except (TypeError, ValueError, ZeroDivisionError):
             return None
         return value if math.isfinite(value) else None
@@ -183,11 +183,12 @@ class ReviewSource:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
         out = []
         for r in files.itertuples(index=False):
-            entry = self._inputs.get(r.file)
+            name, tube, role = str(r.file), str(r.tube), str(r.role)
+            entry = self._inputs.get(name)
             if entry is None:
-                raise ReviewError(f"{r.file}: not listed in {self.out_dir / 'run.json'} inputs")
+                raise ReviewError(f"{name}: not listed in {self.out_dir / 'run.json'} inputs")
             marker = "" if not isinstance(r.fmo_marker, str) else r.fmo_marker
-            out.append(ProductFile(self._resolve(entry["path"]), r.file, entry["sha256"], r.tube, r.role, marker))
+            out.append(ProductFile(self._resolve(entry["path"]), name, entry["sha256"], tube, role, marker))
         return out
 
     def _resolve(self, recorded: str) -> Path:
@@ -289,10 +290,11 @@ def evaluate(strategy: Strategy, tube: TubeData, gates: Mapping[str, Mapping]) -
     masks: dict[str, np.ndarray] = {}
     for pop in strategy.populations:
         parent = np.ones(n, dtype=bool) if pop.parent == ROOT else masks[pop.parent]
-        if pop.method == "boolean":
+        if pop.boolean is not None:
             masks[pop.name] = pop.boolean.evaluate(masks) & parent
         elif pop.name in gates:
-            masks[pop.name] = gate_from_dict(gates[pop.name]).contains(tube.data) & parent
+            gate: Any = gate_from_dict(gates[pop.name])   # geometric (range, rectangle, polygon, ellipsoid)
+            masks[pop.name] = gate.contains(tube.data) & parent
         else:   # the automatic gate could not be placed (gate_failed): an empty population, as in the run
             masks[pop.name] = np.zeros(n, dtype=bool)
     return masks
@@ -327,13 +329,13 @@ def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
     """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set."""
     stained = source.stained(product_id)
-    phenotype: dict[str, float] = {v: math.nan for v in STUDY_VARIABLES}
+    phenotype: dict[str, Any] = {v: math.nan for v in STUDY_VARIABLES}
     tables, all_masks = {}, {}
     for tube_kind in sorted(stained):
         st = stained[tube_kind]
         gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
         masks = evaluate(st.strategy, st.tube, gates)
-        state = SimpleNamespace(tube=st.tube, masks=masks)
+        state: Any = SimpleNamespace(tube=st.tube, masks=masks)   # what population_table/tube_variables read
         tables[tube_kind] = (population_table(st.strategy, state) if medians
                              else pd.DataFrame(counts_table(st.strategy, st.tube, masks)))
         phenotype.update(tube_variables(st.strategy, state))

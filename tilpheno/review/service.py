@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import GateSetVersion, Product, Signature, User, utcnow
+from tilpheno.review.models import GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
-                                    validate_gate_set)
+                                    recompute, validate_gate_set)
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -76,6 +76,17 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             db.close()
 
 
+T = TypeVar("T")
+
+
+def _get(db: Session, model: type[T], key: Any) -> T:
+    """The row with primary key ``key`` (it must exist: products are imported, users are never deleted)."""
+    row = db.get(model, key)
+    if row is None:
+        raise NotFound(f"no {model.__name__.lower()} {str(key)[:80]!r}")
+    return row
+
+
 def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str) -> str:
     spec = source.release_spec
     payload = {
@@ -102,11 +113,27 @@ class ReviewService:
 
     def __init__(self, source: ReviewSource, factory: sessionmaker):
         self.source, self.factory = source, factory
+        self._release: dict[tuple[str, str], str] = {}
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
         if not isinstance(product_id, str) or not self.source.has_product(product_id):
             raise NotFound(f"no product {str(product_id)[:80]!r} in this output folder")
+
+    def can_access(self, user: User, product_id: str) -> bool:
+        """Reviewers and admins: every product; analysts: the products assigned to them."""
+        if user.role in ("reviewer", "admin"):
+            return True
+        with self.factory() as db:
+            return db.scalar(select(ProductAssignment).where(ProductAssignment.product_id == product_id,
+                                                             ProductAssignment.username == user.username)) is not None
+
+    def require_access(self, user: User, product_id: str) -> None:
+        """NotFound for an unknown product; Forbidden for a product not assigned to this analyst."""
+        self.require_product(product_id)
+        if not self.can_access(user, product_id):
+            raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role}); "
+                            f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
 
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
         """The product's row; on first use its automatic gates become version 1 (audited)."""
@@ -143,7 +170,7 @@ class ReviewService:
             return transaction(self.factory, add)
         except IntegrityError:   # imported concurrently by another request
             with self.factory() as db:
-                return db.get(Product, product_id)
+                return _get(db, Product, product_id)
 
     def versions(self, product_id: str) -> list[GateSetVersion]:
         self.ensure_imported(product_id)
@@ -154,7 +181,7 @@ class ReviewService:
     def version(self, product_id: str, version: int | None = None) -> GateSetVersion:
         product = self.ensure_imported(product_id)
         with self.factory() as db:
-            v = version if version is not None else db.get(Product, product_id).current_version
+            v = version if version is not None else _get(db, Product, product_id).current_version
             row = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                          GateSetVersion.version == v))
         if row is None:
@@ -164,13 +191,14 @@ class ReviewService:
     def current_version(self, product_id: str) -> int:
         self.ensure_imported(product_id)
         with self.factory() as db:
-            return db.get(Product, product_id).current_version
+            return _get(db, Product, product_id).current_version
 
     def save_version(self, product_id: str, user: User, base_version: Any, submitted: Any, reason: Any,
                      source_label: str = "adjusted") -> GateSetVersion:
         """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if stale."""
         if user.role not in EDIT_ROLES:
             raise Forbidden(f"role {user.role} cannot save gates")
+        self.require_access(user, product_id)
         if isinstance(base_version, bool) or not isinstance(base_version, int):
             raise GateSetError("base_version: the version number you edited is required")
         reason = check_reason(reason)
@@ -183,9 +211,9 @@ class ReviewService:
         digest = gates_sha256(new_set)
 
         def save(db: Session):
-            moved = db.execute(update(Product).where(Product.product_id == product_id,
-                                                     Product.current_version == base_version)
-                               .values(current_version=base_version + 1)).rowcount
+            moved = audit.rowcount(db.execute(update(Product).where(Product.product_id == product_id,
+                                                                    Product.current_version == base_version)
+                                              .values(current_version=base_version + 1)))
             if moved != 1:
                 db.rollback()
                 raise self._conflict(db, product_id, base_version)
@@ -208,14 +236,14 @@ class ReviewService:
                 raise self._conflict(db, product_id, base_version) from None
 
     def _conflict(self, db: Session, product_id: str, base_version: int) -> VersionConflict:
-        current = db.get(Product, product_id).current_version
+        current = _get(db, Product, product_id).current_version
         latest = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                         GateSetVersion.version == current))
         who = f" by {latest.created_by} at {latest.created_at[:19]} UTC ({latest.reason})" if latest else ""
         return VersionConflict(f"conflict: product {product_id} is now at version {current}{who}; you edited "
                                f"version {base_version}. Nothing was saved: reload the product and apply your change again.")
 
-    def apply_to_batch(self, from_product: str, user: User, tube: str, population: str, targets: list,
+    def apply_to_batch(self, from_product: str, user: User, tube: Any, population: Any, targets: Any,
                        reason: Any) -> list[GateSetVersion]:
         """Copy one gate of ``from_product``'s current version to each target's current version (a new version each)."""
         if user.role not in BATCH_ROLES:
@@ -265,7 +293,7 @@ class ReviewService:
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
 
         def do(db: Session):
-            user = db.get(User, user_id)
+            user = _get(db, User, user_id)
             try:
                 check_password(db, user, password)
             except AuthError as exc:
@@ -274,7 +302,9 @@ class ReviewService:
                 raise
             if user.role not in MEANINGS[meaning]:
                 raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
-            if db.get(Product, product_id).current_version != current.version:
+            if not self.can_access(user, product_id):
+                raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role})")
+            if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
             at = utcnow()
             content = {"product_id": product_id, "version": current.version, "meaning": meaning, "username": user.username,
@@ -306,6 +336,14 @@ class ReviewService:
             else:
                 out.append(SignatureView(s, True, ""))
         return out
+
+    def release_status(self, product_id: str, version: GateSetVersion) -> str:
+        """Release outcome of a stored version (memoised by gate-set hash: versions never change)."""
+        key = (product_id, version.gates_sha256)
+        if key not in self._release:
+            self._release[key] = recompute(self.source, product_id, json.loads(version.gates_json),
+                                           medians=False).release_status
+        return self._release[key]
 
     def approved_version(self, product_id: str) -> GateSetVersion | None:
         state = None

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import LoginSession, User
+from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
 
@@ -138,6 +139,7 @@ def create_app(service: ReviewService) -> Flask:
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
                 db.delete(old)
+            db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))   # forget expired sessions
             token, _row = new_session(db, user.id)
             audit.append(db, user.username, "login")
             return token, ""
@@ -167,13 +169,16 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def index():
         rows = []
+        with factory() as db:
+            imported = {p.product_id: p.current_version for p in db.scalars(select(Product))}
         for pid in service.source.product_ids():
+            if not service.can_access(g.user, pid):
+                continue
             row = service.source.phenotype_row(pid)
-            approved = service.approved_version(pid)
-            released = (recompute(service.source, pid, json.loads(approved.gates_json), medians=False).release_status
-                        if approved else "not approved")
-            rows.append({"id": pid, "version": service.current_version(pid),
-                         "approved": approved.version if approved else None, "approved_release": released,
+            approved = service.approved_version(pid) if pid in imported else None
+            rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
+                         "approved": approved.version if approved else None,
+                         "approved_release": service.release_status(pid, approved) if approved else "not approved",
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir))
@@ -181,8 +186,8 @@ def create_app(service: ReviewService) -> Flask:
     @app.get("/products/<path:product_id>")
     @login_required
     def product_page(product_id: str):
-        service.require_product(product_id)
-        others = [p for p in service.source.product_ids() if p != product_id]
+        service.require_access(g.user, product_id)
+        others = [p for p in service.source.product_ids() if p != product_id and service.can_access(g.user, p)]
         return render_template("product.html", product_id=product_id, user=g.user, csrf=g.sess.csrf_token,
                                others=others, tubes=sorted(service.source.strategies), can_approve=g.user.role in ("reviewer", "admin"))
 
@@ -190,7 +195,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.get("/api/products/<path:product_id>/state")
     @login_required
     def state(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         current = service.version(product_id)
         automatic = service.version(product_id, 1)
         cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
@@ -218,7 +223,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/preview")
     @login_required
     def preview(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         current = service.version(product_id)
         stained = service.source.stained(product_id)
@@ -233,7 +238,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/versions")
     @login_required
     def save(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"))
         return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
@@ -242,7 +247,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/sign")
     @login_required
     def sign(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
                            data.get("qc_resolutions"), data.get("comment", ""))
@@ -251,7 +256,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/apply")
     @login_required
     def apply(product_id: str):
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         data = body()
         rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"), data.get("products"),
                                       data.get("reason"))
@@ -264,7 +269,7 @@ def create_app(service: ReviewService) -> Flask:
     def certificate(product_id: str):
         from tilpheno.review.certificate import certificate_pdf
 
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         pdf = certificate_pdf(service, product_id)
         transaction(factory, lambda db: audit.append(db, g.user.username, "certificate", product_id=product_id))
         return Response(pdf, mimetype="application/pdf",
@@ -275,7 +280,7 @@ def create_app(service: ReviewService) -> Flask:
     def gatingml(product_id: str, tube: str):
         from tilpheno.review.export import approved_gatingml
 
-        service.require_product(product_id)
+        service.require_access(g.user, product_id)
         text = approved_gatingml(service, product_id, tube)
         return Response(text, mimetype="application/xml",
                         headers={"Content-Disposition": f'attachment; filename="gates_{_ascii(product_id)}_{_ascii(tube)}.xml"'})
@@ -284,6 +289,9 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def export_table(table: str):
         from tilpheno.review.export import approved_tables
+
+        if g.user.role not in ("reviewer", "admin"):
+            raise Forbidden(f"role {g.user.role} cannot export every product's results (reviewer or admin)")
 
         phenotypes, populations = approved_tables(service)
         frame = phenotypes if table == "phenotypes" else populations

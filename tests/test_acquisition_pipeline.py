@@ -1,0 +1,137 @@
+"""Step 0 (acquisition QC) and compensation wired into gating, process and the product report."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.compensation import Spillover
+from tilpheno.errors import StrategyError, TableError
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_strategy
+from tilpheno.phenotype import analyze_product
+from tilpheno.simulate import instrument as ins
+from tilpheno.simulate.acquisition import clog, inject
+from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+from tilpheno.simulate.controls import simulate_controls
+from tilpheno.spillover import CompensationChoice, plan_compensation
+
+EVENTS = 6000
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory):
+    """One simulated product whose surface stained tube has a clog at 50-60 % of its events."""
+    folder = tmp_path_factory.mktemp("product")
+    sim = simulate_product("TIL001", 21, EVENTS)
+    stained = sim.tube("surface", "stain").data
+    faulty, truth = inject(stained.events.astype(np.float64), [clog(0.5, 0.1)])
+    stained.events = faulty.astype(np.float32)
+    write_product(sim, folder)
+    rows = pd.DataFrame(manifest_rows(sim))
+    rows["file"] = [str(folder / f) for f in rows["file"]]
+    return folder, rows, truth
+
+
+MODE_LINE = re.compile(r"^  mode: remove\b", re.MULTILINE)
+
+
+def _with(text: str, replacement: str) -> str:
+    """The bundled strategy text with its ``acquisition_qc`` mode line replaced."""
+    assert MODE_LINE.search(text)
+    return MODE_LINE.sub(replacement, text)
+
+
+def _strategies(mode: str = ""):
+    out = []
+    for path in default_strategy_paths():
+        text = path.read_text()
+        out.append(parse_strategy(_with(text, f"  mode: {mode}"), str(path)) if mode else load_strategy(path))
+    return out
+
+
+def _codes(result, file_part: str) -> set[str]:
+    return {f.code for f in result.qc if file_part in f.file}
+
+
+def test_step0_removes_the_clog_and_flags_it(product):
+    _, rows, truth = product
+    removed = analyze_product("TIL001", rows, _strategies())
+    stained = next(t for t in removed.tubes if t.role == "stain" and t.tube == "surface")
+    assert {"flow_rate_anomaly", "acquisition_removed_pct"} <= _codes(removed, "surface_stain")
+    assert EVENTS - stained.n_events == stained.acquisition.n_removed >= 0.8 * truth.sum()
+    assert stained.acquisition.removed_pct < 2 * 100 * truth.mean()
+    flagged = analyze_product("TIL001", rows, _strategies("flag"))
+    kept = next(t for t in flagged.tubes if t.role == "stain" and t.tube == "surface")
+    assert kept.n_events == EVENTS and "flow_rate_anomaly" in _codes(flagged, "surface_stain")
+    # clean files (every other tube) lose nothing
+    assert all(t.acquisition.n_removed == 0 for t in removed.tubes if t is not stained)
+
+
+def test_wrong_matrix_raises_compensation_residual(product):
+    _, rows, _ = product
+    right = analyze_product("TIL001", rows, _strategies("off"))
+    assert "compensation_residual" not in {f.code for f in right.qc}
+    assert all(t.acquisition is None for t in right.tubes)
+    wrong = ins.SPILLOVER_MATRIX.copy()
+    wrong[0, 1] += 0.1     # FITC -> PE too large: PD1 negatives over-compensated along CD3
+    result = analyze_product("TIL001", rows, _strategies("off"),
+                             spillover_override=Spillover(ins.DETECTORS, wrong, "wrong test matrix"))
+    messages = [f.message for f in result.qc if f.code == "compensation_residual"]
+    assert any("per unit of CD3" in m and "FITC-A -> PE-A" in m and "over-compensated" in m for m in messages)
+    stained = next(t for t in result.tubes if t.role == "stain" and t.tube == "surface")
+    assert stained.compensation.source == "wrong test matrix"
+
+
+def test_strategy_section_is_validated():
+    text = default_strategy_paths()[0].read_text()
+    bare = re.sub(r"^acquisition_qc:.*?\n\n", "", text, flags=re.MULTILINE | re.DOTALL)
+    assert "acquisition_qc" not in bare and parse_strategy(bare, "s.yaml").acquisition.mode == "remove"
+    assert parse_strategy(_with(text, "  mode: flag"), "s.yaml").acquisition.mode == "flag"
+    line = text[: MODE_LINE.search(text).start()].count("\n") + 1
+    with pytest.raises(StrategyError, match=rf"s.yaml:{line}: acquisition_qc: mode: must be one of"):
+        parse_strategy(_with(text, "  mode: delete"), "s.yaml")
+    with pytest.raises(StrategyError, match=r"acquisition_qc: bins: unknown key"):
+        parse_strategy(_with(text, "  bins: 3\n  mode: remove"), "s.yaml")
+
+
+def test_plan_compensation_precedence(tmp_path):
+    controls = simulate_controls(tmp_path / "controls", 5, n_events=3000)
+    rows = [{"file": str(f), "product_id": "Compensation Controls", "tube": "compensation",
+             "role": "unstained" if "Unstained" in f.name else "single_stain", "fmo_marker": ""} for f in controls.files]
+    rows += [{"file": "a.fcs", "product_id": "P1", "tube": "surface", "role": "stain", "fmo_marker": ""}]
+    manifest = pd.DataFrame(rows)
+    products, choices = plan_compensation(manifest)
+    assert list(products["product_id"]) == ["P1"] and set(choices) == {"P1"}
+    assert np.abs(choices["P1"].spillover.matrix - ins.SPILLOVER_MATRIX).max() <= 0.005
+    assert len(choices["P1"].files) == 7
+    csv = tmp_path / "m.csv"
+    pd.DataFrame(np.eye(6), columns=list(ins.DETECTORS)).to_csv(csv, index=False)
+    _, override = plan_compensation(manifest, csv)
+    assert override["P1"] == CompensationChoice(override["P1"].spillover) and override["P1"].spillover.matrix[0, 1] == 0
+    two = pd.concat([manifest, manifest.iloc[:7].assign(product_id="Other controls")], ignore_index=True)
+    with pytest.raises(TableError, match="2 control sets without a product"):
+        plan_compensation(two)
+    broken = manifest[manifest["role"] != "unstained"].copy()
+    broken.loc[broken.index[0], "file"] = str(tmp_path / "missing.fcs")
+    _, failed = plan_compensation(broken)
+    assert "missing.fcs" in failed["P1"].error
+
+
+def test_process_uses_controls_in_the_folder_and_reports_both_steps(product, tmp_path):
+    from tilpheno.pipeline import process_folder
+
+    folder, rows, _ = product
+    simulate_controls(folder / "controls", 6, n_events=4000)
+    (folder / "controls" / "controls.csv").unlink()
+    summary = process_folder(folder, tmp_path / "out")
+    assert summary.ok and summary.n_products == 1
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    assert "flow_rate_anomaly" in set(qc["code"])
+    html = (tmp_path / "out" / "products" / "TIL001" / "report.html").read_text()
+    assert "Acquisition QC over time" in html and "single-stain controls of Compensation Controls" in html
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    controls = [i["path"] for i in run["inputs"] if "Stained Control" in i["path"]]
+    assert len(controls) == len(set(controls)) == 6

@@ -1,0 +1,108 @@
+"""The product report's acquisition-QC and compensation sections (issue 15): ``report.product``
+section builders (``builder(ReportContext) -> Section | list[Section] | None``).
+
+``acquisition_section``: one row per gated file (mode, time channel, events, % anomalous, events
+removed, drifting channels, flags), the method and its parameters, and per stained tube a plot of
+the flow rate and the channel medians over time with the anomalous stretches shaded.
+``compensation_sections``: per stained tube the matrix used and its source, density plots of the
+compensated tube for the ``PAIRS`` largest spillover coefficients among its markers' detectors (the
+residual slope of the target's negatives written on each), and the residual-spillover table.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PAIRS = 6
+METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition order, before compensation; "
+          "PeacoQC/flowCut-like): bins of consecutive events; flow rate = events per equal time interval; per bin "
+          "and channel the 50th and 90th percentiles on a logicle scale; binary change-point segmentation of each "
+          "series (a split when the two-sample statistic exceeds t_crit; noise from bin-to-bin differences or split "
+          "halves); a segment is anomalous when its level departs from the majority level by more than "
+          "rate_tolerance (relative) or min_shift (logicle units); short good stretches between anomalous ones are "
+          "anomalous too. Remove mode drops the anomalous events before compensation and gating.")
+RESIDUAL_METHOD = ("Residual spillover: among each target detector's negative events (below the tube's own gate "
+                   "threshold, lymphocytes) the shift of the target's half-sample mode between the brightest 5% and "
+                   "the dimmest 20% of a source detector, per unit of the source (slope); |slope| > 0.04 raises "
+                   "compensation_residual (negative = over-, positive = under-compensated).")
+ACQUISITION_COLUMNS = ("file", "tube", "mode", "time channel", "events", "% anomalous", "removed", "drift channels",
+                       "flags")
+
+
+def acquisition_section(ctx):
+    """The acquisition QC block (None when step 0 did not run on any file)."""
+    from tilpheno.report.product import Figure, Section, Table
+    from tilpheno.report.qc_plots import acquisition_plot
+
+    if ctx.result is None:
+        return None
+    rows, figures, settings = [], [], {}
+    for t in ctx.result.tubes:
+        qc = getattr(t, "acquisition", None)
+        if qc is None:
+            continue
+        s = qc.summary()
+        rows.append((Path(str(t.file)).name, f"{t.tube} {t.role}" + (f" {t.fmo_marker}" if t.fmo_marker else ""),
+                     s["mode"], s["time_channel"] or "none", str(s["n_events"]), f"{s['anomalous_pct']:.2f}",
+                     str(s["n_removed"]), s["drift_channels"], s["flags"]))
+        settings.setdefault(t.tube, qc.settings.to_dict())
+        if t.role == "stain" and not qc.signal.empty:
+            labels = {det: f"{m} ({det})" for m, det in t.detectors.items()}
+            channels = [c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns] + list(t.detectors.values())
+            figures.append(Figure(f"{t.tube} stained tube: flow rate and channel medians over time",
+                                  acquisition_plot(qc, channels, labels, title=f"{t.tube} stained tube"),
+                                  f"{Path(str(t.file)).name}: {qc.removed_pct:.1f}% of events in anomalous stretches"))
+    if not rows:
+        return None
+    params = " ".join(f"Parameters ({tube} strategy): " + ", ".join(f"{k} = {v}" for k, v in p.items()) + "."
+                      for tube, p in sorted(settings.items()))
+    table = Table("acquisition-qc", ACQUISITION_COLUMNS, tuple(rows), "Acquisition QC of every gated file.")
+    return Section("acquisition-qc", "Acquisition QC over time", f"{METHOD} {params}", tuple(figures), (table,))
+
+
+def compensation_sections(ctx):
+    """One compensation block per stained tube."""
+    from tilpheno.report.html import fmt
+    from tilpheno.report.product import Figure, Section, Table, _axis, _stained, _strategy_for
+    from tilpheno.report.qc_plots import compensation_pair_plot
+
+    out = []
+    for t in _stained(ctx):
+        used = getattr(t, "compensation", None)
+        if used is None:
+            continue
+        name = Path(str(t.file)).name
+        intro = (f"{name}: matrix used: {used.source}. Convention: compensated = raw x inverse(S), "
+                 "S[fluorochrome, detector]. ")
+        spill, figures, tables = used.spillover, [], []
+        if spill is None:
+            out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube", intro + "Not compensated."))
+            continue
+        frame = spill.to_dataframe()
+        tables.append(Table(f"spillover-{t.tube}", ("fluorochrome \\ detector", *map(str, frame.columns)),
+                            tuple((str(i), *(f"{v:.4f}" for v in row)) for i, row in zip(frame.index, frame.to_numpy())),
+                            f"Spillover matrix ({used.source})"))
+        marker_of = {d: m for m, d in t.detectors.items() if m in t.data}
+        pairs = [(float(frame.loc[a, b]), a, b) for a in frame.index for b in frame.columns
+                 if a != b and a in marker_of and b in marker_of]
+        residual = used.residual
+        strategy = _strategy_for(ctx.strategies, t.tube)
+        for coef, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2]))[:PAIRS]:
+            xm, ym = marker_of[a], marker_of[b]
+            note = f"spillover {coef:.3f}"
+            if residual is not None and len(residual):
+                hit = residual[(residual["source"] == a) & (residual["target"] == b)]
+                if len(hit):
+                    note += f"\nresidual slope {hit['slope'].iloc[0]:+.3f}"
+            xaxis = _axis(xm, t.detectors, strategy, ctx.axes.get((t.tube, xm)))
+            yaxis = _axis(ym, t.detectors, strategy, ctx.axes.get((t.tube, ym)))
+            figures.append(Figure(f"{xm} vs {ym} ({a} -> {b}), compensated",
+                                  compensation_pair_plot(t.data[xm], t.data[ym], xaxis, yaxis, title=f"{xm} vs {ym}",
+                                                         note=note), note.replace("\n", "; ")))
+        if residual is not None and len(residual):
+            shown = residual.reindex(residual["slope"].abs().sort_values(ascending=False).index)
+            tables.append(Table(f"residual-{t.tube}", tuple(map(str, shown.columns)),
+                                tuple(tuple(fmt(v) for v in r) for r in shown.itertuples(index=False)), RESIDUAL_METHOD))
+        out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube",
+                           intro + f"Density plots: the {len(figures)} largest spillover pairs among the tube's markers.",
+                           tuple(figures), tuple(tables)))
+    return out
