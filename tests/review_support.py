@@ -5,6 +5,7 @@ an unreachable PostgreSQL fails the tests instead of skipping them."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -35,17 +36,28 @@ def pg_url() -> str | None:
     return url or None
 
 
-def reset_postgres(url: str) -> None:
-    """Drop every table of the test database (each test module starts from an empty schema)."""
+def _admin(url: str, sql: str) -> None:
     from sqlalchemy import create_engine, text
 
     from tilpheno.review.db import normalise_url
 
-    engine = create_engine(normalise_url(url))
+    engine = create_engine(normalise_url(url.split("?")[0]))
     with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
+        conn.execute(text(sql))
     engine.dispose()
+
+
+def fresh_schema(url: str) -> str:
+    """A new, empty PostgreSQL schema for one test module (concurrent test runs on one machine do
+    not see each other); the returned URL puts it first on the search path."""
+    schema = "t_" + uuid.uuid4().hex[:16]
+    _admin(url, f"CREATE SCHEMA {schema}")
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def drop_schema(url: str) -> None:
+    if url.startswith("postgres") and "search_path%3D" in url:
+        _admin(url, f"DROP SCHEMA IF EXISTS {url.split('search_path%3D')[1]} CASCADE")
 
 
 def database_url(kind: str, tmp_path: Path) -> str:
@@ -55,7 +67,7 @@ def database_url(kind: str, tmp_path: Path) -> str:
     reason = "PostgreSQL not available: no TILPHENO_TEST_PG_URL and no .ci/pg_url (run `make services` as root)"
     if url:
         try:
-            reset_postgres(url)
+            url = fresh_schema(url)
         except Exception as exc:  # connection refused, ...
             reason = f"PostgreSQL at {url.split('@')[-1]} not reachable: {type(exc).__name__}"
             url = None
@@ -118,3 +130,4 @@ def service(request, review_out, review_source, tmp_path_factory):
     svc = make_service(review_out, url, review_source)
     yield svc
     svc.factory.kw["bind"].dispose()
+    drop_schema(url)

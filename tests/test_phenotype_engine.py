@@ -26,11 +26,12 @@ STRATEGY = parse_strategy(textwrap.dedent(
         parent: big
         dims: [CD3]
         method: fmo
-        params: {percentile: 99}
+        params: {percentile: 99, rule: percentile}
       - name: CD56+
         parent: big
         dims: [CD56]
         method: fmo
+        params: {rule: percentile}
       - name: NK
         parent: big
         expression: CD56+ & !CD3+

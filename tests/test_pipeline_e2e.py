@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tilpheno.gates import checks
 import pytest
 from typer.testing import CliRunner
 
@@ -55,7 +57,8 @@ def test_outputs_and_tables(processed, small_cohort):
                 assert math.isclose(row.pct_of_parent, 100 * row.count / parent, rel_tol=1e-9, abs_tol=1e-9)
     # 2500 events per tube is below the 5000-event QC limit: every product is flagged, in qc.csv too
     qc = pd.read_csv(out / "qc.csv")
-    assert list(qc.columns) == ["product_id", "file", "code", "severity", "message"]
+    assert list(qc.columns) == ["product_id", "file", "code", "severity", "needs_review", "message"]
+    assert set(qc.loc[qc["needs_review"], "code"]) <= set(checks.REVIEW_CODES)
     assert set(qc.loc[qc["code"] == "low_events", "product_id"]) == set(phen["product_id"])
 
 
@@ -72,7 +75,12 @@ def test_release_status_follows_the_default_spec(processed):
     out, _ = processed
     phen = pd.read_csv(out / "phenotypes.csv")
     expected = np.where((phen["viability_pct"] > 70) & (phen["cd3_pct_of_live_lymph"] > 90), "pass", "fail")
+    # a product whose gates may be wrong is not evaluable until reviewed
+    expected = np.where(phen["review_status"] == checks.NEEDS_REVIEW, "not evaluable", expected)
     assert list(phen["release_status"]) == list(expected)
+    qc = pd.read_csv(out / "qc.csv")
+    flagged = set(qc.loc[qc["needs_review"], "product_id"])
+    assert set(phen.loc[phen["review_status"] == checks.NEEDS_REVIEW, "product_id"]) == flagged
 
 
 def test_run_json_provenance(processed, small_cohort):

@@ -14,7 +14,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from review_support import PASSWORDS, database_url, make_service, review_out, review_source  # noqa: F401
+from review_support import PASSWORDS, database_url, drop_schema, make_service, review_out, review_source  # noqa: F401
 from tilpheno.review.models import User
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -51,7 +51,8 @@ def server(request, review_out, review_source, tmp_path):
 
     from tilpheno.review.web import create_app
 
-    service = make_service(review_out, database_url(request.param, tmp_path), review_source)
+    url = database_url(request.param, tmp_path)
+    service = make_service(review_out, url, review_source)
     # a threaded HTTP server that stops cleanly (`tilpheno serve` uses waitress: test_review_cli)
     srv = make_server("127.0.0.1", 0, create_app(service), threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -60,6 +61,7 @@ def server(request, review_out, review_source, tmp_path):
     srv.shutdown()
     thread.join(5)
     service.factory.kw["bind"].dispose()
+    drop_schema(url)
 
 
 def wait(driver, predicate, what, timeout=20.0):

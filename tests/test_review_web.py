@@ -72,7 +72,7 @@ def test_wrong_password_and_lockout_over_http(app, service):
 
 def test_preview_changes_pct_and_save_needs_a_reason(app, service):
     c, h, _ = login(app, "alice")
-    state, body = cd3_body(c, 0.05)
+    state, body = cd3_body(c, 0.15)   # from the CD3 valley into the CD3+ population
     auto = {r["population"]: r for r in state["populations"]["automatic"]["surface"]}
     prev = c.post(f"/api/products/{PID}/preview", json={"gates": body["gates"]}, headers=h)
     assert prev.status_code == 200

@@ -59,7 +59,7 @@ def test_bundled_strategies_load():
         "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
         "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3",
     }
-    assert [v.name for v in treg.variables] == ["cd4foxp3_pct_of_cd4"]
+    assert [v.name for v in treg.variables] == ["cd4foxp3_pct_of_cd4", "cd3_pct_of_lymph_treg"]
     for s, path in zip((surface, treg), default_strategy_paths()):
         assert s.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 

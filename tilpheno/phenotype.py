@@ -55,6 +55,7 @@ import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate_columns, read_spillover_csv
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
+from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
@@ -308,7 +309,8 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placeme
         return pl.place_singlets(cols[0], cols[1], pop.dims, **params)
     if pop.method == "lymphocytes":
         return pl.place_lymphocytes(cols[0], cols[1], pop.dims, **params)
-    return pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+    return checks.check_valley(pop.name, placement, cols[0]) if tube.role == "stain" else placement
 
 
 def _zero(tube: TubeData, dim: str) -> float:
@@ -433,6 +435,7 @@ class _TubeKindRun:
         params = dict(pop.params)
         pct = float(params.pop("percentile", self.percentile))
         min_events = int(params.pop("min_events", 200))
+        anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
         # the last FMO file of the marker that loads (as a dict keyed by marker would keep)
         fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and s.fmo_marker == marker]
         found = self.first_loadable(fmo_files[::-1])
@@ -442,9 +445,15 @@ class _TubeKindRun:
             self.walk(i, k)
             values = st.tube.data[marker][st.parent_mask(pop)]
             if values.size:
-                placement = pl.place_fmo_threshold(values, marker, percentile=pct, source_file=st.tube.file,
-                                                   min_events=min_events)
                 source = st.tube.file
+                stained = self.first_loadable(stains) if anchor.get("rule", "anchored") != "percentile" else None
+                evidence = None
+                if stained is not None and marker in stained[1].tube.data:
+                    self.walk(stained[0], k)
+                    evidence = stained[1].tube.data[marker][stained[1].parent_mask(pop)]
+                placement = checks.place_and_check(pop.name, marker, values, evidence, percentile=pct,
+                                                   source_file=source, min_events=min_events,
+                                                   transform=st.tube.transforms.get(marker), **params, **anchor)
             reason = f"FMO {Path(st.tube.file).name} has no events in {pop.parent}"
         else:
             reason = "no FMO file for this marker"
@@ -537,7 +546,7 @@ def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile
 def _threshold_row(pop: Population, placement: pl.Placement, source: str, strategy: Strategy, percentile: float) -> dict:
     marker = pop.dims[0]
     value = float(placement.diagnostics["threshold"])
-    return {
+    row = {
         "population": pop.name,
         "marker": marker,
         "parent": pop.parent,
@@ -547,6 +556,8 @@ def _threshold_row(pop: Population, placement: pl.Placement, source: str, strate
         "method": placement.method,
         "source_file": source,
     }
+    row.update(checks.threshold_record(placement))
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,7 +607,8 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_THRESHOLD_COLUMNS = ["population", "marker", "parent", "percentile", "value_transformed", "value_raw", "method", "source_file"]
+_THRESHOLD_COLUMNS = ["population", "marker", "parent", "percentile", "value_transformed", "value_raw", "method", "source_file",
+                      *checks.RECORD_COLUMNS]
 
 
 def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = None) -> TubeResult:
@@ -688,6 +700,11 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
         if summary.lymph_count is not None and summary.lymph_count < MIN_LYMPH_EVENTS:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
                                 f"{summary.lymph_count} events in {lymph} (< {MIN_LYMPH_EVENTS})"))
+    for code, variable, message in checks.variable_checks(
+            product_id, phenotype, [v for s in strategies.values() for v in s.variables]):
+        tube = next((t for t, s in strategies.items() if any(v.name == variable for v in s.variables)), "")
+        file = Path(stained[tube].file).name if tube in stained else ""
+        flags.append(QCFlag(product_id, file, code, "warning", message))
     viability = phenotype.get("viability_pct", float("nan"))
     if math.isfinite(viability) and viability < LOW_VIABILITY_PCT:
         surface = stained.get("surface")

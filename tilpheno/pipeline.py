@@ -31,6 +31,7 @@ from tilpheno.errors import FCSReadError, NoInputError, TableError, TilphenoErro
 from tilpheno.io.files import display_name
 from tilpheno.provenance import FileDigest, RunRecord
 from tilpheno.qc import QCFlag
+from tilpheno.gates.checks import NEEDS_REVIEW, needs_review, review_status
 from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, ReleaseSpec
 
 log = logging.getLogger(__name__)
@@ -390,6 +391,9 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         flags.append(QCFlag(pid, "", "product_failed", "error", error))
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
     release = evaluate(spec, phenotype) if result and not error else []
+    # a gate that may be wrong (gates.checks.REVIEW_CODES) holds release until a reviewer signs
+    review = review_status(flags) if result and not error else NEEDS_REVIEW
+    release_status = overall(release) if result and not error and review != NEEDS_REVIEW else NOT_EVALUABLE
     outcome = ProductOutcome(
         product_id=pid,
         slug=product_slug(pid),
@@ -399,7 +403,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         populations=_populations_long(pid, result.tubes) if result else None,
         qc=flags,
         release=release,
-        release_status=overall(release) if result and not error else NOT_EVALUABLE,
+        release_status=release_status,
         files=sorted(digests, key=lambda d: d.path),
     )
     outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
@@ -426,6 +430,7 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
         "status": "done" if outcome.ok else "failed",
         "error": outcome.error,
         "release_status": outcome.release_status,
+        "review_status": review_status(outcome.qc) if outcome.ok else NEEDS_REVIEW,
         "qc_status": worst_severity(outcome.qc),
         "n_qc_flags": len(outcome.qc),
         "n_files": n_files,
@@ -635,8 +640,9 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
         [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
-          "severity": f.severity, "message": f.message} for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
-        columns=["product_id", "file", "code", "severity", "message"],
+          "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
+         for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
+        columns=["product_id", "file", "code", "severity", "needs_review", "message"],
     )
     return phenotypes, populations, qc
 

@@ -53,6 +53,8 @@ from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
 
 _BINS = 1024
+VALLEY_RULES = ("valley", "negative_sd", "lower")
+"""``valley`` gate rules (strategy param ``rule``); see :func:`place_valley`."""
 
 
 @dataclass(frozen=True)
@@ -348,20 +350,40 @@ def place_valley(
     min_separation: float = 0.25,
     fallback_sd: float = 4.0,
     zero: float | None = None,
+    rule: str = "valley",
+    k_sd: float = 4.0,
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
 
-    ``zero``: the transformed value of 0 (see ``valley_threshold``).
+    ``zero``: the transformed value of 0 (see ``valley_threshold``). ``rule`` (stated by the
+    strategy): ``valley`` = the density valley; ``negative_sd`` = ``k_sd`` robust SDs above the
+    negative (highest) peak, the SD being the lower-half RMS of the events around it (a
+    live/dead cut that also catches dead cells dim in the dye); ``lower`` = the lower of the two
+    (the valley, but never more than ``k_sd`` SDs above the negative peak). Both candidates are
+    recorded (``valley_threshold``, ``sd_threshold``) with the ``winner``.
     """
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
+    if rule not in VALLEY_RULES:
+        raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
     cut, diagnostics, two_peaks = valley_threshold(
         values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation,
         fallback_sd=fallback_sd, zero=zero,
     )
-    diagnostics = {"threshold": cut, **diagnostics}
+    diagnostics = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley", **diagnostics}
+    if rule != "valley":
+        x = _finite(values, "density threshold", 20)
+        density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+        mode = float(density.grid[int(np.argmax(density.values))])
+        width = _lower_half_width(x, mode, np.inf)
+        sd_cut = mode + k_sd * (width if np.isfinite(width) else bandwidth)
+        diagnostics.update(sd_threshold=sd_cut, negative_mode=mode, negative_width=width, k_sd=k_sd)
+        if rule == "negative_sd" or sd_cut < cut:
+            cut = sd_cut
+            diagnostics.update(threshold=cut, winner="negative_sd")
+            two_peaks = True   # the rule does not need a second peak
     flags: tuple[Flag, ...] = ()
-    method = "density_valley"
+    method = "density_valley" if diagnostics["winner"] == "density_valley" else "negative_sd"
     if not two_peaks:
         method = "single_population_sd"
         side = "negative" if "negative_peak" in diagnostics else "positive"
@@ -410,3 +432,183 @@ def place_fmo_threshold(
     gate = RangeGate(dim, float(np.nextafter(threshold, np.inf)), None)
     diagnostics = {"threshold": threshold, "percentile": percentile, "fmo_events": n, "source_file": source_file}
     return Placement(gate, "fmo_percentile", diagnostics, flags)
+
+
+# --------------------------------------------------------------------------------------------
+# FMO as the anchor, the stained tube as evidence
+# --------------------------------------------------------------------------------------------
+
+FMO_RULES = ("anchored", "relative", "percentile")
+"""``fmo`` gate rules (strategy param ``rule``); see :func:`place_fmo_anchored`."""
+
+
+@dataclass(frozen=True)
+class NegativePeak:
+    """A negative population's peak (mode, transformed units) and robust width (lower-half RMS)."""
+
+    mode: float
+    width: float
+    found: bool = True
+
+
+def _lower_half_width(x: np.ndarray, mode: float, reach: float) -> float:
+    """RMS distance below ``mode`` of the events within ``reach`` below it (the lower half of a
+    negative peak holds no positive cells and no nonspecific-binding tail)."""
+    below = x[(x <= mode) & (x >= mode - reach)] - mode
+    return float(np.sqrt(np.mean(below**2))) if below.size >= 10 else float("nan")
+
+
+def _upper_half_width(density: Density, mode: float) -> float:
+    """Where (grid value) the density first falls below half its height at ``mode``, going up."""
+    i = int(np.searchsorted(density.grid, mode))
+    i = min(i, density.values.size - 1)
+    half = 0.5 * density.values[i]
+    above = np.nonzero(density.values[i:] < half)[0]
+    return float(density.grid[i + above[0]]) if above.size else float(density.grid[-1])
+
+
+def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02) -> tuple[NegativePeak, Density]:
+    """The FMO's negative peak: the highest density peak, with its lower-half width."""
+    x = _finite(fmo_values, "FMO negative peak", 20)
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    mode = float(density.grid[int(np.argmax(density.values))])
+    width = _lower_half_width(x, mode, 1.0)
+    return NegativePeak(mode, width if np.isfinite(width) else bandwidth), density
+
+
+def stained_negative_peak(
+    values: np.ndarray, fmo: NegativePeak, density: Density, *, max_shift: float, min_prominence: float,
+) -> NegativePeak:
+    """The stained tube's negative peak: its density peak nearest to the FMO's mode within
+    ``[FMO mode - 2 widths, FMO mode + max_shift]``; ``found`` False when there is none (no
+    negative cells)."""
+    peaks, _ = density.peaks(min_prominence)
+    low, high = fmo.mode - 2.0 * fmo.width - 0.02, fmo.mode + max_shift
+    near = [int(p) for p in peaks if low <= density.grid[p] <= high]
+    if not near:
+        return NegativePeak(float("nan"), float("nan"), False)
+    mode = float(density.grid[min(near, key=lambda p: abs(density.grid[p] - fmo.mode))])
+    width = _lower_half_width(values, mode, 4.0 * fmo.width + 0.05)
+    return NegativePeak(mode, width if np.isfinite(width) else fmo.width)
+
+
+def place_fmo_anchored(
+    fmo_values: np.ndarray,
+    stained_values: np.ndarray,
+    dim: str,
+    *,
+    rule: str = "anchored",
+    percentile: float = 99.5,
+    source_file: str = "",
+    min_events: int = 200,
+    bandwidth: float = 0.02,
+    min_prominence: float = 0.01,
+    min_separation: float = 0.25,
+    max_shift: float = 0.3,
+    shift_tolerance: float = 0.02,
+    width_tolerance: float = 1.25,
+    valley_depth: float = 0.5,
+    width_side: str = "lower",
+    transform: Any = None,
+) -> Placement:
+    """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence.
+
+    Transformed units throughout. Candidates, all recorded in ``diagnostics``:
+
+    * ``fmo_threshold`` - the FMO's ``percentile`` in the parent (the study's plain rule);
+    * ``relative_threshold`` - the same percentile carried over to the stained tube's negative
+      peak: ``stained mode + (fmo_threshold - FMO mode) x stained width / FMO width`` (modes =
+      the FMO's highest density peak and the stained tube's peak nearest to it, on densities
+      smoothed to at least half the FMO's negative width; widths = lower-half RMS, free of
+      positives);
+    * ``valley_threshold`` - the density minimum between the stained negative peak and a positive
+      peak at least ``min_separation`` above it, when the valley is at most ``valley_depth`` x the
+      lower of the two peaks (clearly bimodal).
+
+    Rules (``rule``): ``percentile`` = always the FMO percentile (the other candidates are still
+    recorded, for the self-checks). ``relative`` = the relative
+    threshold when the stained negatives are shifted (``|shift|`` above ``shift_tolerance`` and a
+    quarter of the FMO's negative width) or widened
+    (width ratio beyond ``width_tolerance`` either way), else the FMO percentile: dim markers
+    (PD1, FoxP3) whose positives overlap the negatives. ``anchored`` (default) = the valley when
+    the stained tube is clearly bimodal, never below the relative threshold (the FMO's negative
+    bulk carried to the stained negatives); otherwise as ``relative``. Without a stained
+    negative peak near the FMO's (the parent is all positive) the FMO percentile is used. The
+    threshold is kept inside the stained data's range. ``winner`` names the candidate used.
+
+    ``transform`` (the dimension's ``tilpheno.transforms`` transform): when given, the relative
+    threshold is carried over in compensated linear units, where nonspecific binding adds to
+    every cell (modes mapped back, widths = lower-half RMS of the linear values); ``shift`` is in
+    transformed units, ``width_ratio`` on the linear widths. ``width_side``: ``lower`` (default)
+    = those lower-half widths; ``upper`` = the linear distance from the mode up to where the
+    density halves (smoothed as for the modes): it follows skewed nonspecific binding but is
+    widened by positives next to the negatives, so it suits markers whose positives are a small,
+    separate dim population (FoxP3), not a shoulder (PD1).
+    """
+    if rule not in FMO_RULES:
+        raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
+    if width_side not in ("lower", "upper"):
+        raise GatingError(f"FMO gate on {dim!r}: width_side must be 'lower' or 'upper', got {width_side!r}")
+    base = place_fmo_threshold(fmo_values, dim, percentile=percentile, source_file=source_file, min_events=min_events)
+    t_fmo = float(base.diagnostics["threshold"])
+    x = _finite(stained_values, f"{dim}: stained tube parent", 20)
+    fmo_x = _finite(fmo_values, f"{dim}: FMO parent", 20)
+    fmo, _ = fmo_negative_peak(fmo_x, bandwidth)
+    # modes of broad negative peaks on a density smoothed to half the FMO's negative width
+    mode_bw = max(bandwidth, 0.5 * fmo.width)
+    if mode_bw > bandwidth:
+        fmo, _ = fmo_negative_peak(fmo_x, mode_bw)
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    coarse = smoothed_density(x, mode_bw, *_padded_range(x, mode_bw)) if mode_bw > bandwidth else density
+    neg = stained_negative_peak(x, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
+    diagnostics: dict[str, Any] = {
+        **base.diagnostics, "rule": rule, "fmo_threshold": t_fmo, "fmo_mode": fmo.mode, "fmo_width": fmo.width,
+        "stained_mode": neg.mode, "stained_width": neg.width, "shift": float("nan"), "width_ratio": float("nan"),
+        "relative_threshold": float("nan"), "valley_threshold": float("nan"), "valley_ratio": float("nan"),
+    }
+    if not neg.found:
+        winner, cut = "fmo_percentile", t_fmo
+        diagnostics["note"] = "no stained negative peak near the FMO's: parent taken as all positive"
+    else:
+        shift, ratio = neg.mode - fmo.mode, neg.width / fmo.width if fmo.width > 0 else 1.0
+        relative = neg.mode + (t_fmo - fmo.mode) * ratio
+        if transform is not None:
+            f_lin = transform.inverse(np.asarray(fmo_values, dtype=np.float64))
+            s_lin = transform.inverse(x)
+            fm, sm, tf = transform.inverse(np.array([fmo.mode, neg.mode, t_fmo]))
+            fw = _lower_half_width(f_lin[np.isfinite(f_lin)], fm, np.inf)
+            sw = _lower_half_width(s_lin, sm, np.inf)
+            if np.isfinite(fw) and np.isfinite(sw) and fw > 0:
+                ratio = sw / fw
+                if width_side == "upper":
+                    fmo_coarse = smoothed_density(fmo_x, mode_bw, *_padded_range(fmo_x, mode_bw))
+                    uf, us = _upper_half_width(fmo_coarse, fmo.mode), _upper_half_width(coarse, neg.mode)
+                    uf_lin, us_lin = transform.inverse(np.array([uf, us]))
+                    if uf_lin > fm and us_lin > sm:
+                        ratio = float((us_lin - sm) / (uf_lin - fm))
+                relative = float(transform.apply(np.array([sm + (tf - fm) * ratio]))[0])
+        diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
+        moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
+        winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)
+        if rule == "anchored":
+            peaks, _ = density.peaks(min_prominence)
+            start = int(np.searchsorted(density.grid, neg.mode))
+            far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation]
+            if far:
+                pos = max(far, key=lambda p: density.values[p])
+                v = density.valley(start, pos)
+                depth = density.values[v] / min(density.values[start], density.values[pos])
+                diagnostics.update(valley_threshold=float(density.grid[v]), valley_ratio=float(depth),
+                                   positive_mode=float(density.grid[pos]))
+                if depth <= valley_depth:
+                    bound = relative if moved else t_fmo
+                    if density.grid[v] >= bound:
+                        winner, cut = "stained_valley", float(density.grid[v])
+    cut = float(min(max(cut, x.min()), x.max()))
+    diagnostics.update(threshold=cut, winner=winner)
+    gate = RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
+    return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
+
+ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side",
+                 "dense_cut_ratio", "shift_warning", "width_warning")
+"""``fmo`` gate parameters of :func:`place_fmo_anchored` and of the self-checks (``gates.checks``)."""

@@ -17,10 +17,14 @@ cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.
 singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
 valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, min_separation 0.25,
-                     fallback_sd 4
+                     fallback_sd 4, rule valley|negative_sd|lower (valley), k_sd 4
 fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200,
                      bandwidth / min_prominence / min_separation / fallback_sd for the
-                     density fallback
+                     density fallback; rule anchored|relative|percentile (anchored),
+                     max_shift 0.3, shift_tolerance 0.02, width_tolerance 1.25,
+                     valley_depth 0.5, width_side lower|upper (placement.place_fmo_anchored);
+                     self-checks dense_cut_ratio 0.45, shift_warning 0.25, width_warning 3
+                     (gates.checks)
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -92,6 +96,8 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
         "min_separation": ParamSpec(_NUM, 0.25, 0, 100),
         "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
+        "rule": ParamSpec(str, "valley", choices=("valley", "negative_sd", "lower")),
+        "k_sd": ParamSpec(_NUM, 4.0, 0.5, 50),
     }),
     "fmo": (1, {
         "percentile": ParamSpec(_NUM, None, 50, 99.999),
@@ -100,6 +106,15 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
         "min_separation": ParamSpec(_NUM, 0.25, 0, 100),
         "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
+        "rule": ParamSpec(str, "anchored", choices=("anchored", "relative", "percentile")),
+        "max_shift": ParamSpec(_NUM, 0.3, 0, 10),
+        "shift_tolerance": ParamSpec(_NUM, 0.02, 0, 10),
+        "width_tolerance": ParamSpec(_NUM, 1.25, 1, 100),
+        "valley_depth": ParamSpec(_NUM, 0.5, 0, 1),
+        "width_side": ParamSpec(str, "lower", choices=("lower", "upper")),
+        "dense_cut_ratio": ParamSpec(_NUM, 0.45, 0, 100),
+        "shift_warning": ParamSpec(_NUM, 0.25, 0, 10),
+        "width_warning": ParamSpec(_NUM, 3.0, 1, 100),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
@@ -131,11 +146,19 @@ class Population:
 
 @dataclass(frozen=True)
 class Variable:
-    """A study variable: ``100 * count(numerator) / count(denominator)`` in the stained tube."""
+    """A study variable: ``100 * count(numerator) / count(denominator)`` in the stained tube.
+
+    Self-checks (``tilpheno.gates.checks.variable_checks``): ``expected`` = the lab's plausible
+    (low, high) percent range; ``agrees_with`` = another variable (any tube) that must agree
+    within ``tolerance`` percentage points.
+    """
 
     name: str
     numerator: str
     denominator: str
+    expected: tuple[float, float] | None = None
+    agrees_with: str = ""
+    tolerance: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -415,12 +438,25 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         raise ctx.error(_line(doc, "variables"), "variables", "must be a mapping name -> {numerator, denominator}")
     for name, spec in raw_vars.items():
         line = _line(raw_vars, name)
-        if not isinstance(spec, dict) or set(spec) != {"numerator", "denominator"}:
-            raise ctx.error(line, f"variables.{name}", "must be {numerator: <population>, denominator: <population>}")
+        if (not isinstance(spec, dict) or not {"numerator", "denominator"} <= set(spec)
+                or not set(spec) <= {"numerator", "denominator", "expected", "agrees_with", "tolerance"}):
+            raise ctx.error(line, f"variables.{name}", "must be {numerator: <population>, denominator: <population>"
+                            "[, expected: [low, high], agrees_with: <variable>, tolerance: <points>]}")
         for role in ("numerator", "denominator"):
             if spec[role] not in seen:
                 raise ctx.error(_line(spec, role), f"variables.{name}.{role}", f"unknown population {spec[role]!r}")
-        variables.append(Variable(str(name), spec["numerator"], spec["denominator"]))
+        expected = spec.get("expected")
+        if expected is not None:
+            if (not isinstance(expected, list) or len(expected) != 2
+                    or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in expected)
+                    or expected[0] > expected[1]):
+                raise ctx.error(_line(spec, "expected"), f"variables.{name}.expected", "must be [low, high] in percent")
+            expected = (float(expected[0]), float(expected[1]))
+        tolerance = spec.get("tolerance", 5.0)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+            raise ctx.error(_line(spec, "tolerance"), f"variables.{name}.tolerance", "must be a number >= 0 (points)")
+        variables.append(Variable(str(name), spec["numerator"], spec["denominator"], expected,
+                                  str(spec.get("agrees_with", "") or ""), float(tolerance)))
 
     raw_acquisition = doc.get("acquisition_qc")
     if raw_acquisition is not None and not isinstance(raw_acquisition, dict):

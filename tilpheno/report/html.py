@@ -163,6 +163,7 @@ def render_index(outcomes: Sequence, options, strategies: Sequence = ()) -> str:
             "release": o.release_status,
             "reasons": failed_criteria(o.release),
             "qc": o.phenotype.get("qc_status", ""),
+            "review": o.phenotype.get("review_status", ""),
             "n_flags": len(o.qc),
             "cells": [o.phenotype.get(c) for c in columns],
         })

@@ -316,6 +316,11 @@ def fmo_table(result, fmo_percentile: float) -> Table:
         pctl = getattr(row, "percentile", fmo_percentile)
         rule = (f"{fmt(pctl, 1)}th pct of FMO" if fmo is not None
                 else f"no FMO: {method}" if method else "no FMO")
+        winner = str(getattr(row, "winner", "") or "")
+        if fmo is not None and winner:   # gates.checks.RECORD_COLUMNS: both candidates, shift, winner
+            rule = (f"{winner}: FMO {fmt(getattr(row, 'fmo_threshold', None), 3)}, "
+                    f"rel. {fmt(getattr(row, 'relative_threshold', None), 3)}, "
+                    f"shift {fmt(getattr(row, 'shift', None), 3)}")
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
         rows.append((

@@ -20,8 +20,9 @@ from tilpheno.io.atomic import write_csv
 from tilpheno.io.fcs_write import write_fcs
 from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.outcomes import draw_outcomes
+from tilpheno.simulate.phenomena import Phenomena, draw_phenomena
 from tilpheno.simulate.products import TUBES, Composition, TubeEvents, draw_composition, simulate_tube
-from tilpheno.simulate.truth import fmo_reference, label_truth
+from tilpheno.simulate.truth import fmo_reference, label_truth, stained_negative_reference
 
 MANIFEST_COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
 FIRST_DAY = dt.date(2016, 6, 1)  # study enrolment June 2016 - March 2018
@@ -47,6 +48,7 @@ class SimulatedProduct:
     composition: Composition
     tubes: list[SimulatedTube]
     truth: dict[str, float]
+    phenomena: Phenomena | None = None
 
     def tube(self, tube: str, role: str, fmo_marker: str | None = None) -> SimulatedTube:
         for t in self.tubes:
@@ -96,11 +98,16 @@ def simulate_product(
     seed: int | np.random.SeedSequence,
     n_events: int = 20000,
     composition: Composition | None = None,
+    phenomena: bool | Phenomena = False,
 ) -> SimulatedProduct:
     """Simulate all tubes of one product (``products.TUBES``) and compute its ground truth.
 
     ``seed``: an int or a SeedSequence (``simulate_cohort`` passes spawned children).
     ``composition``: fixed composition, or ``None`` to draw one from the product's stream.
+    ``phenomena``: True draws the product's bench phenomena (``phenomena.py``) from a stream of
+    its own (spawned after the base streams, which stay unchanged); a ``Phenomena`` uses that one;
+    False is the base model. With phenomena the truth has ``phen_*`` columns and the ideal-FMO
+    reference is ``truth.stained_negative_reference``.
     """
     if n_events < 1:
         raise ValueError(f"{product_id}: need at least one event per tube, got {n_events}")
@@ -111,10 +118,17 @@ def simulate_product(
     start = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=int(meta.integers(ENROLMENT_DAYS))), dt.time(9, 0))
     start += dt.timedelta(minutes=int(meta.integers(0, 240)))
     note = f"seed entropy {seq.entropy}, spawn key {list(seq.spawn_key)}, {n_events} events/tube"
+    phen, phen_seqs = None, [None] * len(TUBES)
+    if phenomena is not False:
+        phen_seq = seq.spawn(1)[0]
+        draw_seq, *phen_seqs = phen_seq.spawn(1 + len(TUBES))
+        phen = phenomena if isinstance(phenomena, Phenomena) else draw_phenomena(np.random.default_rng(draw_seq))
+        note += ", bench phenomena"
 
     tubes: list[SimulatedTube] = []
-    for spec, tube_seq in zip(TUBES, tube_seqs):
-        data = simulate_tube(comp, spec, n_events, np.random.default_rng(tube_seq))
+    for spec, tube_seq, phen_tube_seq in zip(TUBES, tube_seqs, phen_seqs):
+        prng = np.random.default_rng(phen_tube_seq) if phen is not None else None
+        data = simulate_tube(comp, spec, n_events, np.random.default_rng(tube_seq), phen, prng)
         file = spec.file_name(product_id)
         tubes.append(SimulatedTube(file, data, _channels(spec), _keywords(product_id, spec, file, start, data.events, note)))
         start += dt.timedelta(seconds=float(data.events[-1, -1]) * ins.TIMESTEP + 30 + int(meta.integers(0, 60)))
@@ -122,9 +136,14 @@ def simulate_product(
     product = SimulatedProduct(product_id, comp, tubes, {})
     surface, treg = product.tube("surface", "stain").data, product.tube("treg", "stain").data
     truth = {"product_id": product_id, **label_truth(surface, treg)}
-    truth.update(fmo_reference(surface, product.tube("surface", "fmo", "PD1").data, treg,
-                               product.tube("treg", "fmo", "FoxP3").data, ins.true_spillover()))
+    if phen is None:
+        truth.update(fmo_reference(surface, product.tube("surface", "fmo", "PD1").data, treg,
+                                   product.tube("treg", "fmo", "FoxP3").data, ins.true_spillover()))
+    else:
+        truth.update(stained_negative_reference(surface, treg, ins.true_spillover()))
+        truth.update(phen.describe())
     product.truth = truth
+    product.phenomena = phen
     return product
 
 
@@ -150,11 +169,13 @@ def product_name(index: int) -> str:
     return f"TIL{index + 1:03d}"
 
 
-def simulate_cohort(out_dir: str | Path, n_products: int, seed: int, n_events: int = 20000) -> CohortPaths:
+def simulate_cohort(out_dir: str | Path, n_products: int, seed: int, n_events: int = 20000,
+                    phenomena: bool = False) -> CohortPaths:
     """Simulate ``n_products`` products and their patients' outcomes into ``out_dir``.
 
     Writes every product's FCS files, ``manifest.csv``, ``truth.csv`` (one row per product) and
-    ``outcomes.csv`` (``outcomes.draw_outcomes`` on the label truth). Products are simulated
+    ``outcomes.csv`` (``outcomes.draw_outcomes`` on the label truth); ``phenomena`` as in
+    :func:`simulate_product`. Products are simulated
     one at a time, so memory stays that of one product.
     """
     if n_products < 1 or n_events < 1:
@@ -166,7 +187,7 @@ def simulate_cohort(out_dir: str | Path, n_products: int, seed: int, n_events: i
     manifest: list[dict[str, str]] = []
     truth: list[dict[str, float]] = []
     for i, seq in enumerate(product_seqs):
-        product = simulate_product(product_name(i), seq, n_events)
+        product = simulate_product(product_name(i), seq, n_events, phenomena=phenomena)
         files += write_product(product, out)
         manifest += manifest_rows(product)
         truth.append(product.truth)

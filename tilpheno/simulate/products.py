@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tilpheno.simulate import instrument as ins
+from tilpheno.simulate.phenomena import Phenomena, add_binding, debris_shelf_fsc, degrade_tandem
 
 KIND_DEBRIS, KIND_DOUBLET, KIND_LARGE, KIND_LYMPH = 0, 1, 2, 3
 
@@ -201,8 +202,12 @@ def _lymph_labels(comp: Composition, n: int, rng: np.random.Generator) -> dict[s
     return {"cd3": cd3, "cd4": cd4, "cd8": cd8, "cd56": cd56, "pd1": pd1, "foxp3": foxp3}
 
 
-def _singlets(comp: Composition, spec: TubeSpec, kind: np.ndarray, rng: np.random.Generator):
-    """Singlet cells (large or lymphocyte) -> labels, amounts (n x 6), AF (n x 6), FSC-A, SSC-A."""
+def _singlets(comp: Composition, spec: TubeSpec, kind: np.ndarray, rng: np.random.Generator,
+              phen: Phenomena | None = None, prng: np.random.Generator | None = None):
+    """Singlet cells (large or lymphocyte) -> labels, amounts (n x 6), AF (n x 6), FSC-A, SSC-A.
+
+    ``phen``/``prng``: phenomena applied with their own stream (``phenomena.py``); None = base model.
+    """
     n = kind.size
     lymph = kind == KIND_LYMPH
     dead = rng.random(n) >= comp.viability
@@ -238,13 +243,23 @@ def _singlets(comp: Composition, spec: TubeSpec, kind: np.ndarray, rng: np.rando
     put("CD56", labels["cd56"], cd56)
     dim = rng.random(n) < comp.pd1_dim
     pd1 = np.where(dim, _lognormal(rng, *INTENSITY["PD1_DIM"], n), _lognormal(rng, *INTENSITY["PD1_BRIGHT"], n))
+    foxp3 = _lognormal(rng, *INTENSITY["FoxP3"], n)
+    dye = _lognormal(rng, *INTENSITY["7AAD"], n)
+    if phen is not None:
+        pd1 = np.where(dim, pd1 * phen.pd1_dim_scale, pd1)
+        foxp3 = foxp3 * phen.foxp3_scale
+        dye = np.where(prng.random(n) < phen.dim_dead, dye / prng.uniform(5.0, 15.0, n), dye)
     put("PD1", labels["pd1"], pd1)
-    put("FoxP3", labels["foxp3"], _lognormal(rng, *INTENSITY["FoxP3"], n))
-    put("7AAD", dead, _lognormal(rng, *INTENSITY["7AAD"], n))
+    put("FoxP3", labels["foxp3"], foxp3)
+    put("7AAD", dead, dye)
     # Unfixed dead cells bind antibodies nonspecifically (a little, in every antibody channel).
     for marker, (col, _) in panel.items():
         if marker != "7AAD" and not spec.fixed:
             amounts[:, col] += np.where(dead, _lognormal(rng, 150.0, 0.6, n), 0.0)
+    if phen is not None:
+        add_binding(phen, {m: v for m, v in panel.items() if m != "7AAD"}, amounts, size, kind == KIND_LARGE,
+                    dead, spec.fixed, prng)
+        degrade_tandem(phen, panel, amounts)
     return labels, amounts, af, fsc, ssc
 
 
@@ -252,9 +267,24 @@ def _heights(area: np.ndarray, ratio: float, sd: float, rng: np.random.Generator
     return area * (ratio + sd * rng.standard_normal(area.size))
 
 
-def simulate_tube(comp: Composition, spec: TubeSpec, n_events: int, rng: np.random.Generator) -> TubeEvents:
-    """Simulate one tube of ``n_events`` raw events (see the module docstring)."""
-    shares = np.array([comp.debris, comp.doublets, 0.0, 0.0])
+def simulate_tube(
+    comp: Composition,
+    spec: TubeSpec,
+    n_events: int,
+    rng: np.random.Generator,
+    phenomena: Phenomena | None = None,
+    phenomena_rng: np.random.Generator | None = None,
+) -> TubeEvents:
+    """Simulate one tube of ``n_events`` raw events (see the module docstring).
+
+    ``phenomena`` (with its own ``phenomena_rng``): the bench phenomena of ``phenomena.py``;
+    None draws exactly the base model's streams.
+    """
+    phen, prng = phenomena, phenomena_rng
+    if phen is not None and prng is None:
+        raise ValueError("simulate_tube: phenomena need their own random generator (phenomena_rng)")
+    debris = comp.debris if phen is None else comp.debris + phen.debris_extra
+    shares = np.array([debris, comp.doublets, 0.0, 0.0])
     rest = 1.0 - shares.sum()
     shares[2], shares[3] = rest * comp.large, rest * (1.0 - comp.large)
     counts = rng.multinomial(n_events, shares)
@@ -265,7 +295,7 @@ def simulate_tube(comp: Composition, spec: TubeSpec, n_events: int, rng: np.rand
     n_src = 2 * n_doublet
     src_kind = np.where(rng.random(n_src) < comp.large, KIND_LARGE, KIND_LYMPH)
     kind_cells = np.concatenate([np.full(n_large, KIND_LARGE), np.full(n_lymph, KIND_LYMPH), src_kind])
-    labels, amounts, af, fsc, ssc = _singlets(comp, spec, kind_cells, rng)
+    labels, amounts, af, fsc, ssc = _singlets(comp, spec, kind_cells, rng, phen, prng)
     fsc_h = _heights(fsc, 0.78, 0.025, rng)
     ssc_h = _heights(ssc, 0.80, 0.04, rng)
 
@@ -280,6 +310,9 @@ def simulate_tube(comp: Composition, spec: TubeSpec, n_events: int, rng: np.rand
     # Debris: small, irregular, dim; some 7AAD+ membrane fragments with nuclear material.
     deb_fsc = np.exp(rng.uniform(np.log(1500.0), np.log(26000.0), n_debris))
     deb_ssc = _lognormal(rng, 7000.0, 0.7, n_debris)
+    if phen is not None and phen.debris_shelf:
+        deb_fsc = debris_shelf_fsc(n_debris, prng)
+        deb_ssc = deb_ssc * (deb_fsc / 8000.0) ** 0.5
     deb_af = ins.AUTOFLUORESCENCE[None, :] * 0.3 * np.exp(0.5 * rng.standard_normal((n_debris, 1)))
     deb_amounts = np.zeros((n_debris, 6))
     for marker, (col, _) in spec.panel.items():

@@ -27,6 +27,12 @@ cells overlap the unstained ones, so label truth is not fully recoverable by any
    parent events on the marker's detector (PE-A for PD1 and FoxP3).
 4. Positive = stained-tube parent events strictly above the threshold. ``ref_cd8pd1_pct_of_cd3``
    = CD8+ events above the CD8-parent threshold, as a percentage of CD3+ live lymphocytes.
+
+Products simulated with bench phenomena (``phenomena.py``: nonspecific binding, spreading) take
+step 3 on the **stained tube's label-negative parent events** instead of the FMO tube
+(:func:`stained_negative_reference`): the ideal FMO differs from the stained tube only by the
+marker's specific binding, so it carries the stained tube's nonspecific binding; a real FMO does
+not, which is exactly what the gating must cope with.
 """
 from __future__ import annotations
 
@@ -126,6 +132,32 @@ def fmo_reference(
         "ref_cd8pd1_pct_of_cd8": percent(pe_stain > thr_cd8, cd8_s),
         "ref_cd8pd1_pct_of_cd3": percent(cd8_s & (pe_stain > thr_cd8), cd3_s),
         "ref_cd4foxp3_pct_of_cd4": percent(fox_stain > thr_fox, cd4_s),
+        "ref_pd1_threshold": thr_live,
+        "ref_cd8pd1_threshold": thr_cd8,
+        "ref_foxp3_threshold": thr_fox,
+    }
+
+
+def stained_negative_reference(
+    surface: TubeEvents, treg: TubeEvents, spillover: Spillover, percentile: float = FMO_PERCENTILE,
+) -> dict[str, float]:
+    """The ideal-FMO reference of a product with phenomena (module docstring): thresholds from
+    the label-negative events of the stained tubes' label-defined parents."""
+    pe = compensated_detector(surface, "PE-A", spillover)
+    live = live_lymphocytes(surface)
+    neg = ~surface.labels["pd1"]
+    cd3 = live & surface.labels["cd3"]
+    cd8 = cd3 & surface.labels["cd8"]
+    thr_live = fmo_threshold(pe[live & neg], percentile)
+    thr_cd8 = fmo_threshold(pe[cd8 & neg], percentile)
+    fox = compensated_detector(treg, "PE-A", spillover)
+    cd4 = lymphocytes(treg) & treg.labels["cd3"] & treg.labels["cd4"]
+    thr_fox = fmo_threshold(fox[cd4 & ~treg.labels["foxp3"]], percentile)
+    return {
+        "ref_pd1_pct_of_live_lymph": percent(pe > thr_live, live),
+        "ref_cd8pd1_pct_of_cd8": percent(pe > thr_cd8, cd8),
+        "ref_cd8pd1_pct_of_cd3": percent(cd8 & (pe > thr_cd8), cd3),
+        "ref_cd4foxp3_pct_of_cd4": percent(fox > thr_fox, cd4),
         "ref_pd1_threshold": thr_live,
         "ref_cd8pd1_threshold": thr_cd8,
         "ref_foxp3_threshold": thr_fox,

@@ -1,0 +1,130 @@
+"""FMO-anchored thresholds (placement.place_fmo_anchored) and the self-checks (gates.checks).
+
+Synthetic populations on the transformed scale with known answers: the FMO's negatives, the
+stained tube's negatives shifted / widened by a known amount, positives at a known place.
+"""
+import numpy as np
+import pytest
+
+from tilpheno.errors import GatingError
+from tilpheno.gates import checks
+from tilpheno.gates import placement as pl
+from tilpheno.qc import QCFlag
+
+
+def _neg(rng, n, mode=0.2, sd=0.03):
+    return rng.normal(mode, sd, n)
+
+
+def test_percentile_rule_is_the_plain_fmo_percentile():
+    rng = np.random.default_rng(1)
+    fmo, stained = _neg(rng, 5000), np.concatenate([_neg(rng, 4000, 0.3), rng.normal(0.7, 0.05, 1000)])
+    p = pl.place_fmo_anchored(fmo, stained, "CD4", rule="percentile")
+    assert p.diagnostics["threshold"] == pytest.approx(np.percentile(fmo, 99.5), abs=1e-12)
+    assert p.diagnostics["winner"] == "fmo_percentile"
+
+
+def test_shifted_negatives_bimodal_cut_in_valley_above_the_carried_fmo_bulk():
+    rng = np.random.default_rng(2)
+    fmo = _neg(rng, 8000)
+    stained = np.concatenate([_neg(rng, 6000, 0.3), rng.normal(0.7, 0.05, 4000)])
+    p = pl.place_fmo_anchored(fmo, stained, "CD4")
+    d = p.diagnostics
+    assert d["winner"] == "stained_valley"
+    assert d["shift"] == pytest.approx(0.1, abs=0.01)
+    # the plain FMO percentile would cut through the stained negatives; the valley does not
+    assert d["fmo_threshold"] < 0.3 < d["relative_threshold"] < d["threshold"] < 0.6
+    called = 100 * np.mean(stained > d["threshold"])
+    assert called == pytest.approx(40.0, abs=0.5)
+
+
+def test_shifted_negatives_one_population_carry_the_percentile_over():
+    rng = np.random.default_rng(3)
+    fmo = _neg(rng, 8000)
+    stained = np.concatenate([_neg(rng, 9000, 0.28), rng.normal(0.45, 0.05, 1000)])   # dim shoulder
+    p = pl.place_fmo_anchored(fmo, stained, "PD1", rule="relative")
+    d = p.diagnostics
+    assert d["winner"] == "fmo_relative"
+    expected = 0.28 + (np.percentile(fmo, 99.5) - 0.2)
+    assert d["threshold"] == pytest.approx(expected, abs=0.012)
+    # the shoulder is resolved, not discarded: most of its 10 % is called positive
+    assert 6.0 < 100 * np.mean(stained > d["threshold"]) < 11.0
+
+
+def test_unshifted_negatives_keep_the_fmo_percentile_and_widening_scales_it():
+    rng = np.random.default_rng(4)
+    fmo = _neg(rng, 8000)
+    same = pl.place_fmo_anchored(fmo, _neg(rng, 8000), "PD1", rule="relative")
+    assert same.diagnostics["winner"] == "fmo_percentile"
+    wide = pl.place_fmo_anchored(fmo, _neg(rng, 8000, sd=0.06), "PD1", rule="relative")
+    assert wide.diagnostics["winner"] == "fmo_relative"
+    assert wide.diagnostics["width_ratio"] == pytest.approx(2.0, rel=0.1)
+    assert wide.diagnostics["threshold"] == pytest.approx(0.2 + 2 * (np.percentile(fmo, 99.5) - 0.2), abs=0.02)
+
+
+def test_all_positive_parent_falls_back_to_the_fmo_percentile_and_cut_stays_in_range():
+    rng = np.random.default_rng(5)
+    fmo = _neg(rng, 5000)
+    stained = rng.normal(0.8, 0.03, 5000)
+    p = pl.place_fmo_anchored(fmo, stained, "CD3")
+    assert p.diagnostics["winner"] == "fmo_percentile" and "note" in p.diagnostics
+    stained = _neg(rng, 3000)
+    high = checks.place_and_check("CD3+", "CD3", rng.normal(0.9, 0.01, 3000), stained, percentile=99.5,
+                                  source_file="f.fcs", rule="percentile")
+    assert high.diagnostics["threshold"] == stained.max()   # kept inside the data: nothing positive
+    assert high.diagnostics["fmo_threshold"] > 0.85
+    assert "cut_at_scale_edge" in {f.code for f in high.flags}
+    relative = pl.place_fmo_anchored(_neg(rng, 3000), _neg(rng, 3000, 0.1), "CD3", max_shift=0.0)
+    assert relative.diagnostics["threshold"] <= 0.1 + 5 * 0.03
+
+
+def test_unknown_rule_is_an_error():
+    with pytest.raises(GatingError, match="rule"):
+        pl.place_fmo_anchored(np.zeros(100), np.zeros(100), "CD3", rule="guess")
+
+
+def test_live_dead_rule_negative_sd_catches_dim_dead_cells():
+    rng = np.random.default_rng(6)
+    live, dim_dead, bright_dead = rng.normal(0.15, 0.03, 8000), rng.normal(0.42, 0.04, 600), rng.normal(0.8, 0.05, 1400)
+    x = np.concatenate([live, dim_dead, bright_dead])
+    valley = pl.place_valley(x, "7AAD", keep="low")
+    lower = pl.place_valley(x, "7AAD", keep="low", rule="lower", k_sd=3)
+    assert valley.diagnostics["winner"] == "density_valley" and lower.diagnostics["winner"] == "negative_sd"
+    assert lower.diagnostics["threshold"] == pytest.approx(0.15 + 3 * 0.03, abs=0.01)
+    assert 100 * np.mean(x < lower.diagnostics["threshold"]) == pytest.approx(80.0, abs=0.3)
+    assert 100 * np.mean(x < valley.diagnostics["threshold"]) > 84.0   # the valley keeps dim dead cells
+
+
+def test_checks_flag_a_cut_inside_the_negatives_and_extreme_widening():
+    rng = np.random.default_rng(7)
+    fmo = _neg(rng, 5000)
+    stained = _neg(rng, 5000, 0.2, 0.15)     # 5x wider: the carried threshold is an extrapolation
+    p = checks.place_and_check("PD1+", "PD1", fmo, stained, percentile=99.5, source_file="f.fcs", rule="percentile")
+    codes = {f.code for f in p.flags}
+    assert "fmo_excess_positive" not in codes
+    # plain percentile inside a 5x wider negative peak: dense cut; the FMO's own excess is 0.5 %
+    assert "cut_in_dense_region" in codes
+    assert all(f.message.startswith("PD1+ (PD1): ") for f in p.flags)
+    q = checks.place_and_check("PD1+", "PD1", fmo, stained, percentile=99.5, source_file="f.fcs", rule="relative")
+    assert "negative_shift" in {f.code for f in q.flags}
+    record = checks.threshold_record(q)
+    assert set(record) == set(checks.RECORD_COLUMNS) and record["winner"] == "fmo_relative"
+
+
+def test_checks_flag_fmo_excess_and_quiet_on_a_clean_gate():
+    rng = np.random.default_rng(8)
+    fmo = _neg(rng, 5000)
+    clean = np.concatenate([_neg(rng, 4000), rng.normal(0.7, 0.05, 1000)])
+    p = checks.place_and_check("CD4+", "CD4", fmo, clean, percentile=99.5, source_file="f.fcs")
+    assert p.flags == ()
+    low = checks.place_and_check("CD4+", "CD4", fmo, _neg(rng, 5000, 0.1), percentile=99.5, source_file="f.fcs",
+                                 max_shift=0.3)
+    assert "fmo_excess_positive" in {f.code for f in low.flags}
+
+
+def test_review_status_from_flags():
+    info = QCFlag("P", "", "cut_in_dense_region", "info", "x")
+    warn = QCFlag("P", "", "cut_in_dense_region", "warning", "x")
+    other = QCFlag("P", "", "low_viability", "warning", "x")
+    assert checks.review_status([info, other]) == checks.NO_REVIEW_FLAGS
+    assert checks.review_status([other, warn]) == checks.NEEDS_REVIEW

@@ -1,0 +1,212 @@
+"""Self-checks on placed thresholds: turn a gate that may be wrong into a QC flag.
+
+Every flag names the gate (``"<population> (<marker>): ..."`` opens the message), the size of
+the problem in the units that matter (percentage points of the parent, transformed units) and
+what to look at. Codes (all severity ``warning``; any of them makes the product "needs review",
+see :data:`REVIEW_CODES`):
+
+``cut_in_dense_region``  the threshold sits inside the negative peak: the stained density at
+    the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
+    default logicle) exceeds ``dense_cut_ratio`` (0.45) of the density at the stained negative
+    peak. The message gives the points of the parent within ``DELTA`` of the cut.
+``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
+    3x the nominal rate (100 - percentile) and at least 1 point above it.
+``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
+    transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
+    narrow: the FMO-relative correction is an extrapolation.
+``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
+``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
+``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
+    more than their ``tolerance`` (e.g. CD3+ % in the surface and Treg tubes).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from tilpheno.gates import placement as pl
+
+DELTA = 0.03
+REVIEW_CODES = frozenset({
+    "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
+    "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
+    "gate_failed",
+})
+"""QC codes after which a product "needs review" and its release is "not evaluable" until a reviewer signs it."""
+
+RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "valley_threshold", "shift",
+                  "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points", "correction_points",
+                  "cut_density_ratio", "fmo_pct_above"]
+"""Threshold-table columns recording both candidates, the shift and the rule that won."""
+
+
+def threshold_record(placement: pl.Placement) -> dict[str, Any]:
+    """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number)."""
+    d = placement.diagnostics
+    out: dict[str, Any] = {}
+    for key in RECORD_COLUMNS:
+        value = d.get(key, "" if key in ("rule", "winner") else float("nan"))
+        out[key] = value
+    if not out["winner"]:
+        out["winner"] = placement.method
+    return out
+
+
+def _density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: float = DELTA) -> float:
+    """Density at ``cut`` / density at the negative ``mode`` (smoothed histogram, ``bandwidth``)."""
+    if not np.isfinite(mode) or values.size < 20:
+        return float("nan")
+    density = pl.smoothed_density(values, bandwidth, float(values.min()) - 3 * bandwidth, float(values.max()) + 3 * bandwidth)
+    at = np.interp([cut, mode], density.grid, density.values)
+    return float(at[0] / at[1]) if at[1] > 0 else float("nan")
+
+
+def cut_sensitivity(values: np.ndarray, cut: float, delta: float = DELTA) -> float:
+    """Percentage points of ``values`` within ``delta`` of ``cut`` (both sides)."""
+    x = np.asarray(values, dtype=np.float64)
+    return 100.0 * np.count_nonzero(np.abs(x - cut) <= delta) / x.size if x.size else float("nan")
+
+
+def place_and_check(
+    population: str,
+    marker: str,
+    fmo_values: np.ndarray,
+    stained_values: np.ndarray | None,
+    *,
+    percentile: float,
+    source_file: str,
+    min_events: int = 200,
+    dense_cut_ratio: float = 0.45,
+    shift_warning: float = 0.25,
+    width_warning: float = 3.0,
+    fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
+    **anchor: Any,
+) -> pl.Placement:
+    """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
+    there is no stained evidence) and add the self-check flags of the module docstring."""
+    if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
+        placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
+                                           min_events=min_events)
+        placement = pl.Placement(placement.gate, placement.method,
+                                 {**placement.diagnostics, "rule": "percentile", "winner": "fmo_percentile",
+                                  "fmo_threshold": placement.diagnostics["threshold"]}, placement.flags)
+        stained = None
+    else:
+        placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
+                                          source_file=source_file, min_events=min_events, **anchor)
+        stained = np.asarray(stained_values, dtype=np.float64)
+        stained = stained[np.isfinite(stained)]
+    d = dict(placement.diagnostics)
+    cut = float(d["threshold"])
+    name = f"{population} ({marker})"
+    flags = list(placement.flags)
+    fmo = np.asarray(fmo_values, dtype=np.float64)
+    fmo = fmo[np.isfinite(fmo)]
+    nominal = 100.0 - percentile
+    fmo_above = 100.0 * np.count_nonzero(fmo > cut) / fmo.size if fmo.size else float("nan")
+    d["fmo_pct_above"] = fmo_above
+    if fmo.size and fmo_above > max(3.0 * nominal, nominal + 1.0):
+        flags.append(pl.Flag("fmo_excess_positive", "warning",
+                             f"{name}: {fmo_above:.1f}% of the FMO's parent events lie above the threshold "
+                             f"{cut:.3f} (nominal {nominal:g}%, rule {d.get('winner')}); look at the FMO and stained "
+                             f"histograms of {marker} in the parent"))
+    if stained is not None and stained.size:
+        sens = cut_sensitivity(stained, cut)
+        d["sensitivity_points"] = sens
+        t_fmo = float(d.get("fmo_threshold", cut))
+        d["correction_points"] = 100.0 * np.count_nonzero((stained > min(cut, t_fmo)) & (stained <= max(cut, t_fmo))) / stained.size
+        d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
+        if d["cut_density_ratio"] > dense_cut_ratio:
+            flags.append(pl.Flag("cut_in_dense_region", "warning",
+                                 f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
+                                 f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
+                                 f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
+                                 f"{marker} histogram of the parent, stained vs FMO"))
+        shift, ratio = d.get("shift", float("nan")), d.get("width_ratio", float("nan"))
+        if ((math.isfinite(shift) and abs(shift) > shift_warning)
+                or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning)):
+            flags.append(pl.Flag("negative_shift", "warning",
+                                 f"{name}: stained negatives sit {shift:+.3f} transformed units from the FMO's and "
+                                 f"are {ratio:.2f}x as wide (limits {shift_warning:g}, {width_warning:g}x); the "
+                                 f"FMO-relative threshold moved {d['correction_points']:.1f} points of the parent and "
+                                 f"is an extrapolation; look at nonspecific binding / spreading in {marker}"))
+        if cut >= stained.max() or cut <= stained.min():
+            flags.append(pl.Flag("cut_at_scale_edge", "warning",
+                                 f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
+                                 f"[{stained.min():.3f}, {stained.max():.3f}]; look at the {marker} histogram"))
+    return pl.Placement(placement.gate, placement.method, d, tuple(flags))
+
+
+def variable_checks(
+    product_id: str, phenotype: Mapping[str, float], variables,
+) -> list[tuple[str, str, str]]:
+    """Product-level checks from the strategies' variables: ``[(code, variable, message)]``.
+
+    ``variables``: ``tilpheno.gates.strategy.Variable`` objects with ``expected`` (low, high) and
+    ``agrees_with`` / ``tolerance``.
+    """
+    out = []
+    for v in variables:
+        value = float(phenotype.get(v.name, float("nan")))
+        if not math.isfinite(value):
+            continue
+        if v.expected is not None:
+            low, high = v.expected
+            if not low <= value <= high:
+                out.append(("out_of_expected_range", v.name,
+                            f"{v.numerator} ({v.name} = {value:.1f}%) outside the expected {low:g}-{high:g}%; "
+                            f"look at the {v.numerator} gate and its parent"))
+        if v.agrees_with:
+            other = float(phenotype.get(v.agrees_with, float("nan")))
+            if math.isfinite(other) and abs(value - other) > v.tolerance:
+                out.append(("tube_disagreement", v.name,
+                            f"{v.numerator} ({v.name} = {value:.1f}%) differs from {v.agrees_with} = {other:.1f}% "
+                            f"by {abs(value - other):.1f} points (tolerance {v.tolerance:g}); look at the "
+                            f"{v.numerator} gates of both tubes"))
+    return out
+
+
+NEEDS_REVIEW, NO_REVIEW_FLAGS = "needs review", "no gating flags"
+
+
+def needs_review(flag) -> bool:
+    """True for a warning/error flag whose code is in :data:`REVIEW_CODES` (a gate that may be wrong)."""
+    return flag.code in REVIEW_CODES and flag.severity in ("warning", "error")
+
+
+def review_status(flags) -> str:
+    """``"needs review"`` when any flag :func:`needs_review`, else ``"no gating flags"``."""
+    return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS
+
+
+def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *,
+                 shallow_ratio: float = 0.5) -> pl.Placement:
+    """Self-check of a stained-tube ``valley`` gate: ``cut_in_dense_region`` when the density at
+    the cut exceeds ``shallow_ratio`` x the lower of its two neighbouring peaks (the negative and
+    the positive one; for a one-population cut, the negative peak): the populations overlap and
+    a small move of the cut moves many events. Adds ``cut_density_ratio`` and
+    ``sensitivity_points`` to the diagnostics."""
+    d = dict(placement.diagnostics)
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    cut = float(d.get("threshold", float("nan")))
+    if x.size < 20 or not np.isfinite(cut):
+        return placement
+    density = pl.smoothed_density(x, DELTA, float(x.min()) - 3 * DELTA, float(x.max()) + 3 * DELTA)
+    peaks = [d[k] for k in ("negative_peak", "positive_peak", "negative_mode") if k in d and np.isfinite(d[k])]
+    if not peaks:
+        return placement
+    at_cut, *at_peaks = np.interp([cut, *peaks], density.grid, density.values)
+    ratio = float(at_cut / min(at_peaks)) if min(at_peaks) > 0 else float("nan")
+    sens = cut_sensitivity(x, cut)
+    d.update(cut_density_ratio=ratio, sensitivity_points=sens)
+    flags = list(placement.flags)
+    marker = getattr(placement.gate, "dim", "")
+    if np.isfinite(ratio) and ratio > shallow_ratio:
+        flags.append(pl.Flag("cut_in_dense_region", "warning",
+                             f"{population} ({marker}): the cut {cut:.3f} lies where events are dense (density "
+                             f"{ratio:.2f} of the neighbouring peak's, limit {shallow_ratio:g}); {sens:.1f} points of the "
+                             f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent"))
+    return pl.Placement(placement.gate, placement.method, d, tuple(flags))
