@@ -14,8 +14,11 @@ written) gates FoxP3+ of CD4: that row measures the difference, it is not like f
 Every sample beyond 5 points on a population is checked for a review flag on that gate.
 Unstained controls: % "T cells" (should be 0).
 
-The GPL FlowSOM mouse file (``flowsom_68983``) is not evaluated yet: its panel (TCRb, NK1.1,
-CD19, TCRgd, CD45) needs marker names outside the vocabulary this strategy set was written for.
+The GPL FlowSOM mouse file (``flowsom_68983``, read from ../shared, never copied): gated with
+``gating/flowsom_mouse.yaml`` (cells, singlets, CD3/CD4/CD8 valleys: the lineage markers of the
+vocabulary; the expert also used TCRb, TCRgd, NK1.1, CD19), against the expert's per-event labels
+(``gatingResult.csv``): T cells = CD4 T, CD8 T, gd T and NK T labels (our CD3+ includes them;
+the expert's few DN/DP ab T cells are unlabelled, so they count as misses), CD4 T and CD8 T.
 """
 from __future__ import annotations
 
@@ -49,6 +52,36 @@ def f1(ours: np.ndarray, expert: np.ndarray) -> float:
     tp = np.count_nonzero(ours & expert)
     denominator = np.count_nonzero(ours) + np.count_nonzero(expert)
     return 2.0 * tp / denominator if denominator else float("nan")
+
+
+def flowsom_rows(base: Path, analyze_product, load_strategy):
+    """Our populations vs the expert's per-event labels of the FlowSOM example file (or None)."""
+    if not (base / "68983.fcs").exists():
+        return None
+    labels = pd.read_csv(base / "gatingResult.csv", header=None)[0].to_numpy()
+    strategy = load_strategy(ROOT / "gating" / "flowsom_mouse.yaml")
+    m = pd.DataFrame([{"file": str(base / "68983.fcs"), "product_id": "68983", "tube": "mouse", "role": "stain",
+                       "fmo_marker": ""}])
+    result = analyze_product("68983", m, [strategy])
+    tube = result.tubes[0]
+    expert = {
+        "T cells": np.isin(labels, ["CD4 T cells", "CD8 T cells", "gd T cells", "NK T cells"]),
+        "CD4 T cells": labels == "CD4 T cells",
+        "CD8 T cells": labels == "CD8 T cells",
+    }
+    parents = {"T cells": ("singlets", None), "CD4 T cells": ("T cells", "T cells"), "CD8 T cells": ("T cells", "T cells")}
+    out = []
+    singlets = tube.masks["singlets"]
+    for pop, e in expert.items():
+        o = tube.masks[pop]
+        o_parent = tube.masks[parents[pop][0]]
+        e_parent = expert[parents[pop][1]] if parents[pop][1] else singlets
+        out.append({"population": pop, "ours_pct_of_parent": 100 * np.count_nonzero(o) / max(1, np.count_nonzero(o_parent)),
+                    "expert_pct_of_parent": 100 * np.count_nonzero(e & e_parent) / max(1, np.count_nonzero(e_parent)),
+                    "f1": f1(o, e), "flags": ";".join(sorted({q.code for q in result.qc if q.severity != "info"}))})
+    out_frame = pd.DataFrame(out)
+    out_frame["abs_delta"] = (out_frame["ours_pct_of_parent"] - out_frame["expert_pct_of_parent"]).abs()
+    return out_frame
 
 
 def main(argv=None) -> None:
@@ -120,6 +153,7 @@ def main(argv=None) -> None:
         except Exception as exc:  # report, do not stop the table
             control_rows.append({"control": f.name, "t_cells_pct": float("nan"), "flags": f"error: {exc}"})
 
+    flowsom = flowsom_rows(Path(args.realdata) / "flowsom_68983", analyze_product, load_strategy)
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print("per sample (% of parent):")
@@ -134,6 +168,9 @@ def main(argv=None) -> None:
     print(summary.round(3).to_string())
     print("\nunstained controls (expected 0 % T cells):")
     print(pd.DataFrame(control_rows).round(2).to_string(index=False))
+    if flowsom is not None:
+        print("\nFlowSOM 68983 (GPL, per-event expert labels):")
+        print(flowsom.round(3).to_string(index=False))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

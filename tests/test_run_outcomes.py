@@ -40,7 +40,10 @@ def _copy(folder: Path, dest: Path, keep=lambda name: True) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file of OUT but the incremental-run store (OUT/.cache: complete, verified entries of the
+    products a failed run finished, kept so that the next run resumes; not outputs)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).parts[0] != ".cache"}
 
 
 def _process(*args):
@@ -183,7 +186,8 @@ def test_overwrite_removes_what_the_previous_run_wrote(two_products, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert "products/P1/report.html" in run["output_folder"]["removed_previous_outputs"]
     assert run["output_folder"]["kept_other_entries"] == ["my_notes.txt"]
-    assert set(run["outputs"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"my_notes.txt"}
+    assert set(run["outputs"]) == {str(p.relative_to(out)) for p in out.rglob("*")
+                                   if p.is_file() and p.relative_to(out).parts[0] != ".cache"} - {"my_notes.txt"}
     assert list(pd.read_csv(out / "phenotypes.csv")["product_id"]) == ["P2"]
     assert not list(out.glob(".tilpheno*"))
 

@@ -168,8 +168,14 @@ def process(
     overwrite: bool = typer.Option(False, "--overwrite", help="OUT may hold a previous run: replace what that run wrote (recorded in run.json)."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Accept --outcomes product ids that match no product (listed as a warning)."),
     allow_outside: bool = typer.Option(False, "--allow-outside", help="Accept manifest files (or links) that lie outside FOLDER."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Process every product again, even those whose inputs and settings are unchanged since the last run into OUT."),
+    reports: str = typer.Option("now", "--reports", help="now: draw every product's report; later: tables only, draw reports on demand with `tilpheno report OUT`."),
 ) -> None:
     """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT.
+
+    Incremental: products whose files, strategies and settings are unchanged since the last run
+    into OUT (re-run with --overwrite) are taken from OUT/.cache, not processed again (run.json
+    lists them).
 
     Exit status: 0 every product done, 1 some product failed (the others' outputs are complete),
     2 the run could not start or finish (no FCS files, bad options, OUT in use or not writable).
@@ -184,6 +190,7 @@ def process(
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
             overwrite=overwrite, allow_unmatched=allow_unmatched, allow_outside=allow_outside,
+            use_cache=not no_cache, reports=reports,
             compensation=compensation,
         )
     except (TilphenoError, OSError) as exc:
@@ -196,7 +203,7 @@ def process(
 def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False,
-                       compensation=None):
+                       use_cache=True, reports=None, report_products=None, compensation=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -220,8 +227,39 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
             on_start=on_start, on_outcome=on_outcome, overwrite=overwrite, allow_unmatched=allow_unmatched,
-            allow_outside=allow_outside, compensation_path=compensation,
+            allow_outside=allow_outside, compensation_path=compensation, use_cache=use_cache, reports=reports,
+            report_products=report_products,
         )
+
+
+@app.command()
+def report(
+    out: Path = typer.Argument(..., help="Output folder of an earlier `tilpheno process` run.", exists=True, file_okay=False),
+    products: Optional[List[str]] = typer.Argument(None, help="Product ids (default: every product)."),
+) -> None:
+    """Draw the reports of OUT's products (e.g. after `process --reports later`), with the run's own settings.
+
+    Gating is taken from OUT/.cache when the inputs are unchanged; a product without a stored
+    report is gated again and drawn. Other products keep the reports they have.
+    """
+    import sys
+
+    from tilpheno.errors import TilphenoError
+    from tilpheno.pipeline import rerun_arguments
+
+    try:
+        kwargs, known = rerun_arguments(out)
+        unknown = sorted(set(products or ()) - known)
+        if unknown:
+            raise TilphenoError(f"{out}: no product {', '.join(map(repr, unknown))} in this run (products: "
+                                f"{', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''})")
+        summary = _run_with_progress(**kwargs, out=out, reports="now", report_products=products or None,
+                                     command_line=["tilpheno", *sys.argv[1:]], overwrite=True)
+    except (TilphenoError, OSError) as exc:
+        _fail(exc)
+    _print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(code=1)
 
 
 def _print_summary(summary) -> None:

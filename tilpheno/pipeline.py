@@ -87,6 +87,7 @@ class ProductOutcome:
     files: list[FileDigest]
     report_html: str | None = None
     seconds: float = 0.0
+    has_report: bool | None = None  # a report was published for it (None: as ``ProcessOptions.make_reports``)
 
 
 @dataclass
@@ -660,6 +661,9 @@ def run_process(
     on_outcome: Callable[[ProductOutcome], None] | None = None,
     overwrite: bool = False,
     run_flags: Sequence[QCFlag] = (),
+    use_cache: bool = True,
+    reports: str | None = None,
+    report_products: Iterable[str] | None = None,
     compensations: Mapping | None = None,
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
@@ -671,11 +675,20 @@ def run_process(
     a folder holding anything is refused unless ``overwrite``, which replaces what the previous
     run wrote). Reports are staged as products finish, tables at the end, every file atomically;
     the outputs appear in ``out_dir`` only when the run completes (``run.json`` last). A run that
-    raises or is interrupted leaves ``out_dir`` as it was. ``record`` (from
+    raises or is interrupted leaves ``out_dir``'s outputs as they were. ``record`` (from
     :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests, the list of
     outputs and what was replaced, and written as ``run.json``. ``on_outcome`` is called in this
     process as each product finishes (progress bars). ``run_flags``: QC flags of the run itself
     (product id ''), written first in ``qc.csv``; an error among them makes the summary not ok.
+
+    Incremental (:mod:`tilpheno.cache`): a product whose inputs, strategies, options and code are
+    those of an entry in ``OUT/.cache`` is not processed again; its stored outcome (and report)
+    are used. The store is written as products finish (not staged), so an interrupted run's
+    finished products are re-used by the next run. ``use_cache=False`` processes every product
+    (entries are still written). ``reports``: ``now`` (every product's report drawn; the default
+    when ``options.make_reports``), ``later`` (none drawn: ``tilpheno report OUT`` draws them on
+    demand) or ``none``; ``report_products``: with ``now``, only these products get a report
+    drawn, the others keep a report stored in the cache, if any.
     """
     from tilpheno.io.outdir import OutputFolder, OutputFolderError, describe_os_error
 
@@ -683,7 +696,11 @@ def run_process(
         raise NoInputError("no FCS files to process (empty manifest)")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    options = dataclasses.replace(options, provenance_short=tuple(record.short().items()))
+    reports = reports or ("now" if options.make_reports else "none")
+    if reports not in REPORT_MODES:
+        raise TableError(f"--reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
+    options = dataclasses.replace(options, provenance_short=tuple(record.short().items()),
+                                  make_reports=reports == "now")
     sources = strategy_sources(strategies)
     jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
             for pid, rows in group_products(manifest)]
@@ -691,7 +708,8 @@ def run_process(
         try:
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
                               scheduler=scheduler, on_outcome=on_outcome, folder=folder,
-                              run_flags=run_flags, strategies=strategies)
+                              run_flags=run_flags, strategies=strategies, use_cache=use_cache, reports=reports,
+                              report_products=report_products)
             folder.publish()
         except OSError as exc:
             raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
@@ -712,35 +730,222 @@ def run_process(
     return summary
 
 
-def _stage(staging: Path, jobs, options: ProcessOptions, record: RunRecord, t0: float, *, executor, n_jobs,
-           scheduler, on_outcome, folder, run_flags=(), strategies=()) -> list[ProductOutcome]:
-    """Run the jobs and write every output into ``staging`` (``run.json`` last)."""
+REPORT_MODES = ("now", "later", "none")
+
+
+def _report_wanted(job: ProductJob, reports: str, selected) -> str:
+    """``draw`` (the job draws its report), ``stored`` (publish a cached report if there is one) or ``no``."""
+    if reports != "now":
+        return "no"
+    return "draw" if selected is None or job.product_id in selected else "stored"
+
+
+def outcome_record(outcome: ProductOutcome) -> dict:
+    """The JSON-able part of an outcome (everything but the population table and the report)."""
+    return {
+        "product_id": outcome.product_id, "slug": outcome.slug, "ok": outcome.ok, "error": outcome.error,
+        "phenotype": outcome.phenotype, "qc": [dataclasses.asdict(f) for f in outcome.qc],
+        "release": [dataclasses.asdict(r) for r in outcome.release], "release_status": outcome.release_status,
+        "files": [dataclasses.asdict(d) for d in outcome.files],
+    }
+
+
+def outcome_from_record(rec: Mapping) -> ProductOutcome:
+    """An outcome (without tables or report) from :func:`outcome_record`'s dict."""
+    from tilpheno.release import Criterion
+
+    release = [CriterionResult(Criterion(**r["criterion"]), r["value"], r["outcome"]) for r in rec["release"]]
+    return ProductOutcome(
+        product_id=rec["product_id"], slug=rec["slug"], ok=rec["ok"], error=rec["error"],
+        phenotype=dict(rec["phenotype"]), populations=None, qc=[QCFlag(**f) for f in rec["qc"]],
+        release=release, release_status=rec["release_status"], files=[FileDigest(**d) for d in rec["files"]],
+    )
+
+
+def _publish_report(src: Path, dest: Path) -> None:
+    """Put a stored report at ``dest``: a hard link to the cache's copy when the file system allows
+    (no bytes copied), else an atomic copy. Either way ``dest`` appears complete or not at all."""
+    import os
+    import tempfile
+
+    from tilpheno.io import atomic
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".link-", dir=dest.parent)) / "report.html"
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        atomic.write_bytes(dest, src.read_bytes())
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, record: RunRecord, t0: float, *,
+           executor: str, n_jobs: int, scheduler, on_outcome, folder, run_flags=(), strategies=(),
+           use_cache: bool = True, reports: str = "now", report_products=None) -> list[ProductOutcome]:
+    """Re-use cached products, run the others, write every output into ``staging`` (``run.json`` last).
+
+    Every product's outcome goes to the store (``OUT/.cache``, not staged) as soon as it arrives,
+    then only its small fields stay in memory; reports are staged as hard links to the stored
+    copies; the tables are written from the stored entries in product order, so a re-run's tables
+    are byte-identical to a fresh run's. Returns the outcomes (no tables) sorted by id.
+    """
+    import hashlib
+    import uuid
+
+    from tilpheno.cache import ProductStore, job_key, product_key
     from tilpheno.io import atomic
     from tilpheno.report.codebook import build_codebook
-    from tilpheno.report.html import render_index
+    from tilpheno.report.html import render_index_pages
 
-    outcomes = []
-    for outcome in iter_outcomes(jobs, executor=executor, n_jobs=n_jobs, scheduler=scheduler):
-        if outcome.report_html is not None:
-            atomic.write_text(report_path(staging, outcome.product_id), outcome.report_html)
-            outcome.report_html = None
-        outcomes.append(outcome)
+    out_dir = folder.path
+    store = ProductStore(out_dir, read=use_cache)
+    digests = store.inputs()
+    selected = None if report_products is None else {str(p) for p in report_products}
+    keys: dict[str, str] = {}
+    done: dict[str, tuple[ProductOutcome, Path]] = {}
+    todo, reused = {}, []
+    # an empty store (first run into OUT) or --no-cache: nothing to look up, so the inputs are not
+    # hashed here; each product's key comes from the digests its job took of the bytes it read
+    look_up = store.has_entries()
+    for job in jobs:
+        wanted = _report_wanted(job, reports, selected)
+        job = dataclasses.replace(job, options=dataclasses.replace(job.options, make_reports=wanted == "draw"))
+        entry = None
+        if look_up:
+            file_digests = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
+            key = product_key(job, file_digests) if all(file_digests.values()) else None
+            entry = store.load(key, need_report=wanted == "draw") if key else None
+            if key:
+                keys[job.product_id] = key
+        if entry is None:
+            todo[job.product_id] = job
+            continue
+        outcome = outcome_from_record(entry.outcome)
+        outcome.has_report = wanted != "no" and entry.has_report
+        if outcome.has_report:
+            _publish_report(entry.report_path, report_path(staging, outcome.product_id))
+        done[outcome.product_id] = (outcome, entry.populations_path)
+        reused.append(outcome.product_id)
         if on_outcome is not None:
             on_outcome(outcome)
-    outcomes.sort(key=lambda o: o.product_id)
-    phenotypes, populations, qc = _tables(outcomes, run_flags)
+    run = uuid.uuid4().hex
+    dispatched_ns = time.time_ns()
+    for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        job = todo[fresh.product_id]
+        key = job_key(job, fresh)
+        if key is not None:
+            keys[fresh.product_id] = key
+            for d in fresh.files:  # identities for the next run's stat pre-check, as of before the reads
+                digests.record(d.path, d.sha256, dispatched_ns)
+        else:
+            key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
+        entry = store.store(key, outcome_record(fresh), fresh.populations, fresh.report_html)
+        outcome = outcome_from_record(entry.outcome)  # the stored form, as a re-run reads it
+        outcome.has_report = entry.has_report
+        if entry.has_report:
+            _publish_report(entry.report_path, report_path(staging, outcome.product_id))
+        del fresh
+        done[outcome.product_id] = (outcome, entry.populations_path)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    ordered = [done[pid] for pid in sorted(done)]
+    outcomes = [o for o, _ in ordered]
+    phenotypes, _, qc = _tables(outcomes, run_flags)
     atomic.write_csv(staging / "phenotypes.csv", phenotypes)
     atomic.write_parquet(staging / "phenotypes.parquet", phenotypes)
-    atomic.write_csv(staging / "populations.csv", populations)
+    population_columns = _write_populations(staging / "populations.csv", [p for _, p in ordered])
     atomic.write_csv(staging / "qc.csv", qc)
-    tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": populations.columns, "qc.csv": qc.columns}
+    tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": population_columns, "qc.csv": qc.columns}
     atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
-    atomic.write_text(staging / "index.html", render_index(outcomes, options, strategies))
+    for name, page in render_index_pages(outcomes, options, strategies):
+        atomic.write_text(staging / name, page)
+    record.extra["cache"] = {
+        "enabled": use_cache, "reused": sorted(reused), "processed": sorted(todo),
+        "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused,
+    }
     record.finish({d.path: d for o in outcomes for d in o.files}.values(),   # shared control files once
                   time.perf_counter() - t0)
     record.extra.update(folder.record())
     atomic.write_text(staging / "run.json", record.to_json())
+    digests.save()
+    store.prune(keys.values())
     return outcomes
+
+
+def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
+    """``populations.csv`` streamed from each product's stored table, in product order: one
+    product's rows in memory at a time. Columns (returned): the union over products in order of
+    appearance (a column a product lacks is empty in its rows), as ``pandas.concat`` would give."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from tilpheno.io import atomic
+
+    columns: dict[str, None] = {}
+    for p in parquet_paths:
+        for name in pq.read_schema(p).names:
+            if not name.startswith("__index_level"):
+                columns.setdefault(name, None)
+    if not columns:
+        columns = dict.fromkeys(["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    with atomic.atomic_open(path, "w") as fh:
+        header = True
+        for p in parquet_paths:
+            frame = pd.read_parquet(p)
+            if len(frame) == 0:
+                continue
+            frame.reindex(columns=list(columns)).to_csv(fh, index=False, header=header, lineterminator="\n")
+            header = False
+        if header:  # no product has rows
+            pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+    return list(columns)
+
+
+
+def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
+    """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
+    outcomes, strategies, release spec, FMO percentile, identifiers, local jobs), and the run's
+    product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or
+    a strategy or release spec file changed since (the results would no longer be that run's)."""
+    import json
+
+    import pandas as pd
+
+    from tilpheno.provenance import sha256_file
+
+    out_dir = Path(out_dir)
+    try:
+        run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        params = run["parameters"]
+        known = set(pd.read_parquet(out_dir / "phenotypes.parquet", columns=["product_id"])["product_id"].astype(str))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({exc})") from None
+    for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
+            [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
+            if run.get("release_spec", {}).get("sha256") else []):
+        try:
+            same = sha256_file(path) == digest
+        except OSError:
+            same = False
+        if not same:
+            raise TilphenoError(f"{path}: {what} changed or missing since the run in {out_dir}; run `tilpheno process` again")
+    jobs = int(params.get("jobs", 1)) if params.get("executor", "local") == "local" else 1
+    kwargs = {
+        "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
+        "outcomes": Path(params["outcomes"]) if params.get("outcomes") else None,
+        "strategy": [Path(s["path"]) for s in run.get("strategies", [])] or None,
+        "release_spec": Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256") else None,
+        "fmo_percentile": float(params.get("fmo_percentile", 99.5)),
+        "include_identifiers": bool(params.get("include_identifiers", False)), "jobs": max(jobs, 1),
+        "compensation": Path(params["compensation"]) if params.get("compensation") else None,
+        "allow_unmatched": bool(params.get("allow_unmatched", False)),
+        "allow_outside": bool(params.get("allow_outside", False)),
+    }
+    return kwargs, known
 
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False):
@@ -814,6 +1019,9 @@ def process_folder(
     overwrite: bool = False,
     allow_unmatched: bool = False,
     allow_outside: bool = False,
+    use_cache: bool = True,
+    reports: str | None = None,
+    report_products: Iterable[str] | None = None,
 ) -> RunSummary:
     """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
 
@@ -822,6 +1030,8 @@ def process_folder(
     (``NoInputError``), invalid strategy or release spec, unknown executor, outcome ids that
     match no product (unless ``allow_unmatched``), manifest files outside ``folder`` (unless
     ``allow_outside``), an output folder in use or holding a previous run (unless ``overwrite``).
+    ``use_cache``, ``reports``, ``report_products``: see :func:`run_process` (``reports`` defaults
+    to ``now`` when ``make_reports``, else ``none``).
     ``on_start(n_products, n_files)`` is called once the manifest is known.
     """
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
@@ -868,6 +1078,7 @@ def process_folder(
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
             "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
             "overwrite": overwrite, "allow_unmatched": allow_unmatched, "allow_outside": allow_outside,
+            "reports": reports or ("now" if make_reports else "none"), "cache": use_cache,
             "compensation": str(compensation_path or ""),
         },
         strategy_paths=paths,
@@ -880,4 +1091,5 @@ def process_folder(
                              make_reports=make_reports, release_spec=spec)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
                        scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags,
+                       use_cache=use_cache, reports=reports, report_products=report_products,
                        compensations=compensations)

@@ -21,7 +21,7 @@ DEPENDENCIES = (
     "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
 )
 TIME_FIELDS = ("started_at", "finished_at", "duration_s")
-EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler", "overwrite")
+EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler", "overwrite", "reports", "cache")
 """How a run was executed; not in the reports' short form, so results do not depend on it."""
 
 

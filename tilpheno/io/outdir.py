@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".tilpheno.lock"
 STAGING_PREFIX = ".tilpheno-staging-"
 INCOMPLETE_NAME = ".tilpheno-incomplete"
+CACHE_NAME = ".cache"
+"""The incremental-run store (``tilpheno.cache``): not an output of a run; kept across runs."""
 RECORD_NAME = "run.json"
 STANDARD_OUTPUTS = ("phenotypes.csv", "phenotypes.parquet", "populations.csv", "qc.csv", "index.html",
                     "codebook.csv", "products", RECORD_NAME)
@@ -133,7 +135,7 @@ class OutputFolder:
         if self.stale_removed:
             log.warning("%s: removed %d temporary file(s) of an earlier run that was killed: %s", out,
                         len(self.stale_removed), ", ".join(sorted(self.stale_removed)))
-        entries = sorted(e.name for e in os.scandir(out) if e.name != LOCK_NAME)
+        entries = sorted(e.name for e in os.scandir(out) if e.name not in (LOCK_NAME, CACHE_NAME))
         if not entries:
             return
         previous, how = self._previous_outputs(entries)

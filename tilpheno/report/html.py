@@ -127,6 +127,12 @@ def failed_criteria(release: Sequence) -> list[str]:
     return out
 
 
+def _has_report(outcome, options) -> bool:
+    """Whether the product's report was published (``has_report``; unset: as ``options.make_reports``)."""
+    has = getattr(outcome, "has_report", None)
+    return options.make_reports if has is None else bool(has)
+
+
 def index_columns(outcomes: Sequence, strategies: Sequence = ()) -> list[str]:
     """The index's value columns: the strategies' study variables (in strategy order) present in the
     outcomes, then ``n_events_total``; without strategies every ``*_pct*`` column of the outcomes."""
@@ -140,12 +146,30 @@ def index_columns(outcomes: Sequence, strategies: Sequence = ()) -> list[str]:
     return [c for c in dict.fromkeys(wanted) if c in present] + ["n_events_total"]
 
 
+INDEX_PAGE_ROWS = 500
+"""Products per index page: a cohort of thousands gets ``index.html`` (page 1), ``index-2.html``, ...
+each a static, script-light page (the sorter orders one page; ``phenotypes.csv`` holds them all)."""
+
+
+def index_page_name(number: int) -> str:
+    """``index.html`` for page 1, ``index-<n>.html`` after it."""
+    return "index.html" if number == 1 else f"index-{number}.html"
+
+
 def render_index(outcomes: Sequence, options, strategies: Sequence = ()) -> str:
-    """The cohort page: one sortable row per product (sorted by id), linking to each report.
+    """The cohort page (the first one when there are more than ``INDEX_PAGE_ROWS`` products)."""
+    return render_index_pages(outcomes, options, strategies)[0][1]
+
+
+def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
+                       page_rows: int = INDEX_PAGE_ROWS) -> list[tuple[str, str]]:
+    """The cohort index as ``(file name, HTML)`` pages of ``page_rows`` products each, in the
+    outcomes' order (by id): one sortable row per product, linking to its report.
 
     Headers are the codebook's labels (``tilpheno.report.codebook``), the column name in a tooltip;
     each product not released lists the criteria it failed; the product column stays in view
-    while the table scrolls sideways.
+    while the table scrolls sideways. With more than one page, each page names its range of
+    products and links every page (plain links, no script); the counts are the whole cohort's.
     """
     from tilpheno.report.codebook import build_codebook
 
@@ -153,23 +177,35 @@ def render_index(outcomes: Sequence, options, strategies: Sequence = ()) -> str:
     book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile).set_index("column")
     headers = [{"column": c, "label": book.at[c, "label"], "title": f"{c}: {book.at[c, 'meaning']}"
                 + (f" ({book.at[c, 'unit']})" if book.at[c, "unit"] else "")} for c in columns]
-    rows = []
-    for o in outcomes:
-        rows.append({
-            "product_id": o.product_id,
-            "href": f"products/{o.slug}/report.html" if options.make_reports else None,
-            "status": "done" if o.ok else "failed",
-            "error": o.error,
-            "release": o.release_status,
-            "reasons": failed_criteria(o.release),
-            "qc": o.phenotype.get("qc_status", ""),
-            "review": o.phenotype.get("review_status", ""),
-            "n_flags": len(o.qc),
-            "cells": [o.phenotype.get(c) for c in columns],
-        })
     n_failed = sum(1 for o in outcomes if not o.ok)
     n_released = sum(1 for o in outcomes if o.release_status == "pass")
-    return render(
-        "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
-        n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
-    )
+    n_pages = max(1, math.ceil(len(outcomes) / page_rows))
+    pages = []
+    for number in range(1, n_pages + 1):
+        first = (number - 1) * page_rows
+        rows = [_index_row(o, options, columns) for o in outcomes[first:first + page_rows]]
+        nav = None
+        if n_pages > 1:
+            nav = {"first": first + 1, "last": first + len(rows), "pages": [
+                {"number": k, "href": index_page_name(k), "current": k == number} for k in range(1, n_pages + 1)]}
+        pages.append((index_page_name(number), render(
+            "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
+            n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
+            n_products=len(outcomes), nav=nav,
+        )))
+    return pages
+
+
+def _index_row(o, options, columns) -> dict:
+    return {
+        "product_id": o.product_id,
+        "href": f"products/{o.slug}/report.html" if _has_report(o, options) else None,
+        "status": "done" if o.ok else "failed",
+        "error": o.error,
+        "release": o.release_status,
+        "reasons": failed_criteria(o.release),
+        "qc": o.phenotype.get("qc_status", ""),
+        "review": o.phenotype.get("review_status", ""),
+        "n_flags": len(o.qc),
+        "cells": [o.phenotype.get(c) for c in columns],
+    }

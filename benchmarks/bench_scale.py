@@ -1,0 +1,251 @@
+"""Scale benchmarks (issue 18), run by hand: incremental re-runs, memory at cohort scale, throughput,
+``--jobs 2`` and a two-worker Dask cluster against one local process.
+
+    .venv/bin/python benchmarks/make_cohort.py --out /tmp/b12 --products 12 --events 100000
+    .venv/bin/python benchmarks/make_cohort.py --out /tmp/b200 --products 200 --events 10000
+    .venv/bin/python benchmarks/bench_scale.py incremental --cohort /tmp/b12
+    .venv/bin/python benchmarks/bench_scale.py memory --cohort /tmp/b200 --small 20
+    .venv/bin/python benchmarks/bench_scale.py throughput --cohort /tmp/b12 --baseline /path/to/old/tree
+    .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
+    .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
+
+Every ``process`` runs in a subprocess (``python -m tilpheno.cli process``, ``--no-cache`` unless the
+cache is what is measured) against the ``tilpheno`` of ``--tree`` (default: this checkout); wall
+time, CPU time of the process tree (psutil, sampled every 50 ms) and the 1-minute load average
+before the run are printed with each figure, since the machine may be shared. Ratios are taken
+between runs of one invocation.
+
+- incremental: a first run into a fresh OUT; the same command again (every product re-used);
+  ``touch`` on every input (stat identities change: every file hashed again, every product still
+  re-used); one FMO file rewritten with other bytes (one product processed); a ``--no-cache`` run
+  into a fresh folder of the changed cohort, compared byte for byte with the incremental result.
+  Also the SHA-256 of every input file in this process (what a run without the stat pre-check pays).
+- memory: ``process_folder`` (``--jobs 1``) in fresh processes on the first ``--small`` products
+  and on all products: peak RSS (``VmHWM``) and the increment above the libraries' baseline, as
+  ``benchmarks/run.py`` measures it.
+- throughput: ``process --jobs 1`` with reports, against the same command on ``--baseline`` (an
+  older tree), and ``--reports later`` (gating and tables only).
+- parallel: ``--jobs 1``, ``--jobs 2``, and ``--executor dask`` on a ``LocalCluster`` of two
+  single-threaded worker processes (127.0.0.1), against ``--jobs 1``.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
+    """``tilpheno process`` of ``tree`` in a subprocess: wall s, CPU s of the tree, load before, exit."""
+    from run import _watch  # benchmarks/run.py: psutil sampling of the process tree
+
+    cmd = [sys.executable, "-m", "tilpheno.cli", "process", str(cohort), "-o", str(out),
+           "--manifest", str(cohort / "manifest.csv"), *extra]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = load()
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    usage = _watch(proc)
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(cmd)}\n{err[-3000:]}")
+    return {"wall": wall, "cpu": usage["cpu_s"], "load": before, "exit": proc.returncode,
+            "peak_tree_mb": usage["peak_tree_mb"]}
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.json" and ".cache" not in p.relative_to(out).parts}
+
+
+def cache_record(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text()).get("cache", {})
+
+
+def row(what: str, r: dict, note: str = "") -> str:
+    return f"| {what} | {r['wall']:.1f} s wall, {r['cpu']:.1f} s CPU | load {r['load']:.1f} | {note} |"
+
+
+def incremental(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="scale-inc-"))
+    cohort = work / "fcs"
+    shutil.copytree(args.cohort, cohort)  # this benchmark rewrites one file
+    files = sorted(cohort.glob("*.fcs"))
+    t = time.process_time()
+    for f in files:
+        hashlib.sha256(f.read_bytes()).hexdigest()
+    sha_cpu = time.process_time() - t
+    size = sum(f.stat().st_size for f in files)
+    out = work / "out"
+    lines = ["| run | time | load before | notes |", "|---|---|---|---|"]
+    first = run_process(args.tree, cohort, out)
+    lines.append(row("first run, fresh OUT", first, f"{len(files)} files, {size / 1e9:.2f} GB"))
+    reference = outputs(out)
+    again = run_process(args.tree, cohort, out, "--overwrite")
+    rec = cache_record(out)
+    same = outputs(out) == reference
+    lines.append(row("same command again (unchanged)", again,
+                     f"**{again['wall'] / first['wall']:.1%} of the first run** (wall), {again['cpu'] / first['cpu']:.1%} (CPU); "
+                     f"re-used {len(rec.get('reused', []))}, processed {len(rec.get('processed', []))}; "
+                     f"inputs hashed {rec.get('inputs_hashed')}, digests re-used {rec.get('inputs_digest_reused')}; "
+                     f"outputs identical: {same}"))
+    for f in files:
+        os.utime(f)
+    touched = run_process(args.tree, cohort, out, "--overwrite")
+    rec = cache_record(out)
+    lines.append(row("after `touch` of every input", touched,
+                     f"{touched['wall'] / first['wall']:.1%} of the first run; inputs hashed {rec.get('inputs_hashed')}; "
+                     f"re-used {len(rec.get('reused', []))}; outputs identical: {outputs(out) == reference}"))
+    victim = sorted(cohort.glob("*_surface_FMO_PD1.fcs"))
+    victim[1].write_bytes(victim[0].read_bytes())
+    changed = run_process(args.tree, cohort, out, "--overwrite")
+    rec = cache_record(out)
+    clean = work / "clean"
+    fresh = run_process(args.tree, cohort, clean, "--no-cache")
+    lines.append(row(f"one file changed ({victim[1].name})", changed,
+                     f"{changed['wall'] / first['wall']:.1%} of the first run; processed {rec.get('processed')}; "
+                     f"re-used {len(rec.get('reused', []))}"))
+    lines.append(row("clean --no-cache run of the changed cohort", fresh,
+                     f"incremental outputs identical to it: {outputs(out) == outputs(clean)}"))
+    lines.append(f"| SHA-256 of all {len(files)} inputs in one process | {sha_cpu:.2f} s CPU | load {load():.1f} | "
+                 f"{size / sha_cpu / 1e9:.2f} GB/s; {sha_cpu / first['cpu']:.2%} of the first run's CPU |")
+    print("\n".join(lines))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def memory(args) -> None:
+    import pandas as pd
+
+    from run import _memory_run
+
+    work = Path(tempfile.mkdtemp(prefix="scale-mem-"))
+    manifest = pd.read_csv(args.cohort / "manifest.csv")
+    ids = sorted(manifest["product_id"].unique())
+    lines = ["| products | files | peak RSS | increment over the libraries | seconds | load before |", "|---|---|---|---|---|---|"]
+    results = {}
+    for n in (args.small, len(ids)):
+        csv = work / f"manifest_{n}.csv"
+        manifest[manifest["product_id"].isin(ids[:n])].to_csv(csv, index=False)
+        before = load()
+        r = _memory_run(args.cohort, csv, work / f"out{n}")
+        results[n] = r
+        mb = 2**20
+        lines.append(f"| {n} | {int(manifest['product_id'].isin(ids[:n]).sum())} | {r['peak'] / mb:.0f} MiB | "
+                     f"{(r['peak'] - r['baseline']) / mb:.0f} MiB | {r['seconds']:.0f} | {before:.1f} |")
+    small, big = results[args.small]["peak"], results[len(ids)]["peak"]
+    lines.append(f"| ratio {len(ids)} / {args.small} products | | **{big / small:.3f}** | "
+                 f"{(results[len(ids)]['peak'] - results[len(ids)]['baseline']) / max(1, results[args.small]['peak'] - results[args.small]['baseline']):.3f} | | |")
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def throughput(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="scale-tp-"))
+    lines = ["| run | time | load before | notes |", "|---|---|---|---|"]
+    runs = {}
+    order = [("baseline", args.baseline, ()), ("now", args.tree, ("--no-cache",)),
+             ("now, --reports later", args.tree, ("--no-cache", "--reports", "later"))]
+    for _ in range(args.rounds):
+        for name, tree, extra in order:
+            if tree is None:
+                continue
+            r = run_process(tree, args.cohort, work / f"{name}-{time.time_ns()}", *extra)
+            runs.setdefault(name, []).append(r)
+    for name, rs in runs.items():
+        best = min(rs, key=lambda r: r["cpu"])
+        base = min(runs["baseline"], key=lambda r: r["cpu"]) if "baseline" in runs else None
+        note = f"throughput per core {base['cpu'] / best['cpu']:.2f}x the baseline (CPU)" if base else ""
+        lines.append(row(f"{name} (least CPU of {len(rs)})", best, note))
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def parallel(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="scale-par-"))
+    lines = ["| run | time | load before | notes |", "|---|---|---|---|"]
+    one = run_process(args.tree, args.cohort, work / "j1", "--no-cache")
+    two = run_process(args.tree, args.cohort, work / "j2", "--no-cache", "--jobs", "2")
+    lines.append(row("--jobs 1", one))
+    lines.append(row("--jobs 2", two, f"**{one['wall'] / two['wall']:.2f}x** --jobs 1; outputs identical: "
+                                      f"{outputs(work / 'j1') == outputs(work / 'j2')}"))
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, worker_dashboard_address=None) as cluster:
+        dask = run_process(args.tree, args.cohort, work / "dask", "--no-cache", "--executor", "dask",
+                           "--scheduler", cluster.scheduler_address)
+    lines.append(row("--executor dask, LocalCluster of 2 worker processes", dask,
+                     f"**{one['wall'] / dask['wall']:.2f}x** --jobs 1 (CPU column: the client process only); "
+                     f"outputs identical: {outputs(work / 'j1') == outputs(work / 'dask')}"))
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def scan(args) -> None:
+    """``scan_folder`` of ``--files`` files (symbolic links to the cohort's files, renamed so that
+    every 9 make a new product): wall and CPU seconds, and bytes read per file (``rchar`` of
+    ``/proc/self/io``), against the files' mean size: only HEADER and TEXT are read."""
+    from tilpheno.io.manifest import scan_folder
+
+    work = Path(tempfile.mkdtemp(prefix="scale-scan-"))
+    sources = sorted(args.cohort.glob("*.fcs"))
+    per_product = {}
+    for f in sources:
+        per_product.setdefault(f.name.split("_", 1)[0], []).append(f)
+    tubes = list(per_product.values())
+    n = 0
+    while n < args.files:
+        for f in tubes[(n // 9) % len(tubes)]:
+            if n >= args.files:
+                break
+            (work / f"P{n // 9:06d}_{f.name.split('_', 1)[1]}").symlink_to(f)
+            n += 1
+
+    def rchar() -> int:
+        with open("/proc/self/io") as fh:
+            return int(next(line for line in fh if line.startswith("rchar")).split()[1])
+
+    before, r0, c0, t0 = load(), rchar(), time.process_time(), time.perf_counter()
+    frame = scan_folder(work)
+    wall, cpu, read = time.perf_counter() - t0, time.process_time() - c0, rchar() - r0
+    mean_size = sum(f.stat().st_size for f in sources) / len(sources)
+    print(f"| scan of {len(frame)} files ({frame['product_id'].nunique()} products) | {wall:.1f} s wall, {cpu:.1f} s CPU "
+          f"({1e3 * cpu / len(frame):.2f} ms per file) | load {before:.1f} | {read / len(frame) / 1024:.1f} KiB read per file, "
+          f"files are {mean_size / 1024:.0f} KiB; problems: {int((frame['problem'] != '').sum())} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "scan"))
+    ap.add_argument("--cohort", type=Path, required=True, help="folder from benchmarks/make_cohort.py")
+    ap.add_argument("--tree", type=Path, default=HERE.parent, help="tilpheno checkout to run (default: this one)")
+    ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`")
+    ap.add_argument("--small", type=int, default=20, help="products of the small memory run")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of `throughput`")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--files", type=int, default=10_000, help="files for `scan`")
+    args = ap.parse_args(argv)
+    {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
+     "scan": scan}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

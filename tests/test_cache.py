@@ -1,0 +1,204 @@
+"""Incremental runs (tilpheno.cache): re-use, invalidation, corruption, stat pre-check, deferred reports."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cache import CACHE_DIR, InputDigests, ProductStore, product_key
+from tilpheno.cli import app
+from tilpheno.pipeline import ProcessOptions, ProductJob, process_folder, strategy_sources
+
+OUTPUTS = ("phenotypes.csv", "phenotypes.parquet", "populations.csv", "qc.csv", "index.html")
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every output file's bytes except run.json and the cache (which records times and identities)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.json" and CACHE_DIR not in p.relative_to(out).parts}
+
+
+def _cache_record(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())["cache"]
+
+
+@pytest.fixture(scope="module")
+def cohort(small_cohort, tmp_path_factory):
+    """A private copy of the small cohort (tests here modify files), its manifest and a first run."""
+    folder = tmp_path_factory.mktemp("cache_cohort") / "fcs"
+    shutil.copytree(small_cohort.out_dir, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache_first") / "out"
+    summary = process_folder(cohort, out, manifest_csv=cohort / "manifest.csv", overwrite=True)
+    assert summary.ok
+    return out
+
+
+def test_rerun_reuses_every_product_and_gives_identical_outputs(first, cohort, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(first, again)
+    before = _outputs(again)
+    summary = process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
+    assert summary.ok and summary.n_products == 3
+    record = _cache_record(again)
+    assert record["reused"] == ["TIL001", "TIL002", "TIL003"] and record["processed"] == []
+    assert _outputs(again) == before
+    assert set(before) >= {*OUTPUTS, "products/TIL001/report.html"}
+    # run.json still lists every input with its digest (taken from the entries)
+    first_run, second_run = (json.loads((o / "run.json").read_text()) for o in (first, again))
+    assert first_run["inputs"] == second_run["inputs"] and len(first_run["inputs"]) == 27
+
+
+def test_changed_fmo_file_reprocesses_only_its_product(cohort, tmp_path):
+    folder = tmp_path / "fcs"
+    shutil.copytree(cohort, folder)
+    manifest = folder / "manifest.csv"
+    out = tmp_path / "out"
+    process_folder(folder, out, manifest_csv=manifest, make_reports=False, overwrite=True)
+    # TIL002's PD1 FMO replaced by TIL001's (a valid FCS file with other events)
+    target = folder / "TIL002_surface_FMO_PD1.fcs"
+    target.write_bytes((folder / "TIL001_surface_FMO_PD1.fcs").read_bytes())
+    summary = process_folder(folder, out, manifest_csv=manifest, make_reports=False, overwrite=True)
+    assert summary.ok
+    record = _cache_record(out)
+    assert record["processed"] == ["TIL002"] and record["reused"] == ["TIL001", "TIL003"]
+    incremental = _outputs(out)
+    # --no-cache: every product processed again (entries not read), every input hashed again
+    process_folder(folder, out, manifest_csv=manifest, make_reports=False, use_cache=False, overwrite=True)
+    record = _cache_record(out)
+    assert record["reused"] == [] and record["processed"] == ["TIL001", "TIL002", "TIL003"]
+    assert record["inputs_hashed"] == 0 and record["inputs_digest_reused"] == 0  # nothing looked up, nothing hashed here
+    assert _outputs(out) == incremental
+    # the PD1 threshold of TIL002 changed with its FMO, so the product really was gated again
+    pops = pd.read_csv(out / "populations.csv")
+    assert "TIL002_surface_FMO_PD1.fcs" in set(pops["file"])
+    # entries of this run only: one per product
+    entries = [p for p in (out / CACHE_DIR / "entries").glob("*/*") if p.is_dir()]
+    assert len(entries) == 3
+
+
+def test_corrupt_entry_is_ignored_with_a_log_line(first, cohort, tmp_path, caplog):
+    again = tmp_path / "again"
+    shutil.copytree(first, again)
+    victim = sorted((again / CACHE_DIR / "entries").glob("*/*/outcome.json"))[0]
+    pid = json.loads(victim.read_text())["product_id"]
+    victim.write_text(victim.read_text().replace('"ok": true', '"ok": false'))  # bytes no longer match entry.json
+    with caplog.at_level(logging.WARNING, logger="tilpheno.cache"):
+        process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
+    assert any("ignoring entry" in r.getMessage() and "SHA-256 does not match" in r.getMessage() for r in caplog.records)
+    record = _cache_record(again)
+    assert record["processed"] == [pid] and len(record["reused"]) == 2
+    assert _outputs(again) == _outputs(first)
+
+
+def test_report_link_or_edit_never_changes_the_cache(first, cohort, tmp_path):
+    """A published report edited in place (it may share the cache entry's inode) invalidates only that entry."""
+    again = tmp_path / "again"
+    shutil.copytree(first, again)
+    report = again / "products" / "TIL001" / "report.html"
+    with open(report, "r+b") as fh:  # in-place edit, as an editor that does not replace files would
+        fh.write(b"<!-- edited -->")
+    process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
+    assert _outputs(again) == _outputs(first)
+
+
+def test_reports_later_then_report_command_equals_a_clean_run(first, cohort, tmp_path):
+    out = tmp_path / "later"
+    runner = CliRunner()
+    result = runner.invoke(app, ["process", str(cohort), "-o", str(out), "--manifest", str(cohort / "manifest.csv"),
+                                 "--reports", "later"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "products").exists() and "report.html" not in (out / "index.html").read_text()
+    result = runner.invoke(app, ["report", str(out), "TIL002"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.parent.name for p in (out / "products").glob("*/report.html")) == ["TIL002"]
+    assert _cache_record(out)["processed"] == ["TIL002"]  # gated again to draw it; the others re-used
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert _cache_record(out)["processed"] == ["TIL001", "TIL003"]
+    assert _outputs(out) == _outputs(first)
+    result = runner.invoke(app, ["report", str(out), "NOPE"])
+    assert result.exit_code == 2 and "no product 'NOPE'" in result.output
+
+
+def test_input_digests_reuse_only_settled_unchanged_files(tmp_path):
+    f = tmp_path / "a.fcs"
+    f.write_bytes(b"x" * 1000)
+    index = tmp_path / "inputs.json"
+    d1 = InputDigests(index)
+    digest = d1.sha256(f)
+    d1.save()
+    # written just now: within the racy window, so hashed again
+    d2 = InputDigests(index)
+    assert d2.sha256(f) == digest and (d2.hashed, d2.reused) == (1, 0)
+    # settled: modified long before the digest was recorded -> re-used
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    d3 = InputDigests(index)
+    d3.sha256(f)
+    d3.save()
+    rec = json.loads(index.read_text())[str(f)]
+    rec["recorded_ns"] = time.time_ns() + 10**10  # as if recorded well after the file settled (ctime is now)
+    index.write_text(json.dumps({str(f): rec}))
+    d4 = InputDigests(index)
+    assert d4.sha256(f) == digest and (d4.hashed, d4.reused) == (0, 1)
+    # same size, mtime put back: ctime moved, so the new bytes are hashed
+    f.write_bytes(b"y" * 1000)
+    os.utime(f, (old, old))
+    d5 = InputDigests(index)
+    assert d5.sha256(f) != digest and d5.hashed == 1
+    assert InputDigests(index, verify=True).sha256(f) == d5.sha256(f)
+    # not a regular file: no digest (never a hang on a FIFO)
+    fifo = tmp_path / "pipe.fcs"
+    os.mkfifo(fifo)
+    assert InputDigests(None).sha256(fifo) is None
+
+
+def test_product_key_depends_on_inputs_strategies_and_options(small_cohort):
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+
+    manifest = pd.read_csv(small_cohort.manifest)
+    rows = manifest[manifest["product_id"] == "TIL001"].reset_index(drop=True)
+    rows["file"] = [str(small_cohort.out_dir / f) for f in rows["file"]]
+    sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
+    job = ProductJob("TIL001", rows, sources, ProcessOptions())
+    digests = {f: "0" * 64 for f in rows["file"]}
+    key = product_key(job, digests)
+    assert key == product_key(ProductJob("TIL001", rows.copy(), sources, ProcessOptions()), dict(digests))
+    changed_file = {**digests, rows["file"][0]: "1" * 64}
+    other_strategy = (sources[0].__class__(sources[0].path, sources[0].text + "\n# edited\n"), *sources[1:])
+    variants = [
+        product_key(job, changed_file),
+        product_key(ProductJob("TIL001", rows, other_strategy, ProcessOptions()), digests),
+        product_key(ProductJob("TIL001", rows, sources, ProcessOptions(fmo_percentile=99.0)), digests),
+        product_key(ProductJob("TIL001", rows, sources, ProcessOptions(include_identifiers=True)), digests),
+        product_key(ProductJob("TIL001", rows.assign(til_dose_cells=1e9), sources, ProcessOptions()), digests),
+    ]
+    assert len({key, *variants}) == 1 + len(variants)
+    # drawing a report or not is not part of the key (an entry may hold a report or not)
+    assert product_key(ProductJob("TIL001", rows, sources, ProcessOptions(make_reports=False)), digests) == key
+
+
+def test_store_round_trip_and_prune(tmp_path):
+    store = ProductStore(tmp_path)
+    frame = pd.DataFrame({"population": ["a", "b"], "count": [1, 2], "pct": [float("nan"), 0.1]})
+    entry = store.store("ab" * 32, {"product_id": "P", "phenotype": {"x": float("nan")}}, frame, "<html>")
+    loaded = store.load("ab" * 32, need_report=True)
+    assert loaded is not None and loaded.has_report and loaded.report_path.read_text() == "<html>"
+    pd.testing.assert_frame_equal(pd.read_parquet(loaded.populations_path), frame)
+    assert store.load("cd" * 32) is None
+    assert ProductStore(tmp_path, read=False).load("ab" * 32) is None
+    store.store("ef" * 32, {"product_id": "Q"}, None, None)
+    assert store.load("ef" * 32, need_report=True) is None and store.load("ef" * 32) is not None
+    assert store.prune(["ef" * 32]) == 1 and store.load("ab" * 32) is None and entry.folder.exists() is False

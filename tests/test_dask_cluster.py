@@ -1,0 +1,128 @@
+"""The Dask executor on a real cluster: `dask scheduler` and two `dask worker` processes (127.0.0.1
+only), one of which is killed while it processes a product; the product is re-scheduled on the
+other worker and every output equals a local run's."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tilpheno.pipeline import ProcessOptions, ProductJob, group_products, load_manifest, process_folder, strategy_sources
+
+distributed = pytest.importorskip("distributed")
+
+DASK = [sys.executable, "-m", "dask"]
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.json" and ".cache" not in p.relative_to(out).parts}
+
+
+def _wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    """A scheduler and two single-threaded workers, each its own process, on 127.0.0.1 only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
+    sched_file = tmp_path / "scheduler.json"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = []
+
+    def start(name, args):
+        log = open(logs / f"{name}.log", "wb")
+        procs.append(subprocess.Popen([*DASK, *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                      start_new_session=True))
+        return procs[-1]
+
+    try:
+        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                            "--scheduler-file", str(sched_file)])
+        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 60, "scheduler did not start")
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        workers = {}
+        for name in ("w1", "w2"):
+            workers[name] = start(name, ["worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
+                                         "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"])
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, workers, logs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _kill_a_busy_worker(address: str, workers: dict, killed: list) -> None:
+    """As soon as a worker is processing a product, SIGKILL that worker's process."""
+    with distributed.Client(address, timeout=60) as client:
+        def busy():
+            processing = client.processing()
+            info = client.scheduler_info()["workers"]
+            for addr, keys in processing.items():
+                if any(str(k).startswith("tilpheno-") for k in keys) and addr in info:
+                    return info[addr]["name"]
+            return None
+
+        name = _wait_for(busy, 120, "no worker ever processed a product")
+        time.sleep(0.3)  # well inside the product (imports and gating take seconds)
+        workers[name].kill()
+        killed.append(name)
+
+
+@pytest.mark.slow
+def test_separate_process_cluster_survives_a_lost_worker(small_cohort, cluster, tmp_path):
+    address, workers, logs = cluster
+    local = tmp_path / "local"
+    assert process_folder(small_cohort.out_dir, local, manifest_csv=small_cohort.manifest, make_reports=False).ok
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_busy_worker, args=(address, workers, killed), daemon=True)
+    killer.start()
+    out = tmp_path / "dask"
+    summary = process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
+                             executor="dask", scheduler=address)
+    killer.join(timeout=60)
+    assert killed, "the test killed no worker"
+    assert workers[killed[0]].poll() is not None  # that worker process is gone
+    assert summary.ok and summary.n_products == 3, summary.failed
+    assert _outputs(out) == _outputs(local)
+    # the surviving worker ran the products; the dead one's product was re-scheduled, not failed
+    assert json.loads((out / "run.json").read_text())["cache"]["processed"] == ["TIL001", "TIL002", "TIL003"]
+
+
+def test_jobs_carry_paths_not_events(small_cohort):
+    """What goes to a Dask worker is the manifest rows, strategy texts and options: a few kB, no
+    event arrays (workers read the FCS files themselves, from shared storage)."""
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+
+    manifest = load_manifest(small_cohort.out_dir, small_cohort.manifest)
+    sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
+    jobs = [ProductJob(pid, rows, sources, ProcessOptions()) for pid, rows in group_products(manifest)]
+    event_bytes = 2500 * 12 * 4  # one tube's float32 DATA segment
+    for job in jobs:
+        assert len(pickle.dumps(job)) < event_bytes

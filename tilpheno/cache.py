@@ -1,0 +1,452 @@
+"""Incremental runs: a content-addressed store of product outcomes in the output folder.
+
+A product's outcome (phenotype row, population table, QC flags, release verdict, input digests,
+and its HTML report when one was drawn) is a pure function of
+
+* the SHA-256 of each of its input files, their paths and every manifest value of its rows,
+* the strategies' and the release spec's contents, the compensation matrix chosen for the product
+  (from single-stain controls or a CSV: its values, source and control files), the options (FMO
+  percentile, identifiers, the provenance short form the report prints),
+* the code: tilpheno's version and a digest of the installed package's own source files, the
+  Python version and the versions of the libraries that compute or draw (``provenance.DEPENDENCIES``).
+
+:func:`product_key` is the SHA-256 of all of that (canonical JSON). :class:`ProductStore` keeps one
+*entry* per key under ``OUT/.cache/entries/<key[:2]>/<key>/``: ``outcome.json`` (everything but the
+tables), ``populations.parquet`` (the long population table, dtypes kept), optionally
+``report.html``, and ``entry.json`` listing the SHA-256 of each of those files. An entry is
+written into a temporary folder and renamed into place (atomic), and verified on load: an entry
+whose files are missing or whose digests do not match is ignored (and removed) with a log line,
+never trusted. The pipeline builds its tables from the stored entries in both a fresh and a
+re-used run, so a re-run's outputs are byte-identical to a clean run's.
+
+Input digests (:class:`InputDigests`): looking an entry up needs every input's SHA-256 before the
+product runs (a first run into OUT, or ``--no-cache``, looks nothing up and hashes nothing before:
+each product is stored under the key of the digests its job took of the bytes it read). Hashing
+costs about 2 ms per 5 MB file (SHA-NI); the store keeps ``OUT/.cache/inputs.json`` with each file's
+stat identity (device, inode, size, mtime and ctime in ns) and its digest. A file whose identity
+is unchanged reuses the recorded digest, but only when its mtime and ctime lie at least
+``RACY_SECONDS`` before the moment the digest was recorded (a file rewritten within one
+timestamp tick of being hashed cannot be told apart by stat, so it is hashed again: git's
+"racily clean" rule). The ctime cannot be set by user programs, so a rewrite that restores size
+and mtime is still seen. ``verify=True`` hashes every file regardless.
+
+Not cached: a product whose worker died or hit an internal error (the cause may be the machine,
+not the data), and a product any of whose files could not be hashed or changed while it was
+processed (its digests then differ from the key's).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+from tilpheno.io.outdir import CACHE_NAME as CACHE_DIR  # noqa: E402  the store's folder inside OUT
+FORMAT = 1
+RACY_SECONDS = 2.0
+_ENTRY_FILES = ("outcome.json", "populations.parquet", "report.html")
+UNCACHEABLE_ERRORS = ("worker failed", "internal error")
+
+
+# --- the key ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 over the installed tilpheno package's source and data files (paths and bytes).
+
+    Part of every key: a changed line of code (without a version bump) never re-uses results.
+    """
+    import tilpheno
+
+    root = Path(tilpheno.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".j2", ".yaml", ".yml", ".css", ".csv", ".json")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(str(path.relative_to(root)).encode("utf-8", "surrogateescape") + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict:
+    """The code and library versions every key includes."""
+    from tilpheno import __version__
+    from tilpheno.provenance import dependency_versions
+
+    return {"format": FORMAT, "tilpheno": __version__, "code": code_digest(),
+            "python": platform.python_version(), "dependencies": dependency_versions()}
+
+
+def _plain(value):
+    """A JSON-able, canonical form of a manifest or phenotype value (NaN -> None, numpy -> Python)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
+        value = value.item()  # numpy scalars
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)
+
+
+def product_key(job, digests: Mapping[str, str]) -> str:
+    """SHA-256 (hex) of everything the product's outcome depends on (see the module docstring).
+
+    ``job`` is a ``pipeline.ProductJob``; ``digests`` maps each of its files to its SHA-256.
+    Whether a report is drawn is not part of the key: an entry may hold a report or not.
+    """
+    rows = [{str(k): _plain(v) for k, v in rec.items()} for rec in job.rows.to_dict("records")]
+    opts = job.options
+    spec = opts.release_spec
+    payload = {
+        "environment": environment(),
+        "product_id": str(job.product_id),
+        "rows": rows,
+        "inputs": {str(f): digests[str(f)] for f in job.rows["file"].tolist()},
+        "strategies": [[s.path, hashlib.sha256(s.text.encode("utf-8")).hexdigest()] for s in job.strategies],
+        "compensation": _compensation(getattr(job, "compensation", None)),
+        "options": {
+            "fmo_percentile": float(opts.fmo_percentile),
+            "include_identifiers": bool(opts.include_identifiers),
+            "release_spec": {"name": spec.name, "source": spec.source, "sha256": getattr(spec, "sha256", ""),
+                             "criteria": [c.describe() for c in spec.criteria]},
+            "provenance_short": [list(p) for p in opts.provenance_short],
+        },
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _compensation(choice) -> dict | None:
+    """A product's compensation choice (``tilpheno.spillover.CompensationChoice``) in the key: the
+    matrix itself (detectors, every value exactly, its source), the control files and any error."""
+    if choice is None:
+        return None
+    sp = choice.spillover
+    matrix = None if sp is None else {"detectors": list(sp.detectors), "source": str(sp.source),
+                                      "values": [float(v).hex() for v in sp.matrix.ravel()]}
+    return {"spillover": matrix, "files": [str(f) for f in choice.files], "error": str(choice.error)}
+
+
+# --- input digests with a stat pre-check --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What ``stat`` tells about a file: if any of it changed, so may have its bytes."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileIdentity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def sha256_regular_file(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[str, FileIdentity] | None:
+    """(SHA-256, identity) of a regular file, or None when it is not one or cannot be read.
+
+    Opened without following a FIFO's blocking open (``O_NONBLOCK``) and checked to be a regular
+    file on the open handle; the identity is the handle's before and after hashing (None if the
+    file changed while it was hashed).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        h = hashlib.sha256()
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        after = os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    identity = FileIdentity.of(before)
+    return (h.hexdigest(), identity) if FileIdentity.of(after) == identity else None
+
+
+class InputDigests:
+    """SHA-256 of input files, re-using the digest recorded for a file whose stat identity is unchanged.
+
+    ``hashed`` and ``reused`` count what :meth:`sha256` did (for ``run.json``).
+    """
+
+    def __init__(self, index_path: Path | None, *, verify: bool = False) -> None:
+        self.index_path = index_path
+        self.verify = verify
+        self.records: dict[str, dict] = {}
+        self.hashed = self.reused = 0
+        if index_path is not None and not verify:
+            self.records = _load_json(index_path, "input digest index") or {}
+            if not isinstance(self.records, dict):
+                self.records = {}
+        self._seen: dict[str, dict] = {}
+
+    def sha256(self, path: str) -> str | None:
+        """The file's hex SHA-256, or None when it is not a readable regular file."""
+        path = str(path)
+        if path in self._seen:
+            return self._seen[path]["sha256"]
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        rec = self.records.get(path)
+        if rec is not None and stat.S_ISREG(st.st_mode) and self._trusted(rec, FileIdentity.of(st)):
+            self.reused += 1
+            self._seen[path] = rec
+            return rec["sha256"]
+        now = time.time_ns()
+        got = sha256_regular_file(path)
+        if got is None:
+            return None
+        self.hashed += 1
+        digest, identity = got
+        self._seen[path] = {**asdict(identity), "sha256": digest, "recorded_ns": now}
+        return digest
+
+    @staticmethod
+    def _trusted(rec: Mapping, identity: FileIdentity) -> bool:
+        try:
+            same = all(rec[k] == v for k, v in asdict(identity).items())
+            margin = int(RACY_SECONDS * 1e9)
+            settled = max(identity.mtime_ns, identity.ctime_ns) + margin <= int(rec["recorded_ns"])
+            return same and settled and isinstance(rec["sha256"], str) and len(rec["sha256"]) == 64
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    def record(self, path: str, digest: str, recorded_ns: int) -> None:
+        """Record ``digest`` for ``path`` (taken by a job that read the file after ``recorded_ns``)
+        with the file's identity now. A file changed after ``recorded_ns`` has a later mtime/ctime,
+        so the next run does not trust the record (it hashes the file)."""
+        path = str(path)
+        if path in self._seen or not _is_digest(digest):
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            self._seen[path] = {**asdict(FileIdentity.of(st)), "sha256": digest, "recorded_ns": int(recorded_ns)}
+
+    def save(self) -> None:
+        """Write the identities and digests of the files seen in this run (atomically)."""
+        if self.index_path is None:
+            return
+        from tilpheno.io import atomic
+
+        atomic.write_text(self.index_path, json.dumps(self._seen, sort_keys=True, indent=0) + "\n")
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CachedEntry:
+    """A verified entry: the outcome fields (``outcome.json``) and where its tables and report are."""
+
+    key: str
+    folder: Path
+    outcome: dict
+    has_report: bool
+
+    @property
+    def populations_path(self) -> Path:
+        return self.folder / "populations.parquet"
+
+    @property
+    def report_path(self) -> Path:
+        return self.folder / "report.html"
+
+
+def _load_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("cache: ignoring %s %s (%s)", what, path, exc)
+        return None
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ProductStore:
+    """The entries under ``OUT/.cache``; see the module docstring.
+
+    ``read=False`` (``--no-cache``): :meth:`load` finds nothing, but entries are still written, so
+    the next run can re-use them.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, read: bool = True) -> None:
+        self.root = Path(out_dir) / CACHE_DIR
+        self.read = read
+        self.entries = self.root / "entries"
+
+    def inputs(self) -> InputDigests:
+        """The input digest index of this store (every file hashed again when reading is off)."""
+        return InputDigests(self.root / "inputs.json", verify=not self.read)
+
+    def has_entries(self) -> bool:
+        """Whether :meth:`load` can find anything (reading on, and some entry stored)."""
+        if not self.read or not self.entries.is_dir():
+            return False
+        return any(not shard.name.startswith(".") for shard in self.entries.iterdir())
+
+    def folder(self, key: str) -> Path:
+        return self.entries / key[:2] / key
+
+    def load(self, key: str, *, need_report: bool = False) -> CachedEntry | None:
+        """The verified entry for ``key`` (with a report when ``need_report``), else None."""
+        if not self.read:
+            return None
+        folder = self.folder(key)
+        if not folder.is_dir():
+            return None
+        manifest = _load_json(folder / "entry.json", "cache entry")
+        problem = self._verify(folder, key, manifest)
+        if problem:
+            log.warning("cache: ignoring entry %s (%s)", folder, problem)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        has_report = "report.html" in manifest["files"]
+        if need_report and not has_report:
+            return None
+        outcome = json.loads((folder / "outcome.json").read_text(encoding="utf-8"))
+        return CachedEntry(key, folder, outcome, has_report)
+
+    @staticmethod
+    def _verify(folder: Path, key: str, manifest) -> str:
+        if not isinstance(manifest, dict) or manifest.get("key") != key or manifest.get("format") != FORMAT:
+            return "entry.json missing, unreadable or for another key"
+        files = manifest.get("files")
+        if not isinstance(files, dict) or "outcome.json" not in files or "populations.parquet" not in files:
+            return "entry.json lists no outcome"
+        for name, digest in files.items():
+            if name not in _ENTRY_FILES:
+                return f"unexpected file {name!r}"
+            try:
+                data = (folder / name).read_bytes()
+            except OSError as exc:
+                return f"{name}: {exc.strerror or exc}"
+            if _sha256_bytes(data) != digest:
+                return f"{name}: SHA-256 does not match"
+        try:
+            json.loads((folder / "outcome.json").read_text(encoding="utf-8"))
+        except ValueError as exc:
+            return f"outcome.json: {exc}"
+        return ""
+
+    def store(self, key: str, outcome: Mapping, populations, report_html: str | None) -> CachedEntry:
+        """Write an entry (atomically: a temporary folder renamed into place) and return it."""
+        import pandas as pd
+
+        self.entries.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".entry-", dir=self.entries))
+        try:
+            blobs = {"outcome.json": (json.dumps(outcome, allow_nan=True, ensure_ascii=False, default=_plain)
+                                      + "\n").encode("utf-8")}
+            frame = populations if populations is not None else pd.DataFrame()
+            import io
+
+            buf = io.BytesIO()
+            frame.to_parquet(buf, index=False)
+            blobs["populations.parquet"] = buf.getvalue()
+            if report_html is not None:
+                blobs["report.html"] = report_html.encode("utf-8")
+            for name, data in blobs.items():
+                _write_synced(tmp / name, data)
+            manifest = {"format": FORMAT, "key": key, "files": {n: _sha256_bytes(d) for n, d in blobs.items()}}
+            _write_synced(tmp / "entry.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+            os.chmod(tmp, 0o755)
+            final = self.folder(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # an older entry of the same key (e.g. without a report): replace it
+                trash = Path(tempfile.mkdtemp(prefix=".old-", dir=self.entries))
+                os.replace(final, trash / "entry")
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return CachedEntry(key, final, json.loads(blobs["outcome.json"]), report_html is not None)
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Remove entries (and leftover temporary folders) not in ``keep``; returns how many entries went."""
+        keep = set(keep)
+        removed = 0
+        if not self.entries.is_dir():
+            return 0
+        for shard in self.entries.iterdir():
+            if shard.name.startswith("."):
+                shutil.rmtree(shard, ignore_errors=True)
+                continue
+            if not shard.is_dir():
+                continue
+            for entry in shard.iterdir():
+                if entry.name not in keep:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            with _suppress_os_error():
+                shard.rmdir()  # only when empty
+        return removed
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, 0o644)
+
+
+class _suppress_os_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, OSError)
+
+
+def job_key(job, outcome) -> str | None:
+    """The key to store ``outcome`` under: :func:`product_key` of the digests the job itself took
+    of the bytes it read (``outcome.files``), or None when the outcome must not be cached (a dead
+    worker or an internal error, whose cause may be the machine; a file that could not be hashed
+    or changed while it was read)."""
+    if outcome.error.startswith(UNCACHEABLE_ERRORS):
+        return None
+    read = {d.path: d.sha256 for d in outcome.files}
+    files = [str(f) for f in job.rows["file"].tolist()]
+    if not all(_is_digest(read.get(f)) for f in files):
+        return None
+    return product_key(job, {f: read[f] for f in files})
+
+
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
