@@ -13,7 +13,9 @@ well as steps:
 1. **Bins.** Events in acquisition order are cut into ``n_bins = n // events_per_bin`` bins of
    consecutive events (``events_per_bin`` raised to ``ceil(n / max_bins)`` for big files; the last
    bin takes the remainder). Fewer than ``min_bins`` bins: nothing is tested (flag
-   ``acquisition_qc_skipped``).
+   ``acquisition_qc_skipped``). Files with more than ``max_signal_events`` (30,000) events: the
+   signal statistics use every k-th event (at most that many; bins keep ``events_per_bin`` of
+   them, so a bin spans k x that many consecutive events), which bounds the cost.
 2. **Flow rate.** The acquisition time (the ``Time`` channel, seconds after ``$TIMESTEP``) is cut
    into ``n_bins`` equal intervals; events per interval / width = rate (events/s).
 3. **Signal.** Every scatter and fluorescence channel is put on a logicle scale (T = the channel's
@@ -38,7 +40,9 @@ well as steps:
 6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
    shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
    anomalous too.
-   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked.
+   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked, nor
+   height/width channels whose area channel is (``FSC-H`` follows ``FSC-A``). The split-half noise
+   uses at most 16 evenly spaced bins.
 7. **Margin events** per channel: events at or above ``$PnR - 1`` or tied at the channel's largest
    value (pile-up at the top of the scale), and events tied at the channel's smallest value when at
    least ``MIN_TIES`` share it (pile-up at the bottom). A channel with more than
@@ -58,12 +62,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 MODES = ("remove", "flag", "off")
+NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
 MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
 _MAD_TO_SD = 1.4826
 
@@ -76,6 +82,7 @@ class AcquisitionSettings:
     events_per_bin: int = 500
     max_bins: int = 500
     min_bins: int = 8
+    max_signal_events: int = 30_000
     quantiles: tuple[float, ...] = (0.5, 0.9)
     t_crit: float = 7.0
     min_shift: float = 0.01
@@ -104,6 +111,7 @@ class AcquisitionSettings:
 
 _RANGES = {
     "events_per_bin": (int, 50, 1_000_000), "max_bins": (int, 10, 100_000), "min_bins": (int, 3, 10_000),
+    "max_signal_events": (int, 1_000, 100_000_000),
     "t_crit": (float, 1.0, 100.0), "min_shift": (float, 0.0, 1.0), "rate_tolerance": (float, 0.0, 10.0),
     "consecutive_bins": (int, 0, 10_000), "margin_limit_pct": (float, 0.0, 100.0),
     "max_removed_pct": (float, 0.0, 100.0),
@@ -212,11 +220,13 @@ def find_time_channel(channel_names: Sequence[str]) -> str | None:
 
 def is_counter(values: np.ndarray) -> bool:
     """An event counter or sequence channel (never decreasing, not constant): not a signal."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 3:
+    v = np.asarray(values)
+    if v.size < 3 or not v[-1] > v[0]:
         return False
-    d = np.diff(v)
-    return bool(np.all(d >= 0) and v[-1] > v[0])
+    probe = v[:: max(1, v.size // 256)]     # most signals fail on a sparse probe already
+    if np.any(probe[1:] < probe[:-1]):
+        return False
+    return bool(np.all(v[1:] >= v[:-1]))
 
 
 def robust_noise(series: np.ndarray) -> float:
@@ -324,10 +334,15 @@ def monotonic_time(time: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.concatenate([[t[0]], t[0] + np.cumsum(step)]), False
 
 
-def _qc_scale(values: np.ndarray, top: float) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _qc_logicle(top: float):
     from tilpheno.transforms import Logicle
 
-    return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0).apply(values)
+    return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0)
+
+
+def _qc_scale(values: np.ndarray, top: float) -> np.ndarray:
+    return _qc_logicle(float(top)).apply(values)
 
 
 def margin_events(events: np.ndarray, names: Sequence[str], ranges: Sequence[float]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -335,21 +350,24 @@ def margin_events(events: np.ndarray, names: Sequence[str], ranges: Sequence[flo
     n = events.shape[0]
     mask = np.zeros(n, dtype=bool)
     rows = []
-    for j, (name, top) in enumerate(zip(names, ranges)):
-        x = events[:, j]
+    columns = np.ascontiguousarray(np.asarray(events).T)   # one pass per channel over contiguous memory
+    for name, top, x in zip(names, ranges, columns):
         finite = np.isfinite(x)
-        if not finite.any():
+        every = bool(finite.all())
+        if not every and not finite.any():
             rows.append({"channel": name, "upper": 0, "lower": 0, "pct": 0.0})
             continue
-        hi, lo = float(np.max(x[finite])), float(np.min(x[finite]))
-        upper = x >= hi
-        if not (top and top > 1 and hi >= top - 1) and np.count_nonzero(upper) < 2:
-            upper = np.zeros(n, dtype=bool)
-        if top and top > 1:
-            upper |= x >= top - 1
+        hi = float(x.max()) if every else float(np.max(x[finite]))
+        lo = float(x.min()) if every else float(np.min(x[finite]))
+        if top and top > 1 and hi >= top - 1:
+            upper = x >= top - 1                 # at the top of the scale
+        else:
+            upper = x >= hi                      # piled up at the largest value
+            if np.count_nonzero(upper) < 2:
+                upper[:] = False
         lower = x <= lo
         if np.count_nonzero(lower) < MIN_TIES:
-            lower = np.zeros(n, dtype=bool)
+            lower[:] = False
         both = upper | lower
         mask |= both
         rows.append({"channel": name, "upper": int(np.count_nonzero(upper)), "lower": int(np.count_nonzero(lower)),
@@ -393,6 +411,8 @@ def check_acquisition(
     time_name = find_time_channel(names)
     checked = [c for c in (channels or names) if c != time_name and c in names
                and not is_counter(events[:, names.index(c)])]
+    # a pulse height or width follows its area: drift is checked on the area channel when there is one
+    signal_channels = [c for c in checked if not (c[-2:].upper() in ("-H", "-W") and f"{c[:-2]}-A" in checked)]
     findings: list[Finding] = []
     if time_name is None:
         findings.append(Finding("no_time_channel", "warning",
@@ -410,18 +430,21 @@ def check_acquisition(
                           findings=findings)
     if settings.mode == "off":
         return empty
-    epb = max(int(settings.events_per_bin), math.ceil(n / settings.max_bins)) if n else settings.events_per_bin
-    n_bins = n // epb if epb else 0
+    # the signal statistics use every stride-th event (at most max_signal_events of them)
+    stride = max(1, math.ceil(n / settings.max_signal_events)) if n else 1
+    sample = np.arange(0, n, stride)
+    per_bin_sampled = max(int(settings.events_per_bin), math.ceil(sample.size / settings.max_bins))
+    n_bins = sample.size // per_bin_sampled
+    epb = per_bin_sampled * stride
     empty.events_per_bin = epb
     if n_bins < settings.min_bins:
         findings.append(Finding("acquisition_qc_skipped", "info",
                                 f"{n} events: fewer than {settings.min_bins} bins of {epb} events, time QC not run"))
         return empty
 
-    # event bins (the last one takes the remainder)
-    bounds = np.arange(n_bins + 1) * epb
-    bounds[-1] = n
-    bin_of_event = np.minimum(np.arange(n) // epb, n_bins - 1)
+    # event bins of consecutive events (the last one takes the remainder)
+    bounds = np.append(sample[np.arange(n_bins) * per_bin_sampled], n)
+    bin_of_event = np.minimum(np.searchsorted(bounds, np.arange(n), side="right") - 1, n_bins - 1)
 
     # time and flow rate
     rate = pd.DataFrame(columns=["t_start", "t_end", "events", "rate_per_s", "anomalous"])
@@ -459,12 +482,16 @@ def check_acquisition(
     signal_bad_bins = np.zeros(n_bins, dtype=bool)
     medians: dict[str, np.ndarray] = {}
     drift: list[str] = []
-    for c in checked:
+    scaled = np.empty((len(signal_channels), sample.size), dtype=np.float32)   # channel x event, QC logicle scale
+    for k, c in enumerate(signal_channels):
         j = names.index(c)
         top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j]))) if n else 1.0
-        scaled = _qc_scale(events[:, j].astype(np.float64), top)
-        per_bin = _bin_quantiles(scaled, bounds, settings.quantiles)
-        noise = _split_half_noise(scaled, bounds, settings.quantiles)
+        scaled[k] = _qc_scale(events[sample, j].astype(np.float64), top)
+    per_bins = _bin_quantiles(scaled, n_bins, per_bin_sampled, settings.quantiles)     # quantile x channel x bin
+    noises = _split_half_noise(scaled, n_bins, per_bin_sampled, settings.quantiles)    # quantile x channel
+    for k, c in enumerate(signal_channels):
+        per_bin = per_bins[:, k, :].T
+        noise = noises[:, k]
         medians[c] = per_bin[:, 0] if 0.5 not in settings.quantiles else per_bin[:, settings.quantiles.index(0.5)]
         channel_bad = np.zeros(n_bins, dtype=bool)
         for q in range(per_bin.shape[1]):
@@ -500,24 +527,22 @@ def check_acquisition(
     return result
 
 
-def _split_half_noise(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+def _split_half_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
     """Sampling SD of a bin's quantiles from its two halves (even and odd events): ``sqrt(mean((q_even
-    - q_odd)^2)) / 2`` over the bins; unaffected by shifts and drift between bins."""
-    even = _bin_quantiles(values[0::2], bounds // 2, quantiles)
-    odd = _bin_quantiles(values[1::2], bounds // 2, quantiles)
-    d = even - odd
+    - q_odd)^2)) / 2`` over at most ``NOISE_BINS`` evenly spaced bins, per quantile and channel;
+    unaffected by shifts and drift between bins."""
+    half = width // 2
+    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
+    block = block[:, np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))]
+    even = np.quantile(block[:, :, 0 : 2 * half : 2], quantiles, axis=2)
+    odd = np.quantile(block[:, :, 1 : 2 * half : 2], quantiles, axis=2)
+    d = (even - odd).astype(np.float64)
     with np.errstate(invalid="ignore"):
-        return np.sqrt(np.nanmean(d * d, axis=0)) / 2.0
+        return np.sqrt(np.nanmean(d * d, axis=2)) / 2.0
 
 
-def _bin_quantiles(values: np.ndarray, bounds: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
-    """``n_bins x len(quantiles)``: each bin's quantiles (numpy linear interpolation), NaN-free bins only."""
-    n_bins = bounds.size - 1
-    out = np.full((n_bins, len(quantiles)), np.nan)
-    width = int(bounds[1] - bounds[0])
-    full = n_bins - 1   # every bin but the last has exactly `width` events
-    if full:
-        block = values[: full * width].reshape(full, width)
-        out[:full] = np.quantile(block, quantiles, axis=1).T
-    out[full] = np.quantile(values[bounds[full]:], quantiles)
-    return out
+def _bin_quantiles(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
+    """``quantiles x channels x n_bins``: each bin's quantiles (numpy linear interpolation) of
+    ``values`` (channels x events); the events after the last full bin are not used for them."""
+    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
+    return np.quantile(block, quantiles, axis=2).astype(np.float64)

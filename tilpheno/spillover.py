@@ -408,7 +408,7 @@ def half_sample_mode(values: np.ndarray) -> float:
 
 
 RESIDUAL_TOLERANCE = 0.04
-RESIDUAL_MAX_EVENTS = 50_000
+RESIDUAL_MAX_EVENTS = 20_000
 
 
 def residual_spillover(
