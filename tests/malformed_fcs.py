@@ -208,7 +208,10 @@ def variants() -> list[Variant]:
     add(Variant("datatype_ascii", float_file(ev, extra={"$DATATYPE": "A"}), "error"))
     add(Variant("datatype_unknown", float_file(ev, extra={"$DATATYPE": "Q"}), "error"))
     add(Variant("byteord_mixed", float_file(ev, extra={"$BYTEORD": "3,4,1,2"}), "error"))
-    add(Variant("int_width_12_bits", int_file(np.zeros((4, 3), dtype=np.int64), [16, 16, 16]).replace(b"$P2B/16", b"$P2B/12"), "error"))
+    words = np.array([[1, 0xF123, 7], [2, 0x0FFF, 8], [3, 0x1000, 9], [4, 5, 10]], dtype=np.int64)
+    add(Variant("int_width_12_bits", int_file(words, [16, 16, 16]).replace(b"$P2B/16", b"$P2B/12"), "read",
+                np.where(np.arange(3) == 1, words & 0x0FFF, words).astype(float),
+                note="12-bit values in 16-bit words (Beckman Coulter FC500 layout): high bits masked"))
     add(Variant("pne_malformed", float_file(ev, extra={"$P3E": "4"}), "error"))
     add(Variant("pnr_zero", float_file(ev, extra={"$P3R": "0"}), "error"))
     add(Variant("png_not_a_number", float_file(ev, extra={"$P3G": "high"}), "error"))
@@ -244,7 +247,7 @@ def variants() -> list[Variant]:
 _DATA_LAYOUT_ERRORS = {
     "data_offsets_wrong_everywhere", "data_overlaps_text", "data_offsets_reversed", "missing_$DATATYPE",
     "missing_$BYTEORD", "missing_$P3B_integer_data", "tot_too_large", "tot_too_small", "par_too_small",
-    "par_too_large", "mode_histogram", "datatype_ascii", "datatype_unknown", "byteord_mixed", "int_width_12_bits",
+    "par_too_large", "mode_histogram", "datatype_ascii", "datatype_unknown", "byteord_mixed",
 }
 
 

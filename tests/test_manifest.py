@@ -138,7 +138,7 @@ def test_read_manifest_valid(files):
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["zz.fcs", "P", "surface", "stain", ""]],
          "row 2 \\(line 3\\), column 'file': 'zz.fcs' does not exist"),
         ([list(COLUMNS), ["a.fcs", "", "surface", "stain", ""]], "row 1 \\(line 2\\), column 'product_id': empty"),
-        ([list(COLUMNS), ["b.fcs", "P", "surface", "fmo", "CD45"]], "column 'fmo_marker': FMO row needs a known marker"),
+        ([list(COLUMNS), ["b.fcs", "P", "surface", "fmo", "FITC"]], "column 'fmo_marker': FMO row needs a marker name"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", "CD3"]], "column 'fmo_marker': 'CD3' given for a stain row"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["./a.fcs", "P", "surface", "stain", ""]],
          "row 2 \\(line 3\\), column 'file': './a.fcs' already listed in row 1"),

@@ -9,7 +9,8 @@ import pytest
 
 from tilpheno.errors import PanelError, TableError
 from tilpheno.io.fcs import read_fcs_metadata
-from tilpheno.panel import CANONICAL, normalize_marker, panel_from_fcs, read_panel_file, require
+from tilpheno.panel import normalize_marker, panel_from_fcs, read_panel_file, require
+from tilpheno.vocabulary import default_vocabulary
 
 sys.path.insert(0, str(Path(__file__).parent))
 from malformed_fcs import float_file  # noqa: E402
@@ -46,8 +47,11 @@ def design_file(folder: Path, name: str, tube: str, omit: str | None = None, key
         ("PD-1", "PD1"), ("PD1 PE", "PD1"), ("CD279", "PD1"), ("CD279 (PD-1) BV605", "PD1"),
         ("Foxp3", "FoxP3"), ("FOXP3 PE", "FoxP3"), ("FoxP3", "FoxP3"),
         ("7-AAD", "7AAD"), ("7AAD", "7AAD"), ("7 AAD", "7AAD"), ("7-aad", "7AAD"),
-        ("CD45", None), ("CD34", None), ("CD38", None), ("CD45RA FITC", None), ("HLA-DR", None),
-        ("FSC-A", None), ("", None), (None, None), ("Live/Dead Aqua", None), ("APC-H7", None),
+        # free text: any marker or dye; fluorochromes, detector names and filler words are not markers
+        ("CD45", "CD45"), ("CD34 PE", "CD34"), ("CD38-BV605", "CD38"), ("CD45RA FITC", "CD45RA"), ("HLA-DR", "HLA-DR"),
+        ("Ki-67 BV605", "Ki67"), ("LAG-3", "LAG3"), ("CD223 BV786", "LAG3"), ("DAPI", "DAPI"), ("Zombie NIR", "Zombie"),
+        ("Live/Dead Aqua", "LiveDead"), ("LIVE/DEAD Fixable Aqua", "LiveDead"), ("NKp46 PE-Cy7", "NKp46"),
+        ("FSC-A", None), ("FL1-H", None), ("", None), (None, None), ("APC-H7", None), ("FITC", None), ("BV421-A", None),
     ],
 )
 def test_normalize_marker(text, expected):
@@ -55,7 +59,9 @@ def test_normalize_marker(text, expected):
 
 
 def test_canonical_names_normalise_to_themselves():
-    assert [normalize_marker(m) for m in CANONICAL] == list(CANONICAL)
+    names = sorted(set(default_vocabulary().canonical.values()))
+    assert {"CD3", "PD1", "FoxP3", "7AAD", "LAG3"} <= set(names)
+    assert [normalize_marker(m) for m in names] == names
 
 
 def test_surface_and_treg_panels_follow_the_design_layout(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 
 from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.io.fcs_write import write_fcs
-from tilpheno.phenotype import STUDY_VARIABLES, analyze_product
+from tilpheno.phenotype import analyze_product
+from tilpheno.study import default_study
 from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
@@ -44,7 +45,7 @@ def test_result_structure_and_accuracy(product, strategies):
     result = run(rows, strategies, til_dose_cells=5e9)
     ph = result.phenotype
     assert ph["product_id"] == "TIL900"
-    for v in STUDY_VARIABLES:
+    for v in default_study().variables:
         assert np.isfinite(ph[v]), v
     for v in ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
               "nkt_pct_of_live_lymph"):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tilpheno.gates.strategy import STRATEGY_DIR, load_strategy
+from tilpheno.gates.strategy import load_strategy
 from tilpheno.panel import read_panel_file
 from tilpheno.phenotype import analyze_product
 
@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data" / "realdata_flowatlas"
 
 @pytest.fixture(scope="module")
 def gated():
-    strategy = load_strategy(STRATEGY_DIR / "flowatlas_tcell.yaml")
+    strategy = load_strategy(Path(__file__).resolve().parents[1] / "gating" / "flowatlas_tcell.yaml")
     panel = read_panel_file(DATA / "panel.csv")
     out = {}
     for f in sorted((DATA / "fcs").glob("*.fcs")) + sorted((DATA / "unstained").glob("*.fcs")):

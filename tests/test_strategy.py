@@ -103,7 +103,7 @@ def test_sha_changes_with_content_only(tmp_path):
         ("expression: CD56+ & !CD3+", "expression: CD56+ & !CD4+", 25, r"unknown operand 'CD4\+'"),
         ("expression: CD56+ & !CD3+", "expression: CD56+ & CD3+ | live", 27, "mixes"),
         ("  - name: NK\n", "  - name: CD3+\n", 25, r"duplicate population name 'CD3\+'"),
-        ("markers: [CD3, CD56, 7AAD]", "markers: [CD3, CD56, 7AAD, CD99]", 3, "unknown marker"),
+        ("markers: [CD3, CD56, 7AAD]", "markers: [CD3, CD56, 7AAD, CD3]", 3, r"repeated marker\(s\) \['CD3'\]"),
         ("  CD3: {kind: logicle, w: 0.7}", "  CD3: {kind: logicle, w: 9}", 5, "logicle parameters"),
         ("tube: surface\n", "tube: surface\ntube: treg\n", 3, "duplicate key 'tube'"),
         ("  cd3_pct: {numerator: CD3+, denominator: live}", "  cd3_pct: {numerator: CD3+, denominator: lve}", 29, "unknown population 'lve'"),

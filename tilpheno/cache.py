@@ -370,8 +370,9 @@ class ProductStore:
         self.entries.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".entry-", dir=self.entries))
         try:
-            blobs = {"outcome.json": (json.dumps(outcome, allow_nan=True, ensure_ascii=False, default=_plain)
-                                      + "\n").encode("utf-8")}
+            # ensure_ascii: file names that are not UTF-8 (surrogate escapes) round-trip as \udcXX
+            blobs = {"outcome.json": (json.dumps(outcome, allow_nan=True, ensure_ascii=True, default=_plain)
+                                      + "\n").encode("ascii")}
             frame = populations if populations is not None else pd.DataFrame()
             import io
 
@@ -379,7 +380,7 @@ class ProductStore:
             frame.to_parquet(buf, index=False)
             blobs["populations.parquet"] = buf.getvalue()
             if report_html is not None:
-                blobs["report.html"] = report_html.encode("utf-8")
+                blobs["report.html"] = report_html.encode("utf-8", "backslashreplace")   # as atomic.write_text
             for name, data in blobs.items():
                 _write_synced(tmp / name, data)
             manifest = {"format": FORMAT, "key": key, "files": {n: _sha256_bytes(d) for n, d in blobs.items()}}

@@ -17,6 +17,17 @@ app = typer.Typer(
 )
 
 
+def as_cli_text(text: str) -> str:
+    """A library message in the command line's words: the library names its parameters
+    (``overwrite=True``, ``executor``, ``fmo_percentile``), the CLI user sees the flags."""
+    import re
+
+    text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers)=True\b",
+                  lambda m: "--" + m.group(1).replace("_", "-"), text)
+    text = re.sub(r"\b(inputs=FOLDER|db=URL|compensation=MATRIX)\b", lambda m: "--" + m.group(1).replace("=", " "), text)
+    return re.sub(r"^(executor|scheduler|fmo_percentile)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
+
+
 def _fail(exc: Exception) -> None:
     """Print one line (``error: ...``) and exit with status 2. An ``OSError`` (disk full, read-only
     folder, a file where a folder is needed) is described by the path and the cause."""
@@ -26,7 +37,9 @@ def _fail(exc: Exception) -> None:
         text = describe_os_error(exc)
     else:
         text = str(exc)
-    typer.secho(f"error: {' '.join(text.split())}", fg=typer.colors.RED, err=True)
+    from tilpheno.io.files import display_name
+
+    typer.secho(f"error: {as_cli_text(display_name(' '.join(text.split())))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -43,8 +56,41 @@ def _print_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO) to stderr, not only warnings."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Append the run log (DEBUG, with tracebacks of internal errors) to this file."),
 ) -> None:
     """tilpheno: phenotype reports and biomarker analyses for TIL infusion products."""
+    configure_logging(verbose=verbose, log_file=log)
+
+
+def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None) -> None:
+    """The ``tilpheno`` logger: warnings (``--verbose``: info) to stderr, everything to ``--log FILE``.
+
+    Library modules only log (``logging.getLogger(__name__)``); handlers are the CLI's business."""
+    import logging
+
+    logger = logging.getLogger("tilpheno")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_tilpheno_cli", False):
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    console = logging.StreamHandler()
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            _fail(exc)
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler._tilpheno_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 # --- commands are added below, one section per stage of the data flow ---
@@ -56,6 +102,7 @@ def scan(
     folder: Path = typer.Argument(..., help="Folder of FCS files (searched recursively)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file,product_id,tube,role,fmo_marker) here."),
+    study: str = typer.Option("til", "--study", help="Study (tube kinds, marker vocabulary): a bundled name or a study.yaml path."),
 ) -> None:
     """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS) and optionally write it."""
     import os
@@ -63,18 +110,25 @@ def scan(
     from rich.console import Console
     from rich.table import Table
 
-    from tilpheno.errors import TilphenoError
+    from tilpheno.errors import NoInputError, TilphenoError
     from tilpheno.io.atomic import write_csv
+    from tilpheno.io.files import display_name
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
+    from tilpheno.study import load_study
 
     try:
+        config = load_study(study)
         if manifest is not None:
             if not folder.is_dir():
                 raise TilphenoError(f"{folder}: not a folder")
-            frame = read_manifest(manifest, base=folder)
+            frame = read_manifest(manifest, base=folder, study=config)
             frame["problem"] = ""
         else:
-            frame = scan_folder(folder)
+            frame = scan_folder(folder, study=config)
+            for where, reason in frame.attrs.get("unlistable", []):
+                typer.secho(f"unlistable folder: {display_name(where)}: {reason}", fg=typer.colors.YELLOW, err=True)
+            if frame.empty:
+                raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found")
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     table = Table(title=f"{folder}: {frame['product_id'].nunique() if len(frame) else 0} products, {len(frame)} files")
@@ -83,7 +137,7 @@ def scan(
     console = Console()
     for row in frame.itertuples(index=False):
         style = "red" if row.problem else None
-        name = os.path.relpath(row.file, folder) if manifest is None else row.file
+        name = display_name(os.path.relpath(row.file, folder) if manifest is None else row.file)
         table.add_row(name, row.product_id, row.tube, row.role, row.fmo_marker, style=style)
     console.print(table)
     unreadable = frame[frame["problem"] != ""]
@@ -93,7 +147,7 @@ def scan(
         written = frame[list(COLUMNS)].copy()
         if manifest is None:
             written["file"] = [os.path.relpath(f, folder) for f in written["file"]]
-        write_csv(out, written)
+        write_csv(out, written, errors="surrogateescape")   # file names that are not UTF-8 read back as written
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
 
 
@@ -157,8 +211,10 @@ def process(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; re-running overwrites atomically)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file,product_id,tube,role,fmo_marker) instead of scanning."),
     outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
-    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the bundled TIL strategies."),
-    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: viability > 70 %, CD3+ > 90 % of live lymphocytes."),
+    study: str = typer.Option("til", "--study", help="Study: a bundled name or a study.yaml path (tube kinds, strategies, variables, doses, QC, release spec, marker aliases)."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming the marker on a detector; wins over $PnS."),
+    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the study's strategies."),
+    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: the study's (TIL: viability > 70 %, CD3+ > 90 % of live lymphocytes)."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Products processed in parallel (process pool)."),
     executor: str = typer.Option("local", "--executor", help="local | dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
@@ -186,7 +242,8 @@ def process(
 
     try:
         summary = _run_with_progress(
-            folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec, jobs=jobs,
+            folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec,
+            study=study, panel=panel, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
             include_identifiers=include_identifiers, command_line=["tilpheno", *sys.argv[1:]],
             overwrite=overwrite, allow_unmatched=allow_unmatched, allow_outside=allow_outside,
@@ -200,7 +257,8 @@ def process(
         raise typer.Exit(code=1)
 
 
-def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, jobs=1, executor="local",
+def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, study=None,
+                       panel=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False,
                        use_cache=True, reports=None, report_products=None, compensation=None):
@@ -224,6 +282,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
 
         return process_folder(
             folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
+            study=study, panel_path=panel,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
             on_start=on_start, on_outcome=on_outcome, overwrite=overwrite, allow_unmatched=allow_unmatched,

@@ -1,4 +1,4 @@
-"""Compensation: spillover matrices from FCS keywords or CSV files, and their application.
+"""Compensation: applying spillover matrices (read by ``tilpheno.io.spill``, re-exported here).
 
 Convention (as FlowJo, FlowKit and flowutils): the spillover matrix ``S`` has one row per
 *fluorochrome* and one column per *detector*, ``S[i, j]`` = fraction of fluorochrome ``i``'s
@@ -8,82 +8,12 @@ scatter and time channels pass through.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from tilpheno.errors import CompensationError
-
-
-@dataclass(frozen=True)
-class Spillover:
-    """A square spillover matrix and the detector names ($PnN) its rows and columns refer to."""
-
-    detectors: tuple[str, ...]
-    matrix: np.ndarray
-    source: str = ""  # where it came from: "keyword $SPILLOVER", a CSV path, ...
-
-    def __post_init__(self):
-        m = np.asarray(self.matrix, dtype=np.float64)
-        n = len(self.detectors)
-        if m.shape != (n, n):
-            raise CompensationError(
-                f"{self.source or 'spillover'}: matrix is {m.shape[0]}x{m.shape[1] if m.ndim > 1 else 1}"
-                f" but names {n} detectors"
-            )
-        if not np.all(np.isfinite(m)):
-            raise CompensationError(f"{self.source or 'spillover'}: matrix has non-finite values")
-        if len(set(self.detectors)) != n:
-            raise CompensationError(f"{self.source or 'spillover'}: duplicate detector names {list(self.detectors)}")
-        object.__setattr__(self, "matrix", m)
-
-    def to_dataframe(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.matrix, index=list(self.detectors), columns=list(self.detectors))
-
-
-def parse_spill_keyword(value: str, source: str = "$SPILLOVER") -> Spillover:
-    """Parse the FCS $SPILLOVER / $SPILL / SPILL keyword value: ``n,det1,...,detn,v11,v12,...``."""
-    parts = [p.strip() for p in value.strip().split(",")]
-    try:
-        n = int(float(parts[0]))
-    except (ValueError, IndexError):
-        raise CompensationError(f"{source}: first field must be the number of detectors, got {parts[:1]}") from None
-    if n < 1 or len(parts) != 1 + n + n * n:
-        raise CompensationError(f"{source}: expected {1 + n + n * n} comma-separated fields for n={n}, got {len(parts)}")
-    names = tuple(parts[1 : n + 1])
-    try:
-        values = np.array([float(v) for v in parts[n + 1 :]], dtype=np.float64).reshape(n, n)
-    except ValueError as exc:
-        raise CompensationError(f"{source}: non-numeric matrix value ({exc})") from None
-    return Spillover(names, values, source)
-
-
-def read_spillover_csv(path: str | Path) -> Spillover:
-    """Read a spillover matrix CSV in the FlowJo/FlowKit layout.
-
-    The first row holds detector names; the following rows hold the matrix. An optional first
-    column of row names (repeating the detector names) is accepted.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path, header=0)
-    except Exception as exc:  # pandas raises many types for unreadable CSV
-        raise CompensationError(f"{path}: cannot read spillover CSV ({exc})") from None
-    first = frame.columns[0]
-    if frame[first].dtype == object:
-        frame = frame.set_index(first)
-    names = tuple(str(c).strip() for c in frame.columns)
-    try:
-        matrix = frame.to_numpy(dtype=np.float64)
-    except ValueError as exc:
-        raise CompensationError(f"{path}: non-numeric value in spillover matrix ({exc})") from None
-    return Spillover(names, matrix, str(path))
+from tilpheno.io.spill import Spillover, parse_spill_keyword, read_spillover_csv  # noqa: F401  (re-exported)
 
 
 _CHUNK_EVENTS = 8192   # events per block in compensate_columns (source rows and products stay in cache)
@@ -131,7 +61,7 @@ def compensate_columns(
     if not compensated:
         cols = []
     passthrough = [w for w in wanted if w not in position]
-    inverse = _inverse(spillover) if compensated else None
+    inverse = _inverse(spillover) if compensated and spillover is not None else np.empty((0, 0))
     events = np.asarray(events)
     n = events.shape[0]
     # rows: the compensated detectors first (one contiguous block the sums accumulate into), then
@@ -141,8 +71,8 @@ def compensate_columns(
     gather = cols + [index[w] for w in passthrough]
     k, t, step = len(cols), len(compensated), max(1, _CHUNK_EVENTS)
     # coefficient[r, i] = inverse[i, j] for the r-th compensated detector j
-    coefficient = inverse[:, [position[d] for d in compensated]].T.copy() if t else None
-    tmp = np.empty((t, min(n, step)), dtype=np.float64) if t else None
+    coefficient = inverse[:, [position[d] for d in compensated]].T.copy() if t else np.empty((0, 0))
+    tmp = np.empty((t, min(n, step)), dtype=np.float64) if t else np.empty((0, 0))
     for start in range(0, n, step):
         stop = min(n, start + step)
         # One gather of the needed columns of a block of events into rows (a strided copy per

@@ -35,5 +35,9 @@ class TableError(TilphenoError):
     """A manifest, outcomes or phenotype table is invalid; the message names file, row and column."""
 
 
+class StudyError(TilphenoError):
+    """A study configuration (study.yaml, vocabulary) is invalid; the message names the file and key."""
+
+
 class NoInputError(TilphenoError):
     """A run found nothing to process (no FCS files in the folder)."""

@@ -2,79 +2,43 @@
 
 Conventions
 -----------
-* Canonical marker names: ``CD3 CD4 CD8 CD56 PD1 FoxP3 7AAD`` (``CANONICAL``). Spellings such as
-  ``"CD3 BV421"``, ``"hCD3"``, ``"anti-CD3"``, ``"PD-1"``, ``"CD279"``, ``"FOXP3 PE"``, ``"7-AAD"``,
-  ``"7 AAD"`` map to them; anything else is ``None`` (unknown marker).
-* Markers come from $PnS; a channel without $PnS whose $PnN names a marker (channels renamed
-  ``CD3`` etc.) counts too. Scatter and time channels (``FSC*``, ``SSC*``, ``Time``) never do.
+* Marker names are free text read through a :class:`~tilpheno.vocabulary.Vocabulary` (the
+  study's; default ``tilpheno/studies/vocabulary.yaml``): ``"CD3 BV421"``, ``"hCD3"``,
+  ``"anti-CD3"`` -> ``CD3``; ``"PD-1"``, ``"CD279"`` -> ``PD1``; ``"7-AAD"`` -> ``7AAD``; an
+  unknown marker keeps its own name (``"CD38 BV605"`` -> ``CD38``, ``"Zombie NIR"`` -> ``Zombie``).
+* Markers come from $PnS (a $PnS equal to its $PnN counts as no label); a channel without $PnS
+  whose $PnN names a *known* marker (channels renamed ``CD3`` etc.) counts too. Scatter and time
+  channels (``FSC*``, ``SSC*``, ``Time``) never do.
 * A marker labelled on several detectors (FACSDiva repeats $PnS on -A, -H and -W) maps to the
   ``-A`` detector, else the first one.
 * FMO tubes: the omitted marker's detector is present without $PnS; ``panel_from_fcs`` resolves
   it from the stained tube of the same product and tube kind (``reference=`` its Panel or
   ``stained=`` its FCSFile). The same detector may carry different markers in different tubes
   (PE-A = PD1 in the surface tube, FoxP3 in the Treg tube), so panels are per file.
-* Override panel files (CSV or YAML) have columns/keys ``tube, detector, marker``; a row applies
-  to files whose tube kind (``surface``/``treg``), TUBE NAME keyword or file name (without
-  ``.fcs``) equals ``tube`` (case-insensitive); ``tube`` empty or ``*`` applies to every file.
+* Override panel files (CSV or YAML, ``tilpheno process --panel FILE``) have columns/keys
+  ``tube, detector, marker``; a row applies to files whose tube kind, TUBE NAME keyword or file
+  name (without ``.fcs``) equals ``tube`` (case-insensitive); ``tube`` empty or ``*`` applies to
+  every file.
 """
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from tilpheno.errors import PanelError, TableError
-
-CANONICAL = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3", "7AAD")
-
-# token (upper case, separators removed) -> canonical marker
-_ALIASES = {
-    "CD3": "CD3", "CD3E": "CD3",
-    "CD4": "CD4",
-    "CD8": "CD8", "CD8A": "CD8", "CD8B": "CD8",
-    "CD56": "CD56", "NCAM": "CD56", "NCAM1": "CD56",
-    "PD1": "PD1", "CD279": "PD1", "PDCD1": "PD1",
-    "FOXP3": "FoxP3",
-    "7AAD": "7AAD",
-}
-_SPECIES_PREFIX = re.compile(r"^(?:ANTI|HUMAN|HU|H)(?=CD|PD|FOXP)")
-_SEPARATORS = re.compile(r"[\s_/:;,()\[\]]+")
+from tilpheno.vocabulary import Vocabulary, default_vocabulary, key
 
 
-def _token_marker(token: str) -> str | None:
-    token = token.upper().replace("-", "").replace(".", "")
-    if token in _ALIASES:
-        return _ALIASES[token]
-    stripped = _SPECIES_PREFIX.sub("", token)
-    return _ALIASES.get(stripped)
+def normalize_marker(text: str | None, vocabulary: Vocabulary | None = None) -> str | None:
+    """The marker named in ``text`` ($PnS, a panel file cell, a tube name), or None.
 
-
-def normalize_marker(text: str | None) -> str | None:
-    """The canonical marker named in ``text`` ($PnS, a panel file cell, a tube name), or None.
-
-    Words are split on spaces, underscores and slashes; hyphens inside a word are ignored
-    (``PD-1``, ``7-AAD``), and two adjacent words are also tried joined (``7 AAD``, ``PD 1``).
-    The first marker found wins (``"CD3 FITC"`` -> ``CD3``).
+    Known markers come back in their canonical spelling; other labels as free text (the first
+    word that is not a fluorochrome), see :meth:`tilpheno.vocabulary.Vocabulary.marker_in`.
     """
-    if text is None:
-        return None
-    words = [w for w in _SEPARATORS.split(str(text).strip()) if w]
-    for i, word in enumerate(words):
-        found = _token_marker(word)
-        if found is None and i + 1 < len(words):
-            found = _token_marker(word + words[i + 1])
-        if found is None and "-" in word:  # "CD3-FITC", "anti-CD3"
-            parts = [p for p in word.split("-") if p]
-            for j, part in enumerate(parts):
-                found = _token_marker(part) or (j + 1 < len(parts) and _token_marker(part + parts[j + 1])) or None
-                if found:
-                    break
-        if found:
-            return found
-    return None
+    return (vocabulary or default_vocabulary()).marker_in(text)
 
 
 def is_scatter_or_time(detector: str) -> bool:
@@ -134,13 +98,19 @@ def _prefer(current: str, candidate: str) -> str:
     return current
 
 
-def _labelled_markers(channels: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Marker -> detector from $PnS, or from $PnN itself when $PnS is empty (renamed channels)."""
+def _labelled(pnn: str, pns: str) -> bool:
+    """True when the channel carries a $PnS label of its own (not empty, not a copy of $PnN)."""
+    return bool(pns.strip()) and pns.strip().upper() != pnn.strip().upper()
+
+
+def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabulary | None = None) -> dict[str, str]:
+    """Marker -> detector from $PnS, or from $PnN itself when it names a known marker (renamed channels)."""
+    vocab = vocabulary or default_vocabulary()
     markers: dict[str, str] = {}
     for pnn, pns in channels:
         if is_scatter_or_time(pnn):
             continue
-        marker = normalize_marker(pns) if pns.strip() else normalize_marker(pnn)
+        marker = vocab.marker_in(pns) if _labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
         if marker is None:
             continue
         markers[marker] = _prefer(markers[marker], pnn) if marker in markers else pnn
@@ -151,12 +121,8 @@ def _fcs_channels(fcs) -> tuple[tuple[str, str], ...]:
     return tuple(zip((str(x) for x in fcs.channels["pnn"]), (str(x) for x in fcs.channels["pns"])))
 
 
-def tube_kind_of(markers: Iterable[str]) -> str:
-    """``treg`` when the markers include FoxP3, else ``surface``."""
-    return "treg" if "FoxP3" in set(markers) else "surface"
-
-
-def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, override=None) -> Panel:
+def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, override=None, tube: str | None = None,
+                   study=None) -> Panel:
     """The Panel of one FCSFile from its $PnS labels.
 
     ``reference`` (a Panel) or ``stained`` (the FCSFile of the stained tube of the same product
@@ -164,20 +130,29 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
     reference's detector when this file has that detector without a $PnS.
     ``override``: ``{detector: marker}`` applied to every file, a ``PanelOverrides`` from
     ``read_panel_file``, or the path of such a file. Override rows win over $PnS.
+    ``tube``: the file's tube kind, for override rows (default: inferred by the study from the
+    TUBE NAME, file name and markers). ``study``: a :class:`tilpheno.study.Study` (its vocabulary
+    reads the labels; default the bundled study).
     """
+    if study is None:
+        from tilpheno.study import default_study
+
+        study = default_study()
+    vocab = study.vocabulary
     channels = _fcs_channels(fcs)
-    markers = _labelled_markers(channels)
+    markers = _labelled_markers(channels, vocab)
     resolved: dict[str, str] = {}
     if reference is None and stained is not None:
-        reference = panel_from_fcs(stained, override=override)
+        reference = panel_from_fcs(stained, override=override, tube=tube, study=study)
     if reference is not None:
-        unlabelled = {n for n, s in channels if not s.strip() and not is_scatter_or_time(n) and normalize_marker(n) is None}
+        unlabelled = {n for n, s in channels if not _labelled(n, s) and not is_scatter_or_time(n)
+                      and vocab.marker_in(n, free=False) is None}
         taken = set(markers.values())
         for marker, detector in reference.markers.items():
             if marker not in markers and detector in unlabelled and detector not in taken:
                 markers[marker] = detector
                 resolved[marker] = f"unlabelled detector resolved from {reference.source}"
-    rows = _override_rows(override, fcs, markers)
+    rows = _override_rows(override, fcs, markers, tube, study)
     names = {n for n, _ in channels}
     for detector, marker in rows.items():
         if detector not in names:
@@ -190,15 +165,19 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
     return Panel(str(fcs.path), markers, channels, resolved)
 
 
-def require(panel: Panel, markers: Iterable[str]) -> dict[str, str]:
-    """``{marker: detector}`` for ``markers``; PanelError listing the file's channels if any is missing."""
+def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None = None) -> dict[str, str]:
+    """``{marker: detector}`` for ``markers`` (names as the caller spells them; matched through the
+    vocabulary, so ``PD-1`` finds ``PD1``); PanelError listing the file's channels if any is missing."""
+    vocab = vocabulary or default_vocabulary()
+    by_key = {key(vocab.canonical_name(m)): d for m, d in panel.markers.items()}
     wanted = list(markers)
-    missing = [m for m in wanted if m not in panel.markers]
+    found = {m: by_key.get(key(vocab.canonical_name(m))) for m in wanted}
+    missing = [m for m, d in found.items() if d is None]
     if missing:
         raise PanelError(
             f"{panel.source}: marker(s) {', '.join(missing)} not found; channels ($PnN ($PnS)): {panel.describe_channels()}"
         )
-    return {m: panel.markers[m] for m in wanted}
+    return {m: d for m, d in found.items() if d is not None}
 
 
 # --------------------------------------------------------------------------- override files
@@ -225,22 +204,28 @@ class PanelOverrides:
         return {r.detector: r.marker for r in self.rows if r.tube in ("", "*") or r.tube.lower() in keys}
 
 
-def _override_rows(override, fcs, markers: dict[str, str]) -> dict[str, str]:
+def _override_rows(override, fcs, markers: dict[str, str], tube: str | None, study: Any) -> dict[str, str]:
     if override is None:
         return {}
+    vocab = study.vocabulary
     if isinstance(override, (str, os.PathLike)):
         override = read_panel_file(override)
     if isinstance(override, PanelOverrides):
         tube_name = str(fcs.keywords.get("TUBE NAME", ""))
-        return override.for_file(tube_kind_of(markers), tube_name, Path(str(fcs.path)).stem)
-    if isinstance(override, Mapping):
-        return {str(d): normalize_marker(str(m)) or str(m).strip() for d, m in override.items()}
-    raise PanelError(f"panel override must be a mapping, PanelOverrides or a file path, got {type(override).__name__}")
+        stem = Path(str(fcs.path)).stem
+        kind = tube or study.tube_kind_of(f"{tube_name} {stem}", markers) or ""
+        rows = override.for_file(kind, tube_name, stem)
+    elif isinstance(override, Mapping):
+        rows = {str(d): str(m) for d, m in override.items()}
+    else:
+        raise PanelError(f"panel override must be a mapping, PanelOverrides or a file path, got {type(override).__name__}")
+    return {d: vocab.marker_in(m) or m.strip() for d, m in rows.items()}
 
 
 def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
     """Read an override panel (CSV, or YAML: a list of {tube, detector, marker} or a mapping with
-    key ``panel`` holding that list). Markers are normalised when recognised, else kept as written.
+    key ``panel`` holding that list). Markers are kept as written (read through the study's
+    vocabulary when applied, ``panel_from_fcs``).
     Raises TableError naming the file, row and column at fault."""
     import pandas as pd
     import yaml
@@ -277,5 +262,5 @@ def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
             raise TableError(f"{path}: {where}, column 'detector': empty")
         if not marker:
             raise TableError(f"{path}: {where}, column 'marker': empty")
-        rows.append(PanelOverride(str(rec["tube"]).strip(), detector, normalize_marker(marker) or marker))
+        rows.append(PanelOverride(str(rec["tube"]).strip(), detector, marker))
     return PanelOverrides(str(path), tuple(rows))

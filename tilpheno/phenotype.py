@@ -25,9 +25,11 @@ the first population placed with method ``lymphocytes`` (NaN for populations out
 Medians (``median_<marker>``) are in compensated linear units: the inverse transform of the
 median of the transformed values.
 
-Study variables come from each strategy's ``variables`` section, computed on its stained tube.
-Absolute doses (when ``til_dose_cells``, the number of infused TILs, is known), with TILs taken
-as live lymphocytes::
+Study variables come from each strategy's ``variables`` section, computed on its stained tube;
+the study (``tilpheno.study.Study``, default the bundled TIL study) names the variables every
+phenotype carries (NaN when not computable), the doses and the QC rules. Absolute doses (when
+``til_dose_cells``, the number of infused cells, is known) are ``base x variable / 100`` as the
+study defines them; the TIL study's, with TILs taken as live lymphocytes::
 
     cd3_dose_cells    = dose * cd3_pct_of_live_lymph / 100
     cd4_dose_cells    = cd3_dose_cells * cd4_pct_of_cd3 / 100
@@ -59,31 +61,11 @@ from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
+from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
+from tilpheno.gates.tree import population_mask
 from tilpheno.qc import QCFlag
-
-STUDY_VARIABLES = (
-    "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
-    "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph",
-    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4foxp3_pct_of_cd4",
-)
-"""The study's per-product variables (percent, 0-100); always present in ``phenotype`` (NaN if unknown)."""
-
-DOSES = {
-    # name: (base, variable): base is "dose" or another dose name, multiplied by variable / 100
-    "cd3_dose_cells": ("dose", "cd3_pct_of_live_lymph"),
-    "cd4_dose_cells": ("cd3_dose_cells", "cd4_pct_of_cd3"),
-    "cd8_dose_cells": ("cd3_dose_cells", "cd8_pct_of_cd3"),
-    "nk_dose_cells": ("dose", "nk_pct_of_live_lymph"),
-    "nkt_dose_cells": ("dose", "nkt_pct_of_live_lymph"),
-    "pd1_dose_cells": ("dose", "pd1_pct_of_live_lymph"),
-    "cd8pd1_dose_cells": ("cd3_dose_cells", "cd8pd1_pct_of_cd3"),
-    "treg_dose_cells": ("cd4_dose_cells", "cd4foxp3_pct_of_cd4"),
-}
-
-MIN_EVENTS = 5000          # fewer events in a stained tube -> low_events
-MIN_LYMPH_EVENTS = 1000    # fewer (live) lymphocytes in a stained tube -> low_events
-LOW_VIABILITY_PCT = 70.0   # below -> low_viability (TIL lot release practice)
-THRESHOLD_RANGE_RAW = (0.0, 5000.0)  # an FMO threshold outside (linear units) -> threshold_out_of_range
+from tilpheno.study import QCRules, Study, default_study
+from tilpheno.vocabulary import Vocabulary, default_vocabulary
 
 _PLACED_PER_FILE = ("cells", "singlets", "lymphocytes", "valley")
 
@@ -129,7 +111,7 @@ class TubeResult:
     subsample: np.ndarray | None = None       # indices of the events in data/masks; None = all events
     quadrants: dict[tuple[str, str], dict[tuple[bool, bool], float]] = field(default_factory=dict)
     # (x population, y population) -> % of parent per quadrant, on all events, for sibling
-    # threshold gates (report.product.sibling_range_pairs); filled when data is a subsample
+    # threshold gates (tilpheno.gates.quadrants.sibling_range_pairs); filled when data is a subsample
     acquisition: Any = None                   # tilpheno.acquisition.AcquisitionQC of step 0 (None when off)
     compensation: Any = None                  # CompensationUsed: the matrix, its source, residual spillover
 
@@ -139,7 +121,7 @@ class ProductResult:
     """All tubes of one product, its study variables and QC flags."""
 
     product_id: str
-    phenotype: dict[str, float]
+    phenotype: dict[str, Any]   # product_id (text), then the variables, counts and doses (numbers)
     tubes: list[TubeResult]
     qc: list[QCFlag]
     strategy_sha256: dict[str, str]   # strategy name -> SHA-256 of its file
@@ -231,12 +213,15 @@ def acquisition_step(fcs, settings, cached=None):
 def _negative_cuts(state: _Gated) -> dict[str, float]:
     """Per marker the lowest 1-D gate threshold of the tube (linear units): its negatives lie below."""
     cuts: dict[str, float] = {}
-    for _, _, gate, _ in state.gates:
-        if type(gate).__name__ != "RangeGate" or gate.dim not in state.tube.detectors:
+    for _, _, gate, _ in state.gates:   # 1-D interval gates (the gate protocol's drawing), by dimension
+        shape = gate.drawing()
+        if shape.shape != "intervals" or len(gate.dims) != 1 or gate.dims[0] not in state.tube.detectors:
             continue
-        edge = gate.low if gate.low is not None else gate.high
-        raw = float(state.tube.transforms[gate.dim].inverse(np.array([edge]))[0])
-        cuts[gate.dim] = min(cuts.get(gate.dim, raw), raw)
+        dim = gate.dims[0]
+        low, high = shape.bounds[dim]
+        edge = low if low is not None else high
+        raw = float(state.tube.transforms[dim].inverse(np.array([edge]))[0])
+        cuts[dim] = min(cuts.get(dim, raw), raw)
     return cuts
 
 
@@ -292,23 +277,30 @@ class _Gated:
     gates: list[tuple[str, str, Gate, str]] = field(default_factory=list)
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     flags: list[pl.Flag] = field(default_factory=list)
+    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)   # population -> placement numbers
 
     def parent_mask(self, pop: Population) -> np.ndarray:
         if pop.parent == ROOT:
             return np.ones(self.tube.n_events, dtype=bool)
         return self.masks[pop.parent]
 
+    def mask_of(self, pop: Population, gate) -> np.ndarray:
+        """``pop``'s mask with its placed ``gate`` (the tree evaluator, ``tilpheno.gates.tree``)."""
+        parent = None if pop.parent == ROOT else pop.parent
+        return population_mask(gate, self.tube.data, self.masks, parent, self.tube.n_events, pop.complement)
+
 
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the parent's events."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
+    xy = (pop.dims[0], pop.dims[-1])   # the 2-D methods (validated: exactly two dims)
     if pop.method == "cells":
-        return pl.place_cells(cols[0], cols[1], pop.dims, **params)
+        return pl.place_cells(cols[0], cols[1], xy, **params)
     if pop.method == "singlets":
-        return pl.place_singlets(cols[0], cols[1], pop.dims, **params)
+        return pl.place_singlets(cols[0], cols[1], xy, **params)
     if pop.method == "lymphocytes":
-        return pl.place_lymphocytes(cols[0], cols[1], pop.dims, **params)
+        return pl.place_lymphocytes(cols[0], cols[1], xy, **params)
     placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
     return checks.check_valley(pop.name, placement, cols[0]) if tube.role == "stain" else placement
 
@@ -355,9 +347,12 @@ class _TubeKindRun:
     in pass 2 if another one was needed in between): the memory of a tube kind is one file's.
     """
 
-    def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool):
+    def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
+                 vocabulary: Vocabulary | None = None, qc: QCRules | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
         self.percentile, self.keep_loaded = percentile, keep_loaded
+        self.vocabulary = vocabulary or default_vocabulary()
+        self.qc = qc or QCRules()
         self.pops = list(strategy.populations)
         self.loaded: dict[int, _Gated] = {}
         self.position: dict[int, int] = {}
@@ -397,8 +392,8 @@ class _TubeKindRun:
         flags = self.file_flags[i]
         for k in range(self.position[i], upto):
             pop = self.pops[k]
-            if pop.method == "boolean":
-                st.masks[pop.name] = pop.boolean.evaluate(st.masks) & st.parent_mask(pop)
+            if pop.boolean is not None:
+                st.masks[pop.name] = st.mask_of(pop, pop.boolean)
                 st.gates.append((pop.name, pop.parent, pop.boolean, "boolean"))
                 continue
             if pop.method == "fmo":
@@ -407,15 +402,18 @@ class _TubeKindRun:
                     st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
                     flags.append((k, pl.Flag("gate_failed", "error", th.error)))
                     continue
-                st.masks[pop.name] = th.placement.gate.contains(st.tube.data) & st.parent_mask(pop)
+                st.masks[pop.name] = st.mask_of(pop, th.placement.gate)
                 st.gates.append((pop.name, pop.parent, th.placement.gate, th.placement.method))
-                st.thresholds.append(th.row)
+                st.diagnostics[pop.name] = dict(th.placement.diagnostics)
+                if th.row is not None:
+                    st.thresholds.append(th.row)
                 continue
             parent = st.parent_mask(pop)
             placement = src.placed.get(pop.name)
             if placement is None:
                 try:
-                    placement = pl.Placement(pop.fixed_gate, "fixed") if pop.method == "fixed" else _place_on(pop, st.tube, parent)
+                    placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
+                                 else _place_on(pop, st.tube, parent))
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -423,8 +421,9 @@ class _TubeKindRun:
                 st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
                 flags.append((k, pl.Flag("gate_failed", "error", str(placement))))
                 continue
-            st.masks[pop.name] = placement.gate.contains(st.tube.data) & parent
+            st.masks[pop.name] = st.mask_of(pop, placement.gate)
             st.gates.append((pop.name, pop.parent, placement.gate, placement.method))
+            st.diagnostics[pop.name] = dict(placement.diagnostics)
             flags.extend((k, f) for f in placement.flags)
         self.position[i] = max(self.position[i], upto)
 
@@ -437,7 +436,7 @@ class _TubeKindRun:
         min_events = int(params.pop("min_events", 200))
         anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
         # the last FMO file of the marker that loads (as a dict keyed by marker would keep)
-        fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and s.fmo_marker == marker]
+        fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and self.vocabulary.same(s.fmo_marker, marker)]
         found = self.first_loadable(fmo_files[::-1])
         placement, source = None, ""
         if found is not None and marker in found[1].tube.data:
@@ -490,11 +489,12 @@ class _TubeKindRun:
             row = _threshold_row(pop, placement, source, self.strategy, self.percentile)
             self.thresholds[pop.name] = _Threshold(placement, row)
             self.global_flags.extend((k, f) for f in placement.flags)
-            if not THRESHOLD_RANGE_RAW[0] <= row["value_raw"] <= THRESHOLD_RANGE_RAW[1]:
+            low, high = self.qc.fmo_threshold_range
+            if not low <= row["value_raw"] <= high:
                 self.global_flags.append((k, pl.Flag(
                     "threshold_out_of_range", "warning",
                     f"{pop.name} ({marker}): threshold {row['value_raw']:.4g} outside the expected "
-                    f"{THRESHOLD_RANGE_RAW[0]:g}-{THRESHOLD_RANGE_RAW[1]:g} (compensated linear units)",
+                    f"{low:g}-{high:g} (compensated linear units)",
                 )))
 
     def finish(self, consume) -> None:
@@ -517,7 +517,7 @@ class _TubeKindRun:
         """The file that carries the thresholds' flags: the first usable stained file, else the first usable file."""
         usable = [i for i, s in enumerate(self.sources) if not s.failed and i in self.file_flags]
         stains = [i for i in usable if self.sources[i].role == "stain"]
-        return (stains or usable or [None])[0]
+        return (stains or usable or [None])[0]  # type: ignore[list-item]  # None: no usable file
 
     def ordered_flags(self, i: int) -> list[pl.Flag]:
         """File ``i``'s flags in strategy order (as if all files had been walked population by population)."""
@@ -527,14 +527,18 @@ class _TubeKindRun:
         return [f for _, f in sorted(entries, key=lambda e: e[0])]
 
 
-def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile: float = 99.5) -> list[_Gated]:
+def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile: float = 99.5,
+                   study: Study | None = None) -> list[_Gated]:
     """Walk ``strategy`` over the stained tube and FMO files of one tube kind (module docstring).
 
-    Returns one ``_Gated`` per input tube, in input order.
+    Returns one ``_Gated`` per input tube, in input order. ``study``: vocabulary and QC rules
+    (default the bundled study).
     """
+    study = study or default_study()
     tubes = list(tubes)
     sources = [_Source(i, t.role, t.fmo_marker) for i, t in enumerate(tubes)]
-    run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True)
+    run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True,
+                       vocabulary=study.vocabulary, qc=study.qc)
     run.resolve()
     states: dict[int, _Gated] = {}
     run.finish(lambda i, st: states.__setitem__(i, st))
@@ -637,14 +641,12 @@ def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = No
 
 def _quadrants(state: _Gated) -> dict:
     """% of parent per quadrant for the report's quadrant plots, on all events (see TubeResult)."""
-    from tilpheno.report.plots import quadrant_percentages
-    from tilpheno.report.product import sibling_range_pairs
-
     out = {}
     for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(state.gates):
         parent_mask = state.masks.get(parent, np.ones(state.tube.n_events, dtype=bool))
-        x, y = state.tube.data[xgate.dim][parent_mask], state.tube.data[ygate.dim][parent_mask]
-        out[(xpop, ypop)] = quadrant_percentages(x, y, xgate, ygate, xgate.dim, ygate.dim)
+        xdim, ydim = xgate.dims[0], ygate.dims[0]
+        x, y = state.tube.data[xdim][parent_mask], state.tube.data[ydim][parent_mask]
+        out[(xpop, ypop)] = quadrant_percentages(x, y, xgate, ygate, xdim, ydim)
     return out
 
 
@@ -665,12 +667,12 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
     return out
 
 
-def doses(phenotype: Mapping[str, float], til_dose_cells: float | None) -> dict[str, float]:
-    """Absolute subset doses (cells) from the infused TIL number (``DOSES``); NaN when unknown."""
-    known = til_dose_cells is not None and math.isfinite(float(til_dose_cells))
-    values: dict[str, float] = {"dose": float(til_dose_cells) if known else float("nan")}
-    for name, (base, variable) in DOSES.items():
-        values[name] = values[base] * float(phenotype.get(variable, float("nan"))) / 100.0
+def doses(phenotype: Mapping[str, float], til_dose_cells: float | None, study: Study | None = None) -> dict[str, float]:
+    """Absolute subset doses (cells) from the infused cell number (the study's ``doses``); NaN when unknown."""
+    infused = float(til_dose_cells) if til_dose_cells is not None else float("nan")
+    values: dict[str, float] = {"dose": infused if math.isfinite(infused) else float("nan")}
+    for dose in (study or default_study()).doses:
+        values[dose.name] = values[dose.base] * float(phenotype.get(dose.variable, float("nan"))) / 100.0
     return {k: v for k, v in values.items() if k != "dose"}
 
 
@@ -689,27 +691,32 @@ def _stained_summary(strategy: Strategy, state: _Gated) -> _StainedSummary:
     return _StainedSummary(state.tube.file, state.tube.n_events, count)
 
 
-def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary], strategies: Mapping[str, Strategy]) -> list[QCFlag]:
+def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary],
+                   strategies: Mapping[str, Strategy], study: Study) -> list[QCFlag]:
+    rules = study.qc
     flags = []
     for tube, summary in stained.items():
         name = Path(summary.file).name
-        if summary.n_events < MIN_EVENTS:
+        if summary.n_events < rules.min_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.n_events} events in the {tube} stained tube (< {MIN_EVENTS})"))
+                                f"{summary.n_events} events in the {tube} stained tube (< {rules.min_events})"))
         lymph = _lymph_population(strategies[tube])
-        if summary.lymph_count is not None and summary.lymph_count < MIN_LYMPH_EVENTS:
+        if summary.lymph_count is not None and summary.lymph_count < rules.min_lymph_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.lymph_count} events in {lymph} (< {MIN_LYMPH_EVENTS})"))
+                                f"{summary.lymph_count} events in {lymph} (< {rules.min_lymph_events})"))
     for code, variable, message in checks.variable_checks(
             product_id, phenotype, [v for s in strategies.values() for v in s.variables]):
         tube = next((t for t, s in strategies.items() if any(v.name == variable for v in s.variables)), "")
         file = Path(stained[tube].file).name if tube in stained else ""
         flags.append(QCFlag(product_id, file, code, "warning", message))
-    viability = phenotype.get("viability_pct", float("nan"))
-    if math.isfinite(viability) and viability < LOW_VIABILITY_PCT:
-        surface = stained.get("surface")
-        flags.append(QCFlag(product_id, Path(surface.file).name if surface else "", "low_viability", "warning",
-                            f"viability {viability:.1f}% < {LOW_VIABILITY_PCT:g}%"))
+    for expected in rules.expected:
+        message = expected.check(float(phenotype.get(expected.variable, float("nan"))))
+        if message is None:
+            continue
+        # the flag names the stained file of the tube kind whose strategy defines the variable
+        kind = next((t for t, s in strategies.items() if any(v.name == expected.variable for v in s.variables)), None)
+        where = stained.get(kind) if kind is not None else None
+        flags.append(QCFlag(product_id, Path(where.file).name if where else "", expected.flag, "warning", message))
     return flags
 
 
@@ -735,12 +742,10 @@ def _spillover(override) -> Spillover | None:
     return read_spillover_csv(override)
 
 
-def _fmo_marker(value) -> str | None:
+def _fmo_marker(value, vocabulary: Vocabulary) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return None
-    from tilpheno.panel import normalize_marker
-
-    return normalize_marker(str(value))
+    return vocabulary.marker_in(str(value))
 
 
 def analyze_product(
@@ -753,6 +758,7 @@ def analyze_product(
     spillover_override: Spillover | str | Path | None = None,
     panel_override=None,
     plot_events: int | None = None,
+    study: Study | None = None,
 ) -> ProductResult:
     """Gate every file of one product and compute its phenotype (module docstring).
 
@@ -761,6 +767,8 @@ def analyze_product(
     files of a tube kind without a strategy (the unstained tube) are not gated.
     ``spillover_override``: a Spillover or a CSV path used instead of every file's $SPILLOVER.
     ``panel_override``: passed to ``tilpheno.panel.panel_from_fcs``.
+    ``study``: the variables every phenotype carries, the doses, QC rules and marker vocabulary
+    (default: the bundled TIL study).
     ``plot_events``: None keeps every file's arrays and each TubeResult's ``data``/``masks`` over
     all events. A number bounds memory (the pipeline): files are gated one at a time (a file's
     arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
@@ -771,12 +779,13 @@ def analyze_product(
     from tilpheno.io.fcs import read_fcs
     from tilpheno.panel import panel_from_fcs, require
 
+    study = study or default_study()
     strategy_map = _as_strategy_map(strategies)
     spill = _spillover(spillover_override)
     spill_source = spill.source if spill is not None else ""
     qc: list[QCFlag] = []
     tubes_out: list[TubeResult] = []
-    phenotype: dict[str, float] = {v: float("nan") for v in STUDY_VARIABLES}
+    phenotype: dict[str, float] = {v: float("nan") for v in study.variables}
     stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
@@ -786,7 +795,7 @@ def analyze_product(
             continue
         sources = []
         for i, row in enumerate(group.itertuples(index=False)):
-            marker = _fmo_marker(getattr(row, "fmo_marker", None)) if row.role == "fmo" else None
+            marker = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary) if row.role == "fmo" else None
             src = _Source(i, str(row.role), marker)
             src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
             sources.append(src)
@@ -819,8 +828,9 @@ def analyze_product(
             h["compensation"] = CompensationUsed(matrix, spill_source if spill is not None else (
                 matrix.source if matrix is not None else "none: uncompensated"))
             try:
-                panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override)
-                detectors = require(panel, strategy.markers)
+                panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override,
+                                       tube=tube_kind, study=study)
+                detectors = require(panel, strategy.markers, study.vocabulary)
                 data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spill)
             except PanelError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
@@ -836,7 +846,8 @@ def analyze_product(
             return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
                             data=data, detectors=dict(detectors), transforms=used, compensated=compensated)
 
-        run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None)
+        run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
+                           vocabulary=study.vocabulary, qc=study.qc)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}
@@ -874,8 +885,8 @@ def analyze_product(
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
 
-    phenotype.update(doses(phenotype, til_dose_cells))
-    qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map))
+    phenotype.update(doses(phenotype, til_dose_cells, study))
+    qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map, study))
     return ProductResult(
         product_id=product_id,
         phenotype={"product_id": product_id, **phenotype},

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from tilpheno.errors import FCSReadError, NoInputError, TableError, TilphenoError
 from tilpheno.io.files import display_name
@@ -33,6 +33,7 @@ from tilpheno.provenance import FileDigest, RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.gates.checks import NEEDS_REVIEW, needs_review, review_status
 from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE, CriterionResult, ReleaseSpec
+from tilpheno.study import Study, default_study
 
 log = logging.getLogger(__name__)
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
@@ -50,6 +51,8 @@ class ProcessOptions:
     make_reports: bool = True
     release_spec: ReleaseSpec = DEFAULT_SPEC
     provenance_short: tuple[tuple[str, str], ...] = ()
+    study: Study = field(default_factory=default_study)
+    panel: Any = None   # override panel rows (tilpheno.panel.read_panel_file) or None
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class ProductJob:
     """Everything one worker needs for one product: its manifest rows, the strategies, options."""
 
     product_id: str
-    rows: object  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
+    rows: Any  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
     strategies: tuple[StrategySource, ...]
     options: ProcessOptions
     compensation: object = None  # tilpheno.spillover.CompensationChoice, or None: each file's $SPILLOVER
@@ -80,13 +83,14 @@ class ProductOutcome:
     ok: bool
     error: str
     phenotype: dict
-    populations: object  # pandas DataFrame (long: population x tube) or empty
+    populations: Any  # pandas DataFrame (long: population x tube) or empty
     qc: list  # of tilpheno.qc.QCFlag
     release: list[CriterionResult]
     release_status: str
     files: list[FileDigest]
     report_html: str | None = None
     seconds: float = 0.0
+    traceback: str = ""   # a crash (a bug, not bad input): the worker's traceback, logged by the parent
     has_report: bool | None = None  # a report was published for it (None: as ``ProcessOptions.make_reports``)
 
 
@@ -238,13 +242,14 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
 
 
 def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
-    """A warning ``ungated_tube`` per tube kind present in the product's files that no strategy of
-    the run gates (the unstained control is never gated and is not flagged)."""
+    """A warning ``ungated_tube`` per tube kind whose stained or FMO files no strategy of the run
+    gates (controls, i.e. unstained and single-stain files, are never gated and not flagged)."""
     gated = {str(s.tube) for s in strategies}
     names = ", ".join(sorted(gated)) or "none"
     flags = []
-    for kind, group in rows.groupby(rows["tube"].astype(str), sort=True):
-        if kind in gated or kind == "unstained":
+    tubes = rows[rows["role"].astype(str).isin(("stain", "fmo"))]
+    for kind, group in tubes.groupby(tubes["tube"].astype(str), sort=True):
+        if kind in gated:
             continue
         files = ", ".join(Path(str(f)).name for f in group["file"])
         flags.append(QCFlag(product_id, "", "ungated_tube", "warning",
@@ -293,6 +298,7 @@ def _analyze(job: ProductJob, rows):
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
         spillover_override=choice.spillover if choice is not None else None,
+        study=job.options.study, panel_override=job.options.panel,
     )
 
 
@@ -321,7 +327,7 @@ def _populations_long(product_id: str, tubes) -> object:
     frames = []
     for t in tubes:
         pops = t.populations.copy()
-        head = {"product_id": product_id, "file": Path(t.file).name, "tube": t.tube, "role": t.role,
+        head = {"product_id": product_id, "file": display_name(Path(t.file).name), "tube": t.tube, "role": t.role,
                 "fmo_marker": t.fmo_marker or ""}
         for i, (k, v) in enumerate(head.items()):
             pops.insert(i, k, v)
@@ -355,7 +361,7 @@ def _return_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-_MALLOC_TRIM = None
+_MALLOC_TRIM: Any = None
 
 
 def _process_product(job: ProductJob) -> ProductOutcome:
@@ -365,7 +371,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     pid, spec = job.product_id, job.options.release_spec
     flags: list = []
     digests: list[FileDigest] = []
-    result, meta, error = None, {}, ""
+    result, meta, error, crash = None, {}, "", ""
     try:
         rows, meta, flags, digests = _read_metadata(job.rows, pid)
         if not (rows["role"] == "stain").any():
@@ -376,8 +382,10 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         error = failure_reason(result.tubes, flags, job_strategies(job), job.rows)
     except TilphenoError as exc:
         error = str(exc)
-    except Exception as exc:  # a bug or an unforeseen input: report it, keep the batch going
-        log.exception("product %s: internal error", pid)
+    except Exception as exc:  # a bug, not bad input: keep the traceback (the parent logs it), keep the batch going
+        import traceback
+
+        crash = traceback.format_exc()
         error = f"internal error {type(exc).__name__}: {exc}"
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
         digests += [_file_digest(f) for f in job.compensation.files]
@@ -389,7 +397,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         seen = {d.path for d in digests}
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
     if error:
-        flags.append(QCFlag(pid, "", "product_failed", "error", error))
+        flags.append(QCFlag(pid, "", "internal_error" if crash else "product_failed", "error", error))
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
     release = evaluate(spec, phenotype) if result and not error else []
     # a gate that may be wrong (gates.checks.REVIEW_CODES) holds release until a reviewer signs
@@ -406,6 +414,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         release=release,
         release_status=release_status,
         files=sorted(digests, key=lambda d: d.path),
+        traceback=crash,
     )
     outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
     if job.options.make_reports:
@@ -416,14 +425,20 @@ def _process_product(job: ProductJob) -> ProductOutcome:
 
 def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
     """The product's report; if drawing it fails, a report without plots and a ``report_failed`` flag."""
+    from matplotlib import rc_context
+
     from tilpheno.report.product import render_product
 
-    try:
-        outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
-    except Exception as exc:  # a plotting bug must not sink the product's tables
-        outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
-        outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
-        outcome.report_html = render_product(outcome, None, meta, job.options)
+    # text in plots (detector, marker, population and product names) is shown literally: a '$', '_'
+    # or '^' from the inputs is never parsed as mathtext (which fails or typesets it)
+    with rc_context({"text.parse_math": False}):
+        try:
+            outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
+        except Exception as exc:  # a plotting bug must not sink the product's tables
+            log.exception("product %s: report failed", outcome.product_id)
+            outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
+            outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
+            outcome.report_html = render_product(outcome, None, meta, job.options)
 
 
 def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
@@ -498,13 +513,11 @@ def iter_outcomes(
     ``scheduler``: for ``executor="dask"``, a scheduler address (``tcp://host:8786``) or a
     ``distributed.Client``; ignored for ``local``.
 
-    A process-pool worker that dies (killed by the out-of-memory killer, a crash in a native
-    library) breaks the whole pool: every job it had not finished is then run again, each alone in
-    a fresh process (:func:`run_isolated`), so only the product that kills its worker again fails
-    (``worker died ...``); the others are retried and complete.
+    With ``n_jobs > 1`` every product runs in a fresh process of its own (:func:`_iter_pool`):
+    a process that dies fails only its own product (``worker died ...``); the others run on.
     """
     if executor not in EXECUTORS:
-        raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+        raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask":
         yield from _iter_dask(jobs, scheduler)
     elif n_jobs <= 1 or len(jobs) <= 1:
@@ -520,37 +533,59 @@ def iter_outcomes(
 
 
 def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutcome]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    """Up to ``n_jobs`` products at a time, each in a fresh process of its own (forked from a
+    preloaded fork server, so starting one costs milliseconds, not the imports).
 
-    unfinished: list[ProductJob] = []
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=_pool_context(),
-                             initializer=_single_threaded_worker) as pool:
-        futures = {pool.submit(process_product, job): job for job in jobs}
-        for fut in as_completed(futures):
-            try:
-                outcome = fut.result()
-            except BrokenProcessPool:
-                unfinished.append(futures[fut])
-                continue
-            except Exception as exc:
-                log.error("product %s: worker failed: %s", futures[fut].product_id, exc)
-                outcome = crashed_outcome(futures[fut], f"worker failed: {type(exc).__name__}: {exc}")
-            yield outcome
-    if unfinished:
-        log.warning("a worker process died; %d product(s) it left unfinished are run again, each alone: %s",
-                    len(unfinished), ", ".join(sorted(j.product_id for j in unfinished)))
-    for job in sorted(unfinished, key=lambda j: j.product_id):
-        yield run_isolated(job)
+    One process per product, not a shared pool: a process that dies (out-of-memory killer, a
+    crash in a native library) takes only its own product with it, reported as ``worker died
+    while processing this product (killed by SIGKILL ...)``; the other products run on. (A
+    ``concurrent.futures`` pool breaks as a whole when one worker dies, and on Python 3.11 its
+    shutdown can then hang.)
+    """
+    from multiprocessing.connection import wait
+
+    ctx = _pool_context()
+    pending = list(jobs)
+    running: dict = {}   # receiving connection -> (process, job)
+    while pending or running:
+        while pending and len(running) < n_jobs:
+            job = pending.pop(0)
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_product_process, args=(job, send), daemon=True)
+            proc.start()
+            send.close()   # the child holds the only writing end: its death is an EOF here
+            running[receive] = (proc, job)
+        for receive in wait(list(running)):
+            proc, job = running.pop(receive)
+            yield _collect(receive, proc, job)
 
 
-def _isolated_main(job: ProductJob, conn) -> None:
-    """Child side of :func:`run_isolated`: one BLAS thread, run the job, send the outcome back."""
+def _product_process(job: ProductJob, conn) -> None:
+    """Body of a product's process: one BLAS thread, run the job, send the outcome back."""
     _single_threaded_worker()
     try:
         conn.send(process_product(job))
     finally:
         conn.close()
+
+
+def _collect(receive, proc, job: ProductJob) -> ProductOutcome:
+    """The outcome a product's process sent, or a failed outcome saying how the process died."""
+    outcome = None
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        pass   # the process died before it sent anything
+    except Exception as exc:   # an outcome that could not be unpickled
+        log.error("product %s: outcome unreadable: %s", job.product_id, exc)
+    finally:
+        receive.close()
+        proc.join()
+    if outcome is None:
+        reason = f"worker died while processing this product ({_describe_exit(proc.exitcode)})"
+        log.error("product %s: %s", job.product_id, reason)
+        return crashed_outcome(job, reason)
+    return outcome
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -568,41 +603,18 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-def run_isolated(job: ProductJob) -> ProductOutcome:
-    """Run one job alone in a fresh process; if that process dies, a failed outcome that says so."""
-    ctx = _pool_context()
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_isolated_main, args=(job, send), daemon=True)
-    proc.start()
-    send.close()
-    outcome = None
-    try:
-        outcome = receive.recv()
-    except EOFError:
-        pass   # the process died before it sent anything
-    finally:
-        receive.close()
-        proc.join()
-    if outcome is None or proc.exitcode not in (0, None):
-        reason = (f"worker died while processing this product ({_describe_exit(proc.exitcode)}), "
-                  "also when run again alone")
-        log.error("product %s: %s", job.product_id, reason)
-        return crashed_outcome(job, reason)
-    return outcome
-
-
 def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise TableError("--executor dask needs the 'distributed' package: pip install 'tilpheno[dask]'") from None
+        raise TableError("executor dask needs the 'distributed' package: pip install 'tilpheno[dask]'") from None
     if scheduler is None:
-        raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
     own = not isinstance(scheduler, Client)
     try:
         client = Client(scheduler) if own else scheduler
     except (OSError, TimeoutError, ValueError) as exc:
-        raise TilphenoError(f"--scheduler {scheduler}: cannot connect to the Dask scheduler ({exc})") from None
+        raise TilphenoError(f"scheduler {scheduler}: cannot connect to the Dask scheduler ({exc})") from None
     try:
         import uuid
 
@@ -640,7 +652,7 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
-        [{"product_id": f.product_id, "file": Path(str(f.file)).name if f.file else "", "code": f.code,
+        [{"product_id": f.product_id, "file": display_name(Path(str(f.file)).name) if f.file else "", "code": f.code,
           "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
          for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
         columns=["product_id", "file", "code", "severity", "needs_review", "message"],
@@ -698,7 +710,7 @@ def run_process(
     out_dir = Path(out_dir)
     reports = reports or ("now" if options.make_reports else "none")
     if reports not in REPORT_MODES:
-        raise TableError(f"--reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
+        raise TableError(f"reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
     options = dataclasses.replace(options, provenance_short=tuple(record.short().items()),
                                   make_reports=reports == "now")
     sources = strategy_sources(strategies)
@@ -835,6 +847,11 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     run = uuid.uuid4().hex
     dispatched_ns = time.time_ns()
     for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        if fresh.traceback:
+            log.error("product %s: %s (a bug, not bad input; traceback in the run log)", fresh.product_id, fresh.error)
+            log.debug("product %s: traceback of the internal error\n%s", fresh.product_id, fresh.traceback.rstrip())
+        else:
+            log.info("product %s: %s", fresh.product_id, "done" if fresh.ok else f"failed: {fresh.error}")
         job = todo[fresh.product_id]
         key = job_key(job, fresh)
         if key is not None:
@@ -860,7 +877,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     population_columns = _write_populations(staging / "populations.csv", [p for _, p in ordered])
     atomic.write_csv(staging / "qc.csv", qc)
     tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": population_columns, "qc.csv": qc.columns}
-    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile))
+    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile, options.study))
     for name, page in render_index_pages(outcomes, options, strategies):
         atomic.write_text(staging / name, page)
     record.extra["cache"] = {
@@ -892,16 +909,20 @@ def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
                 columns.setdefault(name, None)
     if not columns:
         columns = dict.fromkeys(["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    from tilpheno.io.csvcells import neutralise_frame
+
     with atomic.atomic_open(path, "w") as fh:
         header = True
         for p in parquet_paths:
             frame = pd.read_parquet(p)
             if len(frame) == 0:
                 continue
-            frame.reindex(columns=list(columns)).to_csv(fh, index=False, header=header, lineterminator="\n")
+            # the one CSV rule of every tilpheno CSV: formula-like text neutralised (tilpheno.io.csvcells)
+            neutralise_frame(frame.reindex(columns=list(columns))).to_csv(fh, index=False, header=header,
+                                                                         lineterminator="\n")
             header = False
         if header:  # no product has rows
-            pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+            neutralise_frame(pd.DataFrame(columns=list(columns))).to_csv(fh, index=False, lineterminator="\n")
     return list(columns)
 
 
@@ -916,6 +937,8 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     import pandas as pd
 
     from tilpheno.provenance import sha256_file
+    from tilpheno.release import spec_path
+    from tilpheno.vocabulary import STUDIES_DIR
 
     out_dir = Path(out_dir)
     try:
@@ -928,7 +951,7 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
             [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
             if run.get("release_spec", {}).get("sha256") else []):
         try:
-            same = sha256_file(path) == digest
+            same = sha256_file(spec_path(path) if what == "release spec" else path) == digest
         except OSError:
             same = False
         if not same:
@@ -938,7 +961,12 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
         "outcomes": Path(params["outcomes"]) if params.get("outcomes") else None,
         "strategy": [Path(s["path"]) for s in run.get("strategies", [])] or None,
-        "release_spec": Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256") else None,
+        # a bundled spec came with the (bundled) study; a spec file given on its own is passed again
+        "release_spec": (Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256")
+                         and not str(run["release_spec"]["source"]).endswith(" (bundled)") else None),
+        "study": (str(STUDIES_DIR / params["study"].removesuffix(" (bundled)")) if str(params.get("study", "")).endswith(" (bundled)")
+                  else params.get("study") or None),
+        "panel": Path(params["panel"]) if params.get("panel") else None,
         "fmo_percentile": float(params.get("fmo_percentile", 99.5)),
         "include_identifiers": bool(params.get("include_identifiers", False)), "jobs": max(jobs, 1),
         "compensation": Path(params["compensation"]) if params.get("compensation") else None,
@@ -948,7 +976,8 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     return kwargs, known
 
 
-def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False):
+def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
+                  study: Study | None = None):
     """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``),
     else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory. Files
     must lie under ``folder`` (after resolving links) unless ``allow_outside``."""
@@ -956,8 +985,8 @@ def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *,
 
     folder = Path(folder)
     if manifest_csv is None:
-        return scan_folder(folder, allow_outside=allow_outside)
-    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside)
+        return scan_folder(folder, allow_outside=allow_outside, study=study)
+    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
 
@@ -1006,6 +1035,8 @@ def process_folder(
     outcomes_path: str | Path | None = None,
     strategy_paths: Sequence[str | Path] | None = None,
     release_spec_path: str | Path | None = None,
+    study: str | Path | Study | None = None,
+    panel_path: str | Path | None = None,
     fmo_percentile: float = 99.5,
     include_identifiers: bool = False,
     make_reports: bool = True,
@@ -1034,17 +1065,21 @@ def process_folder(
     to ``now`` when ``make_reports``, else ``none``).
     ``on_start(n_products, n_files)`` is called once the manifest is known.
     """
-    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.panel import read_panel_file
+    from tilpheno.study import load_study
     from tilpheno.provenance import start_record
     from tilpheno.release import load_release_spec
 
     if executor not in EXECUTORS:
-        raise TableError(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+        raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask" and scheduler is None:
-        raise TableError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
     if not 0 < fmo_percentile < 100:
-        raise TableError(f"--fmo-percentile: {fmo_percentile} is not between 0 and 100")
-    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside)
+        raise TableError(f"fmo_percentile: {fmo_percentile} is not between 0 and 100")
+    study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
+    panel = read_panel_file(panel_path) if panel_path is not None else None
+    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
@@ -1064,13 +1099,13 @@ def process_folder(
             raise TableError(
                 f"{outcomes_path}: {len(unmatched)} product id(s) match no product in {folder}: "
                 f"{_did_you_mean(unmatched, manifest['product_id'].astype(str))}; "
-                "fix the ids or pass --allow-unmatched")
+                "fix the ids or pass allow_unmatched=True")
         if unmatched:
             log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
         manifest = attach_doses(manifest, outcomes)
-    paths = [Path(p) for p in (strategy_paths or default_strategy_paths())]
+    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
     strategies = tuple(load_strategy(p) for p in paths)
-    spec = load_release_spec(release_spec_path) if release_spec_path else DEFAULT_SPEC
+    spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
     record = start_record(
         command_line=command_line,
         parameters={
@@ -1080,6 +1115,7 @@ def process_folder(
             "overwrite": overwrite, "allow_unmatched": allow_unmatched, "allow_outside": allow_outside,
             "reports": reports or ("now" if make_reports else "none"), "cache": use_cache,
             "compensation": str(compensation_path or ""),
+            "study": study.source, "study_sha256": study.sha256, "panel": str(panel_path or ""),
         },
         strategy_paths=paths,
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
@@ -1088,7 +1124,7 @@ def process_folder(
     if on_start is not None:
         on_start(int(manifest["product_id"].nunique()), len(manifest))
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
-                             make_reports=make_reports, release_spec=spec)
+                             make_reports=make_reports, release_spec=spec, study=study, panel=panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
                        scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags,
                        use_cache=use_cache, reports=reports, report_products=report_products,

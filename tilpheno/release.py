@@ -16,7 +16,7 @@ as in ``phenotypes.csv``) against a limit::
         limit: 90
         unit: "% of live lymphocytes"
 
-The default spec follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
+The default spec (the bundled TIL study's ``release.yaml``) follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
 cells) and CD3+ > 90 % of live lymphocytes. A criterion whose value is missing or not a number is
 "not evaluable"; the product then does not pass (release is never granted on missing data).
 """
@@ -53,11 +53,11 @@ class Criterion:
 
 @dataclass(frozen=True)
 class ReleaseSpec:
-    """A named set of criteria; ``source`` is the YAML path (or ``built-in default``), ``sha256`` its digest."""
+    """A named set of criteria; ``source`` is the YAML path (or a label for a bundled file), ``sha256`` its digest."""
 
     name: str
     criteria: tuple[Criterion, ...]
-    source: str = "built-in default"
+    source: str = ""
     sha256: str = ""
 
 
@@ -70,13 +70,7 @@ class CriterionResult:
     outcome: str  # PASS | FAIL | NOT_EVALUABLE
 
 
-DEFAULT_SPEC = ReleaseSpec(
-    name="TIL lot release (default: viability > 70 %, CD3+ > 90 % of live lymphocytes)",
-    criteria=(
-        Criterion("Viability (7AAD- of singlets)", "viability_pct", ">", 70.0, "%"),
-        Criterion("CD3+ T cells", "cd3_pct_of_live_lymph", ">", 90.0, "% of live lymphocytes"),
-    ),
-)
+
 
 
 def _criterion_from_dict(item, where: str) -> Criterion:
@@ -88,29 +82,44 @@ def _criterion_from_dict(item, where: str) -> Criterion:
     unknown = sorted(set(item) - {"name", "column", "op", "limit", "unit"})
     if unknown:
         raise TableError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-    op = str(item["op"]).strip()
+    from tilpheno.io.yamlsafe import YAMLLimitError, scalar_text
+
+    try:   # rendered as text: scalars of bounded length only
+        texts = {k: scalar_text(item.get(k), f"{where}.{k}") for k in ("name", "column", "op", "unit")}
+    except YAMLLimitError as exc:
+        raise TableError(str(exc)) from None
+    op = texts["op"].strip()
     if op not in _OPS:
         raise TableError(f"{where}.op: {op!r} is not one of {' '.join(_OPS)}")
     limit = item["limit"]
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
         raise TableError(f"{where}.limit: {limit!r} is not a finite number")
-    column = str(item["column"]).strip()
+    column = texts["column"].strip()
     if not column:
         raise TableError(f"{where}.column: empty")
-    return Criterion(str(item.get("name", column)), column, op, float(limit), str(item.get("unit", "%")))
+    return Criterion(texts["name"] if "name" in item else column, column, op, float(limit),
+                     texts["unit"] if "unit" in item else "%")
 
 
-def load_release_spec(path: str | Path) -> ReleaseSpec:
-    """Read and validate a YAML release spec; errors name the file and the offending key."""
+def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseSpec:
+    """Read and validate a YAML release spec; errors name the file and the offending key.
+
+    ``label``: the ``source`` recorded in the spec (default: the path), e.g. for bundled files."""
     import yaml
+
+    from tilpheno.io.yamlsafe import YAMLLimitError, read_yaml_bytes, safe_load, scalar_text
 
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_yaml_bytes(path)   # a regular file of at most 1 MiB
+    except YAMLLimitError as exc:
+        raise TableError(f"{path}: {exc}") from None
     except OSError as exc:
         raise TableError(f"{path}: cannot read release spec ({exc.strerror or exc})") from None
     try:
-        doc = yaml.safe_load(raw.decode("utf-8"))
+        doc = safe_load(raw.decode("utf-8"))   # alias expansion bounded
+    except YAMLLimitError as exc:
+        raise TableError(f"{path}: {exc}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise TableError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, Mapping):
@@ -119,12 +128,34 @@ def load_release_spec(path: str | Path) -> ReleaseSpec:
     if not isinstance(criteria, list) or not criteria:
         raise TableError(f"{path}: 'criteria' must be a non-empty list")
     parsed = tuple(_criterion_from_dict(c, f"{path}: criteria[{i}]") for i, c in enumerate(criteria))
+    try:
+        name = scalar_text(doc.get("name"), "name", default=path.stem)
+    except YAMLLimitError as exc:
+        raise TableError(f"{path}: {exc}") from None
     return ReleaseSpec(
-        name=str(doc.get("name", path.stem)),
+        name=name,
         criteria=parsed,
-        source=str(path),
+        source=label or str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+_STUDIES = Path(__file__).resolve().parent / "studies"
+_BUNDLED = " (bundled)"
+
+
+def spec_path(source: str) -> Path:
+    """The file a spec's ``source`` names: a path, or ``<study>/<file> (bundled)`` under the package."""
+    return _STUDIES / source.removesuffix(_BUNDLED) if source.endswith(_BUNDLED) else Path(source)
+
+
+def load_spec_source(source: str) -> ReleaseSpec:
+    """The spec a ``source`` names (as ``run.json`` records it): bundled label or path."""
+    return load_release_spec(spec_path(source), label=source if source.endswith(_BUNDLED) else None)
+
+
+DEFAULT_SPEC = load_spec_source("til/release.yaml" + _BUNDLED)
+"""The bundled TIL study's spec (``tilpheno/studies/til/release.yaml``): viability > 70 %, CD3+ > 90 %."""
 
 
 def _as_float(value) -> float:

@@ -149,7 +149,7 @@ def identify_control(fcs) -> Control:
         return Control(str(path), labelled[0])
     raise CompensationError(
         f"{path}: cannot tell which detector this single-stain control stains (no detector name in the file"
-        f" name or TUBE NAME, {len(labelled)} labelled detectors); list it in a --controls CSV (file,detector)")
+        f" name or TUBE NAME, {len(labelled)} labelled detectors); list it in a controls CSV (file,detector)")
 
 
 def read_controls_csv(path: str | Path, base: str | Path | None = None) -> list[Control]:
@@ -552,7 +552,7 @@ def plan_compensation(manifest: pd.DataFrame, override: str | Path | None = None
     if shared and rest:
         if len(shared) > 1:
             raise TableError(f"manifest: {len(shared)} control sets without a product ({', '.join(shared)}); "
-                             "give each product its own single_stain rows or pass --compensation")
+                             "give each product its own single_stain rows or pass compensation=MATRIX")
         choice = _estimate_set(shared[0], sets[shared[0]])
         choices.update({pid: choice for pid in rest})
     return products.reset_index(drop=True), choices

@@ -76,7 +76,9 @@ def read_phenotypes(path) -> pd.DataFrame:
         else:
             if b"\x00" in path.read_bytes()[:65536]:
                 raise TableError(f"{path}: not a CSV file")
-            frame = pd.read_csv(path, dtype={"product_id": str})
+            from tilpheno.io.csvcells import restore_frame
+
+            frame = restore_frame(pd.read_csv(path, dtype={"product_id": str}))   # formula-neutralised cells
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise TableError(f"{path}: not a readable table ({type(exc).__name__})") from None
     return validate_phenotypes(frame, str(path))

@@ -50,6 +50,7 @@ from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.gatingml import parse_number
 from tilpheno.gates.geometry import BooleanGate, EllipsoidGate, Gate, PolygonGate, RangeGate, RectangleGate
+from tilpheno.gates.tree import Node, evaluate_tree
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 TRANSFORMS_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
@@ -189,6 +190,17 @@ class FlowJoSample:
 # ----------------------------------------------------------------------------- parsing
 
 
+def _workspace_root(path: str | Path) -> ET.Element:
+    """The parsed workspace (a regular file only: a FIFO would block); StrategyError naming it."""
+    from tilpheno.io.files import open_regular
+
+    try:
+        with open_regular(path) as fh:
+            return ET.parse(fh).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+
+
 def read_workspace(path: str | Path, group: str = "All Samples", sample: str | None = None) -> FlowJoSample:
     """The gating of one sample of ``group`` in the FlowJo 10 workspace at ``path``.
 
@@ -197,10 +209,7 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
     workspace and the group/sample/element at fault.
     """
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    root = _workspace_root(path)
     source = str(path)
     if root.tag != "Workspace" or not str(root.get("flowJoVersion", "")).split(".")[0].isdigit():
         raise StrategyError(f"{source}: not a FlowJo workspace (root element <{root.tag}>)")
@@ -220,19 +229,13 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
 
 def workspace_groups(path: str | Path) -> list[str]:
     """Names of the sample groups of a workspace."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    root = _workspace_root(path)
     return [g.get("name") for g in root.iter("GroupNode")]
 
 
 def workspace_samples(path: str | Path, group: str = "All Samples") -> list[str]:
     """Sample names (SampleNode names) of ``group``, in the group's order."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise StrategyError(f"{path}: cannot read FlowJo workspace ({exc})") from None
+    root = _workspace_root(path)
     samples = {s_el.find("DataSet").get("sampleID"): s_el for s_el in root.iter("Sample") if s_el.find("DataSet") is not None}
     names = []
     for sid in _group_sample_ids(root, group, str(path)):
@@ -451,16 +454,17 @@ def apply_workspace(s: FlowJoSample, events: np.ndarray, channel_names: Sequence
 
 def _masks(s: FlowJoSample, data: Mapping[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(full masks with parents, each gate's own geometric mask) by population path."""
-    masks: dict[str, np.ndarray] = {}
-    own_masks: dict[str, np.ndarray] = {}
-    everything = np.ones(n, dtype=bool)
-    for p in s.populations:  # tree order: parents and dependents come first
-        own = p.gate.evaluate(masks) if isinstance(p.gate, BooleanGate) else p.gate.contains(data)
-        if p.complement:
-            own = ~own
-        own_masks[p.path] = own
-        masks[p.path] = own & (masks[p.parent] if p.parent else everything)
+    masks = evaluate_tree(tree_nodes(s), data, n, s.source)
+    own_masks = {}
+    for p in s.populations:
+        own = p.gate.membership(data, masks)
+        own_masks[p.path] = ~own if p.complement else own
     return masks, own_masks
+
+
+def tree_nodes(s: FlowJoSample) -> list[Node]:
+    """The sample's populations as tree nodes (``eventsInside="0"`` gates as complements)."""
+    return [Node(p.path, p.parent or None, p.gate, p.complement) for p in s.populations]
 
 
 def _bin_width(s: FlowJoSample, dim: str) -> float | None:
@@ -492,7 +496,7 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
         if any(w is None for w in widths):
             out[p.path] = None
             continue
-        base = p.gate.contains(data)
+        base = p.gate.membership(data)
         near = np.zeros(len(base), dtype=bool)
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
@@ -500,7 +504,7 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
                     shifted = dict(data)
                     shifted[p.gate.dims[0]] = data[p.gate.dims[0]] + dx * widths[0]
                     shifted[p.gate.dims[1]] = data[p.gate.dims[1]] + dy * widths[1]
-                    near |= p.gate.contains(shifted) != base
+                    near |= p.gate.membership(shifted) != base
         parent = masks[p.parent] if p.parent else np.ones(len(base), dtype=bool)
         out[p.path] = int((near & parent).sum())
     return out

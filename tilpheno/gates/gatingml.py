@@ -32,7 +32,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from tilpheno.gates.geometry import (
     RangeGate,
     RectangleGate,
 )
+from tilpheno.gates.tree import Node, dependency_order, evaluate_tree
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 TRANSFORMS_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
@@ -242,11 +243,14 @@ class GatingMLDocument:
 
 def read_gatingml(path: str | Path) -> GatingMLDocument:
     """Parse the Gating-ML 2.0 file at ``path``; StrategyError naming the file and element on failure."""
+    from tilpheno.io.files import open_regular
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open_regular(path) as fh:   # a regular file only: a FIFO would block the read
+            data = fh.read()
     except OSError as exc:
-        raise StrategyError(f"{path}: cannot read Gating-ML file ({exc.strerror})") from None
+        raise StrategyError(f"{path}: cannot read Gating-ML file ({exc.strerror or exc})") from None
     return parse_gatingml(data, source=str(path))
 
 
@@ -281,8 +285,12 @@ def parse_gatingml(xml: str | bytes, source: str = "<string>") -> GatingMLDocume
     return doc
 
 
+@overload
+def _attr(el: ET.Element, name: str, source: str, required: Literal[True]) -> str: ...
+@overload
+def _attr(el: ET.Element, name: str, source: str, required: bool = False) -> str | None: ...
 def _attr(el: ET.Element, name: str, source: str, required: bool = False) -> str | None:
-    """An attribute in the gating, transforms or data-type namespace (or none)."""
+    """An attribute in the gating, transforms or data-type namespace (or none; StrategyError when ``required``)."""
     for ns in (GATING_NS, TRANSFORMS_NS, DATATYPE_NS):
         value = el.get(f"{{{ns}}}{name}")
         if value is not None:
@@ -544,35 +552,24 @@ def apply_gatingml(
     Each mask is over all events and already includes the population's parents.
     """
     data = dimension_data(doc, events, channel_names, spillover)
-    own: dict[str, np.ndarray] = {}  # geometry alone, before parents
-    owner: dict[str, GatingMLGate] = {}
+    nodes = tree_nodes(doc)
+    try:
+        dependency_order(nodes, doc.source)
+    except GatingError as exc:
+        raise StrategyError(str(exc)) from None
+    masks = evaluate_tree(nodes, data, len(events), doc.source)
+    return {pid: masks[pid] for pid in doc.population_ids}
+
+
+def tree_nodes(doc: GatingMLDocument) -> list[Node]:
+    """The document's populations as tree nodes (a quadrant gate gives one rectangle per quadrant id)."""
+    nodes = []
     for gid, g in doc.gates.items():
         if isinstance(g.gate, QuadrantGate):
-            for qid, mask in g.gate.masks(data).items():
-                own[qid], owner[qid] = mask, g
-        elif not isinstance(g.gate, BooleanGate):
-            own[gid], owner[gid] = g.gate.contains(data), g
+            nodes.extend(Node(qid, g.parent, g.gate.rectangle(qid)) for qid in g.gate.quadrants)
         else:
-            owner[gid] = g
-    full: dict[str, np.ndarray] = {}
-
-    def resolve(pid: str, stack: tuple[str, ...]) -> np.ndarray:
-        if pid in full:
-            return full[pid]
-        if pid in stack:
-            raise StrategyError(f"{doc.source}: gate references form a cycle: {' -> '.join(stack + (pid,))}")
-        g = owner[pid]
-        stack = stack + (pid,)
-        if isinstance(g.gate, BooleanGate):
-            mask = g.gate.evaluate({o: resolve(o, stack) for o in g.gate.operands})
-        else:
-            mask = own[pid]
-        if g.parent is not None:
-            mask = mask & resolve(g.parent, stack)
-        full[pid] = mask
-        return mask
-
-    return {pid: resolve(pid, ()) for pid in doc.population_ids}
+            nodes.append(Node(gid, g.parent, g.gate))
+    return nodes
 
 
 # ----------------------------------------------------------------------------- export

@@ -19,17 +19,65 @@ Membership conventions (Gating-ML 2.0, section 5):
   ``not`` (one operand); each operand may be used as its complement.
 
 Events with a NaN coordinate are outside every geometric gate (all comparisons with NaN are false).
+
+The gate protocol (:class:`Gate`), implemented by every gate class: ``dims`` (the dimensions it
+reads, empty for boolean gates), ``membership(data, masks)`` (boolean array over all events;
+geometric gates read ``data``, boolean gates the other populations' ``masks``), ``extent(dim)``
+(the gate's coordinates on one dimension, to keep it in view), ``drawing()`` (a :class:`Drawing`:
+what a plot draws), ``to_dict()``. The tree evaluator (``tilpheno.gates.tree``) and the plots use
+only this protocol, never the class of a gate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from tilpheno.errors import GatingError
 
 Data = Mapping[str, np.ndarray]
+Masks = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """What a plot draws for a gate, in the gate's own coordinates.
+
+    ``shape``: ``intervals`` (``bounds``: dim -> (low, high), None = open; ranges, rectangles),
+    ``polygon`` (``vertices`` over ``dims``), ``ellipse`` (``mean``, ``covariance``,
+    ``distance_square`` over ``dims``), ``dividers`` (``cuts``: dim -> cut values; quadrants) or
+    ``none`` (boolean gates).
+    """
+
+    shape: str
+    dims: tuple[str, ...] = ()
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    vertices: tuple[tuple[float, float], ...] = ()
+    mean: tuple[float, ...] = ()
+    covariance: tuple[tuple[float, ...], ...] = ()
+    distance_square: float = 0.0
+    cuts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """The one gate protocol (module docstring)."""
+
+    @property
+    def dims(self) -> tuple[str, ...]: ...
+
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray: ...
+
+    def extent(self, dim: str) -> tuple[float, ...]: ...
+
+    def drawing(self) -> Drawing: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def _interval_extent(bounds: Mapping[str, tuple[float | None, float | None]], dim: str) -> tuple[float, ...]:
+    return tuple(v for v in bounds.get(dim, (None, None)) if v is not None)
 
 
 def _column(data: Data, dim: str, gate: str) -> np.ndarray:
@@ -86,6 +134,15 @@ class RangeGate:
     def contains(self, data: Data) -> np.ndarray:
         return _in_interval(_column(data, self.dim, "range"), self.low, self.high)
 
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
+        return self.contains(data)
+
+    def drawing(self) -> Drawing:
+        return Drawing("intervals", self.dims, bounds={self.dim: (self.low, self.high)})
+
+    def extent(self, dim: str) -> tuple[float, ...]:
+        return _interval_extent(self.drawing().bounds, dim)
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "range", "dim": self.dim, "low": self.low, "high": self.high}
 
@@ -123,7 +180,17 @@ class RectangleGate:
         for d, lo, hi in zip(self.dims, self.lows, self.highs):
             m = _in_interval(_column(data, d, "rectangle"), lo, hi)
             mask = m if mask is None else mask & m
+        assert mask is not None   # __post_init__ requires at least one dimension
         return mask
+
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
+        return self.contains(data)
+
+    def drawing(self) -> Drawing:
+        return Drawing("intervals", self.dims, bounds={d: (lo, hi) for d, lo, hi in zip(self.dims, self.lows, self.highs)})
+
+    def extent(self, dim: str) -> tuple[float, ...]:
+        return _interval_extent(self.drawing().bounds, dim)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "rectangle", "dims": list(self.dims), "lows": list(self.lows), "highs": list(self.highs)}
@@ -175,6 +242,18 @@ class PolygonGate:
                 crossing = (by <= py) & (py < ay) & (cross < 0)
             inside ^= crossing
         return inside
+
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
+        return self.contains(data)
+
+    def drawing(self) -> Drawing:
+        return Drawing("polygon", self.dims, vertices=self.vertices)
+
+    def extent(self, dim: str) -> tuple[float, ...]:
+        if dim not in self.dims:
+            return ()
+        i = self.dims.index(dim)
+        return tuple(v[i] for v in self.vertices)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "polygon", "dims": list(self.dims), "vertices": [list(v) for v in self.vertices]}
@@ -229,6 +308,20 @@ class EllipsoidGate:
         else:
             d2 = np.sum(products, axis=1)
         return d2 <= self.distance_square
+
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
+        return self.contains(data)
+
+    def drawing(self) -> Drawing:
+        return Drawing("ellipse", self.dims, mean=self.mean, covariance=self.covariance, distance_square=self.distance_square)
+
+    def extent(self, dim: str) -> tuple[float, ...]:
+        """The ellipsoid's extreme coordinates on ``dim`` (mean ± sqrt(C_ii d²))."""
+        if dim not in self.dims:
+            return ()
+        i = self.dims.index(dim)
+        half = float(np.sqrt(self.covariance[i][i] * self.distance_square))
+        return (self.mean[i] - half, self.mean[i] + half)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -316,6 +409,17 @@ class QuadrantGate:
         """Mask of every quadrant, keyed by quadrant id (in definition order)."""
         return {q: self.contains(data, q) for q in self.quadrants}
 
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
+        """Events inside any of the defined quadrants (each quadrant is its own population:
+        evaluate ``rectangle(quadrant_id)`` for one)."""
+        return np.logical_or.reduce(list(self.masks(data).values()))
+
+    def drawing(self) -> Drawing:
+        return Drawing("dividers", self.dims, cuts={d.dim: d.values for d in self.dividers})
+
+    def extent(self, dim: str) -> tuple[float, ...]:
+        return tuple(v for d in self.dividers if d.dim == dim for v in d.values)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "quadrant",
@@ -372,11 +476,21 @@ class BooleanGate:
             return ~arrays[0]
         return np.logical_and.reduce(arrays) if self.op == "and" else np.logical_or.reduce(arrays)
 
+    def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
+        return self.evaluate(masks or {})
+
+    def drawing(self) -> Drawing:
+        return Drawing("none")
+
+    def extent(self, dim: str) -> tuple[float, ...]:
+        return ()
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "boolean", "op": self.op, "operands": list(self.operands), "complements": list(self.complements)}
 
 
-Gate = RangeGate | RectangleGate | PolygonGate | EllipsoidGate | QuadrantGate | BooleanGate
+GATE_TYPES = (RangeGate, RectangleGate, PolygonGate, EllipsoidGate, QuadrantGate, BooleanGate)
+"""The gate classes of this module (each implements :class:`Gate`)."""
 
 
 def gate_from_dict(d: Mapping[str, Any]) -> Gate:

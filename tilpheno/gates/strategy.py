@@ -1,9 +1,11 @@
 """Gating strategies as YAML files: load, validate, describe.
 
-A strategy file (``gating/til_surface.yaml``, ``gating/til_treg.yaml``) lists, for one tube
-kind, the populations of the gating tree. Each population has a ``name``, a ``parent``
-(``root`` = all events), the ``dims`` it is gated on (marker names such as ``CD3`` or scatter
-``FSC-A``), a placement ``method`` with ``params``; boolean populations give an ``expression``
+A strategy file (the bundled TIL study's ``tilpheno/studies/til/til_surface.yaml`` and
+``til_treg.yaml``) lists, for one tube kind, the populations of the gating tree. ``markers`` are
+free text (any marker or dye name; spellings are matched through the study's vocabulary when the
+file's panel is read). Each population has a ``name``, a ``parent`` (``root`` = all events), the
+``dims`` it is gated on (a marker of ``markers``, a scatter/time channel such as ``FSC-A``, or a
+detector name ($PnN) listed under ``detectors``), a placement ``method`` with ``params``; boolean populations give an ``expression``
 instead (openCyto style: ``"CD56+ & !CD3+"``, operands joined by all ``&`` or all ``|``, ``!``
 for the complement). ``transforms`` sets the scale of each dimension; ``variables`` names the
 study variables computed from the stained tube as ``100 * count(numerator) / count(denominator)``.
@@ -50,13 +52,12 @@ import yaml
 from tilpheno.acquisition import AcquisitionSettings
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
-from tilpheno.panel import CANONICAL as KNOWN_MARKERS
+from tilpheno.io.yamlsafe import MAX_YAML_BYTES, YAMLLimitError, load_document, read_yaml_bytes, scalar_text
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
 
 ROOT = "root"
 SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
 
-STRATEGY_DIR = Path(__file__).resolve().parents[2] / "gating"
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
 _POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
-_TOP_KEYS = {"strategy", "tube", "description", "markers", "transforms", "populations", "variables", "quadrants", "acquisition_qc"}
+_TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transforms", "populations", "variables", "quadrants",
+             "acquisition_qc"}
 QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
@@ -136,6 +138,7 @@ class Population:
     fixed_gate: Gate | None = None
     description: str = ""
     line: int = 0
+    complement: bool = False   # the parent's events outside the gate (FlowJo eventsInside="0")
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -174,9 +177,40 @@ class Strategy:
     transforms: Mapping[str, Transform]
     variables: tuple[Variable, ...]
     description: str = ""
+    detectors: tuple[str, ...] = ()   # detector names ($PnN) used as dimensions as they are
+    source: Any = None                # a Gating-ML document / FlowJo sample whose dimensions the gates use
     quadrant_names: Mapping[tuple[str, str], Mapping[tuple[bool, bool], str]] = field(default_factory=dict)
     # (x population, y population) -> {(x inside, y inside): name}: the report's quadrant labels
     acquisition: AcquisitionSettings = AcquisitionSettings()   # step 0, the ``acquisition_qc`` section
+
+    # -- the ways to build one -------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Strategy":
+        """A strategy file (module docstring); same as :func:`load_strategy`."""
+        return load_strategy(path)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], name: str = "<code>") -> "Strategy":
+        """A strategy written in code: the mapping a strategy file holds (validated the same way)."""
+        return parse_strategy(yaml.safe_dump(_plain(doc), sort_keys=False), name)
+
+    @classmethod
+    def from_gatingml(cls, path: str | Path) -> "Strategy":
+        """The gates of a Gating-ML 2.0 document as a strategy of fixed gates (quadrants become one
+        rectangle per quadrant). Its dimensions are the document's (compensation and transform
+        per dimension, ``tilpheno.gates.gatingml.dimension_data``)."""
+        from tilpheno.gates.gatingml import read_gatingml, tree_nodes
+
+        doc = read_gatingml(path)
+        return _fixed_strategy(Path(path), tree_nodes(doc), doc)
+
+    @classmethod
+    def from_flowjo(cls, path: str | Path, group: str = "All Samples", sample: str | None = None) -> "Strategy":
+        """The gating tree of one sample of a FlowJo 10 workspace as a strategy of fixed gates."""
+        from tilpheno.gates.flowjo import read_workspace, tree_nodes
+
+        ws = read_workspace(path, group, sample)
+        return _fixed_strategy(Path(path), tree_nodes(ws), ws)
 
     def transform_for(self, dim: str) -> Transform:
         """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
@@ -268,6 +302,7 @@ def parse_expression(expression: str) -> BooleanGate:
     operands, complements = [], []
     for part in parts:
         match = _BOOL_TOKEN.match(part)
+        assert match is not None   # a non-empty part always matches
         operands.append(match.group(2).strip())
         complements.append(match.group(1) == "!")
     if len(parts) == 1:
@@ -289,12 +324,21 @@ def _check_param(ctx: _Context, line: int, where: str, name: str, value: Any, sp
     return float(value) if kinds == _NUM else value
 
 
+def _text(ctx: _Context, mapping, key: str, where: str) -> str:
+    """A text value (description) that must be a scalar of bounded length."""
+    try:
+        return scalar_text(mapping.get(key), f"{where}: {key}")
+    except YAMLLimitError as exc:
+        raise ctx.error(_line(mapping, key), where, str(exc)) from None
+
+
 def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> Population:
     line = _line(item)
     if not isinstance(item, dict):
         raise ctx.error(line, f"populations[{index}]", "each population must be a mapping with name, parent, ...")
     name = item.get("name")
     where = f"populations[{index}] {name!r}" if name is not None else f"populations[{index}]"
+    name = str(name)   # checked to be a non-empty string below
     unknown = sorted(set(item) - _POPULATION_KEYS)
     if unknown:
         raise ctx.error(_line(item, unknown[0]), where, f"unknown key(s) {unknown}; allowed: {sorted(_POPULATION_KEYS)}")
@@ -310,7 +354,7 @@ def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> P
             gate = parse_expression(item["expression"])
         except (ValueError, GatingError) as exc:
             raise ctx.error(_line(item, "expression"), where, f"bad expression: {exc}") from None
-        return Population(name, item["parent"], "boolean", boolean=gate, description=str(item.get("description", "")), line=line)
+        return Population(name, item["parent"], "boolean", boolean=gate, description=_text(ctx, item, "description", where), line=line)
     method = item.get("method")
     if method not in METHODS:
         raise ctx.error(_line(item, "method"), where, f"unknown method {method!r}; known: {sorted([*METHODS, 'boolean'])}")
@@ -342,7 +386,7 @@ def _population(ctx: _Context, index: int, item: Any, known_dims: set[str]) -> P
             raise ctx.error(_line(raw, "gate"), where, f"fixed gate dims {list(fixed.dims)} differ from dims {dims}")
     return Population(
         name, item["parent"], method, tuple(dims), params, fixed_gate=fixed,
-        description=str(item.get("description", "")), line=line,
+        description=_text(ctx, item, "description", where), line=line,
     )
 
 
@@ -377,10 +421,14 @@ def _order(ctx: _Context, populations: list[Population]) -> tuple[Population, ..
 def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
     """Validate strategy YAML ``text`` (``path`` names it in errors and in the result)."""
     ctx = _Context(path)
+    if len(text) > MAX_YAML_BYTES:
+        raise ctx.error(0, "file", f"larger than {MAX_YAML_BYTES} bytes; a strategy is a few kB")
     loader = _Loader(text)
     loader.name = path
     try:
-        doc = loader.get_single_data()
+        doc = load_document(loader)   # alias expansion bounded (tilpheno.io.yamlsafe)
+    except YAMLLimitError as exc:
+        raise ctx.error(0, "YAML", str(exc)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise ctx.error(mark.line + 1 if mark else 0, "YAML", str(exc.problem or exc)) from None
@@ -397,12 +445,20 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise ctx.error(_line(doc, key), key, "must be a non-empty string")
     markers = doc.get("markers")
-    if not isinstance(markers, list) or not all(isinstance(m, str) for m in markers):
+    if not isinstance(markers, list) or not all(isinstance(m, str) and m.strip() for m in markers):
         raise ctx.error(_line(doc, "markers"), "markers", "must be a list of marker names")
-    bad = [m for m in markers if m not in KNOWN_MARKERS]
-    if bad:
-        raise ctx.error(_line(doc, "markers"), "markers", f"unknown marker(s) {bad}; known: {list(KNOWN_MARKERS)}")
-    known_dims = set(markers) | set(SCATTER_DIMS)
+    markers = [m.strip() for m in markers]
+    repeated = sorted({m for m in markers if markers.count(m) > 1})
+    if repeated:
+        raise ctx.error(_line(doc, "markers"), "markers", f"repeated marker(s) {repeated}")
+    detectors = doc.get("detectors") or []
+    if not isinstance(detectors, list) or not all(isinstance(d, str) and d.strip() for d in detectors):
+        raise ctx.error(_line(doc, "detectors"), "detectors", "must be a list of detector names ($PnN)")
+    detectors = [d.strip() for d in detectors]
+    clash = sorted(set(detectors) & set(markers))
+    if clash:
+        raise ctx.error(_line(doc, "detectors"), "detectors", f"{clash} also listed as markers")
+    known_dims = set(markers) | set(SCATTER_DIMS) | set(detectors)
 
     transforms: dict[str, Transform] = {}
     raw_transforms = doc.get("transforms") or {}
@@ -477,9 +533,46 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         populations=ordered,
         transforms=transforms,
         variables=tuple(variables),
-        description=str(doc.get("description", "")),
+        description=_text(ctx, doc, "description", "top level"),
+        detectors=tuple(detectors),
         quadrant_names=_quadrant_names(ctx, doc, seen),
         acquisition=acquisition,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists (and mappings to dicts), so code-built strategies dump as plain YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _fixed_strategy(path: Path, nodes, source: Any) -> Strategy:
+    """A strategy of fixed and boolean gates from tree nodes (Gating-ML, FlowJo): no markers, the
+    gates' dimension names used as they are (already on their display scale: linear transforms)."""
+    from tilpheno.gates.tree import dependency_order
+    from tilpheno.transforms import Linear
+
+    try:
+        ordered = dependency_order(nodes, str(path))
+    except GatingError as exc:
+        raise StrategyError(str(exc)) from None
+    populations = []
+    for node in ordered:
+        gate = node.gate
+        boolean = gate if isinstance(gate, BooleanGate) else None
+        populations.append(Population(
+            node.name, node.parent if node.parent is not None else ROOT, "fixed" if boolean is None else "boolean",
+            dims=tuple(gate.dims), boolean=boolean, fixed_gate=gate if boolean is None else None,
+            complement=node.complement,
+        ))
+    dims = tuple(dict.fromkeys(d for p in populations for d in p.dims))
+    return Strategy(
+        name=path.stem, tube="", path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        markers=(), populations=tuple(populations), transforms={d: Linear() for d in dims}, variables=(),
+        detectors=dims, source=source,
     )
 
 
@@ -510,7 +603,9 @@ def load_strategy(path: str | Path) -> Strategy:
     """Read and validate a strategy file; ``sha256`` is the digest of the file's bytes."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_yaml_bytes(path)   # a regular file of at most 1 MiB
+    except YAMLLimitError as exc:
+        raise StrategyError(f"{path}: {exc}") from None
     except OSError as exc:
         raise StrategyError(f"{path}: cannot read strategy file ({exc.strerror or exc})") from None
     try:
@@ -522,5 +617,7 @@ def load_strategy(path: str | Path) -> Strategy:
 
 
 def default_strategy_paths() -> list[Path]:
-    """The bundled strategies: ``gating/til_surface.yaml`` and ``gating/til_treg.yaml``."""
-    return [STRATEGY_DIR / "til_surface.yaml", STRATEGY_DIR / "til_treg.yaml"]
+    """The bundled default study's strategies (``tilpheno/studies/til/til_surface.yaml``, ``til_treg.yaml``)."""
+    from tilpheno.study import default_study
+
+    return default_study().strategy_paths

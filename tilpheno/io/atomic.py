@@ -55,10 +55,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         fh.write(data)
 
 
-def write_csv(path: str | os.PathLike, frame) -> None:
-    """Atomically write a pandas DataFrame as CSV (no index)."""
-    with atomic_open(path, "w") as fh:
-        frame.to_csv(fh, index=False, lineterminator="\n")
+def write_csv(path: str | os.PathLike, frame, *, errors: str = "backslashreplace") -> None:
+    """Atomically write a pandas DataFrame as CSV (no index), every text cell and column name
+    neutralised against spreadsheet formulas (``tilpheno.io.csvcells``). ``errors``: how characters
+    UTF-8 cannot hold are written (``surrogateescape`` keeps undecodable file-name bytes as bytes)."""
+    from tilpheno.io.csvcells import neutralise_frame
+
+    with atomic_open(path, "w", errors=errors) as fh:
+        neutralise_frame(frame).to_csv(fh, index=False, lineterminator="\n")
 
 
 def write_parquet(path: str | os.PathLike, frame) -> None:

@@ -35,14 +35,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tilpheno.compensation import Spillover, parse_spill_keyword
+from tilpheno.io.spill import Spillover, parse_spill_keyword
 from tilpheno.errors import CompensationError, FCSReadError
+from tilpheno.io.files import READ_SECONDS_LIMIT
 from tilpheno.io.text import HEADER_SIZE, Header, parse_header, parse_text
 
 SPILL_KEYWORDS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER")
@@ -83,11 +85,14 @@ class _LazySHA256:
                 digest = hashlib.sha256()
                 buffer = bytearray(HASH_CHUNK_BYTES)
                 view = memoryview(buffer)
+                deadline = time.monotonic() + READ_SECONDS_LIMIT
                 while True:
                     got = fh.readinto(buffer)
                     if not got:
                         break
                     digest.update(view[:got])
+                    if time.monotonic() > deadline:
+                        raise FCSReadError(path, f"computing SHA-256 took longer than {READ_SECONDS_LIMIT:g} s; abandoned")
                 if _identity(os.fstat(fh.fileno())) != self.identity:
                     raise FCSReadError(path, "file changed while its SHA-256 was computed")
                 return digest.hexdigest()
@@ -258,7 +263,10 @@ def _spillover(kw: dict[str, str], path, problems: list[str]) -> Spillover | Non
 # --------------------------------------------------------------------------- layout
 
 
-def _datatype_and_widths(kw, channels: pd.DataFrame, path) -> tuple[str, str, tuple[int, ...]]:
+_WORDS = (8, 16, 32, 64)
+
+
+def _datatype_and_widths(kw, channels: pd.DataFrame, path, problems: list[str] | None = None) -> tuple[str, str, tuple[int, ...]]:
     mode = kw.get("$MODE", "L").strip().upper() or "L"
     if mode != "L":
         raise FCSReadError(path, f"unsupported $MODE {mode!r}: only list mode (L) is supported")
@@ -278,14 +286,27 @@ def _datatype_and_widths(kw, channels: pd.DataFrame, path) -> tuple[str, str, tu
         return datatype, order, (4,) * len(channels)
     if datatype == "D":
         return datatype, order, (8,) * len(channels)
-    widths = []
+    widths, in_words = [], []
     for n, bits in zip(channels["n"], channels["pnb"]):
         if pd.isna(bits):
             raise FCSReadError(path, f"required keyword $P{n}B is missing for integer data")
         bits = int(bits)
-        if bits == 0 or bits % 8 or bits > 64:
+        if bits <= 0 or bits > 64:
             raise FCSReadError(path, f"unsupported integer width $P{n}B = {bits} (need 8, 16, 24, ... 64)")
-        widths.append(bits // 8)
+        if bits % 8:
+            # Beckman Coulter FC500 .LMD: "$PnB 10" values stored one per 16-bit word (not packed);
+            # the unused high bits are cleared by the $PnR mask (see _scaling)
+            word = next(w for w in _WORDS if w >= bits)
+            in_words.append(f"$P{n}B {bits}")
+            widths.append(word // 8)
+        else:
+            widths.append(bits // 8)
+    if in_words and problems is not None:
+        words = sorted({8 * w for w, b in zip(widths, channels["pnb"]) if int(b) % 8})
+        problems.append(
+            f"integer widths not a whole number of bytes ({', '.join(in_words[:3])}{', ...' if len(in_words) > 3 else ''}):"
+            f" rule 'words': values read as {'/'.join(map(str, words))}-bit words (Beckman Coulter FC500 layout),"
+            " masked by $PnR")
     return datatype, order, tuple(widths)
 
 
@@ -307,8 +328,29 @@ def _overlaps(start: int, end: int, header: Header) -> bool:
     return start <= header.text_end and header.text_start <= end
 
 
+def _reject_reason(start: int, end: int, length: int, need: int, bpe: int, base: int, file_size: int,
+                   header: Header) -> str:
+    """Why a DATA offset pair cannot be the DATA segment ('' when it can). Accepted: the exact
+    length, or up to one event less a byte longer (an end offset one byte long), where the end may
+    be the file size itself (one past the last byte: Partec PAS and CyFlow)."""
+    if not length:
+        return "" if need == 0 else "empty"
+    if start < HEADER_SIZE:
+        return "starts inside the HEADER"
+    if header.text_start <= start <= header.text_end:
+        return f"starts inside the TEXT segment ({header.text_start}-{header.text_end})"
+    if _overlaps(start, end, header):
+        return f"overlaps the TEXT segment ({header.text_start}-{header.text_end})"
+    fits = length == need or (need > 0 and need < length < need + bpe)
+    if base + end > file_size or (base + end == file_size and not (fits and length > need)):
+        return f"ends past the end of the file ({file_size} bytes)"
+    if not fits:
+        return f"holds {length} bytes, $TOT events need {need}"
+    return ""
+
+
 def _layout(header: Header, kw, channels, base: int, file_size: int, path, problems: list[str]) -> _Layout:
-    datatype, order, widths = _datatype_and_widths(kw, channels, path)
+    datatype, order, widths = _datatype_and_widths(kw, channels, path, problems)
     bpe = sum(widths)
     tot = _kw_int(kw, "$TOT", path, required=False)
     candidates = _data_candidates(header, kw, path)
@@ -316,23 +358,29 @@ def _layout(header: Header, kw, channels, base: int, file_size: int, path, probl
         if tot == 0:
             return _Layout(0, 0, 0, datatype, order, widths)
         raise FCSReadError(path, "no DATA offsets: HEADER gives 0,0 and TEXT has no $BEGINDATA/$ENDDATA")
-    described = []
+    described, rejected = [], []
     for source, start, end in candidates:
         length = end - start + 1 if end >= start else 0
         if start == 0 and end == 0:
             length = 0
         described.append(f"{source} {start}-{end}")
-        if length and (start < HEADER_SIZE or base + end >= file_size or _overlaps(start, end, header)):
-            continue
         n = tot if tot is not None else length // bpe
         need = n * bpe
-        if length == need or (n > 0 and need < length < need + bpe):
-            others = [f"{s} {a}-{b}" for s, a, b in candidates if (a, b) != (start, end)]
-            if others:
-                problems.append(f"DATA offsets disagree: used {source} {start}-{end}, ignored {', '.join(others)}")
-            if length != need:
-                problems.append(f"DATA segment is {length - need} byte(s) longer than $TOT events need (end offset quirk)")
-            return _Layout(base + start, base + start + need, n, datatype, order, widths)
+        why, rule = _reject_reason(start, end, length, need, bpe, base, file_size, header), "exact"
+        if why:
+            rejected.append(f"{source} {start}-{end} ({why})")
+            continue
+        if length != need:
+            rule = "end one past the file" if base + end == file_size else "end one byte long"
+        others = [f"{s} {a}-{b}" for s, a, b in candidates if (a, b) != (start, end)]
+        if others:
+            problems.append(f"DATA offsets disagree: used {source} {start}-{end}, ignored {', '.join(others)}")
+        if rule != "exact" or rejected:
+            reasons = f"; rejected {'; '.join(rejected)}" if rejected else ""
+            problems.append(f"DATA offsets resolved by rule '{rule}': {source} {start}-{end}{reasons}")
+        if length != need:
+            problems.append(f"DATA segment is {length - need} byte(s) longer than $TOT events need (end offset quirk)")
+        return _Layout(base + start, base + start + need, n, datatype, order, widths)
     source, start, end = candidates[0]
     if base + max(start, end) >= file_size and end > 0:
         raise FCSReadError(
@@ -386,8 +434,10 @@ def _scaling(lay: _Layout, channels: pd.DataFrame, kw, problems: list[str]) -> _
     log = tuple((i, d, l0, r) for i, ((d, l0), r) in enumerate(zip(channels["pne"], channels["pnr"])) if d > 0)
     gain = tuple((i, g) for i, g in enumerate(channels["png"]) if i != time_index and g != 1.0 and g != 0)
     masks: list[int | None] = []
-    for w, pnr in zip(lay.widths, channels["pnr"]):
+    for w, pnr, bits in zip(lay.widths, channels["pnr"], channels["pnb"]):
         max_range = _next_power_of_2(math.ceil(pnr))
+        if lay.datatype == "I" and not pd.isna(bits) and int(bits) % 8:   # FC500 words: never above $PnB bits
+            max_range = min(max_range, 2 ** int(bits))
         masks.append(max_range - 1 if lay.datatype == "I" and max_range < 2 ** (8 * w) else None)
     return _Scaling(time_index, step, log, gain, tuple(masks))
 
@@ -444,10 +494,6 @@ def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
 
 
 def _read_blocks(fh, lay: _Layout, scale: _Scaling, path, events: np.ndarray, rows: int, buffer: bytearray) -> None:
-    import time
-
-    from tilpheno.io.files import READ_SECONDS_LIMIT
-
     bpe = sum(lay.widths)
     deadline = time.monotonic() + READ_SECONDS_LIMIT
     for first in range(0, lay.n_events, rows):

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tilpheno.compensation import Spillover
+from tilpheno.io.spill import Spillover
 from tilpheno.io.atomic import write_bytes
 
 HEADER_LENGTH = 58

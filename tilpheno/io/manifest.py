@@ -2,24 +2,27 @@
 
 A manifest has one row per FCS file with columns ``file, product_id, tube, role, fmo_marker``:
 
-* ``tube``: the tube kind, ``surface`` | ``treg`` (Treg = the tube stains FoxP3), or ``unstained``
-  for the unstained control;
+* ``tube``: the tube kind, one of the study's (``tilpheno.study``; the TIL study's are ``surface``
+  and ``treg``), or ``unstained`` for the unstained control;
 * ``role``: ``stain`` | ``fmo`` | ``unstained`` | ``single_stain`` (a compensation control; its
   rows and the control set's unstained control have tube ``compensation``; an optional
   ``detector`` column names the control's detector, else it is inferred, see
   ``tilpheno.spillover``);
-* ``fmo_marker``: the canonical marker an FMO tube omits (``''`` otherwise).
+* ``fmo_marker``: the marker an FMO tube omits, in the vocabulary's spelling (``''`` otherwise).
 
 ``scan_folder`` infers it from HEADER/TEXT only (``read_fcs_metadata``). Inference, per file:
 
-1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs``;
+1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs`` (``<tube>``
+   one of the study's tube kinds or their names);
 2. otherwise product from ``$SRC`` (else the folder name, else the file name), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
    ``unstain`` / ``blank`` / ``no stain`` means unstained; a file with no $PnS on any
    fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
 3. an FMO tube whose name gives no marker gets the one stained marker it lacks relative to a
    stained tube of the same product (the stain tube whose markers contain all of its own);
-4. tube kind: from the name when given, else ``treg`` if the file (or its FMO marker) has FoxP3.
+4. tube kind: from the name when given (a word of TUBE NAME or the file name that names a tube
+   kind), else from the study's identifying markers (TIL study: ``treg`` when the file, or its
+   FMO marker, has FoxP3), else the study's only kind without identifying markers.
 
 Unreadable files stay in the manifest with what their name tells, and the reader's message in an
 extra ``problem`` column (``''`` for readable files), so that processing reports them.
@@ -37,7 +40,8 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError
 from tilpheno.io.files import display_name
-from tilpheno.panel import _labelled_markers, is_scatter_or_time, normalize_marker
+from tilpheno.panel import _labelled_markers, is_scatter_or_time
+from tilpheno.study import Study, default_study
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,17 @@ COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
 ROLES = ("stain", "fmo", "unstained", "single_stain")
 FCS_SUFFIXES = (".fcs", ".lmd")
 
-_DESIGN_NAME = re.compile(
-    r"^(?P<product>.+?)_(?P<tube>surface|treg)_(?:(?P<stain>stain)|FMO_(?P<marker>.+))$", re.IGNORECASE
-)
 _DESIGN_UNSTAINED = re.compile(r"^(?P<product>.+?)_unstained$", re.IGNORECASE)
 _FMO = re.compile(r"(?:^|[^A-Za-z])FMO(?:[^A-Za-z]+(?P<rest>.*))?$", re.IGNORECASE)
 _UNSTAINED = re.compile(r"(?:^|[^A-Za-z])(unstained|unstain|blank|no[ _-]?stain)(?:[^A-Za-z]|$)", re.IGNORECASE)
 _CONTROL = re.compile(r"stained control|single[ _-]?stain|comp(?:ensation)?[ _-]?control", re.IGNORECASE)
-_TREG = re.compile(r"(?:^|[^A-Za-z])(treg|foxp3|intracellular)(?:[^A-Za-z]|$)", re.IGNORECASE)
+
+
+def _design_name(study: Study) -> re.Pattern:
+    """``<product>_<tube>_stain`` / ``<product>_<tube>_FMO_<marker>`` with the study's tube words."""
+    words = sorted({w for kind in study.tubes.values() for w in (kind.name, *kind.names)}, key=len, reverse=True)
+    alternatives = "|".join(re.escape(w) for w in words)
+    return re.compile(rf"^(?P<product>.+?)_(?P<tube>{alternatives})_(?:(?P<stain>stain)|FMO_(?P<marker>.+))$", re.IGNORECASE)
 
 
 def list_fcs_files(folder: Path, problems: list[tuple[str, str]] | None = None) -> list[Path]:
@@ -100,18 +107,18 @@ def outside(path: Path, root: Path) -> bool:
     return os.path.commonpath([real, base]) != base
 
 
-def _role_from_text(text: str) -> tuple[str | None, str | None]:
+def _role_from_text(text: str, study: Study) -> tuple[str | None, str | None]:
     """(role, fmo_marker) named in a tube name or file name, or (None, None)."""
     text = text.replace("_", " ")
     fmo = _FMO.search(text)
     if fmo:
-        return "fmo", normalize_marker(fmo.group("rest") or "")
+        return "fmo", study.vocabulary.marker_in(fmo.group("rest") or "")
     if _UNSTAINED.search(text):
         return "unstained", None
     return None, None
 
 
-def _infer_row(path: Path, root: Path, fcs) -> dict:
+def _infer_row(path: Path, root: Path, fcs, study: Study) -> dict:
     """One manifest row for ``path`` from its name and (if readable) its keywords."""
     stem = path.name.rsplit(".", 1)[0]
     kw = fcs.keywords if fcs is not None else {}
@@ -119,13 +126,13 @@ def _infer_row(path: Path, root: Path, fcs) -> dict:
     labelled = True  # some fluorescence detector has a $PnS (any text, not only our markers)
     if fcs is not None:
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
-        markers = set(_labelled_markers(channels))
+        markers = set(_labelled_markers(channels, study.vocabulary))
         labelled = any(s.strip() for n, s in channels if not is_scatter_or_time(n))
-    design = _DESIGN_NAME.match(stem)
+    design = _design_name(study).match(stem)
     if design:
         role = "stain" if design.group("stain") else "fmo"
-        marker = normalize_marker(design.group("marker")) if role == "fmo" else None
-        return _row(path, design.group("product"), design.group("tube").lower(), role, marker, markers)
+        marker = study.vocabulary.marker_in(design.group("marker")) if role == "fmo" else None
+        return _row(path, design.group("product"), study.tube_kind_of(design.group("tube")), role, marker, markers)
     unstained = _DESIGN_UNSTAINED.match(stem)
     if unstained:
         return _row(path, unstained.group("product"), "unstained", "unstained", None, markers)
@@ -138,14 +145,22 @@ def _infer_row(path: Path, root: Path, fcs) -> dict:
         return _row(path, product, "compensation", role, None, markers)
     role, marker = None, None
     for text in (kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem):
-        role, marker = _role_from_text(text)
+        role, marker = _role_from_text(text, study)
         if role:
             break
     if role is None:
         role = "stain" if labelled or markers else "unstained"
     names = " ".join((kw.get("TUBE NAME", ""), stem))
-    kind = "treg" if _TREG.search(names) else None
+    kind = _kind_named(study, names)
     return _row(path, product, kind, role, marker, markers)
+
+
+def _kind_named(study: Study, text: str) -> str | None:
+    """The tube kind a name mentions (a word equal to a kind or one of its names), else None."""
+    kind = study.tube_kind_of(text, ())
+    words = {w.lower() for w in re.split(r"[^A-Za-z0-9+]+", text) if w}
+    named = kind is not None and any(w.lower() in words for w in (kind, *study.tubes[kind].names))
+    return kind if named else None
 
 
 def _row(path: Path, product: str, tube: str | None, role: str, marker: str | None, markers: set[str]) -> dict:
@@ -155,7 +170,7 @@ def _row(path: Path, product: str, tube: str | None, role: str, marker: str | No
             "fmo_marker": marker or "", "_markers": markers}
 
 
-def _resolve_fmo_and_kind(rows: list[dict]) -> None:
+def _resolve_fmo_and_kind(rows: list[dict], study: Study) -> None:
     """Fill FMO markers missing from names (step 3) and tube kinds (step 4), in place."""
     stains = [r for r in rows if r["role"] == "stain"]
     for row in rows:
@@ -170,12 +185,14 @@ def _resolve_fmo_and_kind(rows: list[dict]) -> None:
                 row["tube"] = row["tube"] or candidates[0]["tube"]
     for row in rows:
         if row["tube"] is None:
-            has_foxp3 = "FoxP3" in row["_markers"] or row["fmo_marker"] == "FoxP3"
-            row["tube"] = "treg" if has_foxp3 else "surface"
+            markers = [*row["_markers"], row["fmo_marker"]]
+            row["tube"] = study.tube_kind_of("", markers) or "unknown"
 
 
-def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False) -> pd.DataFrame:
+def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None) -> pd.DataFrame:
     """Infer the manifest of every FCS file under ``path`` (see the module docstring).
+
+    ``study``: tube kinds and marker vocabulary (default: the bundled TIL study).
 
     Returns a DataFrame with ``COLUMNS`` plus ``problem`` (the FCSReadError message of an
     unreadable file, else ''), sorted by product, tube, role, file. ``file`` is ``path / name``.
@@ -185,6 +202,7 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False) -> pd.D
     """
     from tilpheno.io.fcs import read_fcs_metadata
 
+    study = study or default_study()
     root = Path(path)
     if not root.is_dir():
         raise TableError(f"{root}: not a folder")
@@ -200,10 +218,10 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False) -> pd.D
                 fcs, problem = read_fcs_metadata(file, checksum=False), ""
             except FCSReadError as exc:
                 fcs, problem = None, display_name(str(exc))
-        row = _infer_row(file, root, fcs)
+        row = _infer_row(file, root, fcs, study)
         row["problem"] = problem
         rows.append(row)
-    _resolve_fmo_and_kind(rows)
+    _resolve_fmo_and_kind(rows, study)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
     if not frame.empty:
         order = frame["role"].map({r: i for i, r in enumerate(ROLES)})
@@ -236,12 +254,15 @@ def _read_table(path: Path) -> pd.DataFrame:
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
+    from tilpheno.io.csvcells import restore_frame
+
+    frame = restore_frame(frame)   # a manifest written by `tilpheno scan -o` has neutralised cells
     frame.columns = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in frame.columns]
     return frame
 
 
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
-                  allow_outside: bool = False) -> pd.DataFrame:
+                  allow_outside: bool = False, study: Study | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
@@ -250,8 +271,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     recognisable marker, duplicate files, files that do not exist (relative paths are looked up
     under ``base``, default the manifest's folder), files (links resolved) outside ``base`` unless
     ``allow_outside``, files that are not regular files. Values are returned as written (stripped), with
-    ``fmo_marker`` normalised to the canonical marker names.
+    ``fmo_marker`` read through the study's vocabulary (default: the bundled study's).
     """
+    vocabulary = (study or default_study()).vocabulary
     path = Path(path)
     base = Path(base) if base is not None else path.parent
     frame = _read_table(path)
@@ -274,9 +296,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                 raise TableError(f"{where}, column '{column}': empty value")
         if row.role not in ROLES:
             raise TableError(f"{where}, column 'role': unknown role {row.role!r} (allowed: {', '.join(ROLES)})")
-        marker = normalize_marker(row.fmo_marker) if row.fmo_marker else None
+        marker = vocabulary.marker_in(row.fmo_marker) if row.fmo_marker else None
         if row.role == "fmo" and marker is None:
-            raise TableError(f"{where}, column 'fmo_marker': FMO row needs a known marker, got {row.fmo_marker!r}")
+            raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
         if row.role != "fmo" and row.fmo_marker:
             raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
         markers.append(marker or "")
@@ -287,7 +309,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                              f"(looked for {resolved})")
         if not allow_outside and outside(resolved, base):
             raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
-                             "pass --allow-outside to accept files outside the folder")
+                             "pass allow_outside=True to accept files outside the folder")
         key = str(resolved.resolve())
         if key in seen:
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")

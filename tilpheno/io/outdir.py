@@ -141,7 +141,7 @@ class OutputFolder:
         previous, how = self._previous_outputs(entries)
         if not self.overwrite:
             raise OutputFolderError(
-                f"{out}: {how}; pass --overwrite to replace what the previous run wrote, or choose another "
+                f"{out}: {how}; pass overwrite=True to replace what the previous run wrote, or choose another "
                 "output folder")
         self.previous = previous
         top = {p.split(os.sep, 1)[0] for p in previous}

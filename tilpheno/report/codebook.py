@@ -10,7 +10,7 @@ Where an entry comes from, first match wins:
 2. the gating strategies: each ``variables`` entry (``100 × count(numerator) / count(denominator)``
    and how the numerator population is gated), each population's event count
    ``n_<population>_<tube>``, each marker's ``median_<marker>``;
-3. the subset doses of ``tilpheno.phenotype.DOSES`` (cells = base × variable / 100).
+3. the study's subset doses (``doses`` in study.yaml: cells = base × variable / 100).
 A column none of these explains is listed with meaning ``not documented`` (a test keeps that empty).
 """
 from __future__ import annotations
@@ -77,12 +77,13 @@ def _from_strategies(strategies: Sequence, fmo_percentile: float) -> dict[str, d
     return out
 
 
-def _dose_entry(column: str, entries: Mapping[str, Mapping[str, str]]) -> dict[str, str] | None:
-    from tilpheno.phenotype import DOSES
+def _dose_entry(column: str, entries: Mapping[str, Mapping[str, str]], study=None) -> dict[str, str] | None:
+    from tilpheno.study import default_study
 
-    if column not in DOSES:
+    doses = {d.name: (d.base, d.variable) for d in (study or default_study()).doses}
+    if column not in doses:
         return None
-    base, variable = DOSES[column]
+    base, variable = doses[column]
     var_label = entries.get(variable, {}).get("label", variable)
     base_text = "TIL dose" if base == "dose" else entries.get(base, {}).get("label", base)
     return {"label": f"{var_label.split(' %')[0]} dose", "meaning": f"Infused {var_label.split(' %')[0]} cells",
@@ -92,9 +93,9 @@ def _dose_entry(column: str, entries: Mapping[str, Mapping[str, str]]) -> dict[s
 _COUNT = re.compile(r"^n_(.+)_([A-Za-z0-9]+)$")
 
 
-def entry(column: str, entries: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """The codebook row of ``column`` (without ``table``)."""
-    found = entries.get(column) or _dose_entry(column, entries)
+def entry(column: str, entries: Mapping[str, Mapping[str, str]], study=None) -> dict[str, str]:
+    """The codebook row of ``column`` (without ``table``); ``study``: its doses (default the bundled study)."""
+    found = entries.get(column) or _dose_entry(column, entries, study)
     if found is None:
         match = _COUNT.match(column)
         what = f"events in {match.group(1)} ({match.group(2)} tube)" if match else UNDOCUMENTED
@@ -103,7 +104,8 @@ def entry(column: str, entries: Mapping[str, Mapping[str, str]]) -> dict[str, st
     return {"column": column, **{k: str(found.get(k, "") or "") for k in ("label", "meaning", "unit", "method")}}
 
 
-def build_codebook(tables: Mapping[str, Iterable[str]], strategies: Sequence = (), fmo_percentile: float = 99.5):
+def build_codebook(tables: Mapping[str, Iterable[str]], strategies: Sequence = (), fmo_percentile: float = 99.5,
+                   study=None):
     """DataFrame ``column, label, meaning, unit, method, table``: one row per distinct column of the
     given tables (``{"phenotypes.csv": columns, ...}``), in table then column order; ``table``
     lists every table the column appears in."""
@@ -117,11 +119,11 @@ def build_codebook(tables: Mapping[str, Iterable[str]], strategies: Sequence = (
             if c in rows:
                 rows[c]["table"] += f" {table}"
             else:
-                rows[c] = {**entry(c, entries), "table": table}
+                rows[c] = {**entry(c, entries, study), "table": table}
     return pd.DataFrame(list(rows.values()), columns=list(CODEBOOK_COLUMNS))
 
 
-def labels(columns: Iterable[str], strategies: Sequence = ()) -> dict[str, str]:
+def labels(columns: Iterable[str], strategies: Sequence = (), study=None) -> dict[str, str]:
     """Human-readable header of each column (the codebook's ``label``)."""
     entries = {**_from_strategies(strategies, 99.5), **_curated()}
-    return {str(c): entry(str(c), entries)["label"] for c in columns}
+    return {str(c): entry(str(c), entries, study)["label"] for c in columns}

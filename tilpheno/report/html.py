@@ -133,12 +133,16 @@ def _has_report(outcome, options) -> bool:
     return options.make_reports if has is None else bool(has)
 
 
-def index_columns(outcomes: Sequence, strategies: Sequence = ()) -> list[str]:
-    """The index's value columns: the strategies' study variables (in strategy order) present in the
-    outcomes, then ``n_events_total``; without strategies every ``*_pct*`` column of the outcomes."""
+def index_columns(outcomes: Sequence, strategies: Sequence = (), study=None) -> list[str]:
+    """The index's value columns: the study's ``index_columns`` present in the outcomes (the TIL
+    study's variables and ``n_events_total``); without them the strategies' study variables (in
+    strategy order) present, then ``n_events_total``; without strategies every ``*_pct*`` column."""
     present: dict[str, None] = {}
     for o in outcomes:
         present.update(dict.fromkeys(o.phenotype))
+    if study is not None and study.index_columns:
+        columns = [c for c in study.index_columns if c in present or c == "n_events_total"]
+        return columns if "n_events_total" in columns else columns + ["n_events_total"]
     if strategies:
         wanted = [v.name for st in strategies for v in st.variables]
     else:
@@ -173,8 +177,9 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     """
     from tilpheno.report.codebook import build_codebook
 
-    columns = index_columns(outcomes, strategies)
-    book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile).set_index("column")
+    columns = index_columns(outcomes, strategies, getattr(options, "study", None))
+    book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile,
+                          getattr(options, "study", None)).set_index("column")
     headers = [{"column": c, "label": book.at[c, "label"], "title": f"{c}: {book.at[c, 'meaning']}"
                 + (f" ({book.at[c, 'unit']})" if book.at[c, "unit"] else "")} for c in columns]
     n_failed = sum(1 for o in outcomes if not o.ok)

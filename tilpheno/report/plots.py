@@ -38,6 +38,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from tilpheno.gates.quadrants import quadrant_percentages
+
 _PALETTE = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
     "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
@@ -296,49 +298,34 @@ def _limits(axis: Axis, values: np.ndarray, extra: Sequence[float] = ()) -> tupl
 
 
 def _gate_extent(gate, dim: str) -> list[float]:
-    """Gate coordinates on ``dim`` (to keep the whole gate in view, and to place its label)."""
-    kind = type(gate).__name__
-    if kind == "RangeGate" and gate.dim == dim:
-        return [v for v in (gate.low, gate.high) if v is not None]
-    if kind == "RectangleGate" and dim in gate.dims:
-        i = gate.dims.index(dim)
-        return [v for v in (gate.lows[i], gate.highs[i]) if v is not None]
-    if kind == "PolygonGate" and dim in gate.dims:
-        i = gate.dims.index(dim)
-        return [v[i] for v in gate.vertices]
-    if kind == "EllipsoidGate" and dim in gate.dims:
-        i = gate.dims.index(dim)
-        half = float(np.sqrt(gate.covariance[i][i] * gate.distance_square))
-        return [gate.mean[i] - half, gate.mean[i] + half]
-    if kind == "QuadrantGate":
-        return [v for d in gate.dividers if d.dim == dim for v in d.values]
-    return []
+    """Gate coordinates on ``dim`` (to keep the whole gate in view, and to place its label): the
+    gate protocol's ``extent`` (tilpheno.gates.geometry.Gate)."""
+    return list(gate.extent(dim))
 
 
 def _draw_gate(ax, gate, xdim: str, ydim: str | None, colour: str) -> None:
-    """Draw ``gate`` on axes showing ``xdim`` (and ``ydim``); dimensions not shown are ignored."""
+    """Draw ``gate`` on axes showing ``xdim`` (and ``ydim``); dimensions not shown are ignored.
+
+    Dispatches on the gate protocol's ``drawing()`` (tilpheno.gates.geometry.Drawing), not on classes."""
     from matplotlib.patches import Ellipse, Polygon, Rectangle
 
-    kind = type(gate).__name__
+    shape = gate.drawing()
     style = dict(fill=False, edgecolor=colour, linewidth=1.5)
-    if kind == "PolygonGate" and ydim is not None:
-        verts = np.asarray(gate.vertices)
-        if tuple(gate.dims) == (ydim, xdim):
+    if shape.shape == "polygon" and ydim is not None:
+        verts = np.asarray(shape.vertices)
+        if tuple(shape.dims) == (ydim, xdim):
             verts = verts[:, ::-1]
         ax.add_patch(Polygon(verts, closed=True, **style))
-    elif kind == "EllipsoidGate" and ydim is not None and set(gate.dims[:2]) == {xdim, ydim} and len(gate.dims) == 2:
-        order = [gate.dims.index(xdim), gate.dims.index(ydim)]
-        cov = np.asarray(gate.covariance)[np.ix_(order, order)]
+    elif shape.shape == "ellipse" and ydim is not None and set(shape.dims[:2]) == {xdim, ydim} and len(shape.dims) == 2:
+        order = [shape.dims.index(xdim), shape.dims.index(ydim)]
+        cov = np.asarray(shape.covariance)[np.ix_(order, order)]
         vals, vecs = np.linalg.eigh(cov)
-        width, height = 2 * np.sqrt(vals * gate.distance_square)
+        width, height = 2 * np.sqrt(vals * shape.distance_square)
         angle = float(np.degrees(np.arctan2(vecs[1, 0], vecs[0, 0])))
-        centre = (gate.mean[order[0]], gate.mean[order[1]])
+        centre = (shape.mean[order[0]], shape.mean[order[1]])
         ax.add_patch(Ellipse(centre, width, height, angle=angle, **style))
-    elif kind in ("RectangleGate", "RangeGate"):
-        dims = (gate.dim,) if kind == "RangeGate" else gate.dims
-        lows = (gate.low,) if kind == "RangeGate" else gate.lows
-        highs = (gate.high,) if kind == "RangeGate" else gate.highs
-        bounds = dict(zip(dims, zip(lows, highs)))
+    elif shape.shape == "intervals":
+        bounds = dict(shape.bounds)
         if ydim is None or ydim not in bounds:
             for v in bounds.get(xdim, (None, None)):
                 if v is not None:
@@ -353,12 +340,12 @@ def _draw_gate(ax, gate, xdim: str, ydim: str | None, colour: str) -> None:
             x0, x1 = xl[0] if x0 is None else x0, xl[1] if x1 is None else x1
             y0, y1 = yl[0] if y0 is None else y0, yl[1] if y1 is None else y1
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, **style))
-    elif kind == "QuadrantGate":
-        for d in gate.dividers:
-            for v in d.values:
-                if d.dim == xdim:
+    elif shape.shape == "dividers":
+        for dim, values in shape.cuts.items():
+            for v in values:
+                if dim == xdim:
                     ax.axvline(v, color=colour, linewidth=1.2, linestyle="--")
-                elif d.dim == ydim:
+                elif dim == ydim:
                     ax.axhline(v, color=colour, linewidth=1.2, linestyle="--")
 
 
@@ -552,9 +539,11 @@ def histogram_plot(
 def _gated_interval(gate, dim: str, xlim) -> tuple[float, float]:
     """The part of the x range a 1-D gate keeps (its label goes there)."""
     low, high = xlim
-    if type(gate).__name__ == "RangeGate" and gate.dim == dim:
-        low = xlim[0] if gate.low is None else max(xlim[0], gate.low)
-        high = xlim[1] if gate.high is None else min(xlim[1], gate.high)
+    bounds = gate.drawing().bounds
+    if len(gate.dims) == 1 and dim in bounds:
+        gate_low, gate_high = bounds[dim]
+        low = xlim[0] if gate_low is None else max(xlim[0], gate_low)
+        high = xlim[1] if gate_high is None else min(xlim[1], gate_high)
     return (low, high) if high > low else tuple(xlim)
 
 
@@ -606,20 +595,6 @@ def fmo_overlay_plot(
     legend.set_gid("tp-legend")
     _title(fig, ax, title)
     return _svg(fig, alt or f"{marker} FMO vs stained on {axis.label}, threshold {threshold:.3f}")
-
-
-def quadrant_percentages(x: np.ndarray, y: np.ndarray, xgate, ygate, xdim: str, ydim: str) -> dict:
-    """% of the events with finite (x, y) in each quadrant, keyed (inside xgate, inside ygate).
-
-    Membership is the gates' own (``contains``: Gating-ML ``low <= v < high``); the four values sum
-    to 100 (or are all 0 when no event has finite coordinates).
-    """
-    ok = np.isfinite(x) & np.isfinite(y)
-    xin = xgate.contains({xdim: x})
-    yin = ygate.contains({ydim: y})
-    n = int(ok.sum())
-    return {(xs, ys): (100.0 * int(np.sum(ok & (xin == xs) & (yin == ys))) / n if n else 0.0)
-            for xs in (True, False) for ys in (True, False)}
 
 
 def _threshold(gate, dim: str, limits) -> float:

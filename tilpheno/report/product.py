@@ -17,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from tilpheno.gates.quadrants import sibling_range_pairs
 from tilpheno.report.qc_sections import acquisition_section, compensation_sections
 
 # FCS keywords shown by default: instrument and acquisition settings only. Anything that can
@@ -156,6 +157,38 @@ def _parent_name(parent) -> str:
     return parent if parent and str(parent).lower() not in ROOT_NAMES else "all events"
 
 
+def gate_figure(tube, population: str, parent, gate, method: str, detectors: Mapping[str, str], title_prefix: str = "",
+                strategy=None, axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> Figure:
+    """The plot of one geometric gate: its parent's events, the gate drawn, name and % of parent."""
+    from tilpheno.report import plots
+
+    axes = axes or {}
+    masks = tube.masks
+    dims = tuple(gate.dims)
+    parent_mask = masks.get(parent, np.ones(_n_plotted(tube), dtype=bool))
+    pct = _pct_of_parent(tube, population, masks, parent_mask)
+    parent_name = _parent_name(parent)
+    title = f"{parent_name} → {population}"
+    alt = f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"
+    axis = [_axis(d, detectors, strategy, axes.get((tube.tube, d))) for d in dims[:2]]
+    if len(dims) == 1:
+        svg = plots.histogram_plot(tube.data[dims[0]][parent_mask], axis[0], gate=gate,
+                                   population=population, pct_of_parent=pct, title=title, alt=alt)
+    else:
+        svg = plots.density_plot(tube.data[dims[0]][parent_mask], tube.data[dims[1]][parent_mask], axis[0], axis[1],
+                                 gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt)
+    return Figure(f"{title_prefix}: {title}" if title_prefix else title, svg, alt)
+
+
+def population_figure(tube, population: str, detectors: Mapping[str, str], strategy=None) -> Figure:
+    """The plot of ``population``'s gate (KeyError naming the drawable populations)."""
+    for name, parent, gate, method in tube.gates:
+        if name == population and gate.dims:
+            return gate_figure(tube, name, parent, gate, method, detectors, "", strategy)
+    drawable = [name for name, _, gate, _ in tube.gates if gate.dims]
+    raise KeyError(f"no drawable gate for population {population!r}; gates: {', '.join(drawable)}")
+
+
 def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None,
                  axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Figure]:
     """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent.
@@ -164,43 +197,11 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
     percentages come from the population table, computed on all events. ``axes``: fixed display
     ranges by (tube kind, dimension) (``product_axes``); None = each plot's own data range.
     """
-    from tilpheno.report import plots
-
-    axes = axes or {}
-    masks = tube.masks
-    n = _n_plotted(tube)
     figures = []
     for population, parent, gate, method in tube.gates:
-        dims = tuple(getattr(gate, "dims", ()))
-        if not dims:
-            continue
-        parent_mask = masks.get(parent, np.ones(n, dtype=bool))
-        pct = _pct_of_parent(tube, population, masks, parent_mask)
-        parent_name = _parent_name(parent)
-        title = f"{parent_name} → {population}"
-        alt = f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"
-        axis = [_axis(d, detectors, strategy, axes.get((tube.tube, d))) for d in dims[:2]]
-        if len(dims) == 1:
-            svg = plots.histogram_plot(tube.data[dims[0]][parent_mask], axis[0], gate=gate,
-                                       population=population, pct_of_parent=pct, title=title, alt=alt)
-        else:
-            svg = plots.density_plot(tube.data[dims[0]][parent_mask], tube.data[dims[1]][parent_mask], axis[0], axis[1],
-                                     gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt)
-        figures.append(Figure(f"{title_prefix}: {title}", svg, alt))
+        if gate.dims:
+            figures.append(gate_figure(tube, population, parent, gate, method, detectors, title_prefix, strategy, axes))
     return figures + quadrant_figures(tube, detectors, title_prefix, strategy, axes)
-
-
-def sibling_range_pairs(gates) -> list[tuple[tuple, tuple]]:
-    """Pairs of 1-D range gates with the same parent on different dimensions (first two per parent,
-    in strategy order): CD4+/CD8+ under CD3+, CD3+/CD56+ under live lymphocytes."""
-    by_parent: dict[str, list[tuple]] = {}
-    for entry in gates:
-        gate = entry[2]
-        if type(gate).__name__ == "RangeGate":
-            siblings = by_parent.setdefault(entry[1], [])
-            if all(g[2].dim != gate.dim for g in siblings):
-                siblings.append(entry)
-    return [(s[0], s[1]) for s in by_parent.values() if len(s) >= 2]
 
 
 def quadrant_names(strategy, xpop: str, ypop: str) -> dict[tuple[bool, bool], str]:
@@ -231,14 +232,15 @@ def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, stra
     for (xpop, parent, xgate, _), (ypop, _, ygate, _) in sibling_range_pairs(tube.gates):
         parent_mask = tube.masks.get(parent, np.ones(_n_plotted(tube), dtype=bool))
         parent_name = _parent_name(parent)
-        title = f"{parent_name}: {xgate.dim} vs {ygate.dim}"
+        xdim, ydim = xgate.dims[0], ygate.dims[0]
+        title = f"{parent_name}: {xdim} vs {ydim}"
         names = quadrant_names(strategy, xpop, ypop)
-        alt = (f"{xpop} and {ypop} thresholds on {xgate.dim} vs {ygate.dim} in {parent_name}, % of parent per quadrant"
+        alt = (f"{xpop} and {ypop} thresholds on {xdim} vs {ydim} in {parent_name}, % of parent per quadrant"
                + (f" ({', '.join(sorted(names.values()))})" if names else ""))
         svg = plots.quadrant_plot(
-            tube.data[xgate.dim][parent_mask], tube.data[ygate.dim][parent_mask],
-            _axis(xgate.dim, detectors, strategy, axes.get((tube.tube, xgate.dim))),
-            _axis(ygate.dim, detectors, strategy, axes.get((tube.tube, ygate.dim))),
+            tube.data[xdim][parent_mask], tube.data[ydim][parent_mask],
+            _axis(xdim, detectors, strategy, axes.get((tube.tube, xdim))),
+            _axis(ydim, detectors, strategy, axes.get((tube.tube, ydim))),
             xgate=xgate, ygate=ygate, xpopulation=xpop, ypopulation=ypop, title=title,
             percentages=stored.get((xpop, ypop)), names=names, alt=alt,
         )
@@ -357,7 +359,7 @@ def _table(frame, id: str, labels: Mapping[str, str], caption: str = "") -> Tabl
 def _labels(ctx: ReportContext, columns) -> dict[str, str]:
     from tilpheno.report.codebook import labels
 
-    return labels(columns, ctx.strategies)
+    return labels(columns, ctx.strategies, getattr(ctx.options, "study", None))
 
 
 def _stained(ctx: ReportContext) -> list:
@@ -448,7 +450,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     axes = product_axes(result, meta, strategies) if result is not None else {}
     ctx = ReportContext(outcome, result, meta, options, strategies, axes)
     sections = [s for builder in SECTION_BUILDERS for s in _as_list(builder(ctx))]
-    book = build_codebook({"phenotypes.csv": list(outcome.phenotype)}, strategies, options.fmo_percentile)
+    book = build_codebook({"phenotypes.csv": list(outcome.phenotype)}, strategies, options.fmo_percentile,
+                          getattr(options, "study", None))
     book = book.set_index("column")
     study = [(k, book.at[k, "label"], v, book.at[k, "unit"], book.at[k, "meaning"]) for k, v in outcome.phenotype.items()
              if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]

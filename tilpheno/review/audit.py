@@ -121,6 +121,6 @@ def export_csv(db: Session) -> str:
 
 
 def _cell(value):
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    from tilpheno.io.csvcells import neutralise_cell   # the one OWASP rule of every tilpheno CSV
+
+    return neutralise_cell(value)

@@ -16,7 +16,9 @@ DB_HELP = "Database URL: sqlite:///FILE or postgresql://user:password@host/db (d
 
 
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    from tilpheno.cli import as_cli_text
+
+    typer.secho(f"error: {as_cli_text(str(exc))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 

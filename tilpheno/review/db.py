@@ -35,7 +35,7 @@ def normalise_url(url: str) -> str:
             return "postgresql+psycopg://" + url[len(prefix):]
     if url.startswith(("postgresql+psycopg://", "sqlite:///")):
         return url
-    raise ReviewError(f"--db {url!r}: use sqlite:///FILE or postgresql://user:password@host/database")
+    raise ReviewError(f"database URL {url!r}: use sqlite:///FILE or postgresql://user:password@host/database")
 
 
 def make_engine(url: str) -> Engine:

@@ -41,8 +41,9 @@ import pandas as pd
 from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
-from tilpheno.phenotype import STUDY_VARIABLES, TubeData, doses, population_table, tube_variables
-from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_release_spec, overall
+from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
+from tilpheno.study import default_study
+from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_spec_source, overall, spec_path
 from tilpheno.review.db import ReviewError
 from tilpheno.transforms import Logicle
 
@@ -142,10 +143,10 @@ class ReviewSource:
     def _release_spec(self):
         spec = self.run.get("release_spec") or {}
         source = spec.get("source", "built-in default")
-        if source in ("", "built-in default"):
+        if source in ("", "built-in default", DEFAULT_SPEC.source):
             return DEFAULT_SPEC
-        loaded = load_release_spec(source)
-        if spec.get("sha256") and hashlib.sha256(Path(source).read_bytes()).hexdigest() != spec["sha256"]:
+        loaded = load_spec_source(source)
+        if spec.get("sha256") and hashlib.sha256(spec_path(source).read_bytes()).hexdigest() != spec["sha256"]:
             raise ReviewError(f"release spec {source} changed since the run (sha256 differs from run.json)")
         return loaded
 
@@ -202,7 +203,7 @@ class ReviewSource:
             if c.is_file():
                 return c
         raise ReviewError(f"input file {recorded} of the run not found (looked in: {', '.join(map(str, candidates))}); "
-                          "pass --inputs FOLDER")
+                          "give the folder that holds the run's inputs (inputs=FOLDER)")
 
     def inputs_digest(self, product_id: str) -> list[dict]:
         """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these)."""
@@ -223,7 +224,7 @@ class ReviewSource:
         result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
                                  til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS)
         recorded = self.phenotype_row(product_id)
-        for var in STUDY_VARIABLES:
+        for var in default_study().variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
             if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= REPRODUCE_TOLERANCE:
                 raise ReviewError(f"product {product_id}: re-gating gives {var} = {a:.6g}, phenotypes.csv says {b:.6g}; "
@@ -329,7 +330,7 @@ def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
     """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set."""
     stained = source.stained(product_id)
-    phenotype: dict[str, Any] = {v: math.nan for v in STUDY_VARIABLES}
+    phenotype: dict[str, Any] = {v: math.nan for v in default_study().variables}
     tables, all_masks = {}, {}
     for tube_kind in sorted(stained):
         st = stained[tube_kind]

@@ -143,7 +143,7 @@ class ReviewService:
         if product is not None:
             if json.loads(product.inputs_json) != self.source.inputs_digest(product_id):
                 raise ReviewError(f"product {product_id}: the database holds it with other input files (SHA-256) than "
-                                  f"{self.source.out_dir}; use one database per output folder (--db)")
+                                  f"{self.source.out_dir}; use one database per output folder (db=URL)")
             return product
         gate_set = self.source.automatic(product_id)   # slow part outside the transaction
         inputs = self.source.inputs_digest(product_id)

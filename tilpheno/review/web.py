@@ -295,7 +295,9 @@ def create_app(service: ReviewService) -> Flask:
 
         phenotypes, populations = approved_tables(service)
         frame = phenotypes if table == "phenotypes" else populations
-        return Response(frame.to_csv(index=False), mimetype="text/csv",
+        from tilpheno.io.csvcells import csv_text
+
+        return Response(csv_text(frame), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{table}_approved.csv"'})
 
     @app.get("/audit.csv")

@@ -1,0 +1,124 @@
+"""The public object model (tilpheno.gating): the README's five lines, one engine for every kind of
+strategy, results that agree with the pipeline's and with independent references."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tilpheno as tp
+from tilpheno.errors import StrategyError
+from tilpheno.gates.geometry import GATE_TYPES, Gate
+from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
+from tilpheno.io.fcs import read_fcs
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_fcs"
+GML = ROOT / "tests" / "data" / "gatingml"
+
+
+def test_readme_five_lines():
+    """The lines the README shows, run as written (from the repository root's files)."""
+    strategy = tp.GatingStrategy.from_yaml(tp.default_study().tubes["surface"].strategy)
+    sample = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
+    result = tp.gate_sample(strategy, sample)   # no FMO controls: density fallback, flagged
+    summary = result.summary
+    assert list(summary.columns) == ["variable", "numerator", "denominator", "numerator_count", "denominator_count", "percent"]
+    assert set(summary["variable"]) >= {"viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8"}
+    assert {f.code for f in result.flags} >= {"missing_fmo", "fallback_gate"}
+    svg = result.plot("CD3+")
+    assert svg.lstrip().startswith("<svg") and "CD3+" in svg
+    assert "threshold" in result.diagnostics["CD3+"]
+
+
+def test_sample_with_fmo_controls_matches_the_pipeline():
+    """gate_sample with every FMO control gives the stained tube's table that analyze_product gives."""
+    strategy = tp.GatingStrategy.from_yaml(tp.default_study().tubes["surface"].strategy)
+    stained = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
+    assert stained.panel["PD1"] == "PE-A" and stained.spillover is not None and stained.n_events == 10000
+    controls = [tp.Sample.from_fcs(SAMPLE / f"TIL001_surface_FMO_{m}.fcs", strategy, fmo=m, stained=stained)
+                for m in ("CD3", "CD4", "CD8", "CD56", "PD1")]
+    result = tp.gate_sample(strategy, stained, controls)
+    assert not [f for f in result.flags if f.code in ("missing_fmo", "fallback_gate")]
+    manifest = pd.read_csv(SAMPLE / "manifest.csv")
+    rows = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda f: [str(SAMPLE / x) for x in f["file"]])
+    product = tp.analyze("TIL001", rows, [tp.GatingStrategy.from_yaml(p) for p in tp.default_study().strategy_paths])
+    expected = product.result("surface").populations
+    pd.testing.assert_frame_equal(result.populations, expected)
+    thresholds = result.thresholds.assign(source_file=result.thresholds["source_file"].map(lambda p: Path(p).name))
+    expected_thr = product.result("surface").thresholds
+    expected_thr = expected_thr.assign(source_file=expected_thr["source_file"].map(lambda p: Path(p).name))
+    pd.testing.assert_frame_equal(thresholds, expected_thr)
+    summary = result.summary.set_index("variable")["percent"]
+    for variable in ("cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "viability_pct"):
+        assert summary[variable] == product.phenotype[variable]
+    assert len(product.results) == 9 - 1   # the unstained tube is not gated
+    assert set(product.populations["tube"]) == {"surface", "treg"}
+
+
+def test_strategy_from_code_is_validated_like_a_file():
+    doc = {
+        "strategy": "coded", "tube": "surface", "markers": ["CD3", "7AAD"],
+        "populations": [
+            {"name": "cells", "parent": "root", "dims": ["FSC-A", "SSC-A"], "method": "cells"},
+            {"name": "live", "parent": "cells", "dims": ["7AAD"], "method": "valley", "params": {"keep": "low"}},
+            {"name": "CD3+", "parent": "live", "dims": ["CD3"], "method": "fixed",
+             "params": {"gate": {"type": "range", "dim": "CD3", "low": 0.45, "high": None}}},
+        ],
+        "variables": {"cd3_pct_of_live": {"numerator": "CD3+", "denominator": "live"}},
+    }
+    strategy = tp.GatingStrategy.from_dict(doc)
+    sample = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
+    result = tp.gate_sample(strategy, sample)
+    cd3 = sample.data["CD3"]
+    expected = result.masks["live"] & (cd3 >= 0.45)
+    assert np.array_equal(result.masks["CD3+"], expected)
+    assert result.summary["percent"].iloc[0] == pytest.approx(100 * expected.sum() / result.masks["live"].sum())
+    with pytest.raises(StrategyError, match="unknown parent 'nowhere'"):
+        tp.GatingStrategy.from_dict({**doc, "populations": [{**doc["populations"][0], "parent": "nowhere"}]})
+
+
+@pytest.mark.parametrize("xml", sorted((GML / "gml").glob("*.xml")), ids=lambda p: p.name)
+def test_gatingml_through_the_one_engine_equals_apply_gatingml(xml):
+    """A Gating-ML document as a GatingStrategy, applied by gate_sample, gives apply_gatingml's masks
+    (themselves checked against the Gating-ML reference results in test_gatingml.py)."""
+    strategy = tp.GatingStrategy.from_gatingml(xml)
+    fcs = read_fcs(GML / "data1.fcs")
+    direct = apply_gatingml(read_gatingml(xml), fcs.events, fcs.channel_names, fcs.spillover)
+    result = tp.gate_sample(strategy, tp.Sample.from_fcs(read_fcs(GML / "data1.fcs"), strategy))
+    assert set(direct) == set(result.masks)
+    for pid, mask in direct.items():
+        assert np.array_equal(result.masks[pid], mask), pid
+    assert result.counts == {pid: int(m.sum()) for pid, m in direct.items()}
+
+
+def test_flowjo_workspace_through_the_one_engine():
+    from tilpheno.gates.flowjo import apply_workspace, read_workspace
+
+    wsp = ROOT / "tests" / "data" / "flowjo" / "simple_poly_and_rect.wsp"
+    fcs_path = ROOT / "tests" / "data" / "flowjo" / "data_set_simple_line_100.fcs"
+    strategy = tp.GatingStrategy.from_flowjo(wsp)
+    fcs = read_fcs(fcs_path)
+    direct = apply_workspace(read_workspace(wsp), fcs.events, fcs.channel_names)
+    result = tp.gate_sample(strategy, tp.Sample.from_fcs(fcs_path, strategy))
+    for path, mask in direct.items():
+        assert np.array_equal(result.masks[path], mask), path
+
+
+def test_every_gate_implements_the_protocol():
+    from tilpheno.gates.geometry import (BooleanGate, Divider, EllipsoidGate, PolygonGate, QuadrantGate, RangeGate,
+                                         RectangleGate)
+
+    gates = [RangeGate("x", 0, 1), RectangleGate(("x", "y"), (0, None), (1, 2)), PolygonGate(("x", "y"), ((0, 0), (1, 0), (0, 1))),
+             EllipsoidGate(("x", "y"), (0, 0), ((1, 0), (0, 1)), 1.0),
+             QuadrantGate((Divider("d", "x", (0.5,)),), {"lo": {"d": 0.0}, "hi": {"d": 1.0}}), BooleanGate("not", ("a",))]
+    assert {type(g) for g in gates} == set(GATE_TYPES)
+    data = {"x": np.array([0.25, 0.75, 2.0]), "y": np.array([0.25, 0.25, 0.25])}
+    for g in gates:
+        assert isinstance(g, Gate)
+        mask = g.membership(data, {"a": np.array([True, False, True])})
+        assert mask.dtype == bool and mask.shape == (3,)
+        assert g.drawing().shape in ("intervals", "polygon", "ellipse", "dividers", "none")
+        assert all(np.isfinite(v) for v in g.extent("x"))

@@ -1,0 +1,57 @@
+"""Failures keep their cause: a crash (a bug) is an internal error with its traceback in the run log,
+distinct from bad input; --verbose / --log configure the ``tilpheno`` logger."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from tilpheno import pipeline
+from tilpheno.cli import app
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
+
+
+def _two_products(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in SAMPLE.glob("TIL00[12]_*.fcs"):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_crash_is_an_internal_error_with_its_traceback_in_the_log(tmp_path, monkeypatch):
+    folder = _two_products(tmp_path)
+    real = pipeline._analyze
+
+    def buggy(job, rows):
+        if job.product_id == "TIL002":
+            return {}["no such key"]   # a bug: KeyError deep in the code, not bad input
+        return real(job, rows)
+
+    monkeypatch.setattr(pipeline, "_analyze", buggy)
+    log = tmp_path / "run.log"
+    result = CliRunner().invoke(app, ["--log", str(log), "process", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    crash = qc[qc["product_id"] == "TIL002"]
+    assert list(crash["code"]) == ["internal_error"] and crash["message"].iloc[0].startswith("internal error KeyError")
+    assert "internal_error" not in set(qc.loc[qc["product_id"] == "TIL001", "code"])
+    text = log.read_text()
+    assert "product TIL002: internal error KeyError" in text and "Traceback (most recent call last)" in text
+    assert 'return {}["no such key"]' in text      # the line that failed
+    assert "product TIL001: done" in text          # INFO goes to the file even without --verbose
+    assert "Traceback" not in result.output        # the console gets the one-line reason only
+
+
+def test_bad_input_is_not_an_internal_error(tmp_path):
+    folder = _two_products(tmp_path)
+    (folder / "TIL002_surface_stain.fcs").write_bytes(b"not an FCS file")
+    (folder / "TIL002_treg_stain.fcs").write_bytes(b"FCS3.1 broken")
+    result = CliRunner().invoke(app, ["-v", "process", str(folder), "-o", str(tmp_path / "out")])
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    assert "internal_error" not in set(qc["code"])
+    assert {"unreadable_file", "product_failed"} <= set(qc.loc[qc["product_id"] == "TIL002", "code"])
+    assert result.exit_code == 1

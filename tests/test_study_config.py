@@ -1,0 +1,158 @@
+"""The open vocabulary: another lab's panel, tubes and variables run through `process` with no code change.
+
+tests/data/newlab/ holds a study nobody wrote code for (CD45, CD3, CD4, CD8, CD39, CD103, LAG3 and
+DAPI viability; tubes tcell / exhaustion / residency; one FMO per marker), its strategies, release
+spec and panel file, and raw FCS files simulated with per-event labels by make_newlab.py
+(truth.csv = the label truth). The phenotype tilpheno computes is compared with that truth.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+from tilpheno.errors import StudyError
+from tilpheno.study import bundled_studies, default_study, load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+NEWLAB = ROOT / "tests" / "data" / "newlab"
+TOLERANCE_PCT = 2.5   # percentage points between the gated phenotype and the label truth (3000 events/tube)
+
+
+def test_bundled_study_is_the_til_study():
+    study = default_study()
+    assert bundled_studies() == ["til"] and study.name == "til"
+    assert list(study.tubes) == ["surface", "treg"]
+    assert all(p.is_file() and p.is_relative_to(ROOT / "tilpheno" / "studies") for p in study.strategy_paths)
+    assert study.variables[0] == "viability_pct" and "cd4foxp3_pct_of_cd4" in study.variables
+    assert study.release is not None and study.release.criteria[0].column == "viability_pct"
+    assert study.tube_kind_of("Specimen_001_Treg stain") == "treg"
+    assert study.tube_kind_of("tube 3", ["CD3", "CD4", "FoxP3"]) == "treg"
+    assert study.tube_kind_of("tube 1", ["CD3", "PD1"]) == "surface"
+
+
+def test_study_by_name_folder_or_file():
+    for ref in ("til", ROOT / "tilpheno" / "studies" / "til", ROOT / "tilpheno" / "studies" / "til" / "study.yaml"):
+        assert load_study(ref).sha256 == default_study().sha256
+    lab = load_study(NEWLAB / "study.yaml")
+    assert list(lab.tubes) == ["tcell", "exhaustion", "residency"]
+    assert lab.vocabulary.same("LAG-3", "CD223") and lab.vocabulary.same("lag3", "LAG3")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("tubes:", "tubez:"), "unknown key"),
+        (("strategy: tcell.yaml", "strategy: nope.yaml"), "tubes.tcell.strategy: .*nope.yaml not found"),
+        (("{base: t_dose_cells,", "{base: x_dose,"), "doses.cd8_dose_cells.base: 'x_dose'"),
+        (("min: 60, flag", "min: sixty, flag"), "qc.expected.viability_pct.min: 'sixty' is not a finite number"),
+        (("min_events: 2000", "min_events: [1]"), "qc.min_events"),
+    ],
+)
+def test_study_errors_name_file_and_key(tmp_path, edit, message):
+    for f in NEWLAB.glob("*.yaml"):
+        shutil.copy(f, tmp_path / f.name)
+    text = (tmp_path / "study.yaml").read_text()
+    assert edit[0] in text
+    (tmp_path / "study.yaml").write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(StudyError, match=message) as info:
+        load_study(tmp_path / "study.yaml")
+    assert str(tmp_path / "study.yaml") in str(info.value)
+
+
+def test_unknown_study_lists_the_bundled_ones():
+    with pytest.raises(StudyError, match="bundled studies: til"):
+        load_study("no-such-study")
+
+
+def test_new_lab_panel_runs_through_process(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "--panel", str(NEWLAB / "panel.csv"),
+        "-o", str(out), "--outcomes", str(NEWLAB / "outcomes.csv"),
+    ])
+    assert result.exit_code == 0, result.output
+    phenotypes = pd.read_csv(out / "phenotypes.csv")
+    truth = pd.read_csv(NEWLAB / "truth.csv")
+    row = phenotypes.iloc[0]
+    assert row["status"] == "done" and row["release_status"] == "pass"
+    for column in truth.columns[1:]:
+        assert abs(row[column] - truth[column].iloc[0]) < TOLERANCE_PCT, column
+    # the study's doses from the outcomes table's infused cell number
+    dose = pd.read_csv(NEWLAB / "outcomes.csv")["til_dose_cells"].iloc[0]
+    assert row["t_dose_cells"] == pytest.approx(dose * row["cd3_pct_of_cd45"] / 100, rel=1e-12)
+    assert row["cd8cd103_dose_cells"] == pytest.approx(row["cd8_dose_cells"] * row["cd103_pct_of_cd8"] / 100, rel=1e-12)
+    # the TIL study's vocabulary is nowhere: no TIL variables, no TIL tube kinds
+    assert "cd4foxp3_pct_of_cd4" not in phenotypes.columns
+    populations = pd.read_csv(out / "populations.csv")
+    assert set(populations["tube"]) == {"tcell", "exhaustion", "residency"}
+    assert set(populations.loc[populations["role"] == "fmo", "fmo_marker"]) == {"CD45", "CD3", "CD4", "CD8", "CD39", "LAG3", "CD103"}
+    # every FMO-gated marker's threshold came from its FMO file (no fallback), no gating problem; the
+    # only flags are the informational "acquisition QC skipped" of these short (3000-event) files
+    qc = pd.read_csv(out / "qc.csv")
+    assert set(qc["code"]) <= {"acquisition_qc_skipped"} and set(qc["severity"]) <= {"info"}
+    index = (out / "index.html").read_text()
+    assert "cd103_pct_of_cd8" in index and "cd4foxp3" not in index
+    run = (out / "run.json").read_text()
+    assert "newlab" in run and "tcell.yaml" in run
+
+
+def test_without_the_panel_file_the_unlabelled_detector_is_reported(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "-o", str(out)])
+    assert result.exit_code == 1, result.output   # a tube kind without a usable stained file fails the product
+    qc = pd.read_csv(out / "qc.csv")
+    errors = qc[qc["code"] == "panel_error"]
+    assert set(errors["file"]) == {"LAB7_residency_stain.fcs", "LAB7_residency_FMO_CD103.fcs"}
+    assert errors["message"].str.contains("CD103").all() and errors["message"].str.contains("FITC-A").all()
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    assert row["status"] == "failed" and "CD103 not found" in row["error"] and pd.isna(row["cd103_pct_of_cd8"])
+
+
+def test_no_code_names_the_new_labs_vocabulary():
+    """Adding this lab touched no code: none of its markers, dyes or tube kinds appear in tilpheno's Python."""
+    words = re.compile(r"\b(CD39|CD103|LAG-?3|DAPI|CD45|tcell|exhaustion|residency)\b")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "tilpheno").rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if words.search(line)]
+    assert not hits, hits
+
+
+@pytest.mark.slow
+def test_wheel_install_processes_sample_fcs(tmp_path):
+    """`pip install .` (not editable) into a fresh venv, then `tilpheno process sample_fcs -o X` from
+    elsewhere: the strategies, study and templates are package data. Dependencies come from the test
+    environment (a .pth file) so the test needs no network; tilpheno itself only from the wheel."""
+    import site
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    deps = [p for p in {sysconfig.get_paths()["purelib"], *site.getsitepackages()} if Path(p).is_dir()]
+    Path(target, "test_dependencies.pth").write_text("\n".join(deps) + "\n")
+    build = tmp_path / "src"
+    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "build", "__pycache__",
+                                                               "demo_out", "sample_fcs", "tests"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, str(build)],
+                   check=True)
+    shutil.rmtree(build)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    where = subprocess.run([str(python), "-c", "import tilpheno.study as s; print(s.default_study().strategy_paths[0])"],
+                           cwd=work, env=env, check=True, capture_output=True, text=True).stdout
+    assert where.startswith(target), where
+    done = subprocess.run([str(python), "-m", "tilpheno.cli", "process", str(ROOT / "sample_fcs"), "-o", str(work / "X"),
+                           "--manifest", str(ROOT / "sample_fcs" / "manifest.csv")],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert pd.read_csv(work / "X" / "phenotypes.csv")["status"].eq("done").all()

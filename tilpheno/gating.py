@@ -1,0 +1,250 @@
+"""The public object model: a Sample, a GatingStrategy, one engine, a GatingResult, a Product.
+
+Gating one file without the CLI::
+
+    import tilpheno as tp
+    strategy = tp.GatingStrategy.from_yaml(tp.default_study().tubes["surface"].strategy)
+    stained = tp.Sample.from_fcs("sample_fcs/TIL001_surface_stain.fcs", strategy)
+    fmo = tp.Sample.from_fcs("sample_fcs/TIL001_surface_FMO_PD1.fcs", strategy, fmo="PD1", stained=stained)
+    result = tp.gate_sample(strategy, stained, controls=[fmo])
+    result.summary, result.populations, result.thresholds, result.flags, result.plot("CD3+")
+
+* :class:`Sample`: one FCS file + its panel + the compensation applied + the transformed dimensions
+  the strategy gates on (``data``: dimension name -> float64 array, all events).
+* :class:`GatingStrategy` (``tilpheno.gates.strategy.Strategy``): built from YAML
+  (``from_yaml``), a mapping written in code (``from_dict``), Gating-ML 2.0 (``from_gatingml``)
+  or a FlowJo 10 workspace (``from_flowjo``).
+* :func:`gate_sample`: the one engine (``tilpheno.phenotype``'s tree walk, whose population
+  masks come from the tree evaluator ``tilpheno.gates.tree``): per-file gates placed on each
+  file's own data, FMO thresholds from the controls, fixed and boolean gates evaluated.
+* :class:`GatingResult`: masks, counts, thresholds, placement diagnostics and QC flags, with
+  ``populations`` / ``summary`` DataFrames and ``plot()``.
+* :class:`Product`: one infusion product = the GatingResults of its files + its phenotype and QC
+  (``analyze`` wraps ``tilpheno.phenotype.analyze_product``).
+
+Conventions are those of the pipeline (README, docs/design.md): FMO threshold = the 99.5th
+percentile (numpy linear) of the FMO control's events in the same parent, positive = above it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tilpheno.compensation import Spillover, read_spillover_csv
+from tilpheno.gates.strategy import Strategy
+from tilpheno.panel import Panel, panel_from_fcs, require
+from tilpheno.phenotype import (
+    ProductResult,
+    TubeData,
+    TubeResult,
+    _compensated_transformed,
+    _tube_result,
+    analyze_product,
+    gate_tube_kind,
+)
+from tilpheno.qc import QCFlag
+from tilpheno.study import Study, default_study
+
+GatingStrategy = Strategy
+"""A gating strategy: the population tree of one tube kind (see ``tilpheno.gates.strategy``)."""
+
+
+@dataclass
+class Sample:
+    """One FCS file ready to gate (see the module docstring).
+
+    ``fcs``: the file's metadata (``FCSFile`` with its events released), ``panel``: marker ->
+    detector (None for Gating-ML/FlowJo strategies, whose dimensions name detectors),
+    ``spillover``: the matrix applied (None = left uncompensated), ``transforms``: dimension ->
+    transform, ``data``: dimension -> transformed values. ``role``: stain | fmo; ``fmo_marker``:
+    the marker an FMO control omits.
+    """
+
+    path: str
+    fcs: Any
+    panel: Panel | None
+    spillover: Spillover | None
+    transforms: dict[str, Any]
+    data: dict[str, np.ndarray]
+    role: str = "stain"
+    fmo_marker: str | None = None
+
+    @property
+    def n_events(self) -> int:
+        return len(next(iter(self.data.values()))) if self.data else 0
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return tuple(self.data)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The transformed dimensions as a DataFrame (one row per event)."""
+        return pd.DataFrame(self.data)
+
+    @classmethod
+    def from_fcs(
+        cls,
+        source: str | os.PathLike | Any,
+        strategy: Strategy,
+        *,
+        fmo: str | None = None,
+        stained: "Sample | None" = None,
+        study: Study | None = None,
+        panel: Any = None,
+        spillover: Spillover | str | os.PathLike | None = None,
+    ) -> "Sample":
+        """Read (``source``: a path or an ``FCSFile``), map, compensate and transform one file.
+
+        ``fmo``: the marker this FMO control omits (its detector is resolved from ``stained``'s
+        panel). ``panel``: an override (``tilpheno.panel.panel_from_fcs``). ``spillover``: a matrix
+        or CSV used instead of the file's $SPILLOVER. ``study``: the marker vocabulary (default
+        the bundled study). Raises ``FCSReadError``/``PanelError``/``CompensationError`` on bad input.
+        """
+        from tilpheno.io.fcs import read_fcs
+
+        study = study or default_study()
+        fcs = read_fcs(source) if isinstance(source, (str, os.PathLike)) else source
+        matrix = read_spillover_csv(Path(spillover)) if isinstance(spillover, (str, os.PathLike)) else spillover
+        role, marker = ("fmo", study.vocabulary.marker_in(fmo)) if fmo else ("stain", None)
+        if strategy.source is not None:   # Gating-ML document / FlowJo sample: its own dimensions
+            data = _external_dimensions(strategy, fcs, matrix)
+            sample = cls(str(fcs.path), fcs, None, matrix or getattr(fcs, "spillover", None),
+                         {d: strategy.transform_for(d) for d in data}, data, role, marker)
+        else:
+            reference = stained.panel if stained is not None else None
+            mapped = panel_from_fcs(fcs, reference=reference, override=panel, tube=strategy.tube or None, study=study)
+            detectors = require(mapped, strategy.markers, study.vocabulary)
+            data, used, compensated = _compensated_transformed(fcs, detectors, strategy, matrix)
+            applied = (matrix if matrix is not None else fcs.spillover) if compensated else None
+            sample = cls(str(fcs.path), fcs, mapped, applied, dict(used), data, role, marker)
+        fcs.events = None   # the transformed dimensions are kept; the raw array is released
+        return sample
+
+    def _tube(self, tube: str) -> TubeData:
+        detectors = dict(self.panel.markers) if self.panel is not None else {}
+        return TubeData(file=self.path, sha256="", tube=tube, role=self.role, fmo_marker=self.fmo_marker,
+                        data=self.data, detectors=detectors, transforms=self.transforms,
+                        compensated=self.spillover is not None)
+
+
+def _external_dimensions(strategy: Strategy, fcs, spillover: Spillover | None) -> dict[str, np.ndarray]:
+    """Dimension values of a Gating-ML or FlowJo strategy (their own compensation and scales)."""
+    from tilpheno.gates.flowjo import FlowJoSample, _dimension_data
+    from tilpheno.gates.gatingml import GatingMLDocument, dimension_data
+
+    if isinstance(strategy.source, GatingMLDocument):
+        return dimension_data(strategy.source, fcs.events, fcs.channel_names, spillover or fcs.spillover)
+    if isinstance(strategy.source, FlowJoSample):
+        return _dimension_data(strategy.source, fcs.events, fcs.channel_names)
+    raise TypeError(f"strategy source {type(strategy.source).__name__} has no dimension reader")
+
+
+@dataclass
+class GatingResult(TubeResult):
+    """One file gated by a strategy: a ``TubeResult`` (``populations``, ``thresholds``, ``gates``,
+    ``masks``, ``data``) plus the strategy, the placement ``diagnostics`` (population -> numbers
+    behind its gate), the QC ``flags`` and the ``variables`` the strategy defines."""
+
+    strategy: Strategy | None = None
+    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flags: list[QCFlag] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events per population (all events of the file)."""
+        table = self.populations
+        return {str(p): int(c) for p, c in zip(table["population"], table["count"])}
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per strategy variable: ``variable, numerator, denominator, numerator_count,
+        denominator_count, percent`` (100 x numerator / denominator; NaN for an empty denominator)."""
+        counts = self.counts
+        rows = []
+        for v in (self.strategy.variables if self.strategy is not None else ()):
+            num, den = counts.get(v.numerator, 0), counts.get(v.denominator, 0)
+            rows.append({"variable": v.name, "numerator": v.numerator, "denominator": v.denominator,
+                         "numerator_count": num, "denominator_count": den,
+                         "percent": 100.0 * num / den if den else float("nan")})
+        return pd.DataFrame(rows, columns=["variable", "numerator", "denominator", "numerator_count",
+                                           "denominator_count", "percent"])
+
+    def plot(self, population: str) -> str:
+        """``population``'s gate on its parent's events, as in the product report: inline ``<svg>`` markup."""
+        from tilpheno.report.product import population_figure
+
+        return population_figure(self, population, self.detectors, self.strategy).svg
+
+    @classmethod
+    def from_tube(cls, tube: TubeResult, strategy: Strategy | None = None, diagnostics=None, flags=()) -> "GatingResult":
+        fields = {f.name: getattr(tube, f.name) for f in dataclasses.fields(TubeResult)}
+        return cls(**fields, strategy=strategy, diagnostics=dict(diagnostics or {}), flags=list(flags))
+
+
+def gate_sample(
+    strategy: Strategy,
+    sample: Sample,
+    controls: Sequence[Sample] = (),
+    *,
+    fmo_percentile: float = 99.5,
+    study: Study | None = None,
+    product_id: str = "",
+) -> GatingResult:
+    """Apply ``strategy`` to ``sample`` and its FMO ``controls``; the sample's GatingResult.
+
+    Per-file gates are placed on each file's own data; an ``fmo`` gate's threshold is the
+    ``fmo_percentile`` of the control whose ``fmo_marker`` is the gate's marker (no such control:
+    the density valley of the sample, flags ``missing_fmo`` and ``fallback_gate``).
+    """
+    study = study or default_study()
+    tube = strategy.tube or "tube"
+    states = gate_tube_kind(strategy, [sample._tube(tube), *(c._tube(tube) for c in controls)], fmo_percentile, study)
+    state = states[0]
+    name = Path(sample.path).name
+    flags = [QCFlag(product_id, name, f.code, f.severity, f.message) for f in state.flags]
+    return GatingResult.from_tube(_tube_result(strategy, state), strategy, state.diagnostics, flags)
+
+
+@dataclass
+class Product:
+    """One infusion product: the GatingResult of each gated file, its phenotype row and QC flags."""
+
+    product_id: str
+    results: list[GatingResult]
+    phenotype: dict[str, float]
+    qc: list[QCFlag]
+
+    def result(self, tube: str, role: str = "stain", fmo_marker: str | None = None) -> GatingResult:
+        """The result of one file (the first matching tube kind, role and FMO marker)."""
+        for r in self.results:
+            if r.tube == tube and r.role == role and (fmo_marker is None or r.fmo_marker == fmo_marker):
+                return r
+        raise KeyError(f"{self.product_id}: no {tube} {role} file" + (f" (FMO {fmo_marker})" if fmo_marker else ""))
+
+    @property
+    def populations(self) -> pd.DataFrame:
+        """Every file's population table, with ``file, tube, role, fmo_marker`` columns first."""
+        frames = [r.populations.assign(file=Path(r.file).name, tube=r.tube, role=r.role, fmo_marker=r.fmo_marker or "")
+                  for r in self.results]
+        if not frames:
+            return pd.DataFrame()
+        frame = pd.concat(frames, ignore_index=True)
+        head = ["file", "tube", "role", "fmo_marker"]
+        return frame[head + [c for c in frame.columns if c not in head]]
+
+
+def analyze(product_id: str, manifest_rows: pd.DataFrame, strategies, **options) -> Product:
+    """Gate every file of one product (``tilpheno.phenotype.analyze_product``, same options) as a Product."""
+    result: ProductResult = analyze_product(product_id, manifest_rows, strategies, **options)
+    by_tube = {s.tube: s for s in (strategies.values() if isinstance(strategies, dict) else strategies)}
+    names = {Path(t.file).name for t in result.tubes}
+    results = [GatingResult.from_tube(t, by_tube.get(t.tube),
+                                      flags=[f for f in result.qc if f.file == Path(t.file).name and f.file in names])
+               for t in result.tubes]
+    return Product(product_id, results, result.phenotype, list(result.qc))

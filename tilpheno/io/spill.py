@@ -1,0 +1,84 @@
+"""Spillover matrices as read from FCS keywords ($SPILLOVER / $SPILL / SPILL) or CSV files.
+
+The read stage's part of compensation (``tilpheno.compensation`` applies the matrices and
+re-exports these names). Convention (as FlowJo, FlowKit and flowutils): ``S`` has one row per
+*fluorochrome* and one column per *detector*, ``S[i, j]`` = fraction of fluorochrome ``i``'s
+signal seen in detector ``j`` (diagonal 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tilpheno.errors import CompensationError
+
+
+@dataclass(frozen=True)
+class Spillover:
+    """A square spillover matrix and the detector names ($PnN) its rows and columns refer to."""
+
+    detectors: tuple[str, ...]
+    matrix: np.ndarray
+    source: str = ""  # where it came from: "keyword $SPILLOVER", a CSV path, ...
+
+    def __post_init__(self):
+        m = np.asarray(self.matrix, dtype=np.float64)
+        n = len(self.detectors)
+        if m.shape != (n, n):
+            raise CompensationError(
+                f"{self.source or 'spillover'}: matrix is {m.shape[0]}x{m.shape[1] if m.ndim > 1 else 1}"
+                f" but names {n} detectors"
+            )
+        if not np.all(np.isfinite(m)):
+            raise CompensationError(f"{self.source or 'spillover'}: matrix has non-finite values")
+        if len(set(self.detectors)) != n:
+            raise CompensationError(f"{self.source or 'spillover'}: duplicate detector names {list(self.detectors)}")
+        object.__setattr__(self, "matrix", m)
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.matrix, index=list(self.detectors), columns=list(self.detectors))
+
+
+def parse_spill_keyword(value: str, source: str = "$SPILLOVER") -> Spillover:
+    """Parse the FCS $SPILLOVER / $SPILL / SPILL keyword value: ``n,det1,...,detn,v11,v12,...``."""
+    parts = [p.strip() for p in value.strip().split(",")]
+    try:
+        n = int(float(parts[0]))
+    except (ValueError, IndexError):
+        raise CompensationError(f"{source}: first field must be the number of detectors, got {parts[:1]}") from None
+    if n < 1 or len(parts) != 1 + n + n * n:
+        raise CompensationError(f"{source}: expected {1 + n + n * n} comma-separated fields for n={n}, got {len(parts)}")
+    names = tuple(parts[1 : n + 1])
+    try:
+        values = np.array([float(v) for v in parts[n + 1 :]], dtype=np.float64).reshape(n, n)
+    except ValueError as exc:
+        raise CompensationError(f"{source}: non-numeric matrix value ({exc})") from None
+    return Spillover(names, values, source)
+
+
+def read_spillover_csv(path: str | Path) -> Spillover:
+    """Read a spillover matrix CSV in the FlowJo/FlowKit layout.
+
+    The first row holds detector names; the following rows hold the matrix. An optional first
+    column of row names (repeating the detector names) is accepted.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, header=0)
+    except Exception as exc:  # pandas raises many types for unreadable CSV
+        raise CompensationError(f"{path}: cannot read spillover CSV ({exc})") from None
+    first = frame.columns[0]
+    if frame[first].dtype == object:
+        frame = frame.set_index(first)
+    names = tuple(str(c).strip() for c in frame.columns)
+    try:
+        matrix = frame.to_numpy(dtype=np.float64)
+    except ValueError as exc:
+        raise CompensationError(f"{path}: non-numeric value in spillover matrix ({exc})") from None
+    return Spillover(names, matrix, str(path))

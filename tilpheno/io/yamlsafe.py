@@ -1,0 +1,105 @@
+"""Limits for the YAML files tilpheno loads (gating strategies, release specs).
+
+A YAML *alias bomb* (a few hundred bytes of anchors that reference anchors) is a small file whose
+expanded value has billions of elements: PyYAML builds it with shared objects, but rendering it
+(``str(value)``) or walking it takes unbounded memory and time. So, for every file:
+
+* its size is at most ``MAX_YAML_BYTES`` (1 MiB), read from a regular file only;
+* the document's *expanded* size (every node counted once per alias that reaches it) is at most
+  ``MAX_EXPANDED_NODES`` (100,000) before any Python object is built (:func:`check_expansion`);
+* values that are rendered as text (names, descriptions, units) must be scalars (text or number,
+  not a list or mapping) of at most ``MAX_TEXT_CHARS`` (10,000) characters (:func:`scalar_text`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+MAX_YAML_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 100_000
+MAX_TEXT_CHARS = 10_000
+
+
+class YAMLLimitError(ValueError):
+    """A YAML file breaks a limit; the message says which."""
+
+
+def read_yaml_bytes(path: str | Path, limit: int = MAX_YAML_BYTES) -> bytes:
+    """The bytes of a YAML file: a regular file of at most ``limit`` bytes (``OSError`` /
+    :class:`YAMLLimitError` otherwise)."""
+    from tilpheno.io.files import open_regular
+
+    with open_regular(path) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise YAMLLimitError(f"larger than {limit} bytes; a gating strategy or release spec is a few kB")
+    return data
+
+
+def check_expansion(node: yaml.Node | None, limit: int = MAX_EXPANDED_NODES) -> int:
+    """The number of nodes of the document with every alias expanded; :class:`YAMLLimitError`
+    above ``limit``. Linear in the size of the file (each distinct node is sized once)."""
+    if node is None:
+        return 0
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        current, children_done = stack.pop()
+        key = id(current)
+        if key in sizes:
+            continue
+        if isinstance(current, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        kids = _children(current)
+        if not children_done:
+            sizes_missing = [k for k in kids if id(k) not in sizes]
+            if sizes_missing:
+                stack.append((current, True))
+                stack.extend((k, False) for k in sizes_missing)
+                continue
+        total = 1 + sum(sizes.get(id(k), 1) for k in kids)
+        if total > limit:
+            raise YAMLLimitError(f"expands to more than {limit} values (nested aliases); refused")
+        sizes[key] = total
+    return sizes[id(node)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def load_document(loader: yaml.SafeLoader):
+    """``loader.get_single_data()`` with the expansion checked on the composed nodes first."""
+    node = loader.get_single_node()
+    check_expansion(node)
+    return loader.construct_document(node) if node is not None else None
+
+
+def safe_load(text: str):
+    """``yaml.safe_load`` with the expansion limit."""
+    loader = yaml.SafeLoader(text)
+    try:
+        return load_document(loader)
+    finally:
+        loader.dispose()
+
+
+def scalar_text(value, what: str, *, default: str = "", limit: int = MAX_TEXT_CHARS) -> str:
+    """``value`` as text when it is a scalar (str, int, float, bool, None -> ``default``) of at most
+    ``limit`` characters; :class:`YAMLLimitError` naming ``what`` otherwise."""
+    if value is None:
+        return default
+    if isinstance(value, (list, tuple, dict, set)):
+        raise YAMLLimitError(f"{what}: must be text, not a {'list' if isinstance(value, (list, tuple)) else 'mapping'}")
+    if not isinstance(value, (str, int, float, bool)):
+        raise YAMLLimitError(f"{what}: must be text, not {type(value).__name__}")
+    text = str(value)
+    if len(text) > limit:
+        raise YAMLLimitError(f"{what}: {len(text)} characters, more than {limit}")
+    return text

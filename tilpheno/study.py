@@ -1,0 +1,292 @@
+"""Studies: a lab's vocabulary in configuration, not in code.
+
+A study is a folder with a ``study.yaml`` (see ``tilpheno/studies/til/study.yaml``, the bundled
+default) naming:
+
+* ``tubes``: each tube kind (free text: ``surface``, ``treg``, ``lineage``, ...) with its gating
+  strategy file, the ``names`` (words) that identify it in file and tube names, and optionally
+  ``markers`` that identify it from the stained markers when names do not;
+* ``variables``: the variables every phenotype row carries, in order (NaN when not computable;
+  each is defined in a strategy's ``variables`` section);
+* ``doses``: absolute subset doses ``base x variable / 100`` (base ``dose`` = infused cells);
+* ``qc``: minimum event counts, the FMO threshold's expected range, expected variable ranges;
+* ``index_columns``: columns of the cohort index page;
+* ``release``: the lot-release spec file; ``aliases``: marker spellings added to the vocabulary.
+
+Studies are chosen by name (a folder under ``tilpheno/studies/``) or by path (a study.yaml or its
+folder). Paths inside a study file are relative to it. :func:`load_study` validates everything and
+raises :class:`~tilpheno.errors.StudyError` naming the file and key.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from tilpheno.errors import StudyError
+from tilpheno.release import ReleaseSpec, load_release_spec, load_spec_source
+from tilpheno.vocabulary import STUDIES_DIR, Vocabulary, default_vocabulary, key, parse_aliases
+
+DEFAULT_STUDY = "til"
+
+
+@dataclass(frozen=True)
+class TubeKind:
+    """One tube kind of a study: its strategy file, the words naming it, markers identifying it."""
+
+    name: str
+    strategy: Path
+    names: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Dose:
+    """``name = base x variable / 100`` (cells); ``base`` is ``dose`` (infused cells) or another dose."""
+
+    name: str
+    base: str
+    variable: str
+
+
+@dataclass(frozen=True)
+class ExpectedRange:
+    """A variable's expected range; a value outside raises QC flag ``flag`` (warning)."""
+
+    variable: str
+    flag: str
+    low: float | None = None
+    high: float | None = None
+    label: str = ""
+    unit: str = ""
+
+    def check(self, value: float) -> str | None:
+        """The flag message when ``value`` is outside the range, else None (NaN is never flagged)."""
+        if not math.isfinite(value):
+            return None
+        label = self.label or self.variable
+        if self.low is not None and value < self.low:
+            return f"{label} {value:.1f}{self.unit} < {self.low:g}{self.unit}"
+        if self.high is not None and value > self.high:
+            return f"{label} {value:.1f}{self.unit} > {self.high:g}{self.unit}"
+        return None
+
+
+@dataclass(frozen=True)
+class QCRules:
+    """Product QC thresholds (defaults: the TIL study's)."""
+
+    min_events: int = 5000
+    min_lymph_events: int = 1000
+    fmo_threshold_range: tuple[float, float] = (0.0, 5000.0)
+    expected: tuple[ExpectedRange, ...] = ()
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study configuration (module docstring). Immutable and picklable."""
+
+    name: str
+    source: str
+    sha256: str
+    tubes: Mapping[str, TubeKind]
+    variables: tuple[str, ...] = ()
+    doses: tuple[Dose, ...] = ()
+    qc: QCRules = QCRules()
+    index_columns: tuple[str, ...] = ()
+    release: ReleaseSpec | None = None
+    vocabulary: Vocabulary = field(default_factory=default_vocabulary)
+    description: str = ""
+
+    @property
+    def strategy_paths(self) -> list[Path]:
+        """The strategy file of every tube kind, in study order."""
+        return [t.strategy for t in self.tubes.values()]
+
+    def tube_kind_of(self, text: str = "", markers=()) -> str | None:
+        """The tube kind named by ``text`` (a word of a file or tube name) or identified by ``markers``.
+
+        Names first (whole words, case-insensitive); then the first kind whose ``markers`` are all
+        among ``markers``; then the only kind without identifying markers (None if ambiguous).
+        """
+        words = {key(w) for w in _words(text)}
+        for kind in self.tubes.values():
+            if any(key(n) in words for n in (kind.name, *kind.names)):
+                return kind.name
+        present = [m for m in markers if m]
+        for kind in self.tubes.values():
+            if kind.markers and all(any(self.vocabulary.same(k, m) for m in present) for k in kind.markers):
+                return kind.name
+        plain = [k.name for k in self.tubes.values() if not k.markers]
+        return plain[0] if len(plain) == 1 else None
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return [w for w in re.split(r"[^A-Za-z0-9+]+", str(text)) if w]
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+_TOP_KEYS = {"study", "description", "aliases", "tubes", "variables", "doses", "qc", "index_columns", "release"}
+
+
+def bundled_studies() -> list[str]:
+    """Names of the studies shipped with the package."""
+    return sorted(p.parent.name for p in STUDIES_DIR.glob("*/study.yaml"))
+
+
+def study_path(name_or_path: str | Path) -> Path:
+    """The study.yaml of a bundled study name, a study folder or a study file."""
+    text = str(name_or_path)
+    candidate = Path(text)
+    if candidate.is_dir():
+        candidate = candidate / "study.yaml"
+    if candidate.is_file():
+        return candidate
+    bundled = STUDIES_DIR / text / "study.yaml"
+    if "/" not in text and bundled.is_file():
+        return bundled
+    raise StudyError(f"{text}: no such study (a study.yaml, its folder, or one of the bundled studies: "
+                     f"{', '.join(bundled_studies())})")
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and str(v).strip() for v in value):
+        raise StudyError(f"{where}: must be a list of names")
+    return tuple(str(v).strip() for v in value)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StudyError(f"{where}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _tubes(doc: Mapping, path: Path) -> dict[str, TubeKind]:
+    raw = doc.get("tubes")
+    if not isinstance(raw, Mapping) or not raw:
+        raise StudyError(f"{path}: tubes: must be a mapping 'tube kind: {{strategy: FILE, names: [...]}}'")
+    tubes = {}
+    for kind, spec in raw.items():
+        where = f"{path}: tubes.{kind}"
+        kind = str(kind).strip()
+        if not kind or key(kind) in ("UNSTAINED", ""):
+            raise StudyError(f"{where}: 'unstained' is reserved for the unstained control")
+        if not isinstance(spec, Mapping) or "strategy" not in spec:
+            raise StudyError(f"{where}: must be a mapping with 'strategy' (and optional names, markers)")
+        unknown = sorted(set(spec) - {"strategy", "names", "markers"})
+        if unknown:
+            raise StudyError(f"{where}: unknown key(s) {unknown}; allowed: markers, names, strategy")
+        strategy = (path.parent / str(spec["strategy"])).resolve()
+        if not strategy.is_file():
+            raise StudyError(f"{where}.strategy: {strategy} not found")
+        tubes[kind] = TubeKind(kind, strategy, _names(spec.get("names"), f"{where}.names"),
+                               _names(spec.get("markers"), f"{where}.markers"))
+    return tubes
+
+
+def _doses(doc: Mapping, path: Path) -> tuple[Dose, ...]:
+    raw = doc.get("doses") or {}
+    if not isinstance(raw, Mapping):
+        raise StudyError(f"{path}: doses: must be a mapping 'name: {{base, variable}}'")
+    doses: list[Dose] = []
+    for name, spec in raw.items():
+        where = f"{path}: doses.{name}"
+        if not isinstance(spec, Mapping) or set(spec) != {"base", "variable"}:
+            raise StudyError(f"{where}: must be {{base: dose | <an earlier dose>, variable: <variable>}}")
+        base = str(spec["base"])
+        if base != "dose" and base not in {d.name for d in doses}:
+            raise StudyError(f"{where}.base: {base!r} is neither 'dose' nor a dose defined above")
+        doses.append(Dose(str(name), base, str(spec["variable"])))
+    return tuple(doses)
+
+
+def _qc(doc: Mapping, path: Path) -> QCRules:
+    raw = doc.get("qc") or {}
+    if not isinstance(raw, Mapping):
+        raise StudyError(f"{path}: qc: must be a mapping")
+    unknown = sorted(set(raw) - {"min_events", "min_lymph_events", "fmo_threshold_range", "expected"})
+    if unknown:
+        raise StudyError(f"{path}: qc: unknown key(s) {unknown}")
+    defaults = QCRules()
+    rng = raw.get("fmo_threshold_range", list(defaults.fmo_threshold_range))
+    if not isinstance(rng, list) or len(rng) != 2:
+        raise StudyError(f"{path}: qc.fmo_threshold_range: must be [low, high]")
+    expected = []
+    for variable, spec in (raw.get("expected") or {}).items():
+        where = f"{path}: qc.expected.{variable}"
+        if not isinstance(spec, Mapping) or "flag" not in spec or not ({"min", "max"} & set(spec)):
+            raise StudyError(f"{where}: must be {{min and/or max, flag, [label, unit]}}")
+        unknown = sorted(set(spec) - {"min", "max", "flag", "label", "unit"})
+        if unknown:
+            raise StudyError(f"{where}: unknown key(s) {unknown}")
+        expected.append(ExpectedRange(
+            str(variable), str(spec["flag"]),
+            _number(spec["min"], f"{where}.min") if "min" in spec else None,
+            _number(spec["max"], f"{where}.max") if "max" in spec else None,
+            str(spec.get("label", "")), str(spec.get("unit", "")),
+        ))
+    return QCRules(
+        min_events=int(_number(raw.get("min_events", defaults.min_events), f"{path}: qc.min_events")),
+        min_lymph_events=int(_number(raw.get("min_lymph_events", defaults.min_lymph_events), f"{path}: qc.min_lymph_events")),
+        fmo_threshold_range=(_number(rng[0], f"{path}: qc.fmo_threshold_range"), _number(rng[1], f"{path}: qc.fmo_threshold_range")),
+        expected=tuple(expected),
+    )
+
+
+def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
+    """Load and validate a study by bundled name (``"til"``) or path (module docstring)."""
+    import yaml
+
+    path = study_path(name_or_path).resolve()
+    try:
+        raw = path.read_bytes()
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot read study ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, Mapping):
+        raise StudyError(f"{path}: expected a mapping with study, tubes, variables, ...")
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    name = str(doc.get("study") or path.parent.name)
+    variables = _names(doc.get("variables"), f"{path}: variables")
+    release = None
+    if doc.get("release"):
+        release_file = (path.parent / str(doc["release"])).resolve()
+        bundled = release_file.is_relative_to(STUDIES_DIR)
+        release = (load_spec_source(f"{release_file.relative_to(STUDIES_DIR)} (bundled)") if bundled
+                   else load_release_spec(release_file))
+    vocabulary = default_vocabulary().with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), path.name)
+    return Study(
+        name=name,
+        source=f"{path.relative_to(STUDIES_DIR)} (bundled)" if path.is_relative_to(STUDIES_DIR) else str(path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        tubes=_tubes(doc, path),
+        variables=variables,
+        doses=_doses(doc, path),
+        qc=_qc(doc, path),
+        index_columns=_names(doc.get("index_columns"), f"{path}: index_columns") or (*variables, "n_events_total"),
+        release=release,
+        vocabulary=vocabulary,
+        description=str(doc.get("description", "")),
+    )
+
+
+@lru_cache(maxsize=1)
+def default_study() -> Study:
+    """The bundled default study (the TIL study)."""
+    return load_study(DEFAULT_STUDY)

@@ -1,0 +1,181 @@
+"""Marker vocabulary: which spellings name the same marker, read as free text.
+
+Marker and dye names are free text. A :class:`Vocabulary` holds the alias table (canonical name ->
+other spellings, ``tilpheno/studies/vocabulary.yaml`` plus a study's own ``aliases:``), the
+fluorochrome words that are never markers, and the filler words skipped in labels.
+
+Conventions
+-----------
+* Two spellings are the same marker when their *keys* are equal: upper case with hyphens, dots,
+  spaces, underscores and slashes removed (``"PD-1"``, ``"pd1"``, ``"PD 1"`` -> ``PD1``), after
+  mapping aliases to their canonical name (``CD279`` -> ``PD1``).
+* :meth:`Vocabulary.marker_in` reads a label (``$PnS``, a panel-file cell, an FMO tube name):
+  the first known marker in it (a word, two adjacent words joined, or a hyphen-separated part;
+  a species/``anti`` prefix is dropped when the rest is known: ``hCD3``, ``anti-CD3``); if
+  none is known and ``free`` is true, the first word that is not a fluorochrome, a filler word
+  or a detector name, with a trailing fluorochrome part removed (``"TIGIT BV605"`` -> ``TIGIT``,
+  ``"CD38-BV605"`` -> ``CD38``). Labels that are only fluorochromes or detector names
+  (``"FITC"``, ``"FL1-H"``, ``"FSC-A"``) name no marker.
+* The vocabulary is data: adding a marker or a spelling touches no code.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tilpheno.errors import StudyError
+
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+"""The bundled study configurations (package data): ``<name>/study.yaml`` and ``vocabulary.yaml``."""
+
+_SEPARATORS = re.compile(r"[\s_/:;,()\[\]]+")
+_KEY_DROP = re.compile(r"[\s\-._/]+")
+_DETECTOR = re.compile(r"^(?:FL\d+|FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
+
+
+def key(name: str) -> str:
+    """The comparison key of a name: upper case without hyphens, dots, spaces, underscores, slashes."""
+    return _KEY_DROP.sub("", str(name)).upper()
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Alias table and word lists (see the module docstring). Immutable and picklable.
+
+    ``canonical``: key of every spelling -> canonical name. ``fluorochromes``, ``filler``: keys.
+    ``prefixes``: keys of prefixes dropped before a known marker. ``source``: where it came from.
+    """
+
+    canonical: Mapping[str, str] = field(default_factory=dict)
+    fluorochromes: frozenset[str] = frozenset()
+    filler: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    source: str = ""
+
+    def with_aliases(self, aliases: Mapping[str, Iterable[str]], source: str = "") -> "Vocabulary":
+        """A new vocabulary with more ``canonical: [spellings]`` entries (they win over existing ones)."""
+        table = dict(self.canonical)
+        for name, spellings in aliases.items():
+            for spelling in (name, *spellings):
+                table[key(spelling)] = str(name)
+        return Vocabulary(table, self.fluorochromes, self.filler, self.prefixes,
+                          "; ".join(s for s in (self.source, source) if s))
+
+    # -- reading labels ------------------------------------------------------------------
+    def known(self, token: str) -> str | None:
+        """The canonical marker a single token names (aliases, prefixes), or None."""
+        k = key(token)
+        if not k:
+            return None
+        if k in self.canonical:
+            return self.canonical[k]
+        for prefix in self.prefixes:
+            if k.startswith(prefix) and k[len(prefix):] in self.canonical:
+                return self.canonical[k[len(prefix):]]
+        return None
+
+    def is_fluorochrome(self, word: str) -> bool:
+        return key(word) in self.fluorochromes
+
+    def _known_in(self, words: list[str]) -> str | None:
+        for i, word in enumerate(words):
+            found = self.known(word)
+            if found is None and i + 1 < len(words):
+                found = self.known(word + words[i + 1])
+            if found is None and "-" in word:  # "CD3-FITC", "anti-CD3"
+                parts = [p for p in word.split("-") if p]
+                for j, part in enumerate(parts):
+                    found = self.known(part) or (self.known(part + parts[j + 1]) if j + 1 < len(parts) else None)
+                    if found:
+                        break
+            if found:
+                return found
+        return None
+
+    def _free_text(self, words: list[str]) -> str | None:
+        for word in words:
+            k = key(word)
+            if not k or k in self.fluorochromes or k in self.filler or _DETECTOR.match(word) or k.isdigit():
+                continue
+            parts = word.split("-")
+            for cut in range(1, len(parts)):  # "Ki67-BV605" -> "Ki67"; "HLA-DR" stays
+                if all(key(p) in self.fluorochromes or not key(p) for p in parts[cut:]) or key("".join(parts[cut:])) in self.fluorochromes:
+                    word = "-".join(parts[:cut])
+                    break
+            return word.strip("-") or None
+        return None
+
+    def marker_in(self, text: str | None, *, free: bool = True) -> str | None:
+        """The marker a label names: a known marker (canonical spelling), else free text (module docstring)."""
+        if text is None:
+            return None
+        words = [w for w in _SEPARATORS.split(str(text).strip()) if w]
+        if not words:
+            return None
+        whole = self.known("".join(words))
+        if whole is not None:
+            return whole
+        found = self._known_in(words)
+        if found is not None or not free:
+            return found
+        return self._free_text(words)
+
+    def canonical_name(self, name: str) -> str:
+        """The canonical spelling of a marker name (an alias's canonical name; else the name as written)."""
+        return self.known(name) or str(name).strip()
+
+    def same(self, a: str | None, b: str | None) -> bool:
+        """True when ``a`` and ``b`` name the same marker."""
+        if a is None or b is None:
+            return False
+        return key(self.canonical_name(a)) == key(self.canonical_name(b))
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise StudyError(f"{where}: must be a list of names")
+    return [str(v) for v in value]
+
+
+def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
+    """Validate an ``aliases:`` mapping (canonical name -> list of spellings)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise StudyError(f"{where}: must be a mapping 'canonical name: [spellings]'")
+    return {str(name): _string_list(spellings, f"{where}.{name}") for name, spellings in value.items()}
+
+
+def read_vocabulary(path: str | Path) -> Vocabulary:
+    """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot read vocabulary ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, Mapping):
+        raise StudyError(f"{path}: expected a mapping with aliases, prefixes, filler, fluorochromes")
+    unknown = sorted(set(doc) - {"aliases", "prefixes", "filler", "fluorochromes"})
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {unknown}")
+    base = Vocabulary(
+        fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
+        filler=frozenset(key(f) for f in _string_list(doc.get("filler"), f"{path}: filler")),
+        prefixes=tuple(sorted({key(p) for p in _string_list(doc.get("prefixes"), f"{path}: prefixes")}, key=len, reverse=True)),
+    )
+    return base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
+
+
+@lru_cache(maxsize=1)
+def default_vocabulary() -> Vocabulary:
+    """The bundled vocabulary (``tilpheno/studies/vocabulary.yaml``)."""
+    return read_vocabulary(STUDIES_DIR / "vocabulary.yaml")
