@@ -188,3 +188,16 @@ def test_codebook_documents_every_output_column(processed):
     assert row["unit"] == "% of CD8+" and "PD1" in row["method"]
     counts = book.set_index("column").loc["n_cd3pos_surface"]
     assert counts["unit"] == "events" and "CD3+" in counts["meaning"]
+
+
+def test_quadrant_labels_never_overlap(product_page, browser):
+    _, _, session, _ = product_page
+    boxes = browser.evaluate(session, """Array.from(document.querySelectorAll('svg.plot')).map(s =>
+        Array.from(s.querySelectorAll('g[id*="-tp-quadrant-"]')).map(g => { const r = g.getBoundingClientRect();
+        return [r.left, r.right, r.top, r.bottom]; })).filter(b => b.length)""")
+    assert len(boxes) == 2 and all(len(b) == 4 for b in boxes)
+    for fig in boxes:
+        for i, a in enumerate(fig):
+            for b in fig[i + 1:]:
+                overlap = min(a[1], b[1]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[2], b[2]) > 0.5
+                assert not overlap, (a, b)

@@ -67,3 +67,33 @@ def test_index_in_chromium_runs_nothing_injected_and_sorts(tmp_path, browser, ou
     assert values == ["91.25", "88.50", "65.00", "9.00"]
     browser.settle(session)
     assert browser.collect(session, page.as_uri()).problems == []
+
+
+def test_failed_criteria_are_named():
+    from tilpheno.report.html import failed_criteria
+
+    phen = {"viability_pct": 65.0, "cd3_pct_of_live_lymph": float("nan")}
+    assert failed_criteria(evaluate(DEFAULT_SPEC, phen)) == [
+        "Viability (7AAD- of singlets): 65.00 (needs > 70 %)",
+        "CD3+ T cells: not evaluable (no value; needs > 90 % of live lymphocytes)",
+    ]
+    assert failed_criteria(evaluate(DEFAULT_SPEC, {"viability_pct": 80, "cd3_pct_of_live_lymph": 95})) == []
+
+
+def test_css_string_cannot_leave_the_string_or_the_style():
+    from tilpheno.report.html import css_string
+
+    out = str(css_string(EVIL + "\n\\'"))
+    assert not set(out) & set("<>\"'\n/") and out.count("\\") == len(re.findall(r"\\[0-9a-f]{6}", out))
+    assert css_string("TIL 001-a.b") == "TIL 001-a.b"
+
+
+def test_failed_product_report_escapes_its_id_in_html_and_print_css():
+    from tilpheno.report.product import render_product
+
+    outcome = _outcome(EVIL, 9.0, 100.5, error=EVIL)
+    page = render_product(outcome, None, {}, ProcessOptions())
+    assert "<script>" not in page and "onerror=alert(1)>" not in page
+    style = page[page.index("<style>"):page.index("</style>")]
+    assert "@top-left" in style and "alert" in style and "<" not in style[len("<style>"):]
+    assert "could not be processed" in page

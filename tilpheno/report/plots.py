@@ -356,9 +356,9 @@ Candidate = tuple[float, float, str, str]   # x, y (data), ha, va
 
 def _place(ax, text, candidates: Sequence[Candidate], covered: Callable[[tuple], float], *, slack: float = 0.0,
            avoid: Sequence = (), vlines: Sequence[float] = (), hlines: Sequence[float] = ()):
-    """Put ``text`` at the best candidate, each first moved inside the axes: fewest events under its box
-    (``covered(data box)``), never over a box in ``avoid`` (display units) or across a line at data
-    x in ``vlines`` / y in ``hlines`` unless every candidate does. An earlier candidate wins while its
+    """Put ``text`` at the best candidate, each first moved inside the axes: fewest boxes of ``avoid``
+    (display units) overlapped, then fewest lines crossed (data x in ``vlines``, y in ``hlines``),
+    then fewest events under its box (``covered(data box)``); an earlier candidate wins while its
     count is within ``slack`` events of the best. Returns the label's box (display units)."""
     renderer = ax.figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
@@ -383,8 +383,8 @@ def _place(ax, text, candidates: Sequence[Candidate], covered: Callable[[tuple],
         box = box.translated(ix, iy)
         anchor = ax.transData.transform((x, y)) + (dx + ix, dy + iy)
         (bx0, by0), (bx1, by1) = inverse.transform([(box.x0, box.y0), (box.x1, box.y1)])
-        clashes = sum(box.overlaps(other) for other in avoid)
-        clashes += sum(bx0 < v < bx1 for v in vlines) + sum(by0 < v < by1 for v in hlines)
+        clashes = (sum(box.overlaps(other) for other in avoid),
+                   sum(bx0 < v < bx1 for v in vlines) + sum(by0 < v < by1 for v in hlines))
         scored.append((clashes, covered((bx0, bx1, by0, by1)), tuple(inverse.transform(anchor)), ha, va, box))
     fewest = min(c[0] for c in scored)
     usable = [c for c in scored if c[0] == fewest]
@@ -499,7 +499,7 @@ def density_plot(
     _draw_gate(ax, gate, xaxis.dim, yaxis.dim, colour)
     label = _text(ax, 0, 0, f"{population} {pct_of_parent:.1f}%", colour, gid="tp-label")
     _place(ax, label, _gate_label_candidates(gate, xaxis.dim, yaxis.dim, xlim, ylim), _grid_cover(counts, xlim, ylim),
-           slack=0.005 * float(counts.sum()))
+           slack=0.02 * float(counts.sum()))   # next to its gate unless that hides 2 % more events
     _title(fig, ax, title)
     return _svg(fig, alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_of_parent:.1f}%")
 
@@ -641,18 +641,23 @@ def quadrant_plot(
     xt, yt = _threshold(xgate, xaxis.dim, xlim), _threshold(ygate, yaxis.dim, ylim)
     placed: list = []
     slack = 0.005 * float(counts.sum())   # the plot's own corner unless it hides 0.5 % more events
-    for xs in (True, False):
-        for ys in (True, False):
-            x0, x1 = (xt, xlim[1]) if xs else (xlim[0], xt)
-            y0, y1 = (yt, ylim[1]) if ys else (ylim[0], yt)
-            name = names.get((xs, ys), "")
-            label = _text(ax, 0, 0, (f"{name}\n" if name else "") + f"{quadrants[(xs, ys)]:.1f}%", "#222222",
-                          size=FONT - 0.5, gid=f"tp-quadrant-{'+' if xs else '-'}{'+' if ys else '-'}")
-            label.get_bbox_patch().set_edgecolor("#666666")
-            outer = [((x1 if xs else x0), (y1 if ys else y0))]          # the plot's corner first (FlowJo)
-            inner = [(cx, cy) for cx in (x0, x1) for cy in (y0, y1) if (cx, cy) != outer[0]]
-            candidates = [(cx, cy, "right" if cx == x1 else "left", "top" if cy == y1 else "bottom")
-                          for cx, cy in outer + inner]
-            placed.append(_place(ax, label, candidates, covered, slack=slack, avoid=placed, vlines=[xt], hlines=[yt]))
+    regions = {(xs, ys): ((xt, xlim[1]) if xs else (xlim[0], xt), (yt, ylim[1]) if ys else (ylim[0], yt))
+               for xs in (True, False) for ys in (True, False)}
+    # the smallest quadrant chooses first: its label has the fewest places that fit
+    def area(key):
+        (a0, a1), (b0, b1) = regions[key]
+        return (a1 - a0) / (xlim[1] - xlim[0]) * (b1 - b0) / (ylim[1] - ylim[0])
+
+    for xs, ys in sorted(regions, key=area):
+        (x0, x1), (y0, y1) = regions[(xs, ys)]
+        name = names.get((xs, ys), "")
+        label = _text(ax, 0, 0, (f"{name}\n" if name else "") + f"{quadrants[(xs, ys)]:.1f}%", "#222222",
+                      size=FONT - 0.5, gid=f"tp-quadrant-{'+' if xs else '-'}{'+' if ys else '-'}")
+        label.get_bbox_patch().set_edgecolor("#666666")
+        outer = [((x1 if xs else x0), (y1 if ys else y0))]          # the plot's corner first (FlowJo)
+        inner = [(cx, cy) for cx in (x0, x1) for cy in (y0, y1) if (cx, cy) != outer[0]]
+        candidates = [(cx, cy, "right" if cx == x1 else "left", "top" if cy == y1 else "bottom")
+                      for cx, cy in outer + inner]
+        placed.append(_place(ax, label, candidates, covered, slack=slack, avoid=placed, vlines=[xt], hlines=[yt]))
     _title(fig, ax, title)
     return _svg(fig, alt or f"{xpopulation} and {ypopulation} quadrants on {yaxis.label} vs {xaxis.label}")

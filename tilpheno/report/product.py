@@ -422,6 +422,13 @@ def files_section(ctx: ReportContext) -> Section | None:
     return Section("files", "Files", "Inputs as read; SHA-256 of each file's bytes.", (), tuple(tables))
 
 
+def _is_number(value) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
 def _as_list(built) -> list[Section]:
     if built is None:
         return []
@@ -448,6 +455,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     book = book.set_index("column")
     study = [(k, book.at[k, "label"], v, book.at[k, "unit"], book.at[k, "meaning"]) for k, v in outcome.phenotype.items()
              if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]
+    no_dose = [row for row in study if row[3] == "cells" and not _is_number(row[2])]
+    study = [row for row in study if row not in no_dose]
     counts = [(k, book.at[k, "label"], v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
     return render(
         "product.html.j2",
@@ -458,6 +467,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         spec=options.release_spec,
         flags=outcome.qc,
         sections=sections,
+        no_dose=[row[1] for row in no_dose],
         percentile=options.fmo_percentile,
         strategy_sha256=sorted(dict(getattr(result, "strategy_sha256", None) or {}).items()),
         provenance=options.provenance_short,
