@@ -80,3 +80,30 @@ def test_bundled_files_are_well_within_the_limits():
     assert load_strategy(SURFACE).name
     assert check_expansion(yaml.compose(SURFACE.read_text())) < MAX_EXPANDED_NODES / 10
     assert safe_load("a: 1") == {"a": 1}
+
+
+def test_study_vocabulary_and_panel_files_have_the_same_limits(tmp_path):
+    """`--study`, a study's vocabulary and `--panel` are user files too: the bomb is refused."""
+    from tilpheno.errors import StudyError
+    from tilpheno.panel import read_panel_file
+    from tilpheno.study import load_study
+    from tilpheno.vocabulary import read_vocabulary
+
+    study = tmp_path / "study.yaml"
+    study.write_text(BOMB + "\nstudy: *a8\n")
+    vocabulary = tmp_path / "vocabulary.yaml"
+    vocabulary.write_text(BOMB + "\naliases: {CD3: *a8}\n")
+    panel = tmp_path / "panel.yaml"
+    panel.write_text(BOMB + "\npanel: *a8\n")
+    start = time.perf_counter()
+    with pytest.raises(StudyError, match="expands to more than"):
+        load_study(study)
+    with pytest.raises(StudyError, match="expands to more than"):
+        read_vocabulary(vocabulary)
+    with pytest.raises(TableError, match="expands to more than"):
+        read_panel_file(panel)
+    assert time.perf_counter() - start < 5
+    big = tmp_path / "big_study.yaml"
+    big.write_text("study: x\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(StudyError, match="larger than"):
+        load_study(big)

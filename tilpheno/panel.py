@@ -230,13 +230,15 @@ def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
     import pandas as pd
     import yaml
 
+    from tilpheno.io.yamlsafe import load_file
+
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: panel file not found")
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = load_file(path)[1]   # size and alias expansion bounded (tilpheno.io.yamlsafe)
             if isinstance(doc, dict):
                 doc = doc.get("panel")
             if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):

@@ -249,12 +249,15 @@ def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
     """Load and validate a study by bundled name (``"til"``) or path (module docstring)."""
     import yaml
 
+    from tilpheno.io.yamlsafe import YAMLLimitError, load_file
+
     path = study_path(name_or_path).resolve()
     try:
-        raw = path.read_bytes()
-        doc = yaml.safe_load(raw.decode("utf-8"))
+        raw, doc = load_file(path)
     except OSError as exc:
         raise StudyError(f"{path}: cannot read study ({exc.strerror or exc})") from None
+    except YAMLLimitError as exc:
+        raise StudyError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise StudyError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, Mapping):

@@ -155,11 +155,15 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``)."""
     import yaml
 
+    from tilpheno.io.yamlsafe import YAMLLimitError, load_file
+
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = load_file(path)[1] or {}
     except OSError as exc:
         raise StudyError(f"{path}: cannot read vocabulary ({exc.strerror or exc})") from None
+    except YAMLLimitError as exc:
+        raise StudyError(f"{path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise StudyError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     if not isinstance(doc, Mapping):

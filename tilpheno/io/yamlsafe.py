@@ -1,4 +1,5 @@
-"""Limits for the YAML files tilpheno loads (gating strategies, release specs).
+"""Limits for the YAML files tilpheno loads (gating strategies, release specs, studies,
+vocabularies, panel files).
 
 A YAML *alias bomb* (a few hundred bytes of anchors that reference anchors) is a small file whose
 expanded value has billions of elements: PyYAML builds it with shared objects, but rendering it
@@ -33,7 +34,7 @@ def read_yaml_bytes(path: str | Path, limit: int = MAX_YAML_BYTES) -> bytes:
     with open_regular(path) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise YAMLLimitError(f"larger than {limit} bytes; a gating strategy or release spec is a few kB")
+        raise YAMLLimitError(f"larger than {limit} bytes; a tilpheno YAML file (strategy, study, release spec, panel) is a few kB")
     return data
 
 
@@ -88,6 +89,14 @@ def safe_load(text: str):
         return load_document(loader)
     finally:
         loader.dispose()
+
+
+def load_file(path: str | Path) -> tuple[bytes, object]:
+    """The bytes of a YAML file and its document, with every limit above (size, regular file,
+    expansion). Raises ``OSError``, :class:`YAMLLimitError`, ``UnicodeDecodeError`` or
+    ``yaml.YAMLError``; callers turn them into their one-line errors."""
+    raw = read_yaml_bytes(path)
+    return raw, safe_load(raw.decode("utf-8"))
 
 
 def scalar_text(value, what: str, *, default: str = "", limit: int = MAX_TEXT_CHARS) -> str:
