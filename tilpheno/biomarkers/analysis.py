@@ -47,7 +47,7 @@ CUT_COLUMNS = ["endpoint", "marker", "method", "cutpoint", "n_low", "n_high", "s
                "p_lau94", "p_lau94_bound", "p_perm", "n_perm", "median_low", "median_high", "logrank_chisq",
                "logrank_p", "p_for_adjustment", "p_holm", "p_bh"]
 COX_COLUMNS = ["model_id", "endpoint", "model", "variable", "coding", "unit", "cut", "cut_method", "n", "events",
-               "coef", "se", "hr", "hr_ci_low", "hr_ci_high", "z", "p", "p_holm", "p_bh", "zph_chisq", "zph_df",
+               "n_low", "n_high", "coef", "se", "hr", "hr_ci_low", "hr_ci_high", "z", "p", "p_holm", "p_bh", "zph_chisq", "zph_df",
                "zph_p", "zph_global_chisq", "zph_global_df", "zph_global_p", "lr_chisq", "lr_df", "lr_p",
                "wald_chisq", "wald_p", "score_chisq", "score_p", "concordance", "concordance_se", "loglik",
                "converged", "iterations", "max_scaled_score", "events_per_variable", "warning"]
@@ -169,7 +169,10 @@ def _grouping(x: np.ndarray, cut: float) -> np.ndarray:
     return np.where(x <= cut, "low", "high")
 
 
-def _cox_rows(fit, endpoint, model, coding, unit, marker_col, marker, cut=np.nan, cut_method="") -> list[dict]:
+def _cox_rows(fit, endpoint, model, coding, unit, marker_col, marker, cut=np.nan, cut_method="",
+              n_low=np.nan, n_high=np.nan) -> list[dict]:
+    """One row per model term; ``n_low``/``n_high``: patients of the model at or below / above the cut
+    (dichotomised marker rows; the forest plot's reference and compared levels)."""
     zph = fit.zph.set_index("term")
     rows = []
     n_vars = len(fit.coefficients)
@@ -180,7 +183,8 @@ def _cox_rows(fit, endpoint, model, coding, unit, marker_col, marker, cut=np.nan
         rows.append(dict(model_id=model_id, endpoint=endpoint, model=model, variable=marker if is_marker else rec.variable,
                          coding=coding if is_marker else "covariate", unit=unit if is_marker else "",
                          cut=cut if is_marker else np.nan, cut_method=cut_method if is_marker else "",
-                         n=fit.n, events=fit.events, coef=rec.coef, se=rec.se, hr=rec.hr, hr_ci_low=rec.hr_ci_low,
+                         n=fit.n, events=fit.events, n_low=n_low if is_marker else np.nan,
+                         n_high=n_high if is_marker else np.nan, coef=rec.coef, se=rec.se, hr=rec.hr, hr_ci_low=rec.hr_ci_low,
                          hr_ci_high=rec.hr_ci_high, z=rec.z, p=rec.p, p_holm=np.nan, p_bh=np.nan,
                          zph_chisq=zph.at[term, "chisq"] if term else np.nan,
                          zph_df=zph.at[term, "df"] if term else np.nan, zph_p=zph.at[term, "p"] if term else np.nan,
@@ -274,9 +278,13 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                 continue
             fit.warnings = [w.replace(col, marker) for w in fit.warnings]  # internal column name -> marker
             warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)
+            dich = None
+            if coding == "dichotomized":  # the model's complete cases, as fit_cox selects them
+                dich = frame[[tcol, ecol, *variables]].dropna()[col]
             sink.extend(_cox_rows(fit, endpoint, model, coding, unit_text, col, marker,
-                                  dich_cut if coding == "dichotomized" else np.nan,
-                                  cut_label if coding == "dichotomized" else ""))
+                                  dich_cut if dich is not None else np.nan, cut_label if dich is not None else "",
+                                  int((dich == 0).sum()) if dich is not None else np.nan,
+                                  int((dich == 1).sum()) if dich is not None else np.nan))
     return km_rows, cut_rows, uni, multi
 
 

@@ -3,11 +3,11 @@ figures.pdf), tables rounded for reading (machine tables keep full precision), m
 checklist and provenance.
 
 Every value from the inputs is escaped: the page is rendered by jinja2 with autoescape on
-and no value is marked safe except the base64 images this module draws itself.
+and no value is marked safe except the inline SVG figures this module draws itself (matplotlib
+escapes their text; ``report.plots._svg`` drops <style> and metadata and prefixes ids).
 """
 from __future__ import annotations
 
-import base64
 import io
 import math
 from pathlib import Path
@@ -53,17 +53,23 @@ class FigureExport:
         return self._pdf_buffer.getvalue()
 
 
-def _svg(fig, export: FigureExport | None = None, name: str | None = None) -> str:
-    """The figure as base64 SVG (text kept as text), added to ``export`` when given; the figure is closed."""
+def _svg(fig, alt: str, export: FigureExport | None = None, name: str | None = None) -> dict:
+    """The figure for the page: ``{"svg": inline <svg> markup, "width": natural width in CSS px}``
+    (``report.plots`` conventions: text kept as text, ids prefixed, no <style>); added to ``export``
+    as a standalone SVG file (and a PDF page) when given. The figure is closed."""
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    with matplotlib_rc():
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+    from tilpheno.report.plots import _svg as inline_svg
+
     if export is not None and name:
+        buf = io.BytesIO()
+        with matplotlib_rc():
+            fig.savefig(buf, format="svg", bbox_inches="tight")
         export.add(name, buf.getvalue(), fig)
+    width_px = fig.get_figwidth() * 96
+    markup = inline_svg(fig, alt)
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"svg": markup, "width": round(width_px)}
 
 
 def matplotlib_rc():
@@ -82,10 +88,17 @@ def _risk_ticks(max_time: float) -> np.ndarray:
     return np.arange(0, max_time + 1e-9, step)
 
 
+RISK_FONT = 9.0  # numbers-at-risk text, points (12 CSS px at the figure's natural size)
+
+
 def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylabel: str, settings,
               p_text: str = "", breaks=None):
     """Survminer-style figure: step curves with CI bands, censoring ticks, dashed median lines,
-    the p-value on the plot and a numbers-at-risk table under the x axis at the break times."""
+    the p-value on the plot, the legend above the plot (never over a curve) and a numbers-at-risk
+    table under the x axis at the break times.
+
+    Text that tests and readers look for carries ids: ``tp-legend``, ``tp-axes`` (the plot area),
+    ``tp-pvalue``, ``tp-risk-<curve>-<break>``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,46 +109,91 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
     ticks = np.asarray(breaks, dtype=float) if breaks is not None else _risk_ticks(tmax)
     ticks = ticks[ticks <= max(tmax, ticks[0])] if ticks.size else _risk_ticks(tmax)
     with matplotlib_rc():
-        fig = plt.figure(figsize=(6.2, 4.4 + 0.22 * len(fits)))
-        gs = fig.add_gridspec(2, 1, height_ratios=[4.0, 0.45 + 0.3 * len(fits)], hspace=0.32)
+        fig = plt.figure(figsize=(6.0, 4.3 + 0.25 * len(fits)), layout="constrained")
+        gs = fig.add_gridspec(2, 1, height_ratios=[4.0, 0.5 + 0.32 * len(fits)])
         ax = fig.add_subplot(gs[0])
         tab = fig.add_subplot(gs[1], sharex=ax)
+        ax.patch.set_gid("tp-axes")
         for row, (fit, color) in enumerate(zip(fits, COLORS)):
             fit.plot(ax, color=color, ci=True)
             med = fit.median().estimate
             if np.isfinite(med):
                 ax.plot([0, med, med], [0.5, 0.5, 0], ls="--", lw=0.8, color=color)
             y = len(fits) - row
-            for tick, n in zip(ticks, fit.at_risk(ticks)):
-                tab.text(tick, y, str(n), ha="center", va="center", fontsize=8)
+            for i, (tick, n) in enumerate(zip(ticks, fit.at_risk(ticks))):
+                tab.text(tick, y, str(n), ha="center", va="center", fontsize=RISK_FONT, gid=f"tp-risk-{row}-{i}")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(0, max(ticks[-1], tmax) * 1.02)
         ax.set_xticks(ticks)
         ax.tick_params(labelbottom=True)
         ax.set_xlabel("months")
         ax.set_ylabel(ylabel)
-        ax.set_title(_plain(title))
+        fig.suptitle(_plain(title), x=0.02, ha="left", fontsize=10)
         ax.grid(alpha=0.2)
-        ax.legend(loc="upper right", frameon=False)
+        legend = ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False, ncol=len(fits),
+                           borderaxespad=0.2, handlelength=1.6, columnspacing=1.2)
+        legend.set_gid("tp-legend")
         if p_text:
-            ax.text(0.02, 0.03, p_text, transform=ax.transAxes, ha="left", va="bottom", fontsize=8.5,
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+            _place_p_text(fig, ax, fits, p_text)
         tab.set_ylim(0.4, len(fits) + 0.6)
         tab.set_yticks([len(fits) - i for i in range(len(fits))])
-        tab.set_yticklabels([_plain(f.label) for f in fits], fontsize=8)
+        tab.set_yticklabels([_plain(f.label) for f in fits], fontsize=RISK_FONT)
         for label, color in zip(tab.get_yticklabels(), COLORS):
             label.set_color(color)
-        tab.tick_params(labelbottom=False, bottom=False, left=False)
+        tab.tick_params(labelbottom=False, bottom=False, left=False, pad=14)  # clear of the numbers at 0
         for side in ("top", "right", "left", "bottom"):
             tab.spines[side].set_visible(False)
-        tab.set_title("Number at risk", fontsize=8, loc="left")
+        tab.set_title("Number at risk", fontsize=RISK_FONT, loc="left")
     return fig
+
+
+def _place_p_text(fig, ax, fits, text: str) -> None:
+    """The p-value text in the corner of the plot where it covers the least of the curves, their
+    bands and median lines (survminer puts it bottom left; a curve may run there)."""
+    fig.draw_without_rendering()  # the constrained layout fixes the axes' size first
+    renderer = fig.canvas.get_renderer()
+    x0, x1 = ax.get_xlim()
+    grid = np.linspace(x0, x1, 200)
+    points = []
+    for fit in fits:
+        table = fit.table_
+        idx = np.searchsorted(table.time.to_numpy(float), grid, side="right") - 1
+        for column in ("surv", "lower", "upper"):
+            values = np.r_[1.0, table[column].to_numpy(float)][idx + 1]
+            points.append(np.c_[(grid - x0) / (x1 - x0), values / 1.02])
+        med = fit.median().estimate
+        if np.isfinite(med):
+            ys = np.linspace(0, 0.5, 50)
+            points.append(np.c_[np.full(50, (med - x0) / (x1 - x0)), ys / 1.02])
+            xs = np.linspace(x0, med, 50)
+            points.append(np.c_[(xs - x0) / (x1 - x0), np.full(50, 0.5 / 1.02)])
+    cloud = np.vstack(points)
+    cloud = cloud[np.isfinite(cloud).all(axis=1)]
+    label = ax.text(0, 0, text, transform=ax.transAxes, fontsize=8.5, gid="tp-pvalue",
+                    bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9, "boxstyle": "round,pad=0.3"})
+    best = None
+    for x, y, ha, va in ((0.02, 0.03, "left", "bottom"), (0.98, 0.97, "right", "top"), (0.98, 0.5, "right", "center")):
+        label.set_position((x, y))
+        label.set_ha(ha)
+        label.set_va(va)
+        box = label.get_window_extent(renderer).transformed(ax.transAxes.inverted())
+        inside = int(((cloud[:, 0] >= box.x0) & (cloud[:, 0] <= box.x1) & (cloud[:, 1] >= box.y0)
+                      & (cloud[:, 1] <= box.y1)).sum())
+        if best is None or inside < best[0]:
+            best = (inside, x, y, ha, va)
+        if inside == 0:
+            break
+    _, x, y, ha, va = best
+    label.set_position((x, y))
+    label.set_ha(ha)
+    label.set_va(va)
 
 
 def km_figures(results, export: FigureExport | None = None) -> list[dict]:
     """The whole cohort per endpoint, then one figure per endpoint x marker x grouping."""
     cohort, settings = results.cohort, results.settings
     breaks = settings.break_times
+    names = marker_labels(cohort.markers)
     figures = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
@@ -143,8 +201,8 @@ def km_figures(results, export: FigureExport | None = None) -> list[dict]:
         fig = km_figure([("all patients", cohort.outcomes[tcol].to_numpy(float), cohort.outcomes[ecol].to_numpy(float))],
                         f"{ENDPOINT_NAMES[endpoint]}: all patients", ylabel, settings, breaks=breaks)
         name = f"km_{endpoint}_all"
-        figures.append({"title": f"{ENDPOINT_NAMES[endpoint]}, all patients", "svg": _svg(fig, export, name),
-                        "id": name})
+        title = f"{ENDPOINT_NAMES[endpoint]}, all patients"
+        figures.append({"title": title, **_svg(fig, title, export, name), "id": name})
         cuts = results.cutpoints[results.cutpoints.endpoint == endpoint]
         for marker in cohort.markers:
             rows = cuts[cuts.marker == marker]
@@ -158,11 +216,11 @@ def km_figures(results, export: FigureExport | None = None) -> list[dict]:
                 if rec.method == "maxstat":
                     p_text = (f"data-derived cut: raw p = {fmt_p(rec.p_raw)}\n"
                               f"corrected: permutation p = {fmt_p(rec.p_perm)}, Lau92 p = {fmt_p(rec.p_lau92)}")
-                fig = km_figure([c for c in curves if c[1].size], f"{ENDPOINT_NAMES[endpoint]} by {marker} "
+                fig = km_figure([c for c in curves if c[1].size], f"{ENDPOINT_NAMES[endpoint]} by {names[marker]} "
                                 f"({rec.method} cut)", ylabel, settings, p_text, breaks)
                 name = f"km_{endpoint}_{_slug(marker)}_{rec.method}"
-                figures.append({"title": f"{ENDPOINT_NAMES[endpoint]} by {marker}, {rec.method} cut",
-                                "svg": _svg(fig, export, name), "id": name})
+                title = f"{ENDPOINT_NAMES[endpoint]} by {names[marker]} ({marker}), {rec.method} cut"
+                figures.append({"title": title, **_svg(fig, title, export, name), "id": name})
     return figures
 
 
@@ -174,15 +232,85 @@ def fmt_cut(marker: str, value: float) -> str:
     return dose(value) if marker.endswith("_dose_cells") else sig(value, 4)
 
 
-def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None = None, name: str | None = None) -> str | None:
-    """ggforest-style forest plot of the markers' hazard ratios: label and N, estimate and CI on a log
-    axis, "HR (95% CI)" and p as text; continuous and dichotomised markers in separate panels."""
+def marker_labels(markers) -> dict[str, str]:
+    """Readable name of each marker column (the process codebook's label, e.g. "CD8+ % CD3+")."""
+    from tilpheno.report.codebook import labels
+
+    return labels(markers)
+
+
+def _marker_unit(marker: str) -> str:
+    """What one unit of a continuous marker's hazard ratio is, for the forest plot."""
+    from tilpheno.report.codebook import build_codebook
+
+    if marker.endswith("_dose_cells"):
+        return "per 10⁹ cells"
+    unit = str(build_codebook({"": [marker]}).loc[0, "unit"])
+    return "per 1 %-point" if unit.startswith("%") else "per 1 unit"
+
+
+FOREST_ROW = 0.24      # inches per row
+FOREST_COLUMNS = {"marker": 0.012, "level": 0.215, "n": 0.415, "plot": (0.44, 0.715), "hr": 0.735, "p": 0.985}
+
+
+def _forest_lines(part: pd.DataFrame, coding: str, names: dict[str, str]) -> list[dict]:
+    """The rows of one forest panel: continuous markers one row each; a dichotomised marker its
+    reference level (low, at or below the cut) then the compared level (high)."""
+    lines = []
+    for r in part.itertuples():
+        count = (lambda v: str(int(v)) if pd.notna(v) else "–")
+        if coding == "continuous":
+            lines.append(dict(marker=names.get(r.variable, r.variable), level=_marker_unit(r.variable), n=count(r.n),
+                              est=(r.hr, r.hr_ci_low, r.hr_ci_high), p=getattr(r, "p", None), group=r.variable))
+        else:
+            cut = fmt_cut(r.variable, getattr(r, "cut", float("nan")))
+            lines.append(dict(marker=names.get(r.variable, r.variable), level=f"≤ {cut} (low)",
+                              n=count(getattr(r, "n_low", None)), est=None, p=None, group=r.variable))
+            lines.append(dict(marker="", level=f"> {cut} (high)", n=count(getattr(r, "n_high", None)),
+                              est=(r.hr, r.hr_ci_low, r.hr_ci_high), p=getattr(r, "p", None), group=r.variable))
+    return lines
+
+
+def _forest_ticks(lo: float, hi: float) -> list[float]:
+    """Log-axis ticks for an HR range: the round values (0.1, 0.2, 0.5, 1, 2, 5 ...) within it,
+    finer ones (0.8, 1.25 ...) when fewer than three fall inside."""
+    coarse = [v * 10.0 ** k for k in range(-3, 4) for v in (1, 2, 5)]
+    fine = sorted(set(coarse) | {0.67, 0.8, 0.9, 1.1, 1.25, 1.5, 0.25, 4.0, 3.0, 0.33})
+    for pool in (coarse, fine):
+        ticks = [v for v in pool if lo <= v <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    return [v for v in fine if lo <= v <= hi] or [1.0]
+
+
+def _thin_tick_labels(fig, ax) -> None:
+    """Drop x tick labels that would overlap a neighbour (the label at 1 kept first)."""
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    keep = sorted(labels, key=lambda t: (abs(np.log(max(t.get_position()[0], 1e-12))), t.get_position()[0]))
+    placed = []
+    for t in keep:
+        box = t.get_window_extent(renderer).expanded(1.15, 1.0)
+        if any(box.overlaps(other) for other in placed):
+            t.set_visible(False)
+        else:
+            placed.append(box)
+
+
+def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None = None,
+                  name: str | None = None) -> dict | None:
+    """ggforest-style forest plot of the markers' hazard ratios from a Cox table (one endpoint, one
+    model kind): per row the marker's readable name, its level or unit, N, the estimate and CI on a
+    log axis, "HR (95% CI)" and p as text. Continuous markers (HR per unit) and dichotomised ones
+    (high vs the low level, shown as a "reference" row with its N) are separate panels with their own
+    axes. Rows whose model failed are left out. Returns ``_svg``'s dict, or None without rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import FixedLocator, NullFormatter
+    from matplotlib.transforms import blended_transform_factory
 
     rows = table[table.coding != "covariate"].copy()
     hr_columns = ["hr", "hr_ci_low", "hr_ci_high"]
@@ -191,44 +319,77 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
     rows = rows[np.isfinite(values).all(axis=1) & (values[:, 1] > 0)].astype({c: float for c in hr_columns})
     if rows.empty:
         return None
-    panels = [(c, rows[rows.coding == c]) for c in ("continuous", "dichotomized") if (rows.coding == c).any()]
-    n_rows = sum(len(p) for _, p in panels) + 2 * len(panels)
+    names = marker_labels(rows.variable.unique())
+    panels = [(c, _forest_lines(rows[rows.coding == c], c, names)) for c in ("continuous", "dichotomized")
+              if (rows.coding == c).any()]
+    head_in, title_in, axis_in = 0.62, 0.34, 0.62
+    height = head_in + sum(title_in + FOREST_ROW * len(lines) + axis_in for _, lines in panels) + 0.1
+    col = FOREST_COLUMNS
+    text = dict(fontsize=8.5, va="center", parse_math=False)
     with matplotlib_rc():
-        fig, axes = plt.subplots(len(panels), 1, figsize=(9.5, 0.26 * n_rows + 1.0), squeeze=False,
-                                 gridspec_kw={"height_ratios": [len(p) + 1 for _, p in panels]})
-        for ax, (coding, part) in zip(axes[:, 0], panels):
-            y = np.arange(len(part))[::-1]
+        fig = plt.figure(figsize=(9.0, height))
+        fig.text(col["marker"], 1 - 0.12 / height, title, ha="left", va="top", fontsize=10, weight="bold",
+                 parse_math=False, gid="tp-title")
+        header_y = 1 - (head_in - 0.1) / height
+        for key, label, ha in (("marker", "Marker", "left"), ("level", "Level / unit", "left"), ("n", "N", "right"),
+                               ("hr", "HR (95% CI)", "left"), ("p", "p", "right")):
+            fig.text(col[key], header_y, label, ha=ha, va="bottom", fontsize=8.5, weight="bold", gid=f"tp-head-{key}")
+        fig.add_artist(plt.Line2D([0.01, 0.99], [header_y - 0.03 / height] * 2, color="#555555", lw=0.8))
+        top = 1 - head_in / height
+        for coding, lines in panels:
+            n = len(lines)
+            bottom = top - (title_in + FOREST_ROW * n) / height
+            ax = fig.add_axes((col["plot"][0], bottom, col["plot"][1] - col["plot"][0], FOREST_ROW * n / height))
+            ax.set_gid(f"tp-panel-{coding}")
+            ax.set_ylim(n - 0.5, -0.5)
+            rowt = blended_transform_factory(fig.transFigure, ax.transData)
+            heading = ("Continuous markers: hazard ratio per unit" if coding == "continuous" else
+                       "Dichotomised markers: high vs low (reference) at the cut")
+            fig.text(col["marker"], top - 0.16 / height, heading, ha="left", va="center", fontsize=9, weight="bold",
+                     color=COLORS[0] if coding == "continuous" else COLORS[1], gid=f"tp-heading-{coding}")
+            groups = list(dict.fromkeys(line["group"] for line in lines))
             color = COLORS[0] if coding == "continuous" else COLORS[1]
-            ax.errorbar(part.hr, y, xerr=[part.hr - part.hr_ci_low, part.hr_ci_high - part.hr], fmt="s", ms=4,
-                        color=color, ecolor=color, elinewidth=1.2, capsize=2)
-            ax.axvline(1, color="grey", lw=0.8, ls="--")
+            estimates = [line["est"] for line in lines if line["est"] is not None]
+            lo = max(min(e[1] for e in estimates), 1e-2)
+            hi = min(max(e[2] for e in estimates), 1e2)
+            lo, hi = min(lo, 1.0), max(hi, 1.0)
+            span = max(hi / lo, 1.2)
+            xlim = (lo / span ** 0.08, hi * span ** 0.08)
+            for i, line in enumerate(lines):
+                if groups.index(line["group"]) % 2 == 0:
+                    fig.add_artist(Rectangle((0.005, i - 0.5), 0.99, 1.0, transform=rowt, facecolor="#f1f4f8",
+                                             edgecolor="none", zorder=-1))
+                fig.text(col["marker"], i, _plain(line["marker"]), ha="left", transform=rowt, **text)
+                fig.text(col["level"], i, _plain(line["level"]), ha="left", transform=rowt, **text)
+                fig.text(col["n"], i, line["n"], ha="right", transform=rowt, **text)
+                if line["est"] is None:
+                    fig.text(col["hr"], i, "reference", ha="left", transform=rowt, style="italic", color="#555555",
+                             **text)
+                    continue
+                hr, low, high = line["est"]
+                ax.plot([max(low, xlim[0]), min(high, xlim[1])], [i, i], color=color, lw=1.3, solid_capstyle="butt")
+                if xlim[0] <= hr <= xlim[1]:
+                    ax.plot([hr], [i], "s", color=color, ms=5)
+                for edge, beyond, marker in ((xlim[0], low < xlim[0], "<"), (xlim[1], high > xlim[1], ">")):
+                    if beyond:
+                        ax.plot([edge], [i], marker, color=color, ms=5, clip_on=False)
+                fig.text(col["hr"], i, fmt_hr_ci(hr, low, high), ha="left", transform=rowt, **text)
+                fig.text(col["p"], i, fmt_p(line["p"]), ha="right", transform=rowt, **text)
+            ax.axvline(1, color="#777777", lw=0.8, ls="--")
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-            ax.set_ylim(-0.7, len(part) - 0.3)
-            ax.set_yticks(y)
-            labels = []
-            for r in part.itertuples():
-                cut = getattr(r, "cut", float("nan"))
-                unit = (getattr(r, "unit", "") if coding == "continuous"
-                        else f"high vs low (cut {fmt_cut(r.variable, cut)})")
-                counts = (f"; N={int(r.n)}, events={int(r.events)}"
-                          if pd.notna(getattr(r, "n", None)) and pd.notna(getattr(r, "events", None)) else "")
-                labels.append(_plain(f"{r.endpoint.upper()}  {r.variable}\n{unit}{counts}"))
-            ax.set_yticklabels(labels, fontsize=7.5)
-            lo, hi = float(part.hr_ci_low.min()), float(part.hr_ci_high.max())
-            span = max(hi / lo, 1.5)
-            ax.set_xlim(lo / span**0.15, hi * span**0.15)
-            for yy, r in zip(y, part.itertuples()):
-                ax.text(1.02, yy, f"{fmt_hr_ci(r.hr, r.hr_ci_low, r.hr_ci_high)}   p = {fmt_p(getattr(r, 'p', None))}",
-                        transform=ax.get_yaxis_transform(), va="center", fontsize=8)
-            ax.text(1.02, len(part) - 0.4, "HR (95% CI)            p", transform=ax.get_yaxis_transform(),
-                    va="bottom", fontsize=8, weight="bold")
-            ax.set_title(f"{title}: {'continuous markers' if coding == 'continuous' else 'dichotomised markers'}",
-                         fontsize=9, loc="left")
-            ax.set_xlabel("hazard ratio (log scale); left of 1 = lower hazard")
-        fig.subplots_adjust(right=0.66, hspace=0.6)
-    return _svg(fig, export, name)
+            ax.set_xlim(*xlim)
+            ax.xaxis.set_major_locator(FixedLocator(_forest_ticks(*xlim)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_yticks([])
+            ax.tick_params(axis="x", labelsize=8)
+            for side in ("top", "right", "left"):
+                ax.spines[side].set_visible(False)
+            ax.patch.set_alpha(0)
+            ax.set_xlabel("hazard ratio (log scale); < 1 lower hazard", fontsize=8, labelpad=2)
+            _thin_tick_labels(fig, ax)
+            top = bottom - axis_in / height
+    return _svg(fig, f"Forest plot: {title}", export, name)
 
 
 def spline_figure(results, endpoint: str, marker: str, export: FigureExport | None = None) -> str | None:
@@ -259,7 +420,8 @@ def spline_figure(results, endpoint: str, marker: str, export: FigureExport | No
         ax.set_ylabel("log hazard ratio vs median")
         ax.set_title(_plain(f"{ENDPOINT_NAMES[endpoint]}: {marker}\noverall p = {fmt_p(row.overall_p)}, "
                             f"nonlinearity p = {fmt_p(row.nonlinear_p)}"), fontsize=9)
-    return _svg(fig, export, f"spline_{endpoint}_{_slug(marker)}")
+    return _svg(fig, f"{ENDPOINT_NAMES[endpoint]}: {marker} as a restricted cubic spline", export,
+                f"spline_{endpoint}_{_slug(marker)}")
 
 
 def table_view(frame: pd.DataFrame) -> dict:
@@ -394,20 +556,27 @@ def _inputs_section(results) -> list[dict]:
 
 def render_report(results, export: FigureExport | None = None) -> str:
     """The full HTML page as a string; the figures drawn also go to ``export``."""
-    from jinja2 import Environment, FileSystemLoader
+    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True)
+    # the product reports' stylesheet (_style.css.j2) is shared: one look for every tilpheno page
+    env = Environment(loader=ChoiceLoader([FileSystemLoader(str(TEMPLATE_DIR)), PackageLoader("tilpheno.report", "templates")]),
+                      autoescape=True)
     forests = []
+    covs = ", ".join(results.cohort.covariates)
     for name, table in (("Univariable", results.cox_univariable), ("Multivariable", results.cox_multivariable)):
-        svg = forest_figure(table, f"{name} Cox models", export, f"forest_{name.lower()}")
-        if svg:
-            forests.append({"title": f"{name} hazard ratios", "svg": svg})
+        for endpoint in results.settings.endpoints:
+            part = table[table.endpoint == endpoint] if not table.empty else table
+            title = f"{ENDPOINT_NAMES[endpoint]}: {name.lower()} Cox models" + (
+                f" (each marker adjusted for {covs})" if name == "Multivariable" and covs else "")
+            fig = forest_figure(part, title, export, f"forest_{name.lower()}_{endpoint}") if not part.empty else None
+            if fig:
+                forests.append({"title": title, "id": f"forest_{name.lower()}_{endpoint}", **fig})
     splines = []
     for endpoint in results.settings.endpoints:
         for marker in results.cohort.markers:
-            svg = spline_figure(results, endpoint, marker, export)
-            if svg:
-                splines.append({"title": f"{ENDPOINT_NAMES[endpoint]}: {marker} (spline)", "svg": svg})
+            fig = spline_figure(results, endpoint, marker, export)
+            if fig:
+                splines.append({"title": f"{ENDPOINT_NAMES[endpoint]}: {marker} (spline)", **fig})
     tables = [
         ("Response rates (response.csv)", results.response),
         ("Kaplan-Meier summaries (km.csv)", results.km),
