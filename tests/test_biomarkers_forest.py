@@ -18,5 +18,6 @@ def test_failed_rows_are_dropped_and_fitted_rows_plotted():
     table = pd.DataFrame([["pfs", "univariable", "a", "continuous", None, None, None],
                           ["pfs", "univariable", "b", "continuous", 0.8, 0.6, 1.1]],
                          columns=COLUMNS, dtype=object)
-    png = forest_figure(table, "Univariable")
-    assert png is not None and len(png) > 100
+    fig = forest_figure(table, "Univariable")
+    assert fig is not None and fig["svg"].startswith("<svg") and ">b<" in fig["svg"] and ">a<" not in fig["svg"]
+    assert "0.8 (0.6–1.1)" in fig["svg"] and fig["width"] > 800

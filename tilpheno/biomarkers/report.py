@@ -260,7 +260,7 @@ def _forest_lines(part: pd.DataFrame, coding: str, names: dict[str, str]) -> lis
     for r in part.itertuples():
         count = (lambda v: str(int(v)) if pd.notna(v) else "–")
         if coding == "continuous":
-            lines.append(dict(marker=names.get(r.variable, r.variable), level=_marker_unit(r.variable), n=count(r.n),
+            lines.append(dict(marker=names.get(r.variable, r.variable), level=_marker_unit(r.variable), n=count(getattr(r, "n", None)),
                               est=(r.hr, r.hr_ci_low, r.hr_ci_high), p=getattr(r, "p", None), group=r.variable))
         else:
             cut = fmt_cut(r.variable, getattr(r, "cut", float("nan")))
@@ -547,6 +547,19 @@ REMARK = [
 ]
 
 
+def _provenance(record) -> dict[str, str]:
+    """The footer's short record: version, Python, the command, the parameters (no times, so the
+    page is reproducible); run.json holds the full record."""
+    import shlex
+
+    if record is None:
+        return {}
+    short = record.short()
+    command = shlex.join(record.command_line) if record.command_line else "library call (tilpheno.biomarkers.run_biomarkers)"
+    return {"tilpheno": short["tilpheno"], "python": short["python"], "command": command,
+            "parameters": short["parameters"], "full record": "run.json in the output folder"}
+
+
 def _inputs_section(results) -> list[dict]:
     record = results.run_record
     if record is None:
@@ -600,6 +613,6 @@ def render_report(results, export: FigureExport | None = None) -> str:
         settings=results.settings, km_figures=km_figures(results, export), forests=forests, splines=splines,
         tables=[{"title": t, "id": f"table{i}", **table_view(f)} for i, (t, f) in enumerate(tables)],
         unmatched=results.cohort.unmatched().to_dict("records"), remark=REMARK,
-        provenance=record.short() if record is not None else {}, inputs=_inputs_section(results),
+        provenance=_provenance(record), inputs=_inputs_section(results),
         n_tests=n_tests(results),
     )

@@ -34,11 +34,13 @@ COUNT_AND_STATUS = ("status", "error", "release_status", "qc_status")
 
 @dataclass(frozen=True)
 class Figure:
-    """One plot of the report: caption, the inline ``<svg>`` markup (``report.plots``), alt text."""
+    """One plot of the report: caption, the inline ``<svg>`` markup (``report.plots``), alt text;
+    ``wide``: a wide figure (e.g. signals over acquisition time) that spans two columns of the grid."""
 
     title: str
     svg: str
     alt: str
+    wide: bool = False
 
 
 @dataclass(frozen=True)

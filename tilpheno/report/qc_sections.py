@@ -50,7 +50,8 @@ def acquisition_section(ctx):
             channels = [c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns] + list(t.detectors.values())
             figures.append(Figure(f"{t.tube} stained tube: flow rate and channel medians over time",
                                   acquisition_plot(qc, channels, labels, title=f"{t.tube} stained tube"),
-                                  f"{Path(str(t.file)).name}: {qc.removed_pct:.1f}% of events in anomalous stretches"))
+                                  f"{Path(str(t.file)).name}: {qc.removed_pct:.1f}% of events in anomalous stretches",
+                                  wide=True))
     if not rows:
         return None
     params = " ".join(f"Parameters ({tube} strategy): " + ", ".join(f"{k} = {v}" for k, v in p.items()) + "."
