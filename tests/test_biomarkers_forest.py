@@ -20,4 +20,4 @@ def test_failed_rows_are_dropped_and_fitted_rows_plotted():
                          columns=COLUMNS, dtype=object)
     fig = forest_figure(table, "Univariable")
     assert fig is not None and fig["svg"].startswith("<svg") and ">b<" in fig["svg"] and ">a<" not in fig["svg"]
-    assert "0.8 (0.6–1.1)" in fig["svg"] and fig["width"] > 800
+    assert "0.800 (0.600–1.10)" in fig["svg"] and fig["width"] > 800
