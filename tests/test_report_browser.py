@@ -201,3 +201,43 @@ def test_quadrant_labels_never_overlap(product_page, browser):
             for b in fig[i + 1:]:
                 overlap = min(a[1], b[1]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[2], b[2]) > 0.5
                 assert not overlap, (a, b)
+
+
+@pytest.fixture(scope="module")
+def sample_product_page(tmp_path_factory, browser):
+    """sample_fcs TIL001 processed with reports (its files have a time channel and enough events for
+    the acquisition-QC figures, which the small simulated cohort lacks)."""
+    from pathlib import Path
+
+    from tilpheno.pipeline import process_folder
+
+    sample = Path(__file__).parents[1] / "sample_fcs"
+    manifest = pd.read_csv(sample / "manifest.csv", dtype=str, keep_default_na=False)
+    tmp = tmp_path_factory.mktemp("sample_report")
+    subset = manifest[manifest["product_id"] == "TIL001"].copy()
+    subset["file"] = [str(sample / f) for f in subset["file"]]
+    subset.to_csv(tmp / "manifest.csv", index=False)
+    summary = process_folder(sample, tmp / "out", manifest_csv=tmp / "manifest.csv")
+    assert summary.ok
+    session, report = browser.load((tmp / "out" / "products" / "TIL001" / "report.html").as_uri())
+    assert report.loaded and report.problems == []
+    return session
+
+
+def test_acquisition_qc_figures_span_two_columns_with_readable_text(sample_product_page, browser):
+    """The wide flow-rate/medians-over-time figure is not squeezed into one of three grid columns."""
+    session = sample_product_page
+    found = browser.evaluate(session, """(() => {
+        const px = svg => { const s = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+            return Math.min(...Array.from(svg.querySelectorAll('text')).map(t => parseFloat(getComputedStyle(t).fontSize) * s)); };
+        const grid = document.querySelector('section#acquisition-qc .grid');
+        const gate = document.querySelector('.grid figure:not(.wide) svg.plot');
+        return {grid: grid.getBoundingClientRect().width,
+                figs: Array.from(grid.querySelectorAll('figure')).map(f => [f.className, f.getBoundingClientRect().width,
+                      px(f.querySelector('svg.plot'))]),
+                gate: gate.getBoundingClientRect().width, gate_px: px(gate)}; })()""")
+    assert len(found["figs"]) == 2   # surface and treg stained tubes
+    for cls, width, min_px in found["figs"]:
+        assert cls == "wide" and width >= 0.6 * found["grid"] and width >= 1.8 * found["gate"]
+        assert min_px >= 9.5   # legend text (6.5 pt) at about 10 px; in one grid column it was about 5 px
+    assert found["gate_px"] >= 9.5
