@@ -1,5 +1,6 @@
 """Absolute subset doses: the infused TIL number comes from the outcomes table (or the manifest)."""
 import math
+import re
 import shutil
 
 import pandas as pd
@@ -49,3 +50,9 @@ def test_process_with_outcomes_writes_doses(two_products, tmp_path):
     assert row["cd8_dose_cells"] == pytest.approx(cd3 * row["cd8_pct_of_cd3"] / 100, rel=1e-12)
     assert row["cd8pd1_dose_cells"] == pytest.approx(cd3 * row["cd8pd1_pct_of_cd3"] / 100, rel=1e-12)
     assert math.isnan(table.loc["TIL002", "cd3_dose_cells"])  # no outcome row: no dose, not a guess
+    # the report shows doses for reading, in 10^9 cells to 3 significant digits (the table keeps every digit)
+    html = (tmp_path / "out" / "products" / "TIL001" / "report.html").read_text()
+    shown = re.search(r'<td class="num">([^<]*)</td><td>cells</td><td class="muted">[^<]*</td><td class="mono">cd3_dose_cells<',
+                      html).group(1)
+    assert shown == f"{cd3 / 1e9:.3g} ×10⁹" and re.fullmatch(r"\d\.\d\d ×10⁹", shown)
+    assert f"{cd3:.2f}" not in html

@@ -443,6 +443,12 @@ def _as_list(built) -> list[Section]:
 SECTION_BUILDERS = [gating_sections, fmo_section, acquisition_section, compensation_sections, files_section]
 
 
+def _cells(value) -> str:
+    """A cell number for reading: 3 significant digits in units of 10⁹ (``5.98 ×10⁹``); the
+    tables keep the full number."""
+    return f"{float(value) / 1e9:.3g} ×10⁹"
+
+
 def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
     from tilpheno.report.codebook import build_codebook
@@ -458,7 +464,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     study = [(k, book.at[k, "label"], v, book.at[k, "unit"], book.at[k, "meaning"]) for k, v in outcome.phenotype.items()
              if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]
     no_dose = [row for row in study if row[3] == "cells" and not _is_number(row[2])]
-    study = [row for row in study if row not in no_dose]
+    study = [(k, label, _cells(v) if unit == "cells" else v, unit, meaning)
+             for k, label, v, unit, meaning in study if (k, label, v, unit, meaning) not in no_dose]
     counts = [(k, book.at[k, "label"], v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
     return render(
         "product.html.j2",
