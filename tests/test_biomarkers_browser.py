@@ -232,3 +232,43 @@ def test_shared_style_tables_not_cut_off_and_provenance_footer(bio, page, browse
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert f"{path} (SHA-256 {digest})" in inputs
         assert {"path": str(path), "sha256": digest, "role": "input"} in run["inputs"]
+
+
+def test_km_ci_bands_and_median_lines_at_the_km_csv_median(bio, page, browser):
+    """Every curve has its CI band; the dashed median line ends at km.csv's median (x mapped through the
+    positions of the break-time tick labels), and is absent when the median is not reached."""
+    out, _ = bio
+    session, _, figures = page
+    km = pd.read_csv(out / "km.csv")
+    found = browser.evaluate(session, """Array.from(document.querySelectorAll('figure[id^="km_"]')).map(fig => {
+        const svg = fig.querySelector('svg.plot'), part = id => svg.querySelector(`g[id$="-${id}"]`);
+        const curves = Array.from(svg.querySelectorAll('g[id*="-tp-curve-"]')).map(g => g.id.split('-tp-curve-')[1]);
+        const ticks = Array.from(svg.querySelectorAll('text')).filter(t => !t.closest('g[id]') || !t.closest('g[id]').id.includes('tp-'))
+            .map(t => { const r = t.getBoundingClientRect(); return [t.textContent, (r.left + r.right) / 2, r.top]; });
+        return {id: fig.id, curves: curves.map(c => ({ci: !!part('tp-ci-' + c), median: part('tp-median-' + c) ?
+            part('tp-median-' + c).getBoundingClientRect().right : null})), ticks: ticks}; })""")
+    assert len(found) == len(_km(figures))
+    checked = 0
+    for f in found:
+        endpoint = f["id"].split("_")[1]
+        rows = km[km.endpoint == endpoint]
+        if f["id"].endswith("_all"):
+            rows = rows[rows.grouping == "all"]
+        else:
+            marker_method = f["id"][len(f"km_{endpoint}_"):]
+            rows = rows[rows.grouping.str.replace(":", "_") == marker_method]
+        rows = rows.set_index("group").reindex(["all"] if f["id"].endswith("_all") else ["low", "high"])
+        assert len(f["curves"]) == len(rows) and all(c["ci"] for c in f["curves"]), f["id"]
+        # x axis: the break-time tick labels (the lowest row of numbers that match the breaks, under the plot)
+        xticks = {}
+        for text, x, top in f["ticks"]:
+            if text in {str(b) for b in BREAKS}:
+                xticks.setdefault(float(text), (x, top))
+        (t0, (x0, _)), (t1, (x1, _)) = min(xticks.items()), max(xticks.items())
+        for curve, median in zip(f["curves"], rows["median"]):
+            if pd.isna(median):
+                assert curve["median"] is None, f["id"]
+            else:
+                assert curve["median"] == pytest.approx(x0 + (median - t0) * (x1 - x0) / (t1 - t0), abs=1.5), f["id"]
+                checked += 1
+    assert checked >= 4

@@ -97,8 +97,8 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
     the p-value on the plot, the legend above the plot (never over a curve) and a numbers-at-risk
     table under the x axis at the break times.
 
-    Text that tests and readers look for carries ids: ``tp-legend``, ``tp-axes`` (the plot area),
-    ``tp-pvalue``, ``tp-risk-<curve>-<break>``."""
+    What tests and readers look for carries ids: ``tp-legend``, ``tp-axes`` (the plot area),
+    ``tp-pvalue``, ``tp-risk-<curve>-<break>``, ``tp-curve-<curve>``, ``tp-ci-<curve>``, ``tp-median-<curve>``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,10 +115,11 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
         tab = fig.add_subplot(gs[1], sharex=ax)
         ax.patch.set_gid("tp-axes")
         for row, (fit, color) in enumerate(zip(fits, COLORS)):
-            fit.plot(ax, color=color, ci=True)
+            fit.plot(ax, color=color, ci=True).set_gid(f"tp-curve-{row}")
+            ax.collections[-1].set_gid(f"tp-ci-{row}")   # the CI band fit.plot just drew
             med = fit.median().estimate
             if np.isfinite(med):
-                ax.plot([0, med, med], [0.5, 0.5, 0], ls="--", lw=0.8, color=color)
+                ax.plot([0, med, med], [0.5, 0.5, 0], ls="--", lw=0.8, color=color, gid=f"tp-median-{row}")
             y = len(fits) - row
             for i, (tick, n) in enumerate(zip(ticks, fit.at_risk(ticks))):
                 tab.text(tick, y, str(n), ha="center", va="center", fontsize=RISK_FONT, gid=f"tp-risk-{row}-{i}")
