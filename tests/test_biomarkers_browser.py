@@ -272,3 +272,28 @@ def test_km_ci_bands_and_median_lines_at_the_km_csv_median(bio, page, browser):
                 assert curve["median"] == pytest.approx(x0 + (median - t0) * (x1 - x0) / (t1 - t0), abs=1.5), f["id"]
                 checked += 1
     assert checked >= 4
+
+
+def test_html_rounded_for_reading_csv_at_full_precision(bio, page, browser):
+    """The page's Cox table: HR to 4 significant digits, p by fmt_p, doses in 10⁹; the CSV holds the exact floats."""
+    from tilpheno.biomarkers.formatting import cell, dose, sig
+
+    out, res = bio
+    session, _, _ = page
+    csv = pd.read_csv(out / "cox_univariable.csv", float_precision="round_trip")
+    assert (csv["hr"].to_numpy() == res.cox_univariable["hr"].to_numpy(float)).all()   # every digit kept
+    table = browser.evaluate(session, """(() => { const t = document.getElementById('table4-table');
+        return {head: Array.from(t.tHead.rows[0].cells).map(c => c.textContent),
+                rows: Array.from(t.tBodies[0].rows).map(r => Array.from(r.cells).map(c => c.textContent))}; })()""")
+    col = {h: i for i, h in enumerate(table["head"])}
+    assert len(table["rows"]) == len(csv)
+    for shown, rec in zip(table["rows"], csv.itertuples()):
+        assert shown[col["hr"]] == sig(rec.hr, 4) and shown[col["p"]] == fmt_p(rec.p)
+        assert shown[col["cut"]] == (dose(rec.cut) if rec.variable.endswith("_dose_cells") else cell("cut", rec.cut))
+        readable = [v for h, v in zip(table["head"], shown) if h != "max_scaled_score"]   # a convergence diagnostic
+        assert not any("e+" in v or "e-" in v for v in readable), shown   # no scientific notation for readers
+        assert len(shown[col["hr"]].replace(".", "").lstrip("0")) <= 4
+    km = browser.evaluate(session, """(() => { const t = document.getElementById('table1-table');
+        const head = Array.from(t.tHead.rows[0].cells).map(c => c.textContent);
+        return Array.from(t.tBodies[0].rows).map(r => r.cells[head.indexOf('rate_12m')].textContent); })()""")
+    assert km and all(v.endswith(" %") or v == "–" for v in km)          # rates as %

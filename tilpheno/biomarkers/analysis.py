@@ -265,7 +265,8 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
     scale, unit = (1e9, "per 1e9 cells") if marker.endswith("_dose_cells") else (1.0, "per unit")
     frame = d.assign(_cont=d[marker] / scale, _dich=(d[marker] > dich_cut).astype(float))
     cut_label = "prespecified" if pre_cut is not None else "median"
-    codings = [("continuous", "_cont", unit), ("dichotomized", "_dich", f"high vs low ({cut_label} cut {dich_cut:.4g})")]
+    cut_text = f"{dich_cut / 1e9:.3g} ×10⁹ cells" if scale != 1.0 else f"{dich_cut:.4g}"
+    codings = [("continuous", "_cont", unit), ("dichotomized", "_dich", f"high vs low ({cut_label} cut {cut_text})")]
     for coding, col, unit_text in codings:
         for model, variables, sink in [("univariable", [col], uni),
                                        ("multivariable", [col, *cohort.covariates], multi)]:

@@ -425,10 +425,20 @@ def spline_figure(results, endpoint: str, marker: str, export: FigureExport | No
                 f"spline_{endpoint}_{_slug(marker)}")
 
 
+_CUT_COLUMNS = ("cut", "cutpoint")
+
+
+def _row_cells(columns: list[str], row) -> list[str]:
+    """One table row for reading: formatting.cell by column; a dose marker's cut in 10⁹ cells."""
+    marker = next((str(v) for c, v in zip(columns, row) if c in ("variable", "marker")), "")
+    return [dose(v) if c in _CUT_COLUMNS and marker.endswith("_dose_cells") and isinstance(v, (float, np.floating))
+            and np.isfinite(v) else cell(c, v) for c, v in zip(columns, row)]
+
+
 def table_view(frame: pd.DataFrame) -> dict:
     """Header and cells rounded for reading (formatting.cell); the template escapes every cell."""
-    return {"columns": [str(c) for c in frame.columns],
-            "rows": [[cell(str(c), v) for c, v in zip(frame.columns, row)] for row in frame.itertuples(index=False)]}
+    columns = [str(c) for c in frame.columns]
+    return {"columns": columns, "rows": [_row_cells(columns, row) for row in frame.itertuples(index=False)]}
 
 
 def methods_text(results) -> list[str]:
