@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/validate_realdata.py [--realdata ../shared/realdata] [--out /tmp/realdata]
 
-FlowAtlas tissue T cells (MIT; 14 samples, 5 unstained controls): ``gating/flowatlas_tcell.yaml``
-(density valleys, no FMOs exist) with ``tests/data/realdata_flowatlas/panel.csv`` for the
-detectors FlowJo left unlabelled, against the expert's FlowJo gates of
+FlowAtlas tissue T cells (MIT; 14 samples, 5 unstained controls): the strategy of each file's
+panel, following the expert's FlowJo hierarchy (``STRATEGIES``: T+B panel ``gating/flowatlas_tcell_cd19.yaml``,
+non-B then T cells; CD45 panel ``flowatlas_tcell_cd45.yaml``, CD45+ then T cells; else
+``flowatlas_tcell.yaml``; density valleys, no FMOs exist) with
+``tests/data/realdata_flowatlas/panel.csv`` for the detectors FlowJo left unlabelled, against the
+expert's FlowJo gates of
 ``workspace_2021-08-06_12a14ca.wsp``, re-applied event by event with
 ``tilpheno.gates.flowjo.apply_workspace`` (FlowKit reproduces FlowJo's counts for 311 of 327
 populations within 1 % or 2 events). Per population and sample: % of parent (ours vs the
@@ -46,6 +49,19 @@ GATE_NAMES = {  # a review flag on any of these gates (population or marker name
     "CD4- CD8-": ("T cells", "CD3", "CD4+", "CD4", "CD8+", "CD8"),
     "FoxP3+": ("CD4+", "CD4", "FoxP3+", "FoxP3"),
 }
+
+
+STRATEGIES = {"CD19": "flowatlas_tcell_cd19", "CD45": "flowatlas_tcell_cd45", "": "flowatlas_tcell"}
+"""The FlowAtlas strategy of a file's panel: T+B panel (CD19), CD45 panel, else the CD3 panel."""
+
+
+def strategy_for(path: Path, panel) -> str:
+    """The strategy name of ``STRATEGIES`` for the panel of the file at ``path`` (override applied)."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.panel import panel_from_fcs
+
+    markers = set(panel_from_fcs(read_fcs(path), override=panel, tube="tcell").markers)
+    return next(name for marker, name in STRATEGIES.items() if not marker or marker in markers)
 
 
 def f1(ours: np.ndarray, expert: np.ndarray) -> float:
@@ -100,7 +116,7 @@ def main(argv=None) -> None:
     base = Path(args.realdata) / "flowatlas_tissue_tcell"
     if not base.exists():
         raise SystemExit(f"{base}: not found (the real data live in ../shared/realdata)")
-    strategy = load_strategy(ROOT / "gating" / "flowatlas_tcell.yaml")
+    strategies = {name: load_strategy(ROOT / "gating" / f"{name}.yaml") for name in STRATEGIES.values()}
     test_panel = read_panel_file(ROOT / "tests" / "data" / "realdata_flowatlas" / "panel.csv")
     manifest = pd.read_csv(base / "fcs_manifest.csv")
     workspace = base / "workspace_2021-08-06_12a14ca.wsp"
@@ -118,6 +134,7 @@ def main(argv=None) -> None:
             rows_412c += [type(r)(stem, r.detector, r.marker) for r in template]
         panel = PanelOverrides(test_panel.source, tuple(rows_412c))
         m = pd.DataFrame([{"file": str(path), "product_id": stem, "tube": "tcell", "role": "stain", "fmo_marker": ""}])
+        strategy = strategies[strategy_for(path, panel)]
         result = analyze_product(stem, m, [strategy], panel_override=panel)
         tube = result.tubes[0]
         review = " ".join(f.message for f in result.qc if needs_review(f))
@@ -146,7 +163,7 @@ def main(argv=None) -> None:
         panel = PanelOverrides(test_panel.source, tuple(rows_u))
         m = pd.DataFrame([{"file": str(f), "product_id": f.stem, "tube": "tcell", "role": "stain", "fmo_marker": ""}])
         try:
-            result = analyze_product(f.stem, m, [strategy], panel_override=panel)
+            result = analyze_product(f.stem, m, [strategies[strategy_for(f, panel)]], panel_override=panel)
             pops = result.tubes[0].populations.set_index("population")
             control_rows.append({"control": f.name, "t_cells_pct": pops.loc["T cells", "pct_of_parent"],
                                  "flags": ";".join(sorted({q.code for q in result.qc}))})
