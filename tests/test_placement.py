@@ -215,3 +215,18 @@ def test_valley_cut_never_leaves_the_data_range():
     assert p.diagnostics["clamped"] is True
     assert p.diagnostics["threshold"] == pytest.approx(x.max())
     assert "clamped to the data's range" in p.flags[0].message
+
+
+def test_negative_sd_from_the_upper_half_keeps_a_low_tail():
+    # CD127 of CD4 T cells: a main CD127+ peak and a CD127-low tail (Tregs) below it; the SD of the
+    # main peak comes from its upper half, free of the tail
+    rng = np.random.default_rng(13)
+    main, tail = rng.normal(0.65, 0.05, 9000), rng.normal(0.45, 0.08, 1000)
+    x = np.concatenate([main, tail])
+    upper = place_valley(x, "CD127", keep="low", rule="negative_sd", k_sd=1, sd_side="upper")
+    lower = place_valley(x, "CD127", keep="low", rule="negative_sd", k_sd=1)
+    assert upper.diagnostics["negative_width"] == pytest.approx(0.05, rel=0.1)
+    assert upper.diagnostics["threshold"] == pytest.approx(0.65 + 0.05, abs=0.01)
+    assert lower.diagnostics["negative_width"] > 0.06          # the tail widens the lower half
+    with pytest.raises(GatingError, match="sd_side"):
+        place_valley(x, "CD127", rule="negative_sd", sd_side="middle")

@@ -352,6 +352,7 @@ def place_valley(
     zero: float | None = None,
     rule: str = "valley",
     k_sd: float = 4.0,
+    sd_side: str = "lower",
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
 
@@ -366,13 +367,19 @@ def place_valley(
     events (doublets, dying cells, spillover) stays out of it, as an expert draws the gate at the
     foot of the positive peak. Without a positive peak the ``positive_sd``/``higher`` rules keep
     the valley result. Both candidates are recorded (``valley_threshold``, ``sd_threshold``)
-    with the ``winner``. The cut never leaves the data's range (it is clamped to the lowest and
+    with the ``winner``. ``sd_side`` (``negative_sd``/``lower``): the half of the main peak whose
+    RMS is its robust SD, the half free of the other population: ``lower`` (default; negatives
+    with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
+    CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
+    peak's lower side up to ``k_sd`` SDs above its mode). The cut never leaves the data's range (it is clamped to the lowest and
     highest value; ``clamped`` records it).
     """
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
     if rule not in VALLEY_RULES:
         raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
+    if sd_side not in ("lower", "upper"):
+        raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
     cut, diagnostics, two_peaks = valley_threshold(
         values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation,
         fallback_sd=fallback_sd, zero=zero,
@@ -391,9 +398,9 @@ def place_valley(
     elif rule in ("negative_sd", "lower"):
         density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
         mode = float(density.grid[int(np.argmax(density.values))])
-        width = _lower_half_width(x, mode, np.inf)
+        width = _lower_half_width(x, mode, np.inf) if sd_side == "lower" else _lower_half_width(-x, -mode, np.inf)
         sd_cut = mode + k_sd * (width if np.isfinite(width) else bandwidth)
-        diagnostics.update(sd_threshold=sd_cut, negative_mode=mode, negative_width=width, k_sd=k_sd)
+        diagnostics.update(sd_threshold=sd_cut, negative_mode=mode, negative_width=width, k_sd=k_sd, sd_side=sd_side)
         if rule == "negative_sd" or sd_cut < cut:
             cut = sd_cut
             diagnostics.update(threshold=cut, winner="negative_sd")

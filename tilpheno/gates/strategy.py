@@ -20,6 +20,7 @@ singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
 valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, min_separation 0.25,
                      fallback_sd 4, rule valley|negative_sd|lower|positive_sd|higher (valley), k_sd 4,
+                     sd_side lower|upper (lower),
                      reference (the parent): the population whose events place the cut
 fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200,
                      bandwidth / min_prominence / min_separation / fallback_sd for the
@@ -106,6 +107,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "rule": ParamSpec(str, "valley", choices=("valley", "negative_sd", "lower", "positive_sd", "higher")),
         "k_sd": ParamSpec(_NUM, 4.0, 0.5, 50),
         "reference": ParamSpec(str, None),
+        "sd_side": ParamSpec(str, "lower", choices=("lower", "upper")),
     }),
     "fmo": (1, {
         "percentile": ParamSpec(_NUM, None, 50, 99.999),
