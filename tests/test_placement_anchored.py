@@ -128,3 +128,21 @@ def test_review_status_from_flags():
     other = QCFlag("P", "", "low_viability", "warning", "x")
     assert checks.review_status([info, other]) == checks.NO_REVIEW_FLAGS
     assert checks.review_status([other, warn]) == checks.NEEDS_REVIEW
+
+
+def test_valley_self_check_flags_few_events_and_judges_sd_rules_by_their_own_peak():
+    rng = np.random.default_rng(21)
+    # a clean two-population marker on 600 events: placed fine, but on too few events to trust
+    small = np.concatenate([rng.normal(0.2, 0.03, 400), rng.normal(0.7, 0.03, 200)])
+    p = checks.check_valley("T cells", pl.place_valley(small, "CD3", keep="high"), small)
+    assert [f.code for f in p.flags] == ["few_events"] and "600 events" in p.flags[0].message
+    assert checks.needs_review(p.flags[0])
+    big = np.concatenate([rng.normal(0.2, 0.03, 4000), rng.normal(0.7, 0.03, 2000)])
+    assert checks.check_valley("T cells", pl.place_valley(big, "CD3", keep="high"), big).flags == ()
+    # an SD rule cuts on the flank of its own peak by convention: 1 SD above a Gaussian main peak
+    # (density 0.61 of it) is no alarm; the same cut called a valley would be one
+    main = rng.normal(0.65, 0.05, 9000)
+    sd = pl.place_valley(main, "CD127", keep="low", rule="negative_sd", k_sd=1, sd_side="upper")
+    assert [f.code for f in checks.check_valley("CD127lo", sd, main).flags] == []
+    as_valley = pl.Placement(sd.gate, "density_valley", {**sd.diagnostics, "winner": "density_valley"})
+    assert [f.code for f in checks.check_valley("CD127lo", as_valley, main).flags] == ["cut_in_dense_region"]
