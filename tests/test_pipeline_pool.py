@@ -22,12 +22,12 @@ def test_workers_run_many_jobs_and_a_dead_one_is_replaced():
     jobs = ["a", "b", "c", "die", "d", "e", "f", "g"]
     with WorkerPool(2, _pid_of, _failed) as pool:
         results = dict(pool.imap_unordered(jobs))
-        assert len(pool.workers) == 2   # the dead worker was replaced
     assert set(results) == set(jobs)
     assert results["die"] == "worker died while processing this product (exited with status 3)"
     pids = {pid for job, pid in results.items() if job != "die"}
     assert os.getpid() not in pids
-    # 7 jobs ran on at most 3 processes (two workers and the dead one's replacement): workers are reused
+    # 7 jobs ran on at most 3 processes (two workers and, when jobs were left, the dead one's
+    # replacement): workers are reused
     assert len(pids) <= 3
 
 
