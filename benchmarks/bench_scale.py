@@ -8,6 +8,22 @@
     .venv/bin/python benchmarks/bench_scale.py throughput --cohort /tmp/b12 --baseline /path/to/old/tree
     .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
     .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
+    .venv/bin/python benchmarks/bench_scale.py all --make-cohort /tmp/scale_b4 --baseline-commit b929823
+
+``all`` measures every ratio of the issue's "Done when" list that concerns speed, in one run
+(under 10 minutes on 2 quiet cores), on the issue's folder (``--make-cohort`` writes it first if
+it is missing: 4 products x 9 files, 8 of them gated, x 200,000 events, seed 7):
+
+- the whole pipeline (gating + reports), ``--jobs 1``, against the code at ``--baseline-commit``
+  (checked out with ``git worktree add`` into a temporary folder, removed afterwards; the issue
+  was filed against b929823), the two interleaved over ``--rounds`` rounds; throughput per core
+  = baseline CPU seconds / current CPU seconds (process tree), and the wall-clock ratio;
+- ``--jobs 2`` against ``--jobs 1``, and ``--executor dask`` on a ``LocalCluster`` of two
+  single-threaded worker processes (started, and their libraries imported, before the timing)
+  against ``--jobs 1`` (wall clock; outputs compared byte for byte);
+- gating alone with the same fixed gates, per file, against FlowKit (``run.bench_gating``: read +
+  compensate + transform + 14 resolved gates as masks vs ``Sample`` + ``gate_sample`` on the
+  stained surface file, CPU seconds, median of ``--repeat``).
 
 Every ``process`` runs in a subprocess (``python -m tilpheno.cli process``, ``--no-cache`` unless the
 cache is what is measured) against the ``tilpheno`` of ``--tree`` (default: this checkout); wall
@@ -232,19 +248,142 @@ def scan(args) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def _baseline_tree(commit: str) -> Path:
+    """A detached ``git worktree`` of this repository at ``commit`` in a temporary folder."""
+    repo = HERE.parent
+    tree = Path(tempfile.mkdtemp(prefix="scale-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), commit], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return tree
+
+
+def _remove_tree(tree: Path) -> None:
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(tree)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+def _dask_cluster(tree: Path):
+    """A LocalCluster of two single-threaded worker processes, their libraries imported (the
+    preload a deployment gives ``dask worker``, see the README), this tree first on their path."""
+    from distributed import Client, LocalCluster
+
+    os.environ["PYTHONPATH"] = str(tree)   # inherited by the worker processes
+    sys.path.insert(0, str(tree))
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, worker_dashboard_address=None)
+    with Client(cluster) as client:
+        client.wait_for_workers(2)
+        client.run(_warm_worker)
+    return cluster
+
+
+def _warm_worker() -> None:
+    """What ``dask worker --preload tilpheno.daskworker`` does at a worker's start (README)."""
+    try:
+        from tilpheno.daskworker import dask_setup
+    except ImportError:   # an older tree: import what its first product would
+        import importlib
+
+        for name in ("tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.report.product", "sklearn.mixture"):
+            importlib.import_module(name)
+        return
+    dask_setup()
+
+
+def everything(args) -> None:
+    """The one command for the lead: every speed ratio of issue 18 in one run (module docstring)."""
+    import pandas as pd
+
+    from run import bench_gating
+
+    cohort = args.cohort
+    if not (cohort / "manifest.csv").exists():
+        subprocess.run([sys.executable, str(HERE / "make_cohort.py"), "--out", str(cohort), "--products", "4",
+                        "--events", "200000"], check=True, env={**os.environ, "PYTHONPATH": str(args.tree)})
+    work = Path(tempfile.mkdtemp(prefix="scale-all-"))
+    baseline = args.baseline or (_baseline_tree(args.baseline_commit) if args.baseline_commit else None)
+    t_start = time.perf_counter()
+    runs: dict[str, list[dict]] = {}
+    try:
+        for r in range(args.rounds):
+            for name, tree, extra in [("baseline --jobs 1", baseline, ()), ("now --jobs 1", args.tree, ("--no-cache",)),
+                                      ("now --jobs 2", args.tree, ("--no-cache", "--jobs", "2"))]:
+                if tree is not None:
+                    runs.setdefault(name, []).append(run_process(tree, cohort, work / f"{name.replace(' ', '_')}-{r}", *extra))
+        cluster = _dask_cluster(args.tree)
+        try:
+            for r in range(args.rounds):
+                runs.setdefault("now dask, 2 workers", []).append(run_process(
+                    args.tree, cohort, work / f"dask-{r}", "--no-cache", "--executor", "dask",
+                    "--scheduler", cluster.scheduler_address))
+        finally:
+            cluster.close()
+        same_jobs = outputs(work / "now_--jobs_1-0") == outputs(work / "now_--jobs_2-0")
+        same_dask = outputs(work / "now_--jobs_1-0") == outputs(work / "dask-0")
+        from tilpheno.gates.strategy import load_strategy
+        from tilpheno.study import default_study
+
+        strategies = [load_strategy(p) for p in default_study().strategy_paths]
+        manifest = pd.read_csv(cohort / "manifest.csv")
+        manifest["file"] = [str(cohort / f) for f in manifest["file"]]
+        load_fk = load()
+        gating = bench_gating(manifest, strategies, args.repeat, work)
+    finally:
+        if baseline is not None and args.baseline is None:
+            _remove_tree(baseline)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def least(name: str, key: str) -> dict:
+        return min(runs[name], key=lambda r: r[key])
+
+    lines = ["| run | least wall of the rounds | least CPU (process tree) | load before | notes |", "|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        w, c = least(name, "wall"), least(name, "cpu")
+        cpu_note = "client process only" if "dask" in name else ""
+        loads = ", ".join(f"{r['load']:.1f}" for r in rs)
+        lines.append(f"| {name} | {w['wall']:.1f} s | {c['cpu']:.1f} s | {loads} | {cpu_note} |")
+    one = least("now --jobs 1", "wall")["wall"]
+    lines += ["", "| Done when | target | measured |", "|---|---|---|"]
+    if "baseline --jobs 1" in runs:
+        b_cpu, n_cpu = least("baseline --jobs 1", "cpu")["cpu"], least("now --jobs 1", "cpu")["cpu"]
+        b_wall = least("baseline --jobs 1", "wall")["wall"]
+        lines.append(f"| whole pipeline (gating + reports), throughput per core vs {args.baseline_commit or args.baseline} "
+                     f"| >= 2x | **{b_cpu / n_cpu:.2f}x** (CPU s {b_cpu:.1f} / {n_cpu:.1f}); wall {b_wall / one:.2f}x |")
+    lines.append(f"| --jobs 2 vs --jobs 1 (wall) | >= 1.8x | **{one / least('now --jobs 2', 'wall')['wall']:.2f}x**; "
+                 f"outputs identical: {same_jobs} |")
+    lines.append(f"| Dask, 2 worker processes vs --jobs 1 (wall) | >= 1.7x | "
+                 f"**{one / least('now dask, 2 workers', 'wall')['wall']:.2f}x**; outputs identical: {same_dask} |")
+    lines.append(f"| gating alone, same {gating['n_gates']} fixed gates, per file ({gating['events']} events: read + "
+                 f"compensate + transform + gates) vs FlowKit Sample + gate_sample (CPU s, median of {args.repeat}) | >= 10x | "
+                 f"**{gating['t_flowkit_file'] / gating['t_ours_file']:.1f}x** ({gating['t_ours_file']:.4f} vs "
+                 f"{gating['t_flowkit_file']:.4f}); counts max abs difference {gating['count_max_abs_diff']}; "
+                 f"load {load_fk:.1f} |")
+    lines.append(f"\n{len(runs.get('now --jobs 1', []))} round(s), {time.perf_counter() - t_start:.0f} s in all; "
+                 f"cohort {cohort}; {os.cpu_count()} CPUs; load average now {load():.1f}")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "scan"))
-    ap.add_argument("--cohort", type=Path, required=True, help="folder from benchmarks/make_cohort.py")
+    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "scan", "all"))
+    ap.add_argument("--cohort", type=Path, help="folder from benchmarks/make_cohort.py")
+    ap.add_argument("--make-cohort", type=Path, help="`all`: the issue's folder here (written first if missing)")
+    ap.add_argument("--baseline-commit", default=None, help="`all`: commit to compare against (git worktree)")
+    ap.add_argument("--repeat", type=int, default=5, help="`all`: repeats of the FlowKit comparison")
     ap.add_argument("--tree", type=Path, default=HERE.parent, help="tilpheno checkout to run (default: this one)")
     ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`")
     ap.add_argument("--small", type=int, default=20, help="products of the small memory run")
-    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of `throughput`")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of `throughput` and `all`")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--files", type=int, default=10_000, help="files for `scan`")
     args = ap.parse_args(argv)
+    args.cohort = args.cohort or args.make_cohort
+    if args.cohort is None:
+        ap.error("--cohort (or, for `all`, --make-cohort) is required")
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
-     "scan": scan}[args.what](args)
+     "scan": scan, "all": everything}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ LAYERS = {
     "tilpheno.pipeline": 8.9, "tilpheno.cache": 8, "tilpheno.gating": 8, "tilpheno.biomarkers": 8, "tilpheno.simulate": 8,
     # inside the pipeline: jobs, inputs, release < one product < executors < run record < outputs < the run < the package
     "tilpheno.pipeline.jobs": 8.1, "tilpheno.pipeline.inputs": 8.1, "tilpheno.pipeline.release": 8.1,
+    "tilpheno.pipeline.pool": 8.1,
     "tilpheno.pipeline.product": 8.2, "tilpheno.pipeline.executors": 8.3, "tilpheno.pipeline.record": 8.4,
     "tilpheno.pipeline.outputs": 8.5, "tilpheno.pipeline.run": 8.6,
     "tilpheno.cli": 9,

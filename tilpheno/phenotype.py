@@ -72,6 +72,10 @@ _PLACED_PER_FILE = ("cells", "singlets", "lymphocytes", "valley")
 PLOT_EVENTS = 20_000
 """Events per file kept for the report's plots by the pipeline (``analyze_product(plot_events=...)``)."""
 
+STAINED_KEEP_BYTES = 32 * 2**20
+"""While the FMO thresholds are resolved, a stained file whose transformed arrays take at most this
+many bytes (e.g. 500,000 events x 8 dimensions) stays loaded between uses instead of being read again."""
+
 
 @dataclass
 class TubeData:
@@ -348,8 +352,10 @@ class _TubeKindRun:
     thresholds applied) and the percentile taken; a missing FMO falls back to the stained tube.
     Pass 2 gates every file to the end with all thresholds known. A file's per-file placements
     (cells, singlets, lymphocytes, valley) are kept, so a file loaded in both passes is placed once.
-    With ``keep_loaded`` False only one file's arrays are held at a time (a file is loaded again
-    in pass 2 if another one was needed in between): the memory of a tube kind is one file's.
+    With ``keep_loaded`` False a file is loaded again when it was released in between; besides
+    the file in use, only the first stained file stays loaded, and only while its arrays take at
+    most ``STAINED_KEEP_BYTES`` (every threshold of pass 1 walks it again): the memory of a tube
+    kind is one file's, plus a small stained file's.
     """
 
     def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
@@ -372,8 +378,9 @@ class _TubeKindRun:
         src = self.sources[i]
         if src.failed:
             return None
-        if not self.keep_loaded:
-            self.loaded.clear()   # release the previous file's arrays before reading the next
+        if not self.keep_loaded:   # release the previous file's arrays before reading the next
+            for j in [j for j in self.loaded if j != self._kept()]:
+                del self.loaded[j]
         tube = self.load(src, final)
         if tube is None:
             src.failed = True
@@ -382,6 +389,14 @@ class _TubeKindRun:
         self.position[i] = 0
         self.file_flags[i] = []
         return self.loaded[i]
+
+    def _kept(self) -> int | None:
+        """The loaded file kept while another one is read: the first stained file, when small."""
+        stained = next((i for i, s in enumerate(self.sources) if s.role == "stain"), None)
+        state = self.loaded.get(stained) if stained is not None else None
+        if state is None or sum(v.nbytes for v in state.tube.data.values()) > STAINED_KEEP_BYTES:
+            return None
+        return stained
 
     def first_loadable(self, indices: Sequence[int]) -> tuple[int, _Gated] | None:
         for i in indices:
@@ -594,11 +609,12 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     lymph = _lymph_population(strategy)
     lymph_count = int(np.count_nonzero(state.masks[lymph])) if lymph in state.masks else 0
     markers = [m for m in strategy.markers if m in state.tube.data]
+    counts = {name: int(np.count_nonzero(mask)) for name, mask in state.masks.items()}
     rows = []
     for pop in strategy.populations:
         mask = state.masks.get(pop.name)
-        count = int(np.count_nonzero(mask)) if mask is not None else 0
-        parent_count = n if pop.parent == ROOT else int(np.count_nonzero(state.masks[pop.parent])) if pop.parent in state.masks else 0
+        count = counts.get(pop.name, 0)
+        parent_count = n if pop.parent == ROOT else counts.get(pop.parent, 0)
         row = {
             "population": pop.name,
             "parent": pop.parent,
@@ -607,9 +623,12 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
                                   else float("nan")),
         }
+        # the population's event indices once, gathered per marker into a fresh array that the
+        # median may partition in place (the same order statistics as np.median of a boolean selection)
+        index = np.flatnonzero(mask) if count else None
         for m in markers:
             if count:
-                med = float(np.median(state.tube.data[m][mask]))
+                med = float(np.median(state.tube.data[m].take(index), overwrite_input=True))
                 row[f"median_{m}"] = float(state.tube.transforms[m].inverse(np.array([med]))[0])
             else:
                 row[f"median_{m}"] = float("nan")

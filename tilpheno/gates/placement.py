@@ -43,6 +43,7 @@ Methods
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -242,6 +243,16 @@ def _subsample(n: int, max_events: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_events, replace=False))
 
 
+@lru_cache(maxsize=1)
+def _threadpools():
+    """The process's BLAS/OpenMP thread pools (``threadpoolctl``), inspected once (5 ms a time),
+    after scikit-learn's libraries are loaded."""
+    import sklearn.mixture  # noqa: F401  (its OpenMP and BLAS libraries are among those inspected)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def place_lymphocytes(
     fsc: np.ndarray,
     ssc: np.ndarray,
@@ -255,7 +266,6 @@ def place_lymphocytes(
 ) -> Placement:
     """Lymphocytes on FSC-A/SSC-A of live singlets: ellipse of the main mixture component."""
     from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
 
     points = np.column_stack([np.asarray(fsc, np.float64), np.asarray(ssc, np.float64)])
     points = points[np.all(np.isfinite(points), axis=1)]
@@ -263,7 +273,7 @@ def place_lymphocytes(
         raise GatingError(f"lymphocyte gate: only {len(points)} events to place the gate on (need >= 50)")
     sample = points[_subsample(len(points), max_events, seed)] / ceiling
     best = None
-    with threadpool_limits(limits=1):
+    with _threadpools().limit(limits=1):
         for k in range(1, max_components + 1):
             model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
             bic = model.bic(sample)

@@ -1,7 +1,7 @@
 """Executors: run product jobs and yield their outcomes as they complete.
 
-``local`` with ``n_jobs == 1`` (in this process), ``local`` with ``n_jobs > 1`` (one fresh
-process per product, forked from a preloaded fork server, at most ``n_jobs`` at a time) and
+``local`` with ``n_jobs == 1`` (in this process), ``local`` with ``n_jobs > 1`` (``n_jobs``
+persistent worker processes forked from a preloaded fork server, a dead one replaced) and
 ``dask`` (a ``distributed`` cluster at a scheduler address, or a ``distributed.Client`` passed
 in). A worker that dies fails only its own product.
 """
@@ -25,18 +25,6 @@ def _single_threaded_worker() -> None:
     threadpool_limits(1)
 
 
-def _pool_context():
-    import multiprocessing as mp
-
-    ctx = mp.get_context("forkserver")
-    # imported once in the fork server, inherited by every worker (saves ~3 s of imports per worker)
-    ctx.set_forkserver_preload([
-        "tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.report.product", "tilpheno.report.plots",
-        "matplotlib.figure", "matplotlib.backends.backend_agg", "sklearn.mixture", "jinja2",
-    ])
-    return ctx
-
-
 def _result_or_failure(future, job: ProductJob) -> ProductOutcome:
     """The future's outcome; if the worker itself died or the task could not run (killed, out of
     memory, lost Dask worker), a failed outcome naming the cause, so the batch goes on."""
@@ -58,8 +46,8 @@ def iter_outcomes(
     ``scheduler``: for ``executor="dask"``, a scheduler address (``tcp://host:8786``) or a
     ``distributed.Client``; ignored for ``local``.
 
-    With ``n_jobs > 1`` every product runs in a fresh process of its own (:func:`_iter_pool`):
-    a process that dies fails only its own product (``worker died ...``); the others run on.
+    With ``n_jobs > 1`` products run on ``n_jobs`` worker processes (:func:`_iter_pool`): a
+    worker that dies fails only the product it was running (``worker died ...``); the others run on.
     """
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -78,74 +66,23 @@ def iter_outcomes(
 
 
 def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutcome]:
-    """Up to ``n_jobs`` products at a time, each in a fresh process of its own (forked from a
-    preloaded fork server, so starting one costs milliseconds, not the imports).
-
-    One process per product, not a shared pool: a process that dies (out-of-memory killer, a
-    crash in a native library) takes only its own product with it, reported as ``worker died
-    while processing this product (killed by SIGKILL ...)``; the other products run on. (A
-    ``concurrent.futures`` pool breaks as a whole when one worker dies, and on Python 3.11 its
-    shutdown can then hang.)
+    """Up to ``n_jobs`` products at a time on as many persistent worker processes
+    (:class:`tilpheno.pipeline.pool.WorkerPool`, forked from a fork server that imported the
+    libraries once): a worker runs product after product, so start-up is paid once per worker.
+    A worker that dies (out-of-memory killer, a crash in a native library) fails only the product
+    it was running, ``worker died while processing this product (killed by SIGKILL ...)``; a new
+    worker takes its place and the other products run on.
     """
-    from multiprocessing.connection import wait
+    from tilpheno.pipeline.pool import WorkerPool
 
-    ctx = _pool_context()
-    pending = list(jobs)
-    running: dict = {}   # receiving connection -> (process, job)
-    while pending or running:
-        while pending and len(running) < n_jobs:
-            job = pending.pop(0)
-            receive, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_product_process, args=(job, send), daemon=True)
-            proc.start()
-            send.close()   # the child holds the only writing end: its death is an EOF here
-            running[receive] = (proc, job)
-        for receive in wait(list(running)):
-            proc, job = running.pop(receive)
-            yield _collect(receive, proc, job)
+    with WorkerPool(min(n_jobs, len(jobs)), process_product, _worker_died, _single_threaded_worker) as pool:
+        yield from pool.imap_unordered(jobs)
 
 
-def _product_process(job: ProductJob, conn) -> None:
-    """Body of a product's process: one BLAS thread, run the job, send the outcome back."""
-    _single_threaded_worker()
-    try:
-        conn.send(process_product(job))
-    finally:
-        conn.close()
-
-
-def _collect(receive, proc, job: ProductJob) -> ProductOutcome:
-    """The outcome a product's process sent, or a failed outcome saying how the process died."""
-    outcome = None
-    try:
-        outcome = receive.recv()
-    except EOFError:
-        pass   # the process died before it sent anything
-    except Exception as exc:   # an outcome that could not be unpickled
-        log.error("product %s: outcome unreadable: %s", job.product_id, exc)
-    finally:
-        receive.close()
-        proc.join()
-    if outcome is None:
-        reason = f"worker died while processing this product ({_describe_exit(proc.exitcode)})"
-        log.error("product %s: %s", job.product_id, reason)
-        return crashed_outcome(job, reason)
-    return outcome
-
-
-def _describe_exit(exitcode: int | None) -> str:
-    import signal
-
-    if exitcode is None:
-        return "did not exit"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        hint = " (sent by the out-of-memory killer, or by hand)" if -exitcode == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exited with status {exitcode}"
+def _worker_died(job: ProductJob, reason: str) -> ProductOutcome:
+    """The failed outcome of a job whose worker never returned it (built in this process)."""
+    log.error("product %s: %s", job.product_id, reason)
+    return crashed_outcome(job, reason)
 
 
 def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:

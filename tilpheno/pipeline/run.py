@@ -176,6 +176,10 @@ def process_folder(
         raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
     if not 0 < fmo_percentile < 100:
         raise TableError(f"fmo_percentile: {fmo_percentile} is not between 0 and 100")
+    if executor == "local" and n_jobs > 1:
+        from tilpheno.pipeline.pool import start_fork_server
+
+        start_fork_server()   # its imports overlap with reading the manifest and the cache
     study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
     panel = read_panel_file(panel_path) if panel_path is not None else None
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)

@@ -1,0 +1,45 @@
+"""The ``--jobs N`` worker pool: persistent worker processes (start-up paid once per worker, not
+per product) with crash isolation (a dead worker fails only its own job and is replaced)."""
+from __future__ import annotations
+
+import os
+
+from tilpheno.pipeline.pool import WorkerPool, describe_exit
+
+
+def _pid_of(job: str):
+    """The job and the id of the process that ran it; job ``die`` ends its process (status 3)."""
+    if job == "die":
+        os._exit(3)
+    return job, os.getpid()
+
+
+def _failed(job: str, reason: str):
+    return job, reason
+
+
+def test_workers_run_many_jobs_and_a_dead_one_is_replaced():
+    jobs = ["a", "b", "c", "die", "d", "e", "f", "g"]
+    with WorkerPool(2, _pid_of, _failed) as pool:
+        results = dict(pool.imap_unordered(jobs))
+    assert set(results) == set(jobs)
+    assert results["die"] == "worker died while processing this product (exited with status 3)"
+    pids = {pid for job, pid in results.items() if job != "die"}
+    assert os.getpid() not in pids
+    # 7 jobs ran on at most 3 processes (two workers and, when jobs were left, the dead one's
+    # replacement): workers are reused
+    assert len(pids) <= 3
+
+
+def test_pool_stops_its_workers():
+    with WorkerPool(2, _pid_of, _failed) as pool:
+        assert dict(pool.imap_unordered(["a", "b"])).keys() == {"a", "b"}
+        processes = [w.process for w in pool.workers]
+    assert processes and all(p.exitcode == 0 for p in processes)
+
+
+def test_describe_exit():
+    assert describe_exit(3) == "exited with status 3"
+    assert describe_exit(-9) == "killed by SIGKILL (sent by the out-of-memory killer, or by hand)"
+    assert describe_exit(-15) == "killed by SIGTERM"
+    assert describe_exit(None) == "did not exit"

@@ -1,0 +1,170 @@
+"""Persistent worker processes with crash isolation, for ``--jobs N`` (``executors``).
+
+Each worker is a process of its own (started from a fork server that has imported the pipeline's
+libraries once) that runs one product at a time, product after product, so the start-up (imports,
+font and template caches, thread-pool set-up) is paid once per worker, not once per product. A
+worker that dies (out-of-memory killer, a crash in a native library, ``os._exit``) fails only the
+product it was running (``worker died while processing this product (killed by SIGKILL ...)``);
+a fresh worker takes its place and the other products run on. (A ``concurrent.futures`` pool breaks
+as a whole when one worker dies, and on Python 3.11 its shutdown can then hang.)
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+PRELOAD = (
+    "tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.report.product", "tilpheno.report.plots",
+    "tilpheno.report.qc_plots", "tilpheno.acquisition", "tilpheno.io.fcs", "matplotlib.figure",
+    "matplotlib.backends.backend_agg", "matplotlib.backends.backend_svg", "sklearn.mixture", "jinja2",
+)
+"""Modules the fork server imports once; every worker starts with them."""
+
+
+def pool_context():
+    """A ``forkserver`` multiprocessing context whose server preloads :data:`PRELOAD` (workers are
+    forked from a clean single-threaded server, never from the caller, which may hold threads)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
+
+
+def start_fork_server() -> None:
+    """Start the fork server now (it imports :data:`PRELOAD` in the background while the caller
+    reads the manifest and the cache), not when the first worker is needed."""
+    from multiprocessing import forkserver
+
+    pool_context()
+    forkserver.ensure_running()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``killed by SIGKILL (sent by the out-of-memory killer, or by hand)``, ``exited with status 3``."""
+    import signal
+
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (sent by the out-of-memory killer, or by hand)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {exitcode}"
+
+
+def worker_main(conn, run: Callable[[Any], Any], initializer: Callable[[], None] | None) -> None:
+    """Body of a worker process: receive a job, send back ``run(job)``, until ``None`` or EOF."""
+    if initializer is not None:
+        initializer()
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:
+                return
+            if job is None:
+                return
+            conn.send(run(job))
+    finally:
+        conn.close()
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    job: Any = None
+
+
+class WorkerPool:
+    """``size`` persistent worker processes running ``run(job)`` (a picklable module-level function).
+
+    :meth:`imap_unordered` yields ``run(job)`` for every job as results arrive; a job whose worker
+    died yields ``on_death(job, reason)`` instead, and a new worker replaces the dead one. Use as a
+    context manager: on exit every worker is asked to stop, and terminated if it does not.
+    """
+
+    def __init__(self, size: int, run: Callable[[Any], Any], on_death: Callable[[Any, str], Any],
+                 initializer: Callable[[], None] | None = None):
+        self.size, self.run, self.on_death, self.initializer = max(1, int(size)), run, on_death, initializer
+        self.ctx = pool_context()
+        self.workers: list[_Worker] = []
+
+    def _start(self) -> _Worker:
+        parent, child = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(target=worker_main, args=(child, self.run, self.initializer), daemon=True,
+                                name=f"tilpheno-worker-{len(self.workers)}")
+        proc.start()
+        child.close()   # the worker holds the only other end: its death is an EOF here
+        worker = _Worker(proc, parent)
+        self.workers.append(worker)
+        return worker
+
+    def _retire(self, worker: _Worker) -> str:
+        """Remove a dead (or broken) worker; returns how it ended."""
+        self.workers.remove(worker)
+        worker.conn.close()
+        worker.process.join(timeout=10)
+        if worker.process.exitcode is None:
+            worker.process.kill()
+            worker.process.join()
+        return describe_exit(worker.process.exitcode)
+
+    def imap_unordered(self, jobs: Sequence[Any]) -> Iterator[Any]:
+        from multiprocessing.connection import wait
+
+        pending = deque(jobs)
+        while pending or any(w.job is not None for w in self.workers):
+            while pending and len(self.workers) < self.size:
+                self._start()
+            for worker in [w for w in self.workers if w.job is None]:
+                if not pending:
+                    break
+                job = pending.popleft()
+                worker.job = job
+                try:
+                    worker.conn.send(job)
+                except (OSError, EOFError):   # the worker died while idle: the job was never run
+                    worker.job = None
+                    pending.appendleft(job)
+                    self._retire(worker)
+            busy = {w.conn: w for w in self.workers if w.job is not None}
+            if not busy:
+                continue
+            for conn in wait(list(busy)):
+                worker = busy[conn]
+                job, worker.job = worker.job, None
+                try:
+                    result = conn.recv()
+                except EOFError:   # the worker died before it sent anything
+                    yield self.on_death(job, f"worker died while processing this product ({self._retire(worker)})")
+                    continue
+                except Exception as exc:   # a result that could not be unpickled: the worker goes on
+                    yield self.on_death(job, f"worker outcome unreadable: {type(exc).__name__}: {exc}")
+                    continue
+                yield result
+
+    def close(self) -> None:
+        for worker in list(self.workers):
+            try:
+                worker.conn.send(None)
+            except (OSError, EOFError):
+                pass
+        for worker in list(self.workers):
+            worker.process.join(timeout=5)
+            if worker.process.exitcode is None:
+                worker.process.terminate()
+                worker.process.join(timeout=5)
+            worker.conn.close()
+        self.workers.clear()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
