@@ -6,7 +6,7 @@ Errors from bad input (``TilphenoError``) are printed as one line and exit with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -28,7 +28,7 @@ def as_cli_text(text: str) -> str:
     return re.sub(r"^(executor|scheduler|fmo_percentile)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     """Print one line (``error: ...``) and exit with status 2. An ``OSError`` (disk full, read-only
     folder, a file where a folder is needed) is described by the path and the cause."""
     if isinstance(exc, OSError):
@@ -505,15 +505,18 @@ def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], gr
     if (gatingml is None) == (wsp is None):
         raise typer.BadParameter("give exactly one of --gatingml and --wsp")
     fcs = read_fcs(file)
+    events = fcs.events
+    assert events is not None   # read_fcs decodes the events (only read_fcs_metadata leaves None)
     if gatingml is not None:
         from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
 
-        return fcs, apply_gatingml(read_gatingml(gatingml), fcs.events, fcs.channel_names, fcs.spillover), None
+        return fcs, apply_gatingml(read_gatingml(gatingml), events, fcs.channel_names, fcs.spillover), None
     from tilpheno.gates.flowjo import apply_workspace, read_workspace, workspace_samples
 
+    assert wsp is not None   # exactly one of the two was given (checked above)
     several = len(workspace_samples(wsp, group)) > 1
     sample = read_workspace(wsp, group, sample=file.name if several else None)
-    return fcs, apply_workspace(sample, fcs.events, fcs.channel_names), sample
+    return fcs, apply_workspace(sample, events, fcs.channel_names), sample
 
 
 @app.command("apply-gates")

@@ -30,7 +30,7 @@ from tilpheno.io import atomic
 
 from .cohort import ENDPOINTS, Cohort, build_cohort
 from .cox import fit_cox
-from .cutpoints import fixed_cut_statistic, maxstat_logrank
+from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
 from .responders import responders_table
@@ -214,8 +214,11 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
     tcol, ecol = ENDPOINTS[endpoint]
     d = cohort.data.dropna(subset=[marker])
     x, t, e = d[marker].to_numpy(float), d[tcol].to_numpy(float), d[ecol].to_numpy(float)
-    km_rows, cut_rows, uni, multi = [], [], [], []
-    splits = [("median", float(np.median(x)), None)]
+    km_rows: list[dict] = []
+    cut_rows: list[dict] = []
+    uni: list[dict] = []
+    multi: list[dict] = []
+    splits: list[tuple[str, float, MaxstatResult | None]] = [("median", float(np.median(x)), None)]
     pre_cut = _prespecified_cut(pre, marker, endpoint)
     if pre_cut is not None:
         splits.append(("prespecified", pre_cut, None))
@@ -287,7 +290,12 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     warnings = list(cohort.notes)
     if unknown:
         warnings.append(f"pre-specified cut-point(s) for marker(s) not analysed: {', '.join(unknown)}")
-    km_rows, cut_rows, uni, multi, curves, logrank_rows = [], [], [], [], [], []
+    km_rows: list[dict] = []
+    cut_rows: list[dict] = []
+    uni: list[dict] = []
+    multi: list[dict] = []
+    curves: list = []
+    logrank_rows: list[dict] = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
         km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),

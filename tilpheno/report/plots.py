@@ -34,11 +34,14 @@ import hashlib
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from tilpheno.gates.quadrants import quadrant_percentages
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 _PALETTE = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
@@ -57,7 +60,7 @@ FMO_AXES_RECT = (0.2, 0.15, 0.75, 0.6)  # room for the legend band above the axe
 FONT = 7.5                       # tick and label text, points
 TITLE_FONT = 8.5
 DEFAULT_TOP = 262144.0           # top of scale when neither the FCS file nor the transform gives one
-_RC = {"svg.fonttype": "none", "svg.image_inline": True, "svg.hashsalt": "tilpheno",
+_RC: dict[RcKeyType, Any] = {"svg.fonttype": "none", "svg.image_inline": True, "svg.hashsalt": "tilpheno",
        "font.family": ["DejaVu Sans"], "axes.unicode_minus": True}
 _PAD_PX = 2.0                    # labels keep this far from the axes edge (points at 72 dpi)
 
@@ -215,7 +218,7 @@ def _linear_label(value: float, limits) -> str:
 
 def _draw_ticks(ax, which: str, major, labels, minor=(), *, label: str = "") -> None:
     """Tick marks (major 3.5 pt, minor 2 pt), tick labels and the axis label of axis ``which``."""
-    from matplotlib.lines import TICKDOWN, TICKLEFT
+    from matplotlib.markers import TICKDOWN, TICKLEFT
     from matplotlib.transforms import offset_copy
 
     x = which == "x"
@@ -282,7 +285,7 @@ def _data_limits(values: np.ndarray, extra: Sequence[float] = (), axis: "Axis | 
     if near:
         lo, hi = min(lo, *near), max(hi, *near)
     scatter = axis is not None and axis.dim.upper().startswith(("FSC", "SSC"))
-    if scatter and getattr(axis.transform, "kind", "") == "linear" and lo >= 0:
+    if scatter and axis is not None and getattr(axis.transform, "kind", "") == "linear" and lo >= 0:
         lo = 0.0
     if hi <= lo:
         hi = lo + 1.0
@@ -291,7 +294,7 @@ def _data_limits(values: np.ndarray, extra: Sequence[float] = (), axis: "Axis | 
 
 
 def _limits(axis: Axis, values: np.ndarray, extra: Sequence[float] = ()) -> tuple[float, float]:
-    return tuple(axis.limits) if axis.limits is not None else _data_limits(values, extra, axis)
+    return (axis.limits[0], axis.limits[1]) if axis.limits is not None else _data_limits(values, extra, axis)
 
 
 # --- gates ------------------------------------------------------------------------------
@@ -310,7 +313,7 @@ def _draw_gate(ax, gate, xdim: str, ydim: str | None, colour: str) -> None:
     from matplotlib.patches import Ellipse, Polygon, Rectangle
 
     shape = gate.drawing()
-    style = dict(fill=False, edgecolor=colour, linewidth=1.5)
+    style: dict[str, Any] = dict(fill=False, edgecolor=colour, linewidth=1.5)
     if shape.shape == "polygon" and ydim is not None:
         verts = np.asarray(shape.vertices)
         if tuple(shape.dims) == (ydim, xdim):

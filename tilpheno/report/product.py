@@ -13,12 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 
 from tilpheno.gates.quadrants import sibling_range_pairs
 from tilpheno.report.qc_sections import acquisition_section, compensation_sections
+
+if TYPE_CHECKING:
+    from tilpheno.phenotype import ProductResult
+    from tilpheno.release import ReleaseSpec
 
 # FCS keywords shown by default: instrument and acquisition settings only. Anything that can
 # identify a patient, operator or site ($SRC, $PATIENTID, $FIL, $OP, $INST, $SMNO, $PROJ,
@@ -67,6 +71,19 @@ class Section:
     tables: tuple[Table, ...] = ()
 
 
+class RunOptions(Protocol):
+    """The run options a report reads (``tilpheno.pipeline.ProcessOptions`` has them)."""
+
+    @property
+    def fmo_percentile(self) -> float: ...
+    @property
+    def include_identifiers(self) -> bool: ...
+    @property
+    def release_spec(self) -> ReleaseSpec: ...
+    @property
+    def provenance_short(self) -> tuple[tuple[str, str], ...]: ...
+
+
 @dataclass(frozen=True)
 class ReportContext:
     """What a section builder gets: the gated product (``result``, a ``ProductResult``; None when
@@ -74,11 +91,11 @@ class ReportContext:
     options and strategies, and the product's fixed plot axes (``axes[(tube, dim)]``)."""
 
     outcome: object
-    result: object
+    result: ProductResult | None
     meta: Mapping
-    options: object
+    options: RunOptions
     strategies: tuple
-    axes: Mapping[tuple[str, str], object]
+    axes: Mapping[tuple[str, str], tuple[float, float]]
 
 
 def _axis(dim: str, detectors: Mapping[str, str], strategy=None, limits=None):
@@ -118,7 +135,8 @@ def product_axes(result, meta: Mapping, strategies=()) -> dict[tuple[str, str], 
         for dim in t.data:
             top = _top_of_scale(meta, t.file, t.detectors.get(dim, dim))
             key = (t.tube, dim)
-            if key not in tops or (top is not None and (tops[key] is None or top > tops[key])):
+            known = tops.get(key)
+            if key not in tops or (top is not None and (known is None or top > known)):
                 tops[key] = top
     out = {}
     for (tube, dim), top in tops.items():
@@ -266,7 +284,8 @@ def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
         pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
         return pct_s, pct_f
     values = [_pop_value(t, str(row.population), "pct_of_parent") for t in (stain, fmo)]
-    return tuple(float("nan") if v is None else v for v in values)
+    pct_s, pct_f = (float("nan") if v is None else v for v in values)
+    return pct_s, pct_f
 
 
 def fmo_figures(result, percentile: float, strategies=(),
