@@ -440,13 +440,15 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                    endpoints=("pfs", "os"), cutpoints=None, n_perm: int = 10_000, seed: int = 20240601,
                    conf_type: str = "log", minprop: float = 0.1, break_times=None, n_boot: int = 200,
                    spline_knots: int = 4, roc_times=(6.0, 12.0), landmark: float = 3.0, inputs=(),
-                   command_line=None, pdf: bool = False) -> BiomarkerResults:
+                   command_line=None, pdf: bool = False, study=None) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
     is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None. ``inputs``: paths
     of the input files, recorded with their SHA-256 in ``run.json`` and the report's footer.
     Every figure is written to ``figures/<name>.svg``; ``pdf=True`` also writes ``figures.pdf``.
+    ``study`` (a ``tilpheno.study.Study``; default the bundled one): its ``biomarkers`` are the
+    markers analysed when ``markers`` is None.
     """
     import time as _time
 
@@ -462,7 +464,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
         from tilpheno.io.outcomes import did_you_mean
 
         raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
-    cohort = build_cohort(phenotypes, outcomes, markers, covariates)
+    cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
                         n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,
