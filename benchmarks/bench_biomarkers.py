@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from tilpheno.biomarkers.analysis import run_biomarkers
-from tilpheno.biomarkers.cohort import STUDY_MARKERS
+from tilpheno.study import default_study
 from tilpheno.io.outcomes import read_outcomes
 
 REF = Path(__file__).resolve().parents[1] / "tests" / "reference"
@@ -38,7 +38,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             w0, c0 = time.perf_counter(), time.process_time()
-            res = run_biomarkers(pheno, outcomes, tmp, markers=list(STUDY_MARKERS), n_boot=args.bootstrap,
+            res = run_biomarkers(pheno, outcomes, tmp, markers=list(default_study().biomarkers), n_boot=args.bootstrap,
                                  n_perm=args.permutations)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         walls.append(wall)

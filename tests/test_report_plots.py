@@ -194,6 +194,11 @@ def test_quadrant_names_from_the_strategy():
 def test_axis_labels_and_colours():
     assert plots.axis_label("CD3", "FITC-A") == "CD3 (FITC-A)"
     assert plots.axis_label("FSC-A", "FSC-A") == "FSC-A"
-    assert plots.population_colour("CD8+PD1+") == plots.population_colour("PD1+") == plots.population_colour("PD1")
-    assert plots.population_colour("CD4+") != plots.population_colour("CD8+")
-    assert plots.population_colour("my gate") == plots.population_colour("my gate")
+    from tilpheno.study import default_study
+
+    til = default_study().colours   # the colours come from the study's config
+    assert plots.population_colour("CD8+PD1+", til) == plots.population_colour("PD1+", til) == til["PD1"] == "#6a3d9a"
+    assert plots.population_colour("CD4+", til) != plots.population_colour("CD8+", til)
+    assert plots.population_colour("my gate", til) == plots.population_colour("my gate") in plots._PALETTE
+    # without a study's colours every name gets a generic palette colour (no TIL name in the code)
+    assert plots.population_colour("PD1+") in plots._PALETTE and plots.population_colour("PD1+") != til["PD1"]

@@ -124,6 +124,48 @@ def test_no_code_names_the_new_labs_vocabulary():
     assert not hits, hits
 
 
+def test_review_biomarkers_and_plots_use_the_runs_study(tmp_path):
+    """After a new lab's run nothing falls back to the TIL study: the review re-gates with the study
+    and panel recorded in run.json (reproducing phenotypes.csv; its doses are the study's), the
+    biomarker defaults are the study's, plots use the generic palette (the study names no colours),
+    and a study edited after the run is refused."""
+    from tilpheno.biomarkers.cohort import build_cohort
+    from tilpheno.cli import _biomarker_study
+    from tilpheno.io.outcomes import read_outcomes
+    from tilpheno.report import plots
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.regate import ReviewSource, recompute
+
+    lab = tmp_path / "lab"
+    shutil.copytree(NEWLAB, lab)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(lab / "fcs"), "--study", str(lab / "study.yaml"), "--panel",
+                                      str(lab / "panel.csv"), "-o", str(out), "--outcomes", str(lab / "outcomes.csv")])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    source = ReviewSource(out)
+    assert source.study.name == "newlab" and source.panel is not None
+    auto = source.automatic("LAB7")   # refused unless re-gating reproduces every variable of phenotypes.csv
+    assert set(auto["tubes"]) == {"tcell", "exhaustion", "residency"}
+    again = recompute(source, "LAB7", auto)
+    for variable in source.study.variables:
+        assert again.phenotype[variable] == pytest.approx(row[variable], abs=1e-6), variable
+    assert again.phenotype["t_dose_cells"] == pytest.approx(row["t_dose_cells"], rel=1e-9)
+    assert not any(k.startswith(("cd3_dose", "cd4foxp3")) for k in again.phenotype)
+
+    study = _biomarker_study(None, out / "phenotypes.csv")   # the study of the run that wrote phenotypes.csv
+    assert study.name == "newlab" and study.biomarkers == ("til_dose_cells", *study.variables)
+    cohort = build_cohort(pd.read_csv(out / "phenotypes.csv"), read_outcomes(lab / "outcomes.csv"), study=study)
+    assert cohort.markers == list(study.biomarkers)
+    assert default_study().biomarkers[1] == "cd3_pct_of_live_lymph" and "viability_pct" not in default_study().biomarkers
+
+    assert study.colours == {} and plots.population_colour("CD39+", study.colours) in plots._PALETTE
+
+    (lab / "study.yaml").write_text((lab / "study.yaml").read_text() + "\n# edited after the run\n")
+    with pytest.raises(ReviewError, match="changed since the run"):
+        ReviewSource(out)
+
+
 @pytest.mark.slow
 def test_wheel_install_processes_sample_fcs(tmp_path):
     """`pip install .` (not editable) into a fresh venv, then `tilpheno process sample_fcs -o X` from

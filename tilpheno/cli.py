@@ -6,7 +6,7 @@ Errors from bad input (``TilphenoError``) are printed as one line and exit with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -28,7 +28,7 @@ def as_cli_text(text: str) -> str:
     return re.sub(r"^(executor|scheduler|fmo_percentile)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     """Print one line (``error: ...``) and exit with status 2. An ``OSError`` (disk full, read-only
     folder, a file where a folder is needed) is described by the path and the cause."""
     if isinstance(exc, OSError):
@@ -344,7 +344,8 @@ def biomarkers(
     phenotypes: Path = typer.Option(..., "--phenotypes", help="phenotypes.csv from `tilpheno process` (one row per product)."),
     outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes table, CSV or Excel (.xlsx): patient_id, product_id, til_dose_cells, best_response, pfs_months, pfs_event, os_months, os_event, covariates."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; files replaced atomically)."),
-    markers: Optional[str] = typer.Option(None, "--markers", help="Comma-separated marker columns; default: TIL dose and the study's phenotype columns."),
+    markers: Optional[str] = typer.Option(None, "--markers", help="Comma-separated marker columns; default: the study's `biomarkers` (TIL: dose and the phenotype variables)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study (bundled name or study.yaml) giving the default markers; default: the study recorded in run.json beside PHENOTYPES, else the bundled TIL study."),
     covariates: Optional[str] = typer.Option(None, "--covariates", help="Comma-separated covariates of the multivariable models; default: age, sex, ecog when present."),
     endpoints: str = typer.Option("pfs,os", "--endpoints", help="Comma-separated endpoints: pfs, os."),
     cutpoints: Optional[Path] = typer.Option(None, "--cutpoints", help="CSV of pre-specified cut-points: marker, cutpoint[, endpoint]."),
@@ -370,13 +371,14 @@ def biomarkers(
 
     try:
         pre = read_cutpoints(cutpoints) if cutpoints is not None else None
+        chosen = _biomarker_study(study, phenotypes)
         results = run_biomarkers(
             read_phenotypes(phenotypes), read_outcomes(outcomes), out, markers=_split(markers),
             covariates=_split(covariates), endpoints=tuple(_split(endpoints) or ()), cutpoints=pre,
             n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop, n_boot=n_boot, spline_knots=knots,
             roc_times=[float(v) for v in _split(roc_times) or ()],
             break_times=[float(v) for v in _split(break_times)] if break_times else None, landmark=landmark,
-            inputs=[phenotypes, outcomes, cutpoints], pdf=pdf,
+            inputs=[phenotypes, outcomes, cutpoints], pdf=pdf, study=chosen,
         )
     except (TilphenoError, ValueError, OSError) as exc:
         _fail(exc)
@@ -389,6 +391,23 @@ def biomarkers(
         typer.echo(f"  patient without a phenotyped product: {pid}")
     for w in results.warnings:
         typer.echo(f"  warning: {w}")
+
+
+def _biomarker_study(study: Optional[str], phenotypes: Path):
+    """``--study``, else the study of the ``process`` run that wrote PHENOTYPES (its run.json), else the bundled one."""
+    import json
+
+    from tilpheno.pipeline.record import run_study
+    from tilpheno.study import default_study, load_study
+
+    if study is not None:
+        return load_study(study)
+    run_json = phenotypes.parent / "run.json"
+    try:
+        run = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default_study()
+    return run_study(run, run_json) if isinstance(run, dict) and "parameters" in run else default_study()
 
 
 @app.command()
@@ -505,15 +524,18 @@ def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], gr
     if (gatingml is None) == (wsp is None):
         raise typer.BadParameter("give exactly one of --gatingml and --wsp")
     fcs = read_fcs(file)
+    events = fcs.events
+    assert events is not None   # read_fcs decodes the events (only read_fcs_metadata leaves None)
     if gatingml is not None:
         from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
 
-        return fcs, apply_gatingml(read_gatingml(gatingml), fcs.events, fcs.channel_names, fcs.spillover), None
+        return fcs, apply_gatingml(read_gatingml(gatingml), events, fcs.channel_names, fcs.spillover), None
     from tilpheno.gates.flowjo import apply_workspace, read_workspace, workspace_samples
 
+    assert wsp is not None   # exactly one of the two was given (checked above)
     several = len(workspace_samples(wsp, group)) > 1
     sample = read_workspace(wsp, group, sample=file.name if several else None)
-    return fcs, apply_workspace(sample, fcs.events, fcs.channel_names), sample
+    return fcs, apply_workspace(sample, events, fcs.channel_names), sample
 
 
 @app.command("apply-gates")

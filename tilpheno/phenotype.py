@@ -735,13 +735,13 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
         file = Path(stained[tube].file).name if tube in stained else ""
         flags.append(QCFlag(product_id, file, code, "warning", message))
     for expected in rules.expected:
-        message = expected.check(float(phenotype.get(expected.variable, float("nan"))))
-        if message is None:
+        problem = expected.check(float(phenotype.get(expected.variable, float("nan"))))
+        if problem is None:
             continue
         # the flag names the stained file of the tube kind whose strategy defines the variable
         kind = next((t for t, s in strategies.items() if any(v.name == expected.variable for v in s.variables)), None)
         where = stained.get(kind) if kind is not None else None
-        flags.append(QCFlag(product_id, Path(where.file).name if where else "", expected.flag, "warning", message))
+        flags.append(QCFlag(product_id, Path(where.file).name if where else "", expected.flag, "warning", problem))
     return flags
 
 

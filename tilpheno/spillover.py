@@ -267,7 +267,7 @@ def _read(control: Control, detectors: Sequence[str]):
 
 def _columns(fcs, mask: np.ndarray, detectors: Sequence[str]) -> np.ndarray:
     names = list(fcs.channel_names)
-    return fcs.events[np.ix_(mask, [names.index(d) for d in detectors])]
+    return fcs.events[np.ix_(mask, np.array([names.index(d) for d in detectors], dtype=np.intp))]
 
 
 def estimate_spillover(
@@ -286,12 +286,12 @@ def estimate_spillover(
     if len(unstained) > 1:
         raise CompensationError(f"{source}: more than one unstained control: {', '.join(Path(c.file).name for c in unstained)}")
     by_detector: dict[str, Control] = {}
-    for c in stained:
-        if c.detector in by_detector:
-            raise CompensationError(f"{Path(c.file).name}: detector {c.detector} already has control "
-                                    f"{Path(by_detector[c.detector].file).name}; one control per detector")
-        by_detector[c.detector] = c
-    first = _read(stained[0], [stained[0].detector])
+    for detector, c in [(c.detector, c) for c in stained if c.detector]:
+        if detector in by_detector:
+            raise CompensationError(f"{Path(c.file).name}: detector {detector} already has control "
+                                    f"{Path(by_detector[detector].file).name}; one control per detector")
+        by_detector[detector] = c
+    first = _read(stained[0], [d for d in [stained[0].detector] if d])
     order = [n for n in first.channel_names if n in by_detector]
     unknown = [d for d in by_detector if d not in order]
     if unknown:

@@ -11,6 +11,10 @@ default) naming:
 * ``doses``: absolute subset doses ``base x variable / 100`` (base ``dose`` = infused cells);
 * ``qc``: minimum event counts, the FMO threshold's expected range, expected variable ranges;
 * ``index_columns``: columns of the cohort index page;
+* ``biomarkers``: the markers ``tilpheno biomarkers`` analyses by default (columns of
+  phenotypes.csv or the outcomes table; default: the infused dose ``til_dose_cells`` and the variables);
+* ``colours``: plot colour (``#rrggbb``) of populations and markers (a compound population takes
+  its longest matching suffix's colour); others get a generic palette colour;
 * ``release``: the lot-release spec file; ``aliases``: marker spellings added to the vocabulary.
 
 Studies are chosen by name (a folder under ``tilpheno/studies/``) or by path (a study.yaml or its
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -97,6 +102,8 @@ class Study:
     doses: tuple[Dose, ...] = ()
     qc: QCRules = QCRules()
     index_columns: tuple[str, ...] = ()
+    biomarkers: tuple[str, ...] = ()
+    colours: Mapping[str, str] = field(default_factory=dict)
     release: ReleaseSpec | None = None
     vocabulary: Vocabulary = field(default_factory=default_vocabulary)
     description: str = ""
@@ -134,7 +141,8 @@ def _words(text: str) -> list[str]:
 # loading
 # --------------------------------------------------------------------------------------------
 
-_TOP_KEYS = {"study", "description", "aliases", "tubes", "variables", "doses", "qc", "index_columns", "release"}
+_HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_TOP_KEYS = {"study", "description", "aliases", "tubes", "variables", "doses", "qc", "index_columns", "biomarkers", "colours", "release"}
 
 
 def bundled_studies() -> list[str]:
@@ -165,6 +173,18 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and str(v).strip() for v in value):
         raise StudyError(f"{where}: must be a list of names")
     return tuple(str(v).strip() for v in value)
+
+
+def _colours(value: Any, where: str) -> dict[str, str]:
+    """``{population or marker: "#rrggbb"}``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: must map population or marker names to colours (#rrggbb)")
+    for name, colour in value.items():
+        if not isinstance(colour, str) or not _HEX_COLOUR.match(colour):
+            raise StudyError(f"{where}.{name}: {colour!r} is not a colour #rrggbb")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _number(value: Any, where: str) -> float:
@@ -283,6 +303,8 @@ def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
         doses=_doses(doc, path),
         qc=_qc(doc, path),
         index_columns=_names(doc.get("index_columns"), f"{path}: index_columns") or (*variables, "n_events_total"),
+        biomarkers=_names(doc.get("biomarkers"), f"{path}: biomarkers") or ("til_dose_cells", *variables),
+        colours=_colours(doc.get("colours"), f"{path}: colours"),
         release=release,
         vocabulary=vocabulary,
         description=str(doc.get("description", "")),

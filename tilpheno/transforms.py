@@ -30,7 +30,7 @@ over -T..10 T; see tests/test_transforms.py.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
@@ -294,7 +294,7 @@ def transform_from_dict(spec: dict) -> Transform:
     if kind not in _KINDS:
         raise ValueError(f"unknown transform kind {kind!r}; expected one of {sorted(_KINDS)}")
     cls = _KINDS[kind]
-    allowed = {f for f in cls.__dataclass_fields__ if f != "kind"}
+    allowed = {f.name for f in fields(cls) if f.name != "kind"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {kind} transform; allowed: {sorted(allowed)}")

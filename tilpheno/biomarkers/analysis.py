@@ -30,7 +30,7 @@ from tilpheno.io import atomic
 
 from .cohort import ENDPOINTS, Cohort, build_cohort
 from .cox import fit_cox
-from .cutpoints import fixed_cut_statistic, maxstat_logrank
+from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
 from .responders import responders_table
@@ -218,8 +218,11 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
     tcol, ecol = ENDPOINTS[endpoint]
     d = cohort.data.dropna(subset=[marker])
     x, t, e = d[marker].to_numpy(float), d[tcol].to_numpy(float), d[ecol].to_numpy(float)
-    km_rows, cut_rows, uni, multi = [], [], [], []
-    splits = [("median", float(np.median(x)), None)]
+    km_rows: list[dict] = []
+    cut_rows: list[dict] = []
+    uni: list[dict] = []
+    multi: list[dict] = []
+    splits: list[tuple[str, float, MaxstatResult | None]] = [("median", float(np.median(x)), None)]
     pre_cut = _prespecified_cut(pre, marker, endpoint)
     if pre_cut is not None:
         splits.append(("prespecified", pre_cut, None))
@@ -296,7 +299,12 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     warnings = list(cohort.notes)
     if unknown:
         warnings.append(f"pre-specified cut-point(s) for marker(s) not analysed: {', '.join(unknown)}")
-    km_rows, cut_rows, uni, multi, curves, logrank_rows = [], [], [], [], [], []
+    km_rows: list[dict] = []
+    cut_rows: list[dict] = []
+    uni: list[dict] = []
+    multi: list[dict] = []
+    curves: list = []
+    logrank_rows: list[dict] = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
         km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),
@@ -441,13 +449,15 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                    endpoints=("pfs", "os"), cutpoints=None, n_perm: int = 10_000, seed: int = 20240601,
                    conf_type: str = "log", minprop: float = 0.1, break_times=None, n_boot: int = 200,
                    spline_knots: int = 4, roc_times=(6.0, 12.0), landmark: float = 3.0, inputs=(),
-                   command_line=None, pdf: bool = False) -> BiomarkerResults:
+                   command_line=None, pdf: bool = False, study=None) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
     is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None. ``inputs``: paths
     of the input files, recorded with their SHA-256 in ``run.json`` and the report's footer.
     Every figure is written to ``figures/<name>.svg``; ``pdf=True`` also writes ``figures.pdf``.
+    ``study`` (a ``tilpheno.study.Study``; default the bundled one): its ``biomarkers`` are the
+    markers analysed when ``markers`` is None.
     """
     import time as _time
 
@@ -463,7 +473,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
         from tilpheno.io.outcomes import did_you_mean
 
         raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
-    cohort = build_cohort(phenotypes, outcomes, markers, covariates)
+    cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
                         n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,

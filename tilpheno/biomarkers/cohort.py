@@ -16,14 +16,10 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io.outcomes import MISSING_WORDS, did_you_mean
+from tilpheno.study import Study, default_study
 
 from .plausibility import plausibility_warnings
 
-STUDY_MARKERS = (
-    "til_dose_cells", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
-    "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph",
-    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4foxp3_pct_of_cd4",
-)
 DEFAULT_COVARIATES = ("age", "sex", "ecog")
 ENDPOINTS = {"pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
 
@@ -104,8 +100,9 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     return values.astype(float)
 
 
-def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None) -> Cohort:
-    """Join on product_id; choose markers (default: dose + study phenotypes present) and covariates.
+def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None,
+                 study: Study | None = None) -> Cohort:
+    """Join on product_id; choose markers (default: the study's ``biomarkers`` present) and covariates.
 
     ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`).
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
@@ -118,8 +115,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         notes.append(f"column(s) in both tables, outcomes' values used: {', '.join(overlap)}")
         pheno = pheno.drop(columns=overlap)
     if markers is None:
-        chosen = [m for m in STUDY_MARKERS if m in pheno.columns or m in outcomes.columns]
-        skipped = [m for m in STUDY_MARKERS if m not in chosen]
+        defaults = (study or default_study()).biomarkers
+        chosen = [m for m in defaults if m in pheno.columns or m in outcomes.columns]
+        skipped = [m for m in defaults if m not in chosen]
         if skipped:
             notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
     else:

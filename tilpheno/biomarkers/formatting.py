@@ -23,10 +23,12 @@ def _finite(v) -> bool:
         return False
 
 
-def sig(v: float, digits: int = 3) -> str:
+def sig(v: float | np.floating | None, digits: int = 3) -> str:
     """``v`` to ``digits`` significant digits, plain notation within 1e-4..1e6."""
+    if v is None:
+        return "–"
     if not _finite(v):
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else ("∞" if float(v) > 0 else "−∞")
+        return "–" if math.isnan(float(v)) else ("∞" if float(v) > 0 else "−∞")
     v = float(v)
     if v == 0:
         return "0"

@@ -40,6 +40,13 @@ def harrell_knots(x, k: int) -> np.ndarray:
     return knots
 
 
+def _covariance(cox) -> np.ndarray:
+    """The fit's coefficient covariance (``fit_cox`` always sets it; a ``CoxResult`` built by hand may not)."""
+    if cox.covariance is None:
+        raise ValueError("the Cox fit carries no covariance matrix")
+    return cox.covariance
+
+
 def rcs_basis(x, knots) -> np.ndarray:
     """Columns ``x, x', x'', ...`` of ``rcspline.eval(x, knots, inclx = TRUE)`` (norm = 2)."""
     x = np.asarray(x, dtype=float)
@@ -74,7 +81,7 @@ class SplineFit:
         """log HR vs the reference value with its pointwise CI: columns x, log_hr, se, ci_low, ci_high."""
         grid = np.linspace(self.x.min(), self.x.max(), 101) if grid is None else np.asarray(grid, dtype=float)
         coef = self.cox.coefficients.coef.to_numpy()[: self.knots.size - 1]
-        V = self.cox.covariance[: coef.size, : coef.size]
+        V = _covariance(self.cox)[: coef.size, : coef.size]
         B = rcs_basis(grid, self.knots) - rcs_basis([self.reference], self.knots)
         lp = B @ coef
         se = np.sqrt(np.einsum("ij,jk,ik->i", B, V, B))
@@ -98,7 +105,7 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
     work = pd.concat([data[[duration, event, *covariates]], spl], axis=1)
     cox = fit_cox(work, duration, event, [*names, *covariates], conf_level, start="zero")
     coef = cox.coefficients.coef.to_numpy()[: len(names)]
-    V = cox.covariance[: len(names), : len(names)]
+    V = _covariance(cox)[: len(names), : len(names)]
     overall = _wald(coef, V)
     nonlin = _wald(coef[1:], V[1:, 1:]) if len(names) > 1 else (np.nan, 0, np.nan)
     x = data[marker].to_numpy(float)

@@ -173,7 +173,7 @@ class FlowJoSample:
         out = {}
         for dim in dims:
             detector = self._detector(dim)
-            if detector is not None:
+            if detector is not None and self.spillover is not None:   # a detector name implies a matrix
                 if comp is None:
                     comp = compensate(events, list(channel_names), self.spillover)
                 out[dim] = comp[:, index[detector]]
@@ -211,12 +211,13 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
     path = Path(path)
     root = _workspace_root(path)
     source = str(path)
-    if root.tag != "Workspace" or not str(root.get("flowJoVersion", "")).split(".")[0].isdigit():
+    version = root.get("flowJoVersion", "")
+    if root.tag != "Workspace" or not version.split(".")[0].isdigit():
         raise StrategyError(f"{source}: not a FlowJo workspace (root element <{root.tag}>)")
-    if int(root.get("flowJoVersion").split(".")[0]) < 10:
-        raise StrategyError(f"{source}: FlowJo version {root.get('flowJoVersion')} workspaces are not supported (need 10+)")
+    if int(version.split(".")[0]) < 10:
+        raise StrategyError(f"{source}: FlowJo version {version} workspaces are not supported (need 10+)")
     sample_ids = _group_sample_ids(root, group, source)
-    samples = {s_el.find("DataSet").get("sampleID"): s_el for s_el in root.iter("Sample") if s_el.find("DataSet") is not None}
+    samples = _samples_by_id(root)
     members = [samples[i] for i in sample_ids if i in samples]
     if sample is not None:
         members = [s for s in members if sample in _sample_labels(s)]
@@ -230,13 +231,13 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
 def workspace_groups(path: str | Path) -> list[str]:
     """Names of the sample groups of a workspace."""
     root = _workspace_root(path)
-    return [g.get("name") for g in root.iter("GroupNode")]
+    return [name for g in root.iter("GroupNode") if (name := g.get("name")) is not None]
 
 
 def workspace_samples(path: str | Path, group: str = "All Samples") -> list[str]:
     """Sample names (SampleNode names) of ``group``, in the group's order."""
     root = _workspace_root(path)
-    samples = {s_el.find("DataSet").get("sampleID"): s_el for s_el in root.iter("Sample") if s_el.find("DataSet") is not None}
+    samples = _samples_by_id(root)
     names = []
     for sid in _group_sample_ids(root, group, str(path)):
         if sid in samples:
@@ -249,20 +250,35 @@ def _group_sample_ids(root: ET.Element, group: str, source: str) -> list[str]:
     for node in root.iter("GroupNode"):
         if node.get("name") == group:
             refs = node.find("Group/SampleRefs")
-            return [r.get("sampleID") for r in (refs if refs is not None else [])]
+            return [sid for r in (refs if refs is not None else []) if (sid := r.get("sampleID")) is not None]
     names = [g.get("name") for g in root.iter("GroupNode")]
     raise StrategyError(f"{source}: no sample group {group!r}; groups: {names}")
 
 
+def _samples_by_id(root: ET.Element) -> dict[str, ET.Element]:
+    """Sample elements by their DataSet's ``sampleID`` (a sample without one cannot be referenced)."""
+    out = {}
+    for s_el in root.iter("Sample"):
+        ds = s_el.find("DataSet")
+        sid = ds.get("sampleID") if ds is not None else None
+        if sid is not None:
+            out[sid] = s_el
+    return out
+
+
 def _sample_labels(sample_el: ET.Element) -> set[str]:
+    """The names a sample can be picked by: its id, its FCS file name, its SampleNode name."""
     ds = sample_el.find("DataSet")
     node = sample_el.find("SampleNode")
-    labels = {ds.get("sampleID")}
-    uri = ds.get("uri") or ""
-    if uri:
-        labels.add(PurePosixPath(unquote(urlparse(uri).path)).name)
-    if node is not None and node.get("name"):
-        labels.add(node.get("name"))
+    labels = set()
+    if ds is not None:
+        labels.add(ds.get("sampleID", ""))
+        uri = ds.get("uri") or ""
+        if uri:
+            labels.add(PurePosixPath(unquote(urlparse(uri).path)).name)
+    name = node.get("name") if node is not None else None
+    if name:
+        labels.add(name)
     return labels
 
 
@@ -277,9 +293,10 @@ def _count(el: ET.Element) -> int | None:
 def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSample:
     ds = sample_el.find("DataSet")
     node = sample_el.find("SampleNode")
-    if node is None:
-        raise StrategyError(f"{source}: sample {ds.get('sampleID')} has no SampleNode")
-    s = FlowJoSample(source, ds.get("sampleID"), node.get("name", ""), ds.get("uri", ""), group, flowjo_total=_count(node))
+    if ds is None or node is None:
+        sid = ds.get("sampleID") if ds is not None else None
+        raise StrategyError(f"{source}: sample {sid} has no {'SampleNode' if ds is not None else 'DataSet'}")
+    s = FlowJoSample(source, ds.get("sampleID", ""), node.get("name", ""), ds.get("uri", ""), group, flowjo_total=_count(node))
     xforms = sample_el.find("Transformations")
     for el in (xforms if xforms is not None else []):
         kind = el.tag.rsplit("}", 1)[-1]
@@ -308,7 +325,12 @@ def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSampl
 
 def _parse_spillover(el: ET.Element, source: str) -> tuple[Spillover, str, str]:
     params = el.find(_d("parameters"))
-    detectors = [_attr(p, "name") for p in (params if params is not None else [])]
+    detectors = []
+    for p in (params if params is not None else []):
+        name = _attr(p, "name")
+        if not name:
+            raise StrategyError(f"{source}: spilloverMatrix {el.get('name', '')}: a parameter without a name")
+        detectors.append(name)
     rows = []
     for row in el.findall(_t("spillover")):
         rows.append([parse_number(_attr(c, "value"), "spillover coefficient", source) for c in row.findall(_t("coefficient"))])
@@ -322,6 +344,8 @@ def _walk(subs: ET.Element, parent: str, s: FlowJoSample, source: str) -> None:
         if el.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
             continue
         name = el.get("name")
+        if name is None:
+            raise StrategyError(f"{source}: a <{el.tag}> under {parent or 'the sample'!r} has no name")
         path = f"{parent}/{name}" if parent else name
         if el.tag == "Population":
             s.populations.append(_population(el, name, path, parent, s, source))
@@ -336,9 +360,10 @@ def _dims(gate_el: ET.Element, path: str, source: str) -> list[str]:
     dims = []
     for d in gate_el.findall(_g("dimension")):
         fcs = d.find(_d("fcs-dimension"))
-        if fcs is None or not _attr(fcs, "name"):
+        name = _attr(fcs, "name") if fcs is not None else None
+        if not name:
             raise StrategyError(f"{source}: population {path!r}: a gate dimension has no fcs-dimension name")
-        dims.append(_attr(fcs, "name"))
+        dims.append(name)
     return dims
 
 
@@ -375,9 +400,11 @@ def _population(el, name, path, parent, s: FlowJoSample, source) -> WorkspacePop
             xf = [s.transforms.get(d) for d in dims]
             display = any(t is not None and not t.is_linear for t in xf)
             if display:
-                verts = np.column_stack([(xf[i].apply(verts[:, i]) if xf[i] else verts[:, i]) for i in range(2)])
+                verts = np.column_stack([(t.apply(verts[:, i]) if t is not None else verts[:, i]) for i, t in enumerate(xf[:2])])
                 dims = [s.display_name(d) for d in dims]
-            return WorkspacePopulation(path, name, parent, PolygonGate(tuple(dims), tuple(map(tuple, verts))), "polygon", complement, display, _count(el))
+            if len(dims) != 2:
+                raise StrategyError(f"{source}: population {path!r}: a polygon gate needs 2 dimensions, got {dims}")
+            return WorkspacePopulation(path, name, parent, PolygonGate((dims[0], dims[1]), tuple(map(tuple, verts))), "polygon", complement, display, _count(el))
         if kind == "EllipsoidGate":
             gate = _ellipse(g, dims, path, s, source)
             return WorkspacePopulation(path, name, parent, gate, "ellipse", complement, True, _count(el))
@@ -492,8 +519,8 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
         if p.kind not in ("polygon", "ellipse"):
             out[p.path] = 0
             continue
-        widths = [_bin_width(s, d) for d in p.gate.dims]
-        if any(w is None for w in widths):
+        wx, wy = (_bin_width(s, d) for d in p.gate.dims)   # polygons and ellipses: 2 dimensions
+        if wx is None or wy is None:
             out[p.path] = None
             continue
         base = p.gate.membership(data)
@@ -502,8 +529,8 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
             for dy in (-1, 0, 1):
                 if dx or dy:
                     shifted = dict(data)
-                    shifted[p.gate.dims[0]] = data[p.gate.dims[0]] + dx * widths[0]
-                    shifted[p.gate.dims[1]] = data[p.gate.dims[1]] + dy * widths[1]
+                    shifted[p.gate.dims[0]] = data[p.gate.dims[0]] + dx * wx
+                    shifted[p.gate.dims[1]] = data[p.gate.dims[1]] + dy * wy
                     near |= p.gate.membership(shifted) != base
         parent = masks[p.parent] if p.parent else np.ones(len(base), dtype=bool)
         out[p.path] = int((near & parent).sum())

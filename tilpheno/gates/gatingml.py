@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Sequence, overload
@@ -493,10 +494,10 @@ class _Values:
 
     def _table(self, ref: str) -> tuple[np.ndarray, dict[str, int]]:
         if ref not in self._comp:
-            if ref == UNCOMPENSATED or (ref == FCS_COMPENSATION and self.spillover is None):
-                self._comp[ref] = (self.events, self.index)
-            elif ref == FCS_COMPENSATION:
+            if ref == FCS_COMPENSATION and self.spillover is not None:
                 self._comp[ref] = (compensate(self.events, self.channels, self.spillover), self.index)
+            elif ref in (UNCOMPENSATED, FCS_COMPENSATION):   # FCS without a $SPILLOVER: the raw values
+                self._comp[ref] = (self.events, self.index)
             else:
                 m = self.doc.matrices[ref]
                 missing = [d for d in m.detectors if d not in self.index]
@@ -517,13 +518,19 @@ class _Values:
         return table[:, names[name]]
 
     def dimension(self, dim: Dimension) -> np.ndarray:
+        # the kinds were checked when the document was built (validate: ratio -> fratio, transform -> scale)
         if dim.ratio:
             ratio = self.doc.transforms[dim.name]
+            if not isinstance(ratio, RatioTransform):
+                raise StrategyError(f"{self.doc.source}: {dim.name!r} is not a ratio transformation")
             values = ratio.apply(self.column(ratio.numerator, dim.compensation), self.column(ratio.denominator, dim.compensation))
         else:
             values = self.column(dim.name, dim.compensation)
         if dim.transform is not None:
-            values = self.doc.transforms[dim.transform].apply(values)
+            scale = self.doc.transforms[dim.transform]
+            if not isinstance(scale, ScaleTransform):
+                raise StrategyError(f"{self.doc.source}: {dim.transform!r} is not a scale transformation")
+            values = scale.apply(values)
         return values
 
 
@@ -563,7 +570,7 @@ def apply_gatingml(
 
 def tree_nodes(doc: GatingMLDocument) -> list[Node]:
     """The document's populations as tree nodes (a quadrant gate gives one rectangle per quadrant id)."""
-    nodes = []
+    nodes: list[Node] = []
     for gid, g in doc.gates.items():
         if isinstance(g.gate, QuadrantGate):
             nodes.extend(Node(qid, g.parent, g.gate.rectangle(qid)) for qid in g.gate.quadrants)
@@ -684,8 +691,7 @@ def _check_xml_ids(doc: GatingMLDocument) -> None:
             f"{doc.source}: {bad} are not valid Gating-ML ids (xs:ID: a letter or '_', then letters, digits, '_', '.', '-'); "
             f"use gatingml_id(), e.g. {gatingml_id(bad[0])!r}, and keep the label as the gate's name"
         )
-    seen: set[str] = set()
-    dupes = sorted({i for i in ids if i in seen or seen.add(i)})
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
         raise StrategyError(f"{doc.source}: ids {dupes} are used more than once (gate, quadrant, divider, transformation and matrix ids share one namespace)")
 
@@ -733,9 +739,9 @@ def _gate_element(root: ET.Element, g: GatingMLGate) -> None:
         for key in gate.dims:
             _dimension_children(ET.SubElement(el, _g("dimension"), _dimension_attrs(by_key[key])), by_key[key])
         for vertex in gate.vertices:
-            v = ET.SubElement(el, _g("vertex"))
+            vertex_el = ET.SubElement(el, _g("vertex"))
             for c in vertex:
-                ET.SubElement(v, _g("coordinate"), {_d("value"): _num(c)})
+                ET.SubElement(vertex_el, _g("coordinate"), {_d("value"): _num(c)})
     elif isinstance(gate, EllipsoidGate):
         el = ET.SubElement(root, _g("EllipsoidGate"), attrs)
         for key in gate.dims:
@@ -761,7 +767,7 @@ def _gate_element(root: ET.Element, g: GatingMLGate) -> None:
             q = ET.SubElement(el, _g("Quadrant"), {_g("id"): qid})
             for did, location in positions.items():
                 ET.SubElement(q, _g("position"), {_g("divider_ref"): did, _g("location"): _num(location)})
-    else:  # BooleanGate
+    elif isinstance(gate, BooleanGate):
         el = ET.SubElement(root, _g("BooleanGate"), attrs)
         op = ET.SubElement(el, _g(gate.op))
         for ref, complement in zip(gate.operands, gate.complements):
@@ -769,6 +775,8 @@ def _gate_element(root: ET.Element, g: GatingMLGate) -> None:
             if complement:
                 a[_g("use-as-complement")] = "true"
             ET.SubElement(op, _g("gateReference"), a)
+    else:
+        raise StrategyError(f"gate {g.id!r}: a {type(gate).__name__} has no Gating-ML form")
 
 
 def gatingml_xml(doc: GatingMLDocument) -> str:
@@ -798,8 +806,8 @@ def gatingml_xml(doc: GatingMLDocument) -> str:
                 ET.SubElement(r, _d("fcs-dimension"), {_d("name"): n})
         else:
             ET.SubElement(el, _t(tr.kind), {_t(k): _num(v) for k, v in tr.params.items()})
-    for g in doc.gates.values():
-        _gate_element(root, g)
+    for gate in doc.gates.values():
+        _gate_element(root, gate)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -852,11 +860,12 @@ def export_tube_gatingml(
     ``gatingml_id`` and are kept as names; the top-level parent ("root" or None) is dropped.
     """
     matrices: list[SpectrumMatrix] = []
-    comp_ref = compensation
     if isinstance(compensation, Spillover):
         comp_ref = "Compensation"
         matrices.append(SpectrumMatrix(comp_ref, compensation.detectors, compensation.detectors,
                                        tuple(map(tuple, compensation.matrix))))
+    else:
+        comp_ref = compensation
     scale: dict[str, ScaleTransform] = {}
     dims: dict[str, Dimension] = {}
 
@@ -879,9 +888,9 @@ def export_tube_gatingml(
     gates = []
     for population, parent, gate, _method in result.gates:
         if isinstance(gate, BooleanGate):
-            gate = BooleanGate(gate.op, tuple(map(ident, gate.operands)), gate.complements)
+            gate = BooleanGate(gate.op, tuple(map(gatingml_id, gate.operands)), gate.complements)
         elif isinstance(gate, QuadrantGate):
             gate = QuadrantGate(gate.dividers, {gatingml_id(q): pos for q, pos in gate.quadrants.items()})
-        gates.append(ExportGate(ident(population), ident(parent), gate, {d: dimension(d) for d in gate.dims}, name=population))
+        gates.append(ExportGate(gatingml_id(population), ident(parent), gate, {d: dimension(d) for d in gate.dims}, name=population))
     return export_gatingml(gates, path, transforms=list(scale.values()), matrices=matrices)
 

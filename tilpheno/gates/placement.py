@@ -188,7 +188,7 @@ def place_cells(
         "saturated_events": int((~unsaturated).sum()),
         "ceiling": ceiling,
     }
-    return Placement(PolygonGate(tuple(dims), vertices), "fsc_density_valley", diagnostics)
+    return Placement(PolygonGate((dims[0], dims[1]), vertices), "fsc_density_valley", diagnostics)
 
 
 def place_singlets(
@@ -233,7 +233,7 @@ def place_singlets(
         "ratio_high": upper,
         "doublet_valley": valley,
     }
-    return Placement(PolygonGate(tuple(dims), vertices), "ratio_band", diagnostics)
+    return Placement(PolygonGate((dims[0], dims[1]), vertices), "ratio_band", diagnostics)
 
 
 def _subsample(n: int, max_events: int, seed: int) -> np.ndarray:
@@ -279,6 +279,8 @@ def place_lymphocytes(
             bic = model.bic(sample)
             if best is None or bic < best[0]:
                 best = (bic, model)
+    if best is None:
+        raise GatingError(f"lymphocyte gate: max_components = {max_components}; needs at least 1")
     model = best[1]
     main = int(np.argmax(model.weights_))
     d2_limit = float(chi2.ppf(coverage, 2))

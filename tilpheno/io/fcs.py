@@ -38,6 +38,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -143,7 +144,8 @@ def _set_sha256(self: FCSFile, value: str | _LazySHA256) -> None:
 
 # set after @dataclass so that the generated __init__ goes through the setter (dataclasses.replace,
 # ==, asdict read it through the getter, i.e. compute the digest)
-FCSFile.sha256 = property(_get_sha256, _set_sha256, doc="Hex SHA-256 of the whole file, computed on first access.")
+# (mypy cannot type a property replacing a dataclass field: the one place it is told to look away)
+FCSFile.sha256 = property(_get_sha256, _set_sha256, doc="Hex SHA-256 of the whole file, computed on first access.")  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ class _Layout:
 # --------------------------------------------------------------------------- keyword helpers
 
 
+@overload
+def _kw_int(kw: dict[str, str], name: str, path, *, required: Literal[True] = ...) -> int: ...
+@overload
+def _kw_int(kw: dict[str, str], name: str, path, *, required: bool) -> int | None: ...
 def _kw_int(kw: dict[str, str], name: str, path, *, required: bool = True) -> int | None:
     raw = kw.get(name)
     if raw is None or raw.strip() == "":
@@ -317,7 +323,7 @@ def _data_candidates(header: Header, kw, path) -> list[tuple[str, int, int]]:
     end = _kw_int(kw, "$ENDDATA", path, required=False)
     if begin is not None and end is not None:
         text_pair = ("TEXT", begin, end)
-    header_pair = ("HEADER", header.data_start, header.data_end)
+    header_pair: tuple[str, int, int] | None = ("HEADER", header.data_start, header.data_end)
     if header.data_start == 0 and header.data_end == 0:
         header_pair = None  # large-file convention: look in TEXT
     pairs = [text_pair, header_pair] if header.version != "FCS2.0" else [header_pair, text_pair]
@@ -465,8 +471,9 @@ def _decode_block(raw: np.ndarray, lay: _Layout, scale: _Scaling, out: np.ndarra
             if lay.order == ">":
                 shifts = shifts[::-1]
             column = np.bitwise_or.reduce(block << shifts, axis=1)
-            if scale.masks[i] is not None:
-                column &= np.uint64(scale.masks[i])
+            mask = scale.masks[i]
+            if mask is not None:
+                column &= np.uint64(mask)
             out[:, i] = column
             pos += w
     # in place, column by column, while the block is in cache (same arithmetic as FlowKit's)
@@ -619,13 +626,13 @@ def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bo
                 n_events = lay.n_events
             else:
                 events = None
-                n_events = _kw_int(kw, "$TOT", path, required=False)
-                if n_events is None:
-                    n_events = _layout(header, kw, channels, base, size, path, problems).n_events
+                tot = _kw_int(kw, "$TOT", path, required=False)
+                n_events = tot if tot is not None else _layout(header, kw, channels, base, size, path, problems).n_events
             spill = _spillover(kw, path, problems)
         except OSError as exc:
             raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
-    return FCSFile(path, digest, header.version, kw, channels, events, spill, n_events, tuple(problems))
+    # the sha256 property's setter also takes a _LazySHA256 (computed on first access); see _set_sha256
+    return FCSFile(path, digest, header.version, kw, channels, events, spill, n_events, tuple(problems))  # type: ignore[arg-type]
 
 
 def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:

@@ -143,13 +143,12 @@ def _infer_row(path: Path, root: Path, fcs, study: Study) -> dict:
     if _CONTROL.search(named):   # a compensation control (FACSDiva: "<fluorochrome> Stained Control")
         role = "unstained" if _UNSTAINED.search(named) else "single_stain"
         return _row(path, product, "compensation", role, None, markers)
-    role, marker = None, None
+    named_role, marker = None, None
     for text in (kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem):
-        role, marker = _role_from_text(text, study)
-        if role:
+        named_role, marker = _role_from_text(text, study)
+        if named_role:
             break
-    if role is None:
-        role = "stain" if labelled or markers else "unstained"
+    role = named_role or ("stain" if labelled or markers else "unstained")
     names = " ".join((kw.get("TUBE NAME", ""), stem))
     kind = _kind_named(study, names)
     return _row(path, product, kind, role, marker, markers)

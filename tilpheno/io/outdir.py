@@ -66,7 +66,7 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
         errno.EACCES: " (no permission)",
         errno.EPERM: " (not permitted)",
         errno.ENOTDIR: " (a path component is a file, not a folder)",
-    }.get(exc.errno, "")
+    }.get(exc.errno or 0, "")   # errno None (or 0): no hint
     return f"{where}: {reason}{hint}" if where is not None else f"{reason}{hint}"
 
 
@@ -158,11 +158,11 @@ class OutputFolder:
         record = out / RECORD_NAME
         if record.exists():
             data = _read_json(record)
-            listed = data.get("outputs") if isinstance(data.get("outputs"), list) else None
-            if listed is None:
+            recorded = data.get("outputs")
+            if not isinstance(recorded, list):
                 outputs = [name for name in STANDARD_OUTPUTS if (out / name).exists()]
             else:
-                outputs = sorted({p for p in map(_safe_relative, listed) if p} | {RECORD_NAME})
+                outputs = sorted({p for p in map(_safe_relative, recorded) if p} | {RECORD_NAME})
             started = data.get("started_at", "unknown time")
             return outputs, f"already holds the outputs of a previous run (run.json, started {started})"
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")

@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tilpheno.provenance import FileDigest
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC, CriterionResult, ReleaseSpec
 from tilpheno.study import Study, default_study
+
+if TYPE_CHECKING:
+    from tilpheno.spillover import CompensationChoice
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _DOTS = re.compile(r"\.{2,}")
@@ -69,7 +72,7 @@ class ProductJob:
     rows: Any  # pandas DataFrame: the product's manifest rows (file, product_id, tube, role, fmo_marker, ...)
     strategies: tuple[StrategySource, ...]
     options: ProcessOptions
-    compensation: object = None  # tilpheno.spillover.CompensationChoice, or None: each file's $SPILLOVER
+    compensation: CompensationChoice | None = None  # None: each file's $SPILLOVER
 
 
 @dataclass

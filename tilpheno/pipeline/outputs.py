@@ -126,8 +126,9 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, make_reports=wanted == "draw"))
         entry = None
         if look_up:
-            file_digests = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
-            key = product_key(job, file_digests) if all(file_digests.values()) else None
+            found = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
+            file_digests = {f: d for f, d in found.items() if d}
+            key = product_key(job, file_digests) if len(file_digests) == len(found) else None
             entry = store.load(key, need_report=wanted == "draw") if key else None
             if key:
                 keys[job.product_id] = key

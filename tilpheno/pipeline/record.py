@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from tilpheno.errors import TilphenoError
 from tilpheno.provenance import RunRecord
@@ -99,3 +99,24 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         "allow_outside": bool(params.get("allow_outside", False)),
     }
     return kwargs, known
+
+
+def run_study(run: Mapping[str, Any], where: str | Path = "run.json") -> Study:
+    """The study a ``process`` run used (``parameters.study`` of its ``run.json`` dict ``run``),
+    checked against the recorded SHA-256; the bundled default for a run that recorded none.
+    ``TilphenoError`` naming ``where`` when it cannot be loaded or changed since the run."""
+    from tilpheno.study import default_study, load_study
+    from tilpheno.vocabulary import STUDIES_DIR
+
+    params = run.get("parameters", {})
+    source = str(params.get("study") or "")
+    if not source:
+        return default_study()
+    bundled = source.endswith(" (bundled)")
+    try:
+        study = load_study(STUDIES_DIR / source.removesuffix(" (bundled)") if bundled else Path(source))
+    except TilphenoError as exc:
+        raise TilphenoError(f"{where}: the run's study {source} cannot be loaded ({exc})") from None
+    if params.get("study_sha256") and study.sha256 != params["study_sha256"]:
+        raise TilphenoError(f"{where}: study {source} changed since the run (its SHA-256 differs)")
+    return study

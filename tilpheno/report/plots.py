@@ -34,21 +34,19 @@ import hashlib
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from tilpheno.gates.quadrants import quadrant_percentages
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 _PALETTE = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
     "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
 )
-_FIXED_COLOURS = {
-    "cells": "#1f77b4", "singlets": "#17becf", "live": "#2ca02c", "lymph": "#9467bd", "livelymph": "#9467bd",
-    "lymphocytes": "#9467bd", "cd3": "#d62728", "cd4": "#ff7f0e", "cd8": "#8c564b", "cd56": "#bcbd22",
-    "nk": "#e377c2", "nkt": "#7f7f7f", "pd1": "#6a3d9a", "foxp3": "#e7298a", "treg": "#e7298a",
-}
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 BINS = 128
 FIG_INCHES = (3.3, 3.1)          # every plot; SVG user units are points (237.6 x 223.2)
@@ -57,23 +55,30 @@ FMO_AXES_RECT = (0.2, 0.15, 0.75, 0.6)  # room for the legend band above the axe
 FONT = 7.5                       # tick and label text, points
 TITLE_FONT = 8.5
 DEFAULT_TOP = 262144.0           # top of scale when neither the FCS file nor the transform gives one
-_RC = {"svg.fonttype": "none", "svg.image_inline": True, "svg.hashsalt": "tilpheno",
+_RC: dict[RcKeyType, Any] = {"svg.fonttype": "none", "svg.image_inline": True, "svg.hashsalt": "tilpheno",
        "font.family": ["DejaVu Sans"], "axes.unicode_minus": True}
 _PAD_PX = 2.0                    # labels keep this far from the axes edge (points at 72 dpi)
 
 
-def population_colour(name: str) -> str:
+def _colour_key(name: str) -> str:
+    return name.lower().replace("_", "").replace("+", "").replace("-", "").replace(" ", "")
+
+
+def population_colour(name: str, colours: Mapping[str, str] | None = None) -> str:
     """Stable colour of a population or marker, the same in every plot and report.
 
-    Standard TIL populations have fixed colours; a compound population takes the colour of its
-    last marker (``CD8+PD1+`` -> PD1's); anything else a palette colour by CRC32 of its name.
+    ``colours``: the study's ``colours`` (population or marker name -> colour; names compared
+    without case, ``+``, ``-``, ``_`` and spaces); a compound population takes the colour of its
+    longest matching suffix (``CD8+PD1+`` -> PD1's). Anything else (or no ``colours``): a colour of
+    a generic palette chosen by CRC32 of its name.
     """
-    key = name.lower().replace("_", "").replace("+", "").replace("-", "").replace(" ", "")
-    if key in _FIXED_COLOURS:
-        return _FIXED_COLOURS[key]
-    suffixes = [k for k in _FIXED_COLOURS if key.endswith(k)]
+    fixed = {_colour_key(k): v for k, v in (colours or {}).items()}
+    key = _colour_key(name)
+    if key in fixed:
+        return fixed[key]
+    suffixes = [k for k in fixed if key.endswith(k)]
     if suffixes:
-        return _FIXED_COLOURS[max(suffixes, key=len)]
+        return fixed[max(suffixes, key=len)]
     return _PALETTE[zlib.crc32(name.encode("utf-8")) % len(_PALETTE)]
 
 
@@ -215,7 +220,7 @@ def _linear_label(value: float, limits) -> str:
 
 def _draw_ticks(ax, which: str, major, labels, minor=(), *, label: str = "") -> None:
     """Tick marks (major 3.5 pt, minor 2 pt), tick labels and the axis label of axis ``which``."""
-    from matplotlib.lines import TICKDOWN, TICKLEFT
+    from matplotlib.markers import TICKDOWN, TICKLEFT
     from matplotlib.transforms import offset_copy
 
     x = which == "x"
@@ -282,7 +287,7 @@ def _data_limits(values: np.ndarray, extra: Sequence[float] = (), axis: "Axis | 
     if near:
         lo, hi = min(lo, *near), max(hi, *near)
     scatter = axis is not None and axis.dim.upper().startswith(("FSC", "SSC"))
-    if scatter and getattr(axis.transform, "kind", "") == "linear" and lo >= 0:
+    if scatter and axis is not None and getattr(axis.transform, "kind", "") == "linear" and lo >= 0:
         lo = 0.0
     if hi <= lo:
         hi = lo + 1.0
@@ -291,7 +296,7 @@ def _data_limits(values: np.ndarray, extra: Sequence[float] = (), axis: "Axis | 
 
 
 def _limits(axis: Axis, values: np.ndarray, extra: Sequence[float] = ()) -> tuple[float, float]:
-    return tuple(axis.limits) if axis.limits is not None else _data_limits(values, extra, axis)
+    return (axis.limits[0], axis.limits[1]) if axis.limits is not None else _data_limits(values, extra, axis)
 
 
 # --- gates ------------------------------------------------------------------------------
@@ -310,7 +315,7 @@ def _draw_gate(ax, gate, xdim: str, ydim: str | None, colour: str) -> None:
     from matplotlib.patches import Ellipse, Polygon, Rectangle
 
     shape = gate.drawing()
-    style = dict(fill=False, edgecolor=colour, linewidth=1.5)
+    style: dict[str, Any] = dict(fill=False, edgecolor=colour, linewidth=1.5)
     if shape.shape == "polygon" and ydim is not None:
         verts = np.asarray(shape.vertices)
         if tuple(shape.dims) == (ydim, xdim):
@@ -486,10 +491,12 @@ def density_plot(
     pct_of_parent: float,
     title: str,
     alt: str = "",
+    colours: Mapping[str, str] | None = None,
 ) -> str:
     """Pseudo-colour density of the parent's events on (x, y) with ``gate`` drawn and labelled
-    "population pct%" where the label hides the fewest events (near the gate). Returns SVG."""
-    colour = population_colour(population)
+    "population pct%" where the label hides the fewest events (near the gate); ``colours``: the
+    study's (``population_colour``). Returns SVG."""
+    colour = population_colour(population, colours)
     xlim = _limits(xaxis, x, _gate_extent(gate, xaxis.dim))
     ylim = _limits(yaxis, y, _gate_extent(gate, yaxis.dim))
     fig, ax = _figure()
@@ -513,10 +520,12 @@ def histogram_plot(
     pct_of_parent: float,
     title: str,
     alt: str = "",
+    colours: Mapping[str, str] | None = None,
 ) -> str:
     """Histogram (counts) of the parent's events on one dimension with a 1-D gate drawn and
-    labelled on its gated side, above the curve where possible. Returns SVG."""
-    colour = population_colour(population)
+    labelled on its gated side, above the curve where possible; ``colours``: the study's
+    (``population_colour``). Returns SVG."""
+    colour = population_colour(population, colours)
     xlim = _limits(axis, x, _gate_extent(gate, axis.dim))
     fig, ax = _figure()
     finite = x[np.isfinite(x)]
@@ -559,13 +568,15 @@ def fmo_overlay_plot(
     threshold_note: str,
     title: str,
     alt: str = "",
+    colours: Mapping[str, str] | None = None,
 ) -> str:
     """FMO (grey, filled) vs stained (coloured line) histograms, normalised to mode, with the
     threshold line; the legend sits in a band above the axes, clear of the line and the curves.
 
-    Percentages are of the parent population in each tube with value > threshold. Returns SVG.
+    Percentages are of the parent population in each tube with value > threshold; ``colours``:
+    the study's (``population_colour``). Returns SVG.
     """
-    colour = population_colour(marker)
+    colour = population_colour(marker, colours)
     xlim = _limits(axis, np.concatenate([stained, fmo]), [threshold])
     fig, ax = _figure(FMO_AXES_RECT)
     handles = []

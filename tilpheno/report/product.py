@@ -13,12 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 
 from tilpheno.gates.quadrants import sibling_range_pairs
 from tilpheno.report.qc_sections import acquisition_section, compensation_sections
+
+if TYPE_CHECKING:
+    from tilpheno.phenotype import ProductResult
+    from tilpheno.release import ReleaseSpec
 
 # FCS keywords shown by default: instrument and acquisition settings only. Anything that can
 # identify a patient, operator or site ($SRC, $PATIENTID, $FIL, $OP, $INST, $SMNO, $PROJ,
@@ -69,6 +73,19 @@ class Section:
     tables: tuple[Table, ...] = ()
 
 
+class RunOptions(Protocol):
+    """The run options a report reads (``tilpheno.pipeline.ProcessOptions`` has them)."""
+
+    @property
+    def fmo_percentile(self) -> float: ...
+    @property
+    def include_identifiers(self) -> bool: ...
+    @property
+    def release_spec(self) -> ReleaseSpec: ...
+    @property
+    def provenance_short(self) -> tuple[tuple[str, str], ...]: ...
+
+
 @dataclass(frozen=True)
 class ReportContext:
     """What a section builder gets: the gated product (``result``, a ``ProductResult``; None when
@@ -76,11 +93,11 @@ class ReportContext:
     options and strategies, and the product's fixed plot axes (``axes[(tube, dim)]``)."""
 
     outcome: object
-    result: object
+    result: ProductResult | None
     meta: Mapping
-    options: object
+    options: RunOptions
     strategies: tuple
-    axes: Mapping[tuple[str, str], object]
+    axes: Mapping[tuple[str, str], tuple[float, float]]
 
 
 def _axis(dim: str, detectors: Mapping[str, str], strategy=None, limits=None):
@@ -120,7 +137,8 @@ def product_axes(result, meta: Mapping, strategies=()) -> dict[tuple[str, str], 
         for dim in t.data:
             top = _top_of_scale(meta, t.file, t.detectors.get(dim, dim))
             key = (t.tube, dim)
-            if key not in tops or (top is not None and (tops[key] is None or top > tops[key])):
+            known = tops.get(key)
+            if key not in tops or (top is not None and (known is None or top > known)):
                 tops[key] = top
     out = {}
     for (tube, dim), top in tops.items():
@@ -160,8 +178,10 @@ def _parent_name(parent) -> str:
 
 
 def gate_figure(tube, population: str, parent, gate, method: str, detectors: Mapping[str, str], title_prefix: str = "",
-                strategy=None, axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> Figure:
-    """The plot of one geometric gate: its parent's events, the gate drawn, name and % of parent."""
+                strategy=None, axes: Mapping[tuple[str, str], tuple[float, float]] | None = None,
+                colours: Mapping[str, str] | None = None) -> Figure:
+    """The plot of one geometric gate: its parent's events, the gate drawn, name and % of parent
+    (``colours``: the study's, see ``plots.population_colour``)."""
     from tilpheno.report import plots
 
     axes = axes or {}
@@ -175,10 +195,11 @@ def gate_figure(tube, population: str, parent, gate, method: str, detectors: Map
     axis = [_axis(d, detectors, strategy, axes.get((tube.tube, d))) for d in dims[:2]]
     if len(dims) == 1:
         svg = plots.histogram_plot(tube.data[dims[0]][parent_mask], axis[0], gate=gate,
-                                   population=population, pct_of_parent=pct, title=title, alt=alt)
+                                   population=population, pct_of_parent=pct, title=title, alt=alt, colours=colours)
     else:
         svg = plots.density_plot(tube.data[dims[0]][parent_mask], tube.data[dims[1]][parent_mask], axis[0], axis[1],
-                                 gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt)
+                                 gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt,
+                                 colours=colours)
     return Figure(f"{title_prefix}: {title}" if title_prefix else title, svg, alt)
 
 
@@ -192,7 +213,8 @@ def population_figure(tube, population: str, detectors: Mapping[str, str], strat
 
 
 def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy=None,
-                 axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Figure]:
+                 axes: Mapping[tuple[str, str], tuple[float, float]] | None = None,
+                 colours: Mapping[str, str] | None = None) -> list[Figure]:
     """One plot per geometric gate: the parent's events, the gate drawn, name and % of parent.
 
     The events drawn are ``tube.data`` (a subsample when ``tube.subsample`` is set); the
@@ -202,7 +224,8 @@ def gate_figures(tube, detectors: Mapping[str, str], title_prefix: str, strategy
     figures = []
     for population, parent, gate, method in tube.gates:
         if gate.dims:
-            figures.append(gate_figure(tube, population, parent, gate, method, detectors, title_prefix, strategy, axes))
+            figures.append(gate_figure(tube, population, parent, gate, method, detectors, title_prefix, strategy, axes,
+                                       colours))
     return figures + quadrant_figures(tube, detectors, title_prefix, strategy, axes)
 
 
@@ -268,11 +291,13 @@ def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
         pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
         return pct_s, pct_f
     values = [_pop_value(t, str(row.population), "pct_of_parent") for t in (stain, fmo)]
-    return tuple(float("nan") if v is None else v for v in values)
+    pct_s, pct_f = (float("nan") if v is None else v for v in values)
+    return pct_s, pct_f
 
 
 def fmo_figures(result, percentile: float, strategies=(),
-                axes: Mapping[tuple[str, str], tuple[float, float]] | None = None) -> list[Figure]:
+                axes: Mapping[tuple[str, str], tuple[float, float]] | None = None,
+                colours: Mapping[str, str] | None = None) -> list[Figure]:
     """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file."""
     from tilpheno.report import plots
 
@@ -296,6 +321,7 @@ def fmo_figures(result, percentile: float, strategies=(),
             s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
             threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker,
             threshold_note=f"threshold: {pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})", alt=alt,
+            colours=colours,
         )
         figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt))
     return figures
@@ -364,6 +390,12 @@ def _labels(ctx: ReportContext, columns) -> dict[str, str]:
     return labels(columns, ctx.strategies, getattr(ctx.options, "study", None))
 
 
+def _colours(ctx: ReportContext) -> Mapping[str, str]:
+    """The study's plot colours (``Study.colours``; none: the generic palette)."""
+    study = getattr(ctx.options, "study", None)
+    return getattr(study, "colours", None) or {}
+
+
 def _stained(ctx: ReportContext) -> list:
     if ctx.result is None:
         return []
@@ -375,7 +407,7 @@ def gating_sections(ctx: ReportContext) -> list[Section]:
     sections = []
     for t in _stained(ctx):
         name = Path(str(t.file)).name
-        figures = gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes)
+        figures = gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes, _colours(ctx))
         table = _table(t.populations, f"subsets-{t.tube}", _labels(ctx, t.populations.columns),
                        f"{name}: every population on all {t.n_events} events; medians in compensated linear units.")
         sections.append(Section(
@@ -399,7 +431,7 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         f"Threshold = the {ctx.options.fmo_percentile:g}th percentile of the FMO tube's events in the same parent "
         "population (numpy linear interpolation); positive = value above the threshold. Histograms normalised "
         "to mode; grey = FMO, line = stained tube.",
-        tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes)), (table,))
+        tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes, _colours(ctx))), (table,))
 
 
 FILE_COLUMNS = ("file", "tube", "role", "events", "SHA-256")

@@ -14,7 +14,6 @@ import json
 import math
 from xml.sax.saxutils import escape
 
-from tilpheno.study import default_study
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
 from tilpheno.review.service import ReviewService, VersionConflict, data_sha256
@@ -70,7 +69,7 @@ def certificate_pdf(service: ReviewService, product_id: str) -> bytes:
                        [[r.criterion.name, r.criterion.describe(), _fmt(r.value), r.outcome.upper()] for r in res.release],
                        [45, 60, 30, 35]))
     story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", styles["Heading3"])]
-    story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in default_study().variables], [80, 40]))
+    story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in src.study.variables], [80, 40]))
     flags = src.qc_flags(product_id)
     story += [Spacer(1, 3 * mm), p("QC flags and their resolution", styles["Heading3"])]
     if flags:

@@ -5,8 +5,9 @@ spec in ``run.json``. For one product:
 
 * **Automatic gate set (version 1)**: :meth:`ReviewSource.automatic` re-runs
   ``tilpheno.phenotype.analyze_product`` on the product's files (paths and SHA-256 from
-  ``run.json``, tube/role/FMO marker from ``populations.csv``) with the run's strategies and FMO
-  percentile, and keeps every geometric gate of each tube kind's stained tube (the tube the study
+  ``run.json``, tube/role/FMO marker from ``populations.csv``) with the run's study (its variables,
+  doses, vocabulary; ``parameters.study`` of run.json, SHA-256 checked), panel override,
+  strategies and FMO percentile, and keeps every geometric gate of each tube kind's stained tube (the tube the study
   variables come from; FMO thresholds are the FMO-derived gates applied to it). The re-run must
   reproduce ``phenotypes.csv`` (study variables within ``REPRODUCE_TOLERANCE`` percentage points)
   or the product is refused: the inputs or the software changed since the run.
@@ -14,8 +15,8 @@ spec in ``run.json``. For one product:
   the stained tube, each population = its gate AND its parent (boolean populations from their
   expressions, as in the strategy). Counts, % of parent, % of live lymphocytes and medians
   follow ``tilpheno.phenotype.population_table``; the study variables ``tube_variables``; doses
-  ``doses`` with the infused TIL number recovered from the run (``cd3_dose_cells /
-  cd3_pct_of_live_lymph * 100``); release ``tilpheno.release.evaluate`` with the run's spec.
+  ``doses`` with the infused cell number recovered from the run (the study's first dose on the
+  infused cells: TIL study ``cd3_dose_cells / cd3_pct_of_live_lymph * 100``); release ``tilpheno.release.evaluate`` with the run's spec.
 
 A gate set is JSON: ``{"tubes": {tube kind: {"file": stained file name, "sha256": its digest,
 "gates": {population: gate.to_dict()}}}}``. A reviewed gate must keep the automatic gate's type,
@@ -42,7 +43,7 @@ from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
-from tilpheno.study import default_study
+from tilpheno.study import Study
 from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_spec_source, overall, spec_path
 from tilpheno.review.db import ReviewError
 from tilpheno.transforms import Logicle
@@ -112,6 +113,8 @@ class ReviewSource:
             raise ReviewError(f"{self.out_dir}: not a processed output folder (run.json, phenotypes.csv, populations.csv "
                               f"from `tilpheno process`): {exc}") from None
         self.fmo_percentile = float(self.run.get("parameters", {}).get("fmo_percentile", 99.5))
+        self.study = self._study()
+        self.panel = self._panel()
         self.strategies = self._strategies()
         self.release_spec = self._release_spec()
         self._inputs = {Path(i["path"]).name: i for i in self.run.get("inputs", [])}
@@ -120,10 +123,33 @@ class ReviewSource:
         self._automatic: dict[str, dict] = {}
 
     # -- run.json ----------------------------------------------------------------------------
+    def _study(self) -> Study:
+        """The study the run used (``parameters.study`` of run.json, checked against its SHA-256)."""
+        from tilpheno.errors import TilphenoError
+        from tilpheno.pipeline.record import run_study
+
+        try:
+            return run_study(self.run, self.out_dir / "run.json")
+        except TilphenoError as exc:
+            raise ReviewError(str(exc)) from None
+
+    def _panel(self):
+        """The run's panel override (``parameters.panel``: ``tilpheno.panel.read_panel_file``), or None."""
+        from tilpheno.errors import TilphenoError
+        from tilpheno.panel import read_panel_file
+
+        path = str(self.run.get("parameters", {}).get("panel") or "")
+        if not path:
+            return None
+        try:
+            return read_panel_file(path)
+        except TilphenoError as exc:
+            raise ReviewError(f"{self.out_dir / 'run.json'}: the run's panel file cannot be read ({exc})") from None
+
     def _strategies(self) -> dict[str, Strategy]:
         out: dict[str, Strategy] = {}
         bundled = {}
-        for p in default_strategy_paths():
+        for p in [*default_strategy_paths(), *self.study.strategy_paths]:
             s = load_strategy(p)
             bundled[s.sha256] = s
         for entry in self.run.get("strategies", []):
@@ -169,13 +195,19 @@ class ReviewSource:
         return [dict(r) for r in rows[["file", "code", "severity", "message"]].to_dict("records")]
 
     def til_dose_cells(self, product_id: str) -> float | None:
+        """The infused cell number the run used, from the first of the study's doses on the infused
+        cells (``base: dose``): ``dose cells / variable x 100``; None when not recoverable."""
         row = self.phenotype_row(product_id)
-        dose, pct = row.get("cd3_dose_cells"), row.get("cd3_pct_of_live_lymph")
-        try:
-            value = float(dose) / float(pct) * 100.0  # type: ignore[arg-type]  # NaN/None handled below
-        except (TypeError, ValueError, ZeroDivisionError):
-            return None
-        return value if math.isfinite(value) else None
+        for d in self.study.doses:
+            if d.base != "dose":
+                continue
+            try:
+                value = float(row[d.name]) / float(row[d.variable]) * 100.0
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                continue
+            if math.isfinite(value):
+                return value
+        return None
 
     def product_files(self, product_id: str) -> list[ProductFile]:
         rows = self.populations_csv[self.populations_csv["product_id"].astype(str) == product_id]
@@ -222,9 +254,10 @@ class ReviewSource:
         files = self.product_files(product_id)
         rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker} for f in files])
         result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
-                                 til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS)
+                                 til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS,
+                                 study=self.study, panel_override=self.panel)
         recorded = self.phenotype_row(product_id)
-        for var in default_study().variables:
+        for var in self.study.variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
             if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= REPRODUCE_TOLERANCE:
                 raise ReviewError(f"product {product_id}: re-gating gives {var} = {a:.6g}, phenotypes.csv says {b:.6g}; "
@@ -267,7 +300,8 @@ class ReviewSource:
         fcs = read_fcs(f.path)
         if fcs.sha256 != f.sha256:
             raise ReviewError(f"{f.path}: SHA-256 differs from run.json (the file changed since the run)")
-        detectors = require(panel_from_fcs(fcs), strategy.markers)
+        detectors = require(panel_from_fcs(fcs, override=self.panel, tube=f.tube, study=self.study), strategy.markers,
+                            self.study.vocabulary)
         tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role)
         pnr = dict(zip(fcs.channels["pnn"], fcs.channels["pnr"]))
         bounds = {}
@@ -330,7 +364,7 @@ def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
     """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set."""
     stained = source.stained(product_id)
-    phenotype: dict[str, Any] = {v: math.nan for v in default_study().variables}
+    phenotype: dict[str, Any] = {v: math.nan for v in source.study.variables}
     tables, all_masks = {}, {}
     for tube_kind in sorted(stained):
         st = stained[tube_kind]
@@ -341,7 +375,7 @@ def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, media
                              else pd.DataFrame(counts_table(st.strategy, st.tube, masks)))
         phenotype.update(tube_variables(st.strategy, state))
         all_masks[tube_kind] = masks
-    phenotype.update(doses(phenotype, source.til_dose_cells(product_id)))
+    phenotype.update(doses(phenotype, source.til_dose_cells(product_id), source.study))
     release = evaluate_release(source.release_spec, phenotype)
     return Recomputed(tables, {"product_id": product_id, **phenotype}, release, overall(release), all_masks)
 

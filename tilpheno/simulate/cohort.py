@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ class SimulatedProduct:
     product_id: str
     composition: Composition
     tubes: list[SimulatedTube]
-    truth: dict[str, float]
+    truth: dict[str, float | str]   # product_id, then the truth.py columns (percent, thresholds)
     phenomena: Phenomena | None = None
 
     def tube(self, tube: str, role: str, fmo_marker: str | None = None) -> SimulatedTube:
@@ -118,7 +119,8 @@ def simulate_product(
     start = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=int(meta.integers(ENROLMENT_DAYS))), dt.time(9, 0))
     start += dt.timedelta(minutes=int(meta.integers(0, 240)))
     note = f"seed entropy {seq.entropy}, spawn key {list(seq.spawn_key)}, {n_events} events/tube"
-    phen, phen_seqs = None, [None] * len(TUBES)
+    phen: Phenomena | None = None
+    phen_seqs: Sequence[np.random.SeedSequence | None] = [None] * len(TUBES)
     if phenomena is not False:
         phen_seq = seq.spawn(1)[0]
         draw_seq, *phen_seqs = phen_seq.spawn(1 + len(TUBES))
@@ -135,7 +137,7 @@ def simulate_product(
 
     product = SimulatedProduct(product_id, comp, tubes, {})
     surface, treg = product.tube("surface", "stain").data, product.tube("treg", "stain").data
-    truth = {"product_id": product_id, **label_truth(surface, treg)}
+    truth: dict[str, float | str] = {"product_id": product_id, **label_truth(surface, treg)}
     if phen is None:
         truth.update(fmo_reference(surface, product.tube("surface", "fmo", "PD1").data, treg,
                                    product.tube("treg", "fmo", "FoxP3").data, ins.true_spillover()))
@@ -185,7 +187,7 @@ def simulate_cohort(out_dir: str | Path, n_products: int, seed: int, n_events: i
     *product_seqs, outcome_seq = np.random.SeedSequence(seed).spawn(n_products + 1)
     files: list[Path] = []
     manifest: list[dict[str, str]] = []
-    truth: list[dict[str, float]] = []
+    truth: list[dict[str, float | str]] = []
     for i, seq in enumerate(product_seqs):
         product = simulate_product(product_name(i), seq, n_events, phenomena=phenomena)
         files += write_product(product, out)

@@ -69,7 +69,7 @@ def linear_predictor(log_til_dose, cd8_pct_of_cd3, cd8pd1_pct_of_cd8, cd4foxp3_p
     """``eta`` of the module docstring (arrays or scalars)."""
     values = {"log_til_dose": log_til_dose, "cd8_pct_of_cd3": cd8_pct_of_cd3,
               "cd8pd1_pct_of_cd8": cd8pd1_pct_of_cd8, "cd4foxp3_pct_of_cd4": cd4foxp3_pct_of_cd4}
-    return sum(BETA[k] * (np.asarray(v, dtype=float) - CENTRE[k]) for k, v in values.items())
+    return sum((BETA[k] * (np.asarray(v, dtype=float) - CENTRE[k]) for k, v in values.items()), np.zeros(()))
 
 
 def weibull_ph_times(eta: np.ndarray, shape: float, scale: float, rng: np.random.Generator) -> np.ndarray:

@@ -102,6 +102,12 @@ def _beta(rng: np.random.Generator, mean: float, concentration: float) -> float:
     return float(rng.beta(mean * concentration, (1 - mean) * concentration))
 
 
+def _four(values) -> tuple[float, float, float, float]:
+    """Four shares (a Dirichlet draw) as a tuple of floats."""
+    a, b, c, d = (float(x) for x in values)
+    return a, b, c, d
+
+
 def draw_composition(rng: np.random.Generator) -> Composition:
     """Draw one product's composition around the study-like means (see the module docstring).
 
@@ -115,8 +121,8 @@ def draw_composition(rng: np.random.Generator) -> Composition:
         debris=_beta(rng, 0.08, 60.0),
         doublets=_beta(rng, 0.05, 80.0),
         large=_beta(rng, 0.03, 60.0),
-        lymph=tuple(float(x) for x in lymph),
-        tsub=tuple(float(x) for x in tsub),
+        lymph=_four(lymph),
+        tsub=_four(tsub),
         pd1_cd8=_beta(rng, 0.25, 17.75),
         pd1_cd4=_beta(rng, 0.15, 20.0),
         pd1_other=_beta(rng, 0.06, 40.0),
@@ -245,7 +251,7 @@ def _singlets(comp: Composition, spec: TubeSpec, kind: np.ndarray, rng: np.rando
     pd1 = np.where(dim, _lognormal(rng, *INTENSITY["PD1_DIM"], n), _lognormal(rng, *INTENSITY["PD1_BRIGHT"], n))
     foxp3 = _lognormal(rng, *INTENSITY["FoxP3"], n)
     dye = _lognormal(rng, *INTENSITY["7AAD"], n)
-    if phen is not None:
+    if phen is not None and prng is not None:   # both or neither (simulate_tube checks)
         pd1 = np.where(dim, pd1 * phen.pd1_dim_scale, pd1)
         foxp3 = foxp3 * phen.foxp3_scale
         dye = np.where(prng.random(n) < phen.dim_dead, dye / prng.uniform(5.0, 15.0, n), dye)
@@ -256,7 +262,7 @@ def _singlets(comp: Composition, spec: TubeSpec, kind: np.ndarray, rng: np.rando
     for marker, (col, _) in panel.items():
         if marker != "7AAD" and not spec.fixed:
             amounts[:, col] += np.where(dead, _lognormal(rng, 150.0, 0.6, n), 0.0)
-    if phen is not None:
+    if phen is not None and prng is not None:
         add_binding(phen, {m: v for m, v in panel.items() if m != "7AAD"}, amounts, size, kind == KIND_LARGE,
                     dead, spec.fixed, prng)
         degrade_tandem(phen, panel, amounts)
@@ -310,7 +316,7 @@ def simulate_tube(
     # Debris: small, irregular, dim; some 7AAD+ membrane fragments with nuclear material.
     deb_fsc = np.exp(rng.uniform(np.log(1500.0), np.log(26000.0), n_debris))
     deb_ssc = _lognormal(rng, 7000.0, 0.7, n_debris)
-    if phen is not None and phen.debris_shelf:
+    if phen is not None and prng is not None and phen.debris_shelf:
         deb_fsc = debris_shelf_fsc(n_debris, prng)
         deb_ssc = deb_ssc * (deb_fsc / 8000.0) ** 0.5
     deb_af = ins.AUTOFLUORESCENCE[None, :] * 0.3 * np.exp(0.5 * rng.standard_normal((n_debris, 1)))
