@@ -2,19 +2,29 @@
 
 Every flag names the gate (``"<population> (<marker>): ..."`` opens the message), the size of
 the problem in the units that matter (percentage points of the parent, transformed units) and
-what to look at. Codes (all severity ``warning``; any of them makes the product "needs review",
-see :data:`REVIEW_CODES`):
+what to look at. Codes (severity ``warning`` unless stated; a warning makes the product "needs
+review", see :data:`REVIEW_CODES`):
 
 ``cut_in_dense_region``  the threshold sits inside the negative peak: the stained density at
     the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
     default logicle) exceeds ``dense_cut_ratio`` (0.45) of the density at the stained negative
-    peak. The message gives the points of the parent within ``DELTA`` of the cut.
+    peak, and more than ``dense_points`` (8) points of the parent lie within ``DELTA`` of the cut
+    (a small move of the cut moves several points). The message gives those points.
 ``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
     3x the nominal rate (100 - percentile) and at least 1 point above it.
+``uncertain_threshold``  a cut carried over from the FMO (not a stained valley) whose two
+    candidates, the carry-over with the negative peak's lower-side spread and with its
+    upper-side spread (``relative_low``, ``relative_high``), lie more than ``uncertain_points``
+    (6) points of the parent apart: the data do not tell a skewed nonspecific tail from positives
+    next to the negatives, and the cut may be several points off.
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
-    narrow: the FMO-relative correction is an extrapolation.
+    narrow, and the cut is carried over from the FMO (not a valley): the correction is an
+    extrapolation. Severity ``info`` (no review) when the bracket above is within
+    ``uncertain_points``, ``warning`` otherwise.
 ``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
+(:func:`check_valley`, stained-tube valley gates: ``cut_in_dense_region`` when the density at the
+cut exceeds 0.5 of the lower neighbouring peak's and more than 3 points lie within ``DELTA``.)
 ``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
 ``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
     more than their ``tolerance`` (e.g. CD3+ % in the surface and Treg tubes).
@@ -32,13 +42,13 @@ DELTA = 0.03
 REVIEW_CODES = frozenset({
     "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
     "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
-    "gate_failed",
+    "gate_failed", "uncertain_threshold",
 })
 """QC codes after which a product "needs review" and its release is "not evaluable" until a reviewer signs it."""
 
-RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "valley_threshold", "shift",
-                  "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points", "correction_points",
-                  "cut_density_ratio", "fmo_pct_above"]
+RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
+                  "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
+                  "correction_points", "bracket_points", "cut_density_ratio", "fmo_pct_above"]
 """Threshold-table columns recording both candidates, the shift and the rule that won."""
 
 
@@ -79,8 +89,11 @@ def place_and_check(
     source_file: str,
     min_events: int = 200,
     dense_cut_ratio: float = 0.45,
+    dense_points: float = 8.0,
     shift_warning: float = 0.25,
     width_warning: float = 3.0,
+    uncertain_points: float = 6.0,
+    shift_points: float = 8.0,
     fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
     **anchor: Any,
 ) -> pl.Placement:
@@ -118,20 +131,37 @@ def place_and_check(
         t_fmo = float(d.get("fmo_threshold", cut))
         d["correction_points"] = 100.0 * np.count_nonzero((stained > min(cut, t_fmo)) & (stained <= max(cut, t_fmo))) / stained.size
         d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
-        if d["cut_density_ratio"] > dense_cut_ratio:
+        if d["cut_density_ratio"] > dense_cut_ratio and sens > dense_points:
             flags.append(pl.Flag("cut_in_dense_region", "warning",
                                  f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
                                  f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
                                  f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
                                  f"{marker} histogram of the parent, stained vs FMO"))
+        low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
+        extrapolated = d.get("winner") != "stained_valley"
+        if extrapolated and math.isfinite(low) and math.isfinite(high):
+            d["bracket_points"] = 100.0 * np.count_nonzero((stained > low) & (stained <= high)) / stained.size
+            if d["bracket_points"] > uncertain_points:
+                flags.append(pl.Flag("uncertain_threshold", "warning",
+                                     f"{name}: the stained negatives' upper tail is not pinned down: the FMO percentile "
+                                     f"carried with the negative peak's lower-side spread ({low:.3f}) and upper-side "
+                                     f"spread ({high:.3f}) are {d['bracket_points']:.1f} points of the parent apart "
+                                     f"(limit {uncertain_points:g}); the threshold {cut:.3f} (rule {d.get('winner')}) may "
+                                     f"be several points off; look at the {marker} histogram of the parent, stained vs "
+                                     f"FMO, for nonspecific binding or positives next to the negatives"))
         shift, ratio = d.get("shift", float("nan")), d.get("width_ratio", float("nan"))
-        if ((math.isfinite(shift) and abs(shift) > shift_warning)
-                or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning)):
-            flags.append(pl.Flag("negative_shift", "warning",
+        far = ((math.isfinite(shift) and abs(shift) > shift_warning)
+               or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
+        big = (d.get("winner") == "fmo_relative" and anchor.get("width_side", "lower") == "lower"
+               and d["correction_points"] > shift_points)
+        if extrapolated and (far or big):
+            settled = math.isfinite(d.get("bracket_points", float("nan"))) and d["bracket_points"] <= uncertain_points
+            flags.append(pl.Flag("negative_shift", "warning" if big or not settled else "info",
                                  f"{name}: stained negatives sit {shift:+.3f} transformed units from the FMO's and "
                                  f"are {ratio:.2f}x as wide (limits {shift_warning:g}, {width_warning:g}x); the "
-                                 f"FMO-relative threshold moved {d['correction_points']:.1f} points of the parent and "
-                                 f"is an extrapolation; look at nonspecific binding / spreading in {marker}"))
+                                 f"threshold carried over from the FMO moved {d['correction_points']:.1f} points of the "
+                                 f"parent (limit {shift_points:g}) and rests on the additive model of nonspecific "
+                                 f"binding; look at nonspecific binding / spreading in {marker}, stained vs FMO"))
         if cut >= stained.max() or cut <= stained.min():
             flags.append(pl.Flag("cut_at_scale_edge", "warning",
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
@@ -182,12 +212,13 @@ def review_status(flags) -> str:
 
 
 def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *,
-                 shallow_ratio: float = 0.5) -> pl.Placement:
+                 shallow_ratio: float = 0.5, min_points: float = 3.0) -> pl.Placement:
     """Self-check of a stained-tube ``valley`` gate: ``cut_in_dense_region`` when the density at
     the cut exceeds ``shallow_ratio`` x the lower of its two neighbouring peaks (the negative and
-    the positive one; for a one-population cut, the negative peak): the populations overlap and
-    a small move of the cut moves many events. Adds ``cut_density_ratio`` and
-    ``sensitivity_points`` to the diagnostics."""
+    the positive one; for a one-population cut, the negative peak) and more than ``min_points``
+    points of the parent lie within ``DELTA`` of the cut: the populations overlap and a small
+    move of the cut moves many events. Adds ``cut_density_ratio`` and ``sensitivity_points`` to
+    the diagnostics."""
     d = dict(placement.diagnostics)
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -204,7 +235,7 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     d.update(cut_density_ratio=ratio, sensitivity_points=sens)
     flags = list(placement.flags)
     marker = getattr(placement.gate, "dim", "")
-    if np.isfinite(ratio) and ratio > shallow_ratio:
+    if np.isfinite(ratio) and ratio > shallow_ratio and sens > min_points:
         flags.append(pl.Flag("cut_in_dense_region", "warning",
                              f"{population} ({marker}): the cut {cut:.3f} lies where events are dense (density "
                              f"{ratio:.2f} of the neighbouring peak's, limit {shallow_ratio:g}); {sens:.1f} points of the "
