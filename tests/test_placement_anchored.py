@@ -214,3 +214,21 @@ def test_valley_check_flags_a_dense_cut_only_when_it_moves_points():
     loud = checks.check_valley("live", pl.place_valley(many, "7AAD", keep="low"), many)
     assert loud.diagnostics["sensitivity_points"] > 3
     assert [f.code for f in loud.flags] == ["cut_in_dense_region"]
+
+
+def test_large_lower_side_carry_over_is_flagged_not_silent():
+    rng = np.random.default_rng(15)
+    fmo = rng.normal(0, 40, 20000)
+    n = 17000
+    neg = rng.normal(0, 40, n) + rng.lognormal(np.log(250), 0.6, n)       # heavy, skewed binding
+    stained = np.concatenate([neg, rng.lognormal(np.log(2600), 0.5, 3000)])
+    q = checks.place_and_check("PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(stained), percentile=99.5,
+                               source_file="f.fcs", rule="relative", transform=LOGICLE)
+    d = q.diagnostics
+    ideal = _pct_above(stained, np.percentile(neg, 99.5))
+    ours = _pct_above(LOGICLE.apply(stained), d["threshold"])
+    assert ours - ideal > 3          # the lower side cannot see the skewed tail: an over-call ...
+    assert d["correction_points"] > 8
+    shift = [f for f in q.flags if f.code == "negative_shift"]
+    assert shift and shift[0].severity == "warning" and "moved" in shift[0].message   # ... that says so
+    assert checks.needs_review(shift[0])

@@ -8,7 +8,7 @@ review", see :data:`REVIEW_CODES`):
 ``cut_in_dense_region``  the threshold sits inside the negative peak: the stained density at
     the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
     default logicle) exceeds ``dense_cut_ratio`` (0.45) of the density at the stained negative
-    peak, and more than ``dense_points`` (8) points of the parent lie within ``DELTA`` of the cut
+    peak, and more than ``dense_points`` (6) points of the parent lie within ``DELTA`` of the cut
     (a small move of the cut moves several points). The message gives those points.
 ``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
     3x the nominal rate (100 - percentile) and at least 1 point above it.
@@ -16,12 +16,16 @@ review", see :data:`REVIEW_CODES`):
     candidates, the carry-over with the negative peak's lower-side spread and with its
     upper-side spread (``relative_low``, ``relative_high``), lie more than ``uncertain_points``
     (6) points of the parent apart: the data do not tell a skewed nonspecific tail from positives
-    next to the negatives, and the cut may be several points off.
+    next to the negatives, and the cut may be several points off. Also when no stained negative
+    peak lies near the FMO's (the FMO percentile was used, parent taken as all positive) yet more
+    than ``uncertain_points`` % of the parent lies at or below that cut.
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
     narrow, and the cut is carried over from the FMO (not a valley): the correction is an
     extrapolation. Severity ``info`` (no review) when the bracket above is within
-    ``uncertain_points``, ``warning`` otherwise.
+    ``uncertain_points``, ``warning`` otherwise. Also a ``warning`` when a carry-over with the
+    lower-side spread (``width_side: lower``, blind to a skewed nonspecific tail) moved the cut
+    more than ``shift_points`` (8) points of the parent from the FMO percentile.
 ``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
 (:func:`check_valley`, stained-tube valley gates: ``cut_in_dense_region`` when the density at the
 cut exceeds 0.5 of the lower neighbouring peak's and more than 3 points lie within ``DELTA``.)
@@ -89,7 +93,7 @@ def place_and_check(
     source_file: str,
     min_events: int = 200,
     dense_cut_ratio: float = 0.45,
-    dense_points: float = 8.0,
+    dense_points: float = 6.0,
     shift_warning: float = 0.25,
     width_warning: float = 3.0,
     uncertain_points: float = 6.0,
@@ -137,6 +141,14 @@ def place_and_check(
                                  f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
                                  f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
                                  f"{marker} histogram of the parent, stained vs FMO"))
+        below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
+        if "note" in d and below > uncertain_points:
+            flags.append(pl.Flag("uncertain_threshold", "warning",
+                                 f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
+                                 f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
+                                 f"percentile {cut:.3f} (limit {uncertain_points:g}): the negatives may be shifted beyond "
+                                 f"reach and the cut several points off; look at the {marker} histogram of the parent, "
+                                 f"stained vs FMO"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
         extrapolated = d.get("winner") != "stained_valley"
         if extrapolated and math.isfinite(low) and math.isfinite(high):

@@ -583,7 +583,9 @@ def place_fmo_anchored(
       ``upper`` or ``mid`` (halfway between them). Without ``transform``: ``stained mode +
       (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
     * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
-      peak at least ``min_separation`` above it (recorded for every rule).
+      peak at least ``min_separation`` above it or above the relative threshold (the FMO
+      percentile when unshifted): a peak beyond the carried negative bulk is a positive one
+      (recorded for every rule).
 
     Rules (``rule``): ``percentile`` = always the FMO percentile (the other candidates are still
     recorded, for the self-checks). ``relative`` = the relative threshold when the stained
@@ -639,12 +641,13 @@ def place_fmo_anchored(
         winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)
         peaks, _ = density.peaks(min_prominence)
         start = int(np.searchsorted(density.grid, neg.mode))
-        far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation]
+        bound = relative if moved else t_fmo
+        far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation or density.grid[p] > bound]
+        far = [p for p in far if density.grid[p] > neg.mode]
         if far:
             pos = max(far, key=lambda p: density.values[p])
             v = density.valley(start, pos)
             depth = density.values[v] / min(density.values[start], density.values[pos])
-            bound = relative if moved else t_fmo
             at_bound = float(np.interp(bound, density.grid, density.values))
             inside = float(density.values[v] / at_bound) if at_bound > 0 else float("inf")
             diagnostics.update(valley_threshold=float(density.grid[v]), valley_ratio=float(depth),

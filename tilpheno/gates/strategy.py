@@ -114,7 +114,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "valley_depth": ParamSpec(_NUM, 0.5, 0, 1),
         "width_side": ParamSpec(str, "lower", choices=("lower", "upper", "mid")),
         "dense_cut_ratio": ParamSpec(_NUM, 0.45, 0, 100),
-        "dense_points": ParamSpec(_NUM, 8.0, 0, 100),
+        "dense_points": ParamSpec(_NUM, 6.0, 0, 100),
         "shift_warning": ParamSpec(_NUM, 0.25, 0, 10),
         "width_warning": ParamSpec(_NUM, 3.0, 1, 100),
         "uncertain_points": ParamSpec(_NUM, 6.0, 0, 100),
