@@ -101,3 +101,42 @@ def test_unplaceable_gate_is_flagged_not_raised():
     assert states[0].masks["big"].sum() == 0
     assert "gate_failed" in [f.code for f in states[0].flags]
     assert np.isnan(tube_variables(STRATEGY, states[0])["nk_pct"])
+
+
+def test_reference_gate_places_the_cut_on_another_population_and_applies_it_to_the_parent():
+    # CD4+ cells carry a CD8 smear with no valley; CD4- cells are CD8- (DN) or CD8+ (bimodal).
+    # The CD8 cut placed on CD4- cells lies between DN and CD8+, whatever the CD4+ smear does.
+    strategy = parse_strategy(textwrap.dedent(
+        """\
+        strategy: ref
+        tube: t
+        markers: [CD4, CD8]
+        transforms: {CD4: {kind: linear}, CD8: {kind: linear}}
+        populations:
+          - {name: CD4+, parent: root, dims: [CD4], method: valley, params: {keep: high}}
+          - {name: CD4-, parent: root, expression: "!CD4+"}
+          - {name: CD8+, parent: root, dims: [CD8], method: valley, params: {keep: high, reference: CD4-}}
+          - {name: CD8 own, parent: root, dims: [CD8], method: valley, params: {keep: high}}
+        """), "ref.yaml")
+    assert strategy.population("CD8+").depends_on == ("CD4-",)
+    rng = np.random.default_rng(3)
+    n4, ndn, n8 = 9000, 1500, 3000
+    cd4 = np.concatenate([rng.normal(0.7, 0.03, n4), rng.normal(0.2, 0.03, ndn + n8)])
+    cd8 = np.concatenate([rng.uniform(0.1, 0.55, n4), rng.normal(0.2, 0.03, ndn), rng.normal(0.75, 0.03, n8)])
+    tube = TubeData("t.fcs", "0" * 64, "t", "stain", None, {"CD4": cd4, "CD8": cd8}, {},
+                    {"CD4": Linear(), "CD8": Linear()}, True)
+    st = gate_tube_kind(strategy, [tube])[0]
+    cut = st.diagnostics["CD8+"]["threshold"]
+    assert st.diagnostics["CD8+"]["reference"] == "CD4-"
+    assert 0.3 < cut < 0.65                                    # between DN (0.2) and CD8+ (0.75)
+    assert st.masks["CD8+"][n4 + ndn:].mean() > 0.99 and st.masks["CD8+"][n4:n4 + ndn].mean() < 0.01
+    assert st.masks["CD8+"][:n4].mean() == pytest.approx(np.mean(cd8[:n4] > cut))   # applied to all events
+    with pytest.raises(Exception, match="unknown reference 'nope'"):
+        parse_strategy(textwrap.dedent(
+            """\
+            strategy: bad
+            tube: t
+            markers: [CD8]
+            populations:
+              - {name: CD8+, parent: root, dims: [CD8], method: valley, params: {keep: high, reference: nope}}
+            """), "bad.yaml")

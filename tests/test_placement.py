@@ -98,7 +98,9 @@ def test_valley_single_peak_falls_back_and_flags():
     x = np.random.default_rng(4).normal(0.2, 0.03, 10000)
     p = place_valley(x, "7AAD", keep="low", fallback_sd=4)
     assert [f.code for f in p.flags] == ["no_second_peak"]
-    assert p.diagnostics["threshold"] == pytest.approx(0.2 + 4 * 0.03, abs=0.01)
+    # 4 SDs above the peak, but never beyond the highest event (clamped there)
+    assert p.diagnostics["threshold"] == pytest.approx(min(0.2 + 4 * 0.03, x.max()), abs=0.01)
+    assert p.diagnostics["threshold"] <= x.max()
     assert p.gate.contains({"7AAD": x}).mean() > 0.999
 
 
@@ -187,3 +189,44 @@ def test_valley_single_bright_population_is_positive_when_zero_is_known():
     # without knowing where zero lies the single peak is taken as negative (flagged either way)
     q = place_valley(x, "CD3", keep="high")
     assert "negative_peak" in q.diagnostics and q.flags[0].code == "no_second_peak"
+
+
+def test_valley_rule_higher_keeps_the_flat_valley_of_dim_events_out():
+    # negatives, a flat smear of dim events and a positive cluster (labels known): the valley
+    # minimum lies anywhere in the smear; rule 'higher' cuts at the foot of the positive peak
+    rng = np.random.default_rng(11)
+    neg, smear, pos = rng.normal(0.2, 0.04, 6000), rng.triangular(0.3, 0.6, 0.6, 900), rng.normal(0.68, 0.03, 5000)
+    x = np.concatenate([neg, smear, pos])
+    plain = place_valley(x, "CD3", keep="high")
+    higher = place_valley(x, "CD3", keep="high", rule="higher", k_sd=3)
+    assert higher.diagnostics["winner"] == "positive_sd" and higher.method == "positive_sd"
+    assert higher.diagnostics["positive_width"] == pytest.approx(0.03, rel=0.1)
+    assert higher.diagnostics["threshold"] == pytest.approx(0.68 - 3 * 0.03, abs=0.01)
+    assert higher.diagnostics["valley_threshold"] == plain.diagnostics["threshold"]
+    inside = higher.gate.contains({"CD3": x})
+    assert inside[-5000:].mean() > 0.99 and inside[6000:6900].mean() < 0.1   # the smear reaches the foot (7 % above 0.59)
+    assert plain.gate.contains({"CD3": x})[6000:6900].mean() > inside[6000:6900].mean() + 0.2
+
+
+def test_valley_cut_never_leaves_the_data_range():
+    # one broad population: 4 SDs above it lies beyond the highest event; the cut is clamped there
+    x = np.random.default_rng(12).normal(0.3, 0.1, 300)
+    p = place_valley(x, "CD19", keep="low", fallback_sd=4)
+    assert p.diagnostics["clamped"] is True
+    assert p.diagnostics["threshold"] == pytest.approx(x.max())
+    assert "clamped to the data's range" in p.flags[0].message
+
+
+def test_negative_sd_from_the_upper_half_keeps_a_low_tail():
+    # CD127 of CD4 T cells: a main CD127+ peak and a CD127-low tail (Tregs) below it; the SD of the
+    # main peak comes from its upper half, free of the tail
+    rng = np.random.default_rng(13)
+    main, tail = rng.normal(0.65, 0.05, 9000), rng.normal(0.45, 0.08, 1000)
+    x = np.concatenate([main, tail])
+    upper = place_valley(x, "CD127", keep="low", rule="negative_sd", k_sd=1, sd_side="upper")
+    lower = place_valley(x, "CD127", keep="low", rule="negative_sd", k_sd=1)
+    assert upper.diagnostics["negative_width"] == pytest.approx(0.05, rel=0.1)
+    assert upper.diagnostics["threshold"] == pytest.approx(0.65 + 0.05, abs=0.01)
+    assert lower.diagnostics["negative_width"] > 0.06          # the tail widens the lower half
+    with pytest.raises(GatingError, match="sd_side"):
+        place_valley(x, "CD127", rule="negative_sd", sd_side="middle")

@@ -291,9 +291,11 @@ class _Gated:
 
 
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placement:
-    """Place a per-file gate (cells, singlets, lymphocytes, valley) on the parent's events."""
+    """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
+    (the parent's mask, or the strategy's ``reference`` population's)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
+    reference = params.pop("reference", None)
     xy = (pop.dims[0], pop.dims[-1])   # the 2-D methods (validated: exactly two dims)
     if pop.method == "cells":
         return pl.place_cells(cols[0], cols[1], xy, **params)
@@ -302,6 +304,9 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placeme
     if pop.method == "lymphocytes":
         return pl.place_lymphocytes(cols[0], cols[1], xy, **params)
     placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+    if reference:
+        placement = pl.Placement(placement.gate, placement.method, {**placement.diagnostics, "reference": reference},
+                                 placement.flags)
     return checks.check_valley(pop.name, placement, cols[0]) if tube.role == "stain" else placement
 
 
@@ -408,12 +413,13 @@ class _TubeKindRun:
                 if th.row is not None:
                     st.thresholds.append(th.row)
                 continue
-            parent = st.parent_mask(pop)
+            reference = pop.params.get("reference")
+            placed_on = st.masks[reference] if reference else st.parent_mask(pop)
             placement = src.placed.get(pop.name)
             if placement is None:
                 try:
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
-                                 else _place_on(pop, st.tube, parent))
+                                 else _place_on(pop, st.tube, placed_on))
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement

@@ -56,7 +56,7 @@ from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
 
 _BINS = 1024
-VALLEY_RULES = ("valley", "negative_sd", "lower")
+VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
 """``valley`` gate rules (strategy param ``rule``); see :func:`place_valley`."""
 
 
@@ -355,6 +355,7 @@ def place_valley(
     zero: float | None = None,
     rule: str = "valley",
     k_sd: float = 4.0,
+    sd_side: str = "lower",
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
 
@@ -362,31 +363,57 @@ def place_valley(
     strategy): ``valley`` = the density valley; ``negative_sd`` = ``k_sd`` robust SDs above the
     negative (highest) peak, the SD being the lower-half RMS of the events around it (a
     live/dead cut that also catches dead cells dim in the dye); ``lower`` = the lower of the two
-    (the valley, but never more than ``k_sd`` SDs above the negative peak). Both candidates are
-    recorded (``valley_threshold``, ``sd_threshold``) with the ``winner``.
+    (the valley, but never more than ``k_sd`` SDs above the negative peak); ``positive_sd`` =
+    ``k_sd`` robust SDs below the positive peak, the SD being the upper-half RMS of the events
+    above it (free of the dim smear between the populations); ``higher`` = the higher of the
+    valley and that cut: the positive population as a cluster, so that a long, flat valley of dim
+    events (doublets, dying cells, spillover) stays out of it, as an expert draws the gate at the
+    foot of the positive peak. Without a positive peak the ``positive_sd``/``higher`` rules keep
+    the valley result. Both candidates are recorded (``valley_threshold``, ``sd_threshold``)
+    with the ``winner``. ``sd_side`` (``negative_sd``/``lower``): the half of the main peak whose
+    RMS is its robust SD, the half free of the other population: ``lower`` (default; negatives
+    with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
+    CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
+    peak's lower side up to ``k_sd`` SDs above its mode). The cut never leaves the data's range (it is clamped to the lowest and
+    highest value; ``clamped`` records it).
     """
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
     if rule not in VALLEY_RULES:
         raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
+    if sd_side not in ("lower", "upper"):
+        raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
     cut, diagnostics, two_peaks = valley_threshold(
         values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation,
         fallback_sd=fallback_sd, zero=zero,
     )
     diagnostics = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley", **diagnostics}
-    if rule != "valley":
-        x = _finite(values, "density threshold", 20)
+    x = _finite(values, "density threshold", 20)
+    if rule in ("positive_sd", "higher") and "positive_peak" in diagnostics:
+        mode = float(diagnostics["positive_peak"])
+        above = x[x >= mode] - mode
+        width = float(np.sqrt(np.mean(above**2))) if above.size >= 10 else bandwidth
+        sd_cut = mode - k_sd * width
+        diagnostics.update(sd_threshold=sd_cut, positive_width=width, k_sd=k_sd)
+        if rule == "positive_sd" or sd_cut > cut:
+            cut = sd_cut
+            diagnostics.update(threshold=cut, winner="positive_sd")
+    elif rule in ("negative_sd", "lower"):
         density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
         mode = float(density.grid[int(np.argmax(density.values))])
-        width = _lower_half_width(x, mode, np.inf)
+        width = _lower_half_width(x, mode, np.inf) if sd_side == "lower" else _lower_half_width(-x, -mode, np.inf)
         sd_cut = mode + k_sd * (width if np.isfinite(width) else bandwidth)
-        diagnostics.update(sd_threshold=sd_cut, negative_mode=mode, negative_width=width, k_sd=k_sd)
+        diagnostics.update(sd_threshold=sd_cut, negative_mode=mode, negative_width=width, k_sd=k_sd, sd_side=sd_side)
         if rule == "negative_sd" or sd_cut < cut:
             cut = sd_cut
             diagnostics.update(threshold=cut, winner="negative_sd")
             two_peaks = True   # the rule does not need a second peak
+    low_end, high_end = float(x.min()), float(x.max())
+    if not low_end <= cut <= high_end:
+        cut = min(max(cut, low_end), high_end)
+        diagnostics.update(threshold=cut, clamped=True)
     flags: tuple[Flag, ...] = ()
-    method = "density_valley" if diagnostics["winner"] == "density_valley" else "negative_sd"
+    method = diagnostics["winner"]
     if not two_peaks:
         method = "single_population_sd"
         side = "negative" if "negative_peak" in diagnostics else "positive"
@@ -395,8 +422,10 @@ def place_valley(
             Flag(
                 "no_second_peak",
                 "warning",
-                f"{dim}: no {other} density peak; all peaks taken as {side}, cut {fallback_sd} SD "
-                f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}",
+                f"{dim}: no {other} density peak; all peaks taken as {side}, cut "
+                f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
+                f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
+                + (" (clamped to the data's range)" if diagnostics.get("clamped") else ""),
             ),
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)

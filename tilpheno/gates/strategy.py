@@ -19,7 +19,9 @@ cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.
 singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
 valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, min_separation 0.25,
-                     fallback_sd 4, rule valley|negative_sd|lower (valley), k_sd 4
+                     fallback_sd 4, rule valley|negative_sd|lower|positive_sd|higher (valley), k_sd 4,
+                     sd_side lower|upper (lower),
+                     reference (the parent): the population whose events place the cut
 fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200,
                      bandwidth / min_prominence / min_separation / fallback_sd for the
                      density fallback; rule anchored|relative|percentile (anchored),
@@ -30,6 +32,11 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
+
+``reference`` (``valley``): the cut is placed on the events of another population and applied to
+the parent (openCyto's reference gates), for a marker that is bimodal in one subset only: the CD8
+cut placed on CD4- T cells (CD8+ vs double negative, two clear peaks) and applied to all T cells,
+so that CD4+ cells, one CD8-negative population with a dim tail, do not move it.
 
 ``acquisition_qc`` (optional; gating step 0, per file, before compensation) sets the time-based
 acquisition QC: ``mode`` remove (default) | flag | off and the parameters of
@@ -97,8 +104,10 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
         "min_separation": ParamSpec(_NUM, 0.25, 0, 100),
         "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
-        "rule": ParamSpec(str, "valley", choices=("valley", "negative_sd", "lower")),
+        "rule": ParamSpec(str, "valley", choices=("valley", "negative_sd", "lower", "positive_sd", "higher")),
         "k_sd": ParamSpec(_NUM, 4.0, 0.5, 50),
+        "reference": ParamSpec(str, None),
+        "sd_side": ParamSpec(str, "lower", choices=("lower", "upper")),
     }),
     "fmo": (1, {
         "percentile": ParamSpec(_NUM, None, 50, 99.999),
@@ -145,9 +154,11 @@ class Population:
 
     @property
     def depends_on(self) -> tuple[str, ...]:
-        """Populations that must be gated first: the parent and any boolean operands."""
+        """Populations that must be gated first: the parent, any boolean operands and the
+        ``reference`` population whose events place the gate."""
         own = (self.parent,) if self.parent != ROOT else ()
-        return own + (self.boolean.operands if self.boolean else ())
+        reference = (self.params["reference"],) if self.params.get("reference") else ()
+        return own + reference + (self.boolean.operands if self.boolean else ())
 
 
 @dataclass(frozen=True)
@@ -399,7 +410,7 @@ def _order(ctx: _Context, populations: list[Population]) -> tuple[Population, ..
     for p in populations:
         for ref in p.depends_on:
             if ref not in by_name:
-                what = "parent" if ref == p.parent else "operand"
+                what = "parent" if ref == p.parent else "reference" if ref == p.params.get("reference") else "operand"
                 raise ctx.error(p.line, f"population {p.name!r}", f"unknown {what} {ref!r}; defined: {sorted(by_name)}")
     ordered: list[Population] = []
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
