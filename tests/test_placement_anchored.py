@@ -146,3 +146,93 @@ def test_valley_self_check_flags_few_events_and_judges_sd_rules_by_their_own_pea
     assert [f.code for f in checks.check_valley("CD127lo", sd, main).flags] == []
     as_valley = pl.Placement(sd.gate, "density_valley", {**sd.diagnostics, "winner": "density_valley"})
     assert [f.code for f in checks.check_valley("CD127lo", as_valley, main).flags] == ["cut_in_dense_region"]
+
+
+# --- linear-unit ground truth through the study's logicle: the additive carry-over -------------
+
+from tilpheno.transforms import Logicle  # noqa: E402
+
+LOGICLE = Logicle()
+
+
+def _fmo_with_spill(rng, n):
+    """FMO negatives in linear units: noise around 0, and 30 % of cells with another colour's
+    spillover (a second, brighter negative bump, as CD8 APC-H7 in the CD56 detector)."""
+    spill = rng.random(n) < 0.3
+    return rng.normal(0, 40, n) + np.where(spill, rng.lognormal(np.log(2000), 0.3, n), 0.0)
+
+
+def _pct_above(values, cut):
+    return 100 * np.mean(values > cut)
+
+
+def test_additive_carry_over_keeps_the_fmos_own_tail():
+    rng = np.random.default_rng(11)
+    fmo = _fmo_with_spill(rng, 20000)
+    neg = _fmo_with_spill(rng, 18000) + 150 + rng.normal(0, 60, 18000)   # binding + spreading, every cell
+    pos = rng.lognormal(np.log(15000), 0.3, 2000)
+    stained = np.concatenate([neg, pos])
+    truth = float(np.percentile(neg, 99.5))                              # ideal FMO: same binding
+    p = pl.place_fmo_anchored(LOGICLE.apply(fmo), LOGICLE.apply(stained), "CD56", rule="relative",
+                              transform=LOGICLE)
+    d = p.diagnostics
+    assert d["winner"] == "fmo_relative" and d["relative_low"] <= d["relative_high"]
+    # the carried cut sits where the ideal FMO's does: the spillover bump moved by the added
+    # signal only, not stretched by the width ratio of the low peak
+    assert _pct_above(stained, LOGICLE.inverse(np.array([d["threshold"]]))[0]) == pytest.approx(
+        _pct_above(stained, truth), abs=0.5)
+    assert pl.additive_threshold(np.arange(101.0), 10.0, 0.0, 50) == pytest.approx(60.0)
+
+
+def test_valley_wins_when_the_carried_cut_lies_inside_the_negatives():
+    rng = np.random.default_rng(12)
+    fmo = rng.normal(0, 40, 20000)
+    n_neg = 18600
+    neg = rng.normal(0, 40, n_neg) + rng.lognormal(np.log(200), 0.8, n_neg)   # skewed nonspecific binding
+    stained = np.concatenate([neg, rng.lognormal(np.log(6000), 0.35, 1400)])
+    labels = np.arange(stained.size) >= n_neg
+    p = pl.place_fmo_anchored(LOGICLE.apply(fmo), LOGICLE.apply(stained), "CD56", transform=LOGICLE)
+    d = p.diagnostics
+    assert d["winner"] == "stained_valley" and d["relative_threshold"] < d["threshold"]
+    called = _pct_above(LOGICLE.apply(stained), d["threshold"])
+    assert called == pytest.approx(100 * labels.mean(), abs=1.0)
+
+
+def test_uncertain_threshold_when_skewed_binding_meets_dim_positives():
+    rng = np.random.default_rng(13)
+    fmo = rng.normal(0, 40, 20000)
+    quiet = np.concatenate([rng.normal(0, 40, 18000) + 100 + rng.normal(0, 30, 18000),
+                            rng.lognormal(np.log(3000), 0.3, 2000)])
+    p = checks.place_and_check("PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(quiet), percentile=99.5,
+                               source_file="f.fcs", rule="relative", transform=LOGICLE)
+    assert "uncertain_threshold" not in {f.code for f in p.flags}
+    assert p.diagnostics["bracket_points"] < 6
+    n = 16000
+    neg = rng.normal(0, 40, n) + rng.lognormal(np.log(300), 0.8, n)
+    murky = np.concatenate([neg, rng.lognormal(np.log(900), 0.4, 4000)])
+    q = checks.place_and_check("PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(murky), percentile=99.5,
+                               source_file="f.fcs", rule="relative", transform=LOGICLE)
+    flags = [f for f in q.flags if f.code == "uncertain_threshold"]
+    assert flags and flags[0].message.startswith("PD1+ (PD1): ") and flags[0].severity == "warning"
+    assert q.diagnostics["bracket_points"] > 6
+    # the ideal-FMO cut (the negatives' own 99.5th percentile) lies inside the flagged bracket
+    ideal = LOGICLE.apply(np.array([np.percentile(neg, 99.5)]))[0]
+    assert q.diagnostics["relative_low"] - 0.01 <= ideal <= q.diagnostics["relative_high"] + 0.01
+
+
+def test_large_lower_side_carry_over_is_flagged_not_silent():
+    rng = np.random.default_rng(15)
+    fmo = rng.normal(0, 40, 20000)
+    n = 17000
+    neg = rng.normal(0, 40, n) + rng.lognormal(np.log(250), 0.6, n)       # heavy, skewed binding
+    stained = np.concatenate([neg, rng.lognormal(np.log(2600), 0.5, 3000)])
+    q = checks.place_and_check("PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(stained), percentile=99.5,
+                               source_file="f.fcs", rule="relative", transform=LOGICLE)
+    d = q.diagnostics
+    ideal = _pct_above(stained, np.percentile(neg, 99.5))
+    ours = _pct_above(LOGICLE.apply(stained), d["threshold"])
+    assert ours - ideal > 3          # the lower side cannot see the skewed tail: an over-call ...
+    assert d["correction_points"] > 8
+    shift = [f for f in q.flags if f.code == "negative_shift"]
+    assert shift and shift[0].severity == "warning" and "moved" in shift[0].message   # ... that says so
+    assert checks.needs_review(shift[0])

@@ -2,18 +2,30 @@
 
 Every flag names the gate (``"<population> (<marker>): ..."`` opens the message), the size of
 the problem in the units that matter (percentage points of the parent, transformed units) and
-what to look at. Codes (all severity ``warning``; any of them makes the product "needs review",
-see :data:`REVIEW_CODES`):
+what to look at. Codes (severity ``warning`` unless stated; a warning makes the product "needs
+review", see :data:`REVIEW_CODES`):
 
 ``cut_in_dense_region``  the threshold sits inside the negative peak: the stained density at
     the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
     default logicle) exceeds ``dense_cut_ratio`` (0.45) of the density at the stained negative
-    peak. The message gives the points of the parent within ``DELTA`` of the cut.
+    peak, and more than ``dense_points`` (6) points of the parent lie within ``DELTA`` of the cut
+    (a small move of the cut moves several points). The message gives those points.
 ``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
     3x the nominal rate (100 - percentile) and at least 1 point above it.
+``uncertain_threshold``  a cut carried over from the FMO (not a stained valley) whose two
+    candidates, the carry-over with the negative peak's lower-side spread and with its
+    upper-side spread (``relative_low``, ``relative_high``), lie more than ``uncertain_points``
+    (6) points of the parent apart: the data do not tell a skewed nonspecific tail from positives
+    next to the negatives, and the cut may be several points off. Also when no stained negative
+    peak lies near the FMO's (the FMO percentile was used, parent taken as all positive) yet more
+    than ``uncertain_points`` % of the parent lies at or below that cut.
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
-    narrow: the FMO-relative correction is an extrapolation.
+    narrow, and the cut is carried over from the FMO (not a valley): the correction is an
+    extrapolation. Severity ``info`` (no review) when the bracket above is within
+    ``uncertain_points``, ``warning`` otherwise. Also a ``warning`` when a carry-over with the
+    lower-side spread (``width_side: lower``, blind to a skewed nonspecific tail) moved the cut
+    more than ``shift_points`` (8) points of the parent from the FMO percentile.
 ``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
 ``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
 ``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
@@ -39,13 +51,13 @@ MIN_GATE_EVENTS = 1000
 REVIEW_CODES = frozenset({
     "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
     "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
-    "gate_failed", "few_events",
+    "gate_failed", "few_events", "uncertain_threshold",
 })
 """QC codes after which a product "needs review" and its release is "not evaluable" until a reviewer signs it."""
 
-RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "valley_threshold", "shift",
-                  "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points", "correction_points",
-                  "cut_density_ratio", "fmo_pct_above"]
+RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
+                  "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
+                  "correction_points", "bracket_points", "cut_density_ratio", "fmo_pct_above"]
 """Threshold-table columns recording both candidates, the shift and the rule that won."""
 
 
@@ -86,8 +98,11 @@ def place_and_check(
     source_file: str,
     min_events: int = 200,
     dense_cut_ratio: float = 0.45,
+    dense_points: float = 6.0,
     shift_warning: float = 0.25,
     width_warning: float = 3.0,
+    uncertain_points: float = 6.0,
+    shift_points: float = 8.0,
     fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
     **anchor: Any,
 ) -> pl.Placement:
@@ -125,20 +140,45 @@ def place_and_check(
         t_fmo = float(d.get("fmo_threshold", cut))
         d["correction_points"] = 100.0 * np.count_nonzero((stained > min(cut, t_fmo)) & (stained <= max(cut, t_fmo))) / stained.size
         d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
-        if d["cut_density_ratio"] > dense_cut_ratio:
+        if d["cut_density_ratio"] > dense_cut_ratio and sens > dense_points:
             flags.append(pl.Flag("cut_in_dense_region", "warning",
                                  f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
                                  f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
                                  f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
                                  f"{marker} histogram of the parent, stained vs FMO"))
+        below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
+        if "note" in d and below > uncertain_points:
+            flags.append(pl.Flag("uncertain_threshold", "warning",
+                                 f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
+                                 f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
+                                 f"percentile {cut:.3f} (limit {uncertain_points:g}): the negatives may be shifted beyond "
+                                 f"reach and the cut several points off; look at the {marker} histogram of the parent, "
+                                 f"stained vs FMO"))
+        low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
+        extrapolated = d.get("winner") != "stained_valley"
+        if extrapolated and math.isfinite(low) and math.isfinite(high):
+            d["bracket_points"] = 100.0 * np.count_nonzero((stained > low) & (stained <= high)) / stained.size
+            if d["bracket_points"] > uncertain_points:
+                flags.append(pl.Flag("uncertain_threshold", "warning",
+                                     f"{name}: the stained negatives' upper tail is not pinned down: the FMO percentile "
+                                     f"carried with the negative peak's lower-side spread ({low:.3f}) and upper-side "
+                                     f"spread ({high:.3f}) are {d['bracket_points']:.1f} points of the parent apart "
+                                     f"(limit {uncertain_points:g}); the threshold {cut:.3f} (rule {d.get('winner')}) may "
+                                     f"be several points off; look at the {marker} histogram of the parent, stained vs "
+                                     f"FMO, for nonspecific binding or positives next to the negatives"))
         shift, ratio = d.get("shift", float("nan")), d.get("width_ratio", float("nan"))
-        if ((math.isfinite(shift) and abs(shift) > shift_warning)
-                or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning)):
-            flags.append(pl.Flag("negative_shift", "warning",
+        far = ((math.isfinite(shift) and abs(shift) > shift_warning)
+               or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
+        big = (d.get("winner") == "fmo_relative" and anchor.get("width_side", "lower") == "lower"
+               and d["correction_points"] > shift_points)
+        if extrapolated and (far or big):
+            settled = math.isfinite(d.get("bracket_points", float("nan"))) and d["bracket_points"] <= uncertain_points
+            flags.append(pl.Flag("negative_shift", "warning" if big or not settled else "info",
                                  f"{name}: stained negatives sit {shift:+.3f} transformed units from the FMO's and "
                                  f"are {ratio:.2f}x as wide (limits {shift_warning:g}, {width_warning:g}x); the "
-                                 f"FMO-relative threshold moved {d['correction_points']:.1f} points of the parent and "
-                                 f"is an extrapolation; look at nonspecific binding / spreading in {marker}"))
+                                 f"threshold carried over from the FMO moved {d['correction_points']:.1f} points of the "
+                                 f"parent (limit {shift_points:g}) and rests on the additive model of nonspecific "
+                                 f"binding; look at nonspecific binding / spreading in {marker}, stained vs FMO"))
         if cut >= stained.max() or cut <= stained.min():
             flags.append(pl.Flag("cut_at_scale_edge", "warning",
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "

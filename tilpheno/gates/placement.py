@@ -39,6 +39,9 @@ Methods
 ``place_fmo_threshold``  Threshold = the ``percentile`` (numpy linear interpolation, type 7) of
     the FMO tube's events in the same parent population; positive = value > threshold. Flag
     ``low_events`` when the FMO parent has fewer than ``min_events`` events.
+``place_fmo_anchored``  The FMO as the anchor, the stained tube as the evidence: the FMO
+    percentile, the same percentile carried over to the stained negatives (additive model in
+    linear units) and the stained valley, one of them chosen by the strategy's ``rule``.
 """
 from __future__ import annotations
 
@@ -499,13 +502,51 @@ def _lower_half_width(x: np.ndarray, mode: float, reach: float) -> float:
     return float(np.sqrt(np.mean(below**2))) if below.size >= 10 else float("nan")
 
 
-def _upper_half_width(density: Density, mode: float) -> float:
-    """Where (grid value) the density first falls below half its height at ``mode``, going up."""
+UPPER_LEVEL = 0.7
+"""Density level (fraction of the negative peak's height) at which the upper-side width is read:
+high enough that positives next to the negatives rarely reach it, low enough to see a skewed tail."""
+
+
+def _upper_width(density: Density, mode: float, level: float = UPPER_LEVEL) -> float:
+    """Where (grid value) the density first falls below ``level`` x its height at ``mode``, going up."""
     i = int(np.searchsorted(density.grid, mode))
     i = min(i, density.values.size - 1)
-    half = 0.5 * density.values[i]
-    above = np.nonzero(density.values[i:] < half)[0]
+    limit = level * density.values[i]
+    above = np.nonzero(density.values[i:] < limit)[0]
     return float(density.grid[i + above[0]]) if above.size else float(density.grid[-1])
+
+
+def additive_threshold(fmo_linear: np.ndarray, shift: float, spread: float, percentile: float) -> float:
+    """The ``percentile`` of FMO events plus nonspecific signal, in compensated linear units.
+
+    Model: a stained-tube negative = an FMO negative + ``shift`` + spread x Z, Z standard normal,
+    independent (nonspecific binding and spreading add to every cell's signal). Z takes the 32
+    fixed normal quantiles (k + 0.5) / 32, every FMO event is combined with each (deterministic),
+    so the FMO's own tail (e.g. another colour's spillover) is carried as it is, not scaled. The
+    result is the value above which (100 - ``percentile``) % of those combinations lie, found by
+    bisection on the sorted FMO events to 1e-9 of the data's range (the upper-quantile
+    definition; it differs from numpy's interpolated percentile by less than one order statistic).
+    """
+    from scipy.stats import norm
+
+    x = np.sort(np.asarray(fmo_linear, dtype=np.float64))
+    if spread <= 0:
+        return float(np.percentile(x, percentile) + shift)
+    offsets = shift + spread * norm.ppf((np.arange(32) + 0.5) / 32)
+    wanted = (100.0 - percentile) / 100.0 * x.size * offsets.size
+
+    def above(t: float) -> int:
+        return int(x.size * offsets.size - np.searchsorted(x, t - offsets, side="right").sum())
+
+    low, high = x[0] + offsets[0], x[-1] + offsets[-1]
+    tol = 1e-9 * max(high - low, 1.0)
+    while high - low > tol:
+        mid = 0.5 * (low + high)
+        if above(mid) > wanted:
+            low = mid
+        else:
+            high = mid
+    return float(high)
 
 
 def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02) -> tuple[NegativePeak, Density]:
@@ -533,6 +574,35 @@ def stained_negative_peak(
     return NegativePeak(mode, width if np.isfinite(width) else fmo.width)
 
 
+def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
+                  mode_bw: float, coarse: Density, percentile: float) -> tuple[float, float, float] | None:
+    """The FMO percentile carried over to the stained negatives in compensated linear units
+    (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
+    from the upper-side spread)`` in transformed units, None without a measurable FMO width.
+
+    Shift = stained mode - FMO mode. Added spread = sqrt(stained width^2 - FMO width^2), widths
+    measured on the lower side (RMS below the mode: free of positives, blind to a right-skewed
+    nonspecific tail) or on the upper side (distance from the mode up to where the density falls
+    to ``UPPER_LEVEL`` of the mode's, as a normal SD: follows the skewed tail, but positives next
+    to the negatives widen it).
+    """
+    f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
+    fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
+    fw, sw = _lower_half_width(f_lin, fm, np.inf), _lower_half_width(s_lin, sm, np.inf)
+    if not (np.isfinite(fw) and np.isfinite(sw) and fw > 0):
+        return None
+    spreads = [float(np.sqrt(max(sw**2 - fw**2, 0.0)))]
+    fmo_coarse = smoothed_density(fmo_x, mode_bw, *_padded_range(fmo_x, mode_bw))
+    uf, us = transform.inverse(np.array([_upper_width(fmo_coarse, fmo_mode), _upper_width(coarse, stained_mode)]))
+    if uf > fm and us > sm:
+        spreads.append(float(np.sqrt(max((us - sm) ** 2 - (uf - fm) ** 2, 0.0)) / np.sqrt(-2.0 * np.log(UPPER_LEVEL))))
+    else:
+        spreads.append(spreads[0])
+    lower, upper = (float(transform.apply(np.array([additive_threshold(f_lin, sm - fm, sd, percentile)]))[0])
+                    for sd in spreads)
+    return float(sw / fw), lower, upper
+
+
 def place_fmo_anchored(
     fmo_values: np.ndarray,
     stained_values: np.ndarray,
@@ -558,38 +628,39 @@ def place_fmo_anchored(
 
     * ``fmo_threshold`` - the FMO's ``percentile`` in the parent (the study's plain rule);
     * ``relative_threshold`` - the same percentile carried over to the stained tube's negative
-      peak: ``stained mode + (fmo_threshold - FMO mode) x stained width / FMO width`` (modes =
-      the FMO's highest density peak and the stained tube's peak nearest to it, on densities
-      smoothed to at least half the FMO's negative width; widths = lower-half RMS, free of
-      positives);
-    * ``valley_threshold`` - the density minimum between the stained negative peak and a positive
-      peak at least ``min_separation`` above it, when the valley is at most ``valley_depth`` x the
-      lower of the two peaks (clearly bimodal).
+      peak (modes = the FMO's highest density peak and the stained tube's peak nearest to it, on
+      densities smoothed to at least half the FMO's negative width). With ``transform`` (the
+      dimension's ``tilpheno.transforms`` transform) in compensated linear units under an
+      additive model, nonspecific binding and spreading adding to every cell
+      (:func:`_carried_over`, :func:`additive_threshold`): ``relative_low`` / ``relative_high``
+      are the carry-overs with the spread measured on the negative peak's lower side (free of
+      positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
+      tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
+      ``upper`` or ``mid`` (halfway between them). Without ``transform``: ``stained mode +
+      (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
+    * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
+      peak at least ``min_separation`` above it or above the relative threshold (the FMO
+      percentile when unshifted): a peak beyond the carried negative bulk is a positive one
+      (recorded for every rule).
 
     Rules (``rule``): ``percentile`` = always the FMO percentile (the other candidates are still
-    recorded, for the self-checks). ``relative`` = the relative
-    threshold when the stained negatives are shifted (``|shift|`` above ``shift_tolerance`` and a
-    quarter of the FMO's negative width) or widened
-    (width ratio beyond ``width_tolerance`` either way), else the FMO percentile: dim markers
-    (PD1, FoxP3) whose positives overlap the negatives. ``anchored`` (default) = the valley when
-    the stained tube is clearly bimodal, never below the relative threshold (the FMO's negative
-    bulk carried to the stained negatives); otherwise as ``relative``. Without a stained
-    negative peak near the FMO's (the parent is all positive) the FMO percentile is used. The
-    threshold is kept inside the stained data's range. ``winner`` names the candidate used.
-
-    ``transform`` (the dimension's ``tilpheno.transforms`` transform): when given, the relative
-    threshold is carried over in compensated linear units, where nonspecific binding adds to
-    every cell (modes mapped back, widths = lower-half RMS of the linear values); ``shift`` is in
-    transformed units, ``width_ratio`` on the linear widths. ``width_side``: ``lower`` (default)
-    = those lower-half widths; ``upper`` = the linear distance from the mode up to where the
-    density halves (smoothed as for the modes): it follows skewed nonspecific binding but is
-    widened by positives next to the negatives, so it suits markers whose positives are a small,
-    separate dim population (FoxP3), not a shoulder (PD1).
+    recorded, for the self-checks). ``relative`` = the relative threshold when the stained
+    negatives are shifted (``|shift|`` above ``shift_tolerance`` and a quarter of the FMO's
+    negative width) or widened (width ratio beyond ``width_tolerance`` either way), else the FMO
+    percentile: dim markers (PD1, FoxP3) whose positives overlap the negatives. ``anchored``
+    (default) = the valley when it is not below the relative threshold (the FMO's negative bulk
+    carried to the stained negatives; the FMO percentile when unshifted) and either at most
+    ``valley_depth`` x the lower of its two peaks (clearly bimodal) or at most ``valley_depth``
+    x the density at that threshold (the carried-over cut lies inside the negatives); otherwise
+    as ``relative``. Without a stained negative peak near the FMO's (the parent is all
+    positive) the FMO percentile is used. The threshold is kept inside the stained data's range.
+    ``winner`` names the candidate used. ``shift`` is in transformed units, ``width_ratio`` on
+    the lower-side widths (linear units with ``transform``).
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
-    if width_side not in ("lower", "upper"):
-        raise GatingError(f"FMO gate on {dim!r}: width_side must be 'lower' or 'upper', got {width_side!r}")
+    if width_side not in ("lower", "upper", "mid"):
+        raise GatingError(f"FMO gate on {dim!r}: width_side must be 'lower', 'upper' or 'mid', got {width_side!r}")
     base = place_fmo_threshold(fmo_values, dim, percentile=percentile, source_file=source_file, min_events=min_events)
     t_fmo = float(base.diagnostics["threshold"])
     x = _finite(stained_values, f"{dim}: stained tube parent", 20)
@@ -613,43 +684,37 @@ def place_fmo_anchored(
     else:
         shift, ratio = neg.mode - fmo.mode, neg.width / fmo.width if fmo.width > 0 else 1.0
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
+        bounds = (float("nan"), float("nan"))
         if transform is not None:
-            f_lin = transform.inverse(np.asarray(fmo_values, dtype=np.float64))
-            s_lin = transform.inverse(x)
-            fm, sm, tf = transform.inverse(np.array([fmo.mode, neg.mode, t_fmo]))
-            fw = _lower_half_width(f_lin[np.isfinite(f_lin)], fm, np.inf)
-            sw = _lower_half_width(s_lin, sm, np.inf)
-            if np.isfinite(fw) and np.isfinite(sw) and fw > 0:
-                ratio = sw / fw
-                if width_side == "upper":
-                    fmo_coarse = smoothed_density(fmo_x, mode_bw, *_padded_range(fmo_x, mode_bw))
-                    uf, us = _upper_half_width(fmo_coarse, fmo.mode), _upper_half_width(coarse, neg.mode)
-                    uf_lin, us_lin = transform.inverse(np.array([uf, us]))
-                    if uf_lin > fm and us_lin > sm:
-                        ratio = float((us_lin - sm) / (uf_lin - fm))
-                relative = float(transform.apply(np.array([sm + (tf - fm) * ratio]))[0])
+            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile)
+            if carried is not None:
+                ratio, from_lower, from_upper = carried
+                bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
+                relative = {"lower": from_lower, "upper": from_upper, "mid": 0.5 * (from_lower + from_upper)}[width_side]
+        diagnostics.update(relative_low=bounds[0], relative_high=bounds[1])
         diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
         moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
         winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)
-        if rule == "anchored":
-            peaks, _ = density.peaks(min_prominence)
-            start = int(np.searchsorted(density.grid, neg.mode))
-            far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation]
-            if far:
-                pos = max(far, key=lambda p: density.values[p])
-                v = density.valley(start, pos)
-                depth = density.values[v] / min(density.values[start], density.values[pos])
-                diagnostics.update(valley_threshold=float(density.grid[v]), valley_ratio=float(depth),
-                                   positive_mode=float(density.grid[pos]))
-                if depth <= valley_depth:
-                    bound = relative if moved else t_fmo
-                    if density.grid[v] >= bound:
-                        winner, cut = "stained_valley", float(density.grid[v])
+        peaks, _ = density.peaks(min_prominence)
+        start = int(np.searchsorted(density.grid, neg.mode))
+        bound = relative if moved else t_fmo
+        far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation or density.grid[p] > bound]
+        far = [p for p in far if density.grid[p] > neg.mode]
+        if far:
+            pos = max(far, key=lambda p: density.values[p])
+            v = density.valley(start, pos)
+            depth = density.values[v] / min(density.values[start], density.values[pos])
+            at_bound = float(np.interp(bound, density.grid, density.values))
+            inside = float(density.values[v] / at_bound) if at_bound > 0 else float("inf")
+            diagnostics.update(valley_threshold=float(density.grid[v]), valley_ratio=float(depth),
+                               positive_mode=float(density.grid[pos]), valley_to_bound=inside)
+            if rule == "anchored" and density.grid[v] >= bound and (depth <= valley_depth or inside <= valley_depth):
+                winner, cut = "stained_valley", float(density.grid[v])
     cut = float(min(max(cut, x.min()), x.max()))
     diagnostics.update(threshold=cut, winner=winner)
     gate = RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
     return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
 
 ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side",
-                 "dense_cut_ratio", "shift_warning", "width_warning")
+                 "dense_cut_ratio", "dense_points", "shift_warning", "width_warning", "uncertain_points", "shift_points")
 """``fmo`` gate parameters of :func:`place_fmo_anchored` and of the self-checks (``gates.checks``)."""

@@ -349,7 +349,9 @@ def fmo_table(result, fmo_percentile: float) -> Table:
         winner = str(getattr(row, "winner", "") or "")
         if fmo is not None and winner:   # gates.checks.RECORD_COLUMNS: both candidates, shift, winner
             rule = (f"{winner}: FMO {fmt(getattr(row, 'fmo_threshold', None), 3)}, "
-                    f"rel. {fmt(getattr(row, 'relative_threshold', None), 3)}, "
+                    f"rel. {fmt(getattr(row, 'relative_threshold', None), 3)} "
+                    f"[{fmt(getattr(row, 'relative_low', None), 3)}–{fmt(getattr(row, 'relative_high', None), 3)}], "
+                    f"valley {fmt(getattr(row, 'valley_threshold', None), 3)}, "
                     f"shift {fmt(getattr(row, 'shift', None), 3)}")
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
@@ -428,8 +430,12 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         return None
     return Section(
         "fmo", "FMO controls and thresholds",
-        f"Threshold = the {ctx.options.fmo_percentile:g}th percentile of the FMO tube's events in the same parent "
-        "population (numpy linear interpolation); positive = value above the threshold. Histograms normalised "
+        f"FMO percentile = the {ctx.options.fmo_percentile:g}th percentile of the FMO tube's events in the same parent "
+        "population (numpy linear interpolation); positive = value above the threshold. The FMO is the anchor, the "
+        "stained tube the evidence (README: FMO rule): a clearly bimodal stained tube is cut at its valley, never "
+        "below the FMO percentile carried over to its negatives; stained negatives shifted or widened against the "
+        "FMO's carry the FMO percentile over (rel.: FMO events + the shift + the added spread, in linear units; "
+        "[lower-side – upper-side spread] bracket); else the FMO percentile. Histograms normalised "
         "to mode; grey = FMO, line = stained tube.",
         tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes, _colours(ctx))), (table,))
 
