@@ -347,10 +347,6 @@ def _qc_logicle(top: float):
     return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0)
 
 
-def _qc_scale(values: np.ndarray, top: float) -> np.ndarray:
-    return _qc_logicle(float(top)).apply(values)
-
-
 def margin_events(events: np.ndarray, names: Sequence[str], ranges: Sequence[float]) -> tuple[pd.DataFrame, np.ndarray]:
     """Per channel the margin events (module docstring, step 7) and a bool mask of all of them."""
     n = events.shape[0]
@@ -457,9 +453,9 @@ def check_acquisition(
         return empty
     # the signal statistics use every stride-th event (at most max_signal_events of them)
     stride = max(1, math.ceil(n / settings.max_signal_events)) if n else 1
-    sample = np.arange(0, n, stride)
-    per_bin_sampled = max(int(settings.events_per_bin), math.ceil(sample.size / settings.max_bins))
-    n_bins = sample.size // per_bin_sampled
+    n_sampled = -(-n // stride)
+    per_bin_sampled = max(int(settings.events_per_bin), math.ceil(n_sampled / settings.max_bins))
+    n_bins = n_sampled // per_bin_sampled
     epb = per_bin_sampled * stride
     empty.events_per_bin = epb
     if n_bins < settings.min_bins:
@@ -468,8 +464,8 @@ def check_acquisition(
         return empty
 
     # event bins of consecutive events (the last one takes the remainder)
-    bounds = np.append(sample[np.arange(n_bins) * per_bin_sampled], n)
-    bin_of_event = np.minimum(np.searchsorted(bounds, np.arange(n), side="right") - 1, n_bins - 1)
+    bounds = np.append(np.arange(n_bins) * epb, n)
+    bin_of_event = np.minimum(np.arange(n) // epb, n_bins - 1)
 
     # time and flow rate
     t0, t1 = float(elapsed[0]), float(elapsed[-1])
@@ -492,11 +488,13 @@ def check_acquisition(
     signal_bad_bins = np.zeros(n_bins, dtype=bool)
     medians: dict[str, np.ndarray] = {}
     drift: list[str] = []
-    scaled = np.empty((len(signal_channels), sample.size), dtype=np.float32)   # channel x event, QC logicle scale
-    for k, c in enumerate(signal_channels):
-        j = names.index(c)
-        top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j]))) if n else 1.0
-        scaled[k] = _qc_scale(events[sample, j].astype(np.float64), top)
+    # one gather of the sampled events of full bins (channel x event), put on the QC logicle scale in place
+    cols = [names.index(c) for c in signal_channels]
+    block = np.ascontiguousarray(events[: n_bins * epb : stride][:, cols].T, dtype=np.float64)
+    for row, j in zip(block, cols):
+        top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j])))
+        _qc_logicle(top).apply(row, out=row)
+    scaled = block.astype(np.float32)
     per_bins = _bin_quantiles(scaled, n_bins, per_bin_sampled, settings.quantiles)     # quantile x channel x bin
     noises = _split_half_noise(scaled, n_bins, per_bin_sampled, settings.quantiles)    # quantile x channel
     for k, c in enumerate(signal_channels):
