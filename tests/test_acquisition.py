@@ -94,9 +94,22 @@ def test_flowjo_export_without_time_keeps_every_event():
 
 
 def test_small_file_is_skipped_with_info():
-    events = _tube(4, n=2000)
+    events = _tube(4, n=700)     # fewer than min_bins (8) bins of MIN_EVENTS_PER_BIN (100)
     qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
     assert [f.code for f in qc.findings] == ["acquisition_qc_skipped"] and not qc.anomalous.any()
+
+
+def test_small_file_gets_smaller_bins_and_its_clog_is_found():
+    events, truth = inject(_tube(5, n=5000), [clog(0.55, 0.06, rate_factor=0.28)])
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    assert qc.events_per_bin == 200 and len(qc.rate) == 25
+    assert "flow_rate_anomaly" in {f.code for f in qc.findings} and _balanced_accuracy(truth, qc.anomalous) >= 0.9
+
+
+def test_segment_finds_a_short_stretch_in_the_middle():
+    # a clog in the middle of the file: no single split separates it (binary segmentation's blind spot)
+    counts = np.r_[np.full(14, 230.0), np.full(5, 65.0), np.full(6, 240.0)]
+    assert segment(counts, 20.0, 7.0) == [(0, 14), (14, 19), (19, 25)]
 
 
 def test_margin_events_per_channel():

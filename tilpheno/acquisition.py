@@ -11,8 +11,10 @@ change-point segmentation instead of PeacoQC's isolation tree so that slow drift
 well as steps:
 
 1. **Bins.** Events in acquisition order are cut into ``n_bins = n // events_per_bin`` bins of
-   consecutive events (``events_per_bin`` raised to ``ceil(n / max_bins)`` for big files; the last
-   bin takes the remainder). Fewer than ``min_bins`` bins: nothing is tested (flag
+   consecutive events (``events_per_bin`` raised to ``ceil(n / max_bins)`` for big files, lowered
+   to ``n // SMALL_FILE_BINS`` (25), but not below ``MIN_EVENTS_PER_BIN`` (100), for small files
+   so that a 5,000-event file still has 25 bins; the last bin takes the remainder). Fewer than
+   ``min_bins`` bins (under 800 events by default): nothing is tested (flag
    ``acquisition_qc_skipped``). Files with more than ``max_signal_events`` (30,000) events: the
    signal statistics use every k-th event (at most that many; bins keep ``events_per_bin`` of
    them, so a bin spans k x that many consecutive events), which bounds the cost.
@@ -25,9 +27,11 @@ well as steps:
    sampling noise is also taken from each bin's two halves (even and odd events):
    ``sqrt(mean((q_even - q_odd)^2)) / 2``.
 4. **Change points.** Each series (rates, and every signal series) is segmented by binary
-   segmentation: the split maximising the two-sample statistic
-   ``|mean(left) - mean(right)| / (sigma * sqrt(1/n_left + 1/n_right))`` is kept when it exceeds
-   ``t_crit`` (default 7), recursively; ``sigma`` = the robust bin-to-bin noise
+   segmentation: the stretch ``[i, j)`` maximising the two-sample statistic
+   ``|mean(inside) - mean(outside)| / (sigma * sqrt(1/n_inside + 1/n_outside))`` (a stretch
+   touching an end of the series = a single split; one in the middle = a short "epidemic" change
+   such as a clog, which no single split finds) is cut out when the statistic exceeds ``t_crit``
+   (default 7), recursively; ``sigma`` = the robust bin-to-bin noise
    ``1.4826 * median(|diff(series)|) / sqrt(2)`` (insensitive to steps and slow drift), or the
    split-half sampling noise when larger (few bins make the first unreliable). A drift is cut into
    steps this way.
@@ -76,6 +80,8 @@ import pandas as pd
 
 MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
+SMALL_FILE_BINS = 25    # a small file's bins are made smaller so that it has this many (at least MIN_EVENTS_PER_BIN each)
+MIN_EVENTS_PER_BIN = 100
 MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
 _MAD_TO_SD = 1.4826
 
@@ -246,9 +252,11 @@ def robust_noise(series: np.ndarray) -> float:
 def segment(series: np.ndarray, sigma: float, t_crit: float) -> list[tuple[int, int]]:
     """Binary segmentation of ``series`` into ``[(start, stop), ...]`` (stop exclusive, in order).
 
-    A segment is split at the point maximising ``|mean(left) - mean(right)| / (sigma *
-    sqrt(1/n_left + 1/n_right))`` when that statistic exceeds ``t_crit``; both halves are split
-    again the same way. ``sigma <= 0`` (a constant series) gives one segment.
+    A segment is cut around the stretch ``[i, j)`` maximising ``|mean(inside) - mean(outside)| /
+    (sigma * sqrt(1/n_inside + 1/n_outside))`` (a stretch touching either end is a single split; a
+    stretch in the middle, a short clog or bubble, is an "epidemic" change that no single split
+    finds) when that statistic exceeds ``t_crit``; the pieces are cut again the same way.
+    ``sigma <= 0`` (a constant series) gives one segment.
     """
     x = np.asarray(series, dtype=np.float64)
     n = x.size
@@ -262,17 +270,17 @@ def segment(series: np.ndarray, sigma: float, t_crit: float) -> list[tuple[int, 
         if m < 2:
             out.append((a, b))
             continue
-        seg = x[a:b]
-        cum = np.cumsum(seg)
-        k = np.arange(1, m)
-        left = cum[:-1] / k
-        right = (cum[-1] - cum[:-1]) / (m - k)
-        stat = np.abs(left - right) / (sigma * np.sqrt(1.0 / k + 1.0 / (m - k)))
-        best = int(np.argmax(stat))
-        if stat[best] > t_crit:
-            split = a + best + 1
-            stack.append((split, b))
-            stack.append((a, split))
+        cum = np.concatenate([[0.0], np.cumsum(x[a:b])])
+        inside = cum[None, :] - cum[:, None]                  # [i, j): sum of x[a + i : a + j]
+        n_in = np.arange(m + 1)[None, :] - np.arange(m + 1)[:, None]
+        valid = (n_in >= 1) & (n_in <= m - 1)
+        n_in = np.where(valid, n_in, 1)
+        stat = np.abs(inside / n_in - (cum[-1] - inside) / (m - n_in)) / (sigma * np.sqrt(1.0 / n_in + 1.0 / (m - n_in)))
+        stat[~valid] = -1.0
+        i, j = np.unravel_index(int(np.argmax(stat)), stat.shape)
+        if stat[i, j] > t_crit:
+            cuts = [a] + [a + k for k in (int(i), int(j)) if 0 < k < m] + [b]
+            stack.extend((lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]))
         else:
             out.append((a, b))
     return sorted(out)
@@ -454,7 +462,8 @@ def check_acquisition(
     # the signal statistics use every stride-th event (at most max_signal_events of them)
     stride = max(1, math.ceil(n / settings.max_signal_events)) if n else 1
     n_sampled = -(-n // stride)
-    per_bin_sampled = max(int(settings.events_per_bin), math.ceil(n_sampled / settings.max_bins))
+    per_bin_sampled = max(min(int(settings.events_per_bin), max(MIN_EVENTS_PER_BIN, n_sampled // SMALL_FILE_BINS)),
+                          math.ceil(n_sampled / settings.max_bins))
     n_bins = n_sampled // per_bin_sampled
     epb = per_bin_sampled * stride
     empty.events_per_bin = epb
