@@ -31,6 +31,7 @@ def main() -> None:
 
     import tilpheno
     from tilpheno import pipeline
+    from tilpheno.pipeline import product
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
     from tilpheno.report.product import render_product
 
@@ -48,8 +49,8 @@ def main() -> None:
     for pid, rows in groups:
         job = pipeline.ProductJob(pid, rows, sources, options)
         t0 = time.process_time()
-        kept, meta, _flags, _digests = pipeline._read_metadata(rows, pid)
-        result = pipeline._analyze(job, kept)
+        kept, meta, _flags, _digests = product._read_metadata(rows, pid)
+        result = product._analyze(job, kept)
         gate_s.append(time.process_time() - t0)
         outcome = pipeline.process_product(job)
         times = []

@@ -32,7 +32,11 @@ LAYERS = {
     # 7 report and provenance
     "tilpheno.report": 7, "tilpheno.provenance": 7,
     # 8 pipeline, public API, analyses, simulation; 9 the command line
-    "tilpheno.pipeline": 8, "tilpheno.cache": 8, "tilpheno.gating": 8, "tilpheno.biomarkers": 8, "tilpheno.simulate": 8,
+    "tilpheno.pipeline": 8.9, "tilpheno.cache": 8, "tilpheno.gating": 8, "tilpheno.biomarkers": 8, "tilpheno.simulate": 8,
+    # inside the pipeline: jobs, inputs, release < one product < executors < run record < outputs < the run < the package
+    "tilpheno.pipeline.jobs": 8.1, "tilpheno.pipeline.inputs": 8.1, "tilpheno.pipeline.release": 8.1,
+    "tilpheno.pipeline.product": 8.2, "tilpheno.pipeline.executors": 8.3, "tilpheno.pipeline.record": 8.4,
+    "tilpheno.pipeline.outputs": 8.5, "tilpheno.pipeline.run": 8.6,
     "tilpheno.cli": 9,
 }
 TOP = max(LAYERS.values())
@@ -88,6 +92,9 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     found = [t for _, t in imports(probe)]
     assert "tilpheno.report.plots" in found and layer("tilpheno.report.plots") > layer("tilpheno.phenotype")
     assert layer("tilpheno.gates.placement") == 5 and layer("tilpheno.review.app") == TOP and layer("tilpheno") == 0
+    # the pipeline package's modules: a job's product step may not import the executors that run it
+    assert layer("tilpheno.pipeline.product") < layer("tilpheno.pipeline.executors") < layer("tilpheno.pipeline")
+    assert layer("tilpheno.cache") < layer("tilpheno.pipeline.jobs") and layer("tilpheno.pipeline") < layer("tilpheno.cli")
 
 
 def _raised_strings(path: Path) -> list[tuple[int, str]]:

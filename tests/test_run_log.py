@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from tilpheno import pipeline
+from tilpheno.pipeline import product
 from tilpheno.cli import app
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
@@ -24,14 +24,14 @@ def _two_products(tmp_path: Path) -> Path:
 
 def test_crash_is_an_internal_error_with_its_traceback_in_the_log(tmp_path, monkeypatch):
     folder = _two_products(tmp_path)
-    real = pipeline._analyze
+    real = product._analyze
 
     def buggy(job, rows):
         if job.product_id == "TIL002":
             return {}["no such key"]   # a bug: KeyError deep in the code, not bad input
         return real(job, rows)
 
-    monkeypatch.setattr(pipeline, "_analyze", buggy)
+    monkeypatch.setattr(product, "_analyze", buggy)
     log = tmp_path / "run.log"
     result = CliRunner().invoke(app, ["--log", str(log), "process", str(folder), "-o", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output

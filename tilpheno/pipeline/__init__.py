@@ -1,0 +1,40 @@
+"""The ``process`` job: gate every product of a manifest, report each one, write the cohort tables.
+
+One *job* per infusion product (all its tubes). Modules, one job each (layers point one way, in
+this order):
+
+* :mod:`~tilpheno.pipeline.jobs`: ``ProcessOptions``, ``ProductJob``, ``ProductOutcome`` and the
+  outcome's JSON form;
+* :mod:`~tilpheno.pipeline.inputs`: the manifest, doses joined from an outcomes table, products;
+* :mod:`~tilpheno.pipeline.release`: a product's release decision;
+* :mod:`~tilpheno.pipeline.product`: one product end to end (read, gate, release, report), never
+  raising for bad input;
+* :mod:`~tilpheno.pipeline.executors`: in-process, one process per product, Dask;
+* :mod:`~tilpheno.pipeline.record`: ``run.json`` (parameters, completion, ``rerun_arguments``);
+* :mod:`~tilpheno.pipeline.outputs`: cache re-use, staging, cohort tables, report publication;
+* :mod:`~tilpheno.pipeline.run`: ``process_folder`` and ``run_process``.
+
+Determinism: products are processed in any order but collected and written sorted by product id;
+every output except the times in ``run.json`` is a pure function of the inputs and options, so
+``--jobs N``, Dask and re-runs give byte-identical files.
+"""
+from __future__ import annotations
+
+from tilpheno.pipeline.executors import EXECUTORS, iter_outcomes
+from tilpheno.pipeline.inputs import attach_doses, group_products, load_manifest, unmatched_outcomes
+from tilpheno.pipeline.jobs import (ProcessOptions, ProductJob, ProductOutcome, StrategySource, job_strategies,
+                                    outcome_from_record, outcome_record, product_slug, strategy_sources)
+from tilpheno.pipeline.outputs import REPORT_MODES, report_path
+from tilpheno.pipeline.product import (FILE_ERROR_CODES, crashed_outcome, failure_reason, process_product,
+                                       ungated_tube_flags, worst_severity)
+from tilpheno.pipeline.record import rerun_arguments
+from tilpheno.pipeline.release import release_decision
+from tilpheno.pipeline.run import RunSummary, process_folder, run_process
+
+__all__ = [
+    "EXECUTORS", "FILE_ERROR_CODES", "REPORT_MODES", "ProcessOptions", "ProductJob", "ProductOutcome", "RunSummary",
+    "StrategySource", "attach_doses", "crashed_outcome", "failure_reason", "group_products", "iter_outcomes",
+    "job_strategies", "load_manifest", "outcome_from_record", "outcome_record", "process_folder", "process_product", "product_slug",
+    "release_decision", "report_path", "rerun_arguments", "run_process", "strategy_sources", "ungated_tube_flags",
+    "unmatched_outcomes", "worst_severity",
+]

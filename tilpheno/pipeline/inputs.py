@@ -1,0 +1,75 @@
+"""The inputs of a ``process`` run: the manifest, the infused doses from an outcomes table, and the
+manifest grouped into products."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tilpheno.errors import TableError
+from tilpheno.study import Study
+
+
+def group_products(manifest) -> list[tuple[str, object]]:
+    """Split a manifest DataFrame into (product_id, rows) pairs, sorted by product id (as text)."""
+    required = {"file", "product_id", "tube", "role"}
+    missing = sorted(required - set(manifest.columns))
+    if missing:
+        raise TableError(f"manifest: missing column(s) {', '.join(missing)}")
+    frame = manifest.copy()
+    frame["product_id"] = frame["product_id"].astype(str)
+    groups = []
+    for pid in sorted(frame["product_id"].unique()):
+        rows = frame[frame["product_id"] == pid].sort_values(["tube", "role", "file"], kind="stable")
+        groups.append((pid, rows.reset_index(drop=True)))
+    return groups
+
+
+def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
+                  study: Study | None = None):
+    """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``),
+    else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory. Files
+    must lie under ``folder`` (after resolving links) unless ``allow_outside``."""
+    from tilpheno.io.manifest import read_manifest, scan_folder
+
+    folder = Path(folder)
+    if manifest_csv is None:
+        return scan_folder(folder, allow_outside=allow_outside, study=study)
+    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study)
+    frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
+    return frame
+
+
+def unmatched_outcomes(manifest, outcomes) -> list[str]:
+    """Product ids of the outcomes table that match no product of the manifest (sorted)."""
+    products = set(manifest["product_id"].astype(str))
+    return sorted({str(p) for p in outcomes["product_id"].dropna()} - products)
+
+
+def _did_you_mean(ids: Sequence[str], choices: Iterable[str]) -> str:
+    import difflib
+
+    choices = sorted(set(choices))
+    hints = []
+    for pid in ids:
+        close = difflib.get_close_matches(pid, choices, n=1, cutoff=0.6)
+        hints.append(f"{pid} (did you mean {close[0]}?)" if close else pid)
+    return ", ".join(hints)
+
+
+def attach_doses(manifest, outcomes):
+    """Add each product's infused TIL number (``til_dose_cells``, cells) from an outcomes table.
+
+    ``outcomes`` is a validated outcomes DataFrame (``tilpheno.io.outcomes.read_outcomes``). A
+    dose already in the manifest wins; products without a dose stay NaN (no absolute doses).
+    """
+    import pandas as pd
+
+    doses = outcomes.dropna(subset=["til_dose_cells"]).set_index("product_id")["til_dose_cells"]
+    frame = manifest.copy()
+    from_outcomes = frame["product_id"].astype(str).map(doses)
+    if "til_dose_cells" in frame.columns:
+        given = pd.to_numeric(frame["til_dose_cells"], errors="coerce")
+        frame["til_dose_cells"] = given.where(given.notna(), from_outcomes)
+    else:
+        frame["til_dose_cells"] = from_outcomes
+    return frame

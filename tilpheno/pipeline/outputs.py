@@ -1,0 +1,219 @@
+"""The outputs of a run, staged: cached products re-used, the others run, each outcome stored as it
+arrives, reports published, the cohort tables (phenotypes, populations, qc, codebook), the index
+pages and ``run.json`` written into the staging folder (``run.json`` last).
+
+Tables are written in product-id order from the stored entries, so a re-run's, ``--jobs N``'s and
+Dask's files are byte-identical to a fresh run's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from tilpheno.errors import TableError
+from tilpheno.gates.checks import needs_review
+from tilpheno.io.files import display_name
+from tilpheno.pipeline.executors import iter_outcomes
+from tilpheno.pipeline.jobs import (ProcessOptions, ProductJob, ProductOutcome, outcome_from_record, outcome_record,
+                                    product_slug)
+from tilpheno.pipeline.record import write_run_record
+from tilpheno.provenance import RunRecord
+from tilpheno.qc import QCFlag
+
+log = logging.getLogger(__name__)
+
+
+def report_path(out_dir: Path, product_id: str) -> Path:
+    """``OUT/products/<slug>/report.html``; raises if the result would not be inside OUT."""
+    out_dir = Path(out_dir).resolve()
+    path = (out_dir / "products" / product_slug(product_id) / "report.html").resolve()
+    if out_dir not in path.parents:
+        raise TableError(f"product id {product_id!r}: report path escapes the output folder")
+    return path
+
+
+def _ordered_union(dicts: Iterable[Mapping]) -> list[str]:
+    cols: dict[str, None] = {}
+    for d in dicts:
+        for k in d:
+            cols.setdefault(k, None)
+    return list(cols)
+
+
+def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()):
+    """phenotypes, populations and qc DataFrames from outcomes sorted by product id (the run's own
+    flags first in qc)."""
+    import pandas as pd
+
+    phen_cols = _ordered_union(o.phenotype for o in outcomes)
+    phenotypes = pd.DataFrame([o.phenotype for o in outcomes], columns=phen_cols)
+    pops = [o.populations for o in outcomes if o.populations is not None and len(o.populations)]
+    populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
+        columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    qc = pd.DataFrame(
+        [{"product_id": f.product_id, "file": display_name(Path(str(f.file)).name) if f.file else "", "code": f.code,
+          "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
+         for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
+        columns=["product_id", "file", "code", "severity", "needs_review", "message"],
+    )
+    return phenotypes, populations, qc
+
+
+REPORT_MODES = ("now", "later", "none")
+
+
+def _report_wanted(job: ProductJob, reports: str, selected) -> str:
+    """``draw`` (the job draws its report), ``stored`` (publish a cached report if there is one) or ``no``."""
+    if reports != "now":
+        return "no"
+    return "draw" if selected is None or job.product_id in selected else "stored"
+
+
+def _publish_report(src: Path, dest: Path) -> None:
+    """Put a stored report at ``dest``: a hard link to the cache's copy when the file system allows
+    (no bytes copied), else an atomic copy. Either way ``dest`` appears complete or not at all."""
+    import os
+    import tempfile
+
+    from tilpheno.io import atomic
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".link-", dir=dest.parent)) / "report.html"
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        atomic.write_bytes(dest, src.read_bytes())
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, record: RunRecord, t0: float, *,
+           executor: str, n_jobs: int, scheduler, on_outcome, folder, run_flags=(), strategies=(),
+           use_cache: bool = True, reports: str = "now", report_products=None) -> list[ProductOutcome]:
+    """Re-use cached products, run the others, write every output into ``staging`` (``run.json`` last).
+
+    Every product's outcome goes to the store (``OUT/.cache``, not staged) as soon as it arrives,
+    then only its small fields stay in memory; reports are staged as hard links to the stored
+    copies; the tables are written from the stored entries in product order, so a re-run's tables
+    are byte-identical to a fresh run's. Returns the outcomes (no tables) sorted by id.
+    """
+    import hashlib
+    import uuid
+
+    from tilpheno.cache import ProductStore, job_key, product_key
+    from tilpheno.io import atomic
+    from tilpheno.report.codebook import build_codebook
+    from tilpheno.report.html import render_index_pages
+
+    out_dir = folder.path
+    store = ProductStore(out_dir, read=use_cache)
+    digests = store.inputs()
+    selected = None if report_products is None else {str(p) for p in report_products}
+    keys: dict[str, str] = {}
+    done: dict[str, tuple[ProductOutcome, Path]] = {}
+    todo, reused = {}, []
+    # an empty store (first run into OUT) or --no-cache: nothing to look up, so the inputs are not
+    # hashed here; each product's key comes from the digests its job took of the bytes it read
+    look_up = store.has_entries()
+    for job in jobs:
+        wanted = _report_wanted(job, reports, selected)
+        job = dataclasses.replace(job, options=dataclasses.replace(job.options, make_reports=wanted == "draw"))
+        entry = None
+        if look_up:
+            file_digests = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
+            key = product_key(job, file_digests) if all(file_digests.values()) else None
+            entry = store.load(key, need_report=wanted == "draw") if key else None
+            if key:
+                keys[job.product_id] = key
+        if entry is None:
+            todo[job.product_id] = job
+            continue
+        outcome = outcome_from_record(entry.outcome)
+        outcome.has_report = wanted != "no" and entry.has_report
+        if outcome.has_report:
+            _publish_report(entry.report_path, report_path(staging, outcome.product_id))
+        done[outcome.product_id] = (outcome, entry.populations_path)
+        reused.append(outcome.product_id)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    run = uuid.uuid4().hex
+    dispatched_ns = time.time_ns()
+    for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+        if fresh.traceback:
+            log.error("product %s: %s (a bug, not bad input; traceback in the run log)", fresh.product_id, fresh.error)
+            log.debug("product %s: traceback of the internal error\n%s", fresh.product_id, fresh.traceback.rstrip())
+        else:
+            log.info("product %s: %s", fresh.product_id, "done" if fresh.ok else f"failed: {fresh.error}")
+        job = todo[fresh.product_id]
+        key = job_key(job, fresh)
+        if key is not None:
+            keys[fresh.product_id] = key
+            for d in fresh.files:  # identities for the next run's stat pre-check, as of before the reads
+                digests.record(d.path, d.sha256, dispatched_ns)
+        else:
+            key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
+        entry = store.store(key, outcome_record(fresh), fresh.populations, fresh.report_html)
+        outcome = outcome_from_record(entry.outcome)  # the stored form, as a re-run reads it
+        outcome.has_report = entry.has_report
+        if entry.has_report:
+            _publish_report(entry.report_path, report_path(staging, outcome.product_id))
+        del fresh
+        done[outcome.product_id] = (outcome, entry.populations_path)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    ordered = [done[pid] for pid in sorted(done)]
+    outcomes = [o for o, _ in ordered]
+    phenotypes, _, qc = _tables(outcomes, run_flags)
+    atomic.write_csv(staging / "phenotypes.csv", phenotypes)
+    atomic.write_parquet(staging / "phenotypes.parquet", phenotypes)
+    population_columns = _write_populations(staging / "populations.csv", [p for _, p in ordered])
+    atomic.write_csv(staging / "qc.csv", qc)
+    tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": population_columns, "qc.csv": qc.columns}
+    atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile, options.study))
+    for name, page in render_index_pages(outcomes, options, strategies):
+        atomic.write_text(staging / name, page)
+    cache = {"enabled": use_cache, "reused": sorted(reused), "processed": sorted(todo),
+             "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused}
+    write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0)
+    digests.save()
+    store.prune(keys.values())
+    return outcomes
+
+
+def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
+    """``populations.csv`` streamed from each product's stored table, in product order: one
+    product's rows in memory at a time. Columns (returned): the union over products in order of
+    appearance (a column a product lacks is empty in its rows), as ``pandas.concat`` would give."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from tilpheno.io import atomic
+
+    columns: dict[str, None] = {}
+    for p in parquet_paths:
+        for name in pq.read_schema(p).names:
+            if not name.startswith("__index_level"):
+                columns.setdefault(name, None)
+    if not columns:
+        columns = dict.fromkeys(["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
+    from tilpheno.io.csvcells import neutralise_frame
+
+    with atomic.atomic_open(path, "w") as fh:
+        header = True
+        for p in parquet_paths:
+            frame = pd.read_parquet(p)
+            if len(frame) == 0:
+                continue
+            # the one CSV rule of every tilpheno CSV: formula-like text neutralised (tilpheno.io.csvcells)
+            neutralise_frame(frame.reindex(columns=list(columns))).to_csv(fh, index=False, header=header,
+                                                                         lineterminator="\n")
+            header = False
+        if header:  # no product has rows
+            neutralise_frame(pd.DataFrame(columns=list(columns))).to_csv(fh, index=False, lineterminator="\n")
+    return list(columns)

@@ -1,0 +1,304 @@
+"""One product end to end, in whichever process runs it: read the files' TEXT, gate the product
+(``tilpheno.phenotype.analyze_product``), decide release, render the report.
+
+:func:`process_product` never raises for bad input: a failing product comes back as ``ok=False``
+with the reason, so one bad product never sinks the batch; an unreadable file is dropped from its
+product with a QC flag ``unreadable_file`` and the product is gated from the files that remain.
+A crash (a bug) is an ``internal_error`` with the worker's traceback in the outcome.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tilpheno.errors import FCSReadError, TableError, TilphenoError
+from tilpheno.gates.checks import NEEDS_REVIEW, review_status
+from tilpheno.io.files import display_name
+from tilpheno.pipeline.jobs import ProductJob, ProductOutcome, job_strategies, product_slug
+from tilpheno.pipeline.release import release_decision
+from tilpheno.provenance import FileDigest
+from tilpheno.qc import QCFlag
+from tilpheno.release import NOT_EVALUABLE
+
+log = logging.getLogger(__name__)
+SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
+
+
+def worst_severity(flags: Iterable) -> str:
+    """``ok`` when there are no flags, else the highest severity (info < warning < error)."""
+    worst, rank = "ok", -1
+    for f in flags:
+        r = SEVERITY_ORDER.get(str(f.severity).lower(), 1)
+        if r > rank:
+            worst, rank = str(f.severity).lower(), r
+    return worst
+
+
+def _dose(rows) -> float | None:
+    """The product's infused TIL number from a ``til_dose_cells`` manifest column, if any."""
+    if "til_dose_cells" not in rows.columns:
+        return None
+    values = [v for v in rows["til_dose_cells"].tolist() if v is not None and not _isnan(v)]
+    return float(values[0]) if values else None
+
+
+def _isnan(v) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_metadata(rows, product_id: str):
+    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests)."""
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    meta, flags, digests, keep = {}, [], [], []
+    for i, file in enumerate(rows["file"].tolist()):
+        try:
+            meta[file] = read_fcs_metadata(file)
+            keep.append(i)
+        except FCSReadError as exc:
+            flags.append(QCFlag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
+            digests.append(_file_digest(file))
+    return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
+
+
+FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
+"""QC codes that drop a file from its product."""
+
+
+def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequence, rows=None) -> str:
+    """Why a gated product is *failed* (``''`` when it is usable). The one definition:
+
+    * a tube kind that the run's strategies gate has no usable stained file (none in the
+      manifest, or every one unreadable, with a panel error or a compensation error): every
+      variable of that strategy is unknowable;
+    * a gate failed (``gate_failed``) on the stained file whose counts give the variables: the
+      populations below it are empty, so the variables are unknowable (not 0).
+
+    Missing FMO tubes are not failures: the fallback gate is flagged (``missing_fmo``,
+    ``fallback_gate``) and the product stays usable. ``tubes`` are the gated TubeResults, ``flags``
+    every QC flag of the product; ``rows`` (its manifest rows) lets the message name the dropped
+    files of each tube kind.
+    """
+    tube_of = {}
+    if rows is not None:
+        tube_of = {Path(str(f)).name: str(t) for f, t in zip(rows["file"], rows["tube"])}
+    used: dict[str, str] = {}   # tube kind -> the stained file whose counts give the variables
+    for tube in tubes:
+        if tube.role == "stain":
+            used.setdefault(str(tube.tube), Path(str(tube.file)).name)
+    reasons = []
+    for strategy in strategies:
+        kind = str(strategy.tube)
+        if kind not in used:
+            dropped = [f"{f.file}: {f.code}: {f.message}" for f in flags
+                       if f.code in FILE_ERROR_CODES and tube_of.get(f.file) == kind]
+            detail = "; ".join(dropped) if dropped else f"no {kind} stained file in the manifest"
+            reasons.append(f"no usable {kind} stained file ({detail}): {kind} variables unknowable")
+            continue
+        for f in flags:
+            if f.code == "gate_failed" and f.file == used[kind]:
+                reasons.append(f"{f.file}: gate failed ({f.message}): {kind} variables unknowable")
+    return "; ".join(reasons)
+
+
+def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
+    """A warning ``ungated_tube`` per tube kind whose stained or FMO files no strategy of the run
+    gates (controls, i.e. unstained and single-stain files, are never gated and not flagged)."""
+    gated = {str(s.tube) for s in strategies}
+    names = ", ".join(sorted(gated)) or "none"
+    flags = []
+    tubes = rows[rows["role"].astype(str).isin(("stain", "fmo"))]
+    for kind, group in tubes.groupby(tubes["tube"].astype(str), sort=True):
+        if kind in gated:
+            continue
+        files = ", ".join(Path(str(f)).name for f in group["file"])
+        flags.append(QCFlag(product_id, "", "ungated_tube", "warning",
+                            f"{len(group)} {kind} file(s) not gated ({files}): no strategy for tube kind "
+                            f"'{kind}' in this run (strategies for: {names})"))
+    return flags
+
+
+def _analyze(job: ProductJob, rows):
+    """Gate the product (``analyze_product`` flags and drops files it cannot read; it does not raise for them)."""
+    from tilpheno.phenotype import PLOT_EVENTS, analyze_product
+
+    # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
+    # the report, so a job's memory follows the largest file, not the product or the folder
+    choice = job.compensation
+    if choice is not None and choice.error:
+        raise TilphenoError(choice.error)
+    return analyze_product(
+        job.product_id, rows, list(job_strategies(job)),
+        fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
+        spillover_override=choice.spillover if choice is not None else None,
+        study=job.options.study, panel_override=job.options.panel,
+    )
+
+
+def _file_digest(file) -> FileDigest:
+    """SHA-256 of a file the reader could not use (or whose worker died); ``unreadable`` if it cannot be opened."""
+    from tilpheno.provenance import sha256_file
+
+    try:
+        return FileDigest(str(file), sha256_file(file))
+    except OSError:
+        return FileDigest(str(file), "unreadable")
+
+
+def _digest(file, holder) -> FileDigest:
+    """``holder.sha256`` (an FCSFile or TubeResult); ``changed: ...`` when the reader refuses to hash
+    a file that changed or vanished since it was read."""
+    try:
+        return FileDigest(str(file), holder.sha256)
+    except FCSReadError as exc:
+        return FileDigest(str(file), f"changed: {exc.problem}")
+
+
+def _populations_long(product_id: str, tubes) -> object:
+    import pandas as pd
+
+    frames = []
+    for t in tubes:
+        pops = t.populations.copy()
+        head = {"product_id": product_id, "file": display_name(Path(t.file).name), "tube": t.tube, "role": t.role,
+                "fmo_marker": t.fmo_marker or ""}
+        for i, (k, v) in enumerate(head.items()):
+            pops.insert(i, k, v)
+        frames.append(pops)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def process_product(job: ProductJob) -> ProductOutcome:
+    """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason)."""
+    outcome = _process_product(job)
+    _return_free_memory()   # the product's arrays are gone: give their pages back before the next product
+    return outcome
+
+
+def _return_free_memory() -> None:
+    """Collect cyclic garbage, then glibc ``malloc_trim(0)``: return freed heap pages to the system (large numpy temporaries that
+    landed on the heap would otherwise keep a worker's RSS at its high-water mark and let freed
+    gaps accumulate from product to product). A no-op where glibc is not the allocator."""
+    global _MALLOC_TRIM
+    import gc
+
+    gc.collect()   # matplotlib figures hold reference cycles: free them now, not at some later collection
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
+def _process_product(job: ProductJob) -> ProductOutcome:
+    start = time.perf_counter()
+    pid, spec = job.product_id, job.options.release_spec
+    flags: list = []
+    digests: list[FileDigest] = []
+    result, meta, error, crash = None, {}, "", ""
+    try:
+        rows, meta, flags, digests = _read_metadata(job.rows, pid)
+        if not (rows["role"] == "stain").any():
+            raise TableError(f"product {pid}: no readable stained tube (files: {', '.join(job.rows['file'].map(lambda f: Path(f).name))})")
+        flags += ungated_tube_flags(pid, job.rows, job_strategies(job))
+        result = _analyze(job, rows)
+        flags = list(result.qc) + flags
+        error = failure_reason(result.tubes, flags, job_strategies(job), job.rows)
+    except TilphenoError as exc:
+        error = str(exc)
+    except Exception as exc:  # a bug, not bad input: keep the traceback (the parent logs it), keep the batch going
+        import traceback
+
+        crash = traceback.format_exc()
+        error = f"internal error {type(exc).__name__}: {exc}"
+    if job.compensation is not None:   # the single-stain controls the product's matrix came from
+        digests += [_file_digest(f) for f in job.compensation.files]
+    if result is not None:
+        gated = {str(t.file) for t in result.tubes}
+        digests += [_digest(t.file, t) for t in result.tubes]
+        digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
+    else:
+        seen = {d.path for d in digests}
+        digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
+    if error:
+        flags.append(QCFlag(pid, "", "internal_error" if crash else "product_failed", "error", error))
+    phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
+    release, release_status = release_decision(spec, phenotype, flags, usable=bool(result) and not error)
+    outcome = ProductOutcome(
+        product_id=pid,
+        slug=product_slug(pid),
+        ok=not error,
+        error=error,
+        phenotype=phenotype,
+        populations=_populations_long(pid, result.tubes) if result else None,
+        qc=flags,
+        release=release,
+        release_status=release_status,
+        files=sorted(digests, key=lambda d: d.path),
+        traceback=crash,
+    )
+    outcome.phenotype.update(_status_columns(outcome, result, len(job.rows)))
+    if job.options.make_reports:
+        _render(outcome, result, meta, job)
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
+    """The product's report; if drawing it fails, a report without plots and a ``report_failed`` flag."""
+    from matplotlib import rc_context
+
+    from tilpheno.report.product import render_product
+
+    # text in plots (detector, marker, population and product names) is shown literally: a '$', '_'
+    # or '^' from the inputs is never parsed as mathtext (which fails or typesets it)
+    with rc_context({"text.parse_math": False}):
+        try:
+            outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
+        except Exception as exc:  # a plotting bug must not sink the product's tables
+            log.exception("product %s: report failed", outcome.product_id)
+            outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
+            outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
+            outcome.report_html = render_product(outcome, None, meta, job.options)
+
+
+def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
+    cols = {
+        "status": "done" if outcome.ok else "failed",
+        "error": outcome.error,
+        "release_status": outcome.release_status,
+        "review_status": review_status(outcome.qc) if outcome.ok else NEEDS_REVIEW,
+        "qc_status": worst_severity(outcome.qc),
+        "n_qc_flags": len(outcome.qc),
+        "n_files": n_files,
+    }
+    cols["n_events_total"] = sum(int(t.n_events) for t in result.tubes) if result else 0
+    return cols
+
+
+def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
+    """A failed outcome built in this process for a job whose worker never returned."""
+    digests = [_file_digest(file) for file in job.rows["file"].tolist()]
+    outcome = ProductOutcome(
+        product_id=job.product_id, slug=product_slug(job.product_id), ok=False, error=reason,
+        phenotype={"product_id": job.product_id}, populations=None,
+        qc=[QCFlag(job.product_id, "", "product_failed", "error", reason)], release=[],
+        release_status=NOT_EVALUABLE, files=sorted(digests, key=lambda d: d.path),
+    )
+    outcome.phenotype.update(_status_columns(outcome, None, len(job.rows)))
+    if job.options.make_reports:
+        _render(outcome, None, {}, job)
+    return outcome

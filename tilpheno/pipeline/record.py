@@ -1,0 +1,101 @@
+"""Provenance of a ``process`` run: the parameters recorded in ``run.json`` when it starts, the
+record completed and written last, and the arguments read back from it (``tilpheno report``)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tilpheno.errors import TilphenoError
+from tilpheno.provenance import RunRecord
+from tilpheno.release import ReleaseSpec
+from tilpheno.study import Study
+
+
+def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, outcomes_path: str | Path | None,
+                     fmo_percentile: float, include_identifiers: bool, executor: str, n_jobs: int,
+                     overwrite: bool, allow_unmatched: bool, allow_outside: bool, reports: str | None,
+                     make_reports: bool, use_cache: bool, compensation_path: str | Path | None, study: Study,
+                     panel_path: str | Path | None, strategy_paths: Sequence[Path], spec: ReleaseSpec,
+                     command_line: list[str] | None) -> RunRecord:
+    """The run's record (:func:`tilpheno.provenance.start_record`) with the ``process`` parameters
+    :func:`rerun_arguments` reads back, the strategies and the release spec."""
+    from tilpheno.provenance import start_record
+
+    return start_record(
+        command_line=command_line,
+        parameters={
+            "input_folder": str(folder), "manifest": str(manifest_csv or ""),
+            "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
+            "include_identifiers": include_identifiers, "executor": executor, "jobs": n_jobs,
+            "overwrite": overwrite, "allow_unmatched": allow_unmatched, "allow_outside": allow_outside,
+            "reports": reports or ("now" if make_reports else "none"), "cache": use_cache,
+            "compensation": str(compensation_path or ""),
+            "study": study.source, "study_sha256": study.sha256, "panel": str(panel_path or ""),
+        },
+        strategy_paths=strategy_paths,
+        release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
+                      "criteria": [c.describe() for c in spec.criteria]},
+    )
+
+
+def write_run_record(path: Path, record: RunRecord, outcomes: Iterable, *, cache: dict, folder: Any,
+                     t0: float) -> None:
+    """Complete ``record`` (what the cache did, every input's digest, the duration since ``t0`` in
+    ``time.perf_counter`` seconds, the output folder's changes) and write it atomically to ``path``."""
+    from tilpheno.io import atomic
+
+    record.extra["cache"] = cache
+    record.finish({d.path: d for o in outcomes for d in o.files}.values(),   # shared control files once
+                  time.perf_counter() - t0)
+    record.extra.update(folder.record())
+    atomic.write_text(path, record.to_json())
+
+
+def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
+    """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
+    outcomes, strategies, release spec, FMO percentile, identifiers, local jobs), and the run's
+    product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or
+    a strategy or release spec file changed since (the results would no longer be that run's)."""
+    import json
+
+    import pandas as pd
+
+    from tilpheno.provenance import sha256_file
+    from tilpheno.release import spec_path
+    from tilpheno.vocabulary import STUDIES_DIR
+
+    out_dir = Path(out_dir)
+    try:
+        run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        params = run["parameters"]
+        known = set(pd.read_parquet(out_dir / "phenotypes.parquet", columns=["product_id"])["product_id"].astype(str))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({exc})") from None
+    for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
+            [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
+            if run.get("release_spec", {}).get("sha256") else []):
+        try:
+            same = sha256_file(spec_path(path) if what == "release spec" else path) == digest
+        except OSError:
+            same = False
+        if not same:
+            raise TilphenoError(f"{path}: {what} changed or missing since the run in {out_dir}; run `tilpheno process` again")
+    jobs = int(params.get("jobs", 1)) if params.get("executor", "local") == "local" else 1
+    kwargs = {
+        "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
+        "outcomes": Path(params["outcomes"]) if params.get("outcomes") else None,
+        "strategy": [Path(s["path"]) for s in run.get("strategies", [])] or None,
+        # a bundled spec came with the (bundled) study; a spec file given on its own is passed again
+        "release_spec": (Path(run["release_spec"]["source"]) if run.get("release_spec", {}).get("sha256")
+                         and not str(run["release_spec"]["source"]).endswith(" (bundled)") else None),
+        "study": (str(STUDIES_DIR / params["study"].removesuffix(" (bundled)")) if str(params.get("study", "")).endswith(" (bundled)")
+                  else params.get("study") or None),
+        "panel": Path(params["panel"]) if params.get("panel") else None,
+        "fmo_percentile": float(params.get("fmo_percentile", 99.5)),
+        "include_identifiers": bool(params.get("include_identifiers", False)), "jobs": max(jobs, 1),
+        "compensation": Path(params["compensation"]) if params.get("compensation") else None,
+        "allow_unmatched": bool(params.get("allow_unmatched", False)),
+        "allow_outside": bool(params.get("allow_outside", False)),
+    }
+    return kwargs, known

@@ -1,0 +1,221 @@
+"""The ``process`` run: options checked, inputs loaded, jobs built, the output folder claimed,
+everything staged (:mod:`tilpheno.pipeline.outputs`) and published, the summary returned."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from tilpheno.errors import NoInputError, TableError
+from tilpheno.io.files import display_name
+from tilpheno.pipeline.executors import EXECUTORS
+from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
+from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
+from tilpheno.pipeline.outputs import REPORT_MODES, _stage
+from tilpheno.pipeline.record import start_run_record
+from tilpheno.provenance import RunRecord
+from tilpheno.qc import QCFlag
+from tilpheno.release import DEFAULT_SPEC
+from tilpheno.study import Study, default_study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    """End-of-run summary: products done, failed (id -> reason), QC flag counts by code, release
+    outcomes (pass / fail / not evaluable -> count) under the named spec, duration."""
+
+    out_dir: Path
+    n_products: int
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    release_counts: dict[str, int] = field(default_factory=dict)
+    release_spec: str = ""
+    seconds: float = 0.0
+    run_flags: list = field(default_factory=list)   # QCFlags of the run itself (product_id ''), e.g. unlistable_folder
+
+    @property
+    def ok(self) -> bool:
+        """No product failed and the run met no error of its own (e.g. a folder it could not list)."""
+        return not self.failed and not any(f.severity == "error" for f in self.run_flags)
+
+
+def run_process(
+    manifest,
+    out_dir: str | Path,
+    strategies: Sequence,
+    record: RunRecord,
+    options: ProcessOptions = ProcessOptions(),
+    *,
+    executor: str = "local",
+    n_jobs: int = 1,
+    scheduler=None,
+    on_outcome: Callable[[ProductOutcome], None] | None = None,
+    overwrite: bool = False,
+    run_flags: Sequence[QCFlag] = (),
+    use_cache: bool = True,
+    reports: str | None = None,
+    report_products: Iterable[str] | None = None,
+    compensations: Mapping | None = None,
+) -> RunSummary:
+    """Process every product of ``manifest`` into ``out_dir``; returns the summary.
+
+    ``compensations``: product id -> ``tilpheno.spillover.CompensationChoice`` (from
+    ``spillover.plan_compensation``); products not in it use their files' own ``$SPILLOVER``.
+
+    The run claims ``out_dir`` (:class:`tilpheno.io.outdir.OutputFolder`: lock, staging, publish;
+    a folder holding anything is refused unless ``overwrite``, which replaces what the previous
+    run wrote). Reports are staged as products finish, tables at the end, every file atomically;
+    the outputs appear in ``out_dir`` only when the run completes (``run.json`` last). A run that
+    raises or is interrupted leaves ``out_dir``'s outputs as they were. ``record`` (from
+    :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests, the list of
+    outputs and what was replaced, and written as ``run.json``. ``on_outcome`` is called in this
+    process as each product finishes (progress bars). ``run_flags``: QC flags of the run itself
+    (product id ''), written first in ``qc.csv``; an error among them makes the summary not ok.
+
+    Incremental (:mod:`tilpheno.cache`): a product whose inputs, strategies, options and code are
+    those of an entry in ``OUT/.cache`` is not processed again; its stored outcome (and report)
+    are used. The store is written as products finish (not staged), so an interrupted run's
+    finished products are re-used by the next run. ``use_cache=False`` processes every product
+    (entries are still written). ``reports``: ``now`` (every product's report drawn; the default
+    when ``options.make_reports``), ``later`` (none drawn: ``tilpheno report OUT`` draws them on
+    demand) or ``none``; ``report_products``: with ``now``, only these products get a report
+    drawn, the others keep a report stored in the cache, if any.
+    """
+    from tilpheno.io.outdir import OutputFolder, OutputFolderError, describe_os_error
+
+    if manifest is None or len(manifest) == 0:
+        raise NoInputError("no FCS files to process (empty manifest)")
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    reports = reports or ("now" if options.make_reports else "none")
+    if reports not in REPORT_MODES:
+        raise TableError(f"reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
+    options = dataclasses.replace(options, provenance_short=tuple(record.short().items()),
+                                  make_reports=reports == "now")
+    sources = strategy_sources(strategies)
+    jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
+            for pid, rows in group_products(manifest)]
+    with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at) as folder:
+        try:
+            outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
+                              scheduler=scheduler, on_outcome=on_outcome, folder=folder,
+                              run_flags=run_flags, strategies=strategies, use_cache=use_cache, reports=reports,
+                              report_products=report_products)
+            folder.publish()
+        except OSError as exc:
+            raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
+                                    f"{out_dir} was left as it was") from None
+    summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
+                         release_spec=options.release_spec.name, run_flags=list(run_flags))
+    for o in outcomes:
+        summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
+        if o.ok:
+            summary.done.append(o.product_id)
+        else:
+            summary.failed[o.product_id] = o.error
+        for f in o.qc:
+            summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
+    for f in run_flags:
+        summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
+    summary.flag_counts = dict(sorted(summary.flag_counts.items()))
+    return summary
+
+
+def process_folder(
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    manifest_csv: str | Path | None = None,
+    outcomes_path: str | Path | None = None,
+    strategy_paths: Sequence[str | Path] | None = None,
+    release_spec_path: str | Path | None = None,
+    study: str | Path | Study | None = None,
+    panel_path: str | Path | None = None,
+    fmo_percentile: float = 99.5,
+    include_identifiers: bool = False,
+    make_reports: bool = True,
+    executor: str = "local",
+    n_jobs: int = 1,
+    scheduler=None,
+    compensation_path: str | Path | None = None,
+    command_line: list[str] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_outcome: Callable[[ProductOutcome], None] | None = None,
+    overwrite: bool = False,
+    allow_unmatched: bool = False,
+    allow_outside: bool = False,
+    use_cache: bool = True,
+    reports: str | None = None,
+    report_products: Iterable[str] | None = None,
+) -> RunSummary:
+    """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
+
+    Bad options or inputs that concern the whole run raise ``TilphenoError`` before any product is
+    processed and before ``out_dir`` is touched: unreadable manifest, no FCS files
+    (``NoInputError``), invalid strategy or release spec, unknown executor, outcome ids that
+    match no product (unless ``allow_unmatched``), manifest files outside ``folder`` (unless
+    ``allow_outside``), an output folder in use or holding a previous run (unless ``overwrite``).
+    ``use_cache``, ``reports``, ``report_products``: see :func:`run_process` (``reports`` defaults
+    to ``now`` when ``make_reports``, else ``none``).
+    ``on_start(n_products, n_files)`` is called once the manifest is known.
+    """
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.panel import read_panel_file
+    from tilpheno.study import load_study
+    from tilpheno.release import load_release_spec
+
+    if executor not in EXECUTORS:
+        raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if executor == "dask" and scheduler is None:
+        raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
+    if not 0 < fmo_percentile < 100:
+        raise TableError(f"fmo_percentile: {fmo_percentile} is not between 0 and 100")
+    study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
+    panel = read_panel_file(panel_path) if panel_path is not None else None
+    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)
+    run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
+                        f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
+                 for where, reason in manifest.attrs.get("unlistable", [])]
+    if len(manifest) == 0 and run_flags:
+        raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
+    if len(manifest) == 0:
+        raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found; nothing to process")
+    from tilpheno.spillover import plan_compensation
+
+    manifest, compensations = plan_compensation(manifest, compensation_path)
+    if outcomes_path is not None:
+        from tilpheno.io.outcomes import read_outcomes
+
+        outcomes = read_outcomes(outcomes_path)
+        unmatched = unmatched_outcomes(manifest, outcomes)
+        if unmatched and not allow_unmatched:
+            raise TableError(
+                f"{outcomes_path}: {len(unmatched)} product id(s) match no product in {folder}: "
+                f"{_did_you_mean(unmatched, manifest['product_id'].astype(str))}; "
+                "fix the ids or pass allow_unmatched=True")
+        if unmatched:
+            log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
+        manifest = attach_doses(manifest, outcomes)
+    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
+    strategies = tuple(load_strategy(p) for p in paths)
+    spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
+    record = start_run_record(
+        folder=folder, manifest_csv=manifest_csv, outcomes_path=outcomes_path, fmo_percentile=fmo_percentile,
+        include_identifiers=include_identifiers, executor=executor, n_jobs=n_jobs, overwrite=overwrite,
+        allow_unmatched=allow_unmatched, allow_outside=allow_outside, reports=reports, make_reports=make_reports,
+        use_cache=use_cache, compensation_path=compensation_path, study=study, panel_path=panel_path,
+        strategy_paths=paths, spec=spec, command_line=command_line)
+    if on_start is not None:
+        on_start(int(manifest["product_id"].nunique()), len(manifest))
+    options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
+                             make_reports=make_reports, release_spec=spec, study=study, panel=panel)
+    return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
+                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags,
+                       use_cache=use_cache, reports=reports, report_products=report_products,
+                       compensations=compensations)
