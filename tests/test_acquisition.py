@@ -94,7 +94,7 @@ def test_flowjo_export_without_time_keeps_every_event():
 
 
 def test_small_file_is_skipped_with_info():
-    events = _tube(4, n=700)     # fewer than min_bins (8) bins of MIN_EVENTS_PER_BIN (100)
+    events = _tube(4, n=1500)    # fewer than min_bins (8) bins of MIN_EVENTS_PER_BIN (200)
     qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
     assert [f.code for f in qc.findings] == ["acquisition_qc_skipped"] and not qc.anomalous.any()
 

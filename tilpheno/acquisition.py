@@ -12,9 +12,9 @@ well as steps:
 
 1. **Bins.** Events in acquisition order are cut into ``n_bins = n // events_per_bin`` bins of
    consecutive events (``events_per_bin`` raised to ``ceil(n / max_bins)`` for big files, lowered
-   to ``n // SMALL_FILE_BINS`` (25), but not below ``MIN_EVENTS_PER_BIN`` (100), for small files
+   to ``n // SMALL_FILE_BINS`` (25), but not below ``MIN_EVENTS_PER_BIN`` (200), for small files
    so that a 5,000-event file still has 25 bins; the last bin takes the remainder). Fewer than
-   ``min_bins`` bins (under 800 events by default): nothing is tested (flag
+   ``min_bins`` bins (under 1,600 events by default): nothing is tested (flag
    ``acquisition_qc_skipped``). Files with more than ``max_signal_events`` (30,000) events: the
    signal statistics use every k-th event (at most that many; bins keep ``events_per_bin`` of
    them, so a bin spans k x that many consecutive events), which bounds the cost.
@@ -81,7 +81,7 @@ import pandas as pd
 MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
 SMALL_FILE_BINS = 25    # a small file's bins are made smaller so that it has this many (at least MIN_EVENTS_PER_BIN each)
-MIN_EVENTS_PER_BIN = 100
+MIN_EVENTS_PER_BIN = 200
 MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
 _MAD_TO_SD = 1.4826
 
