@@ -8,11 +8,16 @@ CPU seconds (``time.process_time``, single-threaded BLAS), median of ``--repeats
 - + acquisition QC: step 0 in ``remove`` mode (the default);
 - + acquisition QC + residual-spillover check (the default pipeline).
 
+The end-to-end ratios carry the noise of a shared machine (several percent between repeats of the
+same run), so the CPU seconds spent inside step 0 itself (``phenotype.acquisition_step``, summed
+over the product's files) are also measured directly, and reported as a share of the baseline.
+
     PYTHONPATH=. .venv/bin/python benchmarks/bench_acquisition_overhead.py --products 3 --events 20000 100000
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
@@ -49,11 +54,24 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=15)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_acq_"))
+    print(f"load average at start (1, 5, 15 min): {os.getloadavg()}")
     off, on = strategies('"off"'), strategies("remove")
     real_check = phenotype.compensation_check
+    real_step = phenotype.acquisition_step
+    inside = [0.0]
+
+    def timed_step(*a, **k):
+        t0 = time.process_time()
+        try:
+            return real_step(*a, **k)
+        finally:
+            inside[0] += time.process_time() - t0
+
+    phenotype.acquisition_step = timed_step
     with threadpool_limits(1):
         for n in args.events:
             rows = {"baseline": [], "+ acquisition QC": [], "+ acquisition QC + residual check": []}
+            step0 = []
             for k in range(args.products):
                 sim = simulate_product(f"TIL{k + 1:03d}", args.seed + k, n)
                 folder = work / f"{n}_{sim.product_id}"
@@ -67,7 +85,9 @@ def main() -> None:
 
                 phenotype.compensation_check = lambda *a, **k: None
                 rows["baseline"].append(cpu(lambda: run(off), args.repeats))
+                inside[0] = 0.0
                 rows["+ acquisition QC"].append(cpu(lambda: run(on), args.repeats))
+                step0.append(inside[0] / args.repeats)
                 phenotype.compensation_check = real_check
                 rows["+ acquisition QC + residual check"].append(cpu(lambda: run(on), args.repeats))
             base = np.array(rows["baseline"])
@@ -75,6 +95,11 @@ def main() -> None:
                 v = np.array(values)
                 print(f"{n:>8} events/tube  {name:<36} CPU s per product {np.round(v, 3).tolist()}  "
                       f"ratio to baseline {np.round(v / base, 3).tolist()} (median {np.median(v / base):.3f})")
+            share = np.array(step0) / base
+            print(f"{n:>8} events/tube  step 0 alone (CPU s inside acquisition_step per product) {np.round(step0, 3).tolist()}  "
+                  f"share of baseline {np.round(share, 3).tolist()} (median {np.median(share):.3f})")
+
+    print(f"load average at end (1, 5, 15 min): {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -66,19 +66,50 @@ def test_removed_share_over_limit_is_flagged(clean):
     assert "acquisition_removed_pct" in {f.code for f in qc.findings}
 
 
-def test_no_time_channel_is_a_flag_not_a_crash(clean):
+def test_no_time_channel_is_a_flag_not_a_removal(clean):
+    # without time, event order need not be acquisition order: nothing is tested over time or removed
     names = [c for c in ins.CHANNEL_NAMES if c != "Time"]
-    events, truth = inject(clean[0], [drift(0.6, 0.15)])
+    events, _ = inject(clean[0], [drift(0.6, 0.15)])
     qc = check_acquisition(events[:, :-1], names, RANGES[:-1])
-    codes = [f.code for f in qc.findings]
-    assert "no_time_channel" in codes and "flow_rate_anomaly" not in codes
-    assert qc.rate.empty and _balanced_accuracy(truth, qc.anomalous) >= 0.9   # signal check in event order
+    assert [f.code for f in qc.findings] == ["no_time_channel"]
+    assert qc.rate.empty and qc.signal.empty and not qc.anomalous.any() and qc.keep.all()
+
+
+def test_time_that_does_not_advance_is_a_flag_not_a_removal(clean):
+    events = clean[0].copy()
+    events[:, -1] = 7.0
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    assert [f.code for f in qc.findings] == ["no_time_channel"] and qc.keep.all()
+
+
+def test_flowjo_export_without_time_keeps_every_event():
+    """A real FlowJo export of a gated population (FJComp channels, no Time): sorted by sample, not
+    by time, so a signal check in event order removed 72 % of it; now a flag and every event kept."""
+    from tilpheno.io.fcs import read_fcs
+
+    fcs = read_fcs("tests/data/realdata_flowatlas/fcs/428_Donor_Lung_029.fcs")
+    qc = check_acquisition(fcs.events, fcs.channel_names, fcs.channels["pnr"].astype(float).tolist())
+    assert qc.time_channel is None and "no_time_channel" in {f.code for f in qc.findings}
+    assert qc.n_removed == 0 and qc.keep.sum() == fcs.events.shape[0] > 10_000
 
 
 def test_small_file_is_skipped_with_info():
-    events = _tube(4, n=2000)
+    events = _tube(4, n=1500)    # fewer than min_bins (8) bins of MIN_EVENTS_PER_BIN (200)
     qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
     assert [f.code for f in qc.findings] == ["acquisition_qc_skipped"] and not qc.anomalous.any()
+
+
+def test_small_file_gets_smaller_bins_and_its_clog_is_found():
+    events, truth = inject(_tube(5, n=5000), [clog(0.55, 0.06, rate_factor=0.28)])
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    assert qc.events_per_bin == 200 and len(qc.rate) == 25
+    assert "flow_rate_anomaly" in {f.code for f in qc.findings} and _balanced_accuracy(truth, qc.anomalous) >= 0.9
+
+
+def test_segment_finds_a_short_stretch_in_the_middle():
+    # a clog in the middle of the file: no single split separates it (binary segmentation's blind spot)
+    counts = np.r_[np.full(14, 230.0), np.full(5, 65.0), np.full(6, 240.0)]
+    assert segment(counts, 20.0, 7.0) == [(0, 14), (14, 19), (19, 25)]
 
 
 def test_margin_events_per_channel():

@@ -132,6 +132,11 @@ def test_process_uses_controls_in_the_folder_and_reports_both_steps(product, tmp
     assert "flow_rate_anomaly" in set(qc["code"])
     html = (tmp_path / "out" / "products" / "TIL001" / "report.html").read_text()
     assert "Acquisition QC over time" in html and "single-stain controls of Compensation Controls" in html
+    # the report's figures: rate and medians over time (removed stretches shaded), the matrix and its
+    # source, density plots of the largest-spillover pairs (FITC -> PE is the largest, 0.215)
+    assert "surface stained tube: flow rate and channel medians over time" in html and "shaded" in html
+    assert "Spillover matrix (single-stain controls of Compensation Controls" in html
+    assert "CD3 vs PD1 (FITC-A -&gt; PE-A), compensated" in html or "CD3 vs PD1 (FITC-A -> PE-A), compensated" in html
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     controls = [i["path"] for i in run["inputs"] if "Stained Control" in i["path"]]
     assert len(controls) == len(set(controls)) == 6

@@ -15,7 +15,8 @@ from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.controls import control_file_name, simulate_control, simulate_controls
 from tilpheno.simulate.products import KIND_LYMPH, TUBES, draw_composition, simulate_tube
 from tilpheno.spillover import (
-    Control, controls_in_folder, detector_from_text, estimate_spillover, half_sample_mode, residual_spillover,
+    Control, controls_in_folder, detector_from_text, estimate_spillover, half_sample_mode, negative_coefficients,
+    residual_spillover,
 )
 
 TOLERANCE = 0.005   # issue 15: every recovered coefficient within 0.005 of the truth
@@ -150,3 +151,43 @@ def test_residual_spillover_flags_a_wrong_coefficient(stained, pair, delta):
     row = table[(table["source"] == src) & (table["target"] == tgt)].iloc[0]
     assert row["flagged"] and np.sign(row["slope"]) == -np.sign(delta)   # too large -> over-compensated
     assert abs(row["slope"] + delta) < 0.03
+
+
+@pytest.fixture(scope="module")
+def fmo_cd3():
+    """A surface FMO-CD3 tube: FITC carries no stain, so CD4 and CD8 T cells are FITC-negative."""
+    rng = np.random.default_rng(12)
+    spec = next(t for t in TUBES if t.role == "fmo" and t.fmo_marker == "CD3")
+    tube = simulate_tube(draw_composition(rng), spec, 20000, rng)
+    return tube.events.astype(np.float64), list(ins.CHANNEL_NAMES), tube.kind == KIND_LYMPH
+
+
+@pytest.mark.parametrize("source", [4, 5])   # BV421 (CD4), APC-H7 (CD8): bright only on CD3+ cells
+@pytest.mark.parametrize("delta", [0.1, -0.1])
+def test_fmo_tube_shows_pairs_a_stained_tube_cannot(fmo_cd3, stained, source, delta):
+    events, names, lymph = fmo_cd3
+
+    def check(matrix, ev, mask, **kw):
+        comp = compensate(ev, names, Spillover(ins.DETECTORS, matrix))
+        return residual_spillover({d: comp[:, names.index(d)] for d in ins.DETECTORS}, mask=mask, **kw)
+
+    wrong = ins.SPILLOVER_MATRIX.copy()
+    wrong[source, 0] += delta
+    src = ins.DETECTORS[source]
+    # the stained tube has no CD3-negative CD4/CD8-bright events: the pair is not measured there
+    s_events, _, s_lymph, s_cuts = stained
+    in_stained = check(wrong, s_events, s_lymph, negative_cuts=s_cuts)
+    assert in_stained[(in_stained["source"] == src) & (in_stained["target"] == "FITC-A")].empty
+    fmo = dict(mask=lymph, negative_cuts={"FITC-A": np.inf}, targets=["FITC-A"])
+    assert set(check(ins.SPILLOVER_MATRIX, events, **fmo)["target"]) == {"FITC-A"}
+    assert not check(ins.SPILLOVER_MATRIX, events, **fmo)["flagged"].any()
+    row = check(wrong, events, **fmo).set_index("source").loc[src]
+    assert row["flagged"] and abs(row["slope"] + delta) < 0.03
+
+
+def test_negative_coefficients():
+    m = ins.SPILLOVER_MATRIX.copy()
+    m[4, 2] -= 0.1            # BV421 -> PerCP: 0 in truth, -0.1 here
+    m[0, 4] = -0.005          # within the tolerance
+    assert negative_coefficients(Spillover(ins.DETECTORS, m)) == [("BV421-A", "PerCP-Cy5-5-A", pytest.approx(-0.1))]
+    assert negative_coefficients(ins.true_spillover()) == []

@@ -229,26 +229,40 @@ def _negative_cuts(state: _Gated) -> dict[str, float]:
     return cuts
 
 
-def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover | None) -> pd.DataFrame | None:
-    """Residual spillover of a gated stained tube (``tilpheno.spillover.residual_spillover``):
+def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover | None,
+                       fmo_marker: str | None = None) -> pd.DataFrame | None:
+    """Residual spillover of a gated stained or FMO tube (``tilpheno.spillover.residual_spillover``):
     compensated linear values of its markers' detectors, in the strategy's singlets population (else
-    its lymphocytes, else all events), negatives below each marker's own gate threshold."""
+    its lymphocytes, else all events). Stained tube: every detector is a target, its negatives below
+    the marker's own gate threshold. FMO tube (``fmo_marker`` = the omitted marker, as named in ``state.tube.detectors``): only the
+    omitted marker's detector is a target and every event is negative there, so the pairs a stained
+    tube cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8
+    into CD3) are checked too."""
     from tilpheno.spillover import residual_spillover
 
     if spillover is None:
         return None
     markers = {m: d for m, d in state.tube.detectors.items() if d in spillover.detectors and m in state.tube.data}
     values = {d: state.tube.transforms[m].inverse(state.tube.data[m]) for m, d in markers.items()}
-    cuts = {markers[m]: c for m, c in _negative_cuts(state).items() if m in markers}
+    if fmo_marker is None:
+        targets = None
+        cuts = {markers[m]: c for m, c in _negative_cuts(state).items() if m in markers}
+    else:
+        if fmo_marker not in markers:
+            return None
+        omitted = markers[fmo_marker]
+        targets, cuts = [omitted], {omitted: math.inf}
     # singlet cells (dead ones included: a viability dye's bright events are a source too), else the
     # lymphocytes, else every event
     within = next((p.name for p in strategy.populations if p.method == "singlets"), None) or _lymph_population(strategy)
     mask = state.masks.get(within) if within else None
-    return residual_spillover(values, mask=mask, negative_cuts=cuts)
+    return residual_spillover(values, mask=mask, negative_cuts=cuts, targets=targets)
 
 
 def step_flags(product_id: str, name: str, result: TubeResult) -> list[QCFlag]:
-    """QC flags of step 0 (acquisition findings) and of the compensation check of one file."""
+    """QC flags of step 0 (acquisition findings) and of the compensation check of one file
+    (``compensation_residual`` per flagged pair; on stained tubes ``compensation_negative_spillover``
+    per matrix coefficient below ``spillover.NEGATIVE_COEFFICIENT``)."""
     flags = []
     if result.acquisition is not None:
         flags += [QCFlag(product_id, name, f.code, f.severity, f.message) for f in result.acquisition.findings]
@@ -264,6 +278,14 @@ def step_flags(product_id: str, name: str, result: TubeResult) -> list[QCFlag]:
                 f"{markers.get(row.target, row.target)}-negative events shift {row.slope:+.3f} per unit of "
                 f"{markers.get(row.source, row.source)} ({row.source} -> {row.target}, matrix coefficient "
                 f"{coefficient:.4f}): {kind}-compensated beyond tolerance"))
+    if result.role == "stain" and result.compensation is not None and result.compensation.spillover is not None:
+        from tilpheno.spillover import NEGATIVE_COEFFICIENT, negative_coefficients
+
+        for source, target, value in negative_coefficients(result.compensation.spillover):
+            flags.append(QCFlag(
+                product_id, name, "compensation_negative_spillover", "warning",
+                f"matrix coefficient {source} -> {target} is {value:.4f} (< {NEGATIVE_COEFFICIENT:g}): spillover "
+                f"cannot be negative; the matrix ({result.compensation.source}) is wrong there"))
     return flags
 
 
@@ -883,8 +905,11 @@ def analyze_product(
             made[i] = _tube_result(strategy, state, plot_events)
             made[i].acquisition = sources[i].handle.get("acquisition")
             made[i].compensation = sources[i].handle.get("compensation")
-            if sources[i].role == "stain" and made[i].compensation is not None:
-                made[i].compensation.residual = compensation_check(strategy, state, made[i].compensation.spillover)
+            if sources[i].role in ("stain", "fmo") and made[i].compensation is not None:
+                omitted = None if sources[i].role == "stain" else next(
+                    (m for m in state.tube.detectors if study.vocabulary.same(m, sources[i].fmo_marker)), "")
+                made[i].compensation.residual = compensation_check(strategy, state, made[i].compensation.spillover,
+                                                                   omitted)
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
 

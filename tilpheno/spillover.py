@@ -411,10 +411,40 @@ RESIDUAL_TOLERANCE = 0.04
 RESIDUAL_MAX_EVENTS = 20_000
 
 
+NEGATIVE_COEFFICIENT = -0.01   # as estimate_spillover's neg_tolerance
+
+
+def negative_coefficients(spillover: Spillover, limit: float = NEGATIVE_COEFFICIENT) -> list[tuple[str, str, float]]:
+    """``(source, target, coefficient)`` of the off-diagonal matrix coefficients below ``limit``:
+    light cannot be negative, so such a coefficient is an error in the matrix (a stained tube may
+    not show it: the residual check needs negatives of the target that are bright in the source)."""
+    m = np.asarray(spillover.matrix, dtype=np.float64)
+    det = list(spillover.detectors)
+    return [(det[i], det[j], float(m[i, j])) for i in range(m.shape[0]) for j in range(m.shape[1])
+            if i != j and m[i, j] < limit]
+
+
+def _pair_slope(x: np.ndarray, y: np.ndarray, negative: np.ndarray, *, low_fraction: float, bright_fraction: float,
+                min_events: int, min_lever: float) -> tuple[float, float, int] | None:
+    """``(lever, shift, n_negative)`` of one (source ``x``, target ``y``) pair among the events
+    ``negative``, or None when the groups are too small or the lever too short."""
+    n_neg = int(np.count_nonzero(negative))
+    if n_neg * min(low_fraction, bright_fraction) < min_events:
+        return None
+    xs, ys = x[negative], y[negative]
+    lo_cut, hi_cut = np.quantile(xs, [low_fraction, 1.0 - bright_fraction])
+    low, high = xs <= lo_cut, xs >= hi_cut
+    lever = float(np.median(xs[high]) - np.median(xs[low]))
+    if lever < min_lever:
+        return None
+    return lever, half_sample_mode(ys[high]) - half_sample_mode(ys[low]), n_neg
+
+
 def residual_spillover(
     compensated: dict[str, np.ndarray],
     *,
     negative_cuts: dict[str, float] | None = None,
+    targets: Sequence[str] | None = None,
     mask: np.ndarray | None = None,
     tolerance: float = RESIDUAL_TOLERANCE,
     low_fraction: float = 0.2,
@@ -425,17 +455,22 @@ def residual_spillover(
 ) -> pd.DataFrame:
     """Residual spillover left after compensation, per ordered pair of detectors (source, target).
 
-    ``compensated``: detector -> compensated linear values of one stained tube (``mask``: the
-    events to use, e.g. the lymphocytes). For each target detector its *negative* events: values
-    below ``negative_cuts[target]`` (the tube's own gate threshold, linear units; without one,
-    Otsu's threshold of ``asinh(y / 150)``). Among them, for each source detector, the dim group
-    (lowest ``low_fraction`` of the source) and the bright group (highest ``bright_fraction``);
-    ``lever`` = the difference of their source medians (pairs with ``lever < min_lever`` or fewer
-    than ``min_events`` events per group are skipped). ``shift`` = the difference of the target's
-    half-sample modes between the bright and the dim group and ``slope = shift / lever``: about 0
-    when the compensation is right, ``+delta`` when the spillover coefficient is too small by
-    ``delta`` (under-compensated: negatives lean up with the bright channel), ``-delta`` when it is
-    too large (over-compensated). ``flagged`` = ``|slope| > tolerance``.
+    ``compensated``: detector -> compensated linear values of one tube (``mask``: the events to
+    use, e.g. the singlets). ``targets``: the detectors checked as targets (default all). For each
+    target its *negative* events: values below ``negative_cuts[target]`` (the tube's own gate
+    threshold, linear units; ``inf`` in an FMO control's omitted detector, where every event is
+    negative; without a cut, Otsu's threshold of ``asinh(y / 150)``). Among them, for each source
+    detector, the dim group (lowest ``low_fraction`` of the source) and the bright group (highest
+    ``bright_fraction``); ``lever`` = the difference of their source medians (pairs with ``lever <
+    min_lever`` or fewer than ``min_events`` events per group are skipped: the tube cannot show
+    that coefficient). ``shift`` = the difference of the target's half-sample modes between the
+    bright and the dim group and ``slope = shift / lever`` (the statistic): about 0 when the
+    compensation is right, ``+delta`` when the spillover coefficient is too small by ``delta``
+    (under-compensated: negatives lean up with the bright channel), ``-delta`` when it is too
+    large (over-compensated). A large under-compensation can lift the bright negatives over the
+    stained tube's cut; an FMO tube's omitted detector has no cut (every event is negative), so it
+    still shows the pair, as it shows the pairs whose source is bright only on target-positive cells. ``flagged`` = ``|slope| > tolerance`` (default 0.04: 4 % of
+    the source's signal left in, or taken out of, the target).
     At most ``max_events`` events are used (every k-th of the masked events: deterministic).
     Columns ``source, target, n_negative, lever, shift, slope, flagged``.
     """
@@ -447,7 +482,9 @@ def residual_spillover(
         stride = -(-n // max_events)
         values = {d: v[::stride] for d, v in values.items()}
     rows = []
-    for tgt in names:
+    options = dict(low_fraction=low_fraction, bright_fraction=bright_fraction, min_events=min_events,
+                   min_lever=min_lever)
+    for tgt in (names if targets is None else [t for t in targets if t in values]):
         y = values[tgt]
         ok = np.isfinite(y)
         if not ok.any():
@@ -455,23 +492,17 @@ def residual_spillover(
         cut = cuts.get(tgt)
         if cut is None:
             cut = float(np.sinh(otsu_threshold(np.arcsinh(y[ok] / ASINH_COFACTOR))) * ASINH_COFACTOR)
-        negative = ok & (y < cut)
         for src in names:
             if src == tgt:
                 continue
             x = values[src]
-            sel = negative & np.isfinite(x)
-            if np.count_nonzero(sel) * min(low_fraction, bright_fraction) < min_events:
+            usable = ok & np.isfinite(x)
+            found = _pair_slope(x, y, usable & (y < cut), **options)
+            if found is None:
                 continue
-            xs, ys = x[sel], y[sel]
-            lo_cut, hi_cut = np.quantile(xs, [low_fraction, 1.0 - bright_fraction])
-            low, high = xs <= lo_cut, xs >= hi_cut
-            lever = float(np.median(xs[high]) - np.median(xs[low]))
-            if lever < min_lever:
-                continue
-            shift = half_sample_mode(ys[high]) - half_sample_mode(ys[low])
+            lever, shift, n_neg = found
             slope = shift / lever
-            rows.append({"source": src, "target": tgt, "n_negative": int(sel.sum()), "lever": lever, "shift": shift,
+            rows.append({"source": src, "target": tgt, "n_negative": n_neg, "lever": lever, "shift": shift,
                          "slope": slope, "flagged": bool(abs(slope) > tolerance)})
     return pd.DataFrame(rows, columns=["source", "target", "n_negative", "lever", "shift", "slope", "flagged"])
 

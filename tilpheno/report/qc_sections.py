@@ -20,8 +20,8 @@ METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition or
           "halves); a segment is anomalous when its level departs from the majority level by more than "
           "rate_tolerance (relative) or min_shift (logicle units); short good stretches between anomalous ones are "
           "anomalous too. Remove mode drops the anomalous events before compensation and gating.")
-RESIDUAL_METHOD = ("Residual spillover: among each target detector's negative events (below the tube's own gate "
-                   "threshold, lymphocytes) the shift of the target's half-sample mode between the brightest 5% and "
+RESIDUAL_METHOD = ("Residual spillover: among each target detector's negative events (stained tube: below the "
+                   "tube's own gate threshold; FMO tube: the omitted marker's detector, every event; singlets) the shift of the target's half-sample mode between the brightest 5% and "
                    "the dimmest 20% of a source detector, per unit of the source (slope); |slope| > 0.04 raises "
                    "compensation_residual (negative = over-, positive = under-compensated).")
 ACQUISITION_COLUMNS = ("file", "tube", "mode", "time channel", "events", "% anomalous", "removed", "drift channels",
