@@ -647,7 +647,7 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
         }
         # the population's event indices once, gathered per marker into a fresh array that the
         # median may partition in place (the same order statistics as np.median of a boolean selection)
-        index = np.flatnonzero(mask) if count else None
+        index = np.flatnonzero(mask) if count and mask is not None else np.empty(0, dtype=np.intp)
         for m in markers:
             if count:
                 med = float(np.median(state.tube.data[m].take(index), overwrite_input=True))

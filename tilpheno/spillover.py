@@ -50,7 +50,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -482,7 +482,7 @@ def residual_spillover(
         stride = -(-n // max_events)
         values = {d: v[::stride] for d, v in values.items()}
     rows = []
-    options = dict(low_fraction=low_fraction, bright_fraction=bright_fraction, min_events=min_events,
+    options: dict[str, Any] = dict(low_fraction=low_fraction, bright_fraction=bright_fraction, min_events=min_events,
                    min_lever=min_lever)
     for tgt in (names if targets is None else [t for t in targets if t in values]):
         y = values[tgt]

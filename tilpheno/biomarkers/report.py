@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,7 @@ def _place_p_text(fig, ax, fits, text: str) -> None:
             best = (inside, x, y, ha, va)
         if inside == 0:
             break
+    assert best is not None   # the loop above runs at least once
     _, x, y, ha, va = best
     label.set_position((x, y))
     label.set_ha(ha)
@@ -251,10 +253,10 @@ def _marker_unit(marker: str) -> str:
 
 
 FOREST_ROW = 0.24      # inches per row
-FOREST_COLUMNS = {"marker": 0.012, "level": 0.215, "n": 0.415, "plot": (0.44, 0.715), "hr": 0.735, "p": 0.985}
+FOREST_COLUMNS: dict[str, Any] = {"marker": 0.012, "level": 0.215, "n": 0.415, "plot": (0.44, 0.715), "hr": 0.735, "p": 0.985}
 
 
-def _forest_lines(part: pd.DataFrame, coding: str, names: dict[str, str]) -> list[dict]:
+def _forest_lines(part: pd.DataFrame, coding: str, names: dict[str, str]) -> list[dict[str, Any]]:
     """The rows of one forest panel: continuous markers one row each; a dichotomised marker its
     reference level (low, at or below the cut) then the compared level (high)."""
     lines = []
@@ -289,7 +291,7 @@ def _thin_tick_labels(fig, ax) -> None:
     renderer = fig.canvas.get_renderer()
     labels = [t for t in ax.get_xticklabels() if t.get_text()]
     keep = sorted(labels, key=lambda t: (abs(np.log(max(t.get_position()[0], 1e-12))), t.get_position()[0]))
-    placed = []
+    placed: list[Any] = []
     for t in keep:
         box = t.get_window_extent(renderer).expanded(1.15, 1.0)
         if any(box.overlaps(other) for other in placed):
@@ -326,7 +328,7 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
     head_in, title_in, axis_in = 0.62, 0.34, 0.62
     height = head_in + sum(title_in + FOREST_ROW * len(lines) + axis_in for _, lines in panels) + 0.1
     col = FOREST_COLUMNS
-    text = dict(fontsize=8.5, va="center", parse_math=False)
+    text: dict[str, Any] = dict(fontsize=8.5, va="center", parse_math=False)
     with matplotlib_rc():
         fig = plt.figure(figsize=(9.0, height))
         fig.text(col["marker"], 1 - 0.12 / height, title, ha="left", va="top", fontsize=10, weight="bold",
@@ -393,7 +395,7 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
     return _svg(fig, f"Forest plot: {title}", export, name)
 
 
-def spline_figure(results, endpoint: str, marker: str, export: FigureExport | None = None) -> str | None:
+def spline_figure(results, endpoint: str, marker: str, export: FigureExport | None = None) -> dict[str, Any] | None:
     """log HR (vs the median) against the marker with its 95% band and a rug of the observed values."""
     import matplotlib
 

@@ -140,7 +140,7 @@ class WorkerPool:
                 worker = busy[conn]
                 job, worker.job = worker.job, None
                 try:
-                    result = conn.recv()
+                    result = worker.conn.recv()
                 except EOFError:   # the worker died before it sent anything
                     yield self.on_death(job, f"worker died while processing this product ({self._retire(worker)})")
                     continue
