@@ -105,25 +105,10 @@ def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseS
     """Read and validate a YAML release spec; errors name the file and the offending key.
 
     ``label``: the ``source`` recorded in the spec (default: the path), e.g. for bundled files."""
-    import yaml
-
-    from tilpheno.io.yamlsafe import YAMLLimitError, read_yaml_bytes, safe_load, scalar_text
+    from tilpheno.io.yamlsafe import YAMLLimitError, load_config, scalar_text
 
     path = Path(path)
-    try:
-        raw = read_yaml_bytes(path)   # a regular file of at most 1 MiB
-    except YAMLLimitError as exc:
-        raise TableError(f"{path}: {exc}") from None
-    except OSError as exc:
-        raise TableError(f"{path}: cannot read release spec ({exc.strerror or exc})") from None
-    try:
-        doc = safe_load(raw.decode("utf-8"))   # alias expansion bounded
-    except YAMLLimitError as exc:
-        raise TableError(f"{path}: {exc}") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise TableError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, Mapping):
-        raise TableError(f"{path}: expected a mapping with 'name' and 'criteria'")
+    raw, doc = load_config(path, "release spec", "'name' and 'criteria'", TableError)
     criteria = doc.get("criteria")
     if not isinstance(criteria, list) or not criteria:
         raise TableError(f"{path}: 'criteria' must be a non-empty list")

@@ -267,24 +267,10 @@ def _qc(doc: Mapping, path: Path) -> QCRules:
 
 def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
     """Load and validate a study by bundled name (``"til"``) or path (module docstring)."""
-    import yaml
-
-    from tilpheno.io.yamlsafe import YAMLLimitError, load_file
+    from tilpheno.io.yamlsafe import load_config
 
     path = study_path(name_or_path).resolve()
-    try:
-        raw, doc = load_file(path)
-    except OSError as exc:
-        raise StudyError(f"{path}: cannot read study ({exc.strerror or exc})") from None
-    except YAMLLimitError as exc:
-        raise StudyError(f"{path}: {exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, Mapping):
-        raise StudyError(f"{path}: expected a mapping with study, tubes, variables, ...")
-    unknown = sorted(set(doc) - _TOP_KEYS)
-    if unknown:
-        raise StudyError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+    raw, doc = load_config(path, "study", "study, tubes, variables, ...", StudyError, _TOP_KEYS)
     name = str(doc.get("study") or path.parent.name)
     variables = _names(doc.get("variables"), f"{path}: variables")
     release = None

@@ -153,24 +153,11 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``)."""
-    import yaml
-
-    from tilpheno.io.yamlsafe import YAMLLimitError, load_file
+    from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    try:
-        doc = load_file(path)[1] or {}
-    except OSError as exc:
-        raise StudyError(f"{path}: cannot read vocabulary ({exc.strerror or exc})") from None
-    except YAMLLimitError as exc:
-        raise StudyError(f"{path}: {exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, Mapping):
-        raise StudyError(f"{path}: expected a mapping with aliases, prefixes, filler, fluorochromes")
-    unknown = sorted(set(doc) - {"aliases", "prefixes", "filler", "fluorochromes"})
-    if unknown:
-        raise StudyError(f"{path}: unknown key(s) {unknown}")
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes", StudyError,
+                      ("aliases", "prefixes", "filler", "fluorochromes"), empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
         filler=frozenset(key(f) for f in _string_list(doc.get("filler"), f"{path}: filler")),

@@ -13,6 +13,7 @@ expanded value has billions of elements: PyYAML builds it with shared objects, b
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
@@ -97,6 +98,32 @@ def load_file(path: str | Path) -> tuple[bytes, object]:
     ``yaml.YAMLError``; callers turn them into their one-line errors."""
     raw = read_yaml_bytes(path)
     return raw, safe_load(raw.decode("utf-8"))
+
+
+def load_config(path: Path, what: str, expected: str, error: type[Exception],
+                allowed: Iterable[str] | None = None, *, empty_ok: bool = False) -> tuple[bytes, Mapping]:
+    """A YAML configuration file that must hold one mapping: its bytes (for the SHA-256) and the
+    mapping. Every failure is raised as ``error`` with one line naming ``path``: unreadable
+    ("cannot read <what>"), over a limit, not YAML, not a mapping ("expected a mapping with
+    <expected>"), or, when ``allowed`` is given, top-level keys outside it. An empty file is an
+    empty mapping when ``empty_ok``, else "not a mapping"."""
+    try:
+        raw, doc = load_file(path)
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except YAMLLimitError as exc:
+        raise error(f"{path}: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
+    if doc is None and empty_ok:
+        doc = {}
+    if not isinstance(doc, Mapping):
+        raise error(f"{path}: expected a mapping with {expected}")
+    if allowed is not None:
+        unknown = sorted(set(doc) - set(allowed))
+        if unknown:
+            raise error(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    return raw, doc
 
 
 def scalar_text(value, what: str, *, default: str = "", limit: int = MAX_TEXT_CHARS) -> str:
