@@ -35,6 +35,32 @@ def report_path(out_dir: Path, product_id: str) -> Path:
     return path
 
 
+def compensation_path(out_dir: Path, product_id: str) -> Path:
+    """``OUT/products/<slug>/compensation.csv``: the matrix a product was compensated with when it
+    was not its files' own ``$SPILLOVER`` (``process --compensation``, or single-stain controls)."""
+    return report_path(out_dir, product_id).with_name("compensation.csv")
+
+
+def _write_matrices(staging: Path, jobs: Sequence[ProductJob]) -> dict[str, dict]:
+    """Write the matrix of every job compensated with an override or estimated matrix (FlowJo CSV
+    layout, ``spillover.write_spillover_csv``), so the review app re-gates with the run's matrix.
+    Returns ``{product_id: {file, sha256, source}}`` for ``run.json`` (file relative to OUT)."""
+    from tilpheno.provenance import sha256_file
+    from tilpheno.spillover import write_spillover_csv
+
+    written = {}
+    for job in jobs:
+        choice = job.compensation
+        if choice is None or choice.spillover is None:
+            continue
+        path = compensation_path(staging, job.product_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_spillover_csv(choice.spillover, path)
+        written[job.product_id] = {"file": path.relative_to(staging.resolve()).as_posix(), "sha256": sha256_file(path),
+                                   "source": choice.spillover.source}
+    return written
+
+
 def _ordered_union(dicts: Iterable[Mapping]) -> list[str]:
     cols: dict[str, None] = {}
     for d in dicts:
@@ -181,6 +207,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
         atomic.write_text(staging / name, page)
     cache = {"enabled": use_cache, "reused": sorted(reused), "processed": sorted(todo),
              "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused}
+    record.extra["compensation_matrices"] = _write_matrices(staging, jobs)
     write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0)
     digests.save()
     store.prune(keys.values())

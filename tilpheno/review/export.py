@@ -84,8 +84,11 @@ def approved_gatingml(service: ReviewService, product_id: str, tube: str, *, ver
     st = service.source.stained(product_id)[tube]
     result = SimpleNamespace(gates=gates, detectors=st.tube.detectors)
     transforms = {d: st.strategy.transform_for(d) for d in st.tube.data}
+    # the run's override or control-estimated matrix is written into the file; else the FCS's own
+    matrix = service.source.spillover(product_id)
+    compensation = matrix if matrix is not None else ("FCS" if st.tube.compensated else "uncompensated")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gates.xml"
-        export_tube_gatingml(result, path, transforms, compensation="FCS" if st.tube.compensated else "uncompensated")
+        export_tube_gatingml(result, path, transforms, compensation=compensation)
         return path.read_text(encoding="utf-8")
 

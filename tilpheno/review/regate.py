@@ -241,6 +241,28 @@ class ReviewSource:
         """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these)."""
         return [{"file": f.name, "tube": f.tube, "role": f.role, "sha256": f.sha256} for f in self.product_files(product_id)]
 
+    def spillover(self, product_id: str):
+        """The matrix the run compensated the product with when it was not its files' own
+        ``$SPILLOVER`` (``run.json`` ``compensation_matrices``: ``process --compensation`` or
+        single-stain controls), checked against its recorded SHA-256; None otherwise."""
+        from tilpheno.compensation import read_spillover_csv
+        from tilpheno.errors import TilphenoError
+
+        entry = (self.run.get("compensation_matrices") or {}).get(product_id)
+        if not entry:
+            return None
+        path = self.out_dir / entry["file"]
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != entry["sha256"]:
+                raise ReviewError(f"{path}: compensation matrix changed since the run (SHA-256 differs from run.json)")
+            return read_spillover_csv(path)
+        except OSError as exc:
+            raise ReviewError(f"{path}: the run's compensation matrix for product {product_id} cannot be read "
+                              f"({exc.strerror or exc})") from None
+        except TilphenoError as exc:
+            raise ReviewError(f"{path}: {exc}") from None
+
     # -- automatic gates ---------------------------------------------------------------------------
     def automatic(self, product_id: str) -> dict:
         """Version 1: the pipeline's own gates on each stained tube (re-run, checked against phenotypes.csv)."""
@@ -255,7 +277,8 @@ class ReviewSource:
         rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker} for f in files])
         result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
                                  til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS,
-                                 study=self.study, panel_override=self.panel)
+                                 study=self.study, panel_override=self.panel,
+                                 spillover_override=self.spillover(product_id))
         recorded = self.phenotype_row(product_id)
         for var in self.study.variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
@@ -282,17 +305,18 @@ class ReviewSource:
                 self._cache.move_to_end(product_id)
                 return self._cache[product_id]
         loaded = {}
+        matrix = self.spillover(product_id)
         for f in self.product_files(product_id):
             if f.role != "stain" or f.tube not in self.strategies or f.tube in loaded:
                 continue
-            loaded[f.tube] = self._load(f, self.strategies[f.tube])
+            loaded[f.tube] = self._load(f, self.strategies[f.tube], matrix)
         with self._lock:
             self._cache[product_id] = loaded
             while len(self._cache) > CACHE_PRODUCTS:
                 self._cache.popitem(last=False)
         return loaded
 
-    def _load(self, f: ProductFile, strategy: Strategy) -> StainedTube:
+    def _load(self, f: ProductFile, strategy: Strategy, spillover=None) -> StainedTube:
         from tilpheno.io.fcs import read_fcs
         from tilpheno.panel import panel_from_fcs, require
         from tilpheno.phenotype import load_tube
@@ -302,7 +326,7 @@ class ReviewSource:
             raise ReviewError(f"{f.path}: SHA-256 differs from run.json (the file changed since the run)")
         detectors = require(panel_from_fcs(fcs, override=self.panel, tube=f.tube, study=self.study), strategy.markers,
                             self.study.vocabulary)
-        tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role)
+        tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role, spillover=spillover)
         pnr = dict(zip(fcs.channels["pnn"], fcs.channels["pnr"]))
         bounds = {}
         for dim in tube.data:
