@@ -11,8 +11,7 @@ review", see :data:`REVIEW_CODES`):
     peak, and more than ``dense_points`` (6) points of the parent lie within ``DELTA`` of the cut
     (a small move of the cut moves several points). The message gives those points. Severity
     ``info`` for a dim marker's gate (``rule: relative``: its positives overlap the negatives, so
-    the FMO cut lies in dense events by convention) when the cut is the FMO percentile or its two
-    carry-overs agree (``candidate_points`` <= ``uncertain_points``).
+    the FMO cut lies in dense events by convention) unless ``uncertain_threshold`` fired on it.
 ``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
     3x the nominal rate (100 - percentile) and at least 1 point above it.
 ``uncertain_threshold``  a cut carried over from the FMO (not a stained valley) that moved more
@@ -166,10 +165,12 @@ def place_and_check(
                                  f"stained vs FMO"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
         extrapolated = d.get("winner") != "stained_valley"
+        uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
             d["candidate_points"] = max(_points_between(stained, cut, low), _points_between(stained, cut, high))
-            if d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points:
+            uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
+            if uncertain:
                 flags.append(pl.Flag("uncertain_threshold", "warning",
                                      f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
                                      f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
@@ -179,9 +180,8 @@ def place_and_check(
                                      f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
                                      f"histogram of the parent, stained vs FMO"))
         # a dim marker's FMO cut (rule relative) lies in the overlap of negatives and positives by
-        # convention: dense there is a warning only when it was carried over and the two carry-overs disagree
-        settled_dim = anchor.get("rule") == "relative" and (
-            d.get("winner") == "fmo_percentile" or d.get("candidate_points", float("inf")) <= uncertain_points)
+        # convention: a dense cut there is recorded; review rests on uncertain_threshold
+        settled_dim = anchor.get("rule") == "relative" and not uncertain
         if d["cut_density_ratio"] > dense_cut_ratio and sens > dense_points:
             flags.append(pl.Flag("cut_in_dense_region", "info" if settled_dim else "warning",
                                  f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
