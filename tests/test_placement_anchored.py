@@ -232,7 +232,50 @@ def test_large_lower_side_carry_over_is_flagged_not_silent():
     ideal = _pct_above(stained, np.percentile(neg, 99.5))
     ours = _pct_above(LOGICLE.apply(stained), d["threshold"])
     assert ours - ideal > 3          # the lower side cannot see the skewed tail: an over-call ...
-    assert d["correction_points"] > 8
-    shift = [f for f in q.flags if f.code == "negative_shift"]
-    assert shift and shift[0].severity == "warning" and "moved" in shift[0].message   # ... that says so
-    assert checks.needs_review(shift[0])
+    assert d["correction_points"] > 6 and d["candidate_points"] > 3
+    flags = [f for f in q.flags if f.code == "uncertain_threshold"]
+    assert flags and flags[0].severity == "warning" and "would change the %" in flags[0].message   # ... that says so
+    assert checks.needs_review(flags[0]) and flags[0].message.startswith("PD1+ (PD1): ")
+    # the other carry-over (upper-side spread) is nearer the ideal cut: the flag's bracket holds it
+    assert abs(_pct_above(LOGICLE.apply(stained), d["relative_high"]) - ideal) < ours - ideal
+
+
+def _dim_next_to_negatives(seed, dim_median):
+    """PD1-like parent in linear units: FMO = noise; stained negatives = the same noise + symmetric
+    binding (150) + spreading (SD 60); 30 % positives at ``dim_median`` above the negatives."""
+    rng = np.random.default_rng(seed)
+    fmo = rng.normal(0, 40, 20000)
+    neg = rng.normal(0, 40, 14000) + 150 + rng.normal(0, 60, 14000)
+    pos = rng.lognormal(np.log(dim_median), 0.45, 6000) + 150 + rng.normal(0, 40, 6000) + rng.normal(0, 60, 6000)
+    return fmo, neg, np.concatenate([neg, pos])
+
+
+def test_agreeing_carry_overs_leave_a_dim_markers_dense_cut_unreviewed():
+    fmo, neg, stained = _dim_next_to_negatives(21, 450)
+    q = checks.place_and_check("CD8+PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(stained), percentile=99.5,
+                               source_file="f.fcs", rule="relative", transform=LOGICLE)
+    d = q.diagnostics
+    assert d["winner"] == "fmo_relative" and d["correction_points"] > 30      # a large, symmetric shift ...
+    ideal = _pct_above(stained, np.percentile(neg, 99.5))
+    assert abs(_pct_above(LOGICLE.apply(stained), d["threshold"]) - ideal) < 1.5   # ... carried over right
+    assert d["candidate_points"] < 3 and not any(checks.needs_review(f) for f in q.flags)
+    # dim positives closer to the negatives: a dense cut; for a dim marker (rule relative) whose two
+    # carry-overs agree it is recorded (info), for a lineage marker's anchored gate it is a warning
+    fmo, neg, stained = _dim_next_to_negatives(21, 350)
+    dense = {}
+    for rule in ("relative", "anchored"):
+        p = checks.place_and_check("CD8+PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(stained), percentile=99.5,
+                                   source_file="f.fcs", rule=rule, transform=LOGICLE)
+        assert p.diagnostics["candidate_points"] < 3
+        dense[rule] = [f.severity for f in p.flags if f.code == "cut_in_dense_region"]
+    assert dense == {"relative": ["info"], "anchored": ["warning"]}
+
+
+def test_dim_positives_against_the_negatives_an_off_cut_is_flagged():
+    fmo, neg, stained = _dim_next_to_negatives(21, 300)
+    q = checks.place_and_check("CD8+PD1+", "PD1", LOGICLE.apply(fmo), LOGICLE.apply(stained), percentile=99.5,
+                               source_file="f.fcs", rule="relative", transform=LOGICLE)
+    ideal = _pct_above(stained, np.percentile(neg, 99.5))
+    off = abs(_pct_above(LOGICLE.apply(stained), q.diagnostics["threshold"]) - ideal)
+    assert off > 3      # positives on the negative peak's upper side push its mode: the cut is too high
+    assert any(f.code == "uncertain_threshold" and checks.needs_review(f) for f in q.flags)

@@ -9,23 +9,29 @@ review", see :data:`REVIEW_CODES`):
     the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
     default logicle) exceeds ``dense_cut_ratio`` (0.45) of the density at the stained negative
     peak, and more than ``dense_points`` (6) points of the parent lie within ``DELTA`` of the cut
-    (a small move of the cut moves several points). The message gives those points.
+    (a small move of the cut moves several points). The message gives those points. Severity
+    ``info`` for a dim marker's gate (``rule: relative``: its positives overlap the negatives, so
+    the FMO cut lies in dense events by convention) unless ``uncertain_threshold`` fired on it.
 ``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
     3x the nominal rate (100 - percentile) and at least 1 point above it.
-``uncertain_threshold``  a cut carried over from the FMO (not a stained valley) whose two
-    candidates, the carry-over with the negative peak's lower-side spread and with its
-    upper-side spread (``relative_low``, ``relative_high``), lie more than ``uncertain_points``
-    (6) points of the parent apart: the data do not tell a skewed nonspecific tail from positives
-    next to the negatives, and the cut may be several points off. Also when no stained negative
-    peak lies near the FMO's (the FMO percentile was used, parent taken as all positive) yet more
-    than ``uncertain_points`` % of the parent lies at or below that cut.
+``uncertain_threshold``  a cut carried over from the FMO (not a stained valley) that moved more
+    than ``shift_points`` (6) points of the parent away from the FMO percentile
+    (``correction_points``) and whose other candidate would change the % positive by more than
+    ``uncertain_points`` (3, the issue's "off" level) points of the parent: ``candidate_points``
+    = the larger % of the parent between the cut and either carry-over (``relative_low``, with
+    the negative peak's lower-side spread: free of positives, blind to a right-skewed
+    nonspecific tail; ``relative_high``, with its upper-side spread: follows that tail, widened
+    by positives next to the negatives). The data do not tell a skewed nonspecific tail from
+    positives next to the negatives, and the cut may be several points off. (A small correction
+    leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
+    Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
+    taken as all positive) yet more than ``NO_PEAK_POINTS`` (6) % of the parent lies at or below
+    that cut.
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
     narrow, and the cut is carried over from the FMO (not a valley): the correction is an
-    extrapolation. Severity ``info`` (no review) when the bracket above is within
-    ``uncertain_points``, ``warning`` otherwise. Also a ``warning`` when a carry-over with the
-    lower-side spread (``width_side: lower``, blind to a skewed nonspecific tail) moved the cut
-    more than ``shift_points`` (8) points of the parent from the FMO percentile.
+    extrapolation. Severity ``info`` (no review) when the two carry-overs agree
+    (``candidate_points`` <= ``uncertain_points``), ``warning`` otherwise.
 ``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
 ``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
 ``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
@@ -47,6 +53,9 @@ from tilpheno.gates import placement as pl
 
 DELTA = 0.03
 MIN_GATE_EVENTS = 1000
+NO_PEAK_POINTS = 6.0
+"""% of the parent at or below an FMO percentile used for want of a stained negative peak above
+which ``uncertain_threshold`` is raised."""
 """Events below which a stained-tube density gate is flagged ``few_events``."""
 REVIEW_CODES = frozenset({
     "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
@@ -57,7 +66,7 @@ REVIEW_CODES = frozenset({
 
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
-                  "correction_points", "bracket_points", "cut_density_ratio", "fmo_pct_above"]
+                  "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above"]
 """Threshold-table columns recording both candidates, the shift and the rule that won."""
 
 
@@ -82,6 +91,12 @@ def _density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: float
     return float(at[0] / at[1]) if at[1] > 0 else float("nan")
 
 
+def _points_between(values: np.ndarray, a: float, b: float) -> float:
+    """Percentage points of ``values`` in (min(a, b), max(a, b)]: how much the % positive moves
+    when the cut moves from ``a`` to ``b``."""
+    return 100.0 * np.count_nonzero((values > min(a, b)) & (values <= max(a, b))) / values.size if values.size else float("nan")
+
+
 def cut_sensitivity(values: np.ndarray, cut: float, delta: float = DELTA) -> float:
     """Percentage points of ``values`` within ``delta`` of ``cut`` (both sides)."""
     x = np.asarray(values, dtype=np.float64)
@@ -101,8 +116,8 @@ def place_and_check(
     dense_points: float = 6.0,
     shift_warning: float = 0.25,
     width_warning: float = 3.0,
-    uncertain_points: float = 6.0,
-    shift_points: float = 8.0,
+    uncertain_points: float = 3.0,
+    shift_points: float = 6.0,
     fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
     **anchor: Any,
 ) -> pl.Placement:
@@ -138,47 +153,52 @@ def place_and_check(
         sens = cut_sensitivity(stained, cut)
         d["sensitivity_points"] = sens
         t_fmo = float(d.get("fmo_threshold", cut))
-        d["correction_points"] = 100.0 * np.count_nonzero((stained > min(cut, t_fmo)) & (stained <= max(cut, t_fmo))) / stained.size
+        d["correction_points"] = _points_between(stained, cut, t_fmo)
         d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
-        if d["cut_density_ratio"] > dense_cut_ratio and sens > dense_points:
-            flags.append(pl.Flag("cut_in_dense_region", "warning",
-                                 f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
-                                 f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
-                                 f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
-                                 f"{marker} histogram of the parent, stained vs FMO"))
         below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
-        if "note" in d and below > uncertain_points:
+        if "note" in d and below > NO_PEAK_POINTS:
             flags.append(pl.Flag("uncertain_threshold", "warning",
                                  f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
                                  f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
-                                 f"percentile {cut:.3f} (limit {uncertain_points:g}): the negatives may be shifted beyond "
+                                 f"percentile {cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
                                  f"reach and the cut several points off; look at the {marker} histogram of the parent, "
                                  f"stained vs FMO"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
         extrapolated = d.get("winner") != "stained_valley"
+        uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
-            d["bracket_points"] = 100.0 * np.count_nonzero((stained > low) & (stained <= high)) / stained.size
-            if d["bracket_points"] > uncertain_points:
+            d["bracket_points"] = _points_between(stained, low, high)
+            d["candidate_points"] = max(_points_between(stained, cut, low), _points_between(stained, cut, high))
+            uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
+            if uncertain:
                 flags.append(pl.Flag("uncertain_threshold", "warning",
-                                     f"{name}: the stained negatives' upper tail is not pinned down: the FMO percentile "
-                                     f"carried with the negative peak's lower-side spread ({low:.3f}) and upper-side "
-                                     f"spread ({high:.3f}) are {d['bracket_points']:.1f} points of the parent apart "
-                                     f"(limit {uncertain_points:g}); the threshold {cut:.3f} (rule {d.get('winner')}) may "
-                                     f"be several points off; look at the {marker} histogram of the parent, stained vs "
-                                     f"FMO, for nonspecific binding or positives next to the negatives"))
+                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
+                                     f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
+                                     f"{shift_points:g}) and the other carry-over of the FMO percentile (negative peak's "
+                                     f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
+                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
+                                     f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
+                                     f"histogram of the parent, stained vs FMO"))
+        # a dim marker's FMO cut (rule relative) lies in the overlap of negatives and positives by
+        # convention: a dense cut there is recorded; review rests on uncertain_threshold
+        settled_dim = anchor.get("rule") == "relative" and not uncertain
+        if d["cut_density_ratio"] > dense_cut_ratio and sens > dense_points:
+            flags.append(pl.Flag("cut_in_dense_region", "info" if settled_dim else "warning",
+                                 f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
+                                 f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
+                                 f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
+                                 f"{marker} histogram of the parent, stained vs FMO"))
         shift, ratio = d.get("shift", float("nan")), d.get("width_ratio", float("nan"))
         far = ((math.isfinite(shift) and abs(shift) > shift_warning)
                or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
-        big = (d.get("winner") == "fmo_relative" and anchor.get("width_side", "lower") == "lower"
-               and d["correction_points"] > shift_points)
-        if extrapolated and (far or big):
-            settled = math.isfinite(d.get("bracket_points", float("nan"))) and d["bracket_points"] <= uncertain_points
-            flags.append(pl.Flag("negative_shift", "warning" if big or not settled else "info",
+        if extrapolated and far:
+            settled = math.isfinite(d.get("candidate_points", float("nan"))) and d["candidate_points"] <= uncertain_points
+            flags.append(pl.Flag("negative_shift", "info" if settled else "warning",
                                  f"{name}: stained negatives sit {shift:+.3f} transformed units from the FMO's and "
                                  f"are {ratio:.2f}x as wide (limits {shift_warning:g}, {width_warning:g}x); the "
                                  f"threshold carried over from the FMO moved {d['correction_points']:.1f} points of the "
-                                 f"parent (limit {shift_points:g}) and rests on the additive model of nonspecific "
-                                 f"binding; look at nonspecific binding / spreading in {marker}, stained vs FMO"))
+                                 f"parent and rests on the additive model of nonspecific binding; look at nonspecific "
+                                 f"binding / spreading in {marker}, stained vs FMO"))
         if cut >= stained.max() or cut <= stained.min():
             flags.append(pl.Flag("cut_at_scale_edge", "warning",
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "

@@ -27,8 +27,8 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      density fallback; rule anchored|relative|percentile (anchored),
                      max_shift 0.3, shift_tolerance 0.02, width_tolerance 1.25,
                      valley_depth 0.5, width_side lower|upper (placement.place_fmo_anchored);
-                     self-checks dense_cut_ratio 0.45, shift_warning 0.25, width_warning 3
-                     (gates.checks)
+                     self-checks dense_cut_ratio 0.45, dense_points 6, shift_warning 0.25,
+                     width_warning 3, uncertain_points 3, shift_points 6 (gates.checks)
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -126,8 +126,8 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "dense_points": ParamSpec(_NUM, 6.0, 0, 100),
         "shift_warning": ParamSpec(_NUM, 0.25, 0, 10),
         "width_warning": ParamSpec(_NUM, 3.0, 1, 100),
-        "uncertain_points": ParamSpec(_NUM, 6.0, 0, 100),
-        "shift_points": ParamSpec(_NUM, 8.0, 0, 100),
+        "uncertain_points": ParamSpec(_NUM, 3.0, 0, 100),
+        "shift_points": ParamSpec(_NUM, 6.0, 0, 100),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
