@@ -200,3 +200,32 @@ def test_positives_in_an_unstained_control_are_flagged_with_their_share():
     assert len(flag) == 1 and flag[0].message.startswith("T cells (CD3): ") and checks.needs_review(flag[0])
     share = float(flag[0].message.split("T cells (CD3): ")[1].split("%")[0])
     assert share == pytest.approx(100 * bright.mean(), abs=0.2)
+
+
+def test_a_reference_gate_with_one_population_is_sized_on_the_parent_it_is_applied_to():
+    """CD8 placed on CD4- T cells (all CD8+ there: one population) and applied to all T cells, whose
+    CD4+ cells carry a CD8 smear (as 390C_Lung): the one-population cut is compared with the same
+    rule on all T cells; the double positives it decides are many points -> review."""
+    rng = np.random.default_rng(13)
+    n = 20000
+    cd4_pos = rng.random(n) < 0.6
+    cd8 = np.where(cd4_pos, rng.uniform(0.1, 0.6, n), rng.normal(0.7, 0.03, n))   # CD4+: a CD8 smear
+    cd4 = np.where(cd4_pos, rng.normal(0.7, 0.03, n), rng.normal(0.15, 0.03, n))
+    doc = {"strategy": "r", "tube": "t", "markers": ["CD4", "CD8"],
+           "transforms": {"CD4": {"kind": "linear"}, "CD8": {"kind": "linear"}},
+           "populations": [
+               {"name": "CD4+", "parent": "root", "dims": ["CD4"], "method": "valley", "params": {"keep": "high"}},
+               {"name": "CD4-", "parent": "root", "expression": "!CD4+"},
+               {"name": "CD8+", "parent": "root", "dims": ["CD8"], "method": "valley",
+                "params": {"keep": "high", "reference": "CD4-"}},
+               {"name": "DP", "parent": "root", "expression": "CD4+ & CD8+"}],
+           "variables": {"dp_pct": {"numerator": "DP", "denominator": "root"}}}
+    state = gate_tube_kind(Strategy.from_dict(doc), [_tube({"CD4": cd4, "CD8": cd8})])[0]
+    flag = _flags(state, "no_second_peak")
+    assert flag and flag[0].message.startswith("CD8:") and flag[0].severity == "warning"
+    points = float(flag[0].message.split("changes dp_pct by ")[1].split(" points")[0])
+    cut = state.diagnostics["CD8+"]["threshold"]
+    alternative = state.diagnostics["CD8+"]["alternative_cuts"]["no_second_peak"][0]
+    truth = 100 * np.mean(cd4_pos & (cd8 > min(cut, alternative)) & (cd8 <= max(cut, alternative)))
+    assert points == pytest.approx(truth, abs=0.1)   # the DP events between the two cuts
+    assert points > checks.IMPACT_POINTS
