@@ -974,7 +974,8 @@ def analyze_product(
     stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
-    unstained_rows = rows[rows["role"] == "unstained"]
+    # the product's unstained control (not a compensation set's, which may be beads)
+    unstained_rows = rows[(rows["role"] == "unstained") & (rows["tube"] != "compensation")]
     unstained_flags: list[QCFlag] = []
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
