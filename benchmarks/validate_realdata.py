@@ -14,16 +14,24 @@ populations within 1 % or 2 events). Per population and sample: % of parent (our
 expert's), |delta|, and event-level F1 of our population against the expert's. The expert's
 Treg gate is Foxp3+ CD127-low of CD4, and so is the strategies' (``Treg`` = FoxP3+ & CD127lo).
 Every sample beyond 5 points on a population is checked for a review flag on that gate or on an
-upstream gate (``GATE_NAMES``); ``within_5_flagged`` counts the flags on samples within 5 points
-(the price of the flags: a flagged product needs review).
-Unstained controls: % "T cells" (should be 0).
+upstream gate (``GATE_NAMES``: the flag's message opens with the gate's population or marker);
+``within_5_flagged`` counts the flags on samples within 5 points (the price of the flags: a
+flagged product needs review). The flag table gives, per review-flag code, the population-sample
+rows and the samples it flags beyond and within 5 points. Each sample is gated with its donor's
+unstained control (role ``unstained``; ``--no-controls`` leaves it out): the sample's gates applied
+to the control (``unstained_positive`` / ``unstained_control`` / ``unstained_unusable``).
+Unstained controls gated on their own: % "T cells" (should be 0).
 
 The GPL FlowSOM mouse file (``flowsom_68983``, read from ../shared, never copied): gated with
 ``gating/flowsom_mouse.yaml`` (cells, singlets, T cells = the CD3+ cluster, ab T cells on TCRb,
 CD4/CD8 valleys within ab T cells, as the expert's CD4/CD8 quadrants; the expert also gated
-NK1.1 and CD19 before CD3 and two singlet gates), against the expert's per-event labels
-(``gatingResult.csv``): T cells = CD4 T, CD8 T, gd T and NK T labels (our CD3+ includes them;
-the expert's few DN/DP ab T cells are unlabelled, so they count as misses), CD4 T and CD8 T.
+NK1.1 and CD19 before CD3 and two singlet gates), against the expert's own gates (``gating.wsp``
+re-applied by FlowKit, all 15 counts within one event of FlowJo's): T cells = the expert's
+T cells (NK1.1-, with its DN/DP ab T cells) and NK T cells, % of the expert's last singlet gate;
+CD4 / CD8 T cells % of those T cells; ``f1_labels`` against the per-event labels
+(``gatingResult.csv``, where the expert's 272 DN/DP ab T cells carry no label).
+
+``--gating <folder>`` measures a variant of the strategies (same file names).
 """
 from __future__ import annotations
 
@@ -54,6 +62,11 @@ GATE_NAMES = {  # a review flag on any of these gates (population or marker name
 }
 
 
+MOUSE_UPSTREAM = ("cells", "FSC-A", "singlets", "lymphocytes", "T cells", "CD3")
+MOUSE_GATES = {"T cells": MOUSE_UPSTREAM,
+               "CD4 T cells": MOUSE_UPSTREAM + ("ab T cells", "TCRb", "CD4+", "CD4", "CD8+", "CD8"),
+               "CD8 T cells": MOUSE_UPSTREAM + ("ab T cells", "TCRb", "CD4+", "CD4", "CD8+", "CD8")}
+
 STRATEGIES = {"CD19": "flowatlas_tcell_cd19", "CD45": "flowatlas_tcell_cd45", "": "flowatlas_tcell"}
 """The FlowAtlas strategy of a file's panel: T+B panel (CD19), CD45 panel, else the CD3 panel."""
 
@@ -67,37 +80,89 @@ def strategy_for(path: Path, panel) -> str:
     return next(name for marker, name in STRATEGIES.items() if not marker or marker in markers)
 
 
+def names_gate(message: str, gates) -> bool:
+    """True when a flag's message opens with one of ``gates`` (``"<population> (<marker>): ..."``,
+    ``"<marker>: ..."``)."""
+    return any(message.startswith((f"{k}:", f"{k} (")) for k in gates)
+
+
+def flag_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per review-flag code: population-sample rows it flags with |delta| > 5 and <= 5 points, and
+    the samples (any population) it flags that are beyond 5 on some population vs within 5 on all."""
+    codes = sorted({c for cell in table["flags"] for c in cell.split(";") if c})
+    worst = table.groupby("sample")["abs_delta"].max()
+    out = []
+    for code in codes:
+        hit = table["flags"].str.split(";").apply(lambda cs, code=code: code in cs)
+        samples = set(table.loc[hit, "sample"])
+        out.append({"flag": code, "rows_beyond_5": int((hit & (table["abs_delta"] > 5)).sum()),
+                    "rows_within_5": int((hit & (table["abs_delta"] <= 5)).sum()),
+                    "samples_beyond_5": sum(worst[s] > 5 for s in samples),
+                    "samples_within_5": sum(worst[s] <= 5 for s in samples)})
+    any_flag = set(table.loc[table["flagged"], "sample"])
+    out.append({"flag": "any", "rows_beyond_5": int((table["flagged"] & (table["abs_delta"] > 5)).sum()),
+                "rows_within_5": int((table["flagged"] & (table["abs_delta"] <= 5)).sum()),
+                "samples_beyond_5": sum(worst[s] > 5 for s in any_flag),
+                "samples_within_5": sum(worst[s] <= 5 for s in any_flag)})
+    out.append({"flag": "(all rows / samples)", "rows_beyond_5": int((table["abs_delta"] > 5).sum()),
+                "rows_within_5": int((table["abs_delta"] <= 5).sum()), "samples_beyond_5": int((worst > 5).sum()),
+                "samples_within_5": int((worst <= 5).sum())})
+    return pd.DataFrame(out).set_index("flag")
+
+
 def f1(ours: np.ndarray, expert: np.ndarray) -> float:
     tp = np.count_nonzero(ours & expert)
     denominator = np.count_nonzero(ours) + np.count_nonzero(expert)
     return 2.0 * tp / denominator if denominator else float("nan")
 
 
-def flowsom_rows(base: Path, analyze_product, load_strategy):
-    """Our populations vs the expert's per-event labels of the FlowSOM example file (or None)."""
+def expert_flowsom_gates(base: Path) -> dict[str, np.ndarray]:
+    """The expert's FlowJo gates of the FlowSOM file, re-applied event by event by FlowKit
+    (``gating.wsp``; FlowKit reproduces all 15 stored counts within one event)."""
+    import flowkit as fk
+
+    ws = fk.Workspace(str(base / "gating.wsp"), fcs_samples=str(base / "68983.fcs"))
+    ws.analyze_samples(sample_id="68983.fcs")
+    gated = ws.get_gating_results("68983.fcs")
+    return {row.gate_name: np.asarray(gated.get_gate_membership(row.gate_name, gate_path=row.gate_path), bool)
+            for row in gated.report.itertuples()}
+
+
+def flowsom_rows(base: Path, analyze_product, load_strategy, gating: Path = ROOT / "gating"):
+    """Our populations vs the expert's gates and per-event labels of the FlowSOM example file (or None).
+
+    Expert populations (FlowJo gates re-applied by FlowKit): T cells = the expert's ``T cells``
+    (NK1.1- CD3+, with its DN/DP ab T cells) and ``NK T cells`` (NK1.1+ CD3+: our CD3+ gate
+    includes them), % of the expert's last singlet gate (``Singlets2``); CD4 / CD8 T cells % of
+    that T-cell set. Ours: % of our own parent (singlets, T cells). ``f1``: against those gates;
+    ``f1_labels``: against the per-event labels (``gatingResult.csv``: CD4 T, CD8 T, gd T and
+    NK T cells for T cells; the expert's 272 DN/DP ab T cells carry no label there).
+    """
+    from tilpheno.gates.checks import needs_review
+
     if not (base / "68983.fcs").exists():
         return None
     labels = pd.read_csv(base / "gatingResult.csv", header=None)[0].to_numpy()
-    strategy = load_strategy(ROOT / "gating" / "flowsom_mouse.yaml")
+    gates = expert_flowsom_gates(base)
+    strategy = load_strategy(gating / "flowsom_mouse.yaml")
     m = pd.DataFrame([{"file": str(base / "68983.fcs"), "product_id": "68983", "tube": "mouse", "role": "stain",
                        "fmo_marker": ""}])
     result = analyze_product("68983", m, [strategy])
     tube = result.tubes[0]
-    expert = {
-        "T cells": np.isin(labels, ["CD4 T cells", "CD8 T cells", "gd T cells", "NK T cells"]),
-        "CD4 T cells": labels == "CD4 T cells",
-        "CD8 T cells": labels == "CD8 T cells",
-    }
-    parents = {"T cells": ("singlets", None), "CD4 T cells": ("T cells", "T cells"), "CD8 T cells": ("T cells", "T cells")}
+    t_cells = gates["T cells"] | gates["NK T cells"]
+    expert = {"T cells": (t_cells, gates["Singlets2"]),
+              "CD4 T cells": (gates["CD4 T cells"], t_cells), "CD8 T cells": (gates["CD8 T cells"], t_cells)}
+    by_label = {"T cells": np.isin(labels, ["CD4 T cells", "CD8 T cells", "gd T cells", "NK T cells"]),
+                "CD4 T cells": labels == "CD4 T cells", "CD8 T cells": labels == "CD8 T cells"}
+    review = [f for f in result.qc if needs_review(f)]
     out = []
-    singlets = tube.masks["singlets"]
-    for pop, e in expert.items():
+    for pop, (e, e_parent) in expert.items():
         o = tube.masks[pop]
-        o_parent = tube.masks[parents[pop][0]]
-        e_parent = expert[parents[pop][1]] if parents[pop][1] else singlets
+        o_parent = tube.masks[strategy.population(pop).parent if pop == "T cells" else "T cells"]
         out.append({"population": pop, "ours_pct_of_parent": 100 * np.count_nonzero(o) / max(1, np.count_nonzero(o_parent)),
                     "expert_pct_of_parent": 100 * np.count_nonzero(e & e_parent) / max(1, np.count_nonzero(e_parent)),
-                    "f1": f1(o, e), "flags": ";".join(sorted({q.code for q in result.qc if q.severity != "info"}))})
+                    "f1": f1(o, e), "f1_labels": f1(o, by_label[pop]),
+                    "flags": ";".join(sorted({f.code for f in review if names_gate(f.message, MOUSE_GATES[pop])}))})
     out_frame = pd.DataFrame(out)
     out_frame["abs_delta"] = (out_frame["ours_pct_of_parent"] - out_frame["expert_pct_of_parent"]).abs()
     return out_frame
@@ -107,6 +172,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--realdata", default=next((str(p / "shared" / "realdata") for p in ROOT.parents if (p / "shared" / "realdata").exists()), "../shared/realdata"))
     parser.add_argument("--out", default="")
+    parser.add_argument("--no-controls", action="store_true", help="gate the samples without their donor's unstained control")
+    parser.add_argument("--gating", default=str(ROOT / "gating"), help="folder of the strategies (to measure a variant)")
     args = parser.parse_args(argv)
 
     from tilpheno.gates.checks import needs_review
@@ -119,12 +186,12 @@ def main(argv=None) -> None:
     base = Path(args.realdata) / "flowatlas_tissue_tcell"
     if not base.exists():
         raise SystemExit(f"{base}: not found (the real data live in ../shared/realdata)")
-    strategies = {name: load_strategy(ROOT / "gating" / f"{name}.yaml") for name in STRATEGIES.values()}
+    strategies = {name: load_strategy(Path(args.gating) / f"{name}.yaml") for name in STRATEGIES.values()}
     test_panel = read_panel_file(ROOT / "tests" / "data" / "realdata_flowatlas" / "panel.csv")
     manifest = pd.read_csv(base / "fcs_manifest.csv")
     workspace = base / "workspace_2021-08-06_12a14ca.wsp"
 
-    rows, control_rows = [], []
+    rows, control_rows, unstained_rows = [], [], []
     for _, rec in manifest.iterrows():
         path = base / rec["file"]
         if not rec["file"].startswith("fcs/"):
@@ -136,11 +203,18 @@ def main(argv=None) -> None:
             template = [r for r in test_panel.rows if r.tube == "412C_mLN_026"]
             rows_412c += [type(r)(stem, r.detector, r.marker) for r in template]
         panel = PanelOverrides(test_panel.source, tuple(rows_412c))
-        m = pd.DataFrame([{"file": str(path), "product_id": stem, "tube": "tcell", "role": "stain", "fmo_marker": ""}])
+        control = next((base / "unstained_controls_2020").glob(f"{stem.split('_')[0].rstrip('C')}C__*.fcs"), None)
+        m = pd.DataFrame([{"file": str(path), "product_id": stem, "tube": "tcell", "role": "stain", "fmo_marker": ""}]
+                         + ([{"file": str(control), "product_id": stem, "tube": "unstained", "role": "unstained",
+                              "fmo_marker": ""}] if control is not None and not args.no_controls else []))
         strategy = strategies[strategy_for(path, panel)]
         result = analyze_product(stem, m, [strategy], panel_override=panel)
         tube = result.tubes[0]
-        review = " ".join(f.message for f in result.qc if needs_review(f))
+        review = [f for f in result.qc if needs_review(f)]
+        unstained_rows.append({"sample": stem, "control": control.name if control is not None else "",
+                               "unstained_flags": " | ".join(f.message for f in result.qc
+                                                             if f.code in ("unstained_positive", "unstained_unusable",
+                                                                           "unstained_control"))})
         fcs = read_fcs(path)
         sample = read_workspace(workspace, sample=str(rec["$FIL"]))   # $FIL: the workspace's name for it
         masks = apply_workspace(sample, fcs.events, fcs.channel_names)
@@ -153,9 +227,10 @@ def main(argv=None) -> None:
             e_parent = expert[parent] if parent != "root" else np.ones(n, bool)
             o_pct = 100.0 * np.count_nonzero(ours_masks[pop]) / max(1, np.count_nonzero(o_parent))
             e_pct = 100.0 * np.count_nonzero(expert[pop]) / max(1, np.count_nonzero(e_parent))
+            codes = sorted({f.code for f in review if names_gate(f.message, GATE_NAMES[pop])})
             rows.append({"sample": stem, "events": n, "population": pop, "ours_pct": o_pct, "expert_pct": e_pct,
                          "abs_delta": abs(o_pct - e_pct), "f1": f1(ours_masks[pop], expert[pop]),
-                         "flagged": any(f"{k}:" in review or f"{k} (" in review for k in GATE_NAMES[pop])})
+                         "flagged": bool(codes), "flags": ";".join(codes)})
     for f in sorted((base / "unstained_controls_2020").glob("*.fcs")):
         # unstained controls carry no $PnS: CD4 on 355 670_30 for donor 390C, 355 820_60 otherwise (README)
         cd4 = "FJComp-355 670_30-A" if f.name.startswith("390C") else "FJComp-355 820_60-A"
@@ -173,7 +248,7 @@ def main(argv=None) -> None:
         except Exception as exc:  # report, do not stop the table
             control_rows.append({"control": f.name, "t_cells_pct": float("nan"), "flags": f"error: {exc}"})
 
-    flowsom = flowsom_rows(Path(args.realdata) / "flowsom_68983", analyze_product, load_strategy)
+    flowsom = flowsom_rows(Path(args.realdata) / "flowsom_68983", analyze_product, load_strategy, Path(args.gating))
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print("per sample (% of parent):")
@@ -187,7 +262,14 @@ def main(argv=None) -> None:
     )
     print("\nper population (targets: median |delta| <= 2 points, F1 >= 0.95, every sample beyond 5 points flagged):")
     print(summary.round(3).to_string())
-    print("\nunstained controls (expected 0 % T cells):")
+    print("\nreview flags on the populations' gates (rows = sample x population; a sample is 'beyond 5' when any"
+          " of its populations is):")
+    flags = flag_table(table)
+    print(flags.to_string())
+    print("\nthe samples' gates applied to their donor's unstained control (flag unstained_positive above "
+          "1 % of a parent; empty = none):")
+    print(pd.DataFrame(unstained_rows).to_string(index=False))
+    print("\nunstained controls gated on their own (expected 0 % T cells):")
     print(pd.DataFrame(control_rows).round(2).to_string(index=False))
     if flowsom is not None:
         print("\nFlowSOM 68983 (GPL, per-event expert labels):")
@@ -197,6 +279,7 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "realdata_flowatlas.csv", index=False)
         summary.to_csv(out / "realdata_flowatlas_summary.csv")
+        flags.to_csv(out / "realdata_flowatlas_flags.csv")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,28 @@ def test_every_gate_records_its_rule(gated):
     assert placed["CD127lo"] == "negative_sd" and placed["Treg"] == "boolean"
     assert placed["T cells"] in ("density_valley", "positive_sd")   # rule 'higher': the larger of the two
     assert placed["non-B"] in ("density_valley", "single_population_sd")
+
+
+def _worst_delta(stem: str, result) -> float:
+    pops = result.tubes[0].populations.set_index("population")
+    worst = abs(100.0 * pops.loc["T cells", "count"] / result.tubes[0].n_events - expert_t_cells_pct_of_all(f"{stem}.fcs"))
+    for pop in ("CD4", "CD8", "CD4- CD8-", "CD4+ CD8+", "Treg"):
+        expert = expert_pct(f"{stem}.fcs", "CD4/Treg" if pop == "Treg" else pop)
+        worst = max(worst, abs(pops.loc[pop, "pct_of_parent"] - expert))
+    return worst
+
+
+def test_review_flags_follow_the_size_of_the_problem(gated):
+    """423_Donor_Lung is > 5 points off the expert (CD3-dim double negatives above the T-cell cut)
+    and carries a review flag saying so; 412C_mLN and 428_Donor_Lung are within 2.9 points and
+    need no review (their one-population CD19 gates change nothing reported: info, with the size)."""
+    from tilpheno.gates.checks import needs_review
+
+    assert _worst_delta("423_Donor_Lung_032", gated["423_Donor_Lung_032"]) > 5
+    review = [f for f in gated["423_Donor_Lung_032"].qc if needs_review(f)]
+    assert [f.code for f in review] == ["dim_subset_events"] and review[0].message.startswith("T cells (CD3): ")
+    for stem in ("412C_mLN_026", "428_Donor_Lung_029"):
+        assert _worst_delta(stem, gated[stem]) < 3
+        assert not [f for f in gated[stem].qc if needs_review(f)], stem
+    sized = [f for f in gated["428_Donor_Lung_029"].qc if f.code == "no_second_peak"]
+    assert sized and sized[0].severity == "info" and "size: moving the cut to" in sized[0].message

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.compensation import Spillover, read_spillover_csv
-from tilpheno.gates.strategy import Strategy
+from tilpheno.gates.strategy import ROOT, Strategy
 from tilpheno.panel import Panel, panel_from_fcs, require
 from tilpheno.phenotype import (
     ProductResult,
@@ -165,7 +165,7 @@ class GatingResult(TubeResult):
     def summary(self) -> pd.DataFrame:
         """One row per strategy variable: ``variable, numerator, denominator, numerator_count,
         denominator_count, percent`` (100 x numerator / denominator; NaN for an empty denominator)."""
-        counts = self.counts
+        counts = {**self.counts, ROOT: self.n_events}
         rows = []
         for v in (self.strategy.variables if self.strategy is not None else ()):
             num, den = counts.get(v.numerator, 0), counts.get(v.denominator, 0)

@@ -59,7 +59,7 @@ from tilpheno.compensation import Spillover, compensate_columns, read_spillover_
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
-from tilpheno.gates.geometry import Gate
+from tilpheno.gates.geometry import Gate, RangeGate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
 from tilpheno.gates.tree import population_mask
@@ -316,9 +316,10 @@ class _Gated:
         return population_mask(gate, self.tube.data, self.masks, parent, self.tube.n_events, pop.complement)
 
 
-def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placement:
+def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
-    (the parent's mask, or the strategy's ``reference`` population's)."""
+    (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
+    parent's mask, for the self-check of a one-population cut)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
     reference = params.pop("reference", None)
@@ -329,11 +330,144 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray) -> pl.Placeme
         return pl.place_singlets(cols[0], cols[1], xy, **params)
     if pop.method == "lymphocytes":
         return pl.place_lymphocytes(cols[0], cols[1], xy, **params)
+    if pop.method == "cluster":
+        return pl.place_cluster(cols[0], cols[1], xy, **params)
     placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
-    if reference:
+    if tube.role != "stain":
+        return placement
+    alternative = None
+    if reference and applied is not None:
         placement = pl.Placement(placement.gate, placement.method, {**placement.diagnostics, "reference": reference},
                                  placement.flags)
-    return checks.check_valley(pop.name, placement, cols[0]) if tube.role == "stain" else placement
+        if placement.method == "single_population_sd":   # the same rule on the parent it is applied to
+            alternative = float(pl.place_valley(tube.data[pop.dims[0]][applied], pop.dims[0],
+                                                zero=_zero(tube, pop.dims[0]), **params).diagnostics["threshold"])
+    return checks.check_valley(pop.name, placement, cols[0], alternative=alternative)
+
+
+def variable_impact(strategy: Strategy, state: _Gated, population: str, gate: Gate) -> tuple[float, str]:
+    """The size of a gate's uncertainty: the largest change, in percentage points, of a reported
+    percentage (the strategy's variables; every population's % of parent when it has none) when
+    ``population``'s gate is replaced by ``gate`` and every population below it is re-evaluated.
+    Data-driven gates below keep their placed cuts (a first-order size: they are not re-placed).
+    Returns (points, the percentage that changed most); NaN when nothing reported depends on it."""
+    placed = {name: g for name, _, g, _ in state.gates}
+    masks = dict(state.masks)
+    changed = {population}
+    n = state.tube.n_events
+    for pop in strategy.populations:
+        if pop.name == population:
+            masks[pop.name] = population_mask(gate, state.tube.data, masks, None if pop.parent == ROOT else pop.parent,
+                                              n, pop.complement)
+        elif pop.name in placed and set(pop.depends_on) & changed:
+            masks[pop.name] = population_mask(placed[pop.name], state.tube.data, masks,
+                                              None if pop.parent == ROOT else pop.parent, n, pop.complement)
+            changed.add(pop.name)
+    counts = {name: int(np.count_nonzero(m)) for name, m in state.masks.items()} | {ROOT: n}
+    moved = {name: int(np.count_nonzero(masks[name])) for name in changed} | {ROOT: n}
+    pairs = ([(v.name, v.numerator, v.denominator) for v in strategy.variables] or
+             [(f"{p.name} % of {p.parent}", p.name, p.parent) for p in strategy.populations])
+    best, what = float("nan"), ""
+    for name, num, den in pairs:
+        if num not in changed and den not in changed:
+            continue
+        before = 100.0 * counts.get(num, 0) / counts[den] if counts.get(den) else float("nan")
+        after = 100.0 * moved.get(num, counts.get(num, 0)) / moved.get(den, counts.get(den, 0)) \
+            if moved.get(den, counts.get(den, 0)) else float("nan")
+        delta = abs(after - before)
+        if math.isfinite(delta) and not delta <= best:
+            best, what = delta, name
+    return best, what
+
+
+def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Flag]],
+                 pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
+    """The stained file's density-gate flags with their size (``checks.size_flag``): each flag
+    whose gate recorded ``alternative_cuts`` for its code (``checks.check_valley``) becomes a review
+    warning only when a cut at an alternative changes a reported percentage by more than
+    ``checks.IMPACT_POINTS``."""
+    placed = {name: g for name, _, g, _ in state.gates}
+    out = []
+    for k, flag in flags:
+        pop = pops[k]
+        alternatives = state.diagnostics.get(pop.name, {}).get("alternative_cuts", {}).get(flag.code)
+        gate = placed.get(pop.name)
+        if alternatives and isinstance(gate, RangeGate):
+            impacts = [variable_impact(strategy, state, pop.name, _moved(gate, a)) for a in alternatives]
+            impact, what = max(impacts, key=lambda t: t[0] if math.isfinite(t[0]) else -1.0)
+            flag = checks.size_flag(flag, impact, what, alternatives)
+        out.append((k, flag))
+    return out
+
+
+def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
+    """The strategy's declared ``dim_subset`` checks on a gated stained file (``checks.dim_subset_flag``);
+    the flag names the nearest population above the subset gated on the check's marker."""
+    out = []
+    by_name = {p.name: p for p in pops}
+    for c in strategy.checks:
+        if c.marker not in state.tube.data or c.subset not in state.masks or c.reference not in state.masks:
+            continue
+        gate = by_name[c.subset].parent
+        while gate != ROOT and c.marker not in by_name[gate].dims:
+            gate = by_name[gate].parent
+        if gate == ROOT:
+            continue
+        values = state.tube.data[c.marker]
+        _, flag = checks.dim_subset_flag(gate, c.subset, c.reference, c.marker, values[state.masks[c.subset]],
+                                         values[state.masks[c.reference]], int(np.count_nonzero(state.masks[gate])),
+                                         c.quantile, c.limit)
+        if flag is not None:
+            out.append((next(k for k, p in enumerate(pops) if p.name == c.subset), flag))
+    return out
+
+
+def unstained_check(strategy: Strategy, state: _Gated, control: TubeData) -> list[pl.Flag]:
+    """Positives in an unstained control: the stained file's placed gates (``state.gates``, fixed
+    geometry, FMO thresholds included) applied to the ``control``'s events. For every positive
+    1-D marker gate (``x > cut``): the % of the control's events above the cut among its events in
+    the gate's nearest ancestor that is not itself defined by stains (a positive marker gate or a
+    boolean of such gates: an unstained cell never reaches CD3+ > CD4+, so CD4+ is judged on the
+    control's live lymphocytes); ``checks.unstained_flag``: review above ``checks.UNSTAINED_LIMIT`` %.
+    One ``unstained_control`` info flag lists every such % (what was checked)."""
+    by_name = {p.name: p for p in strategy.populations}
+    masks: dict[str, np.ndarray] = {}
+    n = control.n_events
+    flags, checked = [], []
+    stained_defined: set[str] = set()
+    for name, parent, gate, _ in state.gates:
+        if not all(d in control.data for d in gate.dims):
+            break   # the control lacks a dimension: the populations below cannot be evaluated
+        pop = by_name[name]
+        masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent, n, pop.complement)
+        positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in control.detectors
+        if not (positive or pop.boolean is not None):
+            continue
+        stained_defined.add(name)
+        if not isinstance(gate, RangeGate) or not positive or gate.low is None:
+            continue
+        base = parent
+        while base != ROOT and base in stained_defined:
+            base = by_name[base].parent
+        inside = masks[base] if base != ROOT else np.ones(n, dtype=bool)
+        n_base = int(np.count_nonzero(inside))
+        if not n_base:
+            continue
+        above = 100.0 * np.count_nonzero(gate.membership(control.data, masks) & inside) / n_base
+        checked.append(f"{name} {above:.2f}% of {n_base} {base} events")
+        flag = checks.unstained_flag(name, gate.dim, float(gate.low), base, above, n_base, Path(control.file).name)
+        if flag is not None:
+            flags.append(flag)
+    if checked:
+        flags.append(pl.Flag("unstained_control", "info",
+                             f"the {Path(state.tube.file).name} gates on the unstained control {Path(control.file).name}, "
+                             f"% above each positive gate's cut: {'; '.join(checked)}"))
+    return flags
+
+
+def _moved(gate: RangeGate, cut: float) -> RangeGate:
+    """A 1-D threshold gate with its cut at ``cut`` (same side kept; positive = above the cut)."""
+    return RangeGate(gate.dim, None, cut) if gate.low is None else RangeGate(gate.dim, float(np.nextafter(cut, np.inf)), None)
 
 
 def _zero(tube: TubeData, dim: str) -> float:
@@ -456,7 +590,7 @@ class _TubeKindRun:
             if placement is None:
                 try:
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
-                                 else _place_on(pop, st.tube, placed_on))
+                                 else _place_on(pop, st.tube, placed_on, st.parent_mask(pop) if reference else None))
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -551,6 +685,9 @@ class _TubeKindRun:
             if st is None:
                 continue
             self.walk(i, len(self.pops))
+            if self.sources[i].role == "stain":
+                self.file_flags[i] = _sized_flags(self.strategy, st, self.file_flags[i], self.pops)
+                self.file_flags[i] += _subset_flags(self.strategy, st, self.pops)
             consume(i, st)
             if not self.keep_loaded:
                 self.loaded.pop(i, None)
@@ -705,6 +842,7 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
     """The strategy's variables on a gated stained tube, plus event counts ``n_<population>_<tube>``."""
     out: dict[str, float] = {}
     counts = {name: int(np.count_nonzero(m)) for name, m in state.masks.items()}
+    counts[ROOT] = state.tube.n_events
     for v in strategy.variables:
         den = counts.get(v.denominator, 0)
         out[v.name] = 100.0 * counts.get(v.numerator, 0) / den if den else float("nan")
@@ -836,6 +974,9 @@ def analyze_product(
     stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
+    # the product's unstained control (not a compensation set's, which may be beads)
+    unstained_rows = rows[(rows["role"] == "unstained") & (rows["tube"] != "compensation")]
+    unstained_flags: list[QCFlag] = []
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
         if strategy is None:
@@ -875,9 +1016,17 @@ def analyze_product(
             h["compensation"] = CompensationUsed(matrix, spill_source if spill is not None else (
                 matrix.source if matrix is not None else "none: uncompensated"))
             try:
-                panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None, override=panel_override,
-                                       tube=tube_kind, study=study)
-                detectors = require(panel, strategy.markers, study.vocabulary)
+                if src.role == "unstained" and reference is not None:
+                    # an unstained control carries no stain: its markers are the stained tube's detectors
+                    panel = panel_from_fcs(reference, override=panel_override, tube=tube_kind, study=study)
+                    detectors = require(panel, strategy.markers, study.vocabulary)
+                    absent = sorted(m for m, d in detectors.items() if d not in fcs.channel_names)
+                    if absent:
+                        raise PanelError(f"{fcs.path}: no detector for {', '.join(absent)} of the stained tube")
+                else:
+                    panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None,
+                                           override=panel_override, tube=tube_kind, study=study)
+                    detectors = require(panel, strategy.markers, study.vocabulary)
                 data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spill)
             except PanelError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
@@ -912,6 +1061,21 @@ def analyze_product(
                                                                    omitted)
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
+                for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
+                    control_src = _Source(-1, "unstained", None)
+                    control_src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None,
+                                          "load_flag": [], "fcs": None}
+                    control = load(control_src, True)
+                    name = control_src.handle["name"]
+                    if control is None:   # the self-check cannot run: said, without failing the product
+                        problems = [control_src.handle["read_flag"]] if control_src.handle["read_flag"] else \
+                            control_src.handle["load_flag"]
+                        unstained_flags.extend(QCFlag(product_id, name, "unstained_unusable", "warning",
+                                                      f"unstained control not used for the {tube_kind} gates: {f.message}")
+                                               for f in problems)
+                        continue
+                    unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message)
+                                           for f in unstained_check(strategy, state, control))
 
         run.finish(consume)
         qc.extend(s.handle["read_flag"] for s in sources if s.handle["read_flag"] is not None)
@@ -935,6 +1099,7 @@ def analyze_product(
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
 
+    qc.extend(dict.fromkeys(f for f in unstained_flags if f is not None))   # a control read once per tube kind: once
     phenotype.update(doses(phenotype, til_dose_cells, study))
     qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map, study))
     return ProductResult(

@@ -36,6 +36,15 @@ review", see :data:`REVIEW_CODES`):
 ``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
 ``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
     more than their ``tolerance`` (e.g. CD3+ % in the surface and Treg tubes).
+``unstained_positive``  the stained tube's placed gates applied as they are (fixed geometry) to
+    the product's unstained control: more than ``UNSTAINED_LIMIT`` (1) % of the control's events
+    in a positive gate's parent lie above its threshold (an unstained cell carries no stain: they
+    are autofluorescent cells, or the cut is too low). The message gives the %.
+``dim_subset_events``  a declared ``dim_subset`` check (strategy ``checks:``): see
+    :func:`dim_subset_flag`.
+Flags of stained ``valley`` gates (``no_second_peak``, ``cut_in_dense_region``, ``few_events``) are
+sized by the engine (:func:`size_flag`): ``warning`` only when moving the cut to a defensible
+alternative changes a reported percentage by more than ``IMPACT_POINTS`` (2) points, else ``info``.
 ``few_events``  a stained-tube ``valley`` gate placed on fewer than ``MIN_GATE_EVENTS`` (1000)
     events: on the 0.02-unit smoothed density a population of a few percent is then at the level
     of counting noise, so the valley (or the one-population fallback) may sit anywhere in a flat
@@ -52,6 +61,12 @@ import numpy as np
 from tilpheno.gates import placement as pl
 
 DELTA = 0.03
+UNSTAINED_LIMIT = 1.0
+"""% of an unstained control's parent events above a stained tube's positive threshold that raises
+``unstained_positive``."""
+IMPACT_POINTS = 2.0
+"""A sized density-gate flag (:func:`size_flag`) asks for review when moving the cut to a defensible
+alternative changes a reported percentage by more than this many points."""
 MIN_GATE_EVENTS = 1000
 NO_PEAK_POINTS = 6.0
 """% of the parent at or below an FMO percentile used for want of a stained negative peak above
@@ -60,7 +75,7 @@ which ``uncertain_threshold`` is raised."""
 REVIEW_CODES = frozenset({
     "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
     "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
-    "gate_failed", "few_events", "uncertain_threshold",
+    "gate_failed", "few_events", "uncertain_threshold", "dim_subset_events", "unstained_positive",
 })
 """QC codes after which a product "needs review" and its release is "not evaluable" until a reviewer signs it."""
 
@@ -249,7 +264,7 @@ def review_status(flags) -> str:
 
 
 def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *,
-                 shallow_ratio: float = 0.5) -> pl.Placement:
+                 shallow_ratio: float = 0.5, alternative: float | None = None) -> pl.Placement:
     """Self-check of a stained-tube ``valley`` gate: ``cut_in_dense_region`` when the density at
     the cut exceeds ``shallow_ratio`` x the lower of its two neighbouring peaks (the negative and
     the positive one; for a one-population cut, the negative peak): the populations overlap and
@@ -259,12 +274,25 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     the density a Gaussian peak has ``k_sd`` SDs from its mode (``2 exp(-k_sd^2 / 2)``: never
     reached for k_sd <= 1.2; 0.5 for k_sd = 3). ``few_events`` when it was placed on fewer than
     :data:`MIN_GATE_EVENTS` events. Adds ``cut_density_ratio`` and ``sensitivity_points`` to the
-    diagnostics."""
+    diagnostics, and ``alternative_cuts`` (flag code -> the cuts a reviewer could defend instead,
+    transformed units) from which the engine sizes each flag (:func:`size_flag`): a
+    ``no_second_peak`` cut against ``alternative`` (a ``reference`` gate: the same rule on the
+    parent it is applied to) or, by default, the cut with half the SDs (midway between the cut and
+    the one population's peak); ``cut_in_dense_region`` and ``few_events`` against the cut moved
+    by ``DELTA`` either way (the smoothing scale)."""
     d = dict(placement.diagnostics)
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     cut = float(d.get("threshold", float("nan")))
     marker = getattr(placement.gate, "dim", "")
+    alternatives: dict[str, list[float]] = {"cut_in_dense_region": [cut - DELTA, cut + DELTA],
+                                            "few_events": [cut - DELTA, cut + DELTA]}
+    if any(f.code == "no_second_peak" for f in placement.flags):
+        if alternative is None:
+            alternative = 0.5 * (cut + float(d.get("highest_negative_peak", d.get("positive_peak", float("nan")))))
+        alternatives["no_second_peak"] = [float(alternative)]
+    d["alternative_cuts"] = alternatives
+    placement = pl.Placement(placement.gate, placement.method, d, placement.flags)
     if x.size < MIN_GATE_EVENTS:
         placement = pl.Placement(placement.gate, placement.method, placement.diagnostics, placement.flags + (
             pl.Flag("few_events", "warning",
@@ -292,3 +320,58 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
                              f"{ratio:.2f} of the neighbouring peak's, limit {limit:.2g}); {sens:.1f} points of the "
                              f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent"))
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
+
+
+def size_flag(flag: pl.Flag, impact: float, what: str, alternatives, limit: float = IMPACT_POINTS) -> pl.Flag:
+    """A density-gate flag with its size: ``impact`` = the largest change, in percentage points,
+    of a reported percentage (``what``) when the cut moves to one of ``alternatives``. Severity
+    ``warning`` (review) when ``impact`` exceeds ``limit``, else ``info``: the flag is kept, with
+    its size, but does not hold the product back. NaN impact (nothing reported below the gate)
+    leaves the flag as it was."""
+    if not math.isfinite(impact):
+        return flag
+    cuts = ", ".join(f"{a:.3f}" for a in alternatives)
+    return pl.Flag(flag.code, "warning" if impact > limit else "info",
+                   f"{flag.message}; size: moving the cut to {cuts} changes {what} by {impact:.1f} points "
+                   f"(review above {limit:g})")
+
+
+def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_values: np.ndarray,
+                    reference_values: np.ndarray, gated_count: int, quantile: float = 5.0,
+                    limit: float = IMPACT_POINTS) -> tuple[float, pl.Flag | None]:
+    """A declared ``dim_subset`` check (``tilpheno.gates.strategy.SubsetCheck``): the ``subset``
+    events with ``marker`` below the ``quantile``-th percentile of the ``reference`` events, less
+    the ``quantile`` % of the subset a population like the reference would put there, in points of
+    ``gated_count`` (the events of ``gate``, the population gated on ``marker``). Real double
+    negative T cells carry CD3 like CD4/CD8 T cells; an excess of CD3-dim double negatives is
+    non-T events above the T-cell cut. Returns (excess points, a ``dim_subset_events`` warning
+    naming ``gate`` when the excess exceeds ``limit``, else None)."""
+    sub = np.asarray(subset_values, dtype=np.float64)
+    ref = np.asarray(reference_values, dtype=np.float64)
+    sub, ref = sub[np.isfinite(sub)], ref[np.isfinite(ref)]
+    if ref.size < 20 or not gated_count:
+        return float("nan"), None
+    low = float(np.percentile(ref, quantile))
+    excess = 100.0 * (np.count_nonzero(sub < low) - quantile / 100.0 * sub.size) / gated_count
+    if excess <= limit:
+        return excess, None
+    return excess, pl.Flag(
+        "dim_subset_events", "warning",
+        f"{gate} ({marker}): {excess:.1f} points of {gate} are {subset} events with {marker} below the "
+        f"{quantile:g}th percentile of {reference} ({low:.3f}), beyond the {quantile:g} % expected (limit "
+        f"{limit:g}); the {gate} gate may hold {marker}-dim events of another kind; look at {marker} of {subset} "
+        f"against {reference}")
+
+
+def unstained_flag(population: str, marker: str, cut: float, parent: str, above_pct: float, n_parent: int,
+                   control: str, limit: float = UNSTAINED_LIMIT) -> pl.Flag | None:
+    """``unstained_positive`` when ``above_pct`` (% of the unstained ``control``'s ``n_parent``
+    events in ``parent`` above the stained tube's ``cut`` of ``population``) exceeds ``limit``."""
+    if not n_parent or not above_pct > limit:
+        return None
+    return pl.Flag("unstained_positive", "warning",
+                   f"{population} ({marker}): {above_pct:.1f}% of the unstained control's {parent} events "
+                   f"({n_parent}) lie above the threshold {cut:.3f} (limit {limit:g}%); autofluorescent cells "
+                   f"or a cut too low; look at the {marker} histogram of the control against the stained tube "
+                   f"({control})")
+

@@ -36,6 +36,9 @@ Methods
     merged with components whose means lie inside its ellipse; the gate is the ellipse of the
     merged moments at the chi-square ``coverage`` quantile (2 d.f.). Large non-lymphoid cells
     form their own component(s) and fall outside.
+``place_cluster``  two markers (e.g. CD3 vs CD19): the ellipse of the Gaussian-mixture component
+    lying furthest to the strategy's stated side on each axis (``x_side``/``y_side`` high, low,
+    any), merged with components whose means lie inside it (see :func:`place_cluster`).
 ``place_fmo_threshold``  Threshold = the ``percentile`` (numpy linear interpolation, type 7) of
     the FMO tube's events in the same parent population; positive = value > threshold. Flag
     ``low_events`` when the FMO parent has fewer than ``min_events`` events.
@@ -303,6 +306,97 @@ def place_lymphocytes(
         "events_used": int(len(sample)),
     }
     return Placement(gate, "gmm_main_component", diagnostics)
+
+
+CLUSTER_SIDES = ("high", "low", "any")
+"""Per dimension, where the wanted cluster of a ``cluster`` gate lies (see :func:`place_cluster`)."""
+
+
+def place_cluster(
+    x: np.ndarray,
+    y: np.ndarray,
+    dims: tuple[str, str],
+    *,
+    x_side: str = "high",
+    y_side: str = "low",
+    max_components: int = 4,
+    coverage: float = 0.99,
+    max_events: int = 10000,
+    seed: int = 0,
+    min_weight: float = 0.01,
+) -> Placement:
+    """An automatic 2-D gate on two markers: the ellipse of one Gaussian-mixture cluster.
+
+    ``x``, ``y``: the parent's events on the transformed scale of the two dimensions (logicle
+    0..1 by default; the gate is stored in those units). A Gaussian mixture (scikit-learn, full
+    covariance, 1..``max_components`` components chosen by BIC, k-means initialisation with the
+    fixed ``seed``, single-threaded) is fitted to at most ``max_events`` events (a fixed-seed
+    subsample). Components lighter than ``min_weight`` are ignored. The wanted cluster is the
+    component whose mean is furthest to the stated side: score = sum over the two dimensions of
+    +mean (``high``), -mean (``low``) or 0 (``any``), each mean in units of the data's robust
+    spread (IQR / 1.349) of that dimension; components whose means lie inside its ellipse are
+    merged with it (moment matching). Gate: the ellipse of the merged moments at the chi-square
+    ``coverage`` quantile (2 d.f.); inside = Mahalanobis distance squared <= that quantile.
+    E.g. T cells on CD3 (``x_side: high``) vs CD19 or a myeloid marker (``y_side: low``).
+    Flag ``cluster_ambiguous`` (warning) when the runner-up's score is within one robust spread
+    of the winner's: the stated sides do not single out one cluster.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    for side in (x_side, y_side):
+        if side not in CLUSTER_SIDES:
+            raise GatingError(f"cluster gate on {list(dims)}: side must be one of {CLUSTER_SIDES}, got {side!r}")
+    points = np.column_stack([np.asarray(x, np.float64), np.asarray(y, np.float64)])
+    points = points[np.all(np.isfinite(points), axis=1)]
+    if len(points) < 50:
+        raise GatingError(f"cluster gate on {list(dims)}: only {len(points)} events to place the gate on (need >= 50)")
+    sample = points[_subsample(len(points), max_events, seed)]
+    best = None
+    with _threadpools().limit(limits=1):
+        for k in range(1, max_components + 1):
+            if k > len(sample) // 10:
+                break
+            model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
+            bic = model.bic(sample)
+            if best is None or bic < best[0]:
+                best = (bic, model)
+    assert best is not None   # k = 1 always runs (>= 50 events)
+    model = best[1]
+    q75, q25 = np.percentile(sample, [75, 25], axis=0)
+    spread = np.maximum((q75 - q25) / 1.349, 1e-6)
+    sign = np.array([{"high": 1.0, "low": -1.0, "any": 0.0}[s] for s in (x_side, y_side)])
+    scores = (model.means_ / spread) @ sign
+    usable = model.weights_ >= min_weight
+    scores = np.where(usable, scores, -np.inf)
+    order = np.argsort(-scores, kind="stable")
+    main = int(order[0])
+    d2_limit = float(chi2.ppf(coverage, 2))
+    inv = np.linalg.inv(model.covariances_[main])
+    offsets = model.means_ - model.means_[main]
+    inside = (np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit) & usable
+    weights = model.weights_[inside] / model.weights_[inside].sum()
+    mean = weights @ model.means_[inside]
+    centred = model.means_[inside] - mean
+    cov = np.einsum("i,ijk->jk", weights, model.covariances_[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
+    gate = EllipsoidGate(tuple(dims), tuple(mean), tuple(map(tuple, cov)), d2_limit)
+    runner_up = [int(i) for i in order[1:] if np.isfinite(scores[i]) and not inside[i]]
+    margin = float(scores[main] - scores[runner_up[0]]) if runner_up else float("inf")
+    diagnostics = {
+        "n_components": int(model.n_components),
+        "merged_components": int(inside.sum()),
+        "cluster_weight": float(model.weights_[inside].sum()),
+        "cluster_mean": tuple(float(m) for m in mean),
+        "score_margin": margin,
+        "sides": (x_side, y_side),
+        "coverage": coverage,
+        "events_used": int(len(sample)),
+    }
+    flags: tuple[Flag, ...] = ()
+    if margin < 1.0 and np.any(sign != 0):
+        flags = (Flag("cluster_ambiguous", "warning",
+                      f"{dims[0]}/{dims[1]}: the cluster furthest {x_side} on {dims[0]} and {y_side} on {dims[1]} "
+                      f"leads the next one by {margin:.2f} robust spreads (< 1); look at the {dims[0]} vs {dims[1]} plot"),)
+    return Placement(gate, "gmm_cluster", diagnostics, flags)
 
 
 # --------------------------------------------------------------------------------------------

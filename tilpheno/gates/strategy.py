@@ -18,6 +18,9 @@ method         dims  params (defaults)
 cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.01, fallback_fraction 0.2
 singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
+cluster        2     x_side high|low|any (high), y_side (low), max_components 4, coverage 0.99,
+                     max_events 10000, seed 0, min_weight 0.01: the ellipse of one mixture cluster on
+                     two markers (transformed units), e.g. T cells on CD3 (high) vs CD19 (low)
 valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, min_separation 0.25,
                      fallback_sd 4, rule valley|negative_sd|lower|positive_sd|higher (valley), k_sd 4,
                      sd_side lower|upper (lower),
@@ -98,6 +101,15 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "seed": ParamSpec(int, 0, 0, 2**32 - 1),
         "ceiling": ParamSpec(_NUM, 262143.0, 1, None),
     }),
+    "cluster": (2, {
+        "x_side": ParamSpec(str, "high", choices=("high", "low", "any")),
+        "y_side": ParamSpec(str, "low", choices=("high", "low", "any")),
+        "max_components": ParamSpec(int, 4, 1, 10),
+        "coverage": ParamSpec(_NUM, 0.99, 0.5, 0.999999),
+        "max_events": ParamSpec(int, 10000, 100, 10_000_000),
+        "seed": ParamSpec(int, 0, 0, 2**32 - 1),
+        "min_weight": ParamSpec(_NUM, 0.01, 0, 0.5),
+    }),
     "valley": (1, {
         "keep": ParamSpec(str, "low", choices=("low", "high")),
         "bandwidth": ParamSpec(_NUM, 0.02, 1e-5, 10),
@@ -133,7 +145,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
 }
 _POPULATION_KEYS = {"name", "parent", "dims", "method", "params", "expression", "description"}
 _TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transforms", "populations", "variables", "quadrants",
-             "acquisition_qc"}
+             "acquisition_qc", "checks"}
 QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
@@ -163,7 +175,8 @@ class Population:
 
 @dataclass(frozen=True)
 class Variable:
-    """A study variable: ``100 * count(numerator) / count(denominator)`` in the stained tube.
+    """A study variable: ``100 * count(numerator) / count(denominator)`` in the stained tube
+    (denominator ``root``: all events of the file).
 
     Self-checks (``tilpheno.gates.checks.variable_checks``): ``expected`` = the lab's plausible
     (low, high) percent range; ``agrees_with`` = another variable (any tube) that must agree
@@ -176,6 +189,22 @@ class Variable:
     expected: tuple[float, float] | None = None
     agrees_with: str = ""
     tolerance: float = 5.0
+
+
+@dataclass(frozen=True)
+class SubsetCheck:
+    """A declared self-check (``checks:``, kind ``dim_subset``): the events of ``subset`` should
+    carry ``marker`` like those of ``reference`` (e.g. double-negative T cells like CD4+ or CD8+
+    T cells on CD3). Flag ``dim_subset_events`` (``tilpheno.gates.checks.dim_subset_flag``) when the
+    subset events below the reference's ``quantile``-th percentile of ``marker``, beyond the
+    ``quantile`` % a subset like the reference would have there, exceed ``limit`` points of the
+    population gated on ``marker`` above them (the gate the flag names)."""
+
+    subset: str
+    reference: str
+    marker: str
+    quantile: float = 5.0
+    limit: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +225,7 @@ class Strategy:
     quadrant_names: Mapping[tuple[str, str], Mapping[tuple[bool, bool], str]] = field(default_factory=dict)
     # (x population, y population) -> {(x inside, y inside): name}: the report's quadrant labels
     acquisition: AcquisitionSettings = AcquisitionSettings()   # step 0, the ``acquisition_qc`` section
+    checks: tuple[SubsetCheck, ...] = ()   # declared self-checks (the ``checks`` section)
 
     # -- the ways to build one -------------------------------------------------------------
     @classmethod
@@ -513,7 +543,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
             raise ctx.error(line, f"variables.{name}", "must be {numerator: <population>, denominator: <population>"
                             "[, expected: [low, high], agrees_with: <variable>, tolerance: <points>]}")
         for role in ("numerator", "denominator"):
-            if spec[role] not in seen:
+            if spec[role] not in seen and not (role == "denominator" and spec[role] == ROOT):
                 raise ctx.error(_line(spec, role), f"variables.{name}.{role}", f"unknown population {spec[role]!r}")
         expected = spec.get("expected")
         if expected is not None:
@@ -551,6 +581,7 @@ def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
         detectors=tuple(detectors),
         quadrant_names=_quadrant_names(ctx, doc, seen),
         acquisition=acquisition,
+        checks=_checks(ctx, doc, seen, set(markers)),
     )
 
 
@@ -611,6 +642,33 @@ def _quadrant_names(ctx: _Context, doc: Mapping, populations: Mapping[str, int])
                             f"must map {sorted(QUADRANT_SIGNS)} (x sign, y sign) to non-empty names")
         out[(item["x"], item["y"])] = {QUADRANT_SIGNS[k]: v.strip() for k, v in names.items()}
     return out
+
+
+def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers: set[str]) -> tuple[SubsetCheck, ...]:
+    """``checks: [{kind: dim_subset, subset: <population>, reference: <population>, marker: <marker>
+    [, quantile: 5, limit: 2]}]`` (see :class:`SubsetCheck`)."""
+    raw = doc.get("checks") or []
+    if not isinstance(raw, list):
+        raise ctx.error(_line(doc, "checks"), "checks", "must be a list of {kind: dim_subset, ...}")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"checks[{i}]"
+        line = _line(item) or _line(doc, "checks")
+        keys = {"kind", "subset", "reference", "marker", "quantile", "limit"}
+        if not isinstance(item, dict) or item.get("kind") != "dim_subset" or not {"subset", "reference", "marker"} <= set(item) \
+                or set(item) - keys:
+            raise ctx.error(line, where, "must be {kind: dim_subset, subset: <population>, reference: <population>, "
+                                         "marker: <marker>[, quantile: <percent>, limit: <points>]}")
+        for key in ("subset", "reference"):
+            if item[key] not in populations:
+                raise ctx.error(_line(item, key), f"{where}.{key}", f"unknown population {item[key]!r}")
+        if item["marker"] not in markers:
+            raise ctx.error(_line(item, "marker"), f"{where}.marker", f"unknown marker {item['marker']!r}")
+        quantile = _check_param(ctx, _line(item, "quantile"), where, "quantile", item.get("quantile", 5.0),
+                                ParamSpec(_NUM, 5.0, 0.1, 50))
+        limit = _check_param(ctx, _line(item, "limit"), where, "limit", item.get("limit", 2.0), ParamSpec(_NUM, 2.0, 0, 100))
+        out.append(SubsetCheck(item["subset"], item["reference"], item["marker"], quantile, limit))
+    return tuple(out)
 
 
 def load_strategy(path: str | Path) -> Strategy:
