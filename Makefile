@@ -1,13 +1,18 @@
 # tilpheno: two commands set up a fresh machine.
 #   make demo   create .venv, install, run the whole pipeline on sample_fcs/, write reports to demo_out/
 #   make test   create .venv if needed, install test extras (and headless Chromium), run pytest
+#               on every core (pytest-xdist, one test file per worker at a time)
+#   make test-fast  the same without the tests marked slow (the inner loop while developing)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv browser services bench clean
+.PHONY: demo test test-fast venv browser services bench clean
+
+# pytest-xdist: one worker per core (at most 4); --dist loadfile keeps a file's module fixtures on one worker
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile
 
 venv: $(STAMP)
 
@@ -33,7 +38,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tilpheno demo --out $(DEMO_OUT)
 
 test: $(STAMP) browser services
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+
+test-fast: $(STAMP) browser services
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

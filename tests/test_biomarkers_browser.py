@@ -24,7 +24,7 @@ from tilpheno.biomarkers.analysis import run_biomarkers
 from tilpheno.biomarkers.formatting import fmt_hr_ci, fmt_p
 from tilpheno.io.outcomes import read_outcomes
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]   # slow: a 60-product biomarker run then Chromium (about 2 min)
 
 REF = Path(__file__).parent / "reference"
 PHENOTYPES, OUTCOMES = REF / "til_cohort_phenotypes.csv", REF / "til_cohort_outcomes.csv"

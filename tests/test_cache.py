@@ -113,6 +113,7 @@ def test_report_link_or_edit_never_changes_the_cache(first, cohort, tmp_path):
     assert _outputs(again) == _outputs(first)
 
 
+@pytest.mark.slow   # two full runs with reports
 def test_reports_later_then_report_command_equals_a_clean_run(first, cohort, tmp_path):
     out = tmp_path / "later"
     runner = CliRunner()

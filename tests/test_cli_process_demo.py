@@ -2,11 +2,13 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from tilpheno.cli import app
 
 
+@pytest.mark.slow   # the whole demo chain
 def test_demo_runs_the_whole_chain(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--products", "12", "--events", "1000",

@@ -43,6 +43,7 @@ def _unsafe_cells(csv: Path) -> list[str]:
     return bad
 
 
+@pytest.mark.slow   # process + biomarkers on planted inputs
 def test_every_output_csv_is_neutralised(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

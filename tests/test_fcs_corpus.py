@@ -243,6 +243,7 @@ def test_text_segment_helper_round_trip():
 
 # DATA is decoded block by block (CHUNK_BYTES); most corpus files fit in one block, so these tests
 # force many blocks (a partial last one included) and check nothing changes at block boundaries.
+@pytest.mark.slow   # re-reads the whole corpus three times
 @pytest.mark.parametrize("chunk", [1, 1000, 65536])
 def test_block_size_does_not_change_events(chunk, monkeypatch):
     import tilpheno.io.fcs as fcs_module

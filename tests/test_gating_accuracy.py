@@ -13,6 +13,8 @@ from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.phenotype import analyze_product
 from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
+pytestmark = pytest.mark.slow   # simulates and gates a cohort (about 3 min)
+
 SEEDS = range(9001, 9021)
 N_EVENTS = 20000
 LINEAGE = ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",

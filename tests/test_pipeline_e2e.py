@@ -109,6 +109,7 @@ def test_process_pool_gives_identical_outputs(processed, small_cohort, tmp_path)
     _same_outputs(out, tmp_path / "jobs2")
 
 
+@pytest.mark.slow   # starts a multi-process Dask cluster
 def test_dask_local_cluster_gives_identical_outputs(processed, small_cohort, tmp_path):
     distributed = pytest.importorskip("distributed")
     out, _ = processed

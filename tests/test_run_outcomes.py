@@ -169,6 +169,7 @@ def test_a_killed_runs_lock_and_temporaries_do_not_block_the_next_run(tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow   # two full runs with reports
 def test_overwrite_removes_what_the_previous_run_wrote(two_products, tmp_path):
     out = tmp_path / "out"
     process_folder(two_products, out)
