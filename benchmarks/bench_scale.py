@@ -20,7 +20,8 @@ it is missing: 4 products x 9 files, 8 of them gated, x 200,000 events, seed 7):
   = baseline CPU seconds / current CPU seconds (process tree), and the wall-clock ratio;
 - ``--jobs 2`` against ``--jobs 1``, and ``--executor dask`` on a ``LocalCluster`` of two
   single-threaded worker processes (started, and their libraries imported, before the timing)
-  against ``--jobs 1`` (wall clock; outputs compared byte for byte);
+  against ``--jobs 1`` (wall clock; outputs compared byte for byte; the workers' own CPU seconds
+  from ``getrusage`` in each worker before and after the run);
 - gating alone with the same fixed gates, per file, against FlowKit (``run.bench_gating``: read +
   compensate + transform + 14 resolved gates as masks vs ``Sample`` + ``gate_sample`` on the
   stained surface file, CPU seconds, median of ``--repeat``).
