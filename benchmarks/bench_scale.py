@@ -20,7 +20,8 @@ it is missing: 4 products x 9 files, 8 of them gated, x 200,000 events, seed 7):
   = baseline CPU seconds / current CPU seconds (process tree), and the wall-clock ratio;
 - ``--jobs 2`` against ``--jobs 1``, and ``--executor dask`` on a ``LocalCluster`` of two
   single-threaded worker processes (started, and their libraries imported, before the timing)
-  against ``--jobs 1`` (wall clock; outputs compared byte for byte);
+  against ``--jobs 1`` (wall clock; outputs compared byte for byte; the workers' own CPU seconds
+  from ``getrusage`` in each worker before and after the run);
 - gating alone with the same fixed gates, per file, against FlowKit (``run.bench_gating``: read +
   compensate + transform + 14 resolved gates as masks vs ``Sample`` + ``gate_sample`` on the
   stained surface file, CPU seconds, median of ``--repeat``).
@@ -278,6 +279,22 @@ def _dask_cluster(tree: Path):
     return cluster
 
 
+def _process_cpu() -> float:
+    """CPU seconds (user + system) of the calling process (run on each Dask worker)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _workers_cpu(address: str) -> float:
+    """Sum of the CPU seconds the cluster's worker processes have used so far."""
+    from distributed import Client
+
+    with Client(address) as client:
+        return sum(client.run(_process_cpu).values())
+
+
 def _warm_worker() -> None:
     """What ``dask worker --preload tilpheno.daskworker`` does at a worker's start (README)."""
     try:
@@ -314,9 +331,11 @@ def everything(args) -> None:
         cluster = _dask_cluster(args.tree)
         try:
             for r in range(args.rounds):
-                runs.setdefault("now dask, 2 workers", []).append(run_process(
-                    args.tree, cohort, work / f"dask-{r}", "--no-cache", "--executor", "dask",
-                    "--scheduler", cluster.scheduler_address))
+                before_cpu = _workers_cpu(cluster.scheduler_address)
+                result = run_process(args.tree, cohort, work / f"dask-{r}", "--no-cache", "--executor", "dask",
+                                     "--scheduler", cluster.scheduler_address)
+                result["workers_cpu"] = _workers_cpu(cluster.scheduler_address) - before_cpu
+                runs.setdefault("now dask, 2 workers", []).append(result)
         finally:
             cluster.close()
         same_jobs = outputs(work / "now_--jobs_1-0") == outputs(work / "now_--jobs_2-0")
@@ -341,7 +360,8 @@ def everything(args) -> None:
     lines = ["| run | least wall of the rounds | least CPU (process tree) | load before | notes |", "|---|---|---|---|---|"]
     for name, rs in runs.items():
         w, c = least(name, "wall"), least(name, "cpu")
-        cpu_note = "client process only" if "dask" in name else ""
+        cpu_note = (f"client process only; the 2 workers: {min(r['workers_cpu'] for r in rs):.1f} s CPU"
+                    if "dask" in name else "")
         loads = ", ".join(f"{r['load']:.1f}" for r in rs)
         lines.append(f"| {name} | {w['wall']:.1f} s | {c['cpu']:.1f} s | {loads} | {cpu_note} |")
     one = least("now --jobs 1", "wall")["wall"]

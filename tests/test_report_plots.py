@@ -202,3 +202,36 @@ def test_axis_labels_and_colours():
     assert plots.population_colour("my gate", til) == plots.population_colour("my gate") in plots._PALETTE
     # without a study's colours every name gets a generic palette colour (no TIL name in the code)
     assert plots.population_colour("PD1+") in plots._PALETTE and plots.population_colour("PD1+") != til["PD1"]
+
+
+def test_reused_figure_draws_the_same_bytes_as_a_fresh_one():
+    """Plots re-use one figure per axes rectangle and thread (``plots._figure``): a plot drawn after
+    others of every kind (histogram, FMO overlay with its legend, quadrants, density with a polygon
+    gate) is byte for byte the plot a thread that never drew anything makes."""
+    import threading
+
+    x, y = _density(20_000, seed=3)
+    ax_cd3 = plots.Axis("CD3", plots.axis_label("CD3", "FITC-A"), Logicle(), FULL)
+    ax_ssc = plots.Axis("SSC-A", "SSC-A", Linear(), (0.0, 262144.0))
+    ax_cd56 = plots.Axis("CD56", "CD56 (APC-A)", Logicle(), FULL)
+    polygon = PolygonGate(("CD3", "SSC-A"), ((0.4, 20000.0), (0.8, 20000.0), (0.8, 90000.0), (0.4, 90000.0)))
+
+    def target():
+        return plots.density_plot(x, y, ax_cd3, ax_ssc, gate=polygon, population="T cells", pct_of_parent=61.5,
+                                  title="lymphocytes: T cells")
+
+    fresh: list[str] = []
+    worker = threading.Thread(target=lambda: fresh.append(target()))
+    worker.start()
+    worker.join()
+    plots.histogram_plot(x, ax_cd3, gate=RangeGate("CD3", 0.5), population="CD3+", pct_of_parent=50.0, title="a")
+    plots.fmo_overlay_plot(x, x * 0.8, ax_cd3, threshold=0.6, pct_stained=12.0, pct_fmo=0.5, marker="CD3",
+                           threshold_note="threshold", title="b")
+    plots.quadrant_plot(x, x[::-1], ax_cd3, ax_cd56, xgate=RangeGate("CD3", 0.5), ygate=RangeGate("CD56", 0.5),
+                        xpopulation="CD3+", ypopulation="CD56+", title="c")
+    again = target()
+    assert again == fresh[0]
+    texts = _texts(again)   # nothing of the earlier plots is left on the figure
+    assert texts["label"][0][0] == "T cells 61.5%" and texts["xlabel"][0][0] == "CD3 (FITC-A)"
+    assert "legend" not in texts and not any(k.startswith("quadrant") for k in texts)
+    assert texts["title"][0][0] == "lymphocytes: T cells"

@@ -2,11 +2,48 @@
 
 Imports the pipeline's libraries (``tilpheno.pipeline.pool.PRELOAD``: numpy, pandas, scikit-learn,
 matplotlib, Jinja2 and tilpheno's gating and report modules) when the worker starts, not while it
-runs its first product, and limits BLAS/OpenMP to one thread per process (gating is single-threaded
-numpy; one worker process per core). Nothing else changes: workers still read the FCS files
+runs its first product, limits BLAS/OpenMP to one thread per process (gating is single-threaded
+numpy; one worker process per core), and undoes the fixed glibc heap thresholds that ``distributed``'s
+nanny sets (:func:`heap_thresholds`). Nothing else changes: workers still read the FCS files
 themselves, from the shared storage, and get one product at a time.
 """
 from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 2**20   # glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD   # glibc keeps the trim threshold at twice the mmap threshold
+FIXED_BY_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def heap_thresholds() -> bool:
+    """Large allocations back on the heap in a process started with fixed glibc heap thresholds.
+
+    ``distributed``'s nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``
+    (``distributed.nanny.pre-spawn-environ``). Any such variable turns off glibc's dynamic mmap
+    threshold, so every allocation above 128 KiB (each numpy temporary of a 200,000-event file)
+    gets fresh pages from ``mmap`` and gives them back at ``free``: measured on a 200,000-event
+    product, 66x the page faults of a plain process, 12 x its system CPU time, 26 % more CPU in
+    all. This sets the thresholds that glibc's dynamic rule reaches for large arrays (mmap above
+    32 MiB, trim beyond 64 MiB free at the heap top); each product still ends with
+    ``malloc_trim(0)`` (``tilpheno.pipeline.product``), so a worker's memory stays flat.
+    Returns True when it changed them (only when one of those variables is set, only with glibc).
+    """
+    if not any(name in os.environ for name in FIXED_BY_ENVIRONMENT):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    log.debug("glibc heap thresholds set (mmap %d, trim %d): %s", MMAP_THRESHOLD, TRIM_THRESHOLD, done)
+    return done
 
 
 def dask_setup(worker=None) -> None:
@@ -17,6 +54,7 @@ def dask_setup(worker=None) -> None:
 
     from tilpheno.pipeline.pool import PRELOAD
 
+    heap_thresholds()
     for name in PRELOAD:
         importlib.import_module(name)
     threadpool_limits(1)
