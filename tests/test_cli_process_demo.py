@@ -25,3 +25,10 @@ def test_demo_runs_the_whole_chain(tmp_path):
     for name in ("response.csv", "km.csv", "cutpoints.csv", "report.html"):
         assert (out / "biomarkers" / name).is_file(), name
     assert str(out / "sample" / "index.html") in result.output
+    # the sample run's summary line: every code of qc.csv with its count and worst severity
+    qc = pd.read_csv(out / "sample" / "qc.csv")
+    line = next(x for x in result.output.splitlines() if x.startswith("QC flags: "))
+    rank = {"info": 0, "warning": 1, "error": 2}
+    for code, rows in qc.groupby("code"):
+        worst = max(rows["severity"], key=rank.__getitem__)
+        assert f"{code} {len(rows)} ({worst})" in line, (code, line)

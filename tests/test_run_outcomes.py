@@ -94,6 +94,7 @@ def test_every_file_with_a_panel_error_fails_the_product(two_products, tmp_path)
     assert summary.failed.keys() == {"P1"} and not summary.ok
     assert "panel_error" in summary.failed["P1"]
     assert summary.flag_counts["panel_error"] >= 2 and summary.flag_counts["product_failed"] == 1
+    assert summary.flag_severity["panel_error"] == summary.flag_severity["product_failed"] == "error"
 
 
 def test_no_fcs_files_is_an_error_and_out_is_untouched(tmp_path):

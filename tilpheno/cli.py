@@ -328,8 +328,9 @@ def _print_summary(summary) -> None:
     )
     for pid, reason in summary.failed.items():
         typer.echo(f"  failed {pid}: {reason}")
-    if summary.flag_counts:
-        typer.echo("QC flags: " + ", ".join(f"{code} {n}" for code, n in summary.flag_counts.items()))
+    if summary.flag_counts:   # each code with its worst severity, so an info-only record reads as one
+        typer.echo("QC flags: " + ", ".join(f"{code} {n} ({summary.flag_severity.get(code, '?')})"
+                                            for code, n in summary.flag_counts.items()))
     else:
         typer.echo("QC flags: none")
     typer.echo(f"release ({summary.release_spec}): "

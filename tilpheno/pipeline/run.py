@@ -24,16 +24,21 @@ from tilpheno.study import Study, default_study
 log = logging.getLogger(__name__)
 
 
+_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
 @dataclass
 class RunSummary:
-    """End-of-run summary: products done, failed (id -> reason), QC flag counts by code, release
-    outcomes (pass / fail / not evaluable -> count) under the named spec, duration."""
+    """End-of-run summary: products done, failed (id -> reason), QC flag counts by code and each
+    code's worst severity (info < warning < error), release outcomes (pass / fail / not
+    evaluable -> count) under the named spec, duration."""
 
     out_dir: Path
     n_products: int
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     flag_counts: dict[str, int] = field(default_factory=dict)
+    flag_severity: dict[str, str] = field(default_factory=dict)
     release_counts: dict[str, int] = field(default_factory=dict)
     release_spec: str = ""
     seconds: float = 0.0
@@ -43,6 +48,14 @@ class RunSummary:
     def ok(self) -> bool:
         """No product failed and the run met no error of its own (e.g. a folder it could not list)."""
         return not self.failed and not any(f.severity == "error" for f in self.run_flags)
+
+
+def _count_flag(summary: RunSummary, flag) -> None:
+    """Count ``flag`` (a ``tilpheno.qc.QCFlag``) under its code and keep the code's worst severity."""
+    summary.flag_counts[flag.code] = summary.flag_counts.get(flag.code, 0) + 1
+    known = summary.flag_severity.get(flag.code)
+    if known is None or _SEVERITY_RANK.get(flag.severity, 2) > _SEVERITY_RANK.get(known, 2):
+        summary.flag_severity[flag.code] = flag.severity
 
 
 def run_process(
@@ -120,9 +133,9 @@ def run_process(
         else:
             summary.failed[o.product_id] = o.error
         for f in o.qc:
-            summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
+            _count_flag(summary, f)
     for f in run_flags:
-        summary.flag_counts[f.code] = summary.flag_counts.get(f.code, 0) + 1
+        _count_flag(summary, f)
     summary.flag_counts = dict(sorted(summary.flag_counts.items()))
     return summary
 
