@@ -259,6 +259,38 @@ def _threadpools():
     return ThreadpoolController()
 
 
+def _fit_mixture(sample: np.ndarray, max_components: int, seed: int):
+    """The Gaussian mixture (scikit-learn, full covariance, k-means initialisation with ``seed``,
+    one thread) of 1..``max_components`` components with the lowest BIC on ``sample``; None when
+    ``max_components`` < 1."""
+    from sklearn.mixture import GaussianMixture
+
+    best = None
+    with _threadpools().limit(limits=1):
+        for k in range(1, max_components + 1):
+            model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
+            bic = model.bic(sample)
+            if best is None or bic < best[0]:
+                best = (bic, model)
+    return None if best is None else best[1]
+
+
+def _merged_cluster(model, main: int, d2_limit: float, usable: np.ndarray | None = None):
+    """Component ``main`` of a fitted mixture merged with every (``usable``) component whose mean
+    lies inside its ellipse (squared Mahalanobis distance <= ``d2_limit``), by moment matching:
+    (inside mask over components, merged mean, merged covariance), in the sample's units."""
+    inv = np.linalg.inv(model.covariances_[main])
+    offsets = model.means_ - model.means_[main]
+    inside = np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit
+    if usable is not None:
+        inside &= usable
+    weights = model.weights_[inside] / model.weights_[inside].sum()
+    mean = weights @ model.means_[inside]
+    centred = model.means_[inside] - mean
+    cov = np.einsum("i,ijk->jk", weights, model.covariances_[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
+    return inside, mean, cov
+
+
 def place_lymphocytes(
     fsc: np.ndarray,
     ssc: np.ndarray,
@@ -271,32 +303,17 @@ def place_lymphocytes(
     ceiling: float = 262143.0,
 ) -> Placement:
     """Lymphocytes on FSC-A/SSC-A of live singlets: ellipse of the main mixture component."""
-    from sklearn.mixture import GaussianMixture
-
     points = np.column_stack([np.asarray(fsc, np.float64), np.asarray(ssc, np.float64)])
     points = points[np.all(np.isfinite(points), axis=1)]
     if len(points) < 50:
         raise GatingError(f"lymphocyte gate: only {len(points)} events to place the gate on (need >= 50)")
     sample = points[_subsample(len(points), max_events, seed)] / ceiling
-    best = None
-    with _threadpools().limit(limits=1):
-        for k in range(1, max_components + 1):
-            model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
-            bic = model.bic(sample)
-            if best is None or bic < best[0]:
-                best = (bic, model)
-    if best is None:
+    model = _fit_mixture(sample, max_components, seed)
+    if model is None:
         raise GatingError(f"lymphocyte gate: max_components = {max_components}; needs at least 1")
-    model = best[1]
     main = int(np.argmax(model.weights_))
     d2_limit = float(chi2.ppf(coverage, 2))
-    inv = np.linalg.inv(model.covariances_[main])
-    offsets = model.means_ - model.means_[main]
-    inside = np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit
-    weights = model.weights_[inside] / model.weights_[inside].sum()
-    mean = weights @ model.means_[inside]
-    centred = model.means_[inside] - mean
-    cov = np.einsum("i,ijk->jk", weights, model.covariances_[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
+    inside, mean, cov = _merged_cluster(model, main, d2_limit)
     gate = EllipsoidGate(tuple(dims), tuple(mean * ceiling), tuple(map(tuple, cov * ceiling**2)), d2_limit)
     diagnostics = {
         "n_components": int(model.n_components),
@@ -341,8 +358,6 @@ def place_cluster(
     Flag ``cluster_ambiguous`` (warning) when the runner-up's score is within one robust spread
     of the winner's: the stated sides do not single out one cluster.
     """
-    from sklearn.mixture import GaussianMixture
-
     for side in (x_side, y_side):
         if side not in CLUSTER_SIDES:
             raise GatingError(f"cluster gate on {list(dims)}: side must be one of {CLUSTER_SIDES}, got {side!r}")
@@ -351,17 +366,8 @@ def place_cluster(
     if len(points) < 50:
         raise GatingError(f"cluster gate on {list(dims)}: only {len(points)} events to place the gate on (need >= 50)")
     sample = points[_subsample(len(points), max_events, seed)]
-    best = None
-    with _threadpools().limit(limits=1):
-        for k in range(1, max_components + 1):
-            if k > len(sample) // 10:
-                break
-            model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
-            bic = model.bic(sample)
-            if best is None or bic < best[0]:
-                best = (bic, model)
-    assert best is not None   # k = 1 always runs (>= 50 events)
-    model = best[1]
+    model = _fit_mixture(sample, min(max_components, len(sample) // 10), seed)
+    assert model is not None   # k = 1 always runs (>= 50 events)
     q75, q25 = np.percentile(sample, [75, 25], axis=0)
     spread = np.maximum((q75 - q25) / 1.349, 1e-6)
     sign = np.array([{"high": 1.0, "low": -1.0, "any": 0.0}[s] for s in (x_side, y_side)])
@@ -371,13 +377,7 @@ def place_cluster(
     order = np.argsort(-scores, kind="stable")
     main = int(order[0])
     d2_limit = float(chi2.ppf(coverage, 2))
-    inv = np.linalg.inv(model.covariances_[main])
-    offsets = model.means_ - model.means_[main]
-    inside = (np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit) & usable
-    weights = model.weights_[inside] / model.weights_[inside].sum()
-    mean = weights @ model.means_[inside]
-    centred = model.means_[inside] - mean
-    cov = np.einsum("i,ijk->jk", weights, model.covariances_[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
+    inside, mean, cov = _merged_cluster(model, main, d2_limit, usable)
     gate = EllipsoidGate(tuple(dims), tuple(mean), tuple(map(tuple, cov)), d2_limit)
     runner_up = [int(i) for i in order[1:] if np.isfinite(scores[i]) and not inside[i]]
     margin = float(scores[main] - scores[runner_up[0]]) if runner_up else float("inf")
