@@ -15,6 +15,7 @@ from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
+from tilpheno.pipeline.product import worst_severity
 from tilpheno.pipeline.record import start_run_record
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
@@ -22,9 +23,6 @@ from tilpheno.release import DEFAULT_SPEC
 from tilpheno.study import Study, default_study
 
 log = logging.getLogger(__name__)
-
-
-_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
 
 @dataclass
@@ -48,14 +46,6 @@ class RunSummary:
     def ok(self) -> bool:
         """No product failed and the run met no error of its own (e.g. a folder it could not list)."""
         return not self.failed and not any(f.severity == "error" for f in self.run_flags)
-
-
-def _count_flag(summary: RunSummary, flag) -> None:
-    """Count ``flag`` (a ``tilpheno.qc.QCFlag``) under its code and keep the code's worst severity."""
-    summary.flag_counts[flag.code] = summary.flag_counts.get(flag.code, 0) + 1
-    known = summary.flag_severity.get(flag.code)
-    if known is None or _SEVERITY_RANK.get(flag.severity, 2) > _SEVERITY_RANK.get(known, 2):
-        summary.flag_severity[flag.code] = flag.severity
 
 
 def run_process(
@@ -126,6 +116,7 @@ def run_process(
                                     f"{out_dir} was left as it was") from None
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
                          release_spec=options.release_spec.name, run_flags=list(run_flags))
+    by_code: dict[str, list[QCFlag]] = {}
     for o in outcomes:
         summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
         if o.ok:
@@ -133,10 +124,11 @@ def run_process(
         else:
             summary.failed[o.product_id] = o.error
         for f in o.qc:
-            _count_flag(summary, f)
+            by_code.setdefault(f.code, []).append(f)
     for f in run_flags:
-        _count_flag(summary, f)
-    summary.flag_counts = dict(sorted(summary.flag_counts.items()))
+        by_code.setdefault(f.code, []).append(f)
+    summary.flag_counts = {code: len(flags) for code, flags in sorted(by_code.items())}
+    summary.flag_severity = {code: worst_severity(flags) for code, flags in by_code.items()}
     return summary
 
 

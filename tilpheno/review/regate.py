@@ -247,14 +247,14 @@ class ReviewSource:
         single-stain controls), checked against its recorded SHA-256; None otherwise."""
         from tilpheno.compensation import read_spillover_csv
         from tilpheno.errors import TilphenoError
+        from tilpheno.provenance import sha256_file
 
         entry = (self.run.get("compensation_matrices") or {}).get(product_id)
         if not entry:
             return None
         path = self.out_dir / entry["file"]
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != entry["sha256"]:
+            if sha256_file(path) != entry["sha256"]:
                 raise ReviewError(f"{path}: compensation matrix changed since the run (SHA-256 differs from run.json)")
             return read_spillover_csv(path)
         except OSError as exc:
