@@ -32,21 +32,25 @@ def test_dollar_caret_underscore_in_a_detector_name(tmp_path):
 
 
 def test_literal_text_is_drawn_as_written():
-    """The same label fails to draw with mathtext and draws, as written, with parse_math off."""
-    import pytest
-    from matplotlib import rc_context
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Plots write their text as SVG text, never through mathtext: the odd name comes back verbatim
+    from the axis label, the title and a label of every kind of plot."""
+    import re
+    import xml.etree.ElementTree as ET
 
-    def draw():
-        fig = Figure()
-        FigureCanvasAgg(fig)
-        label = fig.text(0.1, 0.5, ODD)
-        fig.canvas.draw()
-        return label
+    import numpy as np
 
-    with pytest.raises(ValueError):
-        draw()
-    with rc_context({"text.parse_math": False}):
-        label = draw()
-    assert label.get_text() == ODD and label.get_window_extent().width > 0
+    from tilpheno.gates.geometry import RangeGate
+    from tilpheno.report import plots
+    from tilpheno.report.qc_plots import compensation_pair_plot
+    from tilpheno.transforms import Logicle
+
+    x = np.random.default_rng(0).normal(0.5, 0.1, 2000)
+    axis = plots.Axis("CD3", plots.axis_label("CD3", ODD), Logicle(), (0.0, 1.0))
+    drawn = [plots.histogram_plot(x, axis, gate=RangeGate("CD3", 0.5), population=ODD, pct_of_parent=5.0, title=ODD),
+             plots.fmo_overlay_plot(x, x, axis, threshold=0.6, pct_stained=1.0, pct_fmo=0.5, marker="CD3",
+                                    threshold_note=ODD, title=ODD),
+             compensation_pair_plot(x, x, axis, axis, title=ODD, note=ODD)]
+    for svg in drawn:
+        texts = ["".join(t.itertext()) for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+        assert f"CD3 ({ODD})" in texts and ODD in texts, texts
+        assert not re.search(r"mathtext|<path[^>]*glyph", svg)

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 PRELOAD = (
     "tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.report.product", "tilpheno.report.plots",
-    "tilpheno.report.qc_plots", "tilpheno.acquisition", "tilpheno.io.fcs", "matplotlib.figure",
-    "matplotlib.backends.backend_agg", "matplotlib.backends.backend_svg", "sklearn.mixture", "jinja2",
+    "tilpheno.report.qc_plots", "tilpheno.report.svg", "tilpheno.acquisition", "tilpheno.io.fcs",
+    "matplotlib.ticker", "matplotlib.font_manager", "sklearn.mixture", "jinja2",
 )
 """Modules the fork server imports once; every worker starts with them."""
 

@@ -258,21 +258,18 @@ def _process_product(job: ProductJob) -> ProductOutcome:
 
 
 def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
-    """The product's report; if drawing it fails, a report without plots and a ``report_failed`` flag."""
-    from matplotlib import rc_context
-
+    """The product's report; if drawing it fails, a report without plots and a ``report_failed`` flag.
+    Text in plots (detector, marker, population and product names) is SVG text, shown literally
+    (``report.svg``): a '$', '_' or '^' from the inputs is never parsed as mathtext."""
     from tilpheno.report.product import render_product
 
-    # text in plots (detector, marker, population and product names) is shown literally: a '$', '_'
-    # or '^' from the inputs is never parsed as mathtext (which fails or typesets it)
-    with rc_context({"text.parse_math": False}):
-        try:
-            outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
-        except Exception as exc:  # a plotting bug must not sink the product's tables
-            log.exception("product %s: report failed", outcome.product_id)
-            outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
-            outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
-            outcome.report_html = render_product(outcome, None, meta, job.options)
+    try:
+        outcome.report_html = render_product(outcome, result, meta, job.options, job_strategies(job))
+    except Exception as exc:  # a plotting bug must not sink the product's tables
+        log.exception("product %s: report failed", outcome.product_id)
+        outcome.qc.append(QCFlag(outcome.product_id, "", "report_failed", "error", f"{type(exc).__name__}: {exc}"))
+        outcome.phenotype.update(qc_status=worst_severity(outcome.qc), n_qc_flags=len(outcome.qc))
+        outcome.report_html = render_product(outcome, None, meta, job.options)
 
 
 def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:

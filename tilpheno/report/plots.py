@@ -1,16 +1,18 @@
 """Report plots: FlowJo-style gate plots, quadrant plots and FMO overlays as self-contained SVG.
 
-Every plotting function is pure (arrays and geometry in, SVG text out), draws on a matplotlib
-``Figure`` of its own thread (no pyplot; one figure per axes rectangle and thread, built once and
-emptied before each plot, since building axes costs as much as drawing a plot; no other state
-beyond an ``rc_context`` around saving; safe in worker processes and threads) and is
-deterministic: same arrays, same bytes, whatever was drawn before.
+Every plotting function is pure (arrays and geometry in, SVG text out) and writes its SVG
+elements itself with ``report.svg`` (no matplotlib figure, text layout or SVG backend: those cost
+as much CPU as gating the product; matplotlib supplies only the jet colour map, the linear tick
+locator and, through ``report.svg``, the DejaVu Sans glyph advances). No state is kept between
+plots beyond a per-character width cache; safe in worker processes and threads; deterministic:
+same arrays, same bytes, whatever was drawn before.
 
 Output: one inline-ready ``<svg>`` element (no XML prolog, no ``<style>``, no metadata, ids
 prefixed so several plots can share a page). Axes, ticks, gates and labels are vector; text
-stays text (``svg.fonttype = none``, DejaVu Sans, escaped by matplotlib); a density plot's
-cells are one embedded PNG (``data:`` URI, ``image-rendering: pixelated``), so size does not grow
-with the event count and print stays sharp.
+stays text (DejaVu Sans, XML-escaped, never parsed as mathtext); a density plot's cells are one
+embedded PNG (``data:`` URI, ``image-rendering: pixelated``), so size does not grow with the
+event count and print stays sharp. ``_svg`` turns a matplotlib figure (the acquisition QC plot,
+the biomarker figures) into the same kind of element.
 
 Conventions:
 - Coordinates are the transformed values the gates were placed on (scatter linear in instrument
@@ -22,19 +24,20 @@ Conventions:
   the range are piled on the edge, as FlowJo does; 1-D histograms leave them out.
 - Logicle/arcsinh axes: major ticks and labels at the raw decades (-10^3, -10^2, 0, 10^2 ... 10^5),
   minor ticks at 2..9 x each decade; a label too close to a more important one is dropped (0 and
-  positive decades first). Linear axes: about 5 ticks, thousands as "K".
+  positive decades first). Linear axes: about 5 ticks (matplotlib's MaxNLocator), thousands as "K".
 - Axis labels read "marker (detector)", e.g. "CD3 (FITC-A)"; scatter axes the detector alone.
 - A population keeps one colour everywhere (gate outline, label, histogram), see ``population_colour``.
-- Density = events per bin on a 128 x 128 grid, log-scaled colour, empty bins transparent.
-- Labels never leave the plot area: every label is measured and moved inside the axes, and put
-  where it covers the fewest events among a few candidate places (near its gate; quadrant labels in
-  the corners of their quadrant).
+- Density = events per bin on a 128 x 128 grid, jet colours on a log scale (1 .. the fullest
+  bin), empty bins transparent.
+- Labels never leave the plot area: every label is measured (``report.svg.text_width``: glyph
+  advances of DejaVu Sans Bold) and moved inside the axes, and put where it covers the fewest
+  events among a few candidate places (near its gate; quadrant labels in the corners of their
+  quadrant). A viewer without DejaVu Sans substitutes a sans-serif font of similar width.
 """
 from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -42,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from tilpheno.gates.quadrants import quadrant_percentages
+from tilpheno.report import svg
+from tilpheno.report.svg import ASCENT, DESCENT, Box, Canvas, Frame, num, nums, text_height, text_width
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType
@@ -119,47 +124,21 @@ def display_limits(transform, top: float | None = None) -> tuple[float, float]:
     return (0.0 if kind == "logicle" else lo), hi
 
 
-# --- figure scaffolding -----------------------------------------------------------------
+# --- plot scaffolding -------------------------------------------------------------------
+
+_W, _H = 72.0 * FIG_INCHES[0], 72.0 * FIG_INCHES[1]   # SVG user units (points)
 
 
-_CANVASES = threading.local()   # per thread: axes rectangle -> (figure, axes), re-used plot after plot
-
-
-def _figure(rect=AXES_RECT):
-    """The figure and axes of a plot with axes at ``rect``: one pair per rectangle and thread, made
-    once and emptied for each plot (:func:`_empty`; building matplotlib axes costs as much as
-    drawing a plot), so a worker sets up its figures once, not 41 times per product."""
-    cached = getattr(_CANVASES, "figures", None)
-    if cached is None:
-        cached = _CANVASES.figures = {}
-    if rect in cached:
-        fig, ax = cached[rect]
-        _empty(fig, ax)
-        return fig, ax
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=FIG_INCHES, dpi=72)
-    FigureCanvasAgg(fig)   # Agg measures text; saving as SVG switches canvas for the output only
-    ax = fig.add_axes(rect)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    cached[rect] = fig, ax
-    return fig, ax
-
-
-def _empty(fig, ax) -> None:
-    """Back to the state :func:`_figure` made: everything a plot added removed (images, lines,
-    patches, texts, collections, the title and legend), data limits forgotten, autoscaling on,
-    axis labels empty (every plot sets its own limits, ticks and labels)."""
-    for artist in (*ax.images, *ax.lines, *ax.patches, *ax.texts, *ax.collections, *ax.artists,
-                   *fig.texts, *fig.legends):
-        artist.remove()
-    ax.ignore_existing_data_limits = True
-    ax.dataLim.set_points(np.array([[np.inf, np.inf], [-np.inf, -np.inf]]))
-    ax.set_autoscale_on(True)
-    ax.set_xlabel("")
-    ax.set_ylabel("")
+def _canvas(xlim, ylim, rect=AXES_RECT) -> tuple[Canvas, Frame]:
+    """A plot's canvas and its axes frame at ``rect`` (figure fractions from the bottom left)
+    showing xlim x ylim: white background, the data layer clipped to the frame, left and bottom spines."""
+    left, bottom, width, height = rect
+    box = Box(left * _W, (left + width) * _W, (1 - bottom - height) * _H, (1 - bottom) * _H)
+    canvas = Canvas(_W, _H)
+    canvas.clip(box)
+    canvas.frame.append(svg.path(f"M{num(box.x0)} {num(box.y0)}V{num(box.y1)}H{num(box.x1)}", stroke="#000000",
+                                 width=0.8, cap="square"))
+    return canvas, Frame(box, (float(xlim[0]), float(xlim[1])), (float(ylim[0]), float(ylim[1])))
 
 
 _SVG_START = re.compile(r"^.*?(?=<svg)", re.S)
@@ -180,7 +159,7 @@ def _compact(match) -> str:
 
 
 def _svg(fig, alt: str) -> str:
-    """The figure as one inline ``<svg>`` element (see the module docstring)."""
+    """A matplotlib figure as one inline ``<svg>`` element like the plots' (see the module docstring)."""
     import io
 
     from markupsafe import escape
@@ -200,40 +179,51 @@ def _svg(fig, alt: str) -> str:
     return head + text[len("<svg"):].rstrip() + "\n"
 
 
-def _text(ax, x, y, s, colour, *, size=FONT, box=True, ha="center", va="center", transform=None, gid=None):
-    kw = dict(fontsize=size, color=colour, ha=ha, va=va, fontweight="bold", parse_math=False, linespacing=1.1, gid=gid)
-    if box:
-        kw["bbox"] = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor=colour, alpha=0.8, linewidth=0.7)
-    if transform is not None:
-        kw["transform"] = transform
-    return ax.text(x, y, s, **kw)
+def _label_box(lines: Sequence[str], size: float, x: float, y: float, ha: str, va: str) -> Box:
+    """The box (SVG units) of bold ``lines`` anchored at (x, y) with matplotlib's ha / va."""
+    w = max(text_width(s, size, bold=True) for s in lines)
+    h = text_height(len(lines), size)
+    x0 = x if ha == "left" else x - w if ha == "right" else x - 0.5 * w
+    y0 = y if va == "top" else y - h if va == "bottom" else y - 0.5 * h
+    return Box(x0, x0 + w, y0, y0 + h)
 
 
-def _fit_width(fig, text, max_px: float, min_size: float = 5.0) -> None:
-    """Shrink ``text`` (a title) until it fits ``max_px``; below ``min_size`` points, elide it."""
-    renderer = fig.canvas.get_renderer()
-    while text.get_window_extent(renderer).width > max_px and text.get_fontsize() > min_size:
-        text.set_fontsize(text.get_fontsize() - 0.5)
-    s = text.get_text()
-    while text.get_window_extent(renderer).width > max_px and len(s) > 4:
+def _label(lines: Sequence[str], box: Box, ha: str, colour: str, *, size: float = FONT, edge: str | None = None,
+           gid: str | None = None) -> str:
+    """Bold ``lines`` filling the text box ``box`` (aligned ``ha``) on a rounded white box (pad and
+    corner radius 0.2 x size, 80 % opaque, edge ``edge`` or ``colour``)."""
+    r = 0.2 * size
+    b = box.padded(r)
+    x0, x1, y0, y1 = num(b.x0), num(b.x1), num(b.y0), num(b.y1)
+    xi0, xi1, yi0, yi1 = num(b.x0 + r), num(b.x1 - r), num(b.y0 + r), num(b.y1 - r)
+    d = (f"M{xi0} {y1}L{xi1} {y1}Q{x1} {y1} {x1} {yi1}L{x1} {yi0}Q{x1} {y0} {xi1} {y0}"
+         f"L{xi0} {y0}Q{x0} {y0} {x0} {yi0}L{x0} {yi1}Q{x0} {y1} {xi0} {y1}Z")
+    x, anchor = {"left": (box.x0, "start"), "right": (box.x1, "end")}.get(ha, (0.5 * (box.x0 + box.x1), "middle"))
+    return svg.group(gid, svg.path(d, fill="#ffffff", stroke=edge or colour, width=0.7, opacity=0.8),
+                     svg.text(x, box.y0 + ASCENT * size, list(lines), size=size, anchor=anchor, bold=True, fill=colour))
+
+
+def _title(canvas: Canvas, s: str) -> None:
+    """The plot's title centred at the top; shrunk (0.5 pt steps, not below 5 pt), then elided, to fit."""
+    size, room = TITLE_FONT, canvas.width - 2 * _PAD_PX
+    while text_width(s, size) > room and size > 5.0:
+        size -= 0.5
+    shown = s
+    while text_width(shown, size) > room and len(s) > 4:
         s = s[:-2]
-        text.set_text(s + "…")
+        shown = s + "…"
+    canvas.text.append(svg.group("tp-title", svg.text(0.5 * canvas.width, 0.025 * canvas.height + ASCENT * size,
+                                                      shown, size=size)))
 
 
-def _title(fig, ax, s: str) -> None:
-    t = fig.text(0.5, 0.975, s, ha="center", va="top", fontsize=TITLE_FONT, parse_math=False, gid="tp-title")
-    _fit_width(fig, t, fig.bbox.width - 2 * _PAD_PX)
-
-
-def _style_axis(ax, axis: Axis, limits, which: str) -> None:
-    """Limits, ticks and label of one axis. Ticks are drawn as one marker line per axis and plain
-    texts (matplotlib's per-tick artists cost more than the rest of the plot)."""
-    (ax.set_xlim if which == "x" else ax.set_ylim)(*limits)
+def _style_axis(canvas: Canvas, frame: Frame, axis: Axis, which: str) -> None:
+    """Ticks, tick labels and label of one axis (limits: the frame's)."""
+    limits = frame.xlim if which == "x" else frame.ylim
     ticks = decade_ticks(axis.transform, limits)
     if ticks is None:
         major = _linear_ticks(limits)
         ticks = major, [_linear_label(v, limits) for v in major], ()
-    _draw_ticks(ax, which, *ticks, label=axis.label)
+    _draw_ticks(canvas, frame, which, *ticks, label=axis.label)
 
 
 def _linear_ticks(limits) -> np.ndarray:
@@ -249,33 +239,32 @@ def _linear_label(value: float, limits) -> str:
     return f"{value:g}"
 
 
-def _draw_ticks(ax, which: str, major, labels, minor=(), *, label: str = "") -> None:
-    """Tick marks (major 3.5 pt, minor 2 pt), tick labels and the axis label of axis ``which``."""
-    from matplotlib.markers import TICKDOWN, TICKLEFT
-    from matplotlib.transforms import offset_copy
-
+def _draw_ticks(canvas: Canvas, frame: Frame, which: str, major, labels, minor=(), *, label: str = "",
+                ids: bool = True) -> None:
+    """Tick marks outwards (major 3.5 pt, minor 2 pt), tick labels 5 pt off the spine and the axis
+    label beyond them, of axis ``which``; ``ids``: tick labels and axis label in groups with ids
+    ``tp-xtick-<i>``, ``tp-xlabel`` (...), as a page's checks of the gate plots' axes expect."""
     x = which == "x"
-    (ax.set_xticks if x else ax.set_yticks)([])
-    trans = ax.get_xaxis_transform() if x else ax.get_yaxis_transform()
-    for where, size, width in ((np.asarray(major, float), 3.5, 0.8), (np.asarray(minor, float), 2.0, 0.6)):
-        if where.size:
-            at = (where, np.zeros(where.size)) if x else (np.zeros(where.size), where)
-            ax.plot(*at, linestyle="none", marker=TICKDOWN if x else TICKLEFT, markersize=size,
-                    markeredgewidth=width, color="black", transform=trans, clip_on=False)
-    offset = offset_copy(trans, fig=ax.figure, x=0 if x else -5.0, y=-5.0 if x else 0, units="points")
-    texts = [ax.text(p, 0, t, transform=offset, fontsize=FONT - 0.5, parse_math=False, clip_on=False,
-                     ha="center", va="top", gid=f"tp-{which}tick-{i}") if x else
-             ax.text(0, p, t, transform=offset, fontsize=FONT - 0.5, parse_math=False, clip_on=False,
-                     ha="right", va="center_baseline", gid=f"tp-{which}tick-{i}")
-             for i, (p, t) in enumerate(zip(major, labels)) if t]
-    renderer = ax.figure.canvas.get_renderer()
-    to_pt = 72.0 / ax.figure.dpi
+    b = frame.box
+    for where, length, width in ((major, 3.5, 0.8), (minor, 2.0, 0.6)):
+        at = nums(frame.sx(where) if x else frame.sy(where))
+        if at:
+            d = "".join(f"M{p} {num(b.y1)}v{num(length)}" if x else f"M{num(b.x0)} {p}h-{num(length)}" for p in at)
+            canvas.frame.append(svg.path(d, stroke="#000000", width=width))
+    size, label_size = FONT - 0.5, FONT + 0.5
+    shown = [(i, float(p), t) for i, (p, t) in enumerate(zip(np.asarray(major, float).tolist(), labels)) if t]
+    for i, p, t in shown:
+        canvas.text.append(svg.group(f"tp-{which}tick-{i}" if ids else None, svg.text(
+            float(frame.sx(p)), b.y1 + 5.0 + ASCENT * size, t, size=size) if x else svg.text(
+            b.x0 - 5.0, float(frame.sy(p)) + 0.5 * ASCENT * size, t, size=size, anchor="end")))
     if x:
-        height = max((t.get_window_extent(renderer).height for t in texts), default=0.0) * to_pt
-        ax.set_xlabel(label, fontsize=FONT + 0.5, parse_math=False, labelpad=5.0 + height + 1.0, gid="tp-xlabel")
+        height = size * (ASCENT + DESCENT) if shown else 0.0
+        canvas.text.append(svg.group("tp-xlabel" if ids else None, svg.text(
+            0.5 * (b.x0 + b.x1), b.y1 + 5.0 + height + 1.0 + ASCENT * label_size, label, size=label_size)))
     else:
-        width = max((t.get_window_extent(renderer).width for t in texts), default=0.0) * to_pt
-        ax.set_ylabel(label, fontsize=FONT + 0.5, parse_math=False, labelpad=5.0 + width + 2.0, gid="tp-ylabel")
+        width = max((text_width(t, size) for _, _, t in shown), default=0.0)
+        canvas.text.append(svg.group("tp-ylabel" if ids else None, svg.text(
+            b.x0 - 5.0 - width - 2.0 - DESCENT * label_size, 0.5 * (b.y0 + b.y1), label, size=label_size, rotate=True)))
 
 
 def decade_ticks(transform, limits: tuple[float, float]):
@@ -339,50 +328,65 @@ def _gate_extent(gate, dim: str) -> list[float]:
     return list(gate.extent(dim))
 
 
-def _draw_gate(ax, gate, xdim: str, ydim: str | None, colour: str) -> None:
-    """Draw ``gate`` on axes showing ``xdim`` (and ``ydim``); dimensions not shown are ignored.
+def _dash(width: float) -> str:
+    """matplotlib's "--" pattern (3.7 on, 1.6 off) scaled by the line width, points."""
+    return f"{num(3.7 * width)} {num(1.6 * width)}"
+
+
+def _draw_gate(canvas: Canvas, frame: Frame, gate, xdim: str, ydim: str | None, colour: str) -> None:
+    """Draw ``gate`` on a frame showing ``xdim`` (and ``ydim``); dimensions not shown are ignored.
+    Lines span the whole frame; everything is clipped to it.
 
     Dispatches on the gate protocol's ``drawing()`` (tilpheno.gates.geometry.Drawing), not on classes."""
-    from matplotlib.patches import Ellipse, Polygon, Rectangle
-
     shape = gate.drawing()
-    style: dict[str, Any] = dict(fill=False, edgecolor=colour, linewidth=1.5)
+    b = frame.box
+    out = canvas.data
+
+    def vline(v, width=1.5, dash=None):
+        out.append(svg.path(f"M{num(float(frame.sx(v)))} {num(b.y0)}V{num(b.y1)}", stroke=colour, width=width, dash=dash))
+
+    def hline(v, width=1.5, dash=None):
+        out.append(svg.path(f"M{num(b.x0)} {num(float(frame.sy(v)))}H{num(b.x1)}", stroke=colour, width=width, dash=dash))
+
+    def outline(xs, ys):
+        out.append(svg.path(svg.polyline(frame.sx(xs), frame.sy(ys), close=True), stroke=colour, width=1.5))
+
     if shape.shape == "polygon" and ydim is not None:
-        verts = np.asarray(shape.vertices)
+        verts = np.asarray(shape.vertices, float)
         if tuple(shape.dims) == (ydim, xdim):
             verts = verts[:, ::-1]
-        ax.add_patch(Polygon(verts, closed=True, **style))
+        outline(verts[:, 0], verts[:, 1])
     elif shape.shape == "ellipse" and ydim is not None and set(shape.dims[:2]) == {xdim, ydim} and len(shape.dims) == 2:
         order = [shape.dims.index(xdim), shape.dims.index(ydim)]
         cov = np.asarray(shape.covariance)[np.ix_(order, order)]
         vals, vecs = np.linalg.eigh(cov)
-        width, height = 2 * np.sqrt(vals * shape.distance_square)
-        angle = float(np.degrees(np.arctan2(vecs[1, 0], vecs[0, 0])))
-        centre = (shape.mean[order[0]], shape.mean[order[1]])
-        ax.add_patch(Ellipse(centre, width, height, angle=angle, **style))
+        half = np.sqrt(vals * shape.distance_square)            # semi-axes along the eigenvectors
+        t = np.linspace(0.0, 2 * np.pi, 97)[:-1]
+        pts = np.asarray(shape.mean, float)[order][:, None] + vecs @ (half[:, None] * np.vstack([np.cos(t), np.sin(t)]))
+        outline(pts[0], pts[1])
     elif shape.shape == "intervals":
         bounds = dict(shape.bounds)
         if ydim is None or ydim not in bounds:
             for v in bounds.get(xdim, (None, None)):
                 if v is not None:
-                    ax.axvline(v, color=colour, linewidth=1.5)
+                    vline(v)
         if ydim is not None and xdim not in bounds and ydim in bounds:
             for v in bounds[ydim]:
                 if v is not None:
-                    ax.axhline(v, color=colour, linewidth=1.5)
+                    hline(v)
         if ydim is not None and xdim in bounds and ydim in bounds:
             (x0, x1), (y0, y1) = bounds[xdim], bounds[ydim]
-            xl, yl = ax.get_xlim(), ax.get_ylim()
-            x0, x1 = xl[0] if x0 is None else x0, xl[1] if x1 is None else x1
-            y0, y1 = yl[0] if y0 is None else y0, yl[1] if y1 is None else y1
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, **style))
+            (xl0, xl1), (yl0, yl1) = frame.xlim, frame.ylim
+            x0, x1 = xl0 if x0 is None else x0, xl1 if x1 is None else x1
+            y0, y1 = yl0 if y0 is None else y0, yl1 if y1 is None else y1
+            outline([x0, x1, x1, x0], [y0, y0, y1, y1])
     elif shape.shape == "dividers":
         for dim, values in shape.cuts.items():
             for v in values:
                 if dim == xdim:
-                    ax.axvline(v, color=colour, linewidth=1.2, linestyle="--")
+                    vline(v, 1.2, _dash(1.2))
                 elif dim == ydim:
-                    ax.axhline(v, color=colour, linewidth=1.2, linestyle="--")
+                    hline(v, 1.2, _dash(1.2))
 
 
 # --- label placement --------------------------------------------------------------------
@@ -390,50 +394,51 @@ def _draw_gate(ax, gate, xdim: str, ydim: str | None, colour: str) -> None:
 Candidate = tuple[float, float, str, str]   # x, y (data), ha, va
 
 
-def _place(ax, text, candidates: Sequence[Candidate], covered: Callable[[tuple], float], *, slack: float = 0.0,
-           avoid: Sequence = (), vlines: Sequence[float] = (), hlines: Sequence[float] = ()):
-    """Put ``text`` at the best candidate, each first moved inside the axes: fewest boxes of ``avoid``
-    (display units) overlapped, then fewest lines crossed (data x in ``vlines``, y in ``hlines``),
-    then fewest events under its box (``covered(data box)``); an earlier candidate wins while its
-    count is within ``slack`` events of the best. Returns the label's box (display units)."""
-    renderer = ax.figure.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
-    inverse = ax.transData.inverted()
+def _place(frame: Frame, lines: Sequence[str], size: float, candidates: Sequence[Candidate],
+           covered: Callable[[tuple], float], *, slack: float = 0.0, avoid: Sequence[Box] = (),
+           vlines: Sequence[float] = (), hlines: Sequence[float] = ()) -> tuple[Box, str]:
+    """The best place for a boxed label of bold ``lines``: each candidate first moved inside the
+    frame, then fewest boxes of ``avoid`` overlapped, then fewest lines crossed (data x in
+    ``vlines``, y in ``hlines``), then fewest events under its box (``covered(data box)``); an
+    earlier candidate wins while its count is within ``slack`` events of the best. Returns the
+    label's outer box (rounded box and its line; SVG units) and its alignment."""
+    b = frame.box
+    pad = 0.2 * size + 1.0            # the rounded box: pad 0.2 x font size, plus its line
+    vl = [float(v) for v in np.atleast_1d(frame.sx(np.asarray(vlines, float)))] if len(vlines) else []
+    hl = [float(v) for v in np.atleast_1d(frame.sy(np.asarray(hlines, float)))] if len(hlines) else []
     scored = []
     for x, y, ha, va in candidates:
-        text.set_position((x, y))
-        text.set_ha(ha)
-        text.set_va(va)
-        box = text.get_window_extent(renderer)
-        if text.get_bbox_patch() is not None:   # the rounded box: pad 0.2 x font size, plus its line
-            box = box.padded(0.2 * text.get_fontsize() * ax.figure.dpi / 72 + 1.0)
+        ax_, ay_ = float(frame.sx(x)), float(frame.sy(y))
+        box = _label_box(lines, size, ax_, ay_, ha, va).padded(pad)
         # a box anchored on a line (a quadrant's inner corner) steps off it, to the side it extends to
-        ax_, ay_ = ax.transData.transform((x, y))
-        dx = sum(_off_line(box.x0, box.x1, v, ax_, ha, "left", "right") for v in ax.transData.transform(
-            np.column_stack([vlines, np.zeros(len(vlines))]))[:, 0]) if len(vlines) else 0.0
-        dy = sum(_off_line(box.y0, box.y1, v, ay_, va, "bottom", "top") for v in ax.transData.transform(
-            np.column_stack([np.zeros(len(hlines)), hlines]))[:, 1]) if len(hlines) else 0.0
+        dx = sum(_off_line(box.x0, box.x1, v, ax_, ha, "left", "right") for v in vl)
+        dy = sum(_off_line(box.y0, box.y1, v, ay_, va, "top", "bottom") for v in hl)   # SVG y grows downwards
         box = box.translated(dx, dy)
-        ix = max(0.0, frame.x0 + _PAD_PX - box.x0) - max(0.0, box.x1 - (frame.x1 - _PAD_PX))
-        iy = max(0.0, frame.y0 + _PAD_PX - box.y0) - max(0.0, box.y1 - (frame.y1 - _PAD_PX))
+        ix = max(0.0, b.x0 + _PAD_PX - box.x0) - max(0.0, box.x1 - (b.x1 - _PAD_PX))
+        iy = max(0.0, b.y0 + _PAD_PX - box.y0) - max(0.0, box.y1 - (b.y1 - _PAD_PX))
         box = box.translated(ix, iy)
-        anchor = ax.transData.transform((x, y)) + (dx + ix, dy + iy)
-        (bx0, by0), (bx1, by1) = inverse.transform([(box.x0, box.y0), (box.x1, box.y1)])
+        bx0, bx1, by0, by1 = frame.data_x(box.x0), frame.data_x(box.x1), frame.data_y(box.y1), frame.data_y(box.y0)
         clashes = (sum(box.overlaps(other) for other in avoid),
                    sum(bx0 < v < bx1 for v in vlines) + sum(by0 < v < by1 for v in hlines))
-        scored.append((clashes, covered((bx0, bx1, by0, by1)), tuple(inverse.transform(anchor)), ha, va, box))
+        scored.append((clashes, covered((bx0, bx1, by0, by1)), box, ha))
     fewest = min(c[0] for c in scored)
     usable = [c for c in scored if c[0] == fewest]
     least = min(c[1] for c in usable)
-    _, _, pos, ha, va, box = next(c for c in usable if c[1] <= least + slack)
-    text.set_position(pos)
-    text.set_ha(ha)
-    text.set_va(va)
+    _, _, box, ha = next(c for c in usable if c[1] <= least + slack)
+    return box, ha
+
+
+def _placed_label(canvas: Canvas, frame: Frame, lines: Sequence[str], colour: str, candidates: Sequence[Candidate],
+                  covered: Callable[[tuple], float], *, size: float = FONT, edge: str | None = None,
+                  gid: str | None = None, **place) -> Box:
+    """:func:`_place` the label, draw it; returns its outer box (to be avoided by the next)."""
+    box, ha = _place(frame, lines, size, candidates, covered, **place)
+    canvas.text.append(_label(lines, box.padded(-(0.2 * size + 1.0)), ha, colour, size=size, edge=edge, gid=gid))
     return box
 
 
 def _off_line(lo: float, hi: float, line: float, anchor: float, align: str, start: str, end: str) -> float:
-    """Shift (display units) that moves a box [lo, hi] anchored on a line (``anchor`` within 3 px of
+    """Shift (SVG units) that moves a box [lo, hi] anchored on a line (``anchor`` within 3 px of
     it, aligned ``align``) off that line, to the side it extends to; 0 for any other box."""
     if not lo < line < hi or abs(anchor - line) > 3.0:
         return 0.0
@@ -493,22 +498,32 @@ def _gate_label_candidates(gate, xdim, ydim, xlim, ylim) -> list[Candidate]:
 # --- plots ------------------------------------------------------------------------------
 
 
-def _density(ax, x: np.ndarray, y: np.ndarray, xlim, ylim) -> np.ndarray:
-    """Pseudo-colour density of (x, y) on the current axes; returns the (x bins, y bins) counts.
-    Events beyond the display range are piled on its edge (FlowJo)."""
-    from matplotlib.colors import LogNorm
+def _density(canvas: Canvas, frame: Frame, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pseudo-colour density of (x, y) under the frame (jet, log-scaled 1 .. max, empty bins
+    transparent); returns the (x bins, y bins) counts. Events beyond the display range are piled on
+    its edge (FlowJo)."""
+    from matplotlib import colormaps
 
+    xlim, ylim = frame.xlim, frame.ylim
     ok = np.isfinite(x) & np.isfinite(y)
     xs = np.clip(x[ok], xlim[0], xlim[1])
     ys = np.clip(y[ok], ylim[0], ylim[1])
     counts, _, _ = np.histogram2d(xs, ys, bins=BINS, range=(xlim, ylim))
-    masked = np.ma.masked_equal(counts.T, 0)
-    if masked.count():
-        ax.imshow(
-            masked, origin="lower", extent=(*xlim, *ylim), aspect="auto", interpolation="none",
-            cmap="jet", norm=LogNorm(vmin=1, vmax=max(2.0, float(counts.max()))), zorder=0,
-        )
+    if counts.any():
+        image = counts.T[::-1]                       # rows from the top of the plot
+        with np.errstate(divide="ignore"):
+            level = np.log(image) / np.log(max(2.0, float(counts.max())))
+        rgba = colormaps["jet"](np.clip(level, 0.0, 1.0), bytes=True)
+        rgba[..., 3] = np.where(image > 0, 255, 0)
+        canvas.image(rgba, frame.box)
     return counts
+
+
+def _stairs(frame: Frame, counts: np.ndarray, edges: np.ndarray) -> str:
+    """Path data of a histogram's outline, down to 0 at both ends."""
+    xs = np.concatenate([[edges[0]], np.repeat(edges, 2)[1:-1], [edges[-1]]])
+    ys = np.concatenate([[0.0], np.repeat(np.asarray(counts, float), 2), [0.0]])
+    return svg.polyline(frame.sx(xs), frame.sy(ys))
 
 
 def density_plot(
@@ -530,16 +545,16 @@ def density_plot(
     colour = population_colour(population, colours)
     xlim = _limits(xaxis, x, _gate_extent(gate, xaxis.dim))
     ylim = _limits(yaxis, y, _gate_extent(gate, yaxis.dim))
-    fig, ax = _figure()
-    counts = _density(ax, x, y, xlim, ylim)
-    _style_axis(ax, xaxis, xlim, "x")
-    _style_axis(ax, yaxis, ylim, "y")
-    _draw_gate(ax, gate, xaxis.dim, yaxis.dim, colour)
-    label = _text(ax, 0, 0, f"{population} {pct_of_parent:.1f}%", colour, gid="tp-label")
-    _place(ax, label, _gate_label_candidates(gate, xaxis.dim, yaxis.dim, xlim, ylim), _grid_cover(counts, xlim, ylim),
-           slack=0.02 * float(counts.sum()))   # next to its gate unless that hides 2 % more events
-    _title(fig, ax, title)
-    return _svg(fig, alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_of_parent:.1f}%")
+    canvas, frame = _canvas(xlim, ylim)
+    counts = _density(canvas, frame, x, y)
+    _style_axis(canvas, frame, xaxis, "x")
+    _style_axis(canvas, frame, yaxis, "y")
+    _draw_gate(canvas, frame, gate, xaxis.dim, yaxis.dim, colour)
+    _placed_label(canvas, frame, [f"{population} {pct_of_parent:.1f}%"], colour,
+                  _gate_label_candidates(gate, xaxis.dim, yaxis.dim, xlim, ylim), _grid_cover(counts, xlim, ylim),
+                  gid="tp-label", slack=0.02 * float(counts.sum()))   # next to its gate unless that hides 2 % more events
+    _title(canvas, title)
+    return canvas.svg(alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_of_parent:.1f}%")
 
 
 def histogram_plot(
@@ -558,22 +573,22 @@ def histogram_plot(
     (``population_colour``). Returns SVG."""
     colour = population_colour(population, colours)
     xlim = _limits(axis, x, _gate_extent(gate, axis.dim))
-    fig, ax = _figure()
     finite = x[np.isfinite(x)]
     counts, edges = np.histogram(finite, bins=BINS, range=xlim)
-    ax.stairs(counts, edges, fill=True, color="#9aa5b1", alpha=0.85, linewidth=0)
     top = max(1.0, float(counts.max())) * 1.3
-    _style_axis(ax, axis, xlim, "x")
-    _style_axis(ax, Axis("events", "events"), (0.0, top), "y")
-    _draw_gate(ax, gate, axis.dim, None, colour)
-    label = _text(ax, 0, 0, f"{population} {pct_of_parent:.1f}%", colour, gid="tp-label")
+    canvas, frame = _canvas(xlim, (0.0, top))
+    canvas.data.append(svg.path(_stairs(frame, counts, edges) + "Z", fill="#9aa5b1", opacity=0.85))
+    _style_axis(canvas, frame, axis, "x")
+    _style_axis(canvas, frame, Axis("events", "events"), "y")
+    _draw_gate(canvas, frame, gate, axis.dim, None, colour)
     lo, hi = _gated_interval(gate, axis.dim, xlim)
     span = xlim[1] - xlim[0]
     candidates = [(c, top, ha, "top") for c, ha in zip(_around(lo, hi, span), ("center", "left", "right"))]
     candidates += [(xlim[1], top, "right", "top"), (xlim[0], top, "left", "top")]
-    _place(ax, label, candidates, _curve_cover(edges, [counts]), vlines=_gate_extent(gate, axis.dim))
-    _title(fig, ax, title)
-    return _svg(fig, alt or f"{population} gate on {axis.label}, {pct_of_parent:.1f}%")
+    _placed_label(canvas, frame, [f"{population} {pct_of_parent:.1f}%"], colour, candidates,
+                  _curve_cover(edges, [counts]), gid="tp-label", vlines=_gate_extent(gate, axis.dim))
+    _title(canvas, title)
+    return canvas.svg(alt or f"{population} gate on {axis.label}, {pct_of_parent:.1f}%")
 
 
 def _gated_interval(gate, dim: str, xlim) -> tuple[float, float]:
@@ -585,6 +600,42 @@ def _gated_interval(gate, dim: str, xlim) -> tuple[float, float]:
         low = xlim[0] if gate_low is None else max(xlim[0], gate_low)
         high = xlim[1] if gate_high is None else min(xlim[1], gate_high)
     return (low, high) if high > low else tuple(xlim)
+
+
+# legend entries: (kind "patch" | "line", colour, line width, dash or None, text)
+LegendEntry = tuple[str, str, float, "str | None", str]
+
+
+def _legend(canvas: Canvas, entries: Sequence[LegendEntry], above: float) -> None:
+    """A frameless legend centred in the band above SVG y ``above``: two columns (filled column
+    by column) at FONT - 0.5, or one column at FONT - 1.5 when two do not fit the plot's width.
+    Sizes in font sizes as matplotlib's legend: handle 1.6 (1.4) long, 0.7 high; text 0.5 (0.8)
+    after it; columns 1.0 apart; rows 0.5 (0.2) apart; border 0.4; 0.2 (0.1) clear of ``above``."""
+    for ncol, size, handle, textpad, rowgap, lift in ((2, FONT - 0.5, 1.6, 0.5, 0.5, 0.2), (1, FONT - 1.5, 1.4, 0.8, 0.2, 0.1)):
+        rows = -(-len(entries) // ncol)
+        columns = [entries[i * rows:(i + 1) * rows] for i in range(ncol)]
+        widths = [(handle + textpad) * size + max(text_width(e[4], size) for e in col) for col in columns if col]
+        total = sum(widths) + 1.0 * size * (len(widths) - 1) + 2 * 0.4 * size
+        if total <= canvas.width - 2 * _PAD_PX:
+            break
+    line_h = size * (ASCENT + DESCENT)
+    height = rows * line_h + (rows - 1) * rowgap * size
+    top = above - lift * size - 0.4 * size - height
+    parts = []
+    x = 0.5 * (canvas.width - total) + 0.4 * size
+    for col, width in zip(columns, widths):
+        for r, (kind, colour, lw, dash, label) in enumerate(col):
+            y = top + r * (line_h + rowgap * size)
+            mid = y + 0.5 * line_h
+            if kind == "patch":
+                parts.append(svg.path(svg.polyline([x, x + handle * size, x + handle * size, x],
+                                                   [mid - 0.35 * size, mid - 0.35 * size, mid + 0.35 * size, mid + 0.35 * size],
+                                                   close=True), fill=colour, opacity=0.9))
+            else:
+                parts.append(svg.path(f"M{num(x)} {num(mid)}H{num(x + handle * size)}", stroke=colour, width=lw, dash=dash))
+            parts.append(svg.text(x + (handle + textpad) * size, y + ASCENT * size, label, size=size, anchor="start"))
+        x += width + 1.0 * size
+    canvas.text.append(svg.group("tp-legend", *parts))
 
 
 def fmo_overlay_plot(
@@ -609,34 +660,26 @@ def fmo_overlay_plot(
     """
     colour = population_colour(marker, colours)
     xlim = _limits(axis, np.concatenate([stained, fmo]), [threshold])
-    fig, ax = _figure(FMO_AXES_RECT)
-    handles = []
+    canvas, frame = _canvas(xlim, (0.0, 105.0), FMO_AXES_RECT)
     for values, kind in ((fmo, "fmo"), (stained, "stained")):
         finite = values[np.isfinite(values)]
         counts, edges = np.histogram(finite, bins=BINS, range=xlim)
         norm = counts / counts.max() * 100 if counts.max() > 0 else counts.astype(float)
         if kind == "fmo":
-            handles.append(ax.stairs(norm, edges, fill=True, color="#b0b0b0", alpha=0.9, linewidth=0,
-                                     label=f"FMO: {pct_fmo:.1f}% +"))
+            canvas.data.append(svg.path(_stairs(frame, norm, edges) + "Z", fill="#b0b0b0", opacity=0.9))
         else:
-            handles.append(ax.stairs(norm, edges, color=colour, linewidth=1.3, label=f"stained: {pct_stained:.1f}% +"))
-    handles.append(ax.axvline(threshold, color="black", linestyle="--", linewidth=1.1, label=threshold_note,
-                              gid="tp-threshold"))
-    ax.set_ylim(0, 105)
-    _draw_ticks(ax, "y", [0, 25, 50, 75, 100], ["0", "25", "50", "75", "100"], label="% of mode")
-    _style_axis(ax, axis, xlim, "x")
-    top = FMO_AXES_RECT[1] + FMO_AXES_RECT[3]
-    legend = fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, top + 0.01), ncol=2,
-                        fontsize=FONT - 0.5, frameon=False, handlelength=1.6, columnspacing=1.0,
-                        borderaxespad=0.2, handletextpad=0.5)
-    renderer = fig.canvas.get_renderer()
-    if legend.get_window_extent(renderer).width > fig.bbox.width - 2 * _PAD_PX:
-        legend.remove()
-        legend = fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, top + 0.005), ncol=1,
-                            fontsize=FONT - 1.5, frameon=False, handlelength=1.4, borderaxespad=0.1, labelspacing=0.2)
-    legend.set_gid("tp-legend")
-    _title(fig, ax, title)
-    return _svg(fig, alt or f"{marker} FMO vs stained on {axis.label}, threshold {threshold:.3f}")
+            canvas.data.append(svg.path(_stairs(frame, norm, edges), stroke=colour, width=1.3))
+    sx = num(float(frame.sx(threshold)))
+    canvas.data.append(svg.group("tp-threshold", svg.path(f"M{sx} {num(frame.box.y0)}V{num(frame.box.y1)}",
+                                                          stroke="#000000", width=1.1, dash=_dash(1.1))))
+    _draw_ticks(canvas, frame, "y", [0, 25, 50, 75, 100], ["0", "25", "50", "75", "100"], label="% of mode")
+    _style_axis(canvas, frame, axis, "x")
+    _legend(canvas, [("patch", "#b0b0b0", 0.0, None, f"FMO: {pct_fmo:.1f}% +"),
+                     ("line", colour, 1.3, None, f"stained: {pct_stained:.1f}% +"),
+                     ("line", "#000000", 1.1, _dash(1.1), threshold_note)],
+            frame.box.y0 - 0.01 * canvas.height)
+    _title(canvas, title)
+    return canvas.svg(alt or f"{marker} FMO vs stained on {axis.label}, threshold {threshold:.3f}")
 
 
 def _threshold(gate, dim: str, limits) -> float:
@@ -673,15 +716,15 @@ def quadrant_plot(
     names = names or {}
     xlim = _limits(xaxis, x, _gate_extent(xgate, xaxis.dim))
     ylim = _limits(yaxis, y, _gate_extent(ygate, yaxis.dim))
-    fig, ax = _figure()
-    counts = _density(ax, x, y, xlim, ylim)
-    _style_axis(ax, xaxis, xlim, "x")
-    _style_axis(ax, yaxis, ylim, "y")
-    _draw_gate(ax, xgate, xaxis.dim, yaxis.dim, population_colour(xpopulation))
-    _draw_gate(ax, ygate, xaxis.dim, yaxis.dim, population_colour(ypopulation))
+    canvas, frame = _canvas(xlim, ylim)
+    counts = _density(canvas, frame, x, y)
+    _style_axis(canvas, frame, xaxis, "x")
+    _style_axis(canvas, frame, yaxis, "y")
+    _draw_gate(canvas, frame, xgate, xaxis.dim, yaxis.dim, population_colour(xpopulation))
+    _draw_gate(canvas, frame, ygate, xaxis.dim, yaxis.dim, population_colour(ypopulation))
     covered = _grid_cover(counts, xlim, ylim)
     xt, yt = _threshold(xgate, xaxis.dim, xlim), _threshold(ygate, yaxis.dim, ylim)
-    placed: list = []
+    placed: list[Box] = []
     slack = 0.005 * float(counts.sum())   # the plot's own corner unless it hides 0.5 % more events
     regions = {(xs, ys): ((xt, xlim[1]) if xs else (xlim[0], xt), (yt, ylim[1]) if ys else (ylim[0], yt))
                for xs in (True, False) for ys in (True, False)}
@@ -693,13 +736,13 @@ def quadrant_plot(
     for xs, ys in sorted(regions, key=area):
         (x0, x1), (y0, y1) = regions[(xs, ys)]
         name = names.get((xs, ys), "")
-        label = _text(ax, 0, 0, (f"{name}\n" if name else "") + f"{quadrants[(xs, ys)]:.1f}%", "#222222",
-                      size=FONT - 0.5, gid=f"tp-quadrant-{'+' if xs else '-'}{'+' if ys else '-'}")
-        label.get_bbox_patch().set_edgecolor("#666666")
+        lines = ([name] if name else []) + [f"{quadrants[(xs, ys)]:.1f}%"]
         outer = [((x1 if xs else x0), (y1 if ys else y0))]          # the plot's corner first (FlowJo)
         inner = [(cx, cy) for cx in (x0, x1) for cy in (y0, y1) if (cx, cy) != outer[0]]
         candidates = [(cx, cy, "right" if cx == x1 else "left", "top" if cy == y1 else "bottom")
                       for cx, cy in outer + inner]
-        placed.append(_place(ax, label, candidates, covered, slack=slack, avoid=placed, vlines=[xt], hlines=[yt]))
-    _title(fig, ax, title)
-    return _svg(fig, alt or f"{xpopulation} and {ypopulation} quadrants on {yaxis.label} vs {xaxis.label}")
+        placed.append(_placed_label(canvas, frame, lines, "#222222", candidates, covered, size=FONT - 0.5,
+                                    edge="#666666", gid=f"tp-quadrant-{'+' if xs else '-'}{'+' if ys else '-'}",
+                                    slack=slack, avoid=list(placed), vlines=[xt], hlines=[yt]))
+    _title(canvas, title)
+    return canvas.svg(alt or f"{xpopulation} and {ypopulation} quadrants on {yaxis.label} vs {xaxis.label}")
