@@ -238,12 +238,11 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     omitted marker's detector is a target and every event is negative there, so the pairs a stained
     tube cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8
     into CD3) are checked too."""
-    from tilpheno.spillover import residual_spillover
+    from tilpheno.spillover import residual_events, residual_spillover
 
     if spillover is None:
         return None
     markers = {m: d for m, d in state.tube.detectors.items() if d in spillover.detectors and m in state.tube.data}
-    values = {d: state.tube.transforms[m].inverse(state.tube.data[m]) for m, d in markers.items()}
     if fmo_marker is None:
         targets = None
         cuts = {markers[m]: c for m, c in _negative_cuts(state).items() if m in markers}
@@ -256,7 +255,10 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     # lymphocytes, else every event
     within = next((p.name for p in strategy.populations if p.method == "singlets"), None) or _lymph_population(strategy)
     mask = state.masks.get(within) if within else None
-    return residual_spillover(values, mask=mask, negative_cuts=cuts, targets=targets)
+    # only the events the check uses are put back on the linear scale (the inverse is per value)
+    index = residual_events(state.tube.n_events, mask)
+    values = {d: state.tube.transforms[m].inverse(state.tube.data[m][index]) for m, d in markers.items()}
+    return residual_spillover(values, negative_cuts=cuts, targets=targets)
 
 
 def step_flags(product_id: str, name: str, result: TubeResult) -> list[QCFlag]:
@@ -933,6 +935,7 @@ def _fmo_marker(value, vocabulary: Vocabulary) -> str | None:
     return vocabulary.marker_in(str(value))
 
 
+@pl.one_thread
 def analyze_product(
     product_id: str,
     manifest_rows: pd.DataFrame,
@@ -960,6 +963,7 @@ def analyze_product(
     deterministic subsample of at most that many events for plots; tables, variables, thresholds
     and QC are computed on all events and are identical either way.
     Never raises on a bad file: the file is dropped with a QC flag and variables become NaN.
+    Runs on one BLAS/OpenMP thread (``placement.one_thread``).
     """
     from tilpheno.io.fcs import read_fcs
     from tilpheno.panel import panel_from_fcs, require

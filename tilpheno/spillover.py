@@ -440,6 +440,16 @@ def _pair_slope(x: np.ndarray, y: np.ndarray, negative: np.ndarray, *, low_fract
     return lever, half_sample_mode(ys[high]) - half_sample_mode(ys[low]), n_neg
 
 
+def residual_events(n_events: int, mask: np.ndarray | None = None, max_events: int = RESIDUAL_MAX_EVENTS) -> np.ndarray:
+    """Indices of the events :func:`residual_spillover` uses: those of ``mask`` (default all
+    ``n_events``), every k-th of them when more than ``max_events`` (k the smallest that leaves at
+    most that many; deterministic)."""
+    index = np.arange(n_events) if mask is None else np.flatnonzero(mask)
+    if index.size > max_events:
+        index = index[:: -(-index.size // max_events)]
+    return index
+
+
 def residual_spillover(
     compensated: dict[str, np.ndarray],
     *,
@@ -476,11 +486,8 @@ def residual_spillover(
     """
     cuts = dict(negative_cuts or {})
     names = list(compensated)
-    values = {d: (v if mask is None else v[mask]) for d, v in compensated.items()}
-    n = len(next(iter(values.values()))) if values else 0
-    if n > max_events:
-        stride = -(-n // max_events)
-        values = {d: v[::stride] for d, v in values.items()}
+    index = residual_events(len(next(iter(compensated.values()))) if compensated else 0, mask, max_events)
+    values = {d: v[index] for d, v in compensated.items()}
     rows = []
     options: dict[str, Any] = dict(low_fraction=low_fraction, bright_fraction=bright_fraction, min_events=min_events,
                    min_lever=min_lever)

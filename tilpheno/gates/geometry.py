@@ -259,6 +259,22 @@ class PolygonGate:
         return {"type": "polygon", "dims": list(self.dims), "vertices": [list(v) for v in self.vertices]}
 
 
+def _mahalanobis_squared(data: Data, dims: Sequence[str], mean: Sequence[float], inv: np.ndarray) -> np.ndarray:
+    """``sum_j (sum_i c_i inv[i, j]) c_j`` per event, ``c = x - mean`` (squared Mahalanobis distance
+    in the dimensions' units): fixed-order sums of products column by column, the same bits on every
+    CPU (no BLAS kernel, which may fuse or reorder, and costs thread start-ups on long thin arrays)."""
+    centred = [_column(data, d, "ellipsoid") - m for d, m in zip(dims, mean)]
+    d2 = None
+    for j, cj in enumerate(centred):
+        row = centred[0] * inv[0, j]
+        for i in range(1, len(centred)):
+            row += centred[i] * inv[i, j]
+        row *= cj
+        d2 = row if d2 is None else np.add(d2, row, out=d2)
+    assert d2 is not None   # at least two dimensions (checked when the gate is made)
+    return d2
+
+
 @dataclass(frozen=True)
 class EllipsoidGate:
     """Ellipse (2 dims) or ellipsoid (n dims): ``(x - mean)^T C^-1 (x - mean) <= distance_square``.
@@ -297,17 +313,8 @@ class EllipsoidGate:
 
     def contains(self, data: Data) -> np.ndarray:
         _n_events(data, self.dims, "ellipsoid")
-        points = np.column_stack([_column(data, d, "ellipsoid") for d in self.dims])
-        centred = points - np.asarray(self.mean)
-        inv = np.linalg.inv(np.asarray(self.covariance))
-        products = (centred @ inv) * centred
-        if products.shape[1] == 2:
-            # the same single addition as np.sum(axis=1) over two columns (same bits), without the
-            # slow short-axis reduction
-            d2 = products[:, 0] + products[:, 1]
-        else:
-            d2 = np.sum(products, axis=1)
-        return d2 <= self.distance_square
+        return _mahalanobis_squared(data, self.dims, self.mean, np.linalg.inv(np.asarray(self.covariance))) <= \
+            self.distance_square
 
     def membership(self, data: Data, masks: Masks | None = None) -> np.ndarray:
         return self.contains(data)

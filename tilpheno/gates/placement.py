@@ -49,8 +49,8 @@ Methods
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, wraps
+from typing import Any, Callable, ParamSpec, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -257,6 +257,22 @@ def _threadpools():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``fn`` run with the BLAS/OpenMP thread pools limited to one thread (``threadpoolctl``): the
+    work of one product is one core's, as in the ``--jobs N`` workers. Small matrix products on
+    several threads cost more CPU (threads waking and spinning) than they save, and the results do
+    not depend on the thread count."""
+    @wraps(fn)
+    def single(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _threadpools().limit(limits=1):
+            return fn(*args, **kwargs)
+    return single
 
 
 def _fit_mixture(sample: np.ndarray, max_components: int, seed: int):
