@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/bench_scale.py memory --cohort /tmp/b200 --small 20
     .venv/bin/python benchmarks/bench_scale.py throughput --cohort /tmp/b12 --baseline /path/to/old/tree
     .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
+    .venv/bin/python benchmarks/bench_scale.py timeline --cohort /tmp/scale_b4 --jobs 2
     .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
     .venv/bin/python benchmarks/bench_scale.py all --make-cohort /tmp/scale_b4 --baseline-commit b929823
     .venv/bin/python benchmarks/bench_scale.py gating --cohort /tmp/scale_b4 --repeat 7
@@ -47,7 +48,14 @@ between runs of one invocation.
 - throughput: ``process --jobs 1`` with reports, against the same command on ``--baseline`` (an
   older tree), and ``--reports later`` (gating and tables only).
 - parallel: ``--jobs 1``, ``--jobs 2``, and ``--executor dask`` on a ``LocalCluster`` of two
-  single-threaded worker processes (127.0.0.1), against ``--jobs 1``.
+  single-threaded worker processes (127.0.0.1, their libraries imported first, as ``dask worker
+  --preload tilpheno.daskworker`` does), against ``--jobs 1``, over ``--rounds`` interleaved rounds.
+- timeline: where a run's wall time goes: one ``process`` (``--jobs N``, or ``--executor dask``
+  with ``--dask``) in a subprocess whose parent and workers log timestamps (process start, CLI
+  imported, fork server started, manifest, run record, each worker started, each product's start
+  and end in its worker, cohort tables, ``run.json``, exit), printed as a timeline and summed up:
+  the serial head (start to the first product), the products, the time one worker sat idle while
+  another still ran (imbalance), the serial tail (last product to exit).
 """
 from __future__ import annotations
 
@@ -200,23 +208,138 @@ def throughput(args) -> None:
 
 def parallel(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="scale-par-"))
-    lines = ["| run | time | load before | notes |", "|---|---|---|---|"]
-    one = run_process(args.tree, args.cohort, work / "j1", "--no-cache")
-    two = run_process(args.tree, args.cohort, work / "j2", "--no-cache", "--jobs", "2")
-    lines.append(row("--jobs 1", one))
-    lines.append(row("--jobs 2", two, f"**{one['wall'] / two['wall']:.2f}x** --jobs 1; outputs identical: "
-                                      f"{outputs(work / 'j1') == outputs(work / 'j2')}"))
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, worker_dashboard_address=None) as cluster:
-        dask = run_process(args.tree, args.cohort, work / "dask", "--no-cache", "--executor", "dask",
-                           "--scheduler", cluster.scheduler_address)
-    lines.append(row("--executor dask, LocalCluster of 2 worker processes", dask,
-                     f"**{one['wall'] / dask['wall']:.2f}x** --jobs 1 (CPU column: the client process only); "
-                     f"outputs identical: {outputs(work / 'j1') == outputs(work / 'dask')}"))
+    runs: dict[str, list[dict]] = {}
+    try:
+        for r in range(args.rounds):
+            for name, extra in [("--jobs 1", ()), ("--jobs 2", ("--jobs", "2"))]:
+                out = work / f"{name.replace(' ', '').lstrip('-')}-{r}"
+                runs.setdefault(name, []).append(run_process(args.tree, args.cohort, out, "--no-cache", *extra))
+        cluster = _dask_cluster(args.tree)
+        try:
+            for r in range(args.rounds):
+                before_cpu = _workers_cpu(cluster.scheduler_address)
+                result = run_process(args.tree, args.cohort, work / f"dask-{r}", "--no-cache", "--executor", "dask",
+                                     "--scheduler", cluster.scheduler_address)
+                result["workers_cpu"] = _workers_cpu(cluster.scheduler_address) - before_cpu
+                runs.setdefault("dask", []).append(result)
+        finally:
+            cluster.close()
+        reference = outputs(work / "jobs1-0")
+        same_jobs, same_dask = outputs(work / "jobs2-0") == reference, outputs(work / "dask-0") == reference
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    one = min(r["wall"] for r in runs["--jobs 1"])
+    lines = ["| run | wall of each round | least wall | CPU of each round | load before each |", "|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        cpu = ", ".join(f"{r['cpu']:.1f}" for r in rs)
+        if name == "dask":
+            cpu += " (client process) + workers " + ", ".join(f"{r['workers_cpu']:.1f}" for r in rs)
+        walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
+        loads = ", ".join(f"{r['load']:.1f}" for r in rs)
+        lines.append(f"| {name} | {walls} s | {min(r['wall'] for r in rs):.1f} s | {cpu} s | {loads} |")
+    lines.append(f"\n--jobs 2: **{one / min(r['wall'] for r in runs['--jobs 2']):.2f}x** --jobs 1 (least wall); outputs identical: {same_jobs}")
+    lines.append(f"Dask, LocalCluster of 2 single-threaded worker processes (preloaded): "
+                 f"**{one / min(r['wall'] for r in runs['dask']):.2f}x** --jobs 1; outputs identical: {same_dask}")
     print("\n".join(lines))
+
+
+TIMELINE_LOG = "TILPHENO_BENCH_TIMELINE"   # environment variable: the file the traced run appends its events to
+
+
+def _event(what: str) -> None:
+    """Append ``<unix time> <pid> <what>`` to the timeline file (parent and workers alike)."""
+    with open(os.environ[TIMELINE_LOG], "a") as fh:
+        fh.write(f"{time.time():.3f} {os.getpid()} {what}\n")
+
+
+def traced_run_product(job):
+    """``executors.run_product`` with its start and end logged (runs in the worker)."""
+    from tilpheno.pipeline.executors import run_product
+
+    _event(f"product {job.product_id} start")
+    outcome = run_product(job)
+    _event(f"product {job.product_id} end")
+    return outcome
+
+
+def _traced(owner, name: str) -> None:
+    inner = getattr(owner, name)
+
+    def wrapper(*a, **k):
+        _event(f"parent {name} start")
+        try:
+            return inner(*a, **k)
+        finally:
+            _event(f"parent {name} end")
+
+    setattr(owner, name, wrapper)
+
+
+def traced_cli(argv: list[str]) -> None:
+    """``tilpheno`` + ``argv`` in this process, its steps and its workers' products logged."""
+    _event("parent python started")
+    import tilpheno.cli
+    import tilpheno.pipeline.executors as executors
+    import tilpheno.pipeline.outputs as outputs
+    import tilpheno.pipeline.pool as pool
+    import tilpheno.pipeline.run as run
+
+    _event("parent CLI imported")
+    executors.run_product = traced_run_product   # pickled by reference: the workers run the traced one
+    for owner, name in [(pool, "start_fork_server"), (run, "load_manifest"), (run, "start_run_record"),
+                        (outputs, "iter_outcomes"), (pool.WorkerPool, "_start"), (outputs, "_tables"),
+                        (outputs, "_write_populations"), (outputs, "write_run_record")]:
+        _traced(owner, name)
+    sys.argv = ["tilpheno", *argv]
+    try:
+        tilpheno.cli.main()
+    except SystemExit:
+        pass
+    _event("parent exit")
+
+
+def timeline(args) -> None:
+    """One traced ``process`` (module docstring): its events, then the wall time by phase."""
+    work = Path(tempfile.mkdtemp(prefix="scale-tl-"))
+    log_path = work / "events.log"
+    extra = ["--jobs", str(args.jobs)]
+    cluster = None
+    if args.dask:
+        cluster = _dask_cluster(args.tree)
+        extra = ["--executor", "dask", "--scheduler", cluster.scheduler_address]
+    env = {**os.environ, TIMELINE_LOG: str(log_path), "PYTHONPATH": os.pathsep.join([str(args.tree), str(HERE)])}
+    argv = ["process", str(args.cohort), "-o", str(work / "out"), "--manifest", str(args.cohort / "manifest.csv"),
+            "--no-cache", *extra]
+    before = load()
+    try:
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", f"import bench_scale; bench_scale.traced_cli({argv!r})"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    events = sorted((float(t), pid, what.strip()) for t, pid, what in
+                    (line.split(None, 2) for line in log_path.read_text().splitlines()))
     shutil.rmtree(work, ignore_errors=True)
+    names: dict[str, str] = {}
+    parent = events[0][1]
+    for _, pid, _ in events:
+        names.setdefault(pid, "parent" if pid == parent else f"worker {len(names)}")
+    for t, pid, what in events:
+        print(f"{t - t0:7.2f} s  {names[pid]:<9} {what}")
+    starts = {w.split()[1]: t for t, _, w in events if w.startswith("product ") and w.endswith(" start")}
+    ends = {w.split()[1]: (t, pid) for t, pid, w in events if w.startswith("product ") and w.endswith(" end")}
+    exit_t = max(t for t, _, w in events if w == "parent exit")
+    last_of = {}
+    for t, pid in ends.values():
+        last_of[pid] = max(t, last_of.get(pid, 0.0))
+    first, last = min(starts.values()), max(t for t, _ in ends.values())
+    busy = sum(ends[p][0] - starts[p] for p in ends)
+    idle = sum(last - t for t in last_of.values())
+    print(f"\n{'dask' if args.dask else f'--jobs {args.jobs}'}: {exit_t - t0:.1f} s wall (load before {before:.1f}); "
+          f"serial head (start to the first product) {first - t0:.1f} s; products {last - first:.1f} s "
+          f"({busy:.1f} s summed over products); workers idle while another still ran {idle:.1f} s; "
+          f"serial tail (last product to exit) {exit_t - last:.1f} s")
 
 
 def scan(args) -> None:
@@ -273,7 +396,7 @@ def _dask_cluster(tree: Path):
     preload a deployment gives ``dask worker``, see the README), this tree first on their path."""
     from distributed import Client, LocalCluster
 
-    os.environ["PYTHONPATH"] = str(tree)   # inherited by the worker processes
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(tree), str(HERE)])   # inherited by the workers (HERE: `timeline`)
     sys.path.insert(0, str(tree))
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None, worker_dashboard_address=None)
@@ -419,7 +542,7 @@ def gating(args) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "scan", "gating", "all"))
+    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "timeline", "scan", "gating", "all"))
     ap.add_argument("--cohort", type=Path, help="folder from benchmarks/make_cohort.py")
     ap.add_argument("--make-cohort", type=Path, help="`all`: the issue's folder here (written first if missing)")
     ap.add_argument("--baseline-commit", default=None, help="`all`: commit to compare against (git worktree)")
@@ -429,13 +552,15 @@ def main(argv=None) -> None:
     ap.add_argument("--small", type=int, default=20, help="products of the small memory run")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of `throughput` and `all`")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--jobs", type=int, default=2, help="`timeline`: --jobs of the traced run")
+    ap.add_argument("--dask", action="store_true", help="`timeline`: trace a run on a 2-worker LocalCluster instead")
     ap.add_argument("--files", type=int, default=10_000, help="files for `scan`")
     args = ap.parse_args(argv)
     args.cohort = args.cohort or args.make_cohort
     if args.cohort is None:
         ap.error("--cohort (or, for `all`, --make-cohort) is required")
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
-     "scan": scan, "gating": gating, "all": everything}[args.what](args)
+     "timeline": timeline, "scan": scan, "gating": gating, "all": everything}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -20,21 +20,45 @@ every output except the times in ``run.json`` is a pure function of the inputs a
 """
 from __future__ import annotations
 
-from tilpheno.pipeline.executors import EXECUTORS, iter_outcomes
-from tilpheno.pipeline.inputs import attach_doses, group_products, load_manifest, unmatched_outcomes
-from tilpheno.pipeline.jobs import (ProcessOptions, ProductJob, ProductOutcome, StrategySource, job_strategies,
-                                    outcome_from_record, outcome_record, product_slug, strategy_sources)
-from tilpheno.pipeline.outputs import REPORT_MODES, report_path
-from tilpheno.pipeline.product import (FILE_ERROR_CODES, crashed_outcome, failure_reason, process_product,
-                                       ungated_tube_flags, worst_severity)
-from tilpheno.pipeline.record import rerun_arguments
-from tilpheno.pipeline.release import release_decision
-from tilpheno.pipeline.run import RunSummary, process_folder, run_process
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "EXECUTORS", "FILE_ERROR_CODES", "REPORT_MODES", "ProcessOptions", "ProductJob", "ProductOutcome", "RunSummary",
-    "StrategySource", "attach_doses", "crashed_outcome", "failure_reason", "group_products", "iter_outcomes",
-    "job_strategies", "load_manifest", "outcome_from_record", "outcome_record", "process_folder", "process_product", "product_slug",
-    "release_decision", "report_path", "rerun_arguments", "run_process", "strategy_sources", "ungated_tube_flags",
-    "unmatched_outcomes", "worst_severity",
-]
+if TYPE_CHECKING:
+    from tilpheno.pipeline.executors import EXECUTORS, iter_outcomes
+    from tilpheno.pipeline.inputs import attach_doses, group_products, load_manifest, unmatched_outcomes
+    from tilpheno.pipeline.jobs import (ProcessOptions, ProductJob, ProductOutcome, StrategySource, job_strategies,
+                                        outcome_from_record, outcome_record, product_slug, strategy_sources)
+    from tilpheno.pipeline.outputs import REPORT_MODES, report_path
+    from tilpheno.pipeline.product import (FILE_ERROR_CODES, crashed_outcome, failure_reason, process_product,
+                                           ungated_tube_flags, worst_severity)
+    from tilpheno.pipeline.record import rerun_arguments
+    from tilpheno.pipeline.release import release_decision
+    from tilpheno.pipeline.run import RunSummary, process_folder, run_process
+
+_HOME = {
+    "executors": ("EXECUTORS", "iter_outcomes"),
+    "inputs": ("attach_doses", "group_products", "load_manifest", "unmatched_outcomes"),
+    "jobs": ("ProcessOptions", "ProductJob", "ProductOutcome", "StrategySource", "job_strategies",
+             "outcome_from_record", "outcome_record", "product_slug", "strategy_sources"),
+    "outputs": ("REPORT_MODES", "report_path"),
+    "product": ("FILE_ERROR_CODES", "crashed_outcome", "failure_reason", "process_product", "ungated_tube_flags",
+                "worst_severity"),
+    "record": ("rerun_arguments",),
+    "release": ("release_decision",),
+    "run": ("RunSummary", "process_folder", "run_process"),
+}
+_MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, each imported from its module on first use (PEP 562): importing
+    ``tilpheno.pipeline.run`` or ``.pool`` does not import the gating and report libraries (numpy's
+    and scikit-learn's seconds of start-up), so ``process --jobs N`` starts its fork server first
+    and the dispatching process never imports what only the workers use."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tilpheno.pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tilpheno.pipeline.{module}"), name)
+    globals()[name] = value
+    return value

@@ -8,14 +8,49 @@ in). A worker that dies fails only its own product.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tilpheno.errors import TableError, TilphenoError
 from tilpheno.pipeline.jobs import ProductJob, ProductOutcome
-from tilpheno.pipeline.product import crashed_outcome, process_product
 
 log = logging.getLogger(__name__)
 EXECUTORS = ("local", "dask")
+
+
+def run_product(job: ProductJob) -> ProductOutcome:
+    """What a worker runs: :func:`tilpheno.pipeline.product.process_product`, imported here, in
+    the worker (already there when its libraries were preloaded), so the dispatching process, which
+    pickles this function by reference, never imports the gating and report libraries."""
+    from tilpheno.pipeline.product import process_product
+
+    return process_product(job)
+
+
+def _crashed(job: ProductJob, reason: str) -> ProductOutcome:
+    from tilpheno.pipeline.product import crashed_outcome
+
+    return crashed_outcome(job, reason)
+
+
+def largest_first(jobs: Sequence[ProductJob]) -> list[ProductJob]:
+    """Jobs by the total size of their files, largest first (ties in the given order): the
+    longest-processing-time-first rule, so the last products to start are the shortest and the
+    workers finish close together, not one left alone with a big product. A product's time grows
+    with its events, hence with its files' bytes; a file that cannot be stat'ed counts 0 (its
+    product fails fast). Output order does not depend on it (tables are sorted by product id)."""
+    import os
+
+    def size(job: ProductJob) -> int:
+        total = 0
+        for f in job.rows["file"].tolist():
+            try:
+                total += os.stat(f).st_size
+            except (OSError, TypeError, ValueError):
+                pass
+        return total
+
+    sizes = [size(job) for job in jobs]
+    return [jobs[i] for i in sorted(range(len(jobs)), key=lambda i: -sizes[i])]
 
 
 def _single_threaded_worker() -> None:
@@ -31,7 +66,7 @@ def _result_or_failure(future, job: ProductJob) -> ProductOutcome:
     try:
         return future.result()
     except Exception as exc:
-        return crashed_outcome(job, f"worker failed: {type(exc).__name__}: {exc}")
+        return _crashed(job, f"worker failed: {type(exc).__name__}: {exc}")
 
 
 def iter_outcomes(
@@ -40,6 +75,7 @@ def iter_outcomes(
     executor: str = "local",
     n_jobs: int = 1,
     scheduler=None,
+    on_dispatch: Callable[[], object] | None = None,
 ) -> Iterator[ProductOutcome]:
     """Yield each job's outcome as it completes (any order; callers sort by product id).
 
@@ -48,18 +84,22 @@ def iter_outcomes(
 
     With ``n_jobs > 1`` products run on ``n_jobs`` worker processes (:func:`_iter_pool`): a
     worker that dies fails only the product it was running (``worker died ...``); the others run on.
+    Jobs are handed out largest first (:func:`largest_first`). ``on_dispatch()``: called once the
+    Dask cluster holds every job (the caller's own work then overlaps with the products').
     """
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask":
-        yield from _iter_dask(jobs, scheduler)
+        yield from _iter_dask(jobs, scheduler, on_dispatch)
     elif n_jobs <= 1 or len(jobs) <= 1:
+        from tilpheno.pipeline.product import process_product
+
         for job in jobs:
             try:
                 outcome = process_product(job)
             except Exception as exc:  # process_product catches input errors; this is the last guard
                 log.exception("product %s: worker failed", job.product_id)
-                outcome = crashed_outcome(job, f"worker failed: {type(exc).__name__}: {exc}")
+                outcome = _crashed(job, f"worker failed: {type(exc).__name__}: {exc}")
             yield outcome
     else:
         yield from _iter_pool(jobs, n_jobs)
@@ -75,17 +115,17 @@ def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutco
     """
     from tilpheno.pipeline.pool import WorkerPool
 
-    with WorkerPool(min(n_jobs, len(jobs)), process_product, _worker_died, _single_threaded_worker) as pool:
-        yield from pool.imap_unordered(jobs)
+    with WorkerPool(min(n_jobs, len(jobs)), run_product, _worker_died, _single_threaded_worker) as pool:
+        yield from pool.imap_unordered(largest_first(jobs))
 
 
 def _worker_died(job: ProductJob, reason: str) -> ProductOutcome:
     """The failed outcome of a job whose worker never returned it (built in this process)."""
     log.error("product %s: %s", job.product_id, reason)
-    return crashed_outcome(job, reason)
+    return _crashed(job, reason)
 
 
-def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome]:
+def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Iterator[ProductOutcome]:
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -101,9 +141,12 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler) -> Iterator[ProductOutcome
         import uuid
 
         run = uuid.uuid4().hex  # fresh keys: a cluster never serves a cached result of an earlier run
-        keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(jobs))]
-        futures = client.map(process_product, list(jobs), key=keys, pure=False)
-        job_of = {fut.key: job for fut, job in zip(futures, jobs)}
+        ordered = largest_first(jobs)
+        keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(ordered))]
+        futures = client.map(run_product, ordered, key=keys, pure=False)
+        job_of = {fut.key: job for fut, job in zip(futures, ordered)}
+        if on_dispatch is not None:
+            on_dispatch()
         for fut in as_completed(futures):
             yield _result_or_failure(fut, job_of[fut.key])
             fut.release()

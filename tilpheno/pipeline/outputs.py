@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from tilpheno.errors import TableError
-from tilpheno.gates.checks import needs_review
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import iter_outcomes
 from tilpheno.pipeline.jobs import (ProcessOptions, ProductJob, ProductOutcome, outcome_from_record, outcome_record,
@@ -61,6 +60,31 @@ def _write_matrices(staging: Path, jobs: Sequence[ProductJob]) -> dict[str, dict
     return written
 
 
+END_MODULES = ("tilpheno.gates.checks", "tilpheno.report.codebook", "tilpheno.report.html", "jinja2", "pyarrow.parquet")
+"""What the dispatching process needs to write the tables and index pages at the end of a run."""
+
+
+def import_in_background(modules: Sequence[str] = END_MODULES):
+    """Import ``modules`` in a daemon thread; returns it. With workers doing the products, the
+    dispatching process would otherwise import these (scipy via the gate checks: seconds) only
+    after the last product, in the run's serial tail; called while the fork server imports the
+    workers' libraries (or once a Dask cluster has the jobs), the imports overlap with them. An
+    import that fails here is only logged: the same import at its point of use raises."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:   # raised again, with its traceback, where the module is used
+                log.debug("background import of %s failed: %s", name, exc)
+
+    thread = threading.Thread(target=run, name="tilpheno-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def _ordered_union(dicts: Iterable[Mapping]) -> list[str]:
     cols: dict[str, None] = {}
     for d in dicts:
@@ -73,6 +97,8 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     """phenotypes, populations and qc DataFrames from outcomes sorted by product id (the run's own
     flags first in qc)."""
     import pandas as pd
+
+    from tilpheno.gates.checks import needs_review
 
     phen_cols = _ordered_union(o.phenotype for o in outcomes)
     phenotypes = pd.DataFrame([o.phenotype for o in outcomes], columns=phen_cols)
@@ -171,7 +197,9 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
             on_outcome(outcome)
     run = uuid.uuid4().hex
     dispatched_ns = time.time_ns()
-    for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler):
+    on_dispatch = import_in_background if executor == "dask" else None   # local --jobs N: process_folder's
+    for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler,
+                               on_dispatch=on_dispatch):
         if fresh.traceback:
             log.error("product %s: %s (a bug, not bad input; traceback in the run log)", fresh.product_id, fresh.error)
             log.debug("product %s: traceback of the internal error\n%s", fresh.product_id, fresh.traceback.rstrip())

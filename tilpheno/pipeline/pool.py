@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 PRELOAD = (
-    "tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.report.product", "tilpheno.report.plots",
+    "tilpheno.pipeline.product", "tilpheno.phenotype", "tilpheno.report.product", "tilpheno.report.plots",
     "tilpheno.report.qc_plots", "tilpheno.report.svg", "tilpheno.acquisition", "tilpheno.io.fcs",
     "matplotlib.ticker", "matplotlib.font_manager", "sklearn.mixture", "jinja2",
 )

@@ -14,8 +14,7 @@ from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
-from tilpheno.pipeline.outputs import REPORT_MODES, _stage
-from tilpheno.pipeline.product import worst_severity
+from tilpheno.pipeline.outputs import REPORT_MODES, _stage, import_in_background
 from tilpheno.pipeline.record import start_run_record
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
@@ -114,6 +113,8 @@ def run_process(
         except OSError as exc:
             raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
                                     f"{out_dir} was left as it was") from None
+    from tilpheno.pipeline.product import worst_severity
+
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
                          release_spec=options.release_spec.name, run_flags=list(run_flags))
     by_code: dict[str, list[QCFlag]] = {}
@@ -170,11 +171,6 @@ def process_folder(
     to ``now`` when ``make_reports``, else ``none``).
     ``on_start(n_products, n_files)`` is called once the manifest is known.
     """
-    from tilpheno.gates.strategy import load_strategy
-    from tilpheno.panel import read_panel_file
-    from tilpheno.study import load_study
-    from tilpheno.release import load_release_spec
-
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask" and scheduler is None:
@@ -184,7 +180,15 @@ def process_folder(
     if executor == "local" and n_jobs > 1:
         from tilpheno.pipeline.pool import start_fork_server
 
-        start_fork_server()   # its imports overlap with reading the manifest and the cache
+        # first: the server's imports of the workers' libraries (the longest serial part of a
+        # parallel run) overlap with this process's own imports, the manifest and the cache
+        start_fork_server()
+        import_in_background()   # and this process's end-of-run imports overlap with them too
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.panel import read_panel_file
+    from tilpheno.release import load_release_spec
+    from tilpheno.study import load_study
+
     study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
     panel = read_panel_file(panel_path) if panel_path is not None else None
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)
