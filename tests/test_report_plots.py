@@ -204,10 +204,10 @@ def test_axis_labels_and_colours():
     assert plots.population_colour("PD1+") in plots._PALETTE and plots.population_colour("PD1+") != til["PD1"]
 
 
-def test_reused_figure_draws_the_same_bytes_as_a_fresh_one():
-    """Plots re-use one figure per axes rectangle and thread (``plots._figure``): a plot drawn after
-    others of every kind (histogram, FMO overlay with its legend, quadrants, density with a polygon
-    gate) is byte for byte the plot a thread that never drew anything makes."""
+def test_a_plot_does_not_depend_on_what_was_drawn_before():
+    """A plot drawn after others of every kind (histogram, FMO overlay with its legend, quadrants)
+    is byte for byte the density plot with a polygon gate that a thread that never drew anything
+    makes (the only state kept between plots is ``report.svg``'s glyph-width cache)."""
     import threading
 
     x, y = _density(20_000, seed=3)

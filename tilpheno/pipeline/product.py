@@ -188,7 +188,7 @@ def _return_free_memory() -> None:
     global _MALLOC_TRIM
     import gc
 
-    gc.collect()   # matplotlib figures hold reference cycles: free them now, not at some later collection
+    gc.collect()   # cyclic garbage: free it now, not at some later collection
     if _MALLOC_TRIM is None:
         try:
             import ctypes

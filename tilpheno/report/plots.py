@@ -257,6 +257,8 @@ def _draw_ticks(canvas: Canvas, frame: Frame, which: str, major, labels, minor=(
         canvas.text.append(svg.group(f"tp-{which}tick-{i}" if ids else None, svg.text(
             float(frame.sx(p)), b.y1 + 5.0 + ASCENT * size, t, size=size) if x else svg.text(
             b.x0 - 5.0, float(frame.sy(p)) + 0.5 * ASCENT * size, t, size=size, anchor="end")))
+    if not label:
+        return
     if x:
         height = size * (ASCENT + DESCENT) if shown else 0.0
         canvas.text.append(svg.group("tp-xlabel" if ids else None, svg.text(

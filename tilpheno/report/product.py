@@ -114,15 +114,18 @@ def _strategy_for(strategies, tube: str):
     return next((s for s in strategies if getattr(s, "tube", None) == tube), None)
 
 
-def _top_of_scale(meta: Mapping, file: str, detector: str) -> float | None:
-    """``$PnR`` of ``detector`` in ``file``'s metadata, if known."""
+def _tops_of_scale(meta: Mapping, file: str) -> dict[str, float]:
+    """Detector -> ``$PnR`` in ``file``'s metadata (finite, positive values only; empty if unknown)."""
     fcs = meta.get(str(file))
     channels = getattr(fcs, "channels", None)
     if channels is None or "pnn" not in channels or "pnr" not in channels:
-        return None
-    rows = channels[channels["pnn"] == detector]
-    value = float(rows["pnr"].iloc[0]) if len(rows) else float("nan")
-    return value if np.isfinite(value) and value > 0 else None
+        return {}
+    import pandas as pd
+
+    first: dict[str, float] = {}   # the first row of a detector's name counts
+    for name, value in zip(channels["pnn"].tolist(), pd.to_numeric(channels["pnr"], errors="coerce").tolist()):
+        first.setdefault(str(name), float(value))
+    return {name: value for name, value in first.items() if np.isfinite(value) and value > 0}
 
 
 def product_axes(result, meta: Mapping, strategies=()) -> dict[tuple[str, str], tuple[float, float]]:
@@ -134,8 +137,9 @@ def product_axes(result, meta: Mapping, strategies=()) -> dict[tuple[str, str], 
 
     tops: dict[tuple[str, str], float | None] = {}
     for t in result.tubes:
+        file_tops = _tops_of_scale(meta, t.file)
         for dim in t.data:
-            top = _top_of_scale(meta, t.file, t.detectors.get(dim, dim))
+            top = file_tops.get(t.detectors.get(dim, dim))
             key = (t.tube, dim)
             known = tops.get(key)
             if key not in tops or (top is not None and (known is None or top > known)):

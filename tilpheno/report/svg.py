@@ -151,15 +151,18 @@ def path(d: str, *, stroke: str | None = None, width: float | None = None, fill:
 
 def text(x: float, y: float, lines: list[str] | str, *, size: float, anchor: str = "middle", bold: bool = False,
          fill: str | None = None, rotate: bool = False, spacing: float = 1.1) -> str:
-    """Text with its first baseline at (x, y); more lines go down by :func:`line_pitch`; ``rotate``:
-    turned 90 degrees counter-clockwise about (x, y)."""
+    """Text with its first baseline at (x, y), one ``<text>`` per line (a line reads as one text),
+    each next line down by :func:`line_pitch`; ``rotate``: turned 90 degrees counter-clockwise about
+    its (x, y)."""
     lines = [lines] if isinstance(lines, str) else lines
-    head = "<text" + attrs(x=num(x), y=num(y), font_size=num(size), font_weight="bold" if bold else None,
-                           text_anchor=None if anchor == "start" else anchor, fill=fill,
-                           transform=f"rotate(-90 {num(x)} {num(y)})" if rotate else None) + ">"
-    body = str(escape(lines[0])) + "".join(
-        f'<tspan x="{num(x)}" dy="{num(line_pitch(size, spacing))}">{escape(s)}</tspan>' for s in lines[1:])
-    return f"{head}{body}</text>"
+    out = []
+    for k, line in enumerate(lines):
+        yk = num(y + k * line_pitch(size, spacing))
+        out.append("<text" + attrs(x=num(x), y=yk, font_size=num(size), font_weight="bold" if bold else None,
+                                   text_anchor=None if anchor == "start" else anchor, fill=fill,
+                                   transform=f"rotate(-90 {num(x)} {yk})" if rotate else None)
+                   + f">{escape(line)}</text>")
+    return "".join(out)
 
 
 def group(gid: str | None, *parts: str) -> str:
