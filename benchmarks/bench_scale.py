@@ -11,6 +11,7 @@
     .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
     .venv/bin/python benchmarks/bench_scale.py all --make-cohort /tmp/scale_b4 --baseline-commit b929823
     .venv/bin/python benchmarks/bench_scale.py gating --cohort /tmp/scale_b4 --repeat 7
+    .venv/bin/python benchmarks/bench_scale.py analysis --cohort /tmp/scale_b4 --baseline /path/to/old/tree
 
 ``all`` measures every ratio of the issue's "Done when" list that concerns speed, in one run
 (under 10 minutes on 2 quiet cores), on the issue's folder (``--make-cohort`` writes it first if
@@ -47,6 +48,11 @@ between runs of one invocation.
   ``benchmarks/run.py`` measures it.
 - throughput: ``process --jobs 1`` with reports, against the same command on ``--baseline`` (an
   older tree), and ``--reports later`` (gating and tables only).
+- analysis: the CPU seconds of one product's analysis (``phenotype.analyze_product`` as the pipeline
+  calls it: read, acquisition QC, compensation, transforms, gate placement, checks, tables; no
+  report, no process start-up) per product of the cohort, in a fresh process per tree (``--tree``
+  and ``--baseline``) after one warm-up product, the trees interleaved over ``--rounds``; the
+  ratio baseline / now of the least of the rounds.
 - parallel: ``--jobs 1``, ``--jobs 2``, and ``--executor dask`` on a ``LocalCluster`` of two
   single-threaded worker processes (127.0.0.1, their libraries imported first, as ``dask worker
   --preload tilpheno.daskworker`` does), against ``--jobs 1``, over ``--rounds`` interleaved rounds.
@@ -83,12 +89,14 @@ def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
     """``tilpheno process`` of ``tree`` in a subprocess: wall s, CPU s of the tree, load before, exit."""
     from run import _watch  # benchmarks/run.py: psutil sampling of the process tree
 
+    cohort, out = cohort.resolve(), out.resolve()
     cmd = [sys.executable, "-m", "tilpheno.cli", "process", str(cohort), "-o", str(out),
            "--manifest", str(cohort / "manifest.csv"), *extra]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     before = load()
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # run in the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tree)
     usage = _watch(proc)
     _, err = proc.communicate()
     wall = time.perf_counter() - t
@@ -204,6 +212,52 @@ def throughput(args) -> None:
         lines.append(row(f"{name} (least CPU of {len(rs)})", best, note))
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
+
+
+ANALYSIS_CHILD = """
+import json, sys, time
+from pathlib import Path
+import pandas as pd
+from tilpheno.gates.strategy import load_strategy
+from tilpheno.study import default_study
+import tilpheno.phenotype as ph
+cohort = Path(sys.argv[1])
+strategies = [load_strategy(p) for p in default_study().strategy_paths]
+manifest = pd.read_csv(cohort / "manifest.csv")
+manifest["file"] = [str(cohort / f) for f in manifest["file"]]
+products = sorted(manifest["product_id"].unique())
+def one(pid):
+    return ph.analyze_product(pid, manifest[manifest["product_id"] == pid], strategies,
+                              plot_events=getattr(ph, "PLOT_EVENTS", None))
+one(products[0])   # warm-up: lazy imports and caches
+t = time.process_time()
+for pid in products:
+    one(pid)
+print(json.dumps({"cpu_per_product": (time.process_time() - t) / len(products), "products": len(products)}))
+"""
+
+
+def analysis(args) -> None:
+    """CPU seconds of ``analyze_product`` per product, this tree against ``--baseline`` (module docstring)."""
+    trees = [("now", args.tree)] + ([("baseline", args.baseline)] if args.baseline else [])
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for name, tree in trees:
+            before = load()
+            # in the tree: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+            out = subprocess.run([sys.executable, "-c", ANALYSIS_CHILD, str(args.cohort.resolve())], check=True,
+                                 text=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree)},
+                                 cwd=tree).stdout
+            runs.setdefault(name, []).append({**json.loads(out.strip().splitlines()[-1]), "load": before})
+    lines = ["| tree | least CPU s per product of the rounds | all rounds | load before |", "|---|---|---|---|"]
+    for name, rs in runs.items():
+        cpus = ", ".join(format(r["cpu_per_product"], ".3f") for r in rs)
+        loads = ", ".join(format(r["load"], ".1f") for r in rs)
+        lines.append(f"| {name} | {min(r['cpu_per_product'] for r in rs):.3f} | {cpus} | {loads} |")
+    if "baseline" in runs:
+        ratio = min(r["cpu_per_product"] for r in runs["baseline"]) / min(r["cpu_per_product"] for r in runs["now"])
+        lines.append(f"\nanalysis throughput per core: **{ratio:.2f}x** the baseline ({runs['now'][0]['products']} products)")
+    print("\n".join(lines))
 
 
 def parallel(args) -> None:
@@ -542,15 +596,16 @@ def gating(args) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("incremental", "memory", "throughput", "parallel", "timeline", "scan", "gating", "all"))
+    ap.add_argument("what", choices=("incremental", "memory", "throughput", "analysis", "parallel", "timeline", "scan",
+                                       "gating", "all"))
     ap.add_argument("--cohort", type=Path, help="folder from benchmarks/make_cohort.py")
     ap.add_argument("--make-cohort", type=Path, help="`all`: the issue's folder here (written first if missing)")
     ap.add_argument("--baseline-commit", default=None, help="`all`: commit to compare against (git worktree)")
     ap.add_argument("--repeat", type=int, default=5, help="`all`, `gating`: repeats of the FlowKit comparison")
     ap.add_argument("--tree", type=Path, default=HERE.parent, help="tilpheno checkout to run (default: this one)")
-    ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`")
+    ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`, `analysis`")
     ap.add_argument("--small", type=int, default=20, help="products of the small memory run")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of `throughput` and `all`")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of `throughput`, `analysis`, `parallel` and `all`")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--jobs", type=int, default=2, help="`timeline`: --jobs of the traced run")
     ap.add_argument("--dask", action="store_true", help="`timeline`: trace a run on a 2-worker LocalCluster instead")
@@ -560,7 +615,7 @@ def main(argv=None) -> None:
     if args.cohort is None:
         ap.error("--cohort (or, for `all`, --make-cohort) is required")
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
-     "timeline": timeline, "scan": scan, "gating": gating, "all": everything}[args.what](args)
+     "timeline": timeline, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
 
 
 if __name__ == "__main__":

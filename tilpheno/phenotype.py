@@ -764,6 +764,17 @@ def _descends_from(strategy: Strategy, name: str, ancestor: str | None) -> bool:
     return False
 
 
+def _median_sorting(values: np.ndarray) -> float:
+    """``np.median(values)`` (the middle value, the mean of the two middle ones for an even count,
+    NaN when any value is NaN), by sorting ``values`` in place (a non-empty array the caller owns):
+    numpy's vectorised sort is faster than the selection ``np.median`` runs."""
+    values.sort()
+    half = values.size // 2
+    if np.isnan(values[-1]):   # NaN sorts last
+        return float("nan")
+    return float(values[half]) if values.size % 2 else float(np.mean(values[half - 1: half + 1]))
+
+
 def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     """Per population: count, % of parent, % of live lymphocytes, median of each marker (linear units)."""
     n = state.tube.n_events
@@ -784,12 +795,12 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
                                   else float("nan")),
         }
-        # the population's event indices once, gathered per marker into a fresh array that the
-        # median may partition in place (the same order statistics as np.median of a boolean selection)
+        # the population's event indices once, gathered per marker into a fresh array that is
+        # sorted in place for its median
         index = np.flatnonzero(mask) if count and mask is not None else np.empty(0, dtype=np.intp)
         for m in markers:
             if count:
-                med = float(np.median(state.tube.data[m].take(index), overwrite_input=True))
+                med = _median_sorting(state.tube.data[m].take(index))
                 row[f"median_{m}"] = float(state.tube.transforms[m].inverse(np.array([med]))[0])
             else:
                 row[f"median_{m}"] = float("nan")
