@@ -249,11 +249,11 @@ def _event(what: str) -> None:
 
 
 def traced_run_product(job):
-    """``executors.run_product`` with its start and end logged (runs in the worker)."""
-    from tilpheno.pipeline.executors import run_product
+    """``executors.run_product`` (which this replaces) with its start and end logged (runs in the worker)."""
+    from tilpheno.pipeline.product import process_product
 
     _event(f"product {job.product_id} start")
-    outcome = run_product(job)
+    outcome = process_product(job)
     _event(f"product {job.product_id} end")
     return outcome
 
@@ -283,7 +283,7 @@ def traced_cli(argv: list[str]) -> None:
     _event("parent CLI imported")
     executors.run_product = traced_run_product   # pickled by reference: the workers run the traced one
     for owner, name in [(pool, "start_fork_server"), (run, "load_manifest"), (run, "start_run_record"),
-                        (outputs, "iter_outcomes"), (pool.WorkerPool, "_start"), (outputs, "_tables"),
+                        (pool.WorkerPool, "_start"), (outputs, "_tables"),
                         (outputs, "_write_populations"), (outputs, "write_run_record")]:
         _traced(owner, name)
     sys.argv = ["tilpheno", *argv]
@@ -298,12 +298,13 @@ def timeline(args) -> None:
     """One traced ``process`` (module docstring): its events, then the wall time by phase."""
     work = Path(tempfile.mkdtemp(prefix="scale-tl-"))
     log_path = work / "events.log"
+    os.environ[TIMELINE_LOG] = str(log_path)   # before the Dask workers start: they log too
     extra = ["--jobs", str(args.jobs)]
     cluster = None
     if args.dask:
         cluster = _dask_cluster(args.tree)
         extra = ["--executor", "dask", "--scheduler", cluster.scheduler_address]
-    env = {**os.environ, TIMELINE_LOG: str(log_path), "PYTHONPATH": os.pathsep.join([str(args.tree), str(HERE)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.tree), str(HERE)])}
     argv = ["process", str(args.cohort), "-o", str(work / "out"), "--manifest", str(args.cohort / "manifest.csv"),
             "--no-cache", *extra]
     before = load()

@@ -92,11 +92,9 @@ def iter_outcomes(
     if executor == "dask":
         yield from _iter_dask(jobs, scheduler, on_dispatch)
     elif n_jobs <= 1 or len(jobs) <= 1:
-        from tilpheno.pipeline.product import process_product
-
         for job in jobs:
             try:
-                outcome = process_product(job)
+                outcome = run_product(job)
             except Exception as exc:  # process_product catches input errors; this is the last guard
                 log.exception("product %s: worker failed", job.product_id)
                 outcome = _crashed(job, f"worker failed: {type(exc).__name__}: {exc}")
