@@ -84,7 +84,9 @@ def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     before = load()
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # cwd=tree: ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH, so
+    # run from another checkout it would import that checkout's tilpheno, not ``tree``'s
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tree))
     usage = _watch(proc)
     _, err = proc.communicate()
     wall = time.perf_counter() - t
@@ -311,7 +313,7 @@ def timeline(args) -> None:
     try:
         t0 = time.time()
         subprocess.run([sys.executable, "-c", f"import bench_scale; bench_scale.traced_cli({argv!r})"], env=env,
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, cwd=str(args.tree))   # cwd: see run_process
     finally:
         if cluster is not None:
             cluster.close()
@@ -327,6 +329,9 @@ def timeline(args) -> None:
     starts = {w.split()[1]: t for t, _, w in events if w.startswith("product ") and w.endswith(" start")}
     ends = {w.split()[1]: (t, pid) for t, pid, w in events if w.startswith("product ") and w.endswith(" end")}
     exit_t = max(t for t, _, w in events if w == "parent exit")
+    if not ends:   # a tree without executors.run_product (before 80dcf70): the parent's events only
+        print(f"\n{exit_t - t0:.1f} s wall (load before {before:.1f}); no product events")
+        return
     last_of = {}
     for t, pid in ends.values():
         last_of[pid] = max(t, last_of.get(pid, 0.0))
@@ -528,6 +533,7 @@ def main(argv=None) -> None:
     args.cohort = args.cohort or args.make_cohort
     if args.cohort is None:
         ap.error("--cohort (or, for `all`, --make-cohort) is required")
+    args.cohort, args.tree = args.cohort.resolve(), args.tree.resolve()   # the runs' working directory is the tree
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
      "timeline": timeline, "scan": scan, "all": everything}[args.what](args)
 
