@@ -95,8 +95,9 @@ def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     before = load()
     t = time.perf_counter()
-    # run in the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tree)
+    # cwd=tree: ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH, so
+    # run from another checkout it would import that checkout's tilpheno, not ``tree``'s
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tree))
     usage = _watch(proc)
     _, err = proc.communicate()
     wall = time.perf_counter() - t
@@ -307,11 +308,11 @@ def _event(what: str) -> None:
 
 
 def traced_run_product(job):
-    """``executors.run_product`` with its start and end logged (runs in the worker)."""
-    from tilpheno.pipeline.executors import run_product
+    """``executors.run_product`` (which this replaces) with its start and end logged (runs in the worker)."""
+    from tilpheno.pipeline.product import process_product
 
     _event(f"product {job.product_id} start")
-    outcome = run_product(job)
+    outcome = process_product(job)
     _event(f"product {job.product_id} end")
     return outcome
 
@@ -341,7 +342,7 @@ def traced_cli(argv: list[str]) -> None:
     _event("parent CLI imported")
     executors.run_product = traced_run_product   # pickled by reference: the workers run the traced one
     for owner, name in [(pool, "start_fork_server"), (run, "load_manifest"), (run, "start_run_record"),
-                        (outputs, "iter_outcomes"), (pool.WorkerPool, "_start"), (outputs, "_tables"),
+                        (pool.WorkerPool, "_start"), (outputs, "_tables"),
                         (outputs, "_write_populations"), (outputs, "write_run_record")]:
         _traced(owner, name)
     sys.argv = ["tilpheno", *argv]
@@ -356,19 +357,20 @@ def timeline(args) -> None:
     """One traced ``process`` (module docstring): its events, then the wall time by phase."""
     work = Path(tempfile.mkdtemp(prefix="scale-tl-"))
     log_path = work / "events.log"
+    os.environ[TIMELINE_LOG] = str(log_path)   # before the Dask workers start: they log too
     extra = ["--jobs", str(args.jobs)]
     cluster = None
     if args.dask:
         cluster = _dask_cluster(args.tree)
         extra = ["--executor", "dask", "--scheduler", cluster.scheduler_address]
-    env = {**os.environ, TIMELINE_LOG: str(log_path), "PYTHONPATH": os.pathsep.join([str(args.tree), str(HERE)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.tree), str(HERE)])}
     argv = ["process", str(args.cohort), "-o", str(work / "out"), "--manifest", str(args.cohort / "manifest.csv"),
             "--no-cache", *extra]
     before = load()
     try:
         t0 = time.time()
         subprocess.run([sys.executable, "-c", f"import bench_scale; bench_scale.traced_cli({argv!r})"], env=env,
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, cwd=str(args.tree))   # cwd: see run_process
     finally:
         if cluster is not None:
             cluster.close()
@@ -384,6 +386,9 @@ def timeline(args) -> None:
     starts = {w.split()[1]: t for t, _, w in events if w.startswith("product ") and w.endswith(" start")}
     ends = {w.split()[1]: (t, pid) for t, pid, w in events if w.startswith("product ") and w.endswith(" end")}
     exit_t = max(t for t, _, w in events if w == "parent exit")
+    if not ends:   # a tree without executors.run_product (before 80dcf70): the parent's events only
+        print(f"\n{exit_t - t0:.1f} s wall (load before {before:.1f}); no product events")
+        return
     last_of = {}
     for t, pid in ends.values():
         last_of[pid] = max(t, last_of.get(pid, 0.0))
@@ -614,6 +619,8 @@ def main(argv=None) -> None:
     args.cohort = args.cohort or args.make_cohort
     if args.cohort is None:
         ap.error("--cohort (or, for `all`, --make-cohort) is required")
+    args.cohort, args.tree = args.cohort.resolve(), args.tree.resolve()   # the runs' working directory is the tree
+    args.baseline = args.baseline.resolve() if args.baseline else None
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
      "timeline": timeline, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
 

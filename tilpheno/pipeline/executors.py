@@ -85,27 +85,26 @@ def iter_outcomes(
     With ``n_jobs > 1`` products run on ``n_jobs`` worker processes (:func:`_iter_pool`): a
     worker that dies fails only the product it was running (``worker died ...``); the others run on.
     Jobs are handed out largest first (:func:`largest_first`). ``on_dispatch()``: called once the
-    Dask cluster holds every job (the caller's own work then overlaps with the products').
+    jobs are handed out (Dask: the cluster holds them all; ``n_jobs > 1``: before the workers are
+    started), so the caller's own work overlaps with the products'.
     """
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask":
         yield from _iter_dask(jobs, scheduler, on_dispatch)
     elif n_jobs <= 1 or len(jobs) <= 1:
-        from tilpheno.pipeline.product import process_product
-
         for job in jobs:
             try:
-                outcome = process_product(job)
+                outcome = run_product(job)
             except Exception as exc:  # process_product catches input errors; this is the last guard
                 log.exception("product %s: worker failed", job.product_id)
                 outcome = _crashed(job, f"worker failed: {type(exc).__name__}: {exc}")
             yield outcome
     else:
-        yield from _iter_pool(jobs, n_jobs)
+        yield from _iter_pool(jobs, n_jobs, on_dispatch)
 
 
-def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutcome]:
+def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int, on_dispatch=None) -> Iterator[ProductOutcome]:
     """Up to ``n_jobs`` products at a time on as many persistent worker processes
     (:class:`tilpheno.pipeline.pool.WorkerPool`, forked from a fork server that imported the
     libraries once): a worker runs product after product, so start-up is paid once per worker.
@@ -115,8 +114,11 @@ def _iter_pool(jobs: Sequence[ProductJob], n_jobs: int) -> Iterator[ProductOutco
     """
     from tilpheno.pipeline.pool import WorkerPool
 
+    ordered = largest_first(jobs)
+    if on_dispatch is not None:
+        on_dispatch()
     with WorkerPool(min(n_jobs, len(jobs)), run_product, _worker_died, _single_threaded_worker) as pool:
-        yield from pool.imap_unordered(largest_first(jobs))
+        yield from pool.imap_unordered(ordered)
 
 
 def _worker_died(job: ProductJob, reason: str) -> ProductOutcome:

@@ -67,9 +67,10 @@ END_MODULES = ("tilpheno.gates.checks", "tilpheno.report.codebook", "tilpheno.re
 def import_in_background(modules: Sequence[str] = END_MODULES):
     """Import ``modules`` in a daemon thread; returns it. With workers doing the products, the
     dispatching process would otherwise import these (scipy via the gate checks: seconds) only
-    after the last product, in the run's serial tail; called while the fork server imports the
-    workers' libraries (or once a Dask cluster has the jobs), the imports overlap with them. An
-    import that fails here is only logged: the same import at its point of use raises."""
+    after the last product, in the run's serial tail. Called once the jobs are handed out (while
+    the fork server still imports the workers' libraries, or once a Dask cluster holds the jobs),
+    when this process imports nothing else, the imports overlap with the products. An import that
+    fails here is only logged: the same import at its point of use raises."""
     import importlib
     import threading
 
@@ -197,7 +198,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
             on_outcome(outcome)
     run = uuid.uuid4().hex
     dispatched_ns = time.time_ns()
-    on_dispatch = import_in_background if executor == "dask" else None   # local --jobs N: process_folder's
+    on_dispatch = import_in_background if executor == "dask" or n_jobs > 1 else None
     for fresh in iter_outcomes(list(todo.values()), executor=executor, n_jobs=n_jobs, scheduler=scheduler,
                                on_dispatch=on_dispatch):
         if fresh.traceback:

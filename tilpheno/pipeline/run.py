@@ -14,7 +14,7 @@ from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
-from tilpheno.pipeline.outputs import REPORT_MODES, _stage, import_in_background
+from tilpheno.pipeline.outputs import REPORT_MODES, _stage
 from tilpheno.pipeline.record import start_run_record
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
@@ -183,7 +183,6 @@ def process_folder(
         # first: the server's imports of the workers' libraries (the longest serial part of a
         # parallel run) overlap with this process's own imports, the manifest and the cache
         start_fork_server()
-        import_in_background()   # and this process's end-of-run imports overlap with them too
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.panel import read_panel_file
     from tilpheno.release import load_release_spec
