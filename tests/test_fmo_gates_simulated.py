@@ -5,11 +5,15 @@ Two products (seeds 93001, 93002, not used elsewhere), drawn with the phenomena 
 each test knows what it is about: mild, nearly symmetric nonspecific PD1/FoxP3 binding that the
 additive carry-over must correct to within the issue-13 tolerance (1.5 points) without a review
 flag; heavy, right-skewed PD1 binding whose tail the negative peak's lower side cannot see, where
-a PD1 variable off by more than 3 points must carry a review flag on its gate (no silent miss).
+a PD1 variable more than 3 points off must carry a review flag on its gate, and the skew measured
+on the non-T lymphocytes (``skew_reference``) must bring it within 3 points (it is 2.1 points off
+and, since the upper side confirms the reference's cut, no longer flagged).
 """
+import numpy as np
 import pandas as pd
 import pytest
 
+from tilpheno.gates import placement as pl
 from tilpheno.gates.checks import needs_review
 from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.phenotype import analyze_product
@@ -40,9 +44,70 @@ def test_mild_symmetric_binding_is_corrected_without_review(tmp_path):
 
 
 @pytest.mark.slow
-def test_heavy_skewed_binding_is_within_tolerance_or_flagged(tmp_path):
+def test_heavy_skewed_binding_is_corrected_within_3_points(tmp_path):
     phen = Phenomena(nsb={"PD1": 280.0}, nsb_sd={"PD1": 0.75}, spread={"PD1": 80.0})
     errors, flagged = _run(tmp_path, 93002, phen)
-    for variable, gate in PD1_GATES.items():
-        assert abs(errors[variable]) <= 1.5 or gate in flagged, (variable, errors[variable], flagged)
-    assert any(abs(errors[v]) > 3 for v in PD1_GATES), errors   # the case is hard: the flag is what saves it
+    for variable, gate in PD1_GATES.items():   # issue 13's miss level: more than 3 points off needs a flag
+        assert abs(errors[variable]) <= 3 or gate in flagged, (variable, errors[variable], flagged)
+    # the lower-side carry-over alone over-calls this product by more than 3 points (PD1+ +4.6, CD8+PD1+
+    # +5.9 before skew_reference); the skew measured on the non-T lymphocytes carries most of the tail
+    assert all(abs(errors[v]) < 3 for v in PD1_GATES), errors
+
+
+def _reference_tubes(rng, added):
+    """A marker-poor population (2 % positives at 4000 units): FMO autofluorescence N(0, 60) and the
+    stained tube's negatives with ``added`` nonspecific signal, on the default logicle."""
+    from tilpheno.transforms import Logicle
+
+    tr = Logicle()
+    n = 4000
+    fmo = rng.normal(0.0, 60.0, n)
+    neg = rng.normal(0.0, 60.0, n) + added(n)
+    stained = np.concatenate([neg, rng.lognormal(np.log(4000.0), 0.3, n // 50)])
+    return tr, tr.apply(fmo), tr.apply(stained)
+
+
+def test_reference_skew_tells_a_skewed_tail_from_symmetric_spread():
+    """reference_skew: log-normal (right-skewed) binding of the same median reads well above
+    Gaussian added signal (spread only; the level-0.2 reading on the logicle density is biased
+    upwards for it, about 100 units here for an SD of 80); NaN on too few events."""
+    rng = np.random.default_rng(93003)
+    tr, fmo, stained = _reference_tubes(rng, lambda n: 150.0 + rng.normal(0.0, 80.0, n))
+    symmetric = pl.reference_skew(fmo, stained, tr)
+    tr, fmo, stained = _reference_tubes(rng, lambda n: 150.0 * np.exp(0.8 * rng.standard_normal(n)))
+    skewed = pl.reference_skew(fmo, stained, tr)
+    assert skewed > 250.0 and skewed > 2.5 * symmetric, (symmetric, skewed)
+    assert np.isnan(pl.reference_skew(fmo[:100], stained[:100], tr))
+
+
+def test_skew_reference_carries_the_tail_to_a_pd1_rich_parent():
+    """The carry-over with a skew reference puts the cut near the ideal (the stained negatives'
+    99.5th percentile) under heavy right-skewed binding, where the lower-side carry-over cuts
+    into the negatives' tail; with symmetric added signal and many dim positives the reference
+    moves the cut by less than 0.6 points from the lower-side carry-over."""
+    from tilpheno.gates import checks
+
+    rng = np.random.default_rng(93004)
+
+    def tubes(added, positives):
+        tr, ref_fmo, ref_stained = _reference_tubes(rng, added)
+        n = 6000
+        fmo = rng.normal(0.0, 60.0, n)
+        neg = rng.normal(0.0, 60.0, n) + added(n)
+        pos = rng.lognormal(np.log(500.0), 0.45, int(n * positives))   # dim positives next to the negatives
+        stained = np.concatenate([neg, pos])
+        ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
+        truth = 100.0 * np.mean(tr.apply(stained) > ideal)
+        kw = dict(percentile=99.5, source_file="", transform=tr, rule="relative")
+        plain = checks.place_and_check("P", "PD1", tr.apply(fmo), tr.apply(stained), **kw)
+        with_ref = checks.place_and_check("P", "PD1", tr.apply(fmo), tr.apply(stained), reference_fmo=ref_fmo,
+                                          reference_stained=ref_stained, **kw)
+        pct = lambda p: 100.0 * np.mean(tr.apply(stained) > p.diagnostics["threshold"]) - truth
+        return pct(plain), pct(with_ref), with_ref.diagnostics
+
+    plain, with_ref, d = tubes(lambda n: 250.0 * np.exp(0.8 * rng.standard_normal(n)), 0.15)
+    assert plain > 3.0, plain                       # the lower side cannot see the tail: over-called
+    assert abs(with_ref) < 1.5, (with_ref, d)
+    assert d["winner"] == "fmo_relative" and d["threshold"] == pytest.approx(d["relative_reference"])
+    plain, with_ref, d = tubes(lambda n: 100.0 + rng.normal(0.0, 50.0, n), 0.25)
+    assert abs(with_ref - plain) < 0.6, (plain, with_ref, d)

@@ -613,6 +613,7 @@ class _TubeKindRun:
         params = dict(pop.params)
         pct = float(params.pop("percentile", self.percentile))
         min_events = int(params.pop("min_events", 200))
+        skew_reference = params.pop("skew_reference", None)
         anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
         # the last FMO file of the marker that loads (as a dict keyed by marker would keep)
         fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and self.vocabulary.same(s.fmo_marker, marker)]
@@ -629,6 +630,9 @@ class _TubeKindRun:
                 if stained is not None and marker in stained[1].tube.data:
                     self.walk(stained[0], k)
                     evidence = stained[1].tube.data[marker][stained[1].parent_mask(pop)]
+                    if skew_reference:   # a marker-poor population of the same tubes (gated before k)
+                        params["reference_fmo"] = st.tube.data[marker][st.masks[skew_reference]]
+                        params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
                 placement = checks.place_and_check(pop.name, marker, values, evidence, percentile=pct,
                                                    source_file=source, min_events=min_events,
                                                    transform=st.tube.transforms.get(marker), **params, **anchor)

@@ -21,7 +21,11 @@ review", see :data:`REVIEW_CODES`):
     = the larger % of the parent between the cut and either carry-over (``relative_low``, with
     the negative peak's lower-side spread: free of positives, blind to a right-skewed
     nonspecific tail; ``relative_high``, with its upper-side spread: follows that tail, widened
-    by positives next to the negatives). The data do not tell a skewed nonspecific tail from
+    by positives next to the negatives). With a strategy ``skew_reference`` the cut itself is the carry-over
+    with the reference population's skew (``relative_reference``, ``placement.reference_skew``);
+    when that cut lies within ``uncertain_points`` of ``relative_high`` (the negatives' own upper
+    side confirms the tail the marker-poor population shows), ``relative_low`` is ruled out and
+    ``candidate_points`` = the points between the cut and ``relative_high`` only. The data do not tell a skewed nonspecific tail from
     positives next to the negatives, and the cut may be several points off. (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
@@ -134,6 +138,8 @@ def place_and_check(
     uncertain_points: float = 3.0,
     shift_points: float = 6.0,
     fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
+    reference_fmo: np.ndarray | None = None,
+    reference_stained: np.ndarray | None = None,
     **anchor: Any,
 ) -> pl.Placement:
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
@@ -146,6 +152,9 @@ def place_and_check(
                                   "fmo_threshold": placement.diagnostics["threshold"]}, placement.flags)
         stained = None
     else:
+        if reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
+            anchor["reference_extra"] = pl.reference_skew(
+                reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", 0.3))
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
                                           source_file=source_file, min_events=min_events, **anchor)
         stained = np.asarray(stained_values, dtype=np.float64)
@@ -183,7 +192,9 @@ def place_and_check(
         uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
-            d["candidate_points"] = max(_points_between(stained, cut, low), _points_between(stained, cut, high))
+            from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
+            referenced = math.isfinite(float(d.get("relative_reference", float("nan"))))
+            d["candidate_points"] = from_high if referenced and from_high <= uncertain_points else max(from_low, from_high)
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
             if uncertain:
                 flags.append(pl.Flag("uncertain_threshold", "warning",

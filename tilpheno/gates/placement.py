@@ -685,16 +685,20 @@ def stained_negative_peak(
 
 
 def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
-                  mode_bw: float, coarse: Density, percentile: float) -> tuple[float, float, float] | None:
+                  mode_bw: float, coarse: Density, percentile: float,
+                  reference_extra: float = float("nan")) -> tuple[float, float, float, float] | None:
     """The FMO percentile carried over to the stained negatives in compensated linear units
     (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
-    from the upper-side spread)`` in transformed units, None without a measurable FMO width.
+    from the upper-side spread, threshold from the reference spread)`` in transformed units, None
+    without a measurable FMO width.
 
     Shift = stained mode - FMO mode. Added spread = sqrt(stained width^2 - FMO width^2), widths
     measured on the lower side (RMS below the mode: free of positives, blind to a right-skewed
     nonspecific tail) or on the upper side (distance from the mode up to where the density falls
     to ``UPPER_LEVEL`` of the mode's, as a normal SD: follows the skewed tail, but positives next
-    to the negatives widen it).
+    to the negatives widen it). Reference spread = sqrt(lower-side spread^2 + ``reference_extra``^2),
+    ``reference_extra`` (:func:`reference_skew`) measured on a marker-poor population of the same
+    tube (NaN: no reference; the fourth threshold is then NaN).
     """
     f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
@@ -703,14 +707,67 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
         return None
     spreads = [float(np.sqrt(max(sw**2 - fw**2, 0.0)))]
     fmo_coarse = smoothed_density(fmo_x, mode_bw, *_padded_range(fmo_x, mode_bw))
-    uf, us = transform.inverse(np.array([_upper_width(fmo_coarse, fmo_mode), _upper_width(coarse, stained_mode)]))
-    if uf > fm and us > sm:
-        spreads.append(float(np.sqrt(max((us - sm) ** 2 - (uf - fm) ** 2, 0.0)) / np.sqrt(-2.0 * np.log(UPPER_LEVEL))))
-    else:
-        spreads.append(spreads[0])
-    lower, upper = (float(transform.apply(np.array([additive_threshold(f_lin, sm - fm, sd, percentile)]))[0])
-                    for sd in spreads)
-    return float(sw / fw), lower, upper
+    spreads.append(_upper_spread(transform, fmo_coarse, coarse, fmo_mode, stained_mode, UPPER_LEVEL, spreads[0]))
+    if np.isfinite(reference_extra):
+        spreads.append(float(np.hypot(spreads[0], reference_extra)))
+    lower, upper, *ref = (float(transform.apply(np.array([additive_threshold(f_lin, sm - fm, sd, percentile)]))[0])
+                          for sd in spreads)
+    return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
+
+
+def _upper_spread(transform: Any, fmo_density: Density, density: Density, fmo_mode: float, stained_mode: float,
+                  level: float, default: float) -> float:
+    """Added spread (linear units, as a normal SD) read on the negative peak's upper side: the
+    distances from each mode up to where its density falls to ``level`` x the mode's, stained vs
+    FMO, in quadrature, divided by sqrt(-2 ln level). ``default`` when either distance is not positive."""
+    fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
+    uf, us = transform.inverse(np.array([_upper_width(fmo_density, fmo_mode, level), _upper_width(density, stained_mode, level)]))
+    if not (uf > fm and us > sm):
+        return default
+    return float(np.sqrt(max((us - sm) ** 2 - (uf - fm) ** 2, 0.0)) / np.sqrt(-2.0 * np.log(level)))
+
+
+REFERENCE_LEVEL = 0.2
+"""Density level (fraction of the negative peak's height) at which :func:`reference_skew` reads a
+marker-poor population's upper side: low enough to follow a right-skewed nonspecific tail, which a
+population with few positives does not confuse with positives next to the negatives."""
+MIN_REFERENCE_EVENTS = 200
+"""Events (in the FMO and in the stained tube) below which a skew reference is not measured."""
+
+
+def reference_skew(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
+                   bandwidth: float = 0.02, max_shift: float = 0.3, min_prominence: float = 0.01,
+                   level: float = REFERENCE_LEVEL) -> float:
+    """Right-skew of the nonspecific signal, measured once per tube on a marker-poor population
+    (e.g. the non-T lymphocytes for PD1): the added spread read on the negative peak's upper side at
+    ``level`` of its height (:func:`_upper_spread`, stained vs FMO) in excess of the added spread
+    read on its lower side (RMS below the mode), ``sqrt(max(upper^2 - lower^2, 0))``, compensated
+    linear units. 0 for symmetric added signal; large for a right-skewed nonspecific tail. NaN when
+    either tube has fewer than :data:`MIN_REFERENCE_EVENTS` finite events or no negative peak near
+    the FMO's. Additive model as :func:`additive_threshold`: every cell of the tube gets the same
+    nonspecific signal, so the skew measured where positives are few carries to the gated parent."""
+    f = np.asarray(fmo_values, dtype=np.float64)
+    s = np.asarray(stained_values, dtype=np.float64)
+    f, s = f[np.isfinite(f)], s[np.isfinite(s)]
+    if f.size < MIN_REFERENCE_EVENTS or s.size < MIN_REFERENCE_EVENTS:
+        return float("nan")
+    fmo, _ = fmo_negative_peak(f, bandwidth)
+    mode_bw = max(bandwidth, 0.5 * fmo.width)
+    if mode_bw > bandwidth:
+        fmo, _ = fmo_negative_peak(f, mode_bw)
+    coarse = smoothed_density(s, mode_bw, *_padded_range(s, mode_bw))
+    neg = stained_negative_peak(s, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
+    if not neg.found:
+        return float("nan")
+    f_lin, s_lin = transform.inverse(f), transform.inverse(s)
+    fm, sm = transform.inverse(np.array([fmo.mode, neg.mode]))
+    fw, sw = _lower_half_width(f_lin, fm, np.inf), _lower_half_width(s_lin, sm, np.inf)
+    if not (np.isfinite(fw) and np.isfinite(sw)):
+        return float("nan")
+    lower = float(np.sqrt(max(sw**2 - fw**2, 0.0)))
+    fmo_coarse = smoothed_density(f, mode_bw, *_padded_range(f, mode_bw))
+    upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower)
+    return float(np.sqrt(max(upper**2 - lower**2, 0.0)))
 
 
 def place_fmo_anchored(
@@ -731,6 +788,7 @@ def place_fmo_anchored(
     valley_depth: float = 0.5,
     width_side: str = "lower",
     transform: Any = None,
+    reference_extra: float = float("nan"),
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence.
 
@@ -746,7 +804,12 @@ def place_fmo_anchored(
       are the carry-overs with the spread measured on the negative peak's lower side (free of
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
-      ``upper`` or ``mid`` (halfway between them). Without ``transform``: ``stained mode +
+      ``upper`` or ``mid`` (halfway between them). With a finite ``reference_extra`` (the
+      right-skew of the nonspecific signal measured on a marker-poor population of the same tube,
+      :func:`reference_skew`, linear units) the carry-over uses ``relative_reference`` instead, the
+      spread sqrt(lower-side spread^2 + reference_extra^2): the lower side's spread, plus the
+      upper-side tail the marker-poor population shows (which positives next to the gated
+      parent's negatives cannot widen). Without ``transform``: ``stained mode +
       (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
     * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
       peak at least ``min_separation`` above it or above the relative threshold (the FMO
@@ -796,12 +859,15 @@ def place_fmo_anchored(
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
         bounds = (float("nan"), float("nan"))
         if transform is not None:
-            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile)
+            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile, reference_extra)
             if carried is not None:
-                ratio, from_lower, from_upper = carried
+                ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
                 relative = {"lower": from_lower, "upper": from_upper, "mid": 0.5 * (from_lower + from_upper)}[width_side]
-        diagnostics.update(relative_low=bounds[0], relative_high=bounds[1])
+                if np.isfinite(from_reference):
+                    relative = from_reference
+                diagnostics.update(relative_reference=from_reference)
+        diagnostics.update(relative_low=bounds[0], relative_high=bounds[1], reference_extra=reference_extra)
         diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
         moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
         winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)

@@ -31,7 +31,10 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      max_shift 0.3, shift_tolerance 0.02, width_tolerance 1.25,
                      valley_depth 0.5, width_side lower|upper (placement.place_fmo_anchored);
                      self-checks dense_cut_ratio 0.45, dense_points 6, shift_warning 0.25,
-                     width_warning 3, uncertain_points 3, shift_points 6 (gates.checks)
+                     width_warning 3, uncertain_points 3, shift_points 6 (gates.checks);
+                     skew_reference (none): a marker-poor population of the same tubes on
+                     which the nonspecific signal's right skew is measured
+                     (placement.reference_skew) and carried to this gate
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -140,6 +143,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "width_warning": ParamSpec(_NUM, 3.0, 1, 100),
         "uncertain_points": ParamSpec(_NUM, 3.0, 0, 100),
         "shift_points": ParamSpec(_NUM, 6.0, 0, 100),
+        "skew_reference": ParamSpec(str, None),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
@@ -169,7 +173,7 @@ class Population:
         """Populations that must be gated first: the parent, any boolean operands and the
         ``reference`` population whose events place the gate."""
         own = (self.parent,) if self.parent != ROOT else ()
-        reference = (self.params["reference"],) if self.params.get("reference") else ()
+        reference = tuple(self.params[k] for k in ("reference", "skew_reference") if self.params.get(k))
         return own + reference + (self.boolean.operands if self.boolean else ())
 
 
@@ -440,7 +444,8 @@ def _order(ctx: _Context, populations: list[Population]) -> tuple[Population, ..
     for p in populations:
         for ref in p.depends_on:
             if ref not in by_name:
-                what = "parent" if ref == p.parent else "reference" if ref == p.params.get("reference") else "operand"
+                what = ("parent" if ref == p.parent else "reference" if ref == p.params.get("reference")
+                        else "skew_reference" if ref == p.params.get("skew_reference") else "operand")
                 raise ctx.error(p.line, f"population {p.name!r}", f"unknown {what} {ref!r}; defined: {sorted(by_name)}")
     ordered: list[Population] = []
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
