@@ -100,3 +100,36 @@ def test_plausibility_warnings(tables, tmp_path):
     assert "units of 1e9" in text
     assert "cd8_pct_of_cd3 has 1 value(s) outside 0-100" in text
     assert not any(n.startswith("plausibility") for n in build_cohort(pheno, outcomes).notes)
+
+
+def test_failed_products_are_left_out_with_a_note(tables):
+    """A product `tilpheno process` reports failed carries no results: it is not analysed, and the
+    cohort says which were left out."""
+    pheno, outcomes = tables
+    pheno = pheno.assign(status="done")
+    pheno.loc[[0, 2], "status"] = "failed"
+    cohort = build_cohort(pheno, outcomes)
+    left_out = set(pheno.product_id.iloc[[0, 2]])
+    assert left_out.isdisjoint(cohort.data.product_id) and len(cohort.data) == len(pheno) - 2
+    assert any("2 product(s) not analysed, status not 'done'" in n and all(p in n for p in left_out)
+               for n in cohort.notes)
+
+
+def test_too_few_patients_is_a_one_line_error(tables, tmp_path):
+    """0 or 1 patients joined: a TableError naming both tables, not a traceback from deep inside a
+    model; the command exits 2 with that one line."""
+    from typer.testing import CliRunner
+
+    from tilpheno.biomarkers.cohort import MIN_PATIENTS
+    from tilpheno.cli import app
+
+    pheno, outcomes = tables
+    for n in range(MIN_PATIENTS):
+        with pytest.raises(TableError, match=rf"phenotypes/outcomes: {n} patient\(s\) with both"):
+            build_cohort(pheno.head(n), outcomes)
+    one = _write(tmp_path, pheno.head(1), "pheno.csv")
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(one), "--outcomes",
+                                      str(REF / "til_cohort_outcomes.csv"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "1 patient(s) with both a phenotyped product and outcomes" in result.output
+    assert "Traceback" not in result.output

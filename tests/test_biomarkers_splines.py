@@ -57,6 +57,11 @@ def test_knots_need_distinct_values_and_valid_k():
         harrell_knots(np.arange(50.0), 6)
     with pytest.raises(ValueError, match="too few distinct"):
         harrell_knots(np.r_[np.zeros(60), np.ones(60)], 4)
+    # under 100 values the outer knots are the 5th smallest and largest (rms): fewer than 10 values
+    # are refused by name, not an IndexError
+    with pytest.raises(ValueError, match="9 values: too few for a 4-knot spline"):
+        harrell_knots(np.r_[np.arange(9.0), np.nan], 4)
+    assert harrell_knots(np.arange(10.0), 3).tolist() == [4.0, 4.5, 5.0]
 
 
 def test_basis_is_linear_beyond_the_outer_knots():

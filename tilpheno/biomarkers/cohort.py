@@ -43,6 +43,11 @@ class Cohort:
         return pd.DataFrame(rows, columns=["kind", "id"])
 
 
+MIN_PATIENTS = 2
+"""Fewest patients (phenotypes joined to outcomes) an analysis runs on; small cohorts run, with
+each model's warnings (too few events, no convergence) in the results."""
+
+
 def validate_phenotypes(phenotypes: pd.DataFrame, source: str = "phenotypes") -> pd.DataFrame:
     """Require a unique, non-empty ``product_id``; return a copy with ids as stripped text."""
     if "product_id" not in phenotypes.columns:
@@ -110,6 +115,12 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     """
     pheno = validate_phenotypes(phenotypes).reset_index(drop=True)
     notes: list[str] = []
+    if "status" in pheno.columns:   # `tilpheno process`: a failed product's variables are not results
+        not_done = pheno.loc[pheno["status"].astype(str) != "done", "product_id"].tolist()
+        if not_done:
+            more = f" and {len(not_done) - 10} more" if len(not_done) > 10 else ""
+            notes.append(f"{len(not_done)} product(s) not analysed, status not 'done': {', '.join(not_done[:10])}{more}")
+            pheno = pheno[pheno["status"].astype(str) == "done"].reset_index(drop=True)
     overlap = [c for c in pheno.columns if c != "product_id" and c in outcomes.columns]
     if overlap:
         notes.append(f"column(s) in both tables, outcomes' values used: {', '.join(overlap)}")
@@ -147,6 +158,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             notes.append(f"outcomes product_id '{pid}' matches no phenotyped product{hint}")
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    if len(data) < MIN_PATIENTS:
+        raise TableError(f"phenotypes/outcomes: {len(data)} patient(s) with both a phenotyped product and outcomes "
+                         f"(product_id in both tables); the analysis needs at least {MIN_PATIENTS}")
     if covariates is None:
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]

@@ -215,7 +215,10 @@ def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-1
         halvings = 0
         while True:
             cand = beta + step
-            nxt = efron_derivatives(time, event, X, cand)
+            # a trial step so long that the risk sets underflow gives a non-finite log-likelihood:
+            # it is rejected just below and halved (handled, so numpy's divide warnings would only alarm)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                nxt = efron_derivatives(time, event, X, cand)
             if np.isfinite(nxt.loglik) and nxt.loglik >= cur.loglik - 1e-12 * abs(cur.loglik) or halvings >= 30:
                 break
             step = step / 2

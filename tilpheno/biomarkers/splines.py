@@ -31,6 +31,8 @@ def harrell_knots(x, k: int) -> np.ndarray:
     if k not in HARRELL_QUANTILES:
         raise ValueError(f"number of knots must be 3, 4 or 5 (got {k})")
     x = np.sort(np.asarray(x, dtype=float)[~np.isnan(np.asarray(x, dtype=float))])
+    if x.size < 10:   # below 100 values the outer knots are the 5th smallest and 5th largest value
+        raise ValueError(f"{x.size} values: too few for a {k}-knot spline (needs at least 10)")
     knots = np.quantile(x, HARRELL_QUANTILES[k])
     if x.size < 100:
         knots[0], knots[-1] = x[4], x[-5]
