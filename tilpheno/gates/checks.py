@@ -22,7 +22,8 @@ review", see :data:`REVIEW_CODES`):
     the negative peak's lower-side spread: free of positives, blind to a right-skewed
     nonspecific tail; ``relative_high``, with its upper-side spread: follows that tail, widened
     by positives next to the negatives). With a strategy ``skew_reference`` the cut itself is the carry-over
-    with the reference population's skew (``relative_reference``, ``placement.reference_skew``);
+    with the additive model read on the reference population (``relative_reference``,
+    ``placement.reference_binding``: its shift, lower-side spread and skew);
     when that cut lies within ``uncertain_points`` of ``relative_high`` (the negatives' own upper
     side confirms the tail the marker-poor population shows), ``relative_low`` is ruled out and
     ``candidate_points`` = the points between the cut and ``relative_high`` only. The data do not tell a skewed nonspecific tail from
@@ -153,7 +154,7 @@ def place_and_check(
         stained = None
     else:
         if reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
-            anchor["reference_extra"] = pl.reference_skew(
+            anchor["reference"] = pl.reference_binding(
                 reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", 0.3))
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
                                           source_file=source_file, min_events=min_events, **anchor)
