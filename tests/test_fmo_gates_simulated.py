@@ -158,3 +158,56 @@ def test_reference_binding_carries_the_model_past_dim_positives_that_pull_the_mo
     assert new.diagnostics["reference_shift"] == pytest.approx(binding.shift)
     assert abs(err(new)) < 2.0, (err(new), err(old), new.diagnostics)
     assert err(old) < -3.0, (err(new), err(old), old.diagnostics)
+
+
+def test_the_shift_tolerance_is_tested_on_the_reference_population_too():
+    """No binding (reference and parent unshifted): the FMO percentile is kept, as without a
+    reference (no noise from the carry-over on a clean tube). A reference whose negatives moved
+    beyond the tolerance while the parent's did not: the reference carry-over is used."""
+    rng = np.random.default_rng(93008)
+    tr, ref_fmo, ref_stained = _reference_tubes(rng, lambda n: np.zeros(n))
+    n = 8000
+    fmo = tr.apply(rng.normal(0.0, 60.0, n))
+    stained = tr.apply(np.concatenate([rng.normal(0.0, 60.0, n), rng.lognormal(np.log(600.0), 0.5, n // 4)]))
+    binding = pl.reference_binding(ref_fmo, ref_stained, tr)
+    assert binding is not None and not binding.moved(0.02, 1.25), binding
+    kw = dict(percentile=99.5, transform=tr, rule="relative")
+    clean = pl.place_fmo_anchored(fmo, stained, "PD1", reference=binding, **kw)
+    assert clean.diagnostics["winner"] == "fmo_percentile", clean.diagnostics
+    assert clean.diagnostics["threshold"] == pytest.approx(np.percentile(fmo, 99.5))
+    moved = pl.ReferenceBinding(shift=60.0, spread=30.0, skew=40.0, mode_shift=0.05, fmo_width=binding.fmo_width,
+                                width_ratio=1.0)
+    assert moved.moved(0.02, 1.25)
+    carried = pl.place_fmo_anchored(fmo, stained, "PD1", reference=moved, **kw)
+    d = carried.diagnostics
+    assert d["winner"] == "fmo_relative" and d["threshold"] == pytest.approx(d["relative_reference"]), d
+    assert d["threshold"] > clean.diagnostics["threshold"]
+
+
+def _kept_case(seed, added_median, positive_median, share):
+    from tilpheno.gates import checks
+    from tilpheno.transforms import Logicle
+
+    tr, rng, n = Logicle(), np.random.default_rng(seed), 10000
+    added = lambda k: added_median * np.exp(0.5 * rng.standard_normal(k)) if added_median else 0.0   # noqa: E731
+    fmo = rng.normal(0.0, 60.0, n)
+    neg = rng.normal(0.0, 60.0, n) + added(n)
+    k = int(n * share)
+    stained = tr.apply(np.concatenate([neg, rng.lognormal(np.log(positive_median), 0.5, k) + added(k)]))
+    return checks.place_and_check("CD4+FoxP3+", "FoxP3", tr.apply(fmo), stained, percentile=99.5, source_file="",
+                                  transform=tr, rule="relative", width_side="mid")
+
+
+def test_kept_fmo_percentile_is_flagged_when_both_carry_overs_move_it_beyond_3_points():
+    """uncertain_threshold on a kept FMO percentile: binding below the shift/width tolerance (the
+    FMO percentile is used) while 30 % dim positives sit at the cut, so both carry-overs (lower-
+    and upper-side spread) lie more than 3 points of the parent from it: flagged, with the size;
+    no binding and well separated positives: no flag."""
+    p = _kept_case(93011, 8.0, 200.0, 0.3)
+    d = p.diagnostics
+    assert d["winner"] == "fmo_percentile" and d["kept_points"] > 3.0, d
+    flags = [f for f in p.flags if f.code == "uncertain_threshold"]
+    assert flags and flags[0].severity == "warning" and flags[0].message.startswith("CD4+FoxP3+ (FoxP3): the FMO percentile")
+    q = _kept_case(93010, 0.0, 600.0, 0.1)
+    assert q.diagnostics["winner"] == "fmo_percentile" and abs(q.diagnostics["kept_points"]) < 1.0, q.diagnostics
+    assert not [f for f in q.flags if f.code == "uncertain_threshold"]

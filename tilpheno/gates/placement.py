@@ -755,6 +755,18 @@ class ReferenceBinding:
     shift: float
     spread: float
     skew: float
+    mode_shift: float = float("nan")
+    """Stained negative mode - FMO mode in transformed units (for the shift tolerance)."""
+    fmo_width: float = float("nan")
+    """The FMO's lower-half negative width, transformed units."""
+    width_ratio: float = float("nan")
+    """Stained / FMO lower-side width of the negative peak, linear units."""
+
+    def moved(self, shift_tolerance: float, width_tolerance: float) -> bool:
+        """The reference's negatives shifted or widened beyond the tolerances of
+        :func:`place_fmo_anchored` (as its ``moved`` test on the gated parent)."""
+        return bool(abs(self.mode_shift) > max(shift_tolerance, 0.25 * self.fmo_width)
+                    or not (1 / width_tolerance <= self.width_ratio <= width_tolerance))
 
 
 def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
@@ -790,7 +802,8 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     lower = float(np.sqrt(max(sw**2 - fw**2, 0.0)))
     fmo_coarse = smoothed_density(f, mode_bw, *_padded_range(f, mode_bw))
     upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower)
-    return ReferenceBinding(float(sm - fm), lower, float(np.sqrt(max(upper**2 - lower**2, 0.0))))
+    return ReferenceBinding(float(sm - fm), lower, float(np.sqrt(max(upper**2 - lower**2, 0.0))),
+                            float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
 
 
 def reference_skew(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
@@ -863,7 +876,8 @@ def place_fmo_anchored(
     Rules (``rule``): ``percentile`` = always the FMO percentile (the other candidates are still
     recorded, for the self-checks). ``relative`` = the relative threshold when the stained
     negatives are shifted (``|shift|`` above ``shift_tolerance`` and a quarter of the FMO's
-    negative width) or widened (width ratio beyond ``width_tolerance`` either way), else the FMO
+    negative width) or widened (width ratio beyond ``width_tolerance`` either way) or when
+    the reference population's negatives are (``relative_reference``), else the FMO
     percentile: dim markers (PD1, FoxP3) whose positives overlap the negatives. ``anchored``
     (default) = the valley when it is not below the relative threshold (the FMO's negative bulk
     carried to the stained negatives; the FMO percentile when unshifted) and either at most
@@ -918,6 +932,10 @@ def place_fmo_anchored(
         diagnostics.update(relative_low=bounds[0], relative_high=bounds[1], reference_extra=reference_extra)
         diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
         moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
+        if reference is not None and np.isfinite(diagnostics.get("relative_reference", float("nan"))):
+            # the tolerance is tested on the reference population too: its negatives show binding that
+            # positives next to the gated parent's negatives may hide or mimic
+            moved = moved or reference.moved(shift_tolerance, width_tolerance)
         winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)
         peaks, _ = density.peaks(min_prominence)
         start = int(np.searchsorted(density.grid, neg.mode))
