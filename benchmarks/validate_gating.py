@@ -7,9 +7,10 @@ Products: ``simulate_product(..., phenomena=True)`` (nonspecific binding, spread
 degradation, debris shelves, dim dead cells, dim activation markers; drawn per product) from the
 seeds ``first_seed .. first_seed + products - 1``. Seeds already used while developing the
 gating: 5001-5040, 70001-70060 (the default), 71001-71060, 72001-72060, 90001-90060,
-91001-91120, 96001-96060 (the third round's held-out measurement, now used too), 97001-97060
-(the fourth round's held-out measurement of ``skew_reference``, now used too) and the unit
-tests' seeds (9001-9020, 93001-93002, ...); a measurement on products the gating never saw needs
+91001-91120, 92001-92060 (fifth-round development), 96001-96060 (the third round's held-out
+measurement, now used too), 97001-97060 (the fourth round's held-out measurement of
+``skew_reference``, now used too), 98001-98060 (the fifth round's held-out measurement of
+``reference_binding``, now used too) and the unit tests' seeds (9001-9020, 93001-93011, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
 Errors (percentage points): lineage variables against the label truth, PD1/FoxP3 variables

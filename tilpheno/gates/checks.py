@@ -22,13 +22,18 @@ review", see :data:`REVIEW_CODES`):
     the negative peak's lower-side spread: free of positives, blind to a right-skewed
     nonspecific tail; ``relative_high``, with its upper-side spread: follows that tail, widened
     by positives next to the negatives). With a strategy ``skew_reference`` the cut itself is the carry-over
-    with the reference population's skew (``relative_reference``, ``placement.reference_skew``);
+    with the additive model read on the reference population (``relative_reference``,
+    ``placement.reference_binding``: its shift, lower-side spread and skew);
     when that cut lies within ``uncertain_points`` of ``relative_high`` (the negatives' own upper
     side confirms the tail the marker-poor population shows), ``relative_low`` is ruled out and
     ``candidate_points`` = the points between the cut and ``relative_high`` only. The data do not tell a skewed nonspecific tail from
     positives next to the negatives, and the cut may be several points off. (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
-    Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
+    Also when the FMO percentile was kept (the stained negatives moved less than the
+    shift/width tolerance) yet both carry-overs lie on the same side of it, each more than
+    ``uncertain_points`` points of the parent away (``kept_points``, signed: + when both would
+    lower the % positive): binding below the tolerance can still move a dim marker's % when many
+    events sit at the cut. Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
     taken as all positive) yet more than ``NO_PEAK_POINTS`` (6) % of the parent lies at or below
     that cut.
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
@@ -153,7 +158,7 @@ def place_and_check(
         stained = None
     else:
         if reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
-            anchor["reference_extra"] = pl.reference_skew(
+            anchor["reference"] = pl.reference_binding(
                 reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", 0.3))
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
                                           source_file=source_file, min_events=min_events, **anchor)
@@ -205,6 +210,21 @@ def place_and_check(
                                      f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
                                      f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
                                      f"histogram of the parent, stained vs FMO"))
+        if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
+                and anchor.get("rule", "anchored") != "percentile"):
+            # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs
+            # of it (lower- and upper-side spread) on the same side of it by more than uncertain_points
+            both = sorted((_points_between(stained, cut, low) * (1 if low > cut else -1),
+                           _points_between(stained, cut, high) * (1 if high > cut else -1)))
+            d["kept_points"] = both[0] if both[0] > 0 else (-both[1] if both[1] < 0 else 0.0)
+            if abs(d["kept_points"]) > uncertain_points:
+                uncertain = True
+                flags.append(pl.Flag("uncertain_threshold", "warning",
+                                     f"{name}: the FMO percentile {cut:.3f} was kept (stained negatives within the "
+                                     f"shift/width tolerance of the FMO's), yet both carry-overs of it (negative peak's "
+                                     f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
+                                     f"at least {abs(d['kept_points']):.1f} points (limit {uncertain_points:g}); look at the "
+                                     f"{marker} histogram of the parent, stained vs FMO"))
         # a dim marker's FMO cut (rule relative) lies in the overlap of negatives and positives by
         # convention: a dense cut there is recorded; review rests on uncertain_threshold
         settled_dim = anchor.get("rule") == "relative" and not uncertain

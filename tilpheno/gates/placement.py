@@ -686,7 +686,8 @@ def stained_negative_peak(
 
 def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
                   mode_bw: float, coarse: Density, percentile: float,
-                  reference_extra: float = float("nan")) -> tuple[float, float, float, float] | None:
+                  reference_extra: float = float("nan"),
+                  reference: "ReferenceBinding | None" = None) -> tuple[float, float, float, float] | None:
     """The FMO percentile carried over to the stained negatives in compensated linear units
     (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
     from the upper-side spread, threshold from the reference spread)`` in transformed units, None
@@ -698,7 +699,11 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     to ``UPPER_LEVEL`` of the mode's, as a normal SD: follows the skewed tail, but positives next
     to the negatives widen it). Reference spread = sqrt(lower-side spread^2 + ``reference_extra``^2),
     ``reference_extra`` (:func:`reference_skew`) measured on a marker-poor population of the same
-    tube (NaN: no reference; the fourth threshold is then NaN).
+    tube (NaN: no reference; the fourth threshold is then NaN). With ``reference`` (a
+    :class:`ReferenceBinding` read on that population, :func:`reference_binding`) the fourth
+    threshold carries the whole additive model read there instead: the reference's shift and the
+    spread sqrt(reference lower-side spread^2 + reference skew^2) (the gated parent's own mode and
+    lower side are pulled up by positives next to its negatives).
     """
     f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
@@ -708,10 +713,15 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     spreads = [float(np.sqrt(max(sw**2 - fw**2, 0.0)))]
     fmo_coarse = smoothed_density(fmo_x, mode_bw, *_padded_range(fmo_x, mode_bw))
     spreads.append(_upper_spread(transform, fmo_coarse, coarse, fmo_mode, stained_mode, UPPER_LEVEL, spreads[0]))
-    if np.isfinite(reference_extra):
+    shifts = [sm - fm, sm - fm]
+    if reference is not None:
+        spreads.append(float(np.hypot(reference.spread, reference.skew)))
+        shifts.append(reference.shift)
+    elif np.isfinite(reference_extra):
         spreads.append(float(np.hypot(spreads[0], reference_extra)))
-    lower, upper, *ref = (float(transform.apply(np.array([additive_threshold(f_lin, sm - fm, sd, percentile)]))[0])
-                          for sd in spreads)
+        shifts.append(sm - fm)
+    lower, upper, *ref = (float(transform.apply(np.array([additive_threshold(f_lin, sh, sd, percentile)]))[0])
+                          for sh, sd in zip(shifts, spreads))
     return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
 
 
@@ -735,6 +745,67 @@ MIN_REFERENCE_EVENTS = 200
 """Events (in the FMO and in the stained tube) below which a skew reference is not measured."""
 
 
+@dataclass(frozen=True)
+class ReferenceBinding:
+    """The nonspecific signal of one tube read on a marker-poor population (compensated linear
+    units, :func:`reference_binding`): ``shift`` = stained negative mode - FMO mode, ``spread`` =
+    the added spread on the negative peak's lower side, ``skew`` = the upper-side excess
+    (:func:`reference_skew`)."""
+
+    shift: float
+    spread: float
+    skew: float
+    mode_shift: float = float("nan")
+    """Stained negative mode - FMO mode in transformed units (for the shift tolerance)."""
+    fmo_width: float = float("nan")
+    """The FMO's lower-half negative width, transformed units."""
+    width_ratio: float = float("nan")
+    """Stained / FMO lower-side width of the negative peak, linear units."""
+
+    def moved(self, shift_tolerance: float, width_tolerance: float) -> bool:
+        """The reference's negatives shifted or widened beyond the tolerances of
+        :func:`place_fmo_anchored` (as its ``moved`` test on the gated parent)."""
+        return bool(abs(self.mode_shift) > max(shift_tolerance, 0.25 * self.fmo_width)
+                    or not (1 / width_tolerance <= self.width_ratio <= width_tolerance))
+
+
+def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
+                      bandwidth: float = 0.02, max_shift: float = 0.3, min_prominence: float = 0.01,
+                      level: float = REFERENCE_LEVEL) -> ReferenceBinding | None:
+    """The additive model of nonspecific binding read once per tube on a marker-poor population
+    (e.g. the non-T lymphocytes for PD1), where few positives sit next to the negatives: the
+    negative peak's shift (stained mode - FMO mode), its lower-side added spread (RMS below the
+    mode, stained vs FMO in quadrature) and the right skew (:func:`reference_skew`), all in
+    compensated linear units. None when either tube has fewer than :data:`MIN_REFERENCE_EVENTS`
+    finite events or no negative peak near the FMO's. Every cell of the tube gets the same
+    nonspecific signal (additive model, :func:`additive_threshold`), so what is read where
+    positives are few carries to a gated parent whose dim positives pull its own negative mode
+    and lower side up (CD8+ T cells for PD1)."""
+    f = np.asarray(fmo_values, dtype=np.float64)
+    s = np.asarray(stained_values, dtype=np.float64)
+    f, s = f[np.isfinite(f)], s[np.isfinite(s)]
+    if f.size < MIN_REFERENCE_EVENTS or s.size < MIN_REFERENCE_EVENTS:
+        return None
+    fmo, _ = fmo_negative_peak(f, bandwidth)
+    mode_bw = max(bandwidth, 0.5 * fmo.width)
+    if mode_bw > bandwidth:
+        fmo, _ = fmo_negative_peak(f, mode_bw)
+    coarse = smoothed_density(s, mode_bw, *_padded_range(s, mode_bw))
+    neg = stained_negative_peak(s, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
+    if not neg.found:
+        return None
+    f_lin, s_lin = transform.inverse(f), transform.inverse(s)
+    fm, sm = transform.inverse(np.array([fmo.mode, neg.mode]))
+    fw, sw = _lower_half_width(f_lin, fm, np.inf), _lower_half_width(s_lin, sm, np.inf)
+    if not (np.isfinite(fw) and np.isfinite(sw)):
+        return None
+    lower = float(np.sqrt(max(sw**2 - fw**2, 0.0)))
+    fmo_coarse = smoothed_density(f, mode_bw, *_padded_range(f, mode_bw))
+    upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower)
+    return ReferenceBinding(float(sm - fm), lower, float(np.sqrt(max(upper**2 - lower**2, 0.0))),
+                            float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
+
+
 def reference_skew(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
                    bandwidth: float = 0.02, max_shift: float = 0.3, min_prominence: float = 0.01,
                    level: float = REFERENCE_LEVEL) -> float:
@@ -744,30 +815,10 @@ def reference_skew(fmo_values: np.ndarray, stained_values: np.ndarray, transform
     read on its lower side (RMS below the mode), ``sqrt(max(upper^2 - lower^2, 0))``, compensated
     linear units. 0 for symmetric added signal; large for a right-skewed nonspecific tail. NaN when
     either tube has fewer than :data:`MIN_REFERENCE_EVENTS` finite events or no negative peak near
-    the FMO's. Additive model as :func:`additive_threshold`: every cell of the tube gets the same
-    nonspecific signal, so the skew measured where positives are few carries to the gated parent."""
-    f = np.asarray(fmo_values, dtype=np.float64)
-    s = np.asarray(stained_values, dtype=np.float64)
-    f, s = f[np.isfinite(f)], s[np.isfinite(s)]
-    if f.size < MIN_REFERENCE_EVENTS or s.size < MIN_REFERENCE_EVENTS:
-        return float("nan")
-    fmo, _ = fmo_negative_peak(f, bandwidth)
-    mode_bw = max(bandwidth, 0.5 * fmo.width)
-    if mode_bw > bandwidth:
-        fmo, _ = fmo_negative_peak(f, mode_bw)
-    coarse = smoothed_density(s, mode_bw, *_padded_range(s, mode_bw))
-    neg = stained_negative_peak(s, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
-    if not neg.found:
-        return float("nan")
-    f_lin, s_lin = transform.inverse(f), transform.inverse(s)
-    fm, sm = transform.inverse(np.array([fmo.mode, neg.mode]))
-    fw, sw = _lower_half_width(f_lin, fm, np.inf), _lower_half_width(s_lin, sm, np.inf)
-    if not (np.isfinite(fw) and np.isfinite(sw)):
-        return float("nan")
-    lower = float(np.sqrt(max(sw**2 - fw**2, 0.0)))
-    fmo_coarse = smoothed_density(f, mode_bw, *_padded_range(f, mode_bw))
-    upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower)
-    return float(np.sqrt(max(upper**2 - lower**2, 0.0)))
+    the FMO's (:func:`reference_binding`, whose ``skew`` this is)."""
+    b = reference_binding(fmo_values, stained_values, transform, bandwidth=bandwidth, max_shift=max_shift,
+                          min_prominence=min_prominence, level=level)
+    return b.skew if b is not None else float("nan")
 
 
 def place_fmo_anchored(
@@ -789,6 +840,7 @@ def place_fmo_anchored(
     width_side: str = "lower",
     transform: Any = None,
     reference_extra: float = float("nan"),
+    reference: ReferenceBinding | None = None,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence.
 
@@ -809,7 +861,12 @@ def place_fmo_anchored(
       :func:`reference_skew`, linear units) the carry-over uses ``relative_reference`` instead, the
       spread sqrt(lower-side spread^2 + reference_extra^2): the lower side's spread, plus the
       upper-side tail the marker-poor population shows (which positives next to the gated
-      parent's negatives cannot widen). Without ``transform``: ``stained mode +
+      parent's negatives cannot widen). With ``reference`` (a :class:`ReferenceBinding`,
+      :func:`reference_binding`, as the strategy's ``skew_reference`` gives it) the whole additive
+      model is read on the marker-poor population instead: ``relative_reference`` adds the
+      reference's shift and the spread sqrt(reference lower-side spread^2 + reference skew^2) to
+      the parent's FMO events (the gated parent's own mode and lower side are pulled up by its dim
+      positives). Without ``transform``: ``stained mode +
       (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
     * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
       peak at least ``min_separation`` above it or above the relative threshold (the FMO
@@ -819,7 +876,8 @@ def place_fmo_anchored(
     Rules (``rule``): ``percentile`` = always the FMO percentile (the other candidates are still
     recorded, for the self-checks). ``relative`` = the relative threshold when the stained
     negatives are shifted (``|shift|`` above ``shift_tolerance`` and a quarter of the FMO's
-    negative width) or widened (width ratio beyond ``width_tolerance`` either way), else the FMO
+    negative width) or widened (width ratio beyond ``width_tolerance`` either way) or when
+    the reference population's negatives are (``relative_reference``), else the FMO
     percentile: dim markers (PD1, FoxP3) whose positives overlap the negatives. ``anchored``
     (default) = the valley when it is not below the relative threshold (the FMO's negative bulk
     carried to the stained negatives; the FMO percentile when unshifted) and either at most
@@ -859,7 +917,8 @@ def place_fmo_anchored(
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
         bounds = (float("nan"), float("nan"))
         if transform is not None:
-            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile, reference_extra)
+            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile, reference_extra,
+                                    reference)
             if carried is not None:
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
@@ -867,9 +926,16 @@ def place_fmo_anchored(
                 if np.isfinite(from_reference):
                     relative = from_reference
                 diagnostics.update(relative_reference=from_reference)
+        if reference is not None:
+            diagnostics.update(reference_shift=reference.shift, reference_spread=reference.spread)
+            reference_extra = reference.skew
         diagnostics.update(relative_low=bounds[0], relative_high=bounds[1], reference_extra=reference_extra)
         diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
         moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
+        if reference is not None and np.isfinite(diagnostics.get("relative_reference", float("nan"))):
+            # the tolerance is tested on the reference population too: its negatives show binding that
+            # positives next to the gated parent's negatives may hide or mimic
+            moved = moved or reference.moved(shift_tolerance, width_tolerance)
         winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)
         peaks, _ = density.peaks(min_prominence)
         start = int(np.searchsorted(density.grid, neg.mode))

@@ -33,8 +33,8 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      self-checks dense_cut_ratio 0.45, dense_points 6, shift_warning 0.25,
                      width_warning 3, uncertain_points 3, shift_points 6 (gates.checks);
                      skew_reference (none): a marker-poor population of the same tubes on
-                     which the nonspecific signal's right skew is measured
-                     (placement.reference_skew) and carried to this gate
+                     which the nonspecific signal (shift, lower-side spread, right skew) is
+                     measured (placement.reference_binding) and carried to this gate
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================

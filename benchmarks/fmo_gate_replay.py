@@ -1,0 +1,165 @@
+"""Capture the FMO gates' inputs once, then re-place them offline with the code on PYTHONPATH (run by hand).
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/fmo_gate_replay.py capture --first-seed 91001 --products 120 --out /tmp/cap --jobs 2
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/fmo_gate_replay.py replay "/tmp/cap/91*.pkl" --csv /tmp/replay.csv
+
+``capture`` simulates the products as ``validate_gating.py`` does (bench phenomena, 20,000 events
+per tube), runs ``analyze_product`` once and pickles, per product, every call of
+``checks.place_and_check`` (the FMO and stained parents' values, the strategy parameters, the
+skew-reference arrays), the QC flags, the phenotype and the truth. ``replay`` places every captured
+``fmo`` gate again with the code on ``PYTHONPATH``, moves the FMO-gated variables by the change of
+their gate's % of parent (``cd8pd1_pct_of_cd3`` scaled by CD8 % of CD3), replaces the placement
+flags of those gates by the new ones and prints ``validate_gating.py``'s tables (the upstream
+gates are as captured: a change to the lineage gates needs a new capture). With the capturing code
+the replay reproduces ``validate_gating.py``'s figures. Development seeds only (see
+``validate_gating.py`` for the seeds already used).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import pickle
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import validate_gating as vg  # noqa: E402
+
+PLACEMENT_CODES = {"uncertain_threshold", "cut_in_dense_region", "negative_shift", "fmo_excess_positive",
+                   "cut_at_scale_edge", "low_events"}
+VARIABLE_GATE = {"pd1_pct_of_live_lymph": "PD1+", "cd8pd1_pct_of_cd8": "CD8+PD1+", "cd8pd1_pct_of_cd3": "CD8+PD1+",
+                 "cd4foxp3_pct_of_cd4": "CD4+FoxP3+"}
+
+
+def capture_one(args) -> int:
+    seed, events, outdir = args
+    out = Path(outdir) / f"{seed}.pkl"
+    if out.exists():
+        return seed
+    from tilpheno.gates import checks
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.phenotype import analyze_product
+    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+
+    calls, original = [], checks.place_and_check
+
+    def recording(population, marker, fmo_values, stained_values, **kw):
+        result = original(population, marker, fmo_values, stained_values, **kw)
+        calls.append(dict(population=population, marker=marker, fmo=np.array(fmo_values),
+                          stained=None if stained_values is None else np.array(stained_values), kw=kw,
+                          threshold=float(result.diagnostics["threshold"])))
+        return result
+
+    checks.place_and_check = recording
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
+            write_product(prod, tmp)
+            manifest = pd.DataFrame(manifest_rows(prod))
+            manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
+            result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+    finally:
+        checks.place_and_check = original
+    review = [(f.code, f.message) for f in result.qc if checks.needs_review(f)]
+    with open(out, "wb") as fh:
+        pickle.dump(dict(seed=seed, calls=calls, truth=dict(prod.truth), phenotype=dict(result.phenotype),
+                         review=review), fh)
+    return seed
+
+
+def _pct(values: np.ndarray, cut: float) -> float:
+    v = values[np.isfinite(values)]
+    return 100.0 * np.count_nonzero(v > cut) / v.size
+
+
+def replay_one(record: dict) -> dict:
+    from tilpheno.gates import checks
+
+    new_review, moved = [], {}
+    for c in record["calls"]:
+        placed = checks.place_and_check(c["population"], c["marker"], c["fmo"], c["stained"], **c["kw"])
+        if c["stained"] is not None:
+            moved[c["population"]] = (_pct(c["stained"], float(placed.diagnostics["threshold"]))
+                                      - _pct(c["stained"], c["threshold"]))
+        new_review += [(f.code, f.message) for f in placed.flags if checks.needs_review(f)]
+    replayed = {c["population"] for c in record["calls"]}
+    review = [f for f in record["review"]
+              if not (f[0] in PLACEMENT_CODES and f[1].split(" (")[0] in replayed)] + new_review
+    phenotype = dict(record["phenotype"])
+    for v, gate in VARIABLE_GATE.items():
+        if gate in moved:
+            scale = phenotype["cd8_pct_of_cd3"] / 100.0 if v == "cd8pd1_pct_of_cd3" else 1.0
+            phenotype[v] += moved[gate] * scale
+    row = {"product_id": f"V{record['seed']}", "seed": record["seed"],
+           "review_flags": ";".join(sorted({f"{code}:{msg.split(' (')[0]}" for code, msg in review}))}
+    flagged = {msg.split(" (")[0] for _, msg in review}
+    for v in vg.LINEAGE + vg.FMO_GATED:
+        truth = record["truth"][f"ref_{v}"] if v in vg.FMO_GATED else record["truth"][v]
+        row[v] = phenotype[v] - truth
+        row[f"flag_{v}"] = bool(flagged & set(vg.VARIABLE_GATES[v]))
+    return row
+
+
+def print_tables(table: pd.DataFrame) -> None:
+    variables = list(vg.LINEAGE + vg.FMO_GATED)
+    err = table[variables].abs()
+    summary = pd.DataFrame({
+        "mean_abs": err.mean(), "worst_abs": err.max(),
+        "products_beyond_tolerance": err.gt(pd.Series(vg.TOLERANCE), axis=1).sum(),
+        "beyond_3_points": (err > vg.MISS_POINTS).sum(),
+        "beyond_3_flagged": pd.Series({v: int(((err[v] > vg.MISS_POINTS) & table[f"flag_{v}"]).sum()) for v in variables}),
+    })
+    print(f"{len(table)} products replayed")
+    print(summary.round(2).to_string())
+    off = err.gt(vg.MISS_POINTS).any(axis=1)
+    within = ~err.gt(pd.Series(vg.TOLERANCE), axis=1).any(axis=1)
+    caught = pd.Series([all(table.loc[p, f"flag_{v}"] for v in variables if err.loc[p, v] > vg.MISS_POINTS)
+                        for p in table.index], index=table.index)
+    reviewed = table["review_flags"] != ""
+    print(f"2x2: > {vg.MISS_POINTS:g} points off flagged {int((off & caught).sum())}, not flagged "
+          f"{int((off & ~caught).sum())} {list(table.index[off & ~caught])}; within tolerance flagged "
+          f"{int((within & reviewed).sum())} of {int(within.sum())}"
+          f" ({100 * (within & reviewed).sum() / max(int(within.sum()), 1):.1f} %)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cap = sub.add_parser("capture")
+    cap.add_argument("--first-seed", type=int, required=True)
+    cap.add_argument("--products", type=int, default=60)
+    cap.add_argument("--events", type=int, default=20000)
+    cap.add_argument("--out", required=True)
+    cap.add_argument("--jobs", type=int, default=1)
+    rep = sub.add_parser("replay")
+    rep.add_argument("pattern", help="glob of captured .pkl files")
+    rep.add_argument("--csv", help="write the per-product errors here")
+    args = parser.parse_args(argv)
+    if args.command == "capture":
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        work = [(s, args.events, args.out) for s in range(args.first_seed, args.first_seed + args.products)]
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs) as pool:
+                list(pool.map(capture_one, work))
+        else:
+            for w in work:
+                capture_one(w)
+        print(f"captured {len(work)} products in {args.out}")
+        return
+    rows = []
+    for path in sorted(glob.glob(args.pattern)):
+        with open(path, "rb") as fh:
+            rows.append(replay_one(pickle.load(fh)))
+    table = pd.DataFrame(rows).set_index("product_id")
+    if args.csv:
+        table.to_csv(args.csv)
+    print_tables(table)
+
+
+if __name__ == "__main__":
+    main()
