@@ -120,13 +120,13 @@ def test_too_few_patients_is_a_one_line_error(tables, tmp_path):
     model; the command exits 2 with that one line."""
     from typer.testing import CliRunner
 
-    from tilpheno.biomarkers.cohort import MIN_PATIENTS
+    from tilpheno.biomarkers.analysis import MIN_PATIENTS
     from tilpheno.cli import app
 
     pheno, outcomes = tables
     for n in range(MIN_PATIENTS):
         with pytest.raises(TableError, match=rf"phenotypes/outcomes: {n} patient\(s\) with both"):
-            build_cohort(pheno.head(n), outcomes)
+            run_biomarkers(pheno.head(n), outcomes, tmp_path / f"bio{n}", n_boot=0, n_perm=10)
     one = _write(tmp_path, pheno.head(1), "pheno.csv")
     result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(one), "--outcomes",
                                       str(REF / "til_cohort_outcomes.csv"), "--out", str(tmp_path / "out")])

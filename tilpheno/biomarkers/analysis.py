@@ -41,6 +41,9 @@ from .tdroc import time_roc
 from .validation import calibration_at, validate_cox
 
 LANDMARK_MONTHS = 12.0
+MIN_PATIENTS = 2
+"""Fewest patients (phenotypes joined to outcomes) :func:`run_biomarkers` runs on; small cohorts
+run, with each model's warnings (too few events, no convergence) in the results."""
 KM_COLUMNS = ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high",
               "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
 CUT_COLUMNS = ["endpoint", "marker", "method", "cutpoint", "n_low", "n_high", "statistic", "p_raw", "p_lau92",
@@ -474,6 +477,9 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
 
         raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
     cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
+    if len(cohort.data) < MIN_PATIENTS:
+        raise TableError(f"phenotypes/outcomes: {len(cohort.data)} patient(s) with both a phenotyped product and "
+                         f"outcomes (product_id in both tables); the analysis needs at least {MIN_PATIENTS}")
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
                         n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,

@@ -43,11 +43,6 @@ class Cohort:
         return pd.DataFrame(rows, columns=["kind", "id"])
 
 
-MIN_PATIENTS = 2
-"""Fewest patients (phenotypes joined to outcomes) an analysis runs on; small cohorts run, with
-each model's warnings (too few events, no convergence) in the results."""
-
-
 def validate_phenotypes(phenotypes: pd.DataFrame, source: str = "phenotypes") -> pd.DataFrame:
     """Require a unique, non-empty ``product_id``; return a copy with ids as stripped text."""
     if "product_id" not in phenotypes.columns:
@@ -158,9 +153,6 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             notes.append(f"outcomes product_id '{pid}' matches no phenotyped product{hint}")
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
-    if len(data) < MIN_PATIENTS:
-        raise TableError(f"phenotypes/outcomes: {len(data)} patient(s) with both a phenotyped product and outcomes "
-                         f"(product_id in both tables); the analysis needs at least {MIN_PATIENTS}")
     if covariates is None:
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]

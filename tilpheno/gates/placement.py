@@ -686,7 +686,6 @@ def stained_negative_peak(
 
 def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
                   mode_bw: float, coarse: Density, percentile: float,
-                  reference_extra: float = float("nan"),
                   reference: "ReferenceBinding | None" = None) -> tuple[float, float, float, float] | None:
     """The FMO percentile carried over to the stained negatives in compensated linear units
     (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
@@ -697,13 +696,11 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     measured on the lower side (RMS below the mode: free of positives, blind to a right-skewed
     nonspecific tail) or on the upper side (distance from the mode up to where the density falls
     to ``UPPER_LEVEL`` of the mode's, as a normal SD: follows the skewed tail, but positives next
-    to the negatives widen it). Reference spread = sqrt(lower-side spread^2 + ``reference_extra``^2),
-    ``reference_extra`` (:func:`reference_skew`) measured on a marker-poor population of the same
-    tube (NaN: no reference; the fourth threshold is then NaN). With ``reference`` (a
-    :class:`ReferenceBinding` read on that population, :func:`reference_binding`) the fourth
-    threshold carries the whole additive model read there instead: the reference's shift and the
-    spread sqrt(reference lower-side spread^2 + reference skew^2) (the gated parent's own mode and
-    lower side are pulled up by positives next to its negatives).
+    to the negatives widen it). With ``reference`` (a :class:`ReferenceBinding` read on a
+    marker-poor population of the same tube, :func:`reference_binding`) the fourth threshold
+    carries the additive model read there: the reference's shift and the spread
+    sqrt(reference lower-side spread^2 + reference skew^2) (the gated parent's own mode and lower
+    side are pulled up by positives next to its negatives); without it the fourth is NaN.
     """
     f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
@@ -717,9 +714,6 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     if reference is not None:
         spreads.append(float(np.hypot(reference.spread, reference.skew)))
         shifts.append(reference.shift)
-    elif np.isfinite(reference_extra):
-        spreads.append(float(np.hypot(spreads[0], reference_extra)))
-        shifts.append(sm - fm)
     lower, upper, *ref = (float(transform.apply(np.array([additive_threshold(f_lin, sh, sd, percentile)]))[0])
                           for sh, sd in zip(shifts, spreads))
     return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
@@ -738,7 +732,7 @@ def _upper_spread(transform: Any, fmo_density: Density, density: Density, fmo_mo
 
 
 REFERENCE_LEVEL = 0.2
-"""Density level (fraction of the negative peak's height) at which :func:`reference_skew` reads a
+"""Density level (fraction of the negative peak's height) at which :func:`reference_binding` reads a
 marker-poor population's upper side: low enough to follow a right-skewed nonspecific tail, which a
 population with few positives does not confuse with positives next to the negatives."""
 MIN_REFERENCE_EVENTS = 200
@@ -749,8 +743,11 @@ MIN_REFERENCE_EVENTS = 200
 class ReferenceBinding:
     """The nonspecific signal of one tube read on a marker-poor population (compensated linear
     units, :func:`reference_binding`): ``shift`` = stained negative mode - FMO mode, ``spread`` =
-    the added spread on the negative peak's lower side, ``skew`` = the upper-side excess
-    (:func:`reference_skew`)."""
+    the added spread on the negative peak's lower side, ``skew`` = the right skew: the added
+    spread read on the negative peak's upper side at :data:`REFERENCE_LEVEL` of its height
+    (:func:`_upper_spread`, stained vs FMO) in excess of the lower-side one,
+    ``sqrt(max(upper^2 - lower^2, 0))``: 0 for symmetric added signal, large for a right-skewed
+    nonspecific tail."""
 
     shift: float
     spread: float
@@ -775,7 +772,7 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     """The additive model of nonspecific binding read once per tube on a marker-poor population
     (e.g. the non-T lymphocytes for PD1), where few positives sit next to the negatives: the
     negative peak's shift (stained mode - FMO mode), its lower-side added spread (RMS below the
-    mode, stained vs FMO in quadrature) and the right skew (:func:`reference_skew`), all in
+    mode, stained vs FMO in quadrature) and the right skew (``ReferenceBinding.skew``), all in
     compensated linear units. None when either tube has fewer than :data:`MIN_REFERENCE_EVENTS`
     finite events or no negative peak near the FMO's. Every cell of the tube gets the same
     nonspecific signal (additive model, :func:`additive_threshold`), so what is read where
@@ -806,21 +803,6 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
                             float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
 
 
-def reference_skew(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
-                   bandwidth: float = 0.02, max_shift: float = 0.3, min_prominence: float = 0.01,
-                   level: float = REFERENCE_LEVEL) -> float:
-    """Right-skew of the nonspecific signal, measured once per tube on a marker-poor population
-    (e.g. the non-T lymphocytes for PD1): the added spread read on the negative peak's upper side at
-    ``level`` of its height (:func:`_upper_spread`, stained vs FMO) in excess of the added spread
-    read on its lower side (RMS below the mode), ``sqrt(max(upper^2 - lower^2, 0))``, compensated
-    linear units. 0 for symmetric added signal; large for a right-skewed nonspecific tail. NaN when
-    either tube has fewer than :data:`MIN_REFERENCE_EVENTS` finite events or no negative peak near
-    the FMO's (:func:`reference_binding`, whose ``skew`` this is)."""
-    b = reference_binding(fmo_values, stained_values, transform, bandwidth=bandwidth, max_shift=max_shift,
-                          min_prominence=min_prominence, level=level)
-    return b.skew if b is not None else float("nan")
-
-
 def place_fmo_anchored(
     fmo_values: np.ndarray,
     stained_values: np.ndarray,
@@ -839,7 +821,6 @@ def place_fmo_anchored(
     valley_depth: float = 0.5,
     width_side: str = "lower",
     transform: Any = None,
-    reference_extra: float = float("nan"),
     reference: ReferenceBinding | None = None,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence.
@@ -856,14 +837,9 @@ def place_fmo_anchored(
       are the carry-overs with the spread measured on the negative peak's lower side (free of
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
-      ``upper`` or ``mid`` (halfway between them). With a finite ``reference_extra`` (the
-      right-skew of the nonspecific signal measured on a marker-poor population of the same tube,
-      :func:`reference_skew`, linear units) the carry-over uses ``relative_reference`` instead, the
-      spread sqrt(lower-side spread^2 + reference_extra^2): the lower side's spread, plus the
-      upper-side tail the marker-poor population shows (which positives next to the gated
-      parent's negatives cannot widen). With ``reference`` (a :class:`ReferenceBinding`,
-      :func:`reference_binding`, as the strategy's ``skew_reference`` gives it) the whole additive
-      model is read on the marker-poor population instead: ``relative_reference`` adds the
+      ``upper`` or ``mid`` (halfway between them). With ``reference`` (a
+      :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
+      gives it) the additive model is read on a marker-poor population of the same tube instead: ``relative_reference`` adds the
       reference's shift and the spread sqrt(reference lower-side spread^2 + reference skew^2) to
       the parent's FMO events (the gated parent's own mode and lower side are pulled up by its dim
       positives). Without ``transform``: ``stained mode +
@@ -917,8 +893,7 @@ def place_fmo_anchored(
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
         bounds = (float("nan"), float("nan"))
         if transform is not None:
-            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile, reference_extra,
-                                    reference)
+            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile, reference)
             if carried is not None:
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
@@ -928,8 +903,8 @@ def place_fmo_anchored(
                 diagnostics.update(relative_reference=from_reference)
         if reference is not None:
             diagnostics.update(reference_shift=reference.shift, reference_spread=reference.spread)
-            reference_extra = reference.skew
-        diagnostics.update(relative_low=bounds[0], relative_high=bounds[1], reference_extra=reference_extra)
+        diagnostics.update(relative_low=bounds[0], relative_high=bounds[1],
+                           reference_extra=reference.skew if reference is not None else float("nan"))
         diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
         moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
         if reference is not None and np.isfinite(diagnostics.get("relative_reference", float("nan"))):
