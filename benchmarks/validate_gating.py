@@ -10,7 +10,9 @@ gating: 5001-5040, 70001-70060 (the default), 71001-71060, 72001-72060, 90001-90
 91001-91120, 92001-92060 (fifth-round development), 96001-96060 (the third round's held-out
 measurement, now used too), 97001-97060 (the fourth round's held-out measurement of
 ``skew_reference``, now used too), 98001-98060 (the fifth round's held-out measurement of
-``reference_binding``, now used too) and the unit tests' seeds (9001-9020, 93001-93011, ...); a measurement on products the gating never saw needs
+``reference_binding``, now used too), 92061-92120 (sixth-round development), 99001-99060 (the sixth
+round's held-out measurement of ``reference_cut_error``, now used too) and the unit tests' seeds
+(9001-9020, 93001-93011, 93020-93021, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
 Errors (percentage points): lineage variables against the label truth, PD1/FoxP3 variables

@@ -208,3 +208,81 @@ def test_kept_fmo_percentile_is_flagged_when_both_carry_overs_move_it_beyond_3_p
     q = _kept_case(93010, 0.0, 600.0, 0.1)
     assert q.diagnostics["winner"] == "fmo_percentile" and abs(q.diagnostics["kept_points"]) < 1.0, q.diagnostics
     assert not [f for f in q.flags if f.code == "uncertain_threshold"]
+
+
+def _sized_reference(rng, n, added):
+    """``_reference_tubes`` with ``n`` negative events (2 % positives at 4000 units)."""
+    from tilpheno.transforms import Logicle
+
+    tr = Logicle()
+    fmo = rng.normal(0.0, 60.0, n)
+    stained = np.concatenate([rng.normal(0.0, 60.0, n) + added(n), rng.lognormal(np.log(4000.0), 0.3, n // 50)])
+    return tr, tr.apply(fmo), tr.apply(stained)
+
+
+def test_reference_cut_error_matches_the_spread_of_independent_readings():
+    """reference_cut_error (k interleaved folds, SD / sqrt(k) x Student t): the 95 % half-width it
+    gives on one reference is close to 1.96 x the SD of the reference cut over 30 independent
+    references of the same size (the truth of the reading's sampling noise), and about twice as
+    wide (and more, Student t on 4 folds instead of 8) on a quarter of the events; not measured
+    with fewer than 2 folds of MIN_REFERENCE_EVENTS."""
+    rng = np.random.default_rng(93020)
+    added = lambda n: 120.0 * np.exp(0.6 * rng.standard_normal(n))   # noqa: E731
+    from tilpheno.transforms import Logicle
+
+    tr = Logicle()
+    parent_fmo = tr.apply(rng.normal(0.0, 60.0, 200000))   # large: the parent FMO's own noise is negligible
+    cuts, errors = [], []
+    for _ in range(30):
+        _, ref_fmo, ref_stained = _sized_reference(rng, 3200, added)
+        cuts.append(pl.reference_cut(parent_fmo, pl.reference_binding(ref_fmo, ref_stained, tr), tr, 99.5))
+        errors.append(pl.reference_cut_error(parent_fmo, ref_fmo, ref_stained, tr, 99.5))
+    truth = 1.96 * np.std(cuts, ddof=1)
+    assert 0.6 * truth < np.median(errors) < 1.6 * truth, (truth, np.median(errors))
+    small = [pl.reference_cut_error(parent_fmo, *_sized_reference(rng, 800, added)[1:], tr, 99.5) for _ in range(10)]
+    assert np.median(small) > 1.5 * np.median(errors), (np.median(small), np.median(errors))
+    assert np.isnan(pl.reference_cut_error(parent_fmo, *_sized_reference(rng, 300, added)[1:], tr, 99.5))
+
+
+def _referenced_parent(seed, reference_events, positive_median=200.0, share=0.3):
+    """A PD1-rich parent (30 % dim positives, median 200 units, next to the negatives) under right-skewed binding with
+    its reference (the marker-poor population) of ``reference_events`` events; the placed gate and
+    the error of its % positive against the ideal cut (the stained negatives' 99.5th percentile)."""
+    from tilpheno.gates import checks
+    from tilpheno.transforms import Logicle
+
+    rng = np.random.default_rng(seed)
+    added = lambda n: 80.0 * np.exp(0.5 * rng.standard_normal(n))   # noqa: E731
+    _, ref_fmo, ref_stained = _sized_reference(rng, reference_events, added)
+    tr, n = Logicle(), 8000
+    fmo = rng.normal(0.0, 60.0, n)
+    neg = rng.normal(0.0, 60.0, n) + added(n)
+    k = int(n * share)
+    stained = tr.apply(np.concatenate([neg, rng.lognormal(np.log(positive_median), 0.45, k) + added(k)]))
+    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
+    placed = checks.place_and_check("CD8+PD1+", "PD1", tr.apply(fmo), stained, percentile=99.5, source_file="",
+                                    transform=tr, rule="relative", reference_fmo=ref_fmo, reference_stained=ref_stained)
+    err = 100.0 * (np.mean(stained > placed.diagnostics["threshold"]) - np.mean(stained > ideal))
+    return placed, err, stained
+
+
+def test_referenced_cut_is_judged_by_its_own_sampling_error_not_by_the_parents_upper_side():
+    """uncertain_threshold on a cut carried over with the reference's binding: a large reference
+    (4000 events) reads the binding precisely and the cut lies near the ideal, while the parent's
+    upper-side carry-over, widened by its dim positives, lies more than 3 points above it (round 5
+    flagged this): no flag. The same parent with a small reference (500 events: 2 folds): the reading's 95 % interval spans more than 3 points of the parent: flagged, with
+    the size of the interval in the message."""
+    from tilpheno.gates.checks import _points_between
+
+    big, err, stained = _referenced_parent(93021, 4000)
+    d = big.diagnostics
+    assert d["winner"] == "fmo_relative" and d["threshold"] == pytest.approx(d["relative_reference"]), d
+    assert abs(err) < 1.5, (err, d)
+    from_high = _points_between(stained, d["threshold"], d["relative_high"])   # round 5's candidate
+    assert from_high > 3.0 and d["candidate_points"] < 3.0, (from_high, d)
+    assert not [f for f in big.flags if f.code == "uncertain_threshold"], big.flags
+    small, _, _ = _referenced_parent(93021, 500)
+    s = small.diagnostics
+    assert s["winner"] == "fmo_relative" and s["candidate_points"] > 3.0, s
+    flags = [f for f in small.flags if f.code == "uncertain_threshold"]
+    assert flags and flags[0].severity == "warning" and "95 % interval of the reference reading" in flags[0].message

@@ -21,13 +21,18 @@ review", see :data:`REVIEW_CODES`):
     = the larger % of the parent between the cut and either carry-over (``relative_low``, with
     the negative peak's lower-side spread: free of positives, blind to a right-skewed
     nonspecific tail; ``relative_high``, with its upper-side spread: follows that tail, widened
-    by positives next to the negatives). With a strategy ``skew_reference`` the cut itself is the carry-over
-    with the additive model read on the reference population (``relative_reference``,
-    ``placement.reference_binding``: its shift, lower-side spread and skew);
-    when that cut lies within ``uncertain_points`` of ``relative_high`` (the negatives' own upper
-    side confirms the tail the marker-poor population shows), ``relative_low`` is ruled out and
-    ``candidate_points`` = the points between the cut and ``relative_high`` only. The data do not tell a skewed nonspecific tail from
-    positives next to the negatives, and the cut may be several points off. (A small correction
+    by positives next to the negatives). The data do not tell a skewed nonspecific tail from
+    positives next to the negatives, and the cut may be several points off. With a strategy
+    ``skew_reference`` the cut is instead the carry-over with the additive model read on the
+    reference population (``relative_reference``, ``placement.reference_binding``: its shift,
+    lower-side spread and skew) and is judged by its own sampling error, not by the parent's
+    carry-overs (which the parent's dim positives bias: disagreement with them is expected):
+    ``candidate_points`` = the larger % of the parent between the cut and either end of the
+    reading's 95 % interval (``reference_error``, ``placement.reference_cut_error``: the binding
+    re-read on up to 8 interleaved folds of the reference's and the parent FMO's events, SD of the
+    fold cuts / sqrt(folds) x Student t; the parent's two carry-overs as above when the reference is
+    too small for 2 folds). It does not see a reference whose binding differs from the parent's
+    (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     Also when the FMO percentile was kept (the stained negatives moved less than the
     shift/width tolerance) yet both carry-overs lie on the same side of it, each more than
@@ -198,10 +203,32 @@ def place_and_check(
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
-            referenced = math.isfinite(float(d.get("relative_reference", float("nan"))))
-            d["candidate_points"] = from_high if referenced and from_high <= uncertain_points else max(from_low, from_high)
+            referenced = (d.get("winner") == "fmo_relative"
+                          and math.isfinite(float(d.get("relative_reference", float("nan")))))
+            if referenced:
+                # the cut is the reference carry-over: judged by its own sampling error (the parent's
+                # carry-overs disagree with it by what the parent's dim positives do to its mode and sides)
+                assert reference_fmo is not None and reference_stained is not None
+                err = pl.reference_cut_error(fmo, reference_fmo, reference_stained, anchor["transform"], percentile,
+                                             max_shift=anchor.get("max_shift", 0.3))
+                d["reference_error"] = err
+                d["candidate_points"] = (max(_points_between(stained, cut, cut - err),
+                                             _points_between(stained, cut, cut + err))
+                                         if math.isfinite(err) else max(from_low, from_high))
+            else:
+                d["candidate_points"] = max(from_low, from_high)
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
-            if uncertain:
+            if uncertain and referenced:
+                flags.append(pl.Flag("uncertain_threshold", "warning",
+                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
+                                     f"reference population) moved {d['correction_points']:.1f} points of the parent from "
+                                     f"the FMO percentile (limit {shift_points:g}) and could move the % by "
+                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}) within the "
+                                     f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
+                                     f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
+                                     f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
+                                     f"population, stained vs FMO"))
+            elif uncertain:
                 flags.append(pl.Flag("uncertain_threshold", "warning",
                                      f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
                                      f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "

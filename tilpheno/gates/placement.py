@@ -803,6 +803,57 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
                             float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
 
 
+REFERENCE_FOLDS = 8
+"""Most interleaved folds :func:`reference_cut_error` re-reads the reference carry-over on (each
+fold keeps at least :data:`MIN_REFERENCE_EVENTS` reference events)."""
+CONFIDENCE = 0.95
+"""Two-sided confidence of the interval :func:`reference_cut_error` gives (Student t on the folds)."""
+
+
+def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float) -> float:
+    """The parent's FMO ``percentile`` carried over with ``binding`` (``relative_reference`` of
+    :func:`place_fmo_anchored`: the reference's shift and spread sqrt(spread^2 + skew^2)), transformed units."""
+    f = np.asarray(fmo_values, dtype=np.float64)
+    f_lin = transform.inverse(f[np.isfinite(f)])
+    lin = additive_threshold(f_lin, binding.shift, float(np.hypot(binding.spread, binding.skew)), percentile)
+    return float(transform.apply(np.array([lin]))[0])
+
+
+def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
+                        transform: Any, percentile: float, *, max_shift: float = 0.3,
+                        folds: int = REFERENCE_FOLDS, confidence: float = CONFIDENCE) -> float:
+    """Sampling error of the reference carry-over (:func:`reference_cut`), transformed units: the
+    half-width of its ``confidence`` interval, NaN when it cannot be measured.
+
+    The events of the reference's FMO and stained tubes and of the parent's FMO are dealt into
+    ``k`` interleaved folds (event i to fold i mod k, deterministic; k = ``folds``, fewer when a fold
+    would hold fewer than :data:`MIN_REFERENCE_EVENTS` reference events, at least 2); on each fold
+    the binding is read again (:func:`reference_binding`) and the cut carried over. The fold cuts are
+    k independent readings on 1/k of the events, so the cut read on all events has standard error
+    SD(fold cuts) / sqrt(k); the half-width is that times Student's t quantile with k - 1 degrees of
+    freedom (the SD itself is estimated from k values). The reading's noise only: a reference whose
+    binding differs from the parent's is not seen here."""
+    from scipy.stats import t as student_t
+
+    def finite(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        return v[np.isfinite(v)]
+
+    f, rf, rs = finite(fmo_values), finite(reference_fmo), finite(reference_stained)
+    k = min(folds, min(rf.size, rs.size) // MIN_REFERENCE_EVENTS)
+    if k < 2:
+        return float("nan")
+    cuts = []
+    for i in range(k):
+        binding = reference_binding(rf[i::k], rs[i::k], transform, max_shift=max_shift)
+        if binding is not None and f[i::k].size >= 20:
+            cuts.append(reference_cut(f[i::k], binding, transform, percentile))
+    if len(cuts) < 2:
+        return float("nan")
+    se = float(np.std(cuts, ddof=1)) / np.sqrt(k)
+    return se * float(student_t.ppf(0.5 + confidence / 2, len(cuts) - 1))
+
+
 def place_fmo_anchored(
     fmo_values: np.ndarray,
     stained_values: np.ndarray,
