@@ -31,7 +31,8 @@ review", see :data:`REVIEW_CODES`):
     reading's 95 % interval (``reference_error``, ``placement.reference_cut_error``: the binding
     re-read on up to 8 interleaved folds of the reference's and the parent FMO's events, SD of the
     fold cuts / sqrt(folds) x Student t; the parent's two carry-overs as above when the reference is
-    too small for 2 folds). It does not see a reference whose binding differs from the parent's
+    too small for 2 folds; with ``reference_carry: quantile`` the cut and the fold cuts are
+    ``placement.reference_quantile_cut``'s). It does not see a reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     Also when the FMO percentile was kept (the stained negatives moved less than the
@@ -150,6 +151,7 @@ def place_and_check(
     fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
     reference_fmo: np.ndarray | None = None,
     reference_stained: np.ndarray | None = None,
+    reference_carry: str = "additive",
     **anchor: Any,
 ) -> pl.Placement:
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
@@ -165,6 +167,9 @@ def place_and_check(
         if reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
             anchor["reference"] = pl.reference_binding(
                 reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", 0.3))
+            if reference_carry == "quantile" and anchor["reference"] is not None:
+                anchor["reference_quantile"] = pl.reference_quantile_cut(fmo_values, reference_fmo, reference_stained,
+                                                                    anchor["transform"], percentile)
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
                                           source_file=source_file, min_events=min_events, **anchor)
         stained = np.asarray(stained_values, dtype=np.float64)
@@ -210,7 +215,7 @@ def place_and_check(
                 # carry-overs disagree with it by what the parent's dim positives do to its mode and sides)
                 assert reference_fmo is not None and reference_stained is not None
                 err = pl.reference_cut_error(fmo, reference_fmo, reference_stained, anchor["transform"], percentile,
-                                             max_shift=anchor.get("max_shift", 0.3))
+                                             max_shift=anchor.get("max_shift", 0.3), carry=reference_carry)
                 d["reference_error"] = err
                 d["candidate_points"] = (max(_points_between(stained, cut, cut - err),
                                              _points_between(stained, cut, cut + err))

@@ -819,9 +819,33 @@ def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: 
     return float(transform.apply(np.array([lin]))[0])
 
 
+def reference_quantile_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
+                           transform: Any, percentile: float) -> float:
+    """The parent's FMO ``percentile`` moved by what the full stain does to the same percentile of a
+    matched marker-poor reference population of the same tubes (``reference_carry: quantile``),
+    transformed units: ``P(parent FMO) + P(reference stained) - P(reference FMO)`` in compensated
+    linear units, P = the ``percentile``. No model of the nonspecific signal's shape: the reference's
+    own stained tail is the estimate of the parent's negatives' tail (an internal negative control),
+    and its FMO corrects for what differs between the two populations without the antibody. Valid
+    when the reference holds fewer positives than 100 - ``percentile`` % and its cells are like the
+    parent's (the same stains spilling into the detector, similar size and autofluorescence, e.g.
+    CD3+CD4- T cells for FoxP3 in CD4+ T cells). NaN with fewer than :data:`MIN_REFERENCE_EVENTS`
+    finite reference events (either tube) or fewer than 20 parent FMO events."""
+    def linear(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        return transform.inverse(v[np.isfinite(v)])
+
+    f, rf, rs = linear(fmo_values), linear(reference_fmo), linear(reference_stained)
+    if rf.size < MIN_REFERENCE_EVENTS or rs.size < MIN_REFERENCE_EVENTS or f.size < 20:
+        return float("nan")
+    lin = np.percentile(f, percentile) + np.percentile(rs, percentile) - np.percentile(rf, percentile)
+    return float(transform.apply(np.array([lin]))[0])
+
+
 def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
                         transform: Any, percentile: float, *, max_shift: float = 0.3,
-                        folds: int = REFERENCE_FOLDS, confidence: float = CONFIDENCE) -> float:
+                        folds: int = REFERENCE_FOLDS, confidence: float = CONFIDENCE,
+                        carry: str = "additive") -> float:
     """Sampling error of the reference carry-over (:func:`reference_cut`), transformed units: the
     half-width of its ``confidence`` interval, NaN when it cannot be measured.
 
@@ -831,7 +855,8 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     the binding is read again (:func:`reference_binding`) and the cut carried over. The fold cuts are
     k independent readings on 1/k of the events, so the cut read on all events has standard error
     SD(fold cuts) / sqrt(k); the half-width is that times Student's t quantile with k - 1 degrees of
-    freedom (the SD itself is estimated from k values). The reading's noise only: a reference whose
+    freedom (the SD itself is estimated from k values). ``carry`` ``quantile``: the fold cuts are
+    :func:`reference_quantile_cut`'s instead. The reading's noise only: a reference whose
     binding differs from the parent's is not seen here."""
     from scipy.stats import t as student_t
 
@@ -845,6 +870,11 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
         return float("nan")
     cuts = []
     for i in range(k):
+        if carry == "quantile":
+            cut = reference_quantile_cut(f[i::k], rf[i::k], rs[i::k], transform, percentile)
+            if np.isfinite(cut):
+                cuts.append(cut)
+            continue
         binding = reference_binding(rf[i::k], rs[i::k], transform, max_shift=max_shift)
         if binding is not None and f[i::k].size >= 20:
             cuts.append(reference_cut(f[i::k], binding, transform, percentile))
@@ -873,6 +903,7 @@ def place_fmo_anchored(
     width_side: str = "lower",
     transform: Any = None,
     reference: ReferenceBinding | None = None,
+    reference_quantile: float = float("nan"),
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence.
 
@@ -893,7 +924,10 @@ def place_fmo_anchored(
       gives it) the additive model is read on a marker-poor population of the same tube instead: ``relative_reference`` adds the
       reference's shift and the spread sqrt(reference lower-side spread^2 + reference skew^2) to
       the parent's FMO events (the gated parent's own mode and lower side are pulled up by its dim
-      positives). Without ``transform``: ``stained mode +
+      positives). With ``reference`` and a finite ``reference_quantile`` (the strategy's
+      ``reference_carry: quantile``, :func:`reference_quantile_cut`, computed by the caller on the
+      reference's events) that cut is ``relative_reference`` instead of the additive carry-over.
+      Without ``transform``: ``stained mode +
       (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
     * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
       peak at least ``min_separation`` above it or above the relative threshold (the FMO
@@ -949,6 +983,8 @@ def place_fmo_anchored(
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
                 relative = {"lower": from_lower, "upper": from_upper, "mid": 0.5 * (from_lower + from_upper)}[width_side]
+                if reference is not None and np.isfinite(reference_quantile):
+                    from_reference = float(reference_quantile)
                 if np.isfinite(from_reference):
                     relative = from_reference
                 diagnostics.update(relative_reference=from_reference)
@@ -983,6 +1019,6 @@ def place_fmo_anchored(
     gate = RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
     return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
 
-ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side",
+ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side", "reference_carry",
                  "dense_cut_ratio", "dense_points", "shift_warning", "width_warning", "uncertain_points", "shift_points")
 """``fmo`` gate parameters of :func:`place_fmo_anchored` and of the self-checks (``gates.checks``)."""

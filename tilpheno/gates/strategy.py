@@ -34,7 +34,9 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      width_warning 3, uncertain_points 3, shift_points 6 (gates.checks);
                      skew_reference (none): a marker-poor population of the same tubes on
                      which the nonspecific signal (shift, lower-side spread, right skew) is
-                     measured (placement.reference_binding) and carried to this gate
+                     measured (placement.reference_binding) and carried to this gate;
+                     reference_carry additive|quantile (additive): carry that model, or the
+                     reference's own percentile shift, stained - FMO (placement.reference_quantile_cut)
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -144,6 +146,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "uncertain_points": ParamSpec(_NUM, 3.0, 0, 100),
         "shift_points": ParamSpec(_NUM, 6.0, 0, 100),
         "skew_reference": ParamSpec(str, None),
+        "reference_carry": ParamSpec(str, "additive", choices=("additive", "quantile")),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
