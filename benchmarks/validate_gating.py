@@ -11,8 +11,10 @@ gating: 5001-5040, 70001-70060 (the default), 71001-71060, 72001-72060, 90001-90
 measurement, now used too), 97001-97060 (the fourth round's held-out measurement of
 ``skew_reference``, now used too), 98001-98060 (the fifth round's held-out measurement of
 ``reference_binding``, now used too), 92061-92120 (sixth-round development), 99001-99060 (the sixth
-round's held-out measurement of ``reference_cut_error``, now used too) and the unit tests' seeds
-(9001-9020, 93001-93011, 93020-93021, ...); a measurement on products the gating never saw needs
+round's held-out measurement of ``reference_cut_error``, now used too), 91001-91120 and 92001-92120
+again (seventh-round development, FoxP3 reference), 100001-100060 (the seventh round's held-out
+measurement of ``reference_carry: quantile``, now used too) and the unit tests' seeds
+(9001-9020, 93001-93011, 93020-93021, 93030, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
 Errors (percentage points): lineage variables against the label truth, PD1/FoxP3 variables
