@@ -332,3 +332,46 @@ def test_quantile_carry_reads_the_parents_negative_tail_on_a_matched_reference()
     assert err(contaminated) < -1.0, err(contaminated)
     # too few reference events: no quantile cut (NaN), the gate falls back to the parent's own carry-over
     assert np.isnan(pl.reference_quantile_cut(tr.apply(fmo), tr.apply(ref_fmo[:100]), tr.apply(ref_stained[:100]), tr, 99.5))
+
+
+def test_quantile_carry_flags_a_reference_with_positives_in_it():
+    """The self-check on reference_carry quantile: marker+ cells in the reference raise its stained
+    99.5th percentile and the parent's cut with it (under-call). Known truth: a CD4+ parent with
+    10 % dim FoxP3+ cells, a matched reference with the same background and binding, clean or with
+    2 % FoxP3+ cells at the Tregs' intensity. Clean: within 1 point of the ideal and no
+    ``uncertain_threshold``; contaminated: more than 3 points under-called and flagged
+    ``uncertain_threshold`` (warning, naming the gate, the reference, both cuts), because the cut
+    lies more than uncertain_points (3) points of the parent above the parent's own lower-side
+    carry-over of the FMO percentile."""
+    from tilpheno.gates import checks
+    from tilpheno.transforms import Logicle
+
+    rng = np.random.default_rng(93031)
+    tr = Logicle()
+    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
+    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
+
+    def population(n, share):
+        k = int(n * share)
+        stained = np.concatenate([background(n - k) + added(n - k),
+                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
+        return background(n), stained, stained[: n - k]
+
+    fmo, stained, neg = population(8000, 0.10)
+    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
+    s = tr.apply(stained)
+    err = lambda p: 100.0 * (np.mean(s > p.diagnostics["threshold"]) - np.mean(s > ideal))   # noqa: E731
+    kw = dict(percentile=99.5, source_file="", transform=tr, rule="relative", width_side="mid", reference_carry="quantile")
+    results = {}
+    for share in (0.0, 0.02):
+        ref_fmo, ref_stained, _ = population(10000, share)
+        results[share] = checks.place_and_check("CD4+FoxP3+", "FoxP3", tr.apply(fmo), s, reference_fmo=tr.apply(ref_fmo),
+                                                reference_stained=tr.apply(ref_stained), **kw)
+    clean, dirty = results[0.0], results[0.02]
+    assert abs(err(clean)) < 1.0 and clean.diagnostics["reference_above_points"] <= 3.0, clean.diagnostics
+    assert not [f for f in clean.flags if f.code == "uncertain_threshold"], clean.flags
+    assert err(dirty) < -3.0, err(dirty)
+    flags = [f for f in dirty.flags if f.code == "uncertain_threshold"]
+    assert flags and flags[0].severity == "warning", dirty.flags
+    assert "CD4+FoxP3+" in flags[0].message and "reference" in flags[0].message and "FoxP3+ cells" in flags[0].message
+    assert dirty.diagnostics["reference_above_points"] > 3.0, dirty.diagnostics

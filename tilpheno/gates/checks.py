@@ -223,7 +223,22 @@ def place_and_check(
             else:
                 d["candidate_points"] = max(from_low, from_high)
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
-            if uncertain and referenced:
+            if referenced and reference_carry == "quantile" and not uncertain:
+                # FoxP3+ (marker+) cells inside the reference raise its stained percentile and so this
+                # cut, upwards only: compare it with the parent's own carry-over of the FMO percentile
+                # that the parent's positives move least (its negative peak's lower-side spread)
+                own = 0.5 * (low + high)
+                d["reference_above_points"] = _points_between(stained, own, cut) if cut > own else 0.0
+                if d["reference_above_points"] > uncertain_points:
+                    uncertain = True
+                    flags.append(pl.Flag("uncertain_threshold", "warning",
+                                         f"{name}: the threshold {cut:.3f} read on the reference population "
+                                         f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
+                                         f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
+                                         f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
+                                         f"stained tail and this cut (under-call); look at the {marker} histogram of the "
+                                         f"reference population, stained vs FMO, for {marker}+ cells in it"))
+            if uncertain and referenced and "reference_above_points" not in d:
                 flags.append(pl.Flag("uncertain_threshold", "warning",
                                      f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
                                      f"reference population) moved {d['correction_points']:.1f} points of the parent from "
@@ -233,7 +248,7 @@ def place_and_check(
                                      f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
                                      f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
                                      f"population, stained vs FMO"))
-            elif uncertain:
+            elif uncertain and not referenced:
                 flags.append(pl.Flag("uncertain_threshold", "warning",
                                      f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
                                      f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
