@@ -32,7 +32,11 @@ review", see :data:`REVIEW_CODES`):
     re-read on up to 8 interleaved folds of the reference's and the parent FMO's events, SD of the
     fold cuts / sqrt(folds) x Student t; the parent's two carry-overs as above when the reference is
     too small for 2 folds; with ``reference_carry: quantile`` the cut and the fold cuts are
-    ``placement.reference_quantile_cut``'s). It does not see a reference whose binding differs from the parent's
+    ``placement.reference_quantile_cut``'s, and the cut is also flagged when it lies more than
+    ``uncertain_points`` points of the parent above the parent's own mid carry-over (halfway between
+    ``relative_low`` and ``relative_high``, the cut the gate has without the reference;
+    ``reference_above_points``): marker+ cells in the reference (CD8+FoxP3+ T cells) raise its
+    stained percentile and the cut, upwards only). It does not see a reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     Also when the FMO percentile was kept (the stained negatives moved less than the
