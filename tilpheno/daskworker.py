@@ -1,6 +1,6 @@
 """Dask worker preload: ``dask worker tcp://HOST:8786 --nthreads 1 --preload tilpheno.daskworker``.
 
-Imports the pipeline's libraries (``tilpheno.pipeline.pool.PRELOAD``: numpy, pandas, scikit-learn,
+Imports the pipeline's libraries (``tilpheno.pipeline.pool.PRELOAD``: numpy, pandas, scipy,
 matplotlib, Jinja2 and tilpheno's gating and report modules) when the worker starts, not while it
 runs its first product, limits BLAS/OpenMP to one thread per process (gating is single-threaded
 numpy; one worker process per core), and undoes the fixed glibc heap thresholds that ``distributed``'s

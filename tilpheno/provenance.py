@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 DEPENDENCIES = (
-    "numpy", "pandas", "scipy", "scikit-learn", "flowio", "flowutils", "matplotlib", "jinja2",
+    "numpy", "pandas", "scipy", "flowio", "flowutils", "matplotlib", "jinja2",
     "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
 )
 TIME_FIELDS = ("started_at", "finished_at", "duration_s")

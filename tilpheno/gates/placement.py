@@ -30,8 +30,8 @@ Methods
     population only (flag ``no_second_peak``): negative unless its peaks lie ``min_separation``
     above the transformed zero; cut ``fallback_sd`` robust SDs above (negative) or below
     (positive) its peaks (see ``valley_threshold``).
-``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (scikit-learn, full
-    covariance, components 1..``max_components`` chosen by BIC, k-means init with a fixed
+``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (``gates.mixture``:
+    scikit-learn's model and fit in numpy; full covariance, components 1..``max_components`` chosen by BIC, k-means init with a fixed
     ``seed``) on at most ``max_events`` events; the lymphocyte component is the heaviest one,
     merged with components whose means lie inside its ellipse; the gate is the ellipse of the
     merged moments at the chi-square ``coverage`` quantile (2 d.f.). Large non-lymphoid cells
@@ -54,10 +54,11 @@ from typing import Any, Callable, ParamSpec, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.stats import chi2
+from scipy.special import gammaincinv, ndtri, stdtrit
 
 from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
+from tilpheno.gates.mixture import MixtureFit, fit_best_mixture
 
 _BINS = 1024
 VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
@@ -242,6 +243,12 @@ def place_singlets(
     return Placement(PolygonGate((dims[0], dims[1]), vertices), "ratio_band", diagnostics)
 
 
+def chi2_quantile(p: float, df: int) -> float:
+    """The chi-square quantile ``scipy.stats.chi2.ppf(p, df)``, bit for bit (its formula,
+    2 gammaincinv(df / 2, p)), without importing ``scipy.stats`` (0.5 s) in every worker."""
+    return float(2.0 * gammaincinv(df / 2, p))
+
+
 def _subsample(n: int, max_events: int, seed: int) -> np.ndarray:
     """Sorted indices of a fixed-seed subsample (all indices when ``n <= max_events``)."""
     if n <= max_events:
@@ -251,9 +258,8 @@ def _subsample(n: int, max_events: int, seed: int) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _threadpools():
-    """The process's BLAS/OpenMP thread pools (``threadpoolctl``), inspected once (5 ms a time),
-    after scikit-learn's libraries are loaded."""
-    import sklearn.mixture  # noqa: F401  (its OpenMP and BLAS libraries are among those inspected)
+    """The process's BLAS/OpenMP thread pools (``threadpoolctl``: numpy's BLAS), inspected once
+    (5 ms a time)."""
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -275,35 +281,27 @@ def one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return single
 
 
-def _fit_mixture(sample: np.ndarray, max_components: int, seed: int):
-    """The Gaussian mixture (scikit-learn, full covariance, k-means initialisation with ``seed``,
-    one thread) of 1..``max_components`` components with the lowest BIC on ``sample``; None when
-    ``max_components`` < 1."""
-    from sklearn.mixture import GaussianMixture
-
-    best = None
+def _fit_mixture(sample: np.ndarray, max_components: int, seed: int) -> MixtureFit | None:
+    """The Gaussian mixture (full covariance, k-means start with ``seed``, one thread) of
+    1..``max_components`` components with the lowest BIC on ``sample``; None when
+    ``max_components`` < 1 (``gates.mixture``)."""
     with _threadpools().limit(limits=1):
-        for k in range(1, max_components + 1):
-            model = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-6).fit(sample)
-            bic = model.bic(sample)
-            if best is None or bic < best[0]:
-                best = (bic, model)
-    return None if best is None else best[1]
+        return fit_best_mixture(sample, max_components, seed)
 
 
 def _merged_cluster(model, main: int, d2_limit: float, usable: np.ndarray | None = None):
     """Component ``main`` of a fitted mixture merged with every (``usable``) component whose mean
     lies inside its ellipse (squared Mahalanobis distance <= ``d2_limit``), by moment matching:
     (inside mask over components, merged mean, merged covariance), in the sample's units."""
-    inv = np.linalg.inv(model.covariances_[main])
-    offsets = model.means_ - model.means_[main]
+    inv = np.linalg.inv(model.covariances[main])
+    offsets = model.means - model.means[main]
     inside = np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit
     if usable is not None:
         inside &= usable
-    weights = model.weights_[inside] / model.weights_[inside].sum()
-    mean = weights @ model.means_[inside]
-    centred = model.means_[inside] - mean
-    cov = np.einsum("i,ijk->jk", weights, model.covariances_[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
+    weights = model.weights[inside] / model.weights[inside].sum()
+    mean = weights @ model.means[inside]
+    centred = model.means[inside] - mean
+    cov = np.einsum("i,ijk->jk", weights, model.covariances[inside]) + np.einsum("i,ij,ik->jk", weights, centred, centred)
     return inside, mean, cov
 
 
@@ -327,14 +325,14 @@ def place_lymphocytes(
     model = _fit_mixture(sample, max_components, seed)
     if model is None:
         raise GatingError(f"lymphocyte gate: max_components = {max_components}; needs at least 1")
-    main = int(np.argmax(model.weights_))
-    d2_limit = float(chi2.ppf(coverage, 2))
+    main = int(np.argmax(model.weights))
+    d2_limit = chi2_quantile(coverage, 2)
     inside, mean, cov = _merged_cluster(model, main, d2_limit)
     gate = EllipsoidGate(tuple(dims), tuple(mean * ceiling), tuple(map(tuple, cov * ceiling**2)), d2_limit)
     diagnostics = {
         "n_components": int(model.n_components),
         "merged_components": int(inside.sum()),
-        "lymph_weight": float(model.weights_[inside].sum()),
+        "lymph_weight": float(model.weights[inside].sum()),
         "coverage": coverage,
         "events_used": int(len(sample)),
     }
@@ -361,7 +359,7 @@ def place_cluster(
     """An automatic 2-D gate on two markers: the ellipse of one Gaussian-mixture cluster.
 
     ``x``, ``y``: the parent's events on the transformed scale of the two dimensions (logicle
-    0..1 by default; the gate is stored in those units). A Gaussian mixture (scikit-learn, full
+    0..1 by default; the gate is stored in those units). A Gaussian mixture (``gates.mixture``, full
     covariance, 1..``max_components`` components chosen by BIC, k-means initialisation with the
     fixed ``seed``, single-threaded) is fitted to at most ``max_events`` events (a fixed-seed
     subsample). Components lighter than ``min_weight`` are ignored. The wanted cluster is the
@@ -387,12 +385,12 @@ def place_cluster(
     q75, q25 = np.percentile(sample, [75, 25], axis=0)
     spread = np.maximum((q75 - q25) / 1.349, 1e-6)
     sign = np.array([{"high": 1.0, "low": -1.0, "any": 0.0}[s] for s in (x_side, y_side)])
-    scores = (model.means_ / spread) @ sign
-    usable = model.weights_ >= min_weight
+    scores = (model.means / spread) @ sign
+    usable = model.weights >= min_weight
     scores = np.where(usable, scores, -np.inf)
     order = np.argsort(-scores, kind="stable")
     main = int(order[0])
-    d2_limit = float(chi2.ppf(coverage, 2))
+    d2_limit = chi2_quantile(coverage, 2)
     inside, mean, cov = _merged_cluster(model, main, d2_limit, usable)
     gate = EllipsoidGate(tuple(dims), tuple(mean), tuple(map(tuple, cov)), d2_limit)
     runner_up = [int(i) for i in order[1:] if np.isfinite(scores[i]) and not inside[i]]
@@ -400,7 +398,7 @@ def place_cluster(
     diagnostics = {
         "n_components": int(model.n_components),
         "merged_components": int(inside.sum()),
-        "cluster_weight": float(model.weights_[inside].sum()),
+        "cluster_weight": float(model.weights[inside].sum()),
         "cluster_mean": tuple(float(m) for m in mean),
         "score_margin": margin,
         "sides": (x_side, y_side),
@@ -637,12 +635,10 @@ def additive_threshold(fmo_linear: np.ndarray, shift: float, spread: float, perc
     bisection on the sorted FMO events to 1e-9 of the data's range (the upper-quantile
     definition; it differs from numpy's interpolated percentile by less than one order statistic).
     """
-    from scipy.stats import norm
-
     x = np.sort(np.asarray(fmo_linear, dtype=np.float64))
     if spread <= 0:
         return float(np.percentile(x, percentile) + shift)
-    offsets = shift + spread * norm.ppf((np.arange(32) + 0.5) / 32)
+    offsets = shift + spread * ndtri((np.arange(32) + 0.5) / 32)
     wanted = (100.0 - percentile) / 100.0 * x.size * offsets.size
 
     def above(t: float) -> int:
@@ -858,8 +854,6 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     freedom (the SD itself is estimated from k values). ``carry`` ``quantile``: the fold cuts are
     :func:`reference_quantile_cut`'s instead. The reading's noise only: a reference whose
     binding differs from the parent's is not seen here."""
-    from scipy.stats import t as student_t
-
     def finite(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
         return v[np.isfinite(v)]
@@ -881,7 +875,7 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     if len(cuts) < 2:
         return float("nan")
     se = float(np.std(cuts, ddof=1)) / np.sqrt(k)
-    return se * float(student_t.ppf(0.5 + confidence / 2, len(cuts) - 1))
+    return se * float(stdtrit(len(cuts) - 1, 0.5 + confidence / 2))
 
 
 def place_fmo_anchored(

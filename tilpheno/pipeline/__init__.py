@@ -53,8 +53,8 @@ __all__ = sorted(_MODULE_OF)
 
 def __getattr__(name: str) -> Any:
     """The public names, each imported from its module on first use (PEP 562): importing
-    ``tilpheno.pipeline.run`` or ``.pool`` does not import the gating and report libraries (numpy's
-    and scikit-learn's seconds of start-up), so ``process --jobs N`` starts its fork server first
+    ``tilpheno.pipeline.run`` or ``.pool`` does not import the gating and report libraries (numpy's,
+    pandas' and scipy's second of start-up), so ``process --jobs N`` starts its fork server first
     and the dispatching process never imports what only the workers use."""
     module = _MODULE_OF.get(name)
     if module is None:

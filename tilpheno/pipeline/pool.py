@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 PRELOAD = (
     "tilpheno.pipeline.product", "tilpheno.phenotype", "tilpheno.report.product", "tilpheno.report.plots",
     "tilpheno.report.qc_plots", "tilpheno.report.svg", "tilpheno.acquisition", "tilpheno.io.fcs",
-    "matplotlib.ticker", "matplotlib.font_manager", "sklearn.mixture", "jinja2",
+    "matplotlib.ticker", "matplotlib.font_manager", "jinja2",
 )
 """Modules the fork server imports once; every worker starts with them."""
 
