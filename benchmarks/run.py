@@ -217,7 +217,7 @@ PIPELINE_MODULES = (
     "tilpheno.io.atomic", "tilpheno.panel", "tilpheno.compensation", "tilpheno.transforms",
     "tilpheno.gates.strategy", "tilpheno.gates.placement", "tilpheno.gates.geometry", "tilpheno.release",
     "tilpheno.provenance", "tilpheno.report.product", "tilpheno.report.plots", "tilpheno.report.html",
-    "threadpoolctl", "numpy", "pandas", "pyarrow", "pyarrow.parquet", "sklearn.mixture", "jinja2", "yaml",
+    "threadpoolctl", "numpy", "pandas", "pyarrow", "pyarrow.parquet", "jinja2", "yaml",
     "matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.colors",
     "matplotlib.patches", "matplotlib.ticker", "matplotlib.font_manager",
     "PIL.Image", "PIL.PngImagePlugin", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.JpegImagePlugin",
