@@ -43,3 +43,33 @@ def test_describe_exit():
     assert describe_exit(-9) == "killed by SIGKILL (sent by the out-of-memory killer, or by hand)"
     assert describe_exit(-15) == "killed by SIGTERM"
     assert describe_exit(None) == "did not exit"
+
+
+def test_processing_a_product_imports_neither_scikit_learn_nor_scipy_stats(tmp_path):
+    """Issue 18: each worker's start-up is the serial head of a parallel run. The gating's Gaussian
+    mixtures (``gates.mixture``) and quantiles (``scipy.special``) need neither scikit-learn
+    (about 1.3 s to import) nor ``scipy.stats`` (0.5 s); a whole ``process`` of one sample product,
+    reports included, in a fresh interpreter must not import them."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = (sample / "manifest.csv").read_text().splitlines()
+    (folder / "manifest.csv").write_text("\n".join([lines[0]] + [x for x in lines[1:] if x.startswith("TIL001_")]) + "\n")
+    for f in sample.glob("TIL001_*.fcs"):
+        shutil.copy(f, folder / f.name)
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['tilpheno', 'process', {str(folder)!r}, '--out', {str(tmp_path / 'out')!r}, '--jobs', '1']\n"
+        "try:\n    runpy.run_module('tilpheno.cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('EXIT', code)\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn' or m.startswith('scipy.stats')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert "EXIT 0" in run.stdout, run.stdout + run.stderr
+    assert "LOADED []" in run.stdout, run.stdout
