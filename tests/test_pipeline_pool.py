@@ -45,14 +45,9 @@ def test_describe_exit():
     assert describe_exit(None) == "did not exit"
 
 
-def test_processing_a_product_imports_neither_scikit_learn_nor_scipy_stats(tmp_path):
-    """Issue 18: each worker's start-up is the serial head of a parallel run. The gating's Gaussian
-    mixtures (``gates.mixture``) and quantiles (``scipy.special``) need neither scikit-learn
-    (about 1.3 s to import) nor ``scipy.stats`` (0.5 s); a whole ``process`` of one sample product,
-    reports included, in a fresh interpreter must not import them."""
+def _one_sample_product(tmp_path):
+    """A folder holding sample_fcs's TIL001 files and their manifest rows."""
     import shutil
-    import subprocess
-    import sys
     from pathlib import Path
 
     sample = Path(__file__).resolve().parents[1] / "sample_fcs"
@@ -62,14 +57,44 @@ def test_processing_a_product_imports_neither_scikit_learn_nor_scipy_stats(tmp_p
     (folder / "manifest.csv").write_text("\n".join([lines[0]] + [x for x in lines[1:] if x.startswith("TIL001_")]) + "\n")
     for f in sample.glob("TIL001_*.fcs"):
         shutil.copy(f, folder / f.name)
+    return folder
+
+
+def _process_and_list_modules(folder, out, prefixes: tuple[str, ...]) -> str:
+    """``tilpheno process folder --out out --jobs 1`` in a fresh interpreter; its stdout ends with
+    ``EXIT <code>`` and ``LOADED [...]``, the loaded modules that start with one of ``prefixes``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     script = (
         "import runpy, sys\n"
-        f"sys.argv = ['tilpheno', 'process', {str(folder)!r}, '--out', {str(tmp_path / 'out')!r}, '--jobs', '1']\n"
+        f"sys.argv = ['tilpheno', 'process', {str(folder)!r}, '--out', {str(out)!r}, '--jobs', '1', '--overwrite']\n"
         "try:\n    runpy.run_module('tilpheno.cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
         "print('EXIT', code)\n"
-        "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn' or m.startswith('scipy.stats')))\n"
+        f"print('LOADED', sorted(m for m in sys.modules if m.startswith({prefixes!r})))\n"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[1])
     assert "EXIT 0" in run.stdout, run.stdout + run.stderr
-    assert "LOADED []" in run.stdout, run.stdout
+    return run.stdout
+
+
+def test_processing_a_product_imports_neither_scikit_learn_nor_scipy_stats(tmp_path):
+    """Issue 18: each worker's start-up is the serial head of a parallel run. The gating's Gaussian
+    mixtures (``gates.mixture``) and quantiles (``scipy.special``) need neither scikit-learn
+    (about 1.3 s to import) nor ``scipy.stats`` (0.5 s); a whole ``process`` of one sample product,
+    reports included, in a fresh interpreter must not import them."""
+    out = _process_and_list_modules(_one_sample_product(tmp_path), tmp_path / "out", ("sklearn", "scipy.stats"))
+    assert "LOADED []" in out, out
+
+
+def test_a_cached_rerun_does_not_import_the_gating_stack(tmp_path):
+    """Issue 18: re-running an unchanged folder is a process's fixed cost (target < 10 % of the
+    first run). With every product reused from the cache, the run writes tables, the codebook and
+    index pages only: it must not import the gate placement, the phenotype engine or scipy."""
+    folder = _one_sample_product(tmp_path)
+    first = _process_and_list_modules(folder, tmp_path / "out", ("tilpheno.gates.placement",))
+    assert "LOADED ['tilpheno.gates.placement']" in first, first      # the first run gates: the probe sees it
+    again = _process_and_list_modules(folder, tmp_path / "out", ("tilpheno.gates.placement", "tilpheno.phenotype", "scipy"))
+    assert "LOADED []" in again, again

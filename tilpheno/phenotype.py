@@ -60,7 +60,7 @@ from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelE
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate, RangeGate
-from tilpheno.gates.strategy import ROOT, Population, Strategy
+from tilpheno.gates.strategy import ROOT, Population, Strategy, population_slug
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
 from tilpheno.gates.tree import population_mask
 from tilpheno.qc import QCFlag
@@ -851,10 +851,6 @@ def _quadrants(state: _Gated) -> dict:
     return out
 
 
-def _slug(population: str) -> str:
-    return population.lower().replace("+", "pos").replace("-", "neg").replace(" ", "_")
-
-
 def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
     """The strategy's variables on a gated stained tube, plus event counts ``n_<population>_<tube>``."""
     out: dict[str, float] = {}
@@ -864,7 +860,7 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
         den = counts.get(v.denominator, 0)
         out[v.name] = 100.0 * counts.get(v.numerator, 0) / den if den else float("nan")
     for name in dict.fromkeys(x for v in strategy.variables for x in (v.numerator, v.denominator)):
-        out[f"n_{_slug(name)}_{strategy.tube}"] = counts.get(name, 0)
+        out[f"n_{population_slug(name)}_{strategy.tube}"] = counts.get(name, 0)
     out[f"n_events_{strategy.tube}"] = state.tube.n_events
     return out
 

@@ -13,3 +13,25 @@ class QCFlag:
     code: str
     severity: str
     message: str
+
+
+REVIEW_CODES = frozenset({
+    "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
+    "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
+    "gate_failed", "few_events", "uncertain_threshold", "dim_subset_events", "unstained_positive",
+})
+"""QC codes of a gate that may be wrong (raised by ``tilpheno.gates.checks`` and the gating engine):
+after one of them at severity warning or error a product "needs review" and its release is "not
+evaluable" until a reviewer signs it."""
+
+NEEDS_REVIEW, NO_REVIEW_FLAGS = "needs review", "no gating flags"
+
+
+def needs_review(flag) -> bool:
+    """True for a warning/error flag whose code is in :data:`REVIEW_CODES` (a gate that may be wrong)."""
+    return flag.code in REVIEW_CODES and flag.severity in ("warning", "error")
+
+
+def review_status(flags) -> str:
+    """``"needs review"`` when any flag :func:`needs_review`, else ``"no gating flags"``."""
+    return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS

@@ -3,7 +3,7 @@
 Every flag names the gate (``"<population> (<marker>): ..."`` opens the message), the size of
 the problem in the units that matter (percentage points of the parent, transformed units) and
 what to look at. Codes (severity ``warning`` unless stated; a warning makes the product "needs
-review", see :data:`REVIEW_CODES`):
+review", see ``tilpheno.qc.REVIEW_CODES``):
 
 ``cut_in_dense_region``  the threshold sits inside the negative peak: the stained density at
     the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
@@ -78,6 +78,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tilpheno.gates import placement as pl
+from tilpheno.qc import NEEDS_REVIEW, NO_REVIEW_FLAGS, REVIEW_CODES, needs_review, review_status  # noqa: F401  (re-exported)
 
 DELTA = 0.03
 UNSTAINED_LIMIT = 1.0
@@ -87,17 +88,10 @@ IMPACT_POINTS = 2.0
 """A sized density-gate flag (:func:`size_flag`) asks for review when moving the cut to a defensible
 alternative changes a reported percentage by more than this many points."""
 MIN_GATE_EVENTS = 1000
+"""Events below which a stained-tube density gate is flagged ``few_events``."""
 NO_PEAK_POINTS = 6.0
 """% of the parent at or below an FMO percentile used for want of a stained negative peak above
 which ``uncertain_threshold`` is raised."""
-"""Events below which a stained-tube density gate is flagged ``few_events``."""
-REVIEW_CODES = frozenset({
-    "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
-    "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
-    "gate_failed", "few_events", "uncertain_threshold", "dim_subset_events", "unstained_positive",
-})
-"""QC codes after which a product "needs review" and its release is "not evaluable" until a reviewer signs it."""
-
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above"]
@@ -330,19 +324,6 @@ def variable_checks(
                             f"by {abs(value - other):.1f} points (tolerance {v.tolerance:g}); look at the "
                             f"{v.numerator} gates of both tubes"))
     return out
-
-
-NEEDS_REVIEW, NO_REVIEW_FLAGS = "needs review", "no gating flags"
-
-
-def needs_review(flag) -> bool:
-    """True for a warning/error flag whose code is in :data:`REVIEW_CODES` (a gate that may be wrong)."""
-    return flag.code in REVIEW_CODES and flag.severity in ("warning", "error")
-
-
-def review_status(flags) -> str:
-    """``"needs review"`` when any flag :func:`needs_review`, else ``"no gating flags"``."""
-    return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS
 
 
 def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *,

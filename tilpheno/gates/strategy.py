@@ -156,6 +156,12 @@ _TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transfo
 QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
+def population_slug(population: str) -> str:
+    """A population's name as a column-name part (``n_<slug>_<tube>`` event counts): lower case,
+    ``+`` -> ``pos``, ``-`` -> ``neg``, spaces -> ``_`` (``"CD8+PD1+"`` -> ``cd8pospd1pos``)."""
+    return population.lower().replace("+", "pos").replace("-", "neg").replace(" ", "_")
+
+
 @dataclass(frozen=True)
 class Population:
     """One node of the gating tree as the strategy file defines it (``line`` = its line in the file)."""

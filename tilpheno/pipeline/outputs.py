@@ -60,13 +60,13 @@ def _write_matrices(staging: Path, jobs: Sequence[ProductJob]) -> dict[str, dict
     return written
 
 
-END_MODULES = ("tilpheno.gates.checks", "tilpheno.report.codebook", "tilpheno.report.html", "jinja2", "pyarrow.parquet")
+END_MODULES = ("tilpheno.report.codebook", "tilpheno.report.html", "jinja2", "pyarrow.parquet")
 """What the dispatching process needs to write the tables and index pages at the end of a run."""
 
 
 def import_in_background(modules: Sequence[str] = END_MODULES):
     """Import ``modules`` in a daemon thread; returns it. With workers doing the products, the
-    dispatching process would otherwise import these (scipy via the gate checks: seconds) only
+    dispatching process would otherwise import these (pandas-based tables, Jinja2, pyarrow) only
     after the last product, in the run's serial tail. Called once the jobs are handed out (while
     the fork server still imports the workers' libraries, or once a Dask cluster holds the jobs),
     when this process imports nothing else, the imports overlap with the products. An import that
@@ -99,7 +99,7 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     flags first in qc)."""
     import pandas as pd
 
-    from tilpheno.gates.checks import needs_review
+    from tilpheno.qc import needs_review
 
     phen_cols = _ordered_union(o.phenotype for o in outcomes)
     phenotypes = pd.DataFrame([o.phenotype for o in outcomes], columns=phen_cols)

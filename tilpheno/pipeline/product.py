@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tilpheno.errors import FCSReadError, TableError, TilphenoError
-from tilpheno.gates.checks import NEEDS_REVIEW, review_status
+from tilpheno.qc import NEEDS_REVIEW, review_status
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.jobs import ProductJob, ProductOutcome, job_strategies, product_slug
 from tilpheno.pipeline.release import release_decision

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from tilpheno.gates.checks import NEEDS_REVIEW, review_status
+from tilpheno.qc import NEEDS_REVIEW, review_status
 from tilpheno.qc import QCFlag
 from tilpheno.release import NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate, overall
 
@@ -13,7 +13,7 @@ def release_decision(spec: ReleaseSpec, phenotype: Mapping, flags: Sequence[QCFl
     """``(criterion results, release status)`` of a product.
 
     A product that is not usable (failed, or not gated) is not evaluated: ``([], not evaluable)``.
-    A gate that may be wrong (``gates.checks.REVIEW_CODES`` among ``flags``) holds release (``not
+    A gate that may be wrong (``qc.REVIEW_CODES`` among ``flags``) holds release (``not
     evaluable``) until a reviewer signs; the criteria are still evaluated and reported.
     """
     if not usable:
