@@ -90,32 +90,28 @@ def _kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: in
     return np.argmin(_squared_distances(x, centres), axis=0)
 
 
-def _m_step(x: np.ndarray, resp: np.ndarray, reg_covar: float):
+def _m_step(xt: np.ndarray, resp: np.ndarray, reg_covar: float):
     """Weights, means and full covariances (``reg_covar`` on the diagonal) from responsibilities
-    ``resp`` (k, n)."""
+    ``resp`` (k, n); ``xt`` is the sample transposed, (d, n): every operation runs along the
+    events, all components at once."""
     nk = resp.sum(axis=1) + 10 * np.finfo(resp.dtype).eps
-    means = (resp @ x) / nk[:, None]
-    d = x.shape[1]
-    covariances = np.empty((len(nk), d, d))
-    for c in range(len(nk)):
-        centred = x - means[c]
-        covariances[c] = (resp[c] * centred.T) @ centred / nk[c]
-        covariances[c].flat[:: d + 1] += reg_covar
-    return nk / x.shape[0], means, covariances
+    means = (resp @ xt.T) / nk[:, None]
+    centred = xt[None, :, :] - means[:, :, None]                                  # (k, d, n)
+    covariances = np.matmul(resp[:, None, :] * centred, np.swapaxes(centred, 1, 2)) / nk[:, None, None]
+    d = xt.shape[0]
+    covariances[:, np.arange(d), np.arange(d)] += reg_covar
+    return nk / xt.shape[1], means, covariances
 
 
-def _log_joint(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
-    """log(weight_c) + log N(x | mean_c, cov_c) for every component and event, (k, n)."""
-    n, d = x.shape
-    out = np.empty((len(weights), n))
-    for c in range(len(weights)):
-        sign, log_det = np.linalg.slogdet(covariances[c])
-        if sign <= 0:
-            raise np.linalg.LinAlgError("a mixture component's covariance is not positive definite")
-        centred = x - means[c]
-        mahalanobis = np.einsum("ij,ij->i", centred @ np.linalg.inv(covariances[c]), centred)
-        out[c] = -0.5 * (d * _LOG_2PI + log_det + mahalanobis) + np.log(weights[c])
-    return out
+def _log_joint(xt: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
+    """log(weight_c) + log N(x | mean_c, cov_c) for every component and event, (k, n); ``xt`` (d, n)."""
+    d = xt.shape[0]
+    sign, log_det = np.linalg.slogdet(covariances)
+    if np.any(sign <= 0):
+        raise np.linalg.LinAlgError("a mixture component's covariance is not positive definite")
+    centred = xt[None, :, :] - means[:, :, None]                                  # (k, d, n)
+    mahalanobis = (np.matmul(np.linalg.inv(covariances), centred) * centred).sum(axis=1)
+    return -0.5 * (d * _LOG_2PI + log_det[:, None] + mahalanobis) + np.log(weights)[:, None]
 
 
 def _log_sum_exp(a: np.ndarray) -> np.ndarray:
@@ -129,23 +125,24 @@ def fit_gaussian_mixture(x: np.ndarray, k: int, seed: int, *, reg_covar: float =
     """EM fit of a ``k``-component full-covariance Gaussian mixture to ``x`` (n, d), k-means start."""
     x = np.asarray(x, np.float64)
     n, d = x.shape
+    xt = np.ascontiguousarray(x.T)
     rng = np.random.default_rng(seed)
     labels = np.zeros(n, dtype=np.intp) if k == 1 else _kmeans_labels(x, k, rng)
     resp = np.zeros((k, n))
     resp[labels, np.arange(n)] = 1.0
-    weights, means, covariances = _m_step(x, resp, reg_covar)
+    weights, means, covariances = _m_step(xt, resp, reg_covar)
     lower_bound = -np.inf
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        joint = _log_joint(x, weights, means, covariances)
+        joint = _log_joint(xt, weights, means, covariances)
         norm = _log_sum_exp(joint)
         previous, lower_bound = lower_bound, float(norm.mean())
-        weights, means, covariances = _m_step(x, np.exp(joint - norm), reg_covar)
+        weights, means, covariances = _m_step(xt, np.exp(joint - norm), reg_covar)
         if abs(lower_bound - previous) < tol:
             converged = True
             break
-    log_likelihood = float(_log_sum_exp(_log_joint(x, weights, means, covariances)).mean())
+    log_likelihood = float(_log_sum_exp(_log_joint(xt, weights, means, covariances)).mean())
     n_parameters = k * d + k * d * (d + 1) / 2 + k - 1
     bic = -2.0 * log_likelihood * n + n_parameters * np.log(n)
     return MixtureFit(weights, means, covariances, log_likelihood, float(bic), converged, n_iter)
