@@ -15,7 +15,8 @@ round's held-out measurement of ``reference_cut_error``, now used too), 91001-91
 again (seventh-round development, FoxP3 reference), 100001-100060 (the seventh round's held-out
 measurement of ``reference_carry: quantile``, now used too), 101001-101060 (the held-out
 measurement of the quantile carry's contamination self-check, now used too), 102001-102060 (the
-held-out measurement of the numpy mixture fit, stop 23, now used too) and the unit tests' seeds
+held-out measurement of the numpy mixture fit, stop 23, now used too), 103001-103060 (held-out
+measurement of the reference-positives check, stop 23, now used too) and the unit tests' seeds
 (9001-9020, 93001-93011, 93020-93021, 93030-93031, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 

@@ -375,3 +375,47 @@ def test_quantile_carry_flags_a_reference_with_positives_in_it():
     assert flags and flags[0].severity == "warning", dirty.flags
     assert "CD4+FoxP3+" in flags[0].message and "reference" in flags[0].message and "FoxP3+ cells" in flags[0].message
     assert dirty.diagnostics["reference_above_points"] > 3.0, dirty.diagnostics
+
+
+def test_reference_positives_estimates_the_positive_share_and_the_cut_without_them():
+    """The direct test for marker+ cells in a quantile-carry reference (``checks.reference_positives``),
+    on known truth: a CD4+ parent with 10 % FoxP3+ cells and a matched reference (same background and
+    heavy binding) holding 0, 2 or 4 % FoxP3+ cells at the parent's positives' intensity. Clean: under
+    0.5 % estimated (the binding's heavy tail reaches the positives' level a little more often than
+    the FMO) and the cut re-read without them within 3 points of the parent (no flag). Contaminated
+    (more than 3 points under-called): the share within half of the truth, and the cut without them
+    more than 3 points away (flagged) and closer to the ideal. Below 20 parent events above the cut:
+    None."""
+    from tilpheno.gates import checks
+    from tilpheno.transforms import Logicle
+
+    rng = np.random.default_rng(93040)
+    tr = Logicle()
+    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
+    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
+
+    def population(n, share):
+        k = int(n * share)
+        stained = np.concatenate([background(n - k) + added(n - k),
+                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
+        return background(n), stained, stained[: n - k]
+
+    fmo, stained, neg = population(8000, 0.10)
+    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
+    s = tr.apply(stained)
+    points = lambda cut: 100.0 * (np.mean(s > cut) - np.mean(s > ideal))   # noqa: E731
+    for share in (0.0, 0.02, 0.04):
+        ref_fmo, ref_stained, _ = population(10000, share)
+        f, rf, rs = tr.apply(fmo), tr.apply(ref_fmo), tr.apply(ref_stained)
+        cut = pl.reference_quantile_cut(f, rf, rs, tr, 99.5)
+        estimate, cleaned = checks.reference_positives(f, rf, rs, s, cut, tr, 99.5)
+        if share == 0.0:
+            # the binding's own heavy tail reaches the positives' level a little more than the FMO:
+            # a small estimate, and the cut moves less than the flag's 3 points
+            assert estimate < 0.5 and abs(points(cleaned) - points(cut)) < 3.0, (estimate, points(cut), points(cleaned))
+        else:
+            assert points(cut) < -3.0, points(cut)
+            assert 0.5 * 100 * share <= estimate <= 1.5 * 100 * share, (share, estimate)
+            # the cut without them moves by more than the flag's 3 points, towards the ideal
+            assert abs(points(cleaned) - points(cut)) > 3.0 and abs(points(cleaned)) < abs(points(cut)), (share, points(cut), points(cleaned))
+    assert checks.reference_positives(f, rf, rs, s[:10], cut, tr, 99.5) is None

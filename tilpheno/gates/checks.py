@@ -36,7 +36,12 @@ review", see ``tilpheno.qc.REVIEW_CODES``):
     ``uncertain_points`` points of the parent above the parent's own mid carry-over (halfway between
     ``relative_low`` and ``relative_high``, the cut the gate has without the reference;
     ``reference_above_points``): marker+ cells in the reference (CD8+FoxP3+ T cells) raise its
-    stained percentile and the cut, upwards only). It does not see a reference whose binding differs from the parent's
+    stained percentile and the cut, upwards only); and when the reference's positives themselves
+    move the cut (``reference_positive_points``, :func:`reference_positives`: the reference's
+    stained events above the median of the parent's positives, beyond its FMO's share there, taken
+    as half of its positives; the cut re-read without that many of its brightest events lies more
+    than ``uncertain_points`` points of the parent away; ``reference_positive_pct`` the estimated
+    share). It does not see a reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     Also when the FMO percentile was kept (the stained negatives moved less than the
@@ -236,7 +241,25 @@ def place_and_check(
                                          f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
                                          f"stained tail and this cut (under-call); look at the {marker} histogram of the "
                                          f"reference population, stained vs FMO, for {marker}+ cells in it"))
-            if uncertain and referenced and "reference_above_points" not in d:
+            if referenced and reference_carry == "quantile" and not uncertain:
+                # a direct test for marker+ cells in the reference: its stained events as bright as the
+                # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
+                assert reference_fmo is not None and reference_stained is not None
+                found = reference_positives(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
+                                            percentile)
+                if found is not None:
+                    d["reference_positive_pct"], cleaned = found
+                    d["reference_positive_points"] = _points_between(stained, cleaned, cut)
+                    if d["reference_positive_points"] > uncertain_points:
+                        uncertain = True
+                        flags.append(pl.Flag("uncertain_threshold", "warning",
+                                             f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
+                                             f"stained events are {marker}+ (as bright as the parent's positives, beyond its "
+                                             f"FMO); without them the threshold {cut:.3f} (reference_carry quantile) would be "
+                                             f"{cleaned:.3f}, {d['reference_positive_points']:.1f} points of the parent away "
+                                             f"(limit {uncertain_points:g}); look at the {marker} histogram of the reference "
+                                             f"population, stained vs FMO"))
+            if uncertain and referenced and "reference_above_points" not in d and "reference_positive_points" not in d:
                 flags.append(pl.Flag("uncertain_threshold", "warning",
                                      f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
                                      f"reference population) moved {d['correction_points']:.1f} points of the parent from "
@@ -295,6 +318,45 @@ def place_and_check(
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
                                  f"[{stained.min():.3f}, {stained.max():.3f}]; look at the {marker} histogram"))
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
+
+
+def reference_positives(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
+                        stained: np.ndarray, cut: float, transform: Any, percentile: float,
+                        rounds: int = 5) -> tuple[float, float] | None:
+    """Marker+ cells inside the reference population of a ``reference_carry: quantile`` cut, and the
+    cut without them: (estimated % of the reference's stained events that are positive, the cut
+    re-read without them, transformed units), or None when the parent has fewer than 20 events above
+    the cut (no positives to compare with).
+
+    Level L = the median of the parent's stained events above the cut (its positives' middle). A
+    reference of negatives puts as few of its stained events above L as its FMO does; the excess
+    (stained - FMO share above L) is half of its positives if they are as bright as the parent's
+    positives above the cut, so 2 x excess is the estimated positive share; the cut is carried over
+    again (``placement.reference_quantile_cut``) from the reference's stained events without that many
+    of its brightest ones. Positives in the reference raise the cut, and so L, which hides part of
+    them; the estimate is therefore repeated from the cleaned cut (at most ``rounds`` times, until the
+    count removed no longer grows)."""
+    rf = np.asarray(reference_fmo, dtype=np.float64)
+    rs = np.asarray(reference_stained, dtype=np.float64)
+    rf, rs = rf[np.isfinite(rf)], np.sort(rs[np.isfinite(rs)])
+    if rf.size == 0 or rs.size < 2 or np.count_nonzero(stained > cut) < 20:
+        return None
+    drop, current = 0, cut
+    for _ in range(rounds):
+        above = stained[stained > current]
+        if above.size < 20:
+            break
+        level = float(np.median(above))
+        excess = max(np.count_nonzero(rs > level) / rs.size - np.count_nonzero(rf > level) / rf.size, 0.0)
+        again = min(int(round(2.0 * excess * rs.size)), rs.size - 1)
+        if again <= drop:
+            break
+        drop = again
+        cleaned = pl.reference_quantile_cut(fmo_values, rf, rs[: rs.size - drop], transform, percentile)
+        if not np.isfinite(cleaned):
+            break
+        current = float(cleaned)
+    return 100.0 * drop / rs.size, current
 
 
 def variable_checks(
