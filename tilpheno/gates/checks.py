@@ -226,7 +226,26 @@ def place_and_check(
             else:
                 d["candidate_points"] = max(from_low, from_high)
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
-            if referenced and reference_carry == "quantile" and not uncertain:
+            if uncertain and referenced:
+                flags.append(pl.Flag("uncertain_threshold", "warning",
+                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
+                                     f"reference population) moved {d['correction_points']:.1f} points of the parent from "
+                                     f"the FMO percentile (limit {shift_points:g}) and could move the % by "
+                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}) within the "
+                                     f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
+                                     f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
+                                     f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
+                                     f"population, stained vs FMO"))
+            elif uncertain:
+                flags.append(pl.Flag("uncertain_threshold", "warning",
+                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
+                                     f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
+                                     f"{shift_points:g}) and the other carry-over of the FMO percentile (negative peak's "
+                                     f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
+                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
+                                     f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
+                                     f"histogram of the parent, stained vs FMO"))
+            elif referenced and reference_carry == "quantile":
                 # FoxP3+ (marker+) cells inside the reference raise its stained percentile and so this
                 # cut, upwards only: compare it with the parent's own carry-over of the FMO percentile
                 # that the parent's positives move least (its negative peak's lower-side spread)
@@ -241,43 +260,24 @@ def place_and_check(
                                          f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
                                          f"stained tail and this cut (under-call); look at the {marker} histogram of the "
                                          f"reference population, stained vs FMO, for {marker}+ cells in it"))
-            if referenced and reference_carry == "quantile" and not uncertain:
-                # a direct test for marker+ cells in the reference: its stained events as bright as the
-                # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
-                assert reference_fmo is not None and reference_stained is not None
-                found = reference_positives(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
-                                            percentile)
-                if found is not None:
-                    d["reference_positive_pct"], cleaned = found
-                    d["reference_positive_points"] = _points_between(stained, cleaned, cut)
-                    if d["reference_positive_points"] > uncertain_points:
-                        uncertain = True
-                        flags.append(pl.Flag("uncertain_threshold", "warning",
-                                             f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
-                                             f"stained events are {marker}+ (as bright as the parent's positives, beyond its "
-                                             f"FMO); without them the threshold {cut:.3f} (reference_carry quantile) would be "
-                                             f"{cleaned:.3f}, {d['reference_positive_points']:.1f} points of the parent away "
-                                             f"(limit {uncertain_points:g}); look at the {marker} histogram of the reference "
-                                             f"population, stained vs FMO"))
-            if uncertain and referenced and "reference_above_points" not in d and "reference_positive_points" not in d:
-                flags.append(pl.Flag("uncertain_threshold", "warning",
-                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
-                                     f"reference population) moved {d['correction_points']:.1f} points of the parent from "
-                                     f"the FMO percentile (limit {shift_points:g}) and could move the % by "
-                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}) within the "
-                                     f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
-                                     f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
-                                     f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
-                                     f"population, stained vs FMO"))
-            elif uncertain and not referenced:
-                flags.append(pl.Flag("uncertain_threshold", "warning",
-                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
-                                     f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
-                                     f"{shift_points:g}) and the other carry-over of the FMO percentile (negative peak's "
-                                     f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
-                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
-                                     f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
-                                     f"histogram of the parent, stained vs FMO"))
+                else:
+                    # a direct test for marker+ cells in the reference: its stained events as bright as the
+                    # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
+                    assert reference_fmo is not None and reference_stained is not None
+                    found = reference_positives(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
+                                                percentile)
+                    if found is not None:
+                        d["reference_positive_pct"], cleaned = found
+                        d["reference_positive_points"] = _points_between(stained, cleaned, cut)
+                        if d["reference_positive_points"] > uncertain_points:
+                            uncertain = True
+                            flags.append(pl.Flag("uncertain_threshold", "warning",
+                                                 f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
+                                                 f"stained events are {marker}+ (as bright as the parent's positives, beyond "
+                                                 f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
+                                                 f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
+                                                 f"parent away (limit {uncertain_points:g}); look at the {marker} histogram of "
+                                                 f"the reference population, stained vs FMO"))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
             # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs
