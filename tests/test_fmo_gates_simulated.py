@@ -288,6 +288,24 @@ def test_referenced_cut_is_judged_by_its_own_sampling_error_not_by_the_parents_u
     assert flags and flags[0].severity == "warning" and "95 % interval of the reference reading" in flags[0].message
 
 
+def _treg_populations(rng):
+    """A simulator of FoxP3 tubes for the quantile-carry tests: ``population(n, share)`` draws n cells,
+    ``share`` of them FoxP3+ (log-normal, median 900 linear units), every cell with the same background
+    (autofluorescence SD 60 plus spillover spread SD 100) and the same heavy right-skewed binding in the
+    stained tube (log-normal, median 150, log-SD 0.7); returns (FMO events, stained events, the stained
+    negatives)."""
+    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
+    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
+
+    def population(n, share):
+        k = int(n * share)
+        stained = np.concatenate([background(n - k) + added(n - k),
+                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
+        return background(n), stained, stained[: n - k]
+
+    return population
+
+
 def test_quantile_carry_reads_the_parents_negative_tail_on_a_matched_reference():
     """reference_carry quantile (round 7, FoxP3): the parent's FMO 99.5th percentile moved by the
     reference's own stained - FMO 99.5th percentile (linear units). A CD4+ parent (10 % dim FoxP3+
@@ -303,14 +321,7 @@ def test_quantile_carry_reads_the_parents_negative_tail_on_a_matched_reference()
 
     rng = np.random.default_rng(93030)
     tr = Logicle()
-    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
-    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
-
-    def population(n, share):
-        k = int(n * share)
-        stained = np.concatenate([background(n - k) + added(n - k),
-                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
-        return background(n), stained, stained[: n - k]
+    population = _treg_populations(rng)
 
     ref_fmo, ref_stained, _ = population(10000, 0.0)
     fmo, stained, neg = population(8000, 0.10)
@@ -348,14 +359,7 @@ def test_quantile_carry_flags_a_reference_with_positives_in_it():
 
     rng = np.random.default_rng(93031)
     tr = Logicle()
-    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
-    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
-
-    def population(n, share):
-        k = int(n * share)
-        stained = np.concatenate([background(n - k) + added(n - k),
-                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
-        return background(n), stained, stained[: n - k]
+    population = _treg_populations(rng)
 
     fmo, stained, neg = population(8000, 0.10)
     ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
@@ -391,14 +395,7 @@ def test_reference_positives_estimates_the_positive_share_and_the_cut_without_th
 
     rng = np.random.default_rng(93040)
     tr = Logicle()
-    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
-    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
-
-    def population(n, share):
-        k = int(n * share)
-        stained = np.concatenate([background(n - k) + added(n - k),
-                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
-        return background(n), stained, stained[: n - k]
+    population = _treg_populations(rng)
 
     fmo, stained, neg = population(8000, 0.10)
     ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
