@@ -31,11 +31,11 @@ Methods
     above the transformed zero; cut ``fallback_sd`` robust SDs above (negative) or below
     (positive) its peaks (see ``valley_threshold``).
 ``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (``gates.mixture``:
-    scikit-learn's model and fit in numpy; full covariance, components 1..``max_components`` chosen by BIC, k-means init with a fixed
-    ``seed``) on at most ``max_events`` events; the lymphocyte component is the heaviest one,
-    merged with components whose means lie inside its ellipse; the gate is the ellipse of the
-    merged moments at the chi-square ``coverage`` quantile (2 d.f.). Large non-lymphoid cells
-    form their own component(s) and fall outside.
+    scikit-learn's model and fit in numpy; full covariance, components 1..``max_components``
+    chosen by BIC, k-means init with a fixed ``seed``) on at most ``max_events`` events; the
+    lymphocyte component is the heaviest one, merged with components whose means lie inside its
+    ellipse; the gate is the ellipse of the merged moments at the chi-square ``coverage``
+    quantile (2 d.f.). Large non-lymphoid cells form their own component(s) and fall outside.
 ``place_cluster``  two markers (e.g. CD3 vs CD19): the ellipse of the Gaussian-mixture component
     lying furthest to the strategy's stated side on each axis (``x_side``/``y_side`` high, low,
     any), merged with components whose means lie inside it (see :func:`place_cluster`).
