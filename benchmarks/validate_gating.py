@@ -16,7 +16,8 @@ again (seventh-round development, FoxP3 reference), 100001-100060 (the seventh r
 measurement of ``reference_carry: quantile``, now used too), 101001-101060 (the held-out
 measurement of the quantile carry's contamination self-check, now used too), 102001-102060 (the
 held-out measurement of the numpy mixture fit, stop 23, now used too), 103001-103060 (held-out
-measurement of the reference-positives check, stop 23, now used too) and the unit tests' seeds
+measurement of the reference-positives check, stop 23, now used too), 104001-104060 (final
+held-out measurement of stop 23, now used too) and the unit tests' seeds
 (9001-9020, 93001-93011, 93020-93021, 93030-93031, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
