@@ -505,9 +505,10 @@ class _Threshold:
 class _TubeKindRun:
     """Walks one strategy over the files of one tube kind (see :func:`gate_tube_kind`).
 
-    Two passes. Pass 1 resolves every ``fmo`` threshold in strategy order: the marker's FMO file is
+    Two passes. Pass 1 resolves every ``fmo`` threshold in strategy order: the marker's FMO file
+    (``control: unstained``: the product's unstained control, a source of role ``unstained``) is
     gated down to the population's parent (its per-file gates placed on its own data, earlier
-    thresholds applied) and the percentile taken; a missing FMO falls back to the stained tube.
+    thresholds applied) and the percentile taken; a missing control falls back to the stained tube.
     Pass 2 gates every file to the end with all thresholds known. A file's per-file placements
     (cells, singlets, lymphocytes, valley) are kept, so a file loaded in both passes is placed once.
     With ``keep_loaded`` False a file is loaded again when it was released in between; besides
@@ -615,9 +616,16 @@ class _TubeKindRun:
         min_events = int(params.pop("min_events", 200))
         skew_reference = params.pop("skew_reference", None)
         anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
-        # the last FMO file of the marker that loads (as a dict keyed by marker would keep)
-        fmo_files = [i for i, s in enumerate(self.sources) if s.role == "fmo" and self.vocabulary.same(s.fmo_marker, marker)]
-        found = self.first_loadable(fmo_files[::-1])
+        # the control: the last FMO file of the marker that loads (as a dict keyed by marker would
+        # keep), or with control: unstained the product's unstained control
+        if params.pop("control", "fmo") == "unstained":
+            kind, missing_code = "unstained control", "missing_control"
+            missing = "no usable unstained control in the product"
+            controls = [i for i, s in enumerate(self.sources) if s.role == "unstained"]
+        else:
+            kind, missing_code, missing = "FMO", "missing_fmo", "no FMO file for this marker"
+            controls = [i for i, s in enumerate(self.sources) if s.role == "fmo" and self.vocabulary.same(s.fmo_marker, marker)]
+        found = self.first_loadable(controls[::-1])
         placement, source = None, ""
         if found is not None and marker in found[1].tube.data:
             i, st = found
@@ -636,9 +644,9 @@ class _TubeKindRun:
                 placement = checks.place_and_check(pop.name, marker, values, evidence, percentile=pct,
                                                    source_file=source, min_events=min_events,
                                                    transform=st.tube.transforms.get(marker), **params, **anchor)
-            reason = f"FMO {Path(st.tube.file).name} has no events in {pop.parent}"
+            reason = f"{kind} {Path(st.tube.file).name} has no events in {pop.parent}"
         else:
-            reason = "no FMO file for this marker"
+            reason = missing
         if placement is None:
             stained = self.first_loadable(stains)
             if stained is None:
@@ -648,11 +656,11 @@ class _TubeKindRun:
             valley = pl.place_valley(st.tube.data[marker][st.parent_mask(pop)], marker, keep="high",
                                      zero=_zero(st.tube, marker), **params)
             flags = valley.flags + (
-                pl.Flag("missing_fmo", "warning", f"{pop.name} ({marker}): {reason}"),
+                pl.Flag(missing_code, "warning", f"{pop.name} ({marker}): {reason}"),
                 pl.Flag(
                     "fallback_gate", "warning",
                     f"{pop.name} ({marker}): threshold {valley.diagnostics['threshold']:.4g} from the density of the "
-                    f"stained tube ({valley.method}) instead of the FMO {pct}th percentile",
+                    f"stained tube ({valley.method}) instead of the {kind} {pct}th percentile",
                 ),
             )
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
@@ -1002,6 +1010,14 @@ def analyze_product(
             src = _Source(i, str(row.role), marker)
             src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
             sources.append(src)
+        if any(p.params.get("control") == "unstained" for p in strategy.populations):
+            # the unstained control is a control of this tube kind's gates: gated with its files (its
+            # own per-file gates, then the thresholds), reported like an FMO file
+            for row in unstained_rows.itertuples(index=False):
+                src = _Source(len(sources), "unstained", None)
+                src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [],
+                              "fcs": None}
+                sources.append(src)
         # The stained files are read first: the first readable one resolves the FMO files' panels
         # (its TEXT only is kept); unreadable files are flagged once, whenever they are met.
         reference, reference_src, n_stained_read = None, None, 0

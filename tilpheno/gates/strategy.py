@@ -36,7 +36,11 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      which the nonspecific signal (shift, lower-side spread, right skew) is
                      measured (placement.reference_binding) and carried to this gate;
                      reference_carry additive|quantile (additive): carry that model, or the
-                     reference's own percentile shift, stained - FMO (placement.reference_quantile_cut)
+                     reference's own percentile shift, stained - FMO (placement.reference_quantile_cut);
+                     control fmo|unstained (fmo): the control whose events set the cut, the
+                     marker's FMO file or the product's unstained control (a control-based
+                     live/dead cut: ``dead`` = the dye above the unstained control's percentile,
+                     carried to the stained live peak; ``live`` = ``!dead``)
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -147,6 +151,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "shift_points": ParamSpec(_NUM, 6.0, 0, 100),
         "skew_reference": ParamSpec(str, None),
         "reference_carry": ParamSpec(str, "additive", choices=("additive", "quantile")),
+        "control": ParamSpec(str, "fmo", choices=("fmo", "unstained")),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }

@@ -109,7 +109,8 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
 
 def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
     """A warning ``ungated_tube`` per tube kind whose stained or FMO files no strategy of the run
-    gates (controls, i.e. unstained and single-stain files, are never gated and not flagged)."""
+    gates (controls, i.e. unstained and single-stain files, are not flagged: a strategy gates the
+    unstained control only where a gate names it as its control, ``control: unstained``)."""
     gated = {str(s.tube) for s in strategies}
     names = ", ".join(sorted(gated)) or "none"
     flags = []
@@ -227,8 +228,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
         digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:
-        gated = {str(t.file) for t in result.tubes}
-        digests += [_digest(t.file, t) for t in result.tubes]
+        gated = {str(t.file): t for t in result.tubes}   # once per file (a control may serve two tube kinds)
+        digests += [_digest(f, t) for f, t in gated.items()]
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
     else:
         seen = {d.path for d in digests}
@@ -282,7 +283,7 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
         "n_qc_flags": len(outcome.qc),
         "n_files": n_files,
     }
-    cols["n_events_total"] = sum(int(t.n_events) for t in result.tubes) if result else 0
+    cols["n_events_total"] = sum(int(t.n_events) for t in {str(t.file): t for t in result.tubes}.values()) if result else 0
     return cols
 
 

@@ -43,7 +43,8 @@ def _gating_method(population, fmo_percentile: float) -> str:
     dims = "/".join(population.dims)
     if population.method == "fmo":
         pct = population.params.get("percentile", fmo_percentile)
-        return f"{population.name}: {dims} above the {pct:g}th percentile of the {dims} FMO's {population.parent} events"
+        control = "unstained control" if population.params.get("control") == "unstained" else f"{dims} FMO"
+        return f"{population.name}: {dims} above the {pct:g}th percentile of the {control}'s {population.parent} events"
     return f"{population.name}: {population.method} gate on {dims} within {population.parent}"
 
 

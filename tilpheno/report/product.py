@@ -348,11 +348,12 @@ def fmo_table(result, fmo_percentile: float) -> Table:
         population, parent = str(row.population), str(row.parent)
         method = str(getattr(row, "method", ""))
         pctl = getattr(row, "percentile", fmo_percentile)
-        rule = (f"{fmt(pctl, 1)}th pct of FMO" if fmo is not None
+        kind = "unstained control" if fmo is not None and fmo.role == "unstained" else "FMO"
+        rule = (f"{fmt(pctl, 1)}th pct of {kind}" if fmo is not None
                 else f"no FMO: {method}" if method else "no FMO")
         winner = str(getattr(row, "winner", "") or "")
         if fmo is not None and winner:   # gates.checks.RECORD_COLUMNS: both candidates, shift, winner
-            rule = (f"{winner}: FMO {fmt(getattr(row, 'fmo_threshold', None), 3)}, "
+            rule = (f"{winner}: {kind} {fmt(getattr(row, 'fmo_threshold', None), 3)}, "
                     f"rel. {fmt(getattr(row, 'relative_threshold', None), 3)} "
                     f"[{fmt(getattr(row, 'relative_low', None), 3)}–{fmt(getattr(row, 'relative_high', None), 3)}], "
                     f"valley {fmt(getattr(row, 'valley_threshold', None), 3)}, "
@@ -367,7 +368,8 @@ def fmo_table(result, fmo_percentile: float) -> Table:
             fmt(getattr(row, "value_raw", None), 1), fmt(row.value_transformed, 3), rule,
         ))
     return Table("fmo-summary", FMO_TABLE_COLUMNS, tuple(rows),
-                 "One row per threshold; control = the FMO tube gated through the same upstream gates.")
+                 "One row per threshold; control = the FMO tube (or, for a gate with control: unstained, the "
+                 "product's unstained control) gated through the same upstream gates.")
 
 
 def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
@@ -439,8 +441,9 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         "stained tube the evidence (README: FMO rule): a clearly bimodal stained tube is cut at its valley, never "
         "below the FMO percentile carried over to its negatives; stained negatives shifted or widened against the "
         "FMO's carry the FMO percentile over (rel.: FMO events + the shift + the added spread, in linear units; "
-        "[lower-side – upper-side spread] bracket); else the FMO percentile. Histograms normalised "
-        "to mode; grey = FMO, line = stained tube.",
+        "[lower-side – upper-side spread] bracket); else the FMO percentile. A gate with control: unstained "
+        "(e.g. a live/dead cut) reads the product's unstained control instead of an FMO. Histograms normalised "
+        "to mode; grey = FMO (or unstained control), line = stained tube.",
         tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes, _colours(ctx))), (table,))
 
 

@@ -1,0 +1,106 @@
+"""A control-based live/dead cut (``fmo`` gate with ``control: unstained``) on simulated products
+(seeds 93050-93051, not used elsewhere; ground truth: the simulator's dead-cell labels).
+
+``dead`` = 7AAD above the unstained control's 99.5th percentile in the same parent, carried to the
+stained tube's live peak (``rule: relative``: the stained live cells carry the spillover spreading
+of the other dyes, which the unstained control lacks); ``live`` = ``!dead``. Dead cells that take up
+5-15x less 7AAD (``dim_dead``) sit between the live peak and the bright dead cells; the cut counts
+them dead. (``rule: anchored`` would take the stained valley between live and bright dead cells when
+it is deep, which leaves dim dead cells in the live gate: 6 of 40 development products more than 3
+points off, ``benchmarks/validate_gating.py --live anchored``.)
+"""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tilpheno.errors import StrategyError
+from tilpheno.gates.checks import needs_review
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_strategy
+from tilpheno.phenotype import analyze_product
+from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+from tilpheno.simulate.phenomena import Phenomena
+
+VIABILITY = """
+strategy: viability
+tube: surface
+markers: [7AAD]
+acquisition_qc: {{mode: "off"}}
+transforms:
+  FSC-A: {{kind: linear}}
+  FSC-H: {{kind: linear}}
+  SSC-A: {{kind: linear}}
+  7AAD: {{kind: logicle, t: 262144, w: 0.5, m: 4.5, a: 0}}
+populations:
+  - name: cells
+    parent: root
+    dims: [FSC-A, SSC-A]
+    method: cells
+  - name: singlets
+    parent: cells
+    dims: [FSC-A, FSC-H]
+    method: singlets
+  - name: dead
+    parent: singlets
+    dims: [7AAD]
+    method: fmo
+    params: {params}
+  - name: live
+    parent: singlets
+    expression: "!dead"
+variables:
+  viability_pct: {{numerator: live, denominator: singlets}}
+"""
+CONTROL = "{control: unstained, rule: relative}"
+DIM_DEAD = Phenomena(dim_dead=0.35, spread={"PD1": 60.0})
+
+
+def _product(tmp_path, seed, phen=DIM_DEAD, unstained=True):
+    prod = simulate_product(f"D{seed}", seed, 20000, phenomena=phen)
+    write_product(prod, tmp_path)
+    manifest = pd.DataFrame(manifest_rows(prod))
+    manifest["file"] = [str(tmp_path / f) for f in manifest["file"]]
+    if not unstained:
+        manifest = manifest[manifest["role"] != "unstained"]
+    return prod, manifest
+
+
+def _viability(params: str = CONTROL):
+    return parse_strategy(VIABILITY.format(params=params), "viability.yaml")
+
+
+def test_unstained_control_sets_the_dead_cut_and_counts_dim_dead_cells(tmp_path):
+    prod, manifest = _product(tmp_path, 93050)
+    result = analyze_product(prod.product_id, manifest, [_viability()])
+    error = result.phenotype["viability_pct"] - prod.truth["viability_pct"]
+    assert abs(error) < 1.0, error   # 40 development products (91001-91040): mean |error| 0.36, worst 0.80
+    stained = next(t for t in result.tubes if t.role == "stain")
+    row = stained.thresholds.set_index("population").loc["dead"]
+    assert row["source_file"].endswith("_unstained.fcs")
+    # the control is gated with the tube kind's files (its own cells and singlets) and reported like an FMO
+    control = next(t for t in result.tubes if t.role == "unstained")
+    pops = control.populations.set_index("population")
+    assert 0.0 < pops.loc["dead", "pct_of_parent"] <= 0.5 + 0.3   # its 99.5th percentile, carried upwards
+    counts = stained.populations.set_index("population")["count"]
+    assert counts["live"] + counts["dead"] == counts["singlets"]
+
+
+def test_without_an_unstained_control_the_cut_falls_back_and_asks_for_review(tmp_path):
+    prod, manifest = _product(tmp_path, 93051, unstained=False)
+    result = analyze_product(prod.product_id, manifest, [_viability()])
+    codes = {f.code for f in result.qc if needs_review(f) and f.message.startswith("dead (7AAD)")}
+    assert codes == {"missing_control", "fallback_gate"}
+    message = next(f.message for f in result.qc if f.code == "missing_control")
+    assert "no usable unstained control in the product" in message
+    assert np.isfinite(result.phenotype["viability_pct"])
+
+
+def test_the_bundled_strategies_do_not_gate_the_unstained_control(tmp_path):
+    """Only a strategy that names the unstained control as a gate's control gates it."""
+    prod, manifest = _product(tmp_path, 93051, phen=None)
+    result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+    assert {t.role for t in result.tubes} == {"stain", "fmo"}
+
+
+def test_an_unknown_control_is_refused_with_the_line():
+    with pytest.raises(StrategyError, match=r"viability.yaml:\d+: .*'control' must be one of \['fmo', 'unstained'\]"):
+        _viability("{control: beads}")
