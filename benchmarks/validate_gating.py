@@ -17,8 +17,9 @@ measurement of ``reference_carry: quantile``, now used too), 101001-101060 (the 
 measurement of the quantile carry's contamination self-check, now used too), 102001-102060 (the
 held-out measurement of the numpy mixture fit, stop 23, now used too), 103001-103060 (held-out
 measurement of the reference-positives check, stop 23, now used too), 104001-104060 (final
-held-out measurement of stop 23, now used too) and the unit tests' seeds
-(9001-9020, 93001-93011, 93020-93021, 93030-93031, ...); a measurement on products the gating never saw needs
+held-out measurement of stop 23, now used too), 105001-105060 (held-out measurement of the
+control-based live/dead cut, stop 24, now used too) and the unit tests' seeds
+(9001-9020, 93001-93011, 93020-93021, 93030-93031, 93050-93051, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
 Errors (percentage points): lineage variables against the label truth, PD1/FoxP3 variables
@@ -30,6 +31,9 @@ Flags: a variable's gates are its numerator's and denominator's gates and their 
 convention of ``tilpheno.gates.checks``). The 2x2 table: products with a variable more than 3
 points off (missed = none of its variables' gates flagged) vs products within tolerance (false
 alarm = any flag that puts it under review, ``checks.needs_review``).
+
+``--live RULE``: the surface tube's ``live`` valley replaced by the control-based live/dead cut
+(``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that ``rule``, ``live`` = ``!dead``).
 
 Writes ``errors.csv`` (product x variable signed errors, flags) and prints the tables.
 """
@@ -50,7 +54,7 @@ FMO_GATED = ("pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", 
 TOLERANCE = {**{v: 2.0 for v in LINEAGE}, **{v: 1.5 for v in FMO_GATED}}
 MISS_POINTS = 3.0
 VARIABLE_GATES = {
-    "viability_pct": ("cells", "singlets", "live"),
+    "viability_pct": ("cells", "singlets", "live", "dead"),
     "cd3_pct_of_live_lymph": ("live_lymph", "CD3+"),
     "cd4_pct_of_cd3": ("CD3+", "CD4+"),
     "cd8_pct_of_cd3": ("CD3+", "CD8+"),
@@ -63,14 +67,50 @@ VARIABLE_GATES = {
 }
 
 
+LIVE_BLOCK = """  - name: live
+    description: 7AAD negative
+    parent: singlets
+    dims: [7AAD]
+    method: valley
+    params: {keep: low, bandwidth: 0.02, fallback_sd: 4, rule: lower, k_sd: 3}
+"""
+CONTROL_LIVE = """  - name: dead
+    description: 7AAD above the unstained control's percentile, carried to the stained live peak
+    parent: singlets
+    dims: [7AAD]
+    method: fmo
+    params: {{control: unstained, rule: {rule}}}
+
+  - name: live
+    description: 7AAD negative (not dead)
+    parent: singlets
+    expression: "!dead"
+"""
+
+
+def strategies_for(live: str) -> list:
+    """The bundled strategies; ``live`` other than ``valley``: the surface tube's live gate replaced
+    by the control-based cut (``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that
+    ``rule``, ``live`` = ``!dead``)."""
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_strategy
+
+    out = []
+    for path in default_strategy_paths():
+        text = Path(path).read_text()
+        if live != "valley" and LIVE_BLOCK in text:
+            out.append(parse_strategy(text.replace(LIVE_BLOCK, CONTROL_LIVE.format(rule=live)), str(path)))
+        else:
+            out.append(load_strategy(path))
+    return out
+
+
 def one_product(args) -> dict:
-    seed, events = args
+    seed, events, live = args
     from tilpheno.gates.checks import needs_review
-    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
     from tilpheno.phenotype import analyze_product
     from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
-    strategies = [load_strategy(p) for p in default_strategy_paths()]
+    strategies = strategies_for(live)
     with tempfile.TemporaryDirectory() as tmp:
         prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
         write_product(prod, tmp)
@@ -98,10 +138,12 @@ def main(argv=None) -> None:
     parser.add_argument("--products", type=int, default=60)
     parser.add_argument("--events", type=int, default=20000, help="events per tube")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--live", default="valley", choices=("valley", "relative", "anchored", "percentile"),
+                        help="surface live gate: the bundled 7AAD valley rule, or the control-based cut with this rule")
     args = parser.parse_args(argv)
 
     seeds = range(args.first_seed, args.first_seed + args.products)
-    work = [(s, args.events) for s in seeds]
+    work = [(s, args.events, args.live) for s in seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one_product, work))
@@ -120,7 +162,7 @@ def main(argv=None) -> None:
         "beyond_3_points": (err > MISS_POINTS).sum(),
         "beyond_3_flagged": pd.Series({v: int(((err[v] > MISS_POINTS) & table[f"flag_{v}"]).sum()) for v in variables}),
     })
-    print(f"{len(table)} products (seeds {seeds.start}-{seeds.stop - 1}), {args.events} events per tube")
+    print(f"{len(table)} products (seeds {seeds.start}-{seeds.stop - 1}), {args.events} events per tube, live gate {args.live}")
     print("\nabsolute error, percentage points (lineage vs label truth, PD1/FoxP3 vs ideal-FMO reference)")
     print(summary.round(2).to_string())
 
