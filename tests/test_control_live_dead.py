@@ -9,6 +9,8 @@ them dead. (``rule: anchored`` would take the stained valley between live and br
 it is deep, which leaves dim dead cells in the live gate: 6 of 40 development products more than 3
 points off, ``benchmarks/validate_gating.py --live anchored``.)
 """
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,3 +106,40 @@ def test_the_bundled_strategies_do_not_gate_the_unstained_control(tmp_path):
 def test_an_unknown_control_is_refused_with_the_line():
     with pytest.raises(StrategyError, match=r"viability.yaml:\d+: .*'control' must be one of \['fmo', 'unstained'\]"):
         _viability("{control: beads}")
+
+
+def test_the_review_app_reproduces_a_control_gated_run_and_moves_its_dead_cut(tmp_path):
+    """The review app re-runs the product (the unstained control, now among its gated files, keeps its
+    role and is read once), reproduces phenotypes.csv, and a reviewer's higher ``dead`` cut counts
+    more live cells, every event counted again."""
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.regate import ReviewSource, evaluate, recompute
+
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
+    manifest = pd.read_csv(sample / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
+    manifest["file"] = [str(sample / f) for f in manifest["file"]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    (tmp_path / "viability.yaml").write_text(VIABILITY.format(params=CONTROL))
+    out = tmp_path / "out"
+    summary = process_folder(sample, out, manifest_csv=tmp_path / "manifest.csv", make_reports=False,
+                             strategy_paths=[tmp_path / "viability.yaml"])
+    assert summary.ok, summary.failed
+    populations = pd.read_csv(out / "populations.csv")
+    assert set(populations.loc[populations["role"] == "unstained", "file"]) == {"TIL001_unstained.fcs"}
+
+    source = ReviewSource(out)
+    rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker}
+                         for f in source.product_files("TIL001")])   # as the app re-runs it
+    assert [t.role for t in analyze_product("TIL001", rows, source.strategies).tubes].count("unstained") == 1
+    auto = source.automatic("TIL001")   # raises unless the re-run reproduces phenotypes.csv
+    gates = auto["tubes"]["surface"]["gates"]
+    assert set(gates) == {"cells", "singlets", "dead"}
+    gates["dead"]["low"] += 0.1
+    result = recompute(source, "TIL001", auto)
+    tube = source.stained("TIL001")["surface"]
+    masks = evaluate(tube.strategy, tube.tube, gates)
+    expected = 100.0 * np.count_nonzero(masks["singlets"] & (tube.tube.data["7AAD"] < gates["dead"]["low"]))
+    assert result.phenotype["viability_pct"] == pytest.approx(expected / np.count_nonzero(masks["singlets"]), rel=1e-12)
+    recorded = pd.read_csv(out / "phenotypes.csv").set_index("product_id").loc["TIL001", "viability_pct"]
+    assert result.phenotype["viability_pct"] > recorded

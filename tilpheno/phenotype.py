@@ -1012,8 +1012,12 @@ def analyze_product(
             sources.append(src)
         if any(p.params.get("control") == "unstained" for p in strategy.populations):
             # the unstained control is a control of this tube kind's gates: gated with its files (its
-            # own per-file gates, then the thresholds), reported like an FMO file
+            # own per-file gates, then the thresholds), reported like an FMO file; once (a manifest, or
+            # the review app's re-run, may already list it under this tube kind)
+            listed = {str(s.handle["row"].file) for s in sources if s.role == "unstained"}
             for row in unstained_rows.itertuples(index=False):
+                if str(row.file) in listed:
+                    continue
                 src = _Source(len(sources), "unstained", None)
                 src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [],
                               "fcs": None}
