@@ -143,3 +143,34 @@ def test_the_review_app_reproduces_a_control_gated_run_and_moves_its_dead_cut(tm
     assert result.phenotype["viability_pct"] == pytest.approx(expected / np.count_nonzero(masks["singlets"]), rel=1e-12)
     recorded = pd.read_csv(out / "phenotypes.csv").set_index("product_id").loc["TIL001", "viability_pct"]
     assert result.phenotype["viability_pct"] > recorded
+
+
+def test_a_control_of_two_tube_kinds_is_one_input_of_the_run(tmp_path):
+    """Both tube kinds name the unstained control (7AAD in the surface tube, CD3 in the Treg tube):
+    it is gated with each, and run.json lists it once, with one SHA-256; n_events_total counts it once."""
+    import json
+
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.pipeline import process_folder
+
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
+    manifest = pd.read_csv(sample / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
+    manifest["file"] = [str(sample / f) for f in manifest["file"]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    (tmp_path / "viability.yaml").write_text(VIABILITY.format(params=CONTROL))
+    treg = (VIABILITY.format(params="{control: unstained}").replace("tube: surface", "tube: treg")
+            .replace("strategy: viability", "strategy: treg_cd3").replace("7AAD", "CD3")
+            .replace("viability_pct:", "cd3_pct_of_singlets:"))
+    (tmp_path / "treg.yaml").write_text(treg)
+    out = tmp_path / "out"
+    summary = process_folder(sample, out, manifest_csv=tmp_path / "manifest.csv", make_reports=False,
+                             strategy_paths=[tmp_path / "viability.yaml", tmp_path / "treg.yaml"])
+    assert summary.ok, summary.failed
+    populations = pd.read_csv(out / "populations.csv")
+    assert set(populations.loc[populations["role"] == "unstained", "tube"]) == {"surface", "treg"}
+    inputs = [Path(e["path"]).name for e in json.loads((out / "run.json").read_text())["inputs"]]
+    assert inputs.count("TIL001_unstained.fcs") == 1
+    events = sum(read_fcs(f).n_events for f in manifest["file"])   # every file is gated here, each once
+    phenotypes = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    assert phenotypes.loc["TIL001", "n_events_total"] == events

@@ -228,7 +228,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
         digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:
-        gated = {str(t.file): t for t in result.tubes}   # once per file (a control may serve two tube kinds)
+        gated = _by_file(result.tubes)
         digests += [_digest(f, t) for f, t in gated.items()]
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
     else:
@@ -283,8 +283,13 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
         "n_qc_flags": len(outcome.qc),
         "n_files": n_files,
     }
-    cols["n_events_total"] = sum(int(t.n_events) for t in {str(t.file): t for t in result.tubes}.values()) if result else 0
+    cols["n_events_total"] = sum(int(t.n_events) for t in _by_file(result.tubes).values()) if result else 0
     return cols
+
+
+def _by_file(tubes) -> dict:
+    """File -> its TubeResult, once per file (an unstained control may serve two tube kinds)."""
+    return {str(t.file): t for t in tubes}
 
 
 def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
