@@ -481,8 +481,11 @@ def _workers_cpu(address: str) -> float:
         return sum(client.run(_process_cpu).values())
 
 
-def _warm_worker() -> None:
-    """What ``dask worker --preload tilpheno.daskworker`` does at a worker's start (README)."""
+def _warm_worker(dask_worker=None) -> None:
+    """What ``dask worker --preload tilpheno.daskworker`` does at a worker's start (README); ``client.run``
+    passes the worker (for the preload's profiler stop, where the tree has it)."""
+    import inspect
+
     try:
         from tilpheno.daskworker import dask_setup
     except ImportError:   # an older tree: import what its first product would
@@ -491,7 +494,10 @@ def _warm_worker() -> None:
         for name in ("tilpheno.pipeline", "tilpheno.phenotype", "tilpheno.report.product", "sklearn.mixture"):
             importlib.import_module(name)
         return
-    dask_setup()
+    if inspect.signature(dask_setup).parameters:
+        dask_setup(dask_worker)   # as the preload calls it (this tree's profiler stop too, where it has one)
+    else:
+        dask_setup()
 
 
 def everything(args) -> None:

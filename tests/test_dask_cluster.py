@@ -126,3 +126,27 @@ def test_jobs_carry_paths_not_events(small_cohort):
     event_bytes = 2500 * 12 * 4  # one tube's float32 DATA segment
     for job in jobs:
         assert len(pickle.dumps(job)) < event_bytes
+
+
+def _callbacks(dask_worker):
+    return sorted(dask_worker.periodic_callbacks)
+
+
+def _threads(dask_worker):
+    from threadpoolctl import threadpool_info
+
+    return sorted({p["num_threads"] for p in threadpool_info()})
+
+
+@pytest.mark.slow
+def test_the_preload_on_a_real_worker():
+    """``--preload tilpheno.daskworker`` as deployed (README): the worker starts with the sampling
+    profiler's callbacks gone and one BLAS thread."""
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, worker_dashboard_address=None,
+                                  preload=["tilpheno.daskworker"]) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+        (callbacks,) = client.run(_callbacks).values()
+        (threads,) = client.run(_threads).values()
+    assert "heartbeat" in callbacks and not {"profile", "profile-cycle"} & set(callbacks), callbacks
+    assert threads == [1]

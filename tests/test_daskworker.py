@@ -48,3 +48,32 @@ def test_nanny_environment_page_faults_drop():
 def test_plain_process_left_alone():
     r = _probe()
     assert r["changed"] is False
+
+
+class _Callback:
+    def __init__(self):
+        self.stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+class _Worker:
+    def __init__(self):
+        self.periodic_callbacks = {name: _Callback() for name in ("profile", "profile-cycle", "heartbeat")}
+
+
+def test_the_preload_stops_the_sampling_profiler_unless_configured_to_keep_it():
+    import dask
+
+    from tilpheno.daskworker import stop_profiler
+
+    worker = _Worker()
+    callbacks = dict(worker.periodic_callbacks)
+    assert stop_profiler(worker) is True
+    assert set(worker.periodic_callbacks) == {"heartbeat"}
+    assert callbacks["profile"].stopped and callbacks["profile-cycle"].stopped and not callbacks["heartbeat"].stopped
+    kept = _Worker()
+    with dask.config.set({"tilpheno.worker-profile": True}):
+        assert stop_profiler(kept) is False
+    assert set(kept.periodic_callbacks) == {"profile", "profile-cycle", "heartbeat"}

@@ -3,9 +3,10 @@
 Imports the pipeline's libraries (``tilpheno.pipeline.pool.PRELOAD``: numpy, pandas, scipy,
 matplotlib, Jinja2 and tilpheno's gating and report modules) when the worker starts, not while it
 runs its first product, limits BLAS/OpenMP to one thread per process (gating is single-threaded
-numpy; one worker process per core), and undoes the fixed glibc heap thresholds that ``distributed``'s
-nanny sets (:func:`heap_thresholds`). Nothing else changes: workers still read the FCS files
-themselves, from the shared storage, and get one product at a time.
+numpy; one worker process per core), undoes the fixed glibc heap thresholds that ``distributed``'s
+nanny sets (:func:`heap_thresholds`) and stops the worker's sampling profiler (:func:`stop_profiler`).
+Nothing else changes: workers still read the FCS files themselves, from the shared storage, and
+get one product at a time.
 """
 from __future__ import annotations
 
@@ -46,8 +47,35 @@ def heap_thresholds() -> bool:
     return done
 
 
+PROFILER_CALLBACKS = ("profile", "profile-cycle")
+"""The periodic callbacks of ``distributed``'s sampling profiler on a worker."""
+
+
+def stop_profiler(worker) -> bool:
+    """Stop ``distributed``'s sampling profiler on ``worker`` (``distributed.worker.profile``: the
+    stack of the running task sampled every 10 ms, for the dashboard's profile page). A tilpheno task
+    is a whole product, so its profile says little, and the sampling costs time: with two busy
+    workers on two cores the 4-product benchmark folder took 6.44-6.61 s with it stopped against
+    6.81-6.99 s with it running (least of 3, two alternations; benchmarks/README). Kept when the
+    Dask configuration sets ``tilpheno.worker-profile: true`` (environment:
+    ``DASK_TILPHENO__WORKER_PROFILE=True``). Returns True when it stopped it."""
+    import dask
+
+    if dask.config.get("tilpheno.worker-profile", False):
+        return False
+    stopped = False
+    for name in PROFILER_CALLBACKS:
+        callback = worker.periodic_callbacks.pop(name, None)
+        if callback is not None:
+            callback.stop()
+            stopped = True
+    log.debug("sampling profiler stopped on %s: %s", getattr(worker, "address", worker), stopped)
+    return stopped
+
+
 def dask_setup(worker=None) -> None:
-    """``distributed``'s preload hook (also callable as ``client.run(dask_setup)``)."""
+    """``distributed``'s preload hook (also callable as ``client.run(dask_setup)``, which passes no
+    worker: then the profiler is left as it is)."""
     import importlib
 
     from threadpoolctl import threadpool_limits
@@ -58,3 +86,5 @@ def dask_setup(worker=None) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     threadpool_limits(1)
+    if worker is not None:
+        stop_profiler(worker)
