@@ -108,23 +108,34 @@ def test_an_unknown_control_is_refused_with_the_line():
         _viability("{control: beads}")
 
 
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
+
+
+def _process_til001(tmp_path, strategies: dict[str, str]):
+    """``process_folder`` of sample_fcs TIL001 (tables only) with these strategy texts (file name ->
+    YAML); returns the output folder and TIL001's manifest rows."""
+    from tilpheno.pipeline import process_folder
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
+    manifest["file"] = [str(SAMPLE / f) for f in manifest["file"]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    for name, text in strategies.items():
+        (tmp_path / name).write_text(text)
+    out = tmp_path / "out"
+    summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", make_reports=False,
+                             strategy_paths=[tmp_path / name for name in strategies])
+    assert summary.ok, summary.failed
+    return out, manifest
+
+
 def test_the_review_app_reproduces_a_control_gated_run_and_moves_its_dead_cut(tmp_path):
     """The review app re-runs the product (the unstained control, now among its gated files, keeps its
     role and is read once), reproduces phenotypes.csv, and a reviewer's higher ``dead`` cut counts
     more live cells, every event counted again."""
-    from tilpheno.pipeline import process_folder
     from tilpheno.review.regate import ReviewSource, evaluate, recompute
 
-    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
-    manifest = pd.read_csv(sample / "manifest.csv", dtype=str, keep_default_na=False)
-    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
-    manifest["file"] = [str(sample / f) for f in manifest["file"]]
-    manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    (tmp_path / "viability.yaml").write_text(VIABILITY.format(params=CONTROL))
-    out = tmp_path / "out"
-    summary = process_folder(sample, out, manifest_csv=tmp_path / "manifest.csv", make_reports=False,
-                             strategy_paths=[tmp_path / "viability.yaml"])
-    assert summary.ok, summary.failed
+    out, _ = _process_til001(tmp_path, {"viability.yaml": VIABILITY.format(params=CONTROL)})
     populations = pd.read_csv(out / "populations.csv")
     assert set(populations.loc[populations["role"] == "unstained", "file"]) == {"TIL001_unstained.fcs"}
 
@@ -151,22 +162,11 @@ def test_a_control_of_two_tube_kinds_is_one_input_of_the_run(tmp_path):
     import json
 
     from tilpheno.io.fcs import read_fcs
-    from tilpheno.pipeline import process_folder
 
-    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
-    manifest = pd.read_csv(sample / "manifest.csv", dtype=str, keep_default_na=False)
-    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
-    manifest["file"] = [str(sample / f) for f in manifest["file"]]
-    manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    (tmp_path / "viability.yaml").write_text(VIABILITY.format(params=CONTROL))
     treg = (VIABILITY.format(params="{control: unstained}").replace("tube: surface", "tube: treg")
             .replace("strategy: viability", "strategy: treg_cd3").replace("7AAD", "CD3")
             .replace("viability_pct:", "cd3_pct_of_singlets:"))
-    (tmp_path / "treg.yaml").write_text(treg)
-    out = tmp_path / "out"
-    summary = process_folder(sample, out, manifest_csv=tmp_path / "manifest.csv", make_reports=False,
-                             strategy_paths=[tmp_path / "viability.yaml", tmp_path / "treg.yaml"])
-    assert summary.ok, summary.failed
+    out, manifest = _process_til001(tmp_path, {"viability.yaml": VIABILITY.format(params=CONTROL), "treg.yaml": treg})
     populations = pd.read_csv(out / "populations.csv")
     assert set(populations.loc[populations["role"] == "unstained", "tube"]) == {"surface", "treg"}
     inputs = [Path(e["path"]).name for e in json.loads((out / "run.json").read_text())["inputs"]]
