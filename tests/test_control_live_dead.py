@@ -174,3 +174,26 @@ def test_a_control_of_two_tube_kinds_is_one_input_of_the_run(tmp_path):
     events = sum(read_fcs(f).n_events for f in manifest["file"])   # every file is gated here, each once
     phenotypes = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
     assert phenotypes.loc["TIL001", "n_events_total"] == events
+
+
+def test_the_object_model_takes_the_unstained_control_and_agrees_with_the_pipeline():
+    """``Sample.from_fcs(..., unstained=True)`` as a control of ``gate_sample``: the same dead cut and
+    viability as ``analyze_product`` on the same files."""
+    import tilpheno as tp
+
+    strategy = _viability()
+    stained = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
+    control = tp.Sample.from_fcs(SAMPLE / "TIL001_unstained.fcs", strategy, unstained=True, stained=stained)
+    assert control.role == "unstained"
+    result = tp.gate_sample(strategy, stained, controls=[control])
+    assert not [f for f in result.flags if f.code in ("missing_control", "fallback_gate")]
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    rows = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+    pipeline = analyze_product("TIL001", rows, [strategy])
+    tube = next(t for t in pipeline.tubes if t.role == "stain")
+    cut = tube.thresholds.set_index("population").loc["dead", "value_transformed"]
+    assert result.thresholds.set_index("population").loc["dead", "value_transformed"] == pytest.approx(cut, abs=1e-12)
+    counts = result.populations.set_index("population")["count"]
+    assert 100.0 * counts["live"] / counts["singlets"] == pytest.approx(pipeline.phenotype["viability_pct"], abs=1e-9)
+    with pytest.raises(ValueError, match="not both"):
+        tp.Sample.from_fcs(SAMPLE / "TIL001_unstained.fcs", strategy, fmo="7AAD", unstained=True, stained=stained)

@@ -62,8 +62,8 @@ class Sample:
     ``fcs``: the file's metadata (``FCSFile`` with its events released), ``panel``: marker ->
     detector (None for Gating-ML/FlowJo strategies, whose dimensions name detectors),
     ``spillover``: the matrix applied (None = left uncompensated), ``transforms``: dimension ->
-    transform, ``data``: dimension -> transformed values. ``role``: stain | fmo; ``fmo_marker``:
-    the marker an FMO control omits.
+    transform, ``data``: dimension -> transformed values. ``role``: stain | fmo | unstained;
+    ``fmo_marker``: the marker an FMO control omits.
     """
 
     path: str
@@ -94,6 +94,7 @@ class Sample:
         strategy: Strategy,
         *,
         fmo: str | None = None,
+        unstained: bool = False,
         stained: "Sample | None" = None,
         study: Study | None = None,
         panel: Any = None,
@@ -102,7 +103,8 @@ class Sample:
         """Read (``source``: a path or an ``FCSFile``), map, compensate and transform one file.
 
         ``fmo``: the marker this FMO control omits (its detector is resolved from ``stained``'s
-        panel). ``panel``: an override (``tilpheno.panel.panel_from_fcs``). ``spillover``: a matrix
+        panel). ``unstained``: the file is the product's unstained control (the control of the
+        strategy's ``control: unstained`` gates; its detectors from ``stained``'s panel). ``panel``: an override (``tilpheno.panel.panel_from_fcs``). ``spillover``: a matrix
         or CSV used instead of the file's $SPILLOVER. ``study``: the marker vocabulary (default
         the bundled study). Raises ``FCSReadError``/``PanelError``/``CompensationError`` on bad input.
         """
@@ -111,7 +113,9 @@ class Sample:
         study = study or default_study()
         fcs = read_fcs(source) if isinstance(source, (str, os.PathLike)) else source
         matrix = read_spillover_csv(Path(spillover)) if isinstance(spillover, (str, os.PathLike)) else spillover
-        role, marker = ("fmo", study.vocabulary.marker_in(fmo)) if fmo else ("stain", None)
+        if fmo and unstained:
+            raise ValueError(f"{fmo!r}: a control is an FMO (fmo=) or the unstained control (unstained=True), not both")
+        role, marker = ("fmo", study.vocabulary.marker_in(fmo)) if fmo else ("unstained" if unstained else "stain", None)
         if strategy.source is not None:   # Gating-ML document / FlowJo sample: its own dimensions
             data = _external_dimensions(strategy, fcs, matrix)
             sample = cls(str(fcs.path), fcs, None, matrix or getattr(fcs, "spillover", None),
@@ -196,11 +200,13 @@ def gate_sample(
     study: Study | None = None,
     product_id: str = "",
 ) -> GatingResult:
-    """Apply ``strategy`` to ``sample`` and its FMO ``controls``; the sample's GatingResult.
+    """Apply ``strategy`` to ``sample`` and its ``controls`` (FMO files, the unstained control);
+    the sample's GatingResult.
 
     Per-file gates are placed on each file's own data; an ``fmo`` gate's threshold is the
-    ``fmo_percentile`` of the control whose ``fmo_marker`` is the gate's marker (no such control:
-    the density valley of the sample, flags ``missing_fmo`` and ``fallback_gate``).
+    ``fmo_percentile`` of the control whose ``fmo_marker`` is the gate's marker, or with
+    ``control: unstained`` of the unstained control (no such control: the density valley of the
+    sample, flags ``missing_fmo`` / ``missing_control`` and ``fallback_gate``).
     """
     study = study or default_study()
     tube = strategy.tube or "tube"
