@@ -493,6 +493,14 @@ class _Source:
     handle: Any = None                        # loader's data (e.g. the manifest row, the FCSFile for the digest)
 
 
+def _row_source(order: int, role: str, fmo_marker: str | None, row) -> _Source:
+    """A manifest ``row`` as a source of :func:`analyze_product`'s loader (its handle: the row, the
+    file name, the read and load flags once met, the FCSFile once read)."""
+    src = _Source(order, role, fmo_marker)
+    src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
+    return src
+
+
 @dataclass
 class _Threshold:
     """An ``fmo`` population's threshold, resolved once for the whole tube kind."""
@@ -1007,21 +1015,15 @@ def analyze_product(
         sources = []
         for i, row in enumerate(group.itertuples(index=False)):
             marker = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary) if row.role == "fmo" else None
-            src = _Source(i, str(row.role), marker)
-            src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
-            sources.append(src)
+            sources.append(_row_source(i, str(row.role), marker, row))
         if any(p.params.get("control") == "unstained" for p in strategy.populations):
             # the unstained control is a control of this tube kind's gates: gated with its files (its
             # own per-file gates, then the thresholds), reported like an FMO file; once (a manifest, or
             # the review app's re-run, may already list it under this tube kind)
             listed = {str(s.handle["row"].file) for s in sources if s.role == "unstained"}
             for row in unstained_rows.itertuples(index=False):
-                if str(row.file) in listed:
-                    continue
-                src = _Source(len(sources), "unstained", None)
-                src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [],
-                              "fcs": None}
-                sources.append(src)
+                if str(row.file) not in listed:
+                    sources.append(_row_source(len(sources), "unstained", None, row))
         # The stained files are read first: the first readable one resolves the FMO files' panels
         # (its TEXT only is kept); unreadable files are flagged once, whenever they are met.
         reference, reference_src, n_stained_read = None, None, 0
@@ -1097,9 +1099,7 @@ def analyze_product(
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
-                    control_src = _Source(-1, "unstained", None)
-                    control_src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None,
-                                          "load_flag": [], "fcs": None}
+                    control_src = _row_source(-1, "unstained", None, row)
                     control = load(control_src, True)
                     name = control_src.handle["name"]
                     if control is None:   # the self-check cannot run: said, without failing the product
