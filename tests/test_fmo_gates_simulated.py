@@ -306,6 +306,21 @@ def _treg_populations(rng):
     return population
 
 
+def _treg_parent(seed):
+    """The CD4+ parent of the quantile-carry self-check tests, drawn first from ``_treg_populations``
+    (8000 cells, 10 % FoxP3+): (the logicle, ``population`` for the references drawn next, the parent's
+    FMO events, its stained events transformed, ``points(cut)`` = percentage points of the parent
+    above ``cut`` minus above the ideal cut, the 99.5th percentile of its stained negatives)."""
+    from tilpheno.transforms import Logicle
+
+    tr = Logicle()
+    population = _treg_populations(np.random.default_rng(seed))
+    fmo, stained, neg = population(8000, 0.10)
+    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
+    s = tr.apply(stained)
+    return tr, population, fmo, s, lambda cut: 100.0 * (np.mean(s > cut) - np.mean(s > ideal))
+
+
 def test_quantile_carry_reads_the_parents_negative_tail_on_a_matched_reference():
     """reference_carry quantile (round 7, FoxP3): the parent's FMO 99.5th percentile moved by the
     reference's own stained - FMO 99.5th percentile (linear units). A CD4+ parent (10 % dim FoxP3+
@@ -355,16 +370,9 @@ def test_quantile_carry_flags_a_reference_with_positives_in_it():
     lies more than uncertain_points (3) points of the parent above the parent's own lower-side
     carry-over of the FMO percentile."""
     from tilpheno.gates import checks
-    from tilpheno.transforms import Logicle
 
-    rng = np.random.default_rng(93031)
-    tr = Logicle()
-    population = _treg_populations(rng)
-
-    fmo, stained, neg = population(8000, 0.10)
-    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
-    s = tr.apply(stained)
-    err = lambda p: 100.0 * (np.mean(s > p.diagnostics["threshold"]) - np.mean(s > ideal))   # noqa: E731
+    tr, population, fmo, s, points = _treg_parent(93031)
+    err = lambda p: points(p.diagnostics["threshold"])   # noqa: E731
     kw = dict(percentile=99.5, source_file="", transform=tr, rule="relative", width_side="mid", reference_carry="quantile")
     results = {}
     for share in (0.0, 0.02):
@@ -391,16 +399,8 @@ def test_reference_positives_estimates_the_positive_share_and_the_cut_without_th
     more than 3 points away (flagged) and closer to the ideal. Below 20 parent events above the cut:
     None."""
     from tilpheno.gates import checks
-    from tilpheno.transforms import Logicle
 
-    rng = np.random.default_rng(93040)
-    tr = Logicle()
-    population = _treg_populations(rng)
-
-    fmo, stained, neg = population(8000, 0.10)
-    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
-    s = tr.apply(stained)
-    points = lambda cut: 100.0 * (np.mean(s > cut) - np.mean(s > ideal))   # noqa: E731
+    tr, population, fmo, s, points = _treg_parent(93040)
     for share in (0.0, 0.02, 0.04):
         ref_fmo, ref_stained, _ = population(10000, share)
         f, rf, rs = tr.apply(fmo), tr.apply(ref_fmo), tr.apply(ref_stained)
