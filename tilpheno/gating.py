@@ -104,17 +104,19 @@ class Sample:
 
         ``fmo``: the marker this FMO control omits (its detector is resolved from ``stained``'s
         panel). ``unstained``: the file is the product's unstained control (the control of the
-        strategy's ``control: unstained`` gates; its detectors from ``stained``'s panel). ``panel``: an override (``tilpheno.panel.panel_from_fcs``). ``spillover``: a matrix
-        or CSV used instead of the file's $SPILLOVER. ``study``: the marker vocabulary (default
-        the bundled study). Raises ``FCSReadError``/``PanelError``/``CompensationError`` on bad input.
+        strategy's ``control: unstained`` gates; its detectors from ``stained``'s panel).
+        ``panel``: an override (``tilpheno.panel.panel_from_fcs``). ``spillover``: a matrix or CSV
+        used instead of the file's $SPILLOVER. ``study``: the marker vocabulary (default the bundled
+        study). Raises ``FCSReadError``/``PanelError``/``CompensationError`` on bad input, and
+        ``ValueError`` for both ``fmo`` and ``unstained``.
         """
         from tilpheno.io.fcs import read_fcs
 
+        if fmo and unstained:
+            raise ValueError(f"{fmo!r}: a control is an FMO (fmo=) or the unstained control (unstained=True), not both")
         study = study or default_study()
         fcs = read_fcs(source) if isinstance(source, (str, os.PathLike)) else source
         matrix = read_spillover_csv(Path(spillover)) if isinstance(spillover, (str, os.PathLike)) else spillover
-        if fmo and unstained:
-            raise ValueError(f"{fmo!r}: a control is an FMO (fmo=) or the unstained control (unstained=True), not both")
         role, marker = ("fmo", study.vocabulary.marker_in(fmo)) if fmo else ("unstained" if unstained else "stain", None)
         if strategy.source is not None:   # Gating-ML document / FlowJo sample: its own dimensions
             data = _external_dimensions(strategy, fcs, matrix)
