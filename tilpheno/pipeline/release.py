@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from tilpheno.qc import NEEDS_REVIEW, review_status
-from tilpheno.qc import QCFlag
+from tilpheno.qc import NEEDS_REVIEW, QCFlag, review_status
 from tilpheno.release import NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate, overall
 
 
