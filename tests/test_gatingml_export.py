@@ -219,26 +219,36 @@ def test_scale_transform_for_tilpheno_transforms():
         scale_transform_for(Arcsinh(150), "as")
 
 
-def test_pipeline_product_round_trip(tmp_path):
-    """A product gated by the pipeline (sample_fcs TIL001): export each stained tube's resolved gates
-    (FMO thresholds as numbers), re-import with tilpheno and FlowKit, compare with the pipeline's masks."""
+@pytest.mark.parametrize("boundary, product_id", [("fsc", "TIL001"), ("oblique", "TIL002")])
+def test_pipeline_product_round_trip(tmp_path, boundary, product_id):
+    """A product gated by the pipeline (sample_fcs): export each stained tube's resolved gates
+    (FMO thresholds as numbers), re-import with tilpheno and FlowKit, compare with the pipeline's
+    masks. ``oblique``: the bundled strategies with the cells gates' ``boundary: oblique`` (a
+    polygon of 51 vertices on TIL002's tubes)."""
     import pandas as pd
     from flowkit._resources import gml_schema
     from lxml import etree
 
     from tilpheno.gates.gatingml import export_tube_gatingml
-    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
     from tilpheno.phenotype import analyze_product
     from tilpheno.transforms import LOGICLE_TOLERANCE
 
     root = Path(__file__).parents[1] / "sample_fcs"
     manifest = pd.read_csv(root / "manifest.csv")
-    rows = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(root / f) for f in m["file"]])
-    strategies = {s.tube: s for s in map(load_strategy, default_strategy_paths())}
-    product = analyze_product("TIL001", rows, list(strategies.values()))
+    rows = manifest[manifest["product_id"] == product_id].assign(file=lambda m: [str(root / f) for f in m["file"]])
+    cells = "    method: cells\n    params: {ceiling: 262143}\n"
+    texts = {path: Path(path).read_text() for path in default_strategy_paths()}
+    assert all(cells in text for text in texts.values())
+    strategies = {s.tube: s for s in (
+        parse_strategy(text.replace(cells, cells.replace("}", f", boundary: {boundary}}}")), str(path))
+        for path, text in texts.items())}
+    product = analyze_product(product_id, rows, list(strategies.values()))
     stained = [t for t in product.tubes if t.role == "stain"]
     assert {t.tube for t in stained} == {"surface", "treg"}
     for tube in stained:
+        cells_gate = next(gate for population, _, gate, _ in tube.gates if population == "cells")
+        assert len(cells_gate.vertices) == (51 if boundary == "oblique" else 4)
         out = tmp_path / f"{tube.tube}.xml"
         export_tube_gatingml(tube, out, {d: strategies[tube.tube].transform_for(d) for d in tube.data})
         assert gml_schema.validate(etree.parse(str(out))), gml_schema.error_log

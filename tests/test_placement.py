@@ -230,3 +230,65 @@ def test_negative_sd_from_the_upper_half_keeps_a_low_tail():
     assert lower.diagnostics["negative_width"] > 0.06          # the tail widens the lower half
     with pytest.raises(GatingError, match="sd_side"):
         place_valley(x, "CD127", rule="negative_sd", sd_side="middle")
+
+
+def diagonal_debris(seed=0, n=60000, debris_share=0.3, dead_share=0.2):
+    """Lymphocytes (0), dead lymphocytes (2: FSC-A x 0.75, SSC-A x 1.3) and a debris streak (1)
+    along the diagonal: log10 FSC-A uniform 3.3-4.75 (into the lymphocytes' FSC-A, no peak of its
+    own), SSC-A a decade below FSC-A. Alone on FSC-A the debris is a shelf under the cells."""
+    rng = np.random.default_rng(seed)
+    n_debris = int(n * debris_share)
+    n_cells = n - n_debris
+    fsc = 70000 * np.exp(0.12 * rng.standard_normal(n_cells))
+    ssc = 22000 * np.exp(0.25 * rng.standard_normal(n_cells))
+    dead = rng.random(n_cells) < dead_share
+    fsc[dead] *= 0.75
+    ssc[dead] *= 1.3
+    log_fsc = rng.uniform(3.3, 4.75, n_debris)
+    kind = np.r_[np.where(dead, 2, 0), np.ones(n_debris, int)]
+    return kind, np.r_[fsc, 10**log_fsc], np.r_[ssc, 10 ** (log_fsc - 1.0 + 0.15 * rng.standard_normal(n_debris))]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cells_oblique_boundary_drops_diagonal_debris_that_an_fsc_cut_keeps(seed):
+    kind, fsc, ssc = diagonal_debris(seed)
+    data = {"FSC-A": fsc, "SSC-A": ssc}
+    vertical = place_cells(fsc, ssc).gate.contains(data)
+    p = place_cells(fsc, ssc, boundary="oblique")
+    inside = p.gate.contains(data)
+    assert vertical[kind == 1].mean() > 0.3          # the 1-D cut has no valley: the shelf stays in
+    assert p.method == "oblique_density_valley" and 0 < p.diagnostics["angle_deg"] <= 60
+    assert inside[kind == 1].mean() < 0.01
+    assert inside[kind == 0].mean() > 0.999 and inside[kind == 2].mean() > 0.999   # dead cells kept
+    assert p.diagnostics["debris_peak"] and p.diagnostics["valley_depth"] < 0.5
+
+
+def test_cells_oblique_polygon_follows_its_line():
+    """The polygon (48 points of the line in linear units) keeps what the line in log-log keeps."""
+    kind, fsc, ssc = diagonal_debris(3)
+    p = place_cells(fsc, ssc, boundary="oblique")
+    a = np.radians(p.diagnostics["angle_deg"])
+    floor = np.log10(CEIL) - 4
+    u, v = np.log10(np.maximum(fsc, 10**floor)), np.log10(np.maximum(ssc, 10**floor))
+    by_line = u * np.cos(a) + v * np.sin(a) > p.diagnostics["offset"]
+    assert (p.gate.contains({"FSC-A": fsc, "SSC-A": ssc}) == by_line).mean() > 0.9995
+
+
+def test_cells_oblique_without_debris_is_the_vertical_fallback():
+    kind, fsc, ssc, _ = scatter_events()
+    keep = kind == 0
+    p = place_cells(fsc[keep], ssc[keep], boundary="oblique")
+    assert p.method == "fsc_density_valley" and p.diagnostics["angle_deg"] == 0
+    assert not p.diagnostics["debris_peak"]
+    assert p.diagnostics["fsc_cut"] == pytest.approx(0.2 * p.diagnostics["main_mode_fsc"])
+
+
+def test_cells_oblique_keeps_the_saturated_edge_out_and_refuses_unknown_boundary():
+    kind, fsc, ssc, _ = scatter_events()
+    p = place_cells(fsc, ssc, boundary="oblique")
+    inside = p.gate.contains({"FSC-A": fsc, "SSC-A": ssc})
+    assert inside[kind == 4].sum() == 0 and inside[kind == 1].mean() < 0.03
+    for k in (0, 2, 3):
+        assert inside[kind == k].mean() > 0.995
+    with pytest.raises(GatingError, match="boundary 'diagonal'"):
+        place_cells(fsc, ssc, boundary="diagonal")

@@ -99,6 +99,7 @@ def test_sha_changes_with_content_only(tmp_path):
         ("params: {percentile: 99}", "params: {percentile: 120}", 24, "percentile"),
         ("params: {percentile: 99}", "params: {pctl: 99}", 24, "unknown parameter"),
         ("method: cells", "method: magic", 10, "unknown method 'magic'"),
+        ("method: cells\n", "method: cells\n    params: {boundary: diagonal}\n", 11, "boundary"),
         ("dims: [7AAD]", "dims: [7AAD, CD3]", 13, "takes 1 dimension"),
         ("expression: CD56+ & !CD3+", "expression: CD56+ & !CD4+", 25, r"unknown operand 'CD4\+'"),
         ("expression: CD56+ & !CD3+", "expression: CD56+ & CD3+ | live", 27, "mixes"),

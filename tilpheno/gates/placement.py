@@ -18,6 +18,9 @@ Methods
     axis (the saturated edge) are outside. Gate: a polygon (rectangle) ``[cut, ceiling) x
     [-ceiling, ceiling)``. Without a debris peak the cut is ``fallback_fraction`` x the main
     mode (diagnostic ``debris_peak = False``, no flag: a clean sample is not a problem).
+    ``boundary='oblique'``: the same rule on projections of (log10 FSC-A, log10 SSC-A) at
+    :data:`OBLIQUE_ANGLES`; the deepest debris valley sets a tilted line (a polygon), for debris
+    that runs diagonally under small cells.
 ``place_singlets``  FSC-A vs FSC-H. Ratio r = H/A; centre = mode of r (smoothed density);
     spread s = 1.4826 x the median deviation above the mode (the upper side holds no doublets);
     band = [mode - width s, mode + width s], raised to the density valley between a doublet
@@ -156,6 +159,83 @@ def _padded_range(values: np.ndarray, bandwidth: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 
 
+CELL_BOUNDARIES = ("fsc", "oblique")
+"""``cells`` gate boundaries (strategy param ``boundary``); see :func:`place_cells`."""
+OBLIQUE_ANGLES = tuple(range(0, 61, 5))
+"""Angles (degrees) of the debris boundary's normal from the log10(FSC-A) axis towards log10(SSC-A)
+tried by ``boundary: oblique``; 0 = the vertical FSC-A cut. Never negative: debris scatters less
+light on both axes, and a boundary tilted the other way would cut dead cells (lower FSC-A, higher
+SSC-A than live ones)."""
+_GRID_2D = 512
+
+
+@dataclass(frozen=True)
+class _DebrisSplit:
+    """Debris vs cells on one 1-D density: the valley's position (None without a debris peak), the
+    main peak's, and how deep the valley is (its density / the lower of the two peaks'; 1.0 without
+    a debris peak)."""
+
+    cut: float | None
+    main: float
+    depth: float
+
+
+def _debris_split(density: Density, min_prominence: float) -> _DebrisSplit:
+    """The valley between the lowest peak (debris, or the axis start) and the main (highest) peak."""
+    peaks, _ = density.peaks(min_prominence)
+    main = int(peaks[np.argmax(density.values[peaks])])
+    lowest = int(peaks[0])
+    if lowest >= main:
+        return _DebrisSplit(None, float(density.grid[main]), 1.0)
+    valley = density.valley(lowest, main)
+    depth = density.values[valley] / min(density.values[lowest], density.values[main])
+    return _DebrisSplit(float(density.grid[valley]), float(density.grid[main]), float(depth))
+
+
+def _oblique_split(u: np.ndarray, v: np.ndarray, floor: float, top: float, bandwidth: float,
+                   min_prominence: float) -> tuple[int, _DebrisSplit]:
+    """The angle of :data:`OBLIQUE_ANGLES` whose projection u cos a + v sin a has the deepest
+    debris valley (ties: the smaller angle), and that split; no debris valley at any angle: 0 and
+    the vertical split. The events are binned once on a ``_GRID_2D``-square grid over [floor, top]
+    on both axes (bins of 0.008 decades, under half the default bandwidth); each angle projects
+    the occupied bins' centres (weights = counts) onto ``_BINS`` bins, smoothed as
+    :func:`smoothed_density`."""
+    step = (top - floor) / _GRID_2D
+    iu = np.clip(((u - floor) / step).astype(np.int64), 0, _GRID_2D - 1)
+    iv = np.clip(((v - floor) / step).astype(np.int64), 0, _GRID_2D - 1)
+    counts_2d = np.bincount(iu * _GRID_2D + iv, minlength=_GRID_2D * _GRID_2D)
+    occupied = np.nonzero(counts_2d)[0]
+    weights = counts_2d[occupied].astype(np.float64)
+    cu = floor + (occupied // _GRID_2D + 0.5) * step
+    cv = floor + (occupied % _GRID_2D + 0.5) * step
+    best: tuple[int, _DebrisSplit] | None = None
+    for angle in OBLIQUE_ANGLES:
+        c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        counts, edges = np.histogram(cu * c + cv * s, bins=_BINS, range=(floor * (c + s), top * (c + s)),
+                                     weights=weights)
+        smooth = gaussian_filter1d(counts, bandwidth / (edges[1] - edges[0]), mode="constant")
+        split = _debris_split(Density(0.5 * (edges[:-1] + edges[1:]), smooth / smooth.sum()), min_prominence)
+        if best is None or (split.cut is not None and (best[1].cut is None or split.depth < best[1].depth)):
+            best = (angle, split)
+    assert best is not None
+    return best
+
+
+def _oblique_vertices(angle: float, offset: float, floor: float, ceiling: float, points: int = 48):
+    """The cells polygon right of the line u cos a + v sin a = offset (u, v = log10 FSC-A, SSC-A,
+    floored at ``floor``) and inside the saturated edge, in linear units: the line sampled at
+    ``points`` log-spaced SSC-A values from ``ceiling`` down to 10^floor; below 10^floor SSC-A the
+    cut is the line's at the floor (the floored axis), and where the line leaves the axis (u <
+    floor) every FSC-A is kept. The line runs down to the axis, as an expert's diagonal edge: a
+    debris streak continues towards the origin, below the cells' side scatter."""
+    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    v = np.linspace(np.log10(ceiling), floor, points)
+    u = (offset - v * s) / c
+    x = np.where(u < floor, -ceiling, 10.0**u)
+    boundary = list(zip(x.tolist(), (10.0**v).tolist()))
+    return ((ceiling, -ceiling), (ceiling, ceiling), *boundary, (boundary[-1][0], -ceiling))
+
+
 def place_cells(
     fsc: np.ndarray,
     ssc: np.ndarray,
@@ -165,37 +245,62 @@ def place_cells(
     bandwidth: float = 0.02,
     min_prominence: float = 0.01,
     fallback_fraction: float = 0.2,
+    boundary: str = "fsc",
 ) -> Placement:
     """Cells on FSC-A (x) vs SSC-A (y): drop debris (low FSC-A) and the saturated edge.
 
-    The density is taken on log10(FSC-A) (values below ``ceiling`` x 1e-4 count at that floor),
-    where the narrow cell peaks stand out above debris spread over decades; ``bandwidth`` is in
-    decades. See the module docstring for the method.
+    ``boundary: fsc``: the density is taken on log10(FSC-A) (values below ``ceiling`` x 1e-4 count
+    at that floor), where the narrow cell peaks stand out above debris spread over decades;
+    ``bandwidth`` is in decades. See the module docstring for the method.
+
+    ``boundary: oblique`` (the 2-D density): debris that runs diagonally towards the origin
+    overlaps small cells in FSC-A alone. The same valley rule is applied to the projections of
+    (log10 FSC-A, log10 SSC-A), both floored, on the normals at :data:`OBLIQUE_ANGLES`; the angle
+    with the deepest debris valley (valley density / the lower peak's, smallest) wins, ties to the
+    smaller angle, and the boundary is that line: a polygon (:func:`_oblique_vertices`). No debris
+    valley at any angle: the ``fsc`` boundary's fallback. Extra diagnostics: ``angle_deg``,
+    ``offset`` (the line's u cos a + v sin a, decades), ``valley_depth``, and ``fsc_cut`` = the
+    line's FSC-A at the median log10(SSC-A) of the events kept.
     """
+    if boundary not in CELL_BOUNDARIES:
+        raise GatingError(f"cells gate: unknown boundary {boundary!r} (one of {', '.join(CELL_BOUNDARIES)})")
     fsc = np.asarray(fsc, dtype=np.float64)
     ssc = np.asarray(ssc, dtype=np.float64)
     unsaturated = (fsc < ceiling) & (ssc < ceiling)
     floor = np.log10(ceiling) - 4.0
-    x = np.log10(np.maximum(_finite(fsc[unsaturated], "cells gate (FSC-A)", 50), 10.0**floor))
-    density = smoothed_density(x, bandwidth, floor, np.log10(ceiling))
-    peaks, _ = density.peaks(min_prominence)
-    main = int(peaks[np.argmax(density.values[peaks])])
-    lowest = int(peaks[0])
-    debris_peak = lowest < main
-    main_mode = float(10.0 ** density.grid[main])
-    if debris_peak:
-        cut = float(10.0 ** density.grid[density.valley(lowest, main)])
+    top = float(np.log10(ceiling))
+    if boundary == "oblique":
+        usable = unsaturated & np.isfinite(fsc) & np.isfinite(ssc)
+        x = np.log10(np.maximum(_finite(fsc[usable], "cells gate (FSC-A)", 50), 10.0**floor))
+        y = np.log10(np.maximum(ssc[usable], 10.0**floor))
+        angle, split = _oblique_split(x, y, floor, top, bandwidth, min_prominence)
     else:
-        cut = fallback_fraction * main_mode
-    vertices = ((cut, -ceiling), (ceiling, -ceiling), (ceiling, ceiling), (cut, ceiling))
-    diagnostics = {
-        "fsc_cut": cut,
-        "main_mode_fsc": main_mode,
-        "debris_peak": bool(debris_peak),
+        x = np.log10(np.maximum(_finite(fsc[unsaturated], "cells gate (FSC-A)", 50), 10.0**floor))
+        angle, split = 0, _debris_split(smoothed_density(x, bandwidth, floor, top), min_prominence)
+    diagnostics: dict[str, Any] = {}
+    offset = split.cut   # a tilted line always has a debris valley (_oblique_split)
+    if angle == 0 or offset is None:
+        main_mode = float(10.0**split.main)
+        cut = float(10.0**split.cut) if split.cut is not None else fallback_fraction * main_mode
+        vertices = ((cut, -ceiling), (ceiling, -ceiling), (ceiling, ceiling), (cut, ceiling))
+        method = "fsc_density_valley"
+        diagnostics.update({"fsc_cut": cut, "main_mode_fsc": main_mode})
+    else:
+        c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        kept = (x * c + y * s) > offset
+        cut = float(10.0 ** ((offset - float(np.median(y[kept])) * s) / c))
+        vertices = _oblique_vertices(angle, offset, floor, ceiling)
+        method = "oblique_density_valley"
+        diagnostics["fsc_cut"] = cut
+    diagnostics.update({
+        "debris_peak": split.cut is not None,
         "saturated_events": int((~unsaturated).sum()),
         "ceiling": ceiling,
-    }
-    return Placement(PolygonGate((dims[0], dims[1]), vertices), "fsc_density_valley", diagnostics)
+    })
+    if boundary == "oblique":
+        diagnostics.update({"boundary": boundary, "angle_deg": angle, "offset": offset,
+                            "valley_depth": split.depth})
+    return Placement(PolygonGate((dims[0], dims[1]), vertices), method, diagnostics)
 
 
 def place_singlets(

@@ -15,7 +15,9 @@ Methods and their parameters (see ``tilpheno.gates.placement`` for the algorithm
 =============  ====  ===============================================================
 method         dims  params (defaults)
 =============  ====  ===============================================================
-cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.01, fallback_fraction 0.2
+cells          2     ceiling 262143, bandwidth 0.02 (decades), min_prominence 0.01, fallback_fraction 0.2,
+                     boundary fsc|oblique (fsc): a vertical FSC-A cut, or the line in log FSC-A vs
+                     log SSC-A whose normal shows the deepest debris valley (the 2-D density)
 singlets       2     width 4, min_prominence 0.02, ceiling 262143
 lymphocytes    2     max_components 3, coverage 0.99, max_events 10000, seed 0, ceiling 262143
 cluster        2     x_side high|low|any (high), y_side (low), max_components 4, coverage 0.99,
@@ -97,6 +99,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "bandwidth": ParamSpec(_NUM, 0.02, 1e-4, 0.5),
         "min_prominence": ParamSpec(_NUM, 0.01, 0, 1),
         "fallback_fraction": ParamSpec(_NUM, 0.2, 0, 1),
+        "boundary": ParamSpec(str, "fsc", choices=("fsc", "oblique")),
     }),
     "singlets": (2, {
         "width": ParamSpec(_NUM, 4.0, 0.5, 50),
