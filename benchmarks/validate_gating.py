@@ -20,8 +20,9 @@ measurement of the reference-positives check, stop 23, now used too), 104001-104
 held-out measurement of stop 23, now used too), 105001-105060 (held-out measurement of the
 control-based live/dead cut, stop 24, now used too), 106001-106060 (its replication, stop 24, now
 used too), 107001-107060 (held-out test of a CD4+ skew reference for CD56, stop 24, dropped; now
-used too) and the unit tests' seeds
-(9001-9020, 93001-93011, 93020-93021, 93030-93031, 93050-93051, ...); a measurement on products the gating never saw needs
+used too), 108001-108060 (held-out measurement of the oblique cells boundary, stop 25, now used
+too) and the unit tests' seeds
+(9001-9020, 93001-93011, 93020-93021, 93030-93031, 93050-93051, 93060-93065, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
 Errors (percentage points): lineage variables against the label truth, PD1/FoxP3 variables
@@ -36,6 +37,8 @@ alarm = any flag that puts it under review, ``checks.needs_review``).
 
 ``--live RULE``: the surface tube's ``live`` valley replaced by the control-based live/dead cut
 (``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that ``rule``, ``live`` = ``!dead``).
+``--cells BOUNDARY``: the ``cells`` gates of both tubes placed with that ``boundary`` (``fsc``, the
+bundled vertical FSC-A cut, or ``oblique``, the line of the 2-D density; ``placement.place_cells``).
 
 Writes ``errors.csv`` (product x variable signed errors, flags) and prints the tables.
 """
@@ -90,29 +93,36 @@ CONTROL_LIVE = """  - name: dead
 """
 
 
-def strategies_for(live: str) -> list:
+CELLS_PARAMS = "    method: cells\n    params: {ceiling: 262143}\n"
+
+
+def strategies_for(live: str, cells: str = "fsc") -> list:
     """The bundled strategies; ``live`` other than ``valley``: the surface tube's live gate replaced
     by the control-based cut (``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that
-    ``rule``, ``live`` = ``!dead``)."""
-    from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_strategy
+    ``rule``, ``live`` = ``!dead``); ``cells`` other than ``fsc``: every ``cells`` gate placed with
+    that ``boundary``."""
+    from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
 
     out = []
     for path in default_strategy_paths():
         text = Path(path).read_text()
         if live != "valley" and LIVE_BLOCK in text:
-            out.append(parse_strategy(text.replace(LIVE_BLOCK, CONTROL_LIVE.format(rule=live)), str(path)))
-        else:
-            out.append(load_strategy(path))
+            text = text.replace(LIVE_BLOCK, CONTROL_LIVE.format(rule=live))
+        if cells != "fsc":
+            if CELLS_PARAMS not in text:
+                raise SystemExit(f"{path}: no '{CELLS_PARAMS.strip()}' block to set the boundary on")
+            text = text.replace(CELLS_PARAMS, CELLS_PARAMS.replace("262143}", f"262143, boundary: {cells}}}"))
+        out.append(parse_strategy(text, str(path)))
     return out
 
 
 def one_product(args) -> dict:
-    seed, events, live = args
+    seed, events, live, cells = args
     from tilpheno.gates.checks import needs_review
     from tilpheno.phenotype import analyze_product
     from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
-    strategies = strategies_for(live)
+    strategies = strategies_for(live, cells)
     with tempfile.TemporaryDirectory() as tmp:
         prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
         write_product(prod, tmp)
@@ -142,10 +152,12 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--live", default="valley", choices=("valley", "relative", "anchored", "percentile"),
                         help="surface live gate: the bundled 7AAD valley rule, or the control-based cut with this rule")
+    parser.add_argument("--cells", default="fsc", choices=("fsc", "oblique"),
+                        help="boundary of the cells gates (placement.place_cells)")
     args = parser.parse_args(argv)
 
     seeds = range(args.first_seed, args.first_seed + args.products)
-    work = [(s, args.events, args.live) for s in seeds]
+    work = [(s, args.events, args.live, args.cells) for s in seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one_product, work))
@@ -164,7 +176,7 @@ def main(argv=None) -> None:
         "beyond_3_points": (err > MISS_POINTS).sum(),
         "beyond_3_flagged": pd.Series({v: int(((err[v] > MISS_POINTS) & table[f"flag_{v}"]).sum()) for v in variables}),
     })
-    print(f"{len(table)} products (seeds {seeds.start}-{seeds.stop - 1}), {args.events} events per tube, live gate {args.live}")
+    print(f"{len(table)} products (seeds {seeds.start}-{seeds.stop - 1}), {args.events} events per tube, live gate {args.live}, cells boundary {args.cells}")
     print("\nabsolute error, percentage points (lineage vs label truth, PD1/FoxP3 vs ideal-FMO reference)")
     print(summary.round(2).to_string())
 
