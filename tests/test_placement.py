@@ -292,3 +292,18 @@ def test_cells_oblique_keeps_the_saturated_edge_out_and_refuses_unknown_boundary
         assert inside[kind == k].mean() > 0.995
     with pytest.raises(GatingError, match="boundary 'diagonal'"):
         place_cells(fsc, ssc, boundary="diagonal")
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_cells_oblique_vertices_stay_on_the_scale(seed):
+    """Every vertex within +-ceiling (the review app's bounds for a scatter axis are -range..2 x
+    range): a steep line meets the saturated FSC-A edge before the SSC-A floor and stops there."""
+    kind, fsc, ssc = diagonal_debris(seed)
+    p = place_cells(fsc, ssc, boundary="oblique")
+    vertices = np.asarray(p.gate.vertices)
+    assert np.all(np.abs(vertices) <= CEIL)
+    a = np.radians(p.diagnostics["angle_deg"])
+    hit = (p.diagnostics["offset"] - np.log10(CEIL) * np.cos(a)) / np.sin(a)
+    low_ssc = ssc < 10 ** hit * 0.99      # left of the line whatever their FSC-A: none kept
+    assert low_ssc.any()
+    assert not p.gate.contains({"FSC-A": fsc[low_ssc], "SSC-A": ssc[low_ssc]}).any()

@@ -224,15 +224,21 @@ def _oblique_split(u: np.ndarray, v: np.ndarray, floor: float, top: float, bandw
 def _oblique_vertices(angle: float, offset: float, floor: float, ceiling: float, points: int = 48):
     """The cells polygon right of the line u cos a + v sin a = offset (u, v = log10 FSC-A, SSC-A,
     floored at ``floor``) and inside the saturated edge, in linear units: the line sampled at
-    ``points`` log-spaced SSC-A values from ``ceiling`` down to 10^floor; below 10^floor SSC-A the
-    cut is the line's at the floor (the floored axis), and where the line leaves the axis (u <
-    floor) every FSC-A is kept. The line runs down to the axis, as an expert's diagonal edge: a
-    debris streak continues towards the origin, below the cells' side scatter."""
+    ``points`` log-spaced SSC-A values from ``ceiling`` down to where it reaches the saturated
+    FSC-A edge (below that SSC-A it keeps nothing) or else to 10^floor, where the cut stays the
+    line's at the floor (the floored axis) down to -``ceiling``. Where the line leaves the axis
+    (u < floor) every FSC-A is kept. The line runs down to the axis, as an expert's diagonal edge:
+    a debris streak continues towards the origin, below the cells' side scatter. Every vertex lies
+    within +-``ceiling``."""
     c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-    v = np.linspace(np.log10(ceiling), floor, points)
+    top = np.log10(ceiling)
+    hit = (offset - top * c) / s          # SSC-A (log10) where the line meets FSC-A = ceiling
+    v = np.linspace(top, max(hit, floor), points)
     u = (offset - v * s) / c
-    x = np.where(u < floor, -ceiling, 10.0**u)
+    x = np.where(u < floor, -ceiling, np.minimum(10.0**u, ceiling))
     boundary = list(zip(x.tolist(), (10.0**v).tolist()))
+    if hit > floor:
+        return ((ceiling, ceiling), *boundary)
     return ((ceiling, -ceiling), (ceiling, ceiling), *boundary, (boundary[-1][0], -ceiling))
 
 
