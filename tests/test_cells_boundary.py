@@ -45,3 +45,51 @@ def test_oblique_boundary_keeps_less_debris_and_loses_no_cells(files):
         # events (up to +0.12 points on these files); never much worse
         assert share_obl <= share_fsc + 0.25, name
     assert debris_oblique < 0.8 * debris_fsc, (debris_oblique, debris_fsc)
+
+
+def test_review_app_accepts_an_oblique_cells_gate_as_placed():
+    """A reviewer who saves the automatic oblique cells gate unchanged is not refused: its vertices
+    lie within the review app's bounds for a scatter axis (-range .. 2 x range, $PnR 262144)."""
+    import json
+
+    from tilpheno.review.regate import validate_gate
+
+    rng = np.random.default_rng(93066)
+    n = 40000
+    log_fsc = rng.uniform(3.3, 4.75, n // 4)   # a diagonal debris streak under the cells
+    fsc = np.r_[70000 * np.exp(0.12 * rng.standard_normal(n)), 10**log_fsc]
+    ssc = np.r_[22000 * np.exp(0.25 * rng.standard_normal(n)), 10 ** (log_fsc - 1.0 + 0.15 * rng.standard_normal(n // 4))]
+    placed = place_cells(fsc, ssc, boundary="oblique")
+    assert placed.method == "oblique_density_valley"
+    auto = json.loads(json.dumps(placed.gate.to_dict()))   # as the review app stores it
+    bounds = {"FSC-A": (-262144.0, 524288.0), "SSC-A": (-262144.0, 524288.0)}
+    clean = validate_gate(auto, auto, "surface/cells", bounds)
+    assert clean["vertices"] == auto["vertices"]
+
+
+def test_report_states_the_rule_of_every_gate_method_used():
+    """The product report's gating section names each method with the populations it placed and
+    its rule, for the bundled strategies and with the oblique cells boundary."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
+    from tilpheno.phenotype import analyze_product
+    from tilpheno.report.product import GATE_RULES, gate_rules
+
+    root = Path(__file__).parents[1] / "sample_fcs"
+    manifest = pd.read_csv(root / "manifest.csv")
+    rows = manifest[manifest["product_id"] == "TIL002"].assign(file=lambda m: [str(root / f) for f in m["file"]])
+    cells = "    method: cells\n    params: {ceiling: 262143}\n"
+    for boundary in ("fsc", "oblique"):
+        strategies = [parse_strategy(Path(p).read_text().replace(cells, cells.replace("}", f", boundary: {boundary}}}")),
+                                     str(p)) for p in default_strategy_paths()]
+        product = analyze_product("TIL002", rows, strategies)
+        for tube in (t for t in product.tubes if t.role == "stain"):
+            text = gate_rules(tube)
+            for population, _, _, method in tube.gates:
+                assert method in GATE_RULES, method
+                assert f"{method} (" in text and population in text
+            expected = "oblique_density_valley (cells)" if boundary == "oblique" else "fsc_density_valley (cells)"
+            assert expected in text, text

@@ -410,6 +410,42 @@ def _stained(ctx: ReportContext) -> list:
     return sorted((t for t in ctx.result.tubes if t.role == "stain"), key=lambda t: (str(t.tube), str(t.file)))
 
 
+GATE_RULES = {
+    "fsc_density_valley": "cut at the lowest log10 FSC-A density between debris (or the axis start) and the main "
+                          "peak, else a set fraction of the main peak's FSC-A; saturated events out",
+    "oblique_density_valley": "the line in log10 FSC-A vs log10 SSC-A (normal at 0-60 degrees) whose projection "
+                              "shows the deepest debris valley; saturated events out",
+    "ratio_band": "FSC-H/FSC-A within the ratio's mode ± k robust SDs (upper side), raised to the valley after a "
+                  "doublet peak",
+    "density_valley": "the density minimum between the two most prominent peaks",
+    "negative_sd": "k robust SDs (lower-half RMS) above the main (negative) peak, where it lies below the valley "
+                   "(dim events, such as dead cells dim in the dye, lie above the cut)",
+    "positive_sd": "k robust SDs below the positive peak (the foot of the positive cluster)",
+    "single_population_sd": "one population only (flag no_second_peak): a set number of robust SDs beside its peak",
+    "gmm_main_component": "ellipse of the heaviest Gaussian-mixture component (merged with components inside it) "
+                          "at the chi-square coverage",
+    "gmm_cluster": "ellipse of the Gaussian-mixture cluster furthest to the strategy's stated sides",
+    "fmo_percentile": "the FMO's percentile in the same parent (FMO section)",
+    "fmo_relative": "the FMO percentile carried over to the stained negatives (FMO section)",
+    "stained_valley": "the stained tube's valley, not below the FMO percentile carried over (FMO section)",
+    "boolean": "and / or / not of other populations",
+    "fixed": "a fixed gate given by the strategy (or imported from Gating-ML or FlowJo)",
+}
+"""What each placement method shown in a gate plot's title did (README: upstream gates; docs/design.md
+has the parameters). A method not listed here is named without a rule."""
+
+
+def gate_rules(tube) -> str:
+    """One sentence stating, for every method the tube's gates used (in gating order), the
+    populations it placed and its rule (:data:`GATE_RULES`)."""
+    by_method: dict[str, list[str]] = {}
+    for population, _, _, method in tube.gates:
+        by_method.setdefault(method, []).append(population)
+    parts = [f"{m} ({', '.join(pops)})" + (f" = {GATE_RULES[m]}" if m in GATE_RULES else "")
+             for m, pops in by_method.items()]
+    return "Gate methods: " + "; ".join(parts) + "."
+
+
 def gating_sections(ctx: ReportContext) -> list[Section]:
     """Per stained tube: the gating hierarchy as plots, then its subset table."""
     sections = []
@@ -422,7 +458,7 @@ def gating_sections(ctx: ReportContext) -> list[Section]:
             f"gating-{t.tube}", f"Gating and subsets: {t.tube} tube",
             f"{name}: {t.n_events} events. Each plot shows the parent population's events (log-scaled density "
             f"of at most {_n_plotted(t)} events drawn), the gate, and the population's % of parent (all events). "
-            "Axes are fixed per marker for every file of the product.",
+            "Axes are fixed per marker for every file of the product. " + gate_rules(t),
             tuple(figures), (table,) if table.rows else ()))
     return sections
 
