@@ -135,14 +135,16 @@ def _finite(values: np.ndarray, what: str, min_events: int = 2) -> np.ndarray:
     return values
 
 
-def smoothed_density(values: np.ndarray, bandwidth: float, low: float, high: float) -> Density:
+def smoothed_density(values: np.ndarray, bandwidth: float, low: float, high: float,
+                     weights: np.ndarray | None = None) -> Density:
     """Histogram of ``values`` on ``_BINS`` bins over [low, high], Gaussian-smoothed.
 
-    ``bandwidth`` is the kernel's standard deviation in the units of ``values``.
+    ``bandwidth`` is the kernel's standard deviation in the units of ``values``; ``weights``: one
+    per value (e.g. the counts of pre-binned events), default 1.
     """
     if not high > low:
         high = low + max(abs(low), 1.0) * 1e-6
-    counts, edges = np.histogram(values, bins=_BINS, range=(low, high))
+    counts, edges = np.histogram(values, bins=_BINS, range=(low, high), weights=weights)
     sigma_bins = bandwidth / (edges[1] - edges[0])
     smooth = gaussian_filter1d(counts.astype(np.float64), sigma_bins, mode="constant")
     total = smooth.sum()
@@ -198,8 +200,7 @@ def _oblique_split(u: np.ndarray, v: np.ndarray, floor: float, top: float, bandw
     debris valley (ties: the smaller angle), and that split; no debris valley at any angle: 0 and
     the vertical split. The events are binned once on a ``_GRID_2D``-square grid over [floor, top]
     on both axes (bins of 0.008 decades, under half the default bandwidth); each angle projects
-    the occupied bins' centres (weights = counts) onto ``_BINS`` bins, smoothed as
-    :func:`smoothed_density`."""
+    the occupied bins' centres, weighted by their counts (:func:`smoothed_density`)."""
     step = (top - floor) / _GRID_2D
     iu = np.clip(((u - floor) / step).astype(np.int64), 0, _GRID_2D - 1)
     iv = np.clip(((v - floor) / step).astype(np.int64), 0, _GRID_2D - 1)
@@ -211,10 +212,8 @@ def _oblique_split(u: np.ndarray, v: np.ndarray, floor: float, top: float, bandw
     best: tuple[int, _DebrisSplit] | None = None
     for angle in OBLIQUE_ANGLES:
         c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-        counts, edges = np.histogram(cu * c + cv * s, bins=_BINS, range=(floor * (c + s), top * (c + s)),
-                                     weights=weights)
-        smooth = gaussian_filter1d(counts, bandwidth / (edges[1] - edges[0]), mode="constant")
-        split = _debris_split(Density(0.5 * (edges[:-1] + edges[1:]), smooth / smooth.sum()), min_prominence)
+        density = smoothed_density(cu * c + cv * s, bandwidth, floor * (c + s), top * (c + s), weights)
+        split = _debris_split(density, min_prominence)
         if best is None or (split.cut is not None and (best[1].cut is None or split.depth < best[1].depth)):
             best = (angle, split)
     assert best is not None
@@ -275,13 +274,13 @@ def place_cells(
     unsaturated = (fsc < ceiling) & (ssc < ceiling)
     floor = np.log10(ceiling) - 4.0
     top = float(np.log10(ceiling))
+    # oblique: FSC-A and SSC-A of the same events (both finite); fsc: _finite drops FSC-A = -inf
+    usable = unsaturated & np.isfinite(fsc) & np.isfinite(ssc) if boundary == "oblique" else unsaturated
+    x = np.log10(np.maximum(_finite(fsc[usable], "cells gate (FSC-A)", 50), 10.0**floor))
     if boundary == "oblique":
-        usable = unsaturated & np.isfinite(fsc) & np.isfinite(ssc)
-        x = np.log10(np.maximum(_finite(fsc[usable], "cells gate (FSC-A)", 50), 10.0**floor))
         y = np.log10(np.maximum(ssc[usable], 10.0**floor))
         angle, split = _oblique_split(x, y, floor, top, bandwidth, min_prominence)
     else:
-        x = np.log10(np.maximum(_finite(fsc[unsaturated], "cells gate (FSC-A)", 50), 10.0**floor))
         angle, split = 0, _debris_split(smoothed_density(x, bandwidth, floor, top), min_prominence)
     diagnostics: dict[str, Any] = {}
     offset = split.cut   # a tilted line always has a debris valley (_oblique_split)
