@@ -70,22 +70,13 @@ def test_review_app_accepts_an_oblique_cells_gate_as_placed():
 def test_report_states_the_rule_of_every_gate_method_used():
     """The product report's gating section names each method with the populations it placed and
     its rule, for the bundled strategies and with the oblique cells boundary."""
-    from pathlib import Path
+    from strategy_support import bundled_strategies, sample_rows
 
-    import pandas as pd
-
-    from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
     from tilpheno.phenotype import analyze_product
     from tilpheno.report.product import GATE_RULES, gate_rules
 
-    root = Path(__file__).parents[1] / "sample_fcs"
-    manifest = pd.read_csv(root / "manifest.csv")
-    rows = manifest[manifest["product_id"] == "TIL002"].assign(file=lambda m: [str(root / f) for f in m["file"]])
-    cells = "    method: cells\n    params: {ceiling: 262143}\n"
     for boundary in ("fsc", "oblique"):
-        strategies = [parse_strategy(Path(p).read_text().replace(cells, cells.replace("}", f", boundary: {boundary}}}")),
-                                     str(p)) for p in default_strategy_paths()]
-        product = analyze_product("TIL002", rows, strategies)
+        product = analyze_product("TIL002", sample_rows("TIL002"), bundled_strategies(boundary))
         for tube in (t for t in product.tubes if t.role == "stain"):
             text = gate_rules(tube)
             for population, _, _, method in tube.gates:

@@ -225,25 +225,17 @@ def test_pipeline_product_round_trip(tmp_path, boundary, product_id):
     (FMO thresholds as numbers), re-import with tilpheno and FlowKit, compare with the pipeline's
     masks. ``oblique``: the bundled strategies with the cells gates' ``boundary: oblique`` (a
     polygon of 49 vertices on TIL002's tubes)."""
-    import pandas as pd
     from flowkit._resources import gml_schema
     from lxml import etree
 
+    from strategy_support import bundled_strategies, sample_rows
+
     from tilpheno.gates.gatingml import export_tube_gatingml
-    from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
     from tilpheno.phenotype import analyze_product
     from tilpheno.transforms import LOGICLE_TOLERANCE
 
-    root = Path(__file__).parents[1] / "sample_fcs"
-    manifest = pd.read_csv(root / "manifest.csv")
-    rows = manifest[manifest["product_id"] == product_id].assign(file=lambda m: [str(root / f) for f in m["file"]])
-    cells = "    method: cells\n    params: {ceiling: 262143}\n"
-    texts = {path: Path(path).read_text() for path in default_strategy_paths()}
-    assert all(cells in text for text in texts.values())
-    strategies = {s.tube: s for s in (
-        parse_strategy(text.replace(cells, cells.replace("}", f", boundary: {boundary}}}")), str(path))
-        for path, text in texts.items())}
-    product = analyze_product(product_id, rows, list(strategies.values()))
+    strategies = {s.tube: s for s in bundled_strategies(boundary)}
+    product = analyze_product(product_id, sample_rows(product_id), list(strategies.values()))
     stained = [t for t in product.tubes if t.role == "stain"]
     assert {t.tube for t in stained} == {"surface", "treg"}
     for tube in stained:
