@@ -418,9 +418,11 @@ GATE_RULES = {
     "ratio_band": "FSC-H/FSC-A within the ratio's mode ± k robust SDs (upper side), raised to the valley after a "
                   "doublet peak",
     "density_valley": "the density minimum between the two most prominent peaks",
-    "negative_sd": "k robust SDs (lower-half RMS) above the main (negative) peak, where it lies below the valley "
-                   "(dim events, such as dead cells dim in the dye, lie above the cut)",
-    "positive_sd": "k robust SDs below the positive peak (the foot of the positive cluster)",
+    "negative_sd": "k robust SDs (the RMS of one half of the peak, the lower by default) above the main "
+                   "(negative) peak (rule negative_sd; rule lower: where that lies below the valley), so that dim "
+                   "events, such as dead cells dim in the dye, lie above the cut",
+    "positive_sd": "k robust SDs (upper-half RMS) below the positive peak, the foot of the positive cluster "
+                   "(rule positive_sd; rule higher: where that lies above the valley)",
     "single_population_sd": "one population only (flag no_second_peak): a set number of robust SDs beside its peak",
     "gmm_main_component": "ellipse of the heaviest Gaussian-mixture component (merged with components inside it) "
                           "at the chi-square coverage",
