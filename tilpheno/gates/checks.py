@@ -41,7 +41,15 @@ review", see ``tilpheno.qc.REVIEW_CODES``):
     stained events above the median of the parent's positives, beyond its FMO's share there, taken
     as half of its positives; the cut re-read without that many of its brightest events lies more
     than ``uncertain_points`` points of the parent away; ``reference_positive_pct`` the estimated
-    share). It does not see a reference whose binding differs from the parent's
+    share). With ``reference_carry: additive`` (the PD1 gates) the cut is also flagged when the
+    shape of the nonspecific signal would move it (``tail_points``, the tail-shape check): the
+    additive model gives the signal a normal shape; a log-normal one with the same median (the
+    read shift) and SD (sqrt(spread^2 + skew^2)), taken at the same 32 quantiles
+    (``relative_lognormal``, ``placement.reference_lognormal_cut``), fits the reference's reads as
+    well and has a heavier tail; flagged when the % of the parent between the two cuts exceeds
+    ``uncertain_points``. A sensitivity check: it says the data cannot tell, not that the cut is
+    wrong (heavy, broad binding with many dim positives near the cut). It does not see a
+    reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     Also when the FMO percentile was kept (the stained negatives moved less than the
@@ -99,8 +107,35 @@ NO_PEAK_POINTS = 6.0
 which ``uncertain_threshold`` is raised."""
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
-                  "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above"]
+                  "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
+                  "relative_lognormal", "tail_points"]
 """Threshold-table columns recording both candidates, the shift and the rule that won."""
+
+
+def _uncertain(message: str) -> pl.Flag:
+    """An ``uncertain_threshold`` review warning (module docstring) with ``message``."""
+    return pl.Flag("uncertain_threshold", "warning", message)
+
+
+def tail_shape(fmo: np.ndarray, stained: np.ndarray, cut: float, binding: pl.ReferenceBinding, transform: Any,
+               percentile: float) -> tuple[float, float]:
+    """The tail-shape check of a cut carried over with ``binding`` (module docstring,
+    ``uncertain_threshold``): (the cut under a log-normal signal of the read median and SD,
+    ``placement.reference_lognormal_cut``; the percentage points of the ``stained`` parent between it
+    and ``cut``, 0 when there is no such cut)."""
+    tail = pl.reference_lognormal_cut(fmo, binding, transform, percentile)
+    return tail, (_points_between(stained, cut, tail) if math.isfinite(tail) else 0.0)
+
+
+def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], binding: pl.ReferenceBinding,
+                  limit: float) -> str:
+    tail, sd = d["relative_lognormal"], float(np.hypot(binding.spread, binding.skew))
+    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the FMO percentile with a normal "
+            f"nonspecific signal read on the reference population (median {binding.shift:.0f}, SD {sd:.0f} linear "
+            f"units); a log-normal signal with the same median and SD would put it at {tail:.3f} and "
+            f"{'lower' if tail > cut else 'raise'} the % by {d['tail_points']:.1f} points of the parent (limit "
+            f"{limit:g}): the reads do not fix the shape of a heavy binding tail; look at the {marker} histogram of "
+            f"the parent and of the reference population, stained vs FMO")
 
 
 def threshold_record(placement: pl.Placement) -> dict[str, Any]:
@@ -199,12 +234,11 @@ def place_and_check(
         d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
         below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
         if "note" in d and below > NO_PEAK_POINTS:
-            flags.append(pl.Flag("uncertain_threshold", "warning",
-                                 f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
-                                 f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
-                                 f"percentile {cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
-                                 f"reach and the cut several points off; look at the {marker} histogram of the parent, "
-                                 f"stained vs FMO"))
+            flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
+                                    f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
+                                    f"percentile {cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
+                                    f"reach and the cut several points off; look at the {marker} histogram of the parent, "
+                                    f"stained vs FMO"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
         extrapolated = d.get("winner") != "stained_valley"
         uncertain = False
@@ -227,24 +261,22 @@ def place_and_check(
                 d["candidate_points"] = max(from_low, from_high)
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
             if uncertain and referenced:
-                flags.append(pl.Flag("uncertain_threshold", "warning",
-                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
-                                     f"reference population) moved {d['correction_points']:.1f} points of the parent from "
-                                     f"the FMO percentile (limit {shift_points:g}) and could move the % by "
-                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}) within the "
-                                     f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
-                                     f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
-                                     f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
-                                     f"population, stained vs FMO"))
+                flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
+                                        f"reference population) moved {d['correction_points']:.1f} points of the parent from "
+                                        f"the FMO percentile (limit {shift_points:g}) and could move the % by "
+                                        f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}) within the "
+                                        f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
+                                        f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
+                                        f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
+                                        f"population, stained vs FMO"))
             elif uncertain:
-                flags.append(pl.Flag("uncertain_threshold", "warning",
-                                     f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
-                                     f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
-                                     f"{shift_points:g}) and the other carry-over of the FMO percentile (negative peak's "
-                                     f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
-                                     f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
-                                     f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
-                                     f"histogram of the parent, stained vs FMO"))
+                flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
+                                        f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
+                                        f"{shift_points:g}) and the other carry-over of the FMO percentile (negative peak's "
+                                        f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
+                                        f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
+                                        f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
+                                        f"histogram of the parent, stained vs FMO"))
             elif referenced and reference_carry == "quantile":
                 # FoxP3+ (marker+) cells inside the reference raise its stained percentile and so this
                 # cut, upwards only: compare it with the parent's own carry-over of the FMO percentile
@@ -253,13 +285,12 @@ def place_and_check(
                 d["reference_above_points"] = _points_between(stained, own, cut) if cut > own else 0.0
                 if d["reference_above_points"] > uncertain_points:
                     uncertain = True
-                    flags.append(pl.Flag("uncertain_threshold", "warning",
-                                         f"{name}: the threshold {cut:.3f} read on the reference population "
-                                         f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
-                                         f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
-                                         f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
-                                         f"stained tail and this cut (under-call); look at the {marker} histogram of the "
-                                         f"reference population, stained vs FMO, for {marker}+ cells in it"))
+                    flags.append(_uncertain(f"{name}: the threshold {cut:.3f} read on the reference population "
+                                            f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
+                                            f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
+                                            f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
+                                            f"stained tail and this cut (under-call); look at the {marker} histogram of the "
+                                            f"reference population, stained vs FMO, for {marker}+ cells in it"))
                 else:
                     # a direct test for marker+ cells in the reference: its stained events as bright as the
                     # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
@@ -271,13 +302,20 @@ def place_and_check(
                         d["reference_positive_points"] = _points_between(stained, cleaned, cut)
                         if d["reference_positive_points"] > uncertain_points:
                             uncertain = True
-                            flags.append(pl.Flag("uncertain_threshold", "warning",
-                                                 f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
-                                                 f"stained events are {marker}+ (as bright as the parent's positives, beyond "
-                                                 f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
-                                                 f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
-                                                 f"parent away (limit {uncertain_points:g}); look at the {marker} histogram of "
-                                                 f"the reference population, stained vs FMO"))
+                            flags.append(_uncertain(f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
+                                                    f"stained events are {marker}+ (as bright as the parent's positives, beyond "
+                                                    f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
+                                                    f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
+                                                    f"parent away (limit {uncertain_points:g}); look at the {marker} histogram of "
+                                                    f"the reference population, stained vs FMO"))
+            elif referenced and anchor.get("reference") is not None:
+                # the additive carry-over gives the nonspecific signal a normal shape; the reference's
+                # reads fit a heavier, log-normal tail as well: how far would that move the %
+                d["relative_lognormal"], d["tail_points"] = tail_shape(fmo, stained, cut, anchor["reference"],
+                                                                       anchor["transform"], percentile)
+                if d["tail_points"] > uncertain_points:
+                    uncertain = True
+                    flags.append(_uncertain(_tail_message(name, marker, cut, d, anchor["reference"], uncertain_points)))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
             # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs
@@ -287,12 +325,11 @@ def place_and_check(
             d["kept_points"] = both[0] if both[0] > 0 else (-both[1] if both[1] < 0 else 0.0)
             if abs(d["kept_points"]) > uncertain_points:
                 uncertain = True
-                flags.append(pl.Flag("uncertain_threshold", "warning",
-                                     f"{name}: the FMO percentile {cut:.3f} was kept (stained negatives within the "
-                                     f"shift/width tolerance of the FMO's), yet both carry-overs of it (negative peak's "
-                                     f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
-                                     f"at least {abs(d['kept_points']):.1f} points (limit {uncertain_points:g}); look at the "
-                                     f"{marker} histogram of the parent, stained vs FMO"))
+                flags.append(_uncertain(f"{name}: the FMO percentile {cut:.3f} was kept (stained negatives within the "
+                                        f"shift/width tolerance of the FMO's), yet both carry-overs of it (negative peak's "
+                                        f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
+                                        f"at least {abs(d['kept_points']):.1f} points (limit {uncertain_points:g}); look at the "
+                                        f"{marker} histogram of the parent, stained vs FMO"))
         # a dim marker's FMO cut (rule relative) lies in the overlap of negatives and positives by
         # convention: a dense cut there is recorded; review rests on uncertain_threshold
         settled_dim = anchor.get("rule") == "relative" and not uncertain

@@ -734,27 +734,38 @@ def _upper_width(density: Density, mode: float, level: float = UPPER_LEVEL) -> f
     return float(density.grid[i + above[0]]) if above.size else float(density.grid[-1])
 
 
+SIGNAL_QUANTILES = ndtri((np.arange(32) + 0.5) / 32)
+"""The 32 standard normal quantiles (k + 0.5) / 32 that stand for a cell's nonspecific signal."""
+
+
 def additive_threshold(fmo_linear: np.ndarray, shift: float, spread: float, percentile: float) -> float:
     """The ``percentile`` of FMO events plus nonspecific signal, in compensated linear units.
 
     Model: a stained-tube negative = an FMO negative + ``shift`` + spread x Z, Z standard normal,
-    independent (nonspecific binding and spreading add to every cell's signal). Z takes the 32
-    fixed normal quantiles (k + 0.5) / 32, every FMO event is combined with each (deterministic),
-    so the FMO's own tail (e.g. another colour's spillover) is carried as it is, not scaled. The
-    result is the value above which (100 - ``percentile``) % of those combinations lie, found by
-    bisection on the sorted FMO events to 1e-9 of the data's range (the upper-quantile
-    definition; it differs from numpy's interpolated percentile by less than one order statistic).
+    independent (nonspecific binding and spreading add to every cell's signal). Z takes the
+    :data:`SIGNAL_QUANTILES` fixed normal quantiles (k + 0.5) / 32, every FMO event is combined with
+    each (deterministic), so the FMO's own tail (e.g. another colour's spillover) is carried as it is,
+    not scaled (:func:`offset_threshold`).
     """
     x = np.sort(np.asarray(fmo_linear, dtype=np.float64))
     if spread <= 0:
         return float(np.percentile(x, percentile) + shift)
-    offsets = shift + spread * ndtri((np.arange(32) + 0.5) / 32)
+    return offset_threshold(x, shift + spread * SIGNAL_QUANTILES, percentile)
+
+
+def offset_threshold(sorted_linear: np.ndarray, offsets: np.ndarray, percentile: float) -> float:
+    """The value above which (100 - ``percentile``) % of {every event + every offset} lie: the
+    ``percentile`` of the FMO events (sorted, linear units) plus a nonspecific signal that takes each
+    of ``offsets`` with equal weight. Found by bisection on the sorted events to 1e-9 of the data's
+    range (the upper-quantile definition; it differs from numpy's interpolated percentile by less
+    than one order statistic)."""
+    x = sorted_linear
     wanted = (100.0 - percentile) / 100.0 * x.size * offsets.size
 
     def above(t: float) -> int:
         return int(x.size * offsets.size - np.searchsorted(x, t - offsets, side="right").sum())
 
-    low, high = x[0] + offsets[0], x[-1] + offsets[-1]
+    low, high = x[0] + offsets.min(), x[-1] + offsets.max()
     tol = 1e-9 * max(high - low, 1.0)
     while high - low > tol:
         mid = 0.5 * (low + high)
@@ -763,6 +774,19 @@ def additive_threshold(fmo_linear: np.ndarray, shift: float, spread: float, perc
         else:
             high = mid
     return float(high)
+
+
+def lognormal_offsets(median: float, sd: float) -> np.ndarray | None:
+    """A log-normal nonspecific signal with this ``median`` and standard deviation ``sd`` (linear
+    units) at the :data:`SIGNAL_QUANTILES` of the normal carry-over: median x exp(s z_k), s the
+    log-SD that gives that SD (exp(s^2) = (1 + sqrt(1 + 4 (sd/median)^2)) / 2). The 32 quantiles
+    stop at z = 2.15 for either shape, so the two carry-overs differ by the shape of the signal only.
+    None when ``median`` <= 0 (no signal to shape)."""
+    if not (median > 0 and sd >= 0):
+        return None
+    ratio = sd / median
+    s = float(np.sqrt(np.log((1.0 + np.sqrt(1.0 + 4.0 * ratio * ratio)) / 2.0)))
+    return median * np.exp(s * SIGNAL_QUANTILES)
 
 
 def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02) -> tuple[NegativePeak, Density]:
@@ -922,6 +946,26 @@ def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: 
     f = np.asarray(fmo_values, dtype=np.float64)
     f_lin = transform.inverse(f[np.isfinite(f)])
     lin = additive_threshold(f_lin, binding.shift, float(np.hypot(binding.spread, binding.skew)), percentile)
+    return float(transform.apply(np.array([lin]))[0])
+
+
+def reference_lognormal_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any,
+                            percentile: float) -> float:
+    """The parent's FMO ``percentile`` carried over with the other plausible shape of the same
+    reading, transformed units: a log-normal nonspecific signal (binding per cell is roughly
+    log-normal, as staining intensities are) whose median is ``binding.shift`` and whose SD is the
+    normal model's, sqrt(spread^2 + skew^2) (:func:`lognormal_offsets`). Its upper tail is heavier,
+    so it lies above :func:`reference_cut` when the signal is broad for its size. Both are taken at
+    the same 32 normal quantiles (:data:`SIGNAL_QUANTILES`), so they differ by the shape alone. Used
+    only as a sensitivity check (``checks``: ``tail_points``): the reference's reads do not tell the
+    two shapes apart, the reference's own positives sit in its upper tail. NaN without a positive
+    shift or with fewer than 20 parent FMO events."""
+    offsets = lognormal_offsets(binding.shift, float(np.hypot(binding.spread, binding.skew)))
+    f = np.asarray(fmo_values, dtype=np.float64)
+    f = f[np.isfinite(f)]
+    if offsets is None or f.size < 20:
+        return float("nan")
+    lin = offset_threshold(np.sort(transform.inverse(f)), offsets, percentile)
     return float(transform.apply(np.array([lin]))[0])
 
 

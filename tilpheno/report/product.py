@@ -10,6 +10,7 @@ Figures are inline SVG (``report.plots``); the print stylesheet puts the product
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,6 +359,10 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                     f"[{fmt(getattr(row, 'relative_low', None), 3)}–{fmt(getattr(row, 'relative_high', None), 3)}], "
                     f"valley {fmt(getattr(row, 'valley_threshold', None), 3)}, "
                     f"shift {fmt(getattr(row, 'shift', None), 3)}")
+            tail = getattr(row, "relative_lognormal", None)
+            if tail is not None and math.isfinite(float(tail)):   # the tail-shape check (gates.checks)
+                rule += (f", log-normal tail {fmt(tail, 3)} ({fmt(getattr(row, 'tail_points', None), 1)} "
+                         f"points of the parent)")
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
         rows.append((
