@@ -484,7 +484,8 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         "stained tube the evidence (README: FMO rule): a clearly bimodal stained tube is cut at its valley, never "
         "below the FMO percentile carried over to its negatives; stained negatives shifted or widened against the "
         "FMO's carry the FMO percentile over (rel.: FMO events + the shift + the added spread, in linear units; "
-        "[lower-side – upper-side spread] bracket); else the FMO percentile. A gate with control: unstained "
+        "[lower-side – upper-side spread] bracket; log-normal tail: the same carry-over with a log-normal signal of "
+        "the read median and SD, a sensitivity check); else the FMO percentile. A gate with control: unstained "
         "(e.g. a live/dead cut) reads the product's unstained control instead of an FMO. Histograms normalised "
         "to mode; grey = FMO (or unstained control), line = stained tube.",
         tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes, _colours(ctx))), (table,))
