@@ -130,7 +130,7 @@ def tail_shape(fmo: np.ndarray, stained: np.ndarray, cut: float, binding: pl.Ref
 def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], binding: pl.ReferenceBinding,
                   limit: float) -> str:
     """The ``uncertain_threshold`` message of the tail-shape check (:func:`tail_shape`)."""
-    tail, sd = d["relative_lognormal"], float(np.hypot(binding.spread, binding.skew))
+    tail, sd = d["relative_lognormal"], binding.total_spread
     return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the FMO percentile with a normal "
             f"nonspecific signal read on the reference population (median {binding.shift:.0f}, SD {sd:.0f} linear "
             f"units); a log-normal signal with the same median and SD would put it at {tail:.3f} and "

@@ -842,7 +842,7 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     spreads.append(_upper_spread(transform, fmo_coarse, coarse, fmo_mode, stained_mode, UPPER_LEVEL, spreads[0]))
     shifts = [sm - fm, sm - fm]
     if reference is not None:
-        spreads.append(float(np.hypot(reference.spread, reference.skew)))
+        spreads.append(reference.total_spread)
         shifts.append(reference.shift)
     lower, upper, *ref = (float(transform.apply(np.array([additive_threshold(f_lin, sh, sd, percentile)]))[0])
                           for sh, sd in zip(shifts, spreads))
@@ -888,6 +888,11 @@ class ReferenceBinding:
     """The FMO's lower-half negative width, transformed units."""
     width_ratio: float = float("nan")
     """Stained / FMO lower-side width of the negative peak, linear units."""
+
+    @property
+    def total_spread(self) -> float:
+        """The SD of the added signal the carry-over uses: sqrt(spread^2 + skew^2), linear units."""
+        return float(np.hypot(self.spread, self.skew))
 
     def moved(self, shift_tolerance: float, width_tolerance: float) -> bool:
         """The reference's negatives shifted or widened beyond the tolerances of
@@ -940,12 +945,16 @@ CONFIDENCE = 0.95
 """Two-sided confidence of the interval :func:`reference_cut_error` gives (Student t on the folds)."""
 
 
+def _finite_linear(values: np.ndarray, transform: Any) -> np.ndarray:
+    """The finite ``values`` (transformed units) back in compensated linear units."""
+    v = np.asarray(values, dtype=np.float64)
+    return transform.inverse(v[np.isfinite(v)])
+
+
 def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float) -> float:
     """The parent's FMO ``percentile`` carried over with ``binding`` (``relative_reference`` of
     :func:`place_fmo_anchored`: the reference's shift and spread sqrt(spread^2 + skew^2)), transformed units."""
-    f = np.asarray(fmo_values, dtype=np.float64)
-    f_lin = transform.inverse(f[np.isfinite(f)])
-    lin = additive_threshold(f_lin, binding.shift, float(np.hypot(binding.spread, binding.skew)), percentile)
+    lin = additive_threshold(_finite_linear(fmo_values, transform), binding.shift, binding.total_spread, percentile)
     return float(transform.apply(np.array([lin]))[0])
 
 
@@ -960,12 +969,11 @@ def reference_lognormal_cut(fmo_values: np.ndarray, binding: ReferenceBinding, t
     only as a sensitivity check (``checks``: ``tail_points``): the reference's reads do not tell the
     two shapes apart, the reference's own positives sit in its upper tail. NaN without a positive
     shift or with fewer than 20 parent FMO events."""
-    offsets = lognormal_offsets(binding.shift, float(np.hypot(binding.spread, binding.skew)))
-    f = np.asarray(fmo_values, dtype=np.float64)
-    f = f[np.isfinite(f)]
+    offsets = lognormal_offsets(binding.shift, binding.total_spread)
+    f = _finite_linear(fmo_values, transform)
     if offsets is None or f.size < 20:
         return float("nan")
-    lin = offset_threshold(np.sort(transform.inverse(f)), offsets, percentile)
+    lin = offset_threshold(np.sort(f), offsets, percentile)
     return float(transform.apply(np.array([lin]))[0])
 
 
@@ -981,11 +989,7 @@ def reference_quantile_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, re
     parent's (the same stains spilling into the detector, similar size and autofluorescence, e.g.
     CD3+CD4- T cells for FoxP3 in CD4+ T cells). NaN with fewer than :data:`MIN_REFERENCE_EVENTS`
     finite reference events (either tube) or fewer than 20 parent FMO events."""
-    def linear(v: np.ndarray) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        return transform.inverse(v[np.isfinite(v)])
-
-    f, rf, rs = linear(fmo_values), linear(reference_fmo), linear(reference_stained)
+    f, rf, rs = (_finite_linear(v, transform) for v in (fmo_values, reference_fmo, reference_stained))
     if rf.size < MIN_REFERENCE_EVENTS or rs.size < MIN_REFERENCE_EVENTS or f.size < 20:
         return float("nan")
     lin = np.percentile(f, percentile) + np.percentile(rs, percentile) - np.percentile(rf, percentile)
