@@ -256,15 +256,17 @@ def test_reference_cut_error_matches_the_spread_of_independent_readings():
     assert np.isnan(pl.reference_cut_error(parent_fmo, *_sized_reference(rng, 300, added)[1:], tr, 99.5))
 
 
-def _referenced_parent(seed, reference_events, positive_median=200.0, share=0.3):
-    """A PD1-rich parent (30 % dim positives, median 200 units, next to the negatives) under right-skewed binding with
-    its reference (the marker-poor population) of ``reference_events`` events; the placed gate and
-    the error of its % positive against the ideal cut (the stained negatives' 99.5th percentile)."""
+def _referenced_parent(seed, reference_events, positive_median=200.0, share=0.3, binding=(80.0, 0.5)):
+    """A PD1-rich parent (``share`` 30 % dim positives, median ``positive_median`` 200 units, next to
+    the negatives) under right-skewed binding (log-normal, ``binding`` = (median, log-SD), default
+    80 units, 0.5) with its reference (the marker-poor population) of ``reference_events`` events;
+    the placed gate, the error of its % positive against the ideal cut (the stained negatives' 99.5th
+    percentile) and the parent's stained events (transformed)."""
     from tilpheno.gates import checks
     from tilpheno.transforms import Logicle
 
     rng = np.random.default_rng(seed)
-    added = lambda n: 80.0 * np.exp(0.5 * rng.standard_normal(n))   # noqa: E731
+    added = lambda n: binding[0] * np.exp(binding[1] * rng.standard_normal(n))   # noqa: E731
     _, ref_fmo, ref_stained = _sized_reference(rng, reference_events, added)
     tr, n = Logicle(), 8000
     fmo = rng.normal(0.0, 60.0, n)
@@ -486,28 +488,10 @@ def test_a_binding_tail_whose_shape_moves_the_percent_is_flagged():
     within 1.5 points of the ideal cut here (the reads cannot tell the shapes apart, so the gate
     goes to review). Mild binding (median 60, log-SD 0.3) with positives well above it (median 400):
     within 3 points, no tail flag."""
-    from tilpheno.gates import checks
     from tilpheno.gates.checks import _points_between
-    from tilpheno.transforms import Logicle
-
-    tr = Logicle()
-
-    def placed(median, log_sd, positive_median):
-        rng = np.random.default_rng(93069)
-        added = lambda n: median * np.exp(log_sd * rng.standard_normal(n))   # noqa: E731
-        _, ref_fmo, ref_stained = _sized_reference(rng, 4000, added)
-        n, k = 8000, 2400
-        fmo = tr.apply(rng.normal(0.0, 60.0, n))
-        neg = rng.normal(0.0, 60.0, n) + added(n)
-        stained = tr.apply(np.concatenate([neg, rng.lognormal(np.log(positive_median), 0.45, k) + added(k)]))
-        gate = checks.place_and_check("CD8+PD1+", "PD1", fmo, stained, percentile=99.5, source_file="", transform=tr,
-                                      rule="relative", reference_fmo=ref_fmo, reference_stained=ref_stained)
-        ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
-        err = 100.0 * (np.mean(stained > gate.diagnostics["threshold"]) - np.mean(stained > ideal))
-        return gate, stained, err
 
     for (median, log_sd, positive_median), expect in (((80.0, 0.5, 200.0), True), ((60.0, 0.3, 400.0), False)):
-        gate, stained, err = placed(median, log_sd, positive_median)
+        gate, err, stained = _referenced_parent(93069, 4000, positive_median, binding=(median, log_sd))
         d = gate.diagnostics
         assert d["winner"] == "fmo_relative" and d["threshold"] == pytest.approx(d["relative_reference"]), d
         assert d["tail_points"] == pytest.approx(_points_between(stained, d["threshold"], d["relative_lognormal"]))
