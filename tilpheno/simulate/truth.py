@@ -127,11 +127,18 @@ def fmo_reference(
     cd4_s = lymphocytes(treg) & treg.labels["cd3"] & treg.labels["cd4"]
     cd4_f = lymphocytes(fmo_foxp3) & fmo_foxp3.labels["cd3"] & fmo_foxp3.labels["cd4"]
     thr_fox = fmo_threshold(fox_fmo[cd4_f], percentile)
+    return _reference_row(pe_stain, fox_stain, live_s, cd3_s, cd8_s, cd4_s, thr_live, thr_cd8, thr_fox)
+
+
+def _reference_row(pd1: np.ndarray, foxp3: np.ndarray, live: np.ndarray, cd3: np.ndarray, cd8: np.ndarray,
+                   cd4: np.ndarray, thr_live: float, thr_cd8: float, thr_fox: float) -> dict[str, float]:
+    """The reference percentages of the stained tubes' label-defined parents at the given FMO
+    thresholds (compensated linear units), and the thresholds."""
     return {
-        "ref_pd1_pct_of_live_lymph": percent(pe_stain > thr_live, live_s),
-        "ref_cd8pd1_pct_of_cd8": percent(pe_stain > thr_cd8, cd8_s),
-        "ref_cd8pd1_pct_of_cd3": percent(cd8_s & (pe_stain > thr_cd8), cd3_s),
-        "ref_cd4foxp3_pct_of_cd4": percent(fox_stain > thr_fox, cd4_s),
+        "ref_pd1_pct_of_live_lymph": percent(pd1 > thr_live, live),
+        "ref_cd8pd1_pct_of_cd8": percent(pd1 > thr_cd8, cd8),
+        "ref_cd8pd1_pct_of_cd3": percent(cd8 & (pd1 > thr_cd8), cd3),
+        "ref_cd4foxp3_pct_of_cd4": percent(foxp3 > thr_fox, cd4),
         "ref_pd1_threshold": thr_live,
         "ref_cd8pd1_threshold": thr_cd8,
         "ref_foxp3_threshold": thr_fox,
@@ -153,12 +160,4 @@ def stained_negative_reference(
     fox = compensated_detector(treg, "PE-A", spillover)
     cd4 = lymphocytes(treg) & treg.labels["cd3"] & treg.labels["cd4"]
     thr_fox = fmo_threshold(fox[cd4 & ~treg.labels["foxp3"]], percentile)
-    return {
-        "ref_pd1_pct_of_live_lymph": percent(pe > thr_live, live),
-        "ref_cd8pd1_pct_of_cd8": percent(pe > thr_cd8, cd8),
-        "ref_cd8pd1_pct_of_cd3": percent(cd8 & (pe > thr_cd8), cd3),
-        "ref_cd4foxp3_pct_of_cd4": percent(fox > thr_fox, cd4),
-        "ref_pd1_threshold": thr_live,
-        "ref_cd8pd1_threshold": thr_cd8,
-        "ref_foxp3_threshold": thr_fox,
-    }
+    return _reference_row(pe, fox, live, cd3, cd8, cd4, thr_live, thr_cd8, thr_fox)
