@@ -173,3 +173,21 @@ def test_deterministic_bit_for_bit_across_runs_and_thread_counts(product, strate
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == first
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 101, 1000, 20001, 200000])
+def test_population_median_is_numpys_median(n):
+    """The population table's median (one in-place selection) is ``np.median`` bit for bit: odd and
+    even counts, ties, a NaN (-> NaN), values of both signs (seed 93070)."""
+    from tilpheno.phenotype import _median_selecting
+
+    rng = np.random.default_rng(93070 + n)
+    for kind in ("normal", "ties", "nan"):
+        x = rng.normal(0.0, 1000.0, n)
+        if kind == "ties":
+            x = np.round(x / 100.0)
+        if kind == "nan" and n > 1:
+            x[rng.integers(n)] = np.nan
+        expected = np.median(x)
+        got = _median_selecting(x.copy())
+        assert (np.isnan(expected) and np.isnan(got)) or got == expected, (n, kind, got, expected)
