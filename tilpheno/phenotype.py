@@ -801,7 +801,9 @@ def _median_selecting(values: np.ndarray) -> float:
 
 
 def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
-    """Per population: count, % of parent, % of live lymphocytes, median of each marker (linear units)."""
+    """Per population: count, % of parent, % of live lymphocytes, median of each marker: the median
+    of the transformed values mapped back to compensated linear units (the linear median for an
+    odd count; for an even count the two middle values are averaged on the transformed scale)."""
     n = state.tube.n_events
     lymph = _lymph_population(strategy)
     lymph_count = int(np.count_nonzero(state.masks[lymph])) if lymph in state.masks else 0

@@ -74,7 +74,7 @@ def _from_strategies(strategies: Sequence, fmo_percentile: float) -> dict[str, d
                                       "unit": "events", "method": "$TOT (events decoded)"}
         for m in st.markers:
             out[f"median_{m}"] = {"label": f"median {m}", "meaning": f"Median {m} intensity of the population's events",
-                                  "unit": "compensated linear units", "method": "numpy median, compensated, before the display transform"}
+                                  "unit": "compensated linear units", "method": "median of the compensated, transformed values (the middle one; for an even count the mean of the two middle ones), mapped back to linear units: the linear median for an odd count"}
     return out
 
 
