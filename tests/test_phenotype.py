@@ -119,6 +119,9 @@ def test_unreadable_and_missing_files_give_flags_and_nans(product, strategies, t
     assert "missing_stain" in {f.code for f in result.qc}
     assert np.isnan(result.phenotype["cd4foxp3_pct_of_cd4"])
     assert np.isfinite(result.phenotype["cd3_pct_of_live_lymph"])
+    # the FoxP3 FMO has no stained file to read its panel against: said once, not as a panel error
+    fmo = {(f.code, f.severity) for f in result.qc if f.file == "TIL900_treg_FMO_FoxP3.fcs"}
+    assert fmo == {("not_gated", "info")}
 
 
 def test_spillover_override_and_no_compensation(product, strategies, tmp_path):

@@ -1047,6 +1047,16 @@ def analyze_product(
             if reference is None:
                 fcs.events = None   # the TEXT is what the panels need; the events are read again when gated
                 reference, reference_src = fcs, src
+        if reference is None:
+            # no stained file to read the controls' panels against (an FMO lacks its own marker): the
+            # tube kind's variables are NaN (missing_stain), and its controls are not read, each said
+            # once, instead of one panel error per control that hides the cause
+            for src in sources:
+                if src.role != "stain":
+                    src.failed = True
+                    src.handle["load_flag"] = [QCFlag(
+                        product_id, src.handle["name"], "not_gated", "info",
+                        f"not gated: no readable {tube_kind} stained file to resolve its panel against")]
 
         def load(src: _Source, final: bool, strategy=strategy, tube_kind=str(tube_kind)) -> TubeData | None:
             h = src.handle
