@@ -63,6 +63,7 @@ def test_truncated_stained_tube_fails_the_product(two_products, tmp_path):
     assert phen.loc["P1", "status"] == "done" and phen.loc["P2", "status"] == "failed"
     assert "no usable treg stained file" in phen.loc["P2", "error"]
     assert "P2_treg_stain.fcs" in phen.loc["P2", "error"]
+    assert "panel_error" not in phen.loc["P2", "error"]   # its FMO is not read without a stained file
     assert phen.loc["P2", "release_status"] == "not evaluable"
     assert "failed P2" in result.output
 
@@ -222,7 +223,9 @@ def test_out_is_a_file(two_products, tmp_path):
     out.write_text("a file\n")
     result = _process(two_products, "-o", out)
     assert result.exit_code == 2 and "exists and is not a folder" in result.output
-    assert len(result.output.strip().splitlines()) <= 2 and "Traceback" not in result.output
+    # one line: the folder is refused before any progress bar starts
+    assert result.output.strip().splitlines() == [f"error: {out}: exists and is not a folder; choose another "
+                                                  "output folder"], result.output
     assert out.read_text() == "a file\n"
 
 

@@ -262,20 +262,26 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False,
                        use_cache=True, reports=None, report_products=None, compensation=None):
-    """``pipeline.process_folder`` with a rich progress bar over products (files in the description)."""
+    """``pipeline.process_folder`` with a rich progress bar over products (files in the description),
+    shown once the output folder is claimed (a refused folder prints only its error)."""
+    from contextlib import ExitStack
+
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tilpheno.pipeline import process_folder
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False) as bar:
+    with ExitStack() as stack:
         state = {}
 
         def on_start(n_products: int, n_files: int) -> None:
+            bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                               TimeElapsedColumn(), transient=False))
+            state["bar"] = bar
             state["task"] = bar.add_task(f"gating {n_products} products ({n_files} files)", total=n_products)
 
         def on_outcome(o) -> None:
+            bar = state["bar"]
             if not o.ok:
                 bar.console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False)
             bar.advance(state["task"])

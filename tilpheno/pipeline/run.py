@@ -57,6 +57,7 @@ def run_process(
     executor: str = "local",
     n_jobs: int = 1,
     scheduler=None,
+    on_start: Callable[[int, int], None] | None = None,
     on_outcome: Callable[[ProductOutcome], None] | None = None,
     overwrite: bool = False,
     run_flags: Sequence[QCFlag] = (),
@@ -77,7 +78,8 @@ def run_process(
     raises or is interrupted leaves ``out_dir``'s outputs as they were. ``record`` (from
     :func:`tilpheno.provenance.start_record`) is completed with the inputs' digests, the list of
     outputs and what was replaced, and written as ``run.json``. ``on_outcome`` is called in this
-    process as each product finishes (progress bars). ``run_flags``: QC flags of the run itself
+    process as each product finishes (progress bars), ``on_start(n_products, n_files)`` once the
+    output folder is claimed (a refused folder starts no progress bar). ``run_flags``: QC flags of the run itself
     (product id ''), written first in ``qc.csv``; an error among them makes the summary not ok.
 
     Incremental (:mod:`tilpheno.cache`): a product whose inputs, strategies, options and code are
@@ -104,6 +106,8 @@ def run_process(
     jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
             for pid, rows in group_products(manifest)]
     with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at) as folder:
+        if on_start is not None:
+            on_start(len(jobs), len(manifest))
         try:
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
                               scheduler=scheduler, on_outcome=on_outcome, folder=folder,
@@ -169,7 +173,7 @@ def process_folder(
     ``allow_outside``), an output folder in use or holding a previous run (unless ``overwrite``).
     ``use_cache``, ``reports``, ``report_products``: see :func:`run_process` (``reports`` defaults
     to ``now`` when ``make_reports``, else ``none``).
-    ``on_start(n_products, n_files)`` is called once the manifest is known.
+    ``on_start(n_products, n_files)`` is called once the output folder is claimed (``run_process``).
     """
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
@@ -223,11 +227,10 @@ def process_folder(
         allow_unmatched=allow_unmatched, allow_outside=allow_outside, reports=reports, make_reports=make_reports,
         use_cache=use_cache, compensation_path=compensation_path, study=study, panel_path=panel_path,
         strategy_paths=paths, spec=spec, command_line=command_line)
-    if on_start is not None:
-        on_start(int(manifest["product_id"].nunique()), len(manifest))
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec, study=study, panel=panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_outcome=on_outcome, overwrite=overwrite, run_flags=run_flags,
+                       scheduler=scheduler, on_start=on_start, on_outcome=on_outcome, overwrite=overwrite,
+                       run_flags=run_flags,
                        use_cache=use_cache, reports=reports, report_products=report_products,
                        compensations=compensations)
