@@ -1,7 +1,8 @@
 """End to end in headless Chromium (Selenium + Debian's chromium-driver), on SQLite and PostgreSQL:
 log in, drag the CD3 threshold and see the % change, lose a race to a second reviewer (clear
 conflict, nothing lost), reload, drag again, save with a reason, sign with the password, download
-the certificate of analysis and read it."""
+the certificate of analysis and read it; move a cut to one of the candidates the run weighed in one
+click and save it."""
 from __future__ import annotations
 
 import json
@@ -89,17 +90,22 @@ def drag_cd3(driver, dx: int) -> None:
     ActionChains(driver).click_and_hold(knob).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
 
 
+def open_product(driver, base: str, user: str = "alice") -> None:
+    """Log in as ``user`` on a fresh session and wait for the product page's version 1."""
+    driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
+    driver.get(base + f"/products/{PID}")
+    driver.find_element("id", "username").send_keys(user)
+    driver.find_element("id", "password").send_keys(PASSWORDS[user])
+    driver.find_element("id", "login-button").click()
+    wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
+
+
 def test_review_flow_in_chromium(driver, server, tmp_path):
     from selenium.webdriver.support.ui import Select
 
     service, base = server
-    driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
-    driver.get(base + f"/products/{PID}")
-    driver.find_element("id", "username").send_keys("alice")
-    driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
-    driver.find_element("id", "login-button").click()
-    wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
+    open_product(driver, base)
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
 
     drag_cd3(driver, 105)
@@ -155,3 +161,31 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     # script errors and CSP violations only (the expected 409 of the conflict is logged as a network error)
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_candidate_cut_in_one_click(driver, server):
+    """The CD3+ gate's FMO-percentile candidate: one click moves the draft there, the server's %
+    follows (the same as the candidate's own, computed independently of the page), a reason is
+    proposed, and the saved version holds exactly the candidate's gate coordinate."""
+    from tilpheno.review.regate import candidate_gates
+
+    service, base = server
+    driver.get_log("browser")   # drop what earlier pages logged (e.g. a request cut off when their server stopped)
+    open_product(driver, base)
+    button = wait(driver, lambda d: d.find_element("css selector", '[data-candidate="surface|CD3+|fmo_threshold"]'),
+                  "the CD3+ candidate cuts")
+    stained = service.source.stained(PID)["surface"]
+    gates = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]
+    want = next(c for c in candidate_gates(stained, gates, "CD3+", service.source.candidates(PID)["surface"]["CD3+"])
+                if c["rule"] == "fmo_threshold")
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    assert abs(start - want["pct_of_parent"]) > 0.05   # the click has something to show
+    button.click()
+    wait(driver, lambda d: abs(draft_pct(d) - want["pct_of_parent"]) <= 0.0051, "the draft % at the candidate cut")
+    assert "CD3+: cut moved to the control percentile candidate" in driver.find_element("id", "reason").get_attribute("value")
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+    saved = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    assert saved["low"] == want["value"] and "control percentile" in service.version(PID).reason
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems   # script errors and CSP violations

@@ -199,3 +199,57 @@ def test_any_json_value_in_any_field_is_a_4xx_never_a_crash(app, service):
                 r = c.post(f"/api/products/{PID}/{path}", json={field: value}, headers=h)
                 assert 400 <= r.status_code < 500 and r.json["error"], (path, field, value, r.status_code)
     assert counts(service)[1:] == before[1:]
+
+
+def test_candidate_cuts_are_the_runs_and_give_what_the_preview_gives(app, service):
+    """Every threshold gate of the stained tubes lists the cuts its placement weighed, the one in use
+    first (version 1's cut), each with the % of its parent that the server's preview then computes
+    from every event when the draft's cut is moved there."""
+    c, h, _ = login(app, "alice")
+    state = c.get(f"/api/products/{PID}/state").json
+    r = c.get(f"/api/products/{PID}/candidates")
+    assert r.status_code == 200, r.text
+    tubes = r.json["tubes"]
+    assert r.json["version"] == state["current_version"]
+    strategies = service.source.strategies
+    for tube, entry in state["automatic"]["tubes"].items():
+        fmo_gates = [p.name for p in strategies[tube].populations if p.method == "fmo" and p.name in entry["gates"]]
+        assert fmo_gates and sorted(tubes[tube]) == sorted(fmo_gates), (tube, sorted(tubes[tube]))
+        for population in fmo_gates:
+            cuts = tubes[tube][population]
+            assert cuts[0]["rule"] == "automatic" and cuts[0]["value"] == entry["gates"][population]["low"]
+            values = [cut["value"] for cut in cuts]
+            assert all(abs(a - b) > 5e-4 for i, a in enumerate(values) for b in values[:i])   # no repeats
+            current = state["current"]["tubes"][tube]["gates"][population]
+            for cut in cuts:
+                moved = {**current, "low": cut["value"]}
+                prev = c.post(f"/api/products/{PID}/preview",
+                              json={"gates": {"tubes": {tube: {"gates": {population: moved}}}}}, headers=h)
+                assert prev.status_code == 200, prev.text
+                rows = {row["population"]: row for row in prev.json["populations"][tube]}
+                assert cut["pct_of_parent"] == pytest.approx(rows[population]["pct_of_parent"], abs=1e-9), (tube, population, cut)
+    # the study's FMO gates weigh more than their own cut (TIL001: the CD3 valley against the FMO percentile)
+    assert {cut["rule"] for cut in tubes["surface"]["CD3+"]} >= {"automatic", "fmo_threshold", "relative_threshold"}
+    c_bob, _, _ = login(app, "bob")
+    assert c_bob.get("/api/products/TIL002/candidates").status_code == 403
+    assert app.test_client().get(f"/api/products/{PID}/candidates").status_code in (302, 401)
+
+
+def test_threshold_candidates_order_repeats_and_missing_numbers():
+    import pandas as pd
+
+    from tilpheno.review.regate import threshold_candidates
+
+    table = pd.DataFrame([
+        {"population": "PD1+", "value_transformed": 0.40, "percentile": 99.5, "winner": "fmo_relative",
+         "fmo_threshold": 0.35, "relative_threshold": 0.40, "relative_low": 0.39, "relative_high": 0.46,
+         "valley_threshold": float("nan"), "relative_lognormal": 0.4604},
+        {"population": "CD3+", "value_transformed": 0.42, "percentile": float("nan"), "method": "fallback_valley",
+         "winner": "", "fmo_threshold": float("nan"), "relative_threshold": float("nan"), "relative_low": float("nan"),
+         "relative_high": float("nan"), "valley_threshold": float("nan"), "relative_lognormal": float("nan")},
+    ])
+    out = threshold_candidates(table, 99.0)
+    assert [c["rule"] for c in out["PD1+"]] == ["automatic", "fmo_threshold", "relative_low", "relative_high"]
+    assert [c["cut"] for c in out["PD1+"]] == [0.40, 0.35, 0.39, 0.46]
+    assert "fmo_relative" in out["PD1+"][0]["meaning"] and "99.5th" in out["PD1+"][1]["meaning"]
+    assert [c["rule"] for c in out["CD3+"]] == ["automatic"] and "fallback_valley" in out["CD3+"][0]["meaning"]

@@ -121,6 +121,7 @@ class ReviewSource:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
         self._automatic: dict[str, dict] = {}
+        self._candidates: dict[str, dict] = {}
 
     # -- run.json ----------------------------------------------------------------------------
     def _study(self) -> Study:
@@ -267,10 +268,18 @@ class ReviewSource:
     def automatic(self, product_id: str) -> dict:
         """Version 1: the pipeline's own gates on each stained tube (re-run, checked against phenotypes.csv)."""
         if product_id not in self._automatic:
-            self._automatic[product_id] = self._rerun(product_id)
+            self._rerun(product_id)
         return json.loads(json.dumps(self._automatic[product_id]))
 
-    def _rerun(self, product_id: str) -> dict:
+    def candidates(self, product_id: str) -> dict[str, dict[str, list[dict]]]:
+        """Tube kind -> threshold population -> the candidate cuts the run weighed for it
+        (:func:`threshold_candidates`); from the same re-run as :meth:`automatic` (once per product
+        and process: a product imported by an earlier server is re-gated on first use)."""
+        if product_id not in self._candidates:
+            self._rerun(product_id)
+        return json.loads(json.dumps(self._candidates[product_id]))
+
+    def _rerun(self, product_id: str) -> None:
         from tilpheno.phenotype import PLOT_EVENTS, analyze_product
 
         files = self.product_files(product_id)
@@ -287,6 +296,7 @@ class ReviewSource:
                                   "inputs or software changed since the run, re-run `tilpheno process`")
         by_name = {f.name: f for f in files}
         tubes: dict[str, dict] = {}
+        candidates: dict[str, dict[str, list[dict]]] = {}
         for t in result.tubes:
             name = Path(t.file).name
             if t.role != "stain" or t.tube in tubes:
@@ -296,7 +306,9 @@ class ReviewSource:
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
-        return {"tubes": tubes}
+            candidates[t.tube] = threshold_candidates(t.thresholds, self.fmo_percentile)
+        self._automatic[product_id] = {"tubes": tubes}
+        self._candidates[product_id] = candidates
 
     # -- stained tubes (all events) ------------------------------------------------------------------
     def stained(self, product_id: str) -> dict[str, StainedTube]:
@@ -338,6 +350,83 @@ class ReviewSource:
                 bounds[dim] = (-r, 2.0 * r)
         fcs.events = None
         return StainedTube(tube, strategy, bounds)
+
+
+# -- candidate cuts of the threshold gates ---------------------------------------------------------
+
+CANDIDATE_RULES = (
+    ("fmo_threshold", "control percentile", "the {pct:g}th percentile of the control (FMO or unstained) in the same parent"),
+    ("relative_threshold", "carried over", "the control percentile carried over to the stained tube's negatives "
+                                           "(their peak and spread)"),
+    ("relative_low", "carried over, lower side", "the carry-over with the spread of the negative peak's lower side "
+                                                 "(free of positives, blind to a skewed nonspecific tail)"),
+    ("relative_high", "carried over, upper side", "the carry-over with the spread of the negative peak's upper side "
+                                                  "(follows a skewed tail, widened by positives next to the negatives)"),
+    ("valley_threshold", "stained valley", "the density minimum between the stained tube's negative and positive peaks"),
+    ("relative_lognormal", "log-normal tail", "the carry-over if the nonspecific signal had a log-normal shape "
+                                              "(the tail-shape check)"),
+)
+"""``thresholds`` column -> (short label, meaning) of the cuts a threshold gate's placement weighed
+(``tilpheno.gates.checks.RECORD_COLUMNS``; the report's FMO table shows the same numbers)."""
+
+
+CANDIDATE_TOLERANCE = 5e-4
+"""Candidate cuts closer than this on the transformed scale (half the 0.001 the app shows) are one."""
+
+
+def threshold_candidates(thresholds: pd.DataFrame, percentile: float) -> dict[str, list[dict]]:
+    """Population -> candidate cuts of each threshold gate of a stained tube (``cut``: transformed
+    scale, positive = above it, as ``thresholds.value_transformed``): first the cut in use (``rule``
+    ``automatic``, with the rule that won), then every other finite candidate of
+    :data:`CANDIDATE_RULES` that differs from the cuts before it by more than
+    :data:`CANDIDATE_TOLERANCE`. A gate without a control (fallback) has only its cut."""
+    out: dict[str, list[dict]] = {}
+    if thresholds is None or len(thresholds) == 0:
+        return out
+    for row in thresholds.to_dict("records"):
+        used = float(row["value_transformed"])
+        if not math.isfinite(used):
+            continue
+        winner = str(row.get("winner") or row.get("method") or "")
+        pct = row.get("percentile")
+        pct = float(pct) if pct is not None and math.isfinite(float(pct)) else percentile
+        cuts = [{"rule": "automatic", "label": "automatic", "meaning": f"the cut the run placed (rule: {winner})",
+                 "cut": used}]
+        for column, label, meaning in CANDIDATE_RULES:
+            value = row.get(column)
+            if value is None or not math.isfinite(float(value)):
+                continue
+            if all(abs(float(value) - c["cut"]) > CANDIDATE_TOLERANCE for c in cuts):
+                cuts.append({"rule": column, "label": label, "meaning": meaning.format(pct=pct), "cut": float(value)})
+        out[str(row["population"])] = cuts
+    return out
+
+
+def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], population: str, cuts: list[dict]) -> list[dict]:
+    """``cuts`` (:func:`threshold_candidates`) as ``population``'s range gate would take them, each
+    with ``value`` (the gate coordinate: ``low`` just above the cut for a positive gate, as the
+    pipeline places it, so that the automatic cut reproduces its gate exactly; else ``high`` at the
+    cut) and ``pct_of_parent`` (% of the parent under ``gates`` inside the moved gate, None without
+    a parent event). Cuts whose coordinate falls outside the dimension's bounds are left out (a
+    submitted gate must stay inside them). Empty when the gate is not a range gate."""
+    gate = gates.get(population)
+    if not gate or gate.get("type") != "range":
+        return []
+    side = "low" if gate.get("low") is not None else "high"
+    bounds = st.bounds[gate["dim"]]
+    masks = evaluate(st.strategy, st.tube, gates)
+    pop = st.strategy.population(population)
+    parent = masks[pop.parent] if pop.parent != ROOT else np.ones(st.tube.n_events, dtype=bool)
+    n_parent = int(np.count_nonzero(parent))
+    out = []
+    for cut in cuts:
+        value = float(np.nextafter(cut["cut"], np.inf)) if side == "low" else cut["cut"]
+        if not bounds[0] <= value <= bounds[1]:
+            continue
+        moved = gate_from_dict({**gate, side: value})
+        inside = int(np.count_nonzero(moved.contains(st.tube.data) & parent))
+        out.append({**cut, "value": value, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
+    return out
 
 
 # -- evaluating a gate set -----------------------------------------------------------------------

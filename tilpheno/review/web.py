@@ -29,7 +29,8 @@ from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
-from tilpheno.review.regate import GateSetError, evaluate, recompute, release_rows, validate_gate_set
+from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
+                                    validate_gate_set)
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
 
 COOKIE = "tilpheno_session"
@@ -219,6 +220,26 @@ def create_app(service: ReviewService) -> Flask:
             "qc_flags": service.source.qc_flags(product_id),
             "signatures": [_signature(v) for v in service.signatures(product_id)],
         })
+
+    @app.get("/api/products/<path:product_id>/candidates")
+    @login_required
+    def candidates(product_id: str):
+        """The candidate cuts of each threshold gate (``ReviewSource.candidates``), each with the % of
+        its parent it would give under the current version's other gates; a separate request, as a
+        product imported by an earlier server is re-gated for them (a few seconds, once)."""
+        service.require_access(g.user, product_id)
+        current = service.version(product_id)
+        gate_set = json.loads(current.gates_json)
+        stained = service.source.stained(product_id)
+        out: dict[str, dict[str, list[dict]]] = {}
+        for tube_kind, by_population in service.source.candidates(product_id).items():
+            st = stained.get(tube_kind)
+            gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
+            for population, cuts in by_population.items():
+                placed = candidate_gates(st, gates, population, cuts) if st is not None else []
+                if placed:
+                    out.setdefault(tube_kind, {})[population] = placed
+        return jsonify({"version": current.version, "tubes": out})
 
     @app.post("/api/products/<path:product_id>/preview")
     @login_required

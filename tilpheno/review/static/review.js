@@ -9,6 +9,7 @@
   const W = 300, H = 240, L = 40, R = 6, T = 6, B = 22;
   const SVGNS = "http://www.w3.org/2000/svg";
   let S = null;          // state from the server
+  let C = null;          // candidate cuts of the threshold gates, from the server (version C.version)
   let draft = null;      // {tube: {pop: gate}}
   let previewSeq = 0, lastShown = 0, inFlight = false, lastSent = 0, pending = false;
 
@@ -58,6 +59,40 @@
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderVersions(); renderApply();
+    loadCandidates();
+  }
+
+  // ---- candidate cuts ------------------------------------------------------------------------------
+  async function loadCandidates() {
+    const r = await api(app.dataset.candidates);
+    if (r.status !== 200) { message(r.data.error || "could not load the candidate cuts", false); return; }
+    C = r.data;
+    renderCandidates();
+  }
+
+  function renderCandidates() {
+    if (!C || !S.plots) return;
+    for (const p of S.plots) {
+      const box = document.querySelector('[data-candidates-for="' + CSS.escape(key(p.tube, p.population)) + '"]');
+      const cuts = ((C.tubes[p.tube] || {})[p.population]) || [];
+      if (!box || !cuts.length) continue;
+      box.textContent = "";
+      box.appendChild(el("span", { class: "candidates-title" }, "cuts weighed (% of parent, version " + C.version + "):"));
+      for (const c of cuts) {
+        const b = el("button", { type: "button", class: "candidate", "data-candidate": key(p.tube, p.population) + "|" + c.rule,
+          title: c.meaning }, c.label + " " + fmt(c.cut, 3) + " (" + fmt(c.pct_of_parent, 1) + "%)");
+        b.addEventListener("click", () => useCandidate(p, c));
+        box.appendChild(b);
+      }
+    }
+  }
+
+  function useCandidate(p, c) {
+    const g = draft[p.tube][p.population];
+    g[g.low !== null ? "low" : "high"] = c.value;
+    drawOverlay(p);
+    if (!$("reason").value) $("reason").value = p.population + ": cut moved to the " + c.label + " candidate (" + fmt(c.cut, 4) + ")";
+    schedulePreview(true);
   }
 
   // ---- plots -------------------------------------------------------------------------------------
@@ -83,6 +118,7 @@
       const canvas = el("canvas", { width: W, height: H });
       const svg = sv("svg", { width: W, height: H, "data-svg": key(p.tube, p.population) });
       stack.appendChild(canvas); stack.appendChild(svg); card.appendChild(stack);
+      if (p.type === "range") card.appendChild(el("div", { class: "candidates", "data-candidates-for": key(p.tube, p.population) }));
       box.appendChild(card);
       drawEvents(canvas, p);
       p._svg = svg;
@@ -90,6 +126,7 @@
     }
     S.plots = plots;
     updatePlotLabels(tables);
+    renderCandidates();
   }
 
   function drawEvents(canvas, p) {
