@@ -14,7 +14,11 @@ and measures over HTTP with a logged-in session, wall clock, after one warm-up r
 * drag end: the same with ``plots: true`` (the parents' event subsamples for redrawing the plots);
 * product page: ``GET /products/P`` (HTML) + ``GET /api/products/P/state`` (everything the page
   draws: plots, automatic and current populations, release, QC, signatures, versions);
-* first open of a product (version 1 made by re-running the automatic gating), once.
+* candidate cuts: ``GET /api/products/P/candidates`` (the cuts each threshold gate weighed, with the %
+  of its parent each gives), the page's second request;
+* first open of a product (version 1 made by re-running the automatic gating), once; and the
+  first candidates request of a server started after the product was imported (a fresh
+  ``ReviewSource`` re-gates the product for them), once.
 
 Prints medians and maximums in ms and the machine's load average (other processes inflate wall time).
 """
@@ -103,15 +107,26 @@ def main() -> None:
         opener.open(base + "/products/TIL001").read()
         opener.open(base + "/api/products/TIL001/state").read()
 
+    def candidates():
+        assert json.loads(opener.open(base + "/api/products/TIL001/candidates").read())["tubes"]["surface"]
+
     rows = [("drag (preview, all populations)", timed(lambda: drag(False), args.repeats)),
             ("drag end (preview + plot data)", timed(lambda: drag(True), args.repeats)),
-            ("product page (HTML + state JSON)", timed(product_page, args.repeats))]
+            ("product page (HTML + state JSON)", timed(product_page, args.repeats)),
+            ("candidate cuts (JSON)", timed(candidates, args.repeats))]
+    from tilpheno.review.regate import ReviewSource
+
+    service.source = ReviewSource(tmp / "out")   # as a server started later: the product is in the database
+    t = time.perf_counter()
+    candidates()
+    first_candidates = (time.perf_counter() - t) * 1000
     print(f"load average before: {os.getloadavg()[0]:.2f}; events per stained tube: {args.events}; "
           f"database: {service.factory.kw['bind'].url.render_as_string(hide_password=True)}")
     print(f"{'request':40s} {'median ms':>10s} {'max ms':>10s}")
     for name, ms in rows:
         print(f"{name:40s} {statistics.median(ms):10.1f} {max(ms):10.1f}")
     print(f"{'first open (re-gate, version 1)':40s} {first_open:10.1f}")
+    print(f"{'first candidates of a later server':40s} {first_candidates:10.1f}")
     srv.close()
 
 
