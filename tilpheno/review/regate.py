@@ -390,8 +390,8 @@ def threshold_candidates(thresholds: pd.DataFrame, percentile: float) -> dict[st
         winner = str(row.get("winner") or row.get("method") or "")
         pct = row.get("percentile")
         pct = float(pct) if pct is not None and math.isfinite(float(pct)) else percentile
-        cuts = [{"rule": "automatic", "label": "automatic", "meaning": f"the cut the run placed (rule: {winner})",
-                 "cut": used}]
+        cuts: list[dict[str, Any]] = [{"rule": "automatic", "label": "automatic",
+                                       "meaning": f"the cut the run placed (rule: {winner})", "cut": used}]
         for column, label, meaning in CANDIDATE_RULES:
             value = row.get(column)
             if value is None or not math.isfinite(float(value)):
@@ -424,7 +424,7 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], population: s
         if not bounds[0] <= value <= bounds[1]:
             continue
         moved = gate_from_dict({**gate, side: value})
-        inside = int(np.count_nonzero(moved.contains(st.tube.data) & parent))
+        inside = int(np.count_nonzero(moved.membership(st.tube.data) & parent))
         out.append({**cut, "value": value, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
     return out
 
