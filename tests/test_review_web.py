@@ -253,3 +253,23 @@ def test_threshold_candidates_order_repeats_and_missing_numbers():
     assert [c["cut"] for c in out["PD1+"]] == [0.40, 0.35, 0.39, 0.46]
     assert "fmo_relative" in out["PD1+"][0]["meaning"] and "99.5th" in out["PD1+"][1]["meaning"]
     assert [c["rule"] for c in out["CD3+"]] == ["automatic"] and "fallback_valley" in out["CD3+"][0]["meaning"]
+
+
+def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
+    """The run's review flags land on the plot of the gate they name (the self-checks open their
+    message with "<gate> ("): a warning on PD1+ marks PD1+ only; info flags and flags of another
+    file mark nothing."""
+    import pandas as pd
+
+    qc = service.source.qc
+    rows = [{"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "uncertain_threshold", "severity": "warning",
+             "needs_review": "True", "message": "PD1+ (PD1 in live_lymph): the cut moved 7.0 points of the parent"},
+            {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "negative_shift", "severity": "info",
+             "needs_review": "False", "message": "CD3+ (CD3 in live_lymph): stained negatives sit +0.010"},
+            {"product_id": PID, "file": "TIL001_surface_FMO_CD4.fcs", "code": "cut_in_dense_region", "severity": "warning",
+             "needs_review": "True", "message": "CD4+ (CD4 in CD3+): the threshold lies inside the negative peak"}]
+    monkeypatch.setattr(service.source, "qc", pd.concat([qc, pd.DataFrame(rows)], ignore_index=True))
+    c, _, _ = login(app, "alice")
+    plots = {(p["tube"], p["population"]): p["flags"] for p in c.get(f"/api/products/{PID}/state").json["plots"]}
+    assert [f["code"] for f in plots[("surface", "PD1+")]] == ["uncertain_threshold"]
+    assert not [k for k, flags in plots.items() if flags and k != ("surface", "PD1+")]

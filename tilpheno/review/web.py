@@ -19,6 +19,7 @@ import json
 import math
 from functools import wraps
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
@@ -371,8 +372,10 @@ def _signature(view) -> dict:
 
 
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
-    """One plot per editable gate: a subsample of its parent's events (under ``gate_set``) and axis ranges."""
+    """One plot per editable gate: a subsample of its parent's events (under ``gate_set``) and axis
+    ranges, and the run's review flags on that gate (:func:`_gate_flags`)."""
     out = []
+    flags = service.source.qc_flags(product_id)
     for tube_kind, st in sorted(service.source.stained(product_id).items()):
         gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
         masks = evaluate(st.strategy, st.tube, gates)
@@ -402,8 +405,20 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
                         "dims": dims, "events": coords, "ranges": ranges,
                         "bounds": [list(st.bounds[d]) for d in dims],
-                        "automatic": auto})
+                        "automatic": auto,
+                        "flags": _gate_flags(flags, pop.name, Path(st.tube.file).name)})
     return out
+
+
+def _gate_flags(flags: list[dict], population: str, stained_file: str) -> list[dict]:
+    """The run's review flags (``tilpheno.qc.needs_review``: a code of a gate that may be wrong, at
+    warning or error) on ``population``'s gate: raised on the stained file (or the product) with a
+    message that opens with ``"<population> ("``, as the gating self-checks name their gate."""
+    from tilpheno.qc import needs_review
+
+    return [f for f in flags
+            if f["file"] in (stained_file, "") and str(f["message"]).startswith(population + " (")
+            and needs_review(SimpleNamespace(code=f["code"], severity=f["severity"]))]
 
 
 def _gate_coordinates(gate: dict, axis: int) -> list[float]:

@@ -111,8 +111,13 @@
     const box = $("plots");
     box.textContent = "";
     for (const p of plots) {
-      const card = el("div", { class: "plot", "data-plot": key(p.tube, p.population) });
+      const flagged = (p.flags || []).length > 0;
+      const card = el("div", { class: flagged ? "plot flagged" : "plot", "data-plot": key(p.tube, p.population) });
       card.appendChild(el("h3", {}, p.tube + ": " + p.population + " (of " + p.parent + ") on " + p.dims.join(" vs ")));
+      if (flagged) {
+        card.appendChild(el("div", { class: "gate-flags", "data-gate-flags": key(p.tube, p.population),
+          title: p.flags.map((f) => f.message).join("\n") }, "needs review: " + p.flags.map((f) => f.code).join(", ")));
+      }
       card.appendChild(el("div", { class: "pct", "data-pct": key(p.tube, p.population) }, ""));
       const stack = el("div", { class: "stack" });
       const canvas = el("canvas", { width: W, height: H });
