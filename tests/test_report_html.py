@@ -97,3 +97,30 @@ def test_failed_product_report_escapes_its_id_in_html_and_print_css():
     style = page[page.index("<style>"):page.index("</style>")]
     assert "@top-left" in style and "alert" in style and "<" not in style[len("<style>"):]
     assert "could not be processed" in page
+
+
+@pytest.mark.browser
+def test_every_status_badge_is_legible_in_chromium(tmp_path, browser, outcomes):
+    """Every badge the index and a product report show (processing, release, QC, needs review) has a
+    background of its own: the badges' text is white, so a badge without one is invisible (the
+    "needs review" badge was, in both pages)."""
+    from tilpheno.qc import NEEDS_REVIEW
+    from tilpheno.report.product import render_product
+
+    flagged = _outcome("TIL020", 88.0, 95.0)
+    flagged.qc.append(QCFlag("TIL020", "TIL020_surface_stain.fcs", "uncertain_threshold", "warning",
+                             "PD1+ (PD1 in live_lymph): the cut moved 7 points of the parent"))
+    flagged.phenotype.update(qc_status="warning", review_status=NEEDS_REVIEW)
+    flagged.release_status = "not evaluable"
+    pages = {"index.html": render_index([*outcomes, flagged], ProcessOptions()),
+             "report.html": render_product(flagged, None, {}, ProcessOptions())}
+    for name, text in pages.items():
+        page = tmp_path / name
+        page.write_text(text)
+        session, report = browser.load(page.as_uri())
+        assert report.loaded and report.problems == []
+        badges = browser.evaluate(session, "Array.from(document.querySelectorAll('.badge')).map(b => "
+                                           "[b.className, getComputedStyle(b).backgroundColor, getComputedStyle(b).color])")
+        assert any("needs-review" in cls for cls, _, _ in badges), (name, badges)
+        for cls, background, colour in badges:
+            assert background not in ("rgba(0, 0, 0, 0)", "transparent") and background != colour, (name, cls, background)
