@@ -58,9 +58,25 @@ def test_mild_symmetric_binding_is_corrected_without_review(tmp_path):
 @pytest.mark.slow
 def test_heavy_skewed_binding_is_corrected_within_3_points(tmp_path):
     phen = Phenomena(nsb={"PD1": 280.0}, nsb_sd={"PD1": 0.75}, spread={"PD1": 80.0})
-    errors, flagged, _ = _run(tmp_path, 93002, phen)
+    errors, flagged, result = _run(tmp_path, 93002, phen)
     for variable, gate in PD1_GATES.items():   # issue 13's miss level: more than 3 points off needs a flag
         assert abs(errors[variable]) <= 3 or gate in flagged, (variable, errors[variable], flagged)
+    # the report names the flags on each flagged gate's own plots (its gate plot and FMO overlay), and
+    # only there
+    from types import SimpleNamespace
+
+    from tilpheno.report.product import ReportContext, fmo_section, gating_sections
+    from tilpheno.pipeline.jobs import ProcessOptions
+
+    assert flagged & set(PD1_GATES.values()), flagged   # this product has something to show
+    ctx = ReportContext(SimpleNamespace(qc=result.qc), result, {}, ProcessOptions(), (), {})
+    figures = [f for s in [*gating_sections(ctx), fmo_section(ctx)] for f in s.figures]
+    marked = {f.population for f in figures if f.review}
+    assert marked == flagged & {f.population for f in figures}, (marked, flagged)
+    for f in figures:
+        if f.review:
+            codes = {q.code for q in result.qc if needs_review(q) and q.message.startswith(f.population + " (")}
+            assert f.review == ", ".join(sorted(codes)), (f.population, f.review, codes)
     # the lower-side carry-over alone over-calls this product by more than 3 points (PD1+ +4.6, CD8+PD1+
     # +5.9 before skew_reference); the additive model read on the non-T lymphocytes carries most of the
     # tail (round 4, the parent's own shift and lower side plus the reference's skew: within 2.1 points;

@@ -35,3 +35,10 @@ def needs_review(flag) -> bool:
 def review_status(flags) -> str:
     """``"needs review"`` when any flag :func:`needs_review`, else ``"no gating flags"``."""
     return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS
+
+
+def flags_on_gate(flags, population: str, file: str) -> list:
+    """The flags that :func:`needs_review` on ``population``'s gate in ``file``: raised on that file
+    (or on the product, file '') with a message that opens with ``"<population> ("``, as the gating
+    self-checks name their gate. Any objects with ``code``, ``severity``, ``file`` and ``message``."""
+    return [f for f in flags if needs_review(f) and f.file in (file, "") and str(f.message).startswith(population + " (")]

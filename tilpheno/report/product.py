@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol
 
@@ -40,12 +40,28 @@ COUNT_AND_STATUS = ("status", "error", "release_status", "qc_status")
 @dataclass(frozen=True)
 class Figure:
     """One plot of the report: caption, the inline ``<svg>`` markup (``report.plots``), alt text;
-    ``wide``: a wide figure (e.g. signals over acquisition time) that spans two columns of the grid."""
+    ``wide``: a wide figure (e.g. signals over acquisition time) that spans two columns of the grid;
+    ``population`` and ``file``: the gate it shows, if any (the stained file's name); ``review``: the
+    codes of the review flags on that gate (:func:`with_review_flags`), shown in the caption."""
 
     title: str
     svg: str
     alt: str
     wide: bool = False
+    population: str = ""
+    file: str = ""
+    review: str = ""
+
+
+def with_review_flags(figures, flags) -> list[Figure]:
+    """``figures`` with each gate's review flags (``qc.flags_on_gate``) named in its ``review``."""
+    from tilpheno.qc import flags_on_gate
+
+    out = []
+    for fig in figures:
+        codes = sorted({f.code for f in flags_on_gate(flags, fig.population, fig.file)}) if fig.population else []
+        out.append(replace(fig, review=", ".join(codes)) if codes else fig)
+    return out
 
 
 @dataclass(frozen=True)
@@ -205,7 +221,8 @@ def gate_figure(tube, population: str, parent, gate, method: str, detectors: Map
         svg = plots.density_plot(tube.data[dims[0]][parent_mask], tube.data[dims[1]][parent_mask], axis[0], axis[1],
                                  gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt,
                                  colours=colours)
-    return Figure(f"{title_prefix}: {title}" if title_prefix else title, svg, alt)
+    return Figure(f"{title_prefix}: {title}" if title_prefix else title, svg, alt, population=population,
+                  file=Path(str(tube.file)).name)
 
 
 def population_figure(tube, population: str, detectors: Mapping[str, str], strategy=None) -> Figure:
@@ -328,7 +345,8 @@ def fmo_figures(result, percentile: float, strategies=(),
             threshold_note=f"threshold: {pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})", alt=alt,
             colours=colours,
         )
-        figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt))
+        figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt,
+                              population=str(row.population), file=Path(str(stain.file)).name))
     return figures
 
 
@@ -458,7 +476,8 @@ def gating_sections(ctx: ReportContext) -> list[Section]:
     sections = []
     for t in _stained(ctx):
         name = Path(str(t.file)).name
-        figures = gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes, _colours(ctx))
+        figures = with_review_flags(gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes,
+                                                 _colours(ctx)), getattr(ctx.outcome, "qc", ()))
         table = _table(t.populations, f"subsets-{t.tube}", _labels(ctx, t.populations.columns),
                        f"{name}: every population on all {t.n_events} events; medians in compensated linear units.")
         sections.append(Section(
@@ -488,7 +507,8 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         "the read median and SD, a sensitivity check); else the FMO percentile. A gate with control: unstained "
         "(e.g. a live/dead cut) reads the product's unstained control instead of an FMO. Histograms normalised "
         "to mode; grey = FMO (or unstained control), line = stained tube.",
-        tuple(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes, _colours(ctx))), (table,))
+        tuple(with_review_flags(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes,
+                                            _colours(ctx)), getattr(ctx.outcome, "qc", ()))), (table,))
 
 
 FILE_COLUMNS = ("file", "tube", "role", "events", "SHA-256")

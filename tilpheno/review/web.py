@@ -411,14 +411,10 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
 
 
 def _gate_flags(flags: list[dict], population: str, stained_file: str) -> list[dict]:
-    """The run's review flags (``tilpheno.qc.needs_review``: a code of a gate that may be wrong, at
-    warning or error) on ``population``'s gate: raised on the stained file (or the product) with a
-    message that opens with ``"<population> ("``, as the gating self-checks name their gate."""
-    from tilpheno.qc import needs_review
+    """The run's review flags on ``population``'s gate of the stained file (``qc.flags_on_gate``)."""
+    from tilpheno.qc import flags_on_gate
 
-    return [f for f in flags
-            if f["file"] in (stained_file, "") and str(f["message"]).startswith(population + " (")
-            and needs_review(SimpleNamespace(code=f["code"], severity=f["severity"]))]
+    return [dict(vars(f)) for f in flags_on_gate([SimpleNamespace(**f) for f in flags], population, stained_file)]
 
 
 def _gate_coordinates(gate: dict, axis: int) -> list[float]:
