@@ -273,3 +273,17 @@ def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
     plots = {(p["tube"], p["population"]): p["flags"] for p in c.get(f"/api/products/{PID}/state").json["plots"]}
     assert [f["code"] for f in plots[("surface", "PD1+")]] == ["uncertain_threshold"]
     assert not [k for k, flags in plots.items() if flags and k != ("surface", "PD1+")]
+
+
+def test_the_product_list_says_which_products_need_review(app, service, monkeypatch):
+    """The home page shows each product's gating review status from the run (phenotypes.csv), the
+    products that need review marked."""
+    phen = service.source.phenotypes.copy()
+    assert set(phen["review_status"]) == {"no gating flags"}   # the sample products: nothing flagged
+    phen.loc[phen["product_id"] == "TIL002", "review_status"] = "needs review"
+    monkeypatch.setattr(service.source, "phenotypes", phen)
+    c, _, _ = login(app, "alice")
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'<tr><td><a href="/products/(TIL\d+)">.*?</tr>', c.get("/").text, re.S)}
+    assert sorted(rows) == ["TIL001", "TIL002"]
+    assert '<td class="needs-review">needs review</td>' in rows["TIL002"]
+    assert "<td>no gating flags</td>" in rows["TIL001"]

@@ -181,7 +181,8 @@ def create_app(service: ReviewService) -> Flask:
             rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
                          "approved": approved.version if approved else None,
                          "approved_release": service.release_status(pid, approved) if approved else "not approved",
-                         "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", "")})
+                         "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
+                         "review": row.get("review_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir))
 
