@@ -167,7 +167,7 @@ def test_a_candidate_cut_in_one_click(driver, server):
     """The CD3+ gate's FMO-percentile candidate: one click moves the draft there, the server's %
     follows (the same as the candidate's own, computed independently of the page), a reason is
     proposed, and the saved version holds exactly the candidate's gate coordinate."""
-    from tilpheno.review.regate import candidate_gates
+    from tilpheno.review.regate import candidate_gates, evaluate
 
     service, base = server
     driver.get_log("browser")   # drop what earlier pages logged (e.g. a request cut off when their server stopped)
@@ -176,7 +176,8 @@ def test_a_candidate_cut_in_one_click(driver, server):
                   "the CD3+ candidate cuts")
     stained = service.source.stained(PID)["surface"]
     gates = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]
-    want = next(c for c in candidate_gates(stained, gates, "CD3+", service.source.candidates(PID)["surface"]["CD3+"])
+    masks = evaluate(stained.strategy, stained.tube, gates)
+    want = next(c for c in candidate_gates(stained, gates, masks, "CD3+", service.source.candidates(PID)["surface"]["CD3+"])
                 if c["rule"] == "fmo_threshold")
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
     assert abs(start - want["pct_of_parent"]) > 0.05   # the click has something to show

@@ -402,19 +402,20 @@ def threshold_candidates(thresholds: pd.DataFrame, percentile: float) -> dict[st
     return out
 
 
-def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], population: str, cuts: list[dict]) -> list[dict]:
+def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mapping[str, np.ndarray], population: str,
+                    cuts: list[dict]) -> list[dict]:
     """``cuts`` (:func:`threshold_candidates`) as ``population``'s range gate would take them, each
     with ``value`` (the gate coordinate: ``low`` just above the cut for a positive gate, as the
     pipeline places it, so that the automatic cut reproduces its gate exactly; else ``high`` at the
-    cut) and ``pct_of_parent`` (% of the parent under ``gates`` inside the moved gate, None without
-    a parent event). Cuts whose coordinate falls outside the dimension's bounds are left out (a
-    submitted gate must stay inside them). Empty when the gate is not a range gate."""
+    cut) and ``pct_of_parent`` (% of the parent inside the moved gate; ``masks`` =
+    :func:`evaluate` of ``gates``; None without a parent event). Cuts whose coordinate falls outside
+    the dimension's bounds are left out (a submitted gate must stay inside them). Empty when the
+    gate is not a range gate."""
     gate = gates.get(population)
     if not gate or gate.get("type") != "range":
         return []
     side = "low" if gate.get("low") is not None else "high"
     bounds = st.bounds[gate["dim"]]
-    masks = evaluate(st.strategy, st.tube, gates)
     pop = st.strategy.population(population)
     parent = masks[pop.parent] if pop.parent != ROOT else np.ones(st.tube.n_events, dtype=bool)
     n_parent = int(np.count_nonzero(parent))

@@ -236,9 +236,12 @@ def create_app(service: ReviewService) -> Flask:
         out: dict[str, dict[str, list[dict]]] = {}
         for tube_kind, by_population in service.source.candidates(product_id).items():
             st = stained.get(tube_kind)
+            if st is None:
+                continue
             gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
+            masks = evaluate(st.strategy, st.tube, gates)   # once per tube: every gate's parent
             for population, cuts in by_population.items():
-                placed = candidate_gates(st, gates, population, cuts) if st is not None else []
+                placed = candidate_gates(st, gates, masks, population, cuts)
                 if placed:
                     out.setdefault(tube_kind, {})[population] = placed
         return jsonify({"version": current.version, "tubes": out})
@@ -374,9 +377,11 @@ def _signature(view) -> dict:
 
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
     """One plot per editable gate: a subsample of its parent's events (under ``gate_set``) and axis
-    ranges, and the run's review flags on that gate (:func:`_gate_flags`)."""
+    ranges, and the run's review flags on that gate (``qc.flags_on_gate``)."""
+    from tilpheno.qc import flags_on_gate
+
     out = []
-    flags = service.source.qc_flags(product_id)
+    flags = [SimpleNamespace(**f) for f in service.source.qc_flags(product_id)]
     for tube_kind, st in sorted(service.source.stained(product_id).items()):
         gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
         masks = evaluate(st.strategy, st.tube, gates)
@@ -407,15 +412,8 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                         "dims": dims, "events": coords, "ranges": ranges,
                         "bounds": [list(st.bounds[d]) for d in dims],
                         "automatic": auto,
-                        "flags": _gate_flags(flags, pop.name, Path(st.tube.file).name)})
+                        "flags": [dict(vars(f)) for f in flags_on_gate(flags, pop.name, Path(st.tube.file).name)]})
     return out
-
-
-def _gate_flags(flags: list[dict], population: str, stained_file: str) -> list[dict]:
-    """The run's review flags on ``population``'s gate of the stained file (``qc.flags_on_gate``)."""
-    from tilpheno.qc import flags_on_gate
-
-    return [dict(vars(f)) for f in flags_on_gate([SimpleNamespace(**f) for f in flags], population, stained_file)]
 
 
 def _gate_coordinates(gate: dict, axis: int) -> list[float]:
