@@ -90,10 +90,6 @@ class SpilloverEstimate:
     ssm: pd.DataFrame
     controls: pd.DataFrame
 
-    def matrix_frame(self) -> pd.DataFrame:
-        """The matrix in the FlowJo/FlowKit CSV layout (columns = detectors, rows in the same order)."""
-        return pd.DataFrame(self.spillover.matrix, columns=list(self.spillover.detectors))
-
 
 def write_spillover_csv(spillover: Spillover, path: str | Path) -> None:
     """Write ``spillover`` in the FlowJo/FlowKit CSV layout (header row of detector names, one row

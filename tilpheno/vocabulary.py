@@ -77,9 +77,6 @@ class Vocabulary:
                 return self.canonical[k[len(prefix):]]
         return None
 
-    def is_fluorochrome(self, word: str) -> bool:
-        return key(word) in self.fluorochromes
-
     def _known_in(self, words: list[str]) -> str | None:
         for i, word in enumerate(words):
             found = self.known(word)
