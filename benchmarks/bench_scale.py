@@ -67,7 +67,6 @@ between runs of one invocation.
 from __future__ import annotations
 
 import argparse
-import filecmp
 import hashlib
 import json
 import os
