@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tilpheno
-from tilpheno.compensation import Spillover, compensate, parse_spill_keyword, read_spillover_csv
+from tilpheno.compensation import Spillover, compensate, exported_compensated, parse_spill_keyword, read_spillover_csv
 from tilpheno.errors import CompensationError
 
 DATA = "tests/data"
@@ -90,6 +90,27 @@ def test_missing_detector_and_singular_matrix():
         compensate(events, ["A", "B"], Spillover(("A", "C"), np.eye(2)))
     with pytest.raises(CompensationError, match="singular"):
         compensate(events, ["A", "B"], Spillover(("A", "B"), np.ones((2, 2))))
+
+
+@pytest.mark.parametrize("detectors, expected", [
+    (["FJComp-355 379_28-A", "FJComp-561 585_15-A"], True),   # FlowJo 10 export (the FlowAtlas files)
+    (["Comp-FITC-A", "Comp-PE-A"], True),                      # FlowJo 9
+    (["FJComp-FITC-A", "PE-A"], False),                        # one raw detector: not all compensated
+    (["FITC-A", "PE-A"], False),
+    (["fjcomp-FITC-A"], False),                                # the prefixes are written as they are
+    ([], False),
+])
+def test_exported_compensated(detectors, expected):
+    assert exported_compensated(detectors) is expected
+
+
+def test_a_matrix_on_compensated_export_parameters_names_them():
+    events = np.ones((4, 2))
+    with pytest.raises(CompensationError, match=r"'B'\].*FJComp-B.*already compensated"):
+        compensate(events, ["A", "FJComp-B"], Spillover(("A", "B"), np.eye(2)))
+    with pytest.raises(CompensationError) as plain:
+        compensate(events, ["A", "D"], Spillover(("A", "B"), np.eye(2)))
+    assert "already compensated" not in str(plain.value)
 
 
 def test_unreadable_csv_names_file(tmp_path):

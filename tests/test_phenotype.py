@@ -144,6 +144,46 @@ def test_spillover_override_and_no_compensation(product, strategies, tmp_path):
         assert override.phenotype[v] == reference.phenotype[v]
 
 
+def test_a_flowjo_export_of_compensated_data_is_used_as_it_is(product, strategies, tmp_path):
+    """Every file rewritten as FlowJo 10 exports compensated data: the fluorescence parameters
+    renamed FJComp-<detector> and holding the compensated values, the raw ones dropped, the raw
+    $SPILLOVER kept (naming detectors the file no longer has). The phenotype must equal the one of
+    the raw files compensated by tilpheno (no second compensation, no failure), with an info flag
+    instead of a warning."""
+    from tilpheno.compensation import compensate
+    from tilpheno.io.fcs_write import format_spillover
+
+    prod, rows, _ = product
+    spill = ins.true_spillover()
+    exported = rows.copy()
+    for t in prod.tubes:
+        names = [c[0] for c in t.channels]
+        values = compensate(t.data.events, names, spill)
+        channels = [(f"FJComp-{n}" if n in spill.detectors else n, s, r) for n, s, r in t.channels]
+        # the raw matrix as a plain keyword: the writer itself refuses a $SPILLOVER naming absent channels
+        write_fcs(tmp_path / t.file, values, channels, {**t.keywords, "$SPILLOVER": format_spillover(spill)})
+        exported.loc[exported["file"].str.endswith("/" + t.file), "file"] = str(tmp_path / t.file)
+    reference = run(rows, strategies)
+    result = run(exported, strategies)
+    codes = {(f.code, f.severity) for f in result.qc}
+    assert ("precompensated", "info") in codes
+    assert not {c for c, s in codes if c in ("no_compensation", "compensation_error", "product_failed")}
+    flag = next(f for f in result.qc if f.code == "precompensated")
+    assert "FJComp-" in flag.message and "$SPILLOVER not applied again" in flag.message
+    for t in result.tubes:
+        assert t.compensation.exported and t.compensation.spillover is None, t.file
+    for v in default_study().variables:
+        # the same values compensated once (equal on this machine; the tolerance lets one event of a
+        # 2,000-event parent cross a cut after the float32 rounding of the exported values)
+        assert result.phenotype[v] == pytest.approx(reference.phenotype[v], abs=0.05), v
+    # an override matrix on such a file is refused, naming what the file holds
+    csv = tmp_path / "spill.csv"
+    spill.to_dataframe().to_csv(csv)
+    refused = run(exported, strategies, spillover_override=csv)
+    errors = [f for f in refused.qc if f.code == "compensation_error"]
+    assert errors and all("already compensated" in f.message and "FJComp-" in f.message for f in errors)
+
+
 def _digest(result) -> str:
     h = hashlib.sha256()
     for k in sorted(result.phenotype):

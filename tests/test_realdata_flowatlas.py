@@ -140,3 +140,21 @@ def test_review_flags_follow_the_size_of_the_problem(gated):
         assert not [f for f in gated[stem].qc if needs_review(f)], stem
     sized = [f for f in gated["428_Donor_Lung_029"].qc if f.code == "no_second_peak"]
     assert sized and sized[0].severity == "info" and "size: moving the cut to" in sized[0].message
+
+
+def test_flowjo_exports_of_compensated_data_are_used_as_they_are(gated):
+    """The FlowAtlas files are FlowJo 10 exports of compensated data (FJComp-<detector> parameters,
+    no $SPILLOVER): an info flag says so, not a 'left uncompensated' warning, and the report's
+    compensation section does not call them uncompensated."""
+    from types import SimpleNamespace
+
+    from tilpheno.report.qc_sections import compensation_sections
+
+    for stem, result in gated.items():
+        codes = {(f.code, f.severity) for f in result.qc}
+        assert ("precompensated", "info") in codes and not any(c == "no_compensation" for c, _ in codes), stem
+        assert result.tubes[0].compensation.exported, stem
+    result = gated["428_Donor_Lung_029"]
+    ctx = SimpleNamespace(result=result, strategies=(), axes={})
+    sections = compensation_sections(ctx)
+    assert sections and "Used as exported" in sections[0].intro and "Not compensated" not in sections[0].intro

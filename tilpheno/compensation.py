@@ -8,7 +8,7 @@ scatter and time channels pass through.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -17,6 +17,19 @@ from tilpheno.io.spill import Spillover, parse_spill_keyword, read_spillover_csv
 
 
 _CHUNK_EVENTS = 8192   # events per block in compensate_columns (source rows and products stay in cache)
+
+COMPENSATED_PREFIXES = ("FJComp-", "Comp-")
+"""Name prefixes of compensated parameters in exported files: FlowJo 10 exports the compensated
+values of detector ``355 379_28-A`` as a parameter ``FJComp-355 379_28-A``, FlowJo 9 as
+``Comp-355 379_28-A``; such an export normally carries no ``$SPILLOVER`` (its values need none)."""
+
+
+def exported_compensated(detectors: Iterable[str]) -> bool:
+    """True when every detector name in ``detectors`` (at least one) is a compensated export
+    parameter (:data:`COMPENSATED_PREFIXES`): the file holds data compensated by the software that
+    exported it, to be used as it is, not compensated again."""
+    names = list(detectors)
+    return bool(names) and all(str(n).startswith(COMPENSATED_PREFIXES) for n in names)
 
 
 def _inverse(spillover: Spillover) -> np.ndarray:
@@ -30,8 +43,11 @@ def _matrix_columns(channel_names: Sequence[str], spillover: Spillover) -> list[
     index = {name: i for i, name in enumerate(channel_names)}
     missing = [d for d in spillover.detectors if d not in index]
     if missing:
+        exported = [p + d for d in missing for p in COMPENSATED_PREFIXES if p + d in index]
+        hint = (f"; the file holds compensated export parameters ({', '.join(exported[:3])}): its events are "
+                "already compensated, use it without a matrix") if exported else ""
         raise CompensationError(
-            f"{spillover.source or 'spillover'}: detector(s) {missing} not among the file's channels {list(channel_names)}"
+            f"{spillover.source or 'spillover'}: detector(s) {missing} not among the file's channels {list(channel_names)}{hint}"
         )
     return [index[d] for d in spillover.detectors]
 

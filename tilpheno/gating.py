@@ -126,8 +126,7 @@ class Sample:
             reference = stained.panel if stained is not None else None
             mapped = panel_from_fcs(fcs, reference=reference, override=panel, tube=strategy.tube or None, study=study)
             detectors = require(mapped, strategy.markers, study.vocabulary)
-            data, used, compensated = _compensated_transformed(fcs, detectors, strategy, matrix)
-            applied = (matrix if matrix is not None else fcs.spillover) if compensated else None
+            data, used, applied = _compensated_transformed(fcs, detectors, strategy, matrix)
             sample = cls(str(fcs.path), fcs, mapped, applied, dict(used), data, role, marker)
         fcs.events = None   # the transformed dimensions are kept; the raw array is released
         return sample

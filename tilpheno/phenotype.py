@@ -4,7 +4,8 @@ Entry point: :func:`analyze_product` (called by the pipeline, one product at a t
 
 Steps per file (:func:`load_tube`): read the FCS file, map detectors to markers (panel),
 compensate (the file's ``$SPILLOVER``, or an override matrix; neither -> QC flag
-``no_compensation`` and uncompensated data), transform each dimension with the strategy's
+``no_compensation`` and uncompensated data, or ``precompensated`` (info) when every marker's
+detector is a compensated export parameter, ``FJComp-``/``Comp-``: used as it is), transform each dimension with the strategy's
 transform -> ``TubeData.data``: ``dimension name -> float64 array`` (``CD3``, ..., ``FSC-A``).
 
 Gating (:func:`gate_tube_kind`): all files of one tube kind (the stained tube and its FMO
@@ -55,7 +56,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tilpheno.compensation import Spillover, compensate_columns, read_spillover_csv
+from tilpheno.compensation import Spillover, compensate_columns, exported_compensated, read_spillover_csv
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
@@ -150,20 +151,27 @@ def load_tube(
 
     ``detectors``: marker -> detector ($PnN) for this file. ``spillover``: the matrix to use
     (an override, else the file's own); None and no file matrix -> uncompensated
-    (``TubeData.compensated`` False). Transformed dimensions: the strategy's scatter dimensions
-    and every marker of ``detectors`` (which must include the strategy's markers).
+    (``TubeData.compensated`` False). A file whose markers' detectors are all compensated export
+    parameters (``FJComp-...``, ``compensation.exported_compensated``) is used as it is, its own
+    ``$SPILLOVER`` (if any) not applied again; an override is applied (and fails on such a file,
+    naming it). Transformed dimensions: the strategy's scatter dimensions and every marker of
+    ``detectors`` (which must include the strategy's markers).
     """
-    data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spillover)
+    data, used, applied = _compensated_transformed(fcs, detectors, strategy, spillover)
     return TubeData(
         file=str(fcs.path), sha256=fcs.sha256, tube=tube, role=role, fmo_marker=fmo_marker,
-        data=data, detectors=dict(detectors), transforms=used, compensated=compensated,
+        data=data, detectors=dict(detectors), transforms=used, compensated=applied is not None,
     )
 
 
 def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strategy, spillover: Spillover | None):
-    """``(data, transforms used, compensated)`` of :func:`load_tube`, without touching ``fcs.sha256``."""
+    """``(data, transforms used, the matrix applied or None)`` of :func:`load_tube`, without
+    touching ``fcs.sha256``."""
     names = list(fcs.channel_names)
-    matrix = spillover if spillover is not None else fcs.spillover
+    if spillover is not None:
+        matrix: Spillover | None = spillover
+    else:   # the file's own, unless its markers were exported compensated
+        matrix = None if exported_compensated(detectors.values()) else fcs.spillover
     index = {n: i for i, n in enumerate(names)}
     wanted = {d: d for d in strategy.dims if d not in strategy.markers}
     wanted.update({m: det for m, det in detectors.items()})
@@ -180,7 +188,7 @@ def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strate
             column = column.copy()
         data[dim] = transform.apply(column, out=column)
         used[dim] = transform
-    return data, used, matrix is not None
+    return data, used, matrix
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,13 +198,30 @@ def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strate
 
 @dataclass
 class CompensationUsed:
-    """The matrix a file was compensated with: ``spillover`` (None = uncompensated), ``source``
+    """The matrix a file was compensated with: ``spillover`` (None = not compensated here), ``source``
     (``$SPILLOVER`` keyword, the override CSV, the single-stain controls) and, for stained tubes,
-    ``residual``: ``tilpheno.spillover.residual_spillover`` on the lymphocytes (or all events)."""
+    ``residual``: ``tilpheno.spillover.residual_spillover`` on the lymphocytes (or all events).
+    ``exported``: no matrix, because the file's markers are compensated export parameters
+    (``compensation.exported_compensated``): the data was compensated before export."""
 
     spillover: Spillover | None
     source: str
     residual: pd.DataFrame | None = None
+    exported: bool = False
+
+
+def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str], fcs) -> QCFlag:
+    """The flag of a file left without a matrix: ``precompensated`` (info) when its markers'
+    detectors are compensated export parameters (``FJComp-...``), else ``no_compensation``."""
+    if exported_compensated(detectors.values()):
+        names = sorted(set(detectors.values()))
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        own = "; its $SPILLOVER not applied again" if fcs.spillover is not None else ""
+        return QCFlag(product_id, name, "precompensated", "info",
+                      f"markers on compensated export parameters ({shown}): data compensated before "
+                      f"export, used as it is{own}")
+    return QCFlag(product_id, name, "no_compensation", "warning",
+                  "no $SPILLOVER in the file and no override matrix: data left uncompensated")
 
 
 def acquisition_step(fcs, settings, cached=None):
@@ -1081,20 +1106,20 @@ def analyze_product(
                     panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None,
                                            override=panel_override, tube=tube_kind, study=study)
                     detectors = require(panel, strategy.markers, study.vocabulary)
-                data, used, compensated = _compensated_transformed(fcs, detectors, strategy, spill)
+                data, used, applied = _compensated_transformed(fcs, detectors, strategy, spill)
             except PanelError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
                 return None
             except CompensationError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]
                 return None
-            h["load_flag"] = [] if compensated else [QCFlag(
-                product_id, h["name"], "no_compensation", "warning",
-                "no $SPILLOVER in the file and no override matrix: data left uncompensated")]
+            h["load_flag"] = [] if applied is not None else [_uncompensated_flag(product_id, h["name"], detectors, fcs)]
+            if applied is None and exported_compensated(detectors.values()):
+                h["compensation"] = CompensationUsed(None, "none: compensated before export", exported=True)
             fcs.events = None   # compensated and transformed: release the raw event array
             h["fcs"] = fcs      # its digest is computed once, when the file's result is made
             return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
-                            data=data, detectors=dict(detectors), transforms=used, compensated=compensated)
+                            data=data, detectors=dict(detectors), transforms=used, compensated=applied is not None)
 
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
                            vocabulary=study.vocabulary, qc=study.qc)

@@ -76,7 +76,9 @@ def compensation_sections(ctx):
                  "S[fluorochrome, detector]. ")
         spill, figures, tables = used.spillover, [], []
         if spill is None:
-            out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube", intro + "Not compensated."))
+            done = ("Used as exported: the markers' parameters hold compensated values (FJComp-/Comp- names)."
+                    if used.exported else "Not compensated.")
+            out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube", intro + done))
             continue
         frame = spill.to_dataframe()
         tables.append(Table(f"spillover-{t.tube}", ("fluorochrome \\ detector", *map(str, frame.columns)),
