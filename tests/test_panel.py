@@ -112,7 +112,7 @@ def test_require_lists_the_channels(tmp_path):
     message = str(info.value)
     assert "fmo.fcs" in message and "CD8" in message
     assert "APC-H7-A (-)" in message and "FITC-A (CD3 FITC)" in message and "\n" not in message
-    assert "--panel" in message   # what to do about it: name the unlabelled detector
+    assert "a panel file" in message   # what to do about it: name the unlabelled detector
 
 
 def test_override_mapping_and_files(tmp_path):

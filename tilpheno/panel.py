@@ -175,8 +175,8 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
     missing = [m for m, d in found.items() if d is None]
     if missing:
         raise PanelError(
-            f"{panel.source}: marker(s) {', '.join(missing)} not found (a panel file names a detector's marker: "
-            f"--panel, columns tube, detector, marker); channels ($PnN ($PnS)): {panel.describe_channels()}"
+            f"{panel.source}: marker(s) {', '.join(missing)} not found (a panel file, columns tube, detector, "
+            f"marker, names the marker of an unlabelled detector); channels ($PnN ($PnS)): {panel.describe_channels()}"
         )
     return {m: d for m, d in found.items() if d is not None}
 
