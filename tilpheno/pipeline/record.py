@@ -20,7 +20,7 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
                      command_line: list[str] | None) -> RunRecord:
     """The run's record (:func:`tilpheno.provenance.start_record`) with the ``process`` parameters
     :func:`rerun_arguments` reads back, the strategies and the release spec."""
-    from tilpheno.provenance import start_record
+    from tilpheno.provenance import sha256_file, start_record
 
     return start_record(
         command_line=command_line,
@@ -32,6 +32,7 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
             "reports": reports or ("now" if make_reports else "none"), "cache": use_cache,
             "compensation": str(compensation_path or ""),
             "study": study.source, "study_sha256": study.sha256, "panel": str(panel_path or ""),
+            "panel_sha256": sha256_file(panel_path) if panel_path else "",
         },
         strategy_paths=strategy_paths,
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
@@ -74,7 +75,8 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({exc})") from None
     for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
             [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
-            if run.get("release_spec", {}).get("sha256") else []):
+            if run.get("release_spec", {}).get("sha256") else []) + (
+            [("panel file", params["panel"], params["panel_sha256"])] if params.get("panel_sha256") else []):
         try:
             same = sha256_file(spec_path(path) if what == "release spec" else path) == digest
         except OSError:

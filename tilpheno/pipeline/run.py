@@ -137,6 +137,13 @@ def run_process(
     return summary
 
 
+def _absolute(path):
+    """``path`` made absolute against the working directory (``..`` folded, links kept); None stays None."""
+    import os
+
+    return None if path is None else Path(os.path.abspath(path))
+
+
 def process_folder(
     folder: str | Path,
     out_dir: str | Path,
@@ -174,7 +181,13 @@ def process_folder(
     ``use_cache``, ``reports``, ``report_products``: see :func:`run_process` (``reports`` defaults
     to ``now`` when ``make_reports``, else ``none``).
     ``on_start(n_products, n_files)`` is called once the output folder is claimed (``run_process``).
+    Paths are made absolute first, so that ``run.json`` names the files wherever the review app or
+    ``tilpheno report`` is started from.
     """
+    folder = _absolute(folder)
+    manifest_csv, outcomes_path, release_spec_path, panel_path, compensation_path = map(
+        _absolute, (manifest_csv, outcomes_path, release_spec_path, panel_path, compensation_path))
+    strategy_paths = [_absolute(p) for p in strategy_paths] if strategy_paths else strategy_paths
     if executor not in EXECUTORS:
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask" and scheduler is None:

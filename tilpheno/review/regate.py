@@ -135,17 +135,25 @@ class ReviewSource:
             raise ReviewError(str(exc)) from None
 
     def _panel(self):
-        """The run's panel override (``parameters.panel``: ``tilpheno.panel.read_panel_file``), or None."""
+        """The run's panel override (``parameters.panel``: ``tilpheno.panel.read_panel_file``), or None;
+        checked against ``parameters.panel_sha256`` where the run recorded it."""
         from tilpheno.errors import TilphenoError
         from tilpheno.panel import read_panel_file
+        from tilpheno.provenance import sha256_file
 
-        path = str(self.run.get("parameters", {}).get("panel") or "")
+        params = self.run.get("parameters", {})
+        path = str(params.get("panel") or "")
         if not path:
             return None
         try:
-            return read_panel_file(path)
-        except TilphenoError as exc:
+            panel = read_panel_file(path)
+            same = not params.get("panel_sha256") or sha256_file(path) == params["panel_sha256"]
+        except (TilphenoError, OSError) as exc:
             raise ReviewError(f"{self.out_dir / 'run.json'}: the run's panel file cannot be read ({exc})") from None
+        if not same:
+            raise ReviewError(f"{self.out_dir / 'run.json'}: the run's panel file {path} changed since the run "
+                              "(its SHA-256 differs); the review needs the panel the run used")
+        return panel
 
     def _strategies(self) -> dict[str, Strategy]:
         out: dict[str, Strategy] = {}

@@ -1,0 +1,76 @@
+"""run.json names its files so that the review app and ``tilpheno report`` work from any directory.
+
+A lab runs ``tilpheno process`` from the folder it works in, with relative paths (the FCS folder,
+``--panel``, ``--strategy``); the reviewer starts ``tilpheno serve`` elsewhere, days later. The run
+is made here on the real FlowAtlas exports (``tests/data/realdata_flowatlas``: no $PnS on the 412C
+file, so the panel file is needed to gate it) from the repository root with relative paths, then
+read back from another directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tilpheno.errors import TilphenoError
+from tilpheno.pipeline import process_folder
+from tilpheno.pipeline.record import rerun_arguments
+from tilpheno.review.regate import ReviewError, ReviewSource
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path("tests/data/realdata_flowatlas")   # relative to ROOT, as a lab would type it
+
+
+@pytest.fixture()
+def relative_run(tmp_path, monkeypatch):
+    """One FlowAtlas file processed from ROOT with relative folder, panel and strategy paths; the
+    panel is a copy in ``tmp_path`` (so that a test may change it)."""
+    monkeypatch.chdir(ROOT)
+    fcs = tmp_path / "fcs"
+    fcs.mkdir()
+    shutil.copy(DATA / "fcs" / "412C_mLN_026.fcs", fcs)
+    panel = tmp_path / "panel.csv"
+    shutil.copy(DATA / "panel.csv", panel)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,product_id,tube,role,fmo_marker\n412C_mLN_026.fcs,412C_mLN,tcell,stain,\n")
+    out = tmp_path / "out"
+    summary = process_folder(os.path.relpath(fcs), out, manifest_csv=manifest, panel_path=os.path.relpath(panel),
+                             strategy_paths=["gating/flowatlas_tcell_cd19.yaml"], make_reports=False)
+    assert summary.ok
+    return out, panel
+
+
+def test_run_json_records_absolute_paths(relative_run):
+    out, panel = relative_run
+    run = json.loads((out / "run.json").read_text())
+    params = run["parameters"]
+    assert Path(params["panel"]) == panel and Path(params["panel"]).is_absolute()
+    assert params["panel_sha256"] and len(params["panel_sha256"]) == 64
+    assert all(Path(s["path"]).is_absolute() for s in run["strategies"])
+    assert all(Path(i["path"]).is_absolute() for i in run["inputs"])
+    assert Path(params["input_folder"]).is_absolute() and Path(params["manifest"]).is_absolute()
+
+
+def test_review_and_report_work_from_another_directory(relative_run, tmp_path, monkeypatch):
+    out, _ = relative_run
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    source = ReviewSource(out)
+    assert source.panel is not None and set(source.strategies) == {"tcell"}
+    gates = source.automatic("412C_mLN")     # re-gates the product: the run's panel names its detectors
+    assert "tcell" in gates["tubes"]
+    kwargs, known = rerun_arguments(out)
+    assert known == {"412C_mLN"} and kwargs["panel"].exists() and all(p.exists() for p in kwargs["strategy"])
+
+
+def test_a_panel_changed_since_the_run_is_refused(relative_run):
+    out, panel = relative_run
+    panel.write_text(panel.read_text() + "*,FJComp-405 450_50-A,CD45\n")
+    with pytest.raises(ReviewError, match="panel file .* changed since the run"):
+        ReviewSource(out)
+    with pytest.raises(TilphenoError, match="panel file changed or missing since the run"):
+        rerun_arguments(out)
