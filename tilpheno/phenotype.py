@@ -1114,7 +1114,7 @@ def analyze_product(
                 h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]
                 return None
             h["load_flag"] = [] if applied is not None else [_uncompensated_flag(product_id, h["name"], detectors, fcs)]
-            if applied is None and exported_compensated(detectors.values()):
+            if h["load_flag"] and h["load_flag"][0].code == "precompensated":
                 h["compensation"] = CompensationUsed(None, "none: compensated before export", exported=True)
             fcs.events = None   # compensated and transformed: release the raw event array
             h["fcs"] = fcs      # its digest is computed once, when the file's result is made
