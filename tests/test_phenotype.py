@@ -184,6 +184,33 @@ def test_a_flowjo_export_of_compensated_data_is_used_as_it_is(product, strategie
     assert errors and all("already compensated" in f.message and "FJComp-" in f.message for f in errors)
 
 
+def test_two_stained_files_of_one_tube_need_review_and_are_named(product, strategies, tmp_path):
+    """A product with a second surface stained file (a re-acquired tube, or another sample's file
+    under the same product id): the variables come from the first by name, and the flag names both
+    files and makes the product 'needs review' (release not evaluable until a reviewer signs)."""
+    import shutil
+
+    from tilpheno.pipeline.release import release_decision
+    from tilpheno.qc import NEEDS_REVIEW, needs_review, review_status
+    from tilpheno.release import DEFAULT_SPEC
+
+    prod, rows, _ = product
+    stain = rows[(rows["tube"] == "surface") & (rows["role"] == "stain")].iloc[0]
+    again = tmp_path / "TIL900_surface_stain_z_reacquired.fcs"
+    shutil.copy(stain["file"], again)
+    doubled = pd.concat([rows, stain.to_frame().T.assign(file=str(again))], ignore_index=True)
+    single, result = run(rows, strategies), run(doubled, strategies)
+    flags = [f for f in result.qc if f.code == "duplicate_tube"]
+    assert len(flags) == 1 and needs_review(flags[0])
+    assert "TIL900_surface_stain.fcs" in flags[0].message and again.name in flags[0].message
+    assert "from the first gated by name, TIL900_surface_stain.fcs" in flags[0].message
+    assert not [f for f in single.qc if f.code == "duplicate_tube"]
+    assert review_status(result.qc) == NEEDS_REVIEW
+    assert result.phenotype["cd3_pct_of_live_lymph"] == single.phenotype["cd3_pct_of_live_lymph"]
+    assert release_decision(DEFAULT_SPEC, result.phenotype, result.qc, usable=True)[1] == "not evaluable"
+    assert release_decision(DEFAULT_SPEC, single.phenotype, single.qc, usable=True)[1] != "not evaluable"
+
+
 def _digest(result) -> str:
     h = hashlib.sha256()
     for k in sorted(result.phenotype):

@@ -1058,7 +1058,7 @@ def analyze_product(
                     sources.append(_row_source(len(sources), "unstained", None, row))
         # The stained files are read first: the first readable one resolves the FMO files' panels
         # (its TEXT only is kept); unreadable files are flagged once, whenever they are met.
-        reference, reference_src, n_stained_read = None, None, 0
+        reference, reference_src, stained_read = None, None, []
         for src in sources:
             if src.role != "stain":
                 continue
@@ -1068,7 +1068,7 @@ def analyze_product(
                 src.failed = True
                 src.handle["read_flag"] = QCFlag(product_id, src.handle["name"], "unreadable_file", "error", exc.problem)
                 continue
-            n_stained_read += 1
+            stained_read.append(src.handle["name"])
             if reference is None:
                 fcs.events = None   # the TEXT is what the panels need; the events are read again when gated
                 reference, reference_src = fcs, src
@@ -1156,9 +1156,6 @@ def analyze_product(
 
         run.finish(consume)
         qc.extend(s.handle["read_flag"] for s in sources if s.handle["read_flag"] is not None)
-        if n_stained_read > 1:
-            qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",
-                             f"more than one {tube_kind} stained file; the first by name is used for the variables"))
         for s in sources:
             qc.extend(s.handle["load_flag"])
         if not any(sources[i].role == "stain" for i in made):
@@ -1175,6 +1172,12 @@ def analyze_product(
             values, summary = variables[first]
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
+        if len(stained_read) > 1:
+            used = sources[min(variables)].handle["name"] if variables else "none (no stained file was gated)"
+            qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",
+                             f"{len(stained_read)} {tube_kind} stained files ({', '.join(stained_read)}); the variables "
+                             f"come from the first gated by name, {used}: check that each belongs to this product "
+                             "(a re-acquired tube, or two samples under one product id)"))
 
     qc.extend(dict.fromkeys(f for f in unstained_flags if f is not None))   # a control read once per tube kind: once
     phenotype.update(doses(phenotype, til_dose_cells, study))
