@@ -115,6 +115,24 @@ def test_require_lists_the_channels(tmp_path):
     assert "a panel file" in message   # what to do about it: name the unlabelled detector
 
 
+@pytest.mark.parametrize("with_matrix", [True, False])
+def test_a_flowjo_export_with_raw_and_compensated_parameters(tmp_path, with_matrix):
+    """FlowJo may export a detector both raw (FITC-A) and compensated (FJComp-FITC-A), with one
+    $PnS: with the file's spillover matrix the raw one is used (compensated here, as FlowJo did);
+    without a matrix the raw one could not be compensated, so the compensated parameter is used."""
+    from tilpheno.io.fcs_write import write_fcs
+    from tilpheno.io.spill import Spillover
+
+    channels = [("FSC-A", None, 262144), ("FITC-A", "CD3 FITC", 262144), ("PE-A", "PD1 PE", 262144),
+                ("FJComp-FITC-A", "CD3 FITC", 262144), ("FJComp-PE-A", "PD1 PE", 262144)]
+    spill = Spillover(("FITC-A", "PE-A"), np.array([[1.0, 0.2], [0.05, 1.0]])) if with_matrix else None
+    path = tmp_path / "export.fcs"
+    write_fcs(path, np.ones((3, 5), dtype=np.float32), channels, {}, spillover=spill)
+    panel = panel_from_fcs(read_fcs_metadata(path))
+    expected = {"CD3": "FITC-A", "PD1": "PE-A"} if with_matrix else {"CD3": "FJComp-FITC-A", "PD1": "FJComp-PE-A"}
+    assert dict(panel.markers) == expected
+
+
 def test_override_mapping_and_files(tmp_path):
     fcs = read_fcs_metadata(design_file(tmp_path, "s.fcs", "surface"))
     panel = panel_from_fcs(fcs, override={"APC-A": "NKp46"})

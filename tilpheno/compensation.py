@@ -8,28 +8,17 @@ scatter and time channels pass through.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from tilpheno.errors import CompensationError
-from tilpheno.io.spill import Spillover, parse_spill_keyword, read_spillover_csv  # noqa: F401  (re-exported)
+from tilpheno.io.spill import (  # noqa: F401  (re-exported)
+    COMPENSATED_PREFIXES, Spillover, exported_compensated, parse_spill_keyword, read_spillover_csv,
+)
 
 
 _CHUNK_EVENTS = 8192   # events per block in compensate_columns (source rows and products stay in cache)
-
-COMPENSATED_PREFIXES = ("FJComp-", "Comp-")
-"""Name prefixes of compensated parameters in exported files: FlowJo 10 exports the compensated
-values of detector ``355 379_28-A`` as a parameter ``FJComp-355 379_28-A``, FlowJo 9 as
-``Comp-355 379_28-A``; such an export normally carries no ``$SPILLOVER`` (its values need none)."""
-
-
-def exported_compensated(detectors: Iterable[str]) -> bool:
-    """True when every detector name in ``detectors`` (at least one) is a compensated export
-    parameter (:data:`COMPENSATED_PREFIXES`): the file holds data compensated by the software that
-    exported it, to be used as it is, not compensated again."""
-    names = list(detectors)
-    return bool(names) and all(str(n).startswith(COMPENSATED_PREFIXES) for n in names)
 
 
 def _inverse(spillover: Spillover) -> np.ndarray:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tilpheno.errors import PanelError, TableError
+from tilpheno.io.spill import COMPENSATED_PREFIXES
 from tilpheno.vocabulary import Vocabulary, default_vocabulary, key
 
 
@@ -91,8 +92,16 @@ def describe_channels(channels: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{n} ({s.strip() or '-'})" for n, s in channels)
 
 
-def _prefer(current: str, candidate: str) -> str:
-    """Of two detectors labelled with one marker, keep the area (-A) one, else the first."""
+def _prefer(current: str, candidate: str, exported_first: bool = False) -> str:
+    """Of two detectors labelled with one marker: for a raw detector ``X`` and its compensated
+    export parameter (``FJComp-X``, ``Comp-X``: a FlowJo export with both), the export parameter
+    when ``exported_first`` (the file carries no spillover matrix, so ``X`` could not be
+    compensated), else ``X`` (compensated here with the file's matrix); otherwise the area (-A)
+    one, else the first."""
+    for prefix in COMPENSATED_PREFIXES:
+        if prefix + current == candidate or prefix + candidate == current:
+            exported, raw = (candidate, current) if candidate.startswith(prefix) else (current, candidate)
+            return exported if exported_first else raw
     if not current.upper().endswith("-A") and candidate.upper().endswith("-A"):
         return candidate
     return current
@@ -103,8 +112,10 @@ def _labelled(pnn: str, pns: str) -> bool:
     return bool(pns.strip()) and pns.strip().upper() != pnn.strip().upper()
 
 
-def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabulary | None = None) -> dict[str, str]:
-    """Marker -> detector from $PnS, or from $PnN itself when it names a known marker (renamed channels)."""
+def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabulary | None = None,
+                      exported_first: bool = False) -> dict[str, str]:
+    """Marker -> detector from $PnS, or from $PnN itself when it names a known marker (renamed
+    channels); a marker on two detectors: :func:`_prefer`."""
     vocab = vocabulary or default_vocabulary()
     markers: dict[str, str] = {}
     for pnn, pns in channels:
@@ -113,7 +124,7 @@ def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabular
         marker = vocab.marker_in(pns) if _labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
         if marker is None:
             continue
-        markers[marker] = _prefer(markers[marker], pnn) if marker in markers else pnn
+        markers[marker] = _prefer(markers[marker], pnn, exported_first) if marker in markers else pnn
     return markers
 
 
@@ -140,7 +151,7 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
         study = default_study()
     vocab = study.vocabulary
     channels = _fcs_channels(fcs)
-    markers = _labelled_markers(channels, vocab)
+    markers = _labelled_markers(channels, vocab, exported_first=getattr(fcs, "spillover", None) is None)
     resolved: dict[str, str] = {}
     if reference is None and stained is not None:
         reference = panel_from_fcs(stained, override=override, tube=tube, study=study)

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from tilpheno.errors import CompensationError
+
+COMPENSATED_PREFIXES = ("FJComp-", "Comp-")
+"""Name prefixes of compensated parameters in exported files: FlowJo 10 exports the compensated
+values of detector ``355 379_28-A`` as a parameter ``FJComp-355 379_28-A``, FlowJo 9 as
+``Comp-355 379_28-A``; such an export normally carries no ``$SPILLOVER`` (its values need none)."""
+
+
+def exported_compensated(detectors: Iterable[str]) -> bool:
+    """True when every detector name in ``detectors`` (at least one) is a compensated export
+    parameter (:data:`COMPENSATED_PREFIXES`): the file holds data compensated by the software that
+    exported it, to be used as it is, not compensated again."""
+    names = list(detectors)
+    return bool(names) and all(str(n).startswith(COMPENSATED_PREFIXES) for n in names)
 
 
 @dataclass(frozen=True)
