@@ -107,6 +107,9 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
     open_product(driver, base)
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    # the CD3 axis is labelled in raw decades, as in the reports
+    ticks = [e.text for e in driver.find_elements("css selector", '[data-svg="surface|CD3+"] text[data-tick="x"]')]
+    assert {"10³", "10⁴"} <= set(ticks), ticks
 
     drag_cd3(driver, 105)
     wait(driver, lambda d: draft_pct(d) < start - 0.5, "the recomputed CD3+ %")

@@ -287,3 +287,35 @@ def test_the_product_list_says_which_products_need_review(app, service, monkeypa
     assert sorted(rows) == ["TIL001", "TIL002"]
     assert '<td class="needs-review">needs review</td>' in rows["TIL002"]
     assert "<td>no gating flags</td>" in rows["TIL001"]
+
+
+def test_plot_axes_carry_raw_decades_like_the_reports(app, service):
+    """Each plot's ticks are on the transformed scale the events are drawn on and labelled in raw
+    units: a logicle marker axis at 0 and ±10^k (label -> raw value -> the strategy's transform
+    gives the position), a linear scatter axis at round numbers ("100K" = 100,000); all inside the
+    axis range."""
+    c, _, _ = login(app, "alice")
+    plots = {(p["tube"], p["population"]): p for p in c.get(f"/api/products/{PID}/state").json["plots"]}
+    transforms = service.source.stained(PID)["surface"].tube.transforms
+    digits = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
+
+    def raw(label):
+        if label == "0":
+            return 0.0
+        if label.endswith("K"):
+            return float(label[:-1]) * 1000
+        sign = -1.0 if label.startswith("-") else 1.0
+        return sign * 10.0 ** int(label.lstrip("-")[2:].translate(digits))
+
+    cd3 = plots[("surface", "CD3+")]
+    labelled = [(pos, label) for pos, label in cd3["ticks"][0] if label]
+    assert {"0", "10³", "10⁴"} <= {label for _, label in labelled}
+    for pos, label in labelled:
+        assert pos == pytest.approx(float(transforms["CD3"].apply([raw(label)])[0]), abs=1e-9)
+        assert cd3["ranges"][0][0] <= pos <= cd3["ranges"][0][1]
+    scatter = next(p for p in plots.values() if p["dims"] == ["FSC-A", "SSC-A"])
+    for axis in (0, 1):
+        labels = [label for _, label in scatter["ticks"][axis] if label]
+        assert labels and all(label == "0" or label.endswith("K") for label in labels)
+        for pos, label in scatter["ticks"][axis]:
+            assert pos == pytest.approx(raw(label)) if label else True

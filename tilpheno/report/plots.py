@@ -216,14 +216,21 @@ def _title(canvas: Canvas, s: str) -> None:
                                                       shown, size=size)))
 
 
-def _style_axis(canvas: Canvas, frame: Frame, axis: Axis, which: str) -> None:
-    """Ticks, tick labels and label of one axis (limits: the frame's)."""
-    limits = frame.xlim if which == "x" else frame.ylim
-    ticks = decade_ticks(axis.transform, limits)
+def axis_ticks(transform, limits: tuple[float, float]):
+    """(major positions, labels, minor positions) of an axis on the transformed scale between
+    ``limits``: raw decades for a logicle/arcsinh axis (:func:`decade_ticks`), round linear values
+    (``50K``, ``100K``) for a linear one. The reports' plots and the review app use it."""
+    ticks = decade_ticks(transform, limits)
     if ticks is None:
         major = _linear_ticks(limits)
         ticks = major, [_linear_label(v, limits) for v in major], ()
-    _draw_ticks(canvas, frame, which, *ticks, label=axis.label)
+    return ticks
+
+
+def _style_axis(canvas: Canvas, frame: Frame, axis: Axis, which: str) -> None:
+    """Ticks, tick labels and label of one axis (limits: the frame's)."""
+    limits = frame.xlim if which == "x" else frame.ylim
+    _draw_ticks(canvas, frame, which, *axis_ticks(axis.transform, limits), label=axis.label)
 
 
 def _linear_ticks(limits) -> np.ndarray:

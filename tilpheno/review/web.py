@@ -376,9 +376,12 @@ def _signature(view) -> dict:
 
 
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
-    """One plot per editable gate: a subsample of its parent's events (under ``gate_set``) and axis
-    ranges, and the run's review flags on that gate (``qc.flags_on_gate``)."""
+    """One plot per editable gate: a subsample of its parent's events (under ``gate_set``), axis
+    ranges and labelled ticks (``[[position, label], ...]`` per axis on the transformed scale: raw
+    decades on logicle/arcsinh axes, as in the reports), and the run's review flags on that gate
+    (``qc.flags_on_gate``)."""
     from tilpheno.qc import flags_on_gate
+    from tilpheno.report.plots import axis_ticks
 
     out = []
     flags = [SimpleNamespace(**f) for f in service.source.qc_flags(product_id)]
@@ -395,7 +398,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
             auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
-            coords, ranges = [], []
+            coords, ranges, ticks = [], [], []
             for axis, d in enumerate(dims):
                 shown = st.tube.data[d][index]
                 finite = shown[np.isfinite(shown)]   # axis range: the plotted subsample and both gates' points
@@ -408,8 +411,10 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 decimals = max(0, 4 - int(math.floor(math.log10(max(hi - lo, 1e-12)))))   # ~1/10000 of the axis
                 coords.append(np.round(shown, decimals).tolist())
                 ranges.append([float(lo), float(hi)])
+                major, labels, _ = axis_ticks(st.tube.transforms.get(d), (float(lo), float(hi)))
+                ticks.append([[float(v), str(label)] for v, label in zip(np.asarray(major, float).tolist(), labels)])
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
-                        "dims": dims, "events": coords, "ranges": ranges,
+                        "dims": dims, "events": coords, "ranges": ranges, "ticks": ticks,
                         "bounds": [list(st.bounds[d]) for d in dims],
                         "automatic": auto,
                         "flags": [dict(vars(f)) for f in flags_on_gate(flags, pop.name, Path(st.tube.file).name)]})

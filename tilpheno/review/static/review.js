@@ -6,7 +6,7 @@
   const app = document.getElementById("app");
   if (!app) return;
   const csrf = app.dataset.csrf;
-  const W = 300, H = 240, L = 40, R = 6, T = 6, B = 22;
+  const W = 300, H = 240, L = 40, R = 6, T = 6, B = 32;
   const SVGNS = "http://www.w3.org/2000/svg";
   let S = null;          // state from the server
   let C = null;          // candidate cuts of the threshold gates, from the server (version C.version)
@@ -185,15 +185,30 @@
     return sv("g", {});
   }
 
+  // Labelled ticks from the server (raw decades on logicle axes, as in the reports) and the axis names.
+  function drawTicks(svg, p, s) {
+    const ticks = p.ticks || [];
+    const text = (attrs, label) => { const t = sv("text", Object.assign({ class: "axis" }, attrs)); t.textContent = label; svg.appendChild(t); };
+    for (const [pos, label] of ticks[0] || []) {
+      const x = s.px(pos);
+      svg.appendChild(sv("line", { x1: x, x2: x, y1: H - B, y2: H - B + 4, class: "tick" }));
+      if (label) text({ x: x, y: H - B + 14, "text-anchor": "middle", "data-tick": "x" }, label);
+    }
+    text({ x: W - R, y: H - 2, "text-anchor": "end" }, p.dims[0]);
+    if (p.dims.length > 1) {
+      for (const [pos, label] of ticks[1] || []) {
+        const y = s.py(pos);
+        svg.appendChild(sv("line", { x1: L - 4, x2: L, y1: y, y2: y, class: "tick" }));
+        if (label) text({ x: L - 6, y: y + 3, "text-anchor": "end", "data-tick": "y" }, label);
+      }
+      text({ x: 2, y: H - 2 }, p.dims[1] + " (y)");
+    }
+  }
+
   function drawOverlay(p) {
     const svg = p._svg, s = scales(p), g = draft[p.tube][p.population];
     svg.textContent = "";
-    const [x0, x1] = p.ranges[0];
-    const tx = sv("text", { x: L, y: H - 6, class: "axis" }); tx.textContent = fmt(x0, 2); svg.appendChild(tx);
-    const tx2 = sv("text", { x: W - R - 60, y: H - 6, class: "axis" }); tx2.textContent = p.dims[0] + " " + fmt(x1, 2); svg.appendChild(tx2);
-    if (p.dims.length > 1) {
-      const ty = sv("text", { x: 2, y: T + 10, class: "axis" }); ty.textContent = p.dims[1]; svg.appendChild(ty);
-    }
+    drawTicks(svg, p, s);
     if (p.automatic) svg.appendChild(shape(p.automatic, s, "auto"));
     svg.appendChild(shape(g, s, "draft"));
     const h = (name, attrs) => {
