@@ -230,6 +230,17 @@ def test_candidate_cuts_are_the_runs_and_give_what_the_preview_gives(app, servic
                 assert cut["pct_of_parent"] == pytest.approx(rows[population]["pct_of_parent"], abs=1e-9), (tube, population, cut)
     # the study's FMO gates weigh more than their own cut (TIL001: the CD3 valley against the FMO percentile)
     assert {cut["rule"] for cut in tubes["surface"]["CD3+"]} >= {"automatic", "fmo_threshold", "relative_threshold"}
+    # each cut also in compensated linear units (the buttons show it): the gate dimension's transform
+    # takes it back to the cut (within 1e-6: the logicle is table-interpolated to 1e-6 of the exact
+    # function, transforms.py), and a higher cut is a higher linear value
+    stained = service.source.stained(PID)
+    for tube, by_population in tubes.items():
+        for population, cuts in by_population.items():
+            transform = stained[tube].tube.transforms[state["automatic"]["tubes"][tube]["gates"][population]["dim"]]
+            for cut in cuts:
+                assert float(transform.apply([cut["raw"]])[0]) == pytest.approx(cut["cut"], abs=1e-6), (tube, population, cut)
+            ordered = sorted(cuts, key=lambda cut: cut["cut"])
+            assert [cut["raw"] for cut in ordered] == sorted(cut["raw"] for cut in cuts)
     c_bob, _, _ = login(app, "bob")
     assert c_bob.get("/api/products/TIL002/candidates").status_code == 403
     assert app.test_client().get(f"/api/products/{PID}/candidates").status_code in (302, 401)

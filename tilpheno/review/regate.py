@@ -415,7 +415,8 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
     """``cuts`` (:func:`threshold_candidates`) as ``population``'s range gate would take them, each
     with ``value`` (the gate coordinate: ``low`` just above the cut for a positive gate, as the
     pipeline places it, so that the automatic cut reproduces its gate exactly; else ``high`` at the
-    cut) and ``pct_of_parent`` (% of the parent inside the moved gate; ``masks`` =
+    cut), ``raw`` (the cut in compensated linear units: the dimension's inverse transform) and
+    ``pct_of_parent`` (% of the parent inside the moved gate; ``masks`` =
     :func:`evaluate` of ``gates``; None without a parent event). Cuts whose coordinate falls outside
     the dimension's bounds are left out (a submitted gate must stay inside them). Empty when the
     gate is not a range gate."""
@@ -427,6 +428,7 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
     pop = st.strategy.population(population)
     parent = masks[pop.parent] if pop.parent != ROOT else np.ones(st.tube.n_events, dtype=bool)
     n_parent = int(np.count_nonzero(parent))
+    transform = st.tube.transforms[gate["dim"]]
     out = []
     for cut in cuts:
         value = float(np.nextafter(cut["cut"], np.inf)) if side == "low" else cut["cut"]
@@ -434,7 +436,8 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
             continue
         moved = gate_from_dict({**gate, side: value})
         inside = int(np.count_nonzero(moved.membership(st.tube.data) & parent))
-        out.append({**cut, "value": value, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
+        out.append({**cut, "value": value, "raw": float(transform.inverse(np.array([cut["cut"]]))[0]),
+                    "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
     return out
 
 

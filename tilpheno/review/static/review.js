@@ -17,6 +17,9 @@
   const key = (tube, pop) => tube + "|" + pop;
   const clone = (x) => JSON.parse(JSON.stringify(x));
   const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "NA" : Number(v).toFixed(d);
+  // a value in compensated linear units, as the axes' decades read: 1,234 / 56.7
+  const fmtRaw = (v) => (v === null || v === undefined || Number.isNaN(v)) ? "NA"
+    : Math.abs(v) >= 100 ? Math.round(v).toLocaleString("en-US") : Number(v).toFixed(1);
 
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
@@ -77,10 +80,11 @@
       const cuts = ((C.tubes[p.tube] || {})[p.population]) || [];
       if (!box || !cuts.length) continue;
       box.textContent = "";
-      box.appendChild(el("span", { class: "candidates-title" }, "cuts weighed (% of parent, version " + C.version + "):"));
+      box.appendChild(el("span", { class: "candidates-title" }, "cuts weighed (linear units, % of parent, version " + C.version + "):"));
       for (const c of cuts) {
         const b = el("button", { type: "button", class: "candidate", "data-candidate": key(p.tube, p.population) + "|" + c.rule,
-          title: c.meaning }, c.label + " " + fmt(c.cut, 3) + " (" + fmt(c.pct_of_parent, 1) + "%)");
+          title: c.meaning + " (transformed scale " + fmt(c.cut, 3) + ")" },
+          c.label + " " + fmtRaw(c.raw) + " (" + fmt(c.pct_of_parent, 1) + "%)");
         b.addEventListener("click", () => useCandidate(p, c));
         box.appendChild(b);
       }
@@ -91,7 +95,8 @@
     const g = draft[p.tube][p.population];
     g[g.low !== null ? "low" : "high"] = c.value;
     drawOverlay(p);
-    if (!$("reason").value) $("reason").value = p.population + ": cut moved to the " + c.label + " candidate (" + fmt(c.cut, 4) + ")";
+    if (!$("reason").value) $("reason").value = p.population + ": cut moved to the " + c.label + " candidate ("
+      + fmtRaw(c.raw) + "; " + fmt(c.cut, 4) + " transformed)";
     schedulePreview(true);
   }
 
