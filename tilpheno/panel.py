@@ -99,9 +99,9 @@ def _prefer(current: str, candidate: str, exported_first: bool = False) -> str:
     compensated), else ``X`` (compensated here with the file's matrix); otherwise the area (-A)
     one, else the first."""
     for prefix in COMPENSATED_PREFIXES:
-        if prefix + current == candidate or prefix + candidate == current:
-            exported, raw = (candidate, current) if candidate.startswith(prefix) else (current, candidate)
-            return exported if exported_first else raw
+        for raw, exported in ((current, candidate), (candidate, current)):
+            if exported == prefix + raw:
+                return exported if exported_first else raw
     if not current.upper().endswith("-A") and candidate.upper().endswith("-A"):
         return candidate
     return current

@@ -1167,13 +1167,13 @@ def analyze_product(
             qc.extend(step_flags(product_id, name, result))
             qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message) for f in run.ordered_flags(i))
             tubes_out.append(result)
-        if variables:
-            first = min(variables)
+        first = min(variables) if variables else None
+        if first is not None:
             values, summary = variables[first]
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
         if len(stained_read) > 1:
-            used = sources[min(variables)].handle["name"] if variables else "none (no stained file was gated)"
+            used = sources[first].handle["name"] if first is not None else "none (no stained file was gated)"
             qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",
                              f"{len(stained_read)} {tube_kind} stained files ({', '.join(stained_read)}); the variables "
                              f"come from the first gated by name, {used}: check that each belongs to this product "
