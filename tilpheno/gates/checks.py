@@ -15,7 +15,7 @@ review", see ``tilpheno.qc.REVIEW_CODES``):
 ``fmo_excess_positive``  more of the FMO's parent events lie above the final threshold than
     3x the nominal rate (100 - percentile) and at least 1 point above it.
 ``uncertain_threshold``  a cut carried over from the FMO (not a stained valley) that moved more
-    than ``shift_points`` (6) points of the parent away from the FMO percentile
+    than ``shift_points`` (3) points of the parent away from the FMO percentile
     (``correction_points``) and whose other candidate would change the % positive by more than
     ``uncertain_points`` (3, the issue's "off" level) points of the parent: ``candidate_points``
     = the larger % of the parent between the cut and either carry-over (``relative_low``, with
@@ -186,7 +186,7 @@ def place_and_check(
     shift_warning: float = 0.25,
     width_warning: float = 3.0,
     uncertain_points: float = 3.0,
-    shift_points: float = 6.0,
+    shift_points: float = 3.0,
     fallback_sd: float | None = None,   # the density fallback's parameter; unused with an FMO
     reference_fmo: np.ndarray | None = None,
     reference_stained: np.ndarray | None = None,

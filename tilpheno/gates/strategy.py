@@ -33,7 +33,7 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      max_shift 0.3, shift_tolerance 0.02, width_tolerance 1.25,
                      valley_depth 0.5, width_side lower|upper (placement.place_fmo_anchored);
                      self-checks dense_cut_ratio 0.45, dense_points 6, shift_warning 0.25,
-                     width_warning 3, uncertain_points 3, shift_points 6 (gates.checks);
+                     width_warning 3, uncertain_points 3, shift_points 3 (gates.checks);
                      skew_reference (none): a marker-poor population of the same tubes on
                      which the nonspecific signal (shift, lower-side spread, right skew) is
                      measured (placement.reference_binding) and carried to this gate;
@@ -151,7 +151,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "shift_warning": ParamSpec(_NUM, 0.25, 0, 10),
         "width_warning": ParamSpec(_NUM, 3.0, 1, 100),
         "uncertain_points": ParamSpec(_NUM, 3.0, 0, 100),
-        "shift_points": ParamSpec(_NUM, 6.0, 0, 100),
+        "shift_points": ParamSpec(_NUM, 3.0, 0, 100),
         "skew_reference": ParamSpec(str, None),
         "reference_carry": ParamSpec(str, "additive", choices=("additive", "quantile")),
         "control": ParamSpec(str, "fmo", choices=("fmo", "unstained")),
