@@ -131,6 +131,41 @@ def test_a_flowjo_export_with_raw_and_compensated_parameters(tmp_path, with_matr
     panel = panel_from_fcs(read_fcs_metadata(path))
     expected = {"CD3": "FITC-A", "PD1": "PE-A"} if with_matrix else {"CD3": "FJComp-FITC-A", "PD1": "FJComp-PE-A"}
     assert dict(panel.markers) == expected
+    # a matrix supplied for the file (an override) compensates the raw detectors: they are used
+    assert dict(panel_from_fcs(read_fcs_metadata(path), compensating=True).markers) == {"CD3": "FITC-A", "PD1": "PE-A"}
+
+
+def test_an_override_matrix_on_a_raw_and_compensated_export_compensates_the_raw_detectors(tmp_path):
+    """A FlowJo export with raw and FJComp- parameters and no $SPILLOVER, gated with an override
+    matrix: the raw detectors are compensated with it (the FJComp- ones may hold another
+    compensation, here values halved) and the matrix is recorded as applied."""
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.gating import Sample
+    from tilpheno.io.fcs_write import write_fcs
+    from tilpheno.io.spill import Spillover
+
+    strategy = [s for s in map(load_strategy, default_strategy_paths()) if s.tube == "treg"][0]
+    markers = list(strategy.markers)   # CD3, CD4, FoxP3
+    detectors = [f"D{i}-A" for i in range(len(markers))]
+    rng = np.random.default_rng(7)
+    true = rng.lognormal(6.0, 1.0, (400, len(markers)))
+    matrix = np.eye(len(markers)) + 0.1 * (1 - np.eye(len(markers)))
+    scatter = rng.uniform(20000, 200000, (400, 3))
+    events = np.column_stack([scatter, true @ matrix, 0.5 * true]).astype(np.float32)
+    channels = ([("FSC-A", None, 262144), ("FSC-H", None, 262144), ("SSC-A", None, 262144)]
+                + [(d, m, 262144) for d, m in zip(detectors, markers)]
+                + [("FJComp-" + d, m, 262144) for d, m in zip(detectors, markers)])
+    path = tmp_path / "export.fcs"
+    write_fcs(path, events, channels, {})
+    plain = Sample.from_fcs(path, strategy)
+    assert dict(plain.panel.markers) == {m: "FJComp-" + d for m, d in zip(markers, detectors)}
+    override = Spillover(tuple(detectors), matrix, source="override.csv")
+    sample = Sample.from_fcs(path, strategy, spillover=override)
+    assert dict(sample.panel.markers) == dict(zip(markers, detectors))
+    assert sample.spillover is override
+    for i, m in enumerate(markers):   # float32 storage of the raw values: relative 1e-6
+        expected = strategy.transform_for(m).apply(true[:, i].copy())
+        np.testing.assert_allclose(sample.data[m], expected, rtol=0, atol=1e-5)
 
 
 def test_override_mapping_and_files(tmp_path):

@@ -124,7 +124,8 @@ class Sample:
                          {d: strategy.transform_for(d) for d in data}, data, role, marker)
         else:
             reference = stained.panel if stained is not None else None
-            mapped = panel_from_fcs(fcs, reference=reference, override=panel, tube=strategy.tube or None, study=study)
+            mapped = panel_from_fcs(fcs, reference=reference, override=panel, tube=strategy.tube or None, study=study,
+                                    compensating=matrix is not None)
             detectors = require(mapped, strategy.markers, study.vocabulary)
             data, used, applied = _compensated_transformed(fcs, detectors, strategy, matrix)
             sample = cls(str(fcs.path), fcs, mapped, applied, dict(used), data, role, marker)

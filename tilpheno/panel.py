@@ -95,8 +95,8 @@ def describe_channels(channels: Iterable[tuple[str, str]]) -> str:
 def _prefer(current: str, candidate: str, exported_first: bool = False) -> str:
     """Of two detectors labelled with one marker: for a raw detector ``X`` and its compensated
     export parameter (``FJComp-X``, ``Comp-X``: a FlowJo export with both), the export parameter
-    when ``exported_first`` (the file carries no spillover matrix, so ``X`` could not be
-    compensated), else ``X`` (compensated here with the file's matrix); otherwise the area (-A)
+    when ``exported_first`` (no spillover matrix, the file's or an override, so ``X`` could not be
+    compensated), else ``X`` (compensated here with that matrix); otherwise the area (-A)
     one, else the first."""
     for prefix in COMPENSATED_PREFIXES:
         for raw, exported in ((current, candidate), (candidate, current)):
@@ -133,7 +133,7 @@ def _fcs_channels(fcs) -> tuple[tuple[str, str], ...]:
 
 
 def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, override=None, tube: str | None = None,
-                   study=None) -> Panel:
+                   study=None, compensating: bool = False) -> Panel:
     """The Panel of one FCSFile from its $PnS labels.
 
     ``reference`` (a Panel) or ``stained`` (the FCSFile of the stained tube of the same product
@@ -143,7 +143,9 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
     ``read_panel_file``, or the path of such a file. Override rows win over $PnS.
     ``tube``: the file's tube kind, for override rows (default: inferred by the study from the
     TUBE NAME, file name and markers). ``study``: a :class:`tilpheno.study.Study` (its vocabulary
-    reads the labels; default the bundled study).
+    reads the labels; default the bundled study). ``compensating``: a spillover matrix is supplied
+    for the file (an override), so of a raw detector and its compensated export parameter the raw
+    one is used, as with the file's own matrix (:func:`_prefer`).
     """
     if study is None:
         from tilpheno.study import default_study
@@ -151,10 +153,10 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
         study = default_study()
     vocab = study.vocabulary
     channels = _fcs_channels(fcs)
-    markers = _labelled_markers(channels, vocab, exported_first=getattr(fcs, "spillover", None) is None)
+    markers = _labelled_markers(channels, vocab, exported_first=not compensating and getattr(fcs, "spillover", None) is None)
     resolved: dict[str, str] = {}
     if reference is None and stained is not None:
-        reference = panel_from_fcs(stained, override=override, tube=tube, study=study)
+        reference = panel_from_fcs(stained, override=override, tube=tube, study=study, compensating=compensating)
     if reference is not None:
         unlabelled = {n for n, s in channels if not _labelled(n, s) and not is_scatter_or_time(n)
                       and vocab.marker_in(n, free=False) is None}

@@ -1097,14 +1097,16 @@ def analyze_product(
             try:
                 if src.role == "unstained" and reference is not None:
                     # an unstained control carries no stain: its markers are the stained tube's detectors
-                    panel = panel_from_fcs(reference, override=panel_override, tube=tube_kind, study=study)
+                    panel = panel_from_fcs(reference, override=panel_override, tube=tube_kind, study=study,
+                                           compensating=spill is not None)
                     detectors = require(panel, strategy.markers, study.vocabulary)
                     absent = sorted(m for m, d in detectors.items() if d not in fcs.channel_names)
                     if absent:
                         raise PanelError(f"{fcs.path}: no detector for {', '.join(absent)} of the stained tube")
                 else:
                     panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None,
-                                           override=panel_override, tube=tube_kind, study=study)
+                                           override=panel_override, tube=tube_kind, study=study,
+                                           compensating=spill is not None)
                     detectors = require(panel, strategy.markers, study.vocabulary)
                 data, used, applied = _compensated_transformed(fcs, detectors, strategy, spill)
             except PanelError as exc:

@@ -344,8 +344,8 @@ class ReviewSource:
         fcs = read_fcs(f.path)
         if fcs.sha256 != f.sha256:
             raise ReviewError(f"{f.path}: SHA-256 differs from run.json (the file changed since the run)")
-        detectors = require(panel_from_fcs(fcs, override=self.panel, tube=f.tube, study=self.study), strategy.markers,
-                            self.study.vocabulary)
+        detectors = require(panel_from_fcs(fcs, override=self.panel, tube=f.tube, study=self.study,
+                                           compensating=spillover is not None), strategy.markers, self.study.vocabulary)
         tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role, spillover=spillover)
         pnr = dict(zip(fcs.channels["pnn"], fcs.channels["pnr"]))
         bounds = {}
