@@ -12,6 +12,7 @@ import typer
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode="markdown",
     no_args_is_help=True,
     help="tilpheno: phenotype reports and biomarker analyses for TIL infusion products.",
 )
@@ -101,7 +102,7 @@ def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None)
 def scan(
     folder: Path = typer.Argument(..., help="Folder of FCS files (searched recursively)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated)."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file,product_id,tube,role,fmo_marker) here."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file, product_id, tube, role, fmo_marker) here."),
     study: str = typer.Option("til", "--study", help="Study (tube kinds, marker vocabulary): a bundled name or a study.yaml path."),
 ) -> None:
     """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS) and optionally write it."""
@@ -209,7 +210,7 @@ def compensate(
 def process(
     folder: Path = typer.Argument(..., help="Folder of FCS files.", exists=True, file_okay=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; re-running overwrites atomically)."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file,product_id,tube,role,fmo_marker) instead of scanning."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file, product_id, tube, role, fmo_marker) instead of scanning."),
     outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
     study: str = typer.Option("til", "--study", help="Study: a bundled name or a study.yaml path (tube kinds, strategies, variables, doses, QC, release spec, marker aliases)."),
     panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming the marker on a detector; wins over $PnS."),

@@ -9,10 +9,12 @@ from typing import Optional
 
 import typer
 
-users_app = typer.Typer(no_args_is_help=True, help="Review-app accounts (roles: analyst, reviewer, admin).")
-audit_app = typer.Typer(no_args_is_help=True, help="The review audit trail: verify the SHA-256 chain, export CSV.")
+users_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                        help="Review-app accounts (roles: analyst, reviewer, admin).")
+audit_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
+                        help="The review audit trail: verify the SHA-256 chain, export CSV.")
 
-DB_HELP = "Database URL: sqlite:///FILE or postgresql://user:password@host/db (default: SQLite file <OUT>.review.sqlite)."
+DB_HELP = "Database URL: sqlite:///FILE or postgresql://USER:PASS@HOST/DB (default: SQLite file `OUT.review.sqlite`, beside the output folder OUT)."
 
 
 def _fail(exc: Exception) -> None:
