@@ -2,7 +2,7 @@
 
 20 products with varied composition (simulator seeds 9001-9020, chosen once, not used while
 developing), 20,000 events per tube. Every variable of the two tubes (the study's ten and the
-surface strategy's extras, CD4+CD8+ of CD3 and PD1+ of CD4). Lineage variables must be within 2 percentage points of the
+strategies' extras: CD4+CD8+ of CD3, PD1+ of CD4, the Treg tube's CD3 %). Lineage variables must be within 2 percentage points of the
 label truth; PD1 and FoxP3 variables within 1.5 points of the simulator's ideal-FMO-gate
 reference (``ref_*``: the 99.5th percentile of the FMO tube's label-defined parent population).
 """
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow   # simulates and gates a cohort (about 3 min)
 SEEDS = range(9001, 9021)
 N_EVENTS = 20000
 LINEAGE = ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "cd4cd8_pct_of_cd3",
-           "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph")
+           "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "cd3_pct_of_lymph_treg")
 FMO_GATED = ("pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4pd1_pct_of_cd4",
              "cd4foxp3_pct_of_cd4")
 LINEAGE_TOLERANCE = 2.0

@@ -333,3 +333,23 @@ def test_treg_fmo_tube_lacks_foxp3(product, written):
     # fixed cells: no 7AAD signal beyond autofluorescence and spill, even on dead cells
     aad = _col(names, "PerCP-Cy5-5-A")
     assert np.percentile(comp[(t.kind == KIND_LYMPH) & t.labels["dead"], aad], 99) < 1000
+
+
+def test_the_truth_covers_every_variable_of_the_bundled_strategies():
+    """Every percentage variable of the bundled TIL strategies has a label-truth column, and every
+    one counted on an FMO-gated PD1 or FoxP3 population an ideal-FMO reference column, so the
+    gating validation (benchmarks/validate_gating.py, test_gating_accuracy) can score it."""
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.simulate.truth import LABEL_COLUMNS, REFERENCE_COLUMNS
+
+    product = simulate_product("T1", 5, n_events=3000)
+    assert all(np.isfinite(product.truth[c]) for c in LABEL_COLUMNS)
+    dim = simulate_product("T2", 6, n_events=3000, phenomena=True)
+    assert all(np.isfinite(t.truth[c]) for t in (product, dim) for c in REFERENCE_COLUMNS)
+    for strategy in map(load_strategy, default_strategy_paths()):
+        populations = {p.name: p for p in strategy.populations}
+        for variable in strategy.variables:
+            assert variable.name in LABEL_COLUMNS, (strategy.tube, variable.name)
+            gate = populations[variable.numerator]
+            if gate.method == "fmo" and gate.dims[0] in ("PD1", "FoxP3"):
+                assert f"ref_{variable.name}" in REFERENCE_COLUMNS, (strategy.tube, variable.name)

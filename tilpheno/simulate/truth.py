@@ -12,7 +12,8 @@ the stained tubes:
   lymphocytes; ``cd8pd1_pct_of_cd3``: CD8+PD1+ among CD3+ live lymphocytes; ``cd4pd1_pct_of_cd4``:
   PD1+ among CD3+CD4+ live lymphocytes.
 - ``cd4foxp3_pct_of_cd4``: FoxP3+ among CD3+CD4+ singlet lymphocytes of the Treg stain tube (fixed
-  cells, no viability dye, so dead cells are not excluded).
+  cells, no viability dye, so dead cells are not excluded); ``cd3_pct_of_lymph_treg``: CD3+ among
+  its singlet lymphocytes (the Treg tube's check on the surface tube's CD3 %).
 
 Ideal FMO gate reference (``ref_*`` columns), for the dim markers PD1 and FoxP3 whose positive
 cells overlap the unstained ones, so label truth is not fully recoverable by any gate:
@@ -49,12 +50,14 @@ FMO_PERCENTILE = 99.5
 LABEL_COLUMNS = (
     "viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "cd4cd8_pct_of_cd3",
     "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph", "pd1_pct_of_live_lymph",
-    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4pd1_pct_of_cd4", "cd4foxp3_pct_of_cd4",
+    "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4pd1_pct_of_cd4", "cd4foxp3_pct_of_cd4", "cd3_pct_of_lymph_treg",
 )
+"""The columns of :func:`label_truth`: every percentage variable of the bundled TIL strategies."""
 REFERENCE_COLUMNS = (
     "ref_pd1_pct_of_live_lymph", "ref_cd8pd1_pct_of_cd8", "ref_cd8pd1_pct_of_cd3", "ref_cd4pd1_pct_of_cd4",
     "ref_cd4foxp3_pct_of_cd4",
 )
+"""The percentage columns of the ideal-FMO reference (:func:`fmo_reference`, :func:`stained_negative_reference`)."""
 
 
 def percent(mask: np.ndarray, parent: np.ndarray) -> float:
@@ -96,6 +99,7 @@ def label_truth(surface: TubeEvents, treg: TubeEvents) -> dict[str, float]:
         "cd8pd1_pct_of_cd3": percent(cd8 & lab["pd1"], cd3),
         "cd4pd1_pct_of_cd4": percent(lab["pd1"], cd4),
         "cd4foxp3_pct_of_cd4": percent(treg.labels["foxp3"], treg_cd4),
+        "cd3_pct_of_lymph_treg": percent(treg.labels["cd3"], lymphocytes(treg)),
     }
 
 
