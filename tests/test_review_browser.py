@@ -193,3 +193,27 @@ def test_a_candidate_cut_in_one_click(driver, server):
     assert saved["low"] == want["value"] and "control percentile" in service.version(PID).reason
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems   # script errors and CSP violations
+
+
+def test_the_whole_gate_is_one_click_away(driver, server):
+    """The cells plot shows the report's SSC range (from 0): the gate's open side, a corner at
+    -$PnR, lies out of view; "whole gate" widens the axes to it (negative SSC ticks appear), and
+    "report view" returns."""
+    service, base = server
+    driver.get_log("browser")
+    open_product(driver, base)
+
+    def y_ticks(d):
+        return [e.text for e in d.find_elements("css selector", '[data-svg="surface|cells"] text[data-tick="y"]')]
+
+    before = wait(driver, y_ticks, "the cells plot's SSC ticks")
+    assert not [t for t in before if t.startswith("-")], before
+    button = driver.find_element("css selector", '[data-zoom="surface|cells"]')
+    assert button.text == "whole gate"
+    button.click()
+    after = wait(driver, lambda d: [t for t in y_ticks(d) if t.startswith("-")], "negative SSC ticks")
+    assert after and button.text == "report view"
+    button.click()
+    wait(driver, lambda d: not [t for t in y_ticks(d) if t.startswith("-")], "the report's range again")
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -330,3 +330,33 @@ def test_plot_axes_carry_raw_decades_like_the_reports(app, service):
         assert labels and all(label == "0" or label.endswith("K") for label in labels)
         for pos, label in scatter["ticks"][axis]:
             assert pos == pytest.approx(raw(label)) if label else True
+
+
+def test_plot_ranges_are_the_reports_and_the_whole_gate_is_one_click_away(app, service):
+    """Each plot shows the report's fixed range (``report.plots.display_limits``: the scale up to
+    the detector's $PnR), widened only to hold the gates' thresholds and the corners that lie
+    among the events; a polygon's corners beyond every event (the cells gate's open sides at
+    -$PnR, the singlet band's far ends) are in ``whole_ranges`` instead, the page's "whole gate"
+    view. Before, every corner widened the plot and squeezed the events into a corner."""
+    from tilpheno.report.plots import display_limits
+
+    c, _, _ = login(app, "alice")
+    plots = {(p["tube"], p["population"]): p for p in c.get(f"/api/products/{PID}/state").json["plots"]}
+    stained = service.source.stained(PID)
+    for (tube, population), p in plots.items():
+        st = stained[tube]
+        for axis, dim in enumerate(p["dims"]):
+            lo, hi = display_limits(st.tube.transforms[dim], st.tops[dim])
+            shown, whole = p["ranges"][axis], p["whole_ranges"][axis]
+            assert shown[0] <= lo + 1e-9 and shown[1] >= hi - 1e-9, (population, dim, shown, (lo, hi))
+            assert whole[0] <= shown[0] and whole[1] >= shown[1], (population, dim)
+            if p["type"] == "range":
+                assert shown == whole and all(shown[0] <= v <= shown[1] for v in (p["automatic"]["low"], p["automatic"]["high"])
+                                              if v is not None)
+    cells = plots[("surface", "cells")]
+    assert cells["type"] == "polygon" and min(v[1] for v in cells["automatic"]["vertices"]) < 0
+    assert cells["ranges"][1] == [0.0, stained["surface"].tops["SSC-A"]]                # the report's SSC range
+    assert cells["whole_ranges"][1][0] <= min(v[1] for v in cells["automatic"]["vertices"])   # the open side's corner
+    page = c.get(f"/products/{PID}").text
+    script = c.get("/static/review.js").text
+    assert 'class: "zoom"' in script and "whole_ranges" in script and "review.js" in page

@@ -70,6 +70,7 @@ class StainedTube:
     tube: TubeData
     strategy: Strategy
     bounds: dict[str, tuple[float, float]]   # dimension -> allowed gate coordinates
+    tops: dict[str, float]                   # dimension -> the top of its raw scale ($PnR)
 
 
 @dataclass
@@ -348,16 +349,14 @@ class ReviewSource:
                                            compensating=spillover is not None), strategy.markers, self.study.vocabulary)
         tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role, spillover=spillover)
         pnr = dict(zip(fcs.channels["pnn"], fcs.channels["pnr"]))
-        bounds = {}
+        bounds, tops = {}, {}
         for dim in tube.data:
             transform = tube.transforms[dim]
-            if isinstance(transform, Logicle):
-                bounds[dim] = (-0.5, 1.5)
-            else:
-                r = float(pnr.get(detectors.get(dim, dim), 262144.0) or 262144.0)
-                bounds[dim] = (-r, 2.0 * r)
+            r = float(pnr.get(detectors.get(dim, dim), 262144.0) or 262144.0)
+            tops[dim] = r
+            bounds[dim] = (-0.5, 1.5) if isinstance(transform, Logicle) else (-r, 2.0 * r)
         fcs.events = None
-        return StainedTube(tube, strategy, bounds)
+        return StainedTube(tube, strategy, bounds, tops)
 
 
 # -- candidate cuts of the threshold gates ---------------------------------------------------------

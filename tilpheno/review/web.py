@@ -378,10 +378,16 @@ def _signature(view) -> dict:
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
     """One plot per editable gate: a subsample of its parent's events (under ``gate_set``), axis
     ranges and labelled ticks (``[[position, label], ...]`` per axis on the transformed scale: raw
-    decades on logicle/arcsinh axes, as in the reports), and the run's review flags on that gate
-    (``qc.flags_on_gate``)."""
+    decades on logicle/arcsinh axes), and the run's review flags on that gate
+    (``qc.flags_on_gate``). Ranges as in the reports (``report.plots.display_limits``: the whole
+    scale up to the detector's ``$PnR``), widened to hold every threshold of either gate and the
+    other gates' coordinates where events lie: a polygon's far corners beyond every event (the
+    cells gate's open sides, the singlet band's ends) stay out of view, the shape drawn to the
+    frame's edge. ``whole_ranges`` / ``whole_ticks``: the view that holds every coordinate of
+    both gates (the page's "whole gate" button, to drag such a corner). The page drags handles
+    within the view shown."""
     from tilpheno.qc import flags_on_gate
-    from tilpheno.report.plots import axis_ticks
+    from tilpheno.report.plots import axis_ticks, display_limits
 
     out = []
     flags = [SimpleNamespace(**f) for f in service.source.qc_flags(product_id)]
@@ -398,23 +404,36 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
             auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
-            coords, ranges, ticks = [], [], []
+            coords: list[list[float]] = []
+            ranges: list[list[float]] = []
+            whole: list[list[float]] = []
+            ticks: list[list[list]] = []
+            whole_ticks: list[list[list]] = []
             for axis, d in enumerate(dims):
                 shown = st.tube.data[d][index]
-                finite = shown[np.isfinite(shown)]   # axis range: the plotted subsample and both gates' points
-                lo, hi = (np.percentile(finite, [0.2, 99.8]) if finite.size else (0.0, 1.0))
-                points = [v for g in (gate, auto) if g for v in _gate_coordinates(g, axis)]
-                lo, hi = min([lo, *points]), max([hi, *points])
-                span = (hi - lo) or 1.0
-                lo, hi = lo - 0.08 * span, hi + 0.08 * span
+                finite = st.tube.data[d][parent]
+                finite = finite[np.isfinite(finite)]
+                transform = st.tube.transforms.get(d)
+                points = [(g["type"], v) for g in (gate, auto) if g for v in _gate_coordinates(g, axis)]
+                lo, hi = display_limits(transform, st.tops.get(d))
+                if finite.size:
+                    inside = [v for kind, v in points if kind == "range" or finite.min() <= v <= finite.max()]
+                    lo, hi = min([lo, *inside]), max([hi, *inside])
                 lo, hi = max(lo, st.bounds[d][0]), min(hi, st.bounds[d][1])
+                # the whole gate: also the coordinates beyond every event, 5 % of the span beyond them
+                wlo, whi = min([lo, *(v for _, v in points)]), max([hi, *(v for _, v in points)])
+                pad = 0.05 * (whi - wlo)
+                wlo, whi = (wlo - pad if wlo < lo else lo), (whi + pad if whi > hi else hi)
+                wlo, whi = max(wlo, st.bounds[d][0]), min(whi, st.bounds[d][1])
                 decimals = max(0, 4 - int(math.floor(math.log10(max(hi - lo, 1e-12)))))   # ~1/10000 of the axis
                 coords.append(np.round(shown, decimals).tolist())
-                ranges.append([float(lo), float(hi)])
-                major, labels, _ = axis_ticks(st.tube.transforms.get(d), (float(lo), float(hi)))
-                ticks.append([[float(v), str(label)] for v, label in zip(np.asarray(major, float).tolist(), labels)])
+                for box, labelled, (a, b) in ((ranges, ticks, (lo, hi)), (whole, whole_ticks, (wlo, whi))):
+                    box.append([float(a), float(b)])
+                    major, labels, _ = axis_ticks(transform, (float(a), float(b)))
+                    labelled.append([[float(v), str(label)] for v, label in zip(np.asarray(major, float).tolist(), labels)])
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
                         "dims": dims, "events": coords, "ranges": ranges, "ticks": ticks,
+                        "whole_ranges": whole, "whole_ticks": whole_ticks,
                         "bounds": [list(st.bounds[d]) for d in dims],
                         "automatic": auto,
                         "flags": [dict(vars(f)) for f in flags_on_gate(flags, pop.name, Path(st.tube.file).name)]})

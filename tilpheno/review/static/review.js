@@ -15,6 +15,7 @@
 
   const $ = (id) => document.getElementById(id);
   const key = (tube, pop) => tube + "|" + pop;
+  let clipCount = 0;   // one clipPath id per plot
   const clone = (x) => JSON.parse(JSON.stringify(x));
   const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "NA" : Number(v).toFixed(d);
   // a value in compensated linear units, as the axes' decades read: 1,234 / 56.7
@@ -101,9 +102,13 @@
   }
 
   // ---- plots -------------------------------------------------------------------------------------
+  // the plotted ranges: as in the reports, or (the "whole gate" button) every gate coordinate
+  const view = (p) => (p._whole ? p.whole_ranges : p.ranges);
+  const viewTicks = (p) => (p._whole ? p.whole_ticks : p.ticks);
+
   function scales(p) {
-    const [x0, x1] = p.ranges[0];
-    const [y0, y1] = p.ranges.length > 1 ? p.ranges[1] : [0, 1];
+    const [x0, x1] = view(p)[0];
+    const [y0, y1] = view(p).length > 1 ? view(p)[1] : [0, 1];
     return {
       px: (x) => L + (x - x0) / (x1 - x0) * (W - L - R),
       py: (y) => H - B - (y - y0) / (y1 - y0) * (H - B - T),
@@ -126,6 +131,18 @@
       card.appendChild(el("div", { class: "pct", "data-pct": key(p.tube, p.population) }, ""));
       const stack = el("div", { class: "stack" });
       const canvas = el("canvas", { width: W, height: H });
+      if (JSON.stringify(p.whole_ranges) !== JSON.stringify(p.ranges)) {
+        // part of a gate lies beyond every event (a polygon's far corners): out of view until asked for
+        const zoom = el("button", { type: "button", class: "zoom", "data-zoom": key(p.tube, p.population),
+          title: "Show every corner of the gate (to drag one that lies beyond the events), or the report's view" }, "whole gate");
+        zoom.addEventListener("click", () => {
+          p._whole = !p._whole;
+          zoom.textContent = p._whole ? "report view" : "whole gate";
+          drawEvents(canvas, p);
+          drawOverlay(p);
+        });
+        card.appendChild(zoom);
+      }
       const svg = sv("svg", { width: W, height: H, "data-svg": key(p.tube, p.population) });
       stack.appendChild(canvas); stack.appendChild(svg); card.appendChild(stack);
       if (p.type === "range") card.appendChild(el("div", { class: "candidates", "data-candidates-for": key(p.tube, p.population) }));
@@ -145,7 +162,7 @@
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
     if (p.dims.length === 1) {
       const xs = p.events[0], bins = 80, counts = new Array(bins).fill(0);
-      const [x0, x1] = p.ranges[0];
+      const [x0, x1] = view(p)[0];
       for (const x of xs) { const b = Math.floor((x - x0) / (x1 - x0) * bins); if (b >= 0 && b < bins) counts[b]++; }
       const m = Math.max(1, ...counts);
       ctx.fillStyle = "#5b7fa8";
@@ -154,9 +171,12 @@
         ctx.fillRect(s.px(x0 + b * (x1 - x0) / bins), H - B - h, (W - L - R) / bins, h);
       }
     } else {
+      ctx.save();   // events beyond the plotted ranges are not drawn in the margins
+      ctx.beginPath(); ctx.rect(L, T, W - L - R, H - B - T); ctx.clip();
       ctx.fillStyle = "rgba(40, 70, 120, 0.35)";
       const xs = p.events[0], ys = p.events[1];
       for (let i = 0; i < xs.length; i++) ctx.fillRect(s.px(xs[i]), s.py(ys[i]), 1.6, 1.6);
+      ctx.restore();
     }
     ctx.strokeStyle = "#444"; ctx.beginPath(); ctx.moveTo(L, T); ctx.lineTo(L, H - B); ctx.lineTo(W - R, H - B); ctx.stroke();
   }
@@ -192,7 +212,7 @@
 
   // Labelled ticks from the server (raw decades on logicle axes, as in the reports) and the axis names.
   function drawTicks(svg, p, s) {
-    const ticks = p.ticks || [];
+    const ticks = viewTicks(p) || [];
     const text = (attrs, label) => { const t = sv("text", Object.assign({ class: "axis" }, attrs)); t.textContent = label; svg.appendChild(t); };
     for (const [pos, label] of ticks[0] || []) {
       const x = s.px(pos);
@@ -214,8 +234,15 @@
     const svg = p._svg, s = scales(p), g = draft[p.tube][p.population];
     svg.textContent = "";
     drawTicks(svg, p, s);
-    if (p.automatic) svg.appendChild(shape(p.automatic, s, "auto"));
-    svg.appendChild(shape(g, s, "draft"));
+    // the gates are drawn clipped to the frame (a polygon may reach beyond the plotted ranges)
+    const clipId = p._clip || (p._clip = "tp-clip-" + (++clipCount));
+    const clip = sv("clipPath", { id: clipId });
+    clip.appendChild(sv("rect", { x: L, y: T, width: W - L - R, height: H - B - T }));
+    svg.appendChild(clip);
+    const gates = sv("g", { "clip-path": "url(#" + clipId + ")" });
+    if (p.automatic) gates.appendChild(shape(p.automatic, s, "auto"));
+    gates.appendChild(shape(g, s, "draft"));
+    svg.appendChild(gates);
     const h = (name, attrs) => {
       const e = sv(attrs.tag || "circle", Object.assign({ class: "handle", "data-handle": key(p.tube, p.population) + "|" + name }, attrs));
       e.addEventListener("pointerdown", (ev) => startDrag(ev, p, name));
@@ -245,13 +272,15 @@
     const start = { x: ev.clientX, y: ev.clientY, mean: g.mean ? g.mean.slice() : null };
     const move = (e) => {
       const r = rect(), x = s.ix(e.clientX - r.left), y = s.iy(e.clientY - r.top);
+      // within the plotted ranges (inside the allowed bounds): what is dragged stays in view
+      const v = view(p);
       if (g.type === "range") {
-        g[name.startsWith("low") ? "low" : "high"] = clamp(x, p.bounds[0]);
+        g[name.startsWith("low") ? "low" : "high"] = clamp(x, v[0]);
       } else if (g.type === "polygon") {
-        g.vertices[Number(name.slice(1))] = [clamp(x, p.bounds[0]), clamp(y, p.bounds[1])];
+        g.vertices[Number(name.slice(1))] = [clamp(x, v[0]), clamp(y, v[1])];
       } else if (g.type === "ellipsoid" && name === "centre") {
         const dx = s.ix(e.clientX - r.left) - s.ix(start.x - r.left), dy = s.iy(e.clientY - r.top) - s.iy(start.y - r.top);
-        g.mean = [clamp(start.mean[0] + dx, p.bounds[0]), clamp(start.mean[1] + dy, p.bounds[1])];
+        g.mean = [clamp(start.mean[0] + dx, v[0]), clamp(start.mean[1] + dy, v[1])];
       } else if (g.type === "ellipsoid") {
         const [[a, b], [, c]] = g.covariance, det = a * c - b * b;
         const dx = x - g.mean[0], dy = y - g.mean[1];
