@@ -429,6 +429,9 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 coords.append(np.round(shown, decimals).tolist())
                 for box, labelled, (a, b) in ((ranges, ticks, (lo, hi)), (whole, whole_ticks, (wlo, whi))):
                     box.append([float(a), float(b)])
+                    if labelled is whole_ticks and (a, b) == (lo, hi):
+                        labelled.append(ticks[-1])   # the same view
+                        continue
                     major, labels, _ = axis_ticks(transform, (float(a), float(b)))
                     labelled.append([[float(v), str(label)] for v, label in zip(np.asarray(major, float).tolist(), labels)])
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
