@@ -197,7 +197,8 @@ def test_a_candidate_cut_in_one_click(driver, server):
 
 def test_the_whole_gate_is_one_click_away(driver, server):
     """The cells plot shows the report's SSC range (from 0): the gate's open side, a corner at
-    -$PnR, lies out of view; "whole gate" widens the axes to it (negative SSC ticks appear), and
+    -$PnR, lies out of view; "whole gate" widens the axes to it (negative SSC ticks appear), a
+    corner dragged there moves the %, the view stays when the drag end re-draws the plots, and
     "report view" returns."""
     service, base = server
     driver.get_log("browser")
@@ -213,6 +214,20 @@ def test_the_whole_gate_is_one_click_away(driver, server):
     button.click()
     after = wait(driver, lambda d: [t for t in y_ticks(d) if t.startswith("-")], "negative SSC ticks")
     assert after and button.text == "report view"
+    # drag a corner of the FSC-A cut in this view: the server's % follows, and the drag end's
+    # preview re-draws every plot in the view the reviewer chose
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    pct = lambda d: d.find_element("css selector", '[data-pct="surface|cells"]').text   # noqa: E731
+    start, old = pct(driver), driver.find_element("css selector", '[data-svg="surface|cells"]')
+    gate = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["cells"]
+    cut = min(range(len(gate["vertices"])), key=lambda i: gate["vertices"][i][0])
+    corner = driver.find_element("css selector", f'[data-handle="surface|cells|v{cut}"]')
+    ActionChains(driver).click_and_hold(corner).move_by_offset(10, 20).move_by_offset(10, 20).release().perform()
+    wait(driver, lambda d: pct(d) != start, "the recomputed cells %")
+    wait(driver, lambda d: d.find_element("css selector", '[data-svg="surface|cells"]') != old, "the plots re-drawn")
+    button = driver.find_element("css selector", '[data-zoom="surface|cells"]')
+    assert button.text == "report view" and [t for t in y_ticks(driver) if t.startswith("-")]
     button.click()
     wait(driver, lambda d: not [t for t in y_ticks(d) if t.startswith("-")], "the report's range again")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]

@@ -120,6 +120,8 @@
   function renderPlots(plots, tables) {
     const box = $("plots");
     box.textContent = "";
+    // a plot re-drawn after a drag keeps the view the reviewer chose
+    const whole = new Set((S && S.plots ? S.plots : []).filter((q) => q._whole).map((q) => key(q.tube, q.population)));
     for (const p of plots) {
       const flagged = (p.flags || []).length > 0;
       const card = el("div", { class: flagged ? "plot flagged" : "plot", "data-plot": key(p.tube, p.population) });
@@ -133,8 +135,10 @@
       const canvas = el("canvas", { width: W, height: H });
       if (JSON.stringify(p.whole_ranges) !== JSON.stringify(p.ranges)) {
         // part of a gate lies beyond every event (a polygon's far corners): out of view until asked for
+        p._whole = whole.has(key(p.tube, p.population));
         const zoom = el("button", { type: "button", class: "zoom", "data-zoom": key(p.tube, p.population),
-          title: "Show every corner of the gate (to drag one that lies beyond the events), or the report's view" }, "whole gate");
+          title: "Show every corner of the gate (to drag one that lies beyond the events), or the report's view" },
+          p._whole ? "report view" : "whole gate");
         zoom.addEventListener("click", () => {
           p._whole = !p._whole;
           zoom.textContent = p._whole ? "report view" : "whole gate";
