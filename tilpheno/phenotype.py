@@ -210,10 +210,10 @@ class CompensationUsed:
     exported: bool = False
 
 
-def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str], fcs) -> QCFlag:
-    """The flag of a file left without a matrix: ``precompensated`` (info) when its markers'
-    detectors are compensated export parameters (``FJComp-...``), else ``no_compensation``."""
-    if exported_compensated(detectors.values()):
+def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str], fcs, exported: bool) -> QCFlag:
+    """The flag of a file left without a matrix: ``precompensated`` (info) when ``exported`` (its
+    markers' detectors are compensated export parameters, ``FJComp-...``), else ``no_compensation``."""
+    if exported:
         names = sorted(set(detectors.values()))
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         own = "; its $SPILLOVER not applied again" if fcs.spillover is not None else ""
@@ -1091,9 +1091,6 @@ def analyze_product(
                 h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
                 return None
             h["acquisition"] = acquisition_step(fcs, strategy.acquisition, h.get("acquisition"))
-            matrix = spill if spill is not None else fcs.spillover
-            h["compensation"] = CompensationUsed(matrix, spill_source if spill is not None else (
-                matrix.source if matrix is not None else "none: uncompensated"))
             try:
                 if src.role == "unstained" and reference is not None:
                     # an unstained control carries no stain: its markers are the stained tube's detectors
@@ -1115,9 +1112,13 @@ def analyze_product(
             except CompensationError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]
                 return None
-            h["load_flag"] = [] if applied is not None else [_uncompensated_flag(product_id, h["name"], detectors, fcs)]
-            if h["load_flag"] and h["load_flag"][0].code == "precompensated":
-                h["compensation"] = CompensationUsed(None, "none: compensated before export", exported=True)
+            exported = applied is None and exported_compensated(detectors.values())
+            h["compensation"] = (
+                CompensationUsed(applied, spill_source if applied is spill else applied.source) if applied is not None
+                else CompensationUsed(None, "none: compensated before export", exported=True) if exported
+                else CompensationUsed(None, "none: uncompensated"))
+            h["load_flag"] = [] if applied is not None else [_uncompensated_flag(product_id, h["name"], detectors, fcs,
+                                                                                 exported)]
             fcs.events = None   # compensated and transformed: release the raw event array
             h["fcs"] = fcs      # its digest is computed once, when the file's result is made
             return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
