@@ -387,7 +387,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
     both gates (the page's "whole gate" button, to drag such a corner). The page drags handles
     within the view shown."""
     from tilpheno.qc import flags_on_gate
-    from tilpheno.report.plots import axis_ticks, display_limits
+    from tilpheno.report.plots import display_limits
 
     out = []
     flags = [SimpleNamespace(**f) for f in service.source.qc_flags(product_id)]
@@ -417,7 +417,8 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 points = [(g["type"], v) for g in (gate, auto) if g for v in _gate_coordinates(g, axis)]
                 lo, hi = display_limits(transform, st.tops.get(d))
                 if finite.size:
-                    inside = [v for kind, v in points if kind == "range" or finite.min() <= v <= finite.max()]
+                    first, last = float(finite.min()), float(finite.max())
+                    inside = [v for kind, v in points if kind == "range" or first <= v <= last]
                     lo, hi = min([lo, *inside]), max([hi, *inside])
                 lo, hi = max(lo, st.bounds[d][0]), min(hi, st.bounds[d][1])
                 # the whole gate: also the coordinates beyond every event, 5 % of the span beyond them
@@ -427,13 +428,10 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 wlo, whi = max(wlo, st.bounds[d][0]), min(whi, st.bounds[d][1])
                 decimals = max(0, 4 - int(math.floor(math.log10(max(hi - lo, 1e-12)))))   # ~1/10000 of the axis
                 coords.append(np.round(shown, decimals).tolist())
-                for box, labelled, (a, b) in ((ranges, ticks, (lo, hi)), (whole, whole_ticks, (wlo, whi))):
-                    box.append([float(a), float(b)])
-                    if labelled is whole_ticks and (a, b) == (lo, hi):
-                        labelled.append(ticks[-1])   # the same view
-                        continue
-                    major, labels, _ = axis_ticks(transform, (float(a), float(b)))
-                    labelled.append([[float(v), str(label)] for v, label in zip(np.asarray(major, float).tolist(), labels)])
+                ranges.append([float(lo), float(hi)])
+                ticks.append(_labelled_ticks(transform, lo, hi))
+                whole.append([float(wlo), float(whi)])
+                whole_ticks.append(ticks[-1] if (wlo, whi) == (lo, hi) else _labelled_ticks(transform, wlo, whi))
             out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
                         "dims": dims, "events": coords, "ranges": ranges, "ticks": ticks,
                         "whole_ranges": whole, "whole_ticks": whole_ticks,
@@ -441,6 +439,14 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                         "automatic": auto,
                         "flags": [dict(vars(f)) for f in flags_on_gate(flags, pop.name, Path(st.tube.file).name)]})
     return out
+
+
+def _labelled_ticks(transform, lo: float, hi: float) -> list[list]:
+    """``[[position, label], ...]`` of an axis from ``lo`` to ``hi`` (``report.plots.axis_ticks``)."""
+    from tilpheno.report.plots import axis_ticks
+
+    major, labels, _ = axis_ticks(transform, (float(lo), float(hi)))
+    return [[float(v), str(label)] for v, label in zip(np.asarray(major, float).tolist(), labels)]
 
 
 def _gate_coordinates(gate: dict, axis: int) -> list[float]:
