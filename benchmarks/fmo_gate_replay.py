@@ -100,8 +100,7 @@ def replay_one(record: dict) -> dict:
     flagged = {msg.split(" (")[0] for _, msg in review}
     for v in vg.ALL_VARIABLES:
         # records captured before the simulator's truth had the extras: their errors are NaN
-        truth = record["truth"].get(f"ref_{v}" if v in vg.FMO_GATED + vg.EXTRA_FMO_GATED else v, float("nan"))
-        row[v] = phenotype[v] - truth
+        row[v] = phenotype[v] - record["truth"].get(vg.truth_key(v), float("nan"))
         row[f"flag_{v}"] = bool(flagged & set(vg.VARIABLE_GATES[v]))
     return row
 

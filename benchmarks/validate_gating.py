@@ -70,6 +70,12 @@ Treg tube's CD3 %, checked against the surface tube's): measured and tabled, and
 2x2 table of the study's variables (the second 2x2 includes them)."""
 ALL_VARIABLES = LINEAGE + EXTRA_LINEAGE + FMO_GATED + EXTRA_FMO_GATED
 TOLERANCE = {**{v: 2.0 for v in LINEAGE + EXTRA_LINEAGE}, **{v: 1.5 for v in FMO_GATED + EXTRA_FMO_GATED}}
+
+
+def truth_key(variable: str) -> str:
+    """The truth column ``variable`` is scored against: the ideal-FMO reference (``ref_...``) for the
+    PD1/FoxP3 variables, the label truth for the lineage ones."""
+    return f"ref_{variable}" if variable in FMO_GATED + EXTRA_FMO_GATED else variable
 MISS_POINTS = 3.0
 VARIABLE_GATES = {
     "viability_pct": ("cells", "singlets", "live", "dead"),
@@ -152,8 +158,7 @@ def one_product(args) -> dict:
            "review_flags": ";".join(sorted({f"{f.code}:{f.message.split(' (')[0]}" for f in review}))}
     flagged_gates = {f.message.split(" (")[0] for f in review}
     for v in ALL_VARIABLES:
-        truth = prod.truth[f"ref_{v}"] if v in FMO_GATED + EXTRA_FMO_GATED else prod.truth[v]
-        row[v] = result.phenotype[v] - truth
+        row[v] = result.phenotype[v] - prod.truth[truth_key(v)]
         row[f"flag_{v}"] = bool(flagged_gates & set(VARIABLE_GATES[v]))
     row.update({k: v for k, v in prod.truth.items() if k.startswith("phen_")})
     return row
@@ -190,10 +195,10 @@ def main(argv=None) -> None:
     print(f"written: {out / 'errors.csv'}")
 
 
-def two_by_two(table: pd.DataFrame, variables: list[str]) -> dict[str, int]:
-    """The 2x2 counts over ``variables`` (module docstring): ``off_flagged``, ``off_silent``,
-    ``within``, ``within_flagged``, ``between``, ``between_flagged``; NaN errors (a variable the
-    record lacks) count as within tolerance."""
+def two_by_two(table: pd.DataFrame, variables: list[str]) -> dict:
+    """The 2x2 counts over ``variables`` (module docstring): ``off_flagged``, ``off_silent`` (and
+    ``silent``, those products' ids), ``within``, ``within_flagged``, ``between``,
+    ``between_flagged``; NaN errors (a variable the record lacks) count as within tolerance."""
     err = table[variables].abs()
     off = err.gt(MISS_POINTS).any(axis=1)
     within = ~err.gt(pd.Series(TOLERANCE)[variables], axis=1).any(axis=1)
