@@ -115,9 +115,6 @@ CONTROL_LIVE = """  - name: dead
 """
 
 
-CELLS_PARAMS = "    method: cells\n    params: {ceiling: 262143}\n"
-
-
 def strategies_for(live: str, cells: str = "fsc") -> list:
     """The bundled strategies; ``live`` other than ``valley``: the surface tube's live gate replaced
     by the control-based cut (``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that
@@ -130,11 +127,8 @@ def strategies_for(live: str, cells: str = "fsc") -> list:
         text = Path(path).read_text()
         if live != "valley" and LIVE_BLOCK in text:
             text = text.replace(LIVE_BLOCK, CONTROL_LIVE.format(rule=live))
-        if cells != "fsc":
-            if CELLS_PARAMS not in text:
-                raise SystemExit(f"{path}: no '{CELLS_PARAMS.strip()}' block to set the boundary on")
-            text = text.replace(CELLS_PARAMS, CELLS_PARAMS.replace("262143}", f"262143, boundary: {cells}}}"))
-        out.append(parse_strategy(text, str(path)))
+        strategy = parse_strategy(text, str(path))
+        out.append(strategy.with_params("cells", boundary=cells) if cells != "fsc" else strategy)
     return out
 
 

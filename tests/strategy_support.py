@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tilpheno.gates.strategy import Strategy, default_strategy_paths, parse_strategy
+from tilpheno.gates.strategy import Strategy, default_strategy_paths, load_strategy
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
-CELLS_PARAMS = "    method: cells\n    params: {ceiling: 262143}\n"
 
 
 def sample_rows(product_id: str) -> pd.DataFrame:
@@ -20,10 +19,4 @@ def sample_rows(product_id: str) -> pd.DataFrame:
 
 def bundled_strategies(cells_boundary: str) -> list[Strategy]:
     """The bundled strategies, every ``cells`` gate placed with ``cells_boundary``."""
-    out = []
-    for path in default_strategy_paths():
-        text = Path(path).read_text()
-        assert CELLS_PARAMS in text, path
-        out.append(parse_strategy(text.replace(CELLS_PARAMS, CELLS_PARAMS.replace("}", f", boundary: {cells_boundary}}}")),
-                                  str(path)))
-    return out
+    return [load_strategy(path).with_params("cells", boundary=cells_boundary) for path in default_strategy_paths()]

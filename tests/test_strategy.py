@@ -90,6 +90,32 @@ def test_sha_changes_with_content_only(tmp_path):
     assert a.populations == b.populations
 
 
+def test_with_params_matches_the_same_change_written_in_the_file(tmp_path):
+    base = load_strategy(write(tmp_path, BASE, "a.yaml"))
+    in_file = "    method: fmo\n    params: {percentile: 98}\n  - name: CD56+"
+    written = load_strategy(write(tmp_path, BASE.replace("    method: fmo\n  - name: CD56+", in_file), "b.yaml"))
+    assert in_file in (tmp_path / "b.yaml").read_text()
+    changed = base.with_params("fmo", percentile=98)
+    by_name = {p.name: p for p in changed.populations}
+    assert by_name["CD3+"] == {p.name: p for p in written.populations}["CD3+"]
+    assert by_name["CD56+"].params == {"percentile": 98.0}    # every fmo gate, its own params overridden
+    assert by_name["live"] == base.population("live")          # other methods untouched
+    assert changed.sha256 not in (base.sha256, written.sha256)
+    assert base.with_params("fmo", percentile=98).sha256 == changed.sha256 != base.with_params("fmo", percentile=97).sha256
+
+
+@pytest.mark.parametrize("method,params,pattern", [
+    ("singlets", {"width": 3.0}, "no gate placed by method 'singlets'"),
+    ("fmo", {"pctl": 99}, r"unknown parameter\(s\) \['pctl'\] for method 'fmo'"),
+    ("fmo", {"percentile": 120}, "parameter 'percentile' = 120 outside"),
+    ("cells", {"boundary": "diagonal"}, "parameter 'boundary' must be one of"),
+])
+def test_with_params_checks_like_a_file(tmp_path, method, params, pattern):
+    strategy = load_strategy(write(tmp_path, BASE))
+    with pytest.raises(StrategyError, match=pattern):
+        strategy.with_params(method, **params)
+
+
 @pytest.mark.parametrize(
     "old,new,line,pattern",
     [

@@ -63,8 +63,9 @@ records the SHA-256 of the file's bytes; results depend on the file only through
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -276,6 +277,26 @@ class Strategy:
 
         ws = read_workspace(path, group, sample)
         return _fixed_strategy(Path(path), tree_nodes(ws), ws)
+
+    def with_params(self, method: str, **params: Any) -> "Strategy":
+        """This strategy with ``params`` set on every gate placed by ``method`` (e.g.
+        ``with_params("cells", boundary="oblique")``), each value checked as in a strategy file.
+        The new ``sha256`` covers the file's digest and the change, so the cache and the run's
+        provenance tell the two strategies apart. StrategyError if no gate uses ``method`` or a
+        parameter is unknown or out of range."""
+        ctx = _Context(self.path)
+        where = f"with_params({method!r})"
+        if method not in METHODS or not any(p.method == method for p in self.populations):
+            raise ctx.error(0, where, f"no gate placed by method {method!r} in strategy {self.name!r}")
+        specs = METHODS[method][1]
+        unknown = sorted(set(params) - set(specs))
+        if unknown:
+            raise ctx.error(0, where, f"unknown parameter(s) {unknown} for method {method!r}; allowed: {sorted(specs)}")
+        checked = {k: _check_param(ctx, 0, where, k, v, specs[k]) for k, v in params.items()}
+        populations = tuple(replace(p, params={**p.params, **checked}) if p.method == method else p
+                            for p in self.populations)
+        change = json.dumps({"base": self.sha256, "method": method, "params": checked}, sort_keys=True)
+        return replace(self, populations=populations, sha256=hashlib.sha256(change.encode("utf-8")).hexdigest())
 
     def transform_for(self, dim: str) -> Transform:
         """The strategy's transform for ``dim``, else the default (scatter linear, fluorescence logicle)."""
