@@ -117,3 +117,26 @@ def test_ph_violation_goes_to_warning():
     fit = fit_cox(pd.DataFrame({"t": t, "e": 1.0, "x": x}), "t", "e", ["x"])
     assert fit.zph.p.iloc[0] < 0.05
     assert any("proportional hazards doubtful for x" in w for w in fit.warnings)
+
+
+def test_constant_marker_or_empty_median_group_warns_instead_of_crashing(tmp_path):
+    """A marker whose median is its largest value (constant, or most patients at a ceiling) puts
+    every patient in the low group: one KM curve, no log-rank test (its O/E row: observed = expected
+    = the events counted here), and the Cox models' warnings name the marker, not an internal column."""
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    pheno["cd8_pct_of_cd3"] = 40.0
+    pheno["cd4foxp3_pct_of_cd4"] = np.where(np.arange(len(pheno)) < 35, 50.0, np.linspace(1, 40, len(pheno)))
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"],
+                         endpoints=("os",), n_perm=0, n_boot=0)
+    events = int(outcomes.os_event.sum())
+    for marker in ("cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"):
+        lr = res.logrank[res.logrank.grouping == f"{marker}:median"]
+        assert lr[["group", "n", "observed", "expected"]].values.tolist() == [["low", 60, events, events]]
+        assert lr.p.isna().all()
+        cut = res.cutpoints[(res.cutpoints.marker == marker) & (res.cutpoints.method == "median")]
+        assert (cut.n_low.iloc[0], cut.n_high.iloc[0]) == (60, 0) and np.isnan(cut.p_raw.iloc[0])
+        assert any(w.startswith(f"os {marker} univariable dichotomized: Cox model not fitted (covariate(s) "
+                                f"constant in the data: {marker})") for w in res.warnings), res.warnings
+    assert not any("_dich" in w or "_cont" in w for w in res.warnings)
+

@@ -281,7 +281,8 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             try:
                 fit = fit_cox(frame, tcol, ecol, variables, settings.conf_level)
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
-                warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({exc})")
+                reason = str(exc).replace(col, marker)  # internal column name -> marker
+                warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({reason})")
                 continue
             fit.warnings = [w.replace(col, marker) for w in fit.warnings]  # internal column name -> marker
             warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)

@@ -234,8 +234,10 @@ def logrank_test(time, event, group) -> LogRankResult:
         raise ValueError("group must have the same length as time")
     levels, gi = np.unique(g, return_inverse=True)
     k = levels.size
-    if k < 2:
-        return LogRankResult(np.nan, 0, np.nan, pd.DataFrame({"group": levels, "n": [t.size]}))
+    if k < 2:  # nothing to compare: no test, but the table keeps its columns (expected = observed)
+        events = float(e.sum())
+        return LogRankResult(np.nan, 0, np.nan, pd.DataFrame(
+            {"group": levels, "n": [t.size], "observed": [events], "expected": [events]}))
     times = np.unique(t[e == 1])
     # n_risk[j, g] and d[j, g] at each event time
     at_risk = (t[None, :] >= times[:, None])
