@@ -140,3 +140,14 @@ def test_constant_marker_or_empty_median_group_warns_instead_of_crashing(tmp_pat
                                 f"constant in the data: {marker})") for w in res.warnings), res.warnings
     assert not any("_dich" in w or "_cont" in w for w in res.warnings)
 
+
+def test_dichotomised_marker_without_events_in_one_group_is_named_as_such():
+    """No event in one level: the partial likelihood rises to a limit as the coefficient runs to
+    minus infinity (R coxph: 'coefficient may be infinite'); the reason given names that, not a bare
+    numpy 'Singular matrix'."""
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    high = (np.arange(len(outcomes)) % 2).astype(float)
+    frame = pd.DataFrame({"t": outcomes.os_months, "e": np.where(high == 1, 0, outcomes.os_event), "x": high})
+    assert frame.loc[frame.x == 1, "e"].sum() == 0 and frame.loc[frame.x == 0, "e"].sum() > 0
+    with pytest.raises(ValueError, match="coefficient is infinite"):
+        fit_cox(frame, "t", "e", ["x"])

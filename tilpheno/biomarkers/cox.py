@@ -345,7 +345,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
 
     lifelines fits the model (its warnings go to ``warnings``); Newton steps on the exact
     Efron likelihood then polish the coefficients to R ``coxph``'s optimum (step < 1e-11
-    relative). ``start="zero"`` skips lifelines (used inside bootstrap loops).
+    relative). ``start="zero"`` skips lifelines (used inside bootstrap loops). ValueError when
+    there is nothing to fit: no complete case, no event, a constant covariate, or an information
+    matrix that turns singular (a coefficient running off to infinity, e.g. a level without events).
     """
     data = frame[[duration, event, *variables]].dropna()
     if data.empty:
@@ -365,9 +367,13 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     if start == "lifelines":
         fit_frame = pd.concat([data[[duration, event]].astype(float), X], axis=1)
         beta0 = _lifelines_start(fit_frame, duration, event, conf_level, notes)
-    nf = newton_cox(t, ev, Xa, beta0)
-    if not nf.converged:
-        nf = newton_cox(t, ev, Xa, None)
+    try:
+        nf = newton_cox(t, ev, Xa, beta0)
+        if not nf.converged:
+            nf = newton_cox(t, ev, Xa, None)
+    except np.linalg.LinAlgError:  # the information underflowed to 0 on the way to an infinite coefficient
+        raise ValueError("information matrix singular: a coefficient is infinite (monotone likelihood, e.g. a "
+                         "group or level without events) or covariates are collinear") from None
     coef = nf.beta
     info = nf.derivatives.information
     try:
