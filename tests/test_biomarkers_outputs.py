@@ -151,3 +151,15 @@ def test_dichotomised_marker_without_events_in_one_group_is_named_as_such():
     assert frame.loc[frame.x == 1, "e"].sum() == 0 and frame.loc[frame.x == 0, "e"].sum() > 0
     with pytest.raises(ValueError, match="coefficient is infinite"):
         fit_cox(frame, "t", "e", ["x"])
+
+
+def test_multiplicity_count_is_every_row_given_an_adjusted_p(res):
+    """The report's 'N marker-level tests' counts every test that got Holm/BH p-values, the responders
+    table's marker rows (Welch/Mann-Whitney, adjusted across markers) included."""
+    from tilpheno.biomarkers.report import n_tests
+
+    names = ["cutpoints.csv", "cox_univariable.csv", "cox_multivariable.csv", "splines.csv",
+             "time_auc_comparisons.csv", "responders.csv"]
+    adjusted = sum(int(pd.read_csv(res.files[name]).p_holm.notna().sum()) for name in names)
+    assert n_tests(res) == adjusted
+    assert f"{adjusted} marker-level tests" in res.files["report.html"].read_text()

@@ -534,11 +534,14 @@ def extra_methods(results) -> list[str]:
 
 
 def n_tests(results) -> int:
-    """Marker-level hypothesis tests in the tables (Cox marker rows, cut-point rows, spline rows, AUC comparisons)."""
+    """Marker-level hypothesis tests in the tables (Cox marker rows, cut-point rows, spline rows, AUC comparisons,
+    and the responders table's marker rows: the rows given Holm/BH adjusted p-values)."""
     count = 0
     for frame in (results.cox_univariable, results.cox_multivariable):
         count += int((frame.coding != "covariate").sum()) if not frame.empty else 0
     count += len(results.cutpoints) + len(results.splines) + len(results.auc_comparisons)
+    responders = results.responders
+    count += int((responders.variable.isin(results.cohort.markers) & (responders.kind == "numeric")).sum())
     return count
 
 
