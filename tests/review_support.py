@@ -13,8 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_fcs"
-PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-12", "carol": "carol-password-1", "root": "root-password-1"}
-ROLES = {"alice": "reviewer", "bob": "analyst", "carol": "reviewer", "root": "admin"}
+PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-12", "carol": "carol-password-1", "root": "root-password-1",
+             "dave": "dave-password-12"}
+ROLES = {"alice": "reviewer", "bob": "analyst", "carol": "reviewer", "root": "admin", "dave": "reviewer"}
 PRODUCTS = ("TIL001", "TIL002")
 
 
@@ -125,7 +126,8 @@ def make_service(out: Path, url: str, source=None):
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def service(request, review_out, review_source, tmp_path_factory):
-    """A review service over ``review_out`` with users alice/carol (reviewer), bob (analyst), root (admin)."""
+    """A review service over ``review_out`` with users alice/carol (reviewer), bob (analyst), root (admin)
+    and dave (a reviewer who never saves gates: the second person of the four-eyes rule)."""
     url = database_url(request.param, tmp_path_factory.mktemp("db"))
     svc = make_service(review_out, url, review_source)
     yield svc

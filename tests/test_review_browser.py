@@ -90,14 +90,14 @@ def drag_cd3(driver, dx: int) -> None:
     ActionChains(driver).click_and_hold(knob).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
 
 
-def open_product(driver, base: str, user: str = "alice") -> None:
-    """Log in as ``user`` on a fresh session and wait for the product page's version 1."""
+def open_product(driver, base: str, user: str = "alice", version: int = 1) -> None:
+    """Log in as ``user`` on a fresh session and wait for the product page's ``version``."""
     driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
     driver.get(base + f"/products/{PID}")
     driver.find_element("id", "username").send_keys(user)
     driver.find_element("id", "password").send_keys(PASSWORDS[user])
     driver.find_element("id", "login-button").click()
-    wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
+    wait(driver, lambda d: f"gate version {version}" in d.find_element("id", "version-badge").text, "the product page")
 
 
 def test_review_flow_in_chromium(driver, server, tmp_path):
@@ -141,10 +141,12 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     v3 = service.version(PID)
     assert v3.created_by == "alice" and v3.based_on == 2 and "debris" in v3.reason
 
+    # four eyes: neither alice (version 3) nor carol (version 2) may approve it; dave does
+    open_product(driver, base, "dave", version=3)
     Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
     for field in driver.find_elements("css selector", "[data-resolution]"):
         field.send_keys("reviewed on the plots")
-    driver.find_element("id", "sign-password").send_keys(PASSWORDS["alice"])
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: "signed version 3" in d.find_element("id", "message").text, "the signature")
     sig = wait(driver, lambda d: d.find_element("css selector", "[data-signature]").text, "the signature line")
@@ -156,7 +158,7 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     time.sleep(0.3)
     if shutil.which("pdftotext"):
         words = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-        assert f"product {PID}" in words and "gate-set version 3" in words and "Alice Tester" in words
+        assert f"product {PID}" in words and "gate-set version 3" in words and "Dave Tester" in words
         from tilpheno.review.regate import recompute
 
         res = recompute(service.source, PID, json.loads(v3.gates_json))

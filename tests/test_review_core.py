@@ -258,8 +258,8 @@ def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
         certificate_pdf(service, pid)
     flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
     resolutions = {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
-    service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "approved for release", v, resolutions,
-                 "QA release review")
+    service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", v, resolutions,
+                 "QA release review")   # not alice or carol: one of them saved TIL002's version (four eyes)
     pdf = tmp_path / "c.pdf"
     pdf.write_bytes(certificate_pdf(service, pid))
     assert pdf.read_bytes().startswith(b"%PDF-")
@@ -271,7 +271,7 @@ def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
     words = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
     res = recompute(service.source, pid, gates(service, pid))
     assert f"Certificate of analysis: product {pid}" in words
-    assert f"gate-set version {v}" in words and "Carol Tester" in words
+    assert f"gate-set version {v}" in words and "Dave Tester" in words
     assert f"{res.phenotype['cd3_pct_of_live_lymph']:.2f}" in words
     assert f"{res.phenotype['viability_pct']:.2f}" in words
     decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else "RELEASE CRITERIA NOT MET"
@@ -322,13 +322,13 @@ def test_approval_requires_a_resolution_of_each_warning_flag(service, tmp_path):
     src.qc = pd.concat([original, pd.DataFrame([flag])], ignore_index=True)
     try:
         v = service.current_version("TIL001")
-        alice = user(service, "alice")
+        qa = user(service, "dave")   # not alice: she applied TIL002's CD3 gate to TIL001 (four eyes)
         before = len(service.signatures("TIL001"))
         with pytest.raises(GateSetError, match="resolution of QC flag fallback_gate"):
-            service.sign("TIL001", alice.id, PASSWORDS["alice"], "approved for release", v, {})
+            service.sign("TIL001", qa.id, PASSWORDS["dave"], "approved for release", v, {})
         assert len(service.signatures("TIL001")) == before
         key = "fallback_gate:TIL001_surface_stain.fcs:0"
-        service.sign("TIL001", alice.id, PASSWORDS["alice"], "approved for release", v,
+        service.sign("TIL001", qa.id, PASSWORDS["dave"], "approved for release", v,
                      {key: "threshold checked against the FMO-free valley by eye"})
         if shutil.which("pdftotext"):
             pdf = tmp_path / "c.pdf"
@@ -337,3 +337,26 @@ def test_approval_requires_a_resolution_of_each_warning_flag(service, tmp_path):
             assert "fallback_gate" in words and "FMO-free valley" in " ".join(words.split())
     finally:
         src.qc = original
+
+
+def test_four_eyes_no_one_approves_a_correction_they_saved(service):
+    """A reviewer who moved a gate cannot approve that gate set for release (also not after someone
+    else's later save on top of it); rejecting it is allowed, and a second person approves it."""
+    pid = "TIL002"
+    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+    resolutions = {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+    alice, carol = user(service, "alice"), user(service, "carol")
+    v = service.save_version(pid, alice, service.current_version(pid), shifted_cd3(service, pid, -0.01),
+                             "alice lowers the CD3 cut").version
+    before = len(service.signatures(pid))
+    with pytest.raises(Forbidden, match=rf"four-eyes rule: alice saved version\(s\) (.*, )?{v} of {pid}"):
+        service.sign(pid, alice.id, PASSWORDS["alice"], "approved for release", v, resolutions)
+    assert len(service.signatures(pid)) == before and service.approved_version(pid) is None
+    service.sign(pid, alice.id, PASSWORDS["alice"], "rejected", v, {}, "my own cut: second opinion wanted")
+    w = service.save_version(pid, carol, v, shifted_cd3(service, pid, 0.005), "carol nudges it back a little").version
+    for name in ("alice", "carol"):
+        with pytest.raises(Forbidden, match=f"four-eyes rule: {name} saved"):
+            service.sign(pid, user(service, name).id, PASSWORDS[name], "approved for release", w, resolutions)
+    assert service.approved_version(pid) is None
+    service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions)
+    assert service.approved_version(pid).version == w

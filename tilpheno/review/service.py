@@ -12,7 +12,8 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   UTC time, bound to the gate version and ``data_sha256`` = SHA-256 of the product id, its input
   files' SHA-256, the strategies' SHA-256, the release spec and the gate set's SHA-256. A
   signature is valid only while the product is still at its version and the data hash still
-  matches; any later save voids it (shown as void, never deleted).
+  matches; any later save voids it (shown as void, never deleted). Four eyes: no one approves
+  for release a gate set holding a correction they saved (any version after the automatic one).
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
 """
@@ -304,6 +305,13 @@ class ReviewService:
                 raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
             if not self.can_access(user, product_id):
                 raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role})")
+            if meaning == "approved for release":
+                own = sorted(db.scalars(select(GateSetVersion.version).where(
+                    GateSetVersion.product_id == product_id, GateSetVersion.based_on.is_not(None),
+                    GateSetVersion.version <= current.version, GateSetVersion.created_by == user.username)))
+                if own:
+                    raise Forbidden(f"four-eyes rule: {user.username} saved version(s) {', '.join(map(str, own))} of "
+                                    f"{product_id}, so another reviewer must approve version {current.version} for release")
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
             at = utcnow()
