@@ -360,3 +360,19 @@ def test_plot_ranges_are_the_reports_and_the_whole_gate_is_one_click_away(app, s
     page = c.get(f"/products/{PID}").text
     script = c.get("/static/review.js").text
     assert 'class: "zoom"' in script and "whole_ranges" in script and "review.js" in page
+
+
+def test_an_expired_session_page_leads_to_the_login(app, service):
+    """A browser whose session expired gets the 401 page with a link to log in again (back to the
+    page it asked for), not a link to the product list, which would be the same 401 again."""
+    c, _h, _ = login(app, "carol")
+    with service.factory() as db:
+        db.execute(text("UPDATE login_sessions SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE user_id = "
+                        "(SELECT id FROM users WHERE username = 'carol')"))
+        db.commit()
+    page = c.get(f"/products/{PID}", headers={"Accept": "text/html"})
+    assert page.status_code == 401 and "session invalid or expired" in page.text
+    link = re.search(r'<a href="([^"]+)" id="login-link">Log in again</a>', page.text)
+    assert link and link.group(1) == f"/login?next=/products/{PID}", page.text
+    again = c.get(link.group(1))
+    assert again.status_code == 200 and 'id="login-button"' in again.text
