@@ -131,3 +131,19 @@ def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
         assert "product_assignments" in inspect(db.bind).get_table_names()
         assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         assert db.execute(text("SELECT full_name FROM users")).scalar() == "Old User"
+
+
+def test_the_login_pages_users_add_command_runs_as_shown(review_out, tmp_path):
+    """The login page tells how accounts are made; its command, with OUT and NAME filled in, works."""
+    import re
+
+    from tilpheno.review.server import build_service
+    from tilpheno.review.web import create_app
+
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    page = create_app(build_service(review_out, db)).test_client().get("/login").text
+    shown = re.search(r"<code>tilpheno (users add [^<]+)</code>", page).group(1)
+    args = shown.replace("analyst|reviewer|admin", "analyst").split()
+    args = [str(review_out) if a == "OUT" else "fran" if a == "NAME" else a for a in args]
+    r = run(*args, "--password-stdin", "--db", db, stdin="fran-password-1\n")
+    assert r.exit_code == 0 and "user fran (analyst) added" in r.output, (shown, r.output)
