@@ -294,6 +294,10 @@ def test_approved_tables_follow_the_approved_version(service):
     assert by_id.loc["TIL002", "cd3_pct_of_live_lymph"] != pytest.approx(
         float(service.source.phenotype_row("TIL002")["cd3_pct_of_live_lymph"]), rel=1e-9)
     assert set(populations["product_id"]) == {"TIL002"}
+    from tilpheno.io.csvcells import csv_text
+
+    cells = {row.split(",")[0]: row.split(",")[2] for row in csv_text(phenotypes).splitlines()[1:]}
+    assert cells == {"TIL001": "", "TIL002": str(approved.version)}   # the version as written: 3, not 3.0
 
 
 def test_apply_gate_to_batch_makes_a_version_per_product(service):

@@ -48,6 +48,7 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
                 frame.insert(i, k, v)
             pop_frames.append(frame)
     phenotypes = pd.DataFrame(phen_rows)
+    phenotypes["gate_version"] = phenotypes["gate_version"].astype("Int64")   # 3, not 3.0 beside a not-approved row
     first = ["product_id", "review_status", "gate_version", "gates_sha256", "release_status"]
     phenotypes = phenotypes[first + [c for c in phenotypes.columns if c not in first]]
     populations = pd.concat(pop_frames, ignore_index=True) if pop_frames else pd.DataFrame(
