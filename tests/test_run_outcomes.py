@@ -98,6 +98,25 @@ def test_every_file_with_a_panel_error_fails_the_product(two_products, tmp_path)
     assert summary.flag_severity["panel_error"] == summary.flag_severity["product_failed"] == "error"
 
 
+def test_a_gate_failing_on_the_stained_tube_is_named_despite_the_unstained_control(two_products, tmp_path):
+    """A stained file with 5 events: its gates fail (gate_failed); the unstained control's self-check
+    skips the populations below them instead of hiding the file's own reason behind a tree error."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = _copy(two_products, tmp_path / "in", keep=lambda n: n.startswith("P1_"))
+    stained = folder / "P1_surface_stain.fcs"
+    fcs = read_fcs(stained)
+    channels = [(n, s or None, float(r)) for n, s, r in zip(fcs.channels["pnn"], fcs.channels["pns"], fcs.channels["pnr"])]
+    keywords = {k: v for k, v in fcs.keywords.items() if k in ("$SRC", "TUBE NAME", "$FIL")}
+    write_fcs(stained, fcs.events[:5].astype("float32"), channels, keywords, spillover=fcs.spillover)
+    summary = process_folder(folder, tmp_path / "out", make_reports=False)
+    assert summary.failed.keys() == {"P1"}
+    assert "P1_surface_stain.fcs: gate failed (cells: " in summary.failed["P1"]
+    assert "only 5 events" in summary.failed["P1"]
+    assert "has not been evaluated" not in summary.failed["P1"]
+
+
 def test_no_fcs_files_is_an_error_and_out_is_untouched(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

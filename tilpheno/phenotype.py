@@ -465,6 +465,8 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData) -> lis
     for name, parent, gate, _ in state.gates:
         if not all(d in control.data for d in gate.dims):
             break   # the control lacks a dimension: the populations below cannot be evaluated
+        if any(p not in masks for p in (parent, *getattr(gate, "operands", ())) if p != ROOT):
+            continue   # it depends on a population whose gate failed on the stained file (gate_failed)
         pop = by_name[name]
         masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent, n, pop.complement)
         positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in control.detectors
