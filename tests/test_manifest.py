@@ -179,3 +179,14 @@ def test_cli_scan_writes_csv_and_accepts_manifest(files):
     bad = _write(files / "bad.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "weird", ""]])
     result = runner.invoke(app, ["scan", str(files), "--manifest", str(bad)])
     assert result.exit_code == 2 and "unknown role 'weird'" in result.output
+
+
+def test_cli_scan_unwritable_out_is_one_line(files):
+    """`scan -o` naming a folder (or a path it cannot write): exit 2, one line naming -o, no traceback."""
+    taken = files / "taken"
+    taken.mkdir()
+    result = CliRunner().invoke(app, ["scan", str(files), "-o", str(taken)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == f"error: {taken}: Is a directory"
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not list(files.glob(".*.part"))

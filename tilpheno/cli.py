@@ -148,7 +148,10 @@ def scan(
         written = frame[list(COLUMNS)].copy()
         if manifest is None:
             written["file"] = [os.path.relpath(f, folder) for f in written["file"]]
-        write_csv(out, written, errors="surrogateescape")   # file names that are not UTF-8 read back as written
+        try:
+            write_csv(out, written, errors="surrogateescape")   # file names that are not UTF-8 read back as written
+        except OSError as exc:   # -o is a folder, on a read-only or full disk, ...: named as given, not as its temporary file
+            _fail(OSError(exc.errno, exc.strerror, str(out)))
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
 
 
