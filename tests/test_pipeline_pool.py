@@ -8,9 +8,12 @@ from tilpheno.pipeline.pool import WorkerPool, describe_exit
 
 
 def _pid_of(job: str):
-    """The job and the id of the process that ran it; job ``die`` ends its process (status 3)."""
+    """The job and the id of the process that ran it; job ``die`` ends its process (status 3),
+    job ``interrupt`` is hit by Ctrl-C."""
     if job == "die":
         os._exit(3)
+    if job == "interrupt":
+        raise KeyboardInterrupt
     return job, os.getpid()
 
 
@@ -36,6 +39,24 @@ def test_pool_stops_its_workers():
         assert dict(pool.imap_unordered(["a", "b"])).keys() == {"a", "b"}
         processes = [w.process for w in pool.workers]
     assert processes and all(p.exitcode == 0 for p in processes)
+
+
+def test_an_interrupted_worker_stops_without_a_traceback():
+    """Ctrl-C reaches the workers too: each stops quietly (the parent reports the interrupted run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+              "from test_pipeline_pool import _failed, _pid_of\n"
+              "from tilpheno.pipeline.pool import WorkerPool\n"
+              "with WorkerPool(1, _pid_of, _failed) as pool:\n"
+              "    print(sorted(pool.imap_unordered(['interrupt', 'a']))[1])\n")
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "('interrupt', 'worker died while processing this product (exited with status 130)')" in done.stdout
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
 
 
 def test_describe_exit():

@@ -58,7 +58,10 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 def worker_main(conn, run: Callable[[Any], Any], initializer: Callable[[], None] | None) -> None:
-    """Body of a worker process: receive a job, send back ``run(job)``, until ``None`` or EOF."""
+    """Body of a worker process: receive a job, send back ``run(job)``, until ``None`` or EOF.
+
+    Ctrl-C reaches the whole process group: the parent reports the interrupted run, so a worker
+    stops quietly (exit status 130), without a traceback of where it was."""
     if initializer is not None:
         initializer()
     try:
@@ -70,6 +73,8 @@ def worker_main(conn, run: Callable[[Any], Any], initializer: Callable[[], None]
             if job is None:
                 return
             conn.send(run(job))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     finally:
         conn.close()
 
