@@ -268,3 +268,23 @@ def test_disk_full_and_read_only_out_give_one_line(two_products, tmp_path, monke
     assert len(line) == 1 and words in line[0] and "phenotypes.csv" in line[0], result.output
     assert "Traceback" not in result.output
     assert _tree(out) == before and not list(out.glob(".tilpheno*"))
+
+
+def test_a_malformed_spillover_keyword_is_named_not_called_missing(two_products, tmp_path):
+    """A file whose $SPILLOVER cannot be parsed is left uncompensated (a tolerated quirk); its
+    no_compensation flag says why, not 'no $SPILLOVER in the file'."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = _copy(two_products, tmp_path / "in", keep=lambda n: n.startswith("P1_"))
+    stained = folder / "P1_surface_stain.fcs"
+    fcs = read_fcs(stained)
+    channels = [(n, s or None, float(r)) for n, s, r in zip(fcs.channels["pnn"], fcs.channels["pns"], fcs.channels["pnr"])]
+    keywords = {k: v for k, v in fcs.keywords.items() if k in ("$SRC", "TUBE NAME", "$FIL")}
+    write_fcs(stained, fcs.events.astype("float32"), channels, {**keywords, "$SPILLOVER": "7,FITC-A,PE-A,1.0,0.2"})
+    process_folder(folder, tmp_path / "out", make_reports=False)
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    [message] = qc.loc[(qc["code"] == "no_compensation") & (qc["file"] == "P1_surface_stain.fcs"), "message"]
+    assert message.startswith("spillover keyword ignored: P1_surface_stain.fcs keyword $SPILLOVER: expected 57")
+    assert message.endswith("; no override matrix: data left uncompensated")
+    assert str(folder) not in message

@@ -212,7 +212,8 @@ class CompensationUsed:
 
 def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str], fcs, exported: bool) -> QCFlag:
     """The flag of a file left without a matrix: ``precompensated`` (info) when ``exported`` (its
-    markers' detectors are compensated export parameters, ``FJComp-...``), else ``no_compensation``."""
+    markers' detectors are compensated export parameters, ``FJComp-...``), else ``no_compensation``
+    (naming the reader's reason when the file's spillover keyword was malformed and ignored)."""
     if exported:
         names = sorted(set(detectors.values()))
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -220,6 +221,10 @@ def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str]
         return QCFlag(product_id, name, "precompensated", "info",
                       f"markers on compensated export parameters ({shown}): data compensated before "
                       f"export, used as it is{own}")
+    ignored = [p.replace(str(fcs.path), name) for p in fcs.problems if p.startswith("spillover keyword ignored")]
+    if ignored:
+        return QCFlag(product_id, name, "no_compensation", "warning",
+                      f"{ignored[0]}; no override matrix: data left uncompensated")
     return QCFlag(product_id, name, "no_compensation", "warning",
                   "no $SPILLOVER in the file and no override matrix: data left uncompensated")
 
