@@ -9,6 +9,7 @@ import subprocess
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import select, text
 
@@ -364,3 +365,56 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     assert service.approved_version(pid) is None
     service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions)
     assert service.approved_version(pid).version == w
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path):
+    """process --overwrite on the same files with another FMO percentile: the app's automatic gates
+    follow the new run (a new automatic version, audited), not the first run's version 1; the
+    correction and approval made on the first run's gates stay in the history, void."""
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.server import build_service
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+    one.to_csv(tmp_path / "manifest.csv", index=False)
+    out, pid = tmp_path / "out", "TIL001"
+
+    def run(**settings):
+        summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=SAMPLE / "outcomes.csv",
+                                 allow_unmatched=True, make_reports=False, **settings)
+        assert summary.ok, summary.failed
+
+    run()
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        assert first.automatic_version(pid).version == 1          # the run's own gates: nothing added
+        first.save_version(pid, user(first, "alice"), 1, shifted_cd3(first, pid, 0.05), "CD3 cut into the valley")
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 2, {})
+        assert first.approved_version(pid).version == 2
+        first.factory.kw["bind"].dispose()
+
+        run(overwrite=True, fmo_percentile=99.0)
+        again = build_service(out, url)
+        auto = again.automatic_version(pid, "alice")
+        assert (auto.version, auto.based_on, auto.source, auto.created_by) == (3, None, "automatic", "tilpheno")
+        assert again.current_version(pid) == 3 and again.automatic_version(pid).version == 3   # once
+        assert json.loads(auto.gates_json) == again.source.automatic(pid)
+        new_row = again.source.phenotype_row(pid)
+        res = recompute(again.source, pid, json.loads(auto.gates_json))
+        for var in ("cd8pd1_pct_of_cd8", "pd1_pct_of_live_lymph", "cd4foxp3_pct_of_cd4"):
+            assert res.phenotype[var] == pytest.approx(float(new_row[var]), rel=1e-9), var
+        old = recompute(again.source, pid, gates(again, pid, 1))
+        assert old.phenotype["cd8pd1_pct_of_cd8"] != pytest.approx(res.phenotype["cd8pd1_pct_of_cd8"], abs=1e-6)
+        assert again.approved_version(pid) is None
+        assert [v.valid for v in again.signatures(pid)] == [False]
+        with again.factory() as db:
+            entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product")).one()
+            assert audit.verify(db).ok
+        assert (entry.username, entry.product_id) == ("alice", pid)
+        assert json.loads(entry.before_json)["version"] == 1 and json.loads(entry.after_json)["version"] == 3
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

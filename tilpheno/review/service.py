@@ -173,6 +173,47 @@ class ReviewService:
             with self.factory() as db:
                 return _get(db, Product, product_id)
 
+    def automatic_version(self, product_id: str, username: str = "system") -> GateSetVersion:
+        """The newest automatic version. When the run in this output folder placed other automatic
+        gates than that version holds (``process --overwrite`` on the same files with other
+        strategies, settings or software), the run's gates first become a new automatic version,
+        the current one (audited ``reimport_product``): the review starts again from the run's own
+        gates; earlier versions stay, and signatures on them are void (the version changed)."""
+        self.ensure_imported(product_id)
+        gate_set = self.source.automatic(product_id)   # slow part outside the transaction (memoised per process)
+        digest = gates_sha256(gate_set)
+
+        def newest(db: Session) -> GateSetVersion:
+            return db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
+                                                           GateSetVersion.source == "automatic")
+                              .order_by(GateSetVersion.version.desc()).limit(1)).one()
+
+        with self.factory() as db:
+            row = newest(db)
+        if row.gates_sha256 == digest:
+            return row
+
+        def add(db: Session) -> GateSetVersion:
+            stale = newest(db)
+            if stale.gates_sha256 == digest:   # added meanwhile by another request
+                return stale
+            product = _get(db, Product, product_id)
+            version, now = product.current_version + 1, utcnow()
+            reason = (f"the run's automatic gates differ from version {stale.version}'s (process re-run on the same "
+                      "files with other strategies, settings or software): they become the current version")
+            row = GateSetVersion(product_id=product_id, version=version, based_on=None, gates_json=audit.canonical(gate_set),
+                                 gates_sha256=digest, source="automatic", reason=reason, created_by="tilpheno",
+                                 created_at=now)
+            db.add(row)
+            product.current_version = version
+            audit.append(db, username, "reimport_product", product_id=product_id,
+                         before={"version": stale.version, "gates_sha256": stale.gates_sha256},
+                         after={"version": version, "gates_sha256": digest}, reason=reason)
+            db.flush()
+            return row
+
+        return transaction(self.factory, add)
+
     def versions(self, product_id: str) -> list[GateSetVersion]:
         self.ensure_imported(product_id)
         with self.factory() as db:

@@ -199,8 +199,8 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def state(product_id: str):
         service.require_access(g.user, product_id)
+        automatic = service.automatic_version(product_id, g.user.username)   # first: it may add the current version
         current = service.version(product_id)
-        automatic = service.version(product_id, 1)
         cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
         auto_res = recompute(service.source, product_id, auto_set, medians=False)
         cur_res = recompute(service.source, product_id, cur_set, medians=False)
@@ -258,7 +258,7 @@ def create_app(service: ReviewService) -> Flask:
         out = {"populations": _tables(res), "phenotype": _clean(res.phenotype), "release": release_rows(res.release),
                "release_status": res.release_status}
         if data.get("plots"):
-            out["plots"] = _plots(service, product_id, draft, json.loads(service.version(product_id, 1).gates_json))
+            out["plots"] = _plots(service, product_id, draft, json.loads(service.automatic_version(product_id).gates_json))
         return jsonify(out)
 
     @app.post("/api/products/<path:product_id>/versions")
