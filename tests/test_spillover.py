@@ -70,6 +70,24 @@ def test_cli_writes_a_matrix_process_can_read(cell_controls, tmp_path):
     assert (tmp_path / "ssm.csv").exists()
 
 
+@pytest.mark.parametrize("option", ["-o", "--ssm", "--diagnostics"])
+def test_cli_an_output_it_cannot_write_is_one_line(cell_controls, tmp_path, option):
+    """An output path that is a folder: exit 2, one line naming that path (not the atomic writer's
+    temporary file), no traceback."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    paths = {"-o": tmp_path / "matrix.csv", "--ssm": tmp_path / "ssm.csv", "--diagnostics": tmp_path / "diag.csv"}
+    paths[option] = taken
+    args = ["compensate", str(cell_controls.out_dir), "--controls", str(cell_controls.controls_csv)]
+    for name, path in paths.items():
+        args += [name, str(path)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == f"error: {taken}: Is a directory"
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not list(tmp_path.glob(".*.part"))
+
+
 def test_controls_csv_errors_name_the_row(cell_controls, tmp_path):
     bad = tmp_path / "controls.csv"
     bad.write_text("file,detector\nmissing.fcs,FITC-A\n")

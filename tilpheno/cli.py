@@ -6,7 +6,7 @@ Errors from bad input (``TilphenoError``) are printed as one line and exit with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import Callable, List, NoReturn, Optional
 
 import typer
 
@@ -42,6 +42,15 @@ def _fail(exc: Exception) -> NoReturn:
 
     typer.secho(f"error: {as_cli_text(display_name(' '.join(text.split())))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _write_or_fail(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(path)``; an ``OSError`` (the path a folder, a read-only or full disk) is one line
+    naming ``path`` as given, not the temporary file the atomic writer was filling, exit status 2."""
+    try:
+        write(path)
+    except OSError as exc:
+        _fail(OSError(exc.errno, exc.strerror, str(path)))
 
 
 def _print_version(value: bool) -> None:
@@ -148,10 +157,8 @@ def scan(
         written = frame[list(COLUMNS)].copy()
         if manifest is None:
             written["file"] = [os.path.relpath(f, folder) for f in written["file"]]
-        try:
-            write_csv(out, written, errors="surrogateescape")   # file names that are not UTF-8 read back as written
-        except OSError as exc:   # -o is a folder, on a read-only or full disk, ...: named as given, not as its temporary file
-            _fail(OSError(exc.errno, exc.strerror, str(out)))
+        # file names that are not UTF-8 read back as written
+        _write_or_fail(out, lambda path: write_csv(path, written, errors="surrogateescape"))
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
 
 
@@ -193,13 +200,13 @@ def compensate(
     try:
         found = controls_in_folder(controls_folder, controls)
         estimate = estimate_spillover(found, source=f"single-stain controls in {controls_folder}")
-        write_spillover_csv(estimate.spillover, out)
-        if ssm is not None:
-            write_csv(ssm, estimate.ssm.reset_index(names="fluorochrome"))
-        if diagnostics is not None:
-            write_csv(diagnostics, estimate.controls)
     except TilphenoError as exc:
         _fail(exc)
+    _write_or_fail(out, lambda path: write_spillover_csv(estimate.spillover, path))
+    if ssm is not None:
+        _write_or_fail(ssm, lambda path: write_csv(path, estimate.ssm.reset_index(names="fluorochrome")))
+    if diagnostics is not None:
+        _write_or_fail(diagnostics, lambda path: write_csv(path, estimate.controls))
     typer.echo(f"{len(estimate.controls)} single-stain controls, negative reference: "
                f"{', '.join(sorted(set(estimate.controls['negative'])))}")
     typer.echo(estimate.spillover.to_dataframe().round(4).to_string())
