@@ -147,3 +147,16 @@ def test_the_login_pages_users_add_command_runs_as_shown(review_out, tmp_path):
     args = [str(review_out) if a == "OUT" else "fran" if a == "NAME" else a for a in args]
     r = run(*args, "--password-stdin", "--db", db, stdin="fran-password-1\n")
     assert r.exit_code == 0 and "user fran (analyst) added" in r.output, (shown, r.output)
+
+
+def test_a_mistyped_output_folder_starts_no_database(review_out, tmp_path):
+    """Without --db the database is OUT.review.sqlite beside OUT: a folder that holds no run (and has
+    no database yet) is refused in one line, and no stray database file is made."""
+    typo = tmp_path / "otu"
+    typo.mkdir()
+    r = run("users", "add", typo, "gil", "--role", "analyst", "--password-stdin", stdin="gil-password-12\n")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"error: {typo}: not a processed output folder (no run.json)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["otu"]
+    r = run("audit", "verify", tmp_path / "nowhere")
+    assert r.exit_code == 2 and not (tmp_path / "nowhere.review.sqlite").exists(), r.output

@@ -23,9 +23,15 @@ class ReviewError(TilphenoError):
 
 
 def default_db_url(out_dir: str | Path) -> str:
-    """``sqlite:///<OUT>.review.sqlite``: a file beside the output folder."""
+    """``sqlite:///<OUT>.review.sqlite``: a file beside the output folder. ReviewError when that
+    file does not exist yet and OUT is not a processed output folder (no ``run.json``): a mistyped
+    OUT would otherwise start a new, empty database beside whatever it names."""
     out = Path(out_dir).resolve()
-    return f"sqlite:///{out.parent / (out.name + '.review.sqlite')}"
+    path = out.parent / (out.name + ".review.sqlite")
+    if not path.exists() and not (out / "run.json").is_file():
+        raise ReviewError(f"{out_dir}: not a processed output folder (no run.json) and no review database "
+                          f"{path.name} beside it; name the output folder of a run, or the database's URL")
+    return f"sqlite:///{path}"
 
 
 def normalise_url(url: str) -> str:
