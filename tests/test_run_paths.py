@@ -74,3 +74,26 @@ def test_a_panel_changed_since_the_run_is_refused(relative_run):
         ReviewSource(out)
     with pytest.raises(TilphenoError, match="panel file changed or missing since the run"):
         rerun_arguments(out)
+
+
+@pytest.mark.parametrize("change", ["rewritten", "removed", "touched"])
+def test_an_input_changed_since_the_run_is_refused_by_report(relative_run, tmp_path, change):
+    """``tilpheno report`` draws the run's own results: an input file whose bytes changed, or that is
+    gone, is refused in one line naming it (the tables are not silently re-made from other data);
+    a file only touched (same bytes, new mtime) is the same input."""
+    out, _ = relative_run
+    fcs = tmp_path / "fcs" / "412C_mLN_026.fcs"
+    if change == "rewritten":
+        data = bytearray(fcs.read_bytes())
+        data[-1] ^= 0xFF   # one byte of the last event
+        fcs.write_bytes(bytes(data))
+    elif change == "removed":
+        fcs.unlink()
+    else:
+        os.utime(fcs, (1e9, 1e9))
+    if change == "touched":
+        kwargs, known = rerun_arguments(out)
+        assert known == {"412C_mLN"}
+        return
+    with pytest.raises(TilphenoError, match=r"412C_mLN_026\.fcs: input file changed or missing since the run"):
+        rerun_arguments(out)

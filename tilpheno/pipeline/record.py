@@ -57,7 +57,8 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
     outcomes, strategies, release spec, FMO percentile, identifiers, local jobs), and the run's
     product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or
-    a strategy or release spec file changed since (the results would no longer be that run's)."""
+    an input file, a strategy, release spec or panel file changed since (the results would no
+    longer be that run's)."""
     import json
 
     import pandas as pd
@@ -83,6 +84,11 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
             same = False
         if not same:
             raise TilphenoError(f"{path}: {what} changed or missing since the run in {out_dir}; run `tilpheno process` again")
+    changed = changed_inputs(out_dir, run)
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise TilphenoError(f"{changed[0]}: input file changed or missing since the run in {out_dir}{more}; "
+                            "run `tilpheno process` again")
     jobs = int(params.get("jobs", 1)) if params.get("executor", "local") == "local" else 1
     kwargs = {
         "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
@@ -101,6 +107,16 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         "allow_outside": bool(params.get("allow_outside", False)),
     }
     return kwargs, known
+
+
+def changed_inputs(out_dir: Path, run: Mapping[str, Any]) -> list[str]:
+    """The input files a ``process`` run recorded (``inputs`` of its ``run.json`` dict ``run``) whose
+    SHA-256 differs now, or that are no longer readable regular files; a file whose stat identity is
+    unchanged keeps the digest OUT's cache recorded (not hashed again)."""
+    from tilpheno.cache import ProductStore
+
+    digests = ProductStore(out_dir, read=True).inputs()
+    return [str(i["path"]) for i in run.get("inputs", []) if digests.sha256(str(i["path"])) != i.get("sha256")]
 
 
 def run_study(run: Mapping[str, Any], where: str | Path = "run.json") -> Study:
