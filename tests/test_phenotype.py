@@ -211,6 +211,22 @@ def test_two_stained_files_of_one_tube_need_review_and_are_named(product, strate
     assert release_decision(DEFAULT_SPEC, single.phenotype, single.qc, usable=True)[1] != "not evaluable"
 
 
+def test_two_stained_files_of_one_name_are_told_apart(product, strategies, tmp_path):
+    """The same file name in two folders: the duplicate_tube flag names each by its path."""
+    import shutil
+
+    _, rows, _ = product
+    stain = rows[(rows["tube"] == "surface") & (rows["role"] == "stain")].iloc[0]
+    (tmp_path / "again").mkdir()
+    again = tmp_path / "again" / Path(stain["file"]).name
+    shutil.copy(stain["file"], again)
+    result = run(pd.concat([rows, stain.to_frame().T.assign(file=str(again))], ignore_index=True), strategies)
+    (flag,) = [f for f in result.qc if f.code == "duplicate_tube"]
+    first, second = sorted([str(stain["file"]), str(again)])
+    assert f"2 surface stained files ({first}, {second}); the variables come from the first gated by name, {first}" \
+        in flag.message
+
+
 def _digest(result) -> str:
     h = hashlib.sha256()
     for k in sorted(result.phenotype):

@@ -525,6 +525,13 @@ class _Source:
     handle: Any = None                        # loader's data (e.g. the manifest row, the FCSFile for the digest)
 
 
+def _distinct_names(sources: Sequence[_Source]) -> list[str]:
+    """Each source's file name, or its path as the manifest gives it where two share a name (the
+    same file name in two folders)."""
+    names = [s.handle["name"] for s in sources]
+    return [n if names.count(n) == 1 else str(s.handle["row"].file) for n, s in zip(names, sources)]
+
+
 def _row_source(order: int, role: str, fmo_marker: str | None, row) -> _Source:
     """A manifest ``row`` as a source of :func:`analyze_product`'s loader (its handle: the row, the
     file name, the read and load flags once met, the FCSFile once read)."""
@@ -1075,7 +1082,7 @@ def analyze_product(
                 src.failed = True
                 src.handle["read_flag"] = QCFlag(product_id, src.handle["name"], "unreadable_file", "error", exc.problem)
                 continue
-            stained_read.append(src.handle["name"])
+            stained_read.append(src)
             if reference is None:
                 fcs.events = None   # the TEXT is what the panels need; the events are read again when gated
                 reference, reference_src = fcs, src
@@ -1183,9 +1190,11 @@ def analyze_product(
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
         if len(stained_read) > 1:
-            used = sources[first].handle["name"] if first is not None else "none (no stained file was gated)"
+            shown = _distinct_names(stained_read)
+            used = (next(n for n, src in zip(shown, stained_read) if src is sources[first]) if first is not None
+                    else "none (no stained file was gated)")
             qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",
-                             f"{len(stained_read)} {tube_kind} stained files ({', '.join(stained_read)}); the variables "
+                             f"{len(stained_read)} {tube_kind} stained files ({', '.join(shown)}); the variables "
                              f"come from the first gated by name, {used}: check that each belongs to this product "
                              "(a re-acquired tube, or two samples under one product id)"))
 
