@@ -212,7 +212,8 @@ def test_report_escapes_input_values_and_states_conventions(tables, tmp_path):
     assert "<script" not in html and "<img src=x" not in html and "<b>x</b>" not in html
     assert "&lt;script&gt;" in html
     for phrase in ("REMARK item 10", "REMARK item 11", "Efron", "cox.zph", "Brookmeyer-Crowley", "reverse Kaplan-Meier",
-                   "Lausen", "permutation", "inflate the type I error", "Clopper-Pearson", "Welch", "Mann-Whitney"):
+                   "Lausen", "permutation", "inflate the type I error", "Clopper-Pearson", "Welch", "Mann-Whitney",
+                   "last observed time, even if the curve has reached 0"):
         assert phrase in html, phrase
     assert html.count("<svg class=\"plot\"") >= 4   # figures inline (vector)
 

@@ -461,7 +461,9 @@ def methods_text(results) -> list[str]:
         f"conventions. Pointwise confidence intervals use the '{s.conf_type}' transformation with the Greenwood "
         "variance. The median is the first time the curve reaches 0.5; when it equals 0.5 exactly over a flat "
         "step, the midpoint of that step. Its confidence interval is where the pointwise band crosses 0.5 "
-        "(Brookmeyer-Crowley). The 12-month rate is the curve's value at 12 months with its pointwise CI. "
+        "(Brookmeyer-Crowley). The 12-month rate is the curve's value at 12 months with its pointwise CI; it is "
+        "left blank when 12 months lies beyond the group's last observed time, even if the curve has reached 0 "
+        "(as R's summary(survfit, times = 12) without extend). "
         "Median follow-up is estimated by the reverse Kaplan-Meier method. Groups are compared by the "
         "log-rank (Mantel-Haenszel) test.",
         "REMARK item 10 (how markers were handled): every marker was analysed as a continuous variable (Cox "
