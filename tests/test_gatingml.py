@@ -126,3 +126,21 @@ def test_fcs_spillover_reference_uses_file_matrix():
     raw = true @ s.matrix  # B raw = 1.0, 2.0, 2.0: all >= 1 uncompensated
     assert apply_gatingml(doc, raw, ["A", "B"], s)["R"].tolist() == [True, False, False]
     assert apply_gatingml(doc, raw, ["A", "B"], None)["R"].tolist() == [False, False, False]
+
+
+def test_logicle_w0_is_the_arcsinh_scale():
+    """W = 0 is a valid logicle (the XSD types W as non-negative; hyperlog's W as positive): the
+    arcsinh scale (Moore & Parks 2012), here by its closed form, with T = 10000, M = 4.5, A = 0.5."""
+    lg = '<transforms:transformation transforms:id="L0"><transforms:logicle transforms:T="10000" transforms:W="0" transforms:M="4.5" transforms:A="0.5"/></transforms:transformation>'
+    gate = RANGE.format(parent="", comp="uncompensated", tr='gating:transformation-ref="L0"', name="FL2-H").replace(
+        'gating:min="1"', 'gating:min="0.3" gating:max="0.6"')
+    f = sample()
+    got = apply_gatingml(parse_gatingml(_doc(lg + gate)), f.events, f.channel_names)["R"]
+    b, c = 5.0 * np.log(10), 0.5 * np.log(10)
+    scale = (np.arcsinh(f.events[:, f.channel_names.index("FL2-H")] / (10000 / np.sinh(b - c))) + c) / b
+    assert np.min(np.abs(scale[:, None] - [0.3, 0.6])) > 1e-9   # no event on a boundary
+    expected = (scale >= 0.3) & (scale < 0.6)
+    assert 100 < expected.sum() < f.n_events - 100
+    assert np.array_equal(got, expected)
+    with pytest.raises(StrategyError, match="'H'.*W"):
+        parse_gatingml(_doc(lg.replace("logicle", "hyperlog").replace('"L0"', '"H"')))

@@ -133,7 +133,10 @@ def _scale_param_problem(kind: str, p: Mapping[str, float]) -> str:
     if kind == "fasinh":
         return "" if 0 <= p["A"] <= p["M"] else "A must satisfy 0 <= A <= M"
     if kind in ("logicle", "hyperlog"):
-        if not 0 < p["W"] <= p["M"] / 2:
+        # the XSD types logicle's W as non-negative (W = 0 is the arcsinh scale), hyperlog's as positive
+        if kind == "logicle" and not 0 <= p["W"] <= p["M"] / 2:
+            return "W must satisfy 0 <= W <= M/2"
+        if kind == "hyperlog" and not 0 < p["W"] <= p["M"] / 2:
             return "W must satisfy 0 < W <= M/2"
         if not -p["W"] <= p["A"] <= p["M"] - 2 * p["W"]:
             return "A must satisfy -W <= A <= M - 2W"
