@@ -219,3 +219,27 @@ def test_polygon_on_nonlinear_display_scale(tmp_path, xform, display):
     assert 100 < expected.sum() < 2900
     assert (expected != ((events[:, 0] >= 100) & (events[:, 1] >= 100) & (events.sum(axis=1) < 100100))).sum() > 50
     assert np.array_equal(got, expected)
+
+
+def test_boolean_node_before_the_populations_it_depends_on(line, tmp_path):
+    """A boolean node may come before its dependents in the document (FlowJo keeps the user's
+    order). 'high/not top' must be high & not high/top, not the 'low/top' defined earlier."""
+    body = (pop("low", ("RectangleGate", dim("channel_A", None, 90000)), pop("top", ("RectangleGate", dim("channel_A", 70000))))
+            + pop("high", ("RectangleGate", dim("channel_A", 100000)),
+                  '<NotNode name="not top"><Dependents><Dependent name="top"/></Dependents><Subpopulations/></NotNode>'
+                  '<OrNode name="top or edge"><Dependents><Dependent name="top"/><Dependent name="edge"/></Dependents><Subpopulations/></OrNode>'
+                  + pop("top", ("RectangleGate", dim("channel_A", 120000)))
+                  + pop("edge", ("RectangleGate", dim("channel_A", None, 105000)))))
+    text = SYNTHETIC.split("<SampleNode")[0] + f'<SampleNode name="line" count="100" sampleID="7"><Subpopulations>{body}</Subpopulations></SampleNode></Sample></SampleList></Workspace>'
+    a = line.events[:, 0]
+    high = a >= 100000
+    expected = {"low": a < 90000, "low/top": (a >= 70000) & (a < 90000), "high": high,
+                "high/not top": high & (a < 120000), "high/top or edge": high & ((a >= 120000) | (a < 105000)),
+                "high/top": high & (a >= 120000), "high/edge": high & (a < 105000)}
+    (tmp_path / "w.wsp").write_text(text)
+    got = apply_workspace(read_workspace(tmp_path / "w.wsp", "TIL"), line.events, line.channel_names)
+    assert list(got) == list(expected)
+    for path, mask in expected.items():
+        assert 0 < mask.sum() < 100, path
+        assert np.array_equal(got[path], mask), (path, int(got[path].sum()), int(mask.sum()))
+

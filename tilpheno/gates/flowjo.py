@@ -319,7 +319,7 @@ def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSampl
         s.spillover, s.comp_prefix, s.comp_suffix = _parse_spillover(matrix, source)
     subs = node.find("Subpopulations")
     if subs is not None:
-        _walk(subs, "", s, source)
+        _walk(subs, "", s, source, _population_paths(subs, ""))
     return s
 
 
@@ -339,7 +339,18 @@ def _parse_spillover(el: ET.Element, source: str) -> tuple[Spillover, str, str]:
     return Spillover(tuple(detectors), np.array(rows, dtype=np.float64), f"{source} spilloverMatrix {el.get('name', '')}"), el.get("prefix", ""), el.get("suffix", "")
 
 
-def _walk(subs: ET.Element, parent: str, s: FlowJoSample, source: str) -> None:
+def _population_paths(subs: ET.Element, parent: str) -> list[str]:
+    """Paths of every population under ``subs``, in document order (boolean nodes may refer to any)."""
+    paths = []
+    for el in subs:
+        if el.tag in ("Population", "AndNode", "OrNode", "NotNode") and el.get("name") is not None:
+            path = f"{parent}/{el.get('name')}" if parent else str(el.get("name"))
+            child = el.find("Subpopulations")
+            paths += [path, *(_population_paths(child, path) if child is not None else [])]
+    return paths
+
+
+def _walk(subs: ET.Element, parent: str, s: FlowJoSample, source: str, known: list[str]) -> None:
     for el in subs:
         if el.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
             continue
@@ -350,10 +361,10 @@ def _walk(subs: ET.Element, parent: str, s: FlowJoSample, source: str) -> None:
         if el.tag == "Population":
             s.populations.append(_population(el, name, path, parent, s, source))
         else:
-            s.populations.append(_boolean(el, name, path, parent, s, source))
+            s.populations.append(_boolean(el, name, path, parent, known, source))
         child = el.find("Subpopulations")
         if child is not None:
-            _walk(child, path, s, source)
+            _walk(child, path, s, source, known)
 
 
 def _dims(gate_el: ET.Element, path: str, source: str) -> list[str]:
@@ -436,10 +447,12 @@ def _ellipse(g: ET.Element, dims: list[str], path: str, s: FlowJoSample, source:
     return EllipsoidGate(tuple(s.display_name(d) for d in dims), tuple(centre), tuple(map(tuple, cov)), 1.0)
 
 
-def _boolean(el, name, path, parent, s: FlowJoSample, source) -> WorkspacePopulation:
+def _boolean(el, name, path, parent, known: list[str], source) -> WorkspacePopulation:
+    """A boolean population over ``<Dependent>`` names, resolved among ``known`` (all paths of the
+    sample's tree, wherever in the document they are): a path from the root, else a sibling, else
+    a root population, else the first population whose path ends with the name."""
     op = {"AndNode": "and", "OrNode": "or", "NotNode": "not"}[el.tag]
     deps = [d.get("name", "") for d in el.findall("Dependents/Dependent")]
-    known = {p.path for p in s.populations}
     refs = []
     for dep in deps:
         candidates = [dep.strip("/")] if "/" in dep.strip("/") else [f"{parent}/{dep}" if parent else dep, dep]
