@@ -376,3 +376,46 @@ def test_an_expired_session_page_leads_to_the_login(app, service):
     assert link and link.group(1) == f"/login?next=/products/{PID}", page.text
     again = c.get(link.group(1))
     assert again.status_code == 200 and 'id="login-button"' in again.text
+
+
+def test_a_server_whose_folder_was_processed_again_stops_showing_the_old_run(tmp_path):
+    """process --overwrite while the server runs: every page and API call answers 503 naming the
+    folder and asking for a restart (nothing shown, recomputed or signed from the run it loaded);
+    a server started afterwards serves the new run."""
+    import pandas as pd
+
+    from review_support import SAMPLE, database_url, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.server import build_service
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == PID].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+    one.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+
+    def run(**settings):
+        assert process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=SAMPLE / "outcomes.csv",
+                              allow_unmatched=True, make_reports=False, **settings).ok
+
+    run()
+    url = database_url("sqlite", tmp_path)
+    service = make_service(out, url)
+    app = create_app(service)
+    c, h, _ = login(app, "dave")
+    state = c.get(f"/api/products/{PID}/state")
+    assert state.status_code == 200
+    before = counts(service)
+
+    run(overwrite=True, fmo_percentile=99.0)
+    for response in (c.get(f"/api/products/{PID}/state"), c.get("/", headers={"Accept": "text/html"}),
+                     c.post(f"/api/products/{PID}/sign", headers=h, json={
+                         "password": PASSWORDS["dave"], "meaning": "reviewed", "version": state.json["current_version"],
+                         "qc_resolutions": {}})):
+        assert response.status_code == 503, response.text
+        assert f"{out} was processed again" in response.text and "restart the server" in response.text
+    assert c.get("/healthz").status_code == 200
+    assert counts(service) == before
+
+    fresh = create_app(build_service(out, url))
+    c2, _h2, _ = login(fresh, "dave")
+    assert c2.get(f"/api/products/{PID}/state").status_code == 200

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -94,6 +95,13 @@ class Recomputed:
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """A file's stat identity (device, inode, size, mtime in ns): a new ``run.json`` (written to a
+    temporary file and renamed) has another."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -102,6 +110,7 @@ class ReviewSource:
         self.inputs_dir = Path(inputs_dir).resolve() if inputs_dir else None
         run_json = self.out_dir / "run.json"
         try:
+            self._run_identity = _identity(run_json)   # before reading: a run published meanwhile reads as a change
             self.run = json.loads(run_json.read_text(encoding="utf-8"))
             self.phenotypes = pd.read_csv(self.out_dir / "phenotypes.csv", dtype={"product_id": str}, keep_default_na=False,
                                           na_values=[""])
@@ -125,6 +134,18 @@ class ReviewSource:
         self._candidates: dict[str, dict] = {}
 
     # -- run.json ----------------------------------------------------------------------------
+    def superseded(self) -> str:
+        """Empty while OUT holds the run this source loaded; else why not (``process`` published a new
+        run into OUT, or removed it): what this source shows is no longer that folder's run."""
+        try:
+            now = _identity(self.out_dir / "run.json")
+        except OSError:
+            now = None
+        if now == self._run_identity:
+            return ""
+        return (f"{self.out_dir} was processed again (or its run removed) after this review server started; "
+                "restart the server to review the folder's current run")
+
     def _study(self) -> Study:
         """The study the run used (``parameters.study`` of run.json, checked against its SHA-256)."""
         from tilpheno.errors import TilphenoError

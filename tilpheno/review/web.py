@@ -66,6 +66,9 @@ def create_app(service: ReviewService) -> Flask:
             sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")
             if not csrf_ok(g.sess, sent):
                 return _error(403, "CSRF token missing or wrong: reload the page and try again (nothing was changed)")
+        superseded = service.source.superseded() if request.endpoint not in ("static", "healthz") else ""
+        if superseded:   # never show, recompute or sign another run's results as this folder's
+            return _error(503, f"{superseded} (nothing was changed)")
 
     @app.after_request
     def _headers(resp: Response):
