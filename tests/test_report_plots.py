@@ -176,6 +176,36 @@ def test_fmo_legend_sits_above_the_axes():
     assert all(y < top_of_axes for _, _, y in legend)   # SVG y grows downwards: above the axes
 
 
+def test_fmo_legend_names_the_rule_that_placed_the_threshold():
+    """The FMO overlay's dashed line is the threshold in use: its legend names the candidate that won
+    (the stained valley, the FMO percentile carried over, or the plain percentile), never "99.5th
+    pct of FMO" for a cut the FMO has 0 % above (it said so for every gate)."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tilpheno.phenotype import analyze_product
+    from tilpheno.report.product import _fmo_pairs, fmo_figures
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from strategy_support import sample_rows
+
+    result = analyze_product("TIL001", sample_rows("TIL001"), [load_strategy(p) for p in default_strategy_paths()])
+    winners = {str(row.population): str(row.winner) for _, row, _ in _fmo_pairs(result)}
+    assert {"stained_valley", "fmo_percentile"} <= set(winners.values()), winners
+    expected = {"stained_valley": "threshold: stained valley", "fmo_percentile": "threshold: 99.5th pct of FMO"}
+    figures = fmo_figures(result, 99.5)
+    assert {f.population for f in figures} == set(winners)
+    for figure in figures:
+        legend = {t for t, _, _ in _texts(figure.svg)["legend"]}
+        assert expected[winners[figure.population]] in legend, (figure.population, legend)
+    from tilpheno.report.product import threshold_note
+
+    fmo, unstained = SimpleNamespace(role="fmo"), SimpleNamespace(role="unstained")
+    assert threshold_note(SimpleNamespace(winner="fmo_relative"), fmo, 99.5) == "threshold: FMO pct carried over"
+    assert threshold_note(SimpleNamespace(winner="fmo_percentile"), unstained, 99.0) == "threshold: 99th pct of unstained control"
+
+
 def test_quadrant_names_from_the_strategy():
     surface = load_strategy(default_strategy_paths()[0])
     assert quadrant_names(surface, "CD3+", "CD56+") == {

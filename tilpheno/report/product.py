@@ -317,6 +317,19 @@ def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
     return pct_s, pct_f
 
 
+def threshold_note(row, control, percentile: float) -> str:
+    """The FMO overlay's legend for the threshold line: the candidate that won (``winner``,
+    gates.checks.RECORD_COLUMNS), not always the control's percentile (the cut is often the stained
+    valley or the percentile carried over to the stained negatives, where the control has < 0.5 % +)."""
+    kind = "unstained control" if control.role == "unstained" else "FMO"
+    winner = str(getattr(row, "winner", "") or "")
+    if winner == "stained_valley":
+        return "threshold: stained valley"
+    if winner == "fmo_relative":
+        return f"threshold: {'control' if kind != 'FMO' else kind} pct carried over"
+    return f"threshold: {percentile:g}th pct of {kind}"
+
+
 def fmo_figures(result, percentile: float, strategies=(),
                 axes: Mapping[tuple[str, str], tuple[float, float]] | None = None,
                 colours: Mapping[str, str] | None = None) -> list[Figure]:
@@ -342,7 +355,7 @@ def fmo_figures(result, percentile: float, strategies=(),
         svg = plots.fmo_overlay_plot(
             s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
             threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker,
-            threshold_note=f"threshold: {pctl:g}th pct of FMO", title=f"{marker} in {parent} ({stain.tube})", alt=alt,
+            threshold_note=threshold_note(row, fmo, pctl), title=f"{marker} in {parent} ({stain.tube})", alt=alt,
             colours=colours,
         )
         figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt,
