@@ -99,6 +99,21 @@ def test_failed_product_report_escapes_its_id_in_html_and_print_css():
     assert "could not be processed" in page
 
 
+def test_failed_product_report_says_why_release_was_not_evaluated():
+    """A product failed on one tube kind still shows the other tube's gates; its release section said
+    "the product was not gated" beside those plots. It names the failure instead."""
+    from dataclasses import replace
+
+    from tilpheno.report.product import render_product
+
+    failed = replace(_outcome("TIL007", 77.1, 92.4, error="no usable treg stained file"), release=[],
+                     release_status="not evaluable")
+    page = render_product(failed, None, {}, ProcessOptions())
+    section = page[page.index("<h2>Release criteria</h2>"):page.index("<h2>QC flags</h2>")]
+    assert "was not gated" not in section
+    assert "Not evaluated: the product failed (reason above)" in section
+
+
 @pytest.mark.browser
 def test_every_status_badge_is_legible_in_chromium(tmp_path, browser, outcomes):
     """Every badge the index and a product report show (processing, release, QC, needs review) has a
