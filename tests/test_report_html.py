@@ -114,6 +114,30 @@ def test_failed_product_report_says_why_release_was_not_evaluated():
     assert "Not evaluated: the product failed (reason above)" in section
 
 
+def test_report_qc_table_marks_the_flags_that_hold_release_as_qc_csv_does():
+    """The header says "needs review ... (see QC flags)"; the QC table marks which flags those are,
+    as qc.csv's needs_review column (two warnings looked alike: a drift that holds nothing and a
+    missing FMO that holds release)."""
+    from dataclasses import replace
+
+    from tilpheno.qc import needs_review
+    from tilpheno.report.product import render_product
+
+    flags = [QCFlag("TIL008", "a_FMO_CD4.fcs", "signal_drift", "warning", "drift in PerCP-Cy5-5-A"),
+             QCFlag("TIL008", "a_stain.fcs", "missing_fmo", "warning", "PD1+ (PD1): no FMO file for this marker"),
+             QCFlag("TIL008", "a_unstained.fcs", "unstained_control", "info", "0.00% above")]
+    outcome = replace(_outcome("TIL008", 92.7, 85.4), qc=flags, release_status="not evaluable")
+    outcome.phenotype.update(review_status="needs review")
+    page = render_product(outcome, None, {}, ProcessOptions())
+    table = page[page.index('<table id="qc">'):]
+    table = table[:table.index("</table>")]
+    assert "<th>needs review</th>" in table
+    rows = re.findall(r"<tr><td>(.*?)</tr>", table, re.S)
+    assert len(rows) == len(flags)
+    marked = ['<span class="badge needs-review">yes</span>' in row for row in rows]
+    assert marked == [needs_review(f) for f in flags] == [False, True, False]
+
+
 @pytest.mark.browser
 def test_every_status_badge_is_legible_in_chromium(tmp_path, browser, outcomes):
     """Every badge the index and a product report show (processing, release, QC, needs review) has a

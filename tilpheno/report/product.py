@@ -573,6 +573,7 @@ def _cells(value) -> str:
 
 def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
+    from tilpheno.qc import needs_review
     from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render
 
@@ -597,6 +598,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         release=outcome.release,
         spec=options.release_spec,
         flags=outcome.qc,
+        review=[needs_review(f) for f in outcome.qc],   # qc.csv's needs_review: the flags that hold release
         sections=sections,
         no_dose=[row[1] for row in no_dose],
         percentile=options.fmo_percentile,
