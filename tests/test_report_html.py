@@ -114,6 +114,25 @@ def test_failed_product_report_says_why_release_was_not_evaluated():
     assert "Not evaluated: the product failed (reason above)" in section
 
 
+def test_failed_product_header_does_not_blame_a_gate():
+    """A failed product is "needs review" (phenotypes.csv) with no flag that needs review (qc.csv):
+    its header badge names the failure, not "a gate may be wrong (see QC flags)"."""
+    from dataclasses import replace
+
+    from tilpheno.report.product import render_product
+
+    failed = replace(_outcome("TIL007", 77.1, 92.4, error="no usable treg stained file"), release=[],
+                     release_status="not evaluable")
+    failed.phenotype.update(review_status="needs review")
+    page = render_product(failed, None, {}, ProcessOptions())
+    badge = re.search(r'id="review-status">(.*?)</span>', page).group(1)
+    assert badge == "needs review: the product failed (reason below); release not evaluable"
+    done = replace(_outcome("TIL003", 80.4, 91.1), release_status="not evaluable")
+    done.phenotype.update(review_status="needs review")
+    badge = re.search(r'id="review-status">(.*?)</span>', render_product(done, None, {}, ProcessOptions())).group(1)
+    assert badge.startswith("needs review: a gate may be wrong (see QC flags)")
+
+
 def test_report_qc_table_marks_the_flags_that_hold_release_as_qc_csv_does():
     """The header says "needs review ... (see QC flags)"; the QC table marks which flags those are,
     as qc.csv's needs_review column (two warnings looked alike: a drift that holds nothing and a
