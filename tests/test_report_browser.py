@@ -189,6 +189,9 @@ def test_codebook_documents_every_output_column(processed):
     assert (book["label"] != "").all() and (book["meaning"] != "").all()
     row = book.set_index("column").loc["cd8pd1_pct_of_cd8"]
     assert row["unit"] == "% of CD8+" and "PD1" in row["method"]
+    percents = book[book["column"].str.endswith("_pct") | book["column"].str.contains("_pct_of_")]
+    assert not percents.empty and (percents["unit"].str.startswith("% of ")).all(), \
+        percents.loc[~percents["unit"].str.startswith("% of "), ["column", "unit"]]   # every % names its denominator
     counts = book.set_index("column").loc["n_cd3pos_surface"]
     assert counts["unit"] == "events" and "CD3+" in counts["meaning"]
 
