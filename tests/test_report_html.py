@@ -189,3 +189,33 @@ def test_index_counts_read_in_the_singular_for_one():
     assert "<title>TIL cohort: 1 product</title>" in one and "1 product; 0 failed; 1 meets the release spec" in one
     two = render_index([_outcome("TIL001", 88.5, 95.0), _outcome("TIL002", 65.0, 97.0)], ProcessOptions())
     assert "<title>TIL cohort: 2 products</title>" in two and "2 products; 0 failed; 1 meets the release spec" in two
+
+
+def test_study_variables_name_the_review_flags_on_their_gates():
+    """Each study variable lists the review flags on the gates it depends on (its numerator,
+    denominator and what they are gated from) in the stained file its counts come from; a flag on
+    another gate, an info flag, or a flag raised on an FMO file marks nothing."""
+    from types import SimpleNamespace
+
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.report.product import variable_review
+
+    strategies = [load_strategy(p) for p in default_strategy_paths()]
+    result = SimpleNamespace(tubes=[SimpleNamespace(tube="surface", role="stain", file="/d/b_surface_stain.fcs"),
+                                    SimpleNamespace(tube="surface", role="stain", file="/d/c_surface_stain.fcs"),
+                                    SimpleNamespace(tube="surface", role="fmo", file="/d/a_FMO_PD1.fcs"),
+                                    SimpleNamespace(tube="treg", role="stain", file="/d/t_treg_stain.fcs")])
+    flags = [QCFlag("P", "b_surface_stain.fcs", "uncertain_threshold", "warning", "CD8+PD1+ (PD1 in CD8+): moved 4 points"),
+             QCFlag("P", "b_surface_stain.fcs", "negative_shift", "warning", "CD56+ (CD56 in live_lymph): shifted"),
+             QCFlag("P", "b_surface_stain.fcs", "unstained_control", "info", "CD3+ (CD3): 0.01 %"),
+             QCFlag("P", "a_FMO_PD1.fcs", "fmo_events_above", "warning", "PD1+ (PD1 in live_lymph): 3 % above"),
+             QCFlag("P", "c_surface_stain.fcs", "uncertain_threshold", "warning", "CD4+ (CD4 in CD3+): moved 5 points")]
+    marked = variable_review(flags, result, strategies)
+    assert marked == {
+        "cd8pd1_pct_of_cd8": ["uncertain_threshold (CD8+PD1+)"],
+        "cd8pd1_pct_of_cd3": ["uncertain_threshold (CD8+PD1+)"],
+        "nk_pct_of_live_lymph": ["negative_shift (CD56+)"],
+        "nkt_pct_of_live_lymph": ["negative_shift (CD56+)"],
+    }
+    assert load_strategy(default_strategy_paths()[0]).variable_gates("cd8pd1_pct_of_cd3") == (
+        "cells", "singlets", "live", "live_lymph", "CD3+", "CD8+", "non_T", "CD8+PD1+")   # non_T: the PD1 cut's reference

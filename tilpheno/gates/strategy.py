@@ -308,6 +308,23 @@ class Strategy:
                 return p
         raise KeyError(name)
 
+    def variable_gates(self, name: str) -> tuple[str, ...]:
+        """The populations whose gates variable ``name`` depends on, in gating order: its numerator
+        and denominator and everything they are gated from (parents, boolean operands, reference
+        populations), transitively. KeyError for a variable this strategy does not define."""
+        variable = next((v for v in self.variables if v.name == name), None)
+        if variable is None:
+            raise KeyError(name)
+        by_name = {p.name: p for p in self.populations}
+        needed: set[str] = set()
+        todo = [variable.numerator, variable.denominator]
+        while todo:
+            pop = todo.pop()
+            if pop != ROOT and pop not in needed:
+                needed.add(pop)
+                todo.extend(by_name[pop].depends_on)
+        return tuple(p.name for p in self.populations if p.name in needed)
+
     @property
     def dims(self) -> tuple[str, ...]:
         """Every dimension a gate uses, in first-use order."""

@@ -571,6 +571,27 @@ def _cells(value) -> str:
     return f"{float(value) / 1e9:.3g} ×10⁹"
 
 
+def variable_review(flags, result, strategies) -> dict[str, list[str]]:
+    """Per study variable, the review flags on the gates it depends on (``Strategy.variable_gates``),
+    as ``"<code> (<gate>)"``: the flags ``qc.flags_on_gate`` finds on each such gate in the tube's
+    stained file (the first by name, whose counts give the variables)."""
+    from tilpheno.qc import flags_on_gate
+
+    stained: dict[str, str] = {}
+    for t in sorted(getattr(result, "tubes", ()), key=lambda t: str(t.file)):
+        if t.role == "stain":
+            stained.setdefault(t.tube, Path(t.file).name)
+    out: dict[str, list[str]] = {}
+    for strategy in (s for s in strategies if s.tube in stained):
+        file = stained[strategy.tube]
+        for variable in strategy.variables:
+            hits = [f"{f.code} ({gate})" for gate in strategy.variable_gates(variable.name)
+                    for f in flags_on_gate(flags, gate, file)]
+            if hits:
+                out[variable.name] = list(dict.fromkeys(hits))
+    return out
+
+
 def render_product(outcome, result, meta: Mapping, options, strategies=()) -> str:
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
     from tilpheno.qc import needs_review
@@ -594,6 +615,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         "product.html.j2",
         o=outcome,
         study=study,
+        variable_review=variable_review(outcome.qc, result, strategies),
         counts=counts,
         release=outcome.release,
         spec=options.release_spec,
