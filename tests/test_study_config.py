@@ -67,6 +67,35 @@ def test_study_errors_name_file_and_key(tmp_path, edit, message):
     assert str(tmp_path / "study.yaml") in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "file, edit, message",
+    [
+        ("study.yaml", ("  - cd103_pct_of_cd8", "  - cd103_pct_of_cd88"),
+         r"study.yaml: variables: cd103_pct_of_cd88 \(did you mean cd103_pct_of_cd8\?\) is defined by none"),
+        ("study.yaml", ("variable: cd103_pct_of_cd8}", "variable: cd103_pct_cd8}"),
+         r"study.yaml: doses.cd8cd103_dose_cells.variable: cd103_pct_cd8 \(did you mean"),
+        ("study.yaml", ("    viability_pct: {min: 60", "    viabilty_pct: {min: 60"),
+         r"study.yaml: qc.expected: viabilty_pct \(did you mean viability_pct\?\)"),
+        ("release.yaml", ("column: cd3_pct_of_cd45", "column: cd3_pct_of_cd54"),
+         r"release.yaml: criterion 'T cells': column cd3_pct_of_cd54 \(did you mean cd3_pct_of_cd45\?\) is no variable"),
+    ],
+)
+def test_study_names_no_strategy_defines_are_refused(tmp_path, file, edit, message):
+    """A study variable, dose variable, expected range or release criterion naming a variable none
+    of the study's strategies defines is refused before any product runs (it was NaN for every
+    product: a release 'not evaluable' everywhere, an expected range never checked)."""
+    for f in [*NEWLAB.glob("*.yaml"), NEWLAB / "panel.csv"]:
+        shutil.copy(f, tmp_path / f.name)
+    text = (tmp_path / file).read_text()
+    assert edit[0] in text
+    (tmp_path / file).write_text(text.replace(edit[0], edit[1]))
+    result = CliRunner().invoke(app, ["process", str(NEWLAB / "fcs"), "--study", str(tmp_path / "study.yaml"),
+                                      "--panel", str(tmp_path / "panel.csv"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_study_lists_the_bundled_ones():
     with pytest.raises(StudyError, match="bundled studies: til"):
         load_study("no-such-study")

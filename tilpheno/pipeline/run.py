@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from tilpheno.errors import NoInputError, TableError
+from tilpheno.errors import NoInputError, StudyError, TableError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
@@ -144,6 +144,28 @@ def _absolute(path):
     return None if path is None else Path(os.path.abspath(path))
 
 
+def check_study_names(study: Study, strategies: Sequence, spec) -> None:
+    """Refuse (``StudyError``, one line naming the file and key) a study whose ``variables``, a
+    dose's ``variable`` or a ``qc.expected`` variable is defined by none of its strategies, or whose
+    release spec judges a column that is neither such a variable, a dose, the infused dose
+    ``til_dose_cells`` nor an event count ``n_...``: each would be NaN for every product (its
+    criterion never evaluable), silently."""
+    defined = {v.name for st in strategies for v in st.variables}
+    doses = {d.name for d in study.doses}
+    files = ", ".join(Path(st.path).name for st in strategies)
+    named = [("variables", v) for v in study.variables]
+    named += [(f"doses.{d.name}.variable", d.variable) for d in study.doses]
+    named += [("qc.expected", e.variable) for e in study.qc.expected]
+    for where, name in named:
+        if name not in defined:
+            raise StudyError(f"{study.source}: {where}: {_did_you_mean([name], defined)} is defined by none of "
+                             f"its strategies ({files})")
+    for c in spec.criteria:
+        if c.column not in defined | doses | {"til_dose_cells"} and not c.column.startswith("n_"):
+            raise StudyError(f"{spec.source}: criterion {c.name!r}: column {_did_you_mean([c.column], defined | doses)} "
+                             f"is no variable or dose of the study ({files})")
+
+
 def process_folder(
     folder: str | Path,
     out_dir: str | Path,
@@ -234,6 +256,8 @@ def process_folder(
     paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
     strategies = tuple(load_strategy(p) for p in paths)
     spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
+    if not strategy_paths:
+        check_study_names(study, strategies, spec)
     record = start_run_record(
         folder=folder, manifest_csv=manifest_csv, outcomes_path=outcomes_path, fmo_percentile=fmo_percentile,
         include_identifiers=include_identifiers, executor=executor, n_jobs=n_jobs, overwrite=overwrite,
