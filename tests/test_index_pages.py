@@ -24,7 +24,7 @@ def test_pages_split_the_cohort_and_link_each_other():
         seen += ids
         assert len(ids) == (3 if number < 3 else 1)
         verb = "meets" if released == 1 else "meet"
-        assert "<title>TIL cohort: 7 products</title>" in page and f"{released} {verb} the release spec" in page
+        assert "<title>TIL infusion products, cohort index: 7 products</title>" in page and f"{released} {verb} the release spec" in page
         assert f"Products {3 * number - 2}–{3 * number - 2 + len(ids) - 1} of 7" in page
         assert f'<strong aria-current="page">{number}</strong>' in page
         assert all(f'<a href="{other}">' in page for other, _ in pages if other != name)

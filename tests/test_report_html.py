@@ -186,9 +186,9 @@ def test_every_status_badge_is_legible_in_chromium(tmp_path, browser, outcomes):
 
 def test_index_counts_read_in_the_singular_for_one():
     one = render_index([_outcome("TIL001", 88.5, 95.0)], ProcessOptions())
-    assert "<title>TIL cohort: 1 product</title>" in one and "1 product; 0 failed; 1 meets the release spec" in one
+    assert "<title>TIL infusion products, cohort index: 1 product</title>" in one and "1 product; 0 failed; 1 meets the release spec" in one
     two = render_index([_outcome("TIL001", 88.5, 95.0), _outcome("TIL002", 65.0, 97.0)], ProcessOptions())
-    assert "<title>TIL cohort: 2 products</title>" in two and "2 products; 0 failed; 1 meets the release spec" in two
+    assert "<title>TIL infusion products, cohort index: 2 products</title>" in two and "2 products; 0 failed; 1 meets the release spec" in two
 
 
 def test_study_variables_name_the_review_flags_on_their_gates():

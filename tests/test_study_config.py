@@ -54,6 +54,11 @@ def test_study_by_name_folder_or_file():
         (("{base: t_dose_cells,", "{base: x_dose,"), "doses.cd8_dose_cells.base: 'x_dose'"),
         (("min: 60, flag", "min: sixty, flag"), "qc.expected.viability_pct.min: 'sixty' is not a finite number"),
         (("min_events: 2000", "min_events: [1]"), "qc.min_events"),
+        (("release: release.yaml", "release: release.yaml\nproduct_label: [x]"), "product_label: must be a non-empty text"),
+        (("release: release.yaml", "release: release.yaml\ncodebook: {cd3_pct_of_cd45: {lable: T cells}}"),
+         r"codebook.cd3_pct_of_cd45: unknown field\(s\) \['lable'\]"),
+        (("release: release.yaml", "release: release.yaml\ncodebook: {cd3_pct_of_cd45: {label: ''}}"),
+         "codebook.cd3_pct_of_cd45.label: must be a non-empty text"),
     ],
 )
 def test_study_errors_name_file_and_key(tmp_path, edit, message):
@@ -227,3 +232,33 @@ def test_wheel_install_processes_sample_fcs(tmp_path):
                           cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert pd.read_csv(work / "X" / "phenotypes.csv")["status"].eq("done").all()
+
+
+def test_another_labs_outputs_carry_its_words_not_the_til_studys(tmp_path):
+    """The index, the reports and codebook.csv of the new lab's run name its products and
+    variables in its own words: no TIL title, no TIL conventions, no TIL definition of a variable
+    the lab defines in its own strategy (viability_pct, from DAPI here)."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "--panel", str(NEWLAB / "panel.csv"),
+        "-o", str(out), "--outcomes", str(NEWLAB / "outcomes.csv"),
+    ])
+    assert result.exit_code == 0, result.output
+    pages = {"index.html": (out / "index.html").read_text(),
+             "report.html": next((out / "products").glob("*/report.html")).read_text()}
+    for name, page in pages.items():
+        for til_word in ("TIL", "7AAD", "FoxP3", "PD1"):
+            assert til_word not in page, (name, til_word)
+    assert "<h1>Products: cohort index</h1>" in pages["index.html"]
+    assert re.search(r"<h1>Product \S+</h1>", pages["report.html"])
+    book = pd.read_csv(out / "codebook.csv", keep_default_na=False).set_index("column")
+    assert "7AAD" not in book.at["viability_pct", "meaning"] and "DAPI" in book.at["viability_pct", "method"]
+    assert "TIL" not in " ".join(book.loc[book.index.str.endswith("_dose_cells"), "method"])
+
+
+def test_the_til_study_keeps_its_words():
+    """The bundled study names its products and conventions, and its curated column text."""
+    study = default_study()
+    assert study.product_label == "TIL infusion product" and "7AAD" in study.conventions
+    assert study.codebook["viability_pct"]["unit"] == "% of singlet cells"
+    assert study.codebook["til_dose_cells"]["label"] == "TIL dose"

@@ -15,7 +15,12 @@ default) naming:
   phenotypes.csv or the outcomes table; default: the infused dose ``til_dose_cells`` and the variables);
 * ``colours``: plot colour (``#rrggbb``) of populations and markers (a compound population takes
   its longest matching suffix's colour); others get a generic palette colour;
-* ``release``: the lot-release spec file; ``aliases``: marker spellings added to the vocabulary.
+* ``release``: the lot-release spec file; ``aliases``: marker spellings added to the vocabulary;
+* ``product_label``: what the reports and the index call a product (default ``Product``; the TIL
+  study: ``TIL infusion product``); ``conventions``: the study's own conventions, printed in every
+  report beside the pipeline's (e.g. what viability is a percentage of);
+* ``codebook``: curated text of the study's columns (``{column: {label, meaning, unit, method}}``),
+  which ``codebook.csv`` and the reports' headers use instead of the text derived from the strategies.
 
 Studies are chosen by name (a folder under ``tilpheno/studies/``) or by path (a study.yaml or its
 folder). Paths inside a study file are relative to it. :func:`load_study` validates everything and
@@ -107,6 +112,9 @@ class Study:
     release: ReleaseSpec | None = None
     vocabulary: Vocabulary = field(default_factory=default_vocabulary)
     description: str = ""
+    product_label: str = "Product"
+    conventions: str = ""
+    codebook: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def strategy_paths(self) -> list[Path]:
@@ -142,7 +150,9 @@ def _words(text: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
-_TOP_KEYS = {"study", "description", "aliases", "tubes", "variables", "doses", "qc", "index_columns", "biomarkers", "colours", "release"}
+_TOP_KEYS = {"study", "description", "aliases", "tubes", "variables", "doses", "qc", "index_columns", "biomarkers", "colours", "release",
+             "product_label", "conventions", "codebook"}
+CODEBOOK_FIELDS = ("label", "meaning", "unit", "method")
 
 
 def bundled_studies() -> list[str]:
@@ -185,6 +195,32 @@ def _colours(value: Any, where: str) -> dict[str, str]:
         if not isinstance(colour, str) or not _HEX_COLOUR.match(colour):
             raise StudyError(f"{where}.{name}: {colour!r} is not a colour #rrggbb")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _text(value: Any, where: str, default: str = "") -> str:
+    """A one-line text value (``default`` when absent)."""
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip():
+        raise StudyError(f"{where}: must be a non-empty text")
+    return " ".join(value.split())
+
+
+def _codebook(value: Any, where: str) -> dict[str, dict[str, str]]:
+    """``{column: {label, meaning, unit, method}}``, each field optional text."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: must map column names to {{{', '.join(CODEBOOK_FIELDS)}}}")
+    out: dict[str, dict[str, str]] = {}
+    for column, entry in value.items():
+        if not isinstance(entry, dict) or not entry:
+            raise StudyError(f"{where}.{column}: must be a mapping of {', '.join(CODEBOOK_FIELDS)}")
+        unknown = sorted(set(map(str, entry)) - set(CODEBOOK_FIELDS))
+        if unknown:
+            raise StudyError(f"{where}.{column}: unknown field(s) {unknown}; allowed: {list(CODEBOOK_FIELDS)}")
+        out[str(column)] = {k: _text(entry[k], f"{where}.{column}.{k}") for k in CODEBOOK_FIELDS if k in entry}
+    return out
 
 
 def _number(value: Any, where: str) -> float:
@@ -294,6 +330,9 @@ def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
         release=release,
         vocabulary=vocabulary,
         description=str(doc.get("description", "")),
+        product_label=_text(doc.get("product_label"), f"{path}: product_label", "Product"),
+        conventions=_text(doc.get("conventions"), f"{path}: conventions"),
+        codebook=_codebook(doc.get("codebook"), f"{path}: codebook"),
     )
 
 

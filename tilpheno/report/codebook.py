@@ -5,12 +5,13 @@
 and the reports take their human-readable headers (``label``) from it.
 
 Where an entry comes from, first match wins:
-1. ``tilpheno/report/columns.csv`` (package data): the pipeline's own columns and the labels of
-   the study's variables, curated text;
-2. the gating strategies: each ``variables`` entry (``100 × count(numerator) / count(denominator)``
+1. the study's ``codebook`` (study.yaml): curated text of its own columns (the TIL study's
+   variables, the infused dose's label);
+2. ``tilpheno/report/columns.csv`` (package data): the pipeline's own columns, any study;
+3. the gating strategies: each ``variables`` entry (``100 × count(numerator) / count(denominator)``
    and how the numerator population is gated), each population's event count
    ``n_<population>_<tube>``, each marker's ``median_<marker>``;
-3. the study's subset doses (``doses`` in study.yaml: cells = base × variable / 100).
+4. the study's subset doses (``doses`` in study.yaml: cells = base × variable / 100).
 A column none of these explains is listed with meaning ``not documented`` (a test keeps that empty).
 """
 from __future__ import annotations
@@ -86,9 +87,18 @@ def _dose_entry(column: str, entries: Mapping[str, Mapping[str, str]], study=Non
         return None
     base, variable = doses[column]
     var_label = entries.get(variable, {}).get("label", variable)
-    base_text = "TIL dose" if base == "dose" else entries.get(base, {}).get("label", base)
+    base_text = entries.get("til_dose_cells", {}).get("label", "infused cells") if base == "dose" else \
+        entries.get(base, {}).get("label", base)
     return {"label": f"{var_label.split(' %')[0]} dose", "meaning": f"Infused {var_label.split(' %')[0]} cells",
-            "unit": "cells", "method": f"{base_text} × {variable} / 100 (NaN without the infused TIL number)"}
+            "unit": "cells", "method": f"{base_text} × {variable} / 100 (NaN without the infused cell number)"}
+
+
+def _entries(strategies: Sequence, fmo_percentile: float, study=None) -> dict[str, Mapping[str, str]]:
+    """Every known entry, the study's curated text over the pipeline's over the strategies' (module
+    docstring); ``study``: default the bundled study."""
+    from tilpheno.study import default_study
+
+    return {**_from_strategies(strategies, fmo_percentile), **_curated(), **(study or default_study()).codebook}
 
 
 _COUNT = re.compile(r"^n_(.+)_([A-Za-z0-9]+)$")
@@ -112,7 +122,7 @@ def build_codebook(tables: Mapping[str, Iterable[str]], strategies: Sequence = (
     lists every table the column appears in."""
     import pandas as pd
 
-    entries = {**_from_strategies(strategies, fmo_percentile), **_curated()}
+    entries = _entries(strategies, fmo_percentile, study)
     rows: dict[str, dict[str, str]] = {}
     for table, columns in tables.items():
         for c in columns:
@@ -126,5 +136,5 @@ def build_codebook(tables: Mapping[str, Iterable[str]], strategies: Sequence = (
 
 def labels(columns: Iterable[str], strategies: Sequence = (), study=None) -> dict[str, str]:
     """Human-readable header of each column (the codebook's ``label``)."""
-    entries = {**_from_strategies(strategies, 99.5), **_curated()}
+    entries = _entries(strategies, 99.5, study)
     return {str(c): entry(str(c), entries, study)["label"] for c in columns}

@@ -196,9 +196,16 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
         pages.append((index_page_name(number), render(
             "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
             n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
-            n_products=len(outcomes), nav=nav,
+            n_products=len(outcomes), nav=nav, product_label=_study(options).product_label,
         )))
     return pages
+
+
+def _study(options):
+    """The run's study (``options.study``), else the bundled one."""
+    from tilpheno.study import default_study
+
+    return getattr(options, "study", None) or default_study()
 
 
 def _index_row(o, options, columns) -> dict:

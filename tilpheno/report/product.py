@@ -597,6 +597,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     from tilpheno.qc import needs_review
     from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render
+    from tilpheno.study import default_study
 
     strategies = tuple(strategies)
     axes = product_axes(result, meta, strategies) if result is not None else {}
@@ -614,7 +615,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     return render(
         "product.html.j2",
         o=outcome,
-        study=study,
+        study_rows=study,
+        study=getattr(options, "study", None) or default_study(),
         variable_review=variable_review(outcome.qc, result, strategies),
         counts=counts,
         release=outcome.release,
