@@ -250,6 +250,7 @@ def test_another_labs_outputs_carry_its_words_not_the_til_studys(tmp_path):
         for til_word in ("TIL", "7AAD", "FoxP3", "PD1"):
             assert til_word not in page, (name, til_word)
     assert "<h1>Products: cohort index</h1>" in pages["index.html"]
+    assert "% of live lymph" not in pages["report.html"]   # no lymphocyte gate here: the column would be empty
     assert re.search(r"<h1>Product \S+</h1>", pages["report.html"])
     book = pd.read_csv(out / "codebook.csv", keep_default_na=False).set_index("column")
     assert "7AAD" not in book.at["viability_pct", "meaning"] and "DAPI" in book.at["viability_pct", "method"]

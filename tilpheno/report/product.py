@@ -428,6 +428,12 @@ def _table(frame, id: str, labels: Mapping[str, str], caption: str = "") -> Tabl
     return Table(id, tuple(labels.get(c, c) for c in cols), rows, caption)
 
 
+def _without_empty(frame, columns):
+    """``frame`` without those of ``columns`` that hold no value in any row (shown empty otherwise)."""
+    empty = [c for c in columns if c in frame.columns and frame[c].isna().all()]
+    return frame.drop(columns=empty) if empty else frame
+
+
 def _labels(ctx: ReportContext, columns) -> dict[str, str]:
     from tilpheno.report.codebook import labels
 
@@ -491,7 +497,8 @@ def gating_sections(ctx: ReportContext) -> list[Section]:
         name = Path(str(t.file)).name
         figures = with_review_flags(gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes,
                                                  _colours(ctx)), getattr(ctx.outcome, "qc", ()))
-        table = _table(t.populations, f"subsets-{t.tube}", _labels(ctx, t.populations.columns),
+        shown = _without_empty(t.populations, ("pct_of_live_lymph",))   # a strategy without a lymphocyte gate
+        table = _table(shown, f"subsets-{t.tube}", _labels(ctx, shown.columns),
                        f"{name}: every population on all {t.n_events} events; medians in compensated linear units.")
         sections.append(Section(
             f"gating-{t.tube}", f"Gating and subsets: {t.tube} tube",
