@@ -418,3 +418,42 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_signature_inserted_outside_the_app_is_void_and_named(kind, review_out, review_source, tmp_path):
+    """The signatures table refuses UPDATE and DELETE but must accept INSERT: a row written there
+    directly (a forged approval, its own hash consistent) has no 'sign' entry in the chained trail,
+    so it approves nothing and `audit verify` names it; the app's own signatures stay valid."""
+    import hashlib
+
+    from review_support import database_url, drop_schema, make_service
+    from tilpheno.review.models import Signature
+
+    url = database_url(kind, tmp_path)
+    svc = make_service(review_out, url, review_source)
+    pid = "TIL002"
+    try:
+        v = svc.current_version(pid)
+        genuine = svc.sign(pid, user(svc, "dave").id, PASSWORDS["dave"], "reviewed", v, {})
+        with svc.factory() as db:
+            forged = Signature(product_id=pid, version=v, meaning="approved for release", username="carol",
+                               full_name="Carol Tester", role="reviewer", signed_at=genuine.signed_at,
+                               data_sha256=genuine.data_sha256, gates_sha256=genuine.gates_sha256,
+                               qc_resolutions_json="{}", comment="")
+            forged.signature_sha256 = hashlib.sha256(audit.canonical(audit.signature_content(forged)).encode()).hexdigest()
+            db.add(forged)
+            db.commit()
+            forged_id = forged.id
+        views = {view.row.id: view for view in svc.signatures(pid)}
+        assert views[genuine.id].valid and not views[forged_id].valid
+        assert "not in the audit trail" in views[forged_id].void_reason
+        assert svc.approved_version(pid) is None
+        with svc.factory() as db:
+            result = audit.verify(db)
+        assert not result.ok
+        assert result.problems == [f"signature {forged_id} ({pid} version {v}, 'approved for release' by carol): no "
+                                   "'sign' entry of the audit trail holds it (inserted outside the app)"]
+        svc.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

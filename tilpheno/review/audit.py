@@ -6,7 +6,8 @@ Entry ``n`` stores ``prev_sha256`` = entry ``n-1``'s hash (64 zeros for the firs
 (UTF-8, ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``). ``audit_head`` holds
 the newest ``(seq, hash)``. :func:`verify` recomputes the chain: an edited entry changes its
 hash, a deleted entry leaves a gap in ``seq`` and a broken link, re-ordered entries break the
-links, and deleting the newest entries disagrees with the head. The database also refuses
+links, and deleting the newest entries disagrees with the head; a signature row that no ``sign``
+entry holds was not made by the app (:func:`signature_problems`). The database also refuses
 UPDATE and DELETE on the table (triggers), so tampering needs direct, deliberate access;
 someone who can rewrite the whole database can rewrite the whole chain: keep the head hash
 printed by ``tilpheno audit verify`` elsewhere (it is the digest of the entire history).
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tilpheno.review.models import AuditEntry, AuditHead, utcnow
+from tilpheno.review.models import AuditEntry, AuditHead, Signature, utcnow
 
 GENESIS = "0" * 64
 CSV_COLUMNS = ("seq", "at", "username", "action", "product_id", "before_json", "after_json", "reason",
@@ -85,8 +86,41 @@ class Verification:
     problems: list[str]
 
 
+def signature_content(sig: Signature) -> dict:
+    """What a signature signs (its ``signature_sha256`` is the SHA-256 of this, canonical JSON), and
+    what its ``sign`` entry of the trail holds as ``after``."""
+    return {"product_id": sig.product_id, "version": sig.version, "meaning": sig.meaning, "username": sig.username,
+            "full_name": sig.full_name, "signed_at": sig.signed_at, "data_sha256": sig.data_sha256,
+            "gates_sha256": sig.gates_sha256, "qc_resolutions": json.loads(sig.qc_resolutions_json),
+            "comment": sig.comment}
+
+
+def signed_in_trail(db: Session, product_id: str | None = None) -> set[str]:
+    """The ``signature_sha256`` of every signature the trail's ``sign`` entries hold (of one product,
+    or all): a signature row without one was not made by the app (the table accepts INSERT)."""
+    query = select(AuditEntry.after_json).where(AuditEntry.action == "sign")
+    if product_id is not None:
+        query = query.where(AuditEntry.product_id == product_id)
+    return {hashlib.sha256(after.encode("utf-8")).hexdigest() for after in db.scalars(query)}
+
+
+def signature_problems(db: Session) -> list[str]:
+    """One line per signature whose content does not match its hash, or that no ``sign`` entry of
+    the trail holds (inserted outside the app)."""
+    problems = []
+    signed = signed_in_trail(db)
+    for sig in db.scalars(select(Signature).order_by(Signature.id)):
+        name = f"signature {sig.id} ({sig.product_id} version {sig.version}, {sig.meaning!r} by {sig.username})"
+        if hashlib.sha256(canonical(signature_content(sig)).encode("utf-8")).hexdigest() != sig.signature_sha256:
+            problems.append(f"{name}: content does not match its hash (edited)")
+        elif sig.signature_sha256 not in signed:
+            problems.append(f"{name}: no 'sign' entry of the audit trail holds it (inserted outside the app)")
+    return problems
+
+
 def verify(db: Session) -> Verification:
-    """Recompute the chain in ``seq`` order; every problem is one line naming the entry."""
+    """Recompute the chain in ``seq`` order, then check every signature against it
+    (:func:`signature_problems`); every problem is one line naming the entry or signature."""
     problems: list[str] = []
     prev, expected_seq, n = GENESIS, 1, 0
     for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
@@ -107,6 +141,7 @@ def verify(db: Session) -> Verification:
     elif head is not None and (head.seq != expected_seq - 1 or head.entry_sha256 != prev):
         problems.append(f"head says entry {head.seq} is the newest but the table ends at entry {expected_seq - 1} "
                         "(newest entries deleted or replaced)")
+    problems += signature_problems(db)
     return Verification(not problems, n, prev, problems)
 
 

@@ -355,14 +355,11 @@ class ReviewService:
                                     f"{product_id}, so another reviewer must approve version {current.version} for release")
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
-            at = utcnow()
-            content = {"product_id": product_id, "version": current.version, "meaning": meaning, "username": user.username,
-                       "full_name": user.full_name, "signed_at": at, "data_sha256": data_digest,
-                       "gates_sha256": gates_digest, "qc_resolutions": clean_res, "comment": comment}
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
-                            full_name=user.full_name, role=user.role, signed_at=at, data_sha256=data_digest,
-                            gates_sha256=gates_digest, qc_resolutions_json=audit.canonical(clean_res), comment=comment,
-                            signature_sha256=hashlib.sha256(audit.canonical(content).encode()).hexdigest())
+                            full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
+                            gates_sha256=gates_digest, qc_resolutions_json=audit.canonical(clean_res), comment=comment)
+            content = audit.signature_content(sig)
+            sig.signature_sha256 = hashlib.sha256(audit.canonical(content).encode()).hexdigest()
             db.add(sig)
             db.flush()
             audit.append(db, user.username, "sign", product_id=product_id, after=content,
@@ -376,9 +373,12 @@ class ReviewService:
         data_now = data_sha256(self.source, product_id, current.version, current.gates_sha256)
         with self.factory() as db:
             rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
+            in_trail = audit.signed_in_trail(db, product_id)
         out = []
         for s in rows:
-            if s.version != current.version:
+            if s.signature_sha256 not in in_trail:
+                out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
+            elif s.version != current.version:
                 out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
             elif s.data_sha256 != data_now:
                 out.append(SignatureView(s, False, "void: input data, strategy or release spec changed after signing"))
