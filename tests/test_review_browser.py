@@ -234,3 +234,41 @@ def test_the_whole_gate_is_one_click_away(driver, server):
     wait(driver, lambda d: not [t for t in y_ticks(d) if t.startswith("-")], "the report's range again")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp_path):
+    """The review page's population table of the new lab's product (no lymphocyte gate in its
+    strategies) has no '% live lymph' column, which would be empty on every row; the TIL
+    product's page keeps it (test_review_flow_in_chromium)."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+    from werkzeug.serving import make_server
+
+    from tilpheno.cli import app
+    from tilpheno.review.web import create_app
+
+    newlab = Path(__file__).parent / "data" / "newlab"
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["process", str(newlab / "fcs"), "--study", str(newlab / "study.yaml"), "--panel",
+                                   str(newlab / "panel.csv"), "-o", str(out), "--reports", "later"])
+    assert run.exit_code == 0, run.output
+    service = make_service(out, database_url("sqlite", tmp_path))
+    pid = service.source.product_ids()[0]
+    srv = make_server("127.0.0.1", 0, create_app(service), threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        driver.delete_all_cookies()
+        driver.get(f"http://127.0.0.1:{srv.server_port}/products/{pid}")
+        driver.find_element("id", "username").send_keys("alice")
+        driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
+        driver.find_element("id", "login-button").click()
+        table = wait(driver, lambda d: d.find_element("id", "population-table"), "the population table")
+        heads = [th.text for th in table.find_elements("css selector", "th")]
+        assert heads == ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent"], heads
+        assert all(len(tr.find_elements("css selector", "td")) == 5 for tr in table.find_elements("css selector", "tr")[1:])
+    finally:
+        srv.shutdown()
+        thread.join(5)
+        service.factory.kw["bind"].dispose()

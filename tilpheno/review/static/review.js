@@ -347,13 +347,17 @@
     const auto = rowsBy(S.populations.automatic), cur = rowsBy(currentTables);
     const t = el("table", { class: "grid", id: "population-table" });
     const head = el("tr");
-    for (const h of ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent", "draft % live lymph"]) head.appendChild(el("th", {}, h));
+    // "% live lymph" only where some population has one (a strategy without a lymphocyte gate has none)
+    const lymph = Object.values(cur).some((c) => c.pct_of_live_lymph !== null && c.pct_of_live_lymph !== undefined);
+    const heads = ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent"];
+    for (const h of lymph ? heads.concat(["draft % live lymph"]) : heads) head.appendChild(el("th", {}, h));
     t.appendChild(head);
     for (const [k, c] of Object.entries(cur)) {
       const a = auto[k] || {};
       const tr = el("tr", { "data-row": k });
       if (a.count !== c.count) tr.className = "changed";
-      for (const v of [k, a.count, fmt(a.pct_of_parent), c.count, fmt(c.pct_of_parent), fmt(c.pct_of_live_lymph)]) tr.appendChild(el("td", {}, String(v)));
+      const cells = [k, a.count, fmt(a.pct_of_parent), c.count, fmt(c.pct_of_parent)];
+      for (const v of lymph ? cells.concat([fmt(c.pct_of_live_lymph)]) : cells) tr.appendChild(el("td", {}, String(v)));
       t.appendChild(tr);
     }
     const box = $("populations"); box.textContent = ""; box.appendChild(t);
