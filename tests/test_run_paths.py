@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tilpheno.errors import TilphenoError
@@ -97,3 +98,17 @@ def test_an_input_changed_since_the_run_is_refused_by_report(relative_run, tmp_p
         return
     with pytest.raises(TilphenoError, match=r"412C_mLN_026\.fcs: input file changed or missing since the run"):
         rerun_arguments(out)
+
+
+def test_strategies_given_without_their_study_get_a_run_warning(relative_run):
+    """The FlowAtlas strategy run under the default (TIL) study defines none of its variables: one
+    run-level warning in qc.csv says the study's columns stay empty and its release cannot be
+    evaluated, and names the strategy's own variables."""
+    out, _ = relative_run
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    (flag,) = qc[qc["code"] == "study_mismatch"].itertuples(index=False)
+    assert (flag.product_id, flag.severity) == ("", "warning")
+    assert "flowatlas_tcell_cd19.yaml" in flag.message and "study til's variables" in flag.message
+    assert "cd4_pct_of_t" in flag.message or "t_cells" in flag.message, flag.message
+    phenotypes = pd.read_csv(out / "phenotypes.csv")
+    assert phenotypes["viability_pct"].isna().all()

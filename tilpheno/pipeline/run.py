@@ -166,6 +166,20 @@ def check_study_names(study: Study, strategies: Sequence, spec) -> None:
                              f"is no variable or dose of the study ({files})")
 
 
+def study_mismatch(study: Study, strategies: Sequence, spec) -> list[QCFlag]:
+    """A run-level warning when strategies given on their own define none of the study's
+    variables: every study column would be empty and its release spec never evaluable."""
+    defined = {v.name for st in strategies for v in st.variables}
+    if not study.variables or defined & set(study.variables):
+        return []
+    files = ", ".join(Path(st.path).name for st in strategies)
+    return [QCFlag("", "", "study_mismatch", "warning",
+                   f"the strategies ({files}) define none of study {study.name}'s variables "
+                   f"({', '.join(study.variables[:3])}, ...): those columns stay empty and the release spec "
+                   f"{spec.name!r} cannot be evaluated; the strategies' own variables ({', '.join(sorted(defined)[:3])}"
+                   f"{', ...' if len(defined) > 3 else ''}) are in the tables; name a study that lists them")]
+
+
 def process_folder(
     folder: str | Path,
     out_dir: str | Path,
@@ -258,6 +272,8 @@ def process_folder(
     spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
     if not strategy_paths:
         check_study_names(study, strategies, spec)
+    else:
+        run_flags += study_mismatch(study, strategies, spec)
     record = start_run_record(
         folder=folder, manifest_csv=manifest_csv, outcomes_path=outcomes_path, fmo_percentile=fmo_percentile,
         include_identifiers=include_identifiers, executor=executor, n_jobs=n_jobs, overwrite=overwrite,
