@@ -95,6 +95,12 @@ def signature_content(sig: Signature) -> dict:
             "comment": sig.comment}
 
 
+def signature_sha256(content: dict) -> str:
+    """A signature's ``signature_sha256``: the SHA-256 of its content's canonical JSON, the text its
+    ``sign`` entry stores as ``after_json``."""
+    return hashlib.sha256(canonical(content).encode("utf-8")).hexdigest()
+
+
 def signed_in_trail(db: Session, product_id: str | None = None) -> set[str]:
     """The ``signature_sha256`` of every signature the trail's ``sign`` entries hold (of one product,
     or all): a signature row without one was not made by the app (the table accepts INSERT)."""
@@ -111,7 +117,7 @@ def signature_problems(db: Session) -> list[str]:
     signed = signed_in_trail(db)
     for sig in db.scalars(select(Signature).order_by(Signature.id)):
         name = f"signature {sig.id} ({sig.product_id} version {sig.version}, {sig.meaning!r} by {sig.username})"
-        if hashlib.sha256(canonical(signature_content(sig)).encode("utf-8")).hexdigest() != sig.signature_sha256:
+        if signature_sha256(signature_content(sig)) != sig.signature_sha256:
             problems.append(f"{name}: content does not match its hash (edited)")
         elif sig.signature_sha256 not in signed:
             problems.append(f"{name}: no 'sign' entry of the audit trail holds it (inserted outside the app)")

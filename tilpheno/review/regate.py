@@ -40,6 +40,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from tilpheno.cache import FileIdentity
 from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
@@ -95,13 +96,6 @@ class Recomputed:
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    """A file's stat identity (device, inode, size, mtime in ns): a new ``run.json`` (written to a
-    temporary file and renamed) has another."""
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -110,7 +104,8 @@ class ReviewSource:
         self.inputs_dir = Path(inputs_dir).resolve() if inputs_dir else None
         run_json = self.out_dir / "run.json"
         try:
-            self._run_identity = _identity(run_json)   # before reading: a run published meanwhile reads as a change
+            # before reading: a run published meanwhile reads as a change (a new run.json is renamed into place)
+            self._run_identity: FileIdentity | None = FileIdentity.of(os.stat(run_json))
             self.run = json.loads(run_json.read_text(encoding="utf-8"))
             self.phenotypes = pd.read_csv(self.out_dir / "phenotypes.csv", dtype={"product_id": str}, keep_default_na=False,
                                           na_values=[""])
@@ -138,7 +133,7 @@ class ReviewSource:
         """Empty while OUT holds the run this source loaded; else why not (``process`` published a new
         run into OUT, or removed it): what this source shows is no longer that folder's run."""
         try:
-            now = _identity(self.out_dir / "run.json")
+            now: FileIdentity | None = FileIdentity.of(os.stat(self.out_dir / "run.json"))
         except OSError:
             now = None
         if now == self._run_identity:

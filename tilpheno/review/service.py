@@ -359,7 +359,7 @@ class ReviewService:
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
                             gates_sha256=gates_digest, qc_resolutions_json=audit.canonical(clean_res), comment=comment)
             content = audit.signature_content(sig)
-            sig.signature_sha256 = hashlib.sha256(audit.canonical(content).encode()).hexdigest()
+            sig.signature_sha256 = audit.signature_sha256(content)
             db.add(sig)
             db.flush()
             audit.append(db, user.username, "sign", product_id=product_id, after=content,
