@@ -144,15 +144,19 @@ def _absolute(path):
     return None if path is None else Path(os.path.abspath(path))
 
 
+def _strategy_variables(strategies: Sequence) -> tuple[set[str], str]:
+    """The variables the strategies define, and their files' names (for messages)."""
+    return {v.name for st in strategies for v in st.variables}, ", ".join(Path(st.path).name for st in strategies)
+
+
 def check_study_names(study: Study, strategies: Sequence, spec) -> None:
     """Refuse (``StudyError``, one line naming the file and key) a study whose ``variables``, a
     dose's ``variable`` or a ``qc.expected`` variable is defined by none of its strategies, or whose
     release spec judges a column that is neither such a variable, a dose, the infused dose
     ``til_dose_cells`` nor an event count ``n_...``: each would be NaN for every product (its
     criterion never evaluable), silently."""
-    defined = {v.name for st in strategies for v in st.variables}
+    defined, files = _strategy_variables(strategies)
     doses = {d.name for d in study.doses}
-    files = ", ".join(Path(st.path).name for st in strategies)
     named = [("variables", v) for v in study.variables]
     named += [(f"doses.{d.name}.variable", d.variable) for d in study.doses]
     named += [("qc.expected", e.variable) for e in study.qc.expected]
@@ -169,10 +173,9 @@ def check_study_names(study: Study, strategies: Sequence, spec) -> None:
 def study_mismatch(study: Study, strategies: Sequence, spec) -> list[QCFlag]:
     """A run-level warning when strategies given on their own define none of the study's
     variables: every study column would be empty and its release spec never evaluable."""
-    defined = {v.name for st in strategies for v in st.variables}
+    defined, files = _strategy_variables(strategies)
     if not study.variables or defined & set(study.variables):
         return []
-    files = ", ".join(Path(st.path).name for st in strategies)
     return [QCFlag("", "", "study_mismatch", "warning",
                    f"the strategies ({files}) define none of study {study.name}'s variables "
                    f"({', '.join(study.variables[:3])}, ...): those columns stay empty and the release spec "
