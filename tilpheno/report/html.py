@@ -196,12 +196,12 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
         pages.append((index_page_name(number), render(
             "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
             n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
-            n_products=len(outcomes), nav=nav, product_label=_study(options).product_label,
+            n_products=len(outcomes), nav=nav, product_label=study_of(options).product_label,
         )))
     return pages
 
 
-def _study(options):
+def study_of(options):
     """The run's study (``options.study``), else the bundled one."""
     from tilpheno.study import default_study
 

@@ -321,13 +321,13 @@ def threshold_note(row, control, percentile: float) -> str:
     """The FMO overlay's legend for the threshold line: the candidate that won (``winner``,
     gates.checks.RECORD_COLUMNS), not always the control's percentile (the cut is often the stained
     valley or the percentile carried over to the stained negatives, where the control has < 0.5 % +)."""
-    kind = "unstained control" if control.role == "unstained" else "FMO"
+    unstained = control.role == "unstained"
     winner = str(getattr(row, "winner", "") or "")
     if winner == "stained_valley":
         return "threshold: stained valley"
     if winner == "fmo_relative":
-        return f"threshold: {'control' if kind != 'FMO' else kind} pct carried over"
-    return f"threshold: {percentile:g}th pct of {kind}"
+        return f"threshold: {'control' if unstained else 'FMO'} pct carried over"
+    return f"threshold: {percentile:g}th pct of {'unstained control' if unstained else 'FMO'}"
 
 
 def fmo_figures(result, percentile: float, strategies=(),
@@ -603,8 +603,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
     from tilpheno.qc import needs_review
     from tilpheno.report.codebook import build_codebook
-    from tilpheno.report.html import render
-    from tilpheno.study import default_study
+    from tilpheno.report.html import render, study_of
 
     strategies = tuple(strategies)
     axes = product_axes(result, meta, strategies) if result is not None else {}
@@ -623,7 +622,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         "product.html.j2",
         o=outcome,
         study_rows=study,
-        study=getattr(options, "study", None) or default_study(),
+        study=study_of(options),
         variable_review=variable_review(outcome.qc, result, strategies),
         counts=counts,
         release=outcome.release,
