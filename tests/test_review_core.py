@@ -357,6 +357,10 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     with pytest.raises(Forbidden, match=rf"four-eyes rule: alice saved version\(s\) (.*, )?{v} of {pid}"):
         service.sign(pid, alice.id, PASSWORDS["alice"], "approved for release", v, resolutions)
     assert len(service.signatures(pid)) == before and service.approved_version(pid) is None
+    with service.factory() as db:   # the refusal is in the audit trail, with what was refused and why
+        entry = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+    assert (entry.action, entry.username, entry.product_id) == ("signature_refused", "alice", pid)
+    assert entry.reason.startswith(f"approved for release of version {v}: four-eyes rule: alice saved"), entry.reason
     service.sign(pid, alice.id, PASSWORDS["alice"], "rejected", v, {}, "my own cut: second opinion wanted")
     w = service.save_version(pid, carol, v, shifted_cd3(service, pid, 0.005), "carol nudges it back a little").version
     for name in ("alice", "carol"):

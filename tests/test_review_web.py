@@ -143,8 +143,11 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
     assert expect[1] in r.json["error"], r.json["error"]
     after = counts(service)
     assert after[1:] == before[1:]                       # no version, no signature stored
-    if case == "bad_password":
-        assert after[0] == before[0] + 1                 # the refused signature is audited
+    if case in ("bad_password", "analyst_approves"):
+        assert after[0] == before[0] + 1                 # the refused signature is audited, with its reason
+        with service.factory() as db:
+            action, reason = db.execute(text("SELECT action, reason FROM audit_entries ORDER BY seq DESC")).first()
+        assert action == "signature_refused" and expect[1].removeprefix("signature refused: ") in reason, reason
     else:
         assert after[0] == before[0]
 

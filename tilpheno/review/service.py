@@ -14,6 +14,7 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). Four eyes: no one approves
   for release a gate set holding a correction they saved (any version after the automatic one).
+  Every refused signature is audited (``signature_refused``: the meaning, the version and why).
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
 """
@@ -342,17 +343,12 @@ class ReviewService:
                 audit.append(db, user.username, "signature_refused", product_id=product_id, reason=str(exc))
                 db.commit()
                 raise
-            if user.role not in MEANINGS[meaning]:
-                raise Forbidden(f"role {user.role} cannot sign '{meaning}'")
-            if not self.can_access(user, product_id):
-                raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role})")
-            if meaning == "approved for release":
-                own = sorted(db.scalars(select(GateSetVersion.version).where(
-                    GateSetVersion.product_id == product_id, GateSetVersion.based_on.is_not(None),
-                    GateSetVersion.version <= current.version, GateSetVersion.created_by == user.username)))
-                if own:
-                    raise Forbidden(f"four-eyes rule: {user.username} saved version(s) {', '.join(map(str, own))} of "
-                                    f"{product_id}, so another reviewer must approve version {current.version} for release")
+            refusal = self._signing_refusal(db, user, product_id, meaning, current.version)
+            if refusal:
+                audit.append(db, user.username, "signature_refused", product_id=product_id,
+                             reason=f"{meaning} of version {current.version}: {refusal}")
+                db.commit()
+                raise Forbidden(refusal)
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
@@ -367,6 +363,22 @@ class ReviewService:
             return sig
 
         return transaction(self.factory, do)
+
+    def _signing_refusal(self, db: Session, user: User, product_id: str, meaning: str, version: int) -> str:
+        """Why ``user`` (whose password was right) may not sign ``version`` with ``meaning``: their
+        role, the product's assignment, or the four-eyes rule; "" when they may."""
+        if user.role not in MEANINGS[meaning]:
+            return f"role {user.role} cannot sign '{meaning}'"
+        if not self.can_access(user, product_id):
+            return f"product {product_id} is not assigned to you ({user.username}, {user.role})"
+        if meaning == "approved for release":
+            own = sorted(db.scalars(select(GateSetVersion.version).where(
+                GateSetVersion.product_id == product_id, GateSetVersion.based_on.is_not(None),
+                GateSetVersion.version <= version, GateSetVersion.created_by == user.username)))
+            if own:
+                return (f"four-eyes rule: {user.username} saved version(s) {', '.join(map(str, own))} of "
+                        f"{product_id}, so another reviewer must approve version {version} for release")
+        return ""
 
     def signatures(self, product_id: str) -> list[SignatureView]:
         current = self.version(product_id)
