@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.gates import checks
+from tilpheno.qc import FAILURE_CODES
 import pytest
 from typer.testing import CliRunner
 
@@ -60,7 +61,7 @@ def test_outputs_and_tables(processed, small_cohort):
     # 2500 events per tube is below the 5000-event QC limit: every product is flagged, in qc.csv too
     qc = pd.read_csv(out / "qc.csv")
     assert list(qc.columns) == ["product_id", "file", "code", "severity", "needs_review", "message"]
-    assert set(qc.loc[qc["needs_review"], "code"]) <= set(checks.REVIEW_CODES)
+    assert set(qc.loc[qc["needs_review"], "code"]) <= set(checks.REVIEW_CODES | FAILURE_CODES)
     assert set(qc.loc[qc["code"] == "low_events", "product_id"]) == set(phen["product_id"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,13 @@ def test_truncated_stained_tube_fails_the_product(two_products, tmp_path):
     assert "panel_error" not in phen.loc["P2", "error"]   # its FMO is not read without a stained file
     assert phen.loc["P2", "release_status"] == "not evaluable"
     assert "failed P2" in result.output
+    # "needs review" in phenotypes.csv, and in qc.csv the flag that holds it is the failure itself
+    assert phen.loc["P2", "review_status"] == "needs review"
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    held = qc[(qc["product_id"] == "P2") & qc["needs_review"]]
+    assert set(held["code"]) == {"product_failed"}, held
+    report = (tmp_path / "out" / "products" / "P2" / "report.html").read_text()
+    assert re.search(r"<td>product_failed</td><td><span class=\"badge needs-review\">yes</span>", report)
 
 
 def test_missing_tube_kind_fails_the_product(two_products, tmp_path):

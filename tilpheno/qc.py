@@ -26,12 +26,17 @@ or of variables that may come from the wrong file (``duplicate_tube``: two stain
 tube kind in a product): after one of them at severity warning or error a product "needs review"
 and its release is "not evaluable" until a reviewer signs it."""
 
+FAILURE_CODES = frozenset({"product_failed", "internal_error"})
+"""QC codes of a product that failed (bad input, or a bug): it has no gates to trust, so it "needs
+review" as well, and this flag is the one that says why."""
+
 NEEDS_REVIEW, NO_REVIEW_FLAGS = "needs review", "no gating flags"
 
 
 def needs_review(flag) -> bool:
-    """True for a warning/error flag whose code is in :data:`REVIEW_CODES` (a gate that may be wrong)."""
-    return flag.code in REVIEW_CODES and flag.severity in ("warning", "error")
+    """True for a warning/error flag whose code is in :data:`REVIEW_CODES` (a gate that may be
+    wrong) or :data:`FAILURE_CODES` (the product failed): the flags that hold release."""
+    return flag.code in REVIEW_CODES | FAILURE_CODES and flag.severity in ("warning", "error")
 
 
 def review_status(flags) -> str:

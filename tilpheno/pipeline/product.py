@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tilpheno.errors import FCSReadError, TableError, TilphenoError
-from tilpheno.qc import NEEDS_REVIEW, review_status
+from tilpheno.qc import review_status
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.jobs import ProductJob, ProductOutcome, job_strategies, product_slug
 from tilpheno.pipeline.release import release_decision
@@ -278,7 +278,7 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
         "status": "done" if outcome.ok else "failed",
         "error": outcome.error,
         "release_status": outcome.release_status,
-        "review_status": review_status(outcome.qc) if outcome.ok else NEEDS_REVIEW,
+        "review_status": review_status(outcome.qc),   # a failed product's product_failed flag needs review
         "qc_status": worst_severity(outcome.qc),
         "n_qc_flags": len(outcome.qc),
         "n_files": n_files,
