@@ -43,24 +43,29 @@ def test_yaml_spec_loaded_with_digest(tmp_path):
     assert res[1].criterion.describe() == "cd4_pct_of_cd3 < 60 % of CD3"
 
 
+GOOD = "  - {column: b, op: '>', limit: 1}\n"
+
+
 @pytest.mark.parametrize(
-    "body, fragment",
+    "body, fragment, line",
     [
-        ("name: x\n", "'criteria' must be a non-empty list"),
-        ("criteria:\n  - {column: a, op: '=>', limit: 1}\n", "criteria[0].op"),
-        ("criteria:\n  - {column: a, op: '>', limit: high}\n", "criteria[0].limit"),
-        ("criteria:\n  - {column: a, op: '>'}\n", "missing key(s) limit"),
-        ("criteria:\n  - {column: a, op: '>', limit: 1, colour: red}\n", "unknown key(s) colour"),
-        ("criteria: [\n", "not a valid YAML file"),
-        ("- 1\n- 2\n", "expected a mapping"),
+        ("name: x\n", "'criteria' must be a non-empty list", 0),
+        ("criteria:\n" + GOOD + "  - {column: a, op: '=>', limit: 1}\n", "criteria[1].op", 3),
+        ("criteria:\n  - column: a\n    op: '>'\n    limit: high\n", "criteria[0].limit", 4),
+        ("criteria:\n  - {column: a, op: '>'}\n", "missing key(s) limit", 2),
+        ("criteria:\n" + GOOD + "  - {column: a, op: '>', limit: 1, colour: red}\n", "unknown key(s) colour", 3),
+        ("criteria: [\n", "not a valid YAML file", 2),
+        ("criteria:\n" + GOOD + "criteria: []\n", "duplicate key 'criteria'", 3),
+        ("- 1\n- 2\n", "expected a mapping", 0),
     ],
 )
-def test_invalid_specs_name_the_file_and_key(tmp_path, body, fragment):
+def test_invalid_specs_name_the_file_line_and_key(tmp_path, body, fragment, line):
     path = tmp_path / "bad.yaml"
     path.write_text(body)
     with pytest.raises(TableError) as err:
         load_release_spec(path)
-    assert str(path) in str(err.value) and fragment in str(err.value)
+    assert str(err.value).startswith(f"{path}:{line}: " if line else f"{path}: "), str(err.value)
+    assert fragment in str(err.value)
 
 
 def test_unreadable_spec(tmp_path):

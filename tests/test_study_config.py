@@ -59,9 +59,12 @@ def test_study_by_name_folder_or_file():
          r"codebook.cd3_pct_of_cd45: unknown field\(s\) \['lable'\]"),
         (("release: release.yaml", "release: release.yaml\ncodebook: {cd3_pct_of_cd45: {label: ''}}"),
          "codebook.cd3_pct_of_cd45.label: must be a non-empty text"),
+        (("release: release.yaml", "release: release.yaml\nrelease: other.yaml"), "duplicate key 'release'"),
     ],
 )
 def test_study_errors_name_file_and_key(tmp_path, edit, message):
+    """Each mistake is named by file, line (the edited one) and key; a repeated key is refused, not
+    silently the last one."""
     for f in NEWLAB.glob("*.yaml"):
         shutil.copy(f, tmp_path / f.name)
     text = (tmp_path / "study.yaml").read_text()
@@ -69,20 +72,21 @@ def test_study_errors_name_file_and_key(tmp_path, edit, message):
     (tmp_path / "study.yaml").write_text(text.replace(edit[0], edit[1]))
     with pytest.raises(StudyError, match=message) as info:
         load_study(tmp_path / "study.yaml")
-    assert str(tmp_path / "study.yaml") in str(info.value)
+    line = text.split(edit[0])[0].count("\n") + 1 + edit[1].count("\n")   # the edit's last line
+    assert str(info.value).startswith(f"{tmp_path / 'study.yaml'}:{line}: "), (line, str(info.value))
 
 
 @pytest.mark.parametrize(
     "file, edit, message",
     [
         ("study.yaml", ("  - cd103_pct_of_cd8", "  - cd103_pct_of_cd88"),
-         r"study.yaml: variables: cd103_pct_of_cd88 \(did you mean cd103_pct_of_cd8\?\) is defined by none"),
+         r"study.yaml:\d+: variables: cd103_pct_of_cd88 \(did you mean cd103_pct_of_cd8\?\) is defined by none"),
         ("study.yaml", ("variable: cd103_pct_of_cd8}", "variable: cd103_pct_cd8}"),
-         r"study.yaml: doses.cd8cd103_dose_cells.variable: cd103_pct_cd8 \(did you mean"),
+         r"study.yaml:\d+: doses.cd8cd103_dose_cells.variable: cd103_pct_cd8 \(did you mean"),
         ("study.yaml", ("    viability_pct: {min: 60", "    viabilty_pct: {min: 60"),
-         r"study.yaml: qc.expected: viabilty_pct \(did you mean viability_pct\?\)"),
+         r"study.yaml:\d+: qc.expected: viabilty_pct \(did you mean viability_pct\?\)"),
         ("release.yaml", ("column: cd3_pct_of_cd45", "column: cd3_pct_of_cd54"),
-         r"release.yaml: criterion 'T cells': column cd3_pct_of_cd54 \(did you mean cd3_pct_of_cd45\?\) is no variable"),
+         r"release.yaml:\d+: criteria\[1\].column: criterion 'T cells': column cd3_pct_of_cd54 \(did you mean cd3_pct_of_cd45\?\) is no variable"),
     ],
 )
 def test_study_names_no_strategy_defines_are_refused(tmp_path, file, edit, message):
@@ -98,6 +102,8 @@ def test_study_names_no_strategy_defines_are_refused(tmp_path, file, edit, messa
                                       "--panel", str(tmp_path / "panel.csv"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert re.search(message, result.output), result.output
+    line = text.split(edit[0])[0].count("\n") + 1   # the edited line, named in the message
+    assert f"{file}:{line}: " in result.output, (line, result.output)
     assert not (tmp_path / "out").exists()
 
 

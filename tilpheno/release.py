@@ -105,10 +105,19 @@ def load_release_spec(path: str | Path, *, label: str | None = None) -> ReleaseS
     """Read and validate a YAML release spec; errors name the file and the offending key.
 
     ``label``: the ``source`` recorded in the spec (default: the path), e.g. for bundled files."""
-    from tilpheno.io.yamlsafe import YAMLLimitError, load_config, scalar_text
+    from tilpheno.io.yamlsafe import load_config, with_line
 
     path = Path(path)
     raw, doc = load_config(path, "release spec", "'name' and 'criteria'", TableError)
+    try:
+        return _release_spec(path, raw, doc, label)
+    except TableError as exc:   # "<path>: criteria[2]: ..." -> "<path>:<line>: criteria[2]: ..."
+        raise TableError(with_line(str(exc), path, raw)) from None
+
+
+def _release_spec(path: Path, raw: bytes, doc: Mapping, label: str | None) -> ReleaseSpec:
+    from tilpheno.io.yamlsafe import YAMLLimitError, scalar_text
+
     criteria = doc.get("criteria")
     if not isinstance(criteria, list) or not criteria:
         raise TableError(f"{path}: 'criteria' must be a non-empty list")

@@ -303,10 +303,17 @@ def _qc(doc: Mapping, path: Path) -> QCRules:
 
 def load_study(name_or_path: str | Path = DEFAULT_STUDY) -> Study:
     """Load and validate a study by bundled name (``"til"``) or path (module docstring)."""
-    from tilpheno.io.yamlsafe import load_config
+    from tilpheno.io.yamlsafe import load_config, with_line
 
     path = study_path(name_or_path).resolve()
     raw, doc = load_config(path, "study", "study, tubes, variables, ...", StudyError, _TOP_KEYS)
+    try:
+        return _study(path, raw, doc)
+    except StudyError as exc:   # "<path>: qc.expected.x: ..." -> "<path>:<line>: qc.expected.x: ..."
+        raise StudyError(with_line(str(exc), path, raw)) from None
+
+
+def _study(path: Path, raw: bytes, doc: Mapping) -> Study:
     name = str(doc.get("study") or path.parent.name)
     variables = _names(doc.get("variables"), f"{path}: variables")
     release = None

@@ -356,13 +356,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
     out = _LineDict()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
-    for key_node, value_node in node.value:
+    for key_node, value_node in node.value:   # duplicate keys: refused by load_document
         key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if key in out:
-            raise StrategyError(f"{loader.name}:{line}: duplicate key {key!r}")
         out[key] = loader.construct_object(value_node, deep=True)
-        out.key_lines[key] = line
+        out.key_lines[key] = key_node.start_mark.line + 1
     return out
 
 

@@ -13,6 +13,7 @@ expanded value has billions of elements: PyYAML builds it with shared objects, b
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -76,11 +77,74 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+def check_duplicate_keys(node: yaml.Node | None) -> None:
+    """``yaml.MarkedYAMLError`` at the second of two equal keys in one mapping (PyYAML would keep
+    the last silently). Each distinct node is visited once (aliases share theirs)."""
+    seen: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            keys: set = set()
+            for key_node, _ in current.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in keys:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key_node.value!r}",
+                                                                key_node.start_mark)
+                    keys.add(key_node.value)
+        stack.extend(_children(current))
+
+
 def load_document(loader: yaml.SafeLoader):
-    """``loader.get_single_data()`` with the expansion checked on the composed nodes first."""
+    """``loader.get_single_data()`` with the expansion and duplicate keys checked on the composed
+    nodes first."""
     node = loader.get_single_node()
     check_expansion(node)
+    check_duplicate_keys(node)
     return loader.construct_document(node) if node is not None else None
+
+
+_KEY_STEP = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def key_line(raw: bytes, where: str, value: object = None) -> int:
+    """The 1-based line of the key ``where`` (``qc.expected.cd3_pct``, ``criteria[2].column``) in the
+    YAML bytes ``raw``, or of the deepest part of it that exists; with ``value``, of the list item or
+    mapping key equal to it found there. 0 when the file does not parse or the first key is not there. For
+    error messages only (the file is composed again)."""
+    try:
+        node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return 0
+    line = 0
+    for index, key in _KEY_STEP.findall(where):
+        step = None
+        if key and isinstance(node, yaml.MappingNode):
+            step = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
+        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            step = (node.value[int(index)],) * 2
+        if step is None:
+            return line
+        line, node = step[0].start_mark.line + 1, step[1]
+    if value is not None and isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        items = node.value if isinstance(node, yaml.SequenceNode) else [k for k, _ in node.value]
+        line = next((item.start_mark.line + 1 for item in items
+                     if isinstance(item, yaml.ScalarNode) and item.value == str(value)), line)
+    return line
+
+
+def with_line(message: str, path: str | Path, raw: bytes, value: object = None) -> str:
+    """``"<path>: <where>: <problem>"`` as ``"<path>:<line>: <where>: <problem>"`` (the form the
+    strategy files' errors have) when ``<where>`` is found in ``raw`` (:func:`key_line`); else as is."""
+    prefix = f"{path}: "
+    if not message.startswith(prefix) or ": " not in message[len(prefix):]:
+        return message
+    rest = message[len(prefix):]
+    line = key_line(raw, rest.split(": ", 1)[0], value)
+    return f"{path}:{line}: {rest}" if line else message
 
 
 def safe_load(text: str):
@@ -113,6 +177,10 @@ def load_config(path: Path, what: str, expected: str, error: type[Exception],
         raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     except YAMLLimitError as exc:
         raise error(f"{path}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise error(f"{where}: not a valid YAML file ({exc.problem or exc.context or exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise error(f"{path}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     if doc is None and empty_ok:
@@ -122,7 +190,8 @@ def load_config(path: Path, what: str, expected: str, error: type[Exception],
     if allowed is not None:
         unknown = sorted(set(doc) - set(allowed))
         if unknown:
-            raise error(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+            raise error(with_line(f"{path}: {unknown[0]}: unknown key(s) {unknown}; allowed: {sorted(allowed)}",
+                                  path, raw))
     return raw, doc
 
 

@@ -162,12 +162,25 @@ def check_study_names(study: Study, strategies: Sequence, spec) -> None:
     named += [("qc.expected", e.variable) for e in study.qc.expected]
     for where, name in named:
         if name not in defined:
-            raise StudyError(f"{study.source}: {where}: {_did_you_mean([name], defined)} is defined by none of "
-                             f"its strategies ({files})")
-    for c in spec.criteria:
+            raise StudyError(_at_line(f"{study.source}: {where}: {_did_you_mean([name], defined)} is defined by none of "
+                                      f"its strategies ({files})", study.source, name))
+    for i, c in enumerate(spec.criteria):
         if c.column not in defined | doses | {"til_dose_cells"} and not c.column.startswith("n_"):
-            raise StudyError(f"{spec.source}: criterion {c.name!r}: column {_did_you_mean([c.column], defined | doses)} "
-                             f"is no variable or dose of the study ({files})")
+            raise StudyError(_at_line(f"{spec.source}: criteria[{i}].column: criterion {c.name!r}: column "
+                                      f"{_did_you_mean([c.column], defined | doses)} is no variable or dose of the "
+                                      f"study ({files})", spec.source))
+
+
+def _at_line(message: str, source: str, value: object = None) -> str:
+    """``message`` with the line of its key in the file ``source`` (a study or spec path; a bundled
+    one's label is no path and is left as is)."""
+    from tilpheno.io.yamlsafe import with_line
+
+    try:
+        raw = Path(source).read_bytes()
+    except OSError:
+        return message
+    return with_line(message, source, raw, value)
 
 
 def study_mismatch(study: Study, strategies: Sequence, spec) -> list[QCFlag]:
