@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -112,3 +113,41 @@ def test_strategies_given_without_their_study_get_a_run_warning(relative_run):
     assert "cd4_pct_of_t" in flag.message or "t_cells" in flag.message, flag.message
     phenotypes = pd.read_csv(out / "phenotypes.csv")
     assert phenotypes["viability_pct"].isna().all()
+
+
+@pytest.mark.parametrize("given", ["manifest", "outcomes", "compensation", "study"])
+def test_a_run_file_changed_since_the_run_is_refused_by_report(tmp_path, monkeypatch, given):
+    """Besides the inputs, strategies, spec and panel, ``tilpheno report`` re-runs with the run's
+    manifest, outcomes (the doses), compensation matrix and study: each is checked against the
+    SHA-256 ``run.json`` recorded, so a changed one is refused in one line naming it instead of
+    silently re-making the tables (e.g. new subset doses) from other data."""
+    monkeypatch.chdir(ROOT)
+    fcs = tmp_path / "fcs"
+    fcs.mkdir()
+    shutil.copy(DATA / "fcs" / "412C_mLN_026.fcs", fcs)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,product_id,tube,role,fmo_marker\n412C_mLN_026.fcs,412C_mLN,tcell,stain,\n")
+    options = {"manifest_csv": manifest}
+    if given == "outcomes":
+        options["outcomes_path"] = changed = tmp_path / "outcomes.csv"
+        changed.write_text("patient_id,product_id,til_dose_cells,best_response,pfs_months,pfs_event,os_months,os_event\n"
+                           "P1,412C_mLN,6810000000,SD,2.5,1,19.2,1\n")
+    elif given == "compensation":   # the identity: the file's FJComp channels are compensated already
+        options["compensation_path"] = changed = tmp_path / "matrix.csv"
+        detectors = sorted({c for c in pd.read_csv(DATA / "panel.csv")["detector"] if c.startswith("FJComp")})
+        pd.DataFrame(np.eye(len(detectors)), columns=detectors).to_csv(changed, index=False)
+    elif given == "study":
+        shutil.copytree(ROOT / "tilpheno" / "studies" / "til", tmp_path / "study")
+        options["study"] = changed = tmp_path / "study" / "study.yaml"
+    else:
+        changed = manifest
+    out = tmp_path / "out"
+    summary = process_folder(fcs, out, panel_path=DATA / "panel.csv", strategy_paths=["gating/flowatlas_tcell_cd19.yaml"],
+                             make_reports=False, **options)
+    assert summary.ok
+    kwargs, known = rerun_arguments(out)      # unchanged: accepted
+    assert known == {"412C_mLN"}
+    changed.write_text(changed.read_text().replace("6810000000", "1000000000") + "\n")
+    what = "study" if given == "study" else f"{given} file"
+    with pytest.raises(TilphenoError, match=rf"{changed.name}: {what} changed or missing since the run"):
+        rerun_arguments(out)

@@ -19,10 +19,14 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
                      panel_path: str | Path | None, strategy_paths: Sequence[Path], spec: ReleaseSpec,
                      command_line: list[str] | None) -> RunRecord:
     """The run's record (:func:`tilpheno.provenance.start_record`) with the ``process`` parameters
-    :func:`rerun_arguments` reads back, the strategies and the release spec."""
+    :func:`rerun_arguments` reads back, the strategies and the release spec, and
+    ``parameter_files``: the SHA-256 of the manifest, outcomes and compensation files given, which
+    :func:`rerun_arguments` checks. They are kept out of ``parameters`` (whose short form every
+    report shows, and so every product's cache key holds): a manifest or outcomes table that
+    gained another product's rows must not make the unchanged products new ones."""
     from tilpheno.provenance import sha256_file, start_record
 
-    return start_record(
+    record = start_record(
         command_line=command_line,
         parameters={
             "input_folder": str(folder), "manifest": str(manifest_csv or ""),
@@ -38,6 +42,9 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
         release_spec={"name": spec.name, "source": spec.source, "sha256": spec.sha256,
                       "criteria": [c.describe() for c in spec.criteria]},
     )
+    record.extra["parameter_files"] = {name: sha256_file(path) for name, path in (
+        ("manifest", manifest_csv), ("outcomes", outcomes_path), ("compensation", compensation_path)) if path}
+    return record
 
 
 def write_run_record(path: Path, record: RunRecord, outcomes: Iterable, *, cache: dict, folder: Any,
@@ -57,8 +64,8 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
     outcomes, strategies, release spec, FMO percentile, identifiers, local jobs), and the run's
     product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or
-    an input file, a strategy, release spec or panel file changed since (the results would no
-    longer be that run's)."""
+    an input file, the study, a strategy, release spec, panel, manifest, outcomes or compensation
+    file changed since (the results would no longer be that run's)."""
     import json
 
     import pandas as pd
@@ -77,9 +84,11 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
             [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
             if run.get("release_spec", {}).get("sha256") else []) + (
-            [("panel file", params["panel"], params["panel_sha256"])] if params.get("panel_sha256") else []):
+            [("study", params["study"], params["study_sha256"])] if params.get("study_sha256") else []) + (
+            [("panel file", params["panel"], params["panel_sha256"])] if params.get("panel_sha256") else []) + [
+            (f"{name} file", params.get(name, ""), digest) for name, digest in (run.get("parameter_files") or {}).items()]:
         try:
-            same = sha256_file(spec_path(path) if what == "release spec" else path) == digest
+            same = sha256_file(spec_path(path) if what in ("release spec", "study") else path) == digest
         except OSError:
             same = False
         if not same:
