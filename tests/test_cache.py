@@ -203,3 +203,24 @@ def test_store_round_trip_and_prune(tmp_path):
     store.store("ef" * 32, {"product_id": "Q"}, None, None)
     assert store.load("ef" * 32, need_report=True) is None and store.load("ef" * 32) is not None
     assert store.prune(["ef" * 32]) == 1 and store.load("ab" * 32) is None and entry.folder.exists() is False
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o002])
+def test_stored_and_published_reports_follow_the_umask(tmp_path, umask):
+    """A report re-used from the cache is published as a hard link to the entry's copy, so the
+    entry's files get the umask's permissions, as every other output (atomic.write_*): under
+    umask 077 a report was world-readable (0644) beside tables of 0600."""
+    import stat
+
+    from tilpheno.pipeline.outputs import _publish_report
+
+    old = os.umask(umask)
+    try:
+        entry = ProductStore(tmp_path / "out").store("ab" * 32, {"product_id": "P"}, None, "<html>")
+        _publish_report(entry.report_path, tmp_path / "out" / "products" / "P" / "report.html")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in entry.folder.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask} and len(modes) == 4, modes
+    assert stat.S_IMODE(entry.folder.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "out" / "products" / "P" / "report.html").stat().st_mode) == 0o666 & ~umask

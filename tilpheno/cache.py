@@ -367,6 +367,8 @@ class ProductStore:
         """Write an entry (atomically: a temporary folder renamed into place) and return it."""
         import pandas as pd
 
+        from tilpheno.io import atomic
+
         self.entries.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".entry-", dir=self.entries))
         try:
@@ -385,7 +387,7 @@ class ProductStore:
                 _write_synced(tmp / name, data)
             manifest = {"format": FORMAT, "key": key, "files": {n: _sha256_bytes(d) for n, d in blobs.items()}}
             _write_synced(tmp / "entry.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, atomic.default_mode(directory=True))   # mkdtemp's 0o700: as a folder mkdir() makes
             final = self.folder(key)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # an older entry of the same key (e.g. without a report): replace it
@@ -420,11 +422,12 @@ class ProductStore:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``path`` and fsync it; its permissions follow the umask, as
+    every output's (a stored report is published as a hard link to this very file)."""
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.chmod(path, 0o644)
 
 
 class _suppress_os_error:

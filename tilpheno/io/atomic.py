@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-def _default_mode() -> int:
-    """The permission bits a plain ``open()`` would give a new file (0o666 less the umask)."""
+def default_mode(directory: bool = False) -> int:
+    """The permission bits a plain ``open()`` would give a new file (0o666 less the umask), or
+    ``mkdir()`` a new ``directory`` (0o777 less the umask): for files and folders made with
+    ``tempfile`` (0o600, 0o700) that become outputs."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if directory else 0o666) & ~umask
 
 
 @contextlib.contextmanager
@@ -35,7 +37,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, _default_mode())  # mkstemp creates 0600; outputs are ordinary files
+        os.chmod(tmp, default_mode())  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
