@@ -92,6 +92,20 @@ def test_h5ad_export(tmp_path, data1, masks):
     assert a.uns["source_sha256"] == data1.sha256
 
 
+def test_h5ad_export_permissions_follow_the_umask(tmp_path, data1, masks):
+    """As the FCS export and every other output; it was mkstemp's 0600 whatever the umask."""
+    pytest.importorskip("anndata")
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = export_h5ad(data1, masks, tmp_path / "gated.h5ad")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
 def test_cli_export_events(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, [
