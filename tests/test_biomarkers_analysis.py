@@ -255,6 +255,9 @@ def test_cli_biomarkers(tmp_path):
     assert (out / "figures" / "km_pfs_all.svg").read_bytes().lstrip().startswith(b"<?xml")
     run = __import__("json").loads((out / "run.json").read_text())
     assert run["parameters"]["n_boot"] == 5 and any(i["path"] == str(OUTCOMES) for i in run["inputs"])
+    from tilpheno.cache import code_digest
+
+    assert run["tilpheno_code_sha256"] == code_digest()   # the code, not only its version
     codebook = pd.read_csv(out / "codebook.csv")
     assert {"file", "column", "meaning", "unit", "method"} == set(codebook.columns)
     assert ("cox_univariable.csv", "p_holm") in set(zip(codebook.file, codebook.column))

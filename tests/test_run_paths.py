@@ -56,6 +56,18 @@ def test_run_json_records_absolute_paths(relative_run):
     assert Path(params["input_folder"]).is_absolute() and Path(params["manifest"]).is_absolute()
 
 
+
+def test_run_json_names_the_code(relative_run):
+    """The version (0.1.0) is the same over a whole development history: run.json also records the
+    digest of tilpheno's source files that the cache keys hold, so a run names the code that made it."""
+    from tilpheno.cache import code_digest
+
+    out, _ = relative_run
+    run = json.loads((out / "run.json").read_text())
+    assert run["tilpheno_code_sha256"] == code_digest() and len(code_digest()) == 64
+    assert list(run)[:3] == ["tilpheno_version", "tilpheno_code_sha256", "python"]
+
+
 def test_review_and_report_work_from_another_directory(relative_run, tmp_path, monkeypatch):
     out, _ = relative_run
     elsewhere = tmp_path / "elsewhere"

@@ -85,6 +85,7 @@ class RunRecord:
     strategies: list[FileDigest]
     release_spec: dict
     started_at: str
+    code_sha256: str = ""       # tilpheno.cache.code_digest(): the version says too little of a development checkout
     inputs: list[FileDigest] = field(default_factory=list)
     finished_at: str = ""
     duration_s: float = 0.0
@@ -99,6 +100,7 @@ class RunRecord:
     def to_dict(self) -> dict:
         return {
             "tilpheno_version": self.tilpheno_version,
+            "tilpheno_code_sha256": self.code_sha256,
             "python": self.python,
             "platform": self.platform,
             "dependencies": self.dependencies,
@@ -138,8 +140,11 @@ def start_record(
     parameters: Mapping[str, object],
     strategy_paths: Iterable[str | Path],
     release_spec: Mapping[str, object],
+    code_sha256: str = "",
 ) -> RunRecord:
-    """Open a run record now: versions, command line (``sys.argv`` by default), strategies + SHA-256."""
+    """Open a run record now: versions, command line (``sys.argv`` by default), strategies + SHA-256,
+    and ``code_sha256``, the digest of tilpheno's own source files (``tilpheno.cache.code_digest``,
+    a layer above this module), so that a run of a development checkout names its code."""
     from tilpheno import __version__
 
     return RunRecord(
@@ -152,6 +157,7 @@ def start_record(
         strategies=[FileDigest(str(p), sha256_file(p), "strategy") for p in strategy_paths],
         release_spec=dict(release_spec),
         started_at=utc_now(),
+        code_sha256=code_sha256,
     )
 
 

@@ -465,6 +465,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     """
     import time as _time
 
+    from tilpheno.cache import code_digest
     from tilpheno.provenance import FileDigest, sha256_file, start_record
 
     from .codebook import codebook
@@ -486,7 +487,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                         n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,
                         n_boot=n_boot, spline_knots=spline_knots, roc_times=tuple(roc_times), landmark=landmark)
     record = start_record(command_line=command_line, parameters={k: v for k, v in settings.__dict__.items()},
-                          strategy_paths=[], release_spec={})
+                          strategy_paths=[], release_spec={}, code_sha256=code_digest())
     results = analyse(cohort, settings, pre)
     record.finish([FileDigest(str(p), sha256_file(p)) for p in inputs if p is not None], 0.0)
     results.run_record = record

@@ -24,10 +24,11 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
     :func:`rerun_arguments` checks. They are kept out of ``parameters`` (whose short form every
     report shows, and so every product's cache key holds): a manifest or outcomes table that
     gained another product's rows must not make the unchanged products new ones."""
+    from tilpheno.cache import code_digest
     from tilpheno.provenance import sha256_file, start_record
 
     record = start_record(
-        command_line=command_line,
+        command_line=command_line, code_sha256=code_digest(),
         parameters={
             "input_folder": str(folder), "manifest": str(manifest_csv or ""),
             "outcomes": str(outcomes_path or ""), "fmo_percentile": fmo_percentile,
