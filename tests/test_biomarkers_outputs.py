@@ -163,3 +163,22 @@ def test_multiplicity_count_is_every_row_given_an_adjusted_p(res):
     adjusted = sum(int(pd.read_csv(res.files[name]).p_holm.notna().sum()) for name in names)
     assert n_tests(res) == adjusted
     assert f"{adjusted} marker-level tests" in res.files["report.html"].read_text()
+
+
+def test_exported_figures_are_the_same_bytes_at_any_time():
+    """figures/*.svg and figures.pdf of two runs on the same data are identical: the SVGs carried
+    the local date and time (<dc:date>, to the microsecond) and random ids, the PDF its creation date."""
+    import matplotlib.pyplot as plt
+
+    from tilpheno.biomarkers.report import FigureExport, _svg
+
+    def export():
+        out = FigureExport(pdf=True)
+        fig, ax = plt.subplots()
+        ax.step([0, 6, 12], [1, 0.8, 0.5])
+        ax.set_title("PFS")
+        _svg(fig, "PFS", out, "km_pfs_all")
+        return out.svgs[0][1], out.pdf_bytes()
+
+    first, later = export(), export()
+    assert b"<dc:date>" not in first[0] and b"CreationDate" not in first[1] and first == later

@@ -32,14 +32,16 @@ def _plain(text: str) -> str:
 
 
 class FigureExport:
-    """Collects each figure as SVG bytes and, with ``pdf=True``, as a page of one PDF."""
+    """Collects each figure as SVG bytes and, with ``pdf=True``, as a page of one PDF. Both are
+    the same bytes for the same figures: no creation date (matplotlib writes the local time) and
+    SVG ids from a fixed salt (``matplotlib_rc``), not random ones."""
 
     def __init__(self, pdf: bool = False):
         from matplotlib.backends.backend_pdf import PdfPages
 
         self.svgs: list[tuple[str, bytes]] = []
         self._pdf_buffer = io.BytesIO()
-        self._pdf = PdfPages(self._pdf_buffer) if pdf else None
+        self._pdf = PdfPages(self._pdf_buffer, metadata={"CreationDate": None}) if pdf else None
 
     def add(self, name: str, svg: bytes, fig) -> None:
         self.svgs.append((name, svg))
@@ -65,7 +67,7 @@ def _svg(fig, alt: str, export: FigureExport | None = None, name: str | None = N
     if export is not None and name:
         buf = io.BytesIO()
         with matplotlib_rc():
-            fig.savefig(buf, format="svg", bbox_inches="tight")
+            fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
         export.add(name, buf.getvalue(), fig)
     width_px = fig.get_figwidth() * 96
     markup = inline_svg(fig, alt)
@@ -76,7 +78,7 @@ def _svg(fig, alt: str, export: FigureExport | None = None, name: str | None = N
 def matplotlib_rc():
     import matplotlib
 
-    return matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+    return matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "tilpheno", "font.size": 9, "axes.titlesize": 10,
                                   "axes.labelsize": 9, "legend.fontsize": 8, "pdf.fonttype": 42})
 
 
