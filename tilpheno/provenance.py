@@ -1,7 +1,9 @@
 """Run provenance (``run.json``): versions, command line, strategies, inputs, parameters, times.
 
-Everything except ``started_at``, ``finished_at`` and ``duration_s`` is a pure function of the
-inputs and options, so two runs on the same inputs give the same record apart from those fields.
+Everything :func:`start_record` and :meth:`RunRecord.finish` record except ``started_at``,
+``finished_at`` and ``duration_s`` is a pure function of the inputs, options and code, so two runs
+on the same inputs give the same record apart from those fields (and the ``extra`` a caller adds
+about the run itself: ``process`` adds what its cache re-used and what it replaced in OUT).
 Times are UTC, ISO 8601 with a ``Z`` suffix.
 """
 from __future__ import annotations
