@@ -224,3 +224,25 @@ def test_stored_and_published_reports_follow_the_umask(tmp_path, umask):
     assert set(modes.values()) == {0o666 & ~umask} and len(modes) == 4, modes
     assert stat.S_IMODE(entry.folder.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((tmp_path / "out" / "products" / "P" / "report.html").stat().st_mode) == 0o666 & ~umask
+
+
+def test_report_refuses_files_added_to_the_folder_since_the_run(small_cohort, tmp_path):
+    """``tilpheno report OUT`` draws that run's results: a product (or a file of a product) added to
+    the scanned folder since would have joined the re-made tables; it is refused in one line."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for f in small_cohort.out_dir.glob("TIL00[12]_*.fcs"):
+        shutil.copy(f, folder)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(app, ["process", str(folder), "-o", str(out), "--reports", "later"])
+    assert result.exit_code == 0, result.output
+    added = [shutil.copy(f, folder) for f in sorted(small_cohort.out_dir.glob("TIL003_*.fcs"))]
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 2 and "input file added since the run in" in result.output, result.output
+    assert f"(and {len(added) - 1} more)" in result.output
+    for f in added:
+        os.unlink(f)
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(pd.read_csv(out / "phenotypes.csv")["product_id"]) == ["TIL001", "TIL002"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from tilpheno.errors import NoInputError, StudyError, TableError
+from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
@@ -222,6 +222,7 @@ def process_folder(
     use_cache: bool = True,
     reports: str | None = None,
     report_products: Iterable[str] | None = None,
+    run_inputs: Iterable[str] | None = None,
 ) -> RunSummary:
     """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
 
@@ -233,6 +234,10 @@ def process_folder(
     ``use_cache``, ``reports``, ``report_products``: see :func:`run_process` (``reports`` defaults
     to ``now`` when ``make_reports``, else ``none``).
     ``on_start(n_products, n_files)`` is called once the output folder is claimed (``run_process``).
+    ``run_inputs``: the input files of the run being drawn again (``tilpheno report``,
+    :func:`tilpheno.pipeline.record.rerun_arguments`); a file of the products or of their controls
+    that is not among them (added to FOLDER since: another product, another FMO) raises
+    ``TilphenoError``, so the run's results are never re-made from other files.
     Paths are made absolute first, so that ``run.json`` names the files wherever the review app or
     ``tilpheno report`` is started from.
     """
@@ -270,6 +275,14 @@ def process_folder(
     from tilpheno.spillover import plan_compensation
 
     manifest, compensations = plan_compensation(manifest, compensation_path)
+    if run_inputs is not None:
+        recorded = set(run_inputs)
+        added = [display_name(str(f)) for f in [*manifest["file"], *(f for c in compensations.values() for f in c.files)]
+                 if str(f) not in recorded]
+        if added:
+            more = f" (and {len(added) - 1} more)" if len(added) > 1 else ""
+            raise TilphenoError(f"{added[0]}: input file added since the run in {out_dir}{more}; "
+                                "run `tilpheno process` again")
     if outcomes_path is not None:
         from tilpheno.io.outcomes import read_outcomes
 
