@@ -133,3 +133,22 @@ def test_too_few_patients_is_a_one_line_error(tables, tmp_path):
     assert result.exit_code == 2, result.output
     assert "1 patient(s) with both a phenotyped product and outcomes" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--roc-times", "6,abc", "error: --roc-times: 'abc' is not a number"),
+    ("--break-times", "0,x", "error: --break-times: 'x' is not a number"),
+    ("--conf-type", "loglog", "error: --conf-type must be one of"),
+])
+def test_a_bad_option_value_is_an_error_naming_the_option(tmp_path, option, value, message):
+    """The command line names its own option, not a library parameter ('conf_type') or nothing at
+    all (float's "could not convert string to float: 'abc'")."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(REF / "til_cohort_outcomes.csv"), "--out",
+                                      str(tmp_path / "out"), option, value])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output

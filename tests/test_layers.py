@@ -126,3 +126,5 @@ def test_the_cli_speaks_in_flags():
     assert as_cli_text("OUT: previous run; pass overwrite=True to replace it") == "OUT: previous run; pass --overwrite to replace it"
     assert as_cli_text("executor: 'spark' is not one of local, dask").startswith("--executor:")
     assert as_cli_text("fmo_percentile: 120 is not between 0 and 100").startswith("--fmo-percentile:")
+    assert as_cli_text("reports: 'soon' is not one of now, later, none").startswith("--reports:")
+    assert as_cli_text("conf_type must be one of (log, log-log, plain)").startswith("--conf-type must")

@@ -26,7 +26,7 @@ def as_cli_text(text: str) -> str:
     text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers)=True\b",
                   lambda m: "--" + m.group(1).replace("_", "-"), text)
     text = re.sub(r"\b(inputs=FOLDER|db=URL|compensation=MATRIX)\b", lambda m: "--" + m.group(1).replace("=", " "), text)
-    return re.sub(r"^(executor|scheduler|fmo_percentile)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
+    return re.sub(r"^(executor|scheduler|fmo_percentile|reports|conf_type)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -387,6 +387,16 @@ def biomarkers(
     def _split(text):
         return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 
+    def _times(text, flag):
+        """Comma-separated months; a value that is not a number is an error naming the option."""
+        values = []
+        for v in _split(text) or ():
+            try:
+                values.append(float(v))
+            except ValueError:
+                raise TilphenoError(f"{flag}: {v!r} is not a number (comma-separated months, e.g. 6,12)") from None
+        return values
+
     try:
         pre = read_cutpoints(cutpoints) if cutpoints is not None else None
         chosen = _biomarker_study(study, phenotypes)
@@ -394,8 +404,8 @@ def biomarkers(
             read_phenotypes(phenotypes), read_outcomes(outcomes), out, markers=_split(markers),
             covariates=_split(covariates), endpoints=tuple(_split(endpoints) or ()), cutpoints=pre,
             n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop, n_boot=n_boot, spline_knots=knots,
-            roc_times=[float(v) for v in _split(roc_times) or ()],
-            break_times=[float(v) for v in _split(break_times)] if break_times else None, landmark=landmark,
+            roc_times=_times(roc_times, "--roc-times"),
+            break_times=_times(break_times, "--break-times") if break_times else None, landmark=landmark,
             inputs=[phenotypes, outcomes, cutpoints], pdf=pdf, study=chosen,
         )
     except (TilphenoError, ValueError, OSError) as exc:
