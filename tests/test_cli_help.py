@@ -45,3 +45,11 @@ def test_a_wrapped_docstring_is_shown_as_one_paragraph():
     result = CliRunner().invoke(app, ["process", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert any("the last run into OUT" in line for line in lines), result.output[:1500]
+
+
+def test_process_help_says_a_previous_run_needs_overwrite():
+    """OUT holding a previous run is refused without --overwrite; the help said re-running overwrote it."""
+    result = CliRunner().invoke(app, ["process", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    text = " ".join(result.output.split())
+    assert "one holding a previous run needs --overwrite" in text
+    assert "re-running overwrites" not in text

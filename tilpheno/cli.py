@@ -219,7 +219,7 @@ def compensate(
 @app.command()
 def process(
     folder: Path = typer.Argument(..., help="Folder of FCS files.", exists=True, file_okay=False),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; re-running overwrites atomically)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; one holding a previous run needs --overwrite)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file, product_id, tube, role, fmo_marker) instead of scanning."),
     outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
     study: str = typer.Option("til", "--study", help="Study: a bundled name or a study.yaml path (tube kinds, strategies, variables, doses, QC, release spec, marker aliases)."),
