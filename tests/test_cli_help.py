@@ -53,3 +53,58 @@ def test_process_help_says_a_previous_run_needs_overwrite():
     text = " ".join(result.output.split())
     assert "one holding a previous run needs --overwrite" in text
     assert "re-running overwrites" not in text
+
+
+def _readme_commands() -> dict[str, str]:
+    """README's "Commands" block, one entry per command (continuation lines joined; a command
+    shown twice, as `plan`, has both lines)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Commands", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        if line.startswith("tilpheno "):
+            name = line.split()[1]
+            entries[name] = entries.get(name, "") + " " + line
+        elif name is not None:
+            entries[name] += " " + line
+    return entries
+
+
+def _options(command) -> dict:
+    """Every option of a command and of its subcommands (not --help): each of its names -> its
+    long name (``-o`` -> ``--out``)."""
+    found = {}
+    commands = [command] + [c for _, c in _commands(command)] if hasattr(command, "commands") else [command]
+    for c in commands:
+        for p in c.params:
+            if getattr(p, "param_type_name", "") == "option" and "--help" not in p.opts:
+                long = max(p.opts, key=len)
+                found.update({o: (long, p.default) for o in p.opts})
+    return found
+
+
+def test_readme_commands_block_lists_every_option_with_its_default():
+    """Each command's options in `--help` and in README's "Commands" block are the same set, and an
+    option the README shows with a number (`--permutations 10000`) shows its default."""
+    entries = _readme_commands()
+    problems = []
+    for name, command in ROOT.commands.items():
+        entry = entries.get(name)
+        if entry is None:
+            problems.append(f"{name}: not in README")
+            continue
+        options = _options(command)
+        shown = dict(re.findall(r"(?<=[\s\[(|])(--?[a-z][a-z0-9-]*)(?:[ =]([^\s\]|)]+))?", entry))
+        shown_long = {options[o][0] for o in shown if o in options}
+        problems += [f"{name} {o}: in --help, not in README"
+                     for o in sorted({long for long, _ in options.values()} - shown_long)]
+        problems += [f"{name} {o}: in README, no such option" for o in sorted(set(shown) - set(options))]
+        for flag, value in shown.items():
+            default = options.get(flag, (None, None))[1]
+            if re.fullmatch(r"\d+(\.\d+)?(,\d+(\.\d+)?)*", value or "") and default is not None:
+                if [float(v) for v in value.split(",")] != [float(v) for v in str(default).split(",")]:
+                    problems.append(f"{name} {flag}: README {value}, default {default}")
+    assert not problems, "\n".join(problems)
