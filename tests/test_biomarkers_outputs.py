@@ -182,3 +182,23 @@ def test_exported_figures_are_the_same_bytes_at_any_time():
 
     first, later = export(), export()
     assert b"<dc:date>" not in first[0] and b"CreationDate" not in first[1] and first == later
+
+
+def test_a_variance_that_is_not_estimable_is_a_recorded_warning_not_a_numpy_one():
+    """Six patients, four covariates (sample_fcs): Newton stops where the information matrix is not
+    positive definite, so some variances come out negative. numpy's 'invalid value in sqrt' went to
+    the terminal and nothing to the table; now the fit records which variances are not estimable
+    and leaves their SE, CI and Wald p blank."""
+    import warnings
+
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
+    data = pd.read_csv(sample / "outcomes.csv").merge(pd.read_csv(sample / "truth.csv"), on="product_id")
+    marker = data["nkt_pct_of_live_lymph"]
+    frame = data.assign(x=(marker > marker.median()).astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit = fit_cox(frame, "pfs_months", "pfs_event", ["x", "age", "sex", "ecog"])
+    blank = fit.coefficients[fit.coefficients.se.isna()]
+    assert len(blank) and blank[["hr_ci_low", "hr_ci_high", "z", "p"]].isna().all().all()
+    note = next(w for w in fit.warnings if "not estimable" in w)
+    assert all(v in note for v in blank.variable), (note, list(blank.variable))

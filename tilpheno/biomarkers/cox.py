@@ -380,7 +380,12 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
         cov = np.full_like(info, np.nan)
-    se = np.sqrt(np.diag(cov))
+    variance = np.diag(cov)
+    bad = ~(variance > 0)   # a negative or undefined variance: the fit is not at a maximum of the likelihood
+    if bad.any():
+        notes.append(f"variance of {', '.join(X.columns[bad])} not estimable (the information matrix is not "
+                     "positive definite at the last Newton step): standard error, CI, z and Wald p left blank")
+    se = np.sqrt(np.where(bad, np.nan, variance))
     z = stats.norm.ppf(1 - (1 - conf_level) / 2)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         table = pd.DataFrame({
