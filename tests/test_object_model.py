@@ -76,8 +76,9 @@ def test_strategy_from_code_is_validated_like_a_file():
     expected = result.masks["live"] & (cd3 >= 0.45)
     assert np.array_equal(result.masks["CD3+"], expected)
     assert result.summary["percent"].iloc[0] == pytest.approx(100 * expected.sum() / result.masks["live"].sum())
-    with pytest.raises(StrategyError, match="unknown parent 'nowhere'"):
+    with pytest.raises(StrategyError, match="unknown parent 'nowhere'") as info:
         tp.GatingStrategy.from_dict({**doc, "populations": [{**doc["populations"][0], "parent": "nowhere"}]})
+    assert str(info.value).startswith("<code>: "), str(info.value)   # no line of a YAML text nobody wrote
 
 
 @pytest.mark.parametrize("xml", sorted((GML / "gml").glob("*.xml")), ids=lambda p: p.name)

@@ -258,7 +258,7 @@ class Strategy:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], name: str = "<code>") -> "Strategy":
         """A strategy written in code: the mapping a strategy file holds (validated the same way)."""
-        return parse_strategy(yaml.safe_dump(_plain(doc), sort_keys=False), name)
+        return parse_strategy(yaml.safe_dump(_plain(doc), sort_keys=False), name, lines=False)
 
     @classmethod
     def from_gatingml(cls, path: str | Path) -> "Strategy":
@@ -375,11 +375,11 @@ def _line(mapping: Any, key: str | None = None) -> int:
 class _Context:
     """Builds error messages ``<file>:<line>: <where>: <problem>``."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, lines: bool = True):
+        self.path, self.lines = path, lines
 
     def error(self, line: int, where: str, problem: str) -> StrategyError:
-        location = f"{self.path}:{line}" if line else self.path
+        location = f"{self.path}:{line}" if line and self.lines else self.path
         return StrategyError(f"{location}: {where}: {problem}")
 
 
@@ -519,9 +519,10 @@ def _order(ctx: _Context, populations: list[Population]) -> tuple[Population, ..
     return tuple(ordered)
 
 
-def parse_strategy(text: str, path: str = "<strategy>") -> Strategy:
-    """Validate strategy YAML ``text`` (``path`` names it in errors and in the result)."""
-    ctx = _Context(path)
+def parse_strategy(text: str, path: str = "<strategy>", *, lines: bool = True) -> Strategy:
+    """Validate strategy YAML ``text`` (``path`` names it in errors and in the result; ``lines=False``:
+    errors name no line, for a text that was not written by hand, e.g. ``from_dict``'s)."""
+    ctx = _Context(path, lines)
     if len(text) > MAX_YAML_BYTES:
         raise ctx.error(0, "file", f"larger than {MAX_YAML_BYTES} bytes; a strategy is a few kB")
     loader = _Loader(text)
