@@ -160,3 +160,17 @@ def test_a_mistyped_output_folder_starts_no_database(review_out, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["otu"]
     r = run("audit", "verify", tmp_path / "nowhere")
     assert r.exit_code == 2 and not (tmp_path / "nowhere.review.sqlite").exists(), r.output
+
+
+def test_a_new_default_database_is_announced(review_out, tmp_path):
+    """The default database stays beside OUT's old place when OUT moves: a command that has to make
+    a new one says so, naming it, so a moved run's review is not silently started afresh."""
+    import shutil
+
+    moved = tmp_path / "moved_out"
+    shutil.copytree(review_out, moved)
+    r = run("audit", "verify", moved)
+    assert r.exit_code == 0 and "audit trail intact: 0 entries" in r.output, r.output
+    assert f"note: no review database beside {moved}; a new, empty one is made: {moved}.review.sqlite" in r.output
+    r = run("audit", "verify", moved)   # it exists now: no note
+    assert r.exit_code == 0 and "note:" not in r.output, r.output

@@ -22,12 +22,18 @@ class ReviewError(TilphenoError):
     """A review-app problem that is the user's input (bad URL, unknown user, ...): one line."""
 
 
+def default_db_path(out_dir: str | Path) -> Path:
+    """``<OUT>.review.sqlite``, beside the output folder (it stays where it was made when OUT moves)."""
+    out = Path(out_dir).resolve()
+    return out.parent / (out.name + ".review.sqlite")
+
+
 def default_db_url(out_dir: str | Path) -> str:
     """``sqlite:///<OUT>.review.sqlite``: a file beside the output folder. ReviewError when that
     file does not exist yet and OUT is not a processed output folder (no ``run.json``): a mistyped
     OUT would otherwise start a new, empty database beside whatever it names."""
     out = Path(out_dir).resolve()
-    path = out.parent / (out.name + ".review.sqlite")
+    path = default_db_path(out)
     if not path.exists() and not (out / "run.json").is_file():
         raise ReviewError(f"{out_dir}: not a processed output folder (no run.json) and no review database "
                           f"{path.name} beside it; name the output folder of a run, or the database's URL")
