@@ -330,24 +330,3 @@ def test_report_with_planted_markup_runs_nothing_in_chromium(tables, tmp_path, b
     assert browser.evaluate(session, "document.querySelectorAll('img[onerror]').length") == 0
     text = browser.evaluate(session, "document.body.innerText")
     assert planted[0] in text and planted[1] in text  # shown as text, not markup
-
-
-def test_a_rerun_into_the_same_folder_leaves_no_file_of_the_previous_run(tables, tmp_path):
-    """BIO re-used with fewer analyses (`--bootstrap 0`, another marker, no `--pdf`): the previous
-    run's validation.csv, time_auc*.csv, figures.pdf and SVGs of a marker no longer analysed are
-    removed, not left beside the new report as if they were its results."""
-    pheno, outcomes = tables
-    run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3", "til_dose_cells"], endpoints=("os",),
-                   n_perm=0, n_boot=5, pdf=True)
-    for name in ("validation.csv", "time_auc.csv", "figures.pdf"):
-        assert (tmp_path / name).is_file(), name
-    assert list((tmp_path / "figures").glob("*til_dose_cells*.svg"))
-    (tmp_path / "figures" / "notes.txt").write_text("mine")   # not an output: kept
-    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0, n_boot=0)
-    for name in ("validation.csv", "calibration.csv", "time_auc.csv", "time_auc_comparisons.csv", "figures.pdf"):
-        assert not (tmp_path / name).exists(), name
-    assert not list((tmp_path / "figures").glob("*til_dose_cells*.svg"))
-    assert list((tmp_path / "figures").glob("*cd8_pct_of_cd3*.svg"))
-    assert (tmp_path / "figures" / "notes.txt").read_text() == "mine"
-    written = {p.name for p in tmp_path.glob("*") if p.is_file()}
-    assert written == {Path(p).name for p in res.files.values()}, written ^ {Path(p).name for p in res.files.values()}

@@ -505,7 +505,6 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     tables["codebook.csv"] = codebook(tables)
     for name, frame in tables.items():
         if frame.shape[1] == 0:  # an analysis not run (e.g. --bootstrap 0): no file rather than an empty one
-            (out / name).unlink(missing_ok=True)   # nor a previous run's, which this run's report does not hold
             continue
         atomic.write_csv(out / name, frame)
         results.files[name] = out / name
@@ -515,8 +514,6 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     _export_figures(out, figures)
     if pdf:
         results.files["figures.pdf"] = out / "figures.pdf"
-    else:
-        (out / "figures.pdf").unlink(missing_ok=True)
     record.finish(record.inputs, _time.monotonic() - started)
     atomic.write_text(out / "run.json", record.to_json())
     results.files["run.json"] = out / "run.json"
@@ -524,17 +521,11 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
 
 
 def _export_figures(out: Path, figures) -> None:
-    """figures/<name>.svg for each figure and figures.pdf with one page per figure; an SVG in
-    figures/ that this run did not draw (a previous run's marker or endpoint) is removed."""
+    """figures/<name>.svg for each figure and figures.pdf with one page per figure."""
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
-    drawn: set[str] = set()
     for name, svg in figures.svgs:
         atomic.write_bytes(folder / f"{name}.svg", svg)
-        drawn.add(f"{name}.svg")
-    for old in folder.glob("*.svg"):
-        if old.name not in drawn:
-            old.unlink(missing_ok=True)
     pdf = figures.pdf_bytes()
     if pdf is not None:
         atomic.write_bytes(out / "figures.pdf", pdf)
