@@ -49,6 +49,20 @@ def test_tab_and_semicolon_separated(tmp_path, sep, name):
     assert len(read_outcomes(path)) == 3
 
 
+def test_semicolon_separated_has_decimal_commas(tmp_path):
+    """European Excel writes ';' between cells because ',' is its decimal mark: '11,8' is 11.8, '1,500'
+    is 1.5 (not 1500) and a covariate '27,5' is the number 27.5 (not a text category)."""
+    rows = [r.replace(",", ";") for r in ROWS]
+    rows = [r.replace(".", ",") for r in rows]
+    rows[0] = rows[0].replace(";5,5;", ";1,500;").replace(";25;", ";25,5;")
+    path = write(tmp_path, rows, HEADER.replace(",", ";"), "o.csv")
+    df = read_outcomes(path)
+    assert df.pfs_months.tolist() == [1.5, 3.2, 15.0] and df.os_months.tolist() == [12.0, 8.1, 15.0]
+    assert df.age.dtype.kind == "f" and df.age.tolist() == [25.5, 31.0, 17.0]
+    assert df.til_dose_cells.tolist() == [3e10, 2.1e10, 4.0e10]
+    assert read_outcomes(write(tmp_path, [ROWS[0].replace(",5.5,", ',"1,500",'), *ROWS[1:]])).pfs_months[0] == 1500
+
+
 def test_excel_workbook(tmp_path):
     df = read_outcomes(write(tmp_path))
     path = tmp_path / "o.xlsx"

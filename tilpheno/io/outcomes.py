@@ -9,7 +9,10 @@ an empty file, a file that is neither CSV nor Excel, missing required columns, m
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
 codes, non-numeric doses, dates where a number belongs, and columns mixing numbers with text.
 
-Conventions: cells are stripped of surrounding blanks; an empty cell is missing; response
+Conventions: cells are stripped of surrounding blanks; an empty cell is missing; in
+semicolon-separated text (what Excel writes where the comma is the decimal mark; R ``read.csv2``)
+a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5); in comma- or
+tab-separated text it separates thousands (``1,500`` is 1500); response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
 evaluable); times are in months from the start of TIL therapy; events are 1 (event) or 0
 (censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive).
@@ -39,6 +42,7 @@ REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
             "pfs_months", "pfs_event", "os_months", "os_event")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
+_DECIMAL_COMMA_RE = re.compile(r"^\s*[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?\s*$")
 _MAX_BYTES = 200 * 1024 * 1024
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
 EVENT_WORDS = {"yes": 1.0, "no": 0.0, "y": 1.0, "n": 0.0, "true": 1.0, "false": 0.0, "event": 1.0,
@@ -97,6 +101,11 @@ def _read_raw(path: Path) -> pd.DataFrame:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
         except pd.errors.EmptyDataError:
             _fail(source, "the file is empty")
+        if sep == ";":   # European Excel: the comma is the decimal mark (ids are kept as written)
+            for col in frame.columns:
+                if str(col).strip() not in ID_COLUMNS:
+                    frame[col] = frame[col].map(
+                        lambda v: v.replace(",", ".") if isinstance(v, str) and _DECIMAL_COMMA_RE.match(v) else v)
     frame.index = np.arange(2, len(frame) + 2)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
