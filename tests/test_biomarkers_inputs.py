@@ -152,3 +152,13 @@ def test_a_bad_option_value_is_an_error_naming_the_option(tmp_path, option, valu
                                       str(tmp_path / "out"), option, value])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
+
+
+def test_a_marker_that_is_also_a_covariate(tables):
+    """--markers age --covariates age,sex was a traceback (validation's design matrix got 'age' twice);
+    with the default covariates the model adjusted age for itself (singular, every model lost)."""
+    with pytest.raises(TableError, match=r"column 'age': named both as a marker and as a covariate"):
+        build_cohort(*tables, markers=["age"], covariates=["age", "sex"])
+    cohort = build_cohort(*tables, markers=["age", "cd8_pct_of_cd3"])
+    assert cohort.covariates == ["sex", "ecog"]
+    assert any("analysed as marker(s), not used as covariates: age" in n for n in cohort.notes)

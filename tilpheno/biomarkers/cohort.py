@@ -106,7 +106,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
 
     ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`).
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
-    absent from the tables are skipped with a note.
+    absent from the tables are skipped with a note. A column cannot be both a marker and a
+    covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
+    default covariate that is also a marker is not used as a covariate (with a note).
     """
     pheno = validate_phenotypes(phenotypes).reset_index(drop=True)
     notes: list[str] = []
@@ -158,9 +160,16 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
         if empty:
             notes.append(f"default covariate(s) with no values, not used: {', '.join(empty)}")
+        both = [c for c in cov if c in chosen]
+        if both:
+            notes.append(f"default covariate(s) analysed as marker(s), not used as covariates: {', '.join(both)}")
+            cov = [c for c in cov if c not in both]
     else:
         cov = list(covariates)
         for c in cov:
+            if c in chosen:
+                raise TableError(f"outcomes: column '{c}': named both as a marker and as a covariate; a model "
+                                 "cannot adjust a marker for itself")
             if c not in data.columns:
                 raise TableError(f"outcomes: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
             if data[c].isna().all():
