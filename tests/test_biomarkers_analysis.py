@@ -271,6 +271,49 @@ def test_cli_biomarkers(tmp_path):
     assert r.exit_code == 2 and "column 'best_response'" in r.output
 
 
+def test_same_seed_gives_byte_identical_outputs(tables, tmp_path):
+    """Every output but run.json (its times, the output folder) is the same bytes on a re-run with the
+    same seed, the figure files (figures/*.svg, figures.pdf) included."""
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        run_biomarkers(*tables, out, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=20, n_boot=5, pdf=True)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file() and p.name != "run.json")
+    assert Path("figures.pdf") in files and Path("figures/km_pfs_all.svg") in files
+    differ = [str(f) for f in files if (outs[0] / f).read_bytes() != (outs[1] / f).read_bytes()]
+    assert differ == []
+
+
+def test_output_folder_rerun_removes_what_it_no_longer_writes_and_keeps_other_files(tables, tmp_path):
+    """A re-run into the same folder (here without bootstrap, PDF or OS) left the first run's
+    validation.csv, figures.pdf and OS figures beside the new results; now they go, a user's own file stays."""
+    out = tmp_path / "bio"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    run_biomarkers(*tables, out, markers=["cd8_pct_of_cd3"], endpoints=("pfs", "os"), n_perm=0, n_boot=5, pdf=True)
+    assert (out / "validation.csv").exists() and (out / "figures" / "km_os_all.svg").exists()
+    res = run_biomarkers(*tables, out, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    record = __import__("json").loads((out / "run.json").read_text())
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted([*record["outputs"], "notes.txt"])
+    assert not (out / "validation.csv").exists() and not (out / "figures.pdf").exists()
+    assert not (out / "figures" / "km_os_all.svg").exists() and (out / "figures" / "km_pfs_all.svg").exists()
+    assert all(p.exists() for p in res.files.values())
+
+
+def test_output_folder_of_a_process_run_is_refused(tables, tmp_path):
+    """`biomarkers -o OUT` into the `process` folder replaced its run.json and codebook.csv (the run's
+    record lost; `tilpheno report OUT` then failed); now a one-line error and the folder untouched."""
+    out = tmp_path / "OUT"
+    out.mkdir()
+    record = '{"parameters": {"input_folder": "fcs"}, "outputs": ["run.json", "codebook.csv"]}\n'
+    (out / "run.json").write_text(record)
+    (out / "codebook.csv").write_text("column\n")
+    with pytest.raises(TableError, match=r"OUT: holds the run.json of another tilpheno run"):
+        run_biomarkers(*tables, out, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    assert sorted(p.name for p in out.iterdir()) == ["codebook.csv", "run.json"]
+    assert (out / "run.json").read_text() == record
+
+
 def _null_dataset(rng, n=60):
     return rng.normal(size=n), rng.exponential(8, n), (rng.uniform(size=n) < 0.85).astype(float)
 

@@ -361,7 +361,7 @@ def _print_summary(summary) -> None:
 def biomarkers(
     phenotypes: Path = typer.Option(..., "--phenotypes", help="phenotypes.csv from `tilpheno process` (one row per product)."),
     outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes table, CSV or Excel (.xlsx): patient_id, product_id, til_dose_cells, best_response, pfs_months, pfs_event, os_months, os_event, covariates."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; files replaced atomically)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder of the analysis (created; a previous analysis there is replaced, other files kept; a `process` output folder is refused)."),
     markers: Optional[str] = typer.Option(None, "--markers", help="Comma-separated marker columns; default: the study's `biomarkers` (TIL: dose and the phenotype variables)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study (bundled name or study.yaml) giving the default markers; default: the study recorded in run.json beside PHENOTYPES, else the bundled TIL study."),
     covariates: Optional[str] = typer.Option(None, "--covariates", help="Comma-separated covariates of the multivariable models; default: age, sex, ecog when present."),

@@ -10,9 +10,9 @@ Per endpoint (PFS, OS) and marker:
   (high vs low at the pre-specified cut when given, else the median; never the data-optimised
   cut, whose HR would be biased away from 1).
 
-Files written (atomically) to ``out_dir``: response.csv, km.csv, km_table.csv (survfit-style,
-every curve), at_risk.csv (numbers at risk at the break times), logrank.csv (observed/expected
-per group), cutpoints.csv, cox_univariable.csv, cox_multivariable.csv (one ``model_id`` per
+Files written to ``out_dir`` (a folder of its own, see :func:`run_biomarkers`): response.csv, km.csv,
+km_table.csv (survfit-style, every curve), at_risk.csv (numbers at risk at the break times),
+logrank.csv (observed/expected per group), cutpoints.csv, cox_univariable.csv, cox_multivariable.csv (one ``model_id`` per
 model, numeric ``cut``), responders.csv, unmatched.csv, analysis_dataset.csv, report.html.
 Tables where several markers are tested carry Holm and Benjamini-Hochberg adjusted p-values
 (``p_holm``, ``p_bh``; R ``p.adjust``) across markers within an endpoint x model x coding.
@@ -460,6 +460,11 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None. ``inputs``: paths
     of the input files, recorded with their SHA-256 in ``run.json`` and the report's footer.
     Every figure is written to ``figures/<name>.svg``; ``pdf=True`` also writes ``figures.pdf``.
+    ``out_dir`` is claimed as ``tilpheno process`` claims OUT (:class:`tilpheno.io.outdir.OutputFolder`:
+    locked, outputs staged and published at the end, so a failed run leaves the folder as it was);
+    the files a previous biomarker run there wrote (``outputs`` of its ``run.json``) are replaced,
+    and those this run does not write (e.g. ``validation.csv`` after ``n_boot=0``) are removed; other
+    files are kept. A folder holding another command's ``run.json`` (``tilpheno process``) is refused.
     ``study`` (a ``tilpheno.study.Study``; default the bundled one): its ``biomarkers`` are the
     markers analysed when ``markers`` is None.
     """
@@ -478,6 +483,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
         from tilpheno.io.outcomes import did_you_mean
 
         raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
+    out = Path(out_dir)
+    previous_record = _biomarker_folder_record(out)
     cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
     if len(cohort.data) < MIN_PATIENTS:
         raise TableError(f"phenotypes/outcomes: {len(cohort.data)} patient(s) with both a phenotyped product and "
@@ -491,8 +498,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     results = analyse(cohort, settings, pre)
     record.finish([FileDigest(str(p), sha256_file(p)) for p in inputs if p is not None], 0.0)
     results.run_record = record
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from tilpheno.io.outdir import RECORD_NAME, OutputFolder
+
     tables = {"response.csv": results.response, "km.csv": results.km, "cutpoints.csv": results.cutpoints,
               "cox_univariable.csv": results.cox_univariable, "cox_multivariable.csv": results.cox_multivariable,
               "responders.csv": results.responders, "unmatched.csv": cohort.unmatched(),
@@ -503,21 +510,47 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
               "time_auc.csv": results.time_auc, "time_auc_comparisons.csv": results.auc_comparisons,
               "response_survival.csv": results.response_survival}
     tables["codebook.csv"] = codebook(tables)
-    for name, frame in tables.items():
-        if frame.shape[1] == 0:  # an analysis not run (e.g. --bootstrap 0): no file rather than an empty one
-            continue
-        atomic.write_csv(out / name, frame)
-        results.files[name] = out / name
-    figures = FigureExport(pdf)
-    atomic.write_text(out / "report.html", render_report(results, figures))
-    results.files["report.html"] = out / "report.html"
-    _export_figures(out, figures)
-    if pdf:
-        results.files["figures.pdf"] = out / "figures.pdf"
-    record.finish(record.inputs, _time.monotonic() - started)
-    atomic.write_text(out / "run.json", record.to_json())
-    results.files["run.json"] = out / "run.json"
+    with OutputFolder.claim(out, overwrite=True, run_id=record.started_at) as folder:
+        if previous_record is not None and not isinstance(previous_record.get("outputs"), list):
+            # a biomarker run.json without `outputs` (tilpheno 0.1): its files are the fixed names
+            folder.previous = sorted(n for n in [*tables, "report.html", "figures.pdf", RECORD_NAME] if (out / n).is_file())
+        stage = folder.staging
+        for name, frame in tables.items():
+            if frame.shape[1] == 0:  # an analysis not run (e.g. --bootstrap 0): no file rather than an empty one
+                continue
+            atomic.write_csv(stage / name, frame)
+            results.files[name] = out / name
+        figures = FigureExport(pdf)
+        atomic.write_text(stage / "report.html", render_report(results, figures))
+        results.files["report.html"] = out / "report.html"
+        _export_figures(stage, figures)
+        if pdf:
+            results.files["figures.pdf"] = out / "figures.pdf"
+        record.finish(record.inputs, _time.monotonic() - started)
+        record.extra.update(folder.record())
+        atomic.write_text(stage / RECORD_NAME, record.to_json())
+        folder.publish()
+    results.files["run.json"] = out / RECORD_NAME
     return results
+
+
+def _biomarker_folder_record(out: Path) -> dict | None:
+    """The ``run.json`` of a previous biomarker run in ``out`` (None when there is none); a
+    ``run.json`` of another command (``tilpheno process``: its record would be lost) or an
+    unreadable one is a TableError naming the folder."""
+    import json
+
+    path = out / "run.json"
+    if not path.is_file() and not path.is_symlink():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("parameters"), dict) and "n_perm" in data["parameters"]):
+        raise TableError(f"{out}: holds the run.json of another tilpheno run (e.g. `tilpheno process`), not of a "
+                         "biomarker analysis; write the biomarker analysis to a folder of its own")
+    return data
 
 
 def _export_figures(out: Path, figures) -> None:
