@@ -162,3 +162,13 @@ def test_a_marker_that_is_also_a_covariate(tables):
     cohort = build_cohort(*tables, markers=["age", "cd8_pct_of_cd3"])
     assert cohort.covariates == ["sex", "ecog"]
     assert any("analysed as marker(s), not used as covariates: age" in n for n in cohort.notes)
+
+
+@pytest.mark.parametrize("n_perm,n_boot", [(10**11, 0), (0, 10**9), (-1, 0)])
+def test_permutations_and_bootstrap_are_bounded(tables, tmp_path, n_perm, n_boot):
+    """--permutations 1e11 was a MemoryError traceback (745 GiB of permuted maxima); now a one-line
+    error before any work, and nothing written."""
+    with pytest.raises(ValueError, match=r"permutations must lie in 0-10,000,000 .* bootstrap samples in 0-100,000"):
+        run_biomarkers(*tables, tmp_path / "bio", markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=n_perm,
+                       n_boot=n_boot)
+    assert not (tmp_path / "bio").exists()

@@ -44,6 +44,11 @@ LANDMARK_MONTHS = 12.0
 MIN_PATIENTS = 2
 """Fewest patients (phenotypes joined to outcomes) :func:`run_biomarkers` runs on; small cohorts
 run, with each model's warnings (too few events, no convergence) in the results."""
+MAX_PERMUTATIONS = 10_000_000
+"""Most permutations of a cut-point p-value (resolution 1e-7; about 40 s per marker and endpoint);
+more would hold every permuted maximum in memory (10^11 needs 745 GiB)."""
+MAX_BOOTSTRAP = 100_000
+"""Most bootstrap samples of the validation and time-dependent AUC (hours of computing already)."""
 KM_COLUMNS = ["endpoint", "grouping", "group", "n", "events", "median", "median_ci_low", "median_ci_high",
               "rate_12m", "rate_12m_ci_low", "rate_12m_ci_high", "median_followup"]
 CUT_COLUMNS = ["endpoint", "marker", "method", "cutpoint", "n_low", "n_high", "statistic", "p_raw", "p_lau92",
@@ -483,6 +488,9 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
         from tilpheno.io.outcomes import did_you_mean
 
         raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
+    if not 0 <= n_perm <= MAX_PERMUTATIONS or not 0 <= n_boot <= MAX_BOOTSTRAP:
+        raise ValueError(f"permutations must lie in 0-{MAX_PERMUTATIONS:,} (got {n_perm:,}) and bootstrap samples "
+                         f"in 0-{MAX_BOOTSTRAP:,} (got {n_boot:,})")
     out = Path(out_dir)
     previous_record = _biomarker_folder_record(out)
     cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
