@@ -172,3 +172,17 @@ def test_permutations_and_bootstrap_are_bounded(tables, tmp_path, n_perm, n_boot
         run_biomarkers(*tables, tmp_path / "bio", markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=n_perm,
                        n_boot=n_boot)
     assert not (tmp_path / "bio").exists()
+
+
+@pytest.mark.parametrize("rename,expect", [
+    (str.lower, r"outcomes product_id 'til001' matches no phenotyped product \(did you mean 'TIL001'\? ids differ in case\)"),
+    (lambda p: p.replace("TIL", "TIL0"), r"outcomes product_id 'TIL0001' matches no phenotyped product \(did you mean 'TIL001'\?\)"),
+    (lambda p: "lot/2024/" + p[3:], r"outcomes 'lot/2024/001', phenotypes 'TIL001'"),
+])
+def test_no_id_in_common_says_how_the_ids_differ(tables, tmp_path, rename, expect):
+    """Outcomes whose product ids are written otherwise (case, an extra leading zero, another prefix)
+    match none: the error said only '0 patient(s)', the "did you mean" hints stayed unseen."""
+    pheno, outcomes = tables
+    with pytest.raises(TableError, match=r"0 patient\(s\) with both .*; e\.g\. " + expect):
+        run_biomarkers(pheno, outcomes.assign(product_id=outcomes.product_id.map(rename)), tmp_path / "bio",
+                       n_boot=0, n_perm=0)

@@ -495,8 +495,12 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     previous_record = _biomarker_folder_record(out)
     cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
     if len(cohort.data) < MIN_PATIENTS:
+        hints = [n for n in cohort.notes if n.startswith("outcomes product_id ")]
+        example = (f"; e.g. {hints[0]}" if hints else
+                   f"; e.g. outcomes '{cohort.outcomes['product_id'].iloc[0]}', phenotypes "
+                   f"'{cohort.products_without_outcomes[0]}'" if cohort.products_without_outcomes else "")
         raise TableError(f"phenotypes/outcomes: {len(cohort.data)} patient(s) with both a phenotyped product and "
-                         f"outcomes (product_id in both tables); the analysis needs at least {MIN_PATIENTS}")
+                         f"outcomes (product_id in both tables); the analysis needs at least {MIN_PATIENTS}{example}")
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
                         n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,

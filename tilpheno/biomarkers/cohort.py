@@ -149,8 +149,10 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     products_without = sorted(product_ids - with_outcomes)
     patients_without = sorted(outcomes.loc[~outcomes["product_id"].isin(product_ids), "patient_id"])
     unmatched_ids = sorted(with_outcomes - product_ids)
+    folded = {p.casefold(): p for p in products_without}   # ids are compared as written, case included
     for pid in unmatched_ids[:20]:
-        hint = did_you_mean(pid, products_without)
+        hint = (f" (did you mean '{folded[pid.casefold()]}'? ids differ in case)" if pid.casefold() in folded
+                else did_you_mean(pid, products_without))
         if hint:
             notes.append(f"outcomes product_id '{pid}' matches no phenotyped product{hint}")
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
