@@ -63,6 +63,17 @@ def test_semicolon_separated_has_decimal_commas(tmp_path):
     assert read_outcomes(write(tmp_path, [ROWS[0].replace(",5.5,", ',"1,500",'), *ROWS[1:]])).pfs_months[0] == 1500
 
 
+def test_excel_unicode_text_is_utf16(tmp_path):
+    """Excel's "Unicode Text (*.txt)" is tab-separated UTF-16 with a BOM: it was refused as
+    'not a CSV or Excel (.xlsx) file'."""
+    path = tmp_path / "export.txt"
+    rows = [r.replace(",", "\t").replace("P1", "Pé1") for r in ROWS]
+    path.write_bytes("\r\n".join([HEADER.replace(",", "\t"), *rows, ""]).encode("utf-16"))
+    df = read_outcomes(path)
+    pd.testing.assert_frame_equal(df.drop(columns="patient_id"), read_outcomes(write(tmp_path)).drop(columns="patient_id"))
+    assert df.patient_id[0] == "Pé1"
+
+
 def test_excel_workbook(tmp_path):
     df = read_outcomes(write(tmp_path))
     path = tmp_path / "o.xlsx"

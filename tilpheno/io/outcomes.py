@@ -84,11 +84,14 @@ def _read_raw(path: Path) -> pd.DataFrame:
         except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
             _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
     else:
-        if b"\x00" in data[:65536] or path.suffix.lower() == ".xls":
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")   # Excel's "Unicode Text (*.txt)": UTF-16 with a BOM
+        if (b"\x00" in data[:65536] and not utf16) or path.suffix.lower() == ".xls":
             _fail(source, "not a CSV or Excel (.xlsx) file")
         try:
-            text = data.decode("utf-8-sig")
+            text = data.decode("utf-16" if utf16 else "utf-8-sig")
         except UnicodeDecodeError:
+            if utf16:
+                _fail(source, "not a readable UTF-16 text file")
             text = data.decode("cp1252", errors="replace")
         if not text.strip():
             _fail(source, "the file is empty")
@@ -225,6 +228,9 @@ def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
 
 def read_outcomes(path) -> pd.DataFrame:
     """Read and validate an outcomes table (CSV, tab- or semicolon-separated text, or .xlsx).
+
+    Text is UTF-8 (with or without a BOM), UTF-16 with a BOM (Excel's "Unicode Text") or, failing
+    both, Windows-1252.
 
     Returns one row per patient with typed columns (ids and codes as text, times and doses as
     floats, events as int, covariates numeric or text) and a default RangeIndex.
