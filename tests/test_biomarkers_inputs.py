@@ -186,3 +186,14 @@ def test_no_id_in_common_says_how_the_ids_differ(tables, tmp_path, rename, expec
     with pytest.raises(TableError, match=r"0 patient\(s\) with both .*; e\.g\. " + expect):
         run_biomarkers(pheno, outcomes.assign(product_id=outcomes.product_id.map(rename)), tmp_path / "bio",
                        n_boot=0, n_perm=0)
+
+
+def test_bad_marker_cell_names_its_file_row_after_failed_products(tables):
+    """Products that failed in `process` are left out before the markers are read: the row of a bad
+    cell below them was counted among the remaining products (row 9 for the file's row 12)."""
+    pheno, outcomes = tables
+    pheno = pheno.assign(status="done").astype({"cd8_pct_of_cd3": object})
+    pheno.loc[[0, 1, 2], "status"] = "failed"
+    pheno.loc[10, "cd8_pct_of_cd3"] = "12,5"
+    with pytest.raises(TableError, match=r"phenotypes: row 12, column 'cd8_pct_of_cd3': '12,5' is not a number"):
+        build_cohort(pheno, outcomes)

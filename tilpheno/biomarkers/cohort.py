@@ -84,7 +84,9 @@ def read_phenotypes(path) -> pd.DataFrame:
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
-    """Numbers; blank/NA missing; text or an infinite value is an error naming the row and column."""
+    """Numbers; blank/NA missing; text or an infinite value is an error naming the row and column.
+
+    ``frame``'s index is the 0-based position in the file (row = index + 2, header = row 1)."""
     raw = frame[column]
     text = raw.astype(str).str.strip()
     missing = raw.isna() | (text == "") | text.str.lower().isin(MISSING_WORDS)
@@ -92,11 +94,12 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     bad = values.isna() & ~missing
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TableError(f"{source}: row {i + 2}, column '{column}': '{raw.iloc[i]}' is not a number")
+        raise TableError(f"{source}: row {int(frame.index[i]) + 2}, column '{column}': '{raw.iloc[i]}' is not a number")
     inf = np.isinf(values.to_numpy(dtype=float))
     if inf.any():
         i = int(np.flatnonzero(inf)[0])
-        raise TableError(f"{source}: row {i + 2}, column '{column}': '{raw.iloc[i]}' is not a finite number")
+        raise TableError(f"{source}: row {int(frame.index[i]) + 2}, column '{column}': '{raw.iloc[i]}' is not a "
+                         "finite number")
     return values.astype(float)
 
 
@@ -117,7 +120,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         if not_done:
             more = f" and {len(not_done) - 10} more" if len(not_done) > 10 else ""
             notes.append(f"{len(not_done)} product(s) not analysed, status not 'done': {', '.join(not_done[:10])}{more}")
-            pheno = pheno[pheno["status"].astype(str) == "done"].reset_index(drop=True)
+            pheno = pheno[pheno["status"].astype(str) == "done"]   # index kept: the file's rows in messages
     overlap = [c for c in pheno.columns if c != "product_id" and c in outcomes.columns]
     if overlap:
         notes.append(f"column(s) in both tables, outcomes' values used: {', '.join(overlap)}")
