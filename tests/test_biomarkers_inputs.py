@@ -197,3 +197,16 @@ def test_bad_marker_cell_names_its_file_row_after_failed_products(tables):
     pheno.loc[10, "cd8_pct_of_cd3"] = "12,5"
     with pytest.raises(TableError, match=r"phenotypes: row 12, column 'cd8_pct_of_cd3': '12,5' is not a number"):
         build_cohort(pheno, outcomes)
+
+
+def test_no_endpoint_is_an_error(tables, tmp_path):
+    """`--endpoints ,` (or an empty value) ran without any survival analysis and exited 0."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"), "--outcomes",
+                                      str(REF / "til_cohort_outcomes.csv"), "--out", str(tmp_path / "bio"),
+                                      "--endpoints", ",", "--permutations", "0", "--bootstrap", "0"])
+    assert result.exit_code == 2 and "no endpoint given; choose from pfs, os" in result.output, result.output
+    assert not (tmp_path / "bio").exists()

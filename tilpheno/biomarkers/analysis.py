@@ -484,6 +484,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     started = _time.monotonic()
 
     bad = [e for e in endpoints if e not in ENDPOINTS]
+    if not endpoints:
+        raise ValueError("no endpoint given; choose from pfs, os")
     if bad:
         from tilpheno.io.outcomes import did_you_mean
 
