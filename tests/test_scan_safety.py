@@ -100,6 +100,30 @@ def test_names_that_are_not_utf8(product_files, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_names_that_are_not_utf8_in_messages_and_failures(product_files, tmp_path):
+    """A product failing on a file whose name is not UTF-8 named it in its error; writing that error
+    to phenotypes.parquet raised UnicodeEncodeError and the whole run ended in a traceback. The
+    messages of qc.csv and the report showed the raw escape (\\udce9). Every message now shows \\xNN."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode("P1_unstained \xe9.fcs".encode("latin-1"))
+    for f in product_files.glob("*.fcs"):
+        shutil.copy(f, folder / (odd if "unstained" in f.name else f.name))
+    orphan = os.fsdecode("P\xe92_surface_FMO_CD3.fcs".encode("latin-1"))   # a product with no stained file: fails
+    shutil.copy(product_files / "P1_surface_FMO_CD3.fcs", folder / orphan)
+    out = tmp_path / "out"
+    summary = process_folder(folder, out)
+    assert summary.done == ["P1"] and list(summary.failed) == ["P\\xe92"]
+    phen = pd.read_parquet(out / "phenotypes.parquet").set_index("product_id")
+    assert "P\\xe92_surface_FMO_CD3.fcs" in phen.loc["P\\xe92", "error"]
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    assert not qc["message"].str.contains("\udce9", regex=False).any()
+    unstained = qc[qc["code"] == "unstained_control"]["message"]
+    assert len(unstained) and unstained.str.contains("P1_unstained \\xe9.fcs", regex=False).all()
+    report = (out / "products" / "P1" / "report.html").read_text(encoding="utf-8")
+    assert "P1_unstained \\xe9.fcs" in report and "\udce9" not in report
+
+
 def test_unlistable_folder_is_flagged_not_skipped(product_files, tmp_path, monkeypatch):
     """Root ignores permission bits, so the refusal of the listing is simulated."""
     folder = tmp_path / "in"

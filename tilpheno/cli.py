@@ -92,7 +92,7 @@ def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None)
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
         try:
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+            file_handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             _fail(exc)
         file_handler.setLevel(logging.DEBUG)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -225,6 +226,10 @@ def _process_product(job: ProductJob) -> ProductOutcome:
 
         crash = traceback.format_exc()
         error = f"internal error {type(exc).__name__}: {exc}"
+    # file names that are not UTF-8 (surrogate escapes) shown as \xNN in every message, as the tables'
+    # file column shows them: the tables, the parquet file and the report are written as UTF-8
+    error = display_name(error)
+    flags = [replace(f, message=display_name(f.message)) for f in flags]
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
         digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:

@@ -89,6 +89,20 @@ def css_string(value) -> str:
     return Markup("".join(ch if ch in ok else f"\\{ord(ch):06x}" for ch in str(value)))
 
 
+def _shown(value):
+    """Every value a template prints: text with a file name that is not UTF-8 (surrogate escapes)
+    shows it as ``\\xNN`` (``io.files.display_name``), so the page can be written as UTF-8; markup
+    stays markup."""
+    from markupsafe import Markup
+
+    from tilpheno.io.files import display_name
+
+    if not isinstance(value, str):
+        return value
+    shown = display_name(value)
+    return Markup(shown) if isinstance(value, Markup) else shown
+
+
 @lru_cache(maxsize=1)
 def environment():
     """The Jinja2 environment over ``tilpheno/report/templates`` (package data), autoescape on."""
@@ -102,6 +116,7 @@ def environment():
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.finalize = _shown
     env.filters["fmt"] = fmt
     env.filters["css_string"] = css_string
     env.tests["numeric"] = lambda v: bool(_NUMERIC.match(str(v)))
