@@ -206,6 +206,21 @@ def _cox_rows(fit, endpoint, model, coding, unit, marker_col, marker, cut=np.nan
     return rows
 
 
+def _unfitted_row(frame, duration, event, variables, endpoint, model, coding, unit, marker, cut, cut_method,
+                  reason) -> dict:
+    """The marker's row of a Cox model that could not be fitted: who was in it (complete cases),
+    no estimate, and why in ``warning``; so the table lists every model, as the forest plot does."""
+    data = frame[[duration, event, *variables]].dropna()
+    dich = data[variables[0]] if coding == "dichotomized" else None
+    row: dict = dict.fromkeys(COX_COLUMNS, np.nan)
+    row.update(model_id=f"{endpoint}:{model}:{coding}:{marker}", endpoint=endpoint, model=model, variable=marker,
+               coding=coding, unit=unit, cut=cut, cut_method=cut_method, n=len(data), events=int(data[event].sum()),
+               n_low=int((dich == 0).sum()) if dich is not None else np.nan,
+               n_high=int((dich == 1).sum()) if dich is not None else np.nan,
+               converged=False, warning=f"not fitted: {reason}")
+    return row
+
+
 def adjust_markers(table: pd.DataFrame, p_column: str, by: list[str], mask=None) -> pd.DataFrame:
     """Holm and BH adjusted ``p_column`` across the rows of each ``by`` group (``mask`` = rows tested)."""
     table = table.copy()
@@ -288,6 +303,9 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
                 reason = str(exc).replace(col, marker)  # internal column name -> marker
                 warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({reason})")
+                sink.append(_unfitted_row(frame, tcol, ecol, variables, endpoint, model, coding, unit_text, marker,
+                                          dich_cut if coding == "dichotomized" else np.nan,
+                                          cut_label if coding == "dichotomized" else "", reason))
                 continue
             fit.warnings = [w.replace(col, marker) for w in fit.warnings]  # internal column name -> marker
             warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)

@@ -264,16 +264,21 @@ def _forest_lines(part: pd.DataFrame, coding: str, names: dict[str, str]) -> lis
     lines = []
     for r in part.itertuples():
         count = (lambda v: str(int(v)) if pd.notna(v) else "–")
+        est = (r.hr, r.hr_ci_low, r.hr_ci_high) if r.estimable else NOT_ESTIMABLE
         if coding == "continuous":
             lines.append(dict(marker=names.get(r.variable, r.variable), level=_marker_unit(r.variable), n=count(getattr(r, "n", None)),
-                              est=(r.hr, r.hr_ci_low, r.hr_ci_high), p=getattr(r, "p", None), group=r.variable))
+                              est=est, p=getattr(r, "p", None), group=r.variable))
         else:
             cut = fmt_cut(r.variable, getattr(r, "cut", float("nan")))
             lines.append(dict(marker=names.get(r.variable, r.variable), level=f"≤ {cut} (low)",
                               n=count(getattr(r, "n_low", None)), est=None, p=None, group=r.variable))
             lines.append(dict(marker="", level=f"> {cut} (high)", n=count(getattr(r, "n_high", None)),
-                              est=(r.hr, r.hr_ci_low, r.hr_ci_high), p=getattr(r, "p", None), group=r.variable))
+                              est=est, p=getattr(r, "p", None), group=r.variable))
     return lines
+
+
+NOT_ESTIMABLE = "not estimable"
+"""The forest plot's text for a model that could not be fitted (its reason: the Cox table's ``warning``)."""
 
 
 def _forest_ticks(lo: float, hi: float) -> list[float]:
@@ -308,7 +313,8 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
     model kind): per row the marker's readable name, its level or unit, N, the estimate and CI on a
     log axis, "HR (95% CI)" and p as text. Continuous markers (HR per unit) and dichotomised ones
     (high vs the low level, shown as a "reference" row with its N) are separate panels with their own
-    axes. Rows whose model failed are left out. Returns ``_svg``'s dict, or None without rows."""
+    axes. A row whose model could not be fitted says "not estimable" (why: the table's ``warning``).
+    Returns ``_svg``'s dict, or None when no row has an estimate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,9 +327,11 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
     hr_columns = ["hr", "hr_ci_low", "hr_ci_high"]
     # a table whose models all failed (e.g. too few patients) holds only None: object dtype
     values = rows[hr_columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    rows = rows[np.isfinite(values).all(axis=1) & (values[:, 1] > 0)].astype({c: float for c in hr_columns})
-    if rows.empty:
+    with np.errstate(invalid="ignore"):
+        estimable = np.isfinite(values).all(axis=1) & (values[:, 1] > 0)
+    if not estimable.any():
         return None
+    rows = rows.assign(**{c: values[:, k] for k, c in enumerate(hr_columns)}, estimable=estimable)
     names = marker_labels(rows.variable.unique())
     panels = [(c, _forest_lines(rows[rows.coding == c], c, names)) for c in ("continuous", "dichotomized")
               if (rows.coding == c).any()]
@@ -354,7 +362,7 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
                      color=COLORS[0] if coding == "continuous" else COLORS[1], gid=f"tp-heading-{coding}")
             groups = list(dict.fromkeys(line["group"] for line in lines))
             color = COLORS[0] if coding == "continuous" else COLORS[1]
-            estimates = [line["est"] for line in lines if line["est"] is not None]
+            estimates = [line["est"] for line in lines if isinstance(line["est"], tuple)] or [(1.0, 0.5, 2.0)]
             lo = max(min(e[1] for e in estimates), 1e-2)
             hi = min(max(e[2] for e in estimates), 1e2)
             lo, hi = min(lo, 1.0), max(hi, 1.0)
@@ -367,9 +375,9 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
                 fig.text(col["marker"], i, _plain(line["marker"]), ha="left", transform=rowt, **text)
                 fig.text(col["level"], i, _plain(line["level"]), ha="left", transform=rowt, **text)
                 fig.text(col["n"], i, line["n"], ha="right", transform=rowt, **text)
-                if line["est"] is None:
-                    fig.text(col["hr"], i, "reference", ha="left", transform=rowt, style="italic", color="#555555",
-                             **text)
+                if not isinstance(line["est"], tuple):   # the reference level, or a model not fitted
+                    fig.text(col["hr"], i, "reference" if line["est"] is None else NOT_ESTIMABLE, ha="left",
+                             transform=rowt, style="italic", color="#555555", **text)
                     continue
                 hr, low, high = line["est"]
                 ax.plot([max(low, xlim[0]), min(high, xlim[1])], [i, i], color=color, lw=1.3, solid_capstyle="butt")
@@ -538,11 +546,11 @@ def extra_methods(results) -> list[str]:
 
 
 def n_tests(results) -> int:
-    """Marker-level hypothesis tests in the tables (Cox marker rows, cut-point rows, spline rows, AUC comparisons,
-    and the responders table's marker rows: the rows given Holm/BH adjusted p-values)."""
+    """Marker-level hypothesis tests in the tables (Cox marker rows of fitted models, cut-point rows, spline
+    rows, AUC comparisons, and the responders table's marker rows: the rows given Holm/BH adjusted p-values)."""
     count = 0
     for frame in (results.cox_univariable, results.cox_multivariable):
-        count += int((frame.coding != "covariate").sum()) if not frame.empty else 0
+        count += int(((frame.coding != "covariate") & frame.p.notna()).sum()) if not frame.empty else 0
     count += len(results.cutpoints) + len(results.splines) + len(results.auc_comparisons)
     responders = results.responders
     count += int((responders.variable.isin(results.cohort.markers) & (responders.kind == "numeric")).sum())
