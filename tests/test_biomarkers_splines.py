@@ -69,3 +69,18 @@ def test_basis_is_linear_beyond_the_outer_knots():
     x = np.array([11.0, 12.0, 13.0, 14.0])
     second = np.diff(rcs_basis(x, knots), n=2, axis=0)
     np.testing.assert_allclose(second, 0, atol=1e-9)
+
+
+def test_the_spline_is_one_term_of_the_ph_test():
+    """R's cox.zph(fit) (terms = TRUE) tests rcs(x, k) as one term with k - 1 df; a test per basis
+    column (x', x'') named columns no reader knows and made k - 1 tests of one hypothesis. With the
+    spline alone in the model its term test is the global test."""
+    d = data("til_pfs")
+    fit = fit_spline(d, "pfs_months", "pfs_event", "cd4foxp3_pct_of_cd4", k=4)
+    zph = fit.cox.zph.set_index("term")
+    assert list(zph.index) == ["rcs(cd4foxp3_pct_of_cd4)", "GLOBAL"] and zph.df.tolist() == [3, 3]
+    assert zph.chisq.iloc[0] == pytest.approx(zph.chisq.iloc[1], rel=1e-12)
+    assert not any("'" in w for w in fit.cox.warnings), fit.cox.warnings
+    adjusted = fit_spline(d, "pfs_months", "pfs_event", "cd8_pct_of_cd3", k=5, covariates=["age", "sex"])
+    assert adjusted.cox.zph.term.tolist() == ["rcs(cd8_pct_of_cd3)", "age", "sex", "GLOBAL"]
+    assert adjusted.cox.zph.df.tolist() == [4, 1, 1, 6]

@@ -67,6 +67,16 @@ def design_matrix(frame: pd.DataFrame, variables: list[str]) -> Design:
     return Design(X, terms)
 
 
+def _grouped_terms(terms: dict[str, list[int]], groups: dict[str, list[str]]) -> dict[str, list[int]]:
+    """``terms`` with each group's variables merged into one term named by the group, placed where
+    its first variable was."""
+    member = {v: name for name, variables in groups.items() for v in variables}
+    out: dict[str, list[int]] = {}
+    for var, cols in terms.items():
+        out.setdefault(member.get(var, var), []).extend(cols)
+    return out
+
+
 def km_transform(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     """``1 - S(t-)`` for every patient, S the Kaplan-Meier curve of all patients."""
     km = KaplanMeier().fit(time, event)
@@ -340,12 +350,15 @@ def _lifelines_start(fit_frame: pd.DataFrame, duration: str, event: str, conf_le
 
 
 def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str],
-            conf_level: float = 0.95, start: str = "lifelines") -> CoxResult:
+            conf_level: float = 0.95, start: str = "lifelines",
+            groups: dict[str, list[str]] | None = None) -> CoxResult:
     """Fit ``Surv(duration, event) ~ variables`` (Efron ties) on complete cases of ``frame``.
 
     lifelines fits the model (its warnings go to ``warnings``); Newton steps on the exact
     Efron likelihood then polish the coefficients to R ``coxph``'s optimum (step < 1e-11
-    relative). ``start="zero"`` skips lifelines (used inside bootstrap loops). ValueError when
+    relative). ``start="zero"`` skips lifelines (used inside bootstrap loops). ``groups``: name ->
+    variables that form one term of the PH test (a spline's basis columns: ``rcs(x)``, as R's
+    ``cox.zph(terms = TRUE)`` tests it), in place of a test per variable. ValueError when
     there is nothing to fit: no complete case, no event, a constant covariate, or an information
     matrix that turns singular (a coefficient running off to infinity, e.g. a level without events).
     """
@@ -414,7 +427,7 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     if n_events / k < EPV_MIN:
         notes.append(f"{n_events} events for {k} variable(s): fewer than {EPV_MIN} events "
                      "per variable, estimates may be unstable")
-    zph = cox_zph(t, ev, X, coef, design.terms)
+    zph = cox_zph(t, ev, X, coef, _grouped_terms(design.terms, groups or {}))
     violated = zph[(zph.term != "GLOBAL") & (zph.p < 0.05)]
     for rec in violated.itertuples(index=False):
         notes.append(f"proportional hazards doubtful for {rec.term} (cox.zph p = {rec.p:.3g})")

@@ -105,7 +105,8 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
     names = [marker + "'" * j for j in range(basis.shape[1])]
     spl = pd.DataFrame(basis, columns=names)
     work = pd.concat([data[[duration, event, *covariates]], spl], axis=1)
-    cox = fit_cox(work, duration, event, [*names, *covariates], conf_level, start="zero")
+    cox = fit_cox(work, duration, event, [*names, *covariates], conf_level, start="zero",
+                  groups={f"rcs({marker})": names})   # one PH test for the spline, df = k - 1
     coef = cox.coefficients.coef.to_numpy()[: len(names)]
     V = _covariance(cox)[: len(names), : len(names)]
     overall = _wald(coef, V)
