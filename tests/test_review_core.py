@@ -371,6 +371,71 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     assert service.approved_version(pid).version == w
 
 
+def approval_resolutions(service, pid):
+    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+    return {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+
+
+def test_a_save_committed_while_an_approval_is_stored_makes_it_a_conflict(service, monkeypatch):
+    """Alice saves a new version just after Dave's approval checked the product's version and before
+    it is stored: the approval is refused (409, reload), never stored for the version just replaced
+    and answered "signed" while void at birth."""
+    pid = "TIL002"
+    v = service.current_version(pid)
+    alice, dave = user(service, "alice"), user(service, "dave")
+    hash_signature, saved = audit.signature_sha256, []
+
+    def save_meanwhile(content):
+        if not saved:
+            saved.append(service.save_version(pid, alice, v, shifted_cd3(service, pid, 0.002), "alice saves meanwhile"))
+        return hash_signature(content)
+
+    monkeypatch.setattr(audit, "signature_sha256", save_meanwhile)
+    before = len(service.signatures(pid))
+    with pytest.raises(VersionConflict, match=f"product {pid} changed while you were signing"):
+        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, pid))
+    assert saved and service.current_version(pid) == v + 1
+    assert len(service.signatures(pid)) == before
+
+
+def test_an_approval_racing_an_account_change_is_refused(service, monkeypatch):
+    """An admin makes a reviewer an analyst, or disables the account, while the approval's password
+    is being verified (the slow part): the approval is refused (403) with the account as it is now,
+    not stored under the role it had when the request came in."""
+    from tilpheno.review import service as service_module
+    from tilpheno.review.auth import create_user, get_user
+    from tilpheno.review.service import transaction
+
+    pid = "TIL001"
+    transaction(service.factory, lambda db: create_user(db, "erin", "Erin Tester", "reviewer", "erin-password-1"))
+    erin = user(service, "erin")
+    verify_password = service_module.check_password
+    for field, value, refusal in (("role", "analyst", "role analyst cannot sign 'approved for release'"),
+                                  ("active", False, "account erin was disabled while signing")):
+        def change(db, field=field, value=value):
+            account = get_user(db, "erin")
+            setattr(account, field, value)
+            audit.append(db, "cli:admin", "user_changed", after={"username": "erin", field: value})
+
+        def check_then_admin_changes(db, account, password, change=change):
+            checked = verify_password(db, account, password)
+            transaction(service.factory, change)   # committed while the signature is on its way
+            return checked
+
+        monkeypatch.setattr(service_module, "check_password", check_then_admin_changes)
+        before = len(service.signatures(pid))
+        with pytest.raises(Forbidden, match=refusal):
+            service.sign(pid, erin.id, "erin-password-1", "approved for release", service.current_version(pid),
+                         approval_resolutions(service, pid))
+        assert len(service.signatures(pid)) == before
+        monkeypatch.setattr(service_module, "check_password", verify_password)
+
+        def restore(db):
+            account = get_user(db, "erin")
+            account.role, account.active = "reviewer", True
+        transaction(service.factory, restore)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path):
     """process --overwrite on the same files with another FMO percentile: the app's automatic gates

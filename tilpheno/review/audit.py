@@ -55,11 +55,22 @@ def entry_hash(seq: int, at: str, username: str, action: str, product_id: str, b
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def head_seq(db: Session) -> int:
+    """The newest entry's number (0 before the first). A change that depends on rows read after it
+    passes it to :func:`append` as ``expect_seq``: any audited change committed meanwhile (a save,
+    a role change, a disabled account) then makes the append a :class:`ChainConflict`, and the
+    transaction re-runs on the rows as they are now."""
+    return db.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
+
+
 def append(db: Session, username: str, action: str, *, product_id: str = "", before: Any = None, after: Any = None,
-           reason: str = "") -> AuditEntry:
-    """Add one entry to the chain inside the caller's transaction (flushes; the caller commits)."""
+           reason: str = "", expect_seq: int | None = None) -> AuditEntry:
+    """Add one entry to the chain inside the caller's transaction (flushes; the caller commits);
+    ChainConflict when ``expect_seq`` (:func:`head_seq`) is given and is no longer the newest entry."""
     head = db.get(AuditHead, 1)
     seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
+    if expect_seq is not None and seq != expect_seq:
+        raise ChainConflict("audit head moved since the change's rows were read")
     at = utcnow()
     before_json, after_json = canonical(before), canonical(after)
     digest = entry_hash(seq + 1, at, username, action, product_id, before_json, after_json, reason, prev)

@@ -12,7 +12,11 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   UTC time, bound to the gate version and ``data_sha256`` = SHA-256 of the product id, its input
   files' SHA-256, the strategies' SHA-256, the release spec and the gate set's SHA-256. A
   signature is valid only while the product is still at its version and the data hash still
-  matches; any later save voids it (shown as void, never deleted). Four eyes: no one approves
+  matches; any later save voids it (shown as void, never deleted). The role, account, assignment
+  and version are checked as they are after the (slow) password check, and an audited change
+  committed before the signature is stored (a save, a role change, a disabled account) re-runs
+  the checks (:func:`audit.head_seq`): a signature is never stored for a version just replaced
+  or under a role just revoked. Four eyes: no one approves
   for release a gate set holding a correction they saved (any version after the automatic one).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
@@ -343,6 +347,12 @@ class ReviewService:
                 audit.append(db, user.username, "signature_refused", product_id=product_id, reason=str(exc))
                 db.commit()
                 raise
+            # the password check takes a while: the role, account, assignment and version checks read
+            # the rows as they are after it, and an audited change committed after this point (a role
+            # change, a disabled account, a save) makes the append conflict and this re-run
+            db.flush()
+            start = audit.head_seq(db)
+            db.refresh(user)
             refusal = self._signing_refusal(db, user, product_id, meaning, current.version)
             if refusal:
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
@@ -359,14 +369,17 @@ class ReviewService:
             db.add(sig)
             db.flush()
             audit.append(db, user.username, "sign", product_id=product_id, after=content,
-                         reason=comment or meaning)
+                         reason=comment or meaning, expect_seq=start)
             return sig
 
         return transaction(self.factory, do)
 
     def _signing_refusal(self, db: Session, user: User, product_id: str, meaning: str, version: int) -> str:
-        """Why ``user`` (whose password was right) may not sign ``version`` with ``meaning``: their
-        role, the product's assignment, or the four-eyes rule; "" when they may."""
+        """Why ``user`` (whose password was right) may not sign ``version`` with ``meaning``: an
+        account disabled meanwhile, their role, the product's assignment, or the four-eyes rule; ""
+        when they may."""
+        if not user.active:
+            return f"account {user.username} was disabled while signing"
         if user.role not in MEANINGS[meaning]:
             return f"role {user.role} cannot sign '{meaning}'"
         if not self.can_access(user, product_id):
