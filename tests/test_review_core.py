@@ -56,6 +56,44 @@ def test_automatic_version_reproduces_the_run(service):
             assert res.release_status == row["release_status"]
 
 
+class ScanCountingFrame(pd.DataFrame):
+    """A table that counts how often its ``product_id`` column is read (each read is a scan of the whole
+    table when a product's rows are found by comparing that column); frames derived from it are plain."""
+
+    _metadata = ["scans"]
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and key == "product_id":
+            self.scans.append(key)
+        return super().__getitem__(key)
+
+
+def test_a_products_rows_are_found_without_scanning_the_run_tables_each_time(review_source, monkeypatch):
+    """The product list looks every product up in phenotypes.csv, populations.csv and qc.csv (row, input
+    files, flags): each table is scanned once, not once per look-up (2000 products: the list took
+    minutes, each look-up scanning 200,000 population rows)."""
+    frames = {}
+    for table in ("phenotypes", "populations_csv", "qc"):
+        frame = ScanCountingFrame(getattr(review_source, table))
+        frame.scans = []
+        frames[table] = frame
+        monkeypatch.setattr(review_source, table, frame)
+    def look_up(pid):   # repr: a missing value (nan) of the phenotype row compares equal
+        return repr((review_source.phenotype_row(pid), review_source.inputs_digest(pid), review_source.qc_flags(pid)))
+
+    expected = {pid: look_up(pid) for pid in review_source.product_ids()}
+    for _ in range(50):
+        for pid in expected:
+            assert review_source.has_product(pid) and look_up(pid) == expected[pid]
+    scans = {table: len(frame.scans) for table, frame in frames.items()}
+    assert max(scans.values()) <= 3, scans   # once per table (pandas' groupby reads the column twice), not per look-up
+    assert not review_source.has_product("TIL999") and review_source.qc_flags("TIL999") == []
+
+
 def test_adjusted_threshold_counts_every_event(service):
     """Raising the CD3 threshold: CD3+ = live lymphocytes with CD3 >= the new low, counted independently."""
     pid = "TIL001"

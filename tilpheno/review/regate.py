@@ -127,6 +127,8 @@ class ReviewSource:
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
         self._automatic: dict[str, dict] = {}
         self._candidates: dict[str, dict] = {}
+        self._row_index: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]] = {}
+        self._done: tuple[pd.DataFrame, list[str], set[str]] | None = None
 
     # -- run.json ----------------------------------------------------------------------------
     def superseded(self) -> str:
@@ -203,21 +205,43 @@ class ReviewSource:
         return loaded
 
     # -- products ------------------------------------------------------------------------------
+    def _rows(self, table: str, product_id: str) -> pd.DataFrame:
+        """The rows of one product in the table ``self.<table>`` (phenotypes, populations_csv, qc).
+        Each table's row positions per product are found once (again only when the attribute is
+        replaced by another frame): the product list and every call look up products one by one,
+        and scanning a large run's tables for each (2000 products: 200,000 population rows) made
+        the list take minutes."""
+        frame = getattr(self, table)
+        cached = self._row_index.get(table)
+        if cached is None or cached[0] is not frame:
+            cached = (frame, frame.groupby(frame["product_id"].astype(str), sort=False).indices)
+            self._row_index[table] = cached
+        return frame.iloc[cached[1].get(product_id, np.empty(0, dtype=np.intp))]
+
     def product_ids(self) -> list[str]:
-        done = self.phenotypes[self.phenotypes.get("status", "done") == "done"] if "status" in self.phenotypes else self.phenotypes
-        return sorted(done["product_id"].astype(str))
+        return list(self._products()[0])
 
     def has_product(self, product_id: str) -> bool:
-        return product_id in set(self.product_ids())
+        return product_id in self._products()[1]
+
+    def _products(self) -> tuple[list[str], set[str]]:
+        """The ids of the products the run completed (``status`` done), sorted and as a set; found once
+        per phenotypes frame, like :meth:`_rows`."""
+        frame = self.phenotypes
+        if self._done is None or self._done[0] is not frame:
+            done = frame[frame["status"] == "done"] if "status" in frame else frame
+            ids = sorted(done["product_id"].astype(str))
+            self._done = (frame, ids, set(ids))
+        return self._done[1], self._done[2]
 
     def phenotype_row(self, product_id: str) -> dict:
-        rows = self.phenotypes[self.phenotypes["product_id"].astype(str) == product_id]
+        rows = self._rows("phenotypes", product_id)
         if rows.empty:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir}")
         return rows.iloc[0].to_dict()
 
     def qc_flags(self, product_id: str) -> list[dict]:
-        rows = self.qc[self.qc["product_id"].astype(str) == product_id]
+        rows = self._rows("qc", product_id)
         return [dict(r) for r in rows[["file", "code", "severity", "message"]].to_dict("records")]
 
     def til_dose_cells(self, product_id: str) -> float | None:
@@ -236,7 +260,7 @@ class ReviewSource:
         return None
 
     def product_files(self, product_id: str) -> list[ProductFile]:
-        rows = self.populations_csv[self.populations_csv["product_id"].astype(str) == product_id]
+        rows = self._rows("populations_csv", product_id)
         files = rows.drop_duplicates("file")
         if files.empty:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
