@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from review_support import PASSWORDS, review_out, review_source, service  # noqa: F401  (fixtures)
+from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
 PID = "TIL001"
@@ -422,3 +423,23 @@ def test_a_server_whose_folder_was_processed_again_stops_showing_the_old_run(tmp
     fresh = create_app(build_service(out, url))
     c2, _h2, _ = login(fresh, "dave")
     assert c2.get(f"/api/products/{PID}/state").status_code == 200
+
+
+def test_a_moved_input_file_of_one_product_leaves_the_product_list_and_exports_working(app, service, monkeypatch):
+    """One FMO file of TIL002 is no longer where the run read it: the product list still shows every
+    product (it was a 400 naming that file instead of the list) and the approved-table export still
+    runs; only what re-gates TIL002 from its files needs the file back."""
+    from tilpheno.review.export import approved_tables
+
+    for pid in ("TIL001", "TIL002"):
+        service.ensure_imported(pid)   # as the server does at start
+    c, _, _ = login(app, "alice")
+    name = next(f.name for f in service.source.product_files("TIL002") if f.role == "fmo")
+    monkeypatch.setitem(service.source._inputs, name, {**service.source._inputs[name], "path": f"/moved/away/{name}"})
+    with pytest.raises(ReviewError, match=f"input file /moved/away/{name} of the run not found"):
+        service.source.product_files("TIL002")
+    page = c.get("/")
+    assert page.status_code == 200, page.text[:300]
+    assert re.findall(r'<a href="/products/(TIL\d+)">', page.text) == ["TIL001", "TIL002"]
+    phenotypes, _ = approved_tables(service)
+    assert list(phenotypes["product_id"]) == ["TIL001", "TIL002"]

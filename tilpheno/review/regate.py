@@ -260,8 +260,15 @@ class ReviewSource:
         return None
 
     def product_files(self, product_id: str) -> list[ProductFile]:
-        rows = self._rows("populations_csv", product_id)
-        files = rows.drop_duplicates("file")
+        """The product's files, each found where the run read it (or under ``inputs_dir``); ReviewError
+        naming a file that is not there."""
+        return [ProductFile(self._resolve(path), name, sha256, tube, role, marker)
+                for name, path, sha256, tube, role, marker in self._recorded_files(product_id)]
+
+    def _recorded_files(self, product_id: str) -> list[tuple[str, str, str, str, str, str]]:
+        """``(name, recorded path, sha256, tube, role, fmo_marker)`` of each of the product's files, from
+        populations.csv and run.json alone."""
+        files = self._rows("populations_csv", product_id).drop_duplicates("file")
         if files.empty:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
         out = []
@@ -271,7 +278,7 @@ class ReviewSource:
             if entry is None:
                 raise ReviewError(f"{name}: not listed in {self.out_dir / 'run.json'} inputs")
             marker = "" if not isinstance(r.fmo_marker, str) else r.fmo_marker
-            out.append(ProductFile(self._resolve(entry["path"]), name, entry["sha256"], tube, role, marker))
+            out.append((name, str(entry["path"]), str(entry["sha256"]), tube, role, marker))
         return out
 
     def _resolve(self, recorded: str) -> Path:
@@ -288,8 +295,11 @@ class ReviewSource:
                           "give the folder that holds the run's inputs (inputs=FOLDER)")
 
     def inputs_digest(self, product_id: str) -> list[dict]:
-        """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these)."""
-        return [{"file": f.name, "tube": f.tube, "role": f.role, "sha256": f.sha256} for f in self.product_files(product_id)]
+        """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these).
+        From the run's record alone: a file moved or deleted since the run fails only what reads it
+        (re-gating that product), not the product list, signatures' status or exports of the others."""
+        return [{"file": name, "tube": tube, "role": role, "sha256": sha256}
+                for name, _path, sha256, tube, role, _marker in self._recorded_files(product_id)]
 
     def spillover(self, product_id: str):
         """The matrix the run compensated the product with when it was not its files' own
