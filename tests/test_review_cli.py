@@ -1,12 +1,16 @@
-"""Review CLI on SQLite: users (stdin passwords, list, unlock), audit verify (exit 1 on tampering) and
+"""Review CLI on SQLite (and PostgreSQL where a test says): users (stdin passwords, list, unlock), audit verify (exit 1 on tampering) and
 export, export-approved; the Alembic migration creates exactly the ORM's schema."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 
+import pytest
 from typer.testing import CliRunner
 
-from review_support import review_out  # noqa: F401  (fixture)
+from review_support import database_url, drop_schema, review_out  # noqa: F401  (fixture)
 from tilpheno.cli import app
 
 runner = CliRunner()
@@ -174,3 +178,34 @@ def test_a_new_default_database_is_announced(review_out, tmp_path):
     assert f"note: no review database beside {moved}; a new, empty one is made: {moved}.review.sqlite" in r.output
     r = run("audit", "verify", moved)   # it exists now: no note
     assert r.exit_code == 0 and "note:" not in r.output, r.output
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_processes_opening_a_new_database_at_once_both_start(kind, tmp_path, monkeypatch):
+    """This process is creating the tables of a new database (migration run, not yet committed) when
+    another process (a second server, ``users add``) opens it: that one waits and finds it migrated,
+    instead of failing on "table ... already exists"."""
+    from alembic import command
+
+    from tilpheno.review.db import make_engine, upgrade
+
+    url = database_url(kind, tmp_path)
+    code = "import sys; from tilpheno.review.db import open_database; print('ready', flush=True); open_database(sys.argv[1]); print('opened')"
+    migrate, other = command.upgrade, []
+
+    def migrate_while_another_opens(cfg, revision):
+        migrate(cfg, revision)
+        other.append(subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+        assert other[0].stdout.readline().strip() == "ready"
+        time.sleep(1.0)   # the other process reaches the database before this one commits
+
+    monkeypatch.setattr(command, "upgrade", migrate_while_another_opens)
+    try:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        out, err = other[0].communicate(timeout=120)
+        assert other[0].returncode == 0 and out.strip() == "opened", err.strip().splitlines()[-1:]
+    finally:
+        drop_schema(url)

@@ -67,13 +67,20 @@ def make_engine(url: str) -> Engine:
 
 
 def upgrade(engine: Engine) -> None:
-    """Apply every Alembic migration not yet applied (``alembic upgrade head``)."""
+    """Apply every Alembic migration not yet applied (``alembic upgrade head``). The database's write
+    lock (SQLite) or an advisory lock (PostgreSQL) is taken first, so processes opening a new
+    database at once (two servers, ``users add`` beside ``serve``) migrate it one after the other:
+    the second finds it at head (each used to create the tables, the second failing "already exists")."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")   # waits (busy timeout) while another process migrates
+        else:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(8265031)")   # held until this transaction ends
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
