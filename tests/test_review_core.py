@@ -564,3 +564,43 @@ def test_a_signature_inserted_outside_the_app_is_void_and_named(kind, review_out
         svc.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+def test_the_product_lists_approvals_are_each_products_own(service):
+    """approved_versions (the product list: a few queries for the whole run) gives, for every
+    product a user may see, what approved_version works out product by product: after an
+    approval, an approval then a rejection, and an approval voided by a later save."""
+    from sqlalchemy import event
+
+    dave, carol = user(service, "dave"), user(service, "carol")
+    first, second = service.source.product_ids()[:2]
+
+    def resolutions(pid):
+        flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+        return {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+
+    def check(expect):
+        engine = service.factory.kw["bind"]
+        queries = []
+        listen = lambda *args: queries.append(1)   # noqa: E731
+        event.listen(engine, "before_cursor_execute", listen)
+        try:
+            bulk = service.approved_versions(dave)
+        finally:
+            event.remove(engine, "before_cursor_execute", listen)
+        assert len(queries) <= 5, len(queries)   # not several per product
+        for pid, approved in bulk.items():
+            own = service.approved_version(pid)
+            assert (approved.version if approved else None) == (own.version if own else None), pid
+        assert {pid: bool(bulk[pid]) for pid in expect} == expect
+
+    for pid in (first, second):
+        service.ensure_imported(pid)
+        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", service.current_version(pid),
+                     resolutions(pid))
+    check({first: True, second: True})
+    service.sign(first, carol.id, PASSWORDS["carol"], "rejected", service.current_version(first), {}, "second look")
+    v = service.current_version(second)
+    service.save_version(second, carol, v, shifted_cd3(service, second, 0.004), "carol moves CD3 after the approval")
+    check({first: False, second: False})
+    assert set(service.approved_versions(user(service, "bob"))) <= {"TIL001"}   # an analyst: assigned products only

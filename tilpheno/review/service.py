@@ -82,6 +82,19 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             db.close()
 
 
+def _approved_state(views: list[SignatureView]) -> int | None:
+    """The approved version: that of the newest valid approval with no valid rejection after it."""
+    state = None
+    for view in views:
+        if not view.valid:
+            continue
+        if view.row.meaning == "approved for release":
+            state = view.row.version
+        elif view.row.meaning == "rejected":
+            state = None
+    return state
+
+
 T = TypeVar("T")
 
 
@@ -133,6 +146,14 @@ class ReviewService:
         with self.factory() as db:
             return db.scalar(select(ProductAssignment).where(ProductAssignment.product_id == product_id,
                                                              ProductAssignment.username == user.username)) is not None
+
+    def accessible(self, user: User) -> set[str] | None:
+        """The products ``user`` may see in one query: None for every product (reviewers, admins),
+        else the ids assigned to this analyst (:meth:`can_access` for all products at once)."""
+        if user.role in ("reviewer", "admin"):
+            return None
+        with self.factory() as db:
+            return set(db.scalars(select(ProductAssignment.product_id).where(ProductAssignment.username == user.username)))
 
     def require_access(self, user: User, product_id: str) -> None:
         """NotFound for an unknown product; Forbidden for a product not assigned to this analyst."""
@@ -395,10 +416,15 @@ class ReviewService:
 
     def signatures(self, product_id: str) -> list[SignatureView]:
         current = self.version(product_id)
-        data_now = data_sha256(self.source, product_id, current.version, current.gates_sha256)
         with self.factory() as db:
             rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
             in_trail = audit.signed_in_trail(db, product_id)
+        return self._views(product_id, rows, in_trail, current)
+
+    def _views(self, product_id: str, rows: list[Signature], in_trail: set[str],
+               current: GateSetVersion) -> list[SignatureView]:
+        """Each signature of ``product_id`` (in signing order) valid or void, and why (module docstring)."""
+        data_now = data_sha256(self.source, product_id, current.version, current.gates_sha256)
         out = []
         for s in rows:
             if s.signature_sha256 not in in_trail:
@@ -411,6 +437,27 @@ class ReviewService:
                 out.append(SignatureView(s, True, ""))
         return out
 
+    def approved_versions(self, user: User) -> dict[str, GateSetVersion | None]:
+        """:meth:`approved_version` of every imported product ``user`` may see (the product list),
+        read with a few queries for the whole run instead of several per product."""
+        allowed = self.accessible(user)
+        with self.factory() as db:
+            products = {p.product_id: p for p in db.scalars(select(Product))
+                        if allowed is None or p.product_id in allowed}
+            signed: dict[str, list[Signature]] = {}
+            for sig in db.scalars(select(Signature).order_by(Signature.id)):
+                if sig.product_id in products:
+                    signed.setdefault(sig.product_id, []).append(sig)
+            in_trail = audit.signed_in_trail(db) if signed else set()
+            versions = {(v.product_id, v.version): v for v in db.scalars(
+                select(GateSetVersion).where(GateSetVersion.product_id.in_(list(signed))))} if signed else {}
+        out: dict[str, GateSetVersion | None] = dict.fromkeys(products)
+        for pid, rows in signed.items():
+            current = versions[(pid, products[pid].current_version)]
+            state = _approved_state(self._views(pid, rows, in_trail, current))
+            out[pid] = versions[(pid, state)] if state is not None else None
+        return out
+
     def release_status(self, product_id: str, version: GateSetVersion) -> str:
         """Release outcome of a stored version (memoised by gate-set hash: versions never change)."""
         key = (product_id, version.gates_sha256)
@@ -420,12 +467,5 @@ class ReviewService:
         return self._release[key]
 
     def approved_version(self, product_id: str) -> GateSetVersion | None:
-        state = None
-        for view in self.signatures(product_id):
-            if not view.valid:
-                continue
-            if view.row.meaning == "approved for release":
-                state = view.row.version
-            elif view.row.meaning == "rejected":
-                state = None
+        state = _approved_state(self.signatures(product_id))
         return self.version(product_id, state) if state is not None else None

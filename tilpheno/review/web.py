@@ -176,11 +176,13 @@ def create_app(service: ReviewService) -> Flask:
         rows = []
         with factory() as db:
             imported = {p.product_id: p.current_version for p in db.scalars(select(Product))}
+        allowed = service.accessible(g.user)
+        approvals = service.approved_versions(g.user)   # the imported products this user may see
         for pid in service.source.product_ids():
-            if not service.can_access(g.user, pid):
+            if allowed is not None and pid not in allowed:
                 continue
             row = service.source.phenotype_row(pid)
-            approved = service.approved_version(pid) if pid in imported else None
+            approved = approvals.get(pid)
             rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
                          "approved": approved.version if approved else None,
                          "approved_release": service.release_status(pid, approved) if approved else "not approved",
@@ -193,7 +195,8 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def product_page(product_id: str):
         service.require_access(g.user, product_id)
-        others = [p for p in service.source.product_ids() if p != product_id and service.can_access(g.user, p)]
+        allowed = service.accessible(g.user)
+        others = [p for p in service.source.product_ids() if p != product_id and (allowed is None or p in allowed)]
         return render_template("product.html", product_id=product_id, user=g.user, csrf=g.sess.csrf_token,
                                others=others, tubes=sorted(service.source.strategies), can_approve=g.user.role in ("reviewer", "admin"))
 
