@@ -118,3 +118,20 @@ def test_unreadable_csv_names_file(tmp_path):
     bad.write_text("A,B\n1,x\n0,1\n")
     with pytest.raises(CompensationError, match="m.csv"):
         read_spillover_csv(bad)
+
+
+def test_csv_rows_named_in_another_order_than_the_header_are_matched_by_name(tmp_path):
+    # a matrix whose rows were sorted apart from its columns: each row is placed by its name
+    m = tmp_path / "m.csv"
+    m.write_text(",A,B,C\nC,0,0.3,1\nA,1,0.1,0.02\nB,0.05,1,0\n")
+    s = read_spillover_csv(m)
+    assert s.detectors == ("A", "B", "C")
+    np.testing.assert_array_equal(s.matrix, [[1, 0.1, 0.02], [0.05, 1, 0], [0, 0.3, 1]])
+    # row names that are not detectors (fluorochromes) keep the file's order
+    f = tmp_path / "f.csv"
+    f.write_text(",A-A,B-A\nA,1,0.1\nB,0.2,1\n")
+    np.testing.assert_array_equal(read_spillover_csv(f).matrix, [[1, 0.1], [0.2, 1]])
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",A,B\nA,1,0.1\nX,0.2,1\n")
+    with pytest.raises(CompensationError, match=r"bad.csv: row 2 \(line 3\) is named 'X'"):
+        read_spillover_csv(bad)

@@ -77,8 +77,13 @@ def parse_spill_keyword(value: str, source: str = "$SPILLOVER") -> Spillover:
 def read_spillover_csv(path: str | Path) -> Spillover:
     """Read a spillover matrix CSV in the FlowJo/FlowKit layout.
 
-    The first row holds detector names; the following rows hold the matrix. An optional first
-    column of row names (repeating the detector names) is accepted.
+    The first row holds detector names; the following rows hold the matrix, one row per
+    fluorochrome in the header's order. An optional first column of row names is accepted: when
+    they are the header's detector names, rows are put in the header's order by name (a file
+    whose rows were sorted apart from its columns stays right); when none is a header name (e.g.
+    fluorochromes: ``FITC`` for ``FITC-A``) the rows are taken in the file's order. Row names that
+    are partly header names (a row name that is not one, or a header name without a row) are an
+    error naming the row.
     """
     import pandas as pd
 
@@ -90,6 +95,17 @@ def read_spillover_csv(path: str | Path) -> Spillover:
     first = frame.columns[0]
     if frame[first].dtype == object:
         frame = frame.set_index(first)
+        rows = [str(r).strip() for r in frame.index]
+        header = [str(c).strip() for c in frame.columns]
+        if sorted(rows) == sorted(header):
+            frame = frame.iloc[[rows.index(c) for c in header]]
+        elif set(rows) & set(header):
+            extra = [(i, r) for i, r in enumerate(rows, start=1) if r not in header]
+            lacking = [c for c in header if c not in rows]
+            raise CompensationError(
+                f"{path}: row {extra[0][0]} (line {extra[0][0] + 1}) is named {extra[0][1]!r}, not a detector of the "
+                f"header {header}" if extra else f"{path}: no row named {lacking[0]!r} (a detector of the header)"
+                if lacking else f"{path}: a row name is repeated ({rows})")
     names = tuple(str(c).strip() for c in frame.columns)
     try:
         matrix = frame.to_numpy(dtype=np.float64)
