@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tilpheno
-from tilpheno.compensation import Spillover, compensate, exported_compensated, parse_spill_keyword, read_spillover_csv
+from tilpheno.compensation import Spillover, compensate, compensate_columns, exported_compensated, parse_spill_keyword, read_spillover_csv
 from tilpheno.errors import CompensationError
 
 DATA = "tests/data"
@@ -135,3 +135,18 @@ def test_csv_rows_named_in_another_order_than_the_header_are_matched_by_name(tmp
     bad.write_text(",A,B\nA,1,0.1\nX,0.2,1\n")
     with pytest.raises(CompensationError, match=r"bad.csv: row 2 \(line 3\) is named 'X'"):
         read_spillover_csv(bad)
+
+
+@pytest.mark.parametrize("perturb", [0.0, 1e-9])
+def test_a_repeated_row_is_singular_even_when_it_inverts_numerically(perturb):
+    # the simulated Fortessa's matrix with its BV421 row repeated (or nearly: rounding) as the
+    # APC-H7 row: np.linalg.inv does not raise but "inverts" it to values of 1e9-1e20, which
+    # compensation would spread over every event
+    from tilpheno.simulate.instrument import DETECTORS, SPILLOVER_MATRIX
+
+    m = np.vstack([SPILLOVER_MATRIX[:5], SPILLOVER_MATRIX[4:5] + perturb])
+    spill = Spillover(DETECTORS, m, "m.csv")
+    with pytest.raises(CompensationError, match=r"m.csv: matrix is singular \(condition number"):
+        compensate(np.ones((4, 6)), DETECTORS, spill)
+    with pytest.raises(CompensationError, match="singular"):
+        compensate_columns(np.ones((4, 6)), DETECTORS, spill, ["PE-A"])

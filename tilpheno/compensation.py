@@ -19,13 +19,18 @@ from tilpheno.io.spill import (  # noqa: F401  (re-exported)
 
 
 _CHUNK_EVENTS = 8192   # events per block in compensate_columns (source rows and products stay in cache)
+SINGULAR_CONDITION = 1e6
+"""Condition number above which a matrix is refused as singular: its inverse would amplify noise
+a million-fold (a repeated row, rounded to a few digits, still inverts to values of 1e13 and
+more). Real matrices are near 1-10 (the public FCS files' ``$SPILLOVER``: at most 8.3)."""
 
 
 def _inverse(spillover: Spillover) -> np.ndarray:
-    try:
-        return np.linalg.inv(spillover.matrix)
-    except np.linalg.LinAlgError:
-        raise CompensationError(f"{spillover.source or 'spillover'}: matrix is singular") from None
+    condition = float(np.linalg.cond(spillover.matrix))
+    if not condition <= SINGULAR_CONDITION:
+        raise CompensationError(f"{spillover.source or 'spillover'}: matrix is singular "
+                                f"(condition number {condition:.3g} > {SINGULAR_CONDITION:.0e})")
+    return np.linalg.inv(spillover.matrix)
 
 
 def _matrix_columns(channel_names: Sequence[str], spillover: Spillover) -> list[int]:
