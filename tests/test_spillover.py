@@ -115,6 +115,18 @@ def test_dim_small_and_duplicate_controls_are_errors_naming_the_control(tmp_path
         estimate_spillover([unstained, ok, Control(ok.file.replace("pe.fcs", "pe2.fcs"), "PE-A")])
 
 
+def test_a_control_without_negative_events_and_no_unstained_control_says_so(tmp_path):
+    # every cell stained and no unstained control: Otsu's threshold halves the (bright) positives,
+    # the low stain index is not the fluorochrome's dimness: the error says what to add
+    rng = np.random.default_rng(5)
+    fitc = Control(_write_control(tmp_path / "fitc.fcs", simulate_control(0, 5000, rng)), "FITC-A")
+    pe = Control(_write_control(tmp_path / "pe_all.fcs", simulate_control(1, 5000, rng, positive_fraction=1.0)), "PE-A")
+    with pytest.raises(CompensationError,
+                       match=r"pe_all.fcs: positive population too dim in PE-A: .*median \d{4,}; "
+                             r"a control without negative events needs an unstained control"):
+        estimate_spillover([fitc, pe])
+
+
 def test_negative_spillover_and_singular_matrix(tmp_path):
     rng = np.random.default_rng(4)
     neg = ins.SPILLOVER_MATRIX.copy()

@@ -333,8 +333,13 @@ def estimate_spillover(
         rsd = _rsd(neg[:, i])
         stain_index = float((pos_med[i] - neg_med[i]) / (2.0 * rsd)) if rsd > 0 else float("inf")
         if stain_index < min_stain_index:
+            # without an unstained control a control with no negative events (every cell stained)
+            # is split in two by Otsu's threshold: its "negative" half is bright, its stain index low
+            hint = (f" (its negative population is its own events below Otsu's threshold: {len(neg)} events, median "
+                    f"{neg_med[i]:.0f}; a control without negative events needs an unstained control)"
+                    if kind == "internal" else "")
             raise CompensationError(f"{control.file}: positive population too dim in {det}: stain index "
-                                    f"{stain_index:.2f} < {min_stain_index:g}")
+                                    f"{stain_index:.2f} < {min_stain_index:g}{hint}")
         dx = pos[:, i] - neg_med[i]
         keep = dx > 0
         for j in range(k):
