@@ -150,3 +150,17 @@ def test_a_repeated_row_is_singular_even_when_it_inverts_numerically(perturb):
         compensate(np.ones((4, 6)), DETECTORS, spill)
     with pytest.raises(CompensationError, match="singular"):
         compensate_columns(np.ones((4, 6)), DETECTORS, spill, ["PE-A"])
+
+
+@pytest.mark.parametrize("text", [
+    "A;B\n1;0,125\n0,05;1\n",          # European Excel: semicolons, decimal comma
+    ";A;B\nA;1;0,125\nB;0,05;1\n",     # the same with row names
+    "A;B\n1;0.125\n0.05;1\n",          # semicolons, decimal point
+    "A\tB\n1\t0.125\n0.05\t1\n",       # tab-separated (a copy from a spreadsheet)
+])
+def test_csv_separated_by_semicolons_or_tabs(tmp_path, text):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    s = read_spillover_csv(path)
+    assert s.detectors == ("A", "B")
+    np.testing.assert_array_equal(s.matrix, [[1, 0.125], [0.05, 1]])

@@ -83,13 +83,19 @@ def read_spillover_csv(path: str | Path) -> Spillover:
     whose rows were sorted apart from its columns stays right); when none is a header name (e.g.
     fluorochromes: ``FITC`` for ``FITC-A``) the rows are taken in the file's order. Row names that
     are partly header names (a row name that is not one, or a header name without a row) are an
-    error naming the row.
+    error naming the row. Separators as the outcomes table's: tab- or semicolon-separated text
+    when the first line has tabs or semicolons and no comma (semicolons with commas below: the
+    comma is the decimal mark, as European Excel writes).
     """
     import pandas as pd
 
     path = Path(path)
     try:
-        frame = pd.read_csv(path, header=0)
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            first_line, rest = handle.readline(), handle.read()
+        sep = "\t" if ("\t" in first_line and "," not in first_line) else \
+            ";" if (";" in first_line and "," not in first_line) else ","
+        frame = pd.read_csv(path, header=0, sep=sep, decimal="," if sep == ";" and "," in rest else ".")
     except Exception as exc:  # pandas raises many types for unreadable CSV
         raise CompensationError(f"{path}: cannot read spillover CSV ({exc})") from None
     first = frame.columns[0]
