@@ -164,3 +164,12 @@ def test_csv_separated_by_semicolons_or_tabs(tmp_path, text):
     s = read_spillover_csv(path)
     assert s.detectors == ("A", "B")
     np.testing.assert_array_equal(s.matrix, [[1, 0.125], [0.05, 1]])
+
+
+def test_a_matrix_in_percent_is_refused(tmp_path):
+    # FlowJo's and FACSDiva's matrix editors show percentages; a CSV typed from them would divide
+    # every compensated value by about 100 and mix the detectors
+    path = tmp_path / "pct.csv"
+    path.write_text("A,B\n100,12.5\n5,100\n")
+    with pytest.raises(CompensationError, match=r"pct.csv: the diagonal is 100, not 1: values in percent"):
+        read_spillover_csv(path)

@@ -85,7 +85,9 @@ def read_spillover_csv(path: str | Path) -> Spillover:
     are partly header names (a row name that is not one, or a header name without a row) are an
     error naming the row. Separators as the outcomes table's: tab- or semicolon-separated text
     when the first line has tabs or semicolons and no comma (semicolons with commas below: the
-    comma is the decimal mark, as European Excel writes).
+    comma is the decimal mark, as European Excel writes). Values in percent (every diagonal value
+    100, as FlowJo's and FACSDiva's matrix editors show them) are an error: the matrix holds
+    fractions.
     """
     import pandas as pd
 
@@ -117,4 +119,8 @@ def read_spillover_csv(path: str | Path) -> Spillover:
         matrix = frame.to_numpy(dtype=np.float64)
     except ValueError as exc:
         raise CompensationError(f"{path}: non-numeric value in spillover matrix ({exc})") from None
+    diagonal = np.diag(matrix) if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] else np.empty(0)
+    if diagonal.size and np.allclose(diagonal, 100.0):
+        raise CompensationError(f"{path}: the diagonal is 100, not 1: values in percent? A spillover matrix holds "
+                                "fractions (divide every value by 100)")
     return Spillover(names, matrix, str(path))
