@@ -53,6 +53,16 @@ def test_faults_are_found_against_truth(clean, fault):
         assert set(qc.drift_channels) & {"FITC-A", "FSC-A", "SSC-A", "PE-A"}
 
 
+@pytest.mark.parametrize("index, channel", [(1, "PE-A"), (2, "SSC-A"), (2, "APC-H7-A")])
+def test_drift_over_half_the_file_removes_one_half_not_all(clean, index, channel):
+    """A 20 % drift of one channel over the second half: the 50th and 90th percentiles each took
+    the other half as their reference, and every event was removed; the series now share one."""
+    events, truth = inject(clean[index], [drift(0.4, 0.2, signal_factor=0.8, channels=(channel,))])
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    assert qc.drift_channels == (channel,) and qc.removed_pct < 60
+    assert max(qc.anomalous[truth].mean(), qc.anomalous[~truth].mean()) > 0.9   # one half, consistently
+
+
 def test_flag_mode_keeps_every_event(clean):
     events, truth = inject(clean[1], [clog(0.5, 0.08)])
     qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES, AcquisitionSettings(mode="flag"))

@@ -37,7 +37,10 @@ well as steps:
    steps this way.
 5. **Reference and anomalies.** A segment's level is its median. The reference level is that of the
    majority of events: the segment whose level has the most events in segments within tolerance of
-   it (rates: weighted by events, not by time). A segment is anomalous when its median differs
+   it (rates: weighted by events, not by time). The series share one stable stretch: the rate
+   series first, then each channel's quantiles in turn take their reference by the events in the
+   bins that every series before calls good (the full count breaks ties), so that no two series
+   take opposite halves of a file as reference. A segment is anomalous when its median differs
    from the reference by more than the effect size: ``rate_tolerance`` (default 0.25 = 25 % of the
    reference rate) for rates, ``min_shift`` (default 0.01 logicle units) for signals, and by more
    than ``3 sigma / sqrt(bins in the segment)``.
@@ -287,13 +290,19 @@ def segment(series: np.ndarray, sigma: float, t_crit: float) -> list[tuple[int, 
 
 
 def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, relative: bool,
-                       weights: np.ndarray | None = None, noise: float = 0.0) -> np.ndarray:
+                       weights: np.ndarray | None = None, noise: float = 0.0,
+                       prefer: np.ndarray | None = None) -> np.ndarray:
     """Bool per element of ``series``: inside a segment whose level departs from the reference.
 
     Segments come from :func:`segment`; a segment's level is its median. The reference is the
     level of the *majority*: for each segment, the weight (``weights`` summed, default the number
     of elements) of all segments whose levels lie within ``tolerance`` of its own; the segment with
-    the largest such weight gives the reference level. A segment is anomalous when ``|level -
+    the largest such weight gives the reference level. ``prefer`` (bool per element: the stretch the
+    file's series checked before call good) makes the reference consistent across series: the weight
+    counts only preferred elements, the full weight breaking ties (no preferred element: the full
+    weight alone). Without it, two series of a file whose two halves differ (the 50th and 90th
+    percentiles of one drifting channel) could each take the other half as reference, and every
+    event was anomalous. A segment is anomalous when ``|level -
     reference|`` exceeds ``tolerance`` (times the reference when ``relative``) and
     ``3 sigma / sqrt(length)``. ``sigma`` = the larger of :func:`robust_noise` and ``noise`` (a
     known sampling SD of one element).
@@ -313,8 +322,14 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
     def limit(ref: float) -> float:
         return tolerance * abs(ref) if relative else tolerance
 
-    support = [mass[np.abs(levels - lv) <= limit(lv)].sum() for lv in levels]
-    reference = float(levels[int(np.argmax(support))])
+    near = [np.abs(levels - lv) <= limit(lv) for lv in levels]
+    support = [float(mass[m].sum()) for m in near]
+    preferred = support
+    if prefer is not None and np.any(prefer):
+        kept = np.array([float((w[a:b] * prefer[a:b]).sum()) for a, b in segments])
+        preferred = [float(kept[m].sum()) for m in near]
+    best = max(range(len(levels)), key=lambda k: (preferred[k], support[k]))   # first of equals, as argmax
+    reference = float(levels[best])
     for (a, b), level in zip(segments, levels):
         delta = abs(level - reference)
         if delta > limit(reference) and delta > 3.0 * sigma / math.sqrt(b - a):
@@ -523,6 +538,9 @@ def check_acquisition(
     scaled = block.astype(np.float32)
     per_bins = _bin_quantiles(scaled, n_bins, per_bin_sampled, settings.quantiles)     # quantile x channel x bin
     noises = _split_half_noise(scaled, n_bins, per_bin_sampled, settings.quantiles)    # quantile x channel
+    # the stretch every series checked so far calls good (event bins without a rate-anomalous event):
+    # each series' reference is taken within it, so that all series agree on the file's stable stretch
+    stable = np.bincount(bin_of_event[rate_bad_events], minlength=n_bins) == 0
     for k, c in enumerate(signal_channels):
         per_bin = per_bins[:, k, :].T
         noise = noises[:, k]
@@ -532,8 +550,10 @@ def check_acquisition(
             series = per_bin[:, q]
             if not np.all(np.isfinite(series)):
                 continue
-            channel_bad |= anomalous_segments(series, settings.t_crit, settings.min_shift, relative=False,
-                                              noise=noise[q])
+            series_bad = anomalous_segments(series, settings.t_crit, settings.min_shift, relative=False,
+                                            noise=noise[q], prefer=stable)
+            channel_bad |= series_bad
+            stable &= ~series_bad
         if channel_bad.any():
             drift.append(c)
         signal_bad_bins |= channel_bad
