@@ -154,3 +154,26 @@ def test_settings_validation():
                       ({"quantiles": [1.5]}, "quantiles"), ({"events_per_bin": 2.5}, "events_per_bin")):
         with pytest.raises(ValueError, match=word):
             AcquisitionSettings.from_mapping(bad)
+
+
+@pytest.mark.parametrize("keywords, expected", [
+    ({"$TIMESTEP": "0.01"}, ("time (s)", "events/s")),
+    ({}, ("time (time units)", "events per time unit")),     # FCS 2.0 style: time in instrument ticks
+])
+def test_report_axes_name_seconds_only_when_the_file_gives_timestep(tmp_path, keywords, expected):
+    """A FACSCalibur's time (0-499 ticks over 5 s, no $TIMESTEP) was drawn as seconds, its flow rate
+    100x too low in 'events/s'; without $TIMESTEP the axes now say time units."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+    from tilpheno.phenotype import acquisition_step
+    from tilpheno.report.qc_plots import acquisition_plot
+
+    path = tmp_path / "tube.fcs"
+    write_fcs(path, _tube(6, n=4000), [(c, None, ins.RANGE) for c in ins.CHANNEL_NAMES], keywords)
+    fcs = read_fcs(path)
+    qc = acquisition_step(fcs, AcquisitionSettings(mode="flag"))
+    assert qc.time_unit == ("s" if keywords else "")
+    svg = acquisition_plot(qc, ["FSC-A"])
+    assert all(label in svg for label in expected)
+    other = ("time (s)", "events/s") if not keywords else ("time units", "per time unit")
+    assert not any(label in svg for label in other)

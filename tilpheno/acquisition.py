@@ -19,7 +19,10 @@ well as steps:
    signal statistics use every k-th event (at most that many; bins keep ``events_per_bin`` of
    them, so a bin spans k x that many consecutive events), which bounds the cost.
 2. **Flow rate.** The acquisition time (the ``Time`` channel, seconds after ``$TIMESTEP``) is cut
-   into ``n_bins`` equal intervals; events per interval / width = rate (events/s).
+   into ``n_bins`` equal intervals; events per interval / width = rate (events/s). A file without
+   ``$TIMESTEP`` (FCS 2.0: a FACSCalibur's time in ticks, a MACSQuant's ``HDR-T`` scaled to its
+   range) has time in the instrument's units: ``time_unit`` is then ``""`` and the report's axes say
+   "time units", not seconds (the test itself needs no unit).
 3. **Signal.** Every scatter and fluorescence channel is put on a logicle scale (T = the channel's
    ``$PnR`` or its largest value, W = 0.5, M = 4.5, A = 0; 1.0 = top of scale, 0.01 ~ 2.3 % of
    intensity near the top), and per bin the ``quantiles`` (default the 50th and 90th percentiles:
@@ -178,7 +181,8 @@ class AcquisitionQC:
     ``<channel>`` = the bin's median on the QC logicle scale). ``margins``: per channel
     ``channel, upper, lower, pct``. ``drift_channels``: channels with an anomalous segment.
     ``removed_intervals``: (start, end) of the anomalous stretches in seconds (event indices
-    without time). ``removed_pct`` = 100 x anomalous / events.
+    without time). ``removed_pct`` = 100 x anomalous / events. ``time_unit``: ``"s"`` when the
+    time is in seconds, ``""`` when in the instrument's own units (:func:`time_unit`).
     """
 
     n_events: int
@@ -192,6 +196,7 @@ class AcquisitionQC:
     removed_intervals: tuple[tuple[float, float], ...] = ()
     findings: list[Finding] = field(default_factory=list)
     events_per_bin: int = 0
+    time_unit: str = "s"
 
     @property
     def keep(self) -> np.ndarray:
@@ -231,6 +236,20 @@ def find_time_channel(channel_names: Sequence[str]) -> str | None:
         if str(name).strip().lower() in TIME_NAMES:
             return name
     return next((n for n in channel_names if "time" in str(n).lower()), None)
+
+
+def time_unit(keywords: Mapping[str, str], time_channel: str | None) -> str:
+    """``"s"`` when ``read_fcs`` gave ``time_channel`` in seconds (a channel named ``Time``, scaled
+    by a positive ``$TIMESTEP``), else ``""`` (no ``$TIMESTEP``, or ``HDR-T``, which the reader does
+    not scale: the instrument's own units)."""
+    if time_channel is None or str(time_channel).strip().lower() != "time":
+        return ""
+    raw = keywords.get("$TIMESTEP", keywords.get("TIMESTEP"))
+    try:
+        step = float(str(raw).strip())
+    except ValueError:
+        return ""
+    return "s" if math.isfinite(step) and step > 0 else ""
 
 
 def is_counter(values: np.ndarray) -> bool:
@@ -439,12 +458,14 @@ def check_acquisition(
     settings: AcquisitionSettings = AcquisitionSettings(),
     *,
     channels: Sequence[str] | None = None,
+    unit: str = "s",
 ) -> AcquisitionQC:
     """Acquisition QC of one file's raw events (see the module docstring for the method).
 
     ``events``: n x channels, acquisition order, as ``FCSFile.events`` (Time in seconds).
     ``ranges``: ``$PnR`` per channel (None: the largest value of each channel). ``channels``: the
-    channels whose signal is checked (default: every channel but time).
+    channels whose signal is checked (default: every channel but time). ``unit``: the time's unit,
+    ``"s"`` or ``""`` (the instrument's own; :func:`time_unit`), kept as ``AcquisitionQC.time_unit``.
     """
     events = np.asarray(events)
     names = [str(c) for c in channel_names]
@@ -466,7 +487,7 @@ def check_acquisition(
                                 f"{settings.margin_limit_pct:g}%: " + ", ".join(
                                     f"{r.channel} {r.pct:.1f}%" for r in heavy.itertuples())))
     empty = AcquisitionQC(n, settings, time_name, np.zeros(n, dtype=bool), pd.DataFrame(), pd.DataFrame(), margins,
-                          findings=findings)
+                          findings=findings, time_unit=unit)
     if settings.mode == "off":
         return empty
     if settings.remove_margin_events:
@@ -572,7 +593,7 @@ def check_acquisition(
                            "t_mid": elapsed[mids],
                            "anomalous": signal_bad_bins, **medians})
     result = AcquisitionQC(n, settings, time_name, bad, rate, signal, margins, tuple(drift),
-                           _intervals(bad, elapsed), findings, epb)
+                           _intervals(bad, elapsed), findings, epb, unit)
     if result.removed_pct > settings.max_removed_pct:
         verb = "removed" if settings.mode == "remove" else "anomalous (flag mode: kept)"
         findings.append(Finding("acquisition_removed_pct", "warning",

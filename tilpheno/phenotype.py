@@ -233,12 +233,13 @@ def acquisition_step(fcs, settings, cached=None):
     """Gating step 0 on a read file: ``tilpheno.acquisition.check_acquisition`` of its raw events
     (``cached``: the result of an earlier read of the same file, reused), and in ``remove`` mode the
     anomalous events dropped from ``fcs.events``. Returns the AcquisitionQC (None when ``off``)."""
-    from tilpheno.acquisition import check_acquisition
+    from tilpheno.acquisition import check_acquisition, find_time_channel, time_unit
 
     if settings.mode == "off":
         return None
     qc = cached if cached is not None else check_acquisition(
-        fcs.events, fcs.channel_names, fcs.channels["pnr"].astype(float).tolist(), settings)
+        fcs.events, fcs.channel_names, fcs.channels["pnr"].astype(float).tolist(), settings,
+        unit=time_unit(fcs.keywords, find_time_channel(fcs.channel_names)))
     if settings.mode == "remove" and qc.n_removed:
         fcs.events = fcs.events[qc.keep]
     return qc

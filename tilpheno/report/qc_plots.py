@@ -3,7 +3,8 @@
 
 - :func:`acquisition_plot`: events per second vs time (top) and each checked channel's bin median
   vs time on the QC logicle scale (bottom), anomalous stretches shaded (removed in ``remove`` mode).
-  Without a time channel the x axis is the event number.
+  Without a time channel the x axis is the event number; with time in the instrument's own units
+  (no ``$TIMESTEP``) the axes say "time units", not seconds.
 - :func:`compensation_pair_plot`: pseudo-colour density of a compensated stained tube on two
   detectors, the spillover coefficient and the residual slope of the target's negatives written on it
   (written directly as SVG, as the gate plots).
@@ -95,7 +96,7 @@ def acquisition_plot(qc, channels: list[str], labels: dict[str, str] | None = No
         rate = qc.rate["rate_per_s"].to_numpy(float)
         canvas.data.append(svg.path(_line(top, np.repeat(rate_x, 2)[1:], np.repeat(rate, 2)[:-1]), stroke="#264653",
                                     width=1.0))   # steps: each rate holds until the next interval starts
-        _ticks(canvas, top, "y", "events/s")
+        _ticks(canvas, top, "y", "events/s" if qc.time_unit == "s" else "events per time unit")
     else:
         b = top.box
         canvas.text.append(svg.text(0.5 * (b.x0 + b.x1), 0.5 * (b.y0 + b.y1) + 0.5 * svg.ASCENT * plots.FONT,
@@ -107,7 +108,7 @@ def acquisition_plot(qc, channels: list[str], labels: dict[str, str] | None = No
         canvas.data.append(svg.path(_line(below, x, signal[c].to_numpy(float)), stroke=colour, width=1.0))
         legend.append((colour, labels.get(c, c)))
     _ticks(canvas, below, "y", "bin median (logicle)")
-    _ticks(canvas, below, "x", "time (s)" if timed else "event")
+    _ticks(canvas, below, "x", ("time (s)" if qc.time_unit == "s" else "time (time units)") if timed else "event")
     if legend:   # right of the medians, top-aligned: 2 em line handles, 0.8 em to the text, rows 0.5 em apart
         size, b = 6.5, below.box
         pitch, x0 = size * (svg.ASCENT + svg.DESCENT + 0.5), b.x1 + 0.01 * b.width + 0.4 * size
@@ -121,7 +122,8 @@ def acquisition_plot(qc, channels: list[str], labels: dict[str, str] | None = No
     removed = f"{qc.removed_pct:.1f}% anomalous" + (", removed" if qc.settings.mode == "remove" else ", kept (flag mode)")
     canvas.text.append(svg.text(0.4 * width, 0.025 * height + svg.ASCENT * plots.TITLE_FONT,
                                 f"{title} ({removed}; shaded)" if title else removed, size=plots.TITLE_FONT))
-    return canvas.svg(f"{title}: events per second and channel medians over time; {removed}")
+    per = "events per second" if qc.time_unit == "s" else "events per time unit"
+    return canvas.svg(f"{title}: {per} and channel medians over time; {removed}")
 
 
 def compensation_pair_plot(x: np.ndarray, y: np.ndarray, xaxis: "plots.Axis", yaxis: "plots.Axis", *, title: str,
