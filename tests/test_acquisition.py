@@ -177,3 +177,14 @@ def test_report_axes_name_seconds_only_when_the_file_gives_timestep(tmp_path, ke
     assert all(label in svg for label in expected)
     other = ("time (s)", "events/s") if not keywords else ("time units", "per time unit")
     assert not any(label in svg for label in other)
+
+
+def test_non_finite_time_values_are_named_and_stitched(clean):
+    """One NaN and one inf in Time: the message said 'decreases 0 time(s)' for the NaN, and the inf
+    made the whole time 'not advance' (nothing checked); both are now stitched and named."""
+    events = clean[0].copy()
+    events[3000, -1], events[9000, -1] = np.nan, np.inf
+    qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES)
+    (finding,) = qc.findings
+    assert finding.code == "time_not_monotonic" and "2 non-finite value(s)" in finding.message
+    assert "decreases" not in finding.message and len(qc.rate) == 40 and qc.removed_pct <= 2.0

@@ -65,8 +65,8 @@ Modes (``mode`` in a strategy's ``acquisition_qc`` section): ``remove`` (default
 are dropped before compensation, the share recorded), ``flag`` (findings only, every event kept),
 ``off``. Flags: ``flow_rate_anomaly``, ``signal_drift`` (naming the channels), ``margin_events``,
 ``acquisition_removed_pct`` (more than ``max_removed_pct`` % of the events anomalous),
-``no_time_channel`` and ``time_not_monotonic`` (time resets are stitched: each negative step is
-taken as zero elapsed time).
+``no_time_channel`` and ``time_not_monotonic`` (time resets are stitched: each negative step, and
+each step to or from a NaN or inf time, is taken as zero elapsed time).
 
 No time channel, or a time that never advances: the file gets ``no_time_channel`` and nothing is
 tested over time nor removed (margin events are still counted). Event order is then not known to
@@ -371,14 +371,16 @@ def fill_short_gaps(bad: np.ndarray, min_good: int) -> np.ndarray:
 
 
 def monotonic_time(time: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``(elapsed time, was_monotonic)``: negative steps (counter resets) count as zero elapsed time."""
+    """``(elapsed time, was_monotonic)``: negative steps (counter resets) and steps to or from a
+    non-finite value (NaN, inf) count as zero elapsed time."""
     t = np.asarray(time, dtype=np.float64)
     if t.size < 2:
         return t.copy(), True
     step = np.diff(t)
-    if np.all(step >= 0):
+    ok = (step >= 0) & np.isfinite(step)
+    if ok.all():
         return t.copy(), True
-    step[~(step >= 0)] = 0.0
+    step[~ok] = 0.0
     return np.concatenate([[t[0]], t[0] + np.cumsum(step)]), False
 
 
@@ -504,9 +506,13 @@ def check_acquisition(
                                     f"{time_name} does not advance: acquisition over time not checked, no events removed"))
             return empty
         if not monotonic:
+            step = np.diff(raw_time)
+            resets = int(np.count_nonzero((step < 0) & np.isfinite(step)))
+            missing = int(np.count_nonzero(~np.isfinite(raw_time)))
+            what = [f"decreases {resets} time(s)"] if resets else []
+            what += [f"has {missing} non-finite value(s) (NaN/inf)"] if missing else []
             findings.append(Finding("time_not_monotonic", "warning",
-                                    f"{time_name} decreases {int(np.count_nonzero(np.diff(raw_time) < 0))} time(s); "
-                                    "resets stitched (zero elapsed time at each)"))
+                                    f"{time_name} {' and '.join(what)}; stitched (zero elapsed time at each)"))
     else:
         findings.append(Finding("no_time_channel", "warning",
                                 "no Time channel: event order may not be acquisition order (e.g. a FlowJo export); "
