@@ -144,3 +144,18 @@ def test_logicle_w0_is_the_arcsinh_scale():
     assert np.array_equal(got, expected)
     with pytest.raises(StrategyError, match="'H'.*W"):
         parse_gatingml(_doc(lg.replace("logicle", "hyperlog").replace('"L0"', '"H"')))
+
+
+@pytest.mark.parametrize("nudge", [0.0, 1e-9])
+def test_a_singular_spectrum_matrix_is_refused_even_when_it_inverts(nudge):
+    """A repeated row (or one rounded apart) still inverts numerically and gave values of 1e13 and
+    more; like a $SPILLOVER or CSV matrix, it is refused by its condition number."""
+    from tilpheno.errors import CompensationError
+    from tilpheno.gates.gatingml import SpectrumMatrix
+
+    rows = ((1.0, 0.2, 0.0), (0.1, 1.0, 0.05), (0.1, 1.0 + nudge, 0.05))
+    matrix = SpectrumMatrix("S", ("A", "B", "C"), ("FL1", "FL2", "FL3"), rows)
+    with pytest.raises(CompensationError, match=r"spectrumMatrix 'S' is singular \(condition number"):
+        matrix.unmix(np.ones((4, 3)))
+    fine = SpectrumMatrix("S", ("A", "B", "C"), ("FL1", "FL2", "FL3"), ((1.0, 0.2, 0.0), (0.1, 1.0, 0.05), (0, 0, 1.0)))
+    assert np.allclose(fine.unmix(np.ones((1, 3))) @ np.asarray(fine.coefficients), 1.0)

@@ -37,7 +37,7 @@ from typing import Literal, Mapping, Sequence, overload
 
 import numpy as np
 
-from tilpheno.compensation import Spillover, compensate
+from tilpheno.compensation import SINGULAR_CONDITION, Spillover, compensate
 from tilpheno.errors import CompensationError, GatingError, StrategyError
 from tilpheno.gates.geometry import (
     BooleanGate,
@@ -185,10 +185,11 @@ class SpectrumMatrix:
         if self.inverted_already:
             return detector_values @ m
         if m.shape[0] == m.shape[1]:
-            try:
-                return detector_values @ np.linalg.inv(m)
-            except np.linalg.LinAlgError:
-                raise CompensationError(f"spectrumMatrix {self.id!r} is singular") from None
+            condition = float(np.linalg.cond(m))
+            if not condition <= SINGULAR_CONDITION:   # np.linalg.inv would still invert a near-singular one
+                raise CompensationError(f"spectrumMatrix {self.id!r} is singular (condition number {condition:.3g} "
+                                        f"> {SINGULAR_CONDITION:.0e})")
+            return detector_values @ np.linalg.inv(m)
         return detector_values @ np.linalg.pinv(m)
 
 
