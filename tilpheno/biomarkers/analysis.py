@@ -10,10 +10,12 @@ Per endpoint (PFS, OS) and marker:
   (high vs low at the pre-specified cut when given, else the median; never the data-optimised
   cut, whose HR would be biased away from 1).
 
-Files written to ``out_dir`` (a folder of its own, see :func:`run_biomarkers`): response.csv, km.csv,
-km_table.csv (survfit-style, every curve), at_risk.csv (numbers at risk at the break times),
-logrank.csv (observed/expected per group), cutpoints.csv, cox_univariable.csv, cox_multivariable.csv (one ``model_id`` per
-model, numeric ``cut``), responders.csv, unmatched.csv, analysis_dataset.csv, report.html.
+Files written to ``out_dir`` (a folder of its own, see :func:`run_biomarkers`): response.csv,
+km.csv, km_table.csv (survfit-style, every curve), at_risk.csv (numbers at risk at the break
+times), logrank.csv (observed/expected per group), cutpoints.csv, cox_univariable.csv,
+cox_multivariable.csv (one ``model_id`` per model, numeric ``cut``; a model that could not be
+fitted keeps its marker row, without estimates), responders.csv, unmatched.csv,
+analysis_dataset.csv, report.html.
 Tables where several markers are tested carry Holm and Benjamini-Hochberg adjusted p-values
 (``p_holm``, ``p_bh``; R ``p.adjust``) across markers within an endpoint x model x coding.
 """
