@@ -125,7 +125,7 @@ def test_too_few_patients_is_a_one_line_error(tables, tmp_path):
 
     pheno, outcomes = tables
     for n in range(MIN_PATIENTS):
-        with pytest.raises(TableError, match=rf"phenotypes/outcomes: {n} patient\(s\) with both"):
+        with pytest.raises(TableError, match=rf"phenotypes, outcomes: {n} patient\(s\) with both"):
             run_biomarkers(pheno.head(n), outcomes, tmp_path / f"bio{n}", n_boot=0, n_perm=10)
     one = _write(tmp_path, pheno.head(1), "pheno.csv")
     result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(one), "--outcomes",
@@ -133,6 +133,15 @@ def test_too_few_patients_is_a_one_line_error(tables, tmp_path):
     assert result.exit_code == 2, result.output
     assert "1 patient(s) with both a phenotyped product and outcomes" in result.output
     assert "Traceback" not in result.output
+    # errors found while joining the two tables name their files, not "phenotypes" / "outcomes"
+    text = " ".join(result.output.split())
+    assert f"{one}, {REF / 'til_cohort_outcomes.csv'}: 1 patient(s)" in text, text
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(REF / "til_cohort_outcomes.csv"), "--covariates", "agee",
+                                      "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{REF / 'til_cohort_outcomes.csv'}: column 'agee': covariate not found" in text, text
 
 
 @pytest.mark.parametrize("option, value, message", [

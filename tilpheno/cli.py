@@ -406,7 +406,7 @@ def biomarkers(
             n_perm=n_perm, seed=seed, conf_type=conf_type, minprop=minprop, n_boot=n_boot, spline_knots=knots,
             roc_times=_times(roc_times, "--roc-times"),
             break_times=_times(break_times, "--break-times") if break_times else None, landmark=landmark,
-            inputs=[phenotypes, outcomes, cutpoints], pdf=pdf, study=chosen,
+            inputs=[phenotypes, outcomes, cutpoints], pdf=pdf, study=chosen, sources=(str(phenotypes), str(outcomes)),
         )
     except (TilphenoError, ValueError, OSError) as exc:
         _fail(exc)

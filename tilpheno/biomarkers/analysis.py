@@ -478,7 +478,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                    endpoints=("pfs", "os"), cutpoints=None, n_perm: int = 10_000, seed: int = 20240601,
                    conf_type: str = "log", minprop: float = 0.1, break_times=None, n_boot: int = 200,
                    spline_knots: int = 4, roc_times=(6.0, 12.0), landmark: float = 3.0, inputs=(),
-                   command_line=None, pdf: bool = False, study=None) -> BiomarkerResults:
+                   command_line=None, pdf: bool = False, study=None,
+                   sources: tuple[str, str] = ("phenotypes", "outcomes")) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
@@ -491,7 +492,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     and those this run does not write (e.g. ``validation.csv`` after ``n_boot=0``) are removed; other
     files are kept. A folder holding another command's ``run.json`` (``tilpheno process``) is refused.
     ``study`` (a ``tilpheno.study.Study``; default the bundled one): its ``biomarkers`` are the
-    markers analysed when ``markers`` is None.
+    markers analysed when ``markers`` is None. ``sources``: how errors name the two tables (the
+    command line passes their files).
     """
     import time as _time
 
@@ -515,13 +517,13 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                          f"in 0-{MAX_BOOTSTRAP:,} (got {n_boot:,})")
     out = Path(out_dir)
     previous_record = _biomarker_folder_record(out)
-    cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study)
+    cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study, sources=sources)
     if len(cohort.data) < MIN_PATIENTS:
         hints = [n for n in cohort.notes if n.startswith("outcomes product_id ")]
         example = (f"; e.g. {hints[0]}" if hints else
                    f"; e.g. outcomes '{cohort.outcomes['product_id'].iloc[0]}', phenotypes "
                    f"'{cohort.products_without_outcomes[0]}'" if cohort.products_without_outcomes else "")
-        raise TableError(f"phenotypes/outcomes: {len(cohort.data)} patient(s) with both a phenotyped product and "
+        raise TableError(f"{sources[0]}, {sources[1]}: {len(cohort.data)} patient(s) with both a phenotyped product and "
                          f"outcomes (product_id in both tables); the analysis needs at least {MIN_PATIENTS}{example}")
     pre = read_cutpoints(cutpoints) if isinstance(cutpoints, (str, Path)) else cutpoints
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,

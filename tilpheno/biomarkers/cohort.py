@@ -104,16 +104,18 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
 
 
 def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None,
-                 study: Study | None = None) -> Cohort:
+                 study: Study | None = None, sources: tuple[str, str] = ("phenotypes", "outcomes")) -> Cohort:
     """Join on product_id; choose markers (default: the study's ``biomarkers`` present) and covariates.
 
     ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`).
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
     absent from the tables are skipped with a note. A column cannot be both a marker and a
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
-    default covariate that is also a marker is not used as a covariate (with a note).
+    default covariate that is also a marker is not used as a covariate (with a note). ``sources``:
+    how errors name the two tables (their files, when read from files).
     """
-    pheno = validate_phenotypes(phenotypes).reset_index(drop=True)
+    phen_source, out_source = sources
+    pheno = validate_phenotypes(phenotypes, phen_source).reset_index(drop=True)
     notes: list[str] = []
     if "status" in pheno.columns:   # `tilpheno process`: a failed product's variables are not results
         not_done = pheno.loc[pheno["status"].astype(str) != "done", "product_id"].tolist()
@@ -135,13 +137,13 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         chosen = list(markers)
     for m in chosen:
         if m in pheno.columns:
-            pheno[m] = _numeric_column(pheno, m, "phenotypes")
+            pheno[m] = _numeric_column(pheno, m, phen_source)
         elif m in outcomes.columns:
             if not pd.api.types.is_numeric_dtype(outcomes[m]):
-                raise TableError(f"outcomes: column '{m}': marker is not numeric")
+                raise TableError(f"{out_source}: column '{m}': marker is not numeric")
         else:
             hint = did_you_mean(m, [*pheno.columns, *outcomes.columns])
-            raise TableError(f"phenotypes/outcomes: column '{m}': marker not found in either table{hint}")
+            raise TableError(f"{phen_source}, {out_source}: column '{m}': marker not found in either table{hint}")
     empty_markers = [m for m in chosen if (pheno[m] if m in pheno.columns else outcomes[m]).isna().all()]
     if empty_markers:
         notes.append(f"marker(s) with no values (e.g. every tube of that kind failed), skipped: "
@@ -173,12 +175,12 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         cov = list(covariates)
         for c in cov:
             if c in chosen:
-                raise TableError(f"outcomes: column '{c}': named both as a marker and as a covariate; a model "
+                raise TableError(f"{out_source}: column '{c}': named both as a marker and as a covariate; a model "
                                  "cannot adjust a marker for itself")
             if c not in data.columns:
-                raise TableError(f"outcomes: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
+                raise TableError(f"{out_source}: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
             if data[c].isna().all():
-                raise TableError(f"outcomes: column '{c}': covariate has no values")
+                raise TableError(f"{out_source}: column '{c}': covariate has no values")
     notes += plausibility_warnings(outcomes, data, chosen)
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
                   products_without_outcomes=products_without, patients_without_products=patients_without,
