@@ -443,3 +443,23 @@ def test_a_moved_input_file_of_one_product_leaves_the_product_list_and_exports_w
     assert re.findall(r'<a href="/products/(TIL\d+)">', page.text) == ["TIL001", "TIL002"]
     phenotypes, _ = approved_tables(service)
     assert list(phenotypes["product_id"]) == ["TIL001", "TIL002"]
+
+
+def test_a_product_never_opened_with_an_input_gone_leaves_the_export_working(review_out, tmp_path, monkeypatch):
+    """The approved export looked every product's approval up product by product, importing (so
+    re-gating from its files) each product never opened: one such product with an input file gone
+    stopped the export of all. A product never opened has no signature; it is 'not approved'."""
+    from review_support import make_service
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.regate import ReviewSource
+
+    source = ReviewSource(review_out)   # a source of its own: its _inputs are patched below
+    service = make_service(review_out, f"sqlite:///{tmp_path / 'fresh.sqlite'}", source)
+    service.ensure_imported("TIL001")
+    stain = next(f.name for f in source.product_files("TIL002") if f.role == "stain")
+    monkeypatch.setitem(source._inputs, stain, {**source._inputs[stain], "path": f"/moved/away/{stain}"})
+    phenotypes, _ = approved_tables(service)
+    assert list(phenotypes["product_id"]) == ["TIL001", "TIL002"]
+    assert list(phenotypes["review_status"]) == ["not approved", "not approved"]
+    with service.factory() as db:   # TIL002 was not imported for the export
+        assert db.execute(text("SELECT count(*) FROM products WHERE product_id = 'TIL002'")).scalar() == 0

@@ -30,8 +30,9 @@ NOT_APPROVED = "not released (not approved)"
 def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]:
     phen_rows: list[dict[str, Any]] = []
     pop_frames: list[pd.DataFrame] = []
+    approvals = service.approved_versions()   # a product never opened has none: not re-gated for it
     for pid in service.source.product_ids():
-        approved = service.approved_version(pid)
+        approved = approvals.get(pid)
         if approved is None:
             phen_rows.append({"product_id": pid, "review_status": "not approved", "gate_version": None,
                               "gates_sha256": "", "release_status": NOT_APPROVED})

@@ -162,15 +162,19 @@ class ReviewService:
             raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role}); "
                             f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
 
+    def _check_inputs(self, product: Product) -> None:
+        """ReviewError when the database holds ``product`` with other input files than this run's."""
+        if json.loads(product.inputs_json) != self.source.inputs_digest(product.product_id):
+            raise ReviewError(f"product {product.product_id}: the database holds it with other input files (SHA-256) "
+                              f"than {self.source.out_dir}; use one database per output folder (db=URL)")
+
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
         """The product's row; on first use its automatic gates become version 1 (audited)."""
         self.require_product(product_id)
         with self.factory() as db:
             product = db.get(Product, product_id)
         if product is not None:
-            if json.loads(product.inputs_json) != self.source.inputs_digest(product_id):
-                raise ReviewError(f"product {product_id}: the database holds it with other input files (SHA-256) than "
-                                  f"{self.source.out_dir}; use one database per output folder (db=URL)")
+            self._check_inputs(product)
             return product
         gate_set = self.source.automatic(product_id)   # slow part outside the transaction
         inputs = self.source.inputs_digest(product_id)
@@ -437,13 +441,19 @@ class ReviewService:
                 out.append(SignatureView(s, True, ""))
         return out
 
-    def approved_versions(self, user: User) -> dict[str, GateSetVersion | None]:
-        """:meth:`approved_version` of every imported product ``user`` may see (the product list),
-        read with a few queries for the whole run instead of several per product."""
-        allowed = self.accessible(user)
+    def approved_versions(self, user: User | None = None) -> dict[str, GateSetVersion | None]:
+        """:meth:`approved_version` of every imported product ``user`` may see (None: every one; the
+        product list, the approved export), read with a few queries for the whole run instead of
+        several per product. A product not imported yet has no signature, so it is left out (never
+        re-gated here: its input files may be gone). ReviewError, as :meth:`ensure_imported`, for a
+        product the database holds with other input files."""
+        allowed = self.accessible(user) if user is not None else None
         with self.factory() as db:
             products = {p.product_id: p for p in db.scalars(select(Product))
-                        if allowed is None or p.product_id in allowed}
+                        if (allowed is None or p.product_id in allowed) and self.source.has_product(p.product_id)}
+        for product in products.values():
+            self._check_inputs(product)
+        with self.factory() as db:
             signed: dict[str, list[Signature]] = {}
             for sig in db.scalars(select(Signature).order_by(Signature.id)):
                 if sig.product_id in products:
