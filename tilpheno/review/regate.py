@@ -129,6 +129,7 @@ class ReviewSource:
         self._candidates: dict[str, dict] = {}
         self._row_index: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]] = {}
         self._done: tuple[pd.DataFrame, list[str], set[str]] | None = None
+        self._files_by_product: tuple[pd.DataFrame, dict[str, list[tuple[str, str, str, str]]]] | None = None
 
     # -- run.json ----------------------------------------------------------------------------
     def superseded(self) -> str:
@@ -268,18 +269,31 @@ class ReviewSource:
     def _recorded_files(self, product_id: str) -> list[tuple[str, str, str, str, str, str]]:
         """``(name, recorded path, sha256, tube, role, fmo_marker)`` of each of the product's files, from
         populations.csv and run.json alone."""
-        files = self._rows("populations_csv", product_id).drop_duplicates("file")
-        if files.empty:
+        files = self._file_rows(product_id)
+        if not files:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
         out = []
-        for r in files.itertuples(index=False):
-            name, tube, role = str(r.file), str(r.tube), str(r.role)
+        for name, tube, role, marker in files:
             entry = self._inputs.get(name)
             if entry is None:
                 raise ReviewError(f"{name}: not listed in {self.out_dir / 'run.json'} inputs")
-            marker = "" if not isinstance(r.fmo_marker, str) else r.fmo_marker
             out.append((name, str(entry["path"]), str(entry["sha256"]), tube, role, marker))
         return out
+
+    def _file_rows(self, product_id: str) -> list[tuple[str, str, str, str]]:
+        """``(file, tube, role, fmo_marker)`` of each of the product's files in populations.csv, in
+        its order; the whole table is read into a per-product map once (per populations frame, as
+        :meth:`_rows`): the product list and the export ask for every product's files."""
+        frame = self.populations_csv
+        if self._files_by_product is None or self._files_by_product[0] is not frame:
+            unique = frame.drop_duplicates(["product_id", "file"])
+            table: dict[str, list[tuple[str, str, str, str]]] = {}
+            for pid, name, tube, role, marker in zip(unique["product_id"].astype(str), unique["file"].astype(str),
+                                                     unique["tube"].astype(str), unique["role"].astype(str),
+                                                     unique["fmo_marker"]):
+                table.setdefault(pid, []).append((name, tube, role, marker if isinstance(marker, str) else ""))
+            self._files_by_product = (frame, table)
+        return self._files_by_product[1].get(product_id, [])
 
     def _resolve(self, recorded: str) -> Path:
         p = Path(recorded)
