@@ -36,3 +36,14 @@ def display_name(text: str) -> str:
     """``text`` with undecodable bytes of a file name (surrogate escapes) shown as ``\\xNN``:
     safe to print, to write as UTF-8 and to use as a product id."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def column_separator(first_line: str) -> str:
+    """The separator of a text table from its header line: tab or semicolon when the line has it
+    and no comma (a spreadsheet's tab-separated copy; European Excel's semicolons, whose numbers
+    have a decimal comma), else comma."""
+    if "," not in first_line:
+        for sep in ("\t", ";"):
+            if sep in first_line:
+                return sep
+    return ","

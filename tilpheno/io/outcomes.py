@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError
+from tilpheno.io.files import column_separator
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -96,7 +97,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if not text.strip():
             _fail(source, "the file is empty")
         first = text.lstrip().splitlines()[0]
-        sep = "\t" if ("\t" in first and "," not in first) else (";" if (";" in first and "," not in first) else ",")
+        sep = column_separator(first)
         try:
             frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
                                 skip_blank_lines=False, quoting=csv.QUOTE_MINIMAL)

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from tilpheno.errors import CompensationError
+from tilpheno.io.files import column_separator
 
 COMPENSATED_PREFIXES = ("FJComp-", "Comp-")
 """Name prefixes of compensated parameters in exported files: FlowJo 10 exports the compensated
@@ -95,8 +96,7 @@ def read_spillover_csv(path: str | Path) -> Spillover:
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as handle:
             first_line, rest = handle.readline(), handle.read()
-        sep = "\t" if ("\t" in first_line and "," not in first_line) else \
-            ";" if (";" in first_line and "," not in first_line) else ","
+        sep = column_separator(first_line)
         frame = pd.read_csv(path, header=0, sep=sep, decimal="," if sep == ";" and "," in rest else ".")
     except Exception as exc:  # pandas raises many types for unreadable CSV
         raise CompensationError(f"{path}: cannot read spillover CSV ({exc})") from None
