@@ -25,23 +25,25 @@ def _fail(exc: Exception) -> None:
 
 
 def _factory(out: Path, db: Optional[str]):
-    from tilpheno.review.db import default_db_url, open_database
+    from tilpheno.review.db import open_database
 
-    url = db or default_db_url(out)
-    _new_database_note(out, db)
-    return open_database(url)
+    return open_database(_database_url(out, db))
 
 
-def _new_database_note(out: Path, db: Optional[str]) -> None:
-    """Say so (stderr) when the default database is about to be made: after OUT was moved, its
-    review (users, versions, signatures) is still in the database beside OUT's old place."""
-    from tilpheno.review.db import default_db_path
+def _database_url(out: Path, db: Optional[str]) -> str:
+    """``--db``, else the default database beside OUT (``default_db_url``: a mistyped OUT is refused).
+    When that default is about to be made, say so (stderr): after OUT was moved, its review (users,
+    versions, signatures) is still in the database beside OUT's old place."""
+    from tilpheno.review.db import default_db_path, default_db_url
 
-    path = default_db_path(out)
-    if db is None and not path.exists():
+    if db is not None:
+        return db
+    url, path = default_db_url(out), default_db_path(out)
+    if not path.exists():
         typer.secho(f"note: no review database beside {out}; a new, empty one is made: {path}. If this run was "
                     f"reviewed before and OUT moved since, move its {path.name} beside it (or pass --db) instead",
                     fg=typer.colors.YELLOW, err=True)
+    return url
 
 
 def _actor() -> str:
@@ -68,15 +70,11 @@ def serve(
     import logging
 
     from tilpheno.errors import TilphenoError
-    from tilpheno.review.db import default_db_url
     from tilpheno.review.server import build_service
     from tilpheno.review.server import serve as run
 
     try:
-        if db is None:
-            default_db_url(out)   # a mistyped OUT: refused before the note
-        _new_database_note(out, db)
-        service = build_service(out, db, inputs)
+        service = build_service(out, _database_url(out, db), inputs)
     except TilphenoError as exc:
         _fail(exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
