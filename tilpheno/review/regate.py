@@ -207,7 +207,8 @@ class ReviewSource:
 
     # -- products ------------------------------------------------------------------------------
     def _rows(self, table: str, product_id: str) -> pd.DataFrame:
-        """The rows of one product in the table ``self.<table>`` (phenotypes, populations_csv, qc).
+        """The rows of one product in the table ``self.<table>`` (phenotypes, qc; populations.csv's
+        files: :meth:`_file_rows`).
         Each table's row positions per product are found once (again only when the attribute is
         replaced by another frame): the product list and every call look up products one by one,
         and scanning a large run's tables for each (2000 products: 200,000 population rows) made
