@@ -98,7 +98,9 @@ def test_excel_date_in_time_column(tmp_path):
     (1, "os_months", "", "missing time"),
     (0, "pfs_months", "five", "not a number"),
     (2, "pfs_event", "2", "0 (censored) or 1"),
-    (1, "os_event", "maybe", "not a number"),
+    (1, "os_event", "maybe", "0 (censored) or 1"),
+    (1, "os_event", "dead", "0 (censored) or 1 (event), not 'dead' (also accepted, any case: yes/no"),
+    (0, "pfs_event", "Alive", "0 (censored) or 1"),
     (0, "os_event", "", "0 (censored) or 1"),
     (1, "best_response", "MR", "unknown response code"),
     (2, "best_response", "", "unknown response code"),
@@ -116,6 +118,15 @@ def test_bad_cell_names_row_and_column(tmp_path, row_index, column, value, expec
     assert f"row {row_index + 2}" in msg, msg
     assert f"column '{column}'" in msg, msg
     assert expect in msg, msg
+
+
+def test_event_words(tmp_path):
+    """The accepted event words (any case) keep their coding; "dead"/"alive" are refused by the
+    test above with the accepted codes (they used to get "not a number")."""
+    rows = [r.replace(",5.5,1,12.0,1,", ",5.5,Yes,12.0,EVENT,") for r in ROWS]
+    rows = [r.replace(",3.2,1,8.1,0,", ",3.2,y,8.1,Censored,").replace(",15,0,15,0,", ",15,false,15,NO,") for r in rows]
+    df = read_outcomes(write(tmp_path, rows))
+    assert df.pfs_event.tolist() == [1, 1, 0] and df.os_event.tolist() == [1, 0, 0]
 
 
 @pytest.mark.parametrize("column", ["patient_id", "product_id"])

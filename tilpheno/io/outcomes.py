@@ -15,7 +15,9 @@ a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5); in
 tab-separated text it separates thousands (``1,500`` is 1500); response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
 evaluable); times are in months from the start of TIL therapy; events are 1 (event) or 0
-(censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive).
+(censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive);
+other words (``dead``, ``alive``: whether a death is the event depends on the endpoint) are refused
+with the accepted codes.
 ``NA``, ``N/A``, ``NaN`` and ``NULL`` (any case, as R and spreadsheets write them) are missing,
 like a blank cell. A missing required column or an unknown response code gets a "did you mean"
 suggestion (closest match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
@@ -46,8 +48,8 @@ _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-
 _DECIMAL_COMMA_RE = re.compile(r"^\s*[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?\s*$")
 _MAX_BYTES = 200 * 1024 * 1024
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
-EVENT_WORDS = {"yes": 1.0, "no": 0.0, "y": 1.0, "n": 0.0, "true": 1.0, "false": 0.0, "event": 1.0,
-               "censored": 0.0}
+_EVENT_WORD_PAIRS = (("yes", "no"), ("y", "n"), ("true", "false"), ("event", "censored"))
+EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in enumerate(pair)}
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -144,6 +146,22 @@ def _number(value, source: str, row: int, column: str) -> float:
     return number
 
 
+def _event(value, source: str, row: int, column: str) -> int:
+    """1 (event) or 0 (censored) from a number or an accepted word; anything else (a word such as
+    ``dead``, whose meaning depends on the endpoint, an empty cell, 2) is an error naming the codes."""
+    text = _cell_text(value)
+    if text.lower() in EVENT_WORDS:
+        return int(EVENT_WORDS[text.lower()])
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if number not in (0.0, 1.0):
+        _fail(source, f"event must be 0 (censored) or 1 (event), not '{(text or '(empty)')[:40]}' (also accepted, "
+                      f"any case: {', '.join('/'.join(p) for p in _EVENT_WORD_PAIRS)})", row, column)
+    return int(number)
+
+
 def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFrame:
     """Check a table of raw cells (index = sheet row numbers) and return typed columns."""
     if raw.shape[1] == 0 or raw.shape[0] == 0:
@@ -189,13 +207,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
                 _fail(source, f"negative time {v:g}", row, col)
         out[col] = values
     for col in EVENT_COLUMNS:
-        values = pd.Series({row: EVENT_WORDS[_cell_text(v).lower()] if _cell_text(v).lower() in EVENT_WORDS
-                            else _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
-        for row, v in values.items():
-            if v not in (0.0, 1.0):
-                shown = _cell_text(raw.at[row, col]) or "(empty)"
-                _fail(source, f"event must be 0 (censored) or 1 (event), not '{shown[:40]}'", row, col)
-        out[col] = values.astype(int)
+        out[col] = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=int)
     dose = pd.Series({row: _number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
                      dtype=float)
     for row, v in dose.items():
