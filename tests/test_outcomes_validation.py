@@ -82,6 +82,53 @@ def test_excel_workbook(tmp_path):
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
 
 
+def _formula_workbook(path: Path) -> None:
+    """ROWS as a workbook whose sheet 'Patients' has formulas in os_months (G3) and age (I4),
+    as openpyxl writes them: no saved values."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Patients"
+    sheet.append(HEADER.split(","))
+    for row in read_outcomes(write(path.parent)).itertuples(index=False):
+        sheet.append(list(row))
+    sheet["G3"], sheet["I4"] = "=E3*2", '=IF(I2>99,"",I2+1)'
+    book.save(path)
+
+
+def test_excel_formula_without_saved_value(tmp_path):
+    """A workbook written by a script holds formulas without results: they were read as empty
+    cells ("missing time", or a covariate silently missing) -> refused, naming the sheet's cell."""
+    path = tmp_path / "formulas.xlsx"
+    _formula_workbook(path)
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: row 3, column 'os_months': sheet 'Patients' cell G3 holds a formula with no "
+                          "saved value"), msg
+    assert "save it, or paste the values" in msg
+
+
+def test_excel_formula_with_saved_value(tmp_path):
+    """The same formulas once calculated (Excel writes each result in <v>, an empty text result as
+    t="str") read as their values."""
+    import zipfile
+
+    path = tmp_path / "formulas.xlsx"
+    _formula_workbook(path)
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    xml = parts["xl/worksheets/sheet1.xml"].decode()
+    xml = xml.replace("<f>E3*2</f><v></v>", "<f>E3*2</f><v>6.4</v>")
+    xml = re.sub(r'<c r="I4"([^>]*)><f>', r'<c r="I4"\1 t="str"><f>', xml)
+    assert "<v>6.4</v>" in xml and 't="str"><f>' in xml
+    parts["xl/worksheets/sheet1.xml"] = xml.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in parts.items():
+            z.writestr(name, data)
+    df = read_outcomes(path)
+    assert df.os_months.tolist() == [12.0, 6.4, 15.0] and df.age.tolist()[:2] == [25.0, 31.0] and pd.isna(df.age[2])
+
+
 def test_excel_date_in_time_column(tmp_path):
     df = read_outcomes(write(tmp_path)).astype({"pfs_months": object})
     df.loc[1, "pfs_months"] = dt.datetime(2020, 3, 1)

@@ -7,7 +7,8 @@ Every problem raises :class:`tilpheno.errors.TableError` naming the file, the ro
 spreadsheet shows it: the header is row 1, the first patient row 2) and the column:
 an empty file, a file that is neither CSV nor Excel, missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
-codes, non-numeric doses, dates where a number belongs, and columns mixing numbers with text.
+codes, non-numeric doses, dates where a number belongs, columns mixing numbers with text, and
+formula cells of a workbook never calculated (written by a script: no saved values).
 
 Conventions: cells are stripped of surrounding blanks; an empty cell is missing; in
 semicolon-separated text (what Excel writes where the comma is the decimal mark; R ``read.csv2``)
@@ -86,6 +87,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
             frame = pd.read_excel(io.BytesIO(data), sheet_name=0, dtype=object, header=0, engine="openpyxl")
         except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
             _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
+        _refuse_unsaved_formulas(data, source)
     else:
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")   # Excel's "Unicode Text (*.txt)": UTF-16 with a BOM
         if (b"\x00" in data[:65536] and not utf16) or path.suffix.lower() == ".xls":
@@ -115,6 +117,41 @@ def _read_raw(path: Path) -> pd.DataFrame:
     frame.index = np.arange(2, len(frame) + 2)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _refuse_unsaved_formulas(data: bytes, source: str) -> None:
+    """Refuse a formula cell of the first sheet that holds no saved value.
+
+    A workbook written by a script (openpyxl, pandas) stores formulas without their results until
+    Excel (or LibreOffice) calculates and saves it; read as values, such a cell is empty, so a
+    time would be "missing" and a covariate silently missing. A formula whose saved result is
+    empty text (Excel writes ``t="str"``) is a real empty cell and is accepted.
+    """
+    import openpyxl
+
+    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=False)
+    try:
+        sheet = book.worksheets[0]
+        formulas = {cell.coordinate for row in sheet.iter_rows() for cell in row if cell.data_type == "f"}
+    finally:
+        book.close()
+    if not formulas:
+        return
+    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    try:
+        sheet = book.worksheets[0]
+        header: dict[int, str] = {}
+        for row in sheet.iter_rows():
+            for cell in row:
+                if getattr(cell, "row", None) == 1:
+                    header[cell.column] = _cell_text(cell.value)
+                if getattr(cell, "coordinate", None) in formulas and cell.value is None and cell.data_type != "str":
+                    _fail(source, f"sheet '{sheet.title}' cell {cell.coordinate} holds a formula with no saved value "
+                                  "(the workbook was written by a program and never calculated): open it in Excel "
+                                  "and save it, or paste the values over the formulas, then read it again",
+                          cell.row, header.get(cell.column) or None)
+    finally:
+        book.close()
 
 
 def _cell_text(value) -> str:
