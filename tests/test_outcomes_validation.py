@@ -191,6 +191,16 @@ def test_missing_required_columns(tmp_path):
     assert "row 1" in msg and "pfs_event" in msg and "os_event" in msg and "missing required column" in msg
 
 
+@pytest.mark.parametrize("header,hint", [
+    (HEADER.upper(), "(did you mean 'PATIENT_ID'?)"),
+    (HEADER.replace("pfs_event", "PFS_Event"), "missing required column(s): pfs_event (did you mean 'PFS_Event'?)"),
+])
+def test_missing_column_in_other_case_gets_a_hint(tmp_path, header, hint):
+    """Column names are case-sensitive; one written in another case had no "did you mean"."""
+    msg = error_of(write(tmp_path, ROWS, header))
+    assert hint in msg, msg
+
+
 def test_empty_and_header_only_and_blank(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")

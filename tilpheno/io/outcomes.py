@@ -54,11 +54,15 @@ EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in e
 
 
 def did_you_mean(word: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string. Case is ignored
+    in the comparison (``PFS_Event`` is offered for ``pfs_event``); the choice is shown as written."""
     import difflib
 
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    written: dict[str, str] = {}
+    for choice in choices:
+        written.setdefault(str(choice).casefold(), str(choice))
+    close = difflib.get_close_matches(str(word).casefold(), list(written), n=1, cutoff=0.6)
+    return f" (did you mean '{written[close[0]]}'?)" if close else ""
 
 
 def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):
