@@ -63,6 +63,41 @@ def test_semicolon_separated_has_decimal_commas(tmp_path):
     assert read_outcomes(write(tmp_path, [ROWS[0].replace(",5.5,", ',"1,500",'), *ROWS[1:]])).pfs_months[0] == 1500
 
 
+def _tab(tmp_path, edits: dict) -> Path:
+    """ROWS tab-separated with ``{(row index, column): cell}`` replaced."""
+    frame = pd.read_csv(write(tmp_path), dtype=str, keep_default_na=False)
+    for (i, column), value in edits.items():
+        frame.loc[i, column] = value
+    path = tmp_path / "o.tsv"
+    frame.to_csv(path, sep="\t", index=False)
+    return path
+
+
+@pytest.mark.parametrize("edits,column,values", [
+    ({(0, "pfs_months"): "1,500", (1, "pfs_months"): "3,2"}, "pfs_months", [1.5, 15.0]),
+    ({(0, "age"): "25,5", (2, "age"): "1,500"}, "age", [25.5, 1.5]),
+    ({(0, "pfs_months"): "1,500", (1, "pfs_months"): "3.2"}, "pfs_months", [1500.0, 15.0]),
+    ({(0, "til_dose_cells"): "30,000,000,000", (2, "til_dose_cells"): "4,000"}, "til_dose_cells", [3e10, 4000.0]),
+    ({(0, "age"): "1,250.5"}, "age", [1250.5, 17.0]),
+])
+def test_tab_separated_comma_decided_by_its_column(tmp_path, edits, column, values):
+    """Excel's tab-separated export writes numbers in its locale's style: '1,500' was always 1500,
+    though European Excel means 1.5. The column's other numbers decide."""
+    df = read_outcomes(_tab(tmp_path, edits))
+    assert [df[column].iloc[0], df[column].iloc[2]] == values
+
+
+@pytest.mark.parametrize("edits,expect", [
+    ({(1, "age"): "1,500"}, "row 3, column 'age': '1,500' is ambiguous in tab-separated text: 1500 "
+                            "(a thousands separator) or 1.5 (a decimal comma); write 1500 or 1.5"),
+    ({(0, "age"): "2,5", (2, "age"): "1,000,000"}, "row 4, column 'age': '1,000,000' (a thousands separator) and "
+                                                  "'2,5' (row 2, a decimal comma) in one column"),
+])
+def test_tab_separated_comma_refused_when_unsettled(tmp_path, edits, expect):
+    msg = error_of(_tab(tmp_path, edits))
+    assert expect in msg, msg
+
+
 def test_excel_unicode_text_is_utf16(tmp_path):
     """Excel's "Unicode Text (*.txt)" is tab-separated UTF-16 with a BOM: it was refused as
     'not a CSV or Excel (.xlsx) file'."""

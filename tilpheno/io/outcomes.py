@@ -12,8 +12,11 @@ formula cells of a workbook never calculated (written by a script: no saved valu
 
 Conventions: cells are stripped of surrounding blanks; an empty cell is missing; in
 semicolon-separated text (what Excel writes where the comma is the decimal mark; R ``read.csv2``)
-a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5); in comma- or
-tab-separated text it separates thousands (``1,500`` is 1500); response
+a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5); in comma-separated
+text it separates thousands (``1,500`` is 1500); in tab-separated text (which Excel writes in its
+locale's style) each column's other numbers decide (``2,55`` makes its commas decimal marks,
+``1,500,000``, ``1,500.5`` or ``2.55`` thousands separators), and ``1,500`` in a column that
+settles neither, or a column with both kinds, is refused; response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
 evaluable); times are in months from the start of TIL therapy; events are 1 (event) or 0
 (censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive);
@@ -47,6 +50,9 @@ REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
 _DECIMAL_COMMA_RE = re.compile(r"^\s*[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?\s*$")
+_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
+_ONE_GROUP_RE = re.compile(r"^[+-]?\d{1,3},\d{3}$")
+_DECIMAL_POINT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?$")
 _MAX_BYTES = 200 * 1024 * 1024
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
 _EVENT_WORD_PAIRS = (("yes", "no"), ("y", "n"), ("true", "false"), ("event", "censored"))
@@ -116,11 +122,57 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if sep == ";":   # European Excel: the comma is the decimal mark (ids are kept as written)
             for col in frame.columns:
                 if str(col).strip() not in ID_COLUMNS:
-                    frame[col] = frame[col].map(
-                        lambda v: v.replace(",", ".") if isinstance(v, str) and _DECIMAL_COMMA_RE.match(v) else v)
+                    frame[col] = frame[col].map(_decimal_comma)
+        elif sep == "\t":
+            for col in frame.columns:
+                if str(col).strip() not in ID_COLUMNS:
+                    frame[col] = _tab_commas(frame[col], source, str(col).strip())
     frame.index = np.arange(2, len(frame) + 2)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _decimal_comma(value):
+    """``11,8`` -> ``11.8``; other cells as they are."""
+    return value.replace(",", ".") if isinstance(value, str) and _DECIMAL_COMMA_RE.match(value) else value
+
+
+def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
+    """The commas in one column of tab-separated text, which Excel writes in its locale's style:
+    thousands separators (``1,500,000``; English) or decimal marks (``11,8``; European).
+
+    The column's cells decide: a comma not followed by exactly three digits, or after more than
+    three digits (``11,8``, ``1500,25``), is a decimal mark, so every comma of the column is one;
+    several groups of three (``1,500,000``), a group followed by a decimal point (``1,500.5``) or a
+    decimal point that cannot be a thousands separator (``2.55``) make the commas thousands
+    separators (removed). A column with both kinds is refused, and so is a value like ``1,500``
+    (1500 or 1.5?) in a column that settles neither.
+    """
+    texts = cells.map(lambda v: v.strip() if isinstance(v, str) else "")
+    grouped = texts.map(lambda t: bool(_GROUPED_RE.match(t)))
+    ambiguous = texts.map(lambda t: bool(_ONE_GROUP_RE.match(t)))
+    decimal_comma = texts.map(lambda t: bool(_DECIMAL_COMMA_RE.match(t))) & ~grouped
+    decimal_point = texts.map(lambda t: bool(_DECIMAL_POINT_RE.match(t)) and not _ONE_GROUP_RE.match(t.replace(".", ",")))
+    thousands = (grouped & ~ambiguous) | decimal_point
+
+    def row(mask: pd.Series) -> int:
+        return int(np.flatnonzero(mask.to_numpy())[0]) + 2
+
+    if decimal_comma.any() and thousands.any():
+        first, other = row(decimal_comma), row(thousands)
+        kind = "a decimal point" if decimal_point.iloc[other - 2] else "a thousands separator"
+        _fail(source, f"'{texts.iloc[other - 2][:40]}' ({kind}) and '{texts.iloc[first - 2][:40]}' (row {first}, "
+                      "a decimal comma) in one column; write every number of the column with a decimal point "
+                      "and no thousands separators", other, column)
+    if decimal_comma.any():
+        return cells.map(_decimal_comma)
+    if ambiguous.any() and not thousands.any():
+        at = row(ambiguous)
+        text = texts.iloc[at - 2]
+        whole, decimal = text.replace(",", ""), f"{float(text.replace(',', '.')):g}"
+        _fail(source, f"'{text}' is ambiguous in tab-separated text: {whole} (a thousands separator) or {decimal} "
+                      f"(a decimal comma); write {whole} or {decimal}", at, column)
+    return cells.where(~grouped, cells.map(lambda v: v.replace(",", "") if isinstance(v, str) else v))
 
 
 def _refuse_unsaved_formulas(data: bytes, source: str) -> None:
