@@ -108,3 +108,14 @@ def test_readme_commands_block_lists_every_option_with_its_default():
                 if [float(v) for v in value.split(",")] != [float(v) for v in str(default).split(",")]:
                     problems.append(f"{name} {flag}: README {value}, default {default}")
     assert not problems, "\n".join(problems)
+
+
+def test_every_reports_mode_is_documented():
+    """`process --reports none` (the library's make_reports=False) was accepted but neither its
+    --help nor README's Commands block named it."""
+    from tilpheno.pipeline import REPORT_MODES
+
+    option = next(p for p in ROOT.commands["process"].params if "--reports" in p.opts)
+    shown = re.search(r"--reports ([a-z|]+)", _readme_commands()["process"]).group(1).split("|")
+    assert shown == list(REPORT_MODES)
+    assert all(re.search(rf"\b{mode}:", option.help) for mode in REPORT_MODES), option.help

@@ -236,7 +236,7 @@ def process(
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Accept --outcomes product ids that match no product (listed as a warning)."),
     allow_outside: bool = typer.Option(False, "--allow-outside", help="Accept manifest files (or links) that lie outside FOLDER."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Process every product again, even those whose inputs and settings are unchanged since the last run into OUT."),
-    reports: str = typer.Option("now", "--reports", help="now: draw every product's report; later: tables only, draw reports on demand with `tilpheno report OUT`."),
+    reports: str = typer.Option("now", "--reports", help="now: draw every product's report; later: tables only, draw reports on demand with `tilpheno report OUT`; none: tables only, no reports wanted (recorded in run.json; `tilpheno report OUT` can still draw them)."),
 ) -> None:
     """Gate every product in FOLDER; write phenotypes, populations, QC, reports, index.html, run.json to OUT.
 
