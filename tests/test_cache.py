@@ -133,6 +133,24 @@ def test_reports_later_then_report_command_equals_a_clean_run(first, cohort, tmp
     assert result.exit_code == 2 and "no product 'NOPE'" in result.output
 
 
+def test_report_command_keeps_the_run_command_line(first, tmp_path, monkeypatch):
+    """`tilpheno report OUT` rewrote run.json's command line (and overwrite/reports) with its own:
+    the command that made the run was lost. It is kept; each report call is listed after it."""
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    run = json.loads((out / "run.json").read_text())
+    for argv, products in ((["tilpheno", "report", str(out), "TIL002"], ["TIL002"]), (["tilpheno", "report", str(out)], "all")):
+        monkeypatch.setattr(sys, "argv", argv)
+        result = CliRunner().invoke(app, argv[1:])
+        assert result.exit_code == 0, result.output
+    after = json.loads((out / "run.json").read_text())
+    assert after["command_line"] == run["command_line"] and after["parameters"] == run["parameters"]
+    assert [(c["command_line"], c["products"]) for c in after["report_commands"]] == [
+        (["tilpheno", "report", str(out), "TIL002"], ["TIL002"]), (["tilpheno", "report", str(out)], "all")]
+
+
 def test_input_digests_reuse_only_settled_unchanged_files(tmp_path):
     f = tmp_path / "a.fcs"
     f.write_bytes(b"x" * 1000)

@@ -272,7 +272,8 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
                        panel=None, jobs=1, executor="local",
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False,
-                       use_cache=True, reports=None, report_products=None, compensation=None, run_inputs=None):
+                       use_cache=True, reports=None, report_products=None, compensation=None, run_inputs=None,
+                       rerun_of=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description),
     shown once the output folder is claimed (a refused folder prints only its error)."""
     from contextlib import ExitStack
@@ -304,7 +305,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             executor=executor, n_jobs=jobs, scheduler=scheduler, command_line=command_line,
             on_start=on_start, on_outcome=on_outcome, overwrite=overwrite, allow_unmatched=allow_unmatched,
             allow_outside=allow_outside, compensation_path=compensation, use_cache=use_cache, reports=reports,
-            report_products=report_products, run_inputs=run_inputs,
+            report_products=report_products, run_inputs=run_inputs, rerun_of=rerun_of,
         )
 
 

@@ -64,8 +64,8 @@ def write_run_record(path: Path, record: RunRecord, outcomes: Iterable, *, cache
 def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
     outcomes, strategies, release spec, FMO percentile, identifiers, local jobs, and its input
-    files as ``run_inputs``: no other file may join the run), and the run's product ids; for
-    ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or an input file,
+    files as ``run_inputs``: no other file may join the run; its command lines as ``rerun_of``, for
+    :func:`keep_run_command`), and the run's product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or an input file,
     the study, a strategy, release spec, panel, manifest, outcomes or compensation file changed
     since (the results would no longer be that run's)."""
     import json
@@ -117,8 +117,22 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         "allow_unmatched": bool(params.get("allow_unmatched", False)),
         "allow_outside": bool(params.get("allow_outside", False)),
         "run_inputs": [str(i["path"]) for i in run.get("inputs", [])],
+        "rerun_of": {"command_line": run.get("command_line"), "report_commands": run.get("report_commands", []),
+                     "parameters": {k: params[k] for k in ("overwrite", "reports") if k in params}},
     }
     return kwargs, known
+
+
+def keep_run_command(record: RunRecord, rerun_of: Mapping[str, Any], products: Iterable[str] | None) -> None:
+    """A run drawn again (``tilpheno report``; ``rerun_of`` from :func:`rerun_arguments`) keeps the
+    ``process`` command line and its ``overwrite``/``reports`` parameters in ``record``; this
+    call's command line, start time and products (``all`` for every one) are added to
+    ``report_commands``, after those of earlier draws."""
+    this = {"command_line": record.command_line, "started_at": record.started_at,
+            "products": sorted(map(str, products)) if products else "all"}
+    record.command_line = list(rerun_of.get("command_line") or record.command_line)
+    record.parameters.update(rerun_of.get("parameters") or {})
+    record.extra["report_commands"] = [*(rerun_of.get("report_commands") or []), this]
 
 
 def changed_inputs(out_dir: Path, run: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
-from tilpheno.pipeline.record import start_run_record
+from tilpheno.pipeline.record import keep_run_command, start_run_record
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC
@@ -223,6 +223,7 @@ def process_folder(
     reports: str | None = None,
     report_products: Iterable[str] | None = None,
     run_inputs: Iterable[str] | None = None,
+    rerun_of: Mapping | None = None,
 ) -> RunSummary:
     """The library form of ``tilpheno process``: manifest, strategies, release spec, then :func:`run_process`.
 
@@ -237,7 +238,9 @@ def process_folder(
     ``run_inputs``: the input files of the run being drawn again (``tilpheno report``,
     :func:`tilpheno.pipeline.record.rerun_arguments`); a file of the products or of their controls
     that is not among them (added to FOLDER since: another product, another FMO) raises
-    ``TilphenoError``, so the run's results are never re-made from other files.
+    ``TilphenoError``, so the run's results are never re-made from other files. ``rerun_of``: that
+    run's command lines (also from ``rerun_arguments``): ``run.json`` keeps its ``process`` command
+    line and lists this call's under ``report_commands`` (:func:`tilpheno.pipeline.record.keep_run_command`).
     Paths are made absolute first, so that ``run.json`` names the files wherever the review app or
     ``tilpheno report`` is started from.
     """
@@ -309,6 +312,8 @@ def process_folder(
         allow_unmatched=allow_unmatched, allow_outside=allow_outside, reports=reports, make_reports=make_reports,
         use_cache=use_cache, compensation_path=compensation_path, study=study, panel_path=panel_path,
         strategy_paths=paths, spec=spec, command_line=command_line)
+    if rerun_of is not None:
+        keep_run_command(record, rerun_of, report_products)
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec, study=study, panel=panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
