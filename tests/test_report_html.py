@@ -219,3 +219,26 @@ def test_study_variables_name_the_review_flags_on_their_gates():
     }
     assert load_strategy(default_strategy_paths()[0]).variable_gates("cd8pd1_pct_of_cd3") == (
         "cells", "singlets", "live", "live_lymph", "CD3+", "CD8+", "non_T", "CD8+PD1+")   # non_T: the PD1 cut's reference
+
+
+def test_counts_and_words_follow_the_product_label(outcomes):
+    """With `product_label: Lot` the index said "Lots: cohort index" but "4 products", "Product"
+    and a failed lot's report "This product could not be processed": every count and word uses
+    the label's noun (the TIL study's "TIL infusion product" still counts "products")."""
+    from dataclasses import replace
+
+    from tilpheno.report.html import render_index_pages
+    from tilpheno.report.product import render_product
+    from tilpheno.study import default_study
+
+    options = ProcessOptions(study=replace(default_study(), product_label="Lot"))
+    page = render_index(outcomes, options)
+    assert "<title>Lots, cohort index: 4 lots</title>" in page and "<p>4 lots; 1 failed;" in page
+    assert 'cohort index: 4 lots"' in page and '<th title="product_id">Lot</th>' in page
+    assert not re.search(r"\bproducts?\b", re.sub(r"<style>.*?</style>|<script>.*?</script>|<[^>]*>", "", page, flags=re.S))
+    nav = render_index_pages(outcomes, options, page_rows=3)[0][1]
+    assert "Lots 1–3 of 4 (sorting orders this page; every lot is in" in nav
+    lot = _outcome("TIL007", 77.1, 92.4, error="no usable treg stained file")
+    lot.phenotype.update(review_status="needs review")
+    failed = render_product(lot, None, {}, options)
+    assert "<strong>This lot could not be processed:</strong>" in failed and "the lot failed (reason below)" in failed

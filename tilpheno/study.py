@@ -117,6 +117,14 @@ class Study:
     codebook: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
+    def product_noun(self) -> str:
+        """The word that counts products in running text ("6 lots", "every lot"): the last word of
+        ``product_label``, lower-cased unless written in capitals (``TIL infusion product`` ->
+        ``product``, ``Lot`` -> ``lot``, ``TIL`` -> ``TIL``); its plural adds "s"."""
+        word = self.product_label.split()[-1]
+        return word if word.isupper() else word.lower()
+
+    @property
     def strategy_paths(self) -> list[Path]:
         """The strategy file of every tube kind, in study order."""
         return [t.strategy for t in self.tubes.values()]

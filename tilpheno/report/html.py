@@ -212,6 +212,7 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
             "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
             n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
             n_products=len(outcomes), nav=nav, product_label=study_of(options).product_label,
+            noun=study_of(options).product_noun,
         )))
     return pages
 
