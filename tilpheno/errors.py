@@ -2,6 +2,18 @@
 from __future__ import annotations
 
 
+def closest_match(word: str, choices) -> str | None:
+    """The choice most like ``word`` (``difflib``, cutoff 0.6; case ignored in the comparison), as
+    written among ``choices``; None when none is close. The "did you mean" of every message."""
+    import difflib
+
+    written: dict[str, str] = {}
+    for choice in sorted(map(str, choices)):
+        written.setdefault(choice.casefold(), choice)
+    close = difflib.get_close_matches(str(word).casefold(), list(written), n=1, cutoff=0.6)
+    return written[close[0]] if close else None
+
+
 class TilphenoError(Exception):
     """Base class for all errors tilpheno raises on bad input."""
 

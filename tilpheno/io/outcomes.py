@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tilpheno.errors import TableError
+from tilpheno.errors import TableError, closest_match
 from tilpheno.io.files import column_separator
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
@@ -60,15 +60,10 @@ EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in e
 
 
 def did_you_mean(word: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string. Case is ignored
-    in the comparison (``PFS_Event`` is offered for ``pfs_event``); the choice is shown as written."""
-    import difflib
-
-    written: dict[str, str] = {}
-    for choice in choices:
-        written.setdefault(str(choice).casefold(), str(choice))
-    close = difflib.get_close_matches(str(word).casefold(), list(written), n=1, cutoff=0.6)
-    return f" (did you mean '{written[close[0]]}'?)" if close else ""
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` (:func:`tilpheno.errors.closest_match`:
+    case ignored, ``PFS_Event`` offered for ``pfs_event``), or an empty string."""
+    close = closest_match(word, choices)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tilpheno.errors import TableError
+from tilpheno.errors import TableError, closest_match
 from tilpheno.study import Study
 
 
@@ -46,13 +46,12 @@ def unmatched_outcomes(manifest, outcomes) -> list[str]:
 
 
 def _did_you_mean(ids: Sequence[str], choices: Iterable[str]) -> str:
-    import difflib
-
-    choices = sorted(set(choices))
+    """``a (did you mean b?), c``: each id with the closest of ``choices`` (:func:`closest_match`)."""
+    choices = set(map(str, choices))
     hints = []
     for pid in ids:
-        close = difflib.get_close_matches(pid, choices, n=1, cutoff=0.6)
-        hints.append(f"{pid} (did you mean {close[0]}?)" if close else pid)
+        close = closest_match(pid, choices)
+        hints.append(f"{pid} (did you mean {close}?)" if close else pid)
     return ", ".join(hints)
 
 
