@@ -474,6 +474,39 @@ def test_an_approval_racing_an_account_change_is_refused(service, monkeypatch):
         transaction(service.factory, restore)
 
 
+def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(service, monkeypatch):
+    """The admin disables the account after the signature's checks passed and before it is stored:
+    the signature re-runs on the account as it is now and is refused as a disabled account (403,
+    audited so), not answered "wrong user name or password" as if the password had been mistyped."""
+    from tilpheno.review.auth import create_user, get_user
+    from tilpheno.review.service import transaction
+
+    pid = "TIL001"
+    transaction(service.factory, lambda db: create_user(db, "fay", "Fay Tester", "reviewer", "fay-password-12"))
+    fay = user(service, "fay")
+    refusal_of, disabled = service._signing_refusal, []
+
+    def checks_pass_then_admin_disables(db, account, *args):
+        refusal = refusal_of(db, account, *args)
+        if not disabled:
+            def disable(s):
+                get_user(s, "fay").active = False
+                audit.append(s, "cli:admin", "user_disabled", after={"username": "fay", "active": False})
+            transaction(service.factory, disable)
+            disabled.append(True)
+        return refusal
+
+    monkeypatch.setattr(service, "_signing_refusal", checks_pass_then_admin_disables)
+    before = len(service.signatures(pid))
+    with pytest.raises(Forbidden, match="account fay was disabled while signing"):
+        service.sign(pid, fay.id, "fay-password-12", "reviewed", service.current_version(pid), {})
+    assert disabled and len(service.signatures(pid)) == before
+    with service.factory() as db:
+        last = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).one()
+    assert (last.username, last.action) == ("fay", "signature_refused")
+    assert last.reason.endswith("account fay was disabled while signing"), last.reason
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path):
     """process --overwrite on the same files with another FMO percentile: the app's automatic gates

@@ -16,7 +16,8 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   and version are checked as they are after the (slow) password check, and an audited change
   committed before the signature is stored (a save, a role change, a disabled account) re-runs
   the checks (:func:`audit.head_seq`): a signature is never stored for a version just replaced
-  or under a role just revoked. Four eyes: no one approves
+  or under a role just revoked. An account disabled before its password is checked (a re-run's
+  included) is refused as disabled, not as a wrong password. Four eyes: no one approves
   for release a gate set holding a correction they saved (any version after the automatic one).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
@@ -366,6 +367,12 @@ class ReviewService:
 
         def do(db: Session):
             user = _get(db, User, user_id)
+            if not user.active:   # disabled since the request came in (or since a re-run's last read)
+                refusal = f"account {user.username} was disabled while signing"
+                audit.append(db, user.username, "signature_refused", product_id=product_id,
+                             reason=f"{meaning} of version {current.version}: {refusal}")
+                db.commit()
+                raise Forbidden(refusal)
             try:
                 check_password(db, user, password)
             except AuthError as exc:
