@@ -474,6 +474,77 @@ def test_an_approval_racing_an_account_change_is_refused(service, monkeypatch):
         transaction(service.factory, restore)
 
 
+@pytest.mark.parametrize("when", ["before the save's transaction", "after the save's checks"])
+def test_a_save_racing_an_assignment_withdrawal_a_role_change_or_a_disable_is_refused(service, monkeypatch, when):
+    """An admin withdraws the analyst's assignment, makes the account a role that cannot edit, or
+    disables it, while a gate correction is on its way (after the request's access check, while the
+    gates are validated; or after the save's own checks, before it is stored): nothing is saved
+    (403 naming why), as for a signature, instead of a version saved under an access just taken."""
+    from sqlalchemy import delete
+
+    from tilpheno.review import service as service_module
+    from tilpheno.review.auth import create_user, get_user
+    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.service import transaction
+
+    pid = "TIL001"
+
+    def set_gus(role, assigned):
+        def do(db):
+            if db.scalar(select(User).where(User.username == "gus")) is None:
+                create_user(db, "gus", "Gus Tester", role, "gus-password-12")
+            account = get_user(db, "gus")
+            account.role, account.active = role, True
+            db.execute(delete(ProductAssignment).where(ProductAssignment.username == "gus"))
+            if assigned:
+                db.add(ProductAssignment(product_id=pid, username="gus", assigned_by="test", assigned_at=utcnow()))
+            audit.append(db, "test", "user_reset", after={"username": "gus", "role": role, "assigned": assigned})
+        transaction(service.factory, do)
+
+    def withdraw(db):
+        db.execute(delete(ProductAssignment).where(ProductAssignment.username == "gus"))
+        audit.append(db, "cli:admin", "unassign", after={"username": "gus", "products": [pid]})
+
+    def demote(db):
+        get_user(db, "gus").role = "analyst"
+        audit.append(db, "cli:admin", "user_role_changed", after={"username": "gus", "role": "analyst"})
+
+    def disable(db):
+        get_user(db, "gus").active = False
+        audit.append(db, "cli:admin", "user_disabled", after={"username": "gus", "active": False})
+
+    changed_gates, refusal_of = service_module.changed_gates, service._editing_refusal
+    edit, batch = service_module.EDIT_ROLES, service_module.BATCH_ROLES
+    for role, assigned, change, roles, refusal in (
+            ("analyst", True, withdraw, edit, f"product {pid} is not assigned to you \\(gus, analyst\\) any more"),
+            ("reviewer", False, demote, edit, f"product {pid} is not assigned to you \\(gus, analyst\\) any more"),
+            ("reviewer", False, demote, batch, "role analyst cannot save gates"),   # apply to batch
+            ("analyst", True, disable, edit, "account gus was disabled while saving")):
+        set_gus(role, assigned)
+        gus, v, done = user(service, "gus"), service.current_version(pid), []
+
+        def admin_changes(change=change):
+            if not done:
+                transaction(service.factory, change)   # committed while the save is on its way
+                done.append(True)
+
+        if when == "before the save's transaction":
+            def validate_then_change(*args):
+                admin_changes()
+                return changed_gates(*args)
+            monkeypatch.setattr(service_module, "changed_gates", validate_then_change)
+        else:
+            def check_then_change(*args):
+                found = refusal_of(*args)
+                admin_changes()
+                return found
+            monkeypatch.setattr(service, "_editing_refusal", check_then_change)
+        with pytest.raises(Forbidden, match=refusal):
+            service.save_version(pid, gus, v, shifted_cd3(service, pid, 0.003), "gus trims CD3", roles=roles)
+        assert done and service.current_version(pid) == v
+        monkeypatch.undo()
+
+
 def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(service, monkeypatch):
     """The admin disables the account after the signature's checks passed and before it is stored:
     the signature re-runs on the account as it is now and is refused as a disabled account (403,

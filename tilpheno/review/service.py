@@ -267,9 +267,13 @@ class ReviewService:
             return _get(db, Product, product_id).current_version
 
     def save_version(self, product_id: str, user: User, base_version: Any, submitted: Any, reason: Any,
-                     source_label: str = "adjusted") -> GateSetVersion:
-        """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if stale."""
-        if user.role not in EDIT_ROLES:
+                     source_label: str = "adjusted", roles: tuple[str, ...] = EDIT_ROLES) -> GateSetVersion:
+        """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if
+        stale. The account, its role (one of ``roles``) and the product's assignment are checked again
+        inside the save's transaction, as signatures check them: an audited change committed before
+        the version is stored (an assignment withdrawn, a role changed, an account disabled) re-runs
+        the checks (:func:`audit.head_seq`), so no one saves under an access just taken away."""
+        if user.role not in roles:
             raise Forbidden(f"role {user.role} cannot save gates")
         self.require_access(user, product_id)
         if isinstance(base_version, bool) or not isinstance(base_version, int):
@@ -284,6 +288,10 @@ class ReviewService:
         digest = gates_sha256(new_set)
 
         def save(db: Session):
+            start = audit.head_seq(db)
+            refusal = self._editing_refusal(_get(db, User, user.id), product_id, roles)
+            if refusal:
+                raise Forbidden(refusal)
             moved = audit.rowcount(db.execute(update(Product).where(Product.product_id == product_id,
                                                                     Product.current_version == base_version)
                                               .values(current_version=base_version + 1)))
@@ -299,7 +307,7 @@ class ReviewService:
                          before={"version": base_version, "gates": {k: d["before"] for k, d in diff.items()}},
                          after={"version": base_version + 1, "gates": {k: d["after"] for k, d in diff.items()},
                                 "gates_sha256": digest},
-                         reason=reason)
+                         reason=reason, expect_seq=start)
             return row
 
         try:
@@ -307,6 +315,19 @@ class ReviewService:
         except IntegrityError:
             with self.factory() as db:
                 raise self._conflict(db, product_id, base_version) from None
+
+    def _editing_refusal(self, user: User, product_id: str, roles: tuple[str, ...]) -> str:
+        """Why ``user``, as the database holds the account now, may not save gates of ``product_id``:
+        the account disabled, a role not in ``roles``, or the product's assignment withdrawn; "" when
+        they may."""
+        if not user.active:
+            return f"account {user.username} was disabled while saving; nothing was saved"
+        if user.role not in roles:
+            return f"role {user.role} cannot save gates here (changed while saving); nothing was saved"
+        if not self.can_access(user, product_id):
+            return (f"product {product_id} is not assigned to you ({user.username}, {user.role}) any more; "
+                    "nothing was saved")
+        return ""
 
     def _conflict(self, db: Session, product_id: str, base_version: int) -> VersionConflict:
         current = _get(db, Product, product_id).current_version
@@ -340,7 +361,7 @@ class ReviewService:
             saved.append(self.save_version(
                 t, user, base, {"tubes": {tube: {"gates": {population: gate}}}},
                 f"{reason} (gate {tube}/{population} applied from {from_product} v{src.version})",
-                source_label=f"batch from {from_product} v{src.version}"))
+                source_label=f"batch from {from_product} v{src.version}", roles=BATCH_ROLES))
         return saved
 
     # -- signatures --------------------------------------------------------------------------------
