@@ -9,7 +9,9 @@ are cloned into a fake run of ``--products`` products (tables copied with new id
 symlinked, so nothing is gated again), and a review database (SQLite) holds every product imported
 as the app imports it (version 1 = the automatic gates, audited), a reviewer and an analyst with 50
 assigned products. Then, in process (Flask test client, logged in), wall clock: ``GET /`` as the
-reviewer (every product) and as the analyst, twice each, and one product page. Run it on two trees
+reviewer (every product) and as the analyst, twice each, the list's page 40 (the last of the
+reviewer's 2000 products at 50 a page; a tree without pages ignores it) and a search of ten
+products, and one product page. Run it on two trees
 (``PYTHONPATH=<tree>``) to compare code.
 """
 from __future__ import annotations
@@ -105,10 +107,10 @@ def time_pages(dest: Path, url: str) -> None:
         client = app.test_client()
         token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
         assert client.post("/login", data={"username": name, "password": password, "csrf_token": token}).status_code == 302
-        for attempt in (1, 2):
+        for attempt, url in ((1, "/"), (2, "/"), (1, "/?page=40"), (1, "/?q=P0199")):
             t0 = time.perf_counter()
-            r = client.get("/")
-            print(f"{role} GET / #{attempt}: HTTP {r.status_code}, {r.text.count('<tr') - 1} rows, "
+            r = client.get(url)
+            print(f"{role} GET {url} #{attempt}: HTTP {r.status_code}, {r.text.count('<tr') - 1} rows, "
                   f"{time.perf_counter() - t0:.2f} s")
         t0 = time.perf_counter()
         r = client.get("/products/P00001")

@@ -304,6 +304,48 @@ def test_the_product_list_says_which_products_need_review(app, service, monkeypa
     assert "<td>no gating flags</td>" in rows["TIL001"]
 
 
+def test_the_product_list_is_paged_with_the_whole_runs_counts_and_search(app, service):
+    """The product list shows one page (``size`` products, ``page`` in the URL, first/previous/next/
+    last links keeping the page size and the search); the search (a part of the product id) applies
+    to the whole run, and the counts above the table are of every product the user may see, not of
+    the page; a page beyond the last is a 404 naming the number of pages, a malformed one a 400."""
+    c, _, _ = login(app, "alice")
+
+    def listed(url):
+        r = c.get(url, headers={"Accept": "text/html"})
+        assert r.status_code == 200, r.text[:300]
+        counts = re.search(r'<p id="run-counts">(.*?)</p>', r.text, re.S).group(1)
+        where = re.search(r'<span class="where">(.*?)</span>', r.text).group(1)
+        links = dict((rel, href.replace("&amp;", "&")) for href, rel in re.findall(r'<a href="([^"]+)" rel="(\w+)">', r.text))
+        return re.findall(r'<a href="/products/(TIL\d+)">', r.text), " ".join(counts.split()), where, links
+
+    approved = sum(1 for v in service.approved_versions(None).values() if v is not None)
+    whole = f"2 product(s): {approved} approved, {2 - approved} not approved;"
+    ids, counts, where, links = listed("/")
+    assert ids == ["TIL001", "TIL002"] and where == "1-2 of 2 (page 1 of 1)" and links == {}
+    assert counts.startswith(whole)
+    ids, counts, where, links = listed("/?size=1")
+    assert ids == ["TIL001"] and where == "1-1 of 2 (page 1 of 2)" and counts.startswith(whole)
+    assert links == {"next": "/?page=2&size=1", "last": "/?page=2&size=1"}
+    ids, counts, where, links = listed(links["next"])
+    assert ids == ["TIL002"] and where == "2-2 of 2 (page 2 of 2)" and counts.startswith(whole)
+    assert links == {"first": "/?page=1&size=1", "prev": "/?page=1&size=1"}
+    ids, counts, where, links = listed("/?size=1&q=l002")   # the whole run searched, not page 1
+    assert ids == ["TIL002"] and where == "1-1 of 1 matching &ldquo;l002&rdquo; (page 1 of 1)"
+    assert counts.startswith(whole)
+    ids, _, where, _ = listed("/?q=nothing")
+    assert ids == [] and where == "0 of 0 matching &ldquo;nothing&rdquo; (page 1 of 1)"
+    r = c.get("/?page=3&size=1")
+    assert r.status_code == 404 and r.json["error"] == "page 3: the list has 2 page(s) of 1 product(s)"
+    for bad, problem in (("page=0", "page='0'"), ("page=x", "page='x'"), ("size=501", "size='501'")):
+        r = c.get(f"/?{bad}")
+        assert r.status_code == 400 and r.json["error"].startswith(f"{problem}: a whole number from 1 to"), r.text
+    c_bob, _, _ = login(app, "bob")
+    r = c_bob.get("/?size=1")
+    assert re.findall(r'<a href="/products/(TIL\d+)">', r.text) == ["TIL001"]
+    assert re.search(r'<p id="run-counts">1 product\(s\) assigned to you:', r.text) and 'rel="next"' not in r.text
+
+
 def test_plot_axes_carry_raw_decades_like_the_reports(app, service):
     """Each plot's ticks are on the transformed scale the events are drawn on and labelled in raw
     units: a logicle marker axis at 0 and ±10^k (label -> raw value -> the strategy's transform

@@ -38,6 +38,7 @@ COOKIE = "tilpheno_session"
 PLOT_POINTS = 2500
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+PAGE_SIZE, PAGE_SIZES, MAX_PAGE_SIZE = 50, (25, 50, 100, 200), 500   # products per page of the list
 STATUS = {NotFound: 404, Forbidden: 403, VersionConflict: 409, GateSetError: 400, AuthError: 403}
 
 
@@ -173,14 +174,23 @@ def create_app(service: ReviewService) -> Flask:
     @app.get("/")
     @login_required
     def index():
-        rows = []
+        """One page of the products this user may see (:func:`_list_request`: ``page``, ``size``,
+        ``q``), sorted by id; the search applies to the whole run, and the counts above the table are
+        of every product this user may see, not of the page."""
+        page, size, query = _list_request(request.args)
         with factory() as db:
             imported = {p.product_id: p.current_version for p in db.scalars(select(Product))}
         allowed = service.accessible(g.user)
+        visible = [pid for pid in service.source.product_ids() if allowed is None or pid in allowed]
+        found = [pid for pid in visible if query.casefold() in pid.casefold()] if query else visible
+        pages = max(1, math.ceil(len(found) / size))
+        if page > pages:
+            raise NotFound(f"page {page}: the list has {pages} page(s) of {size} product(s)"
+                           + (f" matching {query!r}" if query else ""))
+        shown = found[(page - 1) * size:page * size]
         approvals = service.approved_versions(g.user)   # the imported products this user may see
-        for pid in service.source.product_ids():
-            if allowed is not None and pid not in allowed:
-                continue
+        rows = []
+        for pid in shown:
             row = service.source.phenotype_row(pid)
             approved = approvals.get(pid)
             rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
@@ -189,7 +199,9 @@ def create_app(service: ReviewService) -> Flask:
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
                          "review": row.get("review_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
-                               out_dir=str(service.source.out_dir))
+                               out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
+                               sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
+                               counts=_run_counts(service, visible, approvals))
 
     @app.get("/products/<path:product_id>")
     @login_required
@@ -346,6 +358,35 @@ def create_app(service: ReviewService) -> Flask:
         return jsonify(ok=True)
 
     return app
+
+
+def _list_request(args) -> tuple[int, int, str]:
+    """``(page, size, query)`` of the product list's URL: ``page`` from 1, ``size`` products a page
+    (1-``MAX_PAGE_SIZE``; the page offers ``PAGE_SIZES``; default ``PAGE_SIZE``), ``q`` a part of the
+    product id (case-insensitive). ReviewError (HTTP 400) naming the parameter otherwise."""
+    def whole(name: str, default: int, high: int) -> int:
+        text = str(args.get(name, default)).strip()
+        if not text.isdigit() or not 1 <= int(text) <= high:
+            raise ReviewError(f"{name}={text[:20]!r}: a whole number from 1 to {high}")
+        return int(text)
+
+    return (whole("page", 1, 10**6), whole("size", PAGE_SIZE, MAX_PAGE_SIZE),
+            str(args.get("q", "")).strip()[:200])
+
+
+def _run_counts(service: ReviewService, visible: list[str], approvals: dict) -> dict[str, int]:
+    """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
+    approved (a valid approval), automatic release pass / fail, and those the run's gating marks
+    ``needs review``."""
+    frame = service.source.phenotypes
+    frame = frame[frame["product_id"].astype(str).isin(set(visible))].drop_duplicates("product_id")
+
+    def n(column: str, value: str) -> int:
+        return int((frame[column].astype(str) == value).sum()) if column in frame else 0
+
+    return {"products": len(visible), "approved": sum(1 for pid in visible if approvals.get(pid) is not None),
+            "pass": n("release_status", "pass"), "fail": n("release_status", "fail"),
+            "needs_review": n("review_status", "needs review")}
 
 
 def _safe_next(value) -> str:
