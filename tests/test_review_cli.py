@@ -2,6 +2,7 @@
 export, export-approved; the Alembic migration creates exactly the ORM's schema."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -135,6 +136,65 @@ def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
         assert "product_assignments" in inspect(db.bind).get_table_names()
         assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         assert db.execute(text("SELECT full_name FROM users")).scalar() == "Old User"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, review_out, tmp_path):
+    """A database at revision 0001 (every analyst saw every product) upgraded to 0002 (analysts see
+    their assignments): each analyst is assigned every product the database holds, so the upgrade
+    takes nothing away, and the upgrade is one audit entry of user ``system`` naming both revisions,
+    the assignments it made and what an admin still has to do; the chain stays intact."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import select, text
+    from sqlalchemy.orm import Session
+
+    from tilpheno.review import audit
+    from tilpheno.review.db import MIGRATIONS, make_engine, open_database
+    from tilpheno.review.models import AuditEntry, User
+    from tilpheno.review.regate import ReviewSource
+    from tilpheno.review.service import ReviewService
+
+    url = database_url(kind, tmp_path)
+    try:
+        engine = make_engine(url)
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+            for name, role in (("ann", "analyst"), ("rex", "reviewer"), ("abe", "analyst")):
+                conn.execute(text("INSERT INTO users (username, full_name, role, password_hash, failed_logins, active, "
+                                  "created_at) VALUES (:u, :u, :r, 'x', 0, true, '2026-01-01T00:00:00.000000Z')"),
+                             {"u": name, "r": role})
+            for pid in ("TIL001", "TIL002"):
+                conn.execute(text("INSERT INTO products (product_id, current_version, inputs_json, imported_at) "
+                                  "VALUES (:p, 1, '[]', '2026-01-01T00:00:00.000000Z')"), {"p": pid})
+            with Session(bind=conn) as db:
+                audit.append(db, "cli:admin", "user_added", after={"username": "ann"})
+        engine.dispose()
+        factory = open_database(url)
+        with factory() as db:
+            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            entries = list(db.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+            assert audit.verify(db).ok
+            ann = db.scalar(select(User).where(User.username == "ann"))
+        assert [(e.username, e.action) for e in entries] == [("cli:admin", "user_added"), ("system", "schema_upgrade")]
+        upgrade = entries[-1]
+        assert json.loads(upgrade.before_json) == {"revision": "0001"}
+        assert json.loads(upgrade.after_json) == {"revision": "0002", "assignments_added": [
+            {"username": u, "product_id": p} for u in ("abe", "ann") for p in ("TIL001", "TIL002")]}
+        assert upgrade.reason.startswith("review database schema upgraded from revision 0001 to 0002; analysts saw "
+                                         "every product before revision 0002, so 4 assignment(s) keep what abe, ann saw")
+        assert "tilpheno users assign OUT NAME PRODUCT" in upgrade.reason
+        assert ReviewService(ReviewSource(review_out), factory).accessible(ann) == {"TIL001", "TIL002"}
+        factory.kw["bind"].dispose()
+        factory = open_database(url)   # at head already: no second entry
+        with factory() as db:
+            assert db.execute(text("SELECT count(*) FROM audit_entries")).scalar() == 2
+        factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
 
 
 def test_the_login_pages_users_add_command_runs_as_shown(review_out, tmp_path):

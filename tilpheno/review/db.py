@@ -7,6 +7,7 @@ to the newest migration before use, so every database has the same tables and tr
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -16,6 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from tilpheno.errors import TilphenoError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger(__name__)
 
 
 class ReviewError(TilphenoError):
@@ -70,9 +72,12 @@ def upgrade(engine: Engine) -> None:
     """Apply every Alembic migration not yet applied (``alembic upgrade head``). The database's write
     lock (SQLite) or an advisory lock (PostgreSQL) is taken first, so processes opening a new
     database at once (two servers, ``users add`` beside ``serve``) migrate it one after the other:
-    the second finds it at head (each used to create the tables, the second failing "already exists")."""
+    the second finds it at head (each used to create the tables, the second failing "already exists").
+    Upgrading a database that had a schema is audited (:func:`_audit_upgrade`), in the same
+    transaction; making a new, empty one is not (there is nothing yet to change)."""
     from alembic import command
     from alembic.config import Config
+    from alembic.migration import MigrationContext
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -81,8 +86,43 @@ def upgrade(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")   # waits (busy timeout) while another process migrates
         else:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(8265031)")   # held until this transaction ends
+        before = MigrationContext.configure(conn).get_current_revision()
+        assigned = _assignments(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        after = MigrationContext.configure(conn).get_current_revision()
+        if before is not None and after != before:
+            _audit_upgrade(conn, before, str(after), sorted(_assignments(conn) - assigned))
+
+
+def _assignments(conn) -> set[tuple[str, str]]:
+    """``(username, product_id)`` of every product assignment (none before revision 0002)."""
+    from sqlalchemy import inspect, text
+
+    if not inspect(conn).has_table("product_assignments"):
+        return set()
+    return {(u, p) for u, p in conn.execute(text("SELECT username, product_id FROM product_assignments"))}
+
+
+def _audit_upgrade(conn, before: str, after: str, added: list[tuple[str, str]]) -> None:
+    """The ``schema_upgrade`` entry (user ``system``): the revisions before and after, and the product
+    assignments the migrations made so that analysts keep the products they saw (revision 0002:
+    every product in the database, to every analyst); also logged as a warning for the admin."""
+    from sqlalchemy.orm import Session
+
+    from tilpheno.review import audit
+
+    reason = f"review database schema upgraded from revision {before} to {after}"
+    if added:
+        users = sorted({u for u, _ in added})
+        reason += (f"; analysts saw every product before revision 0002, so {len(added)} assignment(s) keep what "
+                   f"{', '.join(users)} saw: every product in the database (a product never opened before the "
+                   "upgrade needs: tilpheno users assign OUT NAME PRODUCT; withdraw with --remove)")
+    with Session(bind=conn) as db:
+        audit.append(db, "system", "schema_upgrade", before={"revision": before},
+                     after={"revision": after, "assignments_added": [{"username": u, "product_id": p} for u, p in added]},
+                     reason=reason)
+    log.warning("%s", reason)
 
 
 def open_database(url: str) -> sessionmaker:

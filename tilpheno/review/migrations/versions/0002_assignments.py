@@ -1,10 +1,20 @@
 """Product assignments: an analyst sees and edits only the products assigned to them.
 
+Before this revision every analyst saw and edited every product. So that an upgrade takes nothing
+away, each analyst account of the database is assigned every product the database holds
+(``assigned_by`` ``ASSIGNED_BY``); ``tilpheno.review.db.upgrade`` audits them in its
+``schema_upgrade`` entry. A product of the run never opened before the upgrade is not in the
+database, so it is not assigned: an admin assigns it (``tilpheno users assign``).
+
 Revision ID: 0002
 Revises: 0001
 """
+from datetime import datetime, timezone
+
 import sqlalchemy as sa
 from alembic import op
+
+ASSIGNED_BY = "upgrade 0001 -> 0002"
 
 revision = "0002"
 down_revision = "0001"
@@ -22,6 +32,14 @@ def upgrade() -> None:
         sa.Column("assigned_at", sa.String(32), nullable=False),
         sa.UniqueConstraint("product_id", "username", name="uq_assignment_product_user"),
     )
+    table = sa.table("product_assignments", sa.column("product_id", sa.String), sa.column("username", sa.String),
+                     sa.column("assigned_by", sa.String), sa.column("assigned_at", sa.String))
+    pairs = op.get_bind().execute(sa.text("SELECT u.username, p.product_id FROM users u, products p "
+                                          "WHERE u.role = 'analyst' ORDER BY u.username, p.product_id")).all()
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if pairs:
+        op.bulk_insert(table, [{"product_id": product_id, "username": username, "assigned_by": ASSIGNED_BY,
+                                "assigned_at": now} for username, product_id in pairs])
 
 
 def downgrade() -> None:
