@@ -424,6 +424,29 @@ def test_an_expired_session_page_leads_to_the_login(app, service):
     assert again.status_code == 200 and 'id="login-button"' in again.text
 
 
+def test_a_login_returns_to_the_page_of_the_list_asked_for(app, service):
+    """Logging in (first, or again after the session expired) from page 2 of a searched list returns
+    to that page, search and page size (the query string), not to the list's first page."""
+    from urllib.parse import parse_qs, urlsplit
+
+    asked = "/?page=2&size=1&q=TIL"
+    c = app.test_client()
+    r = c.get(asked)
+    assert r.status_code == 302 and parse_qs(urlsplit(r.headers["Location"]).query)["next"] == [asked]
+    form = c.get(r.headers["Location"]).text
+    assert re.search(r'name="next" value="([^"]+)"', form).group(1).replace("&amp;", "&") == asked
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    r = c.post("/login", data={"username": "carol", "password": PASSWORDS["carol"], "csrf_token": csrf, "next": asked})
+    assert r.status_code == 302 and r.headers["Location"] == asked
+    with service.factory() as db:
+        db.execute(text("UPDATE login_sessions SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE user_id = "
+                        "(SELECT id FROM users WHERE username = 'carol')"))
+        db.commit()
+    page = c.get(asked, headers={"Accept": "text/html"})
+    link = re.search(r'<a href="([^"]+)" id="login-link">', page.text).group(1).replace("&amp;", "&")
+    assert page.status_code == 401 and parse_qs(urlsplit(link).query)["next"] == [asked]
+
+
 def test_a_server_whose_folder_was_processed_again_stops_showing_the_old_run(tmp_path):
     """process --overwrite while the server runs: every page and API call answers 503 naming the
     folder and asking for a restart (nothing shown, recomputed or signed from the run it loaded);

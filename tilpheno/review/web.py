@@ -84,7 +84,8 @@ def create_app(service: ReviewService) -> Flask:
     def _error(status: int, message: str):
         if request.path.startswith("/api/") or request.method == "POST" or not request.accept_mimetypes.accept_html:
             return jsonify(error=message), status
-        return render_template("error.html", status=status, message=message, user=g.get("user")), status
+        return render_template("error.html", status=status, message=message, user=g.get("user"),
+                               asked_for=_asked_for()), status
 
     @app.errorhandler(ReviewError)
     def _review_error(exc: ReviewError):
@@ -106,7 +107,7 @@ def create_app(service: ReviewService) -> Flask:
                     return _error(401, "session invalid or expired: log in again")
                 if request.path.startswith("/api/") or request.method == "POST":
                     return _error(401, "not logged in")
-                return redirect(url_for("login", next=request.path))
+                return redirect(url_for("login", next=_asked_for()))
             return view(*args, **kwargs)
         return wrapped
 
@@ -387,6 +388,11 @@ def _run_counts(service: ReviewService, visible: list[str], approvals: dict) -> 
     return {"products": len(visible), "approved": sum(1 for pid in visible if approvals.get(pid) is not None),
             "pass": n("release_status", "pass"), "fail": n("release_status", "fail"),
             "needs_review": n("review_status", "needs review")}
+
+
+def _asked_for() -> str:
+    """The path and query string of this request (``/?page=3&q=TIL``): where a login sends back to."""
+    return request.full_path.rstrip("?")
 
 
 def _safe_next(value) -> str:
