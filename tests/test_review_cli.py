@@ -64,6 +64,29 @@ def test_bad_database_url_is_one_line(review_out):
     assert r.exit_code == 2 and "error: database postgresql+psycopg://nobody:***@127.0.0.1:1/none" in r.output
 
 
+def test_assign_does_audits_and_reports_only_what_changes(review_out, tmp_path):
+    """Withdrawing a product never assigned said "withdrew ..." and wrote an ``unassign`` entry for
+    it, as did assigning one assigned already: the command, and the audit trail, now name only the
+    assignments that changed, and the others as unchanged."""
+    import csv
+
+    db = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    assert run("users", "add", review_out, "ivy", "--role", "analyst", "--password-stdin", "--db", db,
+               stdin="ivy-password-12\n").exit_code == 0
+    r = run("users", "assign", review_out, "ivy", "TIL001", "--db", db)
+    assert r.exit_code == 0 and r.output.splitlines() == ["assigned TIL001 to ivy"], r.output
+    r = run("users", "assign", review_out, "ivy", "TIL001", "TIL002", "--db", db)
+    assert r.output.splitlines() == ["assigned TIL002 to ivy", "unchanged: TIL001 already assigned to ivy"], r.output
+    r = run("users", "assign", review_out, "ivy", "TIL002", "--remove", "--db", db)
+    assert r.output.splitlines() == ["withdrew TIL002 from ivy"], r.output
+    r = run("users", "assign", review_out, "ivy", "TIL002", "--remove", "--db", db)
+    assert r.exit_code == 0 and r.output.splitlines() == ["unchanged: TIL002 not assigned to ivy"], r.output
+    assert run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db).exit_code == 0
+    rows = list(csv.DictReader((tmp_path / "audit.csv").open()))
+    assert [(row["action"], json.loads(row["after_json"]).get("products")) for row in rows] == [
+        ("user_added", None), ("assign", ["TIL001"]), ("assign", ["TIL002"]), ("unassign", ["TIL002"])]
+
+
 def test_migration_creates_the_orm_schema(tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext

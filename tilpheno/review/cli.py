@@ -202,7 +202,9 @@ def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument
                  products: list[str] = typer.Argument(..., help="Product ids of OUT."),
                  remove: bool = typer.Option(False, "--remove", help="Withdraw the assignment instead."),
                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Assign products to an analyst (reviewers and admins see every product)."""
+    """Assign products to an analyst (reviewers and admins see every product). Only what changes is
+    done, audited and reported: a product assigned already (or, with --remove, not assigned) is named
+    as unchanged."""
     from sqlalchemy import delete, select
 
     from tilpheno.errors import TilphenoError
@@ -222,19 +224,32 @@ def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument
 
         def do(s):
             user = get_user(s, username)
-            for pid in products:
+            changed = []
+            for pid in dict.fromkeys(products):
                 exists = s.scalar(select(ProductAssignment).where(ProductAssignment.product_id == pid,
                                                                   ProductAssignment.username == user.username))
                 if remove and exists is not None:
                     s.execute(delete(ProductAssignment).where(ProductAssignment.id == exists.id))
+                    changed.append(pid)
                 elif not remove and exists is None:
                     s.add(ProductAssignment(product_id=pid, username=user.username, assigned_by=_actor(),
                                             assigned_at=utcnow()))
-            audit.append(s, _actor(), "unassign" if remove else "assign", after={"username": username, "products": products})
-        transaction(factory, do)
+                    changed.append(pid)
+            if changed:
+                audit.append(s, _actor(), "unassign" if remove else "assign",
+                             after={"username": username, "products": changed})
+            return user.role, changed
+        role, changed = transaction(factory, do)
     except TilphenoError as exc:
         _fail(exc)
-    typer.echo(f"{'withdrew' if remove else 'assigned'} {', '.join(products)} {'from' if remove else 'to'} {username}")
+    unchanged = [p for p in dict.fromkeys(products) if p not in changed]
+    if changed:
+        typer.echo(f"{'withdrew' if remove else 'assigned'} {', '.join(changed)} {'from' if remove else 'to'} {username}")
+    if unchanged:
+        typer.echo(f"unchanged: {', '.join(unchanged)} {'not' if remove else 'already'} assigned to {username}")
+    if role != "analyst":
+        typer.echo(f"note: {username} is a {role}: reviewers and admins see every product; assignments count "
+                   "only while the account is an analyst")
 
 
 @audit_app.command("verify")
