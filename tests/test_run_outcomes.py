@@ -167,6 +167,19 @@ def test_outcome_ids_matching_no_product(two_products, tmp_path):
     assert phen.loc["P1", "cd3_dose_cells"] > 0
 
 
+def test_an_outcome_id_in_another_case_gets_a_hint(two_products, tmp_path):
+    """A sample sheet's ``p1`` for the folder's product P1: the error offers P1 (the hint used to
+    compare case-sensitively and offered nothing for a one-letter difference in case)."""
+    outcomes = pd.DataFrame({
+        "patient_id": ["A"], "product_id": ["p1"], "til_dose_cells": [5e9], "best_response": ["PR"],
+        "pfs_months": [5.0], "pfs_event": [1], "os_months": [9.0], "os_event": [0],
+    })
+    path = tmp_path / "outcomes.csv"
+    outcomes.to_csv(path, index=False)
+    result = _process(two_products, "-o", tmp_path / "out", "--outcomes", path)
+    assert result.exit_code == 2 and "p1 (did you mean P1?)" in result.output, result.output
+
+
 def test_version():
     from tilpheno import __version__
 
