@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tilpheno.acquisition import (
-    AcquisitionSettings, check_acquisition, fill_short_gaps, margin_events, monotonic_time, segment,
+    AcquisitionSettings, anomalous_segments, check_acquisition, fill_short_gaps, margin_events, monotonic_time,
+    segment,
 )
 from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.acquisition import clog, drift, inject, rate_change
@@ -120,6 +121,31 @@ def test_segment_finds_a_short_stretch_in_the_middle():
     # a clog in the middle of the file: no single split separates it (binary segmentation's blind spot)
     counts = np.r_[np.full(14, 230.0), np.full(5, 65.0), np.full(6, 240.0)]
     assert segment(counts, 20.0, 7.0) == [(0, 14), (14, 19), (19, 25)]
+
+
+def test_stretches_a_burst_separates_are_compared_as_a_split():
+    """A two-bin debris burst in a noisy series (SD 0.02) cuts it into the stretches before and
+    after, 0.015 apart (t = 2.8, no split of its own): with 3 sigma / sqrt(bins) the 25 bins before
+    the burst were anomalous too (42 % of the file); against t_crit only the burst is."""
+    rng = np.random.default_rng(3)
+    x = 0.5 + rng.normal(0.0, 0.02, 60)
+    x[25:27] += 0.3
+    x[27:] += 0.015
+    assert segment(x, 0.02, 7.0) == [(0, 25), (25, 27), (27, 60)]
+    bad = anomalous_segments(x, 7.0, 0.01, relative=False, noise=0.02)
+    assert np.flatnonzero(bad).tolist() == [25, 26]
+
+
+def test_equal_support_takes_the_longest_segment_as_reference():
+    """First bin 0.304, a one-bin burst 0.276, then 23 bins at 0.309 (real values: a 1.3 % debris
+    burst drawn into FlowKit's test_comp_example.fcs): the first bin and the 23 are within 0.01 of
+    each other, so both have the same support, and the first (one bin) was the reference: against
+    one bin the burst's two-sample statistic is 4.7 (< t_crit 7). The longest segment is now the
+    reference (7.7)."""
+    x = np.array([0.304, 0.276, 0.307, 0.311, 0.313, 0.309, 0.314, 0.305, 0.307, 0.31, 0.309, 0.313, 0.311,
+                  0.315, 0.311, 0.303, 0.309, 0.308, 0.302, 0.31, 0.308, 0.303, 0.306, 0.306, 0.307])
+    assert segment(x, 0.0042, 7.0) == [(0, 1), (1, 2), (2, 25)]
+    assert np.flatnonzero(anomalous_segments(x, 7.0, 0.01, relative=False, noise=0.0042)).tolist() == [1]
 
 
 def test_margin_events_per_channel():

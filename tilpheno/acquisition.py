@@ -45,8 +45,10 @@ well as steps:
    bins that every series before calls good (the full count breaks ties), so that no two series
    take opposite halves of a file as reference. A segment is anomalous when its median differs
    from the reference by more than the effect size: ``rate_tolerance`` (default 0.25 = 25 % of the
-   reference rate) for rates, ``min_shift`` (default 0.01 logicle units) for signals, and by more
-   than ``3 sigma / sqrt(bins in the segment)``.
+   reference rate) for rates, ``min_shift`` (default 0.01 logicle units) for signals, and the
+   two-sample statistic of the segment against the reference segment, ``|difference| / (sigma *
+   sqrt(1/bins + 1/bins_ref))``, exceeds ``t_crit`` (as a split; equal support: the longest
+   segment is the reference).
 6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
    shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
    anomalous too.
@@ -321,10 +323,15 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
     counts only preferred elements, the full weight breaking ties (no preferred element: the full
     weight alone). Without it, two series of a file whose two halves differ (the 50th and 90th
     percentiles of one drifting channel) could each take the other half as reference, and every
-    event was anomalous. A segment is anomalous when ``|level -
-    reference|`` exceeds ``tolerance`` (times the reference when ``relative``) and
-    ``3 sigma / sqrt(length)``. ``sigma`` = the larger of :func:`robust_noise` and ``noise`` (a
-    known sampling SD of one element).
+    event was anomalous. Equal weights: the longest segment gives the reference (a one-bin
+    segment next to a burst was the reference of a 24-bin stretch). A segment is anomalous when
+    ``|level - reference|`` exceeds ``tolerance`` (times the reference when ``relative``) and the
+    two-sample statistic against the reference segment, ``|level - reference| / (sigma *
+    sqrt(1/length + 1/length_ref))``, exceeds ``t_crit``: the segmentation's own criterion, so
+    two stretches that a fault between them separated are compared as a split would be (with
+    ``3 sigma / sqrt(length)``, the stretch before a debris burst in a noisy channel was cut off
+    for a difference no split would make). ``sigma`` = the larger of :func:`robust_noise` and
+    ``noise`` (a known sampling SD of one element).
     """
     x = np.asarray(series, dtype=np.float64)
     bad = np.zeros(x.size, dtype=bool)
@@ -347,11 +354,13 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
     if prefer is not None and np.any(prefer):
         kept = np.array([float((w[a:b] * prefer[a:b]).sum()) for a, b in segments])
         preferred = [float(kept[m].sum()) for m in near]
-    best = max(range(len(levels)), key=lambda k: (preferred[k], support[k]))   # first of equals, as argmax
+    # equal support: the longest segment (then the first, as argmax)
+    best = max(range(len(levels)), key=lambda k: (preferred[k], support[k], mass[k]))
     reference = float(levels[best])
+    ref_a, ref_b = segments[best]
     for (a, b), level in zip(segments, levels):
         delta = abs(level - reference)
-        if delta > limit(reference) and delta > 3.0 * sigma / math.sqrt(b - a):
+        if delta > limit(reference) and delta > t_crit * sigma * math.sqrt(1.0 / (b - a) + 1.0 / (ref_b - ref_a)):
             bad[a:b] = True
     return bad
 
