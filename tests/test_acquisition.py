@@ -64,6 +64,39 @@ def test_drift_over_half_the_file_removes_one_half_not_all(clean, index, channel
     assert max(qc.anomalous[truth].mean(), qc.anomalous[~truth].mean()) > 0.9   # one half, consistently
 
 
+@pytest.mark.parametrize("gain", [0.8, 1.25])
+def test_slow_whole_file_drift_is_kept_and_a_step_of_its_size_is_not(clean, gain):
+    """Every signal's gain moving linearly from 1 to 0.8 (1.25) over the whole file: the segmentation
+    cut it into steps just over min_shift and 47-75 % of the events were removed; now none (at most
+    2 %). The same gain as an abrupt step over the last 30 % is still found (at least 95 % of it,
+    at most 5 % of the rest)."""
+    for events in clean:
+        n = events.shape[0]
+        drifting, stepped = events.copy(), events.copy()
+        drifting[:, :-1] *= np.linspace(1.0, gain, n)[:, None]
+        stepped[int(0.7 * n):, :-1] *= gain
+        assert check_acquisition(drifting, ins.CHANNEL_NAMES, RANGES).removed_pct <= 2.0
+        qc = check_acquisition(stepped, ins.CHANNEL_NAMES, RANGES)
+        assert qc.anomalous[int(0.7 * n):].mean() >= 0.95 and qc.anomalous[: int(0.7 * n)].mean() <= 0.05
+
+
+@pytest.mark.parametrize("path, most", [
+    ("fcsparser_instruments/FACS_Diva/facs_diva_test.fcs", 1.0),          # was 28.8 %: the trend
+    ("fcsparser_instruments/FACSCaliburHTS/Sample_Well_A02.fcs", 5.0),    # was 46.5 %: the t_crit comparison
+])
+def test_real_files_with_a_slow_drift_keep_their_events(path, most):
+    """Real files whose 90th percentiles drift smoothly over the acquisition. FACSDiva PacificBlue-A
+    0.82 -> 0.79 logicle units, cut into two steps 0.0101 apart: 28.8 % removed. FACSCalibur FSC-H
+    0.53 -> 0.59 with a bin-to-bin noise of 0.02, cut at a one-bin burst: the 46.5 % after it
+    removed against 3 sigma / sqrt(bins). Now at most ``most`` % (the FACSCalibur file loses its
+    two one-bin FSC-H bursts, 2.7 %)."""
+    from tilpheno.io.fcs import read_fcs
+
+    fcs = read_fcs(f"tests/data/fcs/{path}")
+    qc = check_acquisition(fcs.events, fcs.channel_names, fcs.channels["pnr"].astype(float).tolist())
+    assert qc.removed_pct <= most
+
+
 def test_flag_mode_keeps_every_event(clean):
     events, truth = inject(clean[1], [clog(0.5, 0.08)])
     qc = check_acquisition(events, ins.CHANNEL_NAMES, RANGES, AcquisitionSettings(mode="flag"))

@@ -18,7 +18,9 @@ METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition or
           "and channel the 50th and 90th percentiles on a logicle scale; binary change-point segmentation of each "
           "series (a split when the two-sample statistic exceeds t_crit; noise from bin-to-bin differences or split "
           "halves); a segment is anomalous when its level departs from the majority level by more than "
-          "rate_tolerance (relative) or min_shift (logicle units); short good stretches between anomalous ones are "
+          "rate_tolerance (relative) or min_shift (logicle units) and the two-sample statistic against it exceeds "
+          "t_crit; a signal's slow drift (up to max_drift logicle units over the file) is not a fault; short good "
+          "stretches between anomalous ones are "
           "anomalous too. Remove mode drops the anomalous events before compensation and gating.")
 RESIDUAL_METHOD = ("Residual spillover: among each target detector's negative events (stained tube: below the "
                    "tube's own gate threshold; FMO tube: the omitted marker's detector, every event; singlets) the shift of the target's half-sample mode between the brightest 5% and "
