@@ -28,7 +28,11 @@ well as steps:
    intensity near the top), and per bin the ``quantiles`` (default the 50th and 90th percentiles:
    the main population and the bright one) are taken: one series per channel and quantile. Their
    sampling noise is also taken from each bin's two halves (even and odd events):
-   ``sqrt(mean((q_even - q_odd)^2)) / 2``.
+   ``sqrt(mean((q_even - q_odd)^2)) / 2``, and from the spread of each bin's values around the
+   quantile, ``(Q(q + 3h) - Q(q - 3h)) / 6`` with ``h = sqrt(q (1 - q) / events per bin)`` (median
+   over the bins; the larger of the two is kept): a 90th percentile at the edge of a gap between
+   two populations jumps across it in the bins whose share of the upper one is a few SD high, and
+   those jumps are sampling noise (they removed 7.5 % of a clean simulated 20,000-event file).
 4. **Change points.** Each series (rates, and every signal series) is segmented by binary
    segmentation: the stretch ``[i, j)`` maximising the two-sample statistic
    ``|mean(inside) - mean(outside)| / (sigma * sqrt(1/n_inside + 1/n_outside))`` (a stretch
@@ -53,9 +57,10 @@ well as steps:
    **Slow drift is not a fault** (signals): a smooth drift over the whole acquisition (a dye
    equilibrating, a slowly warming laser) is cut into steps by the segmentation, each just over
    ``min_shift`` from the next, and a real FACSDiva file lost 28.8 % of its events for one
-   (PacificBlue-A's 90th percentile 0.82 -> 0.79 over the file). The drift's slope is the Theil-Sen slope within segments (steps
-   between segments do not enter it), limited to ``max_drift`` (default 0.05 logicle units over the
-   whole file, ~a factor 1.7 of intensity at the top of the scale); a segment's difference is the
+   (PacificBlue-A's 90th percentile 0.82 -> 0.79 over the file). The drift's slope is the
+   Theil-Sen slope within segments (steps between segments do not enter it), limited to
+   ``max_drift`` (default 0.05 logicle units over the whole file, ~a factor 1.7 of intensity at
+   the top of the scale); a segment's difference is the
    smaller of its difference from the reference level and its departure from that trend through
    the reference segment. An abrupt change (clog, rate drop, signal jump, debris burst) does not
    follow the trend and is found as before; so is a drift faster than ``max_drift`` per file
@@ -101,6 +106,7 @@ MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
 SMALL_FILE_BINS = 25    # a small file's bins are made smaller so that it has this many (at least MIN_EVENTS_PER_BIN each)
 MIN_EVENTS_PER_BIN = 200
+SPACING_SDS = 3         # a quantile's sampling SD is read off the bin's values within this many SDs of its share
 MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
 _MAD_TO_SD = 1.4826
 
@@ -611,7 +617,8 @@ def check_acquisition(
         _qc_logicle(top).apply(row, out=row)
     scaled = block.astype(np.float32)
     per_bins = _bin_quantiles(scaled, n_bins, per_bin_sampled, settings.quantiles)     # quantile x channel x bin
-    noises = _split_half_noise(scaled, n_bins, per_bin_sampled, settings.quantiles)    # quantile x channel
+    noises = np.fmax(_split_half_noise(scaled, n_bins, per_bin_sampled, settings.quantiles),   # quantile x channel
+                     _spacing_noise(scaled, n_bins, per_bin_sampled, settings.quantiles))
     # the stretch every series checked so far calls good (event bins without a rate-anomalous event):
     # each series' reference is taken within it, so that all series agree on the file's stable stretch
     stable = np.bincount(bin_of_event[rate_bad_events], minlength=n_bins) == 0
@@ -666,6 +673,25 @@ def _split_half_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Se
     d = (even - odd).astype(np.float64)
     with np.errstate(invalid="ignore"):
         return np.sqrt(np.nanmean(d * d, axis=2)) / 2.0
+
+
+def _spacing_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
+    """Sampling SD of a bin's ``q``-quantile from the spread of the bin's values around it:
+    ``(Q(q + k h) - Q(q - k h)) / (2 k)`` with ``h = sqrt(q (1 - q) / width)`` (the SD of the share
+    of a bin's events below a value) and ``k = SPACING_SDS`` (3), median over at most ``NOISE_BINS``
+    evenly spaced bins, per quantile and channel. Where the values are dense around the quantile
+    this is its asymptotic SD ``h / density``; a quantile at the edge of a gap between two
+    populations moves across the gap when a bin's share of the other population is a few SD off,
+    and the spread over ``k h`` says so (the split halves and the bin-to-bin differences see the
+    jump in a few bins only): such jumps are sampling noise, not a shift."""
+    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
+    block = block[:, np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))]
+    q = np.asarray(quantiles, dtype=np.float64)
+    h = SPACING_SDS * np.sqrt(q * (1.0 - q) / width)
+    low = np.quantile(block, np.clip(q - h, 0.0, 1.0), axis=2)
+    high = np.quantile(block, np.clip(q + h, 0.0, 1.0), axis=2)
+    with np.errstate(invalid="ignore"):
+        return np.nanmedian((high - low).astype(np.float64), axis=2) / (2.0 * SPACING_SDS)
 
 
 def _bin_quantiles(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
