@@ -50,9 +50,10 @@ well as steps:
    take opposite halves of a file as reference. A segment is anomalous when its median differs
    from the reference by more than the effect size: ``rate_tolerance`` (default 0.25 = 25 % of the
    reference rate) for rates, ``min_shift`` (default 0.01 logicle units) for signals, and the
-   two-sample statistic of the segment against the reference segment, ``|difference| / (sigma *
-   sqrt(1/bins + 1/bins_ref))``, exceeds ``t_crit`` (as a split; equal support: the longest
-   segment is the reference; with ``3 sigma / sqrt(bins)`` a real FACSCalibur file, its noisy FSC-H
+   two-sample statistic of the segment against the reference, ``|difference| / (sigma *
+   sqrt(1/bins + 1/bins_majority))``, exceeds ``t_crit`` (as a split; ``bins_majority``: the bins of
+   the segments within tolerance of the reference level; equal support: the longest segment is the
+   reference; with ``3 sigma / sqrt(bins)`` a real FACSCalibur file, its noisy FSC-H
    cut by a one-bin burst, lost the 46.5 % after it).
    **Slow drift is not a fault** (signals): a smooth drift over the whole acquisition (a dye
    equilibrating, a slowly warming laser) is cut into steps by the segmentation, each just over
@@ -354,8 +355,10 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
     one. A step, clog or burst does not follow the trend and stays.
 
     A segment is anomalous when its difference exceeds ``tolerance`` (times the reference when
-    ``relative``) and the two-sample statistic against the reference segment, ``difference /
-    (sigma * sqrt(1/length + 1/length_ref))``, exceeds ``t_crit``: the segmentation's own
+    ``relative``) and the two-sample statistic against the reference, ``difference / (sigma *
+    sqrt(1/length + 1/majority))``, exceeds ``t_crit`` (``majority``: the elements of the segments
+    within tolerance of the reference level, which it stands for; a one-bin reference with a
+    16-bin majority let a real file's 11-bin rate drop pass): the segmentation's own
     criterion, so two stretches that a fault between them separated are compared as a split would
     be (with ``3 sigma / sqrt(length)``, the stretch before a debris burst in a noisy channel was
     cut off for a difference no split would make). ``sigma`` = the larger of :func:`robust_noise`
@@ -392,9 +395,10 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
         slope = float(np.clip(within_segment_slope(x, label), -max_drift / x.size, max_drift / x.size))
         trend = slope * (np.arange(x.size, dtype=np.float64) - (ref_a + ref_b - 1) / 2.0)
     base = float(np.median(x[ref_a:ref_b] - trend[ref_a:ref_b]))   # the reference's level off the trend
+    majority = sum(b - a for (a, b), m in zip(segments, near[best]) if m)   # elements the reference level stands for
     for (a, b), level in zip(segments, levels):
         delta = min(abs(level - reference), abs(float(np.median(x[a:b] - trend[a:b])) - base))
-        if delta > limit(reference) and delta > t_crit * sigma * math.sqrt(1.0 / (b - a) + 1.0 / (ref_b - ref_a)):
+        if delta > limit(reference) and delta > t_crit * sigma * math.sqrt(1.0 / (b - a) + 1.0 / majority):
             bad[a:b] = True
     return bad
 
