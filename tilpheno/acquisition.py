@@ -107,6 +107,7 @@ MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
 SMALL_FILE_BINS = 25    # a small file's bins are made smaller so that it has this many (at least MIN_EVENTS_PER_BIN each)
 MIN_EVENTS_PER_BIN = 200
+SLOPE_POINTS = 500      # at most this many evenly spaced elements enter the drift's Theil-Sen slope
 SPACING_SDS = 3         # a quantile's sampling SD is read off the bin's values within this many SDs of its share
 MIN_TIES = 3            # events sharing the smallest value before it counts as a margin pile-up
 _MAD_TO_SD = 1.4826
@@ -406,10 +407,15 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
 def within_segment_slope(series: np.ndarray, label: np.ndarray) -> float:
     """Theil-Sen slope within segments: the median of ``(series[j] - series[i]) / (j - i)`` over the
     pairs ``i < j`` of one segment (``label[i] == label[j]``); 0 without such a pair. A step between
-    segments does not enter it; a drift shows in every segment."""
-    i, j = np.triu_indices(series.size, k=1)
-    same = label[i] == label[j]
-    i, j = i[same], j[same]
+    segments does not enter it; a drift shows in every segment. A series longer than
+    ``SLOPE_POINTS`` (only with ``max_bins`` raised above it) enters by that many evenly spaced
+    elements, so the pairs stay at most ~125,000 (all pairs of 100,000 bins would need 80 GB)."""
+    at = np.arange(series.size)
+    if series.size > SLOPE_POINTS:
+        at = np.unique(np.linspace(0, series.size - 1, SLOPE_POINTS).round().astype(np.int64))
+    i, j = np.triu_indices(at.size, k=1)
+    same = label[at[i]] == label[at[j]]
+    i, j = at[i[same]], at[j[same]]
     return float(np.median((series[j] - series[i]) / (j - i))) if i.size else 0.0
 
 
