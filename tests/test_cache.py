@@ -264,3 +264,28 @@ def test_report_refuses_files_added_to_the_folder_since_the_run(small_cohort, tm
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(pd.read_csv(out / "phenotypes.csv")["product_id"]) == ["TIL001", "TIL002"]
+
+
+def test_a_rewritten_compensation_control_is_not_reused_with_its_old_digest(small_cohort, tmp_path):
+    """A single-stain control rewritten without changing the estimated matrix (a re-exported header)
+    still makes its product new: run.json then records the control's current digest, as a clean
+    run's does, never the one of the bytes an earlier run read."""
+    from tilpheno.provenance import sha256_file
+    from tilpheno.simulate.controls import simulate_controls
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for f in small_cohort.out_dir.glob("TIL001_*.fcs"):
+        shutil.copy2(f, folder / f.name)
+    controls = simulate_controls(folder / "controls", 6, n_events=3000)
+    (folder / "controls" / "controls.csv").unlink()
+    out = tmp_path / "out"
+    assert process_folder(folder, out, make_reports=False).ok
+    control = next(f for f in controls.files if "FITC" in f.name)
+    data = control.read_bytes()
+    assert b"CREATOR/tilpheno simulate controls/" in data
+    control.write_bytes(data.replace(b"simulate controls/", b"simulate CONTROLS/", 1))   # TEXT only: same matrix
+    assert process_folder(folder, out, make_reports=False, overwrite=True).ok
+    assert _cache_record(out)["processed"] == ["TIL001"]
+    recorded = {i["path"]: i["sha256"] for i in json.loads((out / "run.json").read_text())["inputs"]}
+    assert recorded[str(control)] == sha256_file(control)

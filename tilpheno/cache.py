@@ -3,7 +3,8 @@
 A product's outcome (phenotype row, population table, QC flags, release verdict, input digests,
 and its HTML report when one was drawn) is a pure function of
 
-* the SHA-256 of each of its input files, their paths and every manifest value of its rows,
+* the SHA-256 of each of its input files (and of the single-stain controls of its matrix), their
+  paths and every manifest value of its rows,
 * the strategies' and the release spec's contents, the compensation matrix chosen for the product
   (from single-stain controls or a CSV: its values, source and control files), the options (FMO
   percentile, identifiers, the provenance short form the report prints),
@@ -107,10 +108,12 @@ def _plain(value):
 def product_key(job, digests: Mapping[str, str]) -> str:
     """SHA-256 (hex) of everything the product's outcome depends on (see the module docstring).
 
-    ``job`` is a ``pipeline.ProductJob``; ``digests`` maps each of its files to its SHA-256.
-    Whether a report is drawn is not part of the key: an entry may hold a report or not.
+    ``job`` is a ``pipeline.ProductJob``; ``digests`` maps each of its files (:func:`job_files`: its
+    manifest rows' and its single-stain controls') to its SHA-256. Whether a report is drawn is not
+    part of the key: an entry may hold a report or not.
     """
     rows = [{str(k): _plain(v) for k, v in rec.items()} for rec in job.rows.to_dict("records")]
+    controls = [str(f) for f in getattr(getattr(job, "compensation", None), "files", ())]
     opts = job.options
     spec = opts.release_spec
     payload = {
@@ -118,6 +121,7 @@ def product_key(job, digests: Mapping[str, str]) -> str:
         "product_id": str(job.product_id),
         "rows": rows,
         "inputs": {str(f): digests[str(f)] for f in job.rows["file"].tolist()},
+        "controls": {f: digests[f] for f in controls},
         "strategies": [[s.path, hashlib.sha256(s.text.encode("utf-8")).hexdigest()] for s in job.strategies],
         "compensation": _compensation(getattr(job, "compensation", None)),
         "options": {
@@ -446,10 +450,19 @@ def job_key(job, outcome) -> str | None:
     if outcome.error.startswith(UNCACHEABLE_ERRORS):
         return None
     read = {d.path: d.sha256 for d in outcome.files}
-    files = [str(f) for f in job.rows["file"].tolist()]
+    files = job_files(job)
     if not all(_is_digest(read.get(f)) for f in files):
         return None
     return product_key(job, {f: read[f] for f in files})
+
+
+def job_files(job) -> list[str]:
+    """Every file a product's outcome depends on and records (``outcome.files``, run.json's
+    ``inputs``): its manifest rows' files, then the single-stain controls its matrix was estimated
+    from (a control rewritten without changing the matrix, a re-exported header say, still changes
+    the recorded digest, so the product is not re-used with the old one)."""
+    files = [str(f) for f in job.rows["file"].tolist()]
+    return files + [str(f) for f in getattr(getattr(job, "compensation", None), "files", ()) if str(f) not in files]
 
 
 def _is_digest(value) -> bool:

@@ -159,7 +159,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     import hashlib
     import uuid
 
-    from tilpheno.cache import ProductStore, job_key, product_key
+    from tilpheno.cache import ProductStore, job_files, job_key, product_key
     from tilpheno.io import atomic
     from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render_index_pages
@@ -179,7 +179,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, make_reports=wanted == "draw"))
         entry = None
         if look_up:
-            found = {str(f): digests.sha256(f) for f in job.rows["file"].tolist()}
+            found = {f: digests.sha256(f) for f in job_files(job)}
             file_digests = {f: d for f, d in found.items() if d}
             key = product_key(job, file_digests) if len(file_digests) == len(found) else None
             entry = store.load(key, need_report=wanted == "draw") if key else None
