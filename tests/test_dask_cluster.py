@@ -54,7 +54,7 @@ def cluster(tmp_path):
         return procs[-1]
 
     try:
-        start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        scheduler = start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                             "--scheduler-file", str(sched_file)])
         _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 60, "scheduler did not start")
         address = json.loads(sched_file.read_text())["address"]
@@ -65,7 +65,7 @@ def cluster(tmp_path):
                                          "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"])
         with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=60)
-        yield address, workers, logs
+        yield address, workers, logs, scheduler
     finally:
         for p in procs:
             if p.poll() is None:
@@ -97,7 +97,7 @@ def _kill_a_busy_worker(address: str, workers: dict, killed: list) -> None:
 
 @pytest.mark.slow
 def test_separate_process_cluster_survives_a_lost_worker(small_cohort, cluster, tmp_path):
-    address, workers, logs = cluster
+    address, workers, logs, _ = cluster
     local = tmp_path / "local"
     assert process_folder(small_cohort.out_dir, local, manifest_csv=small_cohort.manifest, make_reports=False).ok
     killed: list = []
@@ -113,6 +113,29 @@ def test_separate_process_cluster_survives_a_lost_worker(small_cohort, cluster, 
     assert _outputs(out) == _outputs(local)
     # the surviving worker ran the products; the dead one's product was re-scheduled, not failed
     assert json.loads((out / "run.json").read_text())["cache"]["processed"] == ["TIL001", "TIL002", "TIL003"]
+
+
+@pytest.mark.slow
+def test_a_lost_scheduler_stops_the_run_and_leaves_the_output_folder_as_it_was(small_cohort, cluster, tmp_path):
+    """The scheduler killed mid-run: the run raises (one line), publishes nothing (the previous
+    outputs stay) and keeps the finished products' cache entries; it does not report every
+    product as failed and publish that."""
+    from tilpheno.errors import TilphenoError
+
+    address, workers, logs, scheduler = cluster
+    out = tmp_path / "out"
+    assert process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False).ok
+    before = _outputs(out)
+    killed: list = []
+    instead = {name: scheduler for name in workers}   # once a worker is busy, kill the scheduler, not it
+    killer = threading.Thread(target=_kill_a_busy_worker, args=(address, instead, killed), daemon=True)
+    killer.start()
+    with pytest.raises(TilphenoError, match=r"the cluster dropped the run's tasks .* the output folder was left as it was"):
+        process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
+                       executor="dask", scheduler=address, use_cache=False, overwrite=True)
+    killer.join(timeout=60)
+    assert killed and scheduler.poll() is not None
+    assert _outputs(out) == before
 
 
 def test_jobs_carry_paths_not_events(small_cohort):

@@ -3,7 +3,8 @@
 ``local`` with ``n_jobs == 1`` (in this process), ``local`` with ``n_jobs > 1`` (``n_jobs``
 persistent worker processes forked from a preloaded fork server, a dead one replaced) and
 ``dask`` (a ``distributed`` cluster at a scheduler address, or a ``distributed.Client`` passed
-in). A worker that dies fails only its own product.
+in). A worker that dies fails only its own product; a Dask scheduler lost mid-run raises
+``TilphenoError`` (the run stops, nothing is published).
 """
 from __future__ import annotations
 
@@ -149,9 +150,45 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
         job_of = {fut.key: job for fut, job in zip(futures, ordered)}
         if on_dispatch is not None:
             on_dispatch()
+        finished = 0
         for fut in as_completed(futures):
+            if fut.cancelled():   # never by tilpheno: the scheduler stopped or the connection to it was lost
+                raise _cluster_lost(scheduler, fut, len(ordered) - finished)
             yield _result_or_failure(fut, job_of[fut.key])
+            finished += 1
             fut.release()
     finally:
         if own:
-            client.close()
+            _close(client)
+
+
+def _close(client) -> None:
+    """Close our own client. One that lost its scheduler is still trying to reconnect, and closing
+    it cancels that, which ``distributed`` logs as an error with a traceback: silenced then (the
+    run's own one-line error says what happened)."""
+    if client.status == "running":
+        client.close()
+        return
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        client.close()
+    finally:
+        logger.setLevel(level)
+
+
+def _cluster_lost(scheduler, future, unfinished: int) -> TilphenoError:
+    """The error that stops a Dask run whose tasks the cluster dropped (the scheduler stopped or the
+    connection to it was lost): an infrastructure failure, not the products', so the run does not
+    go on to publish them as failed; OUT keeps its outputs and the finished products' cache entries."""
+    try:
+        future.result()
+        reason = "cancelled"
+    except Exception as exc:
+        reason = str(getattr(exc, "reason", "") or "cancelled")
+    address = getattr(getattr(scheduler, "scheduler", None), "address", scheduler)
+    return TilphenoError(f"scheduler {address}: the cluster dropped the run's tasks ({reason}: the scheduler "
+                         f"stopped or the connection to it was lost) with {unfinished} product(s) unfinished; "
+                         "the output folder was left as it was and the finished products are kept in its cache: "
+                         "run again to resume")
