@@ -173,3 +173,26 @@ def test_the_preload_on_a_real_worker():
         (threads,) = client.run(_threads).values()
     assert "heartbeat" in callbacks and not {"profile", "profile-cycle"} & set(callbacks), callbacks
     assert threads == [1]
+
+
+def test_a_worker_that_does_not_see_the_input_files_stops_the_run_with_one_line(small_cohort, tmp_path, monkeypatch):
+    """Before any product is sent, each worker is asked whether it sees an input file of each folder
+    (``os.path.exists`` there): a worker without the shared storage stops the run with a line naming
+    the worker and the file, not 36 ``no such file`` flags for files that exist."""
+    from tilpheno.errors import TilphenoError
+
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        asked: list = []
+
+        def run(self, function, *args, **kwargs):   # the worker's answer: it does not see the file
+            asked.append((function, args))
+            return {"tcp://10.0.0.9:40000": False}
+
+        monkeypatch.setattr(distributed.Client, "run", run)
+        out = tmp_path / "out"
+        with pytest.raises(TilphenoError, match=r"^Dask worker tcp://10\.0\.0\.9:40000: .*TIL001_\S+\.fcs: no such file on "
+                                                 r"the worker, though this machine has it; every worker must see"):
+            process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
+                           executor="dask", scheduler=client)
+    assert asked and asked[0][0] is os.path.exists
+    assert not (out / "run.json").exists()

@@ -145,6 +145,7 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
 
         run = uuid.uuid4().hex  # fresh keys: a cluster never serves a cached result of an earlier run
         ordered = largest_first(jobs)
+        _check_workers_see(client, ordered)
         keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(ordered))]
         futures = client.map(run_product, ordered, key=keys, pure=False)
         job_of = {fut.key: job for fut, job in zip(futures, ordered)}
@@ -160,6 +161,27 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
     finally:
         if own:
             _close(client)
+
+
+def _check_workers_see(client, jobs: Sequence[ProductJob]) -> None:
+    """Refuse (``TilphenoError``, one line) when a connected worker does not see an input file that
+    this machine sees: its products would fail with ``no such file`` for files that exist (every
+    worker must see the input files at the same paths). Checked with ``os.path.exists`` on each
+    worker (no tilpheno code needed there) for one file per folder, so an unmounted share whose
+    empty mount point exists is found too; a file missing here as well is left to its product."""
+    import os
+
+    first: dict[str, str] = {}
+    for job in jobs:
+        for f in map(str, job.rows["file"].tolist()):
+            if os.path.dirname(f) not in first and os.path.exists(f):
+                first[os.path.dirname(f)] = f
+    for path in sorted(first.values()):
+        for address, seen in sorted(client.run(os.path.exists, path).items()):
+            if not seen:
+                raise TilphenoError(f"Dask worker {address}: {path}: no such file on the worker, though this "
+                                    "machine has it; every worker must see the input files at the same paths "
+                                    "(a shared file system)")
 
 
 def _close(client) -> None:
