@@ -196,3 +196,55 @@ def test_a_worker_that_does_not_see_the_input_files_stops_the_run_with_one_line(
                            executor="dask", scheduler=client)
     assert asked and asked[0][0] is os.path.exists
     assert not (out / "run.json").exists()
+
+
+
+def test_a_scheduler_without_workers_stops_the_run_instead_of_waiting_for_ever(small_cohort, tmp_path, monkeypatch):
+    """A scheduler with no worker started: the run waited for ever at 0 of N products. It now stops
+    after ``NO_WORKERS_WAIT_S`` (1 s here) with one line naming the scheduler and what to start."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.pipeline import executors
+
+    monkeypatch.setattr(executors, "NO_WORKERS_WAIT_S", 1.0)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as local, \
+            distributed.Client(local) as client:
+        out = tmp_path / "out"
+        with pytest.raises(TilphenoError, match=r"^scheduler \S+: no Dask worker for 1 s with 3 product\(s\) "
+                                                 r"unfinished; start workers \(dask worker "):
+            process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
+                           executor="dask", scheduler=client)
+    assert not (out / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_every_worker_lost_mid_run_stops_the_run_instead_of_waiting_for_ever(small_cohort, cluster, tmp_path,
+                                                                              monkeypatch):
+    """Both workers killed once one processes a product: the products waited for ever for a worker.
+    The run now stops after ``NO_WORKERS_WAIT_S`` (3 s here), OUT untouched, in one line."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.pipeline import executors
+
+    monkeypatch.setattr(executors, "NO_WORKERS_WAIT_S", 3.0)
+    address, workers, logs, _ = cluster
+    killed: list = []
+    everyone = {name: _AllOf(list(workers.values())) for name in workers}
+    killer = threading.Thread(target=_kill_a_busy_worker, args=(address, everyone, killed), daemon=True)
+    killer.start()
+    out = tmp_path / "out"
+    with pytest.raises(TilphenoError, match=r"^scheduler \S+: no Dask worker for 3 s with [1-3] product\(s\) unfinished"):
+        process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
+                       executor="dask", scheduler=address)
+    killer.join(timeout=60)
+    assert killed and all(w.poll() is not None for w in workers.values())
+    assert not (out / "run.json").exists()
+
+
+class _AllOf:
+    """Stands for one worker in ``_kill_a_busy_worker``: killing it kills every process given."""
+
+    def __init__(self, procs):
+        self.procs = procs
+
+    def kill(self):
+        for p in self.procs:
+            p.kill()

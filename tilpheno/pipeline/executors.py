@@ -130,7 +130,7 @@ def _worker_died(job: ProductJob, reason: str) -> ProductOutcome:
 
 def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Iterator[ProductOutcome]:
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise TableError("executor dask needs the 'distributed' package: pip install 'tilpheno[dask]'") from None
     if scheduler is None:
@@ -145,6 +145,7 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
 
         run = uuid.uuid4().hex  # fresh keys: a cluster never serves a cached result of an earlier run
         ordered = largest_first(jobs)
+        _wait_for_a_worker(client, scheduler, len(ordered))
         _check_workers_see(client, ordered)
         keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(ordered))]
         futures = client.map(run_product, ordered, key=keys, pure=False)
@@ -152,7 +153,7 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
         if on_dispatch is not None:
             on_dispatch()
         finished = 0
-        for fut in as_completed(futures):
+        for fut in _completed(client, futures, scheduler):
             if fut.cancelled():   # never by tilpheno: the scheduler stopped or the connection to it was lost
                 raise _cluster_lost(scheduler, fut, len(ordered) - finished)
             yield _result_or_failure(fut, job_of[fut.key])
@@ -161,6 +162,57 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
     finally:
         if own:
             _close(client)
+
+
+NO_WORKERS_WAIT_S = 60.0
+"""Seconds a Dask run waits while its scheduler has no worker (before the first product, or after
+every worker left mid-run) before it stops with one line, rather than wait for ever."""
+
+
+def _wait_for_a_worker(client, scheduler, unfinished: int) -> None:
+    """Wait up to :data:`NO_WORKERS_WAIT_S` for the scheduler's first worker; ``TilphenoError`` then."""
+    try:
+        client.wait_for_workers(1, timeout=NO_WORKERS_WAIT_S)
+    except TimeoutError:
+        raise _no_workers(scheduler, unfinished) from None
+
+
+def _completed(client, futures, scheduler, poll_s: float = 0.2) -> Iterator:
+    """``futures`` as they complete (``distributed.as_completed``), polled every ``poll_s`` so that a
+    cluster left without workers mid-run (every worker stopped or lost: its tasks wait for ever)
+    stops the run after :data:`NO_WORKERS_WAIT_S` with ``TilphenoError``."""
+    import time
+
+    from distributed import as_completed
+
+    pending = as_completed(futures)
+    left, idle_since, checked = len(futures), None, 0.0
+    while not pending.is_empty():
+        batch = pending.next_batch(block=False)
+        if batch:
+            idle_since = None
+            left -= len(batch)
+            yield from batch
+            continue
+        time.sleep(poll_s)
+        now = time.monotonic()
+        if now - checked < 2.0:
+            continue
+        checked = now
+        if client.status == "running" and not client.nthreads():
+            idle_since = now if idle_since is None else idle_since
+            if now - idle_since > NO_WORKERS_WAIT_S:
+                raise _no_workers(scheduler, left)
+        else:
+            idle_since = None
+
+
+def _no_workers(scheduler, unfinished: int) -> TilphenoError:
+    address = getattr(getattr(scheduler, "scheduler", None), "address", scheduler)
+    return TilphenoError(f"scheduler {address}: no Dask worker for {NO_WORKERS_WAIT_S:g} s with {unfinished} "
+                         f"product(s) unfinished; start workers (dask worker {address} --preload tilpheno.daskworker) "
+                         "and run again: the output folder was left as it was and finished products are kept "
+                         "in its cache")
 
 
 def _check_workers_see(client, jobs: Sequence[ProductJob]) -> None:
