@@ -221,3 +221,21 @@ def test_negative_coefficients():
     m[0, 4] = -0.005          # within the tolerance
     assert negative_coefficients(Spillover(ins.DETECTORS, m)) == [("BV421-A", "PerCP-Cy5-5-A", pytest.approx(-0.1))]
     assert negative_coefficients(ins.true_spillover()) == []
+
+
+def test_residual_spillover_names_the_source_that_left_the_spillover():
+    """A degraded tandem leaves 8 % of source A in the target on A's bright cells; source B is bright
+    almost only on A-bright cells (PD1 on CD8+ cells). The partial slope names A, not B (a per-pair
+    contrast gave B a slope of about 0.1). Tolerance: slopes within 0.01 of the truth."""
+    rng = np.random.default_rng(3)
+    n = 20000
+    a_pos = rng.random(n) < 0.5
+    a = np.where(a_pos, rng.lognormal(np.log(7000), 0.4, n), 0.0) + rng.normal(0, 60, n)
+    b = np.where(a_pos & (rng.random(n) < 0.4), rng.lognormal(np.log(2600), 0.5, n), 0.0) + rng.normal(0, 60, n)
+    c = np.where(rng.random(n) < 0.3, rng.lognormal(np.log(6000), 0.35, n), 0.0) + rng.normal(0, 60, n)
+    target = 0.08 * a + rng.normal(0, 80, n)
+    table = residual_spillover({"A": a, "B": b, "C": c, "T": target}, targets=["T"], negative_cuts={"T": np.inf})
+    rows = table.set_index("source")
+    assert rows.loc["A", "flagged"] and abs(rows.loc["A", "slope"] - 0.08) < 0.01
+    assert not rows.loc["B", "flagged"] and abs(rows.loc["B", "slope"]) < 0.01
+    assert not rows.loc["C", "flagged"] and abs(rows.loc["C", "slope"]) < 0.01

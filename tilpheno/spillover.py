@@ -50,7 +50,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -425,20 +425,11 @@ def negative_coefficients(spillover: Spillover, limit: float = NEGATIVE_COEFFICI
             if i != j and m[i, j] < limit]
 
 
-def _pair_slope(x: np.ndarray, y: np.ndarray, negative: np.ndarray, *, low_fraction: float, bright_fraction: float,
-                min_events: int, min_lever: float) -> tuple[float, float, int] | None:
-    """``(lever, shift, n_negative)`` of one (source ``x``, target ``y``) pair among the events
-    ``negative``, or None when the groups are too small or the lever too short."""
-    n_neg = int(np.count_nonzero(negative))
-    if n_neg * min(low_fraction, bright_fraction) < min_events:
-        return None
-    xs, ys = x[negative], y[negative]
-    lo_cut, hi_cut = np.quantile(xs, [low_fraction, 1.0 - bright_fraction])
-    low, high = xs <= lo_cut, xs >= hi_cut
-    lever = float(np.median(xs[high]) - np.median(xs[low]))
-    if lever < min_lever:
-        return None
-    return lever, half_sample_mode(ys[high]) - half_sample_mode(ys[low]), n_neg
+def _lever(x: np.ndarray, *, low_fraction: float, bright_fraction: float) -> float:
+    """Difference of the source medians of the brightest ``bright_fraction`` and the dimmest
+    ``low_fraction`` of ``x`` (the events' span in that source)."""
+    lo_cut, hi_cut = np.quantile(x, [low_fraction, 1.0 - bright_fraction])
+    return float(np.median(x[x >= hi_cut]) - np.median(x[x <= lo_cut]))
 
 
 def residual_events(n_events: int, mask: np.ndarray | None = None, max_events: int = RESIDUAL_MAX_EVENTS) -> np.ndarray:
@@ -457,6 +448,7 @@ def residual_spillover(
     negative_cuts: dict[str, float] | None = None,
     targets: Sequence[str] | None = None,
     mask: np.ndarray | None = None,
+    source_masks: Mapping[str, np.ndarray] | None = None,
     tolerance: float = RESIDUAL_TOLERANCE,
     low_fraction: float = 0.2,
     bright_fraction: float = 0.05,
@@ -467,51 +459,72 @@ def residual_spillover(
     """Residual spillover left after compensation, per ordered pair of detectors (source, target).
 
     ``compensated``: detector -> compensated linear values of one tube (``mask``: the events to
-    use, e.g. the singlets). ``targets``: the detectors checked as targets (default all). For each
-    target its *negative* events: values below ``negative_cuts[target]`` (the tube's own gate
-    threshold, linear units; ``inf`` in an FMO control's omitted detector, where every event is
-    negative; without a cut, Otsu's threshold of ``asinh(y / 150)``). Among them, for each source
-    detector, the dim group (lowest ``low_fraction`` of the source) and the bright group (highest
-    ``bright_fraction``); ``lever`` = the difference of their source medians (pairs with ``lever <
-    min_lever`` or fewer than ``min_events`` events per group are skipped: the tube cannot show
-    that coefficient). ``shift`` = the difference of the target's half-sample modes between the
-    bright and the dim group and ``slope = shift / lever`` (the statistic): about 0 when the
-    compensation is right, ``+delta`` when the spillover coefficient is too small by ``delta``
-    (under-compensated: negatives lean up with the bright channel), ``-delta`` when it is too
-    large (over-compensated). A large under-compensation can lift the bright negatives over the
-    stained tube's cut; an FMO tube's omitted detector has no cut (every event is negative), so it
-    still shows the pair, as it shows the pairs whose source is bright only on target-positive cells. ``flagged`` = ``|slope| > tolerance`` (default 0.04: 4 % of
-    the source's signal left in, or taken out of, the target).
-    At most ``max_events`` events are used (every k-th of the masked events: deterministic).
+    use, e.g. the live lymphocytes). ``source_masks``: detector -> the events on which that
+    detector is checked as a source instead (e.g. the singlets for a viability dye, bright only on
+    the dead cells ``mask`` leaves out). ``targets``: the detectors checked as targets (default
+    all). For each target its *negative* events: values below ``negative_cuts[target]`` (the
+    tube's own gate threshold, linear units; ``inf`` in an FMO control's omitted detector, where
+    every event is negative; without a cut, Otsu's threshold of ``asinh(y / 150)``). A source is
+    testable when, among them, the dim group (lowest ``low_fraction`` of the source) and the bright
+    group (highest ``bright_fraction``) have at least ``min_events`` events each and ``lever`` (the
+    difference of their source medians) is at least ``min_lever``; other pairs are skipped (the
+    tube cannot show that coefficient). The statistic ``slope``: the least-squares coefficient of
+    the source when the target is regressed on **every testable source at once** (and an
+    intercept) over those negatives: a partial slope, so spillover left by one source is not
+    attributed to another source whose bright cells carry it (a degraded APC-H7 tandem leaves
+    APC signal on CD8+ cells; PD1 is bright mostly on CD8+ cells, so a per-pair statistic also
+    named PE -> APC). About 0 when the compensation is right, ``+delta`` when the spillover
+    coefficient is too small by ``delta`` (under-compensated: negatives lean up with the source),
+    ``-delta`` when it is too large (over-compensated). ``shift = slope * lever``: the target
+    shift the source explains across its lever. A large under-compensation can lift the bright
+    negatives over the stained tube's cut; an FMO tube's omitted detector has no cut (every event
+    is negative), so it still shows the pair, as it shows the pairs whose source is bright only on
+    target-positive cells. ``flagged`` = ``|slope| > tolerance`` (default 0.04: 4 % of the
+    source's signal left in, or taken out of, the target).
+    At most ``max_events`` events per event set are used (every k-th: deterministic).
     Columns ``source, target, n_negative, lever, shift, slope, flagged``.
     """
     cuts = dict(negative_cuts or {})
     names = list(compensated)
-    index = residual_events(len(next(iter(compensated.values()))) if compensated else 0, mask, max_events)
-    values = {d: v[index] for d, v in compensated.items()}
+    n = len(next(iter(compensated.values()))) if compensated else 0
+    # the event sets: the mask, and each source mask (with the sources checked on it)
+    sets: list[tuple[np.ndarray, list[str]]] = []
+    special = dict(source_masks or {})
+    for m, srcs in [(mask, [d for d in names if d not in special])] + [(special[d], [d]) for d in names if d in special]:
+        index = residual_events(n, m, max_events)
+        sets.append((index, srcs))
     rows = []
-    options: dict[str, Any] = dict(low_fraction=low_fraction, bright_fraction=bright_fraction, min_events=min_events,
-                   min_lever=min_lever)
-    for tgt in (names if targets is None else [t for t in targets if t in values]):
-        y = values[tgt]
-        ok = np.isfinite(y)
-        if not ok.any():
-            continue
+    for tgt in (names if targets is None else [t for t in targets if t in compensated]):
         cut = cuts.get(tgt)
         if cut is None:
-            cut = float(np.sinh(otsu_threshold(np.arcsinh(y[ok] / ASINH_COFACTOR))) * ASINH_COFACTOR)
-        for src in names:
-            if src == tgt:
+            y_all = compensated[tgt][sets[0][0]]
+            y_ok = y_all[np.isfinite(y_all)]
+            if not y_ok.size:
                 continue
-            x = values[src]
-            usable = ok & np.isfinite(x)
-            found = _pair_slope(x, y, usable & (y < cut), **options)
-            if found is None:
+            cut = float(np.sinh(otsu_threshold(np.arcsinh(y_ok / ASINH_COFACTOR))) * ASINH_COFACTOR)
+        for index, reported in sets:
+            if all(src == tgt for src in reported):
                 continue
-            lever, shift, n_neg = found
-            slope = shift / lever
-            rows.append({"source": src, "target": tgt, "n_negative": n_neg, "lever": lever, "shift": shift,
-                         "slope": slope, "flagged": bool(abs(slope) > tolerance)})
+            values = {d: compensated[d][index] for d in names}
+            y = values[tgt]
+            negative = np.isfinite(y) & (y < cut)
+            for d in names:
+                negative &= np.isfinite(values[d])
+            n_neg = int(np.count_nonzero(negative))
+            if n_neg * min(low_fraction, bright_fraction) < min_events:
+                continue
+            levers = {src: _lever(values[src][negative], low_fraction=low_fraction, bright_fraction=bright_fraction)
+                      for src in names if src != tgt}
+            testable = [src for src, lever in levers.items() if lever >= min_lever]
+            if not any(src in reported for src in testable):
+                continue
+            design = np.column_stack([values[src][negative] for src in testable] + [np.ones(n_neg)])
+            coef = np.linalg.lstsq(design, values[tgt][negative], rcond=None)[0]
+            for src, slope in zip(testable, coef):
+                if src in reported:
+                    rows.append({"source": src, "target": tgt, "n_negative": n_neg, "lever": levers[src],
+                                 "shift": float(slope) * levers[src], "slope": float(slope),
+                                 "flagged": bool(abs(slope) > tolerance)})
     return pd.DataFrame(rows, columns=["source", "target", "n_negative", "lever", "shift", "slope", "flagged"])
 
 
