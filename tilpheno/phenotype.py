@@ -263,12 +263,16 @@ def _negative_cuts(state: _Gated) -> dict[str, float]:
 def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover | None,
                        fmo_marker: str | None = None) -> pd.DataFrame | None:
     """Residual spillover of a gated stained or FMO tube (``tilpheno.spillover.residual_spillover``):
-    compensated linear values of its markers' detectors, in the strategy's singlets population (else
-    its lymphocytes, else all events). Stained tube: every detector is a target, its negatives below
-    the marker's own gate threshold. FMO tube (``fmo_marker`` = the omitted marker, as named in ``state.tube.detectors``): only the
-    omitted marker's detector is a target and every event is negative there, so the pairs a stained
-    tube cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8
-    into CD3) are checked too."""
+    compensated linear values of its markers' detectors, in the strategy's lymphocytes population
+    (live singlet lymphocytes: dead and large cells bind antibodies nonspecifically and would lean
+    every channel together; else its singlets, else all events). A marker the strategy gates
+    within the singlets but outside the lymphocytes (the viability dye of the live gate: bright only
+    on the dead cells the lymphocytes leave out) is checked as a source on the singlets. Stained
+    tube: every detector is a target, its negatives below the marker's own gate threshold. FMO tube
+    (``fmo_marker`` = the omitted marker, as named in ``state.tube.detectors``): only the omitted
+    marker's detector is a target and every event is negative there, so the pairs a stained tube
+    cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8 into
+    CD3) are checked too."""
     from tilpheno.spillover import residual_events, residual_spillover
 
     if spillover is None:
@@ -282,14 +286,27 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
             return None
         omitted = markers[fmo_marker]
         targets, cuts = [omitted], {omitted: math.inf}
-    # singlet cells (dead ones included: a viability dye's bright events are a source too), else the
-    # lymphocytes, else every event
-    within = next((p.name for p in strategy.populations if p.method == "singlets"), None) or _lymph_population(strategy)
-    mask = state.masks.get(within) if within else None
+    singlets = next((p.name for p in strategy.populations if p.method == "singlets"), None)
+    lymph = _lymph_population(strategy)
+    singlet_mask = state.masks.get(singlets) if singlets else None
+    mask = state.masks.get(lymph) if lymph else None
+    source_masks: dict[str, np.ndarray] = {}
+    if mask is None:
+        mask = singlet_mask
+    elif singlet_mask is not None:
+        source_masks = {markers[p.dims[0]]: singlet_mask for p in strategy.populations
+                        if len(p.dims) == 1 and p.dims[0] in markers and _descends_from(strategy, p.name, singlets)
+                        and not _descends_from(strategy, p.name, lymph)}
     # only the events the check uses are put back on the linear scale (the inverse is per value)
     index = residual_events(state.tube.n_events, mask)
-    values = {d: state.tube.transforms[m].inverse(state.tube.data[m][index]) for m, d in markers.items()}
-    return residual_spillover(values, negative_cuts=cuts, targets=targets)
+    if source_masks:
+        index = np.union1d(index, residual_events(state.tube.n_events, singlet_mask))
+    values = {}
+    for m, d in markers.items():
+        full = np.full(state.tube.n_events, np.nan)
+        full[index] = state.tube.transforms[m].inverse(state.tube.data[m][index])
+        values[d] = full
+    return residual_spillover(values, negative_cuts=cuts, targets=targets, mask=mask, source_masks=source_masks)
 
 
 def step_flags(product_id: str, name: str, result: TubeResult) -> list[QCFlag]:
