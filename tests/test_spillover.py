@@ -15,7 +15,7 @@ from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.controls import control_file_name, simulate_control, simulate_controls
 from tilpheno.simulate.products import KIND_LYMPH, TUBES, draw_composition, simulate_tube
 from tilpheno.spillover import (
-    Control, controls_in_folder, detector_from_text, estimate_spillover, half_sample_mode, negative_coefficients,
+    Control, controls_in_folder, detector_from_text, estimate_spillover, negative_coefficients,
     residual_spillover,
 )
 
@@ -142,12 +142,6 @@ def test_negative_spillover_and_singular_matrix(tmp_path):
     b = Control(_write_control(tmp_path / "b.fcs", simulate_control(1, 5000, rng, matrix=same)), "PE-A")
     with pytest.raises(CompensationError, match=r"singular .*a.fcs, b.fcs"):
         estimate_spillover([unstained, a, b])
-
-
-def test_half_sample_mode():
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(10, 1, 3000), rng.normal(60, 20, 2000)])
-    assert abs(half_sample_mode(x) - 10) < 0.5
 
 
 @pytest.fixture(scope="module")

@@ -391,23 +391,6 @@ def _spreading(spill: Spillover, populations: dict[int, tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------------------------
 
 
-def half_sample_mode(values: np.ndarray) -> float:
-    """Half-sample mode (Bickel & Fruehwirth 2006): repeatedly keep the half of the sorted values
-    with the smallest range; the mode of the last 1-3 values. Robust, no bandwidth."""
-    x = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])
-    if x.size == 0:
-        return float("nan")
-    while x.size > 3:
-        h = (x.size + 1) // 2
-        widths = x[h - 1:] - x[: x.size - h + 1]
-        start = int(np.argmin(widths))
-        x = x[start : start + h]
-    if x.size == 3:
-        left, right = x[1] - x[0], x[2] - x[1]
-        return float((x[0] + x[1]) / 2 if left < right else (x[1] + x[2]) / 2 if right < left else x[1])
-    return float(np.mean(x))
-
-
 RESIDUAL_TOLERANCE = 0.04
 RESIDUAL_MAX_EVENTS = 20_000
 
