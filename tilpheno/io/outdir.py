@@ -16,7 +16,7 @@ A run of ``process`` *claims* its output folder (:meth:`OutputFolder.claim`):
   lists what is being removed and published), removes the previous run's outputs, moves the staged
   files into place (``run.json`` last) and removes the marker. A run that fails or is interrupted
   before publishing leaves OUT as it was (its staging folder is removed, or, after ``kill -9``,
-  removed by the next run). A run killed while publishing leaves the marker: the next run refuses
+  removed by the next run); an OUT the claim created is removed again when it is left empty. A run killed while publishing leaves the marker: the next run refuses
   the folder without ``overwrite`` and, with it, removes both lists.
 * **Stale temporary files** (staging folders and ``*.part`` files of :mod:`tilpheno.io.atomic`
   left by a killed run) are removed when the folder is claimed, and listed.
@@ -95,6 +95,7 @@ class OutputFolder:
     previous: list[str] = field(default_factory=list)      # outputs of the previous run, removed at publish
     kept: list[str] = field(default_factory=list)          # other entries of OUT, left alone
     stale_removed: list[str] = field(default_factory=list)  # temporary files of killed runs, removed
+    created: bool = False                                   # OUT did not exist before this claim
     _lock_fd: int | None = None
 
     # -- claiming -----------------------------------------------------------------------------
@@ -104,11 +105,12 @@ class OutputFolder:
         try:
             if out.exists() and not out.is_dir():
                 raise OutputFolderError(f"{out}: exists and is not a folder; choose another output folder")
+            created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
             fd = _lock(out, run_id)
         except OSError as exc:
             raise OutputFolderError(f"cannot use the output folder: {describe_os_error(exc, out)}") from None
-        folder = cls(out, Path(), overwrite, _lock_fd=fd)
+        folder = cls(out, Path(), overwrite, created=created, _lock_fd=fd)
         try:
             folder._inspect()
             folder.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
@@ -223,7 +225,8 @@ class OutputFolder:
                 log.warning("%s: could not remove the staging folder; the next run removes it", self.staging)
 
     def release(self) -> None:
-        """Remove and unlock the lock file."""
+        """Remove and unlock the lock file; remove OUT too when this claim created it and the run
+        left it empty (a run that stopped before publishing: no scheduler, an error in the inputs)."""
         if self._lock_fd is None:
             return
         try:
@@ -232,6 +235,11 @@ class OutputFolder:
             log.warning("%s: lock file not removed (%s); the next run re-locks it", self.path, describe_os_error(exc))
         os.close(self._lock_fd)   # closing releases the flock
         self._lock_fd = None
+        if self.created:
+            try:
+                self.path.rmdir()   # only if empty: another run's lock file, or any output, keeps it
+            except OSError:
+                pass
 
     def __enter__(self) -> "OutputFolder":
         return self
