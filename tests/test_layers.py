@@ -18,7 +18,7 @@ LAYERS = {
     "tilpheno.study": 0, "tilpheno.io": 0, "tilpheno.io.atomic": 0, "tilpheno.io.files": 0, "tilpheno.io.text": 0,
     # 1 read: FCS files (and the spillover matrices they carry), tables, output folders
     "tilpheno.io.fcs": 1, "tilpheno.io.spill": 1, "tilpheno.io.fcs_write": 1, "tilpheno.io.outcomes": 1,
-    "tilpheno.io.outdir": 1, "tilpheno.io.export": 1,
+    "tilpheno.io.outdir": 1, "tilpheno.io.export": 1, "tilpheno.io.workbook": 1,
     # 2 map and group: detectors -> markers, files -> products and tubes
     "tilpheno.panel": 2, "tilpheno.io.manifest": 2,
     # 3 compensate

@@ -190,3 +190,22 @@ def test_cli_scan_unwritable_out_is_one_line(files):
     assert result.output.strip().splitlines()[-1] == f"error: {taken}: Is a directory"
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not list(files.glob(".*.part"))
+
+
+def test_read_manifest_excel_formula_without_saved_value(files):
+    """A sample sheet written by a script holds formulas without results: read as values, the cell
+    was silently empty (here the dose; in product_id it was reported as an 'empty value') -> refused,
+    naming the row, the column and the sheet's cell (the outcomes reader's rule)."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([*COLUMNS, "til_dose_cells"])
+    sheet.append(["a.fcs", "P1", "surface", "stain", "", 5e9])
+    sheet.append(["b.fcs", "P1", "surface", "fmo", "PD1", "=F2"])
+    path = files / "m.xlsx"
+    book.save(path)
+    with pytest.raises(TableError) as err:
+        read_manifest(path)
+    assert str(err.value).startswith(f"{path}: row 2 (line 3), column 'til_dose_cells': sheet 'Sheet' cell F3 holds "
+                                     "a formula with no saved value"), err.value

@@ -27,7 +27,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
 Unreadable files stay in the manifest with what their name tells, and the reader's message in an
 extra ``problem`` column (``''`` for readable files), so that processing reports them.
 ``read_manifest`` reads a user manifest (CSV or Excel) and validates it; errors are TableError
-naming the file, row and column.
+naming the file, row and column (an Excel formula cell with no saved value, from a workbook written
+by a program and never calculated, is one).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError
 from tilpheno.io.files import display_name
+from tilpheno.io.workbook import refuse_unsaved_formulas
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -242,6 +244,9 @@ def _read_table(path: Path) -> pd.DataFrame:
         if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
             frame = pd.read_excel(path, dtype=str)
             frame = frame.fillna("")
+            if path.suffix.lower() != ".xls":
+                refuse_unsaved_formulas(path.read_bytes(), lambda row, column: f"{path}: row {row - 1} (line {row}), "
+                                                                               f"column '{column}'")
         else:
             raw = path.read_bytes()
             if b"\x00" in raw[:4096]:

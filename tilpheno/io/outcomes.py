@@ -40,6 +40,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, closest_match
 from tilpheno.io.files import column_separator
+from tilpheno.io.workbook import refuse_unsaved_formulas
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -66,14 +67,16 @@ def did_you_mean(word: str, choices) -> str:
     return f" (did you mean '{close}'?)" if close else ""
 
 
-def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):
-    where = []
-    if row is not None:
-        where.append(f"row {row}")
+def _where(source: str, row: int | None = None, column: str | None = None) -> str:
+    """``<source>: row R, column 'C'`` (the parts that are known)."""
+    where = [f"row {row}"] if row is not None else []
     if column is not None:
         where.append(f"column '{column}'")
-    loc = (", ".join(where) + ": ") if where else ""
-    raise TableError(f"{source}: {loc}{problem}")
+    return f"{source}: {', '.join(where)}" if where else source
+
+
+def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):
+    raise TableError(f"{_where(source, row, column)}: {problem}")
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
@@ -92,7 +95,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
             frame = pd.read_excel(io.BytesIO(data), sheet_name=0, dtype=object, header=0, engine="openpyxl")
         except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
             _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
-        _refuse_unsaved_formulas(data, source)
+        refuse_unsaved_formulas(data, lambda row, column: _where(source, row, column))
     else:
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")   # Excel's "Unicode Text (*.txt)": UTF-16 with a BOM
         if (b"\x00" in data[:65536] and not utf16) or path.suffix.lower() == ".xls":
@@ -168,41 +171,6 @@ def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
         _fail(source, f"'{text}' is ambiguous in tab-separated text: {whole} (a thousands separator) or {decimal} "
                       f"(a decimal comma); write {whole} or {decimal}", at, column)
     return cells.where(~grouped, cells.map(lambda v: v.replace(",", "") if isinstance(v, str) else v))
-
-
-def _refuse_unsaved_formulas(data: bytes, source: str) -> None:
-    """Refuse a formula cell of the first sheet that holds no saved value.
-
-    A workbook written by a script (openpyxl, pandas) stores formulas without their results until
-    Excel (or LibreOffice) calculates and saves it; read as values, such a cell is empty, so a
-    time would be "missing" and a covariate silently missing. A formula whose saved result is
-    empty text (Excel writes ``t="str"``) is a real empty cell and is accepted.
-    """
-    import openpyxl
-
-    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=False)
-    try:
-        sheet = book.worksheets[0]
-        formulas = {cell.coordinate for row in sheet.iter_rows() for cell in row if cell.data_type == "f"}
-    finally:
-        book.close()
-    if not formulas:
-        return
-    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    try:
-        sheet = book.worksheets[0]
-        header: dict[int, str] = {}
-        for row in sheet.iter_rows():
-            for cell in row:
-                if getattr(cell, "row", None) == 1:
-                    header[cell.column] = _cell_text(cell.value)
-                if getattr(cell, "coordinate", None) in formulas and cell.value is None and cell.data_type != "str":
-                    _fail(source, f"sheet '{sheet.title}' cell {cell.coordinate} holds a formula with no saved value "
-                                  "(the workbook was written by a program and never calculated): open it in Excel "
-                                  "and save it, or paste the values over the formulas, then read it again",
-                          cell.row, header.get(cell.column) or None)
-    finally:
-        book.close()
 
 
 def _cell_text(value) -> str:
