@@ -209,3 +209,21 @@ def test_read_manifest_excel_formula_without_saved_value(files):
         read_manifest(path)
     assert str(err.value).startswith(f"{path}: row 2 (line 3), column 'til_dose_cells': sheet 'Sheet' cell F3 holds "
                                      "a formula with no saved value"), err.value
+
+
+def test_read_manifest_dose_column(files):
+    """til_dose_cells given on the stain row only: its blank FMO cells failed every product with
+    'internal error ValueError' (and a word such as 'abc' too) -> numbers, blank = NaN; a word, a
+    negative number or two different doses of one product is an error naming the row."""
+    header = [*COLUMNS, "til_dose_cells"]
+    path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
+                                    ["b.fcs", "P1", "surface", "fmo", "PD1", ""]])
+    doses = read_manifest(path)["til_dose_cells"].tolist()
+    assert doses[0] == 5e9 and np.isnan(doses[1])
+    for second, match in (("abc", "row 2 \\(line 3\\), column 'til_dose_cells': 'abc' is not a number of cells"),
+                          ("-1", "'-1' is not a number of cells \\(finite, not negative\\)"),
+                          ("6e9", "'6e9' differs from the dose 5e\\+09 of product 'P1' in row 1")):
+        path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
+                                        ["b.fcs", "P1", "surface", "fmo", "PD1", second]])
+        with pytest.raises(TableError, match=match):
+            read_manifest(path)

@@ -33,6 +33,7 @@ by a program and never calculated, is one).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -274,8 +275,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     row N is line N+1) and column: missing columns, empty cells, unknown roles, FMO rows without a
     recognisable marker, duplicate files, files that do not exist (relative paths are looked up
     under ``base``, default the manifest's folder), files (links resolved) outside ``base`` unless
-    ``allow_outside``, files that are not regular files. Values are returned as written (stripped), with
-    ``fmo_marker`` read through the study's vocabulary (default: the bundled study's).
+    ``allow_outside``, files that are not regular files, and in an optional ``til_dose_cells`` column
+    (the product's infused cells, on one or more of its rows) a cell that is not a non-negative
+    number or differs from another of the product's. Values are returned as written (stripped), with
+    ``fmo_marker`` read through the study's vocabulary (default: the bundled study's) and
+    ``til_dose_cells`` as floats (an empty cell NaN).
     """
     vocabulary = (study or default_study()).vocabulary
     path = Path(path)
@@ -319,4 +323,29 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")
         seen[key] = i
     frame["fmo_marker"] = markers
+    if "til_dose_cells" in frame.columns:
+        frame["til_dose_cells"] = _doses(frame, path)
     return frame
+
+
+def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
+    """The ``til_dose_cells`` column as numbers (an empty cell is NaN): each a non-negative finite
+    number, and the filled cells of one product equal (a product has one infused dose)."""
+    doses: list[float] = []
+    first: dict[str, tuple[int, float]] = {}
+    for i, (product, cell) in enumerate(zip(frame["product_id"], frame["til_dose_cells"]), start=1):
+        where = f"{path}: row {i} (line {i + 1}), column 'til_dose_cells'"
+        text = "" if cell is None else str(cell).strip()
+        try:
+            dose = float(text) if text else float("nan")
+        except ValueError:
+            raise TableError(f"{where}: {text[:40]!r} is not a number of cells") from None
+        if math.isinf(dose) or dose < 0:
+            raise TableError(f"{where}: {text[:40]!r} is not a number of cells (finite, not negative)")
+        if not math.isnan(dose):
+            earlier = first.setdefault(product, (i, dose))
+            if earlier[1] != dose:
+                raise TableError(f"{where}: {text[:40]!r} differs from the dose {earlier[1]:g} of product "
+                                 f"{product!r} in row {earlier[0]} (a product has one dose)")
+        doses.append(dose)
+    return doses
