@@ -227,3 +227,23 @@ def test_read_manifest_dose_column(files):
                                         ["b.fcs", "P1", "surface", "fmo", "PD1", second]])
         with pytest.raises(TableError, match=match):
             read_manifest(path)
+
+
+def test_read_manifest_european_excel_csv(files):
+    """Excel's CSV where the comma is the decimal mark is semicolon-separated (and a tab-separated
+    copy has tabs): both were one column named 'file;product_id;...' ('missing columns') -> read,
+    with a decimal comma in til_dose_cells; formatted empty rows saved as ';;;;' (an 'empty value'
+    error) are skipped, and a blank line no longer shifts the line number of later errors."""
+    rows = ["file;product_id;tube;role;fmo_marker;til_dose_cells", "a.fcs;007;surface;stain;;1,5E+10",
+            "b.fcs;007;surface;fmo;PD1;", ";;;;;", ";;;;;"]
+    path = files / "m.csv"
+    path.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    frame = read_manifest(path)
+    assert frame[list(COLUMNS)].values.tolist() == [["a.fcs", "007", "surface", "stain", ""],
+                                                   ["b.fcs", "007", "surface", "fmo", "PD1"]]
+    assert frame["til_dose_cells"].iloc[0] == 1.5e10
+    path.write_text("\n".join(r.replace(";", "\t").replace("1,5E+10", "2e9") for r in rows[:3]) + "\n")
+    assert read_manifest(path)["til_dose_cells"].iloc[0] == 2e9
+    path.write_text("\n".join([",".join(COLUMNS), "a.fcs,P,surface,stain,", "", "b.fcs,P,surface,fmoo,PD1"]) + "\n")
+    with pytest.raises(TableError, match="row 3 \\(line 4\\), column 'role': unknown role 'fmoo'"):
+        read_manifest(path)

@@ -32,6 +32,7 @@ by a program and never calculated, is one).
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError
-from tilpheno.io.files import display_name
+from tilpheno.io.files import column_separator, display_name
 from tilpheno.io.workbook import refuse_unsaved_formulas
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
@@ -237,10 +238,17 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    """The manifest's cells as text; index = the line of the file (a sheet's row; the header is
+    line 1). Rows whose every cell is blank are dropped (Excel saves formatted empty rows as
+    ``,,,,``); their lines still count. Text is UTF-8 (BOM optional; undecodable bytes kept as
+    surrogate escapes, so a file name ``tilpheno scan -o`` wrote reads back as written), separated
+    by commas, or by semicolons / tabs when the header line has no comma (European Excel; then a
+    comma in ``til_dose_cells`` is the decimal mark, ``frame.attrs["decimal_comma"]``)."""
     if not path.is_file():
         raise TableError(f"{path}: manifest file not found")
     if path.stat().st_size == 0:
         raise TableError(f"{path}: manifest file is empty")
+    separator = ","
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
             frame = pd.read_excel(path, dtype=str)
@@ -252,8 +260,10 @@ def _read_table(path: Path) -> pd.DataFrame:
             raw = path.read_bytes()
             if b"\x00" in raw[:4096]:
                 raise TableError(f"{path}: not a CSV text file (binary content)")
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig",
-                                encoding_errors="surrogateescape")
+            text = raw.decode("utf-8-sig", errors="surrogateescape")
+            separator = column_separator(next((line for line in text.splitlines() if line.strip()), ""))
+            frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False,
+                                skipinitialspace=True, skip_blank_lines=False)
     except TableError:
         raise
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
@@ -263,6 +273,10 @@ def _read_table(path: Path) -> pd.DataFrame:
 
     frame = restore_frame(frame)   # a manifest written by `tilpheno scan -o` has neutralised cells
     frame.columns = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in frame.columns]
+    frame.index = range(2, len(frame) + 2)
+    blank = frame.map(lambda v: v is None or not str(v).strip()).all(axis=1)
+    frame = frame.loc[~blank]
+    frame.attrs["decimal_comma"] = separator == ";"
     return frame
 
 
@@ -271,8 +285,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
+    The file is CSV (comma-, semicolon- or tab-separated; see ``_read_table``) or an .xlsx workbook's
+    first sheet. Rows whose every cell is blank are skipped.
+
     Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
-    row N is line N+1) and column: missing columns, empty cells, unknown roles, FMO rows without a
+    row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown roles, FMO rows without a
     recognisable marker, duplicate files, files that do not exist (relative paths are looked up
     under ``base``, default the manifest's folder), files (links resolved) outside ``base`` unless
     ``allow_outside``, files that are not regular files, and in an optional ``til_dose_cells`` column
@@ -297,8 +314,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
     seen: dict[str, int] = {}
     markers = []
-    for i, row in enumerate(frame.itertuples(index=False), start=1):
-        where = f"{path}: row {i} (line {i + 1})"
+    for line, row in zip(frame.index, frame.itertuples(index=False)):
+        i = line - 1
+        where = f"{path}: row {i} (line {line})"
         for column in COLUMNS[:4]:
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
@@ -325,7 +343,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame["fmo_marker"] = markers
     if "til_dose_cells" in frame.columns:
         frame["til_dose_cells"] = _doses(frame, path)
-    return frame
+    frame.attrs.pop("decimal_comma", None)
+    return frame.reset_index(drop=True)
 
 
 def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
@@ -333,9 +352,12 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
     number, and the filled cells of one product equal (a product has one infused dose)."""
     doses: list[float] = []
     first: dict[str, tuple[int, float]] = {}
-    for i, (product, cell) in enumerate(zip(frame["product_id"], frame["til_dose_cells"]), start=1):
-        where = f"{path}: row {i} (line {i + 1}), column 'til_dose_cells'"
+    for line, product, cell in zip(frame.index, frame["product_id"], frame["til_dose_cells"]):
+        i = line - 1
+        where = f"{path}: row {i} (line {line}), column 'til_dose_cells'"
         text = "" if cell is None else str(cell).strip()
+        if frame.attrs.get("decimal_comma") and re.fullmatch(r"[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?", text):
+            text = text.replace(",", ".")
         try:
             dose = float(text) if text else float("nan")
         except ValueError:
