@@ -247,3 +247,16 @@ def test_read_manifest_european_excel_csv(files):
     path.write_text("\n".join([",".join(COLUMNS), "a.fcs,P,surface,stain,", "", "b.fcs,P,surface,fmoo,PD1"]) + "\n")
     with pytest.raises(TableError, match="row 3 \\(line 4\\), column 'role': unknown role 'fmoo'"):
         read_manifest(path)
+
+
+@pytest.mark.parametrize("tube, role, match", [
+    ("surfce", "stain", "row 1 \\(line 2\\), column 'tube': unknown tube 'surfce' \\(did you mean 'surface'\\?\\) "
+                        "\\(allowed: surface, treg, unstained, compensation\\)"),
+    ("Surface", "stain", "column 'tube': unknown tube 'Surface' \\(did you mean 'surface'\\?\\)"),
+    ("surface", "Stain", "column 'role': unknown role 'Stain' \\(did you mean 'stain'\\?\\)"),
+])
+def test_read_manifest_misspelt_tube_or_role(files, tube, role, match):
+    """A misspelt tube was accepted and the product then failed with 'no surface stained file in the
+    manifest' -> refused when read, with the closest tube (or role) as a "did you mean"."""
+    with pytest.raises(TableError, match=match):
+        read_manifest(_write(files / "m.csv", [list(COLUMNS), ["a.fcs", "P", tube, role, ""]]))

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tilpheno.errors import FCSReadError, TableError
+from tilpheno.errors import FCSReadError, TableError, closest_match
 from tilpheno.io.files import column_separator, display_name
 from tilpheno.io.workbook import refuse_unsaved_formulas
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
@@ -289,16 +289,19 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     first sheet. Rows whose every cell is blank are skipped.
 
     Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
-    row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown roles, FMO rows without a
-    recognisable marker, duplicate files, files that do not exist (relative paths are looked up
-    under ``base``, default the manifest's folder), files (links resolved) outside ``base`` unless
-    ``allow_outside``, files that are not regular files, and in an optional ``til_dose_cells`` column
-    (the product's infused cells, on one or more of its rows) a cell that is not a non-negative
-    number or differs from another of the product's. Values are returned as written (stripped), with
+    row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown
+    roles, tubes other than the study's kinds, ``unstained`` and ``compensation`` (unknown roles and
+    tubes get a "did you mean"), FMO rows without a recognisable marker, duplicate files, files that
+    do not exist (relative paths are looked up under ``base``, default the manifest's folder), files
+    (links resolved) outside ``base`` unless ``allow_outside``, files that are not regular files,
+    and in an optional ``til_dose_cells`` column (the product's infused cells, on one or more of its
+    rows) a cell that is not a non-negative number or differs from another of the product's. Values are returned as written (stripped), with
     ``fmo_marker`` read through the study's vocabulary (default: the bundled study's) and
     ``til_dose_cells`` as floats (an empty cell NaN).
     """
-    vocabulary = (study or default_study()).vocabulary
+    study = study or default_study()
+    vocabulary = study.vocabulary
+    tubes = (*study.tubes, "unstained", "compensation")
     path = Path(path)
     base = Path(base) if base is not None else path.parent
     frame = _read_table(path)
@@ -321,7 +324,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
         if row.role not in ROLES:
-            raise TableError(f"{where}, column 'role': unknown role {row.role!r} (allowed: {', '.join(ROLES)})")
+            raise TableError(f"{where}, column 'role': unknown role {row.role!r}{_did_you_mean(row.role, ROLES)} "
+                             f"(allowed: {', '.join(ROLES)})")
+        if row.tube not in tubes:
+            raise TableError(f"{where}, column 'tube': unknown tube {row.tube!r}{_did_you_mean(row.tube, tubes)} "
+                             f"(allowed: {', '.join(tubes)})")
         marker = vocabulary.marker_in(row.fmo_marker) if row.fmo_marker else None
         if row.role == "fmo" and marker is None:
             raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
@@ -345,6 +352,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         frame["til_dose_cells"] = _doses(frame, path)
     frame.attrs.pop("decimal_comma", None)
     return frame.reset_index(drop=True)
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = closest_match(word, choices)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
