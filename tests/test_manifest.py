@@ -260,3 +260,12 @@ def test_read_manifest_misspelt_tube_or_role(files, tube, role, match):
     manifest' -> refused when read, with the closest tube (or role) as a "did you mean"."""
     with pytest.raises(TableError, match=match):
         read_manifest(_write(files / "m.csv", [list(COLUMNS), ["a.fcs", "P", tube, role, ""]]))
+
+
+def test_read_manifest_product_ids_differing_only_in_case(files):
+    """``til001`` beside ``TIL001`` became a second product, which then failed with "no readable
+    stained tube"; now the row is named with the id written first."""
+    rows = [list(COLUMNS), ["a.fcs", "TIL001", "surface", "stain", ""], ["b.fcs", "til001", "surface", "fmo", "PD1"]]
+    with pytest.raises(TableError, match=r"row 2 \(line 3\), column 'product_id': 'til001' differs only in case "
+                                         r"from 'TIL001' in row 1"):
+        read_manifest(_write(files / "m.csv", rows))

@@ -292,7 +292,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown
     roles, tubes other than the study's kinds, ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, duplicate files, files that
-    do not exist (relative paths are looked up under ``base``, default the manifest's folder), files
+    do not exist (relative paths are looked up under ``base``, default the manifest's folder), two
+    product ids that differ only in case (one product mistyped would become two), files
     (links resolved) outside ``base`` unless ``allow_outside``, files that are not regular files,
     and in an optional ``til_dose_cells`` column (the product's infused cells, on one or more of its
     rows) a cell that is not a non-negative number or differs from another of the product's. Values are returned as written (stripped), with
@@ -316,6 +317,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     for column in COLUMNS:
         frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
     seen: dict[str, int] = {}
+    ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     markers = []
     for line, row in zip(frame.index, frame.itertuples(index=False)):
         i = line - 1
@@ -347,6 +349,10 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         if key in seen:
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")
         seen[key] = i
+        spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, i))
+        if spelt[0] != row.product_id:
+            raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
+                             f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
     frame["fmo_marker"] = markers
     if "til_dose_cells" in frame.columns:
         frame["til_dose_cells"] = _doses(frame, path)
