@@ -708,3 +708,45 @@ def test_the_product_lists_approvals_are_each_products_own(service):
     service.save_version(second, carol, v, shifted_cd3(service, second, 0.004), "carol moves CD3 after the approval")
     check({first: False, second: False})
     assert set(service.approved_versions(user(service, "bob"))) <= {"TIL001"}   # an analyst: assigned products only
+
+
+def test_a_save_or_signature_is_not_held_up_by_other_products_saves_signatures_and_logins(service, monkeypatch):
+    """While Alice's save of TIL001 (then her signature) is on its way, each attempt sees Carol save
+    and sign TIL002 and log in: changes that cannot alter Alice's access to TIL001. Both are stored
+    at the first attempt, instead of re-running on every audited change anywhere and ending in
+    "database busy: please retry" when other users keep working."""
+    from tilpheno.review import service as service_module
+
+    pid, other = "TIL001", "TIL002"
+    alice, carol = user(service, "alice"), user(service, "carol")
+    editing_refusal, signing_refusal = service._editing_refusal, service._signing_refusal
+    attempts = {"save": 0, "sign": 0}
+
+    def carol_works():
+        v = service.current_version(other)
+        service.save_version(other, carol, v, shifted_cd3(service, other, 0.001 * (1 - 2 * (v % 2))), "carol trims CD3")
+        service.sign(other, carol.id, PASSWORDS["carol"], "reviewed", v + 1, {})
+        service_module.transaction(service.factory, lambda db: audit.append(db, "carol", "login"))
+
+    def editing_then_others(account, product_id, roles):
+        refusal = editing_refusal(account, product_id, roles)
+        if product_id == pid:
+            attempts["save"] += 1
+            carol_works()
+        return refusal
+
+    def signing_then_others(db, account, product_id, meaning, version):
+        refusal = signing_refusal(db, account, product_id, meaning, version)
+        if product_id == pid:
+            attempts["sign"] += 1
+            carol_works()
+        return refusal
+
+    monkeypatch.setattr(service, "_editing_refusal", editing_then_others)
+    monkeypatch.setattr(service, "_signing_refusal", signing_then_others)
+    v = service.current_version(pid)
+    saved = service.save_version(pid, alice, v, shifted_cd3(service, pid, 0.004), "alice trims CD3")
+    assert saved.version == v + 1 and attempts["save"] == 1
+    sig = service.sign(pid, alice.id, PASSWORDS["alice"], "reviewed", v + 1, {})
+    assert sig.version == v + 1 and attempts["sign"] == 1
+

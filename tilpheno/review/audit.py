@@ -22,7 +22,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -57,19 +57,25 @@ def entry_hash(seq: int, at: str, username: str, action: str, product_id: str, b
 
 def head_seq(db: Session) -> int:
     """The newest entry's number (0 before the first). A change that depends on rows read after it
-    passes it to :func:`append` as ``expect_seq``: any audited change committed meanwhile (a save,
-    a role change, a disabled account) then makes the append a :class:`ChainConflict`, and the
+    passes it to :func:`append` as ``expect_seq``: an audited change committed meanwhile that could
+    have changed those rows (a save of the same product, a role change, a disabled account; every
+    change unless ``relevant`` says which) then makes the append a :class:`ChainConflict`, and the
     transaction re-runs on the rows as they are now."""
     return db.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
 
 
 def append(db: Session, username: str, action: str, *, product_id: str = "", before: Any = None, after: Any = None,
-           reason: str = "", expect_seq: int | None = None) -> AuditEntry:
-    """Add one entry to the chain inside the caller's transaction (flushes; the caller commits);
-    ChainConflict when ``expect_seq`` (:func:`head_seq`) is given and is no longer the newest entry."""
+           reason: str = "", expect_seq: int | None = None,
+           relevant: Callable[[AuditEntry], bool] | None = None) -> AuditEntry:
+    """Add one entry to the chain inside the caller's transaction (flushes; the caller commits).
+    With ``expect_seq`` (:func:`head_seq`): ChainConflict when an entry added after it is
+    ``relevant`` (any entry when None); others (another product's save, a login) do not make the
+    caller re-run. The entries checked are those up to the head read here, and the head update
+    below succeeds only if no entry was added since: one committed later is ordered after this one."""
     head = db.get(AuditHead, 1)
     seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
-    if expect_seq is not None and seq != expect_seq:
+    if expect_seq is not None and seq != expect_seq and (relevant is None or any(
+            relevant(e) for e in db.scalars(select(AuditEntry).where(AuditEntry.seq > expect_seq, AuditEntry.seq <= seq)))):
         raise ChainConflict("audit head moved since the change's rows were read")
     at = utcnow()
     before_json, after_json = canonical(before), canonical(after)

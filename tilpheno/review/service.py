@@ -14,9 +14,10 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). The role, account, assignment
   and version are checked as they are after the (slow) password check, and an audited change
-  committed before the signature is stored (a save, a role change, a disabled account) re-runs
-  the checks (:func:`audit.head_seq`): a signature is never stored for a version just replaced
-  or under a role just revoked. An account disabled before its password is checked (a re-run's
+  committed before the signature is stored that could change them (a save of this product, a role
+  change, a disabled account, an assignment withdrawn: :func:`_concerns`; not another product's
+  save, nor a login) re-runs the checks (:func:`audit.head_seq`): a signature is never stored for
+  a version just replaced or under a role just revoked. An account disabled before its password is checked (a re-run's
   included) is refused as disabled, not as a wrong password. Four eyes: no one approves
   for release a gate set holding a correction they saved (any version after the automatic one).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
@@ -38,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, check_password
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
+from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
                                     recompute, validate_gate_set)
 
@@ -47,6 +48,10 @@ MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "rejected": ("reviewer", "admin")}
 EDIT_ROLES = ("analyst", "reviewer", "admin")
 BATCH_ROLES = ("reviewer", "admin")
+# audited actions that change no account, role or assignment: committed during a save or signature
+# of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
+ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "certificate", "import_product", "reimport_product",
+                            "save_gates", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -81,6 +86,16 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             raise
         finally:
             db.close()
+
+
+def _concerns(product_id: str) -> Callable[[AuditEntry], bool]:
+    """Whether an audit entry committed during a save or signature of ``product_id`` makes it re-run
+    its checks (``audit.append(relevant=...)``): any entry of that product, and any action that may
+    change an account, a role or an assignment (every action but :data:`ACCESS_NEUTRAL`, so a new
+    kind of change counts until it is listed there). Another product's save or signature, or a
+    login, does not: with 5-10 users at work they used to make saves and signatures retry, and
+    under load fail "database busy"."""
+    return lambda entry: entry.product_id == product_id or entry.action not in ACCESS_NEUTRAL
 
 
 def _approved_state(views: list[SignatureView]) -> int | None:
@@ -271,8 +286,9 @@ class ReviewService:
         """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if
         stale. The account, its role (one of ``roles``) and the product's assignment are checked again
         inside the save's transaction, as signatures check them: an audited change committed before
-        the version is stored (an assignment withdrawn, a role changed, an account disabled) re-runs
-        the checks (:func:`audit.head_seq`), so no one saves under an access just taken away."""
+        the version is stored that could change them (an assignment withdrawn, a role changed, an
+        account disabled, anything on this product: :func:`_concerns`) re-runs the checks
+        (:func:`audit.head_seq`), so no one saves under an access just taken away."""
         if user.role not in roles:
             raise Forbidden(f"role {user.role} cannot save gates")
         self.require_access(user, product_id)
@@ -307,7 +323,7 @@ class ReviewService:
                          before={"version": base_version, "gates": {k: d["before"] for k, d in diff.items()}},
                          after={"version": base_version + 1, "gates": {k: d["after"] for k, d in diff.items()},
                                 "gates_sha256": digest},
-                         reason=reason, expect_seq=start)
+                         reason=reason, expect_seq=start, relevant=_concerns(product_id))
             return row
 
         try:
@@ -422,7 +438,7 @@ class ReviewService:
             db.add(sig)
             db.flush()
             audit.append(db, user.username, "sign", product_id=product_id, after=content,
-                         reason=comment or meaning, expect_seq=start)
+                         reason=comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig
 
         return transaction(self.factory, do)
