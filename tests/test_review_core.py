@@ -750,3 +750,39 @@ def test_a_save_or_signature_is_not_held_up_by_other_products_saves_signatures_a
     sig = service.sign(pid, alice.id, PASSWORDS["alice"], "reviewed", v + 1, {})
     assert sig.version == v + 1 and attempts["sign"] == 1
 
+
+def test_a_writer_waiting_for_the_audit_head_appends_after_the_other_without_a_retry(service):
+    """PostgreSQL: while one transaction holds the audit head (appended, not yet committed), a second
+    writer waits for it and then appends the next entry at its first attempt, instead of failing its
+    head update after the wait and re-running (every concurrent save, signature or login used to
+    retry, and under load end "database busy"). SQLite orders writers with its database lock."""
+    import time
+
+    from tilpheno.review.service import transaction
+
+    if service.factory.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("PostgreSQL row locks")
+    holding, release, attempts = threading.Event(), threading.Event(), []
+
+    def first(db):
+        audit.append(db, "alice", "login")
+        holding.set()
+        release.wait(10)
+
+    def second(db):
+        attempts.append(1)
+        audit.append(db, "carol", "login")
+
+    one = threading.Thread(target=transaction, args=(service.factory, first))
+    one.start()
+    assert holding.wait(10)
+    two = threading.Thread(target=transaction, args=(service.factory, second))
+    two.start()
+    time.sleep(0.3)   # the second writer reaches the head and waits
+    release.set()
+    one.join()
+    two.join()
+    assert attempts == [1]
+    with service.factory() as db:
+        newest, before = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(2))
+    assert (newest.username, before.username) == ("carol", "alice") and newest.prev_sha256 == before.entry_sha256

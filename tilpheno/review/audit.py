@@ -12,8 +12,11 @@ UPDATE and DELETE on the table (triggers), so tampering needs direct, deliberate
 someone who can rewrite the whole database can rewrite the whole chain: keep the head hash
 printed by ``tilpheno audit verify`` elsewhere (it is the digest of the entire history).
 
-An entry is written in the same transaction as the change it records; two writers racing for
-the same ``seq`` collide on the head update and the loser retries (:class:`ChainConflict`).
+An entry is written in the same transaction as the change it records. Writers take the next
+``seq`` one after the other: :func:`append` locks the head row (``SELECT ... FOR UPDATE`` on
+PostgreSQL; SQLite's write lock), so a second writer waits for the first to commit and appends
+after it; one that read the head before another's commit without the lock (SQLite) collides on the
+head update and retries (:class:`ChainConflict`).
 """
 from __future__ import annotations
 
@@ -72,7 +75,8 @@ def append(db: Session, username: str, action: str, *, product_id: str = "", bef
     ``relevant`` (any entry when None); others (another product's save, a login) do not make the
     caller re-run. The entries checked are those up to the head read here, and the head update
     below succeeds only if no entry was added since: one committed later is ordered after this one."""
-    head = db.get(AuditHead, 1)
+    head = db.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()
+                      .execution_options(populate_existing=True)).scalar_one_or_none()
     seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
     if expect_seq is not None and seq != expect_seq and (relevant is None or any(
             relevant(e) for e in db.scalars(select(AuditEntry).where(AuditEntry.seq > expect_seq, AuditEntry.seq <= seq)))):
