@@ -31,7 +31,7 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
     r = run("users", "add", review_out, "eve", "--role", "analyst", "--password-stdin", "--db", db, stdin="short\n")
     assert r.exit_code == 2 and "at least 10 characters" in r.output
     r = run("users", "list", review_out, "--db", db)
-    assert "dana\treviewer\tactive\tDana QA" in r.output and "eve" not in r.output
+    assert r.output.splitlines() == ["dana\treviewer\tactive\tDana QA\t\tevery product"], r.output
     assert run("users", "unlock", review_out, "dana", "--db", db).exit_code == 0
     r = run("users", "assign", review_out, "dana", "TIL001", "TIL404", "--db", db)
     assert r.exit_code == 2 and "no product(s) 'TIL404'" in r.output
@@ -86,6 +86,31 @@ def test_assign_does_audits_and_reports_only_what_changes(review_out, tmp_path):
     assert [(row["action"], json.loads(row["after_json"]).get("products")) for row in rows] == [
         ("user_added", None), ("assign", ["TIL001"]), ("assign", ["TIL002"]), ("unassign", ["TIL002"])]
 
+
+
+def test_users_list_shows_which_products_each_analyst_may_open(review_out, tmp_path):
+    """`users list` showed no assignments: which analyst may open which product was only in the
+    audit export. Each account's line now ends with its products: an analyst's assigned ones (none
+    too), "every product" for reviewers and admins (with any assignment they hold, which counts only
+    if made an analyst again); a withdrawal shows at once, and a disabled analyst keeps its list."""
+    db = f"sqlite:///{tmp_path / 'l.sqlite'}"
+    for name, role in (("ann", "analyst"), ("ben", "analyst"), ("rex", "reviewer")):
+        assert run("users", "add", review_out, name, "--role", role, "--password-stdin", "--db", db,
+                   stdin=f"{name}-password-12\n").exit_code == 0
+    assert run("users", "assign", review_out, "ann", "TIL002", "TIL001", "--db", db).exit_code == 0
+    assert run("users", "assign", review_out, "rex", "TIL001", "--db", db).exit_code == 0
+
+    def products():
+        r = run("users", "list", review_out, "--db", db)
+        assert r.exit_code == 0, r.output
+        return {line.split("\t")[0]: line.split("\t")[-1] for line in r.output.splitlines()}
+
+    assert products() == {"ann": "products: TIL001, TIL002", "ben": "products: none",
+                          "rex": "every product (assigned, counting only as an analyst: TIL001)"}
+    assert run("users", "assign", review_out, "ann", "TIL002", "--remove", "--db", db).exit_code == 0
+    assert run("users", "disable", review_out, "ann", "--db", db).exit_code == 0
+    r = run("users", "list", review_out, "--db", db)
+    assert "ann\tanalyst\tdisabled\tann\t\tproducts: TIL001" in r.output.splitlines(), r.output
 
 def test_migration_creates_the_orm_schema(tmp_path):
     from alembic.autogenerate import compare_metadata

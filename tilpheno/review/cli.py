@@ -138,20 +138,34 @@ def _change(out: Path, db: Optional[str], username: str, action: str, change) ->
 
 @users_app.command("list")
 def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """List accounts: user name, role, active, locked until."""
+    """List accounts, one a line, tab-separated: user name, role, active or disabled, full name,
+    locked until (empty unless locked), and the products the account may open: an analyst's
+    assigned products (`users assign`), "every product" for reviewers and admins."""
     from sqlalchemy import select
 
     from tilpheno.errors import TilphenoError
-    from tilpheno.review.models import User
+    from tilpheno.review.models import ProductAssignment, User
 
     try:
         factory = _factory(out, db)
     except TilphenoError as exc:
         _fail(exc)
     with factory() as s:
+        assigned: dict[str, list[str]] = {}
+        for a in s.scalars(select(ProductAssignment).order_by(ProductAssignment.product_id)):
+            assigned.setdefault(a.username, []).append(a.product_id)
         for u in s.scalars(select(User).order_by(User.username)):
             typer.echo(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}\t{u.full_name}"
-                       f"\t{'locked until ' + u.locked_until[:19] + ' UTC' if u.locked_until else ''}")
+                       f"\t{'locked until ' + u.locked_until[:19] + ' UTC' if u.locked_until else ''}"
+                       f"\t{_products(u.role, assigned.get(u.username, []))}")
+
+
+def _products(role: str, assigned: list[str]) -> str:
+    """The products column of ``users list``: an analyst's assigned products (or none); reviewers
+    and admins see every product, and any assignment they hold counts only if made an analyst again."""
+    if role == "analyst":
+        return "products: " + (", ".join(assigned) if assigned else "none")
+    return "every product" + (f" (assigned, counting only as an analyst: {', '.join(assigned)})" if assigned else "")
 
 
 @users_app.command("unlock")
