@@ -390,16 +390,25 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
     best = max(range(len(levels)), key=lambda k: (preferred[k], support[k], mass[k]))
     reference = float(levels[best])
     ref_a, ref_b = segments[best]
+    majority = sum(b - a for (a, b), m in zip(segments, near[best]) if m)   # elements the reference level stands for
+
+    def departs(delta: float, a: int, b: int) -> bool:
+        return delta > limit(reference) and delta > t_crit * sigma * math.sqrt(1.0 / (b - a) + 1.0 / majority)
+
+    # the trend can only lower a difference: only segments departing by their level are looked at again
+    candidates = [(a, b, float(level)) for (a, b), level in zip(segments, levels)
+                  if departs(abs(level - reference), a, b)]
+    if not candidates:
+        return bad
     trend = np.zeros(x.size)
     if max_drift > 0:
         label = np.repeat(np.arange(len(segments)), [b - a for a, b in segments])
         slope = float(np.clip(within_segment_slope(x, label), -max_drift / x.size, max_drift / x.size))
         trend = slope * (np.arange(x.size, dtype=np.float64) - (ref_a + ref_b - 1) / 2.0)
     base = float(np.median(x[ref_a:ref_b] - trend[ref_a:ref_b]))   # the reference's level off the trend
-    majority = sum(b - a for (a, b), m in zip(segments, near[best]) if m)   # elements the reference level stands for
-    for (a, b), level in zip(segments, levels):
+    for a, b, level in candidates:
         delta = min(abs(level - reference), abs(float(np.median(x[a:b] - trend[a:b])) - base))
-        if delta > limit(reference) and delta > t_crit * sigma * math.sqrt(1.0 / (b - a) + 1.0 / majority):
+        if departs(delta, a, b):
             bad[a:b] = True
     return bad
 
@@ -698,8 +707,7 @@ def _spacing_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Seque
     block = block[:, np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))]
     q = np.asarray(quantiles, dtype=np.float64)
     h = SPACING_SDS * np.sqrt(q * (1.0 - q) / width)
-    low = np.quantile(block, np.clip(q - h, 0.0, 1.0), axis=2)
-    high = np.quantile(block, np.clip(q + h, 0.0, 1.0), axis=2)
+    low, high = np.split(np.quantile(block, np.clip(np.concatenate([q - h, q + h]), 0.0, 1.0), axis=2), 2)
     with np.errstate(invalid="ignore"):
         return np.nanmedian((high - low).astype(np.float64), axis=2) / (2.0 * SPACING_SDS)
 
