@@ -3,6 +3,7 @@ export, export-approved; the Alembic migration creates exactly the ORM's schema.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import sqlite3
 import subprocess
 import sys
@@ -160,21 +161,31 @@ def test_serve_binds_localhost_by_default(review_out, tmp_path):
         proc.wait(10)
 
 
-def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
-    """A database at revision 0001 gains the assignments table (0002) when opened; data kept."""
+@contextmanager
+def _at_revision(engine, revision: str):
+    """A connection (one transaction) to ``engine``'s database migrated to ``revision`` only."""
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import inspect, text
 
-    from tilpheno.review.db import MIGRATIONS, make_engine, open_database
+    from tilpheno.review.db import MIGRATIONS
 
-    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
-    engine = make_engine(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.upgrade(cfg, revision)
+        yield conn
+
+
+def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
+    """A database at revision 0001 gains the assignments table (0002) when opened; data kept."""
+    from sqlalchemy import inspect, text
+
+    from tilpheno.review.db import make_engine, open_database
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = make_engine(url)
+    with _at_revision(engine, "0001") as conn:
         conn.execute(text("INSERT INTO users (username, full_name, role, password_hash, failed_logins, active, created_at) "
                           "VALUES ('old', 'Old User', 'analyst', 'x', 0, 1, '2026-01-01T00:00:00.000000Z')"))
     assert "product_assignments" not in inspect(engine).get_table_names()
@@ -192,13 +203,11 @@ def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, 
     their assignments): each analyst is assigned every product the database holds, so the upgrade
     takes nothing away, and the upgrade is one audit entry of user ``system`` naming both revisions,
     the assignments it made and what an admin still has to do; the chain stays intact."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import select, text
     from sqlalchemy.orm import Session
 
     from tilpheno.review import audit
-    from tilpheno.review.db import MIGRATIONS, make_engine, open_database
+    from tilpheno.review.db import make_engine, open_database
     from tilpheno.review.models import AuditEntry, User
     from tilpheno.review.regate import ReviewSource
     from tilpheno.review.service import ReviewService
@@ -206,11 +215,7 @@ def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, 
     url = database_url(kind, tmp_path)
     try:
         engine = make_engine(url)
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+        with _at_revision(engine, "0001") as conn:
             for name, role in (("ann", "analyst"), ("rex", "reviewer"), ("abe", "analyst")):
                 conn.execute(text("INSERT INTO users (username, full_name, role, password_hash, failed_logins, active, "
                                   "created_at) VALUES (:u, :u, :r, 'x', 0, true, '2026-01-01T00:00:00.000000Z')"),
