@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def display_name(text: str) -> str:
     """``text`` with undecodable bytes of a file name (surrogate escapes) shown as ``\\xNN``:
     safe to print, to write as UTF-8 and to use as a product id."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+DECIMAL_COMMA_RE = re.compile(r"^\s*[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?\s*$")
+"""A number written with a decimal comma (``11,8``, ``,5``, ``1,5E+10``), blanks around allowed."""
+
+
+def decimal_comma(value):
+    """``11,8`` -> ``11.8`` (text matching :data:`DECIMAL_COMMA_RE`); other values as they are."""
+    return value.replace(",", ".") if isinstance(value, str) and DECIMAL_COMMA_RE.match(value) else value
 
 
 def column_separator(first_line: str) -> str:

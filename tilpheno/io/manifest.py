@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, closest_match
-from tilpheno.io.files import column_separator, display_name
+from tilpheno.io.files import column_separator, decimal_comma, display_name
 from tilpheno.io.workbook import refuse_unsaved_formulas
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
@@ -374,8 +374,8 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
         i = line - 1
         where = f"{path}: row {i} (line {line}), column 'til_dose_cells'"
         text = "" if cell is None else str(cell).strip()
-        if frame.attrs.get("decimal_comma") and re.fullmatch(r"[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?", text):
-            text = text.replace(",", ".")
+        if frame.attrs.get("decimal_comma"):
+            text = decimal_comma(text)
         try:
             dose = float(text) if text else float("nan")
         except ValueError:

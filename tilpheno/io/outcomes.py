@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError, closest_match
-from tilpheno.io.files import column_separator
+from tilpheno.io.files import DECIMAL_COMMA_RE, column_separator, decimal_comma
 from tilpheno.io.workbook import refuse_unsaved_formulas
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
@@ -50,7 +50,6 @@ REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
             "pfs_months", "pfs_event", "os_months", "os_event")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
-_DECIMAL_COMMA_RE = re.compile(r"^\s*[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?\s*$")
 _GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 _ONE_GROUP_RE = re.compile(r"^[+-]?\d{1,3},\d{3}$")
 _DECIMAL_POINT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -120,7 +119,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if sep == ";":   # European Excel: the comma is the decimal mark (ids are kept as written)
             for col in frame.columns:
                 if str(col).strip() not in ID_COLUMNS:
-                    frame[col] = frame[col].map(_decimal_comma)
+                    frame[col] = frame[col].map(decimal_comma)
         elif sep == "\t":
             for col in frame.columns:
                 if str(col).strip() not in ID_COLUMNS:
@@ -128,11 +127,6 @@ def _read_raw(path: Path) -> pd.DataFrame:
     frame.index = np.arange(2, len(frame) + 2)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
-
-
-def _decimal_comma(value):
-    """``11,8`` -> ``11.8``; other cells as they are."""
-    return value.replace(",", ".") if isinstance(value, str) and _DECIMAL_COMMA_RE.match(value) else value
 
 
 def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
@@ -149,21 +143,21 @@ def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
     texts = cells.map(lambda v: v.strip() if isinstance(v, str) else "")
     grouped = texts.map(lambda t: bool(_GROUPED_RE.match(t)))
     ambiguous = texts.map(lambda t: bool(_ONE_GROUP_RE.match(t)))
-    decimal_comma = texts.map(lambda t: bool(_DECIMAL_COMMA_RE.match(t))) & ~grouped
+    decimal_marks = texts.map(lambda t: bool(DECIMAL_COMMA_RE.match(t))) & ~grouped
     decimal_point = texts.map(lambda t: bool(_DECIMAL_POINT_RE.match(t)) and not _ONE_GROUP_RE.match(t.replace(".", ",")))
     thousands = (grouped & ~ambiguous) | decimal_point
 
     def row(mask: pd.Series) -> int:
         return int(np.flatnonzero(mask.to_numpy())[0]) + 2
 
-    if decimal_comma.any() and thousands.any():
-        first, other = row(decimal_comma), row(thousands)
+    if decimal_marks.any() and thousands.any():
+        first, other = row(decimal_marks), row(thousands)
         kind = "a decimal point" if decimal_point.iloc[other - 2] else "a thousands separator"
         _fail(source, f"'{texts.iloc[other - 2][:40]}' ({kind}) and '{texts.iloc[first - 2][:40]}' (row {first}, "
                       "a decimal comma) in one column; write every number of the column with a decimal point "
                       "and no thousands separators", other, column)
-    if decimal_comma.any():
-        return cells.map(_decimal_comma)
+    if decimal_marks.any():
+        return cells.map(decimal_comma)
     if ambiguous.any() and not thousands.any():
         at = row(ambiguous)
         text = texts.iloc[at - 2]
