@@ -152,7 +152,8 @@ class AcquisitionSettings:
 _RANGES = {
     "events_per_bin": (int, 50, 1_000_000), "max_bins": (int, 10, 100_000), "min_bins": (int, 3, 10_000),
     "max_signal_events": (int, 1_000, 100_000_000),
-    "t_crit": (float, 1.0, 100.0), "min_shift": (float, 0.0, 1.0), "max_drift": (float, 0.0, 1.0), "rate_tolerance": (float, 0.0, 10.0),
+    "t_crit": (float, 1.0, 100.0), "min_shift": (float, 0.0, 1.0), "max_drift": (float, 0.0, 1.0),
+    "rate_tolerance": (float, 0.0, 10.0),
     "consecutive_bins": (int, 0, 10_000), "margin_limit_pct": (float, 0.0, 100.0),
     "max_removed_pct": (float, 0.0, 100.0),
 }

@@ -296,9 +296,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     product ids that differ only in case (one product mistyped would become two), files
     (links resolved) outside ``base`` unless ``allow_outside``, files that are not regular files,
     and in an optional ``til_dose_cells`` column (the product's infused cells, on one or more of its
-    rows) a cell that is not a non-negative number or differs from another of the product's. Values are returned as written (stripped), with
-    ``fmo_marker`` read through the study's vocabulary (default: the bundled study's) and
-    ``til_dose_cells`` as floats (an empty cell NaN).
+    rows) a cell that is not a non-negative number or differs from another of the product's. Values
+    are returned as written (stripped), with ``fmo_marker`` read through the study's vocabulary
+    (default: the bundled study's) and ``til_dose_cells`` as floats (an empty cell NaN).
     """
     study = study or default_study()
     vocabulary = study.vocabulary

@@ -16,8 +16,9 @@ A run of ``process`` *claims* its output folder (:meth:`OutputFolder.claim`):
   lists what is being removed and published), removes the previous run's outputs, moves the staged
   files into place (``run.json`` last) and removes the marker. A run that fails or is interrupted
   before publishing leaves OUT as it was (its staging folder is removed, or, after ``kill -9``,
-  removed by the next run); an OUT the claim created is removed again when it is left empty. A run killed while publishing leaves the marker: the next run refuses
-  the folder without ``overwrite`` and, with it, removes both lists.
+  removed by the next run); an OUT the claim created is removed again when it is left empty. A
+  run killed while publishing leaves the marker: the next run refuses the folder without
+  ``overwrite`` and, with it, removes both lists.
 * **Stale temporary files** (staging folders and ``*.part`` files of :mod:`tilpheno.io.atomic`
   left by a killed run) are removed when the folder is claimed, and listed.
 

@@ -65,9 +65,10 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
     outcomes, strategies, release spec, FMO percentile, identifiers, local jobs, and its input
     files as ``run_inputs``: no other file may join the run; its command lines as ``rerun_of``, for
-    :func:`keep_run_command`), and the run's product ids; for ``tilpheno report``. Raises ``TilphenoError`` when OUT holds no readable run or an input file,
-    the study, a strategy, release spec, panel, manifest, outcomes or compensation file changed
-    since (the results would no longer be that run's)."""
+    :func:`keep_run_command`), and the run's product ids; for ``tilpheno report``. Raises
+    ``TilphenoError`` when OUT holds no readable run or an input file, the study, a strategy,
+    release spec, panel, manifest, outcomes or compensation file changed since (the results would
+    no longer be that run's)."""
     import json
 
     import pandas as pd

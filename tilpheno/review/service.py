@@ -17,9 +17,10 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   committed before the signature is stored that could change them (a save of this product, a role
   change, a disabled account, an assignment withdrawn: :func:`_concerns`; not another product's
   save, nor a login) re-runs the checks (:func:`audit.head_seq`): a signature is never stored for
-  a version just replaced or under a role just revoked. An account disabled before its password is checked (a re-run's
-  included) is refused as disabled, not as a wrong password. Four eyes: no one approves
-  for release a gate set holding a correction they saved (any version after the automatic one).
+  a version just replaced or under a role just revoked. An account disabled before its password
+  is checked (a re-run's included) is refused as disabled, not as a wrong password. Four eyes: no
+  one approves for release a gate set holding a correction they saved (any version after the
+  automatic one).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
