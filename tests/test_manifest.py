@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,37 @@ def test_read_manifest_product_ids_differing_only_in_case(files):
     with pytest.raises(TableError, match=r"row 2 \(line 3\), column 'product_id': 'til001' differs only in case "
                                          r"from 'TIL001' in row 1"):
         read_manifest(_write(files / "m.csv", rows))
+
+
+@pytest.mark.parametrize("value, number_format, shown", [
+    (7, "000", "the number 7 shown with the format '000'"),
+    (__import__("datetime").datetime(2024, 3, 1), "yyyy-mm-dd", "a date"),
+])
+def test_read_manifest_excel_id_shown_otherwise_than_stored(files, value, number_format, shown):
+    """An .xlsx id column formatted '000' shows 7 as 007 but holds 7; a date is a day number. Read,
+    the id silently became '7' (or '2024-03-01 00:00:00') and matched no FCS file or the wrong
+    product -> refused with the cell, saying to format the column as Text. A number in the General
+    format is read as shown and accepted."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(list(COLUMNS))
+    sheet.append(["a.fcs", value, "surface", "stain", ""])
+    sheet["B2"].number_format = number_format
+    path = files / "m.xlsx"
+    book.save(path)
+    with pytest.raises(TableError, match=rf"^{re.escape(str(path))}: row 1 \(line 2\), column 'product_id': sheet "
+                                         rf"'Sheet' cell B2 is {re.escape(shown)}, not the id as typed; format the "
+                                         "column as Text"):
+        read_manifest(path)
+    sheet["B2"].value, sheet["B2"].number_format = 7, "General"
+    book.save(path)
+    assert list(read_manifest(path)["product_id"]) == ["7"]
+
+
+def test_read_manifest_misspelt_column_gets_a_hint(files):
+    """A header 'Product ID' (a sample sheet typed by hand) gave only 'missing column(s)'."""
+    path = _write(files / "m.csv", [["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
+    with pytest.raises(TableError, match=r"missing column\(s\) 'product_id' \(did you mean 'Product ID'\?\); found"):
+        read_manifest(path)

@@ -143,6 +143,25 @@ def test_excel_formula_without_saved_value(tmp_path):
     assert "save it, or paste the values" in msg
 
 
+def test_excel_patient_id_shown_with_a_number_format_is_refused(tmp_path):
+    """Patient ids typed as numbers in a column formatted '000' show 007 in Excel but hold 7: read
+    as '7', they would match no phenotyped product or the wrong patient -> refused with the cell."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(HEADER.split(","))
+    for i, row in enumerate(ROWS, start=2):
+        cells = row.split(",")
+        sheet.append([i - 1, *cells[1:]])
+        sheet.cell(i, 1).number_format = "000"
+    path = tmp_path / "ids.xlsx"
+    book.save(path)
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: row 2, column 'patient_id': sheet 'Sheet' cell A2 is the number 1 shown with "
+                          "the format '000', not the id as typed; format the column as Text"), msg
+
+
 def test_excel_formula_with_saved_value(tmp_path):
     """The same formulas once calculated (Excel writes each result in <v>, an empty text result as
     t="str") read as their values."""

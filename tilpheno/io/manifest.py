@@ -43,7 +43,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, closest_match
 from tilpheno.io.files import column_separator, decimal_comma, display_name
-from tilpheno.io.workbook import refuse_unsaved_formulas
+from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -254,8 +254,11 @@ def _read_table(path: Path) -> pd.DataFrame:
             frame = pd.read_excel(path, dtype=str)
             frame = frame.fillna("")
             if path.suffix.lower() != ".xls":
-                refuse_unsaved_formulas(path.read_bytes(), lambda row, column: f"{path}: row {row - 1} (line {row}), "
-                                                                               f"column '{column}'")
+                def locate(row: int, column: str | None) -> str:
+                    return f"{path}: row {row - 1} (line {row}), column '{column}'"
+
+                refuse_unsaved_formulas(path.read_bytes(), locate)
+                refuse_display_only_ids(path.read_bytes(), ["product_id"], locate)
         else:
             raw = path.read_bytes()
             if b"\x00" in raw[:4096]:
@@ -310,7 +313,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         raise TableError(f"{path}: manifest has a header but no rows")
     missing = [c for c in COLUMNS[:4] if c not in frame.columns]
     if missing:
-        raise TableError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; found {list(frame.columns)}")
+        extra = [c for c in frame.columns if c not in COLUMNS]
+        raise TableError(f"{path}: missing column(s) {', '.join(repr(c) + _did_you_mean(c, extra) for c in missing)}; "
+                         f"found {list(frame.columns)}")
     if "fmo_marker" not in frame.columns:
         frame["fmo_marker"] = ""
     frame = frame.copy()

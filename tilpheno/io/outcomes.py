@@ -40,7 +40,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, closest_match
 from tilpheno.io.files import DECIMAL_COMMA_RE, column_separator, decimal_comma
-from tilpheno.io.workbook import refuse_unsaved_formulas
+from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -95,6 +95,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
             _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
         refuse_unsaved_formulas(data, lambda row, column: _where(source, row, column))
+        refuse_display_only_ids(data, ID_COLUMNS, lambda row, column: _where(source, row, column))
     else:
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")   # Excel's "Unicode Text (*.txt)": UTF-16 with a BOM
         if (b"\x00" in data[:65536] and not utf16) or path.suffix.lower() == ".xls":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-from typing import Callable
+from typing import Callable, Iterable
 
 from tilpheno.errors import TableError
 
@@ -44,3 +44,45 @@ def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str
                                      "paste the values over the formulas, then read it again")
     finally:
         book.close()
+
+
+def refuse_display_only_ids(data: bytes, columns: Iterable[str], locate: Callable[[int, str | None], str]) -> None:
+    """Refuse an id cell (a column named in ``columns``, case and blanks ignored, of the first
+    sheet) whose text in Excel is not its stored value: a date (``2024-03-01`` is stored as a day
+    number and read as a timestamp) or a number with a display format (``000`` shows 7 as ``007``;
+    read, it is ``7``, and ``007`` would silently match no FCS file or the wrong one). Numbers in the
+    General format are read as shown and accepted. ``locate`` as for :func:`refuse_unsaved_formulas`.
+    Raises TableError saying to format the column as Text and type the ids."""
+    import openpyxl
+
+    wanted = {str(c).strip().casefold() for c in columns}
+    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    try:
+        sheet = book.worksheets[0]
+        id_columns: dict[int, str] = {}
+        for row in sheet.iter_rows():
+            for cell in row:
+                if getattr(cell, "row", None) == 1:
+                    name = "" if cell.value is None else str(cell.value).strip()
+                    if name.casefold() in wanted:
+                        id_columns[cell.column] = name
+                    continue
+                if getattr(cell, "column", None) not in id_columns or cell.value is None:
+                    continue
+                shown = _display_only(cell)
+                if shown:
+                    raise TableError(f"{locate(cell.row, id_columns[cell.column])}: sheet '{sheet.title}' cell "
+                                     f"{cell.coordinate} is {shown}, not the id as typed; format the column as Text "
+                                     "in Excel and type the ids again")
+    finally:
+        book.close()
+
+
+def _display_only(cell) -> str:
+    """Why the cell's text in Excel differs from its value ("a date", "the number 7 shown with the
+    format '000'"), or "" when it does not."""
+    if cell.is_date:
+        return "a date"
+    if cell.data_type == "n" and cell.number_format not in ("General", "@"):
+        return f"the number {cell.value!r} shown with the format '{cell.number_format}'"
+    return ""
