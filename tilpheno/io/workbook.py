@@ -2,9 +2,29 @@
 from __future__ import annotations
 
 import io
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from tilpheno.errors import TableError
+
+
+def _first_sheet_cells(data: bytes, *, data_only: bool) -> Iterator[tuple[str, dict[int, str], Any]]:
+    """``(sheet title, header, cell)`` for every cell below the header row of the workbook's first
+    sheet, in reading order; ``header``: column number -> the header text (stripped) of the columns
+    seen so far. Values when ``data_only``, else formulas as written."""
+    import openpyxl
+
+    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=data_only)
+    try:
+        sheet = book.worksheets[0]
+        header: dict[int, str] = {}
+        for row in sheet.iter_rows():
+            for cell in row:
+                if getattr(cell, "row", None) == 1:
+                    header[cell.column] = "" if cell.value is None else str(cell.value).strip()
+                elif getattr(cell, "row", None) is not None:
+                    yield sheet.title, header, cell
+    finally:
+        book.close()
 
 
 def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str]) -> None:
@@ -19,31 +39,15 @@ def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str
     cell's sheet row (the header is row 1) and its column's header text (None when the header
     cell is empty), e.g. ``"<file>: row 3, column 'os_months'"``. Raises TableError.
     """
-    import openpyxl
-
-    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=False)
-    try:
-        sheet = book.worksheets[0]
-        formulas = {cell.coordinate for row in sheet.iter_rows() for cell in row if cell.data_type == "f"}
-    finally:
-        book.close()
+    formulas = {cell.coordinate for _, _, cell in _first_sheet_cells(data, data_only=False) if cell.data_type == "f"}
     if not formulas:
         return
-    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    try:
-        sheet = book.worksheets[0]
-        header: dict[int, str] = {}
-        for row in sheet.iter_rows():
-            for cell in row:
-                if getattr(cell, "row", None) == 1:
-                    header[cell.column] = "" if cell.value is None else str(cell.value).strip()
-                if getattr(cell, "coordinate", None) in formulas and cell.value is None and cell.data_type != "str":
-                    raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{sheet.title}' "
-                                     f"cell {cell.coordinate} holds a formula with no saved value (the workbook was "
-                                     "written by a program and never calculated): open it in Excel and save it, or "
-                                     "paste the values over the formulas, then read it again")
-    finally:
-        book.close()
+    for title, header, cell in _first_sheet_cells(data, data_only=True):
+        if cell.coordinate in formulas and cell.value is None and cell.data_type != "str":
+            raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{title}' cell "
+                             f"{cell.coordinate} holds a formula with no saved value (the workbook was written by a "
+                             "program and never calculated): open it in Excel and save it, or paste the values over "
+                             "the formulas, then read it again")
 
 
 def refuse_display_only_ids(data: bytes, columns: Iterable[str], locate: Callable[[int, str | None], str]) -> None:
@@ -53,29 +57,15 @@ def refuse_display_only_ids(data: bytes, columns: Iterable[str], locate: Callabl
     read, it is ``7``, and ``007`` would silently match no FCS file or the wrong one). Numbers in the
     General format are read as shown and accepted. ``locate`` as for :func:`refuse_unsaved_formulas`.
     Raises TableError saying to format the column as Text and type the ids."""
-    import openpyxl
-
     wanted = {str(c).strip().casefold() for c in columns}
-    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    try:
-        sheet = book.worksheets[0]
-        id_columns: dict[int, str] = {}
-        for row in sheet.iter_rows():
-            for cell in row:
-                if getattr(cell, "row", None) == 1:
-                    name = "" if cell.value is None else str(cell.value).strip()
-                    if name.casefold() in wanted:
-                        id_columns[cell.column] = name
-                    continue
-                if getattr(cell, "column", None) not in id_columns or cell.value is None:
-                    continue
-                shown = _display_only(cell)
-                if shown:
-                    raise TableError(f"{locate(cell.row, id_columns[cell.column])}: sheet '{sheet.title}' cell "
-                                     f"{cell.coordinate} is {shown}, not the id as typed; format the column as Text "
-                                     "in Excel and type the ids again")
-    finally:
-        book.close()
+    for title, header, cell in _first_sheet_cells(data, data_only=True):
+        name = header.get(cell.column, "")
+        if name.casefold() not in wanted or cell.value is None:
+            continue
+        shown = _display_only(cell)
+        if shown:
+            raise TableError(f"{locate(cell.row, name)}: sheet '{title}' cell {cell.coordinate} is {shown}, not "
+                             "the id as typed; format the column as Text in Excel and type the ids again")
 
 
 def _display_only(cell) -> str:
