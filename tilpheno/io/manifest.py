@@ -38,6 +38,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
@@ -284,7 +285,8 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
-                  allow_outside: bool = False, study: Study | None = None) -> pd.DataFrame:
+                  allow_outside: bool = False, study: Study | None = None,
+                  tubes: Iterable[str] | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
@@ -293,7 +295,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
 
     Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
     row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown
-    roles, tubes other than the study's kinds, ``unstained`` and ``compensation`` (unknown roles and
+    roles, tubes other than ``tubes`` (default: the study's kinds; a run with strategies of its own
+    passes theirs), ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, duplicate files, files that
     do not exist (relative paths are looked up under ``base``, default the manifest's folder), two
     product ids that differ only in case (one product mistyped would become two), files
@@ -305,7 +308,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     """
     study = study or default_study()
     vocabulary = study.vocabulary
-    tubes = (*study.tubes, "unstained", "compensation")
+    tubes = (*(study.tubes if tubes is None else tubes), "unstained", "compensation")
     path = Path(path)
     base = Path(base) if base is not None else path.parent
     frame = _read_table(path)

@@ -25,8 +25,9 @@ def group_products(manifest) -> list[tuple[str, object]]:
 
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
-                  study: Study | None = None):
-    """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``),
+                  study: Study | None = None, tubes: Iterable[str] | None = None):
+    """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``;
+    ``tubes``: the tube kinds it may name, default the study's),
     else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory. Files
     must lie under ``folder`` (after resolving links) unless ``allow_outside``."""
     from tilpheno.io.manifest import read_manifest, scan_folder
@@ -34,7 +35,7 @@ def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *,
     folder = Path(folder)
     if manifest_csv is None:
         return scan_folder(folder, allow_outside=allow_outside, study=study)
-    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study)
+    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study, tubes=tubes)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
 

@@ -267,7 +267,10 @@ def process_folder(
 
     study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
     panel = read_panel_file(panel_path) if panel_path is not None else None
-    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study)
+    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
+    strategies = tuple(load_strategy(p) for p in paths)
+    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
+                             tubes=[s.tube for s in strategies] if strategy_paths else None)
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
@@ -299,8 +302,6 @@ def process_folder(
         if unmatched:
             log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
         manifest = attach_doses(manifest, outcomes)
-    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
-    strategies = tuple(load_strategy(p) for p in paths)
     spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
     if not strategy_paths:
         check_study_names(study, strategies, spec)
