@@ -296,7 +296,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
     row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown
     roles, tubes other than ``tubes`` (default: the study's kinds; a run with strategies of its own
-    passes theirs), ``unstained`` and ``compensation`` (unknown roles and
+    adds theirs), ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, duplicate files, files that
     do not exist (relative paths are looked up under ``base``, default the manifest's folder), two
     product ids that differ only in case (one product mistyped would become two), files

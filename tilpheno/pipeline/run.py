@@ -270,7 +270,7 @@ def process_folder(
     paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
     strategies = tuple(load_strategy(p) for p in paths)
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
-                             tubes=[s.tube for s in strategies] if strategy_paths else None)
+                             tubes=[*study.tubes, *(s.tube for s in strategies)])
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
