@@ -470,29 +470,28 @@ def residual_spillover(
     cuts = dict(negative_cuts or {})
     names = list(compensated)
     n = len(next(iter(compensated.values()))) if compensated else 0
-    # the event sets: the mask, and each source mask (with the sources checked on it)
-    sets: list[tuple[np.ndarray, list[str]]] = []
+    # the event sets: the mask, and each source mask (with the sources checked on it); each set's
+    # values and the events finite in every detector, taken once for all targets
+    sets: list[tuple[dict[str, np.ndarray], np.ndarray, list[str]]] = []
     special = dict(source_masks or {})
     for m, srcs in [(mask, [d for d in names if d not in special])] + [(special[d], [d]) for d in names if d in special]:
         index = residual_events(n, m, max_events)
-        sets.append((index, srcs))
+        values = {d: compensated[d][index] for d in names}
+        finite = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
+        sets.append((values, finite, srcs))
     rows = []
     for tgt in (names if targets is None else [t for t in targets if t in compensated]):
         cut = cuts.get(tgt)
         if cut is None:
-            y_all = compensated[tgt][sets[0][0]]
+            y_all = sets[0][0][tgt]
             y_ok = y_all[np.isfinite(y_all)]
             if not y_ok.size:
                 continue
             cut = float(np.sinh(otsu_threshold(np.arcsinh(y_ok / ASINH_COFACTOR))) * ASINH_COFACTOR)
-        for index, reported in sets:
+        for values, finite, reported in sets:
             if all(src == tgt for src in reported):
                 continue
-            values = {d: compensated[d][index] for d in names}
-            y = values[tgt]
-            negative = np.isfinite(y) & (y < cut)
-            for d in names:
-                negative &= np.isfinite(values[d])
+            negative = finite & (values[tgt] < cut)
             n_neg = int(np.count_nonzero(negative))
             if n_neg * min(low_fraction, bright_fraction) < min_events:
                 continue
