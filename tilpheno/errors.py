@@ -14,6 +14,13 @@ def closest_match(word: str, choices) -> str | None:
     return written[close[0]] if close else None
 
 
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` (:func:`closest_match`: case ignored,
+    ``PFS_Event`` offered for ``pfs_event``), or an empty string: the tail of a one-line error."""
+    close = closest_match(word, choices)
+    return f" (did you mean '{close}'?)" if close else ""
+
+
 class TilphenoError(Exception):
     """Base class for all errors tilpheno raises on bad input."""
 

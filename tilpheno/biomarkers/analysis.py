@@ -509,7 +509,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     if not endpoints:
         raise ValueError("no endpoint given; choose from pfs, os")
     if bad:
-        from tilpheno.io.outcomes import did_you_mean
+        from tilpheno.errors import did_you_mean
 
         raise ValueError(f"unknown endpoint(s) {', '.join(bad)}{did_you_mean(bad[0], ENDPOINTS)}; choose from pfs, os")
     if not 0 <= n_perm <= MAX_PERMUTATIONS or not 0 <= n_boot <= MAX_BOOTSTRAP:

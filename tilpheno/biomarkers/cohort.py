@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tilpheno.errors import TableError
-from tilpheno.io.outcomes import MISSING_WORDS, did_you_mean
+from tilpheno.errors import TableError, did_you_mean
+from tilpheno.io.outcomes import MISSING_WORDS
 from tilpheno.study import Study, default_study
 
 from .plausibility import plausibility_warnings

@@ -42,7 +42,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from tilpheno.errors import FCSReadError, TableError, closest_match
+from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import column_separator, decimal_comma, display_name
 from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
@@ -258,8 +258,9 @@ def _read_table(path: Path) -> pd.DataFrame:
                 def locate(row: int, column: str | None) -> str:
                     return f"{path}: row {row - 1} (line {row}), column '{column}'"
 
-                refuse_unsaved_formulas(path.read_bytes(), locate)
-                refuse_display_only_ids(path.read_bytes(), ["product_id"], locate)
+                data = path.read_bytes()
+                refuse_unsaved_formulas(data, locate)
+                refuse_display_only_ids(data, ["product_id"], locate)
         else:
             raw = path.read_bytes()
             if b"\x00" in raw[:4096]:
@@ -317,7 +318,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     missing = [c for c in COLUMNS[:4] if c not in frame.columns]
     if missing:
         extra = [c for c in frame.columns if c not in COLUMNS]
-        raise TableError(f"{path}: missing column(s) {', '.join(repr(c) + _did_you_mean(c, extra) for c in missing)}; "
+        raise TableError(f"{path}: missing column(s) {', '.join(repr(c) + did_you_mean(c, extra) for c in missing)}; "
                          f"found {list(frame.columns)}")
     if "fmo_marker" not in frame.columns:
         frame["fmo_marker"] = ""
@@ -334,10 +335,10 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
         if row.role not in ROLES:
-            raise TableError(f"{where}, column 'role': unknown role {row.role!r}{_did_you_mean(row.role, ROLES)} "
+            raise TableError(f"{where}, column 'role': unknown role {row.role!r}{did_you_mean(row.role, ROLES)} "
                              f"(allowed: {', '.join(ROLES)})")
         if row.tube not in tubes:
-            raise TableError(f"{where}, column 'tube': unknown tube {row.tube!r}{_did_you_mean(row.tube, tubes)} "
+            raise TableError(f"{where}, column 'tube': unknown tube {row.tube!r}{did_you_mean(row.tube, tubes)} "
                              f"(allowed: {', '.join(tubes)})")
         marker = vocabulary.marker_in(row.fmo_marker) if row.fmo_marker else None
         if row.role == "fmo" and marker is None:
@@ -366,11 +367,6 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         frame["til_dose_cells"] = _doses(frame, path)
     frame.attrs.pop("decimal_comma", None)
     return frame.reset_index(drop=True)
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = closest_match(word, choices)
-    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _doses(frame: pd.DataFrame, path: Path) -> list[float]:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tilpheno.errors import TableError, closest_match
+from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, column_separator, decimal_comma
 from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas
 
@@ -57,13 +57,6 @@ _MAX_BYTES = 200 * 1024 * 1024
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
 _EVENT_WORD_PAIRS = (("yes", "no"), ("y", "n"), ("true", "false"), ("event", "censored"))
 EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in enumerate(pair)}
-
-
-def did_you_mean(word: str, choices) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices`` (:func:`tilpheno.errors.closest_match`:
-    case ignored, ``PFS_Event`` offered for ``pfs_event``), or an empty string."""
-    close = closest_match(word, choices)
-    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _where(source: str, row: int | None = None, column: str | None = None) -> str:

@@ -207,8 +207,13 @@ def _completed(client, futures, scheduler, poll_s: float = 0.2) -> Iterator:
             idle_since = None
 
 
+def _address(scheduler) -> str:
+    """The scheduler's address, given as an address or as a ``distributed.Client``."""
+    return str(getattr(getattr(scheduler, "scheduler", None), "address", scheduler))
+
+
 def _no_workers(scheduler, unfinished: int) -> TilphenoError:
-    address = getattr(getattr(scheduler, "scheduler", None), "address", scheduler)
+    address = _address(scheduler)
     return TilphenoError(f"scheduler {address}: no Dask worker for {NO_WORKERS_WAIT_S:g} s with {unfinished} "
                          f"product(s) unfinished; start workers (dask worker {address} --preload tilpheno.daskworker) "
                          "and run again: the output folder was left as it was and finished products are kept "
@@ -261,7 +266,7 @@ def _cluster_lost(scheduler, future, unfinished: int) -> TilphenoError:
         reason = "cancelled"
     except Exception as exc:
         reason = str(getattr(exc, "reason", "") or "cancelled")
-    address = getattr(getattr(scheduler, "scheduler", None), "address", scheduler)
+    address = _address(scheduler)
     return TilphenoError(f"scheduler {address}: the cluster dropped the run's tasks ({reason}: the scheduler "
                          f"stopped or the connection to it was lost) with {unfinished} product(s) unfinished; "
                          "the output folder was left as it was and the finished products are kept in its cache: "
