@@ -49,6 +49,9 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     assert _digests(broken_folder) == before  # inputs never modified
     assert "failed P4" in result.output and "failed P5" in result.output
     assert "unreadable_file" in result.output and "missing_fmo" in result.output
+    # the two failures say different things: P4's only file is a readable control, P5's stained file is unreadable
+    assert "product P4: no stained tube, only controls (files: P4_unstained.fcs (unstained))" in result.output
+    assert "product P5: no readable stained tube (files: P5_surface_stain.fcs (stain))" in result.output
 
     phen = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
     assert phen.loc[["P1", "P2", "P3"], "status"].tolist() == ["done"] * 3

@@ -68,6 +68,16 @@ def _read_metadata(rows, product_id: str):
     return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
 
 
+def no_stained_tube(product_id: str, rows) -> str:
+    """Why a product has no stained file to gate: its stained files could not be read, or it has
+    none (every file a control: e.g. a file without $PnS marker names is inferred ``unstained``)."""
+    files = ", ".join(f"{Path(str(f)).name} ({role})" for f, role in zip(rows["file"], rows["role"]))
+    if (rows["role"] == "stain").any():
+        return f"product {product_id}: no readable stained tube (files: {files})"
+    return (f"product {product_id}: no stained tube, only controls (files: {files}); a file without $PnS "
+            f"marker names is taken as an unstained control: name its tube and role in a manifest (--manifest)")
+
+
 FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
 """QC codes that drop a file from its product."""
 
@@ -214,7 +224,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     try:
         rows, meta, flags, digests = _read_metadata(job.rows, pid)
         if not (rows["role"] == "stain").any():
-            raise TableError(f"product {pid}: no readable stained tube (files: {', '.join(job.rows['file'].map(lambda f: Path(f).name))})")
+            raise TableError(no_stained_tube(pid, job.rows))
         flags += ungated_tube_flags(pid, job.rows, job_strategies(job))
         result = _analyze(job, rows)
         flags = list(result.qc) + flags
