@@ -162,6 +162,36 @@ def scan(
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
 
 
+@app.command("new-study")
+def new_study(
+    folder: Path = typer.Argument(..., help="Folder of the lab's FCS files (searched recursively).", exists=True, file_okay=False),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder to write study.yaml, one strategy per tube kind, release.yaml and manifest.csv into."),
+    name: Optional[str] = typer.Option(None, "--name", help="The study's name (default: the folder's name)."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files a previous draft wrote into OUT."),
+) -> None:
+    """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written)."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.scaffold import draft_study, write_study
+
+    try:
+        draft = draft_study(folder, name=name, panel=panel)
+        write_study(draft, out, overwrite=overwrite)
+    except (TilphenoError, OSError) as exc:
+        _fail(exc)
+    for tube in draft.tubes:
+        fmo = f"; FMO gates: {', '.join(tube.fmo_markers)}" if tube.fmo_markers else "; no FMO in the folder"
+        typer.echo(f"tube kind {tube.kind}: {tube.products} product(s), markers {', '.join(tube.markers)}"
+                   f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}")
+    for file, why in draft.skipped:
+        typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
+               f"manifest.csv ({len(draft.manifest)} files). Every marker gate sits under the live (or singlet) cells: "
+               "nest gates and rename variables in the strategy files. Run:")
+    panel_option = f" --panel {panel}" if panel is not None else ""
+    typer.echo(f"  tilpheno process {folder} --study {out}/study.yaml --manifest {out}/manifest.csv{panel_option} -o RESULTS")
+
+
 # --- simulate: demo cohort of raw FCS files with ground truth and outcomes ---
 @app.command()
 def simulate(

@@ -46,7 +46,8 @@ class Vocabulary:
     """Alias table and word lists (see the module docstring). Immutable and picklable.
 
     ``canonical``: key of every spelling -> canonical name. ``fluorochromes``, ``filler``: keys.
-    ``prefixes``: keys of prefixes dropped before a known marker. ``source``: where it came from.
+    ``prefixes``: keys of prefixes dropped before a known marker. ``viability``: keys of the dyes
+    that mark dead cells (7AAD, DAPI, ...). ``source``: where it came from.
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -54,6 +55,7 @@ class Vocabulary:
     filler: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
     source: str = ""
+    viability: frozenset[str] = frozenset()
 
     def with_aliases(self, aliases: Mapping[str, Iterable[str]], source: str = "") -> "Vocabulary":
         """A new vocabulary with more ``canonical: [spellings]`` entries (they win over existing ones)."""
@@ -62,7 +64,7 @@ class Vocabulary:
             for spelling in (name, *spellings):
                 table[key(spelling)] = str(name)
         return Vocabulary(table, self.fluorochromes, self.filler, self.prefixes,
-                          "; ".join(s for s in (self.source, source) if s))
+                          "; ".join(s for s in (self.source, source) if s), self.viability)
 
     # -- reading labels ------------------------------------------------------------------
     def known(self, token: str) -> str | None:
@@ -124,6 +126,10 @@ class Vocabulary:
         """The canonical spelling of a marker name (an alias's canonical name; else the name as written)."""
         return self.known(name) or str(name).strip()
 
+    def is_viability_dye(self, name: str) -> bool:
+        """True when ``name`` (any spelling) is a dye that marks dead cells (``viability:`` list)."""
+        return key(self.canonical_name(name)) in self.viability
+
     def same(self, a: str | None, b: str | None) -> bool:
         """True when ``a`` and ``b`` name the same marker."""
         if a is None or b is None:
@@ -149,16 +155,18 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
-    """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``)."""
+    """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
+    ``viability``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes", StudyError,
-                      ("aliases", "prefixes", "filler", "fluorochromes"), empty_ok=True)[1]
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability", StudyError,
+                      ("aliases", "prefixes", "filler", "fluorochromes", "viability"), empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
         filler=frozenset(key(f) for f in _string_list(doc.get("filler"), f"{path}: filler")),
         prefixes=tuple(sorted({key(p) for p in _string_list(doc.get("prefixes"), f"{path}: prefixes")}, key=len, reverse=True)),
+        viability=frozenset(key(v) for v in _string_list(doc.get("viability"), f"{path}: viability")),
     )
     return base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
 

@@ -1,0 +1,126 @@
+"""`tilpheno new-study`: a study drafted from a lab's FCS files runs as written, and its numbers
+agree with the simulated ground truth of the files (independent of the draft)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+from tilpheno.errors import TableError
+from tilpheno.scaffold import draft_study, write_study
+from tilpheno.vocabulary import default_vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+NEWLAB = ROOT / "tests" / "data" / "newlab"
+SAMPLE = ROOT / "sample_fcs"
+TOLERANCE = 2.0   # points: the lineage tolerance of the gating issue
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(app, args)
+
+
+def test_viability_dyes_come_from_the_vocabulary():
+    vocabulary = default_vocabulary()
+    assert all(vocabulary.is_viability_dye(n) for n in ("7-AAD", "DAPI", "LIVE/DEAD", "Zombie dye", "propidium iodide"))
+    assert not any(vocabulary.is_viability_dye(n) for n in ("CD3", "FoxP3", "Ki67"))
+
+
+def test_newlab_draft_runs_and_agrees_with_truth(tmp_path):
+    """Another lab's three tubes (one marker on an unlabelled detector, named by its panel file):
+    kinds, FMOs and viability dye inferred; `process` with the draft exits 0; its flat gates give
+    the truth's percentages of live cells (derived from the truth's nested percentages)."""
+    draft = draft_study(NEWLAB / "fcs", panel=NEWLAB / "panel.csv")
+    tubes = {t.kind: t for t in draft.tubes}
+    assert set(tubes) == {"tcell", "exhaustion", "residency"}
+    assert set(tubes["tcell"].markers) == {"CD45", "CD3", "CD4", "CD8", "DAPI"}
+    assert set(tubes["tcell"].fmo_markers) == {"CD45", "CD3", "CD4", "CD8"}
+    assert set(tubes["residency"].fmo_markers) == {"CD103"} and set(tubes["exhaustion"].fmo_markers) == {"CD39", "LAG3"}
+    assert all(t.viability == "DAPI" and t.height == "FSC-H" for t in tubes.values())
+    assert len(draft.manifest) == 10 and not draft.skipped
+
+    study = tmp_path / "study"
+    result = _run(["new-study", str(NEWLAB / "fcs"), "-o", str(study), "--panel", str(NEWLAB / "panel.csv")])
+    assert result.exit_code == 0, result.output
+    assert "tilpheno process" in result.output and "--panel" in result.output
+    out = tmp_path / "out"
+    result = _run(["process", str(NEWLAB / "fcs"), "--study", str(study / "study.yaml"), "--manifest",
+                   str(study / "manifest.csv"), "--panel", str(NEWLAB / "panel.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(out / "phenotypes.csv").set_index("product_id").loc["LAB7"]
+    truth = pd.read_csv(NEWLAB / "truth.csv").set_index("product_id").loc["LAB7"]
+    cd3_of_live = truth.cd45_pct_of_live * truth.cd3_pct_of_cd45 / 100
+    cd8_of_live = cd3_of_live * truth.cd8_pct_of_cd3 / 100
+    expected = {
+        "viability_pct_tcell": truth.viability_pct,
+        "cd45_pct_of_live_tcell": truth.cd45_pct_of_live,
+        "cd3_pct_of_live_tcell": cd3_of_live,
+        "cd4_pct_of_live": cd3_of_live * truth.cd4_pct_of_cd3 / 100,
+        "cd8_pct_of_live_tcell": cd8_of_live,
+        "cd39_pct_of_live": cd8_of_live * truth.cd39_pct_of_cd8 / 100,
+        "cd103_pct_of_live": cd8_of_live * truth.cd103_pct_of_cd8 / 100,
+    }
+    for column, value in expected.items():
+        assert abs(got[column] - value) <= TOLERANCE, (column, got[column], value)
+
+
+def test_til_draft_covers_every_file_and_matches_viability_truth(tmp_path):
+    """The TIL sample folder: surface (7AAD, five FMOs) and treg (FoxP3 FMO, no viability dye) kinds,
+    every file (unstained controls too) in the manifest; viability within tolerance of the truth."""
+    draft = draft_study(SAMPLE)
+    tubes = {t.kind: t for t in draft.tubes}
+    assert set(tubes) == {"surface", "treg"}
+    assert tubes["surface"].viability == "7AAD" and tubes["treg"].viability is None
+    assert set(tubes["surface"].fmo_markers) == {"CD3", "CD4", "CD8", "CD56", "PD1"}
+    assert tubes["treg"].fmo_markers == ("FoxP3",)
+    assert len(draft.manifest) == len(list(SAMPLE.glob("*.fcs")))
+    assert (draft.manifest["role"] == "unstained").sum() == 6
+    study = tmp_path / "study"
+    write_study(draft, study)
+    out = tmp_path / "out"
+    result = _run(["process", str(SAMPLE), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+                   "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    truth = pd.read_csv(SAMPLE / "truth.csv").set_index("product_id")
+    assert (got["viability_pct"] - truth.loc[got.index, "viability_pct"]).abs().max() <= TOLERANCE
+
+
+def test_files_that_fit_no_kind_are_left_out_and_named(tmp_path):
+    """An unreadable file and an FMO whose markers match no stained tube are listed, not guessed."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL001_surface_FMO_PD1.fcs", "TIL001_treg_FMO_FoxP3.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    (folder / "TIL001_broken.fcs").write_bytes(b"FCS3.1")
+    draft = draft_study(folder)
+    assert [t.kind for t in draft.tubes] == ["surface"]
+    left = dict(draft.skipped)
+    assert set(left) == {"TIL001_broken.fcs", "TIL001_treg_FMO_FoxP3.fcs"}
+    assert "FoxP3" in left["TIL001_treg_FMO_FoxP3.fcs"]
+    assert sorted(draft.manifest["file"]) == ["TIL001_surface_FMO_PD1.fcs", "TIL001_surface_stain.fcs"]
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    assert "left out: TIL001_treg_FMO_FoxP3.fcs" in result.output
+    assert "TIL001_broken.fcs" in (tmp_path / "study" / "study.yaml").read_text()
+
+
+def test_refusals_are_one_line(tmp_path):
+    study = tmp_path / "study"
+    assert _run(["new-study", str(SAMPLE), "-o", str(study)]).exit_code == 0
+    before = (study / "study.yaml").read_bytes()
+    again = _run(["new-study", str(SAMPLE), "-o", str(study)])
+    assert again.exit_code == 2 and "already holds study.yaml" in again.output and "--overwrite" in again.output
+    assert (study / "study.yaml").read_bytes() == before
+    assert _run(["new-study", str(SAMPLE), "-o", str(study), "--overwrite"]).exit_code == 0
+    controls = tmp_path / "controls"
+    controls.mkdir()
+    shutil.copy(SAMPLE / "TIL001_unstained.fcs", controls)
+    with pytest.raises(TableError, match="no readable stained FCS file"):
+        draft_study(controls)
+    result = _run(["new-study", str(controls), "-o", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no readable stained FCS file" in result.output

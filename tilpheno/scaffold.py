@@ -1,0 +1,334 @@
+"""Draft a study for a lab's own panel from its FCS files (``tilpheno new-study``), so that a first
+run needs no hand-written YAML.
+
+:func:`draft_study` reads every file's HEADER/TEXT only and infers:
+
+* **products, roles, FMO markers** as :func:`tilpheno.io.manifest.scan_folder` does (``$SRC``,
+  ``TUBE NAME``, file names; ``FMO <marker>``, ``unstained``);
+* **tube kinds**: one per distinct set of markers on the stained files (``$PnS`` read through the
+  vocabulary; a ``--panel`` file names unlabelled detectors), named by the first word of the files'
+  ``TUBE NAME`` / file name that is neither the product id, a role word, a marker nor a number
+  (the most common such word of the kind's stained files), else ``tube1``, ``tube2``...;
+  an FMO file belongs to the kind whose stained markers are its own plus the one it omits;
+* **gates** per kind, in this order: ``cells`` (FSC-A x SSC-A, ``ceiling`` = the scatter channels'
+  ``$PnR`` - 1), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability dye,
+  the vocabulary's ``viability:`` list, kept low at its density valley), then **one gate per other
+  marker, each directly under ``live``** (or the last scatter gate): ``fmo`` when the folder holds an
+  FMO for the marker (products without it get the flagged fallback gate), else ``valley`` (keep
+  high). The draft does not know the panel's biology, so it nests nothing (``CD4+`` is not put
+  under ``CD3+``): nesting is one ``parent:`` line per gate, in the strategy file or in the study's
+  own words;
+* **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_live`` per marker
+  (``_<kind>`` appended where two kinds would give the same name).
+
+:func:`write_study` writes ``study.yaml``, one strategy per kind, and ``manifest.csv`` (every file
+used, paths relative to the folder): ``tilpheno process FOLDER --study OUT/study.yaml --manifest
+OUT/manifest.csv`` runs as written. Files left out (unreadable, an FMO or stained file that fits no
+kind) are listed in :attr:`StudyDraft.skipped` with the reason and in ``study.yaml``'s comments.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from tilpheno.errors import TableError
+from tilpheno.io.manifest import scan_folder
+from tilpheno.panel import _labelled_markers, is_scatter_or_time, read_panel_file
+from tilpheno.study import default_study
+from tilpheno.vocabulary import Vocabulary, key
+
+ROLE_WORDS = frozenset({"stain", "stained", "fmo", "unstained", "unstain", "blank", "tube", "sample", "specimen",
+                        "control", "minus", "all", "full", "panel", "compensation", "fcs"})
+"""Words of a tube or file name that say a file's role, never its tube kind."""
+_WORDS = re.compile(r"[^A-Za-z0-9]+")
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class TubeDraft:
+    """One tube kind of the draft: its stained markers (in the first stained file's detector
+    order), the viability dye among them (None: none), the markers an FMO of the folder omits,
+    the scatter dimensions and the ``cells`` gate's ceiling (linear scatter units), and how many
+    products have a stained file of it."""
+
+    kind: str
+    markers: tuple[str, ...]
+    viability: str | None
+    fmo_markers: tuple[str, ...]
+    scatter: tuple[str, str]
+    height: str | None
+    ceiling: float
+    products: int
+
+
+@dataclass
+class StudyDraft:
+    """Result of :func:`draft_study`: the study's name, its tube kinds, the manifest of the files
+    used (``file`` relative to ``folder``) and the files left out with the reason."""
+
+    name: str
+    folder: Path
+    tubes: list[TubeDraft]
+    manifest: pd.DataFrame
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def variables(self) -> dict[str, dict[str, tuple[str, str]]]:
+        """Per kind: variable name -> (numerator, denominator) population."""
+        plain: dict[str, dict[str, tuple[str, str]]] = {}
+        for tube in self.tubes:
+            base = _base_population(tube)
+            own = {"viability_pct": ("live", "singlets" if tube.height else "cells")} if tube.viability else {}
+            for marker in _gated(tube):
+                own[f"{_slug(marker)}_pct_of_{base}"] = (f"{marker}+", base)
+            plain[tube.kind] = own
+        counts = Counter(name for own in plain.values() for name in own)
+        return {kind: {(name if counts[name] == 1 else f"{name}_{_slug(kind)}"): pops for name, pops in own.items()}
+                for kind, own in plain.items()}
+
+
+def _slug(text: str) -> str:
+    return _SLUG.sub("", str(text).lower()) or "x"
+
+
+def _gated(tube: TubeDraft) -> list[str]:
+    return [m for m in tube.markers if m != tube.viability]
+
+
+def _base_population(tube: TubeDraft) -> str:
+    return "live" if tube.viability else ("singlets" if tube.height else "cells")
+
+
+def _name_words(fcs, path: Path, product: str, vocabulary: Vocabulary) -> list[str]:
+    """Candidate kind names of a file: words of its TUBE NAME, then of its file name, lower case,
+    without the product id, role words, markers and numbers."""
+    product_words = {w.lower() for w in _WORDS.split(product) if w}
+    words = []
+    for text in (str(fcs.keywords.get("TUBE NAME", "")) if fcs is not None else "", path.stem):
+        for word in _WORDS.split(text):
+            low = word.lower()
+            if (not word or low in ROLE_WORDS or low in product_words or low.isdigit()
+                    or vocabulary.known(word) is not None):
+                continue
+            words.append(low)
+    return words
+
+
+def _channel(channels: Sequence[str], *names: str) -> str | None:
+    by_key = {key(c): c for c in channels}
+    return next((by_key[key(n)] for n in names if key(n) in by_key), None)
+
+
+def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Path | None = None) -> StudyDraft:
+    """Draft a study from the FCS files under ``folder`` (module docstring). ``panel``: a panel file
+    (``tube, detector, marker``; ``tube`` a kind word of the file names, or empty for every file)
+    naming markers on detectors the export left unlabelled. Raises TableError when no file can be
+    used (no readable stained file)."""
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    folder = Path(folder)
+    study = default_study()
+    vocabulary = study.vocabulary
+    overrides = read_panel_file(panel) if panel is not None else None
+    scanned = scan_folder(folder, study=study)
+    skipped: list[tuple[str, str]] = []
+    files = []
+    for row in scanned.to_dict("records"):
+        path = Path(row["file"])
+        if row["problem"]:
+            skipped.append((path.name, row["problem"]))
+            continue
+        fcs = read_fcs_metadata(path, checksum=False)
+        words = _name_words(fcs, path, row["product_id"], vocabulary)
+        channels = [(str(n), str(s)) for n, s in zip(fcs.channels["pnn"], fcs.channels["pns"])]
+        markers = dict(_labelled_markers(channels, vocabulary))
+        if overrides is not None:
+            rows = overrides.for_file(words[0] if words else "", str(fcs.keywords.get("TUBE NAME", "")), path.stem)
+            markers.update({vocabulary.marker_in(m) or m: d for d, m in rows.items()})
+        files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
+    stained = [f for f in files if f["role"] == "stain"]
+    if not stained:
+        raise TableError(f"{folder}: no readable stained FCS file to draft a study from "
+                         f"({len(scanned)} file(s), {len(skipped)} unreadable)")
+    kinds = _kinds(stained)
+    tubes, manifest = [], []
+    for kind, members in kinds.items():
+        marker_set = set(members[0]["markers"])
+        fmo_markers = []
+        for f in [f for f in files if f["role"] == "fmo"]:
+            omitted = f["fmo_marker"] or next(iter(marker_set - set(f["markers"])), "")
+            if omitted and set(f["markers"]) | {omitted} == marker_set:
+                f.update(tube=kind, fmo_marker=omitted, placed=True)
+                fmo_markers.append(omitted)
+        for f in members:
+            f.update(tube=kind, placed=True)
+        first = members[0]["fcs"]
+        pnn = [str(c) for c in first.channels["pnn"]]
+        fsc, ssc = _channel(pnn, "FSC-A", "FSC", "FS", "FSC-H"), _channel(pnn, "SSC-A", "SSC", "SS", "SSC-H")
+        if fsc is None or ssc is None:
+            raise TableError(f"{members[0]['path']}: no forward and side scatter channels among {pnn}; "
+                             "the drafted gates start on FSC x SSC")
+        height = _channel(pnn, "FSC-H") if fsc != _channel(pnn, "FSC-H") else None
+        ranges = first.channels.set_index("pnn")["pnr"]
+        ceiling = float(min(ranges[fsc], ranges[ssc])) - 1
+        order = [m for m, _ in sorted(members[0]["markers"].items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
+        viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
+        tubes.append(TubeDraft(kind, tuple(order), viability, tuple(m for m in order if m in set(fmo_markers)),
+                               (fsc, ssc), height, ceiling, len({f["product_id"] for f in members})))
+    for f in files:
+        if f["role"] == "unstained":
+            f.update(tube="unstained", placed=True)
+        elif f["role"] == "single_stain" or f["tube"] == "compensation":
+            f.update(tube="compensation", placed=True)
+        if not f.get("placed"):
+            why = ("an FMO whose markers, with the one it omits"
+                   f"{' (' + f['fmo_marker'] + ')' if f['fmo_marker'] else ''}, are no stained tube's"
+                   if f["role"] == "fmo" else "fits no tube kind")
+            skipped.append((f["path"].name, why))
+            continue
+        manifest.append({"file": str(f["path"].relative_to(folder)), "product_id": f["product_id"], "tube": f["tube"],
+                         "role": f["role"], "fmo_marker": f["fmo_marker"]})
+    default = re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_") or "lab"
+    return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped)
+
+
+def _kinds(stained: list[dict]) -> dict[str, list[dict]]:
+    """Stained files grouped by their marker set, each group named (module docstring)."""
+    groups: dict[frozenset, list[dict]] = {}
+    for f in stained:
+        groups.setdefault(frozenset(f["markers"]), []).append(f)
+    named: dict[str, list[dict]] = {}
+    for i, members in enumerate(sorted(groups.values(), key=lambda m: -len(m)), start=1):
+        words = Counter(w for f in members for w in dict.fromkeys(f["words"]))
+        choice = next((w for w, _ in words.most_common() if w not in named), None)
+        named[choice if choice and not choice[0].isdigit() else f"tube{i}"] = members
+    return named
+
+
+def _scalar(text: str) -> str:
+    """``text`` as a YAML scalar: plain when YAML reads it back as the same string, else quoted."""
+    import json
+
+    import yaml
+
+    plain = str(text)
+    try:
+        same = yaml.safe_load(plain) == plain and "#" not in plain and ": " not in plain
+    except yaml.YAMLError:
+        same = False
+    return plain if same and not plain.startswith(("[", "{", "&", "*", "!", "|", ">", "'", '"', "%", "@", "`")) \
+        else json.dumps(plain, ensure_ascii=False)
+
+
+def _list(items) -> str:
+    return "[" + ", ".join(_scalar(i) for i in items) + "]"
+
+
+def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
+    """The drafted strategy of one tube kind (module docstring), with comments saying what was
+    inferred and how to nest gates."""
+    fsc, ssc = tube.scatter
+    base = _base_population(tube)
+    fmo = set(tube.fmo_markers)
+    lines = [
+        f"# Drafted by `tilpheno new-study` from {tube.products} product(s)' stained '{tube.kind}' files in "
+        f"{draft.folder.name}/.",
+        f"# Every marker gate sits directly under `{base}`: the draft does not know the panel's biology. To gate",
+        "# a marker within another population (e.g. CD4+ within CD3+), change its `parent:`; variables are",
+        "# 100 x count(numerator) / count(denominator). A lymphocyte scatter gate is `method: lymphocytes` on",
+        "# [FSC-A, SSC-A]. Methods and parameters: tilpheno/gates/strategy.py.",
+        f"strategy: {_scalar(draft.name + '_' + tube.kind)}",
+        f"tube: {_scalar(tube.kind)}",
+        f"markers: {_list(tube.markers)}",
+        "populations:",
+        f"  - {{name: cells, parent: root, dims: {_list([fsc, ssc])}, method: cells, params: {{ceiling: {tube.ceiling:.0f}}}}}",
+    ]
+    parent = "cells"
+    if tube.height:
+        lines.append(f"  - {{name: singlets, parent: cells, dims: {_list([fsc, tube.height])}, method: singlets, "
+                     f"params: {{ceiling: {tube.ceiling:.0f}}}}}")
+        parent = "singlets"
+    if tube.viability:
+        lines.append(f"  - {{name: live, parent: {parent}, dims: {_list([tube.viability])}, method: valley, "
+                     "params: {keep: low}}   # the viability dye: dead cells are bright")
+    for marker in _gated(tube):
+        head = f"  - {{name: {_scalar(marker + '+')}, parent: {base}, dims: {_list([marker])}, "
+        lines.append(head + ("method: fmo}   # its FMO is in the folder" if marker in fmo else
+                             "method: valley, params: {keep: high}}   # no FMO in the folder: the density valley"))
+    lines.append("variables:")
+    for name, (numerator, denominator) in draft.variables()[tube.kind].items():
+        lines.append(f"  {_scalar(name)}: {{numerator: {_scalar(numerator)}, denominator: {_scalar(denominator)}}}")
+    return "\n".join(lines) + "\n"
+
+
+def study_yaml(draft: StudyDraft) -> str:
+    """The drafted ``study.yaml``: tube kinds (with the markers that tell them apart), every variable,
+    the QC defaults written out, and the files left out as comments."""
+    marker_sets = {t.kind: set(t.markers) for t in draft.tubes}
+    lines = [
+        f"# Drafted by `tilpheno new-study` from {draft.folder}: {draft.manifest['product_id'].nunique() if len(draft.manifest) else 0} "
+        f"product(s), {len(draft.manifest)} file(s) (manifest.csv). Edit freely: see README, 'Another lab's panel'.",
+        f"study: {_scalar(draft.name)}",
+        f"description: {_scalar('drafted from the FCS files of ' + draft.folder.name)}",
+        "tubes:",
+    ]
+    for tube in draft.tubes:
+        own = sorted(marker_sets[tube.kind] - set().union(*(s for k, s in marker_sets.items() if k != tube.kind)))
+        entry = f"strategy: {_scalar(tube.kind + '.yaml')}, names: {_list([tube.kind])}"
+        lines.append(f"  {_scalar(tube.kind)}: {{{entry}" + (f", markers: {_list(own)}}}" if own and len(draft.tubes) > 1 else "}"))
+    lines.append("variables:")
+    lines += [f"  - {_scalar(name)}" for own in draft.variables().values() for name in own]
+    lines.append("release: release.yaml   # drafted: replace its criterion with your lab's")
+    lines += ["qc:", "  min_events: 5000             # fewer events in a stained tube -> low_events",
+              "  fmo_threshold_range: [0, %.0f]   # an FMO threshold outside (compensated linear units) -> threshold_out_of_range"
+              % max(t.ceiling for t in draft.tubes)]
+    if draft.skipped:
+        lines.append("# files left out of manifest.csv:")
+        lines += [f"#   {name}: {why}" for name, why in draft.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def release_yaml(draft: StudyDraft) -> str:
+    """The drafted release spec: every run judges its products against one. With a viability dye,
+    the bundled TIL spec's viability criterion (> 70 %) on the first tube kind's viability; else
+    the QC minimum of events (>= 5000 in all tubes). Either is the lab's to replace."""
+    tube = next((t for t in draft.tubes if t.viability), None)
+    if tube is not None:
+        column, (_, denominator) = next((n, pops) for n, pops in draft.variables()[tube.kind].items() if pops[0] == "live")
+        criterion = (f"  - {{name: {_scalar(f'Viability ({tube.viability}- of {denominator})')}, "
+                     f"column: {_scalar(column)}, op: \">\", limit: 70, unit: \"%\"}}")
+        why = "the bundled TIL study's viability criterion (viability > 70 %)"
+    else:
+        criterion = '  - {name: Events acquired, column: n_events_total, op: ">=", limit: 5000, unit: events}'
+        why = "the QC minimum of events (no viability dye in the panel)"
+    return "\n".join([
+        f"# Drafted by `tilpheno new-study`: {why}. Replace it with your lab's lot-release criteria",
+        "# (columns: the study's variables and doses; see tilpheno/release.py).",
+        f"name: {_scalar(draft.name + ' release (drafted)')}",
+        "criteria:",
+        criterion,
+    ]) + "\n"
+
+
+def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Write ``study.yaml``, ``<kind>.yaml`` per tube kind, ``release.yaml`` and ``manifest.csv``
+    into ``out`` (created); each file atomically. Refuses (TableError) to replace an existing file
+    unless ``overwrite``. Returns the paths written."""
+    from tilpheno.io.atomic import write_csv, write_text
+
+    out = Path(out)
+    texts = {out / "study.yaml": study_yaml(draft), out / "release.yaml": release_yaml(draft)}
+    texts.update({out / f"{t.kind}.yaml": strategy_yaml(draft, t) for t in draft.tubes})
+    targets = [*texts, out / "manifest.csv"]
+    existing = [p.name for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise TableError(f"{out}: already holds {', '.join(existing)} (pass overwrite=True to replace)")
+    out.mkdir(parents=True, exist_ok=True)
+    for path, text in texts.items():
+        write_text(path, text)
+    write_csv(out / "manifest.csv", draft.manifest, errors="surrogateescape")   # non-UTF-8 names read back as written
+    return targets
