@@ -83,6 +83,15 @@ def test_fmo_marker_from_missing_label_and_unstained_from_no_labels(tmp_path):
     }
 
 
+def test_unst_abbreviation_names_an_unstained_control(tmp_path):
+    """FlowJo/FACSDiva exports name unstained controls 'unst' ('390C__390C_unst_022'); one exported
+    with the stained tube's $PnS labels was taken as a second stained tube of the product."""
+    design_file(tmp_path, "P1_surface_stain.fcs", "surface", keywords={"$SRC": "P1"})
+    design_file(tmp_path, "P1__P1_unst_022.fcs", "surface", keywords={"$SRC": "P1", "TUBE NAME": "unst"})
+    roles = {Path(f).name: r for f, r in zip(scan_folder(tmp_path)["file"], scan_folder(tmp_path)["role"])}
+    assert roles == {"P1_surface_stain.fcs": "stain", "P1__P1_unst_022.fcs": "unstained"}
+
+
 def test_unreadable_files_are_reported_not_fatal(tmp_path):
     design_file(tmp_path, "TIL001_surface_stain.fcs", "surface", keywords={"$SRC": "TIL001"})
     (tmp_path / "TIL001_surface_FMO_PD1.fcs").write_bytes(b"FCS3.1 garbage")

@@ -124,3 +124,18 @@ def test_refusals_are_one_line(tmp_path):
         draft_study(controls)
     result = _run(["new-study", str(controls), "-o", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no readable stained FCS file" in result.output
+
+
+def test_kind_names_tell_kinds_apart():
+    """A word names a kind only when every product's stained file of the kind has it and no other
+    kind's file does: tissue words shared across panels (real exports: 'Lung', 'Ileum') do not."""
+    from tilpheno.scaffold import _kinds
+
+    def f(product, words, markers):
+        return {"product_id": product, "words": words, "markers": dict.fromkeys(markers, "")}
+
+    kinds = _kinds([f("P1", ["lung"], ["CD3", "CD4"]), f("P2", ["ileum"], ["CD3", "CD4"]), f("P3", ["lung"], ["CD3", "CD19"])])
+    assert sorted(kinds) == ["tube1", "tube2"]
+    kinds = _kinds([f("P1", ["surface", "lung"], ["CD3", "CD4"]), f("P2", ["surface"], ["CD3", "CD4"]),
+                    f("P1", ["treg", "lung"], ["FoxP3"]), f("P2", ["treg", "403c"], ["FoxP3"])])
+    assert sorted(kinds) == ["surface", "treg"]

@@ -8,12 +8,14 @@ run needs no hand-written YAML.
 * **tube kinds**: one per distinct set of markers on the stained files (``$PnS`` read through the
   vocabulary; a ``--panel`` file names unlabelled detectors), named by the first word of the files'
   ``TUBE NAME`` / file name that is neither the product id, a role word, a marker nor a number
-  (the most common such word of the kind's stained files), else ``tube1``, ``tube2``...;
+  (the most common such word that is in the stained files of every product of the kind and in none
+  of another kind's, so that it tells the kinds apart), else ``tube1``, ``tube2``...;
   an FMO file belongs to the kind whose stained markers are its own plus the one it omits;
 * **gates** per kind, in this order: ``cells`` (FSC-A x SSC-A, ``ceiling`` = the scatter channels'
-  ``$PnR`` - 1), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability dye,
-  the vocabulary's ``viability:`` list, kept low at its density valley), then **one gate per other
-  marker, each directly under ``live``** (or the last scatter gate): ``fmo`` when the folder holds an
+  ``$PnR`` - 1; none when the files have no scatter channels, e.g. a FlowJo export of gated
+  fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability
+  dye, the vocabulary's ``viability:`` list, kept low at its density valley), then **one gate per
+  other marker, each directly under ``live``** (or the last gate before it, or ``root``): ``fmo`` when the folder holds an
   FMO for the marker (products without it get the flagged fallback gate), else ``valley`` (keep
   high). The draft does not know the panel's biology, so it nests nothing (``CD4+`` is not put
   under ``CD3+``): nesting is one ``parent:`` line per gate, in the strategy file or in the study's
@@ -53,16 +55,18 @@ _SLUG = re.compile(r"[^a-z0-9]+")
 class TubeDraft:
     """One tube kind of the draft: its stained markers (in the first stained file's detector
     order), the viability dye among them (None: none), the markers an FMO of the folder omits,
-    the scatter dimensions and the ``cells`` gate's ceiling (linear scatter units), and how many
-    products have a stained file of it."""
+    the scatter dimensions (None: the files have none), FSC-H (None: absent), the ``cells`` gate's
+    ceiling (linear scatter units), the top of the markers' scale (the largest ``$PnR``), and how
+    many products have a stained file of it."""
 
     kind: str
     markers: tuple[str, ...]
     viability: str | None
     fmo_markers: tuple[str, ...]
-    scatter: tuple[str, str]
+    scatter: tuple[str, str] | None
     height: str | None
     ceiling: float
+    scale_top: float
     products: int
 
 
@@ -82,7 +86,7 @@ class StudyDraft:
         plain: dict[str, dict[str, tuple[str, str]]] = {}
         for tube in self.tubes:
             base = _base_population(tube)
-            own = {"viability_pct": ("live", "singlets" if tube.height else "cells")} if tube.viability else {}
+            own = {"viability_pct": ("live", _before_live(tube))} if tube.viability else {}
             for marker in _gated(tube):
                 own[f"{_slug(marker)}_pct_of_{base}"] = (f"{marker}+", base)
             plain[tube.kind] = own
@@ -99,8 +103,16 @@ def _gated(tube: TubeDraft) -> list[str]:
     return [m for m in tube.markers if m != tube.viability]
 
 
+def _scatter_gates(tube: TubeDraft) -> list[str]:
+    return [] if tube.scatter is None else ["cells", *(["singlets"] if tube.height else [])]
+
+
+def _before_live(tube: TubeDraft) -> str:
+    return (_scatter_gates(tube) or ["root"])[-1]
+
+
 def _base_population(tube: TubeDraft) -> str:
-    return "live" if tube.viability else ("singlets" if tube.height else "cells")
+    return "live" if tube.viability else _before_live(tube)
 
 
 def _name_words(fcs, path: Path, product: str, vocabulary: Vocabulary) -> list[str]:
@@ -169,16 +181,15 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         first = members[0]["fcs"]
         pnn = [str(c) for c in first.channels["pnn"]]
         fsc, ssc = _channel(pnn, "FSC-A", "FSC", "FS", "FSC-H"), _channel(pnn, "SSC-A", "SSC", "SS", "SSC-H")
-        if fsc is None or ssc is None:
-            raise TableError(f"{members[0]['path']}: no forward and side scatter channels among {pnn}; "
-                             "the drafted gates start on FSC x SSC")
-        height = _channel(pnn, "FSC-H") if fsc != _channel(pnn, "FSC-H") else None
-        ranges = first.channels.set_index("pnn")["pnr"]
-        ceiling = float(min(ranges[fsc], ranges[ssc])) - 1
+        scatter = (fsc, ssc) if fsc is not None and ssc is not None else None
+        height = _channel(pnn, "FSC-H") if scatter and fsc != _channel(pnn, "FSC-H") else None
+        ranges = {str(n): float(r) for n, r in zip(first.channels["pnn"], first.channels["pnr"])}
+        ceiling = min(ranges[fsc], ranges[ssc]) - 1 if scatter else 0.0
+        top = max(ranges.get(d, 0.0) for d in members[0]["markers"].values()) or 262144.0
         order = [m for m, _ in sorted(members[0]["markers"].items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
         viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
         tubes.append(TubeDraft(kind, tuple(order), viability, tuple(m for m in order if m in set(fmo_markers)),
-                               (fsc, ssc), height, ceiling, len({f["product_id"] for f in members})))
+                               scatter, height, ceiling, top, len({f["product_id"] for f in members})))
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -201,11 +212,16 @@ def _kinds(stained: list[dict]) -> dict[str, list[dict]]:
     groups: dict[frozenset, list[dict]] = {}
     for f in stained:
         groups.setdefault(frozenset(f["markers"]), []).append(f)
+    ordered = sorted(groups.values(), key=lambda m: -len(m))
     named: dict[str, list[dict]] = {}
-    for i, members in enumerate(sorted(groups.values(), key=lambda m: -len(m)), start=1):
+    for i, members in enumerate(ordered, start=1):
+        others = {w for group in ordered if group is not members for f in group for w in f["words"]}
+        products = {f["product_id"] for f in members}
         words = Counter(w for f in members for w in dict.fromkeys(f["words"]))
-        choice = next((w for w, _ in words.most_common() if w not in named), None)
-        named[choice if choice and not choice[0].isdigit() else f"tube{i}"] = members
+        # a name tells kinds apart: in the stained files of every product of this kind, in none of another kind's
+        choice = next((w for w, _ in words.most_common() if w not in named and w not in others and not w[0].isdigit()
+                       and products <= {f["product_id"] for f in members if w in f["words"]}), None)
+        named[choice or f"tube{i}"] = members
     return named
 
 
@@ -231,7 +247,6 @@ def _list(items) -> str:
 def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     """The drafted strategy of one tube kind (module docstring), with comments saying what was
     inferred and how to nest gates."""
-    fsc, ssc = tube.scatter
     base = _base_population(tube)
     fmo = set(tube.fmo_markers)
     lines = [
@@ -245,15 +260,17 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         f"tube: {_scalar(tube.kind)}",
         f"markers: {_list(tube.markers)}",
         "populations:",
-        f"  - {{name: cells, parent: root, dims: {_list([fsc, ssc])}, method: cells, params: {{ceiling: {tube.ceiling:.0f}}}}}",
     ]
-    parent = "cells"
-    if tube.height:
-        lines.append(f"  - {{name: singlets, parent: cells, dims: {_list([fsc, tube.height])}, method: singlets, "
-                     f"params: {{ceiling: {tube.ceiling:.0f}}}}}")
-        parent = "singlets"
+    if tube.scatter is not None:
+        fsc, ssc = tube.scatter
+        lines.append(f"  - {{name: cells, parent: root, dims: {_list([fsc, ssc])}, method: cells, params: {{ceiling: {tube.ceiling:.0f}}}}}")
+        if tube.height:
+            lines.append(f"  - {{name: singlets, parent: cells, dims: {_list([fsc, tube.height])}, method: singlets, "
+                         f"params: {{ceiling: {tube.ceiling:.0f}}}}}")
+    else:
+        lines.append("  # the files have no forward/side scatter channels: the gates start from all events (root)")
     if tube.viability:
-        lines.append(f"  - {{name: live, parent: {parent}, dims: {_list([tube.viability])}, method: valley, "
+        lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low}}   # the viability dye: dead cells are bright")
     for marker in _gated(tube):
         head = f"  - {{name: {_scalar(marker + '+')}, parent: {base}, dims: {_list([marker])}, "
@@ -285,7 +302,7 @@ def study_yaml(draft: StudyDraft) -> str:
     lines.append("release: release.yaml   # drafted: replace its criterion with your lab's")
     lines += ["qc:", "  min_events: 5000             # fewer events in a stained tube -> low_events",
               "  fmo_threshold_range: [0, %.0f]   # an FMO threshold outside (compensated linear units) -> threshold_out_of_range"
-              % max(t.ceiling for t in draft.tubes)]
+              % max(t.scale_top for t in draft.tubes)]
     if draft.skipped:
         lines.append("# files left out of manifest.csv:")
         lines += [f"#   {name}: {why}" for name, why in draft.skipped]

@@ -16,7 +16,7 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
    one of the study's tube kinds or their names);
 2. otherwise product from ``$SRC`` (else the folder name, else the file name), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
-   ``unstain`` / ``blank`` / ``no stain`` means unstained; a file with no $PnS on any
+   ``unstain`` / ``unst`` / ``blank`` / ``no stain`` (whole words) means unstained; a file with no $PnS on any
    fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
 3. an FMO tube whose name gives no marker gets the one stained marker it lacks relative to a
    stained tube of the same product (the stain tube whose markers contain all of its own);
@@ -56,7 +56,7 @@ FCS_SUFFIXES = (".fcs", ".lmd")
 
 _DESIGN_UNSTAINED = re.compile(r"^(?P<product>.+?)_unstained$", re.IGNORECASE)
 _FMO = re.compile(r"(?:^|[^A-Za-z])FMO(?:[^A-Za-z]+(?P<rest>.*))?$", re.IGNORECASE)
-_UNSTAINED = re.compile(r"(?:^|[^A-Za-z])(unstained|unstain|blank|no[ _-]?stain)(?:[^A-Za-z]|$)", re.IGNORECASE)
+_UNSTAINED = re.compile(r"(?:^|[^A-Za-z])(unstained|unstain|unst|blank|no[ _-]?stain)(?:[^A-Za-z]|$)", re.IGNORECASE)
 _CONTROL = re.compile(r"stained control|single[ _-]?stain|comp(?:ensation)?[ _-]?control", re.IGNORECASE)
 
 
