@@ -184,7 +184,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         scatter = (fsc, ssc) if fsc is not None and ssc is not None else None
         height = _channel(pnn, "FSC-H") if scatter and fsc != _channel(pnn, "FSC-H") else None
         ranges = {str(n): float(r) for n, r in zip(first.channels["pnn"], first.channels["pnr"])}
-        ceiling = min(ranges[fsc], ranges[ssc]) - 1 if scatter else 0.0
+        ceiling = min(ranges[scatter[0]], ranges[scatter[1]]) - 1 if scatter else 0.0
         top = max(ranges.get(d, 0.0) for d in members[0]["markers"].values()) or 262144.0
         order = [m for m, _ in sorted(members[0]["markers"].items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
         viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
