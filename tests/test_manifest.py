@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -312,4 +313,135 @@ def test_read_manifest_misspelt_column_gets_a_hint(files):
     """A header 'Product ID' (a sample sheet typed by hand) gave only 'missing column(s)'."""
     path = _write(files / "m.csv", [["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
     with pytest.raises(TableError, match=r"missing column\(s\) 'product_id' \(did you mean 'Product ID'\?\); found"):
+        read_manifest(path)
+
+
+# --------------------------------------------------------------------------- lab workbooks and CSVs
+
+
+def _book(path: Path, sheets: dict[str, list[list]], merged: dict[str, list[str]] | None = None) -> Path:
+    """An .xlsx with the given sheets (title -> rows, in order) and merged ranges per sheet."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+        for cells in (merged or {}).get(title, []):
+            sheet.merge_cells(cells)
+    book.save(path)
+    return path
+
+
+TABLE = [[*COLUMNS, "til_dose_cells"], ["a.fcs", "TIL001", "surface", "stain", "", 5e9],
+         ["b.fcs", "TIL001", "surface", "fmo", "PD1", 5e9]]
+
+
+def test_read_manifest_excel_merged_cells(files):
+    """Lab staff merge a product's id (and dose) down over its tube rows: only the top cell holds the
+    value, so every other row of the product was refused ('empty value') -> each row reads the
+    merged value, as Excel shows it (same frame as the unmerged sheet)."""
+    plain = read_manifest(_book(files / "plain.xlsx", {"Sheet": TABLE}))
+    merged_rows = [TABLE[0], TABLE[1], [TABLE[2][0], None, *TABLE[2][2:5], None]]
+    merged = read_manifest(_book(files / "m.xlsx", {"Sheet": merged_rows}, {"Sheet": ["B2:B3", "F2:F3"]}))
+    pd.testing.assert_frame_equal(merged, plain)
+    assert merged["product_id"].tolist() == ["TIL001", "TIL001"] and merged["til_dose_cells"].tolist() == [5e9, 5e9]
+
+
+def test_read_manifest_header_below_a_title(files):
+    """A title line and blank lines above the header: the CSV was 'cannot read manifest (Error
+    tokenizing data ...)' or 'No columns to parse', the .xlsx 'missing column(s)' -> the header is
+    found; errors still name the file's line (row N = N lines below the header)."""
+    truth = read_manifest(_write(files / "plain.csv", [list(COLUMNS), ["a.fcs", "P1", "surface", "stain", ""],
+                                                        ["b.fcs", "P1", "surface", "fmo", "PD1"]]))
+    rows = [["Manifest of run 5 (M. Muster)"], [], list(COLUMNS), ["a.fcs", "P1", "surface", "stain", ""],
+            ["b.fcs", "P1", "surface", "fmo", "PD1"]]
+    pd.testing.assert_frame_equal(read_manifest(_write(files / "title.csv", rows)), truth)
+    (files / "blank.csv").write_text("\n\n" + (files / "plain.csv").read_text())
+    pd.testing.assert_frame_equal(read_manifest(files / "blank.csv"), truth)
+    pd.testing.assert_frame_equal(read_manifest(_book(files / "title.xlsx", {"Sheet": rows})), truth)
+    rows[4][3] = "fmoo"
+    with pytest.raises(TableError, match=r"title.csv: row 2 \(line 5\), column 'role': unknown role 'fmoo'"):
+        read_manifest(_write(files / "title.csv", rows))
+    hand_typed = [["Manifest"], ["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]]
+    with pytest.raises(TableError, match=r"missing column\(s\) 'product_id' \(did you mean 'Product ID'\?\)"):
+        read_manifest(_write(files / "typed.csv", hand_typed))
+
+
+def test_read_manifest_excel_table_on_a_later_sheet(files):
+    """The table on sheet 2 behind an instructions (or empty) sheet: 'missing column(s) ... found
+    ['Fill in sheet 2']' or 'header but no rows' -> the sheet holding the table is read, and the
+    workbook checks look at that sheet and its header row. Two sheets holding a table are refused."""
+    truth = read_manifest(_book(files / "plain.xlsx", {"Sheet": TABLE}))
+    for first in ([["Fill in the sheet 'Manifest'"], ["role: stain, fmo or unstained"]], []):
+        path = _book(files / "m.xlsx", {"Instructions": first, "Manifest": TABLE})
+        pd.testing.assert_frame_equal(read_manifest(path), truth)
+    shown_otherwise = _book(files / "fmt.xlsx", {"Read me": [["see next sheet"]], "Manifest": [["Run 5"], *TABLE]})
+    import openpyxl
+
+    book = openpyxl.load_workbook(shown_otherwise)
+    book["Manifest"]["B4"].value, book["Manifest"]["B4"].number_format = 7, "000"
+    book.save(shown_otherwise)
+    with pytest.raises(TableError, match=r"row 2 \(line 4\), column 'product_id': sheet 'Manifest' cell B4 is the "
+                                         r"number 7 shown with the format '000'"):
+        read_manifest(shown_otherwise)
+    with pytest.raises(TableError, match=r"sheets 'Run 1', 'Run 2' each hold a manifest table"):
+        read_manifest(_book(files / "two.xlsx", {"Run 1": TABLE, "Run 2": TABLE}))
+
+
+def test_read_manifest_windows_1252_csv(files):
+    """Excel on Windows saves 'CSV (Comma delimited)' in cp1252: any 'µ' or 'é' made the whole
+    manifest 'cannot read ... surrogates not allowed' -> a comment reads as written, an accented
+    file name is found; a product id that is not UTF-8 is refused saying to save as CSV UTF-8 (a
+    guessed encoding could make it another id). A file name's own bytes (tilpheno scan -o of a
+    folder whose names are not UTF-8) still read back as that file."""
+    design_file(files, "été.fcs", "surface")
+    raw = os.fsdecode(b"P\xe9.fcs")
+    design_file(files, raw, "surface", omit="PD1")
+    path = files / "m.csv"
+    path.write_bytes("file,product_id,tube,role,fmo_marker,comment\r\nété.fcs,P1,surface,stain,,1 µl\r\n".encode("cp1252")
+                     + b"P\xe9.fcs,P1,surface,fmo,PD1,\r\n")
+    frame = read_manifest(path)
+    assert frame["file"].tolist() == ["été.fcs", raw] and frame["comment"].tolist() == ["1 µl", ""]
+    path.write_bytes("file,product_id,tube,role\r\nété.fcs,Pé,surface,stain\r\n".encode("cp1252"))
+    with pytest.raises(TableError, match=r"row 1 \(line 2\), column 'product_id': 'P\\\\xe9' is not UTF-8 text .*"
+                                         r"save it as 'CSV UTF-8 \(Comma delimited\)'"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("header", [["file", "product_id", "tube", "role", "file"],
+                                   ["file", "product_id", "tube", "role", "File "]])
+def test_read_manifest_column_named_twice(files, header):
+    """Two 'file' columns: the second was silently renamed 'file.1' (or, spelt 'File', shadowed)
+    and one of them ignored -> refused naming both columns."""
+    path = _write(files / "m.csv", [header, ["a.fcs", "P", "surface", "stain", "b.fcs"]])
+    with pytest.raises(TableError, match=r"m.csv: line 1: column 'file' appears twice \(columns A and E\)"):
+        read_manifest(path)
+
+
+def test_read_manifest_row_longer_than_header(files):
+    """A row with one cell more than the header (an unquoted comma) was shifted one column (its file
+    name taken as the row label: 'unknown role ...'); a workbook that is not one was a BadZipFile
+    traceback -> one-line errors."""
+    path = files / "m.csv"
+    path.write_text("file,product_id,tube,role\na.fcs,P,surface,stain,1,5\n")
+    with pytest.raises(TableError, match=r"row 1 \(line 2\): 6 cells, the header names 4 columns"):
+        read_manifest(path)
+    (files / "m.xlsx").write_bytes(b"PK\x03\x04not a workbook")
+    with pytest.raises(TableError, match="m.xlsx: cannot read manifest as CSV/Excel"):
+        read_manifest(files / "m.xlsx")
+
+
+def test_read_manifest_windows_backslash_paths(files):
+    """A manifest typed on Windows names 'sub\\a.fcs': on Linux that was 'does not exist' -> found as
+    sub/a.fcs (and returned so); a Windows absolute path gets a hint to give it relative."""
+    (files / "sub").mkdir()
+    design_file(files / "sub", "c.fcs", "surface")
+    path = _write(files / "m.csv", [list(COLUMNS), ["sub\\c.fcs", "P", "surface", "stain", ""]])
+    assert read_manifest(path)["file"].tolist() == ["sub/c.fcs"]
+    path = _write(files / "m.csv", [list(COLUMNS), ["C:\\runs\\c.fcs", "P", "surface", "stain", ""]])
+    with pytest.raises(TableError, match=re.escape(repr("C:\\runs\\c.fcs")) + " does not exist .*"
+                                         + re.escape("(a Windows path: give it relative to the folder)")):
         read_manifest(path)

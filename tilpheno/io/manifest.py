@@ -32,11 +32,13 @@ by a program and never calculated, is one).
 """
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import math
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -44,7 +46,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import column_separator, decimal_comma, display_name
-from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas
+from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -238,51 +240,127 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
 # --------------------------------------------------------------------------- reading a manifest
 
 
+Rows = list[tuple[int, list[str]]]
+"""A table's non-empty rows as ``(line, cells)``: the line of a text file, or a sheet's row."""
+
+
 def _read_table(path: Path) -> pd.DataFrame:
-    """The manifest's cells as text; index = the line of the file (a sheet's row; the header is
-    line 1). Rows whose every cell is blank are dropped (Excel saves formatted empty rows as
-    ``,,,,``); their lines still count. Text is UTF-8 (BOM optional; undecodable bytes kept as
-    surrogate escapes, so a file name ``tilpheno scan -o`` wrote reads back as written), separated
-    by commas, or by semicolons / tabs when the header line has no comma (European Excel; then a
-    comma in ``til_dose_cells`` is the decimal mark, ``frame.attrs["decimal_comma"]``)."""
+    """The manifest's cells as text; index = the line of the file (a sheet's row).
+
+    The header is the first row naming all of ``file, product_id, tube, role`` (case and blanks
+    ignored), else the first naming the most of them (else the first non-blank row): a title or
+    blank lines above it are skipped (``frame.attrs["header_line"]``). A workbook's table is on the
+    one sheet with such a header (an instructions sheet before it is skipped; two sheets with one
+    are refused), merged cells read as Excel shows them (:func:`sheet_rows`). Rows whose every cell
+    is blank are dropped (Excel saves formatted empty rows as ``,,,,``); their lines still count.
+    A column named twice is refused. Text is UTF-8 (BOM optional); bytes that are not are kept as
+    surrogate escapes (a file name ``tilpheno scan -o`` wrote reads back as written; for the other
+    columns see :func:`_windows_text`). Cells are separated by commas, or by semicolons / tabs when
+    the header line has no comma (European Excel; then a comma in ``til_dose_cells`` is the
+    decimal mark, ``frame.attrs["decimal_comma"]``)."""
     if not path.is_file():
         raise TableError(f"{path}: manifest file not found")
     if path.stat().st_size == 0:
         raise TableError(f"{path}: manifest file is empty")
+    if path.suffix.lower() == ".xls":
+        raise TableError(f"{path}: old Excel .xls workbooks are not read; save it as .xlsx or CSV UTF-8")
+    data = path.read_bytes()
     separator = ","
     try:
-        if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
-            frame = pd.read_excel(path, dtype=str)
-            frame = frame.fillna("")
-            if path.suffix.lower() != ".xls":
-                def locate(row: int, column: str | None) -> str:
-                    return f"{path}: row {row - 1} (line {row}), column '{column}'"
+        if path.suffix.lower() in (".xlsx", ".xlsm"):
+            sheet, rows = _workbook_table(path, sheet_rows(data))
+            header_line = _header_at(rows)
 
-                data = path.read_bytes()
-                refuse_unsaved_formulas(data, locate)
-                refuse_display_only_ids(data, ["product_id"], locate)
+            def locate(row: int, column: str | None) -> str:
+                return f"{path}: row {row - header_line} (line {row}), column '{column}'"
+
+            refuse_unsaved_formulas(data, locate, sheet=sheet, header_row=header_line)
+            refuse_display_only_ids(data, ["product_id"], locate, sheet=sheet, header_row=header_line)
         else:
-            raw = path.read_bytes()
-            if b"\x00" in raw[:4096]:
+            if b"\x00" in data[:4096]:
                 raise TableError(f"{path}: not a CSV text file (binary content)")
-            text = raw.decode("utf-8-sig", errors="surrogateescape")
-            separator = column_separator(next((line for line in text.splitlines() if line.strip()), ""))
-            frame = pd.read_csv(io.StringIO(text), sep=separator, dtype=str, keep_default_na=False,
-                                skipinitialspace=True, skip_blank_lines=False)
+            text = data.decode("utf-8-sig", errors="surrogateescape")
+            lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+            header_line = _header_at([(i, _cells(line, column_separator(line))) for i, line in lines])
+            separator = column_separator(dict(lines).get(header_line, ""))
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=True)
+            rows = [(reader.line_num, cells) for cells in reader]
     except TableError:
         raise
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
+    except (ValueError, KeyError, csv.Error, OSError, zipfile.BadZipFile) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
     from tilpheno.io.csvcells import restore_frame
 
-    frame = restore_frame(frame)   # a manifest written by `tilpheno scan -o` has neutralised cells
-    frame.columns = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in frame.columns]
-    frame.index = range(2, len(frame) + 2)
-    blank = frame.map(lambda v: v is None or not str(v).strip()).all(axis=1)
-    frame = frame.loc[~blank]
+    frame = restore_frame(_frame(path, rows, header_line))   # `tilpheno scan -o` neutralised cells
     frame.attrs["decimal_comma"] = separator == ";"
+    frame.attrs["header_line"] = header_line
     return frame
+
+
+def _cells(line: str, separator: str) -> list[str]:
+    """The cells of one line of a CSV text."""
+    return next(csv.reader([line], delimiter=separator, skipinitialspace=True), [])
+
+
+def _named(cells: list[str]) -> int:
+    """How many of the required columns (``COLUMNS[:4]``, case and blanks ignored) ``cells`` names."""
+    return len({str(c).strip().lower() for c in cells} & set(COLUMNS[:4]))
+
+
+def _header_at(rows: Rows) -> int:
+    """The line of the header among ``rows`` (``(line, cells)``): the first naming all required
+    columns, else the first naming the most (at least one), else the first non-blank row (1 if none)."""
+    filled = [(line, cells) for line, cells in rows if any(str(c).strip() for c in cells)]
+    best = max(filled, key=lambda r: _named(r[1]), default=(1, []))
+    return best[0] if _named(best[1]) else next(iter(filled), (1, []))[0]
+
+
+def _workbook_table(path: Path, sheets: list[tuple[str, Rows]]) -> tuple[str, Rows]:
+    """``(title, rows)`` of the sheet holding the manifest: the one whose header names all required
+    columns (TableError when several do), else the first naming the most of them, else the first
+    sheet that is not empty."""
+    def named(sheet: tuple[str, Rows]) -> tuple[int, bool]:
+        return max((_named(cells) for _, cells in sheet[1]), default=0), bool(sheet[1])
+
+    full = [title for title, rows in sheets if named((title, rows))[0] == len(COLUMNS[:4])]
+    if len(full) > 1:
+        raise TableError(f"{path}: sheets {', '.join(map(repr, full))} each hold a manifest table "
+                         "(file, product_id, tube, role); keep one sheet's table or combine them")
+    return max(sheets, key=named)
+
+
+def _frame(path: Path, rows: Rows, header_line: int) -> pd.DataFrame:
+    """The rows below ``header_line`` as a frame of text, named by the header (the required
+    columns lower-cased), index = line; blank rows dropped. A column named twice, or a row with
+    more filled cells than the header has names, is a TableError."""
+    header = next((cells for line, cells in rows if line == header_line), [])
+    names = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in header]
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first, second = (_column_letter(j) for j in (names.index(name), i))
+            raise TableError(f"{path}: line {header_line}: column {name!r} appears twice (columns {first} and "
+                             f"{second}); keep one, or rename the other")
+    body = []
+    for line, cells in rows:
+        if line <= header_line or not any(str(c).strip() for c in cells):
+            continue
+        if any(str(c).strip() for c in cells[len(names):]):
+            raise TableError(f"{path}: row {line - header_line} (line {line}): {len(cells)} cells, the header names "
+                             f"{len(names)} columns (a separator inside a value must be quoted)")
+        body.append((line, [*cells[:len(names)], *[""] * (len(names) - len(cells))]))
+    return pd.DataFrame([cells for _, cells in body], columns=names, index=[line for line, _ in body], dtype=object)
+
+
+def _column_letter(index: int) -> str:
+    """The spreadsheet letter of the 0-based column ``index`` (0 -> A, 26 -> AA)."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
 
 
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
@@ -291,20 +369,24 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
-    The file is CSV (comma-, semicolon- or tab-separated; see ``_read_table``) or an .xlsx workbook's
-    first sheet. Rows whose every cell is blank are skipped.
+    The file is CSV (comma-, semicolon- or tab-separated) or an .xlsx workbook's manifest sheet;
+    a title above the header is skipped (see ``_read_table``). Rows whose every cell is blank are
+    skipped.
 
-    Checks, each a TableError naming file, row (1-based data row; the header is line 1, so data
-    row N is line N+1; skipped blank rows count) and column: missing columns, empty cells, unknown
+    Checks, each a TableError naming file, row (1-based data row; data row N is N lines below the
+    header line; skipped blank rows count) and column: missing columns, empty cells, unknown
     roles, tubes other than ``tubes`` (default: the study's kinds; a run with strategies of its own
     adds theirs), ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, duplicate files, files that
-    do not exist (relative paths are looked up under ``base``, default the manifest's folder), two
+    do not exist (relative paths are looked up under ``base``, default the manifest's folder; a
+    Windows path ``sub\\a.fcs`` is found as ``sub/a.fcs``), two
     product ids that differ only in case (one product mistyped would become two), files
     (links resolved) outside ``base`` unless ``allow_outside``, files that are not regular files,
+    a product id that is not UTF-8 text,
     and in an optional ``til_dose_cells`` column (the product's infused cells, on one or more of its
     rows) a cell that is not a non-negative number or differs from another of the product's. Values
-    are returned as written (stripped), with ``fmo_marker`` read through the study's vocabulary
+    are returned as written (stripped; other text than UTF-8 see :func:`_windows_text`), ``file``
+    as found, with ``fmo_marker`` read through the study's vocabulary
     (default: the bundled study's) and ``til_dose_cells`` as floats (an empty cell NaN).
     """
     study = study or default_study()
@@ -313,6 +395,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     path = Path(path)
     base = Path(base) if base is not None else path.parent
     frame = _read_table(path)
+    header_line = frame.attrs["header_line"]
+    if not len(frame.columns):
+        raise TableError(f"{path}: no table found (no row names the columns file, product_id, tube, role)")
     if frame.empty:
         raise TableError(f"{path}: manifest has a header but no rows")
     missing = [c for c in COLUMNS[:4] if c not in frame.columns]
@@ -325,15 +410,20 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame = frame.copy()
     for column in COLUMNS:
         frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
+    for column in frame.columns.drop(["file", "product_id"]):
+        frame[column] = frame[column].map(_windows_text)
     seen: dict[str, int] = {}
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
-    markers = []
+    found, fmo_markers = [], []
     for line, row in zip(frame.index, frame.itertuples(index=False)):
-        i = line - 1
+        i = line - header_line
         where = f"{path}: row {i} (line {line})"
         for column in COLUMNS[:4]:
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
+        if _not_utf8(row.product_id):
+            raise TableError(f"{where}, column 'product_id': {display_name(row.product_id)!r} is not UTF-8 text (a CSV "
+                             "saved by Excel in the Windows encoding, cp1252); save it as 'CSV UTF-8 (Comma delimited)'")
         if row.role not in ROLES:
             raise TableError(f"{where}, column 'role': unknown role {row.role!r}{did_you_mean(row.role, ROLES)} "
                              f"(allowed: {', '.join(ROLES)})")
@@ -345,12 +435,13 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
         if row.role != "fmo" and row.fmo_marker:
             raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
-        markers.append(marker or "")
-        file = Path(row.file)
-        resolved = file if file.is_absolute() else base / file
-        if not resolved.is_file():
+        fmo_markers.append(marker or "")
+        file, resolved = _locate(row.file, base)
+        if resolved is None:
+            looked = Path(row.file) if Path(row.file).is_absolute() else base / row.file
+            windows = " (a Windows path: give it relative to the folder)" if _WINDOWS_ABSOLUTE.match(row.file) else ""
             raise TableError(f"{where}, column 'file': {row.file!r} does not exist or is not a regular file "
-                             f"(looked for {resolved})")
+                             f"(looked for {looked}){windows}")
         if not allow_outside and outside(resolved, base):
             raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
                              "pass allow_outside=True to accept files outside the folder")
@@ -358,24 +449,60 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         if key in seen:
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")
         seen[key] = i
+        found.append(file)
         spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, i))
         if spelt[0] != row.product_id:
             raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
                              f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
-    frame["fmo_marker"] = markers
+    frame["file"] = found
+    frame["fmo_marker"] = fmo_markers
     if "til_dose_cells" in frame.columns:
-        frame["til_dose_cells"] = _doses(frame, path)
+        frame["til_dose_cells"] = _doses(frame, path, header_line)
     frame.attrs.pop("decimal_comma", None)
+    frame.attrs.pop("header_line", None)
     return frame.reset_index(drop=True)
 
 
-def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def _not_utf8(text: str) -> bool:
+    """True when ``text`` holds surrogate escapes (bytes of the file that were not UTF-8)."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _windows_text(text: str) -> str:
+    """A cell of a CSV that is not UTF-8 read as Windows-1252 (Excel's 'CSV (Comma delimited)' on
+    Windows: "1 µl" in a comment); other cells as they are. Used for every column but ``file``
+    (whose bytes are a file's name, :func:`_locate`) and ``product_id`` (refused: an id read in a
+    guessed encoding could silently become another). Bytes that are not cp1252 either stay escaped."""
+    if not _not_utf8(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("cp1252", errors="surrogateescape")
+
+
+def _locate(written: str, base: Path) -> tuple[str, Path | None]:
+    """``(file as found, its path)`` of a manifest's file cell, or ``(written, None)`` when none is a
+    regular file. Tried in turn: as written (relative to ``base``; bytes that are not UTF-8 are a
+    file name's bytes, as ``tilpheno scan -o`` writes them), read as Windows-1252 (an accented name
+    in a CSV saved by Excel on Windows), with backslashes as folder separators (``sub\\a.fcs``)."""
+    candidates = dict.fromkeys([written, _windows_text(written)])
+    for text in list(candidates):
+        candidates[text.replace("\\", "/")] = None
+    for text in candidates:
+        path = Path(text) if Path(text).is_absolute() else base / text
+        if path.is_file():
+            return text, path
+    return written, None
+
+
+def _doses(frame: pd.DataFrame, path: Path, header_line: int) -> list[float]:
     """The ``til_dose_cells`` column as numbers (an empty cell is NaN): each a non-negative finite
     number, and the filled cells of one product equal (a product has one infused dose)."""
     doses: list[float] = []
     first: dict[str, tuple[int, float]] = {}
     for line, product, cell in zip(frame.index, frame["product_id"], frame["til_dose_cells"]):
-        i = line - 1
+        i = line - header_line
         where = f"{path}: row {i} (line {line}), column 'til_dose_cells'"
         text = "" if cell is None else str(cell).strip()
         if frame.attrs.get("decimal_comma"):
