@@ -434,6 +434,34 @@ def test_read_manifest_row_longer_than_header(files):
         read_manifest(files / "m.xlsx")
 
 
+def test_read_manifest_fmo_marker_not_in_the_strategy(files):
+    """An FMO row naming a marker its tube's strategy does not have ('PD1x', 'PD-L1', FoxP3 on the
+    surface tube) was accepted; the FMO then gated nothing and the PD1 gate fell back ->
+    refused with a did-you-mean among the tube's markers (PD-1, an alias, is PD1), by
+    `process` and `scan --manifest` alike."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.pipeline.inputs import strategy_markers
+    from tilpheno.study import default_study
+
+    markers = strategy_markers(load_strategy(p) for p in default_study().strategy_paths)
+    rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD-1"]]
+    assert read_manifest(_write(files / "m.csv", rows), markers=markers)["fmo_marker"].tolist() == ["", "PD1"]
+    for written, hint in (("PD1x", " \\(did you mean 'PD1'\\?\\)"), ("PD-L1", " \\(did you mean 'PD1'\\?\\)"), ("FoxP3", "")):
+        rows[2][4] = written
+        path = _write(files / "m.csv", rows)
+        assert read_manifest(path)["fmo_marker"].iloc[1]   # without markers: not checked
+        with pytest.raises(TableError, match=rf"row 2 \(line 3\), column 'fmo_marker': '{written}' is not a marker of "
+                                             rf"the surface tube{hint} \(its markers: CD3, CD4, CD8, CD56, PD1, 7AAD\)"):
+            read_manifest(path, markers=markers)
+    result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(path)])
+    assert result.exit_code == 2 and "'FoxP3' is not a marker of the surface tube" in result.output
+    from tilpheno.pipeline import process_folder
+
+    with pytest.raises(TableError, match="'FoxP3' is not a marker of the surface tube"):
+        process_folder(files, files / "out", manifest_csv=path, make_reports=False)
+    assert not (files / "out").exists()
+
+
 def test_read_manifest_windows_backslash_paths(files):
     """A manifest typed on Windows names 'sub\\a.fcs': on Linux that was 'does not exist' -> found as
     sub/a.fcs (and returned so); a Windows absolute path gets a hint to give it relative."""

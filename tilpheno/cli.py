@@ -131,7 +131,11 @@ def scan(
         if manifest is not None:
             if not folder.is_dir():
                 raise TilphenoError(f"{folder}: not a folder")
-            frame = read_manifest(manifest, base=folder, study=config)
+            from tilpheno.gates.strategy import load_strategy
+            from tilpheno.pipeline.inputs import strategy_markers
+
+            markers = strategy_markers(load_strategy(p) for p in config.strategy_paths)
+            frame = read_manifest(manifest, base=folder, study=config, markers=markers)
             frame["problem"] = ""
         else:
             frame = scan_folder(folder, study=config)

@@ -40,7 +40,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import pandas as pd
 
@@ -365,7 +365,8 @@ def _column_letter(index: int) -> str:
 
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
                   allow_outside: bool = False, study: Study | None = None,
-                  tubes: Iterable[str] | None = None) -> pd.DataFrame:
+                  tubes: Iterable[str] | None = None,
+                  markers: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
@@ -377,7 +378,10 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     header line; skipped blank rows count) and column: missing columns, empty cells, unknown
     roles, tubes other than ``tubes`` (default: the study's kinds; a run with strategies of its own
     adds theirs), ``unstained`` and ``compensation`` (unknown roles and
-    tubes get a "did you mean"), FMO rows without a recognisable marker, duplicate files, files that
+    tubes get a "did you mean"), FMO rows without a recognisable marker, or (when ``markers``
+    maps the row's tube kind to its strategies' markers; a kind with none is not checked) with a
+    marker that is none of them (it would gate nothing; a "did you mean" among them),
+    duplicate files, files that
     do not exist (relative paths are looked up under ``base``, default the manifest's folder; a
     Windows path ``sub\\a.fcs`` is found as ``sub/a.fcs``), two
     product ids that differ only in case (one product mistyped would become two), files
@@ -392,6 +396,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     study = study or default_study()
     vocabulary = study.vocabulary
     tubes = (*(study.tubes if tubes is None else tubes), "unstained", "compensation")
+    panels = {kind: tuple(names) for kind, names in (markers or {}).items() if names}
     path = Path(path)
     base = Path(base) if base is not None else path.parent
     frame = _read_table(path)
@@ -435,6 +440,10 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
         if row.role != "fmo" and row.fmo_marker:
             raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
+        panel = panels.get(row.tube)
+        if marker is not None and panel is not None and not any(vocabulary.same(marker, m) for m in panel):
+            raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} is not a marker of the {row.tube} "
+                             f"tube{did_you_mean(marker, panel)} (its markers: {', '.join(panel)})")
         fmo_markers.append(marker or "")
         file, resolved = _locate(row.file, base)
         if resolved is None:

@@ -3,7 +3,7 @@ manifest grouped into products."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from tilpheno.errors import TableError, closest_match
 from tilpheno.study import Study
@@ -25,9 +25,11 @@ def group_products(manifest) -> list[tuple[str, object]]:
 
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
-                  study: Study | None = None, tubes: Iterable[str] | None = None):
+                  study: Study | None = None, tubes: Iterable[str] | None = None,
+                  markers: Mapping[str, Iterable[str]] | None = None):
     """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``;
-    ``tubes``: the tube kinds it may name, default the study's),
+    ``tubes``: the tube kinds it may name, default the study's; ``markers``: tube kind -> the
+    markers its FMO rows may name),
     else ``scan_folder(folder)``. ``file`` holds paths usable from the working directory. Files
     must lie under ``folder`` (after resolving links) unless ``allow_outside``."""
     from tilpheno.io.manifest import read_manifest, scan_folder
@@ -35,9 +37,19 @@ def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *,
     folder = Path(folder)
     if manifest_csv is None:
         return scan_folder(folder, allow_outside=allow_outside, study=study)
-    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study, tubes=tubes)
+    frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study, tubes=tubes,
+                          markers=markers)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
+
+
+def strategy_markers(strategies: Iterable) -> dict[str, tuple[str, ...]]:
+    """Tube kind -> the markers of its strategies (each once, in order): the markers an FMO row of
+    a manifest may name (``read_manifest(markers=)``)."""
+    markers: dict[str, dict[str, None]] = {}
+    for strategy in strategies:
+        markers.setdefault(strategy.tube, {}).update(dict.fromkeys(strategy.markers))
+    return {kind: tuple(names) for kind, names in markers.items()}
 
 
 def unmatched_outcomes(manifest, outcomes) -> list[str]:

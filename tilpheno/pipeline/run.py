@@ -12,7 +12,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
-from tilpheno.pipeline.inputs import _did_you_mean, attach_doses, group_products, load_manifest, unmatched_outcomes
+from tilpheno.pipeline.inputs import (_did_you_mean, attach_doses, group_products, load_manifest, strategy_markers,
+                                      unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
 from tilpheno.pipeline.record import keep_run_command, start_run_record
@@ -269,8 +270,11 @@ def process_folder(
     panel = read_panel_file(panel_path) if panel_path is not None else None
     paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
     strategies = tuple(load_strategy(p) for p in paths)
+    # an FMO row may name a marker of its tube kind in the run's strategies or the study's (a
+    # manifest of the whole panel serves a run of fewer strategies)
+    known = (*strategies, *(load_strategy(p) for p in study.strategy_paths)) if strategy_paths else strategies
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
-                             tubes=[*study.tubes, *(s.tube for s in strategies)])
+                             tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known))
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
