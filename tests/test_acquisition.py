@@ -117,7 +117,7 @@ def _with_debris(events: np.ndarray, names, share: float, start: float, length: 
 def test_a_burst_of_debris_is_found(clean, source):
     """Small, dim events (debris) making up 15 % of a stretch of 6 % of the file: they pull the
     50th percentile down by about half their share of the distribution and the 90th by less, within
-    the noise, so none was removed (a 20 % burst was found in 11 % of simulated and 23 % of real
+    the noise, so none was removed (a 20 % burst was found in 9 % of simulated and 18 % of real
     files, ``benchmarks/bench_acquisition_faults.py``); the 10th percentile falls to the debris. At
     least 90 % of the debris is removed and at most 2 % of the events outside the stretch."""
     if source == "simulated":

@@ -31,7 +31,7 @@ well as steps:
    share ``f`` of a bin move its median to the clean events' ``(0.5 - f) / (1 - f)`` quantile
    (within the noise for a 15 % burst of a real file) but take its 10th percentile down to the
    debris once ``f`` reaches 10 %, as flowCut's low order statistics do (with the 50th and 90th
-   alone a 20 % debris burst was found in 11 % of simulated and 23 % of real host files,
+   alone a 20 % debris burst was found in 9 % of simulated and 18 % of real host files,
    ``benchmarks/bench_acquisition_faults.py``). Their
    sampling noise is also taken from each bin's two halves (even and odd events):
    ``sqrt(mean((q_even - q_odd)^2)) / 2``, and from the spread of each bin's values around the
