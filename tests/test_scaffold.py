@@ -126,16 +126,38 @@ def test_refusals_are_one_line(tmp_path):
     assert result.exit_code == 2 and "no readable stained FCS file" in result.output
 
 
+def _stained(product, words, markers):
+    return {"product_id": product, "words": words, "markers": dict.fromkeys(markers, "")}
+
+
 def test_kind_names_tell_kinds_apart():
-    """A word names a kind only when every product's stained file of the kind has it and no other
-    kind's file does: tissue words shared across panels (real exports: 'Lung', 'Ileum') do not."""
+    """A word names a kind only when every stained file of the kind has it and no other kind's
+    file does: tissue words (real exports: 'Lung', 'Ileum') do not name a panel."""
     from tilpheno.scaffold import _kinds
 
-    def f(product, words, markers):
-        return {"product_id": product, "words": words, "markers": dict.fromkeys(markers, "")}
-
-    kinds = _kinds([f("P1", ["lung"], ["CD3", "CD4"]), f("P2", ["ileum"], ["CD3", "CD4"]), f("P3", ["lung"], ["CD3", "CD19"])])
+    kinds = _kinds([_stained("P1", ["lung"], ["CD3", "CD4"]), _stained("P1", ["ileum"], ["CD3", "CD4"]),
+                    _stained("P1", ["lung"], ["CD3", "CD19"])])
     assert sorted(kinds) == ["tube1", "tube2"]
-    kinds = _kinds([f("P1", ["surface", "lung"], ["CD3", "CD4"]), f("P2", ["surface"], ["CD3", "CD4"]),
-                    f("P1", ["treg", "lung"], ["FoxP3"]), f("P2", ["treg", "403c"], ["FoxP3"])])
+    kinds = _kinds([_stained("P1", ["surface", "lung"], ["CD3", "CD4"]), _stained("P2", ["surface"], ["CD3", "CD4"]),
+                    _stained("P1", ["treg", "lung"], ["FoxP3"]), _stained("P2", ["treg", "403c"], ["FoxP3"])])
     assert sorted(kinds) == ["surface", "treg"]
+
+
+def test_panel_versions_make_one_kind():
+    """Real exports of one panel differ by a marker (CD19 in one run, CD45 in another on the same
+    detector): sets that no product has together and that share most markers are one tube kind,
+    gated on the markers all its files have; tubes of the same product stay apart."""
+    from tilpheno.scaffold import _kinds, shared_markers
+
+    lineage = ["CD3", "CD4", "CD8", "PD1", "FoxP3"]
+    kinds = _kinds([_stained("D1", ["bm"], [*lineage, "CD45"]), _stained("D2", ["lung"], [*lineage, "CD19"]),
+                    _stained("D3", ["lung"], lineage)])
+    assert len(kinds) == 1
+    (members,) = kinds.values()
+    assert len(members) == 3 and list(shared_markers(members)) == lineage
+    # the same two sets within one product are two tubes of it
+    kinds = _kinds([_stained("D1", ["a"], [*lineage, "CD45"]), _stained("D1", ["b"], [*lineage, "CD19"])])
+    assert len(kinds) == 2
+    # sets sharing under 2/3 of their markers are different tubes, even in different products
+    kinds = _kinds([_stained("D1", [], ["CD3", "CD4", "CD8"]), _stained("D2", [], ["CD3", "CD56", "CD16"])])
+    assert len(kinds) == 2

@@ -176,7 +176,7 @@ def new_study(
 ) -> None:
     """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written)."""
     from tilpheno.errors import TilphenoError
-    from tilpheno.scaffold import draft_study, write_study
+    from tilpheno.scaffold import check_draft, draft_study, write_study
 
     try:
         draft = draft_study(folder, name=name, panel=panel)
@@ -185,8 +185,9 @@ def new_study(
         _fail(exc)
     for tube in draft.tubes:
         fmo = f"; FMO gates: {', '.join(tube.fmo_markers)}" if tube.fmo_markers else "; no FMO in the folder"
+        partial = f"; only in some files' panels, not gated: {', '.join(tube.partial)}" if tube.partial else ""
         typer.echo(f"tube kind {tube.kind}: {tube.products} product(s), markers {', '.join(tube.markers)}"
-                   f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}")
+                   f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}{partial}")
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
@@ -194,6 +195,10 @@ def new_study(
                "nest gates and rename variables in the strategy files. Run:")
     panel_option = f" --panel {panel}" if panel is not None else ""
     typer.echo(f"  tilpheno process {folder} --study {out}/study.yaml --manifest {out}/manifest.csv{panel_option} -o RESULTS")
+    problem = check_draft(out, folder)
+    if problem:
+        typer.secho(f"the draft needs an edit before process: {as_cli_text(problem)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
 
 
 # --- simulate: demo cohort of raw FCS files with ground truth and outcomes ---

@@ -8,8 +8,10 @@ run needs no hand-written YAML.
 * **tube kinds**: one per distinct set of markers on the stained files (``$PnS`` read through the
   vocabulary; a ``--panel`` file names unlabelled detectors), named by the first word of the files'
   ``TUBE NAME`` / file name that is neither the product id, a role word, a marker nor a number
-  (the most common such word that is in the stained files of every product of the kind and in none
-  of another kind's, so that it tells the kinds apart), else ``tube1``, ``tube2``...;
+  (a word that every stained file of the kind has and no other kind's has, so that it tells the
+  kinds apart), else ``tube1``, ``tube2``...; stained files whose marker sets no product has
+  together and that share at least 2/3 of their markers are versions of one tube (a marker swapped
+  between exports) and make one kind with the markers they all have;
   an FMO file belongs to the kind whose stained markers are its own plus the one it omits;
 * **gates** per kind, in this order: ``cells`` (FSC-A x SSC-A, ``ceiling`` = the scatter channels'
   ``$PnR`` - 1; none when the files have no scatter channels, e.g. a FlowJo export of gated
@@ -56,8 +58,9 @@ class TubeDraft:
     """One tube kind of the draft: its stained markers (in the first stained file's detector
     order), the viability dye among them (None: none), the markers an FMO of the folder omits,
     the scatter dimensions (None: the files have none), FSC-H (None: absent), the ``cells`` gate's
-    ceiling (linear scatter units), the top of the markers' scale (the largest ``$PnR``), and how
-    many products have a stained file of it."""
+    ceiling (linear scatter units), the top of the markers' scale (the largest ``$PnR``), how
+    many products have a stained file of it, and the markers only some of its files have (panel
+    versions; not gated)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -68,6 +71,7 @@ class TubeDraft:
     ceiling: float
     scale_top: float
     products: int
+    partial: tuple[str, ...] = ()
 
 
 @dataclass
@@ -169,11 +173,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     kinds = _kinds(stained)
     tubes, manifest = [], []
     for kind, members in kinds.items():
-        marker_set = set(members[0]["markers"])
+        markers = shared_markers(members)
+        versions = sorted({frozenset(f["markers"]) for f in members}, key=sorted)
         fmo_markers = []
-        for f in [f for f in files if f["role"] == "fmo"]:
-            omitted = f["fmo_marker"] or next(iter(marker_set - set(f["markers"])), "")
-            if omitted and set(f["markers"]) | {omitted} == marker_set:
+        for f in [f for f in files if f["role"] == "fmo" and not f.get("placed")]:
+            omitted = _fmo_omits(set(f["markers"]), f["fmo_marker"], versions)
+            if omitted in markers:
                 f.update(tube=kind, fmo_marker=omitted, placed=True)
                 fmo_markers.append(omitted)
         for f in members:
@@ -185,11 +190,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         height = _channel(pnn, "FSC-H") if scatter and fsc != _channel(pnn, "FSC-H") else None
         ranges = {str(n): float(r) for n, r in zip(first.channels["pnn"], first.channels["pnr"])}
         ceiling = min(ranges[scatter[0]], ranges[scatter[1]]) - 1 if scatter else 0.0
-        top = max(ranges.get(d, 0.0) for d in members[0]["markers"].values()) or 262144.0
-        order = [m for m, _ in sorted(members[0]["markers"].items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
+        top = max(ranges.get(d, 0.0) for d in markers.values()) or 262144.0
+        order = [m for m, _ in sorted(markers.items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
         viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
         tubes.append(TubeDraft(kind, tuple(order), viability, tuple(m for m in order if m in set(fmo_markers)),
-                               scatter, height, ceiling, top, len({f["product_id"] for f in members})))
+                               scatter, height, ceiling, top, len({f["product_id"] for f in members}),
+                               tuple(sorted(set().union(*versions) - set(markers)))))
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -207,20 +213,60 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped)
 
 
+VERSION_OVERLAP = 2 / 3
+"""Two marker sets that no product has together are versions of one tube when their common markers
+are at least this share of the larger set (a marker swapped or added between exports)."""
+
+
+def _panel_versions(groups: list[list[dict]]) -> list[list[dict]]:
+    """Groups of stained files (one per marker set, largest first) merged when they are versions of
+    one tube (:data:`VERSION_OVERLAP`, and no product has a file in both): one kind per product's
+    tube, not one per export's spelling of the panel."""
+    merged: list[list[dict]] = []
+    for group in groups:
+        markers, products = set(group[0]["markers"]), {f["product_id"] for f in group}
+        for kind in merged:
+            common = markers & set.intersection(*(set(f["markers"]) for f in kind))
+            larger = max(len(markers), *(len(f["markers"]) for f in kind))
+            if not products & {f["product_id"] for f in kind} and len(common) >= VERSION_OVERLAP * larger:
+                kind.extend(group)
+                break
+        else:
+            merged.append(list(group))
+    return merged
+
+
+def shared_markers(members: list[dict]) -> dict[str, str]:
+    """The markers every stained file of a kind has (marker -> the first file's detector), in the
+    first file's order: a drafted gate needs its marker in every file."""
+    common = set.intersection(*(set(f["markers"]) for f in members))
+    return {m: d for m, d in members[0]["markers"].items() if m in common}
+
+
+def _fmo_omits(own: set[str], named: str, versions: list[frozenset]) -> str:
+    """The marker an FMO file omits from one of a kind's marker sets (``versions``): the one its
+    name gives (``named``), else the one missing; '' when its markers are no version's but one."""
+    for version in versions:
+        missing = version - own
+        omitted = named or (next(iter(missing)) if len(missing) == 1 else "")
+        if omitted and own | {omitted} == version:
+            return omitted
+    return ""
+
+
 def _kinds(stained: list[dict]) -> dict[str, list[dict]]:
-    """Stained files grouped by their marker set, each group named (module docstring)."""
+    """Stained files grouped by their marker set, panel versions merged, each group named (module docstring)."""
     groups: dict[frozenset, list[dict]] = {}
     for f in stained:
         groups.setdefault(frozenset(f["markers"]), []).append(f)
-    ordered = sorted(groups.values(), key=lambda m: -len(m))
+    ordered = _panel_versions(sorted(groups.values(), key=lambda m: -len(m)))
     named: dict[str, list[dict]] = {}
     for i, members in enumerate(ordered, start=1):
         others = {w for group in ordered if group is not members for f in group for w in f["words"]}
-        products = {f["product_id"] for f in members}
         words = Counter(w for f in members for w in dict.fromkeys(f["words"]))
-        # a name tells kinds apart: in the stained files of every product of this kind, in none of another kind's
-        choice = next((w for w, _ in words.most_common() if w not in named and w not in others and not w[0].isdigit()
-                       and products <= {f["product_id"] for f in members if w in f["words"]}), None)
+        # a name tells kinds apart: in every stained file of this kind, in none of another kind's
+        choice = next((w for w, n in words.most_common() if n == len(members) and w not in named and w not in others
+                       and not w[0].isdigit()), None)
         named[choice or f"tube{i}"] = members
     return named
 
@@ -269,6 +315,8 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
                          f"params: {{ceiling: {tube.ceiling:.0f}}}}}")
     else:
         lines.append("  # the files have no forward/side scatter channels: the gates start from all events (root)")
+    if tube.partial:
+        lines.append(f"  # not gated: {', '.join(tube.partial)}, which only some of the files' panels have")
     if tube.viability:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low}}   # the viability dye: dead cells are bright")
@@ -349,3 +397,25 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
         write_text(path, text)
     write_csv(out / "manifest.csv", draft.manifest, errors="surrogateescape")   # non-UTF-8 names read back as written
     return targets
+
+
+def check_draft(out: str | Path, folder: str | Path) -> str:
+    """The checks ``process`` makes before gating, on the written draft: its study, strategies and
+    release spec load and agree, and its manifest reads (a data problem the draft carries over, e.g.
+    product ids that differ only in case, is the lab's to settle). Returns the problem, or ''."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.pipeline.inputs import load_manifest, strategy_markers
+    from tilpheno.pipeline.run import check_study_names
+    from tilpheno.release import DEFAULT_SPEC
+    from tilpheno.study import load_study
+
+    out = Path(out)
+    try:
+        study = load_study(out / "study.yaml")
+        strategies = [load_strategy(p) for p in study.strategy_paths]
+        check_study_names(study, strategies, study.release or DEFAULT_SPEC)
+        load_manifest(folder, out / "manifest.csv", study=study, markers=strategy_markers(strategies))
+    except TilphenoError as exc:
+        return str(exc)
+    return ""
