@@ -47,7 +47,7 @@ class Vocabulary:
 
     ``canonical``: key of every spelling -> canonical name. ``fluorochromes``, ``filler``: keys.
     ``prefixes``: keys of prefixes dropped before a known marker. ``viability``: keys of the dyes
-    that mark dead cells (7AAD, DAPI, ...). ``source``: where it came from.
+    that mark dead cells (the ``viability:`` list). ``source``: where it came from.
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
