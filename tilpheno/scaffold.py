@@ -40,9 +40,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from tilpheno.errors import TableError
+from tilpheno.errors import FCSReadError, TableError
 from tilpheno.io.manifest import scan_folder
-from tilpheno.panel import _labelled_markers, is_scatter_or_time, read_panel_file
+from tilpheno.panel import _labelled_markers, read_panel_file
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key
 
@@ -158,7 +158,11 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         if row["problem"]:
             skipped.append((path.name, row["problem"]))
             continue
-        fcs = read_fcs_metadata(path, checksum=False)
+        try:
+            fcs = read_fcs_metadata(path, checksum=False)
+        except FCSReadError as exc:   # changed since the scan read it
+            skipped.append((path.name, str(exc)))
+            continue
         words = _name_words(fcs, path, row["product_id"], vocabulary)
         channels = [(str(n), str(s)) for n, s in zip(fcs.channels["pnn"], fcs.channels["pns"])]
         markers = dict(_labelled_markers(channels, vocabulary))
