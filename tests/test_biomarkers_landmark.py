@@ -59,3 +59,15 @@ def test_landmark_removes_guarantee_time_bias_under_the_null():
     assert td.p.iloc[0] > 0.01
     lm = landmark_analysis(os_, np.ones(n), rt <= 6, 6)
     assert lm.p_cox > 0.01
+
+
+def test_landmark_with_every_event_in_one_group_keeps_the_log_rank_test():
+    """After the landmark a responder progresses at 1.1 and a non-responder at 4.7: the Cox hazard
+    ratio is infinite (monotone likelihood), which stopped the whole biomarker run; now the HR is
+    blank with the reason and the log-rank test stands: at t = 1.1, 2 at risk, 1 event, O - E = 1/2
+    for responders with variance 1/4, chi-square 1 (R survdiff gives 1)."""
+    res = landmark_analysis([4.1, 7.7, 0.5, 1.4], [1, 1, 1, 1], [True, False, False, False], 3.0)
+    assert (res.n, res.n_excluded, res.n_responders) == (2, 2, 1)
+    assert np.isnan(res.hr) and np.isnan(res.p_cox)
+    assert res.logrank_chisq == pytest.approx(1.0) and (res.median_responders, res.median_nonresponders) == (4.1, 7.7)
+    assert any(n.startswith("landmark Cox model not fitted (") for n in res.notes)

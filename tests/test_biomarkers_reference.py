@@ -212,3 +212,17 @@ def test_permutation_p_agrees_with_maxstat_condmc(row):
     res = maxstat_logrank(*_maxstat_data(ms), n_perm=row.B, seed=4)
     se_diff = np.sqrt(2 * row.p_condmc * (1 - row.p_condmc) / row.B)
     assert abs(res.p_perm - row.p_condmc) < 4.5 * se_diff, (res.p_perm, row.p_condmc)
+
+
+@pytest.mark.parametrize("row", list(ref("cox_one_event_time").itertuples(index=False)), ids=lambda r: r.case)
+def test_cox_with_every_event_at_one_time_is_fitted_as_r(row):
+    """coxph fits a model whose events all fall at one time; cox.zph cannot (singular information,
+    R stops): the model is reported with R's coefficient and the PH test blank, with a warning,
+    instead of the whole model being dropped ('Singular matrix')."""
+    frame = pd.DataFrame({k: np.array(getattr(row, k).split(), dtype=float) for k in ("time", "event", "x")})
+    fit = fit_cox(frame, "time", "event", ["x"])
+    c = fit.coefficients.iloc[0]
+    assert (c.coef, c.se) == (pytest.approx(row.coef, rel=1e-7), pytest.approx(row.se, rel=1e-7))
+    assert row.zph_fails and fit.zph.chisq.isna().all() and fit.zph.p.isna().all()
+    assert fit.zph.df.tolist() == [1, 1]
+    assert any("cox.zph) not computable" in w for w in fit.warnings)

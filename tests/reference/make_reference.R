@@ -346,5 +346,20 @@ pl$schoenfeld_patients <- ceiling(ceiling(pl$schoenfeld_events) / pl$p_event)
 pl$hsieh_patients <- ceiling(ceiling(pl$hsieh_events) / pl$p_event)
 write_ref(pl, "planning_reference.csv")
 
+# ---- Cox models whose events all fall at one time: coxph fits them, cox.zph stops (singular) ----
+one <- data.frame(time = c(1, 2, 3, 4, 5, 6, 7, 8), x = c(5, 1, 3, 2, 8, 4, 6, 7))
+one_rows <- list()
+for (case in c("one_event", "two_tied_events")) {
+  d <- one
+  d$event <- if (case == "one_event") c(0, 0, 1, 0, 0, 0, 0, 0) else c(0, 1, 1, 0, 0, 0, 0, 0)
+  if (case == "two_tied_events") d$time[3] <- 2
+  fit <- coxph(Surv(time, event) ~ x, data = d, ties = "efron")
+  zph_fails <- inherits(try(cox.zph(fit, transform = "km"), silent = TRUE), "try-error")
+  one_rows[[length(one_rows) + 1]] <- data.frame(case = case, time = paste(d$time, collapse = " "),
+    event = paste(d$event, collapse = " "), x = paste(d$x, collapse = " "), coef = unname(coef(fit)),
+    se = unname(sqrt(diag(vcov(fit)))), zph_fails = zph_fails)
+}
+write_ref(do.call(rbind, one_rows), "cox_one_event_time_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

@@ -19,7 +19,8 @@ Conventions:
   ``g(t) = 1 - S(t-)`` is one minus the left-continuous Kaplan-Meier estimate over all
   patients and the mean is over event times. The information matrix is the full 2p x 2p
   matrix with Efron tie weights; the per-term chi-square uses the p model columns plus the
-  term's time-interaction columns; GLOBAL uses all.
+  term's time-interaction columns; GLOBAL uses all. Where that information matrix is singular
+  (every event at one time), R stops with an error; here the test is left blank, with a warning.
 - A warning is raised in ``warnings`` when events per model variable fall below 10.
 """
 from __future__ import annotations
@@ -143,6 +144,19 @@ def cox_zph(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]] | No
     chisq = float(u @ np.linalg.solve(info, u))
     rows.append(("GLOBAL", chisq, p, float(stats.chi2.sf(chisq, p))))
     return pd.DataFrame(rows, columns=["term", "chisq", "df", "p"])
+
+
+def _zph_or_blank(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]], notes: list[str]) -> pd.DataFrame:
+    """:func:`cox_zph`, or its table with blank chi-squares and p-values (and a note) when its information
+    matrix is singular: every event at one time (the time transform is then constant) or a coefficient
+    running off to infinity. R's ``cox.zph`` stops with an error there; the model itself is still reported."""
+    try:
+        return cox_zph(time, event, X, beta, terms)
+    except np.linalg.LinAlgError:
+        notes.append("proportional-hazards test (cox.zph) not computable: its information matrix is singular "
+                     "(e.g. every event at one time); chisq and p left blank")
+        return pd.DataFrame({"term": [*terms, "GLOBAL"], "chisq": np.nan,
+                             "df": [*(len(c) for c in terms.values()), X.shape[1]], "p": np.nan})
 
 
 @dataclass(frozen=True)
@@ -427,7 +441,7 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     if n_events / k < EPV_MIN:
         notes.append(f"{n_events} events for {k} variable(s): fewer than {EPV_MIN} events "
                      "per variable, estimates may be unstable")
-    zph = cox_zph(t, ev, X, coef, _grouped_terms(design.terms, groups or {}))
+    zph = _zph_or_blank(t, ev, X, coef, _grouped_terms(design.terms, groups or {}), notes)
     violated = zph[(zph.term != "GLOBAL") & (zph.p < 0.05)]
     for rec in violated.itertuples(index=False):
         notes.append(f"proportional hazards doubtful for {rec.term} (cox.zph p = {rec.p:.3g})")

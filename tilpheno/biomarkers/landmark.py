@@ -64,7 +64,9 @@ def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str 
                       assumption: str | None = None, conf_level: float = 0.95) -> LandmarkResult:
     """Survival from ``landmark`` of patients still event-free and followed at ``landmark``.
 
-    ``responded_by`` is True for patients who had responded by the landmark.
+    ``responded_by`` is True for patients who had responded by the landmark. A Cox model that
+    cannot be fitted (a group without events after the landmark: infinite hazard ratio) leaves the
+    hazard ratio blank with the reason in ``notes``; the log-rank test and medians are still given.
     """
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
@@ -79,9 +81,13 @@ def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str 
         return LandmarkResult(endpoint, landmark, int(keep.sum()), int((~keep).sum()), n_resp, nan, nan, nan, nan,
                               nan, nan, nan, nan, notes)
     frame = pd.DataFrame({"t": tt, "e": ee, "responder": rr.astype(float)})
-    fit = fit_cox(frame, "t", "e", ["responder"], conf_level, start="zero")
-    c = fit.coefficients.iloc[0]
-    notes += fit.warnings
+    try:
+        fit = fit_cox(frame, "t", "e", ["responder"], conf_level, start="zero")
+        c = fit.coefficients.iloc[0]
+        notes += fit.warnings
+    except (ValueError, np.linalg.LinAlgError) as exc:   # e.g. every event after the landmark in one group
+        c = pd.Series({"hr": nan, "hr_ci_low": nan, "hr_ci_high": nan, "p": nan})
+        notes.append(f"landmark Cox model not fitted ({exc}); log-rank test and medians given")
     lr = logrank_test(tt, ee, rr.astype(int))
     med = {g: KaplanMeier().fit(tt[rr == g], ee[rr == g]).median().estimate for g in (True, False)}
     return LandmarkResult(endpoint, landmark, int(keep.sum()), int((~keep).sum()), n_resp, float(c.hr),
