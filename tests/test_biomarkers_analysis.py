@@ -373,3 +373,11 @@ def test_report_with_planted_markup_runs_nothing_in_chromium(tables, tmp_path, b
     assert browser.evaluate(session, "document.querySelectorAll('img[onerror]').length") == 0
     text = browser.evaluate(session, "document.body.innerText")
     assert planted[0] in text and planted[1] in text  # shown as text, not markup
+
+
+@pytest.mark.parametrize("event", [[0] * 8, [1] * 8], ids=["no_events", "every_event_at_one_time"])
+def test_maxstat_without_survival_differences_says_why(event):
+    """Every patient progressing at the same visit was reported as 'no events' (there were 8)."""
+    x = [29.2, 39.6, 57.2, 32.1, 25.9, 61.1, 62.7, 71.2]
+    with pytest.raises(ValueError, match=r"constant \(no events, or every patient's event at one time\)"):
+        maxstat_logrank(x, [5.0] * 8, event, n_perm=0)

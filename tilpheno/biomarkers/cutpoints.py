@@ -112,7 +112,8 @@ def maxstat_logrank(
     ys = scores[order]
     total, sum_sq = ys.sum(), (ys**2).sum()
     if n * sum_sq - total**2 <= 0:
-        raise ValueError("log-rank scores are constant (no events)")
+        raise ValueError("log-rank scores are constant (no events, or every patient's event at one time): "
+                         "survival does not differ between patients")
     test = _standardised(np.cumsum(ys)[m - 1], total, sum_sq, m, n)
     best = int(np.flatnonzero(test == test.max())[0])
     statistic = float(test[best])
