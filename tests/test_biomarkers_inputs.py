@@ -10,6 +10,7 @@ import pytest
 
 from tilpheno.biomarkers.analysis import run_biomarkers
 from tilpheno.biomarkers.cohort import build_cohort
+from tilpheno.biomarkers.cox import fit_cox
 from tilpheno.biomarkers.responders import responders_table
 from tilpheno.errors import TableError
 from tilpheno.io.outcomes import read_outcomes
@@ -219,3 +220,18 @@ def test_no_endpoint_is_an_error(tables, tmp_path):
                                       "--endpoints", ",", "--permutations", "0", "--bootstrap", "0"])
     assert result.exit_code == 2 and "no endpoint given; choose from pfs, os" in result.output, result.output
     assert not (tmp_path / "bio").exists()
+
+
+def test_a_covariate_with_one_value_is_not_silently_left_out(tables):
+    """An all-male cohort: sex has one level, so the model had no indicator for it and left it out
+    while the report said 'adjusted for age, sex, ecog'. Now the default covariate is not used, with
+    a note; named explicitly it is an error; and a Cox model given it refuses, naming it."""
+    pheno, outcomes = tables
+    males = outcomes.assign(sex="M")
+    cohort = build_cohort(pheno, males)
+    assert cohort.covariates == ["age", "ecog"]
+    assert any("one value in every patient analysed, not used" in n and "sex = M" in n for n in cohort.notes)
+    with pytest.raises(TableError, match=r"column 'sex': covariate has one value \(M\) in every patient analysed"):
+        build_cohort(pheno, males, covariates=["age", "sex"])
+    with pytest.raises(ValueError, match=r"covariate\(s\) constant in the data: sex"):
+        fit_cox(cohort.data, "os_months", "os_event", ["cd8_pct_of_cd3", "sex"])

@@ -111,7 +111,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
     absent from the tables are skipped with a note. A column cannot be both a marker and a
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
-    default covariate that is also a marker is not used as a covariate (with a note). ``sources``:
+    default covariate that is also a marker, or that has one value in every patient analysed (an
+    all-male cohort), is not used as a covariate (with a note); a named one with one value is a
+    TableError. ``sources``:
     how errors name the two tables (their files, when read from files).
     """
     phen_source, out_source = sources
@@ -167,6 +169,11 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
         if empty:
             notes.append(f"default covariate(s) with no values, not used: {', '.join(empty)}")
+        single = [c for c in cov if data[c].nunique() == 1]
+        if single:
+            notes.append("default covariate(s) with one value in every patient analysed, not used (nothing to adjust "
+                         f"for): {', '.join(f'{c} = {data[c].dropna().iloc[0]}' for c in single)}")
+            cov = [c for c in cov if c not in single]
         both = [c for c in cov if c in chosen]
         if both:
             notes.append(f"default covariate(s) analysed as marker(s), not used as covariates: {', '.join(both)}")
@@ -181,6 +188,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
                 raise TableError(f"{out_source}: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
             if data[c].isna().all():
                 raise TableError(f"{out_source}: column '{c}': covariate has no values")
+            if data[c].nunique() == 1:
+                raise TableError(f"{out_source}: column '{c}': covariate has one value ({data[c].dropna().iloc[0]}) in "
+                                 "every patient analysed; a model cannot adjust for it")
     notes += plausibility_warnings(outcomes, data, chosen)
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
                   products_without_outcomes=products_without, patients_without_products=patients_without,

@@ -373,7 +373,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     relative). ``start="zero"`` skips lifelines (used inside bootstrap loops). ``groups``: name ->
     variables that form one term of the PH test (a spline's basis columns: ``rcs(x)``, as R's
     ``cox.zph(terms = TRUE)`` tests it), in place of a test per variable. ValueError when
-    there is nothing to fit: no complete case, no event, a constant covariate, or an information
+    there is nothing to fit: no complete case, no event, a constant covariate (a categorical one with
+    a single level included: it has no indicator column, so it is not silently left out), or an information
     matrix that turns singular (a coefficient running off to infinity, e.g. a level without events).
     """
     data = frame[[duration, event, *variables]].dropna()
@@ -383,7 +384,7 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     X = design.X
     if data[event].sum() == 0:
         raise ValueError("no events")
-    constant = [c for c in X.columns if X[c].nunique() < 2]
+    constant = [c for c in X.columns if X[c].nunique() < 2] + [v for v, cols in design.terms.items() if not cols]
     if constant:
         raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
     t = data[duration].to_numpy(float)
