@@ -214,3 +214,21 @@ def test_a_variance_that_is_not_estimable_is_a_recorded_warning_not_a_numpy_one(
     assert len(blank) and blank[["hr_ci_low", "hr_ci_high", "z", "p"]].isna().all().all()
     note = next(w for w in fit.warnings if "not estimable" in w)
     assert all(v in note for v in blank.variable), (note, list(blank.variable))
+
+
+def test_methods_name_the_p_adjusted_without_permutations():
+    """--permutations 0: the maximally selected cut's Holm/BH p is the Lausen-Schumacher 1992 p, but the
+    methods said '0 permutations of the scores' and that the permutation p was adjusted."""
+    from tilpheno.biomarkers.analysis import Settings, analyse
+    from tilpheno.biomarkers.cohort import build_cohort
+    from tilpheno.biomarkers.report import methods_text
+
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    cohort = build_cohort(pheno, outcomes, markers=["cd8_pct_of_cd3", "cd4_pct_of_cd3"], covariates=[])
+    results = analyse(cohort, Settings(endpoints=("pfs",), n_perm=0, n_boot=0))
+    ms = results.cutpoints[results.cutpoints.method == "maxstat"]
+    assert len(ms) == 2 and (ms.p_for_adjustment == ms.p_lau92).all()
+    text = " ".join(methods_text(results))
+    assert "the Lausen-Schumacher (1992) p of the maximally selected statistic" in text
+    assert "permutations of the scores" not in text and "no permutation p-value (0 permutations asked for)" in text

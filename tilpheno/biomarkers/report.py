@@ -488,8 +488,7 @@ def methods_text(results) -> list[str]:
         "For (c) the raw p (the minimum p over candidates, 2(1 - Phi(M))) is shown beside p-values corrected "
         "for the search: Lausen and Schumacher (1992), Lausen, Sauerbrei and Schumacher (1994, an upper "
         "bound that can fall below 0 or exceed 1: p_lau94 is the bound clipped to [0, 1], the unclipped value is in "
-        f"p_lau94_bound), and a permutation p-value ({s.n_perm} permutations of the scores, seed "
-        f"{s.seed}, (1 + #{{M* >= M}})/(1 + B)). Hazard ratios are never estimated at the data-derived cut.",
+        f"p_lau94_bound){_permutation_text(s)}. Hazard ratios are never estimated at the data-derived cut.",
         "Cox models: partial likelihood with Efron's method for ties, fitted with lifelines and polished by "
         "Newton-Raphson on the exact likelihood to R coxph's optimum (convergence recorded per model: converged, "
         "iterations, max_scaled_score). Global likelihood-ratio, Wald and score tests; Harrell's concordance as R "
@@ -509,8 +508,16 @@ def methods_text(results) -> list[str]:
         "tables with the same margins when a variable has too many levels to enumerate; the table says "
         "which). Where several markers are tested, Holm (family-wise) and Benjamini-Hochberg (false discovery "
         "rate) adjusted p-values (R p.adjust) are given beside the raw p across the markers of one endpoint, model "
-        "and coding (cut-points: the permutation p of the maximally selected statistic, else the log-rank p).",
+        f"and coding (cut-points: the {'permutation' if s.n_perm > 0 else 'Lausen-Schumacher (1992)'} p of the "
+        "maximally selected statistic, else the log-rank p).",
     ]
+
+
+def _permutation_text(s) -> str:
+    """The permutation p-value's clause of the cut-point methods; none with ``--permutations 0``."""
+    if s.n_perm == 0:
+        return "; no permutation p-value (0 permutations asked for)"
+    return f", and a permutation p-value ({s.n_perm} permutations of the scores, seed {s.seed}, (1 + #{{M* >= M}})/(1 + B))"
 
 
 def extra_methods(results) -> list[str]:
