@@ -240,6 +240,19 @@ def test_cutpoints_file_errors(tmp_path):
         read_cutpoints(bad)
 
 
+def test_a_marker_with_two_cutpoints_is_refused_not_half_used(tmp_path):
+    """Two cuts for one marker (25 % and 50 %): only the first was analysed, the second dropped silently."""
+    cuts = tmp_path / "cuts.csv"
+    cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\ncd8,50,\n")
+    with pytest.raises(TableError, match=r"cuts.csv: row 4, column 'marker': a second cut-point for 'cd8' \(first in row 2\)"):
+        read_cutpoints(cuts)
+    cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\ncd8,45,OS\n")
+    with pytest.raises(TableError, match=r"row 4, column 'marker': a second cut-point for 'cd8' \(os\) \(first in row 3\)"):
+        read_cutpoints(cuts)
+    cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\n")
+    assert read_cutpoints(cuts).values.tolist() == [["cd8", "", 25.0], ["cd8", "os", 40.0]]
+
+
 def test_cli_biomarkers(tmp_path):
     from typer.testing import CliRunner
 

@@ -115,7 +115,11 @@ class BiomarkerResults:
 
 
 def read_cutpoints(path) -> pd.DataFrame:
-    """Pre-specified cut-points: CSV with ``marker, cutpoint`` and optional ``endpoint`` (blank = all)."""
+    """Pre-specified cut-points: CSV with ``marker, cutpoint`` and optional ``endpoint`` (blank = all).
+
+    One cut per marker and endpoint: a marker listed twice for the same endpoint (or twice with a
+    blank endpoint) is a TableError naming both rows; a row for one endpoint overrides a blank one.
+    """
     path = Path(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -138,6 +142,11 @@ def read_cutpoints(path) -> pd.DataFrame:
         ep = row["endpoint"].strip().lower()
         if ep and ep not in ENDPOINTS:
             raise TableError(f"{path}: row {i + 2}, column 'endpoint': unknown endpoint '{ep}' (pfs or os)")
+        first = next((j for j, (m, e, _) in enumerate(out) if (m, e) == (row["marker"].strip(), ep)), None)
+        if first is not None:
+            raise TableError(f"{path}: row {i + 2}, column 'marker': a second cut-point for '{row['marker'].strip()}'"
+                             f"{f' ({ep})' if ep else ''} (first in row {first + 2}); one pre-specified cut per marker "
+                             "and endpoint")
         out.append((row["marker"].strip(), ep, cut))
     return pd.DataFrame(out, columns=["marker", "endpoint", "cutpoint"])
 
