@@ -298,3 +298,21 @@ def test_mixed_types_in_covariate_reports_the_odd_cell(tmp_path):
 def test_response_codes_case_insensitive_and_ne_kept(tmp_path):
     rows = [ROWS[0].replace(",PR,", ",pr,"), ROWS[1].replace(",sd,", ",NE,"), ROWS[2]]
     assert read_outcomes(write(tmp_path, rows)).best_response.tolist() == ["PR", "NE", "CR"]
+
+
+@pytest.mark.parametrize("cells,expect", [
+    (("2023-03-01", "", ""), "row 2, column 'response_months': '2023-03-01' looks like a date; expected a number"),
+    (("-1", "", ""), "row 2, column 'response_months': negative time -1"),
+])
+def test_response_months_must_be_months(tmp_path, cells, expect):
+    """Response dates in response_months were read as a text covariate: the landmark analysis turned
+    every responder into a non-responder ('one group empty') and the time-dependent Cox was lost, with no
+    word about the column."""
+    rows = [f"{r},{c}" for r, c in zip(ROWS, cells)]
+    assert expect in error_of(write(tmp_path, rows, HEADER + ",response_months"))
+
+
+def test_response_months_blank_without_response(tmp_path):
+    rows = [f"{r},{c}" for r, c in zip(ROWS, ("2.5", "", "NA"))]
+    got = read_outcomes(write(tmp_path, rows, HEADER + ",response_months")).response_months
+    assert got.iloc[0] == 2.5 and got.iloc[1:].isna().all() and got.dtype == float

@@ -131,7 +131,7 @@ def read_cutpoints(path) -> pd.DataFrame:
             raise TableError(f"{path}: row 1, column '{col}': missing required column")
     if "endpoint" not in frame.columns:
         frame["endpoint"] = ""
-    out = []
+    out: list[tuple[str, str, float]] = []
     for i, row in frame.iterrows():
         try:
             cut = float(row["cutpoint"])

@@ -18,7 +18,8 @@ locale's style) each column's other numbers decide (``2,55`` makes its commas de
 ``1,500,000``, ``1,500.5`` or ``2.55`` thousands separators), and ``1,500`` in a column that
 settles neither, or a column with both kinds, is refused; response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
-evaluable); times are in months from the start of TIL therapy; events are 1 (event) or 0
+evaluable); times (and the optional ``response_months``, blank without a response) are in months
+from the start of TIL therapy, never dates; events are 1 (event) or 0
 (censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive);
 other words (``dead``, ``alive``: whether a death is the event depends on the endpoint) are refused
 with the accepted codes.
@@ -45,6 +46,7 @@ from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formula
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
 TIME_COLUMNS = ("pfs_months", "os_months")
+OPTIONAL_TIME_COLUMNS = ("response_months",)
 EVENT_COLUMNS = ("pfs_event", "os_event")
 REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
             "pfs_months", "pfs_event", "os_months", "os_event")
@@ -259,9 +261,21 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
             _fail(source, f"negative dose {v:g}", row, "til_dose_cells")
     out["til_dose_cells"] = dose
     for col in raw.columns:
-        if col not in REQUIRED:
+        if col in OPTIONAL_TIME_COLUMNS:
+            out[col] = _optional_time(raw[col], source, col)
+        elif col not in REQUIRED:
             out[col] = _covariate(raw[col], source, col)
     return out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
+
+
+def _optional_time(cells: pd.Series, source: str, column: str) -> pd.Series:
+    """Months (``response_months``: blank for patients without a response); a date, text or a
+    negative time is an error naming the row, as in the required time columns."""
+    values = pd.Series({row: _number(v, source, row, column) for row, v in cells.items()}, dtype=float)
+    for row, v in values.items():
+        if v < 0:
+            _fail(source, f"negative time {v:g}", row, column)
+    return values
 
 
 def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
