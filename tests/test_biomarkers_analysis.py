@@ -394,3 +394,22 @@ def test_maxstat_without_survival_differences_says_why(event):
     x = [29.2, 39.6, 57.2, 32.1, 25.9, 61.1, 62.7, 71.2]
     with pytest.raises(ValueError, match=r"constant \(no events, or every patient's event at one time\)"):
         maxstat_logrank(x, [5.0] * 8, event, n_perm=0)
+
+
+def test_a_cut_with_every_patient_on_one_side_says_so():
+    """A binary marker with most patients at 1 (median 1: nobody above it) and a pre-specified cut above
+    every value: the dichotomised Cox models were 'not fitted (covariate(s) constant in the data: marker)',
+    naming a marker that is not constant."""
+    from tilpheno.biomarkers.analysis import Settings, analyse
+
+    pheno = pd.read_csv(PHENOTYPES).head(10).assign(binary=[0, 1, 1, 1, 0, 1, 1, 1, 1, 1])
+    cohort = build_cohort(pheno, read_outcomes(OUTCOMES), markers=["binary", "cd8_pct_of_cd3"], covariates=[])
+    pre = pd.DataFrame({"marker": ["cd8_pct_of_cd3"], "endpoint": [""], "cutpoint": [1000.0]})
+    res = analyse(cohort, Settings(endpoints=("os",), n_perm=0, n_boot=0), pre)
+    dich = res.cox_univariable[res.cox_univariable.coding == "dichotomized"].set_index("variable")
+    assert dich.loc["binary", "warning"] == ("not fitted: every patient at or below the median cut 1 (values tied at "
+                                             "the cut): no high group")
+    assert dich.loc["binary", ["n_low", "n_high"]].tolist() == [10, 0]
+    assert dich.loc["cd8_pct_of_cd3", "warning"].startswith("not fitted: every patient at or below the prespecified "
+                                                            "cut 1000 ")
+    assert not any("constant in the data" in w for w in res.warnings)

@@ -232,6 +232,17 @@ def _unfitted_row(frame, duration, event, variables, endpoint, model, coding, un
     return row
 
 
+def _one_sided(high: pd.Series, cut_label: str, cut_text: str) -> str | None:
+    """Why a dichotomised marker (1 = above the cut) cannot be modelled when every patient of the model
+    falls on one side of the cut (e.g. a binary marker whose median is its upper value), else None."""
+    sides = set(high.unique())
+    if sides == {0.0}:
+        return f"every patient at or below the {cut_label} cut {cut_text} (values tied at the cut): no high group"
+    if sides == {1.0}:
+        return f"every patient above the {cut_label} cut {cut_text}: no low group"
+    return None
+
+
 def adjust_markers(table: pd.DataFrame, p_column: str, by: list[str], mask=None) -> pd.DataFrame:
     """Holm and BH adjusted ``p_column`` across the rows of each ``by`` group (``mask`` = rows tested)."""
     table = table.copy()
@@ -313,6 +324,8 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                 fit = fit_cox(frame, tcol, ecol, variables, settings.conf_level)
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
                 reason = str(exc).replace(col, marker)  # internal column name -> marker
+                if coding == "dichotomized":
+                    reason = _one_sided(frame[[tcol, ecol, *variables]].dropna()[col], cut_label, cut_text) or reason
                 warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({reason})")
                 sink.append(_unfitted_row(frame, tcol, ecol, variables, endpoint, model, coding, unit_text, marker,
                                           dich_cut if coding == "dichotomized" else np.nan,
