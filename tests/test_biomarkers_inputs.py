@@ -235,3 +235,14 @@ def test_a_covariate_with_one_value_is_not_silently_left_out(tables):
         build_cohort(pheno, males, covariates=["age", "sex"])
     with pytest.raises(ValueError, match=r"covariate\(s\) constant in the data: sex"):
         fit_cox(cohort.data, "os_months", "os_event", ["cd8_pct_of_cd3", "sex"])
+
+
+def test_a_few_doses_in_units_of_1e9_are_flagged(tables):
+    """Two doses typed in 10^9 cells (28.18) among doses in cells: the median looked right, so nothing was
+    said and the HR per 10^9 cells was driven by two 'doses' of about 0 cells."""
+    pheno, outcomes = tables
+    mixed = outcomes.copy()
+    mixed.loc[[2, 5], "til_dose_cells"] = mixed.loc[[2, 5], "til_dose_cells"] / 1e9
+    notes = [n for n in build_cohort(pheno, mixed).notes if n.startswith("plausibility")]
+    assert notes == ["plausibility: til_dose_cells has 2 value(s) below 1e+06 cells (P003, P006) among doses in cells: "
+                     "given in units of 1e9 cells? Doses must be in cells"]

@@ -2,7 +2,8 @@
 
 - Times that look like days: median follow-up time above 60 "months" or any time above 240.
 - PFS longer than OS for a patient (progression cannot come after death).
-- A cell-dose column (``*_dose_cells``) whose median is below 1e6 cells (given in units of 1e9?).
+- A cell-dose column (``*_dose_cells``) whose median is below 1e6 cells (given in units of 1e9?), or
+  with some values below 1e6 cells among doses in cells (those rows typed in units of 1e9?).
 - Percent columns (names containing ``pct``) with values outside 0-100.
 """
 from __future__ import annotations
@@ -42,6 +43,10 @@ def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: l
         if m.endswith("_dose_cells") and x.notna().any() and x.median() < MIN_CELLS:
             out.append(f"plausibility: {m} has median {x.median():g}, fewer than {MIN_CELLS:g} cells: is the dose "
                        "given in units of 1e9 cells? Doses must be in cells")
+        elif m.endswith("_dose_cells") and (x < MIN_CELLS).any():
+            few = x < MIN_CELLS
+            out.append(f"plausibility: {m} has {int(few.sum())} value(s) below {MIN_CELLS:g} cells ({_ids(data, few)}) "
+                       "among doses in cells: given in units of 1e9 cells? Doses must be in cells")
         if "pct" in m and ((x < 0) | (x > 100)).any():
             bad = (x < 0) | (x > 100)
             out.append(f"plausibility: {m} has {int(bad.sum())} value(s) outside 0-100 % ({_ids(data, bad)})")
