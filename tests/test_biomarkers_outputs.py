@@ -232,3 +232,19 @@ def test_methods_name_the_p_adjusted_without_permutations():
     text = " ".join(methods_text(results))
     assert "the Lausen-Schumacher (1992) p of the maximally selected statistic" in text
     assert "permutations of the scores" not in text and "no permutation p-value (0 permutations asked for)" in text
+
+
+def test_methods_state_the_smallest_group_of_a_candidate_cut():
+    """With 15 patients a cut leaving 1 (6.7 %) at or below it is a candidate (floor(1.5) = 1, as maxstat),
+    but the methods said 'at least 10% of patients in each group'."""
+    from types import SimpleNamespace
+
+    from tilpheno.biomarkers.analysis import Settings
+    from tilpheno.biomarkers.cutpoints import candidate_cuts
+    from tilpheno.biomarkers.report import methods_text
+
+    assert candidate_cuts(np.arange(15.0))[1].min() == 1
+    cohort = SimpleNamespace(covariates=[], outcomes=pd.DataFrame(index=range(15)), data=pd.DataFrame(index=range(15)))
+    text = " ".join(methods_text(SimpleNamespace(settings=Settings(), cohort=cohort)))
+    assert "at least 10% of patients in each group" not in text
+    assert "at least max(1, floor(n minprop)) at or below the cut and n - floor(n maxprop) above it" in text
