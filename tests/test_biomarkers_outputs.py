@@ -136,15 +136,18 @@ def test_constant_marker_or_empty_median_group_warns_instead_of_crashing(tmp_pat
         assert lr.p.isna().all()
         cut = res.cutpoints[(res.cutpoints.marker == marker) & (res.cutpoints.method == "median")]
         assert (cut.n_low.iloc[0], cut.n_high.iloc[0]) == (60, 0) and np.isnan(cut.p_raw.iloc[0])
-        assert any(w.startswith(f"os {marker} univariable dichotomized: Cox model not fitted (covariate(s) "
-                                f"constant in the data: {marker})") for w in res.warnings), res.warnings
+        assert any(w.startswith(f"os {marker} univariable dichotomized: Cox model not fitted (every patient at or "
+                                "below the median cut ") and w.endswith("no high group)") for w in res.warnings), res.warnings
+        assert any(w == f"os {marker} univariable continuous: Cox model not fitted (covariate(s) constant in the data: "
+                   f"{marker})" for w in res.warnings) == (marker == "cd8_pct_of_cd3")
     assert not any("_dich" in w or "_cont" in w for w in res.warnings)
     # the models that could not be fitted keep their rows in the Cox table: who was in them, no estimate, why
     uni = res.cox_univariable.set_index("model_id")
     row = uni.loc["os:univariable:dichotomized:cd8_pct_of_cd3"]
     assert (row.variable, row.n, row.events, row.n_low, row.n_high) == ("cd8_pct_of_cd3", 60, events, 60, 0)
     assert np.isnan(row.hr) and np.isnan(row.p) and np.isnan(row.p_holm) and not row.converged
-    assert row.warning.startswith("not fitted: covariate(s) constant in the data: cd8_pct_of_cd3"), row.warning
+    assert row.warning == ("not fitted: every patient at or below the median cut 40 (values tied at the cut): no high "
+                           "group"), row.warning
     fitted = uni.loc["os:univariable:dichotomized:cd4foxp3_pct_of_cd4"]
     assert np.isnan(fitted.hr)   # constant as well (every patient at or below the median)
     cont = uni.loc["os:univariable:continuous:cd4foxp3_pct_of_cd4"]
