@@ -227,28 +227,25 @@ def test_marker_and_level_names_with_mathtext_characters(tables, tmp_path):
     assert "$\\frac{x$" in res.files["report.html"].read_text()
 
 
-def test_cutpoints_file_errors(tmp_path):
+@pytest.mark.parametrize("text,match", [
+    ("marker,cutpoint\ncd8_pct_of_cd3,high\n", r"row 2, column 'cutpoint'"),
+    ("marker,cut\ncd8,1\n", r"column 'cutpoint'"),
+    ("marker,cutpoint,endpoint\ncd8,1,dfs\n", r"unknown endpoint"),
+    # two cuts for one marker (25 and 50): only the first was analysed, the second dropped silently
+    ("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\ncd8,50,\n",
+     r"cuts.csv: row 4, column 'marker': a second cut-point for 'cd8' \(first in row 2\)"),
+    ("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\ncd8,45,OS\n",
+     r"row 4, column 'marker': a second cut-point for 'cd8' \(os\) \(first in row 3\)"),
+])
+def test_cutpoints_file_errors(tmp_path, text, match):
     bad = tmp_path / "cuts.csv"
-    bad.write_text("marker,cutpoint\ncd8_pct_of_cd3,high\n")
-    with pytest.raises(TableError, match=r"row 2, column 'cutpoint'"):
-        read_cutpoints(bad)
-    bad.write_text("marker,cut\ncd8,1\n")
-    with pytest.raises(TableError, match=r"column 'cutpoint'"):
-        read_cutpoints(bad)
-    bad.write_text("marker,cutpoint,endpoint\ncd8,1,dfs\n")
-    with pytest.raises(TableError, match=r"unknown endpoint"):
+    bad.write_text(text)
+    with pytest.raises(TableError, match=match):
         read_cutpoints(bad)
 
 
-def test_a_marker_with_two_cutpoints_is_refused_not_half_used(tmp_path):
-    """Two cuts for one marker (25 % and 50 %): only the first was analysed, the second dropped silently."""
+def test_an_endpoint_cut_overrides_a_blank_one(tmp_path):
     cuts = tmp_path / "cuts.csv"
-    cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\ncd8,50,\n")
-    with pytest.raises(TableError, match=r"cuts.csv: row 4, column 'marker': a second cut-point for 'cd8' \(first in row 2\)"):
-        read_cutpoints(cuts)
-    cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\ncd8,45,OS\n")
-    with pytest.raises(TableError, match=r"row 4, column 'marker': a second cut-point for 'cd8' \(os\) \(first in row 3\)"):
-        read_cutpoints(cuts)
     cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\n")
     assert read_cutpoints(cuts).values.tolist() == [["cd8", "", 25.0], ["cd8", "os", 40.0]]
 
