@@ -208,6 +208,75 @@ def test_wrong_passwords_lock_the_account(service):
         check_password(db, db.scalar(select(User).where(User.username == "root")), PASSWORDS["root"])
 
 
+def _new_account(service, name):
+    from tilpheno.review.auth import create_user
+    from tilpheno.review.service import transaction
+
+    transaction(service.factory, lambda db: create_user(db, name, name, "reviewer", f"{name}-password-1"))
+    return name
+
+
+def test_wrong_passwords_typed_at_once_each_count(service):
+    """Two wrong passwords checked at the same time (two browsers, a scripted guesser) each wrote
+    back the count read before the check, so together they counted once and the lock-out came
+    later than MAX_FAILURES guesses: each now counts (the database adds one)."""
+    name = _new_account(service, "gus")
+    first, second = service.factory(), service.factory()
+    try:
+        rows = [db.scalar(select(User).where(User.username == name)) for db in (first, second)]
+        for db, row in zip((first, second), rows):   # both read 0 failures before either commits
+            with pytest.raises(AuthError):
+                check_password(db, row, "wrong password")
+            db.commit()
+    finally:
+        first.close(), second.close()
+    assert user(service, name).failed_logins == 2
+
+
+def test_a_retried_login_verifies_the_password_once_and_counts_it_once(service, monkeypatch):
+    """A login whose transaction re-runs (another writer took the audit chain's next number) ran
+    argon2 again on every re-run (the slow part, by design): it now verifies the password once, and
+    the wrong password counts once, with one ``login_failed`` entry."""
+    import re
+
+    from tilpheno.review import auth
+    from tilpheno.review.web import create_app
+
+    name = _new_account(service, "hal")
+    verified = []
+    hasher = auth._HASHER
+
+    class CountingHasher:
+        def verify(self, password_hash, password):
+            verified.append(password)
+            return hasher.verify(password_hash, password)
+
+        def __getattr__(self, attr):
+            return getattr(hasher, attr)
+
+    real_append, conflicts = audit.append, [1]
+
+    def append_once_in_conflict(db, *args, **kwargs):
+        if conflicts:
+            conflicts.pop()
+            raise audit.ChainConflict("another writer was first")
+        return real_append(db, *args, **kwargs)
+
+    client = create_app(service).test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    with service.factory() as db:
+        before = len(audit.export_csv(db).splitlines())
+    monkeypatch.setattr(auth, "_HASHER", CountingHasher())
+    monkeypatch.setattr(audit, "append", append_once_in_conflict)
+    r = client.post("/login", data={"username": name, "password": "wrong password", "csrf_token": csrf})
+    assert r.status_code == 401 and "wrong user name or password" in r.text
+    assert verified == ["wrong password"] and not conflicts
+    assert user(service, name).failed_logins == 1
+    with service.factory() as db:
+        added = audit.export_csv(db).splitlines()[before:]
+    assert [line.split(",")[3] for line in added] == ["login_failed"], added
+
+
 def _tamper(service, sql, params=None):
     """Bypass the append-only triggers as an attacker with DDL rights would, run ``sql``, restore them."""
     with service.factory() as db:

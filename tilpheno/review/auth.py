@@ -19,8 +19,9 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import ROLES, LoginSession, User, utcnow
@@ -83,26 +84,52 @@ def locked(user: User, now: datetime | None = None) -> bool:
     return user.locked_until is not None and _parse(user.locked_until) > (now or datetime.now(timezone.utc))
 
 
-def check_password(db: Session, user: User | None, password: str) -> User:
+class PasswordEntry:
+    """A password as typed, once: argon2 (the slow part, by design) verifies it against a stored
+    hash once, however often the transaction that records the attempt re-runs (another writer took
+    the audit chain's next number, a SQLite lock): a retry repeats only the database part, and the
+    failure is counted once (the retried transaction rolled the first count back)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self._verdicts: dict[str, bool] = {}
+
+    def matches(self, password_hash: str) -> bool:
+        """Whether the password is the one ``password_hash`` was made of (a malformed hash: no)."""
+        if password_hash not in self._verdicts:
+            try:
+                self._verdicts[password_hash] = _HASHER.verify(password_hash, self.text)
+            except (VerificationError, InvalidHashError):
+                self._verdicts[password_hash] = False
+        return self._verdicts[password_hash]
+
+
+def _count_failure(db: Session, user: User) -> int:
+    """Add one to ``user``'s consecutive wrong passwords in the database itself (``SET failed_logins =
+    failed_logins + 1``, which waits for a concurrent attempt's commit): wrong passwords typed at the
+    same time each count, where writing back the number read before the check kept one of them."""
+    count = int(db.execute(update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1)
+                           .returning(User.failed_logins).execution_options(synchronize_session=False)).scalar_one())
+    set_committed_value(user, "failed_logins", count)
+    return count
+
+
+def check_password(db: Session, user: User | None, password: str | PasswordEntry) -> User:
     """The user if ``password`` is right; else count the failure (lock-out) and raise AuthError.
 
-    The caller commits in both cases (a failure must be stored)."""
+    The caller commits in both cases (a failure must be stored). A caller that may re-run the
+    transaction passes a :class:`PasswordEntry` made outside it (the password is verified once)."""
     global _DUMMY_HASH
+    entry = password if isinstance(password, PasswordEntry) else PasswordEntry(password)
     if user is None or not user.active:
         _DUMMY_HASH = _DUMMY_HASH or _HASHER.hash("not a password of anyone")
-        try:
-            _HASHER.verify(_DUMMY_HASH, password)  # same work as for a real account
-        except VerificationError:
-            pass
+        entry.matches(_DUMMY_HASH)   # same work as for a real account
         raise AuthError("wrong user name or password")
     if locked(user):
         raise AuthError(f"account {user.username} is locked until {str(user.locked_until)[:19]} UTC after "
                         f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")
-    try:
-        _HASHER.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILURES:
+    if not entry.matches(user.password_hash):
+        if _count_failure(db, user) >= MAX_FAILURES:
             user.locked_until = _fmt(datetime.now(timezone.utc) + timedelta(minutes=LOCKOUT_MINUTES))
             user.failed_logins = 0
             raise AuthError(f"wrong password; account {user.username} is now locked for {LOCKOUT_MINUTES} minutes")
@@ -110,7 +137,7 @@ def check_password(db: Session, user: User | None, password: str) -> User:
     user.failed_logins = 0
     user.locked_until = None
     if _HASHER.check_needs_rehash(user.password_hash):
-        user.password_hash = _HASHER.hash(password)
+        user.password_hash = _HASHER.hash(entry.text)
     return user
 
 

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tilpheno.review import audit
-from tilpheno.review.auth import AuthError, check_password
+from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
@@ -402,6 +402,7 @@ class ReviewService:
             raise AuthError("password: re-enter your password to sign")
         gates_digest = current.gates_sha256
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
+        entry = PasswordEntry(password)   # a re-run of ``do`` re-checks it without verifying it again
 
         def do(db: Session):
             user = _get(db, User, user_id)
@@ -412,7 +413,7 @@ class ReviewService:
                 db.commit()
                 raise Forbidden(refusal)
             try:
-                check_password(db, user, password)
+                check_password(db, user, entry)
             except AuthError as exc:
                 audit.append(db, user.username, "signature_refused", product_id=product_id, reason=str(exc))
                 db.commit()

@@ -27,7 +27,7 @@ from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
-from tilpheno.review.auth import AuthError, check_password, csrf_ok, find_session, new_session
+from tilpheno.review.auth import AuthError, PasswordEntry, check_password, csrf_ok, find_session, new_session
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
@@ -134,7 +134,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/login")
     def login_post():
         username = str(request.form.get("username", ""))[:64]
-        password = str(request.form.get("password", ""))
+        password = PasswordEntry(str(request.form.get("password", "")))   # verified once, even if retried
 
         def attempt(db):
             user = db.query(User).filter(User.username == username).one_or_none()
