@@ -33,18 +33,19 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
     assert r.exit_code == 2 and "at least 10 characters" in r.output
     r = run("users", "list", review_out, "--db", db)
     assert r.output.splitlines() == ["dana\treviewer\tactive\tDana QA\t\tevery product"], r.output
-    assert run("users", "unlock", review_out, "dana", "--db", db).exit_code == 0
+    r = run("users", "unlock", review_out, "dana", "--db", db)   # never locked: nothing to do, nothing audited
+    assert r.exit_code == 0 and r.output.splitlines() == ["user dana: unchanged, not locked"], r.output
     r = run("users", "assign", review_out, "dana", "TIL001", "TIL404", "--db", db)
     assert r.exit_code == 2 and "no product(s) 'TIL404'" in r.output
     assert run("users", "assign", review_out, "dana", "TIL001", "--db", db).exit_code == 0
     assert "no user 'zed'" in run("users", "unlock", review_out, "zed", "--db", db).output
     r = run("audit", "verify", review_out, "--db", db)
-    assert r.exit_code == 0 and "audit trail intact: 3 entries" in r.output
+    assert r.exit_code == 0 and "audit trail intact: 2 entries" in r.output
     r = run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db)
     assert r.exit_code == 0
     lines = (tmp_path / "audit.csv").read_text().splitlines()
-    assert lines[0].startswith("seq,at,username,action") and "user_added" in lines[1] and "user_unlocked" in lines[2]
-    assert ",assign," in lines[3]
+    assert lines[0].startswith("seq,at,username,action") and "user_added" in lines[1]
+    assert ",assign," in lines[2]
     r = run("export-approved", review_out, "-o", tmp_path / "approved", "--db", db)
     assert r.exit_code == 0 and "0 approved product(s) of 2" in r.output
     assert "not approved" in (tmp_path / "approved" / "phenotypes_approved.csv").read_text()
@@ -322,3 +323,139 @@ def test_two_processes_opening_a_new_database_at_once_both_start(kind, tmp_path,
         assert other[0].returncode == 0 and out.strip() == "opened", err.strip().splitlines()[-1:]
     finally:
         drop_schema(url)
+
+
+def _actions(review_out, db, tmp_path):
+    """``(action, before, after)`` of every audit entry, oldest first (``audit export``)."""
+    import csv
+
+    assert run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db).exit_code == 0
+    return [(row["action"], json.loads(row["before_json"]), json.loads(row["after_json"]))
+            for row in csv.DictReader((tmp_path / "audit.csv").open(encoding="utf-8"))]
+
+
+def test_a_disabled_account_is_enabled_again_and_no_change_is_named(review_out, tmp_path):
+    """There was no way back from `users disable` but editing the database; disabling a disabled
+    account (or giving a role it has) said "disabled" and wrote an audit entry that changed nothing.
+    `users enable` now restores the account (audited, before and after); a command that changes
+    nothing says so and is not audited."""
+    db = f"sqlite:///{tmp_path / 'e.sqlite'}"
+    assert run("users", "add", review_out, "kim", "--role", "analyst", "--password-stdin", "--db", db,
+               stdin="kim-password-12\n").exit_code == 0
+
+    def says(*args):
+        r = run("users", *args[:1], review_out, "kim", *args[1:], "--db", db)
+        assert r.exit_code == 0, r.output
+        return r.output.strip()
+
+    def state():
+        return run("users", "list", review_out, "--db", db).output.split("\t")[2]
+
+    assert (says("disable"), state()) == ("user kim: disabled", "disabled")
+    assert says("disable") == "user kim: unchanged, disabled already"
+    assert (says("enable"), state()) == ("user kim: enabled", "active")
+    assert says("enable") == "user kim: unchanged, active already"
+    assert says("set-role", "analyst") == "user kim: unchanged, role analyst already"
+    assert says("set-role", "reviewer") == "user kim: role reviewer"
+    entries = _actions(review_out, db, tmp_path)
+    assert [e[0] for e in entries] == ["user_added", "user_disabled", "user_enabled", "user_role_changed"]
+    assert (entries[2][1]["active"], entries[2][2]["active"]) == (False, True)
+    assert (entries[3][1]["role"], entries[3][2]["role"]) == ("analyst", "reviewer")
+    assert run("audit", "verify", review_out, "--db", db).exit_code == 0
+
+
+def test_disabling_an_account_logs_it_out_so_enabling_revives_no_session(review_out, tmp_path):
+    """A disabled account's browser sessions stayed in the database (only refused while disabled), so
+    `users enable` brought a session opened before the disable (a shared PC, a stolen cookie) back to
+    life without a login; `users set-password` left the old sessions open likewise. Both now log the
+    account out of every browser (audited: sessions_ended)."""
+    import re
+
+    from tilpheno.review.server import build_service
+    from tilpheno.review.web import create_app
+
+    db = f"sqlite:///{tmp_path / 's.sqlite'}"
+    assert run("users", "add", review_out, "lea", "--role", "reviewer", "--password-stdin", "--db", db,
+               stdin="lea-password-12\n").exit_code == 0
+    app = create_app(build_service(review_out, db))
+
+    def logged_in_browser(password):
+        c = app.test_client()
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+        assert c.post("/login", data={"username": "lea", "password": password, "csrf_token": csrf}).status_code == 302
+        assert c.get("/").status_code == 200
+        return c
+
+    browser = logged_in_browser("lea-password-12")
+    assert run("users", "disable", review_out, "lea", "--db", db).exit_code == 0
+    assert run("users", "enable", review_out, "lea", "--db", db).exit_code == 0
+    assert browser.get("/").status_code == 401   # logged out: the session was ended at the disable
+    browser = logged_in_browser("lea-password-12")
+    assert run("users", "set-password", review_out, "lea", "--password-stdin", "--db", db,
+               stdin="lea-password-new\n").exit_code == 0
+    assert browser.get("/").status_code == 401
+    logged_in_browser("lea-password-new")
+    ended = {e[0]: (e[2] or {}).get("sessions_ended") for e in _actions(review_out, db, tmp_path)}
+    assert (ended["user_disabled"], ended["user_password_set"]) == (1, 1)
+
+
+def test_users_list_shows_only_a_lock_out_in_force_and_unlock_is_audited(review_out, tmp_path):
+    """`users list` kept showing "locked until" a time long past (the lock-out had ended, but the
+    column stays set until the next login); it now shows only a lock-out in force. Unlocking a locked
+    account is audited with the lock it ended."""
+    from datetime import datetime, timedelta, timezone
+
+    from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password, get_user
+    from tilpheno.review.db import open_database
+
+    db = f"sqlite:///{tmp_path / 'k.sqlite'}"
+    assert run("users", "add", review_out, "max", "--role", "reviewer", "--password-stdin", "--db", db,
+               stdin="max-password-12\n").exit_code == 0
+    factory = open_database(db)
+    for _ in range(MAX_FAILURES):
+        with factory() as s, pytest.raises(AuthError):
+            try:
+                check_password(s, get_user(s, "max"), "wrong password")
+            finally:
+                s.commit()
+
+    def lock_column():
+        return run("users", "list", review_out, "--db", db).output.splitlines()[0].split("\t")[4]
+
+    with factory() as s:
+        until = get_user(s, "max").locked_until
+    assert lock_column() == f"locked until {until[:19]} UTC"
+    r = run("users", "unlock", review_out, "max", "--db", db)
+    assert r.output.strip() == "user max: unlocked" and lock_column() == ""
+    action, before, after = _actions(review_out, db, tmp_path)[-1]
+    assert (action, before["locked_until"], after["locked_until"]) == ("user_unlocked", until, None)
+    with factory() as s:   # a lock-out that ran out an hour ago
+        get_user(s, "max").locked_until = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        s.commit()
+    assert lock_column() == ""
+    factory.kw["bind"].dispose()
+
+
+def test_bad_account_input_is_one_line_naming_the_field(review_out, tmp_path):
+    """A full name with a tab or a line break was stored and split `users list`'s tab-separated line
+    (and the certificate's signer line); one over the column's 200 characters was stored by SQLite and
+    a traceback on PostgreSQL. A password piped from a Windows file kept its \\r, so the password typed
+    at the login page never matched. Now: one line naming the full name; the line end is not part of
+    the password."""
+    from tilpheno.review.auth import check_password, get_user
+    from tilpheno.review.db import open_database
+
+    db = f"sqlite:///{tmp_path / 'f.sqlite'}"
+    for full_name in ("Ned\tQA", "Ned\nQA", "N" * 201):
+        r = run("users", "add", review_out, "ned", "--role", "analyst", "--full-name", full_name, "--password-stdin",
+                "--db", db, stdin="ned-password-12\n")
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().splitlines()[-1].startswith(f"error: full name {full_name[:40]!r}: at most 200"), r.output
+    assert run("users", "list", review_out, "--db", db).output == ""
+    r = run("users", "add", review_out, "ned", "--role", "analyst", "--full-name", "Ned Ödegaard", "--password-stdin",
+            "--db", db, stdin="ned-password-12\r\n")
+    assert r.exit_code == 0, r.output
+    factory = open_database(db)
+    with factory() as s:
+        check_password(s, get_user(s, "ned"), "ned-password-12")
+    factory.kw["bind"].dispose()

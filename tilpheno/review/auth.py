@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import unicodedata
 from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
@@ -47,17 +48,24 @@ def _fmt(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def validate_new_user(username: str, role: str, password: str) -> None:
+def validate_new_user(username: str, role: str, password: str, full_name: str = "") -> None:
+    """ReviewError naming the field of a new account that is not allowed: the user name, the role,
+    the password (``MIN_PASSWORD`` characters) or the full name (printed on signatures, certificates
+    and ``users list``'s tab-separated lines: at most 200 characters, no tab, line break or other
+    control character)."""
     if not _USERNAME.match(username):
         raise ReviewError(f"user name {username!r}: use 1-64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise ReviewError(f"role {role!r}: one of {', '.join(ROLES)}")
     if len(password) < MIN_PASSWORD:
         raise ReviewError(f"password: at least {MIN_PASSWORD} characters")
+    if len(full_name) > 200 or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in full_name):
+        raise ReviewError(f"full name {full_name[:40]!r}: at most 200 characters, no tab, line break or other "
+                          "control character")
 
 
 def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:
-    validate_new_user(username, role, password)
+    validate_new_user(username, role, password, full_name)
     if db.scalar(select(User).where(User.username == username)) is not None:
         raise ReviewError(f"user {username!r} exists already")
     user = User(username=username, full_name=full_name or username, role=role, password_hash=_HASHER.hash(password),

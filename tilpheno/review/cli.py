@@ -54,8 +54,10 @@ def _actor() -> str:
 
 
 def _password(stdin: bool) -> str:
+    """The password typed twice at a prompt, or the first line of standard input without its line
+    end (``\n`` or a Windows file's ``\r\n``: a kept ``\r`` made a password no one can type)."""
     if stdin:
-        return sys.stdin.readline().rstrip("\n")
+        return sys.stdin.readline().rstrip("\r\n")
     return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
@@ -103,7 +105,7 @@ def users_add(
     try:
         factory = _factory(out, db)
         password = _password(password_stdin)
-        validate_new_user(username, role, password)
+        validate_new_user(username, role, password, full_name)
 
         def add(s):
             user = create_user(s, username, full_name, role, password)
@@ -114,7 +116,17 @@ def users_add(
     typer.echo(f"user {username} ({role}) added")
 
 
-def _change(out: Path, db: Optional[str], username: str, action: str, change) -> None:
+def _account(user) -> dict:
+    """What the audit trail records of an account before and after a change (never its password hash)."""
+    return {"username": user.username, "role": user.role, "active": user.active, "locked_until": user.locked_until,
+            "failed_logins": user.failed_logins}
+
+
+def _change(out: Path, db: Optional[str], username: str, action: str, change, done: str, unchanged: str) -> None:
+    """Apply ``change(db, user)`` to one account, audited as ``action`` with the account before and
+    after, and say ``user NAME: done``. An account the change leaves as it was (disabling a disabled
+    account, a role it has, unlocking an account neither locked nor counting wrong passwords) is not
+    audited: ``user NAME: unchanged, unchanged``. A new password is always a change."""
     from tilpheno.errors import TilphenoError
     from tilpheno.review import audit
     from tilpheno.review.auth import get_user
@@ -125,25 +137,39 @@ def _change(out: Path, db: Optional[str], username: str, action: str, change) ->
 
         def do(s):
             user = get_user(s, username)
-            before = {"role": user.role, "active": user.active, "locked_until": user.locked_until}
-            change(user)
-            audit.append(s, _actor(), action, before=before,
-                         after={"username": user.username, "role": user.role, "active": user.active,
-                                "locked_until": user.locked_until})
-        transaction(factory, do)
+            before, password_hash = _account(user), user.password_hash
+            ended = change(s, user)
+            after = _account(user)
+            if before == after and user.password_hash == password_hash:
+                return False
+            audit.append(s, _actor(), action, before=before, after={**after, **({"sessions_ended": ended} if ended else {})})
+            return True
+        changed = transaction(factory, do)
     except TilphenoError as exc:
         _fail(exc)
-    typer.echo(f"user {username}: {action.replace('user_', '').replace('_', ' ')}")
+    typer.echo(f"user {username}: {done if changed else 'unchanged, ' + unchanged}")
+
+
+def _end_sessions(s, user) -> int:
+    """Log ``user`` out of every browser (their login sessions are deleted): a disabled account, or
+    one whose password an admin reset, keeps no session that an enable would bring back to life."""
+    from sqlalchemy import delete
+
+    from tilpheno.review.audit import rowcount
+    from tilpheno.review.models import LoginSession
+
+    return rowcount(s.execute(delete(LoginSession).where(LoginSession.user_id == user.id)))
 
 
 @users_app.command("list")
 def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """List accounts, one a line, tab-separated: user name, role, active or disabled, full name,
-    locked until (empty unless locked), and the products the account may open: an analyst's
+    locked until (empty unless locked now: a lock-out that ran out is not shown), and the products the account may open: an analyst's
     assigned products (`users assign`), "every product" for reviewers and admins."""
     from sqlalchemy import select
 
     from tilpheno.errors import TilphenoError
+    from tilpheno.review.auth import locked
     from tilpheno.review.models import ProductAssignment, User
 
     try:
@@ -156,7 +182,7 @@ def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option
             assigned.setdefault(a.username, []).append(a.product_id)
         for u in s.scalars(select(User).order_by(User.username)):
             typer.echo(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}\t{u.full_name}"
-                       f"\t{'locked until ' + u.locked_until[:19] + ' UTC' if u.locked_until else ''}"
+                       f"\t{'locked until ' + str(u.locked_until)[:19] + ' UTC' if locked(u) else ''}"
                        f"\t{_products(u.role, assigned.get(u.username, []))}")
 
 
@@ -171,17 +197,28 @@ def _products(role: str, assigned: list[str]) -> str:
 @users_app.command("unlock")
 def users_unlock(out: Path = typer.Argument(...), username: str = typer.Argument(...),
                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """End a lock-out after repeated wrong passwords."""
-    def change(u):
+    """End a lock-out after repeated wrong passwords (and forget the wrong passwords counted so far)."""
+    def change(s, u):
         u.locked_until, u.failed_logins = None, 0
-    _change(out, db, username, "user_unlocked", change)
+    _change(out, db, username, "user_unlocked", change, "unlocked", "not locked")
 
 
 @users_app.command("disable")
 def users_disable(out: Path = typer.Argument(...), username: str = typer.Argument(...),
                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Disable an account (kept for the audit trail and signatures)."""
-    _change(out, db, username, "user_disabled", lambda u: setattr(u, "active", False))
+    """Disable an account (kept for the audit trail and signatures) and log it out of every browser;
+    `users enable` makes it usable again."""
+    def change(s, u):
+        u.active = False
+        return _end_sessions(s, u)
+    _change(out, db, username, "user_disabled", change, "disabled", "disabled already")
+
+
+@users_app.command("enable")
+def users_enable(out: Path = typer.Argument(...), username: str = typer.Argument(...),
+                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Enable a disabled account again (same role, password and products as before it was disabled)."""
+    _change(out, db, username, "user_enabled", lambda s, u: setattr(u, "active", True), "enabled", "active already")
 
 
 @users_app.command("set-role")
@@ -193,22 +230,24 @@ def users_set_role(out: Path = typer.Argument(...), username: str = typer.Argume
 
     if role not in ROLES:
         _fail(ReviewError(f"role {role!r}: one of {', '.join(ROLES)}"))
-    _change(out, db, username, "user_role_changed", lambda u: setattr(u, "role", role))
+    _change(out, db, username, "user_role_changed", lambda s, u: setattr(u, "role", role), f"role {role}",
+            f"role {role} already")
 
 
 @users_app.command("set-password")
 def users_set_password(out: Path = typer.Argument(...), username: str = typer.Argument(...),
                        password_stdin: bool = typer.Option(False, "--password-stdin"),
                        db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Set a new password (also ends a lock-out)."""
+    """Set a new password (also ends a lock-out, and logs the account out of every browser)."""
     from tilpheno.review.auth import set_password
 
     password = _password(password_stdin)
 
-    def change(u):
+    def change(s, u):
         set_password(u, password)
         u.locked_until, u.failed_logins = None, 0
-    _change(out, db, username, "user_password_set", change)
+        return _end_sessions(s, u)
+    _change(out, db, username, "user_password_set", change, "password set", "")
 
 
 @users_app.command("assign")
