@@ -238,7 +238,15 @@ def test_counts_and_words_follow_the_product_label(outcomes):
     assert not re.search(r"\bproducts?\b", re.sub(r"<style>.*?</style>|<script>.*?</script>|<[^>]*>", "", page, flags=re.S))
     nav = render_index_pages(outcomes, options, page_rows=3)[0][1]
     assert "Lots 1–3 of 4 (sorting orders this page; every lot is in" in nav
+    # the column headers' tooltips (the codebook's meanings) said "of the product" too
+    titles = re.findall(r'<th title="([^"]*)"', page)
+    assert "n_events_total: Events in all gated files of the lot (events)" in titles
+    assert not [t for t in titles if re.search(r"\bproducts?\b", t)], titles
     lot = _outcome("TIL007", 77.1, 92.4, error="no usable treg stained file")
     lot.phenotype.update(review_status="needs review")
     failed = render_product(lot, None, {}, options)
     assert "<strong>This lot could not be processed:</strong>" in failed and "the lot failed (reason below)" in failed
+    dosed = _outcome("TIL008", 80.0, 95.0)   # a study without the TIL codebook: the pipeline's generic meaning
+    dosed.phenotype["til_dose_cells"] = 2.0e10
+    done = render_product(dosed, None, {}, ProcessOptions(study=replace(options.study, codebook={})))
+    assert re.search(r'<td class="muted">Infused cell number of the lot\b', done), "the meaning column said 'product'"

@@ -528,3 +528,42 @@ def test_a_product_never_opened_with_an_input_gone_leaves_the_export_working(rev
     assert list(phenotypes["review_status"]) == ["not approved", "not approved"]
     with service.factory() as db:   # TIL002 was not imported for the export
         assert db.execute(text("SELECT count(*) FROM products WHERE product_id = 'TIL002'")).scalar() == 0
+
+
+def test_the_product_list_and_page_use_the_studys_noun(service):
+    """With `product_label: Lot` the reports said "lots" but the review app's list and product page
+    said "Products", "2 product(s)", "Product id contains", "No products.", "Apply a gate to other
+    products": every text of them now uses the study's noun (Study.product_noun); the default
+    study's pages are unchanged (test_the_product_list_is_paged_...)."""
+    import copy
+    import html
+    from dataclasses import replace
+
+    from tilpheno.review.service import ReviewService
+
+    source = copy.copy(service.source)
+    source.study = replace(service.source.study, product_label="Lot")
+    lots = create_app(ReviewService(source, service.factory))
+
+    def text(page):   # what a reader sees: no tags (nor their URLs), no product ids
+        shown = re.sub(r"<[^>]*>", " ", re.sub(r"<(title|style|script)>.*?</\1>", "", page, flags=re.S))
+        return re.sub(r"TIL\d+", "", html.unescape(shown))
+
+    c, _, _ = login(lots, "alice")
+    pages = {url: c.get(url, headers={"Accept": "text/html"}) for url in
+             ("/", "/?q=none", f"/products/{PID}", "/?page=9", "/products/nowhere")}
+    assert [r.status_code for r in pages.values()] == [200, 200, 200, 404, 404]
+    for url, r in pages.items():
+        assert not re.search(r"\bproducts?\b", text(r.text), re.I), (url, re.findall(r".{40}\bproducts?\b.{40}", text(r.text), re.I))
+    home = " ".join(text(pages["/"].text).split())
+    assert home.startswith("tilpheno review Alice Tester (alice, reviewer) Log out Lots Output folder:")
+    assert "Version 1 of every lot is its automatic gate set. Exports use each lot's approved gates:" in home
+    assert "2 lot(s):" in home and "Lot id contains" in home
+    assert "No lot id contains" in text(pages["/?q=none"].text) and "all lots" in text(pages["/?q=none"].text)
+    page = " ".join(text(pages[f"/products/{PID}"].text).split())
+    assert "Lot " in page and "approved lots" in page and "Apply a gate to other lots Gate Lots" in page
+    assert 'data-noun="lot"' in pages[f"/products/{PID}"].text
+    assert "page 9: the list has 1 page(s) of 50 lot(s)" in pages["/?page=9"].text
+    bob, _, _ = login(lots, "bob")   # an analyst, assigned TIL001 only
+    r = bob.get("/products/TIL002", headers={"Accept": "text/html"})
+    assert r.status_code == 403 and "lot TIL002 is not assigned to you (bob, analyst)" in r.text

@@ -16,7 +16,7 @@ default) naming:
 * ``colours``: plot colour (``#rrggbb``) of populations and markers (a compound population takes
   its longest matching suffix's colour); others get a generic palette colour;
 * ``release``: the lot-release spec file; ``aliases``: marker spellings added to the vocabulary;
-* ``product_label``: what the reports and the index call a product (default ``Product``; the TIL
+* ``product_label``: what the reports, the index and the review app call a product (default ``Product``; the TIL
   study: ``TIL infusion product``); ``conventions``: the study's own conventions, printed in every
   report beside the pipeline's (e.g. what viability is a percentage of);
 * ``codebook``: curated text of the study's columns (``{column: {label, meaning, unit, method}}``),
@@ -123,6 +123,17 @@ class Study:
         ``product``, ``Lot`` -> ``lot``, ``TIL`` -> ``TIL``); its plural adds "s"."""
         word = self.product_label.split()[-1]
         return word if word.isupper() else word.lower()
+
+    def with_noun(self, text: str) -> str:
+        """``text`` with each whole word "product" / "products" (either case of its first letter) as
+        :attr:`product_noun` (its plural adding "s"; capitalised where the word was): a generic text
+        ("Events in all gated files of the product", "Products") in the study's words ("... of the
+        lot", "Lots"). Identifiers such as ``product_id`` are left as they are."""
+        def word(match: re.Match) -> str:
+            noun = self.product_noun + ("s" if match.group(2) else "")
+            return noun[:1].upper() + noun[1:] if match.group(1) == "P" else noun
+
+        return re.sub(r"(?<![\w-])([Pp])roduct(s?)(?![\w-])", word, text)
 
     @property
     def strategy_paths(self) -> list[Path]:

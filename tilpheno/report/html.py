@@ -195,7 +195,8 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     columns = index_columns(outcomes, strategies, getattr(options, "study", None))
     book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile,
                           getattr(options, "study", None)).set_index("column")
-    headers = [{"column": c, "label": book.at[c, "label"], "title": f"{c}: {book.at[c, 'meaning']}"
+    study = study_of(options)
+    headers = [{"column": c, "label": book.at[c, "label"], "title": f"{c}: {study.with_noun(book.at[c, 'meaning'])}"
                 + (f" ({book.at[c, 'unit']})" if book.at[c, "unit"] else "")} for c in columns]
     n_failed = sum(1 for o in outcomes if not o.ok)
     n_released = sum(1 for o in outcomes if o.release_status == "pass")
@@ -211,8 +212,7 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
         pages.append((index_page_name(number), render(
             "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
             n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
-            n_products=len(outcomes), nav=nav, product_label=study_of(options).product_label,
-            noun=study_of(options).product_noun,
+            n_products=len(outcomes), nav=nav, product_label=study.product_label, noun=study.product_noun,
         )))
     return pages
 

@@ -612,7 +612,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     book = build_codebook({"phenotypes.csv": list(outcome.phenotype)}, strategies, options.fmo_percentile,
                           getattr(options, "study", None))
     book = book.set_index("column")
-    study = [(k, book.at[k, "label"], v, book.at[k, "unit"], book.at[k, "meaning"]) for k, v in outcome.phenotype.items()
+    words = study_of(options).with_noun
+    study = [(k, book.at[k, "label"], v, book.at[k, "unit"], words(book.at[k, "meaning"])) for k, v in outcome.phenotype.items()
              if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]
     no_dose = [row for row in study if row[3] == "cells" and not _is_number(row[2])]
     study = [(k, label, _cells(v) if unit == "cells" else v, unit, meaning)

@@ -149,12 +149,13 @@ class ReviewService:
 
     def __init__(self, source: ReviewSource, factory: sessionmaker):
         self.source, self.factory = source, factory
+        self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._release: dict[tuple[str, str], str] = {}
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
         if not isinstance(product_id, str) or not self.source.has_product(product_id):
-            raise NotFound(f"no product {str(product_id)[:80]!r} in this output folder")
+            raise NotFound(f"no {self.noun} {str(product_id)[:80]!r} in this output folder")
 
     def can_access(self, user: User, product_id: str) -> bool:
         """Reviewers and admins: every product; analysts: the products assigned to them."""
@@ -176,13 +177,13 @@ class ReviewService:
         """NotFound for an unknown product; Forbidden for a product not assigned to this analyst."""
         self.require_product(product_id)
         if not self.can_access(user, product_id):
-            raise Forbidden(f"product {product_id} is not assigned to you ({user.username}, {user.role}); "
+            raise Forbidden(f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role}); "
                             f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
 
     def _check_inputs(self, product: Product) -> None:
         """ReviewError when the database holds ``product`` with other input files than this run's."""
         if json.loads(product.inputs_json) != self.source.inputs_digest(product.product_id):
-            raise ReviewError(f"product {product.product_id}: the database holds it with other input files (SHA-256) "
+            raise ReviewError(f"{self.noun} {product.product_id}: the database holds it with other input files (SHA-256) "
                               f"than {self.source.out_dir}; use one database per output folder (db=URL)")
 
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
@@ -274,7 +275,7 @@ class ReviewService:
             row = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                          GateSetVersion.version == v))
         if row is None:
-            raise NotFound(f"product {product_id}: no gate-set version {v} (current is {product.current_version})")
+            raise NotFound(f"{self.noun} {product_id}: no gate-set version {v} (current is {product.current_version})")
         return row
 
     def current_version(self, product_id: str) -> int:
@@ -342,7 +343,7 @@ class ReviewService:
         if user.role not in roles:
             return f"role {user.role} cannot save gates here (changed while saving); nothing was saved"
         if not self.can_access(user, product_id):
-            return (f"product {product_id} is not assigned to you ({user.username}, {user.role}) any more; "
+            return (f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role}) any more; "
                     "nothing was saved")
         return ""
 
@@ -351,8 +352,8 @@ class ReviewService:
         latest = db.scalar(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                         GateSetVersion.version == current))
         who = f" by {latest.created_by} at {latest.created_at[:19]} UTC ({latest.reason})" if latest else ""
-        return VersionConflict(f"conflict: product {product_id} is now at version {current}{who}; you edited "
-                               f"version {base_version}. Nothing was saved: reload the product and apply your change again.")
+        return VersionConflict(f"conflict: {self.noun} {product_id} is now at version {current}{who}; you edited "
+                               f"version {base_version}. Nothing was saved: reload the {self.noun} and apply your change again.")
 
     def apply_to_batch(self, from_product: str, user: User, tube: Any, population: Any, targets: Any,
                        reason: Any) -> list[GateSetVersion]:
@@ -388,7 +389,7 @@ class ReviewService:
             raise GateSetError(f"meaning: one of {', '.join(MEANINGS)}")
         current = self.version(product_id)
         if version != current.version:
-            raise VersionConflict(f"conflict: you are signing version {version} but product {product_id} is at version "
+            raise VersionConflict(f"conflict: you are signing version {version} but {self.noun} {product_id} is at version "
                                   f"{current.version}; reload and review the current gates before signing")
         flags = [f for f in self.source.qc_flags(product_id) if f["severity"] in ("warning", "error")]
         resolutions = qc_resolutions if isinstance(qc_resolutions, dict) else {}
@@ -431,7 +432,7 @@ class ReviewService:
                 db.commit()
                 raise Forbidden(refusal)
             if _get(db, Product, product_id).current_version != current.version:
-                raise VersionConflict(f"conflict: product {product_id} changed while you were signing; reload")
+                raise VersionConflict(f"conflict: {self.noun} {product_id} changed while you were signing; reload")
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
                             gates_sha256=gates_digest, qc_resolutions_json=audit.canonical(clean_res), comment=comment)
@@ -454,7 +455,7 @@ class ReviewService:
         if user.role not in MEANINGS[meaning]:
             return f"role {user.role} cannot sign '{meaning}'"
         if not self.can_access(user, product_id):
-            return f"product {product_id} is not assigned to you ({user.username}, {user.role})"
+            return f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role})"
         if meaning == "approved for release":
             own = sorted(db.scalars(select(GateSetVersion.version).where(
                 GateSetVersion.product_id == product_id, GateSetVersion.based_on.is_not(None),

@@ -47,6 +47,7 @@ def create_app(service: ReviewService) -> Flask:
                 static_folder=str(Path(__file__).with_name("static")))
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     app.extensions["tilpheno_review"] = service
+    app.jinja_env.globals["words"] = words = service.source.study.with_noun   # "product" in the study's words
     factory = service.factory
 
     # -- sessions, CSRF, headers -----------------------------------------------------------------
@@ -186,7 +187,7 @@ def create_app(service: ReviewService) -> Flask:
         found = [pid for pid in visible if query.casefold() in pid.casefold()] if query else visible
         pages = max(1, math.ceil(len(found) / size))
         if page > pages:
-            raise NotFound(f"page {page}: the list has {pages} page(s) of {size} product(s)"
+            raise NotFound(f"page {page}: the list has {pages} page(s) of {size} {words('product(s)')}"
                            + (f" matching {query!r}" if query else ""))
         shown = found[(page - 1) * size:page * size]
         approvals = service.approved_versions(g.user)   # the imported products this user may see
@@ -305,7 +306,7 @@ def create_app(service: ReviewService) -> Flask:
         data = body()
         rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"), data.get("products"),
                                       data.get("reason"))
-        return jsonify({"message": f"applied to {len(rows)} product(s): " +
+        return jsonify({"message": f"applied to {len(rows)} {words('product(s)')}: " +
                         ", ".join(f"{r.product_id} v{r.version}" for r in rows)}), 201
 
     # -- downloads ----------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def create_app(service: ReviewService) -> Flask:
         from tilpheno.review.export import approved_tables
 
         if g.user.role not in ("reviewer", "admin"):
-            raise Forbidden(f"role {g.user.role} cannot export every product's results (reviewer or admin)")
+            raise Forbidden(f"role {g.user.role} cannot export every {service.noun}'s results (reviewer or admin)")
 
         phenotypes, populations = approved_tables(service)
         frame = phenotypes if table == "phenotypes" else populations

@@ -53,7 +53,7 @@
 
   async function load() {
     const r = await api(app.dataset.state);
-    if (r.status !== 200) { message(r.data.error || "could not load the product", false); return; }
+    if (r.status !== 200) { message(r.data.error || "could not load the " + app.dataset.noun, false); return; }
     S = r.data;
     draft = {};
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
