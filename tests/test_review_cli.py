@@ -440,8 +440,8 @@ def test_bad_account_input_is_one_line_naming_the_field(review_out, tmp_path):
     """A full name with a tab or a line break was stored and split `users list`'s tab-separated line
     (and the certificate's signer line); one over the column's 200 characters was stored by SQLite and
     a traceback on PostgreSQL. A password piped from a Windows file kept its \\r, so the password typed
-    at the login page never matched. Now: one line naming the full name; the line end is not part of
-    the password."""
+    at the login page never matched; a full name of spaces signed as blank. Now: one line naming the
+    full name; the line end is not part of the password; a blank full name is the user name."""
     from tilpheno.review.auth import check_password, get_user
     from tilpheno.review.db import open_database
 
@@ -455,6 +455,11 @@ def test_bad_account_input_is_one_line_naming_the_field(review_out, tmp_path):
     r = run("users", "add", review_out, "ned", "--role", "analyst", "--full-name", "Ned Ödegaard", "--password-stdin",
             "--db", db, stdin="ned-password-12\r\n")
     assert r.exit_code == 0, r.output
+    r = run("users", "add", review_out, "oli", "--role", "analyst", "--full-name", "   ", "--password-stdin",
+            "--db", db, stdin="oli-password-12\n")   # a blank full name signed as "   "; now as the user name
+    assert r.exit_code == 0, r.output
+    assert [line.split("\t")[3] for line in run("users", "list", review_out, "--db", db).output.splitlines()] == [
+        "Ned Ödegaard", "oli"]
     factory = open_database(db)
     with factory() as s:
         check_password(s, get_user(s, "ned"), "ned-password-12")

@@ -65,10 +65,11 @@ def validate_new_user(username: str, role: str, password: str, full_name: str = 
 
 
 def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:
+    """A new active account; its full name (on signatures) trimmed, the user name when blank."""
     validate_new_user(username, role, password, full_name)
     if db.scalar(select(User).where(User.username == username)) is not None:
         raise ReviewError(f"user {username!r} exists already")
-    user = User(username=username, full_name=full_name or username, role=role, password_hash=_HASHER.hash(password),
+    user = User(username=username, full_name=full_name.strip() or username, role=role, password_hash=_HASHER.hash(password),
                 failed_logins=0, locked_until=None, active=True, created_at=utcnow())
     db.add(user)
     db.flush()
