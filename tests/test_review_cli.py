@@ -464,3 +464,19 @@ def test_bad_account_input_is_one_line_naming_the_field(review_out, tmp_path):
     with factory() as s:
         check_password(s, get_user(s, "ned"), "ned-password-12")
     factory.kw["bind"].dispose()
+
+
+def test_a_mistyped_account_is_refused_before_the_password_is_asked(review_out, tmp_path):
+    """`users add` with a mistyped role (or a name taken already) and `set-password` for a name with no
+    account asked for the password twice, then refused it: the admin typed a password for nothing.
+    They are now refused at once, naming the field, without a password prompt."""
+    db = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    assert run("users", "add", review_out, "pia", "--role", "analyst", "--password-stdin", "--db", db,
+               stdin="pia-password-12\n").exit_code == 0
+    for args, error in ((("add", "rob", "--role", "analsyt"), "error: role 'analsyt': one of analyst, reviewer, admin"),
+                        (("add", "pia", "--role", "analyst"), "error: user 'pia' exists already"),
+                        (("set-password", "pya"), "error: no user 'pya'")):
+        r = run("users", args[0], review_out, *args[1:], "--db", db)   # interactive: no --password-stdin
+        assert r.exit_code == 2 and "Password" not in r.output, r.output
+        assert r.output.strip() == error, r.output
+    assert [line.split("\t")[0] for line in run("users", "list", review_out, "--db", db).output.splitlines()] == ["pia"]

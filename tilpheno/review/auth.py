@@ -48,27 +48,36 @@ def _fmt(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def validate_new_user(username: str, role: str, password: str, full_name: str = "") -> None:
-    """ReviewError naming the field of a new account that is not allowed: the user name, the role,
-    the password (``MIN_PASSWORD`` characters) or the full name (printed on signatures, certificates
-    and ``users list``'s tab-separated lines: at most 200 characters, no tab, line break or other
-    control character)."""
+def validate_account(username: str, role: str, full_name: str = "") -> None:
+    """ReviewError naming the field of a new account that is not allowed: the user name, the role or
+    the full name (printed on signatures, certificates and ``users list``'s tab-separated lines: at
+    most 200 characters, no tab, line break or other control character)."""
     if not _USERNAME.match(username):
         raise ReviewError(f"user name {username!r}: use 1-64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise ReviewError(f"role {role!r}: one of {', '.join(ROLES)}")
-    if len(password) < MIN_PASSWORD:
-        raise ReviewError(f"password: at least {MIN_PASSWORD} characters")
     if len(full_name) > 200 or any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in full_name):
         raise ReviewError(f"full name {full_name[:40]!r}: at most 200 characters, no tab, line break or other "
                           "control character")
 
 
-def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:
-    """A new active account; its full name (on signatures) trimmed, the user name when blank."""
-    validate_new_user(username, role, password, full_name)
+def validate_password(password: str) -> None:
+    """ReviewError unless a new password has at least ``MIN_PASSWORD`` characters."""
+    if len(password) < MIN_PASSWORD:
+        raise ReviewError(f"password: at least {MIN_PASSWORD} characters")
+
+
+def require_new(db: Session, username: str) -> None:
+    """ReviewError when an account ``username`` exists already."""
     if db.scalar(select(User).where(User.username == username)) is not None:
         raise ReviewError(f"user {username!r} exists already")
+
+
+def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:
+    """A new active account; its full name (on signatures) trimmed, the user name when blank."""
+    validate_account(username, role, full_name)
+    validate_password(password)
+    require_new(db, username)
     user = User(username=username, full_name=full_name.strip() or username, role=role, password_hash=_HASHER.hash(password),
                 failed_logins=0, locked_until=None, active=True, created_at=utcnow())
     db.add(user)
@@ -77,8 +86,7 @@ def create_user(db: Session, username: str, full_name: str, role: str, password:
 
 
 def set_password(user: User, password: str) -> None:
-    if len(password) < MIN_PASSWORD:
-        raise ReviewError(f"password: at least {MIN_PASSWORD} characters")
+    validate_password(password)
     user.password_hash = _HASHER.hash(password)
 
 

@@ -96,16 +96,20 @@ def users_add(
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
-    """Create an account (argon2id password hash)."""
+    """Create an account (argon2id password hash). The name, role and full name are checked, and the
+    name looked up, before the password is asked for."""
     from tilpheno.errors import TilphenoError
     from tilpheno.review import audit
-    from tilpheno.review.auth import create_user, validate_new_user
+    from tilpheno.review.auth import create_user, require_new, validate_account, validate_password
     from tilpheno.review.service import transaction
 
     try:
+        validate_account(username, role, full_name)
         factory = _factory(out, db)
+        with factory() as s:
+            require_new(s, username)
         password = _password(password_stdin)
-        validate_new_user(username, role, password, full_name)
+        validate_password(password)
 
         def add(s):
             user = create_user(s, username, full_name, role, password)
@@ -238,9 +242,16 @@ def users_set_role(out: Path = typer.Argument(...), username: str = typer.Argume
 def users_set_password(out: Path = typer.Argument(...), username: str = typer.Argument(...),
                        password_stdin: bool = typer.Option(False, "--password-stdin"),
                        db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Set a new password (also ends a lock-out, and logs the account out of every browser)."""
-    from tilpheno.review.auth import set_password
+    """Set a new password (also ends a lock-out, and logs the account out of every browser). A name
+    with no account is refused before the password is asked for."""
+    from tilpheno.errors import TilphenoError
+    from tilpheno.review.auth import get_user, set_password
 
+    try:
+        with _factory(out, db)() as s:
+            get_user(s, username)
+    except TilphenoError as exc:
+        _fail(exc)
     password = _password(password_stdin)
 
     def change(s, u):
