@@ -567,3 +567,38 @@ def test_the_product_list_and_page_use_the_studys_noun(service):
     bob, _, _ = login(lots, "bob")   # an analyst, assigned TIL001 only
     r = bob.get("/products/TIL002", headers={"Accept": "text/html"})
     assert r.status_code == 403 and "lot TIL002 is not assigned to you (bob, analyst)" in r.text
+
+
+def test_a_refused_login_tells_the_audit_trail_why_but_not_the_page(app, service):
+    """A login to a disabled account, or to a name with no account, was audited as "wrong user name
+    or password", as the page says: an admin reading the trail could not tell a disabled account
+    from a mistyped name or password. The page still says the same for all three (it names no
+    account); the audit trail now says which."""
+    from tilpheno.review import audit
+    from tilpheno.review.auth import get_user
+    from tilpheno.review.service import transaction
+
+    def disable(db, active=False):
+        get_user(db, "dave").active = active
+    transaction(service.factory, disable)
+    c = app.test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+    with service.factory() as db:
+        start = audit.head_seq(db)
+    try:
+        for name, password in (("dave", PASSWORDS["dave"]), ("nobody", "some-password-1"), ("carol", "wrong password")):
+            r = c.post("/login", data={"username": name, "password": password, "csrf_token": csrf})
+            assert r.status_code == 401 and "wrong user name or password" in r.text
+            assert "disabled" not in r.text and "no such account" not in r.text
+    finally:
+        transaction(service.factory, lambda db: disable(db, True))
+        with service.factory() as db:   # carol's wrong password must not count towards later tests' lock-outs
+            get_user(db, "carol").failed_logins = 0
+            db.commit()
+    with service.factory() as db:
+        rows = db.execute(text("SELECT username, action, reason FROM audit_entries WHERE seq > :s ORDER BY seq"),
+                          {"s": start}).all()
+    assert [tuple(r) for r in rows] == [
+        ("dave", "login_failed", "wrong user name or password (account disabled)"),
+        ("nobody", "login_failed", "wrong user name or password (no such account)"),
+        ("carol", "login_failed", "wrong user name or password")]

@@ -37,7 +37,17 @@ _DUMMY_HASH = ""             # made on first use: verified for unknown users so 
 
 
 class AuthError(Exception):
-    """Login or password re-entry refused; the message is safe to show."""
+    """Login or password re-entry refused; the message is safe to show. ``detail``: what the audit
+    trail records beside it and the message must not tell (no such account, account disabled: the
+    login page says the same for both, so it names no account)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+    def audited(self) -> str:
+        """The audit trail's reason: the message, and the detail when there is one."""
+        return f"{self} ({self.detail})" if self.detail else str(self)
 
 
 def _parse(ts: str) -> datetime:
@@ -141,7 +151,7 @@ def check_password(db: Session, user: User | None, password: str | PasswordEntry
     if user is None or not user.active:
         _DUMMY_HASH = _DUMMY_HASH or _HASHER.hash("not a password of anyone")
         entry.matches(_DUMMY_HASH)   # same work as for a real account
-        raise AuthError("wrong user name or password")
+        raise AuthError("wrong user name or password", "no such account" if user is None else "account disabled")
     if locked(user):
         raise AuthError(f"account {user.username} is locked until {str(user.locked_until)[:19]} UTC after "
                         f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")

@@ -142,7 +142,7 @@ def create_app(service: ReviewService) -> Flask:
             try:
                 check_password(db, user, password)
             except AuthError as exc:
-                audit.append(db, username or "-", "login_failed", reason=str(exc))
+                audit.append(db, username or "-", "login_failed", reason=exc.audited())
                 return None, str(exc)
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
