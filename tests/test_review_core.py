@@ -855,3 +855,26 @@ def test_a_writer_waiting_for_the_audit_head_appends_after_the_other_without_a_r
     with service.factory() as db:
         newest, before = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(2))
     assert (newest.username, before.username) == ("carol", "alice") and newest.prev_sha256 == before.entry_sha256
+
+
+def test_a_right_password_in_flight_does_not_undo_a_lock_out_set_meanwhile(service):
+    """A wrong password checked at the same time as a right one (a guesser's requests in parallel)
+    locked the account, and the right one, read before the lock, then cleared it and logged in: the
+    lock-out let a guess in flight through. The account now stays locked and the right password is
+    refused as locked."""
+    from tilpheno.review.auth import get_user
+
+    name = _new_account(service, "ivo")
+    with service.factory() as db:
+        row = db.scalar(select(User).where(User.username == name))   # read before the lock-out
+        for _ in range(MAX_FAILURES):   # meanwhile, in other requests (each stores its failure)
+            with service.factory() as other, pytest.raises(AuthError):
+                try:
+                    check_password(other, get_user(other, name), "wrong password")
+                finally:
+                    other.commit()
+        assert row.locked_until is None and user(service, name).locked_until is not None
+        with pytest.raises(AuthError, match="is locked until"):
+            check_password(db, row, f"{name}-password-1")
+        db.commit()
+    assert user(service, name).locked_until is not None

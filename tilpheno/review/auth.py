@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -141,6 +141,32 @@ def _count_failure(db: Session, user: User) -> int:
     return count
 
 
+def _clear_failures(db: Session, user: User) -> bool:
+    """After a right password: forget ``user``'s wrong passwords and an ended lock-out, unless the
+    database holds a lock-out in force (set by a wrong password checked at the same time, after
+    ``user`` was read): False then, and the account stays locked (a right guess in flight used to
+    clear a lock-out just set). The row is written (and locked) only when there is something to
+    forget, as before."""
+    now = _fmt(datetime.now(timezone.utc))
+    failed, until = db.execute(select(User.failed_logins, User.locked_until).where(User.id == user.id)).one()
+    if until is not None and until > now:
+        return False
+    if failed or until is not None:
+        cleared = db.execute(update(User).where(User.id == user.id, or_(User.locked_until.is_(None), User.locked_until <= now))
+                             .values(failed_logins=0, locked_until=None).returning(User.id)
+                             .execution_options(synchronize_session=False)).scalar_one_or_none()
+        if cleared is None:
+            return False
+    set_committed_value(user, "failed_logins", 0)
+    set_committed_value(user, "locked_until", None)
+    return True
+
+
+def _locked_error(user: User) -> AuthError:
+    return AuthError(f"account {user.username} is locked until {str(user.locked_until)[:19]} UTC after "
+                     f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")
+
+
 def check_password(db: Session, user: User | None, password: str | PasswordEntry) -> User:
     """The user if ``password`` is right; else count the failure (lock-out) and raise AuthError.
 
@@ -153,16 +179,16 @@ def check_password(db: Session, user: User | None, password: str | PasswordEntry
         entry.matches(_DUMMY_HASH)   # same work as for a real account
         raise AuthError("wrong user name or password", "no such account" if user is None else "account disabled")
     if locked(user):
-        raise AuthError(f"account {user.username} is locked until {str(user.locked_until)[:19]} UTC after "
-                        f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")
+        raise _locked_error(user)
     if not entry.matches(user.password_hash):
         if _count_failure(db, user) >= MAX_FAILURES:
             user.locked_until = _fmt(datetime.now(timezone.utc) + timedelta(minutes=LOCKOUT_MINUTES))
             user.failed_logins = 0
             raise AuthError(f"wrong password; account {user.username} is now locked for {LOCKOUT_MINUTES} minutes")
         raise AuthError("wrong user name or password")
-    user.failed_logins = 0
-    user.locked_until = None
+    if not _clear_failures(db, user):
+        db.refresh(user)
+        raise _locked_error(user)
     if _HASHER.check_needs_rehash(user.password_hash):
         user.password_hash = _HASHER.hash(entry.text)
     return user
