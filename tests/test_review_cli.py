@@ -475,6 +475,8 @@ def test_a_mistyped_account_is_refused_before_the_password_is_asked(review_out, 
                stdin="pia-password-12\n").exit_code == 0
     for args, error in ((("add", "rob", "--role", "analsyt"), "error: role 'analsyt': one of analyst, reviewer, admin"),
                         (("add", "pia", "--role", "analyst"), "error: user 'pia' exists already"),
+                        (("add", "Pia", "--role", "analyst"),
+                         "error: user 'Pia': 'pia' exists already (user names that differ only in case are refused)"),
                         (("set-password", "pya"), "error: no user 'pya'")):
         r = run("users", args[0], review_out, *args[1:], "--db", db)   # interactive: no --password-stdin
         assert r.exit_code == 2 and "Password" not in r.output, r.output

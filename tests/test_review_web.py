@@ -590,6 +590,8 @@ def test_a_refused_login_tells_the_audit_trail_why_but_not_the_page(app, service
             r = c.post("/login", data={"username": name, "password": password, "csrf_token": csrf})
             assert r.status_code == 401 and "wrong user name or password" in r.text
             assert "disabled" not in r.text and "no such account" not in r.text
+            # the name typed is kept (escaped) for the next try, the password is not
+            assert f'value="{name}"' in r.text and password not in r.text
     finally:
         transaction(service.factory, lambda db: disable(db, True))
         with service.factory() as db:   # carol's wrong password must not count towards later tests' lock-outs

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -78,9 +78,15 @@ def validate_password(password: str) -> None:
 
 
 def require_new(db: Session, username: str) -> None:
-    """ReviewError when an account ``username`` exists already."""
+    """ReviewError when an account ``username`` exists already, or one whose name differs only in
+    case (``Alice`` beside ``alice``: two people, or one person with two accounts, on the same
+    signatures and audit trail; the login matches the exact name)."""
     if db.scalar(select(User).where(User.username == username)) is not None:
         raise ReviewError(f"user {username!r} exists already")
+    twin = db.scalar(select(User.username).where(func.lower(User.username) == username.lower()))
+    if twin is not None:
+        raise ReviewError(f"user {username!r}: {twin!r} exists already (user names that differ only in case are "
+                          "refused)")
 
 
 def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:

@@ -130,7 +130,8 @@ def create_app(service: ReviewService) -> Flask:
     # -- login -----------------------------------------------------------------------------------------
     @app.get("/login")
     def login():
-        return render_template("login.html", csrf=anonymous_csrf(), error="", next=_safe_next(request.args.get("next")))
+        return render_template("login.html", csrf=anonymous_csrf(), error="", username="",
+                               next=_safe_next(request.args.get("next")))
 
     @app.post("/login")
     def login_post():
@@ -154,7 +155,7 @@ def create_app(service: ReviewService) -> Flask:
 
         token, problem = transaction(factory, attempt)
         if token is None:
-            return render_template("login.html", csrf=g.sess.csrf_token, error=problem,
+            return render_template("login.html", csrf=g.sess.csrf_token, error=problem, username=username,
                                    next=_safe_next(request.form.get("next"))), 401
         g.new_token = token
         return redirect(_safe_next(request.form.get("next")) or url_for("index"))
