@@ -604,3 +604,51 @@ def test_a_refused_login_tells_the_audit_trail_why_but_not_the_page(app, service
         ("dave", "login_failed", "wrong user name or password (account disabled)"),
         ("nobody", "login_failed", "wrong user name or password (no such account)"),
         ("carol", "login_failed", "wrong user name or password")]
+
+
+def test_a_flood_of_refused_logins_from_one_address_is_throttled(service):
+    """Each refused login costs an argon2 check, names with no account too, and one account's lock-out
+    never trips when a script guesses across names: the server could be kept busy and passwords
+    guessed without limit. After LIMIT refused logins from one address within the window, its logins
+    are refused at once (429, Retry-After), without a password check or an audit entry, until the
+    window has passed; then a right password logs in."""
+    from tilpheno.review import audit
+
+    app = create_app(service)   # its own throttle, untouched by the other tests' refused logins
+    throttle = app.extensions["tilpheno_login_throttle"]
+    now = [1000.0]
+    throttle.clock = lambda: now[0]
+    c = app.test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+    with service.factory() as db:
+        start = audit.head_seq(db)
+    for i in range(throttle.limit):
+        r = c.post("/login", data={"username": f"nobody{i}", "password": "guess-password-1", "csrf_token": csrf})
+        assert r.status_code == 401
+        now[0] += 1.0
+    r = c.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": csrf})
+    assert r.status_code == 429 and "too many refused logins from this address" in r.text
+    assert r.headers["Retry-After"] == str(int(throttle.window - throttle.limit))   # the first failure leaves the window then
+    with service.factory() as db:
+        rows = db.execute(text("SELECT action FROM audit_entries WHERE seq > :s"), {"s": start}).scalars().all()
+    assert rows == ["login_failed"] * throttle.limit   # the throttled attempt left no entry
+    now[0] += throttle.window
+    r = c.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": csrf})
+    assert r.status_code == 302, r.text
+
+
+def test_the_throttle_forgets_old_failures_and_bounds_its_memory(monkeypatch):
+    from tilpheno.review import throttle as module
+
+    now = [0.0]
+    t = module.LoginThrottle(limit=2, window=10.0, clock=lambda: now[0])
+    t.failed("a")
+    now[0] = 9.0
+    t.failed("a")
+    assert t.retry_after("a") == pytest.approx(1.0) and t.retry_after("b") == 0.0
+    now[0] = 10.0   # the first failure is 10 s old: one in the window, under the limit
+    assert t.retry_after("a") == 0.0
+    monkeypatch.setattr(module, "MAX_ADDRESSES", 3)
+    for address in "wxyz":
+        t.failed(address)
+    assert set(t._failures) == {"x", "y", "z"}

@@ -16,6 +16,7 @@ Security model (stated in the README too):
 from __future__ import annotations
 
 import json
+import logging
 import math
 from functools import wraps
 from pathlib import Path
@@ -33,6 +34,9 @@ from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
+from tilpheno.review.throttle import LoginThrottle
+
+log = logging.getLogger(__name__)
 
 COOKIE = "tilpheno_session"
 PLOT_POINTS = 2500
@@ -133,9 +137,20 @@ def create_app(service: ReviewService) -> Flask:
         return render_template("login.html", csrf=anonymous_csrf(), error="", username="",
                                next=_safe_next(request.args.get("next")))
 
+    throttle = app.extensions["tilpheno_login_throttle"] = LoginThrottle()
+
     @app.post("/login")
     def login_post():
         username = str(request.form.get("username", ""))[:64]
+        address = request.remote_addr or "-"
+        wait = throttle.retry_after(address)
+        if wait > 0:   # no password check, no audit entry: a script's flood would fill the trail
+            log.warning("login from %s refused without a password check: %d refused logins in %.0f s",
+                        address, throttle.limit, throttle.window)
+            page = render_template("login.html", csrf=g.sess.csrf_token, username=username,
+                                   next=_safe_next(request.form.get("next")),
+                                   error=f"too many refused logins from this address; try again in {math.ceil(wait)} s")
+            return page, 429, {"Retry-After": str(math.ceil(wait))}
         password = PasswordEntry(str(request.form.get("password", "")))   # verified once, even if retried
 
         def attempt(db):
@@ -155,6 +170,7 @@ def create_app(service: ReviewService) -> Flask:
 
         token, problem = transaction(factory, attempt)
         if token is None:
+            throttle.failed(address)
             return render_template("login.html", csrf=g.sess.csrf_token, error=problem, username=username,
                                    next=_safe_next(request.form.get("next"))), 401
         g.new_token = token
