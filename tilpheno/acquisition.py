@@ -25,14 +25,18 @@ well as steps:
    "time units", not seconds (the test itself needs no unit).
 3. **Signal.** Every scatter and fluorescence channel is put on a logicle scale (T = the channel's
    ``$PnR`` or its largest value, W = 0.5, M = 4.5, A = 0; 1.0 = top of scale, 0.01 ~ 2.3 % of
-   intensity near the top), and per bin the ``quantiles`` (default the 10th, 50th and 90th
-   percentiles: the dim end, the main population and the bright one) are taken: one series per
-   channel and quantile. The 10th percentile is where debris shows: small, dim events making up a
-   share ``f`` of a bin move its median to the clean events' ``(0.5 - f) / (1 - f)`` quantile
-   (within the noise for a 15 % burst of a real file) but take its 10th percentile down to the
-   debris once ``f`` reaches 10 %, as flowCut's low order statistics do (with the 50th and 90th
-   alone a 20 % debris burst was found in 9 % of simulated and 18 % of real host files,
-   ``benchmarks/bench_acquisition_faults.py``). Their
+   intensity near the top), and per bin the ``quantiles`` (default the 50th and 90th percentiles:
+   the main population and the bright one) are taken, and on the scatter channels (FSC*, SSC*) the
+   ``scatter_quantiles`` too (default the 10th: the small end): one series per channel and quantile.
+   The scatter 10th percentile is where debris shows: small events making up a share ``f`` of a bin
+   move its median to the clean events' ``(0.5 - f) / (1 - f)`` quantile (within the noise for a
+   15 % burst of a real file) but take its 10th percentile down to the debris once ``f`` reaches
+   10 %, as flowCut's low order statistics do (with the 50th and 90th alone a 20 % debris burst was
+   found in 9 % of simulated and 18 % of real host files, ``benchmarks/bench_acquisition_faults.py``).
+   It is not taken on fluorescence channels: a dim population's signal there may creep up slowly
+   over a real acquisition (the mouse FlowSOM file's PE-A 10th percentile rises 0.17 logicle units
+   over the file, its scatter stays flat), which is neither debris nor a fault, and a 10th
+   percentile of all channels removed half of that file. Their
    sampling noise is also taken from each bin's two halves (even and odd events):
    ``sqrt(mean((q_even - q_odd)^2)) / 2``, and from the spread of each bin's values around the
    quantile, ``(Q(q + 3h) - Q(q - 3h)) / 6`` with ``h = sqrt(q (1 - q) / events per bin)`` (median
@@ -109,6 +113,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from tilpheno.panel import is_scatter_or_time
+
 MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
 SMALL_FILE_BINS = 25    # a small file's bins are made smaller so that it has this many (at least MIN_EVENTS_PER_BIN each)
@@ -128,7 +134,8 @@ class AcquisitionSettings:
     max_bins: int = 500
     min_bins: int = 8
     max_signal_events: int = 30_000
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    quantiles: tuple[float, ...] = (0.5, 0.9)
+    scatter_quantiles: tuple[float, ...] = (0.1,)
     t_crit: float = 7.0
     min_shift: float = 0.01
     max_drift: float = 0.05
@@ -176,10 +183,10 @@ def _check_setting(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"remove_margin_events: must be true or false, got {value!r}")
         return value
-    if key == "quantiles":
-        if (not isinstance(value, (list, tuple)) or not value
+    if key in ("quantiles", "scatter_quantiles"):
+        if (not isinstance(value, (list, tuple)) or (not value and key == "quantiles")
                 or not all(isinstance(q, (int, float)) and not isinstance(q, bool) and 0 < q < 1 for q in value)):
-            raise ValueError(f"quantiles: must be a list of numbers between 0 and 1, got {value!r}")
+            raise ValueError(f"{key}: must be a list of numbers between 0 and 1, got {value!r}")
         return tuple(float(q) for q in value)
     kind, low, high = _RANGES[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
@@ -642,15 +649,17 @@ def check_acquisition(
         top = ranges[j] if ranges[j] > 1 else float(np.nanmax(np.abs(events[:, j])))
         _qc_logicle(top).apply(row, out=row)
     scaled = block.astype(np.float32)
-    per_bins = _bin_quantiles(scaled, n_bins, per_bin_sampled, settings.quantiles)     # quantile x channel x bin
-    noises = np.fmax(_split_half_noise(scaled, n_bins, per_bin_sampled, settings.quantiles),   # quantile x channel
-                     _spacing_noise(scaled, n_bins, per_bin_sampled, settings.quantiles))
+    per_bins, noises = _quantile_series(scaled, n_bins, per_bin_sampled, settings.quantiles)   # quantile x channel (x bin)
+    scatter = [k for k, c in enumerate(signal_channels) if is_scatter_or_time(c)] if settings.scatter_quantiles else []
+    low_bins, low_noises = _quantile_series(scaled[scatter], n_bins, per_bin_sampled, settings.scatter_quantiles)
     # the stretch every series checked so far calls good (event bins without a rate-anomalous event):
     # each series' reference is taken within it, so that all series agree on the file's stable stretch
     stable = np.bincount(bin_of_event[rate_bad_events], minlength=n_bins) == 0
     for k, c in enumerate(signal_channels):
-        per_bin = per_bins[:, k, :].T
-        noise = noises[:, k]
+        per_bin, noise = per_bins[:, k, :].T, noises[:, k]
+        if k in scatter:   # the scatter channels' low quantiles after their others
+            per_bin = np.hstack([per_bin, low_bins[:, scatter.index(k), :].T])
+            noise = np.concatenate([noise, low_noises[:, scatter.index(k)]])
         medians[c] = per_bin[:, 0] if 0.5 not in settings.quantiles else per_bin[:, settings.quantiles.index(0.5)]
         channel_bad = np.zeros(n_bins, dtype=bool)
         for q in range(per_bin.shape[1]):
@@ -685,6 +694,14 @@ def check_acquisition(
         findings.append(Finding("acquisition_removed_pct", "warning",
                                 f"{result.removed_pct:.1f}% of events {verb} by acquisition QC (> {settings.max_removed_pct:g}%)"))
     return result
+
+
+def _quantile_series(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The channels' (rows of ``values``) per-bin ``quantiles`` (quantile x channel x bin) and each
+    series' sampling noise (quantile x channel: the larger of :func:`_split_half_noise` and
+    :func:`_spacing_noise`)."""
+    noise = np.fmax(_split_half_noise(values, n_bins, width, quantiles), _spacing_noise(values, n_bins, width, quantiles))
+    return _bin_quantiles(values, n_bins, width, quantiles), noise
 
 
 def _split_half_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
