@@ -33,7 +33,6 @@ by a program and never calculated, is one).
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import os
@@ -45,8 +44,9 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
-from tilpheno.io.files import column_separator, decimal_comma, display_name
-from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows
+from tilpheno.io.files import decimal_comma, display_name
+from tilpheno.io.workbook import (header_at, refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows, table_frame,
+                                  text_rows, workbook_table)
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -240,10 +240,6 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
 # --------------------------------------------------------------------------- reading a manifest
 
 
-Rows = list[tuple[int, list[str]]]
-"""A table's non-empty rows as ``(line, cells)``: the line of a text file, or a sheet's row."""
-
-
 def _read_table(path: Path) -> pd.DataFrame:
     """The manifest's cells as text; index = the line of the file (a sheet's row).
 
@@ -268,8 +264,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     separator = ","
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm"):
-            sheet, rows = _workbook_table(path, sheet_rows(data))
-            header_line = _header_at(rows)
+            sheet, rows = workbook_table(sheet_rows(data), COLUMNS[:4], "a manifest", str(path))
+            header_line = header_at(rows, COLUMNS[:4])
 
             def locate(row: int, column: str | None) -> str:
                 return f"{path}: row {row - header_line} (line {row}), column '{column}'"
@@ -280,11 +276,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             if b"\x00" in data[:4096]:
                 raise TableError(f"{path}: not a CSV text file (binary content)")
             text = data.decode("utf-8-sig", errors="surrogateescape")
-            lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-            header_line = _header_at([(i, _cells(line, column_separator(line))) for i, line in lines])
-            separator = column_separator(dict(lines).get(header_line, ""))
-            reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=True)
-            rows = [(reader.line_num, cells) for cells in reader]
+            header_line, separator, rows = text_rows(text, COLUMNS[:4])
     except TableError:
         raise
     except (ValueError, KeyError, csv.Error, OSError, zipfile.BadZipFile) as exc:
@@ -292,75 +284,13 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
     from tilpheno.io.csvcells import restore_frame
 
-    frame = restore_frame(_frame(path, rows, header_line))   # `tilpheno scan -o` neutralised cells
+    def where(line: int) -> str:
+        return f"{path}: line {line}" if line == header_line else f"{path}: row {line - header_line} (line {line})"
+
+    frame = restore_frame(table_frame(rows, header_line, where, COLUMNS))   # `tilpheno scan -o` neutralised cells
     frame.attrs["decimal_comma"] = separator == ";"
     frame.attrs["header_line"] = header_line
     return frame
-
-
-def _cells(line: str, separator: str) -> list[str]:
-    """The cells of one line of a CSV text."""
-    return next(csv.reader([line], delimiter=separator, skipinitialspace=True), [])
-
-
-def _named(cells: list[str]) -> int:
-    """How many of the required columns (``COLUMNS[:4]``, case and blanks ignored) ``cells`` names."""
-    return len({str(c).strip().lower() for c in cells} & set(COLUMNS[:4]))
-
-
-def _header_at(rows: Rows) -> int:
-    """The line of the header among ``rows`` (``(line, cells)``): the first naming all required
-    columns, else the first naming the most (at least one), else the first non-blank row (1 if none)."""
-    filled = [(line, cells) for line, cells in rows if any(str(c).strip() for c in cells)]
-    best = max(filled, key=lambda r: _named(r[1]), default=(1, []))
-    return best[0] if _named(best[1]) else next(iter(filled), (1, []))[0]
-
-
-def _workbook_table(path: Path, sheets: list[tuple[str, Rows]]) -> tuple[str, Rows]:
-    """``(title, rows)`` of the sheet holding the manifest: the one whose header names all required
-    columns (TableError when several do), else the first naming the most of them, else the first
-    sheet that is not empty."""
-    def named(sheet: tuple[str, Rows]) -> tuple[int, bool]:
-        return max((_named(cells) for _, cells in sheet[1]), default=0), bool(sheet[1])
-
-    full = [title for title, rows in sheets if named((title, rows))[0] == len(COLUMNS[:4])]
-    if len(full) > 1:
-        raise TableError(f"{path}: sheets {', '.join(map(repr, full))} each hold a manifest table "
-                         "(file, product_id, tube, role); keep one sheet's table or combine them")
-    return max(sheets, key=named)
-
-
-def _frame(path: Path, rows: Rows, header_line: int) -> pd.DataFrame:
-    """The rows below ``header_line`` as a frame of text, named by the header (the required
-    columns lower-cased), index = line; blank rows dropped. A column named twice, or a row with
-    more filled cells than the header has names, is a TableError."""
-    header = next((cells for line, cells in rows if line == header_line), [])
-    names = [str(c).strip().lower() if str(c).strip().lower() in COLUMNS else str(c).strip() for c in header]
-    names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            first, second = (_column_letter(j) for j in (names.index(name), i))
-            raise TableError(f"{path}: line {header_line}: column {name!r} appears twice (columns {first} and "
-                             f"{second}); keep one, or rename the other")
-    body = []
-    for line, cells in rows:
-        if line <= header_line or not any(str(c).strip() for c in cells):
-            continue
-        if any(str(c).strip() for c in cells[len(names):]):
-            raise TableError(f"{path}: row {line - header_line} (line {line}): {len(cells)} cells, the header names "
-                             f"{len(names)} columns (a separator inside a value must be quoted)")
-        body.append((line, [*cells[:len(names)], *[""] * (len(names) - len(cells))]))
-    return pd.DataFrame([cells for _, cells in body], columns=names, index=[line for line, _ in body], dtype=object)
-
-
-def _column_letter(index: int) -> str:
-    """The spreadsheet letter of the 0-based column ``index`` (0 -> A, 26 -> AA)."""
-    letters = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        letters = chr(ord("A") + rest) + letters
-    return letters
 
 
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,

@@ -1,11 +1,22 @@
-"""Excel workbooks read as tables (the outcomes table, a manifest): their sheets' cells as text
-(with merged cells filled) and checks shared by their readers."""
+"""Tables typed by hand in Excel (the outcomes table, a manifest), read as a spreadsheet shows
+them: a workbook's sheets' cells (with merged cells filled) or a CSV text's lines, the table's
+header found by the columns it must have (a title or blank lines above it skipped; in a workbook,
+on the one sheet holding such a header), and checks shared by their readers.
+
+Rows are numbered as the file numbers them: a sheet's row, a text file's line (1-based)."""
 from __future__ import annotations
 
+import csv
 import io
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import pandas as pd
 
 from tilpheno.errors import TableError
+from tilpheno.io.files import column_separator
+
+Rows = list[tuple[int, list[Any]]]
+"""A table's rows as ``(line, cells)``: the line of a text file, or a sheet's row."""
 
 
 def _sheet_cells(data: bytes, *, data_only: bool, sheet: str | None = None,
@@ -30,11 +41,12 @@ def _sheet_cells(data: bytes, *, data_only: bool, sheet: str | None = None,
         book.close()
 
 
-def sheet_rows(data: bytes) -> list[tuple[str, list[tuple[int, list[str]]]]]:
-    """Every sheet of the workbook as ``(title, [(sheet row, cell texts)])`` (saved values), with
+def sheet_values(data: bytes) -> list[tuple[str, Rows]]:
+    """Every sheet of the workbook as ``(title, [(sheet row, cell values)])`` (saved values), with
     each merged range's value in all of its cells (as Excel shows it: a product id merged down
-    over its tubes' rows belongs to each row). Texts as ``pandas.read_excel(dtype=str)`` gives
-    them: an empty cell ``''``, a whole number without ``.0``."""
+    over its tubes' rows belongs to each row). Values as ``pandas.read_excel(dtype=object)`` gives
+    them (a date a ``datetime``, a whole number an ``int``), an empty cell ``''``; rows with no
+    value are left out, every row has the sheet's width."""
     import openpyxl
 
     book = openpyxl.load_workbook(io.BytesIO(data), data_only=True)
@@ -48,19 +60,107 @@ def sheet_rows(data: bytes) -> list[tuple[str, list[tuple[int, list[str]]]]]:
                     values.update(dict.fromkeys(merged.cells, top))
             width = max((column for _, column in values), default=0)
             rows = sorted({row for row, _ in values})
-            sheets.append((sheet.title, [(r, [_text(values.get((r, c))) for c in range(1, width + 1)]) for r in rows]))
+            sheets.append((sheet.title, [(r, [_value(values.get((r, c))) for c in range(1, width + 1)]) for r in rows]))
         return sheets
     finally:
         book.close()
 
 
-def _text(value: Any) -> str:
-    """A cell value as text: ``''`` for an empty cell, ``7`` for the number 7.0."""
+def sheet_rows(data: bytes) -> list[tuple[str, Rows]]:
+    """:func:`sheet_values` as text, as ``pandas.read_excel(dtype=str)`` gives it: an empty cell
+    ``''``, a whole number without ``.0``."""
+    return [(title, [(r, [str(v) for v in cells]) for r, cells in rows]) for title, rows in sheet_values(data)]
+
+
+def _value(value: Any) -> Any:
+    """A cell value: ``''`` for an empty cell, ``7`` for the number 7.0."""
     if value is None:
         return ""
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+        return int(value)
+    return value
+
+
+def text_rows(text: str, required: Sequence[str]) -> tuple[int, str, Rows]:
+    """``(header line, separator, rows)`` of a CSV text: the header is found by :func:`header_at`
+    among the lines (each split at its own separator, so a title line does not decide); the cells
+    are separated by the header line's separator (:func:`tilpheno.io.files.column_separator`:
+    commas, else semicolons or tabs). A row's line is the line its record ends on."""
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    header_line = header_at([(i, _cells(line, column_separator(line))) for i, line in lines], required)
+    separator = column_separator(dict(lines).get(header_line, ""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=True)
+    return header_line, separator, [(reader.line_num, cells) for cells in reader]
+
+
+def _cells(line: str, separator: str) -> list[str]:
+    """The cells of one line of a CSV text."""
+    return next(csv.reader([line], delimiter=separator, skipinitialspace=True), [])
+
+
+def _named(cells: list[Any], required: Sequence[str]) -> int:
+    """How many of the ``required`` columns (case and blanks ignored) ``cells`` names."""
+    return len({str(c).strip().lower() for c in cells} & {c.lower() for c in required})
+
+
+def header_at(rows: Rows, required: Sequence[str]) -> int:
+    """The line of the header among ``rows`` (``(line, cells)``): the first naming all ``required``
+    columns (case and blanks ignored), else the first naming the most (at least one), else the
+    first non-blank row (1 if none)."""
+    filled = [(line, cells) for line, cells in rows if any(str(c).strip() for c in cells)]
+    best = max(filled, key=lambda r: _named(r[1], required), default=(1, []))
+    return best[0] if _named(best[1], required) else next(iter(filled), (1, []))[0]
+
+
+def workbook_table(sheets: list[tuple[str, Rows]], required: Sequence[str], what: str,
+                   source: str) -> tuple[str, Rows]:
+    """``(title, rows)`` of the sheet holding the table: the one whose header names all
+    ``required`` columns (TableError naming the sheets when several do: ``<source>: sheets 'A',
+    'B' each hold a <what> table (<required>)``), else the first naming the most of them, else the
+    first sheet that is not empty."""
+    def named(sheet: tuple[str, Rows]) -> tuple[int, bool]:
+        return max((_named(cells, required) for _, cells in sheet[1]), default=0), bool(sheet[1])
+
+    full = [title for title, rows in sheets if named((title, rows))[0] == len(required)]
+    if len(full) > 1:
+        raise TableError(f"{source}: sheets {', '.join(map(repr, full))} each hold {what} table "
+                         f"({', '.join(required)}); keep one sheet's table or combine them")
+    return max(sheets, key=named)
+
+
+def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = ()) -> pd.DataFrame:
+    """The rows below ``header_line`` as a frame of cells (``object``), named by the header
+    (stripped; a name in ``lower`` written in any case is lower-cased; an empty one ``Unnamed: i``,
+    ``i`` the 0-based column), index = line; rows whose every cell is blank are dropped. A column
+    named twice, or a row with more filled cells than the header has names, is a TableError whose
+    message starts with ``where(line)``."""
+    header = next((cells for line, cells in rows if line == header_line), [])
+    names = [str(c).strip().lower() if str(c).strip().lower() in lower else str(c).strip() for c in header]
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first, second = (_column_letter(j) for j in (names.index(name), i))
+            raise TableError(f"{where(header_line)}: column {name!r} appears twice (columns {first} and {second}); "
+                             "keep one, or rename the other")
+    body = []
+    for line, cells in rows:
+        if line <= header_line or not any(str(c).strip() for c in cells):
+            continue
+        if any(str(c).strip() for c in cells[len(names):]):
+            raise TableError(f"{where(line)}: {len(cells)} cells, the header names {len(names)} columns (a "
+                             "separator inside a value must be quoted)")
+        body.append((line, [*cells[:len(names)], *[""] * (len(names) - len(cells))]))
+    return pd.DataFrame([cells for _, cells in body], columns=names, index=[line for line, _ in body], dtype=object)
+
+
+def _column_letter(index: int) -> str:
+    """The spreadsheet letter of the 0-based column ``index`` (0 -> A, 26 -> AA)."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
 
 
 def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str], *, sheet: str | None = None,
