@@ -10,6 +10,7 @@ import pytest
 
 from tilpheno.errors import TableError
 from tilpheno.io.outcomes import read_outcomes
+from test_manifest import _book
 
 HEADER = "patient_id,product_id,til_dose_cells,best_response,pfs_months,pfs_event,os_months,os_event,age,sex"
 ROWS = [
@@ -316,3 +317,95 @@ def test_response_months_blank_without_response(tmp_path):
     rows = [f"{r},{c}" for r, c in zip(ROWS, ("2.5", "", "NA"))]
     got = read_outcomes(write(tmp_path, rows, HEADER + ",response_months")).response_months
     assert got.iloc[0] == 2.5 and got.iloc[1:].isna().all() and got.dtype == float
+
+
+def _typed(row: str) -> list:
+    """One of ROWS as Excel stores it (numbers as numbers)."""
+    cells = row.split(",")
+    return [*cells[:2], float(cells[2]), cells[3], *map(float, cells[4:9]), cells[9]]
+
+
+TABLE = [HEADER.split(","), *map(_typed, ROWS)]
+
+
+def test_title_and_blank_lines_above_the_header(tmp_path):
+    """A title line (and a blank line) above the header: the CSV was 'not a valid CSV table (Error
+    tokenizing data ...)', the .xlsx 'row 1: missing required column(s) ... (found: Outcomes 2026,
+    Unnamed: 1, ...)' -> the header is found by the required columns; rows are still named by the
+    file's line / sheet row."""
+    truth = read_outcomes(write(tmp_path))
+    title = write(tmp_path, ["", HEADER, *ROWS], "Outcomes 2026 (cohort A)", "title.csv")
+    titled = (tmp_path / "title.csv").read_text().replace("\n\n", "\n\n\n", 1)
+    title.write_text(titled)
+    pd.testing.assert_frame_equal(read_outcomes(title), truth)
+    book = _book(tmp_path / "title.xlsx", {"Patients": [["Outcomes 2026"], [], *TABLE]})
+    pd.testing.assert_frame_equal(read_outcomes(book), truth, check_dtype=False)
+    title.write_text(titled.replace(",CR,", ",XX,"))
+    assert error_of(title).startswith(f"{title}: row 7, column 'best_response': unknown response code 'XX'")
+
+
+def test_table_on_a_later_sheet(tmp_path):
+    """The table on sheet 2 behind an instructions sheet was 'the table has no rows' -> the sheet
+    holding the table is read, its workbook checks (ids shown otherwise than stored) look at that
+    sheet below its header; two sheets holding a table are refused."""
+    truth = read_outcomes(write(tmp_path))
+    notes = [["Fill in one row per patient on the sheet 'Patients'"], ["best_response: CR, PR, SD, PD or NE"]]
+    book = _book(tmp_path / "o.xlsx", {"Read me": notes, "Patients": [["Cohort A"], *TABLE]})
+    pd.testing.assert_frame_equal(read_outcomes(book), truth, check_dtype=False)
+    import openpyxl
+
+    edited = openpyxl.load_workbook(book)
+    edited["Patients"]["A4"].value, edited["Patients"]["A4"].number_format = 7, "000"
+    edited.save(book)
+    assert error_of(book).startswith(f"{book}: row 4, column 'patient_id': sheet 'Patients' cell A4 is the number 7 "
+                                     "shown with the format '000'")
+    two = _book(tmp_path / "two.xlsx", {"Cohort A": TABLE, "Cohort B": TABLE})
+    assert "sheets 'Cohort A', 'Cohort B' each hold an outcomes table" in error_of(two)
+
+
+def test_merged_cells_read_as_excel_shows_them(tmp_path):
+    """A covariate merged down over patients' rows ('M' for rows 2-4) was read as 'M' then two empty
+    cells -> every row reads the merged value, as Excel shows it."""
+    rows = [row.replace(",F", ",M") for row in ROWS]
+    truth = read_outcomes(write(tmp_path, rows))
+    merged = [TABLE[0], *[_typed(row)[:9] + ([row.split(",")[9]] if i == 0 else [None]) for i, row in enumerate(rows)]]
+    book = _book(tmp_path / "m.xlsx", {"Sheet": merged}, {"Sheet": ["J2:J4"]})
+    pd.testing.assert_frame_equal(read_outcomes(book), truth, check_dtype=False)
+    assert read_outcomes(book).sex.tolist() == ["M", "M", "M"]
+
+
+@pytest.mark.parametrize("name", ["o.csv", "o.xlsx"])
+def test_column_named_twice_is_refused(tmp_path, name):
+    """Two 'os_months' columns: the second was silently renamed 'os_months.1' (a covariate) and the
+    first used -> refused naming both columns."""
+    header, rows = f"{HEADER},os_months", [f"{row},99" for row in ROWS]
+    path = write(tmp_path, rows, header, name)
+    if name.endswith(".xlsx"):
+        path = _book(path, {"Sheet": [header.split(","), *[[*_typed(row), 99.0] for row in ROWS]]})
+    assert error_of(path).startswith(f"{path}: row 1: column 'os_months' appears twice (columns G and K)")
+
+
+def test_csv_row_longer_than_its_header_is_refused(tmp_path):
+    """An unquoted comma in a cell gave the first row one cell more than the header: pandas took its
+    patient id as the row label and shifted every cell ('unknown response code '5.5'') -> refused."""
+    path = write(tmp_path, [ROWS[0].replace(",M", ",M, Smith"), *ROWS[1:]])
+    assert error_of(path).startswith(f"{path}: row 2: 11 cells, the header names 10 columns")
+
+
+def test_windows_1252_csv(tmp_path):
+    """Excel on Windows saves 'CSV (Comma delimited)' in cp1252 ('é', the title's '–'): read as
+    written. Bytes that are not cp1252 either (0x81, another encoding) were silently read as '\ufffd'
+    (an id matching nothing) -> refused saying to save as CSV UTF-8."""
+    text = "\n".join(["Suivi – été 2026", HEADER, *[row.replace("P1", "Pé1") for row in ROWS]]) + "\n"
+    path = tmp_path / "o.csv"
+    path.write_bytes(text.encode("cp1252"))
+    assert read_outcomes(path).patient_id.tolist() == ["Pé1", "P2", "P3"]
+    path.write_bytes(text.encode("cp1252").replace(b"P\xe91", b"P\x811"))
+    msg = error_of(path)
+    assert "byte 0x81" in msg and "neither UTF-8 nor Windows-1252" in msg and "CSV UTF-8" in msg, msg
+
+
+def test_old_xls_workbook_says_to_save_as_xlsx(tmp_path):
+    path = tmp_path / "o.xls"
+    path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))
+    assert "old Excel .xls workbooks are not read; save it as .xlsx or CSV UTF-8" in error_of(path)

@@ -3,9 +3,17 @@
 One row per patient: ``patient_id, product_id, til_dose_cells, best_response, pfs_months,
 pfs_event, os_months, os_event`` plus any covariates (age, sex, ecog, ...).
 
+The table is found as a lab types it (:mod:`tilpheno.io.workbook`, shared with the manifest): its
+header is the row naming the required columns, below any title or blank lines; in a workbook, on
+the one sheet holding such a header (an instructions sheet before it is skipped), with merged
+cells read as Excel shows them.
+
 Every problem raises :class:`tilpheno.errors.TableError` naming the file, the row (as a
-spreadsheet shows it: the header is row 1, the first patient row 2) and the column:
-an empty file, a file that is neither CSV nor Excel, missing required columns, missing or
+spreadsheet shows it: the sheet's row, the text file's line; without a title the header is row 1,
+the first patient row 2) and the column:
+an empty file, a file that is neither CSV nor Excel (an old .xls workbook), text neither UTF-8 nor
+Windows-1252, two sheets holding a table, a column named twice, a CSV row longer than the header,
+missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
 codes, non-numeric doses, dates where a number belongs, columns mixing numbers with text, and
 formula cells of a workbook never calculated (written by a script: no saved values).
@@ -32,16 +40,17 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import io
 import re
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
-from tilpheno.io.files import DECIMAL_COMMA_RE, column_separator, decimal_comma
-from tilpheno.io.workbook import refuse_display_only_ids, refuse_unsaved_formulas
+from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
+from tilpheno.io.workbook import (header_at, refuse_display_only_ids, refuse_unsaved_formulas, sheet_values, table_frame,
+                                  text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -69,12 +78,19 @@ def _where(source: str, row: int | None = None, column: str | None = None) -> st
     return f"{source}: {', '.join(where)}" if where else source
 
 
-def _fail(source: str, problem: str, row: int | None = None, column: str | None = None):
+def _fail(source: str, problem: str, row: int | None = None, column: str | None = None) -> NoReturn:
     raise TableError(f"{_where(source, row, column)}: {problem}")
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
-    """The table as text cells (Excel dates kept as datetime objects), row labels = sheet rows."""
+    """The table's cells (text; a workbook's values as ``pandas.read_excel(dtype=object)`` gives
+    them, dates as datetime objects), index = sheet row / line, ``attrs["header_line"]``.
+
+    The header is the first row naming all required columns (case and blanks ignored; else the
+    one naming the most): a title or blank lines above it are skipped. A workbook's table is on the
+    one sheet with such a header (an instructions sheet before it is skipped, two sheets with one
+    are refused), merged cells read as Excel shows them. A column named twice, or a text row with
+    more cells than the header, is refused (:func:`tilpheno.io.workbook.table_frame`)."""
     source = str(path)
     if not path.is_file():
         _fail(source, "not a file" if path.exists() else "file not found")
@@ -86,43 +102,56 @@ def _read_raw(path: Path) -> pd.DataFrame:
     data = path.read_bytes()
     if data[:4] == b"PK\x03\x04" or path.suffix.lower() in EXCEL_SUFFIXES:
         try:
-            frame = pd.read_excel(io.BytesIO(data), sheet_name=0, dtype=object, header=0, engine="openpyxl")
+            sheets = sheet_values(data)
         except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
             _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
-        refuse_unsaved_formulas(data, lambda row, column: _where(source, row, column))
-        refuse_display_only_ids(data, ID_COLUMNS, lambda row, column: _where(source, row, column))
+        sheet, rows = workbook_table(sheets, REQUIRED, "an outcomes", source)
+        header_line, separator = header_at(rows, REQUIRED), ""
+        refuse_unsaved_formulas(data, lambda row, column: _where(source, row, column), sheet=sheet,
+                                header_row=header_line)
+        refuse_display_only_ids(data, ID_COLUMNS, lambda row, column: _where(source, row, column), sheet=sheet,
+                                header_row=header_line)
     else:
+        if path.suffix.lower() == ".xls":
+            _fail(source, "not a CSV or Excel (.xlsx) file: old Excel .xls workbooks are not read; save it as .xlsx "
+                          "or CSV UTF-8")
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")   # Excel's "Unicode Text (*.txt)": UTF-16 with a BOM
-        if (b"\x00" in data[:65536] and not utf16) or path.suffix.lower() == ".xls":
+        if b"\x00" in data[:65536] and not utf16:
             _fail(source, "not a CSV or Excel (.xlsx) file")
-        try:
-            text = data.decode("utf-16" if utf16 else "utf-8-sig")
-        except UnicodeDecodeError:
-            if utf16:
-                _fail(source, "not a readable UTF-16 text file")
-            text = data.decode("cp1252", errors="replace")
+        text = _decoded(data, utf16, source)
         if not text.strip():
             _fail(source, "the file is empty")
-        first = text.lstrip().splitlines()[0]
-        sep = column_separator(first)
         try:
-            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                                skip_blank_lines=False, quoting=csv.QUOTE_MINIMAL)
-        except (pd.errors.ParserError, csv.Error) as exc:
+            header_line, separator, rows = text_rows(text, REQUIRED)
+        except csv.Error as exc:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
-        except pd.errors.EmptyDataError:
-            _fail(source, "the file is empty")
-        if sep == ";":   # European Excel: the comma is the decimal mark (ids are kept as written)
-            for col in frame.columns:
-                if str(col).strip() not in ID_COLUMNS:
-                    frame[col] = frame[col].map(decimal_comma)
-        elif sep == "\t":
-            for col in frame.columns:
-                if str(col).strip() not in ID_COLUMNS:
-                    frame[col] = _tab_commas(frame[col], source, str(col).strip())
-    frame.index = np.arange(2, len(frame) + 2)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = table_frame(rows, header_line, lambda line: _where(source, line))
+    if separator == ";":   # European Excel: the comma is the decimal mark (ids are kept as written)
+        for col in frame.columns:
+            if col not in ID_COLUMNS:
+                frame[col] = frame[col].map(decimal_comma)
+    elif separator == "\t":
+        for col in frame.columns:
+            if col not in ID_COLUMNS:
+                frame[col] = _tab_commas(frame[col], source, col)
+    frame.attrs["header_line"] = header_line
     return frame
+
+
+def _decoded(data: bytes, utf16: bool, source: str) -> str:
+    """The text of a CSV file: UTF-16 when it starts with its BOM, else UTF-8 (BOM optional), else
+    Windows-1252 (Excel's 'CSV (Comma delimited)' on Windows); bytes that are none of them
+    (another encoding, whose ids would be read as other ids) are refused."""
+    try:
+        return data.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError:
+        if utf16:
+            _fail(source, "not a readable UTF-16 text file")
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError as exc:
+        _fail(source, f"byte 0x{data[exc.start]:02x} at offset {exc.start} is neither UTF-8 nor Windows-1252 text; "
+                      "save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
 
 
 def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
@@ -214,13 +243,13 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
         _fail(source, "the table has no rows")
     dupcols = [c for c in raw.columns[raw.columns.duplicated()]]
     if dupcols:
-        _fail(source, "column appears more than once", 1, dupcols[0])
+        _fail(source, "column appears more than once", raw.attrs.get("header_line", 1), dupcols[0])
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
         extra = [c for c in raw.columns if c not in REQUIRED]
         hints = "".join(did_you_mean(m, extra) for m in missing[:1])
         _fail(source, f"missing required column(s): {', '.join(missing)}{hints} "
-                      f"(found: {', '.join(map(str, raw.columns))})", 1)
+                      f"(found: {', '.join(map(str, raw.columns))})", raw.attrs.get("header_line", 1))
     blank = raw.map(lambda v: _cell_text(v) == "").all(axis=1)
     raw = raw.loc[~blank]
     if raw.empty:
@@ -301,7 +330,8 @@ def read_outcomes(path) -> pd.DataFrame:
     """Read and validate an outcomes table (CSV, tab- or semicolon-separated text, or .xlsx).
 
     Text is UTF-8 (with or without a BOM), UTF-16 with a BOM (Excel's "Unicode Text") or, failing
-    both, Windows-1252.
+    both, Windows-1252 (other bytes are refused). A title above the header, the table on a later
+    sheet and merged cells are read as a spreadsheet shows them (see :func:`_read_raw`).
 
     Returns one row per patient with typed columns (ids and codes as text, times and doses as
     floats, events as int, covariates numeric or text) and a default RangeIndex.
