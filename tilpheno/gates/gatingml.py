@@ -10,7 +10,8 @@ Conventions (Gating-ML 2.0 specification, ISAC 2013):
 - ``compensation-ref``: ``uncompensated``; ``FCS`` = the file's own ``$SPILLOVER`` (a file without
   one is used uncompensated, as the Gating-ML compliance tests expect); or the id of a
   ``spectrumMatrix`` (rows = fluorochromes, columns = detectors, ``raw = true @ S``, so
-  ``true = raw @ pinv(S)``; a dimension then names a fluorochrome, or a channel the matrix
+  ``true = raw @ pinv(S)``; a dimension then names a fluorochrome, a detector of a square matrix
+  (its compensated value, i.e. its fluorochrome's, as FlowKit reads it), or a channel the matrix
   leaves alone). ``matrix-inverted-already="true"`` means the coefficients are already ``pinv(S)``.
 - Scale transformations, applied after compensation:
   ``flin = (x + A) / (T + A)``; ``flog = log10(x / T) / M + 1`` (NaN / -inf for x <= 0, so
@@ -485,6 +486,24 @@ def _check_references(doc: GatingMLDocument) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
+_NO_COLUMN = -1
+
+
+def _matrix_columns(channels: Sequence[str], m: SpectrumMatrix) -> dict[str, int]:
+    """Column of each name in ``[channels..., unmixed fluorochromes...]`` under spectrumMatrix ``m``.
+
+    A fluorochrome names its unmixed column. A detector of a square matrix names the compensated
+    value of its fluorochrome (row j's primary detector is column j, as with ``$SPILLOVER``, and as
+    FlowKit reads it); a detector of a non-square (spectral) matrix has no compensated value
+    (``_NO_COLUMN``). A channel the matrix leaves alone (FSC, Time) names its raw column.
+    """
+    names = {n: i for i, n in enumerate(channels)}
+    square = len(m.fluorochromes) == len(m.detectors)
+    names.update({d: len(channels) + j if square else _NO_COLUMN for j, d in enumerate(m.detectors)})
+    names.update({f: len(channels) + i for i, f in enumerate(m.fluorochromes)})
+    return names
+
+
 class _Values:
     """Lazily compensated event values per compensation reference, looked up by name."""
 
@@ -509,14 +528,17 @@ class _Values:
                     raise CompensationError(
                         f"{self.doc.source}: spectrumMatrix {ref!r} detector(s) {missing} are not among the file's channels {self.channels}")
                 unmixed = m.unmix(self.events[:, [self.index[d] for d in m.detectors]])
-                names = {n: i for i, n in enumerate(self.channels)}
                 table = np.column_stack([self.events, unmixed])
-                names.update({f: len(self.channels) + i for i, f in enumerate(m.fluorochromes)})
-                self._comp[ref] = (table, names)
+                self._comp[ref] = (table, _matrix_columns(self.channels, m))
         return self._comp[ref]
 
     def column(self, name: str, ref: str) -> np.ndarray:
         table, names = self._table(ref)
+        if names.get(name) == _NO_COLUMN:
+            m = self.doc.matrices[ref]
+            raise StrategyError(
+                f"{self.doc.source}: dimension {name!r} is a detector of the non-square spectrumMatrix {ref!r}, which "
+                f"unmixes detectors into fluorochromes {list(m.fluorochromes)}: name one of those fluorochromes")
         if name not in names:
             raise GatingError(f"{self.doc.source}: dimension {name!r} (compensation {ref!r}) is not among the file's channels {self.channels}")
         return table[:, names[name]]
