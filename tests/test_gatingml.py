@@ -198,3 +198,31 @@ def test_a_detector_of_a_spectral_matrix_is_refused_by_name():
     detector = parse_gatingml(_doc(matrix + RANGE.format(parent="", comp="Spec", tr="", name="FL2-H")))
     with pytest.raises(StrategyError, match=r"'FL2-H' is a detector of the non-square spectrumMatrix 'Spec'.*\['FITC', 'PE'\]"):
         apply_gatingml(detector, f.events, f.channel_names)
+
+
+RECT1 = (DATA / "gml" / "gml_rect1_gate.xml").read_text()
+
+
+@pytest.mark.parametrize("xml,named", [
+    # a Gating-ML 1.5 document: its gates were not found and 0 gates were applied without a word
+    (RECT1.replace("Gating-ML/v2.0/gating", "Gating-ML/v1.5/gating"), r"root element <Gating-ML> in namespace '\S*v1.5/gating'"),
+    # a FlowJo workspace given as --gatingml
+    ((Path(__file__).parent / "data" / "flowjo" / "simple_poly_and_rect.wsp").read_text(), "root element <Workspace>"),
+    # an element of the gating namespace that Gating-ML 2.0 does not define (a typo, a 1.5 gate type)
+    (RECT1.replace("gating:RectangleGate", "gating:RectangularGate"), r"element <RectangularGate> \(namespace '\S*v2.0/gating'\) in <Gating-ML>"),
+    # a Gating-ML gate in another namespace inside a wrapper element
+    (RECT1.replace("<gating:RectangleGate", '<sample><RectangleGate xmlns="urn:other"').replace("</gating:RectangleGate>", "</RectangleGate></sample>"),
+     r"element <RectangleGate> \(namespace 'urn:other'\) in <sample>"),
+])
+def test_elements_gatingml_2_does_not_define_are_named_not_skipped(xml, named):
+    with pytest.raises(StrategyError, match=named):
+        parse_gatingml(xml, source="doc.xml")
+
+
+def test_foreign_wrappers_and_custom_info_are_transparent():
+    """Metadata in other namespaces and custom_info content are ignored; gates inside a foreign
+    wrapper are read (gml_range_gate_attr_testing.xml wraps its gate in <sample>)."""
+    wrapped = RECT1.replace("<gating:RectangleGate", "<sample><author>me</author><gating:RectangleGate").replace(
+        "</gating:RectangleGate>", "</gating:RectangleGate></sample>")
+    wrapped = wrapped.replace("</gating:Gating-ML>", "<data-type:custom_info><anything><x/></anything></data-type:custom_info></gating:Gating-ML>")
+    assert list(parse_gatingml(wrapped).gates) == ["Rectangle1"]

@@ -261,18 +261,24 @@ def read_gatingml(path: str | Path) -> GatingMLDocument:
 
 
 def parse_gatingml(xml: str | bytes, source: str = "<string>") -> GatingMLDocument:
-    """Parse Gating-ML 2.0 text. Gates, transformations and matrices may be nested anywhere."""
+    """Parse Gating-ML 2.0 text (the content of ``custom_info`` elements is ignored).
+
+    StrategyError naming the element when the root is not ``<gating:Gating-ML>`` of version 2.0,
+    or an element is not one Gating-ML 2.0 defines (never silently skipped).
+    """
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise StrategyError(f"{source}: not well-formed XML ({exc})") from None
+    elements = _gatingml_elements(root, source)
     doc = GatingMLDocument(source)
-    for el in root.iter(_t("spectrumMatrix")):
-        m = _parse_matrix(el, source)
-        doc.matrices[m.id] = m
-    for el in root.iter(_t("transformation")):
-        tr = _parse_transformation(el, source)
-        doc.transforms[tr.id] = tr
+    for el in elements:
+        if el.tag == _t("spectrumMatrix"):
+            m = _parse_matrix(el, source)
+            doc.matrices[m.id] = m
+        elif el.tag == _t("transformation"):
+            tr = _parse_transformation(el, source)
+            doc.transforms[tr.id] = tr
     parsers = {
         _g("RectangleGate"): _parse_rectangle,
         _g("PolygonGate"): _parse_polygon,
@@ -280,7 +286,7 @@ def parse_gatingml(xml: str | bytes, source: str = "<string>") -> GatingMLDocume
         _g("QuadrantGate"): _parse_quadrant,
         _g("BooleanGate"): _parse_boolean,
     }
-    for el in root.iter():
+    for el in elements:
         if el.tag in parsers:
             gid = _attr(el, "id", source, required=True)
             if gid in doc.gates:
@@ -289,6 +295,53 @@ def parse_gatingml(xml: str | bytes, source: str = "<string>") -> GatingMLDocume
             doc.gates[gid] = GatingMLGate(gid, gate, dims, _attr(el, "parent_id", source), _attr(el, "name", source) or "")
     _check_references(doc)
     return doc
+
+
+_ELEMENTS = {   # every element the Gating-ML 2.0 schemas (gating, transformations, data-type) define
+    GATING_NS: {"Gating-ML", "RectangleGate", "PolygonGate", "EllipsoidGate", "QuadrantGate", "BooleanGate", "dimension",
+                "vertex", "coordinate", "mean", "covarianceMatrix", "row", "entry", "distanceSquare", "divider", "value",
+                "Quadrant", "position", "and", "or", "not", "gateReference"},
+    TRANSFORMS_NS: {"transformation", "flin", "flog", "fasinh", "logicle", "hyperlog", "fratio", "spectrumMatrix",
+                    "fluorochromes", "detectors", "spectrum", "coefficient"},
+    DATATYPE_NS: {"fcs-dimension", "new-dimension", "custom_info"},
+}
+
+
+def _qualified(tag: str) -> tuple[str, str]:
+    """(namespace, local name) of an ElementTree tag."""
+    return (tag[1:].split("}", 1)[0], _local(tag)) if tag.startswith("{") else ("", tag)
+
+
+def _gatingml_elements(root: ET.Element, source: str) -> list[ET.Element]:
+    """The document's Gating-ML elements below the root, in document order, without ``custom_info`` content.
+
+    Elements of other namespaces (``<author>``, a ``<sample>`` wrapper) are searched through but
+    not returned. StrategyError naming the root when it is not Gating-ML 2.0 (a 1.5 document, a
+    FlowJo workspace), or the first element that is in a Gating-ML 2.0 namespace but not defined
+    there (a typo, an unsupported gate type), or that has a Gating-ML element's name in another
+    namespace (a Gating-ML 1.5 gate, a gate without its prefix).
+    """
+    ns, local = _qualified(root.tag)
+    if (ns, local) != (GATING_NS, "Gating-ML"):
+        raise StrategyError(f"{source}: not a Gating-ML 2.0 document: root element <{local}> in namespace "
+                            f"{ns or '(none)'!r}, expected <Gating-ML> in {GATING_NS!r}")
+    out: list[ET.Element] = []
+
+    def walk(parent: ET.Element) -> None:
+        for el in parent:
+            ns, local = _qualified(el.tag)
+            gatingml = ns in _ELEMENTS
+            if (local not in _ELEMENTS[ns]) if gatingml else any(local in names for names in _ELEMENTS.values()):
+                raise StrategyError(f"{source}: element <{local}> (namespace {ns or '(none)'!r}) in <{_local(parent.tag)}> "
+                                    "is not a Gating-ML 2.0 element; it is not supported")
+            if not gatingml:
+                walk(el)
+            elif el.tag != _d("custom_info"):
+                out.append(el)
+                walk(el)
+
+    walk(root)
+    return out
 
 
 @overload
