@@ -215,8 +215,41 @@ def test_scale_transform_for_tilpheno_transforms():
 
     assert np.max(np.abs(lg.apply(x) - Logicle().apply(x))) <= LOGICLE_TOLERANCE
     assert scale_transform_for(Linear(), "lin") is None
-    with pytest.raises(StrategyError, match="Arcsinh"):
-        scale_transform_for(Arcsinh(150), "as")
+    # Arcsinh: a fasinh on the same scale (export-approved of an arcsinh strategy failed: "no equivalent")
+    asinh = scale_transform_for(Arcsinh(150), "as")
+    assert asinh.kind == "fasinh"
+    assert np.max(np.abs(asinh.apply(x) - np.arcsinh(x / 150))) < 1e-14
+    with pytest.raises(StrategyError, match="no Gating-ML equivalent"):
+        scale_transform_for(object(), "x")
+
+
+def test_arcsinh_gates_round_trip_through_flowkit(product_file, tmp_path):
+    """A tube gated on arcsinh (cofactor 150) dimensions: exported, re-read by tilpheno and by
+    FlowKit, the memberships equal the gates evaluated on tilpheno's own Arcsinh values."""
+    from types import SimpleNamespace
+
+    from tilpheno.gates.gatingml import export_tube_gatingml
+    from tilpheno.transforms import Arcsinh, Linear
+
+    fcs = read_fcs(product_file)
+    ev = compensate(fcs.events, fcs.channel_names, fcs.spillover)
+    col = {n: ev[:, i] for i, n in enumerate(fcs.channel_names)}
+    asinh = Arcsinh(150)
+    data = {"FSC-A": col["FSC-A"], "CD3": asinh.apply(col["FITC-A"]), "PD1": asinh.apply(col["PE-A"])}
+    gates = [("CD3+", "root", RangeGate("CD3", low=4.1), "fmo"),
+             ("PD1+", "CD3+", RectangleGate(("PD1", "FSC-A"), (3.3, None), (9.0, 90000.0)), "fmo")]
+    tube = SimpleNamespace(gates=gates, detectors={"CD3": "FITC-A", "PD1": "PE-A"})
+    out = tmp_path / "asinh.xml"
+    export_tube_gatingml(tube, out, {"CD3": asinh, "PD1": asinh, "FSC-A": Linear()})
+    expected = {"CD3pos": gates[0][2].contains(data)}
+    expected["PD1pos"] = gates[1][2].contains(data) & expected["CD3pos"]
+    ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names, fcs.spillover)
+    strategy = fk.parse_gating_xml(str(out))
+    theirs = strategy.gate_sample(fk.Sample(str(product_file)))
+    for pid, mask in expected.items():
+        assert 0 < mask.sum() < fcs.n_events, pid
+        assert np.array_equal(ours[pid], mask), pid
+        assert np.array_equal(theirs.get_gate_membership(pid, gate_path=strategy.find_matching_gate_paths(pid)[0]), mask), pid
 
 
 @pytest.mark.parametrize("boundary, product_id", [("fsc", "TIL001"), ("oblique", "TIL002")])

@@ -706,18 +706,20 @@ def logicle(transform_id: str, t: float = 262144.0, w: float = 0.5, m: float = 4
 def scale_transform_for(transform, transform_id: str) -> ScaleTransform | None:
     """The Gating-ML transformation equal to a ``tilpheno.transforms`` transform.
 
-    ``Logicle(t, w, m, a)`` -> ``logicle`` with the same parameters (same 0..1 scale, so gate
-    values carry over unchanged); ``Linear()`` -> None (no ``transformation-ref``).
-    ``Arcsinh(cofactor)`` has no Gating-ML form with the same output scale: StrategyError.
+    Each has the same output scale, so gate values carry over unchanged:
+    ``Logicle(t, w, m, a)`` -> ``logicle`` with the same parameters; ``Linear()`` -> None (no
+    ``transformation-ref``); ``Arcsinh(c)`` = ``asinh(x / c)`` -> ``fasinh`` with ``M = 1 / ln 10``,
+    ``A = 0``, ``T = c sinh(1)``, since ``fasinh(x) = (asinh(x sinh(M ln 10) / T) + A ln 10) / ((M + A) ln 10)``
+    (equal within 1e-15). Any other transform: StrategyError.
     """
     kind = getattr(transform, "kind", None)
     if kind == "logicle":
         return logicle(transform_id, transform.t, transform.w, transform.m, transform.a)
+    if kind == "arcsinh":
+        return ScaleTransform(transform_id, "fasinh", {"T": transform.cofactor * math.sinh(1.0), "M": 1 / math.log(10), "A": 0.0})
     if kind == "linear":
         return None
-    raise StrategyError(
-        f"transform {transform!r} has no Gating-ML equivalent on the same scale; export its dimension untransformed "
-        "(gate values in linear units) instead")
+    raise StrategyError(f"transform {transform!r} has no Gating-ML equivalent on the same scale")
 
 
 def _renamed(gate: Gate, mapping: Mapping[str, str]) -> Gate:
