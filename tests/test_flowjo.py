@@ -89,7 +89,8 @@ def test_groups_and_errors():
     assert workspace_groups(DATA / "simple_poly_and_rect.wsp") == ["All Samples", "Compensation", "my_group"]
     with pytest.raises(StrategyError, match="'nope'.*my_group"):
         read_workspace(DATA / "simple_poly_and_rect.wsp", "nope")
-    with pytest.raises(StrategyError, match="other.fcs"):
+    # the group's samples are listed by name (they were listed by sample id: ['1'])
+    with pytest.raises(StrategyError, match=r"'other.fcs'; its samples: \['data_set_simple_line_100.fcs'\]"):
         read_workspace(DATA / "simple_poly_and_rect.wsp", "my_group", sample="other.fcs")
     assert read_workspace(DATA / "simple_poly_and_rect.wsp", "my_group", sample="data_set_simple_line_100.fcs").sample_id == "1"
 

@@ -222,7 +222,7 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
     if sample is not None:
         members = [s for s in members if sample in _sample_labels(s)]
     if len(members) != 1:
-        labels = [sorted(_sample_labels(s))[0] for s in (samples[i] for i in sample_ids if i in samples)]
+        labels = [_sample_name(samples[i], i) for i in sample_ids if i in samples]
         what = f"sample {sample!r}" if sample is not None else "a single sample (name one)"
         raise StrategyError(f"{source}: group {group!r} does not contain {what}; its samples: {labels}")
     return _parse_sample(members[0], group, source)
@@ -238,12 +238,13 @@ def workspace_samples(path: str | Path, group: str = "All Samples") -> list[str]
     """Sample names (SampleNode names) of ``group``, in the group's order."""
     root = _workspace_root(path)
     samples = _samples_by_id(root)
-    names = []
-    for sid in _group_sample_ids(root, group, str(path)):
-        if sid in samples:
-            node = samples[sid].find("SampleNode")
-            names.append(node.get("name", sid) if node is not None else sid)
-    return names
+    return [_sample_name(samples[sid], sid) for sid in _group_sample_ids(root, group, str(path)) if sid in samples]
+
+
+def _sample_name(sample_el: ET.Element, sid: str) -> str:
+    """A sample's SampleNode name (its id when it has none)."""
+    node = sample_el.find("SampleNode")
+    return node.get("name", sid) if node is not None else sid
 
 
 def _group_sample_ids(root: ET.Element, group: str, source: str) -> list[str]:
