@@ -163,25 +163,45 @@ def test_excel_patient_id_shown_with_a_number_format_is_refused(tmp_path):
                           "the format '000', not the id as typed; format the column as Text"), msg
 
 
-def test_excel_formula_with_saved_value(tmp_path):
-    """The same formulas once calculated (Excel writes each result in <v>, an empty text result as
-    t="str") read as their values."""
+def _saved_results(path: Path, os_value: str, calculated: bool) -> None:
+    """``_formula_workbook`` with a saved result ``os_value`` in G3 and an empty text result in I4;
+    ``calculated``: as Excel saves a workbook it calculated (no request to recalculate on opening),
+    else as xlsxwriter / R's writexl write it (placeholder results, recalculate on opening)."""
     import zipfile
 
-    path = tmp_path / "formulas.xlsx"
     _formula_workbook(path)
     with zipfile.ZipFile(path) as z:
         parts = {n: z.read(n) for n in z.namelist()}
     xml = parts["xl/worksheets/sheet1.xml"].decode()
-    xml = xml.replace("<f>E3*2</f><v></v>", "<f>E3*2</f><v>6.4</v>")
+    xml = xml.replace("<f>E3*2</f><v></v>", f"<f>E3*2</f><v>{os_value}</v>")
     xml = re.sub(r'<c r="I4"([^>]*)><f>', r'<c r="I4"\1 t="str"><f>', xml)
-    assert "<v>6.4</v>" in xml and 't="str"><f>' in xml
+    assert f"<v>{os_value}</v>" in xml and 't="str"><f>' in xml
     parts["xl/worksheets/sheet1.xml"] = xml.encode()
+    book = parts["xl/workbook.xml"].decode()
+    assert 'fullCalcOnLoad="1"' in book   # openpyxl asks for it, as xlsxwriter does
+    parts["xl/workbook.xml"] = (book.replace(' fullCalcOnLoad="1"', "") if calculated else book).encode()
     with zipfile.ZipFile(path, "w") as z:
         for name, data in parts.items():
             z.writestr(name, data)
+
+
+def test_excel_formula_with_saved_value(tmp_path):
+    """The same formulas once calculated (Excel writes each result in <v>, an empty text result as
+    t="str") read as their values."""
+    path = tmp_path / "formulas.xlsx"
+    _saved_results(path, "6.4", calculated=True)
     df = read_outcomes(path)
     assert df.os_months.tolist() == [12.0, 6.4, 15.0] and df.age.tolist()[:2] == [25.0, 31.0] and pd.isna(df.age[2])
+
+
+def test_excel_formula_with_a_placeholder_result_is_refused(tmp_path):
+    """xlsxwriter (and R's writexl, on libxlsxwriter) save 0 as every formula's result and ask Excel to
+    recalculate on opening: read as values, os_months was a silent 0 months -> refused, naming the cell."""
+    path = tmp_path / "writexl.xlsx"
+    _saved_results(path, "0", calculated=False)
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: row 3, column 'os_months': sheet 'Patients' cell G3 holds a formula whose saved "
+                          "value (0) is a placeholder"), msg
 
 
 def test_excel_date_in_time_column(tmp_path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import zipfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
@@ -163,6 +165,21 @@ def _column_letter(index: int) -> str:
     return letters
 
 
+_FULL_CALC_ON_LOAD = re.compile(rb'<(?:\w+:)?calcPr\b[^>]*\bfullCalcOnLoad\s*=\s*["\'](?:1|true)["\']')
+
+
+def recalculated_on_open(data: bytes) -> bool:
+    """True when the workbook's ``calcPr`` asks for every formula to be recalculated when it is
+    opened (``fullCalcOnLoad``): its writer did not compute the formulas, and their saved values
+    are placeholders (xlsxwriter and libxlsxwriter, hence R's writexl, store 0; openpyxl none).
+    Excel and LibreOffice clear the flag when they calculate and save."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as book:
+            return bool(_FULL_CALC_ON_LOAD.search(book.read("xl/workbook.xml")))
+    except (zipfile.BadZipFile, KeyError, OSError):
+        return False
+
+
 def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str], *, sheet: str | None = None,
                             header_row: int = 1) -> None:
     """Refuse a formula cell of the table (the sheet titled ``sheet``, default the first, below its
@@ -171,7 +188,9 @@ def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str
     A workbook written by a script (openpyxl, pandas) stores formulas without their results until
     Excel (or LibreOffice) calculates and saves it; read as values, such a cell is empty, so a
     value would be silently missing. A formula whose saved result is empty text (Excel writes
-    ``t="str"``) is a real empty cell and is accepted.
+    ``t="str"``) is a real empty cell and is accepted. A formula with a saved value in a workbook
+    that asks to be recalculated when opened (:func:`recalculated_on_open`: xlsxwriter, R's
+    writexl) is refused too: the value is a placeholder (0), not the result.
 
     ``data``: the workbook's bytes. ``locate(row, column)``: the start of the message for the
     cell's sheet row and its column's header text (None when the header
@@ -181,7 +200,14 @@ def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str
                 if cell.data_type == "f"}
     if not formulas:
         return
+    placeholders = recalculated_on_open(data)
     for title, header, cell in _sheet_cells(data, data_only=True, sheet=sheet, header_row=header_row):
+        if cell.coordinate in formulas and cell.value is not None and placeholders:
+            raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{title}' cell "
+                             f"{cell.coordinate} holds a formula whose saved value ({cell.value!r}) is a placeholder "
+                             "(the workbook asks to be recalculated when opened, as programs that write formulas "
+                             "without computing them do: xlsxwriter and R's writexl save 0): open it in Excel and "
+                             "save it, or paste the values over the formulas, then read it again")
         if cell.coordinate in formulas and cell.value is None and cell.data_type != "str":
             raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{title}' cell "
                              f"{cell.coordinate} holds a formula with no saved value (the workbook was written by a "
