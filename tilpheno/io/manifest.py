@@ -45,7 +45,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
-from tilpheno.io.workbook import (header_at, refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows, table_frame,
+from tilpheno.io.workbook import (refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows, table_frame,
                                   text_rows, workbook_table)
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
@@ -264,8 +264,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     separator = ","
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm"):
-            sheet, rows = workbook_table(sheet_rows(data), COLUMNS[:4], "a manifest", str(path))
-            header_line = header_at(rows, COLUMNS[:4])
+            sheet, header_line, rows = workbook_table(sheet_rows(data), COLUMNS[:4], "a manifest", str(path))
 
             def locate(row: int, column: str | None) -> str:
                 return f"{path}: row {row - header_line} (line {row}), column '{column}'"

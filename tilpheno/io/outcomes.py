@@ -49,7 +49,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
-from tilpheno.io.workbook import (header_at, refuse_display_only_ids, refuse_unsaved_formulas, sheet_values, table_frame,
+from tilpheno.io.workbook import (refuse_display_only_ids, refuse_unsaved_formulas, sheet_values, table_frame,
                                   text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
@@ -105,8 +105,8 @@ def _read_raw(path: Path) -> pd.DataFrame:
             sheets = sheet_values(data)
         except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
             _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
-        sheet, rows = workbook_table(sheets, REQUIRED, "an outcomes", source)
-        header_line, separator = header_at(rows, REQUIRED), ""
+        sheet, header_line, rows = workbook_table(sheets, REQUIRED, "an outcomes", source)
+        separator = ""
         refuse_unsaved_formulas(data, lambda row, column: _where(source, row, column), sheet=sheet,
                                 header_row=header_line)
         refuse_display_only_ids(data, ID_COLUMNS, lambda row, column: _where(source, row, column), sheet=sheet,

@@ -115,11 +115,11 @@ def header_at(rows: Rows, required: Sequence[str]) -> int:
 
 
 def workbook_table(sheets: list[tuple[str, Rows]], required: Sequence[str], what: str,
-                   source: str) -> tuple[str, Rows]:
-    """``(title, rows)`` of the sheet holding the table: the one whose header names all
-    ``required`` columns (TableError naming the sheets when several do: ``<source>: sheets 'A',
-    'B' each hold a <what> table (<required>)``), else the first naming the most of them, else the
-    first sheet that is not empty."""
+                   source: str) -> tuple[str, int, Rows]:
+    """``(title, header row, rows)`` of the sheet holding the table (as :func:`text_rows` gives a
+    text's): the one whose header names all ``required`` columns (TableError naming the sheets when
+    several do: ``<source>: sheets 'A', 'B' each hold a <what> table (<required>)``), else the first
+    naming the most of them, else the first sheet that is not empty; its header by :func:`header_at`."""
     def named(sheet: tuple[str, Rows]) -> tuple[int, bool]:
         return max((_named(cells, required) for _, cells in sheet[1]), default=0), bool(sheet[1])
 
@@ -127,7 +127,8 @@ def workbook_table(sheets: list[tuple[str, Rows]], required: Sequence[str], what
     if len(full) > 1:
         raise TableError(f"{source}: sheets {', '.join(map(repr, full))} each hold {what} table "
                          f"({', '.join(required)}); keep one sheet's table or combine them")
-    return max(sheets, key=named)
+    title, rows = max(sheets, key=named)
+    return title, header_at(rows, required), rows
 
 
 def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = ()) -> pd.DataFrame:
