@@ -274,13 +274,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
                           f"{', '.join(RESPONSE_CODES)}", row, "best_response")
     out["best_response"] = codes
     for col in TIME_COLUMNS:
-        values = pd.Series({row: _number(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
-        for row, v in values.items():
-            if np.isnan(v):
-                _fail(source, "missing time", row, col)
-            if v < 0:
-                _fail(source, f"negative time {v:g}", row, col)
-        out[col] = values
+        out[col] = _times(raw[col], source, col, required=True)
     for col in EVENT_COLUMNS:
         out[col] = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=int)
     dose = pd.Series({row: _number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
@@ -291,17 +285,20 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
     out["til_dose_cells"] = dose
     for col in raw.columns:
         if col in OPTIONAL_TIME_COLUMNS:
-            out[col] = _optional_time(raw[col], source, col)
+            out[col] = _times(raw[col], source, col, required=False)
         elif col not in REQUIRED:
             out[col] = _covariate(raw[col], source, col)
     return out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
 
 
-def _optional_time(cells: pd.Series, source: str, column: str) -> pd.Series:
-    """Months (``response_months``: blank for patients without a response); a date, text or a
-    negative time is an error naming the row, as in the required time columns."""
+def _times(cells: pd.Series, source: str, column: str, required: bool) -> pd.Series:
+    """A column of times in months: a date, text or a negative time is an error naming the row, and
+    so is an empty cell when ``required`` (``pfs_months``, ``os_months``; ``response_months`` is
+    blank for patients without a response)."""
     values = pd.Series({row: _number(v, source, row, column) for row, v in cells.items()}, dtype=float)
     for row, v in values.items():
+        if required and np.isnan(v):
+            _fail(source, "missing time", row, column)
         if v < 0:
             _fail(source, f"negative time {v:g}", row, column)
     return values
