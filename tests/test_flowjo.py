@@ -244,3 +244,22 @@ def test_boolean_node_before_the_populations_it_depends_on(line, tmp_path):
         assert 0 < mask.sum() < 100, path
         assert np.array_equal(got[path], mask), (path, int(got[path].sum()), int(mask.sum()))
 
+
+
+def test_channels_named_as_flowjo_names_them_and_by_pns(synthetic, tmp_path):
+    """FlowJo names a channel 'FITC/A' 'FITC_A' in its workspace (spillover matrix, Comp- dimensions,
+    transforms), and a workspace may name a channel by its $PnS: the file's channels are found,
+    giving the populations the hand-checked synthetic workspace gives. Both were refused."""
+    s, events, names, *_ = synthetic
+    expected = apply_workspace(s, events, names)
+    text = SYNTHETIC.replace("FITC-A", "FITC_A").replace('"FSC-A"', '"Forward"')
+    (tmp_path / "w.wsp").write_text(text)
+    renamed = ["FSC-A", "SSC-A", "FITC/A", "PE-A"]
+    got = apply_workspace(read_workspace(tmp_path / "w.wsp", "TIL"), events, renamed, ["Forward", "", "CD3", ""])
+    assert list(got) == list(expected)
+    for path, mask in expected.items():
+        assert np.array_equal(got[path], mask), path
+    from tilpheno.errors import GatingError
+
+    with pytest.raises(GatingError, match=r"'FITC_A' is ambiguous: it is FlowJo's name for 'FITC/A' and the \$PnS of 'PE-A'"):
+        apply_workspace(read_workspace(tmp_path / "w.wsp", "TIL"), events, renamed, ["Forward", "", "", "FITC_A"])

@@ -226,3 +226,45 @@ def test_foreign_wrappers_and_custom_info_are_transparent():
         "</gating:RectangleGate>", "</gating:RectangleGate></sample>")
     wrapped = wrapped.replace("</gating:Gating-ML>", "<data-type:custom_info><anything><x/></anything></data-type:custom_info></gating:Gating-ML>")
     assert list(parse_gatingml(wrapped).gates) == ["Rectangle1"]
+
+
+# ---------------------------------------------------------------- dimensions named by $PnS or FlowJo's name
+
+STAIN = Path(__file__).parents[1] / "sample_fcs" / "TIL001_surface_stain.fcs"
+LOGICLE = ('<transforms:transformation transforms:id="L"><transforms:logicle transforms:T="262144" transforms:W="0.5" '
+           'transforms:M="4.5" transforms:A="0"/></transforms:transformation>')
+
+
+def _marker_rectangle(x: str, y: str) -> str:
+    """A compensated logicle rectangle on two dimensions named ``x`` and ``y``."""
+    dims = "".join(f'<gating:dimension gating:compensation-ref="FCS" gating:transformation-ref="L" gating:min="{lo}">'
+                   f'<data-type:fcs-dimension data-type:name="{n}"/></gating:dimension>' for n, lo in ((x, 0.45), (y, 0.3)))
+    return _doc(LOGICLE + f'<gating:RectangleGate gating:id="R">{dims}</gating:RectangleGate>')
+
+
+def test_a_dimension_named_by_its_pns_is_that_channel(tmp_path):
+    """'CD3 FITC' / 'PD1 PE' are the $PnS of FITC-A / PE-A: same events as by $PnN, and as FlowKit
+    (which looks a name up among $PnN, then $PnS) reads the document. They were refused."""
+    import flowkit as fk
+
+    f = read_fcs(STAIN)
+    markers = list(f.channels["pns"])
+    by_pnn = apply_gatingml(parse_gatingml(_marker_rectangle("FITC-A", "PE-A")), f.events, f.channel_names, f.spillover)["R"]
+    xml = _marker_rectangle("CD3 FITC", "PD1 PE")
+    by_pns = apply_gatingml(parse_gatingml(xml), f.events, f.channel_names, f.spillover, markers)["R"]
+    (tmp_path / "pns.xml").write_text(xml)
+    theirs = fk.parse_gating_xml(str(tmp_path / "pns.xml")).gate_sample(fk.Sample(str(STAIN))).get_gate_membership("R")
+    assert 100 < by_pns.sum() < f.n_events - 100
+    assert np.array_equal(by_pns, by_pnn) and np.array_equal(by_pns, theirs)
+
+
+def test_a_pns_two_channels_carry_is_refused_naming_both():
+    from tilpheno.errors import GatingError
+
+    doc = parse_gatingml(_doc(RANGE.format(parent="", comp="uncompensated", tr="", name="CD4")))
+    events = np.array([[0.0, 2.0], [2.0, 0.0]])
+    with pytest.raises(GatingError, match=r"'CD4' is ambiguous: it is the \$PnS of 'FL1-A' and the \$PnS of 'FL1-H'"):
+        apply_gatingml(doc, events, ["FL1-A", "FL1-H"], None, ["CD4", "CD4"])
+    # a $PnN is what Gating-ML names: a channel whose $PnN is the name is the one meant
+    assert apply_gatingml(doc, events, ["FL1-A", "CD4"], None, ["CD4", ""])["R"].tolist() == [True, False]
+    assert apply_gatingml(doc, events, ["FL1-A", "FL1-H"], None, ["CD4", ""])["R"].tolist() == [False, True]

@@ -64,3 +64,13 @@ def test_gates_on_missing_channel(tmp_path):
     result = run(WSP / "data_set_simple_line_100.fcs", "--gatingml", GML / "gml" / "gml_rect1_gate.xml", "-o", tmp_path / "x.csv")
     assert result.exit_code == 2
     assert "SSC-H" in result.output or "FL1-H" in result.output
+
+
+def test_gatingml_dimension_named_by_pns(tmp_path):
+    """data1.fcs names FL1-H 'CD4 FITC' ($P3S): a gate on 'CD4 FITC' is a gate on FL1-H (it was refused)."""
+    doc = tmp_path / "pns.xml"
+    doc.write_text((GML / "gml" / "gml_rect1_gate.xml").read_text().replace('"FL1-H"', '"CD4 FITC"'))
+    out = tmp_path / "m.csv"
+    result = run(GML / "data1.fcs", "--gatingml", doc, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(pd.read_csv(out)["Rectangle1"].to_numpy(), truth("Rectangle1"))

@@ -594,16 +594,17 @@ def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], gr
     fcs = read_fcs(file)
     events = fcs.events
     assert events is not None   # read_fcs decodes the events (only read_fcs_metadata leaves None)
+    markers = list(fcs.channels["pns"])   # a gate may name a channel by its $PnS
     if gatingml is not None:
         from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
 
-        return fcs, apply_gatingml(read_gatingml(gatingml), events, fcs.channel_names, fcs.spillover), None
+        return fcs, apply_gatingml(read_gatingml(gatingml), events, fcs.channel_names, fcs.spillover, markers), None
     from tilpheno.gates.flowjo import apply_workspace, read_workspace, workspace_samples
 
     assert wsp is not None   # exactly one of the two was given (checked above)
     several = len(workspace_samples(wsp, group)) > 1
     sample = read_workspace(wsp, group, sample=file.name if several else None)
-    return fcs, apply_workspace(sample, events, fcs.channel_names), sample
+    return fcs, apply_workspace(sample, events, fcs.channel_names, markers), sample
 
 
 @app.command("apply-gates")

@@ -145,9 +145,9 @@ def _external_dimensions(strategy: Strategy, fcs, spillover: Spillover | None) -
     from tilpheno.gates.gatingml import GatingMLDocument, dimension_data
 
     if isinstance(strategy.source, GatingMLDocument):
-        return dimension_data(strategy.source, fcs.events, fcs.channel_names, spillover or fcs.spillover)
+        return dimension_data(strategy.source, fcs.events, fcs.channel_names, spillover or fcs.spillover, list(fcs.channels["pns"]))
     if isinstance(strategy.source, FlowJoSample):
-        return _dimension_data(strategy.source, fcs.events, fcs.channel_names)
+        return _dimension_data(strategy.source, fcs.events, fcs.channel_names, list(fcs.channels["pns"]))
     raise TypeError(f"strategy source {type(strategy.source).__name__} has no dimension reader")
 
 

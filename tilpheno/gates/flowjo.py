@@ -13,7 +13,9 @@ What FlowJo stores, and how it is read here:
   ``OrNode``, ``NotNode`` are boolean populations over ``<Dependent name>`` populations
   (a name with ``/`` is a path from the sample root, otherwise a sibling). Every population
   lies inside its parent.
-- Dimension names are ``$PnN``; a name carrying the spillover matrix's prefix/suffix
+- Dimension names are FlowJo's channel names: the ``$PnN`` with every ``/`` made ``_``
+  (``gatingml.flowjo_name``; FlowKit reads workspaces so too); a ``$PnS`` marker label is
+  accepted as well when one channel has it (``gatingml.channel_for``). A name carrying the spillover matrix's prefix/suffix
   (``Comp-FITC-A``) is the compensated detector (matrix rows/columns = detectors, FlowJo/FCS
   convention, ``true = raw @ inv(S)``).
 - Coordinates: rectangle bounds and polygon vertices are in data units (compensated, not
@@ -48,7 +50,7 @@ import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import GatingError, StrategyError
-from tilpheno.gates.gatingml import parse_number
+from tilpheno.gates.gatingml import channel_for, parse_number
 from tilpheno.gates.geometry import BooleanGate, EllipsoidGate, Gate, PolygonGate, RangeGate, RectangleGate
 from tilpheno.gates.tree import Node, evaluate_tree
 
@@ -166,8 +168,14 @@ class FlowJoSample:
         core = name[len(self.comp_prefix): len(name) - len(self.comp_suffix) if self.comp_suffix else None]
         return core if core in self.spillover.detectors else None
 
-    def dimension_values(self, events: np.ndarray, channel_names: Sequence[str], dims: Sequence[str]) -> dict[str, np.ndarray]:
-        """Data-unit values (compensated where the name says so) of each named dimension."""
+    def dimension_values(self, events: np.ndarray, channel_names: Sequence[str], dims: Sequence[str],
+                         markers: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Data-unit values (compensated where the name says so) of each named dimension.
+
+        The workspace names channels as FlowJo does (``gatingml.flowjo_name``: ``/`` -> ``_``), and
+        may name one by its $PnS marker label (``markers``, one per channel); ``gatingml.channel_for``
+        finds the file's channel, GatingError naming the sample and the dimension when none or several fit.
+        """
         index = {n: i for i, n in enumerate(channel_names)}
         comp = None
         out = {}
@@ -175,13 +183,24 @@ class FlowJoSample:
             detector = self._detector(dim)
             if detector is not None and self.spillover is not None:   # a detector name implies a matrix
                 if comp is None:
-                    comp = compensate(events, list(channel_names), self.spillover)
-                out[dim] = comp[:, index[detector]]
-            elif dim in index:
-                out[dim] = np.asarray(events[:, index[dim]], dtype=np.float64)
+                    comp = compensate(events, list(channel_names), self._file_spillover(channel_names, markers))
+                out[dim] = comp[:, index[self._channel(detector, channel_names, markers)]]
             else:
-                raise GatingError(f"{self.source}: sample {self.name!r} gates on {dim!r}, not among the file's channels {list(channel_names)}")
+                out[dim] = np.asarray(events[:, index[self._channel(dim, channel_names, markers)]], dtype=np.float64)
         return out
+
+    def _channel(self, dim: str, channel_names: Sequence[str], markers: Sequence[str]) -> str:
+        """The file's $PnN for a channel named as in the workspace (GatingError when none)."""
+        pnn = channel_for(dim, channel_names, markers, f"{self.source}: sample {self.name!r}")
+        if pnn is None:
+            raise GatingError(f"{self.source}: sample {self.name!r} gates on {dim!r}, not among the file's channels {list(channel_names)}")
+        return pnn
+
+    def _file_spillover(self, channel_names: Sequence[str], markers: Sequence[str]) -> Spillover:
+        """The workspace's spillover matrix with its detectors named by the file's $PnN."""
+        assert self.spillover is not None   # only called for a compensated dimension
+        detectors = tuple(self._channel(d, channel_names, markers) for d in self.spillover.detectors)
+        return Spillover(detectors, self.spillover.matrix, self.spillover.source)
 
     def display_name(self, dim: str) -> str:
         return f"display:{dim}"
@@ -473,11 +492,12 @@ def _boolean(el, name, path, parent, known: list[str], source) -> WorkspacePopul
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _dimension_data(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str]) -> dict[str, np.ndarray]:
+def _dimension_data(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str],
+                    markers: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Values of every dimension the gates use: data units, and ``display:<dim>`` on the 0..1 display scale."""
     geometric = [p for p in s.populations if not isinstance(p.gate, BooleanGate)]
     raw_dims = sorted({d.removeprefix("display:") for p in geometric for d in p.gate.dims})
-    data = s.dimension_values(np.asarray(events, dtype=np.float64), channel_names, raw_dims)
+    data = s.dimension_values(np.asarray(events, dtype=np.float64), channel_names, raw_dims, markers)
     for p in geometric:
         for d in p.gate.dims:
             if d.startswith("display:") and d not in data:
@@ -485,12 +505,14 @@ def _dimension_data(s: FlowJoSample, events: np.ndarray, channel_names: Sequence
     return data
 
 
-def apply_workspace(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str]) -> dict[str, np.ndarray]:
+def apply_workspace(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str],
+                    markers: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Membership of every event in every population (by path, tree order), parents included.
 
-    ``events``: n_events x n_channels in data units (``FCSFile.events``), columns ``channel_names``.
+    ``events``: n_events x n_channels in data units (``FCSFile.events``), columns ``channel_names``;
+    ``markers``: each channel's $PnS ('' for none), see ``FlowJoSample.dimension_values``.
     """
-    return _masks(s, _dimension_data(s, events, channel_names), len(events))[0]
+    return _masks(s, _dimension_data(s, events, channel_names, markers), len(events))[0]
 
 
 def _masks(s: FlowJoSample, data: Mapping[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -518,7 +540,8 @@ def _bin_width(s: FlowJoSample, dim: str) -> float | None:
     return (t.params["maxRange"] - t.params["minRange"]) / BIN_COUNT
 
 
-def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str]) -> dict[str, int | None]:
+def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str],
+                         markers: Sequence[str] = ()) -> dict[str, int | None]:
     """Per population, how many of its parent's events lie within one display bin of its gate boundary.
 
     An event counts when moving it by one bin along either axis (or both) changes its membership
@@ -526,7 +549,7 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
     count may differ from the exact count by at most about this many events. 0 for rectangle,
     range and boolean gates (evaluated exactly by FlowJo); None when a bin width is unknown.
     """
-    data = _dimension_data(s, events, channel_names)
+    data = _dimension_data(s, events, channel_names, markers)
     masks, own = _masks(s, data, len(events))
     out: dict[str, int | None] = {}
     for p in s.populations:
@@ -551,15 +574,16 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
     return out
 
 
-def population_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str]) -> pd.DataFrame:
+def population_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str],
+                      markers: Sequence[str] = ()) -> pd.DataFrame:
     """One row per population: ``population, parent, count, flowjo_count, near_boundary, gate`` (tree order).
 
     ``population``/``parent`` are '/'-joined paths ('' = the sample's root); ``flowjo_count``
     is what FlowJo stored (<NA> when it never computed it); ``near_boundary`` see
     ``near_boundary_counts``; ``gate`` the gate kind.
     """
-    masks = apply_workspace(s, events, channel_names)
-    near = near_boundary_counts(s, events, channel_names)
+    masks = apply_workspace(s, events, channel_names, markers)
+    near = near_boundary_counts(s, events, channel_names, markers)
     return pd.DataFrame({
         "population": [p.path for p in s.populations],
         "parent": [p.parent for p in s.populations],

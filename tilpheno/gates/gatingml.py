@@ -7,6 +7,8 @@ Conventions (Gating-ML 2.0 specification, ISAC 2013):
 
 - Event values are on the FCS *scale* (``$PnG`` gain and ``$PnE`` log amplification undone,
   time multiplied by ``$TIMESTEP``), i.e. ``FCSFile.events`` (FlowKit's "raw" events).
+- A dimension names a channel by its ``$PnN``; as FlowKit, a name that is no ``$PnN`` is accepted
+  when exactly one channel has it as its ``$PnS`` or as FlowJo's name (``channel_for``).
 - ``compensation-ref``: ``uncompensated``; ``FCS`` = the file's own ``$SPILLOVER`` (a file without
   one is used uncompensated, as the Gating-ML compliance tests expect); or the id of a
   ``spectrumMatrix`` (rows = fluorochromes, columns = detectors, ``raw = true @ S``, so
@@ -375,6 +377,33 @@ def parse_number(text: str | None, what: str, source: str) -> float:
     return value
 
 
+def flowjo_name(pnn: str) -> str:
+    """The name FlowJo gives a channel in its workspaces: the $PnN with every ``/`` made ``_``."""
+    return pnn.replace("/", "_")
+
+
+def channel_for(name: str, channel_names: Sequence[str], markers: Sequence[str] = (), source: str = "") -> str | None:
+    """The $PnN of the channel a gate dimension ``name`` refers to; None when no channel has it.
+
+    Gating-ML 2.0 names a dimension by its $PnN, so a channel with that $PnN is the answer. Other
+    names are accepted as FlowKit does when exactly one channel has it as its FlowJo name
+    (``flowjo_name``: ``FL1-A/B`` -> ``FL1-A_B``) or as its $PnS marker label (``markers``, one per
+    channel, '' for none; e.g. ``CD4 FITC``). GatingError naming the channels when several have it.
+    """
+    if name in channel_names:
+        return name
+    how = {}
+    for pnn, pns in zip(channel_names, list(markers) + [""] * (len(channel_names) - len(markers))):
+        if pns and pns.strip() == name:
+            how[pnn] = f"the $PnS of {pnn!r}"
+        elif flowjo_name(pnn) == name:
+            how[pnn] = f"FlowJo's name for {pnn!r}"
+    if len(how) > 1:
+        raise GatingError(f"{source}: dimension {name!r} is ambiguous: it is {' and '.join(how.values())}; "
+                          "name the channel by its $PnN")
+    return next(iter(how), None)
+
+
 def _fcs_names(el: ET.Element, source: str) -> list[str]:
     return [_attr(d, "name", source, required=True) for d in el.findall(_d("fcs-dimension"))]
 
@@ -560,10 +589,12 @@ def _matrix_columns(channels: Sequence[str], m: SpectrumMatrix) -> dict[str, int
 class _Values:
     """Lazily compensated event values per compensation reference, looked up by name."""
 
-    def __init__(self, doc: GatingMLDocument, events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None):
+    def __init__(self, doc: GatingMLDocument, events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None,
+                 markers: Sequence[str] = ()):
         self.doc = doc
         self.events = np.asarray(events, dtype=np.float64)
         self.channels = list(channel_names)
+        self.markers = list(markers)
         self.index = {n: i for i, n in enumerate(self.channels)}
         self.spillover = spillover
         self._comp: dict[str, tuple[np.ndarray, dict[str, int]]] = {}
@@ -587,6 +618,8 @@ class _Values:
 
     def column(self, name: str, ref: str) -> np.ndarray:
         table, names = self._table(ref)
+        if name not in names:   # a $PnS marker label or FlowJo's name of a channel
+            name = channel_for(name, self.channels, self.markers, self.doc.source) or name
         if names.get(name) == _NO_COLUMN:
             m = self.doc.matrices[ref]
             raise StrategyError(
@@ -614,14 +647,16 @@ class _Values:
 
 
 def dimension_data(
-    doc: GatingMLDocument, events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None = None
+    doc: GatingMLDocument, events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None = None,
+    markers: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """Values of every dimension the document's gates use, keyed by ``Dimension.key``.
 
     ``events``: n_events x n_channels on the FCS scale (``FCSFile.events``), columns named by
-    ``channel_names``; ``spillover``: the file's own matrix (for ``compensation-ref="FCS"``).
+    ``channel_names``; ``spillover``: the file's own matrix (for ``compensation-ref="FCS"``);
+    ``markers``: each channel's $PnS ('' for none), so that a dimension may name one (``channel_for``).
     """
-    values = _Values(doc, events, channel_names, spillover)
+    values = _Values(doc, events, channel_names, spillover, markers)
     out: dict[str, np.ndarray] = {}
     for g in doc.gates.values():
         for dim in g.dimensions:
@@ -631,13 +666,15 @@ def dimension_data(
 
 
 def apply_gatingml(
-    doc: GatingMLDocument, events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None = None
+    doc: GatingMLDocument, events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None = None,
+    markers: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """Membership of every event in every population of ``doc`` (``doc.population_ids`` order).
 
-    Each mask is over all events and already includes the population's parents.
+    Each mask is over all events and already includes the population's parents. Arguments as
+    ``dimension_data``.
     """
-    data = dimension_data(doc, events, channel_names, spillover)
+    data = dimension_data(doc, events, channel_names, spillover, markers)
     nodes = tree_nodes(doc)
     try:
         dependency_order(nodes, doc.source)
