@@ -311,3 +311,50 @@ def test_pipeline_product_round_trip(tmp_path, boundary, product_id):
             assert np.array_equal(again[pid], mask), pid
             fk_mask = theirs2.get_gate_membership(pid, gate_path=strategy2.find_matching_gate_paths(pid)[0])
             assert np.array_equal(fk_mask, mask), pid
+
+
+@pytest.mark.parametrize("transforms", [
+    # a 22-bit spectral scale: T = 4194304 was written '4.1943e+06' in the id, not a valid xs:ID
+    {"CD3": (4194304.0, 0.5, 4.5, 0.0), "CD4": (4194304.0, 0.5, 4.5, 0.0)},
+    # two scales equal to 6 significant digits shared one id: CD4 was read back on CD3's scale
+    {"CD3": (262144.0, 0.5, 4.5, 0.0), "CD4": (262144.0, 0.4999999, 4.5, 0.0)},
+    {"CD3": (262144.0, 0.5, 4.5, 0.0), "CD4": (262144.0, 0.5, 4.5, 0.0)},
+], ids=["t4194304", "w0.4999999", "same"])
+def test_export_rereads_boundary_events_exactly(tmp_path, transforms):
+    """Thresholds on an event's value and on the float64 values either side of it: the exported
+    document re-read by tilpheno and FlowKit gives what the gates give on the exact (flowutils)
+    logicle of each dimension's own parameters."""
+    from types import SimpleNamespace
+
+    from tilpheno.gates.gatingml import export_tube_gatingml
+    from tilpheno.transforms import Logicle
+
+    rng = np.random.default_rng(11)
+    n = 400
+    raw = rng.lognormal(8, 1.5, size=(n, 2)) * np.where(rng.random((n, 2)) < 0.8, 1, -0.01)
+    names = ["FITC-A", "PE-A"]
+    path = tmp_path / "boundary.fcs"
+    write_fcs(path, raw.astype(np.float32), [(c, None, 4194304) for c in names], {})
+    fcs = read_fcs(path)
+    exact = {m: fu_logicle(fcs.events[:, i], None, t=transforms[m][0], w=transforms[m][1], m=transforms[m][2], a=transforms[m][3])
+             for i, m in enumerate(("CD3", "CD4"))}
+    gates, expected = [], {}
+    for m in ("CD3", "CD4"):
+        for k, event in enumerate(rng.choice(n, 20, replace=False)):
+            value = exact[m][event]
+            for side, threshold in (("at", value), ("below", np.nextafter(value, -1)), ("above", np.nextafter(value, 2))):
+                label = f"{m} {k} {side}"
+                gates.append((label, "root", RangeGate(m, low=float(threshold)), "fmo"))
+                expected[label] = exact[m] >= threshold
+    result = SimpleNamespace(gates=gates, detectors={"CD3": "FITC-A", "CD4": "PE-A"})
+    out = tmp_path / "boundary.xml"
+    export_tube_gatingml(result, out, {m: Logicle(*p) for m, p in transforms.items()}, compensation="uncompensated")
+    ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names)
+    strategy = fk.parse_gating_xml(str(out))
+    theirs = strategy.gate_sample(fk.Sample(str(path)))
+    for label, mask in expected.items():
+        pid = gatingml_id(label)
+        assert np.array_equal(ours[pid], mask), label
+        assert np.array_equal(theirs.get_gate_membership(pid), mask), label
+    ids = sorted(read_gatingml(out).transforms)
+    assert len(ids) == len(set(transforms.values()))

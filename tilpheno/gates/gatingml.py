@@ -993,8 +993,8 @@ def export_tube_gatingml(
                 raise StrategyError(f"{path}: no transform given for dimension {dim!r}")
             st = scale_transform_for(transforms[dim], "transform")
             tid = None
-            if st is not None:  # e.g. Logicle_262144_0.5_4.5_0
-                tid = "_".join([st.kind.capitalize(), *(f"{v:g}" for v in st.params.values())])
+            if st is not None:  # e.g. Logicle_262144_0.5_4.5_0: every digit, so unequal scales get unequal ids
+                tid = "_".join([st.kind.capitalize(), *(_num(v).removesuffix(".0").replace("+", "") for v in st.params.values())])
                 scale.setdefault(tid, ScaleTransform(tid, st.kind, st.params))
             marker = dim in result.detectors
             dims[dim] = Dimension(result.detectors.get(dim, dim), comp_ref if marker else UNCOMPENSATED, tid)
