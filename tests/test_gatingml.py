@@ -268,3 +268,33 @@ def test_a_pns_two_channels_carry_is_refused_naming_both():
     # a $PnN is what Gating-ML names: a channel whose $PnN is the name is the one meant
     assert apply_gatingml(doc, events, ["FL1-A", "CD4"], None, ["CD4", ""])["R"].tolist() == [True, False]
     assert apply_gatingml(doc, events, ["FL1-A", "FL1-H"], None, ["CD4", ""])["R"].tolist() == [False, True]
+
+
+RATIO = ('<transforms:transformation transforms:id="PDoverCD3"><transforms:fratio transforms:A="1" transforms:B="0" transforms:C="0">'
+         '<data-type:fcs-dimension data-type:name="PE-A"/><data-type:fcs-dimension data-type:name="FITC-A"/></transforms:fratio>'
+         '</transforms:transformation>'
+         '<gating:RectangleGate gating:id="R"><gating:dimension gating:compensation-ref="{comp}" gating:min="0.05" gating:max="2">'
+         '<data-type:new-dimension data-type:transformation-ref="PDoverCD3"/></gating:dimension></gating:RectangleGate>')
+
+
+@pytest.mark.parametrize("comp", ["FCS", "uncompensated"])
+def test_a_ratio_dimension_is_a_ratio_of_values_compensated_as_its_compensation_ref_says(tmp_path, comp):
+    """Gating-ML 2.0: a dimension's compensation-ref applies before its transformations, and for a
+    new-dimension to the fratio's two arguments (as R flowUtils, the reference implementation, does).
+    FlowKit 1.3 computes every fratio from uncompensated values: it agrees for 'uncompensated' only."""
+    import flowkit as fk
+
+    from tilpheno.compensation import compensate
+
+    f = read_fcs(STAIN)
+    values = compensate(f.events, f.channel_names, f.spillover) if comp == "FCS" else f.events
+    pe, fitc = (values[:, f.channel_names.index(c)] for c in ("PE-A", "FITC-A"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = (pe / fitc >= 0.05) & (pe / fitc < 2)
+    xml = _doc(RATIO.format(comp=comp))
+    got = apply_gatingml(parse_gatingml(xml), f.events, f.channel_names, f.spillover)["R"]
+    assert 100 < expected.sum() < f.n_events - 100
+    assert np.array_equal(got, expected)
+    (tmp_path / "ratio.xml").write_text(xml)
+    flowkit = fk.parse_gating_xml(str(tmp_path / "ratio.xml")).gate_sample(fk.Sample(str(STAIN))).get_gate_membership("R")
+    assert np.array_equal(flowkit, expected) == (comp == "uncompensated")

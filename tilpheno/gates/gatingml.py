@@ -19,7 +19,10 @@ Conventions (Gating-ML 2.0 specification, ISAC 2013):
   ``flin = (x + A) / (T + A)``; ``flog = log10(x / T) / M + 1`` (NaN / -inf for x <= 0, so
   outside every gate); ``fasinh``, ``logicle``, ``hyperlog`` by flowutils, whose implementations
   follow the Gating-ML 2.0 definitions. ``fratio = A (x - B) / (y - C)`` defines a new dimension
-  from two compensated channels; a scale transformation may then apply to the ratio (log-ratio).
+  from two channels, both compensated as the dimension's ``compensation-ref`` says (compensation
+  comes before transformation; so does R flowUtils, the spec author's reference implementation); a scale
+  transformation may then apply to the ratio (log-ratio). FlowKit 1.3 differs: it computes every
+  fratio from uncompensated values, whatever the compensation-ref (equal for "uncompensated").
 - A gate with ``parent_id`` contains the events of its parent that its geometry contains. Boolean
   gates combine the full populations (parents included) of the gates they reference. A quadrant
   gate yields one population per quadrant id; its own id is not a population.
