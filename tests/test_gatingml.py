@@ -298,3 +298,39 @@ def test_a_ratio_dimension_is_a_ratio_of_values_compensated_as_its_compensation_
     (tmp_path / "ratio.xml").write_text(xml)
     flowkit = fk.parse_gating_xml(str(tmp_path / "ratio.xml")).gate_sample(fk.Sample(str(STAIN))).get_gate_membership("R")
     assert np.array_equal(flowkit, expected) == (comp == "uncompensated")
+
+
+BOUNDED = ('<transforms:transformation transforms:id="Lin" {bounds}><transforms:flin transforms:T="1000" transforms:A="0"/>'
+           '</transforms:transformation>'
+           '<transforms:transformation transforms:id="Rat" {bounds}><transforms:fratio transforms:A="0.001" transforms:B="0" transforms:C="0">'
+           '<data-type:fcs-dimension data-type:name="FL1-H"/><data-type:fcs-dimension data-type:name="FL2-H"/></transforms:fratio>'
+           '</transforms:transformation>'
+           '<gating:RectangleGate gating:id="Top"><gating:dimension gating:compensation-ref="uncompensated" gating:min="0.5" '
+           'gating:max="0.6" gating:transformation-ref="Lin"><data-type:fcs-dimension data-type:name="FL1-H"/></gating:dimension>'
+           '</gating:RectangleGate>'
+           '<gating:RectangleGate gating:id="Low"><gating:dimension gating:compensation-ref="uncompensated" gating:max="0.1">'
+           '<data-type:new-dimension data-type:transformation-ref="Rat"/></gating:dimension></gating:RectangleGate>')
+
+
+def test_transformation_bounds_limit_the_transformed_values():
+    """Gating-ML 2.0 boundMin/boundMax: f -> max(min(f, boundMax), boundMin). With boundMax 0.5 every
+    event above it sits on 0.5, inside [0.5, 0.6); with boundMin 0.1 every ratio below it sits on
+    0.1, outside (-inf, 0.1). The bounds were ignored. The document written back keeps them."""
+    from tilpheno.gates.gatingml import gatingml_xml
+
+    f = sample()
+    fl1, fl2 = (f.events[:, f.channel_names.index(c)] for c in ("FL1-H", "FL2-H"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = 0.001 * fl1 / fl2
+    lin = fl1 / 1000
+    unbounded = {"Top": (lin >= 0.5) & (lin < 0.6), "Low": ratio < 0.1}
+    bounded = {"Top": lin >= 0.5, "Low": np.zeros(f.n_events, dtype=bool)}
+    assert all(0 < m.sum() < f.n_events for m in unbounded.values()) and (lin >= 0.6).sum() > 0
+    for bounds, expected in (("", unbounded), ('transforms:boundMin="0.1" transforms:boundMax="0.5"', bounded)):
+        doc = parse_gatingml(_doc(BOUNDED.format(bounds=bounds)))
+        for d in (doc, parse_gatingml(gatingml_xml(doc))):
+            got = apply_gatingml(d, f.events, f.channel_names)
+            for gid, mask in expected.items():
+                assert np.array_equal(got[gid], mask), (bounds, gid)
+    with pytest.raises(StrategyError, match="'Lin'.*boundMin 2.0 is greater than boundMax 1.0"):
+        parse_gatingml(_doc(BOUNDED.format(bounds='transforms:boundMin="2" transforms:boundMax="1"')))

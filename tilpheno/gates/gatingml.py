@@ -23,6 +23,8 @@ Conventions (Gating-ML 2.0 specification, ISAC 2013):
   comes before transformation; so does R flowUtils, the spec author's reference implementation); a scale
   transformation may then apply to the ratio (log-ratio). FlowKit 1.3 differs: it computes every
   fratio from uncompensated values, whatever the compensation-ref (equal for "uncompensated").
+- A transformation's optional ``boundMin`` / ``boundMax`` bound its result:
+  ``max(min(f, boundMax), boundMin)`` (as R flowCore; FlowKit 1.3 ignores them).
 - A gate with ``parent_id`` contains the events of its parent that its geometry contains. Boolean
   gates combine the full populations (parents included) of the gates they reference. A quadrant
   gate yields one population per quadrant id; its own id is not a population.
@@ -95,8 +97,11 @@ class ScaleTransform:
     id: str
     kind: str
     params: Mapping[str, float]
+    bound_min: float = -math.inf
+    bound_max: float = math.inf
 
     def __post_init__(self):
+        _check_bounds(self.id, self.bound_min, self.bound_max)
         if self.kind not in _SCALE_PARAMS:
             raise StrategyError(f"transformation {self.id!r}: unknown kind {self.kind!r}")
         missing = [p for p in _SCALE_PARAMS[self.kind] if p not in self.params]
@@ -109,11 +114,13 @@ class ScaleTransform:
         object.__setattr__(self, "params", p)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Transform scale values ``x`` (float64 array) to the Gating-ML transformed scale."""
+        """Transform scale values ``x`` (float64 array) to the Gating-ML transformed scale, bounded."""
+        return _bounded(self._unbounded(np.asarray(x, dtype=np.float64)), self.bound_min, self.bound_max)
+
+    def _unbounded(self, x: np.ndarray) -> np.ndarray:
         from flowutils import transforms as fu
 
         p = self.params
-        x = np.asarray(x, dtype=np.float64)
         if self.kind == "flin":
             return (x + p["A"]) / (p["T"] + p["A"])
         if self.kind == "flog":
@@ -124,6 +131,19 @@ class ScaleTransform:
         if self.kind == "logicle":
             return fu.logicle(x, None, t=p["T"], m=p["M"], w=p["W"], a=p["A"])
         return fu.hyperlog(x, None, t=p["T"], m=p["M"], w=p["W"], a=p["A"])
+
+
+def _check_bounds(tid: str, low: float, high: float) -> None:
+    """Gating-ML 2.0: boundMin shall not be greater than boundMax (StrategyError naming the transformation)."""
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise StrategyError(f"transformation {tid!r}: boundMin {low} is greater than boundMax {high}")
+
+
+def _bounded(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Gating-ML 2.0 ``boundMin``/``boundMax``: ``max(min(f, boundMax), boundMin)``; NaN stays NaN."""
+    if low == -math.inf and high == math.inf:
+        return values
+    return np.clip(values, low, high)
 
 
 def _scale_param_problem(kind: str, p: Mapping[str, float]) -> str:
@@ -159,10 +179,16 @@ class RatioTransform:
     A: float
     B: float
     C: float
+    bound_min: float = -math.inf
+    bound_max: float = math.inf
+
+    def __post_init__(self):
+        _check_bounds(self.id, self.bound_min, self.bound_max)
 
     def apply(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return self.A * (np.asarray(x, dtype=np.float64) - self.B) / (np.asarray(y, dtype=np.float64) - self.C)
+            ratio = self.A * (np.asarray(x, dtype=np.float64) - self.B) / (np.asarray(y, dtype=np.float64) - self.C)
+        return _bounded(ratio, self.bound_min, self.bound_max)
 
 
 @dataclass(frozen=True)
@@ -437,14 +463,19 @@ def _parse_transformation(el: ET.Element, source: str) -> ScaleTransform | Ratio
     def param(p: str) -> float:
         return parse_number(_attr(child, p, source, True), f"transformation {tid!r} parameter {p}", source)
 
+    def bound(name: str, default: float) -> float:
+        text = _attr(el, name, source)
+        return default if text is None else parse_number(text, f"transformation {tid!r} {name}", source)
+
+    bounds = bound("boundMin", -math.inf), bound("boundMax", math.inf)
     if kind == "fratio":
         names = _fcs_names(child, source)
         if len(names) != 2:
             raise StrategyError(f"{source}: fratio {tid!r} needs exactly two fcs-dimensions, got {names}")
-        return RatioTransform(tid, names[0], names[1], param("A"), param("B"), param("C"))
+        return RatioTransform(tid, names[0], names[1], param("A"), param("B"), param("C"), *bounds)
     if kind not in _SCALE_PARAMS:
         raise StrategyError(f"{source}: transformation {tid!r}: unsupported transform <{kind}>")
-    return ScaleTransform(tid, kind, {p: param(p) for p in _SCALE_PARAMS[kind]})
+    return ScaleTransform(tid, kind, {p: param(p) for p in _SCALE_PARAMS[kind]}, *bounds)
 
 
 def _parse_dimension(el: ET.Element, gid: str, source: str) -> Dimension:
@@ -920,7 +951,11 @@ def gatingml_xml(doc: GatingMLDocument) -> str:
             for v in row:
                 ET.SubElement(spectrum, _t("coefficient"), {_t("value"): _num(v)})
     for tr in doc.transforms.values():
-        el = ET.SubElement(root, _t("transformation"), {_t("id"): tr.id})
+        attrs = {_t("id"): tr.id}
+        for name, value in (("boundMin", tr.bound_min), ("boundMax", tr.bound_max)):
+            if math.isfinite(value):
+                attrs[_t(name)] = _num(value)
+        el = ET.SubElement(root, _t("transformation"), attrs)
         if isinstance(tr, RatioTransform):
             r = ET.SubElement(el, _t("fratio"), {_t("A"): _num(tr.A), _t("B"): _num(tr.B), _t("C"): _num(tr.C)})
             for n in (tr.numerator, tr.denominator):
