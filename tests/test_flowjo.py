@@ -93,6 +93,9 @@ def test_groups_and_errors():
     with pytest.raises(StrategyError, match=r"'other.fcs'; its samples: \['data_set_simple_line_100.fcs'\]"):
         read_workspace(DATA / "simple_poly_and_rect.wsp", "my_group", sample="other.fcs")
     assert read_workspace(DATA / "simple_poly_and_rect.wsp", "my_group", sample="data_set_simple_line_100.fcs").sample_id == "1"
+    # an empty group said it did "not contain a single sample (name one); its samples: []"
+    with pytest.raises(StrategyError, match=r"group 'Compensation' has no samples$"):
+        read_workspace(DATA / "simple_poly_and_rect.wsp", "Compensation")
 
 
 # ---------------------------------------------------------------- a synthetic workspace with every feature

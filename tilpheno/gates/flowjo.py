@@ -242,6 +242,8 @@ def read_workspace(path: str | Path, group: str = "All Samples", sample: str | N
         members = [s for s in members if sample in _sample_labels(s)]
     if len(members) != 1:
         labels = [_sample_name(samples[i], i) for i in sample_ids if i in samples]
+        if not labels:
+            raise StrategyError(f"{source}: group {group!r} has no samples")
         what = f"sample {sample!r}" if sample is not None else "a single sample (name one)"
         raise StrategyError(f"{source}: group {group!r} does not contain {what}; its samples: {labels}")
     return _parse_sample(members[0], group, source)
