@@ -10,11 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tilpheno.biomarkers.splines import fit_spline, harrell_knots, rcs_basis
+from tilpheno.biomarkers.splines import fit_spline, harrell_knots, rcs_basis, spline_rows
 
 REF = Path(__file__).parent / "reference"
 RCS = pd.read_csv(REF / "rcs_reference.csv", float_precision="round_trip")
 CURVE = pd.read_csv(REF / "rcs_curve_reference.csv", float_precision="round_trip")
+KNOTS = pd.read_csv(REF / "rcs_knots_reference.csv", float_precision="round_trip")
+MESSY_RCS = pd.read_csv(REF / "rcs_messy_reference.csv", float_precision="round_trip")
+MESSY = pd.read_csv(REF / "messy_cohorts.csv")
+
+
+def numbers(text):
+    return [float(v) for v in text.split(";")]
 
 
 def data(ds):
@@ -33,7 +40,7 @@ def test_spline_cox_equals_rms_cph(key):
     ds, mk, k = key
     want = RCS[(RCS.dataset == ds) & (RCS.marker == mk) & (RCS.k == k)]
     fit = fit_spline(data(ds), "time", "event", mk, int(k))
-    np.testing.assert_allclose(fit.knots, [float(v) for v in want.knots.iloc[0].split(";")], rtol=1e-14)
+    np.testing.assert_allclose(fit.knots, numbers(want.knots.iloc[0]), rtol=1e-14)
     c = fit.cox.coefficients
     np.testing.assert_allclose(c.coef, want.coef, rtol=1e-6)
     np.testing.assert_allclose(c.se, want.se, rtol=1e-6)
@@ -52,6 +59,45 @@ def test_spline_cox_equals_rms_cph(key):
     assert (curve.ci_low <= curve.log_hr).all() and (curve.log_hr <= curve.ci_high).all()
 
 
+@pytest.mark.parametrize("case", list(KNOTS.itertuples(index=False)), ids=[f"{c.case}-{c.k}" for c in KNOTS.itertuples()])
+def test_knots_equal_rcspline_eval(case):
+    """rcspline.eval's special cases, which rms::rcs(x, k) uses: a marker with a floor at 0 and a ceiling at
+    100 in 40 patients (5 and 4 of them: before, knots at 0 and at quantiles of all values: 0;57.99;89.96
+    where R has 1.86;38.96;97.21), 6 distinct values (before 1;2.85;4;5 for 4 knots, R 2;3;4;5: the inner
+    values, with a warning), and knots that tie."""
+    got = harrell_knots(numbers(case.x), int(case.k))
+    np.testing.assert_allclose(got.knots, numbers(case.knots), rtol=1e-15)
+    assert bool(got.note) == (case.r_warned or got.knots.size < case.k), got.note
+
+
+MESSY_KEYS = sorted(set(map(tuple, MESSY_RCS[["cohort", "k"]].to_numpy())))
+
+
+@pytest.mark.parametrize("key", MESSY_KEYS, ids=[f"{c}-{k}" for c, k in MESSY_KEYS])
+def test_spline_on_a_small_messy_cohort_equals_cph_rcs(key):
+    """cph(Surv ~ rcs(x, k)) on 40 and 25 patients with times of 0, whole-month ties and a marker with a
+    floor and a ceiling: same knots (from the fit), coefficients and Wald tests."""
+    cohort, k = key
+    want = MESSY_RCS[(MESSY_RCS.cohort == cohort) & (MESSY_RCS.k == k)]
+    fit = fit_spline(MESSY[MESSY.cohort == cohort], "time", "event", "x", int(k))
+    np.testing.assert_allclose(fit.knots, numbers(want.knots.iloc[0]), rtol=1e-15)
+    np.testing.assert_allclose(fit.cox.coefficients.coef, want.coef, rtol=1e-6)
+    np.testing.assert_allclose(fit.cox.coefficients.se, want.se, rtol=1e-6)
+    w = want.iloc[0]
+    assert (fit.overall_chisq, fit.overall_df) == (pytest.approx(w.overall_chisq, rel=1e-6), w.overall_df)
+    assert (fit.nonlinear_chisq, fit.nonlinear_df) == (pytest.approx(w.nonlin_chisq, rel=1e-6), w.nonlin_df)
+    assert fit.nonlinear_p == pytest.approx(w.nonlin_p, rel=1e-6)
+
+
+def test_fewer_knots_than_asked_are_said_in_the_table():
+    """6 distinct values, 5 knots asked: rcspline.eval places 4 (the inner values) and warns; the
+    splines.csv row says so instead of a silent n_knots of 4."""
+    frame = MESSY[MESSY.cohort == "m40"].assign(x=np.resize([1.0, 2, 3, 4, 5, 6], 40))
+    row = spline_rows(fit_spline(frame, "time", "event", "x", 5), "pfs")
+    assert row["n_knots"] == 4 and row["knots"] == "2;3;4;5"
+    assert row["warning"].startswith("5 knots asked for, the marker has 6 distinct values: knots at the 4 inner ones")
+
+
 def test_knots_need_distinct_values_and_valid_k():
     with pytest.raises(ValueError, match="3, 4 or 5"):
         harrell_knots(np.arange(50.0), 6)
@@ -61,7 +107,7 @@ def test_knots_need_distinct_values_and_valid_k():
     # are refused by name, not an IndexError
     with pytest.raises(ValueError, match="9 values: too few for a 4-knot spline"):
         harrell_knots(np.r_[np.arange(9.0), np.nan], 4)
-    assert harrell_knots(np.arange(10.0), 3).tolist() == [4.0, 4.5, 5.0]
+    assert harrell_knots(np.arange(10.0), 3).knots.tolist() == [4.0, 4.5, 5.0]
 
 
 def test_basis_is_linear_beyond_the_outer_knots():

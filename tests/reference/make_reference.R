@@ -361,5 +361,47 @@ for (case in c("one_event", "two_tied_events")) {
 }
 write_ref(do.call(rbind, one_rows), "cox_one_event_time_reference.csv")
 
+# ---- small messy cohorts (n 15-40: whole-month ties, times of 0, a marker with a floor at 0 and a ceiling
+# at 100): rms::rcs knots (rcspline.eval's special cases), cph(Surv ~ rcs(x, k))
+set.seed(99)
+messy_cohort <- function(n, name) {
+  x <- round(runif(n, 0.5, 95), 1)
+  x[sample(n, 4)] <- 0; x[sample(which(x > 0), 3)] <- 100
+  z <- sample(c(0, 1), n, replace = TRUE)
+  time <- pmax(0, round(rexp(n, exp(0.02 * x + 0.5 * z) / 20)))
+  event <- rbinom(n, 1, 0.75)
+  time[sample(n, 2)] <- 0; event[time == 0][1] <- 0
+  data.frame(cohort = name, time = time, event = event, x = x, z = z)
+}
+messy <- rbind(messy_cohort(40, "m40"), messy_cohort(25, "m25"), messy_cohort(15, "m15"))
+write.csv(messy, "messy_cohorts.csv", row.names = FALSE)
+set.seed(5)
+knot_cases <- list(
+  distinct12 = round(rnorm(12, 50, 10), 1), distinct40 = round(rnorm(40, 50, 10), 1),
+  floor_and_ceiling40 = c(rep(0, 5), round(runif(31, 0.1, 99), 2), rep(100, 4)),
+  few_distinct32 = rep(c(1, 2, 3, 4, 5, 6), c(5, 6, 7, 6, 5, 3)),
+  ties25 = sample(c(2, 5, 7, 9, 12, 15, 20, 30), 25, replace = TRUE),
+  floor120 = c(rep(0, 10), round(runif(110, 0.1, 30), 2)),
+  m40 = messy$x[messy$cohort == "m40"], m25 = messy$x[messy$cohort == "m25"])
+kn <- list()
+for (nm in names(knot_cases)) for (k in 3:5) {
+  warned <- FALSE
+  knots <- withCallingHandlers(rcspline.eval(knot_cases[[nm]], nk = k, knots.only = TRUE),
+                               warning = function(w) { warned <<- TRUE; invokeRestart("muffleWarning") })
+  kn[[length(kn) + 1]] <- data.frame(case = nm, k = k, x = paste(num(knot_cases[[nm]]), collapse = ";"),
+                                     knots = paste(num(knots), collapse = ";"), r_warned = warned)
+}
+write_ref(do.call(rbind, kn), "rcs_knots_reference.csv")
+mr <- list()
+for (co in c("m40", "m25")) for (k in 3:5) {
+  dd <- messy[messy$cohort == co, ]
+  f <- cph(Surv(time, event) ~ rcs(x, k), data = dd, eps = 1e-12, tol = 1e-14, iter.max = 100)
+  a <- anova(f)
+  mr[[length(mr) + 1]] <- data.frame(cohort = co, k = k, term = seq_along(coef(f)),
+    knots = paste(num(f$Design$parms$x), collapse = ";"), coef = unname(coef(f)), se = unname(sqrt(diag(vcov(f)))),
+    overall_chisq = a[1, 1], overall_df = a[1, 2], nonlin_chisq = a[2, 1], nonlin_df = a[2, 2], nonlin_p = a[2, 3])
+}
+write_ref(do.call(rbind, mr), "rcs_messy_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

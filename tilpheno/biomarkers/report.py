@@ -527,7 +527,8 @@ def extra_methods(results) -> list[str]:
     return [
         f"Continuous markers without cut-points: each marker as a restricted cubic spline with {s.spline_knots} "
         "knots at Harrell's quantiles (rms::rcs conventions; outer knots at the 5th smallest and largest values "
-        "below 100 patients) in a univariable Cox model; Wald tests of any association and of nonlinearity "
+        "below 100 patients; a floor or ceiling value shared by 5% of the patients or more moves the outer knot to the "
+        "next value, as Hmisc rcspline.eval) in a univariable Cox model; Wald tests of any association and of nonlinearity "
         "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise 95% band "
         "and a rug of the observed values.",
         f"Internal validation (REMARK item 15): each multivariable continuous model was refitted in {s.n_boot} "

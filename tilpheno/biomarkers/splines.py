@@ -4,7 +4,9 @@ Conventions (``rms``/``Hmisc::rcspline.eval`` with ``norm = 2``):
 
 - Knots at Harrell's quantiles of the marker: 3 knots .10 .50 .90; 4 knots .05 .35 .65 .95;
   5 knots .05 .275 .50 .725 .95 (R quantile type 7). With fewer than 100 values the outer knots
-  are the 5th smallest and 5th largest values. Tied knots are dropped.
+  are the 5th smallest and 5th largest values. Tied knots are dropped. rcspline.eval's special
+  cases are followed (``harrell_knots``): few distinct values, a floor or ceiling value held by 5 % or
+  more of the patients (``fractied``), tied quantiles; fewer knots than asked is said in ``note``.
 - Basis: ``x`` and, for ``j = 1..k-2``, ``(x - t_j)+^3 - (x - t_{k-1})+^3 (t_k - t_j)/(t_k - t_{k-1})
   + (x - t_k)+^3 (t_{k-1} - t_j)/(t_k - t_{k-1})``, each divided by ``(t_k - t_1)^2`` (linear beyond
   the outer knots).
@@ -23,23 +25,98 @@ from scipy import stats
 
 from .cox import CoxResult, fit_cox
 
-HARRELL_QUANTILES = {3: (0.10, 0.50, 0.90), 4: (0.05, 0.35, 0.65, 0.95), 5: (0.05, 0.275, 0.50, 0.725, 0.95)}
+FRACTIED = 0.05   # rms' options(fractied): an end value this frequent is treated as a floor or ceiling
 
 
-def harrell_knots(x, k: int) -> np.ndarray:
-    """Knot locations of ``rcspline.eval(x, nk = k, knots.only = TRUE)``."""
-    if k not in HARRELL_QUANTILES:
+def r_seq(start: float, stop: float, length: int) -> np.ndarray:
+    """R ``seq(start, stop, length.out = length)`` to the last bit (ends exact, steps of (stop - start)/(length - 1))."""
+    if length == 1:
+        return np.array([start])
+    by = (stop - start) / (length - 1)
+    return np.array([start, *(start + i * by for i in range(1, length - 1)), stop])
+
+
+def r_quantile(sorted_x: np.ndarray, probs) -> np.ndarray:
+    """R ``quantile(x, probs)`` (type 7) of sorted values, with R's arithmetic ``(1 - h) x[lo] + h x[hi]``."""
+    index = (sorted_x.size - 1) * np.asarray(probs, dtype=float)
+    lo = np.floor(index).astype(int)
+    hi = np.ceil(index).astype(int)
+    h = index - lo
+    q = sorted_x[lo]
+    move = (index > lo) & (sorted_x[hi] != q)
+    return np.where(move, (1 - h) * q + h * sorted_x[hi], q)
+
+
+@dataclass(frozen=True)
+class Knots:
+    """Knot locations and, when rcspline.eval would warn (fewer knots than asked), its reason."""
+
+    knots: np.ndarray
+    note: str = ""
+
+
+def harrell_knots(x, k: int, fractied: float = FRACTIED) -> Knots:
+    """Knot locations of ``Hmisc::rcspline.eval(x, nk = k, knots.only = TRUE)`` (the knots ``rms::rcs(x, k)`` uses).
+
+    The quantiles ``seq(outer, 1 - outer, length = k)`` of the marker (outer .10 for 3 knots, else .05;
+    R type 7), the outer two moved to the 5th smallest and 5th largest value below 100 values, with
+    rcspline.eval's special cases: with at most k + 2 distinct values the knots are the distinct values
+    less the smallest and largest; when the smallest (largest) value holds at least ``fractied`` of the
+    values and no other value does, the first (last) knot is the next distinct value and the other knots
+    come from the values beyond it; when the quantiles tie, the alternate algorithm (2k quantiles).
+    Tied knots are dropped. Unlike R (6), at least 10 values are required: below 10 the 5th smallest
+    value lies above the 5th largest.
+    """
+    if k not in (3, 4, 5):
         raise ValueError(f"number of knots must be 3, 4 or 5 (got {k})")
-    x = np.sort(np.asarray(x, dtype=float)[~np.isnan(np.asarray(x, dtype=float))])
-    if x.size < 10:   # below 100 values the outer knots are the 5th smallest and 5th largest value
-        raise ValueError(f"{x.size} values: too few for a {k}-knot spline (needs at least 10)")
-    knots = np.quantile(x, HARRELL_QUANTILES[k])
-    if x.size < 100:
-        knots[0], knots[-1] = x[4], x[-5]
-    knots = np.unique(knots)
+    xx = np.asarray(x, dtype=float)
+    xx = np.sort(xx[~np.isnan(xx)])
+    if xx.size < 10:
+        raise ValueError(f"{xx.size} values: too few for a {k}-knot spline (needs at least 10)")
+    values, counts = np.unique(xx, return_counts=True)
+    if values.size - 2 <= k:
+        return _distinct_knots(values[1:-1], f"{k} knots asked for, the marker has {values.size} distinct values: "
+                                            f"knots at the {values.size - 2} inner ones (as rcspline.eval)")
+    outer = 0.05 if k > 3 else 0.10
+    f = counts / xx.size
+    first = last = None
+    nke = k
+    if f[1:-1].max() < fractied:
+        if f[0] >= fractied:
+            first = xx[xx > xx[0]][0]
+            xx, nke = xx[xx > first], nke - 1
+        if f[-1] >= fractied:
+            last = xx[xx < xx[-1]][-1]
+            xx, nke = xx[xx < last], nke - 1
+    note = ""
+    if nke == 1:
+        inner = np.array([np.median(xx)])
+    else:
+        inner = r_quantile(xx, r_seq(0.5, 1 - outer, 2) if nke == 2 else r_seq(outer, 1 - outer, nke))
+        if np.unique(inner).size < min(nke, 3):
+            inner = r_quantile(xx, r_seq(outer, 1 - outer, 2 * nke))
+            if first is not None and np.unique(inner).size < 3:
+                mid = (first + last) / 2 if last is not None else float(np.median(xx))
+                inner = np.sort([first, mid, last if last is not None else r_quantile(xx, [1 - outer])[0]])
+            note = f"{k} knots asked for: the marker's quantiles tie, knots from 2 x {nke} quantiles (as rcspline.eval)"
+        if xx.size < 100:   # R grows the vector on assignment past its end; its NAs, like indexes past xx's end, are dropped
+            inner = np.r_[inner, np.full(max(0, nke - inner.size), np.nan)]
+            if first is None:
+                inner[0] = xx[4] if xx.size > 4 else np.nan
+            if last is None:
+                inner[nke - 1] = xx[-5] if xx.size > 4 else np.nan
+    placed = _distinct_knots(np.r_[inner, [v for v in (first, last) if v is not None]], note)
+    if placed.knots.size < k and not note:
+        return Knots(placed.knots, f"{k} knots asked for, {placed.knots.size} placed (tied knots dropped)")
+    return placed
+
+
+def _distinct_knots(knots: np.ndarray, note: str) -> Knots:
+    """Sorted distinct knots (R ``sort(unique(knots))``, missing dropped); fewer than 3 is an error."""
+    knots = np.unique(knots[~np.isnan(knots)])
     if knots.size < 3:
-        raise ValueError(f"marker has too few distinct values for a {k}-knot spline")
-    return knots
+        raise ValueError("marker has too few distinct values for a spline (fewer than 3 distinct knots)")
+    return Knots(knots, note)
 
 
 def _covariance(cox) -> np.ndarray:
@@ -69,6 +146,7 @@ class SplineFit:
 
     marker: str
     knots: np.ndarray
+    knots_note: str   # why fewer knots than asked were placed, else ""
     cox: CoxResult
     overall_chisq: float
     overall_df: int
@@ -100,7 +178,8 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
                covariates: list[str] | tuple = (), conf_level: float = 0.95) -> SplineFit:
     """``cph(Surv(duration, event) ~ rcs(marker, k) + covariates)`` on complete cases."""
     data = frame[[duration, event, marker, *covariates]].dropna().reset_index(drop=True)
-    knots = harrell_knots(data[marker], k)
+    placed = harrell_knots(data[marker], k)
+    knots = placed.knots
     basis = rcs_basis(data[marker], knots)
     names = [marker + "'" * j for j in range(basis.shape[1])]
     spl = pd.DataFrame(basis, columns=names)
@@ -112,7 +191,7 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
     overall = _wald(coef, V)
     nonlin = _wald(coef[1:], V[1:, 1:]) if len(names) > 1 else (np.nan, 0, np.nan)
     x = data[marker].to_numpy(float)
-    return SplineFit(marker, knots, cox, *overall, *nonlin, float(np.median(x)), x)
+    return SplineFit(marker, knots, placed.note, cox, *overall, *nonlin, float(np.median(x)), x)
 
 
 def spline_rows(fit: SplineFit, endpoint: str) -> dict:
@@ -121,4 +200,4 @@ def spline_rows(fit: SplineFit, endpoint: str) -> dict:
                 n_knots=fit.knots.size, n=fit.cox.n, events=fit.cox.events, overall_chisq=fit.overall_chisq,
                 overall_df=fit.overall_df, overall_p=fit.overall_p, nonlinear_chisq=fit.nonlinear_chisq,
                 nonlinear_df=fit.nonlinear_df, nonlinear_p=fit.nonlinear_p, reference=fit.reference,
-                loglik=fit.cox.loglik, converged=fit.cox.converged, warning="; ".join(fit.cox.warnings))
+                loglik=fit.cox.loglik, converged=fit.cox.converged, warning="; ".join(w for w in (fit.knots_note, *fit.cox.warnings) if w))
