@@ -362,7 +362,8 @@ for (case in c("one_event", "two_tied_events")) {
 write_ref(do.call(rbind, one_rows), "cox_one_event_time_reference.csv")
 
 # ---- small messy cohorts (n 15-40: whole-month ties, times of 0, a marker with a floor at 0 and a ceiling
-# at 100): rms::rcs knots (rcspline.eval's special cases), cph(Surv ~ rcs(x, k))
+# at 100): rms::rcs knots (rcspline.eval's special cases), cph(Surv ~ rcs(x, k)) and rms::validate given
+# its own bootstrap samples (written out, so the test replays them: equal, not just within Monte Carlo error)
 set.seed(99)
 messy_cohort <- function(n, name) {
   x <- round(runif(n, 0.5, 95), 1)
@@ -402,6 +403,18 @@ for (co in c("m40", "m25")) for (k in 3:5) {
     overall_chisq = a[1, 1], overall_df = a[1, 2], nonlin_chisq = a[2, 1], nonlin_df = a[2, 2], nonlin_p = a[2, 3])
 }
 write_ref(do.call(rbind, mr), "rcs_messy_reference.csv")
+vi <- list(); vs <- list()
+for (co in c("m40", "m25", "m15")) for (s in 1:3) {
+  dd <- messy[messy$cohort == co, ]
+  f <- cph(Surv(time, event) ~ x + z, data = dd, x = TRUE, y = TRUE, surv = TRUE)
+  set.seed(s); S <- replicate(50, sample(nrow(dd), replace = TRUE))   # the samples validate draws
+  set.seed(s); v <- suppressWarnings(validate(f, B = 50))
+  vi[[length(vi) + 1]] <- data.frame(cohort = co, seed = s, dxy_orig = v["Dxy", "index.orig"],
+    dxy_optimism = v["Dxy", "optimism"], slope_optimism = v["Slope", "optimism"], B = v["Dxy", "n"])
+  vs[[length(vs) + 1]] <- data.frame(cohort = co, seed = s, sample = 1:50, rows = apply(S, 2, paste, collapse = " "))
+}
+write_ref(do.call(rbind, vi), "validate_resampled_reference.csv")
+write.csv(do.call(rbind, vs), "validate_resamples.csv", row.names = FALSE)
 
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

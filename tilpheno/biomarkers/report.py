@@ -533,7 +533,8 @@ def extra_methods(results) -> list[str]:
         "and a rug of the observed values.",
         f"Internal validation (REMARK item 15): each multivariable continuous model was refitted in {s.n_boot} "
         f"bootstrap samples (seed {s.seed}); optimism = mean(training - test) Somers' Dxy and calibration slope "
-        "(rms::validate method 'boot'); the optimism-corrected values are in validation.csv. Calibration at "
+        "(rms::validate method 'boot', with its refits: a sample whose refit fails in R, at 10 iterations or singular, "
+        "is left out; B is the number used); the optimism-corrected values are in validation.csv. Calibration at "
         f"{s.calibration_time:g} months: patients in quartiles of the predicted survival (Cox with the Efron baseline "
         "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed (apparent, calibration.csv).",
         f"Time-dependent discrimination: cumulative/dynamic AUC at {', '.join(f'{t:g}' for t in s.roc_times)} months "

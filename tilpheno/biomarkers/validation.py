@@ -9,11 +9,16 @@ original data (test). Indexes:
 - the calibration slope: the coefficient of the linear predictor in a Cox model refitted on it
   (1 in the training data by construction).
 
-Optimism = mean(training index - test index) over the samples whose fit converged;
+Optimism = mean(training index - test index) over the samples whose fit succeeded;
 optimism-corrected index = apparent index - optimism (Harrell, Lee & Mark 1996). The number of
-samples used is recorded. Bootstrap refits stop at a relative Newton step below 1e-7 (far below
-the Monte Carlo error of the optimism). Agreement with ``rms::validate`` is within Monte Carlo error (different
-random streams): see tests/test_biomarkers_validation.py.
+samples used is recorded. Every refit (the bootstrap model and the calibration slope) is fitted as
+rms' ``coxphFit`` does: R ``coxph.fit`` from 0, stopping at a relative log-likelihood change of at
+most 1e-4; a fit that needs 10 iterations, or whose design has a constant column (singular), fails
+and its sample is left out. A sample whose partial likelihood has no finite maximum (monotone
+likelihood, frequent in small cohorts) is kept with the large coefficients it stops at, as in R:
+leaving it out would understate the optimism. Given the same bootstrap samples the indexes equal
+``rms::validate``'s; with different random streams they agree within Monte Carlo error: see
+tests/test_biomarkers_validation.py.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .cox import concordance_index, design_matrix, linear_predictor, newton_cox
+from .cox import concordance_index, design_matrix, efron_derivatives, linear_predictor, newton_cox
 
 
 @dataclass(frozen=True)
@@ -44,18 +49,59 @@ class Validation:
         return dict(self.__dict__)
 
 
+RMS_EPS = 1e-4      # rms coxphFit: relative log-likelihood change that ends the iterations
+RMS_ITER_MAX = 10   # ... and the iteration count at which the fit counts as failed
+
+
 def _dxy(time, event, lp) -> float:
     return 2 * concordance_index(time, event, lp).concordance - 1
 
 
+def rms_refit(time, event, X, eps: float = RMS_EPS, iter_max: int = RMS_ITER_MAX) -> np.ndarray | None:
+    """Coefficients of R ``coxph.fit`` (Efron) as rms' ``coxphFit`` calls it in ``validate``, or None where
+    rms counts the fit as failed (a constant column, or ``iter_max`` iterations reached).
+
+    Newton-Raphson from 0; done when ``|1 - best loglik / new loglik| <= eps`` at a finite point; a step
+    that lowers the log-likelihood (or overflows) is pulled back towards the last accepted point,
+    ``(new + h old) / (h + 1)`` after the h-th consecutive failure, as survival's coxfit6.
+    """
+    X = np.asarray(X, dtype=float).reshape(len(time), -1)
+    if np.any(X.std(axis=0) == 0):
+        return None
+    beta = np.zeros(X.shape[1])
+    cur = efron_derivatives(time, event, X, beta)
+    best = cur.loglik
+    try:
+        new = beta + np.linalg.solve(cur.information, cur.score)
+        halving = 0
+        for iteration in range(1, iter_max + 1):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                nxt = efron_derivatives(time, event, X, new)
+            finite = np.isfinite(nxt.loglik) and np.isfinite(nxt.score).all() and np.isfinite(nxt.information).all()
+            if finite and abs(1 - best / nxt.loglik) <= eps:
+                return new if iteration < iter_max else None
+            if not finite or nxt.loglik < best:
+                halving += 1
+                new = (new + halving * beta) / (halving + 1)
+            else:
+                halving, best, beta = 0, nxt.loglik, new
+                new = new + np.linalg.solve(nxt.information, nxt.score)
+    except np.linalg.LinAlgError:
+        return None
+    return None
+
+
 def _slope(time, event, lp) -> float:
-    fit = newton_cox(time, event, lp[:, None], np.ones(1), max_iter=30, tol=1e-7)
-    return float(fit.beta[0]) if fit.converged else float("nan")
+    fit = rms_refit(time, event, lp)
+    return float(fit[0]) if fit is not None else float("nan")
 
 
 def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str], B: int = 200,
-                 seed: int = 20240601) -> Validation:
-    """Optimism-corrected Dxy, concordance and calibration slope of ``Surv ~ variables`` (complete cases)."""
+                 seed: int = 20240601, resamples=None) -> Validation:
+    """Optimism-corrected Dxy, concordance and calibration slope of ``Surv ~ variables`` (complete cases).
+
+    ``resamples``: the B bootstrap samples as arrays of 0-based row indexes of the complete cases
+    (default: drawn with replacement from ``seed``)."""
     data = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
     X = design_matrix(data, variables).X.to_numpy(float)
     t = data[duration].to_numpy(float)
@@ -64,31 +110,28 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
     if not full.converged:
         raise ValueError("the model does not converge on the full data")
     apparent = _dxy(t, e, linear_predictor(X, full.beta))
-    rng = np.random.default_rng(seed)
-    n = t.size
+    if resamples is None:
+        rng = np.random.default_rng(seed)
+        resamples = [rng.integers(0, t.size, t.size) for _ in range(B)]
     d_opt, s_opt = [], []
-    for _ in range(B):
-        idx = rng.integers(0, n, n)
+    for idx in resamples:
         tb, eb, Xb = t[idx], e[idx], X[idx]
-        if eb.sum() == 0 or np.any(Xb.std(axis=0) == 0):
+        if eb.sum() == 0:
             continue
-        try:
-            fb = newton_cox(tb, eb, Xb, full.beta, max_iter=30, tol=1e-7)
-        except np.linalg.LinAlgError:
+        beta = rms_refit(tb, eb, Xb)
+        if beta is None:
             continue
-        if not fb.converged:
-            continue
-        lp_test = linear_predictor(X, fb.beta)
+        lp_test = linear_predictor(X, beta)
         slope = _slope(t, e, lp_test)
         if not np.isfinite(slope):
             continue
-        d_opt.append(_dxy(tb, eb, linear_predictor(Xb, fb.beta)) - _dxy(t, e, lp_test))
+        d_opt.append(_dxy(tb, eb, linear_predictor(Xb, beta)) - _dxy(t, e, lp_test))
         s_opt.append(1.0 - slope)
     if not d_opt:
         raise ValueError("no bootstrap sample could be fitted")
     do, so = float(np.mean(d_opt)), float(np.mean(s_opt))
     return Validation(apparent, do, apparent - do, (apparent + 1) / 2, (apparent - do + 1) / 2, so, 1 - so,
-                      len(d_opt), B, seed)
+                      len(d_opt), len(resamples), seed)
 
 
 def baseline_cumhaz(time, event, lp) -> tuple[np.ndarray, np.ndarray]:
