@@ -95,6 +95,21 @@ def test_logrank_chisq(row):
     assert res.p == pytest.approx(row.p, rel=1e-4)
 
 
+
+def test_logrank_without_variance_is_no_test_and_says_why():
+    """8 patients, every one dies at month 5, two groups: R's survdiff stops ('system is exactly singular');
+    the test gave chi-square 0 on 0 df and a blank p with no word why. Now chi-square and p are blank and the
+    note (a warning of the analysis) says why. With a censoring at that time R gives chi-square 0, p 1: so do we."""
+    group = np.array(list("abababab"))
+    res = logrank_test(np.full(8, 5.0), np.ones(8), group)
+    assert np.isnan(res.chisq) and np.isnan(res.p) and res.df == 0
+    assert res.note.startswith("no log-rank test: at every event time one group alone is at risk or everyone")
+    assert res.table.observed.tolist() == res.table.expected.tolist() == [4.0, 4.0]
+    censored = logrank_test(np.full(8, 5.0), np.array([1, 1, 0, 1, 1, 0, 1, 1]), group)
+    assert (censored.chisq, censored.df, censored.p, censored.note) == (0.0, 1, 1.0, "")
+    assert logrank_test(np.arange(1.0, 5), np.ones(4), ["a"] * 4).note == "no log-rank test: only one group has patients"
+
+
 def test_logrank_scores_match_exactranktests():
     r = ref("logrank_scores")
     np.testing.assert_allclose(logrank_scores(r.time, r.event), r.score, rtol=1e-12, atol=1e-12)

@@ -288,6 +288,8 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                 km_rows.append(row)
                 medians[g] = row["median"]
         lr = logrank_test(t, e, groups)
+        if lr.note:
+            warnings.append(f"{endpoint} {grouping}: {lr.note}")
         for rec in lr.table.itertuples(index=False):
             logrank_rows.append(dict(endpoint=endpoint, grouping=grouping, group=rec.group, n=rec.n,
                                      observed=rec.observed, expected=rec.expected,

@@ -218,12 +218,18 @@ def median_followup(time, event) -> Quantile:
 
 @dataclass(frozen=True)
 class LogRankResult:
-    """Log-rank (Mantel-Haenszel) test; ``table`` has group, n, observed, expected."""
+    """Log-rank (Mantel-Haenszel) test; ``table`` has group, n, observed, expected; ``note`` says why there is
+    no test when chisq and p are missing."""
 
     chisq: float
     df: int
     p: float
     table: pd.DataFrame
+    note: str = ""
+
+
+NO_VARIANCE = ("no log-rank test: at every event time one group alone is at risk or everyone at risk has the event "
+               "(e.g. every time tied), so the statistic has no variance (R survdiff stops with an error)")
 
 
 def logrank_test(time, event, group) -> LogRankResult:
@@ -237,7 +243,8 @@ def logrank_test(time, event, group) -> LogRankResult:
     if k < 2:  # nothing to compare: no test, but the table keeps its columns (expected = observed)
         events = float(e.sum())
         return LogRankResult(np.nan, 0, np.nan, pd.DataFrame(
-            {"group": levels, "n": [t.size], "observed": [events], "expected": [events]}))
+            {"group": levels, "n": [t.size], "observed": [events], "expected": [events]}),
+            "no log-rank test: only one group has patients")
     times = np.unique(t[e == 1])
     # n_risk[j, g] and d[j, g] at each event time
     at_risk = (t[None, :] >= times[:, None])
@@ -254,10 +261,11 @@ def logrank_test(time, event, group) -> LogRankResult:
     var = np.einsum("j,jg,gh->gh", factor * n_j, n_jg, np.eye(k)) - np.einsum("j,jg,jh->gh", factor, n_jg, n_jg)
     oe = (observed - expected)[:-1]
     v = var[:-1, :-1]
-    chisq = float(oe @ np.linalg.pinv(v) @ oe)
     df = int(np.linalg.matrix_rank(v))
-    p = float(stats.chi2.sf(chisq, df)) if df > 0 else np.nan
     table = pd.DataFrame(
         {"group": levels, "n": np.bincount(gi, minlength=k), "observed": observed, "expected": expected}
     )
-    return LogRankResult(chisq, df, p, table)
+    if df == 0:
+        return LogRankResult(np.nan, 0, np.nan, table, NO_VARIANCE)
+    chisq = float(oe @ np.linalg.pinv(v) @ oe)
+    return LogRankResult(chisq, df, float(stats.chi2.sf(chisq, df)), table)
