@@ -161,3 +161,67 @@ def test_panel_versions_make_one_kind():
     # sets sharing under 2/3 of their markers are different tubes, even in different products
     kinds = _kinds([_stained("D1", [], ["CD3", "CD4", "CD8"]), _stained("D2", [], ["CD3", "CD56", "CD16"])])
     assert len(kinds) == 2
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path.name, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+# each: a file of the draft, a text in it and its replacement; process refuses the result
+DRAFT_DEFECTS = {
+    "variable of no strategy": ("study.yaml", "  - viability_pct\n", "  - viabilty_pct\n"),
+    "criterion on no column": ("release.yaml", "column: viability_pct", "column: viabilty_pct"),
+    "FMO marker of no strategy": ("manifest.csv", "surface,fmo,PD1", "surface,fmo,LAG3"),
+    "product id in two cases": ("manifest.csv", "TIL002_surface_stain.fcs,TIL002", "TIL002_surface_stain.fcs,til002"),
+    "unknown gate method": ("surface.yaml", "method: fmo}", "method: fmoo}"),
+}
+
+
+@pytest.fixture(scope="module")
+def til_draft(tmp_path_factory):
+    out = tmp_path_factory.mktemp("draft")
+    write_study(draft_study(SAMPLE), out)
+    return out
+
+
+@pytest.mark.parametrize("defect", sorted(DRAFT_DEFECTS))
+def test_draft_check_and_process_refuse_alike(til_draft, tmp_path, defect):
+    """new-study's check of its draft and `process` make their pre-gating checks through one function
+    (load_run_inputs): an edit that process refuses is refused by the check with the same line."""
+    from tilpheno.cli import as_cli_text
+    from tilpheno.scaffold import check_draft
+
+    draft = tmp_path / "draft"
+    shutil.copytree(til_draft, draft)
+    assert check_draft(draft, SAMPLE) == ""
+    name, old, new = DRAFT_DEFECTS[defect]
+    _edit(draft / name, old, new)
+    problem = check_draft(draft, SAMPLE)
+    assert problem
+    result = _run(["process", str(SAMPLE), "--study", str(draft / "study.yaml"), "--manifest", str(draft / "manifest.csv"),
+                   "-o", str(tmp_path / "out"), "--reports", "none"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists()
+    assert " ".join(result.output.split()) == " ".join(f"error: {as_cli_text(problem)}".split())
+
+
+def test_draft_check_is_process_own_check(til_draft, monkeypatch):
+    """check_draft calls the function process_folder calls, with the draft's study, manifest and
+    panel: a check added to it applies to both."""
+    import tilpheno.pipeline.run as run
+    from tilpheno.errors import TilphenoError
+    from tilpheno.scaffold import check_draft
+
+    calls = []
+
+    def refuse(folder, **kwargs):
+        calls.append(kwargs)
+        raise TilphenoError("refused by load_run_inputs")
+
+    monkeypatch.setattr(run, "load_run_inputs", refuse)
+    assert check_draft(til_draft, SAMPLE, panel=NEWLAB / "panel.csv") == "refused by load_run_inputs"
+    assert calls == [{"manifest_csv": til_draft / "manifest.csv", "study": til_draft / "study.yaml",
+                      "panel_path": NEWLAB / "panel.csv"}]
+    with pytest.raises(TilphenoError, match="refused by load_run_inputs"):
+        run.process_folder(SAMPLE, til_draft / "never", study=til_draft / "study.yaml")

@@ -195,7 +195,7 @@ def new_study(
                "nest gates and rename variables in the strategy files. Run:")
     panel_option = f" --panel {panel}" if panel is not None else ""
     typer.echo(f"  tilpheno process {folder} --study {out}/study.yaml --manifest {out}/manifest.csv{panel_option} -o RESULTS")
-    problem = check_draft(out, folder)
+    problem = check_draft(out, folder, panel=panel)
     if problem:
         typer.secho(f"the draft needs an edit before process: {as_cli_text(problem)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)

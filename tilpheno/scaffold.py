@@ -403,23 +403,18 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     return targets
 
 
-def check_draft(out: str | Path, folder: str | Path) -> str:
-    """The checks ``process`` makes before gating, on the written draft: its study, strategies and
-    release spec load and agree, and its manifest reads (a data problem the draft carries over, e.g.
-    product ids that differ only in case, is the lab's to settle). Returns the problem, or ''."""
+def check_draft(out: str | Path, folder: str | Path, *, panel: str | Path | None = None) -> str:
+    """The checks ``process`` makes before gating (:func:`tilpheno.pipeline.run.load_run_inputs`, the
+    same function), on the written draft run as printed (``--study OUT/study.yaml --manifest
+    OUT/manifest.csv``, ``--panel`` when given): its study, strategies and release spec load and
+    agree, and its manifest reads (a data problem the draft carries over, e.g. product ids that
+    differ only in case, is the lab's to settle). Returns the problem, or ''."""
     from tilpheno.errors import TilphenoError
-    from tilpheno.gates.strategy import load_strategy
-    from tilpheno.pipeline.inputs import load_manifest, strategy_markers
-    from tilpheno.pipeline.run import check_study_names
-    from tilpheno.release import DEFAULT_SPEC
-    from tilpheno.study import load_study
+    from tilpheno.pipeline.run import load_run_inputs
 
     out = Path(out)
     try:
-        study = load_study(out / "study.yaml")
-        strategies = [load_strategy(p) for p in study.strategy_paths]
-        check_study_names(study, strategies, study.release or DEFAULT_SPEC)
-        load_manifest(folder, out / "manifest.csv", study=study, markers=strategy_markers(strategies))
+        load_run_inputs(folder, manifest_csv=out / "manifest.csv", study=out / "study.yaml", panel_path=panel)
     except TilphenoError as exc:
         return str(exc)
     return ""

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
@@ -21,6 +21,12 @@ from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC
 from tilpheno.study import Study, default_study
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tilpheno.panel import PanelOverrides
+    from tilpheno.release import ReleaseSpec
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +203,65 @@ def study_mismatch(study: Study, strategies: Sequence, spec) -> list[QCFlag]:
                    f"{', ...' if len(defined) > 3 else ''}) are in the tables; name a study that lists them")]
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What a ``process`` run checks and loads before it gates (:func:`load_run_inputs`): the study,
+    the strategies' paths and strategies, the panel override (``read_panel_file``, or None), the
+    manifest (``file`` usable from the working directory; control rows still in it), the release
+    spec, and the run's own QC flags so far (unlistable folders, a study whose variables the
+    strategies do not define)."""
+
+    study: Study
+    strategy_paths: list[Path]
+    strategies: tuple
+    panel: PanelOverrides | None
+    manifest: pd.DataFrame
+    spec: ReleaseSpec
+    run_flags: list[QCFlag]
+
+
+def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = None,
+                    study: str | Path | Study | None = None, strategy_paths: Sequence[str | Path] | None = None,
+                    release_spec_path: str | Path | None = None, panel_path: str | Path | None = None,
+                    allow_outside: bool = False) -> RunInputs:
+    """The checks ``process`` makes on its inputs before gating, shared with ``new-study``'s check
+    of its draft (:func:`tilpheno.scaffold.check_draft`), so that the two never differ: the study
+    (a name, a path, a Study or None for the bundled one), the panel file, the strategies
+    (``strategy_paths``, default the study's), the manifest (``manifest_csv``, else the folder
+    scanned; an FMO row may name a marker of its tube kind in the run's strategies or the study's),
+    at least one FCS file, the release spec (``release_spec_path``, else the study's, else the
+    default), and, with the study's own strategies, that every variable the study names is defined
+    (:func:`check_study_names`). Raises ``TilphenoError`` (one line naming the file) at the first
+    problem; nothing is written."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.panel import read_panel_file
+    from tilpheno.release import load_release_spec
+    from tilpheno.study import load_study
+
+    study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
+    panel = read_panel_file(panel_path) if panel_path is not None else None
+    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
+    strategies = tuple(load_strategy(p) for p in paths)
+    # an FMO row may name a marker of its tube kind in the run's strategies or the study's (a
+    # manifest of the whole panel serves a run of fewer strategies)
+    known = (*strategies, *(load_strategy(p) for p in study.strategy_paths)) if strategy_paths else strategies
+    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
+                             tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known))
+    run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
+                        f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
+                 for where, reason in manifest.attrs.get("unlistable", [])]
+    if len(manifest) == 0 and run_flags:
+        raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
+    if len(manifest) == 0:
+        raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found; nothing to process")
+    spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
+    if not strategy_paths:
+        check_study_names(study, strategies, spec)
+    else:
+        run_flags += study_mismatch(study, strategies, spec)
+    return RunInputs(study, paths, strategies, panel, manifest, spec, run_flags)
+
+
 def process_folder(
     folder: str | Path,
     out_dir: str | Path,
@@ -261,30 +326,13 @@ def process_folder(
         # first: the server's imports of the workers' libraries (the longest serial part of a
         # parallel run) overlap with this process's own imports, the manifest and the cache
         start_fork_server()
-    from tilpheno.gates.strategy import load_strategy
-    from tilpheno.panel import read_panel_file
-    from tilpheno.release import load_release_spec
-    from tilpheno.study import load_study
-
-    study = study if isinstance(study, Study) else load_study(study) if study is not None else default_study()
-    panel = read_panel_file(panel_path) if panel_path is not None else None
-    paths = [Path(p) for p in (strategy_paths or study.strategy_paths)]
-    strategies = tuple(load_strategy(p) for p in paths)
-    # an FMO row may name a marker of its tube kind in the run's strategies or the study's (a
-    # manifest of the whole panel serves a run of fewer strategies)
-    known = (*strategies, *(load_strategy(p) for p in study.strategy_paths)) if strategy_paths else strategies
-    manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
-                             tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known))
-    run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
-                        f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
-                 for where, reason in manifest.attrs.get("unlistable", [])]
-    if len(manifest) == 0 and run_flags:
-        raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
-    if len(manifest) == 0:
-        raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found; nothing to process")
+    inputs = load_run_inputs(folder, manifest_csv=manifest_csv, study=study, strategy_paths=strategy_paths,
+                             release_spec_path=release_spec_path, panel_path=panel_path, allow_outside=allow_outside)
+    study, paths, strategies, spec = inputs.study, inputs.strategy_paths, inputs.strategies, inputs.spec
+    run_flags = list(inputs.run_flags)
     from tilpheno.spillover import plan_compensation
 
-    manifest, compensations = plan_compensation(manifest, compensation_path)
+    manifest, compensations = plan_compensation(inputs.manifest, compensation_path)
     if run_inputs is not None:
         recorded = set(run_inputs)
         added = [display_name(str(f)) for f in [*manifest["file"], *(f for c in compensations.values() for f in c.files)]
@@ -306,11 +354,6 @@ def process_folder(
         if unmatched:
             log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
         manifest = attach_doses(manifest, outcomes)
-    spec = load_release_spec(release_spec_path) if release_spec_path else (study.release or DEFAULT_SPEC)
-    if not strategy_paths:
-        check_study_names(study, strategies, spec)
-    else:
-        run_flags += study_mismatch(study, strategies, spec)
     record = start_run_record(
         folder=folder, manifest_csv=manifest_csv, outcomes_path=outcomes_path, fmo_percentile=fmo_percentile,
         include_identifiers=include_identifiers, executor=executor, n_jobs=n_jobs, overwrite=overwrite,
@@ -320,7 +363,7 @@ def process_folder(
     if rerun_of is not None:
         keep_run_command(record, rerun_of, report_products)
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
-                             make_reports=make_reports, release_spec=spec, study=study, panel=panel)
+                             make_reports=make_reports, release_spec=spec, study=study, panel=inputs.panel)
     return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
                        scheduler=scheduler, on_start=on_start, on_outcome=on_outcome, overwrite=overwrite,
                        run_flags=run_flags,
