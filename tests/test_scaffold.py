@@ -225,3 +225,24 @@ def test_draft_check_is_process_own_check(til_draft, monkeypatch):
                       "panel_path": NEWLAB / "panel.csv"}]
     with pytest.raises(TilphenoError, match="refused by load_run_inputs"):
         run.process_folder(SAMPLE, til_draft / "never", study=til_draft / "study.yaml")
+
+
+def test_draft_reads_each_file_once_and_no_events(monkeypatch):
+    """new-study parses each file's HEADER/TEXT once (the scan's), and never its DATA segment."""
+    import tilpheno.io.fcs as fcs_module
+
+    reads: list[str] = []
+    metadata = fcs_module.read_fcs_metadata
+
+    def counted(path, **kwargs):
+        reads.append(Path(path).name)
+        return metadata(path, **kwargs)
+
+    def no_events(*args, **kwargs):
+        raise AssertionError("DATA segment read")
+
+    monkeypatch.setattr(fcs_module, "read_fcs_metadata", counted)
+    monkeypatch.setattr(fcs_module, "read_fcs", no_events)
+    draft = draft_study(NEWLAB / "fcs", panel=NEWLAB / "panel.csv")
+    files = sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
+    assert sorted(reads) == files and len(draft.manifest) == len(files)

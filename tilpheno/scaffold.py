@@ -1,7 +1,7 @@
 """Draft a study for a lab's own panel from its FCS files (``tilpheno new-study``), so that a first
 run needs no hand-written YAML.
 
-:func:`draft_study` reads every file's HEADER/TEXT only and infers:
+:func:`draft_study` reads every file's HEADER/TEXT only, once (:func:`tilpheno.io.manifest.scan_files`), and infers:
 
 * **products, roles, FMO markers** as :func:`tilpheno.io.manifest.scan_folder` does (``$SRC``,
   ``TUBE NAME``, file names; ``FMO <marker>``, ``unstained``);
@@ -40,8 +40,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from tilpheno.errors import FCSReadError, TableError
-from tilpheno.io.manifest import scan_folder
+from tilpheno.errors import TableError
+from tilpheno.io.manifest import scan_files
 from tilpheno.panel import _labelled_markers, read_panel_file
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key
@@ -144,13 +144,11 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     (``tube, detector, marker``; ``tube`` a kind word of the file names, or empty for every file)
     naming markers on detectors the export left unlabelled. Raises TableError when no file can be
     used (no readable stained file)."""
-    from tilpheno.io.fcs import read_fcs_metadata
-
     folder = Path(folder)
     study = default_study()
     vocabulary = study.vocabulary
     overrides = read_panel_file(panel) if panel is not None else None
-    scanned = scan_folder(folder, study=study)
+    scanned, metadata = scan_files(folder, study=study)
     skipped: list[tuple[str, str]] = []
     files = []
     for row in scanned.to_dict("records"):
@@ -158,11 +156,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         if row["problem"]:
             skipped.append((path.name, row["problem"]))
             continue
-        try:
-            fcs = read_fcs_metadata(path, checksum=False)
-        except FCSReadError as exc:   # changed since the scan read it
-            skipped.append((path.name, str(exc)))
-            continue
+        fcs = metadata[row["file"]]
         words = _name_words(fcs, path, row["product_id"], vocabulary)
         channels = [(str(n), str(s)) for n, s in zip(fcs.channels["pnn"], fcs.channels["pns"])]
         markers = dict(_labelled_markers(channels, vocabulary))

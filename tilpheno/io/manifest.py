@@ -39,7 +39,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import pandas as pd
 
@@ -49,6 +49,9 @@ from tilpheno.io.workbook import (refuse_display_only_ids, refuse_unsaved_formul
                                   text_rows, workbook_table)
 from tilpheno.panel import _labelled_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
+
+if TYPE_CHECKING:
+    from tilpheno.io.fcs import FCSFile
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +209,14 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
     ``allow_outside``. Folders that cannot be listed are in ``frame.attrs["unlistable"]`` as
     ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder.
     """
+    return scan_files(path, allow_outside=allow_outside, study=study)[0]
+
+
+def scan_files(path: str | os.PathLike, *, allow_outside: bool = False,
+               study: Study | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
+    """:func:`scan_folder`'s manifest, and each readable file's HEADER/TEXT as it read them
+    (``read_fcs_metadata``; by the row's ``file``), for a caller that needs more of the TEXT than
+    the manifest (``tilpheno new-study``: detectors, ``$PnR``) without reading the files again."""
     from tilpheno.io.fcs import read_fcs_metadata
 
     study = study or default_study()
@@ -213,6 +224,7 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
     if not root.is_dir():
         raise TableError(f"{root}: not a folder")
     rows = []
+    metadata: dict[str, FCSFile] = {}
     unlistable: list[tuple[str, str]] = []
     for file in list_fcs_files(root, unlistable):
         if not allow_outside and outside(file, root):
@@ -227,6 +239,8 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
         row = _infer_row(file, root, fcs, study)
         row["problem"] = problem
         rows.append(row)
+        if fcs is not None:
+            metadata[row["file"]] = fcs
     _resolve_fmo_and_kind(rows, study)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
     if not frame.empty:
@@ -234,7 +248,7 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
         frame = frame.assign(_order=order).sort_values(["product_id", "tube", "_order", "file"], kind="stable")
         frame = frame.drop(columns="_order").reset_index(drop=True)
     frame.attrs["unlistable"] = unlistable
-    return frame
+    return frame, metadata
 
 
 # --------------------------------------------------------------------------- reading a manifest
