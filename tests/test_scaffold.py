@@ -246,3 +246,31 @@ def test_draft_reads_each_file_once_and_no_events(monkeypatch):
     draft = draft_study(NEWLAB / "fcs", panel=NEWLAB / "panel.csv")
     files = sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
     assert sorted(reads) == files and len(draft.manifest) == len(files)
+
+
+def _write_fluorochromes_only(path: Path) -> None:
+    """A stained export whose $PnS name fluorochromes only (FITC, PE): no marker on any detector."""
+    import numpy as np
+
+    from tilpheno.io.fcs_write import write_fcs
+
+    events = np.random.default_rng(0).uniform(1, 1000, size=(200, 4))
+    write_fcs(path, events, [("FSC-A", None, 262144), ("SSC-A", None, 262144), ("FITC-A", "FITC", 262144),
+                             ("PE-A", "PE", 262144)], {"$SRC": "P9"})
+
+
+def test_stained_file_with_no_marker_is_left_out_with_the_reason(tmp_path):
+    """A stained file whose $PnS name no marker made a tube kind of no markers and new-study crashed
+    (ValueError: max() arg is an empty sequence); it is left out, and alone it is a one-line refusal."""
+    from tilpheno.scaffold import UNNAMED
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    _write_fluorochromes_only(folder / "P9_tube.fcs")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "none")])
+    assert result.exit_code == 2, result.output
+    assert "no readable stained FCS file" in result.output and "1 stained with no marker named" in result.output
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", folder)
+    draft = draft_study(folder)
+    assert [t.kind for t in draft.tubes] == ["surface"] and dict(draft.skipped) == {"P9_tube.fcs": UNNAMED}
+    assert list(draft.manifest["file"]) == ["TIL001_surface_stain.fcs"]

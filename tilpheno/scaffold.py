@@ -28,7 +28,7 @@ run needs no hand-written YAML.
 :func:`write_study` writes ``study.yaml``, one strategy per kind, and ``manifest.csv`` (every file
 used, paths relative to the folder): ``tilpheno process FOLDER --study OUT/study.yaml --manifest
 OUT/manifest.csv`` runs as written. Files left out (unreadable, an FMO or stained file that fits no
-kind) are listed in :attr:`StudyDraft.skipped` with the reason and in ``study.yaml``'s comments.
+kind, a stained file on whose detectors no marker is named) are listed in :attr:`StudyDraft.skipped` with the reason and in ``study.yaml``'s comments.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ from tilpheno.vocabulary import Vocabulary, key
 ROLE_WORDS = frozenset({"stain", "stained", "fmo", "unstained", "unstain", "blank", "tube", "sample", "specimen",
                         "control", "minus", "all", "full", "panel", "compensation", "fcs"})
 """Words of a tube or file name that say a file's role, never its tube kind."""
+UNNAMED = "no detector's $PnS names a marker (a panel file, columns tube, detector, marker, names them)"
+"""Why a stained file with no marker is left out: a tube kind is its markers."""
 _WORDS = re.compile(r"[^A-Za-z0-9]+")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -164,10 +166,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
             rows = overrides.for_file(words[0] if words else "", str(fcs.keywords.get("TUBE NAME", "")), path.stem)
             markers.update({vocabulary.marker_in(m) or m: d for d, m in rows.items()})
         files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
-    stained = [f for f in files if f["role"] == "stain"]
+    stained = [f for f in files if f["role"] == "stain" and f["markers"]]
+    unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)
     if not stained:
         raise TableError(f"{folder}: no readable stained FCS file to draft a study from "
-                         f"({len(scanned)} file(s), {len(skipped)} unreadable)")
+                         f"({len(scanned)} file(s), {len(skipped)} unreadable"
+                         f"{f', {unnamed} stained with no marker named: {UNNAMED}' if unnamed else ''})")
     kinds = _kinds(stained)
     tubes, manifest = [], []
     for kind, members in kinds.items():
@@ -202,7 +206,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         if not f.get("placed"):
             why = ("an FMO whose markers, with the one it omits"
                    f"{' (' + f['fmo_marker'] + ')' if f['fmo_marker'] else ''}, are no stained tube's"
-                   if f["role"] == "fmo" else "fits no tube kind")
+                   if f["role"] == "fmo" else UNNAMED if not f["markers"] else "fits no tube kind")
             skipped.append((f["path"].name, why))
             continue
         manifest.append({"file": str(f["path"].relative_to(folder)), "product_id": f["product_id"], "tube": f["tube"],
