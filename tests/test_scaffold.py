@@ -274,3 +274,72 @@ def test_stained_file_with_no_marker_is_left_out_with_the_reason(tmp_path):
     draft = draft_study(folder)
     assert [t.kind for t in draft.tubes] == ["surface"] and dict(draft.skipped) == {"P9_tube.fcs": UNNAMED}
     assert list(draft.manifest["file"]) == ["TIL001_surface_stain.fcs"]
+
+
+UNLABELLED_PANEL = """tube,detector,marker
+,FITC-A,CD3
+surface,PE-A,PD1
+treg,PE-A,FoxP3
+surface,PerCP-Cy5-5-A,7AAD
+surface,APC-A,CD56
+,BV421-A,CD4
+surface,APC-H7-A,CD8
+"""
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """Two simulated products exported without $PnS (a FlowJo export whose labels live in the
+    workspace), named '<product> <tube> stain|FMO <marker>.fcs' / '<product> unstained.fcs', and
+    the lab's panel file naming each tube's detectors; returns (folder, panel, truth by product)."""
+    from tilpheno.io.fcs_write import write_fcs
+    from tilpheno.simulate.cohort import simulate_product
+
+    root = tmp_path_factory.mktemp("unlabelled")
+    folder = root / "fcs"
+    folder.mkdir()
+    truth = {}
+    for i, pid in enumerate(("TIL001", "TIL002")):
+        product = simulate_product(pid, seed=40 + i, n_events=5000)
+        truth[pid] = product.truth
+        for tube in product.tubes:
+            spec = tube.data.spec
+            name = (f"{pid} unstained" if spec.role == "unstained" else
+                    f"{pid} {spec.tube} {'stain' if spec.role == 'stain' else 'FMO ' + spec.fmo_marker}")
+            write_fcs(folder / f"{name}.fcs", tube.data.events, [(n, None, r) for n, _, r in tube.channels], tube.keywords)
+    panel = root / "panel.csv"
+    panel.write_text(UNLABELLED_PANEL)
+    return folder, panel, truth
+
+
+def test_unlabelled_export_drafts_with_a_panel_and_runs(unlabelled, tmp_path):
+    """Files without $PnS: every file was an unstained control and new-study refused. With --panel
+    (the same file process takes) the panel's markers are the files' labels: surface and treg
+    kinds, FMOs placed, and `process` runs the draft (with its manifest, and scanning the folder
+    with the panel) with exit 0, viability within tolerance of the simulated truth."""
+    folder, panel, truth = unlabelled
+    refused = _run(["new-study", str(folder), "-o", str(tmp_path / "none")])
+    assert refused.exit_code == 2 and "no readable stained FCS file" in refused.output
+
+    study = tmp_path / "study"
+    result = _run(["new-study", str(folder), "-o", str(study), "--panel", str(panel)])
+    assert result.exit_code == 0, result.output
+    draft = draft_study(folder, panel=panel)
+    tubes = {t.kind: t for t in draft.tubes}
+    assert set(tubes) == {"surface", "treg"} and not draft.skipped
+    assert set(tubes["surface"].markers) == {"CD3", "PD1", "7AAD", "CD56", "CD4", "CD8"}
+    assert tubes["surface"].viability == "7AAD" and set(tubes["treg"].markers) == {"CD3", "FoxP3", "CD4"}
+    assert set(tubes["surface"].fmo_markers) == {"CD3", "CD4", "CD8", "CD56", "PD1"}
+    assert tubes["treg"].fmo_markers == ("FoxP3",)
+    manifest = pd.read_csv(study / "manifest.csv")
+    assert len(manifest) == 18 and manifest["role"].value_counts().to_dict() == {"fmo": 12, "stain": 4, "unstained": 2}
+
+    with_manifest = ["--manifest", str(study / "manifest.csv")]
+    for extra, out in ((with_manifest, tmp_path / "out"), ([], tmp_path / "scanned")):
+        result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--panel", str(panel), *extra,
+                       "-o", str(out), "--reports", "none"])
+        assert result.exit_code == 0, result.output
+        got = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+        assert sorted(got.index) == ["TIL001", "TIL002"]
+        for pid, row in got.iterrows():
+            assert abs(row["viability_pct"] - truth[pid]["viability_pct"]) <= TOLERANCE, (pid, row["viability_pct"])

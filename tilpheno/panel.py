@@ -17,12 +17,15 @@ Conventions
   (PE-A = PD1 in the surface tube, FoxP3 in the Treg tube), so panels are per file.
 * Override panel files (CSV or YAML, ``tilpheno process --panel FILE``) have columns/keys
   ``tube, detector, marker``; a row applies to files whose tube kind, TUBE NAME keyword or file
-  name (without ``.fcs``) equals ``tube`` (case-insensitive); ``tube`` empty or ``*`` applies to
-  every file.
+  name (without ``.fcs``), or a word of the TUBE NAME or file name, equals ``tube``
+  (case-insensitive: ``surface`` applies to ``TIL001 Surface stain.fcs``); ``tube`` empty or ``*``
+  applies to every file. Its markers count as the file's own labels everywhere: a file with no
+  $PnS that a row names markers on is a stained file (:func:`file_markers`).
 """
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,8 +217,33 @@ class PanelOverrides:
     rows: tuple[PanelOverride, ...]
 
     def for_file(self, tube_kind: str, tube_name: str, file_stem: str) -> dict[str, str]:
-        keys = {tube_kind.lower(), tube_name.strip().lower(), file_stem.lower()}
+        """Detector -> marker (as written) of the rows that apply to a file (module docstring)."""
+        keys = {tube_kind.lower(), tube_name.strip().lower(), file_stem.lower(),
+                *(w for w in _NAME_WORDS.split(f"{tube_name} {file_stem}".lower()) if w)}
         return {r.detector: r.marker for r in self.rows if r.tube in ("", "*") or r.tube.lower() in keys}
+
+
+_NAME_WORDS = re.compile(r"[^a-z0-9]+")
+
+
+def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, tube_kind: str = "") -> dict[str, str]:
+    """Marker -> detector of one file as far as its TEXT and a panel file tell: its labels
+    (:func:`_labelled_markers`), then the rows of ``overrides`` that apply to it (``tube_kind``:
+    its kind when known) on detectors it has, a row's marker replacing whatever its detector or
+    that marker had. Markers in the vocabulary's spelling. Without FMO resolution (see
+    :func:`panel_from_fcs`): what a scan of the folder knows of each file."""
+    channels = _fcs_channels(fcs)
+    markers = _labelled_markers(channels, vocabulary)
+    if overrides is None:
+        return markers
+    names = {n for n, _ in channels}
+    rows = overrides.for_file(tube_kind, str(fcs.keywords.get("TUBE NAME", "")), Path(str(fcs.path)).stem)
+    for detector, written in rows.items():
+        if detector in names:
+            marker = vocabulary.marker_in(written) or written.strip()
+            markers = {m: d for m, d in markers.items() if d != detector and m != marker}
+            markers[marker] = detector
+    return markers
 
 
 def _override_rows(override, fcs, markers: dict[str, str], tube: str | None, study: Any) -> dict[str, str]:

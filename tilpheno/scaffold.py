@@ -4,7 +4,8 @@ run needs no hand-written YAML.
 :func:`draft_study` reads every file's HEADER/TEXT only, once (:func:`tilpheno.io.manifest.scan_files`), and infers:
 
 * **products, roles, FMO markers** as :func:`tilpheno.io.manifest.scan_folder` does (``$SRC``,
-  ``TUBE NAME``, file names; ``FMO <marker>``, ``unstained``);
+  ``TUBE NAME``, file names; ``FMO <marker>``, ``unstained``; a file with no marker label, from
+  ``$PnS`` or the panel file, is an unstained control);
 * **tube kinds**: one per distinct set of markers on the stained files (``$PnS`` read through the
   vocabulary; a ``--panel`` file names unlabelled detectors), named by the first word of the files'
   ``TUBE NAME`` / file name that is neither the product id, a role word, a marker nor a number
@@ -42,7 +43,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io.manifest import scan_files
-from tilpheno.panel import _labelled_markers, read_panel_file
+from tilpheno.panel import file_markers, read_panel_file
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key
 
@@ -143,14 +144,16 @@ def _channel(channels: Sequence[str], *names: str) -> str | None:
 
 def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Path | None = None) -> StudyDraft:
     """Draft a study from the FCS files under ``folder`` (module docstring). ``panel``: a panel file
-    (``tube, detector, marker``; ``tube`` a kind word of the file names, or empty for every file)
-    naming markers on detectors the export left unlabelled. Raises TableError when no file can be
-    used (no readable stained file)."""
+    (``tube, detector, marker``; ``tube`` a word of the files' TUBE NAME or file names, or empty for
+    every file) naming markers on detectors the export left unlabelled; its markers are the files'
+    labels in the scan too, so that an export without ``$PnS`` (labels kept in a FlowJo workspace)
+    drafts as stained files, not unstained controls. Raises TableError when no file can be used
+    (no readable stained file)."""
     folder = Path(folder)
     study = default_study()
     vocabulary = study.vocabulary
     overrides = read_panel_file(panel) if panel is not None else None
-    scanned, metadata = scan_files(folder, study=study)
+    scanned, metadata = scan_files(folder, study=study, panel=overrides)
     skipped: list[tuple[str, str]] = []
     files = []
     for row in scanned.to_dict("records"):
@@ -160,11 +163,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
             continue
         fcs = metadata[row["file"]]
         words = _name_words(fcs, path, row["product_id"], vocabulary)
-        channels = [(str(n), str(s)) for n, s in zip(fcs.channels["pnn"], fcs.channels["pns"])]
-        markers = dict(_labelled_markers(channels, vocabulary))
-        if overrides is not None:
-            rows = overrides.for_file(words[0] if words else "", str(fcs.keywords.get("TUBE NAME", "")), path.stem)
-            markers.update({vocabulary.marker_in(m) or m: d for d, m in rows.items()})
+        markers = file_markers(fcs, vocabulary, overrides)
         files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
     stained = [f for f in files if f["role"] == "stain" and f["markers"]]
     unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)

@@ -47,7 +47,7 @@ from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
 from tilpheno.io.workbook import (refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows, table_frame,
                                   text_rows, workbook_table)
-from tilpheno.panel import _labelled_markers, is_scatter_or_time
+from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
 if TYPE_CHECKING:
@@ -128,15 +128,16 @@ def _role_from_text(text: str, study: Study) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _infer_row(path: Path, root: Path, fcs, study: Study) -> dict:
-    """One manifest row for ``path`` from its name and (if readable) its keywords."""
+def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides | None = None) -> dict:
+    """One manifest row for ``path`` from its name and (if readable) its keywords; ``panel``'s
+    rows for the file count as its labels (:func:`tilpheno.panel.file_markers`)."""
     stem = path.name.rsplit(".", 1)[0]
     kw = fcs.keywords if fcs is not None else {}
     markers: set[str] = set()
     labelled = True  # some fluorescence detector has a $PnS (any text, not only our markers)
     if fcs is not None:
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
-        markers = set(_labelled_markers(channels, study.vocabulary))
+        markers = set(file_markers(fcs, study.vocabulary, panel))
         labelled = any(s.strip() for n, s in channels if not is_scatter_or_time(n))
     design = _design_name(study).match(stem)
     if design:
@@ -198,10 +199,13 @@ def _resolve_fmo_and_kind(rows: list[dict], study: Study) -> None:
             row["tube"] = study.tube_kind_of("", markers) or "unknown"
 
 
-def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None) -> pd.DataFrame:
+def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
+                panel: PanelOverrides | None = None) -> pd.DataFrame:
     """Infer the manifest of every FCS file under ``path`` (see the module docstring).
 
-    ``study``: tube kinds and marker vocabulary (default: the bundled TIL study).
+    ``study``: tube kinds and marker vocabulary (default: the bundled TIL study). ``panel``: a
+    panel file's rows (``read_panel_file``), whose markers count as the files' labels (an export
+    without $PnS that the panel labels is stained, not an unstained control).
 
     Returns a DataFrame with ``COLUMNS`` plus ``problem`` (the FCSReadError message of an
     unreadable file, else ''), sorted by product, tube, role, file. ``file`` is ``path / name``.
@@ -209,11 +213,11 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
     ``allow_outside``. Folders that cannot be listed are in ``frame.attrs["unlistable"]`` as
     ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder.
     """
-    return scan_files(path, allow_outside=allow_outside, study=study)[0]
+    return scan_files(path, allow_outside=allow_outside, study=study, panel=panel)[0]
 
 
-def scan_files(path: str | os.PathLike, *, allow_outside: bool = False,
-               study: Study | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
+def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
+               panel: PanelOverrides | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
     """:func:`scan_folder`'s manifest, and each readable file's HEADER/TEXT as it read them
     (``read_fcs_metadata``; by the row's ``file``), for a caller that needs more of the TEXT than
     the manifest (``tilpheno new-study``: detectors, ``$PnR``) without reading the files again."""
@@ -236,7 +240,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False,
                 fcs, problem = read_fcs_metadata(file, checksum=False), ""
             except FCSReadError as exc:
                 fcs, problem = None, display_name(str(exc))
-        row = _infer_row(file, root, fcs, study)
+        row = _infer_row(file, root, fcs, study, panel)
         row["problem"] = problem
         rows.append(row)
         if fcs is not None:

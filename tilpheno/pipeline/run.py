@@ -246,7 +246,8 @@ def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = Non
     # manifest of the whole panel serves a run of fewer strategies)
     known = (*strategies, *(load_strategy(p) for p in study.strategy_paths)) if strategy_paths else strategies
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
-                             tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known))
+                             tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known),
+                             panel=panel)
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
