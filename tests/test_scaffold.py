@@ -27,6 +27,8 @@ def _run(args: list[str]):
 def test_viability_dyes_come_from_the_vocabulary():
     vocabulary = default_vocabulary()
     assert all(vocabulary.is_viability_dye(n) for n in ("7-AAD", "DAPI", "LIVE/DEAD", "Zombie dye", "propidium iodide"))
+    # a FACSDiva export's dump channel (fcs_corpus/flowkit/100715.fcs, $P11S): drafted as a marker gated high
+    assert vocabulary.is_viability_dye(vocabulary.marker_in("VIVID / CD14"))
     assert not any(vocabulary.is_viability_dye(n) for n in ("CD3", "FoxP3", "Ki67"))
 
 
