@@ -345,3 +345,22 @@ def test_unlabelled_export_drafts_with_a_panel_and_runs(unlabelled, tmp_path):
         assert sorted(got.index) == ["TIL001", "TIL002"]
         for pid, row in got.iterrows():
             assert abs(row["viability_pct"] - truth[pid]["viability_pct"]) <= TOLERANCE, (pid, row["viability_pct"])
+
+
+def test_kind_missing_from_some_products_is_announced(tmp_path):
+    """A folder whose products have different tubes (TIL001 surface only, TIL002 treg only): the
+    draft's study needs both kinds, so process fails every product; new-study says so per kind."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL002_treg_stain.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    for kind in ("surface", "treg"):
+        assert f"tube kind {kind}: 1 of 2 products have no stained {kind} file: process fails them" in result.output
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(tmp_path / "study" / "study.yaml"), "--manifest",
+                   str(tmp_path / "study" / "manifest.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 1 and "0 of 2 products done" in result.output
+    complete = _run(["new-study", str(SAMPLE), "-o", str(tmp_path / "til")])
+    assert complete.exit_code == 0 and "products have no stained" not in complete.output

@@ -183,11 +183,16 @@ def new_study(
         write_study(draft, out, overwrite=overwrite)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
+    products = draft.manifest.loc[draft.manifest["role"] == "stain", "product_id"].nunique()
     for tube in draft.tubes:
         fmo = f"; FMO gates: {', '.join(tube.fmo_markers)}" if tube.fmo_markers else "; no FMO in the folder"
         partial = f"; only in some files' panels, not gated: {', '.join(tube.partial)}" if tube.partial else ""
         typer.echo(f"tube kind {tube.kind}: {tube.products} product(s), markers {', '.join(tube.markers)}"
                    f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}{partial}")
+        if tube.products < products:
+            typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
+                        f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "
+                        "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
