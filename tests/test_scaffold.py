@@ -364,3 +364,18 @@ def test_kind_missing_from_some_products_is_announced(tmp_path):
     assert result.exit_code == 1 and "0 of 2 products done" in result.output
     complete = _run(["new-study", str(SAMPLE), "-o", str(tmp_path / "til")])
     assert complete.exit_code == 0 and "products have no stained" not in complete.output
+
+
+def test_panel_row_on_an_absent_detector_is_refused(tmp_path):
+    """A mistyped detector in the panel file was passed over by new-study (exit 0) and every product
+    then failed in process on it; the draft refuses it in process's words, in one line."""
+    from tilpheno.cli import as_cli_text
+    from tilpheno.errors import PanelError
+
+    panel = tmp_path / "panel.csv"
+    panel.write_text("tube,detector,marker\nresidency,FITC-A,CD103\nexhaustion,FITCA,LAG3\n")
+    with pytest.raises(PanelError, match="override maps LAG3 to detector 'FITCA', not among the channels") as refused:
+        draft_study(NEWLAB / "fcs", panel=panel)
+    result = _run(["new-study", str(NEWLAB / "fcs"), "-o", str(tmp_path / "study"), "--panel", str(panel)])
+    assert result.exit_code == 2 and not (tmp_path / "study").exists()
+    assert " ".join(result.output.split()) == " ".join(f"error: {as_cli_text(str(refused.value))}".split())

@@ -172,8 +172,7 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
     names = {n for n, _ in channels}
     for detector, marker in rows.items():
         if detector not in names:
-            raise PanelError(f"{fcs.path}: override maps {marker} to detector {detector!r}, not among the channels "
-                             f"{describe_channels(channels)}")
+            raise _absent_detector(fcs, detector, marker, channels)
         for old in [m for m, d in markers.items() if d == detector or m == marker]:
             del markers[old]
         markers[marker] = detector
@@ -226,12 +225,20 @@ class PanelOverrides:
 _NAME_WORDS = re.compile(r"[^a-z0-9]+")
 
 
-def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, tube_kind: str = "") -> dict[str, str]:
+def _absent_detector(fcs, detector: str, marker: str, channels) -> PanelError:
+    return PanelError(f"{fcs.path}: override maps {marker} to detector {detector!r}, not among the channels "
+                      f"{describe_channels(channels)}")
+
+
+def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, tube_kind: str = "", *,
+                 strict: bool = False) -> dict[str, str]:
     """Marker -> detector of one file as far as its TEXT and a panel file tell: its labels
     (:func:`_labelled_markers`), then the rows of ``overrides`` that apply to it (``tube_kind``:
     its kind when known) on detectors it has, a row's marker replacing whatever its detector or
     that marker had. Markers in the vocabulary's spelling. Without FMO resolution (see
-    :func:`panel_from_fcs`): what a scan of the folder knows of each file."""
+    :func:`panel_from_fcs`): what a scan of the folder knows of each file. A row naming a detector
+    the file lacks is passed over, or with ``strict`` refused (PanelError, as
+    :func:`panel_from_fcs` refuses it when the file is gated)."""
     channels = _fcs_channels(fcs)
     markers = _labelled_markers(channels, vocabulary)
     if overrides is None:
@@ -239,6 +246,8 @@ def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, 
     names = {n for n, _ in channels}
     rows = overrides.for_file(tube_kind, str(fcs.keywords.get("TUBE NAME", "")), Path(str(fcs.path)).stem)
     for detector, written in rows.items():
+        if detector not in names and strict:
+            raise _absent_detector(fcs, detector, written, channels)
         if detector in names:
             marker = vocabulary.marker_in(written) or written.strip()
             markers = {m: d for m, d in markers.items() if d != detector and m != marker}

@@ -148,7 +148,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     every file) naming markers on detectors the export left unlabelled; its markers are the files'
     labels in the scan too, so that an export without ``$PnS`` (labels kept in a FlowJo workspace)
     drafts as stained files, not unstained controls. Raises TableError when no file can be used
-    (no readable stained file)."""
+    (no readable stained file), PanelError when a panel row names a detector that a stained or FMO
+    file it applies to does not have (``process`` would fail the file's product)."""
     folder = Path(folder)
     study = default_study()
     vocabulary = study.vocabulary
@@ -163,7 +164,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
             continue
         fcs = metadata[row["file"]]
         words = _name_words(fcs, path, row["product_id"], vocabulary)
-        markers = file_markers(fcs, vocabulary, overrides)
+        # process refuses a stained or FMO file (not a control) on whose channels a row of the panel is not
+        markers = file_markers(fcs, vocabulary, overrides, strict=row["role"] in ("stain", "fmo"))
         files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
     stained = [f for f in files if f["role"] == "stain" and f["markers"]]
     unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)
