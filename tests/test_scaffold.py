@@ -379,3 +379,17 @@ def test_panel_row_on_an_absent_detector_is_refused(tmp_path):
     result = _run(["new-study", str(NEWLAB / "fcs"), "-o", str(tmp_path / "study"), "--panel", str(panel)])
     assert result.exit_code == 2 and not (tmp_path / "study").exists()
     assert " ".join(result.output.split()) == " ".join(f"error: {as_cli_text(str(refused.value))}".split())
+
+
+def test_several_stained_files_of_one_product_are_announced(tmp_path):
+    """Real exports name a generic $SRC ('Donor' for two donors' tissues): one product gets several
+    stained files of a kind and process gates one of them for its variables; new-study says so."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", folder / "TIL001_surface_stain.fcs")
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", folder / "TIL001_surface_stain_lung.fcs")
+    shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", folder / "TIL002_surface_stain.fcs")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    assert "product TIL001: 2 stained surface files; process takes its variables from one" in result.output
+    assert "product TIL002" not in result.output

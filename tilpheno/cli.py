@@ -193,6 +193,12 @@ def new_study(
             typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
                         f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "
                         "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
+    stains = draft.manifest[draft.manifest["role"] == "stain"]
+    for (product, kind), n in stains.groupby(["product_id", "tube"], sort=True).size().items():
+        if n > 1:
+            typer.secho(f"product {product}: {n} stained {kind} files; process takes its variables from one "
+                        "(duplicate_tube): give each specimen its own product_id in manifest.csv",
+                        fg=typer.colors.YELLOW, err=True)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
