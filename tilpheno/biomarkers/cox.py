@@ -227,7 +227,9 @@ def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-1
     """Maximise the Efron partial likelihood by Newton-Raphson with step halving (as R ``coxph.fit``).
 
     Converged when the largest Newton step is below ``tol * (1 + |beta|)`` (elementwise); the
-    derivatives returned are evaluated at the final ``beta`` (R's ``imat``).
+    derivatives returned are evaluated at the final ``beta`` (R's ``imat``). A step along which 30
+    halvings find no finite log-likelihood ends the iterations, not converged, at the last finite
+    point (the risk sets underflow on the way to an infinite coefficient).
     """
     X = np.asarray(X, dtype=float).reshape(len(time), -1)
     beta = np.zeros(X.shape[1]) if beta0 is None else np.asarray(beta0, dtype=float).copy()
@@ -247,6 +249,8 @@ def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-1
                 break
             step = step / 2
             halvings += 1
+        if not np.isfinite(nxt.loglik):   # no finite point along the step: stop at the last finite one
+            return NewtonFit(beta, cur, it, False, last)
         beta, cur = cand, nxt
         if last < tol:
             return NewtonFit(beta, cur, it, True, last)
