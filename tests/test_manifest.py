@@ -411,13 +411,18 @@ def test_read_manifest_windows_1252_csv(files):
         read_manifest(path)
 
 
-@pytest.mark.parametrize("header", [["file", "product_id", "tube", "role", "file"],
-                                   ["file", "product_id", "tube", "role", "File "]])
-def test_read_manifest_column_named_twice(files, header):
+@pytest.mark.parametrize("header, name, both", [
+    (["file", "product_id", "tube", "role", "file"], "file", "A and E"),
+    (["file", "product_id", "tube", "role", "File "], "file", "A 'file' and E 'File'"),
+    ([*COLUMNS, "Comment", "comment"], "Comment", "F 'Comment' and G 'comment'"),
+])
+def test_read_manifest_column_named_twice(files, header, name, both):
     """Two 'file' columns: the second was silently renamed 'file.1' (or, spelt 'File', shadowed)
-    and one of them ignored -> refused naming both columns."""
-    path = _write(files / "m.csv", [header, ["a.fcs", "P", "surface", "stain", "b.fcs"]])
-    with pytest.raises(TableError, match=r"m.csv: line 1: column 'file' appears twice \(columns A and E\)"):
+    and one of them ignored; two extra columns differing only in case were both kept -> refused
+    naming both columns."""
+    path = _write(files / "m.csv", [header, ["a.fcs", "P", "surface", "stain", "b.fcs", ""][:len(header)]])
+    with pytest.raises(TableError, match=rf"m.csv: line 1: column '{name}' "
+                                         rf"appears twice \(columns {both}\)"):
         read_manifest(path)
 
 

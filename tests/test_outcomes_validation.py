@@ -405,6 +405,18 @@ def test_column_named_twice_is_refused(tmp_path, name):
     assert error_of(path).startswith(f"{path}: row 1: column 'os_months' appears twice (columns G and K)")
 
 
+@pytest.mark.parametrize("name", ["o.csv", "o.xlsx"])
+def test_column_named_twice_in_another_case_is_refused(tmp_path, name):
+    """'os_months' and 'OS_months': the second was a covariate beside the first, and an analysis
+    used one of two different survival times without a word -> refused naming both columns."""
+    header, rows = f"{HEADER},OS_months", [f"{row},99" for row in ROWS]
+    path = write(tmp_path, rows, header, name)
+    if name.endswith(".xlsx"):
+        path = _book(path, {"Sheet": [header.split(","), *[[*_typed(row), 99.0] for row in ROWS]]})
+    assert error_of(path).startswith(f"{path}: row 1: column 'os_months' appears twice (columns G 'os_months' and "
+                                     "K 'OS_months'); keep one, or rename the other")
+
+
 def test_csv_row_longer_than_its_header_is_refused(tmp_path):
     """An unquoted comma in a cell gave the first row one cell more than the header: pandas took its
     patient id as the row label and shifted every cell ('unknown response code '5.5'') -> refused."""

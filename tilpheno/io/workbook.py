@@ -135,16 +135,13 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
     (stripped; a name in ``lower`` written in any case is lower-cased; an empty one ``Unnamed: i``,
     ``i`` the 0-based column), index = line; rows whose every cell is blank are dropped. A column
-    named twice, or a row with more filled cells than the header has names, is a TableError whose
-    message starts with ``where(line)``."""
+    named twice (also in different cases), or a row with more filled cells than the header has
+    names, is a TableError whose message starts with ``where(line)``."""
     header = next((cells for line, cells in rows if line == header_line), [])
-    names = [str(c).strip().lower() if str(c).strip().lower() in lower else str(c).strip() for c in header]
+    written = [str(c).strip() for c in header]
+    _refuse_named_twice(written, where(header_line))
+    names = [name.lower() if name.lower() in lower else name for name in written]
     names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            first, second = (_column_letter(j) for j in (names.index(name), i))
-            raise TableError(f"{where(header_line)}: column {name!r} appears twice (columns {first} and {second}); "
-                             "keep one, or rename the other")
     body = []
     for line, cells in rows:
         if line <= header_line or not any(str(c).strip() for c in cells):
@@ -154,6 +151,22 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
                              "separator inside a value must be quoted)")
         body.append((line, [*cells[:len(names)], *[""] * (len(names) - len(cells))]))
     return pd.DataFrame([cells for _, cells in body], columns=names, index=[line for line, _ in body], dtype=object)
+
+
+def _refuse_named_twice(names: list[str], where: str) -> None:
+    """Refuse two header cells naming one column, also in different cases (``os_months`` and
+    ``OS_months``: which one is meant?): a TableError starting with ``where`` naming both columns'
+    letters (and spellings, when they differ). Empty names are not compared."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name:
+            continue
+        j = seen.setdefault(name.casefold(), i)
+        if j != i:
+            first, second = _column_letter(j), _column_letter(i)
+            both = f"{first} and {second}" if names[j] == name else f"{first} {names[j]!r} and {second} {name!r}"
+            raise TableError(f"{where}: column {names[j]!r} appears twice (columns {both}); keep one, or rename the "
+                             "other")
 
 
 def _column_letter(index: int) -> str:
