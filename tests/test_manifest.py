@@ -478,3 +478,21 @@ def test_read_manifest_windows_backslash_paths(files):
     with pytest.raises(TableError, match=re.escape(repr("C:\\runs\\c.fcs")) + " does not exist .*"
                                          + re.escape("(a Windows path: give it relative to the folder)")):
         read_manifest(path)
+
+
+def test_read_manifest_cells_beside_the_table(files):
+    """Excel pads every row of a CSV to its widest: the empty column came back as an extra column
+    'Unnamed: 5' -> ignored. A note beside the table (no header) was kept as that column -> refused
+    naming the cell (as the outcomes reader does)."""
+    rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD1"]]
+    truth = read_manifest(_write(files / "m.csv", rows))
+    padded = read_manifest(_write(files / "padded.csv", [[*row, ""] for row in rows]))
+    pd.testing.assert_frame_equal(padded, truth)
+    noted = _write(files / "noted.csv", [[*rows[0], ""], [*rows[1], ""], [*rows[2], "redo?"]])
+    with pytest.raises(TableError, match=r"noted.csv: row 2 \(line 3\), column F: 'redo\?' lies in a column without "
+                                         r"a header; name the column in the header row, or delete the cell"):
+        read_manifest(noted)
+    book = _book(files / "noted.xlsx", {"Sheet": [rows[0], rows[1], [*rows[2], "redo?"]]})
+    with pytest.raises(TableError, match=r"noted.xlsx: row 2 \(line 3\), column F: 'redo\?' lies in a column"):
+        read_manifest(book)
+

@@ -441,3 +441,18 @@ def test_old_xls_workbook_says_to_save_as_xlsx(tmp_path):
     path = tmp_path / "o.xls"
     path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))
     assert "old Excel .xls workbooks are not read; save it as .xlsx or CSV UTF-8" in error_of(path)
+
+
+def test_cells_beside_the_table(tmp_path):
+    """Excel pads every row of a CSV to its widest (a trailing ',' on the header): the empty
+    column was kept as a covariate 'Unnamed: 10' -> ignored. A note typed beside the table
+    (column K, no header) was a covariate too -> refused naming the cell, in a CSV and a workbook."""
+    truth = read_outcomes(write(tmp_path))
+    padded = write(tmp_path, [f"{row}," for row in ROWS], f"{HEADER},", "padded.csv")
+    pd.testing.assert_frame_equal(read_outcomes(padded), truth)
+    noted = write(tmp_path, [f"{ROWS[0]},", f"{ROWS[1]},checked MM", f"{ROWS[2]},"], f"{HEADER},", "noted.csv")
+    assert error_of(noted).startswith(f"{noted}: row 3, column K: 'checked MM' lies in a column without a header; "
+                                      "name the column in the header row, or delete the cell")
+    book = _book(tmp_path / "noted.xlsx", {"Sheet": [TABLE[0], TABLE[1], [*TABLE[2], "checked MM"], TABLE[3]]})
+    assert error_of(book).startswith(f"{book}: row 3, column K: 'checked MM' lies in a column without a header")
+

@@ -267,7 +267,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     one sheet with such a header (an instructions sheet before it is skipped; two sheets with one
     are refused), merged cells read as Excel shows them (:func:`sheet_rows`). Rows whose every cell
     is blank are dropped (Excel saves formatted empty rows as ``,,,,``); their lines still count.
-    A column named twice is refused. Text is UTF-8 (BOM optional); bytes that are not are kept as
+    A column named twice (also in another case), or a value in a column without a header, is
+    refused; an empty column without a header is ignored. Text is UTF-8 (BOM optional); bytes that are not are kept as
     surrogate escapes (a file name ``tilpheno scan -o`` wrote reads back as written; for the other
     columns see :func:`_windows_text`). Cells are separated by commas, or by semicolons / tabs when
     the header line has no comma (European Excel; then a comma in ``til_dose_cells`` is the

@@ -12,7 +12,8 @@ Every problem raises :class:`tilpheno.errors.TableError` naming the file, the ro
 spreadsheet shows it: the sheet's row, the text file's line; without a title the header is row 1,
 the first patient row 2) and the column:
 an empty file, a file that is neither CSV nor Excel (an old .xls workbook), text neither UTF-8 nor
-Windows-1252, two sheets holding a table, a column named twice, a CSV row longer than the header,
+Windows-1252, two sheets holding a table, a column named twice (also in another case), a CSV row
+longer than the header, a value beside the table (in a column without a header; an empty one is ignored),
 missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
 codes, non-numeric doses, dates where a number belongs, columns mixing numbers with text, and

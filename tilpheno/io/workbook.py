@@ -133,15 +133,18 @@ def workbook_table(sheets: list[tuple[str, Rows]], required: Sequence[str], what
 
 def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = ()) -> pd.DataFrame:
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
-    (stripped; a name in ``lower`` written in any case is lower-cased; an empty one ``Unnamed: i``,
-    ``i`` the 0-based column), index = line; rows whose every cell is blank are dropped. A column
-    named twice (also in different cases), or a row with more filled cells than the header has
-    names, is a TableError whose message starts with ``where(line)``."""
+    (stripped; a name in ``lower`` written in any case is lower-cased), index = line; rows whose
+    every cell is blank are dropped, and so are columns with an empty header cell and no value
+    (Excel pads every row of a CSV it saves to the widest row).
+
+    A TableError whose message starts with ``where(line)``: a column named twice (also in
+    different cases), a row with more filled cells than the header has names, a value in a column
+    with an empty header cell (a note beside the table, in column K: data or not, the reader
+    cannot tell)."""
     header = next((cells for line, cells in rows if line == header_line), [])
     written = [str(c).strip() for c in header]
     _refuse_named_twice(written, where(header_line))
     names = [name.lower() if name.lower() in lower else name for name in written]
-    names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
     body = []
     for line, cells in rows:
         if line <= header_line or not any(str(c).strip() for c in cells):
@@ -149,8 +152,21 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
         if any(str(c).strip() for c in cells[len(names):]):
             raise TableError(f"{where(line)}: {len(cells)} cells, the header names {len(names)} columns (a "
                              "separator inside a value must be quoted)")
-        body.append((line, [*cells[:len(names)], *[""] * (len(names) - len(cells))]))
-    return pd.DataFrame([cells for _, cells in body], columns=names, index=[line for line, _ in body], dtype=object)
+        cells = [*cells[:len(names)], *[""] * (len(names) - len(cells))]
+        _refuse_stray_cells(cells, names, where(line))
+        body.append((line, [cell for name, cell in zip(names, cells) if name]))
+    return pd.DataFrame([cells for _, cells in body], columns=[name for name in names if name],
+                        index=[line for line, _ in body], dtype=object)
+
+
+def _refuse_stray_cells(cells: list[Any], names: list[str], where: str) -> None:
+    """Refuse a row's first cell (``cells``, under the header's ``names``) that holds a value in a
+    column without a name; the TableError starts with ``where``."""
+    for i, (name, cell) in enumerate(zip(names, cells)):
+        text = str(cell).strip()
+        if not name and text:
+            raise TableError(f"{where}, column {_column_letter(i)}: {text[:40]!r} lies in a column without a "
+                             "header; name the column in the header row, or delete the cell")
 
 
 def _refuse_named_twice(names: list[str], where: str) -> None:
