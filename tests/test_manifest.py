@@ -496,3 +496,19 @@ def test_read_manifest_cells_beside_the_table(files):
     with pytest.raises(TableError, match=r"noted.xlsx: row 2 \(line 3\), column F: 'redo\?' lies in a column"):
         read_manifest(book)
 
+
+def test_read_manifest_excel_error_value(files):
+    """A product id looked up by formula that found nothing, saved as CSV: the product '#N/A' was
+    accepted -> refused naming the cell (an error cell of a workbook too)."""
+    import openpyxl
+
+    rows = [list(COLUMNS), ["a.fcs", "#N/A", "surface", "stain", ""]]
+    with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'product_id': #N/A is an Excel error "
+                                         r"value \(a formula that failed"):
+        read_manifest(_write(files / "m.csv", rows))
+    book = _book(files / "m.xlsx", {"Sheet": rows})
+    edited = openpyxl.load_workbook(book)
+    edited["Sheet"]["B2"].data_type = "e"
+    edited.save(book)
+    with pytest.raises(TableError, match=r"m.xlsx: row 1 \(line 2\), column 'product_id': #N/A is an Excel error"):
+        read_manifest(book)

@@ -456,3 +456,19 @@ def test_cells_beside_the_table(tmp_path):
     book = _book(tmp_path / "noted.xlsx", {"Sheet": [TABLE[0], TABLE[1], [*TABLE[2], "checked MM"], TABLE[3]]})
     assert error_of(book).startswith(f"{book}: row 3, column K: 'checked MM' lies in a column without a header")
 
+
+def test_excel_error_values_are_refused(tmp_path):
+    """A failed formula's error value (#N/A from a lookup that found nothing, #DIV/0!) read as the
+    text '#N/A': a category of 'sex' beside M and F -> refused naming the cell, in a workbook (an
+    error cell) and a CSV Excel saved from it."""
+    import openpyxl
+
+    book = _book(tmp_path / "o.xlsx", {"Sheet": TABLE})
+    edited = openpyxl.load_workbook(book)
+    edited["Sheet"]["J3"].value = "#N/A"
+    edited["Sheet"]["J3"].data_type = "e"
+    edited.save(book)
+    assert error_of(book).startswith(f"{book}: row 3, column 'sex': #N/A is an Excel error value (a formula that "
+                                     "failed, such as a lookup that found nothing), not a value")
+    path = write(tmp_path, [ROWS[0], ROWS[1], ROWS[2].replace(",M", ",#DIV/0!")])
+    assert error_of(path).startswith(f"{path}: row 4, column 'sex': #DIV/0! is an Excel error value")

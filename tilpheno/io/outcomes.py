@@ -33,7 +33,8 @@ from the start of TIL therapy, never dates; events are 1 (event) or 0
 other words (``dead``, ``alive``: whether a death is the event depends on the endpoint) are refused
 with the accepted codes.
 ``NA``, ``N/A``, ``NaN`` and ``NULL`` (any case, as R and spreadsheets write them) are missing,
-like a blank cell. A missing required column or an unknown response code gets a "did you mean"
+like a blank cell; Excel's error values (``#N/A``, ``#DIV/0!``, ..., a formula that failed) are refused,
+``#N/A`` too: it is mostly a lookup that found nothing, not a value known to be missing. A missing required column or an unknown response code gets a "did you mean"
 suggestion (closest match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
 all text is categorical; a mixture is an error.
 """

@@ -131,6 +131,12 @@ def workbook_table(sheets: list[tuple[str, Rows]], required: Sequence[str], what
     return title, header_at(rows, required), rows
 
 
+EXCEL_ERRORS = frozenset({"#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#NULL!", "#SPILL!", "#CALC!",
+                          "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!", "#GETTING_DATA"})
+"""Excel's error values: what a cell whose formula failed shows, and what a workbook (or a CSV
+Excel saved from it) holds in its place."""
+
+
 def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = ()) -> pd.DataFrame:
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
     (stripped; a name in ``lower`` written in any case is lower-cased), index = line; rows whose
@@ -140,7 +146,8 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     A TableError whose message starts with ``where(line)``: a column named twice (also in
     different cases), a row with more filled cells than the header has names, a value in a column
     with an empty header cell (a note beside the table, in column K: data or not, the reader
-    cannot tell)."""
+    cannot tell), and an Excel error value (:data:`EXCEL_ERRORS`: a formula that failed; ``#N/A``
+    too, mostly a lookup that found nothing rather than a value known to be missing)."""
     header = next((cells for line, cells in rows if line == header_line), [])
     written = [str(c).strip() for c in header]
     _refuse_named_twice(written, where(header_line))
@@ -161,12 +168,16 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
 
 def _refuse_stray_cells(cells: list[Any], names: list[str], where: str) -> None:
     """Refuse a row's first cell (``cells``, under the header's ``names``) that holds a value in a
-    column without a name; the TableError starts with ``where``."""
+    column without a name, or an Excel error value; the TableError starts with ``where``."""
     for i, (name, cell) in enumerate(zip(names, cells)):
         text = str(cell).strip()
         if not name and text:
             raise TableError(f"{where}, column {_column_letter(i)}: {text[:40]!r} lies in a column without a "
                              "header; name the column in the header row, or delete the cell")
+        if text.upper() in EXCEL_ERRORS:
+            raise TableError(f"{where}, column '{name}': {text} is an Excel error value (a formula that failed, "
+                             "such as a lookup that found nothing), not a value; correct it, or empty the cell if the "
+                             "value is missing")
 
 
 def _refuse_named_twice(names: list[str], where: str) -> None:
