@@ -512,3 +512,11 @@ def test_read_manifest_excel_error_value(files):
     edited.save(book)
     with pytest.raises(TableError, match=r"m.xlsx: row 1 \(line 2\), column 'product_id': #N/A is an Excel error"):
         read_manifest(book)
+
+
+def test_read_manifest_cell_with_a_line_break(files):
+    """A comment holding a line break: an error in its row named the line the comment ends on ->
+    the line the row starts on (a text editor's line)."""
+    rows = [[*COLUMNS, "comment"], ["a.fcs", "P", "surface", "stained", "", "weak\nstain"]]
+    with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'role': unknown role 'stained'"):
+        read_manifest(_write(files / "m.csv", rows))

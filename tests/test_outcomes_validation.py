@@ -472,3 +472,15 @@ def test_excel_error_values_are_refused(tmp_path):
                                      "failed, such as a lookup that found nothing), not a value")
     path = write(tmp_path, [ROWS[0], ROWS[1], ROWS[2].replace(",M", ",#DIV/0!")])
     assert error_of(path).startswith(f"{path}: row 4, column 'sex': #DIV/0! is an Excel error value")
+
+
+def test_cell_with_a_line_break_names_the_line_its_row_starts_on(tmp_path):
+    """A quoted comment holding a line break (Alt+Enter in Excel) makes its record span two lines:
+    an error in that row named the record's last line (row 3, where the comment ends) -> the line
+    the row starts on, as a text editor shows it; later rows keep their lines."""
+    rows = [ROWS[0].replace(",PR,", ",XX,") + ',"relapse\nat 5 months"', f"{ROWS[1]},", f"{ROWS[2]},"]
+    path = write(tmp_path, rows, f"{HEADER},comment")
+    assert error_of(path).startswith(f"{path}: row 2, column 'best_response': unknown response code 'XX'")
+    rows = [ROWS[0] + ',"relapse\nat 5 months"', f"{ROWS[1]},", ROWS[2].replace(",CR,", ",XX,") + ","]
+    path = write(tmp_path, rows, f"{HEADER},comment")
+    assert error_of(path).startswith(f"{path}: row 5, column 'best_response': unknown response code 'XX'")

@@ -323,7 +323,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     skipped.
 
     Checks, each a TableError naming file, row (1-based data row; data row N is N lines below the
-    header line; skipped blank rows count) and column: missing columns, empty cells, unknown
+    header line; skipped blank rows count; a text row's line is the line it starts on, as a text
+    editor numbers it, when a quoted cell holds a line break) and column: missing columns, empty cells, unknown
     roles, tubes other than ``tubes`` (default: the study's kinds; a run with strategies of its own
     adds theirs), ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, or (when ``markers``

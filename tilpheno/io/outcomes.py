@@ -9,7 +9,8 @@ the one sheet holding such a header (an instructions sheet before it is skipped)
 cells read as Excel shows them.
 
 Every problem raises :class:`tilpheno.errors.TableError` naming the file, the row (as a
-spreadsheet shows it: the sheet's row, the text file's line; without a title the header is row 1,
+spreadsheet shows it: the sheet's row, the text file's line, as a text editor numbers it: the line
+the row starts on when a quoted cell holds a line break; without a title the header is row 1,
 the first patient row 2) and the column:
 an empty file, a file that is neither CSV nor Excel (an old .xls workbook), text neither UTF-8 nor
 Windows-1252, two sheets holding a table, a column named twice (also in another case), a CSV row

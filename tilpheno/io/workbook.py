@@ -87,12 +87,20 @@ def text_rows(text: str, required: Sequence[str]) -> tuple[int, str, Rows]:
     """``(header line, separator, rows)`` of a CSV text: the header is found by :func:`header_at`
     among the lines (each split at its own separator, so a title line does not decide); the cells
     are separated by the header line's separator (:func:`tilpheno.io.files.column_separator`:
-    commas, else semicolons or tabs). A row's line is the line its record ends on."""
-    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    commas, else semicolons or tabs). A row's line is the line its record starts on, as a text
+    editor numbers them (a line ends at ``\n``, ``\r\n`` or ``\r``): a quoted cell holding a
+    line break makes the record span several lines, and later records' lines are no longer the
+    rows Excel shows."""
+    lines = [(i, line) for i, line in enumerate(io.StringIO(text, newline=""), 1) if line.strip()]
     header_line = header_at([(i, _cells(line, column_separator(line))) for i, line in lines], required)
     separator = column_separator(dict(lines).get(header_line, ""))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=True)
-    return header_line, separator, [(reader.line_num, cells) for cells in reader]
+    rows: Rows = []
+    start = 1
+    for cells in reader:
+        rows.append((start, cells))
+        start = reader.line_num + 1
+    return header_line, separator, rows
 
 
 def _cells(line: str, separator: str) -> list[str]:
