@@ -392,11 +392,13 @@ def test_read_manifest_excel_table_on_a_later_sheet(files):
 
 
 def test_read_manifest_windows_1252_csv(files):
-    """Excel on Windows saves 'CSV (Comma delimited)' in cp1252: any 'µ' or 'é' made the whole
-    manifest 'cannot read ... surrogates not allowed' -> a comment reads as written, an accented
-    file name is found; a product id that is not UTF-8 is refused saying to save as CSV UTF-8 (a
-    guessed encoding could make it another id). A file name's own bytes (tilpheno scan -o of a
-    folder whose names are not UTF-8) still read back as that file."""
+    """Excel on Windows saves 'CSV (Comma delimited)' in cp1252: a comment reads as written, an
+    accented file name is found. A file name's own bytes (tilpheno scan -o of a folder whose names
+    are not UTF-8) still read back as that file. The outcomes reader decoded such a file whole and
+    this one per column, refusing an accented product id it accepted as a patient's -> one rule in
+    both: a cell's bytes that are not UTF-8 are Windows-1252 ('Pé' reads as typed, as the outcomes
+    table's 'Pé' does), a byte that is neither is refused naming the cell with the outcomes
+    reader's message. Excel's 'Unicode Text' (UTF-16) was 'binary content' -> read, as outcomes."""
     design_file(files, "été.fcs", "surface")
     raw = os.fsdecode(b"P\xe9.fcs")
     design_file(files, raw, "surface", omit="PD1")
@@ -406,8 +408,12 @@ def test_read_manifest_windows_1252_csv(files):
     frame = read_manifest(path)
     assert frame["file"].tolist() == ["été.fcs", raw] and frame["comment"].tolist() == ["1 µl", ""]
     path.write_bytes("file,product_id,tube,role\r\nété.fcs,Pé,surface,stain\r\n".encode("cp1252"))
-    with pytest.raises(TableError, match=r"row 1 \(line 2\), column 'product_id': 'P\\\\xe9' is not UTF-8 text .*"
-                                         r"save it as 'CSV UTF-8 \(Comma delimited\)'"):
+    assert read_manifest(path)["product_id"].tolist() == ["Pé"]
+    path.write_bytes("file,product_id,tube,role\r\nété.fcs,Pé,surface,stain\r\n".encode("utf-16"))
+    assert read_manifest(path)["product_id"].tolist() == ["Pé"]
+    path.write_bytes("file,product_id,tube,role\r\nété.fcs,Pé,surface,stain\r\n".encode("cp1252").replace(b"P\xe9", b"P\x81"))
+    with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'product_id': byte 0x81 is neither UTF-8 nor "
+                                         r"Windows-1252 text; save the table as 'CSV UTF-8 \(Comma delimited\)' or .xlsx"):
         read_manifest(path)
 
 

@@ -427,14 +427,18 @@ def test_csv_row_longer_than_its_header_is_refused(tmp_path):
 def test_windows_1252_csv(tmp_path):
     """Excel on Windows saves 'CSV (Comma delimited)' in cp1252 ('é', the title's '–'): read as
     written. Bytes that are not cp1252 either (0x81, another encoding) were silently read as '\ufffd'
-    (an id matching nothing) -> refused saying to save as CSV UTF-8."""
+    (an id matching nothing) -> refused saying to save as CSV UTF-8, naming the cell (the manifest
+    reader's rule and message). A table pasted together from a UTF-8 and a cp1252 file: the whole
+    file was read as cp1252, the UTF-8 'é' of 'Pé2' silently the id 'PÃ©2' -> each cell's bytes."""
     text = "\n".join(["Suivi – été 2026", HEADER, *[row.replace("P1", "Pé1") for row in ROWS]]) + "\n"
     path = tmp_path / "o.csv"
     path.write_bytes(text.encode("cp1252"))
     assert read_outcomes(path).patient_id.tolist() == ["Pé1", "P2", "P3"]
     path.write_bytes(text.encode("cp1252").replace(b"P\xe91", b"P\x811"))
-    msg = error_of(path)
-    assert "byte 0x81" in msg and "neither UTF-8 nor Windows-1252" in msg and "CSV UTF-8" in msg, msg
+    assert error_of(path).startswith(f"{path}: row 3, column 'patient_id': byte 0x81 is neither UTF-8 nor "
+                                     "Windows-1252 text; save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
+    path.write_bytes(text.encode("cp1252").replace(b"P2,", "Pé2,".encode("utf-8")))
+    assert read_outcomes(path).patient_id.tolist() == ["Pé1", "Pé2", "P3"]
 
 
 def test_old_xls_workbook_says_to_save_as_xlsx(tmp_path):

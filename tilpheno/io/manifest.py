@@ -45,8 +45,8 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
-from tilpheno.io.workbook import (refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows, table_frame,
-                                  text_rows, workbook_table)
+from tilpheno.io.workbook import (decode_text, refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows,
+                                  table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -268,9 +268,11 @@ def _read_table(path: Path) -> pd.DataFrame:
     are refused), merged cells read as Excel shows them (:func:`sheet_rows`). Rows whose every cell
     is blank are dropped (Excel saves formatted empty rows as ``,,,,``); their lines still count.
     A column named twice (also in another case), or a value in a column without a header, is
-    refused; an empty column without a header is ignored. Text is UTF-8 (BOM optional); bytes that are not are kept as
-    surrogate escapes (a file name ``tilpheno scan -o`` wrote reads back as written; for the other
-    columns see :func:`_windows_text`). Cells are separated by commas, or by semicolons / tabs when
+    refused; an empty column without a header is ignored. Text is UTF-8 (BOM optional) or UTF-16
+    with a BOM, a cell's bytes that are not UTF-8 read as Windows-1252 and other bytes refused, as
+    the outcomes reader does (:func:`tilpheno.io.workbook.table_frame`), except in ``file``, where
+    they are kept as surrogate escapes (a file name ``tilpheno scan -o`` wrote reads back as
+    written; see :func:`_locate`). Cells are separated by commas, or by semicolons / tabs when
     the header line has no comma (European Excel; then a comma in ``til_dose_cells`` is the
     decimal mark, ``frame.attrs["decimal_comma"]``)."""
     if not path.is_file():
@@ -291,10 +293,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             refuse_unsaved_formulas(data, locate, sheet=sheet, header_row=header_line)
             refuse_display_only_ids(data, ["product_id"], locate, sheet=sheet, header_row=header_line)
         else:
-            if b"\x00" in data[:4096]:
-                raise TableError(f"{path}: not a CSV text file (binary content)")
-            text = data.decode("utf-8-sig", errors="surrogateescape")
-            header_line, separator, rows = text_rows(text, COLUMNS[:4])
+            header_line, separator, rows = text_rows(decode_text(data, str(path)), COLUMNS[:4])
     except TableError:
         raise
     except (ValueError, KeyError, csv.Error, OSError, zipfile.BadZipFile) as exc:
@@ -305,7 +304,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     def where(line: int) -> str:
         return f"{path}: line {line}" if line == header_line else f"{path}: row {line - header_line} (line {line})"
 
-    frame = restore_frame(table_frame(rows, header_line, where, COLUMNS))   # `tilpheno scan -o` neutralised cells
+    frame = restore_frame(table_frame(rows, header_line, where, COLUMNS, keep_bytes=["file"]))   # scan -o's cells
     frame.attrs["decimal_comma"] = separator == ";"
     frame.attrs["header_line"] = header_line
     return frame
@@ -335,10 +334,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     Windows path ``sub\\a.fcs`` is found as ``sub/a.fcs``), two
     product ids that differ only in case (one product mistyped would become two), files
     (links resolved) outside ``base`` unless ``allow_outside``, files that are not regular files,
-    a product id that is not UTF-8 text,
     and in an optional ``til_dose_cells`` column (the product's infused cells, on one or more of its
     rows) a cell that is not a non-negative number or differs from another of the product's. Values
-    are returned as written (stripped; other text than UTF-8 see :func:`_windows_text`), ``file``
+    are returned as written (stripped; text in Windows-1252 see :func:`_read_table`), ``file``
     as found, with ``fmo_marker`` read through the study's vocabulary
     (default: the bundled study's) and ``til_dose_cells`` as floats (an empty cell NaN).
     """
@@ -364,8 +362,6 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame = frame.copy()
     for column in COLUMNS:
         frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
-    for column in frame.columns.drop(["file", "product_id"]):
-        frame[column] = frame[column].map(_windows_text)
     seen: dict[str, int] = {}
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers = [], []
@@ -375,9 +371,6 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         for column in COLUMNS[:4]:
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
-        if _not_utf8(row.product_id):
-            raise TableError(f"{where}, column 'product_id': {display_name(row.product_id)!r} is not UTF-8 text (a CSV "
-                             "saved by Excel in the Windows encoding, cp1252); save it as 'CSV UTF-8 (Comma delimited)'")
         if row.role not in ROLES:
             raise TableError(f"{where}, column 'role': unknown role {row.role!r}{did_you_mean(row.role, ROLES)} "
                              f"(allowed: {', '.join(ROLES)})")
@@ -424,27 +417,12 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
-def _not_utf8(text: str) -> bool:
-    """True when ``text`` holds surrogate escapes (bytes of the file that were not UTF-8)."""
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-def _windows_text(text: str) -> str:
-    """A cell of a CSV that is not UTF-8 read as Windows-1252 (Excel's 'CSV (Comma delimited)' on
-    Windows: "1 µl" in a comment); other cells as they are. Used for every column but ``file``
-    (whose bytes are a file's name, :func:`_locate`) and ``product_id`` (refused: an id read in a
-    guessed encoding could silently become another). Bytes that are not cp1252 either stay escaped."""
-    if not _not_utf8(text):
-        return text
-    return text.encode("utf-8", "surrogateescape").decode("cp1252", errors="surrogateescape")
-
-
 def _locate(written: str, base: Path) -> tuple[str, Path | None]:
     """``(file as found, its path)`` of a manifest's file cell, or ``(written, None)`` when none is a
     regular file. Tried in turn: as written (relative to ``base``; bytes that are not UTF-8 are a
     file name's bytes, as ``tilpheno scan -o`` writes them), read as Windows-1252 (an accented name
     in a CSV saved by Excel on Windows), with backslashes as folder separators (``sub\\a.fcs``)."""
-    candidates = dict.fromkeys([written, _windows_text(written)])
+    candidates = dict.fromkeys([written, windows_1252(written)])
     for text in list(candidates):
         candidates[text.replace("\\", "/")] = None
     for text in candidates:

@@ -52,8 +52,8 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
-from tilpheno.io.workbook import (refuse_display_only_ids, refuse_unsaved_formulas, sheet_values, table_frame,
-                                  text_rows, workbook_table)
+from tilpheno.io.workbook import (decode_text, refuse_display_only_ids, refuse_unsaved_formulas, sheet_values,
+                                  table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -118,10 +118,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if path.suffix.lower() == ".xls":
             _fail(source, "not a CSV or Excel (.xlsx) file: old Excel .xls workbooks are not read; save it as .xlsx "
                           "or CSV UTF-8")
-        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")   # Excel's "Unicode Text (*.txt)": UTF-16 with a BOM
-        if b"\x00" in data[:65536] and not utf16:
-            _fail(source, "not a CSV or Excel (.xlsx) file")
-        text = _decoded(data, utf16, source)
+        text = decode_text(data, source)
         if not text.strip():
             _fail(source, "the file is empty")
         try:
@@ -139,22 +136,6 @@ def _read_raw(path: Path) -> pd.DataFrame:
                 frame[col] = _tab_commas(frame[col], source, col)
     frame.attrs["header_line"] = header_line
     return frame
-
-
-def _decoded(data: bytes, utf16: bool, source: str) -> str:
-    """The text of a CSV file: UTF-16 when it starts with its BOM, else UTF-8 (BOM optional), else
-    Windows-1252 (Excel's 'CSV (Comma delimited)' on Windows); bytes that are none of them
-    (another encoding, whose ids would be read as other ids) are refused."""
-    try:
-        return data.decode("utf-16" if utf16 else "utf-8-sig")
-    except UnicodeDecodeError:
-        if utf16:
-            _fail(source, "not a readable UTF-16 text file")
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError as exc:
-        _fail(source, f"byte 0x{data[exc.start]:02x} at offset {exc.start} is neither UTF-8 nor Windows-1252 text; "
-                      "save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
 
 
 def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
@@ -329,9 +310,11 @@ def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
 def read_outcomes(path) -> pd.DataFrame:
     """Read and validate an outcomes table (CSV, tab- or semicolon-separated text, or .xlsx).
 
-    Text is UTF-8 (with or without a BOM), UTF-16 with a BOM (Excel's "Unicode Text") or, failing
-    both, Windows-1252 (other bytes are refused). A title above the header, the table on a later
-    sheet and merged cells are read as a spreadsheet shows them (see :func:`_read_raw`).
+    Text is UTF-8 (with or without a BOM) or UTF-16 with a BOM (Excel's "Unicode Text"); a cell's
+    bytes that are not UTF-8 are read as Windows-1252 (Excel's "CSV (Comma delimited)" on
+    Windows), other bytes are refused naming the cell (:func:`tilpheno.io.workbook.table_frame`).
+    A title above the header, the table on a later sheet and merged cells are read as a
+    spreadsheet shows them (see :func:`_read_raw`).
 
     Returns one row per patient with typed columns (ids and codes as text, times and doses as
     floats, events as int, covariates numeric or text) and a default RangeIndex.

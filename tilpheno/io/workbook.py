@@ -83,6 +83,33 @@ def _value(value: Any) -> Any:
     return value
 
 
+def decode_text(data: bytes, source: str) -> str:
+    """The text of a CSV file's bytes: UTF-16 when it starts with its BOM (Excel's "Unicode Text"),
+    else UTF-8 (BOM optional), its bytes that are not UTF-8 kept as surrogate escapes for
+    :func:`table_frame` to read as Windows-1252 cell by cell (:func:`windows_1252`). TableError
+    (starting with ``source``) for binary content (a NUL byte in the first 64 KiB of a file that is
+    not UTF-16) and for UTF-16 that does not decode."""
+    utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    if b"\x00" in data[:65536] and not utf16:
+        raise TableError(f"{source}: not a CSV or Excel (.xlsx) file (binary content)")
+    try:
+        return data.decode("utf-16" if utf16 else "utf-8-sig", errors="strict" if utf16 else "surrogateescape")
+    except UnicodeDecodeError:
+        raise TableError(f"{source}: not a readable UTF-16 text file") from None
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]+")
+
+
+def windows_1252(text: str) -> str:
+    """``text`` (UTF-8 with other bytes as surrogate escapes, :func:`decode_text`) with those bytes
+    read as Windows-1252, what Excel's "CSV (Comma delimited)" writes on Windows ("1 µl", "Pé1");
+    the UTF-8 around them is kept. Bytes that are not Windows-1252 either (0x81, 0x8d, 0x8f, 0x90,
+    0x9d) stay escaped."""
+    return _ESCAPED.sub(lambda run: run.group().encode("utf-8", "surrogateescape")
+                        .decode("cp1252", errors="surrogateescape"), text)
+
+
 def text_rows(text: str, required: Sequence[str]) -> tuple[int, str, Rows]:
     """``(header line, separator, rows)`` of a CSV text: the header is found by :func:`header_at`
     among the lines (each split at its own separator, so a title line does not decide); the cells
@@ -145,19 +172,23 @@ EXCEL_ERRORS = frozenset({"#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM
 Excel saved from it) holds in its place."""
 
 
-def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = ()) -> pd.DataFrame:
+def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = (),
+                keep_bytes: Sequence[str] = ()) -> pd.DataFrame:
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
     (stripped; a name in ``lower`` written in any case is lower-cased), index = line; rows whose
     every cell is blank are dropped, and so are columns with an empty header cell and no value
-    (Excel pads every row of a CSV it saves to the widest row).
+    (Excel pads every row of a CSV it saves to the widest row). Bytes of a text that are not UTF-8
+    (:func:`decode_text`) are read as Windows-1252 (:func:`windows_1252`), in every cell but those
+    of the columns named in ``keep_bytes`` (case ignored: a file's name, whose bytes are its name).
 
     A TableError whose message starts with ``where(line)``: a column named twice (also in
     different cases), a row with more filled cells than the header has names, a value in a column
     with an empty header cell (a note beside the table, in column K: data or not, the reader
-    cannot tell), and an Excel error value (:data:`EXCEL_ERRORS`: a formula that failed; ``#N/A``
+    cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
+    ids would silently be other ids), and an Excel error value (:data:`EXCEL_ERRORS`: a formula that failed; ``#N/A``
     too, mostly a lookup that found nothing rather than a value known to be missing)."""
     header = next((cells for line, cells in rows if line == header_line), [])
-    written = [str(c).strip() for c in header]
+    written = [str(c).strip() for c in _decoded(header, [""] * len(header), (), where(header_line))]
     _refuse_named_twice(written, where(header_line))
     names = [name.lower() if name.lower() in lower else name for name in written]
     body = []
@@ -167,11 +198,29 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
         if any(str(c).strip() for c in cells[len(names):]):
             raise TableError(f"{where(line)}: {len(cells)} cells, the header names {len(names)} columns (a "
                              "separator inside a value must be quoted)")
-        cells = [*cells[:len(names)], *[""] * (len(names) - len(cells))]
+        cells = _decoded([*cells[:len(names)], *[""] * (len(names) - len(cells))], names, keep_bytes, where(line))
         _refuse_stray_cells(cells, names, where(line))
         body.append((line, [cell for name, cell in zip(names, cells) if name]))
     return pd.DataFrame([cells for _, cells in body], columns=[name for name in names if name],
                         index=[line for line, _ in body], dtype=object)
+
+
+def _decoded(cells: list[Any], names: list[str], keep_bytes: Sequence[str], where: str) -> list[Any]:
+    """A row's ``cells`` (under the header's ``names``) read by :func:`windows_1252`, but for the
+    columns in ``keep_bytes``; a byte that is not Windows-1252 either is a TableError starting with
+    ``where``, naming the column."""
+    keep = {name.casefold() for name in keep_bytes}
+    decoded = []
+    for i, (name, cell) in enumerate(zip(names, cells)):
+        if isinstance(cell, str) and name.casefold() not in keep:
+            cell = windows_1252(cell)
+            left = _ESCAPED.search(cell)
+            if left:
+                column = f"column '{name}'" if name else f"column {_column_letter(i)}"
+                raise TableError(f"{where}, {column}: byte 0x{ord(left.group()[0]) - 0xdc00:02x} is neither UTF-8 "
+                                 "nor Windows-1252 text; save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
+        decoded.append(cell)
+    return decoded
 
 
 def _refuse_stray_cells(cells: list[Any], names: list[str], where: str) -> None:
