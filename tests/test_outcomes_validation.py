@@ -194,6 +194,25 @@ def test_excel_formula_with_saved_value(tmp_path):
     assert df.os_months.tolist() == [12.0, 6.4, 15.0] and df.age.tolist()[:2] == [25.0, 31.0] and pd.isna(df.age[2])
 
 
+def test_excel_workbook_opened_once_or_twice_with_formulas(tmp_path):
+    """Each read opened the workbook four times with openpyxl (values, formulas, values again, ids;
+    three without formulas) -> once, and once more for the formulas when a sheet holds one; the
+    manifest reader likewise."""
+    import openpyxl
+    from unittest import mock
+
+    from tilpheno.io.manifest import _read_table
+
+    plain = _book(tmp_path / "plain.xlsx", {"Sheet": TABLE})
+    formulas = tmp_path / "formulas.xlsx"
+    _saved_results(formulas, "6.4", calculated=True)
+    manifest = _book(tmp_path / "m.xlsx", {"Sheet": [["file", "product_id", "tube", "role"], ["a.fcs", "P", "s", "stain"]]})
+    for read, path, opens in ((read_outcomes, plain, 1), (read_outcomes, formulas, 2), (_read_table, manifest, 1)):
+        with mock.patch("openpyxl.load_workbook", side_effect=openpyxl.load_workbook) as load:
+            read(path)
+        assert load.call_count == opens, (path.name, load.call_count)
+
+
 def test_excel_formula_with_a_placeholder_result_is_refused(tmp_path):
     """xlsxwriter (and R's writexl, on libxlsxwriter) save 0 as every formula's result and ask Excel to
     recalculate on opening: read as values, os_months was a silent 0 months -> refused, naming the cell."""

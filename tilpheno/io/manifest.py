@@ -45,8 +45,8 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
-from tilpheno.io.workbook import (decode_text, refuse_display_only_ids, refuse_unsaved_formulas, sheet_rows,
-                                  table_frame, text_rows, windows_1252, workbook_table)
+from tilpheno.io.workbook import (decode_text, open_workbook, refuse_display_only_ids, refuse_unsaved_formulas,
+                                  sheet_rows, table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -285,13 +285,14 @@ def _read_table(path: Path) -> pd.DataFrame:
     separator = ","
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm"):
-            sheet, header_line, rows = workbook_table(sheet_rows(data), COLUMNS[:4], "a manifest", str(path))
+            book = open_workbook(data, str(path))
+            sheet, header_line, rows = workbook_table(sheet_rows(book), COLUMNS[:4], "a manifest", str(path))
 
             def locate(row: int, column: str | None) -> str:
                 return f"{path}: row {row - header_line} (line {row}), column '{column}'"
 
-            refuse_unsaved_formulas(data, locate, sheet=sheet, header_row=header_line)
-            refuse_display_only_ids(data, ["product_id"], locate, sheet=sheet, header_row=header_line)
+            refuse_unsaved_formulas(data, book[sheet], locate, header_line)
+            refuse_display_only_ids(book[sheet], ["product_id"], locate, header_line)
         else:
             header_line, separator, rows = text_rows(decode_text(data, str(path)), COLUMNS[:4])
     except TableError:

@@ -52,8 +52,8 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
-from tilpheno.io.workbook import (decode_text, refuse_display_only_ids, refuse_unsaved_formulas, sheet_values,
-                                  table_frame, text_rows, workbook_table)
+from tilpheno.io.workbook import (decode_text, open_workbook, refuse_display_only_ids, refuse_unsaved_formulas,
+                                  sheet_values, table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -104,16 +104,11 @@ def _read_raw(path: Path) -> pd.DataFrame:
         _fail(source, f"the file is too large for an outcomes table ({size} bytes)")
     data = path.read_bytes()
     if data[:4] == b"PK\x03\x04" or path.suffix.lower() in EXCEL_SUFFIXES:
-        try:
-            sheets = sheet_values(data)
-        except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
-            _fail(source, f"not a readable Excel workbook ({type(exc).__name__})")
-        sheet, header_line, rows = workbook_table(sheets, REQUIRED, "an outcomes", source)
+        book = open_workbook(data, source)
+        sheet, header_line, rows = workbook_table(sheet_values(book), REQUIRED, "an outcomes", source)
         separator = ""
-        refuse_unsaved_formulas(data, lambda row, column: _where(source, row, column), sheet=sheet,
-                                header_row=header_line)
-        refuse_display_only_ids(data, ID_COLUMNS, lambda row, column: _where(source, row, column), sheet=sheet,
-                                header_row=header_line)
+        refuse_unsaved_formulas(data, book[sheet], lambda row, column: _where(source, row, column), header_line)
+        refuse_display_only_ids(book[sheet], ID_COLUMNS, lambda row, column: _where(source, row, column), header_line)
     else:
         if path.suffix.lower() == ".xls":
             _fail(source, "not a CSV or Excel (.xlsx) file: old Excel .xls workbooks are not read; save it as .xlsx "

@@ -21,57 +21,53 @@ Rows = list[tuple[int, list[Any]]]
 """A table's rows as ``(line, cells)``: the line of a text file, or a sheet's row."""
 
 
-def _sheet_cells(data: bytes, *, data_only: bool, sheet: str | None = None,
-                 header_row: int = 1) -> Iterator[tuple[str, dict[int, str], Any]]:
-    """``(sheet title, header, cell)`` for every cell below the header row (``header_row``, 1-based)
-    of the sheet titled ``sheet`` (default the first), in reading order; ``header``: column number
-    -> the header text (stripped) of the columns seen so far. Values when ``data_only``, else
-    formulas as written."""
+def open_workbook(data: bytes, source: str) -> Any:
+    """The workbook in ``data`` (an ``openpyxl`` Workbook, every sheet in memory, formula cells
+    holding their saved values): the one opening the table's readers need, and a second, of the
+    formulas, only when a sheet holds one (:func:`refuse_unsaved_formulas`). TableError
+    ``<source>: not a readable Excel workbook (<what openpyxl raised>)`` when it is not one."""
     import openpyxl
 
-    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=data_only)
     try:
-        chosen = book[sheet] if sheet is not None else book.worksheets[0]
-        header: dict[int, str] = {}
-        for row in chosen.iter_rows(min_row=header_row):
-            for cell in row:
-                if getattr(cell, "row", None) == header_row:
-                    header[cell.column] = "" if cell.value is None else str(cell.value).strip()
-                elif getattr(cell, "row", None) is not None:
-                    yield chosen.title, header, cell
-    finally:
-        book.close()
+        return openpyxl.load_workbook(io.BytesIO(data), data_only=True)
+    except Exception as exc:  # openpyxl raises many kinds on corrupt workbooks
+        raise TableError(f"{source}: not a readable Excel workbook ({type(exc).__name__})") from None
 
 
-def sheet_values(data: bytes) -> list[tuple[str, Rows]]:
-    """Every sheet of the workbook as ``(title, [(sheet row, cell values)])`` (saved values), with
-    each merged range's value in all of its cells (as Excel shows it: a product id merged down
-    over its tubes' rows belongs to each row). Values as ``pandas.read_excel(dtype=object)`` gives
-    them (a date a ``datetime``, a whole number an ``int``), an empty cell ``''``; rows with no
-    value are left out, every row has the sheet's width."""
-    import openpyxl
-
-    book = openpyxl.load_workbook(io.BytesIO(data), data_only=True)
-    try:
-        sheets = []
-        for sheet in book.worksheets:
-            values = {(c.row, c.column): c.value for row in sheet.iter_rows() for c in row if c.value is not None}
-            for merged in sheet.merged_cells.ranges:
-                top = values.get((merged.min_row, merged.min_col))
-                if top is not None:
-                    values.update(dict.fromkeys(merged.cells, top))
-            width = max((column for _, column in values), default=0)
-            rows = sorted({row for row, _ in values})
-            sheets.append((sheet.title, [(r, [_value(values.get((r, c))) for c in range(1, width + 1)]) for r in rows]))
-        return sheets
-    finally:
-        book.close()
+def _cells_below(sheet: Any, header_row: int) -> Iterator[tuple[dict[int, str], Any]]:
+    """``(header, cell)`` for every cell of the openpyxl worksheet ``sheet`` below its row
+    ``header_row`` (1-based), in reading order; ``header``: column number -> the header cell's text
+    (stripped; ``''`` when empty)."""
+    header = {cell.column: "" if cell.value is None else str(cell.value).strip() for cell in sheet[header_row]}
+    for row in sheet.iter_rows(min_row=header_row + 1):
+        for cell in row:
+            yield header, cell
 
 
-def sheet_rows(data: bytes) -> list[tuple[str, Rows]]:
+def sheet_values(book: Any) -> list[tuple[str, Rows]]:
+    """Every sheet of the workbook (:func:`open_workbook`) as ``(title, [(sheet row, cell values)])``
+    (saved values), with each merged range's value in all of its cells (as Excel shows it: a
+    product id merged down over its tubes' rows belongs to each row). Values as
+    ``pandas.read_excel(dtype=object)`` gives them (a date a ``datetime``, a whole number an
+    ``int``), an empty cell ``''``; rows with no value are left out, every row has the sheet's
+    width."""
+    sheets = []
+    for sheet in book.worksheets:
+        values = {(c.row, c.column): c.value for row in sheet.iter_rows() for c in row if c.value is not None}
+        for merged in sheet.merged_cells.ranges:
+            top = values.get((merged.min_row, merged.min_col))
+            if top is not None:
+                values.update(dict.fromkeys(merged.cells, top))
+        width = max((column for _, column in values), default=0)
+        rows = sorted({row for row, _ in values})
+        sheets.append((sheet.title, [(r, [_value(values.get((r, c))) for c in range(1, width + 1)]) for r in rows]))
+    return sheets
+
+
+def sheet_rows(book: Any) -> list[tuple[str, Rows]]:
     """:func:`sheet_values` as text, as ``pandas.read_excel(dtype=str)`` gives it: an empty cell
     ``''``, a whole number without ``.0``."""
-    return [(title, [(r, [str(v) for v in cells]) for r, cells in rows]) for title, rows in sheet_values(data)]
+    return [(title, [(r, [str(v) for v in cells]) for r, cells in rows]) for title, rows in sheet_values(book)]
 
 
 def _value(value: Any) -> Any:
@@ -278,10 +274,31 @@ def recalculated_on_open(data: bytes) -> bool:
         return False
 
 
-def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str], *, sheet: str | None = None,
+_FORMULA = re.compile(rb"<(?:\w+:)?f[\s>/]")
+
+
+def _formula_cells(data: bytes, title: str, header_row: int) -> set[str]:
+    """The coordinates (``G3``) of the formula cells below row ``header_row`` of the sheet titled
+    ``title``. The workbook is opened (formulas as written, read-only) only when a sheet's XML
+    holds a formula element (``<f>``): a workbook of values is not opened again."""
+    import openpyxl
+
+    with zipfile.ZipFile(io.BytesIO(data)) as parts:
+        if not any(_FORMULA.search(parts.read(name)) for name in parts.namelist()
+                   if name.startswith("xl/worksheets/") and name.endswith(".xml")):
+            return set()
+    book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=False)
+    try:
+        return {cell.coordinate for row in book[title].iter_rows(min_row=header_row + 1) for cell in row
+                if getattr(cell, "data_type", None) == "f"}
+    finally:
+        book.close()
+
+
+def refuse_unsaved_formulas(data: bytes, sheet: Any, locate: Callable[[int, str | None], str],
                             header_row: int = 1) -> None:
-    """Refuse a formula cell of the table (the sheet titled ``sheet``, default the first, below its
-    header row ``header_row``) that holds no saved value.
+    """Refuse a formula cell of the table (the worksheet ``sheet`` of :func:`open_workbook`, below
+    its header row ``header_row``) that holds no saved value.
 
     A workbook written by a script (openpyxl, pandas) stores formulas without their results until
     Excel (or LibreOffice) calculates and saves it; read as values, such a cell is empty, so a
@@ -290,31 +307,30 @@ def refuse_unsaved_formulas(data: bytes, locate: Callable[[int, str | None], str
     that asks to be recalculated when opened (:func:`recalculated_on_open`: xlsxwriter, R's
     writexl) is refused too: the value is a placeholder (0), not the result.
 
-    ``data``: the workbook's bytes. ``locate(row, column)``: the start of the message for the
-    cell's sheet row and its column's header text (None when the header
-    cell is empty), e.g. ``"<file>: row 3, column 'os_months'"``. Raises TableError.
+    ``data``: the workbook's bytes (its formulas, :func:`_formula_cells`). ``locate(row, column)``:
+    the start of the message for the cell's sheet row and its column's header text (None when the
+    header cell is empty), e.g. ``"<file>: row 3, column 'os_months'"``. Raises TableError.
     """
-    formulas = {cell.coordinate for _, _, cell in _sheet_cells(data, data_only=False, sheet=sheet, header_row=header_row)
-                if cell.data_type == "f"}
+    formulas = _formula_cells(data, sheet.title, header_row)
     if not formulas:
         return
     placeholders = recalculated_on_open(data)
-    for title, header, cell in _sheet_cells(data, data_only=True, sheet=sheet, header_row=header_row):
+    for header, cell in _cells_below(sheet, header_row):
         if cell.coordinate in formulas and cell.value is not None and placeholders:
-            raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{title}' cell "
+            raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{sheet.title}' cell "
                              f"{cell.coordinate} holds a formula whose saved value ({cell.value!r}) is a placeholder "
                              "(the workbook asks to be recalculated when opened, as programs that write formulas "
                              "without computing them do: xlsxwriter and R's writexl save 0): open it in Excel and "
                              "save it, or paste the values over the formulas, then read it again")
         if cell.coordinate in formulas and cell.value is None and cell.data_type != "str":
-            raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{title}' cell "
+            raise TableError(f"{locate(cell.row, header.get(cell.column) or None)}: sheet '{sheet.title}' cell "
                              f"{cell.coordinate} holds a formula with no saved value (the workbook was written by a "
                              "program and never calculated): open it in Excel and save it, or paste the values over "
                              "the formulas, then read it again")
 
 
-def refuse_display_only_ids(data: bytes, columns: Iterable[str], locate: Callable[[int, str | None], str], *,
-                            sheet: str | None = None, header_row: int = 1) -> None:
+def refuse_display_only_ids(sheet: Any, columns: Iterable[str], locate: Callable[[int, str | None], str],
+                            header_row: int = 1) -> None:
     """Refuse an id cell (a column named in ``columns``, case and blanks ignored, of the table:
     ``sheet``, ``header_row`` as for :func:`refuse_unsaved_formulas`) whose text in Excel is not
     its stored value: a date (``2024-03-01`` is stored as a day number and read as a timestamp) or
@@ -323,14 +339,14 @@ def refuse_display_only_ids(data: bytes, columns: Iterable[str], locate: Callabl
     shown and accepted. ``locate`` as for :func:`refuse_unsaved_formulas`.
     Raises TableError saying to format the column as Text and type the ids."""
     wanted = {str(c).strip().casefold() for c in columns}
-    for title, header, cell in _sheet_cells(data, data_only=True, sheet=sheet, header_row=header_row):
+    for header, cell in _cells_below(sheet, header_row):
         name = header.get(cell.column, "")
         if name.casefold() not in wanted or cell.value is None:
             continue
         shown = _display_only(cell)
         if shown:
-            raise TableError(f"{locate(cell.row, name)}: sheet '{title}' cell {cell.coordinate} is {shown}, not "
-                             "the id as typed; format the column as Text in Excel and type the ids again")
+            raise TableError(f"{locate(cell.row, name)}: sheet '{sheet.title}' cell {cell.coordinate} is {shown}, "
+                             "not the id as typed; format the column as Text in Excel and type the ids again")
 
 
 def _display_only(cell) -> str:
