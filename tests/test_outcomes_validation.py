@@ -97,6 +97,10 @@ def test_tab_separated_comma_decided_by_its_column(tmp_path, edits, column, valu
 def test_tab_separated_comma_refused_when_unsettled(tmp_path, edits, expect):
     msg = error_of(_tab(tmp_path, edits))
     assert expect in msg, msg
+    path = _tab(tmp_path, edits)   # a title and a blank line above: the rows named were 2 lines short
+    path.write_text("Cohort A\n\n" + path.read_text())
+    shifted = re.sub(r"row (\d+)", lambda m: f"row {int(m.group(1)) + 2}", expect)
+    assert shifted in error_of(path)
 
 
 def test_excel_unicode_text_is_utf16(tmp_path):

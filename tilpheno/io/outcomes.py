@@ -152,19 +152,19 @@ def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
     thousands = (grouped & ~ambiguous) | decimal_point
 
     def row(mask: pd.Series) -> int:
-        return int(np.flatnonzero(mask.to_numpy())[0]) + 2
+        return int(mask[mask].index[0])   # the frame's index: the file's line
 
     if decimal_marks.any() and thousands.any():
         first, other = row(decimal_marks), row(thousands)
-        kind = "a decimal point" if decimal_point.iloc[other - 2] else "a thousands separator"
-        _fail(source, f"'{texts.iloc[other - 2][:40]}' ({kind}) and '{texts.iloc[first - 2][:40]}' (row {first}, "
+        kind = "a decimal point" if decimal_point.loc[other] else "a thousands separator"
+        _fail(source, f"'{texts.loc[other][:40]}' ({kind}) and '{texts.loc[first][:40]}' (row {first}, "
                       "a decimal comma) in one column; write every number of the column with a decimal point "
                       "and no thousands separators", other, column)
     if decimal_marks.any():
         return cells.map(decimal_comma)
     if ambiguous.any() and not thousands.any():
         at = row(ambiguous)
-        text = texts.iloc[at - 2]
+        text = texts.loc[at]
         whole, decimal = text.replace(",", ""), f"{float(text.replace(',', '.')):g}"
         _fail(source, f"'{text}' is ambiguous in tab-separated text: {whole} (a thousands separator) or {decimal} "
                       f"(a decimal comma); write {whole} or {decimal}", at, column)
