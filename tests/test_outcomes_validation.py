@@ -64,6 +64,46 @@ def test_semicolon_separated_has_decimal_commas(tmp_path):
     assert read_outcomes(write(tmp_path, [ROWS[0].replace(",5.5,", ',"1,500",'), *ROWS[1:]])).pfs_months[0] == 1500
 
 
+def _semicolon(tmp_path, edits: dict) -> Path:
+    """ROWS semicolon-separated (dots kept) with ``{(row index, column): cell}`` replaced."""
+    frame = pd.read_csv(write(tmp_path), dtype=str, keep_default_na=False)
+    for (i, column), value in edits.items():
+        frame.loc[i, column] = value
+    path = tmp_path / "o.csv"
+    frame.to_csv(path, sep=";", index=False)
+    return path
+
+
+@pytest.mark.parametrize("edits,column,values", [
+    ({(0, "age"): "1.250", (1, "age"): "3,5"}, "age", [1250.0, 17.0]),
+    ({(0, "age"): "1.250", (1, "age"): "3.55"}, "age", [1.25, 17.0]),
+    ({(0, "til_dose_cells"): "30.000.000.000", (1, "til_dose_cells"): "2,1E+10", (2, "til_dose_cells"): "4.000.000"},
+     "til_dose_cells", [3e10, 4e6]),
+    ({(0, "age"): "1.250,5"}, "age", [1250.5, 17.0]),
+])
+def test_semicolon_separated_thousands_dots(tmp_path, edits, column, values):
+    """European Excel writes a number formatted with thousands separators as '1.250' (and
+    '30.000.000.000'): in semicolon-separated text '1.250' was silently 1.25, and '1.500.000' or
+    '1.250,5' 'not a number' -> the column's other numbers decide, as for a comma in tab text."""
+    df = read_outcomes(_semicolon(tmp_path, edits))
+    assert [df[column].iloc[0], df[column].iloc[2]] == values
+
+
+@pytest.mark.parametrize("sep,edits,expect", [
+    (";", {(1, "age"): "1.250"}, "row 3, column 'age': '1.250' is ambiguous in semicolon-separated text: 1250 (a "
+                                 "thousands separator) or 1.25 (a decimal point); write 1250 or 1.25"),
+    ("\t", {(1, "age"): "1.250"}, "row 3, column 'age': '1.250' is ambiguous in tab-separated text: 1250"),
+    (";", {(0, "pfs_months"): "2,5"}, "row 3, column 'pfs_months': '3.2' (a decimal point) and '2,5' (row 2, a "
+                                      "decimal comma) in one column"),
+])
+def test_thousands_dot_refused_when_unsettled(tmp_path, sep, edits, expect):
+    """'1.250' in a column of whole numbers was 1.25 in semicolon or tab text (1250 in European
+    style) -> refused as ambiguous; a column with both styles is refused."""
+    path = _semicolon(tmp_path, edits) if sep == ";" else _tab(tmp_path, edits)
+    msg = error_of(path)
+    assert expect in msg, msg
+
+
 def _tab(tmp_path, edits: dict) -> Path:
     """ROWS tab-separated with ``{(row index, column): cell}`` replaced."""
     frame = pd.read_csv(write(tmp_path), dtype=str, keep_default_na=False)

@@ -22,11 +22,14 @@ formula cells of a workbook never calculated (written by a script: no saved valu
 
 Conventions: cells are stripped of surrounding blanks; an empty cell is missing; in
 semicolon-separated text (what Excel writes where the comma is the decimal mark; R ``read.csv2``)
-a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5); in comma-separated
-text it separates thousands (``1,500`` is 1500); in tab-separated text (which Excel writes in its
-locale's style) each column's other numbers decide (``2,55`` makes its commas decimal marks,
-``1,500,000``, ``1,500.5`` or ``2.55`` thousands separators), and ``1,500`` in a column that
-settles neither, or a column with both kinds, is refused; response
+a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5) and dots may group
+thousands (``1.500.000``); in comma-separated text a comma separates thousands (``1,500`` is 1500);
+in tab-separated text (which Excel writes in its locale's style) each column's other numbers decide
+(``2,55`` makes its commas decimal marks, ``1,500,000``, ``1,500.5`` or ``2.55`` thousands
+separators). ``1.500`` in semicolon- or tab-separated text (1500 in European style, 1.5 in
+English) takes the style of its column's other numbers (``3,2`` or ``2.55``), as ``1,500`` in tab
+text does; such a value in a column that settles neither, or a column with both styles, is
+refused (:func:`_locale_numbers`); response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
 evaluable); times (and the optional ``response_months``, blank without a response) are in months
 from the start of TIL therapy, never dates; events are 1 (event) or 0
@@ -64,8 +67,9 @@ REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
             "pfs_months", "pfs_event", "os_months", "os_event")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
-_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
-_ONE_GROUP_RE = re.compile(r"^[+-]?\d{1,3},\d{3}$")
+_EN_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
+_EU_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$")
+_ONE_GROUP_RE = {"\t": re.compile(r"^[+-]?\d{1,3}[.,]\d{3}$"), ";": re.compile(r"^[+-]?\d{1,3}\.\d{3}$")}
 _DECIMAL_POINT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?$")
 _MAX_BYTES = 200 * 1024 * 1024
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
@@ -121,54 +125,57 @@ def _read_raw(path: Path) -> pd.DataFrame:
         except csv.Error as exc:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
     frame = table_frame(rows, header_line, lambda line: _where(source, line))
-    if separator == ";":   # European Excel: the comma is the decimal mark (ids are kept as written)
+    if separator in (";", "\t"):   # numbers in a locale's style (ids are kept as written)
         for col in frame.columns:
             if col not in ID_COLUMNS:
-                frame[col] = frame[col].map(decimal_comma)
-    elif separator == "\t":
-        for col in frame.columns:
-            if col not in ID_COLUMNS:
-                frame[col] = _tab_commas(frame[col], source, col)
+                frame[col] = _locale_numbers(frame[col], source, col, separator)
     frame.attrs["header_line"] = header_line
     return frame
 
 
-def _tab_commas(cells: pd.Series, source: str, column: str) -> pd.Series:
-    """The commas in one column of tab-separated text, which Excel writes in its locale's style:
-    thousands separators (``1,500,000``; English) or decimal marks (``11,8``; European).
+def _locale_numbers(cells: pd.Series, source: str, column: str, separator: str) -> pd.Series:
+    """One column of semicolon- or tab-separated text with its numbers as Python reads them
+    (``1500.5``), written in European style (``1.500,5``: dots group thousands, the comma is the
+    decimal mark) or English style (``1,500.5``).
 
-    The column's cells decide: a comma not followed by exactly three digits, or after more than
-    three digits (``11,8``, ``1500,25``), is a decimal mark, so every comma of the column is one;
-    several groups of three (``1,500,000``), a group followed by a decimal point (``1,500.5``) or a
-    decimal point that cannot be a thousands separator (``2.55``) make the commas thousands
-    separators (removed). A column with both kinds is refused, and so is a value like ``1,500``
-    (1500 or 1.5?) in a column that settles neither.
-    """
+    Semicolon-separated text is what Excel writes where the comma is the decimal mark, so a comma
+    is one (``1,500`` is 1.5); tab-separated text Excel writes in its locale's style. The column's
+    cells decide its style: European by a decimal comma (``11,8``; ``1500,25``) or thousands dots
+    (``1.500.000``, ``1.500,5``), English by thousands commas (``1,500,000``, ``1,500.5``; tab text
+    only) or a decimal point (``2.55``). One group of three (``1.500``, and ``1,500`` in tab text:
+    1500 or 1.5?) takes the column's style, and is refused in a column that settles neither; a
+    column with both styles is refused. ``source``, ``column``: for the message."""
     texts = cells.map(lambda v: v.strip() if isinstance(v, str) else "")
-    grouped = texts.map(lambda t: bool(_GROUPED_RE.match(t)))
-    ambiguous = texts.map(lambda t: bool(_ONE_GROUP_RE.match(t)))
-    decimal_marks = texts.map(lambda t: bool(DECIMAL_COMMA_RE.match(t))) & ~grouped
-    decimal_point = texts.map(lambda t: bool(_DECIMAL_POINT_RE.match(t)) and not _ONE_GROUP_RE.match(t.replace(".", ",")))
-    thousands = (grouped & ~ambiguous) | decimal_point
+
+    def matching(*patterns: re.Pattern) -> pd.Series:
+        return texts.map(lambda t: any(p.match(t) for p in patterns))
+
+    ambiguous = matching(_ONE_GROUP_RE[separator])
+    european = matching(_EU_GROUPED_RE, DECIMAL_COMMA_RE) & ~ambiguous
+    english = matching(_DECIMAL_POINT_RE, *([_EN_GROUPED_RE] if separator == "\t" else [])) & ~ambiguous
 
     def row(mask: pd.Series) -> int:
         return int(mask[mask].index[0])   # the frame's index: the file's line
 
-    if decimal_marks.any() and thousands.any():
-        first, other = row(decimal_marks), row(thousands)
-        kind = "a decimal point" if decimal_point.loc[other] else "a thousands separator"
-        _fail(source, f"'{texts.loc[other][:40]}' ({kind}) and '{texts.loc[first][:40]}' (row {first}, "
-                      "a decimal comma) in one column; write every number of the column with a decimal point "
-                      "and no thousands separators", other, column)
-    if decimal_marks.any():
-        return cells.map(decimal_comma)
-    if ambiguous.any() and not thousands.any():
+    if european.any() and english.any():
+        eu, en = row(european), row(english)
+        en_kind = "a decimal point" if _DECIMAL_POINT_RE.match(texts.loc[en]) else "a thousands separator"
+        eu_kind = "a decimal comma" if DECIMAL_COMMA_RE.match(texts.loc[eu]) else "a thousands separator"
+        _fail(source, f"'{texts.loc[en][:40]}' ({en_kind}) and '{texts.loc[eu][:40]}' (row {eu}, {eu_kind}) in one "
+                      "column; write every number of the column with a decimal point and no thousands separators",
+              en, column)
+    if ambiguous.any() and not european.any() and not english.any():
         at = row(ambiguous)
         text = texts.loc[at]
-        whole, decimal = text.replace(",", ""), f"{float(text.replace(',', '.')):g}"
-        _fail(source, f"'{text}' is ambiguous in tab-separated text: {whole} (a thousands separator) or {decimal} "
-                      f"(a decimal comma); write {whole} or {decimal}", at, column)
-    return cells.where(~grouped, cells.map(lambda v: v.replace(",", "") if isinstance(v, str) else v))
+        whole, decimal = re.sub("[.,]", "", text), f"{float(text.replace(',', '.')):g}"
+        mark, kind = "a decimal comma" if "," in text else "a decimal point", {";": "semicolon", "\t": "tab"}[separator]
+        _fail(source, f"'{text}' is ambiguous in {kind}-separated text: {whole} (a thousands separator) or {decimal} "
+                      f"({mark}); write {whole} or {decimal}", at, column)
+    if european.any():
+        return cells.map(lambda v: decimal_comma(v.strip().replace(".", "")) if isinstance(v, str)
+                         and _EU_GROUPED_RE.match(v.strip()) else decimal_comma(v))
+    return cells.map(lambda v: v.strip().replace(",", "") if isinstance(v, str) and _EN_GROUPED_RE.match(v.strip())
+                     else v)
 
 
 def _cell_text(value) -> str:
