@@ -526,3 +526,16 @@ def test_read_manifest_cell_with_a_line_break(files):
     rows = [[*COLUMNS, "comment"], ["a.fcs", "P", "surface", "stained", "", "weak\nstain"]]
     with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'role': unknown role 'stained'"):
         read_manifest(_write(files / "m.csv", rows))
+
+
+def test_read_manifest_hidden_row(files):
+    """A tube's row hidden in Excel (filtered out) was read without a word -> refused naming it."""
+    import openpyxl
+
+    book = _book(files / "m.xlsx", {"Sheet": TABLE})
+    edited = openpyxl.load_workbook(book)
+    edited["Sheet"].row_dimensions[3].hidden = True
+    edited.save(book)
+    with pytest.raises(TableError, match=r"m.xlsx: row 2 \(line 3\), column 'file': sheet 'Sheet' row 3 is hidden in "
+                                         r"Excel \(by hand or by a filter\)"):
+        read_manifest(book)

@@ -551,3 +551,22 @@ def test_cell_with_a_line_break_names_the_line_its_row_starts_on(tmp_path):
     rows = [ROWS[0] + ',"relapse\nat 5 months"', f"{ROWS[1]},", ROWS[2].replace(",CR,", ",XX,") + ","]
     path = write(tmp_path, rows, f"{HEADER},comment")
     assert error_of(path).startswith(f"{path}: row 5, column 'best_response': unknown response code 'XX'")
+
+
+def test_hidden_rows_and_sheets(tmp_path):
+    """A patient's row hidden in Excel (by hand, or filtered out to leave the patient out) was read
+    with the others without a word -> refused naming the row. Two sheets holding a table were
+    refused by title only, though Excel shows one of them -> the hidden one is marked so."""
+    import openpyxl
+
+    book = _book(tmp_path / "o.xlsx", {"Patients": TABLE})
+    edited = openpyxl.load_workbook(book)
+    edited["Patients"].row_dimensions[3].hidden = True
+    edited.save(book)
+    assert error_of(book).startswith(f"{book}: row 3, column 'patient_id': sheet 'Patients' row 3 is hidden in Excel "
+                                     "(by hand or by a filter); unhide it, or delete it if it is not part of the table")
+    two = _book(tmp_path / "two.xlsx", {"Old": TABLE, "Patients": TABLE})
+    edited = openpyxl.load_workbook(two)
+    edited["Old"].sheet_state = "hidden"
+    edited.save(two)
+    assert "sheets 'Old' (hidden), 'Patients' each hold an outcomes table" in error_of(two)

@@ -146,20 +146,29 @@ def header_at(rows: Rows, required: Sequence[str]) -> int:
 
 
 def workbook_table(sheets: list[tuple[str, Rows]], required: Sequence[str], what: str,
-                   source: str) -> tuple[str, int, Rows]:
+                   source: str, hidden: Iterable[str] = ()) -> tuple[str, int, Rows]:
     """``(title, header row, rows)`` of the sheet holding the table (as :func:`text_rows` gives a
     text's): the one whose header names all ``required`` columns (TableError naming the sheets when
-    several do: ``<source>: sheets 'A', 'B' each hold a <what> table (<required>)``), else the first
-    naming the most of them, else the first sheet that is not empty; its header by :func:`header_at`."""
+    several do: ``<source>: sheets 'A' (hidden), 'B' each hold a <what> table (<required>)``, a
+    title in ``hidden`` marked so, since Excel does not show that sheet), else the first naming the
+    most of them, else the first sheet that is not empty; its header by :func:`header_at`."""
     def named(sheet: tuple[str, Rows]) -> tuple[int, bool]:
         return max((_named(cells, required) for _, cells in sheet[1]), default=0), bool(sheet[1])
 
+    hidden = set(hidden)
     full = [title for title, rows in sheets if named((title, rows))[0] == len(required)]
     if len(full) > 1:
-        raise TableError(f"{source}: sheets {', '.join(map(repr, full))} each hold {what} table "
-                         f"({', '.join(required)}); keep one sheet's table or combine them")
+        shown = ", ".join(f"{title!r}{' (hidden)' if title in hidden else ''}" for title in full)
+        raise TableError(f"{source}: sheets {shown} each hold {what} table ({', '.join(required)}); keep one "
+                         "sheet's table or combine them")
     title, rows = max(sheets, key=named)
     return title, header_at(rows, required), rows
+
+
+def hidden_sheets(book: Any) -> set[str]:
+    """The titles of the workbook's (:func:`open_workbook`) sheets Excel does not show (hidden, or
+    'very hidden' by a macro)."""
+    return {sheet.title for sheet in book.worksheets if sheet.sheet_state != "visible"}
 
 
 EXCEL_ERRORS = frozenset({"#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#NULL!", "#SPILL!", "#CALC!",
@@ -347,6 +356,20 @@ def refuse_display_only_ids(sheet: Any, columns: Iterable[str], locate: Callable
         if shown:
             raise TableError(f"{locate(cell.row, name)}: sheet '{sheet.title}' cell {cell.coordinate} is {shown}, "
                              "not the id as typed; format the column as Text in Excel and type the ids again")
+
+
+def refuse_hidden_rows(sheet: Any, locate: Callable[[int, str | None], str], header_row: int = 1) -> None:
+    """Refuse a row of the table (``sheet``, ``header_row`` as for :func:`refuse_unsaved_formulas`)
+    that holds a value but is hidden in Excel, by hand or by a filter: a patient or tube hidden
+    to leave it out would otherwise be read without a word. ``locate`` as for
+    :func:`refuse_unsaved_formulas`, with the column of the row's first value. Raises TableError."""
+    header = {cell.column: "" if cell.value is None else str(cell.value).strip() for cell in sheet[header_row]}
+    for row in sorted(r for r, dimension in sheet.row_dimensions.items() if dimension.hidden and r > header_row):
+        first = next((cell for cell in sheet[row] if cell.value is not None), None)
+        if first is not None:
+            raise TableError(f"{locate(row, header.get(first.column) or None)}: sheet '{sheet.title}' row {row} is "
+                             "hidden in Excel (by hand or by a filter); unhide it, or delete it if it is not part of "
+                             "the table")
 
 
 def _display_only(cell) -> str:
