@@ -570,3 +570,23 @@ def test_hidden_rows_and_sheets(tmp_path):
     edited["Old"].sheet_state = "hidden"
     edited.save(two)
     assert "sheets 'Old' (hidden), 'Patients' each hold an outcomes table" in error_of(two)
+
+
+def test_covariate_numbers_in_another_style(tmp_path):
+    """A covariate number written '1,250' (comma CSV, thousands) was text ('mixed types' beside
+    '17'; a category when all were so written), though in os_months it is 1250 -> a number. Ages
+    typed '27,5' into an English Excel (stored as text) or percentages '40%' in a CSV were a
+    category each, silently (or 'mixed types: 31 is a number', naming the wrong cell) -> refused
+    naming the cell."""
+    rows = [ROWS[0].replace(",25,", ',"1,250",'), ROWS[1].replace(",31,", ',"2,500",'), ROWS[2]]
+    assert read_outcomes(write(tmp_path, rows)).age.tolist() == [1250.0, 2500.0, 17.0]
+    book = _book(tmp_path / "o.xlsx", {"Sheet": [TABLE[0], *[[*row[:8], age, row[9]] for row, age in
+                                                          zip(TABLE[1:], ("27,5", "31,0", "17,25"))]]})
+    assert error_of(book).startswith(f"{book}: row 2, column 'age': '27,5' is a number written with a decimal comma, "
+                                     "a percent sign or spaces, read as text; write it with a decimal point")
+    book = _book(tmp_path / "o.xlsx", {"Sheet": [TABLE[0], *[[*row[:8], age, row[9]] for row, age in
+                                                          zip(TABLE[1:], (27.5, "31,5", 17))]]})
+    assert error_of(book).startswith(f"{book}: row 3, column 'age': '31,5' is a number written with")   # not 'mixed'
+    rows = [ROWS[0].replace(",25,", ",40%,"), ROWS[1].replace(",31,", ",35 %,"), ROWS[2].replace(",17,", ",20%,")]
+    assert error_of(write(tmp_path, rows)).startswith(f"{tmp_path / 'outcomes.csv'}: row 2, column 'age': '40%' is a "
+                                                      "number written with")

@@ -41,7 +41,8 @@ with the accepted codes.
 like a blank cell; Excel's error values (``#N/A``, ``#DIV/0!``, ..., a formula that failed) are refused,
 ``#N/A`` too: it is mostly a lookup that found nothing, not a value known to be missing. A missing required column or an unknown response code gets a "did you mean"
 suggestion (closest match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
-all text is categorical; a mixture is an error.
+all text is categorical; a mixture is an error, and so is a number text cannot hold as one (``27,5`` in
+comma-separated text or typed into an English Excel, ``40%``, ``1 500``).
 """
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-
 _EN_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 _EU_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$")
 _ONE_GROUP_RE = {"\t": re.compile(r"^[+-]?\d{1,3}[.,]\d{3}$"), ";": re.compile(r"^[+-]?\d{1,3}\.\d{3}$")}
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_FOREIGN_NUMBER_RE = re.compile(r"^[+-]?(\d+,\d+|\d{1,3}( \d{3})+([.,]\d+)?|\d+([.,]\d+)?\s*%)$")
+"""A number as another locale or a format writes it (``27,5``, ``1 500``, ``40%``), which
+Python does not read as one."""
 _DECIMAL_POINT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?$")
 _MAX_BYTES = 200 * 1024 * 1024
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
@@ -203,7 +208,7 @@ def _number(value, source: str, row: int, column: str) -> float:
     if text == "":
         return float("nan")
     try:
-        number = float(text.replace(",", "")) if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?", text) else float(text)
+        number = float(text.replace(",", "")) if _EN_GROUPED_RE.match(text) else float(text)
     except ValueError:
         _fail(source, f"'{text[:40]}' is not a number", row, column)
     if not np.isfinite(number):
@@ -295,12 +300,21 @@ def _times(cells: pd.Series, source: str, column: str, required: bool) -> pd.Ser
 
 
 def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
-    """Numeric when every non-empty cell is a number, text when none is; mixed is an error."""
+    """Numeric when every non-empty cell is a number (as :func:`_number` reads it: ``1,500`` in
+    comma-separated text is 1500), text when none is; mixed is an error, and so is a text column
+    holding a number in another style (:data:`_FOREIGN_NUMBER_RE`: ``27,5`` typed into an English
+    Excel or quoted in comma-separated text, ``40%``, ``1 500``), which would silently be a
+    category."""
     texts = cells.map(_cell_text)
     filled = texts[texts != ""]
-    numeric = filled.map(lambda s: bool(re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", s)))
+    numeric = filled.map(lambda s: bool(_NUMBER_RE.match(s) or _EN_GROUPED_RE.match(s)))
     if numeric.all() and not filled.empty:
         return pd.Series({row: _number(v, source, row, column) for row, v in cells.items()}, dtype=float)
+    foreign = filled[filled.map(lambda s: bool(_FOREIGN_NUMBER_RE.match(s)) and not _DATE_RE.match(s))]
+    if not foreign.empty:
+        _fail(source, f"'{foreign.iloc[0][:40]}' is a number written with a decimal comma, a percent sign or spaces, "
+                      "read as text; write it with a decimal point and nothing else (27.5, 40 or 0.4, 1500)",
+              foreign.index[0], column)
     if numeric.any():
         bad = numeric[~numeric].index[0] if numeric.sum() >= (~numeric).sum() else numeric[numeric].index[0]
         kind = "text" if numeric.sum() >= (~numeric).sum() else "a number"
