@@ -539,3 +539,9 @@ def test_read_manifest_hidden_row(files):
     with pytest.raises(TableError, match=r"m.xlsx: row 2 \(line 3\), column 'file': sheet 'Sheet' row 3 is hidden in "
                                          r"Excel \(by hand or by a filter\)"):
         read_manifest(book)
+    edited = openpyxl.load_workbook(book)
+    edited["Sheet"].row_dimensions[3].hidden = False
+    edited["Sheet"]["H5"], edited["Sheet"].row_dimensions[5].hidden = "old note", True
+    edited.save(book)
+    with pytest.raises(TableError, match=r"m.xlsx: row 4 \(line 5\): sheet 'Sheet' row 5 is hidden"):
+        read_manifest(book)

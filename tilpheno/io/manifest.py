@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
 
@@ -291,7 +290,7 @@ def _read_table(path: Path) -> pd.DataFrame:
                                                       hidden_sheets(book))
 
             def locate(row: int, column: str | None) -> str:
-                return f"{path}: row {row - header_line} (line {row}), column '{column}'"
+                return f"{path}: row {row - header_line} (line {row})" + (f", column '{column}'" if column else "")
 
             refuse_unsaved_formulas(data, book[sheet], locate, header_line)
             refuse_display_only_ids(book[sheet], ["product_id"], locate, header_line)
@@ -300,7 +299,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             header_line, separator, rows = text_rows(decode_text(data, str(path)), COLUMNS[:4])
     except TableError:
         raise
-    except (ValueError, KeyError, csv.Error, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, KeyError, csv.Error, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
     from tilpheno.io.csvcells import restore_frame

@@ -38,11 +38,12 @@ from the start of TIL therapy, never dates; events are 1 (event) or 0
 other words (``dead``, ``alive``: whether a death is the event depends on the endpoint) are refused
 with the accepted codes.
 ``NA``, ``N/A``, ``NaN`` and ``NULL`` (any case, as R and spreadsheets write them) are missing,
-like a blank cell; Excel's error values (``#N/A``, ``#DIV/0!``, ..., a formula that failed) are refused,
-``#N/A`` too: it is mostly a lookup that found nothing, not a value known to be missing. A missing required column or an unknown response code gets a "did you mean"
-suggestion (closest match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose cells are
-all text is categorical; a mixture is an error, and so is a number text cannot hold as one (``27,5`` in
-comma-separated text or typed into an English Excel, ``40%``, ``1 500``).
+like a blank cell; Excel's error values (``#N/A``, ``#DIV/0!``, ...: a formula that failed) are
+refused, ``#N/A`` too: it is mostly a lookup that found nothing, not a value known to be missing.
+A missing required column or an unknown response code gets a "did you mean" suggestion (closest
+match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose
+cells are all text is categorical; a mixture is an error, and so is a number text cannot hold as
+one (``27,5`` in comma-separated text or typed into an English Excel, ``40%``, ``1 500``).
 """
 from __future__ import annotations
 

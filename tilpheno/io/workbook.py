@@ -3,7 +3,11 @@ them: a workbook's sheets' cells (with merged cells filled) or a CSV text's line
 header found by the columns it must have (a title or blank lines above it skipped; in a workbook,
 on the one sheet holding such a header), and checks shared by their readers.
 
-Rows are numbered as the file numbers them: a sheet's row, a text file's line (1-based)."""
+Rows are numbered as the file numbers them: a sheet's row, a text file's line (1-based; a row of
+text by the line it starts on, as a text editor numbers lines, when a quoted cell holds a line
+break). A text's bytes are UTF-8, else Windows-1252 cell by cell (:func:`decode_text`,
+:func:`table_frame`); a workbook is opened once (:func:`open_workbook`), its formulas a second
+time only when it has some."""
 from __future__ import annotations
 
 import csv
@@ -36,12 +40,17 @@ def open_workbook(data: bytes, source: str) -> Any:
 
 def _cells_below(sheet: Any, header_row: int) -> Iterator[tuple[dict[int, str], Any]]:
     """``(header, cell)`` for every cell of the openpyxl worksheet ``sheet`` below its row
-    ``header_row`` (1-based), in reading order; ``header``: column number -> the header cell's text
-    (stripped; ``''`` when empty)."""
-    header = {cell.column: "" if cell.value is None else str(cell.value).strip() for cell in sheet[header_row]}
+    ``header_row`` (1-based), in reading order; ``header``: :func:`_header`."""
+    header = _header(sheet, header_row)
     for row in sheet.iter_rows(min_row=header_row + 1):
         for cell in row:
             yield header, cell
+
+
+def _header(sheet: Any, header_row: int) -> dict[int, str]:
+    """Column number -> the text of the worksheet's header cell in row ``header_row`` (stripped;
+    ``''`` when empty)."""
+    return {cell.column: "" if cell.value is None else str(cell.value).strip() for cell in sheet[header_row]}
 
 
 def sheet_values(book: Any) -> list[tuple[str, Rows]]:
@@ -190,8 +199,9 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     different cases), a row with more filled cells than the header has names, a value in a column
     with an empty header cell (a note beside the table, in column K: data or not, the reader
     cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
-    ids would silently be other ids), and an Excel error value (:data:`EXCEL_ERRORS`: a formula that failed; ``#N/A``
-    too, mostly a lookup that found nothing rather than a value known to be missing)."""
+    ids would silently be other ids), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
+    that failed; ``#N/A`` too, mostly a lookup that found nothing rather than a value known to be
+    missing)."""
     header = next((cells for line, cells in rows if line == header_line), [])
     written = [str(c).strip() for c in _decoded(header, [""] * len(header), (), where(header_line))]
     _refuse_named_twice(written, where(header_line))
@@ -363,7 +373,7 @@ def refuse_hidden_rows(sheet: Any, locate: Callable[[int, str | None], str], hea
     that holds a value but is hidden in Excel, by hand or by a filter: a patient or tube hidden
     to leave it out would otherwise be read without a word. ``locate`` as for
     :func:`refuse_unsaved_formulas`, with the column of the row's first value. Raises TableError."""
-    header = {cell.column: "" if cell.value is None else str(cell.value).strip() for cell in sheet[header_row]}
+    header = _header(sheet, header_row)
     for row in sorted(r for r, dimension in sheet.row_dimensions.items() if dimension.hidden and r > header_row):
         first = next((cell for cell in sheet[row] if cell.value is not None), None)
         if first is not None:
