@@ -285,12 +285,15 @@ def test_read_manifest_product_ids_differing_only_in_case(files):
 @pytest.mark.parametrize("value, number_format, shown", [
     (7, "000", "the number 7 shown with the format '000'"),
     (__import__("datetime").datetime(2024, 3, 1), "yyyy-mm-dd", "a date"),
+    (1234567890123456700.0, "General", "the number 1.23456789012346e+18 (Excel keeps 15 digits: the id's last "
+                                       "digits are lost)"),
 ])
 def test_read_manifest_excel_id_shown_otherwise_than_stored(files, value, number_format, shown):
     """An .xlsx id column formatted '000' shows 7 as 007 but holds 7; a date is a day number. Read,
     the id silently became '7' (or '2024-03-01 00:00:00') and matched no FCS file or the wrong
     product -> refused with the cell, saying to format the column as Text. A number in the General
-    format is read as shown and accepted."""
+    format is read as shown and accepted. A 19-digit barcode typed as a number (Excel keeps 15
+    digits) was read as another id -> refused too."""
     import openpyxl
 
     book = openpyxl.Workbook()

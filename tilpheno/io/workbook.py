@@ -352,10 +352,11 @@ def refuse_display_only_ids(sheet: Any, columns: Iterable[str], locate: Callable
                             header_row: int = 1) -> None:
     """Refuse an id cell (a column named in ``columns``, case and blanks ignored, of the table:
     ``sheet``, ``header_row`` as for :func:`refuse_unsaved_formulas`) whose text in Excel is not
-    its stored value: a date (``2024-03-01`` is stored as a day number and read as a timestamp) or
-    a number with a display format (``000`` shows 7 as ``007``; read, it is ``7``, and ``007``
-    would silently match no FCS file or the wrong one). Numbers in the General format are read as
-    shown and accepted. ``locate`` as for :func:`refuse_unsaved_formulas`.
+    its stored value: a date (``2024-03-01`` is stored as a day number and read as a timestamp), a
+    number with a display format (``000`` shows 7 as ``007``; read, it is ``7``, and ``007``
+    would silently match no FCS file or the wrong one), or a number of 16 digits or more (a
+    barcode: Excel kept its first 15). Other numbers in the General format are read as typed and
+    accepted. ``locate`` as for :func:`refuse_unsaved_formulas`.
     Raises TableError saying to format the column as Text and type the ids."""
     wanted = {str(c).strip().casefold() for c in columns}
     for header, cell in _cells_below(sheet, header_row):
@@ -384,9 +385,12 @@ def refuse_hidden_rows(sheet: Any, locate: Callable[[int, str | None], str], hea
 
 def _display_only(cell) -> str:
     """Why the cell's text in Excel differs from its value ("a date", "the number 7 shown with the
-    format '000'"), or "" when it does not."""
+    format '000'", a number of more than 15 digits, whose last digits Excel dropped when it was
+    typed), or "" when it does not."""
     if cell.is_date:
         return "a date"
+    if cell.data_type == "n" and isinstance(cell.value, (int, float)) and abs(cell.value) >= 1e15:
+        return f"the number {cell.value:.15g} (Excel keeps 15 digits: the id's last digits are lost)"
     if cell.data_type == "n" and cell.number_format not in ("General", "@"):
         return f"the number {cell.value!r} shown with the format '{cell.number_format}'"
     return ""
