@@ -80,11 +80,16 @@ def _semicolon(tmp_path, edits: dict) -> Path:
     ({(0, "til_dose_cells"): "30.000.000.000", (1, "til_dose_cells"): "2,1E+10", (2, "til_dose_cells"): "4.000.000"},
      "til_dose_cells", [3e10, 4e6]),
     ({(0, "age"): "1.250,5"}, "age", [1250.5, 17.0]),
+    ({(0, "age"): "1\u00a0250", (1, "age"): "2\u00a0500", (2, "age"): "3\u202f000,5"}, "age", [1250.0, 3000.5]),
+    ({(0, "til_dose_cells"): "30\u00a0000\u00a0000\u00a0000", (1, "til_dose_cells"): "1", (2, "til_dose_cells"): "4"},
+     "til_dose_cells", [3e10, 4.0]),
 ])
 def test_semicolon_separated_thousands_dots(tmp_path, edits, column, values):
     """European Excel writes a number formatted with thousands separators as '1.250' (and
     '30.000.000.000'): in semicolon-separated text '1.250' was silently 1.25, and '1.500.000' or
-    '1.250,5' 'not a number' -> the column's other numbers decide, as for a comma in tab text."""
+    '1.250,5' 'not a number' -> the column's other numbers decide, as for a comma in tab text.
+    French Excel groups thousands with a no-break space: a covariate so written was a silent
+    category, a dose 'not a number' -> numbers."""
     df = read_outcomes(_semicolon(tmp_path, edits))
     assert [df[column].iloc[0], df[column].iloc[2]] == values
 

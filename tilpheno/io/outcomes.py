@@ -75,7 +75,8 @@ _EN_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 _EU_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$")
 _ONE_GROUP_RE = {"\t": re.compile(r"^[+-]?\d{1,3}[.,]\d{3}$"), ";": re.compile(r"^[+-]?\d{1,3}\.\d{3}$")}
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_FOREIGN_NUMBER_RE = re.compile(r"^[+-]?(\d+,\d+|\d{1,3}( \d{3})+([.,]\d+)?|\d+([.,]\d+)?\s*%)$")
+_SPACE_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d*)?$")
+_FOREIGN_NUMBER_RE = re.compile(r"^[+-]?(\d+,\d+|\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d+)?|\d+([.,]\d+)?\s*%)$")
 """A number as another locale or a format writes it (``27,5``, ``1 500``, ``40%``), which
 Python does not read as one."""
 _DECIMAL_POINT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -154,7 +155,9 @@ def _locale_numbers(cells: pd.Series, source: str, column: str, separator: str) 
     (``1.500.000``, ``1.500,5``), English by thousands commas (``1,500,000``, ``1,500.5``; tab text
     only) or a decimal point (``2.55``). One group of three (``1.500``, and ``1,500`` in tab text:
     1500 or 1.5?) takes the column's style, and is refused in a column that settles neither; a
-    column with both styles is refused. ``source``, ``column``: for the message."""
+    column with both styles is refused. Spaces grouping thousands (``1 500,5``: French Excel writes
+    a no-break space) are removed first. ``source``, ``column``: for the message."""
+    cells = cells.map(lambda v: re.sub(r"\s", "", v) if isinstance(v, str) and _SPACE_GROUPED_RE.match(v.strip()) else v)
     texts = cells.map(lambda v: v.strip() if isinstance(v, str) else "")
 
     def matching(*patterns: re.Pattern) -> pd.Series:
