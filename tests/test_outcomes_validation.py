@@ -595,3 +595,6 @@ def test_covariate_numbers_in_another_style(tmp_path):
     rows = [ROWS[0].replace(",25,", ",40%,"), ROWS[1].replace(",31,", ",35 %,"), ROWS[2].replace(",17,", ",20%,")]
     assert error_of(write(tmp_path, rows)).startswith(f"{tmp_path / 'outcomes.csv'}: row 2, column 'age': '40%' is a "
                                                       "number written with")
+    rows = [ROWS[0].replace(",25,", ",1\u00a0250,"), ROWS[1].replace(",31,", ",2\u00a0500,"), ROWS[2]]
+    assert error_of(write(tmp_path, rows)).startswith(f"{tmp_path / 'outcomes.csv'}: row 2, column 'age': "
+                                                      "'1\u00a0250' is a number written with")
