@@ -64,13 +64,13 @@ def test_semicolon_separated_has_decimal_commas(tmp_path):
     assert read_outcomes(write(tmp_path, [ROWS[0].replace(",5.5,", ',"1,500",'), *ROWS[1:]])).pfs_months[0] == 1500
 
 
-def _semicolon(tmp_path, edits: dict) -> Path:
-    """ROWS semicolon-separated (dots kept) with ``{(row index, column): cell}`` replaced."""
+def _separated(tmp_path, edits: dict, sep: str = "\t") -> Path:
+    """ROWS separated by ``sep`` (dots kept) with ``{(row index, column): cell}`` replaced."""
     frame = pd.read_csv(write(tmp_path), dtype=str, keep_default_na=False)
     for (i, column), value in edits.items():
         frame.loc[i, column] = value
-    path = tmp_path / "o.csv"
-    frame.to_csv(path, sep=";", index=False)
+    path = tmp_path / ("o.tsv" if sep == "\t" else "o.csv")
+    frame.to_csv(path, sep=sep, index=False)
     return path
 
 
@@ -90,7 +90,7 @@ def test_semicolon_separated_thousands_dots(tmp_path, edits, column, values):
     '1.250,5' 'not a number' -> the column's other numbers decide, as for a comma in tab text.
     French Excel groups thousands with a no-break space: a covariate so written was a silent
     category, a dose 'not a number' -> numbers."""
-    df = read_outcomes(_semicolon(tmp_path, edits))
+    df = read_outcomes(_separated(tmp_path, edits, ";"))
     assert [df[column].iloc[0], df[column].iloc[2]] == values
 
 
@@ -104,19 +104,9 @@ def test_semicolon_separated_thousands_dots(tmp_path, edits, column, values):
 def test_thousands_dot_refused_when_unsettled(tmp_path, sep, edits, expect):
     """'1.250' in a column of whole numbers was 1.25 in semicolon or tab text (1250 in European
     style) -> refused as ambiguous; a column with both styles is refused."""
-    path = _semicolon(tmp_path, edits) if sep == ";" else _tab(tmp_path, edits)
+    path = _separated(tmp_path, edits, sep)
     msg = error_of(path)
     assert expect in msg, msg
-
-
-def _tab(tmp_path, edits: dict) -> Path:
-    """ROWS tab-separated with ``{(row index, column): cell}`` replaced."""
-    frame = pd.read_csv(write(tmp_path), dtype=str, keep_default_na=False)
-    for (i, column), value in edits.items():
-        frame.loc[i, column] = value
-    path = tmp_path / "o.tsv"
-    frame.to_csv(path, sep="\t", index=False)
-    return path
 
 
 @pytest.mark.parametrize("edits,column,values", [
@@ -129,7 +119,7 @@ def _tab(tmp_path, edits: dict) -> Path:
 def test_tab_separated_comma_decided_by_its_column(tmp_path, edits, column, values):
     """Excel's tab-separated export writes numbers in its locale's style: '1,500' was always 1500,
     though European Excel means 1.5. The column's other numbers decide."""
-    df = read_outcomes(_tab(tmp_path, edits))
+    df = read_outcomes(_separated(tmp_path, edits))
     assert [df[column].iloc[0], df[column].iloc[2]] == values
 
 
@@ -140,9 +130,9 @@ def test_tab_separated_comma_decided_by_its_column(tmp_path, edits, column, valu
                                                   "'2,5' (row 2, a decimal comma) in one column"),
 ])
 def test_tab_separated_comma_refused_when_unsettled(tmp_path, edits, expect):
-    msg = error_of(_tab(tmp_path, edits))
+    msg = error_of(_separated(tmp_path, edits))
     assert expect in msg, msg
-    path = _tab(tmp_path, edits)   # a title and a blank line above: the rows named were 2 lines short
+    path = _separated(tmp_path, edits)   # a title and a blank line above: the rows named were 2 lines short
     path.write_text("Cohort A\n\n" + path.read_text())
     shifted = re.sub(r"row (\d+)", lambda m: f"row {int(m.group(1)) + 2}", expect)
     assert shifted in error_of(path)
