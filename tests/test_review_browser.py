@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from review_support import PASSWORDS, database_url, drop_schema, make_service, review_out, review_source  # noqa: F401
-from tilpheno.review.models import User
+from tilpheno.review.models import AuditEntry, User
 
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = shutil.which("chromium")
@@ -272,3 +272,33 @@ def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp
         srv.shutdown()
         thread.join(5)
         service.factory.kw["bind"].dispose()
+
+
+def test_reloading_a_refused_login_does_not_send_the_password_again(driver, server):
+    """A refused login answers with a redirect to the login page (POST/redirect/GET): reloading the
+    page that says "wrong user name or password" shows the form again, it does not post the
+    password again (which counted as a second wrong password towards the lock-out, and a second
+    audited refused login)."""
+    from tilpheno.review.auth import get_user
+
+    service, base = server
+    driver.delete_all_cookies()
+    driver.get(base + f"/products/{PID}")
+    driver.find_element("id", "username").send_keys("carol")
+    driver.find_element("id", "password").send_keys("not carol's password")
+    driver.find_element("id", "login-button").click()
+    wait(driver, lambda d: "wrong user name or password" in d.find_element("id", "login-error").text, "the refusal")
+    assert driver.find_element("id", "username").get_attribute("value") == "carol"   # kept for the next try
+    for _ in range(3):
+        driver.refresh()
+        wait(driver, lambda d: d.find_element("id", "login-button"), "the login page again")
+    with service.factory() as db:
+        assert get_user(db, "carol").failed_logins == 1
+        refused = db.scalars(select(AuditEntry).where(AuditEntry.action == "login_failed")).all()
+    assert [e.username for e in refused] == ["carol"]
+    # the login still returns to the page asked for
+    driver.find_element("id", "username").clear()
+    driver.find_element("id", "username").send_keys("carol")
+    driver.find_element("id", "password").send_keys(PASSWORDS["carol"])
+    driver.find_element("id", "login-button").click()
+    wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")

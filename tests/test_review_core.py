@@ -268,8 +268,9 @@ def test_a_retried_login_verifies_the_password_once_and_counts_it_once(service, 
         before = len(audit.export_csv(db).splitlines())
     monkeypatch.setattr(auth, "_HASHER", CountingHasher())
     monkeypatch.setattr(audit, "append", append_once_in_conflict)
-    r = client.post("/login", data={"username": name, "password": "wrong password", "csrf_token": csrf})
-    assert r.status_code == 401 and "wrong user name or password" in r.text
+    r = client.post("/login", data={"username": name, "password": "wrong password", "csrf_token": csrf},
+                    follow_redirects=True)
+    assert r.history[0].status_code == 303 and "wrong user name or password" in r.text
     assert verified == ["wrong password"] and not conflicts
     assert user(service, name).failed_logins == 1
     with service.factory() as db:

@@ -64,11 +64,12 @@ def test_wrong_password_and_lockout_over_http(app, service):
     c = app.test_client()
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
     for i in range(5):
-        r = c.post("/login", data={"username": "root", "password": "wrong", "csrf_token": csrf})
-        assert r.status_code == 401
+        r = c.post("/login", data={"username": "root", "password": "wrong", "csrf_token": csrf}, follow_redirects=True)
+        assert [h.status_code for h in r.history] == [303] and r.request.path == "/login"   # POST/redirect/GET
     assert "locked" in r.text
-    r = c.post("/login", data={"username": "root", "password": PASSWORDS["root"], "csrf_token": csrf})
-    assert r.status_code == 401 and "is locked until" in r.text
+    assert "locked" not in c.get("/login").text   # the login page says it once
+    r = c.post("/login", data={"username": "root", "password": PASSWORDS["root"], "csrf_token": csrf}, follow_redirects=True)
+    assert r.history[0].status_code == 303 and "is locked until" in r.text
 
 
 def test_preview_changes_pct_and_save_needs_a_reason(app, service):
@@ -587,8 +588,8 @@ def test_a_refused_login_tells_the_audit_trail_why_but_not_the_page(app, service
         start = audit.head_seq(db)
     try:
         for name, password in (("dave", PASSWORDS["dave"]), ("nobody", "some-password-1"), ("carol", "wrong password")):
-            r = c.post("/login", data={"username": name, "password": password, "csrf_token": csrf})
-            assert r.status_code == 401 and "wrong user name or password" in r.text
+            r = c.post("/login", data={"username": name, "password": password, "csrf_token": csrf}, follow_redirects=True)
+            assert r.history[0].status_code == 303 and "wrong user name or password" in r.text
             assert "disabled" not in r.text and "no such account" not in r.text
             # the name typed is kept (escaped) for the next try, the password is not
             assert f'value="{name}"' in r.text and password not in r.text
@@ -624,7 +625,7 @@ def test_a_flood_of_refused_logins_from_one_address_is_throttled(service):
         start = audit.head_seq(db)
     for i in range(throttle.limit):
         r = c.post("/login", data={"username": f"nobody{i}", "password": "guess-password-1", "csrf_token": csrf})
-        assert r.status_code == 401
+        assert r.status_code == 303
         now[0] += 1.0
     r = c.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": csrf})
     assert r.status_code == 429 and "too many refused logins from this address" in r.text

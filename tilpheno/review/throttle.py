@@ -8,17 +8,23 @@ server's threads busy. Rule: after ``limit`` refused logins from one client addr
 429, ``Retry-After``) until the oldest of those failures is ``window`` seconds old. State is per
 server process and in memory (a restart forgets it); behind a reverse proxy every client has the
 proxy's address, so the limit is then shared.
+
+:class:`LoginNotices` keeps why a login was refused until the login page shows it once: a refused
+login answers with a redirect to that page (POST/redirect/GET), so reloading it does not post the
+password again (which counted as another wrong password towards the account's lock-out).
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Callable
 
 LIMIT = 20          # refused logins per address ...
 WINDOW_S = 300.0    # ... within this many seconds
 MAX_ADDRESSES = 10_000   # addresses remembered at once (the least recently failing are forgotten first)
+MAX_NOTICES = 10_000     # refused logins whose notice waits to be shown (the oldest are forgotten first)
 
 
 class LoginThrottle:
@@ -55,3 +61,31 @@ class LoginThrottle:
             self._failures.move_to_end(address)
             while len(self._failures) > MAX_ADDRESSES:
                 self._failures.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class LoginNotice:
+    """What the login page shows after a refused login: why (``error``) and the user name typed."""
+    error: str
+    username: str
+
+
+class LoginNotices:
+    """One notice per browser session (the anonymous session's token SHA-256), shown once: the
+    login page pops it. Per server process, in memory, at most :data:`MAX_NOTICES` (a notice
+    forgotten or lost in a restart only leaves the login form without its message). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._notices: OrderedDict[str, LoginNotice] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, session: str, notice: LoginNotice) -> None:
+        with self._lock:
+            self._notices[session] = notice
+            self._notices.move_to_end(session)
+            while len(self._notices) > MAX_NOTICES:
+                self._notices.popitem(last=False)
+
+    def pop(self, session: str) -> LoginNotice | None:
+        with self._lock:
+            return self._notices.pop(session, None)

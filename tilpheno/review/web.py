@@ -34,7 +34,7 @@ from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
 from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
-from tilpheno.review.throttle import LoginThrottle
+from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,15 @@ def create_app(service: ReviewService) -> Flask:
         return data
 
     # -- login -----------------------------------------------------------------------------------------
+    throttle = app.extensions["tilpheno_login_throttle"] = LoginThrottle()
+    notices = LoginNotices()
+
     @app.get("/login")
     def login():
-        return render_template("login.html", csrf=anonymous_csrf(), error="", username="",
-                               next=_safe_next(request.args.get("next")))
-
-    throttle = app.extensions["tilpheno_login_throttle"] = LoginThrottle()
+        """The login form; after a refused login (a redirect here) with why, and the name typed, once."""
+        notice = notices.pop(g.sess.token_sha256) if g.sess is not None else None
+        return render_template("login.html", csrf=anonymous_csrf(), error=notice.error if notice else "",
+                               username=notice.username if notice else "", next=_safe_next(request.args.get("next")))
 
     @app.post("/login")
     def login_post():
@@ -169,10 +172,11 @@ def create_app(service: ReviewService) -> Flask:
             return token, ""
 
         token, problem = transaction(factory, attempt)
-        if token is None:
+        if token is None:   # POST/redirect/GET: reloading the page that says so does not post the password again
             throttle.failed(address)
-            return render_template("login.html", csrf=g.sess.csrf_token, error=problem, username=username,
-                                   next=_safe_next(request.form.get("next"))), 401
+            notices.put(g.sess.token_sha256, LoginNotice(problem, username))
+            back = _safe_next(request.form.get("next"))
+            return redirect(url_for("login", next=back) if back else url_for("login"), code=303)
         g.new_token = token
         return redirect(_safe_next(request.form.get("next")) or url_for("index"))
 
