@@ -451,7 +451,7 @@ def test_bad_account_input_is_one_line_naming_the_field(review_out, tmp_path):
                 "--db", db, stdin="ned-password-12\n")
         assert r.exit_code == 2, r.output
         assert r.output.strip().splitlines()[-1].startswith(f"error: full name {full_name[:40]!r}: at most 200"), r.output
-    assert run("users", "list", review_out, "--db", db).output == ""
+    assert run("users", "list", review_out, "--db", db).stdout == ""
     r = run("users", "add", review_out, "ned", "--role", "analyst", "--full-name", "Ned Ödegaard", "--password-stdin",
             "--db", db, stdin="ned-password-12\r\n")
     assert r.exit_code == 0, r.output
@@ -482,3 +482,13 @@ def test_a_mistyped_account_is_refused_before_the_password_is_asked(review_out, 
         assert r.exit_code == 2 and "Password" not in r.output, r.output
         assert r.output.strip() == error, r.output
     assert [line.split("\t")[0] for line in run("users", "list", review_out, "--db", db).output.splitlines()] == ["pia"]
+
+
+def test_users_list_with_no_account_says_so(review_out, tmp_path):
+    """`users list` of a database with no account printed nothing at all (did it work? is it the
+    right database?). Now one line says so, on standard error: a script reading the tab-separated
+    lines still reads none."""
+    r = run("users", "list", review_out, "--db", f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    assert r.exit_code == 0 and r.stdout == "", r.output
+    assert r.stderr == (f"no accounts in this database yet; add one: tilpheno users add {review_out} NAME --role "
+                        "analyst|reviewer|admin\n")

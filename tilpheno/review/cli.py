@@ -169,7 +169,8 @@ def _end_sessions(s, user) -> int:
 def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """List accounts, one a line, tab-separated: user name, role, active or disabled, full name,
     locked until (empty unless locked now: a lock-out that ran out is not shown), and the products the account may open: an analyst's
-    assigned products (`users assign`), "every product" for reviewers and admins."""
+    assigned products (`users assign`), "every product" for reviewers and admins. No account: one
+    line on standard error says so (standard output stays empty)."""
     from sqlalchemy import select
 
     from tilpheno.errors import TilphenoError
@@ -184,7 +185,11 @@ def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option
         assigned: dict[str, list[str]] = {}
         for a in s.scalars(select(ProductAssignment).order_by(ProductAssignment.product_id)):
             assigned.setdefault(a.username, []).append(a.product_id)
-        for u in s.scalars(select(User).order_by(User.username)):
+        accounts = list(s.scalars(select(User).order_by(User.username)))
+        if not accounts:
+            typer.echo(f"no accounts in this database yet; add one: tilpheno users add {out} NAME --role "
+                       "analyst|reviewer|admin", err=True)
+        for u in accounts:
             typer.echo(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}\t{u.full_name}"
                        f"\t{'locked until ' + str(u.locked_until)[:19] + ' UTC' if locked(u) else ''}"
                        f"\t{_products(u.role, assigned.get(u.username, []))}")
