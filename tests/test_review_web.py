@@ -653,3 +653,68 @@ def test_the_throttle_forgets_old_failures_and_bounds_its_memory(monkeypatch):
     for address in "wxyz":
         t.failed(address)
     assert set(t._failures) == {"x", "y", "z"}
+
+
+def _new_reviewer(service, name):
+    from tilpheno.review import audit
+    from tilpheno.review.auth import create_user
+    from tilpheno.review.service import transaction
+
+    def add(db):
+        create_user(db, name, name.capitalize(), "reviewer", name + "-password-1")
+        audit.append(db, "test", "user_added", after={"username": name, "role": "reviewer"})
+    transaction(service.factory, add)
+    PASSWORDS[name] = name + "-password-1"
+
+
+def test_a_lock_out_typed_at_a_signature_ends_that_session_not_the_owners_others(app, service):
+    """The lock-out rule of open sessions. Wrong passwords at the login page lock the account (the
+    guesser is stopped) but do not end its owner's open sessions: someone else's guesses must not
+    throw the owner out mid-review (they cannot sign until the lock ends). Wrong passwords typed at
+    a signature's password re-entry are typed in a logged-in session: when they lock the account,
+    the person at that keyboard has failed to show they are its owner, and the session kept saving
+    gate versions in the owner's name. That session now ends (audited), its other sessions do not."""
+    from tilpheno.review.auth import MAX_FAILURES, get_user
+    from tilpheno.review.service import transaction
+
+    _new_reviewer(service, "erin")
+    at_desk, h_desk, _ = login(app, "erin")
+    elsewhere, _, _ = login(app, "erin")
+    # 1. guesses at the login page lock erin; her sessions keep working
+    guesser = app.test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', guesser.get("/login").text).group(1)
+    for _ in range(MAX_FAILURES):
+        guesser.post("/login", data={"username": "erin", "password": "a guess 123", "csrf_token": csrf})
+    assert "account erin is now locked" in guesser.get("/login").text
+    assert at_desk.get(f"/api/products/{PID}/state").status_code == 200
+    version = at_desk.get(f"/api/products/{PID}/state").json["current_version"]
+    r = at_desk.post(f"/api/products/{PID}/sign", headers=h_desk,
+                     json={"version": version, "meaning": "reviewed", "password": PASSWORDS["erin"]})
+    assert r.status_code == 403 and "erin is locked until" in r.json["error"]
+    assert at_desk.get(f"/api/products/{PID}/state").status_code == 200   # refused, not logged out
+
+    def unlock(db):
+        user = get_user(db, "erin")
+        user.locked_until, user.failed_logins = None, 0
+    transaction(service.factory, unlock)
+    # 2. wrong passwords at a signature lock erin: that session ends, the other one goes on
+    token = at_desk.get_cookie(COOKIE).value
+    for i in range(MAX_FAILURES):
+        r = at_desk.post(f"/api/products/{PID}/sign", headers=h_desk,
+                         json={"version": version, "meaning": "reviewed", "password": f"wrong-{i}-password"})
+        assert r.status_code == 403
+    assert r.json["error"] == ("signature refused: wrong password; account erin is now locked for 15 minutes; "
+                               "this session is ended: log in again")
+    assert f"{COOKIE}=;" in r.headers["Set-Cookie"]   # the browser forgets the cookie
+    assert at_desk.get(f"/api/products/{PID}/state").status_code == 401
+    at_desk.set_cookie(COOKIE, token)   # a browser that kept the cookie: the session is gone in the database
+    gone = at_desk.get(f"/api/products/{PID}/state")
+    assert gone.status_code == 401 and "session invalid or expired" in gone.json["error"]
+    assert elsewhere.get(f"/api/products/{PID}/state").status_code == 200
+    with service.factory() as db:
+        last = db.execute(text("SELECT username, action, reason FROM audit_entries ORDER BY seq DESC LIMIT 2")).all()
+    assert [tuple(r) for r in last] == [
+        ("erin", "session_ended", "the account was locked by wrong passwords at a signature's password re-entry "
+                                  "in this session"),
+        ("erin", "signature_refused", "wrong password; account erin is now locked for 15 minutes")]
+    transaction(service.factory, unlock)

@@ -6,7 +6,11 @@ sign "approved for release" / "rejected" and apply a gate to other products of a
 ``tilpheno users ...`` (there is no self-registration).
 
 Lock-out: ``MAX_FAILURES`` consecutive wrong passwords (at login or at a signature's password
-re-entry) lock the account for ``LOCKOUT_MINUTES``; ``tilpheno users unlock`` ends it early.
+re-entry) lock the account for ``LOCKOUT_MINUTES``; ``tilpheno users unlock`` ends it early. A
+lock-out stops logins and signatures; it does not end the account's open sessions (someone else's
+guesses at the login page must not log the owner out), except the session whose signature
+password re-entry set it (the web app ends that one: whoever sits at it failed to show they are
+the owner). An admin's ``users disable`` or ``users set-password`` ends every session of the account.
 Sessions: a random 256-bit token in an httpOnly, SameSite=Strict cookie; the database stores
 only its SHA-256, with a per-session CSRF token and an expiry (``SESSION_HOURS``).
 """
@@ -39,11 +43,12 @@ _DUMMY_HASH = ""             # made on first use: verified for unknown users so 
 class AuthError(Exception):
     """Login or password re-entry refused; the message is safe to show. ``detail``: what the audit
     trail records beside it and the message must not tell (no such account, account disabled: the
-    login page says the same for both, so it names no account)."""
+    login page says the same for both, so it names no account). ``locked_now``: this wrong password
+    locked the account."""
 
-    def __init__(self, message: str, detail: str = ""):
+    def __init__(self, message: str, detail: str = "", locked_now: bool = False):
         super().__init__(message)
-        self.detail = detail
+        self.detail, self.locked_now = detail, locked_now
 
     def audited(self) -> str:
         """The audit trail's reason: the message, and the detail when there is one."""
@@ -190,7 +195,8 @@ def check_password(db: Session, user: User | None, password: str | PasswordEntry
         if _count_failure(db, user) >= MAX_FAILURES:
             user.locked_until = _fmt(datetime.now(timezone.utc) + timedelta(minutes=LOCKOUT_MINUTES))
             user.failed_logins = 0
-            raise AuthError(f"wrong password; account {user.username} is now locked for {LOCKOUT_MINUTES} minutes")
+            raise AuthError(f"wrong password; account {user.username} is now locked for {LOCKOUT_MINUTES} minutes",
+                            locked_now=True)
         raise AuthError("wrong user name or password")
     if not _clear_failures(db, user):
         db.refresh(user)

@@ -51,7 +51,7 @@ EDIT_ROLES = ("analyst", "reviewer", "admin")
 BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
-ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "certificate", "import_product", "reimport_product",
+ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "import_product", "reimport_product",
                             "save_gates", "sign", "signature_refused"})
 
 

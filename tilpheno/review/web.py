@@ -180,15 +180,19 @@ def create_app(service: ReviewService) -> Flask:
         g.new_token = token
         return redirect(_safe_next(request.form.get("next")) or url_for("index"))
 
-    @app.post("/logout")
-    @login_required
-    def logout():
+    def end_session(reason: str = "") -> None:
+        """Delete this request's login session, audited: ``logout``, or ``session_ended`` with why."""
         def out(db):
             row = db.get(LoginSession, g.sess.token_sha256)
             if row is not None:
                 db.delete(row)
-            audit.append(db, g.user.username, "logout")
+            audit.append(db, g.user.username, "session_ended" if reason else "logout", reason=reason)
         transaction(factory, out)
+
+    @app.post("/logout")
+    @login_required
+    def logout():
+        end_session()
         resp = redirect(url_for("login"))
         resp.delete_cookie(COOKIE, path="/")
         return resp
@@ -316,8 +320,16 @@ def create_app(service: ReviewService) -> Flask:
     def sign(product_id: str):
         service.require_access(g.user, product_id)
         data = body()
-        sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
-                           data.get("qc_resolutions"), data.get("comment", ""))
+        try:
+            sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
+                               data.get("qc_resolutions"), data.get("comment", ""))
+        except AuthError as exc:
+            if not exc.locked_now:
+                raise
+            end_session("the account was locked by wrong passwords at a signature's password re-entry in this session")
+            resp, status = _error(403, f"signature refused: {exc}; this session is ended: log in again")
+            resp.delete_cookie(COOKIE, path="/")
+            return resp, status
         return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'", "signature_sha256": sig.signature_sha256}), 201
 
     @app.post("/api/products/<path:product_id>/apply")
