@@ -716,5 +716,42 @@ def test_a_lock_out_typed_at_a_signature_ends_that_session_not_the_owners_others
     assert [tuple(r) for r in last] == [
         ("erin", "session_ended", "the account was locked by wrong passwords at a signature's password re-entry "
                                   "in this session"),
-        ("erin", "signature_refused", "wrong password; account erin is now locked for 15 minutes")]
+        ("erin", "signature_refused", f"reviewed of version {version}: wrong password; account erin is now locked "
+                                      "for 15 minutes")]
     transaction(service.factory, unlock)
+
+
+def test_a_rejection_says_why_and_a_refused_signature_says_what_was_refused(app, service):
+    """The audit trail's "why" of a QA decision. A rejection could be signed without a word (its
+    entry's reason was just "rejected"), and a signature refused for a wrong password was audited
+    as "wrong user name or password" without the meaning or the version it was for (other refusals
+    name both). Now a rejection needs a comment (400 naming the field, nothing stored), which the
+    entry holds as its reason, and a refused signature's entry names the meaning and version."""
+    from tilpheno.review.service import transaction
+
+    c, h, _ = login(app, "carol")
+    version = c.get(f"/api/products/{PID}/state").json["current_version"]
+    before = counts(service)
+    r = c.post(f"/api/products/{PID}/sign", headers=h,
+               json={"version": version, "meaning": "rejected", "password": PASSWORDS["carol"]})
+    assert r.status_code == 400 and r.json["error"] == "comment: say why you reject (at least 3 characters)"
+    assert counts(service) == before   # no signature, no audit entry
+    r = c.post(f"/api/products/{PID}/sign", headers=h,
+               json={"version": version, "meaning": "rejected", "password": "not carol's", "comment": "CD3 cut too high"})
+    assert r.status_code == 403
+    r = c.post(f"/api/products/{PID}/sign", headers=h, json={"version": version, "meaning": "rejected",
+                                                            "password": PASSWORDS["carol"], "comment": "CD3 cut too high"})
+    assert r.status_code == 201, r.json
+    with service.factory() as db:
+        last = db.execute(text("SELECT username, action, product_id, reason, after_json FROM audit_entries "
+                               "ORDER BY seq DESC LIMIT 2")).all()
+    assert [tuple(e[:4]) for e in last] == [
+        ("carol", "sign", PID, "CD3 cut too high"),
+        ("carol", "signature_refused", PID, f"rejected of version {version}: wrong user name or password")]
+    signed = json.loads(last[0][4])
+    assert (signed["meaning"], signed["version"], signed["comment"]) == ("rejected", version, "CD3 cut too high")
+
+    def forget(db):   # carol's wrong password must not count towards later tests' lock-outs
+        from tilpheno.review.auth import get_user
+        get_user(db, "carol").failed_logins = 0
+    transaction(service.factory, forget)

@@ -22,6 +22,7 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   one approves for release a gate set holding a correction they saved (any version after the
   automatic one).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
+  A rejection needs a comment saying why (its audit entry's reason).
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
 """
@@ -398,6 +399,8 @@ class ReviewService:
             for i, f in enumerate(flags):
                 key = f"{f['code']}:{f['file']}:{i}"
                 clean_res[key] = check_reason(resolutions.get(key), f"resolution of QC flag {f['code']} ({f['file']})")
+        if meaning == "rejected" and comment in (None, ""):   # a QA rejection says why (its audit entry's reason)
+            raise GateSetError("comment: say why you reject (at least 3 characters)")
         comment = "" if comment in (None, "") else check_reason(comment, "comment")
         if not isinstance(password, str) or not password:
             raise AuthError("password: re-enter your password to sign")
@@ -416,7 +419,8 @@ class ReviewService:
             try:
                 check_password(db, user, entry)
             except AuthError as exc:
-                audit.append(db, user.username, "signature_refused", product_id=product_id, reason=str(exc))
+                audit.append(db, user.username, "signature_refused", product_id=product_id,
+                             reason=f"{meaning} of version {current.version}: {exc}")
                 db.commit()
                 raise
             # the password check takes a while: the role, account, assignment and version checks read
