@@ -2,7 +2,8 @@
 log in, drag the CD3 threshold and see the % change, lose a race to a second reviewer (clear
 conflict, nothing lost), reload, drag again, save with a reason, sign with the password, download
 the certificate of analysis and read it; move a cut to one of the candidates the run weighed in one
-click and save it."""
+click and save it; a day of review (correct, sign, approve, reject, re-open, approve, audit CSV)
+checked against the public gating library and the audit trail."""
 from __future__ import annotations
 
 import json
@@ -302,3 +303,144 @@ def test_reloading_a_refused_login_does_not_send_the_password_again(driver, serv
     driver.find_element("id", "password").send_keys(PASSWORDS["carol"])
     driver.find_element("id", "login-button").click()
     wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
+
+
+def independent_counts(service, gate_set: dict) -> dict[str, int]:
+    """The surface tube's counts under ``gate_set`` from the public gating library: the study's
+    strategy with each gate made a fixed gate at the version's coordinates, the stained file read and
+    gated by ``tilpheno.gate_sample`` (none of the review app's code)."""
+    import yaml
+
+    import tilpheno as tp
+
+    doc = yaml.safe_load(open(service.source.strategies["surface"].path))
+    for pop in doc["populations"]:
+        if "expression" not in pop:
+            pop["method"], pop["params"] = "fixed", {"gate": gate_set["tubes"]["surface"]["gates"][pop["name"]]}
+    strategy = tp.GatingStrategy.from_dict(doc)
+    sample = tp.Sample.from_fcs(service.source.stained(PID)["surface"].tube.file, strategy)
+    return tp.gate_sample(strategy, sample).counts
+
+
+def page_rows(driver) -> dict[str, list[str]]:
+    return {r.get_attribute("data-row"): [td.text for td in r.find_elements("css selector", "td")]
+            for r in driver.find_elements("css selector", "#population-table tr[data-row]")}
+
+
+def sign(driver, meaning: str, user: str, comment: str = "") -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", "meaning")).select_by_value(meaning)
+    for field in driver.find_elements("css selector", "[data-resolution]"):
+        field.send_keys("reviewed on the plots")
+    driver.find_element("id", "comment").send_keys(comment)
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS[user])
+    driver.find_element("id", "sign-button").click()
+
+
+def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
+    """The scientist's and QA's path as a user walks it: from the product list open a product, move
+    the CD3 cut down until the release status turns (fail -> pass), save with a reason; the numbers
+    shown are those of the public gating library for the saved cut, and the status is the release
+    spec's on them. The scientist signs "reviewed", a second reviewer approves, a third rejects
+    (a rejection without a reason is refused in one line), the scientist corrects again (every
+    earlier signature shown VOID), the second reviewer approves the new version; the audit trail
+    downloaded from the list holds each step: who, when, what before and after, why."""
+    import csv
+
+    from tilpheno.release import evaluate as evaluate_release, overall
+    from tilpheno.review import audit
+
+    service, base = server
+    driver.get_log("browser")
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    driver.delete_all_cookies()
+    driver.get(base + "/")
+    driver.find_element("id", "username").send_keys("alice")
+    driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
+    driver.find_element("id", "login-button").click()
+    wait(driver, lambda d: d.find_element("link text", PID), "the product list").click()
+    wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
+    status = lambda d: d.find_element("id", "release-status").text   # noqa: E731
+    assert wait(driver, status, "the release status") == "draft release status: fail (automatic: fail)"
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    for _ in range(8):   # the CD3 cut down, a few pixels at a time, until the lot would pass
+        drag_cd3(driver, -12)
+        try:
+            wait(driver, lambda d: "status: pass" in status(d), "the release status turned", timeout=4)
+            break
+        except AssertionError:
+            continue
+    shown = wait(driver, lambda d: status(d) if "status: pass" in status(d) else None, "the status after the drags")
+    assert shown == "draft release status: pass (automatic: fail)"
+    assert wait(driver, lambda d: draft_pct(d), "the CD3+ % label") > start
+    driver.find_element("id", "reason").send_keys("CD3 dim cells are T cells (FMO overlays)")
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version 2")
+    v2 = service.version(PID)
+    saved = json.loads(v2.gates_json)
+    truth = independent_counts(service, saved)
+    rows = wait(driver, page_rows, "the population table")
+    for population, n in truth.items():
+        assert rows[f"surface|{population}"][3] == str(n), (population, rows[f"surface|{population}"], n)
+    pheno = {"viability_pct": 100 * truth["live"] / truth["singlets"],
+             "cd3_pct_of_live_lymph": 100 * truth["CD3+"] / truth["live_lymph"]}
+    assert overall(evaluate_release(service.source.release_spec, pheno)) == "pass"
+    assert rows["surface|CD3+"][5] == f"{pheno['cd3_pct_of_live_lymph']:.2f}"
+
+    sign(driver, "reviewed", "alice")
+    wait(driver, lambda d: "signed version 2 as 'reviewed'" in d.find_element("id", "message").text, "alice's signature")
+    open_product(driver, base, "dave", version=2)
+    sign(driver, "approved for release", "dave")
+    wait(driver, lambda d: "approved: version 2" in d.find_element("id", "approved-badge").text, "the approval")
+    open_product(driver, base, "carol", version=2)
+    sign(driver, "rejected", "carol")
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "reject" in d.find_element("id", "message").text
+               else None, "the refusal")
+    assert msg == "comment: say why you reject (at least 3 characters)"
+    assert "approved: version 2" in driver.find_element("id", "approved-badge").text
+    sign(driver, "rejected", "carol", "CD3 cut lowered into the CD3- shoulder")
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "not approved", "the rejection")
+
+    open_product(driver, base, "alice", version=2)   # re-opened: alice raises the cut a little
+    wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    drag_cd3(driver, 6)
+    wait(driver, lambda d: d.find_elements("css selector", 'tr.changed[data-row="surface|CD3+"]'), "the draft")
+    driver.find_element("id", "reason").send_keys("CD3 cut raised above the shoulder (carol's rejection)")
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: "gate version 3" in d.find_element("id", "version-badge").text, "version 3")
+    lines = [e.text for e in driver.find_elements("css selector", "[data-signature]")]
+    assert len(lines) == 3 and all("VOID - void: gates changed to version 3 after signing" in t for t in lines), lines
+    open_product(driver, base, "dave", version=3)
+    sign(driver, "approved for release", "dave", "checked against the FMO")
+    wait(driver, lambda d: "approved: version 3" in d.find_element("id", "approved-badge").text, "the new approval")
+
+    driver.get(base + "/")
+    driver.find_element("link text", "audit trail (CSV)").click()
+    path = wait(driver, lambda d: next(iter(tmp_path.glob("audit.csv")), None), "the audit trail download")
+    time.sleep(0.3)
+    entries = [e for e in csv.DictReader(path.open(encoding="utf-8")) if e["product_id"] == PID]
+    steps = [(e["username"], e["action"], e["reason"]) for e in entries if e["action"] != "import_product"]
+    assert steps == [
+        ("alice", "save_gates", "CD3 dim cells are T cells (FMO overlays)"),
+        ("alice", "sign", "reviewed"),
+        ("dave", "sign", "approved for release"),
+        ("carol", "sign", "CD3 cut lowered into the CD3- shoulder"),
+        ("alice", "save_gates", "CD3 cut raised above the shoulder (carol's rejection)"),
+        ("dave", "sign", "checked against the FMO")]
+    saves = [e for e in entries if e["action"] == "save_gates"]
+    v1_low = json.loads(service.version(PID, 1).gates_json)["tubes"]["surface"]["gates"]["CD3+"]["low"]
+    v3_low = json.loads(service.version(PID, 3).gates_json)["tubes"]["surface"]["gates"]["CD3+"]["low"]
+    lows = [(json.loads(e["before_json"])["gates"]["surface/CD3+"]["low"], json.loads(e["after_json"])["gates"]["surface/CD3+"]["low"])
+            for e in saves]
+    assert lows == [(v1_low, saved["tubes"]["surface"]["gates"]["CD3+"]["low"]),
+                    (saved["tubes"]["surface"]["gates"]["CD3+"]["low"], v3_low)]
+    signs = [json.loads(e["after_json"]) for e in entries if e["action"] == "sign"]
+    assert [(s["username"], s["meaning"], s["version"]) for s in signs] == [
+        ("alice", "reviewed", 2), ("dave", "approved for release", 2), ("carol", "rejected", 2),
+        ("dave", "approved for release", 3)]
+    assert all(e["at"].endswith("Z") and len(e["at"]) == 27 for e in entries)
+    with service.factory() as db:
+        assert audit.verify(db).ok
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems
