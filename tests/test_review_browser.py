@@ -400,7 +400,11 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     assert msg == "comment: say why you reject (at least 3 characters)"
     assert "approved: version 2" in driver.find_element("id", "approved-badge").text
     sign(driver, "rejected", "carol", "CD3 cut lowered into the CD3- shoulder")
-    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "not approved", "the rejection")
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "rejected: version 2", "the rejection")
+    driver.get(base + "/")   # the list tells a rejected product from one not decided yet
+    cells = [td.text for td in driver.find_element("link text", PID).find_elements("xpath", "../../td")]
+    assert cells[2] == "rejected: version 2", cells
+    assert "0 approved, 1 rejected, 1 neither;" in " ".join(driver.find_element("id", "run-counts").text.split())
 
     open_product(driver, base, "alice", version=2)   # re-opened: alice raises the cut a little
     wait(driver, lambda d: draft_pct(d), "the CD3+ % label")

@@ -320,8 +320,9 @@ def test_the_product_list_is_paged_with_the_whole_runs_counts_and_search(app, se
         links = dict((rel, href.replace("&amp;", "&")) for href, rel in re.findall(r'<a href="([^"]+)" rel="(\w+)">', r.text))
         return re.findall(r'<a href="/products/(TIL\d+)">', r.text), " ".join(counts.split()), where, links
 
-    approved = sum(1 for v in service.approved_versions(None).values() if v is not None)
-    whole = f"2 product(s): {approved} approved, {2 - approved} not approved;"
+    decided = [d.meaning for d in service.decisions(None).values() if d is not None]
+    approved, rejected = decided.count("approved for release"), decided.count("rejected")
+    whole = f"2 product(s): {approved} approved, {rejected} rejected, {2 - approved - rejected} neither;"
     ids, counts, where, links = listed("/")
     assert ids == ["TIL001", "TIL002"] and where == "1-2 of 2 (page 1 of 1)" and links == {}
     assert counts.startswith(whole)

@@ -100,17 +100,23 @@ def _concerns(product_id: str) -> Callable[[AuditEntry], bool]:
     return lambda entry: entry.product_id == product_id or entry.action not in ACCESS_NEUTRAL
 
 
-def _approved_state(views: list[SignatureView]) -> int | None:
-    """The approved version: that of the newest valid approval with no valid rejection after it."""
+APPROVED, REJECTED = "approved for release", "rejected"
+
+
+def _decision(views: list[SignatureView]) -> tuple[str, int] | None:
+    """The product's standing QA decision: ``(meaning, version)`` of its newest valid approval or
+    rejection (``reviewed`` signatures decide nothing); None when there is none."""
     state = None
     for view in views:
-        if not view.valid:
-            continue
-        if view.row.meaning == "approved for release":
-            state = view.row.version
-        elif view.row.meaning == "rejected":
-            state = None
+        if view.valid and view.row.meaning in (APPROVED, REJECTED):
+            state = (view.row.meaning, view.row.version)
     return state
+
+
+def _approved_state(views: list[SignatureView]) -> int | None:
+    """The approved version: that of the newest valid approval with no valid rejection after it."""
+    state = _decision(views)
+    return state[1] if state is not None and state[0] == APPROVED else None
 
 
 T = TypeVar("T")
@@ -136,6 +142,18 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
         "gates_sha256": gates_digest,
     }
     return hashlib.sha256(audit.canonical(payload).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A product's standing QA decision: ``meaning`` (approved for release or rejected) of ``version``."""
+    meaning: str
+    version: GateSetVersion
+
+
+def approved_of(decisions: dict[str, Decision | None]) -> dict[str, GateSetVersion | None]:
+    """The approved version of each product of :meth:`ReviewService.decisions` (None: not approved)."""
+    return {pid: d.version if d is not None and d.meaning == APPROVED else None for pid, d in decisions.items()}
 
 
 @dataclass
@@ -494,10 +512,16 @@ class ReviewService:
 
     def approved_versions(self, user: User | None = None) -> dict[str, GateSetVersion | None]:
         """:meth:`approved_version` of every imported product ``user`` may see (None: every one; the
-        product list, the approved export), read with a few queries for the whole run instead of
-        several per product. A product not imported yet has no signature, so it is left out (never
-        re-gated here: its input files may be gone). ReviewError, as :meth:`ensure_imported`, for a
-        product the database holds with other input files."""
+        approved export), from :meth:`decisions`."""
+        return approved_of(self.decisions(user))
+
+    def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
+        """The standing QA decision (:func:`_decision`: approved or rejected, and which version) of
+        every imported product ``user`` may see (None: every one; the product list), read with a
+        few queries for the whole run instead of several per product. A product not imported yet
+        has no signature, so it is left out (never re-gated here: its input files may be gone).
+        ReviewError, as :meth:`ensure_imported`, for a product the database holds with other input
+        files."""
         allowed = self.accessible(user) if user is not None else None
         with self.factory() as db:
             products = {p.product_id: p for p in db.scalars(select(Product))
@@ -512,11 +536,11 @@ class ReviewService:
             in_trail = audit.signed_in_trail(db) if signed else set()
             versions = {(v.product_id, v.version): v for v in db.scalars(
                 select(GateSetVersion).where(GateSetVersion.product_id.in_(list(signed))))} if signed else {}
-        out: dict[str, GateSetVersion | None] = dict.fromkeys(products)
+        out: dict[str, Decision | None] = dict.fromkeys(products)
         for pid, rows in signed.items():
             current = versions[(pid, products[pid].current_version)]
-            state = _approved_state(self._views(pid, rows, in_trail, current))
-            out[pid] = versions[(pid, state)] if state is not None else None
+            state = _decision(self._views(pid, rows, in_trail, current))
+            out[pid] = Decision(state[0], versions[(pid, state[1])]) if state is not None else None
         return out
 
     def release_status(self, product_id: str, version: GateSetVersion) -> str:
@@ -530,3 +554,7 @@ class ReviewService:
     def approved_version(self, product_id: str) -> GateSetVersion | None:
         state = _approved_state(self.signatures(product_id))
         return self.version(product_id, state) if state is not None else None
+
+    def decision(self, product_id: str) -> tuple[str, int] | None:
+        """The product's standing QA decision, ``(meaning, version)`` (:func:`_decision`)."""
+        return _decision(self.signatures(product_id))

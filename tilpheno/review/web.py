@@ -33,7 +33,8 @@ from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
-from tilpheno.review.service import Forbidden, NotFound, ReviewService, VersionConflict, transaction
+from tilpheno.review.service import (APPROVED, REJECTED, Forbidden, NotFound, ReviewService, VersionConflict,
+                                     approved_of, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -215,20 +216,22 @@ def create_app(service: ReviewService) -> Flask:
             raise NotFound(f"page {page}: the list has {pages} page(s) of {size} {words('product(s)')}"
                            + (f" matching {query!r}" if query else ""))
         shown = found[(page - 1) * size:page * size]
-        approvals = service.approved_versions(g.user)   # the imported products this user may see
+        decisions = service.decisions(g.user)   # the imported products this user may see
+        approvals = approved_of(decisions)
         rows = []
         for pid in shown:
             row = service.source.phenotype_row(pid)
-            approved = approvals.get(pid)
+            approved, decided = approvals.get(pid), decisions.get(pid)
             rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
                          "approved": approved.version if approved else None,
+                         "rejected": decided.version.version if decided and decided.meaning == REJECTED else None,
                          "approved_release": service.release_status(pid, approved) if approved else "not approved",
                          "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
                          "review": row.get("review_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
                                sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
-                               counts=_run_counts(service, visible, approvals))
+                               counts=_run_counts(service, visible, approvals, decisions))
 
     @app.get("/products/<path:product_id>")
     @login_required
@@ -249,11 +252,12 @@ def create_app(service: ReviewService) -> Flask:
         cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
         auto_res = recompute(service.source, product_id, auto_set, medians=False)
         cur_res = recompute(service.source, product_id, cur_set, medians=False)
-        approved = service.approved_version(product_id)
+        decided = service.decision(product_id)
         return jsonify({
             "product_id": product_id,
             "current_version": current.version,
-            "approved_version": approved.version if approved else None,
+            "approved_version": decided[1] if decided and decided[0] == APPROVED else None,
+            "rejected_version": decided[1] if decided and decided[0] == REJECTED else None,
             "versions": [{"version": v.version, "based_on": v.based_on, "source": v.source, "reason": v.reason,
                           "created_by": v.created_by, "created_at": v.created_at, "gates_sha256": v.gates_sha256}
                          for v in service.versions(product_id)],
@@ -409,17 +413,19 @@ def _list_request(args) -> tuple[int, int, str]:
             str(args.get("q", "")).strip()[:200])
 
 
-def _run_counts(service: ReviewService, visible: list[str], approvals: dict) -> dict[str, int]:
+def _run_counts(service: ReviewService, visible: list[str], approvals: dict, decisions: dict) -> dict[str, int]:
     """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
-    approved (a valid approval), automatic release pass / fail, and those the run's gating marks
-    ``needs review``."""
+    approved (a valid approval), rejected (a valid rejection, no approval after it), automatic
+    release pass / fail, and those the run's gating marks ``needs review``."""
     frame = service.source.phenotypes
     frame = frame[frame["product_id"].astype(str).isin(set(visible))].drop_duplicates("product_id")
 
     def n(column: str, value: str) -> int:
         return int((frame[column].astype(str) == value).sum()) if column in frame else 0
 
+    rejected = sum(1 for pid in visible if (d := decisions.get(pid)) is not None and d.meaning == REJECTED)
     return {"products": len(visible), "approved": sum(1 for pid in visible if approvals.get(pid) is not None),
+            "rejected": rejected,
             "pass": n("release_status", "pass"), "fail": n("release_status", "fail"),
             "needs_review": n("review_status", "needs review")}
 
