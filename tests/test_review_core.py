@@ -702,6 +702,73 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
+    """process --overwrite on the same files with a corrected outcomes table (TIL001's infused cells
+    doubled): the gates are the same, so no new version, and the approval stayed valid while the
+    approved export's doses (cd3_dose_cells, ...) doubled under it: approved numbers changed with
+    nothing void and nothing audited. The signature now binds the infused cell number: it is void,
+    saying why, and the product is approved again only by a new signature."""
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.server import build_service
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+    one.to_csv(tmp_path / "manifest.csv", index=False)
+    outcomes = pd.read_csv(SAMPLE / "outcomes.csv")
+    outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
+    out, pid = tmp_path / "out", "TIL001"
+
+    def run(**settings):
+        summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=tmp_path / "outcomes.csv",
+                                 allow_unmatched=True, make_reports=False, **settings)
+        assert summary.ok, summary.failed
+
+    run()
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        dose = approved_tables(first)[0].set_index("product_id").loc[pid, "cd3_dose_cells"]
+        first.factory.kw["bind"].dispose()
+
+        outcomes.loc[outcomes["product_id"] == pid, "til_dose_cells"] *= 2
+        outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
+        run(overwrite=True)
+        again = build_service(out, url)
+        assert again.current_version(pid) == 1   # the same gates: no new version
+        row = approved_tables(again)[0].set_index("product_id").loc[pid]
+        assert row["review_status"] == "not approved" and math.isnan(row.get("cd3_dose_cells", math.nan))
+        [view] = again.signatures(pid)
+        assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy or release "
+                                                       "spec changed after signing")
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        row = approved_tables(again)[0].set_index("product_id").loc[pid]
+        assert row["review_status"] == "approved" and row["cd3_dose_cells"] == pytest.approx(2 * dose, rel=1e-9)
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+def test_a_signature_made_before_the_dose_was_bound_stays_valid(service, monkeypatch):
+    """A database's signatures made before the infused cell number was part of the signed data
+    (their data SHA-256 lacks it) stay valid while their product is unchanged; a signature made now
+    binds it."""
+    from tilpheno.review import service as module
+
+    pid = "TIL002"
+    hashed = module.data_sha256
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, legacy=True))
+    old = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "reviewed", service.current_version(pid), {})
+    monkeypatch.setattr(module, "data_sha256", hashed)
+    new = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "reviewed", service.current_version(pid), {})
+    assert old.data_sha256 != new.data_sha256
+    views = {v.row.id: v for v in service.signatures(pid)}
+    assert views[old.id].valid and views[new.id].valid
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_signature_inserted_outside_the_app_is_void_and_named(kind, review_out, review_source, tmp_path):
     """The signatures table refuses UPDATE and DELETE but must accept INSERT: a row written there
     directly (a forged approval, its own hash consistent) has no 'sign' entry in the chained trail,

@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
-from tilpheno.review.service import ReviewService, VersionConflict, data_sha256
+from tilpheno.review.service import ReviewService, VersionConflict
 
 
 def _fmt(v) -> str:
@@ -99,7 +99,7 @@ def certificate_pdf(service: ReviewService, product_id: str) -> bytes:
     rows += [[f"strategy {s.name} ({tube})", s.sha256] for tube, s in sorted(src.strategies.items())]
     rows += [["FMO percentile", f"{src.fmo_percentile:g}"],
              ["gate set SHA-256 (approved version)", approved.gates_sha256],
-             ["data SHA-256 bound to the signatures", data_sha256(src, product_id, approved.version, approved.gates_sha256)],
+             ["data SHA-256 bound to the approval", approval.data_sha256],
              ["tilpheno", tilpheno.__version__], ["run", str(src.run.get("finished_at", ""))]]
     story.append(table(rows, [70, 110]))
     buf = io.BytesIO()

@@ -10,7 +10,9 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
 * **Signatures**: password re-entry (wrong passwords count towards the lock-out), a meaning
   (``reviewed`` by anyone; ``approved for release`` and ``rejected`` by reviewers and admins),
   UTC time, bound to the gate version and ``data_sha256`` = SHA-256 of the product id, its input
-  files' SHA-256, the strategies' SHA-256, the release spec and the gate set's SHA-256. A
+  files' SHA-256, the strategies' SHA-256, the release spec, the gate set's SHA-256 and the
+  infused cell number (the doses' base: a re-run with a corrected outcomes table voids it; a
+  signature made before the dose was bound is checked without it). A
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). The role, account, assignment
   and version are checked as they are after the (slow) password check, and an audited change
@@ -130,7 +132,12 @@ def _get(db: Session, model: type[T], key: Any) -> T:
     return row
 
 
-def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str) -> str:
+def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str, *, legacy: bool = False) -> str:
+    """SHA-256 of what a signature signs besides its gates: the product's input files, the
+    strategies, the release spec, the FMO percentile, the gate version and set, and the infused
+    cell number the doses are computed from (cells, 9 significant digits; None when the run has
+    none). ``legacy``: without the infused cell number, as signatures made before it was bound
+    were hashed (they stay valid, and a changed dose does not void them)."""
     spec = source.release_spec
     payload = {
         "product_id": product_id,
@@ -141,6 +148,9 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
         "gate_version": version,
         "gates_sha256": gates_digest,
     }
+    if not legacy:
+        dose = source.til_dose_cells(product_id)
+        payload["infused_cells"] = None if dose is None else float(f"{dose:.9g}")
     return hashlib.sha256(audit.canonical(payload).encode("utf-8")).hexdigest()
 
 
@@ -498,14 +508,16 @@ class ReviewService:
                current: GateSetVersion) -> list[SignatureView]:
         """Each signature of ``product_id`` (in signing order) valid or void, and why (module docstring)."""
         data_now = data_sha256(self.source, product_id, current.version, current.gates_sha256)
+        legacy_now = data_sha256(self.source, product_id, current.version, current.gates_sha256, legacy=True)
         out = []
         for s in rows:
             if s.signature_sha256 not in in_trail:
                 out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
             elif s.version != current.version:
                 out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
-            elif s.data_sha256 != data_now:
-                out.append(SignatureView(s, False, "void: input data, strategy or release spec changed after signing"))
+            elif s.data_sha256 not in (data_now, legacy_now):
+                out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
+                                                   "changed after signing"))
             else:
                 out.append(SignatureView(s, True, ""))
         return out
