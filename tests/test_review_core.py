@@ -648,25 +648,34 @@ def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(serv
     assert last.reason.endswith("account fay was disabled while signing"), last.reason
 
 
+def til001_run(tmp_path, outcomes_path):
+    """``(out, run)``: ``run(**settings)`` processes the sample's TIL001 into ``out`` (tables only)
+    with the outcomes table at ``outcomes_path``, as often as a test re-runs it."""
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+    one.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+
+    def run(**settings):
+        summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=outcomes_path,
+                                 allow_unmatched=True, make_reports=False, **settings)
+        assert summary.ok, summary.failed
+    return out, run
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path):
     """process --overwrite on the same files with another FMO percentile: the app's automatic gates
     follow the new run (a new automatic version, audited), not the first run's version 1; the
     correction and approval made on the first run's gates stay in the history, void."""
     from review_support import SAMPLE, database_url, drop_schema, make_service
-    from tilpheno.pipeline import process_folder
     from tilpheno.review.server import build_service
 
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    one = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
-    one.to_csv(tmp_path / "manifest.csv", index=False)
-    out, pid = tmp_path / "out", "TIL001"
-
-    def run(**settings):
-        summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=SAMPLE / "outcomes.csv",
-                                 allow_unmatched=True, make_reports=False, **settings)
-        assert summary.ok, summary.failed
-
+    pid = "TIL001"
+    out, run = til001_run(tmp_path, SAMPLE / "outcomes.csv")
     run()
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
@@ -709,22 +718,13 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
     nothing void and nothing audited. The signature now binds the infused cell number: it is void,
     saying why, and the product is approved again only by a new signature."""
     from review_support import SAMPLE, database_url, drop_schema, make_service
-    from tilpheno.pipeline import process_folder
     from tilpheno.review.export import approved_tables
     from tilpheno.review.server import build_service
 
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    one = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
-    one.to_csv(tmp_path / "manifest.csv", index=False)
+    pid = "TIL001"
     outcomes = pd.read_csv(SAMPLE / "outcomes.csv")
     outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
-    out, pid = tmp_path / "out", "TIL001"
-
-    def run(**settings):
-        summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=tmp_path / "outcomes.csv",
-                                 allow_unmatched=True, make_reports=False, **settings)
-        assert summary.ok, summary.failed
-
+    out, run = til001_run(tmp_path, tmp_path / "outcomes.csv")
     run()
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
