@@ -849,6 +849,66 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
 
 
+WIDTH_SIDES = ("lower", "upper", "mid", "fit")
+"""How :func:`place_fmo_anchored` reads the added signal (strategy param ``width_side``)."""
+FIT_PERCENTILES = np.arange(5.0, 71.0, 5.0)
+"""Percentiles (of the stained negatives' share, see :func:`fitted_carry`) the additive model is
+fitted on with ``width_side: fit``: the bulk of the negatives, below the positives next to them."""
+FIT_FMO_QUANTILES = 128
+"""The FMO parent is represented by this many evenly spaced quantiles while fitting (speed)."""
+
+
+def fitted_carry(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
+                 negative_share: float) -> tuple[float, float, float] | None:
+    """The additive model of :func:`additive_threshold` (stained negative = FMO event + shift +
+    spread x Z) fitted to the whole bulk of the stained negatives instead of read off their mode and
+    lower-side width: ``(cut, shift, spread)``, the cut in transformed units, shift and spread in
+    compensated linear units; None when it cannot be fitted.
+
+    The model's quantiles (the FMO events, as :data:`FIT_FMO_QUANTILES` quantiles, each combined
+    with the :data:`SIGNAL_QUANTILES`) are matched to the stained parent's at the
+    :data:`FIT_PERCENTILES` of its ``negative_share`` (the share of stained events taken as
+    negative, 0-1; the positives sit above them) by least squares in transformed units (Nelder-Mead
+    from the medians' difference and no spread; deterministic). A mode and a lower-side width
+    describe one peak; negatives made of subpopulations the other stains place apart (e.g. CD8+ T
+    cells carrying a tandem's spillover) have two, and the FMO's highest one need not be the stained
+    tube's: the fitted quantiles use every negative. None with fewer than 20 events in either tube or
+    a ``negative_share`` below 0.35 (too few negatives for the percentiles)."""
+    from scipy.optimize import minimize
+
+    f_lin, s_lin = _finite_linear(fmo_x, transform), _finite_linear(x, transform)
+    if f_lin.size < 20 or s_lin.size < 20 or not negative_share >= 0.35:
+        return None
+    fq = np.percentile(f_lin, (np.arange(FIT_FMO_QUANTILES) + 0.5) * 100.0 / FIT_FMO_QUANTILES)
+    levels = FIT_PERCENTILES * negative_share
+    target = transform.apply(np.percentile(s_lin, levels))
+
+    def loss(p: np.ndarray) -> float:
+        model = np.sort((fq[:, None] + (p[0] + abs(p[1]) * SIGNAL_QUANTILES)[None, :]).ravel())
+        return float(np.sum((transform.apply(np.percentile(model, FIT_PERCENTILES)) - target) ** 2))
+
+    start = np.array([float(np.median(s_lin) - np.median(f_lin)), 0.0])
+    scale = max(float(np.percentile(f_lin, 75) - np.percentile(f_lin, 25)), 1.0)
+    simplex = np.array([start, start + [scale, 0.0], start + [0.0, scale]])
+    fit = minimize(loss, start, method="Nelder-Mead",
+                   options={"initial_simplex": simplex, "xatol": 1e-2 * scale, "fatol": 1e-12, "maxiter": 400})
+    shift, spread = float(fit.x[0]), float(abs(fit.x[1]))
+    lin = additive_threshold(f_lin, shift, spread, percentile)
+    return float(transform.apply(np.array([lin]))[0]), shift, spread
+
+
+def _two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
+                  t_fmo: float) -> tuple[float, float, float] | None:
+    """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
+    below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
+    fit's cut, divided by ``percentile`` / 100 (the share of negatives below it)."""
+    first = fitted_carry(fmo_x, x, transform, percentile, float(np.mean(x <= t_fmo)))
+    if first is None:
+        return None
+    share = min(1.0, float(np.mean(x <= first[0])) / (percentile / 100.0))
+    return fitted_carry(fmo_x, x, transform, percentile, share)
+
+
 def _upper_spread(transform: Any, fmo_density: Density, density: Density, fmo_mode: float, stained_mode: float,
                   level: float, default: float) -> float:
     """Added spread (linear units, as a normal SD) read on the negative peak's upper side: the
@@ -1071,7 +1131,7 @@ def place_fmo_anchored(
       are the carry-overs with the spread measured on the negative peak's lower side (free of
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
-      ``upper`` or ``mid`` (halfway between them). With ``reference`` (a
+      ``upper``, ``mid`` (halfway between them) or ``fit`` (:func:`fitted_carry`, no tolerance test). With ``reference`` (a
       :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
       gives it) the additive model is read on a marker-poor population of the same tube instead: ``relative_reference`` adds the
       reference's shift and the spread sqrt(reference lower-side spread^2 + reference skew^2) to
@@ -1103,8 +1163,8 @@ def place_fmo_anchored(
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
-    if width_side not in ("lower", "upper", "mid"):
-        raise GatingError(f"FMO gate on {dim!r}: width_side must be 'lower', 'upper' or 'mid', got {width_side!r}")
+    if width_side not in WIDTH_SIDES:
+        raise GatingError(f"FMO gate on {dim!r}: width_side must be one of {', '.join(WIDTH_SIDES)}, got {width_side!r}")
     base = place_fmo_threshold(fmo_values, dim, percentile=percentile, source_file=source_file, min_events=min_events)
     t_fmo = float(base.diagnostics["threshold"])
     x = _finite(stained_values, f"{dim}: stained tube parent", 20)
@@ -1122,7 +1182,13 @@ def place_fmo_anchored(
         "stained_mode": neg.mode, "stained_width": neg.width, "shift": float("nan"), "width_ratio": float("nan"),
         "relative_threshold": float("nan"), "valley_threshold": float("nan"), "valley_ratio": float("nan"),
     }
-    if not neg.found:
+    fitted = _two_step_fit(fmo_x, x, transform, percentile, t_fmo) if width_side == "fit" and transform is not None else None
+    if fitted is not None:
+        diagnostics.update(fit_threshold=fitted[0], fit_shift=fitted[1], fit_spread=fitted[2])
+    if not neg.found and fitted is not None:
+        winner, cut = "fmo_relative", fitted[0]
+        diagnostics["note"] = "no stained negative peak near the FMO's mode: the fitted carry-over"
+    elif not neg.found:
         winner, cut = "fmo_percentile", t_fmo
         diagnostics["note"] = "no stained negative peak near the FMO's: parent taken as all positive"
     else:
@@ -1134,7 +1200,8 @@ def place_fmo_anchored(
             if carried is not None:
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
-                relative = {"lower": from_lower, "upper": from_upper, "mid": 0.5 * (from_lower + from_upper)}[width_side]
+                relative = {"lower": from_lower, "upper": from_upper, "mid": 0.5 * (from_lower + from_upper),
+                            "fit": fitted[0] if fitted is not None else from_lower}[width_side]
                 if reference is not None and np.isfinite(reference_quantile):
                     from_reference = float(reference_quantile)
                 if np.isfinite(from_reference):
@@ -1146,6 +1213,8 @@ def place_fmo_anchored(
                            reference_extra=reference.skew if reference is not None else float("nan"))
         diagnostics.update(shift=shift, width_ratio=ratio, relative_threshold=relative)
         moved = abs(shift) > max(shift_tolerance, 0.25 * fmo.width) or not (1 / width_tolerance <= ratio <= width_tolerance)
+        # the fitted model nests unmoved negatives (shift and spread 0): no tolerance test needed
+        moved = moved or fitted is not None
         if reference is not None and np.isfinite(diagnostics.get("relative_reference", float("nan"))):
             # the tolerance is tested on the reference population too: its negatives show binding that
             # positives next to the gated parent's negatives may hide or mimic

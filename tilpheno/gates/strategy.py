@@ -31,7 +31,7 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      bandwidth / min_prominence / min_separation / fallback_sd for the
                      density fallback; rule anchored|relative|percentile (anchored),
                      max_shift 0.3, shift_tolerance 0.02, width_tolerance 1.25,
-                     valley_depth 0.5, width_side lower|upper (placement.place_fmo_anchored);
+                     valley_depth 0.5, width_side lower|upper|mid|fit (placement.place_fmo_anchored);
                      self-checks dense_cut_ratio 0.45, dense_points 6, shift_warning 0.25,
                      width_warning 3, uncertain_points 3, shift_points 3 (gates.checks);
                      skew_reference (none): a marker-poor population of the same tubes on
@@ -146,7 +146,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "shift_tolerance": ParamSpec(_NUM, 0.02, 0, 10),
         "width_tolerance": ParamSpec(_NUM, 1.25, 1, 100),
         "valley_depth": ParamSpec(_NUM, 0.5, 0, 1),
-        "width_side": ParamSpec(str, "lower", choices=("lower", "upper", "mid")),
+        "width_side": ParamSpec(str, "lower", choices=("lower", "upper", "mid", "fit")),
         "dense_cut_ratio": ParamSpec(_NUM, 0.45, 0, 100),
         "dense_points": ParamSpec(_NUM, 6.0, 0, 100),
         "shift_warning": ParamSpec(_NUM, 0.25, 0, 10),
