@@ -756,3 +756,26 @@ def test_a_rejection_says_why_and_a_refused_signature_says_what_was_refused(app,
         from tilpheno.review.auth import get_user
         get_user(db, "carol").failed_logins = 0
     transaction(service.factory, forget)
+
+
+def test_the_report_of_a_run_that_deferred_it_is_drawn_on_demand(app, service, review_out):
+    """review_out was processed with --reports none: the product page links the report, which the
+    server draws when first asked for (without writing into OUT, so it is not superseded), under a
+    policy that runs nothing; an analyst sees only the reports of products assigned to them."""
+    from tilpheno.pipeline import report_path
+    from tilpheno.review.web import REPORT_CSP
+
+    assert not report_path(review_out, PID).exists()
+    run_json = (review_out / "run.json").stat()
+    c, _, _ = login(app, "alice")
+    assert f'href="/products/{PID}/report.html"' in c.get(f"/products/{PID}").text
+    r = c.get(f"/products/{PID}/report.html")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    assert f"TIL infusion product {PID}" in r.text and "<script" not in r.text
+    assert r.headers["Content-Security-Policy"] == REPORT_CSP and "script-src" not in REPORT_CSP
+    assert not report_path(review_out, PID).exists()
+    assert (review_out / "run.json").stat().st_mtime_ns == run_json.st_mtime_ns
+    assert c.get("/").status_code == 200                                   # not superseded
+    analyst, _, _ = login(app, "bob")
+    assert analyst.get(f"/products/{PID}/report.html").status_code == 200
+    assert analyst.get("/products/TIL002/report.html").status_code == 403

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
                                            ungated_tube_flags, worst_severity)
     from tilpheno.pipeline.record import rerun_arguments
     from tilpheno.pipeline.release import release_decision
-    from tilpheno.pipeline.run import RunSummary, process_folder, run_process
+    from tilpheno.pipeline.run import RunSummary, draw_report, process_folder, run_process
 
 _HOME = {
     "executors": ("EXECUTORS", "iter_outcomes"),
@@ -45,7 +45,7 @@ _HOME = {
                 "worst_severity"),
     "record": ("rerun_arguments",),
     "release": ("release_decision",),
-    "run": ("RunSummary", "process_folder", "run_process"),
+    "run": ("RunSummary", "draw_report", "process_folder", "run_process"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -327,6 +327,44 @@ def process_folder(
         # first: the server's imports of the workers' libraries (the longest serial part of a
         # parallel run) overlap with this process's own imports, the manifest and the cache
         start_fork_server()
+    plan = plan_run(folder, out_dir, manifest_csv=manifest_csv, outcomes_path=outcomes_path, strategy_paths=strategy_paths,
+                    release_spec_path=release_spec_path, study=study, panel_path=panel_path,
+                    fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
+                    executor=executor, n_jobs=n_jobs, compensation_path=compensation_path, command_line=command_line,
+                    overwrite=overwrite, allow_unmatched=allow_unmatched, allow_outside=allow_outside,
+                    use_cache=use_cache, reports=reports, report_products=report_products, run_inputs=run_inputs,
+                    rerun_of=rerun_of)
+    return run_process(plan.manifest, out_dir, plan.strategies, plan.record, plan.options, executor=executor,
+                       n_jobs=n_jobs, scheduler=scheduler, on_start=on_start, on_outcome=on_outcome, overwrite=overwrite,
+                       run_flags=plan.run_flags, use_cache=use_cache, reports=reports, report_products=report_products,
+                       compensations=plan.compensations)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`process_folder` hands to :func:`run_process` (:func:`plan_run`): the manifest
+    (doses attached; control rows planned into ``compensations``: product id -> its compensation
+    plan), the strategies, the run record, the options and the run's own QC flags."""
+
+    manifest: pd.DataFrame
+    compensations: dict
+    strategies: tuple
+    record: RunRecord
+    options: ProcessOptions
+    run_flags: list[QCFlag]
+
+
+def plan_run(folder: str | Path, out_dir: str | Path, *, manifest_csv=None, outcomes_path=None, strategy_paths=None,
+             release_spec_path=None, study=None, panel_path=None, fmo_percentile: float = 99.5,
+             include_identifiers: bool = False, make_reports: bool = True, executor: str = "local", n_jobs: int = 1,
+             compensation_path=None, command_line=None, overwrite: bool = False, allow_unmatched: bool = False,
+             allow_outside: bool = False, use_cache: bool = True, reports: str | None = None,
+             report_products: Iterable[str] | None = None, run_inputs: Iterable[str] | None = None,
+             rerun_of: Mapping | None = None) -> RunPlan:
+    """Everything :func:`process_folder` does before it gates (its arguments, paths already absolute):
+    :func:`load_run_inputs`, the compensation plan, the check that no file joined a run drawn
+    again (``run_inputs``), the outcomes' doses, the run record and the options. Raises
+    ``TilphenoError`` at the first problem; nothing is written."""
     inputs = load_run_inputs(folder, manifest_csv=manifest_csv, study=study, strategy_paths=strategy_paths,
                              release_spec_path=release_spec_path, panel_path=panel_path, allow_outside=allow_outside)
     study, paths, strategies, spec = inputs.study, inputs.strategy_paths, inputs.strategies, inputs.spec
@@ -365,8 +403,35 @@ def process_folder(
         keep_run_command(record, rerun_of, report_products)
     options = ProcessOptions(fmo_percentile=fmo_percentile, include_identifiers=include_identifiers,
                              make_reports=make_reports, release_spec=spec, study=study, panel=inputs.panel)
-    return run_process(manifest, out_dir, strategies, record, options, executor=executor, n_jobs=n_jobs,
-                       scheduler=scheduler, on_start=on_start, on_outcome=on_outcome, overwrite=overwrite,
-                       run_flags=run_flags,
-                       use_cache=use_cache, reports=reports, report_products=report_products,
-                       compensations=compensations)
+    return RunPlan(manifest, compensations, strategies, record, options, run_flags)
+
+
+def draw_report(out_dir: str | Path, product_id: str) -> str:
+    """The HTML report of one product of the run in ``out_dir``, drawn now and returned; nothing is
+    written (``OUT``, its ``run.json`` and its cache stay as they are). The report ``tilpheno report
+    OUT PRODUCT`` would publish: the run's recorded settings, files and doses
+    (:func:`tilpheno.pipeline.record.rerun_arguments`, which refuses a run whose inputs, study,
+    strategies, release spec, panel, manifest, outcomes or compensation changed since), the product
+    gated again from its files. For reports deferred with ``--reports later`` or ``none`` and asked
+    for later, e.g. by the review app. ``TilphenoError`` (one line) when the run cannot be drawn
+    again or holds no such product."""
+    from tilpheno.pipeline.product import process_product
+    from tilpheno.pipeline.record import rerun_arguments
+
+    args, known = rerun_arguments(out_dir)
+    if product_id not in known:
+        raise TilphenoError(f"{out_dir}: no product {product_id!r} in this run")
+    plan = plan_run(args["folder"], out_dir, manifest_csv=args["manifest"], outcomes_path=args["outcomes"],
+                    strategy_paths=args["strategy"], release_spec_path=args["release_spec"], study=args["study"],
+                    panel_path=args["panel"], fmo_percentile=args["fmo_percentile"],
+                    include_identifiers=args["include_identifiers"], n_jobs=args["jobs"],
+                    compensation_path=args["compensation"], overwrite=True, allow_unmatched=args["allow_unmatched"],
+                    allow_outside=args["allow_outside"], reports="now", report_products=[product_id],
+                    run_inputs=args["run_inputs"], rerun_of=args["rerun_of"])
+    rows = dict(group_products(plan.manifest))[product_id]
+    options = dataclasses.replace(plan.options, provenance_short=tuple(plan.record.short().items()), make_reports=True)
+    job = ProductJob(product_id, rows, strategy_sources(plan.strategies), options, plan.compensations.get(product_id))
+    html = process_product(job).report_html
+    if not html:
+        raise TilphenoError(f"{out_dir}: product {product_id!r}: no report could be drawn")
+    return html

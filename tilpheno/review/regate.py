@@ -54,6 +54,8 @@ REPRODUCE_TOLERANCE = 1e-6   # percentage points between phenotypes.csv and the 
 MAX_VERTICES = 200
 MAX_DISTANCE_SQUARE = 100.0
 CACHE_PRODUCTS = 6
+CACHE_REPORTS = 8
+"""Reports drawn on demand (:meth:`ReviewSource.report_html`) kept in memory, the newest (about 0.4 MB each)."""
 
 
 class GateSetError(ReviewError):
@@ -130,6 +132,32 @@ class ReviewSource:
         self._row_index: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]] = {}
         self._done: tuple[pd.DataFrame, list[str], set[str]] | None = None
         self._files_by_product: tuple[pd.DataFrame, dict[str, list[tuple[str, str, str, str]]]] | None = None
+        self._reports: OrderedDict[str, str] = OrderedDict()
+        self._report_lock = threading.Lock()
+
+    def report_html(self, product_id: str) -> str:
+        """The product's HTML report of this run: the one ``process`` or ``tilpheno report`` published
+        in OUT, else (reports deferred with ``--reports later`` or ``none``) drawn now by
+        ``tilpheno.pipeline.draw_report``, which writes nothing into OUT (its ``run.json`` stays, so
+        this server is not superseded) and equals the report ``tilpheno report OUT PRODUCT`` would
+        publish. Drawn reports are kept in memory (:data:`CACHE_REPORTS`, the newest), one drawn at a
+        time. ReviewError (one line) when the run cannot be drawn again, e.g. an input changed since."""
+        from tilpheno.errors import TilphenoError
+        from tilpheno.pipeline import draw_report, report_path
+
+        published = report_path(self.out_dir, product_id)
+        if published.is_file():
+            return published.read_text(encoding="utf-8")
+        with self._report_lock:
+            if product_id not in self._reports:
+                try:
+                    self._reports[product_id] = draw_report(self.out_dir, product_id)
+                except TilphenoError as exc:
+                    raise ReviewError(f"report of {product_id}: {exc}") from None
+                while len(self._reports) > CACHE_REPORTS:
+                    self._reports.popitem(last=False)
+            self._reports.move_to_end(product_id)
+            return self._reports[product_id]
 
     # -- run.json ----------------------------------------------------------------------------
     def superseded(self) -> str:

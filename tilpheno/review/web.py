@@ -45,6 +45,10 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PAGE_SIZE, PAGE_SIZES, MAX_PAGE_SIZE = 50, (25, 50, 100, 200), 500   # products per page of the list
 STATUS = {NotFound: 404, Forbidden: 403, VersionConflict: 409, GateSetError: 400, AuthError: 403}
+REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; "
+              "form-action 'none'; sandbox")
+"""A product report's policy: the pipeline's self-contained HTML (inline styles, figures as inline SVG
+or data: images) and nothing that runs: no script, no request, sandboxed."""
 
 
 def create_app(service: ReviewService) -> Flask:
@@ -79,7 +83,7 @@ def create_app(service: ReviewService) -> Flask:
 
     @app.after_request
     def _headers(resp: Response):
-        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["Content-Security-Policy"] = g.get("csp", CSP)
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "no-referrer"
         resp.headers["Cache-Control"] = "no-store"
@@ -357,6 +361,16 @@ def create_app(service: ReviewService) -> Flask:
         transaction(factory, lambda db: audit.append(db, g.user.username, "certificate", product_id=product_id))
         return Response(pdf, mimetype="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="certificate_{_ascii(product_id)}.pdf"'})
+
+    @app.get("/products/<path:product_id>/report.html")
+    @login_required
+    def report(product_id: str):
+        """The product's report of the run (published, else drawn now: ``ReviewSource.report_html``),
+        shown under its own policy: no script at all, its inline styles and figures allowed."""
+        service.require_access(g.user, product_id)
+        html = service.source.report_html(product_id)
+        g.csp = REPORT_CSP
+        return Response(html, mimetype="text/html")
 
     @app.get("/products/<path:product_id>/gates/<tube>.xml")
     @login_required
