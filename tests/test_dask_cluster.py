@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -249,3 +250,63 @@ class _AllOf:
     def kill(self):
         for p in self.procs:
             p.kill()
+
+
+class _NotAScheduler:
+    """A TCP server on 127.0.0.1 that is no Dask scheduler: ``http`` answers every connection as a
+    web server does (``400 Bad Request``: the scheduler's dashboard port given instead of its own),
+    ``silent`` accepts and never answers (a forwarded port whose far end is gone)."""
+
+    def __init__(self, mode: str):
+        import socket
+
+        self.mode, self.sock, self.conns = mode, socket.create_server(("127.0.0.1", 0)), []
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.mode == "http":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                conn.close()
+
+    def close(self):
+        for c in [*self.conns, self.sock]:
+            c.close()
+
+
+@pytest.mark.parametrize("mode, why", [
+    ("http", r"the address answered, but not as a Dask scheduler"),
+    ("silent", r"the address accepted the connection but did not answer as a Dask scheduler within 4 s"),
+    ("closed", r"Timed out trying to connect to tcp://127\.0\.0\.1:\d+ after 2 s"),
+])
+def test_an_address_that_is_no_scheduler_gives_one_line_and_status_2(small_cohort, tmp_path, mode, why):
+    """``--scheduler`` naming a web server (the dashboard's port, 8787, for the scheduler's 8786) gave
+    a ``MemoryError`` traceback (its reply read as the length of a Dask message: 3 EiB); a port that
+    accepts but never answers hung the run for ever (``distributed`` bounds the TCP connect, not
+    its handshake). Each now stops within twice the connect timeout with one line, exit status 2, OUT not
+    created."""
+    server = _NotAScheduler(mode)
+    address = server.address
+    if mode == "closed":   # nothing listens there any more
+        server.close()
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
+    out = tmp_path / "out"
+    try:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "tilpheno.cli", "process", str(small_cohort.out_dir), "-o", str(out),
+                                 "--manifest", str(small_cohort.manifest), "--reports", "none", "--executor", "dask",
+                                 "--scheduler", address], env=env, capture_output=True, text=True, timeout=45)
+        seconds = time.monotonic() - started
+    finally:
+        server.close()
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(rf"^error: --scheduler {re.escape(address)}: cannot connect to the Dask scheduler \({why}", result.stderr), result.stderr
+    assert seconds < 30 and not out.exists()

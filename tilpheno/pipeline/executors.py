@@ -136,6 +136,8 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
     if scheduler is None:
         raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
     own = not isinstance(scheduler, Client)
+    if own:
+        _check_scheduler(str(scheduler))
     try:
         client = Client(scheduler) if own else scheduler
     except (OSError, TimeoutError, ValueError) as exc:
@@ -162,6 +164,47 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
     finally:
         if own:
             _close(client)
+
+
+def _check_scheduler(address: str) -> None:
+    """Refuse (``TilphenoError``, one line) an address that does not answer ``distributed``'s
+    handshake within twice its connect timeout (``distributed.comm.timeouts.connect``, 30 s by
+    default: the TCP connect's bound, then as long again for the handshake).
+
+    ``distributed.Client`` bounds only the TCP connect (not the handshake since distributed
+    2023.4): a port that accepts and never answers (a forwarded port whose far end is gone) hung
+    the run for ever, and one that answers as something else (the scheduler's dashboard, 8787,
+    given instead of its port, 8786) raised ``MemoryError`` (the web server's reply read as the
+    length of a message). Run in a thread of its own, with its own event loop, so that it works
+    under a caller's running loop (a notebook) too."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dask
+    from dask.utils import parse_timedelta
+    from distributed.comm import connect
+
+    seconds = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+    limit = 2 * seconds   # the connect's own timeout, then as long again for the handshake
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=seconds), limit)
+        await comm.close()
+
+    prefix = f"scheduler {address}: cannot connect to the Dask scheduler"
+    hint = "is it the scheduler's own port (8786 by default), not its dashboard's (8787)?"
+    with ThreadPoolExecutor(1, thread_name_prefix="tilpheno-dask-check") as pool:
+        try:
+            pool.submit(asyncio.run, handshake()).result()
+        except TimeoutError:
+            raise TilphenoError(f"{prefix} (the address accepted the connection but did not answer as a Dask "
+                                f"scheduler within {limit:g} s; {hint})") from None
+        except (OSError, ValueError) as exc:   # nothing listens, no route, a malformed address
+            raise TilphenoError(f"{prefix} ({exc})") from None
+        except Exception as exc:   # e.g. MemoryError: another protocol's reply read as a message length
+            log.debug("%s: handshake failed", address, exc_info=True)
+            raise TilphenoError(f"{prefix} (the address answered, but not as a Dask scheduler: "
+                                f"{type(exc).__name__}; {hint})") from None
 
 
 NO_WORKERS_WAIT_S = 60.0
