@@ -184,8 +184,11 @@ def test_a_worker_that_does_not_see_the_input_files_stops_the_run_with_one_line(
 
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         asked: list = []
+        real_run = distributed.Client.run
 
         def run(self, function, *args, **kwargs):   # the worker's answer: it does not see the file
+            if function is not os.path.exists:
+                return real_run(self, function, *args, **kwargs)
             asked.append((function, args))
             return {"tcp://10.0.0.9:40000": False}
 
@@ -310,3 +313,36 @@ def test_an_address_that_is_no_scheduler_gives_one_line_and_status_2(small_cohor
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert re.search(rf"^error: --scheduler {re.escape(address)}: cannot connect to the Dask scheduler \({why}", result.stderr), result.stderr
     assert seconds < 30 and not out.exists()
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("tilpheno", "0.0.1", r"tilpheno 0\.0\.1 there, \S+ here"),
+    ("code", "0" * 64, r"tilpheno source files \(SHA-256\) 0{64} there, [0-9a-f]{64} here"),
+    ("dependencies", {"matplotlib": "3.0.0"}, r"matplotlib 3\.0\.0 there, \S+ here"),
+])
+def test_a_worker_running_other_code_stops_the_run_with_one_line(small_cohort, tmp_path, monkeypatch, field, value,
+                                                                  said):
+    """A worker left on the previous tilpheno (or other library versions) after the machine running
+    ``process`` was upgraded computed products that run.json, the reports and the cache recorded as
+    this machine's code, and the next run re-used them as such. Now the run stops before any product
+    is sent, naming the worker and the difference."""
+    from tilpheno.cache import environment
+    from tilpheno.errors import TilphenoError
+
+    here = environment()
+    there = {**here, field: {**here["dependencies"], **value} if isinstance(value, dict) else value}
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        real_run = distributed.Client.run
+
+        def run(self, function, *args, **kwargs):   # the worker's answer: it runs other code
+            if function is environment:
+                return {"tcp://10.0.0.9:40000": there}
+            return real_run(self, function, *args, **kwargs)
+
+        monkeypatch.setattr(distributed.Client, "run", run)
+        out = tmp_path / "out"
+        with pytest.raises(TilphenoError, match=rf"^Dask worker tcp://10\.0\.0\.9:40000: {said}; every worker must run "
+                                                 r"the same tilpheno, Python and libraries as this machine"):
+            process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
+                           executor="dask", scheduler=client)
+    assert not (out / "run.json").exists()

@@ -92,6 +92,21 @@ def environment() -> dict:
             "python": platform.python_version(), "dependencies": dependency_versions()}
 
 
+def environment_difference(here: Mapping, there: Mapping) -> str:
+    """The first way :func:`environment` ``there`` (another machine's) differs from ``here``, in
+    words (``tilpheno 0.1.0 there, 0.2.0 here``), or ``''`` when they are equal."""
+    fields = [("cache format", "format"), ("tilpheno", "tilpheno"), ("tilpheno source files (SHA-256)", "code"),
+              ("Python", "python")]
+    for label, name in fields:
+        if there.get(name) != here.get(name):
+            return f"{label} {there.get(name)} there, {here.get(name)} here"
+    theirs, ours = there.get("dependencies") or {}, here.get("dependencies") or {}
+    for name in sorted(set(theirs) | set(ours)):
+        if theirs.get(name) != ours.get(name):
+            return f"{name} {theirs.get(name, 'not installed')} there, {ours.get(name, 'not installed')} here"
+    return ""
+
+
 def _plain(value):
     """A JSON-able, canonical form of a manifest or phenotype value (NaN -> None, numpy -> Python)."""
     if value is None or isinstance(value, (str, bool)):

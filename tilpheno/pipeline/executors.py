@@ -148,6 +148,7 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
         run = uuid.uuid4().hex  # fresh keys: a cluster never serves a cached result of an earlier run
         ordered = largest_first(jobs)
         _wait_for_a_worker(client, scheduler, len(ordered))
+        _check_workers_code(client)
         _check_workers_see(client, ordered)
         keys = [f"tilpheno-{run}-{i:06d}" for i in range(len(ordered))]
         futures = client.map(run_product, ordered, key=keys, pure=False)
@@ -261,6 +262,23 @@ def _no_workers(scheduler, unfinished: int) -> TilphenoError:
                          f"product(s) unfinished; start workers (dask worker {address} --preload tilpheno.daskworker) "
                          "and run again: the output folder was left as it was and finished products are kept "
                          "in its cache")
+
+
+def _check_workers_code(client) -> None:
+    """Refuse (``TilphenoError``, one line naming the worker and the difference) when a connected
+    worker runs other code than this machine: another tilpheno version or source files, Python or
+    library version (:func:`tilpheno.cache.environment`). Its products would be computed by that
+    code but recorded (``run.json``, each report's provenance) and cached under this machine's, so
+    later runs would re-use them as this code's results."""
+    from tilpheno.cache import environment, environment_difference
+
+    here = environment()
+    for address, there in sorted(client.run(environment).items()):
+        difference = environment_difference(here, there)
+        if difference:
+            raise TilphenoError(f"Dask worker {address}: {difference}; every worker must run the same tilpheno, "
+                                "Python and libraries as this machine (results are recorded and cached as this "
+                                "machine's)")
 
 
 def _check_workers_see(client, jobs: Sequence[ProductJob]) -> None:
