@@ -102,6 +102,23 @@ def test_corrupt_entry_is_ignored_with_a_log_line(first, cohort, tmp_path, caplo
     assert _outputs(again) == _outputs(first)
 
 
+def test_truncated_entry_json_is_one_log_line_and_recomputed(first, cohort, tmp_path, caplog):
+    """An entry whose entry.json was cut short (a disk full, an edit by hand) logged two warnings
+    for the one damaged entry ("ignoring cache entry .../entry.json (...)" then "ignoring entry ...
+    (entry.json missing, unreadable or for another key)"); now one line naming the entry and why."""
+    again = tmp_path / "again"
+    shutil.copytree(first, again)
+    victim = sorted((again / CACHE_DIR / "entries").glob("*/*/entry.json"))[0]
+    pid = json.loads((victim.parent / "outcome.json").read_text())["product_id"]
+    victim.write_text(victim.read_text()[:20])
+    with caplog.at_level(logging.WARNING, logger="tilpheno.cache"):
+        process_folder(cohort, again, manifest_csv=cohort / "manifest.csv", overwrite=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tilpheno.cache"]
+    assert len(lines) == 1 and lines[0].startswith(f"cache: ignoring entry {victim.parent} (entry.json: "), lines
+    assert _cache_record(again)["processed"] == [pid]
+    assert _outputs(again) == _outputs(first)
+
+
 def test_report_link_or_edit_never_changes_the_cache(first, cohort, tmp_path):
     """A published report edited in place (it may share the cache entry's inode) invalidates only that entry."""
     again = tmp_path / "again"

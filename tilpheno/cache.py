@@ -50,7 +50,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -302,14 +302,22 @@ class CachedEntry:
         return self.folder / "report.html"
 
 
-def _load_json(path: Path, what: str):
+def _read_json(path: Path) -> tuple[Any, str]:
+    """(the parsed file, ``''``), or (None, why not): ``''`` too for a missing file."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8")), ""
     except FileNotFoundError:
-        return None
+        return None, ""
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        log.warning("cache: ignoring %s %s (%s)", what, path, exc)
-        return None
+        return None, f"{Path(path).name}: {exc}"
+
+
+def _load_json(path: Path, what: str):
+    """The parsed file, or None (missing, or unreadable: a log line naming it)."""
+    value, problem = _read_json(path)
+    if problem:
+        log.warning("cache: ignoring %s %s (%s)", what, path, problem)
+    return value
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -348,8 +356,8 @@ class ProductStore:
         folder = self.folder(key)
         if not folder.is_dir():
             return None
-        manifest = _load_json(folder / "entry.json", "cache entry")
-        problem = self._verify(folder, key, manifest)
+        manifest, problem = _read_json(folder / "entry.json")
+        problem = problem or self._verify(folder, key, manifest)
         if problem:
             log.warning("cache: ignoring entry %s (%s)", folder, problem)
             shutil.rmtree(folder, ignore_errors=True)
