@@ -588,3 +588,22 @@ def test_covariate_numbers_in_another_style(tmp_path):
     rows = [ROWS[0].replace(",25,", ",1\u00a0250,"), ROWS[1].replace(",31,", ",2\u00a0500,"), ROWS[2]]
     assert error_of(write(tmp_path, rows)).startswith(f"{tmp_path / 'outcomes.csv'}: row 2, column 'age': "
                                                       "'1\u00a0250' is a number written with")
+
+
+@pytest.mark.parametrize("column", ["os_months", "pfs_months", "age"])
+def test_excel_duration_cell_is_named_a_duration(tmp_path, column):
+    """'12:30' typed into a cell formatted as a duration ([h]:mm:ss) is stored as a fraction of a
+    day and read as a time delta: in a survival-time column it was "'12:30:00' is not a number",
+    in a covariate a category '12:30:00' -> refused as an Excel duration, naming the cell."""
+    import openpyxl
+
+    book = _book(tmp_path / "o.xlsx", {"Patients": TABLE})
+    edited = openpyxl.load_workbook(book)
+    sheet = edited["Patients"]
+    letter = next(cell.column_letter for cell in sheet[1] if cell.value == column)
+    sheet[f"{letter}3"] = dt.timedelta(hours=12, minutes=30)
+    edited.save(book)
+    assert openpyxl.load_workbook(book)["Patients"][f"{letter}3"].number_format == "[hh]:mm:ss"
+    assert error_of(book).startswith(f"{book}: row 3, column '{column}': '12:30:00' is an Excel duration "
+                                     "(hours:minutes:seconds; a time typed into a cell formatted as a duration), "
+                                     "not a number")

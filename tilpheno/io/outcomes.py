@@ -17,7 +17,7 @@ Windows-1252, two sheets holding a table, a column named twice (also in another 
 longer than the header, a value beside the table (in a column without a header; an empty one is ignored),
 missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
-codes, non-numeric doses, dates where a number belongs, columns mixing numbers with text, and
+codes, non-numeric doses, dates or Excel durations where a number belongs, columns mixing numbers with text, and
 formula cells of a workbook never calculated (written by a script: no saved values), a workbook row
 hidden in Excel (by hand or by a filter) and two sheets holding a table (a hidden one marked so).
 
@@ -204,8 +204,19 @@ def _is_date(value) -> bool:
     return isinstance(value, (_dt.datetime, _dt.date, _dt.time, pd.Timestamp)) or bool(_DATE_RE.match(str(value)))
 
 
+def _refuse_duration(value, source: str, row: int, column: str) -> None:
+    """Refuse an Excel duration cell (read as a ``timedelta``: a time such as ``12:30`` typed into
+    a cell formatted as a duration, ``[h]:mm``), which is not a number of months."""
+    if isinstance(value, _dt.timedelta):
+        hours, seconds = divmod(round(value.total_seconds()), 3600)
+        _fail(source, f"'{hours}:{seconds // 60:02d}:{seconds % 60:02d}' is an Excel duration (hours:minutes:seconds; "
+                      "a time typed into a cell formatted as a duration), not a number; type the number, and "
+                      "format the column as General or Number", row, column)
+
+
 def _number(value, source: str, row: int, column: str) -> float:
-    """A finite number, or NaN for an empty cell; a date or text is an error."""
+    """A finite number, or NaN for an empty cell; a date, a duration or text is an error."""
+    _refuse_duration(value, source, row, column)
     if _is_date(value):
         _fail(source, f"'{_cell_text(value)}' looks like a date; expected a number", row, column)
     text = _cell_text(value)
@@ -309,6 +320,8 @@ def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
     holding a number in another style (:data:`_FOREIGN_NUMBER_RE`: ``27,5`` typed into an English
     Excel or quoted in comma-separated text, ``40%``, ``1 500``), which would silently be a
     category."""
+    for row, value in cells.items():
+        _refuse_duration(value, source, row, column)
     texts = cells.map(_cell_text)
     filled = texts[texts != ""]
     numeric = filled.map(lambda s: bool(_NUMBER_RE.match(s) or _EN_GROUPED_RE.match(s)))
