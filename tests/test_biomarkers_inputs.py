@@ -246,3 +246,25 @@ def test_a_few_doses_in_units_of_1e9_are_flagged(tables):
     notes = [n for n in build_cohort(pheno, mixed).notes if n.startswith("plausibility")]
     assert notes == ["plausibility: til_dose_cells has 2 value(s) below 1e+06 cells (P003, P006) among doses in cells: "
                      "given in units of 1e9 cells? Doses must be in cells"]
+
+
+def test_percentages_given_as_fractions_are_flagged(tables, tmp_path):
+    """A percent marker typed as fractions (cd8_pct_of_cd3 0.23 for 23 %) was analysed without a
+    word (cut-points and hazard ratios per 1 % then mean per 100 %) -> a plausibility warning in the
+    cohort's notes, the analysis' warnings and the report, worded as a guess; the values are
+    analysed as given, never rescaled."""
+    pheno, outcomes = tables
+    fractions = pheno.assign(cd8_pct_of_cd3=pheno["cd8_pct_of_cd3"] / 100)
+    largest = fractions["cd8_pct_of_cd3"].max()
+    expected = (f"plausibility (a guess from the values): every value of cd8_pct_of_cd3 lies between 0 and 1 (largest "
+                f"{largest:g}): percentages given as fractions (0.23 for 23 %)? Analysed as given, in %; if they are "
+                "fractions, multiply them by 100 (a population below 1 % in every product would look the same)")
+    cohort = build_cohort(fractions, outcomes, markers=["cd8_pct_of_cd3", "cd4_pct_of_cd3"])
+    assert [n for n in cohort.notes if n.startswith("plausibility")] == [expected]
+    joined = cohort.data.set_index("product_id")["cd8_pct_of_cd3"]
+    given = fractions.set_index("product_id")["cd8_pct_of_cd3"]
+    pd.testing.assert_series_equal(joined, given.loc[joined.index], check_names=False)
+    res = run_biomarkers(fractions, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0,
+                         n_boot=0)
+    assert expected in res.warnings
+    assert "percentages given as fractions" in (tmp_path / "report.html").read_text(encoding="utf-8")

@@ -4,7 +4,9 @@
 - PFS longer than OS for a patient (progression cannot come after death).
 - A cell-dose column (``*_dose_cells``) whose median is below 1e6 cells (given in units of 1e9?), or
   with some values below 1e6 cells among doses in cells (those rows typed in units of 1e9?).
-- Percent columns (names containing ``pct``) with values outside 0-100.
+- Percent columns (names containing ``pct``) with values outside 0-100, or with every value
+  between 0 and 1 (fractions, 0.23 for 23 %? A heuristic: a rare population can be below 1 % in
+  every product; the values are never rescaled).
 """
 from __future__ import annotations
 
@@ -50,4 +52,9 @@ def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: l
         if "pct" in m and ((x < 0) | (x > 100)).any():
             bad = (x < 0) | (x > 100)
             out.append(f"plausibility: {m} has {int(bad.sum())} value(s) outside 0-100 % ({_ids(data, bad)})")
+        elif "pct" in m and x.notna().any() and x.min() >= 0 and 0 < x.max() <= 1:
+            out.append(f"plausibility (a guess from the values): every value of {m} lies between 0 and 1 (largest "
+                       f"{x.max():g}): percentages given as fractions (0.23 for 23 %)? Analysed as given, in %; "
+                       "if they are fractions, multiply them by 100 (a population below 1 % in every product "
+                       "would look the same)")
     return out
