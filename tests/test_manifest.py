@@ -548,3 +548,23 @@ def test_read_manifest_hidden_row(files):
     edited.save(book)
     with pytest.raises(TableError, match=r"m.xlsx: row 4 \(line 5\): sheet 'Sheet' row 5 is hidden"):
         read_manifest(book)
+
+
+def test_read_manifest_hidden_column(files):
+    """A helper column hidden in Excel (a lookup of the dose, in column G) was read as a manifest
+    column without a word -> refused naming it; an empty hidden column is no part of the table and
+    is read as before."""
+    import openpyxl
+
+    book = _book(files / "m.xlsx", {"Sheet": [[*TABLE[0], "helper"], *[[*row, "x"] for row in TABLE[1:]]]})
+    edited = openpyxl.load_workbook(book)
+    edited["Sheet"].column_dimensions["G"].hidden = True
+    edited.save(book)
+    with pytest.raises(TableError, match=r"m.xlsx: row 1 \(line 2\), column 'helper': sheet 'Sheet' column G "
+                                         r"\('helper'\) is hidden in Excel; unhide it, or delete it"):
+        read_manifest(book)
+    empty = _book(files / "e.xlsx", {"Sheet": TABLE})
+    edited = openpyxl.load_workbook(empty)
+    edited["Sheet"].column_dimensions.group("H", "J", hidden=True)
+    edited.save(empty)
+    pd.testing.assert_frame_equal(read_manifest(empty), read_manifest(_book(files / "p.xlsx", {"Sheet": TABLE})))

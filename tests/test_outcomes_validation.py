@@ -567,6 +567,20 @@ def test_hidden_rows_and_sheets(tmp_path):
     assert "sheets 'Old' (hidden), 'Patients' each hold an outcomes table" in error_of(two)
 
 
+def test_hidden_column(tmp_path):
+    """A helper column hidden in Excel (in a collapsed group of columns K-L) was read as a covariate
+    without a word -> refused naming it."""
+    import openpyxl
+
+    rows = [[*TABLE[0], "helper"], *[[*row, i] for i, row in enumerate(TABLE[1:])]]
+    book = _book(tmp_path / "o.xlsx", {"Patients": rows})
+    edited = openpyxl.load_workbook(book)
+    edited["Patients"].column_dimensions.group("K", "L", hidden=True)
+    edited.save(book)
+    assert error_of(book).startswith(f"{book}: row 2, column 'helper': sheet 'Patients' column K ('helper') is hidden "
+                                     "in Excel; unhide it, or delete it if it is not part of the table")
+
+
 def test_covariate_numbers_in_another_style(tmp_path):
     """A covariate number written '1,250' (comma CSV, thousands) was text ('mixed types' beside
     '17'; a category when all were so written), though in os_months it is 1250 -> a number. Ages

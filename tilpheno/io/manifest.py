@@ -28,7 +28,8 @@ Unreadable files stay in the manifest with what their name tells, and the reader
 extra ``problem`` column (``''`` for readable files), so that processing reports them.
 ``read_manifest`` reads a user manifest (CSV or Excel) and validates it; errors are TableError
 naming the file, row and column (an Excel formula cell with no saved value, from a workbook written
-by a program and never calculated, is one; so is a row hidden in Excel, by hand or by a filter).
+by a program and never calculated, is one; so is a row hidden in Excel, by hand or by a filter, and a
+column hidden in Excel that holds a value).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ import pandas as pd
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_display_only_ids,
-                                  refuse_hidden_rows, refuse_unsaved_formulas, sheet_rows, table_frame, text_rows,
-                                  windows_1252, workbook_table)
+                                  refuse_hidden_columns, refuse_hidden_rows, refuse_unsaved_formulas, sheet_rows,
+                                  table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -295,6 +296,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             refuse_unsaved_formulas(data, book[sheet], locate, header_line)
             refuse_display_only_ids(book[sheet], ["product_id"], locate, header_line)
             refuse_hidden_rows(book[sheet], locate, header_line)
+            refuse_hidden_columns(book[sheet], locate, header_line)
         else:
             header_line, separator, rows = text_rows(decode_text(data, str(path)), COLUMNS[:4])
     except TableError:

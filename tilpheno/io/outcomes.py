@@ -19,7 +19,7 @@ missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
 codes, non-numeric doses, dates or Excel durations where a number belongs, columns mixing numbers with text, and
 formula cells of a workbook never calculated (written by a script: no saved values), a workbook row
-hidden in Excel (by hand or by a filter) and two sheets holding a table (a hidden one marked so).
+or column hidden in Excel (by hand or by a filter) and two sheets holding a table (a hidden one marked so).
 
 Conventions: cells are stripped of surrounding blanks; an empty cell is missing; in
 semicolon-separated text (what Excel writes where the comma is the decimal mark; R ``read.csv2``)
@@ -59,8 +59,8 @@ import pandas as pd
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_display_only_ids,
-                                  refuse_hidden_rows, refuse_unsaved_formulas, sheet_values, table_frame, text_rows,
-                                  workbook_table)
+                                  refuse_hidden_columns, refuse_hidden_rows, refuse_unsaved_formulas, sheet_values,
+                                  table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -124,6 +124,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         refuse_unsaved_formulas(data, book[sheet], lambda row, column: _where(source, row, column), header_line)
         refuse_display_only_ids(book[sheet], ID_COLUMNS, lambda row, column: _where(source, row, column), header_line)
         refuse_hidden_rows(book[sheet], lambda row, column: _where(source, row, column), header_line)
+        refuse_hidden_columns(book[sheet], lambda row, column: _where(source, row, column), header_line)
     else:
         if path.suffix.lower() == ".xls":
             _fail(source, "not a CSV or Excel (.xlsx) file: old Excel .xls workbooks are not read; save it as .xlsx "

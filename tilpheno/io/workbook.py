@@ -383,6 +383,27 @@ def refuse_hidden_rows(sheet: Any, locate: Callable[[int, str | None], str], hea
                              "the table")
 
 
+def refuse_hidden_columns(sheet: Any, locate: Callable[[int, str | None], str], header_row: int = 1) -> None:
+    """Refuse a column of the table (``sheet``, ``header_row`` as for :func:`refuse_unsaved_formulas`)
+    that holds a value below the header but is hidden in Excel (by hand, or in a collapsed group):
+    a helper column hidden to keep it out of sight would otherwise be read as a column of the
+    table (in the outcomes table, a covariate). ``locate`` as for :func:`refuse_unsaved_formulas`,
+    with the column's first value below the header. Raises TableError."""
+    hidden = sorted({column for dimension in sheet.column_dimensions.values() if dimension.hidden
+                     for column in range(dimension.min or 1, (dimension.max or dimension.min or 1) + 1)})
+    if not hidden:
+        return
+    header = _header(sheet, header_row)
+    for column in hidden:
+        first = next((cell for (cell,) in sheet.iter_rows(min_row=header_row + 1, min_col=column, max_col=column)
+                      if cell.value is not None), None)
+        if first is not None:
+            name = header.get(column) or None
+            raise TableError(f"{locate(first.row, name)}: sheet '{sheet.title}' column {first.column_letter}"
+                             f"{f' ({name!r})' if name else ''} is hidden in Excel; unhide it, or delete it if it is "
+                             "not part of the table")
+
+
 def _display_only(cell) -> str:
     """Why the cell's text in Excel differs from its value ("a date", "the number 7 shown with the
     format '000'", a number of more than 15 digits, whose last digits Excel dropped when it was
