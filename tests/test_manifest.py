@@ -353,6 +353,20 @@ def test_read_manifest_excel_merged_cells(files):
     assert merged["product_id"].tolist() == ["TIL001", "TIL001"] and merged["til_dose_cells"].tolist() == [5e9, 5e9]
 
 
+def test_read_manifest_invisible_characters(files):
+    """A header cell pasted with a zero-width space ('product_id' + U+200B) was a missing column ->
+    the column is product_id; an id with one ('\ufeffTIL001': a byte order mark pasted along) was
+    another product than TIL001 -> refused naming the cell and the character."""
+    plain = read_manifest(_write(files / "plain.csv", TABLE))
+    header = [f"{c}\u200b" if c == "product_id" else c for c in TABLE[0]]
+    pd.testing.assert_frame_equal(read_manifest(_write(files / "h.csv", [header, *TABLE[1:]])), plain)
+    ids = _book(files / "i.xlsx", {"Sheet": [TABLE[0], TABLE[1], ["b.fcs", "\ufeffTIL001", *TABLE[2][2:]]]})
+    with pytest.raises(TableError, match=r"^\S*i.xlsx: row 2 \(line 3\), column 'product_id': the id 'TIL001' holds an "
+                                         r"invisible character \(U\+FEFF ZERO WIDTH NO-BREAK SPACE\) at its start; "
+                                         r"retype the id, or delete the character$"):
+        read_manifest(ids)
+
+
 def test_read_manifest_header_below_a_title(files):
     """A title line and blank lines above the header: the CSV was 'cannot read manifest (Error
     tokenizing data ...)' or 'No columns to parse', the .xlsx 'missing column(s)' -> the header is

@@ -621,3 +621,27 @@ def test_excel_duration_cell_is_named_a_duration(tmp_path, column):
     assert error_of(book).startswith(f"{book}: row 3, column '{column}': '12:30:00' is an Excel duration "
                                      "(hours:minutes:seconds; a time typed into a cell formatted as a duration), "
                                      "not a number")
+
+
+@pytest.mark.parametrize("name", ["os_months\u200b", "os_\ufeffmonths", "\u00a0os_months\u00a0", "\u200eos_months"])
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_invisible_characters_in_a_header_are_removed(tmp_path, name, suffix):
+    """A header cell pasted with an invisible character (a zero-width space after it, a byte order
+    mark inside it, a direction mark before it) was 'missing required column(s): os_months (did you
+    mean 'os_months'?)' -> the column is os_months, read as the same table without them."""
+    plain = read_outcomes(write(tmp_path))
+    rows = [[name if cell == "os_months" else cell for cell in TABLE[0]], *TABLE[1:]]
+    path = (_book(tmp_path / "o.xlsx", {"Patients": rows}) if suffix == ".xlsx"
+            else write(tmp_path, header=HEADER.replace("os_months", name), name="o.csv"))
+    pd.testing.assert_frame_equal(read_outcomes(path), plain, check_dtype=False)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_invisible_character_in_an_id_is_refused(tmp_path, suffix):
+    """An id pasted with a zero-width space ('TIL2' + U+200B) was read as another id than 'TIL2'
+    (shown alike, matching no product) -> refused naming the cell and the character."""
+    rows = [TABLE[0], TABLE[1], ["P2", "TIL2\u200b", *TABLE[2][2:]], TABLE[3]]
+    path = (_book(tmp_path / "o.xlsx", {"Patients": rows}) if suffix == ".xlsx"
+            else write(tmp_path, [",".join(map(str, row)) for row in rows[1:]], name="o.csv"))
+    assert error_of(path) == (f"{path}: row 3, column 'product_id': the id 'TIL2' holds an invisible character "
+                              "(U+200B ZERO WIDTH SPACE) after 'TIL2'; retype the id, or delete the character")

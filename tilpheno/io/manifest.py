@@ -309,7 +309,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     def where(line: int) -> str:
         return f"{path}: line {line}" if line == header_line else f"{path}: row {line - header_line} (line {line})"
 
-    frame = restore_frame(table_frame(rows, header_line, where, COLUMNS, keep_bytes=["file"]))   # scan -o's cells
+    frame = restore_frame(table_frame(rows, header_line, where, COLUMNS, keep_bytes=["file"], ids=["product_id"]))   # scan -o's cells
     frame.attrs["decimal_comma"] = separator == ";"
     frame.attrs["header_line"] = header_line
     return frame

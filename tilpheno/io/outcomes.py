@@ -21,7 +21,9 @@ codes, non-numeric doses, dates or Excel durations where a number belongs, colum
 formula cells of a workbook never calculated (written by a script: no saved values), a workbook row
 or column hidden in Excel (by hand or by a filter) and two sheets holding a table (a hidden one marked so).
 
-Conventions: cells are stripped of surrounding blanks; an empty cell is missing; in
+Conventions: cells are stripped of surrounding blanks, header cells also of invisible characters
+(a zero-width space or a byte order mark pasted along; an id holding one is refused, naming the
+cell); an empty cell is missing; in
 semicolon-separated text (what Excel writes where the comma is the decimal mark; R ``read.csv2``)
 a comma in a number is its decimal mark (``11,8`` is 11.8, ``1,500`` is 1.5) and dots may group
 thousands (``1.500.000``); in comma-separated text a comma separates thousands (``1,500`` is 1500);
@@ -136,7 +138,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
             header_line, separator, rows = text_rows(text, REQUIRED)
         except csv.Error as exc:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
-    frame = table_frame(rows, header_line, lambda line: _where(source, line))
+    frame = table_frame(rows, header_line, lambda line: _where(source, line), ids=ID_COLUMNS)
     if separator in (";", "\t"):   # numbers in a locale's style (ids are kept as written)
         for col in frame.columns:
             if col not in ID_COLUMNS:

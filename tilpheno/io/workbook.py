@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 import zipfile
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -50,7 +51,21 @@ def _cells_below(sheet: Any, header_row: int) -> Iterator[tuple[dict[int, str], 
 def _header(sheet: Any, header_row: int) -> dict[int, str]:
     """Column number -> the text of the worksheet's header cell in row ``header_row`` (stripped;
     ``''`` when empty)."""
-    return {cell.column: "" if cell.value is None else str(cell.value).strip() for cell in sheet[header_row]}
+    return {cell.column: header_text(cell.value) for cell in sheet[header_row]}
+
+
+def _invisible(char: str) -> bool:
+    """True for a character that takes no space on screen: Unicode's format characters (category
+    Cf: zero-width space U+200B and joiners, a byte order mark U+FEFF inside a text, soft hyphen,
+    direction marks), which text pasted from a web page or another program brings along."""
+    return unicodedata.category(char) == "Cf"
+
+
+def header_text(value: Any) -> str:
+    """A header cell's text as a column name: without invisible characters (:func:`_invisible`,
+    anywhere in it: ``os_months\u200b`` names ``os_months``) and surrounding blanks (also
+    no-break spaces); ``''`` for an empty cell."""
+    return "" if value is None else "".join(c for c in str(value) if not _invisible(c)).strip()
 
 
 def sheet_values(book: Any) -> list[tuple[str, Rows]]:
@@ -142,7 +157,7 @@ def _cells(line: str, separator: str) -> list[str]:
 
 def _named(cells: list[Any], required: Sequence[str]) -> int:
     """How many of the ``required`` columns (case and blanks ignored) ``cells`` names."""
-    return len({str(c).strip().lower() for c in cells} & {c.lower() for c in required})
+    return len({header_text(c).lower() for c in cells} & {c.lower() for c in required})
 
 
 def header_at(rows: Rows, required: Sequence[str]) -> int:
@@ -187,9 +202,10 @@ Excel saved from it) holds in its place."""
 
 
 def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = (),
-                keep_bytes: Sequence[str] = ()) -> pd.DataFrame:
+                keep_bytes: Sequence[str] = (), ids: Sequence[str] = ()) -> pd.DataFrame:
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
-    (stripped; a name in ``lower`` written in any case is lower-cased), index = line; rows whose
+    (:func:`header_text`: invisible characters and surrounding blanks removed; a name in ``lower``
+    written in any case is lower-cased), index = line; rows whose
     every cell is blank are dropped, and so are columns with an empty header cell and no value
     (Excel pads every row of a CSV it saves to the widest row). Bytes of a text that are not UTF-8
     (:func:`decode_text`) are read as Windows-1252 (:func:`windows_1252`), in every cell but those
@@ -199,11 +215,13 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     different cases), a row with more filled cells than the header has names, a value in a column
     with an empty header cell (a note beside the table, in column K: data or not, the reader
     cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
-    ids would silently be other ids), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
+    ids would silently be other ids), an invisible character (:func:`_invisible`) in a cell of the
+    columns named in ``ids`` (case ignored: the id would silently match no other table's, and
+    which characters a lab meant cannot be told), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
     that failed; ``#N/A`` too, mostly a lookup that found nothing rather than a value known to be
     missing)."""
     header = next((cells for line, cells in rows if line == header_line), [])
-    written = [str(c).strip() for c in _decoded(header, [""] * len(header), (), where(header_line))]
+    written = [header_text(c) for c in _decoded(header, [""] * len(header), (), where(header_line))]
     _refuse_named_twice(written, where(header_line))
     names = [name.lower() if name.lower() in lower else name for name in written]
     body = []
@@ -215,6 +233,7 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
                              "separator inside a value must be quoted)")
         cells = _decoded([*cells[:len(names)], *[""] * (len(names) - len(cells))], names, keep_bytes, where(line))
         _refuse_stray_cells(cells, names, where(line))
+        _refuse_invisible(cells, names, ids, where(line))
         body.append((line, [cell for name, cell in zip(names, cells) if name]))
     return pd.DataFrame([cells for _, cells in body], columns=[name for name in names if name],
                         index=[line for line, _ in body], dtype=object)
@@ -250,6 +269,23 @@ def _refuse_stray_cells(cells: list[Any], names: list[str], where: str) -> None:
             raise TableError(f"{where}, column '{name}': {text} is an Excel error value (a formula that failed, "
                              "such as a lookup that found nothing), not a value; correct it, or empty the cell if the "
                              "value is missing")
+
+
+def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], where: str) -> None:
+    """Refuse an invisible character (:func:`_invisible`) in a row's cell (``cells``, under the
+    header's ``names``) of a column named in ``ids`` (case ignored); the TableError starts with
+    ``where`` and names the column, the character and where it lies in the id."""
+    wanted = {name.casefold() for name in ids}
+    for name, cell in zip(names, cells):
+        text = str(cell).strip()
+        hidden = next((i for i, c in enumerate(text) if _invisible(c)), None) if name.casefold() in wanted else None
+        if hidden is not None:
+            char = text[hidden]
+            shown = "".join(c for c in text if not _invisible(c))
+            place = f"after {text[:hidden]!r}" if hidden else "at its start"
+            raise TableError(f"{where}, column '{name}': the id {shown[:40]!r} holds an invisible character "
+                             f"(U+{ord(char):04X} {unicodedata.name(char, 'format character')}) {place}; retype "
+                             "the id, or delete the character")
 
 
 def _refuse_named_twice(names: list[str], where: str) -> None:
