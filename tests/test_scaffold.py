@@ -314,6 +314,31 @@ def unlabelled(tmp_path_factory):
     return folder, panel, truth
 
 
+def test_scan_with_a_panel_shows_the_roles_process_uses(unlabelled, tmp_path):
+    """`scan` had no --panel: on files without $PnS it showed every file an unstained control,
+    while `process --panel` (and new-study) scan them with the panel's markers as their labels ->
+    `scan --panel` shows the roles process uses: each file's product, tube kind, role and FMO
+    marker as its name says them (the simulation's truth)."""
+    folder, panel, _ = unlabelled
+    out = tmp_path / "manifest.csv"
+
+    def scanned(*extra: str) -> set[tuple[str, ...]]:
+        result = _run(["scan", str(folder), "-o", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return {tuple(row) for row in pd.read_csv(out, dtype=str, keep_default_na=False).values.tolist()}
+
+    def truth(name: str) -> tuple[str, ...]:
+        product, *words = Path(name).stem.split(" ")
+        if words == ["unstained"]:
+            return name, product, "unstained", "unstained", ""
+        return name, product, words[0], words[1].lower(), words[2] if len(words) > 2 else ""
+
+    names = sorted(p.name for p in folder.glob("*.fcs"))
+    without = {row[0]: row[3] for row in scanned()}
+    assert {without[name] for name in names if " stain" in name} == {"unstained"}
+    assert scanned("--panel", str(panel)) == {truth(name) for name in names}
+
+
 def test_unlabelled_export_drafts_with_a_panel_and_runs(unlabelled, tmp_path):
     """Files without $PnS: every file was an unstained control and new-study refused. With --panel
     (the same file process takes) the panel's markers are the files' labels: surface and treg

@@ -113,8 +113,9 @@ def scan(
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file, product_id, tube, role, fmo_marker) here."),
     study: str = typer.Option("til", "--study", help="Study (tube kinds, marker vocabulary): a bundled name or a study.yaml path."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) whose markers label the files, as process scans them."),
 ) -> None:
-    """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS) and optionally write it."""
+    """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS, --panel) and optionally write it."""
     import os
 
     from rich.console import Console
@@ -124,10 +125,12 @@ def scan(
     from tilpheno.io.atomic import write_csv
     from tilpheno.io.files import display_name
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
+    from tilpheno.panel import read_panel_file
     from tilpheno.study import load_study
 
     try:
         config = load_study(study)
+        overrides = read_panel_file(panel) if panel is not None else None
         if manifest is not None:
             if not folder.is_dir():
                 raise TilphenoError(f"{folder}: not a folder")
@@ -138,7 +141,7 @@ def scan(
             frame = read_manifest(manifest, base=folder, study=config, markers=markers)
             frame["problem"] = ""
         else:
-            frame = scan_folder(folder, study=config)
+            frame = scan_folder(folder, study=config, panel=overrides)
             for where, reason in frame.attrs.get("unlistable", []):
                 typer.secho(f"unlistable folder: {display_name(where)}: {reason}", fg=typer.colors.YELLOW, err=True)
             if frame.empty:
