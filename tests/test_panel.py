@@ -52,10 +52,30 @@ def design_file(folder: Path, name: str, tube: str, omit: str | None = None, key
         ("Ki-67 BV605", "Ki67"), ("LAG-3", "LAG3"), ("CD223 BV786", "LAG3"), ("DAPI", "DAPI"), ("Zombie NIR", "Zombie"),
         ("Live/Dead Aqua", "LiveDead"), ("LIVE/DEAD Fixable Aqua", "LiveDead"), ("NKp46 PE-Cy7", "NKp46"),
         ("FSC-A", None), ("FL1-H", None), ("", None), (None, None), ("APC-H7", None), ("FITC", None), ("BV421-A", None),
+        # instruments' detector labels and Beckman Coulter's dye names (tests/data/fcs)
+        ("FL1-Height", None), ("FSC-Height", None), ("FS INT LIN", None), ("FL2 Log", None), ("SSC LogA", None),
+        ("Time (102.40 sec.)", None), ("Width", None), ("Alexa Fluor™ 405-A", None),
+        ("CD22-PC5", "CD22"), ("CD22 PC5.5", "CD22"), ("TIGIT-PC7", "TIGIT"), ("CD16 KrO", "CD16"),
     ],
 )
 def test_normalize_marker(text, expected):
     assert normalize_marker(text) == expected
+
+
+@pytest.mark.parametrize("name, markers", [
+    # FACSCalibur: $PnS 'FL1-Height' ... 'FL4-Height' name detectors, no marker: they were markers 'FL1-Height' ...
+    ("fcsparser_instruments/FACSCaliburHTS/Sample_Well_A02.fcs", {}),
+    # Beckman Coulter: 'CD103-FITC', 'CD23-PE', 'CD19-ECD', 'CD22-PC5' (PC5: PE-Cy5), 'CD45-PC7': CD22 was 'CD22-PC5'
+    ("fcsparser_instruments/fake_bitmask_error/fcs1_cleaned.lmd",
+     {"CD103": "FL1 INT LOG", "CD23": "FL2 INT LOG", "CD19": "FL3 INT LOG", "CD22": "FL4 INT LOG", "CD45": "FL5 INT LOG"}),
+    ("flowio/data1.fcs", {"CD4": "FL1-H", "CD8": "FL2-H", "CD3": "FL3-H"}),   # 'CD4 FITC', 'CD8 B PE', 'CD3 PerCP'
+])
+def test_real_files_labels(name, markers):
+    """The markers new-study reads from real instruments' $PnS labels (as each label says them)."""
+    from tilpheno.panel import file_markers
+
+    fcs = read_fcs_metadata(Path(__file__).parent / "data" / "fcs" / name)
+    assert file_markers(fcs, default_vocabulary(), None) == markers
 
 
 def test_canonical_names_normalise_to_themselves():

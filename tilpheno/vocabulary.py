@@ -14,8 +14,10 @@ Conventions
   a species/``anti`` prefix is dropped when the rest is known: ``hCD3``, ``anti-CD3``); if
   none is known and ``free`` is true, the first word that is not a fluorochrome, a filler word
   or a detector name, with a trailing fluorochrome part removed (``"TIGIT BV605"`` -> ``TIGIT``,
-  ``"CD38-BV605"`` -> ``CD38``). Labels that are only fluorochromes or detector names
-  (``"FITC"``, ``"FL1-H"``, ``"FSC-A"``) name no marker.
+  ``"CD38-BV605"`` -> ``CD38``, Beckman's ``"CD22-PC5"`` -> ``CD22``). Labels that are only
+  fluorochromes, filler words (signal and unit words too) or detector names, also joined by
+  hyphens (``"FITC"``, ``"FL1-H"``, ``"FSC-A"``, FACSCalibur's ``"FL1-Height"``, Beckman's
+  ``"FS INT LIN"``), name no marker.
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
@@ -94,10 +96,19 @@ class Vocabulary:
                 return found
         return None
 
+    def _not_marker(self, word: str) -> bool:
+        """True for a word that names no marker: empty, a number, a fluorochrome, a filler word or a
+        detector name, or made of such parts joined by hyphens (``FL1-Height``: a detector and a
+        signal word)."""
+        def plain(part: str) -> bool:
+            k = key(part)
+            return not k or k in self.fluorochromes or k in self.filler or bool(_DETECTOR.match(part)) or k.isdigit()
+
+        return plain(word) or all(plain(part) for part in word.split("-"))
+
     def _free_text(self, words: list[str]) -> str | None:
         for word in words:
-            k = key(word)
-            if not k or k in self.fluorochromes or k in self.filler or _DETECTOR.match(word) or k.isdigit():
+            if self._not_marker(word):
                 continue
             parts = word.split("-")
             for cut in range(1, len(parts)):  # "Ki67-BV605" -> "Ki67"; "HLA-DR" stays
