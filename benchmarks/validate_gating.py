@@ -27,7 +27,8 @@ held-out block, stop 26, now used too), 112001-112060 and 113001-113060 (the hel
 114001-114060 (the held-out block of stop 28, now used too), 115001-115060 and 116001-116060 (stop
 29's; V116017's silent miss set stop 30's ``shift_points``, now used too), 117001-117060 (stop 30's
 held-out block, now used too), 118001-118060 and 119001-119060 (stop 30's others, now used too), 120001-120060 (stop 31's,
-now used too) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
+now used too), 121001-125060 (stops 32-35's), 126001-126060 (stop 36's first held-out block, then
+its development block), 127001-127060 and 128001-128060 (stop 36's held-out blocks of the CD56 fit, now used too) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
 93030-93031, 93050-93051, 93060-93069, 116017, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
