@@ -168,39 +168,52 @@ def _iter_dask(jobs: Sequence[ProductJob], scheduler, on_dispatch=None) -> Itera
 
 
 def _check_scheduler(address: str) -> None:
-    """Refuse (``TilphenoError``, one line) an address that does not answer ``distributed``'s
-    handshake within twice its connect timeout (``distributed.comm.timeouts.connect``, 30 s by
-    default: the TCP connect's bound, then as long again for the handshake).
+    """Refuse (``TilphenoError``, one line) an address where no Dask scheduler answers: first a
+    plain TCP connection for ``tcp://`` and ``tls://`` addresses (nothing listening, no route: the
+    system's reason), then ``distributed``'s handshake within twice its connect timeout
+    (``distributed.comm.timeouts.connect``, 30 s by default: the connect's bound, then as long again
+    for the handshake).
 
     ``distributed.Client`` bounds only the TCP connect (not the handshake since distributed
     2023.4): a port that accepts and never answers (a forwarded port whose far end is gone) hung
     the run for ever, and one that answers as something else (the scheduler's dashboard, 8787,
     given instead of its port, 8786) raised ``MemoryError`` (the web server's reply read as the
-    length of a message). Run in a thread of its own, with its own event loop, so that it works
-    under a caller's running loop (a notebook) too."""
+    length of a message). The TCP connection is tried on its own so that the message says which
+    happened even when a loaded machine lets the handshake's bound pass while ``distributed``
+    still retries a refused connect. The handshake runs in a thread of its own, with its own
+    event loop, so that it works under a caller's running loop (a notebook) too."""
     import asyncio
+    import socket
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
     from dask.utils import parse_timedelta
     from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
 
     seconds = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
     limit = 2 * seconds   # the connect's own timeout, then as long again for the handshake
+    prefix = f"scheduler {address}: cannot connect to the Dask scheduler"
+    hint = "is it the scheduler's own port (8786 by default), not its dashboard's (8787)?"
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            host, port = parse_host_port(location)
+            socket.create_connection((host, port), timeout=seconds).close()
+    except (OSError, ValueError, TypeError) as exc:   # nothing listens, no route, a malformed address
+        raise TilphenoError(f"{prefix} ({exc or type(exc).__name__})") from None
 
     async def handshake() -> None:
         comm = await asyncio.wait_for(connect(address, timeout=seconds), limit)
         await comm.close()
 
-    prefix = f"scheduler {address}: cannot connect to the Dask scheduler"
-    hint = "is it the scheduler's own port (8786 by default), not its dashboard's (8787)?"
     with ThreadPoolExecutor(1, thread_name_prefix="tilpheno-dask-check") as pool:
         try:
             pool.submit(asyncio.run, handshake()).result()
         except TimeoutError:
             raise TilphenoError(f"{prefix} (the address accepted the connection but did not answer as a Dask "
                                 f"scheduler within {limit:g} s; {hint})") from None
-        except (OSError, ValueError) as exc:   # nothing listens, no route, a malformed address
+        except (OSError, ValueError) as exc:   # the connection dropped, a malformed address
             raise TilphenoError(f"{prefix} ({exc})") from None
         except Exception as exc:   # e.g. MemoryError: another protocol's reply read as a message length
             log.debug("%s: handshake failed", address, exc_info=True)
