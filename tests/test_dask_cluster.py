@@ -296,10 +296,16 @@ def test_an_address_that_is_no_scheduler_gives_one_line_and_status_2(small_cohor
     created. A closed port is told by the system's own reason, at once: on a loaded machine it had
     been called "accepted the connection but did not answer" when distributed's retries of the refused
     connect outlasted the handshake's bound."""
-    server = _NotAScheduler(mode)
-    address = server.address
-    if mode == "closed":   # nothing listens there any more
-        server.close()
+    if mode == "closed":   # a port nothing listens on: bound, then closed before any thread accepts on it
+        import socket
+
+        probe = socket.create_server(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        probe.close()
+        server = None
+    else:
+        server = _NotAScheduler(mode)
+        address = server.address
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s",
            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)}
     out = tmp_path / "out"
@@ -310,7 +316,8 @@ def test_an_address_that_is_no_scheduler_gives_one_line_and_status_2(small_cohor
                                  "--scheduler", address], env=env, capture_output=True, text=True, timeout=45)
         seconds = time.monotonic() - started
     finally:
-        server.close()
+        if server is not None:
+            server.close()
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert re.search(rf"^error: --scheduler {re.escape(address)}: cannot connect to the Dask scheduler \({why}", result.stderr), result.stderr
