@@ -45,8 +45,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
-from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_display_only_ids,
-                                  refuse_hidden_columns, refuse_hidden_rows, refuse_unsaved_formulas, sheet_rows,
+from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_sheet_problems, sheet_rows,
                                   table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
@@ -293,10 +292,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             def locate(row: int, column: str | None) -> str:
                 return f"{path}: row {row - header_line} (line {row})" + (f", column '{column}'" if column else "")
 
-            refuse_unsaved_formulas(data, book[sheet], locate, header_line)
-            refuse_display_only_ids(book[sheet], ["product_id"], locate, header_line)
-            refuse_hidden_rows(book[sheet], locate, header_line)
-            refuse_hidden_columns(book[sheet], locate, header_line)
+            refuse_sheet_problems(data, book[sheet], ["product_id"], locate, header_line)
         else:
             header_line, separator, rows = text_rows(decode_text(data, str(path)), COLUMNS[:4])
     except TableError:

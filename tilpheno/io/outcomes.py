@@ -60,8 +60,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
-from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_display_only_ids,
-                                  refuse_hidden_columns, refuse_hidden_rows, refuse_unsaved_formulas, sheet_values,
+from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_sheet_problems, sheet_values,
                                   table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
@@ -123,10 +122,8 @@ def _read_raw(path: Path) -> pd.DataFrame:
         sheet, header_line, rows = workbook_table(sheet_values(book), REQUIRED, "an outcomes", source,
                                                   hidden_sheets(book))
         separator = ""
-        refuse_unsaved_formulas(data, book[sheet], lambda row, column: _where(source, row, column), header_line)
-        refuse_display_only_ids(book[sheet], ID_COLUMNS, lambda row, column: _where(source, row, column), header_line)
-        refuse_hidden_rows(book[sheet], lambda row, column: _where(source, row, column), header_line)
-        refuse_hidden_columns(book[sheet], lambda row, column: _where(source, row, column), header_line)
+        refuse_sheet_problems(data, book[sheet], ID_COLUMNS, lambda row, column: _where(source, row, column),
+                              header_line)
     else:
         if path.suffix.lower() == ".xls":
             _fail(source, "not a CSV or Excel (.xlsx) file: old Excel .xls workbooks are not read; save it as .xlsx "

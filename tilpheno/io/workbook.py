@@ -350,6 +350,20 @@ def _formula_cells(data: bytes, title: str, header_row: int) -> set[str]:
         book.close()
 
 
+def refuse_sheet_problems(data: bytes, sheet: Any, ids: Iterable[str], locate: Callable[[int, str | None], str],
+                          header_row: int = 1) -> None:
+    """The checks both table readers make on the worksheet holding their table (``sheet``,
+    ``header_row``, ``locate`` as for :func:`refuse_unsaved_formulas`; ``data``: the workbook's
+    bytes), in this order: formula cells without a saved value (:func:`refuse_unsaved_formulas`),
+    id cells (the columns named in ``ids``) shown otherwise than stored
+    (:func:`refuse_display_only_ids`), hidden rows and hidden columns holding values
+    (:func:`refuse_hidden_rows`, :func:`refuse_hidden_columns`). Raises TableError at the first."""
+    refuse_unsaved_formulas(data, sheet, locate, header_row)
+    refuse_display_only_ids(sheet, ids, locate, header_row)
+    refuse_hidden_rows(sheet, locate, header_row)
+    refuse_hidden_columns(sheet, locate, header_row)
+
+
 def refuse_unsaved_formulas(data: bytes, sheet: Any, locate: Callable[[int, str | None], str],
                             header_row: int = 1) -> None:
     """Refuse a formula cell of the table (the worksheet ``sheet`` of :func:`open_workbook`, below
