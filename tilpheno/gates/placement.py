@@ -858,7 +858,7 @@ FIT_FMO_QUANTILES = 128
 """The FMO parent is represented by this many evenly spaced quantiles while fitting (speed)."""
 
 
-def fitted_carry(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
+def fitted_carry(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentile: float,
                  negative_share: float) -> tuple[float, float, float] | None:
     """The additive model of :func:`additive_threshold` (stained negative = FMO event + shift +
     spread x Z) fitted to the whole bulk of the stained negatives instead of read off their mode and
@@ -872,11 +872,11 @@ def fitted_carry(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: f
     from the medians' difference and no spread; deterministic). A mode and a lower-side width
     describe one peak; negatives made of subpopulations the other stains place apart (e.g. CD8+ T
     cells carrying a tandem's spillover) have two, and the FMO's highest one need not be the stained
-    tube's: the fitted quantiles use every negative. None with fewer than 20 events in either tube or
-    a ``negative_share`` below 0.35 (too few negatives for the percentiles)."""
+    tube's: the fitted quantiles use every negative. ``f_lin``, ``s_lin``: the FMO's and the stained
+    parent's finite events in compensated linear units. None with fewer than 20 events in either
+    tube or a ``negative_share`` below 0.35 (too few negatives for the percentiles)."""
     from scipy.optimize import minimize
 
-    f_lin, s_lin = _finite_linear(fmo_x, transform), _finite_linear(x, transform)
     if f_lin.size < 20 or s_lin.size < 20 or not negative_share >= 0.35:
         return None
     fq = np.percentile(f_lin, (np.arange(FIT_FMO_QUANTILES) + 0.5) * 100.0 / FIT_FMO_QUANTILES)
@@ -901,12 +901,14 @@ def _two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: 
                   t_fmo: float) -> tuple[float, float, float] | None:
     """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
-    fit's cut, divided by ``percentile`` / 100 (the share of negatives below it)."""
-    first = fitted_carry(fmo_x, x, transform, percentile, float(np.mean(x <= t_fmo)))
+    fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
+    events in linear units converted once."""
+    f_lin, s_lin = _finite_linear(fmo_x, transform), _finite_linear(x, transform)
+    first = fitted_carry(f_lin, s_lin, transform, percentile, float(np.mean(x <= t_fmo)))
     if first is None:
         return None
     share = min(1.0, float(np.mean(x <= first[0])) / (percentile / 100.0))
-    return fitted_carry(fmo_x, x, transform, percentile, share)
+    return fitted_carry(f_lin, s_lin, transform, percentile, share)
 
 
 def _upper_spread(transform: Any, fmo_density: Density, density: Density, fmo_mode: float, stained_mode: float,
