@@ -235,7 +235,7 @@ def create_app(service: ReviewService) -> Flask:
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
                                sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
-                               counts=_run_counts(service, visible, approvals, decisions))
+                               counts=_run_counts(service, visible, decisions))
 
     @app.get("/products/<path:product_id>")
     @login_required
@@ -427,19 +427,19 @@ def _list_request(args) -> tuple[int, int, str]:
             str(args.get("q", "")).strip()[:200])
 
 
-def _run_counts(service: ReviewService, visible: list[str], approvals: dict, decisions: dict) -> dict[str, int]:
+def _run_counts(service: ReviewService, visible: list[str], decisions: dict) -> dict[str, int]:
     """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
-    approved (a valid approval), rejected (a valid rejection, no approval after it), automatic
-    release pass / fail, and those the run's gating marks ``needs review``."""
+    approved (a valid approval) and rejected (a valid rejection, no approval after it) by their
+    standing QA decision (``decisions``, :meth:`ReviewService.decisions`), automatic release pass /
+    fail, and those the run's gating marks ``needs review``."""
     frame = service.source.phenotypes
     frame = frame[frame["product_id"].astype(str).isin(set(visible))].drop_duplicates("product_id")
 
     def n(column: str, value: str) -> int:
         return int((frame[column].astype(str) == value).sum()) if column in frame else 0
 
-    rejected = sum(1 for pid in visible if (d := decisions.get(pid)) is not None and d.meaning == REJECTED)
-    return {"products": len(visible), "approved": sum(1 for pid in visible if approvals.get(pid) is not None),
-            "rejected": rejected,
+    meanings = [d.meaning for pid in visible if (d := decisions.get(pid)) is not None]
+    return {"products": len(visible), "approved": meanings.count(APPROVED), "rejected": meanings.count(REJECTED),
             "pass": n("release_status", "pass"), "fail": n("release_status", "fail"),
             "needs_review": n("review_status", "needs review")}
 
