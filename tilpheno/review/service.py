@@ -507,15 +507,21 @@ class ReviewService:
     def _views(self, product_id: str, rows: list[Signature], in_trail: set[str],
                current: GateSetVersion) -> list[SignatureView]:
         """Each signature of ``product_id`` (in signing order) valid or void, and why (module docstring)."""
-        data_now = data_sha256(self.source, product_id, current.version, current.gates_sha256)
-        legacy_now = data_sha256(self.source, product_id, current.version, current.gates_sha256, legacy=True)
+        hashes: dict[bool, str] = {}   # legacy -> the data hash now, made when a signature is first checked
+
+        def data_now(legacy: bool) -> str:
+            if legacy not in hashes:
+                hashes[legacy] = data_sha256(self.source, product_id, current.version, current.gates_sha256,
+                                             legacy=legacy)
+            return hashes[legacy]
+
         out = []
         for s in rows:
             if s.signature_sha256 not in in_trail:
                 out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
             elif s.version != current.version:
                 out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
-            elif s.data_sha256 not in (data_now, legacy_now):
+            elif s.data_sha256 != data_now(False) and s.data_sha256 != data_now(True):
                 out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
                                                    "changed after signing"))
             else:
