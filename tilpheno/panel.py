@@ -168,14 +168,7 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
             if marker not in markers and detector in unlabelled and detector not in taken:
                 markers[marker] = detector
                 resolved[marker] = f"unlabelled detector resolved from {reference.source}"
-    rows = _override_rows(override, fcs, markers, tube, study)
-    names = {n for n, _ in channels}
-    for detector, marker in rows.items():
-        if detector not in names:
-            raise _absent_detector(fcs, detector, marker, channels)
-        for old in [m for m, d in markers.items() if d == detector or m == marker]:
-            del markers[old]
-        markers[marker] = detector
+    for marker in _apply_rows(fcs, markers, _override_rows(override, fcs, markers, tube, study), channels, strict=True):
         resolved[marker] = "override"
     return Panel(str(fcs.path), markers, channels, resolved)
 
@@ -225,11 +218,6 @@ class PanelOverrides:
 _NAME_WORDS = re.compile(r"[^a-z0-9]+")
 
 
-def _absent_detector(fcs, detector: str, marker: str, channels) -> PanelError:
-    return PanelError(f"{fcs.path}: override maps {marker} to detector {detector!r}, not among the channels "
-                      f"{describe_channels(channels)}")
-
-
 def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, tube_kind: str = "", *,
                  strict: bool = False) -> dict[str, str]:
     """Marker -> detector of one file as far as its TEXT and a panel file tell: its labels
@@ -243,16 +231,30 @@ def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, 
     markers = _labelled_markers(channels, vocabulary)
     if overrides is None:
         return markers
-    names = {n for n, _ in channels}
     rows = overrides.for_file(tube_kind, str(fcs.keywords.get("TUBE NAME", "")), Path(str(fcs.path)).stem)
-    for detector, written in rows.items():
-        if detector not in names and strict:
-            raise _absent_detector(fcs, detector, written, channels)
-        if detector in names:
-            marker = vocabulary.marker_in(written) or written.strip()
-            markers = {m: d for m, d in markers.items() if d != detector and m != marker}
-            markers[marker] = detector
+    _apply_rows(fcs, markers, {d: vocabulary.marker_in(m) or m.strip() for d, m in rows.items()}, channels,
+                strict=strict)
     return markers
+
+
+def _apply_rows(fcs, markers: dict[str, str], rows: Mapping[str, str], channels, *, strict: bool) -> list[str]:
+    """Put a panel file's ``rows`` (detector -> marker, in the vocabulary's spelling) into ``markers``
+    (marker -> detector, in place): each row's marker replaces whatever its detector or that marker
+    had. A row on a detector the file lacks is refused (PanelError naming it and the channels) with
+    ``strict``, else passed over. Returns the markers put in, in row order."""
+    names = {n for n, _ in channels}
+    applied = []
+    for detector, marker in rows.items():
+        if detector not in names:
+            if strict:
+                raise PanelError(f"{fcs.path}: override maps {marker} to detector {detector!r}, not among the "
+                                 f"channels {describe_channels(channels)}")
+            continue
+        for old in [m for m, d in markers.items() if d == detector or m == marker]:
+            del markers[old]
+        markers[marker] = detector
+        applied.append(marker)
+    return applied
 
 
 def _override_rows(override, fcs, markers: dict[str, str], tube: str | None, study: Any) -> dict[str, str]:
