@@ -176,6 +176,22 @@ def test_the_preload_on_a_real_worker():
     assert threads == [1]
 
 
+def _worker_answers(monkeypatch, function, answer) -> list:
+    """``distributed.Client.run`` answering ``answer`` for one worker, tcp://10.0.0.9:40000, when asked
+    to run ``function`` (each such call recorded in the returned list); other functions run as usual."""
+    asked: list = []
+    real_run = distributed.Client.run
+
+    def run(self, fn, *args, **kwargs):
+        if fn is not function:
+            return real_run(self, fn, *args, **kwargs)
+        asked.append((fn, args))
+        return {"tcp://10.0.0.9:40000": answer}
+
+    monkeypatch.setattr(distributed.Client, "run", run)
+    return asked
+
+
 def test_a_worker_that_does_not_see_the_input_files_stops_the_run_with_one_line(small_cohort, tmp_path, monkeypatch):
     """Before any product is sent, each worker is asked whether it sees an input file of each folder
     (``os.path.exists`` there): a worker without the shared storage stops the run with a line naming
@@ -183,16 +199,7 @@ def test_a_worker_that_does_not_see_the_input_files_stops_the_run_with_one_line(
     from tilpheno.errors import TilphenoError
 
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
-        asked: list = []
-        real_run = distributed.Client.run
-
-        def run(self, function, *args, **kwargs):   # the worker's answer: it does not see the file
-            if function is not os.path.exists:
-                return real_run(self, function, *args, **kwargs)
-            asked.append((function, args))
-            return {"tcp://10.0.0.9:40000": False}
-
-        monkeypatch.setattr(distributed.Client, "run", run)
+        asked = _worker_answers(monkeypatch, os.path.exists, False)   # it does not see the file
         out = tmp_path / "out"
         with pytest.raises(TilphenoError, match=r"^Dask worker tcp://10\.0\.0\.9:40000: .*TIL001_\S+\.fcs: no such file on "
                                                  r"the worker, though this machine has it; every worker must see"):
@@ -341,14 +348,7 @@ def test_a_worker_running_other_code_stops_the_run_with_one_line(small_cohort, t
     here = environment()
     there = {**here, field: {**here["dependencies"], **value} if isinstance(value, dict) else value}
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
-        real_run = distributed.Client.run
-
-        def run(self, function, *args, **kwargs):   # the worker's answer: it runs other code
-            if function is environment:
-                return {"tcp://10.0.0.9:40000": there}
-            return real_run(self, function, *args, **kwargs)
-
-        monkeypatch.setattr(distributed.Client, "run", run)
+        _worker_answers(monkeypatch, environment, there)   # it runs other code
         out = tmp_path / "out"
         with pytest.raises(TilphenoError, match=rf"^Dask worker tcp://10\.0\.0\.9:40000: {said}; every worker must run "
                                                  r"the same tilpheno, Python and libraries as this machine"):
