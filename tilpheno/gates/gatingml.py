@@ -41,7 +41,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping, Sequence, overload
+from typing import Callable, Literal, Mapping, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -65,6 +65,7 @@ DATATYPE_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"
 
 UNCOMPENSATED = "uncompensated"
 FCS_COMPENSATION = "FCS"
+_Model = TypeVar("_Model")
 
 _SCALE_PARAMS = {
     "flin": ("T", "A"),
@@ -110,7 +111,7 @@ class ScaleTransform:
         p = {k: float(self.params[k]) for k in _SCALE_PARAMS[self.kind]}
         problem = _scale_param_problem(self.kind, p)
         if problem:
-            raise StrategyError(f"transformation {self.id!r} ({self.kind}): {problem}")
+            raise StrategyError(f"transformation {self.id!r} ({self.kind} {', '.join(f'{k}={v:g}' for k, v in p.items())}): {problem}")
         object.__setattr__(self, "params", p)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -202,6 +203,9 @@ class SpectrumMatrix:
     inverted_already: bool = False
 
     def __post_init__(self):
+        lengths = sorted({len(row) for row in self.coefficients})
+        if len(lengths) > 1:
+            raise StrategyError(f"spectrumMatrix {self.id!r}: its spectra have unequal numbers of coefficients {lengths}")
         m = np.asarray(self.coefficients, dtype=np.float64)
         expected = (len(self.detectors), len(self.fluorochromes)) if self.inverted_already else (
             len(self.fluorochromes), len(self.detectors))
@@ -449,7 +453,8 @@ def _parse_matrix(el: ET.Element, source: str) -> SpectrumMatrix:
         for spec in el.findall(_t("spectrum"))
     ]
     inverted = (_attr(el, "matrix-inverted-already", source) or "false").lower() == "true"
-    return SpectrumMatrix(mid, tuple(_fcs_names(fluor, source)), tuple(_fcs_names(det, source)), tuple(rows), inverted)
+    return _with_source(source, SpectrumMatrix, mid, tuple(_fcs_names(fluor, source)), tuple(_fcs_names(det, source)),
+                        tuple(rows), inverted)
 
 
 def _parse_transformation(el: ET.Element, source: str) -> ScaleTransform | RatioTransform:
@@ -472,10 +477,18 @@ def _parse_transformation(el: ET.Element, source: str) -> ScaleTransform | Ratio
         names = _fcs_names(child, source)
         if len(names) != 2:
             raise StrategyError(f"{source}: fratio {tid!r} needs exactly two fcs-dimensions, got {names}")
-        return RatioTransform(tid, names[0], names[1], param("A"), param("B"), param("C"), *bounds)
+        return _with_source(source, RatioTransform, tid, names[0], names[1], param("A"), param("B"), param("C"), *bounds)
     if kind not in _SCALE_PARAMS:
         raise StrategyError(f"{source}: transformation {tid!r}: unsupported transform <{kind}>")
-    return ScaleTransform(tid, kind, {p: param(p) for p in _SCALE_PARAMS[kind]}, *bounds)
+    return _with_source(source, ScaleTransform, tid, kind, {p: param(p) for p in _SCALE_PARAMS[kind]}, *bounds)
+
+
+def _with_source(source: str, model: Callable[..., _Model], *args) -> _Model:
+    """``model(*args)``; the StrategyError of its checks (which names the element) also names the file."""
+    try:
+        return model(*args)
+    except StrategyError as exc:
+        raise StrategyError(f"{source}: {exc}") from None
 
 
 def _parse_dimension(el: ET.Element, gid: str, source: str) -> Dimension:
