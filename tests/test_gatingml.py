@@ -357,3 +357,12 @@ def test_a_spectrum_matrix_with_a_short_spectrum_names_the_file_and_matrix(tmp_p
     bad.write_text(text.replace('<transforms:coefficient transforms:value="0.06" />', "", 1))
     with pytest.raises(StrategyError, match=f"^{bad}: spectrumMatrix 'MySpill': its spectra have unequal numbers of coefficients"):
         read_gatingml(bad)
+
+
+def test_an_ellipse_covariance_row_short_of_an_entry_names_the_file_and_gate(tmp_path):
+    """A covariance row with one entry missing: a numpy ValueError (a traceback from apply-gates)."""
+    bad = tmp_path / "ragged.xml"
+    text = (DATA / "gml" / "gml_ellipse1_gate.xml").read_text()
+    bad.write_text(text.replace('<gating:entry data-type:value="62.5" />', "", 1))
+    with pytest.raises(StrategyError, match=rf"^{bad}: gate 'Ellipse1': .*2x2 covariance .*rows of lengths \[1, 2\]"):
+        read_gatingml(bad)

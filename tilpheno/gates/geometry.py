@@ -292,12 +292,13 @@ class EllipsoidGate:
         dims = tuple(self.dims)
         n = len(dims)
         mean = tuple(float(v) for v in self.mean)
-        cov = np.asarray(self.covariance, dtype=np.float64)
-        if n < 2 or len(mean) != n or cov.shape != (n, n):
+        rows = [len(row) for row in self.covariance]   # checked before numpy meets a ragged matrix
+        if n < 2 or len(mean) != n or rows != [n] * n:
             raise GatingError(
                 f"ellipsoid gate on {list(dims)}: needs >= 2 dimensions, a mean of length {n} "
-                f"and a {n}x{n} covariance (got mean {len(mean)}, covariance {cov.shape})"
+                f"and a {n}x{n} covariance (got mean {len(mean)}, covariance rows of lengths {rows})"
             )
+        cov = np.asarray(self.covariance, dtype=np.float64)
         if not (np.all(np.isfinite(cov)) and np.all(np.isfinite(mean))):
             raise GatingError(f"ellipsoid gate on {list(dims)} has non-finite mean or covariance")
         if not float(self.distance_square) > 0:
