@@ -1,8 +1,10 @@
 """`tilpheno apply-gates`: Gating-ML (0/1 column per gate) and FlowJo workspaces (population counts)."""
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from tilpheno.cli import app
@@ -33,13 +35,31 @@ def test_gatingml_columns_per_gate_and_quadrant(tmp_path):
     assert set(np.unique(table.to_numpy())) <= {0, 1}
 
 
-def test_workspace_population_counts(tmp_path):
+def stored_counts(wsp):
+    """Independent of tilpheno: the count FlowJo stored for each population under the sample node (-1: never computed)."""
+    node = ET.parse(wsp).getroot().find(".//Sample/SampleNode")
+    return {p.get("name"): int(p.get("count")) for p in node.iter("Population")}
+
+
+@pytest.mark.parametrize("wsp,group", [("single_ellipse_51_events.wsp", "All Samples"),
+                                       ("simple_poly_and_rect_v2_poly50.wsp", "my_group"),
+                                       ("simple_poly_and_rect.wsp", "my_group")])
+def test_workspace_counts_beside_flowjo_stored_counts(tmp_path, wsp, group):
+    """The workspace table has FlowJo's stored count and the near-boundary tolerance beside tilpheno's
+    count (they were only in the library's population_counts; the CLI wrote population,parent,count)."""
     out = tmp_path / "c.csv"
-    result = run(WSP / "data_set_simple_line_100.fcs", "--wsp", WSP / "single_ellipse_51_events.wsp", "-o", out)
+    result = run(WSP / "data_set_simple_line_100.fcs", "--wsp", WSP / wsp, "--group", group, "-o", out)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["population", "parent", "count"]
-    assert table.to_dict("records") == [{"population": "ellipse1", "parent": "", "count": 51}]
+    assert list(table.columns) == ["population", "parent", "count", "flowjo_count", "near_boundary", "gate"]
+    stored = {name: "" if n < 0 else n for name, n in stored_counts(WSP / wsp).items()}
+    assert dict(zip(table["population"], table["flowjo_count"])) == stored
+    for row in table.to_dict("records"):
+        if row["flowjo_count"] != "":
+            assert abs(row["count"] - row["flowjo_count"]) <= row["near_boundary"], row
+    if wsp.startswith("single_ellipse"):   # 51 also by the ellipse's focal definition (test_flowjo)
+        assert table[["population", "parent", "count", "gate"]].to_dict("records") == [
+            {"population": "ellipse1", "parent": "", "count": 51, "gate": "ellipse"}]
 
 
 def test_workspace_group_option(tmp_path):

@@ -599,26 +599,35 @@ def _optional(path: Path) -> Optional[Path]:
 # --- interop: apply Gating-ML / FlowJo gates to one file; export events with membership ---
 
 
-def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], group: str):
-    """(FCSFile, {population: mask}, workspace sample or None) for one of --gatingml / --wsp."""
+def _read_gating(file: Path, gatingml: Optional[Path], wsp: Optional[Path], group: str):
+    """(FCSFile, its $PnS markers, Gating-ML document or FlowJo workspace sample) for one of --gatingml / --wsp."""
     from tilpheno.io.fcs import read_fcs
 
     if (gatingml is None) == (wsp is None):
         raise typer.BadParameter("give exactly one of --gatingml and --wsp")
     fcs = read_fcs(file)
-    events = fcs.events
-    assert events is not None   # read_fcs decodes the events (only read_fcs_metadata leaves None)
     markers = list(fcs.channels["pns"])   # a gate may name a channel by its $PnS
     if gatingml is not None:
-        from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
+        from tilpheno.gates.gatingml import read_gatingml
 
-        return fcs, apply_gatingml(read_gatingml(gatingml), events, fcs.channel_names, fcs.spillover, markers), None
-    from tilpheno.gates.flowjo import apply_workspace, read_workspace, workspace_samples
+        return fcs, markers, read_gatingml(gatingml)
+    from tilpheno.gates.flowjo import read_workspace, workspace_samples
 
     assert wsp is not None   # exactly one of the two was given (checked above)
     several = len(workspace_samples(wsp, group)) > 1
-    sample = read_workspace(wsp, group, sample=file.name if several else None)
-    return fcs, apply_workspace(sample, events, fcs.channel_names, markers), sample
+    return fcs, markers, read_workspace(wsp, group, sample=file.name if several else None)
+
+
+def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], group: str):
+    """(FCSFile, {population: mask}) for one of --gatingml / --wsp."""
+    from tilpheno.gates.flowjo import FlowJoSample, apply_workspace
+    from tilpheno.gates.gatingml import apply_gatingml
+
+    fcs, markers, gating = _read_gating(file, gatingml, wsp, group)
+    assert fcs.events is not None   # read_fcs decodes the events (only read_fcs_metadata leaves None)
+    if isinstance(gating, FlowJoSample):
+        return fcs, apply_workspace(gating, fcs.events, fcs.channel_names, markers)
+    return fcs, apply_gatingml(gating, fcs.events, fcs.channel_names, fcs.spillover, markers)
 
 
 @app.command("apply-gates")
@@ -632,7 +641,9 @@ def apply_gates(
     """Apply Gating-ML or FlowJo gates to FILE with tilpheno's geometry.
 
     Gating-ML: one 0/1 column per gate id (one per quadrant id) in event order.
-    Workspace: one row per population (path from the sample root) with population,parent,count.
+    Workspace: one row per population (path from the sample root): population, parent, count,
+    flowjo_count (the count FlowJo stored; empty if never computed), near_boundary (events within
+    one FlowJo display bin of a polygon/ellipse edge, by which FlowJo's binned count may differ), gate.
     """
     import pandas as pd
 
@@ -640,19 +651,20 @@ def apply_gates(
     from tilpheno.io.atomic import write_csv
 
     try:
-        fcs, masks, sample = _gates_on_file(file, gatingml, wsp, group)
-        if sample is None:
+        if wsp is None:
+            fcs, masks = _gates_on_file(file, gatingml, wsp, group)
             table = pd.DataFrame({pid: mask.astype("int8") for pid, mask in masks.items()})
+            what = f"{len(masks)} gate columns x {fcs.n_events} events"
         else:
-            table = pd.DataFrame({
-                "population": [p.path for p in sample.populations],
-                "parent": [p.parent for p in sample.populations],
-                "count": [int(masks[p.path].sum()) for p in sample.populations],
-            })
+            from tilpheno.gates.flowjo import population_counts
+
+            fcs, markers, sample = _read_gating(file, gatingml, wsp, group)
+            assert fcs.events is not None   # read_fcs decodes the events
+            table = population_counts(sample, fcs.events, fcs.channel_names, markers)
+            what = f"{len(table)} populations"
         write_csv(out, table)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
-    what = f"{len(masks)} gate columns x {fcs.n_events} events" if sample is None else f"{len(table)} populations"
     typer.echo(f"wrote {what} to {out}")
 
 
@@ -672,7 +684,7 @@ def export_events(
     if fcs_out is None and h5ad_out is None:
         raise typer.BadParameter("give --fcs and/or --h5ad")
     try:
-        fcs, masks, _ = _gates_on_file(file, gatingml, wsp, group)
+        fcs, masks = _gates_on_file(file, gatingml, wsp, group)
         for target, writer in ((fcs_out, export_fcs), (h5ad_out, export_h5ad)):
             if target is not None:
                 writer(fcs, masks, target)

@@ -552,7 +552,11 @@ def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Seq
     range and boolean gates (evaluated exactly by FlowJo); None when a bin width is unknown.
     """
     data = _dimension_data(s, events, channel_names, markers)
-    masks, own = _masks(s, data, len(events))
+    return _near_boundary(s, data, _masks(s, data, len(events))[0])
+
+
+def _near_boundary(s: FlowJoSample, data: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, int | None]:
+    """``near_boundary_counts`` from the dimension data and full masks already computed."""
     out: dict[str, int | None] = {}
     for p in s.populations:
         if p.kind not in ("polygon", "ellipse"):
@@ -584,8 +588,9 @@ def population_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequen
     is what FlowJo stored (<NA> when it never computed it); ``near_boundary`` see
     ``near_boundary_counts``; ``gate`` the gate kind.
     """
-    masks = apply_workspace(s, events, channel_names, markers)
-    near = near_boundary_counts(s, events, channel_names, markers)
+    data = _dimension_data(s, events, channel_names, markers)
+    masks = _masks(s, data, len(events))[0]
+    near = _near_boundary(s, data, masks)
     return pd.DataFrame({
         "population": [p.path for p in s.populations],
         "parent": [p.parent for p in s.populations],
