@@ -15,7 +15,7 @@ from tilpheno.biomarkers.splines import fit_spline, harrell_knots, rcs_basis, sp
 REF = Path(__file__).parent / "reference"
 RCS = pd.read_csv(REF / "rcs_reference.csv", float_precision="round_trip")
 CURVE = pd.read_csv(REF / "rcs_curve_reference.csv", float_precision="round_trip")
-KNOTS = pd.read_csv(REF / "rcs_knots_reference.csv", float_precision="round_trip")
+KNOTS = pd.read_csv(REF / "rcs_knots_reference.csv", float_precision="round_trip", keep_default_na=False)
 MESSY_RCS = pd.read_csv(REF / "rcs_messy_reference.csv", float_precision="round_trip")
 MESSY = pd.read_csv(REF / "messy_cohorts.csv")
 
@@ -64,7 +64,11 @@ def test_knots_equal_rcspline_eval(case):
     """rcspline.eval's special cases, which rms::rcs(x, k) uses: a marker with a floor at 0 and a ceiling at
     100 in 40 patients (5 and 4 of them: before, knots at 0 and at quantiles of all values: 0;57.99;89.96
     where R has 1.86;38.96;97.21), 6 distinct values (before 1;2.85;4;5 for 4 knots, R 2;3;4;5: the inner
-    values, with a warning), and knots that tie."""
+    values, with a warning), knots that tie, and 5 to 9 values (refused below 10, R needs 6)."""
+    if case.r_error:   # R stops: fewer than 6 values, or fewer than 3 unique knots
+        with pytest.raises(ValueError, match="too few"):
+            harrell_knots(numbers(case.x), int(case.k))
+        return
     got = harrell_knots(numbers(case.x), int(case.k))
     np.testing.assert_allclose(got.knots, numbers(case.knots), rtol=1e-15)
     assert bool(got.note) == (case.r_warned or got.knots.size < case.k), got.note
@@ -103,10 +107,9 @@ def test_knots_need_distinct_values_and_valid_k():
         harrell_knots(np.arange(50.0), 6)
     with pytest.raises(ValueError, match="too few distinct"):
         harrell_knots(np.r_[np.zeros(60), np.ones(60)], 4)
-    # under 100 values the outer knots are the 5th smallest and largest (rms): fewer than 10 values
-    # are refused by name, not an IndexError
-    with pytest.raises(ValueError, match="9 values: too few for a 4-knot spline"):
-        harrell_knots(np.r_[np.arange(9.0), np.nan], 4)
+    # fewer than 6 values are refused by name (as rcspline.eval), not an IndexError
+    with pytest.raises(ValueError, match="5 values: too few for a 4-knot spline"):
+        harrell_knots(np.r_[np.arange(5.0), np.nan], 4)
     assert harrell_knots(np.arange(10.0), 3).knots.tolist() == [4.0, 4.5, 5.0]
 
 

@@ -383,14 +383,22 @@ knot_cases <- list(
   few_distinct32 = rep(c(1, 2, 3, 4, 5, 6), c(5, 6, 7, 6, 5, 3)),
   ties25 = sample(c(2, 5, 7, 9, 12, 15, 20, 30), 25, replace = TRUE),
   floor120 = c(rep(0, 10), round(runif(110, 0.1, 30), 2)),
-  m40 = messy$x[messy$cohort == "m40"], m25 = messy$x[messy$cohort == "m25"])
+  m40 = messy$x[messy$cohort == "m40"], m25 = messy$x[messy$cohort == "m25"],
+  # 5 to 9 values (rcspline.eval needs 6; below 10 its "5th smallest" outer knot lies at or above its
+  # "5th largest": sorted anyway, or too few unique knots, an error), few distinct values in 7, and 9
+  # values whose middle quantile R's index arithmetic (1 + (n - 1) p) puts exactly on the 5th value
+  small5 = round(rnorm(5, 50, 10), 1), small6 = round(rnorm(6, 50, 10), 1), small7 = round(rnorm(7, 50, 10), 1),
+  small8 = round(rnorm(8, 50, 10), 1), small9 = round(rnorm(9, 50, 10), 1), few_distinct7 = c(1, 1, 2, 3, 4, 5, 5),
+  steps9 = seq_len(9) * 1.5 + rep(c(0.1, 0.3), length.out = 9))
 kn <- list()
 for (nm in names(knot_cases)) for (k in 3:5) {
   warned <- FALSE
-  knots <- withCallingHandlers(rcspline.eval(knot_cases[[nm]], nk = k, knots.only = TRUE),
-                               warning = function(w) { warned <<- TRUE; invokeRestart("muffleWarning") })
+  r_error <- ""   # rcspline.eval's stop(): its message, or "error" when it has none
+  knots <- tryCatch(withCallingHandlers(rcspline.eval(knot_cases[[nm]], nk = k, knots.only = TRUE),
+                                        warning = function(w) { warned <<- TRUE; invokeRestart("muffleWarning") }),
+                    error = function(e) { r_error <<- if (nzchar(conditionMessage(e))) conditionMessage(e) else "error"; NULL })
   kn[[length(kn) + 1]] <- data.frame(case = nm, k = k, x = paste(num(knot_cases[[nm]]), collapse = ";"),
-                                     knots = paste(num(knots), collapse = ";"), r_warned = warned)
+                                     knots = paste(num(knots), collapse = ";"), r_warned = warned, r_error = r_error)
 }
 write_ref(do.call(rbind, kn), "rcs_knots_reference.csv")
 mr <- list()

@@ -37,13 +37,15 @@ def r_seq(start: float, stop: float, length: int) -> np.ndarray:
 
 
 def r_quantile(sorted_x: np.ndarray, probs) -> np.ndarray:
-    """R ``quantile(x, probs)`` (type 7) of sorted values, with R's arithmetic ``(1 - h) x[lo] + h x[hi]``."""
-    index = (sorted_x.size - 1) * np.asarray(probs, dtype=float)
-    lo = np.floor(index).astype(int)
-    hi = np.ceil(index).astype(int)
-    h = index - lo
+    """R ``quantile(x, probs)`` (type 7) of sorted values, with R's arithmetic: the 1-based index
+    ``1 + (n - 1) p`` (its rounding can land exactly on a value: p = 0.49999999999999994 of 9 values
+    is the 5th), then ``(1 - h) x[lo] + h x[hi]``."""
+    index = 1 + (sorted_x.size - 1) * np.asarray(probs, dtype=float)
+    lo = np.floor(index).astype(int) - 1   # 0-based
+    hi = np.ceil(index).astype(int) - 1
+    h = index - (lo + 1)
     q = sorted_x[lo]
-    move = (index > lo) & (sorted_x[hi] != q)
+    move = (h > 0) & (sorted_x[hi] != q)
     return np.where(move, (1 - h) * q + h * sorted_x[hi], q)
 
 
@@ -64,15 +66,15 @@ def harrell_knots(x, k: int, fractied: float = FRACTIED) -> Knots:
     less the smallest and largest; when the smallest (largest) value holds at least ``fractied`` of the
     values and no other value does, the first (last) knot is the next distinct value and the other knots
     come from the values beyond it; when the quantiles tie, the alternate algorithm (2k quantiles).
-    Tied knots are dropped. Unlike R (6), at least 10 values are required: below 10 the 5th smallest
-    value lies above the 5th largest.
+    Tied knots are dropped. At least 6 values are required, as R: below 10 R's "5th smallest" outer knot
+    lies at or above its "5th largest"; the knots are sorted all the same (or, tied, too few: an error).
     """
     if k not in (3, 4, 5):
         raise ValueError(f"number of knots must be 3, 4 or 5 (got {k})")
     xx = np.asarray(x, dtype=float)
     xx = np.sort(xx[~np.isnan(xx)])
-    if xx.size < 10:
-        raise ValueError(f"{xx.size} values: too few for a {k}-knot spline (needs at least 10)")
+    if xx.size < 6:
+        raise ValueError(f"{xx.size} values: too few for a {k}-knot spline (needs at least 6, as rcspline.eval)")
     values, counts = np.unique(xx, return_counts=True)
     if values.size - 2 <= k:
         return _distinct_knots(values[1:-1], f"{k} knots asked for, the marker has {values.size} distinct values: "
