@@ -266,3 +266,23 @@ def test_channels_named_as_flowjo_names_them_and_by_pns(synthetic, tmp_path):
 
     with pytest.raises(GatingError, match=r"'FITC_A' is ambiguous: it is FlowJo's name for 'FITC/A' and the \$PnS of 'PE-A'"):
         apply_workspace(read_workspace(tmp_path / "w.wsp", "TIL"), events, renamed, ["Forward", "", "", "FITC_A"])
+
+
+@pytest.mark.parametrize("old,new,named", [
+    ('transforms:W="0.5" transforms:M="4.5" transforms:A="0"><data-type:parameter data-type:name="Comp-PE-A"',
+     'transforms:W="3" transforms:M="4.5" transforms:A="0"><data-type:parameter data-type:name="Comp-PE-A"',
+     r"sample 'TIL001_surface_stain.fcs' parameter 'Comp-PE-A': logicle transform \(T=262144, W=3, M=4.5, A=0\): W must"),
+    ('<transforms:linear transforms:minRange="0" transforms:maxRange="262144" gain="1"><data-type:parameter data-type:name="SSC-A"/></transforms:linear>',
+     '<transforms:log transforms:offset="0" transforms:decades="4"><data-type:parameter data-type:name="SSC-A"/></transforms:log>',
+     r"parameter 'SSC-A': log transform \(offset=0, decades=4\): offset and decades must be > 0"),
+    ('<transforms:coefficient data-type:parameter="FITC-A" transforms:value="0"/>', "",
+     r"spilloverMatrix 'Acquisition-defined': the row of 'PE-A' has 1 coefficients for 2 parameters"),
+], ids=["logicle-W", "log-offset", "spillover-row"])
+def test_a_bad_display_transform_or_spillover_row_is_named(tmp_path, old, new, named):
+    """A logicle W > M/2 was taken (a scale flowutils computes but no one drew: 0 at 0.67, 10^5 at 0.81);
+    a log offset of 0 failed later as 'a non-finite vertex'; a spillover row short of a coefficient was a
+    numpy ValueError traceback."""
+    assert SYNTHETIC.count(old) == 1
+    (tmp_path / "w.wsp").write_text(SYNTHETIC.replace(old, new))
+    with pytest.raises(StrategyError, match=f"^{tmp_path / 'w.wsp'}: .*{named}"):
+        read_workspace(tmp_path / "w.wsp", "TIL")

@@ -50,7 +50,7 @@ import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import GatingError, StrategyError
-from tilpheno.gates.gatingml import channel_for, parse_number
+from tilpheno.gates.gatingml import channel_for, parse_number, scale_param_problem
 from tilpheno.gates.geometry import BooleanGate, EllipsoidGate, Gate, PolygonGate, RangeGate, RectangleGate
 from tilpheno.gates.tree import Node, evaluate_tree
 
@@ -335,6 +335,10 @@ def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSampl
             gain = parse_number(_attr(el, "gain") or "1", f"linear transform of {param!r} gain", source)
             if gain != 1 or params["maxRange"] <= params["minRange"]:
                 raise StrategyError(f"{source}: linear transform of {param!r}: need gain 1 and maxRange > minRange")
+        problem = _display_param_problem(kind, params)
+        if problem:
+            raise StrategyError(f"{source}: sample {s.name!r} parameter {param!r}: {kind} transform "
+                                f"({', '.join(f'{k}={v:g}' for k, v in params.items())}): {problem}")
         s.transforms[param] = DisplayTransform(kind, params)
     matrix = sample_el.find(_t("spilloverMatrix"))
     if matrix is not None:
@@ -343,6 +347,16 @@ def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSampl
     if subs is not None:
         _walk(subs, "", s, source, _population_paths(subs, ""))
     return s
+
+
+def _display_param_problem(kind: str, p: Mapping[str, float]) -> str:
+    """Why a display transform's parameters give no scale ('' when they do): logicle and fasinh by
+    Gating-ML 2.0's constraints, log by offset > 0 and decades > 0."""
+    if kind in ("logicle", "fasinh"):
+        return scale_param_problem(kind, p)
+    if kind == "log" and not (p["offset"] > 0 and p["decades"] > 0):
+        return "offset and decades must be > 0"
+    return ""
 
 
 def _parse_spillover(el: ET.Element, source: str) -> tuple[Spillover, str, str]:
@@ -356,6 +370,9 @@ def _parse_spillover(el: ET.Element, source: str) -> tuple[Spillover, str, str]:
     rows = []
     for row in el.findall(_t("spillover")):
         rows.append([parse_number(_attr(c, "value"), "spillover coefficient", source) for c in row.findall(_t("coefficient"))])
+        if len(rows[-1]) != len(detectors):   # before numpy meets a ragged matrix
+            raise StrategyError(f"{source}: spilloverMatrix {el.get('name', '')!r}: the row of {_attr(row, 'parameter')!r} has "
+                                f"{len(rows[-1])} coefficients for {len(detectors)} parameters")
     if el.get("spectral") == "1":
         raise StrategyError(f"{source}: spectral (unmixing) matrices in FlowJo workspaces are not supported")
     return Spillover(tuple(detectors), np.array(rows, dtype=np.float64), f"{source} spilloverMatrix {el.get('name', '')}"), el.get("prefix", ""), el.get("suffix", "")

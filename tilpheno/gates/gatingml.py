@@ -109,7 +109,7 @@ class ScaleTransform:
         if missing:
             raise StrategyError(f"transformation {self.id!r} ({self.kind}) lacks parameter(s) {missing}")
         p = {k: float(self.params[k]) for k in _SCALE_PARAMS[self.kind]}
-        problem = _scale_param_problem(self.kind, p)
+        problem = scale_param_problem(self.kind, p)
         if problem:
             raise StrategyError(f"transformation {self.id!r} ({self.kind} {', '.join(f'{k}={v:g}' for k, v in p.items())}): {problem}")
         object.__setattr__(self, "params", p)
@@ -147,8 +147,9 @@ def _bounded(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(values, low, high)
 
 
-def _scale_param_problem(kind: str, p: Mapping[str, float]) -> str:
-    """The Gating-ML 2.0 parameter constraints; '' when satisfied."""
+def scale_param_problem(kind: str, p: Mapping[str, float]) -> str:
+    """The Gating-ML 2.0 parameter constraints of a ``kind`` transformation (FlowJo's logicle and
+    fasinh are these) on its parameters ``p`` (T, W, M, A as it has them); '' when satisfied."""
     if not all(math.isfinite(v) for v in p.values()):
         return "parameters must be finite"
     if p["T"] <= 0:
