@@ -336,33 +336,22 @@ def test_transformation_bounds_limit_the_transformed_values():
         parse_gatingml(_doc(BOUNDED.format(bounds='transforms:boundMin="2" transforms:boundMax="1"')))
 
 
-@pytest.mark.parametrize("edit,named", [
-    (('transforms:W="0.5"', 'transforms:W="3"'), r"'Logicle_10000_0.5_4.5_0' \(logicle T=10000, W=3, M=4.5, A=0\): W must"),
-    (('transforms:id="Logicle_10000_0.5_4.5_0"', 'transforms:id="Logicle_10000_0.5_4.5_0" transforms:boundMin="2" transforms:boundMax="1"'),
-     "'Logicle_10000_0.5_4.5_0': boundMin 2.0 is greater than boundMax 1.0"),
-])
-def test_a_bad_transformation_names_the_file_and_its_id(tmp_path, edit, named):
+@pytest.mark.parametrize("doc,old,new,named", [
+    ("gml_transform_logicle_range4_gate.xml", 'transforms:W="0.5"', 'transforms:W="3"',
+     r"transformation 'Logicle_10000_0.5_4.5_0' \(logicle T=10000, W=3, M=4.5, A=0\): W must"),
+    ("gml_transform_logicle_range4_gate.xml", 'transforms:id="Logicle_10000_0.5_4.5_0"',
+     'transforms:id="Logicle_10000_0.5_4.5_0" transforms:boundMin="2" transforms:boundMax="1"',
+     "transformation 'Logicle_10000_0.5_4.5_0': boundMin 2.0 is greater than boundMax 1.0"),
+    ("gml_matrix_rect3_gate.xml", '<transforms:coefficient transforms:value="0.06" />', "",
+     "spectrumMatrix 'MySpill': its spectra have unequal numbers of coefficients"),
+    ("gml_ellipse1_gate.xml", '<gating:entry data-type:value="62.5" />', "",
+     r"gate 'Ellipse1': .*2x2 covariance .*rows of lengths \[1, 2\]"),
+], ids=["logicle-W", "bounds", "short-spectrum", "short-covariance-row"])
+def test_a_bad_element_names_the_file_and_its_id(tmp_path, doc, old, new, named):
     """A logicle W > M/2, or boundMin > boundMax, in a Gating-ML file: the error named the
-    transformation but not the file it came from."""
+    transformation but not the file it came from. A spectrum or covariance row with one number
+    missing: a numpy ValueError (a traceback from apply-gates)."""
     bad = tmp_path / "bad.xml"
-    bad.write_text((DATA / "gml" / "gml_transform_logicle_range4_gate.xml").read_text().replace(*edit))
-    with pytest.raises(StrategyError, match=f"^{bad}: transformation {named}"):
-        read_gatingml(bad)
-
-
-def test_a_spectrum_matrix_with_a_short_spectrum_names_the_file_and_matrix(tmp_path):
-    """A spectrum with one coefficient missing: a numpy ValueError (a traceback from apply-gates)."""
-    bad = tmp_path / "ragged.xml"
-    text = (DATA / "gml" / "gml_matrix_rect3_gate.xml").read_text()
-    bad.write_text(text.replace('<transforms:coefficient transforms:value="0.06" />', "", 1))
-    with pytest.raises(StrategyError, match=f"^{bad}: spectrumMatrix 'MySpill': its spectra have unequal numbers of coefficients"):
-        read_gatingml(bad)
-
-
-def test_an_ellipse_covariance_row_short_of_an_entry_names_the_file_and_gate(tmp_path):
-    """A covariance row with one entry missing: a numpy ValueError (a traceback from apply-gates)."""
-    bad = tmp_path / "ragged.xml"
-    text = (DATA / "gml" / "gml_ellipse1_gate.xml").read_text()
-    bad.write_text(text.replace('<gating:entry data-type:value="62.5" />', "", 1))
-    with pytest.raises(StrategyError, match=rf"^{bad}: gate 'Ellipse1': .*2x2 covariance .*rows of lengths \[1, 2\]"):
+    bad.write_text((DATA / "gml" / doc).read_text().replace(old, new, 1))
+    with pytest.raises(StrategyError, match=f"^{bad}: {named}"):
         read_gatingml(bad)
