@@ -346,12 +346,17 @@ def test_transformation_bounds_limit_the_transformed_values():
      "spectrumMatrix 'MySpill': its spectra have unequal numbers of coefficients"),
     ("gml_ellipse1_gate.xml", '<gating:entry data-type:value="62.5" />', "",
      r"gate 'Ellipse1': .*2x2 covariance .*rows of lengths \[1, 2\]"),
-], ids=["logicle-W", "bounds", "short-spectrum", "short-covariance-row"])
+    ("gml_quadrant1_gate.xml", "<gating:value>12.14748</gating:value>", "",
+     r"gate 'Quadrant1': quadrant divider 'FL2' on 'FL2-H\[FCS\]': values must be finite, distinct, increasing"),
+], ids=["logicle-W", "bounds", "short-spectrum", "short-covariance-row", "divider-without-values"])
 def test_a_bad_element_names_the_file_and_its_id(tmp_path, doc, old, new, named):
     """A logicle W > M/2, or boundMin > boundMax, in a Gating-ML file: the error named the
     transformation but not the file it came from. A spectrum or covariance row with one number
-    missing: a numpy ValueError (a traceback from apply-gates)."""
+    missing: a numpy ValueError (a traceback from apply-gates). A quadrant divider without values:
+    the error did not name the file or the gate."""
     bad = tmp_path / "bad.xml"
-    bad.write_text((DATA / "gml" / doc).read_text().replace(old, new, 1))
+    text = (DATA / "gml" / doc).read_text()
+    assert old in text
+    bad.write_text(text.replace(old, new, 1))
     with pytest.raises(StrategyError, match=f"^{bad}: {named}"):
         read_gatingml(bad)

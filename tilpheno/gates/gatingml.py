@@ -561,12 +561,12 @@ def _parse_ellipsoid(el, gid, source):
 
 
 def _parse_quadrant(el, gid, source):
-    dividers, dims = [], []
+    divisions, dims = [], []   # (divider id, dimension key, values)
     for div in el.findall(_g("divider")):
         did = _attr(div, "id", source, True)
         dim = _parse_dimension(div, gid, source)
         values = tuple(sorted(parse_number(v.text, f"gate {gid!r} divider {did!r} value", source) for v in div.findall(_g("value"))))
-        dividers.append(Divider(did, dim.key, values))
+        divisions.append((did, dim.key, values))
         dims.append(dim)
     quadrants = {}
     for q in el.findall(_g("Quadrant")):
@@ -575,8 +575,8 @@ def _parse_quadrant(el, gid, source):
             _attr(p, "divider_ref", source, True): parse_number(_attr(p, "location", source, True), f"quadrant {qid!r} location", source)
             for p in q.findall(_g("position"))
         }
-    try:
-        return QuadrantGate(tuple(dividers), quadrants), tuple(dims)
+    try:   # a divider without values (or with one twice) is refused by Divider, the quadrants by QuadrantGate
+        return QuadrantGate(tuple(Divider(*d) for d in divisions), quadrants), tuple(dims)
     except GatingError as exc:
         raise StrategyError(f"{source}: gate {gid!r}: {exc}") from None
 
