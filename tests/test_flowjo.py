@@ -183,11 +183,26 @@ def test_synthetic_workspace_by_hand(synthetic):
         assert mismatch.size == 0, (path, mismatch[:5])
 
 
-def test_synthetic_near_boundary_zero_for_exact_gates(synthetic):
-    s, events, names, *_ = synthetic
+def test_synthetic_near_boundary_reaches_the_populations_below_a_polygon(synthetic):
+    """FlowJo counts CD3+ (a rectangle) among the Cells it found with its binned polygon, so an
+    event within a bin of the Cells edge may be counted differently in CD3+ too: near_boundary
+    said 0 for every rectangle and boolean gate, also below a polygon, so a count differing from
+    FlowJo's looked like a real disagreement."""
+    s, events, names, fitc, _ = synthetic
     near = near_boundary_counts(s, events, names)
-    assert near["Cells/CD3+"] == 0 and near["Cells/CD3-"] == 0
-    assert near["Cells"] > 0  # uniform scatter: some events within 1/256 of the polygon's edges
+    fsc, ssc = events[:, 0], events[:, 1]
+    bin_ = 262144 / 256   # FSC and SSC: linear display 0..262144, 256 bins
+
+    def cells(dx, dy):   # the Cells polygon is the box 10000..200000 x 0..150000
+        return (fsc + dx >= 10000) & (fsc + dx < 200000) & (ssc + dy >= 0) & (ssc + dy < 150000)
+
+    near_cells = np.logical_or.reduce([cells(dx * bin_, dy * bin_) != cells(0, 0)
+                                       for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy])
+    debris = (fsc < 30000) & (ssc < 20000)
+    assert near["Cells"] == near_cells.sum() > 0   # uniform scatter: some events within a bin of the edges
+    assert near["Cells/CD3+"] == (near_cells & (fitc >= 1000)).sum() > 0
+    assert near["Cells/not debris"] == (near_cells & ~debris).sum()
+    assert near["Cells/CD3-"] == near_cells.sum()   # a bound: CD3+ and Cells both uncertain there
 
 
 def test_unsupported_transform_is_named(tmp_path):

@@ -642,8 +642,8 @@ def apply_gates(
 
     Gating-ML: one 0/1 column per gate id (one per quadrant id) in event order.
     Workspace: one row per population (path from the sample root): population, parent, count,
-    flowjo_count (the count FlowJo stored; empty if never computed), near_boundary (events within
-    one FlowJo display bin of a polygon/ellipse edge, by which FlowJo's binned count may differ), gate.
+    flowjo_count (the count FlowJo stored; empty if never computed), near_boundary (at most this
+    many events may be counted differently by FlowJo, which bins polygon and ellipse gates), gate.
     """
     import pandas as pd
 

@@ -33,9 +33,10 @@ What FlowJo stores, and how it is read here:
   4096-channel range. Other FlowJo transforms are undocumented and raise an error.
 
 Agreement with FlowJo: rectangles and ranges are evaluated on the events by FlowJo and here, so
-counts agree exactly. FlowJo evaluates polygons and ellipses on binned data
-(``gateResolution`` 256 bins per axis), so events within about one bin of those boundaries may
-be counted differently; tests/test_flowjo.py states the tolerance reached.
+counts agree exactly when no polygon or ellipse lies above them. FlowJo evaluates polygons and
+ellipses on binned data (``gateResolution`` 256 bins per axis), so events within about one bin of
+those boundaries may be counted differently, there and in the populations below and combining
+them (``near_boundary_counts``); tests/test_flowjo.py states the tolerance reached.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.gatingml import channel_for, parse_number, scale_param_problem
 from tilpheno.gates.geometry import BooleanGate, EllipsoidGate, Gate, PolygonGate, RangeGate, RectangleGate
-from tilpheno.gates.tree import Node, evaluate_tree
+from tilpheno.gates.tree import Node, dependency_order, evaluate_tree
 
 GATING_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 TRANSFORMS_NS = "http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
@@ -561,40 +562,61 @@ def _bin_width(s: FlowJoSample, dim: str) -> float | None:
 
 def near_boundary_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str],
                          markers: Sequence[str] = ()) -> dict[str, int | None]:
-    """Per population, how many of its parent's events lie within one display bin of its gate boundary.
+    """Per population, how many events FlowJo's binning could count differently: an upper bound of
+    ``|FlowJo's count - tilpheno's count|``.
 
-    An event counts when moving it by one bin along either axis (or both) changes its membership
-    of the gate's own geometry. FlowJo evaluates polygon and ellipse gates on binned data, so its
-    count may differ from the exact count by at most about this many events. 0 for rectangle,
-    range and boolean gates (evaluated exactly by FlowJo); None when a bin width is unknown.
+    FlowJo evaluates polygon and ellipse gates on binned data, so an event within one display bin
+    of such a gate's boundary (moving it by one bin along either axis, or both, changes its
+    membership of the gate's own geometry) may fall on the other side. Such an event is uncertain
+    in that population if it may be in the parent, and uncertain in every population below it
+    whose own gate contains it, and in a boolean population combining it. Rectangle, range and
+    boolean gates add none of their own (FlowJo evaluates them exactly): at the root they give 0,
+    below a polygon or ellipse the events their parent is uncertain about. None when a bin width
+    is unknown (for that population and those below or combining it).
     """
     data = _dimension_data(s, events, channel_names, markers)
-    return _near_boundary(s, data, _masks(s, data, len(events))[0])
+    return _near_boundary(s, data, *_masks(s, data, len(events)))
 
 
-def _near_boundary(s: FlowJoSample, data: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict[str, int | None]:
-    """``near_boundary_counts`` from the dimension data and full masks already computed."""
-    out: dict[str, int | None] = {}
-    for p in s.populations:
-        if p.kind not in ("polygon", "ellipse"):
-            out[p.path] = 0
+def _own_near(s: FlowJoSample, p: WorkspacePopulation, data: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
+    """Events within one display bin of a polygon or ellipse gate's own boundary (none for other
+    gates); None when a bin width is unknown."""
+    if p.kind not in ("polygon", "ellipse"):
+        return np.zeros(n, dtype=bool)
+    wx, wy = (_bin_width(s, d) for d in p.gate.dims)   # polygons and ellipses: 2 dimensions
+    if wx is None or wy is None:
+        return None
+    base = p.gate.membership(data)
+    near = np.zeros(n, dtype=bool)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx or dy:
+                shifted = dict(data)
+                shifted[p.gate.dims[0]] = data[p.gate.dims[0]] + dx * wx
+                shifted[p.gate.dims[1]] = data[p.gate.dims[1]] + dy * wy
+                near |= p.gate.membership(shifted) != base
+    return near
+
+
+def _near_boundary(s: FlowJoSample, data: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],
+                   own_masks: Mapping[str, np.ndarray]) -> dict[str, int | None]:
+    """``near_boundary_counts`` from the dimension data, full masks and own-gate masks already computed."""
+    n = len(next(iter(masks.values()), ()))
+    by_path = {p.path: p for p in s.populations}
+    uncertain: dict[str, np.ndarray | None] = {}
+    for node in dependency_order(tree_nodes(s), s.source):   # parents and operands first
+        p = by_path[node.name]
+        parent = uncertain[p.parent] if p.parent else np.zeros(n, dtype=bool)
+        operands = [uncertain[o] for o in getattr(p.gate, "operands", ())]   # a boolean gate's
+        known = [u for u in operands if u is not None]
+        own = _own_near(s, p, data, n)
+        if own is None or parent is None or len(known) < len(operands):
+            uncertain[p.path] = None
             continue
-        wx, wy = (_bin_width(s, d) for d in p.gate.dims)   # polygons and ellipses: 2 dimensions
-        if wx is None or wy is None:
-            out[p.path] = None
-            continue
-        base = p.gate.membership(data)
-        near = np.zeros(len(base), dtype=bool)
-        for dx in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                if dx or dy:
-                    shifted = dict(data)
-                    shifted[p.gate.dims[0]] = data[p.gate.dims[0]] + dx * wx
-                    shifted[p.gate.dims[1]] = data[p.gate.dims[1]] + dy * wy
-                    near |= p.gate.membership(shifted) != base
-        parent = masks[p.parent] if p.parent else np.ones(len(base), dtype=bool)
-        out[p.path] = int((near & parent).sum())
-    return out
+        may_be_in_parent = (masks[p.parent] if p.parent else np.ones(n, dtype=bool)) | parent
+        changed = np.logical_or.reduce([own, *known])   # its own gate's verdict may change
+        uncertain[p.path] = (changed & may_be_in_parent) | (parent & own_masks[p.path])
+    return {p.path: None if (u := uncertain[p.path]) is None else int(u.sum()) for p in s.populations}
 
 
 def population_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequence[str],
@@ -606,8 +628,8 @@ def population_counts(s: FlowJoSample, events: np.ndarray, channel_names: Sequen
     ``near_boundary_counts``; ``gate`` the gate kind.
     """
     data = _dimension_data(s, events, channel_names, markers)
-    masks = _masks(s, data, len(events))[0]
-    near = _near_boundary(s, data, masks)
+    masks, own_masks = _masks(s, data, len(events))
+    near = _near_boundary(s, data, masks, own_masks)
     return pd.DataFrame({
         "population": [p.path for p in s.populations],
         "parent": [p.parent for p in s.populations],
