@@ -6,6 +6,7 @@ off the mode and lower side misses the stained negatives' 99.5th percentile, whi
 because the negatives are simulated apart from the positives."""
 import numpy as np
 
+from tilpheno.gates import checks
 from tilpheno.gates.placement import place_fmo_anchored
 from tilpheno.transforms import Logicle
 
@@ -31,3 +32,37 @@ def test_fitted_carry_finds_the_percentile_of_two_subpopulation_negatives():
 
     assert abs(error_points("fit")) < 0.3
     assert abs(error_points("lower")) > 1.0   # the mode / lower-side reading this replaces
+
+
+def _fit_gate(seed, binding):
+    """A ``width_side: fit`` gate (the fitted carry-over is the cut) on two-subpopulation negatives
+    with ``binding`` added and 900 bright positives: (placement, % error against the stained
+    negatives' own 99.5th percentile)."""
+    rng = np.random.default_rng(seed)
+    fmo = _negatives(rng, 12000)
+    neg = _negatives(rng, 11000) + binding(rng, 11000)
+    stained = T.apply(np.concatenate([neg, rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    truth = float(np.percentile(T.apply(neg), 99.5))
+    q = checks.place_and_check("M+", "M", T.apply(fmo), stained, percentile=99.5, source_file="f.fcs",
+                               transform=T, width_side="fit", rule="relative")
+    return q, 100.0 * (np.mean(stained > q.diagnostics["threshold"]) - np.mean(stained > truth))
+
+
+def test_a_right_fit_is_not_reviewed_because_the_peak_reads_disagree():
+    # normal binding: the fit is right, the mode / side reads of the two-peak negatives are not
+    q, error = _fit_gate(5, lambda rng, n: rng.normal(300.0, 120.0, n))
+    d = q.diagnostics
+    assert abs(error) < 0.5
+    assert d["bracket_points"] > 6.0 and d["correction_points"] > 10.0   # peak reads far apart; a large move
+    assert d["candidate_points"] < 1.0                                    # the fit's own evidence agrees
+    assert not any(checks.needs_review(f) for f in q.flags), q.flags
+
+
+def test_a_fit_off_under_heavy_lognormal_binding_stays_flagged():
+    # log-normal binding (median 280, log-SD 0.7): the normal fit of the bulk under-carries the tail
+    q, error = _fit_gate(5, lambda rng, n: rng.lognormal(np.log(280.0), 0.7, n))
+    d = q.diagnostics
+    assert error > 3.0
+    assert d["fit_lognormal"] > d["threshold"] and d["candidate_points"] > 3.0
+    flags = [f for f in q.flags if f.code == "uncertain_threshold"]
+    assert flags and checks.needs_review(flags[0]) and "log-normal binding" in flags[0].message

@@ -52,6 +52,23 @@ review", see ``tilpheno.qc.REVIEW_CODES``):
     reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
+    A ``width_side: fit`` cut (``relative_carry`` ``fit``: the additive binding fitted to the
+    stained negatives' percentiles, ``placement.two_step_fit``) is judged by the fit's own evidence,
+    not by the mode / side carry-overs it replaces (they misread negatives made of two
+    subpopulations and disagree with a right fit by many points; they stay recorded as
+    ``relative_low``/``relative_high``, ``bracket_points``): ``candidate_points`` = the % of the
+    parent between the cut and the farther end of [min(cut, ``fit_lognormal``) - ``fit_error``,
+    max(cut, ``fit_lognormal``) + ``fit_error``] (:func:`fit_judgement`), where ``fit_lognormal`` is
+    the cut with a log-normal binding plus a normal spreading fitted to the same percentiles
+    (``placement.lognormal_fitted_cut``: it nests the normal signal and follows a skewed bulk into
+    its heavier tail) and ``fit_error``
+    the half-width of the fit's 95 % interval (``placement.fit_cut_error``, the fit repeated on 8
+    interleaved folds of both tubes' events); flagged when it exceeds ``uncertain_points`` (or is
+    NaN: the fit could not be repeated on the folds) and the cut moved more than ``shift_points``
+    from the FMO percentile. Measured only when one of the two
+    checks can use it (the cut moved more than ``shift_points``, or ``negative_shift``'s peak reads
+    lie beyond its limits); NaN otherwise. The no-peak rule below does not apply to a fit cut (the
+    fit reads no peak).
     Also when the FMO percentile was kept (the stained negatives moved less than the
     shift/width tolerance) yet both carry-overs lie on the same side of it, each more than
     ``uncertain_points`` points of the parent away (``kept_points``, signed: + when both would
@@ -63,7 +80,8 @@ review", see ``tilpheno.qc.REVIEW_CODES``):
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
     narrow, and the cut is carried over from the FMO (not a valley): the correction is an
     extrapolation. Severity ``info`` (no review) when the two carry-overs agree
-    (``candidate_points`` <= ``uncertain_points``), ``warning`` otherwise.
+    (``candidate_points`` <= ``uncertain_points``; for a ``width_side: fit`` cut, the fit's own
+    ``candidate_points``, see ``uncertain_threshold``), ``warning`` otherwise.
 ``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
 ``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
 ``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
@@ -137,6 +155,39 @@ def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], bind
             f"{'lower' if tail > cut else 'raise'} the % by {d['tail_points']:.1f} points of the parent (limit "
             f"{limit:g}): the reads do not fix the shape of a heavy binding tail; look at the {marker} histogram of "
             f"the parent and of the reference population, stained vs FMO")
+
+
+def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: Any, percentile: float,
+                  d: Mapping[str, Any]) -> dict[str, float]:
+    """The evidence a ``width_side: fit`` cut is judged by (module docstring, ``uncertain_threshold``):
+    ``fit_error`` (the half-width of the fit's 95 % interval, ``placement.fit_cut_error``, transformed
+    units), ``fit_lognormal`` (the cut with a log-normal binding plus normal spreading fitted to the
+    same percentiles, ``placement.lognormal_fitted_cut``) and ``candidate_points``: the percentage points of the
+    ``stained`` parent between ``cut`` and the farther end of [min(cut, fit_lognormal) - fit_error,
+    max(cut, fit_lognormal) + fit_error] (without ``fit_lognormal`` when it is NaN; NaN when
+    ``fit_error`` is: the fit could not be repeated, the cut is not settled). ``d``: the placement's
+    diagnostics (``fit_*``, ``fmo_threshold``)."""
+    fit = pl.FitCarry(d["fit_threshold"], d["fit_shift"], d["fit_spread"], d["fit_share"])
+    error = pl.fit_cut_error(fmo, stained, transform, percentile, float(d["fmo_threshold"]))
+    other = pl.lognormal_fitted_cut(fmo, stained, transform, percentile, fit)
+    ends = [cut - error, cut + error] + ([other - error, other + error] if math.isfinite(other) else [])
+    return {"fit_error": error, "fit_lognormal": other,
+            "candidate_points": max(_points_between(stained, cut, end) for end in ends)
+            if math.isfinite(error) else float("nan")}
+
+
+def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift_points: float,
+                 limit: float) -> str:
+    """The ``uncertain_threshold`` message of a ``width_side: fit`` cut (:func:`fit_judgement`)."""
+    evidence = (f"a log-normal binding with spreading fitted to the same negatives puts it at {d['fit_lognormal']:.3f} "
+                f"and the fit's {100 * pl.CONFIDENCE:g} % interval is +/- {d['fit_error']:.3f}: the % could move by "
+                f"{d['candidate_points']:.1f} points (limit {limit:g}); the bulk of the negatives does not fix the shape "
+                f"of the binding's tail" if math.isfinite(d["candidate_points"]) else
+                "the fit could not be repeated on folds of the events, so its uncertainty is unknown")
+    return (f"{name}: the threshold {cut:.3f} (the additive binding fitted to the stained negatives, shift "
+            f"{d['fit_shift']:.0f}, SD {d['fit_spread']:.0f} linear units) moved {d['correction_points']:.1f} points of "
+            f"the parent from the FMO percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
+            f"of the parent, stained vs FMO")
 
 
 def threshold_record(placement: pl.Placement) -> dict[str, Any]:
@@ -234,7 +285,12 @@ def place_and_check(
         d["correction_points"] = _points_between(stained, cut, t_fmo)
         d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
         below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
-        if "note" in d and below > NO_PEAK_POINTS:
+        # a width_side: fit cut (no mode or width read) is judged by the fit's own evidence below
+        fitted = d.get("winner") == "fmo_relative" and d.get("relative_carry") == "fit"
+        shift, ratio = d.get("shift", float("nan")), d.get("width_ratio", float("nan"))
+        far = ((math.isfinite(shift) and abs(shift) > shift_warning)
+               or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
+        if "note" in d and below > NO_PEAK_POINTS and not fitted:
             flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
                                     f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
                                     f"percentile {cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
@@ -245,6 +301,13 @@ def place_and_check(
         uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
+        if fitted:
+            if far or d["correction_points"] > shift_points:   # else neither check below needs it (time)
+                d.update(fit_judgement(fmo, stained, cut, anchor["transform"], percentile, d))
+                uncertain = d["correction_points"] > shift_points and not d["candidate_points"] <= uncertain_points
+                if uncertain:
+                    flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points)))
+        elif extrapolated and math.isfinite(low) and math.isfinite(high):
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
             referenced = (d.get("winner") == "fmo_relative"
                           and math.isfinite(float(d.get("relative_reference", float("nan")))))
@@ -340,9 +403,6 @@ def place_and_check(
                                  f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
                                  f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
                                  f"{marker} histogram of the parent, stained vs FMO"))
-        shift, ratio = d.get("shift", float("nan")), d.get("width_ratio", float("nan"))
-        far = ((math.isfinite(shift) and abs(shift) > shift_warning)
-               or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
         if extrapolated and far:
             settled = math.isfinite(d.get("candidate_points", float("nan"))) and d["candidate_points"] <= uncertain_points
             flags.append(pl.Flag("negative_shift", "info" if settled else "warning",

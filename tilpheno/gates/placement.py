@@ -858,6 +858,35 @@ FIT_FMO_QUANTILES = 128
 """The FMO parent is represented by this many evenly spaced quantiles while fitting (speed)."""
 
 
+def _fit_signal(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, negative_share: float,
+                offsets: Callable[[np.ndarray], np.ndarray], start: np.ndarray, steps: np.ndarray,
+                scale: float, maxiter: int = 400) -> tuple[np.ndarray, float]:
+    """The parameters ``p`` (and the sum of squares) of a nonspecific signal (``offsets(p)``: its
+    values at fixed normal quantiles, compensated linear units) that make the FMO events + signal match the
+    stained parent's :data:`FIT_PERCENTILES` of its ``negative_share`` best: least squares in
+    transformed units, the FMO as :data:`FIT_FMO_QUANTILES` quantiles, Nelder-Mead from ``start``
+    with a first simplex ``steps`` along each parameter (to ``1e-2 scale``, at most ``maxiter``
+    iterations; deterministic)."""
+    from scipy.optimize import minimize
+
+    fq = np.percentile(f_lin, (np.arange(FIT_FMO_QUANTILES) + 0.5) * 100.0 / FIT_FMO_QUANTILES)
+    target = transform.apply(np.percentile(s_lin, FIT_PERCENTILES * negative_share))
+
+    def loss(p: np.ndarray) -> float:
+        model = np.sort((fq[:, None] + offsets(p)[None, :]).ravel())
+        return float(np.sum((transform.apply(np.percentile(model, FIT_PERCENTILES)) - target) ** 2))
+
+    simplex = np.vstack([start, start + np.diag(steps)])
+    fit = minimize(loss, start, method="Nelder-Mead",
+                   options={"initial_simplex": simplex, "xatol": 1e-2 * scale, "fatol": 1e-12, "maxiter": maxiter})
+    return np.asarray(fit.x, dtype=np.float64), float(fit.fun)
+
+
+def _fmo_scale(f_lin: np.ndarray) -> float:
+    """The FMO's interquartile range (linear units, at least 1): the fits' step and tolerance scale."""
+    return max(float(np.percentile(f_lin, 75) - np.percentile(f_lin, 25)), 1.0)
+
+
 def fitted_carry(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentile: float,
                  negative_share: float) -> tuple[float, float, float] | None:
     """The additive model of :func:`additive_threshold` (stained negative = FMO event + shift +
@@ -875,30 +904,31 @@ def fitted_carry(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentil
     tube's: the fitted quantiles use every negative. ``f_lin``, ``s_lin``: the FMO's and the stained
     parent's finite events in compensated linear units. None with fewer than 20 events in either
     tube or a ``negative_share`` below 0.35 (too few negatives for the percentiles)."""
-    from scipy.optimize import minimize
-
     if f_lin.size < 20 or s_lin.size < 20 or not negative_share >= 0.35:
         return None
-    fq = np.percentile(f_lin, (np.arange(FIT_FMO_QUANTILES) + 0.5) * 100.0 / FIT_FMO_QUANTILES)
-    levels = FIT_PERCENTILES * negative_share
-    target = transform.apply(np.percentile(s_lin, levels))
-
-    def loss(p: np.ndarray) -> float:
-        model = np.sort((fq[:, None] + (p[0] + abs(p[1]) * SIGNAL_QUANTILES)[None, :]).ravel())
-        return float(np.sum((transform.apply(np.percentile(model, FIT_PERCENTILES)) - target) ** 2))
-
+    scale = _fmo_scale(f_lin)
     start = np.array([float(np.median(s_lin) - np.median(f_lin)), 0.0])
-    scale = max(float(np.percentile(f_lin, 75) - np.percentile(f_lin, 25)), 1.0)
-    simplex = np.array([start, start + [scale, 0.0], start + [0.0, scale]])
-    fit = minimize(loss, start, method="Nelder-Mead",
-                   options={"initial_simplex": simplex, "xatol": 1e-2 * scale, "fatol": 1e-12, "maxiter": 400})
-    shift, spread = float(fit.x[0]), float(abs(fit.x[1]))
+    p, _ = _fit_signal(f_lin, s_lin, transform, negative_share, lambda p: p[0] + abs(p[1]) * SIGNAL_QUANTILES,
+                       start, np.array([scale, scale]), scale)
+    shift, spread = float(p[0]), float(abs(p[1]))
     lin = additive_threshold(f_lin, shift, spread, percentile)
     return float(transform.apply(np.array([lin]))[0]), shift, spread
 
 
-def _two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
-                  t_fmo: float) -> tuple[float, float, float] | None:
+@dataclass(frozen=True)
+class FitCarry:
+    """``width_side: fit``'s carry-over (:func:`two_step_fit`): ``cut`` (transformed units), the
+    fitted ``shift`` and normal ``spread`` (compensated linear units) and the ``share`` of the
+    stained parent taken as negative (0-1) that the final fit used."""
+
+    cut: float
+    shift: float
+    spread: float
+    share: float
+
+
+def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
+                 t_fmo: float) -> FitCarry | None:
     """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
     fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
@@ -908,7 +938,80 @@ def _two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: 
     if first is None:
         return None
     share = min(1.0, float(np.mean(x <= first[0])) / (percentile / 100.0))
-    return fitted_carry(f_lin, s_lin, transform, percentile, share)
+    final = fitted_carry(f_lin, s_lin, transform, percentile, share)
+    return None if final is None else FitCarry(*final, share)
+
+
+FIT_LOGNORMAL_QUANTILES = (ndtri((np.arange(16) + 0.5) / 16), ndtri((np.arange(8) + 0.5) / 8))
+"""The standard normal quantiles (binding's, spreading's) that stand for the two parts of the signal of
+:func:`lognormal_fitted_cut` while it is fitted (every pair: 128 offsets, as many as the FMO's quantiles)."""
+TAIL_QUANTILES = (ndtri((np.arange(256) + 0.5) / 256), ndtri((np.arange(16) + 0.5) / 16))
+"""The same for carrying the FMO percentile over with the fitted signal: the binding's tail to z = 2.88
+(the 32 :data:`SIGNAL_QUANTILES` stop at z = 2.15, the signal's 98.4th percentile, short of a heavy
+tail's part in the 99.5th percentile)."""
+LOGNORMAL_STARTS = (0.3, 0.6, 0.9)
+"""Log-SDs of the starts of :func:`lognormal_fitted_cut` (the simulated binding's 0.2-0.8 and beyond)."""
+LOGNORMAL_MAX_SD = 1.5
+"""Largest log-SD :func:`lognormal_fitted_cut` fits (its 99.5th percentile 48 x its median): without
+binding the bulk is fitted by a vanishing median with an ever wider tail."""
+
+
+def lognormal_fitted_cut(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, percentile: float,
+                         fit: FitCarry) -> float:
+    """The other shape of a ``width_side: fit`` signal, fitted to the same evidence: a log-normal
+    binding ``m exp(s Z1)`` (binding per cell is positive and roughly log-normal, with a heavier upper
+    tail than a normal; log-SD ``s`` at most :data:`LOGNORMAL_MAX_SD`) plus a normal spreading
+    ``sigma Z2`` (the spillover spreading that also adds to every cell), fitted by the least squares
+    of :func:`fitted_carry` to the same percentiles of the stained negatives (``fit.share``; the best
+    of three starts, ``m`` = ``fit.shift``, ``sigma`` = half ``fit.spread``, ``s`` in
+    :data:`LOGNORMAL_STARTS`, up to 800 iterations each; Z1, Z2 at :data:`FIT_LOGNORMAL_QUANTILES`);
+    the FMO ``percentile`` carried over with it at the :data:`TAIL_QUANTILES`. With ``s`` near 0 it is
+    the normal model of ``fit`` again, so the two cuts differ by what the data say of the tail's
+    shape. Transformed units; NaN without a positive ``fit.shift`` (no binding to shape) or with fewer
+    than 20 events in either tube. Used only by the fit gate's self-check (``checks``:
+    ``fit_lognormal``)."""
+    f_lin, s_lin = _finite_linear(fmo_values, transform), _finite_linear(stained_values, transform)
+    if not fit.shift > 0 or f_lin.size < 20 or s_lin.size < 20:
+        return float("nan")
+    scale = _fmo_scale(f_lin)
+
+    def offsets(p: np.ndarray, z: tuple[np.ndarray, np.ndarray] = FIT_LOGNORMAL_QUANTILES) -> np.ndarray:
+        # p: median m, log-SD s x scale (steps of one size), spreading SD sigma; linear units
+        binding = abs(p[0]) * np.exp(min(abs(p[1]) / scale, LOGNORMAL_MAX_SD) * z[0])
+        return (binding[:, None] + abs(p[2]) * z[1][None, :]).ravel()
+
+    fits = [_fit_signal(f_lin, s_lin, transform, fit.share, offsets,
+                        np.array([fit.shift, s0 * scale, 0.5 * fit.spread]),
+                        np.array([0.5 * fit.shift, 0.25 * scale, 0.5 * scale]), scale, maxiter=800)
+            for s0 in LOGNORMAL_STARTS]
+    p = min(fits, key=lambda f: f[1])[0]
+    lin = offset_threshold(np.sort(f_lin), offsets(p, TAIL_QUANTILES), percentile)
+    return float(transform.apply(np.array([lin]))[0])
+
+
+CONFIDENCE = 0.95
+"""Two-sided confidence of the intervals :func:`reference_cut_error` and :func:`fit_cut_error` give
+(Student t on the folds)."""
+FIT_FOLDS = 8
+"""Interleaved folds :func:`fit_cut_error` re-fits a ``width_side: fit`` carry-over on."""
+
+
+def fit_cut_error(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, percentile: float,
+                  t_fmo: float, folds: int = FIT_FOLDS, confidence: float = CONFIDENCE) -> float:
+    """Sampling error of the ``width_side: fit`` cut (:func:`two_step_fit`), transformed units: the
+    half-width of its ``confidence`` interval, NaN when fewer than 2 folds can be fitted. The FMO's
+    and the stained parent's finite events are dealt into ``folds`` interleaved folds (event i to
+    fold i mod k), the fit repeated on each (with the FMO percentile ``t_fmo`` of all events); SD of
+    the fold cuts / sqrt(k) x Student's t with k - 1 degrees of freedom, as
+    :func:`reference_cut_error`."""
+    f = np.asarray(fmo_values, dtype=np.float64)
+    x = np.asarray(stained_values, dtype=np.float64)
+    f, x = f[np.isfinite(f)], x[np.isfinite(x)]
+    cuts = [fit.cut for fit in (two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo)
+                                for i in range(folds)) if fit is not None]
+    if len(cuts) < 2:
+        return float("nan")
+    return float(np.std(cuts, ddof=1)) / np.sqrt(folds) * float(stdtrit(len(cuts) - 1, 0.5 + confidence / 2))
 
 
 def _upper_spread(transform: Any, fmo_density: Density, density: Density, fmo_mode: float, stained_mode: float,
@@ -1003,8 +1106,6 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
 REFERENCE_FOLDS = 8
 """Most interleaved folds :func:`reference_cut_error` re-reads the reference carry-over on (each
 fold keeps at least :data:`MIN_REFERENCE_EVENTS` reference events)."""
-CONFIDENCE = 0.95
-"""Two-sided confidence of the interval :func:`reference_cut_error` gives (Student t on the folds)."""
 
 
 def _finite_linear(values: np.ndarray, transform: Any) -> np.ndarray:
@@ -1133,7 +1234,10 @@ def place_fmo_anchored(
       are the carry-overs with the spread measured on the negative peak's lower side (free of
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
-      ``upper``, ``mid`` (halfway between them) or ``fit`` (:func:`fitted_carry`, no tolerance test). With ``reference`` (a
+      ``upper``, ``mid`` (halfway between them) or ``fit`` (:func:`two_step_fit`, no tolerance test;
+      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share`` recorded); ``relative_carry``
+      names the carry-over the relative threshold is (``reference``, ``fit`` or the ``width_side``
+      read). With ``reference`` (a
       :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
       gives it) the additive model is read on a marker-poor population of the same tube instead: ``relative_reference`` adds the
       reference's shift and the spread sqrt(reference lower-side spread^2 + reference skew^2) to
@@ -1184,12 +1288,14 @@ def place_fmo_anchored(
         "stained_mode": neg.mode, "stained_width": neg.width, "shift": float("nan"), "width_ratio": float("nan"),
         "relative_threshold": float("nan"), "valley_threshold": float("nan"), "valley_ratio": float("nan"),
     }
-    fitted = _two_step_fit(fmo_x, x, transform, percentile, t_fmo) if width_side == "fit" and transform is not None else None
+    fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo) if width_side == "fit" and transform is not None else None
     if fitted is not None:
-        diagnostics.update(fit_threshold=fitted[0], fit_shift=fitted[1], fit_spread=fitted[2])
+        diagnostics.update(fit_threshold=fitted.cut, fit_shift=fitted.shift, fit_spread=fitted.spread,
+                           fit_share=fitted.share)
     if not neg.found and fitted is not None:
-        winner, cut = "fmo_relative", fitted[0]
+        winner, cut = "fmo_relative", fitted.cut
         diagnostics["note"] = "no stained negative peak near the FMO's mode: the fitted carry-over"
+        diagnostics["relative_carry"] = "fit"
     elif not neg.found:
         winner, cut = "fmo_percentile", t_fmo
         diagnostics["note"] = "no stained negative peak near the FMO's: parent taken as all positive"
@@ -1203,12 +1309,14 @@ def place_fmo_anchored(
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
                 relative = {"lower": from_lower, "upper": from_upper, "mid": 0.5 * (from_lower + from_upper),
-                            "fit": fitted[0] if fitted is not None else from_lower}[width_side]
+                            "fit": fitted.cut if fitted is not None else from_lower}[width_side]
                 if reference is not None and np.isfinite(reference_quantile):
                     from_reference = float(reference_quantile)
                 if np.isfinite(from_reference):
                     relative = from_reference
-                diagnostics.update(relative_reference=from_reference)
+                diagnostics.update(relative_reference=from_reference,
+                                   relative_carry="reference" if np.isfinite(from_reference)
+                                   else "fit" if width_side == "fit" and fitted is not None else width_side)
         if reference is not None:
             diagnostics.update(reference_shift=reference.shift, reference_spread=reference.spread)
         diagnostics.update(relative_low=bounds[0], relative_high=bounds[1],
