@@ -145,14 +145,14 @@ def test_read_manifest_valid(files):
     "rows, match",
     [
         ([["file", "product_id", "role"], ["a.fcs", "P", "stain"]], "missing column\\(s\\) 'tube'"),
-        ([list(COLUMNS), ["a.fcs", "P", "surface", "stained", ""]], "row 1 \\(line 2\\), column 'role': unknown role 'stained'"),
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stained", ""]], "row 2, column 'role': unknown role 'stained'"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["zz.fcs", "P", "surface", "stain", ""]],
-         "row 2 \\(line 3\\), column 'file': 'zz.fcs' does not exist"),
-        ([list(COLUMNS), ["a.fcs", "", "surface", "stain", ""]], "row 1 \\(line 2\\), column 'product_id': empty"),
+         "row 3, column 'file': 'zz.fcs' does not exist"),
+        ([list(COLUMNS), ["a.fcs", "", "surface", "stain", ""]], "row 2, column 'product_id': empty"),
         ([list(COLUMNS), ["b.fcs", "P", "surface", "fmo", "FITC"]], "column 'fmo_marker': FMO row needs a marker name"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", "CD3"]], "column 'fmo_marker': 'CD3' given for a stain row"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["./a.fcs", "P", "surface", "stain", ""]],
-         "row 2 \\(line 3\\), column 'file': './a.fcs' already listed in row 1"),
+         "row 3, column 'file': './a.fcs' already listed in row 2"),
         ([list(COLUMNS)], "header but no rows"),
     ],
 )
@@ -218,7 +218,7 @@ def test_read_manifest_excel_formula_without_saved_value(files):
     book.save(path)
     with pytest.raises(TableError) as err:
         read_manifest(path)
-    assert str(err.value).startswith(f"{path}: row 2 (line 3), column 'til_dose_cells': sheet 'Sheet' cell F3 holds "
+    assert str(err.value).startswith(f"{path}: row 3, column 'til_dose_cells': sheet 'Sheet' cell F3 holds "
                                      "a formula with no saved value"), err.value
 
 
@@ -231,9 +231,9 @@ def test_read_manifest_dose_column(files):
                                     ["b.fcs", "P1", "surface", "fmo", "PD1", ""]])
     doses = read_manifest(path)["til_dose_cells"].tolist()
     assert doses[0] == 5e9 and np.isnan(doses[1])
-    for second, match in (("abc", "row 2 \\(line 3\\), column 'til_dose_cells': 'abc' is not a number of cells"),
+    for second, match in (("abc", "row 3, column 'til_dose_cells': 'abc' is not a number of cells"),
                           ("-1", "'-1' is not a number of cells \\(finite, not negative\\)"),
-                          ("6e9", "'6e9' differs from the dose 5e\\+09 of product 'P1' in row 1")):
+                          ("6e9", "'6e9' differs from the dose 5e\\+09 of product 'P1' in row 2")):
         path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
                                         ["b.fcs", "P1", "surface", "fmo", "PD1", second]])
         with pytest.raises(TableError, match=match):
@@ -256,12 +256,12 @@ def test_read_manifest_european_excel_csv(files):
     path.write_text("\n".join(r.replace(";", "\t").replace("1,5E+10", "2e9") for r in rows[:3]) + "\n")
     assert read_manifest(path)["til_dose_cells"].iloc[0] == 2e9
     path.write_text("\n".join([",".join(COLUMNS), "a.fcs,P,surface,stain,", "", "b.fcs,P,surface,fmoo,PD1"]) + "\n")
-    with pytest.raises(TableError, match="row 3 \\(line 4\\), column 'role': unknown role 'fmoo'"):
+    with pytest.raises(TableError, match="row 4, column 'role': unknown role 'fmoo'"):
         read_manifest(path)
 
 
 @pytest.mark.parametrize("tube, role, match", [
-    ("surfce", "stain", "row 1 \\(line 2\\), column 'tube': unknown tube 'surfce' \\(did you mean 'surface'\\?\\) "
+    ("surfce", "stain", "row 2, column 'tube': unknown tube 'surfce' \\(did you mean 'surface'\\?\\) "
                         "\\(allowed: surface, treg, unstained, compensation\\)"),
     ("Surface", "stain", "column 'tube': unknown tube 'Surface' \\(did you mean 'surface'\\?\\)"),
     ("surface", "Stain", "column 'role': unknown role 'Stain' \\(did you mean 'stain'\\?\\)"),
@@ -277,8 +277,8 @@ def test_read_manifest_product_ids_differing_only_in_case(files):
     """``til001`` beside ``TIL001`` became a second product, which then failed with "no readable
     stained tube"; now the row is named with the id written first."""
     rows = [list(COLUMNS), ["a.fcs", "TIL001", "surface", "stain", ""], ["b.fcs", "til001", "surface", "fmo", "PD1"]]
-    with pytest.raises(TableError, match=r"row 2 \(line 3\), column 'product_id': 'til001' differs only in case "
-                                         r"from 'TIL001' in row 1"):
+    with pytest.raises(TableError, match=r"row 3, column 'product_id': 'til001' differs only in case "
+                                         r"from 'TIL001' in row 2"):
         read_manifest(_write(files / "m.csv", rows))
 
 
@@ -303,7 +303,7 @@ def test_read_manifest_excel_id_shown_otherwise_than_stored(files, value, number
     sheet["B2"].number_format = number_format
     path = files / "m.xlsx"
     book.save(path)
-    with pytest.raises(TableError, match=rf"^{re.escape(str(path))}: row 1 \(line 2\), column 'product_id': sheet "
+    with pytest.raises(TableError, match=rf"^{re.escape(str(path))}: row 2, column 'product_id': sheet "
                                          rf"'Sheet' cell B2 is {re.escape(shown)}, not the id as typed; format the "
                                          "column as Text"):
         read_manifest(path)
@@ -361,7 +361,7 @@ def test_read_manifest_invisible_characters(files):
     header = [f"{c}\u200b" if c == "product_id" else c for c in TABLE[0]]
     pd.testing.assert_frame_equal(read_manifest(_write(files / "h.csv", [header, *TABLE[1:]])), plain)
     ids = _book(files / "i.xlsx", {"Sheet": [TABLE[0], TABLE[1], ["b.fcs", "\ufeffTIL001", *TABLE[2][2:]]]})
-    with pytest.raises(TableError, match=r"^\S*i.xlsx: row 2 \(line 3\), column 'product_id': the id 'TIL001' holds an "
+    with pytest.raises(TableError, match=r"^\S*i.xlsx: row 3, column 'product_id': the id 'TIL001' holds an "
                                          r"invisible character \(U\+FEFF ZERO WIDTH NO-BREAK SPACE\) at its start; "
                                          r"retype the id, or delete the character$"):
         read_manifest(ids)
@@ -380,7 +380,7 @@ def test_read_manifest_header_below_a_title(files):
     pd.testing.assert_frame_equal(read_manifest(files / "blank.csv"), truth)
     pd.testing.assert_frame_equal(read_manifest(_book(files / "title.xlsx", {"Sheet": rows})), truth)
     rows[4][3] = "fmoo"
-    with pytest.raises(TableError, match=r"title.csv: row 2 \(line 5\), column 'role': unknown role 'fmoo'"):
+    with pytest.raises(TableError, match=r"title.csv: row 5, column 'role': unknown role 'fmoo'"):
         read_manifest(_write(files / "title.csv", rows))
     hand_typed = [["Manifest"], ["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]]
     with pytest.raises(TableError, match=r"missing column\(s\) 'product_id' \(did you mean 'Product ID'\?\)"):
@@ -401,7 +401,7 @@ def test_read_manifest_excel_table_on_a_later_sheet(files):
     book = openpyxl.load_workbook(shown_otherwise)
     book["Manifest"]["B4"].value, book["Manifest"]["B4"].number_format = 7, "000"
     book.save(shown_otherwise)
-    with pytest.raises(TableError, match=r"row 2 \(line 4\), column 'product_id': sheet 'Manifest' cell B4 is the "
+    with pytest.raises(TableError, match=r"row 4, column 'product_id': sheet 'Manifest' cell B4 is the "
                                          r"number 7 shown with the format '000'"):
         read_manifest(shown_otherwise)
     with pytest.raises(TableError, match=r"sheets 'Run 1', 'Run 2' each hold a manifest table"):
@@ -429,7 +429,7 @@ def test_read_manifest_windows_1252_csv(files):
     path.write_bytes("file,product_id,tube,role\r\nété.fcs,Pé,surface,stain\r\n".encode("utf-16"))
     assert read_manifest(path)["product_id"].tolist() == ["Pé"]
     path.write_bytes("file,product_id,tube,role\r\nété.fcs,Pé,surface,stain\r\n".encode("cp1252").replace(b"P\xe9", b"P\x81"))
-    with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'product_id': byte 0x81 is neither UTF-8 nor "
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'product_id': byte 0x81 is neither UTF-8 nor "
                                          r"Windows-1252 text; save the table as 'CSV UTF-8 \(Comma delimited\)' or .xlsx"):
         read_manifest(path)
 
@@ -444,7 +444,7 @@ def test_read_manifest_column_named_twice(files, header, name, both):
     and one of them ignored; two extra columns differing only in case were both kept -> refused
     naming both columns."""
     path = _write(files / "m.csv", [header, ["a.fcs", "P", "surface", "stain", "b.fcs", ""][:len(header)]])
-    with pytest.raises(TableError, match=rf"m.csv: line 1: column '{name}' "
+    with pytest.raises(TableError, match=rf"m.csv: row 1: column '{name}' "
                                          rf"appears twice \(columns {both}\)"):
         read_manifest(path)
 
@@ -455,7 +455,7 @@ def test_read_manifest_row_longer_than_header(files):
     traceback -> one-line errors (the workbook's as the outcomes reader words it)."""
     path = files / "m.csv"
     path.write_text("file,product_id,tube,role\na.fcs,P,surface,stain,1,5\n")
-    with pytest.raises(TableError, match=r"row 1 \(line 2\): 6 cells, the header names 4 columns"):
+    with pytest.raises(TableError, match=r"row 2: 6 cells, the header names 4 columns"):
         read_manifest(path)
     (files / "m.xlsx").write_bytes(b"PK\x03\x04not a workbook")
     with pytest.raises(TableError, match="m.xlsx: not a readable Excel workbook \\(BadZipFile\\)"):
@@ -478,7 +478,7 @@ def test_read_manifest_fmo_marker_not_in_the_strategy(files):
         rows[2][4] = written
         path = _write(files / "m.csv", rows)
         assert read_manifest(path)["fmo_marker"].iloc[1]   # without markers: not checked
-        with pytest.raises(TableError, match=rf"row 2 \(line 3\), column 'fmo_marker': '{written}' is not a marker of "
+        with pytest.raises(TableError, match=rf"row 3, column 'fmo_marker': '{written}' is not a marker of "
                                              rf"the surface tube{hint} \(its markers: CD3, CD4, CD8, CD56, PD1, 7AAD\)"):
             read_manifest(path, markers=markers)
     result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(path)])
@@ -512,11 +512,11 @@ def test_read_manifest_cells_beside_the_table(files):
     padded = read_manifest(_write(files / "padded.csv", [[*row, ""] for row in rows]))
     pd.testing.assert_frame_equal(padded, truth)
     noted = _write(files / "noted.csv", [[*rows[0], ""], [*rows[1], ""], [*rows[2], "redo?"]])
-    with pytest.raises(TableError, match=r"noted.csv: row 2 \(line 3\), column F: 'redo\?' lies in a column without "
+    with pytest.raises(TableError, match=r"noted.csv: row 3, column F: 'redo\?' lies in a column without "
                                          r"a header; name the column in the header row, or delete the cell"):
         read_manifest(noted)
     book = _book(files / "noted.xlsx", {"Sheet": [rows[0], rows[1], [*rows[2], "redo?"]]})
-    with pytest.raises(TableError, match=r"noted.xlsx: row 2 \(line 3\), column F: 'redo\?' lies in a column"):
+    with pytest.raises(TableError, match=r"noted.xlsx: row 3, column F: 'redo\?' lies in a column"):
         read_manifest(book)
 
 
@@ -526,14 +526,14 @@ def test_read_manifest_excel_error_value(files):
     import openpyxl
 
     rows = [list(COLUMNS), ["a.fcs", "#N/A", "surface", "stain", ""]]
-    with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'product_id': #N/A is an Excel error "
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'product_id': #N/A is an Excel error "
                                          r"value \(a formula that failed"):
         read_manifest(_write(files / "m.csv", rows))
     book = _book(files / "m.xlsx", {"Sheet": rows})
     edited = openpyxl.load_workbook(book)
     edited["Sheet"]["B2"].data_type = "e"
     edited.save(book)
-    with pytest.raises(TableError, match=r"m.xlsx: row 1 \(line 2\), column 'product_id': #N/A is an Excel error"):
+    with pytest.raises(TableError, match=r"m.xlsx: row 2, column 'product_id': #N/A is an Excel error"):
         read_manifest(book)
 
 
@@ -541,7 +541,7 @@ def test_read_manifest_cell_with_a_line_break(files):
     """A comment holding a line break: an error in its row named the line the comment ends on ->
     the line the row starts on (a text editor's line)."""
     rows = [[*COLUMNS, "comment"], ["a.fcs", "P", "surface", "stained", "", "weak\nstain"]]
-    with pytest.raises(TableError, match=r"m.csv: row 1 \(line 2\), column 'role': unknown role 'stained'"):
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'role': unknown role 'stained'"):
         read_manifest(_write(files / "m.csv", rows))
 
 
@@ -553,14 +553,14 @@ def test_read_manifest_hidden_row(files):
     edited = openpyxl.load_workbook(book)
     edited["Sheet"].row_dimensions[3].hidden = True
     edited.save(book)
-    with pytest.raises(TableError, match=r"m.xlsx: row 2 \(line 3\), column 'file': sheet 'Sheet' row 3 is hidden in "
+    with pytest.raises(TableError, match=r"m.xlsx: row 3, column 'file': sheet 'Sheet' row 3 is hidden in "
                                          r"Excel \(by hand or by a filter\)"):
         read_manifest(book)
     edited = openpyxl.load_workbook(book)
     edited["Sheet"].row_dimensions[3].hidden = False
     edited["Sheet"]["H5"], edited["Sheet"].row_dimensions[5].hidden = "old note", True
     edited.save(book)
-    with pytest.raises(TableError, match=r"m.xlsx: row 4 \(line 5\): sheet 'Sheet' row 5 is hidden"):
+    with pytest.raises(TableError, match=r"m.xlsx: row 5: sheet 'Sheet' row 5 is hidden"):
         read_manifest(book)
 
 
@@ -574,7 +574,7 @@ def test_read_manifest_hidden_column(files):
     edited = openpyxl.load_workbook(book)
     edited["Sheet"].column_dimensions["G"].hidden = True
     edited.save(book)
-    with pytest.raises(TableError, match=r"m.xlsx: row 1 \(line 2\), column 'helper': sheet 'Sheet' column G "
+    with pytest.raises(TableError, match=r"m.xlsx: row 2, column 'helper': sheet 'Sheet' column G "
                                          r"\('helper'\) is hidden in Excel; unhide it, or delete it"):
         read_manifest(book)
     empty = _book(files / "e.xlsx", {"Sheet": TABLE})

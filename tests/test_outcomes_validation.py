@@ -350,6 +350,26 @@ def test_blank_lines_keep_row_numbers(tmp_path):
     assert "row 5" in msg
 
 
+def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
+    """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
+    ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in
+    both, the number Excel or an editor shows."""
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_manifest import _write
+    from test_panel import design_file
+
+    design_file(tmp_path, "a.fcs", "surface")
+    design_file(tmp_path, "b.fcs", "surface", omit="PD1")
+    manifest = _write(tmp_path / "m.csv", [["Manifest of block 7"], [], list(COLUMNS),
+                                           ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fm0", ""]])
+    outcomes = write(tmp_path, ["P1,TIL1,3e10,PR,5.5,1,12.0,1,25,M", "P2,TIL2,2.1e10,XX,3.2,1,8.1,0,31,F"],
+                     header="Outcomes of block 7\n\n" + HEADER)
+    with pytest.raises(TableError) as info:
+        read_manifest(manifest)
+    assert str(info.value).startswith(f"{manifest}: row 5, column 'role': ")
+    assert error_of(outcomes).startswith(f"{outcomes}: row 5, column 'best_response': ")
+
+
 @pytest.mark.parametrize("content,name", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64), "image.csv"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "old.xls"),

@@ -75,7 +75,7 @@ def test_manifest_files_must_lie_under_the_folder(product_files, tmp_path):
     rows["file"] = rows["file"].map(lambda f: Path(f).name)
     rows.loc[len(rows)] = ["../secret.txt", "P1", "surface", "fmo", "CD3"]
     rows.to_csv(folder / "m.csv", index=False)
-    with pytest.raises(TableError, match=r"row 10 .*'\.\./secret\.txt' lies outside"):
+    with pytest.raises(TableError, match=r"row 11,.*'\.\./secret\.txt' lies outside"):
         read_manifest(folder / "m.csv", base=folder)
     result = _cli("process", folder, "-o", tmp_path / "out", "--manifest", folder / "m.csv")
     assert result.returncode == 2 and "--allow-outside" in result.stderr

@@ -45,8 +45,8 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import decimal_comma, display_name
-from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_sheet_problems, sheet_rows,
-                                  table_frame, text_rows, windows_1252, workbook_table)
+from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
+                                  sheet_rows, table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -289,10 +289,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             sheet, header_line, rows = workbook_table(sheet_rows(book), COLUMNS[:4], "a manifest", str(path),
                                                       hidden_sheets(book))
 
-            def locate(row: int, column: str | None) -> str:
-                return f"{path}: row {row - header_line} (line {row})" + (f", column '{column}'" if column else "")
-
-            refuse_sheet_problems(data, book[sheet], ["product_id"], locate, header_line)
+            refuse_sheet_problems(data, book[sheet], ["product_id"], lambda row, column: place(str(path), row, column),
+                                  header_line)
         else:
             header_line, separator, rows = text_rows(decode_text(data, str(path)), COLUMNS[:4])
     except TableError:
@@ -302,10 +300,8 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise TableError(f"{path}: cannot read manifest as CSV/Excel ({first})") from None
     from tilpheno.io.csvcells import restore_frame
 
-    def where(line: int) -> str:
-        return f"{path}: line {line}" if line == header_line else f"{path}: row {line - header_line} (line {line})"
-
-    frame = restore_frame(table_frame(rows, header_line, where, COLUMNS, keep_bytes=["file"], ids=["product_id"]))   # scan -o's cells
+    frame = restore_frame(table_frame(rows, header_line, lambda line: place(str(path), line), COLUMNS,  # scan -o's cells
+                                      keep_bytes=["file"], ids=["product_id"]))
     frame.attrs["decimal_comma"] = separator == ";"
     frame.attrs["header_line"] = header_line
     return frame
@@ -322,9 +318,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     a title above the header is skipped (see ``_read_table``). Rows whose every cell is blank are
     skipped.
 
-    Checks, each a TableError naming file, row (1-based data row; data row N is N lines below the
-    header line; skipped blank rows count; a text row's line is the line it starts on, as a text
-    editor numbers it, when a quoted cell holds a line break) and column: missing columns, empty cells, unknown
+    Checks, each a TableError naming file, row (as the outcomes table's: the sheet's row, the text
+    file's line, :func:`tilpheno.io.workbook.place`; a text row's line is the line it starts on, as
+    a text editor numbers it, when a quoted cell holds a line break) and column: missing columns, empty cells, unknown
     roles, tubes other than ``tubes`` (default: the study's kinds; a run with strategies of its own
     adds theirs), ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, or (when ``markers``
@@ -356,7 +352,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     missing = [c for c in COLUMNS[:4] if c not in frame.columns]
     if missing:
         extra = [c for c in frame.columns if c not in COLUMNS]
-        raise TableError(f"{path}: missing column(s) {', '.join(repr(c) + did_you_mean(c, extra) for c in missing)}; "
+        named = ', '.join(repr(c) + did_you_mean(c, extra) for c in missing)
+        raise TableError(f"{place(str(path), header_line)}: missing column(s) {named}; "
                          f"found {list(frame.columns)}")
     if "fmo_marker" not in frame.columns:
         frame["fmo_marker"] = ""
@@ -367,8 +364,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers = [], []
     for line, row in zip(frame.index, frame.itertuples(index=False)):
-        i = line - header_line
-        where = f"{path}: row {i} (line {line})"
+        where = place(str(path), line)
         for column in COLUMNS[:4]:
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
@@ -400,16 +396,16 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         key = str(resolved.resolve())
         if key in seen:
             raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")
-        seen[key] = i
+        seen[key] = line
         found.append(file)
-        spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, i))
+        spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, line))
         if spelt[0] != row.product_id:
             raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
                              f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
     frame["file"] = found
     frame["fmo_marker"] = fmo_markers
     if "til_dose_cells" in frame.columns:
-        frame["til_dose_cells"] = _doses(frame, path, header_line)
+        frame["til_dose_cells"] = _doses(frame, path)
     frame.attrs.pop("decimal_comma", None)
     frame.attrs.pop("header_line", None)
     return frame.reset_index(drop=True)
@@ -433,14 +429,13 @@ def _locate(written: str, base: Path) -> tuple[str, Path | None]:
     return written, None
 
 
-def _doses(frame: pd.DataFrame, path: Path, header_line: int) -> list[float]:
+def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
     """The ``til_dose_cells`` column as numbers (an empty cell is NaN): each a non-negative finite
     number, and the filled cells of one product equal (a product has one infused dose)."""
     doses: list[float] = []
     first: dict[str, tuple[int, float]] = {}
     for line, product, cell in zip(frame.index, frame["product_id"], frame["til_dose_cells"]):
-        i = line - header_line
-        where = f"{path}: row {i} (line {line}), column 'til_dose_cells'"
+        where = place(str(path), line, "til_dose_cells")
         text = "" if cell is None else str(cell).strip()
         if frame.attrs.get("decimal_comma"):
             text = decimal_comma(text)
@@ -451,7 +446,7 @@ def _doses(frame: pd.DataFrame, path: Path, header_line: int) -> list[float]:
         if math.isinf(dose) or dose < 0:
             raise TableError(f"{where}: {text[:40]!r} is not a number of cells (finite, not negative)")
         if not math.isnan(dose):
-            earlier = first.setdefault(product, (i, dose))
+            earlier = first.setdefault(product, (line, dose))
             if earlier[1] != dose:
                 raise TableError(f"{where}: {text[:40]!r} differs from the dose {earlier[1]:g} of product "
                                  f"{product!r} in row {earlier[0]} (a product has one dose)")

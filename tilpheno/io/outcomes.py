@@ -60,8 +60,8 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
-from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, refuse_sheet_problems, sheet_values,
-                                  table_frame, text_rows, workbook_table)
+from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
+                                  sheet_values, table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -87,16 +87,8 @@ _EVENT_WORD_PAIRS = (("yes", "no"), ("y", "n"), ("true", "false"), ("event", "ce
 EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in enumerate(pair)}
 
 
-def _where(source: str, row: int | None = None, column: str | None = None) -> str:
-    """``<source>: row R, column 'C'`` (the parts that are known)."""
-    where = [f"row {row}"] if row is not None else []
-    if column is not None:
-        where.append(f"column '{column}'")
-    return f"{source}: {', '.join(where)}" if where else source
-
-
 def _fail(source: str, problem: str, row: int | None = None, column: str | None = None) -> NoReturn:
-    raise TableError(f"{_where(source, row, column)}: {problem}")
+    raise TableError(f"{place(source, row, column)}: {problem}")
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
@@ -122,7 +114,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         sheet, header_line, rows = workbook_table(sheet_values(book), REQUIRED, "an outcomes", source,
                                                   hidden_sheets(book))
         separator = ""
-        refuse_sheet_problems(data, book[sheet], ID_COLUMNS, lambda row, column: _where(source, row, column),
+        refuse_sheet_problems(data, book[sheet], ID_COLUMNS, lambda row, column: place(source, row, column),
                               header_line)
     else:
         if path.suffix.lower() == ".xls":
@@ -135,7 +127,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
             header_line, separator, rows = text_rows(text, REQUIRED)
         except csv.Error as exc:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
-    frame = table_frame(rows, header_line, lambda line: _where(source, line), ids=ID_COLUMNS)
+    frame = table_frame(rows, header_line, lambda line: place(source, line), ids=ID_COLUMNS)
     if separator in (";", "\t"):   # numbers in a locale's style (ids are kept as written)
         for col in frame.columns:
             if col not in ID_COLUMNS:

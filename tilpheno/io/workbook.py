@@ -26,6 +26,16 @@ Rows = list[tuple[int, list[Any]]]
 """A table's rows as ``(line, cells)``: the line of a text file, or a sheet's row."""
 
 
+def place(source: str, row: int | None = None, column: str | None = None) -> str:
+    """Where a table's cell lies, as both table readers name it: ``<source>: row R, column 'C'``
+    (the parts that are known). ``R`` is the row as the file numbers it (module docstring: a
+    sheet's row, a text file's line), the number a user finds the row by in Excel or an editor."""
+    where = [f"row {row}"] if row is not None else []
+    if column is not None:
+        where.append(f"column '{column}'")
+    return f"{source}: {', '.join(where)}" if where else source
+
+
 def open_workbook(data: bytes, source: str) -> Any:
     """The workbook in ``data`` (an ``openpyxl`` Workbook, every sheet in memory, formula cells
     holding their saved values): the one opening the table's readers need, and a second, of the
