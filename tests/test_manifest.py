@@ -231,13 +231,40 @@ def test_read_manifest_dose_column(files):
                                     ["b.fcs", "P1", "surface", "fmo", "PD1", ""]])
     doses = read_manifest(path)["til_dose_cells"].tolist()
     assert doses[0] == 5e9 and np.isnan(doses[1])
-    for second, match in (("abc", "row 3, column 'til_dose_cells': 'abc' is not a number of cells"),
-                          ("-1", "'-1' is not a number of cells \\(finite, not negative\\)"),
+    for second, match in (("abc", "row 3, column 'til_dose_cells': 'abc' is not a number"),
+                          ("-1", "'-1' is not a number of cells \\(not negative\\)"),
                           ("6e9", "'6e9' differs from the dose 5e\\+09 of product 'P1' in row 2")):
         path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
                                         ["b.fcs", "P1", "surface", "fmo", "PD1", second]])
         with pytest.raises(TableError, match=match):
             read_manifest(path)
+
+
+@pytest.mark.parametrize("separator, written, cells", [
+    (",", "5,000,000,000", 5e9), (";", "1.500.000.000", 1.5e9), (";", "1,5E+10", 1.5e10),
+    (";", "1\u00a0500\u00a0000\u00a0000", 1.5e9), ("\t", "1,500,000,000", 1.5e9), ("\t", "2,5E+09", 2.5e9),
+    (",", "NA", np.nan)])
+def test_read_manifest_dose_read_as_the_outcomes_table_reads_it(files, separator, written, cells):
+    """The manifest's til_dose_cells took only Python's numbers (and a decimal comma in semicolon
+    text): a dose Excel wrote with thousands separators ('5,000,000,000'; '1.500.000.000' in
+    European Excel; French Excel's no-break spaces), accepted in the outcomes table, was 'not a
+    number of cells' -> both read it through one parser, to the same number."""
+    from tilpheno.io.outcomes import read_outcomes
+    from test_outcomes_validation import HEADER, ROWS
+
+    def text(rows):
+        return "\n".join(separator.join(f'"{c}"' if separator in c else c for c in row) for row in rows) + "\n"
+
+    manifest = files / "m.csv"
+    manifest.write_text(text([[*COLUMNS, "til_dose_cells"], ["a.fcs", "P1", "surface", "stain", "", written]]))
+    outcomes = files / "o.csv"
+    table = [HEADER.split(","), *[row.split(",") for row in ROWS]]
+    for row in table[1:]:
+        row[2] = written
+    outcomes.write_text(text(table))
+    dose = read_manifest(manifest)["til_dose_cells"].iloc[0]
+    assert dose == pytest.approx(cells, nan_ok=True)
+    assert read_outcomes(outcomes)["til_dose_cells"].iloc[0] == pytest.approx(cells, nan_ok=True)
 
 
 def test_read_manifest_european_excel_csv(files):

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
-from tilpheno.io.files import decimal_comma, display_name
+from tilpheno.io.files import display_name
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
                                   sheet_rows, table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
@@ -273,8 +273,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     the outcomes reader does (:func:`tilpheno.io.workbook.table_frame`), except in ``file``, where
     they are kept as surrogate escapes (a file name ``tilpheno scan -o`` wrote reads back as
     written; see :func:`_locate`). Cells are separated by commas, or by semicolons / tabs when
-    the header line has no comma (European Excel; then a comma in ``til_dose_cells`` is the
-    decimal mark, ``frame.attrs["decimal_comma"]``)."""
+    the header line has no comma (European Excel; ``frame.attrs["separator"]``: how
+    ``til_dose_cells`` writes its numbers, :func:`_doses`)."""
     if not path.is_file():
         raise TableError(f"{path}: manifest file not found")
     if path.stat().st_size == 0:
@@ -302,7 +302,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
     frame = restore_frame(table_frame(rows, header_line, lambda line: place(str(path), line), COLUMNS,  # scan -o's cells
                                       keep_bytes=["file"], ids=["product_id"]))
-    frame.attrs["decimal_comma"] = separator == ";"
+    frame.attrs["separator"] = separator
     frame.attrs["header_line"] = header_line
     return frame
 
@@ -406,7 +406,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame["fmo_marker"] = fmo_markers
     if "til_dose_cells" in frame.columns:
         frame["til_dose_cells"] = _doses(frame, path)
-    frame.attrs.pop("decimal_comma", None)
+    frame.attrs.pop("separator", None)
     frame.attrs.pop("header_line", None)
     return frame.reset_index(drop=True)
 
@@ -430,25 +430,27 @@ def _locate(written: str, base: Path) -> tuple[str, Path | None]:
 
 
 def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
-    """The ``til_dose_cells`` column as numbers (an empty cell is NaN): each a non-negative finite
+    """The ``til_dose_cells`` column as numbers (an empty cell is NaN), read as the outcomes table
+    reads its numbers (:func:`tilpheno.io.outcomes.number`; in semicolon- or tab-separated text in
+    the column's locale style, :func:`tilpheno.io.outcomes.locale_numbers`: ``1.500.000.000`` and
+    ``1,5E+09`` in European Excel, ``1,500,000,000`` in English): each a non-negative finite
     number, and the filled cells of one product equal (a product has one infused dose)."""
+    from tilpheno.io.outcomes import locale_numbers, number
+
+    source, cells = str(path), frame["til_dose_cells"]
+    if frame.attrs.get("separator") in (";", "\t"):
+        cells = locale_numbers(cells, source, "til_dose_cells", frame.attrs["separator"])
     doses: list[float] = []
     first: dict[str, tuple[int, float]] = {}
-    for line, product, cell in zip(frame.index, frame["product_id"], frame["til_dose_cells"]):
-        where = place(str(path), line, "til_dose_cells")
-        text = "" if cell is None else str(cell).strip()
-        if frame.attrs.get("decimal_comma"):
-            text = decimal_comma(text)
-        try:
-            dose = float(text) if text else float("nan")
-        except ValueError:
-            raise TableError(f"{where}: {text[:40]!r} is not a number of cells") from None
-        if math.isinf(dose) or dose < 0:
-            raise TableError(f"{where}: {text[:40]!r} is not a number of cells (finite, not negative)")
+    for line, product, cell in zip(frame.index, frame["product_id"], cells):
+        where = place(source, line, "til_dose_cells")
+        dose = number(cell, source, line, "til_dose_cells")
+        if dose < 0:
+            raise TableError(f"{where}: {str(cell).strip()[:40]!r} is not a number of cells (not negative)")
         if not math.isnan(dose):
             earlier = first.setdefault(product, (line, dose))
             if earlier[1] != dose:
-                raise TableError(f"{where}: {text[:40]!r} differs from the dose {earlier[1]:g} of product "
-                                 f"{product!r} in row {earlier[0]} (a product has one dose)")
+                raise TableError(f"{where}: {str(cell).strip()[:40]!r} differs from the dose {earlier[1]:g} of "
+                                 f"product {product!r} in row {earlier[0]} (a product has one dose)")
         doses.append(dose)
     return doses

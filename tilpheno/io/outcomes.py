@@ -32,7 +32,7 @@ in tab-separated text (which Excel writes in its locale's style) each column's o
 separators). ``1.500`` in semicolon- or tab-separated text (1500 in European style, 1.5 in
 English) takes the style of its column's other numbers (``3,2`` or ``2.55``), as ``1,500`` in tab
 text does; such a value in a column that settles neither, or a column with both styles, is
-refused (:func:`_locale_numbers`); response
+refused (:func:`locale_numbers`); response
 codes are RECIST best overall response ``CR PR SD PD NE`` (case-insensitive; ``NE`` = not
 evaluable); times (and the optional ``response_months``, blank without a response) are in months
 from the start of TIL therapy, never dates; events are 1 (event) or 0
@@ -131,12 +131,12 @@ def _read_raw(path: Path) -> pd.DataFrame:
     if separator in (";", "\t"):   # numbers in a locale's style (ids are kept as written)
         for col in frame.columns:
             if col not in ID_COLUMNS:
-                frame[col] = _locale_numbers(frame[col], source, col, separator)
+                frame[col] = locale_numbers(frame[col], source, col, separator)
     frame.attrs["header_line"] = header_line
     return frame
 
 
-def _locale_numbers(cells: pd.Series, source: str, column: str, separator: str) -> pd.Series:
+def locale_numbers(cells: pd.Series, source: str, column: str, separator: str) -> pd.Series:
     """One column of semicolon- or tab-separated text with its numbers as Python reads them
     (``1500.5``), written in European style (``1.500,5``: dots group thousands, the comma is the
     decimal mark) or English style (``1,500.5``).
@@ -206,8 +206,12 @@ def _refuse_duration(value, source: str, row: int, column: str) -> None:
                       "format the column as General or Number", row, column)
 
 
-def _number(value, source: str, row: int, column: str) -> float:
-    """A finite number, or NaN for an empty cell; a date, a duration or text is an error."""
+def number(value, source: str, row: int, column: str) -> float:
+    """A cell's finite number (a workbook's number, or text as Python writes it, ``1,500`` with
+    commas grouping thousands: text in a locale's style goes through :func:`locale_numbers`
+    first), or NaN for an empty or missing (:data:`MISSING_WORDS`) cell; a date, a duration or
+    text is a TableError naming ``source``, ``row`` and ``column``. Both table readers read their
+    numbers so (the manifest its doses)."""
     _refuse_duration(value, source, row, column)
     if _is_date(value):
         _fail(source, f"'{_cell_text(value)}' looks like a date; expected a number", row, column)
@@ -279,7 +283,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
         out[col] = _times(raw[col], source, col, required=True)
     for col in EVENT_COLUMNS:
         out[col] = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=int)
-    dose = pd.Series({row: _number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
+    dose = pd.Series({row: number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
                      dtype=float)
     for row, v in dose.items():
         if v < 0:
@@ -297,7 +301,7 @@ def _times(cells: pd.Series, source: str, column: str, required: bool) -> pd.Ser
     """A column of times in months: a date, text or a negative time is an error naming the row, and
     so is an empty cell when ``required`` (``pfs_months``, ``os_months``; ``response_months`` is
     blank for patients without a response)."""
-    values = pd.Series({row: _number(v, source, row, column) for row, v in cells.items()}, dtype=float)
+    values = pd.Series({row: number(v, source, row, column) for row, v in cells.items()}, dtype=float)
     for row, v in values.items():
         if required and np.isnan(v):
             _fail(source, "missing time", row, column)
@@ -307,7 +311,7 @@ def _times(cells: pd.Series, source: str, column: str, required: bool) -> pd.Ser
 
 
 def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
-    """Numeric when every non-empty cell is a number (as :func:`_number` reads it: ``1,500`` in
+    """Numeric when every non-empty cell is a number (as :func:`number` reads it: ``1,500`` in
     comma-separated text is 1500), text when none is; mixed is an error, and so is a text column
     holding a number in another style (:data:`_FOREIGN_NUMBER_RE`: ``27,5`` typed into an English
     Excel or quoted in comma-separated text, ``40%``, ``1 500``), which would silently be a
@@ -318,7 +322,7 @@ def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
     filled = texts[texts != ""]
     numeric = filled.map(lambda s: bool(_NUMBER_RE.match(s) or _EN_GROUPED_RE.match(s)))
     if numeric.all() and not filled.empty:
-        return pd.Series({row: _number(v, source, row, column) for row, v in cells.items()}, dtype=float)
+        return pd.Series({row: number(v, source, row, column) for row, v in cells.items()}, dtype=float)
     foreign = filled[filled.map(lambda s: bool(_FOREIGN_NUMBER_RE.match(s)) and not _DATE_RE.match(s))]
     if not foreign.empty:
         _fail(source, f"'{foreign.iloc[0][:40]}' is a number written with a decimal comma, a percent sign or spaces, "
