@@ -394,6 +394,23 @@ def test_read_manifest_invisible_characters(files):
         read_manifest(ids)
 
 
+@pytest.mark.parametrize("column, written, message", [
+    ("tube", "surface\u200b", "the value 'surface' holds an invisible character (U+200B ZERO WIDTH SPACE) after "
+                              "'surface'; retype the value, or delete the character"),
+    ("role", "\u2060stain", "the value 'stain' holds an invisible character (U+2060 WORD JOINER) at its start"),
+    ("fmo_marker", "PD\u200d1", "the value 'PD1' holds an invisible character (U+200D ZERO WIDTH JOINER) after 'PD'")])
+def test_read_manifest_invisible_character_in_tube_role_marker(files, column, written, message):
+    """A zero-width character pasted into a tube or role cell gave "unknown tube 'surface\\u200b'
+    (did you mean 'surface'?)" (the cell reads 'surface' in Excel), into an FMO marker "not a
+    marker" -> the cell and the character are named, as for an id."""
+    row = dict(zip(COLUMNS, TABLE[2]))
+    row[column] = written
+    path = _write(files / "m.csv", [TABLE[0], TABLE[1], list(row.values())])
+    with pytest.raises(TableError) as err:
+        read_manifest(path)
+    assert str(err.value).startswith(f"{path}: row 3, column '{column}': {message}")
+
+
 def test_read_manifest_header_below_a_title(files):
     """A title line and blank lines above the header: the CSV was 'cannot read manifest (Error
     tokenizing data ...)' or 'No columns to parse', the .xlsx 'missing column(s)' -> the header is

@@ -212,7 +212,7 @@ Excel saved from it) holds in its place."""
 
 
 def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = (),
-                keep_bytes: Sequence[str] = (), ids: Sequence[str] = ()) -> pd.DataFrame:
+                keep_bytes: Sequence[str] = (), ids: Sequence[str] = (), codes: Sequence[str] = ()) -> pd.DataFrame:
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
     (:func:`header_text`: invisible characters and surrounding blanks removed; a name in ``lower``
     written in any case is lower-cased), index = line; rows whose
@@ -226,8 +226,9 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     with an empty header cell (a note beside the table, in column K: data or not, the reader
     cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
     ids would silently be other ids), an invisible character (:func:`_invisible`) in a cell of the
-    columns named in ``ids`` (case ignored: the id would silently match no other table's, and
-    which characters a lab meant cannot be told), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
+    columns named in ``ids`` or ``codes`` (case ignored: the id would silently match no other
+    table's, and which characters a lab meant cannot be told; a code such as the manifest's tube
+    would be refused as unknown although it reads as a known one), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
     that failed; ``#N/A`` too, mostly a lookup that found nothing rather than a value known to be
     missing)."""
     header = next((cells for line, cells in rows if line == header_line), [])
@@ -244,6 +245,7 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
         cells = _decoded([*cells[:len(names)], *[""] * (len(names) - len(cells))], names, keep_bytes, where(line))
         _refuse_stray_cells(cells, names, where(line))
         _refuse_invisible(cells, names, ids, where(line))
+        _refuse_invisible(cells, names, codes, where(line), "value")
         body.append((line, [cell for name, cell in zip(names, cells) if name]))
     return pd.DataFrame([cells for _, cells in body], columns=[name for name in names if name],
                         index=[line for line, _ in body], dtype=object)
@@ -281,10 +283,11 @@ def _refuse_stray_cells(cells: list[Any], names: list[str], where: str) -> None:
                              "value is missing")
 
 
-def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], where: str) -> None:
+def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], where: str, what: str = "id") -> None:
     """Refuse an invisible character (:func:`_invisible`) in a row's cell (``cells``, under the
     header's ``names``) of a column named in ``ids`` (case ignored); the TableError starts with
-    ``where`` and names the column, the character and where it lies in the id."""
+    ``where`` and names the column, the character and where it lies in the cell (``what``: how the
+    message calls the cell's text, "the id", "the value")."""
     wanted = {name.casefold() for name in ids}
     for name, cell in zip(names, cells):
         text = str(cell).strip()
@@ -292,10 +295,10 @@ def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], wh
         if hidden is not None:
             char = text[hidden]
             shown = "".join(c for c in text if not _invisible(c))
-            place = f"after {text[:hidden]!r}" if hidden else "at its start"
-            raise TableError(f"{where}, column '{name}': the id {shown[:40]!r} holds an invisible character "
-                             f"(U+{ord(char):04X} {unicodedata.name(char, 'format character')}) {place}; retype "
-                             "the id, or delete the character")
+            position = f"after {text[:hidden]!r}" if hidden else "at its start"
+            raise TableError(f"{where}, column '{name}': the {what} {shown[:40]!r} holds an invisible character "
+                             f"(U+{ord(char):04X} {unicodedata.name(char, 'format character')}) {position}; retype "
+                             f"the {what}, or delete the character")
 
 
 def _refuse_named_twice(names: list[str], where: str) -> None:
