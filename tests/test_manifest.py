@@ -411,6 +411,19 @@ def test_read_manifest_invisible_character_in_tube_role_marker(files, column, wr
     assert str(err.value).startswith(f"{path}: row 3, column '{column}': {message}")
 
 
+def test_read_manifest_flowjo_statistics_rows(files):
+    """A table exported from FlowJo's table editor ends with 'Mean' and 'SD' rows (and a hand-made
+    one with a 'Total' row): refused as 'empty value' -> named as a summary row to delete."""
+    flowjo = [*[[*r[:5], "5e9"] for r in TABLE], ["Mean", "", "", "", "", "5e9"]]
+    total = [*TABLE, ["Total", None, None, None, None, 1e10]]
+    for label, path in (("Mean", _write(files / "m.csv", flowjo)), ("Total", _book(files / "m.xlsx", {"Sheet": total}))):
+        with pytest.raises(TableError) as err:
+            read_manifest(path)
+        assert str(err.value) == (f"{path}: row 4, column 'product_id': '{label}' in column 'file': this looks like a "
+                                  "total or summary row under the table, not a file; delete it (the manifest holds one "
+                                  "row per FCS file)")
+
+
 def test_read_manifest_header_below_a_title(files):
     """A title line and blank lines above the header: the CSV was 'cannot read manifest (Error
     tokenizing data ...)' or 'No columns to parse', the .xlsx 'missing column(s)' -> the header is

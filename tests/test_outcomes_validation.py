@@ -370,6 +370,19 @@ def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     assert error_of(outcomes).startswith(f"{outcomes}: row 5, column 'best_response': ")
 
 
+@pytest.mark.parametrize("last, column, label", [
+    (",Total,9.3e10,,,,,,,", "patient_id", "'Total' in column 'product_id'"),
+    ("Sum:,,9.3e10,,,,,,,", "product_id", "'Sum:' in column 'patient_id'"),
+    ("Mean,,3.1e10,,7.9,,11.7,,24.3,", "product_id", "'Mean' in column 'patient_id'")])
+def test_total_row_under_the_table(tmp_path, last, column, label):
+    """A total (or mean) row a lab adds under the table was refused as 'missing id' -> the message
+    says the row looks like a total row and to delete it."""
+    msg = error_of(write(tmp_path, [*ROWS, last]))
+    assert msg.startswith(f"{tmp_path / 'outcomes.csv'}: row 5, column '{column}': {label}: this looks like a total "
+                          "or summary row under the table, not a patient; delete it"), msg
+    assert "missing id" in error_of(write(tmp_path, [*ROWS, ",TIL9,3e10,PR,5.5,1,12.0,1,25,M"]))
+
+
 @pytest.mark.parametrize("content,name", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64), "image.csv"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "old.xls"),

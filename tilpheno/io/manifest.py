@@ -46,7 +46,7 @@ import pandas as pd
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import display_name
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
-                                  sheet_rows, table_frame, text_rows, windows_1252, workbook_table)
+                                  sheet_rows, summary_label, table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -366,6 +366,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     for line, row in zip(frame.index, frame.itertuples(index=False)):
         where = place(str(path), line)
         for column in COLUMNS[:4]:
+            label = summary_label(frame.loc[line].items()) if getattr(row, column) == "" else None
+            if label:
+                raise TableError(f"{where}, column '{column}': '{label[1][:40]}' in column '{label[0]}': this looks like "
+                                 "a total or summary row under the table, not a file; delete it (the manifest holds "
+                                 "one row per FCS file)")
             if getattr(row, column) == "":
                 raise TableError(f"{where}, column '{column}': empty value")
         if row.role not in ROLES:

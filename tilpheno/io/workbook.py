@@ -301,6 +301,22 @@ def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], wh
                              f"the {what}, or delete the character")
 
 
+_SUMMARY_LABEL = re.compile(r"^(?:grand\s*|sub-?)?(?:totals?|sum|mean|average|avg|median|sd|s\.d\.|std\.?\s*dev\.?|stdev|"
+                            r"count|min(?:imum)?|max(?:imum)?|cv)\s*:?$", re.IGNORECASE)
+
+
+def summary_label(cells: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
+    """``(column, text)`` when the first filled cell of a table row (``(column name, cell)`` pairs
+    in the sheet's order) labels a row of totals or statistics (``Total``, ``Sum``, ``Mean``,
+    ``SD``, ``Median``, ``Count``, ...: a sheet's total row, FlowJo's table editor's ``Mean`` and
+    ``SD`` rows under the table), else None."""
+    for column, cell in cells:
+        text = str(cell).strip() if cell is not None else ""
+        if text:
+            return (column, text) if _SUMMARY_LABEL.match(text) else None
+    return None
+
+
 def _refuse_named_twice(names: list[str], where: str) -> None:
     """Refuse two header cells naming one column, also in different cases (``os_months`` and
     ``OS_months``: which one is meant?): a TableError starting with ``where`` naming both columns'
