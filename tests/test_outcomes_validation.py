@@ -271,6 +271,36 @@ def test_excel_date_in_time_column(tmp_path):
     assert "row 3" in msg and "'pfs_months'" in msg and "date" in msg
 
 
+def test_excel_time_of_day_in_number_columns(tmp_path):
+    """A time typed into a cell Excel formats as a time of day (read as datetime.time) said
+    "'12:30:00' looks like a date" -> "is a time of day"; in the manifest's dose (read as text
+    from a workbook) it was "'12:30:00' is not a number of cells"."""
+    import datetime as dt
+    import openpyxl
+
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_panel import design_file
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(HEADER.split(","))
+    for row in ROWS:
+        sheet.append(row.split(","))
+    sheet["E3"] = dt.time(12, 30)
+    sheet["E3"].number_format = "h:mm"
+    path = tmp_path / "o.xlsx"
+    book.save(path)
+    assert error_of(path) == (f"{path}: row 3, column 'pfs_months': '12:30:00' is a time of day (hours:minutes; in "
+                              "Excel, a cell formatted as a time), not a number; type the number, and format the column "
+                              "as General or Number")
+    design_file(tmp_path, "a.fcs", "surface")
+    manifest = _book(tmp_path / "m.xlsx", {"Sheet": [[*COLUMNS, "til_dose_cells"],
+                                                     ["a.fcs", "P", "surface", "stain", None, dt.time(9, 15)]]})
+    with pytest.raises(TableError, match=r"^\S*m.xlsx: row 2, column 'til_dose_cells': '09:15:00' is a time of day"):
+        read_manifest(manifest)
+    assert "'7:05 PM' is a time of day" in error_of(write(tmp_path, [ROWS[0].replace(",12.0,", ",7:05 PM,"), *ROWS[1:]]))
+
+
 @pytest.mark.parametrize("row_index,column,value,expect", [
     (1, "pfs_months", "2019-05-03", "looks like a date"),
     (0, "os_months", "03/05/2019", "looks like a date"),

@@ -72,6 +72,7 @@ REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
             "pfs_months", "pfs_event", "os_months", "os_event")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
+_TIME_OF_DAY_RE = re.compile(r"^\s*\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*([AaPp]\.?[Mm]\.?)?\s*$")
 _EN_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 _EU_GROUPED_RE = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$")
 _ONE_GROUP_RE = {"\t": re.compile(r"^[+-]?\d{1,3}[.,]\d{3}$"), ";": re.compile(r"^[+-]?\d{1,3}\.\d{3}$")}
@@ -193,7 +194,13 @@ def _cell_text(value) -> str:
 
 
 def _is_date(value) -> bool:
-    return isinstance(value, (_dt.datetime, _dt.date, _dt.time, pd.Timestamp)) or bool(_DATE_RE.match(str(value)))
+    return isinstance(value, (_dt.datetime, _dt.date, pd.Timestamp)) or bool(_DATE_RE.match(str(value)))
+
+
+def _is_time_of_day(value) -> bool:
+    """An Excel cell formatted as a time (read as a ``datetime.time``), or text written as one
+    (``12:30``, ``7:05:00 PM``)."""
+    return isinstance(value, _dt.time) or bool(_TIME_OF_DAY_RE.match(str(value)))
 
 
 def _refuse_duration(value, source: str, row: int, column: str) -> None:
@@ -213,6 +220,9 @@ def number(value, source: str, row: int, column: str) -> float:
     text is a TableError naming ``source``, ``row`` and ``column``. Both table readers read their
     numbers so (the manifest its doses)."""
     _refuse_duration(value, source, row, column)
+    if _is_time_of_day(value):
+        _fail(source, f"'{_cell_text(value)}' is a time of day (hours:minutes; in Excel, a cell formatted as a time), "
+                      "not a number; type the number, and format the column as General or Number", row, column)
     if _is_date(value):
         _fail(source, f"'{_cell_text(value)}' looks like a date; expected a number", row, column)
     text = _cell_text(value)
