@@ -380,6 +380,27 @@ def test_blank_lines_keep_row_numbers(tmp_path):
     assert "row 5" in msg
 
 
+def test_mac_roman_text_is_refused_not_misread(tmp_path):
+    """A CSV Excel for Mac saved in Mac Roman was read as Windows-1252 without a word: 'Zürich'
+    became 'ZŸrich', the id 'Pä2' became 'PŠ2' (matching no product) -> refused naming the cell and
+    both readings; Windows-1252 text (é, µ) is still read."""
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_panel import design_file
+
+    path = tmp_path / "mac.csv"
+    path.write_bytes("\n".join([HEADER + ",site", ROWS[0] + ",Zürich", ROWS[1] + ",Genf"]).encode("mac_roman"))
+    assert error_of(path) == (f"{path}: row 2, column 'site': 'ZŸrich' in Windows-1252, 'Zürich' in Mac Roman (Excel "
+                              "for Mac's CSV): the text is not UTF-8, and which of the two it is cannot be told; save "
+                              "the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
+    design_file(tmp_path, "a.fcs", "surface")
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(f"{','.join(COLUMNS)}\na.fcs,Pä2,surface,stain,\n".encode("mac_roman"))
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'product_id': 'PŠ2' in Windows-1252, 'Pä2' in Mac Roman"):
+        read_manifest(manifest)
+    path.write_bytes("\n".join([HEADER + ",site", ROWS[0] + ",Genève 5 µl", ROWS[1] + ",Zürich"]).encode("cp1252"))
+    assert read_outcomes(path)["site"].tolist() == ["Genève 5 µl", "Zürich"]
+
+
 def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in

@@ -13,7 +13,7 @@ spreadsheet shows it: the sheet's row, the text file's line, as a text editor nu
 the row starts on when a quoted cell holds a line break; without a title the header is row 1,
 the first patient row 2) and the column:
 an empty file, a file that is neither CSV nor Excel (an old .xls workbook), text neither UTF-8 nor
-Windows-1252, two sheets holding a table, a column named twice (also in another case), a CSV row
+Windows-1252 (or that may be Mac Roman, Excel for Mac's CSV), two sheets holding a table, a column named twice (also in another case), a CSV row
 longer than the header, a value beside the table (in a column without a header; an empty one is ignored),
 missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
@@ -359,7 +359,8 @@ def read_outcomes(path) -> pd.DataFrame:
 
     Text is UTF-8 (with or without a BOM) or UTF-16 with a BOM (Excel's "Unicode Text"); a cell's
     bytes that are not UTF-8 are read as Windows-1252 (Excel's "CSV (Comma delimited)" on
-    Windows), other bytes are refused naming the cell (:func:`tilpheno.io.workbook.table_frame`).
+    Windows), other bytes, and bytes Mac Roman reads as other letters, are refused naming the cell
+    (:func:`tilpheno.io.workbook.table_frame`).
     A title above the header, the table on a later sheet and merged cells are read as a
     spreadsheet shows them (see :func:`_read_raw`).
 

@@ -131,6 +131,23 @@ def decode_text(data: bytes, source: str) -> str:
 _ESCAPED = re.compile("[\udc80-\udcff]+")
 
 
+_MAC_ROMAN_LETTERS = "".join(chr(0xdc00 + b) for b in range(0x80, 0xa0)
+                             if bytes([b]).decode("cp1252", errors="ignore").isalpha())
+"""Escaped bytes (0x8A, 0x8E, 0x9F, ...) that read as rare letters in Windows-1252 (Š, Ž, Ÿ) and as
+common ones in Mac Roman, what Excel for Mac's CSV writes (ä, é, ü): a cell holding one is text
+in one of the two, and which cannot be told."""
+
+
+def _refuse_mac_roman(cell: str, where: str) -> None:
+    """Refuse a cell (as :func:`decode_text` gives it) holding a byte of :data:`_MAC_ROMAN_LETTERS`:
+    a TableError starting with ``where`` showing both readings."""
+    if any(c in _MAC_ROMAN_LETTERS for c in cell):
+        mac = _ESCAPED.sub(lambda run: run.group().encode("utf-8", "surrogateescape").decode("mac_roman"), cell)
+        raise TableError(f"{where}: {windows_1252(cell).strip()[:40]!r} in Windows-1252, {mac.strip()[:40]!r} in Mac "
+                         "Roman (Excel for Mac's CSV): the text is not UTF-8, and which of the two it is cannot be "
+                         "told; save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
+
+
 def windows_1252(text: str) -> str:
     """``text`` (UTF-8 with other bytes as surrogate escapes, :func:`decode_text`) with those bytes
     read as Windows-1252, what Excel's "CSV (Comma delimited)" writes on Windows ("1 µl", "Pé1");
@@ -225,7 +242,9 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     different cases), a row with more filled cells than the header has names, a value in a column
     with an empty header cell (a note beside the table, in column K: data or not, the reader
     cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
-    ids would silently be other ids), an invisible character (:func:`_invisible`) in a cell of the
+    ids would silently be other ids), a byte that reads as a letter in Mac Roman and as a rare one
+    in Windows-1252 (:data:`_MAC_ROMAN_LETTERS`: Excel for Mac's CSV; 'Zürich' would silently be
+    'ZŸrich'), an invisible character (:func:`_invisible`) in a cell of the
     columns named in ``ids`` or ``codes`` (case ignored: the id would silently match no other
     table's, and which characters a lab meant cannot be told; a code such as the manifest's tube
     would be refused as unknown although it reads as a known one), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
@@ -259,10 +278,11 @@ def _decoded(cells: list[Any], names: list[str], keep_bytes: Sequence[str], wher
     decoded = []
     for i, (name, cell) in enumerate(zip(names, cells)):
         if isinstance(cell, str) and name.casefold() not in keep:
+            column = f"column '{name}'" if name else f"column {_column_letter(i)}"
+            _refuse_mac_roman(cell, f"{where}, {column}")
             cell = windows_1252(cell)
             left = _ESCAPED.search(cell)
             if left:
-                column = f"column '{name}'" if name else f"column {_column_letter(i)}"
                 raise TableError(f"{where}, {column}: byte 0x{ord(left.group()[0]) - 0xdc00:02x} is neither UTF-8 "
                                  "nor Windows-1252 text; save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
         decoded.append(cell)
