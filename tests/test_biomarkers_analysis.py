@@ -260,6 +260,7 @@ def test_cli_biomarkers(tmp_path):
                                  str(out), "--markers", "cd8_pct_of_cd3", "--endpoints", "pfs",
                                  "--permutations", "99", "--conf-type", "log-log", "--bootstrap", "5", "--pdf"])
     assert r.exit_code == 0, r.output
+    assert "times in months (pfs_months, os_months as given)" in r.output   # the unit of every statistic
     assert (out / "report.html").exists() and (out / "km.csv").exists()
     assert (out / "figures.pdf").read_bytes()[:5] == b"%PDF-"
     assert (out / "figures" / "km_pfs_all.svg").read_bytes().lstrip().startswith(b"<?xml")

@@ -103,6 +103,24 @@ def test_plausibility_warnings(tables, tmp_path):
     assert not any(n.startswith("plausibility") for n in build_cohort(pheno, outcomes).notes)
 
 
+@pytest.mark.parametrize("factor, expected", [
+    (30.4375, "these look like days, not months (divide by 30.4375); every statistic is in months"),
+    (4.3482, "os_months has median 51.5262, longer than TIL cohorts' (above 48 months): times in weeks? Analysed "
+             "as months; if they are weeks, divide by 4.3482"),
+    (1 / 12, "every pfs_months and os_months time is below 10 (longest 3.15): times in years? Analysed as months; "
+             "if they are years, multiply by 12")])
+def test_plausibility_time_units(tables, factor, expected):
+    """Follow-up times given in weeks (the reference cohort's months times 4.3482: median OS 51.5,
+    longest 164) or years (longest 3.15) were analysed as months without a note; days were noted.
+    Now each unit is noted, and the note says the statistics are in months."""
+    pheno, outcomes = tables
+    scaled = outcomes.assign(pfs_months=outcomes["pfs_months"] * factor, os_months=outcomes["os_months"] * factor)
+    notes = [n for n in build_cohort(pheno, scaled).notes if n.startswith("plausibility")]
+    assert any(expected in n for n in notes), notes
+    weeks = outcomes.assign(os_months=outcomes["os_months"] * 4.3482 * 2)   # median 103, longest 329: days or weeks
+    assert any("look like days or weeks" in n for n in build_cohort(pheno, weeks).notes)
+
+
 def test_failed_products_are_left_out_with_a_note(tables):
     """A product `tilpheno process` reports failed carries no results: it is not analysed, and the
     cohort says which were left out."""

@@ -466,7 +466,7 @@ def biomarkers(
         _fail(exc)
     cohort = results.cohort
     typer.echo(f"{len(cohort.data)} patients with phenotypes and outcomes ({len(cohort.outcomes)} with outcomes); "
-               f"{len(cohort.markers)} markers; outputs in {out}")
+               f"{len(cohort.markers)} markers; times in months (pfs_months, os_months as given); outputs in {out}")
     for pid in cohort.products_without_outcomes:
         typer.echo(f"  product without outcomes: {pid}")
     for pid in cohort.patients_without_products:

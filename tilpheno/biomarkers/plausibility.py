@@ -1,6 +1,10 @@
 """Plausibility checks of a joined cohort: warnings (printed and in the report), never silent.
 
-- Times that look like days: median follow-up time above 60 "months" or any time above 240.
+- Times in another unit than months (the unit of every statistic: survival curves, hazard ratios,
+  landmarks): days when a time is above 1000 (no one is followed 1000 weeks, 19 years), days or
+  weeks when a column's median is above 60 or a time above 240, weeks (a guess from
+  the values) when the median PFS is above 18 or the median OS above 48 (longer than TIL cohorts'),
+  years (a guess) when every PFS and OS time of at least 5 patients is below 10.
 - PFS longer than OS for a patient (progression cannot come after death).
 - A cell-dose column (``*_dose_cells``) whose median is below 1e6 cells (given in units of 1e9?), or
   with some values below 1e6 cells among doses in cells (those rows typed in units of 1e9?).
@@ -15,6 +19,10 @@ import pandas as pd
 
 DAYS_MEDIAN = 60.0
 DAYS_MAX = 240.0
+DAYS_CERTAIN = 1000.0
+WEEKS_MEDIAN = {"pfs_months": 18.0, "os_months": 48.0}
+YEARS_MAX = 10.0
+YEARS_MIN_PATIENTS = 5
 MIN_CELLS = 1e6
 
 
@@ -24,15 +32,35 @@ def _ids(frame: pd.DataFrame, mask) -> str:
     return ", ".join(ids[:5]) + more
 
 
+def _time_unit_warnings(outcomes: pd.DataFrame) -> list[str]:
+    """Notes on ``pfs_months`` and ``os_months`` that look like another unit (module docstring)."""
+    out = []
+    times = {col: pd.to_numeric(outcomes[col], errors="coerce") for col in ("pfs_months", "os_months") if col in outcomes}
+    for col, t in times.items():
+        median, longest = t.median(), t.max()
+        if longest > DAYS_CERTAIN:
+            out.append(f"plausibility: {col} has median {median:g} and maximum {longest:g}: these look like days, not "
+                       "months (divide by 30.4375); every statistic is in months")
+        elif median > DAYS_MEDIAN or longest > DAYS_MAX:
+            out.append(f"plausibility: {col} has median {median:g} and maximum {longest:g}: these look like days or "
+                       "weeks, not months (days: divide by 30.4375; weeks: divide by 4.3482); every statistic is in "
+                       "months")
+        elif median > WEEKS_MEDIAN[col]:
+            out.append(f"plausibility (a guess from the values): {col} has median {median:g}, longer than TIL cohorts' "
+                       f"(above {WEEKS_MEDIAN[col]:g} months): times in weeks? Analysed as months; if they are weeks, "
+                       "divide by 4.3482")
+    every = pd.concat(list(times.values())) if times else pd.Series(dtype=float)
+    counts = [int(t.notna().sum()) for t in times.values()]
+    if counts and min(counts) >= YEARS_MIN_PATIENTS and every.max() < YEARS_MAX:
+        out.append(f"plausibility (a guess from the values): every {' and '.join(times)} time is below {YEARS_MAX:g} "
+                   f"(longest {every.max():g}): times in years? Analysed as months; if they are years, multiply by 12 "
+                   f"(a cohort followed less than {YEARS_MAX:g} months would look the same)")
+    return out
+
+
 def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: list[str]) -> list[str]:
     """One sentence per implausible pattern."""
-    out = []
-    for col in ("pfs_months", "os_months"):
-        if col in outcomes:
-            t = pd.to_numeric(outcomes[col], errors="coerce")
-            if t.median() > DAYS_MEDIAN or t.max() > DAYS_MAX:
-                out.append(f"plausibility: {col} has median {t.median():g} and maximum {t.max():g}: these look like "
-                           "days, not months (divide by 30.4375)")
+    out = _time_unit_warnings(outcomes)
     if {"pfs_months", "os_months"} <= set(outcomes.columns):
         later = outcomes["pfs_months"] > outcomes["os_months"] + 1e-9
         if later.any():
