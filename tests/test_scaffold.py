@@ -32,6 +32,26 @@ def test_viability_dyes_come_from_the_vocabulary():
     assert not any(vocabulary.is_viability_dye(n) for n in ("CD3", "FoxP3", "Ki67"))
 
 
+def test_instrument_words_are_no_markers(tmp_path):
+    """Real exports: FACSDiva's 'Syto 41' label drafted the marker 'Syto' (the dye's number lost:
+    SYTO 41 and SYTO 9 are other dyes); MACSQuant's time channel HDR-T (FCS 2.0: $PnN = $PnS = HDR-T)
+    counted as a fluorescence detector; Sysmex CyFlow's 'DOUBLET' and 'HDR-T' read as markers where
+    a label. Now SYTO41, and neither channel is a marker or a fluorescence detector."""
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.spillover import fluorescence_detectors
+
+    corpus = Path(__file__).parent / "data" / "fcs" / "fcsparser_instruments"
+    shutil.copytree(corpus / "FACS_Diva", tmp_path / "diva")
+    draft = draft_study(tmp_path / "diva")
+    assert [t.markers for t in draft.tubes] == [("CD20", "CD10", "CD45", "CD34", "SYTO41", "CD19", "CD38")]
+    macsquant = read_fcs_metadata(corpus / "MiltenyiBiotec" / "FCS2.0" /
+                                  "EY_2013-07-19_PBS_FCS_2.0_Custom_Without_Add_Well_A1.001.fcs", checksum=False)
+    assert "HDR-T" in macsquant.channel_names and "HDR-T" not in fluorescence_detectors(macsquant)
+    vocabulary = default_vocabulary()
+    assert [vocabulary.marker_in(label) for label in ("DOUBLET", "HDR-T", "Syto 41", "SYTO-9")] == \
+        [None, None, "SYTO41", "SYTO9"]
+
+
 def test_newlab_draft_runs_and_agrees_with_truth(tmp_path):
     """Another lab's three tubes (one marker on an unlabelled detector, named by its panel file):
     kinds, FMOs and viability dye inferred; `process` with the draft exits 0; its flat gates give

@@ -113,7 +113,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tilpheno.panel import is_scatter_or_time
+from tilpheno.panel import TIME_NAMES, is_scatter_or_time
 
 MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
@@ -261,9 +261,6 @@ class AcquisitionQC:
 # --------------------------------------------------------------------------------------------
 # small pure helpers
 # --------------------------------------------------------------------------------------------
-
-
-TIME_NAMES = ("time", "hdr-t")   # Miltenyi MACSQuant calls its time channel HDR-T
 
 
 def find_time_channel(channel_names: Sequence[str]) -> str | None:

@@ -45,10 +45,14 @@ def normalize_marker(text: str | None, vocabulary: Vocabulary | None = None) -> 
     return (vocabulary or default_vocabulary()).marker_in(text)
 
 
+TIME_NAMES = ("time", "hdr-t")   # Miltenyi MACSQuant calls its time channel HDR-T
+
+
 def is_scatter_or_time(detector: str) -> bool:
-    """True for FSC*/SSC* scatter channels and the Time channel (never markers)."""
+    """True for FSC*/SSC* scatter channels and the time channel (:data:`TIME_NAMES`, case
+    ignored), never markers nor fluorescence detectors."""
     name = detector.strip().upper()
-    return name.startswith(("FSC", "SSC")) or name == "TIME"
+    return name.startswith(("FSC", "SSC")) or name.lower() in TIME_NAMES
 
 
 @dataclass(frozen=True)
