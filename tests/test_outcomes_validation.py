@@ -401,6 +401,26 @@ def test_mac_roman_text_is_refused_not_misread(tmp_path):
     assert read_outcomes(path)["site"].tolist() == ["Genève 5 µl", "Zürich"]
 
 
+def test_id_in_excel_scientific_notation_is_refused(tmp_path):
+    """A LIMS number typed into a General cell is shown by Excel as 1.23457E+11, and a CSV saved
+    from it keeps only that: the id '1.23457E+11' was read as written and matched no product
+    (manifest and outcomes alike) -> refused naming the cell; other ids with an E are kept."""
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_panel import design_file
+
+    path = write(tmp_path, [ROWS[0], ROWS[1].replace("TIL2", "1.23457E+11")])
+    assert error_of(path) == (f"{path}: row 3, column 'product_id': the id '1.23457E+11' is a long number as Excel "
+                              "shows it in scientific notation (saved so, its last digits are lost); format the column "
+                              "as Text in Excel, type the ids again and save the table again")
+    design_file(tmp_path, "a.fcs", "surface")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"{','.join(COLUMNS)}\na.fcs,4.56789E+12,surface,stain,\n")
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'product_id': the id '4.56789E\+12' is a long number"):
+        read_manifest(manifest)
+    kept = write(tmp_path, [ROWS[0].replace("P1,", "1E5,"), ROWS[1].replace("TIL2", "TIL2E+1")])
+    assert read_outcomes(kept)[["patient_id", "product_id"]].values.tolist()[:2] == [["1E5", "TIL1"], ["P2", "TIL2E+1"]]
+
+
 def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in

@@ -242,7 +242,8 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     different cases), a row with more filled cells than the header has names, a value in a column
     with an empty header cell (a note beside the table, in column K: data or not, the reader
     cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
-    ids would silently be other ids), a byte that reads as a letter in Mac Roman and as a rare one
+    ids would silently be other ids), an id in Excel's scientific notation (``1.23457E+11``: its
+    digits are lost), a byte that reads as a letter in Mac Roman and as a rare one
     in Windows-1252 (:data:`_MAC_ROMAN_LETTERS`: Excel for Mac's CSV; 'Zürich' would silently be
     'ZŸrich'), an invisible character (:func:`_invisible`) in a cell of the
     columns named in ``ids`` or ``codes`` (case ignored: the id would silently match no other
@@ -264,6 +265,7 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
         cells = _decoded([*cells[:len(names)], *[""] * (len(names) - len(cells))], names, keep_bytes, where(line))
         _refuse_stray_cells(cells, names, where(line))
         _refuse_invisible(cells, names, ids, where(line))
+        _refuse_scientific_ids(cells, names, ids, where(line))
         _refuse_invisible(cells, names, codes, where(line), "value")
         body.append((line, [cell for name, cell in zip(names, cells) if name]))
     return pd.DataFrame([cells for _, cells in body], columns=[name for name in names if name],
@@ -335,6 +337,23 @@ def summary_label(cells: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
         if text:
             return (column, text) if _SUMMARY_LABEL.match(text) else None
     return None
+
+
+_SCIENTIFIC_ID = re.compile(r"^\d\.\d{1,14}E\+\d{1,3}$", re.IGNORECASE)
+
+
+def _refuse_scientific_ids(cells: list[Any], names: list[str], ids: Sequence[str], where: str) -> None:
+    """Refuse a row's cell (``cells``, under the header's ``names``) of a column named in ``ids``
+    (case ignored) written as Excel writes a long number in scientific notation (``1.23457E+11``:
+    a barcode or LIMS number typed into a General cell, saved in a CSV as Excel showed it, its
+    last digits lost). The TableError starts with ``where`` and names the column."""
+    wanted = {name.casefold() for name in ids}
+    for name, cell in zip(names, cells):
+        text = str(cell).strip()
+        if name.casefold() in wanted and _SCIENTIFIC_ID.match(text):
+            raise TableError(f"{where}, column '{name}': the id {text!r} is a long number as Excel shows it in "
+                             "scientific notation (saved so, its last digits are lost); format the column as Text in "
+                             "Excel, type the ids again and save the table again")
 
 
 def _refuse_named_twice(names: list[str], where: str) -> None:
