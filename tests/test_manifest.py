@@ -267,6 +267,20 @@ def test_read_manifest_dose_read_as_the_outcomes_table_reads_it(files, separator
     assert read_outcomes(outcomes)["til_dose_cells"].iloc[0] == pytest.approx(cells, nan_ok=True)
 
 
+def test_read_manifest_written_by_r_with_na(files):
+    """R's write.csv writes a missing fmo_marker (and dose) as NA: every stain row was refused
+    "'NA' given for a stain row" -> NA (and N/A, NULL) is an empty cell, as in the outcomes table."""
+    path = files / "m.csv"
+    path.write_text('"file","product_id","tube","role","fmo_marker","til_dose_cells"\n'
+                    '"a.fcs","P1","surface","stain",NA,5e9\n"b.fcs","P1","surface","fmo","PD1",NA\n')
+    frame = read_manifest(path)
+    assert frame["fmo_marker"].tolist() == ["", "PD1"]
+    assert frame["til_dose_cells"].iloc[0] == 5e9 and np.isnan(frame["til_dose_cells"].iloc[1])
+    path.write_text(f"{','.join(COLUMNS)}\nb.fcs,P1,surface,fmo,N/A\n")
+    with pytest.raises(TableError, match=r"row 2, column 'fmo_marker': FMO row needs a marker name"):
+        read_manifest(path)
+
+
 def test_read_manifest_european_excel_csv(files):
     """Excel's CSV where the comma is the decimal mark is semicolon-separated (and a tab-separated
     copy has tabs): both were one column named 'file;product_id;...' ('missing columns') -> read,

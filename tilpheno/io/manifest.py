@@ -45,6 +45,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import display_name
+from tilpheno.io.outcomes import MISSING_WORDS, locale_numbers, number
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
                                   sheet_rows, summary_label, table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
@@ -332,7 +333,9 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     product ids that differ only in case (one product mistyped would become two), files
     (links resolved) outside ``base`` unless ``allow_outside``, files that are not regular files,
     and in an optional ``til_dose_cells`` column (the product's infused cells, on one or more of its
-    rows) a cell that is not a non-negative number or differs from another of the product's. Values
+    rows) a cell that is not a non-negative number or differs from another of the product's.
+    ``NA``, ``N/A``, ``NaN``, ``NULL`` in ``fmo_marker`` and ``til_dose_cells`` are empty cells, as in
+    the outcomes table (R's ``write.csv`` writes ``NA``). Values
     are returned as written (stripped; text in Windows-1252 see :func:`_read_table`), ``file``
     as found, with ``fmo_marker`` read through the study's vocabulary
     (default: the bundled study's) and ``til_dose_cells`` as floats (an empty cell NaN).
@@ -360,6 +363,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame = frame.copy()
     for column in COLUMNS:
         frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
+    frame["fmo_marker"] = frame["fmo_marker"].map(lambda v: "" if v.lower() in MISSING_WORDS else v)   # R's NA
     seen: dict[str, int] = {}
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers = [], []
@@ -440,8 +444,6 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
     the column's locale style, :func:`tilpheno.io.outcomes.locale_numbers`: ``1.500.000.000`` and
     ``1,5E+09`` in European Excel, ``1,500,000,000`` in English): each a non-negative finite
     number, and the filled cells of one product equal (a product has one infused dose)."""
-    from tilpheno.io.outcomes import locale_numbers, number
-
     source, cells = str(path), frame["til_dose_cells"]
     if frame.attrs.get("separator") in (";", "\t"):
         cells = locale_numbers(cells, source, "til_dose_cells", frame.attrs["separator"])
