@@ -281,6 +281,21 @@ def test_read_manifest_written_by_r_with_na(files):
         read_manifest(path)
 
 
+def test_read_manifest_dose_in_units_of_1e9_is_refused(files):
+    """A dose typed as 5 (meaning 5 x 1e9 cells, as clinical forms write it) was taken as 5 cells:
+    every absolute subset dose of the product a billion times too small, without a word -> refused
+    (below 1e6 cells), naming the cell; 0 and doses in cells are read."""
+    header = [*COLUMNS, "til_dose_cells"]
+    path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5.2"]])
+    with pytest.raises(TableError) as err:
+        read_manifest(path)
+    assert str(err.value) == (f"{path}: row 2, column 'til_dose_cells': '5.2' is fewer than 1e+06 cells, no TIL dose: "
+                              "given in units of 1e9 cells? Write the number of cells (5.2e+09 for 5.2 x 1e9)")
+    for dose, cells in (("0", 0.0), ("5.2e9", 5.2e9), ("1000000", 1e6)):
+        path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", dose]])
+        assert read_manifest(path)["til_dose_cells"].iloc[0] == cells
+
+
 def test_read_manifest_european_excel_csv(files):
     """Excel's CSV where the comma is the decimal mark is semicolon-separated (and a tab-separated
     copy has tabs): both were one column named 'file;product_id;...' ('missing columns') -> read,

@@ -17,13 +17,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tilpheno.io.outcomes import MIN_DOSE_CELLS
+
 DAYS_MEDIAN = 60.0
 DAYS_MAX = 240.0
 DAYS_CERTAIN = 1000.0
 WEEKS_MEDIAN = {"pfs_months": 18.0, "os_months": 48.0}
 YEARS_MAX = 10.0
 YEARS_MIN_PATIENTS = 5
-MIN_CELLS = 1e6
+MIN_CELLS = MIN_DOSE_CELLS
 
 
 def _ids(frame: pd.DataFrame, mask) -> str:

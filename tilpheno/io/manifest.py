@@ -45,7 +45,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import display_name
-from tilpheno.io.outcomes import MISSING_WORDS, locale_numbers, number
+from tilpheno.io.outcomes import MIN_DOSE_CELLS, MISSING_WORDS, locale_numbers, number
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
                                   sheet_rows, summary_label, table_frame, text_rows, windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
@@ -443,7 +443,9 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
     reads its numbers (:func:`tilpheno.io.outcomes.number`; in semicolon- or tab-separated text in
     the column's locale style, :func:`tilpheno.io.outcomes.locale_numbers`: ``1.500.000.000`` and
     ``1,5E+09`` in European Excel, ``1,500,000,000`` in English): each a non-negative finite
-    number, and the filled cells of one product equal (a product has one infused dose)."""
+    number, not below :data:`tilpheno.io.outcomes.MIN_DOSE_CELLS` but for 0 (a dose in units of 1e9
+    cells would make every absolute dose a billion times too small), and the filled cells of one
+    product equal (a product has one infused dose)."""
     source, cells = str(path), frame["til_dose_cells"]
     if frame.attrs.get("separator") in (";", "\t"):
         cells = locale_numbers(cells, source, "til_dose_cells", frame.attrs["separator"])
@@ -454,6 +456,9 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
         dose = number(cell, source, line, "til_dose_cells")
         if dose < 0:
             raise TableError(f"{where}: {str(cell).strip()[:40]!r} is not a number of cells (not negative)")
+        if 0 < dose < MIN_DOSE_CELLS:
+            raise TableError(f"{where}: {str(cell).strip()[:40]!r} is fewer than {MIN_DOSE_CELLS:g} cells, no TIL dose: "
+                             f"given in units of 1e9 cells? Write the number of cells ({dose * 1e9:g} for {dose:g} x 1e9)")
         if not math.isnan(dose):
             earlier = first.setdefault(product, (line, dose))
             if earlier[1] != dose:

@@ -83,6 +83,8 @@ _FOREIGN_NUMBER_RE = re.compile(r"^[+-]?(\d+,\d+|\d{1,3}([ \u00a0\u202f]\d{3})+(
 Python does not read as one."""
 _DECIMAL_POINT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?$")
 _MAX_BYTES = 200 * 1024 * 1024
+MIN_DOSE_CELLS = 1e6
+"""Fewer infused cells than this is no TIL dose in cells: a dose given in units of 1e9 (or 1e6) cells."""
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
 _EVENT_WORD_PAIRS = (("yes", "no"), ("y", "n"), ("true", "false"), ("event", "censored"))
 EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in enumerate(pair)}
