@@ -421,6 +421,27 @@ def test_id_in_excel_scientific_notation_is_refused(tmp_path):
     assert read_outcomes(kept)[["patient_id", "product_id"]].values.tolist()[:2] == [["1E5", "TIL1"], ["P2", "TIL2E+1"]]
 
 
+def test_id_with_a_no_break_space_is_refused(tmp_path):
+    """'TIL\u00a01' (a no-break space pasted from Word or a web page) looked like 'TIL 1' but
+    matched no product written with an ordinary space: the cohort listed a product without outcomes
+    and a patient without a product, both shown as 'TIL 1' -> refused naming the cell; a no-break
+    space around an id is stripped as before."""
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_panel import design_file
+
+    path = write(tmp_path, [ROWS[0].replace("TIL1", "TIL\u00a01"), ROWS[1]])
+    assert error_of(path) == (f"{path}: row 2, column 'product_id': the id 'TIL\\xa01' holds a special space (U+00A0 "
+                              "NO-BREAK SPACE) after 'TIL', which an id typed with an ordinary space does not match; "
+                              "retype the space")
+    design_file(tmp_path, "a.fcs", "surface")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"{','.join(COLUMNS)}\na.fcs,TIL\u202f1,surface,stain,\n", encoding="utf-8")
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'product_id': the id .* \(U\+202F NARROW NO-BREAK"):
+        read_manifest(manifest)
+    stripped = write(tmp_path, [ROWS[0].replace("TIL1", "\u00a0TIL 1\u00a0"), ROWS[1]])
+    assert read_outcomes(stripped)["product_id"].tolist()[0] == "TIL 1"
+
+
 def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in

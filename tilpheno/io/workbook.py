@@ -243,7 +243,8 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     with an empty header cell (a note beside the table, in column K: data or not, the reader
     cannot tell), a byte that is neither UTF-8 nor Windows-1252 (text in another encoding, whose
     ids would silently be other ids), an id in Excel's scientific notation (``1.23457E+11``: its
-    digits are lost), a byte that reads as a letter in Mac Roman and as a rare one
+    digits are lost), an id holding a special space (:func:`_refuse_special_spaces`: a no-break
+    space between its words), a byte that reads as a letter in Mac Roman and as a rare one
     in Windows-1252 (:data:`_MAC_ROMAN_LETTERS`: Excel for Mac's CSV; 'Zürich' would silently be
     'ZŸrich'), an invisible character (:func:`_invisible`) in a cell of the
     columns named in ``ids`` or ``codes`` (case ignored: the id would silently match no other
@@ -266,6 +267,7 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
         _refuse_stray_cells(cells, names, where(line))
         _refuse_invisible(cells, names, ids, where(line))
         _refuse_scientific_ids(cells, names, ids, where(line))
+        _refuse_special_spaces(cells, names, ids, where(line))
         _refuse_invisible(cells, names, codes, where(line), "value")
         body.append((line, [cell for name, cell in zip(names, cells) if name]))
     return pd.DataFrame([cells for _, cells in body], columns=[name for name in names if name],
@@ -321,6 +323,25 @@ def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], wh
             raise TableError(f"{where}, column '{name}': the {what} {shown[:40]!r} holds an invisible character "
                              f"(U+{ord(char):04X} {unicodedata.name(char, 'format character')}) {position}; retype "
                              f"the {what}, or delete the character")
+
+
+def _refuse_special_spaces(cells: list[Any], names: list[str], ids: Sequence[str], where: str) -> None:
+    """Refuse a space other than the ordinary one (Unicode category Zs: a no-break space U+00A0,
+    which Word, web pages and French Excel put between words, a narrow or thin space) inside a
+    row's cell of a column named in ``ids`` (case ignored): it looks like a space, but the id
+    matches no other table's id written with one. Surrounding ones are stripped, not refused. The
+    TableError starts with ``where`` and names the column, the character and where it lies."""
+    wanted = {name.casefold() for name in ids}
+    for name, cell in zip(names, cells):
+        text = str(cell).strip()
+        if name.casefold() not in wanted:
+            continue
+        at = next((i for i, c in enumerate(text) if c != " " and unicodedata.category(c) == "Zs"), None)
+        if at is not None:
+            char = text[at]
+            raise TableError(f"{where}, column '{name}': the id {text[:40]!r} holds a special space (U+{ord(char):04X} "
+                             f"{unicodedata.name(char, 'space')}) after {text[:at]!r}, which an id typed with an "
+                             "ordinary space does not match; retype the space")
 
 
 _SUMMARY_LABEL = re.compile(r"^(?:grand\s*|sub-?)?(?:totals?|sum|mean|average|avg|median|sd|s\.d\.|std\.?\s*dev\.?|stdev|"
