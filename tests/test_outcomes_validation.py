@@ -442,6 +442,26 @@ def test_id_with_a_no_break_space_is_refused(tmp_path):
     assert read_outcomes(stripped)["product_id"].tolist()[0] == "TIL 1"
 
 
+def test_note_under_the_table(tmp_path):
+    """A source note typed under the table ('* doses from the LIMS export of 1 March') was refused
+    as 'missing id' (outcomes) or 'empty value' (manifest), nothing said of the note -> the
+    message names the row's only value as a possible note to delete."""
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_panel import design_file
+
+    note = "* doses from the LIMS export of 1 March"
+    path = write(tmp_path, [*ROWS, "", f'"{note}"'])
+    assert error_of(path) == (f"{path}: row 6, column 'product_id': missing id (the row's only value is '{note}' in "
+                              "column 'patient_id': a note under the table? Delete it, or fill in the row)")
+    design_file(tmp_path, "a.fcs", "surface")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"{','.join(COLUMNS)}\na.fcs,P,surface,stain,\n\"{note}\"\n")
+    with pytest.raises(TableError) as info:
+        read_manifest(manifest)
+    assert str(info.value) == (f"{manifest}: row 3, column 'product_id': empty value (the row's only value is '{note}' "
+                               "in column 'file': a note under the table? Delete it, or fill in the row)")
+
+
 def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in

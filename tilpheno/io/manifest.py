@@ -46,8 +46,9 @@ import pandas as pd
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import display_name
 from tilpheno.io.outcomes import MIN_DOSE_CELLS, MISSING_WORDS, locale_numbers, number
-from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
-                                  sheet_rows, summary_label, table_frame, text_rows, windows_1252, workbook_table)
+from tilpheno.io.workbook import (decode_text, hidden_sheets, lone_value, open_workbook, place,
+                                  refuse_sheet_problems, sheet_rows, summary_label, table_frame, text_rows,
+                                  windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
 from tilpheno.study import Study, default_study
 
@@ -376,7 +377,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                                  "a total or summary row under the table, not a file; delete it (the manifest holds "
                                  "one row per FCS file)")
             if getattr(row, column) == "":
-                raise TableError(f"{where}, column '{column}': empty value")
+                raise TableError(f"{where}, column '{column}': empty value{lone_value(frame.loc[line].items())}")
         if row.role not in ROLES:
             raise TableError(f"{where}, column 'role': unknown role {row.role!r}{did_you_mean(row.role, ROLES)} "
                              f"(allowed: {', '.join(ROLES)})")

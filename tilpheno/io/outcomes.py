@@ -61,7 +61,7 @@ import pandas as pd
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
-                                  sheet_values, summary_label, table_frame, text_rows, workbook_table)
+                                  lone_value, sheet_values, summary_label, table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
 ID_COLUMNS = ("patient_id", "product_id")
@@ -281,7 +281,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
                 _fail(source, f"'{label[1][:40]}' in column '{label[0]}': this looks like a total or summary row under "
                               "the table, not a patient; delete it (the table holds one row per patient)", row, col)
             if value == "":
-                _fail(source, "missing id", row, col)
+                _fail(source, f"missing id{lone_value(raw.loc[row].items())}", row, col)
         dup = ids[ids.duplicated(keep=False)]
         if not dup.empty:
             first = dup.index[0]

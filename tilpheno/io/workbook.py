@@ -348,6 +348,19 @@ _SUMMARY_LABEL = re.compile(r"^(?:grand\s*|sub-?)?(?:totals?|sum|mean|average|av
                             r"count|min(?:imum)?|max(?:imum)?|cv)\s*:?$", re.IGNORECASE)
 
 
+def lone_value(cells: Iterable[tuple[str, Any]]) -> str:
+    """`` (the row's only value is '<text>' in column '<column>': a note under the table? ...)``
+    when a table row (``(column name, cell)`` pairs) has exactly one filled cell (a note or source
+    line typed under the table, or a row begun and not filled in), else ``''``: the end of a
+    missing-value message."""
+    filled = [(column, str(cell).strip()) for column, cell in cells if cell is not None and str(cell).strip()]
+    if len(filled) != 1:
+        return ""
+    column, text = filled[0]
+    return (f" (the row's only value is {text[:40]!r} in column '{column}': a note under the table? Delete it, or "
+            "fill in the row)")
+
+
 def summary_label(cells: Iterable[tuple[str, Any]]) -> tuple[str, str] | None:
     """``(column, text)`` when the first filled cell of a table row (``(column name, cell)`` pairs
     in the sheet's order) labels a row of totals or statistics (``Total``, ``Sum``, ``Mean``,
