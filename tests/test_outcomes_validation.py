@@ -462,6 +462,30 @@ def test_note_under_the_table(tmp_path):
                                "in column 'file': a note under the table? Delete it, or fill in the row)")
 
 
+def test_unclosed_quote_swallowing_rows_is_refused(tmp_path):
+    """A stray quote opening a CSV cell ('"ok') made every row below it part of that cell: patients
+    P2 and P3 (and a manifest's FMO row) were lost without a word -> refused naming the cell; a
+    quoted note with line breaks is still read."""
+    from tilpheno.io.manifest import COLUMNS, read_manifest
+    from test_panel import design_file
+
+    path = write(tmp_path, [*[f"{row},x" for row in ROWS[:1]], *[f"{row},fine" for row in ROWS[1:]]],
+                 header=HEADER + ",note")
+    path.write_text(path.read_text().replace(",x", ',"ok', 1))
+    assert error_of(path) == (f"{path}: row 2, column 'note': the cell runs over 3 lines, 2 of them like rows of the "
+                              f"table ('{ROWS[1]},fine'): a quote (\") opens the cell and is not closed where it ends, "
+                              "so the rows below would be lost; remove the stray quote, or close it")
+    design_file(tmp_path, "a.fcs", "surface")
+    design_file(tmp_path, "b.fcs", "surface", omit="PD1")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f'{",".join(COLUMNS)},comment\na.fcs,P,surface,stain,,"ok\nb.fcs,P,surface,fmo,PD1,\n')
+    with pytest.raises(TableError, match=r"m.csv: row 2, column 'comment': the cell runs over 2 lines, 1 of them like"):
+        read_manifest(manifest)
+    noted = write(tmp_path, [f'{ROWS[0]},"seen twice,\nsee chart, p. 2"', f"{ROWS[1]},", f"{ROWS[2]},"],
+                  header=HEADER + ",note")
+    assert read_outcomes(noted)["note"].tolist()[0] == "seen twice,\nsee chart, p. 2"
+
+
 def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in

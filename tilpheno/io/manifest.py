@@ -303,7 +303,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     from tilpheno.io.csvcells import restore_frame
 
     frame = restore_frame(table_frame(rows, header_line, lambda line: place(str(path), line), COLUMNS,  # scan -o's cells
-                                      keep_bytes=["file"], ids=["product_id"], codes=COLUMNS[2:]))
+                                      keep_bytes=["file"], ids=["product_id"], codes=COLUMNS[2:],
+                                      text=path.suffix.lower() not in (".xlsx", ".xlsm")))
     frame.attrs["separator"] = separator
     frame.attrs["header_line"] = header_line
     return frame

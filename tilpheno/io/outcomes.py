@@ -130,7 +130,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
             header_line, separator, rows = text_rows(text, REQUIRED)
         except csv.Error as exc:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
-    frame = table_frame(rows, header_line, lambda line: place(source, line), ids=ID_COLUMNS)
+    frame = table_frame(rows, header_line, lambda line: place(source, line), ids=ID_COLUMNS, text=separator != "")
     if separator in (";", "\t"):   # numbers in a locale's style (ids are kept as written)
         for col in frame.columns:
             if col not in ID_COLUMNS:

@@ -229,7 +229,8 @@ Excel saved from it) holds in its place."""
 
 
 def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower: Sequence[str] = (),
-                keep_bytes: Sequence[str] = (), ids: Sequence[str] = (), codes: Sequence[str] = ()) -> pd.DataFrame:
+                keep_bytes: Sequence[str] = (), ids: Sequence[str] = (), codes: Sequence[str] = (),
+                text: bool = True) -> pd.DataFrame:
     """The rows below ``header_line`` as a frame of cells (``object``), named by the header
     (:func:`header_text`: invisible characters and surrounding blanks removed; a name in ``lower``
     written in any case is lower-cased), index = line; rows whose
@@ -251,7 +252,8 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
     table's, and which characters a lab meant cannot be told; a code such as the manifest's tube
     would be refused as unknown although it reads as a known one), and an Excel error value (:data:`EXCEL_ERRORS`: a formula
     that failed; ``#N/A`` too, mostly a lookup that found nothing rather than a value known to be
-    missing)."""
+    missing), and in a CSV text (``text``) a cell that swallowed the rows below it
+    (:func:`_refuse_swallowed_rows`: a quote never closed)."""
     header = next((cells for line, cells in rows if line == header_line), [])
     written = [header_text(c) for c in _decoded(header, [""] * len(header), (), where(header_line))]
     _refuse_named_twice(written, where(header_line))
@@ -265,6 +267,8 @@ def table_frame(rows: Rows, header_line: int, where: Callable[[int], str], lower
                              "separator inside a value must be quoted)")
         cells = _decoded([*cells[:len(names)], *[""] * (len(names) - len(cells))], names, keep_bytes, where(line))
         _refuse_stray_cells(cells, names, where(line))
+        if text:   # a CSV text's rows (a workbook's cells hold what was typed in them)
+            _refuse_swallowed_rows(cells, names, where(line))
         _refuse_invisible(cells, names, ids, where(line))
         _refuse_scientific_ids(cells, names, ids, where(line))
         _refuse_special_spaces(cells, names, ids, where(line))
@@ -305,6 +309,23 @@ def _refuse_stray_cells(cells: list[Any], names: list[str], where: str) -> None:
             raise TableError(f"{where}, column '{name}': {text} is an Excel error value (a formula that failed, "
                              "such as a lookup that found nothing), not a value; correct it, or empty the cell if the "
                              "value is missing")
+
+
+def _refuse_swallowed_rows(cells: list[Any], names: list[str], where: str) -> None:
+    """Refuse a row's cell (``cells``, under the header's ``names``) holding a line break followed by
+    a line with as many separators (commas, semicolons or tabs) as a row of the table has, less
+    two (at least two): a quote that opens a CSV cell (``"ok``) and is never closed, or closed rows
+    later, makes the rows below part of the cell, and they would be lost without a word. A note
+    typed with line breaks in one cell (Alt+Enter) is kept. The TableError starts with ``where``."""
+    least = max(2, len(names) - 2)
+    for name, cell in zip(names, cells):
+        lines = str(cell).splitlines()[1:]
+        swallowed = [text for text in lines if max(text.count(sep) for sep in ",;\t") >= least]
+        if swallowed:
+            raise TableError(f"{where}, column '{name}': the cell runs over {len(lines) + 1} lines, "
+                             f"{len(swallowed)} of them like rows of the table ({swallowed[0][:40]!r}): a quote (\") "
+                             "opens the cell and is not closed where it ends, so the rows below would be lost; "
+                             "remove the stray quote, or close it")
 
 
 def _refuse_invisible(cells: list[Any], names: list[str], ids: Sequence[str], where: str, what: str = "id") -> None:
