@@ -486,6 +486,14 @@ def test_unclosed_quote_swallowing_rows_is_refused(tmp_path):
     assert read_outcomes(noted)["note"].tolist()[0] == "seen twice,\nsee chart, p. 2"
 
 
+def test_cell_with_a_line_break_gives_a_one_line_error(tmp_path):
+    """A response typed with Alt+Enter ('PR' + line break + '(confirmed)', quoted in the CSV) gave
+    a two-line message quoting the cell -> one line, the break shown as \\n."""
+    path = write(tmp_path, [ROWS[0].replace(",PR,", ',"PR\n(confirmed)",'), *ROWS[1:]])
+    assert error_of(path) == (f"{path}: row 2, column 'best_response': unknown response code 'PR\\n(confirmed)'; "
+                              "expected one of CR, PR, SD, PD, NE")
+
+
 def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     """The manifest named a row ``row N (line L)`` (N counted from the header), the outcomes table
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in

@@ -91,7 +91,10 @@ EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in e
 
 
 def _fail(source: str, problem: str, row: int | None = None, column: str | None = None) -> NoReturn:
-    raise TableError(f"{place(source, row, column)}: {problem}")
+    """Raise the TableError of one cell, on one line: a line break the problem quotes from a cell
+    (a quoted cell typed with Alt+Enter) is shown as ``\\n``."""
+    one_line = problem.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
+    raise TableError(f"{place(source, row, column)}: {one_line}")
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
