@@ -277,3 +277,37 @@ def test_population_median_is_numpys_median(n):
         expected = np.median(x)
         got = _median_selecting(x.copy())
         assert (np.isnan(expected) and np.isnan(got)) or got == expected, (n, kind, got, expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 101, 1000, 20001, 200000])
+def test_bucketed_population_median_is_numpys_median(n):
+    """The population table's median from value buckets (``_bucketed``) is ``np.median`` of the
+    population's values bit for bit: odd and even counts, ties, a narrow peak beside a far tail (many
+    values in one bucket), a constant column, spans too small or too large for the bucket width,
+    populations of every size down to one event (seed 93071)."""
+    from tilpheno.phenotype import _bucketed
+
+    rng = np.random.default_rng(93071 + n)
+    columns = {
+        "normal": rng.normal(0.0, 1000.0, n),
+        "ties": np.round(rng.normal(0.0, 10.0, n)) + 0.0,   # + 0.0: no -0.0 beside 0.0 (below)
+        "peak and tail": np.where(rng.random(n) < 0.9, rng.normal(1.0, 1e-6, n), rng.normal(1e6, 1.0, n)),
+        "constant": np.full(n, 2.5),
+        "tiny span": 1.0 + rng.integers(0, 3, n) * 1e-300,
+        "huge span": rng.choice([-1.7e308, 0.0, 1.7e308], n),
+    }
+    for kind, x in columns.items():
+        column = _bucketed(x)
+        assert column is not None, kind
+        for share in (1.0, 0.5, 0.01, 0.0):
+            index = np.flatnonzero(rng.random(n) < share)
+            if index.size == 0:
+                index = np.array([rng.integers(n)])
+            expected, got = np.median(x[index]), column.median(index)
+            assert got == expected and str(got) == str(expected), (n, kind, share, got, expected)
+    with_nan = rng.normal(size=n)
+    with_nan[0] = np.nan
+    assert _bucketed(with_nan) is None   # a column with a NaN: the selection in a gathered copy says NaN
+    both_zeros = np.round(rng.normal(0.0, 10.0, max(n, 2)))
+    both_zeros[:2] = (-0.0, 0.0)
+    assert _bucketed(both_zeros) is None   # which zero is the median: the gathered copy's selection decides

