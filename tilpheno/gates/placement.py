@@ -747,10 +747,15 @@ def additive_threshold(fmo_linear: np.ndarray, shift: float, spread: float, perc
     each (deterministic), so the FMO's own tail (e.g. another colour's spillover) is carried as it is,
     not scaled (:func:`offset_threshold`).
     """
-    x = np.sort(np.asarray(fmo_linear, dtype=np.float64))
+    return sorted_additive_threshold(np.sort(np.asarray(fmo_linear, dtype=np.float64)), shift, spread, percentile)
+
+
+def sorted_additive_threshold(sorted_linear: np.ndarray, shift: float, spread: float, percentile: float) -> float:
+    """:func:`additive_threshold` of FMO events already sorted (float64, linear units): several
+    thresholds carried from one FMO sort its events once."""
     if spread <= 0:
-        return float(np.percentile(x, percentile) + shift)
-    return offset_threshold(x, shift + spread * SIGNAL_QUANTILES, percentile)
+        return float(np.percentile(sorted_linear, percentile) + shift)
+    return offset_threshold(sorted_linear, shift + spread * SIGNAL_QUANTILES, percentile)
 
 
 def offset_threshold(sorted_linear: np.ndarray, offsets: np.ndarray, percentile: float) -> float:
@@ -844,7 +849,8 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     if reference is not None:
         spreads.append(reference.total_spread)
         shifts.append(reference.shift)
-    lower, upper, *ref = (float(transform.apply(np.array([additive_threshold(f_lin, sh, sd, percentile)]))[0])
+    f_sorted = np.sort(np.asarray(f_lin, dtype=np.float64))   # once for the two or three thresholds
+    lower, upper, *ref = (float(transform.apply(np.array([sorted_additive_threshold(f_sorted, sh, sd, percentile)]))[0])
                           for sh, sd in zip(shifts, spreads))
     return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
 
