@@ -233,3 +233,17 @@ def test_residual_spillover_names_the_source_that_left_the_spillover():
     assert rows.loc["A", "flagged"] and abs(rows.loc["A", "slope"] - 0.08) < 0.01
     assert not rows.loc["B", "flagged"] and abs(rows.loc["B", "slope"]) < 0.01
     assert not rows.loc["C", "flagged"] and abs(rows.loc["C", "slope"]) < 0.01
+
+
+def test_union_events_is_numpys_union():
+    """The residual check's events of the lymphocytes and the singlets (``union_events``, one bool
+    mask) are ``np.union1d`` of the two index sets: same values, same dtype (seed 92211)."""
+    from tilpheno.spillover import residual_events, union_events
+
+    rng = np.random.default_rng(92211)
+    for n in (1, 10, 5000, 200_000):
+        lymph, singlets = rng.random(n) < 0.3, rng.random(n) < 0.8
+        a, b = residual_events(n, lymph), residual_events(n, singlets)
+        got, expected = union_events(n, a, b), np.union1d(a, b)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert union_events(5, np.empty(0, dtype=np.intp)).size == 0

@@ -273,7 +273,7 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     marker's detector is a target and every event is negative there, so the pairs a stained tube
     cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8 into
     CD3) are checked too."""
-    from tilpheno.spillover import residual_events, residual_spillover
+    from tilpheno.spillover import residual_events, residual_spillover, union_events
 
     if spillover is None:
         return None
@@ -300,7 +300,7 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     # only the events the check uses are put back on the linear scale (the inverse is per value)
     index = residual_events(state.tube.n_events, mask)
     if source_masks:
-        index = np.union1d(index, residual_events(state.tube.n_events, singlet_mask))
+        index = union_events(state.tube.n_events, index, residual_events(state.tube.n_events, singlet_mask))
     values = {}
     for m, d in markers.items():
         full = np.full(state.tube.n_events, np.nan)

@@ -425,6 +425,15 @@ def residual_events(n_events: int, mask: np.ndarray | None = None, max_events: i
     return index
 
 
+def union_events(n_events: int, *indices: np.ndarray) -> np.ndarray:
+    """The sorted union of event indices into ``n_events`` events, as ``np.union1d`` gives it, by one
+    bool mask instead of sorting the concatenated indices."""
+    chosen = np.zeros(n_events, dtype=bool)
+    for index in indices:
+        chosen[index] = True
+    return np.flatnonzero(chosen)
+
+
 def residual_spillover(
     compensated: dict[str, np.ndarray],
     *,
