@@ -357,3 +357,24 @@ def test_non_finite_time_values_are_named_and_stitched(clean):
     (finding,) = qc.findings
     assert finding.code == "time_not_monotonic" and "2 non-finite value(s)" in finding.message
     assert "decreases" not in finding.message and len(qc.rate) == 40 and qc.removed_pct <= 2.0
+
+
+def test_sorted_counts_are_numpys_histogram_of_the_elapsed_time():
+    """The flow-rate bins count the elapsed time by binary search (``sorted_counts``): the counts
+    and dtype of ``np.histogram`` on the time of :func:`monotonic_time`: counter resets and NaN
+    stitched, ties on bin edges (integer ticks), the last edge closed, more than one of
+    ``np.histogram``'s 65,536-value blocks (seed 92212)."""
+    from tilpheno.acquisition import sorted_counts
+
+    rng = np.random.default_rng(92212)
+    ticks = np.cumsum(rng.integers(0, 3, 150_000)).astype(np.float64)   # repeated values, edges hit
+    raw = np.cumsum(rng.exponential(0.01, 70_000))
+    raw[30_000:] -= 100.0                                                  # a counter reset
+    raw[50_000] = np.nan
+    for time in (ticks, raw, np.array([5.0, 5.0])):
+        elapsed, _ = monotonic_time(time)
+        for n_bins in (1, 7, 100, 1000):
+            edges = np.linspace(elapsed[0], elapsed[-1], n_bins + 1)
+            expected = np.histogram(elapsed, bins=edges)[0]
+            got = sorted_counts(elapsed, edges)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), n_bins
