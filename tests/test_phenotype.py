@@ -311,3 +311,20 @@ def test_bucketed_population_median_is_numpys_median(n):
     both_zeros = np.round(rng.normal(0.0, 10.0, max(n, 2)))
     both_zeros[:2] = (-0.0, 0.0)
     assert _bucketed(both_zeros) is None   # which zero is the median: the gathered copy's selection decides
+
+
+def test_unstained_control_acquisition_checked_once(product, strategies, monkeypatch):
+    """The unstained control is loaded for each stained tube (surface, treg) to look for positives;
+    its acquisition QC (its raw events, the same settings) was computed on each load, now once per
+    product; every other file once. The unstained check's flags are unchanged (the same result)."""
+    import tilpheno.acquisition as acq
+
+    _, rows, _ = product
+    before = run(rows, strategies)
+    checked: list[int] = []
+    real = acq.check_acquisition
+    monkeypatch.setattr(acq, "check_acquisition", lambda events, *a, **k: checked.append(len(events)) or real(events, *a, **k))
+    after = run(rows, strategies)
+    assert strategies["surface"].acquisition == strategies["treg"].acquisition
+    assert len(checked) == len(rows)   # one check per file of the product, the unstained control's included
+    assert [(f.file, f.code, f.message) for f in after.qc] == [(f.file, f.code, f.message) for f in before.qc]

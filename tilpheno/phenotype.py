@@ -1133,6 +1133,9 @@ def analyze_product(
     # the product's unstained control (not a compensation set's, which may be beads)
     unstained_rows = rows[(rows["role"] == "unstained") & (rows["tube"] != "compensation")]
     unstained_flags: list[QCFlag] = []
+    # the unstained control's acquisition QC, by file and settings: its raw events are the same
+    # whichever stained tube it is loaded for
+    unstained_acquisition: dict[tuple[str, Any], Any] = {}
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
         if strategy is None:
@@ -1238,7 +1241,11 @@ def analyze_product(
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
                     control_src = _row_source(-1, "unstained", None, row)
+                    checked = (str(row.file), strategy.acquisition)
+                    control_src.handle["acquisition"] = unstained_acquisition.get(checked)
                     control = load(control_src, True)
+                    if control_src.handle.get("acquisition") is not None:
+                        unstained_acquisition[checked] = control_src.handle["acquisition"]
                     name = control_src.handle["name"]
                     if control is None:   # the self-check cannot run: said, without failing the product
                         problems = [control_src.handle["read_flag"]] if control_src.handle["read_flag"] else \
