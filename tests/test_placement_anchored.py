@@ -293,3 +293,29 @@ def test_sorted_additive_threshold_is_the_additive_threshold_of_the_events():
         for percentile in (50.0, 99.0, 99.5):
             assert pl.sorted_additive_threshold(ordered, shift, spread, percentile) == \
                 pl.additive_threshold(events, shift, spread, percentile)
+
+
+@pytest.mark.parametrize("binding", ["reference", "gated parent"])
+def test_fmo_density_at_the_modes_bandwidth_made_once(monkeypatch, binding):
+    """The FMO's density at the modes' bandwidth is made once per carry-over (by
+    fmo_negative_peak) and handed on: the carried cut's upper-side spread and the reference's skew
+    used to make it again on the same events (seed 92213)."""
+    rng = np.random.default_rng(92213)
+    fmo = LOGICLE.apply(_fmo_with_spill(rng, 20000))
+    stained = LOGICLE.apply(np.concatenate([_fmo_with_spill(rng, 18000) + 150 + rng.normal(0, 60, 18000),
+                                            rng.lognormal(np.log(15000), 0.3, 2000)]))
+    densities: list[tuple[float, float]] = []
+    real = pl.smoothed_density
+
+    def counted(values, bandwidth, *a, **k):
+        if values.size == fmo.size and np.array_equal(values, fmo):
+            densities.append((bandwidth, *a))
+        return real(values, bandwidth, *a, **k)
+
+    monkeypatch.setattr(pl, "smoothed_density", counted)
+    if binding == "reference":
+        assert pl.reference_binding(fmo, stained, LOGICLE) is not None
+    else:
+        d = pl.place_fmo_anchored(fmo, stained, "CD56", rule="relative", transform=LOGICLE).diagnostics
+        assert np.isfinite(d["relative_low"]) and np.isfinite(d["relative_high"])
+    assert len(densities) == len(set(densities)), densities   # no FMO density made twice

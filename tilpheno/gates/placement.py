@@ -820,7 +820,7 @@ def stained_negative_peak(
 
 
 def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
-                  mode_bw: float, coarse: Density, percentile: float,
+                  fmo_coarse: Density, coarse: Density, percentile: float,
                   reference: "ReferenceBinding | None" = None) -> tuple[float, float, float, float] | None:
     """The FMO percentile carried over to the stained negatives in compensated linear units
     (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
@@ -836,6 +836,8 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     carries the additive model read there: the reference's shift and the spread
     sqrt(reference lower-side spread^2 + reference skew^2) (the gated parent's own mode and lower
     side are pulled up by positives next to its negatives); without it the fourth is NaN.
+    ``fmo_coarse``, ``coarse``: the FMO's and the stained parent's densities at the modes'
+    bandwidth (the FMO's as :func:`fmo_negative_peak` returned it).
     """
     f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
@@ -843,7 +845,6 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     if not (np.isfinite(fw) and np.isfinite(sw) and fw > 0):
         return None
     spreads = [float(np.sqrt(max(sw**2 - fw**2, 0.0)))]
-    fmo_coarse = smoothed_density(fmo_x, mode_bw, *_padded_range(fmo_x, mode_bw))
     spreads.append(_upper_spread(transform, fmo_coarse, coarse, fmo_mode, stained_mode, UPPER_LEVEL, spreads[0]))
     shifts = [sm - fm, sm - fm]
     if reference is not None:
@@ -1089,10 +1090,10 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     f, s = f[np.isfinite(f)], s[np.isfinite(s)]
     if f.size < MIN_REFERENCE_EVENTS or s.size < MIN_REFERENCE_EVENTS:
         return None
-    fmo, _ = fmo_negative_peak(f, bandwidth)
+    fmo, fmo_coarse = fmo_negative_peak(f, bandwidth)
     mode_bw = max(bandwidth, 0.5 * fmo.width)
     if mode_bw > bandwidth:
-        fmo, _ = fmo_negative_peak(f, mode_bw)
+        fmo, fmo_coarse = fmo_negative_peak(f, mode_bw)   # the FMO's density at mode_bw, used below too
     coarse = smoothed_density(s, mode_bw, *_padded_range(s, mode_bw))
     neg = stained_negative_peak(s, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
     if not neg.found:
@@ -1103,7 +1104,6 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     if not (np.isfinite(fw) and np.isfinite(sw)):
         return None
     lower = float(np.sqrt(max(sw**2 - fw**2, 0.0)))
-    fmo_coarse = smoothed_density(f, mode_bw, *_padded_range(f, mode_bw))
     upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower)
     return ReferenceBinding(float(sm - fm), lower, float(np.sqrt(max(upper**2 - lower**2, 0.0))),
                             float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
@@ -1281,11 +1281,11 @@ def place_fmo_anchored(
     t_fmo = float(base.diagnostics["threshold"])
     x = _finite(stained_values, f"{dim}: stained tube parent", 20)
     fmo_x = _finite(fmo_values, f"{dim}: FMO parent", 20)
-    fmo, _ = fmo_negative_peak(fmo_x, bandwidth)
+    fmo, fmo_coarse = fmo_negative_peak(fmo_x, bandwidth)
     # modes of broad negative peaks on a density smoothed to half the FMO's negative width
     mode_bw = max(bandwidth, 0.5 * fmo.width)
     if mode_bw > bandwidth:
-        fmo, _ = fmo_negative_peak(fmo_x, mode_bw)
+        fmo, fmo_coarse = fmo_negative_peak(fmo_x, mode_bw)   # the FMO's density at mode_bw
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
     coarse = smoothed_density(x, mode_bw, *_padded_range(x, mode_bw)) if mode_bw > bandwidth else density
     neg = stained_negative_peak(x, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
@@ -1310,7 +1310,7 @@ def place_fmo_anchored(
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
         bounds = (float("nan"), float("nan"))
         if transform is not None:
-            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, mode_bw, coarse, percentile, reference)
+            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, fmo_coarse, coarse, percentile, reference)
             if carried is not None:
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
