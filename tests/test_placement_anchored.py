@@ -319,3 +319,27 @@ def test_fmo_density_at_the_modes_bandwidth_made_once(monkeypatch, binding):
         d = pl.place_fmo_anchored(fmo, stained, "CD56", rule="relative", transform=LOGICLE).diagnostics
         assert np.isfinite(d["relative_low"]) and np.isfinite(d["relative_high"])
     assert len(densities) == len(set(densities)), densities   # no FMO density made twice
+
+
+@pytest.mark.parametrize("binding", ["reference", "gated parent"])
+def test_fmo_tails_taken_once_for_both_bandwidths(monkeypatch, binding):
+    """The FMO's densities at the two bandwidths (its own, the modes') span the same percentile
+    pair of its events: taken once per carry-over, not once per density (seed 92214)."""
+    rng = np.random.default_rng(92214)
+    fmo = LOGICLE.apply(_fmo_with_spill(rng, 20000))
+    stained = LOGICLE.apply(np.concatenate([_fmo_with_spill(rng, 18000) + 150 + rng.normal(0, 60, 18000),
+                                            rng.lognormal(np.log(15000), 0.3, 2000)]))
+    taken: list[int] = []
+    real = np.percentile
+
+    def counted(values, q, *a, **k):
+        if np.size(q) == 2 and np.array_equal(q, [0.05, 99.95]) and np.array_equal(values, fmo):
+            taken.append(np.size(values))
+        return real(values, q, *a, **k)
+
+    monkeypatch.setattr(np, "percentile", counted)
+    if binding == "reference":
+        assert pl.reference_binding(fmo, stained, LOGICLE) is not None
+    else:
+        pl.place_fmo_anchored(fmo, stained, "CD56", rule="relative", transform=LOGICLE)
+    assert len(taken) == 1

@@ -151,8 +151,16 @@ def smoothed_density(values: np.ndarray, bandwidth: float, low: float, high: flo
     return Density(0.5 * (edges[:-1] + edges[1:]), smooth / total if total > 0 else smooth)
 
 
-def _padded_range(values: np.ndarray, bandwidth: float) -> tuple[float, float]:
+def _tails(values: np.ndarray) -> tuple[float, float]:
+    """The 0.05th and 99.95th percentiles of ``values``: the span :func:`_padded_range` pads."""
     low, high = np.percentile(values, [0.05, 99.95])
+    return low, high
+
+
+def _padded_range(values: np.ndarray, bandwidth: float, tails: tuple[float, float] | None = None) -> tuple[float, float]:
+    """A density's grid range: the :func:`_tails` of ``values`` (``tails``: already taken, for
+    densities of the same values at several bandwidths) widened by 3 ``bandwidth`` on each side."""
+    low, high = tails if tails is not None else _tails(values)
     return float(low - 3 * bandwidth), float(high + 3 * bandwidth)
 
 
@@ -794,10 +802,12 @@ def lognormal_offsets(median: float, sd: float) -> np.ndarray | None:
     return median * np.exp(s * SIGNAL_QUANTILES)
 
 
-def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02) -> tuple[NegativePeak, Density]:
-    """The FMO's negative peak: the highest density peak, with its lower-half width."""
+def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02,
+                      tails: tuple[float, float] | None = None) -> tuple[NegativePeak, Density]:
+    """The FMO's negative peak: the highest density peak, with its lower-half width. ``tails``: the
+    :func:`_tails` of the finite ``fmo_values``, when already taken."""
     x = _finite(fmo_values, "FMO negative peak", 20)
-    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth, tails))
     mode = float(density.grid[int(np.argmax(density.values))])
     width = _lower_half_width(x, mode, 1.0)
     return NegativePeak(mode, width if np.isfinite(width) else bandwidth), density
@@ -1090,10 +1100,11 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     f, s = f[np.isfinite(f)], s[np.isfinite(s)]
     if f.size < MIN_REFERENCE_EVENTS or s.size < MIN_REFERENCE_EVENTS:
         return None
-    fmo, fmo_coarse = fmo_negative_peak(f, bandwidth)
+    fmo_tails = _tails(f)   # one percentile pair for the FMO's densities at both bandwidths
+    fmo, fmo_coarse = fmo_negative_peak(f, bandwidth, fmo_tails)
     mode_bw = max(bandwidth, 0.5 * fmo.width)
     if mode_bw > bandwidth:
-        fmo, fmo_coarse = fmo_negative_peak(f, mode_bw)   # the FMO's density at mode_bw, used below too
+        fmo, fmo_coarse = fmo_negative_peak(f, mode_bw, fmo_tails)   # the FMO's density at mode_bw, used below too
     coarse = smoothed_density(s, mode_bw, *_padded_range(s, mode_bw))
     neg = stained_negative_peak(s, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
     if not neg.found:
@@ -1281,13 +1292,14 @@ def place_fmo_anchored(
     t_fmo = float(base.diagnostics["threshold"])
     x = _finite(stained_values, f"{dim}: stained tube parent", 20)
     fmo_x = _finite(fmo_values, f"{dim}: FMO parent", 20)
-    fmo, fmo_coarse = fmo_negative_peak(fmo_x, bandwidth)
+    fmo_tails, tails = _tails(fmo_x), _tails(x)   # one percentile pair per tube for its densities at both bandwidths
+    fmo, fmo_coarse = fmo_negative_peak(fmo_x, bandwidth, fmo_tails)
     # modes of broad negative peaks on a density smoothed to half the FMO's negative width
     mode_bw = max(bandwidth, 0.5 * fmo.width)
     if mode_bw > bandwidth:
-        fmo, fmo_coarse = fmo_negative_peak(fmo_x, mode_bw)   # the FMO's density at mode_bw
-    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
-    coarse = smoothed_density(x, mode_bw, *_padded_range(x, mode_bw)) if mode_bw > bandwidth else density
+        fmo, fmo_coarse = fmo_negative_peak(fmo_x, mode_bw, fmo_tails)   # the FMO's density at mode_bw
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth, tails))
+    coarse = smoothed_density(x, mode_bw, *_padded_range(x, mode_bw, tails)) if mode_bw > bandwidth else density
     neg = stained_negative_peak(x, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
     diagnostics: dict[str, Any] = {
         **base.diagnostics, "rule": rule, "fmo_threshold": t_fmo, "fmo_mode": fmo.mode, "fmo_width": fmo.width,
