@@ -307,3 +307,20 @@ def test_cells_oblique_vertices_stay_on_the_scale(seed):
     low_ssc = ssc < 10 ** hit * 0.99      # left of the line whatever their FSC-A: none kept
     assert low_ssc.any()
     assert not p.gate.contains({"FSC-A": fsc[low_ssc], "SSC-A": ssc[low_ssc]}).any()
+
+
+@pytest.mark.parametrize("rule", ["valley", "negative_sd", "lower", "higher"])
+def test_valley_gate_makes_its_density_once(monkeypatch, rule):
+    """place_valley's negative_sd/lower rules read the main peak on the density the valley was
+    found on (it was made a second time from the same events); the valley is valley_threshold's
+    (seed 92215)."""
+    from tilpheno.gates import placement as pl
+
+    rng = np.random.default_rng(92215)
+    values = np.concatenate([rng.normal(0.3, 0.05, 8000), rng.normal(0.9, 0.08, 2000)])
+    made: list[float] = []
+    real = pl.smoothed_density
+    monkeypatch.setattr(pl, "smoothed_density", lambda x, bw, *a, **k: made.append(bw) or real(x, bw, *a, **k))
+    placed = pl.place_valley(values, "Viability", keep="low", rule=rule)
+    assert len(made) == 1, made
+    assert placed.diagnostics["valley_threshold"] == pl.valley_threshold(values)[0]

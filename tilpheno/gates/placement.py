@@ -562,7 +562,13 @@ def valley_threshold(
     the other population).
     """
     x = _finite(values, "density threshold", 20)
-    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    return _valley_cut(x, smoothed_density(x, bandwidth, *_padded_range(x, bandwidth)), bandwidth=bandwidth,
+                       min_prominence=min_prominence, min_separation=min_separation, fallback_sd=fallback_sd, zero=zero)
+
+
+def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float, min_separation: float,
+                fallback_sd: float, zero: float | None) -> tuple[float, dict[str, Any], bool]:
+    """:func:`valley_threshold` of the finite events ``x`` and their ``density`` at ``bandwidth``."""
     peaks, prominences = density.peaks(min_prominence)
     by_prominence = peaks[np.argsort(-prominences, kind="stable")]
     negative = int(by_prominence[:2].min())
@@ -621,12 +627,13 @@ def place_valley(
         raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
     if sd_side not in ("lower", "upper"):
         raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
-    cut, diagnostics, two_peaks = valley_threshold(
-        values, bandwidth=bandwidth, min_prominence=min_prominence, min_separation=min_separation,
-        fallback_sd=fallback_sd, zero=zero,
-    )
-    diagnostics = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley", **diagnostics}
+    # the events and their density once, for the valley and for the negative_sd/lower rules
     x = _finite(values, "density threshold", 20)
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
+                                        min_separation=min_separation, fallback_sd=fallback_sd, zero=zero)
+    diagnostics: dict[str, Any] = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley",
+                                   **found}
     if rule in ("positive_sd", "higher") and "positive_peak" in diagnostics:
         mode = float(diagnostics["positive_peak"])
         above = x[x >= mode] - mode
@@ -637,7 +644,6 @@ def place_valley(
             cut = sd_cut
             diagnostics.update(threshold=cut, winner="positive_sd")
     elif rule in ("negative_sd", "lower"):
-        density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
         mode = float(density.grid[int(np.argmax(density.values))])
         width = _lower_half_width(x, mode, np.inf) if sd_side == "lower" else _lower_half_width(-x, -mode, np.inf)
         sd_cut = mode + k_sd * (width if np.isfinite(width) else bandwidth)
