@@ -305,6 +305,48 @@ def test_reloading_a_refused_login_does_not_send_the_password_again(driver, serv
     wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
 
 
+def test_reloading_the_throttled_login_page_does_not_send_the_password_again(driver, review_out, review_source,
+                                                                             tmp_path):
+    """A login refused by the address's throttle (HTTP 429) also answers with a redirect to the
+    login page: reloading that page once the throttle has ended shows the form, it does not post
+    the password typed again (a wrong one counted towards the account's lock-out, a second audited
+    refusal)."""
+    from werkzeug.serving import make_server
+
+    from tilpheno.review.auth import get_user
+    from tilpheno.review.web import create_app
+
+    service = make_service(review_out, database_url("sqlite", tmp_path), review_source)
+    app = create_app(service)
+    throttle = app.extensions["tilpheno_login_throttle"]
+    now = [1000.0]
+    throttle.clock = lambda: now[0]
+    for _ in range(throttle.limit):   # a flood of refused logins from this address a moment ago
+        throttle.failed("127.0.0.1")
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        driver.delete_all_cookies()
+        driver.get(f"http://127.0.0.1:{srv.server_port}/login")
+        driver.find_element("id", "username").send_keys("carol")
+        driver.find_element("id", "password").send_keys("not carol's password")
+        driver.find_element("id", "login-button").click()
+        wait(driver, lambda d: "too many refused logins" in d.find_element("id", "login-error").text, "the throttle")
+        assert driver.find_element("id", "username").get_attribute("value") == "carol"
+        now[0] += throttle.window   # the throttle has ended: the reviewer reloads the page
+        driver.refresh()
+        wait(driver, lambda d: d.find_element("id", "login-button"), "the login page again")
+        assert not driver.find_elements("id", "login-error")
+        with service.factory() as db:
+            assert get_user(db, "carol").failed_logins == 0
+            assert not db.scalars(select(AuditEntry).where(AuditEntry.action == "login_failed")).all()
+    finally:
+        srv.shutdown()
+        thread.join(5)
+        service.factory.kw["bind"].dispose()
+
+
 def independent_counts(service, gate_set: dict) -> dict[str, int]:
     """The surface tube's counts under ``gate_set`` from the public gating library: the study's
     strategy with each gate made a fixed gate at the version's coordinates, the stained file read and

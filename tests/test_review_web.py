@@ -629,8 +629,11 @@ def test_a_flood_of_refused_logins_from_one_address_is_throttled(service):
         assert r.status_code == 303
         now[0] += 1.0
     r = c.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": csrf})
+    assert r.status_code == 303   # POST/redirect/GET, as any refused login: a reload does not post again
+    r = c.get(r.headers["Location"])
     assert r.status_code == 429 and "too many refused logins from this address" in r.text
     assert r.headers["Retry-After"] == str(int(throttle.window - throttle.limit))   # the first failure leaves the window then
+    assert 'value="dave"' in r.text   # the name typed is kept
     with service.factory() as db:
         rows = db.execute(text("SELECT action FROM audit_entries WHERE seq > :s"), {"s": start}).scalars().all()
     assert rows == ["login_failed"] * throttle.limit   # the throttled attempt left no entry

@@ -142,23 +142,26 @@ def create_app(service: ReviewService) -> Flask:
 
     @app.get("/login")
     def login():
-        """The login form; after a refused login (a redirect here) with why, and the name typed, once."""
+        """The login form; after a refused login (a redirect here) with why, and the name typed, once.
+        While this address is throttled (:class:`LoginThrottle`) it says for how long, as HTTP 429
+        with ``Retry-After`` (seconds, rounded up)."""
         notice = notices.pop(g.sess.token_sha256) if g.sess is not None else None
-        return render_template("login.html", csrf=anonymous_csrf(), error=notice.error if notice else "",
+        wait = throttle.retry_after(request.remote_addr or "-")
+        error = notice.error if notice else ""
+        if wait > 0:
+            error = f"too many refused logins from this address; try again in {math.ceil(wait)} s"
+        page = render_template("login.html", csrf=anonymous_csrf(), error=error,
                                username=notice.username if notice else "", next=_safe_next(request.args.get("next")))
+        return (page, 429, {"Retry-After": str(math.ceil(wait))}) if wait > 0 else page
 
     @app.post("/login")
     def login_post():
         username = str(request.form.get("username", ""))[:64]
         address = request.remote_addr or "-"
-        wait = throttle.retry_after(address)
-        if wait > 0:   # no password check, no audit entry: a script's flood would fill the trail
+        if throttle.retry_after(address) > 0:   # no password check, no audit entry: a script's flood would fill the trail
             log.warning("login from %s refused without a password check: %d refused logins in %.0f s",
                         address, throttle.limit, throttle.window)
-            page = render_template("login.html", csrf=g.sess.csrf_token, username=username,
-                                   next=_safe_next(request.form.get("next")),
-                                   error=f"too many refused logins from this address; try again in {math.ceil(wait)} s")
-            return page, 429, {"Retry-After": str(math.ceil(wait))}
+            return refused(LoginNotice("", username))
         password = PasswordEntry(str(request.form.get("password", "")))   # verified once, even if retried
 
         def attempt(db):
@@ -177,13 +180,19 @@ def create_app(service: ReviewService) -> Flask:
             return token, ""
 
         token, problem = transaction(factory, attempt)
-        if token is None:   # POST/redirect/GET: reloading the page that says so does not post the password again
+        if token is None:
             throttle.failed(address)
-            notices.put(g.sess.token_sha256, LoginNotice(problem, username))
-            back = _safe_next(request.form.get("next"))
-            return redirect(url_for("login", next=back) if back else url_for("login"), code=303)
+            return refused(LoginNotice(problem, username))
         g.new_token = token
         return redirect(_safe_next(request.form.get("next")) or url_for("index"))
+
+    def refused(notice: LoginNotice):
+        """A refused login's answer, throttled or not: POST/redirect/GET to the login page, which shows
+        ``notice`` once (and the throttle's wait, as 429): reloading that page does not post the
+        password again, which counted as another wrong password and another audited refusal."""
+        notices.put(g.sess.token_sha256, notice)
+        back = _safe_next(request.form.get("next"))
+        return redirect(url_for("login", next=back) if back else url_for("login"), code=303)
 
     def end_session(reason: str = "") -> None:
         """Delete this request's login session, audited: ``logout``, or ``session_ended`` with why."""
