@@ -782,3 +782,27 @@ def test_the_report_of_a_run_that_deferred_it_is_drawn_on_demand(app, service, r
     analyst, _, _ = login(app, "bob")
     assert analyst.get(f"/products/{PID}/report.html").status_code == 200
     assert analyst.get("/products/TIL002/report.html").status_code == 403
+
+
+def test_a_product_first_opened_before_the_background_import_is_imported_by_whoever_opened_it(review_out, review_source,
+                                                                                               tmp_path):
+    """The server imports every product in the background (audited as ``system``, which did it);
+    a product a reviewer opens before that (the page's state request), or a batch apply reaches
+    first, is imported on that user's behalf: its ``import_product`` entry names them, not
+    ``system``."""
+    from review_support import make_service
+    from tilpheno.review.server import import_all
+
+    service = make_service(review_out, f"sqlite:///{tmp_path / 'fresh.sqlite'}", review_source)
+    c, h, _ = login(create_app(service), "alice")
+    assert c.get(f"/api/products/{PID}/state").status_code == 200
+    gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
+    r = c.post(f"/api/products/{PID}/apply", headers=h, json={"tube": "surface", "population": "CD3+",
+                                                              "products": ["TIL002"], "reason": "same CD3 valley"})
+    assert r.status_code == 201, r.text
+    assert gate == json.loads(service.version("TIL002").gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    import_all(service)   # the background import finds both imported: it adds nothing
+    with service.factory() as db:
+        rows = db.execute(text("SELECT product_id, username FROM audit_entries WHERE action = 'import_product' "
+                               "ORDER BY seq")).all()
+    assert [tuple(r) for r in rows] == [(PID, "alice"), ("TIL002", "alice")]

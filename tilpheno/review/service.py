@@ -256,7 +256,7 @@ class ReviewService:
         strategies, settings or software), the run's gates first become a new automatic version,
         the current one (audited ``reimport_product``): the review starts again from the run's own
         gates; earlier versions stay, and signatures on them are void (the version changed)."""
-        self.ensure_imported(product_id)
+        self.ensure_imported(product_id, username)
         gate_set = self.source.automatic(product_id)   # slow part outside the transaction (memoised per process)
         digest = gates_sha256(gate_set)
 
@@ -404,6 +404,7 @@ class ReviewService:
         for t in targets:
             if t == from_product:
                 continue
+            self.ensure_imported(t, user.username)   # a target never opened: imported on this user's behalf
             base = self.current_version(t)
             saved.append(self.save_version(
                 t, user, base, {"tubes": {tube: {"gates": {population: gate}}}},

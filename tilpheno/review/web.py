@@ -130,6 +130,13 @@ def create_app(service: ReviewService) -> Flask:
             g.new_token, g.sess = token, row
         return g.sess.csrf_token
 
+    def opened(product_id: str) -> None:
+        """Check that this user may see ``product_id`` and import it on their behalf when it is first
+        used before the server's background import (``import_product`` audited as this user; the
+        background import is audited as ``system``)."""
+        service.require_access(g.user, product_id)
+        service.ensure_imported(product_id, g.user.username)
+
     def body() -> dict:
         data = request.get_json(silent=True)
         if not isinstance(data, dict):
@@ -259,7 +266,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.get("/api/products/<path:product_id>/state")
     @login_required
     def state(product_id: str):
-        service.require_access(g.user, product_id)
+        opened(product_id)
         automatic = service.automatic_version(product_id, g.user.username)   # first: it may add the current version
         current = service.version(product_id)
         cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
@@ -291,7 +298,7 @@ def create_app(service: ReviewService) -> Flask:
         """The candidate cuts of each threshold gate (``ReviewSource.candidates``), each with the % of
         its parent it would give under the current version's other gates; a separate request, as a
         product imported by an earlier server is re-gated for them (a few seconds, once)."""
-        service.require_access(g.user, product_id)
+        opened(product_id)
         current = service.version(product_id)
         gate_set = json.loads(current.gates_json)
         stained = service.source.stained(product_id)
@@ -311,7 +318,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/preview")
     @login_required
     def preview(product_id: str):
-        service.require_access(g.user, product_id)
+        opened(product_id)
         data = body()
         current = service.version(product_id)
         stained = service.source.stained(product_id)
@@ -326,7 +333,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/versions")
     @login_required
     def save(product_id: str):
-        service.require_access(g.user, product_id)
+        opened(product_id)
         data = body()
         row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"))
         return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
@@ -335,7 +342,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/sign")
     @login_required
     def sign(product_id: str):
-        service.require_access(g.user, product_id)
+        opened(product_id)
         data = body()
         try:
             sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
@@ -352,7 +359,7 @@ def create_app(service: ReviewService) -> Flask:
     @app.post("/api/products/<path:product_id>/apply")
     @login_required
     def apply(product_id: str):
-        service.require_access(g.user, product_id)
+        opened(product_id)
         data = body()
         rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"), data.get("products"),
                                       data.get("reason"))
@@ -365,7 +372,7 @@ def create_app(service: ReviewService) -> Flask:
     def certificate(product_id: str):
         from tilpheno.review.certificate import certificate_pdf
 
-        service.require_access(g.user, product_id)
+        opened(product_id)
         pdf = certificate_pdf(service, product_id)
         transaction(factory, lambda db: audit.append(db, g.user.username, "certificate", product_id=product_id))
         return Response(pdf, mimetype="application/pdf",
@@ -386,7 +393,7 @@ def create_app(service: ReviewService) -> Flask:
     def gatingml(product_id: str, tube: str):
         from tilpheno.review.export import approved_gatingml
 
-        service.require_access(g.user, product_id)
+        opened(product_id)
         text = approved_gatingml(service, product_id, tube)
         return Response(text, mimetype="application/xml",
                         headers={"Content-Disposition": f'attachment; filename="gates_{_ascii(product_id)}_{_ascii(tube)}.xml"'})
