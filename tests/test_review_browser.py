@@ -490,3 +490,41 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
         assert audit.verify(db).ok
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowledged(driver, server):
+    """Carol rejected version 1 saying why. Dave, opening it to approve, sees her rejection (who,
+    when, why) where he signs; approving without ticking that he has read it is refused, naming
+    the rejection, and the product stays rejected; ticked, with his reason, it is approved, and
+    the audit trail holds both: the rejection, and the approval naming the rejection it overrules."""
+    service, base = server
+    driver.get_log("browser")
+    with service.factory() as db:
+        carol = db.scalar(select(User).where(User.username == "carol"))
+    rejection = service.sign(PID, carol.id, PASSWORDS["carol"], "rejected", 1, {}, "CD3 valley too high")
+    open_product(driver, base, "dave")
+    assert driver.find_element("id", "approved-badge").text == "rejected: version 1"
+    notice = wait(driver, lambda d: d.find_element("id", "rejection-notice").text, "the rejection where dave signs")
+    assert "Version 1 was rejected by Carol Tester (carol) on" in notice and "CD3 valley too high" in notice
+    sign(driver, "approved for release", "dave")
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "overrules" in d.find_element("id", "message").text
+               else None, "the refusal")
+    assert "version 1 was rejected by Carol Tester (carol)" in msg and "'CD3 valley too high'" in msg, msg
+    assert service.decision(PID) == ("rejected", 1)
+    driver.find_element("id", "overrule-check").click()
+    driver.find_element("id", "comment").send_keys("valley at the FMO's 99.5th percentile: cut is right")
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
+    driver.find_element("id", "sign-button").click()
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
+    assert not driver.find_elements("id", "rejection-notice")
+    lines = [e.text for e in driver.find_elements("css selector", "[data-signature]")]
+    assert any("rejected" in t and "CD3 valley too high" in t for t in lines), lines
+    with service.factory() as db:
+        entries = db.scalars(select(AuditEntry).where(AuditEntry.product_id == PID, AuditEntry.action.in_(
+            ["sign", "signature_refused"])).order_by(AuditEntry.seq)).all()
+    assert [(e.username, e.action) for e in entries] == [("carol", "sign"), ("dave", "signature_refused"),
+                                                         ("dave", "sign")]
+    assert json.loads(entries[-1].before_json)["overrules"]["signature_sha256"] == rejection.signature_sha256
+    assert entries[-1].reason == "valley at the FMO's 99.5th percentile: cut is right"
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -179,9 +179,10 @@ def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     views = service.signatures(pid)
     assert all(s.valid for s in views if s.row.version == v)
     assert sig.signed_at.endswith("Z") and len(sig.data_sha256) == 64
-    service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
+    rejection = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
     assert service.approved_version(pid) is None           # a later valid rejection withdraws the approval
-    service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {})
+    service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {}, "FMO overlay checked",
+                 overrules=rejection.id)                   # approved over it, saying why (test_an_approval_over_...)
     assert service.approved_version(pid).version == v
     service.save_version(pid, user(service, "carol"), v, shifted_cd3(service, pid, 0.01), "carol moves it again")
     views = service.signatures(pid)
@@ -946,3 +947,39 @@ def test_a_right_password_in_flight_does_not_undo_a_lock_out_set_meanwhile(servi
             check_password(db, row, f"{name}-password-1")
         db.commit()
     assert user(service, name).locked_until is not None
+
+
+def test_an_approval_over_a_rejection_names_it_and_says_why(service):
+    """A version another reviewer rejected is approved without a change only by a reviewer who has
+    seen that rejection (the request names it: its id, shown with who, when and why) and says why
+    in a comment; otherwise the approval is refused, naming the rejection, and the refusal is
+    audited. The approval's audit entry holds the rejection it overrules: the trail shows both."""
+    pid = "TIL002"
+    carol, dave = user(service, "carol"), user(service, "dave")
+    v = service.current_version(pid)
+    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+    resolutions = {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+    rejection = service.sign(pid, carol.id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
+    for overrules, comment in ((None, "looks fine to me"), (rejection.id + 1000, "looks fine"), (True, "looks fine"),
+                               (rejection.id, "")):
+        with pytest.raises(Forbidden, match=rf"version {v} was rejected by Carol Tester \(carol\) at .* UTC: "
+                                            r"'CD3 valley too high'"):
+            service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, resolutions, comment, overrules)
+        assert service.decision(pid) == ("rejected", v)
+        with service.factory() as db:
+            entry = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+        assert (entry.action, entry.username) == ("signature_refused", "dave")
+        assert "rejected by Carol Tester (carol)" in entry.reason
+    service.sign(pid, dave.id, PASSWORDS["dave"], "reviewed", v, {})   # a "reviewed" signature decides nothing
+    sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, resolutions,
+                       "the valley is at the FMO's 99.5th percentile", rejection.id)
+    assert service.decision(pid) == ("approved for release", v)
+    with service.factory() as db:
+        entries = db.scalars(select(AuditEntry).where(AuditEntry.product_id == pid, AuditEntry.action == "sign")
+                             .order_by(AuditEntry.seq)).all()
+    assert [json.loads(e.after_json)["meaning"] for e in entries][-3:] == ["rejected", "reviewed", "approved for release"]
+    assert json.loads(entries[-1].before_json) == {"overrules": {
+        "signature_id": rejection.id, "signature_sha256": rejection.signature_sha256, "version": v, "username": "carol",
+        "signed_at": rejection.signed_at, "comment": "CD3 valley too high"}}
+    assert entries[-1].reason == "the valley is at the FMO's 99.5th percentile"
+    assert json.loads(entries[-1].after_json)["version"] == sig.version == v

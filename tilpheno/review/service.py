@@ -24,7 +24,10 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   one approves for release a gate set holding a correction they saved (any version after the
   automatic one).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
-  A rejection needs a comment saying why (its audit entry's reason).
+  A rejection needs a comment saying why (its audit entry's reason). Approving a version whose
+  standing decision is a rejection overrules it: the request must name that rejection
+  (``overrules``: its signature id, shown to the reviewer with who, when and why) and say why in
+  the comment; the approval's ``sign`` entry holds the rejection it overrules as ``before``.
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
 """
@@ -105,7 +108,7 @@ def _concerns(product_id: str) -> Callable[[AuditEntry], bool]:
 APPROVED, REJECTED = "approved for release", "rejected"
 
 
-def _decision(views: list[SignatureView]) -> tuple[str, int] | None:
+def decision_of(views: list[SignatureView]) -> tuple[str, int] | None:
     """The product's standing QA decision: ``(meaning, version)`` of its newest valid approval or
     rejection (``reviewed`` signatures decide nothing); None when there is none."""
     state = None
@@ -117,8 +120,29 @@ def _decision(views: list[SignatureView]) -> tuple[str, int] | None:
 
 def _approved_state(views: list[SignatureView]) -> int | None:
     """The approved version: that of the newest valid approval with no valid rejection after it."""
-    state = _decision(views)
+    state = decision_of(views)
     return state[1] if state is not None and state[0] == APPROVED else None
+
+
+def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str) -> str:
+    """Why an approval may not overrule ``rejection`` (the standing rejection of the version being
+    approved; None: nothing to overrule): the request does not name it (``overrules``, its id:
+    the reviewer has seen who rejected, when and why) or gives no comment saying why; "" when it may."""
+    if rejection is None:
+        return ""
+    said = (f"version {rejection.version} was rejected by {rejection.full_name} ({rejection.username}) at "
+            f"{rejection.signed_at[:19].replace('T', ' ')} UTC: {rejection.comment!r}")
+    if isinstance(overrules, bool) or overrules != rejection.id:
+        return f"{said}; approving it overrules that rejection: confirm you have read it, and say why in the comment"
+    if not comment:
+        return f"{said}; say why you overrule it in the comment"
+    return ""
+
+
+def _rejection_record(rejection: Signature) -> dict:
+    """What an approval's audit entry records of the rejection it overrules."""
+    return {"signature_id": rejection.id, "signature_sha256": rejection.signature_sha256, "version": rejection.version,
+            "username": rejection.username, "signed_at": rejection.signed_at, "comment": rejection.comment}
 
 
 T = TypeVar("T")
@@ -414,7 +438,9 @@ class ReviewService:
 
     # -- signatures --------------------------------------------------------------------------------
     def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,
-             comment: Any = "") -> Signature:
+             comment: Any = "", overrules: Any = None) -> Signature:
+        """Sign the current ``version`` with ``meaning`` (module docstring); ``overrules``: the id of
+        the standing rejection of that version an approval overrules (required to approve it)."""
         if not isinstance(meaning, str) or meaning not in MEANINGS:
             raise GateSetError(f"meaning: one of {', '.join(MEANINGS)}")
         current = self.version(product_id)
@@ -458,7 +484,9 @@ class ReviewService:
             db.flush()
             start = audit.head_seq(db)
             db.refresh(user)
-            refusal = self._signing_refusal(db, user, product_id, meaning, current.version)
+            rejection = self.standing_rejection(db, product_id, current) if meaning == APPROVED else None
+            refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
+                       or _overrule_refusal(rejection, overrules, comment))
             if refusal:
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
                              reason=f"{meaning} of version {current.version}: {refusal}")
@@ -474,6 +502,7 @@ class ReviewService:
             db.add(sig)
             db.flush()
             audit.append(db, user.username, "sign", product_id=product_id, after=content,
+                         before={"overrules": _rejection_record(rejection)} if rejection is not None else None,
                          reason=comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig
 
@@ -497,6 +526,15 @@ class ReviewService:
                 return (f"four-eyes rule: {user.username} saved version(s) {', '.join(map(str, own))} of "
                         f"{product_id}, so another reviewer must approve version {version} for release")
         return ""
+
+    def standing_rejection(self, db: Session, product_id: str, current: GateSetVersion) -> Signature | None:
+        """The valid rejection of ``current`` that is the product's standing QA decision (no valid
+        approval after it), read in ``db``; None when the standing decision is not a rejection of it."""
+        rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
+        views = self._views(product_id, rows, audit.signed_in_trail(db, product_id), current)
+        if decision_of(views) != (REJECTED, current.version):
+            return None
+        return [v.row for v in views if v.valid and v.row.meaning == REJECTED][-1]
 
     def signatures(self, product_id: str) -> list[SignatureView]:
         current = self.version(product_id)
@@ -535,7 +573,7 @@ class ReviewService:
         return approved_of(self.decisions(user))
 
     def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
-        """The standing QA decision (:func:`_decision`: approved or rejected, and which version) of
+        """The standing QA decision (:func:`decision_of`: approved or rejected, and which version) of
         every imported product ``user`` may see (None: every one; the product list), read with a
         few queries for the whole run instead of several per product. A product not imported yet
         has no signature, so it is left out (never re-gated here: its input files may be gone).
@@ -558,7 +596,7 @@ class ReviewService:
         out: dict[str, Decision | None] = dict.fromkeys(products)
         for pid, rows in signed.items():
             current = versions[(pid, products[pid].current_version)]
-            state = _decision(self._views(pid, rows, in_trail, current))
+            state = decision_of(self._views(pid, rows, in_trail, current))
             out[pid] = Decision(state[0], versions[(pid, state[1])]) if state is not None else None
         return out
 
@@ -575,5 +613,5 @@ class ReviewService:
         return self.version(product_id, state) if state is not None else None
 
     def decision(self, product_id: str) -> tuple[str, int] | None:
-        """The product's standing QA decision, ``(meaning, version)`` (:func:`_decision`)."""
-        return _decision(self.signatures(product_id))
+        """The product's standing QA decision, ``(meaning, version)`` (:func:`decision_of`)."""
+        return decision_of(self.signatures(product_id))

@@ -34,7 +34,7 @@ from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, Forbidden, NotFound, ReviewService, VersionConflict,
-                                     approved_of, transaction)
+                                     approved_of, decision_of, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -272,12 +272,16 @@ def create_app(service: ReviewService) -> Flask:
         cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
         auto_res = recompute(service.source, product_id, auto_set, medians=False)
         cur_res = recompute(service.source, product_id, cur_set, medians=False)
-        decided = service.decision(product_id)
+        signatures = service.signatures(product_id)
+        decided = decision_of(signatures)
+        rejection = next((v for v in reversed(signatures) if v.valid and v.row.meaning == REJECTED), None)
         return jsonify({
             "product_id": product_id,
             "current_version": current.version,
             "approved_version": decided[1] if decided and decided[0] == APPROVED else None,
             "rejected_version": decided[1] if decided and decided[0] == REJECTED else None,
+            # the standing rejection an approval of the current version would overrule
+            "rejection": _signature(rejection) if rejection and decided == (REJECTED, current.version) else None,
             "versions": [{"version": v.version, "based_on": v.based_on, "source": v.source, "reason": v.reason,
                           "created_by": v.created_by, "created_at": v.created_at, "gates_sha256": v.gates_sha256}
                          for v in service.versions(product_id)],
@@ -289,7 +293,7 @@ def create_app(service: ReviewService) -> Flask:
                         "current": release_rows(cur_res.release), "current_status": cur_res.release_status,
                         "spec": service.source.release_spec.name},
             "qc_flags": service.source.qc_flags(product_id),
-            "signatures": [_signature(v) for v in service.signatures(product_id)],
+            "signatures": [_signature(v) for v in signatures],
         })
 
     @app.get("/api/products/<path:product_id>/candidates")
@@ -346,7 +350,7 @@ def create_app(service: ReviewService) -> Flask:
         data = body()
         try:
             sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
-                               data.get("qc_resolutions"), data.get("comment", ""))
+                               data.get("qc_resolutions"), data.get("comment", ""), data.get("overrule_rejection"))
         except AuthError as exc:
             if not exc.locked_now:
                 raise
@@ -494,7 +498,7 @@ def _tables(res) -> dict:
 def _signature(view) -> dict:
     s = view.row
     return {"id": s.id, "version": s.version, "meaning": s.meaning, "username": s.username, "full_name": s.full_name,
-            "role": s.role, "signed_at": s.signed_at, "data_sha256": s.data_sha256, "valid": view.valid,
+            "role": s.role, "signed_at": s.signed_at, "data_sha256": s.data_sha256, "comment": s.comment, "valid": view.valid,
             "void_reason": view.void_reason}
 
 

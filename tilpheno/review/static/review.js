@@ -63,7 +63,7 @@
     $("spec-name").textContent = S.release.spec;
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
-    renderQC(); renderSignatures(); renderVersions(); renderApply();
+    renderQC(); renderSignatures(); renderOverrule(); renderVersions(); renderApply();
     loadCandidates();
   }
 
@@ -391,6 +391,21 @@
     });
   }
 
+  // who signed, when: "Dave Tester (dave) on 2026-12-04 18:40:12 UTC"
+  const signedBy = (s) => s.full_name + " (" + s.username + ") on " + s.signed_at.slice(0, 19).replace("T", " ") + " UTC";
+
+  // the standing rejection of the current version: shown where an approval is signed, which overrules it
+  function renderOverrule() {
+    const box = $("overrule"); box.textContent = "";
+    const r = S.rejection;
+    if (!r || !document.querySelector('#meaning option[value="approved for release"]')) return;
+    box.appendChild(el("p", { class: "bad", id: "rejection-notice" }, "Version " + r.version + " was rejected by " +
+      signedBy(r) + ": \u201c" + r.comment + "\u201d. Approving it overrules this rejection; the audit trail keeps both."));
+    const lab = el("label", {}, " I have read this rejection and approve over it (say why in the comment)");
+    lab.prepend(el("input", { type: "checkbox", id: "overrule-check" }));
+    box.appendChild(lab);
+  }
+
   function renderSignatures() {
     const box = $("signatures"); box.textContent = "";
     if (!S.signatures.length) box.appendChild(el("p", {}, "none yet"));
@@ -398,7 +413,7 @@
       const p = el("p", { class: s.valid ? "valid" : "void", "data-signature": s.id });
       p.textContent = s.full_name + " (" + s.username + ", " + s.role + "): " + s.meaning + ", version " + s.version +
         ", " + s.signed_at.slice(0, 19).replace("T", " ") + " UTC, data " + s.data_sha256.slice(0, 12) + "... " +
-        (s.valid ? "VALID" : "VOID - " + s.void_reason);
+        (s.valid ? "VALID" : "VOID - " + s.void_reason) + (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "");
       box.appendChild(p);
     }
   }
@@ -434,9 +449,10 @@
     const res = {};
     for (const e of document.querySelectorAll("[data-resolution]")) if (e.value) res[e.dataset.resolution] = e.value;
     const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
-      password: $("sign-password").value, qc_resolutions: res, comment: $("comment").value });
+      password: $("sign-password").value, qc_resolutions: res, comment: $("comment").value,
+      overrule_rejection: S.rejection && $("overrule-check") && $("overrule-check").checked ? S.rejection.id : null });
     $("sign-password").value = "";
-    if (r.status === 201) { await load(); message(r.data.message, true); }
+    if (r.status === 201) { $("comment").value = ""; await load(); message(r.data.message, true); }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
   });
   const applyForm = $("apply-form");
