@@ -84,6 +84,13 @@ def draft_pct(driver) -> float:
     return float(re.search(r"draft ([0-9.]+)%", text).group(1))
 
 
+def settled_pct(driver) -> float | None:
+    """The CD3+ draft % once it stays the same for 0.6 s (the drag's last preview shown), else None."""
+    first = draft_pct(driver)
+    time.sleep(0.6)
+    return first if draft_pct(driver) == first else None
+
+
 def drag_cd3(driver, dx: int) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -112,11 +119,14 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     ticks = [e.text for e in driver.find_elements("css selector", '[data-svg="surface|CD3+"] text[data-tick="x"]')]
     assert {"10³", "10⁴"} <= set(ticks), ticks
 
-    drag_cd3(driver, 105)
+    drag_cd3(driver, 40)
     wait(driver, lambda d: draft_pct(d) < start - 0.5, "the recomputed CD3+ %")
     assert driver.find_elements("css selector", 'tr.changed[data-row="surface|CD3+"]')
+    mine = wait(driver, settled_pct, "the draft % after the drag's last preview")
+    assert mine > 1
 
-    # a second reviewer saves first (another session): the browser's save must be refused, not lost
+    # a second reviewer saves first (another session): the browser's save is refused, and alice's
+    # draft is kept over carol's newer version (her CD3 cut, carol's drawn dotted), nothing lost
     with service.factory() as db:
         carol = db.scalar(select(User).where(User.username == "carol"))
     g = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
@@ -127,20 +137,23 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "conflict" in d.find_element("id", "message").text
                else None, "the conflict message")
     assert "now at version 2" in msg and "carol" in msg and "Nothing was saved" in msg
+    assert "Your draft is kept over version 2 (your changes: surface/CD3+); version 2 changed surface/CD3+ too" in msg, msg
     assert [v.version for v in service.versions(PID)] == [1, 2]
     assert service.version(PID).created_by == "carol"
+    wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version 2 under the draft")
+    wait(driver, lambda d: draft_pct(d) == mine, "alice's draft % over version 2")
+    assert driver.find_elements("css selector", '[data-svg="surface|CD3+"] .saved')   # carol's cut, dotted
+    assert driver.find_element("id", "reason").get_attribute("value") == "CD3 dim tail is debris"
 
-    driver.refresh()
-    wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version 2 after reload")
-    before = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
-    drag_cd3(driver, 105)
-    wait(driver, lambda d: draft_pct(d) < before - 0.5, "the recomputed CD3+ %")
-    driver.find_element("id", "reason").send_keys("CD3 dim tail is debris (after carol's change)")
     driver.find_element("id", "save-button").click()
     wait(driver, lambda d: "saved version 3" in d.find_element("id", "message").text, "saved version 3")
     wait(driver, lambda d: "gate version 3" in d.find_element("id", "version-badge").text, "version badge 3")
     v3 = service.version(PID)
     assert v3.created_by == "alice" and v3.based_on == 2 and "debris" in v3.reason
+    from tilpheno.review.regate import recompute
+
+    cd3 = recompute(service.source, PID, json.loads(v3.gates_json), medians=False).populations["surface"]
+    assert round(float(cd3.set_index("population").loc["CD3+", "pct_of_parent"]), 2) == mine   # the % alice saw
 
     # four eyes: neither alice (version 3) nor carol (version 2) may approve it; dave does
     open_product(driver, base, "dave", version=3)
@@ -526,5 +539,37 @@ def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowled
                                                          ("dave", "sign")]
     assert json.loads(entries[-1].before_json)["overrules"]["signature_sha256"] == rejection.signature_sha256
     assert entries[-1].reason == "valley at the FMO's 99.5th percentile: cut is right"
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems
+
+
+def test_a_save_that_would_void_an_approval_asks_first_naming_it(driver, server):
+    """Dave approved version 1 for release. Alice moves the CD3 cut and saves: before anything is
+    sent the page asks whether to void Dave's approval, naming it (who, when, which version);
+    "cancel" saves nothing and the approval stands; "OK" saves version 2 and the approval is void."""
+    service, base = server
+    driver.get_log("browser")
+    with service.factory() as db:
+        dave = db.scalar(select(User).where(User.username == "dave"))
+    flags = [f for f in service.source.qc_flags(PID) if f["severity"] in ("warning", "error")]
+    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 1,
+                            {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)})
+    open_product(driver, base, "alice")
+    assert driver.find_element("id", "approved-badge").text == "approved: version 1"
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    drag_cd3(driver, 40)
+    wait(driver, lambda d: draft_pct(d) != start, "the recomputed CD3+ %")
+    driver.find_element("id", "reason").send_keys("CD3 dim tail is debris")
+    driver.find_element("id", "save-button").click()
+    alert = wait(driver, lambda d: d.switch_to.alert, "the question before the approval is voided")
+    when = approval.signed_at[:19].replace("T", " ")
+    assert (f"voids the approval for release of version 1 by Dave Tester (dave) on {when} UTC" in alert.text), alert.text
+    alert.dismiss()
+    wait(driver, lambda d: "Not saved" in d.find_element("id", "message").text, "the cancelled save")
+    assert [v.version for v in service.versions(PID)] == [1] and service.decision(PID) == ("approved for release", 1)
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: d.switch_to.alert, "the question again").accept()
+    wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+    assert service.decision(PID) is None
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems

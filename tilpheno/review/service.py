@@ -406,7 +406,7 @@ class ReviewService:
                                                         GateSetVersion.version == current))
         who = f" by {latest.created_by} at {latest.created_at[:19]} UTC ({latest.reason})" if latest else ""
         return VersionConflict(f"conflict: {self.noun} {product_id} is now at version {current}{who}; you edited "
-                               f"version {base_version}. Nothing was saved: reload the {self.noun} and apply your change again.")
+                               f"version {base_version}. Nothing was saved: apply your change to version {current} and save again.")
 
     def apply_to_batch(self, from_product: str, user: User, tube: Any, population: Any, targets: Any,
                        reason: Any) -> list[GateSetVersion]:

@@ -246,6 +246,10 @@
     svg.appendChild(clip);
     const gates = sv("g", { "clip-path": "url(#" + clipId + ")" });
     if (p.automatic) gates.appendChild(shape(p.automatic, s, "auto"));
+    // the saved current version's gate, where the draft moved it (after a refused save: the newer version's)
+    const saved = (S.current.tubes[p.tube] || { gates: {} }).gates[p.population];
+    const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+    if (saved && !same(saved, g) && !same(saved, p.automatic)) gates.appendChild(shape(saved, s, "saved"));
     gates.appendChild(shape(g, s, "draft"));
     svg.appendChild(gates);
     const h = (name, attrs) => {
@@ -399,7 +403,7 @@
     const box = $("overrule"); box.textContent = "";
     const r = S.rejection;
     if (!r || !document.querySelector('#meaning option[value="approved for release"]')) return;
-    box.appendChild(el("p", { class: "bad", id: "rejection-notice" }, "Version " + r.version + " was rejected by " +
+    box.appendChild(el("p", { class: "rejection", id: "rejection-notice" }, "Version " + r.version + " was rejected by " +
       signedBy(r) + ": \u201c" + r.comment + "\u201d. Approving it overrules this rejection; the audit trail keeps both."));
     const lab = el("label", {}, " I have read this rejection and approve over it (say why in the comment)");
     lab.prepend(el("input", { type: "checkbox", id: "overrule-check" }));
@@ -434,10 +438,59 @@
   }
 
   // ---- forms ---------------------------------------------------------------------------------------------
+  // the valid approval for release of the current version, the product's standing decision (a save voids it)
+  function standingApproval() {
+    if (S.approved_version !== S.current_version) return null;
+    const mine = S.signatures.filter((s) => s.valid && s.meaning === "approved for release" && s.version === S.current_version);
+    return mine.length ? mine[mine.length - 1] : null;
+  }
+
+  // the gates of the draft that differ from those of ``gate_set`` (a version's): [[tube, population, gate], ...]
+  function changedFrom(gateSet) {
+    const out = [];
+    for (const [tube, gates] of Object.entries(draft)) {
+      for (const [pop, g] of Object.entries(gates)) {
+        const was = (gateSet.tubes[tube] || { gates: {} }).gates[pop];
+        if (JSON.stringify(g) !== JSON.stringify(was)) out.push([tube, pop, clone(g)]);
+      }
+    }
+    return out;
+  }
+
+  // a save refused because someone saved a newer version first: load that version and put the
+  // reviewer's changed gates back over it as the draft (nothing typed or dragged is lost), naming
+  // the gates the newer version changed too; its own gates are drawn dotted where the draft differs
+  async function keepDraftOver(refusal) {
+    const base = S.current, edited = changedFrom(base);
+    await load();
+    if (S.current === base) {   // the newer version could not be loaded: the draft is still the page's
+      message(refusal + " The newer version could not be loaded; your draft is still on this page.", false);
+      return;
+    }
+    const both = [];
+    for (const [tube, pop, g] of edited) {
+      if (!draft[tube] || !(pop in draft[tube])) continue;
+      if (JSON.stringify(draft[tube][pop]) !== JSON.stringify(base.tubes[tube].gates[pop])) both.push(tube + "/" + pop);
+      draft[tube][pop] = g;
+    }
+    schedulePreview(true);
+    message(refusal + " Your draft is kept over version " + S.current_version + " (your changes: " +
+      edited.map((e) => e[0] + "/" + e[1]).join(", ") + ")" + (both.length ? "; version " + S.current_version +
+      " changed " + both.join(", ") + " too: its gate is drawn dotted, compare before saving" : "") +
+      ". Save again to keep it.", false);
+  }
+
   $("save-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    const approval = standingApproval();
+    if (approval && !window.confirm("Saving makes version " + (S.current_version + 1) + " and voids the approval for release of version " +
+        S.current_version + " by " + signedBy(approval) + ". The new version will need a new approval. Save anyway?")) {
+      message("Not saved: the approval of version " + S.current_version + " by " + approval.username + " stands.", false);
+      return;
+    }
     const r = await api(app.dataset.save, { base_version: S.current_version, gates: draftBody(), reason: $("reason").value });
     if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); message(r.data.message, true); }
+    else if (r.status === 409) await keepDraftOver(r.data.error);
     else message(r.data.error || ("save failed: HTTP " + r.status), false);
   });
   $("reset-button").addEventListener("click", () => {
