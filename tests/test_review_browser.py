@@ -573,3 +573,29 @@ def test_a_save_that_would_void_an_approval_asks_first_naming_it(driver, server)
     assert service.decision(PID) is None
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_draft_with_unsaved_changes_is_not_signed_as_if_it_were_the_saved_version(driver, server):
+    """Alice moves the CD3 cut: the tables and release status now show the draft's numbers. A
+    signature signs the saved version, not the draft, so signing now would put her name under
+    numbers other than those on her screen: the page refuses, naming the unsaved gate, and stores
+    nothing; after "reset draft" she signs the saved version."""
+    service, base = server
+    driver.get_log("browser")
+    open_product(driver, base, "alice")
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    drag_cd3(driver, 40)
+    wait(driver, lambda d: draft_pct(d) != start, "the draft's CD3+ %")
+    sign(driver, "reviewed", "alice")
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "Not signed" in d.find_element("id", "message").text
+               else None, "the refusal")
+    assert "unsaved changes (surface/CD3+)" in msg and "saved version 1" in msg, msg
+    assert service.signatures(PID) == []
+    driver.find_element("id", "reset-button").click()
+    wait(driver, lambda d: draft_pct(d) == start, "the draft reset")
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["alice"])
+    driver.find_element("id", "sign-button").click()
+    wait(driver, lambda d: "signed version 1 as 'reviewed'" in d.find_element("id", "message").text, "the signature")
+    assert [(v.row.username, v.row.version, v.valid) for v in service.signatures(PID)] == [("alice", 1, True)]
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

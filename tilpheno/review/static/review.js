@@ -499,6 +499,13 @@
   });
   $("sign-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    const unsaved = changedFrom(S.current);
+    if (unsaved.length) {   // the tables show the draft: a signature of the saved version must not look like one of it
+      $("sign-password").value = "";
+      message("Not signed: the draft has unsaved changes (" + unsaved.map((e) => e[0] + "/" + e[1]).join(", ") +
+        ") and a signature signs the saved version " + S.current_version + ". Save the draft as a new version, or reset it, then sign.", false);
+      return;
+    }
     const res = {};
     for (const e of document.querySelectorAll("[data-resolution]")) if (e.value) res[e.dataset.resolution] = e.value;
     const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
