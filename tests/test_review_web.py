@@ -806,3 +806,15 @@ def test_a_product_first_opened_before_the_background_import_is_imported_by_whoe
         rows = db.execute(text("SELECT product_id, username FROM audit_entries WHERE action = 'import_product' "
                                "ORDER BY seq")).all()
     assert [tuple(r) for r in rows] == [(PID, "alice"), ("TIL002", "alice")]
+
+
+def test_log_out_works_from_an_error_page(app, service):
+    """An error page (a product id mistyped: 404) has the header's "Log out" button like every page;
+    it posted no CSRF token, so logging out there was refused (403) and the session stayed live."""
+    c, _, _ = login(app, "alice")
+    page = c.get("/products/NO-SUCH-PRODUCT", headers={"Accept": "text/html"})
+    assert page.status_code == 404 and 'id="error-message"' in page.text
+    csrf = re.search(r'name="csrf_token" value="([^"]*)"', page.text).group(1)
+    r = c.post("/logout", data={"csrf_token": csrf})
+    assert r.status_code == 302, r.text
+    assert c.get("/", headers={"Accept": "text/html"}).status_code in (302, 401)   # logged out

@@ -94,8 +94,9 @@ def create_app(service: ReviewService) -> Flask:
     def _error(status: int, message: str):
         if request.path.startswith("/api/") or request.method == "POST" or not request.accept_mimetypes.accept_html:
             return jsonify(error=message), status
+        sess = g.get("sess")   # the header's log-out button posts the session's CSRF token
         return render_template("error.html", status=status, message=message, user=g.get("user"),
-                               asked_for=_asked_for()), status
+                               csrf=sess.csrf_token if sess is not None else "", asked_for=_asked_for()), status
 
     @app.errorhandler(ReviewError)
     def _review_error(exc: ReviewError):
