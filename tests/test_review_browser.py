@@ -599,3 +599,36 @@ def test_a_draft_with_unsaved_changes_is_not_signed_as_if_it_were_the_saved_vers
     assert [(v.row.username, v.row.version, v.valid) for v in service.signatures(PID)] == [("alice", 1, True)]
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_applying_a_gate_to_an_approved_product_asks_first_naming_the_approval(driver, server):
+    """Dave approved TIL002 for release. Alice applies TIL001's CD3+ gate to TIL002 from the page:
+    she is asked first, the question naming Dave's approval; "cancel" applies nothing and the
+    approval stands; "OK" applies it (a new version of TIL002, the approval void)."""
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    driver.get_log("browser")
+    target = "TIL002"
+    with service.factory() as db:
+        dave = db.scalar(select(User).where(User.username == "dave"))
+    service.ensure_imported(target)
+    flags = [f for f in service.source.qc_flags(target) if f["severity"] in ("warning", "error")]
+    service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", 1,
+                 {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)})
+    open_product(driver, base, "alice")
+    Select(driver.find_element("id", "apply-gate")).select_by_value("surface|CD3+")
+    Select(driver.find_element("id", "apply-products")).select_by_value(target)
+    driver.find_element("id", "apply-reason").send_keys("same CD3 valley across the batch")
+    driver.find_element("id", "apply-button").click()
+    alert = wait(driver, lambda d: d.switch_to.alert, "the question before the approval is voided")
+    assert f"the approval for release of {target} version 1 by Dave Tester (dave)" in alert.text, alert.text
+    alert.dismiss()
+    wait(driver, lambda d: "Not applied" in d.find_element("id", "message").text, "the cancelled apply")
+    assert [v.version for v in service.versions(target)] == [1] and service.decision(target) == ("approved for release", 1)
+    driver.find_element("id", "apply-button").click()
+    wait(driver, lambda d: d.switch_to.alert, "the question again").accept()
+    wait(driver, lambda d: f"{target} v2" in d.find_element("id", "message").text, "the applied gate")
+    assert service.decision(target) is None and service.version(target).created_by == "alice"
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -818,3 +818,39 @@ def test_log_out_works_from_an_error_page(app, service):
     r = c.post("/logout", data={"csrf_token": csrf})
     assert r.status_code == 302, r.text
     assert c.get("/", headers={"Accept": "text/html"}).status_code in (302, 401)   # logged out
+
+
+def test_applying_a_gate_to_an_approved_product_names_the_approval_it_voids_first(app, service):
+    """Applying a gate to other products saves a new version of each, voiding a standing approval
+    for release without a word. Now the request is refused (409, nothing applied) naming each
+    approval it would void (product, version, who, when); repeated with those products
+    acknowledged (the page asks the reviewer), it applies and the approval is void."""
+    from tilpheno.review.models import User
+
+    with service.factory() as db:
+        dave = db.query(User).filter(User.username == "dave").one()
+    target = "TIL002"
+    v = service.current_version(target)
+    flags = [f for f in service.source.qc_flags(target) if f["severity"] in ("warning", "error")]
+    approval = service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v,
+                            {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)})
+    c, h, _ = login(app, "alice")
+    gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] += 0.013
+    r = c.post(f"/api/products/{PID}/versions", headers=h, json={
+        "base_version": service.current_version(PID), "gates": {"tubes": {"surface": {"gates": {"CD3+": gate}}}},
+        "reason": "CD3 valley for the batch"})
+    assert r.status_code == 201, r.text
+    body = {"tube": "surface", "population": "CD3+", "products": [target], "reason": "same CD3 valley across the batch"}
+    before = counts(service)
+    r = c.post(f"/api/products/{PID}/apply", json=body, headers=h)
+    when = approval.signed_at[:19].replace("T", " ")
+    assert r.status_code == 409 and r.json["approved"] == [target]
+    assert (f"applying voids the approval for release of {target} version {v} by Dave Tester (dave) at {when} UTC"
+            in r.json["error"]), r.json
+    assert counts(service) == before and service.decision(target) == ("approved for release", v)
+    for wrong in (["TIL001"], [[target]], target, 1):   # acknowledging another product, or no list: still refused
+        assert c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": wrong}, headers=h).status_code == 409
+    r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": [target]}, headers=h)
+    assert r.status_code == 201 and f"{target} v{v + 1}" in r.json["message"]
+    assert service.decision(target) is None

@@ -73,6 +73,15 @@ class NotFound(ReviewError):
     """No such product (HTTP 404)."""
 
 
+class ApprovalsWouldBeVoided(ReviewError):
+    """Applying a gate would void the standing approval of ``products`` (HTTP 409): nothing was
+    applied; the request repeated with them acknowledged applies it."""
+
+    def __init__(self, message: str, products: list[str]):
+        super().__init__(message)
+        self.products = products
+
+
 def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: int = 8):
     """Run ``fn(db)`` in a transaction; retry when another writer took the audit chain's next number."""
     for attempt in range(retries):
@@ -409,8 +418,11 @@ class ReviewService:
                                f"version {base_version}. Nothing was saved: apply your change to version {current} and save again.")
 
     def apply_to_batch(self, from_product: str, user: User, tube: Any, population: Any, targets: Any,
-                       reason: Any) -> list[GateSetVersion]:
-        """Copy one gate of ``from_product``'s current version to each target's current version (a new version each)."""
+                       reason: Any, void_approvals: Any = None) -> list[GateSetVersion]:
+        """Copy one gate of ``from_product``'s current version to each target's current version (a new
+        version each). A target approved for release (its standing decision) loses that approval:
+        :class:`ApprovalsWouldBeVoided` naming each such approval, and nothing applied, unless
+        ``void_approvals`` lists those targets (the user was asked)."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
@@ -424,6 +436,15 @@ class ReviewService:
         gate = json.loads(src.gates_json)["tubes"].get(tube, {}).get("gates", {}).get(population)
         if gate is None:
             raise GateSetError(f"{tube}/{population}: no such gate in {from_product}")
+        acknowledged = {t for t in void_approvals if isinstance(t, str)} if isinstance(void_approvals, list) else set()
+        approvals = [(t, a) for t in targets if t != from_product and t not in acknowledged
+                     and (a := self.standing_approval(t)) is not None]
+        if approvals:
+            raise ApprovalsWouldBeVoided(
+                "applying voids " + "; ".join(f"the approval for release of {t} version {a.version} by {a.full_name} "
+                                              f"({a.username}) at {a.signed_at[:19].replace('T', ' ')} UTC"
+                                              for t, a in approvals)
+                + ": confirm to apply anyway (nothing was applied)", [t for t, _ in approvals])
         saved = []
         for t in targets:
             if t == from_product:
@@ -526,6 +547,17 @@ class ReviewService:
                 return (f"four-eyes rule: {user.username} saved version(s) {', '.join(map(str, own))} of "
                         f"{product_id}, so another reviewer must approve version {version} for release")
         return ""
+
+    def standing_approval(self, product_id: str) -> Signature | None:
+        """The valid approval for release that is the product's standing QA decision (None: not
+        approved; a product never opened has none and is not imported here)."""
+        with self.factory() as db:
+            if db.get(Product, product_id) is None:
+                return None
+        views = self.signatures(product_id)
+        if (decision_of(views) or ("", 0))[0] != APPROVED:
+            return None
+        return [v.row for v in views if v.valid and v.row.meaning == APPROVED][-1]
 
     def standing_rejection(self, db: Session, product_id: str, current: GateSetVersion) -> Signature | None:
         """The valid rejection of ``current`` that is the product's standing QA decision (no valid

@@ -33,8 +33,8 @@ from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
-from tilpheno.review.service import (APPROVED, REJECTED, Forbidden, NotFound, ReviewService, VersionConflict,
-                                     approved_of, decision_of, transaction)
+from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, Forbidden, NotFound, ReviewService,
+                                     VersionConflict, approved_of, decision_of, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -366,8 +366,11 @@ def create_app(service: ReviewService) -> Flask:
     def apply(product_id: str):
         opened(product_id)
         data = body()
-        rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"), data.get("products"),
-                                      data.get("reason"))
+        try:
+            rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"),
+                                          data.get("products"), data.get("reason"), data.get("void_approvals"))
+        except ApprovalsWouldBeVoided as exc:   # the page asks, naming them, and repeats the request
+            return jsonify(error=str(exc), approved=exc.products), 409
         return jsonify({"message": f"applied to {len(rows)} {words('product(s)')}: " +
                         ", ".join(f"{r.product_id} v{r.version}" for r in rows)}), 201
 

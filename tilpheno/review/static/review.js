@@ -520,7 +520,15 @@
     ev.preventDefault();
     const [tube, population] = $("apply-gate").value.split("|");
     const products = Array.from($("apply-products").selectedOptions).map((o) => o.value);
-    const r = await api(app.dataset.apply, { tube, population, products, reason: $("apply-reason").value });
+    const body = { tube, population, products, reason: $("apply-reason").value };
+    let r = await api(app.dataset.apply, body);
+    if (r.status === 409 && r.data.approved) {   // approvals it would void: ask, naming them
+      if (!window.confirm(r.data.error + "\n\nApply anyway? Each new version will need a new approval.")) {
+        message("Not applied: the approvals of " + r.data.approved.join(", ") + " stand.", false);
+        return;
+      }
+      r = await api(app.dataset.apply, Object.assign(body, { void_approvals: r.data.approved }));
+    }
     message(r.data.message || r.data.error || ("HTTP " + r.status), r.status === 201);
   });
 
