@@ -12,11 +12,13 @@ import shutil
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import select
 
 from review_support import PASSWORDS, database_url, drop_schema, make_service, review_out, review_source  # noqa: F401
+from review_support import approval_resolutions
 from tilpheno.review.models import AuditEntry, User
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -47,21 +49,30 @@ def driver(tmp_path_factory):
     d.quit()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def server(request, review_out, review_source, tmp_path):
+@contextmanager
+def serving(app):
+    """``app`` on a threaded HTTP server at a free port of 127.0.0.1 that stops cleanly (`tilpheno
+    serve` uses waitress: test_review_cli): yields its base URL."""
     from werkzeug.serving import make_server
 
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request, review_out, review_source, tmp_path):
     from tilpheno.review.web import create_app
 
     url = database_url(request.param, tmp_path)
     service = make_service(review_out, url, review_source)
-    # a threaded HTTP server that stops cleanly (`tilpheno serve` uses waitress: test_review_cli)
-    srv = make_server("127.0.0.1", 0, create_app(service), threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield service, f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
-    thread.join(5)
+    with serving(create_app(service)) as base:
+        yield service, base
     service.factory.kw["bind"].dispose()
     drop_schema(url)
 
@@ -257,7 +268,6 @@ def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp
     from pathlib import Path
 
     from typer.testing import CliRunner
-    from werkzeug.serving import make_server
 
     from tilpheno.cli import app
     from tilpheno.review.web import create_app
@@ -269,22 +279,18 @@ def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp
     assert run.exit_code == 0, run.output
     service = make_service(out, database_url("sqlite", tmp_path))
     pid = service.source.product_ids()[0]
-    srv = make_server("127.0.0.1", 0, create_app(service), threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     try:
-        driver.delete_all_cookies()
-        driver.get(f"http://127.0.0.1:{srv.server_port}/products/{pid}")
-        driver.find_element("id", "username").send_keys("alice")
-        driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
-        driver.find_element("id", "login-button").click()
-        table = wait(driver, lambda d: d.find_element("id", "population-table"), "the population table")
-        heads = [th.text for th in table.find_elements("css selector", "th")]
-        assert heads == ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent"], heads
-        assert all(len(tr.find_elements("css selector", "td")) == 5 for tr in table.find_elements("css selector", "tr")[1:])
+        with serving(create_app(service)) as base:
+            driver.delete_all_cookies()
+            driver.get(f"{base}/products/{pid}")
+            driver.find_element("id", "username").send_keys("alice")
+            driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
+            driver.find_element("id", "login-button").click()
+            table = wait(driver, lambda d: d.find_element("id", "population-table"), "the population table")
+            heads = [th.text for th in table.find_elements("css selector", "th")]
+            assert heads == ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent"], heads
+            assert all(len(tr.find_elements("css selector", "td")) == 5 for tr in table.find_elements("css selector", "tr")[1:])
     finally:
-        srv.shutdown()
-        thread.join(5)
         service.factory.kw["bind"].dispose()
 
 
@@ -324,8 +330,6 @@ def test_reloading_the_throttled_login_page_does_not_send_the_password_again(dri
     login page: reloading that page once the throttle has ended shows the form, it does not post
     the password typed again (a wrong one counted towards the account's lock-out, a second audited
     refusal)."""
-    from werkzeug.serving import make_server
-
     from tilpheno.review.auth import get_user
     from tilpheno.review.web import create_app
 
@@ -336,27 +340,23 @@ def test_reloading_the_throttled_login_page_does_not_send_the_password_again(dri
     throttle.clock = lambda: now[0]
     for _ in range(throttle.limit):   # a flood of refused logins from this address a moment ago
         throttle.failed("127.0.0.1")
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     try:
-        driver.delete_all_cookies()
-        driver.get(f"http://127.0.0.1:{srv.server_port}/login")
-        driver.find_element("id", "username").send_keys("carol")
-        driver.find_element("id", "password").send_keys("not carol's password")
-        driver.find_element("id", "login-button").click()
-        wait(driver, lambda d: "too many refused logins" in d.find_element("id", "login-error").text, "the throttle")
-        assert driver.find_element("id", "username").get_attribute("value") == "carol"
-        now[0] += throttle.window   # the throttle has ended: the reviewer reloads the page
-        driver.refresh()
-        wait(driver, lambda d: d.find_element("id", "login-button"), "the login page again")
-        assert not driver.find_elements("id", "login-error")
+        with serving(app) as base:
+            driver.delete_all_cookies()
+            driver.get(f"{base}/login")
+            driver.find_element("id", "username").send_keys("carol")
+            driver.find_element("id", "password").send_keys("not carol's password")
+            driver.find_element("id", "login-button").click()
+            wait(driver, lambda d: "too many refused logins" in d.find_element("id", "login-error").text, "the throttle")
+            assert driver.find_element("id", "username").get_attribute("value") == "carol"
+            now[0] += throttle.window   # the throttle has ended: the reviewer reloads the page
+            driver.refresh()
+            wait(driver, lambda d: d.find_element("id", "login-button"), "the login page again")
+            assert not driver.find_elements("id", "login-error")
         with service.factory() as db:
             assert get_user(db, "carol").failed_logins == 0
             assert not db.scalars(select(AuditEntry).where(AuditEntry.action == "login_failed")).all()
     finally:
-        srv.shutdown()
-        thread.join(5)
         service.factory.kw["bind"].dispose()
 
 
@@ -551,9 +551,7 @@ def test_a_save_that_would_void_an_approval_asks_first_naming_it(driver, server)
     driver.get_log("browser")
     with service.factory() as db:
         dave = db.scalar(select(User).where(User.username == "dave"))
-    flags = [f for f in service.source.qc_flags(PID) if f["severity"] in ("warning", "error")]
-    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 1,
-                            {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)})
+    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, PID))
     open_product(driver, base, "alice")
     assert driver.find_element("id", "approved-badge").text == "approved: version 1"
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
@@ -613,9 +611,7 @@ def test_applying_a_gate_to_an_approved_product_asks_first_naming_the_approval(d
     with service.factory() as db:
         dave = db.scalar(select(User).where(User.username == "dave"))
     service.ensure_imported(target)
-    flags = [f for f in service.source.qc_flags(target) if f["severity"] in ("warning", "error")]
-    service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", 1,
-                 {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)})
+    service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, target))
     open_product(driver, base, "alice")
     Select(driver.find_element("id", "apply-gate")).select_by_value("surface|CD3+")
     Select(driver.find_element("id", "apply-products")).select_by_value(target)

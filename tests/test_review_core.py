@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, text
 
-from review_support import PASSWORDS, review_out, review_source, service  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service  # noqa: F401  (fixtures)
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
 from tilpheno.review.models import AuditEntry, User
@@ -366,8 +366,7 @@ def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
     v = service.current_version(pid)
     with pytest.raises(VersionConflict, match="no valid 'approved for release'"):
         certificate_pdf(service, pid)
-    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
-    resolutions = {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+    resolutions = approval_resolutions(service, pid)
     service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", v, resolutions,
                  "QA release review")   # not alice or carol: one of them saved TIL002's version (four eyes)
     pdf = tmp_path / "c.pdf"
@@ -457,8 +456,7 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     """A reviewer who moved a gate cannot approve that gate set for release (also not after someone
     else's later save on top of it); rejecting it is allowed, and a second person approves it."""
     pid = "TIL002"
-    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
-    resolutions = {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+    resolutions = approval_resolutions(service, pid)
     alice, carol = user(service, "alice"), user(service, "carol")
     v = service.save_version(pid, alice, service.current_version(pid), shifted_cd3(service, pid, -0.01),
                              "alice lowers the CD3 cut").version
@@ -478,11 +476,6 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     assert service.approved_version(pid) is None
     service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions)
     assert service.approved_version(pid).version == w
-
-
-def approval_resolutions(service, pid):
-    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
-    return {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
 
 
 def test_a_save_committed_while_an_approval_is_stored_makes_it_a_conflict(service, monkeypatch):
@@ -818,8 +811,7 @@ def test_the_product_lists_approvals_are_each_products_own(service):
     first, second = service.source.product_ids()[:2]
 
     def resolutions(pid):
-        flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
-        return {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+        return approval_resolutions(service, pid)
 
     def check(expect):
         engine = service.factory.kw["bind"]
@@ -957,8 +949,7 @@ def test_an_approval_over_a_rejection_names_it_and_says_why(service):
     pid = "TIL002"
     carol, dave = user(service, "carol"), user(service, "dave")
     v = service.current_version(pid)
-    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
-    resolutions = {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
+    resolutions = approval_resolutions(service, pid)
     rejection = service.sign(pid, carol.id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
     for overrules, comment in ((None, "looks fine to me"), (rejection.id + 1000, "looks fine"), (True, "looks fine"),
                                (rejection.id, "")):

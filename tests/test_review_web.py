@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from review_support import PASSWORDS, review_out, review_source, service  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -831,9 +831,8 @@ def test_applying_a_gate_to_an_approved_product_names_the_approval_it_voids_firs
         dave = db.query(User).filter(User.username == "dave").one()
     target = "TIL002"
     v = service.current_version(target)
-    flags = [f for f in service.source.qc_flags(target) if f["severity"] in ("warning", "error")]
     approval = service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v,
-                            {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)})
+                            approval_resolutions(service, target))
     c, h, _ = login(app, "alice")
     gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
     gate["low"] += 0.013
