@@ -381,6 +381,7 @@ def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
     res = recompute(service.source, pid, gates(service, pid))
     assert f"Certificate of analysis: product {pid}" in words
     assert f"gate-set version {v}" in words and "Dave Tester" in words
+    assert "QA release review" in words   # the approval's comment (a rejection's why, an approval's over it)
     assert f"{res.phenotype['cd3_pct_of_live_lymph']:.2f}" in words
     assert f"{res.phenotype['viability_pct']:.2f}" in words
     decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else "RELEASE CRITERIA NOT MET"

@@ -93,6 +93,10 @@ def certificate_pdf(service: ReviewService, product_id: str) -> bytes:
     story.append(table([["name", "user", "meaning", "UTC time", "signature SHA-256"]] +
                        [[s.full_name, s.username, s.meaning, s.signed_at[:19], s.signature_sha256] for s in sigs],
                        [32, 22, 30, 32, 64]))
+    said = [s for s in sigs if s.comment]   # why: a rejection's reason, an approval's over it
+    if said:
+        story.append(table([["name", "meaning", "comment"]] + [[s.full_name, s.meaning, s.comment] for s in said],
+                           [32, 30, 118]))
     story += [Spacer(1, 3 * mm), p("Inputs and software", styles["Heading3"])]
     rows = [["item", "value"]]
     rows += [[f"{f['file']} ({f['tube']}, {f['role']})", f["sha256"]] for f in src.inputs_digest(product_id)]
