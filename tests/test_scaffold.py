@@ -198,6 +198,7 @@ DRAFT_DEFECTS = {
     "FMO marker of no strategy": ("manifest.csv", "surface,fmo,PD1", "surface,fmo,LAG3"),
     "product id in two cases": ("manifest.csv", "TIL002_surface_stain.fcs,TIL002", "TIL002_surface_stain.fcs,til002"),
     "unknown gate method": ("surface.yaml", "method: fmo}", "method: fmoo}"),
+    "criterion on an event count never counted": ("release.yaml", "column: viability_pct", "column: n_evnts_surface"),
 }
 
 
@@ -438,3 +439,53 @@ def test_several_stained_files_of_one_product_are_announced(tmp_path):
     assert result.exit_code == 0, result.output
     assert "product TIL001: 2 stained surface files; process takes its variables from one" in result.output
     assert "product TIL002" not in result.output
+
+
+REALDATA = ROOT / "tests" / "data" / "realdata_flowatlas"
+
+
+def test_release_drafted_without_viability_dye_is_judged(tmp_path):
+    """A panel without a viability dye (FlowAtlas: FlowJo exports, no scatter, no dye): the drafted
+    release criterion was `n_events_total >= 5000`, a column the phenotype row does not hold when
+    the release is judged, so every product's release was 'not evaluable (no value)' in process and
+    in the review app, even after approval -> one criterion per tube kind on its stained file's
+    events, judged in both, its value each file's $TOT (the data set's own manifest)."""
+    from tilpheno.review.regate import ReviewSource, recompute
+
+    folder = tmp_path / "fcs"   # the files whose $PnS name their markers (the 412C export has none)
+    folder.mkdir()
+    for file in sorted((REALDATA / "fcs").glob("*.fcs")):
+        if not file.name.startswith("412C"):
+            shutil.copy(file, folder / file.name)
+    study = tmp_path / "study"
+    result = _run(["new-study", str(folder), "-o", str(study)])
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(study / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest["product_id"] = manifest["file"].str.removesuffix(".fcs")   # each specimen its own product, as told
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"),
+                   "--manifest", str(tmp_path / "manifest.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    assert "no value" not in (out / "index.html").read_text()
+    events = pd.read_csv(REALDATA / "fcs_manifest.csv").set_index("file")["$TOT"]
+    source = ReviewSource(out)
+    assert len(source.product_ids()) == 4
+    for pid in source.product_ids():
+        [judged] = recompute(source, pid, source.automatic(pid)).release
+        assert judged.value == events[f"fcs/{pid}.fcs"], pid
+        assert judged.outcome == ("pass" if judged.value >= 5000 else "fail"), pid
+
+
+def test_release_on_an_event_count_no_phenotype_holds_is_refused(til_draft, tmp_path):
+    """Any `n_...` column passed the study check, `n_events_total` (the sum over the product's
+    controls too, not in the row the release judges) and typos alike: never evaluable, silently ->
+    refused in one line naming the file, the line and the counts a release can judge."""
+    from tilpheno.scaffold import check_draft
+
+    study = tmp_path / "study"
+    shutil.copytree(til_draft, study)
+    _edit(study / "release.yaml", "column: viability_pct", "column: n_events_total")
+    problem = check_draft(study, SAMPLE)
+    assert "release.yaml:5: criteria[0].column: criterion" in problem and "\n" not in problem
+    assert "column n_events_total (did you mean n_events_" in problem and "n_events_surface, n_events_treg" in problem

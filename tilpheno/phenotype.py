@@ -61,7 +61,7 @@ from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelE
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate, RangeGate
-from tilpheno.gates.strategy import ROOT, Population, Strategy, population_slug
+from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
 from tilpheno.gates.tree import population_mask
 from tilpheno.qc import QCFlag
@@ -1000,9 +1000,8 @@ def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
     for v in strategy.variables:
         den = counts.get(v.denominator, 0)
         out[v.name] = 100.0 * counts.get(v.numerator, 0) / den if den else float("nan")
-    for name in dict.fromkeys(x for v in strategy.variables for x in (v.numerator, v.denominator)):
-        out[f"n_{population_slug(name)}_{strategy.tube}"] = counts.get(name, 0)
-    out[f"n_events_{strategy.tube}"] = state.tube.n_events
+    for column, name in strategy.count_columns().items():
+        out[column] = counts.get(name, 0)
     return out
 
 

@@ -363,7 +363,8 @@ def study_yaml(draft: StudyDraft) -> str:
 def release_yaml(draft: StudyDraft) -> str:
     """The drafted release spec: every run judges its products against one. With a viability dye,
     the bundled TIL spec's viability criterion (> 70 %) on the first tube kind's viability; else
-    the QC minimum of events (>= 5000 in all tubes). Either is the lab's to replace."""
+    the QC minimum of events in each tube kind's stained file (``n_events_<kind> >= 5000``, the
+    study's ``qc.min_events``). Either is the lab's to replace."""
     tube = next((t for t in draft.tubes if t.viability), None)
     if tube is not None:
         column, (_, denominator) = next((n, pops) for n, pops in draft.variables()[tube.kind].items() if pops[0] == "live")
@@ -371,11 +372,13 @@ def release_yaml(draft: StudyDraft) -> str:
                      f"column: {_scalar(column)}, op: \">\", limit: 70, unit: \"%\"}}")
         why = "the bundled TIL study's viability criterion (viability > 70 %)"
     else:
-        criterion = '  - {name: Events acquired, column: n_events_total, op: ">=", limit: 5000, unit: events}'
+        criterion = "\n".join(f"  - {{name: {_scalar(f'Events acquired ({t.kind} stained file)')}, "
+                              f"column: {_scalar('n_events_' + t.kind)}, op: \">=\", limit: 5000, unit: events}}"
+                              for t in draft.tubes)
         why = "the QC minimum of events (no viability dye in the panel)"
     return "\n".join([
         f"# Drafted by `tilpheno new-study`: {why}. Replace it with your lab's lot-release criteria",
-        "# (columns: the study's variables and doses; see tilpheno/release.py).",
+        "# (columns: the study's variables and doses, or a stained file's events n_events_<tube kind>; see tilpheno/release.py).",
         f"name: {_scalar(draft.name + ' release (drafted)')}",
         "criteria:",
         criterion,

@@ -325,6 +325,13 @@ class Strategy:
                 todo.extend(by_name[pop].depends_on)
         return tuple(p.name for p in self.populations if p.name in needed)
 
+    def count_columns(self) -> dict[str, str]:
+        """The event-count columns this strategy adds to a product's phenotype row, each to the
+        population it counts: ``n_<population slug>_<tube>`` for every variable's numerator and
+        denominator, and ``n_events_<tube>`` (``root``: every event of the stained file)."""
+        pops = dict.fromkeys(x for v in self.variables for x in (v.numerator, v.denominator))
+        return {**{f"n_{population_slug(p)}_{self.tube}": p for p in pops}, f"n_events_{self.tube}": ROOT}
+
     @property
     def dims(self) -> tuple[str, ...]:
         """Every dimension a gate uses, in first-use order."""

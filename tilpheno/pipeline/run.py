@@ -160,8 +160,10 @@ def check_study_names(study: Study, strategies: Sequence, spec) -> None:
     """Refuse (``StudyError``, one line naming the file and key) a study whose ``variables``, a
     dose's ``variable`` or a ``qc.expected`` variable is defined by none of its strategies, or whose
     release spec judges a column that is neither such a variable, a dose, the infused dose
-    ``til_dose_cells`` nor an event count ``n_...``: each would be NaN for every product (its
-    criterion never evaluable), silently."""
+    ``til_dose_cells`` nor an event count of a strategy (``Strategy.count_columns``: what the
+    phenotype row holds when the release is judged, in ``process`` and in the review app; not
+    ``n_events_total``, which sums the controls' events too): each would be NaN for every product
+    (its criterion never evaluable), silently."""
     defined, files = _strategy_variables(strategies)
     doses = {d.name for d in study.doses}
     named = [("variables", v) for v in study.variables]
@@ -171,11 +173,18 @@ def check_study_names(study: Study, strategies: Sequence, spec) -> None:
         if name not in defined:
             raise StudyError(_at_line(f"{study.source}: {where}: {_did_you_mean([name], defined)} is defined by none of "
                                       f"its strategies ({files})", study.source, name))
+    counts = {column for st in strategies for column in st.count_columns()}
     for i, c in enumerate(spec.criteria):
-        if c.column not in defined | doses | {"til_dose_cells"} and not c.column.startswith("n_"):
+        if c.column in defined | doses | counts | {"til_dose_cells"}:
+            continue
+        if c.column.startswith("n_"):
             raise StudyError(_at_line(f"{spec.source}: criteria[{i}].column: criterion {c.name!r}: column "
-                                      f"{_did_you_mean([c.column], defined | doses)} is no variable or dose of the "
-                                      f"study ({files})", spec.source))
+                                      f"{_did_you_mean([c.column], counts)} is no event count a release can judge "
+                                      f"(the stained files' counts: {', '.join(sorted(x for x in counts if x.startswith('n_events_')))} "
+                                      "and n_<population>_<tube> of the variables' populations)", spec.source))
+        raise StudyError(_at_line(f"{spec.source}: criteria[{i}].column: criterion {c.name!r}: column "
+                                  f"{_did_you_mean([c.column], defined | doses)} is no variable or dose of the "
+                                  f"study ({files})", spec.source))
 
 
 def _at_line(message: str, source: str, value: object = None) -> str:
