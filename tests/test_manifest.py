@@ -66,6 +66,33 @@ def test_facsdiva_names_use_src_and_tube_name(tmp_path):
     assert _rows(scan_folder(tmp_path)) == expected
 
 
+def test_one_specimen_name_in_two_experiments_is_two_products(tmp_path):
+    """FACSDiva specimen names repeat across experiments (its default Specimen_001, a lab's 'Donor'):
+    the FlowAtlas donors 423 and 428 ($SRC 'Donor' both) were one product 'Donor' with two stained
+    files, and three experiments' Specimen_001 one product whose FMOs gated each other's stains;
+    'donor' beside 'Donor' made new-study's manifest refused by process -> each experiment's
+    specimen is its own product, '<$SRC> (<EXPERIMENT NAME>)', its FMO with its stain."""
+    import shutil
+
+    realdata = Path(__file__).parent / "data" / "realdata_flowatlas"
+    for name in ("423_Donor_Lung_032.fcs", "428_Donor_Lung_029.fcs"):
+        shutil.copy(realdata / "fcs" / name, tmp_path / name)
+    experiments = pd.read_csv(realdata / "fcs_manifest.csv").set_index("file")["EXPERIMENT NAME"]
+    expected = set()
+    for name in ("423_Donor_Lung_032.fcs", "428_Donor_Lung_029.fcs"):
+        expected.add((name, f"Donor ({experiments['fcs/' + name]})", "treg", "stain", ""))
+    for specimen, experiment in (("Specimen_001", "panel A"), ("Specimen_001", "panel B"), ("specimen_001", "panel C")):
+        for tube, omit, tube_name, role in PRODUCT_TUBES[:2]:
+            name = f"{experiment} {tube_name}.fcs"
+            design_file(tmp_path, name, tube, omit=omit,
+                        keywords={"$SRC": specimen, "TUBE NAME": tube_name, "EXPERIMENT NAME": experiment})
+            expected.add((name, f"{specimen} ({experiment})", tube, role, omit or ""))
+    scanned = scan_folder(tmp_path)
+    assert _rows(scanned) == expected
+    scanned.to_csv(tmp_path / "manifest.csv", index=False)
+    assert len(read_manifest(tmp_path / "manifest.csv", base=tmp_path)) == len(expected)
+
+
 def test_fmo_marker_from_missing_label_and_unstained_from_no_labels(tmp_path):
     """Names that say only 'FMO' (no marker) and nothing about staining; products from folders."""
     folder = tmp_path / "TIL042"

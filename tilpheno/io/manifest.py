@@ -14,7 +14,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
 
 1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs`` (``<tube>``
    one of the study's tube kinds or their names);
-2. otherwise product from ``$SRC`` (else the folder name, else the file name), and role from
+2. otherwise product from ``$SRC`` (else the folder name, else the file name; a ``$SRC`` found in
+   files of several FACSDiva experiments, ``EXPERIMENT NAME``, is ``<$SRC> (<experiment>)``), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
    ``unstain`` / ``unst`` / ``blank`` / ``no stain`` (whole words) means unstained; a file with no $PnS on any
    fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
@@ -149,13 +150,13 @@ def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides 
     unstained = _DESIGN_UNSTAINED.match(stem)
     if unstained:
         return _row(path, unstained.group("product"), "unstained", "unstained", None, markers)
-    product = kw.get("$SRC", "").strip() or kw.get("SPECIMEN NAME", "").strip()
-    if not product:
-        product = path.parent.name if path.parent != root else stem
+    specimen = kw.get("$SRC", "").strip() or kw.get("SPECIMEN NAME", "").strip()
+    product = specimen or (path.parent.name if path.parent != root else stem)
+    experiment = kw.get("EXPERIMENT NAME", "").strip() if specimen else ""
     named = " ".join((kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem)).replace("_", " ")
     if _CONTROL.search(named):   # a compensation control (FACSDiva: "<fluorochrome> Stained Control")
         role = "unstained" if _UNSTAINED.search(named) else "single_stain"
-        return _row(path, product, "compensation", role, None, markers)
+        return _row(path, product, "compensation", role, None, markers, experiment)
     named_role, marker = None, None
     for text in (kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem):
         named_role, marker = _role_from_text(text, study)
@@ -164,7 +165,7 @@ def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides 
     role = named_role or ("stain" if labelled or markers else "unstained")
     names = " ".join((kw.get("TUBE NAME", ""), stem))
     kind = _kind_named(study, names)
-    return _row(path, product, kind, role, marker, markers)
+    return _row(path, product, kind, role, marker, markers, experiment)
 
 
 def _kind_named(study: Study, text: str) -> str | None:
@@ -175,11 +176,29 @@ def _kind_named(study: Study, text: str) -> str | None:
     return kind if named else None
 
 
-def _row(path: Path, product: str, tube: str | None, role: str, marker: str | None, markers: set[str]) -> dict:
+def _row(path: Path, product: str, tube: str | None, role: str, marker: str | None, markers: set[str],
+         experiment: str = "") -> dict:
+    """A manifest row; ``experiment``: the FACSDiva experiment of a product named by its specimen
+    (``$SRC``), '' otherwise (see :func:`_qualify_specimens`)."""
     if tube is None:
         tube = "unstained" if role == "unstained" else None
     return {"file": str(path), "product_id": display_name(product), "tube": tube, "role": role,
-            "fmo_marker": marker or "", "_markers": markers}
+            "fmo_marker": marker or "", "_markers": markers, "_experiment": display_name(experiment)}
+
+
+def _qualify_specimens(rows: list[dict]) -> None:
+    """A specimen name (``$SRC``) identifies a specimen within its FACSDiva experiment only: the
+    default ``Specimen_001`` or a lab's ``Donor`` comes back in every experiment. When one name
+    (in any case) is found in files of several experiments, each of its products is named
+    ``<specimen> (<experiment>)``, so two experiments' specimens never become one product (two
+    donors' stains, one donor's FMO gating the other's). In place."""
+    experiments: dict[str, set[str]] = {}
+    for row in rows:
+        if row["_experiment"]:
+            experiments.setdefault(row["product_id"].casefold(), set()).add(row["_experiment"])
+    for row in rows:
+        if len(experiments.get(row["product_id"].casefold(), ())) > 1:
+            row["product_id"] = f"{row['product_id']} ({row['_experiment']})"
 
 
 def _resolve_fmo_and_kind(rows: list[dict], study: Study) -> None:
@@ -247,6 +266,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
         rows.append(row)
         if fcs is not None:
             metadata[row["file"]] = fcs
+    _qualify_specimens(rows)
     _resolve_fmo_and_kind(rows, study)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
     if not frame.empty:
