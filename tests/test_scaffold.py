@@ -393,6 +393,23 @@ def test_unlabelled_export_drafts_with_a_panel_and_runs(unlabelled, tmp_path):
             assert abs(row["viability_pct"] - truth[pid]["viability_pct"]) <= TOLERANCE, (pid, row["viability_pct"])
 
 
+def test_export_without_labels_is_told_to_give_a_panel_file(unlabelled, tmp_path):
+    """`process` without the panel file on exports without $PnS: each product failed 'only
+    controls' with the advice to name the files' tube and role in a manifest, which gives them no
+    markers (the run then fails every file 'marker(s) not found') -> the advice is the panel file,
+    and following it the run succeeds."""
+    folder, panel, _ = unlabelled
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study), "--panel", str(panel)]).exit_code == 0
+    command = ["process", str(folder), "--study", str(study / "study.yaml"), "--reports", "none"]
+    result = _run([*command, "-o", str(tmp_path / "without")])
+    assert result.exit_code == 1, result.output
+    failed = pd.read_csv(tmp_path / "without" / "qc.csv").query("code == 'product_failed'")
+    assert len(failed) == 2 and failed["message"].str.contains(r"in a panel file \(--panel; columns tube, detector, marker\)").all()
+    result = _run([*command, "--panel", str(panel), "-o", str(tmp_path / "with")])
+    assert result.exit_code == 0, result.output
+
+
 def test_kind_missing_from_some_products_is_announced(tmp_path):
     """A folder whose products have different tubes (TIL001 surface only, TIL002 treg only): the
     draft's study needs both kinds, so process fails every product; new-study says so per kind."""

@@ -75,7 +75,9 @@ def no_stained_tube(product_id: str, rows) -> str:
     if (rows["role"] == "stain").any():
         return f"product {product_id}: no readable stained tube (files: {files})"
     return (f"product {product_id}: no stained tube, only controls (files: {files}); a file without $PnS "
-            f"marker names is taken as an unstained control: name its tube and role in a manifest (--manifest)")
+            "marker names is taken as an unstained control: name its detectors' markers in a panel file "
+            "(--panel; columns tube, detector, marker), which makes it a stained file (a manifest's role alone "
+            "gives it no markers)")
 
 
 FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
