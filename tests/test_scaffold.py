@@ -410,6 +410,28 @@ def test_export_without_labels_is_told_to_give_a_panel_file(unlabelled, tmp_path
     assert result.exit_code == 0, result.output
 
 
+def test_closing_message_names_the_drafted_parents(tmp_path):
+    """new-study ended with 'Every marker gate sits under the live (or singlet) cells' also for files
+    without scatter or viability dye (FlowAtlas FlowJo exports), whose draft gates every marker on
+    all events -> it names, per tube kind, the parent the drafted strategy file gives its marker gates."""
+    import yaml
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(REALDATA / "fcs" / "423_Donor_Lung_032.fcs", folder)
+    for source, study in ((SAMPLE, tmp_path / "til"), (folder, tmp_path / "flowatlas")):
+        result = _run(["new-study", str(source), "-o", str(study)])
+        assert result.exit_code == 0, result.output
+        parents = []
+        for kind in yaml.safe_load((study / "study.yaml").read_text())["tubes"]:
+            strategy = yaml.safe_load((study / f"{kind}.yaml").read_text())
+            marker_gates = [p for p in strategy["populations"] if p["name"] not in ("cells", "singlets", "live")]
+            [parent] = {p["parent"] for p in marker_gates}
+            parents.append(f"{parent} ({kind}: every event)" if parent == "root" else f"{parent} ({kind})")
+        assert f"Every marker gate sits directly under {', '.join(parents)}:" in " ".join(result.output.split())
+    assert len(parents) == 1 and parents[0].startswith("root (") and parents[0].endswith(": every event)")
+
+
 def test_kind_missing_from_some_products_is_announced(tmp_path):
     """A folder whose products have different tubes (TIL001 surface only, TIL002 treg only): the
     draft's study needs both kinds, so process fails every product; new-study says so per kind."""

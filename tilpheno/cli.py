@@ -204,9 +204,11 @@ def new_study(
                         fg=typer.colors.YELLOW, err=True)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
+    bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''})" for t in draft.tubes]
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
-               f"manifest.csv ({len(draft.manifest)} files). Every marker gate sits under the live (or singlet) cells: "
-               "nest gates and rename variables in the strategy files. Run:")
+               f"manifest.csv ({len(draft.manifest)} files). Every marker gate sits directly under "
+               f"{', '.join(bases)}: nest gates and rename variables in the "
+               "strategy files. Run:")
     panel_option = f" --panel {panel}" if panel is not None else ""
     typer.echo(f"  tilpheno process {folder} --study {out}/study.yaml --manifest {out}/manifest.csv{panel_option} -o RESULTS")
     problem = check_draft(out, folder, panel=panel)

@@ -76,6 +76,12 @@ class TubeDraft:
     products: int
     partial: tuple[str, ...] = ()
 
+    @property
+    def base(self) -> str:
+        """The population every marker gate of the draft sits directly under: ``live`` with a
+        viability dye, else the last scatter gate (``singlets`` or ``cells``), else ``root``."""
+        return "live" if self.viability else _before_live(self)
+
 
 @dataclass
 class StudyDraft:
@@ -92,7 +98,7 @@ class StudyDraft:
         """Per kind: variable name -> (numerator, denominator) population."""
         plain: dict[str, dict[str, tuple[str, str]]] = {}
         for tube in self.tubes:
-            base = _base_population(tube)
+            base = tube.base
             own = {"viability_pct": ("live", _before_live(tube))} if tube.viability else {}
             for marker in _gated(tube):
                 own[f"{_slug(marker)}_pct_of_{base}"] = (f"{marker}+", base)
@@ -116,10 +122,6 @@ def _scatter_gates(tube: TubeDraft) -> list[str]:
 
 def _before_live(tube: TubeDraft) -> str:
     return (_scatter_gates(tube) or ["root"])[-1]
-
-
-def _base_population(tube: TubeDraft) -> str:
-    return "live" if tube.viability else _before_live(tube)
 
 
 def _name_words(fcs, path: Path, product: str, vocabulary: Vocabulary) -> list[str]:
@@ -296,7 +298,7 @@ def _list(items) -> str:
 def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     """The drafted strategy of one tube kind (module docstring), with comments saying what was
     inferred and how to nest gates."""
-    base = _base_population(tube)
+    base = tube.base
     fmo = set(tube.fmo_markers)
     lines = [
         f"# Drafted by `tilpheno new-study` from {tube.products} product(s)' stained '{tube.kind}' files in "
