@@ -432,6 +432,27 @@ def test_closing_message_names_the_drafted_parents(tmp_path):
     assert len(parents) == 1 and parents[0].startswith("root (") and parents[0].endswith(": every event)")
 
 
+def test_product_of_controls_only_is_announced(tmp_path):
+    """FlowAtlas 412C exports have no $PnS: new-study drafted them as unstained controls of a product
+    with no stained file and said nothing, and process failed that product -> new-study says that
+    process fails it, with process's own reason (a panel file names the markers)."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("412C_mLN_026.fcs", "423_Donor_Lung_032.fcs"):
+        shutil.copy(REALDATA / "fcs" / name, folder)
+    study = tmp_path / "study"
+    result = _run(["new-study", str(folder), "-o", str(study)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+                   "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 1
+    [failed] = pd.read_csv(out / "qc.csv").query("code == 'product_failed'").itertuples()
+    assert failed.product_id == "Specimen_001" and "panel file" in failed.message
+    assert f"process fails it: {' '.join(failed.message.split())}" in said
+
+
 def test_kind_missing_from_some_products_is_announced(tmp_path):
     """A folder whose products have different tubes (TIL001 surface only, TIL002 treg only): the
     draft's study needs both kinds, so process fails every product; new-study says so per kind."""

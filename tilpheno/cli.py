@@ -179,6 +179,7 @@ def new_study(
 ) -> None:
     """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written)."""
     from tilpheno.errors import TilphenoError
+    from tilpheno.pipeline.product import no_stained_tube
     from tilpheno.scaffold import check_draft, draft_study, write_study
 
     try:
@@ -202,6 +203,10 @@ def new_study(
             typer.secho(f"product {product}: {n} stained {kind} files; process takes its variables from one "
                         "(duplicate_tube): give each specimen its own product_id in manifest.csv",
                         fg=typer.colors.YELLOW, err=True)
+    manifest = draft.manifest
+    controls = manifest[~manifest["role"].isin(("stain", "single_stain")) & (manifest["tube"] != "compensation")]
+    for product, rows in controls[~controls["product_id"].isin(stains["product_id"])].groupby("product_id", sort=True):
+        typer.secho(f"process fails it: {no_stained_tube(str(product), rows)}", fg=typer.colors.YELLOW, err=True)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''})" for t in draft.tubes]
