@@ -117,7 +117,7 @@ def test_one_population_flag_is_sized_by_what_it_changes():
     # CD45: one bright population (a CD45+ export); its cut moves no T cell: kept as info
     clean = gate_tube_kind(strategy, [_tube(_sample(rng))])[0]
     nsp = _flags(clean, "no_second_peak")
-    assert [f.message.split(":")[0] for f in nsp] == ["CD45"]
+    assert [f.message.split(":")[0] for f in nsp] == ["CD45+ (CD45)"]
     assert nsp[0].severity == "info" and "size: moving the cut to" in nsp[0].message
     assert not any(checks.needs_review(f) for f in clean.flags)
     # 25 % of the events CD45-dim, uniformly between 0.45 and 0.6, 60 % of them T cells:
@@ -222,7 +222,7 @@ def test_a_reference_gate_with_one_population_is_sized_on_the_parent_it_is_appli
            "variables": {"dp_pct": {"numerator": "DP", "denominator": "root"}}}
     state = gate_tube_kind(Strategy.from_dict(doc), [_tube({"CD4": cd4, "CD8": cd8})])[0]
     flag = _flags(state, "no_second_peak")
-    assert flag and flag[0].message.startswith("CD8:") and flag[0].severity == "warning"
+    assert flag and flag[0].message.startswith("CD8+ (CD8): ") and flag[0].severity == "warning"
     points = float(flag[0].message.split("changes dp_pct by ")[1].split(" points")[0])
     cut = state.diagnostics["CD8+"]["threshold"]
     alternative = state.diagnostics["CD8+"]["alternative_cuts"]["no_second_peak"][0]

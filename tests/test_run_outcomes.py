@@ -120,7 +120,7 @@ def test_a_gate_failing_on_the_stained_tube_is_named_despite_the_unstained_contr
     write_fcs(stained, fcs.events[:5].astype("float32"), channels, keywords, spillover=fcs.spillover)
     summary = process_folder(folder, tmp_path / "out", make_reports=False)
     assert summary.failed.keys() == {"P1"}
-    assert "P1_surface_stain.fcs: gate failed (cells: " in summary.failed["P1"]
+    assert "P1_surface_stain.fcs: gate failed (cells (FSC-A/SSC-A): " in summary.failed["P1"]
     assert "only 5 events" in summary.failed["P1"]
     assert "has not been evaluated" not in summary.failed["P1"]
 

@@ -49,7 +49,7 @@ A file that cannot be read, mapped or compensated is dropped with a QC flag (``u
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -366,6 +366,21 @@ class _Gated:
         return population_mask(gate, self.tube.data, self.masks, parent, self.tube.n_events, pop.complement)
 
 
+def gate_flag(pop: Population, flag: pl.Flag) -> pl.Flag:
+    """``flag`` of ``pop``'s gate with its message opening ``"<population> (<dims>): "``, the form
+    by which reports and the review app find a gate's flags (``qc.flags_on_gate``). The placement
+    rules name only what they saw (``"CD127: no positive density peak ..."``) and a failed gate
+    only its population (``"CD4+: ..."``), which left such review flags beside no gate; that
+    leading ``"<dims>: "`` or ``"<population>: "`` is replaced."""
+    if flag.message.startswith(f"{pop.name} ("):
+        return flag
+    dims = "/".join(pop.dims)
+    text = flag.message
+    for prefix in (f"{dims}: ", f"{pop.name}: "):
+        text = text.removeprefix(prefix)
+    return replace(flag, message=f"{pop.name} ({dims}): {text}")
+
+
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
     (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
@@ -664,12 +679,12 @@ class _TubeKindRun:
                 src.placed[pop.name] = placement
             if isinstance(placement, _Failed):
                 st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
-                flags.append((k, pl.Flag("gate_failed", "error", str(placement))))
+                flags.append((k, gate_flag(pop, pl.Flag("gate_failed", "error", str(placement)))))
                 continue
             st.masks[pop.name] = st.mask_of(pop, placement.gate)
             st.gates.append((pop.name, pop.parent, placement.gate, placement.method))
             st.diagnostics[pop.name] = dict(placement.diagnostics)
-            flags.extend((k, f) for f in placement.flags)
+            flags.extend((k, gate_flag(pop, f)) for f in placement.flags)
         self.position[i] = max(self.position[i], upto)
 
     def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str]:
@@ -744,7 +759,7 @@ class _TubeKindRun:
             marker = pop.dims[0]
             row = _threshold_row(pop, placement, source, self.strategy, self.percentile)
             self.thresholds[pop.name] = _Threshold(placement, row)
-            self.global_flags.extend((k, f) for f in placement.flags)
+            self.global_flags.extend((k, gate_flag(pop, f)) for f in placement.flags)
             low, high = self.qc.fmo_threshold_range
             if not low <= row["value_raw"] <= high:
                 self.global_flags.append((k, pl.Flag(
