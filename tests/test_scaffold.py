@@ -434,7 +434,7 @@ def test_closing_message_names_the_drafted_parents(tmp_path):
 
 def test_product_of_controls_only_is_announced(tmp_path):
     """FlowAtlas 412C exports have no $PnS: new-study drafted them as unstained controls of a product
-    with no stained file and said nothing, and process failed that product -> new-study says that
+    with no stained file and said nothing, and process failed that product -> new-study and scan say that
     process fails it, with process's own reason (a panel file names the markers)."""
     folder = tmp_path / "fcs"
     folder.mkdir()
@@ -451,6 +451,8 @@ def test_product_of_controls_only_is_announced(tmp_path):
     [failed] = pd.read_csv(out / "qc.csv").query("code == 'product_failed'").itertuples()
     assert failed.product_id == "Specimen_001" and "panel file" in failed.message
     assert f"process fails it: {' '.join(failed.message.split())}" in said
+    scanned = _run(["scan", str(folder)])   # scan says it too
+    assert scanned.exit_code == 0 and f"process fails it: {' '.join(failed.message.split())}" in " ".join(scanned.output.split())
 
 
 def test_kind_missing_from_some_products_is_announced(tmp_path):

@@ -160,6 +160,7 @@ def scan(
     unreadable = frame[frame["problem"] != ""]
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
+    _warn_controls_only(frame)
     if out is not None:
         written = frame[list(COLUMNS)].copy()
         if manifest is None:
@@ -167,6 +168,18 @@ def scan(
         # file names that are not UTF-8 read back as written
         _write_or_fail(out, lambda path: write_csv(path, written, errors="surrogateescape"))
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
+
+
+def _warn_controls_only(manifest) -> None:
+    """On stderr, each product of ``manifest`` (scanned or drafted) whose files are all controls:
+    ``process`` fails it, with the reason it will give (``no_stained_tube``: exports without $PnS
+    are taken as unstained controls unless a panel file names their markers)."""
+    from tilpheno.pipeline.product import no_stained_tube
+
+    stained = set(manifest.loc[manifest["role"].isin(("stain", "single_stain")), "product_id"])
+    controls = manifest[(manifest["tube"] != "compensation") & ~manifest["product_id"].isin(stained)]
+    for product, rows in controls.groupby("product_id", sort=True):
+        typer.secho(f"process fails it: {no_stained_tube(str(product), rows)}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("new-study")
@@ -179,7 +192,6 @@ def new_study(
 ) -> None:
     """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written)."""
     from tilpheno.errors import TilphenoError
-    from tilpheno.pipeline.product import no_stained_tube
     from tilpheno.scaffold import check_draft, draft_study, write_study
 
     try:
@@ -203,10 +215,7 @@ def new_study(
             typer.secho(f"product {product}: {n} stained {kind} files; process takes its variables from one "
                         "(duplicate_tube): give each specimen its own product_id in manifest.csv",
                         fg=typer.colors.YELLOW, err=True)
-    manifest = draft.manifest
-    controls = manifest[~manifest["role"].isin(("stain", "single_stain")) & (manifest["tube"] != "compensation")]
-    for product, rows in controls[~controls["product_id"].isin(stains["product_id"])].groupby("product_id", sort=True):
-        typer.secho(f"process fails it: {no_stained_tube(str(product), rows)}", fg=typer.colors.YELLOW, err=True)
+    _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''})" for t in draft.tubes]
