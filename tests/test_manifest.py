@@ -71,7 +71,8 @@ def test_one_specimen_name_in_two_experiments_is_two_products(tmp_path):
     the FlowAtlas donors 423 and 428 ($SRC 'Donor' both) were one product 'Donor' with two stained
     files, and three experiments' Specimen_001 one product whose FMOs gated each other's stains;
     'donor' beside 'Donor' made new-study's manifest refused by process -> each experiment's
-    specimen is its own product, '<$SRC> (<EXPERIMENT NAME>)', its FMO with its stain."""
+    specimen is its own product, '<$SRC> (<EXPERIMENT NAME>)', its FMO with its stain; a product
+    whose tube kinds were acquired in two experiments stays one."""
     import shutil
 
     realdata = Path(__file__).parent / "data" / "realdata_flowatlas"
@@ -87,6 +88,11 @@ def test_one_specimen_name_in_two_experiments_is_two_products(tmp_path):
             design_file(tmp_path, name, tube, omit=omit,
                         keywords={"$SRC": specimen, "TUBE NAME": tube_name, "EXPERIMENT NAME": experiment})
             expected.add((name, f"{specimen} ({experiment})", tube, role, omit or ""))
+    for tube, omit, tube_name, role in PRODUCT_TUBES:   # one product's tubes acquired on two days: one product
+        name = f"TIL009 {tube_name}.fcs"
+        design_file(tmp_path, name, tube, omit=omit,
+                    keywords={"$SRC": "TIL009", "TUBE NAME": tube_name, "EXPERIMENT NAME": f"{tube} day"})
+        expected.add((name, "TIL009", tube, role, omit or ""))
     scanned = scan_folder(tmp_path)
     assert _rows(scanned) == expected
     scanned.to_csv(tmp_path / "manifest.csv", index=False)

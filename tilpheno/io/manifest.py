@@ -15,7 +15,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
 1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs`` (``<tube>``
    one of the study's tube kinds or their names);
 2. otherwise product from ``$SRC`` (else the folder name, else the file name; a ``$SRC`` found in
-   files of several FACSDiva experiments, ``EXPERIMENT NAME``, is ``<$SRC> (<experiment>)``), and role from
+   several FACSDiva experiments, ``EXPERIMENT NAME``, with stained files of one tube kind in more than
+   one is ``<$SRC> (<experiment>)``), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
    ``unstain`` / ``unst`` / ``blank`` / ``no stain`` (whole words) means unstained; a file with no $PnS on any
    fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
@@ -188,16 +189,19 @@ def _row(path: Path, product: str, tube: str | None, role: str, marker: str | No
 
 def _qualify_specimens(rows: list[dict]) -> None:
     """A specimen name (``$SRC``) identifies a specimen within its FACSDiva experiment only: the
-    default ``Specimen_001`` or a lab's ``Donor`` comes back in every experiment. When one name
-    (in any case) is found in files of several experiments, each of its products is named
+    default ``Specimen_001`` or a lab's ``Donor`` comes back in every experiment. When one name (in
+    any case) has stained files of one tube kind in several experiments, its products are named
     ``<specimen> (<experiment>)``, so two experiments' specimens never become one product (two
-    donors' stains, one donor's FMO gating the other's). In place."""
-    experiments: dict[str, set[str]] = {}
+    donors' stains, one donor's FMO gating the other's). A name whose experiments hold different
+    tube kinds (a product's tubes acquired on two days) stays one product. In place; after the
+    tube kinds are known (:func:`_resolve_fmo_and_kind`)."""
+    stained: dict[str, dict[str, set[str]]] = {}   # name -> tube kind -> experiments of its stained files
     for row in rows:
-        if row["_experiment"]:
-            experiments.setdefault(row["product_id"].casefold(), set()).add(row["_experiment"])
+        if row["_experiment"] and row["role"] == "stain":
+            stained.setdefault(row["product_id"].casefold(), {}).setdefault(row["tube"], set()).add(row["_experiment"])
+    clashing = {name for name, kinds in stained.items() if any(len(e) > 1 for e in kinds.values())}
     for row in rows:
-        if len(experiments.get(row["product_id"].casefold(), ())) > 1:
+        if row["_experiment"] and row["product_id"].casefold() in clashing:
             row["product_id"] = f"{row['product_id']} ({row['_experiment']})"
 
 
@@ -266,8 +270,8 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
         rows.append(row)
         if fcs is not None:
             metadata[row["file"]] = fcs
-    _qualify_specimens(rows)
     _resolve_fmo_and_kind(rows, study)
+    _qualify_specimens(rows)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
     if not frame.empty:
         order = frame["role"].map({r: i for i, r in enumerate(ROLES)})
