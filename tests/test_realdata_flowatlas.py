@@ -176,3 +176,16 @@ def test_every_review_flag_names_its_gate(gated):
             review += 1
             assert any(flag in flags_on_gate([flag], pop, flag.file) for pop in populations), (stem, flag)
     assert review
+
+
+def test_one_population_flag_says_what_to_look_at(gated):
+    """no_second_peak, the commonest flag of a valley-gated panel (104 on the FlowAtlas draft), named
+    the cut but not what to look at, as the other density-gate flags do ('look at the CD69
+    histogram of the parent') -> it names the marker's histogram and what to look for."""
+    flags = [f for result in gated.values() for f in result.qc if f.code == "no_second_peak"]
+    assert flags
+    for flag in flags:
+        gate, rest = flag.message.split("): ", 1)
+        marker = gate.split(" (")[1]
+        other = "negative" if "no negative density peak" in rest else "positive"
+        assert f"; look at the {marker} histogram of the parent for a {other} population" in rest, flag.message

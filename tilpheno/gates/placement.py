@@ -669,7 +669,8 @@ def place_valley(
                 f"{dim}: no {other} density peak; all peaks taken as {side}, cut "
                 f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
                 f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
-                + (" (clamped to the data's range)" if diagnostics.get("clamped") else ""),
+                + (" (clamped to the data's range)" if diagnostics.get("clamped") else "")
+                + f"; look at the {dim} histogram of the parent for a {other} population",
             ),
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
