@@ -131,3 +131,9 @@ def test_dead_worker_fails_its_product_not_the_batch(small_cohort):
     assert {d.path for d in a.files} == set(rows["file"])
     for pid in ("B", "C"):   # each product has a process of its own: B and C run on
         assert outcomes[pid].ok and outcomes[pid].phenotype["status"] == "done", outcomes[pid].error
+    # a worker killed (out of memory, say) is the machine's failure, not the product's: never
+    # cached, so the next run processes A again instead of re-using "worker died" for good
+    from tilpheno.cache import job_key
+
+    assert job_key(jobs[0], a) is None
+    assert job_key(jobs[1], outcomes["B"]) is not None

@@ -58,7 +58,6 @@ from tilpheno.io.outdir import CACHE_NAME as CACHE_DIR  # noqa: E402  the store'
 FORMAT = 1
 RACY_SECONDS = 2.0
 _ENTRY_FILES = ("outcome.json", "populations.parquet", "report.html")
-UNCACHEABLE_ERRORS = ("worker failed", "internal error")
 
 
 # --- the key ---------------------------------------------------------------------------------
@@ -469,8 +468,9 @@ def job_key(job, outcome) -> str | None:
     """The key to store ``outcome`` under: :func:`product_key` of the digests the job itself took
     of the bytes it read (``outcome.files``), or None when the outcome must not be cached (a dead
     worker or an internal error, whose cause may be the machine; a file that could not be hashed
-    or changed while it was read)."""
-    if outcome.error.startswith(UNCACHEABLE_ERRORS):
+    or changed while it was read). A dead worker's outcome is ``crashed`` (whatever its message:
+    killed, failed, lost), an internal error's carries its ``traceback``."""
+    if outcome.crashed or outcome.traceback:
         return None
     read = {d.path: d.sha256 for d in outcome.files}
     files = job_files(job)

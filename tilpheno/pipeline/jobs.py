@@ -92,6 +92,7 @@ class ProductOutcome:
     report_html: str | None = None
     seconds: float = 0.0
     traceback: str = ""   # a crash (a bug, not bad input): the worker's traceback, logged by the parent
+    crashed: bool = False  # built in the parent for a job whose worker never returned it (died, failed, lost)
     has_report: bool | None = None  # a report was published for it (None: as ``ProcessOptions.make_reports``)
 
 

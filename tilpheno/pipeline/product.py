@@ -316,7 +316,7 @@ def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
         product_id=job.product_id, slug=product_slug(job.product_id), ok=False, error=reason,
         phenotype={"product_id": job.product_id}, populations=None,
         qc=[QCFlag(job.product_id, "", "product_failed", "error", reason)], release=[],
-        release_status=NOT_EVALUABLE, files=sorted(digests, key=lambda d: d.path),
+        release_status=NOT_EVALUABLE, files=sorted(digests, key=lambda d: d.path), crashed=True,
     )
     outcome.phenotype.update(_status_columns(outcome, None, len(job.rows)))
     if job.options.make_reports:
