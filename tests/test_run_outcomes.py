@@ -269,6 +269,24 @@ def test_out_is_a_file(two_products, tmp_path):
     assert out.read_text() == "a file\n"
 
 
+def test_a_file_in_place_of_the_cache_is_refused_before_gating(two_products, tmp_path, monkeypatch):
+    """OUT/.cache a file (not tilpheno's store): one line naming it, and no product gated first."""
+    from tilpheno.pipeline import executors
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".cache").write_text("not a folder\n")
+    gated = []
+    run = executors.run_product
+    monkeypatch.setattr(executors, "run_product", lambda job: gated.append(job.product_id) or run(job))
+    result = _process(two_products, "-o", out)
+    assert result.exit_code == 2, result.output
+    line = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and f"{out / '.cache'}" in line[0] and "is a file, not a folder" in line[0], result.output
+    assert gated == []
+    assert [p.name for p in out.iterdir()] == [".cache"] and (out / ".cache").read_text() == "not a folder\n"
+
+
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
 def test_disk_full_and_read_only_out_give_one_line(two_products, tmp_path, monkeypatch, code, words):
     """The file system's answer is simulated (tests run as root, which ignores permission bits)."""

@@ -335,6 +335,11 @@ class ProductStore:
         self.read = read
         self.entries = self.root / "entries"
 
+    def create(self) -> None:
+        """Make the entries' folder now (``OSError`` when it cannot be: ``.cache`` a file, a
+        read-only OUT), so that a run fails before it gates, not at its first finished product."""
+        self.entries.mkdir(parents=True, exist_ok=True)
+
     def inputs(self) -> InputDigests:
         """The input digest index of this store (every file hashed again when reading is off)."""
         return InputDigests(self.root / "inputs.json", verify=not self.read)
