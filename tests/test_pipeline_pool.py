@@ -9,7 +9,17 @@ from tilpheno.pipeline.pool import WorkerPool, describe_exit
 
 def _pid_of(job: str):
     """The job and the id of the process that ran it; job ``die`` ends its process (status 3),
-    job ``interrupt`` is hit by Ctrl-C."""
+    job ``interrupt`` is hit by Ctrl-C, job ``long`` takes a minute, job ``kill <pid>`` kills
+    process ``pid`` (the pool's owner) with SIGKILL and returns a second later."""
+    import time
+
+    if job == "long":
+        time.sleep(60)
+    if job.startswith("kill "):
+        import signal
+
+        os.kill(int(job.split()[1]), signal.SIGKILL)
+        time.sleep(1)
     if job == "die":
         os._exit(3)
     if job == "interrupt":
@@ -119,3 +129,39 @@ def test_a_cached_rerun_does_not_import_the_gating_stack(tmp_path):
     assert "LOADED ['tilpheno.gates.placement']" in first, first      # the first run gates: the probe sees it
     again = _process_and_list_modules(folder, tmp_path / "out", ("tilpheno.gates.placement", "tilpheno.phenotype", "scipy"))
     assert "LOADED []" in again, again
+
+
+def test_an_abandoned_pool_terminates_its_workers_at_once():
+    """The consumer stops (Ctrl-C, SIGTERM, a failed write): a worker busy with a long job is
+    terminated at once, not waited for (5 s per worker before)."""
+    import time
+
+    import pytest
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="gave up"):
+        with WorkerPool(2, _pid_of, _failed) as pool:
+            for _ in pool.imap_unordered(["long", "a"]):
+                processes = [w.process for w in pool.workers]
+                raise RuntimeError("the consumer gave up")
+    assert time.monotonic() - start < 4
+    assert len(processes) == 2 and all(p.exitcode is not None for p in processes)
+
+
+def test_a_worker_whose_parent_was_killed_stops_without_a_traceback():
+    """The pool's owner killed with SIGKILL while a worker runs a job: the worker, finding nobody
+    to send the result to, stops quietly (it printed a BrokenPipeError traceback before)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
+              "from test_pipeline_pool import _failed, _pid_of\n"
+              "from tilpheno.pipeline.pool import WorkerPool\n"
+              "with WorkerPool(1, _pid_of, _failed) as pool:\n"
+              "    print(list(pool.imap_unordered([f'kill {os.getpid()}'])))\n")
+    # stderr is inherited by the worker: communicate() returns once the worker has ended too
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -9, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -61,7 +61,8 @@ def worker_main(conn, run: Callable[[Any], Any], initializer: Callable[[], None]
     """Body of a worker process: receive a job, send back ``run(job)``, until ``None`` or EOF.
 
     Ctrl-C reaches the whole process group: the parent reports the interrupted run, so a worker
-    stops quietly (exit status 130), without a traceback of where it was."""
+    stops quietly (exit status 130), without a traceback of where it was. A parent that is gone
+    (killed) when the result is ready has nobody to report to: the worker stops quietly too."""
     if initializer is not None:
         initializer()
     try:
@@ -72,7 +73,11 @@ def worker_main(conn, run: Callable[[Any], Any], initializer: Callable[[], None]
                 return
             if job is None:
                 return
-            conn.send(run(job))
+            result = run(job)
+            try:
+                conn.send(result)
+            except (BrokenPipeError, ConnectionResetError):
+                return
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     finally:
@@ -154,14 +159,17 @@ class WorkerPool:
                     continue
                 yield result
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop every worker: asked to stop and given 5 s to finish (``wait``), else terminated at
+        once (the run is abandoned: no product still running is wanted)."""
         for worker in list(self.workers):
             try:
                 worker.conn.send(None)
             except (OSError, EOFError):
                 pass
         for worker in list(self.workers):
-            worker.process.join(timeout=5)
+            if wait:
+                worker.process.join(timeout=5)
             if worker.process.exitcode is None:
                 worker.process.terminate()
                 worker.process.join(timeout=5)
@@ -171,5 +179,7 @@ class WorkerPool:
     def __enter__(self) -> "WorkerPool":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, exc, tb) -> None:
+        """On an exception (Ctrl-C, SIGTERM, a failed write, the consumer gone) the workers are
+        terminated at once, not left to finish their products first."""
+        self.close(wait=kind is None)
