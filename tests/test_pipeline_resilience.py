@@ -150,3 +150,38 @@ def test_include_identifiers_opts_in(planted, tmp_path):
     assert process_folder(planted, out, manifest_csv=planted / "manifest.csv", include_identifiers=True).ok
     report = next((out / "products").glob("*/report.html")).read_text()
     assert PLANTED_NAME in report and "&lt;script&gt;" in report
+
+
+def test_sigterm_stops_the_run_cleanly(small_cohort, tmp_path):
+    """``kill`` (SIGTERM: a batch scheduler's time limit, ``docker stop``) mid-run with --jobs 2:
+    exit status 143 with one line, no traceback, OUT as it was (no staging folder left), the
+    workers gone with the run. Before: Python died at once (status -15), leaving its staging
+    folder, and the orphaned workers printed BrokenPipeError tracebacks when their products ended."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "phenotypes.csv").write_text("previous complete table\n")
+    (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
+    script = ("import os, signal, sys\n"
+              "from tilpheno.cli import main\n"
+              "from tilpheno.pipeline import outputs\n"
+              "real = outputs.iter_outcomes\n"
+              "def first_then_sigterm(*args, **kwargs):\n"   # SIGTERM once the first product is done
+              "    for outcome in real(*args, **kwargs):\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        yield outcome\n"
+              "outputs.iter_outcomes = first_then_sigterm\n"
+              "sys.argv = ['tilpheno', *sys.argv[1:]]\n"
+              "main()\n")
+    # stderr is inherited by the workers: run() returns once they have ended too
+    done = subprocess.run([sys.executable, "-c", script, "process", str(small_cohort.out_dir), "-o", str(out),
+                           "--manifest", str(small_cohort.manifest), "--jobs", "2", "--overwrite"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM) before the command finished"
+    assert sorted(p.name for p in out.iterdir() if p.name not in (".cache", ".tilpheno.lock")) == \
+        ["phenotypes.csv", "run.json"]
+    assert (out / "phenotypes.csv").read_text() == "previous complete table\n"

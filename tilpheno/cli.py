@@ -715,8 +715,28 @@ from tilpheno.review.cli import register as _register_review  # noqa: E402  (typ
 _register_review(app)
 
 
+class Terminated(SystemExit):
+    """SIGTERM received: the command stops as on Ctrl-C, with exit status 143 (128 + 15)."""
+
+
+def _stop_on_sigterm(signum, frame) -> NoReturn:
+    raise Terminated(128 + signum)
+
+
 def main() -> None:  # console-script entry point
-    app()
+    """Run the command line. SIGTERM (``kill``, a batch scheduler's time limit, ``docker stop``)
+    stops a command as Ctrl-C does, so its clean-up runs (a ``process`` run's staging folder and
+    worker processes go, OUT keeps what it held), with one line and exit status 143; by default
+    Python would die at once, leaving its workers running on."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        app()
+    except Terminated:
+        typer.secho("error: terminated (SIGTERM) before the command finished",
+                    fg=typer.colors.RED, err=True)
+        raise
 
 
 if __name__ == "__main__":
