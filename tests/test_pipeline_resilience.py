@@ -61,6 +61,14 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     assert ("P2", "unreadable_file") in flagged and ("P5", "unreadable_file") in flagged
     assert ("P3", "missing_fmo") in flagged and ("P4", "product_failed") in flagged
     assert qc.loc[(qc["product_id"] == "P2") & (qc["code"] == "unreadable_file"), "file"].tolist() == ["P2_surface_FMO_CD4.fcs"]
+    # run.json says so too, for a pipeline (LIMS, workflow manager) that reads it, not the exit status
+    import json
+
+    run = json.loads((out / "run.json").read_text())["result"]
+    assert run["ok"] is False and run["errors"] == []
+    assert run["done"] == phen.index[phen["status"] == "done"].tolist() == ["P1", "P2", "P3"]
+    assert sorted(run["failed"]) == ["P4", "P5"]
+    assert all(f"failed {pid}: {reason}" in " ".join(result.output.split()) for pid, reason in run["failed"].items())
     for pid in ("P1", "P2", "P3", "P4", "P5"):
         assert (out / "products" / pid / "report.html").is_file()
     assert "could not be processed" in (out / "products" / "P4" / "report.html").read_text()
@@ -72,6 +80,8 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
         shutil.copy(f, alone / f.name)
     clean = process_folder(alone, tmp_path / "alone_out", make_reports=False)
     assert clean.ok
+    assert json.loads((tmp_path / "alone_out" / "run.json").read_text())["result"] == {
+        "ok": True, "done": ["P1"], "failed": {}, "errors": []}
     ref = pd.read_csv(tmp_path / "alone_out" / "phenotypes.csv").set_index("product_id").loc["P1"]
     got = phen.loc["P1"]
     for col in ("viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "n_events_total"):

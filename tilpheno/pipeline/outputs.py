@@ -238,7 +238,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     cache = {"enabled": use_cache, "reused": sorted(reused), "processed": sorted(todo),
              "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused}
     record.extra["compensation_matrices"] = _write_matrices(staging, jobs)
-    write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0)
+    write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0, run_flags=run_flags)
     digests.save()
     store.prune(keys.values())
     return outcomes

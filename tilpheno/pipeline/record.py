@@ -48,12 +48,24 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
     return record
 
 
-def write_run_record(path: Path, record: RunRecord, outcomes: Iterable, *, cache: dict, folder: Any,
-                     t0: float) -> None:
-    """Complete ``record`` (what the cache did, every input's digest, the duration since ``t0`` in
-    ``time.perf_counter`` seconds, the output folder's changes) and write it atomically to ``path``."""
+def run_result(outcomes: Sequence, run_flags: Sequence = ()) -> dict:
+    """What the run came to, for ``run.json``'s ``result``: ``ok`` (every product done and no
+    error of the run itself: ``process`` exits 0), the products ``done``, the ``failed`` ones with
+    their reasons, and the run's own ``errors`` (e.g. a folder it could not list)."""
+    failed = {o.product_id: o.error for o in outcomes if not o.ok}
+    errors = [f.message for f in run_flags if f.severity == "error"]
+    return {"ok": not failed and not errors, "done": [o.product_id for o in outcomes if o.ok], "failed": failed,
+            "errors": errors}
+
+
+def write_run_record(path: Path, record: RunRecord, outcomes: Sequence, *, cache: dict, folder: Any,
+                     t0: float, run_flags: Sequence = ()) -> None:
+    """Complete ``record`` (what the run came to, :func:`run_result`; what the cache did, every
+    input's digest, the duration since ``t0`` in ``time.perf_counter`` seconds, the output folder's
+    changes) and write it atomically to ``path``."""
     from tilpheno.io import atomic
 
+    record.extra["result"] = run_result(outcomes, run_flags)
     record.extra["cache"] = cache
     record.finish({d.path: d for o in outcomes for d in o.files}.values(),   # shared control files once
                   time.perf_counter() - t0)
