@@ -225,6 +225,21 @@ def test_cli_scan_writes_csv_and_accepts_manifest(files):
     assert result.exit_code == 2 and "unknown role 'weird'" in result.output
 
 
+def test_cli_scan_never_writes_over_the_manifest_it_reads(files):
+    """`scan --manifest M -o M` (checking a hand-made manifest in place) rewrote M with the five
+    manifest columns only: a til_dose_cells column (the doses) was silently lost. Now refused, M
+    untouched."""
+    manifest = _write(files / "manifest.csv", [[*COLUMNS, "til_dose_cells"], ["a.fcs", "X1", "treg", "stain", "", "5e9"]])
+    before = manifest.read_bytes()
+    link = files / "link.csv"
+    link.symlink_to(manifest)
+    for out in (manifest, link):
+        result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(manifest), "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1].startswith(f"error: {out}: -o is the --manifest being read")
+        assert manifest.read_bytes() == before
+
+
 def test_cli_scan_unwritable_out_is_one_line(files):
     """`scan -o` naming a folder (or a path it cannot write): exit 2, one line naming -o, no traceback."""
     taken = files / "taken"

@@ -128,6 +128,10 @@ def scan(
     from tilpheno.panel import read_panel_file
     from tilpheno.study import load_study
 
+    if out is not None and manifest is not None and out.resolve() == manifest.resolve():
+        _fail(TilphenoError(f"{out}: -o is the --manifest being read; the written manifest keeps only the columns "
+                            f"{', '.join(COLUMNS)} (any other column, e.g. til_dose_cells, would be lost): "
+                            "write it to another file"))
     try:
         config = load_study(study)
         overrides = read_panel_file(panel) if panel is not None else None
