@@ -227,6 +227,36 @@ def test_two_stained_files_of_one_name_are_told_apart(product, strategies, tmp_p
         in flag.message
 
 
+def test_two_fmo_files_of_one_marker_need_review_and_name_the_one_used(product, strategies, tmp_path):
+    """The same FMO file name in two folders (here another product's PD1 FMO, misfiled): its
+    thresholds came silently from one of them. Now a duplicate_control flag (review) names both by
+    path and the one used, and that is the one the PD1 gates were placed from: the result equals a
+    run with that file as the only PD1 FMO."""
+    import shutil
+
+    from tilpheno.qc import NEEDS_REVIEW, needs_review, review_status
+
+    _, rows, _ = product
+    write_product(simulate_product("TIL901", SEED + 1, N_EVENTS), tmp_path)
+    is_pd1 = (rows["tube"] == "surface") & (rows["role"] == "fmo") & (rows["fmo_marker"] == "PD1")
+    fmo = rows[is_pd1].iloc[0]
+    (tmp_path / "again").mkdir()
+    misfiled = tmp_path / "again" / Path(fmo["file"]).name
+    shutil.copy(tmp_path / "TIL901_surface_FMO_PD1.fcs", misfiled)
+    doubled = pd.concat([rows, fmo.to_frame().T.assign(file=str(misfiled))], ignore_index=True)
+    result = run(doubled, strategies)
+    (flag,) = [f for f in result.qc if f.code == "duplicate_control"]
+    assert needs_review(flag) and review_status(result.qc) == NEEDS_REVIEW
+    assert flag.message.startswith(f"2 surface FMO files for PD1 ({fmo['file']}, {misfiled}); its thresholds come "
+                                   f"from the last, {misfiled}:")
+    alone = run(rows.assign(file=[str(misfiled) if pd1 else f for f, pd1 in zip(rows["file"], is_pd1)]), strategies)
+    single = run(rows, strategies)
+    for v in ("pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4"):
+        assert result.phenotype[v] == alone.phenotype[v], v
+    assert result.phenotype["cd8pd1_pct_of_cd8"] != single.phenotype["cd8pd1_pct_of_cd8"]   # the file matters
+    assert not [f for f in single.qc if f.code == "duplicate_control"]
+
+
 def _digest(result) -> str:
     h = hashlib.sha256()
     for k in sorted(result.phenotype):

@@ -565,6 +565,26 @@ def _distinct_names(sources: Sequence[_Source]) -> list[str]:
     return [n if names.count(n) == 1 else str(s.handle["row"].file) for n, s in zip(names, sources)]
 
 
+def _duplicate_controls(product_id: str, tube_kind: str, gated: Sequence[_Source], vocabulary) -> list[QCFlag]:
+    """A ``duplicate_control`` flag (review) for each marker with more than one gated FMO file in
+    a tube kind (the same FMO in two folders, a re-acquired control, another product's): its
+    thresholds come from the last of them in manifest order, as ``fmo`` gates take the last that
+    loads. ``gated``: the tube kind's gated sources in manifest order."""
+    by_marker: dict[str, list[_Source]] = {}
+    for src in gated:
+        if src.role == "fmo" and src.fmo_marker:
+            by_marker.setdefault(vocabulary.canonical_name(src.fmo_marker), []).append(src)
+    flags = []
+    for marker, group in by_marker.items():
+        if len(group) > 1:
+            shown = _distinct_names(group)
+            flags.append(QCFlag(product_id, "", "duplicate_control", "warning",
+                                f"{len(group)} {tube_kind} FMO files for {marker} ({', '.join(shown)}); its thresholds "
+                                f"come from the last, {shown[-1]}: check that each belongs to this product (a "
+                                "re-acquired control, or another product's)"))
+    return flags
+
+
 def _row_source(order: int, role: str, fmo_marker: str | None, row) -> _Source:
     """A manifest ``row`` as a source of :func:`analyze_product`'s loader (its handle: the row, the
     file name, the read and load flags once met, the FCSFile once read)."""
@@ -1297,6 +1317,7 @@ def analyze_product(
                              f"{len(stained_read)} {tube_kind} stained files ({', '.join(shown)}); the variables "
                              f"come from the first gated by name, {used}: check that each belongs to this product "
                              "(a re-acquired tube, or two samples under one product id)"))
+        qc.extend(_duplicate_controls(product_id, str(tube_kind), [sources[i] for i in sorted(made)], study.vocabulary))
 
     qc.extend(dict.fromkeys(f for f in unstained_flags if f is not None))   # a control read once per tube kind: once
     phenotype.update(doses(phenotype, til_dose_cells, study))
