@@ -255,6 +255,44 @@ def test_foreign_folder_is_refused(tmp_path):
         OutputFolder.claim(out)
 
 
+def test_overwrite_never_replaces_a_file_no_previous_run_wrote(two_products, tmp_path, monkeypatch):
+    """--overwrite replaces what a previous run wrote and keeps other files: a lab's own qc.csv in
+    OUT (no run.json) was listed as kept in run.json and silently replaced by the run's qc.csv.
+    Now refused in one line naming it, before any product is gated; the file untouched."""
+    from tilpheno.pipeline import executors
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "qc.csv").write_text("the lab's own QC notes\n")
+    gated = []
+    run = executors.run_product
+    monkeypatch.setattr(executors, "run_product", lambda job: gated.append(job.product_id) or run(job))
+    result = _process(two_products, "-o", out, "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {out / 'qc.csv'}: this run writes a file of that name, and it is not the output of a previous run "
+        "(no run.json lists it); move it away or choose another output folder")
+    assert gated == [] and sorted(p.name for p in out.iterdir()) == ["qc.csv"]
+    assert (out / "qc.csv").read_text() == "the lab's own QC notes\n"
+
+
+def test_publish_never_replaces_a_file_no_previous_run_wrote(tmp_path):
+    """The same at publishing, for any output (biomarkers claims its folder with overwrite: a
+    report.html of the user's in BIO was replaced): refused before anything is moved or removed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("mine\n")
+    (out / "notes.txt").write_text("kept\n")
+    with OutputFolder.claim(out, overwrite=True) as folder:
+        (folder.staging / "report.html").write_text("new\n")
+        (folder.staging / "km.csv").write_text("new\n")
+        with pytest.raises(OutputFolderError, match=r"report.html: this run writes a file of that name, .*; nothing "
+                                                    "was published"):
+            folder.publish()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.html"]
+    assert (out / "report.html").read_text() == "mine\n"
+
+
 # --- one-line errors for file-system failures ---------------------------------------------------
 
 

@@ -9,7 +9,9 @@ A run of ``process`` *claims* its output folder (:meth:`OutputFolder.claim`):
 * **Reuse**: an OUT that holds anything (other than the lock and stale temporary files) is refused
   unless ``overwrite`` is given. With ``overwrite``, what the previous run wrote (the ``outputs``
   list of its ``run.json``; for a ``run.json`` without that list, the standard output names) is
-  removed when the new run publishes; other files are left alone and listed. Both lists are
+  removed when the new run publishes; other files are left alone and listed. A file the run
+  would publish that no previous run wrote is never replaced: the claim (for the names given as
+  ``writes``) or :meth:`OutputFolder.publish` (any output, before anything moves) refuses. Both lists are
   recorded in the new ``run.json`` (``output_folder``).
 * **Staging**: every output is written into ``OUT/.tilpheno-staging-XXXX/`` while the run goes
   on. :meth:`OutputFolder.publish` then marks OUT incomplete (``OUT/.tilpheno-incomplete``, which
@@ -75,6 +77,12 @@ def _is_stale_temp(name: str) -> bool:
     return name.startswith(STAGING_PREFIX) or (name.startswith(".") and name.endswith(".part"))
 
 
+def _not_ours(path: Path) -> str:
+    """Why a file this run would publish may not be replaced: no previous run's ``run.json`` lists it."""
+    return (f"{path}: this run writes a file of that name, and it is not the output of a previous run (no "
+            "run.json lists it); move it away or choose another output folder")
+
+
 def _safe_relative(text: str) -> str | None:
     """A recorded output path if it stays inside OUT (relative, no ``..``), else None."""
     if not isinstance(text, str) or not text or os.path.isabs(text):
@@ -101,7 +109,11 @@ class OutputFolder:
 
     # -- claiming -----------------------------------------------------------------------------
     @classmethod
-    def claim(cls, out: str | os.PathLike, *, overwrite: bool = False, run_id: str = "") -> "OutputFolder":
+    def claim(cls, out: str | os.PathLike, *, overwrite: bool = False, run_id: str = "",
+              writes: tuple[str, ...] = ()) -> "OutputFolder":
+        """Lock, inspect and stage ``out`` (module docstring). ``writes``: names of files the run
+        will publish at OUT's top; one of them there that no previous run wrote is refused now,
+        before the run's work, rather than at :meth:`publish`."""
         out = Path(out)
         try:
             if out.exists() and not out.is_dir():
@@ -114,6 +126,9 @@ class OutputFolder:
         folder = cls(out, Path(), overwrite, created=created, _lock_fd=fd)
         try:
             folder._inspect()
+            clash = [name for name in folder.kept if name in writes]
+            if clash:
+                raise OutputFolderError(_not_ours(out / clash[0]))
             folder.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
         except BaseException as exc:
             folder.release()
@@ -199,6 +214,10 @@ class OutputFolder:
 
         out = self.path
         publishing = self.staged_outputs()
+        removed = set(self.previous)
+        clash = [rel for rel in publishing if rel not in removed and os.path.lexists(out / rel)]
+        if clash:   # checked before anything is removed or moved: OUT stays as it was
+            raise OutputFolderError(_not_ours(out / clash[0]) + "; nothing was published")
         try:
             atomic.write_text(out / INCOMPLETE_NAME, json.dumps(
                 {"removing": self.previous, "publishing": publishing}, indent=1) + "\n")

@@ -112,7 +112,10 @@ def run_process(
     sources = strategy_sources(strategies)
     jobs = [ProductJob(pid, rows, sources, options, (compensations or {}).get(pid))
             for pid, rows in group_products(manifest)]
-    with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at) as folder:
+    from tilpheno.io.outdir import STANDARD_OUTPUTS
+
+    tables = tuple(name for name in STANDARD_OUTPUTS if name != "products")   # the files every run writes at OUT's top
+    with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at, writes=tables) as folder:
         if on_start is not None:
             on_start(len(jobs), len(manifest))
         try:
