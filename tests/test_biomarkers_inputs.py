@@ -132,6 +132,12 @@ def test_failed_products_are_left_out_with_a_note(tables):
     assert left_out.isdisjoint(cohort.data.product_id) and len(cohort.data) == len(pheno) - 2
     assert any("2 product(s) not analysed, status not 'done'" in n and all(p in n for p in left_out)
                for n in cohort.notes)
+    # their patients have a product (it failed): not listed as patients without one
+    patients = sorted(outcomes.loc[outcomes["product_id"].isin(left_out), "patient_id"])
+    assert len(patients) == 2 and not set(patients) & set(cohort.patients_without_products)
+    assert cohort.patients_with_products_not_done == patients
+    unmatched = cohort.unmatched()
+    assert sorted(unmatched.loc[unmatched["kind"] == "patient_product_not_done", "id"]) == patients
 
 
 def test_too_few_patients_is_a_one_line_error(tables, tmp_path):

@@ -491,6 +491,8 @@ def biomarkers(
         typer.echo(f"  product without outcomes: {pid}")
     for pid in cohort.patients_without_products:
         typer.echo(f"  patient without a phenotyped product: {pid}")
+    for pid in cohort.patients_with_products_not_done:
+        typer.echo(f"  patient whose product was not analysed (status not 'done' in the phenotypes): {pid}")
     for w in results.warnings:
         typer.echo(f"  warning: {w}")
 

@@ -35,11 +35,13 @@ class Cohort:
     products_without_outcomes: list[str]
     patients_without_products: list[str]
     notes: list[str] = field(default_factory=list)
+    patients_with_products_not_done: list[str] = field(default_factory=list)   # their product failed in `process`
 
     def unmatched(self) -> pd.DataFrame:
         """One row per unmatched id: kind, id."""
         rows = [("product_without_outcomes", p) for p in self.products_without_outcomes]
         rows += [("patient_without_product", p) for p in self.patients_without_products]
+        rows += [("patient_product_not_done", p) for p in self.patients_with_products_not_done]
         return pd.DataFrame(rows, columns=["kind", "id"])
 
 
@@ -119,6 +121,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     phen_source, out_source = sources
     pheno = validate_phenotypes(phenotypes, phen_source).reset_index(drop=True)
     notes: list[str] = []
+    not_done: list[str] = []
     if "status" in pheno.columns:   # `tilpheno process`: a failed product's variables are not results
         not_done = pheno.loc[pheno["status"].astype(str) != "done", "product_id"].tolist()
         if not_done:
@@ -154,7 +157,10 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     product_ids = set(pheno["product_id"])
     with_outcomes = set(outcomes["product_id"])
     products_without = sorted(product_ids - with_outcomes)
-    patients_without = sorted(outcomes.loc[~outcomes["product_id"].isin(product_ids), "patient_id"])
+    unmatched_patients = outcomes[~outcomes["product_id"].isin(product_ids)]
+    failed = unmatched_patients["product_id"].isin(set(not_done))
+    patients_without = sorted(unmatched_patients.loc[~failed, "patient_id"])
+    patients_not_done = sorted(unmatched_patients.loc[failed, "patient_id"])
     unmatched_ids = sorted(with_outcomes - product_ids)
     folded = {p.casefold(): p for p in products_without}   # ids are compared as written, case included
     for pid in unmatched_ids[:20]:
@@ -194,4 +200,4 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     notes += plausibility_warnings(outcomes, data, chosen)
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
                   products_without_outcomes=products_without, patients_without_products=patients_without,
-                  notes=notes)
+                  notes=notes, patients_with_products_not_done=patients_not_done)
