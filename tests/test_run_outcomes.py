@@ -76,6 +76,23 @@ def test_truncated_stained_tube_fails_the_product(two_products, tmp_path):
     assert re.search(r"<td>product_failed</td><td><span class=\"badge needs-review\">yes</span>", report)
 
 
+def test_a_broken_file_named_like_another_is_told_apart_in_qc(two_products, tmp_path):
+    """The same FMO file name in a subfolder, that copy truncated: qc.csv named the broken file
+    by its name only, which is also the good file's name (the lab would check the good one). Now
+    it is named as scan's manifest names it, relative to the folder: sub/<name>."""
+    folder = _copy(two_products, tmp_path / "in", keep=lambda n: n.startswith("P1_"))
+    (folder / "sub").mkdir()
+    good = folder / "P1_surface_FMO_PD1.fcs"
+    (folder / "sub" / good.name).write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out = tmp_path / "out"
+    result = _process(folder, "-o", out)
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    broken = qc[qc["code"] == "unreadable_file"]
+    assert broken["file"].tolist() == [f"sub/{good.name}"]
+    assert (qc["file"] == "P1_surface_stain.fcs").any()   # a file of its own name keeps it
+
+
 def test_missing_tube_kind_fails_the_product(two_products, tmp_path):
     folder = _copy(two_products, tmp_path / "in", keep=lambda n: not (n.startswith("P1_treg")))
     summary = process_folder(folder, tmp_path / "out", make_reports=False)

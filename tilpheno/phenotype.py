@@ -561,7 +561,7 @@ class _Source:
 def _distinct_names(sources: Sequence[_Source]) -> list[str]:
     """Each source's file name, or its path as the manifest gives it where two share a name (the
     same file name in two folders)."""
-    names = [s.handle["name"] for s in sources]
+    names = [Path(str(s.handle["row"].file)).name for s in sources]
     return [n if names.count(n) == 1 else str(s.handle["row"].file) for n, s in zip(names, sources)]
 
 
@@ -585,11 +585,13 @@ def _duplicate_controls(product_id: str, tube_kind: str, gated: Sequence[_Source
     return flags
 
 
-def _row_source(order: int, role: str, fmo_marker: str | None, row) -> _Source:
+def _row_source(order: int, role: str, fmo_marker: str | None, row, labels: Mapping[str, str]) -> _Source:
     """A manifest ``row`` as a source of :func:`analyze_product`'s loader (its handle: the row, the
-    file name, the read and load flags once met, the FCSFile once read)."""
+    file's name in flags, from ``labels`` (:func:`tilpheno.io.files.file_labels`), the read and
+    load flags once met, the FCSFile once read)."""
     src = _Source(order, role, fmo_marker)
-    src.handle = {"row": row, "name": Path(str(row.file)).name, "read_flag": None, "load_flag": [], "fcs": None}
+    name = labels.get(str(row.file), Path(str(row.file)).name)
+    src.handle = {"row": row, "name": name, "read_flag": None, "load_flag": [], "fcs": None}
     return src
 
 
@@ -1152,6 +1154,7 @@ def analyze_product(
     Runs on one BLAS/OpenMP thread (``placement.one_thread``).
     """
     from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.files import file_labels
     from tilpheno.panel import panel_from_fcs, require
 
     study = study or default_study()
@@ -1164,6 +1167,7 @@ def analyze_product(
     stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
+    labels = file_labels(rows["file"])
     # the product's unstained control (not a compensation set's, which may be beads)
     unstained_rows = rows[(rows["role"] == "unstained") & (rows["tube"] != "compensation")]
     unstained_flags: list[QCFlag] = []
@@ -1177,7 +1181,7 @@ def analyze_product(
         sources = []
         for i, row in enumerate(group.itertuples(index=False)):
             marker = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary) if row.role == "fmo" else None
-            sources.append(_row_source(i, str(row.role), marker, row))
+            sources.append(_row_source(i, str(row.role), marker, row, labels))
         if any(p.params.get("control") == "unstained" for p in strategy.populations):
             # the unstained control is a control of this tube kind's gates: gated with its files (its
             # own per-file gates, then the thresholds), reported like an FMO file; once (a manifest, or
@@ -1185,7 +1189,7 @@ def analyze_product(
             listed = {str(s.handle["row"].file) for s in sources if s.role == "unstained"}
             for row in unstained_rows.itertuples(index=False):
                 if str(row.file) not in listed:
-                    sources.append(_row_source(len(sources), "unstained", None, row))
+                    sources.append(_row_source(len(sources), "unstained", None, row, labels))
         # The stained files are read first: the first readable one resolves the FMO files' panels
         # (its TEXT only is kept); unreadable files are flagged once, whenever they are met.
         reference, reference_src, stained_read = None, None, []
@@ -1274,7 +1278,7 @@ def analyze_product(
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
-                    control_src = _row_source(-1, "unstained", None, row)
+                    control_src = _row_source(-1, "unstained", None, row, labels)
                     checked = (str(row.file), strategy.acquisition)
                     control_src.handle["acquisition"] = unstained_acquisition.get(checked)
                     control = load(control_src, True)

@@ -33,6 +33,19 @@ def open_regular(path: str | Path, buffering: int = -1):
     return fh
 
 
+def file_labels(files) -> dict[str, str]:
+    """How one product's files are named in its QC flags: each file's name, or, where two of
+    ``files`` share a name (the same file name in two folders), its path relative to the folder
+    holding them all (``sub/X.fcs``, as ``scan``'s manifest writes it), so that they are told apart."""
+    files = [str(f) for f in files]
+    names = [os.path.basename(f) for f in files]
+    shared = {n for n in names if names.count(n) > 1}
+    if not shared:
+        return dict(zip(files, names))
+    base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    return {f: os.path.relpath(os.path.abspath(f), base) if n in shared else n for f, n in zip(files, names)}
+
+
 def display_name(text: str) -> str:
     """``text`` with undecodable bytes of a file name (surrogate escapes) shown as ``\\xNN``:
     safe to print, to write as UTF-8 and to use as a product id."""

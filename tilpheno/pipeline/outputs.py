@@ -107,12 +107,20 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
-        [{"product_id": f.product_id, "file": display_name(Path(str(f.file)).name) if f.file else "", "code": f.code,
+        [{"product_id": f.product_id, "file": display_name(_flag_file(str(f.file))) if f.file else "", "code": f.code,
           "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
          for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
         columns=["product_id", "file", "code", "severity", "needs_review", "message"],
     )
     return phenotypes, populations, qc
+
+
+def _flag_file(file: str) -> str:
+    """A flag's file as ``qc.csv`` shows it: its name, or the relative label that tells two files of
+    one name apart (``sub/X.fcs``, :func:`tilpheno.io.files.file_labels`); an absolute path by its name."""
+    import os
+
+    return Path(file).name if os.path.isabs(file) else file
 
 
 REPORT_MODES = ("now", "later", "none")

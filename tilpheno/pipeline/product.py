@@ -56,14 +56,16 @@ def _isnan(v) -> bool:
 def _read_metadata(rows, product_id: str):
     """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests)."""
     from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.io.files import file_labels
 
     meta, flags, digests, keep = {}, [], [], []
+    labels = file_labels(rows["file"])
     for i, file in enumerate(rows["file"].tolist()):
         try:
             meta[file] = read_fcs_metadata(file)
             keep.append(i)
         except FCSReadError as exc:
-            flags.append(QCFlag(product_id, Path(file).name, "unreadable_file", "error", exc.problem))
+            flags.append(QCFlag(product_id, labels[str(file)], "unreadable_file", "error", exc.problem))
             digests.append(_file_digest(file))
     return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
 
