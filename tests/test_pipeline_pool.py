@@ -51,19 +51,26 @@ def test_pool_stops_its_workers():
     assert processes and all(p.exitcode == 0 for p in processes)
 
 
-def test_an_interrupted_worker_stops_without_a_traceback():
-    """Ctrl-C reaches the workers too: each stops quietly (the parent reports the interrupted run)."""
+def _one_worker_pool_in_a_process(statement: str):
+    """Run ``statement`` in a new Python process, inside ``with WorkerPool(1, _pid_of, _failed) as
+    pool:`` (``os`` imported); returns the finished process (stdout, stderr, status). Its stderr is
+    inherited by the worker, so this returns once the worker has ended too."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+    script = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
               "from test_pipeline_pool import _failed, _pid_of\n"
               "from tilpheno.pipeline.pool import WorkerPool\n"
               "with WorkerPool(1, _pid_of, _failed) as pool:\n"
-              "    print(sorted(pool.imap_unordered(['interrupt', 'a']))[1])\n")
-    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
+              f"    {statement}\n")
+    return subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
                           timeout=120)
+
+
+def test_an_interrupted_worker_stops_without_a_traceback():
+    """Ctrl-C reaches the workers too: each stops quietly (the parent reports the interrupted run)."""
+    done = _one_worker_pool_in_a_process("print(sorted(pool.imap_unordered(['interrupt', 'a']))[1])")
     assert done.returncode == 0, done.stderr
     assert "('interrupt', 'worker died while processing this product (exited with status 130)')" in done.stdout
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
@@ -151,17 +158,6 @@ def test_an_abandoned_pool_terminates_its_workers_at_once():
 def test_a_worker_whose_parent_was_killed_stops_without_a_traceback():
     """The pool's owner killed with SIGKILL while a worker runs a job: the worker, finding nobody
     to send the result to, stops quietly (it printed a BrokenPipeError traceback before)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = ("import os, sys; sys.path.insert(0, sys.argv[1])\n"
-              "from test_pipeline_pool import _failed, _pid_of\n"
-              "from tilpheno.pipeline.pool import WorkerPool\n"
-              "with WorkerPool(1, _pid_of, _failed) as pool:\n"
-              "    print(list(pool.imap_unordered([f'kill {os.getpid()}'])))\n")
-    # stderr is inherited by the worker: communicate() returns once the worker has ended too
-    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
-                          timeout=120)
+    done = _one_worker_pool_in_a_process("print(list(pool.imap_unordered([f'kill {os.getpid()}'])))")
     assert done.returncode == -9, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

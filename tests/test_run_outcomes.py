@@ -47,6 +47,17 @@ def _tree(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.relative_to(folder).parts[0] != ".cache"}
 
 
+@pytest.fixture
+def gated(monkeypatch) -> list[str]:
+    """The ids of the products gated in this test, in order (``--jobs 1``: in this process)."""
+    from tilpheno.pipeline import executors
+
+    ids: list[str] = []
+    run = executors.run_product
+    monkeypatch.setattr(executors, "run_product", lambda job: ids.append(job.product_id) or run(job))
+    return ids
+
+
 def _process(*args):
     return CliRunner().invoke(app, ["process", *map(str, args)])
 
@@ -272,18 +283,13 @@ def test_foreign_folder_is_refused(tmp_path):
         OutputFolder.claim(out)
 
 
-def test_overwrite_never_replaces_a_file_no_previous_run_wrote(two_products, tmp_path, monkeypatch):
+def test_overwrite_never_replaces_a_file_no_previous_run_wrote(two_products, tmp_path, gated):
     """--overwrite replaces what a previous run wrote and keeps other files: a lab's own qc.csv in
     OUT (no run.json) was listed as kept in run.json and silently replaced by the run's qc.csv.
     Now refused in one line naming it, before any product is gated; the file untouched."""
-    from tilpheno.pipeline import executors
-
     out = tmp_path / "out"
     out.mkdir()
     (out / "qc.csv").write_text("the lab's own QC notes\n")
-    gated = []
-    run = executors.run_product
-    monkeypatch.setattr(executors, "run_product", lambda job: gated.append(job.product_id) or run(job))
     result = _process(two_products, "-o", out, "--overwrite")
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
@@ -324,16 +330,11 @@ def test_out_is_a_file(two_products, tmp_path):
     assert out.read_text() == "a file\n"
 
 
-def test_a_file_in_place_of_the_cache_is_refused_before_gating(two_products, tmp_path, monkeypatch):
+def test_a_file_in_place_of_the_cache_is_refused_before_gating(two_products, tmp_path, gated):
     """OUT/.cache a file (not tilpheno's store): one line naming it, and no product gated first."""
-    from tilpheno.pipeline import executors
-
     out = tmp_path / "out"
     out.mkdir()
     (out / ".cache").write_text("not a folder\n")
-    gated = []
-    run = executors.run_product
-    monkeypatch.setattr(executors, "run_product", lambda job: gated.append(job.product_id) or run(job))
     result = _process(two_products, "-o", out)
     assert result.exit_code == 2, result.output
     line = [l for l in result.output.splitlines() if l.startswith("error:")]
