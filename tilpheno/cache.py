@@ -37,6 +37,7 @@ processed (its digests then differ from the key's).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -335,10 +336,13 @@ class ProductStore:
         self.read = read
         self.entries = self.root / "entries"
 
-    def create(self) -> None:
-        """Make the entries' folder now (``OSError`` when it cannot be: ``.cache`` a file, a
-        read-only OUT), so that a run fails before it gates, not at its first finished product."""
-        self.entries.mkdir(parents=True, exist_ok=True)
+    def check_folders(self) -> None:
+        """``NotADirectoryError`` naming ``.cache`` or its ``entries`` when one exists as something
+        other than a folder, so that a run fails before it gates, not at its first finished
+        product. Creates nothing (a run refused later, e.g. by its Dask scheduler, leaves no OUT)."""
+        for path in (self.root, self.entries):
+            if os.path.lexists(path) and not path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
 
     def inputs(self) -> InputDigests:
         """The input digest index of this store (every file hashed again when reading is off)."""

@@ -174,7 +174,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
 
     out_dir = folder.path
     store = ProductStore(out_dir, read=use_cache)
-    store.create()
+    store.check_folders()
     digests = store.inputs()
     selected = None if report_products is None else {str(p) for p in report_products}
     keys: dict[str, str] = {}
