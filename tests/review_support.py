@@ -85,14 +85,12 @@ def database_url(kind: str, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def review_out(tmp_path_factory):
-    """``tilpheno process`` of two sample products (tables only), as the review app reads it."""
+def processed_out(tmp: Path, products: tuple[str, ...]) -> Path:
+    """``tilpheno process`` of ``products`` of the sample (tables only) into ``tmp/out``."""
     from tilpheno.pipeline import process_folder
 
     manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    tmp = tmp_path_factory.mktemp("review")
-    subset = manifest[manifest["product_id"].isin(PRODUCTS)].copy()
+    subset = manifest[manifest["product_id"].isin(products)].copy()
     subset["file"] = [str(SAMPLE / f) for f in subset["file"]]
     subset.to_csv(tmp / "manifest.csv", index=False)
     out = tmp / "out"
@@ -100,6 +98,12 @@ def review_out(tmp_path_factory):
                              allow_unmatched=True, make_reports=False)
     assert summary.ok, summary.failed
     return out
+
+
+@pytest.fixture(scope="session")
+def review_out(tmp_path_factory):
+    """``tilpheno process`` of two sample products (tables only), as the review app reads it."""
+    return processed_out(tmp_path_factory.mktemp("review"), PRODUCTS)
 
 
 @pytest.fixture(scope="session")

@@ -415,7 +415,7 @@ def test_apply_gate_to_batch_makes_a_version_per_product(service):
     target_before = service.current_version("TIL001")
     with pytest.raises(Forbidden):
         service.apply_to_batch("TIL002", user(service, "bob"), "surface", "CD3+", ["TIL001"], "group gate")
-    rows = service.apply_to_batch("TIL002", user(service, "alice"), "surface", "CD3+", ["TIL001"], "group gate")
+    rows = service.apply_to_batch("TIL002", user(service, "alice"), "surface", "CD3+", ["TIL001"], "group gate").saved
     assert [r.product_id for r in rows] == ["TIL001"] and rows[0].version == target_before + 1
     assert rows[0].source == f"batch from TIL002 v{src_v}"
     copied = gates(service, "TIL001")["tubes"]["surface"]["gates"]["CD3+"]

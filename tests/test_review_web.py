@@ -184,6 +184,10 @@ def test_apply_gate_to_other_products_over_http(app, service):
     r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL002"],
                                                   "reason": "same CD3 valley across the batch"}, headers=h)
     assert r.status_code == 201 and f"TIL002 v{before + 1}" in r.json["message"]
+    r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL002"],
+                                                  "reason": "same CD3 valley across the batch"}, headers=h)
+    assert r.status_code == 201 and r.json["unchanged"] == ["TIL002"] and r.json["message"] == "unchanged (already this gate): TIL002"
+    assert service.current_version("TIL002") == before + 1
     r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL404"],
                                                   "reason": "x" * 5}, headers=h)
     assert r.status_code == 404 and "TIL404" in r.json["error"]

@@ -104,14 +104,14 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             db.close()
 
 
-def _concerns(product_id: str) -> Callable[[AuditEntry], bool]:
-    """Whether an audit entry committed during a save or signature of ``product_id`` makes it re-run
-    its checks (``audit.append(relevant=...)``): any entry of that product, and any action that may
+def _concerns(*product_ids: str) -> Callable[[AuditEntry], bool]:
+    """Whether an audit entry committed during a save or signature of ``product_ids`` makes it re-run
+    its checks (``audit.append(relevant=...)``): any entry of those products, and any action that may
     change an account, a role or an assignment (every action but :data:`ACCESS_NEUTRAL`, so a new
     kind of change counts until it is listed there). Another product's save or signature, or a
     login, does not: with 5-10 users at work they used to make saves and signatures retry, and
     under load fail "database busy"."""
-    return lambda entry: entry.product_id == product_id or entry.action not in ACCESS_NEUTRAL
+    return lambda entry: entry.product_id in product_ids or entry.action not in ACCESS_NEUTRAL
 
 
 APPROVED, REJECTED = "approved for release", "rejected"
@@ -197,6 +197,26 @@ class Decision:
 def approved_of(decisions: dict[str, Decision | None]) -> dict[str, GateSetVersion | None]:
     """The approved version of each product of :meth:`ReviewService.decisions` (None: not approved)."""
     return {pid: d.version if d is not None and d.meaning == APPROVED else None for pid, d in decisions.items()}
+
+
+@dataclass(frozen=True)
+class GateChange:
+    """A validated new gate set of one product, not stored yet: the version it edits
+    (``base_version``), the whole new set, its SHA-256, and the gates that differ
+    (:func:`changed_gates`: ``{tube/population: {before, after}}``; empty when none does)."""
+    product_id: str
+    base_version: int
+    gates: dict
+    digest: str
+    diff: dict
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch apply did: the new version of each target it changed (``saved``, in the order
+    named) and the targets whose current gate already was the source's (``unchanged``: no version)."""
+    saved: list[GateSetVersion]
+    unchanged: list[str]
 
 
 @dataclass
@@ -359,42 +379,54 @@ class ReviewService:
         if isinstance(base_version, bool) or not isinstance(base_version, int):
             raise GateSetError("base_version: the version number you edited is required")
         reason = check_reason(reason)
-        base = self.version(product_id, base_version)
-        base_set = json.loads(base.gates_json)
-        new_set = validate_gate_set(base_set, submitted, self.source.stained(product_id))
-        diff = changed_gates(base_set, new_set)
-        if not diff:
+        change = self._gate_change(product_id, base_version, submitted)
+        if not change.diff:
             raise GateSetError("no gate changed: nothing to save")
-        digest = gates_sha256(new_set)
 
         def save(db: Session):
             start = audit.head_seq(db)
             refusal = self._editing_refusal(_get(db, User, user.id), product_id, roles)
             if refusal:
                 raise Forbidden(refusal)
-            moved = audit.rowcount(db.execute(update(Product).where(Product.product_id == product_id,
-                                                                    Product.current_version == base_version)
-                                              .values(current_version=base_version + 1)))
-            if moved != 1:
-                db.rollback()
-                raise self._conflict(db, product_id, base_version)
-            row = GateSetVersion(product_id=product_id, version=base_version + 1, based_on=base_version,
-                                 gates_json=audit.canonical(new_set), gates_sha256=digest, source=source_label,
-                                 reason=reason, created_by=user.username, created_at=utcnow())
-            db.add(row)
-            db.flush()
-            audit.append(db, user.username, "save_gates", product_id=product_id,
-                         before={"version": base_version, "gates": {k: d["before"] for k, d in diff.items()}},
-                         after={"version": base_version + 1, "gates": {k: d["after"] for k, d in diff.items()},
-                                "gates_sha256": digest},
-                         reason=reason, expect_seq=start, relevant=_concerns(product_id))
-            return row
+            return self._store(db, user.username, change, reason, source_label, expect_seq=start,
+                               relevant=_concerns(product_id))
 
         try:
             return transaction(self.factory, save)
         except IntegrityError:
             with self.factory() as db:
                 raise self._conflict(db, product_id, base_version) from None
+
+    def _gate_change(self, product_id: str, base_version: int, submitted: Any) -> GateChange:
+        """``submitted`` validated against version ``base_version`` of ``product_id`` (GateSetError
+        naming the bad field). Slow: loads the product's stained tubes; run outside transactions."""
+        base_set = json.loads(self.version(product_id, base_version).gates_json)
+        new_set = validate_gate_set(base_set, submitted, self.source.stained(product_id))
+        return GateChange(product_id, base_version, new_set, gates_sha256(new_set), changed_gates(base_set, new_set))
+
+    def _store(self, db: Session, username: str, change: GateChange, reason: str, source_label: str, *,
+               expect_seq: int | None, relevant: Callable[[AuditEntry], bool] | None,
+               after: dict | None = None) -> GateSetVersion:
+        """Store ``change`` as the product's next version with its ``save_gates`` entry (``after``: more
+        to record in it), inside the caller's transaction; VersionConflict (the
+        transaction rolled back) when the product is no longer at ``change.base_version``."""
+        pid, base = change.product_id, change.base_version
+        moved = audit.rowcount(db.execute(update(Product).where(Product.product_id == pid, Product.current_version == base)
+                                          .values(current_version=base + 1)))
+        if moved != 1:
+            db.rollback()
+            raise self._conflict(db, pid, base)
+        row = GateSetVersion(product_id=pid, version=base + 1, based_on=base, gates_json=audit.canonical(change.gates),
+                             gates_sha256=change.digest, source=source_label, reason=reason, created_by=username,
+                             created_at=utcnow())
+        db.add(row)
+        db.flush()
+        audit.append(db, username, "save_gates", product_id=pid,
+                     before={"version": base, "gates": {k: d["before"] for k, d in change.diff.items()}},
+                     after={"version": base + 1, "gates": {k: d["after"] for k, d in change.diff.items()},
+                            "gates_sha256": change.digest, **(after or {})},
+                     reason=reason, expect_seq=expect_seq, relevant=relevant)
+        return row
 
     def _editing_refusal(self, user: User, product_id: str, roles: tuple[str, ...]) -> str:
         """Why ``user``, as the database holds the account now, may not save gates of ``product_id``:
@@ -418,11 +450,14 @@ class ReviewService:
                                f"version {base_version}. Nothing was saved: apply your change to version {current} and save again.")
 
     def apply_to_batch(self, from_product: str, user: User, tube: Any, population: Any, targets: Any,
-                       reason: Any, void_approvals: Any = None) -> list[GateSetVersion]:
+                       reason: Any, void_approvals: Any = None) -> BatchResult:
         """Copy one gate of ``from_product``'s current version to each target's current version (a new
-        version each). A target approved for release (its standing decision) loses that approval:
-        :class:`ApprovalsWouldBeVoided` naming each such approval, and nothing applied, unless
-        ``void_approvals`` lists those targets (the user was asked)."""
+        version each), all in one transaction: every target is saved, or none is (a target saved by
+        someone else meanwhile: VersionConflict naming it). A target whose current gate already is
+        the source's is left as it is and listed as ``unchanged``. A target approved for release
+        (its standing decision) loses that approval: :class:`ApprovalsWouldBeVoided` naming each
+        such approval, and nothing applied, unless ``void_approvals`` lists those targets (the user
+        was asked)."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
@@ -445,17 +480,38 @@ class ReviewService:
                                               f"({a.username}) at {a.signed_at[:19].replace('T', ' ')} UTC"
                                               for t, a in approvals)
                 + ": confirm to apply anyway (nothing was applied)", [t for t, _ in approvals])
-        saved = []
-        for t in targets:
+        changes: list[GateChange] = []
+        unchanged: list[GateChange] = []
+        for t in dict.fromkeys(targets):   # a product named twice is applied once
             if t == from_product:
                 continue
             self.ensure_imported(t, user.username)   # a target never opened: imported on this user's behalf
-            base = self.current_version(t)
-            saved.append(self.save_version(
-                t, user, base, {"tubes": {tube: {"gates": {population: gate}}}},
-                f"{reason} (gate {tube}/{population} applied from {from_product} v{src.version})",
-                source_label=f"batch from {from_product} v{src.version}", roles=BATCH_ROLES))
-        return saved
+            change = self._gate_change(t, self.current_version(t), {"tubes": {tube: {"gates": {population: gate}}}})
+            (changes if change.diff else unchanged).append(change)
+        skipped = [c.product_id for c in unchanged]
+        label = f"batch from {from_product} v{src.version}"
+        note = f"{reason} (gate {tube}/{population} applied from {from_product} v{src.version})"
+        batch = {"batch": {"products": [c.product_id for c in changes], "unchanged": skipped}}
+
+        def apply(db: Session) -> list[GateSetVersion]:
+            start = audit.head_seq(db)
+            account = _get(db, User, user.id)
+            refusal = next(filter(None, (self._editing_refusal(account, c.product_id, BATCH_ROLES) for c in changes)), "")
+            if refusal:
+                raise Forbidden(refusal)
+            # the first entry checks that nothing relevant was committed since ``start``; it then holds
+            # the audit chain (and the write lock) until the commit, so the others need not
+            return [self._store(db, user.username, c, note, label, expect_seq=None if i else start,
+                                relevant=_concerns(*(c.product_id for c in changes)), after=batch)
+                    for i, c in enumerate(changes)]
+
+        try:
+            saved = transaction(self.factory, apply) if changes else []
+        except IntegrityError:   # a target's next version was stored meanwhile: name the first one moved
+            with self.factory() as db:
+                raise next(self._conflict(db, c.product_id, c.base_version) for c in changes
+                           if _get(db, Product, c.product_id).current_version != c.base_version) from None
+        return BatchResult(saved, skipped)
 
     # -- signatures --------------------------------------------------------------------------------
     def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,

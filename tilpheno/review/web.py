@@ -367,12 +367,15 @@ def create_app(service: ReviewService) -> Flask:
         opened(product_id)
         data = body()
         try:
-            rows = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"),
-                                          data.get("products"), data.get("reason"), data.get("void_approvals"))
+            result = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"),
+                                            data.get("products"), data.get("reason"), data.get("void_approvals"))
         except ApprovalsWouldBeVoided as exc:   # the page asks, naming them, and repeats the request
             return jsonify(error=str(exc), approved=exc.products), 409
-        return jsonify({"message": f"applied to {len(rows)} {words('product(s)')}: " +
-                        ", ".join(f"{r.product_id} v{r.version}" for r in rows)}), 201
+        parts = [f"applied to {len(result.saved)} {words('product(s)')}: " +
+                 ", ".join(f"{r.product_id} v{r.version}" for r in result.saved)] if result.saved or not result.unchanged else []
+        if result.unchanged:
+            parts.append(f"unchanged (already this gate): {', '.join(result.unchanged)}")
+        return jsonify({"message": "; ".join(parts), "unchanged": result.unchanged}), 201
 
     # -- downloads ----------------------------------------------------------------------------------------
     @app.get("/products/<path:product_id>/certificate.pdf")
