@@ -1,5 +1,5 @@
 """Batch apply of one gate to other products, on SQLite and PostgreSQL: all targets saved or none,
-a target already holding the gate skipped and reported."""
+a target already holding the gate skipped and reported, approvals checked in the saves' transaction."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,11 @@ import json
 import pytest
 from sqlalchemy import select
 
-from review_support import database_url, drop_schema, make_service, processed_out
+from review_support import (PASSWORDS, approval_resolutions, database_url, drop_schema, make_service,  # noqa: F401
+                            processed_out)
 from tilpheno.review import audit
 from tilpheno.review.models import AuditEntry, User
-from tilpheno.review.service import VersionConflict
+from tilpheno.review.service import ApprovalsWouldBeVoided, VersionConflict
 
 PRODUCTS = ("TIL001", "TIL002", "TIL003")
 
@@ -103,3 +104,58 @@ def test_batch_apply_saves_every_target_or_none(service, monkeypatch):
         service.apply_to_batch("TIL002", user(service, "alice"), "surface", "CD3+", ["TIL003", "TIL001"], "same valley")
     assert service.current_version("TIL003") == before
     assert saves(service) == trail + [("TIL001", "carol")]
+
+
+def test_an_approval_signed_while_the_batch_runs_is_not_voided_unasked(service, monkeypatch):
+    """Dave approves TIL003 after the batch started but before its saves: the batch is refused naming
+    that approval and the approval stands (it used to be voided with no warning); applied once
+    acknowledged, the save's audit entry names the approval it voided."""
+    source_with_own_cd3(service)
+    alice, dave = user(service, "alice"), user(service, "dave")
+
+    def dave_approves():
+        service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", service.current_version("TIL003"),
+                     approval_resolutions(service, "TIL003"))
+
+    when_loading(service, monkeypatch, "TIL003", dave_approves)
+    with pytest.raises(ApprovalsWouldBeVoided, match=r"approval for release of TIL003 version 1 by Dave Tester \(dave\)") as exc:
+        service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley")
+    assert exc.value.products == ["TIL003"]
+    assert service.current_version("TIL001") == 1 and service.current_version("TIL003") == 1
+    approval = service.approved_version("TIL003")
+    assert approval is not None and approval.version == 1
+
+    result = service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley",
+                                    void_approvals=["TIL003"])
+    assert [r.product_id for r in result.saved] == ["TIL001", "TIL003"] and service.approved_version("TIL003") is None
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates", AuditEntry.product_id == "TIL003")
+                           .order_by(AuditEntry.seq.desc())).first()
+        signed = db.scalars(select(AuditEntry).where(AuditEntry.action == "sign")).one()
+        assert audit.verify(db).ok
+    voided = json.loads(entry.before_json)["voids_approval"]
+    assert (voided["username"], voided["version"]) == ("dave", 1)
+    assert voided["signature_sha256"] == audit.signature_sha256(json.loads(signed.after_json))
+
+
+def test_an_approval_committed_after_the_check_inside_the_transaction_is_seen(service, monkeypatch):
+    """Dave's approval of TIL003 commits just after the batch's transaction found TIL003 unapproved and
+    before its saves: the transaction re-runs (the approval's audit entry concerns a target) and
+    refuses naming the approval; nothing is applied."""
+    source_with_own_cd3(service)
+    alice, dave = user(service, "alice"), user(service, "dave")
+    original, done = service.standing, []
+
+    def standing(db, product_id, meaning, current=None):
+        found = original(db, product_id, meaning, current)
+        if (product_id, meaning) == ("TIL003", "approved for release") and not done:
+            done.append(True)
+            service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", 1,
+                         approval_resolutions(service, "TIL003"))
+        return found
+
+    monkeypatch.setattr(service, "standing", standing)
+    with pytest.raises(ApprovalsWouldBeVoided, match=r"TIL003 version 1 by Dave Tester \(dave\)"):
+        service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley")
+    assert done and service.current_version("TIL001") == 1 and service.current_version("TIL003") == 1
+    assert service.approved_version("TIL003").version == 1

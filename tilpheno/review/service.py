@@ -148,10 +148,11 @@ def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str)
     return ""
 
 
-def _rejection_record(rejection: Signature) -> dict:
-    """What an approval's audit entry records of the rejection it overrules."""
-    return {"signature_id": rejection.id, "signature_sha256": rejection.signature_sha256, "version": rejection.version,
-            "username": rejection.username, "signed_at": rejection.signed_at, "comment": rejection.comment}
+def _signature_record(sig: Signature) -> dict:
+    """What an audit entry records of a signature its change ends: the rejection an approval
+    overrules, the approval a batch apply voids."""
+    return {"signature_id": sig.id, "signature_sha256": sig.signature_sha256, "version": sig.version,
+            "username": sig.username, "signed_at": sig.signed_at, "comment": sig.comment}
 
 
 T = TypeVar("T")
@@ -406,9 +407,9 @@ class ReviewService:
 
     def _store(self, db: Session, username: str, change: GateChange, reason: str, source_label: str, *,
                expect_seq: int | None, relevant: Callable[[AuditEntry], bool] | None,
-               after: dict | None = None) -> GateSetVersion:
-        """Store ``change`` as the product's next version with its ``save_gates`` entry (``after``: more
-        to record in it), inside the caller's transaction; VersionConflict (the
+               before: dict | None = None, after: dict | None = None) -> GateSetVersion:
+        """Store ``change`` as the product's next version with its ``save_gates`` entry (``before`` and
+        ``after``: more to record in it), inside the caller's transaction; VersionConflict (the
         transaction rolled back) when the product is no longer at ``change.base_version``."""
         pid, base = change.product_id, change.base_version
         moved = audit.rowcount(db.execute(update(Product).where(Product.product_id == pid, Product.current_version == base)
@@ -422,7 +423,7 @@ class ReviewService:
         db.add(row)
         db.flush()
         audit.append(db, username, "save_gates", product_id=pid,
-                     before={"version": base, "gates": {k: d["before"] for k, d in change.diff.items()}},
+                     before={"version": base, "gates": {k: d["before"] for k, d in change.diff.items()}, **(before or {})},
                      after={"version": base + 1, "gates": {k: d["after"] for k, d in change.diff.items()},
                             "gates_sha256": change.digest, **(after or {})},
                      reason=reason, expect_seq=expect_seq, relevant=relevant)
@@ -455,9 +456,10 @@ class ReviewService:
         version each), all in one transaction: every target is saved, or none is (a target saved by
         someone else meanwhile: VersionConflict naming it). A target whose current gate already is
         the source's is left as it is and listed as ``unchanged``. A target approved for release
-        (its standing decision) loses that approval: :class:`ApprovalsWouldBeVoided` naming each
-        such approval, and nothing applied, unless ``void_approvals`` lists those targets (the user
-        was asked)."""
+        (its standing decision, read inside the transaction, so an approval signed while the batch
+        was prepared counts) loses that approval: :class:`ApprovalsWouldBeVoided` naming each such
+        approval, and nothing applied, unless ``void_approvals`` lists those targets (the user was
+        asked); each voided approval is recorded in its product's ``save_gates`` entry."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
@@ -472,14 +474,6 @@ class ReviewService:
         if gate is None:
             raise GateSetError(f"{tube}/{population}: no such gate in {from_product}")
         acknowledged = {t for t in void_approvals if isinstance(t, str)} if isinstance(void_approvals, list) else set()
-        approvals = [(t, a) for t in targets if t != from_product and t not in acknowledged
-                     and (a := self.standing_approval(t)) is not None]
-        if approvals:
-            raise ApprovalsWouldBeVoided(
-                "applying voids " + "; ".join(f"the approval for release of {t} version {a.version} by {a.full_name} "
-                                              f"({a.username}) at {a.signed_at[:19].replace('T', ' ')} UTC"
-                                              for t, a in approvals)
-                + ": confirm to apply anyway (nothing was applied)", [t for t, _ in approvals])
         changes: list[GateChange] = []
         unchanged: list[GateChange] = []
         for t in dict.fromkeys(targets):   # a product named twice is applied once
@@ -499,10 +493,20 @@ class ReviewService:
             refusal = next(filter(None, (self._editing_refusal(account, c.product_id, BATCH_ROLES) for c in changes)), "")
             if refusal:
                 raise Forbidden(refusal)
+            voided = {c.product_id: a for c in changes if (a := self.standing(db, c.product_id, APPROVED)) is not None}
+            unasked = [(t, a) for t, a in voided.items() if t not in acknowledged]
+            if unasked:
+                raise ApprovalsWouldBeVoided(
+                    "applying voids " + "; ".join(f"the approval for release of {t} version {a.version} by {a.full_name} "
+                                                  f"({a.username}) at {a.signed_at[:19].replace('T', ' ')} UTC"
+                                                  for t, a in unasked)
+                    + ": confirm to apply anyway (nothing was applied)", [t for t, _ in unasked])
             # the first entry checks that nothing relevant was committed since ``start``; it then holds
             # the audit chain (and the write lock) until the commit, so the others need not
             return [self._store(db, user.username, c, note, label, expect_seq=None if i else start,
-                                relevant=_concerns(*(c.product_id for c in changes)), after=batch)
+                                relevant=_concerns(*(c.product_id for c in changes)), after=batch,
+                                before={"voids_approval": _signature_record(voided[c.product_id])}
+                                if c.product_id in voided else None)
                     for i, c in enumerate(changes)]
 
         try:
@@ -561,7 +565,7 @@ class ReviewService:
             db.flush()
             start = audit.head_seq(db)
             db.refresh(user)
-            rejection = self.standing_rejection(db, product_id, current) if meaning == APPROVED else None
+            rejection = self.standing(db, product_id, REJECTED, current) if meaning == APPROVED else None
             refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
                        or _overrule_refusal(rejection, overrules, comment))
             if refusal:
@@ -579,7 +583,7 @@ class ReviewService:
             db.add(sig)
             db.flush()
             audit.append(db, user.username, "sign", product_id=product_id, after=content,
-                         before={"overrules": _rejection_record(rejection)} if rejection is not None else None,
+                         before={"overrules": _signature_record(rejection)} if rejection is not None else None,
                          reason=comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig
 
@@ -604,25 +608,22 @@ class ReviewService:
                         f"{product_id}, so another reviewer must approve version {version} for release")
         return ""
 
-    def standing_approval(self, product_id: str) -> Signature | None:
-        """The valid approval for release that is the product's standing QA decision (None: not
-        approved; a product never opened has none and is not imported here)."""
-        with self.factory() as db:
-            if db.get(Product, product_id) is None:
+    def standing(self, db: Session, product_id: str, meaning: str,
+                 current: GateSetVersion | None = None) -> Signature | None:
+        """The valid signature with ``meaning`` (approved for release or rejected) that is the
+        product's standing QA decision on ``current`` (default: its current version), read in
+        ``db``; None when the standing decision is another, or none (a product never opened)."""
+        if current is None:
+            product = db.get(Product, product_id)
+            if product is None:
                 return None
-        views = self.signatures(product_id)
-        if (decision_of(views) or ("", 0))[0] != APPROVED:
-            return None
-        return [v.row for v in views if v.valid and v.row.meaning == APPROVED][-1]
-
-    def standing_rejection(self, db: Session, product_id: str, current: GateSetVersion) -> Signature | None:
-        """The valid rejection of ``current`` that is the product's standing QA decision (no valid
-        approval after it), read in ``db``; None when the standing decision is not a rejection of it."""
+            current = db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
+                                                              GateSetVersion.version == product.current_version)).one()
         rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
         views = self._views(product_id, rows, audit.signed_in_trail(db, product_id), current)
-        if decision_of(views) != (REJECTED, current.version):
+        if decision_of(views) != (meaning, current.version):
             return None
-        return [v.row for v in views if v.valid and v.row.meaning == REJECTED][-1]
+        return [v.row for v in views if v.valid and v.row.meaning == meaning][-1]
 
     def signatures(self, product_id: str) -> list[SignatureView]:
         current = self.version(product_id)
