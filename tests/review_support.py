@@ -143,3 +143,21 @@ def service(request, review_out, review_source, tmp_path_factory):
     yield svc
     svc.factory.kw["bind"].dispose()
     drop_schema(url)
+
+
+@pytest.fixture(scope="session")
+def source3(tmp_path_factory):
+    """Three processed sample products (TIL001-TIL003: a batch's source and two targets), loaded once."""
+    from tilpheno.review.regate import ReviewSource
+
+    return ReviewSource(processed_out(tmp_path_factory.mktemp("three"), PRODUCTS + ("TIL003",)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_service(request, source3, tmp_path):
+    """A review service over :func:`source3` with a new, empty database per test (users as :func:`service`)."""
+    url = database_url(request.param, tmp_path)
+    svc = make_service(source3.out_dir, url, source3)
+    yield svc
+    svc.factory.kw["bind"].dispose()
+    drop_schema(url)

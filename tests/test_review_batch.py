@@ -7,30 +7,15 @@ import json
 import pytest
 from sqlalchemy import select
 
-from review_support import (PASSWORDS, approval_resolutions, database_url, drop_schema, make_service,  # noqa: F401
-                            processed_out)
+from review_support import PASSWORDS, approval_resolutions, fresh_service, source3  # noqa: F401  (fixtures)
 from tilpheno.review import audit
 from tilpheno.review.models import AuditEntry, User
 from tilpheno.review.service import ApprovalsWouldBeVoided, VersionConflict
 
-PRODUCTS = ("TIL001", "TIL002", "TIL003")
 
-
-@pytest.fixture(scope="module")
-def batch_source(tmp_path_factory):
-    """Three processed sample products (a source and two targets), loaded once."""
-    from tilpheno.review.regate import ReviewSource
-
-    return ReviewSource(processed_out(tmp_path_factory.mktemp("batch"), PRODUCTS))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def service(request, batch_source, tmp_path):
-    url = database_url(request.param, tmp_path)
-    svc = make_service(batch_source.out_dir, url, batch_source)
-    yield svc
-    svc.factory.kw["bind"].dispose()
-    drop_schema(url)
+@pytest.fixture
+def service(fresh_service):
+    return fresh_service
 
 
 def user(service, name):

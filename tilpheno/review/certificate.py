@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
-from tilpheno.review.service import ReviewService, VersionConflict
+from tilpheno.review.service import Approval, ReviewService
 
 
 def _fmt(v) -> str:
@@ -27,7 +27,9 @@ def _fmt(v) -> str:
     return "NA" if math.isnan(f) else f"{f:.2f}" if abs(f) < 1e6 else f"{f:.4g}"
 
 
-def certificate_pdf(service: ReviewService, product_id: str) -> bytes:
+def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | None = None) -> bytes:
+    """The certificate made from ``issued`` (default: the product's standing approval, read now:
+    :meth:`ReviewService.release_approval`, VersionConflict when there is none)."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import getSampleStyleSheet
@@ -36,14 +38,10 @@ def certificate_pdf(service: ReviewService, product_id: str) -> bytes:
 
     import tilpheno
 
-    approved = service.approved_version(product_id)
-    if approved is None:
-        raise VersionConflict(f"product {product_id} has no valid 'approved for release' signature: "
-                              "a certificate of analysis is issued only for approved products")
+    issued = issued or service.release_approval(product_id)
+    approved, sigs, approval = issued.version, issued.signatures, issued.approval
     src = service.source
     res = recompute(src, product_id, json.loads(approved.gates_json))
-    sigs = [v.row for v in service.signatures(product_id) if v.valid and v.row.version == approved.version]
-    approval = [s for s in sigs if s.meaning == "approved for release"][-1]
     resolutions = json.loads(approval.qc_resolutions_json)
     styles = getSampleStyleSheet()
     small = styles["BodyText"].clone("small", fontSize=7.5, leading=9)

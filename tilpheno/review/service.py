@@ -220,6 +220,15 @@ class BatchResult:
     unchanged: list[str]
 
 
+@dataclass(frozen=True)
+class Approval:
+    """A product's standing approval for release, from one reading of its signatures: the approved
+    ``version``, the valid signatures of that version (signing order) and the approval itself."""
+    version: GateSetVersion
+    signatures: list[Signature]
+    approval: Signature
+
+
 @dataclass
 class SignatureView:
     row: Signature
@@ -696,6 +705,45 @@ class ReviewService:
             self._release[key] = recompute(self.source, product_id, json.loads(version.gates_json),
                                            medians=False).release_status
         return self._release[key]
+
+    def release_approval(self, product_id: str) -> Approval:
+        """The product's standing approval for release, read at once (a certificate's content);
+        VersionConflict when it has none."""
+        views = self.signatures(product_id)
+        state = _approved_state(views)
+        if state is None:
+            raise VersionConflict(f"{self.noun} {product_id} has no valid 'approved for release' signature: "
+                                  "a certificate of analysis is issued only for approved products")
+        sigs = [v.row for v in views if v.valid and v.row.version == state]
+        return Approval(self.version(product_id, state), sigs, [s for s in sigs if s.meaning == APPROVED][-1])
+
+    def record_certificate(self, product_id: str, username: str, issued: Approval) -> None:
+        """Audit a certificate made from ``issued`` (``certificate`` entry: the version, its gates'
+        SHA-256 and the approval's), in a transaction that finds that approval still the product's
+        standing decision; VersionConflict naming what changed, and nothing recorded, when a save, a
+        rejection or another approval was committed while the certificate was being made."""
+        def record(db: Session) -> None:
+            start = audit.head_seq(db)
+            standing = self.standing(db, product_id, APPROVED)
+            if standing is None or standing.id != issued.approval.id:
+                raise VersionConflict(f"{self.noun} {product_id}: the approval of version {issued.version.version} by "
+                                      f"{issued.approval.full_name} changed while its certificate was made "
+                                      f"({self._decision_now(db, product_id)}); nothing was issued: reload")
+            audit.append(db, username, "certificate", product_id=product_id,
+                         after={"version": issued.version.version, "gates_sha256": issued.version.gates_sha256,
+                                "approval_sha256": issued.approval.signature_sha256},
+                         expect_seq=start, relevant=_concerns(product_id))
+
+        transaction(self.factory, record)
+
+    def _decision_now(self, db: Session, product_id: str) -> str:
+        """The product's state in words, read in ``db``: the version it is at and its standing decision."""
+        current = _get(db, Product, product_id).current_version
+        for meaning in (APPROVED, REJECTED):
+            sig = self.standing(db, product_id, meaning)
+            if sig is not None:
+                return f"now version {current}, {meaning} by {sig.full_name} ({sig.username})"
+        return f"now version {current}, not approved"
 
     def approved_version(self, product_id: str) -> GateSetVersion | None:
         state = _approved_state(self.signatures(product_id))

@@ -384,8 +384,9 @@ def create_app(service: ReviewService) -> Flask:
         from tilpheno.review.certificate import certificate_pdf
 
         opened(product_id)
-        pdf = certificate_pdf(service, product_id)
-        transaction(factory, lambda db: audit.append(db, g.user.username, "certificate", product_id=product_id))
+        issued = service.release_approval(product_id)
+        pdf = certificate_pdf(service, product_id, issued)
+        service.record_certificate(product_id, g.user.username, issued)   # refused if the approval changed meanwhile
         return Response(pdf, mimetype="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="certificate_{_ascii(product_id)}.pdf"'})
 

@@ -1,0 +1,88 @@
+"""The certificate of analysis download on SQLite and PostgreSQL: made from one reading of the
+approval, and issued (audited) only if that approval still stands when it is recorded."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from review_support import PASSWORDS, approval_resolutions, fresh_service, source3  # noqa: F401  (fixtures)
+from test_review_web import login
+from tilpheno.review import certificate
+from tilpheno.review.models import AuditEntry, User
+from tilpheno.review.web import create_app
+
+PID = "TIL001"
+
+
+def user(service, name):
+    with service.factory() as db:
+        return db.scalar(select(User).where(User.username == name))
+
+
+@pytest.fixture
+def approved(fresh_service):
+    """TIL001's version 1 approved for release by dave."""
+    fresh_service.sign(PID, user(fresh_service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                       approval_resolutions(fresh_service, PID))
+    return fresh_service
+
+
+def certificate_entries(service):
+    with service.factory() as db:
+        return list(db.scalars(select(AuditEntry).where(AuditEntry.action == "certificate")))
+
+
+def while_recomputing(monkeypatch, action):
+    """Run ``action`` once, after the certificate recomputed the approved values: what another user
+    does while the certificate is being made."""
+    original, done = certificate.recompute, []
+
+    def recompute(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not done:
+            done.append(True)
+            action()
+        return result
+
+    monkeypatch.setattr(certificate, "recompute", recompute)
+
+
+def test_the_certificate_entry_records_what_was_certified(approved):
+    c, _, _ = login(create_app(approved), "carol")
+    r = c.get(f"/products/{PID}/certificate.pdf")
+    assert r.status_code == 200 and r.data.startswith(b"%PDF")
+    (entry,) = certificate_entries(approved)
+    sig = approved.signatures(PID)[-1].row
+    assert json.loads(entry.after_json) == {"version": 1, "gates_sha256": approved.version(PID, 1).gates_sha256,
+                                            "approval_sha256": sig.signature_sha256}
+
+
+def test_no_certificate_for_a_version_rejected_while_it_was_made(approved, monkeypatch):
+    """Carol rejects version 1 while the certificate is being made: refused naming the rejection, nothing
+    audited (it used to be issued and audited for a product whose standing decision was a rejection)."""
+    carol = user(approved, "carol")
+    while_recomputing(monkeypatch, lambda: approved.sign(PID, carol.id, PASSWORDS["carol"], "rejected", 1, {},
+                                                         "CD3 cut in the dim tail"))
+    c, _, _ = login(create_app(approved), "alice")
+    r = c.get(f"/products/{PID}/certificate.pdf")
+    assert r.status_code == 409 and "rejected by Carol Tester (carol)" in r.json["error"], r.data[:200]
+    assert certificate_entries(approved) == []
+
+
+def test_no_certificate_for_a_version_replaced_while_it_was_made(approved, monkeypatch):
+    """Alice saves version 2 while the certificate of version 1 is being made: a one-line refusal naming
+    the new version (it used to fail with an IndexError, a traceback)."""
+    alice = user(approved, "alice")
+
+    def alice_saves():
+        gate = json.loads(approved.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+        approved.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.01}}}}},
+                              "trim the dim tail")
+
+    while_recomputing(monkeypatch, alice_saves)
+    c, _, _ = login(create_app(approved), "carol")
+    r = c.get(f"/products/{PID}/certificate.pdf")
+    assert r.status_code == 409 and "version 2" in r.json["error"] and "\n" not in r.json["error"], r.data[:200]
+    assert certificate_entries(approved) == []
