@@ -34,10 +34,10 @@ def certificate_entries(service):
         return list(db.scalars(select(AuditEntry).where(AuditEntry.action == "certificate")))
 
 
-def while_recomputing(monkeypatch, action):
-    """Run ``action`` once, after the certificate recomputed the approved values: what another user
-    does while the certificate is being made."""
-    original, done = certificate.recompute, []
+def while_recomputing(monkeypatch, action, module=certificate):
+    """Run ``action`` once, after ``module`` (the certificate, the export) recomputed approved values:
+    what another user does while it is being made. Returns the list that says it ran."""
+    original, done = module.recompute, []
 
     def recompute(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -46,7 +46,8 @@ def while_recomputing(monkeypatch, action):
             action()
         return result
 
-    monkeypatch.setattr(certificate, "recompute", recompute)
+    monkeypatch.setattr(module, "recompute", recompute)
+    return done
 
 
 def test_the_certificate_entry_records_what_was_certified(approved):
@@ -85,4 +86,44 @@ def test_no_certificate_for_a_version_replaced_while_it_was_made(approved, monke
     c, _, _ = login(create_app(approved), "carol")
     r = c.get(f"/products/{PID}/certificate.pdf")
     assert r.status_code == 409 and "version 2" in r.json["error"] and "\n" not in r.json["error"], r.data[:200]
+    assert certificate_entries(approved) == []
+
+
+def export_approved(service, dest):
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    url = service.factory.kw["bind"].url.render_as_string(hide_password=False)
+    return CliRunner().invoke(app, ["export-approved", str(service.source.out_dir), "-o", str(dest), "--db", url])
+
+
+def test_export_approved_writes_one_approval_per_product_and_audits_its_certificates(approved, tmp_path):
+    r = export_approved(approved, tmp_path / "x")
+    assert r.exit_code == 0 and "1 approved product(s) of 3" in r.output, r.output
+    table = (tmp_path / "x" / "phenotypes_approved.csv").read_text()
+    assert (tmp_path / "x" / PID / "certificate.pdf").read_bytes().startswith(b"%PDF") and ",approved,1," in table
+    (entry,) = certificate_entries(approved)
+    assert entry.username.startswith("cli") and json.loads(entry.after_json)["version"] == 1
+
+
+def test_export_approved_refuses_an_approval_changed_during_the_export(approved, monkeypatch, tmp_path):
+    """While export-approved recomputes TIL001's approved version 1, alice saves version 2 and dave
+    approves it: refused naming TIL001, nothing written (the tables used to say version 1 while the
+    Gating-ML and certificate beside them were version 2's, exit 0)."""
+    from tilpheno.review import export
+
+    alice, dave = user(approved, "alice"), user(approved, "dave")
+
+    def save_and_approve():
+        gate = json.loads(approved.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+        approved.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.01}}}}},
+                              "trim the dim tail")
+        approved.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 2, approval_resolutions(approved, PID))
+
+    done = while_recomputing(monkeypatch, save_and_approve, export)
+    r = export_approved(approved, tmp_path / "x")
+    assert done and r.exit_code == 2, r.output
+    assert "TIL001" in r.output and "changed during the export" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
     assert certificate_entries(approved) == []

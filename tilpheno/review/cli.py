@@ -365,31 +365,28 @@ def export_approved(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
 ) -> None:
-    """phenotypes_approved.csv, populations_approved.csv, and per approved product its Gating-ML and certificate."""
+    """phenotypes_approved.csv, populations_approved.csv, and per approved product its Gating-ML and
+    certificate, all made from one approval per product (an approval changed during the export:
+    nothing is written). Each certificate is audited (`certificate`, user cli:LOGIN) before the
+    files are written."""
     from tilpheno.errors import TilphenoError
     from tilpheno.io import atomic
-    from tilpheno.pipeline import product_slug
-    from tilpheno.review.certificate import certificate_pdf
-    from tilpheno.review.export import approved_gatingml, approved_tables
+    from tilpheno.review.export import approved_export
     from tilpheno.review.server import build_service
 
     try:
         service = build_service(out, db, inputs)
-        phenotypes, populations = approved_tables(service)
+        export = approved_export(service)
+        service.record_certificates(_actor(), export.approvals)
         os.makedirs(dest, exist_ok=True)
-        atomic.write_csv(dest / "phenotypes_approved.csv", phenotypes)
-        atomic.write_csv(dest / "populations_approved.csv", populations)
-        n = 0
-        for pid in phenotypes.loc[phenotypes["review_status"] == "approved", "product_id"]:
-            folder = dest / product_slug(pid)
-            folder.mkdir(exist_ok=True)
-            for tube in sorted(service.source.stained(pid)):
-                atomic.write_text(folder / f"gates_{tube}.xml", approved_gatingml(service, pid, tube))
-            atomic.write_bytes(folder / "certificate.pdf", certificate_pdf(service, pid))
-            n += 1
+        atomic.write_csv(dest / "phenotypes_approved.csv", export.phenotypes)
+        atomic.write_csv(dest / "populations_approved.csv", export.populations)
+        for name, content in export.files.items():
+            (dest / name).parent.mkdir(exist_ok=True)
+            atomic.write_bytes(dest / name, content)
     except TilphenoError as exc:
         _fail(exc)
-    typer.echo(f"{n} approved product(s) of {len(phenotypes)} exported to {dest}")
+    typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}")
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,8 @@
   (approved | not approved), ``gate_version``, ``gates_sha256``; a product without a valid
   approval has its values left empty and ``release_status`` "not released (not approved)") and
   ``populations_approved.csv`` (every population of each approved product's stained tubes).
+* :func:`approved_export`: everything ``export-approved`` writes, each product's files made from
+  the one approval its table row was computed with (refused when it changed during the export).
 * :func:`approved_gatingml`: the approved gates of one tube kind as a Gating-ML 2.0 document
   (``tilpheno.gates.gatingml.export_tube_gatingml``); applying it to the stained FCS file with
   ``apply_gatingml`` gives the same memberships as the review app, but for an event within
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +27,7 @@ import pandas as pd
 from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT
 from tilpheno.review.regate import recompute
-from tilpheno.review.service import NotFound, ReviewService, VersionConflict
+from tilpheno.review.service import Approval, NotFound, ReviewService, VersionConflict
 
 NOT_APPROVED = "not released (not approved)"
 
@@ -57,6 +60,53 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
     populations = pd.concat(pop_frames, ignore_index=True) if pop_frames else pd.DataFrame(
         columns=["product_id", "file", "tube", "gate_version", "population", "parent", "count", "pct_of_parent"])
     return phenotypes, populations
+
+
+@dataclass(frozen=True)
+class ApprovedExport:
+    """What ``export-approved`` writes: the two tables (:func:`approved_tables`), and per approved
+    product its Gating-ML per tube kind and certificate (``files``: path relative to the export
+    folder -> content), made from ``approvals`` (per product: the approval of the table's version)."""
+    phenotypes: pd.DataFrame
+    populations: pd.DataFrame
+    files: dict[str, bytes]
+    approvals: dict[str, Approval]
+
+
+def approved_export(service: ReviewService) -> ApprovedExport:
+    """Everything ``export-approved`` writes, in memory (nothing is written if a product fails).
+    VersionConflict naming the product when its approval is no longer that of the version its table
+    row was computed with (a save, a rejection or an approval during the export): a table of one
+    version beside the Gating-ML and certificate of another."""
+    from tilpheno.pipeline import product_slug
+    from tilpheno.review.certificate import certificate_pdf
+
+    phenotypes, populations = approved_tables(service)
+    files: dict[str, bytes] = {}
+    approvals: dict[str, Approval] = {}
+    rows = phenotypes[phenotypes["review_status"] == "approved"]
+    for pid, version in zip(rows["product_id"], rows["gate_version"]):
+        issued = _still_approved(service, pid, int(version))
+        folder = product_slug(pid)
+        for tube in sorted(service.source.stained(pid)):
+            files[f"{folder}/gates_{tube}.xml"] = approved_gatingml(service, pid, tube, version=int(version)).encode("utf-8")
+        files[f"{folder}/certificate.pdf"] = certificate_pdf(service, pid, issued)
+        approvals[pid] = issued
+    return ApprovedExport(phenotypes, populations, files, approvals)
+
+
+def _still_approved(service: ReviewService, product_id: str, version: int) -> Approval:
+    """The product's approval, which must still be that of ``version`` (the table's)."""
+    try:
+        issued = service.release_approval(product_id)
+    except VersionConflict:
+        issued = None
+    if issued is None or issued.version.version != version:
+        now = "no approval" if issued is None else f"version {issued.version.version} approved"
+        raise VersionConflict(f"{service.noun} {product_id}: its approval changed during the export (version {version} "
+                              f"approved when its table row was computed, now {now}); nothing was written: run "
+                              "export-approved again")
+    return issued
 
 
 def tube_gates(service: ReviewService, product_id: str, tube: str, gate_set: dict) -> list[tuple]:

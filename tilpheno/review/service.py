@@ -717,22 +717,25 @@ class ReviewService:
         sigs = [v.row for v in views if v.valid and v.row.version == state]
         return Approval(self.version(product_id, state), sigs, [s for s in sigs if s.meaning == APPROVED][-1])
 
-    def record_certificate(self, product_id: str, username: str, issued: Approval) -> None:
-        """Audit a certificate made from ``issued`` (``certificate`` entry: the version, its gates'
-        SHA-256 and the approval's), in a transaction that finds that approval still the product's
-        standing decision; VersionConflict naming what changed, and nothing recorded, when a save, a
-        rejection or another approval was committed while the certificate was being made."""
+    def record_certificates(self, username: str, issued: dict[str, Approval]) -> None:
+        """Audit the certificate of each product made from ``issued[product]`` (a ``certificate``
+        entry each: the version, its gates' SHA-256 and the approval's), in one transaction that
+        finds every one of those approvals still its product's standing decision; VersionConflict
+        naming the first that changed, and nothing recorded, when a save, a rejection or another
+        approval was committed while the certificates were being made."""
         def record(db: Session) -> None:
             start = audit.head_seq(db)
-            standing = self.standing(db, product_id, APPROVED)
-            if standing is None or standing.id != issued.approval.id:
-                raise VersionConflict(f"{self.noun} {product_id}: the approval of version {issued.version.version} by "
-                                      f"{issued.approval.full_name} changed while its certificate was made "
-                                      f"({self._decision_now(db, product_id)}); nothing was issued: reload")
-            audit.append(db, username, "certificate", product_id=product_id,
-                         after={"version": issued.version.version, "gates_sha256": issued.version.gates_sha256,
-                                "approval_sha256": issued.approval.signature_sha256},
-                         expect_seq=start, relevant=_concerns(product_id))
+            for pid, approval in issued.items():
+                standing = self.standing(db, pid, APPROVED)
+                if standing is None or standing.id != approval.approval.id:
+                    raise VersionConflict(f"{self.noun} {pid}: the approval of version {approval.version.version} by "
+                                          f"{approval.approval.full_name} changed while its certificate was made "
+                                          f"({self._decision_now(db, pid)}); nothing was issued: reload")
+            for i, (pid, approval) in enumerate(issued.items()):
+                audit.append(db, username, "certificate", product_id=pid,
+                             after={"version": approval.version.version, "gates_sha256": approval.version.gates_sha256,
+                                    "approval_sha256": approval.approval.signature_sha256},
+                             expect_seq=None if i else start, relevant=_concerns(*issued))
 
         transaction(self.factory, record)
 

@@ -386,7 +386,7 @@ def create_app(service: ReviewService) -> Flask:
         opened(product_id)
         issued = service.release_approval(product_id)
         pdf = certificate_pdf(service, product_id, issued)
-        service.record_certificate(product_id, g.user.username, issued)   # refused if the approval changed meanwhile
+        service.record_certificates(g.user.username, {product_id: issued})   # refused if the approval changed meanwhile
         return Response(pdf, mimetype="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="certificate_{_ascii(product_id)}.pdf"'})
 
