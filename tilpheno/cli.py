@@ -721,6 +721,10 @@ from tilpheno.review.cli import register as _register_review  # noqa: E402  (typ
 _register_review(app)
 
 
+INTERRUPTED = 130
+"""Exit status of a command stopped by Ctrl-C (128 + SIGINT; Typer's for a KeyboardInterrupt)."""
+
+
 class Terminated(SystemExit):
     """SIGTERM received: the command stops as on Ctrl-C, with exit status 143 (128 + 15)."""
 
@@ -733,7 +737,8 @@ def main() -> None:  # console-script entry point
     """Run the command line. SIGTERM (``kill``, a batch scheduler's time limit, ``docker stop``)
     stops a command as Ctrl-C does, so its clean-up runs (a ``process`` run's staging folder and
     worker processes go, OUT keeps what it held), with one line and exit status 143; by default
-    Python would die at once, leaving its workers running on."""
+    Python would die at once, leaving its workers running on. Ctrl-C (which Typer turns into a
+    silent exit status 130) says so in one line too."""
     import signal
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -742,6 +747,10 @@ def main() -> None:  # console-script entry point
     except Terminated:
         typer.secho("error: terminated (SIGTERM) before the command finished",
                     fg=typer.colors.RED, err=True)
+        raise
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            typer.secho("error: interrupted (Ctrl-C) before the command finished", fg=typer.colors.RED, err=True)
         raise
 
 
