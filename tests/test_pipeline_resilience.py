@@ -162,10 +162,10 @@ def test_include_identifiers_opts_in(planted, tmp_path):
     assert PLANTED_NAME in report and "&lt;script&gt;" in report
 
 
-def test_ctrl_c_stops_the_run_with_one_line(small_cohort, tmp_path):
-    """Ctrl-C (SIGINT) mid-run: exit status 130 with one line saying so, no traceback, OUT as it
-    was. Before: status 130 and not a word (Typer turns KeyboardInterrupt into a silent exit 130),
-    so a run stopped in a terminal log or a wrapper script looked like nothing at all."""
+def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, jobs: int):
+    """``tilpheno process`` into an OUT holding a previous run's files, the process sending itself
+    ``signame`` once its first product is done (as in a terminal: SIGINT raises KeyboardInterrupt);
+    the finished subprocess and OUT."""
     import subprocess
     import sys
 
@@ -174,58 +174,38 @@ def test_ctrl_c_stops_the_run_with_one_line(small_cohort, tmp_path):
     (out / "phenotypes.csv").write_text("previous complete table\n")
     (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
     script = ("import os, signal, sys\n"
-              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"   # as in a terminal
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from tilpheno.cli import main\n"
               "from tilpheno.pipeline import outputs\n"
               "real = outputs.iter_outcomes\n"
-              "def first_then_sigint(*args, **kwargs):\n"   # Ctrl-C once the first product is done
+              "def first_then_signal(*args, **kwargs):\n"
               "    for outcome in real(*args, **kwargs):\n"
-              "        os.kill(os.getpid(), signal.SIGINT)\n"
+              f"        os.kill(os.getpid(), signal.{signame})\n"
               "        yield outcome\n"
-              "outputs.iter_outcomes = first_then_sigint\n"
-              "sys.argv = ['tilpheno', *sys.argv[1:]]\n"
-              "main()\n")
-    done = subprocess.run([sys.executable, "-c", script, "process", str(small_cohort.out_dir), "-o", str(out),
-                           "--manifest", str(small_cohort.manifest), "--jobs", "1", "--overwrite"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 130, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "error: interrupted (Ctrl-C) before the command finished"
-    assert sorted(p.name for p in out.iterdir() if p.name not in (".cache", ".tilpheno.lock")) == \
-        ["phenotypes.csv", "run.json"]
-    assert (out / "phenotypes.csv").read_text() == "previous complete table\n"
-
-
-def test_sigterm_stops_the_run_cleanly(small_cohort, tmp_path):
-    """``kill`` (SIGTERM: a batch scheduler's time limit, ``docker stop``) mid-run with --jobs 2:
-    exit status 143 with one line, no traceback, OUT as it was (no staging folder left), the
-    workers gone with the run. Before: Python died at once (status -15), leaving its staging
-    folder, and the orphaned workers printed BrokenPipeError tracebacks when their products ended."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "phenotypes.csv").write_text("previous complete table\n")
-    (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
-    script = ("import os, signal, sys\n"
-              "from tilpheno.cli import main\n"
-              "from tilpheno.pipeline import outputs\n"
-              "real = outputs.iter_outcomes\n"
-              "def first_then_sigterm(*args, **kwargs):\n"   # SIGTERM once the first product is done
-              "    for outcome in real(*args, **kwargs):\n"
-              "        os.kill(os.getpid(), signal.SIGTERM)\n"
-              "        yield outcome\n"
-              "outputs.iter_outcomes = first_then_sigterm\n"
+              "outputs.iter_outcomes = first_then_signal\n"
               "sys.argv = ['tilpheno', *sys.argv[1:]]\n"
               "main()\n")
     # stderr is inherited by the workers: run() returns once they have ended too
     done = subprocess.run([sys.executable, "-c", script, "process", str(small_cohort.out_dir), "-o", str(out),
-                           "--manifest", str(small_cohort.manifest), "--jobs", "2", "--overwrite"],
+                           "--manifest", str(small_cohort.manifest), "--jobs", str(jobs), "--overwrite"],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 143, done.stderr
+    return done, out
+
+
+@pytest.mark.parametrize("signame, jobs, status, line", [
+    ("SIGTERM", 2, 143, "error: terminated (SIGTERM) before the command finished"),
+    ("SIGINT", 1, 130, "error: interrupted (Ctrl-C) before the command finished"),
+])
+def test_a_signal_stops_the_run_cleanly(small_cohort, tmp_path, signame, jobs, status, line):
+    """``kill`` (SIGTERM: a batch scheduler's time limit, ``docker stop``) mid-run with --jobs 2, or
+    Ctrl-C (SIGINT): its exit status with one line, no traceback, OUT as it was (no staging folder
+    left), the workers gone with the run. Before: on SIGTERM Python died at once (status -15),
+    leaving its staging folder, and the orphaned workers printed BrokenPipeError tracebacks when
+    their products ended; on Ctrl-C status 130 and not a word (Typer's silent exit)."""
+    done, out = _signalled_after_the_first_product(small_cohort, tmp_path, signame, jobs)
+    assert done.returncode == status, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM) before the command finished"
+    assert done.stderr.strip().splitlines()[-1] == line, done.stderr
     assert sorted(p.name for p in out.iterdir() if p.name not in (".cache", ".tilpheno.lock")) == \
         ["phenotypes.csv", "run.json"]
     assert (out / "phenotypes.csv").read_text() == "previous complete table\n"
