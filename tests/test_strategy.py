@@ -174,3 +174,44 @@ def test_strategies_pickle_for_worker_processes():
     for path in default_strategy_paths():
         s = load_strategy(path)
         assert pickle.loads(pickle.dumps(s)) == s
+
+
+HYPHENATED = textwrap.dedent(
+    """\
+    strategy: activation
+    tube: surface
+    markers: [CD3, CD56, HLA-DR, PD-1, Ki-67]
+    populations:
+      - {name: live, parent: root, dims: [FSC-A, SSC-A], method: cells}
+      - {name: HLA-DR+, parent: live, dims: [HLA-DR], method: fmo}
+      - {name: hla-dr-, parent: live, dims: [HLA-DR], method: valley, params: {keep: low}}
+      - {name: PD-1+, parent: live, dims: [PD-1], method: fmo}
+      - {name: Ki-67+, parent: live, dims: [Ki-67], method: fmo}
+      - {name: CD3+, parent: live, dims: [CD3], method: fmo}
+      - {name: CD56+, parent: live, dims: [CD56], method: fmo}
+      - {name: CD3-CD56+, parent: live, expression: CD56+ & !CD3+}
+      - {name: HLA-DR+PD-1-, parent: live, expression: HLA-DR+ & !PD-1+}
+    variables:
+      hladr_pct: {numerator: HLA-DR+, denominator: live}
+      hladr_neg_pct: {numerator: hla-dr-, denominator: live}
+      pd1_pct: {numerator: PD-1+, denominator: live}
+      ki67_pct: {numerator: Ki-67+, denominator: live}
+      nk_pct: {numerator: CD3-CD56+, denominator: live}
+      dr_not_pd1_pct: {numerator: HLA-DR+PD-1-, denominator: live}
+    """
+)
+
+
+def test_count_columns_keep_hyphenated_marker_names(tmp_path):
+    """A hyphen inside a marker's name (HLA-DR, PD-1, Ki-67) is not the '-' sign: HLA-DR+ was
+    counted in ``n_hlanegdrpos_surface``. Signs between markers stay signs (CD3-CD56+)."""
+    from tilpheno.report.codebook import _from_strategies
+
+    strategy = load_strategy(write(tmp_path, HYPHENATED))
+    assert strategy.count_columns() == {
+        "n_hladrpos_surface": "HLA-DR+", "n_live_surface": "live", "n_hladrneg_surface": "hla-dr-",
+        "n_pd1pos_surface": "PD-1+", "n_ki67pos_surface": "Ki-67+", "n_cd3negcd56pos_surface": "CD3-CD56+",
+        "n_hladrpospd1neg_surface": "HLA-DR+PD-1-", "n_events_surface": "root"}
+    codebook = _from_strategies([strategy], 99.5)
+    assert {"n_hladrpos_surface", "n_pd1pos_surface", "n_hladrpospd1neg_surface"} <= set(codebook)
+    assert not [c for c in codebook if "hlaneg" in c or "pdneg" in c or "kineg" in c]

@@ -67,7 +67,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -165,10 +165,17 @@ _TOP_KEYS = {"strategy", "tube", "description", "markers", "detectors", "transfo
 QUADRANT_SIGNS = {"++": (True, True), "+-": (True, False), "-+": (False, True), "--": (False, False)}
 
 
-def population_slug(population: str) -> str:
+def population_slug(population: str, markers: Iterable[str] = ()) -> str:
     """A population's name as a column-name part (``n_<slug>_<tube>`` event counts): lower case,
-    ``+`` -> ``pos``, ``-`` -> ``neg``, spaces -> ``_`` (``"CD8+PD1+"`` -> ``cd8pospd1pos``)."""
-    return population.lower().replace("+", "pos").replace("-", "neg").replace(" ", "_")
+    ``+`` -> ``pos``, ``-`` -> ``neg``, spaces -> ``_`` (``"CD8+PD1+"`` -> ``cd8pospd1pos``).
+
+    A hyphen inside one of ``markers`` (the strategy's marker names) is part of the name, not a
+    sign, and is dropped: with marker ``HLA-DR``, ``"CD8+HLA-DR-"`` -> ``cd8poshladrneg`` (not
+    ``cd8poshlanegdrneg``)."""
+    text = population
+    for marker in sorted((m for m in markers if "-" in m), key=len, reverse=True):
+        text = re.sub(re.escape(marker), marker.replace("-", ""), text, flags=re.IGNORECASE)
+    return text.lower().replace("+", "pos").replace("-", "neg").replace(" ", "_")
 
 
 @dataclass(frozen=True)
@@ -330,7 +337,12 @@ class Strategy:
         population it counts: ``n_<population slug>_<tube>`` for every variable's numerator and
         denominator, and ``n_events_<tube>`` (``root``: every event of the stained file)."""
         pops = dict.fromkeys(x for v in self.variables for x in (v.numerator, v.denominator))
-        return {**{f"n_{population_slug(p)}_{self.tube}": p for p in pops}, f"n_events_{self.tube}": ROOT}
+        return {**{self.count_column(p): p for p in pops}, f"n_events_{self.tube}": ROOT}
+
+    def count_column(self, population: str) -> str:
+        """The event-count column of ``population``: ``n_<population slug>_<tube>`` (hyphens of the
+        strategy's marker names kept out of the signs, :func:`population_slug`)."""
+        return f"n_{population_slug(population, self.markers)}_{self.tube}"
 
     @property
     def dims(self) -> tuple[str, ...]:

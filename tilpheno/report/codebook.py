@@ -54,8 +54,6 @@ def _readable(name: str) -> str:
 
 
 def _from_strategies(strategies: Sequence, fmo_percentile: float) -> dict[str, dict[str, str]]:
-    from tilpheno.gates.strategy import population_slug
-
     out: dict[str, dict[str, str]] = {}
     for st in strategies:
         pops = {p.name: p for p in st.populations}
@@ -68,7 +66,7 @@ def _from_strategies(strategies: Sequence, fmo_percentile: float) -> dict[str, d
                            "meaning": f"{v.numerator} as % of {_readable(v.denominator)} ({st.tube} tube)",
                            "unit": f"% of {_readable(v.denominator)}", "method": method}
         for p in st.populations:
-            out[f"n_{population_slug(p.name)}_{st.tube}"] = {
+            out[st.count_column(p.name)] = {
                 "label": f"n {p.name} ({st.tube})", "meaning": f"Events in {p.name}, stained {st.tube} tube",
                 "unit": "events", "method": _gating_method(p, fmo_percentile)}
         out[f"n_events_{st.tube}"] = {"label": f"n events ({st.tube})", "meaning": f"Events in the stained {st.tube} file",
