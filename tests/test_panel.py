@@ -56,6 +56,9 @@ def design_file(folder: Path, name: str, tube: str, omit: str | None = None, key
         ("FL1-Height", None), ("FSC-Height", None), ("FS INT LIN", None), ("FL2 Log", None), ("SSC LogA", None),
         ("Time (102.40 sec.)", None), ("Width", None), ("Alexa Fluor™ 405-A", None),
         ("CD22-PC5", "CD22"), ("CD22 PC5.5", "CD22"), ("TIGIT-PC7", "TIGIT"), ("CD16 KrO", "CD16"),
+        # a detector shared by two stains names no marker (FlowAtlas 423/428: "Foxp3-IgM", "CD3-IgD");
+        # two spellings of one marker are one marker
+        ("Foxp3-IgM", None), ("CD3-IgD", None), ("CD279-PD1", "PD1"), ("CD8-PE-Cy7", "CD8"),
     ],
 )
 def test_normalize_marker(text, expected):
@@ -122,6 +125,22 @@ def test_marker_named_in_pnn_when_pns_is_absent(tmp_path):
                                 extra={"$P3S": "CD8 (re-used detector)"}))
     panel = panel_from_fcs(read_fcs_metadata(path))
     assert dict(panel) == {"CD3": "CD3", "CD8": "PD-1 PE-A"}  # $PnS wins over $PnN
+
+
+def test_shared_detector_label_is_not_read_as_its_first_marker():
+    """FlowAtlas donor 423's T+B panel labels one detector 'Foxp3-IgM' (Foxp3 in T cells, IgM in B
+    cells): it was read as FoxP3 without a word. Now it names no marker, and a study needing FoxP3
+    is told, in one line, which detector's label is shared and what to give."""
+    fcs = read_fcs_metadata(Path(__file__).parent / "data" / "realdata_flowatlas" / "fcs" / "423_Donor_Lung_032.fcs")
+    panel = panel_from_fcs(fcs)
+    assert "FoxP3" not in panel and "IgM" not in panel and panel["CD19"] == "FJComp-405 585_15-A"
+    with pytest.raises(PanelError) as info:
+        require(panel, ["CD3", "Foxp3"])
+    message = str(info.value)
+    assert "\n" not in message and "423_Donor_Lung_032.fcs: marker(s) Foxp3 not found; detector FJComp-561 585_15-A's " \
+        "label 'Foxp3-IgM' names FoxP3 and IgM" in message and "panel file row" in message
+    overridden = panel_from_fcs(fcs, override={"FJComp-561 585_15-A": "FoxP3"})
+    assert require(overridden, ["Foxp3"]) == {"Foxp3": "FJComp-561 585_15-A"}
 
 
 def test_require_lists_the_channels(tmp_path):

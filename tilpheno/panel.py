@@ -187,10 +187,24 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
     missing = [m for m, d in found.items() if d is None]
     if missing:
         raise PanelError(
-            f"{panel.source}: marker(s) {', '.join(missing)} not found (a panel file, columns tube, detector, "
-            f"marker, names the marker of an unlabelled detector); channels ($PnN ($PnS)): {panel.describe_channels()}"
+            f"{panel.source}: marker(s) {', '.join(missing)} not found{_shared_labels(panel, missing, vocab)} (a panel file, "
+            f"columns tube, detector, marker, names the marker of an unlabelled detector); channels ($PnN ($PnS)): "
+            f"{panel.describe_channels()}"
         )
     return {m: d for m, d in found.items() if d is not None}
+
+
+def _shared_labels(panel: Panel, missing: Iterable[str], vocab: Vocabulary) -> str:
+    """``; detector X's label 'Foxp3-IgM' names FoxP3 and IgM: ...`` for each channel whose label
+    names one of ``missing`` together with another marker (read as no marker, :mod:`tilpheno.vocabulary`)."""
+    wanted = {key(vocab.canonical_name(m)) for m in missing}
+    notes = []
+    for pnn, pns in panel.channels:
+        named = vocab.known_markers(pns)
+        if pnn not in panel.markers.values() and len(named) > 1 and wanted & {key(m) for m in named}:
+            notes.append(f"; detector {pnn}'s label {pns.strip()!r} names {' and '.join(named)}, one detector shared by "
+                         "two stains: a panel file row (tube, detector, marker) says which this tube carries")
+    return "".join(notes)
 
 
 # --------------------------------------------------------------------------- override files

@@ -18,6 +18,9 @@ Conventions
   fluorochromes, filler words (signal and unit words too) or detector names, also joined by
   hyphens (``"FITC"``, ``"FL1-H"``, ``"FSC-A"``, FACSCalibur's ``"FL1-Height"``, Beckman's
   ``"FS INT LIN"``), name no marker.
+* A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``: one detector
+  shared by two antibodies, one for each of two tubes or cell types) names no marker: which one
+  the file's tube carries is the lab's to say (a panel file row), :meth:`Vocabulary.known_markers`.
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
@@ -96,6 +99,23 @@ class Vocabulary:
                 return found
         return None
 
+    def known_markers(self, text: str | None) -> tuple[str, ...]:
+        """Every distinct known marker a label names, in order: each word, two adjacent words
+        joined and each hyphen-separated part (or two adjacent parts joined) read through
+        :meth:`known` (``"Foxp3-IgM"`` -> ``("FoxP3", "IgM")``; ``"CD279 (PD-1) BV605"`` -> ``("PD1",)``)."""
+        words = [w for w in _SEPARATORS.split(str(text or "").strip()) if w]
+        found: dict[str, None] = {}
+        for tokens in (words, *([p for p in w.split("-") if p] for w in words if "-" in w)):
+            i = 0
+            while i < len(tokens):
+                single = self.known(tokens[i])
+                joined = self.known(tokens[i] + tokens[i + 1]) if single is None and i + 1 < len(tokens) else None
+                for marker in (single, joined):
+                    if marker is not None:
+                        found.setdefault(marker, None)
+                i += 2 if joined is not None else 1
+        return tuple(found)
+
     def _not_marker(self, word: str) -> bool:
         """True for a word that names no marker: empty, a number, a fluorochrome, a filler word or a
         detector name, or made of such parts joined by hyphens (``FL1-Height``: a detector and a
@@ -128,6 +148,8 @@ class Vocabulary:
         whole = self.known("".join(words))
         if whole is not None:
             return whole
+        if len(self.known_markers(text)) > 1:   # "Foxp3-IgM": a detector shared by two stains
+            return None
         found = self._known_in(words)
         if found is not None or not free:
             return found
