@@ -499,8 +499,27 @@ def test_several_stained_files_of_one_product_are_announced(tmp_path):
     shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", folder / "TIL002_surface_stain.fcs")
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
     assert result.exit_code == 0, result.output
-    assert "product TIL001: 2 stained surface files; process takes its variables from one" in result.output
+    assert "product TIL001: 2 stained surface files (TIL001_surface_stain.fcs, TIL001_surface_stain_lung.fcs); " \
+        "process takes its variables from one" in result.output
     assert "product TIL002" not in result.output
+    # the line says exactly what to edit: done as it says, every product has one stained file
+    import re
+
+    from tilpheno.scaffold import check_draft
+
+    written = tmp_path / "study" / "manifest.csv"
+    (line,) = [x for x in result.output.splitlines() if x.startswith("product TIL001")]
+    found = re.search(r"in (.+), lines ([\d, ]+), give each specimen its own product_id, e\.g\. (.+) \(", line)
+    assert found and Path(found.group(1)) == written
+    lines = written.read_text().splitlines()
+    for number, product_id in zip(found.group(2).split(", "), found.group(3).split(", ")):
+        cells = lines[int(number) - 1].split(",")
+        assert cells[0].startswith(product_id)   # the file of that line
+        lines[int(number) - 1] = ",".join([cells[0], product_id, *cells[2:]])
+    written.write_text("\n".join(lines) + "\n")
+    manifest = pd.read_csv(written)
+    assert manifest[manifest["role"] == "stain"].groupby(["product_id", "tube"]).size().max() == 1
+    assert not check_draft(tmp_path / "study", folder)
 
 
 REALDATA = ROOT / "tests" / "data" / "realdata_flowatlas"

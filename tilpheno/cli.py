@@ -164,6 +164,8 @@ def scan(
     unreadable = frame[frame["problem"] != ""]
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
+    if manifest is None:
+        _warn_duplicate_stains(frame, out)
     _warn_controls_only(frame)
     if out is not None:
         written = frame[list(COLUMNS)].copy()
@@ -172,6 +174,26 @@ def scan(
         # file names that are not UTF-8 read back as written
         _write_or_fail(out, lambda path: write_csv(path, written, errors="surrogateescape"))
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
+
+
+def _warn_duplicate_stains(manifest, written: Path | None) -> None:
+    """On stderr, one line per product of ``manifest`` (scanned or drafted, in the order ``written``
+    holds it; None: not written) with several stained files of one tube kind (a specimen name shared
+    by several tissues or donors): ``process`` takes the product's variables from one of them
+    (``duplicate_tube``). The line names the files and exactly what to edit: their lines of
+    ``written`` and a product_id for each (the file's name without its extension)."""
+    rows = manifest.reset_index(drop=True)
+    stains = rows[rows["role"] == "stain"]
+    for (product, kind), files in stains.groupby(["product_id", "tube"], sort=True):
+        if len(files) < 2:
+            continue
+        names = [Path(str(f)).name for f in files["file"]]
+        where = (f"in {written}, lines {', '.join(str(i + 2) for i in files.index)}" if written is not None
+                 else "in a manifest (scan -o manifest.csv)")
+        typer.secho(f"product {product}: {len(files)} stained {kind} files ({', '.join(names)}); process takes its "
+                    f"variables from one (duplicate_tube): {where}, give each specimen its own product_id, e.g. "
+                    f"{', '.join(n.rsplit('.', 1)[0] for n in names)} (a re-acquired file: delete its line)",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 def _warn_controls_only(manifest) -> None:
@@ -213,12 +235,7 @@ def new_study(
             typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
                         f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "
                         "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
-    stains = draft.manifest[draft.manifest["role"] == "stain"]
-    for (product, kind), n in stains.groupby(["product_id", "tube"], sort=True).size().items():
-        if n > 1:
-            typer.secho(f"product {product}: {n} stained {kind} files; process takes its variables from one "
-                        "(duplicate_tube): give each specimen its own product_id in manifest.csv",
-                        fg=typer.colors.YELLOW, err=True)
+    _warn_duplicate_stains(draft.manifest, out / "manifest.csv")
     _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
