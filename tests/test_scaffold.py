@@ -570,3 +570,25 @@ def test_release_on_an_event_count_no_phenotype_holds_is_refused(til_draft, tmp_
     problem = check_draft(study, SAMPLE)
     assert "release.yaml:5: criteria[0].column: criterion" in problem and "\n" not in problem
     assert "column n_events_total (did you mean n_events_" in problem and "n_events_surface, n_events_treg" in problem
+
+
+def test_shared_detector_label_is_announced_and_a_panel_row_resolves_it(tmp_path):
+    """FlowAtlas donors 423/428 label one detector 'Foxp3-IgM' (a T+B panel): it names no marker, so
+    the draft left FoxP3 out of their panel without a word. new-study names the detector, the label
+    and the files; a panel file row for the detector makes it FoxP3 and the line goes."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("390C_Liver_026.fcs", "423_Donor_Lung_032.fcs", "428_Donor_Lung_029.fcs"):
+        shutil.copy(REALDATA / "fcs" / name, folder / name)
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("no marker read")]
+    assert "detector FJComp-561 585_15-A's label 'Foxp3-IgM' names FoxP3 and IgM" in line
+    assert "2 file(s): 423_Donor_Lung_032.fcs, 428_Donor_Lung_029.fcs" in line
+    panel = tmp_path / "panel.csv"
+    panel.write_text("tube,detector,marker\n,FJComp-561 585_15-A,FoxP3\n")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study2"), "--panel", str(panel)])
+    assert result.exit_code == 0, result.output
+    assert "no marker read" not in result.output
+    draft = draft_study(folder, panel=panel)
+    assert all("FoxP3" in t.markers for t in draft.tubes)

@@ -239,6 +239,9 @@ def new_study(
     _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
+    for label, files in draft.shared.items():
+        typer.secho(f"no marker read: {label.describe()} (--panel; {len(files)} file(s): {', '.join(sorted(files))})",
+                    fg=typer.colors.YELLOW, err=True)
     bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''})" for t in draft.tubes]
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
                f"manifest.csv ({len(draft.manifest)} files). Every marker gate sits directly under "

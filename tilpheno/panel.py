@@ -194,17 +194,36 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
     return {m: d for m, d in found.items() if d is not None}
 
 
+@dataclass(frozen=True)
+class SharedLabel:
+    """A detector whose label names several markers (``"Foxp3-IgM"``: one detector shared by two
+    stains), read as no marker (:mod:`tilpheno.vocabulary`), and left so by the panel file."""
+
+    detector: str
+    label: str
+    markers: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``detector X's label 'Foxp3-IgM' names FoxP3 and IgM, ...: a panel file row ... says which``."""
+        return (f"detector {self.detector}'s label {self.label!r} names {' and '.join(self.markers)}, one detector shared "
+                "by two stains: a panel file row (tube, detector, marker) says which this tube carries")
+
+
+def shared_labels(channels: Iterable[tuple[str, str]], markers: Mapping[str, str],
+                  vocabulary: Vocabulary) -> list[SharedLabel]:
+    """The channels (``$PnN``, ``$PnS``) whose label names several markers and whose detector
+    carries none of ``markers`` (marker -> detector: a panel file row resolves it)."""
+    taken = set(markers.values())
+    found = ((pnn, pns, vocabulary.known_markers(pns)) for pnn, pns in channels)
+    return [SharedLabel(pnn, pns.strip(), named) for pnn, pns, named in found if len(named) > 1 and pnn not in taken]
+
+
 def _shared_labels(panel: Panel, missing: Iterable[str], vocab: Vocabulary) -> str:
-    """``; detector X's label 'Foxp3-IgM' names FoxP3 and IgM: ...`` for each channel whose label
-    names one of ``missing`` together with another marker (read as no marker, :mod:`tilpheno.vocabulary`)."""
+    """``; detector X's label 'Foxp3-IgM' names FoxP3 and IgM: ...`` for each shared label
+    (:func:`shared_labels`) that names one of ``missing``."""
     wanted = {key(vocab.canonical_name(m)) for m in missing}
-    notes = []
-    for pnn, pns in panel.channels:
-        named = vocab.known_markers(pns)
-        if pnn not in panel.markers.values() and len(named) > 1 and wanted & {key(m) for m in named}:
-            notes.append(f"; detector {pnn}'s label {pns.strip()!r} names {' and '.join(named)}, one detector shared by "
-                         "two stains: a panel file row (tube, detector, marker) says which this tube carries")
-    return "".join(notes)
+    return "".join(f"; {shared.describe()}" for shared in shared_labels(panel.channels, panel.markers, vocab)
+                   if wanted & {key(m) for m in shared.markers})
 
 
 # --------------------------------------------------------------------------- override files

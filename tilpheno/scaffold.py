@@ -43,7 +43,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io.manifest import scan_files
-from tilpheno.panel import file_markers, read_panel_file
+from tilpheno.panel import SharedLabel, file_markers, read_panel_file, shared_labels
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key
 
@@ -86,13 +86,15 @@ class TubeDraft:
 @dataclass
 class StudyDraft:
     """Result of :func:`draft_study`: the study's name, its tube kinds, the manifest of the files
-    used (``file`` relative to ``folder``) and the files left out with the reason."""
+    used (``file`` relative to ``folder``), the files left out with the reason, and the labels
+    read as no marker because they name several (``shared``: each with the names of its files)."""
 
     name: str
     folder: Path
     tubes: list[TubeDraft]
     manifest: pd.DataFrame
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    shared: dict[SharedLabel, list[str]] = field(default_factory=dict)
 
     def variables(self) -> dict[str, dict[str, tuple[str, str]]]:
         """Per kind: variable name -> (numerator, denominator) population."""
@@ -158,6 +160,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     overrides = read_panel_file(panel) if panel is not None else None
     scanned, metadata = scan_files(folder, study=study, panel=overrides)
     skipped: list[tuple[str, str]] = []
+    shared: dict[SharedLabel, list[str]] = {}
     files = []
     for row in scanned.to_dict("records"):
         path = Path(row["file"])
@@ -168,6 +171,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         words = _name_words(fcs, path, row["product_id"], vocabulary)
         # process refuses a stained or FMO file (not a control) on whose channels a row of the panel is not
         markers = file_markers(fcs, vocabulary, overrides, strict=row["role"] in ("stain", "fmo"))
+        for label in shared_labels(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])), markers, vocabulary):
+            shared.setdefault(label, []).append(path.name)
         files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
     stained = [f for f in files if f["role"] == "stain" and f["markers"]]
     unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)
@@ -215,7 +220,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         manifest.append({"file": str(f["path"].relative_to(folder)), "product_id": f["product_id"], "tube": f["tube"],
                          "role": f["role"], "fmo_marker": f["fmo_marker"]})
     default = re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_") or "lab"
-    return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped)
+    return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
+                      shared)
 
 
 VERSION_OVERLAP = 2 / 3
