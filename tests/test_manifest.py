@@ -718,3 +718,25 @@ def test_read_manifest_hidden_column(files):
     edited["Sheet"].column_dimensions.group("H", "J", hidden=True)
     edited.save(empty)
     pd.testing.assert_frame_equal(read_manifest(empty), read_manifest(_book(files / "p.xlsx", {"Sheet": TABLE})))
+
+
+def test_product_ids_differing_only_in_case_are_one_product(tmp_path):
+    """'p01_surface_stain.fcs' and 'P01_surface_FMO_PD1.fcs' (one specimen typed two ways) made two
+    products: p01 gated without its FMO (fallback gate) and P01 failed (no stained tube). Now one
+    product, named as its stained file, with a one-line warning in scan and in process's qc."""
+    import shutil
+
+    from tilpheno.pipeline.run import load_run_inputs
+
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", tmp_path / "p01_surface_stain.fcs")
+    shutil.copy(SAMPLE / "TIL001_surface_FMO_PD1.fcs", tmp_path / "P01_surface_FMO_PD1.fcs")
+    shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", tmp_path / "P02_surface_stain.fcs")
+    frame = scan_folder(tmp_path)
+    assert dict(zip(frame["file"].map(lambda f: Path(f).name), frame["product_id"])) == {
+        "p01_surface_stain.fcs": "p01", "P01_surface_FMO_PD1.fcs": "p01", "P02_surface_stain.fcs": "P02"}
+    note = "product ids P01, p01 differ only in case: taken as one product, p01 (renamed: P01_surface_FMO_PD1.fcs)"
+    assert [n.split(";")[0] for n in frame.attrs["case_merged"]] == [note]
+    result = CliRunner().invoke(app, ["scan", str(tmp_path)])
+    assert result.exit_code == 0 and note in result.output
+    flags = [f for f in load_run_inputs(tmp_path).run_flags if f.code == "product_id_case"]
+    assert [(f.severity, f.message.split(";")[0]) for f in flags] == [("warning", note)]

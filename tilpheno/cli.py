@@ -148,6 +148,8 @@ def scan(
             frame = scan_folder(folder, study=config, panel=overrides)
             for where, reason in frame.attrs.get("unlistable", []):
                 typer.secho(f"unlistable folder: {display_name(where)}: {reason}", fg=typer.colors.YELLOW, err=True)
+            for note in frame.attrs.get("case_merged", []):
+                typer.secho(note, fg=typer.colors.YELLOW, err=True)
             if frame.empty:
                 raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found")
     except (TilphenoError, OSError) as exc:
@@ -235,6 +237,8 @@ def new_study(
             typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
                         f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "
                         "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
+    for note in draft.case_merged:
+        typer.secho(note, fg=typer.colors.YELLOW, err=True)
     _warn_duplicate_stains(draft.manifest, out / "manifest.csv")
     _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:

@@ -95,6 +95,7 @@ class StudyDraft:
     manifest: pd.DataFrame
     skipped: list[tuple[str, str]] = field(default_factory=list)
     shared: dict[SharedLabel, list[str]] = field(default_factory=dict)
+    case_merged: list[str] = field(default_factory=list)   # product ids merged across case (scan's warnings)
 
     def variables(self) -> dict[str, dict[str, tuple[str, str]]]:
         """Per kind: variable name -> (numerator, denominator) population."""
@@ -221,7 +222,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
                          "role": f["role"], "fmo_marker": f["fmo_marker"]})
     default = re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_") or "lab"
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
-                      shared)
+                      shared, list(scanned.attrs.get("case_merged", [])))
 
 
 VERSION_OVERLAP = 2 / 3

@@ -16,7 +16,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
    one of the study's tube kinds or their names);
 2. otherwise product from ``$SRC`` (else the folder name, else the file name; a ``$SRC`` found in
    several FACSDiva experiments, ``EXPERIMENT NAME``, with stained files of one tube kind in more than
-   one is ``<$SRC> (<experiment>)``), and role from
+   one is ``<$SRC> (<experiment>)``; ids that differ only in case within one experiment, ``p01`` and
+   ``P01``, are one product, spelt as its stained files, with a warning), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
    ``unstain`` / ``unst`` / ``blank`` / ``no stain`` (whole words) means unstained; a file with no $PnS on any
    fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
@@ -205,6 +206,30 @@ def _qualify_specimens(rows: list[dict]) -> None:
             row["product_id"] = f"{row['product_id']} ({row['_experiment']})"
 
 
+def _merge_case_variants(rows: list[dict]) -> list[str]:
+    """Product ids that differ only in case within one experiment (``p01`` and ``P01``: one
+    specimen typed two ways) name one product: each group takes the spelling of its stained files
+    (the most frequent among them, else among all its files; a tie: the first in sort order). In
+    place, before :func:`_resolve_fmo_and_kind` (an FMO's stained tube is its product's); returns
+    one line per merged group, for a warning."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["product_id"].casefold(), row["_experiment"]), []).append(row)
+    notes = []
+    for members in groups.values():
+        spellings = sorted({r["product_id"] for r in members})
+        if len(spellings) < 2:
+            continue
+        voters = [r for r in members if r["role"] == "stain"] or members
+        chosen = min(spellings, key=lambda p: (-sum(r["product_id"] == p for r in voters), p))
+        files = sorted(display_name(Path(r["file"]).name) for r in members if r["product_id"] != chosen)
+        for row in members:
+            row["product_id"] = chosen
+        notes.append(f"product ids {', '.join(spellings)} differ only in case: taken as one product, {chosen} "
+                     f"(renamed: {', '.join(files)}); a manifest keeps them apart")
+    return notes
+
+
 def _resolve_fmo_and_kind(rows: list[dict], study: Study) -> None:
     """Fill FMO markers missing from names (step 3) and tube kinds (step 4), in place."""
     stains = [r for r in rows if r["role"] == "stain"]
@@ -270,6 +295,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
         rows.append(row)
         if fcs is not None:
             metadata[row["file"]] = fcs
+    case_merged = _merge_case_variants(rows)
     _resolve_fmo_and_kind(rows, study)
     _qualify_specimens(rows)
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
@@ -278,6 +304,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
         frame = frame.assign(_order=order).sort_values(["product_id", "tube", "_order", "file"], kind="stable")
         frame = frame.drop(columns="_order").reset_index(drop=True)
     frame.attrs["unlistable"] = unlistable
+    frame.attrs["case_merged"] = case_merged
     return frame, metadata
 
 

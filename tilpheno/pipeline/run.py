@@ -263,6 +263,7 @@ def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = Non
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
+    run_flags += [QCFlag("", "", "product_id_case", "warning", note) for note in manifest.attrs.get("case_merged", [])]
     if len(manifest) == 0 and run_flags:
         raise NoInputError(f"{folder}: no FCS files found; " + "; ".join(f.message for f in run_flags))
     if len(manifest) == 0:
