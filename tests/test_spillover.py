@@ -2,6 +2,8 @@
 known matrix, the CLI, the error messages, and the residual-spillover check."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.controls import control_file_name, simulate_control, simulate_controls
 from tilpheno.simulate.products import KIND_LYMPH, TUBES, draw_composition, simulate_tube
 from tilpheno.spillover import (
-    Control, controls_in_folder, detector_from_text, estimate_spillover, negative_coefficients,
+    Control, controls_in_folder, detector_from_text, estimate_spillover, negative_coefficients, read_controls_csv,
     residual_spillover,
 )
 
@@ -89,10 +91,21 @@ def test_cli_an_output_it_cannot_write_is_one_line(cell_controls, tmp_path, opti
 
 
 def test_controls_csv_errors_name_the_row(cell_controls, tmp_path):
+    """The controls table names a row as the other tables do, by the line a user finds it on
+    ('row N, column C'; it said 'row 1 (line 2)' counting a header on line 1), and reads a title
+    line, blank lines and semicolons as the manifest does (they were 'missing column(s)')."""
     bad = tmp_path / "controls.csv"
     bad.write_text("file,detector\nmissing.fcs,FITC-A\n")
-    with pytest.raises(TableError, match=r"row 1 .*missing.fcs"):
+    with pytest.raises(TableError, match=rf"^{re.escape(str(bad))}: row 2, column 'file': 'missing.fcs' does not exist"):
         controls_in_folder(cell_controls.out_dir, bad)
+    good = cell_controls.controls_csv.read_text(encoding="utf-8").strip().splitlines()
+    text = "\n".join(["Compensation controls, run 5;;", "", *(line.replace(",", ";") for line in good), "", "gone.fcs;PE-A"])
+    bad.write_text(text + "\n")
+    line = text.splitlines().index("gone.fcs;PE-A") + 1
+    with pytest.raises(TableError, match=rf"^{re.escape(str(bad))}: row {line}, column 'file': 'gone.fcs' does not exist"):
+        read_controls_csv(bad, base=cell_controls.out_dir)
+    bad.write_text("\n".join(text.splitlines()[:-1]) + "\n")
+    assert read_controls_csv(bad, base=cell_controls.out_dir) == read_controls_csv(cell_controls.controls_csv)
 
 
 def _write_control(path, events):

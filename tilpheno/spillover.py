@@ -46,6 +46,7 @@ control file.
 """
 from __future__ import annotations
 
+import csv
 import math
 import re
 from dataclasses import dataclass
@@ -150,25 +151,33 @@ def identify_control(fcs) -> Control:
 
 def read_controls_csv(path: str | Path, base: str | Path | None = None) -> list[Control]:
     """``file,detector`` rows (an empty detector = the unstained control); relative files under
-    ``base`` (default the CSV's folder). TableError naming the row for a missing column or file."""
+    ``base`` (default the CSV's folder). Read as the manifest's text is
+    (:func:`tilpheno.io.workbook.text_rows`: a title above the header, blank lines, semicolons or
+    tabs, UTF-8/UTF-16/Windows-1252), and every error is a TableError naming the place as the
+    other tables do: ``<file>: row R, column 'C'``, R the line of the file."""
+    from tilpheno.io.workbook import decode_text, place, table_frame, text_rows
+
     path = Path(path)
     base = Path(base) if base is not None else path.parent
+    source = str(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        header_line, _, rows = text_rows(decode_text(path.read_bytes(), source), ("file", "detector"))
+    except (OSError, csv.Error) as exc:
         raise TableError(f"{path}: cannot read the controls CSV ({str(exc).splitlines()[0] if str(exc) else exc})") from None
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    frame = table_frame(rows, header_line, lambda line: place(source, line), ("file", "detector"), keep_bytes=["file"],
+                        codes=["detector"])
     missing = [c for c in ("file", "detector") if c not in frame.columns]
     if missing:
-        raise TableError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+        raise TableError(f"{place(source, header_line)}: missing column(s) {missing}; found {list(frame.columns)}")
     out = []
-    for i, row in enumerate(frame.itertuples(index=False), start=1):
-        file = Path(str(row.file).strip())
-        if not str(file):
-            raise TableError(f"{path}: row {i} (line {i + 1}), column 'file': empty value")
+    for line, row in zip(frame.index, frame.itertuples(index=False)):
+        written = str(row.file).strip()
+        if not written:
+            raise TableError(f"{place(source, line, 'file')}: empty value")
+        file = Path(written)
         resolved = file if file.is_absolute() else base / file
         if not resolved.is_file():
-            raise TableError(f"{path}: row {i} (line {i + 1}), column 'file': {str(file)!r} does not exist (looked for {resolved})")
+            raise TableError(f"{place(source, line, 'file')}: {written!r} does not exist (looked for {resolved})")
         detector = str(row.detector).strip()
         out.append(Control(str(resolved), detector or None))
     return out
