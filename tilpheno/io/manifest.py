@@ -48,7 +48,7 @@ import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
 from tilpheno.io.files import display_name
-from tilpheno.io.outcomes import MIN_DOSE_CELLS, MISSING_WORDS, locale_numbers, number
+from tilpheno.io.outcomes import MISSING_WORDS, dose_problem, locale_numbers, number
 from tilpheno.io.workbook import (decode_text, hidden_sheets, lone_value, open_workbook, place,
                                   refuse_sheet_problems, sheet_rows, summary_label, table_frame, text_rows,
                                   windows_1252, workbook_table)
@@ -507,11 +507,9 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
     for line, product, cell in zip(frame.index, frame["product_id"], cells):
         where = place(source, line, "til_dose_cells")
         dose = number(cell, source, line, "til_dose_cells")
-        if dose < 0:
-            raise TableError(f"{where}: {str(cell).strip()[:40]!r} is not a number of cells (not negative)")
-        if 0 < dose < MIN_DOSE_CELLS:
-            raise TableError(f"{where}: {str(cell).strip()[:40]!r} is fewer than {MIN_DOSE_CELLS:g} cells, no TIL dose: "
-                             f"given in units of 1e9 cells? Write the number of cells ({dose * 1e9:g} for {dose:g} x 1e9)")
+        problem = dose_problem(dose, cell)
+        if problem:
+            raise TableError(f"{where}: {problem}")
         if not math.isnan(dose):
             earlier = first.setdefault(product, (line, dose))
             if earlier[1] != dose:

@@ -17,7 +17,8 @@ Windows-1252 (or that may be Mac Roman, Excel for Mac's CSV), two sheets holding
 longer than the header, a value beside the table (in a column without a header; an empty one is ignored),
 missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
-codes, non-numeric doses, dates or Excel durations where a number belongs, columns mixing numbers with text, and
+codes, non-numeric or negative doses and doses above 0 below 1e6 cells (typed in units of 1e9 cells; the
+manifest refuses them alike), dates or Excel durations where a number belongs, columns mixing numbers with text, and
 formula cells of a workbook never calculated (written by a script: no saved values), a workbook row
 or column hidden in Excel (by hand or by a filter) and two sheets holding a table (a hidden one marked so).
 
@@ -53,7 +54,7 @@ import csv
 import datetime as _dt
 import re
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -86,6 +87,20 @@ _MAX_BYTES = 200 * 1024 * 1024
 MIN_DOSE_CELLS = 1e6
 """Fewer infused cells than this is no TIL dose in cells: a dose given in units of 1e9 (or 1e6) cells."""
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
+
+
+def dose_problem(dose: float, cell: Any) -> str | None:
+    """Why a ``til_dose_cells`` value (``dose``, read from ``cell``) is no number of infused cells,
+    or None: negative, or above 0 and below :data:`MIN_DOSE_CELLS` (a dose in units of 1e9 cells
+    would make every absolute subset dose a billion times too small). Both table readers refuse
+    their doses so (the manifest and the outcomes table)."""
+    shown = str(cell).strip()[:40]
+    if dose < 0:
+        return f"{shown!r} is not a number of cells (not negative)"
+    if 0 < dose < MIN_DOSE_CELLS:
+        return (f"{shown!r} is fewer than {MIN_DOSE_CELLS:g} cells, no TIL dose: given in units of 1e9 cells? "
+                f"Write the number of cells ({dose * 1e9:g} for {dose:g} x 1e9)")
+    return None
 _EVENT_WORD_PAIRS = (("yes", "no"), ("y", "n"), ("true", "false"), ("event", "censored"))
 EVENT_WORDS = {word: float(1 - i) for pair in _EVENT_WORD_PAIRS for i, word in enumerate(pair)}
 
@@ -305,8 +320,9 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
     dose = pd.Series({row: number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
                      dtype=float)
     for row, v in dose.items():
-        if v < 0:
-            _fail(source, f"negative dose {v:g}", row, "til_dose_cells")
+        problem = dose_problem(v, raw.at[row, "til_dose_cells"])
+        if problem:
+            _fail(source, problem, row, "til_dose_cells")
     out["til_dose_cells"] = dose
     for col in raw.columns:
         if col in OPTIONAL_TIME_COLUMNS:
