@@ -740,3 +740,22 @@ def test_product_ids_differing_only_in_case_are_one_product(tmp_path):
     assert result.exit_code == 0 and note in result.output
     flags = [f for f in load_run_inputs(tmp_path).run_flags if f.code == "product_id_case"]
     assert [(f.severity, f.message.split(";")[0]) for f in flags] == [("warning", note)]
+
+
+@pytest.mark.parametrize("name", ["fcsparser_instruments/MiltenyiBiotec/FCS3.0/FCS3.0_Custom_Compatible.fcs",
+                                  "fcsparser_instruments/cyflow_cube_8/cyflow_cube_8.fcs"])
+def test_pns_copying_pnn_is_no_label(tmp_path, name):
+    """MACSQuant and CyFlow write $PnS = $PnN ('V2-A', 'FL1') on every channel: scan counted the
+    copies as labels and made such a file (an unstained control named 'Tube_001') a stained file
+    with no marker, a second stained tube beside the product's real one. A copy is no label, as
+    the panel reads it: the file is an unstained control."""
+    import shutil
+
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    source = Path(__file__).parent / "data" / "fcs" / name
+    fcs = read_fcs_metadata(source)
+    assert all(str(n).strip() == str(s).strip() for n, s in zip(fcs.channels["pnn"], fcs.channels["pns"]))
+    shutil.copy(source, tmp_path / "Tube_001.fcs")
+    frame = scan_folder(tmp_path)
+    assert frame[["role", "tube"]].values.tolist() == [["unstained", "unstained"]]

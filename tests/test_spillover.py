@@ -3,6 +3,7 @@ known matrix, the CLI, the error messages, and the residual-spillover check."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -260,3 +261,22 @@ def test_union_events_is_numpys_union():
         got, expected = union_events(n, a, b), np.union1d(a, b)
         assert got.dtype == expected.dtype and np.array_equal(got, expected)
     assert union_events(5, np.empty(0, dtype=np.intp)).size == 0
+
+
+def test_control_with_pns_copying_pnn_is_told_by_its_one_label(tmp_path):
+    """A MACSQuant-style single-stain control: $PnS copies $PnN on every channel but the stained
+    one ('CD3'). The copies counted as labels, so 'cannot tell which detector' (3 labelled); a copy
+    is no label: the control is its one labelled detector's."""
+    import sys
+
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.spillover import identify_control
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from malformed_fcs import float_file
+
+    channels = ("FSC-A", "SSC-A", "V1-A", "B1-A", "R1-A", "Time")
+    labels = {"$P1S": "FSC-A", "$P2S": "SSC-A", "$P3S": "V1-A", "$P4S": "CD3", "$P5S": "R1-A", "$P6S": "Time"}
+    path = tmp_path / "control_07.fcs"
+    path.write_bytes(float_file(np.ones((3, len(channels))), channels=channels, extra=labels))
+    assert identify_control(read_fcs_metadata(path)) == Control(str(path), "B1-A")

@@ -114,7 +114,7 @@ def _prefer(current: str, candidate: str, exported_first: bool = False) -> str:
     return current
 
 
-def _labelled(pnn: str, pns: str) -> bool:
+def labelled(pnn: str, pns: str) -> bool:
     """True when the channel carries a $PnS label of its own (not empty, not a copy of $PnN)."""
     return bool(pns.strip()) and pns.strip().upper() != pnn.strip().upper()
 
@@ -128,7 +128,7 @@ def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabular
     for pnn, pns in channels:
         if is_scatter_or_time(pnn):
             continue
-        marker = vocab.marker_in(pns) if _labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
+        marker = vocab.marker_in(pns) if labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
         if marker is None:
             continue
         markers[marker] = _prefer(markers[marker], pnn, exported_first) if marker in markers else pnn
@@ -165,7 +165,7 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
     if reference is None and stained is not None:
         reference = panel_from_fcs(stained, override=override, tube=tube, study=study, compensating=compensating)
     if reference is not None:
-        unlabelled = {n for n, s in channels if not _labelled(n, s) and not is_scatter_or_time(n)
+        unlabelled = {n for n, s in channels if not labelled(n, s) and not is_scatter_or_time(n)
                       and vocab.marker_in(n, free=False) is None}
         taken = set(markers.values())
         for marker, detector in reference.markers.items():

@@ -130,7 +130,10 @@ def fluorescence_detectors(fcs) -> list[str]:
 
 
 def identify_control(fcs) -> Control:
-    """A control's role from its file name, ``TUBE NAME`` and ``$PnS`` (module docstring)."""
+    """A control's role from its file name, ``TUBE NAME`` and ``$PnS`` (module docstring; a ``$PnS``
+    copying its ``$PnN``, as MACSQuant and CyFlow write, is no label)."""
+    from tilpheno.panel import labelled as panel_labelled
+
     path = Path(fcs.path)
     texts = [path.stem, fcs.keywords.get("TUBE NAME", ""), Path(fcs.keywords.get("$FIL", "")).stem]
     if any(_UNSTAINED.search(t.replace("_", " ")) for t in texts if t):
@@ -141,7 +144,8 @@ def identify_control(fcs) -> Control:
             found = detector_from_text(t, detectors)
             if found:
                 return Control(str(path), found)
-    labelled = [str(r.pnn) for r in fcs.channels.itertuples() if str(r.pnn) in detectors and str(r.pns).strip()]
+    labelled = [str(r.pnn) for r in fcs.channels.itertuples()
+                if str(r.pnn) in detectors and panel_labelled(str(r.pnn), str(r.pns))]
     if len(labelled) == 1:
         return Control(str(path), labelled[0])
     raise CompensationError(

@@ -20,7 +20,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
    ``P01``, are one product, spelt as its stained files, with a warning), and role from
    ``TUBE NAME``, then ``$FIL``, then the file name: ``FMO <marker>`` means fmo, ``unstained`` /
    ``unstain`` / ``unst`` / ``blank`` / ``no stain`` (whole words) means unstained; a file with no $PnS on any
-   fluorescence detector (and no marker-named $PnN) is unstained; anything else is a stain;
+   fluorescence detector (a $PnS copying its $PnN, as MACSQuant and CyFlow write, is none) and no
+   marker-named $PnN is unstained; anything else is a stain;
 3. an FMO tube whose name gives no marker gets the one stained marker it lacks relative to a
    stained tube of the same product (the stain tube whose markers contain all of its own);
 4. tube kind: from the name when given (a word of TUBE NAME or the file name that names a tube
@@ -53,6 +54,7 @@ from tilpheno.io.workbook import (decode_text, hidden_sheets, lone_value, open_w
                                   refuse_sheet_problems, sheet_rows, summary_label, table_frame, text_rows,
                                   windows_1252, workbook_table)
 from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
+from tilpheno.panel import labelled as panel_labelled
 from tilpheno.study import Study, default_study
 
 if TYPE_CHECKING:
@@ -139,11 +141,11 @@ def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides 
     stem = path.name.rsplit(".", 1)[0]
     kw = fcs.keywords if fcs is not None else {}
     markers: set[str] = set()
-    labelled = True  # some fluorescence detector has a $PnS (any text, not only our markers)
+    labelled = True  # some fluorescence detector has a $PnS of its own (any text but a copy of its $PnN)
     if fcs is not None:
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
         markers = set(file_markers(fcs, study.vocabulary, panel))
-        labelled = any(s.strip() for n, s in channels if not is_scatter_or_time(n))
+        labelled = any(panel_labelled(n, s) for n, s in channels if not is_scatter_or_time(n))
     design = _design_name(study).match(stem)
     if design:
         role = "stain" if design.group("stain") else "fmo"
