@@ -405,6 +405,19 @@ def test_mac_roman_text_is_refused_not_misread(tmp_path):
     assert read_outcomes(path)["site"].tolist() == ["Genève 5 µl", "Zürich"]
 
 
+@pytest.mark.parametrize("site, shown", [("Straße", "Stra§e"), ("Bjørn", "Bj¿rn"), ("Cæsar", "C¾sar")])
+def test_mac_roman_letters_above_0xa0_are_refused(tmp_path, site, shown):
+    """Mac Roman was told only by its bytes 0x80-0x9F: ß, ø, æ (0xA7, 0xBF, 0xBE) read as the
+    Windows-1252 symbols §, ¿, ¾ without a word ('Straße' became the category 'Stra§e'). A symbol
+    inside a word that is a letter in Mac Roman is refused as the others are; Windows-1252 symbols
+    beside spaces and digits are still read."""
+    path = tmp_path / "mac.csv"
+    path.write_bytes("\n".join([HEADER + ",site", ROWS[0] + f",{site}", ROWS[1] + ",Genf"]).encode("mac_roman"))
+    assert error_of(path).startswith(f"{path}: row 2, column 'site': {shown!r} in Windows-1252, {site!r} in Mac Roman")
+    path.write_bytes("\n".join([HEADER + ",site", ROWS[0] + ",Kymriah® 25°C §3", ROWS[1] + ",½ dose"]).encode("cp1252"))
+    assert read_outcomes(path)["site"].tolist() == ["Kymriah® 25°C §3", "½ dose"]
+
+
 def test_id_in_excel_scientific_notation_is_refused(tmp_path):
     """A LIMS number typed into a General cell is shown by Excel as 1.23457E+11, and a CSV saved
     from it keeps only that: the id '1.23457E+11' was read as written and matched no product

@@ -138,11 +138,23 @@ common ones in Mac Roman, what Excel for Mac's CSV writes (ä, é, ü): a cell h
 in one of the two, and which cannot be told."""
 
 
+def _mac_roman_inside_word(cell: str, cp: str, mac: str) -> bool:
+    """True when an escaped byte of ``cell`` from 0xA0 up reads in Windows-1252 (``cp``) as a
+    symbol between two letters and in Mac Roman (``mac``) as a letter: 'Straße', 'Bjørn' saved by
+    Excel for Mac read as 'Stra§e', 'Bj¿rn'. (Both readings are one character a byte, so the three
+    strings align.) A symbol beside a space or a digit ('Kymriah® 25°C') is Windows-1252's."""
+    return any("\udca0" <= c <= "\udcff" and 0 < i < len(cell) - 1 and not cp[i].isalpha() and mac[i].isalpha()
+               and cp[i - 1].isalpha() and cp[i + 1].isalpha() for i, c in enumerate(cell))
+
+
 def _refuse_mac_roman(cell: str, where: str) -> None:
-    """Refuse a cell (as :func:`decode_text` gives it) holding a byte of :data:`_MAC_ROMAN_LETTERS`:
+    """Refuse a cell (as :func:`decode_text` gives it) holding a byte of :data:`_MAC_ROMAN_LETTERS`,
+    or a byte that reads as a letter inside a word in Mac Roman only (:func:`_mac_roman_inside_word`):
     a TableError starting with ``where`` showing both readings."""
-    if any(c in _MAC_ROMAN_LETTERS for c in cell):
-        mac = _ESCAPED.sub(lambda run: run.group().encode("utf-8", "surrogateescape").decode("mac_roman"), cell)
+    if not _ESCAPED.search(cell):
+        return
+    mac = _ESCAPED.sub(lambda run: run.group().encode("utf-8", "surrogateescape").decode("mac_roman"), cell)
+    if any(c in _MAC_ROMAN_LETTERS for c in cell) or _mac_roman_inside_word(cell, windows_1252(cell), mac):
         raise TableError(f"{where}: {windows_1252(cell).strip()[:40]!r} in Windows-1252, {mac.strip()[:40]!r} in Mac "
                          "Roman (Excel for Mac's CSV): the text is not UTF-8, and which of the two it is cannot be "
                          "told; save the table as 'CSV UTF-8 (Comma delimited)' or .xlsx")
