@@ -229,6 +229,10 @@ def test_override_mapping_and_files(tmp_path):
         ("tube,marker\nsurface,CD3\n", "missing column 'detector'"),
         ("tube,detector,marker\nsurface,,CD3\n", "row 2, column 'detector': empty"),
         ("tube,detector,marker\nsurface,FITC-A,\n", "row 2, column 'marker': empty"),
+        # rows are named by their line, as the other tables name them: a title and blank lines were
+        # 'missing column', or shifted the row named (pandas skips blank lines)
+        ("Panel of run 5\n\ntube,detector,marker\nsurface,FITC-A,CD3\n\nsurface,,CD4\n", r"p.csv: row 6, column 'detector': empty"),
+        ("tube;detector;marker\nsurface;FITC-A;CD3\n\n;PE-A;\n", r"p.csv: row 4, column 'marker': empty"),
     ],
 )
 def test_panel_file_errors(tmp_path, content, match):

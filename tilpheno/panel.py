@@ -253,6 +253,7 @@ class PanelOverrides:
 
 
 _NAME_WORDS = re.compile(r"[^a-z0-9]+")
+_PANEL_COLUMNS = ("tube", "detector", "marker")
 
 
 def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, tube_kind: str = "", *,
@@ -317,42 +318,46 @@ def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
     key ``panel`` holding that list). Markers are kept as written (read through the study's
     vocabulary when applied, ``panel_from_fcs``).
     Raises TableError naming the file, row and column at fault."""
+    import csv
+
     import pandas as pd
     import yaml
 
+    from tilpheno.io.workbook import decode_text, place, table_frame, text_rows
     from tilpheno.io.yamlsafe import load_file
 
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: panel file not found")
-    suffix = path.suffix.lower()
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
     try:
-        if suffix in (".yaml", ".yml"):
+        if yaml_file:
             doc = load_file(path)[1]   # size and alias expansion bounded (tilpheno.io.yamlsafe)
             if isinstance(doc, dict):
                 doc = doc.get("panel")
             if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
                 raise TableError(f"{path}: YAML panel must be a list of {{tube, detector, marker}} mappings")
-            frame = pd.DataFrame(doc, dtype=str)
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            frame = pd.DataFrame(doc, dtype=str, index=range(1, len(doc) + 1))
+            frame.columns = [str(c).strip().lower() for c in frame.columns]
+        else:   # read as the manifest's text: a title line, blank lines, ; or tab, Windows-1252 (rows = lines)
+            header_line, _, lines = text_rows(decode_text(path.read_bytes(), str(path)), _PANEL_COLUMNS)
+            frame = table_frame(lines, header_line, lambda line: place(str(path), line), _PANEL_COLUMNS)
     except TableError:
         raise
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (yaml.YAMLError, ValueError, OSError, csv.Error) as exc:
         raise TableError(f"{path}: cannot read panel file ({str(exc).splitlines()[0]})") from None
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
     for column in ("detector", "marker"):
         if column not in frame.columns:
             raise TableError(f"{path}: missing column '{column}' (need tube, detector, marker)")
     if "tube" not in frame.columns:
         frame["tube"] = ""
     rows = []
-    for i, rec in enumerate(frame.fillna("").to_dict("records"), start=2 if suffix not in (".yaml", ".yml") else 1):
-        where = f"row {i}" if suffix not in (".yaml", ".yml") else f"entry {i}"
+    for i, rec in zip(frame.index, frame.fillna("").to_dict("records")):
+        where = f"{path}: entry {i}" if yaml_file else place(str(path), i)
         detector, marker = str(rec["detector"]).strip(), str(rec["marker"]).strip()
         if not detector:
-            raise TableError(f"{path}: {where}, column 'detector': empty")
+            raise TableError(f"{where}, column 'detector': empty")
         if not marker:
-            raise TableError(f"{path}: {where}, column 'marker': empty")
+            raise TableError(f"{where}, column 'marker': empty")
         rows.append(PanelOverride(str(rec["tube"]).strip(), detector, marker))
     return PanelOverrides(str(path), tuple(rows))
