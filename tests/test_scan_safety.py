@@ -66,6 +66,25 @@ def test_link_to_dev_zero_is_outside_and_not_regular(product_files, tmp_path):
     assert phen["status"].tolist() == ["failed"] and "no usable treg stained file" in phen["error"].item()
 
 
+def test_link_to_a_readable_file_outside_is_not_read(product_files, tmp_path):
+    """scan says a link out of the folder is 'not read (pass --allow-outside)': process read it all
+    the same (the product done from the outside file, exit 0) -> it is not read: the product fails
+    naming the link, as scan's problem says; with allow_outside it is read and the product done."""
+    folder, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    shutil.copytree(product_files, folder)
+    elsewhere.mkdir()
+    (folder / "P1_treg_stain.fcs").rename(elsewhere / "P1_treg_stain.fcs")
+    (folder / "P1_treg_stain.fcs").symlink_to(elsewhere / "P1_treg_stain.fcs")
+    summary = process_folder(folder, tmp_path / "out", make_reports=False)
+    assert summary.done == [] and "no usable treg stained file" in summary.failed["P1"]
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv", keep_default_na=False)
+    unreadable = qc[qc["code"] == "unreadable_file"]
+    assert unreadable["file"].tolist() == ["P1_treg_stain.fcs"]
+    assert "links to a file outside" in unreadable["message"].item()
+    summary = process_folder(folder, tmp_path / "out2", make_reports=False, allow_outside=True)
+    assert summary.done == ["P1"]
+
+
 def test_manifest_files_must_lie_under_the_folder(product_files, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:secret-bytes\n")

@@ -54,19 +54,27 @@ def _isnan(v) -> bool:
 
 
 def _read_metadata(rows, product_id: str):
-    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests)."""
+    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests).
+
+    A row whose ``problem`` cell (``scan_folder``'s, ``read_manifest(keep_missing=True)``'s) is
+    filled is not read: it is flagged ``unreadable_file`` with that problem (a link out of the
+    folder, a file the manifest names that does not exist), as a file the reader refuses is."""
     from tilpheno.io.fcs import read_fcs_metadata
     from tilpheno.io.files import file_labels
 
     meta, flags, digests, keep = {}, [], [], []
     labels = file_labels(rows["file"])
-    for i, file in enumerate(rows["file"].tolist()):
-        try:
-            meta[file] = read_fcs_metadata(file)
-            keep.append(i)
-        except FCSReadError as exc:
-            flags.append(QCFlag(product_id, labels[str(file)], "unreadable_file", "error", exc.problem))
-            digests.append(_file_digest(file))
+    problems = rows["problem"].tolist() if "problem" in rows.columns else [""] * len(rows)
+    for i, (file, problem) in enumerate(zip(rows["file"].tolist(), problems)):
+        if not problem:
+            try:
+                meta[file] = read_fcs_metadata(file)
+                keep.append(i)
+                continue
+            except FCSReadError as exc:
+                problem = exc.problem
+        flags.append(QCFlag(product_id, labels[str(file)], "unreadable_file", "error", problem))
+        digests.append(_file_digest(file))
     return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
 
 
