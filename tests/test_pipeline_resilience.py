@@ -209,3 +209,40 @@ def test_a_signal_stops_the_run_cleanly(small_cohort, tmp_path, signame, jobs, s
     assert sorted(p.name for p in out.iterdir() if p.name not in (".cache", ".tilpheno.lock")) == \
         ["phenotypes.csv", "run.json"]
     assert (out / "phenotypes.csv").read_text() == "previous complete table\n"
+
+
+def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed, tmp_path):
+    """A manifest row naming a file that does not exist stopped the whole batch (exit 2, one line,
+    nothing processed) -> it is that product's problem: TIL002 failed (its treg stain missing),
+    named with the manifest's row and the path looked for; TIL001 and TIL003 processed as in a
+    clean run; exit 1. A manifest that cannot be used at all (an unknown role) still stops (exit 2)."""
+    rows = pd.read_csv(small_cohort.manifest, dtype=str, keep_default_na=False)
+    gone = rows.index[rows["file"] == "TIL002_treg_stain.fcs"].item()
+    rows.loc[gone, "file"] = "TIL002_treg_stain_lost.fcs"
+    manifest = tmp_path / "manifest.csv"
+    rows.to_csv(manifest, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
+                                      "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 1, result.output
+    line = gone + 2   # the header is line 1
+    why = (f"{manifest}: row {line}, column 'file': 'TIL002_treg_stain_lost.fcs' does not exist or is not a "
+           f"regular file (looked for {small_cohort.out_dir / 'TIL002_treg_stain_lost.fcs'})")
+    phen = pd.read_csv(out / "phenotypes.csv", keep_default_na=False).set_index("product_id")
+    assert phen["status"].to_dict() == {"TIL001": "done", "TIL002": "failed", "TIL003": "done"}
+    assert "no usable treg stained file" in phen.loc["TIL002", "error"] and why in phen.loc["TIL002", "error"]
+    assert why in " ".join(result.output.split())
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    assert qc.loc[qc["code"] == "unreadable_file", ["product_id", "file", "message"]].values.tolist() == [
+        ["TIL002", "TIL002_treg_stain_lost.fcs", why]]
+    clean = pd.read_csv(processed[0] / "phenotypes.csv").set_index("product_id")
+    for pid in ("TIL001", "TIL003"):
+        for col in ("viability_pct", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4"):
+            assert float(phen.loc[pid, col]) == clean.loc[pid, col], (pid, col)
+
+    rows.loc[gone, "role"] = "stained"
+    rows.to_csv(manifest, index=False)
+    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
+                                      "-o", str(tmp_path / "out2")])
+    assert result.exit_code == 2 and "unknown role 'stained'" in result.output
+    assert not (tmp_path / "out2").exists()

@@ -366,7 +366,8 @@ def _read_table(path: Path) -> pd.DataFrame:
 def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
                   allow_outside: bool = False, study: Study | None = None,
                   tubes: Iterable[str] | None = None,
-                  markers: Mapping[str, Iterable[str]] | None = None) -> pd.DataFrame:
+                  markers: Mapping[str, Iterable[str]] | None = None,
+                  keep_missing: bool = False) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
@@ -394,6 +395,11 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     are returned as written (stripped; text in Windows-1252 see :func:`_read_table`), ``file``
     as found, with ``fmo_marker`` read through the study's vocabulary
     (default: the bundled study's) and ``til_dose_cells`` as floats (an empty cell NaN).
+
+    ``keep_missing``: a file that does not exist (or is no regular file) is one product's problem,
+    not the manifest's: its row is kept, with that message (naming the manifest's row and the path
+    looked for) in an extra ``problem`` column, ``''`` in the others', as :func:`scan_folder` keeps
+    an unreadable file (``process`` fails that product alone). Every other check still refuses.
     """
     study = study or default_study()
     vocabulary = study.vocabulary
@@ -421,7 +427,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame["fmo_marker"] = frame["fmo_marker"].map(lambda v: "" if v.lower() in MISSING_WORDS else v)   # R's NA
     seen: dict[str, int] = {}
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
-    found, fmo_markers = [], []
+    found, fmo_markers, problems = [], [], []
     for line, row in zip(frame.index, frame.itertuples(index=False)):
         where = place(str(path), line)
         for column in COLUMNS[:4]:
@@ -449,11 +455,15 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                              f"tube{did_you_mean(marker, panel)} (its markers: {', '.join(panel)})")
         fmo_markers.append(marker or "")
         file, resolved = _locate(row.file, base)
+        problem = ""
         if resolved is None:
-            looked = Path(row.file) if Path(row.file).is_absolute() else base / row.file
+            resolved = Path(row.file) if Path(row.file).is_absolute() else base / row.file
             windows = " (a Windows path: give it relative to the folder)" if _WINDOWS_ABSOLUTE.match(row.file) else ""
-            raise TableError(f"{where}, column 'file': {row.file!r} does not exist or is not a regular file "
-                             f"(looked for {looked}){windows}")
+            problem = (f"{where}, column 'file': {row.file!r} does not exist or is not a regular file "
+                       f"(looked for {resolved}){windows}")
+            if not keep_missing:
+                raise TableError(problem)
+        problems.append(problem)
         if not allow_outside and outside(resolved, base):
             raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
                              "pass allow_outside=True to accept files outside the folder")
@@ -468,6 +478,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                              f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
     frame["file"] = found
     frame["fmo_marker"] = fmo_markers
+    if keep_missing:
+        frame["problem"] = problems
     if "til_dose_cells" in frame.columns:
         frame["til_dose_cells"] = _doses(frame, path)
     frame.attrs.pop("separator", None)

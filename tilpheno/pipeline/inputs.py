@@ -31,14 +31,16 @@ def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *,
     ``tubes``: the tube kinds it may name, default the study's; ``markers``: tube kind -> the
     markers its FMO rows may name),
     else ``scan_folder(folder)`` (``panel``: the run's panel file rows, labels of the files). ``file`` holds paths usable from the working directory. Files
-    must lie under ``folder`` (after resolving links) unless ``allow_outside``."""
+    must lie under ``folder`` (after resolving links) unless ``allow_outside``. A file that cannot
+    be used (scanned: unreadable; a manifest's: missing) keeps its row, its reason in ``problem``:
+    its product fails, the others are processed."""
     from tilpheno.io.manifest import read_manifest, scan_folder
 
     folder = Path(folder)
     if manifest_csv is None:
         return scan_folder(folder, allow_outside=allow_outside, study=study, panel=panel)
     frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study, tubes=tubes,
-                          markers=markers)
+                          markers=markers, keep_missing=True)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
 
