@@ -211,16 +211,23 @@ def test_a_signal_stops_the_run_cleanly(small_cohort, tmp_path, signame, jobs, s
     assert (out / "phenotypes.csv").read_text() == "previous complete table\n"
 
 
-def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed, tmp_path):
-    """A manifest row naming a file that does not exist stopped the whole batch (exit 2, one line,
-    nothing processed) -> it is that product's problem: TIL002 failed (its treg stain missing),
-    named with the manifest's row and the path looked for; TIL001 and TIL003 processed as in a
-    clean run; exit 1. A manifest that cannot be used at all (an unknown role) still stops (exit 2)."""
+def _manifest_missing(small_cohort, tmp_path):
+    """The cohort's manifest with TIL002's treg stain renamed to a file that does not exist:
+    (its path, its rows, the row's index)."""
     rows = pd.read_csv(small_cohort.manifest, dtype=str, keep_default_na=False)
     gone = rows.index[rows["file"] == "TIL002_treg_stain.fcs"].item()
     rows.loc[gone, "file"] = "TIL002_treg_stain_lost.fcs"
     manifest = tmp_path / "manifest.csv"
     rows.to_csv(manifest, index=False)
+    return manifest, rows, gone
+
+
+def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed, tmp_path):
+    """A manifest row naming a file that does not exist stopped the whole batch (exit 2, one line,
+    nothing processed) -> it is that product's problem: TIL002 failed (its treg stain missing),
+    named with the manifest's row and the path looked for; TIL001 and TIL003 processed as in a
+    clean run; exit 1. A manifest that cannot be used at all (an unknown role) still stops (exit 2)."""
+    manifest, rows, gone = _manifest_missing(small_cohort, tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
                                       "-o", str(out), "--reports", "none"])
@@ -246,3 +253,25 @@ def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed,
                                       "-o", str(tmp_path / "out2")])
     assert result.exit_code == 2 and "unknown role 'stained'" in result.output
     assert not (tmp_path / "out2").exists()
+
+
+def test_reports_of_a_run_with_a_missing_file_can_be_drawn_later(small_cohort, tmp_path):
+    """A run with a manifest file missing, --reports later: `tilpheno report OUT` refused the whole
+    run ('input file changed or missing since the run', exit 2) though the file was missing then too
+    -> the reports are drawn (exit 1: TIL002 still failed). The file appearing since is a change: refused."""
+    manifest, _, _ = _manifest_missing(small_cohort, tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
+                                      "-o", str(out), "--reports", "later"])
+    assert result.exit_code == 1, result.output
+    assert not list(out.glob("products/*/report.html"))
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 1, result.output
+    assert sorted(p.parent.name for p in out.glob("products/*/report.html")) == ["TIL001", "TIL002", "TIL003"]
+    lost = small_cohort.out_dir / "TIL002_treg_stain_lost.fcs"
+    shutil.copy(small_cohort.out_dir / "TIL002_treg_stain.fcs", lost)
+    try:
+        result = CliRunner().invoke(app, ["report", str(out)])
+    finally:
+        lost.unlink()
+    assert result.exit_code == 2 and "TIL002_treg_stain_lost.fcs: input file changed or missing" in result.output

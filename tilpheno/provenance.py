@@ -65,9 +65,14 @@ def dependency_versions(names: Iterable[str] = DEPENDENCIES) -> dict[str, str]:
     return out
 
 
+UNREADABLE = "unreadable"
+"""The ``sha256`` recorded for an input file that could not be opened (missing, not a regular file)."""
+
+
 @dataclass(frozen=True)
 class FileDigest:
-    """A file and the SHA-256 of its bytes (``role`` says what it was used as)."""
+    """A file and the SHA-256 of its bytes (``role`` says what it was used as; :data:`UNREADABLE`
+    when it could not be opened)."""
 
     path: str
     sha256: str

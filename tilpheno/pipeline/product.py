@@ -167,12 +167,12 @@ def _analyze(job: ProductJob, rows):
 
 def _file_digest(file) -> FileDigest:
     """SHA-256 of a file the reader could not use (or whose worker died); ``unreadable`` if it cannot be opened."""
-    from tilpheno.provenance import sha256_file
+    from tilpheno.provenance import UNREADABLE, sha256_file
 
     try:
         return FileDigest(str(file), sha256_file(file))
     except OSError:
-        return FileDigest(str(file), "unreadable")
+        return FileDigest(str(file), UNREADABLE)
 
 
 def _digest(file, holder) -> FileDigest:

@@ -151,11 +151,15 @@ def keep_run_command(record: RunRecord, rerun_of: Mapping[str, Any], products: I
 def changed_inputs(out_dir: Path, run: Mapping[str, Any]) -> list[str]:
     """The input files a ``process`` run recorded (``inputs`` of its ``run.json`` dict ``run``) whose
     SHA-256 differs now, or that are no longer readable regular files; a file whose stat identity is
-    unchanged keeps the digest OUT's cache recorded (not hashed again)."""
+    unchanged keeps the digest OUT's cache recorded (not hashed again). A file the run could not
+    open (recorded :data:`~tilpheno.provenance.UNREADABLE`: a manifest's missing file) and still
+    cannot is unchanged."""
     from tilpheno.cache import ProductStore
+    from tilpheno.provenance import UNREADABLE
 
     digests = ProductStore(out_dir, read=True).inputs()
-    return [str(i["path"]) for i in run.get("inputs", []) if digests.sha256(str(i["path"])) != i.get("sha256")]
+    return [str(i["path"]) for i in run.get("inputs", [])
+            if (digests.sha256(str(i["path"])) or UNREADABLE) != i.get("sha256")]
 
 
 def run_study(run: Mapping[str, Any], where: str | Path = "run.json") -> Study:
