@@ -227,6 +227,29 @@ def test_cli_scan_writes_csv_and_accepts_manifest(files):
     assert result.exit_code == 2 and "unknown role 'weird'" in result.output
 
 
+def test_cli_scan_with_unreadable_files_exits_1(files):
+    """`scan` listed unreadable files and exited 0, so a script took the scan for clean -> exit 1
+    (some inputs failed, as `process`), each file listed, the manifest still written with its row
+    (what its name tells). `scan --manifest` naming a file that does not exist stopped (exit 2,
+    nothing written) -> listed the same way (row and path), exit 1, the manifest written."""
+    (files / "c.fcs").write_bytes(b"FCS3.1" + bytes(20))   # truncated: no TEXT segment
+    out = files / "out" / "manifest.csv"
+    result = CliRunner().invoke(app, ["scan", str(files), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"unreadable: {files / 'c.fcs'}: " in result.output
+    assert sorted(pd.read_csv(out, dtype=str, keep_default_na=False)["file"]) == ["a.fcs", "b.fcs", "c.fcs"]
+    assert "(3 files, 1 unreadable)" in result.output
+    (files / "c.fcs").unlink()
+    assert CliRunner().invoke(app, ["scan", str(files), "-o", str(out)]).exit_code == 0
+    manifest = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "X1", "surface", "stain", ""],
+                                        ["gone.fcs", "X1", "surface", "fmo", "PD1"]])
+    result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(manifest), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert (f"unreadable: {manifest}: row 3, column 'file': 'gone.fcs' does not exist or is not a regular file "
+            f"(looked for {files / 'gone.fcs'})") in " ".join(result.output.split())
+    assert pd.read_csv(out, dtype=str, keep_default_na=False)["file"].tolist() == ["a.fcs", "gone.fcs"]
+
+
 def test_cli_scan_never_writes_over_the_manifest_it_reads(files):
     """`scan --manifest M -o M` (checking a hand-made manifest in place) rewrote M with the five
     manifest columns only: a til_dose_cells column (the doses) was silently lost. Now refused, M

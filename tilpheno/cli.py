@@ -115,7 +115,11 @@ def scan(
     study: str = typer.Option("til", "--study", help="Study (tube kinds, marker vocabulary): a bundled name or a study.yaml path."),
     panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) whose markers label the files, as process scans them."),
 ) -> None:
-    """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS, --panel) and optionally write it."""
+    """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS, --panel) and optionally write it.
+
+    Exit status: 0 every file readable, 1 some file unreadable (a --manifest file missing) or a
+    folder unlistable (each listed; the manifest is still written, their rows in it), 2 nothing scanned.
+    """
     import os
 
     from rich.console import Console
@@ -142,8 +146,7 @@ def scan(
             from tilpheno.pipeline.inputs import strategy_markers
 
             markers = strategy_markers(load_strategy(p) for p in config.strategy_paths)
-            frame = read_manifest(manifest, base=folder, study=config, markers=markers)
-            frame["problem"] = ""
+            frame = read_manifest(manifest, base=folder, study=config, markers=markers, keep_missing=True)
         else:
             frame = scan_folder(folder, study=config, panel=overrides)
             for where, reason in frame.attrs.get("unlistable", []):
@@ -176,6 +179,8 @@ def scan(
         # file names that are not UTF-8 read back as written
         _write_or_fail(out, lambda path: write_csv(path, written, errors="surrogateescape"))
         typer.echo(f"wrote {out} ({len(written)} files, {len(unreadable)} unreadable)")
+    if len(unreadable) or frame.attrs.get("unlistable"):
+        raise typer.Exit(code=1)
 
 
 def _warn_duplicate_stains(manifest, written: Path | None) -> None:
