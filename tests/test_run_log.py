@@ -2,6 +2,7 @@
 distinct from bad input; --verbose / --log configure the ``tilpheno`` logger."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -55,3 +56,27 @@ def test_bad_input_is_not_an_internal_error(tmp_path):
     assert "internal_error" not in set(qc["code"])
     assert {"unreadable_file", "product_failed"} <= set(qc.loc[qc["product_id"] == "TIL002", "code"])
     assert result.exit_code == 1
+
+
+def test_a_log_file_inside_out(tmp_path):
+    """`--log OUT/run.log process -o OUT`: the first run failed (no such folder OUT, exit 2), and an
+    OUT made for the log was then refused ('is not empty (run.log) and holds no tilpheno run') ->
+    the log's folder is created and the run's own log file is not a foreign file: the run goes
+    through, logs into OUT, and the next run (--overwrite) keeps and appends to it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in SAMPLE.glob("TIL001_*.fcs"):
+        shutil.copy(f, folder / f.name)
+    out = tmp_path / "out"
+    log = out / "run.log"
+    run = ["--log", str(log), "process", str(folder), "-o", str(out), "--reports", "none"]
+    result = CliRunner().invoke(app, run)
+    assert result.exit_code == 0, result.output
+    assert log.read_text().count("product TIL001: done") == 1
+    result = CliRunner().invoke(app, run)   # a previous run's outputs: refused as such, not as a foreign folder
+    assert result.exit_code == 2 and "already holds the outputs of a previous run" in result.output
+    result = CliRunner().invoke(app, [*run, "--overwrite", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert log.read_text().count("product TIL001: done") == 2
+    record = json.loads((out / "run.json").read_text())
+    assert record["output_folder"]["kept_other_entries"] == ["run.log"] and "run.log" not in record["outputs"]

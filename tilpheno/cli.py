@@ -67,7 +67,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO) to stderr, not only warnings."),
-    log: Optional[Path] = typer.Option(None, "--log", help="Append the run log (DEBUG, with tracebacks of internal errors) to this file."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Append the run log (DEBUG, with tracebacks of internal errors) to this file (its folder is created; inside a process OUT it is kept across runs)."),
 ) -> None:
     """tilpheno: phenotype reports and biomarker analyses for TIL infusion products."""
     configure_logging(verbose=verbose, log_file=log)
@@ -91,7 +91,8 @@ def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        try:
+        try:   # its folder is created: `--log OUT/run.log process -o OUT` logs into the OUT the run creates
+            log_file.parent.mkdir(parents=True, exist_ok=True)
             file_handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             _fail(exc)

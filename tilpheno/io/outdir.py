@@ -6,7 +6,8 @@ A run of ``process`` *claims* its output folder (:meth:`OutputFolder.claim`):
   for the whole run. A second run into the same OUT refuses with a one-line message naming the
   holder (pid, host, start time). The lock dies with its process, so a run killed with ``kill -9``
   leaves no stale lock: the file may remain, but the next run locks it again.
-* **Reuse**: an OUT that holds anything (other than the lock and stale temporary files) is refused
+* **Reuse**: an OUT that holds anything (other than the lock, stale temporary files and the run's
+  own log file, :func:`own_log_files`) is refused
   unless ``overwrite`` is given. With ``overwrite``, what the previous run wrote (the ``outputs``
   list of its ``run.json``; for a ``run.json`` without that list, the standard output names) is
   removed when the new run publishes; other files are left alone and listed. A file the run
@@ -71,6 +72,15 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
         errno.ENOTDIR: " (a path component is a file, not a folder)",
     }.get(exc.errno or 0, "")   # errno None (or 0): no hint
     return f"{where}: {reason}{hint}" if where is not None else f"{reason}{hint}"
+
+
+def own_log_files(folder: Path) -> set[str]:
+    """Names of the files at ``folder``'s top that the ``tilpheno`` logger writes to (``tilpheno
+    --log OUT/run.log``): the run's own log, which neither makes OUT a foreign folder nor is an
+    output of the run (it is kept, and appended to by the next run)."""
+    where = os.path.realpath(folder)
+    paths = [getattr(h, "baseFilename", None) for h in logging.getLogger("tilpheno").handlers]
+    return {os.path.basename(p) for p in paths if p and os.path.dirname(os.path.realpath(p)) == where}
 
 
 def _is_stale_temp(name: str) -> bool:
@@ -154,9 +164,12 @@ class OutputFolder:
             log.warning("%s: removed %d temporary file(s) of an earlier run that was killed: %s", out,
                         len(self.stale_removed), ", ".join(sorted(self.stale_removed)))
         entries = sorted(e.name for e in os.scandir(out) if e.name not in (LOCK_NAME, CACHE_NAME))
-        if not entries:
+        logs = own_log_files(out)
+        foreign = [e for e in entries if e not in logs]
+        if not foreign:   # empty, or holding only the run's own log file
+            self.kept = entries
             return
-        previous, how = self._previous_outputs(entries)
+        previous, how = self._previous_outputs(foreign)
         if not self.overwrite:
             raise OutputFolderError(
                 f"{out}: {how}; pass overwrite=True to replace what the previous run wrote, or choose another "
