@@ -80,6 +80,37 @@ def test_failed_criteria_are_named():
     assert failed_criteria(evaluate(DEFAULT_SPEC, {"viability_pct": 80, "cd3_pct_of_live_lymph": 95})) == []
 
 
+def test_event_count_criteria_read_as_whole_events(tmp_path):
+    """A release criterion on an event count: the index said 'Enough events: 10000.00 (needs >= 1e+06
+    events)' and the report's table '10000.00' -> whole events, the limit written out: 'Enough events:
+    10000 (needs >= 1000000 events)'; percentages keep their 2 decimals. The count is the product's
+    own (phenotypes.csv), from the bundled sample files."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tilpheno.pipeline import process_folder
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in (Path(__file__).resolve().parents[1] / "sample_fcs").glob("TIL001_*.fcs"):
+        shutil.copy(f, folder / f.name)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: events\ncriteria:\n"
+                    "  - {name: Enough events, column: n_events_surface, op: '>=', limit: 1000000, unit: events}\n"
+                    "  - {name: Viable, column: viability_pct, op: '>', limit: 99.5, unit: '%'}\n")
+    out = tmp_path / "out"
+    process_folder(folder, out, release_spec_path=spec)
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    index = html.unescape((out / "index.html").read_text())
+    assert f"Enough events: {int(row.n_events_surface)} (needs >= 1000000 events)" in index
+    assert f"Viable: {row.viability_pct:.2f} (needs > 99.5 %)" in index
+    report = html.unescape((out / "products" / "TIL001" / "report.html").read_text())
+    assert (f"<td>n_events_surface >= 1000000 events</td><td class=\"num\">{int(row.n_events_surface)}</td>"
+            in report)
+
+
 def test_css_string_cannot_leave_the_string_or_the_style():
     from tilpheno.report.html import css_string
 

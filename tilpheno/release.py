@@ -46,9 +46,20 @@ class Criterion:
     limit: float
     unit: str = "%"
 
+    @property
+    def is_count(self) -> bool:
+        """Whether the column is an event count (``n_events_<tube>``, ``n_<population>_<tube>``): whole events."""
+        return self.column.startswith("n_")
+
     def describe(self) -> str:
-        """Human form, e.g. ``viability_pct > 70 %``."""
-        return f"{self.column} {self.op} {self.limit:g} {self.unit}".rstrip()
+        """Human form, e.g. ``viability_pct > 70 %``, ``n_events_surface >= 1000000 events`` (a whole
+        limit written out, never ``1e+06``)."""
+        return f"{self.column} {self.op} {_limit_text(self.limit)} {self.unit}".rstrip()
+
+
+def _limit_text(limit: float) -> str:
+    """A limit as written in a spec: a whole number in full (``1000000``), else ``:g`` (``0.5``)."""
+    return f"{limit:.0f}" if float(limit).is_integer() and abs(limit) < 1e15 else f"{limit:g}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,18 @@ class CriterionResult:
     criterion: Criterion
     value: float
     outcome: str  # PASS | FAIL | NOT_EVALUABLE
+
+    def shown(self) -> str:
+        """The value as reports print it: an event count as a whole number (``1234``), any other
+        value with 2 decimals (``87.82``), ``''`` when missing."""
+        if math.isnan(self.value):
+            return ""
+        return f"{self.value:.0f}" if self.criterion.is_count else f"{self.value:.2f}"
+
+    def needs(self) -> str:
+        """What the criterion needs, in words: ``needs > 90 % of live lymphocytes``."""
+        c = self.criterion
+        return f"needs {c.op} {_limit_text(c.limit)} {c.unit}".rstrip()
 
 
 

@@ -135,10 +135,8 @@ def failed_criteria(release: Sequence) -> list[str]:
     for r in release:
         if r.outcome == "pass":
             continue
-        c = r.criterion
-        value = fmt(r.value)
-        need = f"needs {c.op} {c.limit:g} {c.unit}".rstrip()
-        out.append(f"{c.name}: {value} ({need})" if value else f"{c.name}: {r.outcome} (no value; {need})")
+        value, need = r.shown(), r.needs()
+        out.append(f"{r.criterion.name}: {value} ({need})" if value else f"{r.criterion.name}: {r.outcome} (no value; {need})")
     return out
 
 

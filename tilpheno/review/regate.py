@@ -728,5 +728,6 @@ def check_reason(text: Any, what: str = "reason") -> str:
 
 def release_rows(results) -> list[dict]:
     return [{"criterion": r.criterion.name, "rule": r.criterion.describe(),
-             "value": None if math.isnan(r.value) else r.value, "outcome": r.outcome} for r in results]
+             "value": None if math.isnan(r.value) else r.value, "shown": r.shown() or "NA", "outcome": r.outcome}
+            for r in results]
 

@@ -372,7 +372,7 @@
     rt.appendChild(rh);
     for (const r of release) {
       const tr = el("tr");
-      for (const v of [r.criterion, r.rule, fmt(r.value), r.outcome]) tr.appendChild(el("td", {}, String(v)));
+      for (const v of [r.criterion, r.rule, r.shown, r.outcome]) tr.appendChild(el("td", {}, String(v)));
       rt.appendChild(tr);
     }
     const rb = $("release"); rb.textContent = "";
