@@ -211,44 +211,65 @@ def test_two_stained_files_of_one_tube_need_review_and_are_named(product, strate
     assert release_decision(DEFAULT_SPEC, single.phenotype, single.qc, usable=True)[1] != "not evaluable"
 
 
-def test_two_stained_files_of_one_name_are_told_apart(product, strategies, tmp_path):
-    """The same file name in two folders: the duplicate_tube flag names each by its path."""
+def _copied(rows, folder: Path):
+    """``rows`` with their files copied into ``folder``."""
     import shutil
 
-    _, rows, _ = product
+    folder.mkdir()
+    for f in rows["file"]:
+        shutil.copy(f, folder / Path(f).name)
+    return rows.assign(file=[str(folder / Path(f).name) for f in rows["file"]])
+
+
+def test_two_stained_files_of_one_name_are_told_apart(product, strategies, tmp_path):
+    """The same file name in two folders (run1/, run2/): the duplicate_tube flag named each by its
+    absolute path, every other flag by its path relative to the product's folder -> one rule
+    (io.files.file_labels): run1/TIL900_surface_stain.fcs, run2/TIL900_surface_stain.fcs, in this flag
+    as in the files' own flags and the populations table."""
+    import shutil
+
+    from tilpheno.gating import analyze
+
+    rows = _copied(product[1], tmp_path / "run1")
     stain = rows[(rows["tube"] == "surface") & (rows["role"] == "stain")].iloc[0]
-    (tmp_path / "again").mkdir()
-    again = tmp_path / "again" / Path(stain["file"]).name
-    shutil.copy(stain["file"], again)
-    result = run(pd.concat([rows, stain.to_frame().T.assign(file=str(again))], ignore_index=True), strategies)
+    (tmp_path / "run2").mkdir()
+    shutil.copy(stain["file"], tmp_path / "run2" / "TIL900_surface_stain.fcs")
+    doubled = pd.concat([rows, stain.to_frame().T.assign(file=str(tmp_path / "run2" / "TIL900_surface_stain.fcs"))],
+                        ignore_index=True)
+    result = run(doubled, strategies)
     (flag,) = [f for f in result.qc if f.code == "duplicate_tube"]
-    first, second = sorted([str(stain["file"]), str(again)])
-    assert f"2 surface stained files ({first}, {second}); the variables come from the first gated by name, {first}" \
-        in flag.message
+    assert ("2 surface stained files (run1/TIL900_surface_stain.fcs, run2/TIL900_surface_stain.fcs); the variables "
+            "come from the first gated by name, run1/TIL900_surface_stain.fcs") in flag.message
+    names = {t.shown_name for t in result.tubes if t.role == "stain" and t.tube == "surface"}
+    assert names == {"run1/TIL900_surface_stain.fcs", "run2/TIL900_surface_stain.fcs"}
+    assert {f.file for f in result.qc if f.file} <= {t.shown_name for t in result.tubes} | {"TIL900_unstained.fcs"}
+    gated = analyze("TIL900", doubled, strategies)
+    assert set(gated.populations["file"]) >= names
 
 
 def test_two_fmo_files_of_one_marker_need_review_and_name_the_one_used(product, strategies, tmp_path):
     """The same FMO file name in two folders (here another product's PD1 FMO, misfiled): its
-    thresholds came silently from one of them. Now a duplicate_control flag (review) names both by
-    path and the one used, and that is the one the PD1 gates were placed from: the result equals a
+    thresholds came silently from one of them. Now a duplicate_control flag (review) names both as
+    every flag names a file (run1/..., run2/...: io.files.file_labels) and the one used, and that is the one the PD1 gates were placed from: the result equals a
     run with that file as the only PD1 FMO."""
     import shutil
 
     from tilpheno.qc import NEEDS_REVIEW, needs_review, review_status
 
-    _, rows, _ = product
+    rows = _copied(product[1], tmp_path / "run1")
     write_product(simulate_product("TIL901", SEED + 1, N_EVENTS), tmp_path)
     is_pd1 = (rows["tube"] == "surface") & (rows["role"] == "fmo") & (rows["fmo_marker"] == "PD1")
     fmo = rows[is_pd1].iloc[0]
-    (tmp_path / "again").mkdir()
-    misfiled = tmp_path / "again" / Path(fmo["file"]).name
+    (tmp_path / "run2").mkdir()
+    misfiled = tmp_path / "run2" / Path(fmo["file"]).name
     shutil.copy(tmp_path / "TIL901_surface_FMO_PD1.fcs", misfiled)
     doubled = pd.concat([rows, fmo.to_frame().T.assign(file=str(misfiled))], ignore_index=True)
     result = run(doubled, strategies)
     (flag,) = [f for f in result.qc if f.code == "duplicate_control"]
     assert needs_review(flag) and review_status(result.qc) == NEEDS_REVIEW
-    assert flag.message.startswith(f"2 surface FMO files for PD1 ({fmo['file']}, {misfiled}); its thresholds come "
-                                   f"from the last, {misfiled}:")
+    assert flag.message.startswith("2 surface FMO files for PD1 (run1/TIL900_surface_FMO_PD1.fcs, "
+                                   "run2/TIL900_surface_FMO_PD1.fcs); its thresholds come from the last, "
+                                   "run2/TIL900_surface_FMO_PD1.fcs:")
     alone = run(rows.assign(file=[str(misfiled) if pd1 else f for f, pd1 in zip(rows["file"], is_pd1)]), strategies)
     single = run(rows, strategies)
     for v in ("pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4"):

@@ -275,3 +275,31 @@ def test_reports_of_a_run_with_a_missing_file_can_be_drawn_later(small_cohort, t
     finally:
         lost.unlink()
     assert result.exit_code == 2 and "TIL002_treg_stain_lost.fcs: input file changed or missing" in result.output
+
+
+def test_two_files_of_one_name_are_told_apart_in_every_output(small_cohort, processed, tmp_path):
+    """TIL001's surface stain in sub1/ and another stain of the same name in sub2/: populations.csv
+    listed both as 'TIL001_surface_stain.fcs' (their rows indistinguishable) and the report named
+    them alike, while qc.csv said sub1/... -> every output names them sub1/..., sub2/...; sub1's
+    counts are those of the clean run of TIL001 (the same file)."""
+    folder = tmp_path / "in"
+    for sub in ("sub1", "sub2"):
+        (folder / sub).mkdir(parents=True)
+    for f in small_cohort.out_dir.glob("TIL001_*.fcs"):
+        shutil.copy(f, folder / ("sub1" if f.name == "TIL001_surface_stain.fcs" else "") / f.name)
+    shutil.copy(small_cohort.out_dir / "TIL002_surface_stain.fcs", folder / "sub2" / "TIL001_surface_stain.fcs")
+    out = tmp_path / "out"
+    process_folder(folder, out)
+    pops = pd.read_csv(out / "populations.csv")
+    stained = pops[pops["file"].str.endswith("TIL001_surface_stain.fcs")]
+    assert sorted(set(stained["file"])) == ["sub1/TIL001_surface_stain.fcs", "sub2/TIL001_surface_stain.fcs"]
+    clean = pd.read_csv(processed[0] / "populations.csv")
+    clean = clean[(clean["product_id"] == "TIL001") & (clean["file"] == "TIL001_surface_stain.fcs")]
+    sub1 = stained[stained["file"] == "sub1/TIL001_surface_stain.fcs"]
+    assert sub1["count"].tolist() == clean["count"].tolist() and len(sub1) > 5
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    (message,) = qc.loc[qc["code"] == "duplicate_tube", "message"]
+    assert "(sub1/TIL001_surface_stain.fcs, sub2/TIL001_surface_stain.fcs)" in message
+    report = (out / "products" / "TIL001" / "report.html").read_text()
+    for name in ("sub1/TIL001_surface_stain.fcs", "sub2/TIL001_surface_stain.fcs"):
+        assert f"<td>{name}</td>" in report, name

@@ -238,7 +238,7 @@ class Product:
     @property
     def populations(self) -> pd.DataFrame:
         """Every file's population table, with ``file, tube, role, fmo_marker`` columns first."""
-        frames = [r.populations.assign(file=Path(r.file).name, tube=r.tube, role=r.role, fmo_marker=r.fmo_marker or "")
+        frames = [r.populations.assign(file=r.shown_name, tube=r.tube, role=r.role, fmo_marker=r.fmo_marker or "")
                   for r in self.results]
         if not frames:
             return pd.DataFrame()
@@ -251,8 +251,6 @@ def analyze(product_id: str, manifest_rows: pd.DataFrame, strategies, **options)
     """Gate every file of one product (``tilpheno.phenotype.analyze_product``, same options) as a Product."""
     result: ProductResult = analyze_product(product_id, manifest_rows, strategies, **options)
     by_tube = {s.tube: s for s in (strategies.values() if isinstance(strategies, dict) else strategies)}
-    names = {Path(t.file).name for t in result.tubes}
-    results = [GatingResult.from_tube(t, by_tube.get(t.tube),
-                                      flags=[f for f in result.qc if f.file == Path(t.file).name and f.file in names])
+    results = [GatingResult.from_tube(t, by_tube.get(t.tube), flags=[f for f in result.qc if f.file == t.shown_name])
                for t in result.tubes]
     return Product(product_id, results, result.phenotype, list(result.qc))

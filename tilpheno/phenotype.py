@@ -119,6 +119,14 @@ class TubeResult:
     # threshold gates (tilpheno.gates.quadrants.sibling_range_pairs); filled when data is a subsample
     acquisition: Any = None                   # tilpheno.acquisition.AcquisitionQC of step 0 (None when off)
     compensation: Any = None                  # CompensationUsed: the matrix, its source, residual spillover
+    label: str = ""                           # the file as the product's flags name it (analyze_product)
+
+    @property
+    def shown_name(self) -> str:
+        """How tables, flags and the report name the file: its ``label``
+        (:func:`tilpheno.io.files.file_labels`: the file's name, or ``sub/X.fcs`` where two of the
+        product's files share a name), else its name."""
+        return self.label or Path(str(self.file)).name
 
 
 @dataclass
@@ -558,13 +566,6 @@ class _Source:
     handle: Any = None                        # loader's data (e.g. the manifest row, the FCSFile for the digest)
 
 
-def _distinct_names(sources: Sequence[_Source]) -> list[str]:
-    """Each source's file name, or its path as the manifest gives it where two share a name (the
-    same file name in two folders)."""
-    names = [Path(str(s.handle["row"].file)).name for s in sources]
-    return [n if names.count(n) == 1 else str(s.handle["row"].file) for n, s in zip(names, sources)]
-
-
 def _duplicate_controls(product_id: str, tube_kind: str, gated: Sequence[_Source], vocabulary) -> list[QCFlag]:
     """A ``duplicate_control`` flag (review) for each marker with more than one gated FMO file in
     a tube kind (the same FMO in two folders, a re-acquired control, another product's): its
@@ -577,7 +578,7 @@ def _duplicate_controls(product_id: str, tube_kind: str, gated: Sequence[_Source
     flags = []
     for marker, group in by_marker.items():
         if len(group) > 1:
-            shown = _distinct_names(group)
+            shown = [src.handle["name"] for src in group]
             flags.append(QCFlag(product_id, "", "duplicate_control", "warning",
                                 f"{len(group)} {tube_kind} FMO files for {marker} ({', '.join(shown)}); its thresholds "
                                 f"come from the last, {shown[-1]}: check that each belongs to this product (a "
@@ -1135,6 +1136,7 @@ def analyze_product(
     panel_override=None,
     plot_events: int | None = None,
     study: Study | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> ProductResult:
     """Gate every file of one product and compute its phenotype (module docstring).
 
@@ -1145,6 +1147,9 @@ def analyze_product(
     ``panel_override``: passed to ``tilpheno.panel.panel_from_fcs``.
     ``study``: the variables every phenotype carries, the doses, QC rules and marker vocabulary
     (default: the bundled TIL study).
+    ``labels``: file -> how its flags, tables and report name it (default
+    :func:`tilpheno.io.files.file_labels` of ``manifest_rows``; the pipeline gives those of every
+    file of the product, also the unreadable ones it dropped, so that all its flags agree).
     ``plot_events``: None keeps every file's arrays and each TubeResult's ``data``/``masks`` over
     all events. A number bounds memory (the pipeline): files are gated one at a time (a file's
     arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
@@ -1167,7 +1172,7 @@ def analyze_product(
     stained_summaries: dict[str, _StainedSummary] = {}
 
     rows = manifest_rows.sort_values(["tube", "role", "file"], kind="stable")
-    labels = file_labels(rows["file"])
+    labels = dict(labels) if labels is not None else file_labels(rows["file"])
     # the product's unstained control (not a compensation set's, which may be beads)
     unstained_rows = rows[(rows["role"] == "unstained") & (rows["tube"] != "compensation")]
     unstained_flags: list[QCFlag] = []
@@ -1304,7 +1309,7 @@ def analyze_product(
                              f"no usable {tube_kind} stained file: {tube_kind} variables are NaN"))
         for i in sorted(made):
             result = made[i]
-            name = sources[i].handle["name"]
+            name = result.label = sources[i].handle["name"]
             qc.extend(step_flags(product_id, name, result))
             qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message) for f in run.ordered_flags(i))
             tubes_out.append(result)
@@ -1314,7 +1319,7 @@ def analyze_product(
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
         if len(stained_read) > 1:
-            shown = _distinct_names(stained_read)
+            shown = [src.handle["name"] for src in stained_read]
             used = (next(n for n, src in zip(shown, stained_read) if src is sources[first]) if first is not None
                     else "none (no stained file was gated)")
             qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",

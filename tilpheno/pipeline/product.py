@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from tilpheno.errors import FCSReadError, TableError, TilphenoError
 from tilpheno.qc import review_status
-from tilpheno.io.files import display_name
+from tilpheno.io.files import display_name, file_labels
 from tilpheno.pipeline.jobs import ProductJob, ProductOutcome, job_strategies, product_slug
 from tilpheno.pipeline.release import release_decision
 from tilpheno.provenance import FileDigest
@@ -53,17 +53,16 @@ def _isnan(v) -> bool:
         return False
 
 
-def _read_metadata(rows, product_id: str):
-    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests).
+def _read_metadata(rows, product_id: str, labels: dict[str, str]):
+    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests);
+    ``labels``: file -> its name in flags (:func:`tilpheno.io.files.file_labels` of the product's rows).
 
     A row whose ``problem`` cell (``scan_folder``'s, ``read_manifest(keep_missing=True)``'s) is
     filled is not read: it is flagged ``unreadable_file`` with that problem (a link out of the
     folder, a file the manifest names that does not exist), as a file the reader refuses is."""
     from tilpheno.io.fcs import read_fcs_metadata
-    from tilpheno.io.files import file_labels
 
     meta, flags, digests, keep = {}, [], [], []
-    labels = file_labels(rows["file"])
     problems = rows["problem"].tolist() if "problem" in rows.columns else [""] * len(rows)
     for i, (file, problem) in enumerate(zip(rows["file"].tolist(), problems)):
         if not problem:
@@ -108,13 +107,14 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
     every QC flag of the product; ``rows`` (its manifest rows) lets the message name the dropped
     files of each tube kind.
     """
-    tube_of = {}
+    tube_of = {}   # a file as flags name it (file_labels) -> its tube kind
     if rows is not None:
-        tube_of = {Path(str(f)).name: str(t) for f, t in zip(rows["file"], rows["tube"])}
+        labels = file_labels(rows["file"])
+        tube_of = {labels[str(f)]: str(t) for f, t in zip(rows["file"], rows["tube"])}
     used: dict[str, str] = {}   # tube kind -> the stained file whose counts give the variables
     for tube in tubes:
         if tube.role == "stain":
-            used.setdefault(str(tube.tube), Path(str(tube.file)).name)
+            used.setdefault(str(tube.tube), tube.shown_name)
     reasons = []
     for strategy in strategies:
         kind = str(strategy.tube)
@@ -149,7 +149,9 @@ def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFl
 
 
 def _analyze(job: ProductJob, rows):
-    """Gate the product (``analyze_product`` flags and drops files it cannot read; it does not raise for them)."""
+    """Gate the product's readable ``rows`` (``analyze_product`` flags and drops files it cannot
+    read; it does not raise for them), its files named as among all the product's files
+    (:func:`tilpheno.io.files.file_labels`), as :func:`_read_metadata` names those it dropped."""
     from tilpheno.phenotype import PLOT_EVENTS, analyze_product
 
     # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
@@ -161,7 +163,7 @@ def _analyze(job: ProductJob, rows):
         job.product_id, rows, list(job_strategies(job)),
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
         spillover_override=choice.spillover if choice is not None else None,
-        study=job.options.study, panel_override=job.options.panel,
+        study=job.options.study, panel_override=job.options.panel, labels=file_labels(job.rows["file"]),
     )
 
 
@@ -190,7 +192,7 @@ def _populations_long(product_id: str, tubes) -> object:
     frames = []
     for t in tubes:
         pops = t.populations.copy()
-        head = {"product_id": product_id, "file": display_name(Path(t.file).name), "tube": t.tube, "role": t.role,
+        head = {"product_id": product_id, "file": display_name(t.shown_name), "tube": t.tube, "role": t.role,
                 "fmo_marker": t.fmo_marker or ""}
         for i, (k, v) in enumerate(head.items()):
             pops.insert(i, k, v)
@@ -234,7 +236,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     digests: list[FileDigest] = []
     result, meta, error, crash = None, {}, "", ""
     try:
-        rows, meta, flags, digests = _read_metadata(job.rows, pid)
+        labels = file_labels(job.rows["file"])
+        rows, meta, flags, digests = _read_metadata(job.rows, pid, labels)
         if not (rows["role"] == "stain").any():
             raise TableError(no_stained_tube(pid, job.rows))
         flags += ungated_tube_flags(pid, job.rows, job_strategies(job))

@@ -222,7 +222,7 @@ def gate_figure(tube, population: str, parent, gate, method: str, detectors: Map
                                  gate=gate, population=population, pct_of_parent=pct, title=title, alt=alt,
                                  colours=colours)
     return Figure(f"{title_prefix}: {title}" if title_prefix else title, svg, alt, population=population,
-                  file=Path(str(tube.file)).name)
+                  file=tube.shown_name)
 
 
 def population_figure(tube, population: str, detectors: Mapping[str, str], strategy=None) -> Figure:
@@ -297,11 +297,10 @@ def quadrant_figures(tube, detectors: Mapping[str, str], title_prefix: str, stra
 
 def _fmo_pairs(result):
     """(stained tube, threshold row, FMO tube or None) for every threshold of every stained tube."""
-    by_name = {Path(str(t.file)).name: t for t in result.tubes}
+    by_file = {str(t.file): t for t in result.tubes}   # two FMO files of one name: each its own
     for stain in (t for t in result.tubes if t.role == "stain"):
         for row in stain.thresholds.itertuples(index=False):
-            source = Path(str(getattr(row, "source_file", "") or "")).name
-            fmo = by_name.get(source)
+            fmo = by_file.get(str(getattr(row, "source_file", "") or ""))
             yield stain, row, (fmo if fmo is not stain else None)
 
 
@@ -349,7 +348,7 @@ def fmo_figures(result, percentile: float, strategies=(),
         thr = float(row.value_transformed)
         pct_s, pct_f = _pct_positive(stain, fmo, row, s_vals, f_vals, thr)
         pctl = float(getattr(row, "percentile", percentile))
-        source = Path(str(fmo.file)).name
+        source = fmo.shown_name
         alt = (f"{marker} FMO vs stained histogram; threshold {thr:.3f} from {source}; "
                f"stained {pct_s:.1f}% positive, FMO {pct_f:.1f}%")
         svg = plots.fmo_overlay_plot(
@@ -359,7 +358,7 @@ def fmo_figures(result, percentile: float, strategies=(),
             colours=colours,
         )
         figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt,
-                              population=str(row.population), file=Path(str(stain.file)).name))
+                              population=str(row.population), file=stain.shown_name))
     return figures
 
 
@@ -397,7 +396,7 @@ def fmo_table(result, fmo_percentile: float) -> Table:
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
         rows.append((
-            population, str(row.marker), parent, Path(str(fmo.file)).name if fmo is not None else "—",
+            population, str(row.marker), parent, fmo.shown_name if fmo is not None else "—",
             fmt(control_n, 0) if control_n is not None else "—",
             fmt(control_pct) if control_pct is not None else "—",
             fmt(_pop_value(stain, population, "pct_of_parent")),
@@ -494,7 +493,7 @@ def gating_sections(ctx: ReportContext) -> list[Section]:
     """Per stained tube: the gating hierarchy as plots, then its subset table."""
     sections = []
     for t in _stained(ctx):
-        name = Path(str(t.file)).name
+        name = t.shown_name
         figures = with_review_flags(gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes,
                                                  _colours(ctx)), getattr(ctx.outcome, "qc", ()))
         shown = _without_empty(t.populations, ("pct_of_live_lymph",))   # a strategy without a lymphocyte gate
@@ -540,7 +539,7 @@ def files_section(ctx: ReportContext) -> Section | None:
         return None
     tubes = sorted(ctx.result.tubes, key=lambda t: (t.role != "stain", str(t.tube), str(t.role), str(t.file)))
     files = Table("files", FILE_COLUMNS, tuple(
-        (Path(str(t.file)).name, str(t.tube), str(t.role) + (f" ({t.fmo_marker})" if t.fmo_marker else ""),
+        (t.shown_name, str(t.tube), str(t.role) + (f" ({t.fmo_marker})" if t.fmo_marker else ""),
          str(t.n_events), str(t.sha256)) for t in tubes))
     tables = [files]
     which = "" if ctx.options.include_identifiers else " (allow-list; identifiers hidden)"
@@ -549,7 +548,7 @@ def files_section(ctx: ReportContext) -> Section | None:
         keywords = _keywords(meta, ctx.options.include_identifiers) if meta is not None else []
         if keywords:
             tables.append(Table(f"keywords-{t.tube}", ("keyword", "value"), tuple(keywords),
-                                f"FCS keywords of {Path(str(t.file)).name}{which}"))
+                                f"FCS keywords of {t.shown_name}{which}"))
     return Section("files", "Files", "Inputs as read; SHA-256 of each file's bytes.", (), tuple(tables))
 
 
@@ -587,7 +586,7 @@ def variable_review(flags, result, strategies) -> dict[str, list[str]]:
     stained: dict[str, str] = {}
     for t in sorted(getattr(result, "tubes", ()), key=lambda t: str(t.file)):
         if t.role == "stain":
-            stained.setdefault(t.tube, Path(t.file).name)
+            stained.setdefault(t.tube, t.shown_name)
     out: dict[str, list[str]] = {}
     for strategy in (s for s in strategies if s.tube in stained):
         file = stained[strategy.tube]

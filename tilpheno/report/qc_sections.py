@@ -10,7 +10,6 @@ residual slope of the target's negatives written on each), and the residual-spil
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 PAIRS = 6
 METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition order, before compensation; "
@@ -43,7 +42,7 @@ def acquisition_section(ctx):
         if qc is None:
             continue
         s = qc.summary()
-        rows.append((Path(str(t.file)).name, f"{t.tube} {t.role}" + (f" {t.fmo_marker}" if t.fmo_marker else ""),
+        rows.append((t.shown_name, f"{t.tube} {t.role}" + (f" {t.fmo_marker}" if t.fmo_marker else ""),
                      s["mode"], s["time_channel"] or "none", str(s["n_events"]), f"{s['anomalous_pct']:.2f}",
                      str(s["n_removed"]), s["drift_channels"], s["flags"]))
         settings.setdefault(t.tube, qc.settings.to_dict())
@@ -52,7 +51,7 @@ def acquisition_section(ctx):
             channels = [c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns] + list(t.detectors.values())
             figures.append(Figure(f"{t.tube} stained tube: flow rate and channel medians over time",
                                   acquisition_plot(qc, channels, labels, title=f"{t.tube} stained tube"),
-                                  f"{Path(str(t.file)).name}: {qc.removed_pct:.1f}% of events in anomalous stretches",
+                                  f"{t.shown_name}: {qc.removed_pct:.1f}% of events in anomalous stretches",
                                   wide=True))
     if not rows:
         return None
@@ -73,7 +72,7 @@ def compensation_sections(ctx):
         used = getattr(t, "compensation", None)
         if used is None:
             continue
-        name = Path(str(t.file)).name
+        name = t.shown_name
         intro = (f"{name}: matrix used: {used.source}. Convention: compensated = raw x inverse(S), "
                  "S[fluorochrome, detector]. ")
         spill, figures, tables = used.spillover, [], []
