@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from tilpheno.pipeline import product
-from tilpheno.cli import app
+from tilpheno.cli import app, configure_logging
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
 
@@ -80,3 +81,24 @@ def test_a_log_file_inside_out(tmp_path):
     assert log.read_text().count("product TIL001: done") == 2
     record = json.loads((out / "run.json").read_text())
     assert record["output_folder"]["kept_other_entries"] == ["run.log"] and "run.log" not in record["outputs"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux), a file whose writes fail: disk full")
+def test_a_log_on_a_full_disk_is_one_line_not_tracebacks(tmp_path):
+    """--log on a full disk: every record printed logging's '--- Logging error ---' traceback on
+    stderr (the run itself went on) -> one line saying the run log is incomplete, and why; the run's
+    own result unchanged (exit 0, outputs written); closing that log (the next command's
+    configure_logging) raised OSError."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in SAMPLE.glob("TIL001_*.fcs"):
+        shutil.copy(f, folder / f.name)
+    result = CliRunner().invoke(app, ["--log", "/dev/full", "process", str(folder), "-o", str(tmp_path / "out"),
+                                      "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "Logging error" not in result.output
+    said = [line for line in result.output.splitlines() if "/dev/full" in line]
+    assert said == ["warning: --log /dev/full: the run log could not be written (/dev/full: No space left on device "
+                    "(disk full)); it is incomplete"]
+    assert (tmp_path / "out" / "run.json").is_file()
+    configure_logging()   # the next command's logging (the full log's handler closed): no error either

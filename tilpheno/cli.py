@@ -5,6 +5,8 @@ Errors from bad input (``TilphenoError``) are printed as one line and exit with 
 """
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Callable, List, NoReturn, Optional
 
@@ -73,12 +75,42 @@ def _root(
     configure_logging(verbose=verbose, log_file=log)
 
 
+class RunLogHandler(logging.FileHandler):
+    """The ``--log FILE`` handler. A record it cannot write (disk full, a file system gone read-only)
+    is said once, in one line on stderr, that the run log is incomplete; logging's default prints a
+    ``--- Logging error ---`` traceback for every such record, and closing the handler (the next
+    ``configure_logging``, the end of the command) raised the buffered write's error. The command goes on."""
+
+    failed = False
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.handleError(logging.makeLogRecord({}))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:   # the file's own buffer, written as it closes
+            self.handleError(logging.makeLogRecord({}))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        from tilpheno.io.outdir import describe_os_error
+
+        exc = sys.exc_info()[1]
+        why = describe_os_error(exc, self.baseFilename) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        typer.secho(f"warning: --log {self.baseFilename}: the run log could not be written ({why}); it is incomplete",
+                    fg=typer.colors.YELLOW, err=True)
+
+
 def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None) -> None:
     """The ``tilpheno`` logger: warnings (``--verbose``: info) to stderr, everything to ``--log FILE``.
 
     Library modules only log (``logging.getLogger(__name__)``); handlers are the CLI's business."""
-    import logging
-
     logger = logging.getLogger("tilpheno")
     for handler in list(logger.handlers):
         if getattr(handler, "_tilpheno_cli", False):
@@ -93,7 +125,7 @@ def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None)
     if log_file is not None:
         try:   # its folder is created: `--log OUT/run.log process -o OUT` logs into the OUT the run creates
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+            file_handler = RunLogHandler(log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             _fail(exc)
         file_handler.setLevel(logging.DEBUG)
@@ -350,7 +382,6 @@ def process(
     Exit status: 0 every product done, 1 some product failed (the others' outputs are complete),
     2 the run could not start or finish (no FCS files, bad options, OUT in use or not writable).
     """
-    import sys
 
     from tilpheno.errors import TilphenoError
 
@@ -422,7 +453,6 @@ def report(
     Gating is taken from OUT/.cache when the inputs are unchanged; a product without a stored
     report is gated again and drawn. Other products keep the reports they have.
     """
-    import sys
 
     from tilpheno.errors import TilphenoError
     from tilpheno.pipeline import rerun_arguments
