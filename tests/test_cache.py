@@ -306,3 +306,33 @@ def test_a_rewritten_compensation_control_is_not_reused_with_its_old_digest(smal
     assert _cache_record(out)["processed"] == ["TIL001"]
     recorded = {i["path"]: i["sha256"] for i in json.loads((out / "run.json").read_text())["inputs"]}
     assert recorded[str(control)] == sha256_file(control)
+
+
+def test_digests_are_recorded_as_of_each_products_own_start(small_cohort, tmp_path, monkeypatch):
+    """Files copied just before a run: each product's digests count as settled once its own job
+    started RACY_SECONDS after the copy (as the later products of a long run do), so the next run
+    hashes none of them again (it hashed all: the run's start was the reference); a file touched
+    after the run is still hashed again, and the outputs are those of the first run."""
+    import types
+
+    import tilpheno.pipeline.executors as executors
+
+    folder = tmp_path / "fcs"
+    shutil.copytree(small_cohort.out_dir, folder)   # ctime: now
+    out = tmp_path / "out"
+    real = time.time_ns
+    # the workers' clock: their jobs start 10 s from now (the run's own clock is untouched)
+    monkeypatch.setattr(executors, "time", types.SimpleNamespace(time_ns=lambda: real() + 10**10))
+    assert process_folder(folder, out, manifest_csv=folder / "manifest.csv").ok
+    monkeypatch.undo()
+    first = _outputs(out)
+    assert process_folder(folder, out, manifest_csv=folder / "manifest.csv", overwrite=True).ok
+    record = _cache_record(out)
+    assert (record["inputs_hashed"], record["inputs_digest_reused"]) == (0, 27)
+    assert len(record["reused"]) == 3 and _outputs(out) == first
+    touched = sorted(folder.glob("*.fcs"))[0]
+    os.utime(touched)
+    assert process_folder(folder, out, manifest_csv=folder / "manifest.csv", overwrite=True).ok
+    record = _cache_record(out)
+    assert (record["inputs_hashed"], record["inputs_digest_reused"]) == (1, 26)
+    assert len(record["reused"]) == 3 and _outputs(out) == first

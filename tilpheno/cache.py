@@ -28,7 +28,9 @@ stat identity (device, inode, size, mtime and ctime in ns) and its digest. A fil
 is unchanged reuses the recorded digest, but only when its mtime and ctime lie at least
 ``RACY_SECONDS`` before the moment the digest was recorded (a file rewritten within one
 timestamp tick of being hashed cannot be told apart by stat, so it is hashed again: git's
-"racily clean" rule). The ctime cannot be set by user programs, so a rewrite that restores size
+"racily clean" rule). A digest a product's job took is recorded as of that job's start on this
+machine (``ProductOutcome.started_ns``; Dask: the dispatch), so files copied just before a run
+count as settled for every product that started ``RACY_SECONDS`` after them. The ctime cannot be set by user programs, so a rewrite that restores size
 and mtime is still seen. ``verify=True`` hashes every file regardless.
 
 Not cached: a product whose worker died or hit an internal error (the cause may be the machine,

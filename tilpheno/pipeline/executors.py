@@ -9,6 +9,7 @@ in). A worker that dies fails only its own product; a Dask scheduler lost mid-ru
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Iterator, Sequence
 
 from tilpheno.errors import TableError, TilphenoError
@@ -21,10 +22,16 @@ EXECUTORS = ("local", "dask")
 def run_product(job: ProductJob) -> ProductOutcome:
     """What a worker runs: :func:`tilpheno.pipeline.product.process_product`, imported here, in
     the worker (already there when its libraries were preloaded), so the dispatching process, which
-    pickles this function by reference, never imports the gating and report libraries."""
+    pickles this function by reference, never imports the gating and report libraries.
+
+    The outcome's ``started_ns`` is the worker's wall clock (ns since the epoch) before the job read
+    any file: the cache records the digests the job took as of that moment."""
     from tilpheno.pipeline.product import process_product
 
-    return process_product(job)
+    started_ns = time.time_ns()
+    outcome = process_product(job)
+    outcome.started_ns = started_ns
+    return outcome
 
 
 def _crashed(job: ProductJob, reason: str) -> ProductOutcome:

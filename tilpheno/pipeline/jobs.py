@@ -94,6 +94,7 @@ class ProductOutcome:
     traceback: str = ""   # a crash (a bug, not bad input): the worker's traceback, logged by the parent
     crashed: bool = False  # built in the parent for a job whose worker never returned it (died, failed, lost)
     has_report: bool | None = None  # a report was published for it (None: as ``ProcessOptions.make_reports``)
+    started_ns: int = 0   # the worker's wall clock (ns) before the job read its files; 0: not run (not in the record)
 
 
 def strategy_sources(strategies: Sequence) -> tuple[StrategySource, ...]:

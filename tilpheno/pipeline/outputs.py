@@ -219,8 +219,9 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
         key = job_key(job, fresh)
         if key is not None:
             keys[fresh.product_id] = key
+            read_from_ns = _read_from_ns(fresh, executor, dispatched_ns)
             for d in fresh.files:  # identities for the next run's stat pre-check, as of before the reads
-                digests.record(d.path, d.sha256, dispatched_ns)
+                digests.record(d.path, d.sha256, read_from_ns)
         else:
             key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
         entry = store.store(key, outcome_record(fresh), fresh.populations, fresh.report_html)
@@ -250,6 +251,15 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     digests.save()
     store.prune(keys.values())
     return outcomes
+
+
+def _read_from_ns(outcome: ProductOutcome, executor: str, dispatched_ns: int) -> int:
+    """A moment (wall clock, ns) before the job of ``outcome`` read its files: its worker's own start
+    (``started_ns``) when the worker ran on this machine (``local``: this process or a forked one,
+    one clock), so that a product started long after the run (the tenth of a serial run) records
+    its files as settled; else (Dask, whose workers may run on other machines and clocks) the
+    moment the jobs were dispatched, read in this process."""
+    return outcome.started_ns if executor == "local" and outcome.started_ns else dispatched_ns
 
 
 def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
