@@ -336,3 +336,26 @@ def test_digests_are_recorded_as_of_each_products_own_start(small_cohort, tmp_pa
     record = _cache_record(out)
     assert (record["inputs_hashed"], record["inputs_digest_reused"]) == (1, 26)
     assert len(record["reused"]) == 3 and _outputs(out) == first
+
+
+def test_importing_the_pipeline_reads_no_study_and_versions_are_looked_up_once(monkeypatch):
+    """Issue 18, a re-run's fixed cost: importing ``tilpheno.pipeline.run`` loaded the bundled
+    study (its YAML files, through a default ``ProcessOptions()`` argument) that a run with a
+    study of its own then loaded again; and every run looked each dependency's version up twice
+    (run record, cache key), each a scan of the installed distributions."""
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from tilpheno import provenance
+
+    script = ("import tilpheno.pipeline.run\nfrom tilpheno.study import default_study\n"
+              "print('STUDIES', default_study.cache_info().misses)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert "STUDIES 0" in run.stdout, run.stdout + run.stderr
+    first = provenance.dependency_versions()
+    calls = []
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: calls.append(name) or real(name))
+    assert provenance.dependency_versions() == first and calls == []

@@ -14,6 +14,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -55,14 +56,19 @@ def utc_now() -> str:
 
 
 def dependency_versions(names: Iterable[str] = DEPENDENCIES) -> dict[str, str]:
-    """Installed distribution versions (``"not installed"`` for absent optional ones)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    """Installed distribution versions (``"not installed"`` for absent optional ones), each looked
+    up once per process (the run record and the cache key both list them)."""
+    return {name: _installed_version(name) for name in names}
+
+
+@lru_cache(maxsize=None)
+def _installed_version(name: str) -> str:
+    """``importlib.metadata``'s version of the distribution ``name`` (a scan of ``sys.path``), or
+    ``"not installed"``."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 UNREADABLE = "unreadable"

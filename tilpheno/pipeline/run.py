@@ -59,7 +59,7 @@ def run_process(
     out_dir: str | Path,
     strategies: Sequence,
     record: RunRecord,
-    options: ProcessOptions = ProcessOptions(),
+    options: ProcessOptions | None = None,
     *,
     executor: str = "local",
     n_jobs: int = 1,
@@ -102,6 +102,7 @@ def run_process(
 
     if manifest is None or len(manifest) == 0:
         raise NoInputError("no FCS files to process (empty manifest)")
+    options = ProcessOptions() if options is None else options   # not a default argument: it loads the bundled study
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     reports = reports or ("now" if options.make_reports else "none")
