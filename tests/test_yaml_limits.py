@@ -107,3 +107,67 @@ def test_study_vocabulary_and_panel_files_have_the_same_limits(tmp_path):
     big.write_text("study: x\n# " + "x" * (1 << 20) + "\n")
     with pytest.raises(StudyError, match="larger than"):
         load_study(big)
+
+
+BROKEN = {   # YAML that PyYAML refuses, each for another reason
+    "duplicate key": "strategy: a\ntube: surface\nstrategy: b\n",
+    "unclosed quote": "strategy: 'a\ntube: surface\n",
+    "bad indentation": "strategy: a\n  tube: surface\n - x\n",
+    "tab": "strategy:\n\t- a\n",
+    "mapping in a scalar": "strategy: a: b\n",
+    "alias bomb": BOMB + "\nstrategy: *a8\n",
+    "unknown key (valid YAML, line 3)": "strategy: a\ntube: surface\n\nbogus: 1\n",
+    "bad population (valid YAML)": SURFACE.read_text(encoding="utf-8").replace("    parent: cells", "    parent: nowhere", 1),
+}
+
+
+def _texts() -> dict[str, str]:
+    bundled = {p.name: p.read_text(encoding="utf-8") for p in sorted(SURFACE.parents[1].rglob("*.yaml"))}
+    return {**bundled, **BROKEN}
+
+
+def _loaded(load, text: str):
+    try:
+        return "ok", load(text)
+    except (StrategyError, yaml.YAMLError, YAMLLimitError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.skipif(getattr(yaml, "CSafeLoader", None) is None, reason="PyYAML built without libyaml")
+def test_libyaml_reads_the_configuration_with_pure_pyyamls_values_and_errors(monkeypatch):
+    """Issue 18, start-up: every run reads the study, its release spec, vocabulary and strategies;
+    PyYAML's pure-Python parser took 30 ms of it, libyaml's takes 3. The values must be the same,
+    and so must every error (message and line: a failed fast read is read again by the pure-Python
+    parser, whose error is the one shown): compared here with a run on the pure-Python parser alone."""
+    import tilpheno.io.yamlsafe as yamlsafe
+
+    texts = _texts()
+    fast = {name: (_loaded(safe_load, t), _loaded(lambda s: parse_strategy(s, "x.yaml"), t)) for name, t in texts.items()}
+    # the pure parser alone: what tilpheno read before, and reads where PyYAML has no libyaml
+    composed = []
+    real = yaml.SafeLoader.get_single_node
+    monkeypatch.setattr(yaml.SafeLoader, "get_single_node", lambda self: composed.append(1) or real(self))
+    monkeypatch.setattr(yamlsafe, "FAST_LOADER", None)
+    monkeypatch.setattr(yamlsafe.load_text, "__defaults__", (yaml.SafeLoader, None, None))
+    import tilpheno.gates.strategy as strategy
+
+    monkeypatch.setattr(strategy, "_FastLoader", strategy._Loader)
+    pure = {name: (_loaded(safe_load, t), _loaded(lambda s: parse_strategy(s, "x.yaml"), t)) for name, t in texts.items()}
+    assert composed, "the pure-Python parser was not used"
+    assert fast == pure
+    assert fast["study.yaml"][0][0] == "ok" and fast["til_surface.yaml"][1][0] == "ok"
+    assert all(f[1][0] != "ok" for name, f in fast.items() if name in BROKEN), fast
+    assert ":4:" in fast["unknown key (valid YAML, line 3)"][1][1]
+
+
+@pytest.mark.skipif(getattr(yaml, "CSafeLoader", None) is None, reason="PyYAML built without libyaml")
+def test_a_valid_configuration_is_not_parsed_by_pure_python(monkeypatch):
+    """The bundled study and strategies load without PyYAML's pure-Python parser (libyaml's instead)."""
+    from tilpheno.study import load_study
+
+    composed = []
+    real = yaml.SafeLoader.get_single_node
+    monkeypatch.setattr(yaml.SafeLoader, "get_single_node", lambda self: composed.append(1) or real(self))
+    study = load_study("til")
+    strategies = [load_strategy(p) for p in study.strategy_paths]
+    assert composed == [] and len(strategies) == 2 and study.variables

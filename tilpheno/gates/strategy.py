@@ -74,7 +74,7 @@ import yaml
 from tilpheno.acquisition import AcquisitionSettings
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
-from tilpheno.io.yamlsafe import MAX_YAML_BYTES, YAMLLimitError, load_document, read_yaml_bytes, scalar_text
+from tilpheno.io.yamlsafe import FAST_LOADER, MAX_YAML_BYTES, YAMLLimitError, load_text, read_yaml_bytes, scalar_text
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
 
 ROOT = "root"
@@ -370,6 +370,10 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+class _FastLoader(FAST_LOADER or yaml.SafeLoader):  # type: ignore[misc]
+    """libyaml's parser (when PyYAML has it) with :class:`_Loader`'s constructors (``yamlsafe.load_text``)."""
+
+
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
     loader.flatten_mapping(node)
     out = _LineDict()
@@ -383,6 +387,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_FastLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _line(mapping: Any, key: str | None = None) -> int:
@@ -544,10 +549,8 @@ def parse_strategy(text: str, path: str = "<strategy>", *, lines: bool = True) -
     ctx = _Context(path, lines)
     if len(text) > MAX_YAML_BYTES:
         raise ctx.error(0, "file", f"larger than {MAX_YAML_BYTES} bytes; a strategy is a few kB")
-    loader = _Loader(text)
-    loader.name = path
     try:
-        doc = load_document(loader)   # alias expansion bounded (tilpheno.io.yamlsafe)
+        doc = load_text(text, _Loader, _FastLoader, path)   # limits and duplicate keys: tilpheno.io.yamlsafe
     except YAMLLimitError as exc:
         raise ctx.error(0, "YAML", str(exc)) from None
     except yaml.MarkedYAMLError as exc:
@@ -555,8 +558,6 @@ def parse_strategy(text: str, path: str = "<strategy>", *, lines: bool = True) -
         raise ctx.error(mark.line + 1 if mark else 0, "YAML", str(exc.problem or exc)) from None
     except yaml.YAMLError as exc:
         raise ctx.error(0, "YAML", str(exc)) from None
-    finally:
-        loader.dispose()
     if not isinstance(doc, dict):
         raise ctx.error(0, "top level", "the file must be a YAML mapping with strategy, tube, markers, populations")
     unknown = sorted(set(doc) - _TOP_KEYS)
