@@ -33,6 +33,14 @@ machine (``ProductOutcome.started_ns``; Dask: the dispatch), so files copied jus
 count as settled for every product that started ``RACY_SECONDS`` after them. The ctime cannot be set by user programs, so a rewrite that restores size
 and mtime is still seen. ``verify=True`` hashes every file regardless.
 
+Manifest rows (:class:`ScanIndex`): a run without a manifest scans its folder, reading every file's
+HEADER and TEXT (about 1 ms a file). ``OUT/.cache/scan.json`` keeps the row ``scan_folder`` inferred
+for each file, with the file's stat identity and the scan's context (the folder, the study and panel
+the names were read with; the whole index is dropped when tilpheno's source changed). A row is
+re-used only for a file whose identity is unchanged and settled (the rule above: a file changed
+in place, touched, or replaced by another file, even of the same size and mtime, is read again)
+and that scan's context is the same; a file that could not be read is always read again.
+
 Not cached: a product whose worker died or hit an internal error (the cause may be the machine,
 not the data), and a product any of whose files could not be hashed or changed while it was
 processed (its digests then differ from the key's).
@@ -210,6 +218,18 @@ def sha256_regular_file(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[
     return (h.hexdigest(), identity) if FileIdentity.of(after) == identity else None
 
 
+def _settled(rec: Mapping, identity: FileIdentity) -> bool:
+    """Whether a record made when the file had the identity in ``rec`` (``recorded_ns``: a moment
+    before its bytes were read) still holds: the same identity now, and its mtime and ctime at
+    least ``RACY_SECONDS`` before that moment (the racily-clean rule, module docstring)."""
+    try:
+        same = all(rec[k] == v for k, v in asdict(identity).items())
+        margin = int(RACY_SECONDS * 1e9)
+        return same and max(identity.mtime_ns, identity.ctime_ns) + margin <= int(rec["recorded_ns"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 class InputDigests:
     """SHA-256 of input files, re-using the digest recorded for a file whose stat identity is unchanged.
 
@@ -252,13 +272,7 @@ class InputDigests:
 
     @staticmethod
     def _trusted(rec: Mapping, identity: FileIdentity) -> bool:
-        try:
-            same = all(rec[k] == v for k, v in asdict(identity).items())
-            margin = int(RACY_SECONDS * 1e9)
-            settled = max(identity.mtime_ns, identity.ctime_ns) + margin <= int(rec["recorded_ns"])
-            return same and settled and isinstance(rec["sha256"], str) and len(rec["sha256"]) == 64
-        except (KeyError, TypeError, ValueError):
-            return False
+        return _settled(rec, identity) and _is_digest(rec.get("sha256"))
 
     def record(self, path: str, digest: str, recorded_ns: int) -> None:
         """Record ``digest`` for ``path`` (taken by a job that read the file after ``recorded_ns``)
@@ -281,6 +295,58 @@ class InputDigests:
         from tilpheno.io import atomic
 
         atomic.write_text(self.index_path, json.dumps(self._seen, sort_keys=True, indent=0) + "\n")
+
+
+class ScanIndex:
+    """The manifest rows a folder scan inferred, by file (``OUT/.cache/scan.json``; module docstring).
+
+    ``tilpheno.io.manifest.scan_folder(rows=...)`` asks :meth:`lookup` before it reads a file and
+    hands a new row to :meth:`remember`; :meth:`save` keeps the rows of this scan only. ``read=False``
+    (``--no-cache``): every file is read, the index is still written. ``reused`` and ``read`` count.
+    """
+
+    def __init__(self, path: Path | None, *, read: bool = True) -> None:
+        self.path = path
+        index = _load_json(path, "scan index") if path is not None and read and path.is_file() else None
+        valid = isinstance(index, dict) and index.get("format") == FORMAT and index.get("code") == code_digest()
+        files = index.get("files") if valid and isinstance(index, dict) else None
+        self.records: dict = files if isinstance(files, dict) else {}
+        self._seen: dict[str, dict] = {}
+        self.reused = self.read = 0
+
+    def lookup(self, file: str, context: str) -> tuple[dict | None, dict | None]:
+        """``(row, None)``: a copy of the row recorded for ``file`` in ``context`` (its identity
+        unchanged and settled); else ``(None, identity)``: read the file, then :meth:`remember` its
+        row with this identity (taken before the read; None when ``file`` is no regular file)."""
+        recorded_ns = time.time_ns()
+        try:
+            st = os.stat(file)
+        except OSError:
+            return None, None
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        identity = FileIdentity.of(st)
+        rec = self.records.get(file)
+        if (isinstance(rec, dict) and rec.get("context") == context and isinstance(rec.get("row"), dict)
+                and _settled(rec, identity)):
+            self._seen[file] = rec
+            self.reused += 1
+            return json.loads(json.dumps(rec["row"])), None
+        self.read += 1
+        return None, {**asdict(identity), "recorded_ns": recorded_ns}
+
+    def remember(self, file: str, context: str, identity: Mapping, row: Mapping) -> None:
+        """Keep ``row`` (JSON-able) for ``file``, read in ``context`` after ``identity`` was taken."""
+        self._seen[file] = {**identity, "context": context, "row": json.loads(json.dumps(dict(row)))}
+
+    def save(self) -> None:
+        """Write the rows of the files looked up in this run (atomically)."""
+        if self.path is None:
+            return
+        from tilpheno.io import atomic
+
+        index = {"format": FORMAT, "code": code_digest(), "files": self._seen}
+        atomic.write_text(self.path, json.dumps(index, sort_keys=True, ensure_ascii=True) + "\n")
 
 
 # --- the store ---------------------------------------------------------------------------------

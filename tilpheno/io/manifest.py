@@ -43,7 +43,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping, Protocol
 
 import pandas as pd
 
@@ -251,8 +251,26 @@ def _resolve_fmo_and_kind(rows: list[dict], study: Study) -> None:
             row["tube"] = study.tube_kind_of("", markers) or "unknown"
 
 
+class RowIndex(Protocol):
+    """Rows a scan inferred before, by file (``tilpheno.cache.ScanIndex``, kept in an output folder)."""
+
+    def lookup(self, file: str, context: str) -> tuple[dict | None, dict | None]:
+        """(a recorded row still valid for ``file``, None) or (None, the identity to remember a new row with)."""
+
+    def remember(self, file: str, context: str, identity: Mapping, row: Mapping) -> None:
+        """Keep ``row`` for ``file``."""
+
+
+def _scan_context(root: Path, study: Study, panel: PanelOverrides | None) -> str:
+    """What a row inferred from a file depends on besides the file: the scanned folder (a product
+    may be named after it), the study (tube kinds, vocabulary) and the panel rows, as one SHA-256."""
+    import hashlib
+
+    return hashlib.sha256("\0".join((str(root), repr(study), repr(panel))).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
-                panel: PanelOverrides | None = None) -> pd.DataFrame:
+                panel: PanelOverrides | None = None, rows: RowIndex | None = None) -> pd.DataFrame:
     """Infer the manifest of every FCS file under ``path`` (see the module docstring).
 
     ``study``: tube kinds and marker vocabulary (default: the bundled TIL study). ``panel``: a
@@ -264,43 +282,57 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
     A file that is a link resolving outside ``path`` is not read (``problem`` says so) unless
     ``allow_outside``. Folders that cannot be listed are in ``frame.attrs["unlistable"]`` as
     ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder.
+
+    ``rows``: the rows of an earlier scan (``process`` keeps them in ``OUT/.cache``): a file whose
+    row it holds for this folder, study and panel is not read again (``RowIndex.lookup``), and every
+    row read is handed to it (``RowIndex.remember``); the manifest is the same either way.
     """
-    return scan_files(path, allow_outside=allow_outside, study=study, panel=panel)[0]
+    return scan_files(path, allow_outside=allow_outside, study=study, panel=panel, rows=rows)[0]
 
 
 def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
-               panel: PanelOverrides | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
+               panel: PanelOverrides | None = None,
+               rows: RowIndex | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
     """:func:`scan_folder`'s manifest, and each readable file's HEADER/TEXT as it read them
     (``read_fcs_metadata``; by the row's ``file``), for a caller that needs more of the TEXT than
-    the manifest (``tilpheno new-study``: detectors, ``$PnR``) without reading the files again."""
+    the manifest (``tilpheno new-study``: detectors, ``$PnR``) without reading the files again
+    (without ``rows``: a file whose row came from ``rows`` was not read, so it has no entry)."""
     from tilpheno.io.fcs import read_fcs_metadata
 
     study = study or default_study()
     root = Path(path)
     if not root.is_dir():
         raise TableError(f"{root}: not a folder")
-    rows = []
+    context = _scan_context(root, study, panel) if rows is not None else ""
+    found = []
     metadata: dict[str, FCSFile] = {}
     unlistable: list[tuple[str, str]] = []
     for file in list_fcs_files(root, unlistable):
+        identity = None
         if not allow_outside and outside(file, root):
             fcs = None
             problem = (f"{display_name(str(file))}: links to a file outside {display_name(str(root))}; not read "
                        "(pass --allow-outside to accept it)")
         else:
+            known, identity = rows.lookup(str(file), context) if rows is not None else (None, None)
+            if known is not None:
+                found.append({**known, "_markers": set(known["_markers"])})
+                continue
             try:
                 fcs, problem = read_fcs_metadata(file, checksum=False), ""
             except FCSReadError as exc:
                 fcs, problem = None, display_name(str(exc))
         row = _infer_row(file, root, fcs, study, panel)
         row["problem"] = problem
-        rows.append(row)
+        found.append(row)
         if fcs is not None:
             metadata[row["file"]] = fcs
-    case_merged = _merge_case_variants(rows)
-    _resolve_fmo_and_kind(rows, study)
-    _qualify_specimens(rows)
-    frame = pd.DataFrame(rows, columns=[*COLUMNS, "problem"])
+            if rows is not None and identity is not None:   # an unreadable file is read again next time
+                rows.remember(str(file), context, identity, {**row, "_markers": sorted(row["_markers"])})
+    case_merged = _merge_case_variants(found)
+    _resolve_fmo_and_kind(found, study)
+    _qualify_specimens(found)
+    frame = pd.DataFrame(found, columns=[*COLUMNS, "problem"])
     if not frame.empty:
         order = frame["role"].map({r: i for i, r in enumerate(ROLES)})
         frame = frame.assign(_order=order).sort_values(["product_id", "tube", "_order", "file"], kind="stable")

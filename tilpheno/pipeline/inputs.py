@@ -26,19 +26,20 @@ def group_products(manifest) -> list[tuple[str, object]]:
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
                   study: Study | None = None, tubes: Iterable[str] | None = None,
-                  markers: Mapping[str, Iterable[str]] | None = None, panel=None):
+                  markers: Mapping[str, Iterable[str]] | None = None, panel=None, scan_rows=None):
     """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``;
     ``tubes``: the tube kinds it may name, default the study's; ``markers``: tube kind -> the
     markers its FMO rows may name),
     else ``scan_folder(folder)`` (``panel``: the run's panel file rows, labels of the files). ``file`` holds paths usable from the working directory. Files
     must lie under ``folder`` (after resolving links) unless ``allow_outside``. A file that cannot
     be used (scanned: unreadable; a manifest's: missing) keeps its row, its reason in ``problem``:
-    its product fails, the others are processed."""
+    its product fails, the others are processed. ``scan_rows``: the rows of an earlier scan
+    (``tilpheno.cache.ScanIndex``; ``scan_folder(rows=)``)."""
     from tilpheno.io.manifest import read_manifest, scan_folder
 
     folder = Path(folder)
     if manifest_csv is None:
-        return scan_folder(folder, allow_outside=allow_outside, study=study, panel=panel)
+        return scan_folder(folder, allow_outside=allow_outside, study=study, panel=panel, rows=scan_rows)
     frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study, tubes=tubes,
                           markers=markers, keep_missing=True)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]

@@ -72,11 +72,14 @@ def run_process(
     reports: str | None = None,
     report_products: Iterable[str] | None = None,
     compensations: Mapping | None = None,
+    scans=None,
 ) -> RunSummary:
     """Process every product of ``manifest`` into ``out_dir``; returns the summary.
 
     ``compensations``: product id -> ``tilpheno.spillover.CompensationChoice`` (from
     ``spillover.plan_compensation``); products not in it use their files' own ``$SPILLOVER``.
+    ``scans``: the ``tilpheno.cache.ScanIndex`` the manifest was scanned with, saved into
+    ``OUT/.cache`` once the folder is claimed.
 
     The run claims ``out_dir`` (:class:`tilpheno.io.outdir.OutputFolder`: lock, staging, publish;
     a folder holding anything is refused unless ``overwrite``, which replaces what the previous
@@ -124,6 +127,8 @@ def run_process(
                               scheduler=scheduler, on_outcome=on_outcome, folder=folder,
                               run_flags=run_flags, strategies=strategies, use_cache=use_cache, reports=reports,
                               report_products=report_products)
+            if scans is not None:
+                scans.save()
             folder.publish()
         except OSError as exc:
             raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
@@ -236,7 +241,7 @@ class RunInputs:
 def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = None,
                     study: str | Path | Study | None = None, strategy_paths: Sequence[str | Path] | None = None,
                     release_spec_path: str | Path | None = None, panel_path: str | Path | None = None,
-                    allow_outside: bool = False) -> RunInputs:
+                    allow_outside: bool = False, scan_rows=None) -> RunInputs:
     """The checks ``process`` makes on its inputs before gating, shared with ``new-study``'s check
     of its draft (:func:`tilpheno.scaffold.check_draft`), so that the two never differ: the study
     (a name, a path, a Study or None for the bundled one), the panel file, the strategies
@@ -245,7 +250,8 @@ def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = Non
     at least one FCS file, the release spec (``release_spec_path``, else the study's, else the
     default), and, with the study's own strategies, that every variable the study names is defined
     (:func:`check_study_names`). Raises ``TilphenoError`` (one line naming the file) at the first
-    problem; nothing is written."""
+    problem; nothing is written. ``scan_rows``: rows of an earlier scan of the folder
+    (``tilpheno.cache.ScanIndex``), used without a manifest."""
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.panel import read_panel_file
     from tilpheno.release import load_release_spec
@@ -260,7 +266,7 @@ def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = Non
     known = (*strategies, *(load_strategy(p) for p in study.strategy_paths)) if strategy_paths else strategies
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
                              tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known),
-                             panel=panel)
+                             panel=panel, scan_rows=scan_rows)
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
@@ -341,17 +347,21 @@ def process_folder(
         # first: the server's imports of the workers' libraries (the longest serial part of a
         # parallel run) overlap with this process's own imports, the manifest and the cache
         start_fork_server()
+    from tilpheno.cache import CACHE_DIR, ScanIndex
+
+    # without a manifest the folder is scanned: rows of files unchanged since the last run into OUT are re-used
+    scans = ScanIndex(Path(out_dir) / CACHE_DIR / "scan.json", read=use_cache) if manifest_csv is None else None
     plan = plan_run(folder, out_dir, manifest_csv=manifest_csv, outcomes_path=outcomes_path, strategy_paths=strategy_paths,
                     release_spec_path=release_spec_path, study=study, panel_path=panel_path,
                     fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
                     executor=executor, n_jobs=n_jobs, compensation_path=compensation_path, command_line=command_line,
                     overwrite=overwrite, allow_unmatched=allow_unmatched, allow_outside=allow_outside,
                     use_cache=use_cache, reports=reports, report_products=report_products, run_inputs=run_inputs,
-                    rerun_of=rerun_of)
+                    rerun_of=rerun_of, scan_rows=scans)
     return run_process(plan.manifest, out_dir, plan.strategies, plan.record, plan.options, executor=executor,
                        n_jobs=n_jobs, scheduler=scheduler, on_start=on_start, on_outcome=on_outcome, overwrite=overwrite,
                        run_flags=plan.run_flags, use_cache=use_cache, reports=reports, report_products=report_products,
-                       compensations=plan.compensations)
+                       compensations=plan.compensations, scans=scans)
 
 
 @dataclass(frozen=True)
@@ -374,13 +384,14 @@ def plan_run(folder: str | Path, out_dir: str | Path, *, manifest_csv=None, outc
              compensation_path=None, command_line=None, overwrite: bool = False, allow_unmatched: bool = False,
              allow_outside: bool = False, use_cache: bool = True, reports: str | None = None,
              report_products: Iterable[str] | None = None, run_inputs: Iterable[str] | None = None,
-             rerun_of: Mapping | None = None) -> RunPlan:
+             rerun_of: Mapping | None = None, scan_rows=None) -> RunPlan:
     """Everything :func:`process_folder` does before it gates (its arguments, paths already absolute):
     :func:`load_run_inputs`, the compensation plan, the check that no file joined a run drawn
     again (``run_inputs``), the outcomes' doses, the run record and the options. Raises
     ``TilphenoError`` at the first problem; nothing is written."""
     inputs = load_run_inputs(folder, manifest_csv=manifest_csv, study=study, strategy_paths=strategy_paths,
-                             release_spec_path=release_spec_path, panel_path=panel_path, allow_outside=allow_outside)
+                             release_spec_path=release_spec_path, panel_path=panel_path, allow_outside=allow_outside,
+                             scan_rows=scan_rows)
     study, paths, strategies, spec = inputs.study, inputs.strategy_paths, inputs.strategies, inputs.spec
     run_flags = list(inputs.run_flags)
     from tilpheno.spillover import plan_compensation
