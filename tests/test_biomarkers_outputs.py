@@ -293,3 +293,29 @@ def test_methods_state_the_smallest_group_of_a_candidate_cut():
     text = " ".join(methods_text(SimpleNamespace(settings=Settings(), cohort=cohort)))
     assert "at least 10% of patients in each group" not in text
     assert "at least max(1, floor(n minprop)) at or below the cut and n - floor(n maxprop) above it" in text
+
+
+@pytest.mark.parametrize("case", ["all_zero", "one_time", "no_events"])
+def test_degenerate_survival_is_one_recorded_warning_not_a_stderr_flood(tmp_path, case):
+    """PFS all 0 (matplotlib warned 'identical low and high xlims' once per KM figure, 21 lines of stderr for
+    10 markers), all at one time, or no events: the figures are drawn without a warning and results carry
+    one warning naming the endpoint's columns."""
+    import warnings
+
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    if case == "all_zero":
+        outcomes["pfs_months"] = 0.0
+    elif case == "one_time":
+        outcomes["pfs_months"] = 5.0
+    else:
+        outcomes["pfs_event"] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes, tmp_path,
+                             markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    said = [w for w in res.warnings if w.startswith("pfs (pfs_months, pfs_event): ")]
+    assert len(said) == 1, res.warnings
+    expected = {"all_zero": "every time is 0 (60 patients", "one_time": "every time is 5 (60 patients",
+                "no_events": "no events among 60 patients"}[case]
+    assert expected in said[0]
+    assert (tmp_path / "figures" / "km_pfs_all.svg").is_file()

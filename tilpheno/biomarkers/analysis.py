@@ -38,7 +38,7 @@ from .multiplicity import p_adjust
 from .responders import responders_table
 from .landmark import landmark_analysis, time_dependent_cox
 from .splines import fit_spline, spline_rows
-from .survival import KaplanMeier, logrank_test, median_followup
+from .survival import KaplanMeier, degenerate_note, logrank_test, median_followup
 from .tdroc import time_roc
 from .validation import calibration_at, validate_cox
 
@@ -360,6 +360,9 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     logrank_rows: list[dict] = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
+        note = degenerate_note(cohort.outcomes[tcol].to_numpy(float), cohort.outcomes[ecol].to_numpy(float))
+        if note:
+            warnings.append(f"{endpoint} ({tcol}, {ecol}): {note}")
         km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),
                                cohort.outcomes[ecol].to_numpy(float), settings, curves))
         for marker in cohort.markers:

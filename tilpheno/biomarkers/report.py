@@ -127,7 +127,7 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
             for i, (tick, n) in enumerate(zip(ticks, fit.at_risk(ticks))):
                 tab.text(tick, y, str(n), ha="center", va="center", fontsize=RISK_FONT, gid=f"tp-risk-{row}-{i}")
         ax.set_ylim(0, 1.02)
-        ax.set_xlim(0, max(ticks[-1], tmax) * 1.02)
+        ax.set_xlim(0, max(ticks[-1], tmax, 1.0) * 1.02)   # every time 0: a month wide, not a singular axis
         ax.set_xticks(ticks)
         ax.tick_params(labelbottom=True)
         ax.set_xlabel("months")

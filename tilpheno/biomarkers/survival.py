@@ -210,6 +210,24 @@ class KaplanMeier:
         return line
 
 
+def degenerate_note(time, event) -> str:
+    """Why a survival endpoint cannot show a curve over time, else "": no events, every time equal (e.g. all 0),
+    or every event at one time. Times in the endpoint's unit, as given; the caller names the endpoint."""
+    t, e = _as_arrays(time, event)
+    if t.size == 0:
+        return ""
+    if t.min() == t.max():
+        return (f"every time is {t[0]:g} ({t.size} patients, {int(e.sum())} events): the Kaplan-Meier curves are "
+                "a single step at that time (check the times and their unit)")
+    if not e.any():
+        return f"no events among {t.size} patients: no median, log-rank test or hazard ratio can be estimated"
+    at = np.unique(t[e == 1])
+    if at.size == 1:
+        return (f"every event ({int(e.sum())}) at time {at[0]:g}: the Kaplan-Meier curves have one step and "
+                "the proportional-hazards test is not computable")
+    return ""
+
+
 def median_followup(time, event) -> Quantile:
     """Median follow-up by the reverse Kaplan-Meier method (censoring treated as the event)."""
     t, e = _as_arrays(time, event)
