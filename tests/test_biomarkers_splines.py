@@ -133,3 +133,28 @@ def test_the_spline_is_one_term_of_the_ph_test():
     adjusted = fit_spline(d, "pfs_months", "pfs_event", "cd8_pct_of_cd3", k=5, covariates=["age", "sex"])
     assert adjusted.cox.zph.term.tolist() == ["rcs(cd8_pct_of_cd3)", "age", "sex", "GLOBAL"]
     assert adjusted.cox.zph.df.tolist() == [4, 1, 1, 6]
+
+
+COVARIATE_RCS = pd.read_csv(REF / "rcs_covariate_reference.csv", float_precision="round_trip", dtype={"na_z": str,
+                                                                                                      "na_time": str})
+COVARIATE_KEYS = sorted(set(map(tuple, COVARIATE_RCS[["cohort", "k"]].to_numpy())))
+
+
+@pytest.mark.parametrize("key", COVARIATE_KEYS, ids=[f"{c}-{k}" for c, k in COVARIATE_KEYS])
+def test_spline_with_a_covariate_places_knots_on_every_non_missing_marker_value(key):
+    """cph(Surv ~ rcs(x, k) + z) with z and the time missing for some patients: rms evaluates rcs(x, k) on every
+    non-missing x before the incomplete rows are dropped, so the knots come from all 40 (25) values of x, the
+    fit from the complete cases (31 of 40, 19 of 25), whose knots differ."""
+    cohort, k = key
+    want = COVARIATE_RCS[(COVARIATE_RCS.cohort == cohort) & (COVARIATE_RCS.k == k)]
+    w = want.iloc[0]
+    frame = MESSY[MESSY.cohort == cohort].reset_index(drop=True)
+    frame.loc[[int(i) - 1 for i in w.na_z.split()], "z"] = np.nan      # R's 1-based rows
+    frame.loc[[int(i) - 1 for i in w.na_time.split()], "time"] = np.nan
+    fit = fit_spline(frame, "time", "event", "x", int(k), covariates=["z"])
+    np.testing.assert_allclose(fit.knots, numbers(w.knots), rtol=1e-15)
+    assert fit.cox.n == w.n
+    np.testing.assert_allclose(fit.cox.coefficients.coef, want.coef, rtol=1e-6)
+    np.testing.assert_allclose(fit.cox.coefficients.se, want.se, rtol=1e-6)
+    assert (fit.overall_chisq, fit.overall_df) == (pytest.approx(w.overall_chisq, rel=1e-6), w.overall_df)
+    assert (fit.nonlinear_chisq, fit.nonlinear_df) == (pytest.approx(w.nonlin_chisq, rel=1e-6), w.nonlin_df)

@@ -424,5 +424,21 @@ for (co in c("m40", "m25", "m15")) for (s in 1:3) {
 write_ref(do.call(rbind, vi), "validate_resampled_reference.csv")
 write.csv(do.call(rbind, vs), "validate_resamples.csv", row.names = FALSE)
 
+# ---- rcs(x, k) with a covariate and missing values: rms evaluates rcs(x, k), its knots, on every non-missing
+# x of the data (model.frame), before cph drops the incomplete rows (missing time or covariate)
+rc <- list()
+for (co in c("m40", "m25")) for (k in 3:5) {
+  dd <- messy[messy$cohort == co, ]
+  na_z <- seq(3, nrow(dd), by = 6); na_time <- c(2, 7)
+  dd$z[na_z] <- NA; dd$time[na_time] <- NA
+  f <- cph(Surv(time, event) ~ rcs(x, k) + z, data = dd, eps = 1e-12, tol = 1e-14, iter.max = 100)
+  a <- anova(f)
+  rc[[length(rc) + 1]] <- data.frame(cohort = co, k = k, na_z = paste(na_z, collapse = " "),
+    na_time = paste(na_time, collapse = " "), n = f$stats[["Obs"]], term = seq_along(coef(f)),
+    knots = paste(num(f$Design$parms$x), collapse = ";"), coef = unname(coef(f)), se = unname(sqrt(diag(vcov(f)))),
+    overall_chisq = a["x", 1], overall_df = a["x", 2], nonlin_chisq = a[" Nonlinear", 1], nonlin_df = a[" Nonlinear", 2])
+}
+write_ref(do.call(rbind, rc), "rcs_covariate_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

@@ -7,6 +7,8 @@ Conventions (``rms``/``Hmisc::rcspline.eval`` with ``norm = 2``):
   are the 5th smallest and 5th largest values. Tied knots are dropped. rcspline.eval's special
   cases are followed (``harrell_knots``): few distinct values, a floor or ceiling value held by 5 % or
   more of the patients (``fractied``), tied quantiles; fewer knots than asked is said in ``note``.
+  The knots come from every non-missing marker value, also of patients the fit leaves out for a missing
+  time or covariate (rms evaluates ``rcs(x, k)`` in the model frame before the incomplete rows are dropped).
 - Basis: ``x`` and, for ``j = 1..k-2``, ``(x - t_j)+^3 - (x - t_{k-1})+^3 (t_k - t_j)/(t_k - t_{k-1})
   + (x - t_k)+^3 (t_{k-1} - t_j)/(t_k - t_{k-1})``, each divided by ``(t_k - t_1)^2`` (linear beyond
   the outer knots).
@@ -178,9 +180,10 @@ def _wald(coef: np.ndarray, V: np.ndarray) -> tuple[float, int, float]:
 
 def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: int = 4,
                covariates: list[str] | tuple = (), conf_level: float = 0.95) -> SplineFit:
-    """``cph(Surv(duration, event) ~ rcs(marker, k) + covariates)`` on complete cases."""
+    """``cph(Surv(duration, event) ~ rcs(marker, k) + covariates)`` on complete cases, with rms' knots: from every
+    non-missing marker value of ``frame`` (rms evaluates ``rcs`` before the incomplete rows are dropped)."""
     data = frame[[duration, event, marker, *covariates]].dropna().reset_index(drop=True)
-    placed = harrell_knots(data[marker], k)
+    placed = harrell_knots(frame[marker], k)
     knots = placed.knots
     basis = rcs_basis(data[marker], knots)
     names = [marker + "'" * j for j in range(basis.shape[1])]
