@@ -319,3 +319,15 @@ def test_degenerate_survival_is_one_recorded_warning_not_a_stderr_flood(tmp_path
                 "no_events": "no events among 60 patients"}[case]
     assert expected in said[0]
     assert (tmp_path / "figures" / "km_pfs_all.svg").is_file()
+
+
+def test_codebook_describes_each_files_observed_column(res):
+    """logrank.csv's `observed` holds event counts, calibration.csv's a Kaplan-Meier fraction: one dict key for
+    both made the codebook call logrank.csv's counts 'Kaplan-Meier survival at time in the group, fraction'."""
+    book = pd.read_csv(res.files["codebook.csv"], keep_default_na=False).set_index(["file", "column"])
+    logrank = pd.read_csv(res.files["logrank.csv"])
+    assert (logrank.observed == logrank.observed.round()).all()   # counts, as the codebook must say
+    assert tuple(book.loc[("logrank.csv", "observed")]) == ("observed events", "events", "log-rank")
+    calibration = pd.read_csv(res.files["calibration.csv"])
+    assert calibration.observed.dropna().between(0, 1).all()   # blank: 12 months past the group's last time
+    assert book.loc[("calibration.csv", "observed")].unit == "fraction"

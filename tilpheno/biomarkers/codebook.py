@@ -99,9 +99,13 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "test": ("test used", "", ""), "welch_p": ("Welch t-test p", "", ""), "mannwhitney_p": ("Mann-Whitney p", "", ""),
     "id": ("unmatched id", "", ""),
     "predicted": ("mean predicted survival at time in the group", "fraction", "Cox, Efron baseline hazard"),
-    "observed": ("Kaplan-Meier survival at time in the group", "fraction", ""),
     "observed_ci_low": ("lower CI", "fraction", "log"), "observed_ci_high": ("upper CI", "fraction", "log"),
 }
+
+FILE_COLUMNS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("calibration.csv", "observed"): ("Kaplan-Meier survival at time in the group", "fraction", ""),
+}
+"""Columns whose meaning depends on the file (``COLUMNS`` holds one meaning per name)."""
 
 
 def codebook(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -109,7 +113,8 @@ def codebook(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name, frame in tables.items():
         for col in frame.columns:
-            meaning, unit, method = COLUMNS.get(str(col), ("input column (outcomes or phenotypes)", "", ""))
+            meaning, unit, method = FILE_COLUMNS.get((name, str(col))) or COLUMNS.get(
+                str(col), ("input column (outcomes or phenotypes)", "", ""))
             if str(col).startswith(("resp_", "nonresp_")):
                 meaning = f"{'non-responders' if str(col).startswith('nonresp') else 'responders'}: {col.split('_', 1)[1]}"
             rows.append((name, col, meaning, unit, method))
