@@ -277,6 +277,13 @@ def test_methods_name_the_p_adjusted_without_permutations():
     text = " ".join(methods_text(results))
     assert "the Lausen-Schumacher (1992) p of the maximally selected statistic" in text
     assert "permutations of the scores" not in text and "no permutation p-value (0 permutations asked for)" in text
+    # and codebook.csv, which said 'p used for Holm/BH (perm, else log-rank)': the maxstat rows' p is Lausen 1992's
+    from tilpheno.biomarkers.codebook import codebook
+
+    meaning = codebook({"cutpoints.csv": results.cutpoints}).set_index("column").at["p_for_adjustment", "meaning"]
+    assert "the Lausen-Schumacher 1992 p with 0 permutations" in meaning
+    med = results.cutpoints[results.cutpoints.method == "median"]
+    assert (med.p_for_adjustment == med.logrank_p).all() and "other rows the log-rank p" in meaning
 
 
 def test_methods_state_the_smallest_group_of_a_candidate_cut():

@@ -50,7 +50,9 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "p_lau94": ("Lausen-Sauerbrei-Schumacher 1994 bound clipped to [0, 1]", "", ""),
     "p_lau94_bound": ("the raw Lau94 bound (may be < 0 or > 1)", "", ""),
     "p_perm": ("permutation p of the maximal statistic", "", "(1 + #{M* >= M}) / (1 + B)"),
-    "n_perm": ("permutations", "", ""), "p_for_adjustment": ("p used for Holm/BH (perm, else log-rank)", "", ""),
+    "n_perm": ("permutations", "", ""), "p_for_adjustment": (
+        "p given to Holm/BH: maxstat rows the permutation p (the Lausen-Schumacher 1992 p with 0 permutations), "
+        "other rows the log-rank p", "", ""),
     "n_low": ("patients in the low group (at or below the cut; Cox tables: in the model)", "patients", ""),
     "n_high": ("patients in the high group (above the cut; Cox tables: in the model)", "patients", ""),
     "median_low": ("median survival, low group", "months", "Kaplan-Meier"),
