@@ -241,3 +241,25 @@ def test_cox_with_every_event_at_one_time_is_fitted_as_r(row):
     assert row.zph_fails and fit.zph.chisq.isna().all() and fit.zph.p.isna().all()
     assert fit.zph.df.tolist() == [1, 1]
     assert any("cox.zph) not computable" in w for w in fit.warnings)
+
+
+NO_VARIANCE_REF = pd.read_csv(REF / "logrank_no_variance_reference.csv", float_precision="round_trip")
+
+
+@pytest.mark.parametrize("case", NO_VARIANCE_REF.case.tolist())
+def test_logrank_without_variance_says_what_r_does(case):
+    """R survdiff stops with an error only when everyone at risk has the event; without events, or with one group
+    alone at risk at the event times, it prints chisq 0 (on -1 or 0 df). The note said 'R survdiff stops with an
+    error' in every case; the test with variance (all tied, some censored) is R's number."""
+    row = NO_VARIANCE_REF.set_index("case").loc[case]
+    time, event, group = (np.array(row[c].split(), dtype=float) for c in ("time", "event", "group"))
+    res = logrank_test(time, event, group)
+    if not row.r_error and row.chisq > 0:
+        assert (res.chisq, res.df, res.p, res.note) == (pytest.approx(row.chisq, rel=1e-12), 1,
+                                                        pytest.approx(row.p, rel=1e-12), "")
+        return
+    assert np.isnan(res.chisq) and np.isnan(res.p)
+    if row.r_error:
+        assert "R survdiff: an error when everyone at risk has the event" in res.note
+    else:
+        assert row.chisq == 0 and f"chisq 0 on {row.df:g} df" in res.note, res.note

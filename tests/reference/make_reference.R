@@ -440,5 +440,24 @@ for (co in c("m40", "m25")) for (k in 3:5) {
 }
 write_ref(do.call(rbind, rc), "rcs_covariate_reference.csv")
 
+# ---- survdiff where the log-rank statistic has no variance: R stops with an error when everyone at risk has the
+# event, and otherwise reports chisq 0 with df and p as print.survdiff computes them (df = groups with expected > 0,
+# less 1); an all-tied time with censorings has variance
+nv <- list(no_events = data.frame(time = c(5, 2, 0, 3), event = c(0, 0, 0, 0), group = c(1, 2, 1, 2)),
+           one_group_with_events = data.frame(time = c(4, 1, 3, 2, 2, 5), event = c(1, 0, 1, 0, 0, 1),
+                                              group = c(0, 1, 0, 1, 1, 0)),
+           all_die_at_once = data.frame(time = rep(5, 8), event = rep(1, 8), group = rep(c(0, 1), 4)),
+           all_tied = data.frame(time = rep(1, 6), event = c(1, 1, 1, 0, 0, 1), group = c(0, 1, 0, 1, 1, 0)))
+nvr <- list()
+for (nm in names(nv)) {
+  s <- tryCatch(survdiff(Surv(time, event) ~ group, data = nv[[nm]]), error = function(e) NULL)
+  df <- if (is.null(s)) NA else sum(s$exp > 0) - 1
+  nvr[[length(nvr) + 1]] <- data.frame(case = nm, time = paste(nv[[nm]]$time, collapse = " "),
+    event = paste(nv[[nm]]$event, collapse = " "), group = paste(nv[[nm]]$group, collapse = " "),
+    r_error = is.null(s), chisq = if (is.null(s)) NA else s$chisq, df = df,
+    p = if (is.null(s)) NA else suppressWarnings(pchisq(s$chisq, df, lower.tail = FALSE)))
+}
+write_ref(do.call(rbind, nvr), "logrank_no_variance_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

@@ -19,7 +19,10 @@ Conventions (they match R ``survfit``/``quantile.survfit``/``summary.survfit``/`
   ``<= t`` (1 before the first time); missing beyond the last observed time.
 - Median follow-up is the median of the reverse Kaplan-Meier curve (censoring as the event).
 - The log-rank test is the Mantel-Haenszel test of ``survdiff`` (rho = 0): observed minus
-  expected events per group with the hypergeometric covariance, chi-square on k - 1 df.
+  expected events per group with the hypergeometric covariance, chi-square on k - 1 df. A statistic
+  without variance (no events; one group alone at risk at every event time; everyone at risk has the
+  event) is no test: chisq and p blank with a note (R stops with an error in the last case, else
+  prints chisq 0).
 """
 from __future__ import annotations
 
@@ -246,8 +249,10 @@ class LogRankResult:
     note: str = ""
 
 
-NO_VARIANCE = ("no log-rank test: at every event time one group alone is at risk or everyone at risk has the event "
-               "(e.g. every time tied), so the statistic has no variance (R survdiff stops with an error)")
+NO_EVENTS = "no log-rank test: no events (R survdiff: chisq 0 on -1 df, no p)"
+NO_VARIANCE = ("no log-rank test: at every event time one group alone is at risk or everyone at risk has the event, "
+               "so the statistic has no variance (R survdiff: an error when everyone at risk has the event, else "
+               "chisq 0 on 0 df, p = 1)")
 
 
 def logrank_test(time, event, group) -> LogRankResult:
@@ -284,6 +289,6 @@ def logrank_test(time, event, group) -> LogRankResult:
         {"group": levels, "n": np.bincount(gi, minlength=k), "observed": observed, "expected": expected}
     )
     if df == 0:
-        return LogRankResult(np.nan, 0, np.nan, table, NO_VARIANCE)
+        return LogRankResult(np.nan, 0, np.nan, table, NO_VARIANCE if e.any() else NO_EVENTS)
     chisq = float(oe @ np.linalg.pinv(v) @ oe)
     return LogRankResult(chisq, df, float(stats.chi2.sf(chisq, df)), table)
