@@ -338,3 +338,23 @@ def test_codebook_describes_each_files_observed_column(res):
     calibration = pd.read_csv(res.files["calibration.csv"])
     assert calibration.observed.dropna().between(0, 1).all()   # blank: 12 months past the group's last time
     assert book.loc[("calibration.csv", "observed")].unit == "fraction"
+
+
+def test_a_prespecified_cut_beyond_every_value_is_named_once(tmp_path):
+    """A pre-specified cut outside the marker's range (CD8 1000 %; a dose cut of 20 meant as 20 x 10^9 cells) puts
+    everyone in one group: the Cox reason said '(values tied at the cut)' where no value is at 1000, and nothing
+    said the cut lies outside the values. Now one warning per cut with the marker's range, and the reason is right."""
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    cuts = pd.DataFrame({"marker": ["cd8_pct_of_cd3", "til_dose_cells"], "endpoint": ["", ""], "cutpoint": [1000.0, 20.0]})
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3", "til_dose_cells"], cutpoints=cuts,
+                         n_perm=0, n_boot=0)
+    cd8, dose = pheno.cd8_pct_of_cd3, outcomes.til_dose_cells
+    outside = [w for w in res.warnings if w.startswith("pre-specified cut ")]
+    assert outside == [
+        f"pre-specified cut 1000 for cd8_pct_of_cd3 lies at or above every value ({cd8.min():.4g} to {cd8.max():.4g}): "
+        "one group only; cut-points are in the marker's unit as measured",
+        f"pre-specified cut 20 for til_dose_cells lies below every value ({dose.min():.4g} to {dose.max():.4g}): one "
+        "group only; cut-points are in the marker's unit as measured (cells, e.g. 2e10 for 20 x 10^9)"]
+    row = res.cox_univariable.set_index("model_id").loc["os:univariable:dichotomized:cd8_pct_of_cd3"]
+    assert row.warning == "not fitted: every patient at or below the prespecified cut 1000 (every value lies below it): no high group"

@@ -500,7 +500,7 @@ def biomarkers(
     study: Optional[str] = typer.Option(None, "--study", help="Study (bundled name or study.yaml) giving the default markers; default: the study recorded in run.json beside PHENOTYPES, else the bundled TIL study."),
     covariates: Optional[str] = typer.Option(None, "--covariates", help="Comma-separated covariates of the multivariable models; default: age, sex, ecog when present."),
     endpoints: str = typer.Option("pfs,os", "--endpoints", help="Comma-separated endpoints: pfs, os."),
-    cutpoints: Optional[Path] = typer.Option(None, "--cutpoints", help="CSV of pre-specified cut-points: marker, cutpoint[, endpoint] (one per marker and endpoint; blank endpoint = both)."),
+    cutpoints: Optional[Path] = typer.Option(None, "--cutpoints", help="CSV of pre-specified cut-points: marker, cutpoint[, endpoint] (one per marker and endpoint; blank endpoint = both; cutpoint in the marker's unit as measured, cells for a dose)."),
     n_perm: int = typer.Option(10_000, "--permutations", min=0, help="Permutations for the cut-point p-value (0 = none; at most 10,000,000)."),
     seed: int = typer.Option(20240601, "--seed", help="Seed of the permutations."),
     conf_type: str = typer.Option("log", "--conf-type", help="Kaplan-Meier CI transformation: log, log-log or plain."),

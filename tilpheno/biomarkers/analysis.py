@@ -232,15 +232,34 @@ def _unfitted_row(frame, duration, event, variables, endpoint, model, coding, un
     return row
 
 
-def _one_sided(high: pd.Series, cut_label: str, cut_text: str) -> str | None:
+def _one_sided(high: pd.Series, values: pd.Series, cut: float, cut_label: str, cut_text: str) -> str | None:
     """Why a dichotomised marker (1 = above the cut) cannot be modelled when every patient of the model
-    falls on one side of the cut (e.g. a binary marker whose median is its upper value), else None."""
+    falls on one side of the cut (``values``: their marker values), else None: values tied at the cut (e.g. a
+    binary marker whose median is its upper value), or a cut beyond every value."""
     sides = set(high.unique())
     if sides == {0.0}:
-        return f"every patient at or below the {cut_label} cut {cut_text} (values tied at the cut): no high group"
+        why = "values tied at the cut" if values.max() == cut else "every value lies below it"
+        return f"every patient at or below the {cut_label} cut {cut_text} ({why}): no high group"
     if sides == {1.0}:
         return f"every patient above the {cut_label} cut {cut_text}: no low group"
     return None
+
+
+def cuts_outside_range(pre: pd.DataFrame, data: pd.DataFrame) -> list[str]:
+    """One warning per pre-specified cut that leaves every patient on one side: at or above the marker's largest
+    value, or below its smallest (a cut in another unit than the marker's, e.g. 20 for 20 x 10^9 cells)."""
+    out = []
+    for rec in pre.drop_duplicates(["marker", "cutpoint"]).itertuples(index=False):
+        if rec.marker not in data.columns or data[rec.marker].isna().all():
+            continue
+        low, high = float(data[rec.marker].min()), float(data[rec.marker].max())
+        if low <= rec.cutpoint < high:
+            continue
+        side = "at or above every value" if rec.cutpoint >= high else "below every value"
+        unit = " (cells, e.g. 2e10 for 20 x 10^9)" if rec.marker.endswith("_dose_cells") else ""
+        out.append(f"pre-specified cut {rec.cutpoint:g} for {rec.marker} lies {side} ({low:.4g} to {high:.4g}): "
+                   f"one group only; cut-points are in the marker's unit as measured{unit}")
+    return out
 
 
 def adjust_markers(table: pd.DataFrame, p_column: str, by: list[str], mask=None) -> pd.DataFrame:
@@ -327,7 +346,9 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
                 reason = str(exc).replace(col, marker)  # internal column name -> marker
                 if coding == "dichotomized":
-                    reason = _one_sided(frame[[tcol, ecol, *variables]].dropna()[col], cut_label, cut_text) or reason
+                    complete = frame[[tcol, ecol, *variables]].dropna()
+                    reason = _one_sided(complete[col], frame.loc[complete.index, marker], dich_cut, cut_label,
+                                        cut_text) or reason
                 warnings.append(f"{endpoint} {marker} {model} {coding}: Cox model not fitted ({reason})")
                 sink.append(_unfitted_row(frame, tcol, ecol, variables, endpoint, model, coding, unit_text, marker,
                                           dich_cut if coding == "dichotomized" else np.nan,
@@ -352,6 +373,7 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     warnings = list(cohort.notes)
     if unknown:
         warnings.append(f"pre-specified cut-point(s) for marker(s) not analysed: {', '.join(unknown)}")
+    warnings += cuts_outside_range(pre[pre.marker.isin(cohort.markers)], cohort.data)
     km_rows: list[dict] = []
     cut_rows: list[dict] = []
     uni: list[dict] = []
