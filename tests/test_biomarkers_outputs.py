@@ -358,3 +358,21 @@ def test_a_prespecified_cut_beyond_every_value_is_named_once(tmp_path):
         "group only; cut-points are in the marker's unit as measured (cells, e.g. 2e10 for 20 x 10^9)"]
     row = res.cox_univariable.set_index("model_id").loc["os:univariable:dichotomized:cd8_pct_of_cd3"]
     assert row.warning == "not fitted: every patient at or below the prespecified cut 1000 (every value lies below it): no high group"
+
+
+def test_auc_and_calibration_times_beyond_follow_up_are_said(tmp_path):
+    """AUC asked at 6 and 60 months with follow-up to 35 months: the 60-month AUC (and, with PFS cut at 11 months,
+    the 12-month calibration) was dropped without a word; now a warning names the time and the last time."""
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    outcomes["pfs_months"] = np.minimum(outcomes.pfs_months, 11.0)
+    res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes, tmp_path,
+                         markers=["cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"], n_perm=0, n_boot=5, roc_times=[6, 60])
+    last_os = outcomes.os_months.max()
+    assert sorted(set(res.time_auc.time)) == [6.0]
+    assert ("os: time-dependent AUC not computed at 60 months: at or beyond the last time of the patients with every "
+            f"marker ({last_os:g} months)") in res.warnings
+    assert ("pfs: time-dependent AUC not computed at 60 months: at or beyond the last time of the patients with every "
+            "marker (11 months)") in res.warnings
+    assert "pfs calibration (cd8_pct_of_cd3, cd4foxp3_pct_of_cd4): not computed at 12 months, at or beyond the last " \
+           "time (11 months)" in res.warnings
+    assert set(res.calibration.endpoint) == {"os"}

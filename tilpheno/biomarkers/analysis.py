@@ -436,13 +436,20 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                     model_id = f"{endpoint}:multivariable:continuous:{marker}"
                     val_rows.append(dict(endpoint=endpoint, model_id=model_id, variables=" + ".join(variables),
                                          **v.row()))
-                    if settings.calibration_time < cohort.data[tcol].max():
+                    last = float(cohort.data[tcol].max())
+                    if settings.calibration_time < last:
                         cal.append(calibration_at(cohort.data, tcol, ecol, variables, settings.calibration_time)
                                    .assign(endpoint=endpoint, model_id=model_id))
+                    else:
+                        warnings.append(f"{endpoint} calibration ({marker}): not computed at "
+                                        f"{settings.calibration_time:g} months, at or beyond the last time "
+                                        f"({last:g} months)")
                 except (ValueError, np.linalg.LinAlgError) as exc:
                     warnings.append(f"{endpoint} {marker}: bootstrap validation not done ({exc})")
         complete = cohort.data.dropna(subset=[tcol, ecol, *cohort.markers])
         times = [t for t in settings.roc_times if t < complete[tcol].max()]
+        if settings.n_boot > 0:
+            warnings += _auc_not_computed(endpoint, settings.roc_times, complete[tcol])
         if settings.n_boot > 0 and times and len(complete) >= 10:
             try:
                 roc = time_roc(complete[tcol], complete[ecol], {m: complete[m].to_numpy(float) for m in cohort.markers},
@@ -466,6 +473,19 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 validation=pd.DataFrame(val_rows), time_auc=auc,
                 calibration=pd.concat(cal, ignore_index=True) if cal else pd.DataFrame(), auc_comparisons=comp,
                 response_survival=pd.DataFrame(resp_rows))
+
+
+def _auc_not_computed(endpoint: str, roc_times, time: pd.Series) -> list[str]:
+    """Why the time-dependent AUC is missing at some asked times (months): fewer than 10 patients with every
+    marker, or a time at or beyond their last time (``time``: those patients' times)."""
+    if len(time) < 10:
+        return [f"{endpoint}: time-dependent AUC not computed: {len(time)} patients with every marker (needs 10)"]
+    last = float(time.max())
+    beyond = [t for t in roc_times if not t < last]
+    if not beyond:
+        return []
+    return [f"{endpoint}: time-dependent AUC not computed at {', '.join(f'{t:g}' for t in beyond)} months: at or "
+            f"beyond the last time of the patients with every marker ({last:g} months)"]
 
 
 def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnings: list[str]) -> list[dict]:
