@@ -376,3 +376,20 @@ def test_auc_and_calibration_times_beyond_follow_up_are_said(tmp_path):
     assert "pfs calibration (cd8_pct_of_cd3, cd4foxp3_pct_of_cd4): not computed at 12 months, at or beyond the last " \
            "time (11 months)" in res.warnings
     assert set(res.calibration.endpoint) == {"os"}
+
+
+def test_methods_do_not_describe_bootstrap_analyses_that_were_not_run():
+    """--bootstrap 0 runs no validation, calibration or time-dependent AUC (their tables are empty), but the methods
+    said 'each multivariable continuous model was refitted in 0 bootstrap samples' and 'cumulative/dynamic AUC at
+    6, 12 months ... (0 resamples)'."""
+    from tilpheno.biomarkers.analysis import Settings, analyse
+    from tilpheno.biomarkers.cohort import build_cohort
+    from tilpheno.biomarkers.report import extra_methods
+
+    cohort = build_cohort(pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv"),
+                          markers=["cd8_pct_of_cd3", "cd4_pct_of_cd3"], covariates=[])
+    results = analyse(cohort, Settings(endpoints=("pfs",), n_perm=0, n_boot=0))
+    assert results.validation.empty and results.time_auc.empty and results.calibration.empty
+    text = " ".join(extra_methods(results))
+    assert "refitted in" not in text and "cumulative/dynamic AUC" not in text
+    assert "Internal validation, calibration and time-dependent AUC: not done (0 bootstrap samples asked for)." in text

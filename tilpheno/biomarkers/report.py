@@ -521,16 +521,11 @@ def _permutation_text(s) -> str:
     return f", and a permutation p-value ({s.n_perm} permutations of the scores, seed {s.seed}, (1 + #{{M* >= M}})/(1 + B))"
 
 
-def extra_methods(results) -> list[str]:
-    """Methods of the analyses past the study's (splines, validation, time-dependent AUC, response)."""
-    s = results.settings
+def _bootstrap_methods(s) -> list[str]:
+    """The validation, calibration and time-dependent AUC paragraphs; one sentence when none was run (0 samples)."""
+    if s.n_boot == 0:
+        return ["Internal validation, calibration and time-dependent AUC: not done (0 bootstrap samples asked for)."]
     return [
-        f"Continuous markers without cut-points: each marker as a restricted cubic spline with {s.spline_knots} "
-        "knots at Harrell's quantiles (rms::rcs conventions; outer knots at the 5th smallest and largest values "
-        "below 100 patients; a floor or ceiling value shared by 5% of the patients or more moves the outer knot to the "
-        "next value, as Hmisc rcspline.eval) in a univariable Cox model; Wald tests of any association and of nonlinearity "
-        "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise 95% band "
-        "and a rug of the observed values.",
         f"Internal validation (REMARK item 15): each multivariable continuous model was refitted in {s.n_boot} "
         f"bootstrap samples (seed {s.seed}); optimism = mean(training - test) Somers' Dxy and calibration slope "
         "(rms::validate method 'boot', with its refits: a sample whose refit fails in R, at 10 iterations or singular, "
@@ -542,6 +537,20 @@ def extra_methods(results) -> list[str]:
         "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); 95% "
         f"percentile bootstrap CIs ({s.n_boot} resamples); each marker compared with the first marker on the same "
         "resamples (z test of the difference).",
+    ]
+
+
+def extra_methods(results) -> list[str]:
+    """Methods of the analyses past the study's (splines, validation, time-dependent AUC, response)."""
+    s = results.settings
+    return [
+        f"Continuous markers without cut-points: each marker as a restricted cubic spline with {s.spline_knots} "
+        "knots at Harrell's quantiles (rms::rcs conventions; outer knots at the 5th smallest and largest values "
+        "below 100 patients; a floor or ceiling value shared by 5% of the patients or more moves the outer knot to the "
+        "next value, as Hmisc rcspline.eval) in a univariable Cox model; Wald tests of any association and of nonlinearity "
+        "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise 95% band "
+        "and a rug of the observed values.",
+        *_bootstrap_methods(s),
         f"Response and survival without guarantee-time bias: landmark analysis at {s.landmark:g} months (patients "
         "with the endpoint or censored by then excluded; survival counted from the landmark), and with "
         "response_months in the outcomes a Cox model with response as a time-dependent covariate. The naive "
