@@ -1280,7 +1280,9 @@ def place_fmo_anchored(
     recorded, for the self-checks). ``relative`` = the relative threshold when the stained
     negatives are shifted (``|shift|`` above ``shift_tolerance`` and a quarter of the FMO's
     negative width) or widened (width ratio beyond ``width_tolerance`` either way) or when
-    the reference population's negatives are (``relative_reference``), else the FMO
+    the reference population's negatives are (``relative_reference``) or, whatever the
+    tolerances, when the cut is ``reference_quantile`` (it measures the percentile's own move, which
+    binding too small to move the mode and lower side past the tolerances still makes), else the FMO
     percentile: dim markers (PD1, FoxP3) whose positives overlap the negatives. ``anchored``
     (default) = the valley when it is not below the relative threshold (the FMO's negative bulk
     carried to the stained negatives; the FMO percentile when unshifted) and either at most
@@ -1354,6 +1356,9 @@ def place_fmo_anchored(
             # the tolerance is tested on the reference population too: its negatives show binding that
             # positives next to the gated parent's negatives may hide or mimic
             moved = moved or reference.moved(shift_tolerance, width_tolerance)
+            # the tolerances judge the mode and lower side; the quantile carry measures the percentile's
+            # own move on the reference (no model to protect from noise): it stands whatever they say
+            moved = moved or np.isfinite(reference_quantile)
         winner, cut = ("fmo_relative", relative) if moved and rule != "percentile" else ("fmo_percentile", t_fmo)
         peaks, _ = density.peaks(min_prominence)
         start = int(np.searchsorted(density.grid, neg.mode))
