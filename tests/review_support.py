@@ -36,6 +36,14 @@ def approval_resolutions(service, pid: str) -> dict[str, str]:
     return {f"{f['code']}:{f['file']}:{i}": "gate plots checked" for i, f in enumerate(flags)}
 
 
+def standing_approval_id(service, pid: str) -> int | None:
+    """The signature id of ``pid``'s standing approval for release (None: none): a save over it
+    states that it voids that approval (``void_approval``), as the page does once the user agreed."""
+    with service.factory() as db:
+        sig = service.standing(db, pid, "approved for release")
+    return sig.id if sig is not None else None
+
+
 def pg_url() -> str | None:
     url = os.environ.get("TILPHENO_TEST_PG_URL")
     if not url and (ROOT / ".ci" / "pg_url").exists():

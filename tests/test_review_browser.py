@@ -628,3 +628,40 @@ def test_applying_a_gate_to_an_approved_product_asks_first_naming_the_approval(d
     assert service.decision(target) is None and service.version(target).created_by == "alice"
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids_it(driver, server):
+    """Alice opens version 1 (not approved) and moves the CD3 cut; Dave approves version 1 meanwhile.
+    Her save used to void his approval unasked (the page asked only from the state it had loaded).
+    Now the server refuses it and the page asks, naming Dave's approval; "cancel" saves nothing and
+    keeps her draft on the page; "OK" saves version 2, the trail naming the approval it voided."""
+    service, base = server
+    driver.get_log("browser")
+    open_product(driver, base, "alice")
+    assert driver.find_element("id", "approved-badge").text == "not approved"
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    drag_cd3(driver, 40)
+    moved = wait(driver, lambda d: draft_pct(d) if draft_pct(d) != start else None, "the recomputed CD3+ %")
+    with service.factory() as db:
+        dave = db.scalar(select(User).where(User.username == "dave"))
+    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, PID))
+    driver.find_element("id", "reason").send_keys("CD3 dim tail is debris")
+    driver.find_element("id", "save-button").click()
+    alert = wait(driver, lambda d: d.switch_to.alert, "the question before the approval is voided")
+    when = approval.signed_at[:19].replace("T", " ")
+    assert f"saving voids the approval for release of {PID} version 1 by Dave Tester (dave) at {when} UTC" in alert.text
+    alert.dismiss()
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "Not saved" in d.find_element("id", "message").text
+               else None, "the cancelled save")
+    assert "Dave Tester (dave)" in msg and "draft is kept" in msg, msg
+    assert draft_pct(driver) == moved and driver.find_element("id", "reason").get_attribute("value")
+    assert [v.version for v in service.versions(PID)] == [1] and service.decision(PID) == ("approved for release", 1)
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: d.switch_to.alert, "the question again").accept()
+    wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+    assert service.decision(PID) is None
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")).one()
+    assert json.loads(entry.before_json)["voids_approval"]["signature_id"] == approval.id
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from review_support import PASSWORDS, approval_resolutions, fresh_service, source3  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, fresh_service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from test_review_web import login
 from tilpheno.review import certificate
 from tilpheno.review.models import AuditEntry, User
@@ -80,7 +80,7 @@ def test_no_certificate_for_a_version_replaced_while_it_was_made(approved, monke
     def alice_saves():
         gate = json.loads(approved.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
         approved.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.01}}}}},
-                              "trim the dim tail")
+                              "trim the dim tail", void_approval=standing_approval_id(approved, PID))
 
     while_recomputing(monkeypatch, alice_saves)
     c, _, _ = login(create_app(approved), "carol")
@@ -118,7 +118,7 @@ def test_export_approved_refuses_an_approval_changed_during_the_export(approved,
     def save_and_approve():
         gate = json.loads(approved.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
         approved.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.01}}}}},
-                              "trim the dim tail")
+                              "trim the dim tail", void_approval=standing_approval_id(approved, PID))
         approved.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 2, approval_resolutions(approved, PID))
 
     done = while_recomputing(monkeypatch, save_and_approve, export)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, text
 
-from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
 from tilpheno.review.models import AuditEntry, User
@@ -181,10 +181,11 @@ def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     assert sig.signed_at.endswith("Z") and len(sig.data_sha256) == 64
     rejection = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
     assert service.approved_version(pid) is None           # a later valid rejection withdraws the approval
-    service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {}, "FMO overlay checked",
-                 overrules=rejection.id)                   # approved over it, saying why (test_an_approval_over_...)
+    approval = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {},
+                            "FMO overlay checked", overrules=rejection.id)   # over it, saying why (test_an_approval_over_...)
     assert service.approved_version(pid).version == v
-    service.save_version(pid, user(service, "carol"), v, shifted_cd3(service, pid, 0.01), "carol moves it again")
+    service.save_version(pid, user(service, "carol"), v, shifted_cd3(service, pid, 0.01), "carol moves it again",
+                         void_approval=approval.id)   # carol was told it voids alice's approval
     views = service.signatures(pid)
     assert not any(s.valid for s in views)
     assert all("void: gates changed to version" in s.void_reason for s in views)
@@ -460,7 +461,7 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     resolutions = approval_resolutions(service, pid)
     alice, carol = user(service, "alice"), user(service, "carol")
     v = service.save_version(pid, alice, service.current_version(pid), shifted_cd3(service, pid, -0.01),
-                             "alice lowers the CD3 cut").version
+                             "alice lowers the CD3 cut", void_approval=standing_approval_id(service, pid)).version
     before = len(service.signatures(pid))
     with pytest.raises(Forbidden, match=rf"four-eyes rule: alice saved version\(s\) (.*, )?{v} of {pid}"):
         service.sign(pid, alice.id, PASSWORDS["alice"], "approved for release", v, resolutions)
@@ -486,11 +487,12 @@ def test_a_save_committed_while_an_approval_is_stored_makes_it_a_conflict(servic
     pid = "TIL002"
     v = service.current_version(pid)
     alice, dave = user(service, "alice"), user(service, "dave")
-    hash_signature, saved = audit.signature_sha256, []
+    hash_signature, saved, standing = audit.signature_sha256, [], standing_approval_id(service, pid)
 
     def save_meanwhile(content):
         if not saved:
-            saved.append(service.save_version(pid, alice, v, shifted_cd3(service, pid, 0.002), "alice saves meanwhile"))
+            saved.append(service.save_version(pid, alice, v, shifted_cd3(service, pid, 0.002), "alice saves meanwhile",
+                                              void_approval=standing))
         return hash_signature(content)
 
     monkeypatch.setattr(audit, "signature_sha256", save_meanwhile)
@@ -605,7 +607,8 @@ def test_a_save_racing_an_assignment_withdrawal_a_role_change_or_a_disable_is_re
                 return found
             monkeypatch.setattr(service, "_editing_refusal", check_then_change)
         with pytest.raises(Forbidden, match=refusal):
-            service.save_version(pid, gus, v, shifted_cd3(service, pid, 0.003), "gus trims CD3", roles=roles)
+            service.save_version(pid, gus, v, shifted_cd3(service, pid, 0.003), "gus trims CD3", roles=roles,
+                                 void_approval=standing_approval_id(service, pid))   # told it voids an approval
         assert done and service.current_version(pid) == v
         monkeypatch.undo()
 
@@ -829,14 +832,16 @@ def test_the_product_lists_approvals_are_each_products_own(service):
             assert (approved.version if approved else None) == (own.version if own else None), pid
         assert {pid: bool(bulk[pid]) for pid in expect} == expect
 
+    approvals = {}
     for pid in (first, second):
         service.ensure_imported(pid)
-        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", service.current_version(pid),
-                     resolutions(pid))
+        approvals[pid] = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release",
+                                      service.current_version(pid), resolutions(pid))
     check({first: True, second: True})
     service.sign(first, carol.id, PASSWORDS["carol"], "rejected", service.current_version(first), {}, "second look")
     v = service.current_version(second)
-    service.save_version(second, carol, v, shifted_cd3(service, second, 0.004), "carol moves CD3 after the approval")
+    service.save_version(second, carol, v, shifted_cd3(service, second, 0.004), "carol moves CD3 after the approval",
+                         void_approval=approvals[second].id)
     check({first: False, second: False})
     assert set(service.approved_versions(user(service, "bob"))) <= {"TIL001"}   # an analyst: assigned products only
 
@@ -855,7 +860,8 @@ def test_a_save_or_signature_is_not_held_up_by_other_products_saves_signatures_a
 
     def carol_works():
         v = service.current_version(other)
-        service.save_version(other, carol, v, shifted_cd3(service, other, 0.001 * (1 - 2 * (v % 2))), "carol trims CD3")
+        service.save_version(other, carol, v, shifted_cd3(service, other, 0.001 * (1 - 2 * (v % 2))), "carol trims CD3",
+                             void_approval=standing_approval_id(service, other))
         service.sign(other, carol.id, PASSWORDS["carol"], "reviewed", v + 1, {})
         service_module.transaction(service.factory, lambda db: audit.append(db, "carol", "login"))
 

@@ -857,3 +857,40 @@ def test_applying_a_gate_to_an_approved_product_names_the_approval_it_voids_firs
     r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": [target]}, headers=h)
     assert r.status_code == 201 and f"{target} v{v + 1}" in r.json["message"]
     assert service.decision(target) is None
+
+
+def test_a_save_over_an_approval_signed_since_the_page_loaded_is_refused_unless_acknowledged(app, service):
+    """alice loads TIL001 and edits; dave approves the version she loaded meanwhile. Her save used
+    to void that approval without anyone being asked (the page asked only from the state it had
+    loaded: no approval then). Now the server refuses (409, nothing stored) naming the approval and
+    its id; an acknowledgement of another approval is refused too; repeated with that approval's id
+    (the page asks alice), it saves, and the save_gates entry records the voided approval."""
+    from tilpheno.review.models import AuditEntry, User
+
+    c, h, _ = login(app, "alice")
+    r = c.post(f"/api/products/{PID}/versions", headers=h, json=cd3_body(c, 0.011)[1])   # a version no one signed
+    assert r.status_code == 201, r.text
+    state, body = cd3_body(c, 0.004)   # alice's page: version v, not approved
+    v = state["current_version"]
+    assert state["approved_version"] is None
+    with service.factory() as db:
+        dave = db.query(User).filter(User.username == "dave").one()
+    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, PID))
+    before = counts(service)
+    r = c.post(f"/api/products/{PID}/versions", headers=h, json=body)   # what the page saw: no approval
+    when = approval.signed_at[:19].replace("T", " ")
+    assert r.status_code == 409, r.text
+    assert r.json["approval"] == approval.id and r.json["approved"] == [PID]
+    assert r.json["error"] == (f"saving voids the approval for release of {PID} version {v} by Dave Tester (dave) at "
+                               f"{when} UTC: confirm to save anyway (nothing was saved)")
+    for wrong in (approval.id + 1000, True, str(approval.id)):   # another approval, or not its id: still refused
+        assert c.post(f"/api/products/{PID}/versions", headers=h, json={**body, "void_approval": wrong}).status_code == 409
+    assert counts(service) == before and service.decision(PID) == ("approved for release", v)
+    r = c.post(f"/api/products/{PID}/versions", headers=h, json={**body, "void_approval": approval.id})
+    assert r.status_code == 201 and r.json["version"] == v + 1
+    assert service.decision(PID) is None
+    with service.factory() as db:
+        entry = db.query(AuditEntry).filter(AuditEntry.action == "save_gates").order_by(AuditEntry.seq.desc()).first()
+    voided = json.loads(entry.before_json)["voids_approval"]
+    assert (voided["signature_id"], voided["signature_sha256"], voided["username"]) == (
+        approval.id, approval.signature_sha256, "dave")

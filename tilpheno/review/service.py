@@ -74,12 +74,14 @@ class NotFound(ReviewError):
 
 
 class ApprovalsWouldBeVoided(ReviewError):
-    """Applying a gate would void the standing approval of ``products`` (HTTP 409): nothing was
-    applied; the request repeated with them acknowledged applies it."""
+    """Saving or applying a gate would void the standing approval of ``products`` (HTTP 409):
+    nothing was saved; the request repeated with them acknowledged saves it. ``signature_ids``:
+    the id of each approval, as a single save acknowledges it (``void_approval``)."""
 
-    def __init__(self, message: str, products: list[str]):
+    def __init__(self, message: str, products: list[str], signature_ids: list[int] | None = None):
         super().__init__(message)
         self.products = products
+        self.signature_ids = signature_ids or []
 
 
 def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: int = 8):
@@ -153,6 +155,12 @@ def _signature_record(sig: Signature) -> dict:
     overrules, the approval a batch apply voids."""
     return {"signature_id": sig.id, "signature_sha256": sig.signature_sha256, "version": sig.version,
             "username": sig.username, "signed_at": sig.signed_at, "comment": sig.comment}
+
+
+def _approval_words(product_id: str, approval: Signature) -> str:
+    """An approval a save would void, in words: product, version, who and when (UTC)."""
+    return (f"the approval for release of {product_id} version {approval.version} by {approval.full_name} "
+            f"({approval.username}) at {approval.signed_at[:19].replace('T', ' ')} UTC")
 
 
 T = TypeVar("T")
@@ -376,13 +384,20 @@ class ReviewService:
             return _get(db, Product, product_id).current_version
 
     def save_version(self, product_id: str, user: User, base_version: Any, submitted: Any, reason: Any,
-                     source_label: str = "adjusted", roles: tuple[str, ...] = EDIT_ROLES) -> GateSetVersion:
+                     source_label: str = "adjusted", roles: tuple[str, ...] = EDIT_ROLES,
+                     void_approval: Any = None) -> GateSetVersion:
         """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if
         stale. The account, its role (one of ``roles``) and the product's assignment are checked again
         inside the save's transaction, as signatures check them: an audited change committed before
         the version is stored that could change them (an assignment withdrawn, a role changed, an
         account disabled, anything on this product: :func:`_concerns`) re-runs the checks
-        (:func:`audit.head_seq`), so no one saves under an access just taken away."""
+        (:func:`audit.head_seq`), so no one saves under an access just taken away.
+
+        A save voids the standing approval for release of ``base_version``: it is refused
+        (:class:`ApprovalsWouldBeVoided`, nothing saved) unless ``void_approval`` is that approval's
+        signature id (the one the user was shown and agreed to void). The approval is read inside the
+        transaction, so one signed while the user edited (after the page loaded) is never voided
+        unseen; the voided approval is recorded in the ``save_gates`` entry (``before.voids_approval``)."""
         if user.role not in roles:
             raise Forbidden(f"role {user.role} cannot save gates")
         self.require_access(user, product_id)
@@ -398,8 +413,15 @@ class ReviewService:
             refusal = self._editing_refusal(_get(db, User, user.id), product_id, roles)
             if refusal:
                 raise Forbidden(refusal)
+            if _get(db, Product, product_id).current_version != base_version:
+                raise self._conflict(db, product_id, base_version)
+            voided = self.standing(db, product_id, APPROVED)
+            if voided is not None and (isinstance(void_approval, bool) or void_approval != voided.id):
+                raise ApprovalsWouldBeVoided(f"saving voids {_approval_words(product_id, voided)}: confirm to save "
+                                             "anyway (nothing was saved)", [product_id], [voided.id])
             return self._store(db, user.username, change, reason, source_label, expect_seq=start,
-                               relevant=_concerns(product_id))
+                               relevant=_concerns(product_id),
+                               before={"voids_approval": _signature_record(voided)} if voided is not None else None)
 
         try:
             return transaction(self.factory, save)
@@ -506,10 +528,8 @@ class ReviewService:
             unasked = [(t, a) for t, a in voided.items() if t not in acknowledged]
             if unasked:
                 raise ApprovalsWouldBeVoided(
-                    "applying voids " + "; ".join(f"the approval for release of {t} version {a.version} by {a.full_name} "
-                                                  f"({a.username}) at {a.signed_at[:19].replace('T', ' ')} UTC"
-                                                  for t, a in unasked)
-                    + ": confirm to apply anyway (nothing was applied)", [t for t, _ in unasked])
+                    "applying voids " + "; ".join(_approval_words(t, a) for t, a in unasked)
+                    + ": confirm to apply anyway (nothing was applied)", [t for t, _ in unasked], [a.id for _, a in unasked])
             # the first entry checks that nothing relevant was committed since ``start``; it then holds
             # the audit chain (and the write lock) until the commit, so the others need not
             return [self._store(db, user.username, c, note, label, expect_seq=None if i else start,

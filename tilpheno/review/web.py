@@ -340,7 +340,11 @@ def create_app(service: ReviewService) -> Flask:
     def save(product_id: str):
         opened(product_id)
         data = body()
-        row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"))
+        try:
+            row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"),
+                                       void_approval=data.get("void_approval"))
+        except ApprovalsWouldBeVoided as exc:   # signed since the page loaded: the page asks, naming it
+            return jsonify(error=str(exc), approved=exc.products, approval=exc.signature_ids[0]), 409
         return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
                         "message": f"saved version {row.version} of {product_id}"}), 201
 

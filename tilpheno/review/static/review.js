@@ -488,7 +488,16 @@
       message("Not saved: the approval of version " + S.current_version + " by " + approval.username + " stands.", false);
       return;
     }
-    const r = await api(app.dataset.save, { base_version: S.current_version, gates: draftBody(), reason: $("reason").value });
+    const body = { base_version: S.current_version, gates: draftBody(), reason: $("reason").value,
+      void_approval: approval ? approval.id : null };
+    let r = await api(app.dataset.save, body);
+    if (r.status === 409 && r.data.approval) {   // approved since this page loaded: ask, naming it; the draft stays
+      if (!window.confirm(r.data.error + "\n\nSave anyway? The new version will need a new approval.")) {
+        message("Not saved: " + r.data.error.replace(/^saving voids /, "").replace(/: confirm to save anyway.*$/, "") + " stands. Your draft is kept on this page.", false);
+        return;
+      }
+      r = await api(app.dataset.save, Object.assign(body, { void_approval: r.data.approval }));
+    }
     if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); message(r.data.message, true); }
     else if (r.status === 409) await keepDraftOver(r.data.error);
     else message(r.data.error || ("save failed: HTTP " + r.status), false);
