@@ -144,3 +144,39 @@ def test_an_approval_committed_after_the_check_inside_the_transaction_is_seen(se
         service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley")
     assert done and service.current_version("TIL001") == 1 and service.current_version("TIL003") == 1
     assert service.approved_version("TIL003").version == 1
+
+
+def test_a_refused_batch_imports_no_target_and_an_applied_one_imports_with_its_saves(service):
+    """TIL001 never opened, TIL003 approved: the batch [TIL001, TIL003] is refused (the approval) and
+    used to leave TIL001 imported, its import_product entry by alice in the trail for a batch that did
+    not happen. Now a refused batch stores nothing; applied, TIL001's import is in the batch's
+    transaction, its entry next to the saves and saying why."""
+    from tilpheno.review.models import GateSetVersion, Product
+
+    source_with_own_cd3(service)
+    alice, dave = user(service, "alice"), user(service, "dave")
+    service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, "TIL003"))
+
+    def trail():
+        with service.factory() as db:
+            return [(e.action, e.product_id, e.username) for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq))]
+
+    before = trail()
+    with pytest.raises(ApprovalsWouldBeVoided):
+        service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley")
+    assert trail() == before
+    with service.factory() as db:
+        assert db.get(Product, "TIL001") is None
+    automatic = service.source.automatic("TIL001")
+    service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley", void_approvals=["TIL003"])
+    assert trail() == before + [("import_product", "TIL001", "alice"), ("save_gates", "TIL001", "alice"),
+                                ("save_gates", "TIL003", "alice")]
+    with service.factory() as db:
+        first = db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == "TIL001")
+                           .order_by(GateSetVersion.version)).all()
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "import_product",
+                                                    AuditEntry.product_id == "TIL001")).one()
+        assert audit.verify(db).ok
+    assert [(v.version, v.source, v.based_on) for v in first] == [(1, "automatic", None), (2, "batch from TIL002 v2", 1)]
+    assert json.loads(first[0].gates_json) == automatic and "batch apply of surface/CD3+ from TIL002 v2" in entry.reason
+    assert cd3(service, "TIL001") == cd3(service, "TIL002")

@@ -221,6 +221,16 @@ class GateChange:
 
 
 @dataclass(frozen=True)
+class PendingImport:
+    """What importing a product stores: its automatic gates (version 1), their SHA-256 and its
+    input files' SHA-256 (:meth:`ReviewSource.inputs_digest`)."""
+    product_id: str
+    gate_set: dict
+    digest: str
+    inputs: list[dict]
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """What a batch apply did: the new version of each target it changed (``saved``, in the order
     named) and the targets whose current gate already was the source's (``unchanged``: no version)."""
@@ -288,38 +298,49 @@ class ReviewService:
 
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
         """The product's row; on first use its automatic gates become version 1 (audited)."""
+        pending = self._pending_import(product_id)
+        if isinstance(pending, Product):
+            return pending
+        try:
+            return transaction(self.factory, lambda db: self._import(db, pending, username))
+        except IntegrityError:   # imported concurrently by another request
+            with self.factory() as db:
+                return _get(db, Product, product_id)
+
+    def _pending_import(self, product_id: str) -> Product | PendingImport:
+        """The product's row when it is imported (its input files checked), else what importing it
+        stores (read outside any transaction: the automatic gates take a while)."""
         self.require_product(product_id)
         with self.factory() as db:
             product = db.get(Product, product_id)
         if product is not None:
             self._check_inputs(product)
             return product
-        gate_set = self.source.automatic(product_id)   # slow part outside the transaction
-        inputs = self.source.inputs_digest(product_id)
-        digest = gates_sha256(gate_set)
+        gate_set = self.source.automatic(product_id)
+        return PendingImport(product_id, gate_set, gates_sha256(gate_set), self.source.inputs_digest(product_id))
 
-        def add(db: Session):
-            existing = db.get(Product, product_id)
-            if existing is not None:
-                return existing
-            now = utcnow()
-            product = Product(product_id=product_id, current_version=1, inputs_json=audit.canonical(inputs),
-                              til_dose_cells=self.source.til_dose_cells(product_id), imported_at=now)
-            db.add(product)
-            db.flush()
-            db.add(GateSetVersion(product_id=product_id, version=1, based_on=None, gates_json=audit.canonical(gate_set),
-                                  gates_sha256=digest, source="automatic", reason="automatic gates of the run",
-                                  created_by="tilpheno", created_at=now))
-            audit.append(db, username, "import_product", product_id=product_id,
-                         after={"version": 1, "gates_sha256": digest, "inputs": inputs},
-                         reason="automatic gates of the run become version 1")
-            return product
-
-        try:
-            return transaction(self.factory, add)
-        except IntegrityError:   # imported concurrently by another request
-            with self.factory() as db:
-                return _get(db, Product, product_id)
+    def _import(self, db: Session, pending: PendingImport, username: str, *, expect_seq: int | None = None,
+                relevant: Callable[[AuditEntry], bool] | None = None, reason: str = "") -> Product:
+        """Store ``pending`` as the product's version 1 with its ``import_product`` entry, inside the
+        caller's transaction (``reason``: why, besides it being the run's automatic gates); the
+        existing row when it was imported meanwhile."""
+        pid = pending.product_id
+        existing = db.get(Product, pid)
+        if existing is not None:
+            return existing
+        now = utcnow()
+        product = Product(product_id=pid, current_version=1, inputs_json=audit.canonical(pending.inputs),
+                          til_dose_cells=self.source.til_dose_cells(pid), imported_at=now)
+        db.add(product)
+        db.flush()
+        db.add(GateSetVersion(product_id=pid, version=1, based_on=None, gates_json=audit.canonical(pending.gate_set),
+                              gates_sha256=pending.digest, source="automatic", reason="automatic gates of the run",
+                              created_by="tilpheno", created_at=now))
+        audit.append(db, username, "import_product", product_id=pid,
+                     after={"version": 1, "gates_sha256": pending.digest, "inputs": pending.inputs},
+                     reason="automatic gates of the run become version 1" + (f" ({reason})" if reason else ""),
+                     expect_seq=expect_seq, relevant=relevant)
+        return product
 
     def automatic_version(self, product_id: str, username: str = "system") -> GateSetVersion:
         """The newest automatic version. When the run in this output folder placed other automatic
@@ -429,10 +450,12 @@ class ReviewService:
             with self.factory() as db:
                 raise self._conflict(db, product_id, base_version) from None
 
-    def _gate_change(self, product_id: str, base_version: int, submitted: Any) -> GateChange:
-        """``submitted`` validated against version ``base_version`` of ``product_id`` (GateSetError
-        naming the bad field). Slow: loads the product's stained tubes; run outside transactions."""
-        base_set = json.loads(self.version(product_id, base_version).gates_json)
+    def _gate_change(self, product_id: str, base_version: int, submitted: Any, base_set: dict | None = None) -> GateChange:
+        """``submitted`` validated against version ``base_version`` of ``product_id`` (its gate set
+        ``base_set`` when given: a product not imported yet; GateSetError naming the bad field).
+        Slow: loads the product's stained tubes; run outside transactions."""
+        if base_set is None:
+            base_set = json.loads(self.version(product_id, base_version).gates_json)
         new_set = validate_gate_set(base_set, submitted, self.source.stained(product_id))
         return GateChange(product_id, base_version, new_set, gates_sha256(new_set), changed_gates(base_set, new_set))
 
@@ -507,11 +530,18 @@ class ReviewService:
         acknowledged = {t for t in void_approvals if isinstance(t, str)} if isinstance(void_approvals, list) else set()
         changes: list[GateChange] = []
         unchanged: list[GateChange] = []
+        imports: dict[str, PendingImport] = {}   # targets never opened: imported with the saves, on this user's behalf
         for t in dict.fromkeys(targets):   # a product named twice is applied once
             if t == from_product:
                 continue
-            self.ensure_imported(t, user.username)   # a target never opened: imported on this user's behalf
-            change = self._gate_change(t, self.current_version(t), {"tubes": {tube: {"gates": {population: gate}}}})
+            pending = self._pending_import(t)
+            submitted = {"tubes": {tube: {"gates": {population: gate}}}}
+            if isinstance(pending, Product):
+                change = self._gate_change(t, self.current_version(t), submitted)
+            else:
+                change = self._gate_change(t, 1, submitted, base_set=pending.gate_set)
+                if change.diff:
+                    imports[t] = pending
             (changes if change.diff else unchanged).append(change)
         skipped = [c.product_id for c in unchanged]
         label = f"batch from {from_product} v{src.version}"
@@ -532,8 +562,12 @@ class ReviewService:
                     + ": confirm to apply anyway (nothing was applied)", [t for t, _ in unasked], [a.id for _, a in unasked])
             # the first entry checks that nothing relevant was committed since ``start``; it then holds
             # the audit chain (and the write lock) until the commit, so the others need not
-            return [self._store(db, user.username, c, note, label, expect_seq=None if i else start,
-                                relevant=_concerns(*(c.product_id for c in changes)), after=batch,
+            relevant = _concerns(*(c.product_id for c in changes))
+            for i, pending in enumerate(imports.values()):
+                self._import(db, pending, user.username, expect_seq=None if i else start, relevant=relevant,
+                             reason=f"a target of the batch apply of {tube}/{population} from {from_product} v{src.version}")
+            return [self._store(db, user.username, c, note, label, expect_seq=None if i or imports else start,
+                                relevant=relevant, after=batch,
                                 before={"voids_approval": _signature_record(voided[c.product_id])}
                                 if c.product_id in voided else None)
                     for i, c in enumerate(changes)]
