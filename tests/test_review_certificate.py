@@ -127,3 +127,56 @@ def test_export_approved_refuses_an_approval_changed_during_the_export(approved,
     assert "TIL001" in r.output and "changed during the export" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
     assert certificate_entries(approved) == []
+
+
+def _entries(service, action):
+    with service.factory() as db:
+        return list(db.scalars(select(AuditEntry).where(AuditEntry.action == action)))
+
+
+def test_a_disk_full_during_export_approved_writes_nothing_and_audits_no_certificate(approved, monkeypatch, tmp_path):
+    """The disk fills while export-approved writes TIL001's certificate: it used to leave the two tables
+    in the folder (saying TIL001 approved) with no certificate beside them, the certificate audited as
+    issued, and a traceback. Now: one line naming the file, nothing in the folder, nothing audited."""
+    import errno
+
+    from tilpheno.io import atomic
+
+    original = atomic.write_bytes
+
+    def full(path, data):
+        if str(path).endswith("certificate.pdf"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", full)
+    r = export_approved(approved, tmp_path / "exports" / "x")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.strip().count("\n") == 0 and "No space left on device" in r.output and "certificate.pdf" in r.output
+    assert list((tmp_path / "exports").iterdir()) == [] and certificate_entries(approved) == []   # no folder, no staging
+
+
+def test_a_re_export_blocked_by_a_folder_writes_nothing_and_a_failed_move_is_audited(approved, monkeypatch, tmp_path):
+    """A folder where the export writes TIL001/certificate.pdf: refused naming it before anything is
+    audited, the previous export's files kept (it used to fail after the certificates were audited,
+    with a traceback, the tables already replaced). A move into place that fails after the audit is
+    audited (export_failed) and said in one line."""
+    from tilpheno.review import export
+
+    dest = tmp_path / "exports" / "x"
+    (dest / PID / "certificate.pdf").mkdir(parents=True)
+    (dest / "phenotypes_approved.csv").write_text("previous export\n")
+    r = export_approved(approved, dest)
+    assert r.exit_code == 2 and "certificate.pdf: a folder where the export writes a file" in r.output, r.output
+    assert (dest / "phenotypes_approved.csv").read_text() == "previous export\n" and certificate_entries(approved) == []
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
+
+    def refused(*args):
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(export.os, "rename", refused)
+    r = export_approved(approved, dest.parent / "y")
+    assert r.exit_code == 2 and "audited (export_failed)" in r.output and "Permission denied" in r.output, r.output
+    (failed,) = _entries(approved, "export_failed")
+    assert json.loads(failed.after_json)["certificates"][PID]["version"] == 1 and len(certificate_entries(approved)) == 1
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -367,25 +366,22 @@ def export_approved(
 ) -> None:
     """phenotypes_approved.csv, populations_approved.csv, and per approved product its Gating-ML and
     certificate, all made from one approval per product (an approval changed during the export:
-    nothing is written). Each certificate is audited (`certificate`, user cli:LOGIN) before the
-    files are written."""
+    nothing is written). The files are written beside the folder first; each certificate is audited
+    (`certificate`, user cli:LOGIN) only once all were written, then they are moved into it
+    (`write_approved_export`)."""
     from tilpheno.errors import TilphenoError
-    from tilpheno.io import atomic
-    from tilpheno.review.export import approved_export
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.export import approved_export, write_approved_export
     from tilpheno.review.server import build_service
 
     try:
         service = build_service(out, db, inputs)
         export = approved_export(service)
-        service.record_certificates(_actor(), export.approvals)
-        os.makedirs(dest, exist_ok=True)
-        atomic.write_csv(dest / "phenotypes_approved.csv", export.phenotypes)
-        atomic.write_csv(dest / "populations_approved.csv", export.populations)
-        for name, content in export.files.items():
-            (dest / name).parent.mkdir(exist_ok=True)
-            atomic.write_bytes(dest / name, content)
+        write_approved_export(service, export, dest, _actor())
     except TilphenoError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail(ReviewError(f"export to {dest}: {exc}; nothing was exported and no certificate was audited"))
     typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}")
 
 

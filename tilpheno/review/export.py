@@ -7,6 +7,8 @@
   ``populations_approved.csv`` (every population of each approved product's stained tubes).
 * :func:`approved_export`: everything ``export-approved`` writes, each product's files made from
   the one approval its table row was computed with (refused when it changed during the export).
+* :func:`write_approved_export`: writes it into a folder: all files, or none, and the
+  certificates audited only when every file was written.
 * :func:`approved_gatingml`: the approved gates of one tube kind as a Gating-ML 2.0 document
   (``tilpheno.gates.gatingml.export_tube_gatingml``); applying it to the stained FCS file with
   ``apply_gatingml`` gives the same memberships as the review app, but for an event within
@@ -16,6 +18,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +32,12 @@ import pandas as pd
 from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT
 from tilpheno.review.regate import recompute
+from tilpheno.io import atomic
+from tilpheno.review.db import ReviewError
 from tilpheno.review.service import Approval, NotFound, ReviewService, VersionConflict
 
 NOT_APPROVED = "not released (not approved)"
+log = logging.getLogger(__name__)
 
 
 def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -93,6 +101,75 @@ def approved_export(service: ReviewService) -> ApprovedExport:
         files[f"{folder}/certificate.pdf"] = certificate_pdf(service, pid, issued)
         approvals[pid] = issued
     return ApprovedExport(phenotypes, populations, files, approvals)
+
+
+class ExportNotDelivered(ReviewError):
+    """The export's certificates were audited, then moving its files into place failed (audited too)."""
+
+
+def write_approved_export(service: ReviewService, export: ApprovedExport, dest: Path, username: str) -> None:
+    """Write ``export`` into ``dest``: every file is first written into a new hidden folder beside it
+    (:func:`_stage`; an OSError there removes it: nothing written, nothing audited), then the
+    certificates are audited (:meth:`ReviewService.record_certificates`: refused, nothing written,
+    when an approval changed meanwhile), then the files are moved into ``dest`` (:func:`_publish`:
+    one rename when ``dest`` does not exist yet). Should that last move fail (OSError, rare: the
+    same file system), an ``export_failed`` entry records it and :class:`ExportNotDelivered` says so."""
+    staged = _stage(export, dest)
+    try:
+        _check_publishable(staged, dest)
+        service.record_certificates(username, export.approvals)
+        try:
+            _publish(staged, dest)
+        except OSError as exc:
+            service.record_export_failure(username, export.approvals, str(dest), str(exc))
+            raise ExportNotDelivered(f"{dest}: the certificates were audited, then moving the export into place failed "
+                                     f"({exc}); this is audited (export_failed): run export-approved again") from exc
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def _stage(export: ApprovedExport, dest: Path) -> Path:
+    """Every file of ``export`` written into a new hidden folder beside ``dest``
+    (``.NAME.partial-XXXX``, the same file system); removed again if a write fails (re-raised)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        atomic.write_csv(staged / "phenotypes_approved.csv", export.phenotypes)
+        atomic.write_csv(staged / "populations_approved.csv", export.populations)
+        for name, content in export.files.items():
+            atomic.write_bytes(staged / name, content)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+def _staged_files(staged: Path) -> list[Path]:
+    return sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file())
+
+
+def _check_publishable(staged: Path, dest: Path) -> None:
+    """NotADirectoryError / IsADirectoryError naming the path when ``dest`` or a folder in it is a
+    file, or a file to write is a folder there: found before anything is audited."""
+    for path in [Path("."), *{p.parent for p in _staged_files(staged)}]:
+        if (dest / path).exists() and not (dest / path).is_dir():
+            raise NotADirectoryError(f"{dest / path}: not a folder")
+    for path in _staged_files(staged):
+        if (dest / path).is_dir():
+            raise IsADirectoryError(f"{dest / path}: a folder where the export writes a file")
+
+
+def _publish(staged: Path, dest: Path) -> None:
+    """Move the staged files into ``dest``: the folder renamed when ``dest`` does not exist (all at
+    once), else each file over its namesake (each replaced whole; other files in ``dest`` kept)."""
+    if not dest.exists():
+        os.chmod(staged, atomic.default_mode(directory=True))   # mkdtemp makes 0700; an output folder is ordinary
+        os.rename(staged, dest)
+        return
+    for path in _staged_files(staged):
+        (dest / path).parent.mkdir(exist_ok=True)
+        os.replace(staged / path, dest / path)
 
 
 def _still_approved(service: ReviewService, product_id: str, version: int) -> Approval:

@@ -57,8 +57,8 @@ EDIT_ROLES = ("analyst", "reviewer", "admin")
 BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
-ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "import_product", "reimport_product",
-                            "save_gates", "sign", "signature_refused"})
+ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_failed",
+                            "import_product", "reimport_product", "save_gates", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -792,6 +792,14 @@ class ReviewService:
                              expect_seq=None if i else start, relevant=_concerns(*issued))
 
         transaction(self.factory, record)
+
+    def record_export_failure(self, username: str, issued: dict[str, Approval], dest: str, error: str) -> None:
+        """Audit (``export_failed``) that the export whose certificates of ``issued`` were just audited
+        did not reach ``dest`` (``error``: why), so the trail does not show them delivered."""
+        transaction(self.factory, lambda db: audit.append(
+            db, username, "export_failed", after={"dest": dest, "certificates": {
+                pid: {"version": a.version.version, "approval_sha256": a.approval.signature_sha256} for pid, a in issued.items()}},
+            reason=f"the export's files could not be moved into place: {error}"))
 
     def _decision_now(self, db: Session, product_id: str) -> str:
         """The product's state in words, read in ``db``: the version it is at and its standing decision."""
