@@ -894,3 +894,37 @@ def test_a_save_over_an_approval_signed_since_the_page_loaded_is_refused_unless_
     voided = json.loads(entry.before_json)["voids_approval"]
     assert (voided["signature_id"], voided["signature_sha256"], voided["username"]) == (
         approval.id, approval.signature_sha256, "dave")
+
+
+def test_the_state_of_a_product_is_one_reading_even_while_someone_saves(app, service):
+    """Carol saves TIL001 just as alice's page reads its state (before its versions are listed): the
+    state used to read the current version, the signatures and the versions in separate sessions,
+    so it listed carol's new version beside a current version one lower. Now one reading: the
+    versions end at the current version, and the signatures are judged against it."""
+    from sqlalchemy import event
+
+    from review_support import standing_approval_id
+    from tilpheno.review.models import User
+
+    c, _, _ = login(app, "alice")
+    with service.factory() as db:
+        carol = db.query(User).filter(User.username == "carol").one()
+    engine, done = service.factory.kw["bind"], []
+
+    def carol_saves(conn, cursor, statement, *args):
+        if not done and "ORDER BY gate_set_versions.version" in statement and "DESC" not in statement:   # the list
+            done.append(True)
+            gate = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+            service.save_version(PID, carol, service.current_version(PID),
+                                 {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.003}}}}},
+                                 "carol trims CD3", void_approval=standing_approval_id(service, PID))
+
+    before = service.current_version(PID)
+    event.listen(engine, "before_cursor_execute", carol_saves)
+    try:
+        state = c.get(f"/api/products/{PID}/state").json
+    finally:
+        event.remove(engine, "before_cursor_execute", carol_saves)
+    assert done and service.current_version(PID) == before + 1
+    assert state["current_version"] == before and [v["version"] for v in state["versions"]][-1] == before, state["versions"]
+    assert c.get(f"/api/products/{PID}/state").json["current_version"] == before + 1

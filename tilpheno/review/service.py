@@ -254,6 +254,28 @@ class SignatureView:
     void_reason: str
 
 
+@dataclass(frozen=True)
+class ProductState:
+    """One reading of a product's review (:meth:`ReviewService.product_state`): its newest automatic
+    version, its current version, every version (oldest first) and every signature, valid or void
+    against ``current`` (signing order)."""
+    automatic: GateSetVersion
+    current: GateSetVersion
+    versions: list[GateSetVersion]
+    signatures: list[SignatureView]
+
+
+def snapshot(db: Session) -> None:
+    """Make every read of ``db`` (a session that has read nothing yet) see the database as it was at
+    its first read: REPEATABLE READ on PostgreSQL (its default READ COMMITTED sees each statement's
+    own moment); BEGIN on SQLite (its driver starts no transaction for a SELECT, so each read was
+    its own). For reads only: the session is closed without writing."""
+    if db.get_bind().dialect.name == "postgresql":
+        db.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    else:
+        db.connection().exec_driver_sql("BEGIN")
+
+
 class ReviewService:
     """The review operations over one output folder and one database."""
 
@@ -689,11 +711,23 @@ class ReviewService:
         return [v.row for v in views if v.valid and v.row.meaning == meaning][-1]
 
     def signatures(self, product_id: str) -> list[SignatureView]:
-        current = self.version(product_id)
+        """Each signature of the product, valid or void (:meth:`_views`), from one reading."""
+        return self.product_state(product_id).signatures
+
+    def product_state(self, product_id: str) -> ProductState:
+        """The product's versions and signatures read at once (:func:`snapshot`): a save or a
+        signature committed meanwhile is either wholly in it or not at all."""
+        self.ensure_imported(product_id)
         with self.factory() as db:
+            snapshot(db)
+            current_version = _get(db, Product, product_id).current_version
+            versions = list(db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == product_id)
+                                       .order_by(GateSetVersion.version)))
             rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
             in_trail = audit.signed_in_trail(db, product_id)
-        return self._views(product_id, rows, in_trail, current)
+        current = next(v for v in versions if v.version == current_version)
+        automatic = [v for v in versions if v.source == "automatic"][-1]
+        return ProductState(automatic, current, versions, self._views(product_id, rows, in_trail, current))
 
     def _views(self, product_id: str, rows: list[Signature], in_trail: set[str],
                current: GateSetVersion) -> list[SignatureView]:

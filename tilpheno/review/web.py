@@ -268,12 +268,12 @@ def create_app(service: ReviewService) -> Flask:
     @login_required
     def state(product_id: str):
         opened(product_id)
-        automatic = service.automatic_version(product_id, g.user.username)   # first: it may add the current version
-        current = service.version(product_id)
-        cur_set, auto_set = json.loads(current.gates_json), json.loads(automatic.gates_json)
+        service.automatic_version(product_id, g.user.username)   # first: it may add the current version
+        read = service.product_state(product_id)   # versions and signatures of one moment
+        current, signatures = read.current, read.signatures
+        cur_set, auto_set = json.loads(current.gates_json), json.loads(read.automatic.gates_json)
         auto_res = recompute(service.source, product_id, auto_set, medians=False)
         cur_res = recompute(service.source, product_id, cur_set, medians=False)
-        signatures = service.signatures(product_id)
         decided = decision_of(signatures)
         rejection = next((v for v in reversed(signatures) if v.valid and v.row.meaning == REJECTED), None)
         return jsonify({
@@ -285,7 +285,7 @@ def create_app(service: ReviewService) -> Flask:
             "rejection": _signature(rejection) if rejection and decided == (REJECTED, current.version) else None,
             "versions": [{"version": v.version, "based_on": v.based_on, "source": v.source, "reason": v.reason,
                           "created_by": v.created_by, "created_at": v.created_at, "gates_sha256": v.gates_sha256}
-                         for v in service.versions(product_id)],
+                         for v in read.versions],
             "automatic": auto_set, "current": cur_set,
             "plots": _plots(service, product_id, cur_set, auto_set),
             "populations": {"automatic": _tables(auto_res), "current": _tables(cur_res)},
