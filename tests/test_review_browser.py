@@ -665,3 +665,50 @@ def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids
     assert json.loads(entry.before_json)["voids_approval"]["signature_id"] == approval.id
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_draft_outlives_an_expired_session(driver, server):
+    """Alice moves the CD3 cut and types a reason; her 8-hour session ends before she saves. The
+    save used to answer 'session invalid or expired' and the login after it lost the draft. Now the
+    page says the draft is kept in this browser; carol, logging in at the same browser, is offered
+    nothing; alice, logging in again, gets her draft and reason back with a notice and saves them
+    (the kept draft is then forgotten)."""
+    from sqlalchemy import update
+
+    from tilpheno.review.models import LoginSession
+
+    service, base = server
+    driver.get_log("browser")
+    open_product(driver, base, "alice")
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    drag_cd3(driver, 40)
+    moved = wait(driver, lambda d: settled_pct(d) if draft_pct(d) != start else None, "the recomputed CD3+ %")
+    driver.find_element("id", "reason").send_keys("CD3 dim tail is debris")
+    with service.factory() as db:   # the session's 8 hours are over
+        alice = db.scalar(select(User).where(User.username == "alice"))
+        db.execute(update(LoginSession).where(LoginSession.user_id == alice.id).values(expires_at="2000-01-01T00:00:00.000000Z"))
+        db.commit()
+    driver.find_element("id", "save-button").click()
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "expired" in d.find_element("id", "message").text
+               else None, "the expired session")
+    assert "draft is kept in this browser" in msg, msg
+    open_product(driver, base, "carol")   # another user at this browser: nothing of alice's
+    time.sleep(1.0)
+    assert "Restored" not in driver.find_element("id", "message").text and draft_pct(driver) == start
+    open_product(driver, base, "alice")
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
+               else None, "the restored draft")
+    assert "(surface/CD3+)" in msg and "not saved" in msg, msg
+    wait(driver, lambda d: draft_pct(d) == moved, "the restored draft's CD3+ %")
+    assert driver.find_element("id", "reason").get_attribute("value") == "CD3 dim tail is debris"
+    driver.find_element("id", "save-button").click()
+    wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+    saved = service.version(PID, 2)
+    assert saved.created_by == "alice" and saved.reason == "CD3 dim tail is debris"
+    res = json.loads(saved.gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    assert res != json.loads(service.version(PID, 1).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    key = f"tilpheno-draft|alice|{PID}"
+    wait(driver, lambda d: d.execute_script("return window.localStorage.getItem(arguments[0]) === null;", key),
+         "the saved draft forgotten")
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -12,6 +12,7 @@
   let C = null;          // candidate cuts of the threshold gates, from the server (version C.version)
   let draft = null;      // {tube: {pop: gate}}
   let previewSeq = 0, lastShown = 0, inFlight = false, lastSent = 0, pending = false;
+  let restored = false;  // the draft kept in this browser is offered once, at the page's first load
 
   const $ = (id) => document.getElementById(id);
   const key = (tube, pop) => tube + "|" + pop;
@@ -65,6 +66,48 @@
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderOverrule(); renderVersions(); renderApply();
     loadCandidates();
+    if (!restored) { restored = true; restoreDraft(); }
+  }
+
+  // ---- the draft kept in this browser ----------------------------------------------------------------
+  // Every change of the draft (and its reason) is kept in this browser's localStorage under the user and
+  // the product, so an expired session (8 h), a closed tab or a crash loses nothing: when this user opens
+  // the product again the page puts the kept changes over the current version and says so (from when,
+  // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
+  // Saving it or resetting the draft forgets it.
+  const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
+  const keptNote = " Your unsaved draft is kept in this browser: log in again and open this " + app.dataset.noun +
+    " to get it back.";
+
+  function keepDraft() {
+    if (!S) return;
+    const edited = changedFrom(S.current);
+    try {
+      if (edited.length) {
+        localStorage.setItem(draftKey, JSON.stringify({ version: S.current_version, edited: edited,
+          reason: $("reason").value, at: new Date().toISOString() }));
+      } else localStorage.removeItem(draftKey);
+    } catch (e) { console.warn("the draft could not be kept in this browser: " + e); }
+  }
+
+  function restoreDraft() {
+    let kept = null;
+    try { kept = JSON.parse(localStorage.getItem(draftKey) || "null"); }
+    catch (e) { console.warn("the draft kept in this browser could not be read: " + e); }
+    if (!kept || !Array.isArray(kept.edited)) return;
+    const put = [];
+    for (const [tube, pop, g] of kept.edited) {
+      if (!draft[tube] || !(pop in draft[tube])) continue;
+      draft[tube][pop] = g;
+      put.push(tube + "/" + pop);
+    }
+    if (!put.length) { keepDraft(); return; }
+    if (!$("reason").value && kept.reason) $("reason").value = kept.reason;
+    schedulePreview(true);
+    message("Restored your unsaved draft of " + String(kept.at).slice(0, 19).replace("T", " ") + " UTC (" + put.join(", ") +
+      ")" + (kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
+      " is now at version " + S.current_version + ": your changes are put over it, compare before saving" : "") +
+      ". It is not saved: save it with a reason, or reset the draft.", false);
   }
 
   // ---- candidate cuts ------------------------------------------------------------------------------
@@ -314,6 +357,7 @@
   }
 
   function schedulePreview(final) {
+    keepDraft();
     const now = Date.now();
     if (!final && (inFlight || now - lastSent < 100)) { pending = true; return; }
     sendPreview(final);
@@ -326,7 +370,7 @@
     inFlight = false;
     if (seq < lastShown) return;
     lastShown = seq;
-    if (r.status !== 200) { message(r.data.error || "preview failed", false); return; }
+    if (r.status !== 200) { message((r.data.error || "preview failed") + (r.status === 401 ? keptNote : ""), false); return; }
     renderTables(r.data.populations, r.data.release, r.data.release_status);
     if (final && r.data.plots) { renderPlots(r.data.plots, r.data.populations); }
     if (pending) schedulePreview(true);
@@ -498,10 +542,11 @@
       }
       r = await api(app.dataset.save, Object.assign(body, { void_approval: r.data.approval }));
     }
-    if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); message(r.data.message, true); }
+    if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); keepDraft(); message(r.data.message, true); }
     else if (r.status === 409) await keepDraftOver(r.data.error);
-    else message(r.data.error || ("save failed: HTTP " + r.status), false);
+    else message((r.data.error || ("save failed: HTTP " + r.status)) + (r.status === 401 ? keptNote : ""), false);
   });
+  $("reason").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
     schedulePreview(true);
