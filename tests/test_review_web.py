@@ -928,3 +928,23 @@ def test_the_state_of_a_product_is_one_reading_even_while_someone_saves(app, ser
     assert done and service.current_version(PID) == before + 1
     assert state["current_version"] == before and [v["version"] for v in state["versions"]][-1] == before, state["versions"]
     assert c.get(f"/api/products/{PID}/state").json["current_version"] == before + 1
+
+
+def test_log_out_after_the_session_expired_goes_to_the_login(app, service):
+    """A page left open past the session's 8 hours: its "Log out" button answered a raw JSON error
+    ({"error": "session invalid or expired: ..."}, 401) as the page, and kept the dead cookie. Now it
+    goes to the login page and forgets the cookie."""
+    from sqlalchemy import update
+
+    from tilpheno.review.models import LoginSession, User
+
+    c, h, _ = login(app, "carol")
+    with service.factory() as db:
+        carol = db.query(User).filter(User.username == "carol").one()
+        db.execute(update(LoginSession).where(LoginSession.user_id == carol.id)
+                   .values(expires_at="2000-01-01T00:00:00.000000Z"))
+        db.commit()
+    r = c.post("/logout", data={"csrf_token": h["X-CSRF-Token"]}, headers={"Accept": "text/html"})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login"), (r.status_code, r.text)
+    assert c.get_cookie(COOKIE) is None
+    assert c.get("/login").status_code == 200

@@ -71,6 +71,10 @@ def create_app(service: ReviewService) -> Flask:
                 if g.user is not None and not g.user.active:
                     g.user = None
         g.bad_cookie = token is not None and g.sess is None
+        if g.bad_cookie and request.endpoint == "logout":   # "Log out" on a page whose session already ended
+            resp = redirect(url_for("login"))
+            resp.delete_cookie(COOKIE, path="/")
+            return resp
         if g.bad_cookie and request.endpoint not in ("login", "static", "healthz"):
             return _error(401, "session invalid or expired: log in again")
         if request.method == "POST" and request.endpoint != "static":
