@@ -111,7 +111,7 @@ def test_an_approval_signed_while_the_batch_runs_is_not_voided_unasked(service, 
     assert approval is not None and approval.version == 1
 
     result = service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley",
-                                    void_approvals=["TIL003"])
+                                    void_approvals=exc.value.signature_ids)
     assert [r.product_id for r in result.saved] == ["TIL001", "TIL003"] and service.approved_version("TIL003") is None
     with service.factory() as db:
         entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates", AuditEntry.product_id == "TIL003")
@@ -155,7 +155,8 @@ def test_a_refused_batch_imports_no_target_and_an_applied_one_imports_with_its_s
 
     source_with_own_cd3(service)
     alice, dave = user(service, "alice"), user(service, "dave")
-    service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, "TIL003"))
+    approval = service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", 1,
+                            approval_resolutions(service, "TIL003"))
 
     def trail():
         with service.factory() as db:
@@ -168,7 +169,8 @@ def test_a_refused_batch_imports_no_target_and_an_applied_one_imports_with_its_s
     with service.factory() as db:
         assert db.get(Product, "TIL001") is None
     automatic = service.source.automatic("TIL001")
-    service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley", void_approvals=["TIL003"])
+    service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley",
+                           void_approvals=[approval.id])
     assert trail() == before + [("import_product", "TIL001", "alice"), ("save_gates", "TIL001", "alice"),
                                 ("save_gates", "TIL003", "alice")]
     with service.factory() as db:

@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -852,9 +852,10 @@ def test_applying_a_gate_to_an_approved_product_names_the_approval_it_voids_firs
     assert (f"applying voids the approval for release of {target} version {v} by Dave Tester (dave) at {when} UTC"
             in r.json["error"]), r.json
     assert counts(service) == before and service.decision(target) == ("approved for release", v)
-    for wrong in (["TIL001"], [[target]], target, 1):   # acknowledging another product, or no list: still refused
+    assert r.json["approvals"] == [approval.id]
+    for wrong in ([target], [approval.id + 1000], [[approval.id]], [True], approval.id):   # not its id in a list: refused
         assert c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": wrong}, headers=h).status_code == 409
-    r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": [target]}, headers=h)
+    r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": [approval.id]}, headers=h)
     assert r.status_code == 201 and f"{target} v{v + 1}" in r.json["message"]
     assert service.decision(target) is None
 
@@ -903,7 +904,6 @@ def test_the_state_of_a_product_is_one_reading_even_while_someone_saves(app, ser
     versions end at the current version, and the signatures are judged against it."""
     from sqlalchemy import event
 
-    from review_support import standing_approval_id
     from tilpheno.review.models import User
 
     c, _, _ = login(app, "alice")
@@ -948,3 +948,33 @@ def test_log_out_after_the_session_expired_goes_to_the_login(app, service):
     assert r.status_code == 302 and r.headers["Location"].endswith("/login"), (r.status_code, r.text)
     assert c.get_cookie(COOKIE) is None
     assert c.get("/login").status_code == 200
+
+
+def test_a_batch_acknowledges_the_approvals_it_was_shown_not_whatever_stands_later(app, service):
+    """Alice's batch apply to TIL002 names Dave's approval (409); while she reads the question Gwen
+    approves TIL002 too. Her "OK" acknowledged the product (void_approvals: ["TIL002"]) and so
+    voided Gwen's approval unseen. Now it names the approvals by signature id: the repeated
+    request is refused naming Gwen's approval, and applies once that one is acknowledged."""
+    from tilpheno.review.models import User
+
+    target = "TIL002"
+    _new_reviewer(service, "gwen")
+    with service.factory() as db:
+        dave, gwen = (db.query(User).filter(User.username == n).one() for n in ("dave", "gwen"))
+    v = service.current_version(target)
+    service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, target))
+    c, h, _ = login(app, "alice")
+    body = {"tube": "surface", "population": "CD3+", "products": [target], "reason": "same CD3 valley across the batch"}
+    gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] += 0.007
+    assert c.post(f"/api/products/{PID}/versions", headers=h, json={
+        "base_version": service.current_version(PID), "gates": {"tubes": {"surface": {"gates": {"CD3+": gate}}}},
+        "reason": "CD3 valley for the batch", "void_approval": standing_approval_id(service, PID)}).status_code == 201
+    asked = c.post(f"/api/products/{PID}/apply", json=body, headers=h)
+    assert asked.status_code == 409
+    later = service.sign(target, gwen.id, "gwen-password-1", "approved for release", v, approval_resolutions(service, target))
+    r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": asked.json["approvals"]}, headers=h)
+    assert r.status_code == 409 and r.json["approvals"] == [later.id] and "Gwen (gwen)" in r.json["error"], r.json
+    assert service.current_version(target) == v
+    r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": r.json["approvals"]}, headers=h)
+    assert r.status_code == 201 and service.current_version(target) == v + 1 and service.decision(target) is None

@@ -534,8 +534,9 @@ class ReviewService:
         the source's is left as it is and listed as ``unchanged``. A target approved for release
         (its standing decision, read inside the transaction, so an approval signed while the batch
         was prepared counts) loses that approval: :class:`ApprovalsWouldBeVoided` naming each such
-        approval, and nothing applied, unless ``void_approvals`` lists those targets (the user was
-        asked); each voided approval is recorded in its product's ``save_gates`` entry."""
+        approval, and nothing applied, unless ``void_approvals`` lists the signature id of each such
+        approval (the user was asked, naming them: an approval signed after that is named again);
+        each voided approval is recorded in its product's ``save_gates`` entry."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
@@ -549,7 +550,8 @@ class ReviewService:
         gate = json.loads(src.gates_json)["tubes"].get(tube, {}).get("gates", {}).get(population)
         if gate is None:
             raise GateSetError(f"{tube}/{population}: no such gate in {from_product}")
-        acknowledged = {t for t in void_approvals if isinstance(t, str)} if isinstance(void_approvals, list) else set()
+        acknowledged = ({i for i in void_approvals if isinstance(i, int) and not isinstance(i, bool)}
+                        if isinstance(void_approvals, list) else set())
         changes: list[GateChange] = []
         unchanged: list[GateChange] = []
         imports: dict[str, PendingImport] = {}   # targets never opened: imported with the saves, on this user's behalf
@@ -577,7 +579,7 @@ class ReviewService:
             if refusal:
                 raise Forbidden(refusal)
             voided = {c.product_id: a for c in changes if (a := self.standing(db, c.product_id, APPROVED)) is not None}
-            unasked = [(t, a) for t, a in voided.items() if t not in acknowledged]
+            unasked = [(t, a) for t, a in voided.items() if a.id not in acknowledged]
             if unasked:
                 raise ApprovalsWouldBeVoided(
                     "applying voids " + "; ".join(_approval_words(t, a) for t, a in unasked)

@@ -378,7 +378,7 @@ def create_app(service: ReviewService) -> Flask:
             result = service.apply_to_batch(product_id, g.user, data.get("tube"), data.get("population"),
                                             data.get("products"), data.get("reason"), data.get("void_approvals"))
         except ApprovalsWouldBeVoided as exc:   # the page asks, naming them, and repeats the request
-            return jsonify(error=str(exc), approved=exc.products), 409
+            return jsonify(error=str(exc), approved=exc.products, approvals=exc.signature_ids), 409
         parts = [f"applied to {len(result.saved)} {words('product(s)')}: " +
                  ", ".join(f"{r.product_id} v{r.version}" for r in result.saved)] if result.saved or not result.unchanged else []
         if result.unchanged:

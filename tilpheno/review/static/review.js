@@ -581,7 +581,7 @@
         message("Not applied: the approvals of " + r.data.approved.join(", ") + " stand.", false);
         return;
       }
-      r = await api(app.dataset.apply, Object.assign(body, { void_approvals: r.data.approved }));
+      r = await api(app.dataset.apply, Object.assign(body, { void_approvals: r.data.approvals }));   // those named
     }
     message(r.data.message || r.data.error || ("HTTP " + r.status), r.status === 201);
   });
