@@ -222,16 +222,18 @@ def test_candidate_cuts_are_the_runs_and_give_what_the_preview_gives(app, servic
     assert r.json["version"] == state["current_version"]
     strategies = service.source.strategies
     for tube, entry in state["automatic"]["tubes"].items():
-        fmo_gates = [p.name for p in strategies[tube].populations if p.method == "fmo" and p.name in entry["gates"]]
-        assert fmo_gates and sorted(tubes[tube]) == sorted(fmo_gates), (tube, sorted(tubes[tube]))
-        for population in fmo_gates:
+        # every 1-D gate placed from the data: the FMO thresholds and the density (valley) gates
+        placed = [p.name for p in strategies[tube].populations if p.method in ("fmo", "valley") and p.name in entry["gates"]]
+        assert placed and sorted(tubes[tube]) == sorted(placed), (tube, sorted(tubes[tube]))
+        for population in placed:
             cuts = tubes[tube][population]
-            assert cuts[0]["rule"] == "automatic" and cuts[0]["value"] == entry["gates"][population]["low"]
+            side = "low" if entry["gates"][population]["low"] is not None else "high"
+            assert cuts[0]["rule"] == "automatic" and cuts[0]["value"] == entry["gates"][population][side]
             values = [cut["value"] for cut in cuts]
             assert all(abs(a - b) > 5e-4 for i, a in enumerate(values) for b in values[:i])   # no repeats
             current = state["current"]["tubes"][tube]["gates"][population]
             for cut in cuts:
-                moved = {**current, "low": cut["value"]}
+                moved = {**current, side: cut["value"]}
                 prev = c.post(f"/api/products/{PID}/preview",
                               json={"gates": {"tubes": {tube: {"gates": {population: moved}}}}}, headers=h)
                 assert prev.status_code == 200, prev.text
@@ -239,6 +241,20 @@ def test_candidate_cuts_are_the_runs_and_give_what_the_preview_gives(app, servic
                 assert cut["pct_of_parent"] == pytest.approx(rows[population]["pct_of_parent"], abs=1e-9), (tube, population, cut)
     # the study's FMO gates weigh more than their own cut (TIL001: the CD3 valley against the FMO percentile)
     assert {cut["rule"] for cut in tubes["surface"]["CD3+"]} >= {"automatic", "fmo_threshold", "relative_threshold"}
+    # the live/dead gate (rule lower: the valley, but never more than k SDs above the live peak) offers
+    # the valley it weighed: the same rule applied anew to the singlets' events gives both cuts
+    from tilpheno.gates.placement import place_valley
+    from tilpheno.review.regate import evaluate
+
+    st = service.source.stained(PID)["surface"]
+    live = st.strategy.population("live")
+    parent = evaluate(st.strategy, st.tube, state["automatic"]["tubes"]["surface"]["gates"])[live.parent]
+    zero = float(st.tube.transforms[live.dims[0]].apply([0.0])[0])
+    truth = place_valley(st.tube.data[live.dims[0]][parent], live.dims[0], zero=zero, **live.params).diagnostics
+    by_rule = {cut["rule"]: cut for cut in tubes["surface"]["live"]}
+    assert truth["winner"] == "negative_sd" and by_rule["automatic"]["cut"] == pytest.approx(truth["sd_threshold"], abs=1e-12)
+    assert by_rule["valley_threshold"]["cut"] == pytest.approx(truth["valley_threshold"], abs=1e-12)
+    assert by_rule["valley_threshold"]["label"] == "density valley" and "density minimum" in by_rule["valley_threshold"]["meaning"]
     # each cut also in compensated linear units (the buttons show it): the gate dimension's transform
     # takes it back to the cut (within 1e-6: the logicle is table-interpolated to 1e-6 of the exact
     # function, transforms.py), and a higher cut is a higher linear value
@@ -273,6 +289,29 @@ def test_threshold_candidates_order_repeats_and_missing_numbers():
     assert [c["cut"] for c in out["PD1+"]] == [0.40, 0.35, 0.39, 0.46]
     assert "fmo_relative" in out["PD1+"][0]["meaning"] and "99.5th" in out["PD1+"][1]["meaning"]
     assert [c["rule"] for c in out["CD3+"]] == ["automatic"] and "fallback_valley" in out["CD3+"][0]["meaning"]
+
+
+def test_a_one_population_gate_suggests_the_cut_its_flag_was_sized_with():
+    """A valley gate that found one population only (flag no_second_peak) suggests, besides its own
+    cut, the alternative the flag's size was measured at (midway between the cut and the peak),
+    named after the flag; the ±smoothing-scale cuts of flags that did not fire are not offered."""
+    import numpy as np
+    import pandas as pd
+
+    from tilpheno.gates.checks import check_valley
+    from tilpheno.gates.placement import place_valley
+    from tilpheno.review.regate import gate_candidates
+
+    x = np.random.default_rng(3).normal(0.3, 0.03, 20000)   # negatives only
+    placed = check_valley("live", place_valley(x, "LD", keep="low", zero=0.2), x)
+    assert [f.code for f in placed.flags] == ["no_second_peak"]
+    d = placed.diagnostics
+    flags = [(f.code, "live (LD): " + f.message) for f in placed.flags]
+    out = gate_candidates(pd.DataFrame(), {"live": d}, [("live", "cells", placed.gate, placed.method)], flags, 99.5)
+    assert [c["rule"] for c in out["live"]] == ["automatic", "no_second_peak:0"]
+    assert out["live"][0]["cut"] == placed.gate.high and "single_population_sd" in out["live"][0]["meaning"]
+    assert out["live"][1]["cut"] == pytest.approx(0.5 * (d["threshold"] + d["highest_negative_peak"]), abs=1e-12)
+    assert "no_second_peak flag" in out["live"][1]["meaning"]
 
 
 def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):

@@ -154,11 +154,10 @@ def _external_dimensions(strategy: Strategy, fcs, spillover: Spillover | None) -
 @dataclass
 class GatingResult(TubeResult):
     """One file gated by a strategy: a ``TubeResult`` (``populations``, ``thresholds``, ``gates``,
-    ``masks``, ``data``) plus the strategy, the placement ``diagnostics`` (population -> numbers
-    behind its gate), the QC ``flags`` and the ``variables`` the strategy defines."""
+    ``masks``, ``data``, the placement ``diagnostics``: population -> numbers behind its gate) plus
+    the strategy, the QC ``flags`` and the ``variables`` the strategy defines."""
 
     strategy: Strategy | None = None
-    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
     flags: list[QCFlag] = field(default_factory=list)
 
     @property
@@ -190,7 +189,8 @@ class GatingResult(TubeResult):
     @classmethod
     def from_tube(cls, tube: TubeResult, strategy: Strategy | None = None, diagnostics=None, flags=()) -> "GatingResult":
         fields = {f.name: getattr(tube, f.name) for f in dataclasses.fields(TubeResult)}
-        return cls(**fields, strategy=strategy, diagnostics=dict(diagnostics or {}), flags=list(flags))
+        fields["diagnostics"] = dict(tube.diagnostics if diagnostics is None else diagnostics)
+        return cls(**fields, strategy=strategy, flags=list(flags))
 
 
 def gate_sample(
@@ -216,7 +216,7 @@ def gate_sample(
     state = states[0]
     name = Path(sample.path).name
     flags = [QCFlag(product_id, name, f.code, f.severity, f.message) for f in state.flags]
-    return GatingResult.from_tube(_tube_result(strategy, state), strategy, state.diagnostics, flags)
+    return GatingResult.from_tube(_tube_result(strategy, state), strategy, flags=flags)
 
 
 @dataclass

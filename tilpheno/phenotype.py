@@ -120,6 +120,9 @@ class TubeResult:
     acquisition: Any = None                   # tilpheno.acquisition.AcquisitionQC of step 0 (None when off)
     compensation: Any = None                  # CompensationUsed: the matrix, its source, residual spillover
     label: str = ""                           # the file as the product's flags name it (analyze_product)
+    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # population -> the numbers behind its placed gate (placement diagnostics: the candidates a
+    # gate weighed, e.g. ``valley_threshold`` and ``sd_threshold`` of a ``valley`` gate, transformed units)
 
     @property
     def shown_name(self) -> str:
@@ -1006,7 +1009,7 @@ def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = No
         populations=population_table(strategy, state),
         thresholds=pd.DataFrame(state.thresholds, columns=_THRESHOLD_COLUMNS),
         gates=list(state.gates), data=t.data, masks=dict(state.masks), detectors=dict(t.detectors),
-        n_events=n,
+        n_events=n, diagnostics={p: dict(d) for p, d in state.diagnostics.items()},
     )
     if plot_events is not None and n > plot_events:
         stride = -(-n // max(1, int(plot_events)))

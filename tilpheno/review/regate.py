@@ -42,7 +42,7 @@ import pandas as pd
 
 from tilpheno.cache import FileIdentity
 from tilpheno.errors import GatingError
-from tilpheno.gates.geometry import gate_from_dict
+from tilpheno.gates.geometry import RangeGate, gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
 from tilpheno.study import Study
@@ -408,7 +408,8 @@ class ReviewSource:
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
-            candidates[t.tube] = threshold_candidates(t.thresholds, self.fmo_percentile)
+            flagged = [(f.code, f.message) for f in result.qc if f.file in (name, "")]
+            candidates[t.tube] = gate_candidates(t.thresholds, t.diagnostics, t.gates, flagged, self.fmo_percentile)
         self._automatic[product_id] = {"tubes": tubes}
         self._candidates[product_id] = candidates
 
@@ -499,6 +500,86 @@ def threshold_candidates(thresholds: pd.DataFrame, percentile: float) -> dict[st
             if all(abs(float(value) - c["cut"]) > CANDIDATE_TOLERANCE for c in cuts):
                 cuts.append({"rule": column, "label": label, "meaning": meaning.format(pct=pct), "cut": float(value)})
         out[str(row["population"])] = cuts
+    return out
+
+
+def _valley_meanings(d: Mapping[str, Any]) -> dict[str, str]:
+    """Rule -> one-line meaning of each cut a ``valley`` gate's placement recorded
+    (``placement.place_valley``, ``checks.check_valley``; ``d``: its diagnostics)."""
+    k = float(d.get("k_sd", math.nan))
+    if "negative_mode" in d:
+        sd = (f"{k:g} robust SDs ({d.get('sd_side', 'lower')}-half RMS {float(d.get('negative_width', math.nan)):.3f}) "
+              f"above the main peak at {float(d['negative_mode']):.3f} (rules negative_sd, lower)")
+    else:
+        sd = (f"{k:g} robust SDs (upper-half RMS {float(d.get('positive_width', math.nan)):.3f}) below the positive peak "
+              f"at {float(d.get('positive_peak', math.nan)):.3f}, the foot of the positive cluster (rules positive_sd, higher)")
+    return {"valley_threshold": "the density minimum between the negative and the positive peak (or, with one "
+                                "population only, the rule's cut beside its peaks)",
+            "sd_threshold": sd}
+
+
+DENSITY_LABELS = {"valley_threshold": "density valley", "sd_threshold": "k SDs from the peak"}
+"""``valley`` gate diagnostics -> short label of the cut (meanings: :func:`_valley_meanings`)."""
+
+
+def density_candidates(d: Mapping[str, Any], flagged: list[str]) -> list[dict]:
+    """The cuts a density gate (``valley``, or an ``fmo`` gate's density fallback) recorded besides
+    the one in use, from its placement diagnostics ``d`` (transformed scale): the density valley
+    (``valley_threshold``), the cut k robust SDs from a peak (``sd_threshold``), and for each of
+    ``flagged`` (the codes of the self-check flags raised on the gate) the alternative cuts the
+    flag was sized with (``alternative_cuts``, ``checks.check_valley``: rule
+    ``<code>:<i>``). Non-finite numbers are left out."""
+    meanings = _valley_meanings(d)
+    out: list[dict[str, Any]] = []
+    for column, label in DENSITY_LABELS.items():
+        value = d.get(column)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out.append({"rule": column, "label": label, "meaning": meanings[column], "cut": float(value)})
+    cut = float(d.get("threshold", math.nan))
+    for code in dict.fromkeys(flagged):
+        for i, value in enumerate(d.get("alternative_cuts", {}).get(code, ())):
+            if not math.isfinite(float(value)):
+                continue
+            if code == "no_second_peak":
+                label = "other one-population cut"
+                how = ("the same rule on the parent the gate is applied to" if d.get("reference") else
+                       "half the robust SDs: midway between the cut and the one population's peak")
+            else:
+                label = f"cut {float(value) - cut:+.3f}"
+                how = "the cut moved by the smoothing scale"
+            out.append({"rule": f"{code}:{i}", "label": label, "cut": float(value),
+                        "meaning": f"the cut the {code} flag was sized with ({how})"})
+    return out
+
+
+def _distinct(cuts: list[dict], more: list[dict]) -> list[dict]:
+    """``cuts`` followed by each of ``more`` that differs from every cut before it by more than
+    :data:`CANDIDATE_TOLERANCE`."""
+    out = list(cuts)
+    for c in more:
+        if all(abs(c["cut"] - o["cut"]) > CANDIDATE_TOLERANCE for o in out):
+            out.append(c)
+    return out
+
+
+def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[str, Any]], gates: list,
+                    flags: list[tuple[str, str]], percentile: float) -> dict[str, list[dict]]:
+    """Population -> candidate cuts of every 1-D gate of a stained tube: the threshold gates'
+    (:func:`threshold_candidates`), then for every range gate whose placement recorded a cut
+    (``diagnostics[population]["threshold"]``; ``gates``: the tube's ``(population, parent, gate,
+    method)``) the cut in use first and its :func:`density_candidates`, repeats left out as in
+    :func:`threshold_candidates`. ``flags``: ``(code, message)`` of the file's flags; a flag is on a
+    gate when its message opens with ``"<population> ("``."""
+    out = threshold_candidates(thresholds, percentile)
+    for population, _parent, gate, method in gates:
+        d = diagnostics.get(population, {})
+        used = d.get("threshold")
+        if not isinstance(gate, RangeGate) or not isinstance(used, (int, float)) or not math.isfinite(used):
+            continue
+        first = out.get(population) or [{"rule": "automatic", "label": "automatic", "cut": float(used),
+                                         "meaning": f"the cut the run placed (rule: {method})"}]
+        codes = [code for code, message in flags if message.startswith(population + " (")]
+        out[population] = _distinct(first, density_candidates(d, codes))
     return out
 
 
