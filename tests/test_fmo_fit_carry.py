@@ -66,3 +66,36 @@ def test_a_fit_off_under_heavy_lognormal_binding_stays_flagged():
     assert d["fit_lognormal"] > d["threshold"] and d["candidate_points"] > 3.0
     flags = [f for f in q.flags if f.code == "uncertain_threshold"]
     assert flags and checks.needs_review(flags[0]) and "log-normal binding" in flags[0].message
+
+
+def test_the_fit_evidence_is_in_the_threshold_table_the_report_and_the_review_cuts():
+    """A flagged fit cut's evidence (``fit_lognormal``, ``fit_error``: the numbers its
+    uncertain_threshold message cites) is recorded in the threshold table, stated in the report's
+    FMO table rule, and offered by the review app as cuts: the log-normal fit and the two ends of
+    the fit's 95 % interval around the cut."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tilpheno.report.html import fmt
+    from tilpheno.report.product import fmo_table
+    from tilpheno.review.regate import threshold_candidates
+
+    q, _ = _fit_gate(5, lambda rng, n: rng.lognormal(np.log(280.0), 0.7, n))
+    d = q.diagnostics
+    message = next(f.message for f in q.flags if f.code == "uncertain_threshold")
+    assert f"{d['fit_lognormal']:.3f}" in message and f"+/- {d['fit_error']:.3f}" in message
+    cut = d["threshold"]
+    row = {"population": "M+", "marker": "M", "parent": "P", "percentile": 99.5, "value_transformed": cut,
+           "value_raw": float(T.inverse(np.array([cut]))[0]), "method": q.method, "source_file": "fmo.fcs",
+           **checks.threshold_record(q)}
+    assert row["fit_lognormal"] == d["fit_lognormal"] and row["fit_error"] == d["fit_error"]
+    table = pd.DataFrame([row])
+    populations = pd.DataFrame({"population": ["P", "M+"], "count": [1000, 100], "pct_of_parent": [100.0, 10.0]})
+    result = SimpleNamespace(tubes=[SimpleNamespace(file="stain.fcs", role="stain", thresholds=table, populations=populations),
+                                    SimpleNamespace(file="fmo.fcs", role="fmo", thresholds=table[:0], populations=populations)])
+    rule = fmo_table(result, 99.5).rows[0][-1]
+    assert f"log-normal fit {fmt(d['fit_lognormal'], 3)}, fit ± {fmt(d['fit_error'], 3)}" in rule, rule
+    cuts = {c["rule"]: c["cut"] for c in threshold_candidates(table, 99.5)["M+"]}
+    assert cuts["fit_lognormal"] == d["fit_lognormal"]
+    assert cuts["fit_error_lower"] == cut - d["fit_error"] and cuts["fit_error_upper"] == cut + d["fit_error"]

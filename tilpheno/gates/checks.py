@@ -126,8 +126,9 @@ which ``uncertain_threshold`` is raised."""
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
-                  "relative_lognormal", "tail_points"]
-"""Threshold-table columns recording both candidates, the shift and the rule that won."""
+                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_error"]
+"""Threshold-table columns recording both candidates, the shift and the rule that won (and a
+``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured)."""
 
 
 def _uncertain(message: str) -> pl.Flag:

@@ -368,6 +368,19 @@ FMO_TABLE_COLUMNS = (
 )
 
 
+def fit_evidence(row) -> str:
+    """The evidence a ``width_side: fit`` cut is judged by (``gates.checks.fit_judgement``), as the
+    FMO table's rule states it: the log-normal fit's cut and the half-width of the fit's 95 %
+    interval (transformed units); '' where it was not measured."""
+    from tilpheno.report.html import fmt
+
+    lognormal, error = getattr(row, "fit_lognormal", None), getattr(row, "fit_error", None)
+    if error is None or not math.isfinite(float(error)):
+        return ""
+    return (f", log-normal fit {fmt(lognormal, 3)}, fit ± {fmt(error, 3)} (95 % interval; "
+            f"{fmt(getattr(row, 'candidate_points', None), 1)} points of the parent)")
+
+
 def fmo_table(result, fmo_percentile: float) -> Table:
     """Every threshold of the stained tubes in one compact table: the control (FMO) file it came
     from, that control's parent events and % above the threshold (≈ 100 − percentile by
@@ -393,6 +406,7 @@ def fmo_table(result, fmo_percentile: float) -> Table:
             if tail is not None and math.isfinite(float(tail)):   # the tail-shape check (gates.checks)
                 rule += (f", log-normal tail {fmt(tail, 3)} ({fmt(getattr(row, 'tail_points', None), 1)} "
                          f"points of the parent)")
+            rule += fit_evidence(row)
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
         rows.append((
@@ -523,7 +537,9 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         "below the FMO percentile carried over to its negatives; stained negatives shifted or widened against the "
         "FMO's carry the FMO percentile over (rel.: FMO events + the shift + the added spread, in linear units; "
         "[lower-side – upper-side spread] bracket; log-normal tail: the same carry-over with a log-normal signal of "
-        "the read median and SD, a sensitivity check); else the FMO percentile. A gate with control: unstained "
+        "the read median and SD, a sensitivity check; a cut fitted to the stained negatives: log-normal fit = the cut "
+        "with a log-normal binding fitted to the same negatives, fit ± = the half-width of the fit's 95 % interval, "
+        "the points of the parent the % could move between them); else the FMO percentile. A gate with control: unstained "
         "(e.g. a live/dead cut) reads the product's unstained control instead of an FMO. Histograms normalised "
         "to mode; grey = FMO (or unstained control), line = stained tube.",
         tuple(with_review_flags(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes,

@@ -466,6 +466,8 @@ CANDIDATE_RULES = (
     ("valley_threshold", "stained valley", "the density minimum between the stained tube's negative and positive peaks"),
     ("relative_lognormal", "log-normal tail", "the carry-over if the nonspecific signal had a log-normal shape "
                                               "(the tail-shape check)"),
+    ("fit_lognormal", "log-normal fit", "the cut with a log-normal binding (plus normal spreading) fitted to the same "
+                                        "stained negatives as the additive fit (the fit's tail-shape check)"),
 )
 """``thresholds`` column -> (short label, meaning) of the cuts a threshold gate's placement weighed
 (``tilpheno.gates.checks.RECORD_COLUMNS``; the report's FMO table shows the same numbers)."""
@@ -479,8 +481,10 @@ def threshold_candidates(thresholds: pd.DataFrame, percentile: float) -> dict[st
     """Population -> candidate cuts of each threshold gate of a stained tube (``cut``: transformed
     scale, positive = above it, as ``thresholds.value_transformed``): first the cut in use (``rule``
     ``automatic``, with the rule that won), then every other finite candidate of
-    :data:`CANDIDATE_RULES` that differs from the cuts before it by more than
-    :data:`CANDIDATE_TOLERANCE`. A gate without a control (fallback) has only its cut."""
+    :data:`CANDIDATE_RULES` and, where a fitted cut's uncertainty was measured (``fit_error``,
+    transformed units), the two ends of its 95 % interval, each kept when it differs from the cuts
+    before it by more than :data:`CANDIDATE_TOLERANCE`. A gate without a control (fallback) has
+    only its cut."""
     out: dict[str, list[dict]] = {}
     if thresholds is None or len(thresholds) == 0:
         return out
@@ -493,13 +497,19 @@ def threshold_candidates(thresholds: pd.DataFrame, percentile: float) -> dict[st
         pct = float(pct) if pct is not None and math.isfinite(float(pct)) else percentile
         cuts: list[dict[str, Any]] = [{"rule": "automatic", "label": "automatic",
                                        "meaning": f"the cut the run placed (rule: {winner})", "cut": used}]
+        more = []
         for column, label, meaning in CANDIDATE_RULES:
             value = row.get(column)
-            if value is None or not math.isfinite(float(value)):
-                continue
-            if all(abs(float(value) - c["cut"]) > CANDIDATE_TOLERANCE for c in cuts):
-                cuts.append({"rule": column, "label": label, "meaning": meaning.format(pct=pct), "cut": float(value)})
-        out[str(row["population"])] = cuts
+            if value is not None and math.isfinite(float(value)):
+                more.append({"rule": column, "label": label, "meaning": meaning.format(pct=pct), "cut": float(value)})
+        error = row.get("fit_error")
+        if error is not None and math.isfinite(float(error)):
+            for sign, end in ((-1, "lower"), (1, "upper")):
+                more.append({"rule": f"fit_error_{end}", "label": f"fit interval, {end} end", "cut": used + sign * float(error),
+                             "meaning": f"the cut {'-' if sign < 0 else '+'} {float(error):.3f} transformed units: the "
+                                        f"{end} end of the fit's 95 % interval (fit_error, the fit repeated on folds of "
+                                        "the events)"})
+        out[str(row["population"])] = _distinct(cuts, more)
     return out
 
 
