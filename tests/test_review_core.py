@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select, text
 
 from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import fresh_service, source3  # noqa: F401  (fixtures)
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
 from tilpheno.review.models import AuditEntry, User
@@ -981,3 +982,28 @@ def test_an_approval_over_a_rejection_names_it_and_says_why(service):
         "signed_at": rejection.signed_at, "comment": "CD3 valley too high"}}
     assert entries[-1].reason == "the valley is at the FMO's 99.5th percentile"
     assert json.loads(entries[-1].after_json)["version"] == sig.version == v
+
+
+def test_the_audit_trail_names_the_suggested_cut_a_save_applied(fresh_service):
+    """A save whose gate sits exactly at a suggested cut (the page's candidate button: the live gate
+    at the density valley its rule weighed) names that suggestion in its save_gates entry; a gate
+    dragged elsewhere names none."""
+    svc = fresh_service
+    svc.automatic_version("TIL001", "alice")
+    live = json.loads(svc.version("TIL001").gates_json)["tubes"]["surface"]["gates"]["live"]
+    valley = next(c for c in svc.source.candidates("TIL001")["surface"]["live"] if c["rule"] == "valley_threshold")
+    assert live["high"] != valley["cut"]
+
+    def save(base, high, reason):
+        return svc.save_version("TIL001", user(svc, "alice"), base,
+                                {"tubes": {"surface": {"gates": {"live": {**live, "high": high}}}}}, reason)
+
+    save(1, valley["cut"], "live cut at the valley")
+    save(2, valley["cut"] + 0.01, "dragged a little higher")
+    with svc.factory() as db:
+        saved = [json.loads(r.after_json) for r in db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")
+                                                              .order_by(AuditEntry.seq))]
+    assert saved[0]["suggestions"] == {"surface/live": {"rule": "valley_threshold", "label": "density valley",
+                                                         "cut": valley["cut"]}}
+    assert saved[0]["gates"]["surface/live"]["high"] == valley["cut"]
+    assert "suggestions" not in saved[1]

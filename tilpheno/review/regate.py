@@ -593,6 +593,31 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
     return out
 
 
+def candidate_coordinate(side: str, cut: float) -> float:
+    """The range gate coordinate of a candidate ``cut`` (transformed scale) on ``side``: ``low``
+    just above the cut (positive = above it, as the pipeline places it), ``high`` at the cut."""
+    return float(np.nextafter(cut, np.inf)) if side == "low" else float(cut)
+
+
+def applied_candidates(diff: Mapping[str, Mapping], candidates: Mapping[str, Mapping[str, list[dict]]]) -> dict[str, dict]:
+    """``tube/population`` -> ``{rule, label, cut}`` of the candidate (:meth:`ReviewSource.candidates`)
+    each changed gate of ``diff`` (:func:`changed_gates`) was moved to exactly: its one moved
+    coordinate is the candidate's (:func:`candidate_coordinate`), everything else as before. Gates
+    moved anywhere else (a drag) are not named."""
+    out: dict[str, dict] = {}
+    for tube, by_population in candidates.items():
+        for population, cuts in by_population.items():
+            change = diff.get(f"{tube}/{population}") or {}
+            before, after = change.get("before"), change.get("after")
+            if not before or before.get("type") != "range":
+                continue
+            side = "low" if before.get("low") is not None else "high"
+            hit = next((c for c in cuts if after == {**before, side: candidate_coordinate(side, c["cut"])}), None)
+            if hit is not None:
+                out[f"{tube}/{population}"] = {"rule": hit["rule"], "label": hit["label"], "cut": hit["cut"]}
+    return out
+
+
 def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mapping[str, np.ndarray], population: str,
                     cuts: list[dict]) -> list[dict]:
     """``cuts`` (:func:`threshold_candidates`) as ``population``'s range gate would take them, each
@@ -614,7 +639,7 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
     transform = st.tube.transforms[gate["dim"]]
     out = []
     for cut in cuts:
-        value = float(np.nextafter(cut["cut"], np.inf)) if side == "low" else cut["cut"]
+        value = candidate_coordinate(side, cut["cut"])
         if not bounds[0] <= value <= bounds[1]:
             continue
         moved = gate_from_dict({**gate, side: value})

@@ -47,8 +47,8 @@ from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
-from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, check_reason, gates_sha256,
-                                    recompute, validate_gate_set)
+from tilpheno.review.regate import (GateSetError, ReviewSource, applied_candidates, changed_gates, check_reason,
+                                    gates_sha256, recompute, validate_gate_set)
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -450,6 +450,8 @@ class ReviewService:
         change = self._gate_change(product_id, base_version, submitted)
         if not change.diff:
             raise GateSetError("no gate changed: nothing to save")
+        # the suggested cuts (the page's candidate buttons) the saved gates are at, named in the audit entry
+        suggested = applied_candidates(change.diff, self.source.candidates(product_id))
 
         def save(db: Session):
             start = audit.head_seq(db)
@@ -464,7 +466,8 @@ class ReviewService:
                                              "anyway (nothing was saved)", [product_id], [voided.id])
             return self._store(db, user.username, change, reason, source_label, expect_seq=start,
                                relevant=_concerns(product_id),
-                               before={"voids_approval": _signature_record(voided)} if voided is not None else None)
+                               before={"voids_approval": _signature_record(voided)} if voided is not None else None,
+                               after={"suggestions": suggested} if suggested else None)
 
         try:
             return transaction(self.factory, save)
