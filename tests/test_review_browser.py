@@ -667,6 +667,28 @@ def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids
     assert not problems, problems
 
 
+def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, monkeypatch):
+    """A self-check flag on a gate (here the live gate's no_second_peak, with its size and what to
+    look at) is shown in full on that gate's plot, and that plot is the first on the page."""
+    import pandas as pd
+
+    service, base = server
+    message = ("live (7AAD): no positive density peak; all peaks taken as negative, cut 4 SD above them at 0.3791; "
+               "size: moving the cut to 0.420 changes cd3_pct_of_live_lymph by 2.4 points (review above 2); "
+               "look at the 7AAD histogram of the parent for a positive population")
+    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "no_second_peak", "severity": "warning",
+            "needs_review": "True", "message": message}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag])], ignore_index=True))
+    driver.get_log("browser")
+    open_product(driver, base)
+    first = wait(driver, lambda d: d.find_element("css selector", "#plots [data-plot]"), "the first plot")
+    assert first.get_attribute("data-plot") == "surface|live"
+    shown = first.find_element("css selector", '[data-flag="no_second_peak"]')
+    assert shown.is_displayed() and shown.text == "warning no_second_peak: " + message
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems
+
+
 def test_a_draft_outlives_an_expired_session(driver, server):
     """Alice moves the CD3 cut and types a reason; her 8-hour session ends before she saves. The
     save used to answer 'session invalid or expired' and the login after it lost the draft. Now the
@@ -712,3 +734,31 @@ def test_a_draft_outlives_an_expired_session(driver, server):
          "the saved draft forgotten")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_density_gate_suggestion_in_one_click(driver, server):
+    """The live/dead gate (a density gate, kept side below its cut) offers the valley its rule
+    weighed: one click moves the draft's cut there and the server's % of parent follows (the
+    candidate's own %, computed independently of the page)."""
+    from tilpheno.review.regate import candidate_gates, evaluate
+
+    service, base = server
+    driver.get_log("browser")
+    open_product(driver, base)
+    button = wait(driver, lambda d: d.find_element("css selector", '[data-candidate="surface|live|valley_threshold"]'),
+                  "the live gate's suggested cuts")
+    assert button.text.startswith("density valley ")
+    stained = service.source.stained(PID)["surface"]
+    gates = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]
+    masks = evaluate(stained.strategy, stained.tube, gates)
+    want = next(c for c in candidate_gates(stained, gates, masks, "live", service.source.candidates(PID)["surface"]["live"])
+                if c["rule"] == "valley_threshold")
+
+    def live_pct(d):
+        text = d.find_element("css selector", '[data-pct="surface|live"]').text
+        return float(re.search(r"draft ([0-9.]+)%", text).group(1))
+
+    assert abs(wait(driver, live_pct, "the live % label") - want["pct_of_parent"]) > 0.05
+    button.click()
+    wait(driver, lambda d: abs(live_pct(d) - want["pct_of_parent"]) <= 0.0051, "the draft % at the valley")
+    assert "live: cut moved to the density valley candidate" in driver.find_element("id", "reason").get_attribute("value")

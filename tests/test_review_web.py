@@ -329,9 +329,15 @@ def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
              "needs_review": "True", "message": "CD4+ (CD4 in CD3+): the threshold lies inside the negative peak"}]
     monkeypatch.setattr(service.source, "qc", pd.concat([qc, pd.DataFrame(rows)], ignore_index=True))
     c, _, _ = login(app, "alice")
-    plots = {(p["tube"], p["population"]): p["flags"] for p in c.get(f"/api/products/{PID}/state").json["plots"]}
+    shown = c.get(f"/api/products/{PID}/state").json["plots"]
+    plots = {(p["tube"], p["population"]): p["flags"] for p in shown}
     assert [f["code"] for f in plots[("surface", "PD1+")]] == ["uncertain_threshold"]
     assert not [k for k, flags in plots.items() if flags and k != ("surface", "PD1+")]
+    # the flagged gate's plot comes first; the others keep the gating order
+    unflagged = [("surface", p.name) for p in service.source.strategies["surface"].populations]
+    assert (shown[0]["tube"], shown[0]["population"]) == ("surface", "PD1+")
+    rest = [(p["tube"], p["population"]) for p in shown[1:] if p["tube"] == "surface"]
+    assert rest == [k for k in unflagged if k in rest]
 
 
 def test_the_product_list_says_which_products_need_review(app, service, monkeypatch):

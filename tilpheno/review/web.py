@@ -528,7 +528,8 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
     cells gate's open sides, the singlet band's ends) stay out of view, the shape drawn to the
     frame's edge. ``whole_ranges`` / ``whole_ticks``: the view that holds every coordinate of
     both gates (the page's "whole gate" button, to drag such a corner). The page drags handles
-    within the view shown."""
+    within the view shown. The plots of flagged gates come first, the others after them, each
+    group in gating order (tube kinds by name)."""
     from tilpheno.qc import flags_on_gate
     from tilpheno.report.plots import display_limits
 
@@ -581,6 +582,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                         "bounds": [list(st.bounds[d]) for d in dims],
                         "automatic": auto,
                         "flags": [dict(vars(f)) for f in flags_on_gate(flags, pop.name, Path(st.tube.file).name)]})
+    out.sort(key=lambda plot: not plot["flags"])   # the flagged gates first (stable: in gating order)
     return out
 
 

@@ -170,9 +170,11 @@
       const flagged = (p.flags || []).length > 0;
       const card = el("div", { class: flagged ? "plot flagged" : "plot", "data-plot": key(p.tube, p.population) });
       card.appendChild(el("h3", {}, p.tube + ": " + p.population + " (of " + p.parent + ") on " + p.dims.join(" vs ")));
-      if (flagged) {
-        card.appendChild(el("div", { class: "gate-flags", "data-gate-flags": key(p.tube, p.population),
-          title: p.flags.map((f) => f.message).join("\n") }, "needs review: " + p.flags.map((f) => f.code).join(", ")));
+      if (flagged) {   // each flag in full: the gate, the size of the problem, what to look at
+        const box = el("div", { class: "gate-flags", "data-gate-flags": key(p.tube, p.population) });
+        box.appendChild(el("strong", {}, "needs review: " + p.flags.map((f) => f.code).join(", ")));
+        for (const f of p.flags) box.appendChild(el("p", { class: "gate-flag", "data-flag": f.code }, f.severity + " " + f.code + ": " + f.message));
+        card.appendChild(box);
       }
       card.appendChild(el("div", { class: "pct", "data-pct": key(p.tube, p.population) }, ""));
       const stack = el("div", { class: "stack" });
