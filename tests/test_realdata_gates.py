@@ -4,6 +4,8 @@ engine), the declared ``dim_subset`` check, and variables over all events (``den
 
 Every population is drawn with a known label; tolerances are stated per assertion.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -195,11 +197,19 @@ def test_positives_in_an_unstained_control_are_flagged_with_their_share():
     # 3 % of the control's cells autofluorescent in the CD3 detector, above the stained tube's cut
     bright = rng.random(n) < 0.03
     control["CD3"] = np.where(bright, rng.normal(0.7, 0.03, n), control["CD3"])
-    flags = unstained_check(strategy, state, _tube(control))
+    flags = unstained_check(strategy, state, replace(_tube(control), file="unstained.fcs"))
     flag = [f for f in flags if f.code == "unstained_positive"]
     assert len(flag) == 1 and flag[0].message.startswith("T cells (CD3): ") and checks.needs_review(flag[0])
     share = float(flag[0].message.split("T cells (CD3): ")[1].split("%")[0])
     assert share == pytest.approx(100 * bright.mean(), abs=0.2)
+    # raised on the control (qc.csv), it lands on the gate it names in the stained file it names (the
+    # review page's plot, the report's figure), not on a gate of that name in another stained tube
+    from tilpheno.qc import QCFlag, flags_on_gate
+
+    raised = QCFlag("P", "unstained.fcs", flag[0].code, flag[0].severity, flag[0].message)
+    assert "(unstained.fcs) against the stained tube x.fcs" in raised.message
+    assert flags_on_gate([raised], "T cells", "x.fcs") == [raised]
+    assert flags_on_gate([raised], "T cells", "y.fcs") == [] and flags_on_gate([raised], "CD4+", "x.fcs") == []
 
 
 def test_a_reference_gate_with_one_population_is_sized_on_the_parent_it_is_applied_to():

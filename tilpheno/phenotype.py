@@ -533,7 +533,8 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData) -> lis
             continue
         above = 100.0 * np.count_nonzero(gate.membership(control.data, masks) & inside) / n_base
         checked.append(f"{name} {above:.2f}% of {n_base} {base} events")
-        flag = checks.unstained_flag(name, gate.dim, float(gate.low), base, above, n_base, Path(control.file).name)
+        flag = checks.unstained_flag(name, gate.dim, float(gate.low), base, above, n_base, Path(control.file).name,
+                                     stained=Path(state.tube.file).name)
         if flag is not None:
             flags.append(flag)
     if checked:

@@ -46,6 +46,9 @@ def review_status(flags) -> str:
 
 def flags_on_gate(flags, population: str, file: str) -> list:
     """The flags that :func:`needs_review` on ``population``'s gate in ``file``: raised on that file
-    (or on the product, file '') with a message that opens with ``"<population> ("``, as the gating
-    self-checks name their gate. Any objects with ``code``, ``severity``, ``file`` and ``message``."""
-    return [f for f in flags if needs_review(f) and f.file in (file, "") and str(f.message).startswith(population + " (")]
+    (or on the product, file '', or on a control whose check names ``file`` as ``"the stained tube
+    <file>"``: ``unstained_positive``, raised on the unstained control) with a message that opens
+    with ``"<population> ("``, as the gating self-checks name their gate. Any objects with ``code``,
+    ``severity``, ``file`` and ``message``."""
+    return [f for f in flags if needs_review(f) and str(f.message).startswith(population + " (")
+            and (f.file in (file, "") or f"the stained tube {file}" in str(f.message))]

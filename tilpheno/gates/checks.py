@@ -588,14 +588,16 @@ def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_
 
 
 def unstained_flag(population: str, marker: str, cut: float, parent: str, above_pct: float, n_parent: int,
-                   control: str, limit: float = UNSTAINED_LIMIT) -> pl.Flag | None:
+                   control: str, limit: float = UNSTAINED_LIMIT, stained: str = "") -> pl.Flag | None:
     """``unstained_positive`` when ``above_pct`` (% of the unstained ``control``'s ``n_parent``
-    events in ``parent`` above the stained tube's ``cut`` of ``population``) exceeds ``limit``."""
+    events in ``parent`` above the ``stained`` file's ``cut`` of ``population``) exceeds ``limit``.
+    The message names the stained file (``"the stained tube <file>"``): the flag is raised on the
+    control, and ``qc.flags_on_gate`` finds the gate it names by it."""
     if not n_parent or not above_pct > limit:
         return None
     return pl.Flag("unstained_positive", "warning",
                    f"{population} ({marker}): {above_pct:.1f}% of the unstained control's {parent} events "
                    f"({n_parent}) lie above the threshold {cut:.3f} (limit {limit:g}%); autofluorescent cells "
-                   f"or a cut too low; look at the {marker} histogram of the control against the stained tube "
-                   f"({control})")
+                   f"or a cut too low; look at the {marker} histogram of the control ({control}) against the "
+                   f"stained tube{' ' + stained if stained else ''}")
 
