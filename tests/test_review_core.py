@@ -1007,3 +1007,13 @@ def test_the_audit_trail_names_the_suggested_cut_a_save_applied(fresh_service):
                                                          "cut": valley["cut"]}}
     assert saved[0]["gates"]["surface/live"]["high"] == valley["cut"]
     assert "suggestions" not in saved[1]
+    # a 2-D gate's suggestion: the singlets wedge with its lower edge at the doublet valley
+    wedge = next(c for c in svc.source.candidates("TIL001")["surface"]["singlets"] if c["rule"] == "doublet_valley")
+    singlets = json.loads(svc.version("TIL001").gates_json)["tubes"]["surface"]["gates"]["singlets"]
+    svc.save_version("TIL001", user(svc, "alice"), 3, {"tubes": {"surface": {"gates": {
+        "singlets": {**singlets, "vertices": wedge["vertices"]}}}}}, "singlets down to the doublet valley")
+    with svc.factory() as db:
+        last = json.loads(db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")
+                                     .order_by(AuditEntry.seq.desc())).first().after_json)
+    assert last["suggestions"] == {"surface/singlets": {"rule": "doublet_valley", "label": "doublet valley",
+                                                         "cut": wedge["cut"]}}

@@ -223,17 +223,21 @@ def test_candidate_cuts_are_the_runs_and_give_what_the_preview_gives(app, servic
     strategies = service.source.strategies
     for tube, entry in state["automatic"]["tubes"].items():
         # every 1-D gate placed from the data: the FMO thresholds and the density (valley) gates
-        placed = [p.name for p in strategies[tube].populations if p.method in ("fmo", "valley") and p.name in entry["gates"]]
+        # (and the singlets wedge, whose doublet valley TIL001 records below the band's edge)
+        placed = [p.name for p in strategies[tube].populations
+                  if p.method in ("fmo", "valley", "singlets") and p.name in entry["gates"]]
         assert placed and sorted(tubes[tube]) == sorted(placed), (tube, sorted(tubes[tube]))
         for population in placed:
             cuts = tubes[tube][population]
-            side = "low" if entry["gates"][population]["low"] is not None else "high"
-            assert cuts[0]["rule"] == "automatic" and cuts[0]["value"] == entry["gates"][population][side]
-            values = [cut["value"] for cut in cuts]
+            automatic = entry["gates"][population]
+            side = "vertices" if automatic["type"] == "polygon" else "low" if automatic["low"] is not None else "high"
+            value = "vertices" if side == "vertices" else "value"
+            assert cuts[0]["rule"] == "automatic" and cuts[0][value] == automatic[side]
+            values = [cut["cut"] for cut in cuts]
             assert all(abs(a - b) > 5e-4 for i, a in enumerate(values) for b in values[:i])   # no repeats
             current = state["current"]["tubes"][tube]["gates"][population]
             for cut in cuts:
-                moved = {**current, side: cut["value"]}
+                moved = {**current, side: cut[value]}
                 prev = c.post(f"/api/products/{PID}/preview",
                               json={"gates": {"tubes": {tube: {"gates": {population: moved}}}}}, headers=h)
                 assert prev.status_code == 200, prev.text
@@ -255,12 +259,26 @@ def test_candidate_cuts_are_the_runs_and_give_what_the_preview_gives(app, servic
     assert truth["winner"] == "negative_sd" and by_rule["automatic"]["cut"] == pytest.approx(truth["sd_threshold"], abs=1e-12)
     assert by_rule["valley_threshold"]["cut"] == pytest.approx(truth["valley_threshold"], abs=1e-12)
     assert by_rule["valley_threshold"]["label"] == "density valley" and "density minimum" in by_rule["valley_threshold"]["meaning"]
+    # the singlets gate offers the doublet valley of the FSC-H/FSC-A ratio (below its band here): the
+    # same rule applied anew to the cells' events gives it, and the wedge with that lower edge
+    from tilpheno.gates.placement import place_singlets
+
+    singlets = st.strategy.population("singlets")
+    cells = evaluate(st.strategy, st.tube, state["automatic"]["tubes"]["surface"]["gates"])[singlets.parent]
+    truth = place_singlets(*(st.tube.data[d][cells] for d in singlets.dims), tuple(singlets.dims), **singlets.params)
+    assert truth.diagnostics["doublet_valley"] < truth.diagnostics["ratio_low"]
+    valley = next(cut for cut in tubes["surface"]["singlets"] if cut["rule"] == "doublet_valley")
+    assert valley["cut"] == pytest.approx(truth.diagnostics["doublet_valley"], abs=1e-12)
+    far = truth.gate.vertices[1][0]
+    assert valley["vertices"][1] == pytest.approx([far, truth.diagnostics["doublet_valley"] * far], rel=1e-12)
     # each cut also in compensated linear units (the buttons show it): the gate dimension's transform
     # takes it back to the cut (within 1e-6: the logicle is table-interpolated to 1e-6 of the exact
     # function, transforms.py), and a higher cut is a higher linear value
     stained = service.source.stained(PID)
     for tube, by_population in tubes.items():
         for population, cuts in by_population.items():
+            if state["automatic"]["tubes"][tube]["gates"][population]["type"] != "range":
+                continue   # the singlets wedge: its cut is a ratio, not a coordinate
             transform = stained[tube].tube.transforms[state["automatic"]["tubes"][tube]["gates"][population]["dim"]]
             for cut in cuts:
                 assert float(transform.apply([cut["raw"]])[0]) == pytest.approx(cut["cut"], abs=1e-6), (tube, population, cut)

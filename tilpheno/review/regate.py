@@ -42,7 +42,7 @@ import pandas as pd
 
 from tilpheno.cache import FileIdentity
 from tilpheno.errors import GatingError
-from tilpheno.gates.geometry import RangeGate, gate_from_dict
+from tilpheno.gates.geometry import PolygonGate, RangeGate, gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
 from tilpheno.study import Study
@@ -583,6 +583,11 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
     out = threshold_candidates(thresholds, percentile)
     for population, _parent, gate, method in gates:
         d = diagnostics.get(population, {})
+        if method == "ratio_band" and isinstance(gate, PolygonGate):
+            band = singlet_candidates(d, gate)
+            if len(band) > 1:
+                out[population] = band
+            continue
         used = d.get("threshold")
         if not isinstance(gate, RangeGate) or not isinstance(used, (int, float)) or not math.isfinite(used):
             continue
@@ -591,6 +596,38 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
         codes = [code for code, message in flags if message.startswith(population + " (")]
         out[population] = _distinct(first, density_candidates(d, codes))
     return out
+
+
+def singlet_candidates(d: Mapping[str, Any], gate: PolygonGate) -> list[dict]:
+    """The lower edges a singlets gate (``placement.place_singlets``: the wedge of FSC-H/FSC-A
+    ratios ``[ratio_low, ratio_high]`` through the origin) recorded, as candidate gates: the edge in
+    use (``automatic``); the doublet valley (``doublet_valley``) where it did not set the edge; the
+    band's own edge (mode - (ratio_high - mode), k robust SDs below the mode) where the doublet
+    valley raised it. Each ``cut`` is the lower ratio, ``vertices`` the wedge with that edge (the
+    automatic gate's far end kept)."""
+    mode, low, high = (float(d.get(k, math.nan)) for k in ("ratio_mode", "ratio_low", "ratio_high"))
+    valley = d.get("doublet_valley")
+    (x0, y0), (far, _), top = gate.vertices
+    if not all(math.isfinite(v) for v in (mode, low, high)) or len(gate.vertices) != 3 or far <= 0:
+        return []
+
+    def wedge(rule: str, label: str, ratio: float, meaning: str) -> dict:
+        return {"rule": rule, "label": label, "cut": ratio, "meaning": meaning,
+                "vertices": [[x0, y0], [far, ratio * far], list(top)]}
+
+    out = [wedge("automatic", "automatic", low, f"the lower edge the run placed: FSC-H/FSC-A ratio {low:.3f} (the band "
+                                                f"{mode:.3f} +- {high - mode:.3f}, raised to a doublet valley above it)")]
+    if isinstance(valley, (int, float)) and math.isfinite(valley):
+        if valley < low:
+            out.append(wedge("doublet_valley", "doublet valley", float(valley),
+                             "the density valley between the doublet and the singlet peak of the ratio (keeps the "
+                             "events between it and the band's edge)"))
+        else:
+            own = mode - (high - mode)
+            out.append(wedge("band_edge", "band edge", own, "the band's own lower edge, as many robust SDs below the "
+                                                            "ratio's mode as its upper edge lies above (the doublet "
+                                                            "valley raised it)"))
+    return _distinct(out[:1], out[1:])
 
 
 def candidate_coordinate(side: str, cut: float) -> float:
@@ -609,10 +646,11 @@ def applied_candidates(diff: Mapping[str, Mapping], candidates: Mapping[str, Map
         for population, cuts in by_population.items():
             change = diff.get(f"{tube}/{population}") or {}
             before, after = change.get("before"), change.get("after")
-            if not before or before.get("type") != "range":
+            if not before or before.get("type") not in ("range", "polygon"):
                 continue
             side = "low" if before.get("low") is not None else "high"
-            hit = next((c for c in cuts if after == {**before, side: candidate_coordinate(side, c["cut"])}), None)
+            hit = next((c for c in cuts if after == ({**before, "vertices": c["vertices"]} if "vertices" in c else
+                                                     {**before, side: candidate_coordinate(side, c["cut"])})), None)
             if hit is not None:
                 out[f"{tube}/{population}"] = {"rule": hit["rule"], "label": hit["label"], "cut": hit["cut"]}
     return out
@@ -629,13 +667,17 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
     the dimension's bounds are left out (a submitted gate must stay inside them). Empty when the
     gate is not a range gate."""
     gate = gates.get(population)
-    if not gate or gate.get("type") != "range":
+    if not gate or gate.get("type") not in ("range", "polygon"):
         return []
-    side = "low" if gate.get("low") is not None else "high"
-    bounds = st.bounds[gate["dim"]]
     pop = st.strategy.population(population)
     parent = masks[pop.parent] if pop.parent != ROOT else np.ones(st.tube.n_events, dtype=bool)
     n_parent = int(np.count_nonzero(parent))
+    if gate["type"] == "polygon":
+        return [_polygon_candidate(st, gate, parent, n_parent, cut) for cut in cuts
+                if "vertices" in cut and all(st.bounds[d][0] <= v[i] <= st.bounds[d][1]
+                                             for v in cut["vertices"] for i, d in enumerate(gate["dims"]))]
+    side = "low" if gate.get("low") is not None else "high"
+    bounds = st.bounds[gate["dim"]]
     transform = st.tube.transforms[gate["dim"]]
     out = []
     for cut in cuts:
@@ -647,6 +689,14 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
         out.append({**cut, "value": value, "raw": float(transform.inverse(np.array([cut["cut"]]))[0]),
                     "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
     return out
+
+
+def _polygon_candidate(st: StainedTube, gate: Mapping, parent: np.ndarray, n_parent: int, cut: dict) -> dict:
+    """A polygon candidate (:func:`singlet_candidates`) with ``pct_of_parent`` (its wedge in place
+    of ``gate``)."""
+    moved = gate_from_dict({**gate, "vertices": cut["vertices"]})
+    inside = int(np.count_nonzero(moved.membership(st.tube.data) & parent))
+    return {**cut, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None}
 
 
 # -- evaluating a gate set -----------------------------------------------------------------------

@@ -127,9 +127,10 @@
       box.textContent = "";
       box.appendChild(el("span", { class: "candidates-title" }, "cuts weighed (linear units, % of parent, version " + C.version + "):"));
       for (const c of cuts) {
+        // a polygon candidate (the singlets wedge) is named by its lower FSC-H/FSC-A ratio
         const b = el("button", { type: "button", class: "candidate", "data-candidate": key(p.tube, p.population) + "|" + c.rule,
-          title: c.meaning + " (transformed scale " + fmt(c.cut, 3) + ")" },
-          c.label + " " + fmtRaw(c.raw) + " (" + fmt(c.pct_of_parent, 1) + "%)");
+          title: c.meaning + (c.vertices ? "" : " (transformed scale " + fmt(c.cut, 3) + ")") },
+          c.label + " " + (c.vertices ? "ratio " + fmt(c.cut, 3) : fmtRaw(c.raw)) + " (" + fmt(c.pct_of_parent, 1) + "%)");
         b.addEventListener("click", () => useCandidate(p, c));
         box.appendChild(b);
       }
@@ -138,10 +139,12 @@
 
   function useCandidate(p, c) {
     const g = draft[p.tube][p.population];
-    g[g.low !== null ? "low" : "high"] = c.value;
+    if (c.vertices) g.vertices = clone(c.vertices);
+    else g[g.low !== null ? "low" : "high"] = c.value;
     drawOverlay(p);
-    if (!$("reason").value) $("reason").value = p.population + ": cut moved to the " + c.label + " candidate ("
-      + fmtRaw(c.raw) + "; " + fmt(c.cut, 4) + " transformed)";
+    if (!$("reason").value) $("reason").value = p.population + (c.vertices ? ": lower edge moved to the " + c.label +
+      " candidate (FSC-H/FSC-A ratio " + fmt(c.cut, 4) + ")" : ": cut moved to the " + c.label + " candidate ("
+      + fmtRaw(c.raw) + "; " + fmt(c.cut, 4) + " transformed)");
     schedulePreview(true);
   }
 
@@ -195,7 +198,7 @@
       }
       const svg = sv("svg", { width: W, height: H, "data-svg": key(p.tube, p.population) });
       stack.appendChild(canvas); stack.appendChild(svg); card.appendChild(stack);
-      if (p.type === "range") card.appendChild(el("div", { class: "candidates", "data-candidates-for": key(p.tube, p.population) }));
+      if (p.type === "range" || p.type === "polygon") card.appendChild(el("div", { class: "candidates", "data-candidates-for": key(p.tube, p.population) }));
       box.appendChild(card);
       drawEvents(canvas, p);
       p._svg = svg;
