@@ -669,7 +669,8 @@ def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids
 
 def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, monkeypatch):
     """A self-check flag on a gate (here the live gate's no_second_peak, with its size and what to
-    look at) is shown in full on that gate's plot, and that plot is the first on the page."""
+    look at) is shown in full on that gate's plot, and that plot is the first on the page; an info
+    flag (sized below its review limit) is shown in full on its gate's plot as a note."""
     import pandas as pd
 
     service, base = server
@@ -678,13 +679,20 @@ def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, 
                "look at the 7AAD histogram of the parent for a positive population")
     flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "no_second_peak", "severity": "warning",
             "needs_review": "True", "message": message}
-    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag])], ignore_index=True))
+    note = {**flag, "code": "cut_in_dense_region", "severity": "info", "needs_review": "False",
+            "message": "CD3+ (CD3): the cut 0.422 lies where events are dense; size: moving the cut to 0.392, 0.452 "
+                       "changes cd3_pct_of_live_lymph by 0.8 points (review above 2)"}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag, note])], ignore_index=True))
     driver.get_log("browser")
     open_product(driver, base)
     first = wait(driver, lambda d: d.find_element("css selector", "#plots [data-plot]"), "the first plot")
     assert first.get_attribute("data-plot") == "surface|live"
     shown = first.find_element("css selector", '[data-flag="no_second_peak"]')
     assert shown.is_displayed() and shown.text == "warning no_second_peak: " + message
+    # a flag that needs no review is shown in full on its gate's plot, as a note (the plot not marked)
+    cd3 = driver.find_element("css selector", '[data-plot="surface|CD3+"]')
+    assert cd3.find_element("css selector", '[data-note="cut_in_dense_region"]').text == "info cut_in_dense_region: " + note["message"]
+    assert "flagged" not in cd3.get_attribute("class")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
 

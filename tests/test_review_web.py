@@ -334,8 +334,8 @@ def test_a_one_population_gate_suggests_the_cut_its_flag_was_sized_with():
 
 def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
     """The run's review flags land on the plot of the gate they name (the self-checks open their
-    message with "<gate> ("): a warning on PD1+ marks PD1+ only; info flags and flags of another
-    file mark nothing."""
+    message with "<gate> ("): a warning on PD1+ marks PD1+ only; an info flag is a note on its gate
+    (it marks nothing); flags of another file land nowhere."""
     import pandas as pd
 
     qc = service.source.qc
@@ -351,6 +351,10 @@ def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
     plots = {(p["tube"], p["population"]): p["flags"] for p in shown}
     assert [f["code"] for f in plots[("surface", "PD1+")]] == ["uncertain_threshold"]
     assert not [k for k, flags in plots.items() if flags and k != ("surface", "PD1+")]
+    # the info flag (no review) is shown on its gate too, apart, as a note; the other file's on none
+    notes = {(p["tube"], p["population"]): p["notes"] for p in shown}
+    assert [f["code"] for f in notes[("surface", "CD3+")]] == ["negative_shift"]
+    assert not [k for k, found in notes.items() if found and k != ("surface", "CD3+")]
     # the flagged gate's plot comes first; the others keep the gating order
     unflagged = [("surface", p.name) for p in service.source.strategies["surface"].populations]
     assert (shown[0]["tube"], shown[0]["population"]) == ("surface", "PD1+")

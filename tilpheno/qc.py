@@ -44,11 +44,16 @@ def review_status(flags) -> str:
     return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS
 
 
-def flags_on_gate(flags, population: str, file: str) -> list:
-    """The flags that :func:`needs_review` on ``population``'s gate in ``file``: raised on that file
+def flags_naming_gate(flags, population: str, file: str) -> list:
+    """The flags on ``population``'s gate in ``file``, whatever their severity: raised on that file
     (or on the product, file '', or on a control whose check names ``file`` as ``"the stained tube
     <file>"``: ``unstained_positive``, raised on the unstained control) with a message that opens
     with ``"<population> ("``, as the gating self-checks name their gate. Any objects with ``code``,
     ``severity``, ``file`` and ``message``."""
-    return [f for f in flags if needs_review(f) and str(f.message).startswith(population + " (")
+    return [f for f in flags if str(f.message).startswith(population + " (")
             and (f.file in (file, "") or f"the stained tube {file}" in str(f.message))]
+
+
+def flags_on_gate(flags, population: str, file: str) -> list:
+    """The flags on ``population``'s gate in ``file`` (:func:`flags_naming_gate`) that :func:`needs_review`."""
+    return [f for f in flags_naming_gate(flags, population, file) if needs_review(f)]

@@ -615,12 +615,13 @@ def singlet_candidates(d: Mapping[str, Any], gate: PolygonGate) -> list[dict]:
         return {"rule": rule, "label": label, "cut": ratio, "meaning": meaning,
                 "vertices": [[x0, y0], [far, ratio * far], list(top)]}
 
-    out = [wedge("automatic", "automatic", low, f"the lower edge the run placed: FSC-H/FSC-A ratio {low:.3f} (the band "
+    named = f"{gate.dims[1]}/{gate.dims[0]}"
+    out = [wedge("automatic", "automatic", low, f"the lower edge the run placed: {named} ratio {low:.3f} (the band "
                                                 f"{mode:.3f} +- {high - mode:.3f}, raised to a doublet valley above it)")]
     if isinstance(valley, (int, float)) and math.isfinite(valley):
         if valley < low:
             out.append(wedge("doublet_valley", "doublet valley", float(valley),
-                             "the density valley between the doublet and the singlet peak of the ratio (keeps the "
+                             f"the density valley between the doublet and the singlet peak of the {named} ratio (keeps the "
                              "events between it and the band's edge)"))
         else:
             own = mode - (high - mode)

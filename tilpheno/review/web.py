@@ -521,8 +521,9 @@ def _signature(view) -> dict:
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
     """One plot per editable gate: a subsample of its parent's events (under ``gate_set``), axis
     ranges and labelled ticks (``[[position, label], ...]`` per axis on the transformed scale: raw
-    decades on logicle/arcsinh axes), and the run's review flags on that gate
-    (``qc.flags_on_gate``). Ranges as in the reports (``report.plots.display_limits``: the whole
+    decades on logicle/arcsinh axes), and the run's flags on that gate (``qc.flags_naming_gate``):
+    ``flags`` those that need review, ``notes`` the others (info: e.g. a self-check sized below
+    its review limit). Ranges as in the reports (``report.plots.display_limits``: the whole
     scale up to the detector's ``$PnR``), widened to hold every threshold of either gate and the
     other gates' coordinates where events lie: a polygon's far corners beyond every event (the
     cells gate's open sides, the singlet band's ends) stay out of view, the shape drawn to the
@@ -530,7 +531,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
     both gates (the page's "whole gate" button, to drag such a corner). The page drags handles
     within the view shown. The plots of flagged gates come first, the others after them, each
     group in gating order (tube kinds by name)."""
-    from tilpheno.qc import flags_on_gate
+    from tilpheno.qc import flags_naming_gate, needs_review
     from tilpheno.report.plots import display_limits
 
     out = []
@@ -548,6 +549,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
             auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
+            on_gate = flags_naming_gate(flags, pop.name, Path(st.tube.file).name)
             coords: list[list[float]] = []
             ranges: list[list[float]] = []
             whole: list[list[float]] = []
@@ -581,7 +583,8 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                         "whole_ranges": whole, "whole_ticks": whole_ticks,
                         "bounds": [list(st.bounds[d]) for d in dims],
                         "automatic": auto,
-                        "flags": [dict(vars(f)) for f in flags_on_gate(flags, pop.name, Path(st.tube.file).name)]})
+                        "flags": [dict(vars(f)) for f in on_gate if needs_review(f)],
+                        "notes": [dict(vars(f)) for f in on_gate if not needs_review(f)]})
     out.sort(key=lambda plot: not plot["flags"])   # the flagged gates first (stable: in gating order)
     return out
 

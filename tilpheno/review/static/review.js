@@ -125,9 +125,10 @@
       const cuts = ((C.tubes[p.tube] || {})[p.population]) || [];
       if (!box || !cuts.length) continue;
       box.textContent = "";
-      box.appendChild(el("span", { class: "candidates-title" }, "cuts weighed (linear units, % of parent, version " + C.version + "):"));
+      box.appendChild(el("span", { class: "candidates-title" }, (p.type === "polygon" ? "lower edges weighed (" + p.dims[1] + "/" + p.dims[0] + " ratio"
+        : "cuts weighed (linear units") + ", % of parent, version " + C.version + "):"));
       for (const c of cuts) {
-        // a polygon candidate (the singlets wedge) is named by its lower FSC-H/FSC-A ratio
+        // a polygon candidate (the singlets wedge) is named by its lower ratio y/x
         const b = el("button", { type: "button", class: "candidate", "data-candidate": key(p.tube, p.population) + "|" + c.rule,
           title: c.meaning + (c.vertices ? "" : " (transformed scale " + fmt(c.cut, 3) + ")") },
           c.label + " " + (c.vertices ? "ratio " + fmt(c.cut, 3) : fmtRaw(c.raw)) + " (" + fmt(c.pct_of_parent, 1) + "%)");
@@ -143,7 +144,7 @@
     else g[g.low !== null ? "low" : "high"] = c.value;
     drawOverlay(p);
     if (!$("reason").value) $("reason").value = p.population + (c.vertices ? ": lower edge moved to the " + c.label +
-      " candidate (FSC-H/FSC-A ratio " + fmt(c.cut, 4) + ")" : ": cut moved to the " + c.label + " candidate ("
+      " candidate (" + p.dims[1] + "/" + p.dims[0] + " ratio " + fmt(c.cut, 4) + ")" : ": cut moved to the " + c.label + " candidate ("
       + fmtRaw(c.raw) + "; " + fmt(c.cut, 4) + " transformed)");
     schedulePreview(true);
   }
@@ -177,6 +178,11 @@
         const box = el("div", { class: "gate-flags", "data-gate-flags": key(p.tube, p.population) });
         box.appendChild(el("strong", {}, "needs review: " + p.flags.map((f) => f.code).join(", ")));
         for (const f of p.flags) box.appendChild(el("p", { class: "gate-flag", "data-flag": f.code }, f.severity + " " + f.code + ": " + f.message));
+        card.appendChild(box);
+      }
+      if ((p.notes || []).length) {   // the gate's flags that need no review (info), in full too
+        const box = el("div", { class: "gate-notes", "data-gate-notes": key(p.tube, p.population) });
+        for (const f of p.notes) box.appendChild(el("p", { class: "gate-flag", "data-note": f.code }, f.severity + " " + f.code + ": " + f.message));
         card.appendChild(box);
       }
       card.appendChild(el("div", { class: "pct", "data-pct": key(p.tube, p.population) }, ""));
