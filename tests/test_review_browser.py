@@ -105,6 +105,9 @@ def settled_pct(driver) -> float | None:
 def drag_cd3(driver, dx: int) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
+    # the suggested cuts arrive after the plots and lengthen the cards above CD3+ (cells, singlets,
+    # live): grab the knob once they are there, not while the page moves it
+    wait(driver, lambda d: d.find_element("css selector", '[data-candidate="surface|CD3+|automatic"]'), "the suggested cuts")
     knob = wait(driver, lambda d: d.find_element("css selector", '[data-handle="surface|CD3+|low-knob"]'), "the CD3 knob")
     ActionChains(driver).click_and_hold(knob).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
 
