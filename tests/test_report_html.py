@@ -232,10 +232,13 @@ def test_study_variables_name_the_review_flags_on_their_gates():
     from tilpheno.report.product import variable_review
 
     strategies = [load_strategy(p) for p in default_strategy_paths()]
-    result = SimpleNamespace(tubes=[SimpleNamespace(tube="surface", role="stain", file="/d/b_surface_stain.fcs"),
-                                    SimpleNamespace(tube="surface", role="stain", file="/d/c_surface_stain.fcs"),
-                                    SimpleNamespace(tube="surface", role="fmo", file="/d/a_FMO_PD1.fcs"),
-                                    SimpleNamespace(tube="treg", role="stain", file="/d/t_treg_stain.fcs")])
+    def tube(kind, role, file):   # a TubeResult's fields that variable_review reads (shown_name: the file's name)
+        return SimpleNamespace(tube=kind, role=role, file=file, shown_name=file.rsplit("/", 1)[1])
+
+    result = SimpleNamespace(tubes=[tube("surface", "stain", "/d/b_surface_stain.fcs"),
+                                    tube("surface", "stain", "/d/c_surface_stain.fcs"),
+                                    tube("surface", "fmo", "/d/a_FMO_PD1.fcs"),
+                                    tube("treg", "stain", "/d/t_treg_stain.fcs")])
     flags = [QCFlag("P", "b_surface_stain.fcs", "uncertain_threshold", "warning", "CD8+PD1+ (PD1 in CD8+): moved 4 points"),
              QCFlag("P", "b_surface_stain.fcs", "negative_shift", "warning", "CD56+ (CD56 in live_lymph): shifted"),
              QCFlag("P", "b_surface_stain.fcs", "unstained_control", "info", "CD3+ (CD3): 0.01 %"),
