@@ -210,11 +210,22 @@ def process_product(job: ProductJob) -> ProductOutcome:
 def _return_free_memory() -> None:
     """Collect cyclic garbage, then glibc ``malloc_trim(0)``: return freed heap pages to the system (large numpy temporaries that
     landed on the heap would otherwise keep a worker's RSS at its high-water mark and let freed
-    gaps accumulate from product to product). A no-op where glibc is not the allocator."""
-    global _MALLOC_TRIM
+    gaps accumulate from product to product). A no-op where glibc is not the allocator.
+
+    After the process's first collection here, what is still alive is frozen (``gc.freeze``, once
+    per process): mostly the libraries the first product imported and their caches, which live as
+    long as the process. Every later collection (this one after each product, and the automatic
+    full ones) then walks only what was made since, not those objects again (a 200,000-event
+    product of the benchmark folder: 0.065 s per collection before, under 0.01 s after). A frozen
+    object is still freed by its reference count; only a reference cycle among frozen objects
+    would stay, at most what the first product left alive."""
+    global _MALLOC_TRIM, _FROZEN
     import gc
 
     gc.collect()   # cyclic garbage: free it now, not at some later collection
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN = True
     if _MALLOC_TRIM is None:
         try:
             import ctypes
@@ -227,6 +238,7 @@ def _return_free_memory() -> None:
 
 
 _MALLOC_TRIM: Any = None
+_FROZEN = False   # gc.freeze() done in this process (_return_free_memory)
 
 
 def _process_product(job: ProductJob) -> ProductOutcome:
