@@ -265,3 +265,33 @@ def test_a_plot_does_not_depend_on_what_was_drawn_before():
     assert texts["label"][0][0] == "T cells 61.5%" and texts["xlabel"][0][0] == "CD3 (FITC-A)"
     assert "legend" not in texts and not any(k.startswith("quadrant") for k in texts)
     assert texts["title"][0][0] == "lymphocytes: T cells"
+
+
+def test_density_counts_are_numpys_histogram2d_without_its_binary_search(monkeypatch):
+    """The density plots' counts (80 plots per product of the benchmark folder) came from
+    np.histogram2d, whose binary search of every value among the edges took 2.2 ms per 20,000
+    events; each value's bin is now computed (0.25 ms). Counts, dtype and memory layout are
+    np.histogram2d's, on random ranges and on values at, just below and just above every edge; and a
+    density plot is the same SVG without numpy's histogramdd."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        xlo, ylo = rng.normal(0, 3), rng.normal(0, 1)
+        xlim, ylim = (float(xlo), float(xlo + 10 ** rng.uniform(-3, 4))), (float(ylo), float(ylo + 10 ** rng.uniform(-2, 3)))
+        ex, ey = np.linspace(*xlim, plots.BINS + 1), np.linspace(*ylim, plots.BINS + 1)
+        n = int(rng.integers(0, 3000))
+        x = np.clip(np.concatenate([rng.uniform(*xlim, n), ex, np.nextafter(ex, -np.inf), np.nextafter(ex, np.inf)]), *xlim)
+        y = np.clip(np.concatenate([rng.uniform(*ylim, n), ey, np.nextafter(ey, np.inf), np.nextafter(ey, -np.inf)]), *ylim)
+        expected = np.histogram2d(x, y, bins=plots.BINS, range=(xlim, ylim))[0]
+        counts = plots._counts_2d(x, y, xlim, ylim)
+        assert np.array_equal(counts, expected) and counts.dtype == expected.dtype and counts.strides == expected.strides
+    x, y = _density(20_000)
+    ax_cd3 = plots.Axis("CD3", plots.axis_label("CD3", "FITC-A"), Logicle(), FULL)
+    ax_ssc = plots.Axis("SSC-A", "SSC-A", Linear(), (0.0, 262144.0))
+    args = dict(gate=RangeGate("CD3", 0.5), population="CD3+", pct_of_parent=50.0, title="t")
+    reference = plots.density_plot(x, y, ax_cd3, ax_ssc, **args)
+
+    def no_histogramdd(*a, **kw):
+        raise AssertionError("np.histogramdd called")
+
+    monkeypatch.setattr(np, "histogramdd", no_histogramdd)
+    assert plots.density_plot(x, y, ax_cd3, ax_ssc, **args) == reference
