@@ -141,10 +141,20 @@ def test_dead_worker_fails_its_product_not_the_batch(small_cohort):
 
 FREEZE_PROBE = """
 import gc, json, weakref
+import pandas as pd
 import tilpheno.pipeline.product as product
 import tilpheno.phenotype, tilpheno.report.product   # what a product imports
-walked_before = len(gc.get_objects())   # the objects a full collection walks
-product._return_free_memory()            # after the first product
+from tilpheno.pipeline.jobs import ProcessOptions, ProductJob
+job = ProductJob("P1", pd.DataFrame({"file": ["/nonexistent/P1_stain.fcs"], "product_id": ["P1"], "tube": ["surface"],
+                                     "role": ["stain"], "fmo_marker": [""]}), (), ProcessOptions(make_reports=False))
+walked = []   # the objects a full collection walks, when each product starts
+analyze = product._process_product
+def spy(job):
+    walked.append(len(gc.get_objects()))
+    return analyze(job)
+product._process_product = spy
+walked_before = len(gc.get_objects())
+first = product.process_product(job)
 walked_after, frozen = len(gc.get_objects()), gc.get_freeze_count()
 class Node:
     pass
@@ -152,16 +162,18 @@ a, b = Node(), Node()
 a.other, b.other = b, a                  # cyclic garbage of a later product
 gone = weakref.ref(a)
 del a, b
-product._return_free_memory()            # after the second product
-print(json.dumps({"walked_before": walked_before, "walked_after": walked_after, "frozen": frozen,
-                  "frozen_later": gc.get_freeze_count(), "cycle_freed": gone() is None}))
+product.process_product(job)
+print(json.dumps({"walked_before": walked_before, "walked_at_start": walked[0], "walked_after": walked_after,
+                  "frozen": frozen, "frozen_later": gc.get_freeze_count(), "cycle_freed": gone() is None,
+                  "failed": not first.ok}))
 """
 
 
 def test_collections_after_the_first_product_skip_the_libraries():
     """The collection after each product walked every object of the libraries again (0.065 s per
-    200,000-event product of the benchmark folder); after the first one they are frozen, once, and
-    later cyclic garbage is still collected. In a subprocess: freezing is for the whole process."""
+    200,000-event product of the benchmark folder), and so did the first product's automatic ones;
+    they are frozen before the first product and after its collection, and later cyclic garbage is
+    still collected. In a subprocess: freezing is for the whole process."""
     import subprocess
     import sys
 
@@ -169,7 +181,7 @@ def test_collections_after_the_first_product_skip_the_libraries():
     out = subprocess.run([sys.executable, "-c", FREEZE_PROBE], env={"PYTHONPATH": str(root), "PATH": ""},
                          capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["walked_before"] > 50_000, r
-    assert r["walked_after"] < r["walked_before"] / 20, r
+    assert r["failed"] and r["walked_before"] > 50_000, r
+    assert r["walked_at_start"] < r["walked_before"] / 20 and r["walked_after"] < r["walked_before"] / 20, r
     assert r["frozen"] > r["walked_before"] / 2 and r["frozen_later"] == r["frozen"], r
     assert r["cycle_freed"], r

@@ -201,7 +201,13 @@ def _populations_long(product_id: str, tubes) -> object:
 
 
 def process_product(job: ProductJob) -> ProductOutcome:
-    """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason)."""
+    """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason).
+    Before the process's first product, what its imports made is frozen (``gc.freeze``, see
+    :func:`_return_free_memory`): the first product's collections do not walk the libraries either."""
+    if not _FROZEN:
+        import gc
+
+        gc.freeze()
     outcome = _process_product(job)
     _return_free_memory()   # the product's arrays are gone: give their pages back before the next product
     return outcome
