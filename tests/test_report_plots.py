@@ -193,7 +193,8 @@ def test_fmo_legend_names_the_rule_that_placed_the_threshold():
     result = analyze_product("TIL001", sample_rows("TIL001"), [load_strategy(p) for p in default_strategy_paths()])
     winners = {str(row.population): str(row.winner) for _, row, _ in _fmo_pairs(result)}
     assert {"stained_valley", "fmo_percentile"} <= set(winners.values()), winners
-    expected = {"stained_valley": "threshold: stained valley", "fmo_percentile": "threshold: 99.5th pct of FMO"}
+    expected = {"stained_valley": "threshold: stained valley", "fmo_percentile": "threshold: 99.5th pct of FMO",
+                "fmo_relative": "threshold: FMO pct carried over"}
     figures = fmo_figures(result, 99.5)
     assert {f.population for f in figures} == set(winners)
     for figure in figures:
