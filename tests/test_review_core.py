@@ -1017,3 +1017,29 @@ def test_the_audit_trail_names_the_suggested_cut_a_save_applied(fresh_service):
                                      .order_by(AuditEntry.seq.desc())).first().after_json)
     assert last["suggestions"] == {"surface/singlets": {"rule": "doublet_valley", "label": "doublet valley",
                                                          "cut": wedge["cut"]}}
+
+
+def test_a_products_file_labels_find_its_own_inputs_of_the_run(tmp_path):
+    """run.json lists every product's inputs; populations.csv names a product's files by their name,
+    or sub/X.fcs where two share one. Each label finds the input whose path ends in it; a name that
+    other products' folders hold too, the one in the folder of the product's other files; where
+    nothing tells, one line naming the label and the candidates (never another product's file)."""
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.regate import inputs_by_name, recorded_inputs
+
+    def entry(path):
+        return {"path": path, "sha256": path}
+
+    inputs = inputs_by_name([entry(p) for p in ("/d/P1/stain.fcs", "/d/P1/fmo_a.fcs", "/d/P2/stain.fcs", "/d/P2/fmo_b.fcs",
+                                                "/d/P3/sub1/X.fcs", "/d/P3/sub2/X.fcs", "/d/P3/ctl.fcs")])
+    run = tmp_path / "run.json"
+    assert recorded_inputs(["stain.fcs", "fmo_a.fcs"], inputs, run) == {
+        "stain.fcs": entry("/d/P1/stain.fcs"), "fmo_a.fcs": entry("/d/P1/fmo_a.fcs")}
+    assert recorded_inputs(["fmo_b.fcs", "stain.fcs"], inputs, run)["stain.fcs"] == entry("/d/P2/stain.fcs")
+    assert recorded_inputs(["sub1/X.fcs", "sub2/X.fcs", "ctl.fcs"], inputs, run) == {
+        "sub1/X.fcs": entry("/d/P3/sub1/X.fcs"), "sub2/X.fcs": entry("/d/P3/sub2/X.fcs"), "ctl.fcs": entry("/d/P3/ctl.fcs")}
+    with pytest.raises(ReviewError, match=r"^stain.fcs: 2 inputs of .*run.json end in this name \(/d/P1/stain.fcs, "
+                                          r"/d/P2/stain.fcs\)"):
+        recorded_inputs(["stain.fcs"], inputs, run)
+    with pytest.raises(ReviewError, match=r"^gone.fcs: not listed in .*run.json inputs$"):
+        recorded_inputs(["gone.fcs"], inputs, run)

@@ -563,6 +563,11 @@ def test_a_server_whose_folder_was_processed_again_stops_showing_the_old_run(tmp
     assert c2.get(f"/api/products/{PID}/state").status_code == 200
 
 
+def moved_away(inputs: dict[str, list[dict]], name: str) -> dict[str, list[dict]]:
+    """run.json's ``inputs`` by name with the file named ``name`` recorded at /moved/away/."""
+    return {**inputs, name: [{**i, "path": f"/moved/away/{name}"} for i in inputs[name]]}
+
+
 def test_a_moved_input_file_of_one_product_leaves_the_product_list_and_exports_working(app, service, monkeypatch):
     """One FMO file of TIL002 is no longer where the run read it: the product list still shows every
     product (it was a 400 naming that file instead of the list) and the approved-table export still
@@ -573,7 +578,7 @@ def test_a_moved_input_file_of_one_product_leaves_the_product_list_and_exports_w
         service.ensure_imported(pid)   # as the server does at start
     c, _, _ = login(app, "alice")
     name = next(f.name for f in service.source.product_files("TIL002") if f.role == "fmo")
-    monkeypatch.setitem(service.source._inputs, name, {**service.source._inputs[name], "path": f"/moved/away/{name}"})
+    monkeypatch.setattr(service.source, "_inputs", moved_away(service.source._inputs, name))
     with pytest.raises(ReviewError, match=f"input file /moved/away/{name} of the run not found"):
         service.source.product_files("TIL002")
     page = c.get("/")
@@ -595,7 +600,7 @@ def test_a_product_never_opened_with_an_input_gone_leaves_the_export_working(rev
     service = make_service(review_out, f"sqlite:///{tmp_path / 'fresh.sqlite'}", source)
     service.ensure_imported("TIL001")
     stain = next(f.name for f in source.product_files("TIL002") if f.role == "stain")
-    monkeypatch.setitem(source._inputs, stain, {**source._inputs[stain], "path": f"/moved/away/{stain}"})
+    monkeypatch.setattr(source, "_inputs", moved_away(source._inputs, stain))
     phenotypes, _ = approved_tables(service)
     assert list(phenotypes["product_id"]) == ["TIL001", "TIL002"]
     assert list(phenotypes["review_status"]) == ["not approved", "not approved"]
@@ -1045,3 +1050,45 @@ def test_a_batch_acknowledges_the_approvals_it_was_shown_not_whatever_stands_lat
     assert service.current_version(target) == v
     r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": r.json["approvals"]}, headers=h)
     assert r.status_code == 201 and service.current_version(target) == v + 1 and service.decision(target) is None
+
+
+def test_two_stained_files_of_one_name_open_with_each_files_own_flags(tmp_path):
+    """TIL001's surface stain in sub1/ and TIL002's under the same name in sub2/: populations.csv and
+    qc.csv name them sub1/..., sub2/... (file_labels); the app looked both up by their bare name ->
+    'not listed in run.json inputs' (the product could not be opened), and a gate's flags were
+    matched by the bare name (none shown). Now the product opens on sub1's file (its SHA-256),
+    each gate shows the flags of sub1's file only (and the approved export names it so)."""
+    import hashlib
+    import shutil
+
+    import pandas as pd
+
+    from review_support import SAMPLE, database_url, make_service
+    from tilpheno.pipeline import process_folder
+
+    folder = tmp_path / "in"
+    for sub in ("sub1", "sub2"):
+        (folder / sub).mkdir(parents=True)
+    stain = f"{PID}_surface_stain.fcs"
+    for f in SAMPLE.glob(f"{PID}_*.fcs"):
+        shutil.copy(f, folder / ("sub1" if f.name == stain else "") / f.name)
+    shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", folder / "sub2" / stain)
+    out = tmp_path / "out"
+    assert process_folder(folder, out, make_reports=False).ok
+    qc = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
+    flag = {"product_id": PID, "code": "uncertain_threshold", "severity": "warning", "needs_review": "True"}
+    qc = pd.concat([qc, pd.DataFrame([
+        {**flag, "file": f"sub1/{stain}", "message": "PD1+ (PD1 in live_lymph): the cut moved 7.0 points"},
+        {**flag, "file": f"sub2/{stain}", "message": "CD4+ (CD4 in CD3+): the cut moved 9.0 points"}])])
+    qc.to_csv(out / "qc.csv", index=False)
+
+    service = make_service(out, database_url("sqlite", tmp_path))
+    c, _, _ = login(create_app(service), "alice")
+    state = c.get(f"/api/products/{PID}/state")
+    assert state.status_code == 200, state.text
+    auto = service.source.automatic(PID)["tubes"]["surface"]
+    assert auto["file"] == f"sub1/{stain}"
+    assert auto["sha256"] == hashlib.sha256((SAMPLE / stain).read_bytes()).hexdigest()
+    assert service.source.stained(PID)["surface"].name == f"sub1/{stain}"   # the export's file column
+    flagged = {(p["tube"], p["population"]): [f["message"] for f in p["flags"]] for p in state.json["plots"] if p["flags"]}
+    assert flagged == {("surface", "PD1+"): ["PD1+ (PD1 in live_lymph): the cut moved 7.0 points"]}

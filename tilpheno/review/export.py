@@ -56,7 +56,7 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
         for tube, table in res.populations.items():
             stained = service.source.stained(pid)[tube]
             frame = table.copy()
-            head: dict[str, Any] = {"product_id": pid, "file": Path(stained.tube.file).name, "tube": tube,
+            head: dict[str, Any] = {"product_id": pid, "file": stained.name, "tube": tube,
                                     "gate_version": approved.version}
             for i, (k, v) in enumerate(head.items()):
                 frame.insert(i, k, v)

@@ -75,6 +75,7 @@ class StainedTube:
     strategy: Strategy
     bounds: dict[str, tuple[float, float]]   # dimension -> allowed gate coordinates
     tops: dict[str, float]                   # dimension -> the top of its raw scale ($PnR)
+    name: str                                # the file as populations.csv and the flags name it (ProductFile.name)
 
 
 @dataclass
@@ -85,6 +86,44 @@ class ProductFile:
     tube: str
     role: str
     fmo_marker: str
+
+
+def inputs_by_name(inputs: list[dict]) -> dict[str, list[dict]]:
+    """run.json's ``inputs`` by file name (several where files of one name sit in several folders)."""
+    out: dict[str, list[dict]] = {}
+    for entry in inputs:
+        out.setdefault(Path(str(entry["path"])).name, []).append(entry)
+    return out
+
+
+def recorded_inputs(labels: list[str], inputs: Mapping[str, list[dict]], run_json: Path) -> dict[str, dict]:
+    """Each of one product's file ``labels`` (populations.csv's ``file``: the file's name, or
+    ``sub/X.fcs`` where two of its files share a name, :func:`tilpheno.io.files.file_labels`) ->
+    its entry of run.json's ``inputs`` (``path``, ``sha256``; ``inputs`` by name,
+    :func:`inputs_by_name`): the input whose path ends in the label. Where several do (files of
+    one name in other products' folders), the one in a folder of the product's other files.
+    ReviewError naming the label when none or still several do."""
+    def base(entry: dict, label: str) -> Path:   # the folder the label is relative to
+        return Path(str(entry["path"])).parents[len(Path(label).parts) - 1]
+
+    def ending_in(label: str) -> list[dict]:
+        parts = Path(label).parts
+        return [i for i in inputs.get(parts[-1], []) if Path(str(i["path"])).parts[-len(parts):] == parts]
+
+    found = {label: ending_in(label) for label in labels}
+    folders = {base(c[0], label) for label, c in found.items() if len(c) == 1}
+    out = {}
+    for label, candidates in found.items():
+        if len(candidates) > 1:
+            candidates = [c for c in candidates if base(c, label) in folders] or candidates
+        if not candidates:
+            raise ReviewError(f"{label}: not listed in {run_json} inputs")
+        if len(candidates) > 1:
+            raise ReviewError(f"{label}: {len(candidates)} inputs of {run_json} end in this name "
+                              f"({', '.join(str(c['path']) for c in candidates)}); none in the folders of the "
+                              "product's other files tells which the product's is")
+        out[label] = candidates[0]
+    return out
 
 
 @dataclass
@@ -124,7 +163,7 @@ class ReviewSource:
         self.panel = self._panel()
         self.strategies = self._strategies()
         self.release_spec = self._release_spec()
-        self._inputs = {Path(i["path"]).name: i for i in self.run.get("inputs", [])}
+        self._inputs = inputs_by_name(self.run.get("inputs", []))
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
         self._automatic: dict[str, dict] = {}
@@ -292,7 +331,7 @@ class ReviewSource:
     def product_files(self, product_id: str) -> list[ProductFile]:
         """The product's files, each found where the run read it (or under ``inputs_dir``); ReviewError
         naming a file that is not there."""
-        return [ProductFile(self._resolve(path), name, sha256, tube, role, marker)
+        return [ProductFile(self._resolve(path, name), name, sha256, tube, role, marker)
                 for name, path, sha256, tube, role, marker in self._recorded_files(product_id)]
 
     def _recorded_files(self, product_id: str) -> list[tuple[str, str, str, str, str, str]]:
@@ -301,13 +340,9 @@ class ReviewSource:
         files = self._file_rows(product_id)
         if not files:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
-        out = []
-        for name, tube, role, marker in files:
-            entry = self._inputs.get(name)
-            if entry is None:
-                raise ReviewError(f"{name}: not listed in {self.out_dir / 'run.json'} inputs")
-            out.append((name, str(entry["path"]), str(entry["sha256"]), tube, role, marker))
-        return out
+        entries = recorded_inputs([name for name, *_ in files], self._inputs, self.out_dir / "run.json")
+        return [(name, str(entries[name]["path"]), str(entries[name]["sha256"]), tube, role, marker)
+                for name, tube, role, marker in files]
 
     def _file_rows(self, product_id: str) -> list[tuple[str, str, str, str]]:
         """``(file, tube, role, fmo_marker)`` of each of the product's files in populations.csv, in
@@ -324,11 +359,13 @@ class ReviewSource:
             self._files_by_product = (frame, table)
         return self._files_by_product[1].get(product_id, [])
 
-    def _resolve(self, recorded: str) -> Path:
+    def _resolve(self, recorded: str, label: str) -> Path:
+        """The file the run read as ``recorded``: there, or under ``inputs_dir`` by its ``label``
+        (``sub/X.fcs`` where two of the product's files share a name) or its name."""
         p = Path(recorded)
         candidates = [p] if p.is_absolute() else []
         if self.inputs_dir is not None:
-            candidates.append(self.inputs_dir / p.name)
+            candidates += list(dict.fromkeys([self.inputs_dir / label, self.inputs_dir / p.name]))
         if not p.is_absolute():
             candidates += [Path.cwd() / p, self.out_dir.parent / p, self.out_dir / p]
         for c in candidates:
@@ -389,7 +426,8 @@ class ReviewSource:
         result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
                                  til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS,
                                  study=self.study, panel_override=self.panel,
-                                 spillover_override=self.spillover(product_id))
+                                 spillover_override=self.spillover(product_id),
+                                 labels={str(f.path): f.name for f in files})
         recorded = self.phenotype_row(product_id)
         for var in self.study.variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
@@ -400,7 +438,7 @@ class ReviewSource:
         tubes: dict[str, dict] = {}
         candidates: dict[str, dict[str, list[dict]]] = {}
         for t in result.tubes:
-            name = Path(t.file).name
+            name = t.shown_name
             if t.role != "stain" or t.tube in tubes:
                 continue
             if t.sha256 != by_name[name].sha256:
@@ -450,7 +488,7 @@ class ReviewSource:
             tops[dim] = r
             bounds[dim] = (-0.5, 1.5) if isinstance(transform, Logicle) else (-r, 2.0 * r)
         fcs.events = None
-        return StainedTube(tube, strategy, bounds, tops)
+        return StainedTube(tube, strategy, bounds, tops, f.name)
 
 
 # -- candidate cuts of the threshold gates ---------------------------------------------------------

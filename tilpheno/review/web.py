@@ -549,7 +549,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
             auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
-            on_gate = flags_naming_gate(flags, pop.name, Path(st.tube.file).name)
+            on_gate = flags_naming_gate(flags, pop.name, st.name)
             coords: list[list[float]] = []
             ranges: list[list[float]] = []
             whole: list[list[float]] = []
