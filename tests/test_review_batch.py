@@ -182,3 +182,30 @@ def test_a_refused_batch_imports_no_target_and_an_applied_one_imports_with_its_s
     assert [(v.version, v.source, v.based_on) for v in first] == [(1, "automatic", None), (2, "batch from TIL002 v2", 1)]
     assert json.loads(first[0].gates_json) == automatic and "batch apply of surface/CD3+ from TIL002 v2" in entry.reason
     assert cd3(service, "TIL001") == cd3(service, "TIL002")
+
+
+def test_a_batch_the_database_refuses_with_no_version_moved_says_so(service):
+    """A stray row of TIL003's next version (stored outside the app: TIL003's current version did not
+    move) makes every attempt of the batch [TIL001, TIL003] fail on the unique version; naming 'the
+    first target moved' then raised StopIteration (a server error). Now one line naming the
+    targets and the database's refusal; nothing of the batch stored."""
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.models import GateSetVersion
+
+    source_with_own_cd3(service)
+    alice = user(service, "alice")
+    service.ensure_imported("TIL001")
+    v1, v3 = service.current_version("TIL001"), service.current_version("TIL003")
+    with service.factory() as db:
+        row = db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == "TIL003",
+                                                      GateSetVersion.version == v3)).one()
+        db.add(GateSetVersion(product_id="TIL003", version=v3 + 1, based_on=v3, gates_json=row.gates_json,
+                              gates_sha256=row.gates_sha256, source="stray", reason="stray", created_by="x",
+                              created_at=row.created_at))
+        db.commit()
+    trail = saves(service)
+    with pytest.raises(ReviewError, match=r"^nothing was saved: the database refused the versions of TIL001, TIL003 "
+                                          r"and no one's version moved meanwhile \(.+\)$"):
+        service.apply_to_batch("TIL002", alice, "surface", "CD3+", ["TIL001", "TIL003"], "same valley")
+    assert (service.current_version("TIL001"), service.current_version("TIL003")) == (v1, v3)
+    assert saves(service) == trail

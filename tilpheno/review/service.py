@@ -601,10 +601,16 @@ class ReviewService:
 
         try:
             saved = transaction(self.factory, apply) if changes else []
-        except IntegrityError:   # a target's next version was stored meanwhile: name the first one moved
+        except IntegrityError as exc:   # a target's next version was stored meanwhile: name the first one moved
             with self.factory() as db:
-                raise next(self._conflict(db, c.product_id, c.base_version) for c in changes
-                           if _get(db, Product, c.product_id).current_version != c.base_version) from None
+                moved = [c for c in changes if (p := db.get(Product, c.product_id)) is not None
+                         and p.current_version != c.base_version]
+                if moved:
+                    raise self._conflict(db, moved[0].product_id, moved[0].base_version) from None
+            problem = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+            raise ReviewError(f"nothing was saved: the database refused the versions of "
+                              f"{', '.join(c.product_id for c in changes)} and no one's version moved meanwhile "
+                              f"({problem})") from None
         return BatchResult(saved, skipped)
 
     # -- signatures --------------------------------------------------------------------------------
