@@ -3,6 +3,7 @@ approval, and issued (audited) only if that approval still stands when it is rec
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -179,4 +180,62 @@ def test_a_re_export_blocked_by_a_folder_writes_nothing_and_a_failed_move_is_aud
     assert r.exit_code == 2 and "audited (export_failed)" in r.output and "Permission denied" in r.output, r.output
     (failed,) = _entries(approved, "export_failed")
     assert json.loads(failed.after_json)["certificates"][PID]["version"] == 1 and len(certificate_entries(approved)) == 1
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
+
+
+def _tree(folder):
+    """``folder``'s files -> their bytes (None: no such folder)."""
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_re_export_into_an_existing_folder_replaces_it_all_at_once(approved, monkeypatch, tmp_path):
+    """export-approved into the folder of a previous export (and a file of the user's beside it): it
+    replaced the files one by one, so that between two moves (or after a failed one) the folder held
+    the new tables beside the previous certificates. Now at every move the folder is the previous
+    export or the new one whole (a moment absent); the user's file is kept; no folder left beside it."""
+    from tilpheno.review import export
+
+    dest = tmp_path / "exports" / "x"
+    (dest / PID).mkdir(parents=True)
+    for name in ("phenotypes_approved.csv", "populations_approved.csv", f"{PID}/certificate.pdf", "notes.txt"):
+        (dest / name).write_text(f"previous {name}\n")
+    previous = _tree(dest)
+    seen = []
+    for name in ("rename", "replace"):
+        def move(src, dst, _move=getattr(export.os, name)):
+            seen.append(_tree(dest))
+            return _move(src, dst)
+        monkeypatch.setattr(export.os, name, move)
+    r = export_approved(approved, dest)
+    assert r.exit_code == 0, r.output
+    now = _tree(dest)
+    assert now["notes.txt"] == b"previous notes.txt\n" and now[f"{PID}/certificate.pdf"].startswith(b"%PDF")
+    assert set(now) == set(previous) | {f"{PID}/gates_surface.xml", f"{PID}/gates_treg.xml"}
+    assert seen and all(s in (previous, None, now) for s in seen), [sorted(s or {}) for s in seen]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
+
+
+def test_a_failed_swap_keeps_the_previous_export_and_says_it_is_audited(approved, monkeypatch, tmp_path):
+    """The move of the new export into place fails: the previous export stays as it was (it used to
+    be left half replaced), and the line says the failure is audited (export_failed)."""
+    from tilpheno.review import export
+
+    dest = tmp_path / "exports" / "x"
+    dest.mkdir(parents=True)
+    (dest / "phenotypes_approved.csv").write_text("previous export\n")
+    original = export.os.rename
+
+    def rename(src, dst):
+        if Path(dst) == dest and ".partial-" in str(src):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return original(src, dst)
+
+    monkeypatch.setattr(export.os, "rename", rename)
+    r = export_approved(approved, dest)
+    assert r.exit_code == 2 and "Traceback" not in r.output and r.output.strip().count("\n") == 0, r.output
+    assert "moving the export into place failed" in r.output and "Permission denied" in r.output, r.output
+    assert "audited (export_failed)" in r.output and len(_entries(approved, "export_failed")) == 1
+    assert _tree(dest) == {"phenotypes_approved.csv": b"previous export\n"}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]

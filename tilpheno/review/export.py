@@ -108,15 +108,17 @@ class ExportNotDelivered(ReviewError):
 
 
 def write_approved_export(service: ReviewService, export: ApprovedExport, dest: Path, username: str) -> None:
-    """Write ``export`` into ``dest``: every file is first written into a new hidden folder beside it
-    (:func:`_stage`; an OSError there removes it: nothing written, nothing audited), then the
+    """Write ``export`` into ``dest``, all at once: every file is first written into a new hidden
+    folder beside it (:func:`_stage`), with the other files of an existing ``dest`` linked in
+    (:func:`_keep_others`; an OSError there removes it: nothing written, nothing audited), then the
     certificates are audited (:meth:`ReviewService.record_certificates`: refused, nothing written,
-    when an approval changed meanwhile), then the files are moved into ``dest`` (:func:`_publish`:
-    one rename when ``dest`` does not exist yet). Should that last move fail (OSError, rare: the
-    same file system), an ``export_failed`` entry records it and :class:`ExportNotDelivered` says so."""
+    when an approval changed meanwhile), then that folder takes ``dest``'s place (:func:`_publish`).
+    Should that last move fail (OSError, rare: the same file system), ``dest`` is as it was, an
+    ``export_failed`` entry records it and :class:`ExportNotDelivered` says so."""
     staged = _stage(export, dest)
     try:
         _check_publishable(staged, dest)
+        _keep_others(staged, dest)
         service.record_certificates(username, export.approvals)
         try:
             _publish(staged, dest)
@@ -160,16 +162,47 @@ def _check_publishable(staged: Path, dest: Path) -> None:
             raise IsADirectoryError(f"{dest / path}: a folder where the export writes a file")
 
 
+def _keep_others(staged: Path, dest: Path) -> None:
+    """The files of an existing ``dest`` that the export does not replace, hard-linked (else
+    copied; symbolic links as links) into ``staged`` at the same places, and ``dest``'s folders'
+    permissions: ``staged`` is then what ``dest`` becomes."""
+    if not dest.exists():
+        return
+    replaced = {str(p) for p in _staged_files(staged)}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder).relative_to(dest)
+        return {n for n in names if str(here / n) in replaced}
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(dest, staged, symlinks=True, ignore=ignore, copy_function=link_or_copy, dirs_exist_ok=True)
+
+
 def _publish(staged: Path, dest: Path) -> None:
-    """Move the staged files into ``dest``: the folder renamed when ``dest`` does not exist (all at
-    once), else each file over its namesake (each replaced whole; other files in ``dest`` kept)."""
+    """``staged`` becomes ``dest`` in one rename; an existing ``dest`` is first renamed away beside
+    it (``.NAME.old-XXXX``), then removed; should the second rename fail, it is put back (the
+    OSError, naming where the previous folder is kept if that fails too)."""
     if not dest.exists():
         os.chmod(staged, atomic.default_mode(directory=True))   # mkdtemp makes 0700; an output folder is ordinary
         os.rename(staged, dest)
         return
-    for path in _staged_files(staged):
-        (dest / path).parent.mkdir(exist_ok=True)
-        os.replace(staged / path, dest / path)
+    backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    os.rename(dest, backup)   # onto the empty folder just made: a name no one else takes
+    try:
+        os.rename(staged, dest)
+    except OSError as exc:
+        try:
+            os.rename(backup, dest)
+        except OSError as put_back:
+            raise OSError(exc.errno, f"{exc.strerror or exc}; the previous {dest.name} is kept as {backup} "
+                                     f"(putting it back failed: {put_back.strerror or put_back})") from exc
+        raise
+    shutil.rmtree(backup, onerror=lambda _f, path, err: log.warning("%s: not removed: %s", path, err[1]))
 
 
 def _still_approved(service: ReviewService, product_id: str, version: int) -> Approval:
