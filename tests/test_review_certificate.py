@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from review_support import PASSWORDS, approval_resolutions, fresh_service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from test_review_web import login
@@ -217,10 +218,14 @@ def test_a_re_export_into_an_existing_folder_replaces_it_all_at_once(approved, m
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
 
 
-def test_a_failed_swap_keeps_the_previous_export_and_says_it_is_audited(approved, monkeypatch, tmp_path):
-    """The move of the new export into place fails: the previous export stays as it was (it used to
-    be left half replaced), and the line says the failure is audited (export_failed)."""
+@pytest.mark.parametrize("database_down", [False, True])
+def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(approved, monkeypatch, tmp_path,
+                                                                               database_down):
+    """The move of the new export into place fails: the previous export stays as it was, and the line
+    says the failure is audited (export_failed). With the database down when that is recorded, its
+    error used to replace the 'not delivered' message: now both, in one line."""
     from tilpheno.review import export
+    from tilpheno.review.service import ReviewService
 
     dest = tmp_path / "exports" / "x"
     dest.mkdir(parents=True)
@@ -233,9 +238,17 @@ def test_a_failed_swap_keeps_the_previous_export_and_says_it_is_audited(approved
         return original(src, dst)
 
     monkeypatch.setattr(export.os, "rename", rename)
+    if database_down:
+        def down(*args, **kwargs):
+            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly\nmore"))
+        monkeypatch.setattr(ReviewService, "record_export_failure", down)   # the command's own service
     r = export_approved(approved, dest)
     assert r.exit_code == 2 and "Traceback" not in r.output and r.output.strip().count("\n") == 0, r.output
     assert "moving the export into place failed" in r.output and "Permission denied" in r.output, r.output
-    assert "audited (export_failed)" in r.output and len(_entries(approved, "export_failed")) == 1
+    if database_down:
+        assert "recording this in the audit trail failed too (OperationalError" in r.output, r.output
+        assert "server closed the connection unexpectedly" in r.output and _entries(approved, "export_failed") == []
+    else:
+        assert "audited (export_failed)" in r.output and len(_entries(approved, "export_failed")) == 1
     assert _tree(dest) == {"phenotypes_approved.csv": b"previous export\n"}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]

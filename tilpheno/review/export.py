@@ -114,7 +114,8 @@ def write_approved_export(service: ReviewService, export: ApprovedExport, dest: 
     certificates are audited (:meth:`ReviewService.record_certificates`: refused, nothing written,
     when an approval changed meanwhile), then that folder takes ``dest``'s place (:func:`_publish`).
     Should that last move fail (OSError, rare: the same file system), ``dest`` is as it was, an
-    ``export_failed`` entry records it and :class:`ExportNotDelivered` says so."""
+    ``export_failed`` entry records it and :class:`ExportNotDelivered` says so (and, in the same
+    line, when the database could not record it either)."""
     staged = _stage(export, dest)
     try:
         _check_publishable(staged, dest)
@@ -123,12 +124,26 @@ def write_approved_export(service: ReviewService, export: ApprovedExport, dest: 
         try:
             _publish(staged, dest)
         except OSError as exc:
-            service.record_export_failure(username, export.approvals, str(dest), str(exc))
             raise ExportNotDelivered(f"{dest}: the certificates were audited, then moving the export into place failed "
-                                     f"({exc}); this is audited (export_failed): run export-approved again") from exc
+                                     f"({exc}); {_record_failure(service, username, export, dest, exc)}: "
+                                     "run export-approved again") from exc
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+
+
+def _record_failure(service: ReviewService, username: str, export: ApprovedExport, dest: Path, exc: OSError) -> str:
+    """Audit ``export_failed``; what the trail now says, in words (the database's error when it
+    could not be recorded: the trail then shows the certificates issued, not that they were not
+    delivered)."""
+    try:
+        service.record_export_failure(username, export.approvals, str(dest), str(exc))
+    except Exception as problem:   # the database down: said with the failed move, not instead of it
+        log.debug("export_failed of %s not recorded", dest, exc_info=True)   # said in the error line
+        first = str(problem).splitlines()[0] if str(problem) else ""
+        return (f"recording this in the audit trail failed too ({type(problem).__name__}: {first}), so the trail shows "
+                "the certificates issued")
+    return "this is audited (export_failed)"
 
 
 def _stage(export: ApprovedExport, dest: Path) -> Path:
