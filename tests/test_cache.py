@@ -224,6 +224,11 @@ def test_product_key_depends_on_inputs_strategies_and_options(small_cohort):
     assert len({key, *variants}) == 1 + len(variants)
     # drawing a report or not is not part of the key (an entry may hold a report or not)
     assert product_key(ProductJob("TIL001", rows, sources, ProcessOptions(make_reports=False)), digests) == key
+    # nor the release spec (decided again from the stored outcome), its name in the short provenance included
+    from tilpheno.release import ReleaseSpec
+
+    other_spec = ProcessOptions(release_spec=ReleaseSpec("other", ()), provenance_short=(("release spec", "other"),))
+    assert product_key(ProductJob("TIL001", rows, sources, other_spec), digests) == key
 
 
 def test_store_round_trip_and_prune(tmp_path):
@@ -443,3 +448,58 @@ def test_a_process_rerun_without_manifest_reads_no_unchanged_file(small_cohort, 
     _settle_scan_index(out / CACHE_DIR / "scan.json")
     assert process_folder(folder, out, overwrite=True, use_cache=False).ok
     assert len(reads) == 2 * 27 and _outputs(out) == first   # read by the scan, then by the products' jobs
+
+
+def _counting_gatings(monkeypatch) -> list:
+    """Every product gated in this process (``--jobs 1`` runs products here), by id."""
+    from tilpheno.pipeline import product
+
+    gated: list = []
+    real = product._analyze
+    monkeypatch.setattr(product, "_analyze", lambda job, rows: gated.append(job.product_id) or real(job, rows))
+    return gated
+
+
+@pytest.mark.slow   # five runs of the small cohort, one report drawn
+def test_a_release_spec_change_gates_nothing_again_and_equals_a_clean_run(cohort, tmp_path, monkeypatch):
+    import tilpheno
+
+    study = tmp_path / "study"
+    shutil.copytree(Path(tilpheno.__file__).parent / "studies" / "til", study)
+    manifest = cohort / "manifest.csv"
+    out = tmp_path / "out"
+    gated = _counting_gatings(monkeypatch)
+    before = process_folder(cohort, out, manifest_csv=manifest, study=study / "study.yaml", make_reports=False)
+    assert gated == ["TIL001", "TIL002", "TIL003"]
+    row = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    # release.yaml edited: the viability limit between the products' values, a new criterion
+    middle = float(row["viability_pct"].median())
+    spec = (study / "release.yaml").read_text()
+    assert "limit: 70\n" in spec
+    spec = spec.replace("limit: 70\n", f"limit: {middle}\n") + (
+        "  - name: CD4\n    column: cd4_pct_of_cd3\n    op: \">=\"\n    limit: 1\n    unit: \"% of CD3+\"\n")
+    (study / "release.yaml").write_text(spec)
+    gated.clear()
+    after = process_folder(cohort, out, manifest_csv=manifest, study=study / "study.yaml", reports="none",
+                           overwrite=True)
+    assert gated == []
+    record = _cache_record(out)
+    assert record["reused"] == record["release_decided_again"] == ["TIL001", "TIL002", "TIL003"]
+    assert record["processed"] == [] and after.release_counts != before.release_counts
+    clean = tmp_path / "clean"
+    process_folder(cohort, clean, manifest_csv=manifest, study=study / "study.yaml", reports="none", use_cache=False)
+    assert _outputs(out) == _outputs(clean)
+    # a report shows the verdict: the product whose report is drawn is gated again, the others not
+    gated.clear()
+    process_folder(cohort, out, manifest_csv=manifest, study=study / "study.yaml", reports="now",
+                   report_products=["TIL002"], overwrite=True)
+    assert gated == ["TIL002"] and _cache_record(out)["release_decided_again"] == ["TIL001", "TIL003"]
+    process_folder(cohort, clean, manifest_csv=manifest, study=study / "study.yaml", reports="now",
+                   report_products=["TIL002"], use_cache=False, overwrite=True)
+    assert _outputs(out) == _outputs(clean) and (out / "products" / "TIL002" / "report.html").is_file()
+    # a strategy change still gates every product again
+    strategy = study / "til_treg.yaml"
+    strategy.write_text(strategy.read_text() + "\n# edited\n")
+    gated.clear()
+    process_folder(cohort, out, manifest_csv=manifest, study=study / "study.yaml", reports="none", overwrite=True)
+    assert sorted(gated) == ["TIL001", "TIL002", "TIL003"] and _cache_record(out)["reused"] == []

@@ -1,17 +1,22 @@
 """Incremental runs: a content-addressed store of product outcomes in the output folder.
 
-A product's outcome (phenotype row, population table, QC flags, release verdict, input digests,
-and its HTML report when one was drawn) is a pure function of
+A product's gating outcome (phenotype row, population table, QC flags, input digests) is a pure
+function of
 
 * the SHA-256 of each of its input files (and of the single-stain controls of its matrix), their
   paths and every manifest value of its rows,
-* the strategies' and the release spec's contents, the compensation matrix chosen for the product
-  (from single-stain controls or a CSV: its values, source and control files), the options (FMO
-  percentile, identifiers, the provenance short form the report prints),
+* the strategies' contents, the compensation matrix chosen for the product (from single-stain
+  controls or a CSV: its values, source and control files), the options (FMO percentile,
+  identifiers, the provenance short form the report prints but the release spec's name),
 * the code: tilpheno's version and a digest of the installed package's own source files, the
   Python version and the versions of the libraries that compute or draw (``provenance.DEPENDENCIES``).
 
-:func:`product_key` is the SHA-256 of all of that (canonical JSON). :class:`ProductStore` keeps one
+:func:`product_key` is the SHA-256 of all of that (canonical JSON). The release spec is not in it:
+the release verdict is a pure function of the stored phenotype row and QC flags
+(``pipeline.release.release_decision``), so an entry's ``outcome.json`` records the spec it was
+decided under (``release_spec``: :func:`release_identity`) and a run under another spec decides
+the release again from the stored outcome. Its HTML report shows the verdict, so a stored report
+is used only under the spec it records (else the product is gated again to draw it). :class:`ProductStore` keeps one
 *entry* per key under ``OUT/.cache/entries/<key[:2]>/<key>/``: ``outcome.json`` (everything but the
 tables), ``populations.parquet`` (the long population table, dtypes kept), optionally
 ``report.html``, and ``entry.json`` listing the SHA-256 of each of those files. An entry is
@@ -131,7 +136,8 @@ def _plain(value):
 
 
 def product_key(job, digests: Mapping[str, str]) -> str:
-    """SHA-256 (hex) of everything the product's outcome depends on (see the module docstring).
+    """SHA-256 (hex) of everything the product's gating outcome depends on (see the module
+    docstring; not the release spec: :func:`release_identity`).
 
     ``job`` is a ``pipeline.ProductJob``; ``digests`` maps each of its files (:func:`job_files`: its
     manifest rows' and its single-stain controls') to its SHA-256. Whether a report is drawn is not
@@ -139,8 +145,9 @@ def product_key(job, digests: Mapping[str, str]) -> str:
     """
     rows = [{str(k): _plain(v) for k, v in rec.items()} for rec in job.rows.to_dict("records")]
     controls = [str(f) for f in getattr(getattr(job, "compensation", None), "files", ())]
+    from tilpheno.provenance import SHORT_RELEASE_SPEC
+
     opts = job.options
-    spec = opts.release_spec
     payload = {
         "environment": environment(),
         "product_id": str(job.product_id),
@@ -152,11 +159,21 @@ def product_key(job, digests: Mapping[str, str]) -> str:
         "options": {
             "fmo_percentile": float(opts.fmo_percentile),
             "include_identifiers": bool(opts.include_identifiers),
-            "release_spec": {"name": spec.name, "source": spec.source, "sha256": getattr(spec, "sha256", ""),
-                             "criteria": [c.describe() for c in spec.criteria]},
-            "provenance_short": [list(p) for p in opts.provenance_short],
+            "provenance_short": [list(p) for p in opts.provenance_short if p[0] != SHORT_RELEASE_SPEC],
         },
     }
+    return _sha256_json(payload)
+
+
+def release_identity(spec) -> str:
+    """SHA-256 (hex) of a ``tilpheno.release.ReleaseSpec``: its name, source, file digest and
+    criteria; what a stored release verdict and report were decided under (module docstring)."""
+    return _sha256_json({"name": spec.name, "source": spec.source, "sha256": getattr(spec, "sha256", ""),
+                         "criteria": [c.describe() for c in spec.criteria]})
+
+
+def _sha256_json(payload: Mapping) -> str:
+    """SHA-256 (hex) of ``payload`` as canonical JSON (sorted keys, ASCII, no NaN)."""
     text = json.dumps(payload, sort_keys=True, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

@@ -26,6 +26,9 @@ DEPENDENCIES = (
 TIME_FIELDS = ("started_at", "finished_at", "duration_s")
 EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler", "overwrite", "reports", "cache")
 """How a run was executed; not in the reports' short form, so results do not depend on it."""
+SHORT_RELEASE_SPEC = "release spec"
+"""The item of :meth:`RunRecord.short` naming the release spec (not in a product's cache key:
+``tilpheno.cache.product_key``)."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20, *, seconds: float | None = None) -> str:
@@ -141,7 +144,7 @@ class RunRecord:
             "tilpheno": self.tilpheno_version,
             "python": self.python.split()[0],
             "strategies": strategies,
-            "release spec": self.release_spec.get("name", ""),
+            SHORT_RELEASE_SPEC: self.release_spec.get("name", ""),
             "parameters": params,
             "full record": "run.json in the output folder",
         }

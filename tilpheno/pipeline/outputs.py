@@ -162,12 +162,17 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     Every product's outcome goes to the store (``OUT/.cache``, not staged) as soon as it arrives,
     then only its small fields stay in memory; reports are staged as hard links to the stored
     copies; the tables are written from the stored entries in product order, so a re-run's tables
-    are byte-identical to a fresh run's. Returns the outcomes (no tables) sorted by id.
+    are byte-identical to a fresh run's. An entry stored under another release spec
+    (``tilpheno.cache``) is re-used with its release decided again under this run's spec
+    (``release_decided_again`` in ``run.json``), without its report; a product whose report is to
+    be drawn is gated again instead (a report needs the events the entry does not keep). Returns
+    the outcomes (no tables) sorted by id.
     """
     import hashlib
     import uuid
 
-    from tilpheno.cache import ProductStore, job_files, job_key, product_key
+    from tilpheno.cache import ProductStore, job_files, job_key, product_key, release_identity
+    from tilpheno.pipeline.product import decide_release_again
     from tilpheno.io import atomic
     from tilpheno.report.codebook import build_codebook
     from tilpheno.report.html import render_index_pages
@@ -179,7 +184,8 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     selected = None if report_products is None else {str(p) for p in report_products}
     keys: dict[str, str] = {}
     done: dict[str, tuple[ProductOutcome, Path]] = {}
-    todo, reused = {}, []
+    todo, reused, redecided = {}, [], []
+    spec_id = release_identity(options.release_spec)
     # an empty store (first run into OUT) or --no-cache: nothing to look up, so the inputs are not
     # hashed here; each product's key comes from the digests its job took of the bytes it read
     look_up = store.has_entries()
@@ -194,11 +200,15 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
             entry = store.load(key, need_report=wanted == "draw") if key else None
             if key:
                 keys[job.product_id] = key
-        if entry is None:
+        stale = entry is not None and entry.outcome.get("release_spec") != spec_id
+        if entry is None or (stale and wanted == "draw"):   # a stored report shows the old spec's verdict
             todo[job.product_id] = job
             continue
         outcome = outcome_from_record(entry.outcome)
-        outcome.has_report = wanted != "no" and entry.has_report
+        if stale:
+            decide_release_again(outcome, options.release_spec)
+            redecided.append(outcome.product_id)
+        outcome.has_report = wanted != "no" and entry.has_report and not stale
         if outcome.has_report:
             _publish_report(entry.report_path, report_path(staging, outcome.product_id))
         done[outcome.product_id] = (outcome, entry.populations_path)
@@ -224,7 +234,8 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
                 digests.record(d.path, d.sha256, read_from_ns)
         else:
             key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
-        entry = store.store(key, outcome_record(fresh), fresh.populations, fresh.report_html)
+        entry = store.store(key, {**outcome_record(fresh), "release_spec": spec_id}, fresh.populations,
+                            fresh.report_html)
         outcome = outcome_from_record(entry.outcome)  # the stored form, as a re-run reads it
         outcome.has_report = entry.has_report
         if entry.has_report:
@@ -244,7 +255,8 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile, options.study))
     for name, page in render_index_pages(outcomes, options, strategies):
         atomic.write_text(staging / name, page)
-    cache = {"enabled": use_cache, "reused": sorted(reused), "processed": sorted(todo),
+    cache = {"enabled": use_cache, "reused": sorted(reused), "release_decided_again": sorted(redecided),
+             "processed": sorted(todo),
              "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused}
     record.extra["compensation_matrices"] = _write_matrices(staging, jobs)
     write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0, run_flags=run_flags)

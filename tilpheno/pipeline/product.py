@@ -22,7 +22,7 @@ from tilpheno.pipeline.jobs import ProductJob, ProductOutcome, job_strategies, p
 from tilpheno.pipeline.release import release_decision
 from tilpheno.provenance import FileDigest
 from tilpheno.qc import QCFlag
-from tilpheno.release import NOT_EVALUABLE
+from tilpheno.release import NOT_EVALUABLE, ReleaseSpec
 
 log = logging.getLogger(__name__)
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
@@ -321,7 +321,25 @@ def _render(outcome: ProductOutcome, result, meta, job: ProductJob) -> None:
         outcome.report_html = render_product(outcome, None, meta, job.options)
 
 
+STATUS_COLUMNS = ("status", "error", "release_status", "review_status", "qc_status", "n_qc_flags", "n_files",
+                  "n_events_total")
+"""The columns :func:`_status_columns` adds to a phenotype row after its release is decided."""
+
+
+def decide_release_again(outcome: ProductOutcome, spec: ReleaseSpec) -> None:
+    """Decide a stored outcome's release under ``spec`` (in place: ``release``, ``release_status``
+    and the row's ``release_status``), as :func:`_process_product` decides it: on the phenotype row
+    without its :data:`STATUS_COLUMNS` (added after the decision), with the product's QC flags (a
+    ``report_failed`` flag, added after it, holds no release: ``qc.needs_review``), a failed product
+    not evaluated. For a run whose release spec is not the one the outcome was stored under
+    (``tilpheno.cache``): the result equals gating the product again under ``spec``."""
+    row = {k: v for k, v in outcome.phenotype.items() if k not in STATUS_COLUMNS}
+    outcome.release, outcome.release_status = release_decision(spec, row, outcome.qc, usable=outcome.ok)
+    outcome.phenotype["release_status"] = outcome.release_status
+
+
 def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
+    """The :data:`STATUS_COLUMNS` of a product's phenotype row, in that order."""
     cols = {
         "status": "done" if outcome.ok else "failed",
         "error": outcome.error,
