@@ -503,3 +503,35 @@ def test_a_release_spec_change_gates_nothing_again_and_equals_a_clean_run(cohort
     gated.clear()
     process_folder(cohort, out, manifest_csv=manifest, study=study / "study.yaml", reports="none", overwrite=True)
     assert sorted(gated) == ["TIL001", "TIL002", "TIL003"] and _cache_record(out)["reused"] == []
+
+
+def test_a_release_decided_again_from_the_stored_outcome_equals_gating_again(small_cohort):
+    """Under another spec (a limit moved, a criterion on a column the phenotype row gains only after
+    the decision: ``n_events_total``), the stored outcome's release decided again equals the
+    product gated again under that spec."""
+    import dataclasses
+
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.pipeline import outcome_from_record, outcome_record
+    from tilpheno.pipeline.product import decide_release_again, process_product
+    from tilpheno.release import DEFAULT_SPEC, Criterion
+
+    manifest = pd.read_csv(small_cohort.manifest)
+    rows = manifest[manifest["product_id"] == "TIL002"].reset_index(drop=True)
+    rows["file"] = [str(small_cohort.out_dir / f) for f in rows["file"]]
+    sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
+    stored = process_product(ProductJob("TIL002", rows, sources, ProcessOptions(make_reports=False)))
+    viability = float(stored.phenotype["viability_pct"])
+    other = dataclasses.replace(DEFAULT_SPEC, name="other", criteria=(
+        Criterion("Viability", "viability_pct", ">", viability - 1), *DEFAULT_SPEC.criteria[1:],
+        Criterion("Events", "n_events_total", ">=", 1, "events")))
+    again = process_product(ProductJob("TIL002", rows, sources, ProcessOptions(make_reports=False, release_spec=other)))
+    outcome = outcome_from_record(json.loads(json.dumps(outcome_record(stored))))
+    decide_release_again(outcome, other)
+    truth = outcome_from_record(json.loads(json.dumps(outcome_record(again))))
+    assert outcome.release_status != stored.release_status or outcome.release != stored.release
+    def decided(o) -> str:   # JSON: a missing value (NaN) equals itself
+        rec = outcome_record(o)
+        return json.dumps([rec["release"], rec["release_status"], rec["phenotype"]])
+
+    assert decided(outcome) == decided(truth)
