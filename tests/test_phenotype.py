@@ -379,3 +379,46 @@ def test_unstained_control_acquisition_checked_once(product, strategies, monkeyp
     assert strategies["surface"].acquisition == strategies["treg"].acquisition
     assert len(checked) == len(rows)   # one check per file of the product, the unstained control's included
     assert [(f.file, f.code, f.message) for f in after.qc] == [(f.file, f.code, f.message) for f in before.qc]
+
+
+@pytest.mark.parametrize("budget", [None, 0])
+def test_fmo_files_are_read_once_and_give_the_results_of_all_in_memory(product, strategies, monkeypatch, budget):
+    """With bounded memory (``plot_events``) each FMO file was read, compensated and transformed
+    twice: for its threshold (pass 1), released for the next file, and again for its own result
+    (pass 2). Now it keeps the columns its populations table and remaining gates read (its plot
+    events and compensation check taken first), within ``CONTROLS_KEEP_BYTES`` (0: read again, as
+    before). Truth: the run that keeps every file in memory (``plot_events=None``)."""
+    import tilpheno.io.fcs as fcs
+    import tilpheno.phenotype as phenotype
+
+    _, rows, _ = product
+    truth = run(rows, strategies)
+    if budget is not None:
+        monkeypatch.setattr(phenotype, "CONTROLS_KEEP_BYTES", budget)
+    reads: list[str] = []
+    real = fcs.read_fcs
+    monkeypatch.setattr(fcs, "read_fcs", lambda path, *a, **k: reads.append(Path(path).name) or real(path, *a, **k))
+    bounded = run(rows, strategies, plot_events=1000)
+    fmo = [Path(f).name for f, role in zip(rows["file"], rows["role"]) if role == "fmo"]
+    twice = sorted(f for f in fmo if reads.count(f) > 1)
+    assert len(fmo) >= 2 and all(f in reads for f in fmo)
+    if budget is None:
+        assert twice == []
+    else:   # no room: released whole and read again
+        assert twice
+    assert pd.Series(bounded.phenotype).equals(pd.Series(truth.phenotype))   # NaN where NaN
+    assert [(f.file, f.code, f.message) for f in bounded.qc] == [(f.file, f.code, f.message) for f in truth.qc]
+    assert len(bounded.tubes) == len(truth.tubes)
+    for got, want in zip(bounded.tubes, truth.tubes):
+        assert got.file == want.file and got.subsample is not None
+        pd.testing.assert_frame_equal(got.populations, want.populations)
+        pd.testing.assert_frame_equal(got.thresholds, want.thresholds)
+        if want.compensation is not None and want.compensation.residual is not None:
+            pd.testing.assert_frame_equal(got.compensation.residual, want.compensation.residual)
+        else:
+            assert got.compensation is None or got.compensation.residual is None
+        assert list(got.data) == list(want.data)
+        for d, values in want.data.items():
+            np.testing.assert_array_equal(got.data[d], values[got.subsample])
+        for p, mask in want.masks.items():
+            np.testing.assert_array_equal(got.masks[p], mask[got.subsample])

@@ -77,6 +77,12 @@ STAINED_KEEP_BYTES = 32 * 2**20
 """While the FMO thresholds are resolved, a stained file whose transformed arrays take at most this
 many bytes (e.g. 500,000 events x 8 dimensions) stays loaded between uses instead of being read again."""
 
+CONTROLS_KEEP_BYTES = 32 * 2**20
+"""While the FMO thresholds are resolved, the control files (FMO, unstained) released for the next
+file keep, in all, at most this many bytes of the columns their populations tables and remaining
+gates read (e.g. 3 FMO files x 200,000 events x 6 markers) instead of being read again for their
+results (a control that does not fit is released whole and read again)."""
+
 
 @dataclass
 class TubeData:
@@ -365,6 +371,7 @@ class _Gated:
     thresholds: list[dict[str, Any]] = field(default_factory=list)
     flags: list[pl.Flag] = field(default_factory=list)
     diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)   # population -> placement numbers
+    plot_data: dict[str, np.ndarray] | None = None   # the result's ``data``, taken before columns were dropped
 
     def parent_mask(self, pop: Population) -> np.ndarray:
         if pop.parent == ROOT:
@@ -621,13 +628,20 @@ class _TubeKindRun:
     With ``keep_loaded`` False a file is loaded again when it was released in between; besides
     the file in use, only the first stained file stays loaded, and only while its arrays take at
     most ``STAINED_KEEP_BYTES`` (every threshold of pass 1 walks it again): the memory of a tube
-    kind is one file's, plus a small stained file's.
+    kind is one file's, plus a small stained file's. A control file (FMO, unstained) released with
+    its per-file gates placed is not read again when ``settle`` is given: ``settle(index, state)``
+    first takes from all its columns what its result needs (``state.plot_data``, the compensation
+    check), then only the columns its populations table and remaining gates (thresholds) read
+    stay, while those of all controls take at most ``CONTROLS_KEEP_BYTES``. ``settle`` is called once for every file, before
+    its columns are dropped or else before ``consume`` (:meth:`finish`).
     """
 
     def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
-                 vocabulary: Vocabulary | None = None, qc: QCRules | None = None):
+                 vocabulary: Vocabulary | None = None, qc: QCRules | None = None, settle=None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
-        self.percentile, self.keep_loaded = percentile, keep_loaded
+        self.percentile, self.keep_loaded, self.settle = percentile, keep_loaded, settle
+        self.settled: set[int] = set()
+        self.slim: dict[int, int] = {}   # control file -> bytes of the columns it keeps (loaded, not released)
         self.vocabulary = vocabulary or default_vocabulary()
         self.qc = qc or QCRules()
         self.pops = list(strategy.populations)
@@ -645,8 +659,8 @@ class _TubeKindRun:
         if src.failed:
             return None
         if not self.keep_loaded:   # release the previous file's arrays before reading the next
-            for j in [j for j in self.loaded if j != self._kept()]:
-                del self.loaded[j]
+            for j in [j for j in self.loaded if j != self._kept() and j not in self.slim]:
+                self._release(j)
         tube = self.load(src, final)
         if tube is None:
             src.failed = True
@@ -655,6 +669,38 @@ class _TubeKindRun:
         self.position[i] = 0
         self.file_flags[i] = []
         return self.loaded[i]
+
+    def _release(self, i: int) -> None:
+        """Free file ``i``'s arrays: all of them, or (a control, see the class docstring) those its
+        remaining gates do not read."""
+        st = self.loaded[i]
+        keep = self._slim_columns(i)
+        if keep is None:
+            del self.loaded[i]
+            return
+        self._settle(i)
+        st.tube.data = {d: v for d, v in st.tube.data.items() if d in keep}
+        self.slim[i] = sum(v.nbytes for v in st.tube.data.values())
+
+    def _slim_columns(self, i: int) -> set[str] | None:
+        """The columns control file ``i`` keeps when released (the strategy's markers, whose medians
+        its populations table gives, and its remaining gates' dimensions; the first column when none:
+        ``n_events`` reads it), or None when it is released whole: a stained file, no ``settle``, a
+        per-file gate still to place, or ``CONTROLS_KEEP_BYTES`` exceeded."""
+        rest = self.pops[self.position[i]:]
+        if self.settle is None or self.sources[i].role == "stain" or any(
+                p.boolean is None and p.method != "fmo" for p in rest):
+            return None
+        data = self.loaded[i].tube.data
+        keep = {d for d in (*self.strategy.markers, *(d for p in rest for d in p.dims)) if d in data} or set(list(data)[:1])
+        if sum(self.slim.values()) + sum(data[d].nbytes for d in keep) > CONTROLS_KEEP_BYTES:
+            return None
+        return keep
+
+    def _settle(self, i: int) -> None:
+        if self.settle is not None and i not in self.settled:
+            self.settle(i, self.loaded[i])
+            self.settled.add(i)
 
     def _kept(self) -> int | None:
         """The loaded file kept while another one is read: the first stained file, when small."""
@@ -797,10 +843,12 @@ class _TubeKindRun:
 
     def finish(self, consume) -> None:
         """Pass 2: gate every loadable file to the end and hand it to ``consume(index, state)``,
-        the file already in memory first; its arrays are released afterwards (unless ``keep_loaded``).
+        the files already in memory first (those of which only some columns are kept before the
+        others, so that they are freed first); its arrays are released afterwards (unless ``keep_loaded``).
         The state's ``flags`` are complete only after :meth:`ordered_flags` (the target file of the
         thresholds' flags is known once every file has been tried)."""
-        order = list(self.loaded) + [i for i in range(len(self.sources)) if i not in self.loaded]
+        order = sorted(self.loaded, key=lambda i: i not in self.slim) + [
+            i for i in range(len(self.sources)) if i not in self.loaded]
         for i in order:
             st = self.state(i, final=True)
             if st is None:
@@ -809,9 +857,11 @@ class _TubeKindRun:
             if self.sources[i].role == "stain":
                 self.file_flags[i] = _sized_flags(self.strategy, st, self.file_flags[i], self.pops)
                 self.file_flags[i] += _subset_flags(self.strategy, st, self.pops)
+            self._settle(i)
             consume(i, st)
             if not self.keep_loaded:
                 self.loaded.pop(i, None)
+                self.slim.pop(i, None)
                 del st   # no reference left: the file's arrays are freed before the next file is read
 
     def target(self) -> int | None:
@@ -999,25 +1049,39 @@ _THRESHOLD_COLUMNS = ["population", "marker", "parent", "percentile", "value_tra
                       *checks.RECORD_COLUMNS]
 
 
+def _plot_index(n_events: int, plot_events: int | None) -> np.ndarray | None:
+    """The events a result keeps for plots: every k-th from the first, at most ``plot_events``
+    (k the smallest that leaves so many; deterministic); None: all of them."""
+    if plot_events is None or n_events <= plot_events:
+        return None
+    return np.arange(0, n_events, -(-n_events // max(1, int(plot_events))))
+
+
+def _plot_data(tube: TubeData, plot_events: int | None) -> dict[str, np.ndarray]:
+    """The result's ``data``: every dimension at :func:`_plot_index`'s events (all: ``tube.data``)."""
+    index = _plot_index(tube.n_events, plot_events)
+    return tube.data if index is None else {d: v[index] for d, v in tube.data.items()}
+
+
 def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = None) -> TubeResult:
     """The file's TubeResult. ``plot_events``: keep in ``data``/``masks`` only an evenly spaced,
-    deterministic subsample of at most that many events (every k-th event from the first); the
-    tables are computed on all events before."""
+    deterministic subsample of at most that many events (:func:`_plot_index`); the tables are
+    computed on all events before. ``data`` is ``state.plot_data`` when set (taken before the
+    file's columns that no gate still read were dropped, see ``_TubeKindRun``)."""
     t = state.tube
     n = t.n_events
     result = TubeResult(
         file=t.file, sha256=t.sha256, tube=t.tube, role=t.role, fmo_marker=t.fmo_marker,
         populations=population_table(strategy, state),
         thresholds=pd.DataFrame(state.thresholds, columns=_THRESHOLD_COLUMNS),
-        gates=list(state.gates), data=t.data, masks=dict(state.masks), detectors=dict(t.detectors),
+        gates=list(state.gates), data=state.plot_data if state.plot_data is not None else _plot_data(t, plot_events),
+        masks=dict(state.masks), detectors=dict(t.detectors),
         n_events=n, diagnostics={p: dict(d) for p, d in state.diagnostics.items()},
     )
-    if plot_events is not None and n > plot_events:
-        stride = -(-n // max(1, int(plot_events)))
-        index = np.arange(0, n, stride)
+    index = _plot_index(n, plot_events)
+    if index is not None:
         if t.role == "stain":
             result.quadrants = _quadrants(state)
-        result.data = {d: v[index] for d, v in t.data.items()}
         result.masks = {p: m[index] for p, m in state.masks.items()}
         result.subsample = index
     return result
@@ -1267,8 +1331,17 @@ def analyze_product(
             return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
                             data=data, detectors=dict(detectors), transforms=used, compensated=applied is not None)
 
+        def settle(i: int, state: _Gated, strategy=strategy) -> None:
+            """What file ``i``'s result needs of all its columns: the plots' events, the compensation check."""
+            state.plot_data = _plot_data(state.tube, plot_events)
+            compensation = sources[i].handle.get("compensation")
+            if sources[i].role in ("stain", "fmo") and compensation is not None:
+                omitted = None if sources[i].role == "stain" else next(
+                    (m for m in state.tube.detectors if study.vocabulary.same(m, sources[i].fmo_marker)), "")
+                compensation.residual = compensation_check(strategy, state, compensation.spillover, omitted)
+
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
-                           vocabulary=study.vocabulary, qc=study.qc)
+                           vocabulary=study.vocabulary, qc=study.qc, settle=settle)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}
@@ -1278,12 +1351,7 @@ def analyze_product(
             state.flags = []   # completed by ordered_flags once every file has been tried
             made[i] = _tube_result(strategy, state, plot_events)
             made[i].acquisition = sources[i].handle.get("acquisition")
-            made[i].compensation = sources[i].handle.get("compensation")
-            if sources[i].role in ("stain", "fmo") and made[i].compensation is not None:
-                omitted = None if sources[i].role == "stain" else next(
-                    (m for m in state.tube.detectors if study.vocabulary.same(m, sources[i].fmo_marker)), "")
-                made[i].compensation.residual = compensation_check(strategy, state, made[i].compensation.spillover,
-                                                                   omitted)
+            made[i].compensation = sources[i].handle.get("compensation")   # its check made by settle
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
