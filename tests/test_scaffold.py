@@ -125,10 +125,43 @@ def test_files_that_fit_no_kind_are_left_out_and_named(tmp_path):
     assert set(left) == {"TIL001_broken.fcs", "TIL001_treg_FMO_FoxP3.fcs"}
     assert "FoxP3" in left["TIL001_treg_FMO_FoxP3.fcs"]
     assert sorted(draft.manifest["file"]) == ["TIL001_surface_FMO_PD1.fcs", "TIL001_surface_stain.fcs"]
+    assert draft.unreadable == ["TIL001_broken.fcs"]
+    # an unreadable file is a failure (process will never see it), as in scan: exit 1, files written
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 1, result.output
+    assert "left out: TIL001_treg_FMO_FoxP3.fcs" in result.output
+    assert "1 unreadable" in result.output
+    assert "TIL001_broken.fcs" in (tmp_path / "study" / "study.yaml").read_text()
+    # a file that fits no tube kind is left out by choice and named: exit 0
+    (folder / "TIL001_broken.fcs").unlink()
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study2")])
     assert result.exit_code == 0, result.output
     assert "left out: TIL001_treg_FMO_FoxP3.fcs" in result.output
-    assert "TIL001_broken.fcs" in (tmp_path / "study" / "study.yaml").read_text()
+
+
+def test_unlistable_folder_is_named_and_exits_1(tmp_path, monkeypatch):
+    """A folder that cannot be listed hides its files from the draft's manifest: named, exit 1
+    (as scan). Root ignores permission bits, so the refusal of the listing is simulated."""
+    import os
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL001_surface_FMO_PD1.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    hidden = folder / "second_batch"
+    hidden.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == hidden:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 1, result.output
+    assert f"unlistable folder: {hidden}: Permission denied" in result.output
+    assert "second_batch" in (tmp_path / "study" / "study.yaml").read_text()
 
 
 def test_refusals_are_one_line(tmp_path):

@@ -256,7 +256,12 @@ def new_study(
     panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files a previous draft wrote into OUT."),
 ) -> None:
-    """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written)."""
+    """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written).
+
+    Exit status: 0 drafted (files that fit no tube kind are left out and named, by choice); 1 drafted,
+    but some file unreadable or a folder unlistable (as scan: process will not see those files), or
+    the draft needs an edit before process; 2 nothing drafted.
+    """
     from tilpheno.errors import TilphenoError
     from tilpheno.scaffold import check_draft, draft_study, write_study
 
@@ -281,6 +286,8 @@ def new_study(
     _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
+    for where, why in draft.unlistable:
+        typer.secho(f"unlistable folder: {where}: {why}", fg=typer.colors.YELLOW, err=True)
     for label, files in draft.shared.items():
         typer.secho(f"no marker read: {label.describe()} (--panel; {len(files)} file(s): {', '.join(sorted(files))})",
                     fg=typer.colors.YELLOW, err=True)
@@ -294,6 +301,11 @@ def new_study(
     problem = check_draft(out, folder, panel=panel)
     if problem:
         typer.secho(f"the draft needs an edit before process: {as_cli_text(problem)}", fg=typer.colors.RED, err=True)
+    if draft.unreadable or draft.unlistable:
+        typer.secho(f"not drafted from every file: {len(draft.unreadable)} unreadable, {len(draft.unlistable)} "
+                    "folder(s) unlistable (above): manifest.csv leaves them out and process will not see them; "
+                    "fix or remove them and draft again (--overwrite)", fg=typer.colors.RED, err=True)
+    if problem or draft.unreadable or draft.unlistable:
         raise typer.Exit(code=1)
 
 

@@ -42,6 +42,7 @@ from typing import Sequence
 import pandas as pd
 
 from tilpheno.errors import TableError
+from tilpheno.io.files import display_name
 from tilpheno.io.manifest import scan_files
 from tilpheno.panel import SharedLabel, file_markers, read_panel_file, shared_labels
 from tilpheno.study import default_study
@@ -86,8 +87,11 @@ class TubeDraft:
 @dataclass
 class StudyDraft:
     """Result of :func:`draft_study`: the study's name, its tube kinds, the manifest of the files
-    used (``file`` relative to ``folder``), the files left out with the reason, and the labels
-    read as no marker because they name several (``shared``: each with the names of its files)."""
+    used (``file`` relative to ``folder``), the files left out with the reason (``unreadable``: the
+    names of those left out because they could not be read, a failure rather than a choice), the
+    folders that could not be listed (``unlistable``: folder, reason; their files are in neither
+    list), and the labels read as no marker because they name several (``shared``: each with the
+    names of its files)."""
 
     name: str
     folder: Path
@@ -96,6 +100,8 @@ class StudyDraft:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     shared: dict[SharedLabel, list[str]] = field(default_factory=dict)
     case_merged: list[str] = field(default_factory=list)   # product ids merged across case (scan's warnings)
+    unreadable: list[str] = field(default_factory=list)
+    unlistable: list[tuple[str, str]] = field(default_factory=list)
 
     def variables(self) -> dict[str, dict[str, tuple[str, str]]]:
         """Per kind: variable name -> (numerator, denominator) population."""
@@ -221,8 +227,10 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         manifest.append({"file": str(f["path"].relative_to(folder)), "product_id": f["product_id"], "tube": f["tube"],
                          "role": f["role"], "fmo_marker": f["fmo_marker"]})
     default = re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_") or "lab"
+    unreadable = [Path(f).name for f in scanned.loc[scanned["problem"] != "", "file"]]
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
-                      shared, list(scanned.attrs.get("case_merged", [])))
+                      shared, list(scanned.attrs.get("case_merged", [])), unreadable,
+                      [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])])
 
 
 VERSION_OVERLAP = 2 / 3
@@ -366,6 +374,9 @@ def study_yaml(draft: StudyDraft) -> str:
     if draft.skipped:
         lines.append("# files left out of manifest.csv:")
         lines += [f"#   {name}: {why}" for name, why in draft.skipped]
+    if draft.unlistable:
+        lines.append("# folders that could not be listed (their files are in no list here):")
+        lines += [f"#   {where}: {why}" for where, why in draft.unlistable]
     return "\n".join(lines) + "\n"
 
 
