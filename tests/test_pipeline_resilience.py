@@ -303,3 +303,53 @@ def test_two_files_of_one_name_are_told_apart_in_every_output(small_cohort, proc
     report = (out / "products" / "TIL001" / "report.html").read_text()
     for name in ("sub1/TIL001_surface_stain.fcs", "sub2/TIL001_surface_stain.fcs"):
         assert f"<td>{name}</td>" in report, name
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("parameters", 5), ("strategies", 5), ("inputs", ["P1_surface_stain.fcs"]), ("release_spec", "til"), ("inputs", 5),
+    ("parameter_files", [1]), ("command_line", "tilpheno process"), ("parameters.jobs", "many"),
+    ("parameters.fmo_percentile", "high"), ("parameters.study", 5), ("parameters.input_folder", None)])
+def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, field, value):
+    """A run.json edited by hand (a field of another type, or one ``report`` needs removed) ended
+    ``tilpheno report`` and the review app's start in a traceback (AttributeError, TypeError,
+    KeyError): now one line naming run.json and the field; nothing in OUT changes."""
+    import json
+    import re
+
+    from tilpheno.review.regate import ReviewError, ReviewSource
+
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    where, _, key = field.rpartition(".")
+    holder = run[where] if where else run
+    if value is None:
+        del holder[key]
+    else:
+        holder[key] = value
+    (out / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    before = _digests(out)
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and f"run.json: field {field}" in line
+    assert _digests(out) == before
+    if value is not None:   # the review app reads what it needs of an older run's record
+        with pytest.raises(ReviewError, match=rf"run\.json: field {re.escape(field)}"):
+            ReviewSource(out)
+
+
+def test_biomarkers_refuse_a_hand_edited_run_json_in_one_line(processed, small_cohort, tmp_path):
+    """biomarkers takes the study from the run.json beside PHENOTYPES: its parameters edited into
+    a number ended in AttributeError; now one line naming run.json and the field."""
+    import json
+
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    (out / "run.json").write_text(json.dumps({**run, "parameters": 5}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(out / "phenotypes.csv"),
+                                      "--outcomes", str(small_cohort.outcomes), "-o", str(tmp_path / "bm")])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and "run.json: field parameters is int 5" in line

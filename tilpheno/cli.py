@@ -573,7 +573,7 @@ def _biomarker_study(study: Optional[str], phenotypes: Path):
     """``--study``, else the study of the ``process`` run that wrote PHENOTYPES (its run.json), else the bundled one."""
     import json
 
-    from tilpheno.pipeline.record import run_study
+    from tilpheno.pipeline.record import check_run_record, run_study
     from tilpheno.study import default_study, load_study
 
     if study is not None:
@@ -583,7 +583,9 @@ def _biomarker_study(study: Optional[str], phenotypes: Path):
         run = json.loads(run_json.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default_study()
-    return run_study(run, run_json) if isinstance(run, dict) and "parameters" in run else default_study()
+    if not isinstance(run, dict) or "parameters" not in run:
+        return default_study()
+    return run_study(check_run_record(run, run_json), run_json)
 
 
 @app.command()

@@ -73,6 +73,67 @@ def write_run_record(path: Path, record: RunRecord, outcomes: Sequence, *, cache
     atomic.write_text(path, record.to_json())
 
 
+_RUN_FIELDS: dict[str, type] = {"parameters": dict, "strategies": list, "release_spec": dict, "inputs": list,
+                                "parameter_files": dict, "report_commands": list, "command_line": list}
+"""The shape of the ``run.json`` fields read back (:func:`check_run_record`); a field may be absent."""
+_PARAMETER_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("input_folder", "manifest", "outcomes", "study", "study_sha256", "panel", "panel_sha256",
+                     "compensation", "executor", "reports"), str),
+    "fmo_percentile": (int, float), "jobs": int,
+    **dict.fromkeys(("include_identifiers", "overwrite", "allow_unmatched", "allow_outside", "cache"), bool)}
+"""The type of each ``parameters`` entry of ``run.json`` read back; an entry may be absent."""
+_KIND_NAMES = {str: "text", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}
+_FILE_ENTRIES = ("strategies", "inputs")
+_HAND_EDITED = "(edited by hand? `tilpheno process` writes it)"
+"""The ``run.json`` lists whose items are files: each a dict with a text ``path`` (and ``sha256``)."""
+
+
+def _type_problem(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """True when ``value`` (read from JSON) is not of ``kind``; a JSON true/false is a number of no kind."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+
+
+def check_run_record(run: Any, where: str | Path) -> dict:
+    """``run`` (a ``run.json`` as parsed) when each field that :func:`rerun_arguments`, the review
+    app and the biomarker commands read back has the type ``process`` writes (:data:`_RUN_FIELDS`,
+    :data:`_PARAMETER_TYPES`, the files of :data:`_FILE_ENTRIES`, ``release_spec`` and
+    ``parameter_files`` entries text); absent fields are left to the reader (an older run may lack
+    some). Raises ``TilphenoError`` naming ``where`` and the first wrong field (a hand-edited record)."""
+    def wrong(field: str, value: Any, expected: str) -> TilphenoError:
+        return TilphenoError(f"{where}: field {field} is {type(value).__name__} {_json_text(value)}, not {expected} "
+                             f"{_HAND_EDITED}")
+
+    if not isinstance(run, dict):
+        raise wrong("(the whole record)", run, "an object")
+    for name, kind in _RUN_FIELDS.items():
+        if name in run and _type_problem(run[name], kind):
+            raise wrong(name, run[name], _KIND_NAMES[kind])
+    for name, kinds in _PARAMETER_TYPES.items():
+        value = run.get("parameters", {}).get(name)
+        if value is not None and _type_problem(value, kinds):
+            raise wrong(f"parameters.{name}", value, "a number" if isinstance(kinds, tuple) else _KIND_NAMES[kinds])
+    for name in _FILE_ENTRIES:
+        for i, entry in enumerate(run.get(name, [])):
+            if not isinstance(entry, dict) or _type_problem(entry.get("path"), str):
+                raise wrong(f"{name}[{i}]", entry, "an object with a text path")
+            if _type_problem(entry.get("sha256", ""), str):
+                raise wrong(f"{name}[{i}].sha256", entry["sha256"], "text")
+    for name, value in [*((f"release_spec.{k}", run.get("release_spec", {}).get(k, "")) for k in ("source", "sha256")),
+                        *((f"parameter_files.{k}", v) for k, v in run.get("parameter_files", {}).items())]:
+        if _type_problem(value, str):
+            raise wrong(name, value, "text")
+    return run
+
+
+def _json_text(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON, cut to ``limit`` characters (for an error line)."""
+    import json
+
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
     outcomes, strategies, release spec, FMO percentile, identifiers, local jobs, and its input
@@ -92,10 +153,14 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     out_dir = Path(out_dir)
     try:
         run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
-        params = run["parameters"]
+        params = check_run_record(run, out_dir / "run.json")["parameters"]
         known = set(pd.read_parquet(out_dir / "phenotypes.parquet", columns=["product_id"])["product_id"].astype(str))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({exc})") from None
+        why = f"run.json has no field {exc}" if isinstance(exc, KeyError) else exc
+        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({why})") from None
+    folder = params.get("input_folder")
+    if folder is None:
+        raise TilphenoError(f"{out_dir / 'run.json'}: field parameters.input_folder is missing {_HAND_EDITED}")
     for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
             [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
             if run.get("release_spec", {}).get("sha256") else []) + (
@@ -115,7 +180,7 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
                             "run `tilpheno process` again")
     jobs = int(params.get("jobs", 1)) if params.get("executor", "local") == "local" else 1
     kwargs = {
-        "folder": Path(params["input_folder"]), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
+        "folder": Path(folder), "manifest": Path(params["manifest"]) if params.get("manifest") else None,
         "outcomes": Path(params["outcomes"]) if params.get("outcomes") else None,
         "strategy": [Path(s["path"]) for s in run.get("strategies", [])] or None,
         # a bundled spec came with the (bundled) study; a spec file given on its own is passed again

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.cache import FileIdentity
-from tilpheno.errors import GatingError
+from tilpheno.errors import GatingError, TilphenoError
 from tilpheno.gates.geometry import PolygonGate, RangeGate, gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
@@ -143,11 +143,13 @@ class ReviewSource:
     def __init__(self, out_dir: str | Path, inputs_dir: str | Path | None = None):
         self.out_dir = Path(out_dir).resolve()
         self.inputs_dir = Path(inputs_dir).resolve() if inputs_dir else None
+        from tilpheno.pipeline.record import check_run_record
+
         run_json = self.out_dir / "run.json"
         try:
             # before reading: a run published meanwhile reads as a change (a new run.json is renamed into place)
             self._run_identity: FileIdentity | None = FileIdentity.of(os.stat(run_json))
-            self.run = json.loads(run_json.read_text(encoding="utf-8"))
+            self.run = check_run_record(json.loads(run_json.read_text(encoding="utf-8")), run_json)
             self.phenotypes = pd.read_csv(self.out_dir / "phenotypes.csv", dtype={"product_id": str}, keep_default_na=False,
                                           na_values=[""])
             self.populations_csv = pd.read_csv(self.out_dir / "populations.csv", dtype={"product_id": str, "fmo_marker": str},
@@ -155,6 +157,8 @@ class ReviewSource:
             qc_path = self.out_dir / "qc.csv"
             self.qc = (pd.read_csv(qc_path, dtype=str, keep_default_na=False) if qc_path.exists()
                        else pd.DataFrame(columns=["product_id", "file", "code", "severity", "message"]))
+        except TilphenoError as exc:
+            raise ReviewError(str(exc)) from None
         except (OSError, ValueError) as exc:
             raise ReviewError(f"{self.out_dir}: not a processed output folder (run.json, phenotypes.csv, populations.csv "
                               f"from `tilpheno process`): {exc}") from None
