@@ -83,6 +83,31 @@ def test_a_log_file_inside_out(tmp_path):
     assert record["output_folder"]["kept_other_entries"] == ["run.log"] and "run.log" not in record["outputs"]
 
 
+def test_a_log_left_by_a_run_that_stopped_says_what_to_do(tmp_path):
+    """`--log OUT/run.log process EMPTY -o OUT` stops before publishing (no FCS files) and leaves
+    OUT holding only run.log; the next run without the log was refused with 'pass --overwrite to
+    replace what the previous run wrote' (there was no previous run, and nothing is replaced) ->
+    the refusal says --overwrite writes the outputs beside the file and removes none; it does, the
+    log kept byte for byte."""
+    empty, folder, out = tmp_path / "empty", tmp_path / "in", tmp_path / "out"
+    empty.mkdir()
+    folder.mkdir()
+    for f in SAMPLE.glob("TIL001_*.fcs"):
+        shutil.copy(f, folder / f.name)
+    result = CliRunner().invoke(app, ["--log", str(out / "run.log"), "process", str(empty), "-o", str(out)])
+    assert result.exit_code == 2 and sorted(p.name for p in out.iterdir()) == ["run.log"]
+    (out / "run.log").write_text("the earlier run's log\n")
+    run = ["process", str(folder), "-o", str(out), "--reports", "none"]
+    result = CliRunner().invoke(app, run)
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "is not empty (run.log) and holds no tilpheno run" in line and "previous run" not in line
+    assert "--overwrite to write this run's outputs beside those files (none of them is removed" in line
+    result = CliRunner().invoke(app, [*run, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "run.log").read_text() == "the earlier run's log\n" and (out / "run.json").is_file()
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux), a file whose writes fail: disk full")
 def test_a_log_on_a_full_disk_is_one_line_not_tracebacks(tmp_path):
     """--log on a full disk: every record printed logging's '--- Logging error ---' traceback on

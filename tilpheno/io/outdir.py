@@ -171,9 +171,10 @@ class OutputFolder:
             return
         previous, how = self._previous_outputs(foreign)
         if not self.overwrite:
-            raise OutputFolderError(
-                f"{out}: {how}; pass overwrite=True to replace what the previous run wrote, or choose another "
-                "output folder")
+            advice = ("pass overwrite=True to replace what the previous run wrote" if previous else
+                      "pass overwrite=True to write this run's outputs beside those files (none of them is removed; "
+                      "a log file an earlier run left there is kept, and appended to when this run logs to it)")
+            raise OutputFolderError(f"{out}: {how}; {advice}, or choose another output folder")
         self.previous = previous
         top = {p.split(os.sep, 1)[0] for p in previous}
         self.kept = [e for e in entries if e not in top]
