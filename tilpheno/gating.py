@@ -31,7 +31,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -187,9 +187,11 @@ class GatingResult(TubeResult):
         return population_figure(self, population, self.detectors, self.strategy).svg
 
     @classmethod
-    def from_tube(cls, tube: TubeResult, strategy: Strategy | None = None, diagnostics=None, flags=()) -> "GatingResult":
+    def from_tube(cls, tube: TubeResult, strategy: Strategy | None = None, flags: Iterable[QCFlag] = ()) -> "GatingResult":
+        """``tube``'s result with its ``strategy`` and QC ``flags``; its diagnostics a copy (one
+        level: the dict of populations)."""
         fields = {f.name: getattr(tube, f.name) for f in dataclasses.fields(TubeResult)}
-        fields["diagnostics"] = dict(tube.diagnostics if diagnostics is None else diagnostics)
+        fields["diagnostics"] = dict(tube.diagnostics)
         return cls(**fields, strategy=strategy, flags=list(flags))
 
 
