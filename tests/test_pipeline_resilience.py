@@ -353,3 +353,20 @@ def test_biomarkers_refuse_a_hand_edited_run_json_in_one_line(processed, small_c
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ") and "run.json: field parameters is int 5" in line
+
+
+@pytest.mark.parametrize(("table", "column"), [("populations.csv", "fmo_marker"), ("populations.csv", "tube"),
+                                               ("phenotypes.csv", "product_id"), ("qc.csv", "product_id")])
+def test_review_refuses_a_table_missing_a_column_at_start(processed, tmp_path, table, column):
+    """A table of OUT with a column removed (edited in a spreadsheet) started the review app, whose
+    every product then failed to import ("product TIL001: 'fmo_marker'" warnings; phenotypes.csv
+    without product_id: a KeyError traceback): now ReviewSource, and so `tilpheno serve`, refuses
+    at start in one line naming the file and the column."""
+    from tilpheno.review.regate import ReviewError, ReviewSource
+
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    frame = pd.read_csv(out / table, dtype=str, keep_default_na=False)
+    frame.drop(columns=column).to_csv(out / table, index=False)
+    with pytest.raises(ReviewError, match=rf"{table}: missing column\(s\) {column} "):
+        ReviewSource(out)

@@ -137,6 +137,20 @@ class Recomputed:
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
+REVIEW_COLUMNS = {"phenotypes.csv": ("product_id",),
+                  "populations.csv": ("product_id", "file", "tube", "role", "fmo_marker"),
+                  "qc.csv": ("product_id", "file", "code", "severity", "message")}
+"""The columns of each table of OUT that the review app reads (``process`` writes them all)."""
+
+
+def missing_columns(frame: pd.DataFrame, path: Path) -> str:
+    """Why ``frame``, read from ``path`` (a table of :data:`REVIEW_COLUMNS`), cannot be reviewed
+    ('' when it can): the columns it lacks, named with the file."""
+    missing = [c for c in REVIEW_COLUMNS[path.name] if c not in frame.columns]
+    return (f"{path}: missing column(s) {', '.join(missing)} (the table was edited or written by another program; "
+            "run `tilpheno process` again)") if missing else ""
+
+
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -156,7 +170,12 @@ class ReviewSource:
                                                keep_default_na=False, na_values=[""])
             qc_path = self.out_dir / "qc.csv"
             self.qc = (pd.read_csv(qc_path, dtype=str, keep_default_na=False) if qc_path.exists()
-                       else pd.DataFrame(columns=["product_id", "file", "code", "severity", "message"]))
+                       else pd.DataFrame(columns=list(REVIEW_COLUMNS["qc.csv"])))
+            for name, frame in (("phenotypes.csv", self.phenotypes), ("populations.csv", self.populations_csv),
+                                ("qc.csv", self.qc)):
+                problem = missing_columns(frame, self.out_dir / name)
+                if problem:
+                    raise ReviewError(problem)
         except TilphenoError as exc:
             raise ReviewError(str(exc)) from None
         except (OSError, ValueError) as exc:
