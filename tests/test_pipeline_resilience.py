@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -314,7 +315,6 @@ def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, fiel
     ``tilpheno report`` and the review app's start in a traceback (AttributeError, TypeError,
     KeyError): now one line naming run.json and the field; nothing in OUT changes."""
     import json
-    import re
 
     from tilpheno.review.regate import ReviewError, ReviewSource
 
@@ -370,3 +370,24 @@ def test_review_refuses_a_table_missing_a_column_at_start(processed, tmp_path, t
     frame.drop(columns=column).to_csv(out / table, index=False)
     with pytest.raises(ReviewError, match=rf"{table}: missing column\(s\) {column} "):
         ReviewSource(out)
+
+
+def test_review_refuses_an_out_stopped_while_publishing(processed, tmp_path):
+    """A run killed while publishing leaves OUT marked incomplete (new tables beside the old run's,
+    run.json moved last): the review app served it as it was, for sign-off -> refused at start in
+    one line naming OUT and the marker; after `tilpheno report` republishes it, served."""
+    import json
+
+    from tilpheno.io.outdir import INCOMPLETE_NAME
+    from tilpheno.review.regate import ReviewError, ReviewSource
+
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    outputs = json.loads((out / "run.json").read_text(encoding="utf-8"))["outputs"]
+    (out / INCOMPLETE_NAME).write_text(json.dumps({"removing": outputs, "publishing": outputs}))
+    with pytest.raises(ReviewError, match=rf"{re.escape(str(out))}: a run was stopped while publishing its outputs "
+                                          rf"\({re.escape(INCOMPLETE_NAME)}\)"):
+        ReviewSource(out)
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (out / INCOMPLETE_NAME).exists() and ReviewSource(out).product_ids()

@@ -157,8 +157,12 @@ class ReviewSource:
     def __init__(self, out_dir: str | Path, inputs_dir: str | Path | None = None):
         self.out_dir = Path(out_dir).resolve()
         self.inputs_dir = Path(inputs_dir).resolve() if inputs_dir else None
+        from tilpheno.io.outdir import INCOMPLETE_NAME
         from tilpheno.pipeline.record import check_run_record
 
+        if (self.out_dir / INCOMPLETE_NAME).exists():
+            raise ReviewError(f"{self.out_dir}: a run was stopped while publishing its outputs ({INCOMPLETE_NAME}): its "
+                              "tables may mix two runs; run `tilpheno process` again (overwrite=True) before reviewing")
         run_json = self.out_dir / "run.json"
         try:
             # before reading: a run published meanwhile reads as a change (a new run.json is renamed into place)
