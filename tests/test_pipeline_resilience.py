@@ -391,3 +391,17 @@ def test_review_refuses_an_out_stopped_while_publishing(processed, tmp_path):
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code == 0, result.output
     assert not (out / INCOMPLETE_NAME).exists() and ReviewSource(out).product_ids()
+
+
+def test_serve_refusing_out_says_nothing_of_a_database(processed, tmp_path):
+    """`tilpheno serve OUT` on an OUT it refuses printed 'note: ... a new, empty one is made' before
+    the error, and made none: now the error line alone (exit 2), no database beside OUT."""
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    frame = pd.read_csv(out / "populations.csv", dtype=str, keep_default_na=False)
+    frame.drop(columns="fmo_marker").to_csv(out / "populations.csv", index=False)
+    result = CliRunner().invoke(app, ["serve", str(out), "--port", "18999"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and "populations.csv: missing column(s) fmo_marker" in line
+    assert not list(tmp_path.glob("*.sqlite"))

@@ -71,11 +71,13 @@ def serve(
     import logging
 
     from tilpheno.errors import TilphenoError
+    from tilpheno.review.regate import ReviewSource
     from tilpheno.review.server import build_service
     from tilpheno.review.server import serve as run
 
     try:
-        service = build_service(out, _database_url(out, db), inputs)
+        source = ReviewSource(out, inputs)   # first: an OUT it refuses gets no note of a database made for it
+        service = build_service(out, _database_url(out, db), inputs, source=source)
     except TilphenoError as exc:
         _fail(exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
