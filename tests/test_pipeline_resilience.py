@@ -309,7 +309,8 @@ def test_two_files_of_one_name_are_told_apart_in_every_output(small_cohort, proc
 @pytest.mark.parametrize(("field", "value"), [
     ("parameters", 5), ("strategies", 5), ("inputs", ["P1_surface_stain.fcs"]), ("release_spec", "til"), ("inputs", 5),
     ("parameter_files", [1]), ("command_line", "tilpheno process"), ("parameters.jobs", "many"),
-    ("parameters.fmo_percentile", "high"), ("parameters.study", 5), ("parameters.input_folder", None)])
+    ("parameters.fmo_percentile", "high"), ("parameters.study", 5), ("parameters.input_folder", None),
+    ("strategies.0.sha256", None), ("inputs.0.sha256", 7)])
 def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, field, value):
     """A run.json edited by hand (a field of another type, or one ``report`` needs removed) ended
     ``tilpheno report`` and the review app's start in a traceback (AttributeError, TypeError,
@@ -321,8 +322,10 @@ def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, fiel
     out = tmp_path / "out"
     shutil.copytree(processed[0], out)
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    where, _, key = field.rpartition(".")
-    holder = run[where] if where else run
+    *path, key = field.split(".")
+    holder = run
+    for step in path:
+        holder = holder[int(step) if step.isdigit() else step]
     if value is None:
         del holder[key]
     else:
@@ -332,9 +335,10 @@ def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, fiel
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
+    field = re.sub(r"\.(\d+)", r"[\1]", field)   # strategies.0.sha256 -> strategies[0].sha256
     assert line.startswith("error: ") and f"run.json: field {field}" in line
     assert _digests(out) == before
-    if value is not None:   # the review app reads what it needs of an older run's record
+    if field != "parameters.input_folder":   # the review app does not read it
         with pytest.raises(ReviewError, match=rf"run\.json: field {re.escape(field)}"):
             ReviewSource(out)
 
@@ -405,3 +409,19 @@ def test_serve_refusing_out_says_nothing_of_a_database(processed, tmp_path):
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ") and "populations.csv: missing column(s) fmo_marker" in line
     assert not list(tmp_path.glob("*.sqlite"))
+
+
+def test_review_refuses_a_run_json_without_strategies(processed, tmp_path):
+    """run.json's strategies emptied by hand: the review app started with no strategy and each
+    product's re-gating then failed as 'inputs or software changed since the run' -> refused at
+    start, naming run.json and the field."""
+    import json
+
+    from tilpheno.review.regate import ReviewError, ReviewSource
+
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    (out / "run.json").write_text(json.dumps({**run, "strategies": []}), encoding="utf-8")
+    with pytest.raises(ReviewError, match=r"run\.json: field strategies lists none"):
+        ReviewSource(out)

@@ -84,8 +84,8 @@ _PARAMETER_TYPES: dict[str, type | tuple[type, ...]] = {
 """The type of each ``parameters`` entry of ``run.json`` read back; an entry may be absent."""
 _KIND_NAMES = {str: "text", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}
 _FILE_ENTRIES = ("strategies", "inputs")
+"""The ``run.json`` lists whose items are files: each a dict with a text ``path`` and ``sha256``."""
 _HAND_EDITED = "(edited by hand? `tilpheno process` writes it)"
-"""The ``run.json`` lists whose items are files: each a dict with a text ``path`` (and ``sha256``)."""
 
 
 def _type_problem(value: Any, kind: type | tuple[type, ...]) -> bool:
@@ -117,8 +117,8 @@ def check_run_record(run: Any, where: str | Path) -> dict:
         for i, entry in enumerate(run.get(name, [])):
             if not isinstance(entry, dict) or _type_problem(entry.get("path"), str):
                 raise wrong(f"{name}[{i}]", entry, "an object with a text path")
-            if _type_problem(entry.get("sha256", ""), str):
-                raise wrong(f"{name}[{i}].sha256", entry["sha256"], "text")
+            if _type_problem(entry.get("sha256"), str):
+                raise wrong(f"{name}[{i}].sha256", entry.get("sha256"), "text")
     for name, value in [*((f"release_spec.{k}", run.get("release_spec", {}).get(k, "")) for k in ("source", "sha256")),
                         *((f"parameter_files.{k}", v) for k, v in run.get("parameter_files", {}).items())]:
         if _type_problem(value, str):

@@ -287,6 +287,9 @@ class ReviewSource:
                 raise ReviewError(f"{self.out_dir / 'run.json'}: strategy {path} (sha256 {entry['sha256'][:12]}...) not "
                                   "found with the same content; the review needs the strategy the run used")
             out[strategy.tube] = strategy
+        if not out:
+            raise ReviewError(f"{self.out_dir / 'run.json'}: field strategies lists none; the review needs the "
+                              "strategies the run used (run `tilpheno process` again)")
         return out
 
     def _release_spec(self):
