@@ -50,6 +50,12 @@ def test_process_with_outcomes_writes_doses(two_products, tmp_path):
     assert row["cd8_dose_cells"] == pytest.approx(cd3 * row["cd8_pct_of_cd3"] / 100, rel=1e-12)
     assert row["cd8pd1_dose_cells"] == pytest.approx(cd3 * row["cd8pd1_pct_of_cd3"] / 100, rel=1e-12)
     assert math.isnan(table.loc["TIL002", "cd3_dose_cells"])  # no outcome row: no dose, not a guess
+    # ... and said (it was silent): one run-level warning naming the outcomes file and the product
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv", keep_default_na=False)
+    (flag,) = qc[qc["code"] == "no_dose"].itertuples(index=False)
+    assert (flag.product_id, flag.file, flag.severity) == ("", "outcomes.csv", "warning")
+    assert "no til_dose_cells for 1 product(s): TIL002;" in flag.message
+    assert "no_dose 1 (warning)" in result.output
     # the report shows doses for reading, in 10^9 cells to 3 significant digits (the table keeps every digit)
     html = (tmp_path / "out" / "products" / "TIL001" / "report.html").read_text()
     shown = re.search(r'<td class="num">([^<]*)</td><td>cells</td><td></td><td class="muted">[^<]*</td><td class="mono">cd3_dose_cells<',

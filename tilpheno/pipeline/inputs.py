@@ -71,6 +71,15 @@ def _did_you_mean(ids: Sequence[str], choices: Iterable[str]) -> str:
     return ", ".join(hints)
 
 
+def products_without_dose(manifest) -> list[str]:
+    """Product ids of ``manifest`` (with :func:`attach_doses`'s ``til_dose_cells``, cells) that have
+    no dose on any of their rows, sorted: their absolute doses (``*_dose_cells``) stay empty."""
+    import pandas as pd
+
+    dosed = pd.to_numeric(manifest["til_dose_cells"], errors="coerce").notna()
+    return sorted(set(manifest["product_id"].astype(str)) - set(manifest.loc[dosed, "product_id"].astype(str)))
+
+
 def attach_doses(manifest, outcomes):
     """Add each product's infused TIL number (``til_dose_cells``, cells) from an outcomes table.
 

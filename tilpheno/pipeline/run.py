@@ -13,7 +13,7 @@ from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import (_did_you_mean, attach_doses, group_products, load_manifest, strategy_markers,
-                                      unmatched_outcomes)
+                                      products_without_dose, unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
 from tilpheno.pipeline.record import keep_run_command, start_run_record
@@ -418,6 +418,11 @@ def plan_run(folder: str | Path, out_dir: str | Path, *, manifest_csv=None, outc
         if unmatched:
             log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
         manifest = attach_doses(manifest, outcomes)
+        undosed = products_without_dose(manifest)
+        if undosed:
+            run_flags.append(QCFlag("", display_name(str(outcomes_path)), "no_dose", "warning",
+                                    f"{display_name(str(outcomes_path))}: no til_dose_cells for {len(undosed)} product(s): "
+                                    f"{', '.join(undosed)}; their absolute doses (*_dose_cells) stay empty"))
     record = start_run_record(
         folder=folder, manifest_csv=manifest_csv, outcomes_path=outcomes_path, fmo_percentile=fmo_percentile,
         include_identifiers=include_identifiers, executor=executor, n_jobs=n_jobs, overwrite=overwrite,
