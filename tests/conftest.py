@@ -36,3 +36,21 @@ def processed(small_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("out_jobs1")
     summary = process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest)
     return out, summary
+
+
+@pytest.fixture
+def refuse_listing(monkeypatch):
+    """``refuse_listing(folder)``: listing ``folder`` raises PermissionError from then on (root
+    ignores permission bits, so a folder that cannot be listed is simulated through os.scandir)."""
+    import os
+
+    real_scandir = os.scandir
+    refused: set[Path] = set()
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) in refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda folder: refused.add(Path(folder))

@@ -139,25 +139,16 @@ def test_files_that_fit_no_kind_are_left_out_and_named(tmp_path):
     assert "left out: TIL001_treg_FMO_FoxP3.fcs" in result.output
 
 
-def test_unlistable_folder_is_named_and_exits_1(tmp_path, monkeypatch):
+def test_unlistable_folder_is_named_and_exits_1(tmp_path, refuse_listing):
     """A folder that cannot be listed hides its files from the draft's manifest: named, exit 1
-    (as scan). Root ignores permission bits, so the refusal of the listing is simulated."""
-    import os
-
+    (as scan)."""
     folder = tmp_path / "fcs"
     folder.mkdir()
     for name in ("TIL001_surface_stain.fcs", "TIL001_surface_FMO_PD1.fcs"):
         shutil.copy(SAMPLE / name, folder / name)
     hidden = folder / "second_batch"
     hidden.mkdir()
-    real_scandir = os.scandir
-
-    def scandir(path="."):
-        if isinstance(path, (str, os.PathLike)) and Path(path) == hidden:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_listing(hidden)
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
     assert result.exit_code == 1, result.output
     assert f"unlistable folder: {hidden}: Permission denied" in result.output

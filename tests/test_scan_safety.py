@@ -143,20 +143,13 @@ def test_names_that_are_not_utf8_in_messages_and_failures(product_files, tmp_pat
     assert "P1_unstained \\xe9.fcs" in report and "\udce9" not in report
 
 
-def test_unlistable_folder_is_flagged_not_skipped(product_files, tmp_path, monkeypatch):
-    """Root ignores permission bits, so the refusal of the listing is simulated."""
+def test_unlistable_folder_is_flagged_not_skipped(product_files, tmp_path, refuse_listing):
+    """A folder that cannot be listed is named (qc.csv), not skipped silently."""
     folder = tmp_path / "in"
     shutil.copytree(product_files, folder)
     hidden = folder / "second_batch"
     hidden.mkdir()
-    real_scandir = os.scandir
-
-    def scandir(path="."):
-        if isinstance(path, (str, os.PathLike)) and Path(path) == hidden:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_listing(hidden)
     problems = []
     assert len(list_fcs_files(folder, problems)) == 9
     assert problems == [(str(hidden), "Permission denied")]
