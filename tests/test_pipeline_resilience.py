@@ -304,6 +304,10 @@ def test_two_files_of_one_name_are_told_apart_in_every_output(small_cohort, proc
     report = (out / "products" / "TIL001" / "report.html").read_text()
     for name in ("sub1/TIL001_surface_stain.fcs", "sub2/TIL001_surface_stain.fcs"):
         assert f"<td>{name}</td>" in report, name
+    # the unstained control's self-check names the stained file whose gates it applied
+    checked = qc.loc[(qc["product_id"] == "TIL001") & (qc["code"] == "unstained_control"), "message"].tolist()
+    named = sorted(m.split(" gates on ")[0] for m in checked if "surface_stain" in m.split(" gates on ")[0])
+    assert named == ["the sub1/TIL001_surface_stain.fcs", "the sub2/TIL001_surface_stain.fcs"], checked
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -505,14 +505,19 @@ def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population])
     return out
 
 
-def unstained_check(strategy: Strategy, state: _Gated, control: TubeData) -> list[pl.Flag]:
+def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, stained_name: str | None = None,
+                    control_name: str | None = None) -> list[pl.Flag]:
     """Positives in an unstained control: the stained file's placed gates (``state.gates``, fixed
     geometry, FMO thresholds included) applied to the ``control``'s events. For every positive
     1-D marker gate (``x > cut``): the % of the control's events above the cut among its events in
     the gate's nearest ancestor that is not itself defined by stains (a positive marker gate or a
     boolean of such gates: an unstained cell never reaches CD3+ > CD4+, so CD4+ is judged on the
     control's live lymphocytes); ``checks.unstained_flag``: review above ``checks.UNSTAINED_LIMIT`` %.
-    One ``unstained_control`` info flag lists every such % (what was checked)."""
+    One ``unstained_control`` info flag lists every such % (what was checked). The flags name the
+    two files by ``stained_name`` and ``control_name`` (their labels, :func:`tilpheno.io.files.file_labels`:
+    ``sub1/X.fcs`` where two files of the product share a name), else by their file names."""
+    stained = stained_name or Path(state.tube.file).name
+    control_label = control_name or Path(control.file).name
     by_name = {p.name: p for p in strategy.populations}
     masks: dict[str, np.ndarray] = {}
     n = control.n_events
@@ -540,13 +545,13 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData) -> lis
             continue
         above = 100.0 * np.count_nonzero(gate.membership(control.data, masks) & inside) / n_base
         checked.append(f"{name} {above:.2f}% of {n_base} {base} events")
-        flag = checks.unstained_flag(name, gate.dim, float(gate.low), base, above, n_base, Path(control.file).name,
-                                     stained=Path(state.tube.file).name)
+        flag = checks.unstained_flag(name, gate.dim, float(gate.low), base, above, n_base, control_label,
+                                     stained=stained)
         if flag is not None:
             flags.append(flag)
     if checked:
         flags.append(pl.Flag("unstained_control", "info",
-                             f"the {Path(state.tube.file).name} gates on the unstained control {Path(control.file).name}, "
+                             f"the {stained} gates on the unstained control {control_label}, "
                              f"% above each positive gate's cut: {'; '.join(checked)}"))
     return flags
 
@@ -1370,7 +1375,9 @@ def analyze_product(
                                                for f in problems)
                         continue
                     unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message)
-                                           for f in unstained_check(strategy, state, control))
+                                           for f in unstained_check(strategy, state, control,
+                                                                    stained_name=sources[i].handle["name"],
+                                                                    control_name=name))
 
         run.finish(consume)
         qc.extend(s.handle["read_flag"] for s in sources if s.handle["read_flag"] is not None)
