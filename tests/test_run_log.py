@@ -127,3 +127,17 @@ def test_a_log_on_a_full_disk_is_one_line_not_tracebacks(tmp_path):
                     "(disk full)); it is incomplete"]
     assert (tmp_path / "out" / "run.json").is_file()
     configure_logging()   # the next command's logging (the full log's handler closed): no error either
+
+
+def test_a_command_stopped_by_bad_input_says_why_in_its_log(tmp_path):
+    """--log with a command that stops on bad input (an empty folder): the one error line went to
+    stderr only and the log stayed empty -> the log holds the same line too (printed once on stderr)."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    log = tmp_path / "run.log"
+    result = CliRunner().invoke(app, ["--log", str(log), "process", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error: ")]
+    assert "no FCS files" in line and result.output.count(line) == 1
+    assert line in log.read_text(encoding="utf-8")
+    configure_logging()   # the next command's logging: the log's handler closed

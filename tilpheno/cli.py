@@ -42,8 +42,21 @@ def _fail(exc: Exception) -> NoReturn:
         text = str(exc)
     from tilpheno.io.files import display_name
 
-    typer.secho(f"error: {as_cli_text(display_name(' '.join(text.split())))}", fg=typer.colors.RED, err=True)
+    line = f"error: {as_cli_text(display_name(' '.join(text.split())))}"
+    typer.secho(line, fg=typer.colors.RED, err=True)
+    _to_run_log(line)
     raise typer.Exit(code=2)
+
+
+def _to_run_log(line: str) -> None:
+    """Record a line the CLI prints on stderr (``error: ...``, a command stopped by a signal) in the
+    ``--log`` file too, so that a command stopped by bad input leaves its reason there, not an
+    empty log (the console already printed it: the record goes to the log file only)."""
+    logger = logging.getLogger("tilpheno")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, line, (), None)
+    for handler in logger.handlers:
+        if isinstance(handler, RunLogHandler):
+            handler.handle(record)
 
 
 def _write_or_fail(path: Path, write: Callable[[Path], object]) -> None:
@@ -821,10 +834,12 @@ def main() -> None:  # console-script entry point
     except Terminated:
         typer.secho("error: terminated (SIGTERM) before the command finished",
                     fg=typer.colors.RED, err=True)
+        _to_run_log("error: terminated (SIGTERM) before the command finished")
         raise
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
             typer.secho("error: interrupted (Ctrl-C) before the command finished", fg=typer.colors.RED, err=True)
+            _to_run_log("error: interrupted (Ctrl-C) before the command finished")
         raise
 
 
