@@ -141,8 +141,7 @@ def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str)
     the reviewer has seen who rejected, when and why) or gives no comment saying why; "" when it may."""
     if rejection is None:
         return ""
-    said = (f"version {rejection.version} was rejected by {rejection.full_name} ({rejection.username}) at "
-            f"{rejection.signed_at[:19].replace('T', ' ')} UTC: {rejection.comment!r}")
+    said = f"version {rejection.version} was rejected by {_signed_by(rejection)}: {rejection.comment!r}"
     if isinstance(overrules, bool) or overrules != rejection.id:
         return f"{said}; approving it overrules that rejection: confirm you have read it, and say why in the comment"
     if not comment:
@@ -157,10 +156,14 @@ def _signature_record(sig: Signature) -> dict:
             "username": sig.username, "signed_at": sig.signed_at, "comment": sig.comment}
 
 
+def _signed_by(sig: Signature) -> str:
+    """Who signed ``sig`` and when, in words: ``Full Name (username) at YYYY-MM-DD HH:MM:SS UTC``."""
+    return f"{sig.full_name} ({sig.username}) at {sig.signed_at[:19].replace('T', ' ')} UTC"
+
+
 def _approval_words(product_id: str, approval: Signature) -> str:
     """An approval a save would void, in words: product, version, who and when (UTC)."""
-    return (f"the approval for release of {product_id} version {approval.version} by {approval.full_name} "
-            f"({approval.username}) at {approval.signed_at[:19].replace('T', ' ')} UTC")
+    return f"the approval for release of {product_id} version {approval.version} by {_signed_by(approval)}"
 
 
 T = TypeVar("T")
