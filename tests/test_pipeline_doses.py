@@ -62,3 +62,27 @@ def test_process_with_outcomes_writes_doses(two_products, tmp_path):
                       html).group(1)
     assert shown == f"{cd3 / 1e9:.3g} ×10⁹" and re.fullmatch(r"\d\.\d\d ×10⁹", shown)
     assert f"{cd3:.2f}" not in html
+
+
+def test_process_reads_only_the_dose_columns_of_outcomes(two_products, tmp_path):
+    """A lab's response-only outcomes table (no pfs/os columns: survival not followed yet) was
+    refused by process ('missing required column(s): pfs_months, ...') though process reads only
+    product_id and til_dose_cells -> the doses are read; a bad dose is still one line naming the
+    file, row and column."""
+    folder, doses = two_products
+    table = pd.read_csv(f"{SAMPLE}/outcomes.csv")
+    table = table[table["product_id"].isin(["TIL001", "TIL002"])][["patient_id", "product_id", "til_dose_cells",
+                                                                   "best_response"]]
+    table.to_csv(tmp_path / "response_only.csv", index=False)
+    args = ["process", str(folder), "--manifest", str(folder / "manifest.csv")]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out"), "--outcomes", str(tmp_path / "response_only.csv")])
+    assert result.exit_code == 0, result.output
+    phen = pd.read_csv(tmp_path / "out" / "phenotypes.csv").set_index("product_id")
+    for pid in ("TIL001", "TIL002"):
+        expected = table.set_index("product_id").loc[pid, "til_dose_cells"] * phen.loc[pid, "cd3_pct_of_live_lymph"] / 100
+        assert phen.loc[pid, "cd3_dose_cells"] == pytest.approx(expected, rel=1e-12)
+    table.assign(til_dose_cells=["6.8", "2730000000"]).to_csv(tmp_path / "bad.csv", index=False)
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out2"), "--outcomes", str(tmp_path / "bad.csv")])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.strip()]
+    assert "bad.csv" in line and "row 2" in line and "til_dose_cells" in line and "1e+06 cells" in line

@@ -71,6 +71,9 @@ OPTIONAL_TIME_COLUMNS = ("response_months",)
 EVENT_COLUMNS = ("pfs_event", "os_event")
 REQUIRED = ("patient_id", "product_id", "til_dose_cells", "best_response",
             "pfs_months", "pfs_event", "os_months", "os_event")
+DOSE_COLUMNS = ("product_id", "til_dose_cells")
+"""The columns a ``process`` run reads (each product's infused cells): the only ones it requires
+and checks (``read_outcomes(path, DOSE_COLUMNS)``); a table without survival columns serves it."""
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 _DATE_RE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2})?)?\s*$")
 _TIME_OF_DAY_RE = re.compile(r"^\s*\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\s*([AaPp]\.?[Mm]\.?)?\s*$")
@@ -112,11 +115,11 @@ def _fail(source: str, problem: str, row: int | None = None, column: str | None 
     raise TableError(f"{place(source, row, column)}: {one_line}")
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
+def _read_raw(path: Path, required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     """The table's cells (text; a workbook's values as ``pandas.read_excel(dtype=object)`` gives
     them, dates as datetime objects), index = sheet row / line, ``attrs["header_line"]``.
 
-    The header is the first row naming all required columns (case and blanks ignored; else the
+    The header is the first row naming all ``required`` columns (case and blanks ignored; else the
     one naming the most): a title or blank lines above it are skipped. A workbook's table is on the
     one sheet with such a header (an instructions sheet before it is skipped, two sheets with one
     are refused), merged cells read as Excel shows them. A column named twice, or a text row with
@@ -132,7 +135,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
     data = path.read_bytes()
     if data[:4] == b"PK\x03\x04" or path.suffix.lower() in EXCEL_SUFFIXES:
         book = open_workbook(data, source)
-        sheet, header_line, rows = workbook_table(sheet_values(book), REQUIRED, "an outcomes", source,
+        sheet, header_line, rows = workbook_table(sheet_values(book), required, "an outcomes", source,
                                                   hidden_sheets(book))
         separator = ""
         refuse_sheet_problems(data, book[sheet], ID_COLUMNS, lambda row, column: place(source, row, column),
@@ -145,7 +148,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         if not text.strip():
             _fail(source, "the file is empty")
         try:
-            header_line, separator, rows = text_rows(text, REQUIRED)
+            header_line, separator, rows = text_rows(text, required)
         except csv.Error as exc:
             _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
     frame = table_frame(rows, header_line, lambda line: place(source, line), ids=ID_COLUMNS, text=separator != "")
@@ -273,16 +276,20 @@ def _event(value, source: str, row: int, column: str) -> int:
     return int(number)
 
 
-def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFrame:
-    """Check a table of raw cells (index = sheet row numbers) and return typed columns."""
+def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
+    """Check a table of raw cells (index = sheet row numbers) and return typed columns.
+
+    ``required``: the columns the caller uses (default all of :data:`REQUIRED`, and every other
+    column is checked as a covariate); a subset of the id columns and ``til_dose_cells``
+    (:data:`DOSE_COLUMNS`) requires and checks only those columns and returns only them."""
     if raw.shape[1] == 0 or raw.shape[0] == 0:
         _fail(source, "the table has no rows")
     dupcols = [c for c in raw.columns[raw.columns.duplicated()]]
     if dupcols:
         _fail(source, "column appears more than once", raw.attrs.get("header_line", 1), dupcols[0])
-    missing = [c for c in REQUIRED if c not in raw.columns]
+    missing = [c for c in required if c not in raw.columns]
     if missing:
-        extra = [c for c in raw.columns if c not in REQUIRED]
+        extra = [c for c in raw.columns if c not in required]
         hints = "".join(did_you_mean(m, extra) for m in missing[:1])
         _fail(source, f"missing required column(s): {', '.join(missing)}{hints} "
                       f"(found: {', '.join(map(str, raw.columns))})", raw.attrs.get("header_line", 1))
@@ -291,7 +298,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
     if raw.empty:
         _fail(source, "the table has no rows")
     out = pd.DataFrame(index=raw.index)
-    for col in ID_COLUMNS:
+    for col in (c for c in ID_COLUMNS if c in required):
         ids = raw[col].map(_cell_text)
         for row, value in ids.items():
             label = summary_label(raw.loc[row].items()) if value == "" else None
@@ -306,6 +313,10 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
             other = dup[dup == dup.loc[first]].index[1]
             _fail(source, f"duplicate id '{dup.loc[first]}' (also in row {first})", other, col)
         out[col] = ids
+    if tuple(required) != REQUIRED:   # a caller's subset (DOSE_COLUMNS): no other column is read
+        if "til_dose_cells" in required:
+            out["til_dose_cells"] = _doses(raw, source)
+        return out[list(required)]
     codes = raw["best_response"].map(lambda v: _cell_text(v).upper())
     for row, code in codes.items():
         if code not in RESPONSE_CODES:
@@ -317,19 +328,25 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes") -> pd.DataFra
         out[col] = _times(raw[col], source, col, required=True)
     for col in EVENT_COLUMNS:
         out[col] = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=int)
-    dose = pd.Series({row: number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
-                     dtype=float)
-    for row, v in dose.items():
-        problem = dose_problem(v, raw.at[row, "til_dose_cells"])
-        if problem:
-            _fail(source, problem, row, "til_dose_cells")
-    out["til_dose_cells"] = dose
+    out["til_dose_cells"] = _doses(raw, source)
     for col in raw.columns:
         if col in OPTIONAL_TIME_COLUMNS:
             out[col] = _times(raw[col], source, col, required=False)
         elif col not in REQUIRED:
             out[col] = _covariate(raw[col], source, col)
     return out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
+
+
+def _doses(raw: pd.DataFrame, source: str) -> pd.Series:
+    """The ``til_dose_cells`` column in cells (empty: NaN); a value that is no number of cells
+    (:func:`dose_problem`) is an error naming the row."""
+    dose = pd.Series({row: number(v, source, row, "til_dose_cells") for row, v in raw["til_dose_cells"].items()},
+                     dtype=float)
+    for row, v in dose.items():
+        problem = dose_problem(v, raw.at[row, "til_dose_cells"])
+        if problem:
+            _fail(source, problem, row, "til_dose_cells")
+    return dose
 
 
 def _times(cells: pd.Series, source: str, column: str, required: bool) -> pd.Series:
@@ -375,8 +392,11 @@ def _covariate(cells: pd.Series, source: str, column: str) -> pd.Series:
     return texts.where(texts != "", None)
 
 
-def read_outcomes(path) -> pd.DataFrame:
+def read_outcomes(path, required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     """Read and validate an outcomes table (CSV, tab- or semicolon-separated text, or .xlsx).
+
+    ``required``: the columns the caller uses (:func:`validate_outcomes`; ``process`` passes
+    :data:`DOSE_COLUMNS`).
 
     Text is UTF-8 (with or without a BOM) or UTF-16 with a BOM (Excel's "Unicode Text"); a cell's
     bytes that are not UTF-8 are read as Windows-1252 (Excel's "CSV (Comma delimited)" on
@@ -389,5 +409,5 @@ def read_outcomes(path) -> pd.DataFrame:
     floats, events as int, covariates numeric or text) and a default RangeIndex.
     """
     path = Path(path)
-    frame = validate_outcomes(_read_raw(path), source=str(path))
+    frame = validate_outcomes(_read_raw(path, required), source=str(path), required=required)
     return frame.reset_index(drop=True)

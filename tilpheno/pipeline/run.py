@@ -406,9 +406,9 @@ def plan_run(folder: str | Path, out_dir: str | Path, *, manifest_csv=None, outc
             raise TilphenoError(f"{added[0]}: input file added since the run in {out_dir}{more}; "
                                 "run `tilpheno process` again")
     if outcomes_path is not None:
-        from tilpheno.io.outcomes import read_outcomes
+        from tilpheno.io.outcomes import DOSE_COLUMNS, read_outcomes
 
-        outcomes = read_outcomes(outcomes_path)
+        outcomes = read_outcomes(outcomes_path, DOSE_COLUMNS)
         unmatched = unmatched_outcomes(manifest, outcomes)
         if unmatched and not allow_unmatched:
             raise TableError(
