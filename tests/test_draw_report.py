@@ -39,3 +39,21 @@ def test_a_deferred_report_drawn_on_demand_equals_the_one_drawn_at_once_and_writ
 def test_a_report_of_no_product_of_the_run_is_one_line(runs):
     with pytest.raises(TilphenoError, match=r"no product 'TIL001' in this run"):
         draw_report(runs[1], "TIL001")
+
+
+def test_a_run_record_without_its_inputs_list_is_named_old(runs, tmp_path):
+    """A run.json of an older tilpheno (no ``inputs`` list) was refused as 'TIL002_...fcs: input
+    file added since the run' (every file then looked new) -> one line naming run.json, the missing
+    field, and what to do."""
+    import json
+    import shutil
+
+    old = shutil.copytree(runs[1], tmp_path / "old")
+    record = json.loads((old / "run.json").read_text(encoding="utf-8"))
+    del record["inputs"]
+    (old / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(TilphenoError) as caught:
+        draw_report(old, "TIL002")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{old / 'run.json'}: field inputs")
+    assert "older tilpheno" in message and "run `tilpheno process` again" in message

@@ -161,6 +161,9 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     folder = params.get("input_folder")
     if folder is None:
         raise TilphenoError(f"{out_dir / 'run.json'}: field parameters.input_folder is missing {_HAND_EDITED}")
+    if "inputs" not in run:   # written before run.json listed the input files: which files were the run's is unknown
+        raise TilphenoError(f"{out_dir / 'run.json'}: field inputs (the run's input files) is missing: a record of an "
+                            "older tilpheno, whose run cannot be drawn again as it was; run `tilpheno process` again")
     for what, path, digest in [("strategy", s["path"], s["sha256"]) for s in run.get("strategies", [])] + (
             [("release spec", run["release_spec"]["source"], run["release_spec"]["sha256"])]
             if run.get("release_spec", {}).get("sha256") else []) + (
