@@ -378,3 +378,27 @@ def test_sorted_counts_are_numpys_histogram_of_the_elapsed_time():
             expected = np.histogram(elapsed, bins=edges)[0]
             got = sorted_counts(elapsed, edges)
             assert got.dtype == expected.dtype and np.array_equal(got, expected), n_bins
+
+
+def test_cyflow_doublet_parameter_is_no_signal(clean):
+    """Sysmex-Partec CyFlow writes a derived DOUBLET parameter (8-bit, $PnR 255) after TIME. It was
+    checked as a signal: the real CyFlow Cube 8 file (DOUBLET 0 on every event) got 'margin events
+    above 2%: ... DOUBLET 100.0%' (with remove_margin_events every event removed), and it counted
+    as a fluorescence detector -> neither: QC with it equals QC without it."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.spillover import fluorescence_detectors
+
+    fcs = read_fcs("tests/data/fcs/fcsparser_instruments/cyflow_cube_8/cyflow_cube_8.fcs")
+    assert fcs.channel_names[-1] == "DOUBLET" and "DOUBLET" not in fluorescence_detectors(fcs)
+    settings = AcquisitionSettings.from_mapping({"remove_margin_events": True})
+    qc = check_acquisition(fcs.events, fcs.channel_names, fcs.channels["pnr"].astype(float).tolist(), settings)
+    assert "DOUBLET" not in qc.margins["channel"].tolist() and qc.n_removed < 0.05 * fcs.n_events
+    assert not any("DOUBLET" in f.message for f in qc.findings)
+    # a simulated tube with a DOUBLET column of flags (0 for most events): the same QC as without it
+    events = clean[0]
+    flags = (np.random.default_rng(5).random(len(events)) < 0.05) * 255.0
+    names = [*ins.CHANNEL_NAMES, "DOUBLET"]  # after TIME, as CyFlow writes it
+    without = check_acquisition(events, ins.CHANNEL_NAMES, RANGES, settings)
+    with_doublet = check_acquisition(np.column_stack([events, flags]), names, [*RANGES, 255.0], settings)
+    assert np.array_equal(with_doublet.anomalous, without.anomalous) and with_doublet.drift_channels == without.drift_channels
+    assert [f.message for f in with_doublet.findings] == [f.message for f in without.findings]

@@ -79,8 +79,10 @@ well as steps:
 6. **Stretches.** Events in an anomalous time interval or signal bin are anomalous; good stretches
    shorter than ``consecutive_bins`` bins (default 5, as PeacoQC) between two anomalous ones are
    anomalous too.
-   Channels that never decrease (event counters such as Miltenyi's HDR-CE) are not checked, nor
-   height/width channels whose area channel is (``FSC-H`` follows ``FSC-A``). The split-half noise
+   Channels that never decrease (event counters such as Miltenyi's HDR-CE) and an instrument's
+   derived parameters (CyFlow's ``DOUBLET``: :data:`tilpheno.panel.DERIVED_NAMES`) are not
+   checked, here nor for margin events, nor height/width channels whose area channel is
+   (``FSC-H`` follows ``FSC-A``). The split-half noise
    uses at most 16 evenly spaced bins.
 7. **Margin events** per channel: events at or above ``$PnR - 1`` or tied at the channel's largest
    value (pile-up at the top of the scale), and events tied at the channel's smallest value when at
@@ -113,7 +115,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tilpheno.panel import TIME_NAMES, is_scatter_or_time
+from tilpheno.panel import TIME_NAMES, is_derived, is_scatter_or_time
 
 MODES = ("remove", "flag", "off")
 NOISE_BINS = 16        # bins the split-half noise is estimated from (evenly spaced)
@@ -559,7 +561,8 @@ def check_acquisition(
 
     ``events``: n x channels, acquisition order, as ``FCSFile.events`` (Time in seconds).
     ``ranges``: ``$PnR`` per channel (None: the largest value of each channel). ``channels``: the
-    channels whose signal is checked (default: every channel but time). ``unit``: the time's unit,
+    channels whose signal is checked (default: every channel but time; an event counter and an
+    instrument's derived parameter, such as CyFlow's ``DOUBLET``, never are). ``unit``: the time's unit,
     ``"s"`` or ``""`` (the instrument's own; :func:`time_unit`), kept as ``AcquisitionQC.time_unit``.
     """
     events = np.asarray(events)
@@ -567,7 +570,7 @@ def check_acquisition(
     n = int(events.shape[0])
     ranges = [float(r) if r is not None and np.isfinite(r) else 0.0 for r in (ranges or [0.0] * len(names))]
     time_name = find_time_channel(names)
-    checked = [c for c in (channels or names) if c != time_name and c in names
+    checked = [c for c in (channels or names) if c != time_name and c in names and not is_derived(c)
                and not is_counter(events[:, names.index(c)])]
     # a pulse height or width follows its area: drift is checked on the area channel when there is one
     signal_channels = [c for c in checked if not (c[-2:].upper() in ("-H", "-W") and f"{c[:-2]}-A" in checked)]

@@ -46,13 +46,23 @@ def normalize_marker(text: str | None, vocabulary: Vocabulary | None = None) -> 
 
 
 TIME_NAMES = ("time", "hdr-t")   # Miltenyi MACSQuant calls its time channel HDR-T
+DERIVED_NAMES = ("doublet",)
+"""Parameters an instrument derives per event that are no detector's light (case ignored):
+Sysmex-Partec CyFlow's ``DOUBLET``, its doublet-discrimination parameter, written after ``TIME``
+as an 8-bit value ($PnB 8, $PnR 255; all 0 in ``fcs_corpus/fcsparser_instruments/cyflow_cube_8``)."""
+
+
+def is_derived(detector: str) -> bool:
+    """True for an instrument's derived parameter (:data:`DERIVED_NAMES`): like time, not a signal
+    whose level, drift or scale margins mean anything."""
+    return detector.strip().lower() in DERIVED_NAMES
 
 
 def is_scatter_or_time(detector: str) -> bool:
-    """True for FSC*/SSC* scatter channels and the time channel (:data:`TIME_NAMES`, case
-    ignored), never markers nor fluorescence detectors."""
+    """True for FSC*/SSC* scatter channels, the time channel (:data:`TIME_NAMES`) and derived
+    parameters (:func:`is_derived`), case ignored: never markers nor fluorescence detectors."""
     name = detector.strip().upper()
-    return name.startswith(("FSC", "SSC")) or name.lower() in TIME_NAMES
+    return name.startswith(("FSC", "SSC")) or name.lower() in TIME_NAMES or is_derived(name)
 
 
 @dataclass(frozen=True)
