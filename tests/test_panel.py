@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilpheno.errors import PanelError, TableError
+from tilpheno.errors import PanelError, TableError, TilphenoError
 from tilpheno.io.fcs import read_fcs_metadata
 from tilpheno.panel import normalize_marker, panel_from_fcs, read_panel_file, require
 from tilpheno.vocabulary import default_vocabulary
@@ -79,6 +79,31 @@ def test_real_files_labels(name, markers):
 
     fcs = read_fcs_metadata(Path(__file__).parent / "data" / "fcs" / name)
     assert file_markers(fcs, default_vocabulary(), None) == markers
+
+
+def test_the_syto_family_is_read_by_its_number_without_false_matches():
+    """Only 17 SYTO dyes were listed: 'SYTO 17', 'SYTO-14' (real SYTO dyes not in the list) were
+    the marker 'SYTO' (the number lost: every SYTO dye the same marker) -> the vocabulary's
+    ``numbered:`` family reads any SYTO number. No false match: SYTOX (another family) and every
+    real $PnS/$PnN label of tests/data/fcs read as without the family, 'Syto 41' (FACSDiva) aside."""
+    import dataclasses
+
+    vocabulary = default_vocabulary()
+    assert [vocabulary.marker_in(label) for label in ("SYTO 17", "SYTO-14 FITC", "syto80", "Syto 41", "SYTO 62 APC")] \
+        == ["SYTO17", "SYTO14", "SYTO80", "SYTO41", "SYTO62"]
+    assert [vocabulary.marker_in(label) for label in ("SYTOX Green", "SYTOX AADvanced", "SYTO", "SYTO BC")] \
+        == ["SYTOX", "SYTOX", "SYTO", "SYTO"]
+    plain = dataclasses.replace(vocabulary, numbered={})
+    labels = set()
+    for path in sorted((Path(__file__).parent / "data" / "fcs").rglob("*")):
+        try:
+            fcs = read_fcs_metadata(path, checksum=False)
+        except TilphenoError:   # the corpus' corrupted file, licences, truth arrays
+            continue
+        labels |= {str(x) for x in (*fcs.channels["pnn"], *fcs.channels["pns"])}
+    assert len(labels) > 100
+    changed = {label for label in labels if vocabulary.marker_in(label) != plain.marker_in(label)}
+    assert changed == {"Syto 41"}
 
 
 def test_canonical_names_normalise_to_themselves():

@@ -21,12 +21,16 @@ Conventions
 * A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``: one detector
   shared by two antibodies, one for each of two tubes or cell types) names no marker: which one
   the file's tube carries is the lab's to say (a panel file row), :meth:`Vocabulary.known_markers`.
+* A dye family whose number names the dye (``numbered:``, the SYTO nucleic-acid stains: SYTO 9,
+  SYTO 41 and SYTO 62 are other dyes) is known as a whole: the family word followed by a number
+  (``"Syto 41"``, ``"SYTO-9"``, ``"syto17"``) is the marker ``SYTO41`` etc.; the word alone or
+  followed by letters (``SYTOX Green``, another family) is not.
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -38,6 +42,7 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 
 _SEPARATORS = re.compile(r"[\s_/:;,()\[\]]+")
 _KEY_DROP = re.compile(r"[\s\-._/]+")
+_NUMBERED = re.compile(r"^([A-Z]+)(\d+)$")
 _DETECTOR = re.compile(r"^(?:FL\d+|FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
 
 
@@ -53,6 +58,8 @@ class Vocabulary:
     ``canonical``: key of every spelling -> canonical name. ``fluorochromes``, ``filler``: keys.
     ``prefixes``: keys of prefixes dropped before a known marker. ``viability``: keys of the dyes
     that mark dead cells (the ``viability:`` list). ``source``: where it came from.
+    ``numbered``: key of each dye family whose number names the dye -> its spelling (the
+    ``numbered:`` list; module docstring).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -61,6 +68,7 @@ class Vocabulary:
     prefixes: tuple[str, ...] = ()
     source: str = ""
     viability: frozenset[str] = frozenset()
+    numbered: Mapping[str, str] = field(default_factory=dict)
 
     def with_aliases(self, aliases: Mapping[str, Iterable[str]], source: str = "") -> "Vocabulary":
         """A new vocabulary with more ``canonical: [spellings]`` entries (they win over existing ones)."""
@@ -68,17 +76,19 @@ class Vocabulary:
         for name, spellings in aliases.items():
             for spelling in (name, *spellings):
                 table[key(spelling)] = str(name)
-        return Vocabulary(table, self.fluorochromes, self.filler, self.prefixes,
-                          "; ".join(s for s in (self.source, source) if s), self.viability)
+        return replace(self, canonical=table, source="; ".join(s for s in (self.source, source) if s))
 
     # -- reading labels ------------------------------------------------------------------
     def known(self, token: str) -> str | None:
-        """The canonical marker a single token names (aliases, prefixes), or None."""
+        """The canonical marker a single token names (aliases, prefixes, a numbered dye), or None."""
         k = key(token)
         if not k:
             return None
         if k in self.canonical:
             return self.canonical[k]
+        numbered = _NUMBERED.match(k)
+        if numbered and numbered.group(1) in self.numbered:   # "Syto 41" -> SYTO41
+            return self.numbered[numbered.group(1)] + str(int(numbered.group(2)))
         for prefix in self.prefixes:
             if k.startswith(prefix) and k[len(prefix):] in self.canonical:
                 return self.canonical[k[len(prefix):]]
@@ -189,17 +199,19 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``)."""
+    ``viability``, ``numbered``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability", StudyError,
-                      ("aliases", "prefixes", "filler", "fluorochromes", "viability"), empty_ok=True)[1]
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered",
+                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered"),
+                      empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
         filler=frozenset(key(f) for f in _string_list(doc.get("filler"), f"{path}: filler")),
         prefixes=tuple(sorted({key(p) for p in _string_list(doc.get("prefixes"), f"{path}: prefixes")}, key=len, reverse=True)),
         viability=frozenset(key(v) for v in _string_list(doc.get("viability"), f"{path}: viability")),
+        numbered={key(f): str(f).strip() for f in _string_list(doc.get("numbered"), f"{path}: numbered")},
     )
     return base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
 
