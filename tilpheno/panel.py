@@ -206,8 +206,8 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
 
 @dataclass(frozen=True)
 class SharedLabel:
-    """A detector whose label names several markers (``"Foxp3-IgM"``: one detector shared by two
-    stains), read as no marker (:mod:`tilpheno.vocabulary`), and left so by the panel file."""
+    """A detector whose label names several markers (``"Foxp3-IgM"``, ``"CD39-TIGIT"``: one detector
+    shared by two stains), read as no marker (:mod:`tilpheno.vocabulary`), and left so by the panel file."""
 
     detector: str
     label: str
@@ -224,7 +224,7 @@ def shared_labels(channels: Iterable[tuple[str, str]], markers: Mapping[str, str
     """The channels (``$PnN``, ``$PnS``) whose label names several markers and whose detector
     carries none of ``markers`` (marker -> detector: a panel file row resolves it)."""
     taken = set(markers.values())
-    found = ((pnn, pns, vocabulary.known_markers(pns)) for pnn, pns in channels)
+    found = ((pnn, pns, vocabulary.named_markers(pns)) for pnn, pns in channels)
     return [SharedLabel(pnn, pns.strip(), named) for pnn, pns, named in found if len(named) > 1 and pnn not in taken]
 
 

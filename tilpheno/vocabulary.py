@@ -19,8 +19,10 @@ Conventions
   hyphens (``"FITC"``, ``"FL1-H"``, ``"FSC-A"``, FACSCalibur's ``"FL1-Height"``, Beckman's
   ``"FS INT LIN"``), name no marker.
 * A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``: one detector
-  shared by two antibodies, one for each of two tubes or cell types) names no marker: which one
-  the file's tube carries is the lab's to say (a panel file row), :meth:`Vocabulary.known_markers`.
+  shared by two antibodies, one for each of two tubes or cell types), or a known marker joined by
+  a hyphen to a word that is no fluorochrome, filler word, prefix or detector name (``"CD39-TIGIT"``:
+  TIGIT unknown), names no marker: which one the file's tube carries is the lab's to say (a panel
+  file row), :meth:`Vocabulary.named_markers`.
 * A dye family whose number names the dye (``numbered:``, the SYTO nucleic-acid stains: SYTO 9,
   SYTO 41 and SYTO 62 are other dyes) is known as a whole: the family word followed by a number
   (``"Syto 41"``, ``"SYTO-9"``, ``"syto17"``) is the marker ``SYTO41`` etc.; the word alone or
@@ -126,6 +128,46 @@ class Vocabulary:
                 i += 2 if joined is not None else 1
         return tuple(found)
 
+    def named_markers(self, text: str | None) -> tuple[str, ...]:
+        """The markers a label names: :meth:`known_markers`, then, in each hyphen-joined word holding
+        a known marker, each run of its other parts that is no fluorochrome, filler word, prefix,
+        number, single letter or detector name, nor the start of a fluorochrome's name
+        (``"CD39-TIGIT"`` -> ``("CD39", "TIGIT")``; ``"CD4-PerCP-Cy5.5"``, ``"anti-CD3"``,
+        ``"CD56-PE-Texas Red"`` -> one marker)."""
+        found = dict.fromkeys(self.known_markers(text))
+        for word in (w for w in _SEPARATORS.split(str(text or "").strip()) if "-" in w):
+            for run in self._unknown_runs([p for p in word.split("-") if p]):
+                found.setdefault(run, None)
+        return tuple(found)
+
+    def _unknown_runs(self, parts: list[str]) -> list[str]:
+        """The runs of ``parts`` (a hyphen-joined word split) beside a known marker that read as
+        another, unknown marker (see :meth:`named_markers`); none when no part is a known marker."""
+        known = [False] * len(parts)
+        for i in range(len(parts)):
+            if self.known(parts[i]):
+                known[i] = True
+            elif i + 1 < len(parts) and self.known(parts[i] + parts[i + 1]):   # "Ki-67"
+                known[i] = known[i + 1] = True
+        if not any(known):
+            return []
+        runs, current = [], []
+        for part, is_known in zip([*parts, ""], [*known, True]):
+            if not is_known:
+                current.append(part)
+            elif current:
+                runs.append(current)
+                current = []
+
+        def plain(part: str) -> bool:
+            return len(key(part)) < 2 or key(part) in self.prefixes or self._not_marker(part)
+
+        def fluorochrome(run: list[str]) -> bool:   # "PE-Texas" of "CD56-PE-Texas Red" too
+            joined = key("".join(run))
+            return any(f.startswith(joined) for f in self.fluorochromes)
+
+        return ["-".join(run) for run in runs if not all(plain(p) for p in run) and not fluorochrome(run)]
+
     def _not_marker(self, word: str) -> bool:
         """True for a word that names no marker: empty, a number, a fluorochrome, a filler word or a
         detector name, or made of such parts joined by hyphens (``FL1-Height``: a detector and a
@@ -158,7 +200,7 @@ class Vocabulary:
         whole = self.known("".join(words))
         if whole is not None:
             return whole
-        if len(self.known_markers(text)) > 1:   # "Foxp3-IgM": a detector shared by two stains
+        if len(self.named_markers(text)) > 1:   # "Foxp3-IgM", "CD39-TIGIT": a detector shared by two stains
             return None
         found = self._known_in(words)
         if found is not None or not free:
