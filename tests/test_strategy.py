@@ -1,6 +1,7 @@
 """Strategy files: the bundled ones load; invalid files fail with the file and line named."""
 import hashlib
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,16 @@ def test_count_columns_keep_hyphenated_marker_names(tmp_path):
     codebook = _from_strategies([strategy], 99.5)
     assert {"n_hladrpos_surface", "n_pd1pos_surface", "n_hladrpospd1neg_surface"} <= set(codebook)
     assert not [c for c in codebook if "hlaneg" in c or "pdneg" in c or "kineg" in c]
+
+
+def test_a_variable_over_root_adds_no_second_count_of_every_event():
+    """gating/flowatlas_tcell.yaml's t_cells_pct is % of root: its denominator was counted in
+    ``n_root_tcell`` beside ``n_events_tcell``, the same number under two names, and the codebook
+    described only the second -> one column, n_events_tcell; every count column is in the codebook."""
+    from tilpheno.report.codebook import _from_strategies
+
+    strategy = load_strategy(Path(__file__).resolve().parents[1] / "gating" / "flowatlas_tcell.yaml")
+    assert any(v.denominator == "root" for v in strategy.variables)
+    columns = strategy.count_columns()
+    assert columns["n_events_tcell"] == "root" and not [c for c in columns if c.startswith("n_root")]
+    assert set(columns) <= set(_from_strategies([strategy], 99.5))

@@ -337,11 +337,14 @@ class Strategy:
         population it counts: ``n_<population slug>_<tube>`` for every variable's numerator and
         denominator, and ``n_events_<tube>`` (``root``: every event of the stained file)."""
         pops = dict.fromkeys(x for v in self.variables for x in (v.numerator, v.denominator))
-        return {**{self.count_column(p): p for p in pops}, f"n_events_{self.tube}": ROOT}
+        return {**{self.count_column(p): p for p in pops}, self.count_column(ROOT): ROOT}
 
     def count_column(self, population: str) -> str:
         """The event-count column of ``population``: ``n_<population slug>_<tube>`` (hyphens of the
-        strategy's marker names kept out of the signs, :func:`population_slug`)."""
+        strategy's marker names kept out of the signs, :func:`population_slug`); ``n_events_<tube>``
+        for ``root`` (every event of the stained file: a variable over root adds no second column)."""
+        if population == ROOT:
+            return f"n_events_{self.tube}"
         return f"n_{population_slug(population, self.markers)}_{self.tube}"
 
     @property
