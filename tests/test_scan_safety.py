@@ -204,3 +204,30 @@ def test_reads_and_hashes_are_bounded_in_time(product_files, monkeypatch):
         read_fcs(path)
     with pytest.raises(FCSReadError, match="computing SHA-256 took longer than -1 s"):
         ok.sha256
+
+
+def test_a_file_cut_short_mid_data_is_unreadable_to_scan_and_new_study(product_files, tmp_path):
+    """A copy interrupted mid-DATA: scan read HEADER and TEXT only and listed the file as fine
+    (exit 0), new-study drafted it (exit 0, 'Run: tilpheno process ...'), and process then failed
+    the product -> scan and new-study name it unreadable in one line (exit 1), with process's
+    reason, and keep the other files."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    folder = tmp_path / "fcs"
+    shutil.copytree(product_files, folder)
+    cut = folder / "P1_treg_stain.fcs"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    runner = CliRunner()
+    result = runner.invoke(app, ["scan", str(folder), "-o", str(tmp_path / "manifest.csv")])
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("unreadable:")]
+    assert str(cut) in line and "lies beyond the end of the file" in line
+    scanned = pd.read_csv(tmp_path / "manifest.csv")
+    assert len(scanned) == len(list(product_files.glob("*.fcs")))   # nothing left out of the table
+    result = runner.invoke(app, ["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 1, result.output
+    assert any(x.startswith("left out: P1_treg_stain.fcs:") and "lies beyond the end of the file" in x
+               for x in result.output.splitlines())

@@ -605,7 +605,8 @@ def _check_path(path) -> Path:
     return Path(path)
 
 
-def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bool = True) -> FCSFile:
+def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bool = True,
+          data_check: bool = False) -> FCSFile:
     path = _check_path(path)
     with _open_checked(path) as fh:
         try:
@@ -627,7 +628,10 @@ def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bo
             else:
                 events = None
                 tot = _kw_int(kw, "$TOT", path, required=False)
-                n_events = tot if tot is not None else _layout(header, kw, channels, base, size, path, problems).n_events
+                if tot is None or data_check:   # the DATA segment's place (FCSReadError when it is not in the file)
+                    n_events = _layout(header, kw, channels, base, size, path, problems).n_events
+                else:
+                    n_events = tot
             spill = _spillover(kw, path, problems)
         except OSError as exc:
             raise FCSReadError(path, f"cannot read: {exc.strerror or exc}") from None
@@ -643,11 +647,15 @@ def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
     return _read(path, dataset, with_events=True)
 
 
-def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0, checksum: bool = True) -> FCSFile:
+def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0, checksum: bool = True,
+                      data_check: bool = False) -> FCSFile:
     """Read HEADER and TEXT only (``events is None``): fast, for scanning folders.
 
     ``n_events`` is ``$TOT`` (or, without ``$TOT``, what the DATA length implies). The DATA
-    segment is not checked, so header-only files read here. The read touches only HEADER and TEXT;
-    ``sha256`` is computed on first access (see FCSFile). ``checksum=False``: ``sha256`` is ``''``.
+    segment is not checked, so header-only files read here, unless ``data_check``: then its
+    offsets are resolved against the file's size as :func:`read_fcs` resolves them (a file cut
+    short mid-DATA, or header-only, raises its ``FCSReadError``), still without reading DATA. The
+    read touches only HEADER and TEXT; ``sha256`` is computed on first access (see FCSFile).
+    ``checksum=False``: ``sha256`` is ``''``.
     """
-    return _read(path, dataset, with_events=False, checksum=checksum)
+    return _read(path, dataset, with_events=False, checksum=checksum, data_check=data_check)

@@ -278,7 +278,9 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
     without $PnS that the panel labels is stained, not an unstained control).
 
     Returns a DataFrame with ``COLUMNS`` plus ``problem`` (the FCSReadError message of an
-    unreadable file, else ''), sorted by product, tube, role, file. ``file`` is ``path / name``.
+    unreadable file, else ''; a file whose DATA segment lies beyond its end, cut short by a copy
+    or header-only, is unreadable: ``process`` could not read its events), sorted by product,
+    tube, role, file. ``file`` is ``path / name``.
     A file that is a link resolving outside ``path`` is not read (``problem`` says so) unless
     ``allow_outside``. Folders that cannot be listed are in ``frame.attrs["unlistable"]`` as
     ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder.
@@ -319,7 +321,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
                 found.append({**known, "_markers": set(known["_markers"])})
                 continue
             try:
-                fcs, problem = read_fcs_metadata(file, checksum=False), ""
+                fcs, problem = read_fcs_metadata(file, checksum=False, data_check=True), ""   # process reads DATA
             except FCSReadError as exc:
                 fcs, problem = None, display_name(str(exc))
         row = _infer_row(file, root, fcs, study, panel)
