@@ -206,7 +206,7 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
 
 @dataclass(frozen=True)
 class SharedLabel:
-    """A detector whose label names several markers (``"Foxp3-IgM"``, ``"CD39-TIGIT"``: one detector
+    """A detector whose label names several markers (``"Foxp3-IgM"``, ``"CD8-TIGIT"``: one detector
     shared by two stains), read as no marker (:mod:`tilpheno.vocabulary`), and left so by the panel file."""
 
     detector: str

@@ -20,7 +20,7 @@ Conventions
   ``"FS INT LIN"``), name no marker.
 * A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``: one detector
   shared by two antibodies, one for each of two tubes or cell types), or a known marker joined by
-  a hyphen to a word that is no fluorochrome, filler word, prefix or detector name (``"CD39-TIGIT"``:
+  a hyphen to a word that is no fluorochrome, filler word, prefix or detector name (``"CD8-TIGIT"``:
   TIGIT unknown), names no marker: which one the file's tube carries is the lab's to say (a panel
   file row), :meth:`Vocabulary.named_markers`.
 * A dye family whose number names the dye (``numbered:``, the SYTO nucleic-acid stains: SYTO 9,
@@ -132,7 +132,7 @@ class Vocabulary:
         """The markers a label names: :meth:`known_markers`, then, in each hyphen-joined word holding
         a known marker, each run of its other parts that is no fluorochrome, filler word, prefix,
         number, single letter or detector name, nor the start of a fluorochrome's name
-        (``"CD39-TIGIT"`` -> ``("CD39", "TIGIT")``; ``"CD4-PerCP-Cy5.5"``, ``"anti-CD3"``,
+        (``"CD8-TIGIT"`` -> ``("CD8", "TIGIT")``; ``"CD4-PerCP-Cy5.5"``, ``"anti-CD3"``,
         ``"CD56-PE-Texas Red"`` -> one marker)."""
         found = dict.fromkeys(self.known_markers(text))
         for word in (w for w in _SEPARATORS.split(str(text or "").strip()) if "-" in w):
@@ -200,7 +200,7 @@ class Vocabulary:
         whole = self.known("".join(words))
         if whole is not None:
             return whole
-        if len(self.named_markers(text)) > 1:   # "Foxp3-IgM", "CD39-TIGIT": a detector shared by two stains
+        if len(self.named_markers(text)) > 1:   # "Foxp3-IgM", "CD8-TIGIT": a detector shared by two stains
             return None
         found = self._known_in(words)
         if found is not None or not free:
