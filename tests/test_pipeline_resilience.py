@@ -42,6 +42,27 @@ def broken_folder(tmp_path_factory):
     return folder
 
 
+def test_an_unreadable_fmo_file_makes_the_run_not_ok_though_its_product_is_done(tmp_path):
+    """A product whose FMO file is cut short is done (its gate falls back, flagged), but the run did
+    not read an input it was given: exit status 1, run.json's result not ok and naming the file, the
+    summary's line naming it; the product is not called failed."""
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_product(simulate_product("P1", 100, EVENTS), folder)
+    cut = folder / "P1_surface_FMO_CD4.fcs"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "1 of 1 products done, 0 failed" in result.output
+    assert "unreadable P1: P1_surface_FMO_CD4.fcs: " in result.output
+    run = json.loads((out / "run.json").read_text())["result"]
+    assert run["ok"] is False and run["done"] == ["P1"] and run["failed"] == {}
+    assert len(run["unreadable"]) == 1 and run["unreadable"][0].startswith("P1: P1_surface_FMO_CD4.fcs: ")
+
+
 def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     before = _digests(broken_folder)
     out = tmp_path / "out"
@@ -67,6 +88,8 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
 
     run = json.loads((out / "run.json").read_text())["result"]
     assert run["ok"] is False and run["errors"] == []
+    assert [u.split(": ")[:2] for u in run["unreadable"]] == [["P2", "P2_surface_FMO_CD4.fcs"],
+                                                              ["P5", "P5_surface_stain.fcs"]]
     assert run["done"] == phen.index[phen["status"] == "done"].tolist() == ["P1", "P2", "P3"]
     assert sorted(run["failed"]) == ["P4", "P5"]
     assert all(f"failed {pid}: {reason}" in " ".join(result.output.split()) for pid, reason in run["failed"].items())
@@ -82,7 +105,7 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     clean = process_folder(alone, tmp_path / "alone_out", make_reports=False)
     assert clean.ok
     assert json.loads((tmp_path / "alone_out" / "run.json").read_text())["result"] == {
-        "ok": True, "done": ["P1"], "failed": {}, "errors": []}
+        "ok": True, "done": ["P1"], "failed": {}, "errors": [], "unreadable": []}
     ref = pd.read_csv(tmp_path / "alone_out" / "phenotypes.csv").set_index("product_id").loc["P1"]
     got = phen.loc["P1"]
     for col in ("viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "n_events_total"):

@@ -97,7 +97,7 @@ def test_a_broken_file_named_like_another_is_told_apart_in_qc(two_products, tmp_
     (folder / "sub" / good.name).write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     out = tmp_path / "out"
     result = _process(folder, "-o", out)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output   # product done, but an input was unreadable
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
     broken = qc[qc["code"] == "unreadable_file"]
     assert broken["file"].tolist() == [f"sub/{good.name}"]

@@ -46,7 +46,9 @@ def test_fifo_and_device_named_fcs_never_block(product_files, tmp_path):
     problem = frame.set_index(frame["file"].map(lambda f: Path(f).name)).loc["P1_treg_FMO_FoxP3.fcs", "problem"]
     assert "not a regular file (a FIFO)" in problem
     result = _cli("process", folder, "-o", tmp_path / "out")
-    assert result.returncode == 0, result.stdout + result.stderr   # an FMO file: fallback gate, product done
+    # an FMO file: fallback gate, product done; the run read not every input: exit status 1
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 of 1 products done, 0 failed" in result.stdout
     qc = pd.read_csv(tmp_path / "out" / "qc.csv")
     assert "P1_treg_FMO_FoxP3.fcs" in set(qc.loc[qc["code"] == "unreadable_file", "file"])
 

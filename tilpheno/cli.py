@@ -504,6 +504,8 @@ def _print_summary(summary) -> None:
     )
     for pid, reason in summary.failed.items():
         typer.echo(f"  failed {pid}: {reason}")
+    for line in summary.unreadable:   # its product may be done without it: still not a clean run (exit status 1)
+        typer.echo(f"  unreadable {line}")
     if summary.flag_counts:   # each code with its worst severity, so an info-only record reads as one
         typer.echo("QC flags: " + ", ".join(f"{code} {n} ({summary.flag_severity.get(code, '?')})"
                                             for code, n in summary.flag_counts.items()))

@@ -49,13 +49,22 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
 
 
 def run_result(outcomes: Sequence, run_flags: Sequence = ()) -> dict:
-    """What the run came to, for ``run.json``'s ``result``: ``ok`` (every product done and no
-    error of the run itself: ``process`` exits 0), the products ``done``, the ``failed`` ones with
-    their reasons, and the run's own ``errors`` (e.g. a folder it could not list)."""
+    """What the run came to, for ``run.json``'s ``result``: ``ok`` (every product done, every input
+    file read and no error of the run itself: ``process`` exits 0), the products ``done``, the
+    ``failed`` ones with their reasons, the run's own ``errors`` (e.g. a folder it could not list)
+    and the ``unreadable`` input files (:func:`unreadable_inputs`)."""
     failed = {o.product_id: o.error for o in outcomes if not o.ok}
     errors = [f.message for f in run_flags if f.severity == "error"]
-    return {"ok": not failed and not errors, "done": [o.product_id for o in outcomes if o.ok], "failed": failed,
-            "errors": errors}
+    unreadable = unreadable_inputs(outcomes)
+    return {"ok": not failed and not errors and not unreadable, "done": [o.product_id for o in outcomes if o.ok],
+            "failed": failed, "errors": errors, "unreadable": unreadable}
+
+
+def unreadable_inputs(outcomes: Sequence) -> list[str]:
+    """Each input file of a product that could not be read (``unreadable_file``), as
+    ``'<product>: <file>: <problem>'``: the product may be done without it (an FMO file: its gate
+    falls back, flagged), but the run did not read every input it was given, so it is not ``ok``."""
+    return [f"{f.product_id}: {f.file}: {f.message}" for o in outcomes for f in o.qc if f.code == "unreadable_file"]
 
 
 def write_run_record(path: Path, record: RunRecord, outcomes: Sequence, *, cache: dict, folder: Any,

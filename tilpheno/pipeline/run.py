@@ -16,7 +16,7 @@ from tilpheno.pipeline.inputs import (_did_you_mean, attach_doses, group_product
                                       products_without_dose, unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
-from tilpheno.pipeline.record import keep_run_command, start_run_record
+from tilpheno.pipeline.record import keep_run_command, start_run_record, unreadable_inputs
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC
@@ -47,11 +47,14 @@ class RunSummary:
     release_spec: str = ""
     seconds: float = 0.0
     run_flags: list = field(default_factory=list)   # QCFlags of the run itself (product_id ''), e.g. unlistable_folder
+    unreadable: list[str] = field(default_factory=list)   # '<product>: <file>: <problem>' (record.unreadable_inputs)
 
     @property
     def ok(self) -> bool:
-        """No product failed and the run met no error of its own (e.g. a folder it could not list)."""
-        return not self.failed and not any(f.severity == "error" for f in self.run_flags)
+        """No product failed, every input file was read (no ``unreadable_file`` flag: a product done
+        without an unreadable FMO file is flagged, not failed) and the run met no error of its own
+        (e.g. a folder it could not list)."""
+        return not self.failed and not self.unreadable and not any(f.severity == "error" for f in self.run_flags)
 
 
 def run_process(
@@ -136,7 +139,8 @@ def run_process(
     from tilpheno.pipeline.product import worst_severity
 
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
-                         release_spec=options.release_spec.name, run_flags=list(run_flags))
+                         release_spec=options.release_spec.name, run_flags=list(run_flags),
+                         unreadable=unreadable_inputs(outcomes))
     by_code: dict[str, list[QCFlag]] = {}
     for o in outcomes:
         summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
