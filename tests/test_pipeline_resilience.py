@@ -337,7 +337,8 @@ def test_two_files_of_one_name_are_told_apart_in_every_output(small_cohort, proc
     ("parameters", 5), ("strategies", 5), ("inputs", ["P1_surface_stain.fcs"]), ("release_spec", "til"), ("inputs", 5),
     ("parameter_files", [1]), ("command_line", "tilpheno process"), ("parameters.jobs", "many"),
     ("parameters.fmo_percentile", "high"), ("parameters.study", 5), ("parameters.input_folder", None),
-    ("strategies.0.sha256", None), ("inputs.0.sha256", 7)])
+    ("strategies.0.sha256", None), ("inputs.0.sha256", 7), ("product_files", [1]), ("product_files.P9", 5),
+    ("product_files.P9", {"stain.fcs": 5})])
 def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, field, value):
     """A run.json edited by hand (a field of another type, or one ``report`` needs removed) ended
     ``tilpheno report`` and the review app's start in a traceback (AttributeError, TypeError,

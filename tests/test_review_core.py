@@ -1043,3 +1043,47 @@ def test_a_products_file_labels_find_its_own_inputs_of_the_run(tmp_path):
         recorded_inputs(["stain.fcs"], inputs, run)
     with pytest.raises(ReviewError, match=r"^gone.fcs: not listed in .*run.json inputs$"):
         recorded_inputs(["gone.fcs"], inputs, run)
+
+
+def test_products_in_folders_of_identically_named_files_open_on_their_own_files(tmp_path):
+    """P1/ holds TIL001's files and P2/ TIL002's, under the same names (surface_stain.fcs, ...): the
+    review app told the two products' files apart by folder alone and had nothing to go by (each
+    product's files all share names with the other's) -> one line '2 inputs ... end in this name'
+    and neither product could be reviewed. run.json now records each product's files
+    (product_files), so each product opens on its own stained file (its SHA-256), also with the
+    inputs moved to another folder (inputs=); a run.json without that record (an older run) gives
+    one line saying so."""
+    import hashlib
+
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.regate import ReviewSource
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    rows = manifest[manifest["product_id"].isin(["TIL001", "TIL002"])].copy()
+    folder = tmp_path / "in"
+    for pid, sub in (("TIL001", "P1"), ("TIL002", "P2")):
+        (folder / sub).mkdir(parents=True)
+        for f in rows.loc[rows["product_id"] == pid, "file"]:
+            shutil.copy(SAMPLE / f, folder / sub / f.removeprefix(f"{pid}_"))
+    rows["file"] = [f"{'P1' if pid == 'TIL001' else 'P2'}/{f.split('_', 1)[1]}" for pid, f in zip(rows["product_id"], rows["file"])]
+    rows.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    assert process_folder(folder, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=SAMPLE / "outcomes.csv",
+                          allow_unmatched=True, make_reports=False).ok
+    moved = tmp_path / "moved"
+    for inputs in (None, moved):
+        if inputs is not None:
+            folder.rename(moved)
+        source = ReviewSource(out, inputs)
+        for pid in ("TIL001", "TIL002"):
+            auto = source.automatic(pid)["tubes"]["surface"]
+            assert auto["file"] == "surface_stain.fcs"
+            assert auto["sha256"] == hashlib.sha256((SAMPLE / f"{pid}_surface_stain.fcs").read_bytes()).hexdigest()
+    old = json.loads((out / "run.json").read_text())
+    del old["product_files"]
+    (out / "run.json").write_text(json.dumps(old))
+    with pytest.raises(ReviewError, match=r"^surface_\w+\.fcs: 2 inputs .* older than the record of each product's "
+                                          r"files: run `tilpheno process` again$"):
+        ReviewSource(out, moved).product_files("TIL001")

@@ -60,6 +60,19 @@ def _write_matrices(staging: Path, jobs: Sequence[ProductJob]) -> dict[str, dict
     return written
 
 
+def product_files(jobs: Sequence[ProductJob]) -> dict[str, dict[str, str]]:
+    """``{product_id: {label: path}}`` for ``run.json``'s ``product_files``: each of a product's
+    manifest files by the label its tables and flags name it with (``display_name`` of
+    :func:`tilpheno.io.files.file_labels`: the file's name, or ``sub/X.fcs`` relative to the folder
+    holding the product's files where two of them share a name), to its path as ``inputs`` lists it.
+    The review app finds each product's own files by it where several products' folders hold files
+    of one name (``P1/stain.fcs``, ``P2/stain.fcs``)."""
+    from tilpheno.io.files import file_labels
+
+    return {job.product_id: {display_name(label): path for path, label in file_labels(job.rows["file"]).items()}
+            for job in jobs}
+
+
 END_MODULES = ("tilpheno.report.codebook", "tilpheno.report.html", "jinja2", "pyarrow.parquet")
 """What the dispatching process needs to write the tables and index pages at the end of a run."""
 
@@ -259,6 +272,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
              "processed": sorted(todo),
              "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused}
     record.extra["compensation_matrices"] = _write_matrices(staging, jobs)
+    record.extra["product_files"] = product_files(jobs)
     write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0, run_flags=run_flags)
     digests.save()
     store.prune(keys.values())

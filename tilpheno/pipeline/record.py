@@ -83,7 +83,8 @@ def write_run_record(path: Path, record: RunRecord, outcomes: Sequence, *, cache
 
 
 _RUN_FIELDS: dict[str, type] = {"parameters": dict, "strategies": list, "release_spec": dict, "inputs": list,
-                                "parameter_files": dict, "report_commands": list, "command_line": list}
+                                "parameter_files": dict, "report_commands": list, "command_line": list,
+                                "product_files": dict}
 """The shape of the ``run.json`` fields read back (:func:`check_run_record`); a field may be absent."""
 _PARAMETER_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("input_folder", "manifest", "outcomes", "study", "study_sha256", "panel", "panel_sha256",
@@ -128,6 +129,9 @@ def check_run_record(run: Any, where: str | Path) -> dict:
                 raise wrong(f"{name}[{i}]", entry, "an object with a text path")
             if _type_problem(entry.get("sha256"), str):
                 raise wrong(f"{name}[{i}].sha256", entry.get("sha256"), "text")
+    for pid, files in run.get("product_files", {}).items():
+        if not isinstance(files, dict) or any(_type_problem(p, str) for p in files.values()):
+            raise wrong(f"product_files.{pid}", files, "an object of file label -> text path")
     for name, value in [*((f"release_spec.{k}", run.get("release_spec", {}).get(k, "")) for k in ("source", "sha256")),
                         *((f"parameter_files.{k}", v) for k, v in run.get("parameter_files", {}).items())]:
         if _type_problem(value, str):

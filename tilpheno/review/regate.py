@@ -4,9 +4,9 @@ A processed output folder OUT (``tilpheno process``) names its inputs, strategie
 spec in ``run.json``. For one product:
 
 * **Automatic gate set (version 1)**: :meth:`ReviewSource.automatic` re-runs
-  ``tilpheno.phenotype.analyze_product`` on the product's files (paths and SHA-256 from
-  ``run.json``, tube/role/FMO marker from ``populations.csv``) with the run's study (its variables,
-  doses, vocabulary; ``parameters.study`` of run.json, SHA-256 checked), panel override,
+  ``tilpheno.phenotype.analyze_product`` on the product's files (paths from ``run.json``'s
+  ``product_files``, SHA-256 from its ``inputs``, tube/role/FMO marker from ``populations.csv``)
+  with the run's study (its variables, doses, vocabulary; ``parameters.study`` of run.json, SHA-256 checked), panel override,
   strategies and FMO percentile, and keeps every geometric gate of each tube kind's stained tube (the tube the study
   variables come from; FMO thresholds are the FMO-derived gates applied to it). The re-run must
   reproduce ``phenotypes.csv`` (study variables within ``REPRODUCE_TOLERANCE`` percentage points)
@@ -96,13 +96,31 @@ def inputs_by_name(inputs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def product_inputs(labels: list[str], recorded: Mapping[str, str], inputs: Mapping[str, list[dict]],
+                   run_json: Path) -> dict[str, dict]:
+    """Each of one product's file ``labels`` (populations.csv's ``file``) -> its entry of run.json's
+    ``inputs`` (by name, :func:`inputs_by_name`) whose path is the one the run recorded for it
+    (``recorded``: the product's ``product_files``, label -> path). ReviewError naming the label
+    when the record lacks it or ``inputs`` lists no such path."""
+    out = {}
+    for label in labels:
+        path = recorded.get(label)
+        entry = next((i for i in inputs.get(Path(str(path)).name, []) if str(i["path"]) == path), None) if path else None
+        if entry is None:
+            raise ReviewError(f"{label}: not among the product's files recorded in {run_json} "
+                              f"({'product_files' if path is None else 'inputs'}) (edited by hand?)")
+        out[label] = entry
+    return out
+
+
 def recorded_inputs(labels: list[str], inputs: Mapping[str, list[dict]], run_json: Path) -> dict[str, dict]:
     """Each of one product's file ``labels`` (populations.csv's ``file``: the file's name, or
     ``sub/X.fcs`` where two of its files share a name, :func:`tilpheno.io.files.file_labels`) ->
     its entry of run.json's ``inputs`` (``path``, ``sha256``; ``inputs`` by name,
     :func:`inputs_by_name`): the input whose path ends in the label. Where several do (files of
     one name in other products' folders), the one in a folder of the product's other files.
-    ReviewError naming the label when none or still several do."""
+    ReviewError naming the label when none or still several do. For a run.json without
+    ``product_files`` (written before they were recorded; :func:`product_inputs` reads them)."""
     def base(entry: dict, label: str) -> Path:   # the folder the label is relative to
         return Path(str(entry["path"])).parents[len(Path(label).parts) - 1]
 
@@ -121,7 +139,8 @@ def recorded_inputs(labels: list[str], inputs: Mapping[str, list[dict]], run_jso
         if len(candidates) > 1:
             raise ReviewError(f"{label}: {len(candidates)} inputs of {run_json} end in this name "
                               f"({', '.join(str(c['path']) for c in candidates)}); none in the folders of the "
-                              "product's other files tells which the product's is")
+                              "product's other files tells which the product's is, and this run.json is older than "
+                              "the record of each product's files: run `tilpheno process` again")
         out[label] = candidates[0]
     return out
 
@@ -370,7 +389,9 @@ class ReviewSource:
         files = self._file_rows(product_id)
         if not files:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
-        entries = recorded_inputs([name for name, *_ in files], self._inputs, self.out_dir / "run.json")
+        labels, recorded = [name for name, *_ in files], self.run.get("product_files")
+        entries = (product_inputs(labels, recorded.get(product_id) or {}, self._inputs, self.out_dir / "run.json")
+                   if recorded is not None else recorded_inputs(labels, self._inputs, self.out_dir / "run.json"))
         return [(name, str(entries[name]["path"]), str(entries[name]["sha256"]), tube, role, marker)
                 for name, tube, role, marker in files]
 
@@ -390,12 +411,13 @@ class ReviewSource:
         return self._files_by_product[1].get(product_id, [])
 
     def _resolve(self, recorded: str, label: str) -> Path:
-        """The file the run read as ``recorded``: there, or under ``inputs_dir`` by its ``label``
-        (``sub/X.fcs`` where two of the product's files share a name) or its name."""
+        """The file the run read as ``recorded``: there, or under ``inputs_dir`` by its path in the
+        run's input folder (``parameters.input_folder``: ``P1/X.fcs``), its ``label`` (``sub/X.fcs``
+        where two of the product's files share a name) or its name."""
         p = Path(recorded)
         candidates = [p] if p.is_absolute() else []
         if self.inputs_dir is not None:
-            candidates += list(dict.fromkeys([self.inputs_dir / label, self.inputs_dir / p.name]))
+            candidates += list(dict.fromkeys([*self._in_input_folder(p), self.inputs_dir / label, self.inputs_dir / p.name]))
         if not p.is_absolute():
             candidates += [Path.cwd() / p, self.out_dir.parent / p, self.out_dir / p]
         for c in candidates:
@@ -403,6 +425,15 @@ class ReviewSource:
                 return c
         raise ReviewError(f"input file {recorded} of the run not found (looked in: {', '.join(map(str, candidates))}); "
                           "give the folder that holds the run's inputs (inputs=FOLDER)")
+
+    def _in_input_folder(self, recorded: Path) -> list[Path]:
+        """``recorded`` moved under ``inputs_dir`` as it lay in the run's input folder (none when it
+        lay outside it)."""
+        folder = str(self.run.get("parameters", {}).get("input_folder") or "")
+        try:
+            return [self.inputs_dir / recorded.relative_to(folder)] if folder and self.inputs_dir is not None else []
+        except ValueError:
+            return []
 
     def inputs_digest(self, product_id: str) -> list[dict]:
         """The product's files as recorded by the run: name, tube, role, SHA-256 (signatures bind to these).
