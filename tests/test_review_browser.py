@@ -786,3 +786,46 @@ def test_a_density_gate_suggestion_in_one_click(driver, server, population, rule
     assert json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"][population] == {**gates[population], **moved}
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_out, tmp_path, monkeypatch):
+    """A gate_failed flag (CD4+: no gate placed) had no plot on the page; now its card comes first
+    with the flag in full, the note that there is no gate, CD3+'s events drawn and nothing to drag;
+    it is not offered to apply to other products; the page raises no script error."""
+    import pandas as pd
+
+    from tilpheno.review.regate import ReviewSource
+    from tilpheno.review.web import create_app
+
+    source = ReviewSource(review_out)
+    message = "CD4+ (CD4): the CD4 FMO has no events in CD3+; no threshold"
+    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "gate_failed", "severity": "error",
+            "needs_review": "True", "message": message}
+    monkeypatch.setattr(source, "qc", pd.concat([source.qc, pd.DataFrame([flag])], ignore_index=True))
+    automatic = source.automatic
+
+    def without_cd4(pid):
+        gates = automatic(pid)
+        del gates["tubes"]["surface"]["gates"]["CD4+"]
+        return gates
+    monkeypatch.setattr(source, "automatic", without_cd4)
+    url = database_url("sqlite", tmp_path)
+    service = make_service(review_out, url, source)
+    with serving(create_app(service)) as base:
+        driver.get_log("browser")
+        open_product(driver, base)
+        first = wait(driver, lambda d: d.find_element("css selector", "#plots [data-plot]"), "the first plot")
+        assert first.get_attribute("data-plot") == "surface|CD4+"
+        assert first.find_element("css selector", '[data-flag="gate_failed"]').text == "error gate_failed: " + message
+        assert "could not place this gate" in first.find_element("css selector", '[data-no-gate="surface|CD4+"]').text
+        assert not first.find_elements("css selector", "[data-handle]")
+        painted = driver.execute_script(
+            "const c = arguments[0].querySelector('canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 91 && d[i + 2] === 168) n++; return n;", first)
+        assert painted > 500   # the histogram's bars (#5b7fa8)
+        options = [o.get_attribute("value") for o in driver.find_elements("css selector", "#apply-gate option")]
+        assert "surface|CD4+" not in options and "surface|CD8+" in options
+        wait(driver, lambda d: d.find_element("css selector", '[data-handle="surface|CD3+|low-knob"]'), "the other plots")
+        problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+        assert not problems, problems
+    service.factory.kw["bind"].dispose()

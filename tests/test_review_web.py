@@ -1092,3 +1092,33 @@ def test_two_stained_files_of_one_name_open_with_each_files_own_flags(tmp_path):
     assert service.source.stained(PID)["surface"].name == f"sub1/{stain}"   # the export's file column
     flagged = {(p["tube"], p["population"]): [f["message"] for f in p["flags"]] for p in state.json["plots"] if p["flags"]}
     assert flagged == {("surface", "PD1+"): ["PD1+ (PD1 in live_lymph): the cut moved 7.0 points"]}
+
+
+def test_a_gate_the_run_could_not_place_has_a_plot_of_its_parents_events(service, monkeypatch):
+    """A gate_failed flag (CD4+: the run placed no gate, the automatic gate set has none) was shown
+    on no plot: the page drew plots of the gates it has only, so the reviewer saw the flag in the QC
+    list and nothing to look at. Now the failed gate has a plot of type 'none': every CD3+ event
+    (its parent, as many as the populations table counts, up to the plot's subsample) on CD4, the
+    flag in full, no gate; it comes first with the other flagged plots."""
+    import pandas as pd
+
+    from tilpheno.review.regate import counts_table, evaluate
+    from tilpheno.review.web import PLOT_POINTS, _plots
+
+    message = "CD4+ (CD4): the CD4 FMO has no events in CD3+; no threshold"
+    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "gate_failed", "severity": "error",
+            "needs_review": "True", "message": message}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag])], ignore_index=True))
+    failed = service.source.automatic(PID)
+    del failed["tubes"]["surface"]["gates"]["CD4+"]
+    plots = _plots(service, PID, failed, failed)
+    (plot,) = [p for p in plots if (p["tube"], p["population"]) == ("surface", "CD4+")]
+    assert plots[0] is plot
+    assert plot["type"] == "none" and plot["automatic"] is None and plot["dims"] == ["CD4"] and plot["parent"] == "CD3+"
+    assert [f["message"] for f in plot["flags"]] == [message]
+    st = service.source.stained(PID)["surface"]
+    masks = evaluate(st.strategy, st.tube, failed["tubes"]["surface"]["gates"])
+    n_parent = {r["population"]: r["count"] for r in counts_table(st.strategy, st.tube, masks)}["CD3+"]
+    stride = -(-n_parent // PLOT_POINTS) if n_parent > PLOT_POINTS else 1
+    assert n_parent > 1000 and len(plot["events"][0]) == -(-n_parent // stride)
+    assert not [p for p in plots if p["population"] == "CD4+CD8+"]   # a boolean population has no gate to fail

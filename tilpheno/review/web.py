@@ -519,7 +519,8 @@ def _signature(view) -> dict:
 
 
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:
-    """One plot per editable gate: a subsample of its parent's events (under ``gate_set``), axis
+    """One plot per editable gate, and one per gate the run could not place (:func:`failed_gate`:
+    ``type`` ``none``, no gate drawn): a subsample of its parent's events (under ``gate_set``), axis
     ranges and labelled ticks (``[[position, label], ...]`` per axis on the transformed scale: raw
     decades on logicle/arcsinh axes), and the run's flags on that gate (``qc.flags_naming_gate``):
     ``flags`` those that need review, ``notes`` the others (info: e.g. a self-check sized below
@@ -540,16 +541,19 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
         gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
         masks = evaluate(st.strategy, st.tube, gates)
         for pop in st.strategy.populations:
-            if pop.name not in gates:
+            gate = gates.get(pop.name)
+            on_gate = flags_naming_gate(flags, pop.name, st.name)
+            if gate is not None:
+                dims = [gate["dim"]] if gate["type"] == "range" else list(gate["dims"])
+            elif failed_gate(pop, on_gate, st.tube.data):   # nothing to drag: the parent's events beside the flag
+                dims = list(pop.dims)
+            else:
                 continue
-            gate = gates[pop.name]
-            dims = [gate["dim"]] if gate["type"] == "range" else list(gate["dims"])
             parent = masks[pop.parent] if pop.parent in masks else np.ones(st.tube.n_events, dtype=bool)
             index = np.flatnonzero(parent)
             if index.size > PLOT_POINTS:
                 index = index[:: -(-index.size // PLOT_POINTS)]
             auto = auto_set["tubes"].get(tube_kind, {}).get("gates", {}).get(pop.name)
-            on_gate = flags_naming_gate(flags, pop.name, st.name)
             coords: list[list[float]] = []
             ranges: list[list[float]] = []
             whole: list[list[float]] = []
@@ -578,7 +582,8 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 ticks.append(_labelled_ticks(transform, lo, hi))
                 whole.append([float(wlo), float(whi)])
                 whole_ticks.append(ticks[-1] if (wlo, whi) == (lo, hi) else _labelled_ticks(transform, wlo, whi))
-            out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent, "type": gate["type"],
+            out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent,
+                        "type": gate["type"] if gate is not None else "none",
                         "dims": dims, "events": coords, "ranges": ranges, "ticks": ticks,
                         "whole_ranges": whole, "whole_ticks": whole_ticks,
                         "bounds": [list(st.bounds[d]) for d in dims],
@@ -587,6 +592,15 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                         "notes": [dict(vars(f)) for f in on_gate if not needs_review(f)]})
     out.sort(key=lambda plot: not plot["flags"])   # the flagged gates first (stable: in gating order)
     return out
+
+
+def failed_gate(pop, on_gate: list, data) -> bool:
+    """True when ``pop`` is a geometric gate that the run could not place (a ``gate_failed`` flag
+    among ``on_gate``, its flags) on dimensions the stained tube has (``data``: dimension ->
+    events): its plot shows the parent's events without a gate (``type`` ``none``), so that the
+    flag has something to be looked at beside."""
+    return (pop.boolean is None and bool(pop.dims) and all(d in data for d in pop.dims)
+            and any(f.code == "gate_failed" for f in on_gate))
 
 
 def _labelled_ticks(transform, lo: float, hi: float) -> list[list]:

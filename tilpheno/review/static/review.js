@@ -185,6 +185,10 @@
         for (const f of p.notes) box.appendChild(el("p", { class: "gate-flag", "data-note": f.code }, f.severity + " " + f.code + ": " + f.message));
         card.appendChild(box);
       }
+      if (p.type === "none") {   // a gate the run could not place (gate_failed): its parent's events, nothing to drag
+        card.appendChild(el("p", { class: "no-gate", "data-no-gate": key(p.tube, p.population) },
+          "No gate: the run could not place this gate (see the flag); the plot shows the events of " + p.parent + "."));
+      }
       card.appendChild(el("div", { class: "pct", "data-pct": key(p.tube, p.population) }, ""));
       const stack = el("div", { class: "stack" });
       const canvas = el("canvas", { width: W, height: H });
@@ -290,9 +294,10 @@
   }
 
   function drawOverlay(p) {
-    const svg = p._svg, s = scales(p), g = draft[p.tube][p.population];
+    const svg = p._svg, s = scales(p), g = (draft[p.tube] || {})[p.population];
     svg.textContent = "";
     drawTicks(svg, p, s);
+    if (!g) return;   // no gate (type "none"): the events and axes only
     // the gates are drawn clipped to the frame (a polygon may reach beyond the plotted ranges)
     const clipId = p._clip || (p._clip = "tp-clip-" + (++clipCount));
     const clip = sv("clipPath", { id: clipId });
@@ -489,7 +494,9 @@
     const sel = $("apply-gate");
     if (!sel) return;
     sel.textContent = "";
-    for (const p of S.plots) sel.appendChild(el("option", { value: key(p.tube, p.population) }, p.tube + ": " + p.population));
+    for (const p of S.plots) {
+      if (p.type !== "none") sel.appendChild(el("option", { value: key(p.tube, p.population) }, p.tube + ": " + p.population));
+    }
   }
 
   // ---- forms ---------------------------------------------------------------------------------------------
