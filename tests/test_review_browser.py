@@ -673,7 +673,8 @@ def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids
 def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, monkeypatch):
     """A self-check flag on a gate (here the live gate's no_second_peak, with its size and what to
     look at) is shown in full on that gate's plot, and that plot is the first on the page; an info
-    flag (sized below its review limit) is shown in full on its gate's plot as a note."""
+    flag (sized below its review limit) is shown in full on its gate's plot as a note; a flag on an
+    FMO file's gate is shown on the threshold that FMO sets, naming the file."""
     import pandas as pd
 
     service, base = server
@@ -685,7 +686,9 @@ def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, 
     note = {**flag, "code": "cut_in_dense_region", "severity": "info", "needs_review": "False",
             "message": "CD3+ (CD3): the cut 0.422 lies where events are dense; size: moving the cut to 0.392, 0.452 "
                        "changes cd3_pct_of_live_lymph by 0.8 points (review above 2)"}
-    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag, note])], ignore_index=True))
+    fmo = {**flag, "file": "TIL001_surface_FMO_CD4.fcs", "message": "live (7AAD): no positive density peak"}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag, note, fmo])],
+                                                        ignore_index=True))
     driver.get_log("browser")
     open_product(driver, base)
     first = wait(driver, lambda d: d.find_element("css selector", "#plots [data-plot]"), "the first plot")
@@ -696,6 +699,10 @@ def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, 
     cd3 = driver.find_element("css selector", '[data-plot="surface|CD3+"]')
     assert cd3.find_element("css selector", '[data-note="cut_in_dense_region"]').text == "info cut_in_dense_region: " + note["message"]
     assert "flagged" not in cd3.get_attribute("class")
+    # a flag on the CD4 FMO's own live gate: on the CD4+ threshold it sets, naming the FMO file
+    cd4 = driver.find_element("css selector", '[data-plot="surface|CD4+"]')
+    assert cd4.find_element("css selector", '[data-flag="no_second_peak"]').text == (
+        "warning no_second_peak (on TIL001_surface_FMO_CD4.fcs): live (7AAD): no positive density peak")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
 

@@ -1122,3 +1122,31 @@ def test_a_gate_the_run_could_not_place_has_a_plot_of_its_parents_events(service
     stride = -(-n_parent // PLOT_POINTS) if n_parent > PLOT_POINTS else 1
     assert n_parent > 1000 and len(plot["events"][0]) == -(-n_parent // stride)
     assert not [p for p in plots if p["population"] == "CD4+CD8+"]   # a boolean population has no gate to fail
+
+
+def test_flags_on_an_fmo_files_gates_are_shown_on_the_threshold_they_set(service, monkeypatch):
+    """A flag raised on the CD4 FMO file's own live gate (its events are the control the CD4+ cut is
+    the percentile of) was shown on no plot: the page matched flags to the stained file's gates
+    only. Now it is on the stained tube's CD4+ plot, with its file (the page names it), and on no
+    other; an info flag on the PD1 FMO's singlets gate is a note on each gate whose cut that FMO
+    sets (PD1+, CD8+PD1+, CD4+PD1+); a flag on an FMO gate below the threshold's parent is not."""
+    import pandas as pd
+
+    from tilpheno.review.web import _plots
+
+    base = {"product_id": PID, "needs_review": "True"}
+    cd4 = {**base, "file": "TIL001_surface_FMO_CD4.fcs", "code": "no_second_peak", "severity": "warning",
+           "message": "live (7AAD): no positive density peak; all peaks taken as negative"}
+    pd1 = {**base, "file": "TIL001_surface_FMO_PD1.fcs", "code": "cut_in_dense_region", "severity": "info",
+           "needs_review": "False", "message": "singlets (FSC-A/FSC-H): the edge lies where events are dense"}
+    below = {**base, "file": "TIL001_surface_FMO_CD8.fcs", "code": "few_events", "severity": "warning",
+             "message": "CD8+ (CD8): 12 events"}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([cd4, pd1, below])],
+                                                        ignore_index=True))
+    gates = service.source.automatic(PID)
+    plots = {(p["tube"], p["population"]): p for p in _plots(service, PID, gates, gates)}
+    flagged = {k: [(f["file"], f["message"]) for f in p["flags"]] for k, p in plots.items() if p["flags"]}
+    assert flagged == {("surface", "CD4+"): [(cd4["file"], cd4["message"])]}
+    noted = {k for k, p in plots.items() if any(f["file"] == pd1["file"] for f in p["notes"])}
+    assert noted == {("surface", "PD1+"), ("surface", "CD8+PD1+"), ("surface", "CD4+PD1+")}
+    assert plots[("surface", "CD4+")]["file"] == "TIL001_surface_stain.fcs"

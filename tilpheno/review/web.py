@@ -522,7 +522,9 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
     """One plot per editable gate, and one per gate the run could not place (:func:`failed_gate`:
     ``type`` ``none``, no gate drawn): a subsample of its parent's events (under ``gate_set``), axis
     ranges and labelled ticks (``[[position, label], ...]`` per axis on the transformed scale: raw
-    decades on logicle/arcsinh axes), and the run's flags on that gate (``qc.flags_naming_gate``):
+    decades on logicle/arcsinh axes), and the run's flags on that gate (``qc.flags_naming_gate``;
+    for a threshold gate also those on the gates of its control files, :func:`control_flags`, each
+    with its ``file``, which the page names where it is not the plot's ``file``):
     ``flags`` those that need review, ``notes`` the others (info: e.g. a self-check sized below
     its review limit). Ranges as in the reports (``report.plots.display_limits``: the whole
     scale up to the detector's ``$PnR``), widened to hold every threshold of either gate and the
@@ -537,12 +539,15 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
 
     out = []
     flags = [SimpleNamespace(**f) for f in service.source.qc_flags(product_id)]
+    files = service.source.product_files(product_id)
     for tube_kind, st in sorted(service.source.stained(product_id).items()):
         gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
         masks = evaluate(st.strategy, st.tube, gates)
         for pop in st.strategy.populations:
             gate = gates.get(pop.name)
-            on_gate = flags_naming_gate(flags, pop.name, st.name)
+            on_gate = flags_naming_gate(flags, pop.name, st.name) + control_flags(
+                flags, pop, st.strategy, [f for f in files if f.tube == tube_kind or f.role == "unstained"],
+                service.source.study.vocabulary)
             if gate is not None:
                 dims = [gate["dim"]] if gate["type"] == "range" else list(gate["dims"])
             elif failed_gate(pop, on_gate, st.tube.data):   # nothing to drag: the parent's events beside the flag
@@ -582,7 +587,7 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                 ticks.append(_labelled_ticks(transform, lo, hi))
                 whole.append([float(wlo), float(whi)])
                 whole_ticks.append(ticks[-1] if (wlo, whi) == (lo, hi) else _labelled_ticks(transform, wlo, whi))
-            out.append({"tube": tube_kind, "population": pop.name, "parent": pop.parent,
+            out.append({"tube": tube_kind, "file": st.name, "population": pop.name, "parent": pop.parent,
                         "type": gate["type"] if gate is not None else "none",
                         "dims": dims, "events": coords, "ranges": ranges, "ticks": ticks,
                         "whole_ranges": whole, "whole_ticks": whole_ticks,
@@ -592,6 +597,27 @@ def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: di
                         "notes": [dict(vars(f)) for f in on_gate if not needs_review(f)]})
     out.sort(key=lambda plot: not plot["flags"])   # the flagged gates first (stable: in gating order)
     return out
+
+
+def control_flags(flags: list, pop, strategy, files: list, vocabulary) -> list:
+    """The flags raised on the gates of the control files whose events set ``pop``'s threshold (an
+    ``fmo`` gate: the FMO files of its marker, or the unstained control with ``control:
+    unstained``; ``files``: the ProductFiles of the tube kind and the unstained controls) that name a gate above ``pop`` (its parent and
+    theirs, :func:`tilpheno.qc.flags_naming_gate` on each control): a wrong gate of the control
+    moves the control's events the threshold is taken from. Empty for other gates."""
+    from tilpheno.gates.strategy import ROOT
+    from tilpheno.qc import flags_naming_gate
+
+    if pop.method != "fmo" or not pop.dims:
+        return []
+    unstained = pop.params.get("control") == "unstained"
+    controls = [f.name for f in files if (f.role == "unstained" if unstained else
+                                          f.role == "fmo" and vocabulary.same(f.fmo_marker, pop.dims[0]))]
+    above, name = [], pop.parent
+    while name != ROOT:
+        above.append(name)
+        name = strategy.population(name).parent
+    return [f for c in controls for a in above for f in flags_naming_gate(flags, a, c) if f.file == c]
 
 
 def failed_gate(pop, on_gate: list, data) -> bool:

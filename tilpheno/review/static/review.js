@@ -165,6 +165,10 @@
     };
   }
 
+  // a flag on a plot in full, naming the file it was raised on where that is another (a control's gates)
+  const flagText = (p, f) => f.severity + " " + f.code + (f.file && f.file !== p.file ? " (on " + f.file + ")" : "") +
+    ": " + f.message;
+
   function renderPlots(plots, tables) {
     const box = $("plots");
     box.textContent = "";
@@ -177,12 +181,12 @@
       if (flagged) {   // each flag in full: the gate, the size of the problem, what to look at
         const box = el("div", { class: "gate-flags", "data-gate-flags": key(p.tube, p.population) });
         box.appendChild(el("strong", {}, "needs review: " + p.flags.map((f) => f.code).join(", ")));
-        for (const f of p.flags) box.appendChild(el("p", { class: "gate-flag", "data-flag": f.code }, f.severity + " " + f.code + ": " + f.message));
+        for (const f of p.flags) box.appendChild(el("p", { class: "gate-flag", "data-flag": f.code }, flagText(p, f)));
         card.appendChild(box);
       }
       if ((p.notes || []).length) {   // the gate's flags that need no review (info), in full too
         const box = el("div", { class: "gate-notes", "data-gate-notes": key(p.tube, p.population) });
-        for (const f of p.notes) box.appendChild(el("p", { class: "gate-flag", "data-note": f.code }, f.severity + " " + f.code + ": " + f.message));
+        for (const f of p.notes) box.appendChild(el("p", { class: "gate-flag", "data-note": f.code }, flagText(p, f)));
         card.appendChild(box);
       }
       if (p.type === "none") {   // a gate the run could not place (gate_failed): its parent's events, nothing to drag
