@@ -563,9 +563,14 @@ def test_a_server_whose_folder_was_processed_again_stops_showing_the_old_run(tmp
     assert c2.get(f"/api/products/{PID}/state").status_code == 200
 
 
-def moved_away(inputs: dict[str, list[dict]], name: str) -> dict[str, list[dict]]:
-    """run.json's ``inputs`` by name with the file named ``name`` recorded at /moved/away/."""
-    return {**inputs, name: [{**i, "path": f"/moved/away/{name}"} for i in inputs[name]]}
+def moved_away(monkeypatch, source, name: str) -> None:
+    """``source`` as if run.json recorded the file named ``name`` at /moved/away/ (its ``inputs``,
+    by name, and each product's ``product_files``): a file no longer where the run read it."""
+    inputs = source._inputs
+    monkeypatch.setattr(source, "_inputs", {**inputs, name: [{**i, "path": f"/moved/away/{name}"} for i in inputs[name]]})
+    files = {pid: {label: f"/moved/away/{name}" if label == name else path for label, path in by_label.items()}
+             for pid, by_label in source.run["product_files"].items()}
+    monkeypatch.setattr(source, "run", {**source.run, "product_files": files})
 
 
 def test_a_moved_input_file_of_one_product_leaves_the_product_list_and_exports_working(app, service, monkeypatch):
@@ -578,7 +583,7 @@ def test_a_moved_input_file_of_one_product_leaves_the_product_list_and_exports_w
         service.ensure_imported(pid)   # as the server does at start
     c, _, _ = login(app, "alice")
     name = next(f.name for f in service.source.product_files("TIL002") if f.role == "fmo")
-    monkeypatch.setattr(service.source, "_inputs", moved_away(service.source._inputs, name))
+    moved_away(monkeypatch, service.source, name)
     with pytest.raises(ReviewError, match=f"input file /moved/away/{name} of the run not found"):
         service.source.product_files("TIL002")
     page = c.get("/")
@@ -596,11 +601,11 @@ def test_a_product_never_opened_with_an_input_gone_leaves_the_export_working(rev
     from tilpheno.review.export import approved_tables
     from tilpheno.review.regate import ReviewSource
 
-    source = ReviewSource(review_out)   # a source of its own: its _inputs are patched below
+    source = ReviewSource(review_out)   # a source of its own: its record is patched below
     service = make_service(review_out, f"sqlite:///{tmp_path / 'fresh.sqlite'}", source)
     service.ensure_imported("TIL001")
     stain = next(f.name for f in source.product_files("TIL002") if f.role == "stain")
-    monkeypatch.setattr(source, "_inputs", moved_away(source._inputs, stain))
+    moved_away(monkeypatch, source, stain)
     phenotypes, _ = approved_tables(service)
     assert list(phenotypes["product_id"]) == ["TIL001", "TIL002"]
     assert list(phenotypes["review_status"]) == ["not approved", "not approved"]
