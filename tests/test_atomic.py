@@ -34,3 +34,20 @@ def test_permissions_follow_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.csv").stat().st_mode) == 0o644
+
+
+def test_exchange_swaps_two_folders_in_one_step_or_says_it_cannot(tmp_path, monkeypatch):
+    """Two folders swapped: each path then holds the other's files (Linux renameat2); a path that is
+    not there is an OSError naming it; without the call (another system) False and nothing moved."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "name.txt").write_text(folder.name)
+    if atomic._renameat2() is None:
+        pytest.skip("no renameat2 on this system")
+    assert atomic.exchange(a, b) is True
+    assert (a / "name.txt").read_text() == "b" and (b / "name.txt").read_text() == "a"
+    with pytest.raises(FileNotFoundError, match="gone"):
+        atomic.exchange(a, tmp_path / "gone")
+    monkeypatch.setattr(atomic, "_renameat2", lambda: None)
+    assert atomic.exchange(a, b) is False and (a / "name.txt").read_text() == "b"

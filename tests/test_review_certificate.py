@@ -218,12 +218,74 @@ def test_a_re_export_into_an_existing_folder_replaces_it_all_at_once(approved, m
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
 
 
+def _exports_seen(monkeypatch, dest):
+    """A list that gets, after each move the export makes (rename, replace, exchange), whether
+    ``dest`` is then a folder: what a reader of ``dest`` could find at that moment."""
+    from tilpheno.review import export
+
+    seen = []
+    for module, name in ((export.os, "rename"), (export.os, "replace"), (export.atomic, "exchange")):
+        def move(src, dst, _move=getattr(module, name)):
+            result = _move(src, dst)
+            seen.append(dest.is_dir())
+            return result
+        monkeypatch.setattr(module, name, move)
+    return seen
+
+
+def test_a_re_export_never_leaves_the_folder_absent(approved, monkeypatch, tmp_path):
+    """Between its two renames a re-export left DIR absent (renamed away, the new one not yet in
+    place): a reader or a sync job at that instant found no folder. Now, where the system swaps two
+    folders in one step (Linux), DIR is a folder after every move; the previous export is removed."""
+    from tilpheno.io import atomic
+
+    if atomic._renameat2() is None:
+        pytest.skip("no renameat2 on this system: the export moves in two renames")
+    dest = tmp_path / "exports" / "x"
+    dest.mkdir(parents=True)
+    (dest / "phenotypes_approved.csv").write_text("previous export\n")
+    seen = _exports_seen(monkeypatch, dest)
+    r = export_approved(approved, dest)
+    assert r.exit_code == 0, r.output
+    assert seen and all(seen), seen
+    assert (dest / PID / "certificate.pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
+
+
+def test_a_re_export_into_a_symbolic_link_keeps_the_link(approved, monkeypatch, tmp_path):
+    """DIR a symbolic link to the lab's export share: a re-export renamed the link away and put a
+    real folder in its place (the link gone, the share still holding the previous export). Now the
+    link stays, its target holds the new export (the user's file kept), nothing is left beside
+    either; a link to a folder not there yet gets it."""
+    share = tmp_path / "share" / "current"
+    share.mkdir(parents=True)
+    (share / "phenotypes_approved.csv").write_text("previous export\n")
+    (share / "notes.txt").write_text("mine\n")
+    dest = tmp_path / "exports" / "x"
+    dest.parent.mkdir()
+    dest.symlink_to(share)
+    r = export_approved(approved, dest)
+    assert r.exit_code == 0, r.output
+    assert dest.is_symlink() and dest.resolve() == share.resolve()
+    assert (share / PID / "certificate.pdf").read_bytes().startswith(b"%PDF")
+    assert "previous export" not in (share / "phenotypes_approved.csv").read_text()
+    assert (share / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["x"] and sorted(p.name for p in share.parent.iterdir()) == ["current"]
+    later = tmp_path / "exports" / "later"
+    later.symlink_to(tmp_path / "share" / "next")
+    r = export_approved(approved, later)
+    assert r.exit_code == 0, r.output
+    assert later.is_symlink() and (tmp_path / "share" / "next" / PID / "certificate.pdf").is_file()
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
 @pytest.mark.parametrize("database_down", [False, True])
 def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(approved, monkeypatch, tmp_path,
-                                                                               database_down):
-    """The move of the new export into place fails: the previous export stays as it was, and the line
-    says the failure is audited (export_failed). With the database down when that is recorded, its
-    error used to replace the 'not delivered' message: now both, in one line."""
+                                                                               database_down, swap):
+    """The move of the new export into place fails (the one-step exchange, or, where the system has
+    none, the second of two renames): the previous export stays as it was, and the line says the
+    failure is audited (export_failed). With the database down when that is recorded, its error used
+    to replace the 'not delivered' message: now both, in one line."""
     from tilpheno.review import export
     from tilpheno.review.service import ReviewService
 
@@ -237,7 +299,14 @@ def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(a
             raise PermissionError(13, "Permission denied", str(dst))
         return original(src, dst)
 
+    def exchange(a, b):
+        if swap == "two renames":
+            return False   # as where the system offers no exchange
+        rename(a, b)   # refused: the exchange fails as the rename would
+        raise AssertionError("not refused")
+
     monkeypatch.setattr(export.os, "rename", rename)
+    monkeypatch.setattr(export.atomic, "exchange", exchange)
     if database_down:
         def down(*args, **kwargs):
             raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly\nmore"))

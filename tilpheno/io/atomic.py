@@ -5,7 +5,11 @@ A run killed part-way therefore never leaves a half-written file under the final
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -18,6 +22,37 @@ def default_mode(directory: bool = False) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return (0o777 if directory else 0o666) & ~umask
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2   # Linux <fcntl.h>, <linux/fs.h>
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """libc's ``renameat2`` (Linux, glibc 2.28 or later), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` (folders or files of one file system) in one
+    step: a reader of either path sees the one or the other, never neither (Linux ``renameat2``
+    with ``RENAME_EXCHANGE``). False, nothing done, where the system or the file system does not
+    offer it (the caller then moves in two renames); OSError naming ``b`` on another failure."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 @contextlib.contextmanager

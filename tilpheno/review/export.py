@@ -113,16 +113,19 @@ def write_approved_export(service: ReviewService, export: ApprovedExport, dest: 
     (:func:`_keep_others`; an OSError there removes it: nothing written, nothing audited), then the
     certificates are audited (:meth:`ReviewService.record_certificates`: refused, nothing written,
     when an approval changed meanwhile), then that folder takes ``dest``'s place (:func:`_publish`).
+    A ``dest`` that is a symbolic link stays one: its target's folder is what is replaced
+    (:func:`_real_folder`), the staging folder made beside it.
     Should that last move fail (OSError, rare: the same file system), ``dest`` is as it was, an
     ``export_failed`` entry records it and :class:`ExportNotDelivered` says so (and, in the same
     line, when the database could not record it either)."""
-    staged = _stage(export, dest)
+    place = _real_folder(dest)
+    staged = _stage(export, place)
     try:
         _check_publishable(staged, dest)
-        _keep_others(staged, dest)
+        _keep_others(staged, place)
         service.record_certificates(username, export.approvals)
         try:
-            _publish(staged, dest)
+            _publish(staged, place)
         except OSError as exc:
             raise ExportNotDelivered(f"{dest}: the certificates were audited, then moving the export into place failed "
                                      f"({exc}); {_record_failure(service, username, export, dest, exc)}: "
@@ -144,6 +147,13 @@ def _record_failure(service: ReviewService, username: str, export: ApprovedExpor
         return (f"recording this in the audit trail failed too ({type(problem).__name__}: {first}), so the trail shows "
                 "the certificates issued")
     return "this is audited (export_failed)"
+
+
+def _real_folder(dest: Path) -> Path:
+    """The folder an export into ``dest`` replaces: ``dest``, or where it leads when it is a
+    symbolic link (links followed to the end; the target need not exist yet), so that the link
+    stays and shows the new export."""
+    return Path(os.path.realpath(dest)) if dest.is_symlink() else dest
 
 
 def _stage(export: ApprovedExport, dest: Path) -> Path:
@@ -199,12 +209,18 @@ def _keep_others(staged: Path, dest: Path) -> None:
 
 
 def _publish(staged: Path, dest: Path) -> None:
-    """``staged`` becomes ``dest`` in one rename; an existing ``dest`` is first renamed away beside
-    it (``.NAME.old-XXXX``), then removed; should the second rename fail, it is put back (the
-    OSError, naming where the previous folder is kept if that fails too)."""
+    """``staged`` becomes ``dest`` in one rename. An existing ``dest`` is swapped with it in one step
+    where the system offers it (:func:`tilpheno.io.atomic.exchange`: a reader of ``dest`` sees the
+    previous export or the new one, never no folder), then the previous one is removed; elsewhere
+    it is first renamed away beside it (``.NAME.old-XXXX``: absent for an instant between the two
+    renames), then removed; should the second rename fail, it is put back (the OSError, naming
+    where the previous folder is kept if that fails too)."""
     if not dest.exists():
         os.chmod(staged, atomic.default_mode(directory=True))   # mkdtemp makes 0700; an output folder is ordinary
         os.rename(staged, dest)
+        return
+    if atomic.exchange(staged, dest):
+        shutil.rmtree(staged, onerror=lambda _f, path, err: log.warning("%s: not removed: %s", path, err[1]))
         return
     backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
     os.rename(dest, backup)   # onto the empty folder just made: a name no one else takes
