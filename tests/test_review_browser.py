@@ -836,3 +836,31 @@ def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_ou
         problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
         assert not problems, problems
     service.factory.kw["bind"].dispose()
+
+
+def test_log_out_forgets_the_users_kept_drafts_but_not_anothers(driver, server):
+    """A draft kept in the browser's storage (for an expired session) stayed there after alice logged
+    out: the next person at the browser's profile could read it, and alice's next login restored it.
+    Now 'Log out' (on the product page, or on the list) removes alice's kept drafts, not carol's
+    (hers survive, as after an expiry); alice's next login restores nothing."""
+    service, base = server
+    mine, hers = f"tilpheno-draft|alice|{PID}", "tilpheno-draft|carol|TIL002"
+    get = "return window.localStorage.getItem(arguments[0]);"
+    for page in ("product", "list"):
+        open_product(driver, base, "alice")
+        driver.execute_script("window.localStorage.setItem(arguments[0], arguments[1]);", hers, '{"edited": []}')
+        start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+        drag_cd3(driver, 40)
+        wait(driver, lambda d: d.execute_script(get, mine), "the draft kept in the browser")
+        driver.execute_script("window.localStorage.setItem(arguments[0], '{}');", "tilpheno-draft|alice|TIL002")
+        if page == "list":
+            driver.get(base + "/")
+            wait(driver, lambda d: d.find_element("css selector", 'a[href="/products/TIL001"]'), "the product list")
+        driver.find_element("css selector", 'form[action="/logout"] button').click()
+        wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
+        assert driver.execute_script(get, mine) is None and driver.execute_script(get, "tilpheno-draft|alice|TIL002") is None
+        assert driver.execute_script(get, hers) == '{"edited": []}'
+        open_product(driver, base, "alice")
+        time.sleep(1.0)
+        assert "Restored" not in driver.find_element("id", "message").text and draft_pct(driver) == start
+    driver.execute_script("window.localStorage.clear();")

@@ -74,7 +74,7 @@
   // the product, so an expired session (8 h), a closed tab or a crash loses nothing: when this user opens
   // the product again the page puts the kept changes over the current version and says so (from when,
   // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
-  // Saving it or resetting the draft forgets it.
+  // Saving it or resetting the draft forgets it; so does "Log out" (session.js: the user is done at this browser).
   const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
   const keptNote = " Your unsaved draft is kept in this browser: log in again and open this " + app.dataset.noun +
     " to get it back.";
