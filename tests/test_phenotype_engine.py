@@ -1,5 +1,6 @@
 """The gating engine on synthetic TubeData: FMO threshold transfer, fallback, fixed and boolean gates."""
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -101,6 +102,24 @@ def test_unplaceable_gate_is_flagged_not_raised():
     assert states[0].masks["big"].sum() == 0
     assert "gate_failed" in [f.code for f in states[0].flags]
     assert np.isnan(tube_variables(STRATEGY, states[0])["nk_pct"])
+
+
+def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
+    """No event in the parent of the FMO gates (stained tube and CD3 FMO): each fmo gate's
+    gate_failed flag said only 'density threshold: only 0 events ...', twice per file, naming no
+    gate, so neither the report nor the review app could tell which gate failed or put the flag on
+    it (qc.flags_naming_gate). Now each opens with its gate, '<population> (<marker>): '."""
+    from tilpheno.qc import flags_naming_gate
+
+    stained, _, _ = tube("stain", None, 6)
+    fmo3, _, _ = tube("fmo", "CD3", 2)
+    for t in (stained, fmo3):
+        t.data["FSC-A"][:] = 0.0   # nobody passes the fixed gate 'big'
+    states = gate_tube_kind(STRATEGY, [stained, fmo3])
+    failed = sorted(f.message.split(": ")[0] for f in states[0].flags if f.code == "gate_failed")
+    assert failed == ["CD3+ (CD3)", "CD56+ (CD56)"]
+    flags = [SimpleNamespace(file=stained.file, **vars(f)) for f in states[0].flags]
+    assert [f.code for f in flags_naming_gate(flags, "CD56+", stained.file)] == ["gate_failed"]
 
 
 def test_reference_gate_places_the_cut_on_another_population_and_applies_it_to_the_parent():

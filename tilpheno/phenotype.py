@@ -737,7 +737,7 @@ class _TubeKindRun:
                 th = self.thresholds[pop.name]
                 if th.placement is None:
                     st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
-                    flags.append((k, pl.Flag("gate_failed", "error", th.error)))
+                    flags.append((k, gate_flag(pop, pl.Flag("gate_failed", "error", th.error))))
                     continue
                 st.masks[pop.name] = st.mask_of(pop, th.placement.gate)
                 st.gates.append((pop.name, pop.parent, th.placement.gate, th.placement.method))
