@@ -566,8 +566,9 @@ def test_a_server_whose_folder_was_processed_again_stops_showing_the_old_run(tmp
 def moved_away(monkeypatch, source, name: str) -> None:
     """``source`` as if run.json recorded the file named ``name`` at /moved/away/ (its ``inputs``,
     by name, and each product's ``product_files``): a file no longer where the run read it."""
-    inputs = source._inputs
-    monkeypatch.setattr(source, "_inputs", {**inputs, name: [{**i, "path": f"/moved/away/{name}"} for i in inputs[name]]})
+    moved = [{**i, "path": f"/moved/away/{name}"} for i in source._inputs[name]]
+    monkeypatch.setattr(source, "_inputs", {**source._inputs, name: moved})
+    monkeypatch.setattr(source, "_inputs_by_path", {**source._inputs_by_path, **{i["path"]: i for i in moved}})
     files = {pid: {label: f"/moved/away/{name}" if label == name else path for label, path in by_label.items()}
              for pid, by_label in source.run["product_files"].items()}
     monkeypatch.setattr(source, "run", {**source.run, "product_files": files})

@@ -96,16 +96,16 @@ def inputs_by_name(inputs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def product_inputs(labels: list[str], recorded: Mapping[str, str], inputs: Mapping[str, list[dict]],
+def product_inputs(labels: list[str], recorded: Mapping[str, str], inputs: Mapping[str, dict],
                    run_json: Path) -> dict[str, dict]:
     """Each of one product's file ``labels`` (populations.csv's ``file``) -> its entry of run.json's
-    ``inputs`` (by name, :func:`inputs_by_name`) whose path is the one the run recorded for it
-    (``recorded``: the product's ``product_files``, label -> path). ReviewError naming the label
-    when the record lacks it or ``inputs`` lists no such path."""
+    ``inputs`` (``inputs``: by path) whose path is the one the run recorded for it (``recorded``:
+    the product's ``product_files``, label -> path). ReviewError naming the label when the record
+    lacks it or ``inputs`` lists no such path."""
     out = {}
     for label in labels:
         path = recorded.get(label)
-        entry = next((i for i in inputs.get(Path(str(path)).name, []) if str(i["path"]) == path), None) if path else None
+        entry = inputs.get(path) if path is not None else None
         if entry is None:
             raise ReviewError(f"{label}: not among the product's files recorded in {run_json} "
                               f"({'product_files' if path is None else 'inputs'}) (edited by hand?)")
@@ -210,6 +210,7 @@ class ReviewSource:
         self.strategies = self._strategies()
         self.release_spec = self._release_spec()
         self._inputs = inputs_by_name(self.run.get("inputs", []))
+        self._inputs_by_path = {str(i["path"]): i for i in self.run.get("inputs", [])}
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
         self._automatic: dict[str, dict] = {}
@@ -390,7 +391,7 @@ class ReviewSource:
         if not files:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
         labels, recorded = [name for name, *_ in files], self.run.get("product_files")
-        entries = (product_inputs(labels, recorded.get(product_id) or {}, self._inputs, self.out_dir / "run.json")
+        entries = (product_inputs(labels, recorded.get(product_id) or {}, self._inputs_by_path, self.out_dir / "run.json")
                    if recorded is not None else recorded_inputs(labels, self._inputs, self.out_dir / "run.json"))
         return [(name, str(entries[name]["path"]), str(entries[name]["sha256"]), tube, role, marker)
                 for name, tube, role, marker in files]
