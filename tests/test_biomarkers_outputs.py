@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tilpheno.biomarkers.analysis import run_biomarkers
+from tilpheno.biomarkers.analysis import NO_MARKER_EVENTS, run_biomarkers
 from tilpheno.biomarkers.cox import fit_cox
 from tilpheno.biomarkers.multiplicity import p_adjust
 from tilpheno.biomarkers.survival import KaplanMeier
@@ -393,3 +393,37 @@ def test_methods_do_not_describe_bootstrap_analyses_that_were_not_run():
     text = " ".join(extra_methods(results))
     assert "refitted in" not in text and "cumulative/dynamic AUC" not in text
     assert "Internal validation, calibration and time-dependent AUC: not done (0 bootstrap samples asked for)." in text
+
+
+def test_an_endpoint_without_events_is_one_warning_not_one_per_marker_and_model(tmp_path):
+    """PFS without events: after the endpoint's warning came, per marker, 'maximally selected cut-point not
+    computed', 'no log-rank test: no events', four 'Cox model not fitted (no events)', 'spline model not fitted',
+    'bootstrap validation not done' (70 lines for 10 markers) -> the endpoint's one line says once that no marker
+    model is estimated; the Cox rows stay, 'not fitted: no events'; OS is analysed and warned about as before."""
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    outcomes["pfs_event"] = 0
+    res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes, tmp_path, markers=MARKERS,
+                         n_perm=0, n_boot=5)
+    pfs = [w for w in res.warnings if w.startswith("pfs")]
+    assert len(pfs) == 1, pfs
+    assert pfs[0].startswith("pfs (pfs_months, pfs_event): no events among 60 patients: ")
+    assert "no marker is analysed beyond its Kaplan-Meier summaries" in pfs[0]
+    for table in (res.cox_univariable, res.cox_multivariable):
+        rows = table[(table.endpoint == "pfs") & (table.coding != "covariate")]
+        assert len(rows) == 2 * len(MARKERS) and (rows.warning == "not fitted: no events").all()
+        assert table[table.endpoint == "os"].hr.notna().all()
+    assert (res.cutpoints[res.cutpoints.endpoint == "os"].method == "maxstat").sum() == len(MARKERS)
+    assert any(w.startswith("os ") for w in res.warnings)   # OS's own warnings (PH doubtful, ...) still said
+
+
+def test_events_only_among_patients_without_a_product_are_said_once(tmp_path):
+    """Every patient who progressed has no phenotype row: the whole-cohort curve has events (no endpoint note),
+    but every marker analysis has none -> one line per endpoint naming the patients with a product."""
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    phenotypes = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    progressed = outcomes.loc[outcomes.pfs_event == 1, "product_id"]
+    phenotypes = phenotypes[~phenotypes.product_id.isin(progressed)]
+    res = run_biomarkers(phenotypes, outcomes, tmp_path, markers=MARKERS, n_perm=0, n_boot=0, endpoints=("pfs",))
+    pfs = [w for w in res.warnings if w.startswith("pfs")]
+    assert pfs == [f"pfs (pfs_months, pfs_event): no events among the {len(phenotypes)} patients with a phenotyped "
+                   f"product; {NO_MARKER_EVENTS}"]

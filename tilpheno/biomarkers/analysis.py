@@ -366,6 +366,29 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
     return km_rows, cut_rows, uni, multi
 
 
+NO_MARKER_EVENTS = ("no marker is analysed beyond its Kaplan-Meier summaries: the cut-point search, log-rank tests, Cox "
+                    "models (each keeps its row, 'not fitted: no events'), splines, validation and time-dependent AUC "
+                    "need events")
+
+
+def _marker_events(cohort: Cohort, endpoint: str) -> bool:
+    """Whether any patient with a phenotyped product (the marker analyses' patients) had the endpoint's event."""
+    return bool((cohort.data[ENDPOINTS[endpoint][1]] == 1).any())
+
+
+def _endpoint_note(cohort: Cohort, endpoint: str) -> str:
+    """The endpoint's one warning when its survival is degenerate (:func:`degenerate_note`, every patient with
+    outcomes), or "": without events among the marker analyses' patients it also says, once for every marker,
+    model and test, that none is estimated (each would otherwise fail with its own 'no events' line)."""
+    tcol, ecol = ENDPOINTS[endpoint]
+    note = degenerate_note(cohort.outcomes[tcol].to_numpy(float), cohort.outcomes[ecol].to_numpy(float))
+    if not _marker_events(cohort, endpoint):
+        if not note:   # events only among patients without a phenotyped product
+            note = f"no events among the {len(cohort.data)} patients with a phenotyped product"
+        note = f"{note}; {NO_MARKER_EVENTS}"
+    return f"{endpoint} ({tcol}, {ecol}): {note}" if note else ""
+
+
 def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.DataFrame | None = None) -> BiomarkerResults:
     """All tables for a joined cohort (no files written)."""
     pre = prespecified if prespecified is not None else pd.DataFrame(columns=["marker", "endpoint", "cutpoint"])
@@ -382,13 +405,14 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     logrank_rows: list[dict] = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
-        note = degenerate_note(cohort.outcomes[tcol].to_numpy(float), cohort.outcomes[ecol].to_numpy(float))
+        note = _endpoint_note(cohort, endpoint)
         if note:
-            warnings.append(f"{endpoint} ({tcol}, {ecol}): {note}")
+            warnings.append(note)
         km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),
                                cohort.outcomes[ecol].to_numpy(float), settings, curves))
+        sink = warnings if _marker_events(cohort, endpoint) else []   # else all said once, in the endpoint's note
         for marker in cohort.markers:
-            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, warnings, curves, logrank_rows)
+            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, sink, curves, logrank_rows)
             km_rows += k
             cut_rows += c
             uni += u
@@ -422,13 +446,14 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
     spl_rows, curves, val_rows, auc_tables, comparisons, resp_rows, cal = [], [], [], [], [], [], []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
+        sink = warnings if _marker_events(cohort, endpoint) else []   # else said once in the endpoint's note
         for marker in cohort.markers:
             try:
                 fit = fit_spline(cohort.data, tcol, ecol, marker, settings.spline_knots)
                 spl_rows.append(spline_rows(fit, endpoint))
                 curves.append(fit.curve(conf_level=settings.conf_level).assign(endpoint=endpoint, marker=marker))
             except (ValueError, np.linalg.LinAlgError) as exc:
-                warnings.append(f"{endpoint} {marker}: spline model not fitted ({exc})")
+                sink.append(f"{endpoint} {marker}: spline model not fitted ({exc})")
             if settings.n_boot > 0:
                 variables = [marker, *cohort.covariates]
                 try:
@@ -441,15 +466,15 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                         cal.append(calibration_at(cohort.data, tcol, ecol, variables, settings.calibration_time)
                                    .assign(endpoint=endpoint, model_id=model_id))
                     else:
-                        warnings.append(f"{endpoint} calibration ({marker}): not computed at "
+                        sink.append(f"{endpoint} calibration ({marker}): not computed at "
                                         f"{settings.calibration_time:g} months, at or beyond the last time "
                                         f"({last:g} months)")
                 except (ValueError, np.linalg.LinAlgError) as exc:
-                    warnings.append(f"{endpoint} {marker}: bootstrap validation not done ({exc})")
+                    sink.append(f"{endpoint} {marker}: bootstrap validation not done ({exc})")
         complete = cohort.data.dropna(subset=[tcol, ecol, *cohort.markers])
         times = [t for t in settings.roc_times if t < complete[tcol].max()]
         if settings.n_boot > 0:
-            warnings += _auc_not_computed(endpoint, settings.roc_times, complete[tcol])
+            sink += _auc_not_computed(endpoint, settings.roc_times, complete[tcol])
         if settings.n_boot > 0 and times and len(complete) >= 10:
             try:
                 roc = time_roc(complete[tcol], complete[ecol], {m: complete[m].to_numpy(float) for m in cohort.markers},
@@ -460,7 +485,7 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                     for t in times:
                         comparisons.append(dict(endpoint=endpoint, **roc.compare(m, first, t)))
             except ValueError as exc:
-                warnings.append(f"{endpoint}: time-dependent AUC not computed ({exc})")
+                sink.append(f"{endpoint}: time-dependent AUC not computed ({exc})")
         resp_rows += _response_survival(cohort, endpoint, settings, warnings)
     auc = pd.concat(auc_tables, ignore_index=True) if auc_tables else pd.DataFrame()
     spl = pd.DataFrame(spl_rows)
