@@ -100,11 +100,40 @@ def test_separation_is_reported_not_hidden():
     x = np.r_[np.zeros(20), np.ones(20)]
     t = np.r_[rng.uniform(1, 5, 20), rng.uniform(6, 10, 20)]
     e = np.r_[np.ones(20), np.zeros(20)]
-    fit = fit_cox(pd.DataFrame({"t": t, "e": e, "x": x}), "t", "e", ["x"])
-    text = " ".join(fit.warnings)
-    assert "infinite" in text or "monotone" in text, fit.warnings
+    with pytest.raises(ValueError, match="monotone likelihood: .* lowest x .* hazard ratio is 0"):
+        fit_cox(pd.DataFrame({"t": t, "e": e, "x": x}), "t", "e", ["x"])
     ok = fit_cox(pd.DataFrame({"t": t, "e": np.ones(n), "x": rng.normal(size=n)}), "t", "e", ["x"])
     assert not any("infinite" in w for w in ok.warnings)
+
+
+@pytest.mark.parametrize("model", ["x", "x + z"])
+def test_a_cox_model_without_estimate_names_its_cause_as_r_shows_it(model):
+    """Every event in one group (monotone likelihood) was 'information matrix singular: a coefficient is infinite
+    (...) or covariates are collinear' when Newton's information underflowed, and a fit with HR 6e15, p 1 when it
+    did not (the same marker's univariable and multivariable models); a marker varying only among patients
+    censored before the first event gave HR 1, CI 0 to inf, converged. Against R coxph on the same data
+    (cox_degenerate_reference.csv): where R's coefficient runs off (huge se, a warning) the reason is the monotone
+    likelihood, naming the column and the direction; where R gives NA, no information (or constant); an ordinary
+    fit equals R's coefficient."""
+    ref = pd.read_csv(REF / "cox_degenerate_reference.csv", keep_default_na=False, na_values=["NA"])
+    for rec in ref[ref.model == model].itertuples(index=False):
+        frame = pd.DataFrame({c: [float(v) for v in getattr(rec, c).split()] for c in ("time", "event", "x", "z")})
+        variables = model.split(" + ")
+        if rec.case == "ordinary":
+            fit = fit_cox(frame, "time", "event", variables)
+            assert fit.coefficients.coef.iloc[0] == pytest.approx(rec.coef_x, rel=1e-6, abs=1e-9)
+            continue
+        with pytest.raises(ValueError) as caught:
+            fit_cox(frame, "time", "event", variables)
+        said = str(caught.value)
+        if np.isnan(rec.coef_x):   # R: NA
+            expected = "constant in the data: x" if rec.case == "constant" else "no information on x: "
+            assert expected in said and "infinite" not in said, (rec.case, said)
+        else:                      # R: a coefficient running off, with a warning
+            assert rec.r_warning and abs(rec.coef_x) > 10 and rec.se_x > 100 * abs(rec.coef_x)
+            side = "highest x" if rec.coef_x > 0 else "lowest x"
+            assert said.startswith("monotone likelihood: ") and side in said, (rec.case, said)
+            assert "collinear" not in said
 
 
 def test_ph_violation_goes_to_warning():
@@ -164,7 +193,7 @@ def test_dichotomised_marker_without_events_in_one_group_is_named_as_such():
     high = (np.arange(len(outcomes)) % 2).astype(float)
     frame = pd.DataFrame({"t": outcomes.os_months, "e": np.where(high == 1, 0, outcomes.os_event), "x": high})
     assert frame.loc[frame.x == 1, "e"].sum() == 0 and frame.loc[frame.x == 0, "e"].sum() > 0
-    with pytest.raises(ValueError, match="coefficient is infinite"):
+    with pytest.raises(ValueError, match="monotone likelihood: .* lowest x among those at risk .* hazard ratio is 0"):
         fit_cox(frame, "t", "e", ["x"])
 
 
@@ -427,3 +456,4 @@ def test_events_only_among_patients_without_a_product_are_said_once(tmp_path):
     pfs = [w for w in res.warnings if w.startswith("pfs")]
     assert pfs == [f"pfs (pfs_months, pfs_event): no events among the {len(phenotypes)} patients with a phenotyped "
                    f"product; {NO_MARKER_EVENTS}"]
+

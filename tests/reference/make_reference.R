@@ -459,5 +459,35 @@ for (nm in names(nv)) {
 }
 write_ref(do.call(rbind, nvr), "logrank_no_variance_reference.csv")
 
+# ---- Cox models without a finite maximum or without information: what coxph says. Monotone likelihood (at every
+# event time the patients with the event have the highest, or lowest, x among those at risk): coxph warns 'Loglik
+# converged before variable k; coefficient may be infinite' or 'Ran out of iterations and did not converge' and gives a
+# large coefficient with a huge standard error. x varying only among patients censored before the first event (no
+# information) or constant: coefficient NA.
+deg <- list(
+  monotone_high = data.frame(time = c(2, 3, 4, 5, 6, 7, 8, 9, 10, 11), event = c(1, 0, 1, 1, 0, 1, 0, 0, 1, 0),
+                             x = c(1, 0, 1, 1, 0, 1, 0, 0, 1, 0), z = c(3, 1, 4, 1, 5, 9, 2, 6, 5, 3)),
+  monotone_low = data.frame(time = c(2, 3, 4, 5, 6, 7, 8, 9, 10, 11), event = c(1, 0, 1, 1, 0, 1, 0, 0, 1, 0),
+                            x = c(0, 1, 0, 0, 1, 0, 1, 1, 0, 1), z = c(3, 1, 4, 1, 5, 9, 2, 6, 5, 3)),
+  monotone_continuous = data.frame(time = c(1, 2, 3, 4, 5, 6, 7, 8), event = c(1, 0, 1, 1, 0, 1, 0, 0),
+                                   x = c(9.5, 2.2, 8.1, 7.7, 1.3, 5.0, 4.4, 3.9), z = c(3, 1, 4, 1, 5, 9, 2, 6)),
+  no_information = data.frame(time = c(0.5, 0.7, 0.9, 2, 3, 4, 5, 6, 7, 8), event = c(0, 0, 0, 1, 0, 1, 1, 0, 1, 0),
+                              x = c(1, 2, 3, 0, 0, 0, 0, 0, 0, 0), z = c(3, 1, 4, 1, 5, 9, 2, 6, 5, 3)),
+  constant = data.frame(time = c(2, 3, 4, 5, 6, 7, 8, 9), event = c(1, 0, 1, 1, 0, 1, 0, 1), x = rep(4, 8),
+                        z = c(3, 1, 4, 1, 5, 9, 2, 6)),
+  ordinary = data.frame(time = c(2, 3, 4, 5, 6, 7, 8, 9, 10, 11), event = c(1, 0, 1, 1, 0, 1, 0, 1, 1, 0),
+                        x = c(1, 0, 0, 1, 0, 1, 1, 0, 0, 1), z = c(3, 1, 4, 1, 5, 9, 2, 6, 5, 3)))
+dr <- list()
+for (nm in names(deg)) for (model in c("x", "x + z")) {
+  said <- character(0)
+  fit <- withCallingHandlers(coxph(as.formula(paste("Surv(time, event) ~", model)), data = deg[[nm]], ties = "efron"),
+                             warning = function(w) { said <<- c(said, trimws(conditionMessage(w))); invokeRestart("muffleWarning") })
+  dr[[length(dr) + 1]] <- data.frame(case = nm, model = model, time = paste(deg[[nm]]$time, collapse = " "),
+    event = paste(deg[[nm]]$event, collapse = " "), x = paste(deg[[nm]]$x, collapse = " "),
+    z = paste(deg[[nm]]$z, collapse = " "), coef_x = unname(coef(fit)["x"]),
+    se_x = if (is.na(coef(fit)["x"])) NA else unname(sqrt(diag(vcov(fit)))[1]), r_warning = paste(said, collapse = " | "))
+}
+write_ref(do.call(rbind, dr), "cox_degenerate_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

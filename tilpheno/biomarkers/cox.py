@@ -159,6 +159,51 @@ def _zph_or_blank(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]
                              "df": [*(len(c) for c in terms.values()), X.shape[1]], "p": np.nan})
 
 
+def risk_set_extremes(time, event, x) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Per distinct event time (ascending): the smallest and largest ``x`` among the patients at risk
+    (time >= the event time) and the ``x`` of the patients with the event there."""
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float) == 1
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(t, kind="stable")
+    t, e, x = t[order], e[order], x[order]
+    event_times = np.unique(t[e])
+    first = np.searchsorted(t, event_times, side="left")
+    low = np.minimum.accumulate(x[::-1])[::-1][first]
+    high = np.maximum.accumulate(x[::-1])[::-1][first]
+    return low, high, [x[e & (t == tk)] for tk in event_times]
+
+
+def no_estimate_reason(time, event, X: pd.DataFrame) -> str | None:
+    """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column, else None (read from
+    the data, not from where Newton-Raphson stops):
+
+    - no information: the column takes one value among the patients at risk at every event time (the risk sets
+      are nested, so: among those followed to the first event; it varies only among patients censored before
+      it): the partial likelihood does not depend on its coefficient (R coxph: NA);
+    - monotone likelihood: at every event time the patients with the event have the highest (or every one the
+      lowest) value among those at risk, e.g. every event in one of two groups: the likelihood grows without
+      bound as the coefficient goes to +infinity (-infinity; hazard ratio infinite, or 0). R coxph gives a large
+      coefficient with a huge standard error and warns that it may be infinite or did not converge.
+
+    Columns are checked one at a time (a combination of columns separating the events is not named here)."""
+    for name in X.columns:
+        low, high, dead = risk_set_extremes(time, event, X[name])
+        if np.array_equal(low, high):
+            return (f"no information on {name}: it has one value among the patients at risk at every "
+                    "event time (it varies only among patients censored before the first event), so the data say "
+                    "nothing of its hazard ratio (R coxph: NA)")
+        up = all(np.all(d == h) for d, h in zip(dead, high))
+        down = all(np.all(d == lo) for d, lo in zip(dead, low))
+        if up or down:
+            side, hr = ("highest", "infinite") if up else ("lowest", "0")
+            return (f"monotone likelihood: at every event time the patients with the event have the {side} {name} "
+                    f"among those at risk (e.g. every event in one of two groups), so its hazard ratio is {hr} "
+                    "(R coxph: a huge coefficient and standard error, with a warning that it may be infinite or did "
+                    "not converge)")
+    return None
+
+
 @dataclass(frozen=True)
 class EfronDerivatives:
     """Log partial likelihood (Efron ties), its gradient (score) and the information matrix."""
@@ -378,8 +423,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     variables that form one term of the PH test (a spline's basis columns: ``rcs(x)``, as R's
     ``cox.zph(terms = TRUE)`` tests it), in place of a test per variable. ValueError when
     there is nothing to fit: no complete case, no event, a constant covariate (a categorical one with
-    a single level included: it has no indicator column, so it is not silently left out), or an information
-    matrix that turns singular (a coefficient running off to infinity, e.g. a level without events).
+    a single level included: it has no indicator column, so it is not silently left out), a covariate without
+    information or with a monotone likelihood (:func:`no_estimate_reason`: the reason names it and what R does),
+    or an information matrix that turns singular (collinear covariates, or several separating the events).
     """
     data = frame[[duration, event, *variables]].dropna()
     if data.empty:
@@ -393,6 +439,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
         raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
     t = data[duration].to_numpy(float)
     ev = data[event].to_numpy(float)
+    reason = no_estimate_reason(t, ev, X)
+    if reason:
+        raise ValueError(reason)
     Xa = X.to_numpy(float)
     notes: list[str] = []
     beta0 = None
@@ -404,8 +453,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
         if not nf.converged:
             nf = newton_cox(t, ev, Xa, None)
     except np.linalg.LinAlgError:  # the information underflowed to 0 on the way to an infinite coefficient
-        raise ValueError("information matrix singular: a coefficient is infinite (monotone likelihood, e.g. a "
-                         "group or level without events) or covariates are collinear") from None
+        raise ValueError("information matrix singular: covariates collinear, or a combination of them separating "
+                         "the events (monotone likelihood: a coefficient is infinite)") from None
     coef = nf.beta
     info = nf.derivatives.information
     try:
