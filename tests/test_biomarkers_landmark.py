@@ -71,3 +71,28 @@ def test_landmark_with_every_event_in_one_group_keeps_the_log_rank_test():
     assert np.isnan(res.hr) and np.isnan(res.p_cox)
     assert res.logrank_chisq == pytest.approx(1.0) and (res.median_responders, res.median_nonresponders) == (4.1, 7.7)
     assert any(n.startswith("landmark Cox model not fitted (") for n in res.notes)
+
+
+def test_landmark_names_who_it_excluded_and_why_it_cannot_compare():
+    """The landmark row said only 'landmark comparison not estimable (one group empty or no events after the
+    landmark)' and n_excluded, whichever held and for whatever reason the patients were left out -> how many were
+    excluded, with the event or censored at or before the landmark (counted here from the data), and which
+    condition fails."""
+    rng = np.random.default_rng(3)
+    t = np.round(rng.exponential(8, 40), 1)
+    e = (rng.random(40) < 0.6).astype(float)
+    before = t <= 3.0
+
+    def excluded(events):
+        return (f"{before.sum()} patient(s) excluded, their time at or before the 3-month landmark: "
+                f"{int(events[before].sum())} with the event, {int((events[before] == 0).sum())} censored")
+
+    both = landmark_analysis(t, e, rng.random(40) < 0.5, 3.0)
+    assert both.notes == [excluded(e)] and np.isfinite(both.hr)
+    cases = {"no responder among the {n} patients followed past the landmark": (e, np.zeros(40, bool)),
+             "all {n} patients followed past the landmark are responders": (e, np.ones(40, bool)),
+             "no events after the landmark among its {n} patients": (np.where(before, e, 0.0), rng.random(40) < 0.5)}
+    for why, (events, responded) in cases.items():
+        res = landmark_analysis(t, events, responded, 3.0)
+        assert res.n == (~before).sum() and np.isnan(res.hr)
+        assert res.notes == [excluded(events), f"landmark comparison not estimable: {why.format(n=res.n)}"]

@@ -60,6 +60,28 @@ class LandmarkResult:
         return d
 
 
+def excluded_note(event_before, landmark: float) -> str:
+    """Who the landmark analysis leaves out and why (``event_before``: the events, 1/0, of the patients whose
+    time is at or before the landmark, in months)."""
+    events = int(np.sum(event_before))
+    censored = len(event_before) - events
+    return (f"{len(event_before)} patient(s) excluded, their time at or before the {landmark:g}-month landmark: "
+            f"{events} with the event, {censored} censored")
+
+
+def not_estimable(n_responders: int, n: int, events: int) -> str:
+    """Why responders and non-responders followed past the landmark cannot be compared, else ""."""
+    if n == 0:
+        return "no patient followed past the landmark"
+    if n_responders == 0:
+        return f"no responder among the {n} patients followed past the landmark"
+    if n_responders == n:
+        return f"all {n} patients followed past the landmark are responders"
+    if events == 0:
+        return f"no events after the landmark among its {n} patients"
+    return ""
+
+
 def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str = "",
                       assumption: str | None = None, conf_level: float = 0.95) -> LandmarkResult:
     """Survival from ``landmark`` of patients still event-free and followed at ``landmark``.
@@ -73,11 +95,14 @@ def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str 
     r = np.asarray(responded_by, dtype=bool)
     keep = t > landmark
     notes = [assumption] if assumption else []
+    if not keep.all():
+        notes.append(excluded_note(e[~keep], landmark))
     tt, ee, rr = t[keep] - landmark, e[keep], r[keep]
     n_resp = int(rr.sum())
     nan = float("nan")
-    if n_resp == 0 or n_resp == rr.size or ee.sum() == 0:
-        notes.append("landmark comparison not estimable (one group empty or no events after the landmark)")
+    why = not_estimable(n_resp, rr.size, int(ee.sum()))
+    if why:
+        notes.append(f"landmark comparison not estimable: {why}")
         return LandmarkResult(endpoint, landmark, int(keep.sum()), int((~keep).sum()), n_resp, nan, nan, nan, nan,
                               nan, nan, nan, nan, notes)
     frame = pd.DataFrame({"t": tt, "e": ee, "responder": rr.astype(float)})
