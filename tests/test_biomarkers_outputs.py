@@ -457,3 +457,30 @@ def test_events_only_among_patients_without_a_product_are_said_once(tmp_path):
     assert pfs == [f"pfs (pfs_months, pfs_event): no events among the {len(phenotypes)} patients with a phenotyped "
                    f"product; {NO_MARKER_EVENTS}"]
 
+
+def test_a_log_rank_test_without_variance_is_explained_under_its_tables(tmp_path, res):
+    """Every low-CD8 patient censored at 0.1 months, before the first progression: at every event time only the
+    high group is at risk, the log-rank statistic has no variance and chisq, p are blank ('–') in the log-rank and
+    cut-point tables, explained only among the warnings at the top of the page -> a note under each table says
+    why and what R prints instead (R survdiff on such data: chisq 0 on 0 df, p 1; an error when everyone at risk
+    has the event: logrank_no_variance_reference.csv), and that no p is given. Tables without a blank: no note."""
+    import html
+
+    from tilpheno.biomarkers.report import NO_LOGRANK_NOTE
+
+    r = pd.read_csv(REF / "logrank_no_variance_reference.csv").set_index("case")
+    assert tuple(r.loc["one_group_with_events", ["chisq", "df", "p"]]) == (0, 0, 1) and r.at["all_die_at_once", "r_error"]
+    assert "chisq 0 on 0 df, p 1 (an error when everyone at risk has the event)" in NO_LOGRANK_NOTE
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    cd8 = pheno.set_index("product_id").cd8_pct_of_cd3
+    low = (outcomes.product_id.map(cd8) <= cd8.median()).to_numpy()
+    outcomes.loc[low, "pfs_event"] = 0
+    outcomes.loc[low, "pfs_months"] = 0.1
+    nv = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    assert nv.logrank.set_index("grouping").loc["cd8_pct_of_cd3:median"].chisq.isna().all()
+    page = html.unescape((tmp_path / "report.html").read_text(encoding="utf-8"))
+    for title in ("Log-rank observed and expected events (logrank.csv)", "Cut-points (cutpoints.csv)"):
+        after = page[page.index(f">{title}</h3>"):]
+        assert after[:after.index("<table")].count(NO_LOGRANK_NOTE) == 1, title
+    assert NO_LOGRANK_NOTE not in html.unescape(res.files["report.html"].read_text(encoding="utf-8"))

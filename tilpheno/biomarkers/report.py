@@ -453,6 +453,17 @@ def table_view(frame: pd.DataFrame) -> dict:
     return {"columns": columns, "rows": [_row_cells(columns, row) for row in frame.itertuples(index=False)]}
 
 
+NO_LOGRANK_NOTE = ("A blank (–) log-rank chi-square and p: no test for that grouping, each named in the warnings: no "
+                   "events, one group only, or a statistic without variance (at every event time one group alone is "
+                   "at risk, or everyone at risk has the event). R survdiff then prints chisq 0 on 0 df, p 1 (an error "
+                   "when everyone at risk has the event): a test of nothing, so no p-value is given here.")
+
+
+def table_note(frame: pd.DataFrame, column: str) -> str:
+    """The note under a table whose log-rank ``column`` is blank in some row (else ""): why, once."""
+    return NO_LOGRANK_NOTE if column in frame.columns and frame[column].isna().any() else ""
+
+
 def methods_text(results) -> list[str]:
     """The methods paragraph: every convention used, REMARK items 10 and 11."""
     s = results.settings
@@ -637,11 +648,11 @@ def render_report(results, export: FigureExport | None = None) -> str:
             fig = spline_figure(results, endpoint, marker, export)
             if fig:
                 splines.append({"title": f"{ENDPOINT_NAMES[endpoint]}: {marker} (spline)", **fig})
-    tables = [
+    tables: list[tuple] = [   # title, frame[, note under the table]
         ("Response rates (response.csv)", results.response),
         ("Kaplan-Meier summaries (km.csv)", results.km),
-        ("Log-rank observed and expected events (logrank.csv)", results.logrank),
-        ("Cut-points (cutpoints.csv)", results.cutpoints),
+        ("Log-rank observed and expected events (logrank.csv)", results.logrank, table_note(results.logrank, "chisq")),
+        ("Cut-points (cutpoints.csv)", results.cutpoints, table_note(results.cutpoints, "logrank_chisq")),
         ("Univariable Cox models (cox_univariable.csv)", results.cox_univariable),
         ("Multivariable Cox models (cox_multivariable.csv)", results.cox_multivariable),
         ("Restricted cubic splines (splines.csv)", results.splines),
@@ -658,7 +669,8 @@ def render_report(results, export: FigureExport | None = None) -> str:
     return env.get_template("biomarkers.html.j2").render(
         methods=methods_text(results) + extra_methods(results), warnings=results.warnings,
         settings=results.settings, km_figures=km_figures(results, export), forests=forests, splines=splines,
-        tables=[{"title": t, "id": f"table{i}", **table_view(f)} for i, (t, f) in enumerate(tables)],
+        tables=[{"title": t, "id": f"table{i}", "note": note[0] if note else "", **table_view(f)}
+                for i, (t, f, *note) in enumerate(tables)],
         unmatched=results.cohort.unmatched().to_dict("records"), remark=REMARK,
         provenance=_provenance(record), inputs=_inputs_section(results),
         n_tests=n_tests(results),
