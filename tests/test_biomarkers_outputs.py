@@ -484,3 +484,20 @@ def test_a_log_rank_test_without_variance_is_explained_under_its_tables(tmp_path
         after = page[page.index(f">{title}</h3>"):]
         assert after[:after.index("<table")].count(NO_LOGRANK_NOTE) == 1, title
     assert NO_LOGRANK_NOTE not in html.unescape(res.files["report.html"].read_text(encoding="utf-8"))
+
+
+def test_methods_say_when_a_cox_model_is_not_fitted(tmp_path):
+    """The methods listed what goes to the Cox tables' 'warning' column but not that a model with a monotone
+    likelihood or without information is not fitted (no estimate, where R prints one): a reader of the page
+    could not tell the convention. The rule stated is the one applied: the monotone model's row says so."""
+    from types import SimpleNamespace
+
+    from tilpheno.biomarkers.analysis import Settings
+    from tilpheno.biomarkers.report import methods_text
+
+    cohort = SimpleNamespace(covariates=[], outcomes=pd.DataFrame(index=range(4)), data=pd.DataFrame(index=range(4)))
+    text = " ".join(methods_text(SimpleNamespace(settings=Settings(), cohort=cohort)))
+    assert "A model is not fitted, its row kept with 'not fitted: why', when a covariate has no information" in text
+    assert "or a monotone likelihood (at every event time the patients with the event have its highest" in text
+    with pytest.raises(ValueError, match="^monotone likelihood: at every event time the patients with the event"):
+        fit_cox(pd.DataFrame({"t": [1.0, 2, 3, 4, 5], "e": [1, 0, 1, 0, 0], "x": [1.0, 0, 1, 0, 0]}), "t", "e", ["x"])
