@@ -501,3 +501,21 @@ def test_methods_say_when_a_cox_model_is_not_fitted(tmp_path):
     assert "or a monotone likelihood (at every event time the patients with the event have its highest" in text
     with pytest.raises(ValueError, match="^monotone likelihood: at every event time the patients with the event"):
         fit_cox(pd.DataFrame({"t": [1.0, 2, 3, 4, 5], "e": [1, 0, 1, 0, 0], "x": [1.0, 0, 1, 0, 0]}), "t", "e", ["x"])
+
+
+def test_time_dependent_cox_of_an_endpoint_without_events_is_not_a_singular_matrix(tmp_path):
+    """PFS without events and response_months given: beside the endpoint's one warning came 'pfs: time-dependent
+    Cox for response not fitted (LinAlgError: A singular matrix detected.)', lifelines' words for 'no events', and
+    response_survival.csv lost the row -> the row stays, 'not fitted: no events', and no second pfs line."""
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    outcomes["pfs_event"] = 0
+    responded = outcomes.best_response.isin(["CR", "PR"])
+    outcomes["response_months"] = np.where(responded, np.minimum(2.0, outcomes.pfs_months / 2), np.nan)
+    res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes, tmp_path,
+                         markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    assert [w for w in res.warnings if w.startswith("pfs")] == [
+        f"pfs (pfs_months, pfs_event): no events among 60 patients: no median, log-rank test or hazard ratio can be "
+        f"estimated; {NO_MARKER_EVENTS}"]
+    td = res.response_survival.set_index("analysis").loc["time-dependent Cox"]
+    assert td.warning == "not fitted: no events" and np.isnan(td.hr)
+    assert (td.n, td.n_responders) == (60, responded.sum())

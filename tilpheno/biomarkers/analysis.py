@@ -531,7 +531,11 @@ def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnin
     rows = []
     lm = landmark_analysis(o[tcol], o[ecol], by_landmark, L, endpoint, assumption, settings.conf_level)
     rows.append(lm.row())
-    if rt is not None:
+    if rt is not None and not (o[ecol] == 1).any():   # lifelines: 'singular matrix'; the endpoint's note says why
+        rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=len(o), n_excluded=0,
+                         n_responders=int(responder.sum()), hr=np.nan, hr_ci_low=np.nan, hr_ci_high=np.nan,
+                         p_cox=np.nan, warning="not fitted: no events"))
+    elif rt is not None:
         try:
             td = time_dependent_cox(o[tcol], o[ecol], np.where(responder, rt, np.nan), endpoint=endpoint,
                                     conf_level=settings.conf_level)
