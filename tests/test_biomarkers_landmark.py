@@ -96,3 +96,22 @@ def test_landmark_names_who_it_excluded_and_why_it_cannot_compare():
         res = landmark_analysis(t, events, responded, 3.0)
         assert res.n == (~before).sum() and np.isnan(res.hr)
         assert res.notes == [excluded(events), f"landmark comparison not estimable: {why.format(n=res.n)}"]
+
+
+def test_time_dependent_cox_with_a_monotone_likelihood_is_not_a_hazard_ratio_of_1e13():
+    """Every event in a responder after the response: lifelines returned HR 2.5e13 (se 7.7e5, p 1) and numpy's
+    'overflow encountered in exp' went to stderr; R coxph on the tmerge data (timevarying_degenerate_reference.csv)
+    runs the coefficient off too (huge coef and se, a warning) -> no estimate, the reason named as fit_cox names it."""
+    import warnings
+
+    ref = pd.read_csv(REF / "timevarying_degenerate_reference.csv").iloc[0]
+    assert ref.r_warning and ref.coef > 10 and ref.se > 100 * ref.coef
+    time = np.array(ref.time.split(), dtype=float)
+    event = np.array(ref.event.split(), dtype=float)
+    resp_time = np.array([np.nan if v == "NA" else float(v) for v in ref.resp_time.split()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = time_dependent_cox(time, event, resp_time).iloc[0]
+    assert np.isnan(got.hr) and np.isnan(got.p)
+    assert got.warning.startswith("not fitted: monotone likelihood: at every event time the patients with the event "
+                                  "have the highest responder among those at risk")

@@ -489,5 +489,18 @@ for (nm in names(deg)) for (model in c("x", "x + z")) {
 }
 write_ref(do.call(rbind, dr), "cox_degenerate_reference.csv")
 
+# ---- response as a time-dependent covariate with a monotone likelihood (every event in a responder after the
+# response): coxph on tmerge data gives a huge coefficient and standard error with a warning
+tvd <- data.frame(id = 1:10, time = c(2, 3, 4, 5, 6, 7, 8, 9, 10, 11), event = c(1, 0, 1, 1, 0, 1, 0, 0, 1, 0))
+tvd$resp_time <- ifelse(tvd$event == 1, tvd$time / 2, NA)
+tvd2 <- tmerge(tvd[, c("id", "time", "event")], tvd, id = id, ev = event(time, event), resp = tdc(resp_time))
+said <- character(0)
+tvfit <- withCallingHandlers(coxph(Surv(tstart, tstop, ev) ~ resp, data = tvd2, ties = "efron"),
+                             warning = function(w) { said <<- c(said, trimws(conditionMessage(w))); invokeRestart("muffleWarning") })
+write_ref(data.frame(time = paste(tvd$time, collapse = " "), event = paste(tvd$event, collapse = " "),
+                     resp_time = paste(tvd$resp_time, collapse = " "), coef = unname(coef(tvfit)),
+                     se = unname(sqrt(diag(vcov(tvfit)))), r_warning = paste(said, collapse = " | ")),
+          "timevarying_degenerate_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

@@ -159,22 +159,25 @@ def _zph_or_blank(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]
                              "df": [*(len(c) for c in terms.values()), X.shape[1]], "p": np.nan})
 
 
-def risk_set_extremes(time, event, x) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Per distinct event time (ascending): the smallest and largest ``x`` among the patients at risk
-    (time >= the event time) and the ``x`` of the patients with the event there."""
+def risk_set_extremes(time, event, x, entry=None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Per distinct event time (ascending): the smallest and largest ``x`` among the patients (rows) at risk
+    (time >= the event time, and entry < it when ``entry`` is given: start-stop rows) and the ``x`` of the rows
+    with the event there."""
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float) == 1
     x = np.asarray(x, dtype=float)
-    order = np.argsort(t, kind="stable")
-    t, e, x = t[order], e[order], x[order]
+    start = np.full(t.size, -np.inf) if entry is None else np.asarray(entry, dtype=float)
     event_times = np.unique(t[e])
-    first = np.searchsorted(t, event_times, side="left")
-    low = np.minimum.accumulate(x[::-1])[::-1][first]
-    high = np.maximum.accumulate(x[::-1])[::-1][first]
-    return low, high, [x[e & (t == tk)] for tk in event_times]
+    low, high = np.empty(event_times.size), np.empty(event_times.size)
+    dead = []
+    for k, tk in enumerate(event_times):
+        at_risk = x[(t >= tk) & (start < tk)]
+        low[k], high[k] = at_risk.min(), at_risk.max()
+        dead.append(x[e & (t == tk)])
+    return low, high, dead
 
 
-def no_estimate_reason(time, event, X: pd.DataFrame) -> str | None:
+def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
     """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column, else None (read from
     the data, not from where Newton-Raphson stops):
 
@@ -186,9 +189,10 @@ def no_estimate_reason(time, event, X: pd.DataFrame) -> str | None:
       bound as the coefficient goes to +infinity (-infinity; hazard ratio infinite, or 0). R coxph gives a large
       coefficient with a huge standard error and warns that it may be infinite or did not converge.
 
-    Columns are checked one at a time (a combination of columns separating the events is not named here)."""
+    Columns are checked one at a time (a combination of columns separating the events is not named here).
+    ``entry``: the start times of start-stop rows (a time-dependent covariate), at risk after their start."""
     for name in X.columns:
-        low, high, dead = risk_set_extremes(time, event, X[name])
+        low, high, dead = risk_set_extremes(time, event, X[name], entry)
         if np.array_equal(low, high):
             return (f"no information on {name}: it has one value among the patients at risk at every "
                     "event time (it varies only among patients censored before the first event), so the data say "

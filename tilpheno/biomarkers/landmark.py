@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .cox import fit_cox
+from .cox import fit_cox, no_estimate_reason
 from .survival import KaplanMeier, logrank_test
 
 NAIVE_WARNING = ("naive responder comparison from the start of therapy: biased in favour of responders "
@@ -149,6 +149,12 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
 
     data = start_stop(time, event, response_time, covariates)
     cols = ["responder", *([] if covariates is None else list(covariates.columns))]
+    reason = no_estimate_reason(data.stop, data.event, data[cols], entry=data.start)
+    if reason:   # lifelines would report a hazard ratio of 1e13 (monotone) or 1 (no information)
+        return pd.DataFrame({"analysis": "time-dependent Cox", "endpoint": endpoint, "variable": cols, "coef": np.nan,
+                             "se": np.nan, "hr": np.nan, "hr_ci_low": np.nan, "hr_ci_high": np.nan, "p": np.nan,
+                             "n": int(np.asarray(time).size), "events": int(np.asarray(event).sum()),
+                             "loglik": np.nan, "warning": f"not fitted: {reason}"})
     ctv = CoxTimeVaryingFitter(alpha=1 - conf_level)
     with _warnings.catch_warnings(record=True) as caught:
         _warnings.simplefilter("always")
