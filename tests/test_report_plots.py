@@ -296,3 +296,41 @@ def test_density_counts_are_numpys_histogram2d_without_its_binary_search(monkeyp
 
     monkeypatch.setattr(np, "histogramdd", no_histogramdd)
     assert plots.density_plot(x, y, ax_cd3, ax_ssc, **args) == reference
+
+
+def test_density_png_decodes_to_the_same_pixels_at_the_faster_zlib_level(monkeypatch):
+    """The density images are compressed at zlib level 4 (``svg.PNG_LEVEL``) instead of 6: 0.32
+    instead of 0.75 ms per image, 11 % more bytes. A PNG decoder (Pillow) reads back exactly the
+    RGBA array drawn, and the same pixels as the level-6 PNG of before; the file is a valid PNG
+    (Pillow's ``verify``) whose IDAT is level 4's."""
+    import base64
+    import io
+    import zlib
+
+    from PIL import Image
+
+    from tilpheno.report import svg
+
+    drawn: list[np.ndarray] = []
+    png = svg.png
+    monkeypatch.setattr(svg, "png", lambda rgba: (drawn.append(rgba.copy()), png(rgba))[1])
+    x, y = _density(20_000, seed=5)
+    ax_cd3 = plots.Axis("CD3", plots.axis_label("CD3", "FITC-A"), Logicle(), FULL)
+    ax_ssc = plots.Axis("SSC-A", "SSC-A", Linear(), (0.0, 262144.0))
+    out = plots.density_plot(x, y, ax_cd3, ax_ssc, gate=RangeGate("CD3", 0.5), population="CD3+", pct_of_parent=50.0,
+                             title="t")
+    data = base64.b64decode(re.search(r'href="data:image/png;base64,([^"]+)"', out).group(1))
+    assert len(drawn) == 1 and drawn[0].shape == (plots.BINS, plots.BINS, 4)
+
+    def pixels(blob: bytes) -> np.ndarray:
+        Image.open(io.BytesIO(blob)).verify()
+        return np.asarray(Image.open(io.BytesIO(blob)).convert("RGBA"))
+
+    h, w = drawn[0].shape[:2]
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), drawn[0].reshape(h, w * 4)], axis=1).tobytes()
+    assert svg.PNG_LEVEL == 4 and zlib.compress(raw, 4) in data
+    monkeypatch.setattr(svg, "PNG_LEVEL", 6)
+    level6 = png(drawn[0])   # the PNG as written before
+    assert zlib.compress(raw, 6) in level6 and level6 != data
+    assert np.array_equal(pixels(data), drawn[0])
+    assert np.array_equal(pixels(level6), pixels(data))
