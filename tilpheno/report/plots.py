@@ -11,8 +11,8 @@ Output: one inline-ready ``<svg>`` element (no XML prolog, no ``<style>``, no me
 prefixed so several plots can share a page). Axes, ticks, gates and labels are vector; text
 stays text (DejaVu Sans, XML-escaped, never parsed as mathtext); a density plot's cells are one
 embedded PNG (``data:`` URI, ``image-rendering: pixelated``), so size does not grow with the
-event count and print stays sharp. ``_svg`` turns a matplotlib figure (the acquisition QC plot,
-the biomarker figures) into the same kind of element.
+event count and print stays sharp. ``_svg`` turns a matplotlib figure (the biomarker figures;
+the acquisition QC plot is drawn as SVG directly, ``report.qc_plots``) into the same kind of element.
 
 Conventions:
 - Coordinates are the transformed values the gates were placed on (scatter linear in instrument
