@@ -616,3 +616,34 @@ def test_shared_detector_label_is_announced_and_a_panel_row_resolves_it(tmp_path
     assert "no marker read" not in result.output
     draft = draft_study(folder, panel=panel)
     assert all("FoxP3" in t.markers for t in draft.tubes)
+
+
+def test_index_names_the_gates_that_hold_each_product_for_review(tmp_path):
+    """FlowAtlas draft (17 marker gates on all events, no FMO): every product 'needs review', and the
+    index said only that, with a flag count ('warning (14) needs review'), while it names each failed
+    release criterion: which of 17 gates to look at took opening every report -> under the badge, one
+    line per code that holds release with the gates it names, as qc.csv's needs_review rows say
+    (the truth here: qc.csv, each message opening with its gate)."""
+    import html
+    import re
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("390C_Liver_026.fcs", "428_Donor_Lung_029.fcs"):   # two donors, one specimen each
+        shutil.copy(REALDATA / "fcs" / name, folder / name)
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
+    held = qc[qc["needs_review"] == "True"]
+    page = (out / "index.html").read_text()
+    for product, flags in held.groupby("product_id"):
+        row = re.search(rf'>{re.escape(product)}</a></td>(.*?)</tr>', page, re.S).group(1)
+        cell = html.unescape(re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[2])
+        lines = dict(line.split(": ", 1) for line in re.findall(r'<span class="reasons">(.*?)</span>', cell))
+        assert "needs review" in cell and set(lines) == set(flags["code"]), (product, cell)
+        for code, rows in flags.groupby("code"):
+            gates = {m.split(" (", 1)[0] for m in rows["message"]}
+            assert set(lines[code].split(", ")) == gates, (product, code)

@@ -184,13 +184,15 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     outcomes' order (by id): one sortable row per product, linking to its report.
 
     Headers are the codebook's labels (``tilpheno.report.codebook``), the column name in a tooltip;
-    each product not released lists the criteria it failed; the product column stays in view
+    each product not released lists the criteria it failed, each that needs review the flags that
+    hold it and the gates they name (:func:`tilpheno.qc.review_reasons`); the product column stays in view
     while the table scrolls sideways. With more than one page, each page names its range of
     products and links every page (plain links, no script); the counts are the whole cohort's.
     """
     from tilpheno.report.codebook import build_codebook
 
     columns = index_columns(outcomes, strategies, getattr(options, "study", None))
+    populations = [p.name for st in strategies for p in st.populations]
     book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile,
                           getattr(options, "study", None)).set_index("column")
     study = study_of(options)
@@ -202,7 +204,7 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     pages = []
     for number in range(1, n_pages + 1):
         first = (number - 1) * page_rows
-        rows = [_index_row(o, options, columns) for o in outcomes[first:first + page_rows]]
+        rows = [_index_row(o, options, columns, populations) for o in outcomes[first:first + page_rows]]
         nav = None
         if n_pages > 1:
             nav = {"first": first + 1, "last": first + len(rows), "pages": [
@@ -222,7 +224,9 @@ def study_of(options):
     return getattr(options, "study", None) or default_study()
 
 
-def _index_row(o, options, columns) -> dict:
+def _index_row(o, options, columns, populations) -> dict:
+    from tilpheno.qc import review_reasons
+
     return {
         "product_id": o.product_id,
         "href": f"products/{o.slug}/report.html" if _has_report(o, options) else None,
@@ -232,6 +236,7 @@ def _index_row(o, options, columns) -> dict:
         "reasons": failed_criteria(o.release),
         "qc": o.phenotype.get("qc_status", ""),
         "review": o.phenotype.get("review_status", ""),
+        "review_reasons": review_reasons(o.qc, populations),
         "n_flags": len(o.qc),
         "cells": [o.phenotype.get(c) for c in columns],
     }
