@@ -412,6 +412,26 @@ def test_approved_tables_follow_the_approved_version(service):
     assert cells == {"TIL001": "", "TIL002": str(approved.version)}   # the version as written: 3, not 3.0
 
 
+def test_approved_counts_are_written_as_whole_numbers(service):
+    """Beside a product not approved (its cells empty) every count of an approved one was written
+    36948.0 in phenotypes_approved.csv (a float column), where phenotypes.csv writes 36948 -> whole
+    numbers, as recomputed from the approved gates."""
+    from tilpheno.io.csvcells import csv_text
+    from tilpheno.review.export import approved_tables
+
+    phenotypes = approved_tables(service)[0]
+    lines = csv_text(phenotypes).splitlines()
+    header, rows = lines[0].split(","), {line.split(",")[0]: line.split(",") for line in lines[1:]}
+    assert rows["TIL001"][header.index("review_status")] == "not approved"
+    approved = service.approved_version("TIL002")
+    res = recompute(service.source, "TIL002", json.loads(approved.gates_json))
+    counts = [c for c in header if c.startswith("n_") and c in res.phenotype]
+    assert "n_events_surface" in counts
+    for column in counts:
+        assert rows["TIL002"][header.index(column)] == str(int(res.phenotype[column])), column
+        assert rows["TIL001"][header.index(column)] == "", column
+
+
 def test_apply_gate_to_batch_makes_a_version_per_product(service):
     src_v = service.current_version("TIL002")
     target_before = service.current_version("TIL001")

@@ -647,3 +647,28 @@ def test_index_names_the_gates_that_hold_each_product_for_review(tmp_path):
         for code, rows in flags.groupby("code"):
             gates = {m.split(" (", 1)[0] for m in rows["message"]}
             assert set(lines[code].split(", ")) == gates, (product, code)
+
+
+def test_counts_stay_whole_numbers_beside_a_failed_product(tmp_path):
+    """FlowAtlas 412C (an export without $PnS, drafted without --panel) fails in process, its counts
+    empty; phenotypes.csv then wrote every other product's counts as 5564.0 (a float column) ->
+    whole numbers, the stained file's events equal to its $TOT (the data set's own manifest)."""
+    import csv
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("390C_Liver_026.fcs", "412C_mLN_026.fcs"):
+        shutil.copy(REALDATA / "fcs" / name, folder / name)
+    study = tmp_path / "study"
+    _run(["new-study", str(folder), "-o", str(study)])
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 1, result.output   # 412C: no stained tube, only controls
+    rows = {r["product_id"]: r for r in csv.DictReader((out / "phenotypes.csv").open())}
+    failed = next(r for r in rows.values() if r["status"] == "failed")
+    done = next(r for r in rows.values() if r["status"] == "done")
+    events = pd.read_csv(REALDATA / "fcs_manifest.csv").set_index("file")["$TOT"]
+    assert done["n_events_liver"] == str(events["fcs/390C_Liver_026.fcs"])   # the kind named from TUBE NAME
+    for column in (c for c in done if c.startswith("n_")):
+        assert done[column].isdigit(), (column, done[column])
+        assert failed[column] == "" or failed[column].isdigit(), (column, failed[column])

@@ -61,3 +61,22 @@ def restore_frame(frame):
 def csv_text(frame) -> str:
     """A DataFrame as neutralised CSV text (no index): for CSV served rather than written to a file."""
     return neutralise_frame(frame).to_csv(index=False, lineterminator="\n")
+
+
+def counts_as_integers(frame):
+    """``frame`` with each count column (a name starting ``n_``: events, flags, files) whose values
+    are all whole numbers as nullable integers (pandas ``Int64``), so that a row with no counts (a
+    failed product, one not approved) leaves its cells empty instead of turning every other row's
+    ``36948`` into ``36948.0`` in the CSV. Other columns, and a count column holding a fraction,
+    unchanged; a copy."""
+    import pandas as pd
+
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if not str(column).startswith("n_") or not pd.api.types.is_float_dtype(values):
+            continue
+        known = values.dropna()
+        if (known == known.round()).all():
+            out[column] = values.astype("Int64")
+    return out

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 from tilpheno.errors import TableError
 from tilpheno.io.files import display_name
+from tilpheno.io.csvcells import counts_as_integers
 from tilpheno.pipeline.executors import iter_outcomes
 from tilpheno.pipeline.jobs import (ProcessOptions, ProductJob, ProductOutcome, outcome_from_record, outcome_record,
                                     product_slug)
@@ -260,7 +261,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     ordered = [done[pid] for pid in sorted(done)]
     outcomes = [o for o, _ in ordered]
     phenotypes, _, qc = _tables(outcomes, run_flags)
-    atomic.write_csv(staging / "phenotypes.csv", phenotypes)
+    atomic.write_csv(staging / "phenotypes.csv", counts_as_integers(phenotypes))
     atomic.write_parquet(staging / "phenotypes.parquet", phenotypes)
     population_columns = _write_populations(staging / "populations.csv", [p for _, p in ordered])
     atomic.write_csv(staging / "qc.csv", qc)

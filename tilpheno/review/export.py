@@ -33,6 +33,7 @@ from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT
 from tilpheno.review.regate import recompute
 from tilpheno.io import atomic
+from tilpheno.io.csvcells import counts_as_integers
 from tilpheno.review.db import ReviewError
 from tilpheno.review.service import Approval, NotFound, ReviewService, VersionConflict
 
@@ -63,6 +64,7 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
             pop_frames.append(frame)
     phenotypes = pd.DataFrame(phen_rows)
     phenotypes["gate_version"] = phenotypes["gate_version"].astype("Int64")   # 3, not 3.0 beside a not-approved row
+    phenotypes = counts_as_integers(phenotypes)   # 36948 events, not 36948.0, likewise
     first = ["product_id", "review_status", "gate_version", "gates_sha256", "release_status"]
     phenotypes = phenotypes[first + [c for c in phenotypes.columns if c not in first]]
     populations = pd.concat(pop_frames, ignore_index=True) if pop_frames else pd.DataFrame(
