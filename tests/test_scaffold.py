@@ -459,15 +459,18 @@ def test_closing_message_names_the_drafted_parents(tmp_path):
 def test_product_of_controls_only_is_announced(tmp_path):
     """FlowAtlas 412C exports have no $PnS: new-study drafted them as unstained controls of a product
     with no stained file and said nothing, and process failed that product -> new-study and scan say that
-    process fails it, with process's own reason (a panel file names the markers)."""
+    process fails it, with process's own reason (a panel file names the markers); new-study exited 0
+    though the process it printed then failed that product (exit 1) -> exit 1, as for a draft that
+    needs an edit, with one line naming the products it fails."""
     folder = tmp_path / "fcs"
     folder.mkdir()
     for name in ("412C_mLN_026.fcs", "423_Donor_Lung_032.fcs"):
         shutil.copy(REALDATA / "fcs" / name, folder)
     study = tmp_path / "study"
     result = _run(["new-study", str(folder), "-o", str(study)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     said = " ".join(result.output.split())
+    assert "process as printed fails 1 of 2 products (Specimen_001; why above)" in said
     out = tmp_path / "out"
     result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
                    "-o", str(out), "--reports", "none"])
@@ -481,13 +484,15 @@ def test_product_of_controls_only_is_announced(tmp_path):
 
 def test_kind_missing_from_some_products_is_announced(tmp_path):
     """A folder whose products have different tubes (TIL001 surface only, TIL002 treg only): the
-    draft's study needs both kinds, so process fails every product; new-study says so per kind."""
+    draft's study needs both kinds, so process fails every product; new-study says so per kind, and
+    exits 1 (it exited 0: a script running `new-study && process` failed every product)."""
     folder = tmp_path / "fcs"
     folder.mkdir()
     for name in ("TIL001_surface_stain.fcs", "TIL002_treg_stain.fcs"):
         shutil.copy(SAMPLE / name, folder / name)
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
+    assert "process as printed fails 2 of 2 products (TIL001, TIL002; why above)" in " ".join(result.output.split())
     for kind in ("surface", "treg"):
         assert f"tube kind {kind}: 1 of 2 products have no stained {kind} file: process fails them" in result.output
     out = tmp_path / "out"

@@ -249,16 +249,17 @@ def _warn_duplicate_stains(manifest, written: Path | None) -> None:
                     fg=typer.colors.YELLOW, err=True)
 
 
-def _warn_controls_only(manifest) -> None:
+def _warn_controls_only(manifest) -> set[str]:
     """On stderr, each product of ``manifest`` (scanned or drafted) whose files are all controls:
     ``process`` fails it, with the reason it will give (``no_stained_tube``: exports without $PnS
-    are taken as unstained controls unless a panel file names their markers)."""
+    are taken as unstained controls unless a panel file names their markers). Returns those products."""
     from tilpheno.pipeline.product import no_stained_tube
 
     stained = set(manifest.loc[manifest["role"].isin(("stain", "single_stain")), "product_id"])
     controls = manifest[(manifest["tube"] != "compensation") & ~manifest["product_id"].isin(stained)]
     for product, rows in controls.groupby("product_id", sort=True):
         typer.secho(f"process fails it: {no_stained_tube(str(product), rows)}", fg=typer.colors.YELLOW, err=True)
+    return {str(p) for p in controls["product_id"]}
 
 
 @app.command("new-study")
@@ -273,7 +274,8 @@ def new_study(
 
     Exit status: 0 drafted (files that fit no tube kind are left out and named, by choice); 1 drafted,
     but some file unreadable or a folder unlistable (as scan: process will not see those files), or
-    the draft needs an edit before process; 2 nothing drafted.
+    the draft needs an edit before process (process would refuse it, or fail a product: one of
+    controls only, or without a stained file of a drafted tube kind); 2 nothing drafted.
     """
     from tilpheno.errors import TilphenoError
     from tilpheno.scaffold import check_draft, draft_study, write_study
@@ -283,20 +285,23 @@ def new_study(
         write_study(draft, out, overwrite=overwrite)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
-    products = draft.manifest.loc[draft.manifest["role"] == "stain", "product_id"].nunique()
+    stained = draft.manifest.loc[draft.manifest["role"] == "stain"]
+    products = stained["product_id"].nunique()
+    failing: set[str] = set()   # products the printed process command fails
     for tube in draft.tubes:
         fmo = f"; FMO gates: {', '.join(tube.fmo_markers)}" if tube.fmo_markers else "; no FMO in the folder"
         partial = f"; only in some files' panels, not gated: {', '.join(tube.partial)}" if tube.partial else ""
         typer.echo(f"tube kind {tube.kind}: {tube.products} product(s), markers {', '.join(tube.markers)}"
                    f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}{partial}")
         if tube.products < products:
+            failing |= set(stained["product_id"]) - set(stained.loc[stained["tube"] == tube.kind, "product_id"])
             typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
                         f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "
                         "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
     for note in draft.case_merged:
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
     _warn_duplicate_stains(draft.manifest, out / "manifest.csv")
-    _warn_controls_only(draft.manifest)
+    failing |= _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     for where, why in draft.unlistable:
@@ -318,7 +323,11 @@ def new_study(
         typer.secho(f"not drafted from every file: {len(draft.unreadable)} unreadable, {len(draft.unlistable)} "
                     "folder(s) unlistable (above): manifest.csv leaves them out and process will not see them; "
                     "fix or remove them and draft again (--overwrite)", fg=typer.colors.RED, err=True)
-    if problem or draft.unreadable or draft.unlistable:
+    if failing:
+        typer.secho(f"process as printed fails {len(failing)} of {draft.manifest['product_id'].nunique()} products "
+                    f"({', '.join(sorted(failing))}; why above): the draft needs an edit, or a --panel, first",
+                    fg=typer.colors.RED, err=True)
+    if problem or failing or draft.unreadable or draft.unlistable:
         raise typer.Exit(code=1)
 
 
