@@ -122,6 +122,51 @@ def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
     assert [f.code for f in flags_naming_gate(flags, "CD56+", stained.file)] == ["gate_failed"]
 
 
+def test_a_population_named_as_the_prefix_of_another_does_not_take_its_flags():
+    """Populations 'CD56+' (a fixed cut) and 'CD56+ (bright)' (an FMO gate without its FMO: the
+    engine falls back on the stained density, flags missing_fmo and fallback_gate). The flags were
+    found on a gate by their message opening with '<population> (': 'CD56+ (bright) (CD56): no FMO
+    file ...' opens with 'CD56+ (', so the report and the review app showed both flags on the
+    CD56+ gate as well. Now a flag is on the gate its ``gate`` names, and on no other."""
+    from tilpheno.qc import QCFlag, flags_naming_gate
+
+    strategy = parse_strategy(textwrap.dedent(
+        """\
+        strategy: prefix
+        tube: surface
+        markers: [CD3, CD56]
+        transforms:
+          CD3: {kind: linear}
+          CD56: {kind: linear}
+        populations:
+          - name: big
+            parent: root
+            dims: [FSC-A]
+            method: fixed
+            params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}
+          - name: CD56+
+            parent: big
+            dims: [CD56]
+            method: fixed
+            params: {gate: {type: range, dim: CD56, low: 5, high: null}}
+          - name: CD56+ (bright)
+            parent: big
+            dims: [CD56]
+            method: fmo
+            params: {rule: percentile}
+        variables:
+          cd56_pct: {numerator: CD56+, denominator: big}
+        """
+    ), "prefix.yaml")
+    stained, _, _ = tube("stain", None, 6)
+    (state,) = gate_tube_kind(strategy, [stained])
+    flags = [QCFlag("P", stained.file, f.code, f.severity, f.message, f.gate) for f in state.flags]
+    assert {f.code for f in flags} >= {"missing_fmo", "fallback_gate"}
+    assert all(f.message.startswith("CD56+ (bright) (CD56): ") for f in flags)
+    assert flags_naming_gate(flags, "CD56+", stained.file) == []
+    assert flags_naming_gate(flags, "CD56+ (bright)", stained.file) == flags
+
+
 def test_reference_gate_places_the_cut_on_another_population_and_applies_it_to_the_parent():
     # CD4+ cells carry a CD8 smear with no valley; CD4- cells are CD8- (DN) or CD8+ (bimodal).
     # The CD8 cut placed on CD4- cells lies between DN and CD8+, whatever the CD4+ smear does.

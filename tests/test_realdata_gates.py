@@ -206,7 +206,8 @@ def test_positives_in_an_unstained_control_are_flagged_with_their_share():
     # review page's plot, the report's figure), not on a gate of that name in another stained tube
     from tilpheno.qc import QCFlag, flags_on_gate
 
-    raised = QCFlag("P", "unstained.fcs", flag[0].code, flag[0].severity, flag[0].message)
+    assert flag[0].gate == "T cells"
+    raised = QCFlag("P", "unstained.fcs", flag[0].code, flag[0].severity, flag[0].message, flag[0].gate)
     assert "(unstained.fcs) against the stained tube x.fcs" in raised.message
     assert flags_on_gate([raised], "T cells", "x.fcs") == [raised]
     assert flags_on_gate([raised], "T cells", "y.fcs") == [] and flags_on_gate([raised], "CD4+", "x.fcs") == []

@@ -239,11 +239,11 @@ def test_study_variables_name_the_review_flags_on_their_gates():
                                     tube("surface", "stain", "/d/c_surface_stain.fcs"),
                                     tube("surface", "fmo", "/d/a_FMO_PD1.fcs"),
                                     tube("treg", "stain", "/d/t_treg_stain.fcs")])
-    flags = [QCFlag("P", "b_surface_stain.fcs", "uncertain_threshold", "warning", "CD8+PD1+ (PD1 in CD8+): moved 4 points"),
-             QCFlag("P", "b_surface_stain.fcs", "negative_shift", "warning", "CD56+ (CD56 in live_lymph): shifted"),
-             QCFlag("P", "b_surface_stain.fcs", "unstained_control", "info", "CD3+ (CD3): 0.01 %"),
-             QCFlag("P", "a_FMO_PD1.fcs", "fmo_events_above", "warning", "PD1+ (PD1 in live_lymph): 3 % above"),
-             QCFlag("P", "c_surface_stain.fcs", "uncertain_threshold", "warning", "CD4+ (CD4 in CD3+): moved 5 points")]
+    flags = [QCFlag("P", "b_surface_stain.fcs", "uncertain_threshold", "warning", "CD8+PD1+ (PD1 in CD8+): moved 4 points", "CD8+PD1+"),
+             QCFlag("P", "b_surface_stain.fcs", "negative_shift", "warning", "CD56+ (CD56 in live_lymph): shifted", "CD56+"),
+             QCFlag("P", "b_surface_stain.fcs", "unstained_control", "info", "CD3+ (CD3): 0.01 %", "CD3+"),
+             QCFlag("P", "a_FMO_PD1.fcs", "fmo_events_above", "warning", "PD1+ (PD1 in live_lymph): 3 % above", "PD1+"),
+             QCFlag("P", "c_surface_stain.fcs", "uncertain_threshold", "warning", "CD4+ (CD4 in CD3+): moved 5 points", "CD4+")]
     marked = variable_review(flags, result, strategies)
     assert marked == {
         "cd8pd1_pct_of_cd8": ["uncertain_threshold (CD8+PD1+)"],

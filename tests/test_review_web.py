@@ -324,7 +324,7 @@ def test_a_one_population_gate_suggests_the_cut_its_flag_was_sized_with():
     placed = check_valley("live", place_valley(x, "LD", keep="low", zero=0.2), x)
     assert [f.code for f in placed.flags] == ["no_second_peak"]
     d = placed.diagnostics
-    flags = [(f.code, "live (LD): " + f.message) for f in placed.flags]
+    flags = [(f.code, "live") for f in placed.flags]
     out = gate_candidates(pd.DataFrame(), {"live": d}, [("live", "cells", placed.gate, placed.method)], flags, 99.5)
     assert [c["rule"] for c in out["live"]] == ["automatic", "no_second_peak:0"]
     assert out["live"][0]["cut"] == placed.gate.high and "single_population_sd" in out["live"][0]["meaning"]
@@ -340,11 +340,11 @@ def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
 
     qc = service.source.qc
     rows = [{"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "uncertain_threshold", "severity": "warning",
-             "needs_review": "True", "message": "PD1+ (PD1 in live_lymph): the cut moved 7.0 points of the parent"},
+             "needs_review": "True", "gate": "PD1+", "message": "PD1+ (PD1 in live_lymph): the cut moved 7.0 points of the parent"},
             {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "negative_shift", "severity": "info",
-             "needs_review": "False", "message": "CD3+ (CD3 in live_lymph): stained negatives sit +0.010"},
+             "needs_review": "False", "gate": "CD3+", "message": "CD3+ (CD3 in live_lymph): stained negatives sit +0.010"},
             {"product_id": PID, "file": "TIL001_surface_FMO_CD4.fcs", "code": "cut_in_dense_region", "severity": "warning",
-             "needs_review": "True", "message": "CD4+ (CD4 in CD3+): the threshold lies inside the negative peak"}]
+             "needs_review": "True", "gate": "CD4+", "message": "CD4+ (CD4 in CD3+): the threshold lies inside the negative peak"}]
     monkeypatch.setattr(service.source, "qc", pd.concat([qc, pd.DataFrame(rows)], ignore_index=True))
     c, _, _ = login(app, "alice")
     shown = c.get(f"/api/products/{PID}/state").json["plots"]
@@ -360,6 +360,23 @@ def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
     assert (shown[0]["tube"], shown[0]["population"]) == ("surface", "PD1+")
     rest = [(p["tube"], p["population"]) for p in shown[1:] if p["tube"] == "surface"]
     assert rest == [k for k in unflagged if k in rest]
+
+
+def test_a_flag_is_on_the_plot_of_the_gate_qc_csv_names_whatever_its_wording(app, service, monkeypatch):
+    """qc.csv's ``gate`` column names the gate a flag is about; the page found a gate's flags by the
+    message opening with '<population> (' instead, so a flag worded otherwise ('the PD1 cut moved
+    ...', gate PD1+) framed no plot and one whose message merely opened with a population's name
+    (a file-level note, gate '') marked that gate. Now the page follows the ``gate`` column."""
+    import pandas as pd
+
+    base = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "severity": "warning", "needs_review": "True"}
+    rows = [{**base, "code": "uncertain_threshold", "gate": "PD1+", "message": "the PD1 cut moved 7.0 points of the parent"},
+            {**base, "code": "cut_in_dense_region", "gate": "", "message": "CD3+ (a note on the file, on no gate)"}]
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame(rows)], ignore_index=True))
+    c, _, _ = login(app, "alice")
+    shown = c.get(f"/api/products/{PID}/state").json["plots"]
+    flagged = {(p["tube"], p["population"]): [f["message"] for f in p["flags"]] for p in shown if p["flags"]}
+    assert flagged == {("surface", "PD1+"): [rows[0]["message"]]}
 
 
 def test_the_product_list_says_which_products_need_review(app, service, monkeypatch):
@@ -1084,8 +1101,8 @@ def test_two_stained_files_of_one_name_open_with_each_files_own_flags(tmp_path):
     qc = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
     flag = {"product_id": PID, "code": "uncertain_threshold", "severity": "warning", "needs_review": "True"}
     qc = pd.concat([qc, pd.DataFrame([
-        {**flag, "file": f"sub1/{stain}", "message": "PD1+ (PD1 in live_lymph): the cut moved 7.0 points"},
-        {**flag, "file": f"sub2/{stain}", "message": "CD4+ (CD4 in CD3+): the cut moved 9.0 points"}])])
+        {**flag, "file": f"sub1/{stain}", "gate": "PD1+", "message": "PD1+ (PD1 in live_lymph): the cut moved 7.0 points"},
+        {**flag, "file": f"sub2/{stain}", "gate": "CD4+", "message": "CD4+ (CD4 in CD3+): the cut moved 9.0 points"}])])
     qc.to_csv(out / "qc.csv", index=False)
 
     service = make_service(out, database_url("sqlite", tmp_path))
@@ -1113,7 +1130,7 @@ def test_a_gate_the_run_could_not_place_has_a_plot_of_its_parents_events(service
 
     message = "CD4+ (CD4): the CD4 FMO has no events in CD3+; no threshold"
     flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "gate_failed", "severity": "error",
-            "needs_review": "True", "message": message}
+            "needs_review": "True", "gate": "CD4+", "message": message}
     monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([flag])], ignore_index=True))
     failed = service.source.automatic(PID)
     del failed["tubes"]["surface"]["gates"]["CD4+"]
@@ -1141,12 +1158,12 @@ def test_flags_on_an_fmo_files_gates_are_shown_on_the_threshold_they_set(service
     from tilpheno.review.web import _plots
 
     base = {"product_id": PID, "needs_review": "True"}
-    cd4 = {**base, "file": "TIL001_surface_FMO_CD4.fcs", "code": "no_second_peak", "severity": "warning",
+    cd4 = {**base, "file": "TIL001_surface_FMO_CD4.fcs", "code": "no_second_peak", "severity": "warning", "gate": "live",
            "message": "live (7AAD): no positive density peak; all peaks taken as negative"}
     pd1 = {**base, "file": "TIL001_surface_FMO_PD1.fcs", "code": "cut_in_dense_region", "severity": "info",
-           "needs_review": "False", "message": "singlets (FSC-A/FSC-H): the edge lies where events are dense"}
+           "needs_review": "False", "gate": "singlets", "message": "singlets (FSC-A/FSC-H): the edge lies where events are dense"}
     below = {**base, "file": "TIL001_surface_FMO_CD8.fcs", "code": "few_events", "severity": "warning",
-             "message": "CD8+ (CD8): 12 events"}
+             "gate": "CD8+", "message": "CD8+ (CD8): 12 events"}
     monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([cd4, pd1, below])],
                                                         ignore_index=True))
     gates = service.source.automatic(PID)

@@ -217,7 +217,7 @@ def gate_sample(
     states = gate_tube_kind(strategy, [sample._tube(tube), *(c._tube(tube) for c in controls)], fmo_percentile, study)
     state = states[0]
     name = Path(sample.path).name
-    flags = [QCFlag(product_id, name, f.code, f.severity, f.message) for f in state.flags]
+    flags = [QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in state.flags]
     return GatingResult.from_tube(_tube_result(strategy, state), strategy, flags=flags)
 
 

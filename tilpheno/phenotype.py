@@ -385,11 +385,13 @@ class _Gated:
 
 
 def gate_flag(pop: Population, flag: pl.Flag) -> pl.Flag:
-    """``flag`` of ``pop``'s gate with its message opening ``"<population> (<dims>): "``, the form
-    by which reports and the review app find a gate's flags (``qc.flags_on_gate``). The placement
-    rules name only what they saw (``"CD127: no positive density peak ..."``) and a failed gate
-    only its population (``"CD4+: ..."``), which left such review flags beside no gate; that
-    leading ``"<dims>: "`` or ``"<population>: "`` is replaced."""
+    """``flag`` of ``pop``'s gate: its ``gate`` set to ``pop``'s name (by which reports and the
+    review app find a gate's flags, ``qc.flags_on_gate``) and its message opening
+    ``"<population> (<dims>): "``, as a reader of qc.csv sees the gating self-checks name their
+    gate. The placement rules name only what they saw (``"CD127: no positive density peak ..."``)
+    and a failed gate only its population (``"CD4+: ..."``); that leading ``"<dims>: "`` or
+    ``"<population>: "`` is replaced."""
+    flag = replace(flag, gate=pop.name)
     if flag.message.startswith(f"{pop.name} ("):
         return flag
     dims = "/".join(pop.dims)
@@ -843,7 +845,7 @@ class _TubeKindRun:
                 self.global_flags.append((k, pl.Flag(
                     "threshold_out_of_range", "warning",
                     f"{pop.name} ({marker}): threshold {row['value_raw']:.4g} outside the expected "
-                    f"{low:g}-{high:g} (compensated linear units)",
+                    f"{low:g}-{high:g} (compensated linear units)", pop.name,
                 )))
 
     def finish(self, consume) -> None:
@@ -1153,11 +1155,11 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
         if summary.lymph_count is not None and summary.lymph_count < rules.min_lymph_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
                                 f"{summary.lymph_count} events in {lymph} (< {rules.min_lymph_events})"))
-    for code, variable, message in checks.variable_checks(
+    for code, variable, gate, message in checks.variable_checks(
             product_id, phenotype, [v for s in strategies.values() for v in s.variables]):
         tube = next((t for t, s in strategies.items() if any(v.name == variable for v in s.variables)), "")
         file = Path(stained[tube].file).name if tube in stained else ""
-        flags.append(QCFlag(product_id, file, code, "warning", message))
+        flags.append(QCFlag(product_id, file, code, "warning", message, gate))
     for expected in rules.expected:
         problem = expected.check(float(phenotype.get(expected.variable, float("nan"))))
         if problem is None:
@@ -1374,7 +1376,7 @@ def analyze_product(
                                                       f"unstained control not used for the {tube_kind} gates: {f.message}")
                                                for f in problems)
                         continue
-                    unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message)
+                    unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message, f.gate)
                                            for f in unstained_check(strategy, state, control,
                                                                     stained_name=sources[i].handle["name"],
                                                                     control_name=name))
@@ -1390,7 +1392,7 @@ def analyze_product(
             result = made[i]
             name = result.label = sources[i].handle["name"]
             qc.extend(step_flags(product_id, name, result))
-            qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message) for f in run.ordered_flags(i))
+            qc.extend(QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in run.ordered_flags(i))
             tubes_out.append(result)
         first = min(variables) if variables else None
         if first is not None:

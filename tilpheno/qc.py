@@ -6,13 +6,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class QCFlag:
-    """A QC finding: ``severity`` info | warning | error; ``file`` is the file name ('' = product)."""
+    """A QC finding: ``severity`` info | warning | error; ``file`` is the file name ('' = product);
+    ``gate`` the population whose gate the finding is about ('' = a file- or product-level finding):
+    the field by which reports and the review app put a flag beside its gate (:func:`flags_naming_gate`)."""
 
     product_id: str
     file: str
     code: str
     severity: str
     message: str
+    gate: str = ""
 
 
 REVIEW_CODES = frozenset({
@@ -61,12 +64,11 @@ def review_reasons(flags, populations) -> list[str]:
 
 
 def flags_naming_gate(flags, population: str, file: str) -> list:
-    """The flags on ``population``'s gate in ``file``, whatever their severity: raised on that file
-    (or on the product, file '', or on a control whose check names ``file`` as ``"the stained tube
-    <file>"``: ``unstained_positive``, raised on the unstained control) with a message that opens
-    with ``"<population> ("``, as the gating self-checks name their gate. Any objects with ``code``,
-    ``severity``, ``file`` and ``message``."""
-    return [f for f in flags if str(f.message).startswith(population + " (")
+    """The flags on ``population``'s gate in ``file``, whatever their severity: those whose ``gate``
+    is ``population``, raised on that file (or on the product, file '', or on a control whose check
+    names ``file`` as ``"the stained tube <file>"``: ``unstained_positive``, raised on the unstained
+    control). Any objects with ``code``, ``severity``, ``file``, ``gate`` and ``message``."""
+    return [f for f in flags if f.gate == population
             and (f.file in (file, "") or f"the stained tube {file}" in str(f.message))]
 
 

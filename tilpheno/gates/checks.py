@@ -1,9 +1,9 @@
 """Self-checks on placed thresholds: turn a gate that may be wrong into a QC flag.
 
-Every flag names the gate (``"<population> (<marker>): ..."`` opens the message), the size of
-the problem in the units that matter (percentage points of the parent, transformed units) and
-what to look at. Codes (severity ``warning`` unless stated; a warning makes the product "needs
-review", see ``tilpheno.qc.REVIEW_CODES``):
+Every flag names the gate (its ``gate`` field; ``"<population> (<marker>): ..."`` opens the
+message), the size of the problem in the units that matter (percentage points of the parent,
+transformed units) and what to look at. Codes (severity ``warning`` unless stated; a warning
+makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
 
 ``cut_in_dense_region``  the threshold sits inside the negative peak: the stained density at
     the cut (smoothed, bandwidth ``DELTA`` = 0.03 transformed units, about 0.13 decade on the
@@ -104,6 +104,7 @@ alternative changes a reported percentage by more than ``IMPACT_POINTS`` (2) poi
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -246,7 +247,8 @@ def place_and_check(
     **anchor: Any,
 ) -> pl.Placement:
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
-    there is no stained evidence) and add the self-check flags of the module docstring."""
+    there is no stained evidence) and add the self-check flags of the module docstring; every
+    flag (the placement's and the checks') has ``gate`` ``population``."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
         placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
                                            min_events=min_events)
@@ -416,7 +418,7 @@ def place_and_check(
             flags.append(pl.Flag("cut_at_scale_edge", "warning",
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
                                  f"[{stained.min():.3f}, {stained.max():.3f}]; look at the {marker} histogram"))
-    return pl.Placement(placement.gate, placement.method, d, tuple(flags))
+    return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
 
 
 def reference_positives(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
@@ -460,8 +462,9 @@ def reference_positives(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
 
 def variable_checks(
     product_id: str, phenotype: Mapping[str, float], variables,
-) -> list[tuple[str, str, str]]:
-    """Product-level checks from the strategies' variables: ``[(code, variable, message)]``.
+) -> list[tuple[str, str, str, str]]:
+    """Product-level checks from the strategies' variables: ``[(code, variable, gate, message)]``;
+    ``gate``: the variable's numerator, the population whose gate the message asks to look at.
 
     ``variables``: ``tilpheno.gates.strategy.Variable`` objects with ``expected`` (low, high) and
     ``agrees_with`` / ``tolerance``.
@@ -474,13 +477,13 @@ def variable_checks(
         if v.expected is not None:
             low, high = v.expected
             if not low <= value <= high:
-                out.append(("out_of_expected_range", v.name,
+                out.append(("out_of_expected_range", v.name, v.numerator,
                             f"{v.numerator} ({v.name} = {value:.1f}%) outside the expected {low:g}-{high:g}%; "
                             f"look at the {v.numerator} gate and its parent"))
         if v.agrees_with:
             other = float(phenotype.get(v.agrees_with, float("nan")))
             if math.isfinite(other) and abs(value - other) > v.tolerance:
-                out.append(("tube_disagreement", v.name,
+                out.append(("tube_disagreement", v.name, v.numerator,
                             f"{v.numerator} ({v.name} = {value:.1f}%) differs from {v.agrees_with} = {other:.1f}% "
                             f"by {abs(value - other):.1f} points (tolerance {v.tolerance:g}); look at the "
                             f"{v.numerator} gates of both tubes"))
@@ -521,7 +524,7 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
         placement = pl.Placement(placement.gate, placement.method, placement.diagnostics, placement.flags + (
             pl.Flag("few_events", "warning",
                     f"{population} ({marker}): the cut {cut:.3f} was placed on only {x.size} events (< {MIN_GATE_EVENTS}); "
-                    f"a density valley is unreliable on so few; look at the {marker} histogram of the parent"),))
+                    f"a density valley is unreliable on so few; look at the {marker} histogram of the parent", population),))
     if x.size < 20 or not np.isfinite(cut):
         return placement
     density = pl.smoothed_density(x, DELTA, float(x.min()) - 3 * DELTA, float(x.max()) + 3 * DELTA)
@@ -542,7 +545,7 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
         flags.append(pl.Flag("cut_in_dense_region", "warning",
                              f"{population} ({marker}): the cut {cut:.3f} lies where events are dense (density "
                              f"{ratio:.2f} of the neighbouring peak's, limit {limit:.2g}); {sens:.1f} points of the "
-                             f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent"))
+                             f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent", population))
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
 
 
@@ -557,7 +560,7 @@ def size_flag(flag: pl.Flag, impact: float, what: str, alternatives, limit: floa
     cuts = ", ".join(f"{a:.3f}" for a in alternatives)
     return pl.Flag(flag.code, "warning" if impact > limit else "info",
                    f"{flag.message}; size: moving the cut to {cuts} changes {what} by {impact:.1f} points "
-                   f"(review above {limit:g})")
+                   f"(review above {limit:g})", flag.gate)
 
 
 def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_values: np.ndarray,
@@ -584,20 +587,21 @@ def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_
         f"{gate} ({marker}): {excess:.1f} points of {gate} are {subset} events with {marker} below the "
         f"{quantile:g}th percentile of {reference} ({low:.3f}), beyond the {quantile:g} % expected (limit "
         f"{limit:g}); the {gate} gate may hold {marker}-dim events of another kind; look at {marker} of {subset} "
-        f"against {reference}")
+        f"against {reference}", gate)
 
 
 def unstained_flag(population: str, marker: str, cut: float, parent: str, above_pct: float, n_parent: int,
                    control: str, limit: float = UNSTAINED_LIMIT, stained: str = "") -> pl.Flag | None:
     """``unstained_positive`` when ``above_pct`` (% of the unstained ``control``'s ``n_parent``
     events in ``parent`` above the ``stained`` file's ``cut`` of ``population``) exceeds ``limit``.
-    The message names the stained file (``"the stained tube <file>"``): the flag is raised on the
-    control, and ``qc.flags_on_gate`` finds the gate it names by it."""
+    The flag's ``gate`` is ``population``; its message names the stained file (``"the stained tube
+    <file>"``): the flag is raised on the control, and ``qc.flags_on_gate`` finds the stained file's
+    gate by it."""
     if not n_parent or not above_pct > limit:
         return None
     return pl.Flag("unstained_positive", "warning",
                    f"{population} ({marker}): {above_pct:.1f}% of the unstained control's {parent} events "
                    f"({n_parent}) lie above the threshold {cut:.3f} (limit {limit:g}%); autofluorescent cells "
                    f"or a cut too low; look at the {marker} histogram of the control ({control}) against the "
-                   f"stained tube{' ' + stained if stained else ''}")
+                   f"stained tube{' ' + stained if stained else ''}", population)
 

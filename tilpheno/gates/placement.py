@@ -70,11 +70,14 @@ VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
 
 @dataclass(frozen=True)
 class Flag:
-    """A QC finding from placement: ``code`` (design.md list), ``severity`` (info|warning|error)."""
+    """A QC finding from placement: ``code`` (design.md list), ``severity`` (info|warning|error);
+    ``gate``: the population whose gate it is about ('' until the engine, which knows the
+    population a placement is for, sets it: ``phenotype.gate_flag``)."""
 
     code: str
     severity: str
     message: str
+    gate: str = ""
 
 
 @dataclass(frozen=True)

@@ -121,10 +121,10 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
-        [{"product_id": f.product_id, "file": display_name(_flag_file(str(f.file))) if f.file else "", "code": f.code,
-          "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
+        [{"product_id": f.product_id, "file": display_name(_flag_file(str(f.file))) if f.file else "", "gate": f.gate,
+          "code": f.code, "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
          for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
-        columns=["product_id", "file", "code", "severity", "needs_review", "message"],
+        columns=["product_id", "file", "gate", "code", "severity", "needs_review", "message"],
     )
     return phenotypes, populations, qc
 

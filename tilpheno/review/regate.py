@@ -158,7 +158,7 @@ class Recomputed:
 
 REVIEW_COLUMNS = {"phenotypes.csv": ("product_id",),
                   "populations.csv": ("product_id", "file", "tube", "role", "fmo_marker"),
-                  "qc.csv": ("product_id", "file", "code", "severity", "message")}
+                  "qc.csv": ("product_id", "file", "gate", "code", "severity", "message")}
 """The columns of each table of OUT that the review app reads (``process`` writes them all)."""
 
 
@@ -361,7 +361,7 @@ class ReviewSource:
 
     def qc_flags(self, product_id: str) -> list[dict]:
         rows = self._rows("qc", product_id)
-        return [dict(r) for r in rows[["file", "code", "severity", "message"]].to_dict("records")]
+        return [dict(r) for r in rows[["file", "gate", "code", "severity", "message"]].to_dict("records")]
 
     def til_dose_cells(self, product_id: str) -> float | None:
         """The infused cell number the run used, from the first of the study's doses on the infused
@@ -508,7 +508,7 @@ class ReviewSource:
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
-            flagged = [(f.code, f.message) for f in result.qc if f.file in (name, "")]
+            flagged = [(f.code, f.gate) for f in result.qc if f.file in (name, "")]
             candidates[t.tube] = gate_candidates(t.thresholds, t.diagnostics, t.gates, flagged, self.fmo_percentile)
         self._automatic[product_id] = {"tubes": tubes}
         self._candidates[product_id] = candidates
@@ -678,8 +678,8 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
     (:func:`threshold_candidates`), then for every range gate whose placement recorded a cut
     (``diagnostics[population]["threshold"]``; ``gates``: the tube's ``(population, parent, gate,
     method)``) the cut in use first and its :func:`density_candidates`, repeats left out as in
-    :func:`threshold_candidates`. ``flags``: ``(code, message)`` of the file's flags; a flag is on a
-    gate when its message opens with ``"<population> ("``."""
+    :func:`threshold_candidates`. ``flags``: ``(code, gate)`` of the file's flags (``QCFlag.gate``:
+    the population whose gate a flag is about)."""
     out = threshold_candidates(thresholds, percentile)
     for population, _parent, gate, method in gates:
         d = diagnostics.get(population, {})
@@ -693,7 +693,7 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
             continue
         first = out.get(population) or [{"rule": "automatic", "label": "automatic", "cut": float(used),
                                          "meaning": f"the cut the run placed (rule: {method})"}]
-        codes = [code for code, message in flags if message.startswith(population + " (")]
+        codes = [code for code, on in flags if on == population]
         out[population] = _distinct(first, density_candidates(d, codes))
     return out
 
