@@ -1173,3 +1173,33 @@ def test_flags_on_an_fmo_files_gates_are_shown_on_the_threshold_they_set(service
     noted = {k for k, p in plots.items() if any(f["file"] == pd1["file"] for f in p["notes"])}
     assert noted == {("surface", "PD1+"), ("surface", "CD8+PD1+"), ("surface", "CD4+PD1+")}
     assert plots[("surface", "CD4+")]["file"] == "TIL001_surface_stain.fcs"
+
+
+def test_a_qc_csv_from_before_the_gate_column_is_read_as_those_versions_attached_flags(review_out, tmp_path):
+    """An output folder written before qc.csv had its ``gate`` column (reviews may be under way on it)
+    is not refused: each flag's gate is read from the message's opening '<population> (' as the app
+    did then, the longest population name first ('CD56+ (bright) (CD56): ...' is CD56+ (bright)'s, not
+    CD56+'s); the gates agree with the column ``process`` writes now."""
+    import shutil
+
+    import pandas as pd
+
+    from tilpheno.review.regate import ReviewSource, gates_named_by_messages
+
+    old = tmp_path / "old"
+    shutil.copytree(review_out, old)
+    qc = pd.read_csv(old / "qc.csv", dtype=str, keep_default_na=False)
+    base = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "severity": "warning", "needs_review": "True"}
+    gated = [{**base, "code": "cut_in_dense_region", "gate": "CD4+", "message": "CD4+ (CD4): the cut is in a dense region"},
+             {**base, "code": "no_second_peak", "gate": "", "message": "the file has one peak on CD3"}]
+    qc = pd.concat([qc, pd.DataFrame(gated)], ignore_index=True)
+    qc.drop(columns=["gate"]).to_csv(old / "qc.csv", index=False)   # as written before the column
+    source = ReviewSource(old)
+    assert source.qc["gate"].tolist() == qc["gate"].tolist()
+    assert [f for f in source.qc_flags(PID) if f["gate"]] == [{k: gated[0][k] for k in ("file", "gate", "code",
+                                                                                       "severity", "message")}]
+
+    flags = pd.DataFrame({"product_id": ["P", "P", "P"], "message": [
+        "CD56+ (bright) (CD56): no FMO", "CD56+ (CD56): dense cut", "the PD1 cut moved"]})
+    pops = pd.DataFrame({"product_id": ["P", "P"], "population": ["CD56+", "CD56+ (bright)"]})
+    assert gates_named_by_messages(flags, pops).tolist() == ["CD56+ (bright)", "CD56+", ""]

@@ -170,6 +170,24 @@ def missing_columns(frame: pd.DataFrame, path: Path) -> str:
             "run `tilpheno process` again)") if missing else ""
 
 
+def gates_named_by_messages(qc: pd.DataFrame, populations: pd.DataFrame) -> pd.Series:
+    """Each flag's gate for a qc.csv written before its ``gate`` column (tilpheno before stop 39), read
+    as those versions attached flags to gates: the message opens with ``"<population> ("`` (the longest
+    population name of the product that does, so ``CD56+ (bright)`` is not taken for ``CD56+``);
+    ``''`` when none does. ``populations``: populations.csv (``product_id``, ``population``)."""
+    names: dict[str, list[str]] = {}
+    for pid, pop in zip(populations["product_id"].astype(str), populations["population"].astype(str)):
+        names.setdefault(pid, []).append(pop)
+    for pid in names:
+        names[pid] = sorted(set(names[pid]), key=len, reverse=True)
+
+    def gate(pid: str, message: str) -> str:
+        return next((pop for pop in names.get(pid, []) if message.startswith(pop + " (")), "")
+
+    return pd.Series([gate(str(pid), str(m)) for pid, m in zip(qc["product_id"], qc["message"])], index=qc.index,
+                     dtype=object)
+
+
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -194,6 +212,9 @@ class ReviewSource:
             qc_path = self.out_dir / "qc.csv"
             self.qc = (pd.read_csv(qc_path, dtype=str, keep_default_na=False) if qc_path.exists()
                        else pd.DataFrame(columns=list(REVIEW_COLUMNS["qc.csv"])))
+            if "gate" not in self.qc.columns and {"product_id", "message"} <= set(self.qc.columns) \
+                    and {"product_id", "population"} <= set(self.populations_csv.columns):   # an older run
+                self.qc.insert(min(2, len(self.qc.columns)), "gate", gates_named_by_messages(self.qc, self.populations_csv))
             for name, frame in (("phenotypes.csv", self.phenotypes), ("populations.csv", self.populations_csv),
                                 ("qc.csv", self.qc)):
                 problem = missing_columns(frame, self.out_dir / name)
