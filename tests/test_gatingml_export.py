@@ -265,7 +265,6 @@ def test_pipeline_product_round_trip(tmp_path, boundary, product_id):
 
     from tilpheno.gates.gatingml import export_tube_gatingml
     from tilpheno.phenotype import analyze_product
-    from tilpheno.transforms import LOGICLE_TOLERANCE
 
     strategies = {s.tube: s for s in bundled_strategies(boundary)}
     product = analyze_product(product_id, sample_rows(product_id), list(strategies.values()))
@@ -284,18 +283,11 @@ def test_pipeline_product_round_trip(tmp_path, boundary, product_id):
         ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names, fcs.spillover)
         strategy = fk.parse_gating_xml(str(out))
         theirs = strategy.gate_sample(fk.Sample(tube.file))
-        # events the pipeline's table logicle could place on the other side of a threshold
-        near = np.zeros(fcs.n_events, dtype=bool)
-        for _, _, gate, _ in tube.gates:
-            if isinstance(gate, RangeGate) and gate.dim in tube.detectors:
-                for bound in (gate.low, gate.high):
-                    if bound is not None:
-                        near |= np.abs(tube.data[gate.dim] - bound) <= LOGICLE_TOLERANCE
         for population, *_ in tube.gates:
             pid = gatingml_id(population)
             assert tube.masks[population].sum() > 0, population
             differ = ours[pid] != tube.masks[population]
-            assert not np.any(differ & ~near), f"{tube.tube} {population}: {differ.sum()} events differ"
+            assert not np.any(differ), f"{tube.tube} {population}: {differ.sum()} events differ"
             fk_mask = theirs.get_gate_membership(pid, gate_path=strategy.find_matching_gate_paths(pid)[0])
             assert np.array_equal(fk_mask, ours[pid]), f"{tube.tube} {population}: FlowKit differs"
         assert read_gatingml(out).gates[gatingml_id("CD3+")].name == "CD3+"
@@ -321,9 +313,13 @@ def test_pipeline_product_round_trip(tmp_path, boundary, product_id):
     {"CD3": (262144.0, 0.5, 4.5, 0.0), "CD4": (262144.0, 0.5, 4.5, 0.0)},
 ], ids=["t4194304", "w0.4999999", "same"])
 def test_export_rereads_boundary_events_exactly(tmp_path, transforms):
-    """Thresholds on an event's value and on the float64 values either side of it: the exported
-    document re-read by tilpheno and FlowKit gives what the gates give on the exact (flowutils)
-    logicle of each dimension's own parameters."""
+    """Thresholds on the pipeline's (table) logicle value of an event and on the float64 values
+    either side of it, as a gate's minimum, maximum and both ends, and a positive gate pinned at
+    the highest value (the pipeline's ``x > cut`` is ``min = nextafter(cut)``): the exported
+    document re-read by tilpheno and by FlowKit contains exactly the events the gates contain on
+    the pipeline's own values. Before, thresholds were written on the exact logicle scale, and
+    the pinned gate held the top event in the document (FlowAtlas 390C_BM_027: CXCR3+, FoxP3+,
+    CD25+ 0 in the pipeline, 1 on re-import). A polygon keeps the exact logicle scale."""
     from types import SimpleNamespace
 
     from tilpheno.gates.gatingml import export_tube_gatingml
@@ -336,16 +332,32 @@ def test_export_rereads_boundary_events_exactly(tmp_path, transforms):
     path = tmp_path / "boundary.fcs"
     write_fcs(path, raw.astype(np.float32), [(c, None, 4194304) for c in names], {})
     fcs = read_fcs(path)
+    pipeline = {m: Logicle(*transforms[m]).apply(fcs.events[:, i].astype(np.float64)) for i, m in enumerate(("CD3", "CD4"))}
+    gates = []
+    for m in ("CD3", "CD4"):
+        top = float(pipeline[m].max())
+        gates.append((f"{m} pinned", "root", RangeGate(m, low=float(np.nextafter(top, 2))), "fmo"))
+        for k, event in enumerate(rng.choice(n, 20, replace=False)):
+            value = pipeline[m][event]
+            other = pipeline[m][rng.integers(n)]
+            for side, threshold in (("at", value), ("below", np.nextafter(value, -1)), ("above", np.nextafter(value, 2))):
+                gates.append((f"{m} {k} {side} min", "root", RangeGate(m, low=float(threshold)), "fmo"))
+                gates.append((f"{m} {k} {side} max", "root", RangeGate(m, high=float(threshold)), "fmo"))
+                gates.append((f"{m} {k} {side} both", "root", RangeGate(m, float(min(threshold, other)), float(max(threshold, other))), "fmo"))
+    gates.append(("box", "root", RectangleGate(("CD3", "CD4"), (float(pipeline["CD3"][3]), None), (None, float(pipeline["CD4"][5]))), "fmo"))
+    c3, c4 = float(pipeline["CD3"][7]), float(pipeline["CD4"][9])
+    gates.append(("quad", "root", QuadrantGate((Divider("q3", "CD3", (c3,)), Divider("q4", "CD4", (c4, float(np.nextafter(c4, 2))))), {
+        "Q lo lo": {"q3": c3 - 0.1, "q4": c4 - 0.1}, "Q hi mid": {"q3": c3, "q4": c4}, "Q hi hi": {"q3": 1.0, "q4": 1.0}}), "fmo"))
+    lo3, lo4 = np.quantile(pipeline["CD3"], 0.2), np.quantile(pipeline["CD4"], 0.2)
+    gates.append(("poly", "root", PolygonGate(("CD3", "CD4"), ((lo3, lo4), (0.95, lo4), (0.9, 0.9))), "fmo"))
+    expected = {label: gate.contains(pipeline) for label, _, gate, _ in gates if label != "quad"}
+    expected.update({q: gates[-2][2].contains(pipeline, q) for q in ("Q lo lo", "Q hi mid", "Q hi hi")})
+    assert expected["Q hi mid"].sum() == 1   # event 9: at the CD4 divider value, above the CD3 one
+    assert expected["CD3 pinned"].sum() == 0 and expected["CD4 pinned"].sum() == 0
     exact = {m: fu_logicle(fcs.events[:, i], None, t=transforms[m][0], w=transforms[m][1], m=transforms[m][2], a=transforms[m][3])
              for i, m in enumerate(("CD3", "CD4"))}
-    gates, expected = [], {}
-    for m in ("CD3", "CD4"):
-        for k, event in enumerate(rng.choice(n, 20, replace=False)):
-            value = exact[m][event]
-            for side, threshold in (("at", value), ("below", np.nextafter(value, -1)), ("above", np.nextafter(value, 2))):
-                label = f"{m} {k} {side}"
-                gates.append((label, "root", RangeGate(m, low=float(threshold)), "fmo"))
-                expected[label] = exact[m] >= threshold
+    expected["poly"] = gates[-1][2].contains(exact)   # a polygon is written on the exact logicle scale
+    assert 0 < expected["poly"].sum() < n
     result = SimpleNamespace(gates=gates, detectors={"CD3": "FITC-A", "CD4": "PE-A"})
     out = tmp_path / "boundary.xml"
     export_tube_gatingml(result, out, {m: Logicle(*p) for m, p in transforms.items()}, compensation="uncompensated")

@@ -807,6 +807,70 @@ def scale_transform_for(transform, transform_id: str) -> ScaleTransform | None:
     raise StrategyError(f"transform {transform!r} has no Gating-ML equivalent on the same scale")
 
 
+_SIGN = 1 << 63
+
+
+def _order_key(x: float) -> int:
+    """An integer that orders float64 values as their values do (-0.0 and 0.0 both 0)."""
+    bits = int(np.array(x, dtype=np.float64).view(np.uint64))
+    return bits if bits < _SIGN else -(bits - _SIGN)
+
+
+def _from_order_key(key: int) -> float:
+    bits = key if key >= 0 else -key + _SIGN
+    return float(np.array(bits, dtype=np.uint64).view(np.float64))
+
+
+def linear_threshold(transform, bound: float) -> float:
+    """The smallest float64 ``x`` (the transform's input: compensated linear units) with
+    ``transform.apply(x) >= bound``; -inf when every float64 reaches ``bound``, inf when none does.
+
+    ``transform`` is a monotone non-decreasing ``tilpheno.transforms`` transform (its ``apply``
+    as the pipeline evaluates it, e.g. the table logicle), so for every value ``v``:
+    ``apply(v) >= bound`` exactly when ``v >= x`` and ``apply(v) < bound`` exactly when ``v < x``
+    (NaN in neither). Bisection over the float64 values in their order (at most 64 steps).
+    """
+    def reaches(key: int) -> bool:
+        return bool(transform.apply(np.array([_from_order_key(key)]))[0] >= bound)
+
+    low, high = _order_key(-np.finfo(np.float64).max), _order_key(np.finfo(np.float64).max)
+    if reaches(low):
+        return -math.inf
+    if not reaches(high):
+        return math.inf
+    while high - low > 1:   # invariant: low does not reach bound, high does
+        mid = (low + high) // 2
+        low, high = (low, mid) if reaches(mid) else (mid, high)
+    return _from_order_key(high)
+
+
+def _on_linear_scale(gate: Gate, transforms: Mapping[str, object]) -> Gate:
+    """An axis-aligned gate (range, rectangle, quadrant; on transformed dimensions, as the
+    pipeline evaluates it) with every bound on the dimensions' linear input scale
+    (:func:`linear_threshold`): the same events for every value. Other gates unchanged."""
+    def cut(dim: str, value: float | None) -> float | None:
+        return None if value is None else linear_threshold(transforms[dim], value)
+
+    if isinstance(gate, RangeGate):
+        return RangeGate(gate.dim, cut(gate.dim, gate.low), cut(gate.dim, gate.high))
+    if isinstance(gate, RectangleGate):
+        return RectangleGate(gate.dims, tuple(cut(d, v) for d, v in zip(gate.dims, gate.lows)),
+                             tuple(cut(d, v) for d, v in zip(gate.dims, gate.highs)))
+    if isinstance(gate, QuadrantGate):
+        dividers = {d.id: Divider(d.id, d.dim, tuple(linear_threshold(transforms[d.dim], v) for v in d.values))
+                    for d in gate.dividers}
+
+        def location(divider: Divider, at: float) -> float:   # a linear value inside the same interval
+            low, high = divider.interval(at)
+            moved = dividers[divider.id]
+            return float(np.nextafter(moved.values[0], -np.inf)) if low is None else moved.values[divider.values.index(low)]
+
+        by_id = {d.id: d for d in gate.dividers}
+        return QuadrantGate(tuple(dividers.values()), {
+            q: {did: location(by_id[did], at) for did, at in pos.items()} for q, pos in gate.quadrants.items()})
+    return gate
+
+
 def _renamed(gate: Gate, mapping: Mapping[str, str]) -> Gate:
     """``gate`` with its dimension names replaced through ``mapping``."""
     from tilpheno.gates.geometry import gate_from_dict
@@ -863,8 +927,11 @@ def _check_xml_ids(doc: GatingMLDocument) -> None:
 
 
 def _num(value: float) -> str:
-    """Shortest text that parses back to exactly ``value``."""
-    return repr(float(value))
+    """Shortest text that parses back to exactly ``value`` (infinities as xs:double's ``INF``, ``-INF``)."""
+    value = float(value)
+    if math.isinf(value):
+        return "INF" if value > 0 else "-INF"
+    return repr(value)
 
 
 def _dimension_children(parent: ET.Element, dim: Dimension) -> None:
@@ -1006,7 +1073,8 @@ def export_gatingml(
 
     Note: readers of the document (tilpheno, FlowKit) evaluate logicle exactly (flowutils);
     ``tilpheno.transforms.Logicle`` interpolates a table (error < 1e-6 on the 0..1 scale), so an
-    event within 1e-6 of a threshold can fall on the other side when re-gated from the document.
+    event within 1e-6 of a threshold can fall on the other side when re-gated from the document
+    (``export_tube_gatingml`` writes a tube's thresholds on the linear scale, where they do not).
     """
     doc = build_document(gates, transforms, matrices, source=str(path))
     write_gatingml(doc, path)
@@ -1028,6 +1096,14 @@ def export_tube_gatingml(
     ``"uncompensated"``, or the override Spillover used (written as a spectrumMatrix
     "Compensation" whose fluorochromes are the detectors). Population labels become ids through
     ``gatingml_id`` and are kept as names; the top-level parent ("root" or None) is dropped.
+
+    Axis-aligned gates (ranges, rectangles, quadrants) are written on the compensated linear
+    scale (no ``transformation-ref``), each bound moved to :func:`linear_threshold` of its
+    dimension's transform: a reader's ``min <= x < max`` then contains exactly the events the
+    pipeline's ``min <= transform(x) < max`` contains, for every event (the pipeline's table
+    logicle and a reader's exact logicle differ by up to 1e-6, which on the transformed scale put
+    events at a threshold, e.g. one pinned at the highest value, on the other side). Polygons and
+    ellipses keep their transformed coordinates and the transformation (up to 1e-6 apart).
     """
     matrices: list[SpectrumMatrix] = []
     if isinstance(compensation, Spillover):
@@ -1037,20 +1113,20 @@ def export_tube_gatingml(
     else:
         comp_ref = compensation
     scale: dict[str, ScaleTransform] = {}
-    dims: dict[str, Dimension] = {}
+    dims: dict[tuple[str, bool], Dimension] = {}
 
-    def dimension(dim: str) -> Dimension:
-        if dim not in dims:
-            if dim not in transforms:
-                raise StrategyError(f"{path}: no transform given for dimension {dim!r}")
-            st = scale_transform_for(transforms[dim], "transform")
+    def dimension(dim: str, linear: bool) -> Dimension:
+        if dim not in transforms:
+            raise StrategyError(f"{path}: no transform given for dimension {dim!r}")
+        if (dim, linear) not in dims:
+            st = None if linear else scale_transform_for(transforms[dim], "transform")
             tid = None
             if st is not None:  # e.g. Logicle_262144_0.5_4.5_0: every digit, so unequal scales get unequal ids
                 tid = "_".join([st.kind.capitalize(), *(_num(v).removesuffix(".0").replace("+", "") for v in st.params.values())])
                 scale.setdefault(tid, ScaleTransform(tid, st.kind, st.params))
             marker = dim in result.detectors
-            dims[dim] = Dimension(result.detectors.get(dim, dim), comp_ref if marker else UNCOMPENSATED, tid)
-        return dims[dim]
+            dims[dim, linear] = Dimension(result.detectors.get(dim, dim), comp_ref if marker else UNCOMPENSATED, tid)
+        return dims[dim, linear]
 
     def ident(population: str | None) -> str | None:
         return None if population in (None, "", "root") else gatingml_id(population)
@@ -1061,6 +1137,10 @@ def export_tube_gatingml(
             gate = BooleanGate(gate.op, tuple(map(gatingml_id, gate.operands)), gate.complements)
         elif isinstance(gate, QuadrantGate):
             gate = QuadrantGate(gate.dividers, {gatingml_id(q): pos for q, pos in gate.quadrants.items()})
-        gates.append(ExportGate(gatingml_id(population), ident(parent), gate, {d: dimension(d) for d in gate.dims}, name=population))
+        linear = isinstance(gate, (RangeGate, RectangleGate, QuadrantGate))
+        dimensions = {d: dimension(d, linear) for d in gate.dims}
+        if linear:
+            gate = _on_linear_scale(gate, transforms)
+        gates.append(ExportGate(gatingml_id(population), ident(parent), gate, dimensions, name=population))
     return export_gatingml(gates, path, transforms=list(scale.values()), matrices=matrices)
 

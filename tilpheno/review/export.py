@@ -11,9 +11,10 @@
   certificates audited only when every file was written.
 * :func:`approved_gatingml`: the approved gates of one tube kind as a Gating-ML 2.0 document
   (``tilpheno.gates.gatingml.export_tube_gatingml``); applying it to the stained FCS file with
-  ``apply_gatingml`` gives the same memberships as the review app, but for an event within
-  ``tilpheno.transforms.LOGICLE_TOLERANCE`` (1e-6 on the 0..1 scale) of a threshold on a logicle
-  axis: the app's table logicle and the exact one of a Gating-ML reader may put it on opposite sides.
+  ``apply_gatingml`` gives the same memberships as the review app (thresholds written on the
+  linear scale, see ``export_tube_gatingml``), but for an event within
+  ``tilpheno.transforms.LOGICLE_TOLERANCE`` (1e-6 on the 0..1 scale) of a polygon's or ellipse's
+  edge on a logicle axis: the app's table logicle and the exact one of a reader may put it on opposite sides.
 """
 from __future__ import annotations
 
