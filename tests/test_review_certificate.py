@@ -321,3 +321,28 @@ def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(a
         assert "audited (export_failed)" in r.output and len(_entries(approved, "export_failed")) == 1
     assert _tree(dest) == {"phenotypes_approved.csv": b"previous export\n"}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
+
+
+def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, monkeypatch):
+    """Flag codes and file names wider than their column were broken mid-word by reportlab
+    ('cut_in_dense_regio' / 'n', 'compensation_negative_spillove' / 'r'); now only after an
+    underscore (or - . /): the PDF's text, lines ending in one joined to the next, holds every code
+    and file name whole. The product's own flags plus two of the pipeline's longest codes."""
+    import re
+    import shutil
+    import subprocess
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
+    flags = approved.source.qc_flags(PID) + [
+        {"severity": "warning", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "message": "CD3+: cut in a dense region"},
+        {"severity": "warning", "code": "compensation_negative_spillover", "file": "TIL001_surface_FMO_PD1.fcs", "message": "m"},
+    ]
+    monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(certificate.certificate_pdf(approved, PID))
+    text = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    words = set(re.sub(r"(?<=[_\-./])\n", "", text).split())
+    for f in flags:
+        assert f["code"] in words, f["code"]
+        assert f["file"] in words, f["file"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from xml.sax.saxutils import escape
 
 from tilpheno.review.models import utcnow
@@ -25,6 +26,33 @@ def _fmt(v) -> str:
     except (TypeError, ValueError):
         return str(v)
     return "NA" if math.isnan(f) else f"{f:.2f}" if abs(f) < 1e6 else f"{f:.4g}"
+
+
+_PADDING = 6.0   # points: reportlab Table's default left and right cell padding
+_BREAK_AFTER = re.compile(r"(?<=[_/.\-])")
+
+
+def fitted_markup(text: str, width: float, font: str, size: float) -> str:
+    """Paragraph markup of ``text`` (escaped) for a column ``width`` points wide (padding
+    included): a word wider than the column is broken after its ``_``, ``-``, ``.`` or ``/``
+    (``cut_in_dense_`` / ``region``, never ``cut_in_dense_regio`` / ``n``), its pieces packed
+    greedily into lines (``<br/>``); a piece still too wide is left to reportlab."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    room = width - 2 * _PADDING
+    words = []
+    for word in str(text).split(" "):
+        if stringWidth(word, font, size) <= room:
+            words.append(escape(word))
+            continue
+        lines: list[str] = []
+        for piece in _BREAK_AFTER.split(word):
+            if lines and stringWidth(lines[-1] + piece, font, size) <= room:
+                lines[-1] += piece
+            else:
+                lines.append(piece)
+        words.append("<br/>".join(escape(line) for line in lines if line))
+    return " ".join(words)
 
 
 def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | None = None) -> bytes:
@@ -50,8 +78,12 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     def p(text, style=body):
         return Paragraph(escape(str(text)), style)
 
+    def cell(text, width):
+        return Paragraph(fitted_markup(str(text), width, small.fontName, small.fontSize), small)
+
     def table(rows, widths, header=True):
-        t = Table([[p(c, small) for c in r] for r in rows], colWidths=[w * mm for w in widths], repeatRows=1 if header else 0)
+        t = Table([[cell(c, w * mm) for c, w in zip(r, widths)] for r in rows], colWidths=[w * mm for w in widths],
+                  repeatRows=1 if header else 0)
         t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
                                ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke if header else colors.white),
                                ("VALIGN", (0, 0), (-1, -1), "TOP")]))
