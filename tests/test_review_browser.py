@@ -681,9 +681,9 @@ def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, 
     message = ("live (7AAD): no positive density peak; all peaks taken as negative, cut 4 SD above them at 0.3791; "
                "size: moving the cut to 0.420 changes cd3_pct_of_live_lymph by 2.4 points (review above 2); "
                "look at the 7AAD histogram of the parent for a positive population")
-    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "no_second_peak", "severity": "warning",
-            "needs_review": "True", "message": message}
-    note = {**flag, "code": "cut_in_dense_region", "severity": "info", "needs_review": "False",
+    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "gate": "live", "code": "no_second_peak",
+            "severity": "warning", "needs_review": "True", "message": message}
+    note = {**flag, "gate": "CD3+", "code": "cut_in_dense_region", "severity": "info", "needs_review": "False",
             "message": "CD3+ (CD3): the cut 0.422 lies where events are dense; size: moving the cut to 0.392, 0.452 "
                        "changes cd3_pct_of_live_lymph by 0.8 points (review above 2)"}
     fmo = {**flag, "file": "TIL001_surface_FMO_CD4.fcs", "message": "live (7AAD): no positive density peak"}
@@ -806,8 +806,8 @@ def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_ou
 
     source = ReviewSource(review_out)
     message = "CD4+ (CD4): the CD4 FMO has no events in CD3+; no threshold"
-    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "code": "gate_failed", "severity": "error",
-            "needs_review": "True", "message": message}
+    flag = {"product_id": PID, "file": "TIL001_surface_stain.fcs", "gate": "CD4+", "code": "gate_failed",
+            "severity": "error", "needs_review": "True", "message": message}
     monkeypatch.setattr(source, "qc", pd.concat([source.qc, pd.DataFrame([flag])], ignore_index=True))
     automatic = source.automatic
 

@@ -252,6 +252,8 @@ def test_another_labs_outputs_carry_its_words_not_the_til_studys(tmp_path):
     assert result.exit_code == 0, result.output
     pages = {"index.html": (out / "index.html").read_text(),
              "report.html": next((out / "products").glob("*/report.html")).read_text()}
+    # the pages' words, not the base64 of their embedded images (where "TIL" can be a run of characters)
+    pages = {name: re.sub(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", "data:", page) for name, page in pages.items()}
     for name, page in pages.items():
         for til_word in ("TIL", "7AAD", "FoxP3", "PD1"):
             assert til_word not in page, (name, til_word)
