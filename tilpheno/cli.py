@@ -268,6 +268,7 @@ def new_study(
     out: Path = typer.Option(..., "-o", "--out", help="Folder to write study.yaml, one strategy per tube kind, release.yaml and manifest.csv into."),
     name: Optional[str] = typer.Option(None, "--name", help="The study's name (default: the folder's name)."),
     panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors."),
+    lineage: Optional[Path] = typer.Option(None, "--lineage", help="YAML file with a `lineage:` mapping (marker: the marker it is gated within; empty: not nested) overriding the vocabulary's, e.g. {CD8: ~, PD1: CD8}."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files a previous draft wrote into OUT."),
 ) -> None:
     """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written).
@@ -281,7 +282,7 @@ def new_study(
     from tilpheno.scaffold import check_draft, draft_study, write_study
 
     try:
-        draft = draft_study(folder, name=name, panel=panel)
+        draft = draft_study(folder, name=name, panel=panel, lineage=lineage)
         write_study(draft, out, overwrite=overwrite)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
@@ -310,10 +311,12 @@ def new_study(
         typer.secho(f"no marker read: {label.describe()} (--panel; {len(files)} file(s): {', '.join(sorted(files))})",
                     fg=typer.colors.YELLOW, err=True)
     bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''})" for t in draft.tubes]
+    nested = "; ".join(f"{', '.join(f'{m}+ within {a}+' for m, a in t.nested)} ({t.kind})" for t in draft.tubes if t.nested)
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
-               f"manifest.csv ({len(draft.manifest)} files). Every marker gate sits directly under "
-               f"{', '.join(bases)}: nest gates and rename variables in the "
-               "strategy files. Run:")
+               f"manifest.csv ({len(draft.manifest)} files). Marker gates sit directly under "
+               f"{', '.join(bases)}"
+               f"{', except those the lineage table nests: ' + nested if nested else ''}: "
+               "change `parent:` lines and variables in the strategy files to nest differently. Run:")
     panel_option = f" --panel {panel}" if panel is not None else ""
     typer.echo(f"  tilpheno process {folder} --study {out}/study.yaml --manifest {out}/manifest.csv{panel_option} -o RESULTS")
     problem = check_draft(out, folder, panel=panel)

@@ -18,13 +18,16 @@ run needs no hand-written YAML.
   ``$PnR`` - 1; none when the files have no scatter channels, e.g. a FlowJo export of gated
   fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability
   dye, the vocabulary's ``viability:`` list, kept low at its density valley), then **one gate per
-  other marker, each directly under ``live``** (or the last gate before it, or ``root``): ``fmo`` when the folder holds an
-  FMO for the marker (products without it get the flagged fallback gate), else ``valley`` (keep
-  high). The draft does not know the panel's biology, so it nests nothing (``CD4+`` is not put
-  under ``CD3+``): nesting is one ``parent:`` line per gate, in the strategy file or in the study's
-  own words;
-* **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_live`` per marker
-  (``_<kind>`` appended where two kinds would give the same name).
+  other marker**, parents before their children: ``fmo`` when the folder holds an FMO for the
+  marker (products without it get the flagged fallback gate), else ``valley`` (keep high). A marker
+  is gated within the positive gate of its parent in the vocabulary's ``lineage:`` table (``CD4+``
+  within ``CD3+``, ``FoxP3+`` within ``CD4+``; ``lineage`` of :func:`draft_study` overrides entries)
+  when that marker is gated in the same tube kind, else within the nearest one up the table's chain
+  that is; every other marker gate sits directly under ``live`` (or the last gate before it, or
+  ``root``);
+* **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_<parent>`` per marker,
+  ``<parent>`` the marker it is nested within (``cd4_pct_of_cd3``) or the gate it sits under
+  (``cd3_pct_of_live``); ``_<kind>`` appended where two kinds would give the same name.
 
 :func:`write_study` writes ``study.yaml``, one strategy per kind, and ``manifest.csv`` (every file
 used, paths relative to the folder): ``tilpheno process FOLDER --study OUT/study.yaml --manifest
@@ -46,7 +49,7 @@ from tilpheno.io.files import display_name
 from tilpheno.io.manifest import scan_files
 from tilpheno.panel import SharedLabel, file_markers, read_panel_file, shared_labels
 from tilpheno.study import default_study
-from tilpheno.vocabulary import Vocabulary, key
+from tilpheno.vocabulary import Vocabulary, key, read_lineage
 
 ROLE_WORDS = frozenset({"stain", "stained", "fmo", "unstained", "unstain", "blank", "tube", "sample", "specimen",
                         "control", "minus", "all", "full", "panel", "compensation", "fcs"})
@@ -63,8 +66,9 @@ class TubeDraft:
     order), the viability dye among them (None: none), the markers an FMO of the folder omits,
     the scatter dimensions (None: the files have none), FSC-H (None: absent), the ``cells`` gate's
     ceiling (linear scatter units), the top of the markers' scale (the largest ``$PnR``), how
-    many products have a stained file of it, and the markers only some of its files have (panel
-    versions; not gated)."""
+    many products have a stained file of it, the markers only some of its files have (panel
+    versions; not gated), and the nesting of its marker gates (marker -> the marker within whose
+    positive gate it is gated, from the lineage table; markers not listed sit under :attr:`base`)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -76,12 +80,23 @@ class TubeDraft:
     scale_top: float
     products: int
     partial: tuple[str, ...] = ()
+    nested: tuple[tuple[str, str], ...] = ()
 
     @property
     def base(self) -> str:
-        """The population every marker gate of the draft sits directly under: ``live`` with a
-        viability dye, else the last scatter gate (``singlets`` or ``cells``), else ``root``."""
+        """The population every marker gate of the draft that is not nested sits directly under:
+        ``live`` with a viability dye, else the last scatter gate (``singlets`` or ``cells``), else
+        ``root``."""
         return "live" if self.viability else _before_live(self)
+
+    def parent_marker(self, marker: str) -> str | None:
+        """The marker within whose positive gate ``marker`` is gated, or None (under :attr:`base`)."""
+        return dict(self.nested).get(marker)
+
+    def parent(self, marker: str) -> str:
+        """The population ``marker``'s gate is drawn in: ``<parent marker>+`` or :attr:`base`."""
+        above = self.parent_marker(marker)
+        return f"{above}+" if above else self.base
 
 
 @dataclass
@@ -107,10 +122,10 @@ class StudyDraft:
         """Per kind: variable name -> (numerator, denominator) population."""
         plain: dict[str, dict[str, tuple[str, str]]] = {}
         for tube in self.tubes:
-            base = tube.base
             own = {"viability_pct": ("live", _before_live(tube))} if tube.viability else {}
             for marker in _gated(tube):
-                own[f"{_slug(marker)}_pct_of_{base}"] = (f"{marker}+", base)
+                above = tube.parent_marker(marker)
+                own[f"{_slug(marker)}_pct_of_{_slug(above) if above else tube.base}"] = (f"{marker}+", tube.parent(marker))
             plain[tube.kind] = own
         counts = Counter(name for own in plain.values() for name in own)
         return {kind: {(name if counts[name] == 1 else f"{name}_{_slug(kind)}"): pops for name, pops in own.items()}
@@ -122,7 +137,39 @@ def _slug(text: str) -> str:
 
 
 def _gated(tube: TubeDraft) -> list[str]:
-    return [m for m in tube.markers if m != tube.viability]
+    """The marker gates' markers (not the viability dye), parents before their children, else in
+    the tube's order."""
+    return _parents_first([m for m in tube.markers if m != tube.viability], dict(tube.nested))
+
+
+def _parents_first(markers: Sequence[str], parents: dict[str, str]) -> list[str]:
+    """``markers`` in their order, each moved after its parent (``parents``: marker -> parent)."""
+    ordered: list[str] = []
+
+    def add(marker: str) -> None:
+        if marker not in ordered:
+            if marker in parents:
+                add(parents[marker])
+            ordered.append(marker)
+
+    for marker in markers:
+        add(marker)
+    return ordered
+
+
+def nesting(markers: Sequence[str], viability: str | None, vocabulary: Vocabulary) -> tuple[tuple[str, str], ...]:
+    """Marker -> the marker within whose positive gate the draft gates it: the nearest one up its
+    lineage chain (:meth:`Vocabulary.lineage_chain`) that the tube gates too (not its viability
+    dye); markers with none are left out. In the order the draft writes the gates (parents first)."""
+    gated = [m for m in markers if m != viability]
+    pairs = {}
+    for marker in gated:
+        for above in vocabulary.lineage_chain(marker):
+            found = next((m for m in gated if vocabulary.same(m, above)), None)
+            if found is not None and found != marker:
+                pairs[marker] = found
+                break
+    return tuple((m, pairs[m]) for m in _parents_first(gated, pairs) if m in pairs)
 
 
 def _scatter_gates(tube: TubeDraft) -> list[str]:
@@ -153,17 +200,22 @@ def _channel(channels: Sequence[str], *names: str) -> str | None:
     return next((by_key[key(n)] for n in names if key(n) in by_key), None)
 
 
-def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Path | None = None) -> StudyDraft:
+def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Path | None = None,
+                lineage: str | Path | None = None) -> StudyDraft:
     """Draft a study from the FCS files under ``folder`` (module docstring). ``panel``: a panel file
     (``tube, detector, marker``; ``tube`` a word of the files' TUBE NAME or file names, or empty for
     every file) naming markers on detectors the export left unlabelled; its markers are the files'
     labels in the scan too, so that an export without ``$PnS`` (labels kept in a FlowJo workspace)
-    drafts as stained files, not unstained controls. Raises TableError when no file can be used
+    drafts as stained files, not unstained controls. ``lineage``: a lab's lineage file (a YAML
+    ``lineage:`` mapping, :func:`tilpheno.vocabulary.read_lineage`) whose entries win over the
+    vocabulary's table (StudyError naming the file and entry when invalid). Raises TableError when no file can be used
     (no readable stained file), PanelError when a panel row names a detector that a stained or FMO
     file it applies to does not have (``process`` would fail the file's product)."""
     folder = Path(folder)
     study = default_study()
     vocabulary = study.vocabulary
+    if lineage is not None:
+        vocabulary = vocabulary.with_lineage(read_lineage(lineage), str(lineage))
     overrides = read_panel_file(panel) if panel is not None else None
     scanned, metadata = scan_files(folder, study=study, panel=overrides)
     skipped: list[tuple[str, str]] = []
@@ -212,7 +264,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
         tubes.append(TubeDraft(kind, tuple(order), viability, tuple(m for m in order if m in set(fmo_markers)),
                                scatter, height, ceiling, top, len({f["product_id"] for f in members}),
-                               tuple(sorted(set().union(*versions) - set(markers)))))
+                               tuple(sorted(set().union(*versions) - set(markers))),
+                               nesting(order, viability, vocabulary)))
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -318,8 +371,10 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     lines = [
         f"# Drafted by `tilpheno new-study` from {tube.products} product(s)' stained '{tube.kind}' files in "
         f"{draft.folder.name}/.",
-        f"# Every marker gate sits directly under `{base}`: the draft does not know the panel's biology. To gate",
-        "# a marker within another population (e.g. CD4+ within CD3+), change its `parent:`; variables are",
+        f"# A marker gate sits directly under `{base}` unless the marker vocabulary's lineage table",
+        "# (tilpheno/studies/vocabulary.yaml, `lineage:`; new-study --lineage FILE) nests it within another",
+        f"# marker's positive gate (its comment says which). To un-nest a gate, set its `parent:` to `{base}`",
+        "# and its variable's denominator with it; to nest one, the reverse. Variables are",
         "# 100 x count(numerator) / count(denominator). A lymphocyte scatter gate is `method: lymphocytes` on",
         "# [FSC-A, SSC-A]. Methods and parameters: tilpheno/gates/strategy.py.",
         f"strategy: {_scalar(draft.name + '_' + tube.kind)}",
@@ -341,9 +396,11 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low}}   # the viability dye: dead cells are bright")
     for marker in _gated(tube):
-        head = f"  - {{name: {_scalar(marker + '+')}, parent: {base}, dims: {_list([marker])}, "
+        above = tube.parent_marker(marker)
+        head = f"  - {{name: {_scalar(marker + '+')}, parent: {_scalar(tube.parent(marker))}, dims: {_list([marker])}, "
+        why = f"; within {above}+ (lineage: {marker} of {above})" if above else ""
         lines.append(head + ("method: fmo}   # its FMO is in the folder" if marker in fmo else
-                             "method: valley, params: {keep: high}}   # no FMO in the folder: the density valley"))
+                             "method: valley, params: {keep: high}}   # no FMO in the folder: the density valley") + why)
     lines.append("variables:")
     for name, (numerator, denominator) in draft.variables()[tube.kind].items():
         lines.append(f"  {_scalar(name)}: {{numerator: {_scalar(numerator)}, denominator: {_scalar(denominator)}}}")

@@ -27,6 +27,9 @@ Conventions
   SYTO 41 and SYTO 62 are other dyes) is known as a whole: the family word followed by a number
   (``"Syto 41"``, ``"SYTO-9"``, ``"syto17"``) is the marker ``SYTO41`` etc.; the word alone or
   followed by letters (``SYTOX Green``, another family) is not.
+* A lineage table (``lineage:``, marker -> the marker within whose positive gate it is gated:
+  ``CD4: CD3``) says how ``tilpheno new-study`` nests the gates it drafts
+  (:meth:`Vocabulary.lineage_parent`); an entry with no parent (``CD4: ~``) nests nothing.
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
@@ -61,7 +64,8 @@ class Vocabulary:
     ``prefixes``: keys of prefixes dropped before a known marker. ``viability``: keys of the dyes
     that mark dead cells (the ``viability:`` list). ``source``: where it came from.
     ``numbered``: key of each dye family whose number names the dye -> its spelling (the
-    ``numbered:`` list; module docstring).
+    ``numbered:`` list; module docstring). ``lineage``: key of a marker -> the canonical name of
+    the marker whose positive gate it is drafted under ('' for none; the ``lineage:`` table).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -71,6 +75,39 @@ class Vocabulary:
     source: str = ""
     viability: frozenset[str] = frozenset()
     numbered: Mapping[str, str] = field(default_factory=dict)
+    lineage: Mapping[str, str] = field(default_factory=dict)
+
+    def with_lineage(self, lineage: Mapping[str, str | None], source: str = "") -> "Vocabulary":
+        """A new vocabulary whose lineage table has ``marker: parent`` entries added (they win over
+        existing ones; a None or '' parent un-nests the marker). Raises StudyError naming ``source``
+        when the table then nests a marker within itself (``CD4: CD3`` and ``CD3: CD4``)."""
+        table = dict(self.lineage)
+        for marker, parent in lineage.items():
+            table[key(self.canonical_name(marker))] = self.canonical_name(parent) if parent else ""
+        vocabulary = replace(self, lineage=table)
+        for marker in lineage:
+            chain = vocabulary.lineage_chain(marker)
+            if chain and vocabulary.same(chain[-1], marker):
+                raise StudyError(f"{source or 'vocabulary'}: lineage.{marker}: "
+                                 f"{' -> '.join([str(marker), *chain])} nests a marker within itself")
+        return vocabulary
+
+    def lineage_parent(self, marker: str) -> str | None:
+        """The marker within whose positive gate ``marker`` (any spelling) is gated, by the lineage
+        table (canonical spelling), or None."""
+        return self.lineage.get(key(self.canonical_name(marker))) or None
+
+    def lineage_chain(self, marker: str) -> list[str]:
+        """``marker``'s lineage parents, nearest first, up to the first without one or the first
+        repeated (a cycle ends the chain with ``marker`` or the repeated marker)."""
+        chain: list[str] = []
+        parent = self.lineage_parent(marker)
+        while parent is not None:
+            chain.append(parent)
+            if self.same(parent, marker) or any(self.same(parent, p) for p in chain[:-1]):
+                break
+            parent = self.lineage_parent(parent)
+        return chain
 
     def with_aliases(self, aliases: Mapping[str, Iterable[str]], source: str = "") -> "Vocabulary":
         """A new vocabulary with more ``canonical: [spellings]`` entries (they win over existing ones)."""
@@ -241,12 +278,12 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``, ``numbered``)."""
+    ``viability``, ``numbered``, ``lineage``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered",
-                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered"),
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, lineage",
+                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "lineage"),
                       empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
@@ -255,7 +292,33 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
         viability=frozenset(key(v) for v in _string_list(doc.get("viability"), f"{path}: viability")),
         numbered={key(f): str(f).strip() for f in _string_list(doc.get("numbered"), f"{path}: numbered")},
     )
-    return base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
+    vocabulary = base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
+    return vocabulary.with_lineage(parse_lineage(doc.get("lineage"), f"{path}: lineage"), str(path))
+
+
+def parse_lineage(value: Any, where: str) -> dict[str, str | None]:
+    """Validate a ``lineage:`` mapping (marker -> the marker it is gated within, or empty for none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise StudyError(f"{where}: must be a mapping 'marker: the marker it is gated within'")
+    bad = next((m for m, p in value.items() if p is not None and not isinstance(p, (str, int, float))), None)
+    if bad is not None:
+        raise StudyError(f"{where}.{bad}: must be one marker name (or empty: not nested)")
+    return {str(m): (str(p).strip() or None) if p is not None else None for m, p in value.items()}
+
+
+def read_lineage(path: str | Path) -> dict[str, str | None]:
+    """A lab's lineage file: a YAML mapping with one key, ``lineage:`` (as in the bundled
+    vocabulary.yaml), whose entries win over the bundled table."""
+    from tilpheno.io.yamlsafe import load_config, with_line
+
+    path = Path(path)
+    raw, doc = load_config(path, "lineage file", "lineage", StudyError, ("lineage",), empty_ok=True)
+    try:
+        return parse_lineage(doc.get("lineage"), f"{path}: lineage")
+    except StudyError as exc:
+        raise StudyError(with_line(str(exc), path, raw)) from None
 
 
 @lru_cache(maxsize=1)
