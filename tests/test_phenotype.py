@@ -124,6 +124,49 @@ def test_unreadable_and_missing_files_give_flags_and_nans(product, strategies, t
     assert fmo == {("not_gated", "info")}
 
 
+def test_each_stained_file_is_decoded_once(product, strategies, monkeypatch):
+    """The stained file that resolves its FMO files' panels was decoded twice (its events read for
+    the readability check, discarded, read again when gated): 2 decodes of 12,000 events per stained
+    file. Now its TEXT and DATA placement are checked without decoding: every file once."""
+    import collections
+
+    import tilpheno.io.fcs as fcs_module
+
+    _, rows, _ = product
+    decoded: collections.Counter = collections.Counter()
+    read_fcs = fcs_module.read_fcs
+
+    def counting(path, **kw):
+        decoded[Path(path).name] += 1
+        return read_fcs(path, **kw)
+
+    monkeypatch.setattr(fcs_module, "read_fcs", counting)
+    result = run(rows, strategies)
+    stained = [Path(f).name for f, role in zip(rows["file"], rows["role"]) if role == "stain"]
+    assert stained and all(decoded[name] == 1 for name in stained), decoded
+    assert np.isfinite(result.phenotype["cd3_pct_of_live_lymph"]) and np.isfinite(result.phenotype["cd4foxp3_pct_of_cd4"])
+
+
+def test_a_stained_file_cut_inside_its_data_is_unreadable(product, strategies, tmp_path):
+    """Without the full decode, a stained file cut short inside DATA is still refused when checked
+    (read_fcs's own message, the DATA placed against the file's size) and its tube kind not gated."""
+    from tilpheno.io.fcs import FCSReadError, read_fcs
+
+    _, rows, _ = product
+    source = next(f for f in rows["file"] if f.endswith("TIL900_treg_stain.fcs"))
+    cut = tmp_path / "TIL900_treg_stain.fcs"
+    cut.write_bytes(Path(source).read_bytes()[:-1000])
+    with pytest.raises(FCSReadError) as refused:
+        read_fcs(cut)
+    bad = rows.copy()
+    bad.loc[bad["file"] == source, "file"] = str(cut)
+    result = run(bad, strategies)
+    flags = [f for f in result.qc if f.code == "unreadable_file"]
+    assert [(f.file, f.message) for f in flags] == [("TIL900_treg_stain.fcs", refused.value.problem)]
+    assert np.isnan(result.phenotype["cd4foxp3_pct_of_cd4"])
+    assert np.isfinite(result.phenotype["cd3_pct_of_live_lymph"])
+
+
 def test_spillover_override_and_no_compensation(product, strategies, tmp_path):
     prod, rows, _ = product
     # rewrite the surface files without $SPILLOVER

@@ -1233,7 +1233,7 @@ def analyze_product(
     Never raises on a bad file: the file is dropped with a QC flag and variables become NaN.
     Runs on one BLAS/OpenMP thread (``placement.one_thread``).
     """
-    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs import read_fcs, read_fcs_metadata
     from tilpheno.io.files import file_labels
     from tilpheno.panel import panel_from_fcs, require
 
@@ -1270,21 +1270,24 @@ def analyze_product(
             for row in unstained_rows.itertuples(index=False):
                 if str(row.file) not in listed:
                     sources.append(_row_source(len(sources), "unstained", None, row, labels))
-        # The stained files are read first: the first readable one resolves the FMO files' panels
-        # (its TEXT only is kept); unreadable files are flagged once, whenever they are met.
+        # The stained files are checked first: the first readable one resolves the FMO files' panels
+        # (its TEXT is what they need); unreadable files are flagged once, whenever they are met. The
+        # check reads HEADER and TEXT and places DATA in the file (read_fcs_metadata's data_check:
+        # a cut, header-only or malformed file is refused as read_fcs refuses it) without decoding
+        # the events, which are read when the file is gated (a DATA read that fails then is flagged
+        # by load).
         reference, reference_src, stained_read = None, None, []
         for src in sources:
             if src.role != "stain":
                 continue
             try:
-                fcs = read_fcs(src.handle["row"].file)
+                fcs = read_fcs_metadata(src.handle["row"].file, checksum=False, data_check=True)
             except FCSReadError as exc:
                 src.failed = True
                 src.handle["read_flag"] = QCFlag(product_id, src.handle["name"], "unreadable_file", "error", exc.problem)
                 continue
             stained_read.append(src)
             if reference is None:
-                fcs.events = None   # the TEXT is what the panels need; the events are read again when gated
                 reference, reference_src = fcs, src
         if reference is None:
             # no stained file to read the controls' panels against (an FMO lacks its own marker): the
