@@ -932,15 +932,27 @@ def fitted_carry(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentil
     cells carrying a tandem's spillover) have two, and the FMO's highest one need not be the stained
     tube's: the fitted quantiles use every negative. ``f_lin``, ``s_lin``: the FMO's and the stained
     parent's finite events in compensated linear units. None with fewer than 20 events in either
-    tube or a ``negative_share`` below 0.35 (too few negatives for the percentiles)."""
-    if f_lin.size < 20 or s_lin.size < 20 or not negative_share >= 0.35:
+    tube or a ``negative_share`` below 0.35 (too few negatives for the percentiles). Either tube's
+    events in any order (sorted once here, see :func:`_sorted_fitted_carry`)."""
+    return _sorted_fitted_carry(np.sort(np.asarray(f_lin, dtype=np.float64)), np.sort(np.asarray(s_lin, dtype=np.float64)),
+                                transform, percentile, negative_share)
+
+
+def _sorted_fitted_carry(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: Any, percentile: float,
+                         negative_share: float) -> tuple[float, float, float] | None:
+    """:func:`fitted_carry` of the two tubes' events already sorted (float64, compensated linear
+    units): the same result (medians and percentiles are order statistics), each of them selected
+    from a sorted array without a partition's pass over all events, the FMO percentile carried over
+    without a sort (:func:`sorted_additive_threshold`); :func:`two_step_fit` sorts each tube once for
+    its two fits."""
+    if f_sorted.size < 20 or s_sorted.size < 20 or not negative_share >= 0.35:
         return None
-    scale = _fmo_scale(f_lin)
-    start = np.array([float(np.median(s_lin) - np.median(f_lin)), 0.0])
-    p, _ = _fit_signal(f_lin, s_lin, transform, negative_share, lambda p: p[0] + abs(p[1]) * SIGNAL_QUANTILES,
+    scale = _fmo_scale(f_sorted)
+    start = np.array([float(np.median(s_sorted) - np.median(f_sorted)), 0.0])
+    p, _ = _fit_signal(f_sorted, s_sorted, transform, negative_share, lambda p: p[0] + abs(p[1]) * SIGNAL_QUANTILES,
                        start, np.array([scale, scale]), scale)
     shift, spread = float(p[0]), float(abs(p[1]))
-    lin = additive_threshold(f_lin, shift, spread, percentile)
+    lin = sorted_additive_threshold(f_sorted, shift, spread, percentile)
     return float(transform.apply(np.array([lin]))[0]), shift, spread
 
 
@@ -961,13 +973,13 @@ def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: f
     """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
     fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
-    events in linear units converted once."""
-    f_lin, s_lin = _finite_linear(fmo_x, transform), _finite_linear(x, transform)
-    first = fitted_carry(f_lin, s_lin, transform, percentile, float(np.mean(x <= t_fmo)))
+    events in linear units converted and sorted once."""
+    f_sorted, s_sorted = np.sort(_finite_linear(fmo_x, transform)), np.sort(_finite_linear(x, transform))
+    first = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, float(np.mean(x <= t_fmo)))
     if first is None:
         return None
     share = min(1.0, float(np.mean(x <= first[0])) / (percentile / 100.0))
-    final = fitted_carry(f_lin, s_lin, transform, percentile, share)
+    final = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, share)
     return None if final is None else FitCarry(*final, share)
 
 
