@@ -127,7 +127,9 @@ def bench_gating(manifest: pd.DataFrame, strategies, repeat: int, workdir: Path)
     tube = next(t for t in result.tubes if t.role == "stain" and t.tube == "surface")
     strategy = next(s for s in strategies if s.tube == "surface")
     xml = workdir / "surface_gates.xml"
-    export_tube_gatingml(tube, xml, {d: strategy.transform_for(d) for d in strategy.dims})
+    # on the transformed scale (logicle/arcsinh with their transformation, as the FlowKit
+    # figure): with thresholds on the linear scale FlowKit would skip the transforms the pipeline does
+    export_tube_gatingml(tube, xml, {d: strategy.transform_for(d) for d in strategy.dims}, linear_thresholds=False)
     ids = {pop: gatingml_id(pop) for pop, *_ in tube.gates}
     t_masks, ours = best(lambda: _apply_masks(tube.gates, tube.data, tube.n_events), repeat)
     gs = fk.parse_gating_xml(str(xml))

@@ -1086,6 +1086,8 @@ def export_tube_gatingml(
     path: str | Path,
     transforms: Mapping[str, object],
     compensation: str | Spillover = FCS_COMPENSATION,
+    *,
+    linear_thresholds: bool = True,
 ) -> GatingMLDocument:
     """Export one gated tube (``tilpheno.phenotype.TubeResult``) as Gating-ML 2.0 at ``path``.
 
@@ -1104,6 +1106,9 @@ def export_tube_gatingml(
     logicle and a reader's exact logicle differ by up to 1e-6, which on the transformed scale put
     events at a threshold, e.g. one pinned at the highest value, on the other side). Polygons and
     ellipses keep their transformed coordinates and the transformation (up to 1e-6 apart).
+    ``linear_thresholds=False`` writes every gate on the transformed scale with its transformation
+    (a reader then evaluates each transform, as the pipeline does: ``benchmarks/run.py`` compares
+    FlowKit's gating with compensation and logicle against the pipeline's on such a document).
     """
     matrices: list[SpectrumMatrix] = []
     if isinstance(compensation, Spillover):
@@ -1137,7 +1142,7 @@ def export_tube_gatingml(
             gate = BooleanGate(gate.op, tuple(map(gatingml_id, gate.operands)), gate.complements)
         elif isinstance(gate, QuadrantGate):
             gate = QuadrantGate(gate.dividers, {gatingml_id(q): pos for q, pos in gate.quadrants.items()})
-        linear = isinstance(gate, (RangeGate, RectangleGate, QuadrantGate))
+        linear = linear_thresholds and isinstance(gate, (RangeGate, RectangleGate, QuadrantGate))
         dimensions = {d: dimension(d, linear) for d in gate.dims}
         if linear:
             gate = _on_linear_scale(gate, transforms)
