@@ -30,7 +30,8 @@ held-out block, now used too), 118001-118060 and 119001-119060 (stop 30's others
 now used too), 121001-125060 (stops 32-35's), 126001-126060 (stop 36's first held-out block, then
 its development block), 127001-127060 and 128001-128060 (stop 36's held-out blocks of the CD56 fit, now used too), 129001-129060 (stop 36's last held-out block, then stop 37's development block of the fit gate's
 self-checks), 130001-130060 (stop 37's held-out block, then stop 38's development block of FoxP3), 131001-131060
-(stop 38's held-out block, now used too) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
+(stop 38's held-out block, then stop 39's development block of PD1 and NKT), 132001-132060 (stop 39's
+held-out block, now used too) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
 93030-93031, 93050-93051, 93060-93069, 116017, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
