@@ -187,7 +187,12 @@ def test_read_manifest_valid(files):
         ([list(COLUMNS), ["b.fcs", "P", "surface", "fmo", "FITC"]], "column 'fmo_marker': FMO row needs a marker name"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", "CD3"]], "column 'fmo_marker': 'CD3' given for a stain row"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["./a.fcs", "P", "surface", "stain", ""]],
-         "row 3, column 'file': './a.fcs' already listed in row 2"),
+         "row 3, column 'file': './a.fcs' already listed in row 2$"),
+        # one FMO file listed for two products (an FMO shared between products): refused, saying why
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD1"],
+          ["b.fcs", "Q", "surface", "fmo", "PD1"]],
+         "row 4, column 'file': 'b.fcs' already listed in row 3 for product 'P': a file is one product's .*; "
+         "list it for one product only"),
         ([list(COLUMNS)], "header but no rows"),
     ],
 )

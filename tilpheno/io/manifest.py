@@ -459,7 +459,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     for column in COLUMNS:
         frame[column] = frame[column].map(lambda v: "" if v is None else str(v).strip())
     frame["fmo_marker"] = frame["fmo_marker"].map(lambda v: "" if v.lower() in MISSING_WORDS else v)   # R's NA
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}   # resolved file -> (its first row, that row's product)
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers, problems = [], [], []
     for line, row in zip(frame.index, frame.itertuples(index=False)):
@@ -503,8 +503,12 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                              "pass allow_outside=True to accept files outside the folder")
         key = str(resolved.resolve())
         if key in seen:
-            raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {seen[key]}")
-        seen[key] = line
+            first, owner = seen[key]
+            shared = (f" for product {owner!r}: a file is one product's (its FMO and unstained controls are "
+                      "acquired with its stained tubes, and the run, its cache and the review app key each file to "
+                      "one product); list it for one product only" if owner != row.product_id else "")
+            raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {first}{shared}")
+        seen[key] = (line, row.product_id)
         found.append(file)
         spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, line))
         if spelt[0] != row.product_id:
