@@ -191,6 +191,11 @@ def test_apply_gate_to_other_products_over_http(app, service):
     r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": ["TIL404"],
                                                   "reason": "x" * 5}, headers=h)
     assert r.status_code == 404 and "TIL404" in r.json["error"]
+    # the source product alone (a hand-made request: the page leaves it out): refused, not "applied to 0"
+    r = c.post(f"/api/products/{PID}/apply", json={"tube": "surface", "population": "CD3+", "products": [PID],
+                                                  "reason": "same CD3 valley across the batch"}, headers=h)
+    assert r.status_code == 400 and f"only {PID}, whose gate this is" in r.json["error"], r.json
+    assert service.current_version("TIL002") == before + 1
 
 
 VALUES = [None, 1, -1.5, True, "x", [], [1, [2]], {}, {"tubes": []}, {"tubes": {"surface": []}},

@@ -552,6 +552,8 @@ class ReviewService:
             raise GateSetError("products: a list of product ids is required")
         for t in targets:
             self.require_product(t)
+        if set(targets) == {from_product}:   # nothing to apply: said, not answered "applied to 0 product(s)"
+            raise GateSetError(f"products: only {from_product}, whose gate this is; name the products to apply it to")
         src = self.version(from_product)
         gate = json.loads(src.gates_json)["tubes"].get(tube, {}).get("gates", {}).get(population)
         if gate is None:
