@@ -135,25 +135,13 @@ def test_a_population_named_as_the_prefix_of_another_does_not_take_its_flags():
         strategy: prefix
         tube: surface
         markers: [CD3, CD56]
-        transforms:
-          CD3: {kind: linear}
-          CD56: {kind: linear}
+        transforms: {CD3: {kind: linear}, CD56: {kind: linear}}
         populations:
-          - name: big
-            parent: root
-            dims: [FSC-A]
-            method: fixed
-            params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}
-          - name: CD56+
-            parent: big
-            dims: [CD56]
-            method: fixed
-            params: {gate: {type: range, dim: CD56, low: 5, high: null}}
-          - name: CD56+ (bright)
-            parent: big
-            dims: [CD56]
-            method: fmo
-            params: {rule: percentile}
+          - {name: big, parent: root, dims: [FSC-A], method: fixed,
+             params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}}
+          - {name: CD56+, parent: big, dims: [CD56], method: fixed,
+             params: {gate: {type: range, dim: CD56, low: 5, high: null}}}
+          - {name: CD56+ (bright), parent: big, dims: [CD56], method: fmo, params: {rule: percentile}}
         variables:
           cd56_pct: {numerator: CD56+, denominator: big}
         """
