@@ -288,6 +288,20 @@ def test_two_stained_files_of_one_name_are_told_apart(product, strategies, tmp_p
     assert {f.file for f in result.qc if f.file} <= {t.shown_name for t in result.tubes} | {"TIL900_unstained.fcs"}
     gated = analyze("TIL900", doubled, strategies)
     assert set(gated.populations["file"]) >= names
+    # the product-level flags of the stained tube (low_events here: a study asking for more events than
+    # it has; low viability) name the file used as every other flag does, not by its bare name
+    from dataclasses import replace
+
+    from tilpheno.study import ExpectedRange, default_study
+
+    study = default_study()
+    strict = replace(study, qc=replace(study.qc, min_events=10**9,
+                                       expected=(ExpectedRange("viability_pct", "low_viability", low=100.0),)))
+    flagged = run(doubled, strategies, study=strict).qc
+    product_level = [f for f in flagged if f.code in ("low_events", "low_viability")]
+    assert {f.code for f in product_level} == {"low_events", "low_viability"}
+    assert {f.file for f in product_level} == {"run1/TIL900_surface_stain.fcs", "TIL900_treg_stain.fcs"}
+    assert {f.file for f in product_level if f.code == "low_viability"} == {"run1/TIL900_surface_stain.fcs"}
 
 
 def test_two_fmo_files_of_one_marker_need_review_and_name_the_one_used(product, strategies, tmp_path):

@@ -1131,15 +1131,15 @@ def doses(phenotype: Mapping[str, float], til_dose_cells: float | None, study: S
 class _StainedSummary:
     """What the product's QC flags need from a gated stained tube (its arrays are released)."""
 
-    file: str
+    file: str                  # the file as the product's flags name it (its label, TubeResult.shown_name)
     n_events: int
     lymph_count: int | None    # events in the strategy's lymphocyte population; None without one
 
 
-def _stained_summary(strategy: Strategy, state: _Gated) -> _StainedSummary:
+def _stained_summary(strategy: Strategy, state: _Gated, name: str) -> _StainedSummary:
     lymph = _lymph_population(strategy)
     count = int(np.count_nonzero(state.masks[lymph])) if lymph and lymph in state.masks else None
-    return _StainedSummary(state.tube.file, state.tube.n_events, count)
+    return _StainedSummary(name, state.tube.n_events, count)
 
 
 def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary],
@@ -1147,7 +1147,7 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
     rules = study.qc
     flags = []
     for tube, summary in stained.items():
-        name = Path(summary.file).name
+        name = summary.file
         if summary.n_events < rules.min_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
                                 f"{summary.n_events} events in the {tube} stained tube (< {rules.min_events})"))
@@ -1158,7 +1158,7 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
     for code, variable, gate, message in checks.variable_checks(
             product_id, phenotype, [v for s in strategies.values() for v in s.variables]):
         tube = next((t for t, s in strategies.items() if any(v.name == variable for v in s.variables)), "")
-        file = Path(stained[tube].file).name if tube in stained else ""
+        file = stained[tube].file if tube in stained else ""
         flags.append(QCFlag(product_id, file, code, "warning", message, gate))
     for expected in rules.expected:
         problem = expected.check(float(phenotype.get(expected.variable, float("nan"))))
@@ -1167,7 +1167,7 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
         # the flag names the stained file of the tube kind whose strategy defines the variable
         kind = next((t for t, s in strategies.items() if any(v.name == expected.variable for v in s.variables)), None)
         where = stained.get(kind) if kind is not None else None
-        flags.append(QCFlag(product_id, Path(where.file).name if where else "", expected.flag, "warning", problem))
+        flags.append(QCFlag(product_id, where.file if where else "", expected.flag, "warning", problem))
     return flags
 
 
@@ -1363,7 +1363,8 @@ def analyze_product(
             made[i].acquisition = sources[i].handle.get("acquisition")
             made[i].compensation = sources[i].handle.get("compensation")   # its check made by settle
             if sources[i].role == "stain":
-                variables[i] = (tube_variables(strategy, state), _stained_summary(strategy, state))
+                variables[i] = (tube_variables(strategy, state),
+                                _stained_summary(strategy, state, sources[i].handle["name"]))
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
                     control_src = _row_source(-1, "unstained", None, row, labels)
                     checked = (str(row.file), strategy.acquisition)
