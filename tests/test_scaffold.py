@@ -780,3 +780,49 @@ def test_a_lab_lineage_file_overrides_the_table(tmp_path):
         result = _run(["new-study", str(SAMPLE), "-o", str(tmp_path / "refused"), "--lineage", str(lineage)])
         assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output, result.output
         assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("lineage", ["", "lineage: {PD1: CD8}\n"], ids=["flat", "within_cd8"])
+def test_drafted_pd1_gate_agrees_with_the_ideal_fmo_gate(tmp_path, lineage):
+    """A dim marker's drafted FMO gate (PD1: the vocabulary's `dim:` list) is `rule: relative`, as
+    the TIL strategy's: the default anchored rule cut in the valley of PD1's dim shoulder, 3-5 points
+    of live (flat) and of CD8+ (nested) under the ideal FMO gate of a simulated product. Truth: the
+    99.5th percentile of the PD1 FMO tube's true parent (live singlet cells, by the event labels;
+    within CD3+CD8+ when nested), compensated with the true matrix, applied to the stained tube's
+    true parent (tilpheno.simulate.truth)."""
+    import numpy as np
+
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.phenotype import analyze_product
+    from tilpheno.simulate import instrument as ins
+    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+    from tilpheno.simulate.truth import compensated_detector, percent, singlet_cells
+
+    product = simulate_product("LAB1", 2016, 10000)
+    write_product(product, tmp_path / "fcs")
+    lineage_file = None
+    if lineage:
+        lineage_file = tmp_path / "lineage.yaml"
+        lineage_file.write_text(lineage)
+    draft = draft_study(tmp_path / "fcs", lineage=lineage_file)
+    write_study(draft, tmp_path / "study")
+    text = (tmp_path / "study" / "surface.yaml").read_text()
+    assert "dims: [PD1], method: fmo, params: {rule: relative}}   # its FMO is in the folder; rule relative" in text
+    assert "dims: [CD56], method: fmo}   # its FMO is in the folder; rule anchored" in text
+
+    manifest = pd.DataFrame(manifest_rows(product))
+    manifest = manifest[manifest["tube"] == "surface"].assign(file=lambda m: [str(tmp_path / "fcs" / f) for f in m["file"]])
+    result = analyze_product("LAB1", manifest, [load_strategy(tmp_path / "study" / "surface.yaml")])
+    stained = next(t for t in result.tubes if t.role == "stain")
+    parent = "CD8+" if lineage else "live"
+    assert stained.gates[[g[0] for g in stained.gates].index("PD1+")][1] == parent
+
+    def true_parent(tube):
+        mask = singlet_cells(tube) & ~tube.labels["dead"]
+        return mask & tube.labels["cd3"] & tube.labels["cd8"] if lineage else mask
+
+    events, fmo = product.tube("surface", "stain").data, product.tube("surface", "fmo", "PD1").data
+    pe_stained = compensated_detector(events, "PE-A", ins.true_spillover())
+    cut = np.percentile(compensated_detector(fmo, "PE-A", ins.true_spillover())[true_parent(fmo)], 99.5)
+    truth = percent(pe_stained > cut, true_parent(events))
+    assert abs(percent(stained.masks["PD1+"], stained.masks[parent]) - truth) <= 1.5

@@ -19,7 +19,8 @@ run needs no hand-written YAML.
   fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability
   dye, the vocabulary's ``viability:`` list, kept low at its density valley), then **one gate per
   other marker**, parents before their children: ``fmo`` when the folder holds an FMO for the
-  marker (products without it get the flagged fallback gate), else ``valley`` (keep high). A marker
+  marker (products without it get the flagged fallback gate; ``rule: relative`` for a marker of the
+  vocabulary's ``dim:`` list, else the default anchored rule), else ``valley`` (keep high). A marker
   is gated within the positive gate of its parent in the vocabulary's ``lineage:`` table (``CD4+``
   within ``CD3+``, ``FoxP3+`` within ``CD4+``; ``lineage`` of :func:`draft_study` overrides entries)
   when that marker is gated in the same tube kind, else within the nearest one up the table's chain
@@ -67,8 +68,9 @@ class TubeDraft:
     the scatter dimensions (None: the files have none), FSC-H (None: absent), the ``cells`` gate's
     ceiling (linear scatter units), the top of the markers' scale (the largest ``$PnR``), how
     many products have a stained file of it, the markers only some of its files have (panel
-    versions; not gated), and the nesting of its marker gates (marker -> the marker within whose
-    positive gate it is gated, from the lineage table; markers not listed sit under :attr:`base`)."""
+    versions; not gated), the nesting of its marker gates (marker -> the marker within whose
+    positive gate it is gated, from the lineage table; markers not listed sit under :attr:`base`),
+    and the FMO-gated markers the vocabulary calls dim (``dim:``; gated with ``rule: relative``)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -81,6 +83,7 @@ class TubeDraft:
     products: int
     partial: tuple[str, ...] = ()
     nested: tuple[tuple[str, str], ...] = ()
+    dim: tuple[str, ...] = ()
 
     @property
     def base(self) -> str:
@@ -262,10 +265,11 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         top = max(ranges.get(d, 0.0) for d in markers.values()) or 262144.0
         order = [m for m, _ in sorted(markers.items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
         viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
-        tubes.append(TubeDraft(kind, tuple(order), viability, tuple(m for m in order if m in set(fmo_markers)),
+        fmo_gated = tuple(m for m in order if m in set(fmo_markers))
+        tubes.append(TubeDraft(kind, tuple(order), viability, fmo_gated,
                                scatter, height, ceiling, top, len({f["product_id"] for f in members}),
                                tuple(sorted(set().union(*versions) - set(markers))),
-                               nesting(order, viability, vocabulary)))
+                               nesting(order, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m))))
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -363,6 +367,17 @@ def _list(items) -> str:
     return "[" + ", ".join(_scalar(i) for i in items) + "]"
 
 
+def _marker_method(marker: str, fmo: set[str], dim: set[str]) -> str:
+    """A drafted marker gate's method, params and the comment saying which rule it uses and why."""
+    if marker not in fmo:
+        return "method: valley, params: {keep: high}}   # no FMO in the folder: the density valley"
+    if marker in dim:
+        return ("method: fmo, params: {rule: relative}}   # its FMO is in the folder; rule relative: a dim marker "
+                "(vocabulary `dim:`), its FMO percentile carried over to the stained negatives, never the valley")
+    return ("method: fmo}   # its FMO is in the folder; rule anchored (the default): the valley when clearly "
+            "bimodal, else its FMO percentile (carried over when the stained negatives moved)")
+
+
 def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     """The drafted strategy of one tube kind (module docstring), with comments saying what was
     inferred and how to nest gates."""
@@ -399,8 +414,7 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         above = tube.parent_marker(marker)
         head = f"  - {{name: {_scalar(marker + '+')}, parent: {_scalar(tube.parent(marker))}, dims: {_list([marker])}, "
         why = f"; within {above}+ (lineage: {marker} of {above})" if above else ""
-        lines.append(head + ("method: fmo}   # its FMO is in the folder" if marker in fmo else
-                             "method: valley, params: {keep: high}}   # no FMO in the folder: the density valley") + why)
+        lines.append(head + _marker_method(marker, fmo, set(tube.dim)) + why)
     lines.append("variables:")
     for name, (numerator, denominator) in draft.variables()[tube.kind].items():
         lines.append(f"  {_scalar(name)}: {{numerator: {_scalar(numerator)}, denominator: {_scalar(denominator)}}}")

@@ -30,6 +30,8 @@ Conventions
 * A lineage table (``lineage:``, marker -> the marker within whose positive gate it is gated:
   ``CD4: CD3``) says how ``tilpheno new-study`` nests the gates it drafts
   (:meth:`Vocabulary.lineage_parent`); an entry with no parent (``CD4: ~``) nests nothing.
+* A list of dim markers (``dim:``, :meth:`Vocabulary.is_dim`) says which FMO gates
+  ``tilpheno new-study`` drafts with ``rule: relative``.
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Vocabulary:
     ``numbered``: key of each dye family whose number names the dye -> its spelling (the
     ``numbered:`` list; module docstring). ``lineage``: key of a marker -> the canonical name of
     the marker whose positive gate it is drafted under ('' for none; the ``lineage:`` table).
+    ``dim``: keys of the markers whose positives are dim (the ``dim:`` list).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -76,6 +79,7 @@ class Vocabulary:
     viability: frozenset[str] = frozenset()
     numbered: Mapping[str, str] = field(default_factory=dict)
     lineage: Mapping[str, str] = field(default_factory=dict)
+    dim: frozenset[str] = frozenset()
 
     def with_lineage(self, lineage: Mapping[str, str | None], source: str = "") -> "Vocabulary":
         """A new vocabulary whose lineage table has ``marker: parent`` entries added (they win over
@@ -252,6 +256,11 @@ class Vocabulary:
         """True when ``name`` (any spelling) is a dye that marks dead cells (``viability:`` list)."""
         return key(self.canonical_name(name)) in self.viability
 
+    def is_dim(self, name: str) -> bool:
+        """True when ``name`` (any spelling) is a marker whose positives are dim, a shoulder on the
+        negatives (``dim:`` list): ``tilpheno new-study`` drafts its FMO gate with ``rule: relative``."""
+        return key(self.canonical_name(name)) in self.dim
+
     def same(self, a: str | None, b: str | None) -> bool:
         """True when ``a`` and ``b`` name the same marker."""
         if a is None or b is None:
@@ -278,12 +287,13 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``, ``numbered``, ``lineage``)."""
+    ``viability``, ``numbered``, ``lineage``, ``dim``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, lineage",
-                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "lineage"),
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, lineage, dim",
+                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "lineage",
+                                   "dim"),
                       empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
@@ -293,6 +303,8 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
         numbered={key(f): str(f).strip() for f in _string_list(doc.get("numbered"), f"{path}: numbered")},
     )
     vocabulary = base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
+    vocabulary = replace(vocabulary, dim=frozenset(key(vocabulary.canonical_name(d))
+                                                   for d in _string_list(doc.get("dim"), f"{path}: dim")))
     return vocabulary.with_lineage(parse_lineage(doc.get("lineage"), f"{path}: lineage"), str(path))
 
 
