@@ -13,16 +13,18 @@ Conventions
   the first known marker in it (a word, two adjacent words joined, or a hyphen-separated part;
   a species/``anti`` prefix is dropped when the rest is known: ``hCD3``, ``anti-CD3``); if
   none is known and ``free`` is true, the first word that is not a fluorochrome, a filler word
-  or a detector name, with a trailing fluorochrome part removed (``"TIGIT BV605"`` -> ``TIGIT``,
+  or a detector name, with a trailing fluorochrome part removed (``"KLRG1 BV605"`` -> ``KLRG1``,
   ``"CD38-BV605"`` -> ``CD38``, Beckman's ``"CD22-PC5"`` -> ``CD22``). Labels that are only
   fluorochromes, filler words (signal and unit words too) or detector names, also joined by
   hyphens (``"FITC"``, ``"FL1-H"``, ``"FSC-A"``, FACSCalibur's ``"FL1-Height"``, Beckman's
   ``"FS INT LIN"``), name no marker.
-* A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``: one detector
-  shared by two antibodies, one for each of two tubes or cell types), or a known marker joined by
-  a hyphen to a word that is no fluorochrome, filler word, prefix or detector name (``"CD8-TIGIT"``:
-  TIGIT unknown), names no marker: which one the file's tube carries is the lab's to say (a panel
-  file row), :meth:`Vocabulary.named_markers`.
+* A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``, ``"CD8 TIGIT"``:
+  one detector shared by two antibodies, one for each of two tubes or cell types), or a known marker
+  joined by a hyphen to a word that is no fluorochrome, filler word, prefix or detector name
+  (``"CD8-KLRG1"``: KLRG1 unknown), names no marker (an unknown word after a space is taken for the
+  antibody's clone: ``"CD3 OKT3"`` is CD3, so a marker written that way must be in the vocabulary):
+  which one the file's tube carries is the lab's to say (a panel file row),
+  :meth:`Vocabulary.named_markers`.
 * A dye family whose number names the dye (``numbered:``, the SYTO nucleic-acid stains: SYTO 9,
   SYTO 41 and SYTO 62 are other dyes) is known as a whole: the family word followed by a number
   (``"Syto 41"``, ``"SYTO-9"``, ``"syto17"``) is the marker ``SYTO41`` etc.; the word alone or
@@ -173,7 +175,7 @@ class Vocabulary:
         """The markers a label names: :meth:`known_markers`, then, in each hyphen-joined word holding
         a known marker, each run of its other parts that is no fluorochrome, filler word, prefix,
         number, single letter or detector name, nor the start of a fluorochrome's name
-        (``"CD8-TIGIT"`` -> ``("CD8", "TIGIT")``; ``"CD4-PerCP-Cy5.5"``, ``"anti-CD3"``,
+        (``"CD8-KLRG1"`` -> ``("CD8", "KLRG1")``; ``"CD4-PerCP-Cy5.5"``, ``"anti-CD3"``,
         ``"CD56-PE-Texas Red"`` -> one marker)."""
         found = dict.fromkeys(self.known_markers(text))
         for word in (w for w in _SEPARATORS.split(str(text or "").strip()) if "-" in w):
