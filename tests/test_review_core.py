@@ -1134,3 +1134,31 @@ def test_each_products_files_are_found_by_their_recorded_paths_at_once():
         product_inputs(["gone.fcs"], recorded["P1"], inputs, run)
     with pytest.raises(ReviewError, match=r"^f0.fcs: not among .* \(inputs\)"):
         product_inputs(["f0.fcs"], {"f0.fcs": "/elsewhere/f0.fcs"}, inputs, run)
+
+
+def test_a_product_whose_id_starts_with_a_formula_character_opens(tmp_path):
+    """The pipeline writes a text cell starting with = + - @ with a leading ' (CSV injection), so a
+    product "+TIL001" is "'+TIL001" in phenotypes.csv, populations.csv and qc.csv. The review app read
+    the tables raw: its product list showed "'+TIL001", which matched none of run.json's product
+    files ("not among the product's files"), and "+TIL001" was no product. Read back, each table is
+    as the run had it: the product opens, re-gates to phenotypes.csv and lists every qc.csv flag."""
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.regate import ReviewSource
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
+    manifest["file"] = [str(SAMPLE / f) for f in manifest["file"]]
+    manifest["product_id"] = "+TIL001"
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    assert process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", allow_unmatched=True,
+                          make_reports=False).ok
+    assert pd.read_csv(out / "phenotypes.csv", dtype=str)["product_id"].tolist() == ["'+TIL001"]   # as written
+    source = ReviewSource(out)
+    assert source.product_ids() == ["+TIL001"]
+    assert source.automatic("+TIL001")          # re-gated and checked against phenotypes.csv
+    written = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
+    assert len(source.qc_flags("+TIL001")) == len(written) > 0
+    assert {f.name for f in source.product_files("+TIL001")} == set(
+        pd.read_csv(out / "populations.csv", dtype=str)["file"])

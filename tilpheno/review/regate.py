@@ -188,6 +188,15 @@ def gates_named_by_messages(qc: pd.DataFrame, populations: pd.DataFrame) -> pd.S
                      dtype=object)
 
 
+def read_output_csv(path: Path, **read_csv_args) -> pd.DataFrame:
+    """A table the pipeline wrote (phenotypes.csv, populations.csv, qc.csv) as it was before writing:
+    ``pd.read_csv(path, **read_csv_args)`` with the formula-neutralising quote taken off each text cell
+    and column name (``'+TIL001`` -> ``+TIL001``, :func:`tilpheno.io.csvcells.restore_frame`)."""
+    from tilpheno.io.csvcells import restore_frame
+
+    return restore_frame(pd.read_csv(path, **read_csv_args))
+
+
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -205,12 +214,13 @@ class ReviewSource:
             # before reading: a run published meanwhile reads as a change (a new run.json is renamed into place)
             self._run_identity: FileIdentity | None = FileIdentity.of(os.stat(run_json))
             self.run = check_run_record(json.loads(run_json.read_text(encoding="utf-8")), run_json)
-            self.phenotypes = pd.read_csv(self.out_dir / "phenotypes.csv", dtype={"product_id": str}, keep_default_na=False,
-                                          na_values=[""])
-            self.populations_csv = pd.read_csv(self.out_dir / "populations.csv", dtype={"product_id": str, "fmo_marker": str},
-                                               keep_default_na=False, na_values=[""])
+            self.phenotypes = read_output_csv(self.out_dir / "phenotypes.csv", dtype={"product_id": str},
+                                              keep_default_na=False, na_values=[""])
+            self.populations_csv = read_output_csv(self.out_dir / "populations.csv",
+                                                   dtype={"product_id": str, "fmo_marker": str},
+                                                   keep_default_na=False, na_values=[""])
             qc_path = self.out_dir / "qc.csv"
-            self.qc = (pd.read_csv(qc_path, dtype=str, keep_default_na=False) if qc_path.exists()
+            self.qc = (read_output_csv(qc_path, dtype=str, keep_default_na=False) if qc_path.exists()
                        else pd.DataFrame(columns=list(REVIEW_COLUMNS["qc.csv"])))
             if "gate" not in self.qc.columns and {"product_id", "message"} <= set(self.qc.columns) \
                     and {"product_id", "population"} <= set(self.populations_csv.columns):   # an older run
