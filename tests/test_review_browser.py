@@ -864,3 +864,34 @@ def test_log_out_forgets_the_users_kept_drafts_but_not_anothers(driver, server):
         time.sleep(1.0)
         assert "Restored" not in driver.find_element("id", "message").text and draft_pct(driver) == start
     driver.execute_script("window.localStorage.clear();")
+
+
+def test_a_tab_left_open_after_log_out_keeps_no_draft(driver, server):
+    """Alice has the product open in one tab and logs out in another. 'Log out' removed her kept
+    drafts, but the first tab's next edit kept its draft in the browser's storage again (and said
+    so). Now a page loaded before her logout keeps nothing and says why; once she logs in again, a
+    product page she opens keeps its draft as before."""
+    service, base = server
+    key, get = f"tilpheno-draft|alice|{PID}", "return window.localStorage.getItem(arguments[0]);"
+    open_product(driver, base, "alice")
+    start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+    first = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    driver.get(base + "/")
+    driver.find_element("css selector", 'form[action="/logout"] button').click()
+    wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
+    second = driver.current_window_handle
+    driver.switch_to.window(first)
+    drag_cd3(driver, 40)
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "bad" in d.find_element("id", "message").get_attribute(
+        "class") else None, "the refused preview")
+    assert driver.execute_script(get, key) is None
+    assert "draft is not kept in this browser" in msg, msg
+    driver.switch_to.window(second)
+    driver.close()
+    driver.switch_to.window(first)
+    open_product(driver, base, "alice")   # logged in again: a page loaded now keeps its draft
+    assert draft_pct(driver) == start
+    drag_cd3(driver, 40)
+    wait(driver, lambda d: d.execute_script(get, key), "the draft kept in the browser")
+    driver.execute_script("window.localStorage.clear();")

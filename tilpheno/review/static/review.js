@@ -74,13 +74,20 @@
   // the product, so an expired session (8 h), a closed tab or a crash loses nothing: when this user opens
   // the product again the page puts the kept changes over the current version and says so (from when,
   // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
-  // Saving it or resetting the draft forgets it; so does "Log out" (session.js: the user is done at this browser).
+  // Saving it or resetting the draft forgets it; so does "Log out" (session.js: the user is done at this browser),
+  // in every tab: a page loaded before this user's last logout at this browser keeps nothing any more.
+  // (review.js is deferred after session.js, which defines tilphenoSession.)
   const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
-  const keptNote = " Your unsaved draft is kept in this browser: log in again and open this " + app.dataset.noun +
-    " to get it back.";
+  const loadedAt = Date.now();
+  const loggedOut = () => window.tilphenoSession.loggedOutSince(app.dataset.user, loadedAt);
+  // what a refused preview or save (HTTP ``status``) adds about the draft
+  const draftNote = (status) => loggedOut()
+    ? " You logged out at this browser after this page was loaded, so your unsaved draft is not kept in this browser."
+    : status === 401 ? " Your unsaved draft is kept in this browser: log in again and open this " + app.dataset.noun +
+      " to get it back." : "";
 
   function keepDraft() {
-    if (!S) return;
+    if (!S || loggedOut()) return;
     const edited = changedFrom(S.current);
     try {
       if (edited.length) {
@@ -390,7 +397,7 @@
     inFlight = false;
     if (seq < lastShown) return;
     lastShown = seq;
-    if (r.status !== 200) { message((r.data.error || "preview failed") + (r.status === 401 ? keptNote : ""), false); return; }
+    if (r.status !== 200) { message((r.data.error || "preview failed") + draftNote(r.status), false); return; }
     renderTables(r.data.populations, r.data.release, r.data.release_status);
     if (final && r.data.plots) { renderPlots(r.data.plots, r.data.populations); }
     if (pending) schedulePreview(true);
@@ -566,7 +573,7 @@
     }
     if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); keepDraft(); message(r.data.message, true); }
     else if (r.status === 409) await keepDraftOver(r.data.error);
-    else message((r.data.error || ("save failed: HTTP " + r.status)) + (r.status === 401 ? keptNote : ""), false);
+    else message((r.data.error || ("save failed: HTTP " + r.status)) + draftNote(r.status), false);
   });
   $("reason").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
