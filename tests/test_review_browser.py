@@ -895,3 +895,43 @@ def test_a_tab_left_open_after_log_out_keeps_no_draft(driver, server):
     drag_cd3(driver, 40)
     wait(driver, lambda d: d.execute_script(get, key), "the draft kept in the browser")
     driver.execute_script("window.localStorage.clear();")
+
+
+def test_every_flag_of_one_kind_is_resolved_with_one_resolution(driver, server, monkeypatch):
+    """A FlowJo export has no time channel, so each of a product's files gets a no_time_channel
+    warning, and approving needed the same resolution typed once per file. Now the page offers one
+    field for all flags of a kind; the signature still records one resolution per flag (keyed by
+    its code, file and place), and a flag of another kind left unresolved still refuses the approval."""
+    import pandas as pd
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    files = sorted(set(service.source.populations_csv.query("product_id == @PID")["file"]))[:3]
+    timeless = [{"product_id": PID, "file": f, "gate": "", "code": "no_time_channel", "severity": "warning",
+                 "needs_review": "True", "message": "no Time channel: event order may not be acquisition order (e.g. a "
+                 "FlowJo export); flow rate and signal over time not checked, no events removed"} for f in files]
+    fallback = {**timeless[0], "gate": "CD3+", "code": "fallback_gate", "message": "CD3+ (CD3): threshold from the stained tube"}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([*timeless, fallback])],
+                                                        ignore_index=True))
+    flags = [f for f in service.source.qc_flags(PID) if f["severity"] in ("warning", "error")]
+    open_product(driver, base, "dave")
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    box = driver.find_element("css selector", '[data-resolve-all="no_time_channel"]')
+    assert "all 3 no_time_channel flags" in box.find_element("xpath", "..").text
+    assert not driver.find_elements("css selector", '[data-resolve-all="fallback_gate"]')   # one flag: its own field
+    box.send_keys("FlowJo export: acquisition checked in FlowJo")
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
+    driver.find_element("id", "sign-button").click()
+    wait(driver, lambda d: "resolution of QC flag fallback_gate" in d.find_element("id", "message").text, "the refusal")
+    assert service.signatures(PID) == []
+    for field in driver.find_elements("css selector", "[data-resolution]"):
+        if field.get_attribute("data-code") != "no_time_channel":
+            field.send_keys("threshold checked on the plot")
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
+    driver.find_element("id", "sign-button").click()
+    wait(driver, lambda d: "signed version 1" in d.find_element("id", "message").text, "the approval")
+    [sig] = service.signatures(PID)
+    assert json.loads(sig.row.qc_resolutions_json) == {
+        f"{f['code']}:{f['file']}:{i}": "FlowJo export: acquisition checked in FlowJo" if f["code"] == "no_time_channel"
+        else "threshold checked on the plot" for i, f in enumerate(flags)}
+    assert sum(f["code"] == "no_time_channel" for f in flags) == 3

@@ -459,11 +459,32 @@
     if (!S.qc_flags.length) { box.appendChild(el("p", {}, "none")); }
     for (const f of S.qc_flags) box.appendChild(el("p", {}, f.severity + " " + f.code + " (" + f.file + "): " + f.message));
     const res = $("resolutions"); res.textContent = "";
-    warningFlags().forEach((f, i) => {
+    const flags = warningFlags(), kinds = new Map();
+    for (const f of flags) kinds.set(f.code, (kinds.get(f.code) || 0) + 1);
+    // several flags of one kind (e.g. no_time_channel on each FlowJo-exported file): one resolution for all
+    // of them; the signature still records one resolution per flag, naming it (see resolutionsTyped)
+    for (const [code, n] of kinds) {
+      if (n < 2) continue;
+      const lab = el("label", {}, "Resolution of all " + n + " " + code + " flags (each of them left empty below gets it)");
+      lab.appendChild(el("input", { "data-resolve-all": code, maxlength: "2000" }));
+      res.appendChild(lab);
+    }
+    flags.forEach((f, i) => {
       const lab = el("label", {}, "Resolution of " + f.code + " (" + f.file + ") (required to approve)");
-      lab.appendChild(el("input", { "data-resolution": f.code + ":" + f.file + ":" + i, maxlength: "2000" }));
+      lab.appendChild(el("input", { "data-resolution": f.code + ":" + f.file + ":" + i, "data-code": f.code, maxlength: "2000" }));
       res.appendChild(lab);
     });
+  }
+
+  // {flag key: resolution} of each warning flag: its own field, else the one typed for all flags of its kind
+  function resolutionsTyped() {
+    const all = {}, res = {};
+    for (const e of document.querySelectorAll("[data-resolve-all]")) if (e.value) all[e.dataset.resolveAll] = e.value;
+    for (const e of document.querySelectorAll("[data-resolution]")) {
+      const value = e.value || all[e.dataset.code];
+      if (value) res[e.dataset.resolution] = value;
+    }
+    return res;
   }
 
   // who signed, when: "Dave Tester (dave) on 2026-12-04 18:40:12 UTC"
@@ -589,10 +610,8 @@
         ") and a signature signs the saved version " + S.current_version + ". Save the draft as a new version, or reset it, then sign.", false);
       return;
     }
-    const res = {};
-    for (const e of document.querySelectorAll("[data-resolution]")) if (e.value) res[e.dataset.resolution] = e.value;
     const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
-      password: $("sign-password").value, qc_resolutions: res, comment: $("comment").value,
+      password: $("sign-password").value, qc_resolutions: resolutionsTyped(), comment: $("comment").value,
       overrule_rejection: S.rejection && $("overrule-check") && $("overrule-check").checked ? S.rejection.id : null });
     $("sign-password").value = "";
     if (r.status === 201) { $("comment").value = ""; await load(); message(r.data.message, true); }
