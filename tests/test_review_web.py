@@ -1208,3 +1208,25 @@ def test_a_qc_csv_from_before_the_gate_column_is_read_as_those_versions_attached
         "CD56+ (bright) (CD56): no FMO", "CD56+ (CD56): dense cut", "the PD1 cut moved"]})
     pops = pd.DataFrame({"product_id": ["P", "P"], "population": ["CD56+", "CD56+ (bright)"]})
     assert gates_named_by_messages(flags, pops).tolist() == ["CD56+ (bright)", "CD56+", ""]
+
+
+def test_a_page_left_open_after_log_out_elsewhere_says_so(app, service):
+    """Alice logs out in one tab, and the login page that follows gives the browser a session of no
+    one. Her product page still open in another tab answered every change with 'CSRF token missing
+    or wrong' (403) and its 'Log out' button with that error page. Now a change says she is not
+    logged in (401, nothing stored) and 'Log out' goes to the login page."""
+    c, h, _ = login(app, "alice")
+    state, body = cd3_body(c, 0.05)
+    assert c.post("/logout", data={"csrf_token": h["X-CSRF-Token"]}).status_code == 302
+    assert c.get("/login").status_code == 200        # the other tab's login page: a session of no one
+    before = counts(service)
+    r = c.post(f"/api/products/{PID}/versions", json=body, headers=h)
+    assert r.status_code == 401 and r.json["error"].startswith("not logged in"), (r.status_code, r.text)
+    assert c.post(f"/api/products/{PID}/preview", json={"gates": body["gates"]}, headers=h).status_code == 401
+    assert counts(service) == before
+    r = c.post("/logout", data={"csrf_token": h["X-CSRF-Token"]}, headers={"Accept": "text/html"})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login"), (r.status_code, r.text)
+    # a login from that page still needs its own CSRF token
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+    assert c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": "x"}).status_code == 403
+    assert c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": csrf}).status_code == 302

@@ -7,7 +7,9 @@ Security model (stated in the README too):
   (tampered, expired, logged out) gets 401 "session invalid or expired". A new session is made
   at login (no session fixation).
 * CSRF: every POST must carry the session's CSRF token (header ``X-CSRF-Token`` or form field
-  ``csrf_token``), else 403 and nothing happens.
+  ``csrf_token``), else 403 and nothing happens. A POST other than the login's from a session of
+  no one (logged out since its page was loaded) gets 401 "not logged in" first, and nothing
+  happens ("Log out" goes to the login page).
 * Input: product ids must name a product of the output folder (404 otherwise); reasons are plain
   text (no ``<``/``>``); gates are validated (:mod:`regate`); bodies are JSON of at most 1 MiB.
   Every page is autoescaped Jinja2 with a Content-Security-Policy allowing only this server's own
@@ -77,6 +79,11 @@ def create_app(service: ReviewService) -> Flask:
             return resp
         if g.bad_cookie and request.endpoint not in ("login", "static", "healthz"):
             return _error(401, "session invalid or expired: log in again")
+        if request.method == "POST" and g.sess is not None and g.sess.user_id is None and request.endpoint not in (
+                "login_post", "static"):   # logged out since the page was loaded (in another tab: its login page's session)
+            if request.endpoint == "logout":
+                return redirect(url_for("login"))
+            return _error(401, "not logged in (logged out since this page was loaded): log in again")
         if request.method == "POST" and request.endpoint != "static":
             sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")
             if not csrf_ok(g.sess, sent):
