@@ -1230,3 +1230,31 @@ def test_a_page_left_open_after_log_out_elsewhere_says_so(app, service):
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
     assert c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": "x"}).status_code == 403
     assert c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": csrf}).status_code == 302
+
+
+def test_a_login_page_left_open_past_its_session_logs_in_after_one_notice(app, service):
+    """The login page's session of no one lasts 8 hours like any other. A login page left open
+    overnight answered the morning's login with the raw JSON {"error": "session invalid or expired:
+    log in again"} as the page. Now it goes back to the login page, which says the form had expired
+    and keeps the name typed, and the next login (its new CSRF token) goes in."""
+    from sqlalchemy import update
+
+    from tilpheno.review.models import LoginSession
+
+    c = app.test_client()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+    with service.factory() as db:   # the night is over: the login page's session has ended
+        db.execute(update(LoginSession).where(LoginSession.csrf_token == csrf)
+                   .values(expires_at="2000-01-01T00:00:00.000000Z"))
+        db.commit()
+    before = counts(service)
+    r = c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": csrf, "next": "/"},
+               headers={"Accept": "text/html"})
+    assert r.status_code == 303 and "/login" in r.headers["Location"], (r.status_code, r.text)
+    page = c.get(r.headers["Location"])
+    assert page.status_code == 200 and "login page had expired" in page.text and 'value="alice"' in page.text
+    assert counts(service) == before                  # no password checked, nothing audited
+    fresh = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    assert fresh != csrf
+    r = c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": fresh, "next": "/"})
+    assert r.status_code == 302 and c.get("/").status_code == 200

@@ -4,7 +4,8 @@ Security model (stated in the README too):
 
 * Session: a random token in the cookie ``tilpheno_session`` (httpOnly, SameSite=Strict,
   Secure under HTTPS); the database keeps its SHA-256. A cookie that matches no live session
-  (tampered, expired, logged out) gets 401 "session invalid or expired". A new session is made
+  (tampered, expired, logged out) gets 401 "session invalid or expired" (a login posted with one,
+  from a login page left open too long: back to the login page, saying so). A new session is made
   at login (no session fixation).
 * CSRF: every POST must carry the session's CSRF token (header ``X-CSRF-Token`` or form field
   ``csrf_token``), else 403 and nothing happens. A POST other than the login's from a session of
@@ -30,7 +31,8 @@ from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.review import audit
-from tilpheno.review.auth import AuthError, PasswordEntry, check_password, csrf_ok, find_session, new_session
+from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check_password, csrf_ok, find_session,
+                                  new_session)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
@@ -77,6 +79,10 @@ def create_app(service: ReviewService) -> Flask:
             resp = redirect(url_for("login"))
             resp.delete_cookie(COOKIE, path="/")
             return resp
+        if g.bad_cookie and request.endpoint == "login_post":   # a login page left open past its session's hours
+            anonymous_csrf()   # a new session of no one (its cookie set), which the login page's notice is kept for
+            return refused(LoginNotice(f"the login page had expired (open longer than {SESSION_HOURS} h): log in again",
+                                       str(request.form.get("username", ""))[:64]))
         if g.bad_cookie and request.endpoint not in ("login", "static", "healthz"):
             return _error(401, "session invalid or expired: log in again")
         if request.method == "POST" and g.sess is not None and g.sess.user_id is None and request.endpoint not in (
