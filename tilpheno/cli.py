@@ -668,9 +668,8 @@ def demo(
     """`process` on sample_fcs/ (full reports), then a simulated cohort through FCS files, gating and biomarkers."""
     import time
 
-    import pandas as pd
-
     from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.biomarkers.cohort import read_phenotypes
     from tilpheno.errors import TilphenoError
     from tilpheno.io.outcomes import read_outcomes
     from tilpheno.simulate.cohort import simulate_cohort
@@ -689,7 +688,7 @@ def demo(
                                     outcomes=cohort.outcomes, jobs=jobs, make_reports=False, overwrite=True)
         _print_summary(second)
         typer.echo("3/3 biomarker analysis of the simulated cohort")
-        phenotypes = pd.read_csv(out / "cohort" / "phenotypes.csv")
+        phenotypes = read_phenotypes(out / "cohort" / "phenotypes.csv")   # as `tilpheno biomarkers` reads it
         bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers",
                              n_boot=n_boot, inputs=[out / "cohort" / "phenotypes.csv", cohort.outcomes])
     except (TilphenoError, OSError) as exc:
