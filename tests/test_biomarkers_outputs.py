@@ -183,6 +183,16 @@ def test_constant_marker_or_empty_median_group_warns_instead_of_crashing(tmp_pat
     assert np.isfinite(cont.hr) and cont.p_holm == cont.p   # the one fitted test of its family: adjusted alone
     written = pd.read_csv(tmp_path / "cox_univariable.csv")
     assert len(written) == len(uni) == 4
+    # `tilpheno plan --observed` on that folder named neither the table nor the model: "hazard ratio must be
+    # positive and not 1 (got nan)"; now one line naming both and why the model has no estimate
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    result = CliRunner().invoke(app, ["plan", "--observed", str(tmp_path), "--marker", "cd8_pct_of_cd3", "--endpoint", "os"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output == (f"error: {tmp_path / 'cox_univariable.csv'}: the dichotomized model of 'cd8_pct_of_cd3', "
+                             f"endpoint 'os', has no hazard ratio to plan with ({row.warning})\n")
 
 
 def test_dichotomised_marker_without_events_in_one_group_is_named_as_such():

@@ -63,7 +63,8 @@ def hsieh_lavori(hr: float, sd: float, alpha: float = 0.05, power: float = 0.8, 
 
 def observed_effect(out_dir, marker: str, endpoint: str = "pfs") -> dict:
     """HRs (univariable Cox: dichotomised and per unit as in the table), marker SD, high-group fraction and
-    event fraction observed in a ``tilpheno biomarkers`` output folder."""
+    event fraction observed in a ``tilpheno biomarkers`` output folder. A model without a hazard ratio (not
+    fitted, e.g. a monotone likelihood) is refused naming the table, the model and its ``warning``."""
     from pathlib import Path
 
     import pandas as pd
@@ -74,6 +75,13 @@ def observed_effect(out_dir, marker: str, endpoint: str = "pfs") -> dict:
     if not {"continuous", "dichotomized"} <= set(rows.index):
         raise ValueError(f"{out / 'cox_univariable.csv'}: no univariable models for marker '{marker}', endpoint "
                          f"'{endpoint}'")
+    for coding in ("dichotomized", "continuous"):
+        hr = float(rows.at[coding, "hr"])
+        if not (math.isfinite(hr) and hr > 0):
+            warning = rows.at[coding, "warning"] if "warning" in rows.columns else None
+            why = str(warning) if pd.notna(warning) else "no estimate"
+            raise ValueError(f"{out / 'cox_univariable.csv'}: the {coding} model of '{marker}', endpoint '{endpoint}', "
+                             f"has no hazard ratio to plan with ({why})")
     data = pd.read_csv(out / "analysis_dataset.csv")
     x = data[marker].dropna()
     unit = str(rows.at["continuous", "unit"])
