@@ -158,3 +158,45 @@ def test_spline_with_a_covariate_places_knots_on_every_non_missing_marker_value(
     np.testing.assert_allclose(fit.cox.coefficients.se, want.se, rtol=1e-6)
     assert (fit.overall_chisq, fit.overall_df) == (pytest.approx(w.overall_chisq, rel=1e-6), w.overall_df)
     assert (fit.nonlinear_chisq, fit.nonlinear_df) == (pytest.approx(w.nonlin_chisq, rel=1e-6), w.nonlin_df)
+
+
+def _indefinite(fit):
+    """The fit with its covariance made indefinite (the first two coefficients coupled 1.2 times what a positive
+    definite matrix allows), as Newton can leave it where the information is not positive definite."""
+    import dataclasses
+
+    V = fit.cox.covariance.copy()
+    V[0, 1] = V[1, 0] = -1.2 * np.sqrt(V[0, 0] * V[1, 1])
+    return dataclasses.replace(fit, cox=dataclasses.replace(fit.cox, covariance=V))
+
+
+def test_a_curve_variance_that_is_not_estimable_is_blank_and_said_not_a_numpy_warning(monkeypatch, tmp_path):
+    """An indefinite covariance gives some curve points a negative variance: numpy's 'invalid value
+    encountered in sqrt' went to the terminal (sample_fcs' six patients, `tilpheno biomarkers`) and
+    nothing to the warnings -> those points' se and CI are blank, the others as computed from V, and the
+    analysis says how many points of which marker's curve."""
+    import warnings
+
+    from tilpheno.biomarkers import analysis
+    from tilpheno.io.outcomes import read_outcomes
+
+    fit = _indefinite(fit_spline(data("lung"), "time", "event", "age", 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        curve = fit.curve()
+    V = fit.cox.covariance[:3, :3]
+    B = rcs_basis(curve.x, fit.knots) - rcs_basis([fit.reference], fit.knots)
+    variance = np.array([b @ V @ b for b in B])
+    assert (variance < 0).any() and (variance > 0).any()
+    np.testing.assert_allclose(curve.se[variance >= 0], np.sqrt(variance[variance >= 0]), rtol=1e-12)
+    assert curve.se[variance < 0].isna().all() and curve.ci_low[variance < 0].isna().all()
+
+    real = analysis.fit_spline
+    monkeypatch.setattr(analysis, "fit_spline", lambda *a, **k: _indefinite(real(*a, **k)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = analysis.run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"),
+                                      read_outcomes(REF / "til_cohort_outcomes.csv"), tmp_path,
+                                      markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0, n_boot=0)
+    said = [w for w in res.warnings if "spline curve's confidence band not estimable" in w]
+    assert len(said) == 1 and said[0].startswith("os cd8_pct_of_cd3: "), res.warnings

@@ -451,7 +451,12 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
             try:
                 fit = fit_spline(cohort.data, tcol, ecol, marker, settings.spline_knots)
                 spl_rows.append(spline_rows(fit, endpoint))
-                curves.append(fit.curve(conf_level=settings.conf_level).assign(endpoint=endpoint, marker=marker))
+                curve = fit.curve(conf_level=settings.conf_level)
+                if curve.se.isna().any():
+                    sink.append(f"{endpoint} {marker}: spline curve's confidence band not estimable at "
+                                f"{int(curve.se.isna().sum())} of {len(curve)} points (the coefficients' covariance "
+                                "is not positive definite): left blank there")
+                curves.append(curve.assign(endpoint=endpoint, marker=marker))
             except (ValueError, np.linalg.LinAlgError) as exc:
                 sink.append(f"{endpoint} {marker}: spline model not fitted ({exc})")
             if settings.n_boot > 0:

@@ -162,13 +162,15 @@ class SplineFit:
     x: np.ndarray  # the marker values used (for the rug)
 
     def curve(self, grid=None, conf_level: float = 0.95) -> pd.DataFrame:
-        """log HR vs the reference value with its pointwise CI: columns x, log_hr, se, ci_low, ci_high."""
+        """log HR vs the reference value with its pointwise CI: columns x, log_hr, se, ci_low, ci_high (se and CI
+        blank where the coefficients' covariance, not positive definite, gives a negative variance)."""
         grid = np.linspace(self.x.min(), self.x.max(), 101) if grid is None else np.asarray(grid, dtype=float)
         coef = self.cox.coefficients.coef.to_numpy()[: self.knots.size - 1]
         V = _covariance(self.cox)[: coef.size, : coef.size]
         B = rcs_basis(grid, self.knots) - rcs_basis([self.reference], self.knots)
         lp = B @ coef
-        se = np.sqrt(np.einsum("ij,jk,ik->i", B, V, B))
+        variance = np.einsum("ij,jk,ik->i", B, V, B)
+        se = np.sqrt(np.where(variance >= 0, variance, np.nan))   # negative: V not positive definite, not estimable
         z = stats.norm.ppf(1 - (1 - conf_level) / 2)
         return pd.DataFrame({"x": grid, "log_hr": lp, "se": se, "ci_low": lp - z * se, "ci_high": lp + z * se})
 
