@@ -119,3 +119,36 @@ def test_every_reports_mode_is_documented():
     shown = re.search(r"--reports ([a-z|]+)", _readme_commands()["process"]).group(1).split("|")
     assert shown == list(REPORT_MODES)
     assert all(re.search(rf"\b{mode}:", option.help) for mode in REPORT_MODES), option.help
+
+
+def _inline_commands() -> list[tuple[str, str]]:
+    """Every command line quoted in README.md, docs/*.md and sample_fcs/README.md (`tilpheno ...` in backticks,
+    and the lines of fenced blocks), as (file, text), the text up to the end of the quote or line."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    found = []
+    for path in [root / "README.md", root / "sample_fcs" / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        quoted = re.findall(r"`(tilpheno [^`]+)`", text)
+        fenced = [line for block in text.split("```")[1::2] for line in block.splitlines()
+                  if line.lstrip().startswith("tilpheno ")]
+        found += [(path.name, " ".join(q.split())) for q in quoted + fenced]
+    return found
+
+
+def test_every_option_a_doc_quotes_exists():
+    """A command line quoted anywhere in the docs names a command and only options it has (a group such as
+    `users`: options of any of its subcommands). A quoted option that was renamed or removed would send a
+    new user to an error."""
+    problems = []
+    for name, line in _inline_commands():
+        command = ROOT.commands.get(line.split()[1])
+        if command is None:
+            if not re.fullmatch(r"--?[a-z][a-z-]*", line.split()[1]):   # `tilpheno --verbose ...`
+                problems.append(f"{name}: `{line}`: no command {line.split()[1]!r}")
+            continue
+        options = _options(command)
+        problems += [f"{name}: `{line}`: {line.split()[1]} has no option {flag}"
+                     for flag in re.findall(r"(?<=[\s\[(|])(--?[a-z][a-z0-9-]*)", line) if flag not in options]
+    assert not problems, "\n".join(problems)
