@@ -61,6 +61,10 @@ def test_an_unreadable_fmo_file_makes_the_run_not_ok_though_its_product_is_done(
     run = json.loads((out / "run.json").read_text())["result"]
     assert run["ok"] is False and run["done"] == ["P1"] and run["failed"] == {}
     assert len(run["unreadable"]) == 1 and run["unreadable"][0].startswith("P1: P1_surface_FMO_CD4.fcs: ")
+    # `process --help` says so too: its exit statuses read "1 some product failed", not this case
+    shown = " ".join(CliRunner().invoke(app, ["process", "--help"], terminal_width=200).output.split())
+    assert ("0 every product done and every input file read, 1 some product failed (the others' outputs are "
+            "complete) or an input file could not be read") in shown, shown
 
 
 def test_broken_batch_keeps_good_products(broken_folder, tmp_path):

@@ -416,8 +416,10 @@ def process(
     into OUT (re-run with --overwrite) are taken from OUT/.cache, not processed again (run.json
     lists them).
 
-    Exit status: 0 every product done, 1 some product failed (the others' outputs are complete),
-    2 the run could not start or finish (no FCS files, bad options, OUT in use or not writable).
+    Exit status: 0 every product done and every input file read, 1 some product failed (the others'
+    outputs are complete) or an input file could not be read (an FMO or control cut short or missing:
+    its product is done without it, flagged), 2 the run could not start or finish (no FCS files, bad
+    options, OUT in use or not writable).
     """
 
     from tilpheno.errors import TilphenoError
