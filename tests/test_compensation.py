@@ -5,6 +5,7 @@ import pytest
 import tilpheno
 from tilpheno.compensation import Spillover, compensate, compensate_columns, exported_compensated, parse_spill_keyword, read_spillover_csv
 from tilpheno.errors import CompensationError
+from tilpheno.simulate.cohort import simulate_product, write_product
 
 DATA = "tests/data"
 FCS = f"{DATA}/fcs/flowkit/test_comp_example.fcs"
@@ -118,6 +119,31 @@ def test_unreadable_csv_names_file(tmp_path):
     bad.write_text("A,B\n1,x\n0,1\n")
     with pytest.raises(CompensationError, match="m.csv"):
         read_spillover_csv(bad)
+
+
+@pytest.mark.parametrize("content", [b"matrix exported from FlowJo\n", b"FITC-A\n", b"\x00\x01binary",
+                                     b"FITC-A,PE-A\n", b"FITC-A\nPE-A\n"])
+def test_a_csv_without_a_matrix_is_refused_not_an_empty_matrix(tmp_path, content):
+    """A file of one line (a note, a lone detector name, a binary file read as text) was read as a 0x0
+    matrix: `process --compensation` applied it to no detector, left every file uncompensated, and
+    recorded it in run.json and compensation.csv as the run's matrix (exit 0) -> refused, naming the
+    file, before any product runs (exit 2, no OUT). A header only, or names without values, said
+    'matrix is 0x1 but names 1 detectors' (or '1x0 ... 0'): now the same line."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    bad = tmp_path / "m.csv"
+    bad.write_bytes(content)
+    with pytest.raises(CompensationError, match=r"m.csv: no spillover matrix in the file \(a header"):
+        read_spillover_csv(bad)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_product(simulate_product("P1", 3, 2000), folder)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out), "--compensation", str(bad)])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {bad}: "), result.output
+    assert not out.exists()
 
 
 def test_csv_rows_named_in_another_order_than_the_header_are_matched_by_name(tmp_path):

@@ -115,6 +115,9 @@ def read_spillover_csv(path: str | Path) -> Spillover:
                 f"header {header}" if extra else f"{path}: no row named {lacking[0]!r} (a detector of the header)"
                 if lacking else f"{path}: a row name is repeated ({rows})")
     names = tuple(str(c).strip() for c in frame.columns)
+    if not names or frame.empty:   # one line of text (or a binary file read as one): no matrix, not an empty one
+        raise CompensationError(f"{path}: no spillover matrix in the file (a header of detector names, then one row "
+                                "of values per detector)")
     try:
         matrix = frame.to_numpy(dtype=np.float64)
     except ValueError as exc:
