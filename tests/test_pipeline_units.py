@@ -84,6 +84,26 @@ def test_unknown_executor_and_unreachable_scheduler(tmp_path):
         list(iter_outcomes([], executor="dask", scheduler="tcp://127.0.0.1:9"))
 
 
+def test_a_scheduler_without_the_dask_executor_is_refused(tmp_path):
+    """`process --scheduler tcp://HOST:8786` without `--executor dask` ran every product locally, the
+    address unused and nothing said (exit 0): a user who forgot the executor believed the cluster ran
+    it -> refused in one line before anything runs (exit 2, OUT not made)."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+    from tilpheno.simulate.cohort import simulate_product, write_product
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_product(simulate_product("P1", 4, 2000), folder)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert result.output == ("error: --scheduler: 'tcp://127.0.0.1:9' is a Dask scheduler's address, but the executor "
+                             "is local: give executor dask too, or no scheduler\n")
+    assert not out.exists()
+
+
 def test_report_failure_keeps_the_product(small_cohort, monkeypatch):
     """A plotting error becomes a ``report_failed`` flag and a plain report; the tables survive."""
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy

@@ -343,6 +343,9 @@ def process_folder(
         raise TableError(f"executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
     if executor == "dask" and scheduler is None:
         raise TableError("executor dask needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
+    if scheduler is not None and executor != "dask":   # else the run would be local, the address unused
+        raise TableError(f"scheduler: {scheduler!r} is a Dask scheduler's address, but the executor is {executor}: "
+                         "give executor dask too, or no scheduler")
     if not 0 < fmo_percentile < 100:
         raise TableError(f"fmo_percentile: {fmo_percentile} is not between 0 and 100")
     if executor == "local" and n_jobs > 1:
