@@ -27,6 +27,18 @@ def test_failure_leaves_previous_content_and_no_temp_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
 
 
+def test_a_failed_rename_names_the_file_asked_for_not_the_temporary_one(tmp_path):
+    """The target is a folder: the error named the hidden temporary sibling (`.a.csv.x1y2.part`), a path
+    the user never typed (apply-gates -o, export-events --fcs/--h5ad) -> it names the target; no temporary
+    file is left."""
+    target = tmp_path / "a.csv"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        atomic.write_csv(target, pd.DataFrame({"x": [1]}))
+    assert caught.value.filename == str(target) and caught.value.filename2 is None
+    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"] and not any(target.iterdir())
+
+
 def test_permissions_follow_umask(tmp_path):
     old = os.umask(0o022)
     try:

@@ -59,6 +59,18 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
     assert r.exit_code == 1 and "entry 1: content does not match its hash (edited)" in r.output
 
 
+def test_audit_export_to_a_folder_is_one_line_naming_it(review_out, tmp_path):
+    """`audit export OUT -o DIR` (a folder where the CSV should go) printed a Python traceback ending
+    "IsADirectoryError: ... '/tmp/.x.part' -> 'DIR'" -> one line naming DIR, exit 2, nothing left in its folder."""
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    assert run("users", "list", review_out, "--db", db).exit_code == 0
+    target = tmp_path / "exports"
+    target.mkdir()
+    r = run("audit", "export", review_out, "-o", target, "--db", db)
+    assert r.exit_code == 2 and r.output == f"error: {target}: Is a directory\n", r.output
+    assert not any(p.name.endswith(".part") for p in tmp_path.iterdir()) and not any(target.iterdir())
+
+
 def test_bad_database_url_is_one_line(review_out):
     r = run("users", "list", review_out, "--db", "mysql://x")
     assert r.exit_code == 2 and "use sqlite:///FILE or postgresql://" in r.output

@@ -55,6 +55,15 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+def replace_naming_target(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """``os.replace(tmp, path)``; its error names ``path``, the file asked for (a folder of that name, no
+    permission), not the hidden temporary sibling the user never named."""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
                 errors: str = "backslashreplace") -> Iterator[IO]:
@@ -73,7 +82,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, default_mode())  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
+        replace_naming_target(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 
 from tilpheno.errors import TilphenoError
-from tilpheno.io.atomic import default_mode
+from tilpheno.io.atomic import default_mode, replace_naming_target
 
 KEPT_KEYWORDS = ("$SRC", "$DATE", "$BTIM", "$ETIM", "$CYT", "$CYTSN", "$INST", "$OP", "$PROJ", "$FIL",
                  "TUBE NAME", "EXPERIMENT NAME")
@@ -138,7 +138,7 @@ def export_h5ad(
     try:
         adata.write_h5ad(tmp)
         os.chmod(tmp, default_mode())   # mkstemp's 0600: as the FCS export and every other output
-        os.replace(tmp, path)
+        replace_naming_target(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -17,10 +17,10 @@ DB_HELP = "Database URL: sqlite:///FILE or postgresql://USER:PASS@HOST/DB (defau
 
 
 def _fail(exc: Exception) -> None:
-    from tilpheno.cli import as_cli_text
+    """The command line's one line (``tilpheno.cli._fail``: a file-system error as path and cause), exit 2."""
+    from tilpheno.cli import _fail as fail
 
-    typer.secho(f"error: {as_cli_text(str(exc))}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+    fail(exc)
 
 
 def _factory(out: Path, db: Optional[str]):
@@ -353,10 +353,10 @@ def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(
 
     try:
         factory = _factory(out, db)
-    except TilphenoError as exc:
+        with factory() as s:
+            write_text(csv_path, export_csv(s))
+    except (TilphenoError, OSError) as exc:   # -o a folder, no permission, disk full
         _fail(exc)
-    with factory() as s:
-        write_text(csv_path, export_csv(s))
     typer.echo(f"audit trail written to {csv_path}")
 
 
