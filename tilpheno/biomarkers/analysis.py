@@ -31,14 +31,14 @@ from tilpheno.errors import TableError
 from tilpheno.io import atomic
 
 from .cohort import ENDPOINTS, Cohort, build_cohort
-from .cox import fit_cox
+from .cox import ZPH_SINGULAR, fit_cox
 from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
 from .responders import responders_table
 from .landmark import landmark_analysis, time_dependent_cox
 from .splines import fit_spline, spline_rows
-from .survival import KaplanMeier, degenerate_note, logrank_test, median_followup
+from .survival import PH_NOT_COMPUTABLE, KaplanMeier, degenerate_note, logrank_test, median_followup
 from .tdroc import time_roc
 from .validation import calibration_at, validate_cox
 
@@ -376,6 +376,15 @@ def _marker_events(cohort: Cohort, endpoint: str) -> bool:
     return bool((cohort.data[ENDPOINTS[endpoint][1]] == 1).any())
 
 
+def _not_said_in(note: str, model_warnings: list[str]) -> list[str]:
+    """``model_warnings`` less each model's 'cox.zph not computable' line where the endpoint's ``note`` already says
+    the proportional-hazards test is not computable (every event at one time): one line per endpoint, not four
+    per marker. The models' ``warning`` column keeps it."""
+    if PH_NOT_COMPUTABLE not in note:
+        return model_warnings
+    return [w for w in model_warnings if not w.endswith(f": {ZPH_SINGULAR}")]
+
+
 def _endpoint_note(cohort: Cohort, endpoint: str) -> str:
     """The endpoint's one warning when its survival is degenerate (:func:`degenerate_note`, every patient with
     outcomes), or "": without events among the marker analyses' patients it also says, once for every marker,
@@ -410,13 +419,15 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
             warnings.append(note)
         km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),
                                cohort.outcomes[ecol].to_numpy(float), settings, curves))
-        sink = warnings if _marker_events(cohort, endpoint) else []   # else all said once, in the endpoint's note
+        said: list[str] = []
         for marker in cohort.markers:
-            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, sink, curves, logrank_rows)
+            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, said, curves, logrank_rows)
             km_rows += k
             cut_rows += c
             uni += u
             multi += m
+        if _marker_events(cohort, endpoint):   # else all said once, in the endpoint's note
+            warnings += _not_said_in(note, said)
     resp = response_rates(cohort.outcomes["best_response"], settings.conf_level)
     responder_vars = [v for v in [*cohort.markers, *cohort.covariates] if v in cohort.data.columns]
     responders = responders_table(cohort.data, is_responder(cohort.data["best_response"]), responder_vars)

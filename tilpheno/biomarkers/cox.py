@@ -146,6 +146,11 @@ def cox_zph(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]] | No
     return pd.DataFrame(rows, columns=["term", "chisq", "df", "p"])
 
 
+ZPH_SINGULAR = ("proportional-hazards test (cox.zph) not computable: its information matrix is singular "
+                "(e.g. every event at one time); chisq and p left blank")
+"""The model warning of :func:`_zph_or_blank` (callers that say 'every event at one time' once drop it)."""
+
+
 def _zph_or_blank(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]], notes: list[str]) -> pd.DataFrame:
     """:func:`cox_zph`, or its table with blank chi-squares and p-values (and a note) when its information
     matrix is singular: every event at one time (the time transform is then constant) or a coefficient
@@ -153,8 +158,7 @@ def _zph_or_blank(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]
     try:
         return cox_zph(time, event, X, beta, terms)
     except np.linalg.LinAlgError:
-        notes.append("proportional-hazards test (cox.zph) not computable: its information matrix is singular "
-                     "(e.g. every event at one time); chisq and p left blank")
+        notes.append(ZPH_SINGULAR)
         return pd.DataFrame({"term": [*terms, "GLOBAL"], "chisq": np.nan,
                              "df": [*(len(c) for c in terms.values()), X.shape[1]], "p": np.nan})
 

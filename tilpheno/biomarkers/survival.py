@@ -213,6 +213,10 @@ class KaplanMeier:
         return line
 
 
+PH_NOT_COMPUTABLE = "the proportional-hazards test is not computable"
+"""What :func:`degenerate_note` says of the PH test when every event is at one time (R cox.zph stops there)."""
+
+
 def degenerate_note(time, event) -> str:
     """Why a survival endpoint cannot show a curve over time, else "": no events, every time equal (e.g. all 0),
     or every event at one time. Times in the endpoint's unit, as given; the caller names the endpoint."""
@@ -220,14 +224,15 @@ def degenerate_note(time, event) -> str:
     if t.size == 0:
         return ""
     if t.min() == t.max():
+        ph = f" and {PH_NOT_COMPUTABLE}" if e.any() else ""
         return (f"every time is {t[0]:g} ({t.size} patients, {int(e.sum())} events): the Kaplan-Meier curves are "
-                "a single step at that time (check the times and their unit)")
+                f"a single step at that time{ph} (check the times and their unit)")
     if not e.any():
         return f"no events among {t.size} patients: no median, log-rank test or hazard ratio can be estimated"
     at = np.unique(t[e == 1])
     if at.size == 1:
         return (f"every event ({int(e.sum())}) at time {at[0]:g}: the Kaplan-Meier curves have one step and "
-                "the proportional-hazards test is not computable")
+                f"{PH_NOT_COMPUTABLE}")
     return ""
 
 
