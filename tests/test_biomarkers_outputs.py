@@ -136,6 +136,73 @@ def test_a_cox_model_without_estimate_names_its_cause_as_r_shows_it(model):
             assert "collinear" not in said
 
 
+def _monotone_reference():
+    """cox_monotone_covariates_reference.csv by case: (data frame, model variables, R's rows)."""
+    ref = pd.read_csv(REF / "cox_monotone_covariates_reference.csv", keep_default_na=False, na_values=["NA"])
+    for case, rows in ref.groupby("case", sort=False):
+        rec = rows.iloc[0]
+        frame = pd.DataFrame({c: [float(v) for v in col.split()] for c, col in zip(rec.columns.split(),
+                                                                                   rec.data.split("; "))})
+        yield case, frame, rec.model.split(" + "), rows
+
+
+@pytest.mark.parametrize("case", ["binary_high", "monotone_high", "monotone_low", "monotone_continuous"])
+def test_a_multivariable_cox_model_reports_the_covariates_beside_a_monotone_marker(case):
+    """x + z (+ w) with every event at the highest (lowest) x at risk: the whole model was 'not fitted', where R
+    coxph reports z and w beside x's huge coefficient (with 'coefficient may be infinite'). Now x's coefficient
+    is blank with the reason and z, w are R's (cox_monotone_covariates_reference.csv: R coxph, and R's fit of the
+    limit model, Surv(entry, time, event) on the kept risk sets); loglik is the limit's, concordance R's. Where z
+    has no information at that limit (R: z 3.6, se 1375), the model is not fitted, naming both causes."""
+    frame, variables, rows = next((f, v, r) for c, f, v, r in _monotone_reference() if c == case)
+    if case == "monotone_continuous":
+        with pytest.raises(ValueError, match="highest x among those at risk.*z has no information there too"):
+            fit_cox(frame, "time", "event", variables, at_limit=True)
+        return
+    with pytest.raises(ValueError, match="^monotone likelihood: .* x "):   # alone, or without at_limit: as before
+        fit_cox(frame, "time", "event", variables)
+    fit = fit_cox(frame, "time", "event", variables, at_limit=True)
+    table = fit.coefficients.set_index("variable")
+    assert table.loc["x"].isna().all()
+    side = "highest" if rows[rows.term == "x"].coef.iloc[0] > 0 else "lowest"
+    assert fit.warnings[0].startswith(f"coefficient of x not estimable: monotone likelihood: at every event time the "
+                                      f"patients with the event have the {side} x")
+    for kind in ("coxph", "limit"):
+        for rec in rows[(rows.fit == kind) & (rows.term != "x")].itertuples():
+            assert table.at[rec.term, "coef"] == pytest.approx(rec.coef, rel=1e-6), (kind, rec.term)
+            assert table.at[rec.term, "se"] == pytest.approx(rec.se, rel=1e-6), (kind, rec.term)
+    limit = rows[rows.fit == "limit"].iloc[0]
+    assert fit.loglik == pytest.approx(limit.loglik, abs=1e-9)
+    assert fit.concordance == pytest.approx(rows[rows.fit == "coxph"].concordance.iloc[0], abs=1e-12)
+    assert np.isnan(fit.wald_chisq) and fit.zph.p.isna().all()
+
+
+def test_the_multivariable_table_keeps_covariates_beside_a_monotone_marker(tmp_path):
+    """The same data through `biomarkers`: a marker high (50) in the 10 patients whose events all come first,
+    adjusted for age and ECOG. cox_multivariable.csv had the marker's row only, 'not fitted: monotone likelihood',
+    and no age or ECOG estimate; now the marker's row is blank, 'coefficient of ... not estimable', and age, ECOG are
+    R coxph's z and w (continuous and dichotomised coding alike: both split the patients the same way)."""
+    frame, _, rows = next((f, v, r) for c, f, v, r in _monotone_reference() if c == "binary_high")
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
+    outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
+    outcomes["age"], outcomes["ecog"] = frame.z.astype(int).to_numpy(), frame.w.astype(int).to_numpy()
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    pheno = pheno[pheno.product_id.isin(outcomes.product_id)].copy()
+    pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, 10 + 40 * frame.x)))
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=["age", "ecog"],
+                         endpoints=("pfs",), n_perm=0, n_boot=0)
+    multi = pd.read_csv(res.files["cox_multivariable.csv"])
+    r = rows[rows.fit == "coxph"].set_index("term")
+    for coding in ("continuous", "dichotomized"):
+        model = multi[multi.model_id == f"pfs:multivariable:{coding}:cd8_pct_of_cd3"].set_index("variable")
+        assert list(model.index) == ["cd8_pct_of_cd3", "age", "ecog"], coding
+        assert model.loc["cd8_pct_of_cd3", ["coef", "se", "hr", "p"]].isna().all()
+        assert model.loc["cd8_pct_of_cd3", "warning"].startswith("coefficient of cd8_pct_of_cd3 not estimable: "
+                                                                 "monotone likelihood")
+        assert model.at["age", "coef"] == pytest.approx(r.at["z", "coef"], rel=1e-6)
+        assert model.at["ecog", "se"] == pytest.approx(r.at["w", "se"], rel=1e-6)
+    assert "the others are estimated at its limit" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
 def test_ph_violation_goes_to_warning():
     rng = np.random.default_rng(3)
     n = 300
@@ -285,8 +352,8 @@ def test_newton_never_takes_a_point_without_a_finite_log_likelihood(monkeypatch)
     real = cox.efron_derivatives
     start = np.array([0.2, -0.1])
 
-    def wall(time, event, X, beta):
-        d = real(time, event, X, beta)
+    def wall(time, event, X, beta, entry=None):
+        d = real(time, event, X, beta, entry)
         if np.array_equal(beta, start):
             return d
         return cox.EfronDerivatives(float("nan"), d.score * np.nan, d.information * np.nan)
@@ -529,7 +596,9 @@ def test_methods_say_when_a_cox_model_is_not_fitted(tmp_path):
     cohort = SimpleNamespace(covariates=[], outcomes=pd.DataFrame(index=range(4)), data=pd.DataFrame(index=range(4)))
     text = " ".join(methods_text(SimpleNamespace(settings=Settings(), cohort=cohort)))
     assert "A model is not fitted, its row kept with 'not fitted: why', when a covariate has no information" in text
-    assert "or a monotone likelihood (at every event time the patients with the event have its highest" in text
+    assert "or, alone in the model, a monotone likelihood (at every event time the patients with the event have its " \
+           "highest" in text
+    assert "In a multivariable model such a covariate's coefficient is left blank as not estimable" in text
     with pytest.raises(ValueError, match="^monotone likelihood: at every event time the patients with the event"):
         fit_cox(pd.DataFrame({"t": [1.0, 2, 3, 4, 5], "e": [1, 0, 1, 0, 0], "x": [1.0, 0, 1, 0, 0]}), "t", "e", ["x"])
 

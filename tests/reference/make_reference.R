@@ -502,5 +502,60 @@ write_ref(data.frame(time = paste(tvd$time, collapse = " "), event = paste(tvd$e
                      se = unname(sqrt(diag(vcov(tvfit)))), r_warning = paste(said, collapse = " | ")),
           "timevarying_degenerate_reference.csv")
 
+
+# ---- Multivariable Cox models where one column has a monotone likelihood (at every event time the patients with the
+# event have the highest, or lowest, x among those at risk), or where only a combination of columns has one. coxph
+# gives the column a huge coefficient and standard error with a warning, and finite estimates for the other columns:
+# those are, to within exp(-|coef|), the estimates of the limit model (coefficient at +-infinity), the Cox model of
+# the other columns in which each event's risk set keeps only the patients with the event's (the extreme) x: delayed
+# entry after the last event time at which the extreme x at risk was another value (fit as Surv(entry, time, event)).
+# Rows: one per data set x model x term, from the full fit ('coxph') and from the limit model ('limit').
+limit_entry <- function(time, event, x, up) {
+  et <- sort(unique(time[event == 1]))
+  ext <- sapply(et, function(tk) if (up) max(x[time >= tk]) else min(x[time >= tk]))
+  sapply(seq_along(x), function(i) { before <- et[ext != x[i] & et <= time[i]]; if (length(before)) max(before) else 0 })
+}
+mono <- list(
+  binary_high = list(data = data.frame(
+    time = c(6.7, 6.4, 8.5, 1, 6.4, 8.3, 4.5, 3.4, 5.6, 6.7, 5.9, 12.4, 16.8, 17.2, 12.6, 14.1, 12.1, 9.7, 19.4, 9.5,
+             13.7, 16.4, 10.5, 11.4, 8.8, 9.4, 8.4, 10.2, 21.7, 6),
+    event = c(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0),
+    x = c(rep(1, 10), rep(0, 20)),
+    z = c(64, 33, 58, 39, 51, 55, 44, 56, 41, 50, 64, 45, 57, 40, 58, 37, 45, 38, 57, 45, 49, 57, 64, 61, 53, 69, 64,
+          53, 74, 45),
+    w = c(1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 1, 0, 1, 1)),
+    model = "x + z + w", up = TRUE),
+  monotone_high = list(data = deg$monotone_high, model = "x + z", up = TRUE),
+  monotone_low = list(data = deg$monotone_low, model = "x + z", up = FALSE),
+  monotone_continuous = list(data = deg$monotone_continuous, model = "x + z", up = TRUE),
+  combination = list(data = data.frame(time = 1:12, event = c(1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1, 0),
+                                       x1 = c(9, 3, 4, 9, 9, 4, 1, 6, 3, 7, 0, 4),
+                                       x2 = c(3, 8, 6, 0, -1, 3, 5, -1, 1, -4, 2, -3)),
+                     model = "x1 + x2", up = NA))
+mr <- list()
+for (nm in names(mono)) {
+  d <- mono[[nm]]$data
+  said <- character(0)
+  fit <- withCallingHandlers(coxph(as.formula(paste("Surv(time, event) ~", mono[[nm]]$model)), data = d, ties = "efron"),
+                             warning = function(w) { said <<- c(said, trimws(conditionMessage(w))); invokeRestart("muffleWarning") })
+  cols <- paste(sapply(names(d), function(v) paste(d[[v]], collapse = " ")), collapse = "; ")
+  mr[[length(mr) + 1]] <- data.frame(case = nm, fit = "coxph", model = mono[[nm]]$model, data = cols,
+    columns = paste(names(d), collapse = " "), term = names(coef(fit)), coef = unname(coef(fit)),
+    se = unname(sqrt(diag(vcov(fit)))), loglik = fit$loglik[2], concordance = unname(fit$concordance["concordance"]),
+    r_warning = paste(said, collapse = " | "))
+  if (!is.na(mono[[nm]]$up)) {
+    d$entry <- limit_entry(d$time, d$event, d$x, mono[[nm]]$up)
+    rest <- setdiff(strsplit(mono[[nm]]$model, " + ", fixed = TRUE)[[1]], "x")
+    said <- character(0)
+    lim <- withCallingHandlers(coxph(as.formula(paste("Surv(entry, time, event) ~", paste(rest, collapse = " + "))),
+                                     data = d, ties = "efron"),
+                               warning = function(w) { said <<- c(said, trimws(conditionMessage(w))); invokeRestart("muffleWarning") })
+    mr[[length(mr) + 1]] <- data.frame(case = nm, fit = "limit", model = mono[[nm]]$model, data = cols,
+      columns = paste(setdiff(names(d), "entry"), collapse = " "), term = names(coef(lim)), coef = unname(coef(lim)),
+      se = unname(sqrt(diag(vcov(lim)))), loglik = lim$loglik[2], concordance = NA, r_warning = paste(said, collapse = " | "))
+  }
+}
+write_ref(do.call(rbind, mr), "cox_monotone_covariates_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")

@@ -342,7 +342,7 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             if model == "multivariable" and not cohort.covariates:
                 continue
             try:
-                fit = fit_cox(frame, tcol, ecol, variables, settings.conf_level)
+                fit = fit_cox(frame, tcol, ecol, variables, settings.conf_level, at_limit=True)
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
                 reason = str(exc).replace(col, marker)  # internal column name -> marker
                 if coding == "dichotomized":

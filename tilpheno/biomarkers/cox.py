@@ -181,8 +181,20 @@ def risk_set_extremes(time, event, x, entry=None) -> tuple[np.ndarray, np.ndarra
     return low, high, dead
 
 
-def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
-    """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column, else None (read from
+@dataclass(frozen=True)
+class Degenerate:
+    """A column of a Cox model without a finite estimate: ``kind`` "no information" or "monotone"; ``direction``
+    +1 when the events have the highest value at risk (coefficient +infinity), -1 the lowest, 0 no information;
+    ``reason``: the sentence naming it and what R does."""
+
+    column: str
+    kind: str
+    direction: int
+    reason: str
+
+
+def degenerate_column(time, event, X: pd.DataFrame, entry=None) -> Degenerate | None:
+    """The first column of ``Surv(time, event) ~ X`` with no finite maximum or no information, else None (read from
     the data, not from where Newton-Raphson stops):
 
     - no information: the column takes one value among the patients at risk at every event time (the risk sets
@@ -198,18 +210,44 @@ def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
     for name in X.columns:
         low, high, dead = risk_set_extremes(time, event, X[name], entry)
         if np.array_equal(low, high):
-            return (f"no information on {name}: it has one value among the patients at risk at every "
-                    "event time (it varies only among patients censored before the first event), so the data say "
-                    "nothing of its hazard ratio (R coxph: NA)")
+            return Degenerate(name, "no information", 0, (
+                f"no information on {name}: it has one value among the patients at risk at every "
+                "event time (it varies only among patients censored before the first event), so the data say "
+                "nothing of its hazard ratio (R coxph: NA)"))
         up = all(np.all(d == h) for d, h in zip(dead, high))
         down = all(np.all(d == lo) for d, lo in zip(dead, low))
         if up or down:
             side, hr = ("highest", "infinite") if up else ("lowest", "0")
-            return (f"monotone likelihood: at every event time the patients with the event have the {side} {name} "
-                    f"among those at risk (e.g. every event in one of two groups), so its hazard ratio is {hr} "
-                    "(R coxph: a huge coefficient and standard error, with a warning that it may be infinite or did "
-                    "not converge)")
+            return Degenerate(name, "monotone", 1 if up else -1, (
+                f"monotone likelihood: at every event time the patients with the event have the {side} {name} "
+                f"among those at risk (e.g. every event in one of two groups), so its hazard ratio is {hr} "
+                "(R coxph: a huge coefficient and standard error, with a warning that it may be infinite or did "
+                "not converge)"))
     return None
+
+
+def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
+    """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column (:func:`degenerate_column`),
+    else None."""
+    found = degenerate_column(time, event, X, entry)
+    return found.reason if found else None
+
+
+def limit_entry(time, event, x, direction: int) -> np.ndarray:
+    """Entry times of the limit model as ``x``'s coefficient goes to ``direction`` x infinity (x with a monotone
+    likelihood, nested risk sets): each event's risk set keeps only the patients with the event's value of x, the
+    extreme one at risk. As that extreme value at risk only moves towards each patient's own x while the patient is
+    at risk, a patient is in the kept risk sets from the last event time at which the extreme was another value
+    (entry, exclusive) to its own time; -inf when it is in them from the start."""
+    t = np.asarray(time, dtype=float)
+    x = np.asarray(x, dtype=float)
+    low, high, _ = risk_set_extremes(t, event, direction * x)
+    event_times = np.unique(t[np.asarray(event, dtype=float) == 1])
+    entry = np.full(t.size, -np.inf)
+    for tk, extreme in zip(event_times, high):
+        other = (t >= tk) & (direction * x != extreme)
+        entry[other] = tk
+    return entry
 
 
 @dataclass(frozen=True)
@@ -221,17 +259,19 @@ class EfronDerivatives:
     information: np.ndarray
 
 
-def efron_derivatives(time, event, X, beta) -> EfronDerivatives:
+def efron_derivatives(time, event, X, beta, entry=None) -> EfronDerivatives:
     """Efron log partial likelihood, score vector and information at ``beta`` (vectorised over event times).
 
     Risk-set sums are reverse cumulative sums over patients sorted by time; tied deaths at one
     time are handled with Efron's weights ``j / d`` (j = 0..d-1), looping over the largest tie size.
+    ``entry``: delayed entry (at risk at an event time only when entry < it; R ``Surv(entry, time, event)``).
     """
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
     X = np.asarray(X, dtype=float).reshape(t.size, -1)
+    start = np.full(t.size, -np.inf) if entry is None else np.asarray(entry, dtype=float)
     order = np.argsort(t, kind="stable")
-    t, e, X = t[order], e[order], X[order] - X.mean(axis=0)
+    t, e, X, start = t[order], e[order], X[order] - X.mean(axis=0), start[order]
     p = X.shape[1]
     eta = X @ np.asarray(beta, dtype=float)
     shift = eta.max()
@@ -244,6 +284,13 @@ def efron_derivatives(time, event, X, beta) -> EfronDerivatives:
     s0 = np.cumsum(r[::-1])[::-1][first]
     s1 = np.cumsum(rx[::-1], axis=0)[::-1][first]
     s2 = np.cumsum(rxx[::-1], axis=0)[::-1][first]
+    if entry is not None:   # less the rows not yet entered (entry >= the event time; their time is later)
+        by_entry = np.argsort(start, kind="stable")
+        later = np.searchsorted(start[by_entry], event_times, side="left")
+        pad = np.zeros((1, *rxx.shape[1:]))
+        s0 = s0 - np.r_[np.cumsum(r[by_entry][::-1])[::-1], 0.0][later]
+        s1 = s1 - np.r_[np.cumsum(rx[by_entry][::-1], axis=0)[::-1], pad[:, :, 0]][later]
+        s2 = s2 - np.r_[np.cumsum(rxx[by_entry][::-1], axis=0)[::-1], pad][later]
     K = event_times.size
     d = np.bincount(k, minlength=K).astype(float)
     d0 = np.bincount(k, weights=r[dead], minlength=K)
@@ -276,17 +323,18 @@ class NewtonFit:
     last_step: float
 
 
-def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-11) -> NewtonFit:
+def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-11, entry=None) -> NewtonFit:
     """Maximise the Efron partial likelihood by Newton-Raphson with step halving (as R ``coxph.fit``).
 
     Converged when the largest Newton step is below ``tol * (1 + |beta|)`` (elementwise); the
     derivatives returned are evaluated at the final ``beta`` (R's ``imat``). A step along which 30
     halvings find no finite log-likelihood ends the iterations, not converged, at the last finite
-    point (the risk sets underflow on the way to an infinite coefficient).
+    point (the risk sets underflow on the way to an infinite coefficient). ``entry``: delayed entry, as
+    :func:`efron_derivatives`.
     """
     X = np.asarray(X, dtype=float).reshape(len(time), -1)
     beta = np.zeros(X.shape[1]) if beta0 is None else np.asarray(beta0, dtype=float).copy()
-    cur = efron_derivatives(time, event, X, beta)
+    cur = efron_derivatives(time, event, X, beta, entry)
     last = float("inf")
     for it in range(1, max_iter + 1):
         step = np.linalg.solve(cur.information, cur.score)
@@ -297,7 +345,7 @@ def newton_cox(time, event, X, beta0=None, max_iter: int = 50, tol: float = 1e-1
             # a trial step so long that the risk sets underflow gives a non-finite log-likelihood:
             # it is rejected just below and halved (handled, so numpy's divide warnings would only alarm)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                nxt = efron_derivatives(time, event, X, cand)
+                nxt = efron_derivatives(time, event, X, cand, entry)
             if np.isfinite(nxt.loglik) and nxt.loglik >= cur.loglik - 1e-12 * abs(cur.loglik) or halvings >= 30:
                 break
             step = step / 2
@@ -420,9 +468,101 @@ def _lifelines_start(fit_frame: pd.DataFrame, duration: str, event: str, conf_le
     return cph.params_.to_numpy(dtype=float)
 
 
+def _few_events(n_events: int, k: int) -> list[str]:
+    """The note on fewer than ``EPV_MIN`` events per model variable, or none."""
+    if n_events / k >= EPV_MIN:
+        return []
+    return [f"{n_events} events for {k} variable(s): fewer than {EPV_MIN} events per variable, estimates may be "
+            "unstable"]
+
+
+def _score_test(null: EfronDerivatives) -> float:
+    """The score test's chi-square ``U(0)' I(0)^-1 U(0)`` from the derivatives at 0; NaN when I(0) is singular."""
+    try:
+        return float(null.score @ np.linalg.solve(null.information, null.score))
+    except np.linalg.LinAlgError:
+        return float("nan")
+
+
+def coefficient_table(names: list[str], coef: np.ndarray, cov: np.ndarray, conf_level: float,
+                      notes: list[str]) -> pd.DataFrame:
+    """variable, coef, se, hr, hr_ci_low, hr_ci_high, z, p (Wald; CI ``exp(coef +- z se)``) from the coefficients
+    and their covariance; a variance that is not positive (the fit is not at a maximum) leaves se, CI, z and p
+    blank, with a note."""
+    variance = np.diag(cov)
+    bad = ~(variance > 0) & np.isfinite(coef)   # a coefficient left blank (infinite) has no variance to report
+    if bad.any():
+        notes.append(f"variance of {', '.join(n for n, b in zip(names, bad) if b)} not estimable (the information "
+                     "matrix is not positive definite at the last Newton step): standard error, CI, z and Wald p "
+                     "left blank")
+    se = np.sqrt(np.where(bad, np.nan, variance))
+    z = stats.norm.ppf(1 - (1 - conf_level) / 2)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return pd.DataFrame({
+            "variable": names, "coef": coef, "se": se, "hr": np.exp(coef),
+            "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
+            "z": coef / se, "p": 2 * stats.norm.sf(np.abs(coef / se)),
+        })
+
+
+def fit_cox_at_limit(time: np.ndarray, event: np.ndarray, X: pd.DataFrame, monotone: Degenerate,
+                     conf_level: float = 0.95, terms: dict[str, list[int]] | None = None) -> CoxResult:
+    """The Cox model of ``X`` when its column ``monotone.column`` has a monotone likelihood: that coefficient is
+    infinite (left blank, with the reason), the others are estimated at its limit, the model of the other columns
+    in which each event's risk set keeps the patients with the event's (the extreme) value of the column
+    (:func:`limit_entry`). R coxph stops at a large finite coefficient, warns that it may be infinite, and reports
+    the others' estimates, equal to these to within about exp(-|coefficient|). Log-likelihood and the LR test (df:
+    every column, as R) are the limit's; the score test is at 0 as usual; the Wald test and the cox.zph test are
+    blank (``terms``: its rows, as :func:`cox_zph`'s); concordance ranks patients by the column first (its
+    direction), then by the others' linear predictor. ValueError when the other columns have no finite estimate at that limit either."""
+    entry = limit_entry(time, event, X[monotone.column], monotone.direction)
+    rest = X.drop(columns=monotone.column)
+    again = degenerate_column(time, event, rest, entry)
+    if again:
+        what = "no information" if again.kind == "no information" else "a monotone likelihood"
+        raise ValueError(f"{monotone.reason}; and with its coefficient infinite (each event's risk set keeps only the "
+                         f"patients with the event's {monotone.column}), {again.column} has {what} there too")
+    R = rest.to_numpy(float)
+    try:
+        nf = newton_cox(time, event, R, entry=entry)
+        cov_rest = np.linalg.inv(nf.derivatives.information)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"{monotone.reason}; and with its coefficient infinite, the other covariates' information "
+                         "matrix is singular (collinear, or a combination separating the events)") from None
+    k = X.shape[1]
+    keep = [i for i, c in enumerate(X.columns) if c != monotone.column]
+    coef = np.full(k, np.nan)
+    coef[keep] = nf.beta
+    cov = np.full((k, k), np.nan)
+    cov[np.ix_(keep, keep)] = cov_rest
+    notes = [f"coefficient of {monotone.column} not estimable: {monotone.reason}; the other covariates are estimated "
+             "at that limit (R coxph reports them, to within exp(-|coefficient|), beside a huge one for "
+             f"{monotone.column})"]
+    table = coefficient_table(list(X.columns), coef, cov, conf_level, notes)
+    if not nf.converged:
+        notes.append(f"Newton-Raphson did not converge in {nf.iterations} steps (last relative step {nf.last_step:.2g})")
+    n_events = int(event.sum())
+    notes += _few_events(n_events, k)
+    null = efron_derivatives(time, event, X.to_numpy(float), np.zeros(k))
+    lr = float(2 * (nf.derivatives.loglik - null.loglik))
+    score = _score_test(null)
+    order = np.c_[monotone.direction * X[monotone.column].to_numpy(float), linear_predictor(R, nf.beta)]
+    rank = np.unique(order, axis=0, return_inverse=True)[1].ravel().astype(float)
+    conc = concordance_index(time, event, rank)
+    terms = terms or {c: [i] for i, c in enumerate(X.columns)}
+    zph = pd.DataFrame({"term": [*terms, "GLOBAL"], "chisq": np.nan, "df": [*(len(c) for c in terms.values()), k],
+                        "p": np.nan})
+    return CoxResult(
+        coefficients=table, zph=zph, n=len(time), events=n_events, loglik=nf.derivatives.loglik, lr_chisq=lr,
+        lr_df=k, lr_p=float(stats.chi2.sf(lr, k)), concordance=conc.concordance, score_chisq=score,
+        score_p=float(stats.chi2.sf(score, k)), concordance_se=conc.std_err, converged=nf.converged,
+        iterations=nf.iterations, max_scaled_score=float(np.max(np.abs(nf.derivatives.score) * table.se.iloc[keep])),
+        covariance=cov, warnings=notes)
+
+
 def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str],
             conf_level: float = 0.95, start: str = "lifelines",
-            groups: dict[str, list[str]] | None = None) -> CoxResult:
+            groups: dict[str, list[str]] | None = None, at_limit: bool = False) -> CoxResult:
     """Fit ``Surv(duration, event) ~ variables`` (Efron ties) on complete cases of ``frame``.
 
     lifelines fits the model (its warnings go to ``warnings``); Newton steps on the exact
@@ -434,6 +574,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     a single level included: it has no indicator column, so it is not silently left out), a covariate without
     information or with a monotone likelihood (:func:`no_estimate_reason`: the reason names it and what R does),
     or an information matrix that turns singular (collinear covariates, or several separating the events).
+    ``at_limit``: a column with a monotone likelihood among others is not an error: as R coxph reports the other
+    covariates, they are estimated at its limit (:func:`fit_cox_at_limit`) and its coefficient is left blank.
     """
     data = frame[[duration, event, *variables]].dropna()
     if data.empty:
@@ -447,9 +589,11 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
         raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
     t = data[duration].to_numpy(float)
     ev = data[event].to_numpy(float)
-    reason = no_estimate_reason(t, ev, X)
-    if reason:
-        raise ValueError(reason)
+    found = degenerate_column(t, ev, X)
+    if found and found.kind == "monotone" and at_limit and X.shape[1] > 1:
+        return fit_cox_at_limit(t, ev, X, found, conf_level, _grouped_terms(design.terms, groups or {}))
+    if found:
+        raise ValueError(found.reason)
     Xa = X.to_numpy(float)
     notes: list[str] = []
     beta0 = None
@@ -469,27 +613,13 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
         cov = np.full_like(info, np.nan)
-    variance = np.diag(cov)
-    bad = ~(variance > 0)   # a negative or undefined variance: the fit is not at a maximum of the likelihood
-    if bad.any():
-        notes.append(f"variance of {', '.join(X.columns[bad])} not estimable (the information matrix is not "
-                     "positive definite at the last Newton step): standard error, CI, z and Wald p left blank")
-    se = np.sqrt(np.where(bad, np.nan, variance))
-    z = stats.norm.ppf(1 - (1 - conf_level) / 2)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        table = pd.DataFrame({
-            "variable": list(X.columns), "coef": coef, "se": se, "hr": np.exp(coef),
-            "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
-            "z": coef / se, "p": 2 * stats.norm.sf(np.abs(coef / se)),
-        })
+    table = coefficient_table(list(X.columns), coef, cov, conf_level, notes)
+    se = table.se.to_numpy()
     k = len(coef)
     null = efron_derivatives(t, ev, Xa, np.zeros(k))
     lr = float(2 * (nf.derivatives.loglik - null.loglik))
     wald = float(coef @ info @ coef)
-    try:
-        score = float(null.score @ np.linalg.solve(null.information, null.score))
-    except np.linalg.LinAlgError:
-        score = float("nan")
+    score = _score_test(null)
     n_events = int(ev.sum())
     max_score = float(np.max(np.abs(nf.derivatives.score) * se))
     if not nf.converged:
@@ -500,9 +630,7 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     if big and nf.converged:
         notes.append(f"coefficient(s) of {', '.join(big)} near-infinite with a huge standard error "
                      "(monotone likelihood suspected)")
-    if n_events / k < EPV_MIN:
-        notes.append(f"{n_events} events for {k} variable(s): fewer than {EPV_MIN} events "
-                     "per variable, estimates may be unstable")
+    notes += _few_events(n_events, k)
     zph = _zph_or_blank(t, ev, X, coef, _grouped_terms(design.terms, groups or {}), notes)
     violated = zph[(zph.term != "GLOBAL") & (zph.p < 0.05)]
     for rec in violated.itertuples(index=False):
