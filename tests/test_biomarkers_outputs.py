@@ -203,6 +203,42 @@ def test_the_multivariable_table_keeps_covariates_beside_a_monotone_marker(tmp_p
     assert "the others are estimated at its limit" in (tmp_path / "report.html").read_text(encoding="utf-8")
 
 
+def test_a_combination_of_covariates_separating_the_events_is_named():
+    """x1 + x2 orders every event highest among those at risk, neither column alone: R coxph runs off (18.6 and 18.7,
+    se 1000, 'Ran out of iterations and did not converge'; cox_monotone_covariates_reference.csv), and fit_cox said
+    'information matrix singular: covariates collinear, or a combination ...', not which. Now the combination is found
+    from the data (linear programming) and named with its direction, a direction that, like R's coefficients, puts
+    the events highest at every event time; lung's and veteran's models (finite in R) have none."""
+    from tilpheno.biomarkers.cox import degenerate_column, monotone_combination, risk_set_extremes
+
+    frame, variables, rows = next((f, v, r) for c, f, v, r in _monotone_reference() if c == "combination")
+    assert rows.r_warning.iloc[0] and (rows.coef.abs() > 10).all() and (rows.se > 50 * rows.coef.abs()).all()
+    with pytest.raises(ValueError) as caught:
+        fit_cox(frame, "time", "event", variables)
+    said = str(caught.value)
+    assert said.startswith("monotone likelihood: at every event time the patients with the event have the highest x1 + ")
+    assert "x2 among those at risk, though no one of x1, x2 does so alone" in said and "collinear" not in said
+    assert degenerate_column(frame.time, frame.event, frame[variables]) is None
+
+    def events_highest(score):
+        _, high, dead = risk_set_extremes(frame.time, frame.event, score)
+        return all(np.allclose(d, h, rtol=1e-12) for d, h in zip(dead, high))
+
+    b = monotone_combination(frame.time, frame.event, frame[variables])
+    assert events_highest(frame[variables].to_numpy() @ b.to_numpy())
+    assert events_highest(frame[variables].to_numpy() @ rows.coef.to_numpy())   # R's run-off direction: one too
+    lung = pd.read_csv(REF / "lung.csv").dropna()
+    veteran = pd.read_csv(REF / "veteran.csv")
+    assert monotone_combination(lung.time, lung.event, lung[["age", "sex", "ph_ecog"]]) is None
+    assert monotone_combination(veteran.time, veteran.event, veteran[["trt", "karno", "age"]]) is None
+    # a combination left once another column's coefficient is infinite (each risk set: the x = 1 patients at risk)
+    limit = pd.DataFrame({"time": [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "event": [1, 0, 1, 1, 0, 1, 0, 0, 1, 0],
+                          "x": [1, 0, 1, 1, 0, 1, 0, 0, 1, 0], "a": [3, 0, 0, 2, 0, 1, 0, 0, 0, 0],
+                          "b": [2, 0, 4, 1, 0, 1, 0, 0, 1, 0]}).astype(float)
+    with pytest.raises(ValueError, match=r"highest x among .*the score a \+ [0-9.]+ b has a monotone likelihood there"):
+        fit_cox(limit, "time", "event", ["x", "a", "b"], at_limit=True)
+
+
 def test_ph_violation_goes_to_warning():
     rng = np.random.default_rng(3)
     n = 300
@@ -598,7 +634,9 @@ def test_methods_say_when_a_cox_model_is_not_fitted(tmp_path):
     assert "A model is not fitted, its row kept with 'not fitted: why', when a covariate has no information" in text
     assert "or, alone in the model, a monotone likelihood (at every event time the patients with the event have its " \
            "highest" in text
-    assert "In a multivariable model such a covariate's coefficient is left blank as not estimable" in text
+    assert "In a multivariable model a single covariate with a monotone likelihood has its coefficient left blank as " \
+           "not estimable" in text
+    assert "or when a combination of covariates has one (found by linear programming" in text
     with pytest.raises(ValueError, match="^monotone likelihood: at every event time the patients with the event"):
         fit_cox(pd.DataFrame({"t": [1.0, 2, 3, 4, 5], "e": [1, 0, 1, 0, 0], "x": [1.0, 0, 1, 0, 0]}), "t", "e", ["x"])
 

@@ -205,7 +205,7 @@ def degenerate_column(time, event, X: pd.DataFrame, entry=None) -> Degenerate | 
       bound as the coefficient goes to +infinity (-infinity; hazard ratio infinite, or 0). R coxph gives a large
       coefficient with a huge standard error and warns that it may be infinite or did not converge.
 
-    Columns are checked one at a time (a combination of columns separating the events is not named here).
+    Columns are checked one at a time (a combination of columns: :func:`monotone_combination`).
     ``entry``: the start times of start-stop rows (a time-dependent covariate), at risk after their start."""
     for name in X.columns:
         low, high, dead = risk_set_extremes(time, event, X[name], entry)
@@ -224,6 +224,57 @@ def degenerate_column(time, event, X: pd.DataFrame, entry=None) -> Degenerate | 
                 "(R coxph: a huge coefficient and standard error, with a warning that it may be infinite or did "
                 "not converge)"))
     return None
+
+
+def _risk_set_pairs(time, event, X: np.ndarray, entry=None) -> np.ndarray:
+    """Rows ``x_i - x_j`` for every event i and every other row j at risk at its time (time >= it, entry < it)."""
+    t = np.asarray(time, dtype=float)
+    e = np.asarray(event, dtype=float) == 1
+    start = np.full(t.size, -np.inf) if entry is None else np.asarray(entry, dtype=float)
+    blocks = [X[i] - X[(t >= t[i]) & (start < t[i]) & (np.arange(t.size) != i)] for i in np.flatnonzero(e)]
+    return np.concatenate(blocks) if blocks else np.empty((0, X.shape[1]))
+
+
+def monotone_combination(time, event, X: pd.DataFrame, entry=None) -> pd.Series | None:
+    """A direction ``b`` (coefficients per column, the largest 1 in absolute value) along which the partial
+    likelihood grows without bound, else None: at every event time the patients with the event have the highest
+    ``X b`` among those at risk (tied events equal), and not every one ties with all at risk. The likelihood then has
+    no finite maximum (Bryson and Johnson 1981), whether or not one column does so alone (:func:`degenerate_column`).
+    Found by linear programming (scipy's HiGHS): maximise the sum of ``b (x_i - x_j)`` over events i and the j at
+    risk with them, each at least 0, ``|b| <= 1`` on standardised columns; a positive maximum is such a direction.
+    ``entry``: delayed entry, as :func:`degenerate_column`."""
+    from scipy.optimize import linprog
+
+    A = X.to_numpy(float)
+    scale = A.std(axis=0)
+    scale[scale == 0] = 1.0
+    D = _risk_set_pairs(time, event, A / scale, entry)
+    if D.shape[0] == 0:
+        return None
+    res = linprog(-D.sum(axis=0), A_ub=-D, b_ub=np.zeros(D.shape[0]), bounds=[(-1, 1)] * A.shape[1], method="highs")
+    if res.status != 0 or -res.fun <= 1e-7 * D.shape[0]:
+        return None
+    b = res.x / scale
+    score = D @ res.x
+    if score.min() < -1e-7 * np.abs(score).max():   # a solver tolerance, not a direction: no claim
+        return None
+    return pd.Series(b / np.abs(b).max(), index=X.columns)
+
+
+def combination_text(direction: pd.Series) -> str:
+    """A direction from :func:`monotone_combination` as a score: '1 x1 + 0.85 x2'."""
+    terms = " ".join(f"{'-' if b < 0 else '+'} {'' if abs(b) == 1 else f'{abs(b):.3g} '}{name}"
+                     for name, b in direction.items() if b != 0)
+    return terms[2:] if terms.startswith("+ ") else terms
+
+
+def combination_reason(direction: pd.Series) -> str:
+    """The monotone-likelihood sentence for a direction from :func:`monotone_combination`."""
+    return (f"monotone likelihood: at every event time the patients with the event have the highest "
+            f"{combination_text(direction)} among "
+            f"those at risk, though no one of {', '.join(direction.index)} does so alone (a combination separating the "
+            "events), so the model has no finite maximum (R coxph: huge coefficients and standard errors, with a "
+            "warning that they may be infinite or did not converge)")
 
 
 def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
@@ -518,10 +569,13 @@ def fit_cox_at_limit(time: np.ndarray, event: np.ndarray, X: pd.DataFrame, monot
     entry = limit_entry(time, event, X[monotone.column], monotone.direction)
     rest = X.drop(columns=monotone.column)
     again = degenerate_column(time, event, rest, entry)
-    if again:
-        what = "no information" if again.kind == "no information" else "a monotone likelihood"
+    direction = None if again or rest.shape[1] < 2 else monotone_combination(time, event, rest, entry)
+    if again or direction is not None:
+        what = (f"{again.column} has no information" if again and again.kind == "no information" else
+                f"{again.column} has a monotone likelihood" if again else
+                f"the score {combination_text(direction)} has a monotone likelihood")
         raise ValueError(f"{monotone.reason}; and with its coefficient infinite (each event's risk set keeps only the "
-                         f"patients with the event's {monotone.column}), {again.column} has {what} there too")
+                         f"patients with the event's {monotone.column}), {what} there too")
     R = rest.to_numpy(float)
     try:
         nf = newton_cox(time, event, R, entry=entry)
@@ -572,8 +626,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     ``cox.zph(terms = TRUE)`` tests it), in place of a test per variable. ValueError when
     there is nothing to fit: no complete case, no event, a constant covariate (a categorical one with
     a single level included: it has no indicator column, so it is not silently left out), a covariate without
-    information or with a monotone likelihood (:func:`no_estimate_reason`: the reason names it and what R does),
-    or an information matrix that turns singular (collinear covariates, or several separating the events).
+    information or with a monotone likelihood (:func:`degenerate_column`: the reason names it and what R does), a
+    combination of covariates with a monotone likelihood (:func:`monotone_combination`: named with its direction),
+    or an information matrix that turns singular (collinear covariates).
     ``at_limit``: a column with a monotone likelihood among others is not an error: as R coxph reports the other
     covariates, they are estimated at its limit (:func:`fit_cox_at_limit`) and its coefficient is left blank.
     """
@@ -594,6 +649,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
         return fit_cox_at_limit(t, ev, X, found, conf_level, _grouped_terms(design.terms, groups or {}))
     if found:
         raise ValueError(found.reason)
+    direction = monotone_combination(t, ev, X) if X.shape[1] > 1 else None
+    if direction is not None:
+        raise ValueError(combination_reason(direction))
     Xa = X.to_numpy(float)
     notes: list[str] = []
     beta0 = None
