@@ -114,4 +114,4 @@ def test_time_dependent_cox_with_a_monotone_likelihood_is_not_a_hazard_ratio_of_
         got = time_dependent_cox(time, event, resp_time).iloc[0]
     assert np.isnan(got.hr) and np.isnan(got.p)
     assert got.warning.startswith("not fitted: monotone likelihood: at every event time the patients with the event "
-                                  "have the highest responder among those at risk")
+                                  "had responder = 1, or no one at risk did")

@@ -100,7 +100,7 @@ def test_separation_is_reported_not_hidden():
     x = np.r_[np.zeros(20), np.ones(20)]
     t = np.r_[rng.uniform(1, 5, 20), rng.uniform(6, 10, 20)]
     e = np.r_[np.ones(20), np.zeros(20)]
-    with pytest.raises(ValueError, match="monotone likelihood: .* lowest x .* hazard ratio is 0"):
+    with pytest.raises(ValueError, match=r"monotone likelihood: .* had x = 0, .* hazard ratio \(1 vs 0\) is 0"):
         fit_cox(pd.DataFrame({"t": t, "e": e, "x": x}), "t", "e", ["x"])
     ok = fit_cox(pd.DataFrame({"t": t, "e": np.ones(n), "x": rng.normal(size=n)}), "t", "e", ["x"])
     assert not any("infinite" in w for w in ok.warnings)
@@ -131,7 +131,9 @@ def test_a_cox_model_without_estimate_names_its_cause_as_r_shows_it(model):
             assert expected in said and "infinite" not in said, (rec.case, said)
         else:                      # R: a coefficient running off, with a warning
             assert rec.r_warning and abs(rec.coef_x) > 10 and rec.se_x > 100 * abs(rec.coef_x)
-            side = "highest x" if rec.coef_x > 0 else "lowest x"
+            binary = set(frame.x) == {0.0, 1.0}
+            side = (f"had x = {int(rec.coef_x > 0)}, or no one at risk did" if binary else
+                    "highest x" if rec.coef_x > 0 else "lowest x")
             assert said.startswith("monotone likelihood: ") and side in said, (rec.case, said)
             assert "collinear" not in said
 
@@ -163,9 +165,9 @@ def test_a_multivariable_cox_model_reports_the_covariates_beside_a_monotone_mark
     fit = fit_cox(frame, "time", "event", variables, at_limit=True)
     table = fit.coefficients.set_index("variable")
     assert table.loc["x"].isna().all()
-    side = "highest" if rows[rows.term == "x"].coef.iloc[0] > 0 else "lowest"
+    value = int(rows[rows.term == "x"].coef.iloc[0] > 0)   # x is 0/1 in these cases
     assert fit.warnings[0].startswith(f"coefficient of x not estimable: monotone likelihood: at every event time the "
-                                      f"patients with the event have the {side} x")
+                                      f"patients with the event had x = {value}, or no one at risk did")
     for kind in ("coxph", "limit"):
         for rec in rows[(rows.fit == kind) & (rows.term != "x")].itertuples():
             assert table.at[rec.term, "coef"] == pytest.approx(rec.coef, rel=1e-6), (kind, rec.term)
@@ -176,11 +178,9 @@ def test_a_multivariable_cox_model_reports_the_covariates_beside_a_monotone_mark
     assert np.isnan(fit.wald_chisq) and fit.zph.p.isna().all()
 
 
-def test_the_multivariable_table_keeps_covariates_beside_a_monotone_marker(tmp_path):
-    """The same data through `biomarkers`: a marker high (50) in the 10 patients whose events all come first,
-    adjusted for age and ECOG. cox_multivariable.csv had the marker's row only, 'not fitted: monotone likelihood',
-    and no age or ECOG estimate; now the marker's row is blank, 'coefficient of ... not estimable', and age, ECOG are
-    R coxph's z and w (continuous and dichotomised coding alike: both split the patients the same way)."""
+def _binary_high_run(tmp_path):
+    """`biomarkers` on cox_monotone_covariates_reference.csv's binary_high data: CD8 50 where x = 1 (the 10
+    patients whose events all come first), else 10; age = z, ECOG = w. Returns the results and R's rows."""
     frame, _, rows = next((f, v, r) for c, f, v, r in _monotone_reference() if c == "binary_high")
     outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
     outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
@@ -190,6 +190,34 @@ def test_the_multivariable_table_keeps_covariates_beside_a_monotone_marker(tmp_p
     pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, 10 + 40 * frame.x)))
     res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=["age", "ecog"],
                          endpoints=("pfs",), n_perm=0, n_boot=0)
+    return res, rows
+
+
+def test_a_dichotomised_markers_monotone_likelihood_is_worded_by_its_groups(tmp_path):
+    """Every event in the high group while it is at risk: the reason for the 0/1 coding read 'the patients with the
+    event have the highest cd8_pct_of_cd3 among those at risk' (the highest of 0 and 1: the internal coding, said as
+    if of the marker's percentages), likewise 'the highest responder'. Now a 0/1 column is worded by its values, and
+    the dichotomised marker by its side of the cut; a continuous marker keeps 'highest'."""
+    res, _ = _binary_high_run(tmp_path)
+    uni = res.cox_univariable.set_index("model_id")
+    said = ("monotone likelihood: at every event time the patients with the event had cd8_pct_of_cd3 above 10, or no "
+            "one at risk did (every event in that group while it was followed), so its hazard ratio (high vs low) is "
+            "infinite")
+    assert uni.at["pfs:univariable:dichotomized:cd8_pct_of_cd3", "warning"].startswith(f"not fitted: {said}")
+    multi = res.cox_multivariable.set_index("model_id")
+    assert multi.loc["pfs:multivariable:dichotomized:cd8_pct_of_cd3", "warning"].iloc[0].startswith(
+        f"coefficient of cd8_pct_of_cd3 not estimable: {said}")
+    assert uni.at["pfs:univariable:continuous:cd8_pct_of_cd3", "warning"].startswith(
+        "not fitted: monotone likelihood: at every event time the patients with the event have the highest "
+        "cd8_pct_of_cd3 among those at risk")
+
+
+def test_the_multivariable_table_keeps_covariates_beside_a_monotone_marker(tmp_path):
+    """The same data through `biomarkers`: a marker high (50) in the 10 patients whose events all come first,
+    adjusted for age and ECOG. cox_multivariable.csv had the marker's row only, 'not fitted: monotone likelihood',
+    and no age or ECOG estimate; now the marker's row is blank, 'coefficient of ... not estimable', and age, ECOG are
+    R coxph's z and w (continuous and dichotomised coding alike: both split the patients the same way)."""
+    res, rows = _binary_high_run(tmp_path)
     multi = pd.read_csv(res.files["cox_multivariable.csv"])
     r = rows[rows.fit == "coxph"].set_index("term")
     for coding in ("continuous", "dichotomized"):
@@ -235,7 +263,7 @@ def test_a_combination_of_covariates_separating_the_events_is_named():
     limit = pd.DataFrame({"time": [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "event": [1, 0, 1, 1, 0, 1, 0, 0, 1, 0],
                           "x": [1, 0, 1, 1, 0, 1, 0, 0, 1, 0], "a": [3, 0, 0, 2, 0, 1, 0, 0, 0, 0],
                           "b": [2, 0, 4, 1, 0, 1, 0, 0, 1, 0]}).astype(float)
-    with pytest.raises(ValueError, match=r"highest x among .*the score a \+ [0-9.]+ b has a monotone likelihood there"):
+    with pytest.raises(ValueError, match=r"had x = 1, .*the score a \+ [0-9.]+ b has a monotone likelihood there"):
         fit_cox(limit, "time", "event", ["x", "a", "b"], at_limit=True)
 
 
@@ -306,7 +334,7 @@ def test_dichotomised_marker_without_events_in_one_group_is_named_as_such():
     high = (np.arange(len(outcomes)) % 2).astype(float)
     frame = pd.DataFrame({"t": outcomes.os_months, "e": np.where(high == 1, 0, outcomes.os_event), "x": high})
     assert frame.loc[frame.x == 1, "e"].sum() == 0 and frame.loc[frame.x == 0, "e"].sum() > 0
-    with pytest.raises(ValueError, match="monotone likelihood: .* lowest x among those at risk .* hazard ratio is 0"):
+    with pytest.raises(ValueError, match=r"monotone likelihood: .* had x = 0, or no one at risk did .* is 0"):
         fit_cox(frame, "t", "e", ["x"])
 
 

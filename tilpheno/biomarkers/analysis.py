@@ -344,7 +344,7 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
             try:
                 fit = fit_cox(frame, tcol, ecol, variables, settings.conf_level, at_limit=True)
             except (ValueError, np.linalg.LinAlgError, ArithmeticError) as exc:
-                reason = str(exc).replace(col, marker)  # internal column name -> marker
+                reason = _name_marker(str(exc), col, marker, cut_text if coding == "dichotomized" else None)
                 if coding == "dichotomized":
                     complete = frame[[tcol, ecol, *variables]].dropna()
                     reason = _one_sided(complete[col], frame.loc[complete.index, marker], dich_cut, cut_label,
@@ -354,7 +354,8 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                                           dich_cut if coding == "dichotomized" else np.nan,
                                           cut_label if coding == "dichotomized" else "", reason))
                 continue
-            fit.warnings = [w.replace(col, marker) for w in fit.warnings]  # internal column name -> marker
+            fit.warnings = [_name_marker(w, col, marker, cut_text if coding == "dichotomized" else None)
+                            for w in fit.warnings]
             warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)
             dich = None
             if coding == "dichotomized":  # the model's complete cases, as fit_cox selects them
@@ -364,6 +365,15 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                                   int((dich == 0).sum()) if dich is not None else np.nan,
                                   int((dich == 1).sum()) if dich is not None else np.nan))
     return km_rows, cut_rows, uni, multi
+
+
+def _name_marker(text: str, col: str, marker: str, cut_text: str | None) -> str:
+    """A model's message with its internal column ``col`` named as the marker; the dichotomised marker's values
+    (``col = 1``: above the cut ``cut_text``, 0: at or below it) said as such."""
+    if cut_text is not None and f"{col} = " in text:
+        text = (text.replace(f"{col} = 1", f"{marker} above {cut_text}")
+                .replace(f"{col} = 0", f"{marker} at or below {cut_text}").replace("(1 vs 0)", "(high vs low)"))
+    return text.replace(col, marker)
 
 
 NO_MARKER_EVENTS = ("no marker is analysed beyond its Kaplan-Meier summaries: the cut-point search, log-rank tests, Cox "

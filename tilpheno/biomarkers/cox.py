@@ -217,13 +217,23 @@ def degenerate_column(time, event, X: pd.DataFrame, entry=None) -> Degenerate | 
         up = all(np.all(d == h) for d, h in zip(dead, high))
         down = all(np.all(d == lo) for d, lo in zip(dead, low))
         if up or down:
-            side, hr = ("highest", "infinite") if up else ("lowest", "0")
-            return Degenerate(name, "monotone", 1 if up else -1, (
-                f"monotone likelihood: at every event time the patients with the event have the {side} {name} "
-                f"among those at risk (e.g. every event in one of two groups), so its hazard ratio is {hr} "
-                "(R coxph: a huge coefficient and standard error, with a warning that it may be infinite or did "
-                "not converge)"))
+            return Degenerate(name, "monotone", 1 if up else -1, _monotone_sentence(name, up, X[name]))
     return None
+
+
+def _monotone_sentence(name: str, up: bool, x: pd.Series) -> str:
+    """The monotone-likelihood reason for column ``name`` (events at its highest value at risk when ``up``), worded
+    for a 0/1 column by its values."""
+    hr = "infinite" if up else "0"
+    r_says = "(R coxph: a huge coefficient and standard error, with a warning that it may be infinite or did not converge)"
+    if set(np.unique(x.to_numpy(float))) == {0.0, 1.0}:
+        value = 1 if up else 0
+        return (f"monotone likelihood: at every event time the patients with the event had {name} = {value}, or no one "
+                f"at risk did (every event in that group while it was followed), so its hazard ratio (1 vs 0) is {hr} "
+                f"{r_says}")
+    side = "highest" if up else "lowest"
+    return (f"monotone likelihood: at every event time the patients with the event have the {side} {name} among those "
+            f"at risk (e.g. every event in one of two groups), so its hazard ratio is {hr} {r_says}")
 
 
 def _risk_set_pairs(time, event, X: np.ndarray, entry=None) -> np.ndarray:
