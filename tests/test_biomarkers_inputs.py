@@ -169,6 +169,26 @@ def test_too_few_patients_is_a_one_line_error(tables, tmp_path):
     assert f"{REF / 'til_cohort_outcomes.csv'}: column 'agee': covariate not found" in text, text
 
 
+def test_unmatched_ids_are_one_line_each_kind(tmp_path):
+    """Outcomes for 3 of 60 phenotyped products: the command printed 57 lines 'product without outcomes: TIL004'
+    ... before the warnings. Now one line per kind: the count, the first ids, how many more, and where all are."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    outcomes = _write(tmp_path, pd.read_csv(REF / "til_cohort_outcomes.csv").head(3), "outcomes.csv")
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(outcomes), "--out", str(tmp_path / "out"),
+                                      "--markers", "cd8_pct_of_cd3", "--endpoints", "os", "--permutations", "0",
+                                      "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "without outcomes" in line]
+    assert lines == ["  57 product(s) without outcomes: TIL004, TIL005, TIL006, TIL007, TIL008 and 52 more (listed in "
+                     "unmatched.csv)"], lines
+    unmatched = pd.read_csv(tmp_path / "out" / "unmatched.csv")
+    assert (unmatched.kind == "product_without_outcomes").sum() == 57
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--roc-times", "6,abc", "error: --roc-times: 'abc' is not a number"),
     ("--break-times", "0,x", "error: --break-times: 'x' is not a number"),

@@ -588,14 +588,25 @@ def biomarkers(
     cohort = results.cohort
     typer.echo(f"{len(cohort.data)} patients with phenotypes and outcomes ({len(cohort.outcomes)} with outcomes); "
                f"{len(cohort.markers)} markers; times in months (pfs_months, os_months as given); outputs in {out}")
-    for pid in cohort.products_without_outcomes:
-        typer.echo(f"  product without outcomes: {pid}")
-    for pid in cohort.patients_without_products:
-        typer.echo(f"  patient without a phenotyped product: {pid}")
-    for pid in cohort.patients_with_products_not_done:
-        typer.echo(f"  patient whose product was not analysed (status not 'done' in the phenotypes): {pid}")
+    for what, ids in [("product(s) without outcomes", cohort.products_without_outcomes),
+                      ("patient(s) without a phenotyped product", cohort.patients_without_products),
+                      ("patient(s) whose product was not analysed (status not 'done' in the phenotypes)",
+                       cohort.patients_with_products_not_done)]:
+        if ids:
+            typer.echo(f"  {_id_summary(what, list(ids))}")
     for w in results.warnings:
         typer.echo(f"  warning: {w}")
+
+
+UNMATCHED_SHOWN = 5
+"""Ids of one kind of unmatched row that `biomarkers` prints; the rest are counted (all in unmatched.csv)."""
+
+
+def _id_summary(what: str, ids: list[str]) -> str:
+    """One line for a kind of unmatched id: its count, the first few ids, how many more (unmatched.csv lists all)."""
+    shown = ", ".join(ids[:UNMATCHED_SHOWN])
+    more = f" and {len(ids) - UNMATCHED_SHOWN} more" if len(ids) > UNMATCHED_SHOWN else ""
+    return f"{len(ids)} {what}: {shown}{more} (listed in unmatched.csv)"
 
 
 def _biomarker_study(study: Optional[str], phenotypes: Path):
