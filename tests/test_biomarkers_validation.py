@@ -112,3 +112,13 @@ def test_validate_equals_rms_given_its_bootstrap_samples(cohort, seed):
     assert got.B == want.B
     assert got.dxy_optimism == pytest.approx(want.dxy_optimism, rel=1e-6)
     assert got.slope_optimism == pytest.approx(want.slope_optimism, rel=1e-6, abs=1e-9)
+
+
+def test_a_model_singular_on_the_full_data_is_named_not_numpys_singular_matrix():
+    """Three patients for four coefficients (marker, age, sex, ecog): `biomarkers` warned 'bootstrap validation not
+    done (Singular matrix)', numpy's words; now the cause: too few events for the coefficients, or collinearity."""
+    frame = pd.DataFrame({"time": [2.0, 5.0, 9.0], "event": [1, 1, 1], "x": [1.0, 3.0, 2.0], "age": [50.0, 61, 44],
+                          "sex": [0.0, 1, 1], "ecog": [0.0, 1, 2]})
+    with pytest.raises(ValueError, match=r"^the model cannot be fitted on the full data: its information matrix is "
+                                         r"singular \(3 events for 4 coefficients, or collinear covariates\)$"):
+        validate_cox(frame, "time", "event", ["x", "age", "sex", "ecog"], B=5)

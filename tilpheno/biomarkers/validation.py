@@ -106,7 +106,11 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
     X = design_matrix(data, variables).X.to_numpy(float)
     t = data[duration].to_numpy(float)
     e = data[event].to_numpy(float)
-    full = newton_cox(t, e, X)
+    try:
+        full = newton_cox(t, e, X)
+    except np.linalg.LinAlgError:
+        raise ValueError(f"the model cannot be fitted on the full data: its information matrix is singular "
+                         f"({int(e.sum())} events for {X.shape[1]} coefficients, or collinear covariates)") from None
     if not full.converged:
         raise ValueError("the model does not converge on the full data")
     apparent = _dxy(t, e, linear_predictor(X, full.beta))
