@@ -34,6 +34,7 @@ def main() -> None:
     from tilpheno.pipeline import product
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
     from tilpheno.report.product import render_product
+    from tilpheno.io.files import file_labels
 
     threadpool_limits(1)
     folder = Path(args.folder)
@@ -49,8 +50,8 @@ def main() -> None:
     for pid, rows in groups:
         job = pipeline.ProductJob(pid, rows, sources, options)
         t0 = time.process_time()
-        kept, meta, _flags, _digests = product._read_metadata(rows, pid)
-        result = product._analyze(job, kept)
+        kept, meta, _flags, _digests, checked = product._read_metadata(rows, pid, file_labels(rows["file"]))
+        result = product._analyze(job, kept, checked)
         gate_s.append(time.process_time() - t0)
         outcome = pipeline.process_product(job)
         times = []

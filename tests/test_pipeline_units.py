@@ -205,3 +205,37 @@ def test_collections_after_the_first_product_skip_the_libraries():
     assert r["walked_at_start"] < r["walked_before"] / 20 and r["walked_after"] < r["walked_before"] / 20, r
     assert r["frozen"] > r["walked_before"] / 2 and r["frozen_later"] == r["frozen"], r
     assert r["cycle_freed"], r
+
+
+def test_a_stained_files_text_is_read_once_before_its_events(small_cohort, monkeypatch):
+    """The pipeline's TEXT read of a stained file also places its DATA (``data_check``), which is the
+    readability check ``analyze_product`` makes: its HEADER and TEXT are read once for both, then once
+    with its events (was: three times). The outcome equals the one of ``analyze_product`` reading
+    the file itself for the check."""
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.io import fcs
+    from tilpheno.pipeline import ProcessOptions, ProductJob, load_manifest, process_product, strategy_sources
+    from tilpheno.pipeline import product
+
+    pid, rows = group_products(load_manifest(small_cohort.out_dir, small_cohort.manifest))[0]
+    sources = strategy_sources([load_strategy(p) for p in default_strategy_paths()])
+    job = ProductJob(pid, rows, sources, ProcessOptions(make_reports=False))
+    reads: dict[str, int] = {}
+    real = fcs._header_and_text
+
+    def counted(read_at, base, file_size, path, problems):
+        reads[str(path)] = reads.get(str(path), 0) + 1
+        return real(read_at, base, file_size, path, problems)
+
+    monkeypatch.setattr(fcs, "_header_and_text", counted)
+    outcome = process_product(job)
+    stained = [str(f) for f, role in zip(rows["file"], rows["role"]) if role == "stain"]
+    assert len(stained) == 2 and outcome.ok
+    assert {f: reads[f] for f in stained} == {f: 2 for f in stained}
+
+    read_metadata = product._read_metadata
+    monkeypatch.setattr(product, "_read_metadata", lambda *a: (*read_metadata(*a)[:4], {}))
+    again = process_product(job)
+    assert {f: reads[f] for f in stained} == {f: 5 for f in stained}   # the check read them itself
+    assert json.dumps(again.phenotype, default=str) == json.dumps(outcome.phenotype, default=str)
+    assert again.qc == outcome.qc and again.files == outcome.files

@@ -1212,6 +1212,7 @@ def analyze_product(
     plot_events: int | None = None,
     study: Study | None = None,
     labels: Mapping[str, str] | None = None,
+    checked: Mapping[str, Any] | None = None,
 ) -> ProductResult:
     """Gate every file of one product and compute its phenotype (module docstring).
 
@@ -1225,6 +1226,8 @@ def analyze_product(
     ``labels``: file -> how its flags, tables and report name it (default
     :func:`tilpheno.io.files.file_labels` of ``manifest_rows``; the pipeline gives those of every
     file of the product, also the unreadable ones it dropped, so that all its flags agree).
+    ``checked``: file -> its FCSFile as ``read_fcs_metadata(data_check=True)`` already read it (the
+    pipeline's TEXT read): a stained file found there is not read again for the check below.
     ``plot_events``: None keeps every file's arrays and each TubeResult's ``data``/``masks`` over
     all events. A number bounds memory (the pipeline): files are gated one at a time (a file's
     arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
@@ -1281,7 +1284,8 @@ def analyze_product(
             if src.role != "stain":
                 continue
             try:
-                fcs = read_fcs_metadata(src.handle["row"].file, checksum=False, data_check=True)
+                file = src.handle["row"].file
+                fcs = (checked or {}).get(str(file)) or read_fcs_metadata(file, checksum=False, data_check=True)
             except FCSReadError as exc:
                 src.failed = True
                 src.handle["read_flag"] = QCFlag(product_id, src.handle["name"], "unreadable_file", "error", exc.problem)

@@ -54,27 +54,38 @@ def _isnan(v) -> bool:
 
 
 def _read_metadata(rows, product_id: str, labels: dict[str, str]):
-    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests);
-    ``labels``: file -> its name in flags (:func:`tilpheno.io.files.file_labels` of the product's rows).
+    """TEXT-segment read of every file: returns (readable rows, {file: FCSFile}, flags, digests,
+    checked); ``labels``: file -> its name in flags (:func:`tilpheno.io.files.file_labels` of the
+    product's rows).
 
     A row whose ``problem`` cell (``scan_folder``'s, ``read_manifest(keep_missing=True)``'s) is
     filled is not read: it is flagged ``unreadable_file`` with that problem (a link out of the
-    folder, a file the manifest names that does not exist), as a file the reader refuses is."""
+    folder, a file the manifest names that does not exist), as a file the reader refuses is.
+    A stained file's DATA is also placed in the file (``data_check``), the check
+    ``analyze_product`` makes of it: ``checked`` holds those that pass, by file, so that their TEXT
+    is not read again for it. One that fails is still kept (its TEXT read without the check), for
+    ``analyze_product`` to flag, as it flags any stained file whose DATA is not in the file."""
     from tilpheno.io.fcs import read_fcs_metadata
 
-    meta, flags, digests, keep = {}, [], [], []
+    meta, flags, digests, keep, checked = {}, [], [], [], {}
     problems = rows["problem"].tolist() if "problem" in rows.columns else [""] * len(rows)
-    for i, (file, problem) in enumerate(zip(rows["file"].tolist(), problems)):
+    for i, (file, role, problem) in enumerate(zip(rows["file"].tolist(), rows["role"].tolist(), problems)):
         if not problem:
             try:
-                meta[file] = read_fcs_metadata(file)
+                if role == "stain":
+                    try:
+                        meta[file] = checked[str(file)] = read_fcs_metadata(file, data_check=True)
+                    except FCSReadError:   # analyze_product reads it again and flags it
+                        meta[file] = read_fcs_metadata(file)
+                else:
+                    meta[file] = read_fcs_metadata(file)
                 keep.append(i)
                 continue
             except FCSReadError as exc:
                 problem = exc.problem
         flags.append(QCFlag(product_id, labels[str(file)], "unreadable_file", "error", problem))
         digests.append(_file_digest(file))
-    return rows.iloc[keep].reset_index(drop=True), meta, flags, digests
+    return rows.iloc[keep].reset_index(drop=True), meta, flags, digests, checked
 
 
 def no_stained_tube(product_id: str, rows) -> str:
@@ -148,10 +159,11 @@ def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFl
     return flags
 
 
-def _analyze(job: ProductJob, rows):
+def _analyze(job: ProductJob, rows, checked=None):
     """Gate the product's readable ``rows`` (``analyze_product`` flags and drops files it cannot
     read; it does not raise for them), its files named as among all the product's files
-    (:func:`tilpheno.io.files.file_labels`), as :func:`_read_metadata` names those it dropped."""
+    (:func:`tilpheno.io.files.file_labels`), as :func:`_read_metadata` names those it dropped;
+    ``checked``: :func:`_read_metadata`'s stained files whose DATA it placed."""
     from tilpheno.phenotype import PLOT_EVENTS, analyze_product
 
     # plot_events: files are gated one at a time and only a bounded subsample of each is kept for
@@ -164,6 +176,7 @@ def _analyze(job: ProductJob, rows):
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
         spillover_override=choice.spillover if choice is not None else None,
         study=job.options.study, panel_override=job.options.panel, labels=file_labels(job.rows["file"]),
+        checked=checked,
     )
 
 
@@ -255,11 +268,11 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     result, meta, error, crash = None, {}, "", ""
     try:
         labels = file_labels(job.rows["file"])
-        rows, meta, flags, digests = _read_metadata(job.rows, pid, labels)
+        rows, meta, flags, digests, checked = _read_metadata(job.rows, pid, labels)
         if not (rows["role"] == "stain").any():
             raise TableError(no_stained_tube(pid, job.rows))
         flags += ungated_tube_flags(pid, job.rows, job_strategies(job))
-        result = _analyze(job, rows)
+        result = _analyze(job, rows, checked)
         flags = list(result.qc) + flags
         error = failure_reason(result.tubes, flags, job_strategies(job), job.rows)
     except TilphenoError as exc:
