@@ -206,3 +206,36 @@ def test_two_step_fit_orders_each_tube_once_and_matches_the_unsorted_fits(monkey
         monkeypatch.setattr(pl, "np", np)
         assert counting.calls == ["sort", "sort"]
         assert pl.fitted_carry(f_lin, s_lin, T, 99.5, share) == (reference.cut, reference.shift, reference.spread)
+
+
+def test_a_fit_gate_sorts_its_fmo_events_once_for_the_fit_and_the_carry_over(monkeypatch):
+    """A ``width_side: fit`` gate sorted the FMO parent's linear events in two_step_fit, then again
+    in _carried_over for the mode / side carry-overs it records (``relative_low``, ``relative_high``):
+    one sort of up to 150,000 events per such gate for nothing. Now once; the fit is two_step_fit's
+    on the events as given, the carry-overs those of a ``lower`` gate on the same events (which
+    sorts its own), bit for bit."""
+    from tilpheno.gates import placement as pl
+
+    rng = np.random.default_rng(5)
+    fmo = T.apply(_negatives(rng, 12000))
+    stained = T.apply(np.concatenate([_negatives(rng, 11000) + rng.normal(300.0, 120.0, 11000),
+                                      rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    fmo_sorts = []
+
+    class SortCounting:
+        def __getattr__(self, name):
+            return sort if name == "sort" else getattr(np, name)
+
+    def sort(a, *args, **kw):
+        fmo_sorts.append(np.size(a) == fmo.size)
+        return np.sort(a, *args, **kw)
+
+    monkeypatch.setattr(pl, "np", SortCounting())
+    fit = place_fmo_anchored(fmo, stained, "M", transform=T, width_side="fit", rule="relative").diagnostics
+    monkeypatch.setattr(pl, "np", np)
+    assert fmo_sorts.count(True) == 1, fmo_sorts
+    lower = place_fmo_anchored(fmo, stained, "M", transform=T, width_side="lower", rule="relative").diagnostics
+    assert (fit["relative_low"], fit["relative_high"]) == (lower["relative_low"], lower["relative_high"])
+    reference = pl.two_step_fit(fmo, stained, T, 99.5, fit["fmo_threshold"])
+    assert (fit["fit_threshold"], fit["fit_shift"], fit["fit_spread"], fit["fit_share"]) == \
+        (reference.cut, reference.shift, reference.spread, reference.share)

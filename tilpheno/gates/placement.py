@@ -841,7 +841,8 @@ def stained_negative_peak(
 
 def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
                   fmo_coarse: Density, coarse: Density, percentile: float,
-                  reference: "ReferenceBinding | None" = None) -> tuple[float, float, float, float] | None:
+                  reference: "ReferenceBinding | None" = None,
+                  f_sorted: np.ndarray | None = None) -> tuple[float, float, float, float] | None:
     """The FMO percentile carried over to the stained negatives in compensated linear units
     (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
     from the upper-side spread, threshold from the reference spread)`` in transformed units, None
@@ -857,7 +858,8 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     sqrt(reference lower-side spread^2 + reference skew^2) (the gated parent's own mode and lower
     side are pulled up by positives next to its negatives); without it the fourth is NaN.
     ``fmo_coarse``, ``coarse``: the FMO's and the stained parent's densities at the modes'
-    bandwidth (the FMO's as :func:`fmo_negative_peak` returned it).
+    bandwidth (the FMO's as :func:`fmo_negative_peak` returned it). ``f_sorted``: the finite
+    ``fmo_x`` in linear units, sorted, when already sorted (:func:`two_step_fit`'s), else sorted here.
     """
     f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
@@ -870,7 +872,8 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     if reference is not None:
         spreads.append(reference.total_spread)
         shifts.append(reference.shift)
-    f_sorted = np.sort(np.asarray(f_lin, dtype=np.float64))   # once for the two or three thresholds
+    if f_sorted is None:   # once for the two or three thresholds
+        f_sorted = np.sort(np.asarray(f_lin, dtype=np.float64))
     lower, upper, *ref = (float(transform.apply(np.array([sorted_additive_threshold(f_sorted, sh, sd, percentile)]))[0])
                           for sh, sd in zip(shifts, spreads))
     return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
@@ -969,12 +972,15 @@ class FitCarry:
 
 
 def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
-                 t_fmo: float) -> FitCarry | None:
+                 t_fmo: float, f_sorted: np.ndarray | None = None) -> FitCarry | None:
     """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
     fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
-    events in linear units converted and sorted once."""
-    f_sorted, s_sorted = np.sort(_finite_linear(fmo_x, transform)), np.sort(_finite_linear(x, transform))
+    events in linear units converted and sorted once; ``f_sorted``: the FMO's, when already sorted
+    (:func:`sorted_fmo_linear`)."""
+    if f_sorted is None:
+        f_sorted = sorted_fmo_linear(fmo_x, transform)
+    s_sorted = np.sort(_finite_linear(x, transform))
     first = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, float(np.mean(x <= t_fmo)))
     if first is None:
         return None
@@ -1155,6 +1161,12 @@ def _finite_linear(values: np.ndarray, transform: Any) -> np.ndarray:
     return transform.inverse(v[np.isfinite(v)])
 
 
+def sorted_fmo_linear(fmo_values: np.ndarray, transform: Any) -> np.ndarray:
+    """The finite ``fmo_values`` (transformed units) in compensated linear units, sorted (float64):
+    what :func:`two_step_fit` and :func:`_carried_over` carry the FMO percentile over from."""
+    return np.sort(_finite_linear(fmo_values, transform))
+
+
 def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float) -> float:
     """The parent's FMO ``percentile`` carried over with ``binding`` (``relative_reference`` of
     :func:`place_fmo_anchored`: the reference's shift and spread sqrt(spread^2 + skew^2)), transformed units."""
@@ -1332,7 +1344,10 @@ def place_fmo_anchored(
         "stained_mode": neg.mode, "stained_width": neg.width, "shift": float("nan"), "width_ratio": float("nan"),
         "relative_threshold": float("nan"), "valley_threshold": float("nan"), "valley_ratio": float("nan"),
     }
-    fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo) if width_side == "fit" and transform is not None else None
+    f_sorted = None   # the FMO's linear events sorted once, for the fit and the carry-over
+    if width_side == "fit" and transform is not None:
+        f_sorted = sorted_fmo_linear(fmo_x, transform)
+    fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted) if f_sorted is not None else None
     if fitted is not None:
         diagnostics.update(fit_threshold=fitted.cut, fit_shift=fitted.shift, fit_spread=fitted.spread,
                            fit_share=fitted.share)
@@ -1348,7 +1363,8 @@ def place_fmo_anchored(
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
         bounds = (float("nan"), float("nan"))
         if transform is not None:
-            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, fmo_coarse, coarse, percentile, reference)
+            carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, fmo_coarse, coarse, percentile, reference,
+                                    f_sorted)
             if carried is not None:
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
