@@ -1227,7 +1227,8 @@ def analyze_product(
     :func:`tilpheno.io.files.file_labels` of ``manifest_rows``; the pipeline gives those of every
     file of the product, also the unreadable ones it dropped, so that all its flags agree).
     ``checked``: file -> its FCSFile as ``read_fcs_metadata(data_check=True)`` already read it (the
-    pipeline's TEXT read): a stained file found there is not read again for the check below.
+    pipeline's TEXT read): a stained file found there is not read again for the readability check
+    every stained file gets before its tube kind is gated.
     ``plot_events``: None keeps every file's arrays and each TubeResult's ``data``/``masks`` over
     all events. A number bounds memory (the pipeline): files are gated one at a time (a file's
     arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
