@@ -188,6 +188,25 @@ def test_report_qc_table_marks_the_flags_that_hold_release_as_qc_csv_does():
     assert marked == [needs_review(f) for f in flags] == [False, True, False]
 
 
+def test_report_qc_table_names_each_flags_gate_as_qc_csv_does():
+    """The QC table has qc.csv's gate column, read from each flag's gate field (blank for a file- or
+    product-level flag): a QA reviewer sees which gate a flag holds without parsing its message."""
+    from dataclasses import replace
+
+    from tilpheno.report.product import render_product
+
+    flags = [QCFlag("TIL008", "a_stain.fcs", "no_second_peak", "warning", "PD1+ (PD1 in CD4+): one peak", gate="PD1+"),
+             QCFlag("TIL008", "a_stain.fcs", "signal_drift", "warning", "drift in PerCP-Cy5-5-A"),
+             QCFlag("TIL008", "a_stain.fcs", "uncertain_threshold", "warning", "CD4+ CD8+ (CD4, CD8): moved",
+                    gate="CD4+ CD8+")]
+    page = render_product(replace(_outcome("TIL008", 92.7, 85.4), qc=flags), None, {}, ProcessOptions())
+    table = page[page.index('<table id="qc">'):]
+    table = table[:table.index("</table>")]
+    header = [re.sub(r"<.*?>", "", h) for h in re.findall(r"<th[^>]*>(.*?)</th>", table)]
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(<td>.*?)</tr>", table, re.S)]
+    assert [html.unescape(row[header.index("gate")]) for row in rows] == [f.gate for f in flags]
+
+
 @pytest.mark.browser
 def test_every_status_badge_is_legible_in_chromium(tmp_path, browser, outcomes):
     """Every badge the index and a product report show (processing, release, QC, needs review) has a
