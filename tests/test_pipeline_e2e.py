@@ -60,7 +60,7 @@ def test_outputs_and_tables(processed, small_cohort):
                 assert math.isclose(row.pct_of_parent, 100 * row.count / parent, rel_tol=1e-9, abs_tol=1e-9)
     # 2500 events per tube is below the 5000-event QC limit: every product is flagged, in qc.csv too
     qc = pd.read_csv(out / "qc.csv")
-    assert list(qc.columns) == ["product_id", "file", "gate", "code", "severity", "needs_review", "message"]
+    assert list(qc.columns) == ["product_id", "file", "gate", "gate_file", "code", "severity", "needs_review", "message"]
     assert set(qc.loc[qc["needs_review"], "code"]) <= set(checks.REVIEW_CODES | FAILURE_CODES)
     assert set(qc.loc[qc["code"] == "low_events", "product_id"]) == set(phen["product_id"])
 

@@ -202,12 +202,12 @@ def test_positives_in_an_unstained_control_are_flagged_with_their_share():
     assert len(flag) == 1 and flag[0].message.startswith("T cells (CD3): ") and checks.needs_review(flag[0])
     share = float(flag[0].message.split("T cells (CD3): ")[1].split("%")[0])
     assert share == pytest.approx(100 * bright.mean(), abs=0.2)
-    # raised on the control (qc.csv), it lands on the gate it names in the stained file it names (the
+    # raised on the control (qc.csv), the stained file in gate_file (as the engine sets it), it lands on the gate it names in that file (the
     # review page's plot, the report's figure), not on a gate of that name in another stained tube
     from tilpheno.qc import QCFlag, flags_on_gate
 
     assert flag[0].gate == "T cells"
-    raised = QCFlag("P", "unstained.fcs", flag[0].code, flag[0].severity, flag[0].message, flag[0].gate)
+    raised = QCFlag("P", "unstained.fcs", flag[0].code, flag[0].severity, flag[0].message, flag[0].gate, "x.fcs")
     assert "(unstained.fcs) against the stained tube x.fcs" in raised.message
     assert flags_on_gate([raised], "T cells", "x.fcs") == [raised]
     assert flags_on_gate([raised], "T cells", "y.fcs") == [] and flags_on_gate([raised], "CD4+", "x.fcs") == []

@@ -1180,6 +1180,51 @@ def test_flags_on_an_fmo_files_gates_are_shown_on_the_threshold_they_set(service
     assert plots[("surface", "CD4+")]["file"] == "TIL001_surface_stain.fcs"
 
 
+def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(tmp_path):
+    """``unstained_positive`` is raised on the unstained control about a stained file's gate; the
+    review page and the report found that file by the text "the stained tube <file>" in its message.
+    Now qc.csv's ``gate_file`` names it (the control here: a copy of the surface stained tube, so
+    each tube kind's positive gates let its events through), the app finds the flag on that file's
+    gate by the field and on no other file's, and a qc.csv from before the column is read as those
+    versions attached the flag (the message's stained file)."""
+    import shutil
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+    from tilpheno.qc import flags_naming_gate
+    from tilpheno.review.regate import ReviewSource
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == PID].copy()
+    for name, role in zip(manifest["file"], manifest["role"]):
+        shutil.copy(SAMPLE / ("TIL001_surface_stain.fcs" if role == "unstained" else name), inputs / name)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    summary = process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv", make_reports=False)
+    assert summary.ok, summary.failed
+    stained = dict(zip(manifest.loc[manifest["role"] == "stain", "tube"], manifest.loc[manifest["role"] == "stain", "file"]))
+    control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
+    source = ReviewSource(tmp_path / "out")
+    raised = source.qc[source.qc["code"] == "unstained_positive"]
+    assert set(raised["file"]) == {control}
+    assert set(raised["gate_file"]) == set(stained.values())   # both tube kinds' gates let the copy through
+    for gate_file, gates in raised.groupby("gate_file")["gate"]:
+        tube = next(t for t, f in stained.items() if f == gate_file)
+        assert set(gates) <= {p.name for p in source.strategies[tube].populations}
+    flags = [SimpleNamespace(**f) for f in source.qc_flags(PID)]
+    for gate in set(raised["gate"]):
+        for file in (*stained.values(), control):
+            found = [f.message for f in flags_naming_gate(flags, gate, file) if f.code == "unstained_positive"]
+            assert found == raised.loc[(raised["gate"] == gate) & (raised["gate_file"] == file), "message"].tolist()
+    written = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
+    written.drop(columns=["gate_file"]).to_csv(tmp_path / "out" / "qc.csv", index=False)   # as before the column
+    assert ReviewSource(tmp_path / "out").qc["gate_file"].tolist() == written["gate_file"].tolist()
+
+
 def test_a_qc_csv_from_before_the_gate_column_is_read_as_those_versions_attached_flags(review_out, tmp_path):
     """An output folder written before qc.csv had its ``gate`` column (reviews may be under way on it)
     is not refused: each flag's gate is read from the message's opening '<population> (' as the app
@@ -1201,8 +1246,9 @@ def test_a_qc_csv_from_before_the_gate_column_is_read_as_those_versions_attached
     qc.drop(columns=["gate"]).to_csv(old / "qc.csv", index=False)   # as written before the column
     source = ReviewSource(old)
     assert source.qc["gate"].tolist() == qc["gate"].tolist()
-    assert [f for f in source.qc_flags(PID) if f["gate"]] == [{k: gated[0][k] for k in ("file", "gate", "code",
-                                                                                       "severity", "message")}]
+    assert [f for f in source.qc_flags(PID) if f["gate"]] == [{**{k: gated[0][k] for k in ("file", "gate", "code",
+                                                                                          "severity", "message")},
+                                                                  "gate_file": ""}]
 
     flags = pd.DataFrame({"product_id": ["P", "P", "P"], "message": [
         "CD56+ (bright) (CD56): no FMO", "CD56+ (CD56): dense cut", "the PD1 cut moved"]})

@@ -1385,7 +1385,8 @@ def analyze_product(
                                                       f"unstained control not used for the {tube_kind} gates: {f.message}")
                                                for f in problems)
                         continue
-                    unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message, f.gate)
+                    unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message, f.gate,
+                                                  sources[i].handle["name"] if f.gate else "")
                                            for f in unstained_check(strategy, state, control,
                                                                     stained_name=sources[i].handle["name"],
                                                                     control_name=name))

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 class QCFlag:
     """A QC finding: ``severity`` info | warning | error; ``file`` is the file name ('' = product);
     ``gate`` the population whose gate the finding is about ('' = a file- or product-level finding):
-    the field by which reports and the review app put a flag beside its gate (:func:`flags_naming_gate`)."""
+    the field by which reports and the review app put a flag beside its gate (:func:`flags_naming_gate`);
+    ``gate_file`` the file whose gate that is when the flag is raised on another file ('' = ``file``):
+    ``unstained_positive``, raised on the unstained control, names the stained file whose gate let
+    the control's events through."""
 
     product_id: str
     file: str
@@ -16,6 +19,7 @@ class QCFlag:
     severity: str
     message: str
     gate: str = ""
+    gate_file: str = ""
 
 
 REVIEW_CODES = frozenset({
@@ -65,11 +69,10 @@ def review_reasons(flags, populations) -> list[str]:
 
 def flags_naming_gate(flags, population: str, file: str) -> list:
     """The flags on ``population``'s gate in ``file``, whatever their severity: those whose ``gate``
-    is ``population``, raised on that file (or on the product, file '', or on a control whose check
-    names ``file`` as ``"the stained tube <file>"``: ``unstained_positive``, raised on the unstained
-    control). Any objects with ``code``, ``severity``, ``file``, ``gate`` and ``message``."""
-    return [f for f in flags if f.gate == population
-            and (f.file in (file, "") or f"the stained tube {file}" in str(f.message))]
+    is ``population`` and whose ``gate_file`` is ``file`` (``unstained_positive``, raised on the
+    unstained control), or, without a ``gate_file``, raised on that file or on the product (file '').
+    Any objects with ``code``, ``severity``, ``file``, ``gate``, ``gate_file`` and ``message``."""
+    return [f for f in flags if f.gate == population and (f.gate_file or f.file) in (file, "")]
 
 
 def flags_on_gate(flags, population: str, file: str) -> list:

@@ -595,8 +595,8 @@ def unstained_flag(population: str, marker: str, cut: float, parent: str, above_
     """``unstained_positive`` when ``above_pct`` (% of the unstained ``control``'s ``n_parent``
     events in ``parent`` above the ``stained`` file's ``cut`` of ``population``) exceeds ``limit``.
     The flag's ``gate`` is ``population``; its message names the stained file (``"the stained tube
-    <file>"``): the flag is raised on the control, and ``qc.flags_on_gate`` finds the stained file's
-    gate by it."""
+    <file>"``): the flag is raised on the control, and its ``QCFlag.gate_file`` names the stained file
+    whose gate it is (``qc.flags_on_gate``)."""
     if not n_parent or not above_pct > limit:
         return None
     return pl.Flag("unstained_positive", "warning",

@@ -121,20 +121,21 @@ def _tables(outcomes: Sequence[ProductOutcome], run_flags: Sequence[QCFlag] = ()
     populations = pd.concat(pops, ignore_index=True) if pops else pd.DataFrame(
         columns=["product_id", "file", "tube", "role", "fmo_marker", "population", "parent", "count"])
     qc = pd.DataFrame(
-        [{"product_id": f.product_id, "file": display_name(_flag_file(str(f.file))) if f.file else "", "gate": f.gate,
+        [{"product_id": f.product_id, "file": _flag_file(str(f.file)), "gate": f.gate, "gate_file": _flag_file(f.gate_file),
           "code": f.code, "severity": f.severity, "needs_review": needs_review(f), "message": f.message}
          for f in [*run_flags, *(f for o in outcomes for f in o.qc)]],
-        columns=["product_id", "file", "gate", "code", "severity", "needs_review", "message"],
+        columns=["product_id", "file", "gate", "gate_file", "code", "severity", "needs_review", "message"],
     )
     return phenotypes, populations, qc
 
 
 def _flag_file(file: str) -> str:
-    """A flag's file as ``qc.csv`` shows it: its name, or the relative label that tells two files of
-    one name apart (``sub/X.fcs``, :func:`tilpheno.io.files.file_labels`); an absolute path by its name."""
+    """A flag's file as ``qc.csv`` shows it ('' for none): its name, or the relative label that tells
+    two files of one name apart (``sub/X.fcs``, :func:`tilpheno.io.files.file_labels`); an absolute
+    path by its name; undecodable bytes as ``\\xNN`` (:func:`tilpheno.io.files.display_name`)."""
     import os
 
-    return Path(file).name if os.path.isabs(file) else file
+    return display_name(Path(file).name if os.path.isabs(file) else file) if file else ""
 
 
 REPORT_MODES = ("now", "later", "none")

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -197,6 +198,17 @@ def read_output_csv(path: Path, **read_csv_args) -> pd.DataFrame:
     return restore_frame(pd.read_csv(path, **read_csv_args))
 
 
+def gate_files_named_by_messages(qc: pd.DataFrame) -> pd.Series:
+    """Each flag's ``gate_file`` for a qc.csv written before that column (tilpheno before stop 40), read
+    as those versions did: an ``unstained_positive`` flag's message ends ``"the stained tube <file>"``;
+    ``''`` for every other flag (its gate is its own file's). ``qc``: ``code`` and ``message`` columns."""
+    def gate_file(code: str, message: str) -> str:
+        found = re.search(r"the stained tube (.+)$", message) if code == "unstained_positive" else None
+        return found.group(1) if found else ""
+
+    return pd.Series([gate_file(str(c), str(m)) for c, m in zip(qc["code"], qc["message"])], index=qc.index, dtype=object)
+
+
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -225,6 +237,8 @@ class ReviewSource:
             if "gate" not in self.qc.columns and {"product_id", "message"} <= set(self.qc.columns) \
                     and {"product_id", "population"} <= set(self.populations_csv.columns):   # an older run
                 self.qc.insert(min(2, len(self.qc.columns)), "gate", gates_named_by_messages(self.qc, self.populations_csv))
+            if "gate_file" not in self.qc.columns and {"code", "message"} <= set(self.qc.columns):   # before stop 40
+                self.qc.insert(min(3, len(self.qc.columns)), "gate_file", gate_files_named_by_messages(self.qc))
             for name, frame in (("phenotypes.csv", self.phenotypes), ("populations.csv", self.populations_csv),
                                 ("qc.csv", self.qc)):
                 problem = missing_columns(frame, self.out_dir / name)
@@ -392,7 +406,8 @@ class ReviewSource:
 
     def qc_flags(self, product_id: str) -> list[dict]:
         rows = self._rows("qc", product_id)
-        return [dict(r) for r in rows[["file", "gate", "code", "severity", "message"]].to_dict("records")]
+        return [dict(r) for r in rows[["file", "gate", "gate_file", "code", "severity", "message"]].fillna("")
+                .to_dict("records")]
 
     def til_dose_cells(self, product_id: str) -> float | None:
         """The infused cell number the run used, from the first of the study's doses on the infused
