@@ -346,3 +346,28 @@ def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, m
     for f in flags:
         assert f["code"] in words, f["code"]
         assert f["file"] in words, f["file"]
+
+
+def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
+    """The signatures' SHA-256 (64 hex digits) did not fit their column and reportlab broke them
+    mid-hash over two lines (a QA reviewer comparing a hash with the audit trail reads two pieces);
+    now every hash the certificate shows (signatures, data and gate set, input files, strategies) is
+    one word of one line of the PDF's text, a signature's on the page of the signature it belongs to."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
+    issued = approved.release_approval(PID)
+    src = approved.source
+    hashes = {s.signature_sha256 for s in issued.signatures} | {issued.approval.data_sha256, issued.version.gates_sha256}
+    hashes |= {f["sha256"] for f in src.inputs_digest(PID)} | {s.sha256 for s in src.strategies.values()}
+    assert all(len(h) == 64 for h in hashes)
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(certificate.certificate_pdf(approved, PID, issued))
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    words = {w for line in text.splitlines() for w in line.split()}
+    assert sorted(h for h in hashes if h not in words) == []
+    pages = text.split("\f")
+    for s in issued.signatures:
+        assert any(s.signed_at[:19] in page and s.signature_sha256 in page for page in pages), s.full_name

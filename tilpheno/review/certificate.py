@@ -81,12 +81,16 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     def cell(text, width):
         return Paragraph(fitted_markup(str(text), width, small.fontName, small.fontSize), small)
 
-    def table(rows, widths, header=True):
-        t = Table([[cell(c, w * mm) for c, w in zip(r, widths)] for r in rows], colWidths=[w * mm for w in widths],
-                  repeatRows=1 if header else 0)
+    def table(rows, widths, header=True, spanned=()):
+        """``spanned``: indices of rows whose first cell spans the table's width (their other cells
+        empty), each kept on one page with the row above it (whose continuation it is)."""
+        t = Table([[cell(c, (sum(widths) if i in spanned and not k else w) * mm) for k, (c, w) in enumerate(zip(r, widths))]
+                   for i, r in enumerate(rows)], colWidths=[w * mm for w in widths], repeatRows=1 if header else 0)
         t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.3, colors.grey),
                                ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke if header else colors.white),
-                               ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+                               ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                               *(("SPAN", (0, i), (-1, i)) for i in spanned),
+                               *(("NOSPLIT", (0, i - 1), (-1, i)) for i in spanned)]))
         return t
 
     story = [p(f"Certificate of analysis: product {product_id}", styles["Title"]),
@@ -120,9 +124,11 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
                         for v in service.versions(product_id) if v.version <= approved.version],
                        [15, 35, 25, 35, 70]))
     story += [Spacer(1, 3 * mm), p("Electronic signatures (valid for this version)", styles["Heading3"])]
-    story.append(table([["name", "user", "meaning", "UTC time", "signature SHA-256"]] +
-                       [[s.full_name, s.username, s.meaning, s.signed_at[:19], s.signature_sha256] for s in sigs],
-                       [32, 22, 30, 32, 64]))
+    # a signature's SHA-256 (64 hex digits, wider than any column) on a row of its own under it: one line, never broken
+    signed = [row for s in sigs for row in ([s.full_name, s.username, s.meaning, s.signed_at[:19]],
+                                            [f"signature SHA-256: {s.signature_sha256}", "", "", ""])]
+    story.append(table([["name", "user", "meaning", "UTC time"]] + signed, [45, 35, 50, 50],
+                       spanned=range(2, len(signed) + 1, 2)))
     said = [s for s in sigs if s.comment]   # why: a rejection's reason, an approval's over it
     if said:
         story.append(table([["name", "meaning", "comment"]] + [[s.full_name, s.meaning, s.comment] for s in said],
