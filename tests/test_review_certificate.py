@@ -371,3 +371,6 @@ def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
     pages = text.split("\f")
     for s in issued.signatures:
         assert any(s.signed_at[:19] in page and s.signature_sha256 in page for page in pages), s.full_name
+    # a section's heading on the page of its table (it stood alone at the foot of page 1)
+    heading = next(page for page in pages if "Electronic signatures" in page)
+    assert "signature SHA-256:" in heading.split("Electronic signatures")[1]

@@ -74,6 +74,7 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     styles = getSampleStyleSheet()
     small = styles["BodyText"].clone("small", fontSize=7.5, leading=9)
     body = styles["BodyText"]
+    heading = styles["Heading3"].clone("heading", keepWithNext=1)   # never alone at a page's foot, away from its table
 
     def p(text, style=body):
         return Paragraph(escape(str(text)), style)
@@ -97,15 +98,15 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
              p(f"Issued {utcnow()[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
                f"(approved for release by {approval.full_name}, {approval.signed_at[:19]} UTC).")]
     decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else f"RELEASE CRITERIA NOT MET ({res.release_status})"
-    story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"]),
+    story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"].clone("decision", keepWithNext=1)),
               p(f"Specification: {src.release_spec.name} (source: {src.release_spec.source})")]
     story.append(table([["criterion", "rule", "value", "result"]] +
                        [[r.criterion.name, r.criterion.describe(), r.shown() or "NA", r.outcome.upper()] for r in res.release],
                        [45, 60, 30, 35]))
-    story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", styles["Heading3"])]
+    story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", heading)]
     story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in src.study.variables], [80, 40]))
     flags = src.qc_flags(product_id)
-    story += [Spacer(1, 3 * mm), p("QC flags and their resolution", styles["Heading3"])]
+    story += [Spacer(1, 3 * mm), p("QC flags and their resolution", heading)]
     if flags:
         rows = [["severity", "code", "file", "message", "resolution"]]
         warn_i = 0
@@ -118,12 +119,12 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
         story.append(table(rows, [16, 28, 36, 55, 45]))
     else:
         story.append(p("No QC flags were raised."))
-    story += [Spacer(1, 3 * mm), p("Gate review history", styles["Heading3"])]
+    story += [Spacer(1, 3 * mm), p("Gate review history", heading)]
     story.append(table([["version", "source", "by", "UTC time", "reason"]] +
                        [[f"v{v.version}", v.source, v.created_by, v.created_at[:19], v.reason]
                         for v in service.versions(product_id) if v.version <= approved.version],
                        [15, 35, 25, 35, 70]))
-    story += [Spacer(1, 3 * mm), p("Electronic signatures (valid for this version)", styles["Heading3"])]
+    story += [Spacer(1, 3 * mm), p("Electronic signatures (valid for this version)", heading)]
     # a signature's SHA-256 (64 hex digits, wider than any column) on a row of its own under it: one line, never broken
     signed = [row for s in sigs for row in ([s.full_name, s.username, s.meaning, s.signed_at[:19]],
                                             [f"signature SHA-256: {s.signature_sha256}", "", "", ""])]
@@ -133,7 +134,7 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     if said:
         story.append(table([["name", "meaning", "comment"]] + [[s.full_name, s.meaning, s.comment] for s in said],
                            [32, 30, 118]))
-    story += [Spacer(1, 3 * mm), p("Inputs and software", styles["Heading3"])]
+    story += [Spacer(1, 3 * mm), p("Inputs and software", heading)]
     rows = [["item", "value"]]
     rows += [[f"{f['file']} ({f['tube']}, {f['role']})", f["sha256"]] for f in src.inputs_digest(product_id)]
     rows += [[f"strategy {s.name} ({tube})", s.sha256] for tube, s in sorted(src.strategies.items())]
