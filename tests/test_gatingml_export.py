@@ -401,3 +401,54 @@ def test_export_rereads_boundary_events_exactly(tmp_path, transforms):
         assert np.array_equal(theirs.get_gate_membership(pid), mask), label
     ids = sorted(read_gatingml(out).transforms)
     assert len(ids) == len(set(transforms.values()))
+
+
+def test_bounds_beyond_every_value_are_written_as_infinities_and_re_gate_alike(tmp_path):
+    """A bound no float64 reaches through its transform (logicle 3.0: above the logicle of the
+    largest float64; -3.0: below that of the most negative) moves to the linear scale as an
+    infinity (:func:`linear_threshold`), written ``INF`` / ``-INF``: ranges and rectangles' sides so
+    placed, re-read by tilpheno and by FlowKit, hold exactly the events the gates hold on the
+    pipeline's own (table logicle) values, the whole file or none of it."""
+    from types import SimpleNamespace
+
+    from flowkit._resources import gml_schema
+    from lxml import etree
+
+    from tilpheno.gates.gatingml import export_tube_gatingml, linear_threshold
+    from tilpheno.transforms import Logicle
+
+    rng = np.random.default_rng(12)
+    n = 300
+    raw = rng.lognormal(8, 1.5, size=(n, 2)) * np.where(rng.random((n, 2)) < 0.8, 1, -0.01)
+    names = ["FITC-A", "PE-A"]
+    path = tmp_path / "inf.fcs"
+    write_fcs(path, raw.astype(np.float32), [(c, None, 262144) for c in names], {})
+    fcs = read_fcs(path)
+    scale = Logicle(262144.0, 0.5, 4.5, 0.0)
+    pipeline = {m: scale.apply(fcs.events[:, i].astype(np.float64)) for i, m in enumerate(("CD3", "CD4"))}
+    assert linear_threshold(scale, 3.0) == np.inf and linear_threshold(scale, -3.0) == -np.inf
+    mid = float(np.median(pipeline["CD4"]))
+    gates = [("all above", "root", RangeGate("CD3", low=-3.0), "fmo"),
+             ("none above", "root", RangeGate("CD3", low=3.0), "fmo"),
+             ("all below", "root", RangeGate("CD3", high=3.0), "fmo"),
+             ("none below", "root", RangeGate("CD3", high=-3.0), "fmo"),
+             ("all between", "root", RangeGate("CD3", -3.0, 3.0), "fmo"),
+             ("box", "root", RectangleGate(("CD3", "CD4"), (-3.0, mid), (3.0, None)), "fmo"),
+             ("none in box", "root", RectangleGate(("CD3", "CD4"), (3.0, None), (None, mid)), "fmo")]
+    expected = {label: gate.contains(pipeline) for label, _, gate, _ in gates}
+    assert [int(expected[k].sum()) for k in ("all above", "none above", "all below", "none below", "all between",
+                                             "none in box")] == [n, 0, n, 0, n, 0]
+    assert int(expected["box"].sum()) == int(np.count_nonzero(pipeline["CD4"] >= mid)) == n // 2
+    out = tmp_path / "inf.xml"
+    export_tube_gatingml(SimpleNamespace(gates=gates, detectors={"CD3": "FITC-A", "CD4": "PE-A"}), out,
+                         {"CD3": scale, "CD4": scale}, compensation="uncompensated")
+    text = out.read_text()
+    assert 'min="-INF"' in text and 'max="INF"' in text and 'min="INF"' in text and 'max="-INF"' in text
+    assert gml_schema.validate(etree.parse(str(out))), gml_schema.error_log
+    ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names)
+    strategy = fk.parse_gating_xml(str(out))
+    theirs = strategy.gate_sample(fk.Sample(str(path)))
+    for label, mask in expected.items():
+        pid = gatingml_id(label)
+        assert np.array_equal(ours[pid], mask), label
+        assert np.array_equal(theirs.get_gate_membership(pid), mask), label

@@ -400,13 +400,17 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_number(text: str | None, what: str, source: str) -> float:
-    """A finite float from an XML attribute; ``StrategyError`` naming ``source`` and ``what`` otherwise."""
+def parse_number(text: str | None, what: str, source: str, *, infinite: bool = False) -> float:
+    """A finite float from an XML attribute (``infinite``: also xs:double's ``INF`` / ``-INF``, as a
+    rectangle's ``min`` / ``max`` beyond every value is written); ``StrategyError`` naming ``source``
+    and ``what`` otherwise."""
     try:
         value = float(text)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise StrategyError(f"{source}: {what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
+    if math.isnan(value):
+        raise StrategyError(f"{source}: {what}: {text!r} is not a number")
+    if not (infinite or math.isfinite(value)):
         raise StrategyError(f"{source}: {what}: {text!r} is not finite")
     return value
 
@@ -520,8 +524,8 @@ def _parse_rectangle(el, gid, source):
         lo, hi = _attr(d_el, "min", source), _attr(d_el, "max", source)
         if lo is None and hi is None:
             raise StrategyError(f"{source}: gate {gid!r} dimension {dim.name!r} has neither min nor max")
-        lows.append(None if lo is None else parse_number(lo, f"gate {gid!r} min", source))
-        highs.append(None if hi is None else parse_number(hi, f"gate {gid!r} max", source))
+        lows.append(None if lo is None else parse_number(lo, f"gate {gid!r} min", source, infinite=True))
+        highs.append(None if hi is None else parse_number(hi, f"gate {gid!r} max", source, infinite=True))
     if len(dims) == 1:
         return RangeGate(dims[0].key, lows[0], highs[0]), dims
     return RectangleGate(tuple(d.key for d in dims), tuple(lows), tuple(highs)), dims
