@@ -340,3 +340,32 @@ def test_population_values_are_read_without_filtering_the_table(monkeypatch):
     assert _pct_of_parent(tube, "CD4+", {}, None) == 58.333333333333336
     masks = {"CD8+": np.array([True, False, True, False])}   # not in the table: from the masks drawn
     assert _pct_of_parent(tube, "CD8+", masks, np.array([True, True, True, False])) == 100.0 * 2 / 3
+
+
+def test_residual_spillover_table_defines_its_columns_and_shows_slopes_to_the_limit():
+    """The compensation section's residual table (TIL001's stained tubes) showed n_negative, lever,
+    shift without saying what they are or their unit, and its caption described a half-sample-mode
+    contrast where the check is a least-squares partial slope; the slope was shown to 2 decimals,
+    too coarse to read against the 0.04 limit (0.036 and 0.044 both '0.04', one flagged). Now the
+    caption defines every column, and each shown slope reads back within 0.0005 of the computed
+    one (the tube's residual table, tilpheno.spillover.residual_spillover)."""
+    from types import SimpleNamespace
+
+    from strategy_support import bundled_strategies, sample_rows
+    from tilpheno.phenotype import analyze_product
+    from tilpheno.report.qc_sections import compensation_sections
+
+    strategies = bundled_strategies("fsc")
+    result = analyze_product("TIL001", sample_rows("TIL001"), list(strategies))
+    sections = compensation_sections(SimpleNamespace(result=result, strategies=tuple(strategies), axes={}))
+    tables = [(t, s) for s in sections for t in s.tables if t.id.startswith("residual-")]
+    assert len(tables) == 2   # surface and treg
+    for table, _ in tables:
+        for column in table.columns:
+            assert f"{column} = " in table.caption or column in ("source", "target"), column
+        tube = next(t for t in result.tubes if t.role == "stain" and table.id == f"residual-{t.tube}")
+        computed = tube.compensation.residual
+        shown = {(r[0], r[1]): float(r[table.columns.index("slope")]) for r in table.rows}
+        assert len(shown) == len(computed)
+        for source, target, slope in zip(computed["source"], computed["target"], computed["slope"]):
+            assert abs(shown[source, target] - slope) <= 0.0005, (source, target, slope)

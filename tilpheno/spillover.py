@@ -405,6 +405,7 @@ def _spreading(spill: Spillover, populations: dict[int, tuple[np.ndarray, np.nda
 
 
 RESIDUAL_TOLERANCE = 0.04
+RESIDUAL_MIN_LEVER = 1000.0   # compensated linear units
 RESIDUAL_MAX_EVENTS = 20_000
 
 
@@ -458,7 +459,7 @@ def residual_spillover(
     low_fraction: float = 0.2,
     bright_fraction: float = 0.05,
     min_events: int = 100,
-    min_lever: float = 1000.0,
+    min_lever: float = RESIDUAL_MIN_LEVER,
     max_events: int = RESIDUAL_MAX_EVENTS,
 ) -> pd.DataFrame:
     """Residual spillover left after compensation, per ordered pair of detectors (source, target).

@@ -10,6 +10,7 @@ residual slope of the target's negatives written on each), and the residual-spil
 """
 from __future__ import annotations
 
+from tilpheno.spillover import RESIDUAL_MIN_LEVER, RESIDUAL_TOLERANCE
 
 PAIRS = 6
 METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition order, before compensation; "
@@ -21,10 +22,16 @@ METHOD = ("Acquisition QC, gating step 0 (per file, raw events in acquisition or
           "t_crit; a signal's slow drift (up to max_drift logicle units over the file) is not a fault; short good "
           "stretches between anomalous ones are "
           "anomalous too. Remove mode drops the anomalous events before compensation and gating.")
-RESIDUAL_METHOD = ("Residual spillover: among each target detector's negative events (stained tube: below the "
-                   "tube's own gate threshold; FMO tube: the omitted marker's detector, every event; singlets) the shift of the target's half-sample mode between the brightest 5% and "
-                   "the dimmest 20% of a source detector, per unit of the source (slope); |slope| > 0.04 raises "
-                   "compensation_residual (negative = over-, positive = under-compensated).")
+RESIDUAL_METHOD = (
+    "Residual spillover (compensated linear units): among each target detector's negative events (stained tube: "
+    "below the tube's own gate threshold; FMO tube: the omitted marker's detector, every event; of the lymphocyte "
+    "gate, or of the singlets for a source gated above the lymphocytes, such as a viability dye) the target is "
+    "regressed by least squares on every testable source detector at once (and an intercept). n_negative = the "
+    "negative events used; lever = the median of the source's brightest 5% minus that of its dimmest 20% among them "
+    f"(a source with a lever below {RESIDUAL_MIN_LEVER:g} is not tested); slope = the source's partial coefficient "
+    "(target units per source unit; about 0 when the matrix is right, negative = over-, positive = under-compensated); "
+    f"shift = slope × lever, the target shift the source explains; flagged = |slope| > {RESIDUAL_TOLERANCE:g}, "
+    "which raises compensation_residual.")
 ACQUISITION_COLUMNS = ("file", "tube", "mode", "time channel", "events", "% anomalous", "removed", "drift channels",
                        "flags")
 
@@ -105,7 +112,8 @@ def compensation_sections(ctx):
         if residual is not None and len(residual):
             shown = residual.reindex(residual["slope"].abs().sort_values(ascending=False).index)
             tables.append(Table(f"residual-{t.tube}", tuple(map(str, shown.columns)),
-                                tuple(tuple(fmt(v) for v in r) for r in shown.itertuples(index=False)), RESIDUAL_METHOD))
+                                tuple(tuple(fmt(v, 3 if c == "slope" else 2) for c, v in zip(shown.columns, r))
+                                      for r in shown.itertuples(index=False)), RESIDUAL_METHOD))
         out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube",
                            intro + f"Density plots: the {len(figures)} largest spillover pairs among the tube's markers.",
                            tuple(figures), tuple(tables)))
