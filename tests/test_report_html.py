@@ -2,6 +2,7 @@
 import html
 import re
 
+import numpy as np
 import pytest
 
 from tilpheno.pipeline import ProcessOptions, ProductOutcome, product_slug
@@ -342,7 +343,17 @@ def test_population_values_are_read_without_filtering_the_table(monkeypatch):
     assert _pct_of_parent(tube, "CD8+", masks, np.array([True, True, True, False])) == 100.0 * 2 / 3
 
 
-def test_residual_spillover_table_defines_its_columns_and_shows_slopes_to_the_limit():
+@pytest.fixture(scope="module")
+def til001():
+    """The sample's TIL001 gated with the bundled strategies: (strategies, ProductResult)."""
+    from strategy_support import bundled_strategies, sample_rows
+    from tilpheno.phenotype import analyze_product
+
+    strategies = bundled_strategies("fsc")
+    return strategies, analyze_product("TIL001", sample_rows("TIL001"), list(strategies))
+
+
+def test_residual_spillover_table_defines_its_columns_and_shows_slopes_to_the_limit(til001):
     """The compensation section's residual table (TIL001's stained tubes) showed n_negative, lever,
     shift without saying what they are or their unit, and its caption described a half-sample-mode
     contrast where the check is a least-squares partial slope; the slope was shown to 2 decimals,
@@ -351,12 +362,9 @@ def test_residual_spillover_table_defines_its_columns_and_shows_slopes_to_the_li
     one (the tube's residual table, tilpheno.spillover.residual_spillover)."""
     from types import SimpleNamespace
 
-    from strategy_support import bundled_strategies, sample_rows
-    from tilpheno.phenotype import analyze_product
     from tilpheno.report.qc_sections import compensation_sections
 
-    strategies = bundled_strategies("fsc")
-    result = analyze_product("TIL001", sample_rows("TIL001"), list(strategies))
+    strategies, result = til001
     sections = compensation_sections(SimpleNamespace(result=result, strategies=tuple(strategies), axes={}))
     tables = [(t, s) for s in sections for t in s.tables if t.id.startswith("residual-")]
     assert len(tables) == 2   # surface and treg
@@ -369,3 +377,25 @@ def test_residual_spillover_table_defines_its_columns_and_shows_slopes_to_the_li
         assert len(shown) == len(computed)
         for source, target, slope in zip(computed["source"], computed["target"], computed["slope"]):
             assert abs(shown[source, target] - slope) <= 0.0005, (source, target, slope)
+
+
+def test_fmo_table_defines_its_numbers_and_their_scales(til001):
+    """The FMO table's 'threshold (raw)' was in compensated linear units (not raw, uncompensated
+    values) and neither it, 'threshold (scale)' nor the % columns were defined -> 'threshold
+    (linear)', and the caption defines every number column; truth: each linear threshold is the
+    strategy's transform of its marker inverted at the scale threshold (to the digits shown)."""
+    from tilpheno.report.product import fmo_table
+
+    strategies, result = til001
+    table = fmo_table(result, 99.5)
+    for column in table.columns[4:-1]:
+        assert f"{column} = " in table.caption, column
+    by_tube = {s.tube: s for s in strategies}
+    col = {c: i for i, c in enumerate(table.columns)}
+    assert len(table.rows) == 8
+    for row in table.rows:
+        tube = next(t.tube for t in result.tubes if t.role == "stain" and row[0] in set(t.populations["population"]))
+        scale = float(row[col["threshold (scale)"]])
+        linear = float(by_tube[tube].transform_for(row[col["marker"]]).inverse(np.array([scale]))[0])
+        slope = float(by_tube[tube].transform_for(row[col["marker"]]).inverse(np.array([scale + 0.0005]))[0]) - linear
+        assert abs(float(row[col["threshold (linear)"]]) - linear) <= abs(slope) + 0.05, row

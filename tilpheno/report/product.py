@@ -366,7 +366,7 @@ def fmo_figures(result, percentile: float, strategies=(),
 
 FMO_TABLE_COLUMNS = (
     "population", "marker", "parent", "control file", "control parent events", "control % +",
-    "stained % +", "threshold (raw)", "threshold (scale)", "rule",
+    "stained % +", "threshold (linear)", "threshold (scale)", "rule",
 )
 
 
@@ -420,7 +420,11 @@ def fmo_table(result, fmo_percentile: float) -> Table:
         ))
     return Table("fmo-summary", FMO_TABLE_COLUMNS, tuple(rows),
                  "One row per threshold; control = the FMO tube (or, for a gate with control: unstained, the "
-                 "product's unstained control) gated through the same upstream gates.")
+                 "product's unstained control) gated through the same upstream gates. control parent events = the "
+                 "control's events in the parent; control % + = its % of them above the threshold; stained % + = the "
+                 "stained tube's % of the parent above it; threshold (linear) = in compensated linear units (the "
+                 "marker's scale inverted); threshold (scale) = on the marker's scale (the plots' axes: logicle 0–1 "
+                 "unless the strategy says otherwise), as are the rule's FMO, rel., valley and shift values.")
 
 
 def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
