@@ -161,3 +161,33 @@ def test_process_uses_controls_in_the_folder_and_reports_both_steps(product, tmp
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     controls = [i["path"] for i in run["inputs"] if "Stained Control" in i["path"]]
     assert len(controls) == len(set(controls)) == 6
+
+
+def test_a_control_with_an_acquisition_finding_gets_its_plot(tmp_path):
+    """An acquisition finding on an FMO file (a signal drift in its 488 nm channels) was listed in
+    the QC flags and the acquisition table, but the report drew the flow rate and channel medians
+    of the stained tubes only: the flag pointed at no plot. Now every file with a finding has its
+    plot, the drifting channels among its lines; a clean control still has none."""
+    from types import SimpleNamespace
+
+    from tilpheno.report.qc_sections import acquisition_section
+    from tilpheno.simulate.acquisition import drift
+
+    sim = simulate_product("TIL001", 21, EVENTS)
+    fmo = sim.tube("surface", "fmo", "CD4").data
+    faulty, _ = inject(fmo.events.astype(np.float64), [drift(0.4, 0.3)])
+    fmo.events = faulty.astype(np.float32)
+    write_product(sim, tmp_path)
+    rows = pd.DataFrame(manifest_rows(sim))
+    rows["file"] = [str(tmp_path / f) for f in rows["file"]]
+    result = analyze_product("TIL001", rows, _strategies())
+    found = {t.shown_name: t.acquisition for t in result.tubes if t.acquisition.findings}
+    assert "TIL001_surface_FMO_CD4.fcs" in found and found["TIL001_surface_FMO_CD4.fcs"].drift_channels
+    assert {f.file for f in result.qc if f.code == "signal_drift"} >= {"TIL001_surface_FMO_CD4.fcs"}
+    section = acquisition_section(SimpleNamespace(result=result))
+    plotted = {fig.alt.split(": ")[0]: fig for fig in section.figures}
+    stained = {t.shown_name for t in result.tubes if t.role == "stain"}
+    assert set(plotted) == stained | set(found)
+    for name, qc in found.items():
+        for channel in qc.drift_channels:
+            assert f">{channel}</text>" in plotted[name].svg or f"({channel})</text>" in plotted[name].svg, (name, channel)

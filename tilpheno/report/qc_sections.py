@@ -2,8 +2,9 @@
 section builders (``builder(ReportContext) -> Section | list[Section] | None``).
 
 ``acquisition_section``: one row per gated file (mode, time channel, events, % anomalous, events
-removed, drifting channels, flags), the method and its parameters, and per stained tube a plot of
-the flow rate and the channel medians over time with the anomalous stretches shaded.
+removed, drifting channels, flags), the method and its parameters, and per stained tube (and per
+control file with a finding) a plot of the flow rate and the channel medians over time with the
+anomalous stretches shaded (the drifting channels drawn first).
 ``compensation_sections``: per stained tube the matrix used and its source, density plots of the
 compensated tube for the ``PAIRS`` largest spillover coefficients among its markers' detectors (the
 residual slope of the target's negatives written on each), and the residual-spillover table.
@@ -53,11 +54,13 @@ def acquisition_section(ctx):
                      s["mode"], s["time_channel"] or "none", str(s["n_events"]), f"{s['anomalous_pct']:.2f}",
                      str(s["n_removed"]), s["drift_channels"], s["flags"]))
         settings.setdefault(t.tube, qc.settings.to_dict())
-        if t.role == "stain" and not qc.signal.empty:
+        if (t.role == "stain" or qc.findings) and not qc.signal.empty:   # a control's plot when it has a finding
             labels = {det: f"{m} ({det})" for m, det in t.detectors.items()}
-            channels = [c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns] + list(t.detectors.values())
-            figures.append(Figure(f"{t.tube} stained tube: flow rate and channel medians over time",
-                                  acquisition_plot(qc, channels, labels, title=f"{t.tube} stained tube"),
+            channels = list(dict.fromkeys([*qc.drift_channels, *(c for c in ("FSC-A", "SSC-A") if c in qc.signal.columns),
+                                           *t.detectors.values()]))
+            kind = "stained tube" if t.role == "stain" else f"{t.role}{' ' + t.fmo_marker if t.fmo_marker else ''}"
+            figures.append(Figure(f"{t.tube} {kind}: flow rate and channel medians over time",
+                                  acquisition_plot(qc, channels, labels, title=f"{t.tube} {kind}"),
                                   f"{t.shown_name}: {qc.removed_pct:.1f}% of events in anomalous stretches",
                                   wide=True))
     if not rows:
