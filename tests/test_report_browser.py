@@ -147,6 +147,21 @@ def test_print_names_the_product_and_numbers_every_page(product_page, browser):
     assert "CD3 (FITC-A)" in "".join(p.extract_text() for p in reader.pages)
 
 
+def test_printed_column_names_break_only_after_an_underscore(product_page, browser):
+    """The study table's column names (phenotypes.csv's, a QA reviewer's key to the tables) were
+    broken anywhere in print ('viability_pc' / 't', 'cd3_pct_of_l' / 'ive_lymph'): now only after
+    an underscore, so the printed text, a line ending in '_' joined to the next, holds each whole."""
+    pypdf = pytest.importorskip("pypdf")
+    _, _, session, _ = product_page
+    names = browser.evaluate(session, "Array.from(document.querySelectorAll('#study tbody tr')).map(r => "
+                                      "r.cells[r.cells.length - 1].textContent)")
+    assert len(names) >= 10 and all(re.fullmatch(r"[a-z0-9_]+", n) for n in names), names
+    reader = pypdf.PdfReader(io.BytesIO(browser.pdf(session)))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    words = set(re.sub(r"(?<=_)\n", "", text).split())
+    assert [n for n in names if n not in words] == []
+
+
 def test_index_fits_1280_with_readable_headers_and_named_failures(processed, browser):
     out, _ = processed
     session, report = browser.load((out / "index.html").as_uri())

@@ -103,6 +103,15 @@ def _shown(value):
     return Markup(shown) if isinstance(value, Markup) else shown
 
 
+def identifier(name) -> str:
+    """``name`` (a column or variable identifier, shown as :func:`_shown` shows text) escaped, with a
+    line-break opportunity after each ``_`` (markup): a narrow cell wraps ``cd3_pct_of_`` /
+    ``live_lymph``, not ``cd3_pct_of_l`` / ``ive_lymph`` (the ``ident`` style breaks nowhere else)."""
+    from markupsafe import Markup, escape
+
+    return Markup("_<wbr>").join(escape(part) for part in str(_shown(str(name))).split("_"))
+
+
 @lru_cache(maxsize=1)
 def environment():
     """The Jinja2 environment over ``tilpheno/report/templates`` (package data), autoescape on."""
@@ -119,6 +128,7 @@ def environment():
     env.finalize = _shown
     env.filters["fmt"] = fmt
     env.filters["css_string"] = css_string
+    env.filters["identifier"] = identifier
     env.tests["numeric"] = lambda v: bool(_NUMERIC.match(str(v)))
     return env
 
