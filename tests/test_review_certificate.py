@@ -335,8 +335,10 @@ def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, m
     if not shutil.which("pdftotext"):
         pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
     flags = approved.source.qc_flags(PID) + [
-        {"severity": "warning", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "message": "CD3+: cut in a dense region"},
-        {"severity": "warning", "code": "compensation_negative_spillover", "file": "TIL001_surface_FMO_PD1.fcs", "message": "m"},
+        {"severity": "warning", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD3+",
+         "gate_file": "", "message": "CD3+: cut in a dense region"},
+        {"severity": "warning", "code": "compensation_negative_spillover", "file": "TIL001_surface_FMO_PD1.fcs", "gate": "",
+         "gate_file": "", "message": "m"},
     ]
     monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
     pdf = tmp_path / "c.pdf"
@@ -374,3 +376,29 @@ def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
     # a section's heading on the page of its table (it stood alone at the foot of page 1)
     heading = next(page for page in pages if "Electronic signatures" in page)
     assert "signature SHA-256:" in heading.split("Electronic signatures")[1]
+
+
+def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
+    """The certificate's QC flags table had no gate column (qc.csv and the product report have one):
+    a flag whose message does not open with its gate could not be told to hold which gate. Now the
+    gate of each flag stands in its row (the PDF's text, line by line)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
+    flags = approved.source.qc_flags(PID) + [
+        {"severity": "info", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD56+",
+         "gate_file": "", "message": "the edge lies where events are dense"},
+        {"severity": "info", "code": "few_events", "file": "TIL001_treg_stain.fcs", "gate": "FoxP3+",
+         "gate_file": "", "message": "placed on 800 events"}]
+    monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(certificate.certificate_pdf(approved, PID))
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    lines = text.splitlines()
+    header = next(line for line in lines if line.split()[:4] == ["severity", "code", "file", "gate"])
+    assert header
+    for f in flags[-2:]:
+        row = next(line for line in lines if " ".join(f["message"].split()[:3]) in line)   # the row's first line
+        assert f["gate"] in row.split(), row

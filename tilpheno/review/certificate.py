@@ -108,15 +108,15 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     flags = src.qc_flags(product_id)
     story += [Spacer(1, 3 * mm), p("QC flags and their resolution", heading)]
     if flags:
-        rows = [["severity", "code", "file", "message", "resolution"]]
+        rows = [["severity", "code", "file", "gate", "message", "resolution"]]
         warn_i = 0
         for f in flags:
             resolution = "informational"
             if f["severity"] in ("warning", "error"):
                 resolution = resolutions.get(f"{f['code']}:{f['file']}:{warn_i}", "")
                 warn_i += 1
-            rows.append([f["severity"], f["code"], f["file"], f["message"], resolution])
-        story.append(table(rows, [16, 28, 36, 55, 45]))
+            rows.append([f["severity"], f["code"], f["file"], f["gate"], f["message"], resolution])
+        story.append(table(rows, [15, 26, 32, 18, 50, 39]))
     else:
         story.append(p("No QC flags were raised."))
     story += [Spacer(1, 3 * mm), p("Gate review history", heading)]
