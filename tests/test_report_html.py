@@ -191,7 +191,8 @@ def test_report_qc_table_marks_the_flags_that_hold_release_as_qc_csv_does():
 
 def test_report_qc_table_names_each_flags_gate_as_qc_csv_does():
     """The QC table has qc.csv's gate column, read from each flag's gate field (blank for a file- or
-    product-level flag): a QA reviewer sees which gate a flag holds without parsing its message."""
+    product-level flag; with the gate's file when the flag was raised on another, unstained_positive's
+    gate_file): a QA reviewer sees which gate a flag holds without parsing its message."""
     from dataclasses import replace
 
     from tilpheno.report.product import render_product
@@ -199,13 +200,15 @@ def test_report_qc_table_names_each_flags_gate_as_qc_csv_does():
     flags = [QCFlag("TIL008", "a_stain.fcs", "no_second_peak", "warning", "PD1+ (PD1 in CD4+): one peak", gate="PD1+"),
              QCFlag("TIL008", "a_stain.fcs", "signal_drift", "warning", "drift in PerCP-Cy5-5-A"),
              QCFlag("TIL008", "a_stain.fcs", "uncertain_threshold", "warning", "CD4+ CD8+ (CD4, CD8): moved",
-                    gate="CD4+ CD8+")]
+                    gate="CD4+ CD8+"),
+             QCFlag("TIL008", "a_unstained.fcs", "unstained_positive", "warning", "CD3+ (CD3): 3.0% above",
+                    gate="CD3+", gate_file="a_stain.fcs")]
     page = render_product(replace(_outcome("TIL008", 92.7, 85.4), qc=flags), None, {}, ProcessOptions())
     table = page[page.index('<table id="qc">'):]
     table = table[:table.index("</table>")]
     header = [re.sub(r"<.*?>", "", h) for h in re.findall(r"<th[^>]*>(.*?)</th>", table)]
     rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(<td>.*?)</tr>", table, re.S)]
-    assert [html.unescape(row[header.index("gate")]) for row in rows] == [f.gate for f in flags]
+    assert [html.unescape(row[header.index("gate")]) for row in rows] == ["PD1+", "", "CD4+ CD8+", "CD3+ (of a_stain.fcs)"]
 
 
 @pytest.mark.browser

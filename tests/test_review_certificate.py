@@ -381,7 +381,9 @@ def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
 def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
     """The certificate's QC flags table had no gate column (qc.csv and the product report have one):
     a flag whose message does not open with its gate could not be told to hold which gate. Now the
-    gate of each flag stands in its row (the PDF's text, line by line)."""
+    gate of each flag stands in its row (the PDF's text, line by line), with its file when the flag
+    was raised on another (unstained_positive)."""
+    import re
     import shutil
     import subprocess
 
@@ -391,7 +393,9 @@ def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
         {"severity": "info", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD56+",
          "gate_file": "", "message": "the edge lies where events are dense"},
         {"severity": "info", "code": "few_events", "file": "TIL001_treg_stain.fcs", "gate": "FoxP3+",
-         "gate_file": "", "message": "placed on 800 events"}]
+         "gate_file": "", "message": "placed on 800 events"},
+        {"severity": "info", "code": "unstained_positive", "file": "TIL001_unstained.fcs", "gate": "CD4+",
+         "gate_file": "TIL001_treg_stain.fcs", "message": "1.5% of the control above"}]
     monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
     pdf = tmp_path / "c.pdf"
     pdf.write_bytes(certificate.certificate_pdf(approved, PID))
@@ -399,6 +403,9 @@ def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
     lines = text.splitlines()
     header = next(line for line in lines if line.split()[:4] == ["severity", "code", "file", "gate"])
     assert header
-    for f in flags[-2:]:
+    for f in flags[-3:]:
         row = next(line for line in lines if " ".join(f["message"].split()[:3]) in line)   # the row's first line
         assert f["gate"] in row.split(), row
+    # unstained_positive's gate is the stained file's: named with it
+    flat = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    assert "CD4+ (of TIL001_treg_stain.fcs)" in " ".join(re.sub(r"(?<=[_\-./])\n", "", flat).split())

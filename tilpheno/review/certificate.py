@@ -115,7 +115,8 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
             if f["severity"] in ("warning", "error"):
                 resolution = resolutions.get(f"{f['code']}:{f['file']}:{warn_i}", "")
                 warn_i += 1
-            rows.append([f["severity"], f["code"], f["file"], f["gate"], f["message"], resolution])
+            gate = f"{f['gate']} (of {f['gate_file']})" if f.get("gate_file") else f["gate"]
+            rows.append([f["severity"], f["code"], f["file"], gate, f["message"], resolution])
         story.append(table(rows, [15, 26, 32, 18, 50, 39]))
     else:
         story.append(p("No QC flags were raised."))
