@@ -336,6 +336,26 @@ def test_thresholds_on_the_transformed_scale_keep_their_transformation(tmp_path)
     assert all(d.transform is not None for d in docs[False].gates[cd3].dimensions)
 
 
+def two_detector_file(path: Path, rng: np.random.Generator, n: int, top: float):
+    """An uncompensated FITC-A/PE-A file of ``n`` log-normal events drawn from ``rng`` (a fifth of
+    each detector's slightly negative), ``$PnR`` ``top``, read back."""
+    raw = rng.lognormal(8, 1.5, size=(n, 2)) * np.where(rng.random((n, 2)) < 0.8, 1, -0.01)
+    write_fcs(path, raw.astype(np.float32), [(c, None, top) for c in ("FITC-A", "PE-A")], {})
+    return read_fcs(path)
+
+
+def assert_regated(document: Path, fcs_path: Path, fcs, expected: dict) -> None:
+    """``document`` re-read by tilpheno and by FlowKit on ``fcs_path``: every gate (label ->
+    expected mask) holds exactly its expected events."""
+    ours = apply_gatingml(read_gatingml(document), fcs.events, fcs.channel_names)
+    strategy = fk.parse_gating_xml(str(document))
+    theirs = strategy.gate_sample(fk.Sample(str(fcs_path)))
+    for label, mask in expected.items():
+        pid = gatingml_id(label)
+        assert np.array_equal(ours[pid], mask), label
+        assert np.array_equal(theirs.get_gate_membership(pid), mask), label
+
+
 @pytest.mark.parametrize("transforms", [
     # a 22-bit spectral scale: T = 4194304 was written '4.1943e+06' in the id, not a valid xs:ID
     {"CD3": (4194304.0, 0.5, 4.5, 0.0), "CD4": (4194304.0, 0.5, 4.5, 0.0)},
@@ -358,11 +378,8 @@ def test_export_rereads_boundary_events_exactly(tmp_path, transforms):
 
     rng = np.random.default_rng(11)
     n = 400
-    raw = rng.lognormal(8, 1.5, size=(n, 2)) * np.where(rng.random((n, 2)) < 0.8, 1, -0.01)
-    names = ["FITC-A", "PE-A"]
     path = tmp_path / "boundary.fcs"
-    write_fcs(path, raw.astype(np.float32), [(c, None, 4194304) for c in names], {})
-    fcs = read_fcs(path)
+    fcs = two_detector_file(path, rng, n, 4194304)
     pipeline = {m: Logicle(*transforms[m]).apply(fcs.events[:, i].astype(np.float64)) for i, m in enumerate(("CD3", "CD4"))}
     gates = []
     for m in ("CD3", "CD4"):
@@ -392,13 +409,7 @@ def test_export_rereads_boundary_events_exactly(tmp_path, transforms):
     result = SimpleNamespace(gates=gates, detectors={"CD3": "FITC-A", "CD4": "PE-A"})
     out = tmp_path / "boundary.xml"
     export_tube_gatingml(result, out, {m: Logicle(*p) for m, p in transforms.items()}, compensation="uncompensated")
-    ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names)
-    strategy = fk.parse_gating_xml(str(out))
-    theirs = strategy.gate_sample(fk.Sample(str(path)))
-    for label, mask in expected.items():
-        pid = gatingml_id(label)
-        assert np.array_equal(ours[pid], mask), label
-        assert np.array_equal(theirs.get_gate_membership(pid), mask), label
+    assert_regated(out, path, fcs, expected)
     ids = sorted(read_gatingml(out).transforms)
     assert len(ids) == len(set(transforms.values()))
 
@@ -417,13 +428,9 @@ def test_bounds_beyond_every_value_are_written_as_infinities_and_re_gate_alike(t
     from tilpheno.gates.gatingml import export_tube_gatingml, linear_threshold
     from tilpheno.transforms import Logicle
 
-    rng = np.random.default_rng(12)
     n = 300
-    raw = rng.lognormal(8, 1.5, size=(n, 2)) * np.where(rng.random((n, 2)) < 0.8, 1, -0.01)
-    names = ["FITC-A", "PE-A"]
     path = tmp_path / "inf.fcs"
-    write_fcs(path, raw.astype(np.float32), [(c, None, 262144) for c in names], {})
-    fcs = read_fcs(path)
+    fcs = two_detector_file(path, np.random.default_rng(12), n, 262144)
     scale = Logicle(262144.0, 0.5, 4.5, 0.0)
     pipeline = {m: scale.apply(fcs.events[:, i].astype(np.float64)) for i, m in enumerate(("CD3", "CD4"))}
     assert linear_threshold(scale, 3.0) == np.inf and linear_threshold(scale, -3.0) == -np.inf
@@ -445,10 +452,4 @@ def test_bounds_beyond_every_value_are_written_as_infinities_and_re_gate_alike(t
     text = out.read_text()
     assert 'min="-INF"' in text and 'max="INF"' in text and 'min="INF"' in text and 'max="-INF"' in text
     assert gml_schema.validate(etree.parse(str(out))), gml_schema.error_log
-    ours = apply_gatingml(read_gatingml(out), fcs.events, fcs.channel_names)
-    strategy = fk.parse_gating_xml(str(out))
-    theirs = strategy.gate_sample(fk.Sample(str(path)))
-    for label, mask in expected.items():
-        pid = gatingml_id(label)
-        assert np.array_equal(ours[pid], mask), label
-        assert np.array_equal(theirs.get_gate_membership(pid), mask), label
+    assert_regated(out, path, fcs, expected)

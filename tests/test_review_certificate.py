@@ -323,17 +323,28 @@ def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(a
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
 
 
-def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, monkeypatch):
-    """Flag codes and file names wider than their column were broken mid-word by reportlab
-    ('cut_in_dense_regio' / 'n', 'compensation_negative_spillove' / 'r'); now only after an
-    underscore (or - . /): the PDF's text, lines ending in one joined to the next, holds every code
-    and file name whole. The product's own flags plus two of the pipeline's longest codes."""
+def certificate_text(service, tmp_path: Path, issued=None) -> tuple[str, str]:
+    """The certificate of PID as pdftotext reads it: ``(flowing text with the lines that end in
+    '_', '-', '.' or '/' joined to the next, the text laid out as printed, pages split by form
+    feeds)``; skips without poppler-utils."""
     import re
     import shutil
     import subprocess
 
     if not shutil.which("pdftotext"):
         pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(certificate.certificate_pdf(service, PID, issued))
+    flowing, layout = (subprocess.run(["pdftotext", *options, str(pdf), "-"], check=True, capture_output=True,
+                                      text=True).stdout for options in ([], ["-layout"]))
+    return re.sub(r"(?<=[_\-./])\n", "", flowing), layout
+
+
+def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, monkeypatch):
+    """Flag codes and file names wider than their column were broken mid-word by reportlab
+    ('cut_in_dense_regio' / 'n', 'compensation_negative_spillove' / 'r'); now only after an
+    underscore (or - . /): the PDF's text, lines ending in one joined to the next, holds every code
+    and file name whole. The product's own flags plus two of the pipeline's longest codes."""
     flags = approved.source.qc_flags(PID) + [
         {"severity": "warning", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD3+",
          "gate_file": "", "message": "CD3+: cut in a dense region"},
@@ -341,10 +352,7 @@ def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, m
          "gate_file": "", "message": "m"},
     ]
     monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
-    pdf = tmp_path / "c.pdf"
-    pdf.write_bytes(certificate.certificate_pdf(approved, PID))
-    text = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
-    words = set(re.sub(r"(?<=[_\-./])\n", "", text).split())
+    words = set(certificate_text(approved, tmp_path)[0].split())
     for f in flags:
         assert f["code"] in words, f["code"]
         assert f["file"] in words, f["file"]
@@ -355,19 +363,12 @@ def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
     mid-hash over two lines (a QA reviewer comparing a hash with the audit trail reads two pieces);
     now every hash the certificate shows (signatures, data and gate set, input files, strategies) is
     one word of one line of the PDF's text, a signature's on the page of the signature it belongs to."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("pdftotext"):
-        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
     issued = approved.release_approval(PID)
     src = approved.source
     hashes = {s.signature_sha256 for s in issued.signatures} | {issued.approval.data_sha256, issued.version.gates_sha256}
     hashes |= {f["sha256"] for f in src.inputs_digest(PID)} | {s.sha256 for s in src.strategies.values()}
     assert all(len(h) == 64 for h in hashes)
-    pdf = tmp_path / "c.pdf"
-    pdf.write_bytes(certificate.certificate_pdf(approved, PID, issued))
-    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    text = certificate_text(approved, tmp_path, issued)[1]
     words = {w for line in text.splitlines() for w in line.split()}
     assert sorted(h for h in hashes if h not in words) == []
     pages = text.split("\f")
@@ -383,12 +384,6 @@ def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
     a flag whose message does not open with its gate could not be told to hold which gate. Now the
     gate of each flag stands in its row (the PDF's text, line by line), with its file when the flag
     was raised on another (unstained_positive)."""
-    import re
-    import shutil
-    import subprocess
-
-    if not shutil.which("pdftotext"):
-        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
     flags = approved.source.qc_flags(PID) + [
         {"severity": "info", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD56+",
          "gate_file": "", "message": "the edge lies where events are dense"},
@@ -397,15 +392,12 @@ def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
         {"severity": "info", "code": "unstained_positive", "file": "TIL001_unstained.fcs", "gate": "CD4+",
          "gate_file": "TIL001_treg_stain.fcs", "message": "1.5% of the control above"}]
     monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
-    pdf = tmp_path / "c.pdf"
-    pdf.write_bytes(certificate.certificate_pdf(approved, PID))
-    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
-    lines = text.splitlines()
+    flowing, layout = certificate_text(approved, tmp_path)
+    lines = layout.splitlines()
     header = next(line for line in lines if line.split()[:4] == ["severity", "code", "file", "gate"])
     assert header
     for f in flags[-3:]:
         row = next(line for line in lines if " ".join(f["message"].split()[:3]) in line)   # the row's first line
         assert f["gate"] in row.split(), row
     # unstained_positive's gate is the stained file's: named with it
-    flat = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
-    assert "CD4+ (of TIL001_treg_stain.fcs)" in " ".join(re.sub(r"(?<=[_\-./])\n", "", flat).split())
+    assert "CD4+ (of TIL001_treg_stain.fcs)" in " ".join(flowing.split())
