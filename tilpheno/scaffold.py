@@ -17,18 +17,22 @@ run needs no hand-written YAML.
 * **gates** per kind, in this order: ``cells`` (FSC-A x SSC-A, ``ceiling`` = the scatter channels'
   ``$PnR`` - 1; none when the files have no scatter channels, e.g. a FlowJo export of gated
   fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability
-  dye, the vocabulary's ``viability:`` list, kept low at its density valley), then **one gate per
-  other marker**, parents before their children: ``fmo`` when the folder holds an FMO for the
+  dye, the vocabulary's ``viability:`` list, kept low at its density valley), ``live_lymph``
+  (``lymph`` without a viability dye; when the files have scatter: ``method: lymphocytes`` on
+  FSC-A x SSC-A, the main scatter cluster's ellipse, as the TIL strategies' lymphocyte gate; large
+  cells bind antibodies nonspecifically and moved the drafted FMO cuts, benchmarks/README.md), then
+  **one gate per other marker**, parents before their children: ``fmo`` when the folder holds an FMO for the
   marker (products without it get the flagged fallback gate; ``rule: relative`` for a marker of the
   vocabulary's ``dim:`` list, else the default anchored rule), else ``valley`` (keep high). A marker
   is gated within the positive gate of its parent in the vocabulary's ``lineage:`` table (``CD4+``
   within ``CD3+``, ``FoxP3+`` within ``CD4+``; ``lineage`` of :func:`draft_study` overrides entries)
   when that marker is gated in the same tube kind, else within the nearest one up the table's chain
-  that is; every other marker gate sits directly under ``live`` (or the last gate before it, or
-  ``root``);
+  that is; every other marker gate sits directly under the lymphocyte gate (else ``live``, or the
+  last gate before it, or ``root``), but a marker of the vocabulary's ``all_cells:`` list (CD45
+  there: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate;
 * **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_<parent>`` per marker,
   ``<parent>`` the marker it is nested within (``cd4_pct_of_cd3``) or the gate it sits under
-  (``cd3_pct_of_live``); ``_<kind>`` appended where two kinds would give the same name.
+  (``cd3_pct_of_live_lymph``); ``_<kind>`` appended where two kinds would give the same name.
 
 :func:`write_study` writes ``study.yaml``, one strategy per kind, and ``manifest.csv`` (every file
 used, paths relative to the folder): ``tilpheno process FOLDER --study OUT/study.yaml --manifest
@@ -70,7 +74,9 @@ class TubeDraft:
     many products have a stained file of it, the markers only some of its files have (panel
     versions; not gated), the nesting of its marker gates (marker -> the marker within whose
     positive gate it is gated, from the lineage table; markers not listed sit under :attr:`base`),
-    and the FMO-gated markers the vocabulary calls dim (``dim:``; gated with ``rule: relative``)."""
+    the FMO-gated markers the vocabulary calls dim (``dim:``; gated with ``rule: relative``), and
+    the markers it gates on all cells (``all_cells:``; unless nested, they sit under :attr:`above_lymph`,
+    not within the lymphocyte gate)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -84,12 +90,28 @@ class TubeDraft:
     partial: tuple[str, ...] = ()
     nested: tuple[tuple[str, str], ...] = ()
     dim: tuple[str, ...] = ()
+    all_cells: tuple[str, ...] = ()
+
+    @property
+    def lymph(self) -> str | None:
+        """The drafted lymphocyte scatter gate (``method: lymphocytes`` on the scatter dimensions,
+        under ``live`` or the last scatter gate): ``live_lymph`` with a viability dye, else
+        ``lymph``; None when the files have no scatter channels."""
+        if self.scatter is None:
+            return None
+        return "live_lymph" if self.viability else "lymph"
 
     @property
     def base(self) -> str:
         """The population every marker gate of the draft that is not nested sits directly under:
-        ``live`` with a viability dye, else the last scatter gate (``singlets`` or ``cells``), else
-        ``root``."""
+        the lymphocyte gate (:attr:`lymph`) when the files have scatter, else ``live`` with a
+        viability dye, else ``root``."""
+        return self.lymph or self.above_lymph
+
+    @property
+    def above_lymph(self) -> str:
+        """The population the lymphocyte gate is drawn in: ``live`` with a viability dye, else the
+        last scatter gate (``singlets`` or ``cells``), else ``root``."""
         return "live" if self.viability else _before_live(self)
 
     def parent_marker(self, marker: str) -> str | None:
@@ -97,9 +119,15 @@ class TubeDraft:
         return dict(self.nested).get(marker)
 
     def parent(self, marker: str) -> str:
-        """The population ``marker``'s gate is drawn in: ``<parent marker>+`` or :attr:`base`."""
+        """The population ``marker``'s gate is drawn in: ``<parent marker>+``, else :attr:`above_lymph`
+        for a marker of :attr:`all_cells`, else :attr:`base`."""
         above = self.parent_marker(marker)
-        return f"{above}+" if above else self.base
+        return f"{above}+" if above else self.above_lymph if marker in self.outside_lymph() else self.base
+
+    def outside_lymph(self) -> list[str]:
+        """The markers of :attr:`all_cells` whose gate the draft draws on :attr:`above_lymph`, not within
+        the lymphocyte gate: not nested, and only when there is a lymphocyte gate."""
+        return [m for m in self.all_cells if self.lymph and self.parent_marker(m) is None]
 
 
 @dataclass
@@ -128,7 +156,7 @@ class StudyDraft:
             own = {"viability_pct": ("live", _before_live(tube))} if tube.viability else {}
             for marker in _gated(tube):
                 above = tube.parent_marker(marker)
-                own[f"{_slug(marker)}_pct_of_{_slug(above) if above else tube.base}"] = (f"{marker}+", tube.parent(marker))
+                own[f"{_slug(marker)}_pct_of_{_slug(above) if above else tube.parent(marker)}"] = (f"{marker}+", tube.parent(marker))
             plain[tube.kind] = own
         counts = Counter(name for own in plain.values() for name in own)
         return {kind: {(name if counts[name] == 1 else f"{name}_{_slug(kind)}"): pops for name, pops in own.items()}
@@ -269,7 +297,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         tubes.append(TubeDraft(kind, tuple(order), viability, fmo_gated,
                                scatter, height, ceiling, top, len({f["product_id"] for f in members}),
                                tuple(sorted(set().union(*versions) - set(markers))),
-                               nesting(order, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m))))
+                               nesting(order, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m)),
+                               tuple(m for m in order if m != viability and vocabulary.is_all_cells(m))))
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -390,8 +419,9 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         "# (tilpheno/studies/vocabulary.yaml, `lineage:`; new-study --lineage FILE) nests it within another",
         f"# marker's positive gate (its comment says which). To un-nest a gate, set its `parent:` to `{base}`",
         "# and its variable's denominator with it; to nest one, the reverse. Variables are",
-        "# 100 x count(numerator) / count(denominator). A lymphocyte scatter gate is `method: lymphocytes` on",
-        "# [FSC-A, SSC-A]. Methods and parameters: tilpheno/gates/strategy.py.",
+        "# 100 x count(numerator) / count(denominator). Methods and parameters: tilpheno/gates/strategy.py.",
+        *([f"# `{base}` is the lymphocyte scatter gate (its comment says how to remove it); markers of the",
+           f"# vocabulary's `all_cells:` list sit under `{tube.above_lymph}`."] if tube.lymph else []),
         f"strategy: {_scalar(draft.name + '_' + tube.kind)}",
         f"tube: {_scalar(tube.kind)}",
         f"markers: {_list(tube.markers)}",
@@ -410,10 +440,18 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     if tube.viability:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low}}   # the viability dye: dead cells are bright")
+    if tube.lymph is not None:
+        outer = tube.above_lymph
+        lines.append(f"  - {{name: {tube.lymph}, parent: {outer}, dims: {_list(tube.scatter or ())}, method: lymphocytes, "
+                     f"params: {{ceiling: {tube.ceiling:.0f}}}}}   # lymphocytes: the main scatter cluster's ellipse; "
+                     f"large cells (myeloid, tumour) bind antibodies nonspecifically. To gate every `{outer}` event "
+                     f"instead, delete this line and write `{outer}` for `{tube.lymph}` below")
     for marker in _gated(tube):
         above = tube.parent_marker(marker)
         head = f"  - {{name: {_scalar(marker + '+')}, parent: {_scalar(tube.parent(marker))}, dims: {_list([marker])}, "
-        why = f"; within {above}+ (lineage: {marker} of {above})" if above else ""
+        why = f"; within {above}+ (lineage: {marker} of {above})" if above else \
+            f"; on every `{tube.above_lymph}` event (vocabulary `all_cells:`), not only the lymphocytes" \
+            if marker in tube.outside_lymph() else ""
         lines.append(head + _marker_method(marker, fmo, set(tube.dim)) + why)
     lines.append("variables:")
     for name, (numerator, denominator) in draft.variables()[tube.kind].items():

@@ -34,6 +34,9 @@ Conventions
   (:meth:`Vocabulary.lineage_parent`); an entry with no parent (``CD4: ~``) nests nothing.
 * A list of dim markers (``dim:``, :meth:`Vocabulary.is_dim`) says which FMO gates
   ``tilpheno new-study`` drafts with ``rule: relative``.
+* A list of markers gated on all cells (``all_cells:``, :meth:`Vocabulary.is_all_cells`) says
+  which gates ``tilpheno new-study`` draws before its lymphocyte scatter gate (markers that tell
+  leukocytes from the large cells that gate leaves out).
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
@@ -70,7 +73,8 @@ class Vocabulary:
     ``numbered``: key of each dye family whose number names the dye -> its spelling (the
     ``numbered:`` list; module docstring). ``lineage``: key of a marker -> the canonical name of
     the marker whose positive gate it is drafted under ('' for none; the ``lineage:`` table).
-    ``dim``: keys of the markers whose positives are dim (the ``dim:`` list).
+    ``dim``: keys of the markers whose positives are dim (the ``dim:`` list). ``all_cells``: keys
+    of the markers drafted on all live cells, not within the lymphocyte scatter gate (``all_cells:``).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -82,6 +86,7 @@ class Vocabulary:
     numbered: Mapping[str, str] = field(default_factory=dict)
     lineage: Mapping[str, str] = field(default_factory=dict)
     dim: frozenset[str] = frozenset()
+    all_cells: frozenset[str] = frozenset()
 
     def with_lineage(self, lineage: Mapping[str, str | None], source: str = "") -> "Vocabulary":
         """A new vocabulary whose lineage table has ``marker: parent`` entries added (they win over
@@ -263,6 +268,12 @@ class Vocabulary:
         negatives (``dim:`` list): ``tilpheno new-study`` drafts its FMO gate with ``rule: relative``."""
         return key(self.canonical_name(name)) in self.dim
 
+    def is_all_cells(self, name: str) -> bool:
+        """True when ``name`` (any spelling) is a marker ``tilpheno new-study`` gates on all live cells
+        rather than within its lymphocyte scatter gate (``all_cells:`` list): its positives and
+        negatives differ in scatter (leukocytes and larger tumour cells)."""
+        return key(self.canonical_name(name)) in self.all_cells
+
     def same(self, a: str | None, b: str | None) -> bool:
         """True when ``a`` and ``b`` name the same marker."""
         if a is None or b is None:
@@ -289,13 +300,13 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``, ``numbered``, ``lineage``, ``dim``)."""
+    ``viability``, ``numbered``, ``lineage``, ``dim``, ``all_cells``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, lineage, dim",
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, lineage, dim, all_cells",
                       StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "lineage",
-                                   "dim"),
+                                   "dim", "all_cells"),
                       empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
@@ -306,7 +317,9 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
     )
     vocabulary = base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
     vocabulary = replace(vocabulary, dim=frozenset(key(vocabulary.canonical_name(d))
-                                                   for d in _string_list(doc.get("dim"), f"{path}: dim")))
+                                                   for d in _string_list(doc.get("dim"), f"{path}: dim")),
+                         all_cells=frozenset(key(vocabulary.canonical_name(m))
+                                             for m in _string_list(doc.get("all_cells"), f"{path}: all_cells")))
     return vocabulary.with_lineage(parse_lineage(doc.get("lineage"), f"{path}: lineage"), str(path))
 
 
