@@ -86,3 +86,23 @@ def test_process_reads_only_the_dose_columns_of_outcomes(two_products, tmp_path)
     assert result.exit_code == 2
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert "bad.csv" in line and "row 2" in line and "til_dose_cells" in line and "1e+06 cells" in line
+
+
+def test_allowed_unmatched_outcome_ids_are_recorded_in_qc_csv(two_products, tmp_path):
+    """process --allow-unmatched: the outcome ids matching no product were printed on the terminal
+    only, so OUT (qc.csv) did not say whose rows were left out -> a run-level unmatched_outcome
+    warning in qc.csv naming the outcomes file and each id, as no_dose names products without a dose."""
+    folder, _ = two_products
+    table = pd.read_csv(folder / "outcomes.csv")
+    extra = table.assign(product_id=["TIL0O1"], patient_id=["PX1"])   # a typo of TIL001 and a patient of no product
+    pd.concat([table, extra, table.assign(product_id=["TIL777"], patient_id=["PX2"])]).to_csv(
+        tmp_path / "outcomes.csv", index=False)
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(tmp_path / "out"),
+                                      "--manifest", str(folder / "manifest.csv"),
+                                      "--outcomes", str(tmp_path / "outcomes.csv"), "--allow-unmatched"])
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv", keep_default_na=False)
+    (flag,) = qc[qc["code"] == "unmatched_outcome"].itertuples(index=False)
+    assert (flag.product_id, flag.file, flag.severity) == ("", "outcomes.csv", "warning")
+    assert "2 product id(s) match no product" in flag.message and "TIL0O1, TIL777" in flag.message
+    assert "unmatched_outcome 1 (warning)" in result.output

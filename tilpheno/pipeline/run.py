@@ -422,8 +422,11 @@ def plan_run(folder: str | Path, out_dir: str | Path, *, manifest_csv=None, outc
                 f"{outcomes_path}: {len(unmatched)} product id(s) match no product in {folder}: "
                 f"{_did_you_mean(unmatched, manifest['product_id'].astype(str))}; "
                 "fix the ids or pass allow_unmatched=True")
-        if unmatched:
-            log.warning("%s: product id(s) matching no product (allowed): %s", outcomes_path, ", ".join(unmatched))
+        if unmatched:   # allowed; said, and recorded in qc.csv as no_dose is, so OUT shows whose rows were left out
+            what = (f"{display_name(str(outcomes_path))}: {len(unmatched)} product id(s) match no product in "
+                    f"{display_name(str(folder))} (allowed): {', '.join(unmatched)}; their rows are not used")
+            log.warning("%s", what)
+            run_flags.append(QCFlag("", display_name(str(outcomes_path)), "unmatched_outcome", "warning", what))
         manifest = attach_doses(manifest, outcomes)
         undosed = products_without_dose(manifest)
         if undosed:
