@@ -94,3 +94,25 @@ def test_gatingml_dimension_named_by_pns(tmp_path):
     result = run(GML / "data1.fcs", "--gatingml", doc, "-o", out)
     assert result.exit_code == 0, result.output
     assert np.array_equal(pd.read_csv(out)["Rectangle1"].to_numpy(), truth("Rectangle1"))
+
+
+@pytest.mark.parametrize("command,options,named", [
+    ("apply-gates", ["-o", "OUT"], ["--gatingml", "--wsp"]),
+    ("apply-gates", ["--gatingml", GML / "gml" / "gml_rect1_gate.xml", "--wsp", WSP / "single_ellipse_51_events.wsp",
+                     "-o", "OUT"], ["gml_rect1_gate.xml", "single_ellipse_51_events.wsp", "both given"]),
+    ("export-events", ["--fcs", "OUT"], ["--gatingml", "--wsp"]),
+    ("export-events", ["--gatingml", GML / "gml" / "gml_rect1_gate.xml", "--wsp", WSP / "single_ellipse_51_events.wsp",
+                       "--h5ad", "OUT"], ["both given"]),
+    ("export-events", ["--gatingml", GML / "gml" / "gml_rect1_gate.xml"], ["--fcs", "--h5ad"]),
+])
+def test_missing_or_conflicting_gate_and_output_options_are_one_line(tmp_path, command, options, named):
+    """apply-gates / export-events without --gatingml or --wsp, with both, or (export-events) without
+    --fcs and --h5ad printed Typer's multi-line usage box ('Invalid value: give exactly one of ...')
+    -> one line 'error: ...' naming the options, exit status 2, nothing written."""
+    out = tmp_path / "out.x"
+    args = [str(out) if o == "OUT" else str(o) for o in options]
+    result = CliRunner().invoke(app, [command, str(GML / "data1.fcs"), *args])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.strip()]
+    assert line.startswith("error: ") and all(n in line for n in named), line
+    assert not out.exists()

@@ -737,10 +737,13 @@ def _optional(path: Path) -> Optional[Path]:
 
 def _read_gating(file: Path, gatingml: Optional[Path], wsp: Optional[Path], group: str):
     """(FCSFile, its $PnS markers, Gating-ML document or FlowJo workspace sample) for one of --gatingml / --wsp."""
+    from tilpheno.errors import TilphenoError
     from tilpheno.io.fcs import read_fcs
 
-    if (gatingml is None) == (wsp is None):
-        raise typer.BadParameter("give exactly one of --gatingml and --wsp")
+    if gatingml is None and wsp is None:
+        raise TilphenoError("no gates given: give --gatingml FILE (Gating-ML 2.0) or --wsp FILE (FlowJo workspace)")
+    if gatingml is not None and wsp is not None:
+        raise TilphenoError(f"--gatingml {gatingml} and --wsp {wsp} both given: give one of them")
     fcs = read_fcs(file)
     markers = list(fcs.channels["pns"])   # a gate may name a channel by its $PnS
     if gatingml is not None:
@@ -818,7 +821,7 @@ def export_events(
     from tilpheno.io.export import export_fcs, export_h5ad
 
     if fcs_out is None and h5ad_out is None:
-        raise typer.BadParameter("give --fcs and/or --h5ad")
+        _fail(TilphenoError("no output given: give --fcs FILE and/or --h5ad FILE"))
     try:
         fcs, masks = _gates_on_file(file, gatingml, wsp, group)
         for target, writer in ((fcs_out, export_fcs), (h5ad_out, export_h5ad)):
