@@ -109,6 +109,25 @@ def test_controls_csv_errors_name_the_row(cell_controls, tmp_path):
     assert read_controls_csv(bad, base=cell_controls.out_dir) == read_controls_csv(cell_controls.controls_csv)
 
 
+def test_a_controls_csv_without_a_single_stain_row_is_named(cell_controls, tmp_path):
+    """compensate --controls with a header only (or only the unstained control's row) said 'single-stain
+    controls in FOLDER: no single-stain control among 0 file(s)', naming the folder, not the CSV that
+    held no control -> one line naming the CSV and what it lacks, exit 2, no matrix written."""
+    unstained = next(c for c in controls_in_folder(cell_controls.out_dir) if not c.detector)
+    cases = {"header.csv": ("file,detector\n\n", rf"row 1: no control below the header"),
+             "unstained.csv": (f"file,detector\n{unstained.file},\n", r"no single-stain control: the detector of every row \(1\)")}
+    for name, (text, expected) in cases.items():
+        csv_path = tmp_path / name
+        csv_path.write_text(text)
+        with pytest.raises(TableError, match=rf"^{re.escape(str(csv_path))}: {expected}"):
+            read_controls_csv(csv_path)
+        out = tmp_path / "matrix.csv"
+        res = CliRunner().invoke(app, ["compensate", str(cell_controls.out_dir), "--controls", str(csv_path), "-o", str(out)])
+        assert res.exit_code == 2
+        (line,) = res.output.strip().splitlines()
+        assert line.startswith(f"error: {csv_path}: ") and not out.exists(), line
+
+
 def _write_control(path, events):
     write_fcs(path, events, [(n, None, ins.RANGE) for n in ins.CHANNEL_NAMES], {"$TIMESTEP": str(ins.TIMESTEP)})
     return str(path)

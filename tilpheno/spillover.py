@@ -184,6 +184,11 @@ def read_controls_csv(path: str | Path, base: str | Path | None = None) -> list[
             raise TableError(f"{place(source, line, 'file')}: {written!r} does not exist (looked for {resolved})")
         detector = str(row.detector).strip()
         out.append(Control(str(resolved), detector or None))
+    if not out:
+        raise TableError(f"{place(source, header_line)}: no control below the header (one row per control: file, detector)")
+    if not any(c.detector for c in out):
+        raise TableError(f"{path}: no single-stain control: the detector of every row ({len(out)}) is empty, which "
+                         "marks the unstained control; give each single-stain control's detector")
     return out
 
 
