@@ -457,3 +457,24 @@ def test_review_refuses_a_run_json_without_strategies(processed, tmp_path):
     (out / "run.json").write_text(json.dumps({**run, "strategies": []}), encoding="utf-8")
     with pytest.raises(ReviewError, match=r"run\.json: field strategies lists none"):
         ReviewSource(out)
+
+
+def test_report_of_a_run_that_was_not_ok_says_so_and_its_exit_statuses_are_documented(tmp_path):
+    """`tilpheno report OUT` of a run whose process exited 1 (an FMO file cut short) draws the report,
+    and exits 1 as process did, but said nothing of why beyond the summary, and its --help gave no
+    exit statuses -> a warning line on stderr naming OUT and the count, the statuses in --help."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_product(simulate_product("P1", 100, EVENTS), folder)
+    cut = folder / "P1_surface_FMO_CD4.fcs"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["process", str(folder), "-o", str(out), "--reports", "later"]).exit_code == 1
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 1, result.output
+    assert (out / "products" / "P1" / "report.html").is_file()
+    assert result.stderr.splitlines() == [f"warning: {out}: reports drawn, but the run is not ok (1 input file "
+                                          "unreadable), as its process exited 1: exit status 1"]
+    shown = " ".join(CliRunner().invoke(app, ["report", "--help"], terminal_width=200).output.split())
+    assert ("Exit status: 0 reports drawn and the run is ok (every product done, every input file read); 1 reports "
+            "drawn, but the run is not ok") in shown, shown

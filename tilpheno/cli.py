@@ -492,6 +492,11 @@ def report(
 
     Gating is taken from OUT/.cache when the inputs are unchanged; a product without a stored
     report is gated again and drawn. Other products keep the reports they have.
+
+    Exit status: 0 reports drawn and the run is ok (every product done, every input file read); 1
+    reports drawn, but the run is not ok, as its `process` exited 1 (some product failed: it has no
+    report; or an input file could not be read), said on stderr; 2 nothing drawn (OUT holds no
+    readable run, an input changed since, an unknown product, OUT not writable).
     """
 
     from tilpheno.errors import TilphenoError
@@ -509,7 +514,18 @@ def report(
         _fail(exc)
     _print_summary(summary)
     if not summary.ok:
+        typer.secho(f"warning: {out}: reports drawn, but the run is not ok ({_not_ok(summary)}), as its process "
+                    "exited 1: exit status 1", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=1)
+
+
+def _not_ok(summary) -> str:
+    """Why a run (a ``RunSummary``) is not ok, in counts: ``1 product failed, 2 input files unreadable``."""
+    errors = [f for f in summary.run_flags if f.severity == "error"]
+    parts = [(len(summary.failed), "product failed", "products failed"),
+             (len(summary.unreadable), "input file unreadable", "input files unreadable"),
+             (len(errors), "error of the run itself", "errors of the run itself")]
+    return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
 
 
 def _print_summary(summary) -> None:
