@@ -517,19 +517,26 @@ def test_degenerate_survival_is_one_recorded_warning_not_a_stderr_flood(tmp_path
     assert (tmp_path / "figures" / "km_pfs_all.svg").is_file()
 
 
-@pytest.mark.parametrize("case", ["all_zero", "one_event_time"])
+@pytest.mark.parametrize("case", ["all_zero", "one_event_time", "phenotyped_one_event_time"])
 def test_ph_test_not_computable_is_said_once_per_endpoint(tmp_path, case):
-    """Every PFS time 0, or every PFS event at 4 months: besides the endpoint's note, each of the four Cox models
-    of every marker added 'proportional-hazards test (cox.zph) not computable ...' (R cox.zph stops there). Now the
-    endpoint's one note says the test is not computable and the models' warning column keeps its own line."""
+    """Every PFS time 0, or every PFS event at 4 months (of all patients, or only of the phenotyped ones, the
+    models' patients, the other five's events at 7 months): besides the endpoint's note (none in the last case),
+    each of the four Cox models of every marker added 'proportional-hazards test (cox.zph) not computable ...'
+    (R cox.zph stops there). Now the endpoint's one note says the test is not computable and the models' warning
+    column keeps its own line."""
     outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
     if case == "all_zero":
         outcomes["pfs_months"] = 0.0
     else:
         censored = outcomes.pfs_event == 0
         outcomes.loc[~censored, "pfs_months"] = 4.0
         outcomes.loc[censored, "pfs_months"] = 4.0 + np.arange(1, censored.sum() + 1)
-    res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes, tmp_path,
+    if case == "phenotyped_one_event_time":   # five patients without a product, each with an event at 7 months
+        unphenotyped = outcomes.product_id.isin(pheno.product_id[-5:])
+        outcomes.loc[unphenotyped, ["pfs_months", "pfs_event"]] = (7.0, 1)
+        pheno = pheno.iloc[:-5]
+    res = run_biomarkers(pheno, outcomes, tmp_path,
                          markers=["cd8_pct_of_cd3", "cd4_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
     pfs = [w for w in res.warnings if w.startswith("pfs")]
     assert len(pfs) == 1 and "the proportional-hazards test is not computable" in pfs[0], pfs

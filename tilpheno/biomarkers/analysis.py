@@ -395,16 +395,31 @@ def _not_said_in(note: str, model_warnings: list[str]) -> list[str]:
     return [w for w in model_warnings if not w.endswith(f": {ZPH_SINGULAR}")]
 
 
+def _analysed_one_time_note(cohort: Cohort, endpoint: str) -> str:
+    """The note that every event of the marker analyses' patients (those with a phenotyped product) falls at one
+    time, so the models' proportional-hazards test is not computable, or "" (none, or events at several times)."""
+    tcol, ecol = ENDPOINTS[endpoint]
+    t, e = cohort.data[tcol].to_numpy(float), cohort.data[ecol].to_numpy(float)
+    at = np.unique(t[e == 1])
+    if at.size != 1:
+        return ""
+    return (f"every event ({int((e == 1).sum())}) among the {len(cohort.data)} patients with a phenotyped product at "
+            f"time {at[0]:g}: {PH_NOT_COMPUTABLE} in their Cox models")
+
+
 def _endpoint_note(cohort: Cohort, endpoint: str) -> str:
     """The endpoint's one warning when its survival is degenerate (:func:`degenerate_note`, every patient with
     outcomes), or "": without events among the marker analyses' patients it also says, once for every marker,
-    model and test, that none is estimated (each would otherwise fail with its own 'no events' line)."""
+    model and test, that none is estimated (each would otherwise fail with its own 'no events' line); with their
+    events at one time (only theirs), that the models' proportional-hazards test is not computable."""
     tcol, ecol = ENDPOINTS[endpoint]
     note = degenerate_note(cohort.outcomes[tcol].to_numpy(float), cohort.outcomes[ecol].to_numpy(float))
     if not _marker_events(cohort, endpoint):
         if not note:   # events only among patients without a phenotyped product
             note = f"no events among the {len(cohort.data)} patients with a phenotyped product"
         note = f"{note}; {NO_MARKER_EVENTS}"
+    elif PH_NOT_COMPUTABLE not in note:
+        note = "; ".join(filter(None, [note, _analysed_one_time_note(cohort, endpoint)]))
     return f"{endpoint} ({tcol}, {ecol}): {note}" if note else ""
 
 
