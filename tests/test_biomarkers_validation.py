@@ -122,3 +122,17 @@ def test_a_model_singular_on_the_full_data_is_named_not_numpys_singular_matrix()
     with pytest.raises(ValueError, match=r"^the model cannot be fitted on the full data: its information matrix is "
                                          r"singular \(3 events for 4 coefficients, or collinear covariates\)$"):
         validate_cox(frame, "time", "event", ["x", "age", "sex", "ecog"], B=5)
+
+
+@pytest.mark.parametrize("variables", [["cd8"], ["cd8", "age"]])
+def test_a_marker_with_a_monotone_likelihood_is_named_as_the_cause(variables):
+    """The marker falls with time, so at every event time the patient with the event has the highest cd8 of those
+    at risk (its hazard ratio is infinite): validation said 'the model does not converge on the full data' (with
+    age: 'its information matrix is singular (... or collinear covariates)'); now the monotone marker, as the Cox
+    models' warning names it."""
+    time = np.arange(1.0, 21.0)
+    frame = pd.DataFrame({"time": time, "event": np.resize([1, 0], 20), "cd8": 80.0 - 3 * time,
+                          "age": np.random.default_rng(3).normal(60, 10, 20)})
+    with pytest.raises(ValueError, match=r"^the model has no finite estimate on the full data: monotone likelihood: "
+                                         r"at every event time the patients with the event have the highest cd8 "):
+        validate_cox(frame, "time", "event", variables, B=5)

@@ -294,6 +294,17 @@ def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
     return found.reason if found else None
 
 
+def no_finite_maximum_reason(time, event, X: pd.DataFrame) -> str | None:
+    """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column: a column's reason
+    (:func:`no_estimate_reason`) or, with several columns, a separating combination's (:func:`combination_reason`),
+    else None. For a fit that diverged: the linear program costs seconds for a thousand patients."""
+    reason = no_estimate_reason(time, event, X)
+    if reason is None and X.shape[1] > 1:
+        direction = monotone_combination(time, event, X)
+        reason = combination_reason(direction) if direction is not None else None
+    return reason
+
+
 def limit_entry(time, event, x, direction: int) -> np.ndarray:
     """Entry times of the limit model as ``x``'s coefficient goes to ``direction`` x infinity (x with a monotone
     likelihood, nested risk sets): each event's risk set keeps only the patients with the event's value of x, the

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .cox import concordance_index, design_matrix, efron_derivatives, linear_predictor, newton_cox
+from .cox import (NewtonFit, concordance_index, design_matrix, efron_derivatives, linear_predictor, newton_cox,
+                  no_finite_maximum_reason)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,21 @@ def _slope(time, event, lp) -> float:
     return float(fit[0]) if fit is not None else float("nan")
 
 
+def _no_full_fit(time, event, X: pd.DataFrame, singular: bool) -> str:
+    """Why ``Surv(time, event) ~ X`` has no estimate on the full data (its information matrix ``singular``, else no
+    convergence): a column or combination of columns without a finite maximum, e.g. a marker with a monotone
+    likelihood (:func:`no_finite_maximum_reason`, as the Cox models say), unless the events are too few for the
+    coefficients; else too few events or collinear covariates, or no convergence."""
+    events, k = int(np.sum(event)), X.shape[1]
+    why = no_finite_maximum_reason(time, event, X) if events > k else None
+    if why:
+        return f"the model has no finite estimate on the full data: {why}"
+    if singular:
+        return (f"the model cannot be fitted on the full data: its information matrix is singular ({events} events "
+                f"for {k} coefficients, or collinear covariates)")
+    return "the model does not converge on the full data"
+
+
 def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str], B: int = 200,
                  seed: int = 20240601, resamples=None) -> Validation:
     """Optimism-corrected Dxy, concordance and calibration slope of ``Surv ~ variables`` (complete cases).
@@ -103,16 +119,16 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
     ``resamples``: the B bootstrap samples as arrays of 0-based row indexes of the complete cases
     (default: drawn with replacement from ``seed``)."""
     data = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
-    X = design_matrix(data, variables).X.to_numpy(float)
+    design = design_matrix(data, variables).X
+    X = design.to_numpy(float)
     t = data[duration].to_numpy(float)
     e = data[event].to_numpy(float)
     try:
-        full = newton_cox(t, e, X)
+        full: NewtonFit | None = newton_cox(t, e, X)
     except np.linalg.LinAlgError:
-        raise ValueError(f"the model cannot be fitted on the full data: its information matrix is singular "
-                         f"({int(e.sum())} events for {X.shape[1]} coefficients, or collinear covariates)") from None
-    if not full.converged:
-        raise ValueError("the model does not converge on the full data")
+        full = None
+    if full is None or not full.converged:
+        raise ValueError(_no_full_fit(t, e, design, singular=full is None))
     apparent = _dxy(t, e, linear_predictor(X, full.beta))
     if resamples is None:
         rng = np.random.default_rng(seed)
