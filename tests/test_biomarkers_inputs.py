@@ -189,6 +189,22 @@ def test_unmatched_ids_are_one_line_each_kind(tmp_path):
     assert (unmatched.kind == "product_without_outcomes").sum() == 57
 
 
+def test_the_summary_line_counts_one_marker_in_the_singular(tmp_path):
+    """--markers cd8_pct_of_cd3: the summary line said '1 markers'."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(REF / "til_cohort_outcomes.csv"), "--out", str(tmp_path / "out"),
+                                      "--markers", "cd8_pct_of_cd3", "--endpoints", "os", "--permutations", "0",
+                                      "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    n = len(pd.read_csv(REF / "til_cohort_outcomes.csv"))
+    assert result.output.startswith(f"{n} patients with phenotypes and outcomes ({n} with outcomes); 1 marker; "), \
+        result.output
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--roc-times", "6,abc", "error: --roc-times: 'abc' is not a number"),
     ("--break-times", "0,x", "error: --break-times: 'x' is not a number"),

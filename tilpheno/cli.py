@@ -604,7 +604,7 @@ def biomarkers(
         _fail(exc)
     cohort = results.cohort
     typer.echo(f"{len(cohort.data)} patients with phenotypes and outcomes ({len(cohort.outcomes)} with outcomes); "
-               f"{len(cohort.markers)} markers; times in months (pfs_months, os_months as given); outputs in {out}")
+               f"{len(cohort.markers)} marker{'' if len(cohort.markers) == 1 else 's'}; times in months (pfs_months, os_months as given); outputs in {out}")
     for what, ids in [("product(s) without outcomes", cohort.products_without_outcomes),
                       ("patient(s) without a phenotyped product", cohort.patients_without_products),
                       ("patient(s) whose product was not analysed (status not 'done' in the phenotypes)",
