@@ -453,3 +453,35 @@ def test_bounds_beyond_every_value_are_written_as_infinities_and_re_gate_alike(t
     assert 'min="-INF"' in text and 'max="INF"' in text and 'min="INF"' in text and 'max="-INF"' in text
     assert gml_schema.validate(etree.parse(str(out))), gml_schema.error_log
     assert_regated(out, path, fcs, expected)
+
+
+@pytest.mark.parametrize("beyond", [3.0, -3.0], ids=["above", "below"])
+def test_a_quadrant_divider_beyond_every_value_is_exported_and_re_gates_alike(tmp_path, beyond):
+    """A quadrant gate whose CD3 divider no float64 reaches through the logicle (3.0), or every one
+    does (-3.0): its linear cut is +-inf, which a divider cannot hold (export_tube_gatingml raised
+    GatingError 'values must be finite'). Now each quadrant is a rectangle with an INF bound, and
+    tilpheno and FlowKit re-gating the document hold exactly the quadrants' events on the
+    pipeline's own values (two quadrants all of CD3's side, two none)."""
+    from types import SimpleNamespace
+
+    from tilpheno.gates.gatingml import export_tube_gatingml
+    from tilpheno.transforms import Logicle
+
+    n = 300
+    path = tmp_path / "quad.fcs"
+    fcs = two_detector_file(path, np.random.default_rng(13), n, 262144)
+    scale = Logicle(262144.0, 0.5, 4.5, 0.0)
+    pipeline = {m: scale.apply(fcs.events[:, i].astype(np.float64)) for i, m in enumerate(("CD3", "CD4"))}
+    mid = float(np.median(pipeline["CD4"]))
+    quad = QuadrantGate((Divider("q3", "CD3", (beyond,)), Divider("q4", "CD4", (mid,))), {
+        "CD3+ CD4+": {"q3": 3.5, "q4": 1.0}, "CD3+ CD4-": {"q3": 3.5, "q4": -1.0},
+        "CD3- CD4+": {"q3": -3.5, "q4": 1.0}, "CD3- CD4-": {"q3": -3.5, "q4": -1.0}})
+    expected = {q: quad.contains(pipeline, q) for q in quad.quadrants}
+    empty = ("CD3+ CD4+", "CD3+ CD4-") if beyond > 0 else ("CD3- CD4+", "CD3- CD4-")
+    assert [int(expected[q].sum()) for q in empty] == [0, 0]
+    assert sum(int(m.sum()) for m in expected.values()) == n
+    out = tmp_path / "quad.xml"
+    export_tube_gatingml(SimpleNamespace(gates=[("T4", "root", quad, "fmo")], detectors={"CD3": "FITC-A", "CD4": "PE-A"}),
+                         out, {"CD3": scale, "CD4": scale}, compensation="uncompensated")
+    assert ('max="-INF"' if beyond < 0 else 'min="INF"') in out.read_text()
+    assert_regated(out, path, fcs, expected)

@@ -1109,7 +1109,9 @@ def export_tube_gatingml(
     pipeline's ``min <= transform(x) < max`` contains, for every event (the pipeline's table
     logicle and a reader's exact logicle differ by up to 1e-6, which on the transformed scale put
     events at a threshold, e.g. one pinned at the highest value, on the other side). Polygons and
-    ellipses keep their transformed coordinates and the transformation (up to 1e-6 apart).
+    ellipses keep their transformed coordinates and the transformation (up to 1e-6 apart). A bound
+    beyond every value is an infinity (``INF``, ``-INF``); a quadrant gate with such a divider is
+    written as one rectangle gate per quadrant (ids and names its quadrants', the same parent).
     ``linear_thresholds=False`` writes every gate on the transformed scale with its transformation
     (a reader then evaluates each transform, as the pipeline does: ``benchmarks/run.py`` compares
     FlowKit's gating with compensation and logicle against the pipeline's on such a document).
@@ -1142,6 +1144,13 @@ def export_tube_gatingml(
 
     gates = []
     for population, parent, gate, _method in result.gates:
+        if linear_thresholds and isinstance(gate, QuadrantGate) and _divider_beyond_every_value(gate, transforms):
+            for q in gate.quadrants:   # a divider at +-inf has no quadrant location beyond it: one rectangle each
+                rectangle = gate.rectangle(q)
+                dimensions = {d: dimension(d, True) for d in rectangle.dims}
+                gates.append(ExportGate(gatingml_id(q), ident(parent), _on_linear_scale(rectangle, transforms),
+                                        dimensions, name=q))
+            continue
         if isinstance(gate, BooleanGate):
             gate = BooleanGate(gate.op, tuple(map(gatingml_id, gate.operands)), gate.complements)
         elif isinstance(gate, QuadrantGate):
@@ -1152,4 +1161,10 @@ def export_tube_gatingml(
             gate = _on_linear_scale(gate, transforms)
         gates.append(ExportGate(gatingml_id(population), ident(parent), gate, dimensions, name=population))
     return export_gatingml(gates, path, transforms=list(scale.values()), matrices=matrices)
+
+
+def _divider_beyond_every_value(gate: QuadrantGate, transforms: Mapping[str, object]) -> bool:
+    """Whether a divider value of ``gate`` lies beyond the transform of every float64 (its
+    :func:`linear_threshold` infinite): a Gating-ML divider and quadrant location cannot say it."""
+    return any(math.isinf(linear_threshold(transforms[d.dim], v)) for d in gate.dividers for v in d.values)
 
