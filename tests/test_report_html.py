@@ -402,3 +402,23 @@ def test_fmo_table_defines_its_numbers_and_their_scales(til001):
         linear = float(by_tube[tube].transform_for(row[col["marker"]]).inverse(np.array([scale]))[0])
         slope = float(by_tube[tube].transform_for(row[col["marker"]]).inverse(np.array([scale + 0.0005]))[0]) - linear
         assert abs(float(row[col["threshold (linear)"]]) - linear) <= abs(slope) + 0.05, row
+
+
+def test_compensation_section_names_the_file_by_its_label(til001):
+    """TIL001's stained tubes use their own $SPILLOVER: the section said 'matrix used:
+    /.../sample_fcs/TIL001_surface_stain.fcs keyword $SPILLOVER', the absolute input path, where every
+    other table names the file by its label (relative to the input folder)."""
+    from types import SimpleNamespace
+
+    from tilpheno.report.qc_sections import compensation_sections
+
+    strategies, result = til001
+    sections = compensation_sections(SimpleNamespace(result=result, strategies=tuple(strategies), axes={}))
+    stained = [t for t in result.tubes if t.role == "stain"]
+    assert len(sections) == len(stained) == 2
+    for section, tube in zip(sections, stained):
+        assert "/" not in tube.shown_name and str(tube.file) != tube.shown_name
+        assert section.intro.startswith(f"{tube.shown_name}: matrix used: {tube.shown_name} keyword $SPILLOVER. "), \
+            section.intro
+        assert str(tube.file) not in section.intro
+        assert section.tables[0].caption == f"Spillover matrix ({tube.shown_name} keyword $SPILLOVER)"

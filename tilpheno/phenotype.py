@@ -227,6 +227,13 @@ class CompensationUsed:
     exported: bool = False
 
 
+def _labelled(source: str, path, label: str) -> str:
+    """A file's own matrix ``source`` ("/in/TIL001_surface_stain.fcs keyword $SPILLOVER") with the file named by
+    its ``label``, as the product's tables and flags name it ("TIL001_surface_stain.fcs keyword $SPILLOVER")."""
+    prefix = f"{path} "
+    return f"{label} {source.removeprefix(prefix)}" if source.startswith(prefix) else source
+
+
 def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str], fcs, exported: bool) -> QCFlag:
     """The flag of a file left without a matrix: ``precompensated`` (info) when ``exported`` (its
     markers' detectors are compensated export parameters, ``FJComp-...``), else ``no_compensation``
@@ -1335,8 +1342,10 @@ def analyze_product(
                 h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]
                 return None
             exported = applied is None and exported_compensated(detectors.values())
+            own = applied is not None and applied is not spill
             h["compensation"] = (
-                CompensationUsed(applied, spill_source if applied is spill else applied.source) if applied is not None
+                CompensationUsed(applied, _labelled(applied.source, fcs.path, h["name"]) if own else spill_source)
+                if applied is not None
                 else CompensationUsed(None, "none: compensated before export", exported=True) if exported
                 else CompensationUsed(None, "none: uncompensated"))
             h["load_flag"] = [] if applied is not None else [_uncompensated_flag(product_id, h["name"], detectors, fcs,
