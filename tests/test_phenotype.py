@@ -479,3 +479,38 @@ def test_fmo_files_are_read_once_and_give_the_results_of_all_in_memory(product, 
             np.testing.assert_array_equal(got.data[d], values[got.subsample])
         for p, mask in want.masks.items():
             np.testing.assert_array_equal(got.masks[p], mask[got.subsample])
+
+
+def test_low_events_flags_say_what_the_few_events_affect_and_what_to_check(product, strategies):
+    """A study asking for more events than the tubes have: low_events said '12000 events in the treg stained tube
+    (< 1000000000)', the limit but not what rests on those events nor what to look at. Now each flag counts the
+    variables whose denominator lies within the short population (the whole tube, or its lymphocyte gate), names the
+    one on the fewest events with that count (read here from the populations table) and says what to check."""
+    from dataclasses import replace
+
+    study = default_study()
+    strict = replace(study, qc=replace(study.qc, min_events=10**9, min_lymph_events=10**9))
+    result = run(product[1], strategies, study=strict)
+    flags = [f for f in result.qc if f.code == "low_events"]
+    stained = {t.tube: t for t in result.tubes if t.role == "stain"}
+    assert len(flags) == 2 * len(stained)   # the tube and its lymphocyte gate
+    for tube, t in stained.items():
+        strategy = strategies[tube]
+        counts = dict(zip(t.populations.population, t.populations["count"]))
+        lymph = next(p.name for p in strategy.populations if p.method == "lymphocytes")
+        ancestors = {p.name: p.parent for p in strategy.populations}
+
+        def within(name, ancestor):
+            while name in ancestors and name != ancestor:
+                name = ancestors[name]
+            return name == ancestor
+
+        for population, check in ((None, "check the acquisition"), (lymph, f"check the {lymph} gate on the scatter")):
+            variables = [v for v in strategy.variables if population is None or within(v.denominator, population)]
+            fewest = min(variables, key=lambda v: counts[v.denominator])
+            shown = f"{t.n_events} events in the {tube} stained tube" if population is None else \
+                f"{counts[lymph]} events in {lymph}"
+            (flag,) = [f for f in flags if f.file == t.shown_name and f.message.startswith(shown)]
+            assert (f": its {len(variables)} variables rest on them, the fewest {fewest.name} on "
+                    f"{counts[fewest.denominator]} {fewest.denominator} events; the percentages are imprecise: "
+                    f"{check}") in flag.message, flag.message

@@ -1141,12 +1141,29 @@ class _StainedSummary:
     file: str                  # the file as the product's flags name it (its label, TubeResult.shown_name)
     n_events: int
     lymph_count: int | None    # events in the strategy's lymphocyte population; None without one
+    counts: dict[str, int] = field(default_factory=dict)   # events per gated population (ROOT: the file's)
 
 
 def _stained_summary(strategy: Strategy, state: _Gated, name: str) -> _StainedSummary:
     lymph = _lymph_population(strategy)
-    count = int(np.count_nonzero(state.masks[lymph])) if lymph and lymph in state.masks else None
-    return _StainedSummary(name, state.tube.n_events, count)
+    counts = {population: int(np.count_nonzero(m)) for population, m in state.masks.items()}
+    counts[ROOT] = state.tube.n_events
+    return _StainedSummary(name, state.tube.n_events, counts.get(lymph) if lymph else None, counts)
+
+
+def _few_events_effect(strategy: Strategy, counts: Mapping[str, int], population: str) -> str:
+    """What few events in ``population`` (ROOT: the whole file) affect: how many of the strategy's variables have
+    their denominator there, and the one on the fewest events with that count, e.g. ": its 6 variables rest on
+    them, the fewest cd4foxp3_pct_of_cd4 on 310 CD4+ events"; "" when none does."""
+    within = [v for v in strategy.variables if population == ROOT or _descends_from(strategy, v.denominator, population)]
+    if not within:
+        return ""
+    fewest = min(within, key=lambda v: counts.get(v.denominator, 0))
+    n = counts.get(fewest.denominator, 0)
+    on = "the file's" if fewest.denominator == ROOT else fewest.denominator
+    rest = f"its variable {fewest.name} rests" if len(within) == 1 else f"its {len(within)} variables rest"
+    tail = f" ({n} {on} events)" if len(within) == 1 else f", the fewest {fewest.name} on {n} {on} events"
+    return f": {rest} on them{tail}"
 
 
 def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Mapping[str, _StainedSummary],
@@ -1155,13 +1172,19 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
     flags = []
     for tube, summary in stained.items():
         name = summary.file
+        strategy = strategies[tube]
         if summary.n_events < rules.min_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.n_events} events in the {tube} stained tube (< {rules.min_events})"))
-        lymph = _lymph_population(strategies[tube])
-        if summary.lymph_count is not None and summary.lymph_count < rules.min_lymph_events:
+                                f"{summary.n_events} events in the {tube} stained tube (< {rules.min_events})"
+                                f"{_few_events_effect(strategy, summary.counts, ROOT)}; the percentages are imprecise: "
+                                "check the acquisition (stopped early, a clog, or events removed by acquisition QC)"))
+        lymph = _lymph_population(strategy)
+        if lymph and summary.lymph_count is not None and summary.lymph_count < rules.min_lymph_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.lymph_count} events in {lymph} (< {rules.min_lymph_events})"))
+                                f"{summary.lymph_count} events in {lymph} (< {rules.min_lymph_events})"
+                                f"{_few_events_effect(strategy, summary.counts, lymph)}; the percentages are "
+                                f"imprecise: check the {lymph} gate on the scatter plot (does it hold the "
+                                "lymphocytes?) and the tube's events"))
     for code, variable, gate, message in checks.variable_checks(
             product_id, phenotype, [v for s in strategies.values() for v in s.variables]):
         tube = next((t for t, s in strategies.items() if any(v.name == variable for v in s.variables)), "")
