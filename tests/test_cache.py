@@ -447,9 +447,9 @@ def test_a_process_rerun_without_manifest_reads_no_unchanged_file(small_cohort, 
     assert reads == [] and _outputs(out) == first and len(_cache_record(out)["reused"]) == 3
     _settle_scan_index(out / CACHE_DIR / "scan.json")
     assert process_folder(folder, out, overwrite=True, use_cache=False).ok
-    # read by the scan, then by the products' jobs, and each of the 6 stained files once more by the
-    # gating's readability check (HEADER, TEXT and DATA's place; since c34379e instead of a full decode)
-    assert len(reads) == 2 * 27 + 6 and _outputs(out) == first
+    # read by the scan, then by the products' jobs, whose read of each stained file also places its DATA
+    # (the gating's readability check: since f4f6805 not a read of its own)
+    assert len(reads) == 2 * 27 and _outputs(out) == first
 
 
 def _counting_gatings(monkeypatch) -> list:
@@ -458,7 +458,7 @@ def _counting_gatings(monkeypatch) -> list:
 
     gated: list = []
     real = product._analyze
-    monkeypatch.setattr(product, "_analyze", lambda job, rows: gated.append(job.product_id) or real(job, rows))
+    monkeypatch.setattr(product, "_analyze", lambda job, rows, checked=None: gated.append(job.product_id) or real(job, rows, checked))
     return gated
 
 

@@ -118,7 +118,7 @@ def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
     states = gate_tube_kind(STRATEGY, [stained, fmo3])
     failed = sorted(f.message.split(": ")[0] for f in states[0].flags if f.code == "gate_failed")
     assert failed == ["CD3+ (CD3)", "CD56+ (CD56)"]
-    flags = [SimpleNamespace(file=stained.file, **vars(f)) for f in states[0].flags]
+    flags = [SimpleNamespace(file=stained.file, gate_file="", **vars(f)) for f in states[0].flags]
     assert [f.code for f in flags_naming_gate(flags, "CD56+", stained.file)] == ["gate_failed"]
 
 

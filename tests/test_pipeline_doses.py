@@ -58,7 +58,7 @@ def test_process_with_outcomes_writes_doses(two_products, tmp_path):
     assert "no_dose 1 (warning)" in result.output
     # the report shows doses for reading, in 10^9 cells to 3 significant digits (the table keeps every digit)
     html = (tmp_path / "out" / "products" / "TIL001" / "report.html").read_text()
-    shown = re.search(r'<td class="num">([^<]*)</td><td>cells</td><td></td><td class="muted">[^<]*</td><td class="mono">cd3_dose_cells<',
+    shown = re.search(r'<td class="num">([^<]*)</td><td>cells</td><td></td><td class="muted">[^<]*</td><td class="ident">cd3_<wbr>dose_<wbr>cells<',
                       html).group(1)
     assert shown == f"{cd3 / 1e9:.3g} ×10⁹" and re.fullmatch(r"\d\.\d\d ×10⁹", shown)
     assert f"{cd3:.2f}" not in html

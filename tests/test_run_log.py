@@ -28,10 +28,10 @@ def test_crash_is_an_internal_error_with_its_traceback_in_the_log(tmp_path, monk
     folder = _two_products(tmp_path)
     real = product._analyze
 
-    def buggy(job, rows):
+    def buggy(job, rows, checked=None):
         if job.product_id == "TIL002":
             return {}["no such key"]   # a bug: KeyError deep in the code, not bad input
-        return real(job, rows)
+        return real(job, rows, checked)
 
     monkeypatch.setattr(product, "_analyze", buggy)
     log = tmp_path / "run.log"

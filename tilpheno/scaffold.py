@@ -28,8 +28,8 @@ run needs no hand-written YAML.
   within ``CD3+``, ``FoxP3+`` within ``CD4+``; ``lineage`` of :func:`draft_study` overrides entries)
   when that marker is gated in the same tube kind, else within the nearest one up the table's chain
   that is; every other marker gate sits directly under the lymphocyte gate (else ``live``, or the
-  last gate before it, or ``root``), but a marker of the vocabulary's ``all_cells:`` list (CD45
-  there: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate;
+  last gate before it, or ``root``), but a marker of the vocabulary's ``all_cells:`` list (a pan-leukocyte
+  marker: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate;
 * **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_<parent>`` per marker,
   ``<parent>`` the marker it is nested within (``cd4_pct_of_cd3``) or the gate it sits under
   (``cd3_pct_of_live_lymph``); ``_<kind>`` appended where two kinds would give the same name.
