@@ -42,17 +42,23 @@ def broken_folder(tmp_path_factory):
     return folder
 
 
+def _product_with_an_fmo_cut_short(tmp_path):
+    """A folder ``tmp_path/in`` of product P1 whose FMO file P1_surface_FMO_CD4.fcs is cut to half its size."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_product(simulate_product("P1", 100, EVENTS), folder)
+    cut = folder / "P1_surface_FMO_CD4.fcs"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    return folder
+
+
 def test_an_unreadable_fmo_file_makes_the_run_not_ok_though_its_product_is_done(tmp_path):
     """A product whose FMO file is cut short is done (its gate falls back, flagged), but the run did
     not read an input it was given: exit status 1, run.json's result not ok and naming the file, the
     summary's line naming it; the product is not called failed."""
     import json
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_product(simulate_product("P1", 100, EVENTS), folder)
-    cut = folder / "P1_surface_FMO_CD4.fcs"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    folder = _product_with_an_fmo_cut_short(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
     assert result.exit_code == 1, result.output
@@ -463,11 +469,7 @@ def test_report_of_a_run_that_was_not_ok_says_so_and_its_exit_statuses_are_docum
     """`tilpheno report OUT` of a run whose process exited 1 (an FMO file cut short) draws the report,
     and exits 1 as process did, but said nothing of why beyond the summary, and its --help gave no
     exit statuses -> a warning line on stderr naming OUT and the count, the statuses in --help."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_product(simulate_product("P1", 100, EVENTS), folder)
-    cut = folder / "P1_surface_FMO_CD4.fcs"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    folder = _product_with_an_fmo_cut_short(tmp_path)
     out = tmp_path / "out"
     assert CliRunner().invoke(app, ["process", str(folder), "-o", str(out), "--reports", "later"]).exit_code == 1
     result = CliRunner().invoke(app, ["report", str(out)])
