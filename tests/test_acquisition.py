@@ -301,6 +301,34 @@ def test_margin_events_per_channel():
     assert mask.sum() == 50     # rows 0-29 are in both
 
 
+def test_bin_quantiles_are_read_from_sorted_bins(monkeypatch):
+    """np.quantile partitions along its first axis, across every bin and channel (about 8 ms for
+    the 9 channels x 57 bins of a 200,000-event file); sorting each bin along contiguous memory
+    first lets it read the same order statistics in a fraction of that. The per-bin quantiles
+    equal np.quantile of each unsorted bin (ties, NaN), and every array np.quantile is given is
+    sorted along the bin."""
+    from tilpheno.acquisition import _quantile_series
+
+    rng = np.random.default_rng(3)
+    n_bins, width, q = 20, 101, (0.1, 0.5, 0.9)
+    values = rng.lognormal(3, 1, size=(3, n_bins * width + 17)).astype(np.float32)
+    values[0, ::7] = 5.0
+    values[2, 40] = np.nan
+    truth = np.array([[[np.quantile(values[c, b * width:(b + 1) * width], p) for b in range(n_bins)]
+                       for c in range(3)] for p in q])
+    real, given = np.quantile, []
+
+    def spy(a, *args, **kwargs):
+        a = np.asarray(a)
+        given.append(np.array_equal(a, np.sort(a, axis=kwargs.get("axis")), equal_nan=True))
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "quantile", spy)
+    per_bin, noise = _quantile_series(values, n_bins, width, q)
+    assert np.array_equal(per_bin, truth, equal_nan=True) and noise.shape == (3, 3)
+    assert given and all(given)
+
+
 def test_segment_finds_steps_and_not_noise():
     rng = np.random.default_rng(1)
     flat = rng.normal(0, 1, 200)

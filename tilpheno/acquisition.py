@@ -710,8 +710,23 @@ def _quantile_series(values: np.ndarray, n_bins: int, width: int, quantiles: Seq
     """The channels' (rows of ``values``) per-bin ``quantiles`` (quantile x channel x bin) and each
     series' sampling noise (quantile x channel: the larger of :func:`_split_half_noise` and
     :func:`_spacing_noise`)."""
-    noise = np.fmax(_split_half_noise(values, n_bins, width, quantiles), _spacing_noise(values, n_bins, width, quantiles))
-    return _bin_quantiles(values, n_bins, width, quantiles), noise
+    ordered = _sorted_bins(values, n_bins, width)
+    noise = np.fmax(_split_half_noise(values, n_bins, width, quantiles), _spacing_noise(ordered, quantiles))
+    return _bin_quantiles(ordered, quantiles), noise
+
+
+def _sorted_bins(values: np.ndarray, n_bins: int, width: int) -> np.ndarray:
+    """``channels x n_bins x width``: the values (channels x events) of each full bin of ``width``
+    consecutive events, in ascending order (NaN last). ``np.quantile`` of a bin reads the same order
+    statistics from it as from the unsorted bin (the same numbers), several times faster: it
+    partitions along its first axis, across bins and channels, where ``np.sort`` runs along
+    contiguous memory."""
+    return np.sort(values[:, : n_bins * width].reshape(values.shape[0], n_bins, width), axis=2)
+
+
+def _noise_bins(n_bins: int) -> np.ndarray:
+    """Indices of the at most ``NOISE_BINS`` evenly spaced bins the noise is estimated from."""
+    return np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))
 
 
 def _split_half_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
@@ -719,16 +734,15 @@ def _split_half_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Se
     - q_odd)^2)) / 2`` over at most ``NOISE_BINS`` evenly spaced bins, per quantile and channel;
     unaffected by shifts and drift between bins."""
     half = width // 2
-    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
-    block = block[:, np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))]
-    even = np.quantile(block[:, :, 0 : 2 * half : 2], quantiles, axis=2)
-    odd = np.quantile(block[:, :, 1 : 2 * half : 2], quantiles, axis=2)
+    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)[:, _noise_bins(n_bins)]
+    even = np.quantile(np.sort(block[:, :, 0 : 2 * half : 2], axis=2), quantiles, axis=2)   # sorted: see _sorted_bins
+    odd = np.quantile(np.sort(block[:, :, 1 : 2 * half : 2], axis=2), quantiles, axis=2)
     d = (even - odd).astype(np.float64)
     with np.errstate(invalid="ignore"):
         return np.sqrt(np.nanmean(d * d, axis=2)) / 2.0
 
 
-def _spacing_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
+def _spacing_noise(ordered: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
     """Sampling SD of a bin's ``q``-quantile from the spread of the bin's values around it:
     ``(Q(q + k h) - Q(q - k h)) / (2 k)`` with ``h = sqrt(q (1 - q) / width)`` (the SD of the share
     of a bin's events below a value) and ``k = SPACING_SDS`` (3), median over at most ``NOISE_BINS``
@@ -736,18 +750,18 @@ def _spacing_noise(values: np.ndarray, n_bins: int, width: int, quantiles: Seque
     this is its asymptotic SD ``h / density``; a quantile at the edge of a gap between two
     populations moves across the gap when a bin's share of the other population is a few SD off,
     and the spread over ``k h`` says so (the split halves and the bin-to-bin differences see the
-    jump in a few bins only): such jumps are sampling noise, not a shift."""
-    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
-    block = block[:, np.unique(np.linspace(0, n_bins - 1, min(n_bins, NOISE_BINS)).round().astype(int))]
+    jump in a few bins only): such jumps are sampling noise, not a shift. ``ordered``: the sorted
+    bins of :func:`_sorted_bins` (channels x n_bins x width)."""
+    block = ordered[:, _noise_bins(ordered.shape[1])]
     q = np.asarray(quantiles, dtype=np.float64)
-    h = SPACING_SDS * np.sqrt(q * (1.0 - q) / width)
+    h = SPACING_SDS * np.sqrt(q * (1.0 - q) / ordered.shape[2])
     low, high = np.split(np.quantile(block, np.clip(np.concatenate([q - h, q + h]), 0.0, 1.0), axis=2), 2)
     with np.errstate(invalid="ignore"):
         return np.nanmedian((high - low).astype(np.float64), axis=2) / (2.0 * SPACING_SDS)
 
 
-def _bin_quantiles(values: np.ndarray, n_bins: int, width: int, quantiles: Sequence[float]) -> np.ndarray:
-    """``quantiles x channels x n_bins``: each bin's quantiles (numpy linear interpolation) of
-    ``values`` (channels x events); the events after the last full bin are not used for them."""
-    block = values[:, : n_bins * width].reshape(values.shape[0], n_bins, width)
-    return np.quantile(block, quantiles, axis=2).astype(np.float64)
+def _bin_quantiles(ordered: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
+    """``quantiles x channels x n_bins``: each bin's quantiles (numpy linear interpolation) of the
+    sorted bins of :func:`_sorted_bins` (channels x n_bins x width); the events after the last full
+    bin are not used for them."""
+    return np.quantile(ordered, quantiles, axis=2).astype(np.float64)
