@@ -486,50 +486,80 @@ def _qc_logicle(top: float):
     return Logicle(t=max(float(top), 10.0), w=0.5, m=4.5, a=0.0)
 
 
-_BLOCK_EVENTS = 4096   # events per block of a transposing gather (the block stays in the CPU cache)
+_ROW_GROUP = 64   # rows of the events matrix taken as one row in column_extremes and _hits
 
 
-def channel_rows(events: np.ndarray, columns: Sequence[int]) -> np.ndarray:
-    """``events[:, columns].T`` as a new C-contiguous (channels x events) array, gathered block by
-    block of events: a whole-array transpose or a column of a row-major array reads a cache line per
-    value and channel, several times slower."""
-    events = np.asarray(events)
-    columns = list(columns)
-    out = np.empty((len(columns), events.shape[0]), dtype=events.dtype)
-    for start in range(0, events.shape[0], _BLOCK_EVENTS):
-        out[:, start:start + _BLOCK_EVENTS] = events[start:start + _BLOCK_EVENTS, columns].T
-    return out
+def _row_groups(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A C-ordered events matrix (events x channels) as its whole groups of ``_ROW_GROUP`` rows, one
+    group per row (a view; column ``r * channels + c`` holds channel ``c`` of the group's row ``r``),
+    and the rows after the last whole group."""
+    whole = events.shape[0] - events.shape[0] % _ROW_GROUP
+    return events[:whole].reshape(-1, _ROW_GROUP * events.shape[1]), events[whole:]
+
+
+def column_extremes(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``events.max(axis=0), events.min(axis=0)`` of a C-ordered events x channels matrix (NaN in a
+    column holding a NaN; ValueError without events), the same values: reduced over groups of rows
+    (:func:`_row_groups`), whose inner loops run over ``_ROW_GROUP`` x channels contiguous values
+    instead of one row's few channels, several times faster."""
+    grouped, tail = _row_groups(events)
+    k = events.shape[1]
+    high, low = [tail], [tail]
+    if grouped.shape[0]:
+        high.append(grouped.max(axis=0).reshape(_ROW_GROUP, k))
+        low.append(grouped.min(axis=0).reshape(_ROW_GROUP, k))
+    return np.concatenate(high).max(axis=0), np.concatenate(low).min(axis=0)
+
+
+def _hits(events: np.ndarray, compare: np.ufunc, limits: np.ndarray) -> np.ndarray:
+    """Flat indices (``event * channels + channel``, ascending) of the values of a C-ordered events
+    matrix for which ``compare(value, limits[channel])`` holds (a NaN limit: none), compared group
+    by group of rows (:func:`_row_groups`) without a full-size copy of the events."""
+    grouped, tail = _row_groups(events)
+    offset = grouped.size
+    return np.concatenate([np.flatnonzero(compare(grouped, np.tile(limits, _ROW_GROUP))),
+                           offset + np.flatnonzero(compare(tail, limits))])
 
 
 def margin_events(events: np.ndarray, names: Sequence[str], ranges: Sequence[float],
                   columns: Sequence[int] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Per channel the margin events (module docstring, step 7) and a bool mask of all of them.
-    ``columns``: the columns of ``events`` (events x channels) named ``names`` (default: all)."""
-    n = events.shape[0]
-    mask = np.zeros(n, dtype=bool)
-    rows = []
-    per_channel = channel_rows(events, range(events.shape[1]) if columns is None else columns)   # contiguous rows
-    for name, top, x in zip(names, ranges, per_channel):
-        finite = np.isfinite(x)
-        every = bool(finite.all())
-        if not every and not finite.any():
-            rows.append({"channel": name, "upper": 0, "lower": 0, "pct": 0.0})
-            continue
-        hi = float(x.max()) if every else float(np.max(x[finite]))
-        lo = float(x.min()) if every else float(np.min(x[finite]))
+    ``columns``: the columns of ``events`` (events x channels) named ``names`` (default: all; a
+    column named twice is counted with its last range). Every channel's limits are compared with
+    the whole matrix at once (two passes over it, no per-channel copy)."""
+    events = np.ascontiguousarray(events)
+    n, k = events.shape
+    columns = list(range(k)) if columns is None else list(columns)
+    high, low = column_extremes(events)
+    # the limits as NumPy compares a Python float with the events (in float32 for float32 events)
+    dtype = np.result_type(events.dtype, 1.0)
+    upper_at, lower_at = np.full(k, np.nan, dtype=dtype), np.full(k, np.nan, dtype=dtype)
+    piled = np.zeros(k, dtype=bool)   # upper margin = values tied at the largest: counted from 2 on
+    for j, top in zip(columns, ranges):
+        hi, lo = float(high[j]), float(low[j])
+        if not (np.isfinite(hi) and np.isfinite(lo)):   # a NaN or inf: the finite values' extremes
+            x = events[:, j]
+            finite = x[np.isfinite(x)]
+            if not finite.size:
+                upper_at[j] = lower_at[j] = np.nan
+                continue
+            hi, lo = float(np.max(finite)), float(np.min(finite))
         if top and top > 1 and hi >= top - 1:
-            upper = x >= top - 1                 # at the top of the scale
+            upper_at[j], piled[j] = top - 1, False      # at the top of the scale
         else:
-            upper = x >= hi                      # piled up at the largest value
-            if np.count_nonzero(upper) < 2:
-                upper[:] = False
-        lower = x <= lo
-        if np.count_nonzero(lower) < MIN_TIES:
-            lower[:] = False
-        both = upper | lower
-        mask |= both
-        rows.append({"channel": name, "upper": int(np.count_nonzero(upper)), "lower": int(np.count_nonzero(lower)),
-                     "pct": 100.0 * np.count_nonzero(both) / n if n else 0.0})
+            upper_at[j], piled[j] = hi, True            # piled up at the largest value
+        lower_at[j] = lo
+    upper, lower = _hits(events, np.greater_equal, upper_at), _hits(events, np.less_equal, lower_at)
+    n_upper, n_lower = np.bincount(upper % k, minlength=k), np.bincount(lower % k, minlength=k)
+    counted_upper = ~piled | (n_upper >= 2)
+    counted_lower = n_lower >= MIN_TIES
+    both = np.union1d(upper[counted_upper[upper % k]], lower[counted_lower[lower % k]])
+    n_both = np.bincount(both % k, minlength=k)
+    mask = np.zeros(n, dtype=bool)
+    mask[both // k] = True
+    rows = [{"channel": name, "upper": int(n_upper[j]) if counted_upper[j] else 0,
+             "lower": int(n_lower[j]) if counted_lower[j] else 0,
+             "pct": 100.0 * int(n_both[j]) / n if n else 0.0} for name, j in zip(names, columns)]
     return pd.DataFrame(rows, columns=["channel", "upper", "lower", "pct"]), mask
 
 
