@@ -239,3 +239,34 @@ def test_a_fit_gate_sorts_its_fmo_events_once_for_the_fit_and_the_carry_over(mon
     reference = pl.two_step_fit(fmo, stained, T, 99.5, fit["fmo_threshold"])
     assert (fit["fit_threshold"], fit["fit_shift"], fit["fit_spread"], fit["fit_share"]) == \
         (reference.cut, reference.shift, reference.spread, reference.share)
+
+
+def test_a_fit_gate_converts_its_events_to_linear_units_once():
+    """A ``width_side: fit`` gate converted the FMO parent's and the stained parent's events back to
+    linear units in two_step_fit, then both again in _carried_over (two inverse logicles of up to
+    150,000 events per such gate for nothing). Now each tube's once; the diagnostics equal those of
+    the gate placed with the conversions repeated (the functions called without the converted
+    events), bit for bit."""
+    from tilpheno.gates import placement as pl
+
+    rng = np.random.default_rng(6)
+    fmo = T.apply(_negatives(rng, 12000))
+    stained = T.apply(np.concatenate([_negatives(rng, 11000) + rng.normal(300.0, 120.0, 11000),
+                                      rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    converted = []
+
+    class CountingInverse:
+        def __getattr__(self, name):
+            return getattr(T, name)
+
+        def inverse(self, values):
+            converted.append(np.size(values))
+            return T.inverse(values)
+
+    fit = place_fmo_anchored(fmo, stained, "M", transform=CountingInverse(), width_side="fit", rule="relative").diagnostics
+    assert converted.count(fmo.size) == 1 and converted.count(stained.size) == 1, converted
+    reference = pl.two_step_fit(fmo, stained, T, 99.5, fit["fmo_threshold"])
+    assert (fit["fit_threshold"], fit["fit_shift"], fit["fit_spread"], fit["fit_share"]) == \
+        (reference.cut, reference.shift, reference.spread, reference.share)
+    lower = place_fmo_anchored(fmo, stained, "M", transform=T, width_side="lower", rule="relative").diagnostics
+    assert (fit["relative_low"], fit["relative_high"]) == (lower["relative_low"], lower["relative_high"])

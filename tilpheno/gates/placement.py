@@ -890,7 +890,8 @@ def stained_negative_peak(
 def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: float, stained_mode: float,
                   fmo_coarse: Density, coarse: Density, percentile: float,
                   reference: "ReferenceBinding | None" = None,
-                  f_sorted: np.ndarray | None = None) -> tuple[float, float, float, float] | None:
+                  f_sorted: np.ndarray | None = None,
+                  linear: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float, float, float] | None:
     """The FMO percentile carried over to the stained negatives in compensated linear units
     (:func:`additive_threshold`): ``(width ratio, threshold from the lower-side spread, threshold
     from the upper-side spread, threshold from the reference spread)`` in transformed units, None
@@ -908,8 +909,9 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
     ``fmo_coarse``, ``coarse``: the FMO's and the stained parent's densities at the modes'
     bandwidth (the FMO's as :func:`fmo_negative_peak` returned it). ``f_sorted``: the finite
     ``fmo_x`` in linear units, sorted, when already sorted (:func:`two_step_fit`'s), else sorted here.
+    ``linear``: ``fmo_x`` and ``x`` (finite) in compensated linear units, when already converted.
     """
-    f_lin, s_lin = transform.inverse(fmo_x), transform.inverse(x)
+    f_lin, s_lin = linear if linear is not None else (transform.inverse(fmo_x), transform.inverse(x))
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
     fw, sw = _lower_half_width(f_lin, fm, np.inf), _lower_half_width(s_lin, sm, np.inf)
     if not (np.isfinite(fw) and np.isfinite(sw) and fw > 0):
@@ -1020,15 +1022,15 @@ class FitCarry:
 
 
 def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
-                 t_fmo: float, f_sorted: np.ndarray | None = None) -> FitCarry | None:
+                 t_fmo: float, f_sorted: np.ndarray | None = None, s_lin: np.ndarray | None = None) -> FitCarry | None:
     """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
     fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
     events in linear units converted and sorted once; ``f_sorted``: the FMO's, when already sorted
-    (:func:`sorted_fmo_linear`)."""
+    (:func:`sorted_fmo_linear`); ``s_lin``: the finite ``x`` in linear units, when already converted."""
     if f_sorted is None:
         f_sorted = sorted_fmo_linear(fmo_x, transform)
-    s_sorted = np.sort(_finite_linear(x, transform))
+    s_sorted = np.sort(_finite_linear(x, transform) if s_lin is None else s_lin)
     first = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, float(np.mean(x <= t_fmo)))
     if first is None:
         return None
@@ -1393,10 +1395,13 @@ def place_fmo_anchored(
         "stained_mode": neg.mode, "stained_width": neg.width, "shift": float("nan"), "width_ratio": float("nan"),
         "relative_threshold": float("nan"), "valley_threshold": float("nan"), "valley_ratio": float("nan"),
     }
-    f_sorted = None   # the FMO's linear events sorted once, for the fit and the carry-over
+    # the FMO's and the stained parent's (finite) events in linear units, converted once for the fit
+    # and the carry-over, the FMO's sorted once
+    f_sorted, linear = None, None
     if width_side == "fit" and transform is not None:
-        f_sorted = sorted_fmo_linear(fmo_x, transform)
-    fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted) if f_sorted is not None else None
+        linear = (transform.inverse(fmo_x), transform.inverse(x))
+        f_sorted = np.sort(linear[0])
+    fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted, linear[1]) if linear is not None else None
     if fitted is not None:
         diagnostics.update(fit_threshold=fitted.cut, fit_shift=fitted.shift, fit_spread=fitted.spread,
                            fit_share=fitted.share)
@@ -1413,7 +1418,7 @@ def place_fmo_anchored(
         bounds = (float("nan"), float("nan"))
         if transform is not None:
             carried = _carried_over(transform, fmo_x, x, fmo.mode, neg.mode, fmo_coarse, coarse, percentile, reference,
-                                    f_sorted)
+                                    f_sorted, linear)
             if carried is not None:
                 ratio, from_lower, from_upper, from_reference = carried
                 bounds = (min(from_lower, from_upper), max(from_lower, from_upper))
