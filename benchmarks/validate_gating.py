@@ -31,7 +31,8 @@ now used too), 121001-125060 (stops 32-35's), 126001-126060 (stop 36's first hel
 its development block), 127001-127060 and 128001-128060 (stop 36's held-out blocks of the CD56 fit, now used too), 129001-129060 (stop 36's last held-out block, then stop 37's development block of the fit gate's
 self-checks), 130001-130060 (stop 37's held-out block, then stop 38's development block of FoxP3), 131001-131060
 (stop 38's held-out block, then stop 39's development block of PD1 and NKT), 132001-132060 (stop 39's
-held-out block, now used too) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
+held-out block, now used too), 133001-133060 (stop 40's held-out block, now used too), 140001-140020
+and 70001-70020 (``benchmarks/draft_fmo_truth.py``'s drafted-study blocks, stop 40) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
 93030-93031, 93050-93051, 93060-93069, 116017, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
@@ -42,8 +43,8 @@ simulator's truth lacked them and blocks up to 117001 measured the study's ten).
 13): lineage within 2 points, PD1/FoxP3 within 1.5, on every product.
 
 Flags: a variable's gates are its numerator's and denominator's gates and their gated ancestors
-(``VARIABLE_GATES``); a QC flag is "on" a gate when its message opens with ``"<gate> ("`` (the
-convention of ``tilpheno.gates.checks``). The 2x2 table: products with a variable more than 3
+(``VARIABLE_GATES``); a QC flag is "on" a gate when its ``gate`` field names it (since stop 40; before, when its
+message opened with ``"<gate> ("``, the convention of ``tilpheno.gates.checks`` the field records). The 2x2 table: products with a variable more than 3
 points off (missed = none of its variables' gates flagged) vs products within tolerance (false
 alarm = any flag that puts it under review, ``checks.needs_review``).
 
@@ -154,8 +155,8 @@ def one_product(args) -> dict:
         seconds = time.process_time() - start
     review = [f for f in result.qc if needs_review(f)]
     row = {"product_id": prod.product_id, "seed": seed, "gating_cpu_s": seconds,
-           "review_flags": ";".join(sorted({f"{f.code}:{f.message.split(' (')[0]}" for f in review}))}
-    flagged_gates = {f.message.split(" (")[0] for f in review}
+           "review_flags": ";".join(sorted({f"{f.code}:{f.gate or ''}" for f in review}))}
+    flagged_gates = {f.gate for f in review if f.gate}
     for v in ALL_VARIABLES:
         row[v] = result.phenotype[v] - prod.truth[truth_key(v)]
         row[f"flag_{v}"] = bool(flagged_gates & set(VARIABLE_GATES[v]))

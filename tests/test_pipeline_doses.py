@@ -106,3 +106,34 @@ def test_allowed_unmatched_outcome_ids_are_recorded_in_qc_csv(two_products, tmp_
     assert (flag.product_id, flag.file, flag.severity) == ("", "outcomes.csv", "warning")
     assert "2 product id(s) match no product" in flag.message and "TIL0O1, TIL777" in flag.message
     assert "unmatched_outcome 1 (warning)" in result.output
+
+
+def test_the_index_lists_the_runs_own_findings(two_products, tmp_path):
+    """Run-level flags (no_dose, unmatched_outcome: product id '') were in qc.csv and the terminal
+    summary only; index.html, the page a lab opens first, showed every product done and said nothing
+    of the outcomes table's problems -> a 'Findings of the run itself' table, each flag's severity,
+    code, file and message as qc.csv has them."""
+    import html as html_lib
+
+    folder, _ = two_products
+    table = pd.read_csv(folder / "outcomes.csv")
+    pd.concat([table, table.assign(product_id=["TIL777"], patient_id=["PX2"])]).to_csv(tmp_path / "outcomes.csv",
+                                                                                       index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out), "--manifest", str(folder / "manifest.csv"),
+                                      "--outcomes", str(tmp_path / "outcomes.csv"), "--allow-unmatched"])
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    run_level = qc[qc["product_id"] == ""]
+    assert sorted(run_level["code"]) == ["no_dose", "unmatched_outcome"]
+    page = (out / "index.html").read_text(encoding="utf-8")
+    section = page.split('<table id="run-flags">')[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td><span class=\"badge (\w+)\">\w+</span></td><td>(\w+)</td><td>([^<]*)</td><td>([^<]*)</td></tr>",
+                      section)
+    assert sorted((sev, code, file, html_lib.unescape(msg)) for sev, code, file, msg in rows) == sorted(
+        run_level[["severity", "code", "file", "message"]].itertuples(index=False, name=None))
+    assert "Findings of the run itself (2)" in page
+    clean = tmp_path / "clean"
+    assert CliRunner().invoke(app, ["process", str(folder), "-o", str(clean), "--manifest",
+                                    str(folder / "manifest.csv")]).exit_code == 0
+    assert "run-flags" not in (clean / "index.html").read_text(encoding="utf-8")

@@ -268,7 +268,8 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
     atomic.write_csv(staging / "qc.csv", qc)
     tables = {"phenotypes.csv": phenotypes.columns, "populations.csv": population_columns, "qc.csv": qc.columns}
     atomic.write_csv(staging / "codebook.csv", build_codebook(tables, strategies, options.fmo_percentile, options.study))
-    for name, page in render_index_pages(outcomes, options, strategies):
+    shown_run_flags = qc.iloc[:len(run_flags)].to_dict("records")   # the run's own rows, first in qc.csv, as it shows them
+    for name, page in render_index_pages(outcomes, options, strategies, run_flags=shown_run_flags):
         atomic.write_text(staging / name, page)
     cache = {"enabled": use_cache, "reused": sorted(reused), "release_decided_again": sorted(redecided),
              "processed": sorted(todo),

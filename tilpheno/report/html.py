@@ -183,13 +183,13 @@ def index_page_name(number: int) -> str:
     return "index.html" if number == 1 else f"index-{number}.html"
 
 
-def render_index(outcomes: Sequence, options, strategies: Sequence = ()) -> str:
+def render_index(outcomes: Sequence, options, strategies: Sequence = (), run_flags: Sequence = ()) -> str:
     """The cohort page (the first one when there are more than ``INDEX_PAGE_ROWS`` products)."""
-    return render_index_pages(outcomes, options, strategies)[0][1]
+    return render_index_pages(outcomes, options, strategies, run_flags=run_flags)[0][1]
 
 
 def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
-                       page_rows: int = INDEX_PAGE_ROWS) -> list[tuple[str, str]]:
+                       page_rows: int = INDEX_PAGE_ROWS, run_flags: Sequence = ()) -> list[tuple[str, str]]:
     """The cohort index as ``(file name, HTML)`` pages of ``page_rows`` products each, in the
     outcomes' order (by id): one sortable row per product, linking to its report.
 
@@ -198,6 +198,10 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     hold it and the gates they name (:func:`tilpheno.qc.review_reasons`); the product column stays in view
     while the table scrolls sideways. With more than one page, each page names its range of
     products and links every page (plain links, no script); the counts are the whole cohort's.
+    ``run_flags``: the QC flags of the run itself (product_id '': ``no_dose``, ``unmatched_outcome``,
+    ``unlistable_folder``, ...) as qc.csv's rows without a product show them (mappings or objects with
+    ``severity``, ``code``, ``file``, ``message``), listed on every page above the table, so that a
+    run that was not clean does not read as one.
     """
     from tilpheno.report.codebook import build_codebook
 
@@ -223,6 +227,7 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
             "index.html.j2", script=SORTER_JS, rows=rows, headers=headers, n_failed=n_failed,
             n_released=n_released, spec=options.release_spec, provenance=options.provenance_short,
             n_products=len(outcomes), nav=nav, product_label=study.product_label, noun=study.product_noun,
+            run_flags=list(run_flags),
         )))
     return pages
 
