@@ -136,3 +136,48 @@ def test_a_marker_with_a_monotone_likelihood_is_named_as_the_cause(variables):
     with pytest.raises(ValueError, match=r"^the model has no finite estimate on the full data: monotone likelihood: "
                                          r"at every event time the patients with the event have the highest cd8 "):
         validate_cox(frame, "time", "event", variables, B=5)
+
+
+def test_samples_left_out_of_the_bootstrap_are_counted_and_said():
+    """A bootstrap sample without an event (or whose refit rms counts as failed) is left out, as rms::validate
+    leaves it out, and the optimism is the mean over the others; only the table's B column (used of B_asked)
+    said so, and a bootstrap of no usable sample said 'no bootstrap sample could be fitted' -> each validation
+    counts why samples were left out (``left_out``), the analysis warns with it, the error names it. The
+    samples used give the same validation as asking for those samples alone."""
+    frame, variables = data("til_pfs")
+    complete = frame[["time", "event", *variables]].dropna()
+    censored = np.flatnonzero(complete["event"].to_numpy() == 0)
+    rng = np.random.default_rng(7)
+    used = [rng.integers(0, len(complete), len(complete)) for _ in range(3)]
+    got = validate_cox(frame, "time", "event", variables, resamples=[censored, *used, censored])
+    alone = validate_cox(frame, "time", "event", variables, resamples=used)
+    assert (got.B, got.B_asked, got.left_out) == (3, 5, "2 without an event")
+    assert got.dxy_optimism == alone.dxy_optimism and got.slope_optimism == alone.slope_optimism
+    assert alone.left_out == "" and "left_out" not in got.row()
+    with pytest.raises(ValueError, match=r"^none of the 2 bootstrap samples could be used \(2 without an event\)$"):
+        validate_cox(frame, "time", "event", variables, resamples=[censored, censored])
+
+
+def test_the_analysis_warns_when_bootstrap_samples_were_left_out(tmp_path, monkeypatch):
+    """The analysis' warning names the model, the samples used of those asked and why the others were left
+    out (the validation's own count; here its samples drawn as the analysis draws them, the first two
+    replaced by samples of censored patients only)."""
+    import tilpheno.biomarkers.analysis as analysis
+    from tilpheno.io.outcomes import read_outcomes
+
+    def two_without_events(frame, duration, event, variables, B, seed):
+        complete = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
+        rng = np.random.default_rng(seed)
+        drawn = [rng.integers(0, len(complete), len(complete)) for _ in range(B)]
+        censored = np.flatnonzero(complete[event].to_numpy() == 0)
+        return validate_cox(frame, duration, event, variables, B, seed, resamples=[censored, censored, *drawn[2:]])
+
+    monkeypatch.setattr(analysis, "validate_cox", two_without_events)
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    res = analysis.run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes, tmp_path,
+                                  markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=6)
+    said = [w for w in res.warnings if "bootstrap validation used" in w]
+    assert said == ["pfs cd8_pct_of_cd3: bootstrap validation used 4 of 6 samples (2 without an event); the "
+                    "optimism is their mean"]
+    table = pd.read_csv(tmp_path / "validation.csv")
+    assert (table.B.tolist(), table.B_asked.tolist()) == ([4], [6]) and "left_out" not in table.columns

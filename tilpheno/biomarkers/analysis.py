@@ -499,6 +499,9 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 variables = [marker, *cohort.covariates]
                 try:
                     v = validate_cox(cohort.data, tcol, ecol, variables, settings.n_boot, settings.seed)
+                    if v.left_out:   # as rms::validate, the optimism is averaged over the samples used
+                        sink.append(f"{endpoint} {marker}: bootstrap validation used {v.B} of {v.B_asked} samples "
+                                    f"({v.left_out}); the optimism is their mean")
                     model_id = f"{endpoint}:multivariable:continuous:{marker}"
                     val_rows.append(dict(endpoint=endpoint, model_id=model_id, variables=" + ".join(variables),
                                          **v.row()))

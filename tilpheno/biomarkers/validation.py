@@ -33,7 +33,8 @@ from .cox import (NewtonFit, concordance_index, design_matrix, efron_derivatives
 
 @dataclass(frozen=True)
 class Validation:
-    """Apparent, optimism and corrected Dxy and calibration slope; ``B`` samples used of ``B_asked``."""
+    """Apparent, optimism and corrected Dxy and calibration slope; ``B`` samples used of ``B_asked``;
+    ``left_out``: why the others were not used, counted (e.g. '3 without an event'; '' when all were)."""
 
     dxy_apparent: float
     dxy_optimism: float
@@ -45,9 +46,11 @@ class Validation:
     B: int
     B_asked: int
     seed: int
+    left_out: str = ""
 
     def row(self) -> dict:
-        return dict(self.__dict__)
+        """The validation table's columns (``left_out`` is said in the analysis' warnings)."""
+        return {k: v for k, v in self.__dict__.items() if k != "left_out"}
 
 
 RMS_EPS = 1e-4      # rms coxphFit: relative log-likelihood change that ends the iterations
@@ -134,24 +137,30 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
         rng = np.random.default_rng(seed)
         resamples = [rng.integers(0, t.size, t.size) for _ in range(B)]
     d_opt, s_opt = [], []
+    unused = {"without an event": 0, "not fitted (rms counts the fit as failed)": 0,
+              "calibration slope not estimable": 0}
     for idx in resamples:
         tb, eb, Xb = t[idx], e[idx], X[idx]
         if eb.sum() == 0:
+            unused["without an event"] += 1
             continue
         beta = rms_refit(tb, eb, Xb)
         if beta is None:
+            unused["not fitted (rms counts the fit as failed)"] += 1
             continue
         lp_test = linear_predictor(X, beta)
         slope = _slope(t, e, lp_test)
         if not np.isfinite(slope):
+            unused["calibration slope not estimable"] += 1
             continue
         d_opt.append(_dxy(tb, eb, linear_predictor(Xb, beta)) - _dxy(t, e, lp_test))
         s_opt.append(1.0 - slope)
+    left_out = ", ".join(f"{n} {why}" for why, n in unused.items() if n)
     if not d_opt:
-        raise ValueError("no bootstrap sample could be fitted")
+        raise ValueError(f"none of the {len(resamples)} bootstrap samples could be used ({left_out})")
     do, so = float(np.mean(d_opt)), float(np.mean(s_opt))
     return Validation(apparent, do, apparent - do, (apparent + 1) / 2, (apparent - do + 1) / 2, so, 1 - so,
-                      len(d_opt), len(resamples), seed)
+                      len(d_opt), len(resamples), seed, left_out)
 
 
 def baseline_cumhaz(time, event, lp) -> tuple[np.ndarray, np.ndarray]:
