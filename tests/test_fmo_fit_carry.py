@@ -208,6 +208,16 @@ def test_two_step_fit_orders_each_tube_once_and_matches_the_unsorted_fits(monkey
         assert pl.fitted_carry(f_lin, s_lin, T, 99.5, share) == (reference.cut, reference.shift, reference.spread)
 
 
+def _fit_gate_tubes(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An FMO parent (12,000 negatives) and a stained parent (11,000 negatives shifted by binding and
+    900 positives), transformed by ``T``, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    fmo = T.apply(_negatives(rng, 12000))
+    stained = T.apply(np.concatenate([_negatives(rng, 11000) + rng.normal(300.0, 120.0, 11000),
+                                      rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    return fmo, stained
+
+
 def test_a_fit_gate_sorts_its_fmo_events_once_for_the_fit_and_the_carry_over(monkeypatch):
     """A ``width_side: fit`` gate sorted the FMO parent's linear events in two_step_fit, then again
     in _carried_over for the mode / side carry-overs it records (``relative_low``, ``relative_high``):
@@ -216,10 +226,7 @@ def test_a_fit_gate_sorts_its_fmo_events_once_for_the_fit_and_the_carry_over(mon
     sorts its own), bit for bit."""
     from tilpheno.gates import placement as pl
 
-    rng = np.random.default_rng(5)
-    fmo = T.apply(_negatives(rng, 12000))
-    stained = T.apply(np.concatenate([_negatives(rng, 11000) + rng.normal(300.0, 120.0, 11000),
-                                      rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    fmo, stained = _fit_gate_tubes(5)
     fmo_sorts = []
 
     class SortCounting:
@@ -249,10 +256,7 @@ def test_a_fit_gate_converts_its_events_to_linear_units_once():
     events), bit for bit."""
     from tilpheno.gates import placement as pl
 
-    rng = np.random.default_rng(6)
-    fmo = T.apply(_negatives(rng, 12000))
-    stained = T.apply(np.concatenate([_negatives(rng, 11000) + rng.normal(300.0, 120.0, 11000),
-                                      rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    fmo, stained = _fit_gate_tubes(6)
     converted = []
 
     class CountingInverse:
