@@ -294,15 +294,21 @@ def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
     return found.reason if found else None
 
 
+def separating_combination_reason(time, event, X: pd.DataFrame) -> str | None:
+    """With several columns, the reason (:func:`combination_reason`) of a combination of them with a monotone
+    likelihood (:func:`monotone_combination`), else None. For a fit that diverged: the linear program has a
+    constraint per event and patient at risk with it, seconds for a thousand patients."""
+    if X.shape[1] < 2:
+        return None
+    direction = monotone_combination(time, event, X)
+    return combination_reason(direction) if direction is not None else None
+
+
 def no_finite_maximum_reason(time, event, X: pd.DataFrame) -> str | None:
     """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column: a column's reason
-    (:func:`no_estimate_reason`) or, with several columns, a separating combination's (:func:`combination_reason`),
-    else None. For a fit that diverged: the linear program costs seconds for a thousand patients."""
-    reason = no_estimate_reason(time, event, X)
-    if reason is None and X.shape[1] > 1:
-        direction = monotone_combination(time, event, X)
-        reason = combination_reason(direction) if direction is not None else None
-    return reason
+    (:func:`no_estimate_reason`), else a separating combination's (:func:`separating_combination_reason`), else
+    None."""
+    return no_estimate_reason(time, event, X) or separating_combination_reason(time, event, X)
 
 
 def limit_entry(time, event, x, direction: int) -> np.ndarray:
@@ -642,14 +648,12 @@ a monotone likelihood Newton-Raphson stops far beyond it, R coxph at about 18-20
 
 
 def _refuse_a_separating_combination(time, event, X: pd.DataFrame) -> None:
-    """ValueError naming a combination of the columns of ``X`` with a monotone likelihood
-    (:func:`monotone_combination`), if there is one. Called only when a fit diverged (no convergence, a singular
-    information, a coefficient beyond :data:`DIVERGING_STANDARDISED_COEF`): the linear program has a constraint per
-    event and patient at risk with it, seconds for a thousand patients, which a fit that converged need not pay."""
-    if X.shape[1] > 1:
-        direction = monotone_combination(time, event, X)
-        if direction is not None:
-            raise ValueError(combination_reason(direction))
+    """ValueError naming a combination of the columns of ``X`` with a monotone likelihood, if there is one
+    (:func:`separating_combination_reason`). Called only when a fit diverged (no convergence, a singular
+    information, a coefficient beyond :data:`DIVERGING_STANDARDISED_COEF`), which a fit that converged need not pay."""
+    reason = separating_combination_reason(time, event, X)
+    if reason:
+        raise ValueError(reason)
 
 
 def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str],
