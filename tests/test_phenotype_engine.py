@@ -1,6 +1,5 @@
 """The gating engine on synthetic TubeData: FMO threshold transfer, fallback, fixed and boolean gates."""
 import textwrap
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -109,7 +108,7 @@ def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
     gate_failed flag said only 'density threshold: only 0 events ...', twice per file, naming no
     gate, so neither the report nor the review app could tell which gate failed or put the flag on
     it (qc.flags_naming_gate). Now each opens with its gate, '<population> (<marker>): '."""
-    from tilpheno.qc import flags_naming_gate
+    from tilpheno.qc import QCFlag, flags_naming_gate
 
     stained, _, _ = tube("stain", None, 6)
     fmo3, _, _ = tube("fmo", "CD3", 2)
@@ -118,7 +117,7 @@ def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
     states = gate_tube_kind(STRATEGY, [stained, fmo3])
     failed = sorted(f.message.split(": ")[0] for f in states[0].flags if f.code == "gate_failed")
     assert failed == ["CD3+ (CD3)", "CD56+ (CD56)"]
-    flags = [SimpleNamespace(file=stained.file, gate_file="", **vars(f)) for f in states[0].flags]
+    flags = [QCFlag("P", stained.file, f.code, f.severity, f.message, f.gate) for f in states[0].flags]
     assert [f.code for f in flags_naming_gate(flags, "CD56+", stained.file)] == ["gate_failed"]
 
 
