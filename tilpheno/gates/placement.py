@@ -764,7 +764,7 @@ def additive_threshold(fmo_linear: np.ndarray, shift: float, spread: float, perc
     independent (nonspecific binding and spreading add to every cell's signal). Z takes the
     :data:`SIGNAL_QUANTILES` fixed normal quantiles (k + 0.5) / 32, every FMO event is combined with
     each (deterministic), so the FMO's own tail (e.g. another colour's spillover) is carried as it is,
-    not scaled (:func:`offset_threshold`).
+    not scaled (:func:`upper_offset_threshold`).
     """
     return carried_threshold(upper_events(fmo_linear, percentile), shift, spread, percentile)
 
@@ -818,18 +818,13 @@ def carried_threshold(upper: UpperEvents, shift: float, spread: float, percentil
     return upper_offset_threshold(upper, shift + spread * SIGNAL_QUANTILES, percentile)
 
 
-def offset_threshold(sorted_linear: np.ndarray, offsets: np.ndarray, percentile: float) -> float:
-    """The value above which (100 - ``percentile``) % of {every event + every offset} lie: the
-    ``percentile`` of the FMO events (sorted, linear units) plus a nonspecific signal that takes each
-    of ``offsets`` with equal weight. Found by bisection on the sorted events to 1e-9 of the data's
-    range (the upper-quantile definition; it differs from numpy's interpolated percentile by less
-    than one order statistic)."""
-    return upper_offset_threshold(_all_sorted(sorted_linear), offsets, percentile)
-
-
 def upper_offset_threshold(upper: UpperEvents, offsets: np.ndarray, percentile: float) -> float:
-    """:func:`offset_threshold` of ``upper``'s events, read from its ``top`` (:func:`upper_events`):
-    the same value, bit for bit, as from all of them sorted."""
+    """The value above which (100 - ``percentile``) % of {every event + every offset} lie: the
+    ``percentile`` of the FMO events (linear units) plus a nonspecific signal that takes each of
+    ``offsets`` with equal weight. Found by bisection to 1e-9 of the data's range (the
+    upper-quantile definition; it differs from numpy's interpolated percentile by less than one
+    order statistic), on ``upper``'s ``top`` (:func:`upper_events`): the same value, bit for bit, as
+    on all of the events sorted (:func:`_all_sorted`)."""
     x, size = upper.top, upper.events.size
     wanted = _pairs_above(percentile, size, offsets.size)
 
