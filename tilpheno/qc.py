@@ -51,19 +51,16 @@ def review_status(flags) -> str:
     return NEEDS_REVIEW if any(needs_review(f) for f in flags) else NO_REVIEW_FLAGS
 
 
-def review_reasons(flags, populations) -> list[str]:
+def review_reasons(flags) -> list[str]:
     """What holds a product's release, in words: one line per code of the flags that
-    :func:`needs_review`, in their order, naming the gates its messages open with (``"<population> ("``,
-    as :func:`flags_naming_gate` reads them; ``populations``: the strategies' population names),
-    ``"no_second_peak: CCR4+, PD1+"``; a code raised on no gate (``duplicate_tube``, ``product_failed``)
-    is its code alone."""
-    names = sorted(set(populations), key=len, reverse=True)   # 'CD4+ CD8+' before 'CD4+'
+    :func:`needs_review`, in their order, naming the gates they are on (their ``gate`` field, as
+    :func:`flags_naming_gate` reads it), ``"no_second_peak: CCR4+, PD1+"``; a code raised on no gate
+    (``duplicate_tube``, ``product_failed``) is its code alone."""
     gates: dict[str, list[str]] = {}
     for flag in (f for f in flags if needs_review(f)):
         named = gates.setdefault(flag.code, [])
-        gate = next((n for n in names if str(flag.message).startswith(n + " (")), None)
-        if gate is not None and gate not in named:
-            named.append(gate)
+        if flag.gate and flag.gate not in named:
+            named.append(flag.gate)
     return [f"{code}: {', '.join(named)}" if named else code for code, named in gates.items()]
 
 

@@ -206,7 +206,6 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     from tilpheno.report.codebook import build_codebook
 
     columns = index_columns(outcomes, strategies, getattr(options, "study", None))
-    populations = [p.name for st in strategies for p in st.populations]
     book = build_codebook({"phenotypes.csv": columns}, strategies, options.fmo_percentile,
                           getattr(options, "study", None)).set_index("column")
     study = study_of(options)
@@ -218,7 +217,7 @@ def render_index_pages(outcomes: Sequence, options, strategies: Sequence = (),
     pages = []
     for number in range(1, n_pages + 1):
         first = (number - 1) * page_rows
-        rows = [_index_row(o, options, columns, populations) for o in outcomes[first:first + page_rows]]
+        rows = [_index_row(o, options, columns) for o in outcomes[first:first + page_rows]]
         nav = None
         if n_pages > 1:
             nav = {"first": first + 1, "last": first + len(rows), "pages": [
@@ -239,7 +238,7 @@ def study_of(options):
     return getattr(options, "study", None) or default_study()
 
 
-def _index_row(o, options, columns, populations) -> dict:
+def _index_row(o, options, columns) -> dict:
     from tilpheno.qc import review_reasons
 
     return {
@@ -251,7 +250,7 @@ def _index_row(o, options, columns, populations) -> dict:
         "reasons": failed_criteria(o.release),
         "qc": o.phenotype.get("qc_status", ""),
         "review": o.phenotype.get("review_status", ""),
-        "review_reasons": review_reasons(o.qc, populations),
+        "review_reasons": review_reasons(o.qc),
         "n_flags": len(o.qc),
         "cells": [o.phenotype.get(c) for c in columns],
     }
