@@ -1139,16 +1139,13 @@ class _StainedSummary:
     """What the product's QC flags need from a gated stained tube (its arrays are released)."""
 
     file: str                  # the file as the product's flags name it (its label, TubeResult.shown_name)
-    n_events: int
-    lymph_count: int | None    # events in the strategy's lymphocyte population; None without one
-    counts: dict[str, int] = field(default_factory=dict)   # events per gated population (ROOT: the file's)
+    counts: dict[str, int]     # events per gated population (ROOT: the file's)
 
 
-def _stained_summary(strategy: Strategy, state: _Gated, name: str) -> _StainedSummary:
-    lymph = _lymph_population(strategy)
+def _stained_summary(state: _Gated, name: str) -> _StainedSummary:
     counts = {population: int(np.count_nonzero(m)) for population, m in state.masks.items()}
     counts[ROOT] = state.tube.n_events
-    return _StainedSummary(name, state.tube.n_events, counts.get(lymph) if lymph else None, counts)
+    return _StainedSummary(name, counts)
 
 
 def _few_events_effect(strategy: Strategy, counts: Mapping[str, int], population: str) -> str:
@@ -1173,15 +1170,17 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
     for tube, summary in stained.items():
         name = summary.file
         strategy = strategies[tube]
-        if summary.n_events < rules.min_events:
+        n_events = summary.counts[ROOT]
+        if n_events < rules.min_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.n_events} events in the {tube} stained tube (< {rules.min_events})"
+                                f"{n_events} events in the {tube} stained tube (< {rules.min_events})"
                                 f"{_few_events_effect(strategy, summary.counts, ROOT)}; the percentages are imprecise: "
                                 "check the acquisition (stopped early, a clog, or events removed by acquisition QC)"))
         lymph = _lymph_population(strategy)
-        if lymph and summary.lymph_count is not None and summary.lymph_count < rules.min_lymph_events:
+        lymph_count = summary.counts.get(lymph) if lymph else None   # None: no lymphocyte population gated
+        if lymph and lymph_count is not None and lymph_count < rules.min_lymph_events:
             flags.append(QCFlag(product_id, name, "low_events", "warning",
-                                f"{summary.lymph_count} events in {lymph} (< {rules.min_lymph_events})"
+                                f"{lymph_count} events in {lymph} (< {rules.min_lymph_events})"
                                 f"{_few_events_effect(strategy, summary.counts, lymph)}; the percentages are "
                                 f"imprecise: check the {lymph} gate on the scatter plot (does it hold the "
                                 "lymphocytes?) and the tube's events"))
@@ -1401,7 +1400,7 @@ def analyze_product(
             made[i].compensation = sources[i].handle.get("compensation")   # its check made by settle
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state),
-                                _stained_summary(strategy, state, sources[i].handle["name"]))
+                                _stained_summary(state, sources[i].handle["name"]))
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
                     control_src = _row_source(-1, "unstained", None, row, labels)
                     checked = (str(row.file), strategy.acquisition)
