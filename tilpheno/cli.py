@@ -68,6 +68,34 @@ def _write_or_fail(path: Path, write: Callable[[Path], object]) -> None:
         _fail(OSError(exc.errno, exc.strerror, str(path)))
 
 
+def _existing(param: typer.CallbackParam, value: Optional[Path], *, folder: bool) -> Optional[Path]:
+    """``value`` of a path argument or option that must name an existing folder (``folder``) or file.
+    Otherwise one line naming the option (an argument by its name in capitals) and the path, e.g.
+    ``error: --wsp gates.wsp: no such file``, exit status 2."""
+    if value is None:
+        return None
+    if not value.exists():
+        reason = f"no such {'folder' if folder else 'file'}"
+    elif folder != value.is_dir():
+        reason = "a file, not a folder" if folder else "a folder, not a file"
+    else:
+        return value
+    from tilpheno.errors import TilphenoError
+
+    label = param.opts[0] if param.param_type_name == "option" else (param.name or "").upper()
+    _fail(TilphenoError(f"{label} {value}: {reason}"))
+
+
+def _existing_folder(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """Callback of a path that must be an existing folder (see :func:`_existing`)."""
+    return _existing(param, value, folder=True)
+
+
+def _existing_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """Callback of a path that must be an existing file (see :func:`_existing`)."""
+    return _existing(param, value, folder=False)
+
+
 def _print_version(value: bool) -> None:
     """``--version``: runs while the options are parsed, so no command is needed."""
     if value:
@@ -264,7 +292,7 @@ def _warn_controls_only(manifest) -> set[str]:
 
 @app.command("new-study")
 def new_study(
-    folder: Path = typer.Argument(..., help="Folder of the lab's FCS files (searched recursively).", exists=True, file_okay=False),
+    folder: Path = typer.Argument(..., help="Folder of the lab's FCS files (searched recursively).", callback=_existing_folder),
     out: Path = typer.Option(..., "-o", "--out", help="Folder to write study.yaml, one strategy per tube kind, release.yaml and manifest.csv into."),
     name: Optional[str] = typer.Option(None, "--name", help="The study's name (default: the folder's name)."),
     panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors."),
@@ -391,7 +419,7 @@ def compensate(
 
 @app.command()
 def process(
-    folder: Path = typer.Argument(..., help="Folder of FCS files.", exists=True, file_okay=False),
+    folder: Path = typer.Argument(..., help="Folder of FCS files.", callback=_existing_folder),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; one holding a previous run needs --overwrite)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file, product_id, tube, role, fmo_marker) instead of scanning."),
     outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
@@ -485,7 +513,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
 
 @app.command()
 def report(
-    out: Path = typer.Argument(..., help="Output folder of an earlier `tilpheno process` run.", exists=True, file_okay=False),
+    out: Path = typer.Argument(..., help="Output folder of an earlier `tilpheno process` run.", callback=_existing_folder),
     products: Optional[List[str]] = typer.Argument(None, help="Product ids (default: every product)."),
 ) -> None:
     """Draw the reports of OUT's products (e.g. after `process --reports later`), with the run's own settings.
@@ -787,9 +815,9 @@ def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], gr
 
 @app.command("apply-gates")
 def apply_gates(
-    file: Path = typer.Argument(..., help="FCS file.", exists=True, dir_okay=False),
-    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", exists=True, dir_okay=False),
-    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", exists=True, dir_okay=False),
+    file: Path = typer.Argument(..., help="FCS file.", callback=_existing_file),
+    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", callback=_existing_file),
+    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", callback=_existing_file),
     group: str = typer.Option("All Samples", "--group", help="Sample group of the workspace (its sample matching FILE's name when it has several)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output CSV (written atomically)."),
 ) -> None:
@@ -825,9 +853,9 @@ def apply_gates(
 
 @app.command("export-events")
 def export_events(
-    file: Path = typer.Argument(..., help="FCS file.", exists=True, dir_okay=False),
-    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", exists=True, dir_okay=False),
-    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", exists=True, dir_okay=False),
+    file: Path = typer.Argument(..., help="FCS file.", callback=_existing_file),
+    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", callback=_existing_file),
+    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", callback=_existing_file),
     group: str = typer.Option("All Samples", "--group", help="Sample group of the workspace."),
     fcs_out: Optional[Path] = typer.Option(None, "--fcs", help="Write FCS 3.1: the events plus one 0/1 channel per population."),
     h5ad_out: Optional[Path] = typer.Option(None, "--h5ad", help="Write AnnData .h5ad: obs = membership columns, var = channels."),

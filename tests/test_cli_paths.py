@@ -1,0 +1,60 @@
+"""Path arguments and options that must exist: a missing path, or a file where a folder is needed
+(or the reverse), is one line ``error: ...`` naming the option and the path, exit status 2."""
+import inspect
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+
+DATA = Path(__file__).parent / "data"
+FCS = DATA / "gatingml" / "data1.fcs"
+GML = DATA / "gatingml" / "gml" / "gml_rect1_gate.xml"
+WSP = DATA / "flowjo" / "single_ellipse_51_events.wsp"
+
+
+def _parameters(typer_app):
+    """(command function name, parameter name, its Typer ArgumentInfo / OptionInfo) of every command."""
+    for command in typer_app.registered_commands:
+        for name, parameter in inspect.signature(command.callback).parameters.items():
+            yield command.callback.__name__, name, parameter.default
+    for group in typer_app.registered_groups:
+        yield from _parameters(group.typer_instance)
+
+
+@pytest.mark.parametrize("args,named,reason", [
+    (["new-study", "MISSING", "-o", "OUT"], "FOLDER", "no such folder"),
+    (["new-study", FCS, "-o", "OUT"], "FOLDER", "a file, not a folder"),
+    (["process", "MISSING", "-o", "OUT"], "FOLDER", "no such folder"),
+    (["process", FCS, "-o", "OUT"], "FOLDER", "a file, not a folder"),
+    (["report", "MISSING"], "OUT", "no such folder"),
+    (["apply-gates", "MISSING", "--gatingml", GML, "-o", "OUT"], "FILE", "no such file"),
+    (["apply-gates", FCS, "--gatingml", "MISSING", "-o", "OUT"], "--gatingml", "no such file"),
+    (["apply-gates", FCS, "--wsp", "MISSING", "-o", "OUT"], "--wsp", "no such file"),
+    (["apply-gates", FCS, "--wsp", DATA, "-o", "OUT"], "--wsp", "a folder, not a file"),
+    (["export-events", "MISSING", "--gatingml", GML, "--fcs", "OUT"], "FILE", "no such file"),
+    (["export-events", DATA, "--gatingml", GML, "--fcs", "OUT"], "FILE", "a folder, not a file"),
+    (["export-events", FCS, "--gatingml", "MISSING", "--fcs", "OUT"], "--gatingml", "no such file"),
+    (["export-events", FCS, "--wsp", "MISSING", "--fcs", "OUT"], "--wsp", "no such file"),
+])
+def test_a_missing_or_wrong_kind_of_path_is_one_line_naming_the_option(tmp_path, args, named, reason):
+    """`process MISSING -o OUT` (and every other path declared to exist) printed Typer's multi-line
+    usage box ("Invalid value for 'folder': dir 'MISSING' does not exist.") -> one line naming the
+    option and the path as typed, exit status 2, nothing written."""
+    missing, out = tmp_path / "missing", tmp_path / "out"
+    given = {"MISSING": str(missing), "OUT": str(out)}
+    result = CliRunner().invoke(app, [given.get(a, str(a)) for a in args])
+    assert result.exit_code == 2
+    (line,) = [x for x in result.output.splitlines() if x.strip()]
+    typed = args[args.index(named) + 1] if named.startswith("-") else args[1]   # an argument: the command's first
+    path = given.get(typed, str(typed))
+    assert line == f"error: {named} {path}: {reason}", line
+    assert not out.exists()
+
+
+def test_no_path_is_left_to_typers_existence_check():
+    """Typer's ``exists=True`` check prints its usage box before any command code runs: every path
+    that must exist is checked by the CLI's own callback instead (the test above covers each)."""
+    checked = [f"{command} {name}" for command, name, info in _parameters(app) if getattr(info, "exists", False)]
+    assert checked == []
