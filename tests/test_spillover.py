@@ -128,6 +128,27 @@ def test_a_controls_csv_without_a_single_stain_row_is_named(cell_controls, tmp_p
         assert line.startswith(f"error: {csv_path}: ") and not out.exists(), line
 
 
+@pytest.mark.parametrize("stained,typo", [("FITC-A", "FITC-H"), ("PE-A", "PE-Cy7-A")])
+def test_a_controls_csv_detector_that_is_not_a_channel_names_its_row(cell_controls, tmp_path, stained, typo):
+    """compensate --controls with a detector its FCS file lacks (a typo: FITC-H, PE-Cy7-A) named an FCS
+    file, not the CSV row holding it (the first control's: '<fcs>: control lacks detector(s) ['FITC-H'];
+    channels are [...]'; a later one's named the first control's file) -> one line naming the CSV, its
+    row and column, the detector, the control's file and its fluorescence channels; exit 2, no matrix."""
+    lines = cell_controls.controls_csv.read_text(encoding="utf-8").splitlines()
+    (row,) = [i + 1 for i, line in enumerate(lines) if line.endswith(f",{stained}")]
+    file = lines[row - 1].split(",")[0]
+    csv_path = tmp_path / "controls.csv"
+    absolute = [lines[0], *(f"{cell_controls.out_dir / line.split(',')[0]},{line.split(',')[1]}" for line in lines[1:])]
+    csv_path.write_text("\n".join(line.replace(f",{stained}", f",{typo}") for line in absolute) + "\n")
+    out = tmp_path / "matrix.csv"
+    res = CliRunner().invoke(app, ["compensate", str(cell_controls.out_dir), "--controls", str(csv_path), "-o", str(out)])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert line == (f"error: {csv_path}: row {row}, column 'detector': detector {typo!r} is not a channel of {file} "
+                    f"(its fluorescence channels: {', '.join(ins.DETECTORS)})"), line
+    assert not out.exists()
+
+
 def _write_control(path, events):
     write_fcs(path, events, [(n, None, ins.RANGE) for n in ins.CHANNEL_NAMES], {"$TIMESTEP": str(ins.TIMESTEP)})
     return str(path)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -73,6 +73,9 @@ class Control:
 
     file: str
     detector: str | None
+    given_at: str = field(default="", compare=False)
+    """Where ``detector`` was given: a controls CSV's cell (``controls.csv: row 3, column 'detector'``);
+    empty when it was inferred from the file."""
 
 
 @dataclass
@@ -183,7 +186,7 @@ def read_controls_csv(path: str | Path, base: str | Path | None = None) -> list[
         if not resolved.is_file():
             raise TableError(f"{place(source, line, 'file')}: {written!r} does not exist (looked for {resolved})")
         detector = str(row.detector).strip()
-        out.append(Control(str(resolved), detector or None))
+        out.append(Control(str(resolved), detector or None, place(source, line, "detector")))
     if not out:
         raise TableError(f"{place(source, header_line)}: no control below the header (one row per control: file, detector)")
     if not any(c.detector for c in out):
@@ -266,13 +269,24 @@ def _main_scatter(fcs, detectors: Sequence[str]) -> np.ndarray:
     return keep
 
 
+def _not_a_channel(control: Control, fcs) -> CompensationError:
+    """The error for a control whose detector is not a channel of its own file ``fcs``: named where
+    the detector was given (the controls CSV's row and column), with the file's fluorescence channels."""
+    name = Path(control.file).name
+    return CompensationError(f"{control.given_at or name}: detector {control.detector!r} is not a channel of {name} "
+                             f"(its fluorescence channels: {', '.join(fluorescence_detectors(fcs))})")
+
+
 def _read(control: Control, detectors: Sequence[str]):
+    """The control's FCS file; CompensationError when its own detector or one of ``detectors`` is not a channel."""
     from tilpheno.io.fcs import read_fcs
 
     try:
         fcs = read_fcs(control.file)
     except FCSReadError as exc:
         raise CompensationError(str(exc)) from None
+    if control.detector and control.detector not in fcs.channel_names:
+        raise _not_a_channel(control, fcs)
     missing = [d for d in detectors if d not in fcs.channel_names]
     if missing:
         raise CompensationError(f"{control.file}: control lacks detector(s) {missing}; channels are {fcs.channel_names}")
@@ -309,6 +323,7 @@ def estimate_spillover(
     order = [n for n in first.channel_names if n in by_detector]
     unknown = [d for d in by_detector if d not in order]
     if unknown:
+        _read(by_detector[unknown[0]], [])   # not a channel of its own file either: named where it was given
         raise CompensationError(f"{Path(by_detector[unknown[0]].file).name}: detector {unknown[0]} is not a channel of "
                                 f"{Path(first.path).name} ({first.channel_names})")
     k = len(order)
