@@ -199,6 +199,44 @@ def test_events_per_variable_warning(tables, tmp_path):
     assert not res.cox_univariable.warning.str.contains("fewer than 10").any()
 
 
+@pytest.mark.parametrize("added,covariates,equation", [
+    (lambda o: o.age * 12, ["age", "added"], "added = 12 age"),
+    (lambda o: (o.sex == "F").astype(int), ["sex", "added"], "added = 1 - sex[M]"),
+])
+def test_collinear_covariates_are_named_with_their_relation(tables, tmp_path, added, covariates, equation):
+    """A covariate that is a linear function of another (age in months beside age; a 0/1 female column beside
+    sex): the multivariable Cox models were 'not fitted (information matrix singular: covariates collinear, or a
+    combination of them separating the events ...)' and validation 'its information matrix is singular (56 events
+    for 3 coefficients, or collinear covariates)', naming no column -> each names the columns and their relation
+    among the patients analysed, in the warnings, the Cox table and the report."""
+    pheno, outcomes = tables
+    outcomes = outcomes.assign(added=added(outcomes))
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=covariates, n_perm=0,
+                         n_boot=3)
+    for endpoint, (tcol, ecol) in {"pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}.items():
+        n = len(res.cohort.data.dropna(subset=[tcol, ecol, "cd8_pct_of_cd3", *covariates]))
+        said = (f"covariates collinear among the {n} patients analysed: {equation} in every one, so the model cannot "
+                "separate their effects (R coxph: NA for added, 'X matrix deemed to be singular')")
+        for coding in ("continuous", "dichotomized"):
+            assert f"{endpoint} cd8_pct_of_cd3 multivariable {coding}: Cox model not fitted ({said})" in res.warnings
+        assert (f"{endpoint} cd8_pct_of_cd3: bootstrap validation not done (the model cannot be fitted on the full "
+                f"data: {said})") in res.warnings
+    assert res.cox_multivariable.warning.str.contains(equation, regex=False).all()
+    assert equation in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_an_exact_combination_of_covariates_is_refused_not_fitted():
+    """a = m + age exactly: fit_cox reported coefficients for m, age and a (any split of the effect fits) with blank
+    standard errors and lifelines' 'ConvergenceError: ... Suspicion is high collinearity' -> refused, naming it."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"t": rng.exponential(10, 60), "e": (rng.random(60) < 0.7).astype(float),
+                          "m": rng.normal(size=60), "age": rng.normal(60, 8, 60)})
+    frame["a"] = 7 + 0.3 * frame.m - 2.5 * frame.age
+    with pytest.raises(ValueError, match=r"^covariates collinear among the 60 patients analysed: a = 7 \+ 0\.3 m - "
+                                         r"2\.5 age in every one"):
+        fit_cox(frame, "t", "e", ["m", "age", "a"])
+
+
 def test_report_escapes_input_values_and_states_conventions(tables, tmp_path):
     pheno, outcomes = tables
     evil = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'

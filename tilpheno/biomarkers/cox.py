@@ -287,6 +287,39 @@ def combination_reason(direction: pd.Series) -> str:
             "warning that they may be infinite or did not converge)")
 
 
+COLLINEAR_TOLERANCE = 1e-9
+"""A column is collinear with the columns before it when, all centred and scaled to norm 1, its residual on them
+has a norm below this (exact in the data, up to rounding; a near-collinear column is fitted, with wide CIs)."""
+
+
+def collinear_reason(X: pd.DataFrame) -> str | None:
+    """The first column of ``X`` (a design matrix of the patients analysed) that is an exact linear combination of
+    the columns before it, with an intercept (a constant column is not one), named with that combination in the
+    columns' own units (``age_months = 12 age``; ``female = 1 - sex[M]``), else None. R coxph leaves such a
+    column's coefficient NA ('X matrix deemed to be singular'); its information matrix is singular, so no
+    estimate is given here. Columns past the patients' count less one are not checked: too few patients."""
+    A = X.to_numpy(float)
+    mean = A.mean(axis=0)
+    norm = np.linalg.norm(A - mean, axis=0)
+    Z = (A - mean) / np.where(norm > 0, norm, 1.0)
+    for j in range(1, min(A.shape[1], len(A) - 1)):   # beyond: any column is one, for want of patients
+        if norm[j] == 0:   # constant: said as such by the callers
+            continue
+        c = np.linalg.lstsq(Z[:, :j], Z[:, j], rcond=None)[0]
+        if np.linalg.norm(Z[:, j] - Z[:, :j] @ c) >= COLLINEAR_TOLERANCE:
+            continue
+        used = np.abs(c) > 1e-6   # standardised coefficients: the columns it is a combination of
+        b = np.array([float(f"{v:.6g}") for v in c[used] * norm[j] / norm[:j][used]])
+        intercept = mean[j] - b @ mean[:j][used]
+        terms = combination_text(pd.Series(b, index=X.columns[:j][used]))
+        if abs(intercept) > COLLINEAR_TOLERANCE * (abs(mean[j]) + norm[j]):
+            terms = f"{intercept:.4g} {terms if terms.startswith('-') else '+ ' + terms}"
+        return (f"covariates collinear among the {len(A)} patients analysed: {X.columns[j]} = {terms} in every one, so "
+                f"the model cannot separate their effects (R coxph: NA for {X.columns[j]}, 'X matrix deemed to be "
+                "singular')")
+    return None
+
+
 def no_estimate_reason(time, event, X: pd.DataFrame, entry=None) -> str | None:
     """Why ``Surv(time, event) ~ X`` has no finite maximum or no information on a column (:func:`degenerate_column`),
     else None."""
@@ -670,7 +703,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     a single level included: it has no indicator column, so it is not silently left out), a covariate without
     information or with a monotone likelihood (:func:`degenerate_column`: the reason names it and what R does), a
     combination of covariates with a monotone likelihood (:func:`monotone_combination`: named with its direction),
-    or an information matrix that turns singular (collinear covariates).
+    a covariate that is an exact linear function of the ones before it (:func:`collinear_reason`: named with that
+    function), or an information matrix that turns singular (near-collinear covariates).
     ``at_limit``: a column with a monotone likelihood among others is not an error: as R coxph reports the other
     covariates, they are estimated at its limit (:func:`fit_cox_at_limit`) and its coefficient is left blank.
     """
@@ -684,6 +718,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     constant = [c for c in X.columns if X[c].nunique() < 2] + [v for v, cols in design.terms.items() if not cols]
     if constant:
         raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
+    collinear = collinear_reason(X)
+    if collinear:
+        raise ValueError(collinear)
     t = data[duration].to_numpy(float)
     ev = data[event].to_numpy(float)
     found = degenerate_column(t, ev, X)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .cox import (NewtonFit, concordance_index, design_matrix, efron_derivatives, linear_predictor, newton_cox,
-                  no_finite_maximum_reason)
+from .cox import (NewtonFit, collinear_reason, concordance_index, design_matrix, efron_derivatives, linear_predictor,
+                  newton_cox, no_finite_maximum_reason)
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,9 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
     X = design.to_numpy(float)
     t = data[duration].to_numpy(float)
     e = data[event].to_numpy(float)
+    collinear = collinear_reason(design)
+    if collinear:
+        raise ValueError(f"the model cannot be fitted on the full data: {collinear}")
     try:
         full: NewtonFit | None = newton_cox(t, e, X)
     except np.linalg.LinAlgError:
