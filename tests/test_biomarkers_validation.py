@@ -124,6 +124,20 @@ def test_a_model_singular_on_the_full_data_is_named_not_numpys_singular_matrix()
         validate_cox(frame, "time", "event", ["x", "age", "sex", "ecog"], B=5)
 
 
+@pytest.mark.parametrize("constant", [0.0, "M"])
+def test_a_covariate_constant_among_the_patients_is_named_as_such(constant):
+    """ecog 0 (or sex 'M') in every patient of the model: validation said 'no information on ecog: ... it varies only
+    among patients censored before the first event', which it does not; sex 'M' was left out silently (no indicator
+    column), so the validation row was for the marker alone under the name 'x + sex' -> refused as the Cox
+    models are, naming the covariate."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"time": rng.exponential(10, 40), "event": (rng.random(40) < 0.7).astype(int),
+                          "x": rng.normal(size=40), "c": constant})
+    with pytest.raises(ValueError, match=r"^the model cannot be fitted on the full data: covariate\(s\) constant in the "
+                                         r"data: c$"):
+        validate_cox(frame, "time", "event", ["x", "c"], B=5)
+
+
 @pytest.mark.parametrize("variables", [["cd8"], ["cd8", "age"]])
 def test_a_marker_with_a_monotone_likelihood_is_named_as_the_cause(variables):
     """The marker falls with time, so at every event time the patient with the event has the highest cd8 of those

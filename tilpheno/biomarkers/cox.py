@@ -287,6 +287,15 @@ def combination_reason(direction: pd.Series) -> str:
             "warning that they may be infinite or did not converge)")
 
 
+def constant_reason(design: Design) -> str | None:
+    """The covariates of ``design`` (the patients analysed) with one value, named, else None: a numeric column with
+    one value, or a categorical one with a single level (it has no indicator column, so it would be left out
+    silently)."""
+    X = design.X
+    constant = [c for c in X.columns if X[c].nunique() < 2] + [v for v, cols in design.terms.items() if not cols]
+    return f"covariate(s) constant in the data: {', '.join(constant)}" if constant else None
+
+
 COLLINEAR_TOLERANCE = 1e-9
 """A column is collinear with the columns before it when, all centred and scaled to norm 1, its residual on them
 has a norm below this (exact in the data, up to rounding; a near-collinear column is fitted, with wide CIs)."""
@@ -715,12 +724,9 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     X = design.X
     if data[event].sum() == 0:
         raise ValueError("no events")
-    constant = [c for c in X.columns if X[c].nunique() < 2] + [v for v, cols in design.terms.items() if not cols]
-    if constant:
-        raise ValueError(f"covariate(s) constant in the data: {', '.join(constant)}")
-    collinear = collinear_reason(X)
-    if collinear:
-        raise ValueError(collinear)
+    unfit = constant_reason(design) or collinear_reason(X)
+    if unfit:
+        raise ValueError(unfit)
     t = data[duration].to_numpy(float)
     ev = data[event].to_numpy(float)
     found = degenerate_column(t, ev, X)

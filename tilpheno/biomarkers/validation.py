@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .cox import (NewtonFit, collinear_reason, concordance_index, design_matrix, efron_derivatives, linear_predictor,
-                  newton_cox, no_finite_maximum_reason)
+from .cox import (NewtonFit, collinear_reason, concordance_index, constant_reason, design_matrix, efron_derivatives,
+                  linear_predictor, newton_cox, no_finite_maximum_reason)
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,14 @@ def validate_cox(frame: pd.DataFrame, duration: str, event: str, variables: list
     ``resamples``: the B bootstrap samples as arrays of 0-based row indexes of the complete cases
     (default: drawn with replacement from ``seed``)."""
     data = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
-    design = design_matrix(data, variables).X
+    terms = design_matrix(data, variables)
+    design = terms.X
     X = design.to_numpy(float)
     t = data[duration].to_numpy(float)
     e = data[event].to_numpy(float)
-    collinear = collinear_reason(design)
-    if collinear:
-        raise ValueError(f"the model cannot be fitted on the full data: {collinear}")
+    unfit = constant_reason(terms) or collinear_reason(design)
+    if unfit:
+        raise ValueError(f"the model cannot be fitted on the full data: {unfit}")
     try:
         full: NewtonFit | None = newton_cox(t, e, X)
     except np.linalg.LinAlgError:
