@@ -57,11 +57,12 @@ def test_newlab_draft_runs_and_agrees_with_truth(tmp_path):
     """Another lab's three tubes (one marker on an unlabelled detector, named by its panel file):
     kinds, FMOs and viability dye inferred; `process` with the draft exits 0. The lineage table nests
     CD3 within CD45+ and CD4, CD8 within CD3+ (the draft gated all under live, variables
-    cd4_pct_of_live): the nested variables are the truth's own percentages (cd3_pct_of_cd45,
-    cd4_pct_of_cd3). CD45 (vocabulary `all_cells:`) is gated on all live cells, its negatives the
-    larger tumour cells; the others sit within the lymphocyte scatter gate, the live leukocytes of
-    this simulation (CD45+ cells share one scatter cluster): their percentages of live CD45+ cells
-    derived from the nested ones."""
+    cd4_pct_of_live): the nested variables are the truth's own percentages (cd4_pct_of_cd3). CD45 (vocabulary `all_cells:`) is gated on all live cells, its negatives the
+    larger tumour cells; the lymphocyte scatter gate is drawn within CD45+ (it was beside it, on live,
+    and CD3+ within CD45+ skipped it: large CD45+ cells in the T-cell gates), and every other gate
+    within it: live -> CD45+ -> live_lymph -> CD3+ -> CD4+. The live CD45+ lymphocytes are the live
+    leukocytes of this simulation (CD45+ cells share one scatter cluster): CD3+ % of them is the
+    truth's cd3_pct_of_cd45, the others' percentages of them derived from the nested ones."""
     draft = draft_study(NEWLAB / "fcs", panel=NEWLAB / "panel.csv")
     tubes = {t.kind: t for t in draft.tubes}
     assert set(tubes) == {"tcell", "exhaustion", "residency"}
@@ -79,13 +80,16 @@ def test_newlab_draft_runs_and_agrees_with_truth(tmp_path):
     result = _run(["process", str(NEWLAB / "fcs"), "--study", str(study / "study.yaml"), "--manifest",
                    str(study / "manifest.csv"), "--panel", str(NEWLAB / "panel.csv"), "-o", str(out), "--reports", "none"])
     assert result.exit_code == 0, result.output
+    parents = {p["name"]: p["parent"] for p in yaml.safe_load((study / "tcell.yaml").read_text())["populations"]}
+    assert parents == {"cells": "root", "singlets": "cells", "live": "singlets", "CD45+": "live", "live_lymph": "CD45+",
+                       "CD3+": "live_lymph", "CD4+": "CD3+", "CD8+": "CD3+"}
     got = pd.read_csv(out / "phenotypes.csv").set_index("product_id").loc["LAB7"]
     truth = pd.read_csv(NEWLAB / "truth.csv").set_index("product_id").loc["LAB7"]
     cd8_of_leukocytes = truth.cd3_pct_of_cd45 * truth.cd8_pct_of_cd3 / 100
     expected = {
         "viability_pct_tcell": truth.viability_pct,
         "cd45_pct_of_live_tcell": truth.cd45_pct_of_live,
-        "cd3_pct_of_cd45_tcell": truth.cd3_pct_of_cd45,
+        "cd3_pct_of_live_lymph_tcell": truth.cd3_pct_of_cd45,
         "cd4_pct_of_cd3": truth.cd4_pct_of_cd3,
         "cd8_pct_of_cd3_tcell": truth.cd8_pct_of_cd3,
         "cd8_pct_of_cd3_exhaustion": truth.cd8_pct_of_cd3,

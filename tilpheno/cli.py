@@ -339,8 +339,9 @@ def new_study(
         typer.secho(f"no marker read: {label.describe()} (--panel; {len(files)} file(s): {', '.join(sorted(files))})",
                     fg=typer.colors.YELLOW, err=True)
     bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''}"
-             f"{''.join(f'; {m}+ under {t.above_lymph}' for m in t.outside_lymph())})" for t in draft.tubes]
-    nested = "; ".join(f"{', '.join(f'{m}+ within {a}+' for m, a in t.nested)} ({t.kind})" for t in draft.tubes if t.nested)
+             f"{''.join(f'; {m}+ under {t.above_lymph}' for m in t.outside_lymph())}"
+             f"{f'; {t.lymph} within {t.lymph_parent}' if t.leukocytes else ''})" for t in draft.tubes]
+    nested = "; ".join(f"{', '.join(f'{m}+ within {a}+' for m, a in t.nesting())} ({t.kind})" for t in draft.tubes if t.nesting())
     typer.echo(f"wrote {out}/study.yaml, {', '.join(t.kind + '.yaml' for t in draft.tubes)}, release.yaml, "
                f"manifest.csv ({len(draft.manifest)} files). Marker gates sit directly under "
                f"{', '.join(bases)}"

@@ -29,7 +29,9 @@ run needs no hand-written YAML.
   when that marker is gated in the same tube kind, else within the nearest one up the table's chain
   that is; every other marker gate sits directly under the lymphocyte gate (else ``live``, or the
   last gate before it, or ``root``), but a marker of the vocabulary's ``all_cells:`` list (a pan-leukocyte
-  marker: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate;
+  marker: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate, and the
+  lymphocyte gate within the first such marker's positive gate (``live -> CD45+ -> live_lymph``), so
+  that markers nested within it (``CD3`` of ``CD45``) sit in the lymphocyte gate as the others;
 * **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_<parent>`` per marker,
   ``<parent>`` the marker it is nested within (``cd4_pct_of_cd3``) or the gate it sits under
   (``cd3_pct_of_live_lymph``); ``_<kind>`` appended where two kinds would give the same name.
@@ -110,13 +112,17 @@ class TubeDraft:
 
     @property
     def above_lymph(self) -> str:
-        """The population the lymphocyte gate is drawn in: ``live`` with a viability dye, else the
-        last scatter gate (``singlets`` or ``cells``), else ``root``."""
+        """The population above the lymphocyte gate, where the :meth:`outside_lymph` markers are gated
+        (and the lymphocyte gate itself when there are none): ``live`` with a viability dye, else
+        the last scatter gate (``singlets`` or ``cells``), else ``root``."""
         return "live" if self.viability else _before_live(self)
 
     def parent_marker(self, marker: str) -> str | None:
-        """The marker within whose positive gate ``marker`` is gated, or None (under :attr:`base`)."""
-        return dict(self.nested).get(marker)
+        """The marker within whose positive gate ``marker`` is gated, or None (under :attr:`base`).
+        A marker the lineage table nests within :attr:`leukocytes` has None: the lymphocyte gate
+        lies between (``CD3`` of ``CD45``: ``CD45+ -> live_lymph -> CD3+``)."""
+        above = dict(self.nested).get(marker)
+        return None if above is not None and above == self.leukocytes else above
 
     def parent(self, marker: str) -> str:
         """The population ``marker``'s gate is drawn in: ``<parent marker>+``, else :attr:`above_lymph`
@@ -124,10 +130,25 @@ class TubeDraft:
         above = self.parent_marker(marker)
         return f"{above}+" if above else self.above_lymph if marker in self.outside_lymph() else self.base
 
+    def nesting(self) -> list[tuple[str, str]]:
+        """(marker, the marker within whose positive gate it is drawn) for every nested gate."""
+        return [(m, above) for m, _ in self.nested if (above := self.parent_marker(m)) is not None]
+
     def outside_lymph(self) -> list[str]:
         """The markers of :attr:`all_cells` whose gate the draft draws on :attr:`above_lymph`, not within
         the lymphocyte gate: not nested, and only when there is a lymphocyte gate."""
-        return [m for m in self.all_cells if self.lymph and self.parent_marker(m) is None]
+        return [m for m in self.all_cells if self.lymph and m not in dict(self.nested)]
+
+    @property
+    def leukocytes(self) -> str | None:
+        """The marker within whose positive gate the lymphocyte gate is drawn: the first of
+        :meth:`outside_lymph` (a pan-leukocyte marker; lymphocytes are leukocytes), or None."""
+        return next(iter(self.outside_lymph()), None)
+
+    @property
+    def lymph_parent(self) -> str:
+        """The population the lymphocyte gate is drawn in: ``<leukocytes>+``, else :attr:`above_lymph`."""
+        return f"{self.leukocytes}+" if self.leukocytes else self.above_lymph
 
 
 @dataclass
@@ -407,11 +428,21 @@ def _marker_method(marker: str, fmo: set[str], dim: set[str]) -> str:
             "bimodal, else its FMO percentile (carried over when the stained negatives moved)")
 
 
+def _marker_line(tube: TubeDraft, marker: str) -> str:
+    """A drafted marker gate's population line, its comment saying where it is drawn and why."""
+    above, lineage = tube.parent_marker(marker), dict(tube.nested).get(marker)
+    why = f"; within {above}+ (lineage: {marker} of {above})" if above else \
+        f"; within `{tube.lymph}`, itself within {lineage}+ (lineage: {marker} of {lineage})" if lineage else \
+        f"; on every `{tube.above_lymph}` event (vocabulary `all_cells:`), not only the lymphocytes" \
+        if marker in tube.outside_lymph() else ""
+    head = f"  - {{name: {_scalar(marker + '+')}, parent: {_scalar(tube.parent(marker))}, dims: {_list([marker])}, "
+    return head + _marker_method(marker, set(tube.fmo_markers), set(tube.dim)) + why
+
+
 def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     """The drafted strategy of one tube kind (module docstring), with comments saying what was
     inferred and how to nest gates."""
     base = tube.base
-    fmo = set(tube.fmo_markers)
     lines = [
         f"# Drafted by `tilpheno new-study` from {tube.products} product(s)' stained '{tube.kind}' files in "
         f"{draft.folder.name}/.",
@@ -421,7 +452,8 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         "# and its variable's denominator with it; to nest one, the reverse. Variables are",
         "# 100 x count(numerator) / count(denominator). Methods and parameters: tilpheno/gates/strategy.py.",
         *([f"# `{base}` is the lymphocyte scatter gate (its comment says how to remove it); markers of the",
-           f"# vocabulary's `all_cells:` list sit under `{tube.above_lymph}`."] if tube.lymph else []),
+           f"# vocabulary's `all_cells:` list sit under `{tube.above_lymph}`"
+           f"{f', and `{base}` within `{tube.lymph_parent}`' if tube.leukocytes else ''}."] if tube.lymph else []),
         f"strategy: {_scalar(draft.name + '_' + tube.kind)}",
         f"tube: {_scalar(tube.kind)}",
         f"markers: {_list(tube.markers)}",
@@ -440,19 +472,16 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     if tube.viability:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low}}   # the viability dye: dead cells are bright")
+    outside = tube.outside_lymph()
+    lines += [_marker_line(tube, m) for m in _gated(tube) if m in outside]
     if tube.lymph is not None:
-        outer = tube.above_lymph
-        lines.append(f"  - {{name: {tube.lymph}, parent: {outer}, dims: {_list(tube.scatter or ())}, method: lymphocytes, "
-                     f"params: {{ceiling: {tube.ceiling:.0f}}}}}   # lymphocytes: the main scatter cluster's ellipse; "
+        outer = tube.lymph_parent
+        within = f"; within {outer}: lymphocytes are leukocytes (vocabulary `all_cells:`)" if tube.leukocytes else ""
+        lines.append(f"  - {{name: {tube.lymph}, parent: {_scalar(outer)}, dims: {_list(tube.scatter or ())}, method: lymphocytes, "
+                     f"params: {{ceiling: {tube.ceiling:.0f}}}}}   # lymphocytes: the main scatter cluster's ellipse{within}; "
                      f"large cells (myeloid, tumour) bind antibodies nonspecifically. To gate every `{outer}` event "
                      f"instead, delete this line and write `{outer}` for `{tube.lymph}` below")
-    for marker in _gated(tube):
-        above = tube.parent_marker(marker)
-        head = f"  - {{name: {_scalar(marker + '+')}, parent: {_scalar(tube.parent(marker))}, dims: {_list([marker])}, "
-        why = f"; within {above}+ (lineage: {marker} of {above})" if above else \
-            f"; on every `{tube.above_lymph}` event (vocabulary `all_cells:`), not only the lymphocytes" \
-            if marker in tube.outside_lymph() else ""
-        lines.append(head + _marker_method(marker, fmo, set(tube.dim)) + why)
+    lines += [_marker_line(tube, m) for m in _gated(tube) if m not in outside]
     lines.append("variables:")
     for name, (numerator, denominator) in draft.variables()[tube.kind].items():
         lines.append(f"  {_scalar(name)}: {{numerator: {_scalar(numerator)}, denominator: {_scalar(denominator)}}}")
