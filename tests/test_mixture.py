@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import maximum_filter
+from scipy.stats import multivariate_normal
 
-from tilpheno.gates.mixture import fit_best_mixture, fit_gaussian_mixture
+from tilpheno.gates.mixture import fit_best_mixture, fit_gaussian_mixture, ridgeline_ratio
 from tilpheno.io.fcs import read_fcs
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
@@ -94,3 +96,45 @@ def test_lymphocyte_component_on_real_scatter_equals_scikit_learn():
     assert ours.weights[main] == pytest.approx(oracle.weights_[omain], abs=0.01)
     np.testing.assert_allclose(ours.means[main], oracle.means_[omain], atol=0.005)      # 0.5 % of full scale
     np.testing.assert_allclose(ours.covariances[main], oracle.covariances_[omain], rtol=0.05, atol=1e-5)
+
+
+def _segment_ratio(weights, means, covariance, steps=4001) -> float:
+    """The ridgeline ratio by brute force for two components with one covariance: the ridgeline is
+    then the segment between the means; scipy's densities on a fine grid of it."""
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    points = means[0] + t * (means[1] - means[0])
+    density = sum(w * multivariate_normal(m, covariance).pdf(points) for w, m in zip(weights / weights.sum(), means))
+    inner = np.flatnonzero((density[1:-1] >= density[:-2]) & (density[1:-1] >= density[2:])) + 1
+    peaks = sorted({*inner.tolist(), *([0] if density[0] > density[1] else []),
+                    *([steps - 1] if density[-1] > density[-2] else [])})
+    return float(density[peaks[0]:peaks[-1] + 1].min() / min(density[peaks[0]], density[peaks[-1]]))
+
+
+@pytest.mark.parametrize("separation, weight", [(1.5, 0.5), (2.0, 0.5), (2.5, 0.5), (3.0, 0.5), (4.0, 0.5), (6.0, 0.5),
+                                                (3.0, 0.8), (4.0, 0.9), (5.0, 0.7)])
+def test_ridgeline_ratio_matches_the_density_along_the_segment(separation, weight):
+    """Equal covariances (the ridgeline is the segment between the means): the ratio equals the
+    brute-force one within the grid's resolution; one mode (separation <= 2 SDs at equal weights,
+    Ray & Lindsay 2005) gives 1.0."""
+    covariance = np.array([[0.004, 0.001], [0.001, 0.002]])
+    direction = np.array([1.0, 0.5]) / np.sqrt(np.array([1.0, 0.5]) @ np.linalg.inv(covariance) @ np.array([1.0, 0.5]))
+    means = np.array([[0.3, 0.1], [0.3, 0.1] + separation * direction])
+    weights = np.array([weight, 1.0 - weight])
+    got = ridgeline_ratio(weights, means, np.array([covariance, covariance]))
+    assert got == pytest.approx(_segment_ratio(weights, means, covariance), abs=2e-3)
+    if weight == 0.5 and separation <= 2.0:
+        assert got == 1.0
+
+
+def test_ridgeline_ratio_counts_modes_of_unequal_components():
+    """Unequal covariances: 1.0 exactly when the 2-D mixture density (scipy, a fine grid) has one local
+    maximum; below 1 when it has two."""
+    narrow, broad = np.array([[0.004, 0.001], [0.001, 0.002]]), np.array([[0.012, 0.002], [0.002, 0.008]])
+    grid = np.stack(np.meshgrid(np.linspace(-0.2, 1.0, 601), np.linspace(-0.3, 0.8, 551)), axis=-1)
+    for second_mean, weight in (([0.40, 0.20], 0.6), ([0.45, 0.30], 0.3), ([0.60, 0.40], 0.5), ([0.70, 0.45], 0.8)):
+        means = np.array([[0.3, 0.1], second_mean])
+        density = weight * multivariate_normal(means[0], narrow).pdf(grid) + \
+            (1 - weight) * multivariate_normal(means[1], broad).pdf(grid)
+        modes = int(((density == maximum_filter(density, size=5)) & (density > 1e-3 * density.max())).sum())
+        ratio = ridgeline_ratio(np.array([weight, 1 - weight]), means, np.array([narrow, broad]))
+        assert (ratio == 1.0) == (modes == 1), (second_mean, weight, ratio, modes)

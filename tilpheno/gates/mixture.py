@@ -157,3 +157,28 @@ def fit_best_mixture(x: np.ndarray, max_components: int, seed: int) -> MixtureFi
         if best is None or fit.bic < best.bic:
             best = fit
     return best
+
+
+def ridgeline_ratio(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray, steps: int = 201) -> float:
+    """How deep the valley between two Gaussian components is: the ridgeline ratio of Hennig (2010,
+    "Methods for merging Gaussian mixture components", Adv. Data Anal. Classif. 4:3-34).
+
+    ``weights`` (2,), ``means`` (2, d), ``covariances`` (2, d, d): the two components, any units.
+    Every mode and saddle of their mixture lies on the ridgeline (Ray & Lindsay 2005, Ann. Stat.
+    33:2042) x(a) = [(1-a) S1^-1 + a S2^-1]^-1 [(1-a) S1^-1 m1 + a S2^-1 m2], a in [0, 1], which
+    runs from one mean to the other; the mixture density is evaluated at ``steps`` equally spaced
+    a. Returns the lowest density between the first and the last local maximum divided by the
+    lower of those two maxima: 1.0 when the mixture has one mode (one population, the second
+    component a shoulder or an edge of the first), towards 0 for two well separated peaks.
+    """
+    inverses = np.linalg.inv(covariances)
+    a = np.linspace(0.0, 1.0, steps)[:, None]
+    precision = (1.0 - a)[:, :, None] * inverses[0] + a[:, :, None] * inverses[1]            # (steps, d, d)
+    pulled = (1.0 - a) * (inverses[0] @ means[0]) + a * (inverses[1] @ means[1])          # (steps, d)
+    points = np.linalg.solve(precision, pulled[:, :, None])[:, :, 0]
+    log_density = _log_sum_exp(_log_joint(np.ascontiguousarray(points.T), weights / weights.sum(), means, covariances))
+    density = np.exp(log_density - log_density.max())
+    rising = np.diff(density) > 0
+    peaks = [i for i in range(steps) if (i == 0 or rising[i - 1]) and (i == steps - 1 or not rising[i])]
+    first, last = peaks[0], peaks[-1]
+    return float(density[first:last + 1].min() / min(density[first], density[last]))

@@ -37,11 +37,14 @@ Methods
     scikit-learn's model and fit in numpy; full covariance, components 1..``max_components``
     chosen by BIC, k-means init with a fixed ``seed``) on at most ``max_events`` events; the
     lymphocyte component is the heaviest one, merged with components whose means lie inside its
-    ellipse; the gate is the ellipse of the merged moments at the chi-square ``coverage``
-    quantile (2 d.f.). Large non-lymphoid cells form their own component(s) and fall outside.
+    ellipse or that are the edge of its cloud (one density peak with it and denser than its gate's
+    boundary: lymphoblasts above resting lymphocytes); the gate is the ellipse of the merged
+    moments at the chi-square ``coverage`` quantile (2 d.f.). Large non-lymphoid cells form their
+    own component(s) and fall outside, and so does a thin background under the cloud.
 ``place_cluster``  two markers (e.g. CD3 vs CD19): the ellipse of the Gaussian-mixture component
     lying furthest to the strategy's stated side on each axis (``x_side``/``y_side`` high, low,
-    any), merged with components whose means lie inside it (see :func:`place_cluster`).
+    any), merged with components whose means lie inside it or that are the edge of its cloud
+    (see :func:`place_cluster`).
 ``place_fmo_threshold``  Threshold = the ``percentile`` (numpy linear interpolation, type 7) of
     the FMO tube's events in the same parent population; positive = value > threshold. Flag
     ``low_events`` when the FMO parent has fewer than ``min_events`` events.
@@ -62,7 +65,7 @@ from scipy.special import gammaincinv, ndtri, stdtrit
 
 from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
-from tilpheno.gates.mixture import MixtureFit, fit_best_mixture
+from tilpheno.gates.mixture import MixtureFit, fit_best_mixture, ridgeline_ratio
 
 _BINS = 1024
 VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
@@ -411,13 +414,40 @@ def _fit_mixture(sample: np.ndarray, max_components: int, seed: int) -> MixtureF
         return fit_best_mixture(sample, max_components, seed)
 
 
+ONE_PEAK_RATIO = 0.2
+"""Two mixture components make one density peak when their mixture's density between them never dips
+below this share of its lower peak (:func:`tilpheno.gates.mixture.ridgeline_ratio`; 0.2 is Hennig's
+(2010) tuning constant): a shallower dip is a shoulder or the edge of one cloud, not the valley
+between two populations."""
+
+
+def _edge_of_main(model, main: int, d2_limit: float) -> np.ndarray:
+    """Per component of a fitted mixture: True when it is an edge of component ``main``'s cloud
+    (a skewed cloud is fitted as a core and a tail), i.e. both
+
+    * the two make one density peak (ridgeline ratio >= :data:`ONE_PEAK_RATIO`), and
+    * its own peak, ``weight / (2 pi sqrt(det cov))``, is at least as dense as ``main`` on its
+      gate's boundary (``main``'s peak x exp(-``d2_limit`` / 2), 1 % of it at coverage 0.99): a
+      broad, thin component under the cloud (scattered large or dead cells, doublets) is a
+      background that such a gate leaves out, not the cloud's edge.
+
+    ``main`` itself is True."""
+    log_peak = np.log(model.weights) - 0.5 * np.linalg.slogdet(model.covariances)[1]
+    dense = log_peak >= log_peak[main] - 0.5 * d2_limit
+    return np.array([j == main or (bool(dense[j]) and ridgeline_ratio(
+        model.weights[[main, j]], model.means[[main, j]], model.covariances[[main, j]]) >= ONE_PEAK_RATIO)
+        for j in range(model.n_components)])
+
+
 def _merged_cluster(model, main: int, d2_limit: float, usable: np.ndarray | None = None):
-    """Component ``main`` of a fitted mixture merged with every (``usable``) component whose mean
-    lies inside its ellipse (squared Mahalanobis distance <= ``d2_limit``), by moment matching:
-    (inside mask over components, merged mean, merged covariance), in the sample's units."""
+    """Component ``main`` of a fitted mixture merged with every (``usable``) component that is the
+    same population: its mean lies inside ``main``'s ellipse (squared Mahalanobis distance <=
+    ``d2_limit``), or it is the edge of ``main``'s cloud, its mean beyond the ellipse
+    (:func:`_edge_of_main`); by moment matching: (inside mask over components, merged mean, merged
+    covariance), in the sample's units."""
     inv = np.linalg.inv(model.covariances[main])
     offsets = model.means - model.means[main]
-    inside = np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit
+    inside = (np.einsum("ij,jk,ik->i", offsets, inv, offsets) <= d2_limit) | _edge_of_main(model, main, d2_limit)
     if usable is not None:
         inside &= usable
     weights = model.weights[inside] / model.weights[inside].sum()
@@ -487,9 +517,9 @@ def place_cluster(
     subsample). Components lighter than ``min_weight`` are ignored. The wanted cluster is the
     component whose mean is furthest to the stated side: score = sum over the two dimensions of
     +mean (``high``), -mean (``low``) or 0 (``any``), each mean in units of the data's robust
-    spread (IQR / 1.349) of that dimension; components whose means lie inside its ellipse are
-    merged with it (moment matching). Gate: the ellipse of the merged moments at the chi-square
-    ``coverage`` quantile (2 d.f.); inside = Mahalanobis distance squared <= that quantile.
+    spread (IQR / 1.349) of that dimension; components whose means lie inside its ellipse, or that
+    are the edge of its cloud (``_edge_of_main``), are merged with it (moment matching). Gate: the
+    ellipse of the merged moments at the chi-square ``coverage`` quantile (2 d.f.); inside = Mahalanobis distance squared <= that quantile.
     E.g. T cells on CD3 (``x_side: high``) vs CD19 or a myeloid marker (``y_side: low``).
     Flag ``cluster_ambiguous`` (warning) when the runner-up's score is within one robust spread
     of the winner's: the stated sides do not single out one cluster.
