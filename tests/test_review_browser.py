@@ -901,7 +901,9 @@ def test_every_flag_of_one_kind_is_resolved_with_one_resolution(driver, server, 
     """A FlowJo export has no time channel, so each of a product's files gets a no_time_channel
     warning, and approving needed the same resolution typed once per file. Now the page offers one
     field for all flags of a kind; the signature still records one resolution per flag (keyed by
-    its code, file and place), and a flag of another kind left unresolved still refuses the approval."""
+    its code, file and place), and a flag of another kind left unresolved still refuses the approval.
+    A flag's own field holding only spaces counts as empty (it was sent as that flag's resolution,
+    overriding the one for all, and the server refused naming it): it gets the one for all."""
     import pandas as pd
     from selenium.webdriver.support.ui import Select
 
@@ -927,6 +929,7 @@ def test_every_flag_of_one_kind_is_resolved_with_one_resolution(driver, server, 
     for field in driver.find_elements("css selector", "[data-resolution]"):
         if field.get_attribute("data-code") != "no_time_channel":
             field.send_keys("threshold checked on the plot")
+    driver.find_element("css selector", '[data-code="no_time_channel"]').send_keys("   ")
     driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: "signed version 1" in d.find_element("id", "message").text, "the approval")

@@ -475,6 +475,38 @@ def test_approval_requires_a_resolution_of_each_warning_flag(service, tmp_path):
         src.qc = original
 
 
+def test_a_blank_resolution_of_a_flag_leaves_it_the_one_typed_for_its_kind(service):
+    """Two no_time_channel flags resolved at once (``kind_resolutions``) and one of them given a
+    field of spaces: the approval was refused naming that flag (the spaces overrode the kind's
+    resolution); now spaces count as nothing typed and both flags get the kind's resolution (stored
+    once per flag). A kind's resolution of spaces still refuses, naming the flag."""
+
+    src = service.source
+    original = src.qc
+    files = sorted(set(src.populations_csv.query("product_id == 'TIL001'")["file"]))[:2]
+    timeless = [{"product_id": "TIL001", "file": f, "gate": "", "code": "no_time_channel", "severity": "warning",
+                 "needs_review": "True", "message": "no Time channel"} for f in files]
+    src.qc = pd.concat([original, pd.DataFrame(timeless)], ignore_index=True)
+    try:
+        flags = [f for f in src.qc_flags("TIL001") if f["severity"] in ("warning", "error")]
+        keys = [f"{f['code']}:{f['file']}:{i}" for i, f in enumerate(flags)]
+        timeless_keys = [k for k, f in zip(keys, flags) if f["code"] == "no_time_channel"]
+        own = {k: "gate plots checked" for k, f in zip(keys, flags) if f["code"] != "no_time_channel"}
+        own[timeless_keys[0]] = "  \t "
+        v = service.current_version("TIL001")
+        dave = user(service, "dave")
+        with pytest.raises(GateSetError, match=rf"resolution of QC flag no_time_channel \({files[0]}\): required"):
+            service.sign("TIL001", dave.id, PASSWORDS["dave"], "approved for release", v, own,
+                         kind_resolutions={"no_time_channel": "   "})
+        sig = service.sign("TIL001", dave.id, PASSWORDS["dave"], "approved for release", v, own,
+                           kind_resolutions={"no_time_channel": "FlowJo export, order checked "})
+        stored = json.loads(sig.qc_resolutions_json)
+        assert sorted(stored) == sorted(keys) and len(timeless_keys) == 2
+        assert {stored[k] for k in timeless_keys} == {"FlowJo export, order checked"}
+    finally:
+        src.qc = original
+
+
 def test_four_eyes_no_one_approves_a_correction_they_saved(service):
     """A reviewer who moved a gate cannot approve that gate set for release (also not after someone
     else's later save on top of it); rejecting it is allowed, and a second person approves it."""

@@ -207,7 +207,7 @@ def test_any_json_value_in_any_field_is_a_4xx_never_a_crash(app, service):
     before = counts(service)
     for value in VALUES:
         for path, fields in (("preview", ("gates",)), ("versions", ("base_version", "gates", "reason")),
-                             ("sign", ("version", "meaning", "password", "qc_resolutions", "comment")),
+                             ("sign", ("version", "meaning", "password", "qc_resolutions", "qc_kind_resolutions", "comment")),
                              ("apply", ("tube", "population", "products", "reason"))):
             for field in fields:
                 r = c.post(f"/api/products/{PID}/{path}", json={field: value}, headers=h)

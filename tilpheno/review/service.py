@@ -149,6 +149,22 @@ def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str)
     return ""
 
 
+def resolutions_typed(flags: list[dict], own: Any, by_kind: Any) -> dict[str, Any]:
+    """The resolution typed for each of ``flags`` (the product's warning and error QC flags, in
+    order), keyed ``code:file:i`` (``i``: the flag's place among them): its own (``own[key]``) when
+    that holds more than whitespace, else the one typed for all flags of its code
+    (``by_kind[code]``), else None. Not yet checked (:func:`check_reason`); a non-mapping counts as
+    nothing typed."""
+    own = own if isinstance(own, dict) else {}
+    by_kind = by_kind if isinstance(by_kind, dict) else {}
+    typed = {}
+    for i, f in enumerate(flags):
+        key = f"{f['code']}:{f['file']}:{i}"
+        mine = own.get(key)
+        typed[key] = mine if isinstance(mine, str) and mine.strip() else by_kind.get(f["code"], mine)
+    return typed
+
+
 def _signature_record(sig: Signature) -> dict:
     """What an audit entry records of a signature its change ends: the rejection an approval
     overrules, the approval a batch apply voids."""
@@ -620,9 +636,12 @@ class ReviewService:
 
     # -- signatures --------------------------------------------------------------------------------
     def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,
-             comment: Any = "", overrules: Any = None) -> Signature:
+             comment: Any = "", overrules: Any = None, kind_resolutions: Any = None) -> Signature:
         """Sign the current ``version`` with ``meaning`` (module docstring); ``overrules``: the id of
-        the standing rejection of that version an approval overrules (required to approve it)."""
+        the standing rejection of that version an approval overrules (required to approve it).
+        ``qc_resolutions``: {``code:file:i``: text} of each warning or error flag; a flag with none
+        (or only whitespace) gets ``kind_resolutions[code]``, typed for all flags of its code
+        (:func:`resolutions_typed`)."""
         if not isinstance(meaning, str) or meaning not in MEANINGS:
             raise GateSetError(f"meaning: one of {', '.join(MEANINGS)}")
         current = self.version(product_id)
@@ -630,12 +649,11 @@ class ReviewService:
             raise VersionConflict(f"conflict: you are signing version {version} but {self.noun} {product_id} is at version "
                                   f"{current.version}; reload and review the current gates before signing")
         flags = [f for f in self.source.qc_flags(product_id) if f["severity"] in ("warning", "error")]
-        resolutions = qc_resolutions if isinstance(qc_resolutions, dict) else {}
         clean_res = {}
         if meaning == "approved for release":
-            for i, f in enumerate(flags):
-                key = f"{f['code']}:{f['file']}:{i}"
-                clean_res[key] = check_reason(resolutions.get(key), f"resolution of QC flag {f['code']} ({f['file']})")
+            typed = resolutions_typed(flags, qc_resolutions, kind_resolutions)
+            for f, (key, text) in zip(flags, typed.items()):
+                clean_res[key] = check_reason(text, f"resolution of QC flag {f['code']} ({f['file']})")
         if meaning == "rejected" and comment in (None, ""):   # a QA rejection says why (its audit entry's reason)
             raise GateSetError("comment: say why you reject (at least 3 characters)")
         comment = "" if comment in (None, "") else check_reason(comment, "comment")

@@ -372,7 +372,8 @@ def create_app(service: ReviewService) -> Flask:
         data = body()
         try:
             sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
-                               data.get("qc_resolutions"), data.get("comment", ""), data.get("overrule_rejection"))
+                               data.get("qc_resolutions"), data.get("comment", ""), data.get("overrule_rejection"),
+                               data.get("qc_kind_resolutions"))
         except AuthError as exc:
             if not exc.locked_now:
                 raise

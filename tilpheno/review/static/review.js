@@ -462,7 +462,7 @@
     const flags = warningFlags(), kinds = new Map();
     for (const f of flags) kinds.set(f.code, (kinds.get(f.code) || 0) + 1);
     // several flags of one kind (e.g. no_time_channel on each FlowJo-exported file): one resolution for all
-    // of them; the signature still records one resolution per flag, naming it (see resolutionsTyped)
+    // of them; the signature still records one resolution per flag, naming it (the server's resolutions_typed)
     for (const [code, n] of kinds) {
       if (n < 2) continue;
       const lab = el("label", {}, "Resolution of all " + n + " " + code + " flags (each of them left empty below gets it)");
@@ -476,15 +476,12 @@
     });
   }
 
-  // {flag key: resolution} of each warning flag: its own field, else the one typed for all flags of its kind
-  function resolutionsTyped() {
-    const all = {}, res = {};
-    for (const e of document.querySelectorAll("[data-resolve-all]")) if (e.value) all[e.dataset.resolveAll] = e.value;
-    for (const e of document.querySelectorAll("[data-resolution]")) {
-      const value = e.value || all[e.dataset.code];
-      if (value) res[e.dataset.resolution] = value;
-    }
-    return res;
+  // the fields as typed: {flag key: its own resolution} and {code: the one for all flags of that kind}; the
+  // server gives each flag its own unless that is empty or only whitespace, else its kind's
+  function fieldsTyped(attr, name) {
+    const typed = {};
+    for (const e of document.querySelectorAll("[" + attr + "]")) if (e.value) typed[e.dataset[name]] = e.value;
+    return typed;
   }
 
   // who signed, when: "Dave Tester (dave) on 2026-12-04 18:40:12 UTC"
@@ -611,7 +608,8 @@
       return;
     }
     const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
-      password: $("sign-password").value, qc_resolutions: resolutionsTyped(), comment: $("comment").value,
+      password: $("sign-password").value, qc_resolutions: fieldsTyped("data-resolution", "resolution"),
+      qc_kind_resolutions: fieldsTyped("data-resolve-all", "resolveAll"), comment: $("comment").value,
       overrule_rejection: S.rejection && $("overrule-check") && $("overrule-check").checked ? S.rejection.id : null });
     $("sign-password").value = "";
     if (r.status === 201) { $("comment").value = ""; await load(); message(r.data.message, true); }
