@@ -190,14 +190,16 @@ def test_positives_in_an_unstained_control_are_flagged_with_their_share():
     n = 10000
     control = {"CD45": rng.normal(0.15, 0.03, n), "CD3": rng.normal(0.15, 0.04, n), "CD19": rng.normal(0.15, 0.03, n),
                "CD4": rng.normal(0.15, 0.03, n), "CD8": rng.normal(0.15, 0.03, n)}
-    clean = unstained_check(strategy, state, _tube(control))
-    assert [f.code for f in clean] == ["unstained_control"] and clean[0].severity == "info"
+    checked = unstained_check(strategy, state, _tube(control))
+    clean = checked.flags
+    assert [f.code for f in clean] == ["unstained_control"] and clean[0].severity == "info" and checked.cuts == {}
     # CD45+ on all events; T cells, CD4+, CD8+ on all events too (their parents are stained gates)
     assert "CD45+ 0.00% of 10000 root events; T cells 0.00% of 10000 root events" in clean[0].message
     # 3 % of the control's cells autofluorescent in the CD3 detector, above the stained tube's cut
     bright = rng.random(n) < 0.03
     control["CD3"] = np.where(bright, rng.normal(0.7, 0.03, n), control["CD3"])
-    flags = unstained_check(strategy, state, replace(_tube(control), file="unstained.fcs"))
+    checked = unstained_check(strategy, state, replace(_tube(control), file="unstained.fcs"))
+    flags = checked.flags
     flag = [f for f in flags if f.code == "unstained_positive"]
     assert len(flag) == 1 and flag[0].message.startswith("T cells (CD3): ") and checks.needs_review(flag[0])
     share = float(flag[0].message.split("T cells (CD3): ")[1].split("%")[0])
@@ -211,6 +213,39 @@ def test_positives_in_an_unstained_control_are_flagged_with_their_share():
     assert "(unstained.fcs) against the stained tube x.fcs" in raised.message
     assert flags_on_gate([raised], "T cells", "x.fcs") == [raised]
     assert flags_on_gate([raised], "T cells", "y.fcs") == [] and flags_on_gate([raised], "CD4+", "x.fcs") == []
+
+
+def test_the_cut_an_unstained_control_offers_is_the_lowest_that_clears_its_flag():
+    """A gate flagged ``unstained_positive`` gave the reviewer no cut that would clear it (the review
+    app's candidates ignored the flag). The check now records one: moved there (as the app moves a
+    gate to a candidate, just above the cut) the gate is no longer flagged, and moved down to the
+    next control value below it, it is; the control's events above it are at most 1 % (by count)."""
+    from tilpheno.gates.geometry import RangeGate
+    from tilpheno.phenotype import unstained_check
+    from tilpheno.review.regate import candidate_coordinate
+
+    strategy = Strategy.from_dict(STRATEGY)
+    rng = np.random.default_rng(11)
+    state = gate_tube_kind(strategy, [_tube(_sample(rng))])[0]
+    n = 10000
+    control = {"CD45": rng.normal(0.15, 0.03, n), "CD3": rng.normal(0.15, 0.04, n), "CD19": rng.normal(0.15, 0.03, n),
+               "CD4": rng.normal(0.15, 0.03, n), "CD8": rng.normal(0.15, 0.03, n)}
+    bright = rng.random(n) < 0.03
+    control["CD3"] = np.where(bright, rng.normal(0.7, 0.03, n), control["CD3"])
+    control = replace(_tube(control), file="unstained.fcs")
+    checked = unstained_check(strategy, state, control)
+    [cut] = checked.cuts.values()
+    assert list(checked.cuts) == ["T cells"] and cut > [g for p, _, g, _ in state.gates if p == "T cells"][0].low
+    cd3 = control.data["CD3"]   # T cells' parent is stained-defined (CD45+): counted on every control event
+    assert np.count_nonzero(cd3 > cut) <= 0.01 * n < np.count_nonzero(cd3 >= cut)
+
+    def flagged_at(value: float) -> bool:
+        gates = [(p, parent, RangeGate("CD3", candidate_coordinate("low", value), None) if p == "T cells" else g, m)
+                 for p, parent, g, m in state.gates]
+        return any(f.code == "unstained_positive" for f in unstained_check(strategy, replace(state, gates=gates),
+                                                                            control).flags)
+
+    assert not flagged_at(cut) and flagged_at(float(np.max(cd3[cd3 < cut])))
 
 
 def test_a_reference_gate_with_one_population_is_sized_on_the_parent_it_is_applied_to():

@@ -1186,16 +1186,20 @@ def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(t
     Now qc.csv's ``gate_file`` names it (the control here: a copy of the surface stained tube, so
     each tube kind's positive gates let its events through), the app finds the flag on that file's
     gate by the field and on no other file's, and a qc.csv from before the column is read as those
-    versions attached the flag (the message's stained file)."""
+    versions attached the flag (the message's stained file). Each flagged gate is offered the
+    lowest cut that clears the flag among its candidates (none was): on the stained tube the
+    control copies, at most 1 % of the events the flag counts lie above it, more than 1 % at or above."""
     import shutil
     from types import SimpleNamespace
 
     import pandas as pd
 
+    import numpy as np
+
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
     from tilpheno.qc import flags_naming_gate
-    from tilpheno.review.regate import ReviewSource
+    from tilpheno.review.regate import ReviewSource, evaluate
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -1220,6 +1224,19 @@ def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(t
         for file in (*stained.values(), control):
             found = [f.message for f in flags_naming_gate(flags, gate, file) if f.code == "unstained_positive"]
             assert found == raised.loc[(raised["gate"] == gate) & (raised["gate_file"] == file), "message"].tolist()
+    candidates, automatic = source.candidates(PID), source.automatic(PID)["tubes"]
+    for flag in raised.itertuples():
+        tube = next(t for t, f in stained.items() if f == flag.gate_file)
+        [offered] = [c for c in candidates[tube][flag.gate] if c["rule"] == "unstained_cut"]
+        if flag.gate_file != "TIL001_surface_stain.fcs":
+            continue   # the control is a copy of this file: its events are the control's
+        st = source.stained(PID)[tube]
+        base, n = re.search(r"of the unstained control's (.+) events \((\d+)\)", flag.message).groups()
+        inside = evaluate(st.strategy, st.tube, automatic[tube]["gates"])[base] if base != "root" else \
+            np.ones(st.tube.n_events, dtype=bool)
+        values = st.tube.data[automatic[tube]["gates"][flag.gate]["dim"]][inside]
+        assert values.size == int(n)
+        assert np.count_nonzero(values > offered["cut"]) <= 0.01 * values.size < np.count_nonzero(values >= offered["cut"])
     written = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
     written.drop(columns=["gate_file"]).to_csv(tmp_path / "out" / "qc.csv", index=False)   # as before the column
     assert ReviewSource(tmp_path / "out").qc["gate_file"].tolist() == written["gate_file"].tolist()

@@ -128,7 +128,8 @@ class TubeResult:
     label: str = ""                           # the file as the product's flags name it (analyze_product)
     diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
     # population -> the numbers behind its placed gate (placement diagnostics: the candidates a
-    # gate weighed, e.g. ``valley_threshold`` and ``sd_threshold`` of a ``valley`` gate, transformed units)
+    # gate weighed, e.g. ``valley_threshold`` and ``sd_threshold`` of a ``valley`` gate, transformed units;
+    # a stained file's gate flagged ``unstained_positive``: ``unstained_cut``, :class:`UnstainedCheck`)
 
     @property
     def shown_name(self) -> str:
@@ -514,8 +515,18 @@ def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population])
     return out
 
 
+@dataclass
+class UnstainedCheck:
+    """What :func:`unstained_check` found: its flags, and for each gate flagged
+    ``unstained_positive`` the lowest cut that would clear it (``checks.unstained_cut``,
+    transformed units)."""
+
+    flags: list[pl.Flag]
+    cuts: dict[str, float]
+
+
 def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, stained_name: str | None = None,
-                    control_name: str | None = None) -> list[pl.Flag]:
+                    control_name: str | None = None) -> UnstainedCheck:
     """Positives in an unstained control: the stained file's placed gates (``state.gates``, fixed
     geometry, FMO thresholds included) applied to the ``control``'s events. For every positive
     1-D marker gate (``x > cut``): the % of the control's events above the cut among its events in
@@ -530,7 +541,7 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
     by_name = {p.name: p for p in strategy.populations}
     masks: dict[str, np.ndarray] = {}
     n = control.n_events
-    flags, checked = [], []
+    flags, checked, cuts = [], [], {}
     stained_defined: set[str] = set()
     for name, parent, gate, _ in state.gates:
         if not all(d in control.data for d in gate.dims):
@@ -558,11 +569,12 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
                                      stained=stained)
         if flag is not None:
             flags.append(flag)
+            cuts[name] = checks.unstained_cut(control.data[gate.dim][inside])
     if checked:
         flags.append(pl.Flag("unstained_control", "info",
                              f"the {stained} gates on the unstained control {control_label}, "
                              f"% above each positive gate's cut: {'; '.join(checked)}"))
-    return flags
+    return UnstainedCheck(flags, cuts)
 
 
 def _moved(gate: RangeGate, cut: float) -> RangeGate:
@@ -1416,11 +1428,13 @@ def analyze_product(
                                                       f"unstained control not used for the {tube_kind} gates: {f.message}")
                                                for f in problems)
                         continue
+                    check = unstained_check(strategy, state, control, stained_name=sources[i].handle["name"],
+                                            control_name=name)
                     unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message, f.gate,
-                                                  sources[i].handle["name"] if f.gate else "")
-                                           for f in unstained_check(strategy, state, control,
-                                                                    stained_name=sources[i].handle["name"],
-                                                                    control_name=name))
+                                                  sources[i].handle["name"] if f.gate else "") for f in check.flags)
+                    for population, cut in check.cuts.items():   # the highest where two controls flag it
+                        d = made[i].diagnostics.setdefault(population, {})
+                        d["unstained_cut"] = max(cut, d.get("unstained_cut", cut))
 
         run.finish(consume)
         qc.extend(s.handle["read_flag"] for s in sources if s.handle["read_flag"] is not None)

@@ -89,7 +89,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
 ``unstained_positive``  the stained tube's placed gates applied as they are (fixed geometry) to
     the product's unstained control: more than ``UNSTAINED_LIMIT`` (1) % of the control's events
     in a positive gate's parent lie above its threshold (an unstained cell carries no stain: they
-    are autofluorescent cells, or the cut is too low). The message gives the %.
+    are autofluorescent cells, or the cut is too low). The message gives the %; the lowest cut
+    that would clear it (:func:`unstained_cut`) is the gate's ``unstained_cut`` diagnostic, which
+    the review app offers as a candidate.
 ``dim_subset_events``  a declared ``dim_subset`` check (strategy ``checks:``): see
     :func:`dim_subset_flag`.
 Flags of stained ``valley`` gates (``no_second_peak``, ``cut_in_dense_region``, ``few_events``) are
@@ -588,6 +590,19 @@ def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_
         f"{quantile:g}th percentile of {reference} ({low:.3f}), beyond the {quantile:g} % expected (limit "
         f"{limit:g}); the {gate} gate may hold {marker}-dim events of another kind; look at {marker} of {subset} "
         f"against {reference}", gate)
+
+
+def unstained_cut(values: np.ndarray, limit: float = UNSTAINED_LIMIT) -> float:
+    """The lowest cut (transformed units) leaving at most ``limit`` % of ``values`` above it
+    (``x > cut``, as a positive gate keeps them): with ``values`` an unstained control's events in
+    the parent :func:`unstained_flag` counts, on the gate's marker, the lowest cut at which that
+    flag is not raised. NaN without a finite value."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return float("nan")
+    allowed = int(limit * v.size // 100)   # events that may lie above the cut
+    return float(v[v.size - 1 - allowed])
 
 
 def unstained_flag(population: str, marker: str, cut: float, parent: str, above_pct: float, n_parent: int,

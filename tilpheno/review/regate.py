@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -43,6 +44,7 @@ import pandas as pd
 
 from tilpheno.cache import FileIdentity
 from tilpheno.errors import GatingError, TilphenoError
+from tilpheno.gates.checks import UNSTAINED_LIMIT
 from tilpheno.gates.geometry import PolygonGate, RangeGate, gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
@@ -51,6 +53,7 @@ from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_sp
 from tilpheno.review.db import ReviewError
 from tilpheno.transforms import Logicle
 
+log = logging.getLogger(__name__)
 REPRODUCE_TOLERANCE = 1e-6   # percentage points between phenotypes.csv and the re-run
 MAX_VERTICES = 200
 MAX_DISTANCE_SQUARE = 100.0
@@ -436,11 +439,38 @@ class ReviewSource:
         files = self._file_rows(product_id)
         if not files:
             raise ReviewError(f"no product {product_id!r} in {self.out_dir / 'populations.csv'}")
-        labels, recorded = [name for name, *_ in files], self.run.get("product_files")
-        entries = (product_inputs(labels, recorded.get(product_id) or {}, self._inputs_by_path, self.out_dir / "run.json")
-                   if recorded is not None else recorded_inputs(labels, self._inputs, self.out_dir / "run.json"))
+        entries = self._entries(product_id, [name for name, *_ in files])
         return [(name, str(entries[name]["path"]), str(entries[name]["sha256"]), tube, role, marker)
                 for name, tube, role, marker in files]
+
+    def _entries(self, product_id: str, labels: list[str]) -> dict[str, dict]:
+        """Each of the product's file ``labels`` -> its entry of run.json's ``inputs`` (``path``,
+        ``sha256``): :func:`product_inputs`, or :func:`recorded_inputs` for a run.json without
+        ``product_files``."""
+        recorded = self.run.get("product_files")
+        return (product_inputs(labels, recorded.get(product_id) or {}, self._inputs_by_path, self.out_dir / "run.json")
+                if recorded is not None else recorded_inputs(labels, self._inputs, self.out_dir / "run.json"))
+
+    def unstained_controls(self, product_id: str) -> list[ProductFile]:
+        """The product's unstained controls whose check flagged a stained gate (qc.csv's
+        ``unstained_positive`` flags are raised on them) and that were not gated (populations.csv
+        lists the gated files, :meth:`product_files`): the re-run checks them again, which records
+        the cut that clears each such flag (``unstained_cut``). One that cannot be found is left out
+        (logged): the gates are reviewed without that candidate."""
+        gated = {name for name, *_ in self._file_rows(product_id)}
+        flags = self._rows("qc", product_id)
+        labels = list(dict.fromkeys(str(f) for f, code in zip(flags["file"], flags["code"])
+                                    if code == "unstained_positive" and str(f) not in gated))
+        out = []
+        for label in labels:
+            try:
+                entry = self._entries(product_id, [label])[label]
+                out.append(ProductFile(self._resolve(str(entry["path"]), label), label, str(entry["sha256"]),
+                                       "unstained", "unstained", ""))
+            except ReviewError as exc:
+                log.warning("product %s: unstained control left out of the re-run (no unstained_cut candidates): %s",
+                            product_id, exc)
+        return out
 
     def _file_rows(self, product_id: str) -> list[tuple[str, str, str, str]]:
         """``(file, tube, role, fmo_marker)`` of each of the product's files in populations.csv, in
@@ -529,7 +559,7 @@ class ReviewSource:
     def _rerun(self, product_id: str) -> None:
         from tilpheno.phenotype import PLOT_EVENTS, analyze_product
 
-        files = self.product_files(product_id)
+        files = self.product_files(product_id) + self.unstained_controls(product_id)
         rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker} for f in files])
         result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
                                  til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS,
@@ -554,7 +584,7 @@ class ReviewSource:
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
-            flagged = [(f.code, f.gate) for f in result.qc if f.file in (name, "")]
+            flagged = [(f.code, f.gate) for f in result.qc if (f.gate_file or f.file) in (name, "")]   # qc.flags_naming_gate
             candidates[t.tube] = gate_candidates(t.thresholds, t.diagnostics, t.gates, flagged, self.fmo_percentile)
         self._automatic[product_id] = {"tubes": tubes}
         self._candidates[product_id] = candidates
@@ -708,6 +738,18 @@ def density_candidates(d: Mapping[str, Any], flagged: list[str]) -> list[dict]:
     return out
 
 
+def unstained_candidates(d: Mapping[str, Any], flagged: list[str]) -> list[dict]:
+    """The cut that would clear an ``unstained_positive`` flag on the gate (``flagged``: the codes
+    of the flags on it; ``d``: its diagnostics, ``unstained_cut``, transformed scale), as a
+    candidate; empty when the gate was not flagged so."""
+    cut = d.get("unstained_cut")
+    if "unstained_positive" not in flagged or not isinstance(cut, (int, float)) or not math.isfinite(cut):
+        return []
+    return [{"rule": "unstained_cut", "label": "unstained control", "cut": float(cut),
+             "meaning": f"the lowest cut leaving at most {UNSTAINED_LIMIT:g} % of the unstained control's events "
+                        "(those the unstained_positive flag counts) above it"}]
+
+
 def _distinct(cuts: list[dict], more: list[dict]) -> list[dict]:
     """``cuts`` followed by each of ``more`` that differs from every cut before it by more than
     :data:`CANDIDATE_TOLERANCE`."""
@@ -723,9 +765,9 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
     """Population -> candidate cuts of every 1-D gate of a stained tube: the threshold gates'
     (:func:`threshold_candidates`), then for every range gate whose placement recorded a cut
     (``diagnostics[population]["threshold"]``; ``gates``: the tube's ``(population, parent, gate,
-    method)``) the cut in use first and its :func:`density_candidates`, repeats left out as in
-    :func:`threshold_candidates`. ``flags``: ``(code, gate)`` of the file's flags (``QCFlag.gate``:
-    the population whose gate a flag is about)."""
+    method)``) the cut in use first, its :func:`density_candidates` and :func:`unstained_candidates`,
+    repeats left out as in :func:`threshold_candidates`. ``flags``: ``(code, gate)`` of the flags on
+    the file's gates (``QCFlag.gate``: the population whose gate a flag is about)."""
     out = threshold_candidates(thresholds, percentile)
     for population, _parent, gate, method in gates:
         d = diagnostics.get(population, {})
@@ -740,7 +782,7 @@ def gate_candidates(thresholds: pd.DataFrame, diagnostics: Mapping[str, Mapping[
         first = out.get(population) or [{"rule": "automatic", "label": "automatic", "cut": float(used),
                                          "meaning": f"the cut the run placed (rule: {method})"}]
         codes = [code for code, on in flags if on == population]
-        out[population] = _distinct(first, density_candidates(d, codes))
+        out[population] = _distinct(first, density_candidates(d, codes) + unstained_candidates(d, codes))
     return out
 
 
