@@ -161,6 +161,24 @@ def test_a_second_marker_after_a_space_names_no_marker_a_clone_does(tmp_path):
     assert "'CD39 TIGIT' names CD39 and TIGIT" in str(info.value)
 
 
+def test_an_unknown_word_before_a_marker_or_a_plus_between_two_names_no_marker():
+    """'KLRG1 CD39' (KLRG1 not in the vocabulary) read as CD39: an unknown word *before* the marker
+    was dropped as a clone is after it ('CD3 OKT3') -> it is another stain on the detector, and the
+    label names CD39 and KLRG1, so no marker (as 'KLRG1-CD39'). 'CD39+TIGIT' read as the free-text
+    marker 'CD39+TIGIT' -> '+' joins stains: CD39 and TIGIT, no marker ('CD45RA+CD62L+' too, both
+    unknown); 'CD4+' is CD4. Prefixes, fluorochromes, filler words, numbers and wavelengths before
+    a marker are still none ('h CD3', 'FITC CD3', '488/552nm PI (615/30) LogH'); every real label of
+    tests/data names what :meth:`known_markers` finds (none is read otherwise)."""
+    vocabulary = default_vocabulary()
+    assert [vocabulary.named_markers(t) for t in ("KLRG1 CD39", "CD39+TIGIT", "CD45RA+CD62L+")] == \
+        [("CD39", "KLRG1"), ("CD39", "TIGIT"), ("CD45RA", "CD62L")]
+    assert [normalize_marker(t) for t in ("KLRG1 CD39", "KLRG1 CD39 BV605", "CD39+TIGIT", "CD45RA+CD62L+")] == [None] * 4
+    assert [normalize_marker(t) for t in ("CD4+", "h CD3", "anti CD3", "FITC CD3", "BV421 CD4", "Mouse anti-Human CD8",
+                                          "488/552nm PI (615/30) LogH", "CD3 OKT3", "PD 1 BV421")] == \
+        ["CD4", "CD3", "CD3", "CD3", "CD4", "CD8", "PI", "CD3", "PD1"]
+    assert not [label for label in _corpus_labels() if vocabulary.named_markers(label) != vocabulary.known_markers(label)]
+
+
 def test_canonical_names_normalise_to_themselves():
     names = sorted(set(default_vocabulary().canonical.values()))
     assert {"CD3", "PD1", "FoxP3", "7AAD", "LAG3"} <= set(names)

@@ -650,6 +650,35 @@ def test_shared_detector_label_is_announced_and_a_panel_row_resolves_it(tmp_path
     assert all("FoxP3" in t.markers for t in draft.tubes)
 
 
+def test_a_label_naming_a_second_stain_before_a_marker_or_with_a_plus_is_announced(tmp_path):
+    """$PnS 'KLRG1 CD39' (KLRG1 not in the vocabulary) was drafted as CD39, the unknown word before
+    it dropped without a word, and 'CD39+TIGIT' as one free-text marker 'CD39+TIGIT' though it names
+    two known markers (each file then a tube kind of its own) -> both read as no marker, and
+    new-study says so in one line per label naming the detector, the label, the markers and the
+    file; the files make one kind (CD3)."""
+    import numpy as np
+
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    events = np.random.default_rng(0).uniform(1, 1000, size=(200, 4))
+    for product, label in (("P1", "KLRG1 CD39"), ("P2", "CD39+TIGIT")):
+        write_fcs(folder / f"{product}_surface.fcs", events, [("FSC-A", None, 262144), ("SSC-A", None, 262144),
+                                                               ("FITC-A", "CD3 FITC", 262144), ("PE-A", label, 262144)],
+                  {"$SRC": product})
+    draft = draft_study(folder)
+    assert [t.markers for t in draft.tubes] == [("CD3",)] and draft.tubes[0].products == 2
+    assert {(s.label, s.markers, tuple(files)) for s, files in draft.shared.items()} == {
+        ("KLRG1 CD39", ("CD39", "KLRG1"), ("P1_surface.fcs",)), ("CD39+TIGIT", ("CD39", "TIGIT"), ("P2_surface.fcs",))}
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.output.splitlines() if x.startswith("no marker read")]
+    assert len(lines) == 2, result.output
+    assert "detector PE-A's label 'KLRG1 CD39' names CD39 and KLRG1" in lines[0] and "1 file(s): P1_surface.fcs" in lines[0]
+    assert "detector PE-A's label 'CD39+TIGIT' names CD39 and TIGIT" in lines[1] and "1 file(s): P2_surface.fcs" in lines[1]
+
+
 def test_index_names_the_gates_that_hold_each_product_for_review(tmp_path):
     """FlowAtlas draft (17 marker gates on all events, no FMO): every product 'needs review', and the
     index said only that, with a flag count ('warning (14) needs review'), while it names each failed

@@ -21,8 +21,11 @@ Conventions
 * A label that names two different known markers (``"Foxp3-IgM"``, ``"CD3-IgD"``, ``"CD8 TIGIT"``:
   one detector shared by two antibodies, one for each of two tubes or cell types), or a known marker
   joined by a hyphen to a word that is no fluorochrome, filler word, prefix or detector name
-  (``"CD8-KLRG1"``: KLRG1 unknown), names no marker (an unknown word after a space is taken for the
-  antibody's clone: ``"CD3 OKT3"`` is CD3, so a marker written that way must be in the vocabulary):
+  (``"CD8-KLRG1"``: KLRG1 unknown), or a known marker after an unknown word (``"KLRG1 CD8"``), or
+  parts joined by ``+`` (``"CD8+TIGIT"``, ``"CD45RA+CD62L+"``; ``"CD4+"`` is CD4), names no marker
+  (an unknown word after a space is taken for the antibody's clone: ``"CD3 OKT3"`` is CD3, so a
+  marker written that way must be in the vocabulary; before the marker it is another stain, unless
+  a prefix, fluorochrome, filler word, number, wavelength or detector name):
   which one the file's tube carries is the lab's to say (a panel file row),
   :meth:`Vocabulary.named_markers`.
 * A dye family whose number names the dye (``numbered:``, the SYTO nucleic-acid stains: SYTO 9,
@@ -52,9 +55,10 @@ from tilpheno.errors import StudyError
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 """The bundled study configurations (package data): ``<name>/study.yaml`` and ``vocabulary.yaml``."""
 
-_SEPARATORS = re.compile(r"[\s_/:;,()\[\]]+")
+_SEPARATORS = re.compile(r"[\s_/:;,+()\[\]]+")
 _KEY_DROP = re.compile(r"[\s\-._/]+")
 _NUMBERED = re.compile(r"^([A-Z]+)(\d+)$")
+_WAVELENGTH = re.compile(r"^\d+NM$")   # a key: "552nm" of "488/552nm PI (615/30)", a laser or filter
 _DETECTOR = re.compile(r"^(?:FL\d+|FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
 
 
@@ -181,12 +185,38 @@ class Vocabulary:
         a known marker, each run of its other parts that is no fluorochrome, filler word, prefix,
         number, single letter or detector name, nor the start of a fluorochrome's name
         (``"CD8-KLRG1"`` -> ``("CD8", "KLRG1")``; ``"CD4-PerCP-Cy5.5"``, ``"anti-CD3"``,
-        ``"CD56-PE-Texas Red"`` -> one marker)."""
+        ``"CD56-PE-Texas Red"`` -> one marker), then the unknown marker before the first known one
+        (:meth:`_leading_unknown`, ``"KLRG1 CD8"`` -> ``("CD8", "KLRG1")``) and, in a label of
+        ``+``-joined parts, each part's marker (:meth:`marker_in`: ``"CD45RA+CD62L+"`` -> ``("CD45RA",
+        "CD62L")``)."""
         found = dict.fromkeys(self.known_markers(text))
-        for word in (w for w in _SEPARATORS.split(str(text or "").strip()) if "-" in w):
+        words = [w for w in _SEPARATORS.split(str(text or "").strip()) if w]
+        for word in (w for w in words if "-" in w):
             for run in self._unknown_runs([p for p in word.split("-") if p]):
                 found.setdefault(run, None)
+        leading = self._leading_unknown(words)
+        if leading is not None:
+            found.setdefault(leading, None)
+        joined = [part for part in str(text or "").split("+") if part.strip()]
+        if len(joined) > 1:   # "CD45RA+CD62L": each part a stain, known or not
+            for part in joined:
+                marker = self.marker_in(part)
+                if marker is not None:
+                    found.setdefault(marker, None)
         return tuple(found)
+
+    def _leading_unknown(self, words: list[str]) -> str | None:
+        """The marker the words before the first one holding a known marker read as (free text,
+        :meth:`_free_text`; ``"KLRG1 CD8"`` -> ``KLRG1``), None when they are only prefixes, single
+        letters, fluorochromes (or the start of one's name), filler words, numbers, wavelengths
+        (``"488/552nm PI"``) or detector names, or when no word holds a known marker. An unknown word
+        after the known marker is its clone (``"CD3 OKT3"``); one before it is another stain."""
+        first = next((i for i, w in enumerate(words)
+                      if self.known_markers(w) or (i + 1 < len(words) and self.known(w + words[i + 1]))), 0)
+        lead = [w for w in words[:first] if len(key(w)) >= 2 and key(w) not in self.prefixes and not _WAVELENGTH.match(key(w))]
+        if not lead or any(f.startswith(key("".join(lead))) for f in self.fluorochromes):
+            return None
+        return self._free_text(lead)
 
     def _unknown_runs(self, parts: list[str]) -> list[str]:
         """The runs of ``parts`` (a hyphen-joined word split) beside a known marker that read as
