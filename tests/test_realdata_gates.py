@@ -181,15 +181,22 @@ def test_cluster_method_from_a_strategy():
         Strategy.from_dict({**doc, "populations": [{**doc["populations"][0], "params": {"x_side": "up"}}]})
 
 
-def test_positives_in_an_unstained_control_are_flagged_with_their_share():
-    from tilpheno.phenotype import unstained_check
-
+def _unstained_case(n: int = 10000):
+    """The synthetic tube gated by STRATEGY, the generator, and an unstained control of ``n`` events
+    near 0.15 on every marker (none above a cut)."""
     strategy = Strategy.from_dict(STRATEGY)
     rng = np.random.default_rng(11)
     state = gate_tube_kind(strategy, [_tube(_sample(rng))])[0]
-    n = 10000
     control = {"CD45": rng.normal(0.15, 0.03, n), "CD3": rng.normal(0.15, 0.04, n), "CD19": rng.normal(0.15, 0.03, n),
                "CD4": rng.normal(0.15, 0.03, n), "CD8": rng.normal(0.15, 0.03, n)}
+    return strategy, state, rng, control
+
+
+def test_positives_in_an_unstained_control_are_flagged_with_their_share():
+    from tilpheno.phenotype import unstained_check
+
+    n = 10000
+    strategy, state, rng, control = _unstained_case(n)
     checked = unstained_check(strategy, state, _tube(control))
     clean = checked.flags
     assert [f.code for f in clean] == ["unstained_control"] and clean[0].severity == "info" and checked.cuts == {}
@@ -224,12 +231,8 @@ def test_the_cut_an_unstained_control_offers_is_the_lowest_that_clears_its_flag(
     from tilpheno.phenotype import unstained_check
     from tilpheno.review.regate import candidate_coordinate
 
-    strategy = Strategy.from_dict(STRATEGY)
-    rng = np.random.default_rng(11)
-    state = gate_tube_kind(strategy, [_tube(_sample(rng))])[0]
     n = 10000
-    control = {"CD45": rng.normal(0.15, 0.03, n), "CD3": rng.normal(0.15, 0.04, n), "CD19": rng.normal(0.15, 0.03, n),
-               "CD4": rng.normal(0.15, 0.03, n), "CD8": rng.normal(0.15, 0.03, n)}
+    strategy, state, rng, control = _unstained_case(n)
     bright = rng.random(n) < 0.03
     control["CD3"] = np.where(bright, rng.normal(0.7, 0.03, n), control["CD3"])
     control = replace(_tube(control), file="unstained.fcs")
