@@ -542,7 +542,36 @@ def test_ph_test_not_computable_is_said_once_per_endpoint(tmp_path, case):
     assert len(pfs) == 1 and "the proportional-hazards test is not computable" in pfs[0], pfs
     assert not any("cox.zph" in w for w in res.warnings), res.warnings
     cox = pd.concat([res.cox_univariable, res.cox_multivariable])
-    assert cox.zph_p.isna().all() and cox.warning.str.contains("cox.zph\\) not computable").all()
+    assert cox.zph_p.isna().all() and cox.warning.str.contains("cox.zph\\) not computable: every event at one time").all()
+
+
+def test_ph_test_not_computable_for_one_marker_is_said_once_for_it(tmp_path):
+    """Every PFS event at 4 months but five at 7 months, the five without a CD8 value (a failed tube): the endpoint
+    has events at two times, CD8's models (its complete cases) at one. Each of CD8's four Cox models added
+    'proportional-hazards test (cox.zph) not computable: its information matrix is singular (e.g. every event at
+    one time)' (4 lines). Now one line for the marker says so, with its patients and events counted from the data
+    (R cox.zph stops with an error on such a model: cox_one_event_time_reference.csv); CD4's models, events at both
+    times, have their PH test."""
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv")
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    censored = outcomes.pfs_event == 0
+    outcomes.loc[~censored, "pfs_months"] = 4.0
+    outcomes.loc[censored, "pfs_months"] = 4.0 + np.arange(1, censored.sum() + 1)
+    late = outcomes.index[~censored][:5]
+    outcomes.loc[late, "pfs_months"] = 7.0
+    pheno.loc[pheno.product_id.isin(outcomes.product_id[late]), "cd8_pct_of_cd3"] = np.nan
+    res = run_biomarkers(pheno, outcomes, tmp_path,
+                         markers=["cd8_pct_of_cd3", "cd4_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    with_cd8 = outcomes[outcomes.product_id.isin(pheno.product_id[pheno.cd8_pct_of_cd3.notna()])]
+    assert set(with_cd8.pfs_months[with_cd8.pfs_event == 1]) == {4.0}
+    pfs = [w for w in res.warnings if "proportional-hazards" in w or "cox.zph" in w]
+    assert pfs == [f"pfs cd8_pct_of_cd3: every event ({int(with_cd8.pfs_event.sum())}) among the {len(with_cd8)} "
+                   "patients of its univariable and multivariable Cox models at 4 months: the proportional-hazards "
+                   "test is not computable (R cox.zph stops with an error); zph columns blank"], pfs
+    cox = pd.concat([res.cox_univariable, res.cox_multivariable])
+    cd8 = cox[cox.model_id.str.endswith(":cd8_pct_of_cd3")]
+    assert cd8.zph_p.isna().all() and cd8.warning.str.contains("cox.zph\\) not computable: every event at one time").all()
+    assert cox[cox.model_id.str.endswith(":cd4_pct_of_cd3")].zph_p.notna().all()
 
 
 def test_codebook_describes_each_files_observed_column(res):

@@ -31,7 +31,7 @@ from tilpheno.errors import TableError
 from tilpheno.io import atomic
 
 from .cohort import ENDPOINTS, Cohort, build_cohort
-from .cox import ZPH_SINGULAR, fit_cox
+from .cox import ZPH_ONE_EVENT_TIME, fit_cox
 from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
@@ -336,6 +336,7 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
     cut_label = "prespecified" if pre_cut is not None else "median"
     cut_text = f"{dich_cut / 1e9:.3g} ×10⁹ cells" if scale != 1.0 else f"{dich_cut:.4g}"
     codings = [("continuous", "_cont", unit), ("dichotomized", "_dich", f"high vs low ({cut_label} cut {cut_text})")]
+    one_time: dict[str, tuple[int, int, float]] = {}
     for coding, col, unit_text in codings:
         for model, variables, sink in [("univariable", [col], uni),
                                        ("multivariable", [col, *cohort.covariates], multi)]:
@@ -356,7 +357,11 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                 continue
             fit.warnings = [_name_marker(w, col, marker, cut_text if coding == "dichotomized" else None)
                             for w in fit.warnings]
-            warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings)
+            if ZPH_ONE_EVENT_TIME in fit.warnings:   # said once for the marker below, not once per model
+                complete = frame[[tcol, ecol, *variables]].dropna()
+                one_time[model] = (fit.n, fit.events, float(complete[tcol][complete[ecol] == 1].iloc[0]))
+            warnings.extend(f"{endpoint} {model} {coding} ({marker}): {w}" for w in fit.warnings
+                            if w != ZPH_ONE_EVENT_TIME)
             dich = None
             if coding == "dichotomized":  # the model's complete cases, as fit_cox selects them
                 dich = frame[[tcol, ecol, *variables]].dropna()[col]
@@ -364,7 +369,19 @@ def _marker_analyses(cohort: Cohort, endpoint: str, marker: str, pre: pd.DataFra
                                   dich_cut if dich is not None else np.nan, cut_label if dich is not None else "",
                                   int((dich == 0).sum()) if dich is not None else np.nan,
                                   int((dich == 1).sum()) if dich is not None else np.nan))
+    warnings += _one_event_time_lines(endpoint, marker, one_time)
     return km_rows, cut_rows, uni, multi
+
+
+def _one_event_time_lines(endpoint: str, marker: str, one_time: dict[str, tuple[int, int, float]]) -> list[str]:
+    """One line per set of patients for the marker's Cox models whose events all fall at one time (``one_time``:
+    model -> its patients, events and that time, months): their proportional-hazards test is not
+    computable. Its two codings share their patients, so this is one line where it was a line per model."""
+    by_cases: dict[tuple[int, int, float], list[str]] = {}
+    for model, cases in one_time.items():
+        by_cases.setdefault(cases, []).append(model)
+    return [f"{endpoint} {marker}: every event ({events}) among the {n} patients of its {' and '.join(models)} Cox "
+            f"models at {at:g} months: {PH_NOT_COMPUTABLE} (R cox.zph stops with an error); zph columns blank" for (n, events, at), models in by_cases.items()]
 
 
 def _name_marker(text: str, col: str, marker: str, cut_text: str | None) -> str:
@@ -387,12 +404,12 @@ def _marker_events(cohort: Cohort, endpoint: str) -> bool:
 
 
 def _not_said_in(note: str, model_warnings: list[str]) -> list[str]:
-    """``model_warnings`` less each model's 'cox.zph not computable' line where the endpoint's ``note`` already says
-    the proportional-hazards test is not computable (every event at one time): one line per endpoint, not four
-    per marker. The models' ``warning`` column keeps it."""
+    """``model_warnings`` less each marker's 'proportional-hazards test is not computable' line
+    (:func:`_one_event_time_lines`) where the endpoint's ``note`` already says so (every event at one time): one line
+    per endpoint, not one per marker. The models' ``warning`` column keeps its own."""
     if PH_NOT_COMPUTABLE not in note:
         return model_warnings
-    return [w for w in model_warnings if not w.endswith(f": {ZPH_SINGULAR}")]
+    return [w for w in model_warnings if PH_NOT_COMPUTABLE not in w]
 
 
 def _analysed_one_time_note(cohort: Cohort, endpoint: str) -> str:

@@ -146,19 +146,25 @@ def cox_zph(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]] | No
     return pd.DataFrame(rows, columns=["term", "chisq", "df", "p"])
 
 
+ZPH_ONE_EVENT_TIME = ("proportional-hazards test (cox.zph) not computable: every event at one time (R cox.zph stops "
+                      "with an error); chisq and p left blank")
+"""The model warning of :func:`_zph_or_blank` when the model's events all fall at one time (callers that say so
+once per endpoint or marker drop it from the run's warnings)."""
 ZPH_SINGULAR = ("proportional-hazards test (cox.zph) not computable: its information matrix is singular "
-                "(e.g. every event at one time); chisq and p left blank")
-"""The model warning of :func:`_zph_or_blank` (callers that say 'every event at one time' once drop it)."""
+                "(e.g. a near-infinite coefficient); chisq and p left blank")
+"""The model warning of :func:`_zph_or_blank` when its events fall at several times."""
 
 
 def _zph_or_blank(time, event, X: pd.DataFrame, beta, terms: dict[str, list[int]], notes: list[str]) -> pd.DataFrame:
     """:func:`cox_zph`, or its table with blank chi-squares and p-values (and a note) when its information
-    matrix is singular: every event at one time (the time transform is then constant) or a coefficient
-    running off to infinity. R's ``cox.zph`` stops with an error there; the model itself is still reported."""
+    matrix is singular: every event at one time (the time transform is then constant: :data:`ZPH_ONE_EVENT_TIME`)
+    or a coefficient running off to infinity (:data:`ZPH_SINGULAR`). R's ``cox.zph`` stops with an error there; the
+    model itself is still reported."""
     try:
         return cox_zph(time, event, X, beta, terms)
     except np.linalg.LinAlgError:
-        notes.append(ZPH_SINGULAR)
+        one_time = np.unique(np.asarray(time, dtype=float)[np.asarray(event, dtype=float) == 1]).size == 1
+        notes.append(ZPH_ONE_EVENT_TIME if one_time else ZPH_SINGULAR)
         return pd.DataFrame({"term": [*terms, "GLOBAL"], "chisq": np.nan,
                              "df": [*(len(c) for c in terms.values()), X.shape[1]], "p": np.nan})
 
