@@ -200,3 +200,39 @@ def test_a_curve_variance_that_is_not_estimable_is_blank_and_said_not_a_numpy_wa
                                       markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0, n_boot=0)
     said = [w for w in res.warnings if "spline curve's confidence band not estimable" in w]
     assert len(said) == 1 and said[0].startswith("os cd8_pct_of_cd3: "), res.warnings
+
+
+def test_a_spline_of_a_marker_with_a_monotone_likelihood_keeps_its_row_with_the_reason(tmp_path):
+    """CD8 falling with PFS time, so that every progression has the highest CD8 at risk (rcs_monotone_reference.csv):
+    R's coxph(Surv ~ rcs(x, 4)) and cph run off ('Ran out of iterations', coxph's standard errors ~1000, and with a
+    covariate z its standard error too: no ties in x, each event alone at the limit), as the linear model does. The
+    spline was dropped from splines.csv (only a line among the warnings); now it keeps its row like the Cox models:
+    patients, events and rms' knots, no estimate, 'not fitted: monotone likelihood ...', and the methods say why no
+    covariate is estimated at the limit (the splines are unadjusted, as the univariable Cox model that is not fitted
+    either). fit_spline with that covariate is not fitted, as R's z has no usable estimate."""
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.io.outcomes import read_outcomes
+
+    ref = pd.read_csv(REF / "rcs_monotone_reference.csv", float_precision="round_trip")
+    assert ref.r_warning.str.contains("Ran out of iterations").all()
+    coxph = ref[ref.fit.str.startswith("coxph")]
+    assert (coxph.se > 50 * coxph.coef.abs()).all()   # no usable estimate, z included
+    first = ref.iloc[0]
+    frame = pd.DataFrame({c: [float(v) for v in first[c].split()] for c in ("time", "event", "x", "z")})
+    with pytest.raises(ValueError, match="^monotone likelihood: .* the highest x among those at risk"):
+        fit_spline(frame, "time", "event", "x", 4, covariates=["z"])
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
+    outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    pheno = pheno[pheno.product_id.isin(outcomes.product_id)].copy()
+    pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, frame.x)))
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    row = pd.read_csv(res.files["splines.csv"]).set_index("marker").loc["cd8_pct_of_cd3"]
+    assert row.warning.startswith("not fitted: monotone likelihood: at every event time the patients with the event have "
+                                  "the highest cd8_pct_of_cd3 among those at risk")
+    assert (row.n, row.events, row.n_knots) == (len(frame), frame.event.sum(), 4)
+    assert numbers(row.knots) == pytest.approx([float(v) for v in first.knots.split()], rel=1e-9)
+    assert np.isnan(row.overall_p) and np.isnan(row.overall_chisq) and not row.converged
+    cox = res.cox_univariable.set_index("model_id")
+    assert cox.at["pfs:univariable:continuous:cd8_pct_of_cd3", "warning"].startswith("not fitted: monotone likelihood")
+    assert "no other covariate is left to estimate at that limit" in (tmp_path / "report.html").read_text(encoding="utf-8")

@@ -37,7 +37,7 @@ from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
 from .responders import responders_table
 from .landmark import landmark_analysis, time_dependent_cox
-from .splines import fit_spline, spline_rows
+from .splines import SPLINE_COLUMNS, fit_spline, spline_rows, unfitted_spline_row
 from .survival import PH_NOT_COMPUTABLE, KaplanMeier, degenerate_note, logrank_test, median_followup
 from .tdroc import time_roc
 from .validation import calibration_at, validate_cox
@@ -394,7 +394,7 @@ def _name_marker(text: str, col: str, marker: str, cut_text: str | None) -> str:
 
 
 NO_MARKER_EVENTS = ("no marker is analysed beyond its Kaplan-Meier summaries: the cut-point search, log-rank tests, Cox "
-                    "models (each keeps its row, 'not fitted: no events'), splines, validation and time-dependent AUC "
+                    "models and splines (each keeps its row, 'not fitted: no events'), validation and time-dependent AUC "
                     "need events")
 
 
@@ -512,6 +512,8 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 curves.append(curve.assign(endpoint=endpoint, marker=marker))
             except (ValueError, np.linalg.LinAlgError) as exc:
                 sink.append(f"{endpoint} {marker}: spline model not fitted ({exc})")
+                spl_rows.append(unfitted_spline_row(cohort.data, tcol, ecol, marker, settings.spline_knots, endpoint,
+                                                    str(exc)))
             if settings.n_boot > 0:
                 variables = [marker, *cohort.covariates]
                 try:
@@ -549,7 +551,7 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 sink.append(f"{endpoint}: time-dependent AUC not computed ({exc})")
         resp_rows += _response_survival(cohort, endpoint, settings, warnings)
     auc = pd.concat(auc_tables, ignore_index=True) if auc_tables else pd.DataFrame()
-    spl = pd.DataFrame(spl_rows)
+    spl = pd.DataFrame(spl_rows, columns=list(SPLINE_COLUMNS)) if spl_rows else pd.DataFrame()
     if not spl.empty:
         spl = adjust_markers(spl, "overall_p", ["endpoint"])
     comp = pd.DataFrame(comparisons)

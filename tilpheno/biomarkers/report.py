@@ -570,7 +570,10 @@ def extra_methods(results) -> list[str]:
         "below 100 patients; a floor or ceiling value shared by 5% of the patients or more moves the outer knot to the "
         "next value, as Hmisc rcspline.eval) in a univariable Cox model; Wald tests of any association and of nonlinearity "
         "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise 95% band "
-        "and a rug of the observed values.",
+        "and a rug of the observed values. A spline whose model has no finite estimate (a monotone likelihood: at every "
+        "event time the patients with the event have the highest, or lowest, marker value at risk; R coxph and cph: "
+        "huge coefficients and 'Ran out of iterations') is not fitted, its row kept with 'not fitted: why': the splines "
+        "are unadjusted, so, as for the univariable Cox model, no other covariate is left to estimate at that limit.",
         *_bootstrap_methods(s),
         f"Response and survival without guarantee-time bias: landmark analysis at {s.landmark:g} months (patients "
         "with the endpoint or censored by then excluded; survival counted from the landmark), and with "
@@ -591,7 +594,8 @@ def n_tests(results) -> int:
     count = 0
     for frame in (results.cox_univariable, results.cox_multivariable):
         count += int(((frame.coding != "covariate") & frame.p.notna()).sum()) if not frame.empty else 0
-    count += len(results.cutpoints) + len(results.splines) + len(results.auc_comparisons)
+    count += len(results.cutpoints) + len(results.auc_comparisons)
+    count += int(results.splines.overall_p.notna().sum()) if not results.splines.empty else 0   # a row 'not fitted': no test
     responders = results.responders
     count += int((responders.variable.isin(results.cohort.markers) & (responders.kind == "numeric")).sum())
     return count

@@ -202,9 +202,31 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
 
 
 def spline_rows(fit: SplineFit, endpoint: str) -> dict:
-    """One summary row for ``splines.csv``."""
+    """One summary row for ``splines.csv`` (columns :data:`SPLINE_COLUMNS`)."""
     return dict(endpoint=endpoint, marker=fit.marker, knots=";".join(f"{k:.10g}" for k in fit.knots),
                 n_knots=fit.knots.size, n=fit.cox.n, events=fit.cox.events, overall_chisq=fit.overall_chisq,
                 overall_df=fit.overall_df, overall_p=fit.overall_p, nonlinear_chisq=fit.nonlinear_chisq,
                 nonlinear_df=fit.nonlinear_df, nonlinear_p=fit.nonlinear_p, reference=fit.reference,
                 loglik=fit.cox.loglik, converged=fit.cox.converged, warning="; ".join(w for w in (fit.knots_note, *fit.cox.warnings) if w))
+
+
+SPLINE_COLUMNS = ("endpoint", "marker", "knots", "n_knots", "n", "events", "overall_chisq", "overall_df", "overall_p",
+                  "nonlinear_chisq", "nonlinear_df", "nonlinear_p", "reference", "loglik", "converged", "warning")
+"""The columns of :func:`spline_rows` and :func:`unfitted_spline_row`."""
+
+
+def unfitted_spline_row(frame: pd.DataFrame, duration: str, event: str, marker: str, k: int, endpoint: str,
+                        reason: str) -> dict:
+    """``splines.csv``'s row for a spline model that could not be fitted (e.g. a monotone likelihood): its patients and
+    events (complete cases), the knots where they can be placed, no estimate, and ``not fitted: reason`` in
+    ``warning``; so the table lists every marker, as the Cox tables keep a row per model."""
+    data = frame[[duration, event, marker]].dropna()
+    try:
+        knots: np.ndarray | None = harrell_knots(frame[marker], k).knots
+    except ValueError:   # too few values: the reason says so
+        knots = None
+    row: dict = dict.fromkeys(SPLINE_COLUMNS, np.nan)
+    row.update(endpoint=endpoint, marker=marker, knots=";".join(f"{v:.10g}" for v in knots) if knots is not None else "",
+               n_knots=knots.size if knots is not None else np.nan, n=len(data), events=int(data[event].sum()),
+               converged=False, warning=f"not fitted: {reason}")
+    return row
