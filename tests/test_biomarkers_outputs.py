@@ -2,6 +2,7 @@
 numbers at risk, log-rank O/E, Holm/BH, Lau94 conventions, recorded Cox warnings (issue 12)."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -740,3 +741,39 @@ def test_time_dependent_cox_of_an_endpoint_without_events_is_not_a_singular_matr
     td = res.response_survival.set_index("analysis").loc["time-dependent Cox"]
     assert td.warning == "not fitted: no events" and np.isnan(td.hr)
     assert (td.n, td.n_responders) == (60, responded.sum())
+
+
+def test_methods_state_the_blank_follow_up_and_the_two_p_values_of_a_split(res):
+    """Read as a statistician, the report left three things unstated: km.csv's median follow-up blank in groups
+    where every patient had the event ('–', no word why), the cut-point table's statistic and p_raw on median
+    (and pre-specified) rows, defined only for the maximally selected cut, beside a different log-rank p for the
+    same split (0.23 vs 0.22 on the demo), and calibration's observed blank past a group's last time. Now the
+    methods say each. Checked against lifelines: a blank follow-up is a reverse Kaplan-Meier curve that never
+    reaches 0.5, and logrank_p is the Mantel-Haenszel test of the split, not p_raw."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.statistics import logrank_test as lifelines_logrank
+
+    methods = " ".join(html.unescape((Path(res.files["report.html"])).read_text(encoding="utf-8")).split())
+    assert "it is blank where that curve does not reach 0.5, e.g. in a group where every patient had the event" in methods
+    assert "For (a) and (b), statistic and p_raw are that standardised statistic at the one cut" in methods
+    assert "the two p-values of a split differ, and neither accounts for the search" in methods
+    assert "observed blank, as the 12-month rate, where the group's last time is before 12 months" in methods
+    km = pd.read_csv(res.files["km.csv"])
+    cuts = pd.read_csv(res.files["cutpoints.csv"])
+    d = res.cohort.data
+    blank = 0
+    for rec in km[km.grouping != "all"].itertuples():
+        marker, method = rec.grouping.split(":")
+        tcol, ecol = f"{rec.endpoint}_months", f"{rec.endpoint}_event"
+        cut = cuts[(cuts.endpoint == rec.endpoint) & (cuts.marker == marker) & (cuts.method == method)].cutpoint.iloc[0]
+        g = d[(d[marker] <= cut) == (rec.group == "low")]
+        reverse = KaplanMeierFitter().fit(g[tcol], 1 - g[ecol])
+        assert np.isnan(rec.median_followup) == np.isinf(reverse.median_survival_time_), rec
+        blank += int(np.isnan(rec.median_followup))
+    assert blank > 0   # the reference cohort has such groups (every patient progressed)
+    for rec in cuts[cuts.method == "median"].itertuples():
+        tcol, ecol = f"{rec.endpoint}_months", f"{rec.endpoint}_event"
+        low = d[rec.marker] <= rec.cutpoint
+        lr = lifelines_logrank(d[tcol][low], d[tcol][~low], d[ecol][low], d[ecol][~low])
+        assert rec.logrank_p == pytest.approx(lr.p_value, rel=1e-6)
+        assert rec.p_raw != pytest.approx(rec.logrank_p, rel=1e-3)

@@ -485,8 +485,9 @@ def methods_text(results) -> list[str]:
         "(Brookmeyer-Crowley). The 12-month rate is the curve's value at 12 months with its pointwise CI; it is "
         "left blank when 12 months lies beyond the group's last observed time, even if the curve has reached 0 "
         "(as R's summary(survfit, times = 12) without extend). "
-        "Median follow-up is estimated by the reverse Kaplan-Meier method. Groups are compared by the "
-        "log-rank (Mantel-Haenszel) test.",
+        "Median follow-up is estimated by the reverse Kaplan-Meier method (censoring as the event); it is blank where "
+        "that curve does not reach 0.5, e.g. in a group where every patient had the event (no one censored). Groups "
+        "are compared by the log-rank (Mantel-Haenszel) test.",
         "REMARK item 10 (how markers were handled): every marker was analysed as a continuous variable (Cox "
         "hazard ratio per unit as measured; per 1e9 cells for cell doses) and dichotomised (high = above the "
         "cut, low = at or below it) at a pre-specified cut-point where one was given, otherwise at the cohort "
@@ -500,7 +501,11 @@ def methods_text(results) -> list[str]:
         "For (c) the raw p (the minimum p over candidates, 2(1 - Phi(M))) is shown beside p-values corrected "
         "for the search: Lausen and Schumacher (1992), Lausen, Sauerbrei and Schumacher (1994, an upper "
         "bound that can fall below 0 or exceed 1: p_lau94 is the bound clipped to [0, 1], the unclipped value is in "
-        f"p_lau94_bound){_permutation_text(s)}. Hazard ratios are never estimated at the data-derived cut.",
+        f"p_lau94_bound){_permutation_text(s)}. For (a) and (b), statistic and p_raw are that standardised statistic "
+        "at the one cut (no search, nothing to correct). The log-rank columns (logrank_chisq, logrank_p) are the "
+        "Mantel-Haenszel test of the same two groups (R survdiff), whose variance is the hypergeometric one, not the "
+        "log-rank scores' permutation variance: the two p-values of a split differ, and neither accounts for the "
+        "search. Hazard ratios are never estimated at the data-derived cut.",
         "Cox models: partial likelihood with Efron's method for ties, fitted with lifelines and polished by "
         "Newton-Raphson on the exact likelihood to R coxph's optimum (convergence recorded per model: converged, "
         "iterations, max_scaled_score). Global likelihood-ratio, Wald and score tests; Harrell's concordance as R "
@@ -552,7 +557,9 @@ def _bootstrap_methods(s) -> list[str]:
         "(rms::validate method 'boot', with its refits: a sample whose refit fails in R, at 10 iterations or singular, "
         "is left out; B is the number used); the optimism-corrected values are in validation.csv. Calibration at "
         f"{s.calibration_time:g} months: patients in quartiles of the predicted survival (Cox with the Efron baseline "
-        "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed (apparent, calibration.csv).",
+        "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed (apparent, calibration.csv; "
+        f"observed blank, as the {s.calibration_time:g}-month rate, where the group's last time is before "
+        f"{s.calibration_time:g} months).",
         f"Time-dependent discrimination: cumulative/dynamic AUC at {', '.join(f'{t:g}' for t in s.roc_times)} months "
         "with inverse-probability-of-censoring weights (Uno; equal to scikit-survival's cumulative_dynamic_auc), "
         "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); 95% "
