@@ -214,6 +214,7 @@ def test_a_spline_of_a_marker_with_a_monotone_likelihood_keeps_its_row_with_the_
     from tilpheno.io.outcomes import read_outcomes
 
     ref = pd.read_csv(REF / "rcs_monotone_reference.csv", float_precision="round_trip")
+    ref = ref[ref.case == "monotone"]
     assert ref.r_warning.str.contains("Ran out of iterations").all()
     coxph = ref[ref.fit.str.startswith("coxph")]
     assert (coxph.se > 50 * coxph.coef.abs()).all()   # no usable estimate, z included
@@ -236,3 +237,36 @@ def test_a_spline_of_a_marker_with_a_monotone_likelihood_keeps_its_row_with_the_
     cox = res.cox_univariable.set_index("model_id")
     assert cox.at["pfs:univariable:continuous:cd8_pct_of_cd3", "warning"].startswith("not fitted: monotone likelihood")
     assert "no other covariate is left to estimate at that limit" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_spline_separating_the_events_by_a_curve_is_named_with_its_basis_columns(tmp_path):
+    """Events alternately at the highest and the lowest CD8 at risk (rcs_monotone_reference.csv, 'ushape'): the
+    linear model is finite (R coxph: coef -0.018, se 0.015, equal here), but a curve high at both ends orders every
+    event first: R's rcs fits run off ('Ran out of iterations', coefficients 17-34 in coxph). The spline is not
+    fitted, its row kept, and the reason, which names the combination in rms' basis columns (cd8', cd8''), says
+    what those columns are."""
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.io.outcomes import read_outcomes
+
+    ref = pd.read_csv(REF / "rcs_monotone_reference.csv", float_precision="round_trip")
+    ref = ref[ref.case == "ushape"]
+    spline = ref[ref.fit == "coxph_rcs"]
+    assert spline.r_warning.str.contains("Ran out of iterations").all() and (spline.coef.abs() > 10).all()
+    linear = ref[ref.fit == "coxph_linear"].iloc[0]
+    assert linear.r_warning == "" or pd.isna(linear.r_warning)
+    frame = pd.DataFrame({c: [float(v) for v in linear[c].split()] for c in ("time", "event", "x")})
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
+    outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    pheno = pheno[pheno.product_id.isin(outcomes.product_id)].copy()
+    pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, frame.x)))
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    cox = res.cox_univariable.set_index("model_id").loc["pfs:univariable:continuous:cd8_pct_of_cd3"]
+    assert (cox.coef, cox.se) == (pytest.approx(linear.coef, rel=1e-6), pytest.approx(linear.se, rel=1e-6))
+    row = pd.read_csv(res.files["splines.csv"]).set_index("marker").loc["cd8_pct_of_cd3"]
+    assert row.warning.startswith("not fitted: monotone likelihood: at every event time the patients with the event "
+                                  "have the highest ")
+    assert "though no one of cd8_pct_of_cd3, cd8_pct_of_cd3', cd8_pct_of_cd3'' does so alone" in row.warning
+    assert row.warning.endswith("; cd8_pct_of_cd3', cd8_pct_of_cd3'': the nonlinear basis columns of cd8_pct_of_cd3's "
+                                "spline (rms' names), so a combination of them with cd8_pct_of_cd3 is a curve of "
+                                "cd8_pct_of_cd3")

@@ -557,24 +557,31 @@ for (nm in names(mono)) {
 }
 write_ref(do.call(rbind, mr), "cox_monotone_covariates_reference.csv")
 
-# ---- a restricted cubic spline of a marker with a monotone likelihood (every event has the highest x at risk: x falls
+# ---- a restricted cubic spline with a monotone likelihood. 'monotone': every event has the highest x at risk (x falls
 # with time): coxph(Surv ~ rcs(x, 4)) and cph run off (huge coefficients and standard errors, 'Ran out of iterations'),
 # as the linear model does; with a covariate z, z's standard error is huge too (x has no ties: at the limit each event's
-# risk set keeps the event alone). Rows: one per fit x term, with the knots rcspline.eval places
-rm_d <- data.frame(time = 1:20, event = rep(c(1, 1, 0, 1), 5),
-                   x = c(58.1, 55.7, 54.2, 52.9, 49.8, 48.3, 46.6, 44.1, 42.5, 40.2, 38.8, 36.4, 34.9, 32.3, 30.7, 28.2,
-                         26.9, 24.4, 22.8, 20.1),
-                   z = c(64, 33, 58, 39, 51, 55, 44, 56, 41, 50, 64, 45, 57, 40, 58, 37, 45, 38, 57, 45))
-rm_fits <- list(coxph_rcs = function() coxph(Surv(time, event) ~ rcs(x, 4), data = rm_d, ties = "efron"),
-                cph_rcs = function() cph(Surv(time, event) ~ rcs(x, 4), data = rm_d),
-                coxph_rcs_z = function() coxph(Surv(time, event) ~ rcs(x, 4) + z, data = rm_d, ties = "efron"),
-                coxph_linear = function() coxph(Surv(time, event) ~ x, data = rm_d, ties = "efron"))
+# risk set keeps the event alone). 'ushape': the events alternately the highest and the lowest x at risk: the linear
+# model is finite (coef ~0), the spline runs off (a curve high at both ends orders every event first; 'coefficients
+# may be infinite'). Rows: one per case x fit x term, with the knots rcspline.eval places
+rm_cases <- list(
+  monotone = data.frame(time = 1:20, event = rep(c(1, 1, 0, 1), 5),
+                        x = c(58.1, 55.7, 54.2, 52.9, 49.8, 48.3, 46.6, 44.1, 42.5, 40.2, 38.8, 36.4, 34.9, 32.3, 30.7,
+                              28.2, 26.9, 24.4, 22.8, 20.1),
+                        z = c(64, 33, 58, 39, 51, 55, 44, 56, 41, 50, 64, 45, 57, 40, 58, 37, 45, 38, 57, 45)),
+  ushape = data.frame(time = 1:20, event = rep(c(1, 1, 0, 1), 5),
+                      x = c(99, 1, 94, 6, 89, 11, 84, 16, 79, 21, 74, 26, 69, 31, 64, 36, 59, 41, 54, 46),
+                      z = c(64, 33, 58, 39, 51, 55, 44, 56, 41, 50, 64, 45, 57, 40, 58, 37, 45, 38, 57, 45)))
+rm_fits <- list(coxph_rcs = function(d) coxph(Surv(time, event) ~ rcs(x, 4), data = d, ties = "efron"),
+                cph_rcs = function(d) cph(Surv(time, event) ~ rcs(x, 4), data = d),
+                coxph_rcs_z = function(d) coxph(Surv(time, event) ~ rcs(x, 4) + z, data = d, ties = "efron"),
+                coxph_linear = function(d) coxph(Surv(time, event) ~ x, data = d, ties = "efron"))
 rmr <- list()
-for (nm in names(rm_fits)) {
+for (cs in names(rm_cases)) for (nm in names(rm_fits)) {
+  rm_d <- rm_cases[[cs]]
   said <- character(0)
-  fit <- withCallingHandlers(rm_fits[[nm]](),
+  fit <- withCallingHandlers(rm_fits[[nm]](rm_d),
                              warning = function(w) { said <<- c(said, trimws(conditionMessage(w))); invokeRestart("muffleWarning") })
-  rmr[[length(rmr) + 1]] <- data.frame(fit = nm, time = paste(rm_d$time, collapse = " "),
+  rmr[[length(rmr) + 1]] <- data.frame(case = cs, fit = nm, time = paste(rm_d$time, collapse = " "),
     event = paste(rm_d$event, collapse = " "), x = paste(rm_d$x, collapse = " "), z = paste(rm_d$z, collapse = " "),
     knots = paste(num(rcspline.eval(rm_d$x, nk = 4, knots.only = TRUE)), collapse = " "), term = names(coef(fit)),
     coef = unname(coef(fit)), se = unname(sqrt(diag(vcov(fit)))), r_warning = paste(said, collapse = " | "))

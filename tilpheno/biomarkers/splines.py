@@ -191,14 +191,26 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
     names = [marker + "'" * j for j in range(basis.shape[1])]
     spl = pd.DataFrame(basis, columns=names)
     work = pd.concat([data[[duration, event, *covariates]], spl], axis=1)
-    cox = fit_cox(work, duration, event, [*names, *covariates], conf_level, start="zero",
-                  groups={f"rcs({marker})": names})   # one PH test for the spline, df = k - 1
+    try:
+        cox = fit_cox(work, duration, event, [*names, *covariates], conf_level, start="zero",
+                      groups={f"rcs({marker})": names})   # one PH test for the spline, df = k - 1
+    except ValueError as exc:
+        raise ValueError(_basis_glossed(str(exc), marker, names)) from None
     coef = cox.coefficients.coef.to_numpy()[: len(names)]
     V = _covariance(cox)[: len(names), : len(names)]
     overall = _wald(coef, V)
     nonlin = _wald(coef[1:], V[1:, 1:]) if len(names) > 1 else (np.nan, 0, np.nan)
     x = data[marker].to_numpy(float)
     return SplineFit(marker, knots, placed.note, cox, *overall, *nonlin, float(np.median(x)), x)
+
+
+def _basis_glossed(reason: str, marker: str, names: list[str]) -> str:
+    """A Cox model's reason that names the spline's nonlinear basis columns (``x'``, ``x''``: e.g. a combination of
+    them separating the events, a curve of the marker high at both ends), with what those columns are."""
+    if len(names) < 2 or names[1] not in reason:
+        return reason
+    return (f"{reason}; {', '.join(names[1:])}: the nonlinear basis columns of {marker}'s spline (rms' names), so a "
+            f"combination of them with {marker} is a curve of {marker}")
 
 
 def spline_rows(fit: SplineFit, endpoint: str) -> dict:
