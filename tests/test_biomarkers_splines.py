@@ -202,6 +202,20 @@ def test_a_curve_variance_that_is_not_estimable_is_blank_and_said_not_a_numpy_wa
     assert len(said) == 1 and said[0].startswith("os cd8_pct_of_cd3: "), res.warnings
 
 
+def _cd8_run(frame: pd.DataFrame, tmp_path):
+    """`biomarkers` (PFS, CD8 only) on the first len(frame) patients of the reference cohort, with PFS = frame's time
+    and event and CD8 = frame's x."""
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.io.outcomes import read_outcomes
+
+    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
+    outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    pheno = pheno[pheno.product_id.isin(outcomes.product_id)].copy()
+    pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, frame.x)))
+    return run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+
+
 def test_a_spline_of_a_marker_with_a_monotone_likelihood_keeps_its_row_with_the_reason(tmp_path):
     """CD8 falling with PFS time, so that every progression has the highest CD8 at risk (rcs_monotone_reference.csv):
     R's coxph(Surv ~ rcs(x, 4)) and cph run off ('Ran out of iterations', coxph's standard errors ~1000, and with a
@@ -210,9 +224,6 @@ def test_a_spline_of_a_marker_with_a_monotone_likelihood_keeps_its_row_with_the_
     patients, events and rms' knots, no estimate, 'not fitted: monotone likelihood ...', and the methods say why no
     covariate is estimated at the limit (the splines are unadjusted, as the univariable Cox model that is not fitted
     either). fit_spline with that covariate is not fitted, as R's z has no usable estimate."""
-    from tilpheno.biomarkers.analysis import run_biomarkers
-    from tilpheno.io.outcomes import read_outcomes
-
     ref = pd.read_csv(REF / "rcs_monotone_reference.csv", float_precision="round_trip")
     ref = ref[ref.case == "monotone"]
     assert ref.r_warning.str.contains("Ran out of iterations").all()
@@ -222,12 +233,7 @@ def test_a_spline_of_a_marker_with_a_monotone_likelihood_keeps_its_row_with_the_
     frame = pd.DataFrame({c: [float(v) for v in first[c].split()] for c in ("time", "event", "x", "z")})
     with pytest.raises(ValueError, match="^monotone likelihood: .* the highest x among those at risk"):
         fit_spline(frame, "time", "event", "x", 4, covariates=["z"])
-    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
-    outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
-    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
-    pheno = pheno[pheno.product_id.isin(outcomes.product_id)].copy()
-    pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, frame.x)))
-    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    res = _cd8_run(frame, tmp_path)
     row = pd.read_csv(res.files["splines.csv"]).set_index("marker").loc["cd8_pct_of_cd3"]
     assert row.warning.startswith("not fitted: monotone likelihood: at every event time the patients with the event have "
                                   "the highest cd8_pct_of_cd3 among those at risk")
@@ -245,9 +251,6 @@ def test_a_spline_separating_the_events_by_a_curve_is_named_with_its_basis_colum
     event first: R's rcs fits run off ('Ran out of iterations', coefficients 17-34 in coxph). The spline is not
     fitted, its row kept, and the reason, which names the combination in rms' basis columns (cd8', cd8''), says
     what those columns are."""
-    from tilpheno.biomarkers.analysis import run_biomarkers
-    from tilpheno.io.outcomes import read_outcomes
-
     ref = pd.read_csv(REF / "rcs_monotone_reference.csv", float_precision="round_trip")
     ref = ref[ref.case == "ushape"]
     spline = ref[ref.fit == "coxph_rcs"]
@@ -255,12 +258,7 @@ def test_a_spline_separating_the_events_by_a_curve_is_named_with_its_basis_colum
     linear = ref[ref.fit == "coxph_linear"].iloc[0]
     assert linear.r_warning == "" or pd.isna(linear.r_warning)
     frame = pd.DataFrame({c: [float(v) for v in linear[c].split()] for c in ("time", "event", "x")})
-    outcomes = read_outcomes(REF / "til_cohort_outcomes.csv").iloc[:len(frame)].copy()
-    outcomes["pfs_months"], outcomes["pfs_event"] = frame.time.to_numpy(), frame.event.astype(int).to_numpy()
-    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
-    pheno = pheno[pheno.product_id.isin(outcomes.product_id)].copy()
-    pheno["cd8_pct_of_cd3"] = pheno.product_id.map(dict(zip(outcomes.product_id, frame.x)))
-    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0)
+    res = _cd8_run(frame, tmp_path)
     cox = res.cox_univariable.set_index("model_id").loc["pfs:univariable:continuous:cd8_pct_of_cd3"]
     assert (cox.coef, cox.se) == (pytest.approx(linear.coef, rel=1e-6), pytest.approx(linear.se, rel=1e-6))
     row = pd.read_csv(res.files["splines.csv"]).set_index("marker").loc["cd8_pct_of_cd3"]
