@@ -370,6 +370,22 @@ def test_multiplicity_count_is_every_row_given_an_adjusted_p(res):
     assert f"{adjusted} marker-level tests" in res.files["report.html"].read_text()
 
 
+def test_multiplicity_count_leaves_out_a_row_without_a_p_value(res):
+    """A cut-point row without a p-value (a log-rank split without variance) gets no adjusted p, as in R
+    p.adjust, and is no test: the count is the rows given an adjusted p, not the table's length."""
+    import dataclasses
+
+    from tilpheno.biomarkers.analysis import adjust_markers
+    from tilpheno.biomarkers.report import n_tests
+
+    cuts = res.cutpoints.copy()
+    cuts.loc[cuts.index[0], "p_for_adjustment"] = np.nan
+    cuts = adjust_markers(cuts, "p_for_adjustment", ["endpoint", "method"])
+    changed = dataclasses.replace(res, cutpoints=cuts)
+    assert cuts.p_holm.isna().sum() == 1
+    assert n_tests(changed) == n_tests(res) - 1
+
+
 def test_exported_figures_are_the_same_bytes_at_any_time():
     """figures/*.svg and figures.pdf of two runs on the same data are identical: the SVGs carried
     the local date and time (<dc:date>, to the microsecond) and random ids, the PDF its creation date."""

@@ -596,16 +596,13 @@ def extra_methods(results) -> list[str]:
 
 
 def n_tests(results) -> int:
-    """Marker-level hypothesis tests in the tables (Cox marker rows of fitted models, cut-point rows, spline
-    rows, AUC comparisons, and the responders table's marker rows: the rows given Holm/BH adjusted p-values)."""
-    count = 0
-    for frame in (results.cox_univariable, results.cox_multivariable):
-        count += int(((frame.coding != "covariate") & frame.p.notna()).sum()) if not frame.empty else 0
-    count += len(results.cutpoints) + len(results.auc_comparisons)
-    count += int(results.splines.overall_p.notna().sum()) if not results.splines.empty else 0   # a row 'not fitted': no test
-    responders = results.responders
-    count += int((responders.variable.isin(results.cohort.markers) & (responders.kind == "numeric")).sum())
-    return count
+    """Marker-level hypothesis tests in the tables: the rows given Holm/BH adjusted p-values (Cox marker
+    rows of fitted models, cut-point rows with a p-value, fitted spline rows, AUC comparisons, and the
+    responders table's marker rows). A row without a p-value (a model not fitted, a log-rank split
+    without variance) is no test and is not counted, as R ``p.adjust`` does not count it."""
+    tables = (results.cox_univariable, results.cox_multivariable, results.cutpoints, results.splines,
+              results.auc_comparisons, results.responders)
+    return sum(int(frame.p_holm.notna().sum()) for frame in tables if "p_holm" in frame.columns)
 
 
 REMARK = [
