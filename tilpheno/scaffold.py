@@ -30,8 +30,8 @@ run needs no hand-written YAML.
   that is; every other marker gate sits directly under the lymphocyte gate (else ``live``, or the
   last gate before it, or ``root``), but a marker of the vocabulary's ``all_cells:`` list (a pan-leukocyte
   marker: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate, and the
-  lymphocyte gate within the first such marker's positive gate (``live -> CD45+ -> live_lymph``), so
-  that markers nested within it (``CD3`` of ``CD45``) sit in the lymphocyte gate as the others;
+  lymphocyte gate within the first such marker's positive gate (``live -> <marker>+ -> live_lymph``), so
+  that markers nested within it (a T-cell marker of the pan-leukocyte one) sit in the lymphocyte gate as the others;
 * **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_<parent>`` per marker,
   ``<parent>`` the marker it is nested within (``cd4_pct_of_cd3``) or the gate it sits under
   (``cd3_pct_of_live_lymph``); ``_<kind>`` appended where two kinds would give the same name.
@@ -120,7 +120,7 @@ class TubeDraft:
     def parent_marker(self, marker: str) -> str | None:
         """The marker within whose positive gate ``marker`` is gated, or None (under :attr:`base`).
         A marker the lineage table nests within :attr:`leukocytes` has None: the lymphocyte gate
-        lies between (``CD3`` of ``CD45``: ``CD45+ -> live_lymph -> CD3+``)."""
+        lies between (``CD3`` of a pan-leukocyte ``L``: ``L+ -> live_lymph -> CD3+``)."""
         above = dict(self.nested).get(marker)
         return None if above is not None and above == self.leukocytes else above
 
