@@ -386,6 +386,27 @@ def test_multiplicity_count_leaves_out_a_row_without_a_p_value(res):
     assert n_tests(changed) == n_tests(res) - 1
 
 
+def test_counts_read_without_decimals_and_fractions_keep_theirs(res):
+    """Counts stored as floats because a column has blanks (the Cox tables' n_low/n_high, the log-rank
+    table's observed events) read as counts ('30', not '30.00'); a fraction (calibration's observed,
+    a rate, a p-value) keeps its convention even where it happens to be whole."""
+    from tilpheno.biomarkers.formatting import cell
+    from tilpheno.biomarkers.report import table_view
+
+    for frame, column in ((res.cox_univariable, "n_low"), (res.cox_univariable, "n_high"), (res.logrank, "observed")):
+        view = table_view(frame)
+        at = view["columns"].index(column)
+        values = frame[column].to_numpy(float)
+        assert np.isfinite(values).any()
+        assert [row[at] for row in view["rows"]] == [str(int(v)) if np.isfinite(v) else "–" for v in values]
+    mixed = pd.DataFrame({"observed": [0.25, 1.0, np.nan], "rate": [1.0, 1.0, 1.0], "p": [1.0, 1.0, 1.0],
+                          "n": [12.0, np.nan, 3.0]})
+    rows = table_view(mixed)["rows"]
+    assert [r[0] for r in rows] == [cell("observed", 0.25), cell("observed", 1.0), "–"]
+    assert {r[1] for r in rows} == {cell("rate", 1.0)} == {"100.0 %"}
+    assert [r[3] for r in rows] == ["12", "–", "3"]
+
+
 def test_exported_figures_are_the_same_bytes_at_any_time():
     """figures/*.svg and figures.pdf of two runs on the same data are identical: the SVGs carried
     the local date and time (<dc:date>, to the microsecond) and random ids, the PDF its creation date."""

@@ -8,6 +8,8 @@ Conventions:
   would print as 1 (e.g. ``1.026 (1.0004-1.052)``), or while the estimate prints equal to a bound.
 - Rates (response, survival probabilities) as percentages with one decimal.
 - Cell doses (columns ``*_dose_cells``) in units of 10^9 cells: ``5.98 ×10⁹``.
+- Other numbers to 4 significant digits; a column whose every value is whole (counts, whole months)
+  without decimals (:func:`whole_number_columns`).
 """
 from __future__ import annotations
 
@@ -86,11 +88,33 @@ def cell(column: str, value) -> str:
         return str(int(value))
     if not isinstance(value, (float, np.floating)):
         return str(value)
+    kind = column_kind(column)
+    return fmt_p(value) if kind == "p" else pct(value) if kind == "rate" else dose(value) if kind == "dose" \
+        else sig(value, 4)
+
+
+def column_kind(column: str) -> str:
+    """How a table column's floats read (the module's conventions): ``p``, ``rate``, ``dose`` or
+    ``number`` (4 significant digits)."""
     c = column.lower()
     if c == "p" or c.startswith("p_") or c.endswith("_p") or c in ("logrank_p", "lr_p", "wald_p", "score_p"):
-        return fmt_p(value)
+        return "p"
     if c in ("rate", "ci_low", "ci_high") or c.startswith("rate_") or c in ("surv", "lower", "upper"):
-        return pct(value)
-    if "dose_cells" in c:
-        return dose(value)
-    return sig(value, 4)
+        return "rate"
+    return "dose" if "dose_cells" in c else "number"
+
+
+def whole_number_columns(frame) -> list[str]:
+    """The ``number`` columns of a table whose every value is a whole number or missing (counts such as
+    ``n_low`` or a log-rank's ``observed`` events, times in whole months), which read without the
+    decimals of 4 significant digits (``30``, not ``30.00``): a column of floats only because it has
+    missing values."""
+    out = []
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype.kind != "f" or column_kind(str(column)) != "number":
+            continue
+        finite = values.to_numpy(float)[np.isfinite(values.to_numpy(float))]
+        if finite.size and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 1e15):
+            out.append(column)
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .cohort import ENDPOINTS
-from .formatting import cell, dose, fmt_hr_ci, fmt_p, sig
+from .formatting import cell, dose, fmt_hr_ci, fmt_p, sig, whole_number_columns
 from .survival import KaplanMeier
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -440,17 +440,20 @@ def spline_figure(results, endpoint: str, marker: str, export: FigureExport | No
 _CUT_COLUMNS = ("cut", "cutpoint")
 
 
-def _row_cells(columns: list[str], row) -> list[str]:
-    """One table row for reading: formatting.cell by column; a dose marker's cut in 10⁹ cells."""
+def _row_cells(columns: list[str], row, whole: set[str]) -> list[str]:
+    """One table row for reading: formatting.cell by column; a dose marker's cut in 10⁹ cells; the
+    ``whole`` columns (formatting.whole_number_columns) without decimals."""
     marker = next((str(v) for c, v in zip(columns, row) if c in ("variable", "marker")), "")
     return [dose(v) if c in _CUT_COLUMNS and marker.endswith("_dose_cells") and isinstance(v, (float, np.floating))
-            and np.isfinite(v) else cell(c, v) for c, v in zip(columns, row)]
+            and np.isfinite(v) else str(int(v)) if c in whole and np.isfinite(v) else cell(c, v)
+            for c, v in zip(columns, row)]
 
 
 def table_view(frame: pd.DataFrame) -> dict:
     """Header and cells rounded for reading (formatting.cell); the template escapes every cell."""
     columns = [str(c) for c in frame.columns]
-    return {"columns": columns, "rows": [_row_cells(columns, row) for row in frame.itertuples(index=False)]}
+    whole = {str(c) for c in whole_number_columns(frame)}
+    return {"columns": columns, "rows": [_row_cells(columns, row, whole) for row in frame.itertuples(index=False)]}
 
 
 NO_LOGRANK_NOTE = ("A blank (–) log-rank chi-square and p: no test for that grouping, each named in the warnings: no "
