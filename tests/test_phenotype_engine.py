@@ -6,7 +6,7 @@ import pytest
 
 from tilpheno.gates.strategy import parse_strategy
 from tilpheno.phenotype import TubeData, gate_tube_kind, population_table, tube_variables
-from tilpheno.transforms import Linear
+from tilpheno.transforms import Linear, Logicle
 
 STRATEGY = parse_strategy(textwrap.dedent(
     """\
@@ -191,3 +191,36 @@ def test_reference_gate_places_the_cut_on_another_population_and_applies_it_to_t
             populations:
               - {name: CD8+, parent: root, dims: [CD8], method: valley, params: {keep: high, reference: nope}}
             """), "bad.yaml")
+
+
+class _CountingLogicle(Logicle):
+    """A Logicle that counts its inverse calls (class-wide)."""
+
+    inverse_calls: list[int] = []
+
+    def inverse(self, y):
+        self.inverse_calls.append(int(np.size(y)))
+        return super().inverse(y)
+
+
+def test_population_medians_are_mapped_back_with_one_inverse_per_marker():
+    stained, _, _ = tube("stain", None, 7)
+    fmo3, _, _ = tube("fmo", "CD3", 8)
+    fmo56, _, _ = tube("fmo", "CD56", 9)
+    for t in (stained, fmo3, fmo56):   # markers on the logicle scale (about 0.2 negative, 0.6 positive)
+        for m in ("CD3", "CD56"):
+            t.data[m] = 0.2 + 0.04 * t.data[m]
+        t.transforms.update({m: _CountingLogicle() for m in ("CD3", "CD56")})
+    s = gate_tube_kind(STRATEGY, [stained, fmo3, fmo56])[0]
+    s.masks["NK"] = np.zeros(stained.n_events, dtype=bool)   # an empty population: NaN medians
+    _CountingLogicle.inverse_calls.clear()
+    table = population_table(STRATEGY, s).set_index("population")
+    # one inverse per marker, over every population's median (was one per population and marker)
+    assert _CountingLogicle.inverse_calls == [4, 4]
+    truth = Logicle()
+    for pop in ("big", "CD3+", "CD56+"):
+        for m in ("CD3", "CD56"):
+            expected = truth.inverse(np.array([np.median(stained.data[m][s.masks[pop]])]))[0]
+            assert table.loc[pop, f"median_{m}"] == expected
+    assert np.isnan(table.loc["NK", "median_CD3"]) and np.isnan(table.loc["NK", "median_CD56"])
+    assert list(table.columns[-2:]) == ["median_CD3", "median_CD56"]

@@ -1045,6 +1045,7 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
     counts = {name: int(np.count_nonzero(mask)) for name, mask in state.masks.items()}
     columns = {m: _bucketed(state.tube.data[m]) for m in markers} if any(counts.values()) else {}
     rows = []
+    medians: dict[str, list[float]] = {m: [] for m in markers}   # per marker, one per population, transformed
     for pop in strategy.populations:
         mask = state.masks.get(pop.name)
         count = counts.get(pop.name, 0)
@@ -1061,13 +1062,16 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
         # (a column with a non-finite value) by selection in a fresh gathered array
         index = np.flatnonzero(mask) if count and mask is not None else np.empty(0, dtype=np.intp)
         for m in markers:
-            if count:
-                column = columns[m]
-                med = column.median(index) if column is not None else _median_selecting(state.tube.data[m].take(index))
-                row[f"median_{m}"] = float(state.tube.transforms[m].inverse(np.array([med]))[0])
-            else:
-                row[f"median_{m}"] = float("nan")
+            column = columns.get(m)
+            medians[m].append(float("nan") if not count else column.median(index) if column is not None
+                              else _median_selecting(state.tube.data[m].take(index)))
         rows.append(row)
+    # back to linear units, one inverse per marker over every population's median (elementwise:
+    # the same values as one inverse per median; an empty population's NaN stays NaN)
+    for m in markers:
+        linear = state.tube.transforms[m].inverse(np.array(medians[m], dtype=np.float64))
+        for row, value in zip(rows, linear.tolist()):
+            row[f"median_{m}"] = value
     return pd.DataFrame(rows)
 
 
