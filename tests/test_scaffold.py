@@ -578,6 +578,50 @@ def test_several_stained_files_of_one_product_are_announced(tmp_path):
     assert not check_draft(tmp_path / "study", folder)
 
 
+def test_several_stained_files_with_controls_say_where_the_controls_go(tmp_path):
+    """FlowAtlas: a donor's four tissues share $SRC '390C' with the donor's unstained control. The
+    duplicate_tube line told to give lines 2-5 (the stained files) their own product_ids and said
+    nothing of line 6, the control: done as told, the control stayed product 390C, a product of
+    controls only, and process failed it (exit 1, with advice to write a panel file). The line now
+    names the product's other files and where they go; done as it says, no product fails."""
+    import re
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL001_surface_FMO_PD1.fcs", "TIL001_unstained.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", folder / "TIL001_surface_stain_lung.fcs")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("product TIL001")]
+    written = tmp_path / "study" / "manifest.csv"
+    lines = written.read_text().splitlines()
+
+    def give(numbers: str, product_ids: list[str]) -> None:
+        for number, product_id in zip(numbers.split(", "), product_ids):
+            cells = lines[int(number) - 1].split(",")
+            lines[int(number) - 1] = ",".join([cells[0], product_id, *cells[2:]])
+
+    stained = re.search(r"lines ([\d, ]+), give each specimen its own product_id, e\.g\. (.+?) \(", line)
+    assert stained, line
+    specimens = stained.group(2).split(", ")
+    give(stained.group(1), specimens)
+    others = re.search(r"its other files \(lines? ([\d, ]+): (.+?)\) keep product_id TIL001", line)
+    assert others, line
+    assert sorted(others.group(2).split(", ")) == ["TIL001_surface_FMO_PD1.fcs", "TIL001_unstained.fcs"]
+    give(others.group(1), [specimens[0]] * len(others.group(1).split(", ")))   # acquired with the first
+    written.write_text("\n".join(lines) + "\n")
+    manifest = pd.read_csv(written, dtype=str, keep_default_na=False)
+    stains = manifest[manifest["role"] == "stain"]
+    assert set(manifest["product_id"]) == set(stains["product_id"]) == set(specimens)   # no product of controls only
+    assert stains.groupby("product_id").size().max() == 1
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(tmp_path / "study" / "study.yaml"),
+                   "--manifest", str(written), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    assert (pd.read_csv(out / "phenotypes.csv")["status"] == "done").all()
+
+
 REALDATA = ROOT / "tests" / "data" / "realdata_flowatlas"
 
 
