@@ -229,3 +229,22 @@ def test_a_variable_over_root_adds_no_second_count_of_every_event():
     columns = strategy.count_columns()
     assert columns["n_events_tcell"] == "root" and not [c for c in columns if c.startswith("n_root")]
     assert set(columns) <= set(_from_strategies([strategy], 99.5))
+
+
+def test_a_variable_over_root_reads_as_percent_of_all_events():
+    """new-study drafts `cd3_pct_of_root` for exports without scatter (FlowAtlas); the codebook,
+    and with it the index's and reports' headers and units, called it "CD3+ % root", "% of root":
+    a word of the strategy file's, not of the lab's -> "% all events", "% of all events", the
+    population whose count is the stained file's n_events column."""
+    from tilpheno.report.codebook import _from_strategies
+
+    strategy = load_strategy(Path(__file__).resolve().parents[1] / "gating" / "flowatlas_tcell.yaml")
+    codebook = _from_strategies([strategy], 99.5)
+    over_root = [v for v in strategy.variables if v.denominator == "root"]
+    assert over_root and strategy.count_columns()[f"n_events_{strategy.tube}"] == "root"
+    for variable in over_root:
+        entry = codebook[variable.name]
+        assert entry["label"] == f"{variable.numerator} % all events"
+        assert entry["unit"] == "% of all events"
+        assert entry["meaning"] == f"{variable.numerator} as % of all events ({strategy.tube} tube)"
+        assert "root" not in entry["method"].split("; ", 1)[1]   # the gate's line: within all events

@@ -46,11 +46,15 @@ def _gating_method(population, fmo_percentile: float) -> str:
         pct = population.params.get("percentile", fmo_percentile)
         control = "unstained control" if population.params.get("control") == "unstained" else f"{dims} FMO"
         return f"{population.name}: {dims} above the {pct:g}th percentile of the {control}'s {population.parent} events"
-    return f"{population.name}: {population.method} gate on {dims} within {population.parent}"
+    return f"{population.name}: {population.method} gate on {dims} within {_readable(population.parent)}"
 
 
 def _readable(name: str) -> str:
-    return name.replace("_", " ")
+    """A population or column name for a reader: underscores as spaces; the strategies' top
+    population (``root``, every event of the file) as "all events"."""
+    from tilpheno.gates.strategy import ROOT
+
+    return "all events" if name == ROOT else name.replace("_", " ")
 
 
 def _from_strategies(strategies: Sequence, fmo_percentile: float) -> dict[str, dict[str, str]]:
