@@ -94,8 +94,9 @@ def no_stained_tube(product_id: str, rows) -> str:
     files = ", ".join(f"{Path(str(f)).name} ({role})" for f, role in zip(rows["file"], rows["role"]))
     if (rows["role"] == "stain").any():
         return f"product {product_id}: no readable stained tube (files: {files})"
-    return (f"product {product_id}: no stained tube, only controls (files: {files}); a file without $PnS "
-            "marker names is taken as an unstained control: name its detectors' markers in a panel file "
+    return (f"product {product_id}: no stained tube, only controls (files: {files}); a real control belongs to the "
+            "product of the specimen it was acquired with: give its manifest row that product_id; a stained file "
+            "without $PnS marker names is taken as an unstained control: name its detectors' markers in a panel file "
             "(--panel; columns tube, detector, marker), which makes it a stained file (a manifest's role alone "
             "gives it no markers)")
 
