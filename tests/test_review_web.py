@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -1321,3 +1321,21 @@ def test_a_login_page_left_open_past_its_session_logs_in_after_one_notice(app, s
     assert fresh != csrf
     r = c.post("/login", data={"username": "alice", "password": PASSWORDS["alice"], "csrf_token": fresh, "next": "/"})
     assert r.status_code == 302 and c.get("/").status_code == 200
+
+
+def test_an_analyst_with_no_product_is_told_how_one_is_assigned(fresh_service):
+    """A new lab's first login as an analyst: '0 product(s) assigned to you ... No products', and
+    'Analysts see the products assigned to them' with no word of how -> the page names the command
+    an admin runs (with this output folder and this account); an analyst with products is not told."""
+    from tilpheno.review.models import ProductAssignment
+
+    app = create_app(fresh_service)
+    command = f"tilpheno users assign {fresh_service.source.out_dir} bob PRODUCT ..."
+    c, _, _ = login(app, "bob")
+    assert command not in " ".join(c.get("/").text.split())   # bob has TIL001
+    with fresh_service.factory() as db:
+        db.query(ProductAssignment).filter_by(username="bob").delete()
+        db.commit()
+    c, _, _ = login(app, "bob")
+    home = " ".join(c.get("/").text.split())
+    assert "0 product(s) assigned to you" in home and command in home
