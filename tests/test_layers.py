@@ -23,8 +23,8 @@ LAYERS = {
     "tilpheno.panel": 2, "tilpheno.io.manifest": 2,
     # 3 compensate
     "tilpheno.compensation": 3, "tilpheno.spillover": 3,
-    # 4 transform (and acquisition QC on transformed signals)
-    "tilpheno.transforms": 4, "tilpheno.acquisition": 4,
+    # 4 transform (and acquisition QC on transformed signals, and of a control's settings against its stained tube's)
+    "tilpheno.transforms": 4, "tilpheno.acquisition": 4, "tilpheno.control_settings": 4,
     # 5 gate
     "tilpheno.gates": 5,
     # 6 measure

@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate_columns, exported_compensated, read_spillover_csv
+from tilpheno.control_settings import compare_settings, settings_flags
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
@@ -575,6 +576,12 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
                              f"the {stained} gates on the unstained control {control_label}, "
                              f"% above each positive gate's cut: {'; '.join(checked)}"))
     return UnstainedCheck(flags, cuts)
+
+
+def _read_detectors(tube: TubeData) -> set[str]:
+    """The detectors ($PnN) a tube's gates read: its markers' detectors and its other dimensions
+    (scatter channels, which are their own detectors)."""
+    return set(tube.detectors.values()) | set(tube.data)
 
 
 def _moved(gate: RangeGate, cut: float) -> RangeGate:
@@ -1303,6 +1310,9 @@ def analyze_product(
     # the unstained control's acquisition QC, by file and settings: its raw events are the same
     # whichever stained tube it is loaded for
     unstained_acquisition: dict[tuple[str, Any], Any] = {}
+    # (control, stained file) as flags name them -> their FCSFiles, the detectors the gates read, the
+    # tube kind: each control's acquisition settings are compared with its stained tube's (TEXT only)
+    compared: dict[tuple[str, str], tuple[Any, Any, set[str], str]] = {}
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
         if strategy is None:
@@ -1407,6 +1417,7 @@ def analyze_product(
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}
+        read: dict[int, set[str]] = {}   # stained file -> the detectors its gates read
 
         def consume(i: int, state: _Gated, strategy=strategy) -> None:
             state.tube.sha256 = sources[i].handle["fcs"].sha256
@@ -1417,6 +1428,7 @@ def analyze_product(
             if sources[i].role == "stain":
                 variables[i] = (tube_variables(strategy, state),
                                 _stained_summary(state, sources[i].handle["name"]))
+                read[i] = _read_detectors(state.tube)
                 for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
                     control_src = _row_source(-1, "unstained", None, row, labels)
                     checked = (str(row.file), strategy.acquisition)
@@ -1425,6 +1437,9 @@ def analyze_product(
                     if control_src.handle.get("acquisition") is not None:
                         unstained_acquisition[checked] = control_src.handle["acquisition"]
                     name = control_src.handle["name"]
+                    if control is not None:
+                        compared[(name, sources[i].handle["name"])] = (control_src.handle["fcs"], sources[i].handle["fcs"],
+                                                                       read[i], str(tube_kind))
                     if control is None:   # the self-check cannot run: said, without failing the product
                         problems = [control_src.handle["read_flag"]] if control_src.handle["read_flag"] else \
                             control_src.handle["load_flag"]
@@ -1441,6 +1456,10 @@ def analyze_product(
                         d["unstained_cut"] = max(cut, d.get("unstained_cut", cut))
 
         run.finish(consume)
+        for c in (i for i in sorted(made) if sources[i].role in ("fmo", "unstained")):
+            for i in sorted(read):
+                compared[(sources[c].handle["name"], sources[i].handle["name"])] = (
+                    sources[c].handle["fcs"], sources[i].handle["fcs"], read[i], str(tube_kind))
         qc.extend(s.handle["read_flag"] for s in sources if s.handle["read_flag"] is not None)
         for s in sources:
             qc.extend(s.handle["load_flag"])
@@ -1469,6 +1488,9 @@ def analyze_product(
         qc.extend(_duplicate_controls(product_id, str(tube_kind), [sources[i] for i in sorted(made)], study.vocabulary))
 
     qc.extend(dict.fromkeys(f for f in unstained_flags if f is not None))   # a control read once per tube kind: once
+    for (control_name, stained_name), (control, stained, detectors, kind) in compared.items():
+        qc.extend(settings_flags(product_id, control_name, stained_name, kind,
+                                 compare_settings(control, stained, detectors)))
     phenotype.update(doses(phenotype, til_dose_cells, study))
     qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map, study))
     return ProductResult(

@@ -26,11 +26,13 @@ REVIEW_CODES = frozenset({
     "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
     "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
     "missing_control", "gate_failed", "few_events", "uncertain_threshold", "dim_subset_events", "unstained_positive",
-    "duplicate_tube", "duplicate_control",
+    "duplicate_tube", "duplicate_control", "control_settings_differ", "control_instrument_differs",
 })
 """QC codes of a gate that may be wrong (raised by ``tilpheno.gates.checks`` and the gating engine),
 or of variables that may come from the wrong file (``duplicate_tube``: two stained files of one
-tube kind in a product; ``duplicate_control``: two FMO files of one marker): after one of them at severity warning or error a product "needs review"
+tube kind in a product; ``duplicate_control``: two FMO files of one marker), or of a control
+acquired with other settings than its stained tube (``control_settings_differ``,
+``control_instrument_differs``: ``tilpheno.control_settings``): after one of them at severity warning or error a product "needs review"
 and its release is "not evaluable" until a reviewer signs it."""
 
 FAILURE_CODES = frozenset({"product_failed", "internal_error"})

@@ -1,0 +1,159 @@
+"""A control's acquisition settings against its stained tube's (tilpheno.control_settings).
+
+The controls are real files, or copies of them whose TEXT has one keyword's value replaced by
+another of the same length (nothing else moves): the flag must give the value written and the
+value the untouched stained file holds.
+"""
+from pathlib import Path
+
+import pandas as pd
+
+from tilpheno.control_settings import compare_settings, settings_flags
+from tilpheno.errors import FCSReadError
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+from tilpheno.io.fcs import read_fcs_metadata
+from tilpheno.panel import read_panel_file
+from tilpheno.phenotype import analyze_product
+from tilpheno.qc import needs_review
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_fcs"
+ATLAS = Path(__file__).parent / "data" / "realdata_flowatlas"
+CORPUS = Path(__file__).parent / "data" / "fcs"
+CODES = ("control_settings_differ", "control_instrument_differs", "control_date_differs")
+
+
+def edited_copy(source: Path, folder: Path, keyword: str, old: str, new: str) -> Path:
+    """A copy of ``source`` in ``folder`` (same name) whose TEXT keyword ``keyword`` reads ``new``
+    instead of ``old`` (same length: no offset moves)."""
+    assert len(old) == len(new)
+    raw = source.read_bytes()
+    text_start = int(raw[10:18])   # HEADER: TEXT's first byte is the delimiter
+    delimiter = raw[text_start:text_start + 1]
+    before = delimiter + keyword.encode() + delimiter + old.encode() + delimiter
+    assert raw.count(before) == 1, (source, keyword)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / source.name
+    out.write_bytes(raw.replace(before, delimiter + keyword.encode() + delimiter + new.encode() + delimiter))
+    return out
+
+
+def control_flags(result):
+    return [f for f in result.qc if f.code in CODES]
+
+
+# -- the bundled sample: an FMO acquired at another voltage ------------------------------------------
+
+
+def _surface(fmo_cd8: Path):
+    rows = pd.DataFrame([
+        {"file": str(SAMPLE / "TIL001_surface_stain.fcs"), "tube": "surface", "role": "stain", "fmo_marker": ""},
+        {"file": str(fmo_cd8), "tube": "surface", "role": "fmo", "fmo_marker": "CD8"},
+        {"file": str(SAMPLE / "TIL001_unstained.fcs"), "tube": "unstained", "role": "unstained", "fmo_marker": ""},
+    ])
+    strategies = [load_strategy(p) for p in default_strategy_paths()]
+    return analyze_product("TIL001", rows, [s for s in strategies if s.tube == "surface"], plot_events=5000)
+
+
+def test_an_fmo_at_another_voltage_needs_review_naming_both_values(tmp_path):
+    stained = read_fcs_metadata(SAMPLE / "TIL001_surface_stain.fcs")
+    n = 1 + list(stained.channels["pnn"]).index("APC-H7-A")          # CD8's detector in the stained tube
+    assert stained.keywords[f"$P{n}V"] == "610"
+    fmo = edited_copy(SAMPLE / "TIL001_surface_FMO_CD8.fcs", tmp_path, f"$P{n}V", "610", "650")
+
+    flags = control_flags(_surface(fmo))
+
+    assert [(f.file, f.code, f.severity) for f in flags] == [
+        ("TIL001_surface_FMO_CD8.fcs", "control_settings_differ", "warning")]
+    message = flags[0].message
+    assert "TIL001_surface_FMO_CD8.fcs" in message and "TIL001_surface_stain.fcs" in message
+    assert "APC-H7-A (CD8 APC-H7) voltage ($PnV) 650 in the control, 610 in the stained tube" in message
+    assert needs_review(flags[0])
+
+
+def test_the_sample_controls_acquired_alike_raise_nothing():
+    assert control_flags(_surface(SAMPLE / "TIL001_surface_FMO_CD8.fcs")) == []
+
+
+# -- real FlowAtlas files: the donor's unstained control ---------------------------------------------
+
+
+STAINED = ATLAS / "fcs" / "412C_mLN_026.fcs"
+CONTROL = ATLAS / "unstained" / "412C__412C_unst_022.cleaned.fcs"
+
+
+def raw_text(path: Path) -> dict[str, str]:
+    """TEXT keywords read from the bytes here (no escaped delimiters in these files), not by tilpheno."""
+    raw = path.read_bytes()
+    start, stop = int(raw[10:18]), int(raw[18:26])
+    parts = raw[start + 1:stop + 1].decode("latin-1").split(raw[start:start + 1].decode())
+    return dict(zip(parts[0::2], parts[1::2]))
+
+
+def ranges(path: Path) -> dict[str, str]:
+    """Detector ($PnN) -> its $PnR text."""
+    kw = raw_text(path)
+    return {kw[f"$P{n}N"]: kw[f"$P{n}R"] for n in range(1, int(kw["$PAR"]) + 1)}
+
+
+def test_a_real_unstained_control_exported_with_other_ranges_needs_review():
+    """FlowAtlas donor 412C's unstained control (same day, same experiment) carries $PnR 82897 or
+    26214 on 12 of its 18 detectors, where the stained file has 262144 on all: on the six the CD3
+    panel's gates read (panel.csv) that needs review, naming each; the others are said (info)."""
+    rows = pd.DataFrame([{"file": str(STAINED), "tube": "tcell", "role": "stain", "fmo_marker": ""},
+                         {"file": str(CONTROL), "tube": "tcell", "role": "unstained", "fmo_marker": ""}])
+    panel = read_panel_file(ATLAS / "panel.csv")
+    strategy = load_strategy(ROOT / "gating" / "flowatlas_tcell.yaml")
+    result = analyze_product("412C", rows, [strategy], panel_override=panel)
+    read = {"FJComp-355 379_28-A", "FJComp-355 560_40-A", "FJComp-355 820_60-A",     # CD3, CD8, CD4
+            "FJComp-561 585_15-A", "FJComp-405 710_40-A", "FJComp-561 780_60-A"}     # FoxP3, PD1, CD127
+    control, stained = ranges(CONTROL), ranges(STAINED)
+    differ = {d for d in control if control[d] != stained[d]}
+    assert raw_text(CONTROL)["$DATE"] == raw_text(STAINED)["$DATE"] and len(differ) == 12
+
+    flags = control_flags(result)
+
+    assert [(f.file, f.code, f.severity) for f in flags] == [(CONTROL.name, "control_settings_differ", "warning"),
+                                                             (CONTROL.name, "control_settings_differ", "info")]
+    warning, info = flags[0].message, flags[1].message
+    assert STAINED.name in warning and STAINED.name in info
+    for detector in control:
+        said = f"{detector} range ($PnR) {control[detector]} in the control, {stained[detector]} in the stained tube"
+        assert (said in warning) == (detector in differ and detector in read), detector
+        assert (said in info) == (detector in differ and detector not in read), detector
+    assert needs_review(flags[0]) and not needs_review(flags[1])
+
+
+# -- instrument and day --------------------------------------------------------------------------------
+
+
+def test_another_instrument_needs_review_and_another_day_is_said(tmp_path):
+    fmo = edited_copy(SAMPLE / "TIL001_surface_FMO_CD8.fcs", tmp_path / "a", "$CYTSN", "H6470012", "H6470099")
+    fmo = edited_copy(fmo, tmp_path / "b", "$DATE", "29-SEP-2016", "30-SEP-2016")
+    stained = read_fcs_metadata(SAMPLE / "TIL001_surface_stain.fcs")
+
+    comparison = compare_settings(read_fcs_metadata(fmo), stained, set(stained.channels["pnn"]))
+    flags = settings_flags("TIL001", fmo.name, "TIL001_surface_stain.fcs", "surface", comparison)
+
+    assert comparison.used == comparison.other == ()
+    assert [(f.code, f.severity) for f in flags] == [("control_instrument_differs", "warning"),
+                                                     ("control_date_differs", "info")]
+    assert "H6470099 in the control, H6470012 in the stained tube" in flags[0].message
+    assert "$DATE 30-SEP-2016 in the control, 29-SEP-2016 in the stained tube" in flags[1].message
+    assert "experiment 'TIL infusion product phenotyping'" in flags[1].message
+
+
+def test_every_real_corpus_file_compares_without_error():
+    """Every file of the corpus that the reader takes goes through the check: against itself
+    nothing differs (an Attune's $PnV ``NA`` included), against another file it answers."""
+    files = []
+    for path in sorted(p for p in CORPUS.rglob("*") if p.is_file()):
+        try:
+            files.append(read_fcs_metadata(path))
+        except FCSReadError:   # not an FCS file, or one the reader refuses: not this check's concern
+            continue
+    assert len(files) > 20
+    for a, b in zip(files, files[1:] + files[:1]):
+        itself = compare_settings(a, a, set(a.channels["pnn"]))
+        assert (itself.used, itself.other, itself.instrument, itself.date) == ((), (), None, None), a.path
+        settings_flags("P", a.path.name, b.path.name, "tube", compare_settings(a, b, set(b.channels["pnn"])))

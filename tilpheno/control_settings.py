@@ -1,0 +1,200 @@
+"""Acquisition settings of a control (FMO, unstained) against its stained tube's.
+
+A control stands for its stained tube only when it was acquired with the same instrument settings:
+the same detectors at the same voltages, ranges and amplification, on the same instrument. A
+threshold read on an FMO acquired at another PMT voltage is carried to the stained tube on
+another intensity scale; an unstained control at another voltage says nothing about the stained
+tube's autofluorescence. This check compares the TEXT segments only (``FCSFile.keywords`` and
+``FCSFile.channels``, already read; no events), once per (control, stained file) pair.
+
+Per detector (``$PnN``, matched by name: a control's ``$PnN`` is the stained tube's detector),
+each setting that both files state is compared:
+
+* voltage ``$PnV`` (volts; BD writes it in FCS 3.0 files too): a difference larger than
+  :data:`VOLTAGE_TOLERANCE_V` (0: **any difference**) counts;
+* range ``$PnR``, amplifier gain ``$PnG`` and amplification ``$PnE`` (log decades, value at 0):
+  any difference counts, on the values the reader reads (``tilpheno.io.fcs``: ``"1.0"`` = ``"1"``,
+  ``$PnG`` absent = 1, ``$PnE`` absent = ``0,0``).
+
+A voltage absent from either file is not compared (a FlowJo export drops ``$PnV``); one that is
+not a number (an Attune's ``NA``) is compared as text. The time channel is not compared.
+
+Codes (raised on the control's file, naming the stained file):
+
+``control_settings_differ``  ``warning`` (review, ``tilpheno.qc.REVIEW_CODES``): a setting differs on a
+    detector the tube kind's gates read (the strategy's markers' detectors and its scatter
+    channels): the message names the detector, the keyword and both values. ``info`` for the other
+    detectors both files have (nothing the gates read, but the files were not acquired alike).
+``control_instrument_differs``  ``warning`` (review): another instrument: the serial number
+    (``$CYTSN``, else BD's ``CYTNUM``, else Beckman Coulter's ``@CYTOMETERID``) differs, or, without a
+    serial in both files, the instrument name ``$CYT``.
+``control_date_differs``  ``info``: another acquisition day (``$DATE``); many labs acquire FMOs
+    the same day, but a control of another day (another session, perhaps another cytometer set-up)
+    is worth a look, not an error. The message says when both files name the same experiment
+    (BD's ``EXPERIMENT NAME``: a session that ran past midnight).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Collection, Mapping
+
+from tilpheno.acquisition import find_time_channel
+from tilpheno.qc import QCFlag
+
+VOLTAGE_TOLERANCE_V = 0.0
+"""A voltage (``$PnV``) difference larger than this many volts between a control and its stained
+tube is flagged: 0, any difference (cytometers are set in whole volts; a control at another
+voltage is on another scale)."""
+
+SETTINGS = (("voltage", "$PnV"), ("range", "$PnR"), ("gain", "$PnG"), ("amplification", "$PnE"))
+"""The settings compared, with their keywords (named so in messages)."""
+
+SERIAL_KEYWORDS = ("$CYTSN", "CYTNUM", "@CYTOMETERID")
+"""Keywords that hold the instrument's serial number, the first a file has counting."""
+
+DATE_FORMATS = ("%d-%b-%Y", "%d-%b-%y", "%Y-%b-%d", "%Y-%m-%d")
+"""``$DATE`` as instruments write it (FCS 3.x ``dd-mmm-yyyy``, FCS 2.0 ``dd-mmm-yy``, Miltenyi's
+``yyyy-Mmm-dd``); a date in none of them is compared as text."""
+
+
+@dataclass(frozen=True)
+class SettingDifference:
+    """One setting of one detector that differs: ``keyword`` as ``$PnV``, its values in both files;
+    ``shown``: the detector with the stained tube's ``$PnS`` (``APC-H7-A (CD8 APC-H7)``)."""
+
+    detector: str
+    shown: str
+    keyword: str
+    what: str
+    control: str
+    stained: str
+
+
+@dataclass(frozen=True)
+class SettingsComparison:
+    """What differs between a control's and its stained tube's acquisition (:func:`compare_settings`).
+
+    ``used`` / ``other``: differences on detectors the gates read / on the others; ``instrument``:
+    (control's, stained's) serial or ``$CYT`` when they differ, else None; ``date``: (control's,
+    stained's) ``$DATE`` when another day, else None; ``experiment``: the experiment both name, else ''."""
+
+    used: tuple[SettingDifference, ...]
+    other: tuple[SettingDifference, ...]
+    instrument: tuple[str, str] | None
+    date: tuple[str, str] | None
+    experiment: str = ""
+
+
+def _text(keywords: Mapping[str, str], key: str) -> str:
+    """A keyword's value stripped; '' when absent or blank."""
+    return str(keywords.get(key, "")).strip()
+
+
+def _voltage_differs(control: str, stained: str) -> bool:
+    """True when two ``$PnV`` texts differ by more than :data:`VOLTAGE_TOLERANCE_V` (as numbers;
+    texts that are not numbers, an Attune's ``NA``, as text)."""
+    try:
+        a, b = float(control), float(stained)
+    except ValueError:
+        return control.casefold() != stained.casefold()
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return control.casefold() != stained.casefold()
+    return abs(a - b) > VOLTAGE_TOLERANCE_V
+
+
+def _detector_settings(fcs) -> dict[str, dict[str, str]]:
+    """Detector ($PnN) -> {setting name: its value as text}: ``voltage`` when ``$PnV`` is stated,
+    and ``range``, ``gain``, ``amplification`` as the reader reads them (``$PnG`` absent = 1,
+    ``$PnE`` absent = linear 0,0, ``f1,0`` = ``f1,1``: :mod:`tilpheno.io.fcs`). The first of two
+    parameters of one name counts."""
+    out: dict[str, dict[str, str]] = {}
+    ch = fcs.channels
+    for n, name, pnr, png, pne in zip(ch["n"], ch["pnn"], ch["pnr"], ch["png"], ch["pne"]):
+        settings = {"range": f"{float(pnr):g}", "gain": f"{float(png):g}",
+                    "amplification": f"{float(pne[0]):g},{float(pne[1]):g}"}
+        voltage = _text(fcs.keywords, f"$P{int(n)}V")
+        if voltage:
+            settings["voltage"] = voltage
+        out.setdefault(str(name), settings)
+    return out
+
+
+def _serial(keywords: Mapping[str, str]) -> str:
+    return next((v for v in (_text(keywords, k) for k in SERIAL_KEYWORDS) if v), "")
+
+
+def _day(text: str) -> str:
+    """``$DATE`` as an ISO date when it reads as one (:data:`DATE_FORMATS`), else its text upper-cased."""
+    for form in DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(text, form).date().isoformat()
+        except ValueError:
+            continue
+    return text.upper()
+
+
+def compare_settings(control, stained, used: Collection[str]) -> SettingsComparison:
+    """Compare a control's acquisition settings with its stained tube's (module docstring).
+
+    ``control``, ``stained``: FCSFile-like (``keywords``, ``channels`` with ``n``, ``pnn``, ``pnr``,
+    ``png``, ``pne``); ``used``: the detectors ($PnN) the tube kind's gates read."""
+    mine, theirs = _detector_settings(control), _detector_settings(stained)
+    time_channel = find_time_channel(list(theirs))
+    stains = {str(n): str(s).strip() for n, s in zip(stained.channels["pnn"], stained.channels["pns"])}
+    used_set = set(used)
+    on_used: list[SettingDifference] = []
+    on_other: list[SettingDifference] = []
+    for detector, settings in mine.items():
+        if detector not in theirs or detector == time_channel:
+            continue
+        for what, keyword in SETTINGS:
+            a, b = settings.get(what, ""), theirs[detector].get(what, "")
+            if a and b and (_voltage_differs(a, b) if what == "voltage" else a != b):
+                (on_used if detector in used_set else on_other).append(SettingDifference(
+                    detector, f"{detector} ({stains[detector]})" if stains.get(detector) else detector, keyword, what, a, b))
+    ck, sk = control.keywords, stained.keywords
+    instrument = None
+    serials = (_serial(ck), _serial(sk))
+    names = (_text(ck, "$CYT"), _text(sk, "$CYT"))
+    if all(serials):
+        instrument = serials if serials[0] != serials[1] else None
+    elif all(names) and names[0].casefold() != names[1].casefold():
+        instrument = names
+    dates = (_text(ck, "$DATE"), _text(sk, "$DATE"))
+    date = dates if all(dates) and _day(dates[0]) != _day(dates[1]) else None
+    experiments = (_text(ck, "EXPERIMENT NAME"), _text(sk, "EXPERIMENT NAME"))
+    return SettingsComparison(tuple(on_used), tuple(on_other), instrument, date,
+                              experiments[0] if experiments[0] and experiments[0] == experiments[1] else "")
+
+
+def _listed(differences) -> str:
+    return "; ".join(f"{d.shown} {d.what} ({d.keyword}) {d.control} in the control, {d.stained} in the stained tube"
+                     for d in differences)
+
+
+def settings_flags(product_id: str, control_name: str, stained_name: str, tube_kind: str,
+                   comparison: SettingsComparison) -> list[QCFlag]:
+    """The QC flags of one (control, stained file) comparison, raised on the control (module docstring)."""
+    flags = []
+    pair = f"control {control_name} vs stained tube {stained_name}"
+    if comparison.used:
+        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "warning",
+                            f"{pair}: acquired with other settings on detectors the {tube_kind} gates read: "
+                            f"{_listed(comparison.used)}; a control is valid only with the stained tube's settings"))
+    if comparison.other:
+        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
+                            f"{pair}: other settings on detectors the {tube_kind} gates do not read: "
+                            f"{_listed(comparison.other)}"))
+    if comparison.instrument is not None:
+        a, b = comparison.instrument
+        flags.append(QCFlag(product_id, control_name, "control_instrument_differs", "warning",
+                            f"{pair}: acquired on another instrument ({a} in the control, {b} in the stained tube); "
+                            "a control is valid only on the stained tube's instrument"))
+    if comparison.date is not None:
+        a, b = comparison.date
+        same = f" (both of experiment '{comparison.experiment}')" if comparison.experiment else ""
+        flags.append(QCFlag(product_id, control_name, "control_date_differs", "info",
+                            f"{pair}: acquired on another day ($DATE {a} in the control, {b} in the stained tube){same}"))
+    return flags
