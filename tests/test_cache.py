@@ -537,3 +537,17 @@ def test_a_release_decided_again_from_the_stored_outcome_equals_gating_again(sma
         return json.dumps([rec["release"], rec["release_status"], rec["phenotype"]])
 
     assert decided(outcome) == decided(truth)
+
+
+def test_report_command_says_which_reports_it_draws(first, tmp_path):
+    """`tilpheno report OUT TIL002` showed 'gating 3 products (27 files)', as if it gated the whole
+    run again: it draws TIL002's report and takes the other products from OUT/.cache. The line says so."""
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    result = CliRunner().invoke(app, ["report", str(out), "TIL002"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "gating" not in result.output
+    assert "drawing the report of TIL002 (the other 2 products from the cache)" in result.output
+    result = CliRunner().invoke(app, ["report", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "gating" not in result.output and "drawing the reports of 3 products (27 files)" in result.output

@@ -493,9 +493,10 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
                        scheduler=None, fmo_percentile=99.5, include_identifiers=False, make_reports=True,
                        command_line=None, overwrite=False, allow_unmatched=False, allow_outside=False,
                        use_cache=True, reports=None, report_products=None, compensation=None, run_inputs=None,
-                       rerun_of=None):
+                       rerun_of=None, describe=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description),
-    shown once the output folder is claimed (a refused folder prints only its error)."""
+    shown once the output folder is claimed (a refused folder prints only its error). ``describe``:
+    (n_products, n_files) -> the bar's description; default ``gating N products (M files)``."""
     from contextlib import ExitStack
 
     from rich.markup import escape
@@ -510,7 +511,8 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                TimeElapsedColumn(), transient=False))
             state["bar"] = bar
-            state["task"] = bar.add_task(f"gating {n_products} products ({n_files} files)", total=n_products)
+            text = describe(n_products, n_files) if describe else f"gating {n_products} products ({n_files} files)"
+            state["task"] = bar.add_task(escape(text), total=n_products)
 
         def on_outcome(o) -> None:
             bar = state["bar"]
@@ -555,7 +557,8 @@ def report(
             raise TilphenoError(f"{out}: no product {', '.join(map(repr, unknown))} in this run (products: "
                                 f"{', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''})")
         summary = _run_with_progress(**kwargs, out=out, reports="now", report_products=products or None,
-                                     command_line=["tilpheno", *sys.argv[1:]], overwrite=True)
+                                     command_line=["tilpheno", *sys.argv[1:]], overwrite=True,
+                                     describe=lambda n, files: _report_progress_text(products or [], n, files))
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     _print_summary(summary)
@@ -563,6 +566,19 @@ def report(
         typer.secho(f"warning: {out}: reports drawn, but the run is not ok ({_not_ok(summary)}), as its process "
                     "exited 1: exit status 1", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=1)
+
+
+def _report_progress_text(products: List[str], n_products: int, n_files: int) -> str:
+    """What `tilpheno report` does, for its progress bar: the reports of ``products`` (every one of
+    the run's ``n_products`` when empty) drawn, the other products taken from OUT/.cache (gated
+    again only where the cache lost them)."""
+    if not products:
+        return f"drawing the reports of {n_products} products ({n_files} files)"
+    asked = sorted(set(products))
+    others = n_products - len(asked)
+    rest = f" (the other {others} product{'s' if others != 1 else ''} from the cache)" if others else ""
+    named = ", ".join(asked) if len(asked) <= 3 else f"{len(asked)} products ({', '.join(asked[:3])}, ...)"
+    return f"drawing the report{'s' if len(asked) > 1 else ''} of {named}{rest}"
 
 
 def _not_ok(summary) -> str:
