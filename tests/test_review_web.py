@@ -1339,3 +1339,41 @@ def test_an_analyst_with_no_product_is_told_how_one_is_assigned(fresh_service):
     c, _, _ = login(app, "bob")
     home = " ".join(c.get("/").text.split())
     assert "0 product(s) assigned to you" in home and command in home
+
+
+def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_why(tmp_path, caplog):
+    """The re-run that offers each ``unstained_positive`` gate its ``unstained_cut`` read the control
+    without checking it against run.json's SHA-256 (the stained files are checked): a control
+    replaced since the run gave a candidate computed from the new file, silently. It is now left
+    out of the re-run, logged, and the candidates' answer names it (the page shows that line)."""
+    import logging
+    import shutil
+
+    import pandas as pd
+
+    from review_support import SAMPLE, database_url, make_service
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == PID].copy()
+    for name, role in zip(manifest["file"], manifest["role"]):   # the control: a copy of a stained tube (flagged)
+        shutil.copy(SAMPLE / ("TIL001_surface_stain.fcs" if role == "unstained" else name), inputs / name)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    from tilpheno.pipeline import process_folder
+
+    assert process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv", make_reports=False).ok
+    control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
+    shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / control)   # another copy, still flagged, after the run
+    service = make_service(tmp_path / "out", database_url("sqlite", tmp_path))
+    c, _, _ = login(create_app(service), "alice")
+    with caplog.at_level(logging.WARNING, logger="tilpheno.review.regate"):
+        r = c.get(f"/api/products/{PID}/candidates")
+    assert r.status_code == 200, r.text
+    assert not [cut for by_pop in r.json["tubes"].values() for cuts in by_pop.values() for cut in cuts
+                if cut["rule"] == "unstained_cut"]
+    [reason] = r.json["left_out"]
+    assert reason.startswith(f"{inputs / control}: SHA-256 differs from run.json (the file changed since the run)")
+    assert [rec.getMessage() for rec in caplog.records if control in rec.getMessage()] == [
+        f"product {PID}: unstained control left out of the re-run (no unstained_cut candidates): {reason}"]
+    service.factory.kw["bind"].dispose()

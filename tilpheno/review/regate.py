@@ -212,6 +212,11 @@ def gate_files_named_by_messages(qc: pd.DataFrame) -> pd.Series:
     return pd.Series([gate_file(str(c), str(m)) for c, m in zip(qc["code"], qc["message"])], index=qc.index, dtype=object)
 
 
+def changed_since_run(file: str | Path) -> str:
+    """The one line naming an input ``file`` whose bytes no longer have run.json's SHA-256."""
+    return f"{file}: SHA-256 differs from run.json (the file changed since the run)"
+
+
 class ReviewSource:
     """Read access to a processed output folder and its inputs (thread-safe cache of loaded tubes)."""
 
@@ -263,6 +268,7 @@ class ReviewSource:
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
         self._automatic: dict[str, dict] = {}
         self._candidates: dict[str, dict] = {}
+        self._left_out: dict[str, list[str]] = {}
         self._row_index: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]] = {}
         self._done: tuple[pd.DataFrame, list[str], set[str]] | None = None
         self._files_by_product: tuple[pd.DataFrame, dict[str, list[tuple[str, str, str, str]]]] | None = None
@@ -455,22 +461,39 @@ class ReviewSource:
         """The product's unstained controls whose check flagged a stained gate (qc.csv's
         ``unstained_positive`` flags are raised on them) and that were not gated (populations.csv
         lists the gated files, :meth:`product_files`): the re-run checks them again, which records
-        the cut that clears each such flag (``unstained_cut``). One that cannot be found is left out
-        (logged): the gates are reviewed without that candidate."""
+        the cut that clears each such flag (``unstained_cut``). One that cannot be found, or whose
+        bytes differ from run.json's SHA-256 (changed since the run: its cut would not be the run's),
+        is left out, logged and listed by :meth:`controls_left_out`: the gates are reviewed without
+        that candidate."""
+        from tilpheno.provenance import sha256_file
+
         gated = {name for name, *_ in self._file_rows(product_id)}
         flags = self._rows("qc", product_id)
         labels = list(dict.fromkeys(str(f) for f, code in zip(flags["file"], flags["code"])
                                     if code == "unstained_positive" and str(f) not in gated))
-        out = []
+        out, left_out = [], []
         for label in labels:
             try:
                 entry = self._entries(product_id, [label])[label]
-                out.append(ProductFile(self._resolve(str(entry["path"]), label), label, str(entry["sha256"]),
-                                       "unstained", "unstained", ""))
+                path = self._resolve(str(entry["path"]), label)
+                try:
+                    same = sha256_file(path) == str(entry["sha256"])
+                except OSError as exc:
+                    raise ReviewError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+                if not same:
+                    raise ReviewError(changed_since_run(path))
+                out.append(ProductFile(path, label, str(entry["sha256"]), "unstained", "unstained", ""))
             except ReviewError as exc:
                 log.warning("product %s: unstained control left out of the re-run (no unstained_cut candidates): %s",
                             product_id, exc)
+                left_out.append(str(exc))
+        self._left_out[product_id] = left_out
         return out
+
+    def controls_left_out(self, product_id: str) -> list[str]:
+        """Why each unstained control of the product was left out of its re-run (:meth:`unstained_controls`),
+        one line each; empty when none was (or the product was not re-run yet)."""
+        return list(self._left_out.get(product_id, []))
 
     def _file_rows(self, product_id: str) -> list[tuple[str, str, str, str]]:
         """``(file, tube, role, fmo_marker)`` of each of the product's files in populations.csv, in
@@ -580,7 +603,7 @@ class ReviewSource:
             if t.role != "stain" or t.tube in tubes:
                 continue
             if t.sha256 != by_name[name].sha256:
-                raise ReviewError(f"{name}: SHA-256 differs from run.json (the file changed since the run)")
+                raise ReviewError(changed_since_run(name))
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
@@ -614,7 +637,7 @@ class ReviewSource:
 
         fcs = read_fcs(f.path)
         if fcs.sha256 != f.sha256:
-            raise ReviewError(f"{f.path}: SHA-256 differs from run.json (the file changed since the run)")
+            raise ReviewError(changed_since_run(f.path))
         detectors = require(panel_from_fcs(fcs, override=self.panel, tube=f.tube, study=self.study,
                                            compensating=spillover is not None), strategy.markers, self.study.vocabulary)
         tube = load_tube(fcs, detectors, strategy, tube=f.tube, role=f.role, spillover=spillover)

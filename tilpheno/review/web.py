@@ -319,7 +319,8 @@ def create_app(service: ReviewService) -> Flask:
     def candidates(product_id: str):
         """The candidate cuts of each threshold gate (``ReviewSource.candidates``), each with the % of
         its parent it would give under the current version's other gates; a separate request, as a
-        product imported by an earlier server is re-gated for them (a few seconds, once)."""
+        product imported by an earlier server is re-gated for them (a few seconds, once). ``left_out``:
+        why an unstained control gave no candidate (``ReviewSource.controls_left_out``), one line each."""
         opened(product_id)
         current = service.version(product_id)
         gate_set = json.loads(current.gates_json)
@@ -335,7 +336,8 @@ def create_app(service: ReviewService) -> Flask:
                 placed = candidate_gates(st, gates, masks, population, cuts)
                 if placed:
                     out.setdefault(tube_kind, {})[population] = placed
-        return jsonify({"version": current.version, "tubes": out})
+        return jsonify({"version": current.version, "tubes": out,
+                        "left_out": service.source.controls_left_out(product_id)})
 
     @app.post("/api/products/<path:product_id>/preview")
     @login_required

@@ -122,6 +122,7 @@
     const r = await api(app.dataset.candidates);
     if (r.status !== 200) { message(r.data.error || "could not load the candidate cuts", false); return; }
     C = r.data;
+    if ((C.left_out || []).length) message("No unstained-control candidate: " + C.left_out.join("; "), false);
     renderCandidates();
   }
 
