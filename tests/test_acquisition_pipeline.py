@@ -191,3 +191,39 @@ def test_a_control_with_an_acquisition_finding_gets_its_plot(tmp_path):
     for name, qc in found.items():
         for channel in qc.drift_channels:
             assert f">{channel}</text>" in plotted[name].svg or f"({channel})</text>" in plotted[name].svg, (name, channel)
+
+
+def test_a_manifest_detector_that_is_not_a_channel_names_its_row(product, tmp_path):
+    """process --manifest whose ``detector`` cell of a single-stain row has a typo (FITC-H) failed
+    the product with 'compensation ... failed: <control>.fcs: detector 'FITC-H' is not a channel of
+    <control>.fcs ...': the control's file, not the manifest row to fix -> the manifest, its row and
+    column, as `compensate --controls` names its CSV's cell."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    folder, rows, _ = product
+    inputs = tmp_path / "in"
+    shutil.copytree(folder, inputs, ignore=shutil.ignore_patterns("controls"))
+    controls = simulate_controls(inputs / "controls", 6, n_events=3000)
+    manifest = rows.assign(file=[str(Path(f).relative_to(folder)) for f in rows["file"]],
+                           detector="")
+    table = pd.read_csv(controls.controls_csv, dtype=str, keep_default_na=False)
+    manifest = pd.concat([manifest, pd.DataFrame({
+        "file": ["controls/" + f for f in table["file"]], "product_id": "TIL001", "tube": "compensation",
+        "role": ["single_stain" if d else "unstained" for d in table["detector"]], "fmo_marker": "",
+        "detector": table["detector"].str.replace("FITC-A", "FITC-H")})], ignore_index=True)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    row = 2 + manifest.index[manifest["detector"] == "FITC-H"][0]   # the header is line 1
+    file = manifest.loc[row - 2, "file"].split("/")[-1]
+    result = CliRunner().invoke(app, ["process", str(inputs), "-o", str(tmp_path / "out"),
+                                      "--manifest", str(tmp_path / "manifest.csv"), "--reports", "none"],
+                                terminal_width=400)
+    assert result.exit_code == 1, result.output
+    [line] = [x for x in result.output.splitlines() if x.startswith("  failed TIL001: ")]
+    assert line == (f"  failed TIL001: compensation from single-stain controls of TIL001 failed: {tmp_path / 'manifest.csv'}: "
+                    f"row {row}, column 'detector': detector 'FITC-H' is not a channel of {file} "
+                    f"(its fluorescence channels: {', '.join(ins.DETECTORS)})"), line

@@ -576,11 +576,15 @@ def _is_control_row(row) -> bool:
 
 
 def _control_of(row) -> Control:
+    """The control of a manifest row (a namedtuple): its ``detector`` cell, given at the cell
+    ``read_manifest`` recorded (``DETECTOR_AT``), else the detector found from the file."""
+    from tilpheno.io.manifest import DETECTOR_AT
+
     if row.role == "unstained":
         return Control(str(row.file), None)
     detector = str(getattr(row, "detector", "") or "").strip()
     if detector and detector.lower() != "nan":
-        return Control(str(row.file), detector)
+        return Control(str(row.file), detector, str(getattr(row, DETECTOR_AT, "") or ""))
     return identify_controls([row.file])[0]
 
 
@@ -608,11 +612,12 @@ def plan_compensation(manifest: pd.DataFrame, override: str | Path | None = None
     choose raise TableError.
     """
     from tilpheno.compensation import read_spillover_csv
+    from tilpheno.io.manifest import DETECTOR_AT
 
     frame = manifest.copy()
     frame["product_id"] = frame["product_id"].astype(str)
     is_control = pd.Series([_is_control_row(r) for r in frame.itertuples(index=False)], index=frame.index, dtype=bool)
-    controls, products = frame[is_control], frame[~is_control]
+    controls, products = frame[is_control], frame[~is_control].drop(columns=DETECTOR_AT, errors="ignore")
     has_stain = set(products.loc[products["role"] == "stain", "product_id"])
     products = products[products["product_id"].isin(has_stain) | ~products["product_id"].isin(set(controls["product_id"]))]
     ids = sorted(products["product_id"].unique())

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
 ROLES = ("stain", "fmo", "unstained", "single_stain")
+DETECTOR_AT = "detector_at"
+"""The column :func:`read_manifest` adds beside an optional ``detector`` column (a single-stain
+control's detector): where each row's ``detector`` cell lies (``manifest.csv: row 5, column
+'detector'``), so that an error about the detector names the cell to fix."""
 FCS_SUFFIXES = (".fcs", ".lmd")
 
 _DESIGN_UNSTAINED = re.compile(r"^(?P<product>.+?)_unstained$", re.IGNORECASE)
@@ -434,6 +438,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     not the manifest's: its row is kept, with that message (naming the manifest's row and the path
     looked for) in an extra ``problem`` column, ``''`` in the others', as :func:`scan_folder` keeps
     an unreadable file (``process`` fails that product alone). Every other check still refuses.
+    An optional ``detector`` column (single-stain controls) gets :data:`DETECTOR_AT` beside it.
     """
     study = study or default_study()
     vocabulary = study.vocabulary
@@ -516,6 +521,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                              f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
     frame["file"] = found
     frame["fmo_marker"] = fmo_markers
+    if "detector" in frame.columns:
+        frame[DETECTOR_AT] = [place(str(path), line, "detector") for line in frame.index]
     if keep_missing:
         frame["problem"] = problems
     if "til_dose_cells" in frame.columns:
