@@ -227,3 +227,22 @@ def test_a_manifest_detector_that_is_not_a_channel_names_its_row(product, tmp_pa
     assert line == (f"  failed TIL001: compensation from single-stain controls of TIL001 failed: {tmp_path / 'manifest.csv'}: "
                     f"row {row}, column 'detector': detector 'FITC-H' is not a channel of {file} "
                     f"(its fluorescence channels: {', '.join(ins.DETECTORS)})"), line
+
+
+def test_a_relative_matrix_path_is_recorded_absolute(product, tmp_path, monkeypatch):
+    """The library's ``analyze_product(spillover_override="rel.csv")`` and ``Sample.from_fcs(spillover=
+    "rel.csv")`` recorded the matrix as typed ('rel.csv', meaningless once the working directory
+    changes; the CLI records it absolute) -> its absolute path, as ``process --compensation`` does."""
+    from tilpheno.gating import Sample
+    from tilpheno.spillover import write_spillover_csv
+
+    _, rows, _ = product
+    monkeypatch.chdir(tmp_path)
+    write_spillover_csv(Spillover(tuple(ins.DETECTORS), ins.SPILLOVER_MATRIX), "rel.csv")
+    expected = str(tmp_path / "rel.csv")
+    result = analyze_product("TIL001", rows, _strategies(), spillover_override="rel.csv")
+    stained = [t for t in result.tubes if t.role == "stain"]
+    assert stained and {t.compensation.source for t in stained} == {expected}
+    surface = next(s for s in _strategies() if s.tube == "surface")
+    file = rows.loc[(rows["tube"] == "surface") & (rows["role"] == "stain"), "file"].iloc[0]
+    assert Sample.from_fcs(file, surface, spillover="rel.csv").spillover.source == expected

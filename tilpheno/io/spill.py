@@ -7,6 +7,7 @@ signal seen in detector ``j`` (diagonal 1).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -88,7 +89,9 @@ def read_spillover_csv(path: str | Path) -> Spillover:
     when the first line has tabs or semicolons and no comma (semicolons with commas below: the
     comma is the decimal mark, as European Excel writes). Values in percent (every diagonal value
     100, as FlowJo's and FACSDiva's matrix editors show them) are an error: the matrix holds
-    fractions.
+    fractions. The matrix's ``source`` is the file's absolute path (against the working directory,
+    ``..`` folded, links kept: as ``process`` records ``--compensation``), so that what records it
+    (a tube's ``CompensationUsed``, ``Sample.spillover``) names the file wherever it is read.
     """
     import pandas as pd
 
@@ -126,4 +129,4 @@ def read_spillover_csv(path: str | Path) -> Spillover:
     if diagonal.size and np.allclose(diagonal, 100.0):
         raise CompensationError(f"{path}: the diagonal is 100, not 1: values in percent? A spillover matrix holds "
                                 "fractions (divide every value by 100)")
-    return Spillover(names, matrix, str(path))
+    return Spillover(names, matrix, os.path.abspath(path))
