@@ -529,7 +529,7 @@ def test_a_release_decided_again_from_the_stored_outcome_equals_gating_again(sma
         Criterion("Events", "n_events_total", ">=", 1, "events")))
     again = process_product(ProductJob("TIL002", rows, sources, ProcessOptions(make_reports=False, release_spec=other)))
     outcome = outcome_from_record(json.loads(json.dumps(outcome_record(stored))))
-    decide_release_again(outcome, other)
+    decide_release_again(outcome, other, ProductJob("TIL002", rows, sources, ProcessOptions(make_reports=False)))
     truth = outcome_from_record(json.loads(json.dumps(outcome_record(again))))
     assert outcome.release_status != stored.release_status or outcome.release != stored.release
     def decided(o) -> str:   # JSON: a missing value (NaN) equals itself

@@ -33,7 +33,8 @@ or of variables that may come from the wrong file (``duplicate_tube``: two stain
 tube kind in a product; ``duplicate_control``: two FMO files of one marker), or of a control
 acquired with other settings than its stained tube (``control_settings_differ``,
 ``control_instrument_differs``: ``tilpheno.control_settings``): after one of them at severity warning or error a product "needs review"
-and its release is "not evaluable" until a reviewer signs it."""
+and its release is "not evaluable" until a reviewer signs it, unless a criterion whose value rests
+on no flagged gate fails (``tilpheno.pipeline.release``): then it is "fail"."""
 
 FAILURE_CODES = frozenset({"product_failed", "internal_error"})
 """QC codes of a product that failed (bad input, or a bug): it has no gates to trust, so it "needs

@@ -19,6 +19,8 @@ as in ``phenotypes.csv``) against a limit::
 The default spec (the bundled TIL study's ``release.yaml``) follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
 cells) and CD3+ > 90 % of live lymphocytes. A criterion whose value is missing or not a number is
 "not evaluable"; the product then does not pass (release is never granted on missing data).
+While a gate needs review, a criterion whose value depends on that gate is held: the product
+fails only on a criterion no review can change (``tilpheno.pipeline.release``).
 """
 from __future__ import annotations
 
@@ -74,11 +76,14 @@ class ReleaseSpec:
 
 @dataclass(frozen=True)
 class CriterionResult:
-    """A criterion applied to one product: the observed value (NaN when missing) and the outcome."""
+    """A criterion applied to one product: the observed value (NaN when missing), the outcome of
+    the value, and ``held_by``: the review flags on the gates the value depends on, as ``"<code>
+    (<gate>)"`` (empty: the outcome is determined; ``tilpheno.pipeline.release``)."""
 
     criterion: Criterion
     value: float
     outcome: str  # PASS | FAIL | NOT_EVALUABLE
+    held_by: tuple[str, ...] = ()
 
     def shown(self) -> str:
         """The value as reports print it: an event count as a whole number (``1234``), any other

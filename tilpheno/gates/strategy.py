@@ -322,9 +322,15 @@ class Strategy:
         variable = next((v for v in self.variables if v.name == name), None)
         if variable is None:
             raise KeyError(name)
+        return self.population_gates(variable.numerator, variable.denominator)
+
+    def population_gates(self, *populations: str) -> tuple[str, ...]:
+        """The populations whose gates the events of ``populations`` depend on, in gating order:
+        themselves and everything they are gated from (parents, boolean operands, reference
+        populations), transitively; ``root`` (every event of the file) depends on no gate."""
         by_name = {p.name: p for p in self.populations}
         needed: set[str] = set()
-        todo = [variable.numerator, variable.denominator]
+        todo = list(populations)
         while todo:
             pop = todo.pop()
             if pop != ROOT and pop not in needed:

@@ -221,7 +221,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
             continue
         outcome = outcome_from_record(entry.outcome)
         if stale:
-            decide_release_again(outcome, options.release_spec)
+            decide_release_again(outcome, options.release_spec, job)
             redecided.append(outcome.product_id)
         outcome.has_report = wanted != "no" and entry.has_report and not stale
         if outcome.has_report:

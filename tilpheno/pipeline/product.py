@@ -105,6 +105,22 @@ FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
 """QC codes that drop a file from its product."""
 
 
+def file_tubes(rows, roles: Sequence[str] | None = None) -> dict[str, str]:
+    """A product's files as its QC flags name them (``file_labels`` of its manifest rows) -> their
+    tube kind (the manifest's ``tube``), for the rows whose role is one of ``roles`` (None: every row)."""
+    labels = file_labels(rows["file"])
+    return {labels[str(f)]: str(t) for f, t, role in zip(rows["file"], rows["tube"], rows["role"])
+            if roles is None or role in roles}
+
+
+def release_inputs(job: ProductJob) -> dict:
+    """What :func:`release_decision` needs of a product beyond its row and flags: the strategies,
+    the study's doses, and the tube kind of each stained and FMO file (the unstained control serves
+    every tube kind: a flag on its gates holds the gate of that name in each)."""
+    return {"strategies": job_strategies(job), "doses": job.options.study.doses,
+            "tube_of": file_tubes(job.rows, ("stain", "fmo"))}
+
+
 def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequence, rows=None) -> str:
     """Why a gated product is *failed* (``''`` when it is usable). The one definition:
 
@@ -119,10 +135,7 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
     every QC flag of the product; ``rows`` (its manifest rows) lets the message name the dropped
     files of each tube kind.
     """
-    tube_of = {}   # a file as flags name it (file_labels) -> its tube kind
-    if rows is not None:
-        labels = file_labels(rows["file"])
-        tube_of = {labels[str(f)]: str(t) for f, t in zip(rows["file"], rows["tube"])}
+    tube_of = file_tubes(rows) if rows is not None else {}
     used: dict[str, str] = {}   # tube kind -> the stained file whose counts give the variables
     for tube in tubes:
         if tube.role == "stain":
@@ -299,7 +312,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     if error:
         flags.append(QCFlag(pid, "", "internal_error" if crash else "product_failed", "error", error))
     phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
-    release, release_status = release_decision(spec, phenotype, flags, usable=bool(result) and not error)
+    release, release_status = release_decision(spec, phenotype, flags, usable=bool(result) and not error,
+                                               **release_inputs(job))
     outcome = ProductOutcome(
         product_id=pid,
         slug=product_slug(pid),
@@ -340,7 +354,7 @@ STATUS_COLUMNS = ("status", "error", "release_status", "review_status", "qc_stat
 """The columns :func:`_status_columns` adds to a phenotype row after its release is decided."""
 
 
-def decide_release_again(outcome: ProductOutcome, spec: ReleaseSpec) -> None:
+def decide_release_again(outcome: ProductOutcome, spec: ReleaseSpec, job: ProductJob) -> None:
     """Decide a stored outcome's release under ``spec`` (in place: ``release``, ``release_status``
     and the row's ``release_status``), as :func:`_process_product` decides it: on the phenotype row
     without its :data:`STATUS_COLUMNS` (added after the decision), with the product's QC flags (a
@@ -348,7 +362,8 @@ def decide_release_again(outcome: ProductOutcome, spec: ReleaseSpec) -> None:
     not evaluated. For a run whose release spec is not the one the outcome was stored under
     (``tilpheno.cache``): the result equals gating the product again under ``spec``."""
     row = {k: v for k, v in outcome.phenotype.items() if k not in STATUS_COLUMNS}
-    outcome.release, outcome.release_status = release_decision(spec, row, outcome.qc, usable=outcome.ok)
+    outcome.release, outcome.release_status = release_decision(spec, row, outcome.qc, usable=outcome.ok,
+                                                               **release_inputs(job))
     outcome.phenotype["release_status"] = outcome.release_status
 
 

@@ -1,0 +1,98 @@
+"""Release while a gate needs review: a criterion no review can change decides a failure at once;
+one whose variable rests on a flagged gate is held ("not evaluable") until the review."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+from tilpheno.io.fcs import read_fcs_metadata
+from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, outcome_from_record, outcome_record, strategy_sources
+from tilpheno.pipeline.product import process_product
+from tilpheno.release import DEFAULT_SPEC, FAIL, NOT_EVALUABLE, Criterion
+
+STRATEGIES = [load_strategy(p) for p in default_strategy_paths()]
+
+
+def _rows(cohort, product_id: str, without_fmo: str):
+    """The product's manifest rows without its ``without_fmo`` FMO file: the gate on that marker
+    falls back and is flagged ``missing_fmo`` / ``fallback_gate`` (review)."""
+    manifest = pd.read_csv(cohort.manifest)
+    rows = manifest[(manifest["product_id"] == product_id) & (manifest["fmo_marker"].astype(str) != without_fmo)]
+    rows = rows.reset_index(drop=True)
+    rows["file"] = [str(cohort.out_dir / f) for f in rows["file"]]
+    return rows
+
+
+def _process(rows, spec, reports=False):
+    job = ProductJob("TIL002", rows, strategy_sources(STRATEGIES), ProcessOptions(make_reports=reports, release_spec=spec))
+    return process_product(job)
+
+
+def test_too_few_events_fail_release_while_a_gate_awaits_review(small_cohort):
+    """A drafted study's event-count criterion on a file with fewer events than it needs, the CD3
+    FMO missing (CD3+ gate flagged): reviewing gates cannot change an event count, so release is
+    "fail" (was "not evaluable"); the CD3+ criterion is held by the flags on its gate."""
+    rows = _rows(small_cohort, "TIL002", "CD3")
+    stained = next(f for f, r, t in zip(rows["file"], rows["role"], rows["tube"]) if r == "stain" and t == "surface")
+    n_events = read_fcs_metadata(stained).n_events          # the file's $TOT
+    assert n_events < 5000
+    spec = dataclasses.replace(DEFAULT_SPEC, name="drafted", criteria=(
+        Criterion("Events (surface)", "n_events_surface", ">=", 5000, "events"), *DEFAULT_SPEC.criteria))
+    outcome = _process(rows, spec)
+    assert outcome.phenotype["review_status"] == "needs review"
+    events, viability, cd3 = outcome.release
+    assert events.value == n_events and events.outcome == FAIL and events.held_by == ()
+    assert viability.held_by == ()                          # 7AAD-: no gate of it is flagged
+    assert any("(CD3+)" in h for h in cd3.held_by)
+    assert outcome.release_status == FAIL == outcome.phenotype["release_status"]
+    stored = outcome_from_record(json.loads(json.dumps(outcome_record(outcome))))   # the cache's form
+    assert stored.release == outcome.release
+
+
+@pytest.mark.parametrize("without_fmo, expected", [("CD3", NOT_EVALUABLE), ("PD1", FAIL)])
+def test_a_flag_holds_only_the_criteria_whose_variable_rests_on_its_gate(small_cohort, without_fmo, expected):
+    """CD3+ > 100 % of live lymphocytes can never pass. With the CD3 FMO missing its CD3+ gate is
+    flagged: the value may change on review, so release is "not evaluable"; with the PD1 FMO
+    missing, the flagged PD1+ gates are not among the gates the variable rests on
+    (cells, singlets, live, live_lymph, CD3+), so the failure is determined: "fail"."""
+    spec = dataclasses.replace(DEFAULT_SPEC, name="impossible", criteria=(
+        Criterion("CD3+", "cd3_pct_of_live_lymph", ">", 100, "% of live lymphocytes"),))
+    outcome = _process(_rows(small_cohort, "TIL002", without_fmo), spec)
+    flagged = {f.gate for f in outcome.qc if f.code == "missing_fmo"}
+    surface = next(s for s in STRATEGIES if s.tube == "surface")
+    assert bool(flagged & set(surface.variable_gates("cd3_pct_of_live_lymph"))) == (without_fmo == "CD3")
+    assert outcome.phenotype["review_status"] == "needs review"
+    assert outcome.release[0].outcome == FAIL and outcome.release_status == expected
+
+
+def test_a_flag_on_no_gate_holds_even_an_event_count():
+    """Two stained files of a tube kind (``duplicate_tube``, on no gate): the event count may be
+    the wrong file's, so no criterion is determined."""
+    from tilpheno.pipeline.release import release_decision
+    from tilpheno.qc import QCFlag
+
+    spec = dataclasses.replace(DEFAULT_SPEC, criteria=(Criterion("Events", "n_events_surface", ">=", 5000, "events"),))
+    flag = QCFlag("P1", "", "duplicate_tube", "warning", "2 surface stained files")
+    on_gate = QCFlag("P1", "P1_surface_stain.fcs", "missing_fmo", "warning", "no FMO", "CD3+")
+    row = {"n_events_surface": 790}
+    tube_of = {"P1_surface_stain.fcs": "surface"}
+    assert release_decision(spec, row, [flag], usable=True, strategies=STRATEGIES, tube_of=tube_of)[1] == NOT_EVALUABLE
+    assert release_decision(spec, row, [on_gate], usable=True, strategies=STRATEGIES, tube_of=tube_of)[1] == FAIL
+
+
+def test_a_flag_holds_the_gate_of_its_own_tube_kind():
+    """A flag on the Treg tube's CD3+ gate leaves the surface tube's CD3+ % determined; a flag on a
+    file whose tube kind is not known holds the gate of that name in every tube kind."""
+    from tilpheno.pipeline.release import release_decision
+    from tilpheno.qc import QCFlag
+
+    spec = dataclasses.replace(DEFAULT_SPEC, criteria=(Criterion("CD3+", "cd3_pct_of_live_lymph", ">", 90),))
+    row = {"cd3_pct_of_live_lymph": 80.0}
+    flag = QCFlag("P1", "P1_treg_stain.fcs", "missing_fmo", "warning", "no FMO", "CD3+")
+    tube_of = {"P1_treg_stain.fcs": "treg", "P1_surface_stain.fcs": "surface"}
+    assert release_decision(spec, row, [flag], usable=True, strategies=STRATEGIES, tube_of=tube_of)[1] == FAIL
+    assert release_decision(spec, row, [flag], usable=True, strategies=STRATEGIES, tube_of={})[1] == NOT_EVALUABLE
