@@ -35,20 +35,28 @@ def _process(rows, spec, reports=False):
 def test_too_few_events_fail_release_while_a_gate_awaits_review(small_cohort):
     """A drafted study's event-count criterion on a file with fewer events than it needs, the CD3
     FMO missing (CD3+ gate flagged): reviewing gates cannot change an event count, so release is
-    "fail" (was "not evaluable"); the CD3+ criterion is held by the flags on its gate."""
+    "fail" (was "not evaluable"), naming the count; the CD3+ criterion awaits review."""
     rows = _rows(small_cohort, "TIL002", "CD3")
     stained = next(f for f, r, t in zip(rows["file"], rows["role"], rows["tube"]) if r == "stain" and t == "surface")
     n_events = read_fcs_metadata(stained).n_events          # the file's $TOT
     assert n_events < 5000
     spec = dataclasses.replace(DEFAULT_SPEC, name="drafted", criteria=(
         Criterion("Events (surface)", "n_events_surface", ">=", 5000, "events"), *DEFAULT_SPEC.criteria))
-    outcome = _process(rows, spec)
+    outcome = _process(rows, spec, reports=True)
     assert outcome.phenotype["review_status"] == "needs review"
     events, viability, cd3 = outcome.release
     assert events.value == n_events and events.outcome == FAIL and events.held_by == ()
     assert viability.held_by == ()                          # 7AAD-: no gate of it is flagged
     assert any("(CD3+)" in h for h in cd3.held_by)
     assert outcome.release_status == FAIL == outcome.phenotype["release_status"]
+    html = outcome.report_html
+    assert f"release fails whatever the review finds (Events (surface): {n_events} (needs &gt;= 5000 events))" in html
+    assert "CD3+ T cells awaits review" in html and "awaits review of missing_fmo (CD3+)" in html
+    from tilpheno.report.html import failed_criteria
+
+    reasons = failed_criteria(outcome.release)   # the index's: the count, and CD3+ held whatever its value
+    assert reasons[0] == f"Events (surface): {n_events} (needs >= 5000 events)"
+    assert reasons[1].startswith(f"CD3+ T cells: {cd3.shown()} (needs > 90 % of live lymphocytes; awaits review of ")
     stored = outcome_from_record(json.loads(json.dumps(outcome_record(outcome))))   # the cache's form
     assert stored.release == outcome.release
 

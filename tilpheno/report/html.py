@@ -140,12 +140,16 @@ def render(template: str, *, script: str | None = None, **context) -> str:
 
 def failed_criteria(release: Sequence) -> list[str]:
     """Each release criterion a product did not pass, in words: ``"CD3+ T cells: 87.82 (needs > 90 % of
-    live lymphocytes)"``, ``"Viability: not evaluable (no value)"``."""
+    live lymphocytes)"``, ``"Viability: not evaluable (no value)"``; and each a review flag holds
+    (``held_by``), passing or not, saying so: ``"CD3+ T cells: 92.48 (needs > 90 % of live
+    lymphocytes; awaits review of no_second_peak (CD3+))"``."""
     out = []
     for r in release:
-        if r.outcome == "pass":
+        if r.outcome == "pass" and not r.held_by:
             continue
         value, need = r.shown(), r.needs()
+        if r.held_by:
+            need += f"; awaits review of {', '.join(r.held_by)}"
         out.append(f"{r.criterion.name}: {value} ({need})" if value else f"{r.criterion.name}: {r.outcome} (no value; {need})")
     return out
 

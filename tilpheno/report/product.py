@@ -624,7 +624,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     """The product's self-contained HTML report (a failed product gets the reason and its flags)."""
     from tilpheno.qc import needs_review
     from tilpheno.report.codebook import build_codebook
-    from tilpheno.report.html import render, study_of
+    from tilpheno.release import FAIL
+    from tilpheno.report.html import failed_criteria, render, study_of
 
     strategies = tuple(strategies)
     axes = product_axes(result, meta, strategies) if result is not None else {}
@@ -648,6 +649,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         variable_review=variable_review(outcome.qc, result, strategies),
         counts=counts,
         release=outcome.release,
+        determined_failures=failed_criteria([r for r in outcome.release if r.outcome == FAIL and not r.held_by]),
+        held=[r.criterion.name for r in outcome.release if r.held_by],
         spec=options.release_spec,
         flags=outcome.qc,
         review=[needs_review(f) for f in outcome.qc],   # qc.csv's needs_review: the flags that hold release
