@@ -940,3 +940,55 @@ def test_drafted_pd1_gate_leaves_large_binding_cells_out(tmp_path):
     assert "`live_lymph` is the lymphocyte scatter gate" in text
     assert abs(drafted - truth) <= TOLERANCE, (parent, drafted, truth)
     assert parent == "live_lymph"
+
+
+def _drafted_412c_mln(tmp_path: Path) -> tuple:
+    """`new-study` on the FlowAtlas 412C mLN export and its donor's unstained control (tests/data;
+    the 412C exports carry no $PnS, panel.csv names their detectors): the drafted strategy, the
+    manifest rows with the files' paths and the panel overrides."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.panel import read_panel_file
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for file in (REALDATA / "fcs" / "412C_mLN_026.fcs", REALDATA / "unstained" / "412C__412C_unst_022.cleaned.fcs"):
+        shutil.copy(file, folder / file.name)
+    draft = draft_study(folder, panel=REALDATA / "panel.csv")
+    write_study(draft, tmp_path / "study")
+    [tube] = draft.tubes
+    path = tmp_path / "study" / f"{tube.kind}.yaml"
+    rows = draft.manifest.assign(file=[str(folder / f) for f in draft.manifest["file"]])
+    return load_strategy(path), rows, read_panel_file(REALDATA / "panel.csv")
+
+
+def _expert_treg_pct_of_cd4(sample: str) -> float:
+    """The expert's Treg (FoxP3+ CD127lo) % of its CD4 T cells, from the counts FlowJo stored."""
+    counts = pd.read_csv(REALDATA / "stored_counts_from_wsp_2021-08-06.csv")
+    counts = counts[counts["sample_name"] == sample].set_index("population")
+    return 100.0 * counts.loc["Treg", "count"] / counts.loc["CD4", "count"]
+
+
+def test_a_one_population_cut_at_the_data_edge_is_a_review_warning_naming_its_gate(tmp_path):
+    """FlowAtlas new-study draft, 412C mLN without its control: FoxP3 of CD4+ shows one population,
+    taken as negative; its cut (4 SDs above the peak) lay beyond the highest event and was clamped
+    there: FoxP3+ 0.00 % of CD4+ (the expert: Treg, FoxP3+ CD127lo, 21.4 % of CD4) with only an
+    info flag, sized at cuts near the data's edge (390C_BM_027: CD127+ 0.00 % of CD4+ likewise) ->
+    a warning-level cut_at_scale_edge names the gate, the rule's cut, the data's range and what the
+    gate keeps, and the product needs review."""
+    from tilpheno.gates.checks import needs_review
+    from tilpheno.phenotype import analyze_product
+
+    strategy, rows, panel = _drafted_412c_mln(tmp_path)
+    result = analyze_product("412C_mLN_026", rows[rows["role"] == "stain"], [strategy], panel_override=panel)
+    tube = result.tubes[0]
+    variable = next(v.name for v in strategy.variables if v.numerator == "FoxP3+")
+    assert result.phenotype[variable] == 0.0 and _expert_treg_pct_of_cd4("Specimen_001_412C mLN_026.fcs") > 20
+    values = tube.data["FoxP3"][tube.masks["CD4+"]]
+    [flag] = [f for f in result.qc if f.code == "cut_at_scale_edge"]
+    assert flag.gate == "FoxP3+" and flag.severity == "warning" and needs_review(flag)
+    d = tube.diagnostics["FoxP3+"]
+    assert d["threshold"] == values.max() < d["unclamped_threshold"]
+    assert flag.message.startswith(f"FoxP3+ (FoxP3): the cut {d['unclamped_threshold']:.4g} (no second peak; one "
+                                   f"population taken as negative, its peak at {d['negative_peak']:.3f}) lies beyond "
+                                   f"the parent's events [{values.min():.4g}, {values.max():.4g}]; clamped to "
+                                   f"{values.max():.4g}, the gate keeps 0 of {values.size} events (0.00%)")

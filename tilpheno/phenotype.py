@@ -479,11 +479,17 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
     """The stained file's density-gate flags with their size (``checks.size_flag``): each flag
     whose gate recorded ``alternative_cuts`` for its code (``checks.check_valley``) becomes a review
     warning only when a cut at an alternative changes a reported percentage by more than
-    ``checks.IMPACT_POINTS``."""
+    ``checks.IMPACT_POINTS``. A ``cut_at_scale_edge`` of a reported population (a variable's
+    numerator; every population when the strategy has none) stays a warning, unsized: the clamped
+    cut makes that percentage 0 or 100 by itself, and no cut near the data's edge tells how wrong."""
     placed = {name: g for name, _, g, _ in state.gates}
+    reported = {v.numerator for v in strategy.variables} if strategy.variables else {p.name for p in pops}
     out = []
     for k, flag in flags:
         pop = pops[k]
+        if flag.code == "cut_at_scale_edge" and pop.name in reported:
+            out.append((k, flag))
+            continue
         alternatives = state.diagnostics.get(pop.name, {}).get("alternative_cuts", {}).get(flag.code)
         gate = placed.get(pop.name)
         if alternatives and isinstance(gate, RangeGate):

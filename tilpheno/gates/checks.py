@@ -82,7 +82,10 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     extrapolation. Severity ``info`` (no review) when the two carry-overs agree
     (``candidate_points`` <= ``uncertain_points``; for a ``width_side: fit`` cut, the fit's own
     ``candidate_points``, see ``uncertain_threshold``), ``warning`` otherwise.
-``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data.
+``cut_at_scale_edge``  the threshold lies at or beyond the end of the stained data; for a stained
+    ``valley`` gate, its rule's cut lay beyond the parent's events and was clamped there (the gate
+    keeps all or none of them; :func:`valley_edge_flag`): a warning on a reported population (its
+    % is 0 or 100 by the clamp), else sized by the engine like the gate's ``no_second_peak``.
 ``out_of_expected_range``  a study variable outside the strategy's ``expected`` range.
 ``tube_disagreement``  two variables the strategy declares equal (``agrees_with``) differ by
     more than their ``tolerance`` (e.g. CD3+ % in the surface and Treg tubes).
@@ -520,8 +523,11 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
         if alternative is None:
             alternative = 0.5 * (cut + float(d.get("highest_negative_peak", d.get("positive_peak", float("nan")))))
         alternatives["no_second_peak"] = [float(alternative)]
+    edge = (valley_edge_flag(population, placement.gate, d, x),) if d.get("clamped") and x.size else ()
+    if edge:   # sized (for a gate the engine does not report) as its rule's flag
+        alternatives["cut_at_scale_edge"] = alternatives.get("no_second_peak", [cut - DELTA, cut + DELTA])
     d["alternative_cuts"] = alternatives
-    placement = pl.Placement(placement.gate, placement.method, d, placement.flags)
+    placement = pl.Placement(placement.gate, placement.method, d, placement.flags + edge)
     if x.size < MIN_GATE_EVENTS:
         placement = pl.Placement(placement.gate, placement.method, placement.diagnostics, placement.flags + (
             pl.Flag("few_events", "warning",
@@ -549,6 +555,27 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
                              f"{ratio:.2f} of the neighbouring peak's, limit {limit:.2g}); {sens:.1f} points of the "
                              f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent", population))
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
+
+
+def valley_edge_flag(population: str, gate, diagnostics: Mapping[str, Any], values: np.ndarray) -> pl.Flag:
+    """``cut_at_scale_edge`` (warning; see the module docstring for its size) for a stained ``valley`` gate whose rule put the
+    cut beyond the parent's events (``diagnostics``: ``unclamped_threshold``, ``threshold`` = the
+    clamped cut): the gate then keeps all or none of the parent, a call no density evidence made.
+    The message gives the rule's cut, the data's range (transformed units) and what the gate keeps."""
+    marker = gate.dim
+    kept = int(np.count_nonzero(gate.contains({marker: values})))
+    if "negative_sigma" in diagnostics or "positive_sigma" in diagnostics:
+        side = "negative" if "negative_sigma" in diagnostics else "positive"
+        peak = diagnostics.get("negative_peak", diagnostics.get("positive_peak"))
+        how = f"no second peak; one population taken as {side}, its peak at {float(peak):.3f}"
+    else:
+        how = f"rule {diagnostics.get('winner', 'density_valley')}"
+    return pl.Flag("cut_at_scale_edge", "warning",
+                   f"{population} ({marker}): the cut {float(diagnostics['unclamped_threshold']):.4g} ({how}) lies beyond "
+                   f"the parent's events [{values.min():.4g}, {values.max():.4g}]; clamped to "
+                   f"{float(diagnostics['threshold']):.4g}, the gate keeps {kept} of {values.size} events "
+                   f"({100.0 * kept / values.size:.2f}%); look at the {marker} histogram of the parent against the "
+                   f"unstained control or an FMO", population)
 
 
 def size_flag(flag: pl.Flag, impact: float, what: str, alternatives, limit: float = IMPACT_POINTS) -> pl.Flag:

@@ -653,7 +653,7 @@ def place_valley(
     with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
     CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
     peak's lower side up to ``k_sd`` SDs above its mode). The cut never leaves the data's range (it is clamped to the lowest and
-    highest value; ``clamped`` records it).
+    highest value; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave).
     """
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
@@ -688,6 +688,7 @@ def place_valley(
             two_peaks = True   # the rule does not need a second peak
     low_end, high_end = float(x.min()), float(x.max())
     if not low_end <= cut <= high_end:
+        diagnostics.update(unclamped_threshold=cut)
         cut = min(max(cut, low_end), high_end)
         diagnostics.update(threshold=cut, clamped=True)
     flags: tuple[Flag, ...] = ()
