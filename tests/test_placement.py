@@ -370,3 +370,35 @@ def test_valley_gate_makes_its_density_once(monkeypatch, rule):
     placed = pl.place_valley(values, "Viability", keep="low", rule=rule)
     assert len(made) == 1, made
     assert placed.diagnostics["valley_threshold"] == pl.valley_threshold(values)[0]
+
+
+def test_one_population_is_called_against_the_unstained_control():
+    # simulated truth. CD127 of CD4 T cells: 97 % positive around 0.52 and a small CD127-low peak at
+    # 0.0, the two most prominent peaks 0.16 apart within the positives; judged by its lowest peak's
+    # distance from the transformed zero (0.11) the one population was negative and the cut lay
+    # beyond every event (0 % positive). Against the unstained control (median 0.13): the low peak
+    # is near it, the main one clearly above it: cut at the valley between them.
+    rng = np.random.default_rng(41)
+    positive = np.r_[np.ones(9700, bool), np.zeros(300, bool)]
+    cd127 = np.r_[rng.normal(0.52, 0.05, 8000), rng.normal(0.68, 0.025, 1700), rng.normal(0.0, 0.05, 300)]
+    unstained = rng.normal(0.13, 0.05, 5000)
+    by_zero = place_valley(cd127, "CD127", keep="high", zero=0.11)
+    assert by_zero.gate.contains({"CD127": cd127}).mean() < 0.01
+    p = place_valley(cd127, "CD127", keep="high", zero=0.11, unstained=unstained)
+    called = p.gate.contains({"CD127": cd127})
+    assert (called == positive).mean() > 0.995 and p.flags == ()
+    assert p.diagnostics["unstained_median"] == pytest.approx(np.median(unstained))
+    # HLA-DR of tissue T cells: one population at 0.40, 0.29 above the transformed zero (positive by
+    # that rule: every event HLA-DR+), overlapping the unstained control (median 0.33): negative
+    hladr = rng.normal(0.40, 0.04, 10000)
+    assert place_valley(hladr, "HLA-DR", keep="high", zero=0.11).gate.contains({"HLA-DR": hladr}).mean() > 0.99
+    control = rng.normal(0.33, 0.03, 5000)
+    p = place_valley(hladr, "HLA-DR", keep="high", zero=0.11, unstained=control)
+    assert p.gate.contains({"HLA-DR": hladr}).mean() < 0.001
+    assert [f.code for f in p.flags] == ["no_second_peak"]
+    assert (f"all peaks taken as negative (less than 0.25 above the unstained control's median "
+            f"{np.median(control):.3f})") in p.flags[0].message
+    # a population clearly above the control is positive
+    cd69 = rng.normal(0.64, 0.04, 10000)
+    p = place_valley(cd69, "CD69", keep="high", zero=0.11, unstained=rng.normal(0.12, 0.05, 5000))
+    assert p.gate.contains({"CD69": cd69}).mean() > 0.999 and "positive_peak" in p.diagnostics

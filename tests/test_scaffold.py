@@ -942,10 +942,11 @@ def test_drafted_pd1_gate_leaves_large_binding_cells_out(tmp_path):
     assert parent == "live_lymph"
 
 
-def _drafted_412c_mln(tmp_path: Path) -> tuple:
+def _drafted_412c_mln(tmp_path: Path, drop: str = "") -> tuple:
     """`new-study` on the FlowAtlas 412C mLN export and its donor's unstained control (tests/data;
-    the 412C exports carry no $PnS, panel.csv names their detectors): the drafted strategy, the
-    manifest rows with the files' paths and the panel overrides."""
+    the 412C exports carry no $PnS, panel.csv names their detectors): the drafted strategy (the
+    gate and variables of marker ``drop`` removed, as a lab edits its draft), the manifest rows
+    with the files' paths and the panel overrides."""
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.panel import read_panel_file
 
@@ -957,6 +958,13 @@ def _drafted_412c_mln(tmp_path: Path) -> tuple:
     write_study(draft, tmp_path / "study")
     [tube] = draft.tubes
     path = tmp_path / "study" / f"{tube.kind}.yaml"
+    if drop:
+        spec = yaml.safe_load(path.read_text())
+        spec["markers"] = [m for m in spec["markers"] if m != drop]
+        spec["populations"] = [p for p in spec["populations"] if p["dims"] != [drop]]
+        gated = {p["name"] for p in spec["populations"]}
+        spec["variables"] = {k: v for k, v in spec["variables"].items() if v["numerator"] in gated}
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
     rows = draft.manifest.assign(file=[str(folder / f) for f in draft.manifest["file"]])
     return load_strategy(path), rows, read_panel_file(REALDATA / "panel.csv")
 
@@ -992,3 +1000,26 @@ def test_a_one_population_cut_at_the_data_edge_is_a_review_warning_naming_its_ga
                                    f"population taken as negative, its peak at {d['negative_peak']:.3f}) lies beyond "
                                    f"the parent's events [{values.min():.4g}, {values.max():.4g}]; clamped to "
                                    f"{values.max():.4g}, the gate keeps 0 of {values.size} events (0.00%)")
+
+
+def test_a_one_population_marker_is_called_against_the_unstained_control(tmp_path):
+    """FlowAtlas new-study draft, 412C mLN with its donor's unstained control in the folder: FoxP3 of
+    CD4+ has two peaks 0.22 apart (0.25, 0.48: the upper taken for a shoulder of the negatives), so
+    one population, judged by its lowest peak's distance from the transformed zero: negative, its
+    cut beyond the data, FoxP3+ 0.00 % of CD4+; the control only counted its events above the cut
+    afterwards -> the control decides: the main peak lies within 0.25 of the control's median
+    (0.07: negative), the other clearly above it (positive), the cut at the valley between them:
+    FoxP3+ within 3 points of the expert's Treg (FoxP3+ CD127lo) % of CD4 (20.4 vs 21.4). (The
+    412C control has no CD19 detector, which makes it unusable for a tube gating CD19: the draft's
+    CD19 gate is dropped.)"""
+    from tilpheno.phenotype import analyze_product
+
+    strategy, rows, panel = _drafted_412c_mln(tmp_path, drop="CD19")
+    result = analyze_product("412C_mLN_026", rows, [strategy], panel_override=panel)
+    assert not [f for f in result.qc if f.code == "unstained_unusable"]
+    tube = result.tubes[0]
+    d = tube.diagnostics["FoxP3+"]
+    assert d["negative_peak"] - d["unstained_median"] < 0.25 <= d["positive_peak"] - d["unstained_median"]
+    variable = next(v.name for v in strategy.variables if v.numerator == "FoxP3+")
+    assert result.phenotype[variable] == pytest.approx(_expert_treg_pct_of_cd4("Specimen_001_412C mLN_026.fcs"), abs=3)
+    assert not [f for f in result.qc if f.gate == "FoxP3+" and f.code in ("no_second_peak", "cut_at_scale_edge")]

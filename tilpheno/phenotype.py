@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -410,10 +410,12 @@ def gate_flag(pop: Population, flag: pl.Flag) -> pl.Flag:
     return replace(flag, message=f"{pop.name} ({dims}): {text}")
 
 
-def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None) -> pl.Placement:
+def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None,
+              unstained: np.ndarray | None = None) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
     (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
-    parent's mask, for the self-check of a one-population cut)."""
+    parent's mask, for the self-check of a one-population cut; ``unstained``: the product's
+    unstained control's events for a valley gate's one-population decision, ``place_valley``)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
     reference = params.pop("reference", None)
@@ -426,7 +428,7 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
         return pl.place_lymphocytes(cols[0], cols[1], xy, **params)
     if pop.method == "cluster":
         return pl.place_cluster(cols[0], cols[1], xy, **params)
-    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), **params)
+    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), unstained=unstained, **params)
     if tube.role != "stain":
         return placement
     alternative = None
@@ -435,7 +437,8 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
                                  placement.flags)
         if placement.method == "single_population_sd":   # the same rule on the parent it is applied to
             alternative = float(pl.place_valley(tube.data[pop.dims[0]][applied], pop.dims[0],
-                                                zero=_zero(tube, pop.dims[0]), **params).diagnostics["threshold"])
+                                                zero=_zero(tube, pop.dims[0]), unstained=unstained,
+                                                **params).diagnostics["threshold"])
     return checks.check_valley(pop.name, placement, cols[0], alternative=alternative)
 
 
@@ -546,26 +549,14 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
     stained = stained_name or Path(state.tube.file).name
     control_label = control_name or Path(control.file).name
     by_name = {p.name: p for p in strategy.populations}
-    masks: dict[str, np.ndarray] = {}
+    masks, stained_defined = _on_control(strategy, state.gates, control)
     n = control.n_events
     flags, checked, cuts = [], [], {}
-    stained_defined: set[str] = set()
     for name, parent, gate, _ in state.gates:
-        if not all(d in control.data for d in gate.dims):
-            break   # the control lacks a dimension: the populations below cannot be evaluated
-        if any(p not in masks for p in (parent, *getattr(gate, "operands", ())) if p != ROOT):
-            continue   # it depends on a population whose gate failed on the stained file (gate_failed)
-        pop = by_name[name]
-        masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent, n, pop.complement)
-        positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in control.detectors
-        if not (positive or pop.boolean is not None):
+        if name not in masks or not (isinstance(gate, RangeGate) and gate.high is None and gate.low is not None
+                                     and gate.dim in control.detectors):
             continue
-        stained_defined.add(name)
-        if not isinstance(gate, RangeGate) or not positive or gate.low is None:
-            continue
-        base = parent
-        while base != ROOT and base in stained_defined:
-            base = by_name[base].parent
+        base = _control_base(by_name, parent, stained_defined)
         inside = masks[base] if base != ROOT else np.ones(n, dtype=bool)
         n_base = int(np.count_nonzero(inside))
         if not n_base:
@@ -588,6 +579,51 @@ def _read_detectors(tube: TubeData) -> set[str]:
     """The detectors ($PnN) a tube's gates read: its markers' detectors and its other dimensions
     (scatter channels, which are their own detectors)."""
     return set(tube.detectors.values()) | set(tube.data)
+
+
+def _on_control(strategy: Strategy, gates: Sequence[tuple[str, str, Gate, str]],
+                control: TubeData) -> tuple[dict[str, np.ndarray], set[str]]:
+    """A stained file's placed ``gates`` (parents first) applied as they are to an unstained
+    ``control``: each population's mask over the control's events (none from the first gate on a
+    dimension the control lacks, nor for one depending on a failed gate), and the populations
+    defined by stains (a positive 1-D marker gate, or a boolean of such gates)."""
+    by_name = {p.name: p for p in strategy.populations}
+    masks: dict[str, np.ndarray] = {}
+    stained_defined: set[str] = set()
+    for name, parent, gate, _ in gates:
+        if not all(d in control.data for d in gate.dims):
+            break   # the control lacks a dimension: the populations below cannot be evaluated
+        if any(p not in masks for p in (parent, *getattr(gate, "operands", ())) if p != ROOT):
+            continue   # it depends on a population whose gate failed on the stained file (gate_failed)
+        pop = by_name[name]
+        masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent,
+                                      control.n_events, pop.complement)
+        positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in control.detectors
+        if positive or pop.boolean is not None:
+            stained_defined.add(name)
+    return masks, stained_defined
+
+
+def _control_base(by_name: Mapping[str, Population], parent: str, stained_defined: set[str]) -> str:
+    """``parent`` or its nearest ancestor not defined by stains (an unstained cell never reaches
+    CD3+ > CD4+: a CD4+ gate is judged on the control's live lymphocytes)."""
+    while parent != ROOT and parent in stained_defined:
+        parent = by_name[parent].parent
+    return parent
+
+
+def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, pop: Population) -> np.ndarray | None:
+    """The unstained ``control``'s events on ``pop``'s marker (transformed) in the nearest ancestor
+    of ``pop``'s parent not defined by stains, the stained file's gates placed so far
+    (``state.gates``) applied to it; None when the control lacks the marker or that ancestor."""
+    dim = pop.dims[0]
+    if dim not in control.data:
+        return None
+    masks, stained_defined = _on_control(strategy, state.gates, control)
+    base = _control_base({p.name: p for p in strategy.populations}, pop.parent, stained_defined)
+    if base == ROOT:
+        return control.data[dim]
+    return control.data[dim][masks[base]] if base in masks else None
 
 
 def _moved(gate: RangeGate, cut: float) -> RangeGate:
@@ -676,8 +712,10 @@ class _TubeKindRun:
     """
 
     def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
-                 vocabulary: Vocabulary | None = None, qc: QCRules | None = None, settle=None):
+                 vocabulary: Vocabulary | None = None, qc: QCRules | None = None, settle=None,
+                 control: Callable[[], TubeData | None] | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
+        self.control = control   # the product's unstained control (loaded on first call), for one-population cuts
         self.percentile, self.keep_loaded, self.settle = percentile, keep_loaded, settle
         self.settled: set[int] = set()
         self.slim: dict[int, int] = {}   # control file -> bytes of the columns it keeps (loaded, not released)
@@ -784,8 +822,12 @@ class _TubeKindRun:
             placement = src.placed.get(pop.name)
             if placement is None:
                 try:
+                    applied = st.parent_mask(pop) if reference else None
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
-                                 else _place_on(pop, st.tube, placed_on, st.parent_mask(pop) if reference else None))
+                                 else _place_on(pop, st.tube, placed_on, applied))
+                    unstained = self._unstained(i, pop, placement)
+                    if unstained is not None:   # one population: negative or positive against the control
+                        placement = _place_on(pop, st.tube, placed_on, applied, unstained)
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -858,6 +900,14 @@ class _TubeKindRun:
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
         return placement, source
 
+    def _unstained(self, i: int, pop: Population, placement: pl.Placement) -> np.ndarray | None:
+        """The product's unstained control's events for a stained file's one-population valley
+        cut (:func:`unstained_values`), None for any other placement or without a usable control."""
+        if placement.method != "single_population_sd" or self.sources[i].role != "stain" or self.control is None:
+            return None
+        control = self.control()
+        return unstained_values(self.strategy, self.loaded[i], control, pop) if control is not None else None
+
     def resolve(self) -> None:
         """Pass 1: every ``fmo`` threshold, in strategy order."""
         for k, pop in enumerate(self.pops):
@@ -927,8 +977,9 @@ def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile
     study = study or default_study()
     tubes = list(tubes)
     sources = [_Source(i, t.role, t.fmo_marker) for i, t in enumerate(tubes)]
+    control = next((t for t in tubes if t.role == "unstained"), None)
     run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True,
-                       vocabulary=study.vocabulary, qc=study.qc)
+                       vocabulary=study.vocabulary, qc=study.qc, control=lambda: control)
     run.resolve()
     states: dict[int, _Gated] = {}
     run.finish(lambda i, st: states.__setitem__(i, st))
@@ -1418,8 +1469,19 @@ def analyze_product(
                     (m for m in state.tube.detectors if study.vocabulary.same(m, sources[i].fmo_marker)), "")
                 compensation.residual = compensation_check(strategy, state, compensation.spillover, omitted)
 
+        loaded_control: list[TubeData | None] = []
+
+        def control(load=load) -> TubeData | None:
+            """The product's first usable unstained control, read once (its unusable ones are said by
+            the self-check below, ``unstained_unusable``)."""
+            if not loaded_control:
+                tried = (load(_row_source(-1, "unstained", None, row, labels), True)
+                         for row in unstained_rows.itertuples(index=False))
+                loaded_control.append(next((t for t in tried if t is not None), None))
+            return loaded_control[0]
+
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
-                           vocabulary=study.vocabulary, qc=study.qc, settle=settle)
+                           vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}

@@ -31,8 +31,10 @@ Methods
     the next prominent peak beyond that distance is taken instead. ``keep='low'`` keeps the
     negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. With one
     population only (flag ``no_second_peak``): negative unless its peaks lie ``min_separation``
-    above the transformed zero; cut ``fallback_sd`` robust SDs above (negative) or below
-    (positive) its peaks (see ``valley_threshold``).
+    above the transformed zero, or, given the product's unstained control, above the control's
+    median (a small peak near it and a dominant one above it are then two populations); cut
+    ``fallback_sd`` robust SDs above (negative) or below (positive) its peaks (see
+    ``valley_threshold``).
 ``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (``gates.mixture``:
     scikit-learn's model and fit in numpy; full covariance, components 1..``max_components``
     chosen by BIC, k-means init with a fixed ``seed``) on at most ``max_events`` events; the
@@ -593,7 +595,8 @@ def valley_threshold(
     deviation of the events above the highest peak. Otherwise it is the negative one:
     ``cut = highest peak + fallback_sd x sigma``, sigma the RMS deviation of the events below
     the main peak (lower halves and upper halves are free of shoulders and of the few events of
-    the other population).
+    the other population). :func:`place_valley` with an unstained control decides this against
+    the control instead of ``zero``.
     """
     x = _finite(values, "density threshold", 20)
     return _valley_cut(x, smoothed_density(x, bandwidth, *_padded_range(x, bandwidth)), bandwidth=bandwidth,
@@ -601,8 +604,10 @@ def valley_threshold(
 
 
 def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float, min_separation: float,
-                fallback_sd: float, zero: float | None) -> tuple[float, dict[str, Any], bool]:
-    """:func:`valley_threshold` of the finite events ``x`` and their ``density`` at ``bandwidth``."""
+                fallback_sd: float, zero: float | None,
+                unstained: np.ndarray | None = None) -> tuple[float, dict[str, Any], bool]:
+    """:func:`valley_threshold` of the finite events ``x`` and their ``density`` at ``bandwidth``;
+    ``unstained``: an unstained control's events (see :func:`place_valley`)."""
     peaks, prominences = density.peaks(min_prominence)
     by_prominence = peaks[np.argsort(-prominences, kind="stable")]
     negative = int(by_prominence[:2].min())
@@ -610,15 +615,30 @@ def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_promin
     if far:
         cut = float(density.grid[density.valley(negative, far[0])])
         return cut, {"negative_peak": float(density.grid[negative]), "positive_peak": float(density.grid[far[0]])}, True
+    control: dict[str, Any] = {}
+    if unstained is not None:
+        u = np.asarray(unstained, dtype=np.float64)
+        u = u[np.isfinite(u)]
+        if u.size >= 20:   # where unstained cells sit, measured: it replaces the transformed zero
+            zero = float(np.median(u))
+            control = {"unstained_median": zero, "unstained_events": int(u.size)}
+            # peaks the control places apart: one near the unstained cells, one clearly above them
+            near = [int(p) for p in by_prominence if density.grid[p] - zero < min_separation]
+            above = [int(p) for p in by_prominence if density.grid[p] - zero >= min_separation]
+            if near and above:
+                cut = float(density.grid[density.valley(near[0], above[0])])
+                return cut, {"negative_peak": float(density.grid[near[0]]),
+                             "positive_peak": float(density.grid[above[0]]), **control}, True
     low, high = float(density.grid[peaks.min()]), float(density.grid[peaks.max()])
     if zero is not None and low - zero >= min_separation:
-        above = x[x >= high] - high
-        sigma = float(np.sqrt(np.mean(above**2))) if above.size else bandwidth
-        return low - fallback_sd * sigma, {"positive_peak": low, "positive_sigma": sigma, "zero": zero}, False
+        above_high = x[x >= high] - high
+        sigma = float(np.sqrt(np.mean(above_high**2))) if above_high.size else bandwidth
+        return low - fallback_sd * sigma, {"positive_peak": low, "positive_sigma": sigma, "zero": zero, **control}, False
     main = float(density.grid[by_prominence[0]])
     below = x[x <= main] - main
     sigma = float(np.sqrt(np.mean(below**2))) if below.size else bandwidth
-    return high + fallback_sd * sigma, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma}, False
+    return high + fallback_sd * sigma, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma,
+                                        **control}, False
 
 
 def place_valley(
@@ -634,10 +654,20 @@ def place_valley(
     rule: str = "valley",
     k_sd: float = 4.0,
     sd_side: str = "lower",
+    unstained: np.ndarray | None = None,
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
 
-    ``zero``: the transformed value of 0 (see ``valley_threshold``). ``rule`` (stated by the
+    ``zero``: the transformed value of 0 (see ``valley_threshold``). ``unstained``: an unstained
+    control's events on the same dimension and transform (in the parent's nearest ancestor not
+    defined by stains; at least 20 finite): when the two most prominent peaks are no pair, the
+    one-population decision is made against the control, not against ``zero``: its median
+    (``unstained_median``) is where unstained cells sit; a peak less than ``min_separation`` above
+    it is negative, one at least that far above it positive. Peaks of both kinds: a negative and a
+    positive population after all (a small negative peak below a dominant positive one, e.g. the
+    CD127-low cells of CD4 T cells), cut at the density valley between the most prominent of each
+    kind; else one population, negative or positive as its peaks are (cuts as in
+    ``valley_threshold``). ``rule`` (stated by the
     strategy): ``valley`` = the density valley; ``negative_sd`` = ``k_sd`` robust SDs above the
     negative (highest) peak, the SD being the lower-half RMS of the events around it (a
     live/dead cut that also catches dead cells dim in the dye); ``lower`` = the lower of the two
@@ -665,7 +695,8 @@ def place_valley(
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
     cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
-                                        min_separation=min_separation, fallback_sd=fallback_sd, zero=zero)
+                                        min_separation=min_separation, fallback_sd=fallback_sd, zero=zero,
+                                        unstained=unstained)
     diagnostics: dict[str, Any] = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley",
                                    **found}
     if rule in ("positive_sd", "higher") and "positive_peak" in diagnostics:
@@ -701,7 +732,10 @@ def place_valley(
             Flag(
                 "no_second_peak",
                 "warning",
-                f"{dim}: no {other} density peak; all peaks taken as {side}, cut "
+                f"{dim}: no {other} density peak; all peaks taken as {side}"
+                + (f" ({'less than' if side == 'negative' else 'at least'} {min_separation:g} above the unstained "
+                   f"control's median {diagnostics['unstained_median']:.3f})" if "unstained_median" in diagnostics else "")
+                + ", cut "
                 f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
                 f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
                 + (" (clamped to the data's range)" if diagnostics.get("clamped") else "")
