@@ -1023,3 +1023,26 @@ def test_a_one_population_marker_is_called_against_the_unstained_control(tmp_pat
     variable = next(v.name for v in strategy.variables if v.numerator == "FoxP3+")
     assert result.phenotype[variable] == pytest.approx(_expert_treg_pct_of_cd4("Specimen_001_412C mLN_026.fcs"), abs=3)
     assert not [f for f in result.qc if f.gate == "FoxP3+" and f.code in ("no_second_peak", "cut_at_scale_edge")]
+
+
+def test_a_drafted_valley_gate_says_what_decides_one_population(tmp_path):
+    """A drafted valley gate's comment said 'no FMO in the folder: the density valley' whether or not
+    the folder held an unstained control, though a control decides a one-population gate (place_valley)
+    -> the comment says which decides: the product's unstained control when the folder has one (the
+    412C mLN export with its donor's control), else the distance from the scale's zero."""
+    with_control, without = tmp_path / "with", tmp_path / "without"
+    for folder, files in ((with_control, (REALDATA / "fcs" / "412C_mLN_026.fcs",
+                                          REALDATA / "unstained" / "412C__412C_unst_022.cleaned.fcs")),
+                          (without, (REALDATA / "fcs" / "412C_mLN_026.fcs",))):
+        folder.mkdir()
+        for file in files:
+            shutil.copy(file, folder / file.name)
+    for folder, words in ((with_control, "one population is called against the product's unstained control"),
+                          (without, "one population is called by its distance from the scale's zero "
+                                    "(no unstained control in the folder)")):
+        draft = draft_study(folder, panel=REALDATA / "panel.csv")
+        write_study(draft, tmp_path / f"study_{folder.name}")
+        [tube] = draft.tubes
+        lines = [line for line in (tmp_path / f"study_{folder.name}" / f"{tube.kind}.yaml").read_text().splitlines()
+                 if "method: valley" in line and "name: FoxP3+" in line]
+        assert len(lines) == 1 and words in lines[0], lines

@@ -417,10 +417,14 @@ def _list(items) -> str:
     return "[" + ", ".join(_scalar(i) for i in items) + "]"
 
 
-def _marker_method(marker: str, fmo: set[str], dim: set[str]) -> str:
-    """A drafted marker gate's method, params and the comment saying which rule it uses and why."""
+def _marker_method(marker: str, fmo: set[str], dim: set[str], unstained: bool) -> str:
+    """A drafted marker gate's method, params and the comment saying which rule it uses and why
+    (``unstained``: the folder has unstained controls, against which a valley gate decides one
+    population, ``tilpheno.gates.placement.place_valley``)."""
     if marker not in fmo:
-        return "method: valley, params: {keep: high}}   # no FMO in the folder: the density valley"
+        one = ("against the product's unstained control" if unstained else
+               "by its distance from the scale's zero (no unstained control in the folder)")
+        return f"method: valley, params: {{keep: high}}}}   # no FMO in the folder: the density valley; one population is called {one}"
     if marker in dim:
         return ("method: fmo, params: {rule: relative}}   # its FMO is in the folder; rule relative: a dim marker "
                 "(vocabulary `dim:`), its FMO percentile carried over to the stained negatives, never the valley")
@@ -428,7 +432,7 @@ def _marker_method(marker: str, fmo: set[str], dim: set[str]) -> str:
             "bimodal, else its FMO percentile (carried over when the stained negatives moved)")
 
 
-def _marker_line(tube: TubeDraft, marker: str) -> str:
+def _marker_line(tube: TubeDraft, marker: str, unstained: bool) -> str:
     """A drafted marker gate's population line, its comment saying where it is drawn and why."""
     above, lineage = tube.parent_marker(marker), dict(tube.nested).get(marker)
     why = f"; within {above}+ (lineage: {marker} of {above})" if above else \
@@ -436,7 +440,7 @@ def _marker_line(tube: TubeDraft, marker: str) -> str:
         f"; on every `{tube.above_lymph}` event (vocabulary `all_cells:`), not only the lymphocytes" \
         if marker in tube.outside_lymph() else ""
     head = f"  - {{name: {_scalar(marker + '+')}, parent: {_scalar(tube.parent(marker))}, dims: {_list([marker])}, "
-    return head + _marker_method(marker, set(tube.fmo_markers), set(tube.dim)) + why
+    return head + _marker_method(marker, set(tube.fmo_markers), set(tube.dim), unstained) + why
 
 
 def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
@@ -473,7 +477,8 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low}}   # the viability dye: dead cells are bright")
     outside = tube.outside_lymph()
-    lines += [_marker_line(tube, m) for m in _gated(tube) if m in outside]
+    unstained = bool((draft.manifest["role"] == "unstained").any())
+    lines += [_marker_line(tube, m, unstained) for m in _gated(tube) if m in outside]
     if tube.lymph is not None:
         outer = tube.lymph_parent
         within = f"; within {outer}: lymphocytes are leukocytes (vocabulary `all_cells:`)" if tube.leukocytes else ""
@@ -481,7 +486,7 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
                      f"params: {{ceiling: {tube.ceiling:.0f}}}}}   # lymphocytes: the main scatter cluster's ellipse{within}; "
                      f"large cells (myeloid, tumour) bind antibodies nonspecifically. To gate every `{outer}` event "
                      f"instead, delete this line and write `{outer}` for `{tube.lymph}` below")
-    lines += [_marker_line(tube, m) for m in _gated(tube) if m not in outside]
+    lines += [_marker_line(tube, m, unstained) for m in _gated(tube) if m not in outside]
     lines.append("variables:")
     for name, (numerator, denominator) in draft.variables()[tube.kind].items():
         lines.append(f"  {_scalar(name)}: {{numerator: {_scalar(numerator)}, denominator: {_scalar(denominator)}}}")
