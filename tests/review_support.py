@@ -93,12 +93,15 @@ def database_url(kind: str, tmp_path: Path) -> str:
     return url
 
 
-def processed_out(tmp: Path, products: tuple[str, ...]) -> Path:
-    """``tilpheno process`` of ``products`` of the sample (tables only) into ``tmp/out``."""
+def processed_out(tmp: Path, products: tuple[str, ...], without_fmo: str = "") -> Path:
+    """``tilpheno process`` of ``products`` of the sample (tables only) into ``tmp/out``; without
+    their FMO files of marker ``without_fmo``, if given (its gates fall back: flagged for review)."""
     from tilpheno.pipeline import process_folder
 
     manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
     subset = manifest[manifest["product_id"].isin(products)].copy()
+    if without_fmo:
+        subset = subset[subset["fmo_marker"] != without_fmo]
     subset["file"] = [str(SAMPLE / f) for f in subset["file"]]
     subset.to_csv(tmp / "manifest.csv", index=False)
     out = tmp / "out"
@@ -112,6 +115,13 @@ def processed_out(tmp: Path, products: tuple[str, ...]) -> Path:
 def review_out(tmp_path_factory):
     """``tilpheno process`` of two sample products (tables only), as the review app reads it."""
     return processed_out(tmp_path_factory.mktemp("review"), PRODUCTS)
+
+
+@pytest.fixture(scope="session")
+def flagged_out(tmp_path_factory):
+    """TIL002 processed without its CD3 FMO file: its CD3+ gate falls back (missing_fmo,
+    fallback_gate: needs review) and every release criterion passes on the automatic gates."""
+    return processed_out(tmp_path_factory.mktemp("flagged"), ("TIL002",), without_fmo="CD3")
 
 
 @pytest.fixture(scope="session")

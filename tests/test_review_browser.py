@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import select
 
-from review_support import PASSWORDS, database_url, drop_schema, make_service, review_out, review_source  # noqa: F401
+from review_support import PASSWORDS, database_url, drop_schema, flagged_out, make_service, review_out, review_source  # noqa: F401
 from review_support import approval_resolutions
 from tilpheno.review.models import AuditEntry, User
 
@@ -112,10 +112,10 @@ def drag_cd3(driver, dx: int) -> None:
     ActionChains(driver).click_and_hold(knob).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
 
 
-def open_product(driver, base: str, user: str = "alice", version: int = 1) -> None:
-    """Log in as ``user`` on a fresh session and wait for the product page's ``version``."""
+def open_product(driver, base: str, user: str = "alice", version: int = 1, pid: str = PID) -> None:
+    """Log in as ``user`` on a fresh session and wait for product ``pid``'s page at ``version``."""
     driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
-    driver.get(base + f"/products/{PID}")
+    driver.get(base + f"/products/{pid}")
     driver.find_element("id", "username").send_keys(user)
     driver.find_element("id", "password").send_keys(PASSWORDS[user])
     driver.find_element("id", "login-button").click()
@@ -420,7 +420,9 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     wait(driver, lambda d: d.find_element("link text", PID), "the product list").click()
     wait(driver, lambda d: "gate version 1" in d.find_element("id", "version-badge").text, "the product page")
     status = lambda d: d.find_element("id", "release-status").text   # noqa: E731
-    assert wait(driver, status, "the release status") == "draft release status: fail (automatic: fail)"
+    assert wait(driver, status, "the release status") == ("draft release status: fail once these gates are approved "
+                                                          "(criteria on the automatic gates: fail)")
+    assert driver.find_element("id", "run-release").text == "the run's release: fail"
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
     for _ in range(8):   # the CD3 cut down, a few pixels at a time, until the lot would pass
         drag_cd3(driver, -12)
@@ -430,7 +432,7 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
         except AssertionError:
             continue
     shown = wait(driver, lambda d: status(d) if "status: pass" in status(d) else None, "the status after the drags")
-    assert shown == "draft release status: pass (automatic: fail)"
+    assert shown == "draft release status: pass once these gates are approved (criteria on the automatic gates: fail)"
     assert wait(driver, lambda d: draft_pct(d), "the CD3+ % label") > start
     driver.find_element("id", "reason").send_keys("CD3 dim cells are T cells (FMO overlays)")
     driver.find_element("id", "save-button").click()
@@ -506,6 +508,32 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
         assert audit.verify(db).ok
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_flagged_product_says_its_runs_release_is_held_not_only_automatic_pass(driver, flagged_out, tmp_path):
+    """TIL002 without its CD3 FMO: its CD3+ gate needs review, every criterion passes on the automatic
+    gates, and the run's release (phenotypes.csv, the index, the report) is 'not evaluable'. The page
+    said 'draft release status: pass (automatic: pass)', as if the lot passed; now it says the draft's
+    status is the release once these gates are approved, labels the automatic gates' criteria as such,
+    and states the run's release with the criterion its flags hold."""
+    import pandas as pd
+
+    from tilpheno.review.web import create_app
+
+    pid = "TIL002"
+    phen = pd.read_csv(flagged_out / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+    assert phen.loc[pid, "release_status"] == "not evaluable"
+    service = make_service(flagged_out, database_url("sqlite", tmp_path))
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base, pid=pid)
+            status = wait(driver, lambda d: d.find_element("id", "release-status").text, "the release status")
+            assert status == "draft release status: pass once these gates are approved (criteria on the automatic gates: pass)"
+            assert driver.find_element("id", "run-release").text == (
+                f"the run's release: {phen.loc[pid, 'release_status']} (gating needs review; "
+                "CD3+ T cells awaits review of missing_fmo (CD3+), fallback_gate (CD3+))")
+    finally:
+        service.factory.kw["bind"].dispose()
 
 
 def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowledged(driver, server):

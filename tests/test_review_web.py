@@ -8,7 +8,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from review_support import PASSWORDS, approval_resolutions, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import PASSWORDS, approval_resolutions, flagged_out, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -1377,3 +1377,39 @@ def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_
     assert [rec.getMessage() for rec in caplog.records if control in rec.getMessage()] == [
         f"product {PID}: unstained control left out of the re-run (no unstained_cut candidates): {reason}"]
     service.factory.kw["bind"].dispose()
+
+
+def test_a_flagged_product_carries_the_runs_release_beside_the_criteria_on_its_gates(flagged_out, tmp_path, caplog):
+    """TIL002 without its CD3 FMO: every criterion passes on the automatic gates while the run's
+    release is 'not evaluable' (its CD3+ gate needs review). The product's state gave only the
+    criteria on the gates ('automatic: pass' on the page); now it carries the run's release as
+    phenotypes.csv records it and the criteria its flags held, as the run's own outcome records them
+    (the cache's outcome.json). A phenotypes.csv whose status its flags no longer give (a run before
+    criteria were held one by one) is shown as recorded, without held criteria."""
+    import pandas as pd
+
+    from review_support import database_url, make_service
+
+    pid = "TIL002"
+    phen = pd.read_csv(flagged_out / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+    recorded = [json.loads(f.read_text()) for f in flagged_out.glob(".cache/entries/*/*/outcome.json")]
+    outcome = next(o for o in recorded if o["product_id"] == pid)
+    service = make_service(flagged_out, database_url("sqlite", tmp_path))
+    try:
+        c, _, _ = login(create_app(service), "alice")
+        release = c.get(f"/api/products/{pid}/state").json["release"]
+        assert phen.loc[pid, "review_status"] == release["run_review"] == "needs review"
+        assert release["automatic_status"] == "pass"
+        assert release["run_status"] == phen.loc[pid, "release_status"] == outcome["release_status"] == "not evaluable"
+        held = [{"criterion": r["criterion"]["name"], "held_by": r["held_by"]} for r in outcome["release"] if r["held_by"]]
+        assert release["run_held"] == held and held[0]["held_by"][0] == "missing_fmo (CD3+)"
+
+        older = service.source.phenotypes.copy()
+        older.loc[older["product_id"] == pid, "release_status"] = "fail"
+        service.source.phenotypes = older
+        with caplog.at_level("INFO", logger="tilpheno.review.regate"):
+            release = c.get(f"/api/products/{pid}/state").json["release"]
+        assert release["run_status"] == "fail" and release["run_held"] == []
+        assert f"{pid}: phenotypes.csv's release_status 'fail' is not what" in caplog.text
+    finally:
+        service.factory.kw["bind"].dispose()

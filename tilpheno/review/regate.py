@@ -160,6 +160,21 @@ class Recomputed:
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunRelease:
+    """A product's release as its run decided it (``tilpheno.pipeline.release``): ``status`` is
+    phenotypes.csv's ``release_status``; ``held``: each criterion a review flag held, as (criterion
+    name, its flags as ``"<code> (<gate>)"``), in the spec's order, decided again from what the run
+    recorded (the phenotype row, qc.csv's flags, populations.csv's tube kinds, the run's strategies
+    and spec). Empty when that decision does not give ``status`` (a run before criteria were held
+    one by one held them all). ``review``: phenotypes.csv's ``review_status`` (``needs review`` while
+    a flag holds release)."""
+
+    status: str
+    review: str
+    held: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
 REVIEW_COLUMNS = {"phenotypes.csv": ("product_id",),
                   "populations.csv": ("product_id", "file", "tube", "role", "fmo_marker"),
                   "qc.csv": ("product_id", "file", "gate", "code", "severity", "message")}
@@ -417,6 +432,24 @@ class ReviewSource:
         rows = self._rows("qc", product_id)
         return [dict(r) for r in rows[["file", "gate", "gate_file", "code", "severity", "message"]].fillna("")
                 .to_dict("records")]
+
+    def run_release(self, product_id: str) -> RunRelease:
+        """The product's release as the run recorded it, with the criteria its review flags held
+        (:class:`RunRelease`); the release a review can change is the gates' (:func:`recompute`)."""
+        from tilpheno.pipeline.release import release_decision
+        from tilpheno.qc import QCFlag
+
+        row = self.phenotype_row(product_id)
+        status, review = (v if isinstance(v, str) else "" for v in (row.get("release_status"), row.get("review_status")))
+        flags = [QCFlag(product_id, **f) for f in self.qc_flags(product_id)]
+        tube_of = {name: tube for name, tube, role, _ in self._file_rows(product_id) if role in ("stain", "fmo")}
+        release, decided = release_decision(self.release_spec, row, flags, usable=True, tube_of=tube_of,
+                                            strategies=list(self.strategies.values()), doses=self.study.doses)
+        if decided != status:
+            log.info("%s: phenotypes.csv's release_status %r is not what its criteria and flags give now (%r): "
+                     "the criteria held by review are not shown", product_id, status, decided)
+            return RunRelease(status, review)
+        return RunRelease(status, review, tuple((r.criterion.name, r.held_by) for r in release if r.held_by))
 
     def til_dose_cells(self, product_id: str) -> float | None:
         """The infused cell number the run used, from the first of the study's doses on the infused

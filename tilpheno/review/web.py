@@ -291,6 +291,7 @@ def create_app(service: ReviewService) -> Flask:
         cur_set, auto_set = json.loads(current.gates_json), json.loads(read.automatic.gates_json)
         auto_res = recompute(service.source, product_id, auto_set, medians=False)
         cur_res = recompute(service.source, product_id, cur_set, medians=False)
+        run_release = service.source.run_release(product_id)
         decided = decision_of(signatures)
         rejection = next((v for v in reversed(signatures) if v.valid and v.row.meaning == REJECTED), None)
         return jsonify({
@@ -309,6 +310,10 @@ def create_app(service: ReviewService) -> Flask:
             "phenotype": {"automatic": _clean(auto_res.phenotype), "current": _clean(cur_res.phenotype)},
             "release": {"automatic": release_rows(auto_res.release), "automatic_status": auto_res.release_status,
                         "current": release_rows(cur_res.release), "current_status": cur_res.release_status,
+                        # the run's release (phenotypes.csv), its review flags unresolved: the gates' statuses above
+                        # are what release becomes once those gates are approved (a signature resolves the flags)
+                        "run_status": run_release.status, "run_review": run_release.review,
+                        "run_held": [{"criterion": name, "held_by": list(by)} for name, by in run_release.held],
                         "spec": service.source.release_spec.name},
             "qc_flags": service.source.qc_flags(product_id),
             "signatures": [_signature(v) for v in signatures],

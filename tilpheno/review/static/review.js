@@ -448,9 +448,20 @@
       rt.appendChild(tr);
     }
     const rb = $("release"); rb.textContent = "";
-    rb.appendChild(el("p", { id: "release-status" }, "draft release status: " + status + " (automatic: " + S.release.automatic_status + ")"));
+    // the criteria on the draft's gates are the release once these gates are approved (the approval resolves
+    // the review flags); the run's release (phenotypes.csv) is held by those flags until then
+    rb.appendChild(el("p", { id: "release-status" }, "draft release status: " + status +
+      " once these gates are approved (criteria on the automatic gates: " + S.release.automatic_status + ")"));
+    rb.appendChild(el("p", { id: "run-release" }, runRelease(S.release)));
     rb.appendChild(rt);
     updatePlotLabels(currentTables);
+  }
+
+  // "the run's release: not evaluable (gating needs review; CD3+ T cells awaits review of missing_fmo (CD3+))"
+  function runRelease(release) {
+    const why = release.run_held.map((h) => h.criterion + " awaits review of " + h.held_by.join(", "));
+    if (release.run_review === "needs review") why.unshift("gating needs review");
+    return "the run's release: " + release.run_status + (why.length ? " (" + why.join("; ") + ")" : "");
   }
 
   function warningFlags() { return S.qc_flags.filter((f) => f.severity === "warning" || f.severity === "error"); }
