@@ -1413,3 +1413,27 @@ def test_a_flagged_product_carries_the_runs_release_beside_the_criteria_on_its_g
         assert f"{pid}: phenotypes.csv's release_status 'fail' is not what" in caplog.text
     finally:
         service.factory.kw["bind"].dispose()
+
+
+def test_the_product_list_labels_the_runs_release_as_the_runs(flagged_out, tmp_path):
+    """The list's column 'Release (automatic gates)' and its count 'release on the automatic gates'
+    showed phenotypes.csv's release_status: for TIL002 without its CD3 FMO, 'not evaluable' (held for
+    review) under 'automatic gates', on which every criterion passes (its page: 'criteria on the
+    automatic gates: pass'). Now both are labelled the run's release."""
+    import pandas as pd
+
+    from review_support import database_url, make_service
+
+    phen = pd.read_csv(flagged_out / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+    service = make_service(flagged_out, database_url("sqlite", tmp_path))
+    try:
+        c, _, _ = login(create_app(service), "alice")
+        page = c.get("/").text
+        heads = re.findall(r"<th>(.*?)</th>", re.search(r'<table class="grid" id="products">.*?</thead>', page, re.S).group(0))
+        row = re.search(r'<tr><td><a href="/products/TIL002">.*?</tr>', page, re.S).group(0)
+        cells = dict(zip(heads, re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)))
+        assert cells["Release (run)"] == phen.loc["TIL002", "release_status"] == "not evaluable"
+        assert "the run's release: 0 pass, 0 fail;" in re.search(r'<p id="run-counts">.*?</p>', page, re.S).group(0)
+        assert c.get("/api/products/TIL002/state").json["release"]["automatic_status"] == "pass"
+    finally:
+        service.factory.kw["bind"].dispose()

@@ -264,7 +264,7 @@ def create_app(service: ReviewService) -> Flask:
                          "approved": approved.version if approved else None,
                          "rejected": decided.version.version if decided and decided.meaning == REJECTED else None,
                          "approved_release": service.release_status(pid, approved) if approved else "not approved",
-                         "automatic_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
+                         "run_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
                          "review": row.get("review_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
@@ -487,8 +487,9 @@ def _list_request(args) -> tuple[int, int, str]:
 def _run_counts(service: ReviewService, visible: list[str], decisions: dict) -> dict[str, int]:
     """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
     approved (a valid approval) and rejected (a valid rejection, no approval after it) by their
-    standing QA decision (``decisions``, :meth:`ReviewService.decisions`), automatic release pass /
-    fail, and those the run's gating marks ``needs review``."""
+    standing QA decision (``decisions``, :meth:`ReviewService.decisions`), the run's release
+    (phenotypes.csv's, held while gating needs review) pass / fail, and those the run's gating
+    marks ``needs review``."""
     frame = service.source.phenotypes
     frame = frame[frame["product_id"].astype(str).isin(set(visible))].drop_duplicates("product_id")
 
