@@ -274,3 +274,21 @@ def test_a_fit_gate_converts_its_events_to_linear_units_once():
         (reference.cut, reference.shift, reference.spread, reference.share)
     lower = place_fmo_anchored(fmo, stained, "M", transform=T, width_side="lower", rule="relative").diagnostics
     assert (fit["relative_low"], fit["relative_high"]) == (lower["relative_low"], lower["relative_high"])
+
+
+def test_a_fit_gate_whose_fit_fails_falls_back_to_the_lower_side_read_and_is_checked():
+    # binding moves nearly every stained negative above the FMO percentile: under 35 % of the parent
+    # lies at or below it, too few negatives to fit (two_step_fit gives None); the cut is the
+    # lower-side carry-over, which the checks judge as such (they read the fit's diagnostics only
+    # when the fit is the cut: this raised KeyError 'fit_threshold', the product's analysis failed)
+    rng = np.random.default_rng(11)
+    fmo = rng.normal(0.0, 60.0, 12000)
+    neg = rng.normal(0.0, 60.0, 11000) + rng.normal(400.0, 60.0, 11000)
+    stained = T.apply(np.concatenate([neg, rng.lognormal(np.log(6000.0), 0.4, 900)]))
+    truth = float(np.percentile(T.apply(neg), 99.5))
+    assert np.mean(stained <= np.percentile(T.apply(fmo), 99.5)) < 0.35
+    q = checks.place_and_check("M+", "M", T.apply(fmo), stained, percentile=99.5, source_file="f.fcs",
+                               transform=T, width_side="fit", rule="relative")
+    d = q.diagnostics
+    assert "fit_threshold" not in d and d["relative_carry"] == "lower" and d["winner"] == "fmo_relative"
+    assert abs(100.0 * (np.mean(stained > d["threshold"]) - np.mean(stained > truth))) < 0.5

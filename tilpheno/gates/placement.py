@@ -1488,9 +1488,10 @@ def place_fmo_anchored(
                     from_reference = float(reference_quantile)
                 if np.isfinite(from_reference):
                     relative = from_reference
+                # the read the relative threshold is: a fit that failed leaves the lower-side read
+                read = width_side if width_side != "fit" or fitted is not None else "lower"
                 diagnostics.update(relative_reference=from_reference,
-                                   relative_carry="reference" if np.isfinite(from_reference)
-                                   else "fit" if width_side == "fit" and fitted is not None else width_side)
+                                   relative_carry="reference" if np.isfinite(from_reference) else read)
         if reference is not None:
             diagnostics.update(reference_shift=reference.shift, reference_spread=reference.spread)
         diagnostics.update(relative_low=bounds[0], relative_high=bounds[1],
