@@ -60,6 +60,8 @@ def test_study_by_name_folder_or_file():
         (("release: release.yaml", "release: release.yaml\ncodebook: {cd3_pct_of_cd45: {label: ''}}"),
          "codebook.cd3_pct_of_cd45.label: must be a non-empty text"),
         (("release: release.yaml", "release: release.yaml\nrelease: other.yaml"), "duplicate key 'release'"),
+        (("names: [tcell, lineage]}", "names: [tcell, lineage], optional: sometimes}"),
+         "tubes.tcell.optional: 'sometimes' is not true or false"),
     ],
 )
 def test_study_errors_name_file_and_key(tmp_path, edit, message):
@@ -271,3 +273,94 @@ def test_the_til_study_keeps_its_words():
     assert study.product_label == "TIL infusion product" and "7AAD" in study.conventions
     assert study.codebook["viability_pct"]["unit"] == "% of singlet cells"
     assert study.codebook["til_dose_cells"]["label"] == "TIL dose"
+
+
+REALDATA = ROOT / "tests" / "data" / "realdata_flowatlas"
+
+
+def _two_panel_draft(tmp_path):
+    """FlowAtlas 390C Liver (the T-cell panel) and 412C mLN (a T+B panel, CD19, named by the data
+    set's panel file): two tube kinds, each product with one of them. Returns (folder, study, panel,
+    {kind: the product that has it})."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("390C_Liver_026.fcs", "412C_mLN_026.fcs"):
+        shutil.copy(REALDATA / "fcs" / name, folder / name)
+    panel = tmp_path / "panel.csv"
+    shutil.copy(REALDATA / "panel.csv", panel)
+    study = tmp_path / "study"
+    CliRunner().invoke(app, ["new-study", str(folder), "-o", str(study), "--panel", str(panel)])
+    manifest = pd.read_csv(study / "manifest.csv", dtype=str, keep_default_na=False)
+    return folder, study, panel, dict(zip(manifest["tube"], manifest["product_id"]))
+
+
+def _process(folder, study, panel, out, *extra):
+    return CliRunner().invoke(app, ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                                    str(study / "manifest.csv"), "--panel", str(panel), "-o", str(out), *extra])
+
+
+def test_a_product_without_an_optional_tube_kind_is_processed(tmp_path):
+    """A study whose products are stained with one of two panels (FlowAtlas: 390C's T-cell panel,
+    412C's T+B panel): process failed every product for lacking the other kind's stained file, and
+    nothing let the study say a kind is optional -> `optional: true` on a kind (study.yaml): a
+    product with no file of it is done, that kind's variables and counts blank, the kind named in
+    its row (absent_tubes) and in an info flag; its own kind's numbers are those of a run of its
+    files alone under a study of that kind only, and its stained file's events its $TOT (the data
+    set's manifest). Without `optional` the product lacking the kind still fails as before."""
+    import yaml
+
+    folder, study, panel, owner = _two_panel_draft(tmp_path)
+    assert len(owner) == 2
+    doc = yaml.safe_load((study / "study.yaml").read_text())
+    for entry in doc["tubes"].values():
+        entry.pop("optional", None)
+    required = dict(doc, tubes={k: dict(v) for k, v in doc["tubes"].items()})
+    (study / "study.yaml").write_text(yaml.safe_dump(required, sort_keys=False))
+    result = _process(folder, study, panel, tmp_path / "required", "--reports", "none")
+    assert result.exit_code == 1, result.output
+    row = pd.read_csv(tmp_path / "required" / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+    for kind, product in owner.items():
+        other = next(k for k in owner if k != kind)
+        assert row.loc[product, "status"] == "failed", product
+        assert f"no usable {other} stained file (no {other} stained file in the manifest)" in row.loc[product, "error"]
+    assert "absent_tubes" not in row.columns
+
+    for entry in doc["tubes"].values():
+        entry["optional"] = True
+    (study / "study.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = _process(folder, study, panel, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(tmp_path / "out" / "phenotypes.csv").set_index("product_id")
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
+    events = pd.read_csv(REALDATA / "fcs_manifest.csv").set_index("file")["$TOT"]
+    strategies = {kind: yaml.safe_load((study / f"{kind}.yaml").read_text()) for kind in owner}
+    files = {"390C": "390C_Liver_026.fcs", "Specimen_001": "412C_mLN_026.fcs"}
+    for kind, product in owner.items():
+        other = next(k for k in owner if k != kind)
+        own, theirs = list(strategies[kind]["variables"]), list(strategies[other]["variables"])
+        assert got.loc[product, "status"] == "done" and got.loc[product, "absent_tubes"] == other
+        assert got.loc[product, own].notna().all() and got.loc[product, theirs].isna().all(), product
+        assert got.loc[product, f"n_events_{kind}"] == events[f"fcs/{files[product]}"]
+        assert pd.isna(got.loc[product, f"n_events_{other}"])
+        [flag] = qc.loc[(qc["product_id"] == product) & (qc["code"] == "absent_tube"), "message"]
+        assert flag.startswith(f"no {other} file: tube kind {other} is optional") and theirs[0] in flag
+        # the product's own numbers: its file alone, under a study of its kind alone
+        alone = tmp_path / f"alone_{kind}"
+        alone.mkdir()
+        shutil.copy(folder / files[product], alone / files[product])
+        single = dict(doc, tubes={kind: doc["tubes"][kind]}, variables=own)
+        single_study = tmp_path / f"study_{kind}"
+        shutil.copytree(study, single_study)
+        (single_study / "study.yaml").write_text(yaml.safe_dump(single, sort_keys=False))
+        (single_study / "release.yaml").write_text(
+            f"name: alone\ncriteria:\n  - {{column: n_events_{kind}, op: '>=', limit: 1, unit: events}}\n")
+        manifest = pd.read_csv(study / "manifest.csv", dtype=str, keep_default_na=False)
+        manifest[manifest["tube"] == kind].to_csv(single_study / "manifest.csv", index=False)
+        assert _process(alone, single_study, panel, tmp_path / f"out_{kind}", "--reports", "none").exit_code == 0
+        reference = pd.read_csv(tmp_path / f"out_{kind}" / "phenotypes.csv").set_index("product_id")
+        pd.testing.assert_series_equal(got.loc[product, own].astype(float), reference.loc[product, own].astype(float))
+    book = pd.read_csv(tmp_path / "out" / "codebook.csv", dtype=str, keep_default_na=False).set_index("column")
+    kind = next(iter(owner))
+    column = list(strategies[kind]["variables"])[0]
+    assert book.loc[column, "meaning"].endswith(f"blank for a product without a {kind} tube (optional in the study)")
+    assert book.loc["absent_tubes", "meaning"] != "not documented"

@@ -4,8 +4,11 @@ A study is a folder with a ``study.yaml`` (see ``tilpheno/studies/til/study.yaml
 default) naming:
 
 * ``tubes``: each tube kind (free text: ``surface``, ``treg``, ``lineage``, ...) with its gating
-  strategy file, the ``names`` (words) that identify it in file and tube names, and optionally
-  ``markers`` that identify it from the stained markers when names do not;
+  strategy file, the ``names`` (words) that identify it in file and tube names, optionally
+  ``markers`` that identify it from the stained markers when names do not, and ``optional: true``
+  for a kind that only some products have (products stained with one of two panels): a product
+  with no file of that kind is processed, its variables blank, instead of failed (a product with
+  a file of the kind but no usable stained one still fails);
 * ``variables``: the variables every phenotype row carries, in order (NaN when not computable;
   each is defined in a strategy's ``variables`` section);
 * ``doses``: absolute subset doses ``base x variable / 100`` (base ``dose`` = infused cells);
@@ -45,12 +48,14 @@ DEFAULT_STUDY = "til"
 
 @dataclass(frozen=True)
 class TubeKind:
-    """One tube kind of a study: its strategy file, the words naming it, markers identifying it."""
+    """One tube kind of a study: its strategy file, the words naming it, markers identifying it,
+    and whether a product may lack it (``optional``: its variables are then blank, not a failure)."""
 
     name: str
     strategy: Path
     names: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,11 @@ class Study:
             return noun[:1].upper() + noun[1:] if match.group(1) == "P" else noun
 
         return re.sub(r"(?<![\w-])([Pp])roduct(s?)(?![\w-])", word, text)
+
+    @property
+    def optional_tubes(self) -> frozenset[str]:
+        """The tube kinds a product may lack (``optional: true``)."""
+        return frozenset(k for k, t in self.tubes.items() if t.optional)
 
     @property
     def strategy_paths(self) -> list[Path]:
@@ -259,15 +269,18 @@ def _tubes(doc: Mapping, path: Path) -> dict[str, TubeKind]:
         if not kind or key(kind) in ("UNSTAINED", ""):
             raise StudyError(f"{where}: 'unstained' is reserved for the unstained control")
         if not isinstance(spec, Mapping) or "strategy" not in spec:
-            raise StudyError(f"{where}: must be a mapping with 'strategy' (and optional names, markers)")
-        unknown = sorted(set(spec) - {"strategy", "names", "markers"})
+            raise StudyError(f"{where}: must be a mapping with 'strategy' (and optional names, markers, optional)")
+        unknown = sorted(set(spec) - {"strategy", "names", "markers", "optional"})
         if unknown:
-            raise StudyError(f"{where}: unknown key(s) {unknown}; allowed: markers, names, strategy")
+            raise StudyError(f"{where}: unknown key(s) {unknown}; allowed: markers, names, optional, strategy")
+        optional = spec.get("optional", False)
+        if not isinstance(optional, bool):
+            raise StudyError(f"{where}.optional: {optional!r} is not true or false")
         strategy = (path.parent / str(spec["strategy"])).resolve()
         if not strategy.is_file():
             raise StudyError(f"{where}.strategy: {strategy} not found")
         tubes[kind] = TubeKind(kind, strategy, _names(spec.get("names"), f"{where}.names"),
-                               _names(spec.get("markers"), f"{where}.markers"))
+                               _names(spec.get("markers"), f"{where}.markers"), optional)
     return tubes
 
 

@@ -101,6 +101,10 @@ def no_stained_tube(product_id: str, rows) -> str:
             "gives it no markers)")
 
 
+ABSENT_COLUMN = "absent_tubes"
+"""The phenotype column, in a study with optional tube kinds, naming those the product has no file
+of (:func:`absent_tubes`; ``; ``-separated, empty when none)."""
+
 FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
 """QC codes that drop a file from its product."""
 
@@ -121,12 +125,44 @@ def release_inputs(job: ProductJob) -> dict:
             "tube_of": file_tubes(job.rows, ("stain", "fmo"))}
 
 
-def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequence, rows=None) -> str:
+def absent_tubes(rows, strategies: Sequence, optional: Iterable[str]) -> tuple[str, ...]:
+    """The tube kinds of ``optional`` (``Study.optional_tubes``) that the run's ``strategies`` gate
+    and of which the product's manifest ``rows`` hold no file at all (stained, FMO or other), in
+    strategy order: the product was not stained with that panel, its variables are blank."""
+    present, optional = set(rows["tube"].astype(str)), set(optional)
+    return tuple(str(s.tube) for s in strategies if str(s.tube) in optional and str(s.tube) not in present)
+
+
+def absent_tube_flags(product_id: str, absent: Sequence[str], strategies: Sequence) -> list[QCFlag]:
+    """An info flag ``absent_tube`` per optional tube kind the product has no file of (:func:`absent_tubes`),
+    naming the variables left blank."""
+    flags = []
+    for kind in absent:
+        names = [v.name for s in strategies if str(s.tube) == kind for v in s.variables]
+        flags.append(QCFlag(product_id, "", "absent_tube", "info",
+                            f"no {kind} file: tube kind {kind} is optional in the study, its variables are blank "
+                            f"({', '.join(names) or 'none'})"))
+    return flags
+
+
+def absent_columns(absent: Sequence[str], strategies: Sequence, optional: Iterable[str]) -> dict[str, Any]:
+    """The phenotype columns a product's gating gives no value for because it has no file of an
+    optional tube kind (``absent``, :func:`absent_tubes`): those kinds' event counts (NaN, as their
+    variables), then :data:`ABSENT_COLUMN` naming them; nothing in a study without optional kinds."""
+    if not optional:
+        return {}
+    counts = {c: math.nan for s in strategies if str(s.tube) in absent for c in s.count_columns()}
+    return {**counts, ABSENT_COLUMN: "; ".join(absent)}
+
+
+def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequence, rows=None,
+                   absent: Sequence[str] = ()) -> str:
     """Why a gated product is *failed* (``''`` when it is usable). The one definition:
 
     * a tube kind that the run's strategies gate has no usable stained file (none in the
       manifest, or every one unreadable, with a panel error or a compensation error): every
-      variable of that strategy is unknowable;
+      variable of that strategy is unknowable; except a kind of ``absent`` (:func:`absent_tubes`:
+      optional in the study, and no file of it in the product), whose variables are blank;
     * a gate failed (``gate_failed``) on the stained file whose counts give the variables: the
       populations below it are empty, so the variables are unknowable (not 0).
 
@@ -143,6 +179,8 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
     reasons = []
     for strategy in strategies:
         kind = str(strategy.tube)
+        if kind in absent:
+            continue
         if kind not in used:
             dropped = [f"{f.file}: {f.code}: {f.message}" for f in flags
                        if f.code in FILE_ERROR_CODES and tube_of.get(f.file) == kind]
@@ -280,15 +318,18 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     flags: list = []
     digests: list[FileDigest] = []
     result, meta, error, crash = None, {}, "", ""
+    optional = job.options.study.optional_tubes
+    absent = absent_tubes(job.rows, job_strategies(job), optional)
     try:
         labels = file_labels(job.rows["file"])
         rows, meta, flags, digests, checked = _read_metadata(job.rows, pid, labels)
         if not (rows["role"] == "stain").any():
             raise TableError(no_stained_tube(pid, job.rows))
         flags += ungated_tube_flags(pid, job.rows, job_strategies(job))
+        flags += absent_tube_flags(pid, absent, job_strategies(job))
         result = _analyze(job, rows, checked)
         flags = list(result.qc) + flags
-        error = failure_reason(result.tubes, flags, job_strategies(job), job.rows)
+        error = failure_reason(result.tubes, flags, job_strategies(job), job.rows, absent)
     except TilphenoError as exc:
         error = str(exc)
     except Exception as exc:  # a bug, not bad input: keep the traceback (the parent logs it), keep the batch going
@@ -311,7 +352,8 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in seen]
     if error:
         flags.append(QCFlag(pid, "", "internal_error" if crash else "product_failed", "error", error))
-    phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"}}
+    phenotype = {"product_id": pid, **{k: v for k, v in (result.phenotype if result else {}).items() if k != "product_id"},
+                 **absent_columns(absent, job_strategies(job), optional)}
     release, release_status = release_decision(spec, phenotype, flags, usable=bool(result) and not error,
                                                **release_inputs(job))
     outcome = ProductOutcome(

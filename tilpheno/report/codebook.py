@@ -100,7 +100,21 @@ def _entries(strategies: Sequence, fmo_percentile: float, study=None) -> dict[st
     docstring); ``study``: default the bundled study."""
     from tilpheno.study import default_study
 
-    return {**_from_strategies(strategies, fmo_percentile), **_curated(), **(study or default_study()).codebook}
+    study = study or default_study()
+    derived = _from_strategies(strategies, fmo_percentile)
+    return {**_optional_said(derived, strategies, study.optional_tubes), **_curated(), **study.codebook}
+
+
+def _optional_said(entries: Mapping[str, Mapping[str, str]], strategies: Sequence,
+                   optional: frozenset[str]) -> dict[str, Mapping[str, str]]:
+    """``entries`` with the meaning of each variable and count column of an optional tube kind
+    (``Study.optional_tubes``) saying that a product without that tube has it blank."""
+    if not optional:
+        return dict(entries)
+    own = {c: str(st.tube) for st in strategies if str(st.tube) in optional
+           for c in (*(v.name for v in st.variables), *st.count_columns())}
+    return {c: ({**e, "meaning": f"{e['meaning']}; blank for a product without a {own[c]} tube (optional in the study)"}
+                if c in own else e) for c, e in entries.items()}
 
 
 _COUNT = re.compile(r"^n_(.+)_([A-Za-z0-9]+)$")
