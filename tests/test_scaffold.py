@@ -510,24 +510,46 @@ def test_product_of_controls_only_is_announced(tmp_path):
 
 
 def test_kind_missing_from_some_products_is_announced(tmp_path):
-    """A folder whose products have different tubes (TIL001 surface only, TIL002 treg only): the
-    draft's study needs both kinds, so process fails every product; new-study says so per kind, and
-    exits 1 (it exited 0: a script running `new-study && process` failed every product)."""
+    """A folder where one product lacks a tube the other has beside a shared one (TIL001 surface and
+    treg, TIL002 surface only): the draft's study needs both kinds, so process fails TIL002; new-study
+    says so per kind, and exits 1 (it exited 0: a script running `new-study && process` failed the
+    product). Products with different tubes and none shared (TIL001 surface only, TIL002 treg only)
+    are two panels: each kind drafted optional, said, exit 0, and process runs both; with `optional`
+    deleted from the study both fail as before."""
     folder = tmp_path / "fcs"
     folder.mkdir()
-    for name in ("TIL001_surface_stain.fcs", "TIL002_treg_stain.fcs"):
+    for name in ("TIL001_surface_stain.fcs", "TIL001_treg_stain.fcs", "TIL002_surface_stain.fcs"):
         shutil.copy(SAMPLE / name, folder / name)
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
     assert result.exit_code == 1, result.output
-    assert "process as printed fails 2 of 2 products (TIL001, TIL002; why above)" in " ".join(result.output.split())
-    for kind in ("surface", "treg"):
-        assert f"tube kind {kind}: 1 of 2 products have no stained {kind} file: process fails them" in result.output
+    assert "process as printed fails 1 of 2 products (TIL002; why above)" in " ".join(result.output.split())
+    assert "tube kind treg: 1 of 2 products have no stained treg file: process fails them" in result.output
     out = tmp_path / "out"
     result = _run(["process", str(folder), "--study", str(tmp_path / "study" / "study.yaml"), "--manifest",
                    str(tmp_path / "study" / "manifest.csv"), "-o", str(out), "--reports", "none"])
-    assert result.exit_code == 1 and "0 of 2 products done" in result.output
+    assert result.exit_code == 1 and "1 of 2 products done" in result.output
+
+    (folder / "TIL001_treg_stain.fcs").rename(tmp_path / "moved.fcs")
+    shutil.copy(SAMPLE / "TIL002_treg_stain.fcs", folder / "TIL002_treg_stain.fcs")
+    (folder / "TIL002_surface_stain.fcs").unlink()
+    study = tmp_path / "two_panels"
+    result = _run(["new-study", str(folder), "-o", str(study)])
+    assert result.exit_code == 0, result.output
+    for kind in ("surface", "treg"):
+        assert f"tube kind {kind}: optional (no product has it with another kind" in result.output
+    assert "process fails" not in result.output
+    command = ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+               "--reports", "none"]
+    result = _run([*command, "-o", str(tmp_path / "optional")])
+    assert result.exit_code == 0 and "2 of 2 products done" in result.output, result.output
+    assert pd.read_csv(tmp_path / "optional" / "phenotypes.csv").set_index("product_id")["absent_tubes"].to_dict() == \
+        {"TIL001": "treg", "TIL002": "surface"}
+    _edit(study / "study.yaml", ", optional: true", "")
+    _edit(study / "study.yaml", ", optional: true", "")
+    result = _run([*command, "-o", str(tmp_path / "required")])
+    assert result.exit_code == 1 and "0 of 2 products done" in result.output, result.output
     complete = _run(["new-study", str(SAMPLE), "-o", str(tmp_path / "til")])
-    assert complete.exit_code == 0 and "products have no stained" not in complete.output
+    assert complete.exit_code == 0 and "products have no stained" not in complete.output and "optional" not in complete.output
 
 
 def test_panel_row_on_an_absent_detector_is_refused(tmp_path):
@@ -1046,3 +1068,51 @@ def test_a_drafted_valley_gate_says_what_decides_one_population(tmp_path):
         lines = [line for line in (tmp_path / f"study_{folder.name}" / f"{tube.kind}.yaml").read_text().splitlines()
                  if "method: valley" in line and "name: FoxP3+" in line]
         assert len(lines) == 1 and words in lines[0], lines
+
+
+def test_disjoint_tube_kinds_are_drafted_optional_others_required():
+    """A kind is optional when no product has it together with some other kind; a kind that only
+    some products have beside one they all share stays required (a missing tube)."""
+    from tilpheno.scaffold import disjoint_kinds
+
+    assert disjoint_kinds({"t": {"A", "B"}, "b": {"C"}}) == {"t", "b"}
+    assert disjoint_kinds({"surface": {"A", "B", "C"}, "treg": {"A", "B"}}) == set()
+    assert disjoint_kinds({"lineage": {"A", "B", "C", "D"}, "t": {"A", "B"}, "b": {"C", "D"}}) == {"t", "b"}
+
+
+def test_two_panels_draft_optional_kinds_and_every_product_runs(tmp_path):
+    """FlowAtlas's five specimens, 412C mLN with the data set's panel file (a T+B panel, CD19): the
+    draft had a second tube kind that no other product has, warned that process fails every product
+    (each lacks one kind) and exited 1 -> both kinds are drafted `optional: true`, the closing message
+    says so, exit 0; process exits 0, every product done with its own kind's variables (its stained
+    file's events its $TOT, the data set's manifest) and the other kind's blank, named in absent_tubes."""
+    from tilpheno.study import load_study
+
+    folder = tmp_path / "fcs"
+    shutil.copytree(REALDATA / "fcs", folder)
+    panel = tmp_path / "panel.csv"
+    shutil.copy(REALDATA / "panel.csv", panel)
+    study = tmp_path / "study"
+    result = _run(["new-study", str(folder), "-o", str(study), "--panel", str(panel)])
+    assert result.exit_code == 0, result.output
+    kinds = load_study(study / "study.yaml").tubes
+    assert len(kinds) == 2 and all(k.optional for k in kinds.values())
+    assert sum(f"tube kind {k}: optional (no product has it with another kind" in result.output for k in kinds) == 2
+    assert "process fails" not in result.output
+    manifest = pd.read_csv(study / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest["product_id"] = manifest["file"].str.removesuffix(".fcs")   # each specimen its own product, as told
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(tmp_path / "manifest.csv"),
+                   "--panel", str(panel), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    events = pd.read_csv(REALDATA / "fcs_manifest.csv").set_index("file")["$TOT"]
+    variables = {k: list(yaml.safe_load((study / f"{k}.yaml").read_text())["variables"]) for k in kinds}
+    kind_of = dict(zip(manifest["product_id"], manifest["tube"]))
+    assert len(got) == 5 and (got["status"] == "done").all()
+    for product, kind in kind_of.items():
+        other = next(k for k in kinds if k != kind)
+        assert got.loc[product, variables[kind]].notna().all() and got.loc[product, variables[other]].isna().all()
+        assert got.loc[product, f"n_events_{kind}"] == events[f"fcs/{product}.fcs"]
+        assert got.loc[product, "absent_tubes"] == other

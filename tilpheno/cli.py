@@ -339,7 +339,11 @@ def new_study(
         partial = f"; only in some files' panels, not gated: {', '.join(tube.partial)}" if tube.partial else ""
         typer.echo(f"tube kind {tube.kind}: {tube.products} product(s), markers {', '.join(tube.markers)}"
                    f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}{partial}")
-        if tube.products < products:
+        if tube.products < products and tube.optional:
+            typer.echo(f"tube kind {tube.kind}: optional (no product has it with another kind; study.yaml: optional: "
+                       f"true): for the {products - tube.products} of {products} products without a {tube.kind} file, "
+                       f"process leaves the {tube.kind} variables blank and release criteria on them not evaluable")
+        elif tube.products < products:
             failing |= set(stained["product_id"]) - set(stained.loc[stained["tube"] == tube.kind, "product_id"])
             typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
                         f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "

@@ -14,6 +14,10 @@ run needs no hand-written YAML.
   together and that share at least 2/3 of their markers are versions of one tube (a marker swapped
   between exports) and make one kind with the markers they all have;
   an FMO file belongs to the kind whose stained markers are its own plus the one it omits;
+  a kind no product has together with another kind (the kinds' products disjoint: products
+  stained with one of two panels) is drafted ``optional: true`` (``tilpheno.study``): a product
+  without it is processed, its variables blank; a kind that only some products have, beside a
+  kind those products share, stays required (a missing tube fails its product);
 * **gates** per kind, in this order: ``cells`` (FSC-A x SSC-A, ``ceiling`` = the scatter channels'
   ``$PnR`` - 1; none when the files have no scatter channels, e.g. a FlowJo export of gated
   fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -78,7 +82,7 @@ class TubeDraft:
     positive gate it is gated, from the lineage table; markers not listed sit under :attr:`base`),
     the FMO-gated markers the vocabulary calls dim (``dim:``; gated with ``rule: relative``), and
     the markers it gates on all cells (``all_cells:``; unless nested, they sit under :attr:`above_lymph`,
-    not within the lymphocyte gate)."""
+    not within the lymphocyte gate), and whether a product may lack it (:func:`disjoint_kinds`)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -93,6 +97,7 @@ class TubeDraft:
     nested: tuple[tuple[str, str], ...] = ()
     dim: tuple[str, ...] = ()
     all_cells: tuple[str, ...] = ()
+    optional: bool = False
 
     @property
     def lymph(self) -> str | None:
@@ -320,6 +325,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
                                tuple(sorted(set().union(*versions) - set(markers))),
                                nesting(order, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m)),
                                tuple(m for m in order if m != viability and vocabulary.is_all_cells(m))))
+    optional = disjoint_kinds({kind: {f["product_id"] for f in members} for kind, members in kinds.items()})
+    tubes = [replace(t, optional=t.kind in optional) for t in tubes]
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -338,6 +345,13 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
                       shared, list(scanned.attrs.get("case_merged", [])), unreadable,
                       [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])])
+
+
+def disjoint_kinds(products: dict[str, set[str]]) -> set[str]:
+    """The tube kinds (``products``: kind -> the products with a stained file of it) whose products
+    are disjoint from another kind's: alternatives (one panel or the other), drafted optional."""
+    return {kind for kind, own in products.items()
+            if any(other != kind and not own & theirs for other, theirs in products.items())}
 
 
 VERSION_OVERLAP = 2 / 3
@@ -493,6 +507,11 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     return "\n".join(lines) + "\n"
 
 
+OPTIONAL_COMMENT = ("   # no product has it with another kind: a product without it is processed, its variables "
+                    "blank (delete `optional: true` to fail such a product instead)")
+"""The drafted ``study.yaml``'s comment on an optional tube kind."""
+
+
 def study_yaml(draft: StudyDraft) -> str:
     """The drafted ``study.yaml``: tube kinds (with the markers that tell them apart), every variable,
     the QC defaults written out, and the files left out as comments."""
@@ -507,7 +526,9 @@ def study_yaml(draft: StudyDraft) -> str:
     for tube in draft.tubes:
         own = sorted(marker_sets[tube.kind] - set().union(*(s for k, s in marker_sets.items() if k != tube.kind)))
         entry = f"strategy: {_scalar(tube.kind + '.yaml')}, names: {_list([tube.kind])}"
-        lines.append(f"  {_scalar(tube.kind)}: {{{entry}" + (f", markers: {_list(own)}}}" if own and len(draft.tubes) > 1 else "}"))
+        entry += f", markers: {_list(own)}" if own and len(draft.tubes) > 1 else ""
+        entry += ", optional: true" if tube.optional else ""
+        lines.append(f"  {_scalar(tube.kind)}: {{{entry}}}" + (OPTIONAL_COMMENT if tube.optional else ""))
     lines.append("variables:")
     lines += [f"  - {_scalar(name)}" for own in draft.variables().values() for name in own]
     lines.append("release: release.yaml   # drafted: replace its criterion with your lab's")
@@ -527,7 +548,8 @@ def release_yaml(draft: StudyDraft) -> str:
     """The drafted release spec: every run judges its products against one. With a viability dye,
     the bundled TIL spec's viability criterion (> 70 %) on the first tube kind's viability; else
     the QC minimum of events in each tube kind's stained file (``n_events_<kind> >= 5000``, the
-    study's ``qc.min_events``). Either is the lab's to replace."""
+    study's ``qc.min_events``). Either is the lab's to replace; a comment says that a criterion on
+    an optional kind's column is not evaluable for a product without that kind."""
     tube = next((t for t in draft.tubes if t.viability), None)
     if tube is not None:
         column, (_, denominator) = next((n, pops) for n, pops in draft.variables()[tube.kind].items() if pops[0] == "live")
@@ -539,9 +561,13 @@ def release_yaml(draft: StudyDraft) -> str:
                               f"column: {_scalar('n_events_' + t.kind)}, op: \">=\", limit: 5000, unit: events}}"
                               for t in draft.tubes)
         why = "the QC minimum of events (no viability dye in the panel)"
+    optional = [t.kind for t in draft.tubes if t.optional]
+    blank = ([f"# A product without an optional tube kind ({', '.join(optional)}) has its columns blank: a criterion on "
+              "them is 'not evaluable' for it (release is never granted on missing data)."] if optional else [])
     return "\n".join([
         f"# Drafted by `tilpheno new-study`: {why}. Replace it with your lab's lot-release criteria",
         "# (columns: the study's variables and doses, or a stained file's events n_events_<tube kind>; see tilpheno/release.py).",
+        *blank,
         f"name: {_scalar(draft.name + ' release (drafted)')}",
         "criteria:",
         criterion,
