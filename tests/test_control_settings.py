@@ -157,3 +157,34 @@ def test_every_real_corpus_file_compares_without_error():
         itself = compare_settings(a, a, set(a.channels["pnn"]))
         assert (itself.used, itself.other, itself.instrument, itself.date) == ((), (), None, None), a.path
         settings_flags("P", a.path.name, b.path.name, "tube", compare_settings(a, b, set(b.channels["pnn"])))
+
+
+def test_a_real_unstained_control_without_the_cd19_detector_checks_the_gates_it_can():
+    """FlowAtlas donor 412C's unstained control has 18 detectors, not the CD19 one (FJComp-405
+    585_15-A) the T+B panel's first gate, non-B (CD19-), reads: it was unusable for every gate
+    (``unstained_unusable``). An unstained event carries no CD19 stain, so it is non-B: the
+    positive gates on the markers it has (CD3, CD4, CD8, FoxP3) are checked on all its events, and
+    one info line names CD19, its detector and non-B."""
+    rows = pd.DataFrame([{"file": str(STAINED), "tube": "tcell", "role": "stain", "fmo_marker": ""},
+                         {"file": str(CONTROL), "tube": "unstained", "role": "unstained", "fmo_marker": ""}])
+    panel = read_panel_file(ATLAS / "panel.csv")
+    strategy = load_strategy(ROOT / "gating" / "flowatlas_tcell_cd19.yaml")
+    result = analyze_product("412C", rows, [strategy], panel_override=panel)
+    kw = raw_text(CONTROL)
+    has = {kw[f"$P{n}N"] for n in range(1, int(kw["$PAR"]) + 1)}
+    detector = {r.marker: r.detector for r in panel.rows if r.tube in ("*", STAINED.stem)}
+    cd19 = detector["CD19"]
+    assert cd19 not in has and cd19 in ranges(STAINED)
+    positive = {"T cells": "CD3", "CD4+": "CD4", "CD8+": "CD8", "FoxP3+": "FoxP3"}   # the strategy's x > cut gates
+    assert all(detector[m] in has for m in positive.values())
+
+    on_control = [f for f in result.qc if f.file == CONTROL.name and f.code.startswith("unstained")]
+    assert [(f.code, f.severity) for f in on_control] == [("unstained_control", "info")] * 2
+    listed, lacking = on_control[0].message, on_control[1].message
+    checked = [part.split(" ")[0] if not part.startswith("T cells") else "T cells"
+               for part in listed.split("cut: ")[1].split("; ")]
+    assert checked == list(positive)
+    assert all(f"of {kw['$TOT']} non-B events" in part for part in listed.split("cut: ")[1].split("; "))
+    assert lacking == (f"the unstained control {CONTROL.name} has no detector for CD19 ({cd19}), which the "
+                       f"{STAINED.name} gate(s) non-B read: an unstained event is taken as negative for it (below "
+                       "their cut); positive gates not checked on the control: none")

@@ -251,6 +251,40 @@ def test_the_cut_an_unstained_control_offers_is_the_lowest_that_clears_its_flag(
     assert not flagged_at(cut) and flagged_at(float(np.max(cd3[cd3 < cut])))
 
 
+def test_a_control_without_one_detector_is_used_for_the_markers_it_has():
+    """An unstained control without the CD45 detector (FlowAtlas 390C) checked none of the stained
+    file's gates: the first gate, CD45+, stopped them all, and the one-population cut had no control
+    events. CD45+ holds no unstained event (no stain), so T cells, CD4+ and CD8+ are judged on all
+    the control's events, as with the detector; one info line names the missing marker and CD45+,
+    the gate left without the check."""
+    from tilpheno.phenotype import unstained_check, unstained_values
+
+    n = 10000
+    strategy, state, rng, control = _unstained_case(n)
+    bright = rng.random(n) < 0.03   # 3 % of the control autofluorescent above the stained tube's CD3 cut
+    control["CD3"] = np.where(bright, rng.normal(0.7, 0.03, n), control["CD3"])
+    lacking = replace(_tube({k: v for k, v in control.items() if k != "CD45"}), file="unstained.fcs")
+    whole = replace(_tube(control), file="unstained.fcs")
+
+    checked, reference = unstained_check(strategy, state, lacking), unstained_check(strategy, state, whole)
+    positive = [f for f in checked.flags if f.code == "unstained_positive"]
+    assert [f.gate for f in positive] == ["T cells"]
+    share = float(positive[0].message.split("T cells (CD3): ")[1].split("%")[0])
+    assert share == pytest.approx(100 * bright.mean(), abs=0.2)
+    assert checked.cuts == reference.cuts
+    listed = [f.message for f in checked.flags if f.code == "unstained_control"]
+    assert listed[0] == next(f.message for f in reference.flags if f.code == "unstained_control").replace(
+        "CD45+ 0.00% of 10000 root events; ", "")
+    assert listed[1] == ("the unstained control unstained.fcs has no detector for CD45 (CD45), which the x.fcs gate(s) "
+                         "CD45+ read: an unstained event is taken as negative for it (below their cut); positive gates "
+                         "not checked on the control: CD45+")
+    assert all(f.severity == "info" for f in checked.flags if f.code == "unstained_control")
+    t_cells = next(p for p in strategy.populations if p.name == "T cells")
+    np.testing.assert_array_equal(unstained_values(strategy, state, lacking, t_cells), control["CD3"])
+    cd45 = next(p for p in strategy.populations if p.name == "CD45+")
+    assert unstained_values(strategy, state, lacking, cd45) is None
+
+
 def test_a_reference_gate_with_one_population_is_sized_on_the_parent_it_is_applied_to():
     """CD8 placed on CD4- T cells (all CD8+ there: one population) and applied to all T cells, whose
     CD4+ cells carry a CD8 smear (as 390C_Lung): the one-population cut is compared with the same

@@ -1032,8 +1032,8 @@ def test_a_one_population_marker_is_called_against_the_unstained_control(tmp_pat
     afterwards -> the control decides: the main peak lies within 0.25 of the control's median
     (0.07: negative), the other clearly above it (positive), the cut at the valley between them:
     FoxP3+ within 3 points of the expert's Treg (FoxP3+ CD127lo) % of CD4 (20.4 vs 21.4). (The
-    412C control has no CD19 detector, which makes it unusable for a tube gating CD19: the draft's
-    CD19 gate is dropped.)"""
+    412C control has no CD19 detector: the draft's CD19 gate is dropped here, kept in
+    test_the_unstained_control_decides_a_one_population_marker_without_a_detector_of_the_tube.)"""
     from tilpheno.phenotype import analyze_product
 
     strategy, rows, panel = _drafted_412c_mln(tmp_path, drop="CD19")
@@ -1116,3 +1116,28 @@ def test_two_panels_draft_optional_kinds_and_every_product_runs(tmp_path):
         assert got.loc[product, variables[kind]].notna().all() and got.loc[product, variables[other]].isna().all()
         assert got.loc[product, f"n_events_{kind}"] == events[f"fcs/{product}.fcs"]
         assert got.loc[product, "absent_tubes"] == other
+
+
+def test_the_unstained_control_decides_a_one_population_marker_without_a_detector_of_the_tube(tmp_path):
+    """The same draft with its CD19 gate kept: the 412C control has no CD19 detector and was unusable
+    for the whole tube (``unstained_unusable``), so FoxP3 of CD4+ was again one population called
+    from the transformed zero (FoxP3+ 0.00 %) -> the control is used for the markers it has: FoxP3+
+    is decided against it exactly as in the draft without CD19 (same control median, cut and %),
+    and one info line names CD19 and its gate."""
+    from tilpheno.phenotype import analyze_product
+
+    (tmp_path / "all").mkdir()
+    (tmp_path / "without").mkdir()
+    strategy, rows, panel = _drafted_412c_mln(tmp_path / "all")
+    without, rows_without, _ = _drafted_412c_mln(tmp_path / "without", drop="CD19")
+    result = analyze_product("412C_mLN_026", rows, [strategy], panel_override=panel)
+    reference = analyze_product("412C_mLN_026", rows_without, [without], panel_override=panel)
+    assert not [f for f in result.qc if f.code == "unstained_unusable"]
+    d, ref = result.tubes[0].diagnostics["FoxP3+"], reference.tubes[0].diagnostics["FoxP3+"]
+    assert (d["unstained_median"], d["threshold"]) == (ref["unstained_median"], ref["threshold"])
+    variable = next(v.name for v in strategy.variables if v.numerator == "FoxP3+")
+    assert result.phenotype[variable] == reference.phenotype[variable] > 15
+    cd19 = [p.name for p in strategy.populations if p.dims == ("CD19",)]
+    [line] = [f.message for f in result.qc if f.code == "unstained_control" and "no detector for" in f.message]
+    assert line.startswith("the unstained control 412C__412C_unst_022.cleaned.fcs has no detector for CD19 "
+                           f"(FJComp-405 585_15-A), which the 412C_mLN_026.fcs gate(s) {', '.join(cd19)} read")

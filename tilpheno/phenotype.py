@@ -543,7 +543,8 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
     the gate's nearest ancestor that is not itself defined by stains (a positive marker gate or a
     boolean of such gates: an unstained cell never reaches CD3+ > CD4+, so CD4+ is judged on the
     control's live lymphocytes); ``checks.unstained_flag``: review above ``checks.UNSTAINED_LIMIT`` %.
-    One ``unstained_control`` info flag lists every such % (what was checked). The flags name the
+    One ``unstained_control`` info flag lists every such % (what was checked), another the markers
+    the control has no detector for (:func:`_lacking_detectors`). The flags name the
     two files by ``stained_name`` and ``control_name`` (their labels, :func:`tilpheno.io.files.file_labels`:
     ``sub1/X.fcs`` where two files of the product share a name), else by their file names."""
     stained = stained_name or Path(state.tube.file).name
@@ -572,7 +573,29 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
         flags.append(pl.Flag("unstained_control", "info",
                              f"the {stained} gates on the unstained control {control_label}, "
                              f"% above each positive gate's cut: {'; '.join(checked)}"))
-    return UnstainedCheck(flags, cuts)
+    lacking = _lacking_detectors(strategy, state, control, masks, stained, control_label)
+    return UnstainedCheck(flags + ([lacking] if lacking is not None else []), cuts)
+
+
+def _lacking_detectors(strategy: Strategy, state: _Gated, control: TubeData, masks: Mapping[str, np.ndarray],
+                       stained: str, control_label: str) -> pl.Flag | None:
+    """The ``unstained_control`` info line of a control without a detector some of the stained
+    file's gates read (``masks``: :func:`_on_control`'s): the marker(s) and their detectors, the
+    gates on them, and the positive gates not checked on the control (their marker missing, or a
+    parent not evaluable on it); None when the control has every dimension the gates read."""
+    lacked = [(name, gate) for name, _, gate, _ in state.gates if not all(d in control.data for d in gate.dims)]
+    if not lacked:
+        return None
+    missing = sorted({d for _, gate in lacked for d in gate.dims if d not in control.data})
+    shown = ", ".join(f"{d} ({state.tube.detectors[d]})" if d in state.tube.detectors else d for d in missing)
+    unchecked = [name for name, _, gate, _ in state.gates
+                 if isinstance(gate, RangeGate) and gate.high is None and gate.low is not None
+                 and gate.dim in strategy.markers and (gate.dim not in control.data or name not in masks)]
+    return pl.Flag("unstained_control", "info",
+                   f"the unstained control {control_label} has no detector for {shown}, which the {stained} "
+                   f"gate(s) {', '.join(name for name, _ in lacked)} read: an unstained event is taken as negative "
+                   f"for {'it' if len(missing) == 1 else 'them'} (below their cut); positive gates not checked on the "
+                   f"control: {', '.join(unchecked) or 'none'}")
 
 
 def _read_detectors(tube: TubeData) -> set[str]:
@@ -584,24 +607,41 @@ def _read_detectors(tube: TubeData) -> set[str]:
 def _on_control(strategy: Strategy, gates: Sequence[tuple[str, str, Gate, str]],
                 control: TubeData) -> tuple[dict[str, np.ndarray], set[str]]:
     """A stained file's placed ``gates`` (parents first) applied as they are to an unstained
-    ``control``: each population's mask over the control's events (none from the first gate on a
-    dimension the control lacks, nor for one depending on a failed gate), and the populations
-    defined by stains (a positive 1-D marker gate, or a boolean of such gates)."""
+    ``control``: each population's mask over the control's events, and the populations defined by
+    stains (a positive 1-D marker gate, or a boolean of such gates). A gate on a marker the control
+    has no detector for holds what an unstained event would (:func:`_without_stain`); no mask for
+    any other gate on a dimension the control lacks, nor for one depending on a failed gate or on
+    such a gate."""
     by_name = {p.name: p for p in strategy.populations}
+    markers = set(strategy.markers)
     masks: dict[str, np.ndarray] = {}
     stained_defined: set[str] = set()
     for name, parent, gate, _ in gates:
-        if not all(d in control.data for d in gate.dims):
-            break   # the control lacks a dimension: the populations below cannot be evaluated
         if any(p not in masks for p in (parent, *getattr(gate, "operands", ())) if p != ROOT):
             continue   # it depends on a population whose gate failed on the stained file (gate_failed)
         pop = by_name[name]
-        masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent,
-                                      control.n_events, pop.complement)
-        positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in control.detectors
+        if all(d in control.data for d in gate.dims):
+            masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent,
+                                          control.n_events, pop.complement)
+        else:
+            held = _without_stain(gate, markers)
+            if held is None:
+                continue   # the control lacks a dimension: the populations below cannot be evaluated
+            own = np.full(control.n_events, held != pop.complement)
+            masks[name] = own if parent == ROOT else own & masks[parent]
+        positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in markers
         if positive or pop.boolean is not None:
             stained_defined.add(name)
     return masks, stained_defined
+
+
+def _without_stain(gate: Gate, markers: set[str]) -> bool | None:
+    """Whether an unstained event is inside a 1-D marker ``gate`` whose detector its file lacks: it
+    carries no stain, so it lies below every cut (True for ``x < cut``, False for ``x > cut``);
+    None for any other gate (a band, a scatter or 2-D gate)."""
+    if not isinstance(gate, RangeGate) or gate.dim not in markers or (gate.low is None) == (gate.high is None):
+        return None
+    return gate.low is None
 
 
 def _control_base(by_name: Mapping[str, Population], parent: str, stained_defined: set[str]) -> str:
@@ -1417,7 +1457,12 @@ def analyze_product(
                         product_id, src.handle["name"], "not_gated", "info",
                         f"not gated: no readable {tube_kind} stained file to resolve its panel against")]
 
-        def load(src: _Source, final: bool, strategy=strategy, tube_kind=str(tube_kind)) -> TubeData | None:
+        def load(src: _Source, final: bool, strategy=strategy, tube_kind=str(tube_kind),
+                 check: bool = False) -> TubeData | None:
+            """``src`` compensated and transformed, or None (its flag kept in its handle). ``check``: an
+            unstained control read for the stained files' gates (self-check, one-population cuts) keeps
+            the markers it has a detector for (:func:`_on_control` says what the others hold); gated as
+            a source of the tube kind's populations it needs them all."""
             h = src.handle
             try:
                 fcs = read_fcs(h["row"].file)
@@ -1432,8 +1477,9 @@ def analyze_product(
                                            compensating=spill is not None)
                     detectors = require(panel, strategy.markers, study.vocabulary)
                     absent = sorted(m for m, d in detectors.items() if d not in fcs.channel_names)
-                    if absent:
+                    if absent and not check:
                         raise PanelError(f"{fcs.path}: no detector for {', '.join(absent)} of the stained tube")
+                    detectors = {m: d for m, d in detectors.items() if m not in absent}
                 else:
                     panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None,
                                            override=panel_override, tube=tube_kind, study=study,
@@ -1475,7 +1521,7 @@ def analyze_product(
             """The product's first usable unstained control, read once (its unusable ones are said by
             the self-check below, ``unstained_unusable``)."""
             if not loaded_control:
-                tried = (load(_row_source(-1, "unstained", None, row, labels), True)
+                tried = (load(_row_source(-1, "unstained", None, row, labels), True, check=True)
                          for row in unstained_rows.itertuples(index=False))
                 loaded_control.append(next((t for t in tried if t is not None), None))
             return loaded_control[0]
@@ -1501,7 +1547,7 @@ def analyze_product(
                     control_src = _row_source(-1, "unstained", None, row, labels)
                     checked = (str(row.file), strategy.acquisition)
                     control_src.handle["acquisition"] = unstained_acquisition.get(checked)
-                    control = load(control_src, True)
+                    control = load(control_src, True, check=True)
                     if control_src.handle.get("acquisition") is not None:
                         unstained_acquisition[checked] = control_src.handle["acquisition"]
                     name = control_src.handle["name"]
