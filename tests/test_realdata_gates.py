@@ -285,6 +285,30 @@ def test_a_control_without_one_detector_is_used_for_the_markers_it_has():
     assert unstained_values(strategy, state, lacking, cd45) is None
 
 
+def test_a_control_without_a_detector_of_a_two_marker_gate_leaves_it_and_the_gates_below_unchecked():
+    """T cells as a cluster on CD3 vs CD19, CD4+ below it; the control has no CD19 detector: the
+    cluster gate cannot be applied to it (no stain-free answer for a 2-D gate), so neither T cells
+    nor CD4+ is checked, and the info line says so rather than 'taken as negative'."""
+    from tilpheno.phenotype import unstained_check
+
+    rng = np.random.default_rng(10)
+    cd3, cd19, _ = _three_clusters(rng)
+    cd4 = np.where(rng.random(cd3.size) < 0.5, 0.7, 0.15) + rng.normal(0, 0.03, cd3.size)
+    markers = ["CD3", "CD19", "CD4"]
+    strategy = Strategy.from_dict({
+        "strategy": "c", "tube": "t", "markers": markers, "transforms": {m: {"kind": "linear"} for m in markers},
+        "populations": [{"name": "T cells", "parent": "root", "dims": ["CD3", "CD19"], "method": "cluster",
+                         "params": {"x_side": "high", "y_side": "low"}},
+                        {"name": "CD4+", "parent": "T cells", "dims": ["CD4"], "method": "valley",
+                         "params": {"keep": "high"}}]})
+    state = gate_tube_kind(strategy, [_tube({"CD3": cd3, "CD19": cd19, "CD4": cd4})])[0]
+    control = _tube({"CD3": rng.normal(0.15, 0.03, 5000), "CD4": rng.normal(0.15, 0.03, 5000)})
+    assert [(f.code, f.message) for f in unstained_check(strategy, state, control).flags] == [(
+        "unstained_control", "the unstained control x.fcs has no detector for CD19 (CD19), which the x.fcs gate(s) "
+        "T cells read: not evaluable on the control: T cells and the gates below; positive gates not checked on the "
+        "control: CD4+")]
+
+
 def test_a_reference_gate_with_one_population_is_sized_on_the_parent_it_is_applied_to():
     """CD8 placed on CD4- T cells (all CD8+ there: one population) and applied to all T cells, whose
     CD4+ cells carry a CD8 smear (as 390C_Lung): the one-population cut is compared with the same

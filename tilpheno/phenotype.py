@@ -591,11 +591,14 @@ def _lacking_detectors(strategy: Strategy, state: _Gated, control: TubeData, mas
     unchecked = [name for name, _, gate, _ in state.gates
                  if isinstance(gate, RangeGate) and gate.high is None and gate.low is not None
                  and gate.dim in strategy.markers and (gate.dim not in control.data or name not in masks)]
+    unknown = [name for name, gate in lacked if _without_stain(gate, set(strategy.markers)) is None]
+    held = (f"an unstained event is taken as negative for {'it' if len(missing) == 1 else 'them'} (below their cut)"
+            if len(unknown) < len(lacked) else "")
+    lost = f"not evaluable on the control: {', '.join(unknown)} and the gates below" if unknown else ""
     return pl.Flag("unstained_control", "info",
                    f"the unstained control {control_label} has no detector for {shown}, which the {stained} "
-                   f"gate(s) {', '.join(name for name, _ in lacked)} read: an unstained event is taken as negative "
-                   f"for {'it' if len(missing) == 1 else 'them'} (below their cut); positive gates not checked on the "
-                   f"control: {', '.join(unchecked) or 'none'}")
+                   f"gate(s) {', '.join(name for name, _ in lacked)} read: {'; '.join(w for w in (held, lost) if w)}; "
+                   f"positive gates not checked on the control: {', '.join(unchecked) or 'none'}")
 
 
 def _read_detectors(tube: TubeData) -> set[str]:
