@@ -1086,6 +1086,9 @@ def test_two_panels_draft_optional_kinds_and_every_product_runs(tmp_path):
     (each lacks one kind) and exited 1 -> both kinds are drafted `optional: true`, the closing message
     says so, exit 0; process exits 0, every product done with its own kind's variables (its stained
     file's events its $TOT, the data set's manifest) and the other kind's blank, named in absent_tubes."""
+    import json
+
+    from tilpheno.pipeline.jobs import outcome_from_record
     from tilpheno.study import load_study
 
     folder = tmp_path / "fcs"
@@ -1111,11 +1114,21 @@ def test_two_panels_draft_optional_kinds_and_every_product_runs(tmp_path):
     variables = {k: list(yaml.safe_load((study / f"{k}.yaml").read_text())["variables"]) for k in kinds}
     kind_of = dict(zip(manifest["product_id"], manifest["tube"]))
     assert len(got) == 5 and (got["status"] == "done").all()
+    records = {r.product_id: r for r in (outcome_from_record(json.loads(p.read_text()))
+                                         for p in (out / ".cache").rglob("outcome.json"))}
     for product, kind in kind_of.items():
         other = next(k for k in kinds if k != kind)
         assert got.loc[product, variables[kind]].notna().all() and got.loc[product, variables[other]].isna().all()
         assert got.loc[product, f"n_events_{kind}"] == events[f"fcs/{product}.fcs"]
         assert got.loc[product, "absent_tubes"] == other
+        # release on the product's own kind's criterion (the drafted n_events_<kind> >= min_events), the
+        # other kind's not applicable: $TOT against the limit, held while a gate needs review
+        limit = {c["column"]: c["limit"] for c in yaml.safe_load((study / "release.yaml").read_text())["criteria"]}
+        own = "pass" if events[f"fcs/{product}.fcs"] >= limit[f"n_events_{kind}"] else "fail"
+        assert {r.criterion.column: r.result() for r in records[product].release} == {
+            f"n_events_{kind}": own, f"n_events_{other}": f"not applicable (no {other} tube; optional)"}
+        held = got.loc[product, "review_status"] == "needs review"
+        assert got.loc[product, "release_status"] == ("fail" if own == "fail" else "not evaluable" if held else "pass")
 
 
 def test_the_unstained_control_decides_a_one_population_marker_without_a_detector_of_the_tube(tmp_path):

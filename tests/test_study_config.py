@@ -364,3 +364,108 @@ def test_a_product_without_an_optional_tube_kind_is_processed(tmp_path):
     column = list(strategies[kind]["variables"])[0]
     assert book.loc[column, "meaning"].endswith(f"blank for a product without a {kind} tube (optional in the study)")
     assert book.loc["absent_tubes", "meaning"] != "not documented"
+
+
+def _release_cells(html: str, table_id: str) -> dict[str, str]:
+    """A report's release table: criterion name -> its result cell's text."""
+    body = html[html.index(f'<table id="{table_id}">'):]
+    body = body[:body.index("</table>")]
+    rows = re.findall(r"<tr><td>([^<]*)</td>.*?<span class=\"badge [^\"]*\">([^<]*)</span>", body, re.S)
+    return dict(rows)
+
+
+def test_release_of_a_product_without_an_optional_tube_kind_is_decided_on_its_own_kinds_criteria(tmp_path):
+    """FlowAtlas two-panel draft (390C: liver kind only, Specimen_001: mln kind only, both optional),
+    the drafted spec's criterion per kind on n_events_<kind>: the other kind's criterion was 'not
+    evaluable' for every product, so no product could ever pass (the review app's release on the
+    approved gates, the certificate: 'not evaluable' forever) -> it is 'not applicable (no <kind>
+    tube; optional)' in the report, index, outcome records, review rows and certificate, and release
+    is decided on the product's own kind's criterion. Truth: each stained file's $TOT (the data set's
+    manifest) against the spec's limit, by hand. A blank column of a kind the product has stays
+    'not evaluable'; a spec with no criterion applicable to a product leaves it 'not evaluable'."""
+    import json
+
+    from tilpheno.pipeline.jobs import outcome_from_record
+    from tilpheno.pipeline.release import release_decision
+    from tilpheno.review.regate import ReviewSource, recompute, release_rows
+
+    folder, study, panel, owner = _two_panel_draft(tmp_path)
+    limit = 6000
+    (study / "release.yaml").write_text("name: events\ncriteria:\n" + "".join(
+        f"  - {{name: Events {k}, column: n_events_{k}, op: '>=', limit: {limit}, unit: events}}\n" for k in owner))
+    out = tmp_path / "out"
+    assert _process(folder, study, panel, out).exit_code == 0
+    got = pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str}).set_index("product_id")
+    events = pd.read_csv(REALDATA / "fcs_manifest.csv").set_index("file")["$TOT"]
+    files = {"390C": "390C_Liver_026.fcs", "Specimen_001": "412C_mLN_026.fcs"}
+    index = (out / "index.html").read_text()
+    records = {json.loads(p.read_text())["product_id"]: outcome_from_record(json.loads(p.read_text()))
+               for p in (out / ".cache").rglob("outcome.json")}
+    source = ReviewSource(out)
+    decided = {}
+    for kind, product in owner.items():
+        other = next(k for k in owner if k != kind)
+        own = "pass" if events[f"fcs/{files[product]}"] >= limit else "fail"
+        expected = {f"Events {kind}": own, f"Events {other}": f"not applicable (no {other} tube; optional)"}
+        report = (out / "products" / product / "report.html").read_text()
+        assert _release_cells(report, "release") == expected, product
+        assert f"Events {other}: not applicable (no {other} tube; optional)" in index
+        assert {r.criterion.name: r.result() for r in records[product].release} == expected
+        # the run's release: the own criterion's outcome; a pass is held while a gate needs review
+        needs_review = got.loc[product, "review_status"] == "needs review"
+        assert got.loc[product, "release_status"] == ("fail" if own == "fail" else
+                                                      "not evaluable" if needs_review else "pass")
+        # the review app on the automatic gates (what an approval of them releases) and the certificate
+        res = recompute(source, product, source.automatic(product), medians=False)
+        assert {r["criterion"]: r["outcome"] for r in release_rows(res.release)} == expected
+        decided[product] = res.release_status
+        assert res.release_status == own
+        # a blank value of the product's own kind (not optional-absent) stays not evaluable
+        row = dict(got.loc[product].drop(["release_status"]), **{f"n_events_{kind}": float("nan")})
+        strategies = list(source.strategies.values())
+        release, status = release_decision(source.release_spec, row, [], usable=True, strategies=strategies,
+                                           doses=source.study.doses)
+        assert [r.outcome for r in release] == ["not evaluable" if k == kind else "not applicable" for k in owner]
+        assert status == "not evaluable"
+    assert sorted(decided.values()) == ["fail", "pass"]   # the limit splits the two files' $TOT
+    _certificate_says_not_applicable(out, source, next(p for p, s in decided.items() if s == "pass"), owner, tmp_path)
+
+    # a spec no criterion of which applies to a product: not evaluable, and the report says why
+    kind = next(iter(owner))
+    other = next(k for k in owner if k != kind)
+    (study / "release.yaml").write_text(
+        f"name: one\ncriteria:\n  - {{name: Events {other}, column: n_events_{other}, op: '>=', limit: 1, unit: events}}\n")
+    assert _process(folder, study, panel, tmp_path / "one").exit_code == 0
+    one = pd.read_csv(tmp_path / "one" / "phenotypes.csv", dtype={"product_id": str}).set_index("product_id")
+    assert one.loc[owner[kind], "release_status"] == "not evaluable"
+    report = (tmp_path / "one" / "products" / owner[kind] / "report.html").read_text()
+    assert 'id="release-none-applicable">Not evaluable: no criterion applies' in report
+    single = ReviewSource(tmp_path / "one")
+    assert recompute(single, owner[kind], single.automatic(owner[kind]), medians=False).release_status == "not evaluable"
+    assert recompute(single, owner[other], single.automatic(owner[other]), medians=False).release_status == "pass"
+
+
+def _certificate_says_not_applicable(out, source, product, owner, tmp_path):
+    """The certificate of ``product`` approved on its automatic gates: release criteria met, the
+    other kind's criterion 'NOT APPLICABLE (no <kind> tube; optional)'."""
+    from review_support import PASSWORDS, approval_resolutions, make_service
+    from sqlalchemy import select
+
+    from tilpheno.review.certificate import certificate_pdf
+    from tilpheno.review.models import User
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("poppler-utils not installed (`make services` installs it): the certificate's text not checked")
+    service = make_service(out, f"sqlite:///{tmp_path / 'review.sqlite'}", source)
+    with service.factory() as db:
+        dave = db.scalar(select(User).where(User.username == "dave"))
+    service.sign(product, dave.id, PASSWORDS["dave"], "approved for release", service.current_version(product),
+                 approval_resolutions(service, product))
+    pdf = tmp_path / "certificate.pdf"
+    pdf.write_bytes(certificate_pdf(service, product))
+    service.factory.kw["bind"].dispose()
+    words = " ".join(subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True,
+                                    text=True).stdout.split())
+    other = next(k for k, p in owner.items() if p != product)
+    assert "Release decision: RELEASE CRITERIA MET" in words
+    assert f"NOT APPLICABLE (no {other} tube; optional)" in words

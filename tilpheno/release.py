@@ -18,7 +18,10 @@ as in ``phenotypes.csv``) against a limit::
 
 The default spec (the bundled TIL study's ``release.yaml``) follows published TIL lot-release practice: viability > 70 % (7AAD− of singlet
 cells) and CD3+ > 90 % of live lymphocytes. A criterion whose value is missing or not a number is
-"not evaluable"; the product then does not pass (release is never granted on missing data).
+"not evaluable"; the product then does not pass (release is never granted on missing data). A
+criterion on a column of a tube kind the study declares optional and the product has no file of is
+"not applicable" instead (``tilpheno.pipeline.release``): the product is judged on the others, and
+with no applicable criterion its release is "not evaluable".
 While a gate needs review, a criterion whose value depends on that gate is held: the product
 fails only on a criterion no review can change (``tilpheno.pipeline.release``).
 """
@@ -36,6 +39,7 @@ from tilpheno.errors import TableError
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 PASS, FAIL, NOT_EVALUABLE = "pass", "fail", "not evaluable"
+NOT_APPLICABLE = "not applicable"
 
 
 @dataclass(frozen=True)
@@ -77,13 +81,23 @@ class ReleaseSpec:
 @dataclass(frozen=True)
 class CriterionResult:
     """A criterion applied to one product: the observed value (NaN when missing), the outcome of
-    the value, and ``held_by``: the review flags on the gates the value depends on, as ``"<code>
-    (<gate>)"`` (empty: the outcome is determined; ``tilpheno.pipeline.release``)."""
+    the value, ``held_by``: the review flags on the gates the value depends on, as ``"<code>
+    (<gate>)"`` (empty: the outcome is determined; ``tilpheno.pipeline.release``), and ``absent``:
+    for a ``not applicable`` criterion, the optional tube kinds the product has no file of whose
+    columns the value needs."""
 
     criterion: Criterion
     value: float
-    outcome: str  # PASS | FAIL | NOT_EVALUABLE
+    outcome: str  # PASS | FAIL | NOT_EVALUABLE | NOT_APPLICABLE
     held_by: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+
+    def result(self) -> str:
+        """The outcome as every output words it: ``pass``, ``fail``, ``not evaluable``, or ``not
+        applicable (no <kind> tube; optional)``."""
+        if self.outcome != NOT_APPLICABLE:
+            return self.outcome
+        return f"{NOT_APPLICABLE} (no {' or '.join(self.absent)} tube; optional)"
 
     def shown(self) -> str:
         """The value as reports print it: an event count as a whole number (``1234``), any other
@@ -202,10 +216,11 @@ def evaluate(spec: ReleaseSpec, phenotype: Mapping[str, object]) -> list[Criteri
 
 
 def overall(results: list[CriterionResult]) -> str:
-    """``pass`` only when every criterion passed; ``fail`` when any failed; else ``not evaluable``."""
-    outcomes = {r.outcome for r in results}
+    """On the applicable criteria (``not applicable`` ones left out): ``pass`` only when every one
+    passed; ``fail`` when any failed; else ``not evaluable`` (also when none is applicable)."""
+    outcomes = [r.outcome for r in results if r.outcome != NOT_APPLICABLE]
     if FAIL in outcomes:
         return FAIL
-    if NOT_EVALUABLE in outcomes or not results:
+    if NOT_EVALUABLE in outcomes or not outcomes:
         return NOT_EVALUABLE
     return PASS

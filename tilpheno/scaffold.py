@@ -549,7 +549,7 @@ def release_yaml(draft: StudyDraft) -> str:
     the bundled TIL spec's viability criterion (> 70 %) on the first tube kind's viability; else
     the QC minimum of events in each tube kind's stained file (``n_events_<kind> >= 5000``, the
     study's ``qc.min_events``). Either is the lab's to replace; a comment says that a criterion on
-    an optional kind's column is not evaluable for a product without that kind."""
+    an optional kind's column is not applicable to a product without that kind."""
     tube = next((t for t in draft.tubes if t.viability), None)
     if tube is not None:
         column, (_, denominator) = next((n, pops) for n, pops in draft.variables()[tube.kind].items() if pops[0] == "live")
@@ -563,7 +563,8 @@ def release_yaml(draft: StudyDraft) -> str:
         why = "the QC minimum of events (no viability dye in the panel)"
     optional = [t.kind for t in draft.tubes if t.optional]
     blank = ([f"# A product without an optional tube kind ({', '.join(optional)}) has its columns blank: a criterion on "
-              "them is 'not evaluable' for it (release is never granted on missing data)."] if optional else [])
+              "them is 'not applicable' to it, its release decided on the others ('not evaluable' when none applies)."]
+             if optional else [])
     return "\n".join([
         f"# Drafted by `tilpheno new-study`: {why}. Replace it with your lab's lot-release criteria",
         "# (columns: the study's variables and doses, or a stained file's events n_events_<tube kind>; see tilpheno/release.py).",

@@ -138,8 +138,8 @@ def outcome_from_record(rec: Mapping) -> ProductOutcome:
     """An outcome (without tables or report) from :func:`outcome_record`'s dict."""
     from tilpheno.release import Criterion
 
-    release = [CriterionResult(Criterion(**r["criterion"]), r["value"], r["outcome"], tuple(r.get("held_by", ())))
-               for r in rec["release"]]
+    release = [CriterionResult(Criterion(**r["criterion"]), r["value"], r["outcome"], tuple(r.get("held_by", ())),
+                               tuple(r.get("absent", ()))) for r in rec["release"]]
     return ProductOutcome(
         product_id=rec["product_id"], slug=rec["slug"], ok=rec["ok"], error=rec["error"],
         phenotype=dict(rec["phenotype"]), populations=None, qc=[QCFlag(**f) for f in rec["qc"]],

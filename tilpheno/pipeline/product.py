@@ -19,7 +19,7 @@ from tilpheno.errors import FCSReadError, TableError, TilphenoError
 from tilpheno.qc import review_status
 from tilpheno.io.files import display_name, file_labels
 from tilpheno.pipeline.jobs import ProductJob, ProductOutcome, job_strategies, product_slug
-from tilpheno.pipeline.release import release_decision
+from tilpheno.pipeline.release import ABSENT_COLUMN, release_decision
 from tilpheno.provenance import FileDigest
 from tilpheno.qc import QCFlag
 from tilpheno.release import NOT_EVALUABLE, ReleaseSpec
@@ -100,10 +100,6 @@ def no_stained_tube(product_id: str, rows) -> str:
             "(--panel; columns tube, detector, marker), which makes it a stained file (a manifest's role alone "
             "gives it no markers)")
 
-
-ABSENT_COLUMN = "absent_tubes"
-"""The phenotype column, in a study with optional tube kinds, naming those the product has no file
-of (:func:`absent_tubes`; ``; ``-separated, empty when none)."""
 
 FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
 """QC codes that drop a file from its product."""

@@ -7,20 +7,27 @@ depends on no gate; a study variable (``100 x numerator / denominator``) on the 
 numerator and denominator and everything they are gated from (``Strategy.variable_gates``); a
 population's count on that population's gates (``Strategy.population_gates``); a dose on its
 base and its variable. A review flag on no gate (``duplicate_tube``, ``duplicate_control``), and
-a column no strategy or dose defines, hold every criterion. The product's release is:
+a column no strategy or dose defines, hold every criterion.
 
-* ``pass``: every criterion passed and no flag needs review;
+A criterion is *not applicable* when its column belongs to a tube kind the study declares optional
+and the product has no file of (its row's :data:`ABSENT_COLUMN`): the kind's variables, its
+``n_events_<kind>`` and ``n_<population>_<kind>`` counts, and the doses built on them. A blank
+value for any other reason (a required kind's column, a column no strategy defines) stays ``not
+evaluable``. The product's release is decided on the applicable criteria:
+
+* ``pass``: every applicable criterion passed and no flag needs review;
 * ``fail``: a determined criterion failed (reviewing the gates cannot change it), whatever the
   criteria held for review would give;
-* ``not evaluable``: otherwise (a criterion held for review, or a value missing).
+* ``not evaluable``: otherwise (a criterion held for review, a value missing, or no criterion applicable).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from tilpheno.qc import NEEDS_REVIEW, QCFlag, needs_review, review_status
-from tilpheno.release import FAIL, NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate, overall
+from tilpheno.release import (FAIL, NOT_APPLICABLE, NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate,
+                              overall)
 
 GateKey = tuple[str, str]
 """(tube kind, population): a gate of a tube kind's strategy."""
@@ -29,23 +36,68 @@ NO_GATE_COLUMNS = frozenset({"til_dose_cells", "dose"})
 """Columns from the manifest or the outcomes table (the infused cell number): no gate's."""
 
 
-def column_gates(column: str, strategies: Sequence, doses: Sequence = ()) -> frozenset[GateKey] | None:
-    """The gates phenotype column ``column`` depends on, as (tube kind, population) pairs; an
-    event count of a whole file (``n_events_<tube>``) or the infused cell number: none. None when
-    no strategy or dose (``Study.doses``) defines the column: it may depend on any gate."""
+ABSENT_COLUMN = "absent_tubes"
+"""The phenotype column, in a study with optional tube kinds, naming those the product has no file
+of (``; ``-separated, empty when none; ``tilpheno.pipeline.product.absent_tubes``)."""
+
+
+def absent_in(row: Mapping) -> tuple[str, ...]:
+    """The optional tube kinds a phenotype row's :data:`ABSENT_COLUMN` names (none when blank or missing)."""
+    value = row.get(ABSENT_COLUMN)
+    return tuple(k for k in (p.strip() for p in value.split(";")) if k) if isinstance(value, str) else ()
+
+
+@dataclass(frozen=True)
+class ColumnSource:
+    """Where a phenotype column's value comes from: the gates it depends on, as (tube kind,
+    population) pairs, and the tube kinds whose files give it (an event count of a file depends on
+    no gate but on its kind's file; the infused cell number on neither)."""
+
+    gates: frozenset[GateKey]
+    tubes: frozenset[str]
+
+
+def column_source(column: str, strategies: Sequence, doses: Sequence = ()) -> ColumnSource | None:
+    """The :class:`ColumnSource` of phenotype column ``column``: a strategy's variable
+    (``Strategy.variable_gates``) or event count (``Strategy.population_gates``; ``n_events_<tube>``
+    none), a dose (``Study.doses``) its base's and variable's. None when no strategy or dose
+    defines the column: it may depend on any gate."""
     if column in NO_GATE_COLUMNS:
-        return frozenset()
+        return ColumnSource(frozenset(), frozenset())
     for strategy in strategies:
+        tube = frozenset({strategy.tube})
         if any(v.name == column for v in strategy.variables):
-            return frozenset((strategy.tube, p) for p in strategy.variable_gates(column))
+            return ColumnSource(frozenset((strategy.tube, p) for p in strategy.variable_gates(column)), tube)
         counted = strategy.count_columns().get(column)
         if counted is not None:
-            return frozenset((strategy.tube, p) for p in strategy.population_gates(counted))
+            return ColumnSource(frozenset((strategy.tube, p) for p in strategy.population_gates(counted)), tube)
     dose = next((d for d in doses if d.name == column), None)
     if dose is None:
         return None
-    base, variable = column_gates(dose.base, strategies, doses), column_gates(dose.variable, strategies, doses)
-    return None if base is None or variable is None else base | variable
+    base, variable = column_source(dose.base, strategies, doses), column_source(dose.variable, strategies, doses)
+    if base is None or variable is None:
+        return None
+    return ColumnSource(base.gates | variable.gates, base.tubes | variable.tubes)
+
+
+def column_gates(column: str, strategies: Sequence, doses: Sequence = ()) -> frozenset[GateKey] | None:
+    """The gates phenotype column ``column`` depends on (:func:`column_source`); None when no
+    strategy or dose defines the column."""
+    source = column_source(column, strategies, doses)
+    return None if source is None else source.gates
+
+
+def not_applicable(results: Sequence[CriterionResult], absent: Sequence[str], strategies: Sequence,
+                   doses: Sequence = ()) -> list[CriterionResult]:
+    """``results`` with each criterion whose value is missing because its column belongs to a tube
+    kind of ``absent`` (optional in the study, no file of it in the product: :func:`absent_in`)
+    made ``not applicable``, naming those kinds (``absent``); every other one as it was."""
+    out = []
+    for r in results:
+        source = column_source(r.criterion.column, strategies, doses) if absent and r.outcome == NOT_EVALUABLE else None
+        lacking = tuple(k for k in absent if source is not None and k in source.tubes)
+        out.append(replace(r, outcome=NOT_APPLICABLE, absent=lacking) if lacking else r)
+    return out
 
 
 def flag_gates(flag: QCFlag, strategies: Sequence, tube_of: Mapping[str, str]) -> frozenset[GateKey] | None:
@@ -68,6 +120,9 @@ def held_criteria(results: Sequence[CriterionResult], flags: Sequence[QCFlag], s
     on = [(f, flag_gates(f, strategies, tube_of or {})) for f in review]
     out = []
     for r in results:
+        if r.outcome == NOT_APPLICABLE:   # its gates are of a tube the product has no file of
+            out.append(r)
+            continue
         needs = column_gates(r.criterion.column, strategies, doses)
         holding = [f"{f.code} ({f.gate})" if f.gate else f.code for f, gates in on
                    if gates is None or needs is None or gates & needs]
@@ -76,8 +131,9 @@ def held_criteria(results: Sequence[CriterionResult], flags: Sequence[QCFlag], s
 
 
 def held_overall(results: Sequence[CriterionResult], flags: Sequence[QCFlag]) -> str:
-    """The release status under the module's rule: ``tilpheno.release.overall`` when no flag needs
-    review; else ``fail`` when a criterion no flag holds (``held_by`` empty) failed, else ``not evaluable``."""
+    """The release status under the module's rule: ``tilpheno.release.overall`` (on the applicable
+    criteria) when no flag needs review; else ``fail`` when a criterion no flag holds (``held_by``
+    empty) failed, else ``not evaluable``."""
     if review_status(flags) != NEEDS_REVIEW:
         return overall(list(results))
     return FAIL if any(r.outcome == FAIL and not r.held_by for r in results) else NOT_EVALUABLE
@@ -89,10 +145,12 @@ def release_decision(spec: ReleaseSpec, phenotype: Mapping, flags: Sequence[QCFl
     """``(criterion results, release status)`` of a product (module docstring for the rule).
 
     A product that is not usable (failed, or not gated) is not evaluated: ``([], not evaluable)``.
-    ``strategies``: the product's strategies (without them, a review flag holds every criterion);
-    ``doses``: the study's; ``tube_of``: the product's files, as flags name them, to their tube kind.
+    ``strategies``: the product's strategies (without them, a review flag holds every criterion and
+    none is not applicable); ``doses``: the study's; ``tube_of``: the product's files, as flags name
+    them, to their tube kind. The optional tube kinds the product lacks: ``phenotype``'s :data:`ABSENT_COLUMN`.
     """
     if not usable:
         return [], NOT_EVALUABLE
-    release = held_criteria(evaluate(spec, phenotype), flags, strategies, doses, tube_of)
+    results = not_applicable(evaluate(spec, phenotype), absent_in(phenotype), strategies, doses)
+    release = held_criteria(results, flags, strategies, doses, tube_of)
     return release, held_overall(release, flags)

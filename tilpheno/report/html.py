@@ -16,6 +16,8 @@ import re
 from functools import lru_cache
 from typing import Sequence
 
+from tilpheno.release import NOT_APPLICABLE
+
 SORTER_JS = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
   table.querySelectorAll("th").forEach(function (th, col) {
@@ -142,10 +144,14 @@ def failed_criteria(release: Sequence) -> list[str]:
     """Each release criterion a product did not pass, in words: ``"CD3+ T cells: 87.82 (needs > 90 % of
     live lymphocytes)"``, ``"Viability: not evaluable (no value)"``; and each a review flag holds
     (``held_by``), passing or not, saying so: ``"CD3+ T cells: 92.48 (needs > 90 % of live
-    lymphocytes; awaits review of no_second_peak (CD3+))"``."""
+    lymphocytes; awaits review of no_second_peak (CD3+))"``; one on an optional tube kind the product
+    has no file of: ``"Events acquired (mln stained file): not applicable (no mln tube; optional)"``."""
     out = []
     for r in release:
         if r.outcome == "pass" and not r.held_by:
+            continue
+        if r.outcome == NOT_APPLICABLE:
+            out.append(f"{r.criterion.name}: {r.result()}")
             continue
         value, need = r.shown(), r.needs()
         if r.held_by:

@@ -101,7 +101,8 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"].clone("decision", keepWithNext=1)),
               p(f"Specification: {src.release_spec.name} (source: {src.release_spec.source})")]
     story.append(table([["criterion", "rule", "value", "result"]] +
-                       [[r.criterion.name, r.criterion.describe(), r.shown() or "NA", r.outcome.upper()] for r in res.release],
+                       [[r.criterion.name, r.criterion.describe(), r.shown() or "NA",
+                         r.outcome.upper() + r.result().removeprefix(r.outcome)] for r in res.release],
                        [45, 60, 30, 35]))
     story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", heading)]
     story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in src.study.variables], [80, 40]))

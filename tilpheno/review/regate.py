@@ -48,6 +48,7 @@ from tilpheno.gates.checks import UNSTAINED_LIMIT
 from tilpheno.gates.geometry import PolygonGate, RangeGate, gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
+from tilpheno.pipeline.release import absent_in, not_applicable
 from tilpheno.study import Study
 from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_spec_source, overall, spec_path
 from tilpheno.review.db import ReviewError
@@ -990,7 +991,8 @@ def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
 
 
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
-    """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set."""
+    """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set
+    (a criterion on an optional tube kind the run found no file of: not applicable, ``tilpheno.pipeline.release``)."""
     stained = source.stained(product_id)
     phenotype: dict[str, Any] = {v: math.nan for v in source.study.variables}
     tables, all_masks = {}, {}
@@ -1004,7 +1006,8 @@ def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, media
         phenotype.update(tube_variables(st.strategy, state))
         all_masks[tube_kind] = masks
     phenotype.update(doses(phenotype, source.til_dose_cells(product_id), source.study))
-    release = evaluate_release(source.release_spec, phenotype)
+    release = not_applicable(evaluate_release(source.release_spec, phenotype), absent_in(source.phenotype_row(product_id)),
+                             list(source.strategies.values()), source.study.doses)
     return Recomputed(tables, {"product_id": product_id, **phenotype}, release, overall(release), all_masks)
 
 
@@ -1138,7 +1141,8 @@ def check_reason(text: Any, what: str = "reason") -> str:
 
 
 def release_rows(results) -> list[dict]:
+    """The review app's release rows; ``outcome``: as every output words it (``CriterionResult.result``)."""
     return [{"criterion": r.criterion.name, "rule": r.criterion.describe(),
-             "value": None if math.isnan(r.value) else r.value, "shown": r.shown() or "NA", "outcome": r.outcome}
+             "value": None if math.isnan(r.value) else r.value, "shown": r.shown() or "NA", "outcome": r.result()}
             for r in results]
 
