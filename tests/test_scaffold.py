@@ -552,6 +552,40 @@ def test_kind_missing_from_some_products_is_announced(tmp_path):
     assert complete.exit_code == 0 and "products have no stained" not in complete.output and "optional" not in complete.output
 
 
+def test_every_product_of_two_panels_has_an_applicable_drafted_release_criterion(tmp_path):
+    """Two panels (TIL001 surface only, its viability dye 7-AAD; TIL002 treg only, no dye): both kinds
+    drafted optional, and release.yaml had the one viability criterion on the surface kind, not
+    applicable to TIL002, whose release stayed 'not evaluable' whatever its data -> each kind has a
+    criterion (surface's viability, treg's events): every product's release is decided on its own
+    kind's, against its phenotypes.csv values. The bundled TIL study (no optional kind) keeps its one."""
+    import json
+
+    from tilpheno.pipeline.jobs import outcome_from_record
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL002_treg_stain.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+                   "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    got = pd.read_csv(out / "phenotypes.csv").set_index("product_id")
+    records = {r.product_id: r for r in (outcome_from_record(json.loads(p.read_text()))
+                                         for p in (out / ".cache").rglob("outcome.json"))}
+    truth = {"TIL001": ("viability_pct", got.loc["TIL001", "viability_pct"] > 70),
+             "TIL002": ("n_events_treg", got.loc["TIL002", "n_events_treg"] >= 5000)}
+    for product, (column, passes) in truth.items():
+        applicable = {r.criterion.column: r.result() for r in records[product].release if not r.result().startswith("not applicable")}
+        assert applicable == {column: "pass" if passes else "fail"}, (product, applicable)
+        held = got.loc[product, "review_status"] == "needs review"
+        assert got.loc[product, "release_status"] == ("fail" if not passes else "not evaluable" if held else "pass")
+    assert _run(["new-study", str(SAMPLE), "-o", str(tmp_path / "til")]).exit_code == 0
+    assert [c["column"] for c in yaml.safe_load((tmp_path / "til" / "release.yaml").read_text())["criteria"]] == ["viability_pct"]
+
+
 def test_panel_row_on_an_absent_detector_is_refused(tmp_path):
     """A mistyped detector in the panel file was passed over by new-study (exit 0) and every product
     then failed in process on it; the draft refuses it in process's words, in one line."""

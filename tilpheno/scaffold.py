@@ -544,23 +544,37 @@ def study_yaml(draft: StudyDraft) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _viability_criterion(draft: StudyDraft, tube: TubeDraft) -> str:
+    """The bundled TIL spec's viability criterion (> 70 %) on ``tube``'s viability variable."""
+    column, (_, denominator) = next((n, pops) for n, pops in draft.variables()[tube.kind].items() if pops[0] == "live")
+    return (f"  - {{name: {_scalar(f'Viability ({tube.viability}- of {denominator})')}, "
+            f"column: {_scalar(column)}, op: \">\", limit: 70, unit: \"%\"}}")
+
+
+def _events_criterion(tube: TubeDraft) -> str:
+    """The QC minimum of events in ``tube``'s stained file (the study's ``qc.min_events``)."""
+    return (f"  - {{name: {_scalar(f'Events acquired ({tube.kind} stained file)')}, "
+            f"column: {_scalar('n_events_' + tube.kind)}, op: \">=\", limit: 5000, unit: events}}")
+
+
 def release_yaml(draft: StudyDraft) -> str:
-    """The drafted release spec: every run judges its products against one. With a viability dye,
-    the bundled TIL spec's viability criterion (> 70 %) on the first tube kind's viability; else
-    the QC minimum of events in each tube kind's stained file (``n_events_<kind> >= 5000``, the
-    study's ``qc.min_events``). Either is the lab's to replace; a comment says that a criterion on
-    an optional kind's column is not applicable to a product without that kind."""
-    tube = next((t for t in draft.tubes if t.viability), None)
+    """The drafted release spec: every run judges its products against one. With a viability dye
+    in a required tube kind, the bundled TIL spec's viability criterion (> 70 %) on the first such
+    kind's viability; else one criterion per tube kind, so that every product has one that applies
+    to it (a criterion on an optional kind the product lacks does not): the viability criterion on
+    a kind with a viability dye, the QC minimum of events in its stained file on one without
+    (``n_events_<kind> >= 5000``, the study's ``qc.min_events``). Either is the lab's to replace; a
+    comment says that a criterion on an optional kind's column is not applicable to a product
+    without that kind."""
+    tube = next((t for t in draft.tubes if t.viability and not t.optional), None)
     if tube is not None:
-        column, (_, denominator) = next((n, pops) for n, pops in draft.variables()[tube.kind].items() if pops[0] == "live")
-        criterion = (f"  - {{name: {_scalar(f'Viability ({tube.viability}- of {denominator})')}, "
-                     f"column: {_scalar(column)}, op: \">\", limit: 70, unit: \"%\"}}")
-        why = "the bundled TIL study's viability criterion (viability > 70 %)"
+        criterion = _viability_criterion(draft, tube)
     else:
-        criterion = "\n".join(f"  - {{name: {_scalar(f'Events acquired ({t.kind} stained file)')}, "
-                              f"column: {_scalar('n_events_' + t.kind)}, op: \">=\", limit: 5000, unit: events}}"
-                              for t in draft.tubes)
-        why = "the QC minimum of events (no viability dye in the panel)"
+        criterion = "\n".join(_viability_criterion(draft, t) if t.viability else _events_criterion(t) for t in draft.tubes)
+    dyes = {bool(t.viability) for t in draft.tubes}
+    why = ("the QC minimum of events (no viability dye in the panel)" if dyes == {False}
+           else "the bundled TIL study's viability criterion (viability > 70 %)" if tube is not None or dyes == {True}
+           else "the bundled TIL study's viability criterion (viability > 70 %), on a tube kind without a viability dye the QC minimum of events")
     optional = [t.kind for t in draft.tubes if t.optional]
     blank = ([f"# A product without an optional tube kind ({', '.join(optional)}) has its columns blank: a criterion on "
               "them is 'not applicable' to it, its release decided on the others ('not evaluable' when none applies)."]
