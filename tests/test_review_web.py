@@ -398,6 +398,24 @@ def test_the_product_list_says_which_products_need_review(app, service, monkeypa
     assert "<td>no gating flags</td>" in rows["TIL001"]
 
 
+def test_the_product_lists_release_counts_include_the_products_not_evaluable(app, service, monkeypatch):
+    """The counts above the product list gave the run's release as 'N pass, N fail' only: a product
+    held 'not evaluable' (gating needs review, or no criterion applies) was in neither number ->
+    it is counted too, each count phenotypes.csv's release_status, their sum the products listed."""
+    phen = service.source.phenotypes.copy()
+    phen.loc[phen["product_id"] == "TIL002", "release_status"] = "not evaluable"
+    monkeypatch.setattr(service.source, "phenotypes", phen)
+    c, _, _ = login(app, "alice")
+    page = c.get("/").text
+    listed = re.findall(r'<a href="/products/(TIL\d+)">', page)
+    counts = " ".join(re.search(r'<p id="run-counts">(.*?)</p>', page, re.S).group(1).split())
+    said = re.search(r"the run's release: (\d+) pass, (\d+) fail, (\d+) not evaluable;", counts)
+    assert said, counts
+    truth = phen.set_index("product_id").loc[listed, "release_status"].value_counts()
+    assert [int(x) for x in said.groups()] == [truth.get(s, 0) for s in ("pass", "fail", "not evaluable")]
+    assert sum(int(x) for x in said.groups()) == len(listed) == 2
+
+
 def test_the_product_list_is_paged_with_the_whole_runs_counts_and_search(app, service):
     """The product list shows one page (``size`` products, ``page`` in the URL, first/previous/next/
     last links keeping the page size and the search); the search (a part of the product id) applies
@@ -1433,7 +1451,8 @@ def test_the_product_list_labels_the_runs_release_as_the_runs(flagged_out, tmp_p
         row = re.search(r'<tr><td><a href="/products/TIL002">.*?</tr>', page, re.S).group(0)
         cells = dict(zip(heads, re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)))
         assert cells["Release (run)"] == phen.loc["TIL002", "release_status"] == "not evaluable"
-        assert "the run's release: 0 pass, 0 fail;" in re.search(r'<p id="run-counts">.*?</p>', page, re.S).group(0)
+        held = int((phen["release_status"] == "not evaluable").sum())
+        assert f"the run's release: 0 pass, 0 fail, {held} not evaluable;" in re.search(r'<p id="run-counts">.*?</p>', page, re.S).group(0)
         assert c.get("/api/products/TIL002/state").json["release"]["automatic_status"] == "pass"
     finally:
         service.factory.kw["bind"].dispose()

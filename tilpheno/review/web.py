@@ -30,6 +30,7 @@ from flask import Flask, Response, g, jsonify, redirect, render_template, reques
 from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
+from tilpheno.release import FAIL, NOT_EVALUABLE, PASS
 from tilpheno.review import audit
 from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check_password, csrf_ok, find_session,
                                   new_session)
@@ -488,7 +489,7 @@ def _run_counts(service: ReviewService, visible: list[str], decisions: dict) -> 
     """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
     approved (a valid approval) and rejected (a valid rejection, no approval after it) by their
     standing QA decision (``decisions``, :meth:`ReviewService.decisions`), the run's release
-    (phenotypes.csv's, held while gating needs review) pass / fail, and those the run's gating
+    (phenotypes.csv's, held while gating needs review) pass / fail / not evaluable, and those the run's gating
     marks ``needs review``."""
     frame = service.source.phenotypes
     frame = frame[frame["product_id"].astype(str).isin(set(visible))].drop_duplicates("product_id")
@@ -498,8 +499,8 @@ def _run_counts(service: ReviewService, visible: list[str], decisions: dict) -> 
 
     meanings = [d.meaning for pid in visible if (d := decisions.get(pid)) is not None]
     return {"products": len(visible), "approved": meanings.count(APPROVED), "rejected": meanings.count(REJECTED),
-            "pass": n("release_status", "pass"), "fail": n("release_status", "fail"),
-            "needs_review": n("review_status", "needs review")}
+            "pass": n("release_status", PASS), "fail": n("release_status", FAIL),
+            "not_evaluable": n("release_status", NOT_EVALUABLE), "needs_review": n("review_status", "needs review")}
 
 
 def _asked_for() -> str:
