@@ -678,6 +678,40 @@ def test_several_stained_files_with_controls_say_where_the_controls_go(tmp_path)
     assert (pd.read_csv(out / "phenotypes.csv")["status"] == "done").all()
 
 
+def test_duplicate_stain_advice_says_which_tube_kinds_a_product_needs(tmp_path):
+    """Two panels (TIL001 surface, two stained files and its FMO; TIL002 treg only): both kinds are
+    optional, yet the duplicate-stain line said TIL001, left with its FMO once its stained files are
+    renamed, then fails "without a stained file of each tube kind", untrue of optional kinds (TIL002,
+    without a surface file, is done) -> it says when process fails it: controls only, or a required
+    tube kind missing. Done as the line first says (stained files renamed), process fails TIL001 as
+    controls only and runs the specimens and TIL002."""
+    import re
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL001_surface_FMO_PD1.fcs", "TIL002_treg_stain.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", folder / "TIL001_surface_stain_lung.fcs")
+    study = tmp_path / "study"
+    result = _run(["new-study", str(folder), "-o", str(study)])
+    (line,) = [x for x in result.output.splitlines() if x.startswith("product TIL001")]
+    assert "which process then fails if they are controls only or lack a stained file of a required tube kind" in line, line
+    written = study / "manifest.csv"
+    manifest = pd.read_csv(written, dtype=str, keep_default_na=False)
+    stained = re.search(r"lines ([\d, ]+), give each specimen its own product_id, e\.g\. (.+?) \(", line)
+    for number, specimen in zip(stained.group(1).split(", "), stained.group(2).split(", ")):
+        manifest.loc[int(number) - 2, "product_id"] = specimen
+    manifest.to_csv(written, index=False)
+    out = tmp_path / "out"
+    _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(written), "-o", str(out),
+          "--reports", "none"])
+    status = pd.read_csv(out / "phenotypes.csv").set_index("product_id")["status"].to_dict()
+    assert status == {"TIL001": "failed", "TIL001_surface_stain": "done", "TIL001_surface_stain_lung": "done",
+                      "TIL002": "done"}, status
+    [failed] = pd.read_csv(out / "qc.csv").query("code == 'product_failed'").itertuples()
+    assert failed.product_id == "TIL001" and "stained" in failed.message
+
+
 REALDATA = ROOT / "tests" / "data" / "realdata_flowatlas"
 
 

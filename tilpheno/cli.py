@@ -281,17 +281,18 @@ def _warn_duplicate_stains(manifest, written: Path | None) -> None:
 def _other_files_of(rows, product, renamed, written: Path | None) -> str:
     """The tail of a duplicate_tube line: ``product``'s files in ``rows`` other than the ``renamed``
     stained files (its controls, its other tube kinds) keep its product_id, so once the stained files
-    are given their specimens' ids, ``process`` fails ``product`` (controls only, or a tube kind
-    missing) unless each of them is given its specimen's id too; '' when there are none."""
+    are given their specimens' ids, ``process`` fails ``product`` (controls only, or a required tube
+    kind missing; an optional one may be) unless each of them is given its specimen's id too; ''
+    when there are none."""
     others = rows[(rows["product_id"] == product) & ~rows.index.isin(renamed)]
     if others.empty:
         return ""
     names = ", ".join(Path(str(f)).name for f in others["file"])
     numbers = [str(i + 2) for i in others.index]
     where = f"line{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}: {names}" if written is not None else names
-    return (f"; its other files ({where}) keep product_id {product}, which process then fails without a stained "
-            "file of each tube kind: give each the product_id of the specimen it was acquired with (a file belongs "
-            "to one product), or delete its line")
+    return (f"; its other files ({where}) keep product_id {product}, which process then fails if they are "
+            "controls only or lack a stained file of a required tube kind: give each the product_id of the specimen "
+            "it was acquired with (a file belongs to one product), or delete its line")
 
 
 def _warn_controls_only(manifest) -> set[str]:
