@@ -1059,6 +1059,29 @@ def _drafted_412c_mln(tmp_path: Path, drop: str = "") -> tuple:
     return load_strategy(path), rows, read_panel_file(REALDATA / "panel.csv")
 
 
+def test_the_object_model_uses_a_real_unstained_control_without_the_cd19_detector_as_the_pipeline_does(tmp_path):
+    """``Sample.from_fcs(..., unstained=True)`` on the 412C control, which has no CD19 detector, raised
+    'marker(s) CD19 not found', while the pipeline uses it for the markers it has -> the control keeps
+    them, and ``gate_sample`` decides FoxP3+ against it exactly as ``analyze_product`` does on the
+    same files (control median, cut, counts)."""
+    import tilpheno as tp
+    from tilpheno.phenotype import analyze_product
+
+    strategy, rows, panel = _drafted_412c_mln(tmp_path)
+    files = dict(zip(rows["role"], rows["file"]))
+    stained = tp.Sample.from_fcs(files["stain"], strategy, panel=panel)
+    control = tp.Sample.from_fcs(files["unstained"], strategy, unstained=True, stained=stained, panel=panel)
+    assert "CD19" in stained.dims and "CD19" not in control.dims
+    assert set(control.dims) == set(stained.dims) - {"CD19"}
+    result = tp.gate_sample(strategy, stained, controls=[control])
+    pipeline = analyze_product("412C_mLN_026", rows, [strategy], panel_override=panel).tubes[0]
+    assert pipeline.role == "stain"
+    d, ref = result.diagnostics["FoxP3+"], pipeline.diagnostics["FoxP3+"]
+    assert (d["unstained_median"], d["threshold"]) == (ref["unstained_median"], ref["threshold"])
+    assert result.counts == {str(p): int(c) for p, c in zip(pipeline.populations["population"],
+                                                             pipeline.populations["count"])}
+
+
 def _expert_treg_pct_of_cd4(sample: str) -> float:
     """The expert's Treg (FoxP3+ CD127lo) % of its CD4 T cells, from the counts FlowJo stored."""
     counts = pd.read_csv(REALDATA / "stored_counts_from_wsp_2021-08-06.csv")

@@ -47,6 +47,8 @@ from tilpheno.phenotype import (
     _tube_result,
     analyze_product,
     gate_tube_kind,
+    gated_on_unstained,
+    unstained_detectors,
 )
 from tilpheno.qc import QCFlag
 from tilpheno.study import Study, default_study
@@ -104,7 +106,10 @@ class Sample:
 
         ``fmo``: the marker this FMO control omits (its detector is resolved from ``stained``'s
         panel). ``unstained``: the file is the product's unstained control (the control of the
-        strategy's ``control: unstained`` gates; its detectors from ``stained``'s panel).
+        strategy's ``control: unstained`` gates and of its one-population cuts); with ``stained``
+        its detectors are ``stained``'s, and, as in the pipeline, it keeps those it has unless the
+        strategy has ``control: unstained`` gates, which need them all
+        (``tilpheno.phenotype.unstained_detectors``).
         ``panel``: an override (``tilpheno.panel.panel_from_fcs``). ``spillover``: a matrix or CSV
         used instead of the file's $SPILLOVER. ``study``: the marker vocabulary (default the bundled
         study). Raises ``FCSReadError``/``PanelError``/``CompensationError`` on bad input, and
@@ -126,7 +131,13 @@ class Sample:
             reference = stained.panel if stained is not None else None
             mapped = panel_from_fcs(fcs, reference=reference, override=panel, tube=strategy.tube or None, study=study,
                                     compensating=matrix is not None)
-            detectors = require(mapped, strategy.markers, study.vocabulary)
+            if unstained and reference is not None:   # as the pipeline reads it: the stained tube's detectors
+                detectors = unstained_detectors(require(reference, strategy.markers, study.vocabulary), fcs,
+                                                complete=gated_on_unstained(strategy))
+                mapped = Panel(mapped.source, detectors, mapped.channels,
+                               {m: f"detector of {reference.source}" for m in detectors if m not in mapped.markers})
+            else:
+                detectors = require(mapped, strategy.markers, study.vocabulary)
             data, used, applied = _compensated_transformed(fcs, detectors, strategy, matrix)
             sample = cls(str(fcs.path), fcs, mapped, applied, dict(used), data, role, marker)
         fcs.events = None   # the transformed dimensions are kept; the raw array is released
@@ -214,7 +225,11 @@ def gate_sample(
     """
     study = study or default_study()
     tube = strategy.tube or "tube"
-    states = gate_tube_kind(strategy, [sample._tube(tube), *(c._tube(tube) for c in controls)], fmo_percentile, study)
+    tubes = [sample._tube(tube), *(c._tube(tube) for c in controls)]
+    control = next((t for t in tubes if t.role == "unstained"), None)
+    # as in the pipeline, the unstained control is gated as a file only as a source of control: unstained gates
+    walked = [t for t in tubes if t.role != "unstained" or gated_on_unstained(strategy)]
+    states = gate_tube_kind(strategy, walked, fmo_percentile, study, control=control)
     state = states[0]
     name = Path(sample.path).name
     flags = [QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in state.flags]

@@ -601,6 +601,25 @@ def _lacking_detectors(strategy: Strategy, state: _Gated, control: TubeData, mas
                    f"positive gates not checked on the control: {', '.join(unchecked) or 'none'}")
 
 
+def gated_on_unstained(strategy: Strategy) -> bool:
+    """Whether some gate of ``strategy`` takes its threshold from the unstained control
+    (``control: unstained``), which is then gated as a source of the tube kind's populations."""
+    return any(p.params.get("control") == "unstained" for p in strategy.populations)
+
+
+def unstained_detectors(detectors: Mapping[str, str], fcs, *, complete: bool) -> dict[str, str]:
+    """An unstained control's marker -> detector ($PnN): the stained tube's ``detectors`` (the
+    control carries no stain, so its own labels name nothing), those ``fcs`` (the control's
+    FCSFile) has. ``complete``: it is gated as a source of the tube kind's populations
+    (:func:`gated_on_unstained`) and needs them all, PanelError naming the file and the markers
+    without a detector; else it is read for the stained files' gates and keeps the markers it
+    has (:func:`_on_control` says what the others hold)."""
+    absent = sorted(m for m, d in detectors.items() if d not in fcs.channel_names)
+    if absent and complete:
+        raise PanelError(f"{fcs.path}: no detector for {', '.join(absent)} of the stained tube")
+    return {m: d for m, d in detectors.items() if m not in absent}
+
+
 def _read_detectors(tube: TubeData) -> set[str]:
     """The detectors ($PnN) a tube's gates read: its markers' detectors and its other dimensions
     (scatter channels, which are their own detectors)."""
@@ -1011,16 +1030,18 @@ class _TubeKindRun:
 
 
 def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile: float = 99.5,
-                   study: Study | None = None) -> list[_Gated]:
+                   study: Study | None = None, control: TubeData | None = None) -> list[_Gated]:
     """Walk ``strategy`` over the stained tube and FMO files of one tube kind (module docstring).
 
     Returns one ``_Gated`` per input tube, in input order. ``study``: vocabulary and QC rules
-    (default the bundled study).
+    (default the bundled study). ``control``: the product's unstained control read for the
+    stained files' gates (one-population cuts) when it is not among ``tubes`` (default: the first
+    ``tubes`` of role ``unstained``).
     """
     study = study or default_study()
     tubes = list(tubes)
     sources = [_Source(i, t.role, t.fmo_marker) for i, t in enumerate(tubes)]
-    control = next((t for t in tubes if t.role == "unstained"), None)
+    control = control or next((t for t in tubes if t.role == "unstained"), None)
     run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True,
                        vocabulary=study.vocabulary, qc=study.qc, control=lambda: control)
     run.resolve()
@@ -1421,7 +1442,7 @@ def analyze_product(
         for i, row in enumerate(group.itertuples(index=False)):
             marker = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary) if row.role == "fmo" else None
             sources.append(_row_source(i, str(row.role), marker, row, labels))
-        if any(p.params.get("control") == "unstained" for p in strategy.populations):
+        if gated_on_unstained(strategy):
             # the unstained control is a control of this tube kind's gates: gated with its files (its
             # own per-file gates, then the thresholds), reported like an FMO file; once (a manifest, or
             # the review app's re-run, may already list it under this tube kind)
@@ -1478,11 +1499,8 @@ def analyze_product(
                     # an unstained control carries no stain: its markers are the stained tube's detectors
                     panel = panel_from_fcs(reference, override=panel_override, tube=tube_kind, study=study,
                                            compensating=spill is not None)
-                    detectors = require(panel, strategy.markers, study.vocabulary)
-                    absent = sorted(m for m, d in detectors.items() if d not in fcs.channel_names)
-                    if absent and not check:
-                        raise PanelError(f"{fcs.path}: no detector for {', '.join(absent)} of the stained tube")
-                    detectors = {m: d for m, d in detectors.items() if m not in absent}
+                    detectors = unstained_detectors(require(panel, strategy.markers, study.vocabulary), fcs,
+                                                    complete=not check)
                 else:
                     panel = panel_from_fcs(fcs, stained=reference if src is not reference_src else None,
                                            override=panel_override, tube=tube_kind, study=study,
