@@ -966,3 +966,52 @@ def test_every_flag_of_one_kind_is_resolved_with_one_resolution(driver, server, 
         f"{f['code']}:{f['file']}:{i}": "FlowJo export: acquisition checked in FlowJo" if f["code"] == "no_time_channel"
         else "threshold checked on the plot" for i, f in enumerate(flags)}
     assert sum(f["code"] == "no_time_channel" for f in flags) == 3
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, tmp_path, kind):
+    """TIL001's unstained control is a copy of a stained tube (flagged unstained_positive); after the
+    run it is replaced by another. The re-run that offers the unstained_cut candidates leaves it out
+    (test_review_web); the page's message bar says so, naming the file and the reason, and no
+    'unstained' candidate button is offered."""
+    import pandas as pd
+
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.web import create_app
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == PID].copy()
+    for name, role in zip(manifest["file"], manifest["role"]):
+        shutil.copy(SAMPLE / ("TIL001_surface_stain.fcs" if role == "unstained" else name), inputs / name)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    assert process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv", make_reports=False).ok
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
+    assert "unstained_positive" in set(qc["code"])
+    control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
+    shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / control)   # changed since the run
+
+    url = database_url(kind, tmp_path)
+    service = make_service(tmp_path / "out", url)
+    driver.get_log("browser")
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base)
+            wait(driver, lambda d: d.find_element("css selector", '[data-candidate="surface|CD3+|automatic"]'),
+                 "the suggested cuts")
+            text = wait(driver, lambda d: d.find_element("id", "message").text
+                        if "unstained-control" in d.find_element("id", "message").text else None,
+                        "the left-out control in the message bar")
+            assert text == (f"No unstained-control candidate: {inputs / control}: SHA-256 differs from run.json "
+                            "(the file changed since the run)")
+            assert "bad" in driver.find_element("id", "message").get_attribute("class")
+            time.sleep(1.0)   # nothing the page does next (plots, preview) replaces it
+            assert driver.find_element("id", "message").text == text
+            assert not driver.find_elements("css selector", '[data-candidate$="|unstained_cut"]')
+            problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+            assert not problems, problems
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)
