@@ -111,6 +111,27 @@ def processed_out(tmp: Path, products: tuple[str, ...], without_fmo: str = "") -
     return out
 
 
+def processed_with_stained_control(tmp: Path, pid: str) -> tuple[Path, Path, pd.DataFrame]:
+    """``pid``'s sample files copied into ``tmp/in``, its unstained control replaced by a copy of its
+    stained surface tube (its events lie above the positive cuts: flagged ``unstained_positive``),
+    processed (tables only) into ``tmp/out``: (the output folder, the inputs folder, the product's
+    manifest rows, files by name)."""
+    import shutil
+
+    from tilpheno.pipeline import process_folder
+
+    inputs = tmp / "in"
+    inputs.mkdir()
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == pid].copy()
+    for name, role in zip(manifest["file"], manifest["role"]):
+        shutil.copy(SAMPLE / (f"{pid}_surface_stain.fcs" if role == "unstained" else name), inputs / name)
+    manifest.to_csv(tmp / "manifest.csv", index=False)
+    summary = process_folder(inputs, tmp / "out", manifest_csv=tmp / "manifest.csv", make_reports=False)
+    assert summary.ok, summary.failed
+    return tmp / "out", inputs, manifest
+
+
 @pytest.fixture(scope="session")
 def review_out(tmp_path_factory):
     """``tilpheno process`` of two sample products (tables only), as the review app reads it."""

@@ -976,18 +976,10 @@ def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, 
     'unstained' candidate button is offered."""
     import pandas as pd
 
-    from review_support import SAMPLE
-    from tilpheno.pipeline import process_folder
+    from review_support import SAMPLE, processed_with_stained_control
     from tilpheno.review.web import create_app
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    manifest = manifest[manifest["product_id"] == PID].copy()
-    for name, role in zip(manifest["file"], manifest["role"]):
-        shutil.copy(SAMPLE / ("TIL001_surface_stain.fcs" if role == "unstained" else name), inputs / name)
-    manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    assert process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv", make_reports=False).ok
+    _, inputs, manifest = processed_with_stained_control(tmp_path, PID)
     qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
     assert "unstained_positive" in set(qc["code"])
     control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]

@@ -1207,27 +1207,17 @@ def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(t
     versions attached the flag (the message's stained file). Each flagged gate is offered the
     lowest cut that clears the flag among its candidates (none was): on the stained tube the
     control copies, at most 1 % of the events the flag counts lie above it, more than 1 % at or above."""
-    import shutil
     from types import SimpleNamespace
 
     import pandas as pd
 
     import numpy as np
 
-    from review_support import SAMPLE
-    from tilpheno.pipeline import process_folder
+    from review_support import processed_with_stained_control
     from tilpheno.qc import flags_naming_gate
     from tilpheno.review.regate import ReviewSource, evaluate
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    manifest = manifest[manifest["product_id"] == PID].copy()
-    for name, role in zip(manifest["file"], manifest["role"]):
-        shutil.copy(SAMPLE / ("TIL001_surface_stain.fcs" if role == "unstained" else name), inputs / name)
-    manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    summary = process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv", make_reports=False)
-    assert summary.ok, summary.failed
+    _, _, manifest = processed_with_stained_control(tmp_path, PID)
     stained = dict(zip(manifest.loc[manifest["role"] == "stain", "tube"], manifest.loc[manifest["role"] == "stain", "file"]))
     control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
     source = ReviewSource(tmp_path / "out")
@@ -1367,20 +1357,9 @@ def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_
     import logging
     import shutil
 
-    import pandas as pd
+    from review_support import SAMPLE, database_url, make_service, processed_with_stained_control
 
-    from review_support import SAMPLE, database_url, make_service
-
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    manifest = manifest[manifest["product_id"] == PID].copy()
-    for name, role in zip(manifest["file"], manifest["role"]):   # the control: a copy of a stained tube (flagged)
-        shutil.copy(SAMPLE / ("TIL001_surface_stain.fcs" if role == "unstained" else name), inputs / name)
-    manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    from tilpheno.pipeline import process_folder
-
-    assert process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv", make_reports=False).ok
+    _, inputs, manifest = processed_with_stained_control(tmp_path, PID)   # the control: a copy of a stained tube (flagged)
     control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
     shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / control)   # another copy, still flagged, after the run
     service = make_service(tmp_path / "out", database_url("sqlite", tmp_path))
