@@ -1245,3 +1245,29 @@ def test_the_unstained_control_decides_a_one_population_marker_without_a_detecto
     [line] = [f.message for f in result.qc if f.code == "unstained_control" and "no detector for" in f.message]
     assert line.startswith("the unstained control 412C__412C_unst_022.cleaned.fcs has no detector for CD19 "
                            f"(FJComp-405 585_15-A), which the 412C_mLN_026.fcs gate(s) {', '.join(cd19)} read")
+
+
+def test_the_unstained_control_is_read_once_per_tube_kind(tmp_path, monkeypatch):
+    """The one-population decision read the product's unstained control (412C mLN's FoxP3 of CD4+,
+    decided against it) and the self-check read it again for the same tube kind: two decodes of the
+    same file -> one, shared by both (the decision's values are checked against the expert in
+    test_a_one_population_marker_is_called_against_the_unstained_control)."""
+    import collections
+
+    import tilpheno.io.fcs as fcs_module
+    from tilpheno.phenotype import analyze_product
+
+    strategy, rows, panel = _drafted_412c_mln(tmp_path, drop="CD19")
+    decoded: collections.Counter = collections.Counter()
+    read_fcs = fcs_module.read_fcs
+
+    def counting(path, **kw):
+        decoded[Path(path).name] += 1
+        return read_fcs(path, **kw)
+
+    monkeypatch.setattr(fcs_module, "read_fcs", counting)
+    result = analyze_product("412C_mLN_026", rows, [strategy], panel_override=panel)
+    d = result.tubes[0].diagnostics["FoxP3+"]
+    assert "unstained_median" in d   # the control decided the one-population cut
+    assert [f for f in result.qc if f.code == "unstained_control"]   # and the self-check ran on it
+    assert decoded["412C__412C_unst_022.cleaned.fcs"] == 1, decoded

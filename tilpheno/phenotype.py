@@ -1536,16 +1536,26 @@ def analyze_product(
                     (m for m in state.tube.detectors if study.vocabulary.same(m, sources[i].fmo_marker)), "")
                 compensation.residual = compensation_check(strategy, state, compensation.spillover, omitted)
 
-        loaded_control: list[TubeData | None] = []
+        controls: dict[int, tuple[_Source, TubeData | None]] = {}
 
-        def control(load=load) -> TubeData | None:
-            """The product's first usable unstained control, read once (its unusable ones are said by
-            the self-check below, ``unstained_unusable``)."""
-            if not loaded_control:
-                tried = (load(_row_source(-1, "unstained", None, row, labels), True, check=True)
-                         for row in unstained_rows.itertuples(index=False))
-                loaded_control.append(next((t for t in tried if t is not None), None))
-            return loaded_control[0]
+        def unstained(k: int, row, load=load, strategy=strategy) -> tuple[_Source, TubeData | None]:
+            """The ``k``-th unstained control (manifest ``row``) read for the stained files' gates, once
+            per tube kind (the one-population cuts and every stained file's self-check share it): its
+            source (handle: flags, acquisition, FCS) and its data, None when unusable."""
+            if k not in controls:
+                src = _row_source(-1, "unstained", None, row, labels)
+                checked = (str(row.file), strategy.acquisition)
+                src.handle["acquisition"] = unstained_acquisition.get(checked)
+                controls[k] = (src, load(src, True, check=True))
+                if src.handle.get("acquisition") is not None:
+                    unstained_acquisition[checked] = src.handle["acquisition"]
+            return controls[k]
+
+        def control() -> TubeData | None:
+            """The product's first usable unstained control (its unusable ones are said by the
+            self-check below, ``unstained_unusable``)."""
+            tried = (unstained(k, row)[1] for k, row in enumerate(unstained_rows.itertuples(index=False)))
+            return next((t for t in tried if t is not None), None)
 
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
                            vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control)
@@ -1564,13 +1574,8 @@ def analyze_product(
                 variables[i] = (tube_variables(strategy, state),
                                 _stained_summary(state, sources[i].handle["name"]))
                 read[i] = _read_detectors(state.tube)
-                for row in unstained_rows.itertuples(index=False):   # positives in the unstained control
-                    control_src = _row_source(-1, "unstained", None, row, labels)
-                    checked = (str(row.file), strategy.acquisition)
-                    control_src.handle["acquisition"] = unstained_acquisition.get(checked)
-                    control = load(control_src, True, check=True)
-                    if control_src.handle.get("acquisition") is not None:
-                        unstained_acquisition[checked] = control_src.handle["acquisition"]
+                for k, row in enumerate(unstained_rows.itertuples(index=False)):   # positives in the unstained control
+                    control_src, control = unstained(k, row)
                     name = control_src.handle["name"]
                     if control is not None:
                         compared[(name, sources[i].handle["name"])] = (control_src.handle["fcs"], sources[i].handle["fcs"],
