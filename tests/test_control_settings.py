@@ -38,6 +38,17 @@ def edited_copy(source: Path, folder: Path, keyword: str, old: str, new: str) ->
     return out
 
 
+def renamed_keyword_copy(source: Path, folder: Path, old: str, new: str) -> Path:
+    """A copy of ``source`` in ``folder`` whose TEXT keyword ``old`` is named ``new`` (same length)."""
+    assert len(old) == len(new)
+    raw = source.read_bytes()
+    assert raw.count(old.encode()) == 1, (source, old)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / source.name
+    out.write_bytes(raw.replace(old.encode(), new.encode()))
+    return out
+
+
 def control_flags(result):
     return [f for f in result.qc if f.code in CODES]
 
@@ -96,32 +107,79 @@ def ranges(path: Path) -> dict[str, str]:
     return {kw[f"$P{n}N"]: kw[f"$P{n}R"] for n in range(1, int(kw["$PAR"]) + 1)}
 
 
-def test_a_real_unstained_control_exported_with_other_ranges_needs_review():
-    """FlowAtlas donor 412C's unstained control (same day, same experiment) carries $PnR 82897 or
-    26214 on 12 of its 18 detectors, where the stained file has 262144 on all: on the six the CD3
-    panel's gates read (panel.csv) that needs review, naming each; the others are said (info)."""
-    rows = pd.DataFrame([{"file": str(STAINED), "tube": "tcell", "role": "stain", "fmo_marker": ""},
-                         {"file": str(CONTROL), "tube": "tcell", "role": "unstained", "fmo_marker": ""}])
+def _atlas_pair(stained: Path, control: Path):
+    rows = pd.DataFrame([{"file": str(stained), "tube": "tcell", "role": "stain", "fmo_marker": ""},
+                         {"file": str(control), "tube": "tcell", "role": "unstained", "fmo_marker": ""}])
     panel = read_panel_file(ATLAS / "panel.csv")
     strategy = load_strategy(ROOT / "gating" / "flowatlas_tcell.yaml")
-    result = analyze_product("412C", rows, [strategy], panel_override=panel)
-    read = {"FJComp-355 379_28-A", "FJComp-355 560_40-A", "FJComp-355 820_60-A",     # CD3, CD8, CD4
-            "FJComp-561 585_15-A", "FJComp-405 710_40-A", "FJComp-561 780_60-A"}     # FoxP3, PD1, CD127
+    return analyze_product("412C", rows, [strategy], panel_override=panel)
+
+
+READ_BY_CD3_PANEL = {"FJComp-355 379_28-A", "FJComp-355 560_40-A", "FJComp-355 820_60-A",     # CD3, CD8, CD4
+                     "FJComp-561 585_15-A", "FJComp-405 710_40-A", "FJComp-561 780_60-A"}     # FoxP3, PD1, CD127
+
+
+def test_a_real_flowjo_exported_control_with_other_ranges_is_said_not_reviewed():
+    """FlowAtlas donor 412C's unstained control (same instrument serial, same day, same
+    experiment) carries $PnR 82897 or 26214 on 12 of its 18 detectors, where the stained file has
+    262144 on all. Both files are FlowJo exports (FJ_FCS_VERSION), whose $PnR is FlowJo's (262144 /
+    10**0.5, 262144 / 10: the tops of FlowJo's display scales), not the instrument's range: one info
+    line lists all 12, nothing needs review (before: a warning on the 4 the CD3 panel reads)."""
     control, stained = ranges(CONTROL), ranges(STAINED)
     differ = {d for d in control if control[d] != stained[d]}
-    assert raw_text(CONTROL)["$DATE"] == raw_text(STAINED)["$DATE"] and len(differ) == 12
+    ck, sk = raw_text(CONTROL), raw_text(STAINED)
+    assert "FJ_FCS_VERSION" in ck and "FJ_FCS_VERSION" in sk
+    assert (ck["$DATE"], ck["CYTNUM"], ck["EXPERIMENT NAME"]) == (sk["$DATE"], sk["CYTNUM"], sk["EXPERIMENT NAME"])
+    assert len(differ) == 12 and len(differ & READ_BY_CD3_PANEL) == 4
+    assert {control[d] for d in differ} == {str(int(262144 / 10 ** 0.5)), str(int(262144 / 10))}
 
-    flags = control_flags(result)
+    flags = control_flags(_atlas_pair(STAINED, CONTROL))
 
-    assert [(f.file, f.code, f.severity) for f in flags] == [(CONTROL.name, "control_settings_differ", "warning"),
-                                                             (CONTROL.name, "control_settings_differ", "info")]
-    warning, info = flags[0].message, flags[1].message
-    assert STAINED.name in warning and STAINED.name in info
+    assert [(f.file, f.code, f.severity) for f in flags] == [(CONTROL.name, "control_settings_differ", "info")]
+    message = flags[0].message
+    assert STAINED.name in message
+    assert ("range ($PnR) not compared, control (FJ_FCS_VERSION) and stained tube (FJ_FCS_VERSION) written by FlowJo"
+            in message)
     for detector in control:
         said = f"{detector} range ($PnR) {control[detector]} in the control, {stained[detector]} in the stained tube"
-        assert (said in warning) == (detector in differ and detector in read), detector
-        assert (said in info) == (detector in differ and detector not in read), detector
+        assert (said in message) == (detector in differ), detector
+    assert not needs_review(flags[0])
+
+
+def test_the_same_ranges_in_files_not_written_by_flowjo_need_review(tmp_path):
+    """The same real pair with FlowJo's keyword renamed in both files (same bytes otherwise): the
+    ranges are the files' own, so a range on a detector the gates read still needs review."""
+    control, stained = (renamed_keyword_copy(p, tmp_path / d, "FJ_FCS_VERSION", "XX_FCS_VERSION")
+                        for p, d in ((CONTROL, "u"), (STAINED, "s")))
+    assert "FJ_FCS_VERSION" not in raw_text(control) and "FJ_FCS_VERSION" not in raw_text(stained)
+    ranges_c, ranges_s = ranges(control), ranges(stained)
+    differ = {d for d in ranges_c if ranges_c[d] != ranges_s[d]}
+
+    flags = control_flags(_atlas_pair(stained, control))
+
+    assert [(f.code, f.severity) for f in flags] == [("control_settings_differ", "warning"),
+                                                     ("control_settings_differ", "info")]
+    warning, info = flags[0].message, flags[1].message
+    for detector in ranges_c:
+        said = f"{detector} range ($PnR) {ranges_c[detector]} in the control, {ranges_s[detector]} in the stained tube"
+        assert (said in warning) == (detector in differ and detector in READ_BY_CD3_PANEL), detector
+        assert (said in info) == (detector in differ and detector not in READ_BY_CD3_PANEL), detector
     assert needs_review(flags[0]) and not needs_review(flags[1])
+
+
+def test_an_instrument_fmo_with_another_range_needs_review(tmp_path):
+    """A FACSDiva-style FMO (no FlowJo keyword) whose CD8 detector's $PnR is 131072 against the
+    stained tube's 262144: another range, review."""
+    stained = read_fcs_metadata(SAMPLE / "TIL001_surface_stain.fcs")
+    n = 1 + list(stained.channels["pnn"]).index("APC-H7-A")
+    assert raw_text(SAMPLE / "TIL001_surface_stain.fcs")[f"$P{n}R"] == "262144"
+    fmo = edited_copy(SAMPLE / "TIL001_surface_FMO_CD8.fcs", tmp_path, f"$P{n}R", "262144", "131072")
+    assert "FJ_FCS_VERSION" not in raw_text(fmo)
+
+    flags = control_flags(_surface(fmo))
+
+    assert [(f.code, f.severity) for f in flags] == [("control_settings_differ", "warning")]
+    assert "APC-H7-A (CD8 APC-H7) range ($PnR) 131072 in the control, 262144 in the stained tube" in flags[0].message
 
 
 # -- instrument and day --------------------------------------------------------------------------------

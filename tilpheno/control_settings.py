@@ -19,12 +19,21 @@ each setting that both files state is compared:
 A voltage absent from either file is not compared (a FlowJo export drops ``$PnV``); one that is
 not a number (an Attune's ``NA``) is compared as text. The time channel is not compared.
 
+A range is not compared when either file was written by FlowJo (:data:`EXPORT_KEYWORDS`): FlowJo
+writes its own ``$PnR`` on export, not the instrument's range. The FlowAtlas unstained controls
+(FlowJo exports, same instrument serial, same cytometer set-up and, for 412C, the same experiment
+and day as their stained files) carry ``$PnR`` 82897 and 26214 beside 262144: 262144 / 10**0.5 and
+262144 / 10, the tops of FlowJo's display scales (``transforms:maxRange`` in the study's
+workspaces), which no cytometer's converter has. Such a difference is listed (``info``), not
+counted as another acquisition; the voltage, gain and amplification are compared as above.
+
 Codes (raised on the control's file, naming the stained file):
 
 ``control_settings_differ``  ``warning`` (review, ``tilpheno.qc.REVIEW_CODES``): a setting differs on a
     detector the tube kind's gates read (the strategy's markers' detectors and its scatter
     channels): the message names the detector, the keyword and both values. ``info`` for the other
-    detectors both files have (nothing the gates read, but the files were not acquired alike).
+    detectors both files have (nothing the gates read, but the files were not acquired alike), and
+    ``info`` for the ranges not compared in a FlowJo export, naming the file(s) and the keyword.
 ``control_instrument_differs``  ``warning`` (review): another instrument: the serial number
     (``$CYTSN``, else BD's ``CYTNUM``, else Beckman Coulter's ``@CYTOMETERID``) differs, or, without a
     serial in both files, the instrument name ``$CYT``.
@@ -50,6 +59,10 @@ voltage is on another scale)."""
 
 SETTINGS = (("voltage", "$PnV"), ("range", "$PnR"), ("gain", "$PnG"), ("amplification", "$PnE"))
 """The settings compared, with their keywords (named so in messages)."""
+
+EXPORT_KEYWORDS = ("FJ_FCS_VERSION",)
+"""Keywords FlowJo writes into the FCS files it exports: a file with one has FlowJo's ``$PnR``, not
+the instrument's (module docstring), so its ranges are not compared."""
 
 SERIAL_KEYWORDS = ("$CYTSN", "CYTNUM", "@CYTOMETERID")
 """Keywords that hold the instrument's serial number, the first a file has counting."""
@@ -78,13 +91,18 @@ class SettingsComparison:
 
     ``used`` / ``other``: differences on detectors the gates read / on the others; ``instrument``:
     (control's, stained's) serial or ``$CYT`` when they differ, else None; ``date``: (control's,
-    stained's) ``$DATE`` when another day, else None; ``experiment``: the experiment both name, else ''."""
+    stained's) ``$DATE`` when another day, else None; ``experiment``: the experiment both name, else '';
+    ``ranges_exported``: the ``$PnR`` differences not compared, every detector, because ``exported``
+    (``"control"``, ``"stained tube"``, with the keyword that says so: ``"control (FJ_FCS_VERSION)"``)
+    were written by FlowJo."""
 
     used: tuple[SettingDifference, ...]
     other: tuple[SettingDifference, ...]
     instrument: tuple[str, str] | None
     date: tuple[str, str] | None
     experiment: str = ""
+    ranges_exported: tuple[SettingDifference, ...] = ()
+    exported: tuple[str, ...] = ()
 
 
 def _text(keywords: Mapping[str, str], key: str) -> str:
@@ -121,6 +139,11 @@ def _detector_settings(fcs) -> dict[str, dict[str, str]]:
     return out
 
 
+def _export_keyword(keywords: Mapping[str, str]) -> str:
+    """The first of :data:`EXPORT_KEYWORDS` the file has, '' when none."""
+    return next((k for k in EXPORT_KEYWORDS if k in keywords), "")
+
+
 def _serial(keywords: Mapping[str, str]) -> str:
     return next((v for v in (_text(keywords, k) for k in SERIAL_KEYWORDS) if v), "")
 
@@ -144,17 +167,21 @@ def compare_settings(control, stained, used: Collection[str]) -> SettingsCompari
     time_channel = find_time_channel(list(theirs))
     stains = {str(n): str(s).strip() for n, s in zip(stained.channels["pnn"], stained.channels["pns"])}
     used_set = set(used)
+    ck, sk = control.keywords, stained.keywords
+    exported = tuple(f"{who} ({k})" for who, k in (("control", _export_keyword(ck)), ("stained tube", _export_keyword(sk)))
+                     if k)
     on_used: list[SettingDifference] = []
     on_other: list[SettingDifference] = []
+    not_compared: list[SettingDifference] = []
     for detector, settings in mine.items():
         if detector not in theirs or detector == time_channel:
             continue
         for what, keyword in SETTINGS:
             a, b = settings.get(what, ""), theirs[detector].get(what, "")
             if a and b and (_voltage_differs(a, b) if what == "voltage" else a != b):
-                (on_used if detector in used_set else on_other).append(SettingDifference(
+                kept = not_compared if what == "range" and exported else on_used if detector in used_set else on_other
+                kept.append(SettingDifference(
                     detector, f"{detector} ({stains[detector]})" if stains.get(detector) else detector, keyword, what, a, b))
-    ck, sk = control.keywords, stained.keywords
     instrument = None
     serials = (_serial(ck), _serial(sk))
     names = (_text(ck, "$CYT"), _text(sk, "$CYT"))
@@ -166,7 +193,8 @@ def compare_settings(control, stained, used: Collection[str]) -> SettingsCompari
     date = dates if all(dates) and _day(dates[0]) != _day(dates[1]) else None
     experiments = (_text(ck, "EXPERIMENT NAME"), _text(sk, "EXPERIMENT NAME"))
     return SettingsComparison(tuple(on_used), tuple(on_other), instrument, date,
-                              experiments[0] if experiments[0] and experiments[0] == experiments[1] else "")
+                              experiments[0] if experiments[0] and experiments[0] == experiments[1] else "",
+                              tuple(not_compared), exported if not_compared else ())
 
 
 def _listed(differences) -> str:
@@ -187,6 +215,11 @@ def settings_flags(product_id: str, control_name: str, stained_name: str, tube_k
         flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
                             f"{pair}: other settings on detectors the {tube_kind} gates do not read: "
                             f"{_listed(comparison.other)}"))
+    if comparison.ranges_exported:
+        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
+                            f"{pair}: range ($PnR) not compared, {' and '.join(comparison.exported)} written by "
+                            "FlowJo, which writes its own $PnR on export, not the instrument's: "
+                            f"{_listed(comparison.ranges_exported)}"))
     if comparison.instrument is not None:
         a, b = comparison.instrument
         flags.append(QCFlag(product_id, control_name, "control_instrument_differs", "warning",
