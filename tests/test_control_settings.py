@@ -246,3 +246,41 @@ def test_a_real_unstained_control_without_the_cd19_detector_checks_the_gates_it_
     assert lacking == (f"the unstained control {CONTROL.name} has no detector for CD19 ({cd19}), which the "
                        f"{STAINED.name} gate(s) non-B read: an unstained event is taken as negative for it (below "
                        "their cut); positive gates not checked on the control: none")
+
+
+# -- single-stain compensation controls ------------------------------------------------------------
+
+
+def test_a_single_stain_control_acquired_with_another_range_needs_review(tmp_path):
+    """The single-stain controls a product's matrix is estimated from were never compared with its
+    stained tubes (an FMO or unstained control is): a PE control whose PE-A $PnR is 131072 against
+    the stained tubes' 262144 gave a matrix without a word -> control_settings_differ (review) on
+    the control, once per stained file, naming the detector and both values; the other controls,
+    acquired alike, raise nothing."""
+    from tilpheno.pipeline import process_folder
+    from tilpheno.simulate.cohort import simulate_product, write_product
+    from tilpheno.simulate.controls import simulate_controls
+
+    folder = tmp_path / "in"
+    write_product(simulate_product("TIL001", 21, 4000), folder)
+    simulate_controls(tmp_path / "controls", 6, n_events=3000)
+    pe = "Compensation Controls_PE Stained Control.fcs"
+    kw = raw_text(tmp_path / "controls" / pe)
+    n = next(i for i in range(1, int(kw["$PAR"]) + 1) if kw[f"$P{i}N"] == "PE-A")
+    edited_copy(tmp_path / "controls" / pe, folder / "controls", f"$P{n}R", "262144", "131072")
+    for other in (tmp_path / "controls").glob("*.fcs"):
+        if other.name != pe:
+            (folder / "controls" / other.name).write_bytes(other.read_bytes())
+    stained = sorted(p.name for p in folder.glob("TIL001_*_stain.fcs"))
+    assert len(stained) == 2 and all(ranges(folder / s)["PE-A"] == "262144" for s in stained)
+
+    summary = process_folder(folder, tmp_path / "out")
+
+    assert summary.ok
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv").fillna("")
+    flags = qc[qc["code"].isin(CODES)]
+    assert list(zip(flags["file"], flags["code"], flags["severity"])) == [(pe, "control_settings_differ", "warning")] * 2
+    for name, message in zip(stained, sorted(flags["message"], key=lambda m: m.split(" vs stained tube ")[1])):
+        assert message.startswith(f"control {pe} vs stained tube {name}: acquired with other settings on detectors "
+                                  "of the spillover matrix: PE-A")
+        assert "range ($PnR) 131072 in the control, 262144 in the stained tube" in message

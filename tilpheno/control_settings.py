@@ -1,11 +1,13 @@
-"""Acquisition settings of a control (FMO, unstained) against its stained tube's.
+"""Acquisition settings of a control (FMO, unstained, single-stain) against its stained tube's.
 
 A control stands for its stained tube only when it was acquired with the same instrument settings:
 the same detectors at the same voltages, ranges and amplification, on the same instrument. A
 threshold read on an FMO acquired at another PMT voltage is carried to the stained tube on
 another intensity scale; an unstained control at another voltage says nothing about the stained
-tube's autofluorescence. This check compares the TEXT segments only (``FCSFile.keywords`` and
-``FCSFile.channels``, already read; no events), once per (control, stained file) pair.
+tube's autofluorescence; a single-stain control at another voltage gives spillover fractions
+that are not the stained tube's (:func:`compensation_control_flags`). This check compares the
+TEXT segments only (``FCSFile.keywords`` and ``FCSFile.channels``; no events), once per (control,
+stained file) pair.
 
 Per detector (``$PnN``, matched by name: a control's ``$PnN`` is the stained tube's detector),
 each setting that both files state is compared:
@@ -47,7 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Collection, Mapping
+from typing import Any, Collection, Mapping
 
 from tilpheno.acquisition import find_time_channel
 from tilpheno.qc import QCFlag
@@ -203,18 +205,21 @@ def _listed(differences) -> str:
 
 
 def settings_flags(product_id: str, control_name: str, stained_name: str, tube_kind: str,
-                   comparison: SettingsComparison) -> list[QCFlag]:
-    """The QC flags of one (control, stained file) comparison, raised on the control (module docstring)."""
+                   comparison: SettingsComparison, *, matrix: bool = False) -> list[QCFlag]:
+    """The QC flags of one (control, stained file) comparison, raised on the control (module
+    docstring). ``matrix``: the control is a compensation control and ``comparison.used`` the
+    detectors of the spillover matrix estimated from it (:func:`compensation_control_flags`)."""
     flags = []
     pair = f"control {control_name} vs stained tube {stained_name}"
+    used, unused = (("of the spillover matrix", "outside the spillover matrix") if matrix else
+                    (f"the {tube_kind} gates read", f"the {tube_kind} gates do not read"))
     if comparison.used:
         flags.append(QCFlag(product_id, control_name, "control_settings_differ", "warning",
-                            f"{pair}: acquired with other settings on detectors the {tube_kind} gates read: "
+                            f"{pair}: acquired with other settings on detectors {used}: "
                             f"{_listed(comparison.used)}; a control is valid only with the stained tube's settings"))
     if comparison.other:
         flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
-                            f"{pair}: other settings on detectors the {tube_kind} gates do not read: "
-                            f"{_listed(comparison.other)}"))
+                            f"{pair}: other settings on detectors {unused}: {_listed(comparison.other)}"))
     if comparison.ranges_exported:
         flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
                             f"{pair}: range ($PnR) not compared, {' and '.join(comparison.exported)} written by "
@@ -231,3 +236,15 @@ def settings_flags(product_id: str, control_name: str, stained_name: str, tube_k
         flags.append(QCFlag(product_id, control_name, "control_date_differs", "info",
                             f"{pair}: acquired on another day ($DATE {a} in the control, {b} in the stained tube){same}"))
     return flags
+
+
+def compensation_control_flags(product_id: str, controls: Mapping[str, Any], stained: Mapping[str, Any],
+                               matrix_detectors: Collection[str]) -> list[QCFlag]:
+    """The compensation controls a product's spillover matrix was estimated from (``controls``:
+    name -> FCSFile, its single-stain controls and their unstained control), each compared with
+    each stained file it compensates (``stained``: name -> FCSFile), as an FMO is with its stained
+    tube: a setting that differs on a detector of the matrix (``matrix_detectors``) needs review, a
+    spillover fraction read at another voltage is not the stained tube's; elsewhere info."""
+    return [flag for c_name, control in controls.items() for s_name, fcs in stained.items()
+            for flag in settings_flags(product_id, c_name, s_name, "", compare_settings(control, fcs, matrix_detectors),
+                                       matrix=True)]

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from tilpheno.errors import FCSReadError, TableError, TilphenoError
 from tilpheno.qc import review_status
@@ -228,6 +228,27 @@ def _analyze(job: ProductJob, rows, checked=None):
     )
 
 
+def _compensation_control_flags(job: ProductJob, rows, meta, labels: Mapping[str, str]) -> list[QCFlag]:
+    """The single-stain controls the product's matrix was estimated from against its stained files'
+    acquisition settings (:func:`tilpheno.control_settings.compensation_control_flags`); none when
+    the matrix is not estimated from controls. A control whose TEXT cannot be read again is left
+    out and logged (its digest in the product's inputs says it changed)."""
+    from tilpheno.control_settings import compensation_control_flags
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    choice = job.compensation
+    if choice is None or choice.spillover is None or not choice.files:
+        return []
+    controls = {}
+    for file in choice.files:
+        try:
+            controls[Path(file).name] = read_fcs_metadata(file)
+        except FCSReadError as exc:
+            log.warning("%s: compensation control not compared with the stained files: %s", file, exc)
+    stained = {labels[str(f)]: meta[f] for f, role in zip(rows["file"], rows["role"]) if role == "stain" and f in meta}
+    return compensation_control_flags(job.product_id, controls, stained, choice.spillover.detectors)
+
+
 def _file_digest(file) -> FileDigest:
     """SHA-256 of a file the reader could not use (or whose worker died); ``unreadable`` if it cannot be opened."""
     from tilpheno.provenance import UNREADABLE, sha256_file
@@ -324,7 +345,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         flags += ungated_tube_flags(pid, job.rows, job_strategies(job))
         flags += absent_tube_flags(pid, absent, job_strategies(job))
         result = _analyze(job, rows, checked)
-        flags = list(result.qc) + flags
+        flags = list(result.qc) + flags + _compensation_control_flags(job, rows, meta, labels)
         error = failure_reason(result.tubes, flags, job_strategies(job), job.rows, absent)
     except TilphenoError as exc:
         error = str(exc)
