@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tilpheno.control_settings import compare_settings, settings_flags
+from tilpheno.control_settings import compare_settings, control_flags
 from tilpheno.errors import FCSReadError
 from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.io.fcs import read_fcs_metadata
@@ -49,7 +49,7 @@ def renamed_keyword_copy(source: Path, folder: Path, old: str, new: str) -> Path
     return out
 
 
-def control_flags(result):
+def control_qc(result):
     return [f for f in result.qc if f.code in CODES]
 
 
@@ -72,7 +72,7 @@ def test_an_fmo_at_another_voltage_needs_review_naming_both_values(tmp_path):
     assert stained.keywords[f"$P{n}V"] == "610"
     fmo = edited_copy(SAMPLE / "TIL001_surface_FMO_CD8.fcs", tmp_path, f"$P{n}V", "610", "650")
 
-    flags = control_flags(_surface(fmo))
+    flags = control_qc(_surface(fmo))
 
     assert [(f.file, f.code, f.severity) for f in flags] == [
         ("TIL001_surface_FMO_CD8.fcs", "control_settings_differ", "warning")]
@@ -83,7 +83,7 @@ def test_an_fmo_at_another_voltage_needs_review_naming_both_values(tmp_path):
 
 
 def test_the_sample_controls_acquired_alike_raise_nothing():
-    assert control_flags(_surface(SAMPLE / "TIL001_surface_FMO_CD8.fcs")) == []
+    assert control_qc(_surface(SAMPLE / "TIL001_surface_FMO_CD8.fcs")) == []
 
 
 # -- real FlowAtlas files: the donor's unstained control ---------------------------------------------
@@ -133,7 +133,7 @@ def test_a_real_flowjo_exported_control_with_other_ranges_is_said_not_reviewed()
     assert len(differ) == 12 and len(differ & READ_BY_CD3_PANEL) == 4
     assert {control[d] for d in differ} == {str(int(262144 / 10 ** 0.5)), str(int(262144 / 10))}
 
-    flags = control_flags(_atlas_pair(STAINED, CONTROL))
+    flags = control_qc(_atlas_pair(STAINED, CONTROL))
 
     assert [(f.file, f.code, f.severity) for f in flags] == [(CONTROL.name, "control_settings_differ", "info")]
     message = flags[0].message
@@ -155,7 +155,7 @@ def test_the_same_ranges_in_files_not_written_by_flowjo_need_review(tmp_path):
     ranges_c, ranges_s = ranges(control), ranges(stained)
     differ = {d for d in ranges_c if ranges_c[d] != ranges_s[d]}
 
-    flags = control_flags(_atlas_pair(stained, control))
+    flags = control_qc(_atlas_pair(stained, control))
 
     assert [(f.code, f.severity) for f in flags] == [("control_settings_differ", "warning"),
                                                      ("control_settings_differ", "info")]
@@ -176,7 +176,7 @@ def test_an_instrument_fmo_with_another_range_needs_review(tmp_path):
     fmo = edited_copy(SAMPLE / "TIL001_surface_FMO_CD8.fcs", tmp_path, f"$P{n}R", "262144", "131072")
     assert "FJ_FCS_VERSION" not in raw_text(fmo)
 
-    flags = control_flags(_surface(fmo))
+    flags = control_qc(_surface(fmo))
 
     assert [(f.code, f.severity) for f in flags] == [("control_settings_differ", "warning")]
     assert "APC-H7-A (CD8 APC-H7) range ($PnR) 131072 in the control, 262144 in the stained tube" in flags[0].message
@@ -191,7 +191,7 @@ def test_another_instrument_needs_review_and_another_day_is_said(tmp_path):
     stained = read_fcs_metadata(SAMPLE / "TIL001_surface_stain.fcs")
 
     comparison = compare_settings(read_fcs_metadata(fmo), stained, set(stained.channels["pnn"]))
-    flags = settings_flags("TIL001", fmo.name, "TIL001_surface_stain.fcs", "surface", comparison)
+    flags = control_flags("TIL001", fmo.name, [("TIL001_surface_stain.fcs", "surface", comparison)])
 
     assert comparison.used == comparison.other == ()
     assert [(f.code, f.severity) for f in flags] == [("control_instrument_differs", "warning"),
@@ -214,7 +214,7 @@ def test_every_real_corpus_file_compares_without_error():
     for a, b in zip(files, files[1:] + files[:1]):
         itself = compare_settings(a, a, set(a.channels["pnn"]))
         assert (itself.used, itself.other, itself.instrument, itself.date) == ((), (), None, None), a.path
-        settings_flags("P", a.path.name, b.path.name, "tube", compare_settings(a, b, set(b.channels["pnn"])))
+        control_flags("P", a.path.name, [(b.path.name, "tube", compare_settings(a, b, set(b.channels["pnn"])))])
 
 
 def test_a_real_unstained_control_without_the_cd19_detector_checks_the_gates_it_can():
@@ -284,3 +284,25 @@ def test_a_single_stain_control_acquired_with_another_range_needs_review(tmp_pat
         assert message.startswith(f"control {pe} vs stained tube {name}: acquired with other settings on detectors "
                                   "of the spillover matrix: PE-A")
         assert "range ($PnR) 131072 in the control, 262144 in the stained tube" in message
+
+
+def test_an_unstained_control_of_another_day_is_said_once_naming_each_stained_tube(tmp_path):
+    """TIL001's unstained control serves the surface and the treg stained files: acquired another
+    day it was said twice, once per stained file, and a control set of 7 compensation controls
+    against 2 stained files 14 times -> one control_date_differs per control, naming every stained
+    file with its $DATE."""
+    unstained = edited_copy(SAMPLE / "TIL001_unstained.fcs", tmp_path, "$DATE", "29-SEP-2016", "30-SEP-2016")
+    stained = ["TIL001_surface_stain.fcs", "TIL001_treg_stain.fcs"]
+    days = {name: raw_text(SAMPLE / name)["$DATE"] for name in stained}
+    assert set(days.values()) == {"29-SEP-2016"}
+    rows = pd.DataFrame([{"file": str(SAMPLE / name), "tube": name.split("_")[1], "role": "stain", "fmo_marker": ""}
+                         for name in stained]
+                        + [{"file": str(unstained), "tube": "unstained", "role": "unstained", "fmo_marker": ""}])
+    strategies = [load_strategy(p) for p in default_strategy_paths()]
+
+    flags = control_qc(analyze_product("TIL001", rows, strategies, plot_events=5000))
+
+    assert [(f.file, f.code, f.severity) for f in flags] == [(unstained.name, "control_date_differs", "info")]
+    assert flags[0].message == (f"control {unstained.name} vs stained tubes {', '.join(stained)}: acquired on another "
+                                "day ($DATE 30-SEP-2016 in the control, 29-SEP-2016 in the stained tubes) "
+                                "(both of experiment 'TIL infusion product phenotyping')")

@@ -7,7 +7,7 @@ another intensity scale; an unstained control at another voltage says nothing ab
 tube's autofluorescence; a single-stain control at another voltage gives spillover fractions
 that are not the stained tube's (:func:`compensation_control_flags`). This check compares the
 TEXT segments only (``FCSFile.keywords`` and ``FCSFile.channels``; no events), once per (control,
-stained file) pair.
+stained file) pair; another instrument or day is said once per control, naming its stained files.
 
 Per detector (``$PnN``, matched by name: a control's ``$PnN`` is the stained tube's detector),
 each setting that both files state is compared:
@@ -49,7 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 from tilpheno.acquisition import find_time_channel
 from tilpheno.qc import QCFlag
@@ -204,37 +204,61 @@ def _listed(differences) -> str:
                      for d in differences)
 
 
-def settings_flags(product_id: str, control_name: str, stained_name: str, tube_kind: str,
-                   comparison: SettingsComparison, *, matrix: bool = False) -> list[QCFlag]:
-    """The QC flags of one (control, stained file) comparison, raised on the control (module
-    docstring). ``matrix``: the control is a compensation control and ``comparison.used`` the
-    detectors of the spillover matrix estimated from it (:func:`compensation_control_flags`)."""
+def _against(control_name: str, stained: Sequence[str]) -> str:
+    """``control X vs stained tube Y`` / ``control X vs stained tubes Y, Z``."""
+    return f"control {control_name} vs stained tube{'s' if len(stained) > 1 else ''} {', '.join(stained)}"
+
+
+def _values_in_stained(pairs: Sequence[tuple[str, str]]) -> str:
+    """(stained file, its value) pairs as ``v in the stained tube(s)`` when one value, else
+    ``v1 in Y; v2 in Z``."""
+    values: dict[str, list[str]] = {}
+    for name, value in pairs:
+        values.setdefault(value, []).append(name)
+    if len(values) == 1:
+        return f"{next(iter(values))} in the stained tube{'s' if len(pairs) > 1 else ''}"
+    return "; ".join(f"{value} in {', '.join(names)}" for value, names in values.items())
+
+
+def control_flags(product_id: str, control_name: str, compared: Sequence[tuple[str, str, SettingsComparison]], *,
+                  matrix: bool = False) -> list[QCFlag]:
+    """The QC flags of one control compared with each of its stained files (``compared``: (stained
+    file's name, its tube kind, :func:`compare_settings` of the pair)), raised on the control
+    (module docstring): the settings per stained file (their values may differ), then one
+    instrument flag and one day flag for the control, naming every stained file concerned.
+    ``matrix``: the control is a compensation control and ``used`` the detectors of the spillover
+    matrix estimated from it (:func:`compensation_control_flags`)."""
     flags = []
-    pair = f"control {control_name} vs stained tube {stained_name}"
-    used, unused = (("of the spillover matrix", "outside the spillover matrix") if matrix else
-                    (f"the {tube_kind} gates read", f"the {tube_kind} gates do not read"))
-    if comparison.used:
-        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "warning",
-                            f"{pair}: acquired with other settings on detectors {used}: "
-                            f"{_listed(comparison.used)}; a control is valid only with the stained tube's settings"))
-    if comparison.other:
-        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
-                            f"{pair}: other settings on detectors {unused}: {_listed(comparison.other)}"))
-    if comparison.ranges_exported:
-        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
-                            f"{pair}: range ($PnR) not compared, {' and '.join(comparison.exported)} written by "
-                            "FlowJo, which writes its own $PnR on export, not the instrument's: "
-                            f"{_listed(comparison.ranges_exported)}"))
-    if comparison.instrument is not None:
-        a, b = comparison.instrument
+    for stained_name, tube_kind, comparison in compared:
+        pair = _against(control_name, [stained_name])
+        used, unused = (("of the spillover matrix", "outside the spillover matrix") if matrix else
+                        (f"the {tube_kind} gates read", f"the {tube_kind} gates do not read"))
+        if comparison.used:
+            flags.append(QCFlag(product_id, control_name, "control_settings_differ", "warning",
+                                f"{pair}: acquired with other settings on detectors {used}: "
+                                f"{_listed(comparison.used)}; a control is valid only with the stained tube's settings"))
+        if comparison.other:
+            flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
+                                f"{pair}: other settings on detectors {unused}: {_listed(comparison.other)}"))
+        if comparison.ranges_exported:
+            flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info",
+                                f"{pair}: range ($PnR) not compared, {' and '.join(comparison.exported)} written by "
+                                "FlowJo, which writes its own $PnR on export, not the instrument's: "
+                                f"{_listed(comparison.ranges_exported)}"))
+    instrument = [(name, c.instrument) for name, _, c in compared if c.instrument is not None]
+    if instrument:
+        mine = instrument[0][1][0]
         flags.append(QCFlag(product_id, control_name, "control_instrument_differs", "warning",
-                            f"{pair}: acquired on another instrument ({a} in the control, {b} in the stained tube); "
+                            f"{_against(control_name, [n for n, _ in instrument])}: acquired on another instrument "
+                            f"({mine} in the control, {_values_in_stained([(n, i[1]) for n, i in instrument])}); "
                             "a control is valid only on the stained tube's instrument"))
-    if comparison.date is not None:
-        a, b = comparison.date
-        same = f" (both of experiment '{comparison.experiment}')" if comparison.experiment else ""
+    dated = [(name, c.date, c.experiment) for name, _, c in compared if c.date is not None]
+    if dated:
+        experiments = {e for _, _, e in dated}
+        same = f" (both of experiment '{experiments.pop()}')" if len(experiments) == 1 and "" not in experiments else ""
         flags.append(QCFlag(product_id, control_name, "control_date_differs", "info",
-                            f"{pair}: acquired on another day ($DATE {a} in the control, {b} in the stained tube){same}"))
+                            f"{_against(control_name, [n for n, _, _ in dated])}: acquired on another day ($DATE "
+                            f"{dated[0][1][0]} in the control, {_values_in_stained([(n, d[1]) for n, d, _ in dated])}){same}"))
     return flags
 
 
@@ -245,6 +269,6 @@ def compensation_control_flags(product_id: str, controls: Mapping[str, Any], sta
     each stained file it compensates (``stained``: name -> FCSFile), as an FMO is with its stained
     tube: a setting that differs on a detector of the matrix (``matrix_detectors``) needs review, a
     spillover fraction read at another voltage is not the stained tube's; elsewhere info."""
-    return [flag for c_name, control in controls.items() for s_name, fcs in stained.items()
-            for flag in settings_flags(product_id, c_name, s_name, "", compare_settings(control, fcs, matrix_detectors),
-                                       matrix=True)]
+    return [flag for c_name, control in controls.items()
+            for flag in control_flags(product_id, c_name, [(s_name, "", compare_settings(control, fcs, matrix_detectors))
+                                                           for s_name, fcs in stained.items()], matrix=True)]

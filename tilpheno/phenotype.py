@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate_columns, exported_compensated, read_spillover_csv
-from tilpheno.control_settings import compare_settings, settings_flags
+from tilpheno.control_settings import compare_settings, control_flags
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
@@ -1628,9 +1628,11 @@ def analyze_product(
         qc.extend(_duplicate_controls(product_id, str(tube_kind), [sources[i] for i in sorted(made)], study.vocabulary))
 
     qc.extend(dict.fromkeys(f for f in unstained_flags if f is not None))   # a control read once per tube kind: once
+    against: dict[str, list[tuple[str, str, Any]]] = {}
     for (control_name, stained_name), (control, stained, detectors, kind) in compared.items():
-        qc.extend(settings_flags(product_id, control_name, stained_name, kind,
-                                 compare_settings(control, stained, detectors)))
+        against.setdefault(control_name, []).append((stained_name, kind, compare_settings(control, stained, detectors)))
+    for control_name, pairs in against.items():
+        qc.extend(control_flags(product_id, control_name, pairs))
     phenotype.update(doses(phenotype, til_dose_cells, study))
     qc.extend(_product_flags(product_id, phenotype, stained_summaries, strategy_map, study))
     return ProductResult(
