@@ -11,7 +11,7 @@ import pytest
 from tilpheno.errors import PanelError, TableError, TilphenoError
 from tilpheno.io.fcs import read_fcs_metadata
 from tilpheno.panel import normalize_marker, panel_from_fcs, read_panel_file, require
-from tilpheno.vocabulary import default_vocabulary
+from tilpheno.vocabulary import default_vocabulary, key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from malformed_fcs import float_file  # noqa: E402
@@ -347,3 +347,34 @@ def test_panel_file_missing_and_bad_yaml(tmp_path):
     bad.write_text("panel: {not: a list}\n")
     with pytest.raises(TableError, match="list of"):
         read_panel_file(bad)
+
+
+def test_vendors_dye_names_written_out_are_no_markers():
+    """'Brilliant Violet 421 CD3' named no marker (the word 'Brilliant', not a fluorochrome, was read
+    as a second stain before CD3) and a $PnS 'Brilliant Violet 421' read as the marker 'Brilliant'
+    (new-study drafted a gate for it); so did BioLegend's 'PE/Cyanine7', 'APC/Fire 810', Thermo's
+    'Super Bright 600', Miltenyi's 'PE-Vio770', BD's 'RB545' and a '™' after the number -> the
+    vocabulary's fluorochrome words name them all: before or after a marker the label is that
+    marker, alone it names none. Every real label of tests/data reads as before but five detector
+    names that read as markers ('FL4 red' was the marker 'red', 'PE-Texas Red-A' 'PE-Texas', an
+    Attune 'YG 586/15-A' 'YG'), now none."""
+    vocabulary = default_vocabulary()
+    dyes = ("Brilliant Violet 421", "Brilliant Violet 421™", "Brilliant Blue 515", "Brilliant Ultraviolet 395",
+            "BV421", "PE-Cy7", "PE/Cyanine7", "PerCP/Cyanine5.5", "APC-H7", "APC/Fire 810", "PE/Fire 640",
+            "Alexa Fluor 700", "Alexa Fluor® 488", "AF405", "FITC", "PerCP-Cy5.5", "Super Bright 600",
+            "StarBright Violet 440", "NovaFluor Blue 555", "Spark YG 593", "KIRAVIA Blue 520", "Texas Red",
+            "Pacific Blue", "Krome Orange", "PE-Vio770", "VioBright FITC", "Horizon V450", "RB545", "RY586",
+            "BB630", "Qdot605", "eFluor 450", "DyLight 650")
+    for dye in dyes:
+        assert (dye, vocabulary.marker_in(dye)) == (dye, None)
+        for label in (f"{dye} CD3", f"CD3 {dye}", f"{dye} anti-human CD3"):
+            assert (label, vocabulary.marker_in(label), vocabulary.named_markers(label)) == (label, "CD3", ("CD3",))
+    # the real labels: read against the vocabulary without the words these names added
+    added = {key(w) for w in ("Pacific", "Krome", "Texas", "Brilliant", "Ultraviolet", "Horizon", "Super", "Bright",
+                              "StarBright", "NovaFluor", "Kiravia", "DyLight", "iFluor", "cFluor", "AmCyan", "Fire",
+                              "Dazzle", "Blue", "Green", "Yellow", "Orange", "Red", "UV", "YG", "Near-IR")}
+    without = replace(vocabulary, fluorochromes=vocabulary.fluorochromes - added)
+    changed = {label: (without.marker_in(label), vocabulary.marker_in(label))
+               for label in _corpus_labels() if vocabulary.marker_in(label) != without.marker_in(label)}
+    assert changed == {"FL4 red": ("red", None), "FL5 red": ("red", None), "PE-Texas Red-A": ("PE-Texas", None),
+                       "YG 586/15-A": ("YG", None), "YG 780/60-A": ("YG", None)}

@@ -7,7 +7,8 @@ fluorochrome words that are never markers, and the filler words skipped in label
 Conventions
 -----------
 * Two spellings are the same marker when their *keys* are equal: upper case with hyphens, dots,
-  spaces, underscores and slashes removed (``"PD-1"``, ``"pd1"``, ``"PD 1"`` -> ``PD1``), after
+  spaces, underscores, slashes and trade-mark signs removed (``"PD-1"``, ``"pd1"``, ``"PD 1"`` -> ``PD1``;
+  ``"Brilliant Violet 421™"``: a fluorochrome and the number 421), after
   mapping aliases to their canonical name (``CD279`` -> ``PD1``).
 * :meth:`Vocabulary.marker_in` reads a label (``$PnS``, a panel-file cell, an FMO tube name):
   the first known marker in it (a word, two adjacent words joined, or a hyphen-separated part;
@@ -56,14 +57,15 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 """The bundled study configurations (package data): ``<name>/study.yaml`` and ``vocabulary.yaml``."""
 
 _SEPARATORS = re.compile(r"[\s_/:;,+()\[\]]+")
-_KEY_DROP = re.compile(r"[\s\-._/]+")
+_KEY_DROP = re.compile(r"[\s\-._/™®]+")
 _NUMBERED = re.compile(r"^([A-Z]+)(\d+)$")
 _WAVELENGTH = re.compile(r"^\d+NM$")   # a key: "552nm" of "488/552nm PI (615/30)", a laser or filter
 _DETECTOR = re.compile(r"^(?:FL\d+|FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
 
 
 def key(name: str) -> str:
-    """The comparison key of a name: upper case without hyphens, dots, spaces, underscores, slashes."""
+    """The comparison key of a name: upper case without hyphens, dots, spaces, underscores, slashes
+    and trade-mark signs (™, ®: vendors' dye names carry them)."""
     return _KEY_DROP.sub("", str(name)).upper()
 
 
