@@ -366,6 +366,33 @@ def test_a_product_without_an_optional_tube_kind_is_processed(tmp_path):
     assert book.loc["absent_tubes", "meaning"] != "not documented"
 
 
+def test_an_fmo_without_its_stained_tube_of_an_optional_kind_says_what_to_do(tmp_path):
+    """FlowAtlas two-panel draft (both kinds optional); product 390C (liver) also has an FMO of the
+    other kind (a copy of 412C's mLN file), no stained file of it: process failed 390C with 'no
+    usable mln stained file (no mln stained file in the manifest)', which names neither the FMO nor
+    that the kind is optional -> the message names the file and the three ways out (its stained
+    file, the FMO's specimen, or no file of the optional kind). Done as it says (the row deleted),
+    390C is done, its mln variables blank."""
+    folder, study, panel, owner = _two_panel_draft(tmp_path)
+    other = next(k for k, p in owner.items() if p != "390C")   # the kind 390C has no stained file of
+    shutil.copy(folder / "412C_mLN_026.fcs", folder / f"390C_{other}_FMO_CD19.fcs")
+    manifest = pd.read_csv(study / "manifest.csv", dtype=str, keep_default_na=False)
+    row = {"file": f"390C_{other}_FMO_CD19.fcs", "product_id": "390C", "tube": other, "role": "fmo", "fmo_marker": "CD19"}
+    pd.concat([manifest, pd.DataFrame([row])]).to_csv(study / "manifest.csv", index=False)
+    assert _process(folder, study, panel, tmp_path / "out", "--reports", "none").exit_code == 1
+    got = pd.read_csv(tmp_path / "out" / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+    error = got.loc["390C", "error"]
+    assert error == (f"no usable {other} stained file (no {other} stained file in the manifest, only "
+                     f"390C_{other}_FMO_CD19.fcs (fmo): add the product's {other} stained file to the folder and "
+                     f"manifest, or give its manifest row the product_id of the specimen it was acquired with; tube "
+                     f"kind {other} is optional: with no {other} file at all (its manifest row deleted) the product is "
+                     f"done, its {other} variables blank): {other} variables unknowable"), error
+    manifest.to_csv(study / "manifest.csv", index=False)   # the row deleted
+    assert _process(folder, study, panel, tmp_path / "again", "--reports", "none").exit_code == 0
+    again = pd.read_csv(tmp_path / "again" / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+    assert again.loc["390C", "status"] == "done" and again.loc["390C", "absent_tubes"] == other
+
+
 def _release_cells(html: str, table_id: str) -> dict[str, str]:
     """A report's release table: criterion name -> its result cell's text."""
     body = html[html.index(f'<table id="{table_id}">'):]

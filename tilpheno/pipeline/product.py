@@ -152,7 +152,7 @@ def absent_columns(absent: Sequence[str], strategies: Sequence, optional: Iterab
 
 
 def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequence, rows=None,
-                   absent: Sequence[str] = ()) -> str:
+                   absent: Sequence[str] = (), optional: Iterable[str] = ()) -> str:
     """Why a gated product is *failed* (``''`` when it is usable). The one definition:
 
     * a tube kind that the run's strategies gate has no usable stained file (none in the
@@ -165,7 +165,8 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
     Missing FMO tubes are not failures: the fallback gate is flagged (``missing_fmo``,
     ``fallback_gate``) and the product stays usable. ``tubes`` are the gated TubeResults, ``flags``
     every QC flag of the product; ``rows`` (its manifest rows) lets the message name the dropped
-    files of each tube kind.
+    files of each tube kind, and the kind's other files when it has no stained one, with what to do
+    (:func:`_without_stain`; ``optional``: ``Study.optional_tubes``).
     """
     tube_of = file_tubes(rows) if rows is not None else {}
     used: dict[str, str] = {}   # tube kind -> the stained file whose counts give the variables
@@ -180,13 +181,31 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
         if kind not in used:
             dropped = [f"{f.file}: {f.code}: {f.message}" for f in flags
                        if f.code in FILE_ERROR_CODES and tube_of.get(f.file) == kind]
-            detail = "; ".join(dropped) if dropped else f"no {kind} stained file in the manifest"
+            detail = "; ".join(dropped) if dropped else \
+                f"no {kind} stained file in the manifest{_without_stain(rows, kind, kind in set(optional))}"
             reasons.append(f"no usable {kind} stained file ({detail}): {kind} variables unknowable")
             continue
         for f in flags:
             if f.code == "gate_failed" and f.file == used[kind]:
                 reasons.append(f"{f.file}: gate failed ({f.message}): {kind} variables unknowable")
     return "; ".join(reasons)
+
+
+def _without_stain(rows, kind: str, optional: bool) -> str:
+    """The tail of the failure of a product whose manifest ``rows`` hold files of tube kind ``kind``
+    but no stained one (an FMO without its stained tube): those files and what to do, '' when
+    there are none. An ``optional`` kind is said so: with no file of it at all the product is done."""
+    if rows is None:
+        return ""
+    files = rows[rows["tube"].astype(str) == kind]
+    if files.empty:
+        return ""
+    names = ", ".join(f"{Path(str(f)).name} ({role})" for f, role in zip(files["file"], files["role"]))
+    rows_of = "their manifest rows" if len(files) > 1 else "its manifest row"
+    tail = (f"; tube kind {kind} is optional: with no {kind} file at all ({rows_of} deleted) the product is done, "
+            f"its {kind} variables blank" if optional else "")
+    return (f", only {names}: add the product's {kind} stained file to the folder and manifest, or give {rows_of} the "
+            f"product_id of the specimen {'they were' if len(files) > 1 else 'it was'} acquired with{tail}")
 
 
 def ungated_tube_flags(product_id: str, rows, strategies: Sequence) -> list[QCFlag]:
@@ -346,7 +365,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
         flags += absent_tube_flags(pid, absent, job_strategies(job))
         result = _analyze(job, rows, checked)
         flags = list(result.qc) + flags + _compensation_control_flags(job, rows, meta, labels)
-        error = failure_reason(result.tubes, flags, job_strategies(job), job.rows, absent)
+        error = failure_reason(result.tubes, flags, job_strategies(job), job.rows, absent, optional)
     except TilphenoError as exc:
         error = str(exc)
     except Exception as exc:  # a bug, not bad input: keep the traceback (the parent logs it), keep the batch going
