@@ -695,7 +695,7 @@ def test_duplicate_stain_advice_says_which_tube_kinds_a_product_needs(tmp_path):
     study = tmp_path / "study"
     result = _run(["new-study", str(folder), "-o", str(study)])
     (line,) = [x for x in result.output.splitlines() if x.startswith("product TIL001")]
-    assert "which process then fails if they are controls only or lack a stained file of a required tube kind" in line, line
+    assert "which process then fails if they are controls only (study fcs requires no tube kind: each is optional)" in line, line
     written = study / "manifest.csv"
     manifest = pd.read_csv(written, dtype=str, keep_default_na=False)
     stained = re.search(r"lines ([\d, ]+), give each specimen its own product_id, e\.g\. (.+?) \(", line)
@@ -710,6 +710,31 @@ def test_duplicate_stain_advice_says_which_tube_kinds_a_product_needs(tmp_path):
                       "TIL002": "done"}, status
     [failed] = pd.read_csv(out / "qc.csv").query("code == 'product_failed'").itertuples()
     assert failed.product_id == "TIL001" and "stained" in failed.message
+
+
+def test_scan_duplicate_stain_advice_names_the_study_and_its_required_kinds(tmp_path):
+    """scan's duplicate-stain line said the product's other files fail it if they 'lack a stained
+    file of a required tube kind', naming none, nor the study whose kinds they are (a new lab's
+    folder scanned under the default study, til, reads as the TIL kinds) -> it names the study and
+    its required kinds: til's surface and treg, a study's own (tests/data/newlab: tcell,
+    exhaustion, residency) under --study."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL001_unstained.fcs"):
+        shutil.copy(SAMPLE / name, folder / name)
+    shutil.copy(SAMPLE / "TIL001_surface_stain.fcs", folder / "TIL001_surface_stain_lung.fcs")
+    (line,) = [x for x in _run(["scan", str(folder)]).output.splitlines() if x.startswith("product TIL001")]
+    assert "keep product_id TIL001, which process then fails if they are controls only or lack a stained file of a " \
+           "tube kind study til requires (surface, treg): give each" in line, line
+    newlab = ROOT / "tests" / "data" / "newlab"
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    for name in ("LAB7_tcell_stain.fcs", "LAB7_tcell_FMO_CD3.fcs"):
+        shutil.copy(newlab / "fcs" / name, lab / name)
+    shutil.copy(newlab / "fcs" / "LAB7_tcell_stain.fcs", lab / "LAB7_tcell_stain_lung.fcs")
+    result = _run(["scan", str(lab), "--study", str(newlab / "study.yaml")])
+    (line,) = [x for x in result.output.splitlines() if x.startswith("product LAB7")]
+    assert "lack a stained file of a tube kind study newlab requires (tcell, exhaustion, residency)" in line, line
 
 
 REALDATA = ROOT / "tests" / "data" / "realdata_flowatlas"

@@ -244,7 +244,7 @@ def scan(
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
     if manifest is None:
-        _warn_duplicate_stains(frame, out)
+        _warn_duplicate_stains(frame, out, _required_kinds(config))
     _warn_controls_only(frame)
     if out is not None:
         written = frame[list(COLUMNS)].copy()
@@ -257,12 +257,18 @@ def scan(
         raise typer.Exit(code=1)
 
 
-def _warn_duplicate_stains(manifest, written: Path | None) -> None:
+def _required_kinds(config) -> tuple[str, list[str]]:
+    """A study's name and its required tube kinds (not ``optional: true``), in study order."""
+    return config.name, [k for k in config.tubes if k not in config.optional_tubes]
+
+
+def _warn_duplicate_stains(manifest, written: Path | None, required: tuple[str, list[str]]) -> None:
     """On stderr, one line per product of ``manifest`` (scanned or drafted, in the order ``written``
     holds it; None: not written) with several stained files of one tube kind (a specimen name shared
     by several tissues or donors): ``process`` takes the product's variables from one of them
     (``duplicate_tube``). The line names the files and exactly what to edit: their lines of
-    ``written`` and a product_id for each (the file's name without its extension)."""
+    ``written`` and a product_id for each (the file's name without its extension); ``required``:
+    the study's name and required tube kinds, which the product's other files must still have."""
     rows = manifest.reset_index(drop=True)
     stains = rows[rows["role"] == "stain"]
     for (product, kind), files in stains.groupby(["product_id", "tube"], sort=True):
@@ -274,25 +280,28 @@ def _warn_duplicate_stains(manifest, written: Path | None) -> None:
         typer.secho(f"product {product}: {len(files)} stained {kind} files ({', '.join(names)}); process takes its "
                     f"variables from one (duplicate_tube): {where}, give each specimen its own product_id, e.g. "
                     f"{', '.join(n.rsplit('.', 1)[0] for n in names)} (a re-acquired file: delete its line)"
-                    f"{_other_files_of(rows, product, files.index, written)}",
+                    f"{_other_files_of(rows, product, files.index, written, required)}",
                     fg=typer.colors.YELLOW, err=True)
 
 
-def _other_files_of(rows, product, renamed, written: Path | None) -> str:
+def _other_files_of(rows, product, renamed, written: Path | None, required: tuple[str, list[str]]) -> str:
     """The tail of a duplicate_tube line: ``product``'s files in ``rows`` other than the ``renamed``
     stained files (its controls, its other tube kinds) keep its product_id, so once the stained files
     are given their specimens' ids, ``process`` fails ``product`` (controls only, or a required tube
-    kind missing; an optional one may be) unless each of them is given its specimen's id too; ''
-    when there are none."""
+    kind missing, named with the study, ``required``: its name and those kinds; an optional one may be)
+    unless each of them is given its specimen's id too; '' when there are none."""
     others = rows[(rows["product_id"] == product) & ~rows.index.isin(renamed)]
     if others.empty:
         return ""
     names = ", ".join(Path(str(f)).name for f in others["file"])
     numbers = [str(i + 2) for i in others.index]
     where = f"line{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}: {names}" if written is not None else names
-    return (f"; its other files ({where}) keep product_id {product}, which process then fails if they are "
-            "controls only or lack a stained file of a required tube kind: give each the product_id of the specimen "
-            "it was acquired with (a file belongs to one product), or delete its line")
+    study, kinds = required
+    needed = (f"controls only or lack a stained file of a tube kind study {study} requires ({', '.join(kinds)})" if kinds
+              else f"controls only (study {study} requires no tube kind: each is optional)")
+    return (f"; its other files ({where}) keep product_id {product}, which process then fails if they are {needed}: "
+            "give each the product_id of the specimen it was acquired with (a file belongs to one product), "
+            "or delete its line")
 
 
 def _warn_controls_only(manifest) -> set[str]:
@@ -351,7 +360,7 @@ def new_study(
                         "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
     for note in draft.case_merged:
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
-    _warn_duplicate_stains(draft.manifest, out / "manifest.csv")
+    _warn_duplicate_stains(draft.manifest, out / "manifest.csv", (draft.name, [t.kind for t in draft.tubes if not t.optional]))
     failing |= _warn_controls_only(draft.manifest)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
