@@ -1,4 +1,6 @@
 """Gate placement on synthetic events with known labels (truth independent of the placement code)."""
+import re
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -396,8 +398,17 @@ def test_one_population_is_called_against_the_unstained_control():
     p = place_valley(hladr, "HLA-DR", keep="high", zero=0.11, unstained=control)
     assert p.gate.contains({"HLA-DR": hladr}).mean() < 0.001
     assert [f.code for f in p.flags] == ["no_second_peak"]
-    assert (f"all peaks taken as negative (less than 0.25 above the unstained control's median "
-            f"{np.median(control):.3f})") in p.flags[0].message
+    # the flag says why (its peak against the control's median, the margin) and what to do (an FMO):
+    # it gave the median and the margin only, and no way out of a gate that keeps none of the parent
+    said = re.search(r"all peaks taken as negative \(the highest peak, at ([\d.]+), lies less than 0.25 above the "
+                     r"unstained control's median ([\d.]+)\)", p.flags[0].message)
+    assert said, p.flags[0].message
+    assert float(said.group(1)) == pytest.approx(0.40, abs=0.01)   # the simulated population
+    assert said.group(2) == f"{np.median(control):.3f}"
+    assert p.flags[0].message.endswith("look at the HLA-DR histogram of the parent for a positive population; "
+                                       "if there is one, an FMO control for HLA-DR sets the cut (gate method: fmo)")
+    low = place_valley(hladr, "HLA-DR", keep="low", zero=0.11, unstained=control)   # a gate keeping negatives
+    assert low.flags[0].message.endswith("for a positive population")
     # a population clearly above the control is positive
     cd69 = rng.normal(0.64, 0.04, 10000)
     p = place_valley(cd69, "CD69", keep="high", zero=0.11, unstained=rng.normal(0.12, 0.05, 5000))

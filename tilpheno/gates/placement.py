@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache, wraps
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import Any, Callable, Mapping, ParamSpec, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -733,17 +733,31 @@ def place_valley(
                 "no_second_peak",
                 "warning",
                 f"{dim}: no {other} density peak; all peaks taken as {side}"
-                + (f" ({'less than' if side == 'negative' else 'at least'} {min_separation:g} above the unstained "
-                   f"control's median {diagnostics['unstained_median']:.3f})" if "unstained_median" in diagnostics else "")
+                + _against_control(diagnostics, side, min_separation)
                 + ", cut "
                 f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
                 f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
                 + (" (clamped to the data's range)" if diagnostics.get("clamped") else "")
-                + f"; look at the {dim} histogram of the parent for a {other} population",
+                + f"; look at the {dim} histogram of the parent for a {other} population"
+                + (f"; if there is one, an FMO control for {dim} sets the cut (gate method: fmo)" if keep == "high" else ""),
             ),
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
     return Placement(gate, method, diagnostics, flags)
+
+
+def _against_control(diagnostics: Mapping[str, Any], side: str, min_separation: float) -> str:
+    """Why one population was called ``side`` against the unstained control (``unstained_median``
+    in ``diagnostics``; '' without one): its peak nearest the other side (the highest negative
+    peak, the lowest positive one) against the control's median and the margin ``min_separation``
+    (transformed units)."""
+    if "unstained_median" not in diagnostics:
+        return ""
+    median = float(diagnostics["unstained_median"])
+    which, peak = (("highest", diagnostics["highest_negative_peak"]) if side == "negative"
+                   else ("lowest", diagnostics["positive_peak"]))
+    return (f" (the {which} peak, at {float(peak):.3f}, lies {'less than' if side == 'negative' else 'at least'} "
+            f"{min_separation:g} above the unstained control's median {median:.3f})")
 
 
 def fmo_threshold(fmo_values: np.ndarray, percentile: float = 99.5) -> float:
