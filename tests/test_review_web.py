@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -1373,6 +1374,44 @@ def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_
     assert reason.startswith(f"{inputs / control}: SHA-256 differs from run.json (the file changed since the run)")
     assert [rec.getMessage() for rec in caplog.records if control in rec.getMessage()] == [
         f"product {PID}: unstained control left out of the re-run (no unstained_cut candidates): {reason}"]
+    service.factory.kw["bind"].dispose()
+
+
+def test_an_unstained_control_replaced_after_its_check_is_left_out_as_one_replaced_before(tmp_path, monkeypatch, caplog):
+    """The re-run hashed each flagged unstained control (against run.json) and then read it again
+    to re-gate: a control replaced between the hash and the read gave an ``unstained_cut``
+    candidate computed from the new file, and said nothing. The re-run now checks the digest of
+    the bytes it read: the control is left out as one replaced before the check is (logged, named
+    in the candidates' answer, no candidate from it)."""
+    import logging
+    import shutil
+
+    import tilpheno.provenance
+
+    from review_support import SAMPLE, database_url, make_service, processed_with_stained_control
+
+    _, inputs, manifest = processed_with_stained_control(tmp_path, PID)   # the control: a copy of a stained tube (flagged)
+    control = inputs / manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
+    service = make_service(tmp_path / "out", database_url("sqlite", tmp_path))
+    hashed = tilpheno.provenance.sha256_file
+
+    def hash_then_replace(path, *args, **kwargs):   # the file is replaced just after its check hashed it
+        digest = hashed(path, *args, **kwargs)
+        if Path(path) == control:
+            shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", control)   # another stained tube: still flagged
+        return digest
+
+    monkeypatch.setattr(tilpheno.provenance, "sha256_file", hash_then_replace)
+    c, _, _ = login(create_app(service), "alice")
+    with caplog.at_level(logging.WARNING, logger="tilpheno.review.regate"):
+        r = c.get(f"/api/products/{PID}/candidates")
+    assert r.status_code == 200, r.text
+    assert control.read_bytes() == (SAMPLE / "TIL002_surface_stain.fcs").read_bytes()   # replaced before the re-run read it
+    assert not [cut for by_pop in r.json["tubes"].values() for cuts in by_pop.values() for cut in cuts
+                if cut["rule"] == "unstained_cut"]
+    assert r.json["left_out"] == [f"{control}: SHA-256 differs from run.json (the file changed since the run)"]
+    assert [rec.getMessage() for rec in caplog.records if control.name in rec.getMessage()] == [
+        f"product {PID}: unstained control left out of the re-run (no unstained_cut candidates): {r.json['left_out'][0]}"]
     service.factory.kw["bind"].dispose()
 
 

@@ -149,6 +149,10 @@ class ProductResult:
     tubes: list[TubeResult]
     qc: list[QCFlag]
     strategy_sha256: dict[str, str]   # strategy name -> SHA-256 of its file
+    controls: list[tuple[str, Any]] = field(default_factory=list)
+    # each unstained control read for the stained files' gates (once per tube kind; not gated, so in
+    # no TubeResult): (its name as flags name it, the FCSFile read, events released); its ``sha256``
+    # is the digest of the file the events were read from (FCSReadError if it changed since)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1434,6 +1438,7 @@ def analyze_product(
     # (control, stained file) as flags name them -> their FCSFiles, the detectors the gates read, the
     # tube kind: each control's acquisition settings are compared with its stained tube's (TEXT only)
     compared: dict[tuple[str, str], tuple[Any, Any, set[str], str]] = {}
+    controls_read: list[tuple[str, Any]] = []   # ProductResult.controls
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
         if strategy is None:
@@ -1547,6 +1552,8 @@ def analyze_product(
                 checked = (str(row.file), strategy.acquisition)
                 src.handle["acquisition"] = unstained_acquisition.get(checked)
                 controls[k] = (src, load(src, True, check=True))
+                if src.handle["fcs"] is not None:
+                    controls_read.append((src.handle["name"], src.handle["fcs"]))
                 if src.handle.get("acquisition") is not None:
                     unstained_acquisition[checked] = src.handle["acquisition"]
             return controls[k]
@@ -1641,4 +1648,5 @@ def analyze_product(
         tubes=tubes_out,
         qc=qc,
         strategy_sha256={s.name: s.sha256 for s in strategy_map.values()},
+        controls=controls_read,
     )

@@ -614,15 +614,23 @@ class ReviewSource:
         return json.loads(json.dumps(self._candidates[product_id]))
 
     def _rerun(self, product_id: str) -> None:
-        from tilpheno.phenotype import PLOT_EVENTS, analyze_product
-
-        files = self.product_files(product_id) + self.unstained_controls(product_id)
-        rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker} for f in files])
-        result = analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
-                                 til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS,
-                                 study=self.study, panel_override=self.panel,
-                                 spillover_override=self.spillover(product_id),
-                                 labels={str(f.path): f.name for f in files})
+        """Re-gate the product's files and its flagged unstained controls (:meth:`unstained_controls`),
+        keeping the automatic gates and the candidate cuts. A control is checked on the bytes the
+        re-run read (:func:`replaced_controls`): one replaced after :meth:`unstained_controls`
+        hashed it is left out as that check leaves it out (logged, :meth:`controls_left_out`) and the
+        product re-gated without it."""
+        controls = self.unstained_controls(product_id)
+        while True:   # each pass leaves out at least one more control, or ends
+            files = self.product_files(product_id) + controls
+            result = self._analyzed(product_id, files)
+            replaced = replaced_controls(result.controls, controls)
+            if not replaced:
+                break
+            for reason in replaced.values():
+                log.warning("product %s: unstained control left out of the re-run (no unstained_cut candidates): %s",
+                            product_id, reason)
+            self._left_out[product_id] = self._left_out.get(product_id, []) + list(replaced.values())
+            controls = [c for c in controls if c.name not in replaced]
         recorded = self.phenotype_row(product_id)
         for var in self.study.variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
@@ -645,6 +653,18 @@ class ReviewSource:
             candidates[t.tube] = gate_candidates(t.thresholds, t.diagnostics, t.gates, flagged, self.fmo_percentile)
         self._automatic[product_id] = {"tubes": tubes}
         self._candidates[product_id] = candidates
+
+    def _analyzed(self, product_id: str, files: list[ProductFile]):
+        """``tilpheno.phenotype.analyze_product`` of ``files`` with the run's study, strategies, panel,
+        compensation, FMO percentile and infused cell number."""
+        from tilpheno.phenotype import PLOT_EVENTS, analyze_product
+
+        rows = pd.DataFrame([{"file": str(f.path), "tube": f.tube, "role": f.role, "fmo_marker": f.fmo_marker} for f in files])
+        return analyze_product(product_id, rows, self.strategies, fmo_percentile=self.fmo_percentile,
+                               til_dose_cells=self.til_dose_cells(product_id), plot_events=PLOT_EVENTS,
+                               study=self.study, panel_override=self.panel,
+                               spillover_override=self.spillover(product_id),
+                               labels={str(f.path): f.name for f in files})
 
     # -- stained tubes (all events) ------------------------------------------------------------------
     def stained(self, product_id: str) -> dict[str, StainedTube]:
@@ -684,6 +704,28 @@ class ReviewSource:
             bounds[dim] = (-0.5, 1.5) if isinstance(transform, Logicle) else (-r, 2.0 * r)
         fcs.events = None
         return StainedTube(tube, strategy, bounds, tops, f.name)
+
+
+def replaced_controls(read: list[tuple[str, Any]], controls: list[ProductFile]) -> dict[str, str]:
+    """Each of ``controls`` (name -> why, one line) whose bytes a re-run read (``read``:
+    ``ProductResult.controls``, name and FCSFile) are not those run.json records: their SHA-256
+    differs, or the file changed after the read (its digest is then not the read bytes')."""
+    from tilpheno.errors import FCSReadError
+
+    recorded = {c.name: c for c in controls}
+    out: dict[str, str] = {}
+    for name, fcs in read:
+        control = recorded.get(name)
+        if control is None or name in out:
+            continue
+        try:
+            same = fcs.sha256 == control.sha256
+        except FCSReadError as exc:
+            out[name] = str(exc)
+            continue
+        if not same:
+            out[name] = changed_since_run(control.path)
+    return out
 
 
 # -- candidate cuts of the threshold gates ---------------------------------------------------------
