@@ -398,7 +398,8 @@ def sign(driver, meaning: str, user: str, comment: str = "") -> None:
 
 def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     """The scientist's and QA's path as a user walks it: from the product list open a product, move
-    the CD3 cut down until the release status turns (fail -> pass), save with a reason; the numbers
+    the CD3 cut down until the release status turns (fail -> pass), save with a reason and, as that
+    overturns the run's determined fail, a deviation justification (refused without one); the numbers
     shown are those of the public gating library for the saved cut, and the status is the release
     spec's on them. The scientist signs "reviewed", a second reviewer approves, a third rejects
     (a rejection without a reason is refused in one line), the scientist corrects again (every
@@ -434,9 +435,26 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     shown = wait(driver, lambda d: status(d) if "status: pass" in status(d) else None, "the status after the drags")
     assert shown == "draft release status: pass once these gates are approved (criteria on the automatic gates: fail)"
     assert wait(driver, lambda d: draft_pct(d), "the CD3+ % label") > start
+    # the run failed CD3+ T cells on gates no flag asked to review: the page asks why release may overturn it
+    asked = wait(driver, lambda d: d.find_element("id", "deviation-what").text if d.find_element("id", "deviation-box")
+                 .is_displayed() else None, "the deviation question")
+    assert asked.startswith("These gates overturn the run's determined fail on CD3+ T cells (cd3_pct_of_live_lymph > 90 % "
+                            "of live lymphocytes: 87.74 in the run, "), asked
     driver.find_element("id", "reason").send_keys("CD3 dim cells are T cells (FMO overlays)")
+    driver.find_element("id", "save-button").click()   # without the justification: refused, nothing saved
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "deviation" in d.find_element("id", "message").text
+               else None, "the refusal without a justification")
+    assert msg.startswith("deviation: these gates overturn the run's determined fail on CD3+ T cells") and \
+        msg.endswith("(nothing was saved)"), msg
+    assert service.current_version(PID) == 1
+    deviation = "CD3-dim cells are T cells on the FMO overlay; deviation DV-17 opened"
+    driver.find_element("id", "deviation").send_keys(deviation)
     driver.find_element("id", "save-button").click()
     wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version 2")
+    shown = wait(driver, lambda d: d.find_element("css selector", '[data-deviation="CD3+ T cells"]').text, "the deviation line")
+    assert shown.startswith("version 2: release overturns the run's determined fail on CD3+ T cells (") and \
+        f": reason '{deviation}', by Alice Tester (alice), at " in shown, shown
+    assert not driver.find_element("id", "deviation-box").is_displayed()
     v2 = service.version(PID)
     saved = json.loads(v2.gates_json)
     truth = independent_counts(service, saved)
@@ -487,6 +505,7 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     steps = [(e["username"], e["action"], e["reason"]) for e in entries if e["action"] != "import_product"]
     assert steps == [
         ("alice", "save_gates", "CD3 dim cells are T cells (FMO overlays)"),
+        ("alice", "deviation", deviation),
         ("alice", "sign", "reviewed"),
         ("dave", "sign", "approved for release"),
         ("carol", "sign", "CD3 cut lowered into the CD3- shoulder"),

@@ -401,3 +401,40 @@ def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
         assert f["gate"] in row.split(), row
     # unstained_positive's gate is the stained file's: named with it
     assert "CD4+ (of TIL001_treg_stain.fcs)" in " ".join(flowing.split())
+
+
+def test_the_certificate_says_which_determined_fail_the_release_overturns_and_why(fresh_service, tmp_path):
+    """TIL001 fails CD3+ T cells in the run on gates no flag asked to review; alice lowers its CD3
+    cut until it passes (with a deviation justification) and dave approves. The certificate said
+    "RELEASE CRITERIA MET" with nothing about the run's fail it overturned; it now has a line per
+    such criterion: the run's value and the approved one, the justification, who and when (the
+    ``deviation`` entry of the trail). A version stored without one (saved before deviations were
+    recorded) is named as having none."""
+    from tilpheno.review.service import transaction
+
+    service = fresh_service
+    alice = user(service, "alice")
+    g = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    g["low"] -= 0.2
+    reason = "FMO overlay shows the CD3-dim cells are T cells; QA deviation DV-17"
+    v2 = service.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": g}}}}, "CD3 dim cells are T cells",
+                              deviation=reason)
+    service.sign(PID, user(service, "dave").id, PASSWORDS["dave"], "approved for release", 2,
+                 approval_resolutions(service, PID))
+    with service.factory() as db:
+        [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation"))
+    value = json.loads(entry.after_json)["criteria"][0]["value"]
+    run = float(service.source.phenotype_row(PID)["cd3_pct_of_live_lymph"])
+    flowing, _ = certificate_text(service, tmp_path)
+    text = " ".join(flowing.split())
+    assert "Release decision: RELEASE CRITERIA MET" in text
+    assert ("Deviations: the run's determined fails this release overturns release overturns the run's determined fail "
+            f"on CD3+ T cells (cd3_pct_of_live_lymph > 90 % of live lymphocytes: {run:.2f} in the run, {value:.2f} on these "
+            f"gates): reason '{reason}', by Alice Tester (alice), at {entry.at[:19].replace('T', ' ')} UTC (version 2)") in text
+
+    # a version stored as saves stored it before deviations were recorded: the overturn is named, unjustified
+    change = service._gate_change("TIL003", 1, {"tubes": {"surface": {"gates": {"CD3+": g}}}})
+    old = transaction(service.factory, lambda db: service._store(db, "carol", change, "CD3 as TIL001", "adjusted",
+                                                                 expect_seq=None, relevant=None))
+    [d] = service.deviations("TIL003", old)
+    assert d.words().endswith("on these gates): no deviation justification recorded") and v2.version == 2

@@ -1194,3 +1194,83 @@ def test_a_product_whose_id_starts_with_a_formula_character_opens(tmp_path):
     assert len(source.qc_flags("+TIL001")) == len(written) > 0
     assert {f.name for f in source.product_files("+TIL001")} == set(
         pd.read_csv(out / "populations.csv", dtype=str)["file"])
+
+
+def overturning_cd3(service, pid):
+    """``pid``'s CD3+ cut lowered 0.2 (logicle) from its current version: TIL001's CD3+ % of live
+    lymphocytes goes from 87.74 (the run's fail, no flag on its gates) to above the spec's 90."""
+    return shifted_cd3(service, pid, -0.2)
+
+
+def test_a_save_overturning_a_determined_fail_needs_a_deviation_justification_recorded_apart(fresh_service):
+    """TIL001 fails CD3+ T cells in the run on gates no QC flag asked to review (a determined fail).
+    A save that moved its CD3 cut until the criterion passed was stored like any correction (a
+    reason), and the approval released a lot the run had failed, with nothing saying so. Now such a
+    save needs a deviation justification (refused without one, nothing saved), which a ``deviation``
+    entry of the trail records apart (the run's value, the new one, why); a later save that keeps the
+    pass needs none, and the version still names the first one's justification; a batch apply that
+    would overturn a determined fail is refused."""
+    from tilpheno.release import evaluate as evaluate_release
+    from tilpheno.review.service import DeviationRequired
+
+    service, pid = fresh_service, "TIL001"
+    src = service.source
+    run_row = src.phenotype_row(pid)
+    assert src.run_release(pid).status == run_row["release_status"] == "fail"
+    assert run_row["review_status"] == "no gating flags"   # no flag holds any criterion: the fail is determined
+    alice = user(service, "alice")
+    moved = overturning_cd3(service, pid)
+    g = gates(service, pid)
+    g["tubes"]["surface"]["gates"]["CD3+"] = moved["tubes"]["surface"]["gates"]["CD3+"]
+    # independent truth: the spec applied to the counts of every event under the moved gates
+    tube = src.stained(pid)["surface"]
+    masks = evaluate(tube.strategy, tube.tube, g["tubes"]["surface"]["gates"])
+    cd3 = 100.0 * masks["CD3+"].sum() / masks["live_lymph"].sum()
+    [crit] = [r for r in evaluate_release(src.release_spec, {"cd3_pct_of_live_lymph": cd3}) if r.criterion.column
+              == "cd3_pct_of_live_lymph"]
+    assert crit.outcome == "pass" and float(run_row["cd3_pct_of_live_lymph"]) < crit.criterion.limit
+
+    with pytest.raises(DeviationRequired, match=r"^deviation: these gates overturn the run's determined fail on CD3\+ T "
+                                                r"cells \(cd3_pct_of_live_lymph > 90 % of live lymphocytes: 87.74 in the "
+                                                r"run, [0-9.]+ on these gates\)"):
+        service.save_version(pid, alice, 1, moved, "CD3 dim cells are T cells")
+    with pytest.raises(DeviationRequired):
+        service.save_version(pid, alice, 1, moved, "CD3 dim cells are T cells", deviation="  ")
+    with pytest.raises(GateSetError, match=r"^deviation: required \(at least 3 characters\)$"):
+        service.save_version(pid, alice, 1, moved, "CD3 dim cells are T cells", deviation="ok")
+    assert service.current_version(pid) == 1
+    v2 = service.save_version(pid, alice, 1, moved, "CD3 dim cells are T cells",
+                              deviation="FMO overlay shows the CD3-dim cells are T cells; QA deviation DV-17")
+    with service.factory() as db:
+        entries = list(db.scalars(select(AuditEntry).where(AuditEntry.product_id == pid).order_by(AuditEntry.seq)))
+    assert [e.action for e in entries] == ["import_product", "save_gates", "deviation"]
+    dev = entries[-1]
+    assert (dev.username, dev.reason) == ("alice", "FMO overlay shows the CD3-dim cells are T cells; QA deviation DV-17")
+    [c] = json.loads(dev.after_json)["criteria"]
+    assert json.loads(dev.after_json)["version"] == v2.version == 2
+    assert c["criterion"] == "CD3+ T cells" and c["run_outcome"] == "fail" and c["outcome"] == "pass"
+    assert math.isclose(c["run_value"], float(run_row["cd3_pct_of_live_lymph"]), rel_tol=1e-9)
+    assert math.isclose(c["value"], cd3, rel_tol=1e-12)
+
+    # a later correction that keeps the pass: no new justification; the version names the first
+    v3 = service.save_version(pid, user(service, "carol"), 2, shifted_cd3(service, pid, 0.002), "carol trims CD3")
+    [d] = service.deviations(pid, v3)
+    assert (d.reason, d.by, d.version) == (dev.reason, "Alice Tester (alice)", 2)
+    assert d.words().startswith("release overturns the run's determined fail on CD3+ T cells (")
+    assert d.words().endswith(f": reason {dev.reason!r}, by Alice Tester (alice), at {dev.at[:19].replace('T', ' ')} UTC "
+                              "(version 2)")
+    assert service.deviations(pid, service.version(pid, 1)) == []   # the automatic gates overturn nothing
+
+    # TIL003 fails CD3+ in the run too (determined); TIL001's lowered cut would pass it: refused, nothing applied
+    target = "TIL003"
+    t_gates = gates(service, target)
+    t_gates["tubes"]["surface"]["gates"]["CD3+"] = gates(service, pid)["tubes"]["surface"]["gates"]["CD3+"]
+    assert src.run_release(target).determined_fails[0].criterion.name == "CD3+ T cells"
+    assert recompute(src, target, t_gates, medians=False).release[1].outcome == "pass"
+    with pytest.raises(GateSetError, match=r"^TIL003: surface/CD3\+ from TIL001 overturns the run's determined fail on "
+                                           r"CD3\+ T cells .*correct TIL003 on its own page, with a deviation justification "
+                                           r"\(nothing was applied\)$"):
+        service.apply_to_batch(pid, alice, "surface", "CD3+", [target], "same CD3 cut")
+    assert service.current_version(target) == 1
+    with service.factory() as db:
+        assert audit.verify(db).ok

@@ -1474,3 +1474,27 @@ def test_the_product_list_labels_the_runs_release_as_the_runs(flagged_out, tmp_p
         assert c.get("/api/products/TIL002/state").json["release"]["automatic_status"] == "pass"
     finally:
         service.factory.kw["bind"].dispose()
+
+
+def test_the_page_asks_for_a_deviation_justification_and_shows_it(fresh_service):
+    """Over HTTP: the preview of a draft that passes TIL001's determined CD3 fail says so
+    (``overturns``), a save without a justification is refused (400, the criterion named, nothing
+    saved), one with it is saved, and the product's state shows the overturn with the justification."""
+    app = create_app(fresh_service)
+    c, h, _ = login(app, "alice")
+    state, body = cd3_body(c, -0.2)
+    preview = c.post(f"/api/products/{PID}/preview", json={"gates": body["gates"]}, headers=h).json
+    assert preview["release_status"] == "pass" and state["release"]["run_status"] == "fail"
+    [said] = preview["overturns"]
+    assert said.startswith("CD3+ T cells (cd3_pct_of_live_lymph > 90 % of live lymphocytes: 87.74 in the run, ")
+    before = counts(fresh_service)
+    r = c.post(f"/api/products/{PID}/versions", json={**body, "reason": "CD3 dim cells are T cells"}, headers=h)
+    assert r.status_code == 400 and r.json["overturns"] == [said] and "(nothing was saved)" in r.json["error"]
+    assert counts(fresh_service) == before
+    r = c.post(f"/api/products/{PID}/versions", json={**body, "reason": "CD3 dim cells are T cells",
+                                                     "deviation": "FMO overlay: CD3-dim are T cells (DV-17)"}, headers=h)
+    assert r.status_code == 201, r.text
+    [shown] = c.get(f"/api/products/{PID}/state").json["release"]["deviations"]
+    assert shown["criterion"] == "CD3+ T cells" and shown["justified"]
+    assert shown["text"].startswith(f"release overturns the run's determined fail on {said}: reason "
+                                    "'FMO overlay: CD3-dim are T cells (DV-17)', by Alice Tester (alice), at ")

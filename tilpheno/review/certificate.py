@@ -1,7 +1,9 @@
 """Certificate of analysis (PDF, reportlab) of a product, made from its approved gate set only.
 
 Contents: product, approval (version, signatures with name, meaning and UTC time), the release
-spec with each criterion's value and pass/fail, the overall release decision, the study
+spec with each criterion's value and pass/fail, the overall release decision, each criterion the
+run failed on no flagged gate that the approved gates pass, with its deviation justification (who,
+when, why: ``ReviewService.deviations``), the study
 variables recomputed with the approved gates, every QC flag with its resolution (as entered at
 approval), the gate adjustments that led to the approved version (who, when, why), the input
 files' SHA-256, the data hash the signatures are bound to, and the software and strategy
@@ -104,6 +106,10 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
                        [[r.criterion.name, r.criterion.describe(), r.shown() or "NA",
                          r.outcome.upper() + r.result().removeprefix(r.outcome)] for r in res.release],
                        [45, 60, 30, 35]))
+    deviations = service.deviations(product_id, approved)
+    if deviations:   # the approved gates pass a criterion the run failed on no flagged gate
+        story += [Spacer(1, 3 * mm), p("Deviations: the run's determined fails this release overturns", heading)]
+        story += [p(d.words()) for d in deviations]
     story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", heading)]
     story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in src.study.variables], [80, 40]))
     flags = src.qc_flags(product_id)

@@ -50,7 +50,8 @@ from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load
 from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
 from tilpheno.pipeline.release import absent_in, not_applicable
 from tilpheno.study import Study
-from tilpheno.release import DEFAULT_SPEC, evaluate as evaluate_release, load_spec_source, overall, spec_path
+from tilpheno.release import (DEFAULT_SPEC, FAIL, CriterionResult, evaluate as evaluate_release, load_spec_source,
+                              overall, spec_path)
 from tilpheno.review.db import ReviewError
 from tilpheno.transforms import Logicle
 
@@ -169,11 +170,14 @@ class RunRelease:
     recorded (the phenotype row, qc.csv's flags, populations.csv's tube kinds, the run's strategies
     and spec). Empty when that decision does not give ``status`` (a run before criteria were held
     one by one held them all). ``review``: phenotypes.csv's ``review_status`` (``needs review`` while
-    a flag holds release)."""
+    a flag holds release). ``determined_fails``: each criterion that failed in the run on no flagged
+    gate (a *determined* fail, ``tilpheno.pipeline.release``: no review was asked to change it), as
+    the run's criteria give it, in the spec's order."""
 
     status: str
     review: str
     held: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    determined_fails: tuple[CriterionResult, ...] = ()
 
 
 REVIEW_COLUMNS = {"phenotypes.csv": ("product_id",),
@@ -446,11 +450,12 @@ class ReviewSource:
         tube_of = {name: tube for name, tube, role, _ in self._file_rows(product_id) if role in ("stain", "fmo")}
         release, decided = release_decision(self.release_spec, row, flags, usable=True, tube_of=tube_of,
                                             strategies=list(self.strategies.values()), doses=self.study.doses)
+        determined = tuple(r for r in release if r.outcome == FAIL and not r.held_by)
         if decided != status:
             log.info("%s: phenotypes.csv's release_status %r is not what its criteria and flags give now (%r): "
                      "the criteria held by review are not shown", product_id, status, decided)
-            return RunRelease(status, review)
-        return RunRelease(status, review, tuple((r.criterion.name, r.held_by) for r in release if r.held_by))
+            return RunRelease(status, review, determined_fails=determined)
+        return RunRelease(status, review, tuple((r.criterion.name, r.held_by) for r in release if r.held_by), determined)
 
     def til_dose_cells(self, product_id: str) -> float | None:
         """The infused cell number the run used, from the first of the study's doses on the infused

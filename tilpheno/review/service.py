@@ -30,6 +30,15 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   the comment; the approval's ``sign`` entry holds the rejection it overrules as ``before``.
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
+* **Deviations**: a criterion the run failed on no flagged gate (a *determined* fail,
+  ``RunRelease.determined_fails``: no review flag asked for its gates to be changed) that a saved
+  gate set passes overturns the run's decision (:class:`Overturn`). The save that first makes a
+  version pass it (its base version did not) needs a deviation justification (``deviation``,
+  else :class:`DeviationRequired`, nothing saved) and records it in a ``deviation`` entry of the
+  trail beside its ``save_gates`` entry (the criteria, the run's and the new values, the reason);
+  a batch apply that would overturn one is refused (each such product is corrected on its own).
+  The page and the certificate show each overturn of a version with its justification
+  (:meth:`ReviewService.deviations`); the four-eyes rule makes someone other than its author approve it.
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tilpheno.release import PASS, CriterionResult, overall
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError
@@ -58,7 +68,7 @@ BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_failed",
-                            "import_product", "reimport_product", "save_gates", "sign", "signature_refused"})
+                            "import_product", "reimport_product", "save_gates", "deviation", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -82,6 +92,59 @@ class ApprovalsWouldBeVoided(ReviewError):
         super().__init__(message)
         self.products = products
         self.signature_ids = signature_ids or []
+
+
+class DeviationRequired(GateSetError):
+    """A save would overturn the run's determined fail on ``overturns`` without a deviation
+    justification (HTTP 400, nothing saved)."""
+
+    def __init__(self, message: str, overturns: list[Overturn]):
+        super().__init__(message)
+        self.overturns = overturns
+
+
+@dataclass(frozen=True)
+class Overturn:
+    """A release criterion the run failed on no flagged gate (``run``: its result in the run, a
+    determined fail) that a gate set passes (``now``: its result on those gates)."""
+    run: CriterionResult
+    now: CriterionResult
+
+    @property
+    def criterion(self) -> str:
+        return self.run.criterion.name
+
+    def words(self) -> str:
+        """``CD3+ T cells (cd3_pct_of_live_lymph > 90 % of live lymphocytes: 87.74 in the run, 91.20 on
+        these gates)``."""
+        return (f"{self.criterion} ({self.run.criterion.describe()}: {self.run.shown() or 'NA'} in the run, "
+                f"{self.now.shown() or 'NA'} on these gates)")
+
+    def record(self) -> dict:
+        """What a ``deviation`` entry records of it (values in the criterion's unit)."""
+        return {"criterion": self.criterion, "rule": self.run.criterion.describe(), "run_value": self.run.value,
+                "run_outcome": self.run.outcome, "value": self.now.value, "outcome": self.now.outcome}
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """An overturn of a version with the justification the trail holds for it: the newest
+    ``deviation`` entry naming its criterion from a version up to this one and after the automatic
+    version it descends from (``version`` its version, ``reason``, ``by``: full name and user, ``at``:
+    UTC); ``reason`` empty when none does (a version saved before deviations were recorded)."""
+    overturn: Overturn
+    reason: str = ""
+    by: str = ""
+    at: str = ""
+    version: int = 0
+
+    def words(self) -> str:
+        """``release overturns the run's determined fail on <criterion> (...): reason '...', by <name>
+        (<user>), at <YYYY-MM-DD HH:MM:SS> UTC (version <n>)``, as the page and the certificate say it."""
+        head = f"release overturns the run's determined fail on {self.overturn.words()}"
+        if not self.reason:
+            return f"{head}: no deviation justification recorded"
+        return f"{head}: reason {self.reason!r}, by {self.by}, at {self.at[:19].replace('T', ' ')} UTC (version {self.version})"
 
 
 def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: int = 8):
@@ -163,6 +226,21 @@ def resolutions_typed(flags: list[dict], own: Any, by_kind: Any) -> dict[str, An
         mine = own.get(key)
         typed[key] = mine if isinstance(mine, str) and mine.strip() else by_kind.get(f["code"], mine)
     return typed
+
+
+def _justification(product_id: str, base_version: int, overturns: list[Overturn], deviation: Any) -> str:
+    """The checked deviation justification of a save from ``base_version`` that introduces
+    ``overturns`` (:func:`check_reason`); "" when it introduces none; :class:`DeviationRequired`
+    naming them when none is given."""
+    if not overturns:
+        return ""
+    if deviation is None or (isinstance(deviation, str) and not deviation.strip()):
+        raise DeviationRequired(
+            f"deviation: these gates overturn the run's determined fail on "
+            f"{'; '.join(o.words() for o in overturns)}, which no QC flag asked to review; a version of "
+            f"{product_id} after version {base_version} that releases on them needs a deviation justification "
+            "(nothing was saved)", overturns)
+    return check_reason(deviation, "deviation")
 
 
 def _signature_record(sig: Signature) -> dict:
@@ -301,7 +379,7 @@ class ReviewService:
     def __init__(self, source: ReviewSource, factory: sessionmaker):
         self.source, self.factory = source, factory
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
-        self._release: dict[tuple[str, str], str] = {}
+        self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
@@ -447,7 +525,7 @@ class ReviewService:
 
     def save_version(self, product_id: str, user: User, base_version: Any, submitted: Any, reason: Any,
                      source_label: str = "adjusted", roles: tuple[str, ...] = EDIT_ROLES,
-                     void_approval: Any = None) -> GateSetVersion:
+                     void_approval: Any = None, deviation: Any = None) -> GateSetVersion:
         """A new version from ``base_version`` with the submitted gates (validated); VersionConflict if
         stale. The account, its role (one of ``roles``) and the product's assignment are checked again
         inside the save's transaction, as signatures check them: an audited change committed before
@@ -459,7 +537,12 @@ class ReviewService:
         (:class:`ApprovalsWouldBeVoided`, nothing saved) unless ``void_approval`` is that approval's
         signature id (the one the user was shown and agreed to void). The approval is read inside the
         transaction, so one signed while the user edited (after the page loaded) is never voided
-        unseen; the voided approval is recorded in the ``save_gates`` entry (``before.voids_approval``)."""
+        unseen; the voided approval is recorded in the ``save_gates`` entry (``before.voids_approval``).
+
+        A save that overturns the run's determined fail on a criterion its base version does not
+        (:meth:`introduced_overturns`) needs ``deviation``, the justification (:class:`DeviationRequired`
+        without one, nothing saved), recorded in a ``deviation`` entry after the ``save_gates`` one; a
+        ``deviation`` given where none is overturned is not needed and not stored."""
         if user.role not in roles:
             raise Forbidden(f"role {user.role} cannot save gates")
         self.require_access(user, product_id)
@@ -469,6 +552,11 @@ class ReviewService:
         change = self._gate_change(product_id, base_version, submitted)
         if not change.diff:
             raise GateSetError("no gate changed: nothing to save")
+        base = self.version(product_id, base_version)
+        overturns = self.introduced_overturns(product_id, self.criteria(product_id, json.loads(base.gates_json),
+                                                                        base.gates_sha256),
+                                              self.criteria(product_id, change.gates, change.digest))
+        justification = _justification(product_id, base_version, overturns, deviation)
         # the suggested cuts (the page's candidate buttons) the saved gates are at, named in the audit entry
         suggested = applied_candidates(change.diff, self.source.candidates(product_id))
 
@@ -483,10 +571,16 @@ class ReviewService:
             if voided is not None and (isinstance(void_approval, bool) or void_approval != voided.id):
                 raise ApprovalsWouldBeVoided(f"saving voids {_approval_words(product_id, voided)}: confirm to save "
                                              "anyway (nothing was saved)", [product_id], [voided.id])
-            return self._store(db, user.username, change, reason, source_label, expect_seq=start,
-                               relevant=_concerns(product_id),
-                               before={"voids_approval": _signature_record(voided)} if voided is not None else None,
-                               after={"suggestions": suggested} if suggested else None)
+            row = self._store(db, user.username, change, reason, source_label, expect_seq=start,
+                              relevant=_concerns(product_id),
+                              before={"voids_approval": _signature_record(voided)} if voided is not None else None,
+                              after={"suggestions": suggested} if suggested else None)
+            if overturns:   # its own entry: a QA reviewer finds every deviation by its action
+                audit.append(db, user.username, "deviation", product_id=product_id,
+                             before={"version": base_version, "release": "the run's determined fail"},
+                             after={"version": row.version, "criteria": [o.record() for o in overturns]},
+                             reason=justification)
+            return row
 
         try:
             return transaction(self.factory, save)
@@ -558,7 +652,9 @@ class ReviewService:
         was prepared counts) loses that approval: :class:`ApprovalsWouldBeVoided` naming each such
         approval, and nothing applied, unless ``void_approvals`` lists the signature id of each such
         approval (the user was asked, naming them: an approval signed after that is named again);
-        each voided approval is recorded in its product's ``save_gates`` entry."""
+        each voided approval is recorded in its product's ``save_gates`` entry. A target whose run's
+        determined fail the gate would overturn (:meth:`introduced_overturns`) refuses the whole batch
+        (GateSetError naming it): that product is corrected on its own, with a deviation justification."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
@@ -591,6 +687,15 @@ class ReviewService:
                 if change.diff:
                     imports[t] = pending
             (changes if change.diff else unchanged).append(change)
+        for c in changes:   # a determined fail is overturned on its product's own page, with its justification
+            base_set = imports[c.product_id].gate_set if c.product_id in imports else json.loads(self.version(c.product_id).gates_json)
+            overturns = self.introduced_overturns(c.product_id, self.criteria(c.product_id, base_set, gates_sha256(base_set)),
+                                                  self.criteria(c.product_id, c.gates, c.digest))
+            if overturns:
+                raise GateSetError(f"{c.product_id}: {tube}/{population} from {from_product} overturns the run's determined "
+                                   f"fail on {'; '.join(o.words() for o in overturns)}, which no QC flag asked to review; "
+                                   f"correct {c.product_id} on its own page, with a deviation justification "
+                                   "(nothing was applied)")
         skipped = [c.product_id for c in unchanged]
         label = f"batch from {from_product} v{src.version}"
         note = f"{reason} (gate {tube}/{population} applied from {from_product} v{src.version})"
@@ -821,12 +926,56 @@ class ReviewService:
         return out
 
     def release_status(self, product_id: str, version: GateSetVersion) -> str:
-        """Release outcome of a stored version (memoised by gate-set hash: versions never change)."""
-        key = (product_id, version.gates_sha256)
-        if key not in self._release:
-            self._release[key] = recompute(self.source, product_id, json.loads(version.gates_json),
-                                           medians=False).release_status
-        return self._release[key]
+        """Release outcome of a stored version."""
+        return overall(self.criteria(product_id, json.loads(version.gates_json), version.gates_sha256))
+
+    def criteria(self, product_id: str, gate_set: dict, digest: str) -> list[CriterionResult]:
+        """The release criteria on ``gate_set`` (SHA-256 ``digest``; memoised by it: a gate set's
+        results never change)."""
+        key = (product_id, digest)
+        if key not in self._criteria:
+            self._criteria[key] = recompute(self.source, product_id, gate_set, medians=False).release
+        return self._criteria[key]
+
+    def overturns(self, product_id: str, results: list[CriterionResult]) -> list[Overturn]:
+        """Each of the run's determined fails (``RunRelease.determined_fails``) that a gate set whose
+        criteria are ``results`` passes, in the spec's order."""
+        now = {r.criterion.name: r for r in results}
+        return [Overturn(r, now[r.criterion.name]) for r in self.source.run_release(product_id).determined_fails
+                if r.criterion.name in now and now[r.criterion.name].outcome == PASS]
+
+    def introduced_overturns(self, product_id: str, base: list[CriterionResult],
+                             results: list[CriterionResult]) -> list[Overturn]:
+        """The overturns of a gate set whose criteria are ``results`` that its base gate set
+        (criteria ``base``) does not have: those a save of it from that base must justify."""
+        before = {o.criterion for o in self.overturns(product_id, base)}
+        return [o for o in self.overturns(product_id, results) if o.criterion not in before]
+
+    def deviations(self, product_id: str, version: GateSetVersion) -> list[Deviation]:
+        """Each overturn of ``version`` with the justification the audit trail holds for it
+        (:class:`Deviation`), in the spec's order."""
+        overturns = self.overturns(product_id, self.criteria(product_id, json.loads(version.gates_json),
+                                                             version.gates_sha256))
+        if not overturns:
+            return []
+        with self.factory() as db:
+            snapshot(db)
+            automatic = db.scalar(select(GateSetVersion.version).where(
+                GateSetVersion.product_id == product_id, GateSetVersion.source == "automatic",
+                GateSetVersion.version <= version.version).order_by(GateSetVersion.version.desc()).limit(1)) or 0
+            entries = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation",
+                                                               AuditEntry.product_id == product_id)
+                                      .order_by(AuditEntry.seq)))
+            names = {u.username: u.full_name for u in db.scalars(select(User))}
+        justified: dict[str, tuple[str, str, str, int]] = {}   # criterion -> (reason, by, at, version)
+        for e in entries:   # oldest first: the newest entry naming a criterion wins
+            after = json.loads(e.after_json)
+            saved = after.get("version")
+            if not isinstance(saved, int) or not automatic < saved <= version.version:
+                continue
+            for c in after.get("criteria", []):
+                justified[c.get("criterion")] = (e.reason, f"{names.get(e.username, e.username)} ({e.username})", e.at, saved)
+        return [Deviation(o, *justified[o.criterion]) if o.criterion in justified else Deviation(o) for o in overturns]
 
     def release_approval(self, product_id: str) -> Approval:
         """The product's standing approval for release, read at once (a certificate's content);

@@ -38,8 +38,8 @@ from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
-from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, Forbidden, NotFound, ReviewService,
-                                     VersionConflict, approved_of, decision_of, transaction)
+from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
+                                     ReviewService, VersionConflict, approved_of, decision_of, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -315,6 +315,9 @@ def create_app(service: ReviewService) -> Flask:
                         # are what release becomes once those gates are approved (a signature resolves the flags)
                         "run_status": run_release.status, "run_review": run_release.review,
                         "run_held": [{"criterion": name, "held_by": list(by)} for name, by in run_release.held],
+                        # the current version's overturns of the run's determined fails, with their justification
+                        "deviations": [{"criterion": d.overturn.criterion, "text": d.words(), "justified": bool(d.reason)}
+                                       for d in service.deviations(product_id, current)],
                         "spec": service.source.release_spec.name},
             "qc_flags": service.source.qc_flags(product_id),
             "signatures": [_signature(v) for v in signatures],
@@ -355,7 +358,11 @@ def create_app(service: ReviewService) -> Flask:
         draft = validate_gate_set(json.loads(current.gates_json), data.get("gates"), stained)
         res = recompute(service.source, product_id, draft, medians=False)
         out = {"populations": _tables(res), "phenotype": _clean(res.phenotype), "release": release_rows(res.release),
-               "release_status": res.release_status}
+               "release_status": res.release_status,
+               # what saving the draft would overturn of the run's determined fails: a save needs a justification
+               "overturns": [o.words() for o in service.introduced_overturns(
+                   product_id, service.criteria(product_id, json.loads(current.gates_json), current.gates_sha256),
+                   res.release)]}
         if data.get("plots"):
             out["plots"] = _plots(service, product_id, draft, json.loads(service.automatic_version(product_id).gates_json))
         return jsonify(out)
@@ -367,9 +374,11 @@ def create_app(service: ReviewService) -> Flask:
         data = body()
         try:
             row = service.save_version(product_id, g.user, data.get("base_version"), data.get("gates"), data.get("reason"),
-                                       void_approval=data.get("void_approval"))
+                                       void_approval=data.get("void_approval"), deviation=data.get("deviation"))
         except ApprovalsWouldBeVoided as exc:   # signed since the page loaded: the page asks, naming it
             return jsonify(error=str(exc), approved=exc.products, approval=exc.signature_ids[0]), 409
+        except DeviationRequired as exc:   # the page asks for the justification, naming what is overturned
+            return jsonify(error=str(exc), overturns=[o.words() for o in exc.overturns]), 400
         return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
                         "message": f"saved version {row.version} of {product_id}"}), 201
 

@@ -70,7 +70,7 @@
   }
 
   // ---- the draft kept in this browser ----------------------------------------------------------------
-  // Every change of the draft (and its reason) is kept in this browser's localStorage under the user and
+  // Every change of the draft (and its reason and deviation justification) is kept in this browser's localStorage under the user and
   // the product, so an expired session (8 h), a closed tab or a crash loses nothing: when this user opens
   // the product again the page puts the kept changes over the current version and says so (from when,
   // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
@@ -92,7 +92,7 @@
     try {
       if (edited.length) {
         localStorage.setItem(draftKey, JSON.stringify({ version: S.current_version, edited: edited,
-          reason: $("reason").value, at: new Date().toISOString() }));
+          reason: $("reason").value, deviation: $("deviation").value, at: new Date().toISOString() }));
       } else localStorage.removeItem(draftKey);
     } catch (e) { console.warn("the draft could not be kept in this browser: " + e); }
   }
@@ -110,6 +110,7 @@
     }
     if (!put.length) { keepDraft(); return; }
     if (!$("reason").value && kept.reason) $("reason").value = kept.reason;
+    if (!$("deviation").value && kept.deviation) $("deviation").value = kept.deviation;
     schedulePreview(true);
     message("Restored your unsaved draft of " + String(kept.at).slice(0, 19).replace("T", " ") + " UTC (" + put.join(", ") +
       ")" + (kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
@@ -400,6 +401,7 @@
     lastShown = seq;
     if (r.status !== 200) { message((r.data.error || "preview failed") + draftNote(r.status), false); return; }
     renderTables(r.data.populations, r.data.release, r.data.release_status);
+    askDeviation(r.data.overturns);
     if (final && r.data.plots) { renderPlots(r.data.plots, r.data.populations); }
     if (pending) schedulePreview(true);
   }
@@ -453,6 +455,10 @@
     rb.appendChild(el("p", { id: "release-status" }, "draft release status: " + status +
       " once these gates are approved (criteria on the automatic gates: " + S.release.automatic_status + ")"));
     rb.appendChild(el("p", { id: "run-release" }, runRelease(S.release)));
+    // the saved version's overturns of the run's determined fails, each with its justification (who, when, why)
+    for (const d of S.release.deviations) {
+      rb.appendChild(el("p", { class: "rejection", "data-deviation": d.criterion }, "version " + S.current_version + ": " + d.text));
+    }
     rb.appendChild(rt);
     updatePlotLabels(currentTables);
   }
@@ -462,6 +468,16 @@
     const why = release.run_held.map((h) => h.criterion + " awaits review of " + h.held_by.join(", "));
     if (release.run_review === "needs review") why.unshift("gating needs review");
     return "the run's release: " + release.run_status + (why.length ? " (" + why.join("; ") + ")" : "");
+  }
+
+  // the draft overturns the run's determined fail on these criteria (the server's preview says which):
+  // saving it needs a deviation justification, asked for beside the reason
+  function askDeviation(overturns) {
+    const box = $("deviation-box");
+    box.hidden = !(overturns && overturns.length);
+    $("deviation-what").textContent = box.hidden ? "" : "These gates overturn the run's determined fail on " +
+      overturns.join("; ") + ", which no QC flag asked to review: say why in the deviation justification; " +
+      "the audit trail and the certificate keep it.";
   }
 
   function warningFlags() { return S.qc_flags.filter((f) => f.severity === "warning" || f.severity === "error"); }
@@ -592,7 +608,7 @@
       return;
     }
     const body = { base_version: S.current_version, gates: draftBody(), reason: $("reason").value,
-      void_approval: approval ? approval.id : null };
+      void_approval: approval ? approval.id : null, deviation: $("deviation-box").hidden ? null : $("deviation").value };
     let r = await api(app.dataset.save, body);
     if (r.status === 409 && r.data.approval) {   // approved since this page loaded: ask, naming it; the draft stays
       if (!window.confirm(r.data.error + "\n\nSave anyway? The new version will need a new approval.")) {
@@ -601,11 +617,16 @@
       }
       r = await api(app.dataset.save, Object.assign(body, { void_approval: r.data.approval }));
     }
-    if (r.status === 201) { message(r.data.message, true); $("reason").value = ""; await load(); keepDraft(); message(r.data.message, true); }
+    if (r.status === 201) {
+      message(r.data.message, true); $("reason").value = ""; $("deviation").value = ""; askDeviation([]);
+      await load(); keepDraft(); message(r.data.message, true);
+    }
     else if (r.status === 409) await keepDraftOver(r.data.error);
+    else if (r.status === 400 && r.data.overturns) { askDeviation(r.data.overturns); message(r.data.error + draftNote(r.status), false); }
     else message((r.data.error || ("save failed: HTTP " + r.status)) + draftNote(r.status), false);
   });
   $("reason").addEventListener("input", keepDraft);
+  $("deviation").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
     schedulePreview(true);
