@@ -123,3 +123,43 @@ def test_every_gate_implements_the_protocol():
         assert mask.dtype == bool and mask.shape == (3,)
         assert g.drawing().shape in ("intervals", "polygon", "ellipse", "dividers", "none")
         assert all(np.isfinite(v) for v in g.extent("x"))
+
+
+def _gated_as_the_api_would(rows: pd.DataFrame, strategy, product_id: str) -> "tp.GatingResult":
+    """``strategy``'s stained file of the manifest ``rows`` gated by ``gate_sample`` with its FMO
+    files and the product's unstained control, each read by ``Sample.from_fcs``."""
+    kind = rows[rows["tube"] == strategy.tube]
+    stained = tp.Sample.from_fcs(kind.loc[kind["role"] == "stain", "file"].iloc[0], strategy)
+    fmos = kind[kind["role"] == "fmo"]
+    controls = [tp.Sample.from_fcs(f, strategy, fmo=m, stained=stained) for f, m in zip(fmos["file"], fmos["fmo_marker"])]
+    controls += [tp.Sample.from_fcs(f, strategy, unstained=True, stained=stained)
+                 for f in rows.loc[rows["role"] == "unstained", "file"]]
+    return tp.gate_sample(strategy, stained, controls, product_id=product_id)
+
+
+def test_gate_sample_checks_the_unstained_control_as_process_does(tmp_path):
+    """TIL001 with a copy of its stained surface tube as its unstained control (events above every
+    positive cut): ``tilpheno process`` flags ``unstained_positive`` on both tube kinds' positive gates,
+    while ``gate_sample`` of each stained tube with its FMO files and that control raised none (the
+    self-check ran only in the pipeline) -> the same unstained_positive and unstained_control flags
+    as qc.csv (file, gate, gate_file, severity, message) and the same ``unstained_cut`` per flagged
+    gate as ``analyze``."""
+    from review_support import processed_with_stained_control
+
+    out, inputs, manifest = processed_with_stained_control(tmp_path, "TIL001")
+    qc = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
+    qc = qc[qc["code"].str.startswith("unstained")]
+    expected = set(zip(qc["file"], qc["gate"], qc["gate_file"], qc["code"], qc["severity"], qc["message"]))
+    rows = manifest.assign(file=[str(inputs / f) for f in manifest["file"]])
+    strategies = [tp.GatingStrategy.from_yaml(p) for p in tp.default_study().strategy_paths]
+    product = tp.analyze("TIL001", rows, strategies)
+    got = set()
+    for strategy in strategies:
+        result = _gated_as_the_api_would(rows, strategy, "TIL001")
+        flags = [f for f in result.flags if f.code.startswith("unstained")]
+        assert "unstained_positive" in {f.code for f in flags}, strategy.tube
+        got |= {(f.file, f.gate, f.gate_file, f.code, f.severity, f.message) for f in flags}
+        pipeline = product.result(strategy.tube).diagnostics
+        cuts = {p: d["unstained_cut"] for p, d in result.diagnostics.items() if "unstained_cut" in d}
+        assert cuts and cuts == {p: d["unstained_cut"] for p, d in pipeline.items() if "unstained_cut" in d}
+    assert got == expected

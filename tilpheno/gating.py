@@ -49,6 +49,7 @@ from tilpheno.phenotype import (
     gate_tube_kind,
     gated_on_unstained,
     unstained_detectors,
+    unstained_qc,
 )
 from tilpheno.qc import QCFlag
 from tilpheno.study import Study, default_study
@@ -233,7 +234,13 @@ def gate_sample(
     state = states[0]
     name = Path(sample.path).name
     flags = [QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in state.flags]
-    return GatingResult.from_tube(_tube_result(strategy, state), strategy, flags=flags)
+    result = GatingResult.from_tube(_tube_result(strategy, state), strategy, flags=flags)
+    if sample.role == "stain":   # positives in each unstained control, as the pipeline checks them
+        checked = [f for c in tubes if c.role == "unstained"
+                   for f in unstained_qc(product_id, strategy, state, c, result.diagnostics, stained_name=name,
+                                         control_name=Path(c.file).name)]
+        result.flags += dict.fromkeys(checked)   # a control given twice: its flags once
+    return result
 
 
 @dataclass

@@ -581,6 +581,22 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
     return UnstainedCheck(flags + ([lacking] if lacking is not None else []), cuts)
 
 
+def unstained_qc(product_id: str, strategy: Strategy, state: _Gated, control: TubeData,
+                 diagnostics: dict[str, dict[str, Any]], *, stained_name: str, control_name: str) -> list[QCFlag]:
+    """:func:`unstained_check` of one gated stained file (``state``) against one unstained
+    ``control`` as the product's QC flags, the one form ``analyze_product`` and the object model's
+    ``gate_sample`` give: raised on the control (``control_name``), a flag on a gate naming the
+    stained file whose gate it is (``gate_file``: ``stained_name``). Each flagged gate's lowest
+    clearing cut (transformed units) is recorded in ``diagnostics`` (the stained file's result's,
+    population -> numbers) as ``unstained_cut``, the highest where two controls flag it."""
+    check = unstained_check(strategy, state, control, stained_name=stained_name, control_name=control_name)
+    for population, cut in check.cuts.items():
+        d = diagnostics.setdefault(population, {})
+        d["unstained_cut"] = max(cut, d.get("unstained_cut", cut))
+    return [QCFlag(product_id, control_name, f.code, f.severity, f.message, f.gate, stained_name if f.gate else "")
+            for f in check.flags]
+
+
 def _lacking_detectors(strategy: Strategy, state: _Gated, control: TubeData, masks: Mapping[str, np.ndarray],
                        stained: str, control_label: str) -> pl.Flag | None:
     """The ``unstained_control`` info line of a control without a detector some of the stained
@@ -1594,13 +1610,8 @@ def analyze_product(
                                                       f"unstained control not used for the {tube_kind} gates: {f.message}")
                                                for f in problems)
                         continue
-                    check = unstained_check(strategy, state, control, stained_name=sources[i].handle["name"],
-                                            control_name=name)
-                    unstained_flags.extend(QCFlag(product_id, name, f.code, f.severity, f.message, f.gate,
-                                                  sources[i].handle["name"] if f.gate else "") for f in check.flags)
-                    for population, cut in check.cuts.items():   # the highest where two controls flag it
-                        d = made[i].diagnostics.setdefault(population, {})
-                        d["unstained_cut"] = max(cut, d.get("unstained_cut", cut))
+                    unstained_flags.extend(unstained_qc(product_id, strategy, state, control, made[i].diagnostics,
+                                                        stained_name=sources[i].handle["name"], control_name=name))
 
         run.finish(consume)
         for c in (i for i in sorted(made) if sources[i].role in ("fmo", "unstained")):
