@@ -1272,6 +1272,34 @@ def test_the_unstained_control_decides_a_one_population_marker_without_a_detecto
                            f"(FJComp-405 585_15-A), which the 412C_mLN_026.fcs gate(s) {', '.join(cd19)} read")
 
 
+def test_a_one_population_gate_is_placed_once(tmp_path, monkeypatch):
+    """412C mLN with its donor's unstained control: each gate the control decides as one population
+    (PD1+, FoxP3+, CD127+) was placed twice, once without the control to find it one population,
+    then again with it -> once, the decision against the control made on the same density. Every
+    per-file gate of the stained file is placed once; the outputs are those of the two placements
+    (the cut and median against the pipeline's in
+    test_the_object_model_uses_a_real_unstained_control_without_the_cd19_detector_as_the_pipeline_does,
+    against the expert in test_a_one_population_marker_is_called_against_the_unstained_control)."""
+    import collections
+
+    import tilpheno.phenotype as phenotype
+
+    strategy, rows, panel = _drafted_412c_mln(tmp_path)
+    placed: collections.Counter = collections.Counter()
+    place_on = phenotype._place_on
+
+    def counting(pop, tube, *args, **kw):
+        placed[(tube.role, pop.name)] += 1
+        return place_on(pop, tube, *args, **kw)
+
+    monkeypatch.setattr(phenotype, "_place_on", counting)
+    result = phenotype.analyze_product("412C_mLN_026", rows, [strategy], panel_override=panel)
+    decided = {p for p, d in result.tubes[0].diagnostics.items() if "unstained_median" in d}
+    assert decided == {"PD1+", "FoxP3+", "CD127+"}
+    per_file = {p.name for p in strategy.populations if p.boolean is None and p.method not in ("fmo", "fixed")}
+    assert placed == {("stain", name): 1 for name in per_file}, placed
+
+
 def test_the_unstained_control_is_read_once_per_tube_kind(tmp_path, monkeypatch):
     """The one-population decision read the product's unstained control (412C mLN's FoxP3 of CD4+,
     decided against it) and the self-check read it again for the same tube kind: two decodes of the

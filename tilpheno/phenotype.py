@@ -415,11 +415,12 @@ def gate_flag(pop: Population, flag: pl.Flag) -> pl.Flag:
 
 
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None,
-              unstained: np.ndarray | None = None) -> pl.Placement:
+              unstained: Callable[[], np.ndarray | None] | None = None) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
     (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
-    parent's mask, for the self-check of a one-population cut; ``unstained``: the product's
-    unstained control's events for a valley gate's one-population decision, ``place_valley``)."""
+    parent's mask, for the self-check of a one-population cut; ``unstained``: gives the product's
+    unstained control's events (or None) for a valley gate's one-population decision, called
+    once, only for a gate that is one population without them: ``place_valley``)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
     reference = params.pop("reference", None)
@@ -432,7 +433,14 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
         return pl.place_lymphocytes(cols[0], cols[1], xy, **params)
     if pop.method == "cluster":
         return pl.place_cluster(cols[0], cols[1], xy, **params)
-    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), unstained=unstained, **params)
+    read: list[np.ndarray | None] = []   # the control's events, once asked for
+
+    def control() -> np.ndarray | None:
+        if not read:
+            read.append(unstained() if unstained is not None else None)
+        return read[0]
+
+    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), unstained=control, **params)
     if tube.role != "stain":
         return placement
     alternative = None
@@ -441,7 +449,7 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
                                  placement.flags)
         if placement.method == "single_population_sd":   # the same rule on the parent it is applied to
             alternative = float(pl.place_valley(tube.data[pop.dims[0]][applied], pop.dims[0],
-                                                zero=_zero(tube, pop.dims[0]), unstained=unstained,
+                                                zero=_zero(tube, pop.dims[0]), unstained=read[0] if read else None,
                                                 **params).diagnostics["threshold"])
     return checks.check_valley(pop.name, placement, cols[0], alternative=alternative)
 
@@ -905,11 +913,9 @@ class _TubeKindRun:
             if placement is None:
                 try:
                     applied = st.parent_mask(pop) if reference else None
+                    # one population: negative or positive against the control
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
-                                 else _place_on(pop, st.tube, placed_on, applied))
-                    unstained = self._unstained(i, pop, placement)
-                    if unstained is not None:   # one population: negative or positive against the control
-                        placement = _place_on(pop, st.tube, placed_on, applied, unstained)
+                                 else _place_on(pop, st.tube, placed_on, applied, lambda: self._unstained(i, pop)))
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -982,10 +988,10 @@ class _TubeKindRun:
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
         return placement, source
 
-    def _unstained(self, i: int, pop: Population, placement: pl.Placement) -> np.ndarray | None:
-        """The product's unstained control's events for a stained file's one-population valley
-        cut (:func:`unstained_values`), None for any other placement or without a usable control."""
-        if placement.method != "single_population_sd" or self.sources[i].role != "stain" or self.control is None:
+    def _unstained(self, i: int, pop: Population) -> np.ndarray | None:
+        """The product's unstained control's events for file ``i``'s one-population valley cut of
+        ``pop`` (:func:`unstained_values`), None for a control file or without a usable control."""
+        if self.sources[i].role != "stain" or self.control is None:
             return None
         control = self.control()
         return unstained_values(self.strategy, self.loaded[i], control, pop) if control is not None else None

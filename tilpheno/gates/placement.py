@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache, wraps
+from functools import lru_cache, partial, wraps
 from typing import Any, Callable, Mapping, ParamSpec, TypeVar
 
 import numpy as np
@@ -641,59 +641,11 @@ def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_promin
                                         **control}, False
 
 
-def place_valley(
-    values: np.ndarray,
-    dim: str,
-    *,
-    keep: str = "low",
-    bandwidth: float = 0.02,
-    min_prominence: float = 0.01,
-    min_separation: float = 0.25,
-    fallback_sd: float = 4.0,
-    zero: float | None = None,
-    rule: str = "valley",
-    k_sd: float = 4.0,
-    sd_side: str = "lower",
-    unstained: np.ndarray | None = None,
-) -> Placement:
-    """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
-
-    ``zero``: the transformed value of 0 (see ``valley_threshold``). ``unstained``: an unstained
-    control's events on the same dimension and transform (in the parent's nearest ancestor not
-    defined by stains; at least 20 finite): when the two most prominent peaks are no pair, the
-    one-population decision is made against the control, not against ``zero``: its median
-    (``unstained_median``) is where unstained cells sit; a peak less than ``min_separation`` above
-    it is negative, one at least that far above it positive. Peaks of both kinds: a negative and a
-    positive population after all (a small negative peak below a dominant positive one, e.g. the
-    CD127-low cells of CD4 T cells), cut at the density valley between the most prominent of each
-    kind; else one population, negative or positive as its peaks are (cuts as in
-    ``valley_threshold``). ``rule`` (stated by the
-    strategy): ``valley`` = the density valley; ``negative_sd`` = ``k_sd`` robust SDs above the
-    negative (highest) peak, the SD being the lower-half RMS of the events around it (a
-    live/dead cut that also catches dead cells dim in the dye); ``lower`` = the lower of the two
-    (the valley, but never more than ``k_sd`` SDs above the negative peak); ``positive_sd`` =
-    ``k_sd`` robust SDs below the positive peak, the SD being the upper-half RMS of the events
-    above it (free of the dim smear between the populations); ``higher`` = the higher of the
-    valley and that cut: the positive population as a cluster, so that a long, flat valley of dim
-    events (doublets, dying cells, spillover) stays out of it, as an expert draws the gate at the
-    foot of the positive peak. Without a positive peak the ``positive_sd``/``higher`` rules keep
-    the valley result. Both candidates are recorded (``valley_threshold``, ``sd_threshold``)
-    with the ``winner``. ``sd_side`` (``negative_sd``/``lower``): the half of the main peak whose
-    RMS is its robust SD, the half free of the other population: ``lower`` (default; negatives
-    with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
-    CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
-    peak's lower side up to ``k_sd`` SDs above its mode). The cut never leaves the data's range (it is clamped to the lowest and
-    highest value; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave).
-    """
-    if keep not in ("low", "high"):
-        raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
-    if rule not in VALLEY_RULES:
-        raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
-    if sd_side not in ("lower", "upper"):
-        raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
-    # the events and their density once, for the valley and for the negative_sd/lower rules
-    x = _finite(values, "density threshold", 20)
-    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float,
+                     min_separation: float, fallback_sd: float, zero: float | None, rule: str, k_sd: float,
+                     sd_side: str, unstained: np.ndarray | None) -> tuple[float, dict[str, Any], bool]:
+    """:func:`place_valley`'s cut of the finite events ``x`` and their ``density`` (its rules, the
+    clamp to the data's range): ``(cut, diagnostics, two populations)``."""
     cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                                         min_separation=min_separation, fallback_sd=fallback_sd, zero=zero,
                                         unstained=unstained)
@@ -722,6 +674,75 @@ def place_valley(
         diagnostics.update(unclamped_threshold=cut)
         cut = min(max(cut, low_end), high_end)
         diagnostics.update(threshold=cut, clamped=True)
+    return cut, diagnostics, two_peaks
+
+
+def place_valley(
+    values: np.ndarray,
+    dim: str,
+    *,
+    keep: str = "low",
+    bandwidth: float = 0.02,
+    min_prominence: float = 0.01,
+    min_separation: float = 0.25,
+    fallback_sd: float = 4.0,
+    zero: float | None = None,
+    rule: str = "valley",
+    k_sd: float = 4.0,
+    sd_side: str = "lower",
+    unstained: np.ndarray | Callable[[], np.ndarray | None] | None = None,
+) -> Placement:
+    """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
+
+    ``zero``: the transformed value of 0 (see ``valley_threshold``). ``unstained``: an unstained
+    control's events on the same dimension and transform (in the parent's nearest ancestor not
+    defined by stains; at least 20 finite): when the two most prominent peaks are no pair, the
+    one-population decision is made against the control, not against ``zero``: its median
+    (``unstained_median``) is where unstained cells sit; a peak less than ``min_separation`` above
+    it is negative, one at least that far above it positive. Peaks of both kinds: a negative and a
+    positive population after all (a small negative peak below a dominant positive one, e.g. the
+    CD127-low cells of CD4 T cells), cut at the density valley between the most prominent of each
+    kind; else one population, negative or positive as its peaks are (cuts as in
+    ``valley_threshold``). ``unstained`` may be a function giving those events (or None): it is
+    called only when the cut without them is one population (``single_population_sd``), and that
+    cut is then decided again with them on the same density: the pipeline's order, which computes
+    the control's events only for such a gate. ``rule`` (stated by the
+    strategy): ``valley`` = the density valley; ``negative_sd`` = ``k_sd`` robust SDs above the
+    negative (highest) peak, the SD being the lower-half RMS of the events around it (a
+    live/dead cut that also catches dead cells dim in the dye); ``lower`` = the lower of the two
+    (the valley, but never more than ``k_sd`` SDs above the negative peak); ``positive_sd`` =
+    ``k_sd`` robust SDs below the positive peak, the SD being the upper-half RMS of the events
+    above it (free of the dim smear between the populations); ``higher`` = the higher of the
+    valley and that cut: the positive population as a cluster, so that a long, flat valley of dim
+    events (doublets, dying cells, spillover) stays out of it, as an expert draws the gate at the
+    foot of the positive peak. Without a positive peak the ``positive_sd``/``higher`` rules keep
+    the valley result. Both candidates are recorded (``valley_threshold``, ``sd_threshold``)
+    with the ``winner``. ``sd_side`` (``negative_sd``/``lower``): the half of the main peak whose
+    RMS is its robust SD, the half free of the other population: ``lower`` (default; negatives
+    with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
+    CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
+    peak's lower side up to ``k_sd`` SDs above its mode). The cut never leaves the data's range (it is clamped to the lowest and
+    highest value; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave).
+    """
+    if keep not in ("low", "high"):
+        raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
+    if rule not in VALLEY_RULES:
+        raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
+    if sd_side not in ("lower", "upper"):
+        raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
+    # the events and their density once, for the valley and for the negative_sd/lower rules
+    x = _finite(values, "density threshold", 20)
+    density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    decide = partial(_valley_decision, x, density, bandwidth=bandwidth, min_prominence=min_prominence,
+                     min_separation=min_separation, fallback_sd=fallback_sd, zero=zero, rule=rule, k_sd=k_sd,
+                     sd_side=sd_side)
+    if callable(unstained):
+        cut, diagnostics, two_peaks = decide(unstained=None)
+        control = unstained() if not two_peaks else None
+        if control is not None:
+            cut, diagnostics, two_peaks = decide(unstained=control)
+    else:
+        cut, diagnostics, two_peaks = decide(unstained=unstained)
     flags: tuple[Flag, ...] = ()
     method = diagnostics["winner"]
     if not two_peaks:
