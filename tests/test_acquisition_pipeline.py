@@ -246,3 +246,31 @@ def test_a_relative_matrix_path_is_recorded_absolute(product, tmp_path, monkeypa
     surface = next(s for s in _strategies() if s.tube == "surface")
     file = rows.loc[(rows["tube"] == "surface") & (rows["role"] == "stain"), "file"].iloc[0]
     assert Sample.from_fcs(file, surface, spillover="rel.csv").spillover.source == expected
+
+
+def test_the_object_model_removes_the_clog_as_the_pipeline_does(product):
+    """``Sample.from_fcs`` skipped step 0: on the clogged surface tube the API gated all 6000 events
+    (clog kept, no acquisition flag) while ``analyze_product`` removed the clog, so the two gave
+    other percentages for the same file -> the Sample runs the strategy's step 0 as the pipeline
+    does: the same events removed (most of the injected clog), the same population table and
+    variables, the same acquisition flags."""
+    import tilpheno as tp
+
+    _, rows, truth = product
+    strategies = _strategies()
+    pipeline = analyze_product("TIL001", rows, strategies)
+    strategy = next(s for s in strategies if s.tube == "surface")
+    kind = rows[rows["tube"] == "surface"]
+    stained = tp.Sample.from_fcs(kind.loc[kind["role"] == "stain", "file"].iloc[0], strategy)
+    fmos = kind[kind["role"] == "fmo"]
+    controls = [tp.Sample.from_fcs(f, strategy, fmo=m, stained=stained) for f, m in zip(fmos["file"], fmos["fmo_marker"])]
+    result = tp.gate_sample(strategy, stained, controls, product_id="TIL001")
+    expected = next(t for t in pipeline.tubes if t.role == "stain" and t.tube == "surface")
+    assert result.n_events == expected.n_events
+    assert EVENTS - result.n_events == stained.acquisition.n_removed >= 0.8 * truth.sum()
+    pd.testing.assert_frame_equal(result.populations, expected.populations)
+    percent = result.summary.set_index("variable")["percent"]
+    assert all(percent[v] == pipeline.phenotype[v] for v in percent.index)
+    step0 = {"flow_rate_anomaly", "acquisition_removed_pct", "signal_drift"}
+    assert {(f.code, f.message) for f in result.flags if f.code in step0} == \
+        {(f.code, f.message) for f in pipeline.qc if f.code in step0 and f.file == expected.shown_name} != set()

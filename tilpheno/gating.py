@@ -45,9 +45,11 @@ from tilpheno.phenotype import (
     TubeResult,
     _compensated_transformed,
     _tube_result,
+    acquisition_step,
     analyze_product,
     gate_tube_kind,
     gated_on_unstained,
+    step_flags,
     unstained_detectors,
     unstained_qc,
 )
@@ -66,7 +68,10 @@ class Sample:
     detector (None for Gating-ML/FlowJo strategies, whose dimensions name detectors),
     ``spillover``: the matrix applied (None = left uncompensated), ``transforms``: dimension ->
     transform, ``data``: dimension -> transformed values. ``role``: stain | fmo | unstained;
-    ``fmo_marker``: the marker an FMO control omits.
+    ``fmo_marker``: the marker an FMO control omits. ``acquisition``: gating step 0 as the pipeline
+    runs it (``tilpheno.phenotype.acquisition_step``: the strategy's ``acquisition_qc``; in
+    ``remove`` mode ``data`` holds the events it kept), None when off or for a Gating-ML/FlowJo
+    strategy.
     """
 
     path: str
@@ -77,6 +82,7 @@ class Sample:
     data: dict[str, np.ndarray]
     role: str = "stain"
     fmo_marker: str | None = None
+    acquisition: Any = None
 
     @property
     def n_events(self) -> int:
@@ -139,8 +145,9 @@ class Sample:
                                {m: f"detector of {reference.source}" for m in detectors if m not in mapped.markers})
             else:
                 detectors = require(mapped, strategy.markers, study.vocabulary)
+            acquisition = acquisition_step(fcs, strategy.acquisition)
             data, used, applied = _compensated_transformed(fcs, detectors, strategy, matrix)
-            sample = cls(str(fcs.path), fcs, mapped, applied, dict(used), data, role, marker)
+            sample = cls(str(fcs.path), fcs, mapped, applied, dict(used), data, role, marker, acquisition)
         fcs.events = None   # the transformed dimensions are kept; the raw array is released
         return sample
 
@@ -233,8 +240,11 @@ def gate_sample(
     states = gate_tube_kind(strategy, walked, fmo_percentile, study, control=control)
     state = states[0]
     name = Path(sample.path).name
-    flags = [QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in state.flags]
-    result = GatingResult.from_tube(_tube_result(strategy, state), strategy, flags=flags)
+    result = GatingResult.from_tube(_tube_result(strategy, state), strategy)
+    result.acquisition = sample.acquisition
+    flags = step_flags(product_id, name, result)   # as the pipeline orders a file's flags: step 0 first
+    flags += [QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in state.flags]
+    result.flags = flags
     if sample.role == "stain":   # positives in each unstained control, as the pipeline checks them
         checked = [f for c in tubes if c.role == "unstained"
                    for f in unstained_qc(product_id, strategy, state, c, result.diagnostics, stained_name=name,
