@@ -306,3 +306,33 @@ def test_an_unstained_control_of_another_day_is_said_once_naming_each_stained_tu
     assert flags[0].message == (f"control {unstained.name} vs stained tubes {', '.join(stained)}: acquired on another "
                                 "day ($DATE 30-SEP-2016 in the control, 29-SEP-2016 in the stained tubes) "
                                 "(both of experiment 'TIL infusion product phenotyping')")
+
+
+def test_the_object_model_compares_its_controls_settings_as_the_pipeline_does(tmp_path):
+    """``gate_sample`` never compared a control's acquisition settings with the sample's: the CD8 FMO
+    copy at 650 V (610 V in the stained tube: a review warning in the pipeline) and the real 412C
+    control with other ranges on the gated detectors (info in the pipeline) raised nothing -> the same flags as
+    ``analyze_product`` (file, code, severity, message)."""
+    import tilpheno as tp
+
+    n = 1 + list(read_fcs_metadata(SAMPLE / "TIL001_surface_stain.fcs").channels["pnn"]).index("APC-H7-A")   # CD8's
+    fmo = edited_copy(SAMPLE / "TIL001_surface_FMO_CD8.fcs", tmp_path, f"$P{n}V", "610", "650")
+    strategy = next(load_strategy(p) for p in default_strategy_paths() if load_strategy(p).tube == "surface")
+    stained = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
+    controls = [tp.Sample.from_fcs(fmo, strategy, fmo="CD8", stained=stained),
+                tp.Sample.from_fcs(SAMPLE / "TIL001_unstained.fcs", strategy, unstained=True, stained=stained)]
+    cases = [(tp.gate_sample(strategy, stained, controls, product_id="TIL001"), _surface(fmo))]
+
+    panel = read_panel_file(ATLAS / "panel.csv")
+    atlas = load_strategy(ROOT / "gating" / "flowatlas_tcell.yaml")
+    stained = tp.Sample.from_fcs(STAINED, atlas, panel=panel)
+    control = tp.Sample.from_fcs(CONTROL, atlas, unstained=True, stained=stained, panel=panel)
+    rows = pd.DataFrame([{"file": str(STAINED), "tube": "tcell", "role": "stain", "fmo_marker": ""},
+                         {"file": str(CONTROL), "tube": "tcell", "role": "unstained", "fmo_marker": ""}])
+    cases.append((tp.gate_sample(atlas, stained, [control], product_id="412C"),
+                  analyze_product("412C", rows, [atlas], panel_override=panel)))
+    for result, pipeline in cases:
+        expected = [(f.file, f.code, f.severity, f.message) for f in control_qc(pipeline)]
+        assert expected   # the FMO at 650 V: a review warning; 412C: its ranges said (info: a FlowJo export)
+        assert [(f.file, f.code, f.severity, f.message) for f in result.flags if f.code in CODES] == expected
+    assert [f.severity for f in control_qc(cases[0][1]) if f.code == "control_settings_differ"] == ["warning"]

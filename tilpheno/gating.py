@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.compensation import Spillover, read_spillover_csv
+from tilpheno.control_settings import compare_settings, control_flags
 from tilpheno.gates.strategy import ROOT, Strategy
 from tilpheno.panel import Panel, panel_from_fcs, require
 from tilpheno.phenotype import (
@@ -44,6 +45,7 @@ from tilpheno.phenotype import (
     TubeData,
     TubeResult,
     _compensated_transformed,
+    _read_detectors,
     _tube_result,
     acquisition_step,
     analyze_product,
@@ -250,6 +252,11 @@ def gate_sample(
                    for f in unstained_qc(product_id, strategy, state, c, result.diagnostics, stained_name=name,
                                          control_name=Path(c.file).name)]
         result.flags += dict.fromkeys(checked)   # a control given twice: its flags once
+        # each control's acquisition settings against the sample's, on the detectors its gates read
+        read = _read_detectors(state.tube)
+        for c in controls:
+            result.flags += control_flags(product_id, Path(c.path).name,
+                                          [(name, tube, compare_settings(c.fcs, sample.fcs, read))])
     return result
 
 
