@@ -2,6 +2,7 @@
 strategy, results that agree with the pipeline's and with independent references."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from tilpheno.errors import StrategyError
 from tilpheno.gates.geometry import GATE_TYPES, Gate
 from tilpheno.gates.gatingml import apply_gatingml, read_gatingml
 from tilpheno.io.fcs import read_fcs
+from tilpheno.phenotype import analyze_product
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_fcs"
@@ -125,14 +127,15 @@ def test_every_gate_implements_the_protocol():
         assert all(np.isfinite(v) for v in g.extent("x"))
 
 
-def _gated_as_the_api_would(rows: pd.DataFrame, strategy, product_id: str) -> "tp.GatingResult":
+def _gated_as_the_api_would(rows: pd.DataFrame, strategy, product_id: str, panel=None) -> "tp.GatingResult":
     """``strategy``'s stained file of the manifest ``rows`` gated by ``gate_sample`` with its FMO
-    files and the product's unstained control, each read by ``Sample.from_fcs``."""
+    files and the product's unstained control, each read by ``Sample.from_fcs`` (``panel``: an override)."""
     kind = rows[rows["tube"] == strategy.tube]
-    stained = tp.Sample.from_fcs(kind.loc[kind["role"] == "stain", "file"].iloc[0], strategy)
+    stained = tp.Sample.from_fcs(kind.loc[kind["role"] == "stain", "file"].iloc[0], strategy, panel=panel)
     fmos = kind[kind["role"] == "fmo"]
-    controls = [tp.Sample.from_fcs(f, strategy, fmo=m, stained=stained) for f, m in zip(fmos["file"], fmos["fmo_marker"])]
-    controls += [tp.Sample.from_fcs(f, strategy, unstained=True, stained=stained)
+    controls = [tp.Sample.from_fcs(f, strategy, fmo=m, stained=stained, panel=panel)
+                for f, m in zip(fmos["file"], fmos["fmo_marker"])]
+    controls += [tp.Sample.from_fcs(f, strategy, unstained=True, stained=stained, panel=panel)
                  for f in rows.loc[rows["role"] == "unstained", "file"]]
     return tp.gate_sample(strategy, stained, controls, product_id=product_id)
 
@@ -163,3 +166,55 @@ def test_gate_sample_checks_the_unstained_control_as_process_does(tmp_path):
         cuts = {p: d["unstained_cut"] for p, d in result.diagnostics.items() if "unstained_cut" in d}
         assert cuts and cuts == {p: d["unstained_cut"] for p, d in pipeline.items() if "unstained_cut" in d}
     assert got == expected
+
+
+def _sample_product():
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    rows = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda f: [str(SAMPLE / x) for x in f["file"]])
+    return "TIL001", rows, [tp.GatingStrategy.from_yaml(p) for p in tp.default_study().strategy_paths], None
+
+
+def _flowatlas_pair():
+    from tilpheno.panel import read_panel_file
+
+    atlas = ROOT / "tests" / "data" / "realdata_flowatlas"
+    rows = pd.DataFrame([
+        {"file": str(atlas / "fcs" / "412C_mLN_026.fcs"), "tube": "tcell", "role": "stain", "fmo_marker": ""},
+        {"file": str(atlas / "unstained" / "412C__412C_unst_022.cleaned.fcs"), "tube": "tcell", "role": "unstained",
+         "fmo_marker": ""}])
+    return "412C", rows, [tp.GatingStrategy.from_yaml(ROOT / "gating" / "flowatlas_tcell.yaml")], \
+        read_panel_file(atlas / "panel.csv")
+
+
+PRODUCT_LEVEL = ("low_events", "out_of_expected_range")
+"""Codes the pipeline raises on a product's phenotype row (``phenotype._product_flags``), not in a file's gating."""
+
+
+@pytest.mark.parametrize("case", [_sample_product, _flowatlas_pair], ids=["sample TIL001", "FlowAtlas 412C pair"])
+def test_gate_sample_gives_the_pipelines_gates_cuts_and_flags(case):
+    """The same product through ``Sample.from_fcs`` + ``gate_sample`` and through ``analyze_product``
+    (what ``tilpheno process`` runs): each stained file's gates, thresholds, population table,
+    placement diagnostics, compensation and every flag about it (its own, and those raised on its
+    controls naming it: the unstained self-check, the controls' settings) are the same. Before,
+    the API gave none of the compensation flags (412C: precompensated), nor the controls' flags."""
+    pid, rows, strategies, panel = case()
+    pipeline = analyze_product(pid, rows, strategies, panel_override=panel)
+    for strategy in strategies:
+        result = _gated_as_the_api_would(rows, strategy, pid, panel)
+        expected = next(t for t in pipeline.tubes if t.tube == strategy.tube and t.role == "stain")
+        name = expected.shown_name
+        assert [(p, parent, repr(g), m) for p, parent, g, m in result.gates] == \
+            [(p, parent, repr(g), m) for p, parent, g, m in expected.gates]
+        pd.testing.assert_frame_equal(result.thresholds.assign(source_file=result.thresholds["source_file"].map(
+            lambda p: Path(p).name)), expected.thresholds.assign(source_file=expected.thresholds["source_file"].map(
+                lambda p: Path(p).name)))
+        pd.testing.assert_frame_equal(result.populations, expected.populations)
+        assert repr(result.diagnostics) == repr(expected.diagnostics)
+        about = [f for f in pipeline.qc if f.code not in PRODUCT_LEVEL
+                 and (f.file == name or f.gate_file == name or (f.file and name in f.message))]
+        assert [dataclasses.astuple(f) for f in result.flags] == [dataclasses.astuple(f) for f in about]
+        assert (result.compensation.source, result.compensation.exported) == \
+            (expected.compensation.source, expected.compensation.exported)
+        assert (result.compensation.residual is None) == (expected.compensation.residual is None)
+        if expected.compensation.residual is not None:
+            pd.testing.assert_frame_equal(result.compensation.residual, expected.compensation.residual)

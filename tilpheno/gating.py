@@ -49,9 +49,12 @@ from tilpheno.phenotype import (
     _tube_result,
     acquisition_step,
     analyze_product,
+    compensation_used,
+    file_residual,
     gate_tube_kind,
     gated_on_unstained,
     step_flags,
+    uncompensated_flags,
     unstained_detectors,
     unstained_qc,
 )
@@ -153,10 +156,16 @@ class Sample:
         fcs.events = None   # the transformed dimensions are kept; the raw array is released
         return sample
 
+    @property
+    def detectors(self) -> dict[str, str]:
+        """Marker -> detector of the markers the strategy gates on (those in ``data``, in its order),
+        as the pipeline reads the file; empty for Gating-ML/FlowJo strategies."""
+        markers = self.panel.markers if self.panel is not None else {}
+        return {m: markers[m] for m in self.data if m in markers}
+
     def _tube(self, tube: str) -> TubeData:
-        detectors = dict(self.panel.markers) if self.panel is not None else {}
         return TubeData(file=self.path, sha256="", tube=tube, role=self.role, fmo_marker=self.fmo_marker,
-                        data=self.data, detectors=detectors, transforms=self.transforms,
+                        data=self.data, detectors=self.detectors, transforms=self.transforms,
                         compensated=self.spillover is not None)
 
 
@@ -232,6 +241,15 @@ def gate_sample(
     ``fmo_percentile`` of the control whose ``fmo_marker`` is the gate's marker, or with
     ``control: unstained`` of the unstained control (no such control: the density valley of the
     sample, flags ``missing_fmo`` / ``missing_control`` and ``fallback_gate``).
+
+    The result carries what the pipeline (``analyze_product``) gives the same file: step 0
+    (``acquisition``, on the events the Sample kept), the compensation used and its check
+    (``compensation``; flags ``no_compensation``/``precompensated``, ``compensation_residual``),
+    and for a stained ``sample`` the flags raised on its controls about it: the self-check of its
+    positive gates on each unstained control (``unstained_positive``, ``unstained_control``,
+    ``tilpheno.phenotype.unstained_qc``; ``diagnostics[population]["unstained_cut"]``) and each
+    control's acquisition settings against the sample's (``control_settings_differ``, ...). The
+    product-level flags of its phenotype (``low_events``, expected ranges) are ``analyze``'s.
     """
     study = study or default_study()
     tube = strategy.tube or "tube"
@@ -244,7 +262,14 @@ def gate_sample(
     name = Path(sample.path).name
     result = GatingResult.from_tube(_tube_result(strategy, state), strategy)
     result.acquisition = sample.acquisition
-    flags = step_flags(product_id, name, result)   # as the pipeline orders a file's flags: step 0 first
+    flags = []
+    if sample.panel is not None:   # compensated here, as the pipeline compensates and checks it
+        detectors = sample.detectors
+        result.compensation = compensation_used(sample.spillover, sample.fcs, detectors, name,
+                                                own=sample.spillover is getattr(sample.fcs, "spillover", None))
+        result.compensation.residual = file_residual(strategy, state, sample.spillover, study.vocabulary)
+        flags += uncompensated_flags(product_id, name, result.compensation, detectors, sample.fcs)
+    flags += step_flags(product_id, name, result)   # as the pipeline orders a file's flags: step 0 first
     flags += [QCFlag(product_id, name, f.code, f.severity, f.message, f.gate) for f in state.flags]
     result.flags = flags
     if sample.role == "stain":   # positives in each unstained control, as the pipeline checks them

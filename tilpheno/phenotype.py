@@ -240,6 +240,26 @@ def _labelled(source: str, path, label: str) -> str:
     return f"{label} {source.removeprefix(prefix)}" if source.startswith(prefix) else source
 
 
+def compensation_used(applied: Spillover | None, fcs, detectors: Mapping[str, str], name: str, *,
+                      own: bool) -> CompensationUsed:
+    """The :class:`CompensationUsed` of a file compensated with ``applied`` (None: not compensated
+    here; exported when its markers' ``detectors`` are compensated export parameters). ``own``: the
+    matrix is the file's ``$SPILLOVER`` (its source names the file by ``name``, its label), not an
+    override (whose source is kept)."""
+    if applied is not None:
+        return CompensationUsed(applied, _labelled(applied.source, fcs.path, name) if own else applied.source)
+    if exported_compensated(detectors.values()):
+        return CompensationUsed(None, "none: compensated before export", exported=True)
+    return CompensationUsed(None, "none: uncompensated")
+
+
+def uncompensated_flags(product_id: str, name: str, used: CompensationUsed, detectors: Mapping[str, str],
+                        fcs) -> list[QCFlag]:
+    """The flag of a file left without a matrix (:func:`_uncompensated_flag`); none when ``used``
+    (:func:`compensation_used`) applied one."""
+    return [] if used.spillover is not None else [_uncompensated_flag(product_id, name, detectors, fcs, used.exported)]
+
+
 def _uncompensated_flag(product_id: str, name: str, detectors: Mapping[str, str], fcs, exported: bool) -> QCFlag:
     """The flag of a file left without a matrix: ``precompensated`` (info) when ``exported`` (its
     markers' detectors are compensated export parameters, ``FJComp-...``), else ``no_compensation``
@@ -337,6 +357,18 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
         full[index] = state.tube.transforms[m].inverse(state.tube.data[m][index])
         values[d] = full
     return residual_spillover(values, negative_cuts=cuts, targets=targets, mask=mask, source_masks=source_masks)
+
+
+def file_residual(strategy: Strategy, state: _Gated, spillover: Spillover | None,
+                  vocabulary: Vocabulary) -> pd.DataFrame | None:
+    """:func:`compensation_check` of a gated stained or FMO file (its omitted marker as the file's
+    detectors name it, ``vocabulary``'s spelling); None for any other role (a control)."""
+    tube = state.tube
+    if tube.role not in ("stain", "fmo"):
+        return None
+    omitted = None if tube.role == "stain" else next(
+        (m for m in tube.detectors if vocabulary.same(m, tube.fmo_marker)), "")
+    return compensation_check(strategy, state, spillover, omitted)
 
 
 def step_flags(product_id: str, name: str, result: TubeResult) -> list[QCFlag]:
@@ -1443,7 +1475,6 @@ def analyze_product(
     study = study or default_study()
     strategy_map = _as_strategy_map(strategies)
     spill = _spillover(spillover_override)
-    spill_source = spill.source if spill is not None else ""
     qc: list[QCFlag] = []
     tubes_out: list[TubeResult] = []
     phenotype: dict[str, float] = {v: float("nan") for v in study.variables}
@@ -1540,15 +1571,8 @@ def analyze_product(
             except CompensationError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]
                 return None
-            exported = applied is None and exported_compensated(detectors.values())
-            own = applied is not None and applied is not spill
-            h["compensation"] = (
-                CompensationUsed(applied, _labelled(applied.source, fcs.path, h["name"]) if own else spill_source)
-                if applied is not None
-                else CompensationUsed(None, "none: compensated before export", exported=True) if exported
-                else CompensationUsed(None, "none: uncompensated"))
-            h["load_flag"] = [] if applied is not None else [_uncompensated_flag(product_id, h["name"], detectors, fcs,
-                                                                                 exported)]
+            h["compensation"] = compensation_used(applied, fcs, detectors, h["name"], own=applied is not spill)
+            h["load_flag"] = uncompensated_flags(product_id, h["name"], h["compensation"], detectors, fcs)
             fcs.events = None   # compensated and transformed: release the raw event array
             h["fcs"] = fcs      # its digest is computed once, when the file's result is made
             return TubeData(file=str(fcs.path), sha256="", tube=tube_kind, role=src.role, fmo_marker=src.fmo_marker,
@@ -1558,10 +1582,8 @@ def analyze_product(
             """What file ``i``'s result needs of all its columns: the plots' events, the compensation check."""
             state.plot_data = _plot_data(state.tube, plot_events)
             compensation = sources[i].handle.get("compensation")
-            if sources[i].role in ("stain", "fmo") and compensation is not None:
-                omitted = None if sources[i].role == "stain" else next(
-                    (m for m in state.tube.detectors if study.vocabulary.same(m, sources[i].fmo_marker)), "")
-                compensation.residual = compensation_check(strategy, state, compensation.spillover, omitted)
+            if compensation is not None:
+                compensation.residual = file_residual(strategy, state, compensation.spillover, study.vocabulary)
 
         controls: dict[int, tuple[_Source, TubeData | None]] = {}
 
