@@ -572,5 +572,40 @@ def test_a_moderate_carry_over_with_a_wide_bracket_is_flagged(tmp_path):
     flags = [f for f in result.qc if needs_review(f) and f.message.startswith("CD56+ (CD56)")]
     assert abs(error) <= 3.0 or flags, (error, [f.message for f in result.qc])
     d = {str(r.population): r for t in result.tubes for r in t.thresholds.itertuples(index=False)}["CD56+"]
-    if flags:
+    # the fit's own flag (the residual-spillover check may flag the gate too: CD8's tandem loses 6 % here)
+    if any("additive binding fitted" in f.message for f in flags):
         assert d.winner != "stained_valley" and d.candidate_points > 3.0 and d.correction_points > 3.0, d
+
+
+def test_a_degraded_tandem_seen_on_the_cd56_fmo_is_flagged_on_cd56(tmp_path):
+    """Development product V138221 (bench phenomena drawn by its seed: CD8's APC-H7 tandem loses
+    12 % to APC, CD56 binding 180 units, NKT 13.9 % of live lymphocytes): the file's matrix leaves
+    the tandem's spillover in CD56's detector, the CD8+ T cells lift the CD56 negatives of both
+    tubes and the cut above many CD56-dim NKT cells: NKT 3.2 points under label truth, CD56+ 3.5,
+    with no flag on their gates. The CD56 FMO shows it (its CD56-negative events lean up with CD8):
+    with that residual taken out of both tubes the gate moves the % by about as much as label truth
+    says, and it is flagged. The same product without the tandem loss: no such flag, NKT within 2."""
+    from dataclasses import replace
+    import re
+
+    drawn = simulate_product("V138221", 138221, 20000, phenomena=True).phenomena
+    assert drawn is not None and drawn.tandem_loss > 0.1
+    for phen, degraded in ((drawn, True), (replace(drawn, tandem_loss=0.0), False)):
+        folder = tmp_path / str(degraded)
+        folder.mkdir()
+        prod = simulate_product("V138221", 138221, 20000, phenomena=phen)
+        write_product(prod, folder)
+        manifest = pd.DataFrame(manifest_rows(prod))
+        manifest["file"] = [str(folder / f) for f in manifest["file"]]
+        result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+        nkt, nk = (result.phenotype[v] - prod.truth[v] for v in ("nkt_pct_of_live_lymph", "nk_pct_of_live_lymph"))
+        flags = [f for f in result.qc if needs_review(f) and f.gate == "CD56+" and "spillover" in f.message]
+        assert bool(flags) is degraded, (nkt, [f.message for f in result.qc if f.gate == "CD56+"])
+        if degraded:
+            assert nkt < -2.0, nkt
+            points = float(re.search(r"move the % by ([+-][0-9.]+) points", flags[0].message).group(1))
+            # the CD56+ gate's % (NK + NKT of live lymphocytes) is off by what the check says, opposite in sign
+            assert points > 3.0 and abs(points + nkt + nk) < 0.5, (points, nkt, nk)
+            assert flags[0].message.startswith("CD56+ (CD56)") and "CD8 +0.1" in flags[0].message, flags[0].message
+        else:
+            assert abs(nkt) < 2.0, nkt

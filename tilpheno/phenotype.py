@@ -995,9 +995,11 @@ class _TubeKindRun:
                     if skew_reference:   # a marker-poor population of the same tubes (gated before k)
                         params["reference_fmo"] = st.tube.data[marker][st.masks[skew_reference]]
                         params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
-                placement = checks.place_and_check(pop.name, marker, values, evidence, percentile=pct,
-                                                   source_file=source, min_events=min_events,
-                                                   transform=st.tube.transforms.get(marker), **params, **anchor)
+                call = dict(percentile=pct, source_file=source, min_events=min_events,
+                            transform=st.tube.transforms.get(marker), **params, **anchor)
+                placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
+                if evidence is not None and kind == "FMO" and stained is not None:
+                    placement = self._residual_check(pop, st, stained[1], placement, call, skew_reference)
             reason = f"{kind} {Path(st.tube.file).name} has no events in {pop.parent}"
         else:
             reason = missing
@@ -1019,6 +1021,38 @@ class _TubeKindRun:
             )
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
         return placement, source
+
+    def _residual_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
+                        call: dict[str, Any], skew_reference: str | None) -> pl.Placement:
+        """``placement`` of ``fmo`` population ``pop`` with the residual-spillover check
+        (``checks.residual_impact``): the FMO's residual spillover into the marker's detector read on
+        the FMO parent's events (``checks.residual_slopes``, the strategy's markers both files have);
+        when some is flagged, the gate placed again (``call``: the placement's arguments) with it
+        taken out of the marker in both files (and in the ``skew_reference`` population's events)."""
+        marker = pop.dims[0]
+        transform = fmo.tube.transforms.get(marker)
+        markers = [m for m in self.strategy.markers if m in fmo.tube.data and m in stained.tube.data]
+        if transform is None or marker not in markers:
+            return placement
+
+        def linear(state: _Gated, mask: np.ndarray) -> dict[str, np.ndarray]:
+            return {m: state.tube.transforms[m].inverse(state.tube.data[m][mask]) for m in markers}
+
+        slopes = checks.residual_slopes(linear(fmo, fmo.parent_mask(pop)), marker)
+        if not slopes:
+            return placement
+
+        def corrected(state: _Gated, mask: np.ndarray) -> np.ndarray:
+            return transform.apply(checks.without_residual(linear(state, mask), marker, slopes))
+
+        again = dict(call)
+        if skew_reference:
+            again.update(reference_fmo=corrected(fmo, fmo.masks[skew_reference]),
+                         reference_stained=corrected(stained, stained.masks[skew_reference]))
+        evidence = corrected(stained, stained.parent_mask(pop))
+        other = checks.place_and_check(pop.name, marker, corrected(fmo, fmo.parent_mask(pop)), evidence, **again)
+        return checks.residual_impact(pop.name, marker, placement, stained.tube.data[marker][stained.parent_mask(pop)],
+                                      other, evidence, slopes)
 
     def _unstained(self, i: int, pop: Population) -> np.ndarray | None:
         """The product's unstained control's events for file ``i``'s one-population valley cut of

@@ -75,7 +75,12 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     lower the % positive): binding below the tolerance can still move a dim marker's % when many
     events sit at the cut. Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
     taken as all positive) yet more than ``NO_PEAK_POINTS`` (6) % of the parent lies at or below
-    that cut.
+    that cut. Also (the engine, ``phenotype``) when a gate's FMO shows spillover the compensation
+    left in the omitted marker's detector (:func:`residual_slopes`: the FMO parent's events, the
+    marker regressed on the other markers at once, a partial slope beyond the residual check's
+    tolerance) and the gate placed again with that residual taken out of both files' events
+    (:func:`without_residual`) would move its % by more than ``uncertain_points`` points of the
+    parent (``residual_points``, :func:`residual_impact`); the cut is not changed.
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
     narrow, and the cut is carried over from the FMO (not a valley): the correction is an
@@ -424,6 +429,53 @@ def place_and_check(
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
                                  f"[{stained.min():.3f}, {stained.max():.3f}]; look at the {marker} histogram"))
     return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
+
+
+def residual_slopes(fmo_linear: Mapping[str, np.ndarray], marker: str) -> dict[str, float]:
+    """Residual spillover into ``marker``'s detector read on its FMO control: the flagged partial
+    slopes (``tilpheno.spillover.residual_spillover``, |slope| above its tolerance) of the other
+    markers, source marker -> slope (linear units of ``marker`` per linear unit of the source).
+    ``fmo_linear``: marker -> the FMO parent's compensated linear values (the same events in each).
+    The FMO lacks ``marker``'s antibody, so every event is negative there and a signal in its
+    detector that follows another marker is spillover the matrix left in (a degraded tandem),
+    not biology."""
+    from tilpheno.spillover import residual_spillover
+
+    table = residual_spillover(dict(fmo_linear), negative_cuts={marker: math.inf}, targets=[marker])
+    return {str(r.source): float(r.slope) for r in table.itertuples(index=False) if r.flagged}
+
+
+def without_residual(linear: Mapping[str, np.ndarray], marker: str, slopes: Mapping[str, float]) -> np.ndarray:
+    """``marker``'s compensated linear values with the residual spillover ``slopes``
+    (:func:`residual_slopes`) taken out: value - sum of slope x source value, per event."""
+    out = np.array(linear[marker], dtype=np.float64)
+    for source, slope in slopes.items():
+        out -= slope * linear[source]
+    return out
+
+
+def residual_impact(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
+                    corrected: pl.Placement, corrected_stained: np.ndarray, slopes: Mapping[str, float],
+                    uncertain_points: float = 3.0) -> pl.Placement:
+    """``placement`` with the residual-spillover check (module docstring, ``uncertain_threshold``):
+    ``residual_points`` = the gate's % of the ``stained`` parent placed again with the FMO's residual
+    spillover ``slopes`` taken out of both tubes (``corrected``, on ``corrected_stained``) minus
+    its % as placed (signed, points of the parent: + when the placed % is too low); flagged when
+    its size exceeds ``uncertain_points``. Transformed units for both stained arrays."""
+    cut, other = float(placement.diagnostics["threshold"]), float(corrected.diagnostics["threshold"])
+    points = (100.0 * (np.count_nonzero(corrected_stained > other) - np.count_nonzero(stained > cut)) / stained.size
+              if stained.size else float("nan"))
+    d = {**placement.diagnostics, "residual_points": points, "residual_threshold": other}
+    flags = placement.flags
+    if abs(points) > uncertain_points:
+        sources = ", ".join(f"{source} {slope:+.3f}" for source, slope in slopes.items())
+        flags += (pl.Flag("uncertain_threshold", "warning",
+                          f"{population} ({marker}): its FMO shows spillover into {marker} that the compensation left in (partial "
+                          f"slope per unit of {sources}); with it taken out of both tubes the gate would move the % "
+                          f"by {points:+.1f} points of the parent (limit {uncertain_points:g}); check the "
+                          f"compensation (a degraded tandem?) and the {marker} vs {'/'.join(slopes)} plot of the "
+                          f"FMO", gate=population),)
+    return pl.Placement(placement.gate, placement.method, d, flags)
 
 
 def reference_positives(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
