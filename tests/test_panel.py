@@ -378,3 +378,43 @@ def test_vendors_dye_names_written_out_are_no_markers():
                for label in _corpus_labels() if vocabulary.marker_in(label) != without.marker_in(label)}
     assert changed == {"FL4 red": ("red", None), "FL5 red": ("red", None), "PE-Texas Red-A": ("PE-Texas", None),
                        "YG 586/15-A": ("YG", None), "YG 780/60-A": ("YG", None)}
+
+
+def test_dye_codes_vendor_words_and_attune_detectors_are_no_markers(tmp_path):
+    """Cytek's cFluor codes ('cFluor B515' read as the marker B515, 'cFluor R668' as R668), Biotium's
+    'CF405M', the vendor words on a vial ('BD Horizon BV421 CD3' named no marker: 'BD' taken for a
+    second stain before CD3; 'BioLegend PE CD8' the same) and Attune detector names ('BL 530/30-A'
+    read as the marker BL; RL, VL, YL too) -> the vocabulary's fluorochrome and filler lists name
+    them: alone they name no marker, beside a marker the label is that marker. Real labels of
+    tests/data: all read as before but the Attune, FlowJo-compensated ('FJComp-355 379_28-A' was the
+    marker 'FJComp-355'; /work/shared's 'Comp-Pacific Blue-A' 'Comp') and 'PE-TxRed YG-A' detector
+    names, now none."""
+    vocabulary = default_vocabulary()
+    for label in ("cFluor B515", "cFluor R668", "cFluor BYG575", "B515", "R668", "CF405M", "CF568", "BD Horizon BV421",
+                  "BD Pharmingen PE-Cy7", "BioLegend PE", "eBioscience FITC", "Miltenyi VioBlue", "Sony",
+                  "BL 530/30-A", "RL 780/60-A", "VL 525/50-A", "YL 585/16-A", "UV 379/28-A", "Comp-PE-Texas Red-A",
+                  "FJComp-355 379_28-A", "PE-TxRed YG-A"):
+        assert (label, vocabulary.marker_in(label)) == (label, None)
+        for labelled in (f"{label} CD3", f"CD3 {label}"):
+            assert (labelled, vocabulary.marker_in(labelled), vocabulary.named_markers(labelled)) == (labelled, "CD3", ("CD3",))
+    assert vocabulary.marker_in("B220 cFluor B515") == "B220"   # a marker with a B and a number stays one
+    path = tmp_path / "P1_surface.fcs"
+    path.write_bytes(float_file(np.ones((3, 4)), channels=("FSC-A", "BL1-A", "VL1-A", "RL1-A"),
+                                extra={"$P2S": "cFluor B515", "$P3S": "BD Horizon BV421 CD3", "$P4S": "CF640R anti-human CD8"}))
+    assert dict(panel_from_fcs(read_fcs_metadata(path))) == {"CD3": "VL1-A", "CD8": "RL1-A"}
+    # the real labels: read against the vocabulary without the words this test's names added
+    fluorochromes = {key(w) for w in ("B515", "B532", "B548", "B675", "B690", "R659", "R668", "R685", "R720", "R780",
+                                      "R840", "V420", "V547", "V610", "YG584", "BYG575", "BYG610", "BYG667", "BYG710",
+                                      "BYG750", "BYG781", "TxRed")} | {f for f in vocabulary.fluorochromes if f.startswith("CF")
+                                                                       and f[2:3].isdigit()}
+    filler = {key(w) for w in ("BL", "RL", "VL", "YL", "Comp", "FJComp", "BD", "Pharmingen", "OptiBuild", "BioLegend",
+                               "eBioscience", "Invitrogen", "Thermo", "Fisher", "ThermoFisher", "Miltenyi", "Sony",
+                               "Beckman", "Coulter", "Cytek", "Biotium", "Bio-Rad", "Tonbo", "Abcam")}
+    without = replace(vocabulary, fluorochromes=vocabulary.fluorochromes - fluorochromes, filler=vocabulary.filler - filler)
+    changed = {label: (without.marker_in(label), vocabulary.marker_in(label))
+               for label in _corpus_labels() if (vocabulary.marker_in(label), vocabulary.named_markers(label))
+               != (without.marker_in(label), without.named_markers(label))}
+    assert changed == {"BL 530/30-A": ("BL", None), "BL 695/40-A": ("BL", None), "RL 780/60-A": ("RL", None),
+                       "VL 525/50-A": ("VL", None), "PE-TxRed YG-A": ("PE-TxRed", None),
+                       **{label: (label.split(" ")[0], None) for label in changed if label.startswith("FJComp-")}}
+    assert sum(label.startswith("FJComp-") for label in changed) == 20   # FlowAtlas's 20 compensated detectors
