@@ -1324,3 +1324,57 @@ def test_the_unstained_control_is_read_once_per_tube_kind(tmp_path, monkeypatch)
     assert "unstained_median" in d   # the control decided the one-population cut
     assert [f for f in result.qc if f.code == "unstained_control"]   # and the self-check ran on it
     assert decoded["412C__412C_unst_022.cleaned.fcs"] == 1, decoded
+
+
+def test_scan_says_when_a_new_labs_stained_files_fit_no_tube_kind_of_the_study():
+    """A new lab's folder scanned under the default study (til): its three stained files (tcell,
+    exhaustion, residency panels) were all read as one product's surface tube, and the only advice
+    was to rename products (duplicate_tube), while process fails every one of them (marker not
+    found) -> one line says which stained files fit no tube kind of study til, what each has that
+    its kind does not gate and what it lacks, and points to tilpheno new-study; no duplicate-stain
+    line for them. Truth: the lab's panels (make_newlab.TUBES) against til_surface.yaml's markers.
+    The TIL sample folder, and the lab's folder under its own study, give no such line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_newlab", NEWLAB / "make_newlab.py")
+    assert spec is not None and spec.loader is not None
+    make_newlab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_newlab)
+    surface = yaml.safe_load((ROOT / "tilpheno" / "studies" / "til" / "til_surface.yaml").read_text())["markers"]
+    result = _run(["scan", str(NEWLAB), "--panel", str(NEWLAB / "panel.csv")])
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.output.splitlines() if "fit no tube kind" in x]
+    assert len(lines) == 1, result.output
+    (line,) = lines
+    assert line.startswith("3 stained files fit no tube kind of study til (surface, treg): "), line
+    for kind, markers in sorted(make_newlab.TUBES.items()):
+        extra = sorted(m for m in markers if m not in surface)
+        missing = [m for m in surface if m not in markers]
+        assert f"LAB7_{kind}_stain.fcs (read as surface: has {', '.join(extra)}, not gated there; lacks " \
+               f"{', '.join(missing)})" in line, (kind, line)
+    assert line.endswith(f"process fails them. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
+                         "of the files' own tube kinds, then scan or process with --study DIR/study.yaml"), line
+    assert not [x for x in result.output.splitlines() if x.startswith("product LAB7")], result.output
+    for args in (["scan", str(SAMPLE)], ["scan", str(NEWLAB), "--study", str(NEWLAB / "study.yaml"), "--panel",
+                                         str(NEWLAB / "panel.csv")]):
+        result = _run(args)
+        assert result.exit_code == 0 and "fit no tube kind" not in result.output, result.output
+
+
+def test_unfit_stains_leave_out_files_whose_labels_name_no_marker():
+    """The criterion of scan's line: a stained file fits no kind when it names a marker its kind
+    does not gate and lacks one it does; a TIL file lacking one label (no other marker) and an
+    export without $PnS (no marker named: a panel file's case) are no other lab's panel."""
+    from tilpheno.pipeline.inputs import UnfitStain, unfit_stains
+
+    manifest = pd.DataFrame({"file": ["a.fcs", "b.fcs", "c.fcs", "d.fcs", "e.fcs"],
+                             "tube": ["surface", "surface", "surface", "unknown", "surface"],
+                             "role": ["stain", "stain", "stain", "stain", "fmo"]})
+    markers = {"a.fcs": ("CD3", "CD4", "CD8"), "b.fcs": (), "c.fcs": ("CD3", "CD4", "CD45"), "d.fcs": ("CD19",),
+               "e.fcs": ("CD45",)}
+    kinds = {"surface": ("CD3", "CD4", "CD8", "PD-1")}
+    assert unfit_stains(manifest, markers, kinds, default_vocabulary()) == [
+        UnfitStain("c.fcs", "surface", ("CD45",), ("CD8", "PD-1")), UnfitStain("d.fcs", "unknown", ("CD19",), ())]
+    # a kind whose strategy names no marker (a Gating-ML or FlowJo tree) fits any file
+    assert unfit_stains(manifest, markers, {**kinds, "unknown": ()}, default_vocabulary()) == [
+        UnfitStain("c.fcs", "surface", ("CD45",), ("CD8", "PD-1"))]

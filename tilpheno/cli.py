@@ -202,27 +202,27 @@ def scan(
     from tilpheno.errors import NoInputError, TilphenoError
     from tilpheno.io.atomic import write_csv
     from tilpheno.io.files import display_name
+    from tilpheno.gates.strategy import load_strategy
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
     from tilpheno.panel import read_panel_file
+    from tilpheno.pipeline.inputs import strategy_markers
     from tilpheno.study import load_study
 
     if out is not None and manifest is not None and out.resolve() == manifest.resolve():
         _fail(TilphenoError(f"{out}: -o is the --manifest being read; the written manifest keeps only the columns "
                             f"{', '.join(COLUMNS)} (any other column, e.g. til_dose_cells, would be lost): "
                             "write it to another file"))
+    file_markers: dict[str, tuple[str, ...]] = {}   # file -> the markers its labels name (scanned)
     try:
         config = load_study(study)
         overrides = read_panel_file(panel) if panel is not None else None
+        kind_markers = strategy_markers(load_strategy(p) for p in config.strategy_paths)
         if manifest is not None:
             if not folder.is_dir():
                 raise TilphenoError(f"{folder}: not a folder")
-            from tilpheno.gates.strategy import load_strategy
-            from tilpheno.pipeline.inputs import strategy_markers
-
-            markers = strategy_markers(load_strategy(p) for p in config.strategy_paths)
-            frame = read_manifest(manifest, base=folder, study=config, markers=markers, keep_missing=True)
+            frame = read_manifest(manifest, base=folder, study=config, markers=kind_markers, keep_missing=True)
         else:
-            frame = scan_folder(folder, study=config, panel=overrides)
+            frame = scan_folder(folder, study=config, panel=overrides, markers=file_markers)
             for where, reason in frame.attrs.get("unlistable", []):
                 typer.secho(f"unlistable folder: {display_name(where)}: {reason}", fg=typer.colors.YELLOW, err=True)
             for note in frame.attrs.get("case_merged", []):
@@ -244,7 +244,8 @@ def scan(
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
     if manifest is None:
-        _warn_duplicate_stains(frame, out, _required_kinds(config))
+        unfit = _warn_unfit_stains(frame, file_markers, kind_markers, config, folder)
+        _warn_duplicate_stains(frame, out, _required_kinds(config), unfit)
     _warn_controls_only(frame)
     if out is not None:
         written = frame[list(COLUMNS)].copy()
@@ -257,22 +258,49 @@ def scan(
         raise typer.Exit(code=1)
 
 
+def _warn_unfit_stains(frame, file_markers, kind_markers, config, folder: Path) -> set[str]:
+    """On stderr, one line when stained files of a scanned ``frame`` do not fit the tube kinds of
+    study ``config`` (:func:`tilpheno.pipeline.inputs.unfit_stains`; ``file_markers``: file -> the
+    markers its labels name; ``kind_markers``: kind -> its strategies' markers): a new lab's panel
+    read as the study's kinds, which ``process`` fails. The line names the files, the markers each
+    has that its kind does not gate and those it lacks, and points to ``new-study``.
+    Returns those files (the duplicate-stain advice is not theirs: they are no copies of that kind)."""
+    from tilpheno.pipeline.inputs import unfit_stains
+
+    unfit = unfit_stains(frame, file_markers, kind_markers, config.vocabulary)
+    if not unfit:
+        return set()
+    shown = "; ".join(f"{Path(u.file).name} ({f'read as {u.kind}: has' if u.missing else 'no tube kind:'} "
+                      f"{', '.join(u.extra)}{', not gated there; lacks ' + ', '.join(u.missing) if u.missing else ''})"
+                      for u in unfit[:3])
+    more = f"; and {len(unfit) - 3} more" if len(unfit) > 3 else ""
+    typer.secho(f"{len(unfit)} stained file{'s' if len(unfit) > 1 else ''} fit{'' if len(unfit) > 1 else 's'} no tube "
+                f"kind of study {config.name} ({', '.join(config.tubes)}): {shown}{more}; process fails "
+                f"{'them' if len(unfit) > 1 else 'it'}. Another lab's panel: tilpheno new-study "
+                f"{folder} -o DIR drafts a study of the files' own tube kinds, then scan or process with --study "
+                "DIR/study.yaml", fg=typer.colors.YELLOW, err=True)
+    return {u.file for u in unfit}
+
+
 def _required_kinds(config) -> tuple[str, list[str]]:
     """A study's name and its required tube kinds (not ``optional: true``), in study order."""
     return config.name, [k for k in config.tubes if k not in config.optional_tubes]
 
 
-def _warn_duplicate_stains(manifest, written: Path | None, required: tuple[str, list[str]]) -> None:
+def _warn_duplicate_stains(manifest, written: Path | None, required: tuple[str, list[str]],
+                           unfit: set[str] | frozenset[str] = frozenset()) -> None:
     """On stderr, one line per product of ``manifest`` (scanned or drafted, in the order ``written``
     holds it; None: not written) with several stained files of one tube kind (a specimen name shared
     by several tissues or donors): ``process`` takes the product's variables from one of them
     (``duplicate_tube``). The line names the files and exactly what to edit: their lines of
     ``written`` and a product_id for each (the file's name without its extension); ``required``:
-    the study's name and required tube kinds, which the product's other files must still have."""
+    the study's name and required tube kinds, which the product's other files must still have;
+    ``unfit``: files that fit no tube kind of the study (:func:`_warn_unfit_stains`), no copies of
+    the kind they were read as, so a group of only those has no line."""
     rows = manifest.reset_index(drop=True)
     stains = rows[rows["role"] == "stain"]
     for (product, kind), files in stains.groupby(["product_id", "tube"], sort=True):
-        if len(files) < 2:
+        if len(files) < 2 or files["file"].isin(unfit).all():
             continue
         names = [Path(str(f)).name for f in files["file"]]
         where = (f"in {written}, lines {', '.join(str(i + 2) for i in files.index)}" if written is not None

@@ -274,7 +274,8 @@ def _scan_context(root: Path, study: Study, panel: PanelOverrides | None) -> str
 
 
 def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
-                panel: PanelOverrides | None = None, rows: RowIndex | None = None) -> pd.DataFrame:
+                panel: PanelOverrides | None = None, rows: RowIndex | None = None,
+                markers: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
     """Infer the manifest of every FCS file under ``path`` (see the module docstring).
 
     ``study``: tube kinds and marker vocabulary (default: the bundled TIL study). ``panel``: a
@@ -287,18 +288,20 @@ def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: 
     tube, role, file. ``file`` is ``path / name``.
     A file that is a link resolving outside ``path`` is not read (``problem`` says so) unless
     ``allow_outside``. Folders that cannot be listed are in ``frame.attrs["unlistable"]`` as
-    ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder.
+    ``(folder, reason)`` pairs. Raises TableError when ``path`` is not a folder. ``markers``: a dict
+    filled with ``file`` -> the markers its labels (and ``panel``) name, in the vocabulary's
+    spelling, sorted (not kept in ``attrs``: pandas copies those with every operation).
 
     ``rows``: the rows of an earlier scan (``process`` keeps them in ``OUT/.cache``): a file whose
     row it holds for this folder, study and panel is not read again (``RowIndex.lookup``), and every
     row read is handed to it (``RowIndex.remember``); the manifest is the same either way.
     """
-    return scan_files(path, allow_outside=allow_outside, study=study, panel=panel, rows=rows)[0]
+    return scan_files(path, allow_outside=allow_outside, study=study, panel=panel, rows=rows, markers=markers)[0]
 
 
 def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
-               panel: PanelOverrides | None = None,
-               rows: RowIndex | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
+               panel: PanelOverrides | None = None, rows: RowIndex | None = None,
+               markers: dict[str, tuple[str, ...]] | None = None) -> tuple[pd.DataFrame, dict[str, FCSFile]]:
     """:func:`scan_folder`'s manifest, and each readable file's HEADER/TEXT as it read them
     (``read_fcs_metadata``; by the row's ``file``), for a caller that needs more of the TEXT than
     the manifest (``tilpheno new-study``: detectors, ``$PnR``) without reading the files again
@@ -345,6 +348,8 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
         frame = frame.drop(columns="_order").reset_index(drop=True)
     frame.attrs["unlistable"] = unlistable
     frame.attrs["case_merged"] = case_merged
+    if markers is not None:
+        markers.update({row["file"]: tuple(sorted(row["_markers"])) for row in found})
     return frame, metadata
 
 

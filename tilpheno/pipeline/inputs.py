@@ -2,11 +2,13 @@
 manifest grouped into products."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from tilpheno.errors import TableError, closest_match
 from tilpheno.study import Study
+from tilpheno.vocabulary import Vocabulary
 
 
 def group_products(manifest) -> list[tuple[str, object]]:
@@ -53,6 +55,39 @@ def strategy_markers(strategies: Iterable) -> dict[str, tuple[str, ...]]:
     for strategy in strategies:
         markers.setdefault(strategy.tube, {}).update(dict.fromkeys(strategy.markers))
     return {kind: tuple(names) for kind, names in markers.items()}
+
+
+@dataclass(frozen=True)
+class UnfitStain:
+    """A stained file that does not fit the tube kind a scan gave it: its labels name markers the
+    kind's strategies do not gate (``extra``) and lack some they do (``missing``), so ``process``
+    fails it (marker not found); its panel is not the study's. ``kind``: the scanned tube kind."""
+
+    file: str
+    kind: str
+    extra: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_markers: Mapping[str, Iterable[str]],
+                 vocabulary: Vocabulary) -> list[UnfitStain]:
+    """The stained files of ``manifest`` (role ``stain``) whose markers (``file_markers``: file ->
+    markers its labels name, as ``scan_folder`` reads them) are not those of their tube kind
+    (``kind_markers``: each tube kind of the study -> its strategies' markers,
+    :func:`strategy_markers`): the file names a marker its kind does not gate and lacks one it does,
+    or its kind is none of the study's (``unknown``: every marker it names is ``extra``). A kind
+    whose strategies name no marker (a Gating-ML or FlowJo tree) fits any file. A file whose labels
+    name no marker is left out (an export without $PnS: its markers are a panel file's to name, not
+    another study's). In manifest order."""
+    unfit = []
+    for row in manifest[manifest["role"] == "stain"].itertuples(index=False):
+        own = tuple(file_markers.get(row.file, ()))
+        wanted = tuple(kind_markers.get(row.tube, ()))
+        extra = tuple(m for m in own if not any(vocabulary.same(m, w) for w in wanted))
+        missing = tuple(w for w in wanted if not any(vocabulary.same(w, m) for m in own))
+        if own and extra and (missing or row.tube not in kind_markers):
+            unfit.append(UnfitStain(str(row.file), str(row.tube), extra, missing))
+    return unfit
 
 
 def unmatched_outcomes(manifest, outcomes) -> list[str]:
