@@ -29,6 +29,29 @@ def _parameters(typer_app):
     (["process", "MISSING", "-o", "OUT"], "FOLDER", "no such folder"),
     (["process", FCS, "-o", "OUT"], "FOLDER", "a file, not a folder"),
     (["report", "MISSING"], "OUT", "no such folder"),
+    (["scan", "MISSING"], "FOLDER", "no such folder"),
+    (["scan", DATA, "--manifest", "MISSING"], "--manifest", "no such file"),
+    (["scan", DATA, "--panel", "MISSING"], "--panel", "no such file"),
+    (["new-study", DATA, "-o", "OUT", "--panel", "MISSING"], "--panel", "no such file"),
+    (["new-study", DATA, "-o", "OUT", "--lineage", "MISSING"], "--lineage", "no such file"),
+    (["process", DATA, "-o", "OUT", "--manifest", "MISSING"], "--manifest", "no such file"),
+    (["process", DATA, "-o", "OUT", "--outcomes", "MISSING"], "--outcomes", "no such file"),
+    (["process", DATA, "-o", "OUT", "--outcomes", DATA], "--outcomes", "a folder, not a file"),
+    (["process", DATA, "-o", "OUT", "--panel", "MISSING"], "--panel", "no such file"),
+    (["process", DATA, "-o", "OUT", "--strategy", "MISSING"], "--strategy", "no such file"),
+    (["process", DATA, "-o", "OUT", "--release-spec", "MISSING"], "--release-spec", "no such file"),
+    (["process", DATA, "-o", "OUT", "--compensation", "MISSING"], "--compensation", "no such file"),
+    (["compensate", "MISSING", "-o", "OUT"], "CONTROLS_FOLDER", "no such folder"),
+    (["compensate", DATA, "-o", "OUT", "--controls", "MISSING"], "--controls", "no such file"),
+    (["biomarkers", "--phenotypes", "MISSING", "--outcomes", FCS, "-o", "OUT"], "--phenotypes", "no such file"),
+    (["biomarkers", "--phenotypes", FCS, "--outcomes", "MISSING", "-o", "OUT"], "--outcomes", "no such file"),
+    (["biomarkers", "--phenotypes", FCS, "--outcomes", FCS, "-o", "OUT", "--cutpoints", "MISSING"], "--cutpoints",
+     "no such file"),
+    (["plan", "--observed", "MISSING", "--marker", "cd8_pct"], "--observed", "no such folder"),
+    (["serve", "MISSING"], "OUT", "no such folder"),
+    (["serve", DATA, "--inputs", "MISSING"], "--inputs", "no such folder"),
+    (["export-approved", "MISSING", "-o", "OUT"], "OUT", "no such folder"),
+    (["export-approved", DATA, "-o", "OUT", "--inputs", "MISSING"], "--inputs", "no such folder"),
     (["apply-gates", "MISSING", "--gatingml", GML, "-o", "OUT"], "FILE", "no such file"),
     (["apply-gates", FCS, "--gatingml", "MISSING", "-o", "OUT"], "--gatingml", "no such file"),
     (["apply-gates", FCS, "--wsp", "MISSING", "-o", "OUT"], "--wsp", "no such file"),
@@ -41,7 +64,10 @@ def _parameters(typer_app):
 def test_a_missing_or_wrong_kind_of_path_is_one_line_naming_the_option(tmp_path, args, named, reason):
     """`process MISSING -o OUT` (and every other path declared to exist) printed Typer's multi-line
     usage box ("Invalid value for 'folder': dir 'MISSING' does not exist.") -> one line naming the
-    option and the path as typed, exit status 2, nothing written."""
+    option and the path as typed, exit status 2, nothing written. The other commands' inputs each
+    said it their own way ("nope: not a folder", "nope.csv: file not found", "cannot read strategy
+    file (No such file or directory)", "not a readable CSV table (FileNotFoundError)", serve's
+    "[Errno 2] ... run.json"), most without the option -> the same form for every one."""
     missing, out = tmp_path / "missing", tmp_path / "out"
     given = {"MISSING": str(missing), "OUT": str(out)}
     result = CliRunner().invoke(app, [given.get(a, str(a)) for a in args])

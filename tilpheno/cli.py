@@ -68,10 +68,15 @@ def _write_or_fail(path: Path, write: Callable[[Path], object]) -> None:
         _fail(OSError(exc.errno, exc.strerror, str(path)))
 
 
-def _existing(param: typer.CallbackParam, value: Optional[Path], *, folder: bool) -> Optional[Path]:
-    """``value`` of a path argument or option that must name an existing folder (``folder``) or file.
-    Otherwise one line naming the option (an argument by its name in capitals) and the path, e.g.
-    ``error: --wsp gates.wsp: no such file``, exit status 2."""
+def _existing(param: typer.CallbackParam, value, *, folder: bool):
+    """``value`` of a path argument or option that must name an existing folder (``folder``) or file
+    (each path of a repeatable option). Otherwise one line naming the option (an argument by its
+    name in capitals) and the path, e.g. ``error: --wsp gates.wsp: no such file``, exit status 2:
+    every command's missing input reads the same, before anything is written."""
+    if isinstance(value, (list, tuple)):
+        for each in value:
+            _existing(param, each, folder=folder)
+        return value
     if value is None:
         return None
     if not value.exists():
@@ -183,11 +188,11 @@ def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None)
 # --- scan: infer the manifest (product, tube, role, FMO marker) of a folder of FCS files ---
 @app.command()
 def scan(
-    folder: Path = typer.Argument(..., help="Folder of FCS files (searched recursively)."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated)."),
+    folder: Path = typer.Argument(..., help="Folder of FCS files (searched recursively).", callback=_existing_folder),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV/Excel that overrides inference (validated).", callback=_existing_file),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write the manifest CSV (file, product_id, tube, role, fmo_marker) here."),
     study: str = typer.Option("til", "--study", help="Study (tube kinds, marker vocabulary): a bundled name or a study.yaml path."),
-    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) whose markers label the files, as process scans them."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) whose markers label the files, as process scans them.", callback=_existing_file),
 ) -> None:
     """Print the inferred manifest of FOLDER (file names, $SRC, TUBE NAME, $PnS, --panel) and optionally write it.
 
@@ -218,8 +223,6 @@ def scan(
         overrides = read_panel_file(panel) if panel is not None else None
         kind_markers = strategy_markers(load_strategy(p) for p in config.strategy_paths)
         if manifest is not None:
-            if not folder.is_dir():
-                raise TilphenoError(f"{folder}: not a folder")
             frame = read_manifest(manifest, base=folder, study=config, markers=kind_markers, keep_missing=True)
         else:
             frame = scan_folder(folder, study=config, panel=overrides, markers=file_markers)
@@ -350,8 +353,8 @@ def new_study(
     folder: Path = typer.Argument(..., help="Folder of the lab's FCS files (searched recursively).", callback=_existing_folder),
     out: Path = typer.Option(..., "-o", "--out", help="Folder to write study.yaml, one strategy per tube kind, release.yaml and manifest.csv into."),
     name: Optional[str] = typer.Option(None, "--name", help="The study's name (default: the folder's name)."),
-    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors."),
-    lineage: Optional[Path] = typer.Option(None, "--lineage", help="YAML file with a `lineage:` mapping (marker: the marker it is gated within; empty: not nested) overriding the vocabulary's, e.g. {CD8: ~, PD1: CD8}."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors.", callback=_existing_file),
+    lineage: Optional[Path] = typer.Option(None, "--lineage", help="YAML file with a `lineage:` mapping (marker: the marker it is gated within; empty: not nested) overriding the vocabulary's, e.g. {CD8: ~, PD1: CD8}.", callback=_existing_file),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files a previous draft wrote into OUT."),
 ) -> None:
     """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written).
@@ -447,9 +450,9 @@ def simulate(
 
 @app.command()
 def compensate(
-    controls_folder: Path = typer.Argument(..., help="Folder of single-stain controls (and an unstained control)."),
+    controls_folder: Path = typer.Argument(..., help="Folder of single-stain controls (and an unstained control).", callback=_existing_folder),
     out: Path = typer.Option(..., "-o", "--out", help="Matrix CSV to write (FlowJo/FlowKit layout; usable by process --compensation)."),
-    controls: Optional[Path] = typer.Option(None, "--controls", help="CSV file,detector naming each control's detector (empty detector = unstained control); overrides inference from file names and $PnS."),
+    controls: Optional[Path] = typer.Option(None, "--controls", help="CSV file,detector naming each control's detector (empty detector = unstained control); overrides inference from file names and $PnS.", callback=_existing_file),
     ssm: Optional[Path] = typer.Option(None, "--ssm", help="Also write the spillover spreading matrix CSV here."),
     diagnostics: Optional[Path] = typer.Option(None, "--diagnostics", help="Also write one row per control (events, positives, stain index) here."),
 ) -> None:
@@ -481,18 +484,18 @@ def compensate(
 def process(
     folder: Path = typer.Argument(..., help="Folder of FCS files.", callback=_existing_folder),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created; one holding a previous run needs --overwrite)."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file, product_id, tube, role, fmo_marker) instead of scanning."),
-    outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest CSV (file, product_id, tube, role, fmo_marker) instead of scanning.", callback=_existing_file),
+    outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Outcomes table (CSV/Excel) whose til_dose_cells gives each product's infused TIL number, for absolute subset doses.", callback=_existing_file),
     study: str = typer.Option("til", "--study", help="Study: a bundled name or a study.yaml path (tube kinds, strategies, variables, doses, QC, release spec, marker aliases)."),
-    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming the marker on a detector; wins over $PnS."),
-    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the study's strategies."),
-    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: the study's (TIL: viability > 70 %, CD3+ > 90 % of live lymphocytes)."),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming the marker on a detector; wins over $PnS.", callback=_existing_file),
+    strategy: Optional[List[Path]] = typer.Option(None, "--strategy", help="Gating strategy YAML (repeatable); default: the study's strategies.", callback=_existing_file),
+    release_spec: Optional[Path] = typer.Option(None, "--release-spec", help="Release criteria YAML; default: the study's (TIL: viability > 70 %, CD3+ > 90 % of live lymphocytes).", callback=_existing_file),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Products processed in parallel (process pool)."),
     executor: str = typer.Option("local", "--executor", help="local | dask"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address for --executor dask, e.g. tcp://10.0.0.5:8786."),
     fmo_percentile: float = typer.Option(99.5, "--fmo-percentile", help="Percentile of the FMO tube's parent events that sets each marker threshold."),
     include_identifiers: bool = typer.Option(False, "--include-identifiers", help="Show all FCS keywords in reports (default: an allow-list without identifiers)."),
-    compensation: Optional[Path] = typer.Option(None, "--compensation", help="Spillover matrix CSV (FlowJo/FlowKit layout, e.g. from `tilpheno compensate`) used for every file instead of $SPILLOVER and of single-stain controls in the folder."),
+    compensation: Optional[Path] = typer.Option(None, "--compensation", help="Spillover matrix CSV (FlowJo/FlowKit layout, e.g. from `tilpheno compensate`) used for every file instead of $SPILLOVER and of single-stain controls in the folder.", callback=_existing_file),
     overwrite: bool = typer.Option(False, "--overwrite", help="OUT may hold a previous run: replace what that run wrote (recorded in run.json)."),
     allow_unmatched: bool = typer.Option(False, "--allow-unmatched", help="Accept --outcomes product ids that match no product (listed as a warning)."),
     allow_outside: bool = typer.Option(False, "--allow-outside", help="Accept manifest files (or links) that lie outside FOLDER."),
@@ -655,14 +658,14 @@ def _print_summary(summary) -> None:
 
 @app.command()
 def biomarkers(
-    phenotypes: Path = typer.Option(..., "--phenotypes", help="phenotypes.csv from `tilpheno process` (one row per product)."),
-    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes table, CSV or Excel (.xlsx): patient_id, product_id, til_dose_cells, best_response, pfs_months, pfs_event, os_months, os_event, covariates."),
+    phenotypes: Path = typer.Option(..., "--phenotypes", help="phenotypes.csv from `tilpheno process` (one row per product).", callback=_existing_file),
+    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes table, CSV or Excel (.xlsx): patient_id, product_id, til_dose_cells, best_response, pfs_months, pfs_event, os_months, os_event, covariates.", callback=_existing_file),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder of the analysis (created; a previous analysis there is replaced, other files kept; a `process` output folder is refused)."),
     markers: Optional[str] = typer.Option(None, "--markers", help="Comma-separated marker columns; default: the study's `biomarkers` (TIL: dose and the phenotype variables)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study (bundled name or study.yaml) giving the default markers; default: the study recorded in run.json beside PHENOTYPES, else the bundled TIL study."),
     covariates: Optional[str] = typer.Option(None, "--covariates", help="Comma-separated covariates of the multivariable models; default: age, sex, ecog when present."),
     endpoints: str = typer.Option("pfs,os", "--endpoints", help="Comma-separated endpoints: pfs, os."),
-    cutpoints: Optional[Path] = typer.Option(None, "--cutpoints", help="CSV of pre-specified cut-points: marker, cutpoint[, endpoint] (one per marker and endpoint; blank endpoint = both; cutpoint in the marker's unit as measured, cells for a dose)."),
+    cutpoints: Optional[Path] = typer.Option(None, "--cutpoints", help="CSV of pre-specified cut-points: marker, cutpoint[, endpoint] (one per marker and endpoint; blank endpoint = both; cutpoint in the marker's unit as measured, cells for a dose).", callback=_existing_file),
     n_perm: int = typer.Option(10_000, "--permutations", min=0, help="Permutations for the cut-point p-value (0 = none; at most 10,000,000)."),
     seed: int = typer.Option(20240601, "--seed", help="Seed of the permutations."),
     conf_type: str = typer.Option("log", "--conf-type", help="Kaplan-Meier CI transformation: log, log-log or plain."),
@@ -752,7 +755,7 @@ def _biomarker_study(study: Optional[str], phenotypes: Path):
 @app.command()
 def plan(
     hr: Optional[float] = typer.Option(None, "--hr", help="Hazard ratio to confirm (two groups: high vs low; continuous: per unit of the marker)."),
-    observed: Optional[Path] = typer.Option(None, "--observed", help="Output folder of `tilpheno biomarkers`: take the HR, SD, group fraction and event probability observed for --marker."),
+    observed: Optional[Path] = typer.Option(None, "--observed", help="Output folder of `tilpheno biomarkers`: take the HR, SD, group fraction and event probability observed for --marker.", callback=_existing_folder),
     marker: Optional[str] = typer.Option(None, "--marker", help="Marker whose observed effect is used (with --observed)."),
     endpoint: str = typer.Option("pfs", "--endpoint", help="Endpoint of the observed effect (with --observed)."),
     sd: Optional[float] = typer.Option(None, "--sd", help="Marker standard deviation: gives the continuous-marker (Hsieh-Lavori) size."),

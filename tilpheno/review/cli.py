@@ -23,6 +23,14 @@ def _fail(exc: Exception) -> None:
     fail(exc)
 
 
+def _existing_folder(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """The command line's check of a folder that must exist (``tilpheno.cli._existing_folder``: one
+    line naming the argument or option and the path, exit 2)."""
+    from tilpheno.cli import _existing_folder as existing
+
+    return existing(param, value)
+
+
 def _factory(out: Path, db: Optional[str]):
     from tilpheno.review.db import open_database
 
@@ -61,11 +69,11 @@ def _password(stdin: bool) -> str:
 
 
 def serve(
-    out: Path = typer.Argument(..., help="A processed output folder (`tilpheno process ... -o OUT`)."),
+    out: Path = typer.Argument(..., help="A processed output folder (`tilpheno process ... -o OUT`).", callback=_existing_folder),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     port: int = typer.Option(8765, "--port", min=1, max=65535),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved.", callback=_existing_folder),
 ) -> None:
     """Review, correct, sign and release the products of OUT in the browser (http://HOST:PORT/)."""
     import logging
@@ -361,10 +369,10 @@ def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(
 
 
 def export_approved(
-    out: Path = typer.Argument(..., help="The processed output folder."),
+    out: Path = typer.Argument(..., help="The processed output folder.", callback=_existing_folder),
     dest: Path = typer.Option(..., "-o", "--out", help="Folder for the approved tables, Gating-ML and certificates."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved.", callback=_existing_folder),
 ) -> None:
     """phenotypes_approved.csv, populations_approved.csv, and per approved product its Gating-ML and
     certificate, all made from one approval per product (an approval changed during the export:
