@@ -293,8 +293,24 @@ def test_a_covariate_with_one_value_is_not_silently_left_out(tables):
     assert any("one value in every patient analysed, not used" in n and "sex = M" in n for n in cohort.notes)
     with pytest.raises(TableError, match=r"column 'sex': covariate has one value \(M\) in every patient analysed"):
         build_cohort(pheno, males, covariates=["age", "sex"])
-    with pytest.raises(ValueError, match=r"covariate\(s\) constant in the data: sex"):
+    with pytest.raises(ValueError, match=r"covariate\(s\) constant among the 60 patients analysed: sex"):
         fit_cox(cohort.data, "os_months", "os_event", ["cd8_pct_of_cd3", "sex"])
+
+
+def test_a_covariate_constant_among_one_models_patients_is_said_with_their_number(tables, tmp_path):
+    """sex varies in the cohort, but CD8 was measured only in the male patients' products: the adjusted
+    CD8 models were 'not fitted (covariate(s) constant in the data: sex)', though the outcomes table
+    has women in it -> the reason counts the patients analysed, the model's complete cases."""
+    pheno, outcomes = tables
+    men = outcomes.loc[outcomes["sex"] == "M", "product_id"]
+    pheno = pheno.assign(cd8_pct_of_cd3=pheno["cd8_pct_of_cd3"].where(pheno["product_id"].isin(men)))
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=["age", "sex"],
+                         endpoints=("os",), n_perm=0, n_boot=0)
+    analysed = outcomes[outcomes["product_id"].isin(men)].dropna(subset=["age", "os_months", "os_event"])
+    assert outcomes["sex"].nunique() == 2 and 0 < len(analysed) < len(outcomes)
+    for coding in ("continuous", "dichotomized"):
+        assert (f"os cd8_pct_of_cd3 multivariable {coding}: Cox model not fitted (covariate(s) constant among the "
+                f"{len(analysed)} patients analysed: sex)") in res.warnings, res.warnings
 
 
 def test_a_few_doses_in_units_of_1e9_are_flagged(tables):

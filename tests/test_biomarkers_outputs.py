@@ -128,7 +128,7 @@ def test_a_cox_model_without_estimate_names_its_cause_as_r_shows_it(model):
             fit_cox(frame, "time", "event", variables)
         said = str(caught.value)
         if np.isnan(rec.coef_x):   # R: NA
-            expected = "constant in the data: x" if rec.case == "constant" else "no information on x: "
+            expected = f"constant among the {len(frame)} patients analysed: x" if rec.case == "constant" else "no information on x: "
             assert expected in said and "infinite" not in said, (rec.case, said)
         else:                      # R: a coefficient running off, with a warning
             assert rec.r_warning and abs(rec.coef_x) > 10 and rec.se_x > 100 * abs(rec.coef_x)
@@ -318,8 +318,8 @@ def test_constant_marker_or_empty_median_group_warns_instead_of_crashing(tmp_pat
         assert (cut.n_low.iloc[0], cut.n_high.iloc[0]) == (60, 0) and np.isnan(cut.p_raw.iloc[0])
         assert any(w.startswith(f"os {marker} univariable dichotomized: Cox model not fitted (every patient at or "
                                 "below the median cut ") and w.endswith("no high group)") for w in res.warnings), res.warnings
-        assert any(w == f"os {marker} univariable continuous: Cox model not fitted (covariate(s) constant in the data: "
-                   f"{marker})" for w in res.warnings) == (marker == "cd8_pct_of_cd3")
+        assert any(w == f"os {marker} univariable continuous: Cox model not fitted (covariate(s) constant among the 60 "
+                   f"patients analysed: {marker})" for w in res.warnings) == (marker == "cd8_pct_of_cd3")
     assert not any("_dich" in w or "_cont" in w for w in res.warnings)
     # the models that could not be fitted keep their rows in the Cox table: who was in them, no estimate, why
     uni = res.cox_univariable.set_index("model_id")

@@ -133,8 +133,8 @@ def test_a_covariate_constant_among_the_patients_is_named_as_such(constant):
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"time": rng.exponential(10, 40), "event": (rng.random(40) < 0.7).astype(int),
                           "x": rng.normal(size=40), "c": constant})
-    with pytest.raises(ValueError, match=r"^the model cannot be fitted on the full data: covariate\(s\) constant in the "
-                                         r"data: c$"):
+    with pytest.raises(ValueError, match=r"^the model cannot be fitted on the full data: covariate\(s\) constant among "
+                                         r"the 40 patients analysed: c$"):
         validate_cox(frame, "time", "event", ["x", "c"], B=5)
 
 

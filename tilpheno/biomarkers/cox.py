@@ -294,12 +294,15 @@ def combination_reason(direction: pd.Series) -> str:
 
 
 def constant_reason(design: Design) -> str | None:
-    """The covariates of ``design`` (the patients analysed) with one value, named, else None: a numeric column with
-    one value, or a categorical one with a single level (it has no indicator column, so it would be left out
-    silently)."""
+    """The covariates of ``design`` (the patients analysed) with one value, named with the number of patients
+    analysed (as :func:`collinear_reason`: a covariate that varies in the cohort may not among the complete cases of
+    one model), else None: a numeric column with one value, or a categorical one with a single level (it has no
+    indicator column, so it would be left out silently)."""
     X = design.X
     constant = [c for c in X.columns if X[c].nunique() < 2] + [v for v, cols in design.terms.items() if not cols]
-    return f"covariate(s) constant in the data: {', '.join(constant)}" if constant else None
+    if not constant:
+        return None
+    return f"covariate(s) constant among the {len(X)} patients analysed: {', '.join(constant)}"
 
 
 COLLINEAR_TOLERANCE = 1e-9
