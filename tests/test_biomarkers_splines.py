@@ -268,3 +268,30 @@ def test_a_spline_separating_the_events_by_a_curve_is_named_with_its_basis_colum
     assert row.warning.endswith("; cd8_pct_of_cd3', cd8_pct_of_cd3'': the nonlinear basis columns of cd8_pct_of_cd3's "
                                 "spline (rms' names), so a combination of them with cd8_pct_of_cd3 is a curve of "
                                 "cd8_pct_of_cd3")
+
+
+RCS_LIMIT = pd.read_csv(REF / "rcs_limit_reference.csv", float_precision="round_trip", keep_default_na=False,
+                        na_values=["NA"])
+
+
+@pytest.mark.parametrize("k", sorted(set(RCS_LIMIT.k)))
+def test_a_spline_adjusted_for_a_covariate_with_a_monotone_likelihood_is_estimated_at_its_limit(k):
+    """rcs(z, k) + x with every event at the highest x at risk (x 0/1, rcs_limit_reference.csv): fit_spline refused
+    the whole model ('monotone likelihood: ... x'), where R coxph reports the spline beside x's huge coefficient
+    ('coefficient may be infinite'), as the multivariable Cox models do -> x's coefficient is blank with the reason,
+    the spline's coefficients, SEs and Wald tests are R's (coxph and its limit model, Surv(entry, time, event))."""
+    rows = RCS_LIMIT[RCS_LIMIT.k == k]
+    rec = rows.iloc[0]
+    frame = pd.DataFrame({c: [float(v) for v in rec[c].split()] for c in ("time", "event", "x", "z")})
+    fit = fit_spline(frame, "time", "event", "z", int(k), covariates=["x"])
+    np.testing.assert_allclose(fit.knots, [float(v) for v in rec.knots.split()], rtol=1e-15)
+    table = fit.cox.coefficients
+    assert table.set_index("variable").loc["x"].isna().all()
+    assert fit.cox.warnings[0].startswith("coefficient of x not estimable: monotone likelihood: ")
+    for kind in ("coxph", "limit"):
+        want = rows[(rows.fit == kind) & (rows.term != "x")]
+        np.testing.assert_allclose(table.coef.iloc[:k - 1], want.coef, rtol=1e-6)
+        np.testing.assert_allclose(table.se.iloc[:k - 1], want.se, rtol=1e-6)
+        assert fit.overall_chisq == pytest.approx(want.overall_chisq.iloc[0], rel=1e-6)
+        assert fit.nonlinear_chisq == pytest.approx(want.nonlinear_chisq.iloc[0], rel=1e-6)
+    assert "coefficient of x not estimable" in spline_rows(fit, "pfs")["warning"]

@@ -26,6 +26,7 @@ Conventions:
 from __future__ import annotations
 
 import warnings as _warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -709,7 +710,8 @@ def _refuse_a_separating_combination(time, event, X: pd.DataFrame) -> None:
 
 def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str],
             conf_level: float = 0.95, start: str = "lifelines",
-            groups: dict[str, list[str]] | None = None, at_limit: bool = False) -> CoxResult:
+            groups: dict[str, list[str]] | None = None, at_limit: bool = False,
+            not_at_limit: Collection[str] = ()) -> CoxResult:
     """Fit ``Surv(duration, event) ~ variables`` (Efron ties) on complete cases of ``frame``.
 
     lifelines fits the model (its warnings go to ``warnings``); Newton steps on the exact
@@ -724,7 +726,8 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     a covariate that is an exact linear function of the ones before it (:func:`collinear_reason`: named with that
     function), or an information matrix that turns singular (near-collinear covariates).
     ``at_limit``: a column with a monotone likelihood among others is not an error: as R coxph reports the other
-    covariates, they are estimated at its limit (:func:`fit_cox_at_limit`) and its coefficient is left blank.
+    covariates, they are estimated at its limit (:func:`fit_cox_at_limit`) and its coefficient is left blank; unless
+    the column is one of ``not_at_limit`` (a spline's basis columns, whose tests need every coefficient): an error.
     """
     data = frame[[duration, event, *variables]].dropna()
     if data.empty:
@@ -739,7 +742,7 @@ def fit_cox(frame: pd.DataFrame, duration: str, event: str, variables: list[str]
     t = data[duration].to_numpy(float)
     ev = data[event].to_numpy(float)
     found = degenerate_column(t, ev, X)
-    if found and found.kind == "monotone" and at_limit and X.shape[1] > 1:
+    if found and found.kind == "monotone" and at_limit and X.shape[1] > 1 and found.column not in not_at_limit:
         return fit_cox_at_limit(t, ev, X, found, conf_level, _grouped_terms(design.terms, groups or {}))
     if found:
         raise ValueError(found.reason)

@@ -183,7 +183,12 @@ def _wald(coef: np.ndarray, V: np.ndarray) -> tuple[float, int, float]:
 def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: int = 4,
                covariates: list[str] | tuple = (), conf_level: float = 0.95) -> SplineFit:
     """``cph(Surv(duration, event) ~ rcs(marker, k) + covariates)`` on complete cases, with rms' knots: from every
-    non-missing marker value of ``frame`` (rms evaluates ``rcs`` before the incomplete rows are dropped)."""
+    non-missing marker value of ``frame`` (rms evaluates ``rcs`` before the incomplete rows are dropped).
+
+    A covariate with a monotone likelihood (e.g. every event in one of its groups) has its coefficient left blank,
+    with the reason in ``cox.warnings``, and the spline is estimated at its limit, as the multivariable Cox models
+    (:func:`~tilpheno.biomarkers.cox.fit_cox_at_limit`; R coxph reports these beside a huge coefficient). ValueError
+    when the spline itself has no finite estimate (a monotone likelihood of the marker or a curve of it)."""
     data = frame[[duration, event, marker, *covariates]].dropna().reset_index(drop=True)
     placed = harrell_knots(frame[marker], k)
     knots = placed.knots
@@ -193,7 +198,8 @@ def fit_spline(frame: pd.DataFrame, duration: str, event: str, marker: str, k: i
     work = pd.concat([data[[duration, event, *covariates]], spl], axis=1)
     try:
         cox = fit_cox(work, duration, event, [*names, *covariates], conf_level, start="zero",
-                      groups={f"rcs({marker})": names})   # one PH test for the spline, df = k - 1
+                      groups={f"rcs({marker})": names},   # one PH test for the spline, df = k - 1
+                      at_limit=True, not_at_limit=names)
     except ValueError as exc:
         raise ValueError(_basis_glossed(str(exc), marker, names)) from None
     coef = cox.coefficients.coef.to_numpy()[: len(names)]
