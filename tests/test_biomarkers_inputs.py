@@ -344,3 +344,24 @@ def test_percentages_given_as_fractions_are_flagged(tables, tmp_path):
                          n_boot=0)
     assert expected in res.warnings
     assert "percentages given as fractions" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("option,value,said", [
+    ("--roc-times", "6,-6", "--roc-times: -6 is not a time in months (more than 0)"),
+    ("--roc-times", "0", "--roc-times: 0 is not a time in months (more than 0)"),
+    ("--roc-times", "nan", "--roc-times: nan is not a time in months (more than 0)"),
+    ("--break-times", "-5,10", "--break-times: -5 is not a time in months (0 or more)"),
+])
+def test_a_time_before_the_start_of_follow_up_is_an_error(tmp_path, option, value, said):
+    """`--roc-times -6` ran and exited 0 with a blank AUC at -6 months (with --bootstrap); `--break-times -5,10` wrote a
+    numbers-at-risk column at -5 months (every patient at risk) -> one line naming the option and the value, exit
+    status 2, nothing written."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"), "--outcomes",
+                                      str(REF / "til_cohort_outcomes.csv"), "--out", str(tmp_path / "bio"),
+                                      option, value, "--permutations", "0", "--bootstrap", "0"])
+    assert result.exit_code == 2 and result.output.strip() == f"error: {said}", result.output
+    assert not (tmp_path / "bio").exists()

@@ -28,7 +28,7 @@ def as_cli_text(text: str) -> str:
     text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers)=True\b",
                   lambda m: "--" + m.group(1).replace("_", "-"), text)
     text = re.sub(r"\b(inputs=FOLDER|db=URL|compensation=MATRIX)\b", lambda m: "--" + m.group(1).replace("=", " "), text)
-    return re.sub(r"^(executor|scheduler|fmo_percentile|reports|conf_type)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
+    return re.sub(r"^(executor|scheduler|fmo_percentile|reports|conf_type|roc_times|break_times)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
 
 
 def _fail(exc: Exception) -> NoReturn:

@@ -563,6 +563,15 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 response_survival=pd.DataFrame(resp_rows))
 
 
+def check_times(name: str, times, *, zero: bool) -> None:
+    """ValueError naming ``name`` and the first of ``times`` (months since the start of the endpoint's follow-up)
+    that is not a finite time above 0 (``zero``: at or above 0, as a numbers-at-risk table's first column):
+    a negative time was taken as asked, an AUC at -6 months blank, an at-risk column at -5 months of every patient."""
+    for t in times:
+        if not np.isfinite(t) or t < 0 or (t == 0 and not zero):
+            raise ValueError(f"{name}: {t:g} is not a time in months ({'0 or more' if zero else 'more than 0'})")
+
+
 def _auc_not_computed(endpoint: str, roc_times, time: pd.Series) -> list[str]:
     """Why the time-dependent AUC is missing at some asked times (months): fewer than 10 patients with every
     marker, or a time at or beyond their last time (``time``: those patients' times)."""
@@ -676,6 +685,8 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     if not 0 <= n_perm <= MAX_PERMUTATIONS or not 0 <= n_boot <= MAX_BOOTSTRAP:
         raise ValueError(f"permutations must lie in 0-{MAX_PERMUTATIONS:,} (got {n_perm:,}) and bootstrap samples "
                          f"in 0-{MAX_BOOTSTRAP:,} (got {n_boot:,})")
+    check_times("roc_times", roc_times, zero=False)
+    check_times("break_times", break_times or (), zero=True)
     out = Path(out_dir)
     previous_record = _biomarker_folder_record(out)
     cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study, sources=sources)
