@@ -152,3 +152,22 @@ def test_every_option_a_doc_quotes_exists():
         problems += [f"{name}: `{line}`: {line.split()[1]} has no option {flag}"
                      for flag in re.findall(r"(?<=[\s\[(|])(--?[a-z][a-z0-9-]*)", line) if flag not in options]
     assert not problems, "\n".join(problems)
+
+
+
+def test_biomarkers_help_says_what_bootstrap_0_leaves_out(tmp_path):
+    """`--bootstrap 0` writes no time_auc.csv (nor validation.csv, calibration.csv), while its help said "0 = none" of
+    the "time-dependent AUC CIs", as if the AUCs were written without CIs -> the help says none of the three is
+    done, and --roc-times' help says it too."""
+    from pathlib import Path
+
+    ref = Path(__file__).parent / "reference"
+    run = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(ref / "til_cohort_phenotypes.csv"), "--outcomes",
+                                   str(ref / "til_cohort_outcomes.csv"), "-o", str(tmp_path / "bio"), "--markers",
+                                   "cd8_pct_of_cd3", "--permutations", "0", "--bootstrap", "0"])
+    assert run.exit_code == 0, run.output
+    assert not any((tmp_path / "bio" / f).exists() for f in ("time_auc.csv", "validation.csv", "calibration.csv"))
+    result = CliRunner().invoke(app, ["biomarkers", "--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    text = " ".join(result.output.split())
+    assert "internal validation, calibration and time-dependent AUC (with its CIs); 0: none of these three" in text
+    assert "of the time-dependent AUC (none with --bootstrap 0)" in text
