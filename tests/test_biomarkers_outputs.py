@@ -346,6 +346,36 @@ def test_constant_marker_or_empty_median_group_warns_instead_of_crashing(tmp_pat
                              f"endpoint 'os', has no hazard ratio to plan with ({row.warning})\n")
 
 
+def test_plan_observed_names_the_wrong_folder_and_the_markers_it_has(tmp_path):
+    """`plan --observed` on a `process` output folder said "cox_univariable.csv: No such file or directory"; with a
+    marker or endpoint the analysis does not have, "no univariable models for marker 'cd8'" without the ones it has
+    -> the folder is said not to be a biomarker analysis; the analysis' markers (endpoints) are listed."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    markers = ["cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"]
+    run_biomarkers(pheno, read_outcomes(REF / "til_cohort_outcomes.csv"), tmp_path / "bio", markers=markers,
+                   endpoints=("pfs",), n_perm=0, n_boot=0)
+    (tmp_path / "run").mkdir()
+    pheno.to_csv(tmp_path / "run" / "phenotypes.csv", index=False)
+
+    def plan(folder, marker, endpoint="pfs"):
+        result = CliRunner().invoke(app, ["plan", "--observed", str(folder), "--marker", marker, "--endpoint", endpoint])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    table = tmp_path / "bio" / "cox_univariable.csv"
+    assert plan(tmp_path / "run", "cd8_pct_of_cd3") == (
+        f"error: {tmp_path / 'run'}: no cox_univariable.csv: not the output folder of a biomarker analysis "
+        "(`tilpheno biomarkers -o FOLDER` writes it)\n")
+    assert plan(tmp_path / "bio", "cd8") == (f"error: {table}: no univariable models for marker 'cd8', endpoint 'pfs'; "
+                                             f"its pfs markers: {', '.join(sorted(markers))}\n")
+    assert plan(tmp_path / "bio", "cd8_pct_of_cd3", "os") == (
+        f"error: {table}: no univariable models for marker 'cd8_pct_of_cd3', endpoint 'os'; its endpoints: pfs\n")
+
+
 def test_dichotomised_marker_without_events_in_one_group_is_named_as_such():
     """No event in one level: the partial likelihood rises to a limit as the coefficient runs to
     minus infinity (R coxph: 'coefficient may be infinite'); the reason given names that, not a bare

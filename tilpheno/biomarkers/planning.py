@@ -69,12 +69,20 @@ def observed_effect(out_dir, marker: str, endpoint: str = "pfs") -> dict:
 
     import pandas as pd
 
+    from tilpheno.errors import did_you_mean
+
     out = Path(out_dir)
-    cox = pd.read_csv(out / "cox_univariable.csv")
+    table = out / "cox_univariable.csv"
+    if out.is_dir() and not table.exists():
+        raise ValueError(f"{out}: no cox_univariable.csv: not the output folder of a biomarker analysis "
+                         "(`tilpheno biomarkers -o FOLDER` writes it)")
+    cox = pd.read_csv(table)
     rows = cox[(cox.endpoint == endpoint) & (cox.variable == marker)].set_index("coding")
     if not {"continuous", "dichotomized"} <= set(rows.index):
-        raise ValueError(f"{out / 'cox_univariable.csv'}: no univariable models for marker '{marker}', endpoint "
-                         f"'{endpoint}'")
+        known = sorted(set(cox.loc[cox.endpoint == endpoint, "variable"]))
+        hint = (did_you_mean(marker, known) + f"; its {endpoint} markers: {', '.join(known)}" if known else
+                f"; its endpoints: {', '.join(sorted(set(cox.endpoint)))}")
+        raise ValueError(f"{table}: no univariable models for marker '{marker}', endpoint '{endpoint}'{hint}")
     for coding in ("dichotomized", "continuous"):
         hr = float(rows.at[coding, "hr"])
         if not (math.isfinite(hr) and hr > 0):
