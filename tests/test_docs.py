@@ -1,0 +1,30 @@
+"""What README.md and docs/design.md state that the code can check: the QC codes a QA reviewer
+looks up, and the module layers a developer reads first (the command lines are checked in
+tests/test_cli_help.py)."""
+import re
+from pathlib import Path
+
+from tilpheno.qc import FAILURE_CODES, REVIEW_CODES
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+DESIGN = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+
+
+def test_readme_names_every_code_that_holds_release():
+    """A reviewer who finds a code with needs_review in qc.csv finds it in the README: four review
+    codes (fmo_excess_positive, cut_at_scale_edge, out_of_expected_range, tube_disagreement) were
+    described there in words only."""
+    named = set(re.findall(r"`([a-z_]+)`", README))
+    assert sorted((REVIEW_CODES | FAILURE_CODES) - named) == []
+
+
+def test_a_code_the_docs_call_review_holds_release():
+    """`code` (review) in the docs is a code of tilpheno.qc.REVIEW_CODES, and one said to need no
+    review is not."""
+    for text in (README, DESIGN):
+        review = set(re.findall(r"`([a-z_]+)`\s+\(review\b", text))
+        no_review = set(re.findall(r"`([a-z_]+)`\s+\([a-z, ]*no review\b", text))
+        assert sorted(review - REVIEW_CODES) == []
+        assert sorted(no_review & REVIEW_CODES) == []
+
