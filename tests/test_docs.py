@@ -4,6 +4,8 @@ tests/test_cli_help.py)."""
 import re
 from pathlib import Path
 
+from test_layers import LAYERS
+
 from tilpheno.qc import FAILURE_CODES, REVIEW_CODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +30,25 @@ def test_a_code_the_docs_call_review_holds_release():
         assert sorted(review - REVIEW_CODES) == []
         assert sorted(no_review & REVIEW_CODES) == []
 
+
+def _design_layers() -> dict[str, int]:
+    """docs/design.md's layer table: module (``tilpheno.io.fcs``) -> layer number."""
+    table = DESIGN.split("## Module map and layers", 1)[1].split("\n\n")[2]
+    found = {}
+    for row in table.splitlines()[2:]:
+        cells = row.split("|")
+        number = int(cells[1].split()[0])
+        for name in re.findall(r"`([a-z_/*]+)`", cells[2]):
+            found["tilpheno." + name.strip("/*").replace("/", ".")] = number
+    return found
+
+
+def test_design_layer_table_is_the_tested_layers():
+    """Every module tests/test_layers.py places is in docs/design.md's table at that layer (the table
+    had lost io/workbook and control_settings, and its row 9 stood outside it)."""
+    design = _design_layers()
+    tested = {name: int(layer) for name, layer in LAYERS.items()
+              if name not in ("tilpheno", "tilpheno.io") and not name.startswith("tilpheno.pipeline.")}
+    shown = {name: {n for m, n in design.items() if m == name or m.startswith(name + ".")} for name in tested}
+    wrong = {name: (layer, shown[name]) for name, layer in tested.items() if shown[name] != {layer}}
+    assert wrong == {}
