@@ -422,3 +422,38 @@ def test_compensation_section_names_the_file_by_its_label(til001):
             section.intro
         assert str(tube.file) not in section.intro
         assert section.tables[0].caption == f"Spillover matrix ({tube.shown_name} keyword $SPILLOVER)"
+
+
+def test_report_conventions_name_the_strategies_scales(tmp_path):
+    """The report's conventions line said 'fluorescence logicle (T=262144, W=0.5, M=4.5, A=0)' for
+    every study: a strategy drawing CD56 on arcsinh and PD1 on logicle W=1 was reported on the
+    bundled scale. Now the line names the scales of the strategies' transforms (truth: the YAML's
+    own ``transforms:`` entries), and the bundled study's line is unchanged."""
+    import yaml
+
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.report.product import render_product
+    from tilpheno.study import default_study
+
+    def conventions(strategies):
+        page = render_product(_outcome("TIL001", 88.5, 95.0), None, {}, ProcessOptions(), strategies)
+        return re.search(r"scatter on a linear scale, (.*?);? (?:with )?ticks at raw-scale decades", page).group(1)
+
+    bundled = [load_strategy(kind.strategy) for kind in default_study().tubes.values()]
+    given = {tuple(sorted(spec.items())) for s in default_study().tubes.values()
+             for dim, spec in yaml.safe_load(open(s.strategy))["transforms"].items() if spec["kind"] == "logicle"}
+    assert len(given) == 1
+    spec = dict(next(iter(given)))
+    assert conventions(bundled) == (f"fluorescence logicle (T={spec['t']:g}, W={spec['w']:g}, "
+                                    f"M={spec['m']:g}, A={spec['a']:g})")
+
+    surface = default_study().tubes["surface"].strategy
+    text = open(surface).read()
+    lab = tmp_path / "surface.yaml"
+    lab.write_text(text.replace("  CD56: {kind: logicle, t: 262144, w: 0.5, m: 4.5, a: 0}", "  CD56: {kind: arcsinh, cofactor: 150}")
+                   .replace("  PD1:  {kind: logicle, t: 262144, w: 0.5, m: 4.5, a: 0}", "  PD1:  {kind: logicle, t: 262144, w: 1, m: 4.5, a: 0}"))
+    transforms = yaml.safe_load(lab.read_text())["transforms"]
+    assert transforms["CD56"] == {"kind": "arcsinh", "cofactor": 150} and transforms["PD1"]["w"] == 1
+    line = conventions([load_strategy(lab)])
+    assert "CD56: arcsinh (cofactor 150)" in line and "PD1: logicle (T=262144, W=1, M=4.5, A=0)" in line
+    assert line.startswith("CD3, CD4, CD8, 7AAD: logicle (T=262144, W=0.5, M=4.5, A=0)"), line

@@ -581,6 +581,33 @@ def _is_number(value) -> bool:
         return False
 
 
+def _scale_words(transform) -> str:
+    """One transform in words: ``logicle (T=262144, W=0.5, M=4.5, A=0)``, ``arcsinh (cofactor 150)``,
+    ``linear`` (parameters in linear units, Parks 2006 / Gating-ML for logicle)."""
+    params = {k: v for k, v in transform.to_dict().items() if k != "kind"}
+    if transform.kind == "logicle":
+        return "logicle (" + ", ".join(f"{k.upper()}={v:g}" for k, v in params.items()) + ")"
+    return transform.kind + "".join(f" ({k} {v:g})" for k, v in params.items())
+
+
+def marker_scales(strategies) -> str:
+    """The scales the product's markers are drawn and gated on, from each strategy's transforms
+    (its ``transforms:``, else the default logicle): ``fluorescence logicle (T=262144, ...)`` when
+    every marker has one, else ``CD3, CD4: logicle (...); CD56: arcsinh (cofactor 150)``. No
+    strategy (a product that failed before gating): the default logicle's."""
+    from tilpheno.transforms import Logicle
+
+    groups: dict[str, list[str]] = {}
+    for strategy in strategies:
+        for marker in strategy.markers:
+            names = groups.setdefault(_scale_words(strategy.transform_for(marker)), [])
+            if marker not in names:
+                names.append(marker)
+    if len(groups) <= 1:
+        return "fluorescence " + next(iter(groups), _scale_words(Logicle()))
+    return "; ".join(f"{', '.join(names)}: {words}" for words, names in groups.items())
+
+
 def _as_list(built) -> list[Section]:
     if built is None:
         return []
@@ -657,6 +684,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         sections=sections,
         no_dose=[row[1] for row in no_dose],
         percentile=options.fmo_percentile,
+        marker_scales=marker_scales(strategies),
         strategy_sha256=sorted(dict(getattr(result, "strategy_sha256", None) or {}).items()),
         provenance=options.provenance_short,
         include_identifiers=options.include_identifiers,
