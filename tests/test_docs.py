@@ -61,3 +61,32 @@ def test_design_names_every_strategy_key():
 
     section = DESIGN.split("## Gating strategies", 1)[1].split("\n## ", 1)[0]
     assert sorted(k for k in _TOP_KEYS if f"`{k}`" not in section) == []
+
+
+def _codebook_meaning(column: str) -> str:
+    from tilpheno.report.codebook import build_codebook
+
+    book = build_codebook({"phenotypes.csv": ["review_status"], "populations.csv": ["role"]})
+    return book.set_index("column").at[column, "meaning"]
+
+
+def test_codebook_review_status_names_every_kind_of_flag_that_sets_it():
+    """codebook.csv (and the report's and index's header text) said review_status is 'needs review
+    when a gate may be wrong', but a failed product, a duplicate stained file and a control acquired
+    on another instrument set it too (tilpheno.qc.review_status)."""
+    from tilpheno.qc import NEEDS_REVIEW, QCFlag, review_status
+
+    meaning = _codebook_meaning("review_status")
+    for code, words in (("product_failed", "the product failed"), ("duplicate_tube", "two stained files of one tube kind"),
+                        ("duplicate_control", "two FMOs of one marker"),
+                        ("control_instrument_differs", "another instrument")):
+        assert review_status([QCFlag("P", "f.fcs", code, "warning", "")]) == NEEDS_REVIEW
+        assert words in meaning, (code, meaning)
+
+
+def test_codebook_role_names_every_manifest_role():
+    """populations.csv's role listed stain / fmo / unstained; a manifest may also say single_stain."""
+    from tilpheno.io.manifest import ROLES
+
+    meaning = _codebook_meaning("role")
+    assert [r for r in ROLES if r not in meaning] == []
