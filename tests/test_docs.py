@@ -90,3 +90,14 @@ def test_codebook_role_names_every_manifest_role():
 
     meaning = _codebook_meaning("role")
     assert [r for r in ROLES if r not in meaning] == []
+
+
+def test_every_repository_path_the_docs_cite_exists():
+    """A file or folder of the repository that README.md, docs/*.md or sample_fcs/README.md cites
+    (`tilpheno/...`, `tests/...`, `benchmarks/...`, `gating/...`, a link) exists: a reader sent to a
+    renamed file finds nothing."""
+    docs = [ROOT / "README.md", ROOT / "sample_fcs" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pattern = r"[`(]((?:\.ci|tilpheno|tests|benchmarks|docs|gating|sample_fcs)/[A-Za-z0-9_./*-]*)"
+    missing = [f"{doc.name}: {path}" for doc in docs for path in re.findall(pattern, doc.read_text(encoding="utf-8"))
+               if not any(ROOT.glob(path.rstrip("./")))]
+    assert missing == []
