@@ -171,3 +171,26 @@ def test_biomarkers_help_says_what_bootstrap_0_leaves_out(tmp_path):
     text = " ".join(result.output.split())
     assert "internal validation, calibration and time-dependent AUC (with its CIs); 0: none of these three" in text
     assert "of the time-dependent AUC (none with --bootstrap 0)" in text
+
+
+def test_python_m_tilpheno_is_the_command_line():
+    """``python -m tilpheno`` (a venv without its scripts on PATH) said "No module named
+    tilpheno.__main__"; it is now the ``tilpheno`` command: the same commands in its help."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "tilpheno", "--help"], capture_output=True, text=True,
+                            env={**__import__("os").environ, "COLUMNS": "200"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert all(name in result.stdout for name, *_ in (p for p, _ in COMMANDS if len(p) == 1)), result.stdout
+
+
+def test_export_approved_help_names_the_audited_user_as_recorded():
+    """export-approved's help said certificates are audited as "user cli:LOGIN" and named an
+    internal function; the trail records ``cli:`` and the login (``review.cli._actor``)."""
+    from tilpheno.review.cli import _actor
+
+    result = CliRunner().invoke(app, ["export-approved", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    text = " ".join(result.output.split())
+    assert "cli:LOGIN" not in text and "write_approved_export" not in text
+    assert "cli: and your login name, e.g. cli:root" in text and _actor().startswith("cli:")

@@ -376,9 +376,9 @@ def export_approved(
 ) -> None:
     """phenotypes_approved.csv, populations_approved.csv, and per approved product its Gating-ML and
     certificate, all made from one approval per product (an approval changed during the export:
-    nothing is written). The files are written beside the folder first; each certificate is audited
-    (`certificate`, user cli:LOGIN) only once all were written, then they are moved into it
-    (`write_approved_export`)."""
+    nothing is written). The files are written beside the folder first; each certificate is
+    recorded in the audit trail (action `certificate`, user `cli:` and your login name, e.g. cli:root) only
+    once all were written, then they are moved into it."""
     from tilpheno.errors import TilphenoError
     from tilpheno.review.db import ReviewError
     from tilpheno.review.export import approved_export, write_approved_export
