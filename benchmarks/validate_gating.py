@@ -32,7 +32,10 @@ its development block), 127001-127060 and 128001-128060 (stop 36's held-out bloc
 self-checks), 130001-130060 (stop 37's held-out block, then stop 38's development block of FoxP3), 131001-131060
 (stop 38's held-out block, then stop 39's development block of PD1 and NKT), 132001-132060 (stop 39's
 held-out block, now used too), 133001-133060 (stop 40's held-out block, now used too), 140001-140020
-and 70001-70020 (``benchmarks/draft_fmo_truth.py``'s drafted-study blocks, stop 40), 138201-138320 (stop 42's development blocks of NKT) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
+and 70001-70020 (``benchmarks/draft_fmo_truth.py``'s drafted-study blocks, stop 40), 134001-134060 and
+135001-135060 (stop 41's held-out blocks, now used too), 136001-136180 (stop 41's development seeds of FoxP3),
+137001-137060 (stop 42's held-out block, now used too), 138001-138360 (stop 42's development blocks: false
+alarms, NKT, the FoxP3 reference's shape) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
 93030-93031, 93050-93051, 93060-93069, 116017, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
