@@ -1378,3 +1378,38 @@ def test_unfit_stains_leave_out_files_whose_labels_name_no_marker():
     # a kind whose strategy names no marker (a Gating-ML or FlowJo tree) fits any file
     assert unfit_stains(manifest, markers, {**kinds, "unknown": ()}, default_vocabulary()) == [
         UnfitStain("c.fcs", "surface", ("CD45",), ("CD8", "PD-1"))]
+
+
+def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind(tmp_path):
+    """process of a new lab's folder under the default study (til) failed its product with one
+    reason holding every dropped file's whole panel error (10 files, each with its full channel
+    list: ~5,000 characters) -> the product still fails (exit 1, failed in run.json,
+    phenotypes.csv and index.html; every file's full message, channels included, in qc.csv), its
+    reason names each stained file with the markers the kind needs that it lacks, without channel
+    lists. Truth: the lab's panels (make_newlab.TUBES) against til_surface.yaml's markers."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("make_newlab", NEWLAB / "make_newlab.py")
+    assert spec is not None and spec.loader is not None
+    make_newlab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_newlab)
+    surface = yaml.safe_load((ROOT / "tilpheno" / "studies" / "til" / "til_surface.yaml").read_text())["markers"]
+    out = tmp_path / "out"
+    result = _run(["process", str(NEWLAB), "-o", str(out), "--panel", str(NEWLAB / "panel.csv"), "--reports", "none"])
+    assert result.exit_code == 1, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert list(run["result"]["failed"]) == ["LAB7"] and run["result"]["ok"] is False
+    reason = run["result"]["failed"]["LAB7"]
+    phen = pd.read_csv(out / "phenotypes.csv", keep_default_na=False).set_index("product_id")
+    assert phen.loc["LAB7", "status"] == "failed" and phen.loc["LAB7", "error"] == reason
+    assert "1 failed" in (out / "index.html").read_text()
+    assert "\n" not in reason and "$PnN" not in reason and "FSC-A" not in reason, reason
+    for kind, markers in sorted(make_newlab.TUBES.items()):
+        missing = [m for m in surface if m not in markers]
+        assert f"LAB7_{kind}_stain.fcs: panel_error: marker(s) {', '.join(missing)} not found;" in reason, reason
+    assert f"failed LAB7: {reason}" in result.output
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    errors = qc[qc["code"] == "panel_error"]
+    assert sorted(errors["file"]) == sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
+    assert errors["message"].str.contains(r"channels \(\$PnN \(\$PnS\)\): FSC-A").all()

@@ -197,11 +197,24 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
     missing = [m for m, d in found.items() if d is None]
     if missing:
         raise PanelError(
-            f"{panel.source}: marker(s) {', '.join(missing)} not found{_shared_labels(panel, missing, vocab)} (a panel file, "
-            f"columns tube, detector, marker, names the marker of an unlabelled detector); channels ($PnN ($PnS)): "
-            f"{panel.describe_channels()}"
+            f"{panel.source}: marker(s) {', '.join(missing)} not found{_shared_labels(panel, missing, vocab)}"
+            f"{PANEL_FILE_HINT}{CHANNEL_LIST} ($PnN ($PnS)): {panel.describe_channels()}"
         )
     return {m: d for m, d in found.items() if d is not None}
+
+
+PANEL_FILE_HINT = " (a panel file, columns tube, detector, marker, names the marker of an unlabelled detector)"
+"""What :func:`require`'s message says after the missing markers: how an unlabelled detector gets its marker."""
+CHANNEL_LIST = "; channels"
+"""Where a panel error's message starts listing the file's channels (``$PnN ($PnS)``), to its end."""
+
+
+def panel_error_headline(message: str) -> str:
+    """A panel error's ``message`` (a ``panel_error`` flag's) as a one-line failure names it: without
+    the list of the file's channels it ends with (:data:`CHANNEL_LIST`) and without the panel-file
+    hint (:data:`PANEL_FILE_HINT`): ``/x/LAB7_tcell_stain.fcs: marker(s) CD56, PD1, 7AAD not found``.
+    The flag (``qc.csv``) keeps the whole message."""
+    return message.split(CHANNEL_LIST, 1)[0].replace(PANEL_FILE_HINT, "")
 
 
 @dataclass(frozen=True)

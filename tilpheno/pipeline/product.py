@@ -169,6 +169,7 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
     (:func:`_without_stain`; ``optional``: ``Study.optional_tubes``).
     """
     tube_of = file_tubes(rows) if rows is not None else {}
+    stained = set(file_tubes(rows, ("stain",))) if rows is not None else set()
     used: dict[str, str] = {}   # tube kind -> the stained file whose counts give the variables
     for tube in tubes:
         if tube.role == "stain":
@@ -179,9 +180,8 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
         if kind in absent:
             continue
         if kind not in used:
-            dropped = [f"{f.file}: {f.code}: {f.message}" for f in flags
-                       if f.code in FILE_ERROR_CODES and tube_of.get(f.file) == kind]
-            detail = "; ".join(dropped) if dropped else \
+            dropped = [f for f in flags if f.code in FILE_ERROR_CODES and tube_of.get(f.file) == kind]
+            detail = _dropped_files(dropped, stained) if dropped else \
                 f"no {kind} stained file in the manifest{_without_stain(rows, kind, kind in set(optional))}"
             reasons.append(f"no usable {kind} stained file ({detail}): {kind} variables unknowable")
             continue
@@ -189,6 +189,31 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
             if f.code == "gate_failed" and f.file == used[kind]:
                 reasons.append(f"{f.file}: gate failed ({f.message}): {kind} variables unknowable")
     return "; ".join(reasons)
+
+
+def _dropped_files(dropped: Sequence[QCFlag], stained: set[str]) -> str:
+    """What :func:`failure_reason` says of a tube kind's files that were dropped (``dropped``: their
+    file-error flags): ``file: code: why`` for each stained one (of ``stained``; for each file when
+    none is), a panel error by its headline (:func:`tilpheno.panel.panel_error_headline`: the
+    markers not found, without the file's path and channels), then how many other files of the kind
+    were dropped; when a message was shortened, that ``qc.csv`` holds each in full."""
+    from tilpheno.panel import panel_error_headline
+
+    shown = [f for f in dropped if f.file in stained] or list(dropped)
+    parts = []
+    for f in shown:
+        why = panel_error_headline(f.message) if f.code == "panel_error" else f.message
+        path, sep, rest = why.partition(": ")
+        if f.code == "panel_error" and sep and Path(path).name == Path(f.file).name:
+            why = rest   # the flag names the file already
+        parts.append(f"{f.file}: {f.code}: {why}")
+    others = len(dropped) - len(shown)
+    if others:
+        parts.append(f"{others} other file{'s' if others > 1 else ''} of the kind dropped too")
+    if any(f.code == "panel_error" for f in shown):
+        parts.append("qc.csv has each file's message in full: its channels, and how a panel file names the marker "
+                     "of an unlabelled detector")
+    return "; ".join(parts)
 
 
 def _without_stain(rows, kind: str, optional: bool) -> str:
