@@ -1413,3 +1413,17 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     errors = qc[qc["code"] == "panel_error"]
     assert sorted(errors["file"]) == sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
     assert errors["message"].str.contains(r"channels \(\$PnN \(\$PnS\)\): FSC-A").all()
+
+
+def test_scan_takes_a_detector_gated_as_it_is_for_a_marker_of_its_kind():
+    """The new lab's folder under its own study without its panel file: the residency stain's
+    FITC-A has no label (CD103 unnamed, a panel file's case) and its DAPI sits on BV421-A, which
+    residency.yaml gates as a detector (``detectors``), not as a marker. scan said the file fits
+    no tube kind of study newlab (has DAPI, not gated there; lacks CD103) and pointed to
+    new-study -> no such line: a kind gating N detectors as they are fits a file with up to N
+    markers it does not name."""
+    result = _run(["scan", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "fit no tube kind" not in result.output and "fits no tube kind" not in result.output, result.output
+    residency = yaml.safe_load((NEWLAB / "residency.yaml").read_text())
+    assert residency["detectors"] and "DAPI" not in residency["markers"]   # the case this test is about

@@ -210,7 +210,7 @@ def scan(
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
     from tilpheno.panel import read_panel_file
-    from tilpheno.pipeline.inputs import strategy_markers
+    from tilpheno.pipeline.inputs import strategy_detectors, strategy_markers
     from tilpheno.study import load_study
 
     if out is not None and manifest is not None and out.resolve() == manifest.resolve():
@@ -221,7 +221,8 @@ def scan(
     try:
         config = load_study(study)
         overrides = read_panel_file(panel) if panel is not None else None
-        kind_markers = strategy_markers(load_strategy(p) for p in config.strategy_paths)
+        strategies = [load_strategy(p) for p in config.strategy_paths]
+        kind_markers, kind_detectors = strategy_markers(strategies), strategy_detectors(strategies)
         if manifest is not None:
             frame = read_manifest(manifest, base=folder, study=config, markers=kind_markers, keep_missing=True)
         else:
@@ -247,7 +248,7 @@ def scan(
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
     if manifest is None:
-        unfit = _warn_unfit_stains(frame, file_markers, kind_markers, config, folder)
+        unfit = _warn_unfit_stains(frame, file_markers, (kind_markers, kind_detectors), config, folder)
         _warn_duplicate_stains(frame, out, _required_kinds(config), unfit)
     _warn_controls_only(frame)
     if out is not None:
@@ -261,16 +262,18 @@ def scan(
         raise typer.Exit(code=1)
 
 
-def _warn_unfit_stains(frame, file_markers, kind_markers, config, folder: Path) -> set[str]:
+def _warn_unfit_stains(frame, file_markers, kinds, config, folder: Path) -> set[str]:
     """On stderr, one line when stained files of a scanned ``frame`` do not fit the tube kinds of
     study ``config`` (:func:`tilpheno.pipeline.inputs.unfit_stains`; ``file_markers``: file -> the
-    markers its labels name; ``kind_markers``: kind -> its strategies' markers): a new lab's panel
+    markers its labels name; ``kinds``: kind -> its strategies' markers, kind -> the detectors they
+    gate as they are, :func:`tilpheno.pipeline.inputs.strategy_detectors`): a new lab's panel
     read as the study's kinds, which ``process`` fails. The line names the files, the markers each
     has that its kind does not gate and those it lacks, and points to ``new-study``.
     Returns those files (the duplicate-stain advice is not theirs: they are no copies of that kind)."""
     from tilpheno.pipeline.inputs import unfit_stains
 
-    unfit = unfit_stains(frame, file_markers, kind_markers, config.vocabulary)
+    kind_markers, kind_detectors = kinds
+    unfit = unfit_stains(frame, file_markers, kind_markers, config.vocabulary, kind_detectors)
     if not unfit:
         return set()
     shown = "; ".join(f"{Path(u.file).name} ({f'read as {u.kind}: has' if u.missing else 'no tube kind:'} "

@@ -69,8 +69,17 @@ class UnfitStain:
     missing: tuple[str, ...]
 
 
+def strategy_detectors(strategies: Iterable) -> dict[str, tuple[str, ...]]:
+    """Tube kind -> the detectors its strategies gate as they are (a strategy's ``detectors``, e.g.
+    a viability dye's ``BV421-A``: the marker a file's label names there is no strategy marker)."""
+    detectors: dict[str, dict[str, None]] = {}
+    for strategy in strategies:
+        detectors.setdefault(strategy.tube, {}).update(dict.fromkeys(strategy.detectors))
+    return {kind: tuple(names) for kind, names in detectors.items()}
+
+
 def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_markers: Mapping[str, Iterable[str]],
-                 vocabulary: Vocabulary) -> list[UnfitStain]:
+                 vocabulary: Vocabulary, kind_detectors: Mapping[str, Sequence[str]] | None = None) -> list[UnfitStain]:
     """The stained files of ``manifest`` (role ``stain``) whose markers (``file_markers``: file ->
     markers its labels name, as ``scan_folder`` reads them) are not those of their tube kind
     (``kind_markers``: each tube kind of the study -> its strategies' markers,
@@ -78,14 +87,17 @@ def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_marke
     or its kind is none of the study's (``unknown``: every marker it names is ``extra``). A kind
     whose strategies name no marker (a Gating-ML or FlowJo tree) fits any file. A file whose labels
     name no marker is left out (an export without $PnS: its markers are a panel file's to name, not
-    another study's). In manifest order."""
+    another study's). ``kind_detectors`` (:func:`strategy_detectors`): a kind that gates N
+    detectors as they are may see N markers on them that it does not name, so a file with no more
+    than N such markers fits it (a missing label of that kind is a panel file's case). In manifest order."""
     unfit = []
     for row in manifest[manifest["role"] == "stain"].itertuples(index=False):
         own = tuple(file_markers.get(row.file, ()))
         wanted = tuple(kind_markers.get(row.tube, ()))
         extra = tuple(m for m in own if not any(vocabulary.same(m, w) for w in wanted))
         missing = tuple(w for w in wanted if not any(vocabulary.same(w, m) for m in own))
-        if own and extra and (missing or row.tube not in kind_markers):
+        unnamed = len((kind_detectors or {}).get(row.tube, ()))   # detectors gated as they are
+        if own and len(extra) > unnamed and (missing or row.tube not in kind_markers):
             unfit.append(UnfitStain(str(row.file), str(row.tube), extra, missing))
     return unfit
 
