@@ -1383,10 +1383,12 @@ def test_unfit_stains_leave_out_files_whose_labels_name_no_marker():
 def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind(tmp_path):
     """process of a new lab's folder under the default study (til) failed its product with one
     reason holding every dropped file's whole panel error (10 files, each with its full channel
-    list: ~5,000 characters) -> the product still fails (exit 1, failed in run.json,
-    phenotypes.csv and index.html; every file's full message, channels included, in qc.csv), its
-    reason names each stained file with the markers the kind needs that it lacks, without channel
-    lists. Truth: the lab's panels (make_newlab.TUBES) against til_surface.yaml's markers."""
+    list: ~5,000 characters) and no word of new-study -> the product still fails (exit 1, failed
+    in run.json, phenotypes.csv and index.html; every file's full message, channels included, in
+    qc.csv), its reason names each stained file with the markers the kind needs that it lacks,
+    without channel lists, and the run closes with scan's line: the files that fit no tube kind of
+    study til and tilpheno new-study FOLDER -o DIR, then --study DIR/study.yaml. Truth: the lab's
+    panels (make_newlab.TUBES) against til_surface.yaml's markers."""
     import importlib.util
     import json
 
@@ -1413,6 +1415,17 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     errors = qc[qc["code"] == "panel_error"]
     assert sorted(errors["file"]) == sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
     assert errors["message"].str.contains(r"channels \(\$PnN \(\$PnS\)\): FSC-A").all()
+    lines = [x for x in result.output.splitlines() if "fit no tube kind" in x]
+    assert len(lines) == 1, result.output
+    (line,) = lines
+    assert line.startswith("3 stained files fit no tube kind of study til (surface, treg): "), line
+    for kind, markers in sorted(make_newlab.TUBES.items()):
+        extra = sorted(m for m in markers if m not in surface)
+        missing = [m for m in surface if m not in markers]
+        assert f"LAB7_{kind}_stain.fcs (read as surface: has {', '.join(extra)}, not gated there; lacks " \
+               f"{', '.join(missing)})" in line, (kind, line)
+    assert line.endswith(f"process fails them. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
+                         "of the files' own tube kinds, then scan or process with --study DIR/study.yaml"), line
 
 
 def test_scan_takes_a_detector_gated_as_it_is_for_a_marker_of_its_kind():
@@ -1427,3 +1440,32 @@ def test_scan_takes_a_detector_gated_as_it_is_for_a_marker_of_its_kind():
     assert "fit no tube kind" not in result.output and "fits no tube kind" not in result.output, result.output
     residency = yaml.safe_load((NEWLAB / "residency.yaml").read_text())
     assert residency["detectors"] and "DAPI" not in residency["markers"]   # the case this test is about
+
+
+def test_process_of_til_files_says_nothing_of_another_labs_panel(tmp_path):
+    """The TIL sample's TIL001 and TIL002, TIL001's surface stain without its PD1 label: TIL001
+    fails (marker PD1 not found: a panel file's case, not another lab's panel), TIL002 is done,
+    and no line says that files fit no tube kind; nor for the new lab's folder under its own study
+    without its panel file (CD103 unnamed: the product fails, a panel file's case)."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in [*SAMPLE.glob("TIL001_*.fcs"), *SAMPLE.glob("TIL002_*.fcs")]:
+        shutil.copy(f, folder / f.name)
+    stain = folder / "TIL001_surface_stain.fcs"
+    fcs = read_fcs(stain)
+    pns = [None if "PD1" in str(s) or "PD-1" in str(s) else (str(s) or None) for s in fcs.channels["pns"]]
+    assert pns != [str(s) or None for s in fcs.channels["pns"]]   # a PD1 label was there
+    channels = [(str(n), s, float(r)) for n, s, r in zip(fcs.channels["pnn"], pns, fcs.channels["pnr"])]
+    keywords = {k: v for k, v in fcs.keywords.items() if not k.startswith("$") or k in ("$SRC", "$FIL", "$CYT")}
+    write_fcs(stain, fcs.events.astype("float32"), channels, keywords, spillover=fcs.spillover)
+    result = _run(["process", str(folder), "-o", str(tmp_path / "out"), "--reports", "none"])
+    assert result.exit_code == 1, result.output
+    assert "failed TIL001: " in result.output and "marker(s) PD1 not found" in result.output, result.output
+    assert "failed TIL002" not in result.output and "fit no tube kind" not in result.output, result.output
+    result = _run(["process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "-o", str(tmp_path / "own"),
+                   "--reports", "none"])
+    assert result.exit_code == 1 and "marker(s) CD103 not found" in result.output, result.output
+    assert "fits no tube kind" not in result.output, result.output

@@ -270,21 +270,12 @@ def _warn_unfit_stains(frame, file_markers, kinds, config, folder: Path) -> set[
     read as the study's kinds, which ``process`` fails. The line names the files, the markers each
     has that its kind does not gate and those it lacks, and points to ``new-study``.
     Returns those files (the duplicate-stain advice is not theirs: they are no copies of that kind)."""
-    from tilpheno.pipeline.inputs import unfit_stains
+    from tilpheno.pipeline.inputs import describe_unfit, unfit_stains
 
     kind_markers, kind_detectors = kinds
     unfit = unfit_stains(frame, file_markers, kind_markers, config.vocabulary, kind_detectors)
-    if not unfit:
-        return set()
-    shown = "; ".join(f"{Path(u.file).name} ({f'read as {u.kind}: has' if u.missing else 'no tube kind:'} "
-                      f"{', '.join(u.extra)}{', not gated there; lacks ' + ', '.join(u.missing) if u.missing else ''})"
-                      for u in unfit[:3])
-    more = f"; and {len(unfit) - 3} more" if len(unfit) > 3 else ""
-    typer.secho(f"{len(unfit)} stained file{'s' if len(unfit) > 1 else ''} fit{'' if len(unfit) > 1 else 's'} no tube "
-                f"kind of study {config.name} ({', '.join(config.tubes)}): {shown}{more}; process fails "
-                f"{'them' if len(unfit) > 1 else 'it'}. Another lab's panel: tilpheno new-study "
-                f"{folder} -o DIR drafts a study of the files' own tube kinds, then scan or process with --study "
-                "DIR/study.yaml", fg=typer.colors.YELLOW, err=True)
+    if unfit:
+        typer.secho(describe_unfit(unfit, config, folder), fg=typer.colors.YELLOW, err=True)
     return {u.file for u in unfit}
 
 
@@ -532,6 +523,10 @@ def process(
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     _print_summary(summary)
+    if summary.unfit and summary.study is not None:
+        from tilpheno.pipeline.inputs import describe_unfit
+
+        typer.secho(describe_unfit(summary.unfit, summary.study, folder), fg=typer.colors.YELLOW, err=True)
     if not summary.ok:
         raise typer.Exit(code=1)
 

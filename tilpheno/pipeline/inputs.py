@@ -102,6 +102,25 @@ def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_marke
     return unfit
 
 
+def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path) -> str:
+    """One line on stained files that fit no tube kind of ``study`` (:func:`unfit_stains`), as
+    ``scan`` and ``process`` say it ('' for none): how many, the first three with the markers each
+    has that its kind does not gate and those it lacks, that ``process`` fails them, and the way
+    out: ``tilpheno new-study FOLDER -o DIR`` (``folder`` as the user named it), then ``--study
+    DIR/study.yaml``."""
+    if not unfit:
+        return ""
+    shown = "; ".join(f"{Path(u.file).name} ({f'read as {u.kind}: has' if u.missing else 'no tube kind:'} "
+                      f"{', '.join(u.extra)}{', not gated there; lacks ' + ', '.join(u.missing) if u.missing else ''})"
+                      for u in unfit[:3])
+    more = f"; and {len(unfit) - 3} more" if len(unfit) > 3 else ""
+    return (f"{len(unfit)} stained file{'s' if len(unfit) > 1 else ''} fit{'' if len(unfit) > 1 else 's'} no tube "
+            f"kind of study {study.name} ({', '.join(study.tubes)}): {shown}{more}; process fails "
+            f"{'them' if len(unfit) > 1 else 'it'}. Another lab's panel: tilpheno new-study "
+            f"{folder} -o DIR drafts a study of the files' own tube kinds, then scan or process with --study "
+            "DIR/study.yaml")
+
+
 def unmatched_outcomes(manifest, outcomes) -> list[str]:
     """Product ids of the outcomes table that match no product of the manifest (sorted)."""
     products = set(manifest["product_id"].astype(str))

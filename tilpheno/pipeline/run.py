@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
-from tilpheno.pipeline.inputs import (_did_you_mean, attach_doses, group_products, load_manifest, strategy_markers,
-                                      products_without_dose, unmatched_outcomes)
+from tilpheno.pipeline.inputs import (UnfitStain, _did_you_mean, attach_doses, group_products, load_manifest,
+                                      products_without_dose, strategy_detectors, strategy_markers, unfit_stains,
+                                      unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
 from tilpheno.pipeline.record import keep_run_command, start_run_record, unreadable_inputs
@@ -48,6 +49,8 @@ class RunSummary:
     seconds: float = 0.0
     run_flags: list = field(default_factory=list)   # QCFlags of the run itself (product_id ''), e.g. unlistable_folder
     unreadable: list[str] = field(default_factory=list)   # '<product>: <file>: <problem>' (record.unreadable_inputs)
+    unfit: list[UnfitStain] = field(default_factory=list)   # failed stained files of another lab's panel (failed_unfit_stains)
+    study: Study | None = None   # the run's study (tube kinds named beside ``unfit``)
 
     @property
     def ok(self) -> bool:
@@ -140,7 +143,8 @@ def run_process(
 
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
                          release_spec=options.release_spec.name, run_flags=list(run_flags),
-                         unreadable=unreadable_inputs(outcomes))
+                         unreadable=unreadable_inputs(outcomes), study=options.study,
+                         unfit=failed_unfit_stains(manifest, outcomes, strategies, options))
     by_code: dict[str, list[QCFlag]] = {}
     for o in outcomes:
         summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
@@ -155,6 +159,41 @@ def run_process(
     summary.flag_counts = {code: len(flags) for code, flags in sorted(by_code.items())}
     summary.flag_severity = {code: worst_severity(flags) for code, flags in by_code.items()}
     return summary
+
+
+def failed_unfit_stains(manifest, outcomes: Sequence[ProductOutcome], strategies: Sequence,
+                        options: ProcessOptions) -> list[UnfitStain]:
+    """The stained files of the failed products (``outcomes``) dropped for a panel error whose
+    markers fit no tube kind of the run's ``strategies`` (:func:`tilpheno.pipeline.inputs.unfit_stains`):
+    another lab's panel read as the study's kinds. Each file's markers are read from its TEXT with
+    the run's panel file (``options.panel``), as ``scan`` reads them; a file that cannot be read is
+    left out (logged). Nothing is read when no product failed."""
+    from tilpheno.errors import FCSReadError
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.io.files import file_labels
+    from tilpheno.panel import file_markers
+
+    dropped = {(o.product_id, f.file) for o in outcomes if not o.ok for f in o.qc if f.code == "panel_error"}
+    if not dropped:
+        return []
+    import pandas as pd
+
+    groups = []
+    for pid, group in manifest.groupby(manifest["product_id"].astype(str), sort=True):
+        labels = file_labels(group["file"])   # the files as the product's flags name them
+        groups.append(group[[(pid, labels[str(f)]) in dropped and role == "stain"
+                             for f, role in zip(group["file"], group["role"])]])
+    stains = pd.concat(groups)
+    markers: dict[str, tuple[str, ...]] = {}
+    for file in map(str, stains["file"]):
+        try:
+            fcs = read_fcs_metadata(file, checksum=False)
+        except FCSReadError as exc:
+            log.info("%s: markers not read for the tube-kind check: %s", display_name(file), exc)
+            continue
+        markers[file] = tuple(sorted(file_markers(fcs, options.study.vocabulary, options.panel)))
+    return unfit_stains(stains, markers, strategy_markers(strategies), options.study.vocabulary,
+                        strategy_detectors(strategies))
 
 
 def _absolute(path):
