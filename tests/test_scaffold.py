@@ -1326,6 +1326,36 @@ def test_the_unstained_control_is_read_once_per_tube_kind(tmp_path, monkeypatch)
     assert decoded["412C__412C_unst_022.cleaned.fcs"] == 1, decoded
 
 
+def _newlab_panels():
+    """The new lab's panels (make_newlab.TUBES: tube -> markers) and study til's surface markers
+    (til_surface.yaml): the truth the unfit-stain line is checked against."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_newlab", NEWLAB / "make_newlab.py")
+    assert spec is not None and spec.loader is not None
+    make_newlab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_newlab)
+    surface = yaml.safe_load((ROOT / "tilpheno" / "studies" / "til" / "til_surface.yaml").read_text())["markers"]
+    return make_newlab.TUBES, surface
+
+
+def _assert_newlab_unfit_line(output: str) -> None:
+    """``output`` (scan's or process's, tests/data/newlab under til) has the one line on the lab's
+    three stained files: what each has that surface does not gate, what it lacks, and new-study."""
+    tubes, surface = _newlab_panels()
+    lines = [x for x in output.splitlines() if "fit no tube kind" in x]
+    assert len(lines) == 1, output
+    (line,) = lines
+    assert line.startswith("3 stained files fit no tube kind of study til (surface, treg): "), line
+    for kind, markers in sorted(tubes.items()):
+        extra = sorted(m for m in markers if m not in surface)
+        missing = [m for m in surface if m not in markers]
+        assert f"LAB7_{kind}_stain.fcs (read as surface: has {', '.join(extra)}, not gated there; lacks " \
+               f"{', '.join(missing)})" in line, (kind, line)
+    assert line.endswith(f"process fails them. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
+                         "of the files' own tube kinds, then scan or process with --study DIR/study.yaml"), line
+
+
 def test_scan_says_when_a_new_labs_stained_files_fit_no_tube_kind_of_the_study():
     """A new lab's folder scanned under the default study (til): its three stained files (tcell,
     exhaustion, residency panels) were all read as one product's surface tube, and the only advice
@@ -1334,26 +1364,9 @@ def test_scan_says_when_a_new_labs_stained_files_fit_no_tube_kind_of_the_study()
     its kind does not gate and what it lacks, and points to tilpheno new-study; no duplicate-stain
     line for them. Truth: the lab's panels (make_newlab.TUBES) against til_surface.yaml's markers.
     The TIL sample folder, and the lab's folder under its own study, give no such line."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_newlab", NEWLAB / "make_newlab.py")
-    assert spec is not None and spec.loader is not None
-    make_newlab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_newlab)
-    surface = yaml.safe_load((ROOT / "tilpheno" / "studies" / "til" / "til_surface.yaml").read_text())["markers"]
     result = _run(["scan", str(NEWLAB), "--panel", str(NEWLAB / "panel.csv")])
     assert result.exit_code == 0, result.output
-    lines = [x for x in result.output.splitlines() if "fit no tube kind" in x]
-    assert len(lines) == 1, result.output
-    (line,) = lines
-    assert line.startswith("3 stained files fit no tube kind of study til (surface, treg): "), line
-    for kind, markers in sorted(make_newlab.TUBES.items()):
-        extra = sorted(m for m in markers if m not in surface)
-        missing = [m for m in surface if m not in markers]
-        assert f"LAB7_{kind}_stain.fcs (read as surface: has {', '.join(extra)}, not gated there; lacks " \
-               f"{', '.join(missing)})" in line, (kind, line)
-    assert line.endswith(f"process fails them. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
-                         "of the files' own tube kinds, then scan or process with --study DIR/study.yaml"), line
+    _assert_newlab_unfit_line(result.output)
     assert not [x for x in result.output.splitlines() if x.startswith("product LAB7")], result.output
     for args in (["scan", str(SAMPLE)], ["scan", str(NEWLAB), "--study", str(NEWLAB / "study.yaml"), "--panel",
                                          str(NEWLAB / "panel.csv")]):
@@ -1389,14 +1402,9 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     without channel lists, and the run closes with scan's line: the files that fit no tube kind of
     study til and tilpheno new-study FOLDER -o DIR, then --study DIR/study.yaml. Truth: the lab's
     panels (make_newlab.TUBES) against til_surface.yaml's markers."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("make_newlab", NEWLAB / "make_newlab.py")
-    assert spec is not None and spec.loader is not None
-    make_newlab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_newlab)
-    surface = yaml.safe_load((ROOT / "tilpheno" / "studies" / "til" / "til_surface.yaml").read_text())["markers"]
+    tubes, surface = _newlab_panels()
     out = tmp_path / "out"
     result = _run(["process", str(NEWLAB), "-o", str(out), "--panel", str(NEWLAB / "panel.csv"), "--reports", "none"])
     assert result.exit_code == 1, result.output
@@ -1407,7 +1415,7 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     assert phen.loc["LAB7", "status"] == "failed" and phen.loc["LAB7", "error"] == reason
     assert "1 failed" in (out / "index.html").read_text()
     assert "\n" not in reason and "$PnN" not in reason and "FSC-A" not in reason, reason
-    for kind, markers in sorted(make_newlab.TUBES.items()):
+    for kind, markers in sorted(tubes.items()):
         missing = [m for m in surface if m not in markers]
         assert f"LAB7_{kind}_stain.fcs: panel_error: marker(s) {', '.join(missing)} not found;" in reason, reason
     assert f"failed LAB7: {reason}" in result.output
@@ -1415,17 +1423,7 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     errors = qc[qc["code"] == "panel_error"]
     assert sorted(errors["file"]) == sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
     assert errors["message"].str.contains(r"channels \(\$PnN \(\$PnS\)\): FSC-A").all()
-    lines = [x for x in result.output.splitlines() if "fit no tube kind" in x]
-    assert len(lines) == 1, result.output
-    (line,) = lines
-    assert line.startswith("3 stained files fit no tube kind of study til (surface, treg): "), line
-    for kind, markers in sorted(make_newlab.TUBES.items()):
-        extra = sorted(m for m in markers if m not in surface)
-        missing = [m for m in surface if m not in markers]
-        assert f"LAB7_{kind}_stain.fcs (read as surface: has {', '.join(extra)}, not gated there; lacks " \
-               f"{', '.join(missing)})" in line, (kind, line)
-    assert line.endswith(f"process fails them. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
-                         "of the files' own tube kinds, then scan or process with --study DIR/study.yaml"), line
+    _assert_newlab_unfit_line(result.output)
 
 
 def test_scan_takes_a_detector_gated_as_it_is_for_a_marker_of_its_kind():
