@@ -199,3 +199,117 @@ def test_a_matrix_in_percent_is_refused(tmp_path):
     path.write_text("A,B\n100,12.5\n5,100\n")
     with pytest.raises(CompensationError, match=r"pct.csv: the diagonal is 100, not 1: values in percent"):
         read_spillover_csv(path)
+
+
+def test_a_pool_lends_a_block_again_only_when_no_array_uses_it(sample):
+    """compensate_columns into a BlockPool's blocks: the values equal the full compensate's bit for
+    bit; a block is written again only once every array over it (here one row) is gone."""
+    from tilpheno.compensation import BlockPool
+
+    spill = sample.spillover
+    names = list(sample.channel_names)
+    wanted = list(spill.detectors) + ["FSC-A"]
+    full = compensate(sample.events, names, spill)
+    truth = {w: full[:, names.index(w)] for w in wanted}
+    pool = BlockPool()
+    kept = compensate_columns(sample.events, names, spill, wanted, pool)[wanted[0]]   # one row stays in use
+    again = compensate_columns(sample.events, names, spill, wanted, pool)
+    assert pool.allocated == 2 and not np.shares_memory(kept, again[wanted[0]])
+    again[wanted[0]][:] = -1.0   # writing the second block leaves the first untouched
+    np.testing.assert_array_equal(kept, truth[wanted[0]])
+    del kept, again
+    third = compensate_columns(sample.events, names, spill, wanted, pool)
+    assert pool.allocated == 2   # a free block lent again, not a new one
+    for w in wanted:
+        np.testing.assert_array_equal(third[w], truth[w])
+        assert third[w].flags.c_contiguous and third[w].flags.writeable
+
+
+def test_a_products_files_write_into_the_blocks_of_files_released_before(monkeypatch, tmp_path):
+    """analyze_product as the pipeline runs it (files released one after the other, the plots
+    keeping a subsample: 30,000 events > PLOT_EVENTS): fewer blocks are made than files
+    compensated, and the phenotype, tables and flags equal those of the same analysis with a new
+    block for every file."""
+    import pandas as pd
+
+    import tilpheno.phenotype as ph
+    from tilpheno.compensation import BlockPool
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.simulate.cohort import manifest_rows
+    from tilpheno.study import default_study
+
+    class Counted(BlockPool):
+        made: list = []
+
+        def __init__(self):
+            super().__init__()
+            self.taken = 0
+            Counted.made.append(self)
+
+        def take(self, rows, columns):
+            self.taken += 1
+            return super().take(rows, columns)
+
+    class Fresh(BlockPool):   # a new block for every file
+        def take(self, rows, columns):
+            return np.empty((rows, columns))
+
+    sim = simulate_product("TIL001", 7, 30_000)
+    write_product(sim, tmp_path)
+    rows = pd.DataFrame(manifest_rows(sim))
+    rows["file"] = [str(tmp_path / f) for f in rows["file"]]
+    strategies = [load_strategy(p) for p in default_study().strategy_paths]
+
+    def analysed(pool):
+        monkeypatch.setattr(ph, "BlockPool", pool)
+        result = ph.analyze_product("TIL001", rows, strategies, plot_events=ph.PLOT_EVENTS)
+        return (pd.Series(result.phenotype), [(t.populations, t.thresholds) for t in result.tubes],
+                [(f.code, f.file, f.message) for f in result.qc])
+
+    pooled, fresh = analysed(Counted), analysed(Fresh)
+    (pool,) = Counted.made
+    assert 1 <= pool.allocated < pool.taken
+    pd.testing.assert_series_equal(pooled[0], fresh[0])
+    assert len(pooled[1]) == len(fresh[1])
+    for tables, others in zip(pooled[1], fresh[1]):
+        for table, other in zip(tables, others):
+            pd.testing.assert_frame_equal(table, other)
+    assert pooled[2] == fresh[2]
+
+
+def test_a_workers_next_product_takes_no_new_block(tmp_path):
+    """The pipeline's pool kept from product to product (``pipeline.product._blocks``): the second
+    product's events and compensated arrays go into the first's blocks, and its tables are those
+    of an analysis with a pool of its own; read_fcs into a lent block decodes the same events."""
+    import pandas as pd
+
+    from tilpheno.compensation import BlockPool
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.phenotype import PLOT_EVENTS, analyze_product
+    from tilpheno.pipeline.product import _blocks
+    from tilpheno.simulate.cohort import manifest_rows
+    from tilpheno.study import default_study
+
+    strategies = [load_strategy(p) for p in default_study().strategy_paths]
+    manifests = {}
+    for pid, seed in (("TIL001", 7), ("TIL002", 8)):
+        sim = simulate_product(pid, seed, 30_000)
+        write_product(sim, tmp_path)
+        rows = pd.DataFrame(manifest_rows(sim))
+        rows["file"] = [str(tmp_path / f) for f in rows["file"]]
+        manifests[pid] = rows
+
+    def populations(pid, blocks=None):
+        result = analyze_product(pid, manifests[pid], strategies, plot_events=PLOT_EVENTS, blocks=blocks)
+        return pd.concat([t.populations for t in result.tubes], ignore_index=True)
+
+    pool = BlockPool()
+    populations("TIL001", pool)
+    made = pool.allocated
+    second = populations("TIL002", pool)
+    assert made >= 1 and pool.allocated == made
+    pd.testing.assert_frame_equal(second, populations("TIL002"))
+    assert _blocks() is _blocks()   # one pool per worker thread
+    file = manifests["TIL002"]["file"].iloc[0]
+    np.testing.assert_array_equal(read_fcs(file, empty=pool.take).events, read_fcs(file).events)

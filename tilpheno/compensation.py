@@ -8,6 +8,7 @@ scatter and time channels pass through.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,40 @@ SINGULAR_CONDITION = 1e6
 """Condition number above which a matrix is refused as singular: its inverse would amplify noise
 a million-fold (a repeated row, rounded to a few digits, still inverts to values of 1e13 and
 more). Real matrices are near 1-10 (the public FCS files' ``$SPILLOVER``: at most 8.3)."""
+
+
+class BlockPool:
+    """Float64 blocks for :func:`compensate_columns` (and ``read_fcs``'s events), lent again once
+    no array uses them.
+
+    A fresh block of several MB is zeroed by the kernel page by page (2 MB pages, numpy asks for
+    them) on its first write; a block lent again is not. One pool serves one thread (not
+    thread-safe): the files of a product, or of the products a worker gates one after the other.
+    A block is lent as an array over a memoryview of it (``np.frombuffer``): numpy makes that array
+    the base of every view derived from it (rows, slices, reshapes), so once the pool's weak
+    reference to it is dead, no array reads or writes the block. A new block is made only when
+    every free one is too small, and those are released then: the pool holds at most as many
+    blocks as were in use at once.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[np.ndarray, weakref.ref]] = []   # (block, weak reference to its lent array)
+        self.allocated = 0   # blocks made (the others lent again)
+
+    def take(self, rows: int, columns: int) -> np.ndarray:
+        """An uninitialised C-contiguous ``rows x columns`` float64 array: a free block at least as
+        large lent again, else a new one."""
+        size = rows * columns
+        fits = [i for i, (b, ref) in enumerate(self._blocks) if ref() is None and b.size >= size]
+        if fits:   # the smallest that fits: the larger stay free for larger files
+            block = self._blocks.pop(min(fits, key=lambda i: self._blocks[i][0].size))[0]
+        else:      # the free blocks are all too small: released, one new block made
+            self._blocks = [(b, ref) for b, ref in self._blocks if ref() is not None]
+            block = np.empty(max(size, 1), dtype=np.float64)
+            self.allocated += 1
+        lent = np.frombuffer(block.data, dtype=np.float64, count=size)   # block.data: a memoryview
+        self._blocks.append((block, weakref.ref(lent)))
+        return lent.reshape(rows, columns)
 
 
 def _inverse(spillover: Spillover) -> np.ndarray:
@@ -47,15 +82,17 @@ def _matrix_columns(channel_names: Sequence[str], spillover: Spillover) -> list[
 
 
 def compensate_columns(
-    events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None, wanted: Sequence[str]
+    events: np.ndarray, channel_names: Sequence[str], spillover: Spillover | None, wanted: Sequence[str],
+    pool: BlockPool | None = None,
 ) -> dict[str, np.ndarray]:
     """Compensated values of the channels ``wanted`` only: channel name -> contiguous float64 array.
 
     Equal bit for bit to the same columns of :func:`compensate` (same fixed-order sums), without
-    the full-size copy: the work is proportional to the wanted detectors. The arrays are new (rows
-    of one new ``len(wanted) x n_events`` block, never views of ``events``), so the caller may
-    transform them in place. Channels the matrix does not name (scatter, time), or every channel
-    when ``spillover`` is None, are copied as they are.
+    the full-size copy: the work is proportional to the wanted detectors. The arrays are rows of
+    one ``len(wanted) x n_events`` block, new or lent again by ``pool`` (:class:`BlockPool`), never
+    views of ``events`` or of arrays still in use, so the caller may transform them in place.
+    Channels the matrix does not name (scatter, time), or every channel when ``spillover`` is
+    None, are copied as they are.
     """
     index = {name: i for i, name in enumerate(channel_names)}
     wanted = list(dict.fromkeys(wanted))
@@ -77,7 +114,7 @@ def compensate_columns(
     # rows: the compensated detectors first (one contiguous block the sums accumulate into), then
     # the channels copied as they are
     order = compensated + passthrough
-    out = np.empty((len(order), n), dtype=np.float64)
+    out = pool.take(len(order), n) if pool is not None else np.empty((len(order), n), dtype=np.float64)
     gather = cols + [index[w] for w in passthrough]
     k, t, step = len(cols), len(compensated), max(1, _CHUNK_EVENTS)
     # coefficient[r, i] = inverse[i, j] for the r-th compensated detector j

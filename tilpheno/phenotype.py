@@ -56,7 +56,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tilpheno.compensation import Spillover, compensate_columns, exported_compensated, read_spillover_csv
+from tilpheno.compensation import BlockPool, Spillover, compensate_columns, exported_compensated, read_spillover_csv
 from tilpheno.control_settings import compare_settings, control_flags
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
 from tilpheno.gates import checks
@@ -187,9 +187,10 @@ def load_tube(
     )
 
 
-def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strategy, spillover: Spillover | None):
+def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strategy, spillover: Spillover | None,
+                             pool: BlockPool | None = None):
     """``(data, transforms used, the matrix applied or None)`` of :func:`load_tube`, without
-    touching ``fcs.sha256``."""
+    touching ``fcs.sha256``; the arrays in a block of ``pool`` when given (``compensate_columns``)."""
     names = list(fcs.channel_names)
     if spillover is not None:
         matrix: Spillover | None = spillover
@@ -201,8 +202,8 @@ def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strate
     missing_scatter = [d for d, det in wanted.items() if det not in index]
     if missing_scatter:
         raise PanelError(f"{fcs.path}: dimension(s) {missing_scatter} not found; channels are {names}")
-    # Only the wanted channels are compensated, each into its own new array, transformed in place.
-    columns = compensate_columns(fcs.events, names, matrix, list(dict.fromkeys(wanted.values())))
+    # Only the wanted channels are compensated, into rows of one block (new or lent again), transformed in place.
+    columns = compensate_columns(fcs.events, names, matrix, list(dict.fromkeys(wanted.values())), pool)
     data, used = {}, {}
     for dim, det in wanted.items():
         transform = strategy.transform_for(dim)
@@ -1478,6 +1479,7 @@ def analyze_product(
     study: Study | None = None,
     labels: Mapping[str, str] | None = None,
     checked: Mapping[str, Any] | None = None,
+    blocks: BlockPool | None = None,
 ) -> ProductResult:
     """Gate every file of one product and compute its phenotype (module docstring).
 
@@ -1499,6 +1501,8 @@ def analyze_product(
     arrays are released before the next is read, see ``_TubeKindRun``) and each TubeResult keeps a
     deterministic subsample of at most that many events for plots; tables, variables, thresholds
     and QC are computed on all events and are identical either way.
+    ``blocks``: where the files' events and compensated arrays are written (``compensation.BlockPool``;
+    default: a pool of this product's own): a pool the caller keeps serves its next products too.
     Never raises on a bad file: the file is dropped with a QC flag and variables become NaN.
     Runs on one BLAS/OpenMP thread (``placement.one_thread``).
     """
@@ -1509,6 +1513,7 @@ def analyze_product(
     study = study or default_study()
     strategy_map = _as_strategy_map(strategies)
     spill = _spillover(spillover_override)
+    blocks = blocks if blocks is not None else BlockPool()
     qc: list[QCFlag] = []
     tubes_out: list[TubeResult] = []
     phenotype: dict[str, float] = {v: float("nan") for v in study.variables}
@@ -1581,7 +1586,7 @@ def analyze_product(
             a source of the tube kind's populations it needs them all."""
             h = src.handle
             try:
-                fcs = read_fcs(h["row"].file)
+                fcs = read_fcs(h["row"].file, empty=blocks.take)
             except FCSReadError as exc:
                 h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
                 return None
@@ -1598,7 +1603,7 @@ def analyze_product(
                                            override=panel_override, tube=tube_kind, study=study,
                                            compensating=spill is not None)
                     detectors = require(panel, strategy.markers, study.vocabulary)
-                data, used, applied = _compensated_transformed(fcs, detectors, strategy, spill)
+                data, used, applied = _compensated_transformed(fcs, detectors, strategy, spill, blocks)
             except PanelError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
                 return None

@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, overload
+from typing import Callable, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -487,11 +487,19 @@ def _decode_block(raw: np.ndarray, lay: _Layout, scale: _Scaling, out: np.ndarra
         np.divide(column, gain, out=column)
 
 
-def _read_events(fh, lay: _Layout, scale: _Scaling, path) -> np.ndarray:
+Empty = Callable[[int, int], np.ndarray]
+"""``(rows, columns) ->`` an uninitialised C-contiguous float64 array (``np.empty``, or a pool's)."""
+
+
+def _new_array(rows: int, columns: int) -> np.ndarray:
+    return np.empty((rows, columns), dtype=np.float64)
+
+
+def _read_events(fh, lay: _Layout, scale: _Scaling, path, empty: Empty = _new_array) -> np.ndarray:
     """Read the DATA segment once, block by block into one reused buffer, decoding each block
-    straight into its rows of the float64 result (no full-size intermediate array)."""
+    straight into its rows of the float64 result (``empty``'s array; no full-size intermediate)."""
     n_par, bpe = len(lay.widths), sum(lay.widths)
-    events = np.empty((lay.n_events, n_par), dtype=np.float64)  # size checked against the file by _layout
+    events = empty(lay.n_events, n_par)  # size checked against the file by _layout
     rows = max(1, CHUNK_BYTES // bpe)
     buffer = bytearray(min(lay.n_events, rows) * bpe)
     fh.seek(lay.start)
@@ -606,7 +614,7 @@ def _check_path(path) -> Path:
 
 
 def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bool = True,
-          data_check: bool = False) -> FCSFile:
+          data_check: bool = False, empty: Empty = _new_array) -> FCSFile:
     path = _check_path(path)
     with _open_checked(path) as fh:
         try:
@@ -623,7 +631,7 @@ def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bo
             channels = _channels(kw, path)
             if with_events:
                 lay = _layout(header, kw, channels, base, size, path, problems)
-                events = _read_events(fh, lay, _scaling(lay, channels, kw, problems), path)
+                events = _read_events(fh, lay, _scaling(lay, channels, kw, problems), path, empty)
                 n_events = lay.n_events
             else:
                 events = None
@@ -639,12 +647,14 @@ def _read(path: str | os.PathLike, dataset: int, with_events: bool, checksum: bo
     return FCSFile(path, digest, header.version, kw, channels, events, spill, n_events, tuple(problems))  # type: ignore[arg-type]
 
 
-def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSFile:
+def read_fcs(path: str | os.PathLike, *, dataset: int = 0, empty: Empty = _new_array) -> FCSFile:
     """Read data set ``dataset`` (0-based; .lmd files often hold two) of an FCS file, events included.
 
     ``sha256`` is not computed here: it is computed from the file on first access (see FCSFile).
+    ``empty(rows, columns)``: the float64 array the events are decoded into (default a new one;
+    ``compensation.BlockPool.take`` writes them into a block of arrays released before).
     """
-    return _read(path, dataset, with_events=True)
+    return _read(path, dataset, with_events=True, empty=empty)
 
 
 def read_fcs_metadata(path: str | os.PathLike, *, dataset: int = 0, checksum: bool = True,

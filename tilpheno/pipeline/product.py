@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -268,7 +269,7 @@ def _analyze(job: ProductJob, rows, checked=None):
         fmo_percentile=job.options.fmo_percentile, til_dose_cells=_dose(rows), plot_events=PLOT_EVENTS,
         spillover_override=choice.spillover if choice is not None else None,
         study=job.options.study, panel_override=job.options.panel, labels=file_labels(job.rows["file"]),
-        checked=checked,
+        checked=checked, blocks=_blocks(),
     )
 
 
@@ -291,6 +292,21 @@ def _compensation_control_flags(job: ProductJob, rows, meta, labels: Mapping[str
             log.warning("%s: compensation control not compared with the stained files: %s", file, exc)
     stained = {labels[str(f)]: meta[f] for f, role in zip(rows["file"], rows["role"]) if role == "stain" and f in meta}
     return compensation_control_flags(job.product_id, controls, stained, choice.spillover.detectors)
+
+
+_THREAD = threading.local()
+
+
+def _blocks():
+    """This thread's ``compensation.BlockPool``: the products a worker (or a ``--jobs 1`` run) gates
+    one after the other decode their events and write their compensated arrays into the blocks of
+    the one before, not into fresh pages the kernel must zero. Between products it keeps (and
+    :func:`_return_free_memory` leaves) at most the blocks one product had in use at once."""
+    from tilpheno.compensation import BlockPool
+
+    if not hasattr(_THREAD, "blocks"):
+        _THREAD.blocks = BlockPool()
+    return _THREAD.blocks
 
 
 def _file_digest(file) -> FileDigest:
