@@ -480,3 +480,36 @@ def test_report_of_a_run_that_was_not_ok_says_so_and_its_exit_statuses_are_docum
     shown = " ".join(CliRunner().invoke(app, ["report", "--help"], terminal_width=200).output.split())
     assert ("Exit status: 0 reports drawn and the run is ok (every product done, every input file read); 1 reports "
             "drawn, but the run is not ok") in shown, shown
+
+
+def test_run_json_records_the_digest_of_the_unstained_control_bytes_gated(tmp_path, monkeypatch):
+    """An unstained control is read twice: its metadata (is it readable?), then its events for the
+    gates (``ProductResult.controls``). run.json took its SHA-256 from the first read, so a control
+    replaced between the two was recorded ``changed: ...`` though every event the gates used came
+    from the file now there. It now records the digest of the bytes gated: that of the replacing
+    file (hashed here on its own), as for the stained and FMO files."""
+    import json
+
+    import tilpheno.pipeline.product as product_module
+
+    folder, other = tmp_path / "in", tmp_path / "other"
+    folder.mkdir()
+    other.mkdir()
+    write_product(simulate_product("P1", 100, EVENTS), folder)
+    write_product(simulate_product("P1", 101, EVENTS), other)   # another acquisition of a control of P1
+    control = folder / "P1_unstained.fcs"
+    replacement = other / "P1_unstained.fcs"
+    assert control.read_bytes() != replacement.read_bytes()
+    read_metadata = product_module._read_metadata
+
+    def read_then_replace(*args, **kwargs):   # the control is replaced just after the product's metadata read
+        read = read_metadata(*args, **kwargs)
+        shutil.copy(replacement, control)
+        return read
+
+    monkeypatch.setattr(product_module, "_read_metadata", read_then_replace)
+    summary = process_folder(folder, tmp_path / "out", make_reports=False)
+    assert summary.ok
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    [entry] = [i for i in run["inputs"] if Path(i["path"]).name == control.name]
+    assert entry["sha256"] == hashlib.sha256(replacement.read_bytes()).hexdigest()

@@ -421,7 +421,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
         digests += [_file_digest(f) for f in job.compensation.files]
     if result is not None:
-        gated = _by_file(result.tubes)
+        gated = {**_controls_by_file(result.controls), **_by_file(result.tubes)}
         digests += [_digest(f, t) for f, t in gated.items()]
         digests += [_digest(f, m) for f, m in meta.items() if str(f) not in gated]
     else:
@@ -504,6 +504,17 @@ def _status_columns(outcome: ProductOutcome, result, n_files: int) -> dict:
 def _by_file(tubes) -> dict:
     """File -> its TubeResult, once per file (an unstained control may serve two tube kinds)."""
     return {str(t.file): t for t in tubes}
+
+
+def _controls_by_file(controls) -> dict:
+    """File -> the FCSFile its events were first read from for the gates (``ProductResult.controls``:
+    an unstained control is read once per tube kind it serves), so that its digest is that of the
+    bytes gated, not of the metadata read before (a file replaced between the two reads is recorded
+    ``changed: ...``, as any file read for the gates and changed since)."""
+    out: dict = {}
+    for _, fcs in controls:
+        out.setdefault(str(fcs.path), fcs)
+    return out
 
 
 def crashed_outcome(job: ProductJob, reason: str) -> ProductOutcome:
