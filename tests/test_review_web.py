@@ -209,7 +209,8 @@ def test_any_json_value_in_any_field_is_a_4xx_never_a_crash(app, service):
     for value in VALUES:
         for path, fields in (("preview", ("gates",)), ("versions", ("base_version", "gates", "reason")),
                              ("sign", ("version", "meaning", "password", "qc_resolutions", "qc_kind_resolutions", "comment")),
-                             ("apply", ("tube", "population", "products", "reason"))):
+                             ("apply", ("tube", "population", "products", "reason")),
+                             ("deviations", ("version", "deviation"))):
             for field in fields:
                 r = c.post(f"/api/products/{PID}/{path}", json={field: value}, headers=h)
                 assert 400 <= r.status_code < 500 and r.json["error"], (path, field, value, r.status_code)
@@ -1498,3 +1499,71 @@ def test_the_page_asks_for_a_deviation_justification_and_shows_it(fresh_service)
     assert shown["criterion"] == "CD3+ T cells" and shown["justified"]
     assert shown["text"].startswith(f"release overturns the run's determined fail on {said}: reason "
                                     "'FMO overlay: CD3-dim are T cells (DV-17)', by Alice Tester (alice), at ")
+
+
+def test_a_version_overturning_a_determined_fail_without_a_justification_is_not_approved_until_one_is_added(fresh_service):
+    """A version saved before deviations were recorded (stored as saves stored it then: no
+    ``deviation`` entry) whose lowered CD3 cut passes TIL001's determined CD3 fail was approved for
+    release (201) with the page saying "no deviation justification recorded". Now its approval is
+    refused (403 naming the criterion, audited as ``signature_refused``, nothing signed) until a
+    justification is added to that version as its own ``deviation`` entry (POST .../deviations);
+    its author does not approve it (four eyes), someone else does."""
+    from sqlalchemy import select
+
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.service import transaction
+
+    service = fresh_service
+    app = create_app(service)
+    carol, hc, _ = login(app, "carol")
+    _, body = cd3_body(carol, -0.2)
+    change = service._gate_change(PID, 1, body["gates"])
+    transaction(service.factory, lambda db: service._store(db, "alice", change, "CD3 dim cells are T cells", "adjusted",
+                                                            expect_seq=None, relevant=None))
+    state = carol.get(f"/api/products/{PID}/state").json
+    [open_] = state["release"]["deviations"]
+    assert state["current_version"] == 2 and not open_["justified"] and state["release"]["run_status"] == "fail"
+    dave, hd, _ = login(app, "dave")
+
+    def approve(client, headers, name):
+        return client.post(f"/api/products/{PID}/sign", headers=headers, json={
+            "version": 2, "meaning": "approved for release", "password": PASSWORDS[name],
+            "qc_resolutions": approval_resolutions(service, PID)})
+
+    before = counts(service)
+    r = approve(dave, hd, "dave")
+    assert r.status_code == 403, r.text
+    assert r.json["error"].startswith("version 2 of TIL001 overturns the run's determined fail on CD3+ T cells "
+                                      "(cd3_pct_of_live_lymph > 90 % of live lymphocytes: 87.74 in the run, ")
+    assert r.json["error"].endswith("with no deviation justification recorded: a justification must be added to this "
+                                    "version before it is approved for release")
+    assert counts(service)[2] == before[2] and service.decision(PID) is None
+    with service.factory() as db:
+        refused = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).one()
+    assert (refused.action, refused.username) == ("signature_refused", "dave")
+
+    # adding one: refused blank or for a stale version; recorded apart; a second has nothing to justify
+    url = f"/api/products/{PID}/deviations"
+    assert carol.post(url, headers=hc, json={"version": 2, "deviation": "  "}).json["error"] == \
+        "deviation: required (at least 3 characters)"
+    assert carol.post(url, headers=hc, json={"version": 1, "deviation": "DV-17"}).status_code == 409
+    why = "FMO overlay shows the CD3-dim cells are T cells; QA deviation DV-17"
+    r = carol.post(url, headers=hc, json={"version": 2, "deviation": why})
+    assert r.status_code == 201, r.text
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).one()
+    assert (entry.action, entry.username, entry.reason) == ("deviation", "carol", why)
+    assert [c["criterion"] for c in json.loads(entry.after_json)["criteria"]] == ["CD3+ T cells"]
+    again = carol.post(url, headers=hc, json={"version": 2, "deviation": why})
+    assert again.status_code == 400 and "nothing to justify" in again.json["error"]
+    [shown] = carol.get(f"/api/products/{PID}/state").json["release"]["deviations"]
+    assert shown["justified"] and f"reason '{why}', by Carol Tester (carol), at " in shown["text"]
+    assert service.current_version(PID) == 2   # the version is unchanged
+
+    r = approve(carol, hc, "carol")   # four eyes: the justification's author does not approve it
+    assert r.status_code == 403 and r.json["error"].startswith("four-eyes rule: carol justified the deviation on "
+                                                               "CD3+ T cells of TIL001"), r.text
+    r = approve(dave, hd, "dave")
+    assert r.status_code == 201, r.text
+    assert service.approved_version(PID).version == 2
+

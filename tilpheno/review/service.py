@@ -39,6 +39,9 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   a batch apply that would overturn one is refused (each such product is corrected on its own).
   The page and the certificate show each overturn of a version with its justification
   (:meth:`ReviewService.deviations`); the four-eyes rule makes someone other than its author approve it.
+  A version that overturns one with no justification (saved before deviations were recorded) is
+  not approved for release (refused, audited) until one is added to it as its own ``deviation``
+  entry (:meth:`ReviewService.justify_deviations`), by someone other than its approver.
 """
 from __future__ import annotations
 
@@ -131,12 +134,14 @@ class Deviation:
     """An overturn of a version with the justification the trail holds for it: the newest
     ``deviation`` entry naming its criterion from a version up to this one and after the automatic
     version it descends from (``version`` its version, ``reason``, ``by``: full name and user, ``at``:
-    UTC); ``reason`` empty when none does (a version saved before deviations were recorded)."""
+    UTC, ``username`` its author's account); ``reason`` empty when none does (a version saved before
+    deviations were recorded, until :meth:`ReviewService.justify_deviations` adds one)."""
     overturn: Overturn
     reason: str = ""
     by: str = ""
     at: str = ""
     version: int = 0
+    username: str = ""
 
     def words(self) -> str:
         """``release overturns the run's determined fail on <criterion> (...): reason '...', by <name>
@@ -241,6 +246,45 @@ def _justification(product_id: str, base_version: int, overturns: list[Overturn]
             f"{product_id} after version {base_version} that releases on them needs a deviation justification "
             "(nothing was saved)", overturns)
     return check_reason(deviation, "deviation")
+
+
+def _justified(db: Session, product_id: str, version: int, overturns: list[Overturn]) -> list[Deviation]:
+    """Each of ``overturns`` (of ``version``) with the justification the trail holds for it, read in
+    ``db``: the newest ``deviation`` entry naming its criterion for a version up to ``version`` and
+    after the automatic version it descends from (:class:`Deviation`)."""
+    automatic = db.scalar(select(GateSetVersion.version).where(
+        GateSetVersion.product_id == product_id, GateSetVersion.source == "automatic",
+        GateSetVersion.version <= version).order_by(GateSetVersion.version.desc()).limit(1)) or 0
+    entries = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation", AuditEntry.product_id == product_id)
+                              .order_by(AuditEntry.seq)))
+    names = {u.username: u.full_name for u in db.scalars(select(User))}
+    justified: dict[str, tuple[str, str, str, int, str]] = {}   # criterion -> Deviation's fields after overturn
+    for e in entries:   # oldest first: the newest entry naming a criterion wins
+        after = json.loads(e.after_json)
+        saved = after.get("version")
+        if not isinstance(saved, int) or not automatic < saved <= version:
+            continue
+        for c in after.get("criteria", []):
+            justified[c.get("criterion")] = (e.reason, f"{names.get(e.username, e.username)} ({e.username})", e.at, saved,
+                                             e.username)
+    return [Deviation(o, *justified[o.criterion]) if o.criterion in justified else Deviation(o) for o in overturns]
+
+
+def _deviation_refusal(product_id: str, username: str, version: int, deviations: list[Deviation]) -> str:
+    """Why ``username`` may not approve ``version`` for release given its overturns of the run's
+    determined fails (``deviations``): one without a justification (a version saved before they
+    were recorded), or one ``username`` justified (four eyes: the justification's author does not
+    approve it); "" when they may."""
+    open_ = [d for d in deviations if not d.reason]
+    if open_:
+        return (f"version {version} of {product_id} overturns the run's determined fail on "
+                f"{'; '.join(d.overturn.words() for d in open_)} with no deviation justification recorded: "
+                "a justification must be added to this version before it is approved for release")
+    own = [d.overturn.criterion for d in deviations if d.username == username]
+    if own:
+        return (f"four-eyes rule: {username} justified the deviation on {'; '.join(own)} of {product_id}, so another "
+                f"reviewer must approve version {version} for release")
+    return ""
 
 
 def _signature_record(sig: Signature) -> dict:
@@ -766,6 +810,7 @@ class ReviewService:
             raise AuthError("password: re-enter your password to sign")
         gates_digest = current.gates_sha256
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
+        overturns = self.version_overturns(product_id, current) if meaning == APPROVED else []   # slow: outside
         entry = PasswordEntry(password)   # a re-run of ``do`` re-checks it without verifying it again
 
         def do(db: Session):
@@ -791,7 +836,9 @@ class ReviewService:
             db.refresh(user)
             rejection = self.standing(db, product_id, REJECTED, current) if meaning == APPROVED else None
             refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
-                       or _overrule_refusal(rejection, overrules, comment))
+                       or _overrule_refusal(rejection, overrules, comment)
+                       or _deviation_refusal(product_id, user.username, current.version,
+                                             _justified(db, product_id, current.version, overturns)))
             if refusal:
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
                              reason=f"{meaning} of version {current.version}: {refusal}")
@@ -954,28 +1001,56 @@ class ReviewService:
     def deviations(self, product_id: str, version: GateSetVersion) -> list[Deviation]:
         """Each overturn of ``version`` with the justification the audit trail holds for it
         (:class:`Deviation`), in the spec's order."""
-        overturns = self.overturns(product_id, self.criteria(product_id, json.loads(version.gates_json),
-                                                             version.gates_sha256))
+        overturns = self.version_overturns(product_id, version)
         if not overturns:
             return []
         with self.factory() as db:
             snapshot(db)
-            automatic = db.scalar(select(GateSetVersion.version).where(
-                GateSetVersion.product_id == product_id, GateSetVersion.source == "automatic",
-                GateSetVersion.version <= version.version).order_by(GateSetVersion.version.desc()).limit(1)) or 0
-            entries = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation",
-                                                               AuditEntry.product_id == product_id)
-                                      .order_by(AuditEntry.seq)))
-            names = {u.username: u.full_name for u in db.scalars(select(User))}
-        justified: dict[str, tuple[str, str, str, int]] = {}   # criterion -> (reason, by, at, version)
-        for e in entries:   # oldest first: the newest entry naming a criterion wins
-            after = json.loads(e.after_json)
-            saved = after.get("version")
-            if not isinstance(saved, int) or not automatic < saved <= version.version:
-                continue
-            for c in after.get("criteria", []):
-                justified[c.get("criterion")] = (e.reason, f"{names.get(e.username, e.username)} ({e.username})", e.at, saved)
-        return [Deviation(o, *justified[o.criterion]) if o.criterion in justified else Deviation(o) for o in overturns]
+            return _justified(db, product_id, version.version, overturns)
+
+    def version_overturns(self, product_id: str, version: GateSetVersion) -> list[Overturn]:
+        """The overturns of a stored version (:meth:`overturns` of its criteria; slow the first time)."""
+        return self.overturns(product_id, self.criteria(product_id, json.loads(version.gates_json), version.gates_sha256))
+
+    def justify_deviations(self, product_id: str, user: User, version: Any, deviation: Any) -> list[Overturn]:
+        """Record the deviation justification of each overturn of the current ``version`` that has
+        none (a version saved before deviations were recorded: its approval is refused until then),
+        as its own ``deviation`` entry of the trail (``after``: that version and the criteria, as a
+        save records them; ``before.added_to``: the version it justifies after it was saved). Checked
+        as a save is (role, account, assignment inside the transaction); VersionConflict when
+        ``version`` is no longer the current one; GateSetError when every overturn of it has a
+        justification already, or none is given (``deviation: required ...``). Returns the overturns
+        justified. The version and its signatures are unchanged."""
+        if user.role not in EDIT_ROLES:
+            raise Forbidden(f"role {user.role} cannot justify a deviation")
+        self.require_access(user, product_id)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise GateSetError("version: the version number whose deviation you justify is required")
+        reason = check_reason(deviation, "deviation")
+        current = self.version(product_id)
+        if version != current.version:
+            raise VersionConflict(f"conflict: you are justifying version {version} but {self.noun} {product_id} is at "
+                                  f"version {current.version}; reload")
+        overturns = self.version_overturns(product_id, current)
+
+        def add(db: Session) -> list[Overturn]:
+            start = audit.head_seq(db)
+            refusal = self._editing_refusal(_get(db, User, user.id), product_id, EDIT_ROLES)
+            if refusal:
+                raise Forbidden(refusal)
+            if _get(db, Product, product_id).current_version != version:
+                raise self._conflict(db, product_id, version)
+            open_ = [d.overturn for d in _justified(db, product_id, version, overturns) if not d.reason]
+            if not open_:
+                raise GateSetError(f"deviation: version {version} of {product_id} overturns no determined fail of the run "
+                                   "without a justification: nothing to justify")
+            audit.append(db, user.username, "deviation", product_id=product_id,
+                         before={"version": version, "release": "the run's determined fail", "added_to": version},
+                         after={"version": version, "criteria": [o.record() for o in open_]},
+                         reason=reason, expect_seq=start, relevant=_concerns(product_id))
+            return open_
+
+        return transaction(self.factory, add)
 
     def release_approval(self, product_id: str) -> Approval:
         """The product's standing approval for release, read at once (a certificate's content);

@@ -382,6 +382,17 @@ def create_app(service: ReviewService) -> Flask:
         return jsonify({"version": row.version, "gates_sha256": row.gates_sha256,
                         "message": f"saved version {row.version} of {product_id}"}), 201
 
+    @app.post("/api/products/<path:product_id>/deviations")
+    @login_required
+    def justify(product_id: str):
+        """A deviation justification added to the current version (``version``, ``deviation``) for
+        its overturns that have none (:meth:`ReviewService.justify_deviations`)."""
+        opened(product_id)
+        data = body()
+        done = service.justify_deviations(product_id, g.user, data.get("version"), data.get("deviation"))
+        return jsonify({"message": f"deviation justification recorded for version {data.get('version')} of {product_id}: "
+                                   + "; ".join(o.criterion for o in done)}), 201
+
     @app.post("/api/products/<path:product_id>/sign")
     @login_required
     def sign(product_id: str):
