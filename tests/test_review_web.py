@@ -1567,3 +1567,41 @@ def test_a_version_overturning_a_determined_fail_without_a_justification_is_not_
     assert r.status_code == 201, r.text
     assert service.approved_version(PID).version == 2
 
+
+def test_the_approved_export_and_the_product_list_name_the_determined_fails_a_release_overturns(fresh_service):
+    """TIL001 fails CD3+ T cells in the run on gates no flag asked to review; alice lowers its CD3 cut
+    with a deviation justification and dave approves. phenotypes_approved.csv said only 'approved',
+    'pass' and the product list 'pass': a QA reviewer reading them could not tell that this lot's
+    release overturns the run's determined fail. Now its ``deviations`` cell names the criterion and
+    the audit entry holding the justification (the trail's own ``deviation`` entry, read here from
+    audit.csv), a product not approved has it empty, and the list's 'Release (approved gates)' says it."""
+    import csv
+    import io
+
+    service = fresh_service
+    app = create_app(service)
+    alice, ha, _ = login(app, "alice")
+    _, body = cd3_body(alice, -0.2)
+    why = "FMO overlay: CD3-dim are T cells (DV-17)"
+    assert alice.post(f"/api/products/{PID}/versions", headers=ha,
+                      json={**body, "reason": "CD3 dim cells are T cells", "deviation": why}).status_code == 201
+    dave, hd, _ = login(app, "dave")
+    r = dave.post(f"/api/products/{PID}/sign", headers=hd, json={
+        "version": 2, "meaning": "approved for release", "password": PASSWORDS["dave"],
+        "qc_resolutions": approval_resolutions(service, PID)})
+    assert r.status_code == 201, r.text
+    trail = list(csv.DictReader(io.StringIO(dave.get("/audit.csv").text)))
+    [entry] = [e for e in trail if e["action"] == "deviation"]
+    assert (entry["product_id"], entry["reason"]) == (PID, why)
+
+    rows = {r["product_id"]: r for r in csv.DictReader(io.StringIO(dave.get("/export/phenotypes.csv").text))}
+    assert (rows[PID]["review_status"], rows[PID]["release_status"]) == ("approved", "pass")
+    assert rows[PID]["deviations"] == f"CD3+ T cells: deviation audit entry {entry['seq']}"
+    assert rows["TIL003"]["review_status"] == "not approved" and rows["TIL003"]["deviations"] == ""
+
+    page = dave.get("/").text
+    heads = re.findall(r"<th>(.*?)</th>", re.search(r'<table class="grid" id="products">.*?</thead>', page, re.S).group(0))
+    row = re.search(rf'<tr><td><a href="/products/{PID}">.*?</tr>', page, re.S).group(0)
+    cells = dict(zip(heads, re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)))
+    assert cells["Release (approved gates)"] == (f"pass (overturns the run's determined fail: CD3+ T cells: "
+                                                 f"deviation audit entry {entry['seq']})")

@@ -134,14 +134,23 @@ class Deviation:
     """An overturn of a version with the justification the trail holds for it: the newest
     ``deviation`` entry naming its criterion from a version up to this one and after the automatic
     version it descends from (``version`` its version, ``reason``, ``by``: full name and user, ``at``:
-    UTC, ``username`` its author's account); ``reason`` empty when none does (a version saved before
-    deviations were recorded, until :meth:`ReviewService.justify_deviations` adds one)."""
+    UTC, ``username`` its author's account, ``entry`` its ``seq`` in the trail); ``reason`` empty when
+    none does (a version saved before deviations were recorded, until
+    :meth:`ReviewService.justify_deviations` adds one)."""
     overturn: Overturn
     reason: str = ""
     by: str = ""
     at: str = ""
     version: int = 0
     username: str = ""
+    entry: int = 0
+
+    def cell(self) -> str:
+        """The export's ``deviations`` cell part: ``<criterion>: deviation audit entry <seq>``, or
+        ``<criterion>: no deviation justification recorded``."""
+        if not self.reason:
+            return f"{self.overturn.criterion}: no deviation justification recorded"
+        return f"{self.overturn.criterion}: deviation audit entry {self.entry}"
 
     def words(self) -> str:
         """``release overturns the run's determined fail on <criterion> (...): reason '...', by <name>
@@ -258,7 +267,7 @@ def _justified(db: Session, product_id: str, version: int, overturns: list[Overt
     entries = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation", AuditEntry.product_id == product_id)
                               .order_by(AuditEntry.seq)))
     names = {u.username: u.full_name for u in db.scalars(select(User))}
-    justified: dict[str, tuple[str, str, str, int, str]] = {}   # criterion -> Deviation's fields after overturn
+    justified: dict[str, tuple[str, str, str, int, str, int]] = {}   # criterion -> Deviation's fields after overturn
     for e in entries:   # oldest first: the newest entry naming a criterion wins
         after = json.loads(e.after_json)
         saved = after.get("version")
@@ -266,7 +275,7 @@ def _justified(db: Session, product_id: str, version: int, overturns: list[Overt
             continue
         for c in after.get("criteria", []):
             justified[c.get("criterion")] = (e.reason, f"{names.get(e.username, e.username)} ({e.username})", e.at, saved,
-                                             e.username)
+                                             e.username, e.seq)
     return [Deviation(o, *justified[o.criterion]) if o.criterion in justified else Deviation(o) for o in overturns]
 
 
@@ -998,10 +1007,11 @@ class ReviewService:
         before = {o.criterion for o in self.overturns(product_id, base)}
         return [o for o in self.overturns(product_id, results) if o.criterion not in before]
 
-    def deviations(self, product_id: str, version: GateSetVersion) -> list[Deviation]:
+    def deviations(self, product_id: str, version: GateSetVersion,
+                   results: list[CriterionResult] | None = None) -> list[Deviation]:
         """Each overturn of ``version`` with the justification the audit trail holds for it
-        (:class:`Deviation`), in the spec's order."""
-        overturns = self.version_overturns(product_id, version)
+        (:class:`Deviation`), in the spec's order (``results``: its criteria, when computed already)."""
+        overturns = self.version_overturns(product_id, version) if results is None else self.overturns(product_id, results)
         if not overturns:
             return []
         with self.factory() as db:

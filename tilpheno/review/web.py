@@ -265,6 +265,8 @@ def create_app(service: ReviewService) -> Flask:
                          "approved": approved.version if approved else None,
                          "rejected": decided.version.version if decided and decided.meaning == REJECTED else None,
                          "approved_release": service.release_status(pid, approved) if approved else "not approved",
+                         # the run's determined fails the approved gates pass, each with its justification's entry
+                         "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved)) if approved else "",
                          "run_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
                          "review": row.get("review_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
