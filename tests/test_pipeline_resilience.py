@@ -513,3 +513,37 @@ def test_run_json_records_the_digest_of_the_unstained_control_bytes_gated(tmp_pa
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     [entry] = [i for i in run["inputs"] if Path(i["path"]).name == control.name]
     assert entry["sha256"] == hashlib.sha256(replacement.read_bytes()).hexdigest()
+
+
+def test_run_json_records_the_digest_of_the_compensation_control_bytes_the_matrix_came_from(tmp_path, monkeypatch):
+    """The single-stain controls are read once, when the product's matrix is estimated
+    (``plan_compensation``), and were hashed again from the disk when the product's job ended: a
+    control replaced meanwhile was recorded in run.json with the new file's SHA-256, bytes no part
+    of the matrix came from. It now records the digest of the bytes the estimate read: the original
+    control's (hashed here on its own copy, kept aside)."""
+    import json
+
+    import tilpheno.spillover as spillover_module
+    from tilpheno.simulate.controls import simulate_controls
+
+    folder = tmp_path / "in"
+    write_product(simulate_product("TIL001", 21, EVENTS), folder)
+    simulate_controls(folder / "controls", 6, n_events=3000)
+    simulate_controls(tmp_path / "other", 7, n_events=3000)   # another acquisition of the same controls
+    pe = "Compensation Controls_PE Stained Control.fcs"
+    control, kept = folder / "controls" / pe, tmp_path / "kept.fcs"
+    shutil.copy(control, kept)
+    assert control.read_bytes() != (tmp_path / "other" / pe).read_bytes()
+    plan = spillover_module.plan_compensation
+
+    def plan_then_replace(*args, **kwargs):   # the control is replaced just after the matrix was estimated from it
+        planned = plan(*args, **kwargs)
+        shutil.copy(tmp_path / "other" / pe, control)
+        return planned
+
+    monkeypatch.setattr(spillover_module, "plan_compensation", plan_then_replace)
+    summary = process_folder(folder, tmp_path / "out", make_reports=False)
+    assert summary.ok
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    [entry] = [i for i in run["inputs"] if Path(i["path"]).name == pe]
+    assert entry["sha256"] == hashlib.sha256(kept.read_bytes()).hexdigest()

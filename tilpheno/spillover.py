@@ -93,6 +93,7 @@ class SpilloverEstimate:
     standard_errors: pd.DataFrame
     ssm: pd.DataFrame
     controls: pd.DataFrame
+    digests: dict[str, str] = field(default_factory=dict)   # control file -> SHA-256 of the bytes read (digest_of_read)
 
 
 def write_spillover_csv(spillover: Spillover, path: str | Path) -> None:
@@ -306,7 +307,18 @@ def estimate_spillover(
     neg_tolerance: float = 0.01,
     source: str = "single-stain controls",
 ) -> SpilloverEstimate:
-    """The spillover matrix (and SSM) from single-stain controls (module docstring for the method)."""
+    """The spillover matrix (and SSM) from single-stain controls (module docstring for the method).
+    ``digests`` of the result: each control file's SHA-256, of the bytes read here (hashed just after
+    its read: ``changed: ...`` if it was replaced meanwhile)."""
+    from tilpheno.io.fcs import digest_of_read
+
+    digests: dict[str, str] = {}
+
+    def read(control: Control, detectors: Sequence[str]):
+        fcs = _read(control, detectors)
+        digests[str(control.file)] = digest_of_read(fcs)
+        return fcs
+
     stained = [c for c in controls if c.detector]
     unstained = [c for c in controls if not c.detector]
     if not stained:
@@ -319,7 +331,7 @@ def estimate_spillover(
             raise CompensationError(f"{Path(c.file).name}: detector {detector} already has control "
                                     f"{Path(by_detector[detector].file).name}; one control per detector")
         by_detector[detector] = c
-    first = _read(stained[0], [d for d in [stained[0].detector] if d])
+    first = read(stained[0], [d for d in [stained[0].detector] if d])
     order = [n for n in first.channel_names if n in by_detector]
     unknown = [d for d in by_detector if d not in order]
     if unknown:
@@ -329,7 +341,7 @@ def estimate_spillover(
     k = len(order)
     negative_ref = None
     if unstained:
-        fcs = _read(unstained[0], order)
+        fcs = read(unstained[0], order)
         negative_ref = _columns(fcs, _main_scatter(fcs, order), order)
         if len(negative_ref) < min_positive:
             raise CompensationError(f"{unstained[0].file}: only {len(negative_ref)} events in the unstained control's main "
@@ -339,7 +351,7 @@ def estimate_spillover(
     rows, populations = [], {}
     for i, det in enumerate(order):
         control = by_detector[det]
-        fcs = first if control is stained[0] else _read(control, order)
+        fcs = first if control is stained[0] else read(control, order)
         mask = _main_scatter(fcs, order)
         data = _columns(fcs, mask, order)
         name = Path(control.file).name
@@ -397,7 +409,7 @@ def estimate_spillover(
     spill = Spillover(tuple(order), matrix, source)
     ssm = _spreading(spill, populations)
     return SpilloverEstimate(spill, pd.DataFrame(se, index=order, columns=order), ssm,
-                             pd.DataFrame(rows))
+                             pd.DataFrame(rows), digests)
 
 
 def _spreading(spill: Spillover, populations: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
@@ -564,11 +576,13 @@ CONTROL_TUBE = "compensation"   # manifest tube of a control set's files (role s
 class CompensationChoice:
     """The matrix one product is compensated with: ``spillover`` (None = each file's own
     ``$SPILLOVER``), the control ``files`` it was estimated from, or the ``error`` that made the
-    estimate fail (the product then fails with it)."""
+    estimate fail (the product then fails with it); ``digests``: each file's SHA-256 of the bytes the
+    estimate read (``SpilloverEstimate.digests``, in ``files``' order; empty when it failed)."""
 
     spillover: Spillover | None = None
     files: tuple[str, ...] = ()
     error: str = ""
+    digests: tuple[str, ...] = ()
 
 
 def _is_control_row(row) -> bool:
@@ -596,7 +610,7 @@ def _estimate_set(name: str, rows) -> CompensationChoice:
         est = estimate_spillover(controls, source=f"single-stain controls of {name} ({names})")
     except (CompensationError, TableError) as exc:
         return CompensationChoice(None, files, f"compensation from single-stain controls of {name} failed: {exc}")
-    return CompensationChoice(est.spillover, files)
+    return CompensationChoice(est.spillover, files, digests=tuple(est.digests.get(f, "") for f in files))
 
 
 def plan_compensation(manifest: pd.DataFrame, override: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, CompensationChoice]]:

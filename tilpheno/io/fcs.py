@@ -148,6 +148,16 @@ def _set_sha256(self: FCSFile, value: str | _LazySHA256) -> None:
 FCSFile.sha256 = property(_get_sha256, _set_sha256, doc="Hex SHA-256 of the whole file, computed on first access.")  # type: ignore[assignment]
 
 
+def digest_of_read(holder) -> str:
+    """``holder.sha256`` (an FCSFile, or a result carrying its digest): the SHA-256 of the bytes it was
+    read from; ``changed: <problem>`` when the reader refuses to hash a file that changed or vanished
+    since it was read (so a digest never describes bytes other than those read)."""
+    try:
+        return holder.sha256
+    except FCSReadError as exc:
+        return f"changed: {exc.problem}"
+
+
 @dataclass(frozen=True)
 class _Layout:
     """Where the DATA segment is and how to decode it (absolute byte offsets, end exclusive)."""

@@ -321,11 +321,18 @@ def _file_digest(file) -> FileDigest:
 
 def _digest(file, holder) -> FileDigest:
     """``holder.sha256`` (an FCSFile or TubeResult); ``changed: ...`` when the reader refuses to hash
-    a file that changed or vanished since it was read."""
-    try:
-        return FileDigest(str(file), holder.sha256)
-    except FCSReadError as exc:
-        return FileDigest(str(file), f"changed: {exc.problem}")
+    a file that changed or vanished since it was read (:func:`tilpheno.io.fcs.digest_of_read`)."""
+    from tilpheno.io.fcs import digest_of_read
+
+    return FileDigest(str(file), digest_of_read(holder))
+
+
+def _control_set_digests(choice) -> list[FileDigest]:
+    """The single-stain controls of a product's matrix (a CompensationChoice), each with the digest
+    of the bytes its estimate read (``choice.digests``); hashed from the disk now only when the
+    estimate failed before reading it."""
+    read = dict(zip(choice.files, choice.digests))
+    return [FileDigest(str(f), read[f]) if read.get(f) else _file_digest(f) for f in choice.files]
 
 
 def _populations_long(product_id: str, tubes) -> object:
@@ -419,7 +426,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     error = display_name(error)
     flags = [replace(f, message=display_name(f.message)) for f in flags]
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
-        digests += [_file_digest(f) for f in job.compensation.files]
+        digests += _control_set_digests(job.compensation)
     if result is not None:
         gated = {**_controls_by_file(result.controls), **_by_file(result.tubes)}
         digests += [_digest(f, t) for f, t in gated.items()]
