@@ -1026,3 +1026,40 @@ def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, 
     finally:
         service.factory.kw["bind"].dispose()
         drop_schema(url)
+
+
+def test_a_version_overturning_a_determined_fail_without_a_justification_gets_one_on_the_page(driver, server):
+    """TIL001's version 2 lowers its CD3 cut past the run's determined CD3 fail and was stored before
+    deviations were recorded: the page said "no deviation justification recorded" and offered no way
+    to add one, while its approval is refused until one is added. The page now asks for it where
+    one signs; carol records it (its own ``deviation`` entry), the line then names her reason, the
+    question goes, and dave approves."""
+    from tilpheno.review.service import transaction
+
+    service, base = server
+    driver.get_log("browser")
+    gate = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] -= 0.2
+    change = service._gate_change(PID, 1, {"tubes": {"surface": {"gates": {"CD3+": gate}}}})
+    transaction(service.factory, lambda db: service._store(db, "alice", change, "CD3 dim cells are T cells", "adjusted",
+                                                            expect_seq=None, relevant=None))
+    open_product(driver, base, "carol", version=2)
+    asked = wait(driver, lambda d: d.find_element("id", "justify-what").text if d.find_element("id", "justify-form")
+                 .is_displayed() else None, "the question for a justification")
+    assert asked.startswith("Version 2 overturns the run's determined fail on CD3+ T cells with no deviation "
+                            "justification recorded"), asked
+    why = "FMO overlay shows the CD3-dim cells are T cells; QA deviation DV-17"
+    driver.find_element("id", "justify").send_keys(why)
+    driver.find_element("id", "justify-button").click()
+    wait(driver, lambda d: not d.find_element("id", "justify-form").is_displayed(), "the question gone")
+    line = wait(driver, lambda d: d.find_element("css selector", '[data-deviation="CD3+ T cells"]').text, "the deviation line")
+    assert f"reason '{why}', by Carol Tester (carol), at " in line, line
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation")).one()
+    assert (entry.username, entry.reason, json.loads(entry.after_json)["version"]) == ("carol", why, 2)
+    open_product(driver, base, "dave", version=2)
+    assert not driver.find_element("id", "justify-form").is_displayed()
+    sign(driver, "approved for release", "dave")
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 2", "the approval")
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -64,7 +64,7 @@
     $("spec-name").textContent = S.release.spec;
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
-    renderQC(); renderSignatures(); renderOverrule(); renderVersions(); renderApply();
+    renderQC(); renderSignatures(); renderOverrule(); renderVersions(); renderApply(); renderJustify();
     loadCandidates();
     if (!restored) { restored = true; restoreDraft(); }
   }
@@ -463,6 +463,16 @@
     updatePlotLabels(currentTables);
   }
 
+  // the saved version overturns a determined fail with no justification recorded (saved before deviations were):
+  // it is not approved for release until one is added to it, here
+  function renderJustify() {
+    const open = S.release.deviations.filter((d) => !d.justified);
+    $("justify-form").hidden = !open.length;
+    $("justify-what").textContent = open.length ? "Version " + S.current_version + " overturns the run's determined fail on " +
+      open.map((d) => d.criterion).join("; ") + " with no deviation justification recorded: it is not approved for release " +
+      "until one is added (by someone other than its approver)." : "";
+  }
+
   // "the run's release: not evaluable (gating needs review; CD3+ T cells awaits review of missing_fmo (CD3+))"
   function runRelease(release) {
     const why = release.run_held.map((h) => h.criterion + " awaits review of " + h.held_by.join(", "));
@@ -647,6 +657,12 @@
     $("sign-password").value = "";
     if (r.status === 201) { $("comment").value = ""; await load(); message(r.data.message, true); }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
+  });
+  $("justify-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const r = await api(app.dataset.justify, { version: S.current_version, deviation: $("justify").value });
+    if (r.status === 201) { $("justify").value = ""; await load(); message(r.data.message, true); }
+    else message(r.data.error || ("the justification was not recorded: HTTP " + r.status), false);
   });
   const applyForm = $("apply-form");
   if (applyForm) applyForm.addEventListener("submit", async (ev) => {
