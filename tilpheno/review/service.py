@@ -614,12 +614,7 @@ class ReviewService:
         suggested = applied_candidates(change.diff, self.source.candidates(product_id))
 
         def save(db: Session):
-            start = audit.head_seq(db)
-            refusal = self._editing_refusal(_get(db, User, user.id), product_id, roles)
-            if refusal:
-                raise Forbidden(refusal)
-            if _get(db, Product, product_id).current_version != base_version:
-                raise self._conflict(db, product_id, base_version)
+            start = self._editable(db, user, product_id, roles, base_version)
             voided = self.standing(db, product_id, APPROVED)
             if voided is not None and (isinstance(void_approval, bool) or void_approval != voided.id):
                 raise ApprovalsWouldBeVoided(f"saving voids {_approval_words(product_id, voided)}: confirm to save "
@@ -673,6 +668,18 @@ class ReviewService:
                             "gates_sha256": change.digest, **(after or {})},
                      reason=reason, expect_seq=expect_seq, relevant=relevant)
         return row
+
+    def _editable(self, db: Session, user: User, product_id: str, roles: tuple[str, ...], version: int) -> int:
+        """The audit head (:func:`audit.head_seq`) read in ``db`` before checking that ``user``, as the
+        database holds the account now, may still edit ``product_id`` (:meth:`_editing_refusal`:
+        Forbidden) and that it is still at ``version`` (VersionConflict)."""
+        start = audit.head_seq(db)
+        refusal = self._editing_refusal(_get(db, User, user.id), product_id, roles)
+        if refusal:
+            raise Forbidden(refusal)
+        if _get(db, Product, product_id).current_version != version:
+            raise self._conflict(db, product_id, version)
+        return start
 
     def _editing_refusal(self, user: User, product_id: str, roles: tuple[str, ...]) -> str:
         """Why ``user``, as the database holds the account now, may not save gates of ``product_id``:
@@ -1044,12 +1051,7 @@ class ReviewService:
         overturns = self.version_overturns(product_id, current)
 
         def add(db: Session) -> list[Overturn]:
-            start = audit.head_seq(db)
-            refusal = self._editing_refusal(_get(db, User, user.id), product_id, EDIT_ROLES)
-            if refusal:
-                raise Forbidden(refusal)
-            if _get(db, Product, product_id).current_version != version:
-                raise self._conflict(db, product_id, version)
+            start = self._editable(db, user, product_id, EDIT_ROLES, version)
             open_ = [d.overturn for d in _justified(db, product_id, version, overturns) if not d.reason]
             if not open_:
                 raise GateSetError(f"deviation: version {version} of {product_id} overturns no determined fail of the run "
