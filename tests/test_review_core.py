@@ -802,6 +802,82 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
         drop_schema(url)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
+    """process --overwrite in the same output folder after one input file was replaced (TIL001's CD8
+    FMO re-acquired: here TIL002's): the database held TIL001 with the first run's files, so the
+    product list, the product and its certificate answered 'the database holds it with other input
+    files ... use one database per output folder' (HTTP 400) for every user, and the product could
+    never be reviewed again in its own database. Now the approval made on the first files is void
+    (the list says not approved), opening the product records the new files (``reimport_product``,
+    naming the file that changed) and the new run's automatic gates become the current version,
+    reproducing the new phenotypes.csv. Another output folder served with that database is still
+    refused, naming both folders."""
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.server import build_service
+
+    pid, changed = "TIL001", "TIL001_surface_FMO_CD8.fcs"
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == pid]
+
+    def run(folder, overwrite=False):
+        inputs = tmp_path / f"in_{folder}"
+        inputs.mkdir(exist_ok=True)
+        for name in one["file"]:
+            if not (inputs / name).exists():
+                shutil.copy(SAMPLE / name, inputs / name)
+        one.to_csv(tmp_path / "manifest.csv", index=False)
+        summary = process_folder(inputs, tmp_path / folder, manifest_csv=tmp_path / "manifest.csv",
+                                 make_reports=False, overwrite=overwrite)
+        assert summary.ok, summary.failed
+        return tmp_path / folder, inputs
+
+    out, inputs = run("out")
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        assert first.approved_version(pid).version == 1
+        old_inputs = first.source.inputs_digest(pid)
+        first.factory.kw["bind"].dispose()
+
+        shutil.copy(SAMPLE / "TIL002_surface_FMO_CD8.fcs", inputs / changed)   # re-acquired
+        run("out", overwrite=True)
+        again = build_service(out, url)
+        assert again.decisions()[pid] is None                   # the product list: not approved, no error
+        [view] = again.signatures(pid)                           # opening the product
+        assert not view.valid and "input data" in view.void_reason
+        auto = again.automatic_version(pid, "alice")
+        assert json.loads(auto.gates_json) == again.source.automatic(pid) and again.current_version(pid) == auto.version
+        res = recompute(again.source, pid, json.loads(auto.gates_json))
+        row = again.source.phenotype_row(pid)
+        for var in ("cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "viability_pct"):
+            assert res.phenotype[var] == pytest.approx(float(row[var]), rel=1e-9), var
+        with again.factory() as db:
+            entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product")
+                               .order_by(AuditEntry.seq)).first()
+            assert audit.verify(db).ok
+        assert json.loads(entry.before_json)["inputs"] == old_inputs
+        assert json.loads(entry.after_json)["inputs"] == again.source.inputs_digest(pid)
+        assert changed in entry.reason and "TIL001_surface_stain.fcs" not in entry.reason
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid), {})
+        assert again.approved_version(pid).version == again.current_version(pid)
+        again.factory.kw["bind"].dispose()
+
+        other, _ = run("other")   # the same files, now in another output folder served with this database
+        shutil.copy(SAMPLE / changed, tmp_path / "in_other" / changed)
+        run("other", overwrite=True)
+        foreign = build_service(other, url)
+        with pytest.raises(ReviewError, match="other input files") as refused:
+            foreign.ensure_imported(pid)
+        assert str(out) in str(refused.value) and str(other) in str(refused.value)
+        foreign.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
 def test_a_signature_made_before_the_dose_was_bound_stays_valid(service, monkeypatch):
     """A database's signatures made before the infused cell number was part of the signed data
     (their data SHA-256 lacks it) stay valid while their product is unchanged; a signature made now

@@ -49,6 +49,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import select, update
@@ -58,7 +59,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilpheno.release import PASS, CriterionResult, overall
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
-from tilpheno.review.db import ReviewError
+from tilpheno.review.db import ReviewError, default_db_path
 from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, applied_candidates, changed_gates, check_reason,
                                     gates_sha256, recompute, validate_gate_set)
@@ -370,6 +371,15 @@ class GateChange:
     diff: dict
 
 
+def changed_inputs(before: list[dict], after: list[dict]) -> list[str]:
+    """The input files that differ between two :meth:`ReviewSource.inputs_digest` records, in words:
+    ``name`` (other bytes, tube or role), ``name (new)``, ``name (no longer read)``."""
+    old, new = {f["file"]: f for f in before}, {f["file"]: f for f in after}
+    return ([name for name in new if name in old and new[name] != old[name]]
+            + [f"{name} (new)" for name in new if name not in old]
+            + [f"{name} (no longer read)" for name in old if name not in new])
+
+
 @dataclass(frozen=True)
 class PendingImport:
     """What importing a product stores: its automatic gates (version 1), their SHA-256 and its
@@ -462,15 +472,67 @@ class ReviewService:
             raise Forbidden(f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role}); "
                             f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
 
-    def _check_inputs(self, product: Product) -> None:
-        """ReviewError when the database holds ``product`` with other input files than this run's."""
-        if json.loads(product.inputs_json) != self.source.inputs_digest(product.product_id):
-            raise ReviewError(f"{self.noun} {product.product_id}: the database holds it with other input files (SHA-256) "
-                              f"than {self.source.out_dir}; use one database per output folder (db=URL)")
+    def _inputs_changed(self, product: Product) -> bool:
+        """False when the database holds ``product`` with this run's input files; True when this
+        output folder was processed again with other files since (a file re-acquired and ``process
+        --overwrite``: :meth:`_reimport_inputs` records them when the product is next used, and the
+        signatures made on the earlier files are void, as :func:`data_sha256` binds them).
+        ReviewError when the database holds the product from another output folder (the folder its
+        import recorded, :meth:`_imported_from`, is not this one and the database is not this
+        folder's own ``OUT.review.sqlite``): one database per output folder."""
+        if json.loads(product.inputs_json) == self.source.inputs_digest(product.product_id):
+            return False
+        folder = self._imported_from(product.product_id)
+        if folder != str(self.source.out_dir) and not self._folders_own_database():
+            raise ReviewError(f"{self.noun} {product.product_id}: the database holds it with other input files (SHA-256), "
+                              f"imported from {folder or 'an output folder it did not record'}, not "
+                              f"{self.source.out_dir}; use one database per output folder (db=URL)")
+        return True
+
+    def _imported_from(self, product_id: str) -> str | None:
+        """The output folder the product's newest ``import_product``/``reimport_product`` entry
+        recorded (``after.out_dir``); None when none did (entries made before it was recorded)."""
+        with self.factory() as db:
+            for after in db.scalars(select(AuditEntry.after_json).where(
+                    AuditEntry.product_id == product_id,
+                    AuditEntry.action.in_(("import_product", "reimport_product"))).order_by(AuditEntry.seq.desc())):
+                folder = (json.loads(after) or {}).get("out_dir")
+                if isinstance(folder, str):
+                    return folder
+        return None
+
+    def _folders_own_database(self) -> bool:
+        """True when the database is this output folder's default one (``OUT.review.sqlite`` beside
+        it, :func:`default_db_path`), which no other folder uses unless named with ``--db``."""
+        url = self.factory.kw["bind"].url
+        return (url.get_backend_name() == "sqlite" and bool(url.database)
+                and Path(url.database).resolve() == default_db_path(self.source.out_dir))
+
+    def _reimport_inputs(self, product_id: str, username: str) -> None:
+        """Record this run's input files for a product whose files changed in this output folder
+        (:meth:`_inputs_changed`), audited ``reimport_product`` (the files before and after, the
+        changed ones named in its reason); then the run's automatic gates become the current version
+        when they differ from the newest automatic one (:meth:`automatic_version`)."""
+        now = self.source.inputs_digest(product_id)
+
+        def record(db: Session) -> None:
+            product = _get(db, Product, product_id)
+            before = json.loads(product.inputs_json)
+            if before == now:   # recorded meanwhile by another request
+                return
+            product.inputs_json = audit.canonical(now)
+            audit.append(db, username, "reimport_product", product_id=product_id, before={"inputs": before},
+                         after={"inputs": now, "out_dir": str(self.source.out_dir)},
+                         reason=f"process re-run in {self.source.out_dir} read other input files: "
+                                f"{', '.join(changed_inputs(before, now))}; signatures made on the earlier files are void")
+
+        transaction(self.factory, record)
+        self.automatic_version(product_id, username)
 
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
-        """The product's row; on first use its automatic gates become version 1 (audited)."""
-        pending = self._pending_import(product_id)
+        """The product's row; on first use its automatic gates become version 1 (audited); after a
+        re-run of this folder with other input files, those are recorded first (:meth:`_reimport_inputs`)."""
+        pending = self._pending_import(product_id, username)
         if isinstance(pending, Product):
             return pending
         try:
@@ -479,14 +541,18 @@ class ReviewService:
             with self.factory() as db:
                 return _get(db, Product, product_id)
 
-    def _pending_import(self, product_id: str) -> Product | PendingImport:
-        """The product's row when it is imported (its input files checked), else what importing it
-        stores (read outside any transaction: the automatic gates take a while)."""
+    def _pending_import(self, product_id: str, username: str = "system") -> Product | PendingImport:
+        """The product's row when it is imported (its input files checked, and recorded on
+        ``username``'s behalf when this folder's run read other files: :meth:`_reimport_inputs`),
+        else what importing it stores (read outside any transaction: the automatic gates take a while)."""
         self.require_product(product_id)
         with self.factory() as db:
             product = db.get(Product, product_id)
         if product is not None:
-            self._check_inputs(product)
+            if self._inputs_changed(product):
+                self._reimport_inputs(product_id, username)
+                with self.factory() as db:
+                    product = _get(db, Product, product_id)
             return product
         gate_set = self.source.automatic(product_id)
         return PendingImport(product_id, gate_set, gates_sha256(gate_set), self.source.inputs_digest(product_id))
@@ -509,7 +575,8 @@ class ReviewService:
                               gates_sha256=pending.digest, source="automatic", reason="automatic gates of the run",
                               created_by="tilpheno", created_at=now))
         audit.append(db, username, "import_product", product_id=pid,
-                     after={"version": 1, "gates_sha256": pending.digest, "inputs": pending.inputs},
+                     after={"version": 1, "gates_sha256": pending.digest, "inputs": pending.inputs,
+                            "out_dir": str(self.source.out_dir)},
                      reason="automatic gates of the run become version 1" + (f" ({reason})" if reason else ""),
                      expect_seq=expect_seq, relevant=relevant)
         return product
@@ -540,8 +607,8 @@ class ReviewService:
                 return stale
             product = _get(db, Product, product_id)
             version, now = product.current_version + 1, utcnow()
-            reason = (f"the run's automatic gates differ from version {stale.version}'s (process re-run on the same "
-                      "files with other strategies, settings or software): they become the current version")
+            reason = (f"the run's automatic gates differ from version {stale.version}'s (process re-run with other "
+                      "input files, strategies, settings or software): they become the current version")
             row = GateSetVersion(product_id=product_id, version=version, based_on=None, gates_json=audit.canonical(gate_set),
                                  gates_sha256=digest, source="automatic", reason=reason, created_by="tilpheno",
                                  created_at=now)
@@ -738,7 +805,7 @@ class ReviewService:
         for t in dict.fromkeys(targets):   # a product named twice is applied once
             if t == from_product:
                 continue
-            pending = self._pending_import(t)
+            pending = self._pending_import(t, user.username)
             submitted = {"tubes": {tube: {"gates": {population: gate}}}}
             if isinstance(pending, Product):
                 change = self._gate_change(t, self.current_version(t), submitted)
@@ -971,8 +1038,8 @@ class ReviewService:
         with self.factory() as db:
             products = {p.product_id: p for p in db.scalars(select(Product))
                         if (allowed is None or p.product_id in allowed) and self.source.has_product(p.product_id)}
-        for product in products.values():
-            self._check_inputs(product)
+        for product in products.values():   # one of another folder refused; one re-run here: its signatures void
+            self._inputs_changed(product)
         with self.factory() as db:
             signed: dict[str, list[Signature]] = {}
             for sig in db.scalars(select(Signature).order_by(Signature.id)):
