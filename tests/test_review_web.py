@@ -1606,3 +1606,75 @@ def test_the_approved_export_and_the_product_list_name_the_determined_fails_a_re
     cells = dict(zip(heads, re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)))
     assert cells["Release (approved gates)"] == (f"pass (overturns the run's determined fail: CD3+ T cells: "
                                                  f"deviation audit entry {entry['seq']})")
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory):
+    """The sample's TIL001 and TIL002, TIL002's surface stain cut short (unreadable): the run fails
+    TIL002 (phenotypes.csv status failed, with its error) and completes TIL001."""
+    import shutil
+
+    import pandas as pd
+
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+
+    tmp = tmp_path_factory.mktemp("failed")
+    inputs = tmp / "in"
+    inputs.mkdir()
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"].isin(["TIL001", "TIL002"])]
+    for name in manifest["file"]:
+        shutil.copy(SAMPLE / name, inputs / name)
+    stain = inputs / "TIL002_surface_stain.fcs"
+    stain.write_bytes(stain.read_bytes()[:5000])
+    manifest.to_csv(tmp / "manifest.csv", index=False)
+    summary = process_folder(inputs, tmp / "out", manifest_csv=tmp / "manifest.csv", make_reports=False)
+    assert list(summary.failed) == ["TIL002"], summary.failed
+    return tmp / "out"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_product_that_failed_processing_is_shown_not_hidden(kind, failed_run, tmp_path):
+    """A product the run failed (TIL002: its surface stain unreadable) was missing from the review
+    app: the list said '1 product(s)' for a run of 2, its page said "no product 'TIL002' in this
+    output folder", and phenotypes_approved.csv had no row for it, so the QA reviewer never learnt
+    that the batch had a product without results. Now the list names it with phenotypes.csv's error,
+    its page says it failed processing and why (HTTP 404: nothing to review), the approved table has
+    its row, 'failed processing', never released, and `users assign` says the same."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from review_support import database_url, drop_schema, make_service
+    from tilpheno.cli import app as cli
+
+    url = database_url(kind, tmp_path)
+    service = make_service(failed_run, url)
+    try:
+        phen = pd.read_csv(failed_run / "phenotypes.csv", dtype=str, keep_default_na=False).set_index("product_id")
+        assert phen.loc["TIL002", "status"] == "failed" and phen.loc["TIL001", "status"] == "done"
+        error = phen.loc["TIL002", "error"]
+        c, _, _ = login(create_app(service), "alice")
+        page = c.get("/", headers={"Accept": "text/html"}).text
+        failed = " ".join(re.search(r'<p id="failed-products"[^>]*>(.*?)</p>', page, re.S).group(1).split())
+        assert "1 product(s) of the run failed processing" in failed and "TIL002" in failed
+        assert " ".join(error.split()) in failed.replace("&#39;", "'")
+        assert re.findall(r'<a href="/products/(TIL\d+)">', page) == ["TIL001"]   # nothing to open
+        r = c.get("/products/TIL002", headers={"Accept": "application/json"})
+        assert r.status_code == 404 and r.json["error"].startswith("product TIL002 failed processing in this run (")
+        assert error in r.json["error"]
+        table = pd.read_csv(__import__("io").StringIO(c.get("/export/phenotypes.csv").text), dtype=str,
+                            keep_default_na=False).set_index("product_id")
+        assert list(table.index) == ["TIL001", "TIL002"]
+        assert tuple(table.loc["TIL002", ["review_status", "release_status"]]) == (
+            "failed processing", "not released (failed processing)")
+        r = CliRunner().invoke(cli, ["users", "assign", str(failed_run), "bob", "TIL002", "--db", url])
+        assert r.exit_code == 2 and "product TIL002 failed processing in this run" in r.output, r.output
+        r = CliRunner().invoke(cli, ["export-approved", str(failed_run), "-o", str(tmp_path / "approved"), "--db", url])
+        assert r.exit_code == 0 and "0 approved product(s) of 2 exported" in r.output, r.output
+        assert "(1 failed processing: not released)" in r.output
+        exported = pd.read_csv(tmp_path / "approved" / "phenotypes_approved.csv", dtype=str, keep_default_na=False)
+        assert exported.set_index("product_id").loc["TIL002", "review_status"] == "failed processing"
+        service.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

@@ -294,8 +294,12 @@ def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument
     from tilpheno.review.service import transaction
 
     try:
-        known = set(ReviewSource(out).product_ids())
+        source = ReviewSource(out)
+        known = set(source.product_ids())
         unknown = [p for p in products if p not in known]
+        failed = [p for p in unknown if p in source.failed_products()]
+        if failed:
+            raise ReviewError(source.not_reviewable(failed[0]))
         if unknown:
             raise ReviewError(f"no product(s) {', '.join(map(repr, unknown))} in {out}")
         factory = _factory(out, db)
@@ -392,7 +396,9 @@ def export_approved(
         _fail(exc)
     except OSError as exc:
         _fail(ReviewError(f"export to {dest}: {exc}; nothing was exported and no certificate was audited"))
-    typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}")
+    failed = int((export.phenotypes["review_status"] == "failed processing").sum())
+    typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}"
+               + (f" ({failed} failed processing: not released)" if failed else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -43,6 +43,7 @@ from tilpheno.review.db import ReviewError
 from tilpheno.review.service import Approval, NotFound, ReviewService, VersionConflict
 
 NOT_APPROVED = "not released (not approved)"
+FAILED_PROCESSING = "not released (failed processing)"
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +69,9 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
             for i, (k, v) in enumerate(head.items()):
                 frame.insert(i, k, v)
             pop_frames.append(frame)
+    phen_rows += [{"product_id": pid, "review_status": "failed processing", "gate_version": None, "gates_sha256": "",
+                   "release_status": FAILED_PROCESSING} for pid in service.source.failed_products()]
+    phen_rows.sort(key=lambda row: row["product_id"])
     phenotypes = pd.DataFrame(phen_rows)
     phenotypes["gate_version"] = phenotypes["gate_version"].astype("Int64")   # 3, not 3.0 beside a not-approved row
     phenotypes = counts_as_integers(phenotypes)   # 36948 events, not 36948.0, likewise

@@ -427,6 +427,27 @@ class ReviewSource:
             self._done = (frame, ids, set(ids))
         return self._done[1], self._done[2]
 
+    def failed_products(self) -> dict[str, str]:
+        """The products the run did not complete (``status`` other than done: failed on bad input, or
+        an internal error), sorted by id, each with phenotypes.csv's ``error`` (else its status): the
+        review has no gates of theirs to show or sign, but says that they failed, and why."""
+        frame = self.phenotypes
+        if "status" not in frame:
+            return {}
+        failed = frame[frame["status"].astype(str) != "done"]
+        errors = failed["error"] if "error" in failed else failed["status"]
+        return {str(pid): str(error if isinstance(error, str) and error.strip() else status)
+                for pid, error, status in sorted(zip(failed["product_id"].astype(str), errors, failed["status"].astype(str)))}
+
+    def not_reviewable(self, product_id: str) -> str:
+        """Why ``product_id`` is not a product of this run to review, in one line: it failed
+        processing (and why, :meth:`failed_products`), or the run has no such product."""
+        error = self.failed_products().get(product_id)
+        if error is not None:
+            return (f"{self.study.product_noun} {product_id} failed processing in this run ({error}): it has nothing to "
+                    "review; correct its input and run tilpheno process again")
+        return f"no {self.study.product_noun} {product_id[:80]!r} in this output folder"
+
     def phenotype_row(self, product_id: str) -> dict:
         rows = self._rows("phenotypes", product_id)
         if rows.empty:

@@ -447,7 +447,7 @@ class ReviewService:
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
         if not isinstance(product_id, str) or not self.source.has_product(product_id):
-            raise NotFound(f"no {self.noun} {str(product_id)[:80]!r} in this output folder")
+            raise NotFound(self.source.not_reviewable(str(product_id)))
 
     def can_access(self, user: User, product_id: str) -> bool:
         """Reviewers and admins: every product; analysts: the products assigned to them."""

@@ -272,7 +272,8 @@ def create_app(service: ReviewService) -> Flask:
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
                                sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
-                               counts=_run_counts(service, visible, decisions))
+                               counts=_run_counts(service, visible, decisions),
+                               failed=service.source.failed_products() if allowed is None else {})
 
     @app.get("/products/<path:product_id>")
     @login_required
