@@ -1350,3 +1350,60 @@ def test_a_save_overturning_a_determined_fail_needs_a_deviation_justification_re
     assert service.current_version(target) == 1
     with service.factory() as db:
         assert audit.verify(db).ok
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path):
+    """TIL001 approved for release, then processed again with its unstained control replaced (here by
+    a copy of its stained surface tube): the new run raises unstained_positive review warnings on
+    the control, which the signature's data hash does not bind (the control is not a gated file).
+    The approval stayed valid, the approved export said pass and the certificate 'RELEASE CRITERIA
+    MET' beside warnings no one resolved, though an approval needs a resolution of each. Now an
+    approval that holds no resolution of a warning/error flag of the current run is void, naming
+    them; a new approval resolving them stands."""
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.server import build_service
+
+    pid = "TIL001"
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == pid]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in one["file"]:
+        shutil.copy(SAMPLE / name, inputs / name)
+    one.to_csv(tmp_path / "manifest.csv", index=False)
+
+    def run(overwrite=False):
+        summary = process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv",
+                                 make_reports=False, overwrite=overwrite)
+        assert summary.ok, summary.failed
+
+    run()
+    url = database_url(kind, tmp_path)
+    first = make_service(tmp_path / "out", url)
+    try:
+        assert not [f for f in first.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        first.factory.kw["bind"].dispose()
+
+        shutil.copy(SAMPLE / f"{pid}_surface_stain.fcs", inputs / f"{pid}_unstained.fcs")
+        run(overwrite=True)
+        again = build_service(tmp_path / "out", url)
+        qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
+        raised = qc[(qc["product_id"] == pid) & qc["severity"].isin(["warning", "error"])]
+        assert len(raised) > 0 and set(raised["code"]) == {"unstained_positive"}
+        [view] = again.signatures(pid)
+        assert not view.valid and view.void_reason.startswith(
+            f"void: {len(raised)} QC flag(s) of the current run have no resolution in it (unstained_positive")
+        assert set(raised["file"]) == {f"{pid}_unstained.fcs"}
+        assert f"(unstained_positive ({pid}_unstained.fcs) x{len(raised)}): a re-run raised them" in view.void_reason
+        assert again.decisions()[pid] is None
+        assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "not approved"
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid),
+                   approval_resolutions(again, pid))
+        assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "approved"
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -241,6 +242,16 @@ def resolutions_typed(flags: list[dict], own: Any, by_kind: Any) -> dict[str, An
         mine = own.get(key)
         typed[key] = mine if isinstance(mine, str) and mine.strip() else by_kind.get(f["code"], mine)
     return typed
+
+
+def unresolved_flags(flags: list[dict], approval: Signature) -> list[str]:
+    """The warning and error flags among ``flags`` (the product's QC flags of the current run) that
+    ``approval`` holds no resolution of (its keys ``code:file:i``, :func:`resolutions_typed`), as
+    ``code (file)``: flags a re-run raised after it was signed (a control file replaced, say), which
+    the signed data hash need not bind."""
+    held = json.loads(approval.qc_resolutions_json or "{}")
+    serious = [f for f in flags if f["severity"] in ("warning", "error")]
+    return [f"{f['code']} ({f['file']})" for i, f in enumerate(serious) if f"{f['code']}:{f['file']}:{i}" not in held]
 
 
 def _justification(product_id: str, base_version: int, overturns: list[Overturn], deviation: Any) -> str:
@@ -1018,6 +1029,12 @@ class ReviewService:
             elif s.data_sha256 != data_now(False) and s.data_sha256 != data_now(True):
                 out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
                                                    "changed after signing"))
+            elif s.meaning == APPROVED and (unresolved := unresolved_flags(self.source.qc_flags(product_id), s)):
+                named = Counter(unresolved)
+                out.append(SignatureView(s, False, f"void: {len(unresolved)} QC flag(s) of the current run have no "
+                                                   "resolution in it (" + ", ".join(f"{k} x{n}" if n > 1 else k
+                                                                                    for k, n in named.items())
+                                                   + "): a re-run raised them after signing"))
             else:
                 out.append(SignatureView(s, True, ""))
         return out
