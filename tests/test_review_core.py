@@ -699,14 +699,14 @@ def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(serv
     assert last.reason.endswith("account fay was disabled while signing"), last.reason
 
 
-def til001_run(tmp_path, outcomes_path):
-    """``(out, run)``: ``run(**settings)`` processes the sample's TIL001 into ``out`` (tables only)
-    with the outcomes table at ``outcomes_path``, as often as a test re-runs it."""
+def til001_run(tmp_path, outcomes_path, products=("TIL001",)):
+    """``(out, run)``: ``run(**settings)`` processes the sample's ``products`` (TIL001 unless named)
+    into ``out`` (tables only) with the outcomes table at ``outcomes_path``, as often as a test re-runs it."""
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
 
     manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    one = manifest[manifest["product_id"] == "TIL001"].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+    one = manifest[manifest["product_id"].isin(products)].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
     one.to_csv(tmp_path / "manifest.csv", index=False)
     out = tmp_path / "out"
 
@@ -756,6 +756,43 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
             assert audit.verify(db).ok
         assert (entry.username, entry.product_id) == ("alice", pid)
         assert json.loads(entry.before_json)["version"] == 1 and json.loads(entry.after_json)["version"] == 3
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(kind, tmp_path):
+    """TIL001 and TIL002 opened on a first run, then process --overwrite on the same files with
+    another FMO percentile: a batch apply of TIL001's CD3+ to TIL002 built on TIL002's version 1
+    (the first run's gates: its CD8/PD-1 cuts and the rest undone, nothing said) because only a
+    change of input files made the new run's automatic gates current. Now TIL002 first gets the
+    new run's gates as its current automatic version (as opening it does), and the batch version
+    holds them beside the copied gate."""
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.review.server import build_service
+
+    out, run = til001_run(tmp_path, SAMPLE / "outcomes.csv", products=("TIL001", "TIL002"))
+    run()
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        assert [first.current_version(p) for p in ("TIL001", "TIL002")] == [1, 1]   # both opened
+        first.factory.kw["bind"].dispose()
+
+        run(overwrite=True, fmo_percentile=99.0)
+        again = build_service(out, url)
+        new_auto = again.source.automatic("TIL002")
+        assert new_auto != gates(again, "TIL002", 1)   # the settings moved TIL002's gates
+        again.automatic_version("TIL001", "alice")     # the source's page opened
+        [saved] = again.apply_to_batch("TIL001", user(again, "alice"), "surface", "CD3+", ["TIL002"], "group gate").saved
+        versions = again.versions("TIL002")
+        auto = [v for v in versions if v.source == "automatic"][-1]
+        assert json.loads(auto.gates_json) == new_auto and auto.version == 2
+        assert (saved.version, saved.based_on) == (3, 2)
+        expected = json.loads(json.dumps(new_auto))
+        expected["tubes"]["surface"]["gates"]["CD3+"] = gates(again, "TIL001")["tubes"]["surface"]["gates"]["CD3+"]
+        assert json.loads(saved.gates_json) == expected
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)

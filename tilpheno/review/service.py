@@ -792,7 +792,9 @@ class ReviewService:
         approval (the user was asked, naming them: an approval signed after that is named again);
         each voided approval is recorded in its product's ``save_gates`` entry. A target whose run's
         determined fail the gate would overturn (:meth:`introduced_overturns`) refuses the whole batch
-        (GateSetError naming it): that product is corrected on its own, with a deviation justification."""
+        (GateSetError naming it): that product is corrected on its own, with a deviation justification.
+        The source and each imported target first get this run's automatic gates as their current
+        version when a re-run placed other ones (:meth:`automatic_version`, as opening a product does)."""
         if user.role not in BATCH_ROLES:
             raise Forbidden(f"role {user.role} cannot apply gates to other products (reviewer or admin)")
         reason = check_reason(reason)
@@ -804,6 +806,7 @@ class ReviewService:
             self.require_product(t)
         if set(targets) == {from_product}:   # nothing to apply: said, not answered "applied to 0 product(s)"
             raise GateSetError(f"products: only {from_product}, whose gate this is; name the products to apply it to")
+        self.automatic_version(from_product, user.username)   # this run's gates first, as opening it does
         src = self.version(from_product)
         gate = json.loads(src.gates_json)["tubes"].get(tube, {}).get("gates", {}).get(population)
         if gate is None:
@@ -819,6 +822,7 @@ class ReviewService:
             pending = self._pending_import(t, user.username)
             submitted = {"tubes": {tube: {"gates": {population: gate}}}}
             if isinstance(pending, Product):
+                self.automatic_version(t, user.username)   # built on this run's gates, as opening it does
                 change = self._gate_change(t, self.current_version(t), submitted)
             else:
                 change = self._gate_change(t, 1, submitted, base_set=pending.gate_set)
