@@ -1678,3 +1678,56 @@ def test_a_product_that_failed_processing_is_shown_not_hidden(kind, failed_run, 
         service.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_product_of_another_folder_is_refused_on_its_row_not_the_whole_list(kind, tmp_path):
+    """A database holding TIL001 and TIL002 from one output folder, served with another folder whose
+    TIL001 was processed from other files (its CD8 FMO re-acquired) and whose TIL002 from the same:
+    the product list answered HTTP 400 with TIL001's refusal, so TIL002 could not be reached from
+    it either. Now the list shows TIL002 and names TIL001 with its refusal (both folders); TIL001
+    itself is still refused."""
+    import shutil
+
+    import pandas as pd
+
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.server import build_service
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    two = manifest[manifest["product_id"].isin(["TIL001", "TIL002"])]
+    two.to_csv(tmp_path / "manifest.csv", index=False)
+
+    def run(folder, replace=None):
+        inputs = tmp_path / f"in_{folder}"
+        inputs.mkdir()
+        for name in two["file"]:
+            shutil.copy(SAMPLE / (replace or {}).get(name, name), inputs / name)
+        summary = process_folder(inputs, tmp_path / folder, manifest_csv=tmp_path / "manifest.csv", make_reports=False)
+        assert summary.ok, summary.failed
+        return tmp_path / folder
+
+    out = run("out")
+    other = run("other", replace={"TIL001_surface_FMO_CD8.fcs": "TIL002_surface_FMO_CD8.fcs"})
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        for pid in ("TIL001", "TIL002"):
+            first.ensure_imported(pid)
+        first.factory.kw["bind"].dispose()
+        foreign = build_service(other, url)
+        c, _, _ = login(create_app(foreign), "alice")
+        r = c.get("/", headers={"Accept": "text/html"})
+        assert r.status_code == 200, r.text
+        assert re.findall(r'<a href="/products/(TIL\d+)">', r.text) == ["TIL001", "TIL002"]
+        refused = " ".join(re.search(r'<p id="refused-products"[^>]*>(.*?)</p>', r.text, re.S).group(1).split())
+        assert "TIL001" in refused and "TIL002" not in refused
+        assert "other input files" in refused and str(out) in refused and str(other) in refused
+        row = re.search(r'<tr><td><a href="/products/TIL001">.*?</tr>', r.text, re.S).group(0)
+        assert "refused" in row and "not approved" not in row
+        assert c.get("/api/products/TIL001/state").status_code == 400
+        assert c.get("/api/products/TIL002/state").status_code == 200
+        foreign.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

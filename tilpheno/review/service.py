@@ -88,6 +88,11 @@ class NotFound(ReviewError):
     """No such product (HTTP 404)."""
 
 
+class OtherFolder(ReviewError):
+    """The database holds a product with other input files, imported from another output folder
+    (HTTP 400): one database per output folder."""
+
+
 class ApprovalsWouldBeVoided(ReviewError):
     """Saving or applying a gate would void the standing approval of ``products`` (HTTP 409):
     nothing was saved; the request repeated with them acknowledged saves it. ``signature_ids``:
@@ -410,6 +415,15 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class ListedDecisions:
+    """What the product list shows of the database: the standing decision of each imported product
+    (None: neither approved nor rejected) and, apart, each product the database holds from another
+    output folder, with its refusal (``refused``: id -> message)."""
+    decisions: dict[str, Decision | None]
+    refused: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Approval:
     """A product's standing approval for release, from one reading of its signatures: the approved
     ``version``, the valid signatures of that version (signing order) and the approval itself."""
@@ -488,14 +502,14 @@ class ReviewService:
         output folder was processed again with other files since (a file re-acquired and ``process
         --overwrite``: :meth:`_reimport_inputs` records them when the product is next used, and the
         signatures made on the earlier files are void, as :func:`data_sha256` binds them).
-        ReviewError when the database holds the product from another output folder (the folder its
+        OtherFolder when the database holds the product from another output folder (the folder its
         import recorded, :meth:`_imported_from`, is not this one and the database is not this
         folder's own ``OUT.review.sqlite``): one database per output folder."""
         if json.loads(product.inputs_json) == self.source.inputs_digest(product.product_id):
             return False
         folder = self._imported_from(product.product_id)
         if folder != str(self.source.out_dir) and not self._folders_own_database():
-            raise ReviewError(f"{self.noun} {product.product_id}: the database holds it with other input files (SHA-256), "
+            raise OtherFolder(f"{self.noun} {product.product_id}: the database holds it with other input files (SHA-256), "
                               f"imported from {folder or 'an output folder it did not record'}, not "
                               f"{self.source.out_dir}; use one database per output folder (db=URL)")
         return True
@@ -1049,18 +1063,31 @@ class ReviewService:
         return approved_of(self.decisions(user))
 
     def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
+        """:meth:`listed_decisions`; OtherFolder, as :meth:`ensure_imported`, naming each product the
+        database holds from another output folder (the approved export: nothing of a mixed-up database)."""
+        listed = self.listed_decisions(user)
+        if listed.refused:
+            raise OtherFolder("; ".join(listed.refused.values()))
+        return listed.decisions
+
+    def listed_decisions(self, user: User | None = None) -> ListedDecisions:
         """The standing QA decision (:func:`decision_of`: approved or rejected, and which version) of
         every imported product ``user`` may see (None: every one; the product list), read with a
         few queries for the whole run instead of several per product. A product not imported yet
-        has no signature, so it is left out (never re-gated here: its input files may be gone).
-        ReviewError, as :meth:`ensure_imported`, for a product the database holds with other input
-        files."""
+        has no signature, so it is left out (never re-gated here: its input files may be gone). A
+        product the database holds from another output folder with other input files is left out
+        too, and its refusal (:meth:`_inputs_changed`) kept in ``refused``: the others are listed."""
         allowed = self.accessible(user) if user is not None else None
         with self.factory() as db:
             products = {p.product_id: p for p in db.scalars(select(Product))
                         if (allowed is None or p.product_id in allowed) and self.source.has_product(p.product_id)}
-        for product in products.values():   # one of another folder refused; one re-run here: its signatures void
-            self._inputs_changed(product)
+        refused: dict[str, str] = {}
+        for pid, product in list(products.items()):   # one of another folder refused; one re-run here: its signatures void
+            try:
+                self._inputs_changed(product)
+            except OtherFolder as exc:
+                refused[pid] = str(exc)
+                del products[pid]
         with self.factory() as db:
             signed: dict[str, list[Signature]] = {}
             for sig in db.scalars(select(Signature).order_by(Signature.id)):
@@ -1074,7 +1101,7 @@ class ReviewService:
             current = versions[(pid, products[pid].current_version)]
             state = decision_of(self._views(pid, rows, in_trail, current))
             out[pid] = Decision(state[0], versions[(pid, state[1])]) if state is not None else None
-        return out
+        return ListedDecisions(out, refused)
 
     def release_status(self, product_id: str, version: GateSetVersion) -> str:
         """Release outcome of a stored version."""

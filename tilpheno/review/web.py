@@ -255,16 +255,18 @@ def create_app(service: ReviewService) -> Flask:
             raise NotFound(f"page {page}: the list has {pages} page(s) of {size} {words('product(s)')}"
                            + (f" matching {query!r}" if query else ""))
         shown = found[(page - 1) * size:page * size]
-        decisions = service.decisions(g.user)   # the imported products this user may see
+        listed = service.listed_decisions(g.user)   # the imported products this user may see
+        decisions, refused = listed.decisions, listed.refused
         approvals = approved_of(decisions)
         rows = []
         for pid in shown:
             row = service.source.phenotype_row(pid)
             approved, decided = approvals.get(pid), decisions.get(pid)
-            rows.append({"id": pid, "version": imported.get(pid, "not opened yet"),
+            rows.append({"id": pid, "version": imported.get(pid, "not opened yet"), "refused": pid in refused,
                          "approved": approved.version if approved else None,
                          "rejected": decided.version.version if decided and decided.meaning == REJECTED else None,
-                         "approved_release": service.release_status(pid, approved) if approved else "not approved",
+                         "approved_release": service.release_status(pid, approved) if approved
+                         else "refused" if pid in refused else "not approved",
                          # the run's determined fails the approved gates pass, each with its justification's entry
                          "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved)) if approved else "",
                          "run_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
@@ -273,7 +275,8 @@ def create_app(service: ReviewService) -> Flask:
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
                                sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
                                counts=_run_counts(service, visible, decisions),
-                               failed=service.source.failed_products() if allowed is None else {})
+                               failed=service.source.failed_products() if allowed is None else {},
+                               refused=refused)
 
     @app.get("/products/<path:product_id>")
     @login_required
