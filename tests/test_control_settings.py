@@ -286,6 +286,46 @@ def test_a_single_stain_control_acquired_with_another_range_needs_review(tmp_pat
         assert "range ($PnR) 131072 in the control, 262144 in the stained tube" in message
 
 
+def test_the_settings_compared_are_those_of_the_control_the_matrix_was_estimated_from(tmp_path, monkeypatch):
+    """The PE control the matrix is estimated from has PE-A $PnR 131072 (262144 in the stained
+    tubes); it is replaced by its untouched original after the estimate read it and before the
+    product is processed. The check read the controls' TEXT again, so it compared the new file and
+    said nothing, while the matrix (and run.json's digest) came from the 131072 one -> the settings
+    compared are those the estimate read: control_settings_differ (review) on the control, once per
+    stained file, as when nothing is replaced."""
+    import tilpheno.spillover as spillover
+    from tilpheno.pipeline import process_folder
+    from tilpheno.simulate.cohort import simulate_product, write_product
+    from tilpheno.simulate.controls import simulate_controls
+
+    folder = tmp_path / "in"
+    write_product(simulate_product("TIL001", 21, 4000), folder)
+    simulate_controls(tmp_path / "controls", 6, n_events=3000)
+    pe = "Compensation Controls_PE Stained Control.fcs"
+    original = tmp_path / "controls" / pe
+    kw = raw_text(original)
+    n = next(i for i in range(1, int(kw["$PAR"]) + 1) if kw[f"$P{i}N"] == "PE-A")
+    edited = edited_copy(original, folder / "controls", f"$P{n}R", "262144", "131072")
+    for other in (tmp_path / "controls").glob("*.fcs"):
+        if other.name != pe:
+            (folder / "controls" / other.name).write_bytes(other.read_bytes())
+    plan = spillover.plan_compensation
+
+    def estimate_then_replace(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        edited.write_bytes(original.read_bytes())   # replaced after the estimate read it
+        return planned
+
+    monkeypatch.setattr(spillover, "plan_compensation", estimate_then_replace)
+    summary = process_folder(folder, tmp_path / "out")
+
+    assert summary.ok and ranges(edited)["PE-A"] == "262144"
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv").fillna("")
+    flags = qc[qc["code"].isin(CODES)]
+    assert list(zip(flags["file"], flags["code"], flags["severity"])) == [(pe, "control_settings_differ", "warning")] * 2
+    assert all("range ($PnR) 131072 in the control, 262144 in the stained tube" in m for m in flags["message"])
+
+
 def test_an_unstained_control_of_another_day_is_said_once_naming_each_stained_tube(tmp_path):
     """TIL001's unstained control serves the surface and the treg stained files: acquired another
     day it was said twice, once per stained file, and a control set of 7 compensation controls

@@ -78,6 +78,20 @@ class Control:
     empty when it was inferred from the file."""
 
 
+@dataclass(frozen=True, eq=False)
+class ControlText:
+    """What a control's TEXT segment said when the estimate read it: its ``keywords`` and its
+    ``channels`` table (``n``, ``pnn``, ``pnr``, ``png``, ``pne``, ...: :class:`tilpheno.io.fcs.FCSFile`),
+    the acquisition settings :func:`tilpheno.control_settings.compare_settings` compares (no events)."""
+
+    keywords: dict[str, str]
+    channels: pd.DataFrame
+
+    @classmethod
+    def of(cls, fcs) -> "ControlText":
+        return cls(dict(fcs.keywords), fcs.channels.copy())
+
+
 @dataclass
 class SpilloverEstimate:
     """Result of :func:`estimate_spillover`.
@@ -94,6 +108,7 @@ class SpilloverEstimate:
     ssm: pd.DataFrame
     controls: pd.DataFrame
     digests: dict[str, str] = field(default_factory=dict)   # control file -> SHA-256 of the bytes read (digest_of_read)
+    texts: dict[str, ControlText] = field(default_factory=dict)   # control file -> its TEXT as read here
 
 
 def write_spillover_csv(spillover: Spillover, path: str | Path) -> None:
@@ -309,14 +324,16 @@ def estimate_spillover(
 ) -> SpilloverEstimate:
     """The spillover matrix (and SSM) from single-stain controls (module docstring for the method).
     ``digests`` of the result: each control file's SHA-256, of the bytes read here (hashed just after
-    its read: ``changed: ...`` if it was replaced meanwhile)."""
+    its read: ``changed: ...`` if it was replaced meanwhile); ``texts``: each one's TEXT as read here."""
     from tilpheno.io.fcs import digest_of_read
 
     digests: dict[str, str] = {}
+    texts: dict[str, ControlText] = {}
 
     def read(control: Control, detectors: Sequence[str]):
         fcs = _read(control, detectors)
         digests[str(control.file)] = digest_of_read(fcs)
+        texts[str(control.file)] = ControlText.of(fcs)
         return fcs
 
     stained = [c for c in controls if c.detector]
@@ -409,7 +426,7 @@ def estimate_spillover(
     spill = Spillover(tuple(order), matrix, source)
     ssm = _spreading(spill, populations)
     return SpilloverEstimate(spill, pd.DataFrame(se, index=order, columns=order), ssm,
-                             pd.DataFrame(rows), digests)
+                             pd.DataFrame(rows), digests, texts)
 
 
 def _spreading(spill: Spillover, populations: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
@@ -577,12 +594,15 @@ class CompensationChoice:
     """The matrix one product is compensated with: ``spillover`` (None = each file's own
     ``$SPILLOVER``), the control ``files`` it was estimated from, or the ``error`` that made the
     estimate fail (the product then fails with it); ``digests``: each file's SHA-256 of the bytes the
-    estimate read (``SpilloverEstimate.digests``, in ``files``' order; empty when it failed)."""
+    estimate read (``SpilloverEstimate.digests``, in ``files``' order; empty when it failed);
+    ``texts``: each file's TEXT as the estimate read it (``SpilloverEstimate.texts``, file -> it),
+    the settings compared with the stained files'."""
 
     spillover: Spillover | None = None
     files: tuple[str, ...] = ()
     error: str = ""
     digests: tuple[str, ...] = ()
+    texts: Mapping[str, ControlText] = field(default_factory=dict, compare=False)
 
 
 def _is_control_row(row) -> bool:
@@ -610,7 +630,8 @@ def _estimate_set(name: str, rows) -> CompensationChoice:
         est = estimate_spillover(controls, source=f"single-stain controls of {name} ({names})")
     except (CompensationError, TableError) as exc:
         return CompensationChoice(None, files, f"compensation from single-stain controls of {name} failed: {exc}")
-    return CompensationChoice(est.spillover, files, digests=tuple(est.digests.get(f, "") for f in files))
+    return CompensationChoice(est.spillover, files, digests=tuple(est.digests.get(f, "") for f in files),
+                              texts={f: est.texts[f] for f in files if f in est.texts})
 
 
 def plan_compensation(manifest: pd.DataFrame, override: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, CompensationChoice]]:

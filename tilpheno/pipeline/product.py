@@ -276,20 +276,20 @@ def _analyze(job: ProductJob, rows, checked=None):
 def _compensation_control_flags(job: ProductJob, rows, meta, labels: Mapping[str, str]) -> list[QCFlag]:
     """The single-stain controls the product's matrix was estimated from against its stained files'
     acquisition settings (:func:`tilpheno.control_settings.compensation_control_flags`); none when
-    the matrix is not estimated from controls. A control whose TEXT cannot be read again is left
-    out and logged (its digest in the product's inputs says it changed)."""
+    the matrix is not estimated from controls. Each control's settings are those its estimate read
+    (``CompensationChoice.texts``), not the file's now: a control replaced since is compared as the
+    matrix saw it. A control the estimate did not read is left out and logged."""
     from tilpheno.control_settings import compensation_control_flags
-    from tilpheno.io.fcs import read_fcs_metadata
 
     choice = job.compensation
     if choice is None or choice.spillover is None or not choice.files:
         return []
     controls = {}
     for file in choice.files:
-        try:
-            controls[Path(file).name] = read_fcs_metadata(file)
-        except FCSReadError as exc:
-            log.warning("%s: compensation control not compared with the stained files: %s", file, exc)
+        if file in choice.texts:
+            controls[Path(file).name] = choice.texts[file]
+        else:
+            log.warning("%s: compensation control not compared with the stained files: its estimate did not read it", file)
     stained = {labels[str(f)]: meta[f] for f, role in zip(rows["file"], rows["role"]) if role == "stain" and f in meta}
     return compensation_control_flags(job.product_id, controls, stained, choice.spillover.detectors)
 
