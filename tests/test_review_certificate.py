@@ -381,6 +381,24 @@ def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
     assert "signature SHA-256:" in heading.split("Electronic signatures")[1]
 
 
+def test_certificate_lists_the_controls_the_run_read_with_their_sha256(approved, tmp_path):
+    """TIL001's unstained control (read by the run: one-population cuts, self-checks; not gated) was
+    missing from the certificate's "Inputs and software", which listed only the gated files. Now it
+    is there with the SHA-256 of the file the run read (hashed here from the sample file itself),
+    and the data hash the approval is bound to is the one a signature made now binds."""
+    import hashlib
+
+    from review_support import SAMPLE
+    from tilpheno.review.service import data_sha256
+
+    control = "TIL001_unstained.fcs"
+    digest = hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()
+    inputs = certificate_text(approved, tmp_path)[1].split("Inputs and software")[1]
+    assert [line.split() for line in inputs.splitlines() if control in line] == [[control, "(not", "gated)", digest]]
+    issued = approved.release_approval(PID)
+    assert issued.approval.data_sha256 == data_sha256(approved.source, PID, 1, issued.version.gates_sha256)
+
+
 def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
     """The certificate's QC flags table had no gate column (qc.csv and the product report have one):
     a flag whose message does not open with its gate could not be told to hold which gate. Now the

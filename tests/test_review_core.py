@@ -923,7 +923,7 @@ def test_a_signature_made_before_the_dose_was_bound_stays_valid(service, monkeyp
 
     pid = "TIL002"
     hashed = module.data_sha256
-    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, legacy=True))
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="legacy"))
     old = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "reviewed", service.current_version(pid), {})
     monkeypatch.setattr(module, "data_sha256", hashed)
     new = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "reviewed", service.current_version(pid), {})
@@ -1390,16 +1390,18 @@ def test_a_save_overturning_a_determined_fail_needs_a_deviation_justification_re
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path):
+def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch):
     """TIL001 approved for release, then processed again with its unstained control replaced (here by
     a copy of its stained surface tube): the new run raises unstained_positive review warnings on
-    the control, which the signature's data hash does not bind (the control is not a gated file).
+    the control, which the signature's data hash did not bind (the control is not a gated file; an
+    approval made before controls were bound, as here, still does not).
     The approval stayed valid, the approved export said pass and the certificate 'RELEASE CRITERIA
     MET' beside warnings no one resolved, though an approval needs a resolution of each. Now an
     approval that holds no resolution of a warning/error flag of the current run is void, naming
     them; a new approval resolving them stands."""
     from review_support import SAMPLE, database_url, drop_schema, make_service
     from tilpheno.pipeline import process_folder
+    from tilpheno.review import service as module
     from tilpheno.review.export import approved_tables
     from tilpheno.review.server import build_service
 
@@ -1422,7 +1424,10 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path):
     first = make_service(tmp_path / "out", url)
     try:
         assert not [f for f in first.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+        hashed = module.data_sha256   # signed as before the controls were bound: its hash lacks them
+        monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        monkeypatch.setattr(module, "data_sha256", hashed)
         first.factory.kw["bind"].dispose()
 
         shutil.copy(SAMPLE / f"{pid}_surface_stain.fcs", inputs / f"{pid}_unstained.fcs")
@@ -1441,6 +1446,64 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path):
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid),
                    approval_resolutions(again, pid))
         assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "approved"
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monkeypatch):
+    """TIL001's unstained control (read by the run, not gated) replaced after approval by another
+    product's control, which raises no flag, and the folder processed again: the signature's data
+    hash held only the gated files, so the approval stayed valid and nothing told QA. Now a new
+    approval binds the SHA-256 of the files the run read but did not gate, as run.json records them,
+    and is void after the replacement; an approval made as the old code made it (its hash without
+    them) stays valid while nothing changed, and (not binding the control) after the replacement too."""
+    import hashlib
+
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review import service as module
+    from tilpheno.review.server import build_service
+
+    pid, control = "TIL001", "TIL001_unstained.fcs"
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    one = manifest[manifest["product_id"] == pid]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in one["file"]:
+        shutil.copy(SAMPLE / name, inputs / name)
+    one.to_csv(tmp_path / "manifest.csv", index=False)
+
+    def run(overwrite=False):
+        summary = process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv",
+                                 make_reports=False, overwrite=overwrite)
+        assert summary.ok, summary.failed
+
+    run()
+    url = database_url(kind, tmp_path)
+    first = make_service(tmp_path / "out", url)
+    try:
+        assert first.source.other_inputs(pid) == [{"file": control, "tube": "", "role": "not gated",
+                                                   "sha256": hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()}]
+        hashed = module.data_sha256
+        monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))   # the old code's hash
+        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        monkeypatch.setattr(module, "data_sha256", hashed)
+        new = first.sign(pid, user(first, "carol").id, PASSWORDS["carol"], "approved for release", 1, {})
+        assert old.data_sha256 != new.data_sha256
+        views = {v.row.id: v for v in first.signatures(pid)}
+        assert views[old.id].valid and views[new.id].valid
+        first.factory.kw["bind"].dispose()
+
+        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
+        run(overwrite=True)
+        again = build_service(tmp_path / "out", url)
+        assert not [f for f in again.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+        assert again.current_version(pid) == 1   # the same gates: only the control's digest changed
+        views = {v.row.id: v for v in again.signatures(pid)}
+        assert not views[new.id].valid and views[new.id].void_reason.startswith("void: input data")
+        assert views[old.id].valid
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)

@@ -6,7 +6,8 @@ run failed on no flagged gate that the approved gates pass, with its deviation j
 when, why: ``ReviewService.deviations``), the study
 variables recomputed with the approved gates, every QC flag with its resolution (as entered at
 approval), the gate adjustments that led to the approved version (who, when, why), the input
-files' SHA-256, the data hash the signatures are bound to, and the software and strategy
+files' SHA-256 (the gated files, then the controls and compensation matrix the run read but did
+not gate: ``ReviewSource.other_inputs``), the data hash the signatures are bound to, and the software and strategy
 versions. A product without a valid "approved for release" signature gets no certificate.
 """
 from __future__ import annotations
@@ -145,6 +146,7 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     story += [Spacer(1, 3 * mm), p("Inputs and software", heading)]
     rows = [["item", "value"]]
     rows += [[f"{f['file']} ({f['tube']}, {f['role']})", f["sha256"]] for f in src.inputs_digest(product_id)]
+    rows += [[f"{f['file']} ({f['role']})", f["sha256"]] for f in src.other_inputs(product_id)]
     rows += [[f"strategy {s.name} ({tube})", s.sha256] for tube, s in sorted(src.strategies.items())]
     rows += [["FMO percentile", f"{src.fmo_percentile:g}"],
              ["gate set SHA-256 (approved version)", approved.gates_sha256],

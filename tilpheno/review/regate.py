@@ -602,6 +602,26 @@ class ReviewSource:
         return [{"file": name, "tube": tube, "role": role, "sha256": sha256}
                 for name, _path, sha256, tube, role, _marker in self._recorded_files(product_id)]
 
+    def other_inputs(self, product_id: str) -> list[dict]:
+        """What else the run read for the product, as :meth:`inputs_digest` records the gated files
+        (``file``, ``tube``, ``role``, ``sha256``, from run.json alone): each of its files that
+        populations.csv does not list (its unstained control, single-stain compensation controls:
+        ``product_files`` names them, ``inputs`` holds their SHA-256; tube '' and role ``not gated``,
+        which run.json does not record), in name order, then the compensation matrix the run wrote
+        for it (``compensation_matrices``: role ``compensation matrix``) when it has one. A run.json
+        older than ``product_files`` names no controls."""
+        recorded = (self.run.get("product_files") or {}).get(product_id) or {}
+        gated = {name for name, *_ in self._file_rows(product_id)}
+        labels = sorted(label for label in recorded if label not in gated)
+        entries = product_inputs(labels, recorded, self._inputs_by_path, self.out_dir / "run.json")
+        out = [{"file": label, "tube": "", "role": "not gated", "sha256": str(entries[label]["sha256"])}
+               for label in labels]
+        matrix = (self.run.get("compensation_matrices") or {}).get(product_id)
+        if matrix:
+            out.append({"file": str(matrix["file"]), "tube": "", "role": "compensation matrix",
+                        "sha256": str(matrix["sha256"])})
+        return out
+
     def spillover(self, product_id: str):
         """The matrix the run compensated the product with when it was not its files' own
         ``$SPILLOVER`` (``run.json`` ``compensation_matrices``: ``process --compensation`` or

@@ -10,9 +10,11 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
 * **Signatures**: password re-entry (wrong passwords count towards the lock-out), a meaning
   (``reviewed`` by anyone; ``approved for release`` and ``rejected`` by reviewers and admins),
   UTC time, bound to the gate version and ``data_sha256`` = SHA-256 of the product id, its input
-  files' SHA-256, the strategies' SHA-256, the release spec, the gate set's SHA-256 and the
-  infused cell number (the doses' base: a re-run with a corrected outcomes table voids it; a
-  signature made before the dose was bound is checked without it). A
+  files' SHA-256, the strategies' SHA-256, the release spec, the gate set's SHA-256, the
+  infused cell number (the doses' base: a re-run with a corrected outcomes table voids it) and
+  the SHA-256 of the files the run read but did not gate (unstained and compensation controls,
+  the compensation matrix: a replaced control voids it); a signature made before the controls, or
+  the dose, were bound is checked without them (:data:`DATA_FORMS`). A
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). The role, account, assignment
   and version are checked as they are after the (slow) password check, and an audited change
@@ -341,12 +343,21 @@ def _get(db: Session, model: type[T], key: Any) -> T:
     return row
 
 
-def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str, *, legacy: bool = False) -> str:
+DATA_FORMS = ("controls", "dose", "legacy")
+"""The forms of what a signature signs besides its gates (:func:`data_sha256`), newest first: a
+signature made now binds the first; one made before is checked against the form it was made in."""
+
+
+def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str, *,
+                form: str = DATA_FORMS[0]) -> str:
     """SHA-256 of what a signature signs besides its gates: the product's input files, the
-    strategies, the release spec, the FMO percentile, the gate version and set, and the infused
-    cell number the doses are computed from (cells, 9 significant digits; None when the run has
-    none). ``legacy``: without the infused cell number, as signatures made before it was bound
-    were hashed (they stay valid, and a changed dose does not void them)."""
+    strategies, the release spec, the FMO percentile, the gate version and set, the infused cell
+    number the doses are computed from (cells, 9 significant digits; None when the run has none)
+    and the files the run read for it but did not gate (its unstained and compensation controls,
+    its compensation matrix: :meth:`ReviewSource.other_inputs`). ``form`` (:data:`DATA_FORMS`):
+    ``dose`` without those other files, as signatures made before they were bound were hashed;
+    ``legacy`` without the infused cell number either, as signatures made before it was bound were
+    (they stay valid, and a changed dose or control does not void them)."""
     spec = source.release_spec
     payload = {
         "product_id": product_id,
@@ -357,9 +368,11 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
         "gate_version": version,
         "gates_sha256": gates_digest,
     }
-    if not legacy:
+    if form != "legacy":
         dose = source.til_dose_cells(product_id)
         payload["infused_cells"] = None if dose is None else float(f"{dose:.9g}")
+    if form == "controls":
+        payload["other_inputs"] = source.other_inputs(product_id)
     return hashlib.sha256(audit.canonical(payload).encode("utf-8")).hexdigest()
 
 
@@ -1030,13 +1043,12 @@ class ReviewService:
     def _views(self, product_id: str, rows: list[Signature], in_trail: set[str],
                current: GateSetVersion) -> list[SignatureView]:
         """Each signature of ``product_id`` (in signing order) valid or void, and why (module docstring)."""
-        hashes: dict[bool, str] = {}   # legacy -> the data hash now, made when a signature is first checked
+        hashes: dict[str, str] = {}   # form -> the data hash now, made when a signature is first checked
 
-        def data_now(legacy: bool) -> str:
-            if legacy not in hashes:
-                hashes[legacy] = data_sha256(self.source, product_id, current.version, current.gates_sha256,
-                                             legacy=legacy)
-            return hashes[legacy]
+        def data_now(form: str) -> str:
+            if form not in hashes:
+                hashes[form] = data_sha256(self.source, product_id, current.version, current.gates_sha256, form=form)
+            return hashes[form]
 
         out = []
         for s in rows:
@@ -1044,7 +1056,7 @@ class ReviewService:
                 out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
             elif s.version != current.version:
                 out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
-            elif s.data_sha256 != data_now(False) and s.data_sha256 != data_now(True):
+            elif all(s.data_sha256 != data_now(form) for form in DATA_FORMS):
                 out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
                                                    "changed after signing"))
             elif s.meaning == APPROVED and (unresolved := unresolved_flags(self.source.qc_flags(product_id), s)):
