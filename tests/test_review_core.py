@@ -551,7 +551,8 @@ def test_a_save_committed_while_an_approval_is_stored_makes_it_a_conflict(servic
     monkeypatch.setattr(audit, "signature_sha256", save_meanwhile)
     before = len(service.signatures(pid))
     with pytest.raises(VersionConflict, match=f"product {pid} changed while you were signing"):
-        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, pid))
+        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, pid),
+                     "approved once more for this test")   # not a repeat of the approval an earlier test left standing
     assert saved and service.current_version(pid) == v + 1
     assert len(service.signatures(pid)) == before
 
@@ -1002,7 +1003,8 @@ def test_the_product_lists_approvals_are_each_products_own(service):
     for pid in (first, second):
         service.ensure_imported(pid)
         approvals[pid] = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release",
-                                      service.current_version(pid), resolutions(pid))
+                                      service.current_version(pid), resolutions(pid),
+                                      "approved for the list test")   # not a repeat of an earlier test's approval
     check({first: True, second: True})
     service.sign(first, carol.id, PASSWORDS["carol"], "rejected", service.current_version(first), {}, "second look")
     v = service.current_version(second)

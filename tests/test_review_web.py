@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from review_support import PASSWORDS, approval_resolutions, flagged_out, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
@@ -1731,3 +1731,61 @@ def test_a_product_of_another_folder_is_refused_on_its_row_not_the_whole_list(ki
         foreign.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+def test_a_double_click_on_sign_stores_one_signature(fresh_service):
+    """dave's approval of TIL001 version 1 sent twice (a double-click on Sign; here once in turn,
+    then twice at once): both were stored, and the certificate listed dave's approval twice. Now
+    the repeat is refused (409 naming the signature that stands, audited ``signature_refused``) and
+    one signature is stored; signing again with something new (a comment) is still a signature."""
+    import threading
+
+    from tilpheno.review.models import AuditEntry, Signature
+    from tilpheno.review.service import RepeatedSignature
+
+    service = fresh_service
+    app = create_app(service)
+    dave, hd, _ = login(app, "dave")
+    body = {"version": 1, "meaning": "approved for release", "password": PASSWORDS["dave"],
+            "qc_resolutions": approval_resolutions(service, PID)}
+    assert dave.post(f"/api/products/{PID}/sign", headers=hd, json=body).status_code == 201
+    before = counts(service)[2]
+    r = dave.post(f"/api/products/{PID}/sign", headers=hd, json=body)
+    assert r.status_code == 409, r.text
+    [first] = [v.row for v in service.signatures(PID)]
+    assert r.json["error"].startswith(f"you already signed version 1 of {PID} as 'approved for release' "
+                                      f"(signature {first.id}, Dave Tester (dave) at ")
+    assert counts(service)[2] == before
+    with service.factory() as db:
+        last = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+    assert (last.action, last.username) == ("signature_refused", "dave") and f"signature {first.id}" in last.reason
+    assert [s.username for s in service.release_approval(PID).signatures] == ["dave"]   # the certificate's list
+
+    # carol's 'reviewed' sent twice at once: one is stored, the other refused
+    carol = user_id(service, "carol")
+    outcomes: list[object] = []
+
+    def sign():
+        try:
+            outcomes.append(service.sign(PID, carol, PASSWORDS["carol"], "reviewed", 1, {}))
+        except RepeatedSignature as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=sign) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(type(o).__name__ for o in outcomes) == ["RepeatedSignature", "Signature"]
+    with service.factory() as db:
+        assert db.scalar(select(func.count()).select_from(Signature).where(Signature.username == "carol")) == 1
+    # not identical: a comment is new, so it is signed
+    service.sign(PID, carol, PASSWORDS["carol"], "reviewed", 1, {}, comment="plots checked again after the FMO review")
+    assert [v.row.username for v in service.signatures(PID) if v.valid] == ["dave", "carol", "carol"]
+
+
+def user_id(service, name: str) -> int:
+    from tilpheno.review.models import User
+
+    with service.factory() as db:
+        return db.scalar(select(User.id).where(User.username == name))

@@ -25,6 +25,10 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   is checked (a re-run's included) is refused as disabled, not as a wrong password. Four eyes: no
   one approves for release a gate set holding a correction they saved (any version after the
   automatic one).
+  A repeat of a user's standing signature (same meaning, version, data hash, QC resolutions and
+  comment: a double-click on Sign, the second request checked after the first is stored) is
+  refused naming it (:class:`RepeatedSignature`, :func:`repeated_signature`); re-signing with
+  something new (a comment, a resolution, a signature of an older data-hash form) is a signature.
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
   A rejection needs a comment saying why (its audit entry's reason). Approving a version whose
   standing decision is a rejection overrules it: the request must name that rejection
@@ -80,6 +84,11 @@ ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", 
 
 class VersionConflict(ReviewError):
     """Someone saved a newer version since the editor loaded the product (HTTP 409)."""
+
+
+class RepeatedSignature(VersionConflict):
+    """The user's identical signature of this version stands already (a double-click on Sign): not
+    stored twice (HTTP 409, naming it)."""
 
 
 class Forbidden(ReviewError):
@@ -233,6 +242,27 @@ def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str)
     if not comment:
         return f"{said}; say why you overrule it in the comment"
     return ""
+
+
+def repeated_signature(views: list[SignatureView], username: str, meaning: str, data_digest: str,
+                       resolutions_json: str, comment: str) -> Signature | None:
+    """The signature of ``views`` (the product's, in signing order, checked against its current
+    version) that a new one by ``username`` with ``meaning`` on that version would repeat: valid,
+    theirs, of that meaning, over the same data hash (``data_digest``: one made before the dose or
+    controls were bound is re-signed to bind them), QC resolutions (canonical JSON) and comment, and
+    with no valid approval or rejection of another meaning after it (approving again after a
+    rejection overrules it); None when there is none."""
+    repeated = None
+    for view in views:
+        s = view.row
+        if not view.valid:
+            continue
+        if (s.username, s.meaning, s.data_sha256, s.qc_resolutions_json, s.comment) == (
+                username, meaning, data_digest, resolutions_json, comment):
+            repeated = s
+        elif s.meaning in (APPROVED, REJECTED) and s.meaning != meaning:
+            repeated = None
+    return repeated
 
 
 def resolutions_typed(flags: list[dict], own: Any, by_kind: Any) -> dict[str, Any]:
@@ -971,9 +1001,21 @@ class ReviewService:
                 raise Forbidden(refusal)
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: {self.noun} {product_id} changed while you were signing; reload")
+            resolutions = audit.canonical(clean_res)
+            rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
+            repeat = repeated_signature(self._views(product_id, rows, audit.signed_in_trail(db, product_id), current),
+                                        user.username, meaning, data_digest, resolutions, comment)
+            if repeat is not None:   # a double-click: the second request finds the first's signature
+                said = (f"you already signed version {current.version} of {product_id} as '{meaning}' (signature "
+                        f"{repeat.id}, {_signed_by(repeat)}) with the same data, QC resolutions and comment, and it "
+                        "stands: an identical signature is not stored twice")
+                audit.append(db, user.username, "signature_refused", product_id=product_id,
+                             reason=f"{meaning} of version {current.version}: {said}")
+                db.commit()
+                raise RepeatedSignature(said)
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
-                            gates_sha256=gates_digest, qc_resolutions_json=audit.canonical(clean_res), comment=comment)
+                            gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=comment)
             content = audit.signature_content(sig)
             sig.signature_sha256 = audit.signature_sha256(content)
             db.add(sig)
