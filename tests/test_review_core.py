@@ -1391,23 +1391,13 @@ def test_a_save_overturning_a_determined_fail_needs_a_deviation_justification_re
         assert audit.verify(db).ok
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch):
-    """TIL001 approved for release, then processed again with its unstained control replaced (here by
-    a copy of its stained surface tube): the new run raises unstained_positive review warnings on
-    the control, which the signature's data hash did not bind (the control is not a gated file; an
-    approval made before controls were bound, as here, still does not).
-    The approval stayed valid, the approved export said pass and the certificate 'RELEASE CRITERIA
-    MET' beside warnings no one resolved, though an approval needs a resolution of each. Now an
-    approval that holds no resolution of a warning/error flag of the current run is void, naming
-    them; a new approval resolving them stands."""
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+def copied_and_processed(tmp_path, pid: str):
+    """``pid``'s sample files copied into ``tmp_path/in`` and processed (tables only) into
+    ``tmp_path/out``: ``(inputs folder, rerun)``, ``rerun()`` processing it again with ``--overwrite``
+    (after a test replaced a file there)."""
+    from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
-    from tilpheno.review import service as module
-    from tilpheno.review.export import approved_tables
-    from tilpheno.review.server import build_service
 
-    pid = "TIL001"
     manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
     one = manifest[manifest["product_id"] == pid]
     inputs = tmp_path / "in"
@@ -1422,6 +1412,26 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
         assert summary.ok, summary.failed
 
     run()
+    return inputs, lambda: run(overwrite=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch):
+    """TIL001 approved for release, then processed again with its unstained control replaced (here by
+    a copy of its stained surface tube): the new run raises unstained_positive review warnings on
+    the control, which the signature's data hash did not bind (the control is not a gated file; an
+    approval made before controls were bound, as here, still does not).
+    The approval stayed valid, the approved export said pass and the certificate 'RELEASE CRITERIA
+    MET' beside warnings no one resolved, though an approval needs a resolution of each. Now an
+    approval that holds no resolution of a warning/error flag of the current run is void, naming
+    them; a new approval resolving them stands."""
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.review import service as module
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.server import build_service
+
+    pid = "TIL001"
+    inputs, rerun = copied_and_processed(tmp_path, pid)
     url = database_url(kind, tmp_path)
     first = make_service(tmp_path / "out", url)
     try:
@@ -1433,7 +1443,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
         first.factory.kw["bind"].dispose()
 
         shutil.copy(SAMPLE / f"{pid}_surface_stain.fcs", inputs / f"{pid}_unstained.fcs")
-        run(overwrite=True)
+        rerun()
         again = build_service(tmp_path / "out", url)
         qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
         raised = qc[(qc["product_id"] == pid) & qc["severity"].isin(["warning", "error"])]
@@ -1464,25 +1474,11 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
     import hashlib
 
     from review_support import SAMPLE, database_url, drop_schema, make_service
-    from tilpheno.pipeline import process_folder
     from tilpheno.review import service as module
     from tilpheno.review.server import build_service
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    one = manifest[manifest["product_id"] == pid]
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for name in one["file"]:
-        shutil.copy(SAMPLE / name, inputs / name)
-    one.to_csv(tmp_path / "manifest.csv", index=False)
-
-    def run(overwrite=False):
-        summary = process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv",
-                                 make_reports=False, overwrite=overwrite)
-        assert summary.ok, summary.failed
-
-    run()
+    inputs, rerun = copied_and_processed(tmp_path, pid)
     url = database_url(kind, tmp_path)
     first = make_service(tmp_path / "out", url)
     try:
@@ -1499,7 +1495,7 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
         first.factory.kw["bind"].dispose()
 
         shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
-        run(overwrite=True)
+        rerun()
         again = build_service(tmp_path / "out", url)
         assert not [f for f in again.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         assert again.current_version(pid) == 1   # the same gates: only the control's digest changed
