@@ -609,3 +609,24 @@ def test_a_degraded_tandem_seen_on_the_cd56_fmo_is_flagged_on_cd56(tmp_path):
             assert flags[0].message.startswith("CD56+ (CD56)") and "CD8 +0.1" in flags[0].message, flags[0].message
         else:
             assert abs(nkt) < 2.0, nkt
+
+
+def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
+    """The residual-spillover check takes back to linear units only the FMO parent's events the
+    slopes are read on (``spillover.residual_events``: every k-th beyond ``RESIDUAL_MAX_EVENTS``),
+    not the whole parent (200,000-event tubes: about 6 % of a run's CPU): the slopes must be those
+    of every event passed. An FMO parent of 90,000 events whose CD56 carries 8 % of CD8's signal."""
+    from tilpheno.gates.checks import residual_slopes
+    from tilpheno.spillover import RESIDUAL_MAX_EVENTS, residual_events
+
+    rng = np.random.default_rng(42)
+    n = 90_000
+    assert n > RESIDUAL_MAX_EVENTS
+    cd8 = np.where(rng.random(n) < 0.4, rng.lognormal(8.5, 0.4, n), rng.normal(50, 60, n))
+    cd4 = np.where(rng.random(n) < 0.5, rng.lognormal(8.0, 0.4, n), rng.normal(40, 60, n))
+    linear = {"CD8": cd8, "CD4": cd4, "CD56": rng.normal(80, 70, n) + 0.08 * cd8}
+    index = residual_events(n)
+    on_all = residual_slopes(linear, "CD56")
+    on_subsample = residual_slopes({m: v[index] for m, v in linear.items()}, "CD56")
+    assert set(on_all) == {"CD8"} and abs(on_all["CD8"] - 0.08) < 0.01, on_all
+    assert on_subsample == on_all

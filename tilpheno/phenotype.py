@@ -1036,10 +1036,15 @@ class _TubeKindRun:
         if transform is None or marker not in markers:
             return placement
 
-        def linear(state: _Gated, mask: np.ndarray) -> dict[str, np.ndarray]:
-            return {m: state.tube.transforms[m].inverse(state.tube.data[m][mask]) for m in markers}
+        def linear(state: _Gated, events: np.ndarray) -> dict[str, np.ndarray]:
+            return {m: state.tube.transforms[m].inverse(state.tube.data[m][events]) for m in markers}
 
-        slopes = checks.residual_slopes(linear(fmo, fmo.parent_mask(pop)), marker)
+        from tilpheno.spillover import residual_events
+
+        # only the parent's events the slopes are read on (every k-th beyond RESIDUAL_MAX_EVENTS,
+        # residual_events) are taken back to linear units: the same events, the same slopes
+        parent = np.flatnonzero(fmo.parent_mask(pop))
+        slopes = checks.residual_slopes(linear(fmo, parent[residual_events(parent.size)]), marker)
         if not slopes:
             return placement
 
