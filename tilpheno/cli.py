@@ -1,14 +1,15 @@
 """Command-line interface: a thin layer over the library API.
 
 Each command imports what it needs inside its body, so ``tilpheno --help`` starts fast.
-Errors from bad input (``TilphenoError``) are printed as one line and exit with status 2.
+Errors from bad input (``TilphenoError``) and usage errors (an unknown, missing or malformed option
+or argument: :func:`_run_app`) are printed as one line and exit with status 2.
 """
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, List, NoReturn, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
 import typer
 
@@ -40,12 +41,19 @@ def _fail(exc: Exception) -> NoReturn:
         text = describe_os_error(exc)
     else:
         text = str(exc)
+    _print_error(text)
+    raise typer.Exit(code=2)
+
+
+def _print_error(text: str) -> None:
+    """Print ``text`` as the one line ``error: ...`` on stderr (whitespace runs joined, undecodable
+    bytes of a file name escaped, the library's parameter names as the CLI's flags) and record it in
+    the ``--log`` file."""
     from tilpheno.io.files import display_name
 
     line = f"error: {as_cli_text(display_name(' '.join(text.split())))}"
     typer.secho(line, fg=typer.colors.RED, err=True)
     _to_run_log(line)
-    raise typer.Exit(code=2)
 
 
 def _to_run_log(line: str) -> None:
@@ -971,6 +979,96 @@ def _stop_on_sigterm(signum, frame) -> NoReturn:
     raise Terminated(128 + signum)
 
 
+def _lower_first(text: str) -> str:
+    """``text`` with its first letter lower-cased when it starts a plain word (``No such command``
+    -> ``no such command``; ``FOLDER`` is kept): Click's sentences in the form of the CLI's errors."""
+    return text[0].lower() + text[1:] if len(text) > 1 and text[0].isupper() and text[1].islower() else text
+
+
+def _click_exceptions() -> Any:
+    """The module of the Click exceptions the app raises: Typer's own copy of Click
+    (``typer._click``, Typer 0.29 on), Click itself before."""
+    import importlib
+
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ModuleNotFoundError:
+        return importlib.import_module("click.exceptions")
+
+
+def _param_label(param: Any) -> str:
+    """A Click parameter as an error names it: an option by its names (``-o / --out``), an argument
+    by its name in capitals (``FOLDER``, as in the usage line)."""
+    if param.param_type_name == "option":
+        return " / ".join(param.opts)
+    return (param.name or "").upper()
+
+
+def _given_value(exc: typer.BadParameter) -> Optional[str]:
+    """The value typed for the parameter of ``exc`` where Typer's conversion recorded it (the pydantic
+    validation error behind the message, one value); None where it did not."""
+    errors = getattr(exc.__cause__, "errors", None)
+    found = errors() if callable(errors) else []
+    if len(found) == 1 and isinstance(found[0].get("input"), (str, int, float)):
+        return str(found[0]["input"])
+    return None
+
+
+def usage_error_text(exc: Any) -> str:
+    """A usage error (unknown option or command, a missing or malformed option or argument, a value
+    out of range) in one line naming the parameter and the command, e.g. ``--jobs 0: input should
+    be greater than or equal to 1 (process)``, ``missing option -o / --out (process)``, ``no such
+    option --bogus; did you mean --jobs? (process)``, instead of Typer's multi-line usage box.
+    ``exc`` is a Click ``UsageError`` (:func:`_click_exceptions`)."""
+    errors = _click_exceptions()
+    if isinstance(exc, errors.MissingParameter) and exc.param is not None:
+        text = f"missing {exc.param_type or exc.param.param_type_name} {_param_label(exc.param)}"
+        text += f": {_lower_first(exc.message)}" if exc.message else ""
+    elif isinstance(exc, errors.BadParameter) and exc.param is not None:
+        value = _given_value(exc)
+        text = f"{_param_label(exc.param)}{'' if value is None else ' ' + value}: {_lower_first(exc.message)}"
+    elif isinstance(exc, errors.NoSuchOption):
+        text = f"no such option {exc.option_name}"
+        text += f"; did you mean {' or '.join(exc.possibilities)}?" if exc.possibilities else ""
+    else:
+        text = _lower_first(exc.format_message())
+    command = _command_name(exc.ctx)
+    return text.rstrip(".") + (f" ({command})" if command else "")
+
+
+def _command_name(ctx: Any) -> str:
+    """The command ``ctx`` runs, as typed after ``tilpheno`` (``process``, ``users add``); empty for
+    ``tilpheno`` itself or no context (``ctx`` a Click context or None)."""
+    names: List[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def _run_app() -> int:
+    """Run the Typer app, its Click errors formatted here rather than by Typer (``standalone_mode``
+    off): a usage error is one line ``error: ...`` (:func:`usage_error_text`), exit status 2 (Click's),
+    nothing run; another Click error is its message in one line with its status; an abort is
+    ``Aborted.`` with status 1, as Typer had it. Returns the exit status: a command's ``typer.Exit``
+    code, 0 after ``--help``, ``--version`` or a command that ran to its end."""
+    errors = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except getattr(errors, "NoArgsIsHelpError", ()) as exc:   # Click 8.2 on; the help is already shown
+        return exc.exit_code
+    except errors.UsageError as exc:
+        _print_error(usage_error_text(exc))
+        return exc.exit_code
+    except errors.ClickException as exc:
+        _print_error(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:
+        typer.secho("Aborted.", fg=typer.colors.RED, err=True)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:  # console-script entry point
     """Run the command line. SIGTERM (``kill``, a batch scheduler's time limit, ``docker stop``)
     stops a command as Ctrl-C does, so its clean-up runs (a ``process`` run's staging folder and
@@ -981,7 +1079,7 @@ def main() -> None:  # console-script entry point
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        app()
+        sys.exit(_run_app())
     except Terminated:
         typer.secho("error: terminated (SIGTERM) before the command finished",
                     fg=typer.colors.RED, err=True)
