@@ -54,3 +54,22 @@ def refuse_listing(monkeypatch):
 
     monkeypatch.setattr(os, "scandir", scandir)
     return lambda folder: refused.add(Path(folder))
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """A Counter of ``tilpheno.io.fcs.read_fcs`` calls by file name (events decoded), counting from
+    then on; the reader itself still runs."""
+    import collections
+
+    import tilpheno.io.fcs as fcs_module
+
+    decoded: collections.Counter = collections.Counter()
+    read_fcs = fcs_module.read_fcs
+
+    def counting(path, **kw):
+        decoded[Path(path).name] += 1
+        return read_fcs(path, **kw)
+
+    monkeypatch.setattr(fcs_module, "read_fcs", counting)
+    return decoded

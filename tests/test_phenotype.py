@@ -124,23 +124,12 @@ def test_unreadable_and_missing_files_give_flags_and_nans(product, strategies, t
     assert fmo == {("not_gated", "info")}
 
 
-def test_each_stained_file_is_decoded_once(product, strategies, monkeypatch):
+def test_each_stained_file_is_decoded_once(product, strategies, decodes):
     """The stained file that resolves its FMO files' panels was decoded twice (its events read for
     the readability check, discarded, read again when gated): 2 decodes of 12,000 events per stained
     file. Now its TEXT and DATA placement are checked without decoding: every file once."""
-    import collections
-
-    import tilpheno.io.fcs as fcs_module
-
     _, rows, _ = product
-    decoded: collections.Counter = collections.Counter()
-    read_fcs = fcs_module.read_fcs
-
-    def counting(path, **kw):
-        decoded[Path(path).name] += 1
-        return read_fcs(path, **kw)
-
-    monkeypatch.setattr(fcs_module, "read_fcs", counting)
+    decoded = decodes
     result = run(rows, strategies)
     stained = [Path(f).name for f, role in zip(rows["file"], rows["role"]) if role == "stain"]
     assert stained and all(decoded[name] == 1 for name in stained), decoded

@@ -1300,25 +1300,15 @@ def test_a_one_population_gate_is_placed_once(tmp_path, monkeypatch):
     assert placed == {("stain", name): 1 for name in per_file}, placed
 
 
-def test_the_unstained_control_is_read_once_per_tube_kind(tmp_path, monkeypatch):
+def test_the_unstained_control_is_read_once_per_tube_kind(tmp_path, decodes):
     """The one-population decision read the product's unstained control (412C mLN's FoxP3 of CD4+,
     decided against it) and the self-check read it again for the same tube kind: two decodes of the
     same file -> one, shared by both (the decision's values are checked against the expert in
     test_a_one_population_marker_is_called_against_the_unstained_control)."""
-    import collections
-
-    import tilpheno.io.fcs as fcs_module
     from tilpheno.phenotype import analyze_product
 
     strategy, rows, panel = _drafted_412c_mln(tmp_path, drop="CD19")
-    decoded: collections.Counter = collections.Counter()
-    read_fcs = fcs_module.read_fcs
-
-    def counting(path, **kw):
-        decoded[Path(path).name] += 1
-        return read_fcs(path, **kw)
-
-    monkeypatch.setattr(fcs_module, "read_fcs", counting)
+    decoded = decodes
     result = analyze_product("412C_mLN_026", rows, [strategy], panel_override=panel)
     d = result.tubes[0].diagnostics["FoxP3+"]
     assert "unstained_median" in d   # the control decided the one-population cut
