@@ -741,8 +741,7 @@ class ReviewService:
         if not change.diff:
             raise GateSetError("no gate changed: nothing to save")
         base = self.version(product_id, base_version)
-        overturns = self.introduced_overturns(product_id, self.criteria(product_id, json.loads(base.gates_json),
-                                                                        base.gates_sha256),
+        overturns = self.introduced_overturns(product_id, self.version_criteria(product_id, base),
                                               self.criteria(product_id, change.gates, change.digest))
         justification = _justification(product_id, base_version, overturns, deviation)
         # the suggested cuts (the page's candidate buttons) the saved gates are at, named in the audit entry
@@ -1159,7 +1158,11 @@ class ReviewService:
 
     def release_status(self, product_id: str, version: GateSetVersion) -> str:
         """Release outcome of a stored version."""
-        return overall(self.criteria(product_id, json.loads(version.gates_json), version.gates_sha256))
+        return overall(self.version_criteria(product_id, version))
+
+    def version_criteria(self, product_id: str, version: GateSetVersion) -> list[CriterionResult]:
+        """The release criteria on a stored version's gates (:meth:`criteria`)."""
+        return self.criteria(product_id, json.loads(version.gates_json), version.gates_sha256)
 
     def criteria(self, product_id: str, gate_set: dict, digest: str) -> list[CriterionResult]:
         """The release criteria on ``gate_set`` (SHA-256 ``digest``; memoised by it: a gate set's
@@ -1196,7 +1199,7 @@ class ReviewService:
 
     def version_overturns(self, product_id: str, version: GateSetVersion) -> list[Overturn]:
         """The overturns of a stored version (:meth:`overturns` of its criteria; slow the first time)."""
-        return self.overturns(product_id, self.criteria(product_id, json.loads(version.gates_json), version.gates_sha256))
+        return self.overturns(product_id, self.version_criteria(product_id, version))
 
     def justify_deviations(self, product_id: str, user: User, version: Any, deviation: Any) -> list[Overturn]:
         """Record the deviation justification of each overturn of the current ``version`` that has

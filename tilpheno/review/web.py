@@ -367,8 +367,7 @@ def create_app(service: ReviewService) -> Flask:
                "release_status": res.release_status,
                # what saving the draft would overturn of the run's determined fails: a save needs a justification
                "overturns": [o.words() for o in service.introduced_overturns(
-                   product_id, service.criteria(product_id, json.loads(current.gates_json), current.gates_sha256),
-                   res.release)]}
+                   product_id, service.version_criteria(product_id, current), res.release)]}
         if data.get("plots"):
             out["plots"] = _plots(service, product_id, draft, json.loads(service.automatic_version(product_id).gates_json))
         return jsonify(out)
