@@ -7,6 +7,7 @@ import math
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1505,3 +1506,46 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+def test_gate_coordinates_on_an_arcsinh_axis_are_bounded_on_that_scale(tmp_path):
+    """A lab's strategy drawing CD56 on arcsinh (cofactor 150): the app allowed a reviewed CD56+
+    cut anywhere in -PnR..2 PnR *transformed* units (the linear rule), so a cut of 50 (raw
+    150 sinh(50), about 4e23) was saved. Now the bounds are the arcsinh of raw -PnR..2 PnR
+    (truth: numpy's arcsinh of the file's own $PnR), a cut of 50 is refused naming the gate, and
+    one inside the scale is kept."""
+    import tilpheno
+    from review_support import SAMPLE
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.regate import ReviewSource, validate_gate_set
+
+    study = tmp_path / "study"
+    shutil.copytree(Path(tilpheno.__file__).parent / "studies" / "til", study)
+    surface = study / "til_surface.yaml"
+    text_before = surface.read_text()
+    surface.write_text(text_before.replace("  CD56: {kind: logicle, t: 262144, w: 0.5, m: 4.5, a: 0}",
+                                           "  CD56: {kind: arcsinh, cofactor: 150}"))
+    assert surface.read_text() != text_before
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = manifest[manifest["product_id"] == "TIL001"].copy()
+    manifest["file"] = [str(SAMPLE / f) for f in manifest["file"]]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    summary = process_folder(SAMPLE, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv",
+                             study=study / "study.yaml", allow_unmatched=True, make_reports=False)
+    assert summary.ok, summary.failed
+
+    source = ReviewSource(tmp_path / "out")
+    stained = source.stained("TIL001")
+    st = stained["surface"]
+    fcs = read_fcs(SAMPLE / st.name)
+    pnr = dict(zip(fcs.channels["pns"], fcs.channels["pnr"]))
+    top = float(next(r for s, r in pnr.items() if "CD56" in str(s)))
+    assert st.bounds["CD56"] == pytest.approx((np.arcsinh(-top / 150), np.arcsinh(2 * top / 150)), rel=1e-12)
+    base = source.automatic("TIL001")
+    cut = base["tubes"]["surface"]["gates"]["CD56+"]
+    assert cut["type"] == "range" and st.bounds["CD56"][0] < cut["low"] < st.bounds["CD56"][1]
+    with pytest.raises(GateSetError, match=r"surface/CD56\+\.low: 50 is outside the allowed range"):
+        validate_gate_set(base, {"tubes": {"surface": {"gates": {"CD56+": {**cut, "low": 50.0}}}}}, stained)
+    kept = validate_gate_set(base, {"tubes": {"surface": {"gates": {"CD56+": {**cut, "low": cut["low"] + 0.5}}}}}, stained)
+    assert kept["tubes"]["surface"]["gates"]["CD56+"]["low"] == cut["low"] + 0.5

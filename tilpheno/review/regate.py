@@ -21,7 +21,8 @@ spec in ``run.json``. For one product:
 A gate set is JSON: ``{"tubes": {tube kind: {"file": stained file name, "sha256": its digest,
 "gates": {population: gate.to_dict()}}}}``. A reviewed gate must keep the automatic gate's type,
 dimensions and open bounds; coordinates must be finite numbers inside ``coordinate_bounds``
-(logicle dims -0.5..1.5 on Gating-ML's 0-1 scale, linear dims -PnR..2 PnR), polygons 3-200
+(logicle dims -0.5..1.5 on Gating-ML's 0-1 scale, other dims the transform of -PnR..2 PnR: linear
+in raw units, arcsinh asinh(-PnR / cofactor)..asinh(2 PnR / cofactor)), polygons 3-200
 vertices, ellipses a positive-definite covariance and 0 < distance_square <= 100.
 """
 from __future__ import annotations
@@ -747,9 +748,21 @@ class ReviewSource:
             transform = tube.transforms[dim]
             r = float(pnr.get(detectors.get(dim, dim), 262144.0) or 262144.0)
             tops[dim] = r
-            bounds[dim] = (-0.5, 1.5) if isinstance(transform, Logicle) else (-r, 2.0 * r)
+            bounds[dim] = coordinate_bounds(transform, r)
         fcs.events = None
         return StainedTube(tube, strategy, bounds, tops, f.name)
+
+
+def coordinate_bounds(transform, top: float) -> tuple[float, float]:
+    """The coordinates a reviewed gate may take on a dimension whose raw scale ends at ``top`` (its
+    ``$PnR``), in the dimension's transformed units: logicle -0.5..1.5 (Gating-ML's 0-1 scale and half
+    a scale beyond either end); any other transform maps raw -``top``..2 ``top`` (linear: those raw
+    units; arcsinh: asinh(-top / cofactor)..asinh(2 top / cofactor), about -8.2..8.9 for 262,144 and
+    cofactor 150)."""
+    if isinstance(transform, Logicle):
+        return -0.5, 1.5
+    lo, hi = transform.apply(np.array([-top, 2.0 * top]))
+    return float(lo), float(hi)
 
 
 def replaced_controls(read: list[tuple[str, Any]], controls: list[ProductFile]) -> dict[str, str]:
