@@ -551,3 +551,54 @@ def test_report_command_says_which_reports_it_draws(first, tmp_path):
     result = CliRunner().invoke(app, ["report", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "gating" not in result.output and "drawing the reports of 3 products (27 files)" in result.output
+
+
+def test_a_control_replaced_after_its_estimate_is_hashed_again_next_run(tmp_path, monkeypatch):
+    """The PE single-stain control is replaced (its PE-A $PnR 262144 -> 131072, TEXT only) after
+    the run's compensation estimate read it, before the product's job started RACY_SECONDS later.
+    The job recorded the estimate's digest against the new file's identity as of its own start, so
+    the next run took the old digest for the new file: the product was re-used without the review
+    flag the new control raises, and run.json gave the control a digest its bytes do not have ->
+    the control is hashed again, and the next run's outputs are those of a clean run."""
+    import types
+
+    import tilpheno.pipeline.executors as executors
+    import tilpheno.spillover as spillover
+    from tilpheno.provenance import sha256_file
+    from tilpheno.simulate.cohort import simulate_product, write_product
+    from tilpheno.simulate.controls import simulate_controls
+    from test_control_settings import edited_copy, raw_text
+
+    folder = tmp_path / "in"
+    write_product(simulate_product("TIL001", 21, 4000), folder)
+    simulate_controls(folder / "controls", 6, n_events=3000)
+    pe = folder / "controls" / "Compensation Controls_PE Stained Control.fcs"
+    kw = raw_text(pe)
+    n = next(i for i in range(1, int(kw["$PAR"]) + 1) if kw[f"$P{i}N"] == "PE-A")
+    replacement = edited_copy(pe, tmp_path / "edited", f"$P{n}R", "262144", "131072").read_bytes()
+    plan = spillover.plan_compensation
+
+    def estimate_then_replace(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        pe.write_bytes(replacement)   # replaced after the estimate read it
+        return planned
+
+    real = time.time_ns
+    monkeypatch.setattr(spillover, "plan_compensation", estimate_then_replace)
+    # the product's job starts 10 s from now (RACY_SECONDS after the replacement)
+    monkeypatch.setattr(executors, "time", types.SimpleNamespace(time_ns=lambda: real() + 10**10))
+    out = tmp_path / "out"
+    assert process_folder(folder, out, make_reports=False).ok
+    monkeypatch.undo()
+    qc = pd.read_csv(out / "qc.csv").fillna("")
+    assert not qc["code"].eq("control_settings_differ").any()   # the estimate's control: the stained tubes' range
+
+    assert process_folder(folder, out, make_reports=False, overwrite=True).ok
+    clean = tmp_path / "clean"
+    assert process_folder(folder, clean, make_reports=False).ok
+
+    assert _cache_record(out)["processed"] == ["TIL001"]
+    recorded = {i["path"]: i["sha256"] for i in json.loads((out / "run.json").read_text())["inputs"]}
+    assert recorded[str(pe)] == sha256_file(pe)
+    assert (out / "qc.csv").read_bytes() == (clean / "qc.csv").read_bytes()
+    assert pd.read_csv(clean / "qc.csv")["code"].eq("control_settings_differ").sum() == 2

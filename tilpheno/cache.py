@@ -34,7 +34,8 @@ is unchanged reuses the recorded digest, but only when its mtime and ctime lie a
 ``RACY_SECONDS`` before the moment the digest was recorded (a file rewritten within one
 timestamp tick of being hashed cannot be told apart by stat, so it is hashed again: git's
 "racily clean" rule). A digest a product's job took is recorded as of that job's start on this
-machine (``ProductOutcome.started_ns``; Dask: the dispatch), so files copied just before a run
+machine (``ProductOutcome.started_ns``; Dask: the dispatch; a compensation control's, which the
+run's estimate read before any job, as of before that estimate), so files copied just before a run
 count as settled for every product that started ``RACY_SECONDS`` after them. The ctime cannot be set by user programs, so a rewrite that restores size
 and mtime is still seen. ``verify=True`` hashes every file regardless.
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -596,13 +597,15 @@ class CompensationChoice:
     estimate fail (the product then fails with it); ``digests``: each file's SHA-256 of the bytes the
     estimate read (``SpilloverEstimate.digests``, in ``files``' order; empty when it failed);
     ``texts``: each file's TEXT as the estimate read it (``SpilloverEstimate.texts``, file -> it),
-    the settings compared with the stained files'."""
+    the settings compared with the stained files'; ``read_from_ns``: a moment (this machine's wall
+    clock, ns) before the estimate read the files, the moment ``digests`` hold from (0: unknown)."""
 
     spillover: Spillover | None = None
     files: tuple[str, ...] = ()
     error: str = ""
     digests: tuple[str, ...] = ()
     texts: Mapping[str, ControlText] = field(default_factory=dict, compare=False)
+    read_from_ns: int = field(default=0, compare=False)
 
 
 def _is_control_row(row) -> bool:
@@ -624,6 +627,7 @@ def _control_of(row) -> Control:
 
 def _estimate_set(name: str, rows) -> CompensationChoice:
     files = tuple(str(f) for f in rows["file"])
+    read_from_ns = time.time_ns()
     try:
         controls = [_control_of(r) for r in rows.itertuples(index=False)]
         names = ", ".join(Path(f).name for f in files)
@@ -631,7 +635,7 @@ def _estimate_set(name: str, rows) -> CompensationChoice:
     except (CompensationError, TableError) as exc:
         return CompensationChoice(None, files, f"compensation from single-stain controls of {name} failed: {exc}")
     return CompensationChoice(est.spillover, files, digests=tuple(est.digests.get(f, "") for f in files),
-                              texts={f: est.texts[f] for f in files if f in est.texts})
+                              texts={f: est.texts[f] for f in files if f in est.texts}, read_from_ns=read_from_ns)
 
 
 def plan_compensation(manifest: pd.DataFrame, override: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, CompensationChoice]]:

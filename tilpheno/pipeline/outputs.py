@@ -245,8 +245,9 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
         if key is not None:
             keys[fresh.product_id] = key
             read_from_ns = _read_from_ns(fresh, executor, dispatched_ns)
+            estimated = _estimate_read_from_ns(job, read_from_ns)
             for d in fresh.files:  # identities for the next run's stat pre-check, as of before the reads
-                digests.record(d.path, d.sha256, read_from_ns)
+                digests.record(d.path, d.sha256, estimated.get(d.path, read_from_ns))
         else:
             key = f"run-{run}-{hashlib.sha256(fresh.product_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
         entry = store.store(key, {**outcome_record(fresh), "release_spec": spec_id}, fresh.populations,
@@ -289,6 +290,17 @@ def _read_from_ns(outcome: ProductOutcome, executor: str, dispatched_ns: int) ->
     its files as settled; else (Dask, whose workers may run on other machines and clocks) the
     moment the jobs were dispatched, read in this process."""
     return outcome.started_ns if executor == "local" and outcome.started_ns else dispatched_ns
+
+
+def _estimate_read_from_ns(job: ProductJob, read_from_ns: int) -> dict[str, int]:
+    """Each single-stain control of the job's matrix -> a moment (ns) before its digest in the
+    outcome was taken: the estimate's (``CompensationChoice.read_from_ns``, in this process, before
+    the run's jobs) when earlier than the job's ``read_from_ns``. A control replaced between its
+    estimate and the job is then not recorded as settled under the digest of the bytes it had."""
+    choice = job.compensation
+    if choice is None:
+        return {}
+    return {str(f): min(read_from_ns, choice.read_from_ns) for f in choice.files}
 
 
 def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
