@@ -133,7 +133,7 @@ def test_a_real_flowjo_exported_control_with_other_ranges_is_said_not_reviewed()
     assert len(differ) == 12 and len(differ & READ_BY_CD3_PANEL) == 4
     assert {control[d] for d in differ} == {str(int(262144 / 10 ** 0.5)), str(int(262144 / 10))}
 
-    flags = control_qc(_atlas_pair(STAINED, CONTROL))
+    flags = [f for f in control_qc(_atlas_pair(STAINED, CONTROL)) if "$PnR" in f.message]
 
     assert [(f.file, f.code, f.severity) for f in flags] == [(CONTROL.name, "control_settings_differ", "info")]
     message = flags[0].message
@@ -146,6 +146,57 @@ def test_a_real_flowjo_exported_control_with_other_ranges_is_said_not_reviewed()
     assert not needs_review(flags[0])
 
 
+def voltages(path: Path) -> dict[str, str]:
+    """Detector ($PnN) -> its $PnV text, the detectors that have one."""
+    kw = raw_text(path)
+    return {kw[f"$P{n}N"]: kw[f"$P{n}V"] for n in range(1, int(kw["$PAR"]) + 1) if f"$P{n}V" in kw}
+
+
+def test_a_real_pair_without_voltages_says_once_they_were_not_compared():
+    """FlowAtlas donor 412C's unstained control and stained file (FlowJo exports) record no
+    voltage ($PnV) on any detector: nothing said so, a reviewer could take the voltages for
+    compared and alike -> one info line on the control says they were not recorded, so not compared
+    (no review)."""
+    assert voltages(CONTROL) == voltages(STAINED) == {}
+
+    flags = [f for f in control_qc(_atlas_pair(STAINED, CONTROL)) if "$PnV" in f.message]
+
+    assert [(f.file, f.code, f.severity, f.message) for f in flags] == [
+        (CONTROL.name, "control_settings_differ", "info",
+         f"control {CONTROL.name} vs stained tube {STAINED.name}: detector voltages ($PnV) not compared, "
+         "not recorded in the control nor in the stained tube")]
+    assert not needs_review(flags[0])
+
+
+def test_an_unstained_control_without_voltages_is_said_once_naming_each_stained_tube(tmp_path):
+    """TIL001's unstained control with its $PnV keywords renamed (#PnV: same bytes otherwise),
+    against the surface and treg stained files, which record theirs: one info line on the control
+    naming both stained files, the control as the file without voltages; the untouched control says
+    nothing."""
+    source = SAMPLE / "TIL001_unstained.fcs"
+    unstained = source
+    for n in range(1, int(raw_text(source)["$PAR"]) + 1):
+        if f"$P{n}V" in raw_text(unstained):
+            unstained = renamed_keyword_copy(unstained, tmp_path / str(n), f"$P{n}V", f"#P{n}V")
+    stained = ["TIL001_surface_stain.fcs", "TIL001_treg_stain.fcs"]
+    assert voltages(unstained) == {} and voltages(source) and all(voltages(SAMPLE / name) for name in stained)
+
+    def flags_with(control: Path):
+        rows = pd.DataFrame([{"file": str(SAMPLE / name), "tube": name.split("_")[1], "role": "stain", "fmo_marker": ""}
+                             for name in stained]
+                            + [{"file": str(control), "tube": "unstained", "role": "unstained", "fmo_marker": ""}])
+        strategies = [load_strategy(p) for p in default_strategy_paths()]
+        return control_qc(analyze_product("TIL001", rows, strategies, plot_events=5000))
+
+    flags = flags_with(unstained)
+
+    assert [(f.file, f.code, f.severity, f.message) for f in flags] == [
+        (unstained.name, "control_settings_differ", "info",
+         f"control {unstained.name} vs stained tubes {', '.join(stained)}: detector voltages ($PnV) not compared, "
+         "not recorded in the control")]
+    assert flags_with(source) == []
+
+
 def test_the_same_ranges_in_files_not_written_by_flowjo_need_review(tmp_path):
     """The same real pair with FlowJo's keyword renamed in both files (same bytes otherwise): the
     ranges are the files' own, so a range on a detector the gates read still needs review."""
@@ -155,7 +206,7 @@ def test_the_same_ranges_in_files_not_written_by_flowjo_need_review(tmp_path):
     ranges_c, ranges_s = ranges(control), ranges(stained)
     differ = {d for d in ranges_c if ranges_c[d] != ranges_s[d]}
 
-    flags = control_qc(_atlas_pair(stained, control))
+    flags = [f for f in control_qc(_atlas_pair(stained, control)) if "$PnV" not in f.message]   # no voltages: said
 
     assert [(f.code, f.severity) for f in flags] == [("control_settings_differ", "warning"),
                                                      ("control_settings_differ", "info")]

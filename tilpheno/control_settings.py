@@ -19,7 +19,9 @@ each setting that both files state is compared:
   ``$PnG`` absent = 1, ``$PnE`` absent = ``0,0``).
 
 A voltage absent from either file is not compared (a FlowJo export drops ``$PnV``); one that is
-not a number (an Attune's ``NA``) is compared as text. The time channel is not compared.
+not a number (an Attune's ``NA``) is compared as text. The time channel is not compared. A file
+with no ``$PnV`` on any detector both files have (every FlowAtlas file: FlowJo exports) is said
+once per control (``info``): its voltages were not recorded, so they were not compared.
 
 A range is not compared when either file was written by FlowJo (:data:`EXPORT_KEYWORDS`): FlowJo
 writes its own ``$PnR`` on export, not the instrument's range. The FlowAtlas unstained controls
@@ -35,7 +37,9 @@ Codes (raised on the control's file, naming the stained file):
     detector the tube kind's gates read (the strategy's markers' detectors and its scatter
     channels): the message names the detector, the keyword and both values. ``info`` for the other
     detectors both files have (nothing the gates read, but the files were not acquired alike), and
-    ``info`` for the ranges not compared in a FlowJo export, naming the file(s) and the keyword.
+    ``info`` for the ranges not compared in a FlowJo export, naming the file(s) and the keyword, and
+    ``info`` once per control for the voltages not compared, not recorded in the control or in
+    stained files (no ``$PnV``), naming them.
 ``control_instrument_differs``  ``warning`` (review): another instrument: the serial number
     (``$CYTSN``, else BD's ``CYTNUM``, else Beckman Coulter's ``@CYTOMETERID``) differs, or, without a
     serial in both files, the instrument name ``$CYT``.
@@ -96,7 +100,8 @@ class SettingsComparison:
     stained's) ``$DATE`` when another day, else None; ``experiment``: the experiment both name, else '';
     ``ranges_exported``: the ``$PnR`` differences not compared, every detector, because ``exported``
     (``"control"``, ``"stained tube"``, with the keyword that says so: ``"control (FJ_FCS_VERSION)"``)
-    were written by FlowJo."""
+    were written by FlowJo; ``voltages_unrecorded``: which of ``"control"``, ``"stained tube"`` has
+    no ``$PnV`` on any detector both files have (the time channel aside), so no voltage was compared."""
 
     used: tuple[SettingDifference, ...]
     other: tuple[SettingDifference, ...]
@@ -105,6 +110,7 @@ class SettingsComparison:
     experiment: str = ""
     ranges_exported: tuple[SettingDifference, ...] = ()
     exported: tuple[str, ...] = ()
+    voltages_unrecorded: tuple[str, ...] = ()
 
 
 def _text(keywords: Mapping[str, str], key: str) -> str:
@@ -175,9 +181,9 @@ def compare_settings(control, stained, used: Collection[str]) -> SettingsCompari
     on_used: list[SettingDifference] = []
     on_other: list[SettingDifference] = []
     not_compared: list[SettingDifference] = []
-    for detector, settings in mine.items():
-        if detector not in theirs or detector == time_channel:
-            continue
+    common = [d for d in mine if d in theirs and d != time_channel]
+    for detector in common:
+        settings = mine[detector]
         for what, keyword in SETTINGS:
             a, b = settings.get(what, ""), theirs[detector].get(what, "")
             if a and b and (_voltage_differs(a, b) if what == "voltage" else a != b):
@@ -194,9 +200,11 @@ def compare_settings(control, stained, used: Collection[str]) -> SettingsCompari
     dates = (_text(ck, "$DATE"), _text(sk, "$DATE"))
     date = dates if all(dates) and _day(dates[0]) != _day(dates[1]) else None
     experiments = (_text(ck, "EXPERIMENT NAME"), _text(sk, "EXPERIMENT NAME"))
+    unrecorded = tuple(who for who, settings in (("control", mine), ("stained tube", theirs))
+                       if common and not any("voltage" in settings[d] for d in common))
     return SettingsComparison(tuple(on_used), tuple(on_other), instrument, date,
                               experiments[0] if experiments[0] and experiments[0] == experiments[1] else "",
-                              tuple(not_compared), exported if not_compared else ())
+                              tuple(not_compared), exported if not_compared else (), unrecorded)
 
 
 def _listed(differences) -> str:
@@ -218,6 +226,22 @@ def _values_in_stained(pairs: Sequence[tuple[str, str]]) -> str:
     if len(values) == 1:
         return f"{next(iter(values))} in the stained tube{'s' if len(pairs) > 1 else ''}"
     return "; ".join(f"{value} in {', '.join(names)}" for value, names in values.items())
+
+
+def _voltages_unrecorded(control_name: str, compared: Sequence[tuple[str, str, SettingsComparison]]) -> str:
+    """The one line saying which files of a control's pairs record no voltage (``$PnV``), '' when
+    every pair's voltages were compared: ``control X vs stained tubes Y, Z: detector voltages ($PnV)
+    not compared, not recorded in the control nor in the stained tubes``."""
+    pairs = [(name, c.voltages_unrecorded) for name, _, c in compared if c.voltages_unrecorded]
+    if not pairs:
+        return ""
+    names = [name for name, _ in pairs]
+    lacking = [name for name, who in pairs if "stained tube" in who]
+    where = ["the control"] if any("control" in who for _, who in pairs) else []
+    if lacking:
+        plural = "s" if len(lacking) > 1 else ""
+        where.append(f"the stained tube{plural}" if lacking == names else f"stained tube{plural} {', '.join(lacking)}")
+    return f"{_against(control_name, names)}: detector voltages ($PnV) not compared, not recorded in {' nor in '.join(where)}"
 
 
 def control_flags(product_id: str, control_name: str, compared: Sequence[tuple[str, str, SettingsComparison]], *,
@@ -245,6 +269,9 @@ def control_flags(product_id: str, control_name: str, compared: Sequence[tuple[s
                                 f"{pair}: range ($PnR) not compared, {' and '.join(comparison.exported)} written by "
                                 "FlowJo, which writes its own $PnR on export, not the instrument's: "
                                 f"{_listed(comparison.ranges_exported)}"))
+    unrecorded = _voltages_unrecorded(control_name, compared)
+    if unrecorded:
+        flags.append(QCFlag(product_id, control_name, "control_settings_differ", "info", unrecorded))
     instrument = [(name, c.instrument) for name, _, c in compared if c.instrument is not None]
     if instrument:
         mine = instrument[0][1][0]

@@ -86,10 +86,10 @@ def _keywords(product_id: str, spec, file: str, start: dt.datetime, events: np.n
         "TUBE NAME": spec.tube_name, "APPLY COMPENSATION": "TRUE", "THRESHOLD": "FSC,5000",
         "FSC ASF": "0.78", "AUTOBS": "TRUE", "TILPHENO SIMULATION": seed_note,
     }
+    volts = ins.voltage_keywords()
     for n, name in enumerate(ins.CHANNEL_NAMES, start=1):
-        base = name[:-2] if name.endswith(("-A", "-H")) else name
-        if f"{base}-A" in ins.VOLTAGES:
-            kw[f"$P{n}V"] = str(ins.VOLTAGES[f"{base}-A"])
+        if f"$P{n}V" in volts:
+            kw[f"$P{n}V"] = volts[f"$P{n}V"]
         kw[f"P{n}DISPLAY"] = "LOG" if name in ins.DETECTORS else "LIN"
     return kw
 

@@ -118,7 +118,7 @@ def simulate_controls(
         events = simulate_control(i, n_events, rng, matrix=matrix, kind=kind, brightness=brightness)
         keywords = {"$CYT": "LSRFortessa", "$TIMESTEP": str(ins.TIMESTEP), "$FIL": name,
                     "TUBE NAME": name[len("Compensation Controls_"):-4], "$SRC": "Compensation Controls",
-                    "CREATOR": "tilpheno simulate controls"}
+                    "CREATOR": "tilpheno simulate controls", **ins.voltage_keywords()}
         write_fcs(out / name, events, channels, keywords)
         files.append(out / name)
         rows.append({"file": name, "detector": "" if i is None else ins.DETECTORS[i]})

@@ -57,6 +57,18 @@ VOLTAGES = {"FSC-A": 320, "SSC-A": 245, "FITC-A": 480, "PE-A": 460, "PerCP-Cy5-5
             "APC-A": 590, "BV421-A": 400, "APC-H7-A": 610}
 
 
+def voltage_keywords() -> dict[str, str]:
+    """``$PnV`` (volts) of each parameter of ``CHANNEL_NAMES`` (n from 1) whose detector has a
+    voltage (``VOLTAGES``): a detector's -A and -H share it, as every file of the instrument
+    (stained tube or control) records it."""
+    out = {}
+    for n, name in enumerate(CHANNEL_NAMES, start=1):
+        base = name[:-2] if name.endswith(("-A", "-H")) else name
+        if f"{base}-A" in VOLTAGES:
+            out[f"$P{n}V"] = str(VOLTAGES[f"{base}-A"])
+    return out
+
+
 def true_spillover() -> Spillover:
     """The instrument's spillover matrix over ``DETECTORS`` (what the file's $SPILLOVER carries)."""
     return Spillover(DETECTORS, SPILLOVER_MATRIX.copy(), "simulated Fortessa")
