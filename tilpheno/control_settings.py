@@ -68,7 +68,11 @@ SETTINGS = (("voltage", "$PnV"), ("range", "$PnR"), ("gain", "$PnG"), ("amplific
 
 EXPORT_KEYWORDS = ("FJ_FCS_VERSION",)
 """Keywords FlowJo writes into the FCS files it exports: a file with one has FlowJo's ``$PnR``, not
-the instrument's (module docstring), so its ranges are not compared."""
+the instrument's (module docstring), so its ranges are not compared. Not others the real files
+show: flowCore's ``flowCore_$PnRmax`` / ``flowCore_$PnRmin`` (FlowAtlas stained files, FlowSOM's
+68983.fcs) come with ``$PnR`` equal to ``flowCore_$PnRmax``, the instrument's 262144: flowCore keeps
+the range; ``FJ_$PnR`` is also written by FlowJo Collector's Edition, an acquisition program (the
+Cytek xP5 file of the reader corpus: ``$P1R`` = ``FJ_$P1R``, ADC ranges 1024)."""
 
 SERIAL_KEYWORDS = ("$CYTSN", "CYTNUM", "@CYTOMETERID")
 """Keywords that hold the instrument's serial number, the first a file has counting."""
