@@ -418,3 +418,33 @@ def test_dye_codes_vendor_words_and_attune_detectors_are_no_markers(tmp_path):
                        "VL 525/50-A": ("VL", None), "PE-TxRed YG-A": ("PE-TxRed", None),
                        **{label: (label.split(" ")[0], None) for label in changed if label.startswith("FJComp-")}}
     assert sum(label.startswith("FJComp-") for label in changed) == 20   # FlowAtlas's 20 compensated detectors
+
+
+def test_split_dye_names_wavelengths_and_numbered_detectors_are_no_markers(tmp_path):
+    """A new lab's labels: Biotium's dye with a space ('CF 405M' read as the marker 'CF'; 'BV 421',
+    'APC H7' as 'BV', 'H7'), a laser's wavelength before a dye ('405nm BV421' read as '405nm'), an
+    Attune detector with its laser ('488-BL1' read as the marker '488-BL1') or alone in free text
+    ('BL1', 'VL3' read as markers; 'BL1 CD3' as two stains, no marker) -> none names a marker, and
+    beside a marker the label is that marker. Real labels of tests/data: the 14 FACSAria parameter
+    names '405nm BV421 (445/60) LogH' ... (free text: '405nm', '552nm', '642nm') now name none; the
+    ``detectors:`` family (FL, moved out of code) changes only FACSCalibur/Beckman 'FL<n>' labels."""
+    vocabulary = default_vocabulary()
+    for label in ("CF 405M", "CF 488A", "BV 421", "BUV 395", "APC H7", "405nm BV421", "405nm", "740LP",
+                  "488-BL1", "405-VL1", "BL1", "VL3", "RL1", "YL2", "UV4", "FL2", "FL2H", "405SSC"):
+        assert (label, vocabulary.marker_in(label)) == (label, None)
+        for labelled in (f"{label} CD3", f"CD3 {label}"):
+            assert (labelled, vocabulary.marker_in(labelled), vocabulary.named_markers(labelled)) == (labelled, "CD3", ("CD3",))
+    assert [vocabulary.marker_in(label) for label in ("KLRG1 CF 405M", "405nm BV421 KLRG1", "BL1 KLRG1", "HLA-DR", "B220")] \
+        == ["KLRG1", "KLRG1", "KLRG1", "HLA-DR", "B220"]
+    path = tmp_path / "P1_surface.fcs"
+    path.write_bytes(float_file(np.ones((3, 5)), channels=("FSC-A", "BL1-A", "VL1-A", "RL1-A", "VL2-A"),
+                                extra={"$P2S": "488-BL1 CD3", "$P3S": "CF 405M", "$P4S": "BL1", "$P5S": "405nm BV421 CD8"}))
+    assert dict(panel_from_fcs(read_fcs_metadata(path))) == {"CD3": "BL1-A", "CD8": "VL2-A"}
+    labels = _corpus_labels()
+    wavelengths = sorted(label for label in labels if "nm " in label)
+    assert len(wavelengths) == 15 and [vocabulary.marker_in(label) for label in wavelengths].count(None) == 14
+    assert vocabulary.marker_in("488/552nm PI (615/30) LogH") == "PI"   # the dye PI names its detector: as before
+    without = replace(vocabulary, detectors=frozenset())
+    changed = {label for label in labels if (vocabulary.marker_in(label), vocabulary.named_markers(label))
+               != (without.marker_in(label), without.named_markers(label))}
+    assert changed and all(label.startswith("FL") and vocabulary.marker_in(label) is None for label in changed)

@@ -33,6 +33,11 @@ Conventions
   SYTO 41 and SYTO 62 are other dyes) is known as a whole: the family word followed by a number
   (``"Syto 41"``, ``"SYTO-9"``, ``"syto17"``) is the marker ``SYTO41`` etc.; the word alone or
   followed by letters (``SYTOX Green``, another family) is not.
+* A detector family whose number names a detector (``detectors:``: FACSCalibur's ``FL1``, Attune's
+  ``BL1``, ``VL3``) names no marker: the family word followed by a number, with an optional signal
+  letter (``"BL1"``, ``"FL2H"``), also after a laser's wavelength (``"488-BL1"``); nor does a
+  wavelength (``"405nm"``), nor a fluorochrome written in two words (``"CF 405M"``, ``"BV 421"``,
+  ``"APC H7"``: the two words joined are a fluorochrome).
 * A lineage table (``lineage:``, marker -> the marker within whose positive gate it is gated:
   ``CD4: CD3``) says how ``tilpheno new-study`` nests the gates it drafts
   (:meth:`Vocabulary.lineage_parent`); an entry with no parent (``CD4: ~``) nests nothing.
@@ -59,8 +64,11 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 _SEPARATORS = re.compile(r"[\s_/:;,+()\[\]]+")
 _KEY_DROP = re.compile(r"[\s\-._/™®]+")
 _NUMBERED = re.compile(r"^([A-Z]+)(\d+)$")
-_WAVELENGTH = re.compile(r"^\d+NM$")   # a key: "552nm" of "488/552nm PI (615/30)", a laser or filter
-_DETECTOR = re.compile(r"^(?:FL\d+|FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
+# a key: "552nm" of "488/552nm PI (615/30)", a laser or filter; "740LP", a long-pass (short-, band-pass) filter
+_WAVELENGTH = re.compile(r"^\d+(?:NM|LP|SP|BP)$")
+# scatter (also after its laser's wavelength: "405SSC", violet side scatter), time, a signal suffix
+_DETECTOR = re.compile(r"^\d*(?:FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
+_NUMBERED_DETECTOR = re.compile(r"^([A-Z]+)\d+[AHW]?$")   # a key: "BL1", "FL2H" (a family, a number, a signal)
 
 
 def key(name: str) -> str:
@@ -81,6 +89,7 @@ class Vocabulary:
     the marker whose positive gate it is drafted under ('' for none; the ``lineage:`` table).
     ``dim``: keys of the markers whose positives are dim (the ``dim:`` list). ``all_cells``: keys
     of the markers drafted on all live cells, not within the lymphocyte scatter gate (``all_cells:``).
+    ``detectors``: keys of the detector families whose number names a detector (``detectors:``).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -93,6 +102,7 @@ class Vocabulary:
     lineage: Mapping[str, str] = field(default_factory=dict)
     dim: frozenset[str] = frozenset()
     all_cells: frozenset[str] = frozenset()
+    detectors: frozenset[str] = frozenset()
 
     def with_lineage(self, lineage: Mapping[str, str | None], source: str = "") -> "Vocabulary":
         """A new vocabulary whose lineage table has ``marker: parent`` entries added (they win over
@@ -248,19 +258,36 @@ class Vocabulary:
 
         return ["-".join(run) for run in runs if not all(plain(p) for p in run) and not fluorochrome(run)]
 
+    def _is_detector(self, part: str) -> bool:
+        """True for a detector name: scatter, time, a parameter with a signal suffix (``-A``, ``-H``,
+        ``-W``) or a ``detectors:`` family word and number (``BL1``, ``FL2H``)."""
+        numbered = _NUMBERED_DETECTOR.match(key(part))
+        return bool(_DETECTOR.match(part)) or bool(numbered and numbered.group(1) in self.detectors)
+
     def _not_marker(self, word: str) -> bool:
-        """True for a word that names no marker: empty, a number, a fluorochrome, a filler word or a
-        detector name, or made of such parts joined by hyphens (``FL1-Height``: a detector and a
-        signal word)."""
+        """True for a word that names no marker: empty, a number, a wavelength, a fluorochrome, a
+        filler word or a detector name, or made of such parts joined by hyphens (``FL1-Height``: a
+        detector and a signal word; ``488-BL1``: a laser and a detector)."""
         def plain(part: str) -> bool:
             k = key(part)
-            return not k or k in self.fluorochromes or k in self.filler or bool(_DETECTOR.match(part)) or k.isdigit()
+            return (not k or k in self.fluorochromes or k in self.filler or self._is_detector(part) or k.isdigit()
+                    or bool(_WAVELENGTH.match(k)))
 
         return plain(word) or all(plain(part) for part in word.split("-"))
 
+    def _split_dyes(self, words: list[str]) -> set[int]:
+        """The positions of the words that, joined with the next or the previous word, are a
+        fluorochrome (``"CF 405M"``, ``"BV 421"``, ``"APC H7"``)."""
+        found: set[int] = set()
+        for i in range(len(words) - 1):
+            if key(words[i] + words[i + 1]) in self.fluorochromes:
+                found |= {i, i + 1}
+        return found
+
     def _free_text(self, words: list[str]) -> str | None:
-        for word in words:
-            if self._not_marker(word):
+        dyes = self._split_dyes(words)
+        for i, word in enumerate(words):
+            if i in dyes or self._not_marker(word):
                 continue
             parts = word.split("-")
             for cut in range(1, len(parts)):  # "Ki67-BV605" -> "Ki67"; "HLA-DR" stays
@@ -332,13 +359,14 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``, ``numbered``, ``lineage``, ``dim``, ``all_cells``)."""
+    ``viability``, ``numbered``, ``detectors``, ``lineage``, ``dim``, ``all_cells``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, lineage, dim, all_cells",
-                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "lineage",
-                                   "dim", "all_cells"),
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, detectors, "
+                      "lineage, dim, all_cells",
+                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "detectors",
+                                   "lineage", "dim", "all_cells"),
                       empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
@@ -346,6 +374,7 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
         prefixes=tuple(sorted({key(p) for p in _string_list(doc.get("prefixes"), f"{path}: prefixes")}, key=len, reverse=True)),
         viability=frozenset(key(v) for v in _string_list(doc.get("viability"), f"{path}: viability")),
         numbered={key(f): str(f).strip() for f in _string_list(doc.get("numbered"), f"{path}: numbered")},
+        detectors=frozenset(key(f) for f in _string_list(doc.get("detectors"), f"{path}: detectors")),
     )
     vocabulary = base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
     vocabulary = replace(vocabulary, dim=frozenset(key(vocabulary.canonical_name(d))
