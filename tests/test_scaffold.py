@@ -1391,7 +1391,10 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     qc.csv), its reason names each stained file with the markers the kind needs that it lacks,
     without channel lists, and the run closes with scan's line: the files that fit no tube kind of
     study til and tilpheno new-study FOLDER -o DIR, then --study DIR/study.yaml. Truth: the lab's
-    panels (make_newlab.TUBES) against til_surface.yaml's markers."""
+    panels (make_newlab.TUBES) against til_surface.yaml's markers. No duplicate_tube flag: it said
+    '3 surface stained files ...; the variables come from the first gated by name, none' and asked
+    to check a re-acquired tube or two samples under one product id, while no stained file was
+    gated (no variables to come from one of them): a review flag and a summary word of noise."""
     import json
 
     tubes, surface = _newlab_panels()
@@ -1413,6 +1416,7 @@ def test_process_says_in_one_line_when_a_new_labs_stained_files_fit_no_tube_kind
     errors = qc[qc["code"] == "panel_error"]
     assert sorted(errors["file"]) == sorted(p.name for p in (NEWLAB / "fcs").glob("*.fcs"))
     assert errors["message"].str.contains(r"channels \(\$PnN \(\$PnS\)\): FSC-A").all()
+    assert "duplicate_tube" not in set(qc["code"]) and "duplicate_tube" not in result.output, result.output
     _assert_newlab_unfit_line(result.output)
 
 

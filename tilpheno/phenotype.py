@@ -1707,10 +1707,9 @@ def analyze_product(
             values, summary = variables[first]
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
-        if len(stained_read) > 1:
+        if len(stained_read) > 1 and first is not None:   # none gated: no variables to come from one of them
             shown = [src.handle["name"] for src in stained_read]
-            used = (next(n for n, src in zip(shown, stained_read) if src is sources[first]) if first is not None
-                    else "none (no stained file was gated)")
+            used = next(n for n, src in zip(shown, stained_read) if src is sources[first])
             qc.append(QCFlag(product_id, "", "duplicate_tube", "warning",
                              f"{len(stained_read)} {tube_kind} stained files ({', '.join(shown)}); the variables "
                              f"come from the first gated by name, {used}: check that each belongs to this product "
