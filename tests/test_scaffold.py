@@ -1364,6 +1364,28 @@ def test_scan_says_when_a_new_labs_stained_files_fit_no_tube_kind_of_the_study()
         assert result.exit_code == 0 and "fit no tube kind" not in result.output, result.output
 
 
+def test_scan_with_a_manifest_and_report_say_when_a_new_labs_stained_files_fit_no_tube_kind(tmp_path):
+    """scan and process said that a new lab's stained files fit no tube kind of study til; scan
+    --manifest (a manifest listing them as surface stains) and report (drawing a run of that folder)
+    said nothing of it -> both print the same line (what each file has that surface does not gate,
+    what it lacks, new-study). Truth: make_newlab.TUBES against til_surface.yaml's markers."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,product_id,tube,role,fmo_marker\n" + "".join(
+        f"fcs/LAB7_{kind}_stain.fcs,LAB7,surface,stain,\n" for kind in ("tcell", "exhaustion", "residency")))
+    result = _run(["scan", str(NEWLAB), "--manifest", str(manifest), "--panel", str(NEWLAB / "panel.csv")])
+    assert result.exit_code == 0, result.output
+    _assert_newlab_unfit_line(result.output)
+    out = tmp_path / "out"
+    result = _run(["process", str(NEWLAB), "-o", str(out), "--panel", str(NEWLAB / "panel.csv"), "--reports", "later"])
+    assert result.exit_code == 1, result.output
+    result = _run(["report", str(out)])
+    assert result.exit_code == 1, result.output
+    _assert_newlab_unfit_line(result.output)
+    # the study's own files: no such line with a manifest either
+    result = _run(["scan", str(SAMPLE), "--manifest", str(SAMPLE / "manifest.csv")])
+    assert result.exit_code == 0 and "fit no tube kind" not in result.output, result.output
+
+
 def test_unfit_stains_leave_out_files_whose_labels_name_no_marker():
     """The criterion of scan's line: a stained file fits no kind when it names a marker its kind
     does not gate and lacks one it does; a TIL file lacking one label (no other marker) and an

@@ -218,7 +218,7 @@ def scan(
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
     from tilpheno.panel import read_panel_file
-    from tilpheno.pipeline.inputs import strategy_detectors, strategy_markers
+    from tilpheno.pipeline.inputs import stained_file_markers, strategy_detectors, strategy_markers
     from tilpheno.study import load_study
 
     if out is not None and manifest is not None and out.resolve() == manifest.resolve():
@@ -255,8 +255,11 @@ def scan(
     unreadable = frame[frame["problem"] != ""]
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
+    if manifest is not None:   # listed, not scanned: the listed stained files' labels read here
+        listed = frame[(frame["role"] == "stain") & (frame["problem"] == "")]
+        file_markers = stained_file_markers(map(str, listed["file"]), config.vocabulary, overrides, base=folder)
+    unfit = _warn_unfit_stains(frame, file_markers, (kind_markers, kind_detectors), config, folder)
     if manifest is None:
-        unfit = _warn_unfit_stains(frame, file_markers, (kind_markers, kind_detectors), config, folder)
         _warn_duplicate_stains(frame, out, _required_kinds(config), unfit)
     _warn_controls_only(frame)
     if out is not None:
@@ -531,12 +534,19 @@ def process(
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     _print_summary(summary)
+    _warn_run_unfit(summary, folder)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+def _warn_run_unfit(summary, folder) -> None:
+    """On stderr, the line on a run's failed stained files that fit no tube kind of its study
+    (``summary.unfit``; :func:`tilpheno.pipeline.inputs.describe_unfit`, ``folder`` as the run's input
+    folder), as ``process`` and ``report`` close."""
     if summary.unfit and summary.study is not None:
         from tilpheno.pipeline.inputs import describe_unfit
 
         typer.secho(describe_unfit(summary.unfit, summary.study, folder), fg=typer.colors.YELLOW, err=True)
-    if not summary.ok:
-        raise typer.Exit(code=1)
 
 
 def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=None, release_spec=None, study=None,
@@ -613,6 +623,7 @@ def report(
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     _print_summary(summary)
+    _warn_run_unfit(summary, kwargs["folder"])
     if not summary.ok:
         typer.secho(f"warning: {out}: reports drawn, but the run is not ok ({_not_ok(summary)}), as its process "
                     "exited 1: exit status 1", fg=typer.colors.YELLOW, err=True)

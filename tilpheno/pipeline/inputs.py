@@ -2,6 +2,7 @@
 manifest grouped into products."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -9,6 +10,8 @@ from typing import Iterable, Mapping, Sequence
 from tilpheno.errors import TableError, closest_match
 from tilpheno.study import Study
 from tilpheno.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
 
 
 def group_products(manifest) -> list[tuple[str, object]]:
@@ -76,6 +79,29 @@ def strategy_detectors(strategies: Iterable) -> dict[str, tuple[str, ...]]:
     for strategy in strategies:
         detectors.setdefault(strategy.tube, {}).update(dict.fromkeys(strategy.detectors))
     return {kind: tuple(names) for kind, names in detectors.items()}
+
+
+def stained_file_markers(files: Iterable[str], vocabulary: Vocabulary, panel=None,
+                         base: str | Path | None = None) -> dict[str, tuple[str, ...]]:
+    """File -> the markers its labels name (sorted), read from its TEXT with ``panel`` (the run's
+    panel file rows, :func:`tilpheno.panel.file_markers`), as ``scan`` reads them: the input of
+    :func:`unfit_stains` for files listed rather than scanned. A relative path is read under
+    ``base`` (a manifest's folder), keyed as given. A file that cannot be read is left out (logged:
+    its own read error is said where the file is used)."""
+    from tilpheno.errors import FCSReadError
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.io.files import display_name
+    from tilpheno.panel import file_markers
+
+    markers: dict[str, tuple[str, ...]] = {}
+    for file in files:
+        try:
+            fcs = read_fcs_metadata(Path(base or "", file), checksum=False)
+        except FCSReadError as exc:
+            log.info("%s: markers not read for the tube-kind check: %s", display_name(file), exc)
+            continue
+        markers[file] = tuple(sorted(file_markers(fcs, vocabulary, panel)))
+    return markers
 
 
 def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_markers: Mapping[str, Iterable[str]],

@@ -13,7 +13,8 @@ from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import (UnfitStain, _did_you_mean, attach_doses, group_products, load_manifest,
-                                      products_without_dose, strategy_detectors, strategy_markers, unfit_stains,
+                                      products_without_dose, stained_file_markers, strategy_detectors, strategy_markers,
+                                      unfit_stains,
                                       unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
@@ -168,10 +169,7 @@ def failed_unfit_stains(manifest, outcomes: Sequence[ProductOutcome], strategies
     another lab's panel read as the study's kinds. Each file's markers are read from its TEXT with
     the run's panel file (``options.panel``), as ``scan`` reads them; a file that cannot be read is
     left out (logged). Nothing is read when no product failed."""
-    from tilpheno.errors import FCSReadError
-    from tilpheno.io.fcs import read_fcs_metadata
     from tilpheno.io.files import file_labels
-    from tilpheno.panel import file_markers
 
     dropped = {(o.product_id, f.file) for o in outcomes if not o.ok for f in o.qc if f.code == "panel_error"}
     if not dropped:
@@ -184,14 +182,7 @@ def failed_unfit_stains(manifest, outcomes: Sequence[ProductOutcome], strategies
         groups.append(group[[(pid, labels[str(f)]) in dropped and role == "stain"
                              for f, role in zip(group["file"], group["role"])]])
     stains = pd.concat(groups)
-    markers: dict[str, tuple[str, ...]] = {}
-    for file in map(str, stains["file"]):
-        try:
-            fcs = read_fcs_metadata(file, checksum=False)
-        except FCSReadError as exc:
-            log.info("%s: markers not read for the tube-kind check: %s", display_name(file), exc)
-            continue
-        markers[file] = tuple(sorted(file_markers(fcs, options.study.vocabulary, options.panel)))
+    markers = stained_file_markers(map(str, stains["file"]), options.study.vocabulary, options.panel)
     return unfit_stains(stains, markers, strategy_markers(strategies), options.study.vocabulary,
                         strategy_detectors(strategies))
 
