@@ -1,6 +1,7 @@
 """Cohort index and HTML helpers: escaping, CSP, the inline sorter (in headless Chromium)."""
 import html
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -457,3 +458,44 @@ def test_report_conventions_name_the_strategies_scales(tmp_path):
     line = conventions([load_strategy(lab)])
     assert "CD56: arcsinh (cofactor 150)" in line and "PD1: logicle (T=262144, W=1, M=4.5, A=0)" in line
     assert line.startswith("CD3, CD4, CD8, 7AAD: logicle (T=262144, W=0.5, M=4.5, A=0)"), line
+
+
+def test_the_fmo_footnote_states_the_limits_the_strategy_used(tmp_path):
+    """The report's FMO footnote said uncertain_threshold fires when a cut moved '> 3 points' and
+    could change the % by '> 3 points', whatever ``shift_points`` / ``uncertain_points`` the lab set
+    on its gates -> it states the values the strategies used: the one most FMO gates use (the
+    defaults, 3, for the bundled strategies) and, in a sentence after, each gate's own (truth: the
+    values written into the strategy files here)."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.report.product import render_product
+    from tilpheno.study import default_study
+
+    def footnote(strategies) -> str:
+        page = render_product(_outcome("TIL001", 88.5, 95.0), None, {}, ProcessOptions(), strategies)
+        return html.unescape(re.search(r"FMO rule \(README\):(.*?)</p>", page, re.S).group(1))
+
+    def edited(kind: str, old: str, new: str) -> list:
+        source = Path(default_study().tubes[kind].strategy)
+        text = source.read_text()
+        assert text.count(old) == 1
+        path = tmp_path / source.name
+        path.write_text(text.replace(old, new))
+        return [load_strategy(path)]
+
+    text = footnote([load_strategy(p) for p in default_study().strategy_paths])
+    assert "moved > 3 points of the parent from the FMO percentile and could change the % by > 3 points" in text
+    assert "own limits" not in text
+    # the Treg tube's one FMO gate (FoxP3+) with uncertain_points 4: every > 3 of that limit reads > 4
+    treg = edited("treg", "reference_carry: quantile}", "reference_carry: quantile, uncertain_points: 4}")
+    text = footnote(treg)
+    assert "moved > 3 points of the parent from the FMO percentile and could change the % by > 4 points" in text, text
+    assert "lies > 4 points above the parent's own mid carry-over" in text and "by > 3 points" not in text, text
+    # two of the surface tube's five FMO gates with their own limits: the other three's, and a sentence naming them
+    pd1 = "    parent: live_lymph\n    dims: [PD1]\n    method: fmo\n    params: {rule: relative, skew_reference: non_T"
+    surface = edited("surface", pd1 + "}", pd1 + ", uncertain_points: 5, shift_points: 2.5}")
+    source = Path(surface[0].path).read_text().replace("    dims: [CD3]\n    method: fmo\n",
+                                                      "    dims: [CD3]\n    method: fmo\n    params: {shift_points: 2.5}\n")
+    Path(surface[0].path).write_text(source)
+    text = footnote([load_strategy(surface[0].path)])
+    assert "moved > 3 points of the parent from the FMO percentile and could change the % by > 3 points" in text, text
+    assert "Gates with their own limits: shift_points 2.5 on CD3+, PD1+; uncertain_points 5 on PD1+." in text, text

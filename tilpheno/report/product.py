@@ -608,6 +608,40 @@ def marker_scales(strategies) -> str:
     return "; ".join(f"{', '.join(names)}: {words}" for words, names in groups.items())
 
 
+@dataclass(frozen=True)
+class CheckLimits:
+    """The limits of the FMO gates' self-check ``uncertain_threshold`` (``gates.checks``) that the
+    product's strategies used, in points of the parent, as the report's footnote states them:
+    ``shift_points`` and ``uncertain_points`` the value most FMO gates used (the default when no
+    gate sets one; ties: the smaller), ``own`` the gates that used another, in words
+    (``shift_points 2.5 on CD3+, PD1+; uncertain_points 5 on PD1+``; '' when none)."""
+
+    shift_points: str
+    uncertain_points: str
+    own: str
+
+
+def check_limits(strategies) -> CheckLimits:
+    """The :class:`CheckLimits` of ``strategies`` (each FMO gate's ``params``, else the default)."""
+    from collections import Counter
+
+    from tilpheno.gates.strategy import METHODS
+
+    common: dict[str, float] = {}
+    own: list[str] = []
+    for name in ("shift_points", "uncertain_points"):
+        default = float(METHODS["fmo"][1][name].default)
+        used = [(p.name, float(p.params.get(name, default))) for s in strategies for p in s.populations if p.method == "fmo"]
+        counts = Counter(value for _, value in used) or Counter([default])
+        common[name] = min(counts, key=lambda v: (-counts[v], v))
+        by_value: dict[float, list[str]] = {}
+        for gate, value in used:
+            if value != common[name] and gate not in by_value.setdefault(value, []):
+                by_value[value].append(gate)
+        own += [f"{name} {value:g} on {', '.join(gates)}" for value, gates in sorted(by_value.items())]
+    return CheckLimits(f"{common['shift_points']:g}", f"{common['uncertain_points']:g}", "; ".join(own))
+
+
 def _as_list(built) -> list[Section]:
     if built is None:
         return []
@@ -685,6 +719,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         no_dose=[row[1] for row in no_dose],
         percentile=options.fmo_percentile,
         marker_scales=marker_scales(strategies),
+        limits=check_limits(strategies),
         strategy_sha256=sorted(dict(getattr(result, "strategy_sha256", None) or {}).items()),
         provenance=options.provenance_short,
         include_identifiers=options.include_identifiers,
