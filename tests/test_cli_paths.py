@@ -84,3 +84,59 @@ def test_no_path_is_left_to_typers_existence_check():
     that must exist is checked by the CLI's own callback instead (the test above covers each)."""
     checked = [f"{command} {name}" for command, name, info in _parameters(app) if getattr(info, "exists", False)]
     assert checked == []
+
+
+def _library_calls(tmp_path):
+    """(what, call with the missing path, the path) of the public entry points a script calls."""
+    import tilpheno as tp
+    from tilpheno.biomarkers.cohort import read_phenotypes
+    from tilpheno.io.manifest import read_manifest
+    from tilpheno.io.outcomes import read_outcomes
+    from tilpheno.panel import read_panel_file
+    from tilpheno.release import load_release_spec
+    from tilpheno.vocabulary import read_lineage
+
+    sample = Path(__file__).parents[1] / "sample_fcs"
+    missing = tmp_path / "missing"
+    run = tmp_path / "out"
+
+    def process(**kwargs):
+        return lambda: tp.process_folder(sample, run, **kwargs)
+
+    return [
+        ("read_fcs", lambda: tp.read_fcs(missing), missing),
+        ("Sample.from_fcs", lambda: tp.Sample.from_fcs(missing, None), missing),
+        ("GatingStrategy.from_yaml", lambda: tp.GatingStrategy.from_yaml(missing), missing),
+        ("read_manifest", lambda: read_manifest(missing), missing),
+        ("read_panel_file", lambda: read_panel_file(missing), missing),
+        ("read_outcomes", lambda: read_outcomes(missing), missing),
+        ("read_phenotypes", lambda: read_phenotypes(missing), missing),
+        ("load_release_spec", lambda: load_release_spec(missing), missing),
+        ("read_lineage", lambda: read_lineage(missing), missing),
+        ("process_folder", lambda: tp.process_folder(missing, run), missing),
+        ("process_folder(manifest_csv=)", process(manifest_csv=missing), missing),
+        ("process_folder(panel_path=)", process(panel_path=missing), missing),
+        ("process_folder(outcomes_path=)", process(outcomes_path=missing), missing),
+        ("process_folder(release_spec_path=)", process(release_spec_path=missing), missing),
+        ("process_folder(strategy_paths=)", process(strategy_paths=[missing]), missing),
+        ("process_folder(compensation_path=)", process(compensation_path=missing), missing),
+    ]
+
+
+def test_a_missing_file_is_one_wording_for_library_callers(tmp_path):
+    """A script calling the library (no command line to check paths first) got a missing file said
+    six ways: 'no such file' (FCS), 'cannot read strategy file (No such file or directory)',
+    'manifest file not found', 'panel file not found', 'file not found', 'cannot read release spec
+    (No such file or directory)', 'cannot read spillover CSV ([Errno 2] No such file or directory:
+    <path>)' (the path twice), 'not a folder' -> one line, '<path>: no such file' ('no such folder'
+    for the input folder), as the command line says it after the option's name; nothing written."""
+    from tilpheno.errors import TilphenoError
+
+    said = {}
+    for what, call, path in _library_calls(tmp_path):
+        with pytest.raises(TilphenoError) as caught:
+            call()
+        said[what] = str(caught.value).replace(str(path), "PATH")
+    assert said == {what: "PATH: no such folder" if what == "process_folder" else "PATH: no such file"
+                    for what, _, _ in _library_calls(tmp_path)}
+    assert not (tmp_path / "out").exists()

@@ -210,7 +210,7 @@ def test_read_manifest_not_a_table(files):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     with pytest.raises(TableError, match="not a CSV"):
         read_manifest(binary)
-    with pytest.raises(TableError, match="not found"):
+    with pytest.raises(TableError, match="absent.csv: no such file$"):
         read_manifest(files / "absent.csv")
 
 

@@ -558,7 +558,7 @@ def test_not_csv_or_excel(tmp_path, content, name):
 
 def test_directory_and_missing_file(tmp_path):
     assert "not a file" in error_of(tmp_path)
-    assert "not found" in error_of(tmp_path / "nope.csv")
+    assert error_of(tmp_path / "nope.csv") == f"{tmp_path / 'nope.csv'}: no such file"
 
 
 def test_mixed_types_in_covariate_reports_the_odd_cell(tmp_path):

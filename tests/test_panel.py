@@ -341,7 +341,7 @@ def test_panel_file_errors(tmp_path, content, match):
 
 
 def test_panel_file_missing_and_bad_yaml(tmp_path):
-    with pytest.raises(TableError, match="not found"):
+    with pytest.raises(TableError, match="absent.csv: no such file$"):
         read_panel_file(tmp_path / "absent.csv")
     bad = tmp_path / "p.yaml"
     bad.write_text("panel: {not: a list}\n")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tilpheno.errors import PanelError, TableError
+from tilpheno.io.files import path_problem
 from tilpheno.io.spill import COMPENSATED_PREFIXES
 from tilpheno.vocabulary import Vocabulary, default_vocabulary, key
 
@@ -351,7 +352,7 @@ def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
 
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"{path}: panel file not found")
+        raise TableError(path_problem(path))
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     try:
         if yaml_file:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
+from tilpheno.io.files import path_problem
 from tilpheno.io.outcomes import MISSING_WORDS
 from tilpheno.study import Study, default_study
 
@@ -68,7 +69,7 @@ def read_phenotypes(path) -> pd.DataFrame:
 
     path = Path(path)
     if not path.is_file():
-        raise TableError(f"{path}: file not found")
+        raise TableError(path_problem(path))
     if path.stat().st_size == 0:
         raise TableError(f"{path}: the file is empty")
     try:

@@ -74,6 +74,7 @@ import yaml
 from tilpheno.acquisition import AcquisitionSettings
 from tilpheno.errors import GatingError, StrategyError
 from tilpheno.gates.geometry import BooleanGate, Gate, gate_from_dict
+from tilpheno.io.files import path_problem
 from tilpheno.io.yamlsafe import FAST_LOADER, MAX_YAML_BYTES, YAMLLimitError, load_text, read_yaml_bytes, scalar_text
 from tilpheno.transforms import Transform, default_transform, transform_from_dict
 
@@ -765,6 +766,8 @@ def load_strategy(path: str | Path) -> Strategy:
         data = read_yaml_bytes(path)   # a regular file of at most 1 MiB
     except YAMLLimitError as exc:
         raise StrategyError(f"{path}: {exc}") from None
+    except FileNotFoundError:
+        raise StrategyError(path_problem(path)) from None
     except OSError as exc:
         raise StrategyError(f"{path}: cannot read strategy file ({exc.strerror or exc})") from None
     try:

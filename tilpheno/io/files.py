@@ -12,6 +12,16 @@ would take longer (a stalled network share) is abandoned with an error naming th
 system call that never returns (a hung NFS server) cannot be interrupted from Python."""
 
 
+def path_problem(path: str | Path, *, folder: bool = False) -> str:
+    """Why ``path`` is not the input file (``folder``: the input folder) a library caller named, on
+    one line naming it, as the command line says it after the option: ``<path>: no such file``
+    (``no such folder``) when nothing is there, else ``<path>: not a file`` (``a file, not a
+    folder``)."""
+    if not os.path.lexists(path):
+        return f"{path}: no such {'folder' if folder else 'file'}"
+    return f"{path}: {'a file, not a folder' if folder else 'not a file'}"
+
+
 def open_regular(path: str | Path, buffering: int = -1):
     """Open ``path`` read-only (binary), refusing anything but a regular file.
 

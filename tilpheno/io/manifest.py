@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Protocol
 import pandas as pd
 
 from tilpheno.errors import FCSReadError, TableError, did_you_mean
-from tilpheno.io.files import display_name
+from tilpheno.io.files import display_name, path_problem
 from tilpheno.io.outcomes import MISSING_WORDS, dose_problem, locale_numbers, number
 from tilpheno.io.workbook import (decode_text, hidden_sheets, lone_value, open_workbook, place,
                                   refuse_sheet_problems, sheet_rows, summary_label, table_frame, text_rows,
@@ -311,7 +311,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
     study = study or default_study()
     root = Path(path)
     if not root.is_dir():
-        raise TableError(f"{root}: not a folder")
+        raise TableError(path_problem(root, folder=True))
     context = _scan_context(root, study, panel) if rows is not None else ""
     found = []
     metadata: dict[str, FCSFile] = {}
@@ -374,7 +374,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     the header line has no comma (European Excel; ``frame.attrs["separator"]``: how
     ``til_dose_cells`` writes its numbers, :func:`_doses`)."""
     if not path.is_file():
-        raise TableError(f"{path}: manifest file not found")
+        raise TableError(path_problem(path))
     if path.stat().st_size == 0:
         raise TableError(f"{path}: manifest file is empty")
     if path.suffix.lower() == ".xls":

@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
-from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma
+from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma, path_problem
 from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
                                   lone_value, sheet_values, summary_label, table_frame, text_rows, workbook_table)
 
@@ -126,7 +126,7 @@ def _read_raw(path: Path, required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     more cells than the header, is refused (:func:`tilpheno.io.workbook.table_frame`)."""
     source = str(path)
     if not path.is_file():
-        _fail(source, "not a file" if path.exists() else "file not found")
+        raise TableError(path_problem(path))
     size = path.stat().st_size
     if size == 0:
         _fail(source, "the file is empty")

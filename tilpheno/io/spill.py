@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from tilpheno.errors import CompensationError
-from tilpheno.io.files import column_separator
+from tilpheno.io.files import column_separator, path_problem
 
 COMPENSATED_PREFIXES = ("FJComp-", "Comp-")
 """Name prefixes of compensated parameters in exported files: FlowJo 10 exports the compensated
@@ -101,6 +101,8 @@ def read_spillover_csv(path: str | Path) -> Spillover:
             first_line, rest = handle.readline(), handle.read()
         sep = column_separator(first_line)
         frame = pd.read_csv(path, header=0, sep=sep, decimal="," if sep == ";" and "," in rest else ".")
+    except FileNotFoundError:
+        raise CompensationError(path_problem(path)) from None
     except Exception as exc:  # pandas raises many types for unreadable CSV
         raise CompensationError(f"{path}: cannot read spillover CSV ({exc})") from None
     first = frame.columns[0]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from tilpheno.io.files import path_problem
+
 MAX_YAML_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 100_000
 MAX_TEXT_CHARS = 10_000
@@ -193,6 +195,8 @@ def load_config(path: Path, what: str, expected: str, error: type[Exception],
     empty mapping when ``empty_ok``, else "not a mapping"."""
     try:
         raw, doc = load_file(path)
+    except FileNotFoundError:
+        raise error(path_problem(path)) from None
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     except YAMLLimitError as exc:
