@@ -365,3 +365,23 @@ def test_a_time_before_the_start_of_follow_up_is_an_error(tmp_path, option, valu
                                       option, value, "--permutations", "0", "--bootstrap", "0"])
     assert result.exit_code == 2 and result.output.strip() == f"error: {said}", result.output
     assert not (tmp_path / "bio").exists()
+
+
+def test_patients_missing_a_covariate_are_named(tables, tmp_path):
+    """A covariate missing for some patients: the multivariable models (and their bootstrap validation) drop them
+    (complete cases, as R coxph's na.action), which was said nowhere but in the rows' n; now one warning names
+    the covariate, how many patients and which, and the models' n agrees with it."""
+    pheno, outcomes = tables
+    outcomes = outcomes.copy()
+    outcomes.loc[[2, 7], "age"] = np.nan
+    outcomes.loc[7, "ecog"] = np.nan
+    res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=["age", "ecog"],
+                         endpoints=("os",), n_perm=0, n_boot=0)
+    missing = outcomes[["age", "ecog"]].isna()
+    left_out = outcomes.patient_id[missing.any(axis=1)]
+    notes = [w for w in res.warnings if "left out of the multivariable" in w]
+    assert len(notes) == 1, res.warnings
+    assert f"{len(left_out)} of {len(outcomes)} patients" in notes[0]
+    assert "age (2), ecog (1)" in notes[0] and ", ".join(left_out) in notes[0]
+    assert (res.cox_multivariable.n == len(outcomes) - len(left_out)).all()
+    assert not any("left out of the multivariable" in w for w in build_cohort(pheno, tables[1]).notes)

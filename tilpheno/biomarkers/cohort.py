@@ -19,7 +19,7 @@ from tilpheno.io.files import path_problem
 from tilpheno.io.outcomes import MISSING_WORDS
 from tilpheno.study import Study, default_study
 
-from .plausibility import plausibility_warnings
+from .plausibility import patient_ids, plausibility_warnings
 
 DEFAULT_COVARIATES = ("age", "sex", "ecog")
 ENDPOINTS = {"pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
@@ -104,6 +104,19 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
         raise TableError(f"{source}: row {int(frame.index[i]) + 2}, column '{column}': '{raw.iloc[i]}' is not a "
                          "finite number")
     return values.astype(float)
+
+
+def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[str]:
+    """The one note naming the patients analysed (``data``) who miss a covariate: the multivariable models, their
+    bootstrap validation and calibration leave them out (complete cases, as R's ``na.action = na.omit``), so
+    those models have fewer patients and events than the univariable ones; [] when none miss one."""
+    missing = data[covariates].isna()
+    rows = missing.any(axis=1)
+    if not rows.any():
+        return []
+    counts = ", ".join(f"{c} ({int(missing[c].sum())})" for c in covariates if missing[c].any())
+    return [f"covariate(s) missing for {int(rows.sum())} of {len(data)} patients analysed, {counts}: left out of the "
+            f"multivariable models, their validation and calibration (complete cases): {patient_ids(data, rows)}"]
 
 
 def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None,
@@ -198,6 +211,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             if data[c].nunique() == 1:
                 raise TableError(f"{out_source}: column '{c}': covariate has one value ({data[c].dropna().iloc[0]}) in "
                                  "every patient analysed; a model cannot adjust for it")
+    notes += missing_covariates_note(data, cov)
     notes += plausibility_warnings(outcomes, data, chosen)
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
                   products_without_outcomes=products_without, patients_without_products=patients_without,

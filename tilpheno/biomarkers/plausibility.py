@@ -28,7 +28,8 @@ YEARS_MIN_PATIENTS = 5
 MIN_CELLS = MIN_DOSE_CELLS
 
 
-def _ids(frame: pd.DataFrame, mask) -> str:
+def patient_ids(frame: pd.DataFrame, mask) -> str:
+    """The ``patient_id`` of the rows of ``frame`` where ``mask`` holds, for a message: the first 5, then how many more."""
     ids = frame.loc[mask, "patient_id"].astype(str).tolist() if "patient_id" in frame else []
     more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
     return ", ".join(ids[:5]) + more
@@ -66,7 +67,7 @@ def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: l
     if {"pfs_months", "os_months"} <= set(outcomes.columns):
         later = outcomes["pfs_months"] > outcomes["os_months"] + 1e-9
         if later.any():
-            out.append(f"plausibility: PFS longer than OS for {int(later.sum())} patient(s) ({_ids(outcomes, later)}): "
+            out.append(f"plausibility: PFS longer than OS for {int(later.sum())} patient(s) ({patient_ids(outcomes, later)}): "
                        "progression cannot follow death; check the times")
     for m in markers:
         if m not in data:
@@ -77,11 +78,11 @@ def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: l
                        "given in units of 1e9 cells? Doses must be in cells")
         elif m.endswith("_dose_cells") and (x < MIN_CELLS).any():
             few = x < MIN_CELLS
-            out.append(f"plausibility: {m} has {int(few.sum())} value(s) below {MIN_CELLS:g} cells ({_ids(data, few)}) "
+            out.append(f"plausibility: {m} has {int(few.sum())} value(s) below {MIN_CELLS:g} cells ({patient_ids(data, few)}) "
                        "among doses in cells: given in units of 1e9 cells? Doses must be in cells")
         if "pct" in m and ((x < 0) | (x > 100)).any():
             bad = (x < 0) | (x > 100)
-            out.append(f"plausibility: {m} has {int(bad.sum())} value(s) outside 0-100 % ({_ids(data, bad)})")
+            out.append(f"plausibility: {m} has {int(bad.sum())} value(s) outside 0-100 % ({patient_ids(data, bad)})")
         elif "pct" in m and x.notna().any() and x.min() >= 0 and 0 < x.max() <= 1:
             out.append(f"plausibility (a guess from the values): every value of {m} lies between 0 and 1 (largest "
                        f"{x.max():g}): percentages given as fractions (0.23 for 23 %)? Analysed as given, in %; "

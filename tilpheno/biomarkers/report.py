@@ -477,7 +477,8 @@ def methods_text(results) -> list[str]:
         "phenotyped TIL product (joined on product_id). Products without outcomes and patients without a "
         "product are listed below and in unmatched.csv. Response rates and whole-cohort survival use every "
         "patient with outcomes; marker analyses use patients with the marker measured (complete cases per "
-        "marker; each row gives its n).",
+        "marker; the multivariable models, their validation and calibration also need every covariate: the "
+        "warnings name the patients they leave out; each row gives its n).",
         "Response: objective response rate (ORR) = CR + PR, disease control rate (DCR) = CR + PR + SD, over all "
         "patients (not evaluable counted as non-responders), with exact Clopper-Pearson "
         f"{round(100 * s.conf_level)}% confidence intervals.",
