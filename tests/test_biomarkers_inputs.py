@@ -385,3 +385,31 @@ def test_patients_missing_a_covariate_are_named(tables, tmp_path):
     assert "age (2), ecog (1)" in notes[0] and ", ".join(left_out) in notes[0]
     assert (res.cox_multivariable.n == len(outcomes) - len(left_out)).all()
     assert not any("left out of the multivariable" in w for w in build_cohort(pheno, tables[1]).notes)
+
+
+def test_response_months_that_cannot_be_used_are_named(tables):
+    """response_months blank for a CR/PR, given for an SD/PD/NE, or after the patient's PFS or OS time: the landmark
+    and time-dependent analyses silently took such a responder as never responding (R tmerge drops a response
+    time past the end, too) and ignored the non-responder's time -> one plausibility line each, naming them."""
+    pheno, outcomes = tables
+    o = outcomes.copy()
+    responder = o.best_response.isin(["CR", "PR"])
+    o["response_months"] = np.where(responder, np.minimum(2.0, o.pfs_months / 2), np.nan)
+    first_cr_pr = o.index[responder][:3]
+    o.loc[first_cr_pr[0], "response_months"] = np.nan
+    o.loc[first_cr_pr[1], "response_months"] = o.loc[first_cr_pr[1], "pfs_months"] + 0.5
+    o.loc[o.index[~responder][0], "response_months"] = 1.0
+    text = " | ".join(build_cohort(pheno, o).notes)
+    rm = o.response_months
+
+    def ids(mask):
+        return ", ".join(o.patient_id[mask])
+
+    blank, given = responder & rm.isna(), ~responder & rm.notna()
+    after_pfs, after_os = responder & (rm > o.pfs_months), responder & (rm > o.os_months)
+    assert f"response_months blank for 1 CR/PR patient(s) ({ids(blank)})" in text
+    assert f"response_months given for 1 patient(s) whose best response is not CR/PR ({ids(given)})" in text
+    assert f"response_months after pfs_months for {after_pfs.sum()} CR/PR patient(s) ({ids(after_pfs)})" in text
+    assert ("after os_months" in text) == bool(after_os.any())
+    o["response_months"] = np.where(responder, np.minimum(2.0, o.pfs_months / 2), np.nan)
+    assert "response_months" not in " | ".join(build_cohort(pheno, o).notes)

@@ -8,6 +8,9 @@
 - PFS longer than OS for a patient (progression cannot come after death).
 - A cell-dose column (``*_dose_cells``) whose median is below 1e6 cells (given in units of 1e9?), or
   with some values below 1e6 cells among doses in cells (those rows typed in units of 1e9?).
+- ``response_months`` that the response analyses cannot use: blank for a CR/PR (taken as never responding),
+  given for an SD/PD/NE (ignored), or after the patient's PFS or OS time (a response after progression, death or
+  the last follow-up: taken as no response in that endpoint's analyses, as R ``tmerge`` drops it).
 - Percent columns (names containing ``pct``) with values outside 0-100, or with every value
   between 0 and 1 (fractions, 0.23 for 23 %? A heuristic: a rare population can be below 1 % in
   every product; the values are never rescaled).
@@ -18,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from tilpheno.io.outcomes import MIN_DOSE_CELLS
+
+from .endpoints import is_responder
 
 DAYS_MEDIAN = 60.0
 DAYS_MAX = 240.0
@@ -61,9 +66,35 @@ def _time_unit_warnings(outcomes: pd.DataFrame) -> list[str]:
     return out
 
 
+def _response_time_warnings(outcomes: pd.DataFrame) -> list[str]:
+    """The CR/PR patients whose ``response_months`` (months) the landmark and time-dependent analyses cannot use,
+    and the other patients who have one (see the module docstring); [] without the column."""
+    if "response_months" not in outcomes.columns:
+        return []
+    rm = pd.to_numeric(outcomes["response_months"], errors="coerce")
+    responder = is_responder(outcomes["best_response"])
+    out = []
+    blank = responder & rm.isna()
+    if blank.any():
+        out.append(f"plausibility: response_months blank for {int(blank.sum())} CR/PR patient(s) "
+                   f"({patient_ids(outcomes, blank)}): taken as never responding in the landmark and time-dependent "
+                   "analyses; give each responder's time of response")
+    given = ~responder & rm.notna()
+    if given.any():
+        out.append(f"plausibility: response_months given for {int(given.sum())} patient(s) whose best response is "
+                   f"not CR/PR ({patient_ids(outcomes, given)}): ignored, they are analysed as non-responders")
+    for col in ("pfs_months", "os_months"):
+        after = responder & (rm > outcomes[col])
+        if after.any():
+            out.append(f"plausibility: response_months after {col} for {int(after.sum())} CR/PR patient(s) "
+                       f"({patient_ids(outcomes, after)}): a response after the end of that follow-up, taken as no "
+                       "response in its landmark and time-dependent analyses; check the times")
+    return out
+
+
 def plausibility_warnings(outcomes: pd.DataFrame, data: pd.DataFrame, markers: list[str]) -> list[str]:
     """One sentence per implausible pattern."""
-    out = _time_unit_warnings(outcomes)
+    out = _time_unit_warnings(outcomes) + _response_time_warnings(outcomes)
     if {"pfs_months", "os_months"} <= set(outcomes.columns):
         later = outcomes["pfs_months"] > outcomes["os_months"] + 1e-9
         if later.any():
