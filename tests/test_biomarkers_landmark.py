@@ -115,3 +115,25 @@ def test_time_dependent_cox_with_a_monotone_likelihood_is_not_a_hazard_ratio_of_
     assert np.isnan(got.hr) and np.isnan(got.p)
     assert got.warning.startswith("not fitted: monotone likelihood: at every event time the patients with the event "
                                   "had responder = 1, or no one at risk did")
+
+
+def test_time_dependent_row_counts_the_responders_of_its_model(tmp_path):
+    """response_survival.csv's time-dependent row gave n_responders = every CR/PR, also those whose response time
+    is blank or after the endpoint's time, whom the model (as R tmerge) takes as never responding -> the patients
+    who are responders in the model's start-stop data."""
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.io.outcomes import read_outcomes
+
+    o = read_outcomes(REF / "til_cohort_outcomes.csv")
+    responder = o.best_response.isin(["CR", "PR"])
+    o["response_months"] = np.where(responder, np.minimum(2.0, o.pfs_months / 2), np.nan)
+    cr_pr = o.index[responder]
+    o.loc[cr_pr[0], "response_months"] = np.nan
+    o.loc[cr_pr[1], "response_months"] = o.loc[cr_pr[1], "pfs_months"] + 0.5
+    res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), o, tmp_path, markers=["cd8_pct_of_cd3"],
+                         n_perm=0, n_boot=0)
+    rows = res.response_survival.set_index(["analysis", "endpoint"])
+    for endpoint in ("pfs", "os"):
+        t = o[f"{endpoint}_months"]
+        in_model = responder & (o.response_months < t)   # tmerge: a response time at or past the end is dropped
+        assert rows.loc[("time-dependent Cox", endpoint), "n_responders"] == in_model.sum() < responder.sum()

@@ -36,7 +36,7 @@ from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
 from .multiplicity import p_adjust
 from .responders import responders_table
-from .landmark import landmark_analysis, time_dependent_cox
+from .landmark import landmark_analysis, responders_in_model, time_dependent_cox
 from .splines import SPLINE_COLUMNS, fit_spline, spline_rows, unfitted_spline_row
 from .survival import PH_NOT_COMPUTABLE, KaplanMeier, degenerate_note, logrank_test, median_followup
 from .tdroc import time_roc
@@ -603,17 +603,20 @@ def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnin
     rows = []
     lm = landmark_analysis(o[tcol], o[ecol], by_landmark, L, endpoint, assumption, settings.conf_level)
     rows.append(lm.row())
-    if rt is not None and not (o[ecol] == 1).any():   # lifelines: 'singular matrix'; the endpoint's note says why
+    if rt is None:
+        return rows
+    responses = np.where(responder, rt, np.nan)
+    in_model = responders_in_model(o[tcol], responses)
+    if not (o[ecol] == 1).any():   # lifelines: 'singular matrix'; the endpoint's note says why
         rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=len(o), n_excluded=0,
-                         n_responders=int(responder.sum()), hr=np.nan, hr_ci_low=np.nan, hr_ci_high=np.nan,
+                         n_responders=in_model, hr=np.nan, hr_ci_low=np.nan, hr_ci_high=np.nan,
                          p_cox=np.nan, warning="not fitted: no events"))
-    elif rt is not None:
+    else:
         try:
-            td = time_dependent_cox(o[tcol], o[ecol], np.where(responder, rt, np.nan), endpoint=endpoint,
-                                    conf_level=settings.conf_level)
+            td = time_dependent_cox(o[tcol], o[ecol], responses, endpoint=endpoint, conf_level=settings.conf_level)
             rec = td.iloc[0]
             rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=int(rec.n),
-                             n_excluded=0, n_responders=int(responder.sum()), hr=rec.hr, hr_ci_low=rec.hr_ci_low,
+                             n_excluded=0, n_responders=in_model, hr=rec.hr, hr_ci_low=rec.hr_ci_low,
                              hr_ci_high=rec.hr_ci_high, p_cox=rec.p, warning=rec.warning))
         except Exception as exc:  # lifelines raises its own convergence errors
             warnings.append(f"{endpoint}: time-dependent Cox for response not fitted ({type(exc).__name__}: {exc})")

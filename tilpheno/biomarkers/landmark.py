@@ -138,6 +138,13 @@ def start_stop(time, event, response_time, covariates: pd.DataFrame | None = Non
     return out
 
 
+def responders_in_model(time, response_time) -> int:
+    """How many patients are responders at some time of their follow-up in :func:`start_stop`'s rows: a response
+    time (months) blank, or at or past the patient's time, is none (as R ``tmerge`` drops it)."""
+    rows = start_stop(time, np.zeros(np.asarray(time).size), response_time)
+    return int(rows.groupby("id").responder.max().sum())
+
+
 def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | None = None,
                        endpoint: str = "", conf_level: float = 0.95) -> pd.DataFrame:
     """Cox model with response as a time-dependent covariate (lifelines CoxTimeVaryingFitter).
