@@ -137,3 +137,14 @@ def test_time_dependent_row_counts_the_responders_of_its_model(tmp_path):
         t = o[f"{endpoint}_months"]
         in_model = responder & (o.response_months < t)   # tmerge: a response time at or past the end is dropped
         assert rows.loc[("time-dependent Cox", endpoint), "n_responders"] == in_model.sum() < responder.sum()
+
+
+def test_a_patient_followed_for_no_time_adds_no_lifelines_warning():
+    """A patient censored at time 0 gave a zero-length start-stop row (0, 0], and the time-dependent row's warning
+    carried lifelines' RuntimeWarning with its pandas snippet ('>>> df.loc[...]') into the report -> the row, in no
+    risk set, is left out as R coxph leaves it out ('Stop time must be > start time, NA created'): R's coefficient
+    and SE (survival 3.5.3, coxph on these start-stop rows), no warning."""
+    got = time_dependent_cox([0, 2, 3, 4, 5, 6], [0, 1, 1, 0, 1, 0], [np.nan, 1, np.nan, 2, np.nan, np.nan]).iloc[0]
+    assert got.coef == pytest.approx(1.24245332489400, rel=1e-6)
+    assert got.se == pytest.approx(1.41787269212784, rel=1e-6)
+    assert (got.n, got.events, got.warning) == (6, 3, "")

@@ -150,11 +150,13 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
     """Cox model with response as a time-dependent covariate (lifelines CoxTimeVaryingFitter).
 
     Returns one row per coefficient: analysis, endpoint, variable, coef, se, hr, CI, p, n, events,
-    loglik, warning (lifelines' warnings recorded, never silenced).
+    loglik, warning (lifelines' warnings recorded, never silenced). A patient followed for no time (time 0) is in
+    no risk set: the zero-length row is left out, as R ``coxph`` leaves it out (NA).
     """
     from lifelines import CoxTimeVaryingFitter
 
     data = start_stop(time, event, response_time, covariates)
+    data = data[data.stop > data.start]   # (0, 0] of a patient followed for no time: in no risk set; R coxph drops it
     cols = ["responder", *([] if covariates is None else list(covariates.columns))]
     reason = no_estimate_reason(data.stop, data.event, data[cols], entry=data.start)
     if reason:   # lifelines would report a hazard ratio of 1e13 (monotone) or 1 (no information)
