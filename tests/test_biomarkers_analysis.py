@@ -282,6 +282,21 @@ def test_cutpoints_file_errors(tmp_path, text, match):
         read_cutpoints(bad)
 
 
+@pytest.mark.parametrize("text", [
+    "marker;cutpoint;endpoint\r\ncd8;25,5;\r\ncd8;1.500,25;os\r\n",   # European Excel: semicolons, decimal commas
+    "marker\tcutpoint\tendpoint\ncd8\t25.5\t\ncd8\t1,500.25\tos\n",   # a tab-separated copy, English style
+    "Pre-specified cut-points\n\nmarker,cutpoint,endpoint\ncd8,25.5,\ncd8,\"1,500.25\",os\n",   # a title line above
+])
+def test_cutpoints_file_as_a_spreadsheet_saves_it(tmp_path, text):
+    """A cut-points file saved by a European Excel (semicolons, '25,5'), a tab-separated copy or one with a title
+    above its header was refused as "row 1, column 'marker': missing required column", though the outcomes table
+    beside it is read in each of these forms -> read as the outcomes table is (same reader): the same cuts as the
+    comma-separated file."""
+    cuts = tmp_path / "cuts.csv"
+    cuts.write_text(text, encoding="utf-8")
+    assert read_cutpoints(cuts).values.tolist() == [["cd8", "", 25.5], ["cd8", "os", 1500.25]]
+
+
 def test_an_endpoint_cut_overrides_a_blank_one(tmp_path):
     cuts = tmp_path / "cuts.csv"
     cuts.write_text("marker,cutpoint,endpoint\ncd8,25,\ncd8,40,os\n")

@@ -21,6 +21,7 @@ Tables where several markers are tested carry Holm and Benjamini-Hochberg adjust
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io import atomic
+from tilpheno.io.outcomes import locale_numbers, number
+from tilpheno.io.workbook import decode_text, place, table_frame, text_rows
 
 from .cohort import ENDPOINTS, Cohort, build_cohort
 from .cox import ZPH_ONE_EVENT_TIME, fit_cox
@@ -43,6 +46,8 @@ from .tdroc import time_roc
 from .validation import calibration_at, validate_cox
 
 LANDMARK_MONTHS = 12.0
+CUTPOINT_COLUMNS = ("marker", "cutpoint")
+"""The columns a pre-specified cut-points file must have (:func:`read_cutpoints`; ``endpoint`` is optional)."""
 MIN_PATIENTS = 2
 """Fewest patients (phenotypes joined to outcomes) :func:`run_biomarkers` runs on; small cohorts
 run, with each model's warnings (too few events, no convergence) in the results."""
@@ -117,38 +122,44 @@ class BiomarkerResults:
 def read_cutpoints(path) -> pd.DataFrame:
     """Pre-specified cut-points: CSV with ``marker, cutpoint`` and optional ``endpoint`` (blank = all).
 
-    One cut per marker and endpoint: a marker listed twice for the same endpoint (or twice with a
-    blank endpoint) is a TableError naming both rows; a row for one endpoint overrides a blank one.
+    Read as the outcomes table's text is (:mod:`tilpheno.io.outcomes`): comma-, semicolon- or tab-separated (a
+    European Excel's ``25,5`` in semicolon text is 25.5), UTF-8, UTF-16 or Windows-1252, a title or blank lines
+    above the header skipped. One cut per marker and endpoint: a marker listed twice for the same endpoint (or twice
+    with a blank endpoint) is a TableError naming both rows; a row for one endpoint overrides a blank one.
     """
     path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise TableError(f"{path}: file not found")
+    text = decode_text(path.read_bytes(), source)
+    if not text.strip():
+        raise TableError(f"{path}: the file is empty")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise TableError(f"{path}: not a readable CSV table ({type(exc).__name__})") from None
-    frame.columns = [c.strip() for c in frame.columns]
-    for col in ("marker", "cutpoint"):
+        header_line, separator, rows = text_rows(text, CUTPOINT_COLUMNS)
+    except csv.Error as exc:
+        raise TableError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    frame = table_frame(rows, header_line, lambda line: place(source, line), lower=(*CUTPOINT_COLUMNS, "endpoint"))
+    for col in CUTPOINT_COLUMNS:
         if col not in frame.columns:
-            raise TableError(f"{path}: row 1, column '{col}': missing required column")
-    if "endpoint" not in frame.columns:
-        frame["endpoint"] = ""
-    out: list[tuple[str, str, float]] = []
-    for i, row in frame.iterrows():
-        try:
-            cut = float(row["cutpoint"])
-        except ValueError:
-            raise TableError(f"{path}: row {i + 2}, column 'cutpoint': '{row['cutpoint']}' is not a number") from None
-        if not np.isfinite(cut):
-            raise TableError(f"{path}: row {i + 2}, column 'cutpoint': not a finite number")
-        ep = row["endpoint"].strip().lower()
+            raise TableError(f"{place(source, header_line, col)}: missing required column")
+    if separator in (";", "\t"):
+        frame["cutpoint"] = locale_numbers(frame["cutpoint"], source, "cutpoint", separator)
+    endpoints = frame["endpoint"] if "endpoint" in frame.columns else pd.Series("", index=frame.index)
+    out: list[tuple[str, str, float, int]] = []
+    for row, marker, value, endpoint in zip(frame.index, frame["marker"], frame["cutpoint"], endpoints):
+        cut = number(value, source, row, "cutpoint")
+        if np.isnan(cut):
+            raise TableError(f"{place(source, row, 'cutpoint')}: missing cut-point")
+        marker, ep = str(marker or "").strip(), str(endpoint or "").strip().lower()
         if ep and ep not in ENDPOINTS:
-            raise TableError(f"{path}: row {i + 2}, column 'endpoint': unknown endpoint '{ep}' (pfs or os)")
-        first = next((j for j, (m, e, _) in enumerate(out) if (m, e) == (row["marker"].strip(), ep)), None)
+            raise TableError(f"{place(source, row, 'endpoint')}: unknown endpoint '{ep}' (pfs or os)")
+        first = next((r for m, e, _, r in out if (m, e) == (marker, ep)), None)
         if first is not None:
-            raise TableError(f"{path}: row {i + 2}, column 'marker': a second cut-point for '{row['marker'].strip()}'"
-                             f"{f' ({ep})' if ep else ''} (first in row {first + 2}); one pre-specified cut per marker "
+            raise TableError(f"{place(source, row, 'marker')}: a second cut-point for '{marker}'"
+                             f"{f' ({ep})' if ep else ''} (first in row {first}); one pre-specified cut per marker "
                              "and endpoint")
-        out.append((row["marker"].strip(), ep, cut))
-    return pd.DataFrame(out, columns=["marker", "endpoint", "cutpoint"])
+        out.append((marker, ep, cut, row))
+    return pd.DataFrame([o[:3] for o in out], columns=["marker", "endpoint", "cutpoint"])
 
 
 def break_times(settings: Settings, max_time: float) -> np.ndarray:
