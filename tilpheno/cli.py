@@ -779,7 +779,7 @@ def plan(
     prop: float = typer.Option(0.5, "--prop", help="Fraction of patients in the high group (Schoenfeld)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Two-sided significance level."),
     power: float = typer.Option(0.8, "--power", help="Power."),
-    p_event: float = typer.Option(1.0, "--p-event", help="Probability that a patient has the event during the study (patients = events / p_event)."),
+    p_event: float = typer.Option(1.0, "--p-event", help="Probability that a patient has the event during the study (patients = whole events / p_event, rounded up)."),
 ) -> None:
     """Events and patients a validation study needs to confirm a marker's hazard ratio (Schoenfeld; Hsieh-Lavori with --sd)."""
     from tilpheno.biomarkers.planning import hsieh_lavori, observed_effect, schoenfeld
