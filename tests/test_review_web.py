@@ -1789,3 +1789,38 @@ def user_id(service, name: str) -> int:
 
     with service.factory() as db:
         return db.scalar(select(User.id).where(User.username == name))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_analyst_signing_a_qa_decision_is_refused_for_the_role_first(flagged_out, tmp_path, kind):
+    """bob (analyst, TIL002 assigned) posts 'approved for release' of TIL002, whose CD3+ gate carries
+    review warnings, with no resolutions, and 'rejected' with no comment: he was told to resolve
+    missing_fmo first (HTTP 400), or to say why he rejects, as if his approval would then be
+    taken; after typing the resolutions he learnt that his role cannot approve at all. Now the
+    role is refused first (HTTP 403 naming it, audited signature_refused), nothing signed."""
+    from review_support import database_url, drop_schema, make_service
+    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.service import transaction
+
+    pid = "TIL002"
+    url = database_url(kind, tmp_path)
+    service = make_service(flagged_out, url)
+    try:
+        transaction(service.factory, lambda db: db.add(ProductAssignment(product_id=pid, username="bob",
+                                                                         assigned_by="test", assigned_at=utcnow())))
+        assert [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+        c, h, _ = login(create_app(service), "bob")
+        version = c.get(f"/api/products/{pid}/state").json["current_version"]
+        for meaning in ("approved for release", "rejected"):
+            before = counts(service)
+            r = c.post(f"/api/products/{pid}/sign", headers=h, json={"version": version, "meaning": meaning,
+                                                                       "qc_resolutions": {}, "password": PASSWORDS["bob"]})
+            assert (r.status_code, r.json["error"]) == (403, f"role analyst cannot sign '{meaning}'")
+            after = counts(service)
+            assert after[1:] == before[1:] and after[0] == before[0] + 1
+            with service.factory() as db:
+                action, reason = db.execute(text("SELECT action, reason FROM audit_entries ORDER BY seq DESC")).first()
+            assert (action, reason) == ("signature_refused", f"{meaning} of version {version}: role analyst cannot sign '{meaning}'")
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)

@@ -951,13 +951,15 @@ class ReviewService:
         if version != current.version:
             raise VersionConflict(f"conflict: you are signing version {version} but {self.noun} {product_id} is at version "
                                   f"{current.version}; reload and review the current gates before signing")
+        with self.factory() as db:   # a role that cannot sign ``meaning`` is refused (audited, below) before
+            may_sign = _get(db, User, user_id).role in MEANINGS[meaning]   # asking for what only a signer gives
         flags = [f for f in self.source.qc_flags(product_id) if f["severity"] in ("warning", "error")]
         clean_res = {}
-        if meaning == "approved for release":
+        if meaning == "approved for release" and may_sign:
             typed = resolutions_typed(flags, qc_resolutions, kind_resolutions)
             for f, (key, text) in zip(flags, typed.items()):
                 clean_res[key] = check_reason(text, f"resolution of QC flag {f['code']} ({f['file']})")
-        if meaning == "rejected" and comment in (None, ""):   # a QA rejection says why (its audit entry's reason)
+        if meaning == "rejected" and may_sign and comment in (None, ""):   # a QA rejection says why (its entry's reason)
             raise GateSetError("comment: say why you reject (at least 3 characters)")
         comment = "" if comment in (None, "") else check_reason(comment, "comment")
         if not isinstance(password, str) or not password:
