@@ -1686,7 +1686,8 @@ def test_a_product_of_another_folder_is_refused_on_its_row_not_the_whole_list(ki
     TIL001 was processed from other files (its CD8 FMO re-acquired) and whose TIL002 from the same:
     the product list answered HTTP 400 with TIL001's refusal, so TIL002 could not be reached from
     it either. Now the list shows TIL002 and names TIL001 with its refusal (both folders); TIL001
-    itself is still refused."""
+    itself is still refused, and the counts above the table say it is refused (it was counted among
+    the products neither approved nor rejected, as if it awaited a decision here)."""
     import shutil
 
     import pandas as pd
@@ -1726,6 +1727,9 @@ def test_a_product_of_another_folder_is_refused_on_its_row_not_the_whole_list(ki
         assert "other input files" in refused and str(out) in refused and str(other) in refused
         row = re.search(r'<tr><td><a href="/products/TIL001">.*?</tr>', r.text, re.S).group(0)
         assert "refused" in row and "not approved" not in row
+        # the totals: TIL001 is neither approved, rejected nor undecided here (it counted as 'neither')
+        said = " ".join(re.search(r'<p id="run-counts">(.*?)</p>', r.text, re.S).group(1).split())
+        assert said.startswith("2 product(s): 0 approved, 0 rejected, 1 neither, 1 refused (another output folder: below);"), said
         assert c.get("/api/products/TIL001/state").status_code == 400
         assert c.get("/api/products/TIL002/state").status_code == 200
         foreign.factory.kw["bind"].dispose()

@@ -24,6 +24,7 @@ import math
 from functools import wraps
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Mapping
 
 import numpy as np
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
@@ -274,7 +275,7 @@ def create_app(service: ReviewService) -> Flask:
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
                                sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
-                               counts=_run_counts(service, visible, decisions),
+                               counts=_run_counts(service, visible, decisions, refused),
                                failed=service.source.failed_products() if allowed is None else {},
                                refused=refused)
 
@@ -510,10 +511,13 @@ def _list_request(args) -> tuple[int, int, str]:
             str(args.get("q", "")).strip()[:200])
 
 
-def _run_counts(service: ReviewService, visible: list[str], decisions: dict) -> dict[str, int]:
+def _run_counts(service: ReviewService, visible: list[str], decisions: dict,
+                refused: Mapping[str, str]) -> dict[str, int]:
     """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
     approved (a valid approval) and rejected (a valid rejection, no approval after it) by their
-    standing QA decision (``decisions``, :meth:`ReviewService.decisions`), the run's release
+    standing QA decision (``decisions``, :meth:`ReviewService.decisions`), refused (held by the
+    database from another output folder, ``refused``: neither approved, rejected nor undecided
+    here), ``neither`` the others, the run's release
     (phenotypes.csv's, held while gating needs review) pass / fail / not evaluable, and those the run's gating
     marks ``needs review``."""
     frame = service.source.phenotypes
@@ -523,7 +527,9 @@ def _run_counts(service: ReviewService, visible: list[str], decisions: dict) -> 
         return int((frame[column].astype(str) == value).sum()) if column in frame else 0
 
     meanings = [d.meaning for pid in visible if (d := decisions.get(pid)) is not None]
+    n_refused = sum(pid in refused for pid in visible)
     return {"products": len(visible), "approved": meanings.count(APPROVED), "rejected": meanings.count(REJECTED),
+            "refused": n_refused, "neither": len(visible) - len(meanings) - n_refused,
             "pass": n("release_status", PASS), "fail": n("release_status", FAIL),
             "not_evaluable": n("release_status", NOT_EVALUABLE), "needs_review": n("review_status", "needs review")}
 
