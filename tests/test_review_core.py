@@ -1549,3 +1549,56 @@ def test_gate_coordinates_on_an_arcsinh_axis_are_bounded_on_that_scale(tmp_path)
         validate_gate_set(base, {"tubes": {"surface": {"gates": {"CD56+": {**cut, "low": 50.0}}}}}, stained)
     kept = validate_gate_set(base, {"tubes": {"surface": {"gates": {"CD56+": {**cut, "low": cut["low"] + 0.5}}}}}, stained)
     assert kept["tubes"]["surface"]["gates"]["CD56+"]["low"] == cut["low"] + 0.5
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_says_so(kind, tmp_path, monkeypatch):
+    """TIL001 opened (imported), approved as the code before the controls were bound signed, then its
+    unstained control (read, not gated) replaced by TIL002's and the folder processed again: the
+    product's stored input list held the gated files only, so the trail recorded no re-import (a
+    replaced FMO, a gated file, is one), and the approval, which cannot be voided (nothing recorded
+    which control it was made over), stood as VALID on the page and on the certificate without a
+    word. Now the import records the controls (their SHA-256, as run.json has them), a re-run with
+    one replaced is a reimport_product naming it, before and after, and such an approval carries
+    'control digests not recorded at approval' (state API, certificate)."""
+    import hashlib
+
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from test_review_certificate import certificate_text
+    from tilpheno.review import service as module
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.server import build_service
+
+    pid, control = "TIL001", "TIL001_unstained.fcs"
+    inputs, rerun = copied_and_processed(tmp_path, pid)
+    url = database_url(kind, tmp_path)
+    first = make_service(tmp_path / "out", url)
+    try:
+        first.ensure_imported(pid)
+        hashed = module.data_sha256
+        monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
+        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        monkeypatch.setattr(module, "data_sha256", hashed)
+        [view] = first.signatures(pid)
+        assert view.valid and view.note.startswith("control digests not recorded at approval") and control in view.note
+        first.factory.kw["bind"].dispose()
+
+        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
+        rerun()
+        again = build_service(tmp_path / "out", url)
+        assert again.current_version(pid) == 1   # opened: the same gates
+        with again.factory() as db:
+            [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product"))
+            before, after = json.loads(entry.before_json), json.loads(entry.after_json)
+        digest = {name: hashlib.sha256((SAMPLE / name).read_bytes()).hexdigest()
+                  for name in (control, "TIL002_unstained.fcs")}
+        assert [c["sha256"] for c in before["controls"] if c["file"] == control] == [digest[control]]
+        assert [c["sha256"] for c in after["controls"] if c["file"] == control] == [digest["TIL002_unstained.fcs"]]
+        assert before["inputs"] == after["inputs"] and f"read other input files: {control};" in entry.reason
+        [view] = again.signatures(pid)
+        assert view.row.id == old.id and view.valid and view.note.startswith("control digests not recorded at approval")
+        flowing = " ".join(certificate_text(again, tmp_path)[0].split())
+        assert "Dave Tester (dave), approved for release: control digests not recorded at approval" in flowing
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

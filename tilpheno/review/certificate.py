@@ -139,6 +139,8 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
                                             [f"signature SHA-256: {s.signature_sha256}", "", "", ""])]
     story.append(table([["name", "user", "meaning", "UTC time"]] + signed, [45, 35, 50, 50],
                        spanned=range(2, len(signed) + 1, 2)))
+    story += [p(f"{s.full_name} ({s.username}), {s.meaning}: {issued.notes[s.id]}", small)
+              for s in sigs if s.id in issued.notes]   # what it does not bind: a control replaced since would not void it
     said = [s for s in sigs if s.comment]   # why: a rejection's reason, an approval's over it
     if said:
         story.append(table([["name", "meaning", "comment"]] + [[s.full_name, s.meaning, s.comment] for s in said],

@@ -49,7 +49,7 @@ class Product(Base):
     __tablename__ = "products"
     product_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     current_version: Mapped[int] = mapped_column(Integer)
-    inputs_json: Mapped[str] = mapped_column(Text)        # [{path, sha256, tube, role}] of the product's files
+    inputs_json: Mapped[str] = mapped_column(Text)        # service.inputs_record: {files, controls}; older rows: files only
     til_dose_cells: Mapped[float | None] = mapped_column(Float, nullable=True)
     imported_at: Mapped[str] = mapped_column(String(32))
 

@@ -55,7 +55,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -439,14 +439,33 @@ def changed_inputs(before: list[dict], after: list[dict]) -> list[str]:
             + [f"{name} (no longer read)" for name in old if name not in new])
 
 
+def inputs_record(files: list[dict], controls: list[dict]) -> str:
+    """What a product's row records of the files its run read (``Product.inputs_json``): the gated
+    files (:meth:`ReviewSource.inputs_digest`) and the others, its controls and compensation matrix
+    (:meth:`ReviewSource.other_inputs`), so a re-run with a replaced control is recorded as one
+    with a replaced gated file is (``reimport_product``)."""
+    return audit.canonical({"files": files, "controls": controls})
+
+
+def stored_inputs(product: Product) -> tuple[list[dict], list[dict] | None]:
+    """``(gated files, controls)`` as ``product``'s row records them (:func:`inputs_record`);
+    controls None for a row stored before they were recorded (a list of the gated files only)."""
+    stored = json.loads(product.inputs_json)
+    if isinstance(stored, dict):
+        return stored["files"], stored["controls"]
+    return stored, None
+
+
 @dataclass(frozen=True)
 class PendingImport:
-    """What importing a product stores: its automatic gates (version 1), their SHA-256 and its
-    input files' SHA-256 (:meth:`ReviewSource.inputs_digest`)."""
+    """What importing a product stores: its automatic gates (version 1), their SHA-256, its
+    input files' SHA-256 (:meth:`ReviewSource.inputs_digest`) and its controls'
+    (:meth:`ReviewSource.other_inputs`)."""
     product_id: str
     gate_set: dict
     digest: str
     inputs: list[dict]
+    controls: list[dict]
 
 
 @dataclass(frozen=True)
@@ -469,17 +488,28 @@ class ListedDecisions:
 @dataclass(frozen=True)
 class Approval:
     """A product's standing approval for release, from one reading of its signatures: the approved
-    ``version``, the valid signatures of that version (signing order) and the approval itself."""
+    ``version``, the valid signatures of that version (signing order), the approval itself, and
+    what each signature does not bind (``notes``: signature id -> :attr:`SignatureView.note`, when any)."""
     version: GateSetVersion
     signatures: list[Signature]
     approval: Signature
+    notes: dict[int, str] = field(default_factory=dict)
+
+
+CONTROLS_UNBOUND = "control digests not recorded at approval"
+"""What a valid signature made before the controls were bound (:data:`DATA_FORMS`) says: a control
+replaced since does not void it, as nothing recorded which control it was made over."""
 
 
 @dataclass
 class SignatureView:
+    """A signature (``row``) checked against its product's current version: ``valid`` or void and why
+    (``void_reason``); ``note``: what a valid one does not bind (:data:`CONTROLS_UNBOUND`, naming the
+    controls, for one made before the controls were bound on a product with controls), else ""."""
     row: Signature
     valid: bool
     void_reason: str
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -548,7 +578,9 @@ class ReviewService:
         OtherFolder when the database holds the product from another output folder (the folder its
         import recorded, :meth:`_imported_from`, is not this one and the database is not this
         folder's own ``OUT.review.sqlite``): one database per output folder."""
-        if json.loads(product.inputs_json) == self.source.inputs_digest(product.product_id):
+        files, controls = stored_inputs(product)
+        if files == self.source.inputs_digest(product.product_id) and (
+                controls is None or controls == self.source.other_inputs(product.product_id)):
             return False
         folder = self._imported_from(product.product_id)
         if folder != str(self.source.out_dir) and not self._folders_own_database():
@@ -577,22 +609,25 @@ class ReviewService:
                 and Path(url.database).resolve() == default_db_path(self.source.out_dir))
 
     def _reimport_inputs(self, product_id: str, username: str) -> None:
-        """Record this run's input files for a product whose files changed in this output folder
-        (:meth:`_inputs_changed`), audited ``reimport_product`` (the files before and after, the
-        changed ones named in its reason); then the run's automatic gates become the current version
-        when they differ from the newest automatic one (:meth:`automatic_version`)."""
-        now = self.source.inputs_digest(product_id)
+        """Record this run's input files and controls for a product whose files changed in this
+        output folder (:meth:`_inputs_changed`), audited ``reimport_product`` (the files and controls
+        before and after, the changed ones named in its reason; a row stored before controls were
+        recorded has none before); then the run's automatic gates become the current version when
+        they differ from the newest automatic one (:meth:`automatic_version`)."""
+        now, now_controls = self.source.inputs_digest(product_id), self.source.other_inputs(product_id)
 
         def record(db: Session) -> None:
             product = _get(db, Product, product_id)
-            before = json.loads(product.inputs_json)
-            if before == now:   # recorded meanwhile by another request
+            before, controls = stored_inputs(product)
+            if (before, controls) == (now, now_controls):   # recorded meanwhile by another request
                 return
-            product.inputs_json = audit.canonical(now)
-            audit.append(db, username, "reimport_product", product_id=product_id, before={"inputs": before},
-                         after={"inputs": now, "out_dir": str(self.source.out_dir)},
+            product.inputs_json = inputs_record(now, now_controls)
+            changed = changed_inputs(before + (controls or []), now + (now_controls if controls is not None else []))
+            audit.append(db, username, "reimport_product", product_id=product_id,
+                         before={"inputs": before, **({"controls": controls} if controls is not None else {})},
+                         after={"inputs": now, "controls": now_controls, "out_dir": str(self.source.out_dir)},
                          reason=f"process re-run in {self.source.out_dir} read other input files: "
-                                f"{', '.join(changed_inputs(before, now))}; signatures made on the earlier files are void")
+                                f"{', '.join(changed)}; signatures bound to the earlier files are void")
 
         transaction(self.factory, record)
         self.automatic_version(product_id, username)
@@ -623,7 +658,8 @@ class ReviewService:
                     product = _get(db, Product, product_id)
             return product
         gate_set = self.source.automatic(product_id)
-        return PendingImport(product_id, gate_set, gates_sha256(gate_set), self.source.inputs_digest(product_id))
+        return PendingImport(product_id, gate_set, gates_sha256(gate_set), self.source.inputs_digest(product_id),
+                             self.source.other_inputs(product_id))
 
     def _import(self, db: Session, pending: PendingImport, username: str, *, expect_seq: int | None = None,
                 relevant: Callable[[AuditEntry], bool] | None = None, reason: str = "") -> Product:
@@ -635,7 +671,7 @@ class ReviewService:
         if existing is not None:
             return existing
         now = utcnow()
-        product = Product(product_id=pid, current_version=1, inputs_json=audit.canonical(pending.inputs),
+        product = Product(product_id=pid, current_version=1, inputs_json=inputs_record(pending.inputs, pending.controls),
                           til_dose_cells=self.source.til_dose_cells(pid), imported_at=now)
         db.add(product)
         db.flush()
@@ -644,7 +680,7 @@ class ReviewService:
                               created_by="tilpheno", created_at=now))
         audit.append(db, username, "import_product", product_id=pid,
                      after={"version": 1, "gates_sha256": pending.digest, "inputs": pending.inputs,
-                            "out_dir": str(self.source.out_dir)},
+                            "controls": pending.controls, "out_dir": str(self.source.out_dir)},
                      reason="automatic gates of the run become version 1" + (f" ({reason})" if reason else ""),
                      expect_seq=expect_seq, relevant=relevant)
         return product
@@ -1099,7 +1135,7 @@ class ReviewService:
                 out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
             elif s.version != current.version:
                 out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
-            elif all(s.data_sha256 != data_now(form) for form in DATA_FORMS):
+            elif (form := next((f for f in DATA_FORMS if s.data_sha256 == data_now(f)), None)) is None:
                 out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
                                                    "changed after signing"))
             elif s.meaning == APPROVED and (unresolved := unresolved_flags(self.source.qc_flags(product_id), s)):
@@ -1109,7 +1145,10 @@ class ReviewService:
                                                                                     for k, n in named.items())
                                                    + "): a re-run raised them after signing"))
             else:
-                out.append(SignatureView(s, True, ""))
+                controls = self.source.other_inputs(product_id) if form != DATA_FORMS[0] else []
+                out.append(SignatureView(s, True, "", f"{CONTROLS_UNBOUND} (signed before they were bound: a replaced "
+                                                      f"{', '.join(c['file'] for c in controls)} would not void it)"
+                                         if controls else ""))
         return out
 
     def approved_versions(self, user: User | None = None) -> dict[str, GateSetVersion | None]:
@@ -1246,8 +1285,10 @@ class ReviewService:
         if state is None:
             raise VersionConflict(f"{self.noun} {product_id} has no valid 'approved for release' signature: "
                                   "a certificate of analysis is issued only for approved products")
-        sigs = [v.row for v in views if v.valid and v.row.version == state]
-        return Approval(self.version(product_id, state), sigs, [s for s in sigs if s.meaning == APPROVED][-1])
+        valid = [v for v in views if v.valid and v.row.version == state]
+        sigs = [v.row for v in valid]
+        return Approval(self.version(product_id, state), sigs, [s for s in sigs if s.meaning == APPROVED][-1],
+                        {v.row.id: v.note for v in valid if v.note})
 
     def record_certificates(self, username: str, issued: dict[str, Approval]) -> None:
         """Audit the certificate of each product made from ``issued[product]`` (a ``certificate``

@@ -569,7 +569,7 @@ def _signature(view) -> dict:
     s = view.row
     return {"id": s.id, "version": s.version, "meaning": s.meaning, "username": s.username, "full_name": s.full_name,
             "role": s.role, "signed_at": s.signed_at, "data_sha256": s.data_sha256, "comment": s.comment, "valid": view.valid,
-            "void_reason": view.void_reason}
+            "void_reason": view.void_reason, "note": view.note}
 
 
 def _plots(service: ReviewService, product_id: str, gate_set: dict, auto_set: dict) -> list[dict]:

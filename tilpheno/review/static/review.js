@@ -544,7 +544,7 @@
       const p = el("p", { class: s.valid ? "valid" : "void", "data-signature": s.id });
       p.textContent = s.full_name + " (" + s.username + ", " + s.role + "): " + s.meaning + ", version " + s.version +
         ", " + s.signed_at.slice(0, 19).replace("T", " ") + " UTC, data " + s.data_sha256.slice(0, 12) + "... " +
-        (s.valid ? "VALID" : "VOID - " + s.void_reason) + (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "");
+        (s.valid ? "VALID" + (s.note ? " - " + s.note : "") : "VOID - " + s.void_reason) + (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "");
       box.appendChild(p);
     }
   }
