@@ -394,9 +394,36 @@ def test_certificate_lists_the_controls_the_run_read_with_their_sha256(approved,
     control = "TIL001_unstained.fcs"
     digest = hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()
     inputs = certificate_text(approved, tmp_path)[1].split("Inputs and software")[1]
-    assert [line.split() for line in inputs.splitlines() if control in line] == [[control, "(not", "gated)", digest]]
+    assert [line.split() for line in inputs.splitlines() if control in line] == [
+        [control, "(unstained", "control,", "not", "gated)", digest]]
     issued = approved.release_approval(PID)
     assert issued.approval.data_sha256 == data_sha256(approved.source, PID, 1, issued.version.gates_sha256)
+
+
+def test_certificate_names_each_control_with_its_tube_and_role(approved, tmp_path, monkeypatch):
+    """The controls the run read but did not gate stood on the certificate as '(not gated)', with no
+    tube or role (run.json did not record them), and the gated FMO files as '(surface, fmo)', without
+    the marker each omits. Now run.json records each file's tube and role as the manifest gave them
+    (``product_file_roles``) and the certificate names them: the unstained control's role,
+    each FMO's marker (the sample's manifest); a run.json without them still says 'not gated'."""
+    import json
+
+    import pandas as pd
+
+    from review_support import SAMPLE
+
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    mine = manifest[manifest["product_id"] == PID]
+    recorded = json.loads((approved.source.out_dir / "run.json").read_text())["product_file_roles"][PID]
+    assert recorded == {r["file"]: {"tube": r["tube"], "role": r["role"], "fmo_marker": r["fmo_marker"]}
+                        for r in mine.to_dict("records")}
+    lines = [" ".join(line.split()[:-1]) for line in
+             certificate_text(approved, tmp_path)[1].split("Inputs and software")[1].splitlines() if ".fcs" in line]
+    expected = {f"{r['file']} ({r['tube']}, {r['role']} {r['fmo_marker']})" if r["role"] == "fmo"
+                else f"{r['file']} ({r['tube']}, {r['role']})" for r in mine.to_dict("records") if r["role"] != "unstained"}
+    assert set(lines) == expected | {f"{PID}_unstained.fcs (unstained control, not gated)"}
+    monkeypatch.setitem(approved.source.run, "product_file_roles", {})   # a run.json from before they were recorded
+    assert approved.source.file_roles(PID)[f"{PID}_unstained.fcs"] == "not gated"
 
 
 def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):

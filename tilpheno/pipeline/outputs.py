@@ -74,6 +74,29 @@ def product_files(jobs: Sequence[ProductJob]) -> dict[str, dict[str, str]]:
             for job in jobs}
 
 
+def product_file_roles(jobs: Sequence[ProductJob]) -> dict[str, dict[str, dict[str, str]]]:
+    """``{product_id: {label: {tube, role, fmo_marker[, detector]}}}`` for ``run.json``'s
+    ``product_file_roles``: what the manifest made each of a product's files (labels as
+    :func:`product_files`), so the review app names the controls the run read but did not gate
+    (an unstained control, a compensation set's single-stain controls and its detector when the
+    manifest gives one) as the tables name the gated ones."""
+    from tilpheno.io.files import file_labels
+
+    def text(value) -> str:
+        return value if isinstance(value, str) else ""
+
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for job in jobs:
+        labels = file_labels(job.rows["file"])
+        roles = out.setdefault(job.product_id, {})
+        for row in job.rows.to_dict("records"):
+            record = {key: text(row.get(key)) for key in ("tube", "role", "fmo_marker")}
+            if text(row.get("detector")):
+                record["detector"] = text(row.get("detector"))
+            roles[display_name(labels[str(row["file"])])] = record
+    return out
+
+
 END_MODULES = ("tilpheno.report.codebook", "tilpheno.report.html", "jinja2", "pyarrow.parquet")
 """What the dispatching process needs to write the tables and index pages at the end of a run."""
 
@@ -277,6 +300,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
              "inputs_hashed": digests.hashed, "inputs_digest_reused": digests.reused}
     record.extra["compensation_matrices"] = _write_matrices(staging, jobs)
     record.extra["product_files"] = product_files(jobs)
+    record.extra["product_file_roles"] = product_file_roles(jobs)
     write_run_record(staging / "run.json", record, outcomes, cache=cache, folder=folder, t0=t0, run_flags=run_flags)
     digests.save()
     store.prune(keys.values())

@@ -84,7 +84,7 @@ def write_run_record(path: Path, record: RunRecord, outcomes: Sequence, *, cache
 
 _RUN_FIELDS: dict[str, type] = {"parameters": dict, "strategies": list, "release_spec": dict, "inputs": list,
                                 "parameter_files": dict, "report_commands": list, "command_line": list,
-                                "product_files": dict}
+                                "product_files": dict, "product_file_roles": dict}
 """The shape of the ``run.json`` fields read back (:func:`check_run_record`); a field may be absent."""
 _PARAMETER_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("input_folder", "manifest", "outcomes", "study", "study_sha256", "panel", "panel_sha256",

@@ -147,8 +147,9 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
                            [32, 30, 118]))
     story += [Spacer(1, 3 * mm), p("Inputs and software", heading)]
     rows = [["item", "value"]]
-    rows += [[f"{f['file']} ({f['tube']}, {f['role']})", f["sha256"]] for f in src.inputs_digest(product_id)]
-    rows += [[f"{f['file']} ({f['role']})", f["sha256"]] for f in src.other_inputs(product_id)]
+    roles = src.file_roles(product_id)   # tube, role and FMO marker of each file; each control's as run.json records it
+    rows += [[f"{f['file']} ({roles.get(f['file'], f['role'])})", f["sha256"]]
+             for f in src.inputs_digest(product_id) + src.other_inputs(product_id)]
     rows += [[f"strategy {s.name} ({tube})", s.sha256] for tube, s in sorted(src.strategies.items())]
     rows += [["FMO percentile", f"{src.fmo_percentile:g}"],
              ["gate set SHA-256 (approved version)", approved.gates_sha256],

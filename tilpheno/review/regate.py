@@ -623,6 +623,29 @@ class ReviewSource:
                         "sha256": str(matrix["sha256"])})
         return out
 
+    def file_roles(self, product_id: str) -> dict[str, str]:
+        """What each file the run read for the product was, in words, by its label (the certificate's
+        "Inputs and software"): the gated ones from populations.csv, ``surface, fmo CD3``; the others
+        from run.json's ``product_file_roles`` (:meth:`other_inputs`), ``unstained control, not gated``
+        (its tube named where it is not its role: ``compensation, single_stain control, detector
+        FITC-A, not gated``); ``not gated`` alone where run.json records no role (a run before they
+        were recorded)."""
+        words = {name: ", ".join(filter(None, (tube, f"{role} {marker}".strip())))
+                 for name, tube, role, marker in self._file_rows(product_id)}
+        recorded = (self.run.get("product_file_roles") or {}).get(product_id) or {}
+        for f in self.other_inputs(product_id):
+            if f["role"] != "not gated":
+                continue
+            r = recorded.get(f["file"]) if isinstance(recorded, dict) else None
+            if not isinstance(r, dict):
+                words[f["file"]] = "not gated"
+                continue
+            role = " ".join(filter(None, (str(r.get("role", "")), str(r.get("fmo_marker", "")))))
+            tube = str(r.get("tube", ""))
+            words[f["file"]] = ", ".join(filter(None, (tube if tube != role else "", f"{role} control" if role else "control",
+                                                       f"detector {r['detector']}" if r.get("detector") else "", "not gated")))
+        return words
+
     def spillover(self, product_id: str):
         """The matrix the run compensated the product with when it was not its files' own
         ``$SPILLOVER`` (``run.json`` ``compensation_matrices``: ``process --compensation`` or
