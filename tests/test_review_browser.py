@@ -1063,3 +1063,32 @@ def test_a_version_overturning_a_determined_fail_without_a_justification_gets_on
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 2", "the approval")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_an_approval_that_binds_no_control_says_so_beside_valid(driver, server, monkeypatch):
+    """An approval made before the controls were bound (its data hash without them) stands VALID and
+    is not voided by a replaced control (nothing recorded which control it was made over); the page
+    said only VALID. Now its line says 'control digests not recorded at approval', naming TIL001's
+    unstained control; a signature made now, which binds it, says nothing more."""
+    from tilpheno.review import service as module
+
+    service, base = server
+    hashed = module.data_sha256
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
+    old = service.sign(PID, service_user(service, "dave"), PASSWORDS["dave"], "approved for release", 1,
+                       approval_resolutions(service, PID))
+    monkeypatch.setattr(module, "data_sha256", hashed)
+    new = service.sign(PID, service_user(service, "carol"), PASSWORDS["carol"], "approved for release", 1,
+                       approval_resolutions(service, PID))
+    open_product(driver, base)
+    lines = wait(driver, lambda d: {int(p.get_attribute("data-signature")): p.text
+                                    for p in d.find_elements("css selector", "#signatures p[data-signature]")} or None,
+                 "the signatures")
+    assert (f"VALID - control digests not recorded at approval (signed before they were bound: a replaced "
+            f"{PID}_unstained.fcs would not void it)") in lines[old.id]
+    assert lines[new.id].endswith("VALID")
+
+
+def service_user(service, name: str) -> int:
+    with service.factory() as db:
+        return db.scalars(select(User).where(User.username == name)).one().id
