@@ -1602,3 +1602,52 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path):
+    """A database made before the controls were recorded holds each product's gated files only
+    (here: TIL001's row set back to that list): its controls were never recorded, so its unstained
+    control replaced and the folder processed again went unrecorded in the trail for good. Now
+    opening such a product records them (``record_controls``, the control's SHA-256 as run.json has
+    it), once, and a later re-run with the control replaced is a reimport_product naming it."""
+    import hashlib
+
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.review.models import AuditEntry, Product
+    from tilpheno.review.server import build_service
+    from tilpheno.review.service import transaction
+
+    pid, control = "TIL001", "TIL001_unstained.fcs"
+    inputs, rerun = copied_and_processed(tmp_path, pid)
+    url = database_url(kind, tmp_path)
+    first = make_service(tmp_path / "out", url)
+    try:
+        first.ensure_imported(pid)
+
+        def legacy(db):   # the row as the code before wrote it: the gated files only
+            db.get(Product, pid).inputs_json = json.dumps(first.source.inputs_digest(pid))
+        transaction(first.factory, legacy)
+
+        def actions():
+            with first.factory() as db:
+                return [(e.action, json.loads(e.after_json)) for e in db.scalars(
+                    select(AuditEntry).where(AuditEntry.product_id == pid).order_by(AuditEntry.seq))]
+
+        first.current_version(pid)
+        first.current_version(pid)
+        recorded = [after for action, after in actions() if action == "record_controls"]
+        digest = hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()
+        assert len(recorded) == 1 and [c["sha256"] for c in recorded[0]["controls"] if c["file"] == control] == [digest]
+        first.factory.kw["bind"].dispose()
+
+        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
+        rerun()
+        again = build_service(tmp_path / "out", url)
+        again.current_version(pid)
+        [after] = [after for action, after in actions() if action == "reimport_product"]
+        assert [c["sha256"] for c in after["controls"] if c["file"] == control] == [
+            hashlib.sha256((SAMPLE / "TIL002_unstained.fcs").read_bytes()).hexdigest()]
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)

@@ -79,7 +79,7 @@ BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_failed",
-                            "import_product", "reimport_product", "save_gates", "deviation", "sign", "signature_refused"})
+                            "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -632,6 +632,25 @@ class ReviewService:
         transaction(self.factory, record)
         self.automatic_version(product_id, username)
 
+    def _record_controls(self, product_id: str, username: str) -> None:
+        """Record this run's controls (:meth:`ReviewSource.other_inputs`) for a product whose row was
+        stored before they were recorded (:func:`stored_inputs`: its gated files only, which match
+        this run's), audited ``record_controls``: a later re-run with one replaced is then recorded
+        as a re-import (:meth:`_reimport_inputs`), as for a product imported now."""
+        controls = self.source.other_inputs(product_id)
+
+        def record(db: Session) -> None:
+            product = _get(db, Product, product_id)
+            files, stored = stored_inputs(product)
+            if stored is not None:   # recorded meanwhile by another request
+                return
+            product.inputs_json = inputs_record(files, controls)
+            audit.append(db, username, "record_controls", product_id=product_id, after={"controls": controls},
+                         reason="the controls this run read for it are recorded (it was imported before they were); "
+                                "a signature made before binds none of them")
+
+        transaction(self.factory, record)
+
     def ensure_imported(self, product_id: str, username: str = "system") -> Product:
         """The product's row; on first use its automatic gates become version 1 (audited); after a
         re-run of this folder with other input files, those are recorded first (:meth:`_reimport_inputs`)."""
@@ -654,9 +673,12 @@ class ReviewService:
         if product is not None:
             if self._inputs_changed(product):
                 self._reimport_inputs(product_id, username)
-                with self.factory() as db:
-                    product = _get(db, Product, product_id)
-            return product
+            elif stored_inputs(product)[1] is None and self.source.other_inputs(product_id):
+                self._record_controls(product_id, username)
+            else:
+                return product
+            with self.factory() as db:
+                return _get(db, Product, product_id)
         gate_set = self.source.automatic(product_id)
         return PendingImport(product_id, gate_set, gates_sha256(gate_set), self.source.inputs_digest(product_id),
                              self.source.other_inputs(product_id))
