@@ -276,11 +276,12 @@ def test_a_fit_gate_converts_its_events_to_linear_units_once():
     assert (fit["relative_low"], fit["relative_high"]) == (lower["relative_low"], lower["relative_high"])
 
 
-def test_a_fit_gate_whose_fit_fails_falls_back_to_the_lower_side_read_and_is_checked():
+def test_a_fit_gate_with_binding_past_the_fmo_percentile_is_fitted_and_checked():
     # binding moves nearly every stained negative above the FMO percentile: under 35 % of the parent
-    # lies at or below it, too few negatives to fit (two_step_fit gives None); the cut is the
-    # lower-side carry-over, which the checks judge as such (they read the fit's diagnostics only
-    # when the fit is the cut: this raised KeyError 'fit_threshold', the product's analysis failed)
+    # lies at or below it, too few negatives for the normal fit; the log-normal fit of the share's fixed
+    # point (two_step_fit, stop 43) nests this normal binding (a small log-SD) and the checks judge it
+    # (before stop 43 the cut was the lower-side read here; checks reading the fit's diagnostics when no
+    # fit was made raised KeyError 'fit_threshold', the product's analysis failed)
     rng = np.random.default_rng(11)
     fmo = rng.normal(0.0, 60.0, 12000)
     neg = rng.normal(0.0, 60.0, 11000) + rng.normal(400.0, 60.0, 11000)
@@ -290,5 +291,64 @@ def test_a_fit_gate_whose_fit_fails_falls_back_to_the_lower_side_read_and_is_che
     q = checks.place_and_check("M+", "M", T.apply(fmo), stained, percentile=99.5, source_file="f.fcs",
                                transform=T, width_side="fit", rule="relative")
     d = q.diagnostics
-    assert "fit_threshold" not in d and d["relative_carry"] == "lower" and d["winner"] == "fmo_relative"
+    assert d["relative_carry"] == "fit" and d["winner"] == "fmo_relative" and 0 < d["fit_log_sd"] < 0.3
     assert abs(100.0 * (np.mean(stained > d["threshold"]) - np.mean(stained > truth))) < 0.5
+    assert d["candidate_points"] < 1.0
+    assert [f.code for f in q.flags if checks.needs_review(f)] == ["uncertain_threshold"]   # no valley confirms it
+
+
+def _heavy_binding_gate(seed, n_positive=400):
+    """A CD56-like ``width_side: fit`` gate (rule anchored, as the surface strategy's) under binding
+    heavy enough to move the whole negative peak past the FMO's 99.5th percentile: FMO negatives
+    N(0, 60); stained negatives the same plus a log-normal binding (median 280, log-SD 0.7, stop 42's
+    held-out products) and N(0, 30) spreading; ``n_positive`` positives (3.5 %) too few and too spread
+    out for a valley. (placement, first share, % error against the stained negatives' own 99.5th
+    percentile)."""
+    rng = np.random.default_rng(seed)
+    fmo = T.apply(rng.normal(0.0, 60.0, 12000))
+    neg = rng.normal(0.0, 60.0, 11000) + rng.lognormal(np.log(280.0), 0.7, 11000) + rng.normal(0.0, 30.0, 11000)
+    stained = T.apply(np.concatenate([neg, rng.lognormal(np.log(4000.0), 0.5, n_positive)]))
+    truth = float(np.percentile(T.apply(neg), 99.5))
+    q = checks.place_and_check("M+", "M", fmo, stained, percentile=99.5, source_file="f.fcs", transform=T,
+                               width_side="fit")
+    first_share = float(np.mean(stained <= np.percentile(fmo, 99.5)))
+    return q, first_share, 100.0 * (np.mean(stained > q.diagnostics["threshold"]) - np.mean(stained > truth))
+
+
+def test_heavy_lognormal_binding_past_the_fmo_percentile_is_fitted_not_read_off_the_lower_side():
+    """Stop 43 (issue 13, NKT over-called by 10-14 points): with under 35 % of the stained parent at or
+    below the FMO percentile the normal fit returned None and the cut fell back to the lower-side read,
+    blind to the binding's log-normal tail (+10 points here, flagged). Now the log-normal binding plus
+    spreading is fitted, its negatives' share iterated to its fixed point: within 0.5 points of the
+    simulated truth, its fold interval narrow; still flagged for review (no stained valley confirms it:
+    dim positives merged into the tail would be taken for binding), the message saying so."""
+    for seed in (0, 2, 4):
+        q, first_share, error = _heavy_binding_gate(seed)
+        d = q.diagnostics
+        assert first_share < 0.35                                          # the normal fit's share test fails
+        assert d["relative_carry"] == "fit" and d["fit_log_sd"] > 0.5 and d["winner"] == "fmo_relative"
+        assert abs(error) < 0.5, (seed, error)
+        assert d["fit_share"] > 0.9 and d["candidate_points"] < 1.0
+        review = [f for f in q.flags if checks.needs_review(f)]
+        assert [f.code for f in review] == ["uncertain_threshold"], q.flags
+        assert "no stained valley confirms it" in review[0].message and f"{d['fit_log_sd']:.2f}" in review[0].message
+
+
+def test_a_lognormal_fit_that_climbs_past_a_dim_positive_peak_gives_way_to_the_valley():
+    """Stop 43: the log-normal fit's negatives' share grows with its cut, so 12 % CD56-dim positives
+    (a peak of their own, median 2,000 + the same binding) were taken into the binding's tail: the cut
+    passed their peak, which the valley search (peaks above the cut only) then missed, 8-10 points
+    under-called. A binding tail makes no second peak: the positive peak is looked for above the lower
+    peak read too and its valley is the cut (as the lower-side read let it be before stop 43)."""
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        fmo = T.apply(rng.normal(0.0, 60.0, 12000))
+        neg = rng.normal(0.0, 60.0, 11000) + rng.lognormal(np.log(280.0), 0.8, 11000) + rng.normal(0.0, 40.0, 11000)
+        pos = rng.lognormal(np.log(2000.0), 0.3, 1500) + rng.lognormal(np.log(280.0), 0.8, 1500)
+        stained = T.apply(np.concatenate([neg, pos]))
+        q = checks.place_and_check("M+", "M", fmo, stained, percentile=99.5, source_file="f.fcs", transform=T,
+                                   width_side="fit")
+        d = q.diagnostics
+        assert d["fit_log_sd"] > 0 and d["relative_threshold"] > d["valley_threshold"] < d["positive_mode"]
+        assert d["winner"] == "stained_valley" and d["threshold"] == d["valley_threshold"]
+        assert abs(100.0 * (np.mean(stained > d["threshold"]) - pos.size / stained.size)) < 3.0

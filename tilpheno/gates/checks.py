@@ -67,7 +67,11 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     NaN: the fit could not be repeated on the folds) and the cut moved more than ``shift_points``
     from the FMO percentile. Measured only when one of the two
     checks can use it (the cut moved more than ``shift_points``, or ``negative_shift``'s peak reads
-    lie beyond its limits); NaN otherwise. The no-peak rule below does not apply to a fit cut (the
+    lie beyond its limits); NaN otherwise. A log-normal fit (``fit_log_sd`` > 0,
+    ``placement.lognormal_share_fit``: binding moved the whole negative peak past the FMO percentile)
+    has no other shape to be compared with (``fit_lognormal`` NaN; it nests the normal) and is always
+    flagged: no stained valley set the cut (one would have, ``placement.place_fmo_anchored``), and dim
+    positives merged into the binding's tail cannot be told from a heavier tail. The no-peak rule below does not apply to a fit cut (the
     fit reads no peak).
     Also when the FMO percentile was kept (the stained negatives moved less than the
     shift/width tolerance) yet both carry-overs lie on the same side of it, each more than
@@ -179,9 +183,10 @@ def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: A
     max(cut, fit_lognormal) + fit_error] (without ``fit_lognormal`` when it is NaN; NaN when
     ``fit_error`` is: the fit could not be repeated, the cut is not settled). ``d``: the placement's
     diagnostics (``fit_*``, ``fmo_threshold``)."""
-    fit = pl.FitCarry(d["fit_threshold"], d["fit_shift"], d["fit_spread"], d["fit_share"])
-    error = pl.fit_cut_error(fmo, stained, transform, percentile, float(d["fmo_threshold"]))
-    other = pl.lognormal_fitted_cut(fmo, stained, transform, percentile, fit)
+    fit = pl.FitCarry(d["fit_threshold"], d["fit_shift"], d["fit_spread"], d["fit_share"], d.get("fit_log_sd", 0.0))
+    error = pl.fit_cut_error(fmo, stained, transform, percentile, float(d["fmo_threshold"]), fit=fit)
+    # a log-normal fit (heavy binding, placement.lognormal_share_fit) is the other shape itself; it nests the normal
+    other = float("nan") if fit.log_sd > 0 else pl.lognormal_fitted_cut(fmo, stained, transform, percentile, fit)
     ends = [cut - error, cut + error] + ([other - error, other + error] if math.isfinite(other) else [])
     return {"fit_error": error, "fit_lognormal": other,
             "candidate_points": max(_points_between(stained, cut, end) for end in ends)
@@ -200,6 +205,18 @@ def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift
             f"{d['fit_shift']:.0f}, SD {d['fit_spread']:.0f} linear units) moved {d['correction_points']:.1f} points of "
             f"the parent from the FMO percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
             f"of the parent, stained vs FMO")
+
+
+def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any], below_fmo: float) -> str:
+    """The ``uncertain_threshold`` message of a log-normal ``width_side: fit`` cut
+    (``placement.lognormal_share_fit``) that no stained valley confirmed; ``below_fmo``: % of the
+    stained parent at or below the FMO percentile."""
+    return (f"{name}: binding moved the stained negatives past the FMO percentile {d['fmo_threshold']:.3f} (only "
+            f"{below_fmo:.0f}% of the parent at or below it); the threshold {cut:.3f} carries it over with a "
+            f"log-normal binding fitted to the negatives (median {d['fit_shift']:.0f} linear units, log-SD "
+            f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}) and no stained valley confirms it: dim "
+            f"{marker}+ cells merged into the binding's tail would be taken for it; look at the {marker} histogram of "
+            f"the parent, stained vs FMO")
 
 
 def threshold_record(placement: pl.Placement) -> dict[str, Any]:
@@ -320,6 +337,13 @@ def place_and_check(
                 uncertain = d["correction_points"] > shift_points and not d["candidate_points"] <= uncertain_points
                 if uncertain:
                     flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points)))
+            if d.get("fit_log_sd", 0.0) > 0 and not uncertain:
+                # binding moved the whole negative peak past the FMO percentile and no stained valley set the
+                # cut (placement: it would have): a log-normal tail fitted, which dim positives merged into it
+                # would move unseen
+                uncertain = True
+                below_fmo = 100.0 * np.count_nonzero(stained <= t_fmo) / stained.size
+                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, below_fmo)))
         elif extrapolated and math.isfinite(low) and math.isfinite(high):
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
             referenced = (d.get("winner") == "fmo_relative"

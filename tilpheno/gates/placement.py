@@ -1035,16 +1035,17 @@ FIT_FMO_QUANTILES = 128
 
 def _fit_signal(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, negative_share: float,
                 offsets: Callable[[np.ndarray], np.ndarray], start: np.ndarray, steps: np.ndarray,
-                scale: float, maxiter: int = 400) -> tuple[np.ndarray, float]:
+                scale: float, maxiter: int = 400, fmo_quantiles: int = FIT_FMO_QUANTILES,
+                fatol: float = 1e-12) -> tuple[np.ndarray, float]:
     """The parameters ``p`` (and the sum of squares) of a nonspecific signal (``offsets(p)``: its
     values at fixed normal quantiles, compensated linear units) that make the FMO events + signal match the
     stained parent's :data:`FIT_PERCENTILES` of its ``negative_share`` best: least squares in
-    transformed units, the FMO as :data:`FIT_FMO_QUANTILES` quantiles, Nelder-Mead from ``start``
-    with a first simplex ``steps`` along each parameter (to ``1e-2 scale``, at most ``maxiter``
-    iterations; deterministic)."""
+    transformed units, the FMO as ``fmo_quantiles`` quantiles, Nelder-Mead from ``start``
+    with a first simplex ``steps`` along each parameter (to ``1e-2 scale`` and a sum of squares
+    within ``fatol``, at most ``maxiter`` iterations; deterministic)."""
     from scipy.optimize import minimize
 
-    fq = np.percentile(f_lin, (np.arange(FIT_FMO_QUANTILES) + 0.5) * 100.0 / FIT_FMO_QUANTILES)
+    fq = np.percentile(f_lin, (np.arange(fmo_quantiles) + 0.5) * 100.0 / fmo_quantiles)
     target = transform.apply(np.percentile(s_lin, FIT_PERCENTILES * negative_share))
 
     def loss(p: np.ndarray) -> float:
@@ -1055,7 +1056,7 @@ def _fit_signal(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, negative_s
 
     simplex = np.vstack([start, start + np.diag(steps)])
     fit = minimize(loss, start, method="Nelder-Mead",
-                   options={"initial_simplex": simplex, "xatol": 1e-2 * scale, "fatol": 1e-12, "maxiter": maxiter})
+                   options={"initial_simplex": simplex, "xatol": 1e-2 * scale, "fatol": fatol, "maxiter": maxiter})
     return np.asarray(fit.x, dtype=np.float64), float(fit.fun)
 
 
@@ -1080,7 +1081,7 @@ def fitted_carry(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentil
     cells carrying a tandem's spillover) have two, and the FMO's highest one need not be the stained
     tube's: the fitted quantiles use every negative. ``f_lin``, ``s_lin``: the FMO's and the stained
     parent's finite events in compensated linear units. None with fewer than 20 events in either
-    tube or a ``negative_share`` below 0.35 (too few negatives for the percentiles). Either tube's
+    tube or a ``negative_share`` below :data:`MIN_FIT_SHARE` (too few negatives for the percentiles). Either tube's
     events in any order (sorted once here, see :func:`_sorted_fitted_carry`)."""
     return _sorted_fitted_carry(np.sort(np.asarray(f_lin, dtype=np.float64)), np.sort(np.asarray(s_lin, dtype=np.float64)),
                                 transform, percentile, negative_share)
@@ -1093,7 +1094,7 @@ def _sorted_fitted_carry(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: 
     from a sorted array without a partition's pass over all events, the FMO percentile carried over
     without a sort (:func:`sorted_additive_threshold`); :func:`two_step_fit` sorts each tube once for
     its two fits."""
-    if f_sorted.size < 20 or s_sorted.size < 20 or not negative_share >= 0.35:
+    if f_sorted.size < 20 or s_sorted.size < 20 or not negative_share >= MIN_FIT_SHARE:
         return None
     scale = _fmo_scale(f_sorted)
     start = np.array([float(np.median(s_sorted) - np.median(f_sorted)), 0.0])
@@ -1114,6 +1115,14 @@ class FitCarry:
     shift: float
     spread: float
     share: float
+    log_sd: float = 0.0
+    """The log-SD of a log-normal binding (:func:`lognormal_share_fit`: ``shift`` is then its median,
+    ``spread`` the normal spreading's SD); 0 for the normal model of :func:`fitted_carry`."""
+
+
+MIN_FIT_SHARE = 0.35
+"""Least share of the stained parent taken as negative that :func:`fitted_carry` fits (fewer
+negatives leave too few events for its percentiles)."""
 
 
 def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
@@ -1122,11 +1131,19 @@ def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: f
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
     fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
     events in linear units converted and sorted once; ``f_sorted``: the FMO's, when already sorted
-    (:func:`sorted_fmo_linear`); ``s_lin``: the finite ``x`` in linear units, when already converted."""
+    (:func:`sorted_fmo_linear`); ``s_lin``: the finite ``x`` in linear units, when already converted.
+
+    When the first share is below :data:`MIN_FIT_SHARE` (binding has moved the whole negative peak
+    past the FMO percentile) and the FMO and stained tubes hold 20 events or more: the log-normal fit
+    of :func:`lognormal_share_fit` (heavy binding has the log-normal's upper tail, which a normal
+    fitted to the bulk does not carry over)."""
     if f_sorted is None:
         f_sorted = sorted_fmo_linear(fmo_x, transform)
     s_sorted = np.sort(_finite_linear(x, transform) if s_lin is None else s_lin)
-    first = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, float(np.mean(x <= t_fmo)))
+    first_share = float(np.mean(x <= t_fmo))
+    if first_share < MIN_FIT_SHARE:
+        return lognormal_share_fit(f_sorted, s_sorted, transform, percentile)
+    first = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, first_share)
     if first is None:
         return None
     share = min(1.0, float(np.mean(x <= first[0])) / (percentile / 100.0))
@@ -1161,25 +1178,97 @@ def lognormal_fitted_cut(fmo_values: np.ndarray, stained_values: np.ndarray, tra
     the normal model of ``fit`` again, so the two cuts differ by what the data say of the tail's
     shape. Transformed units; NaN without a positive ``fit.shift`` (no binding to shape) or with fewer
     than 20 events in either tube. Used only by the fit gate's self-check (``checks``:
-    ``fit_lognormal``)."""
+    ``fit_lognormal``) of a normal fit."""
     f_lin, s_lin = _finite_linear(fmo_values, transform), _finite_linear(stained_values, transform)
     if not fit.shift > 0 or f_lin.size < 20 or s_lin.size < 20:
         return float("nan")
     scale = _fmo_scale(f_lin)
+    starts = [np.array([fit.shift, s0 * scale, 0.5 * fit.spread]) for s0 in LOGNORMAL_STARTS]
+    return _lognormal_fit(f_lin, s_lin, transform, percentile, fit.share, starts, scale)[0]
 
-    def offsets(p: np.ndarray, z: tuple[np.ndarray, np.ndarray] = FIT_LOGNORMAL_QUANTILES) -> np.ndarray:
-        # p: median m, log-SD s x scale (steps of one size), spreading SD sigma; linear units
-        binding = abs(p[0]) * np.exp(min(abs(p[1]) / scale, LOGNORMAL_MAX_SD) * z[0])
-        return (binding[:, None] + abs(p[2]) * z[1][None, :]).ravel()
 
-    fits = [_fit_signal(f_lin, s_lin, transform, fit.share, offsets,
-                        np.array([fit.shift, s0 * scale, 0.5 * fit.spread]),
-                        np.array([0.5 * fit.shift, 0.25 * scale, 0.5 * scale]), scale, maxiter=800)
-            for s0 in LOGNORMAL_STARTS]
+def _lognormal_offsets(p: np.ndarray, scale: float, z: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The log-normal binding plus normal spreading of :func:`lognormal_fitted_cut` at the normal
+    quantiles ``z`` (binding's, spreading's), linear units; ``p``: median m, log-SD s x ``scale`` (the
+    fit's steps of one size), spreading SD sigma."""
+    binding = abs(p[0]) * np.exp(min(abs(p[1]) / scale, LOGNORMAL_MAX_SD) * z[0])
+    return (binding[:, None] + abs(p[2]) * z[1][None, :]).ravel()
+
+
+def _lognormal_fit(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentile: float, share: float,
+                   starts: list[np.ndarray], scale: float, maxiter: int = 800, step: float = 1.0,
+                   fmo_quantiles: int = FIT_FMO_QUANTILES, fatol: float = 1e-12) -> tuple[float, np.ndarray]:
+    """The log-normal binding plus spreading fitted from each of ``starts`` (the best kept) to the
+    :data:`FIT_PERCENTILES` of ``share`` of the stained events (:func:`_fit_signal`, first steps
+    ``step`` x (half the start's median, a quarter and half of ``scale``); the FMO as ``fmo_quantiles``
+    quantiles; ``fatol`` as :func:`_fit_signal`'s): (the FMO ``percentile`` carried over with it at the
+    :data:`TAIL_QUANTILES`, transformed units; the parameters, as :func:`_lognormal_offsets` reads them)."""
+    def offsets(p: np.ndarray) -> np.ndarray:
+        return _lognormal_offsets(p, scale, FIT_LOGNORMAL_QUANTILES)
+
+    fits = [_fit_signal(f_lin, s_lin, transform, share, offsets, start,
+                        step * np.array([0.5 * abs(start[0]), 0.25 * scale, 0.5 * scale]), scale, maxiter=maxiter,
+                        fmo_quantiles=fmo_quantiles, fatol=fatol)
+            for start in starts]
     p = min(fits, key=lambda f: f[1])[0]
-    tail = offsets(p, TAIL_QUANTILES)
+    tail = _lognormal_offsets(p, scale, TAIL_QUANTILES)
     lin = upper_offset_threshold(upper_events(f_lin, percentile, tail.size), tail, percentile)
-    return float(transform.apply(np.array([lin]))[0])
+    return float(transform.apply(np.array([lin]))[0]), p
+
+
+SHARE_ROUNDS = 6
+"""Most fits :func:`lognormal_share_fit` makes while iterating the negatives' share."""
+SHARE_TOLERANCE = 0.005
+"""Change of that share (0-1) below which the iteration has reached its fixed point."""
+SHARE_FATOL = 1e-7
+"""Sum of squares (transformed units) within which :func:`lognormal_share_fit`'s fits stop: the
+fits end at 2e-6 to 1e-4, and 1e-7 is 14 percentiles off by 1e-4 each (time)."""
+SHARE_FMO_QUANTILES = 64
+"""The FMO's quantiles in :func:`lognormal_share_fit`'s fits (half of :data:`FIT_FMO_QUANTILES`: time)."""
+WARM_STEP = 0.2
+"""First simplex of a fit started from an earlier fit's parameters, as a share of a cold start's."""
+
+
+def _share_below(s_sorted: np.ndarray, cut: float, transform: Any, percentile: float) -> float:
+    """The share of the stained parent taken as negative below a carried-over ``cut`` (transformed
+    units): the events at or below it (sorted linear ``s_sorted``) / (``percentile`` / 100), at most 1."""
+    lin = float(transform.inverse(np.array([cut]))[0])
+    return min(1.0, np.searchsorted(s_sorted, lin, side="right") / s_sorted.size / (percentile / 100.0))
+
+
+def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: Any, percentile: float,
+                        start: np.ndarray | None = None, share: float | None = None) -> FitCarry | None:
+    """``width_side: fit`` under binding heavy enough to move the whole negative peak past the FMO
+    percentile (:func:`two_step_fit`): the log-normal binding plus normal spreading of
+    :func:`lognormal_fitted_cut` fitted to the stained negatives, their share iterated to its fixed
+    point (share = stained events at or below the cut / (``percentile`` / 100); from the cut of the
+    FMO shifted by the medians' difference; at most :data:`SHARE_ROUNDS` fits, stopping when the
+    share moves less than :data:`SHARE_TOLERANCE`). The first fit starts from the medians' difference
+    at each of :data:`LOGNORMAL_STARTS`, each later one from the fit before. With ``start`` (parameters
+    of a fit, e.g. on all events) and ``share``: one fit from there at that share (the folds of
+    :func:`fit_cut_error`). ``f_sorted``, ``s_sorted``: both tubes' finite events, linear units, sorted.
+    None with fewer than 20 events in either tube or no positive medians' difference (no binding)."""
+    if f_sorted.size < 20 or s_sorted.size < 20:
+        return None
+    scale = _fmo_scale(f_sorted)
+    if start is not None and share is not None:
+        cut, p = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, [start], scale, step=WARM_STEP,
+                                fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
+        return FitCarry(cut, abs(float(p[0])), abs(float(p[2])), share, min(abs(float(p[1])) / scale, LOGNORMAL_MAX_SD))
+    shift = float(np.median(s_sorted) - np.median(f_sorted))
+    if not shift > 0:
+        return None
+    share = _share_below(s_sorted, float(transform.apply(np.array([sorted_additive_threshold(f_sorted, shift, 0.0, percentile)]))[0]),
+                         transform, percentile)
+    starts = [np.array([shift, s0 * scale, 0.5 * scale]) for s0 in LOGNORMAL_STARTS]
+    step = 1.0
+    for _ in range(SHARE_ROUNDS):
+        cut, p = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, starts, scale, step=step,
+                                fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
+        used, share, starts, step = share, _share_below(s_sorted, cut, transform, percentile), [p], WARM_STEP
+        if abs(share - used) < SHARE_TOLERANCE:
+            break
+    return FitCarry(cut, abs(float(p[0])), abs(float(p[2])), used, min(abs(float(p[1])) / scale, LOGNORMAL_MAX_SD))
 
 
 CONFIDENCE = 0.95
@@ -1190,18 +1279,29 @@ FIT_FOLDS = 8
 
 
 def fit_cut_error(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, percentile: float,
-                  t_fmo: float, folds: int = FIT_FOLDS, confidence: float = CONFIDENCE) -> float:
+                  t_fmo: float, folds: int = FIT_FOLDS, confidence: float = CONFIDENCE,
+                  fit: FitCarry | None = None) -> float:
     """Sampling error of the ``width_side: fit`` cut (:func:`two_step_fit`), transformed units: the
     half-width of its ``confidence`` interval, NaN when fewer than 2 folds can be fitted. The FMO's
     and the stained parent's finite events are dealt into ``folds`` interleaved folds (event i to
     fold i mod k), the fit repeated on each (with the FMO percentile ``t_fmo`` of all events); SD of
     the fold cuts / sqrt(k) x Student's t with k - 1 degrees of freedom, as
-    :func:`reference_cut_error`."""
+    :func:`reference_cut_error`. ``fit``: the fit on all events; a log-normal one (``log_sd`` > 0,
+    :func:`lognormal_share_fit`) is repeated on each fold from its parameters at its share (one fit
+    a fold, not the share's iteration: time)."""
     f = np.asarray(fmo_values, dtype=np.float64)
     x = np.asarray(stained_values, dtype=np.float64)
     f, x = f[np.isfinite(f)], x[np.isfinite(x)]
-    cuts = [fit.cut for fit in (two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo)
-                                for i in range(folds)) if fit is not None]
+
+    def refit(i: int) -> FitCarry | None:
+        if fit is None or not fit.log_sd > 0:
+            return two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo)
+        f_sorted = sorted_fmo_linear(f[i::folds], transform)
+        start = np.array([fit.shift, fit.log_sd * _fmo_scale(f_sorted), fit.spread])
+        return lognormal_share_fit(f_sorted, np.sort(_finite_linear(x[i::folds], transform)), transform, percentile,
+                                   start, fit.share)
+
+    cuts = [c.cut for c in (refit(i) for i in range(folds)) if c is not None]
     if len(cuts) < 2:
         return float("nan")
     return float(np.std(cuts, ddof=1)) / np.sqrt(folds) * float(stdtrit(len(cuts) - 1, 0.5 + confidence / 2))
@@ -1434,7 +1534,7 @@ def place_fmo_anchored(
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
       ``upper``, ``mid`` (halfway between them) or ``fit`` (:func:`two_step_fit`, no tolerance test;
-      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share`` recorded); ``relative_carry``
+      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share``, ``fit_log_sd`` recorded); ``relative_carry``
       names the carry-over the relative threshold is (``reference``, ``fit`` or the ``width_side``
       read). With ``reference`` (a
       :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
@@ -1465,6 +1565,9 @@ def place_fmo_anchored(
     x the density at that threshold (the carried-over cut lies inside the negatives); otherwise
     as ``relative``. Without a stained negative peak near the FMO's (the parent is all
     positive) the FMO percentile is used. The threshold is kept inside the stained data's range.
+    A log-normal fit's cut (``width_side: fit`` under heavy binding, :func:`two_step_fit`) gives way to
+    any valley not below the lower of it and ``relative_low``, whatever its depth, its positive peak
+    looked for above that lower one too (the fit can climb past a dim positive peak).
     ``winner`` names the candidate used. ``shift`` is in transformed units, ``width_ratio`` on
     the lower-side widths (linear units with ``transform``).
     """
@@ -1499,7 +1602,7 @@ def place_fmo_anchored(
     fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted, linear[1]) if linear is not None else None
     if fitted is not None:
         diagnostics.update(fit_threshold=fitted.cut, fit_shift=fitted.shift, fit_spread=fitted.spread,
-                           fit_share=fitted.share)
+                           fit_share=fitted.share, fit_log_sd=fitted.log_sd)
     if not neg.found and fitted is not None:
         winner, cut = "fmo_relative", fitted.cut
         diagnostics["note"] = "no stained negative peak near the FMO's mode: the fitted carry-over"
@@ -1546,7 +1649,11 @@ def place_fmo_anchored(
         peaks, _ = density.peaks(min_prominence)
         start = int(np.searchsorted(density.grid, neg.mode))
         bound = relative if moved else t_fmo
-        far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation or density.grid[p] > bound]
+        # a log-normal fit's cut can lie past a dim positive peak it took for binding: positive peaks
+        # are looked for above the lower of the negative peak's reads too
+        lognormal = fitted is not None and fitted.log_sd > 0 and np.isfinite(bounds[0])
+        above = min(bound, bounds[0]) if lognormal else bound
+        far = [int(p) for p in peaks if density.grid[p] - neg.mode >= min_separation or density.grid[p] > above]
         far = [p for p in far if density.grid[p] > neg.mode]
         if far:
             pos = max(far, key=lambda p: density.values[p])
@@ -1557,6 +1664,10 @@ def place_fmo_anchored(
             diagnostics.update(valley_threshold=float(density.grid[v]), valley_ratio=float(depth),
                                positive_mode=float(density.grid[pos]), valley_to_bound=inside)
             if rule == "anchored" and density.grid[v] >= bound and (depth <= valley_depth or inside <= valley_depth):
+                winner, cut = "stained_valley", float(density.grid[v])
+            elif rule == "anchored" and winner == "fmo_relative" and lognormal and density.grid[v] >= above:
+                # a binding tail falls away from the negative peak and makes no second one; the log-normal
+                # fit's share grows with its cut and climbs into dim positives (stop 43): their valley is the cut
                 winner, cut = "stained_valley", float(density.grid[v])
     cut = float(min(max(cut, x.min()), x.max()))
     diagnostics.update(threshold=cut, winner=winner)
