@@ -413,3 +413,60 @@ def test_response_months_that_cannot_be_used_are_named(tables):
     assert ("after os_months" in text) == bool(after_os.any())
     o["response_months"] = np.where(responder, np.minimum(2.0, o.pfs_months / 2), np.nan)
     assert "response_months" not in " | ".join(build_cohort(pheno, o).notes)
+
+
+def _with_comment(tmp_path, frame_column="comment", cells=("2", "progressed early")):
+    """The reference outcomes with one more column mixing numbers and text (a clinical export's free
+    comment), ``cells`` repeated down the column; returns its path."""
+    outcomes = pd.read_csv(REF / "til_cohort_outcomes.csv", dtype=str, keep_default_na=False)
+    outcomes[frame_column] = [cells[i % len(cells)] for i in range(len(outcomes))]
+    return _write(tmp_path, outcomes, "with_comment.csv")
+
+
+def test_an_unused_column_mixing_numbers_and_text_stops_nothing(tmp_path):
+    """A `comment` column holding '2' and 'progressed early', used neither as a covariate nor as a
+    marker, stopped the whole analysis ('mixed types'): read_outcomes checked every extra column as a
+    covariate. Now it is carried as written, and the analysis runs with the default covariates."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    path = _with_comment(tmp_path)
+    outcomes = read_outcomes(path)
+    assert outcomes["comment"].tolist()[:3] == ["2", "progressed early", "2"]
+    cohort = build_cohort(pd.read_csv(REF / "til_cohort_phenotypes.csv"), outcomes)
+    assert cohort.covariates == ["age", "sex", "ecog"]
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(path), "--out", str(tmp_path / "out"),
+                                      "--permutations", "0", "--bootstrap", "0", "--markers", "cd8_pct_of_cd3"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_covariate_mixing_numbers_and_text_is_refused_where_it_is_chosen(tmp_path):
+    """The same column named as a covariate (or a default covariate holding both, or a marker) is
+    refused in one line naming the file, its first odd cell's row and the column: never silently a
+    categorical covariate with '2' a level beside 'progressed early'."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    path = _with_comment(tmp_path, cells=("2", "3", "progressed early"))
+    said = f"{path}: row 4, column 'comment': mixed types: 'progressed early' is text in a column of numbers"
+    with pytest.raises(TableError) as info:
+        build_cohort(pheno, read_outcomes(path), covariates=["age", "comment"])
+    assert str(info.value) == said
+    with pytest.raises(TableError) as info:
+        build_cohort(pheno, read_outcomes(path), markers=["comment"])
+    assert str(info.value) == said
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(path), "--out", str(tmp_path / "out"),
+                                      "--covariates", "age,comment"])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()).endswith(said), result.output
+    assert "Traceback" not in result.output
+    sexes = _with_comment(tmp_path, "sex", ("M", "F", "1"))   # a default covariate: used unless named otherwise
+    with pytest.raises(TableError, match=r"row 4, column 'sex': mixed types: '1' is a number in a column of text"):
+        build_cohort(pheno, read_outcomes(sexes))
+    cohort = build_cohort(pheno, read_outcomes(sexes), covariates=["age"])   # not used: nothing stops
+    assert cohort.covariates == ["age"]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import path_problem
-from tilpheno.io.outcomes import MISSING_WORDS
+from tilpheno.io.outcomes import MISSING_WORDS, column_problem
 from tilpheno.study import Study, default_study
 
 from .plausibility import patient_ids, plausibility_warnings
@@ -119,6 +119,14 @@ def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[s
             f"multivariable models, their validation and calibration (complete cases): {patient_ids(data, rows)}"]
 
 
+def _refuse_unusable(outcomes: pd.DataFrame, column: str) -> None:
+    """Refuse, as the outcomes reader found it, a column chosen as a covariate or a marker that cannot be
+    one (numbers mixed with text, ...: :func:`tilpheno.io.outcomes.column_problem`)."""
+    problem = column_problem(outcomes, column)
+    if problem:
+        raise TableError(problem)
+
+
 def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None,
                  study: Study | None = None, sources: tuple[str, str] = ("phenotypes", "outcomes")) -> Cohort:
     """Join on product_id; choose markers (default: the study's ``biomarkers`` present) and covariates.
@@ -129,7 +137,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
     default covariate that is also a marker, or that has one value in every patient analysed (an
     all-male cohort), is not used as a covariate (with a note); a named one with one value is a
-    TableError. ``sources``:
+    TableError. A covariate (default or named) or a marker from the outcomes that the reader could
+    not type (numbers mixed with text: :func:`tilpheno.io.outcomes.column_problem`) is a TableError
+    naming its cell; such a column unused stops nothing. ``sources``:
     how errors name the two tables (their files, when read from files).
     """
     phen_source, out_source = sources
@@ -158,6 +168,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         if m in pheno.columns:
             pheno[m] = _numeric_column(pheno, m, phen_source)
         elif m in outcomes.columns:
+            _refuse_unusable(outcomes, m)
             if not pd.api.types.is_numeric_dtype(outcomes[m]):
                 raise TableError(f"{out_source}: column '{m}': marker is not numeric")
         else:
@@ -186,6 +197,8 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
     if covariates is None:
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
+        for c in cov:
+            _refuse_unusable(outcomes, c)
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
         if empty:
             notes.append(f"default covariate(s) with no values, not used: {', '.join(empty)}")
@@ -206,6 +219,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
                                  "cannot adjust a marker for itself")
             if c not in data.columns:
                 raise TableError(f"{out_source}: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
+            _refuse_unusable(outcomes, c)
             if data[c].isna().all():
                 raise TableError(f"{out_source}: column '{c}': covariate has no values")
             if data[c].nunique() == 1:

@@ -18,7 +18,7 @@ longer than the header, a value beside the table (in a column without a header; 
 missing required columns, missing or
 duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
 codes, non-numeric or negative doses and doses above 0 below 1e6 cells (typed in units of 1e9 cells; the
-manifest refuses them alike), dates or Excel durations where a number belongs, columns mixing numbers with text, and
+manifest refuses them alike), dates or Excel durations where a number belongs, and
 formula cells of a workbook never calculated (written by a script: no saved values), a workbook row
 or column hidden in Excel (by hand or by a filter) and two sheets holding a table (a hidden one marked so).
 
@@ -45,8 +45,11 @@ like a blank cell; Excel's error values (``#N/A``, ``#DIV/0!``, ...: a formula t
 refused, ``#N/A`` too: it is mostly a lookup that found nothing, not a value known to be missing.
 A missing required column or an unknown response code gets a "did you mean" suggestion (closest
 match by ``difflib``). A covariate whose non-empty cells are all numbers is numeric, one whose
-cells are all text is categorical; a mixture is an error, and so is a number text cannot hold as
-one (``27,5`` in comma-separated text or typed into an English Excel, ``40%``, ``1 500``).
+cells are all text is categorical; a mixture, or a number text cannot hold as one (``27,5`` in
+comma-separated text or typed into an English Excel, ``40%``, ``1 500``), cannot be a covariate:
+such an extra column stops nothing when it is read (a free comment column) and is carried as written,
+and the biomarker analysis refuses it, naming its cell, only when it uses it as a covariate or a
+marker (:func:`column_problem`).
 """
 from __future__ import annotations
 
@@ -90,6 +93,9 @@ _MAX_BYTES = 200 * 1024 * 1024
 MIN_DOSE_CELLS = 1e6
 """Fewer infused cells than this is no TIL dose in cells: a dose given in units of 1e9 (or 1e6) cells."""
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
+UNUSABLE = "unusable_columns"
+"""Key of a validated table's ``attrs``: {column: its one-line error} of the extra columns carried as
+written that cannot be a covariate or a marker (:func:`column_problem`)."""
 
 
 def dose_problem(dose: float, cell: Any) -> str | None:
@@ -280,7 +286,8 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
     """Check a table of raw cells (index = sheet row numbers) and return typed columns.
 
     ``required``: the columns the caller uses (default all of :data:`REQUIRED`, and every other
-    column is checked as a covariate); a subset of the id columns and ``til_dose_cells``
+    column is typed as a covariate, or carried as written when it cannot be one: its problem in
+    ``attrs``, :func:`column_problem`); a subset of the id columns and ``til_dose_cells``
     (:data:`DOSE_COLUMNS`) requires and checks only those columns and returns only them."""
     if raw.shape[1] == 0 or raw.shape[0] == 0:
         _fail(source, "the table has no rows")
@@ -329,12 +336,28 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
     for col in EVENT_COLUMNS:
         out[col] = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=int)
     out["til_dose_cells"] = _doses(raw, source)
+    unusable: dict[str, str] = {}
     for col in raw.columns:
         if col in OPTIONAL_TIME_COLUMNS:
             out[col] = _times(raw[col], source, col, required=False)
         elif col not in REQUIRED:
-            out[col] = _covariate(raw[col], source, col)
-    return out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
+            try:
+                out[col] = _covariate(raw[col], source, col)
+            except TableError as exc:   # refused only where it is used (column_problem): a free comment column
+                unusable[col] = str(exc)
+                texts = raw[col].map(_cell_text)
+                out[col] = texts.where(texts != "", None)
+    typed = out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
+    typed.attrs[UNUSABLE] = unusable
+    return typed
+
+
+def column_problem(outcomes: pd.DataFrame, column: str) -> str | None:
+    """Why ``column`` of a validated outcomes table (:func:`validate_outcomes`) cannot be a covariate
+    or a marker, as the one-line error naming the file, the row and the column (numbers mixed with
+    text, a number in another style, a duration: :func:`_covariate`), or None. Such a column is
+    carried as written (its cells as text), so the analysis refuses it only where it chooses it."""
+    return outcomes.attrs.get(UNUSABLE, {}).get(column)
 
 
 def _doses(raw: pd.DataFrame, source: str) -> pd.Series:
