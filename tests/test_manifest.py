@@ -629,8 +629,8 @@ def test_read_manifest_row_longer_than_header(files):
 def test_read_manifest_fmo_marker_not_in_the_strategy(files):
     """An FMO row naming a marker its tube's strategy does not have ('PD1x', 'PD-L1', FoxP3 on the
     surface tube) was accepted; the FMO then gated nothing and the PD1 gate fell back ->
-    refused with a did-you-mean among the tube's markers (PD-1, an alias, is PD1), by
-    `process` and `scan --manifest` alike."""
+    refused with a did-you-mean among the tube's markers (PD-1, an alias, is PD1) for a typo only,
+    by `process` and `scan --manifest` alike."""
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.pipeline.inputs import strategy_markers
     from tilpheno.study import default_study
@@ -638,7 +638,11 @@ def test_read_manifest_fmo_marker_not_in_the_strategy(files):
     markers = strategy_markers(load_strategy(p) for p in default_study().strategy_paths)
     rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD-1"]]
     assert read_manifest(_write(files / "m.csv", rows), markers=markers)["fmo_marker"].tolist() == ["", "PD1"]
-    for written, hint in (("PD1x", " \\(did you mean 'PD1'\\?\\)"), ("PD-L1", " \\(did you mean 'PD1'\\?\\)"), ("FoxP3", "")):
+    # a typo gets a did-you-mean; another molecule does not: CD39 (a marker the vocabulary knows) or CD38 (another
+    # CD number) was offered 'CD3' / 'CD8'
+    did = " \\(did you mean 'PD1'\\?\\)"
+    for written, hint in (("PD1x", did), ("PD-L1", did), ("DC56", " \\(did you mean 'CD56'\\?\\)"), ("CD39", ""),
+                          ("CD38", ""), ("FoxP3", "")):
         rows[2][4] = written
         path = _write(files / "m.csv", rows)
         assert read_manifest(path)["fmo_marker"].iloc[1]   # without markers: not checked

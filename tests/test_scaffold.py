@@ -1483,3 +1483,30 @@ def test_process_of_til_files_says_nothing_of_another_labs_panel(tmp_path):
                    "--reports", "none"])
     assert result.exit_code == 1 and "marker(s) CD103 not found" in result.output, result.output
     assert "fits no tube kind" not in result.output, result.output
+
+
+def test_a_new_labs_full_manifest_under_the_study_points_to_new_study(tmp_path):
+    """A new lab's whole manifest (its three stained files and its FMO controls, CD39 among them)
+    listed under the bundled til study: scan --manifest and process --manifest stopped at the first
+    FMO of a marker til does not gate with "'CD39' is not a marker of the surface tube (did you mean
+    'CD3'?)": a different molecule offered as a typo, and never the line that scanning the folder
+    prints -> one line naming the manifest's row and column that says the stained files fit no tube
+    kind of study til (each with what it has and lacks; truth: make_newlab.TUBES against
+    til_surface.yaml) and points to new-study; no "did you mean"."""
+    fcs = sorted((NEWLAB / "fcs").glob("*.fcs"))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,product_id,tube,role,fmo_marker\n" + "".join(
+        f"fcs/{p.name},LAB7,surface,{'fmo' if '_FMO_' in p.name else 'stain'},"
+        f"{p.stem.split('_FMO_')[1] if '_FMO_' in p.name else ''}\n" for p in fcs))
+    first = next(i for i, p in enumerate(fcs) if p.name == "LAB7_exhaustion_FMO_CD39.fcs")
+    assert first == 0
+    for args in (["scan", str(NEWLAB), "--manifest", str(manifest)],
+                 ["process", str(NEWLAB), "--manifest", str(manifest), "-o", str(tmp_path / "out"), "--reports", "none"]):
+        result = _run([*args, "--panel", str(NEWLAB / "panel.csv")])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert text.startswith(f"error: {manifest}: row 2, column 'fmo_marker': 'CD39' is not a marker of the surface "
+                               "tube (its markers: CD3, CD4, CD8, CD56, PD1, 7AAD): "), text
+        assert "did you mean" not in text and "Traceback" not in text, text
+        _assert_newlab_unfit_line(text[text.index("3 stained files"):])
+    assert not (tmp_path / "out").exists()

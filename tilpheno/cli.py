@@ -218,7 +218,7 @@ def scan(
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
     from tilpheno.panel import read_panel_file
-    from tilpheno.pipeline.inputs import stained_file_markers, strategy_detectors, strategy_markers
+    from tilpheno.pipeline.inputs import listed_unfit, stained_file_markers, strategy_detectors, strategy_markers
     from tilpheno.study import load_study
 
     if out is not None and manifest is not None and out.resolve() == manifest.resolve():
@@ -232,7 +232,8 @@ def scan(
         strategies = [load_strategy(p) for p in config.strategy_paths]
         kind_markers, kind_detectors = strategy_markers(strategies), strategy_detectors(strategies)
         if manifest is not None:
-            frame = read_manifest(manifest, base=folder, study=config, markers=kind_markers, keep_missing=True)
+            frame = read_manifest(manifest, base=folder, study=config, markers=kind_markers, keep_missing=True,
+                                  unfit=listed_unfit(config, (kind_markers, kind_detectors), overrides, folder))
         else:
             frame = scan_folder(folder, study=config, panel=overrides, markers=file_markers)
             for where, reason in frame.attrs.get("unlistable", []):

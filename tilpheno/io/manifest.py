@@ -43,11 +43,11 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 import pandas as pd
 
-from tilpheno.errors import FCSReadError, TableError, did_you_mean
+from tilpheno.errors import FCSReadError, TableError, closest_match, did_you_mean
 from tilpheno.io.files import display_name, path_problem
 from tilpheno.io.outcomes import MISSING_WORDS, dose_problem, locale_numbers, number
 from tilpheno.io.workbook import (decode_text, hidden_sheets, lone_value, open_workbook, place,
@@ -59,6 +59,7 @@ from tilpheno.study import Study, default_study
 
 if TYPE_CHECKING:
     from tilpheno.io.fcs import FCSFile
+    from tilpheno.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +411,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                   allow_outside: bool = False, study: Study | None = None,
                   tubes: Iterable[str] | None = None,
                   markers: Mapping[str, Iterable[str]] | None = None,
-                  keep_missing: bool = False) -> pd.DataFrame:
+                  keep_missing: bool = False,
+                  unfit: Callable[[pd.DataFrame], str] | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
@@ -425,8 +427,10 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     adds theirs), ``unstained`` and ``compensation`` (unknown roles and
     tubes get a "did you mean"), FMO rows without a recognisable marker, or (when ``markers``
     maps the row's tube kind to its strategies' markers; a kind with none is not checked) with a
-    marker that is none of them (it would gate nothing; a "did you mean" among them),
-    duplicate files, files that
+    marker that is none of them (it would gate nothing; a "did you mean" among them for a typo only,
+    :func:`marker_hint`; given ``unfit``, the line it returns for the row's product's rows, files as
+    found, stands in its place: a new lab's FMO of a marker the study does not gate follows from its
+    stained files fitting no tube kind, whose way out is ``tilpheno new-study``), duplicate files, files that
     do not exist (relative paths are looked up under ``base``, default the manifest's folder; a
     Windows path ``sub\\a.fcs`` is found as ``sub/a.fcs``), two
     product ids that differ only in case (one product mistyped would become two), files
@@ -472,6 +476,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     seen: dict[str, tuple[int, str]] = {}   # resolved file -> (its first row, that row's product)
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers, problems = [], [], []
+    foreign: tuple[int, str, str, str, str] | None = None   # the first FMO row of a marker its tube does not gate
     for line, row in zip(frame.index, frame.itertuples(index=False)):
         where = place(str(path), line)
         for column in COLUMNS[:4]:
@@ -494,9 +499,10 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
         if row.role != "fmo" and row.fmo_marker:
             raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
         panel = panels.get(row.tube)
-        if marker is not None and panel is not None and not any(vocabulary.same(marker, m) for m in panel):
-            raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} is not a marker of the {row.tube} "
-                             f"tube{did_you_mean(marker, panel)} (its markers: {', '.join(panel)})")
+        if (foreign is None and marker is not None and panel is not None
+                and not any(vocabulary.same(marker, m) for m in panel)):
+            foreign = (line, str(row.product_id), f"{row.fmo_marker!r} is not a marker of the {row.tube} tube",
+                       marker_hint(marker, panel, vocabulary), f"(its markers: {', '.join(panel)})")
         fmo_markers.append(marker or "")
         file, resolved = _locate(row.file, base)
         problem = ""
@@ -525,6 +531,12 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
                              f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
     frame["file"] = found
+    if foreign is not None:   # refused once every file is found: the product's stained files may explain it
+        line, product, said, hint, panel_named = foreign
+        usable = (frame["product_id"] == product) & pd.Series([p == "" for p in problems], index=frame.index)
+        why = unfit(frame[usable]) if unfit is not None else ""
+        raise TableError(f"{place(str(path), line)}, column 'fmo_marker': {said} {panel_named}: {why}" if why else
+                         f"{place(str(path), line)}, column 'fmo_marker': {said}{hint} {panel_named}")
     frame["fmo_marker"] = fmo_markers
     if "detector" in frame.columns:
         frame[DETECTOR_AT] = [place(str(path), line, "detector") for line in frame.index]
@@ -535,6 +547,17 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame.attrs.pop("separator", None)
     frame.attrs.pop("header_line", None)
     return frame.reset_index(drop=True)
+
+
+def marker_hint(marker: str, panel: Iterable[str], vocabulary: Vocabulary) -> str:
+    """The "did you mean" among a tube's markers (``panel``) of a marker it does not gate, for a
+    plausible typo only (``PD1x``, ``DC56``): '' for a marker ``vocabulary`` knows (``CD39`` is
+    another molecule, no typo of ``CD3``) and when the numbers in the two names differ (``CD38``:
+    another CD molecule, not ``CD8``)."""
+    close = closest_match(marker, panel)
+    if vocabulary.known(marker) or close is None or re.findall(r"\d+", marker) != re.findall(r"\d+", close):
+        return ""
+    return f" (did you mean '{close}'?)"
 
 
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")

@@ -31,10 +31,12 @@ def group_products(manifest) -> list[tuple[str, object]]:
 
 def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *, allow_outside: bool = False,
                   study: Study | None = None, tubes: Iterable[str] | None = None,
-                  markers: Mapping[str, Iterable[str]] | None = None, panel=None, scan_rows=None):
+                  markers: Mapping[str, Iterable[str]] | None = None, panel=None, scan_rows=None,
+                  detectors: Mapping[str, Sequence[str]] | None = None):
     """The manifest: ``read_manifest(csv)`` when given (relative file paths are under ``folder``;
     ``tubes``: the tube kinds it may name, default the study's; ``markers``: tube kind -> the
-    markers its FMO rows may name),
+    markers its FMO rows may name; an FMO of another marker whose product's stained files fit no
+    tube kind is refused with :func:`describe_unfit`'s line, ``detectors`` as :func:`unfit_stains`'s),
     else ``scan_folder(folder)`` (``panel``: the run's panel file rows, labels of the files). ``file`` holds paths usable from the working directory. Files
     must lie under ``folder`` (after resolving links) unless ``allow_outside``. A file that cannot
     be used (scanned: unreadable; a manifest's: missing) keeps its row, its reason in ``problem``:
@@ -45,8 +47,10 @@ def load_manifest(folder: str | Path, manifest_csv: str | Path | None = None, *,
     folder = Path(folder)
     if manifest_csv is None:
         return scan_folder(folder, allow_outside=allow_outside, study=study, panel=panel, rows=scan_rows)
+    explain = (listed_unfit(study, (markers, detectors or {}), panel, folder)
+               if study is not None and markers is not None else None)
     frame = read_manifest(manifest_csv, base=folder, allow_outside=allow_outside, study=study, tubes=tubes,
-                          markers=markers, keep_missing=True)
+                          markers=markers, keep_missing=True, unfit=explain)
     frame["file"] = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"]]
     return frame
 
@@ -145,6 +149,22 @@ def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path
             f"{'them' if len(unfit) > 1 else 'it'}. Another lab's panel: tilpheno new-study "
             f"{folder} -o DIR drafts a study of the files' own tube kinds, then scan or process with --study "
             "DIR/study.yaml")
+
+
+def listed_unfit(study: Study, kinds: tuple[Mapping[str, Iterable[str]], Mapping[str, Sequence[str]]], panel,
+                 folder: str | Path):
+    """``read_manifest(unfit=)``: a function of a manifest's rows (files as listed, under ``folder``)
+    giving :func:`describe_unfit`'s line on those of its stained files that fit no tube kind of
+    ``study`` ('' when all fit), their labels read with ``panel`` (:func:`stained_file_markers`);
+    ``kinds``: tube kind -> its strategies' markers, and -> the detectors they gate as they are."""
+    kind_markers, kind_detectors = kinds
+
+    def line(rows) -> str:
+        stains = rows[rows["role"] == "stain"]
+        labels = stained_file_markers(map(str, stains["file"]), study.vocabulary, panel, base=folder)
+        return describe_unfit(unfit_stains(stains, labels, kind_markers, study.vocabulary, kind_detectors), study,
+                              folder)
+    return line
 
 
 def unmatched_outcomes(manifest, outcomes) -> list[str]:

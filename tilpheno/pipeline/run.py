@@ -300,7 +300,7 @@ def load_run_inputs(folder: str | Path, *, manifest_csv: str | Path | None = Non
     known = (*strategies, *(load_strategy(p) for p in study.strategy_paths)) if strategy_paths else strategies
     manifest = load_manifest(folder, manifest_csv, allow_outside=allow_outside, study=study,
                              tubes=[*study.tubes, *(s.tube for s in strategies)], markers=strategy_markers(known),
-                             panel=panel, scan_rows=scan_rows)
+                             panel=panel, scan_rows=scan_rows, detectors=strategy_detectors(known))
     run_flags = [QCFlag("", display_name(where), "unlistable_folder", "error",
                         f"{display_name(where)}: folder cannot be listed ({reason}); its files were not processed")
                  for where, reason in manifest.attrs.get("unlistable", [])]
