@@ -638,10 +638,10 @@ def test_read_manifest_fmo_marker_not_in_the_strategy(files):
     markers = strategy_markers(load_strategy(p) for p in default_study().strategy_paths)
     rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD-1"]]
     assert read_manifest(_write(files / "m.csv", rows), markers=markers)["fmo_marker"].tolist() == ["", "PD1"]
-    # a typo gets a did-you-mean; another molecule does not: CD39 (a marker the vocabulary knows) or CD38 (another
-    # CD number) was offered 'CD3' / 'CD8'
+    # a typo gets a did-you-mean; another molecule does not: CD39 or PD-L1 (markers the vocabulary knows) or CD38
+    # (another CD number) was offered 'CD3' / 'PD1' / 'CD8'
     did = " \\(did you mean 'PD1'\\?\\)"
-    for written, hint in (("PD1x", did), ("PD-L1", did), ("DC56", " \\(did you mean 'CD56'\\?\\)"), ("CD39", ""),
+    for written, hint in (("PD1x", did), ("PD-L1", ""), ("PDL-1", ""), ("DC56", " \\(did you mean 'CD56'\\?\\)"), ("CD39", ""),
                           ("CD38", ""), ("FoxP3", "")):
         rows[2][4] = written
         path = _write(files / "m.csv", rows)
