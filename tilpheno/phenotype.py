@@ -324,7 +324,7 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     marker's detector is a target and every event is negative there, so the pairs a stained tube
     cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8 into
     CD3) are checked too."""
-    from tilpheno.spillover import residual_events, residual_spillover, union_events
+    from tilpheno.spillover import events_within, residual_events, residual_spillover, union_events
 
     if spillover is None:
         return None
@@ -348,16 +348,18 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
         source_masks = {markers[p.dims[0]]: singlet_mask for p in strategy.populations
                         if len(p.dims) == 1 and p.dims[0] in markers and _descends_from(strategy, p.name, singlets)
                         and not _descends_from(strategy, p.name, lymph)}
-    # only the events the check uses are put back on the linear scale (the inverse is per value)
-    index = residual_events(state.tube.n_events, mask)
-    if source_masks:
-        index = union_events(state.tube.n_events, index, residual_events(state.tube.n_events, singlet_mask))
-    values = {}
-    for m, d in markers.items():
-        full = np.full(state.tube.n_events, np.nan)
-        full[index] = state.tube.transforms[m].inverse(state.tube.data[m][index])
-        values[d] = full
-    return residual_spillover(values, negative_cuts=cuts, targets=targets, mask=mask, source_masks=source_masks)
+    # Only the events the check uses are taken, and put back on the linear scale (the inverse is per
+    # value): each event set (residual_events: at most RESIDUAL_MAX_EVENTS) as a mask over their union,
+    # which residual_spillover takes whole: the same events in the same order as from full-length arrays
+    n = state.tube.n_events
+    used = residual_events(n, mask)
+    on_singlets = residual_events(n, singlet_mask) if source_masks else used
+    index = union_events(n, used, on_singlets) if source_masks else used
+    values = {d: state.tube.transforms[m].inverse(state.tube.data[m][index]) for m, d in markers.items()}
+    within = events_within(index, on_singlets)
+    return residual_spillover(values, negative_cuts=cuts, targets=targets,
+                              mask=events_within(index, used) if source_masks else None,
+                              source_masks={d: within for d in source_masks})
 
 
 def file_residual(strategy: Strategy, state: _Gated, spillover: Spillover | None,

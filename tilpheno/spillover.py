@@ -498,6 +498,15 @@ def union_events(n_events: int, *indices: np.ndarray) -> np.ndarray:
     return np.flatnonzero(chosen)
 
 
+def events_within(index: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """Bool mask over ``index`` (ascending event indices) of ``events`` (ascending, each one of
+    ``index``): the positions at which :func:`residual_spillover` finds those events when given
+    the values at ``index`` only."""
+    chosen = np.zeros(index.size, dtype=bool)
+    chosen[np.searchsorted(index, events)] = True
+    return chosen
+
+
 def residual_spillover(
     compensated: dict[str, np.ndarray],
     *,
