@@ -352,3 +352,11 @@ def test_the_check_on_the_union_of_its_event_sets_equals_the_check_on_every_even
                              mask=events_within(index, used), source_masks={"V": events_within(index, on_singlets)})
     assert len(expected) and expected["flagged"].any()
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    # one event set (no source checked elsewhere): its events' values alone, no mask
+    alone = {d: np.full(n, np.nan) for d in values}
+    for d, v in values.items():
+        alone[d][used] = v[used]
+    expected = residual_spillover(alone, negative_cuts=cuts, mask=lymph)
+    got = residual_spillover({d: v[used] for d, v in values.items()}, negative_cuts=cuts)
+    assert len(expected) or n < 10_000   # 5,000 events: too few lymphocyte negatives for any pair
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)

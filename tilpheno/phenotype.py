@@ -351,14 +351,17 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     # Only the events the check uses are taken, and put back on the linear scale (the inverse is per
     # value): each event set (residual_events: at most RESIDUAL_MAX_EVENTS) as a mask over their union,
     # which residual_spillover takes whole: the same events in the same order as from full-length arrays
+    def linear(index: np.ndarray) -> dict[str, np.ndarray]:
+        return {d: state.tube.transforms[m].inverse(state.tube.data[m][index]) for m, d in markers.items()}
+
     n = state.tube.n_events
     used = residual_events(n, mask)
-    on_singlets = residual_events(n, singlet_mask) if source_masks else used
-    index = union_events(n, used, on_singlets) if source_masks else used
-    values = {d: state.tube.transforms[m].inverse(state.tube.data[m][index]) for m, d in markers.items()}
+    if not source_masks:   # one event set: all of the values given
+        return residual_spillover(linear(used), negative_cuts=cuts, targets=targets)
+    on_singlets = residual_events(n, singlet_mask)
+    index = union_events(n, used, on_singlets)
     within = events_within(index, on_singlets)
-    return residual_spillover(values, negative_cuts=cuts, targets=targets,
-                              mask=events_within(index, used) if source_masks else None,
+    return residual_spillover(linear(index), negative_cuts=cuts, targets=targets, mask=events_within(index, used),
                               source_masks={d: within for d in source_masks})
 
 
