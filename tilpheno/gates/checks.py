@@ -41,7 +41,11 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     stained events above the median of the parent's positives, beyond its FMO's share there, taken
     as half of its positives; the cut re-read without that many of its brightest events lies more
     than ``uncertain_points`` points of the parent away; ``reference_positive_pct`` the estimated
-    share). With ``reference_carry: additive`` (the PD1 gates) the cut is also flagged when the
+    share). Both read a heavy binding tail in the reference as marker+ cells too, so either flags only
+    when a log-normal binding plus spreading fitted to the reference's bulk, carried to the
+    percentile, does not reach the cut (:func:`tail_judgement`: ``reference_tail_cut``,
+    ``reference_tail_points``; a second opinion on the flag, never on the cut). With
+    ``reference_carry: additive`` (the PD1 gates) the cut is also flagged when the
     shape of the nonspecific signal would move it (``tail_points``, the tail-shape check): the
     additive model gives the signal a normal shape; a log-normal one with the same median (the
     read shift) and SD (sqrt(spread^2 + skew^2)), taken at the same 32 quantiles
@@ -384,14 +388,13 @@ def place_and_check(
                 # that the parent's positives move least (its negative peak's lower-side spread)
                 own = 0.5 * (low + high)
                 d["reference_above_points"] = _points_between(stained, own, cut) if cut > own else 0.0
+                message = None
                 if d["reference_above_points"] > uncertain_points:
-                    uncertain = True
-                    flags.append(_uncertain(f"{name}: the threshold {cut:.3f} read on the reference population "
-                                            f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
-                                            f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
-                                            f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
-                                            f"stained tail and this cut (under-call); look at the {marker} histogram of the "
-                                            f"reference population, stained vs FMO, for {marker}+ cells in it"))
+                    message = (f"{name}: the threshold {cut:.3f} read on the reference population "
+                               f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
+                               f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
+                               f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
+                               f"stained tail and this cut (under-call)")
                 else:
                     # a direct test for marker+ cells in the reference: its stained events as bright as the
                     # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
@@ -402,13 +405,24 @@ def place_and_check(
                         d["reference_positive_pct"], cleaned = found
                         d["reference_positive_points"] = _points_between(stained, cleaned, cut)
                         if d["reference_positive_points"] > uncertain_points:
-                            uncertain = True
-                            flags.append(_uncertain(f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
-                                                    f"stained events are {marker}+ (as bright as the parent's positives, beyond "
-                                                    f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
-                                                    f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
-                                                    f"parent away (limit {uncertain_points:g}); look at the {marker} histogram of "
-                                                    f"the reference population, stained vs FMO"))
+                            message = (f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
+                                       f"stained events are {marker}+ (as bright as the parent's positives, beyond "
+                                       f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
+                                       f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
+                                       f"parent away (limit {uncertain_points:g})")
+                if message is not None:
+                    # both checks also read a heavy binding tail as marker+ cells: a second opinion
+                    assert reference_fmo is not None and reference_stained is not None
+                    d.update(tail_judgement(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
+                                            percentile))
+                    if not d["reference_tail_cut"] >= cut:   # NaN: no binding tail to explain the cut
+                        uncertain = True
+                        tail = (f"a log-normal binding tail fitted to the reference's bulk reaches only "
+                                f"{d['reference_tail_cut']:.3f}, {d['reference_tail_points']:.1f} points of the parent "
+                                f"below the cut" if math.isfinite(d["reference_tail_cut"])
+                                else "no binding tail could be fitted to the reference's bulk")
+                        flags.append(_uncertain(f"{message}; {tail}; look at the {marker} histogram of the reference "
+                                                f"population, stained vs FMO, for {marker}+ cells in it"))
             elif referenced and anchor.get("reference") is not None:
                 # the additive carry-over gives the nonspecific signal a normal shape; the reference's
                 # reads fit a heavier, log-normal tail as well: how far would that move the %
@@ -500,6 +514,22 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
                           f"compensation (a degraded tandem?) and the {marker} vs {'/'.join(slopes)} plot of the "
                           f"FMO", gate=population),)
     return pl.Placement(placement.gate, placement.method, d, flags)
+
+
+def tail_judgement(fmo: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray, stained: np.ndarray,
+                   cut: float, transform: Any, percentile: float) -> dict[str, float]:
+    """The second opinion on a ``reference_carry: quantile`` cut that the reference-positives checks
+    (``reference_above_points``, ``reference_positive_points``) would flag: ``reference_tail_cut``
+    (``placement.reference_tail_cut``, transformed units: the cut a log-normal binding tail fitted to
+    the reference's bulk explains) and ``reference_tail_points`` (percentage points of the parent
+    between it and ``cut``, + when ``cut`` lies above it, as marker+ cells in the reference put it;
+    NaN when no tail can be fitted). The checks do not flag when that tail reaches the cut
+    (``reference_tail_cut`` >= ``cut``): a heavy binding tail, not marker+ cells, explains it. Only
+    the decision to flag uses the fit, never the cut; no allowance for the fit's own noise (about 1
+    point of the parent): allowing 0.5-1.5 points silenced contaminated references (stop 43)."""
+    tail = pl.reference_tail_cut(fmo, reference_fmo, reference_stained, transform, percentile)
+    points = (_points_between(stained, tail, cut) * (1.0 if cut >= tail else -1.0)) if math.isfinite(tail) else float("nan")
+    return {"reference_tail_cut": tail, "reference_tail_points": points}
 
 
 def reference_positives(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
