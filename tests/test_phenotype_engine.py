@@ -121,6 +121,50 @@ def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
     assert [f.code for f in flags_naming_gate(flags, "CD56+", stained.file)] == ["gate_failed"]
 
 
+NESTED = parse_strategy(textwrap.dedent(
+    """\
+    strategy: nested
+    tube: surface
+    markers: [CD3, CD56]
+    transforms:
+      CD3: {kind: linear}
+      CD56: {kind: linear}
+    populations:
+      - {name: big, parent: root, dims: [FSC-A], method: fixed, params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}}
+      - {name: CD3+, parent: big, dims: [CD3], method: fmo, params: {percentile: 99.99, rule: percentile}}
+      - {name: CD56+, parent: CD3+, dims: [CD56], method: valley}
+    variables:
+      nkt_pct: {numerator: CD56+, denominator: CD3+}
+    """
+), "nested.yaml")
+
+
+def test_a_gate_within_an_fmos_own_marker_gate_that_cannot_be_placed_there_holds_no_release():
+    """The CD45 FMO of a drafted study (tests/data/newlab: live -> CD45+ -> live_lymph, the
+    lymphocyte gate placed on each file) holds no CD45+ event, so its live_lymph gate could not be
+    placed: a gate_failed *error* on the FMO file, every product 'needs review' and its release 'not
+    evaluable', though no threshold is read from that population of that FMO (CD3+ takes its cut
+    from the CD3 FMO). Now such a failure, within a gate on the FMO's own omitted marker, is info,
+    saying why; the same failure in another marker's FMO (its CD3+ emptied) stays an error."""
+    from tilpheno.qc import QCFlag, needs_review
+
+    stained, _, _ = tube("stain", None, 11)
+    fmo3, _, _ = tube("fmo", "CD3", 12)
+    fmo56, _, _ = tube("fmo", "CD56", 13)
+    fmo56.data["CD3"][:] = 0.0   # another marker's FMO whose CD3+ is empty: its failure still holds release
+    states = gate_tube_kind(NESTED, [stained, fmo3, fmo56])
+    assert states[1].masks["CD3+"].sum() < 10   # the CD3 FMO above its own 99.99th percentile
+    failed = {st.tube.file: f for st in states for f in st.flags if f.code == "gate_failed"}
+    assert set(failed) == {"fmo_CD3.fcs", "fmo_CD56.fcs"}
+    within, other = failed["fmo_CD3.fcs"], failed["fmo_CD56.fcs"]
+    assert within.severity == "info" and within.gate == "CD56+"
+    assert "the FMO omits CD3" in within.message and "CD3+" in within.message
+    assert other.severity == "error"
+    as_qc = [QCFlag("P", name, f.code, f.severity, f.message, f.gate) for name, f in failed.items()]
+    assert [f.file for f in as_qc if needs_review(f)] == ["fmo_CD56.fcs"]
+    assert not any(f.code == "gate_failed" for f in states[0].flags)
+
+
 def test_a_population_named_as_the_prefix_of_another_does_not_take_its_flags():
     """Populations 'CD56+' (a fixed cut) and 'CD56+ (bright)' (an FMO gate without its FMO: the
     engine falls back on the stained density, flags missing_fmo and fallback_gate). The flags were

@@ -959,13 +959,30 @@ class _TubeKindRun:
                 src.placed[pop.name] = placement
             if isinstance(placement, _Failed):
                 st.masks[pop.name] = np.zeros(st.tube.n_events, dtype=bool)
-                flags.append((k, gate_flag(pop, pl.Flag("gate_failed", "error", str(placement)))))
+                flags.append((k, gate_flag(pop, self._failed_flag(pop, src, str(placement)))))
                 continue
             st.masks[pop.name] = st.mask_of(pop, placement.gate)
             st.gates.append((pop.name, pop.parent, placement.gate, placement.method))
             st.diagnostics[pop.name] = dict(placement.diagnostics)
             flags.extend((k, gate_flag(pop, f)) for f in placement.flags)
         self.position[i] = max(self.position[i], upto)
+
+    def _failed_flag(self, pop: Population, src: _Source, problem: str) -> pl.Flag:
+        """The ``gate_failed`` flag of ``pop``'s per-file gate on ``src``: an error (it holds
+        release), except on an FMO file when ``pop`` lies within a gate on the marker that FMO
+        omits and no threshold of that marker is read from within ``pop``: that population is
+        (almost) empty in the FMO by design (the lymphocyte gate drafted within a pan-leukocyte
+        marker's positives, in that marker's FMO) and no gate of the stained tube uses it, so info."""
+        marker = src.fmo_marker if src.role == "fmo" else None
+        above = _gated_above(self.strategy, pop, marker, self.vocabulary) if marker else None
+        needed = above is not None and any(
+            q.method == "fmo" and any(self.vocabulary.same(d, marker) for d in q.dims)
+            and _descends_from(self.strategy, q.name, pop.name) for q in self.pops)
+        if above is None or needed:
+            return pl.Flag("gate_failed", "error", problem)
+        return pl.Flag("gate_failed", "info", f"{problem}; not needed: the FMO omits {marker}, so {above} (a gate on "
+                                              f"{marker}) and what lies within it hold (almost) no events in this file, "
+                                              "and no threshold is taken from there")
 
     def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str]:
         """The threshold gate of ``fmo`` population ``pop`` (index ``k``) and the file that set it ('' = fallback)."""
@@ -1188,6 +1205,19 @@ def _descends_from(strategy: Strategy, name: str, ancestor: str | None) -> bool:
             return True
         name = by_name[name].parent
     return False
+
+
+def _gated_above(strategy: Strategy, pop: Population, marker: str, vocabulary: Vocabulary) -> str | None:
+    """The nearest population above ``pop`` (its parent, or one of that parent's ancestors) whose
+    gate is on ``marker``, or None."""
+    by_name = {p.name: p for p in strategy.populations}
+    name = pop.parent
+    while name != ROOT:
+        above = by_name[name]
+        if any(vocabulary.same(d, marker) for d in above.dims):
+            return name
+        name = above.parent
+    return None
 
 
 def _median_selecting(values: np.ndarray) -> float:
