@@ -84,6 +84,8 @@ def test_newlab_draft_runs_and_agrees_with_truth(tmp_path):
     assert parents == {"cells": "root", "singlets": "cells", "live": "singlets", "CD45+": "live", "live_lymph": "CD45+",
                        "CD3+": "live_lymph", "CD4+": "CD3+", "CD8+": "CD3+"}
     got = pd.read_csv(out / "phenotypes.csv").set_index("product_id").loc["LAB7"]
+    # the CD45 FMO's lymphocyte gate (within CD45+, empty there) holds no release: its release is decided
+    assert got["review_status"] == "no gating flags" and got["release_status"] == "pass", got["release_status"]
     truth = pd.read_csv(NEWLAB / "truth.csv").set_index("product_id").loc["LAB7"]
     cd8_of_leukocytes = truth.cd3_pct_of_cd45 * truth.cd8_pct_of_cd3 / 100
     expected = {
