@@ -137,9 +137,11 @@ def test_new_lab_panel_runs_through_process(tmp_path):
     assert set(populations["tube"]) == {"tcell", "exhaustion", "residency"}
     assert set(populations.loc[populations["role"] == "fmo", "fmo_marker"]) == {"CD45", "CD3", "CD4", "CD8", "CD39", "LAG3", "CD103"}
     # every FMO-gated marker's threshold came from its FMO file (no fallback), no gating problem; the
-    # only flags are the informational "acquisition QC skipped" of these short (3000-event) files
+    # only flags are informational: "acquisition QC skipped" of these short (3000-event) files, and
+    # each control's line that its detector voltages were not compared (no $PnV in these files)
     qc = pd.read_csv(out / "qc.csv")
-    assert set(qc["code"]) <= {"acquisition_qc_skipped"} and set(qc["severity"]) <= {"info"}
+    assert set(qc["code"]) <= {"acquisition_qc_skipped", "control_settings_differ"} and set(qc["severity"]) <= {"info"}
+    assert all("($PnV) not compared" in m for m in qc.loc[qc["code"] == "control_settings_differ", "message"])
     index = (out / "index.html").read_text()
     assert "cd103_pct_of_cd8" in index and "cd4foxp3" not in index
     run = (out / "run.json").read_text()
