@@ -193,3 +193,13 @@ def test_export_approved_help_names_the_audited_user_as_recorded():
     text = " ".join(result.output.split())
     assert "cli:LOGIN" not in text and "write_approved_export" not in text
     assert "cli: and your login name, e.g. cli:root" in text and _actor().startswith("cli:")
+
+
+def test_every_option_has_a_help_text():
+    """`serve --help` showed `--port [default: 8765]` and `users set-password --help` showed
+    `--password-stdin` with no word of what they do (a new user scripting an account's password
+    could not tell that only the first line of standard input is read). Every option of every
+    command says what it does."""
+    bare = [f"{' '.join(path)} {max(p.opts, key=len)}" for path, command in COMMANDS for p in command.params
+            if getattr(p, "param_type_name", "") == "option" and not (p.help or "").strip()]
+    assert not bare, bare

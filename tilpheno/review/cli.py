@@ -14,6 +14,7 @@ audit_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown",
                         help="The review audit trail: verify the SHA-256 chain, export CSV.")
 
 DB_HELP = "Database URL: sqlite:///FILE or postgresql://USER:PASS@HOST/DB (default: SQLite file `OUT.review.sqlite`, beside the output folder OUT)."
+PASSWORD_STDIN_HELP = "Read the password from the first line of standard input (else it is asked for twice at a prompt)."
 
 
 def _fail(exc: Exception) -> None:
@@ -72,7 +73,7 @@ def serve(
     out: Path = typer.Argument(..., help="A processed output folder (`tilpheno process ... -o OUT`).", callback=_existing_folder),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
-    port: int = typer.Option(8765, "--port", min=1, max=65535),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on (the address is http://HOST:PORT/)."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved.", callback=_existing_folder),
 ) -> None:
     """Review, correct, sign and release the products of OUT in the browser (http://HOST:PORT/)."""
@@ -102,7 +103,7 @@ def users_add(
     username: str = typer.Argument(...),
     role: str = typer.Option(..., "--role", help="analyst, reviewer or admin"),
     full_name: str = typer.Option("", "--full-name", help="Name shown on signatures."),
-    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help=PASSWORD_STDIN_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Create an account (argon2id password hash). The name, role and full name are checked, and the
@@ -254,7 +255,7 @@ def users_set_role(out: Path = typer.Argument(...), username: str = typer.Argume
 
 @users_app.command("set-password")
 def users_set_password(out: Path = typer.Argument(...), username: str = typer.Argument(...),
-                       password_stdin: bool = typer.Option(False, "--password-stdin"),
+                       password_stdin: bool = typer.Option(False, "--password-stdin", help=PASSWORD_STDIN_HELP),
                        db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Set a new password (also ends a lock-out, and logs the account out of every browser). A name
     with no account is refused before the password is asked for."""
