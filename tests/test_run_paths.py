@@ -90,6 +90,25 @@ def test_a_panel_changed_since_the_run_is_refused(relative_run):
         rerun_arguments(out)
 
 
+def test_a_deferred_report_of_moved_inputs_says_why_it_is_not_drawn(relative_run, tmp_path):
+    """`tilpheno serve OUT --inputs MOVED` (the run's FCS files moved after a run without reports):
+    the review re-gates from MOVED, but the report link answered only '...: input file changed or
+    missing since the run ...; run `tilpheno process` again', as if --inputs had not been given ->
+    the refusal says that the gates are read from MOVED while a deferred report is drawn only from
+    the files where the run read them, and how to get it (`tilpheno report OUT` there, or process
+    again where they are now)."""
+    out, _ = relative_run
+    moved = tmp_path / "archive"
+    (tmp_path / "fcs").rename(moved)
+    source = ReviewSource(out, moved)
+    assert "tcell" in source.automatic("412C_mLN")["tubes"]   # the review itself reads the moved files
+    with pytest.raises(ReviewError) as refused:
+        source.report_html("412C_mLN")
+    text = str(refused.value)
+    assert "input file changed or missing since the run" in text and "\n" not in text
+    assert f"reads the run's files from {moved} for its gates" in text and f"`tilpheno report {out}`" in text
+
+
 @pytest.mark.parametrize("change", ["rewritten", "removed", "touched"])
 def test_an_input_changed_since_the_run_is_refused_by_report(relative_run, tmp_path, change):
     """``tilpheno report`` draws the run's own results: an input file whose bytes changed, or that is

@@ -74,7 +74,7 @@ def serve(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (default: this machine only)."),
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on (the address is http://HOST:PORT/)."),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved.", callback=_existing_folder),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Folder holding the run's FCS files if they moved (the gates are re-read from there; a report the run deferred is not drawn from there).", callback=_existing_folder),
 ) -> None:
     """Review, correct, sign and release the products of OUT in the browser (http://HOST:PORT/)."""
     import logging

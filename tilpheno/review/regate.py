@@ -314,11 +314,20 @@ class ReviewSource:
                 try:
                     self._reports[product_id] = draw_report(self.out_dir, product_id)
                 except TilphenoError as exc:
-                    raise ReviewError(f"report of {product_id}: {exc}") from None
+                    raise ReviewError(f"report of {product_id}: {exc}{self._moved_note()}") from None
                 while len(self._reports) > CACHE_REPORTS:
                     self._reports.popitem(last=False)
             self._reports.move_to_end(product_id)
             return self._reports[product_id]
+
+    def _moved_note(self) -> str:
+        """What a refused report draw adds when this source reads the run's files from an inputs
+        folder (they moved): the gates are re-read from there, a deferred report is not drawn from there."""
+        if self.inputs_dir is None:
+            return ""
+        return (f" (this server reads the run's files from {self.inputs_dir} for its gates, but a report the run "
+                "deferred is drawn only from the files where the run read them: draw it with `tilpheno report "
+                f"{self.out_dir}` while they lie there, or process the files again where they are now)")
 
     # -- run.json ----------------------------------------------------------------------------
     def superseded(self) -> str:
