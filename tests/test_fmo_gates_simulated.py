@@ -323,19 +323,19 @@ def test_referenced_cut_is_judged_by_its_own_sampling_error_not_by_the_parents_u
     assert flags and flags[0].severity == "warning" and "95 % interval of the reference reading" in flags[0].message
 
 
-def _treg_populations(rng):
+def _treg_populations(rng, binding=(150.0, 0.7), treg_median=900.0):
     """A simulator of FoxP3 tubes for the quantile-carry tests: ``population(n, share)`` draws n cells,
-    ``share`` of them FoxP3+ (log-normal, median 900 linear units), every cell with the same background
-    (autofluorescence SD 60 plus spillover spread SD 100) and the same heavy right-skewed binding in the
-    stained tube (log-normal, median 150, log-SD 0.7); returns (FMO events, stained events, the stained
-    negatives)."""
-    added = lambda n: 150.0 * np.exp(0.7 * rng.standard_normal(n))   # noqa: E731
+    ``share`` of them FoxP3+ (log-normal, median ``treg_median`` linear units, log-SD 0.45), every cell
+    with the same background (autofluorescence SD 60 plus spillover spread SD 100) and the same heavy
+    right-skewed binding in the stained tube (log-normal, ``binding`` = (median, log-SD)); returns (FMO
+    events, stained events, the stained negatives)."""
+    added = lambda n: binding[0] * np.exp(binding[1] * rng.standard_normal(n))   # noqa: E731
     background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
 
     def population(n, share):
         k = int(n * share)
         stained = np.concatenate([background(n - k) + added(n - k),
-                                  rng.lognormal(np.log(900.0), 0.45, k) + background(k) + added(k)])
+                                  rng.lognormal(np.log(treg_median), 0.45, k) + background(k) + added(k)])
         return background(n), stained, stained[: n - k]
 
     return population
@@ -508,21 +508,12 @@ def test_quantile_carry_checks_do_not_flag_a_binding_tail_that_a_lognormal_fit_e
     tr = Logicle()
     unflagged = 0
     for seed in range(93110, 93120):
-        rng = np.random.default_rng(seed)
-        added = lambda n: 250.0 * np.exp(0.8 * rng.standard_normal(n))   # noqa: E731
-        background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
-
-        def population(n, share):
-            k = int(n * share)
-            stained = np.concatenate([background(n - k) + added(n - k),
-                                      rng.lognormal(np.log(1500.0), 0.45, k) + background(k) + added(k)])
-            return background(n), stained
-
-        fmo, stained = population(5000, 0.10)
+        population = _treg_populations(np.random.default_rng(seed), binding=(250.0, 0.8), treg_median=1500.0)
+        fmo, stained, _ = population(5000, 0.10)
         s = tr.apply(stained)
         ideal = tr.apply(np.array([np.percentile(population(200000, 0.0)[1], 99.5)]))[0]
         for share in (0.0, 0.05):
-            ref_fmo, ref_stained = population(9000, share)
+            ref_fmo, ref_stained, _ = population(9000, share)
             placed = checks.place_and_check("CD4+FoxP3+", "FoxP3", tr.apply(fmo), s, percentile=99.5, source_file="",
                                             transform=tr, rule="relative", width_side="mid", reference_carry="quantile",
                                             reference_fmo=tr.apply(ref_fmo), reference_stained=tr.apply(ref_stained))

@@ -1416,6 +1416,23 @@ def copied_and_processed(tmp_path, pid: str):
     return inputs, lambda: run(overwrite=True)
 
 
+def imported_copy(kind, tmp_path, pid: str):
+    """:func:`copied_and_processed` of ``pid``, and a service on a fresh database of ``kind`` over its
+    output with ``pid`` opened (imported): ``(inputs folder, rerun, database url, service)``; the
+    caller drops the schema (``drop_schema(url)``)."""
+    from review_support import database_url, drop_schema, make_service
+
+    inputs, rerun = copied_and_processed(tmp_path, pid)
+    url = database_url(kind, tmp_path)
+    service = make_service(tmp_path / "out", url)
+    try:
+        service.ensure_imported(pid)
+    except BaseException:
+        drop_schema(url)
+        raise
+    return inputs, rerun, url, service
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch):
     """TIL001 approved for release, then processed again with its unstained control replaced (here by
@@ -1563,18 +1580,15 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     'control digests not recorded at approval' (state API, certificate)."""
     import hashlib
 
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from review_support import SAMPLE, drop_schema
     from test_review_certificate import certificate_text
     from tilpheno.review import service as module
     from tilpheno.review.models import AuditEntry
     from tilpheno.review.server import build_service
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    inputs, rerun = copied_and_processed(tmp_path, pid)
-    url = database_url(kind, tmp_path)
-    first = make_service(tmp_path / "out", url)
+    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
     try:
-        first.ensure_imported(pid)
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
         old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
@@ -1613,18 +1627,14 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
     it), once, and a later re-run with the control replaced is a reimport_product naming it."""
     import hashlib
 
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from review_support import SAMPLE, drop_schema
     from tilpheno.review.models import AuditEntry, Product
     from tilpheno.review.server import build_service
     from tilpheno.review.service import transaction
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    inputs, rerun = copied_and_processed(tmp_path, pid)
-    url = database_url(kind, tmp_path)
-    first = make_service(tmp_path / "out", url)
+    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
     try:
-        first.ensure_imported(pid)
-
         def legacy(db):   # the row as the code before wrote it: the gated files only
             db.get(Product, pid).inputs_json = json.dumps(first.source.inputs_digest(pid))
         transaction(first.factory, legacy)
