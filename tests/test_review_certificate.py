@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from review_support import PASSWORDS, approval_resolutions, fresh_service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import OOS_REASON, PASSWORDS, approval_resolutions, fresh_service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from test_review_web import login
 from tilpheno.review import certificate
 from tilpheno.review.models import AuditEntry, User
@@ -25,9 +25,9 @@ def user(service, name):
 
 @pytest.fixture
 def approved(fresh_service):
-    """TIL001's version 1 approved for release by dave."""
+    """TIL001's version 1 approved for release by dave (it fails CD3+ > 90 %: an out-of-specification release, justified)."""
     fresh_service.sign(PID, user(fresh_service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
-                       approval_resolutions(fresh_service, PID))
+                       approval_resolutions(fresh_service, PID), OOS_REASON)
     return fresh_service
 
 
@@ -121,7 +121,8 @@ def test_export_approved_refuses_an_approval_changed_during_the_export(approved,
         gate = json.loads(approved.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
         approved.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.01}}}}},
                               "trim the dim tail", void_approval=standing_approval_id(approved, PID))
-        approved.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 2, approval_resolutions(approved, PID))
+        approved.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 2, approval_resolutions(approved, PID),
+                      OOS_REASON)
 
     done = while_recomputing(monkeypatch, save_and_approve, export)
     r = export_approved(approved, tmp_path / "x")

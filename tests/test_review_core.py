@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select, text
 
-from review_support import PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import OOS_REASON, PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
 from review_support import fresh_service, source3  # noqa: F401  (fixtures)
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
@@ -176,7 +176,7 @@ def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     with pytest.raises(Forbidden):
         service.sign(pid, user(service, "bob").id, PASSWORDS["bob"], "approved for release", v, {})
     service.sign(pid, user(service, "bob").id, PASSWORDS["bob"], "reviewed", v, {})
-    sig = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {})
+    sig = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {}, OOS_REASON)
     assert service.approved_version(pid).version == v
     views = service.signatures(pid)
     assert all(s.valid for s in views if s.row.version == v)
@@ -387,7 +387,8 @@ def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
     assert "QA release review" in words   # the approval's comment (a rejection's why, an approval's over it)
     assert f"{res.phenotype['cd3_pct_of_live_lymph']:.2f}" in words
     assert f"{res.phenotype['viability_pct']:.2f}" in words
-    decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else "RELEASE CRITERIA NOT MET"
+    decision = {"pass": "RELEASE CRITERIA MET", "fail": "OUT-OF-SPECIFICATION RELEASE"}.get(res.release_status,
+                                                                                            "RELEASE CRITERIA NOT MET")
     assert decision in words
     stained = next(f for f in service.source.inputs_digest(pid) if f["role"] == "stain")
     assert stained["sha256"] in words.replace("\n", "")
@@ -466,7 +467,7 @@ def test_approval_requires_a_resolution_of_each_warning_flag(service, tmp_path):
         assert len(service.signatures("TIL001")) == before
         key = "fallback_gate:TIL001_surface_stain.fcs:0"
         service.sign("TIL001", qa.id, PASSWORDS["dave"], "approved for release", v,
-                     {key: "threshold checked against the FMO-free valley by eye"})
+                     {key: "threshold checked against the FMO-free valley by eye"}, OOS_REASON)
         if shutil.which("pdftotext"):
             pdf = tmp_path / "c.pdf"
             pdf.write_bytes(certificate_pdf(service, "TIL001"))
@@ -498,9 +499,9 @@ def test_a_blank_resolution_of_a_flag_leaves_it_the_one_typed_for_its_kind(servi
         dave = user(service, "dave")
         with pytest.raises(GateSetError, match=rf"resolution of QC flag no_time_channel \({files[0]}\): required"):
             service.sign("TIL001", dave.id, PASSWORDS["dave"], "approved for release", v, own,
-                         kind_resolutions={"no_time_channel": "   "})
+                         OOS_REASON, kind_resolutions={"no_time_channel": "   "})
         sig = service.sign("TIL001", dave.id, PASSWORDS["dave"], "approved for release", v, own,
-                           kind_resolutions={"no_time_channel": "FlowJo export, order checked "})
+                           OOS_REASON, kind_resolutions={"no_time_channel": "FlowJo export, order checked "})
         stored = json.loads(sig.qc_resolutions_json)
         assert sorted(stored) == sorted(keys) and len(timeless_keys) == 2
         assert {stored[k] for k in timeless_keys} == {"FlowJo export, order checked"}
@@ -530,7 +531,7 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
         with pytest.raises(Forbidden, match=f"four-eyes rule: {name} saved"):
             service.sign(pid, user(service, name).id, PASSWORDS[name], "approved for release", w, resolutions)
     assert service.approved_version(pid) is None
-    service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions)
+    service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions, OOS_REASON)
     assert service.approved_version(pid).version == w
 
 
@@ -735,7 +736,7 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
     try:
         assert first.automatic_version(pid).version == 1          # the run's own gates: nothing added
         first.save_version(pid, user(first, "alice"), 1, shifted_cd3(first, pid, 0.05), "CD3 cut into the valley")
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 2, {})
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 2, {}, OOS_REASON)
         assert first.approved_version(pid).version == 2
         first.factory.kw["bind"].dispose()
 
@@ -819,7 +820,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
         dose = approved_tables(first)[0].set_index("product_id").loc[pid, "cd3_dose_cells"]
         first.factory.kw["bind"].dispose()
 
@@ -833,7 +834,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
         [view] = again.signatures(pid)
         assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy or release "
                                                        "spec changed after signing")
-        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "approved" and row["cd3_dose_cells"] == pytest.approx(2 * dose, rel=1e-9)
         again.factory.kw["bind"].dispose()
@@ -877,7 +878,7 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
         assert first.approved_version(pid).version == 1
         old_inputs = first.source.inputs_digest(pid)
         first.factory.kw["bind"].dispose()
@@ -901,7 +902,8 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
         assert json.loads(entry.before_json)["inputs"] == old_inputs
         assert json.loads(entry.after_json)["inputs"] == again.source.inputs_digest(pid)
         assert changed in entry.reason and "TIL001_surface_stain.fcs" not in entry.reason
-        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid), {})
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid), {},
+                   OOS_REASON)
         assert again.approved_version(pid).version == again.current_version(pid)
         again.factory.kw["bind"].dispose()
 
@@ -1145,9 +1147,9 @@ def test_an_approval_over_a_rejection_names_it_and_says_why(service):
         entries = db.scalars(select(AuditEntry).where(AuditEntry.product_id == pid, AuditEntry.action == "sign")
                              .order_by(AuditEntry.seq)).all()
     assert [json.loads(e.after_json)["meaning"] for e in entries][-3:] == ["rejected", "reviewed", "approved for release"]
-    assert json.loads(entries[-1].before_json) == {"overrules": {
+    assert json.loads(entries[-1].before_json)["overrules"] == {
         "signature_id": rejection.id, "signature_sha256": rejection.signature_sha256, "version": v, "username": "carol",
-        "signed_at": rejection.signed_at, "comment": "CD3 valley too high"}}
+        "signed_at": rejection.signed_at, "comment": "CD3 valley too high"}
     assert entries[-1].reason == "the valley is at the FMO's 99.5th percentile"
     assert json.loads(entries[-1].after_json)["version"] == sig.version == v
 
@@ -1456,7 +1458,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
         assert not [f for f in first.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         hashed = module.data_sha256   # signed as before the controls were bound: its hash lacks them
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
         monkeypatch.setattr(module, "data_sha256", hashed)
         first.factory.kw["bind"].dispose()
 
@@ -1474,7 +1476,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
         assert again.decisions()[pid] is None
         assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "not approved"
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid),
-                   approval_resolutions(again, pid))
+                   approval_resolutions(again, pid), OOS_REASON)
         assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "approved"
         again.factory.kw["bind"].dispose()
     finally:
@@ -1504,9 +1506,9 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
                                                    "sha256": hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()}]
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))   # the old code's hash
-        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
         monkeypatch.setattr(module, "data_sha256", hashed)
-        new = first.sign(pid, user(first, "carol").id, PASSWORDS["carol"], "approved for release", 1, {})
+        new = first.sign(pid, user(first, "carol").id, PASSWORDS["carol"], "approved for release", 1, {}, OOS_REASON)
         assert old.data_sha256 != new.data_sha256
         views = {v.row.id: v for v in first.signatures(pid)}
         assert views[old.id].valid and views[new.id].valid
@@ -1591,7 +1593,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     try:
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
-        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
         monkeypatch.setattr(module, "data_sha256", hashed)
         [view] = first.signatures(pid)
         assert view.valid and view.note.startswith("control digests not recorded at approval") and control in view.note
@@ -1661,3 +1663,82 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
+
+
+def test_approving_gates_that_fail_the_release_spec_is_an_out_of_specification_release(fresh_service, tmp_path):
+    """TIL001 fails CD3+ T cells > 90 % on its gates (87.74 in the run's phenotypes.csv). A reviewer
+    approved it for release in one click, with no warning and no justification: only the
+    certificate said "RELEASE CRITERIA NOT MET". Now that approval is refused, naming the product,
+    the version and the failed criterion with its value (audited ``signature_refused``, nothing
+    stored), until a written justification (the comment, checked as any reason) is given; the
+    ``sign`` entry then records the failed criteria (``before.out_of_specification``) and the
+    justification (its reason), and the approved export and the certificate say "out-of-specification
+    release" with both. TIL002, which passes, is approved without a comment as before."""
+    import operator
+
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.service import Signature
+
+    service, pid = fresh_service, "TIL001"
+    src = service.source
+    spec = src.release_spec
+    ops = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+    # independent truth: the run's phenotypes.csv values against the spec (version 1 = the run's gates)
+    rows = {p: src.phenotype_row(p) for p in (pid, "TIL002")}
+    failing = [c for c in spec.criteria if not ops[c.op](rows[pid][c.column], c.limit)]
+    assert [c.name for c in failing] == ["CD3+ T cells"]
+    assert all(ops[c.op](rows["TIL002"][c.column], c.limit) for c in spec.criteria)
+    cd3 = rows[pid][failing[0].column]
+    named = f"CD3+ T cells ({failing[0].describe()}: {cd3:.2f})"
+    dave = user(service, "dave")
+    v = service.current_version(pid)
+
+    def count() -> int:
+        with service.factory() as db:
+            return len(db.scalars(select(Signature).where(Signature.product_id == pid)).all())
+
+    with pytest.raises(Forbidden) as refused:
+        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"version {v} of {pid} fails the release criteria {named}: approving it is an "
+                              "out-of-specification release"), message
+    assert count() == 0 and service.approved_version(pid) is None
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+    assert (entry.action, entry.username, entry.product_id) == ("signature_refused", "dave", pid)
+    assert entry.reason == f"approved for release of version {v}: {message}"
+    for bad, why in (("ok", "at least 3 characters"), ("<b>physician</b>", "plain text only")):
+        with pytest.raises(GateSetError, match=f"comment: .*{why}"):
+            service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {}, bad)
+    assert count() == 0
+    # "reviewed" and "rejected" decide no release: no justification asked for
+    service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "reviewed", v, {})
+
+    sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {}, OOS_REASON)
+    assert service.approved_version(pid).version == v and sig.comment == OOS_REASON
+    with service.factory() as db:
+        signed = db.scalars(select(AuditEntry).where(AuditEntry.action == "sign", AuditEntry.product_id == pid)
+                            .order_by(AuditEntry.seq.desc())).first()
+    assert signed.reason == OOS_REASON
+    [recorded] = json.loads(signed.before_json)["out_of_specification"]["criteria"]
+    assert json.loads(signed.before_json)["out_of_specification"]["release"] == "fail"
+    assert (recorded["criterion"], recorded["rule"], recorded["outcome"]) == ("CD3+ T cells", failing[0].describe(), "fail")
+    assert recorded["value"] == pytest.approx(cd3, abs=1e-9)
+    service.sign("TIL002", dave.id, PASSWORDS["dave"], "approved for release", service.current_version("TIL002"),
+                 approval_resolutions(service, "TIL002"))   # passes: no comment needed
+
+    words = (f"out-of-specification release of version {v}: fails {named}; justification {OOS_REASON!r} by "
+             f"Dave Tester (dave) at {sig.signed_at[:19].replace('T', ' ')} UTC")
+    table = approved_tables(service)[0].set_index("product_id")
+    assert table.loc[pid, "release_status"] == "fail" and table.loc[pid, "out_of_specification"] == words
+    assert table.loc["TIL002", "release_status"] == "pass" and table.loc["TIL002", "out_of_specification"] == ""
+    if shutil.which("pdftotext"):
+        from tilpheno.review.certificate import certificate_pdf
+
+        pdf = tmp_path / "c.pdf"
+        pdf.write_bytes(certificate_pdf(service, pid))
+        text_ = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True,
+                                        check=True).stdout.split())
+        assert "Release decision: OUT-OF-SPECIFICATION RELEASE (fail)" in text_
+        assert " ".join(words.split()) in text_

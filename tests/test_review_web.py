@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from review_support import PASSWORDS, approval_resolutions, flagged_out, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -957,7 +957,7 @@ def test_applying_a_gate_to_an_approved_product_names_the_approval_it_voids_firs
     target = "TIL002"
     v = service.current_version(target)
     approval = service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v,
-                            approval_resolutions(service, target))
+                            approval_resolutions(service, target), OOS_REASON)
     c, h, _ = login(app, "alice")
     gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
     gate["low"] += 0.013
@@ -997,7 +997,8 @@ def test_a_save_over_an_approval_signed_since_the_page_loaded_is_refused_unless_
     assert state["approved_version"] is None
     with service.factory() as db:
         dave = db.query(User).filter(User.username == "dave").one()
-    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, PID))
+    approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, PID),
+                            OOS_REASON)
     before = counts(service)
     r = c.post(f"/api/products/{PID}/versions", headers=h, json=body)   # what the page saw: no approval
     when = approval.signed_at[:19].replace("T", " ")
@@ -1083,7 +1084,8 @@ def test_a_batch_acknowledges_the_approvals_it_was_shown_not_whatever_stands_lat
     with service.factory() as db:
         dave, gwen = (db.query(User).filter(User.username == n).one() for n in ("dave", "gwen"))
     v = service.current_version(target)
-    service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, target))
+    service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, target),
+                 OOS_REASON)
     c, h, _ = login(app, "alice")
     body = {"tube": "surface", "population": "CD3+", "products": [target], "reason": "same CD3 valley across the batch"}
     gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
@@ -1093,7 +1095,8 @@ def test_a_batch_acknowledges_the_approvals_it_was_shown_not_whatever_stands_lat
         "reason": "CD3 valley for the batch", "void_approval": standing_approval_id(service, PID)}).status_code == 201
     asked = c.post(f"/api/products/{PID}/apply", json=body, headers=h)
     assert asked.status_code == 409
-    later = service.sign(target, gwen.id, "gwen-password-1", "approved for release", v, approval_resolutions(service, target))
+    later = service.sign(target, gwen.id, "gwen-password-1", "approved for release", v, approval_resolutions(service, target),
+                         OOS_REASON)
     r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": asked.json["approvals"]}, headers=h)
     assert r.status_code == 409 and r.json["approvals"] == [later.id] and "Gwen (gwen)" in r.json["error"], r.json
     assert service.current_version(target) == v
@@ -1751,7 +1754,7 @@ def test_a_double_click_on_sign_stores_one_signature(fresh_service):
     app = create_app(service)
     dave, hd, _ = login(app, "dave")
     body = {"version": 1, "meaning": "approved for release", "password": PASSWORDS["dave"],
-            "qc_resolutions": approval_resolutions(service, PID)}
+            "qc_resolutions": approval_resolutions(service, PID), "comment": OOS_REASON}
     assert dave.post(f"/api/products/{PID}/sign", headers=hd, json=body).status_code == 201
     before = counts(service)[2]
     r = dave.post(f"/api/products/{PID}/sign", headers=hd, json=body)

@@ -1,7 +1,9 @@
 """Certificate of analysis (PDF, reportlab) of a product, made from its approved gate set only.
 
 Contents: product, approval (version, signatures with name, meaning and UTC time), the release
-spec with each criterion's value and pass/fail, the overall release decision, each criterion the
+spec with each criterion's value and pass/fail, the overall release decision (an approval of gates
+that fail a criterion is an out-of-specification release: the failed criteria, values and the
+approver's justification, ``service.OutOfSpecification``), each criterion the
 run failed on no flagged gate that the approved gates pass, with its deviation justification (who,
 when, why: ``ReviewService.deviations``), the study
 variables recomputed with the approved gates, every QC flag with its resolution (as entered at
@@ -20,7 +22,7 @@ from xml.sax.saxutils import escape
 
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
-from tilpheno.review.service import Approval, ReviewService
+from tilpheno.review.service import Approval, ReviewService, oos_of
 
 
 def _fmt(v) -> str:
@@ -100,9 +102,14 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     story = [p(f"Certificate of analysis: product {product_id}", styles["Title"]),
              p(f"Issued {utcnow()[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
                f"(approved for release by {approval.full_name}, {approval.signed_at[:19]} UTC).")]
-    decision = "RELEASE CRITERIA MET" if res.release_status == "pass" else f"RELEASE CRITERIA NOT MET ({res.release_status})"
-    story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"].clone("decision", keepWithNext=1)),
-              p(f"Specification: {src.release_spec.name} (source: {src.release_spec.source})")]
+    oos = oos_of(approval, res.release)
+    decision = ("RELEASE CRITERIA MET" if res.release_status == "pass" else
+                f"OUT-OF-SPECIFICATION RELEASE ({res.release_status})" if oos else
+                f"RELEASE CRITERIA NOT MET ({res.release_status})")
+    story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"].clone("decision", keepWithNext=1))]
+    if oos:   # approved although it fails: the failed criteria and the approver's justification
+        story.append(p(oos.words()))
+    story.append(p(f"Specification: {src.release_spec.name} (source: {src.release_spec.source})"))
     story.append(table([["criterion", "rule", "value", "result"]] +
                        [[r.criterion.name, r.criterion.describe(), r.shown() or "NA",
                          r.outcome.upper() + r.result().removeprefix(r.outcome)] for r in res.release],

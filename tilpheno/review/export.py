@@ -6,7 +6,10 @@
   criterion the run failed on no flagged gate that the approved gates pass, with the ``seq`` of the
   audit entry holding its justification: ``CD3+ T cells: deviation audit entry 7``, ``; ``
   between two; ``...: no deviation justification recorded`` for an approval signed without one;
-  empty when the release overturns none); a product without a valid approval has its values left
+  empty when the release overturns none), ``out_of_specification`` (an approval of gates whose
+  ``release_status`` is fail: ``out-of-specification release of version <n>: fails <criteria with
+  rule and value>; justification '...' by <name> (<user>) at <UTC>``; empty otherwise); a product
+  without a valid approval has its values left
   empty and ``release_status`` "not released (not approved)") and
   ``populations_approved.csv`` (every population of each approved product's stained tubes).
 * :func:`approved_export`: everything ``export-approved`` writes, each product's files made from
@@ -55,12 +58,15 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
         approved = approvals.get(pid)
         if approved is None:
             phen_rows.append({"product_id": pid, "review_status": "not approved", "gate_version": None,
-                              "gates_sha256": "", "release_status": NOT_APPROVED, "deviations": ""})
+                              "gates_sha256": "", "release_status": NOT_APPROVED, "deviations": "",
+                              "out_of_specification": ""})
             continue
         res = recompute(service.source, pid, json.loads(approved.gates_json))
         phen_rows.append({**res.phenotype, "review_status": "approved", "gate_version": approved.version,
                           "gates_sha256": approved.gates_sha256, "release_status": res.release_status,
-                          "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved, res.release))})
+                          "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved, res.release)),
+                          "out_of_specification": oos.words() if (oos := service.out_of_specification(pid, approved, res.release))
+                          else ""})
         for tube, table in res.populations.items():
             stained = service.source.stained(pid)[tube]
             frame = table.copy()
@@ -75,7 +81,8 @@ def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]
     phenotypes = pd.DataFrame(phen_rows)
     phenotypes["gate_version"] = phenotypes["gate_version"].astype("Int64")   # 3, not 3.0 beside a not-approved row
     phenotypes = counts_as_integers(phenotypes)   # 36948 events, not 36948.0, likewise
-    first = ["product_id", "review_status", "gate_version", "gates_sha256", "release_status", "deviations"]
+    first = ["product_id", "review_status", "gate_version", "gates_sha256", "release_status", "deviations",
+             "out_of_specification"]
     phenotypes = phenotypes[first + [c for c in phenotypes.columns if c not in first]]
     populations = pd.concat(pop_frames, ignore_index=True) if pop_frames else pd.DataFrame(
         columns=["product_id", "file", "tube", "gate_version", "population", "parent", "count", "pct_of_parent"])

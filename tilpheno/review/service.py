@@ -34,6 +34,17 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   standing decision is a rejection overrules it: the request must name that rejection
   (``overrules``: its signature id, shown to the reviewer with who, when and why) and say why in
   the comment; the approval's ``sign`` entry holds the rejection it overrules as ``before``.
+* **Out-of-specification release**: approving for release a version whose release status,
+  recomputed on its gates with the run's spec, is ``fail`` releases a lot that fails its
+  specification (a documented exceptional release, never one click): the request must give a
+  written justification in the comment (checked as any reason), else it is refused naming the
+  product, the version and each failed criterion with its value (audited ``signature_refused``);
+  the approval's ``sign`` entry holds the failed criteria as ``before.out_of_specification`` and the
+  justification as its reason. The page names the failed criteria where the approval is signed,
+  and the page, the certificate and the approved export show the release as an
+  out-of-specification release with them and the justification (:class:`OutOfSpecification`). A
+  ``not evaluable`` version (nothing determined fails) is not one; a version whose gates were
+  changed to pass a determined fail of the run is a deviation (below), not this.
 * **Approved version**: the version of the newest valid ``approved for release`` signature with
   no valid ``rejected`` after it. Downstream results (exports, certificate) use it.
 * **Deviations**: a criterion the run failed on no flagged gate (a *determined* fail,
@@ -63,7 +74,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tilpheno.release import PASS, CriterionResult, overall
+from tilpheno.release import FAIL, PASS, CriterionResult, overall
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError, default_db_path
@@ -343,6 +354,63 @@ def _deviation_refusal(product_id: str, username: str, version: int, deviations:
         return (f"four-eyes rule: {username} justified the deviation on {'; '.join(own)} of {product_id}, so another "
                 f"reviewer must approve version {version} for release")
     return ""
+
+
+def failed_criteria(results: list[CriterionResult]) -> list[CriterionResult]:
+    """The criteria of ``results`` (a version's, on its gates with the run's spec) that fail: those
+    that make its release status ``fail`` (empty for a version that passes, or that is only ``not
+    evaluable``: nothing determined fails)."""
+    return [r for r in results if r.outcome == FAIL]
+
+
+def failed_words(failed: list[CriterionResult]) -> str:
+    """``CD3+ T cells (cd3_pct_of_live_lymph > 90 % of live lymphocytes: 87.74)``, ``; `` between two."""
+    return "; ".join(f"{r.criterion.name} ({r.criterion.describe()}: {r.shown() or 'NA'})" for r in failed)
+
+
+def _oos_refusal(product_id: str, version: int, failed: list[CriterionResult], comment: str) -> str:
+    """Why an approval for release of ``version``, which fails ``failed`` (its release criteria on
+    its gates), may not be signed: an out-of-specification release needs a written justification
+    (the comment); "" when it has one or nothing fails."""
+    if not failed or comment:
+        return ""
+    return (f"version {version} of {product_id} fails the release criteria {failed_words(failed)}: approving it "
+            "is an out-of-specification release; say why it is released anyway in the comment")
+
+
+@dataclass(frozen=True)
+class OutOfSpecification:
+    """An approval for release (``approval``) of a version that fails release criteria (``failed``:
+    on its gates with the run's spec): an out-of-specification release, justified by the approval's
+    comment (empty for one signed before a justification was required)."""
+    failed: list[CriterionResult]
+    approval: Signature
+
+    @property
+    def justification(self) -> str:
+        return self.approval.comment
+
+    def words(self) -> str:
+        """``out-of-specification release of version <n>: fails <criteria>; justification '...' by
+        <name> (<user>) at <YYYY-MM-DD HH:MM:SS> UTC``, as the page, the certificate and the export say it."""
+        head = f"out-of-specification release of version {self.approval.version}: fails {failed_words(self.failed)}"
+        if not self.justification:
+            return (f"{head}; no justification recorded (approved by {_signed_by(self.approval)}, before an "
+                    "out-of-specification release needed one)")
+        return f"{head}; justification {self.justification!r} by {_signed_by(self.approval)}"
+
+
+def oos_of(approval: Signature, results: list[CriterionResult]) -> OutOfSpecification | None:
+    """The out-of-specification release ``approval`` (of a version whose criteria are ``results``)
+    makes; None when that version fails no criterion."""
+    failed = failed_criteria(results)
+    return OutOfSpecification(failed, approval) if failed else None
+
+
+def _criterion_record(result: CriterionResult) -> dict:
+    """What an audit entry records of a criterion's result (its value in the criterion's unit)."""
+    return {"criterion": result.criterion.name, "rule": result.criterion.describe(), "value": result.value,
+            "outcome": result.outcome}
 
 
 def _signature_record(sig: Signature) -> dict:
@@ -1024,7 +1092,8 @@ class ReviewService:
             raise AuthError("password: re-enter your password to sign")
         gates_digest = current.gates_sha256
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
-        overturns = self.version_overturns(product_id, current) if meaning == APPROVED else []   # slow: outside
+        criteria = self.version_criteria(product_id, current) if meaning == APPROVED else []   # slow: outside
+        overturns, failed = self.overturns(product_id, criteria), failed_criteria(criteria)
         entry = PasswordEntry(password)   # a re-run of ``do`` re-checks it without verifying it again
 
         def do(db: Session):
@@ -1051,6 +1120,7 @@ class ReviewService:
             rejection = self.standing(db, product_id, REJECTED, current) if meaning == APPROVED else None
             refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
                        or _overrule_refusal(rejection, overrules, comment)
+                       or _oos_refusal(product_id, current.version, failed, comment)
                        or _deviation_refusal(product_id, user.username, current.version,
                                              _justified(db, product_id, current.version, overturns)))
             if refusal:
@@ -1079,8 +1149,10 @@ class ReviewService:
             sig.signature_sha256 = audit.signature_sha256(content)
             db.add(sig)
             db.flush()
-            audit.append(db, user.username, "sign", product_id=product_id, after=content,
-                         before={"overrules": _signature_record(rejection)} if rejection is not None else None,
+            ends = {**({"overrules": _signature_record(rejection)} if rejection is not None else {}),
+                    **({"out_of_specification": {"release": FAIL, "criteria": [_criterion_record(r) for r in failed]}}
+                       if failed else {})}
+            audit.append(db, user.username, "sign", product_id=product_id, after=content, before=ends or None,
                          reason=comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig
 
@@ -1259,6 +1331,19 @@ class ReviewService:
         with self.factory() as db:
             snapshot(db)
             return _justified(db, product_id, version.version, overturns)
+
+    def out_of_specification(self, product_id: str, version: GateSetVersion,
+                             results: list[CriterionResult] | None = None) -> OutOfSpecification | None:
+        """The out-of-specification release the standing approval of ``version`` (the product's
+        approved version) makes (:class:`OutOfSpecification`: its failed criteria, ``results`` when
+        computed already, and the approval's justification); None when the version fails no criterion
+        or has no valid approval."""
+        results = self.version_criteria(product_id, version) if results is None else results
+        if not failed_criteria(results):
+            return None
+        approvals = [v.row for v in self.signatures(product_id)
+                     if v.valid and v.row.meaning == APPROVED and v.row.version == version.version]
+        return oos_of(approvals[-1], results) if approvals else None
 
     def version_overturns(self, product_id: str, version: GateSetVersion) -> list[Overturn]:
         """The overturns of a stored version (:meth:`overturns` of its criteria; slow the first time)."""

@@ -40,7 +40,8 @@ from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
-                                     ReviewService, VersionConflict, approved_of, decision_of, transaction)
+                                     ReviewService, VersionConflict, approved_of, decision_of, failed_criteria,
+                                     failed_words, oos_of, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,9 @@ def create_app(service: ReviewService) -> Flask:
         run_release = service.source.run_release(product_id)
         decided = decision_of(signatures)
         rejection = next((v for v in reversed(signatures) if v.valid and v.row.meaning == REJECTED), None)
+        # a valid signature is one of the current version: the standing approval's is the newest
+        approval = next((v.row for v in reversed(signatures) if v.valid and v.row.meaning == APPROVED), None)
+        oos = oos_of(approval, cur_res.release) if approval is not None and decided == (APPROVED, current.version) else None
         return jsonify({
             "product_id": product_id,
             "current_version": current.version,
@@ -325,7 +329,11 @@ def create_app(service: ReviewService) -> Flask:
                         # the current version's overturns of the run's determined fails, with their justification
                         "deviations": [{"criterion": d.overturn.criterion, "text": d.words(), "justified": bool(d.reason)}
                                        for d in service.deviations(product_id, current)],
-                        "spec": service.source.release_spec.name},
+                        "spec": service.source.release_spec.name,
+                        # approving the current version releases it out of specification: its failed criteria
+                        "oos_current": failed_words(failed_criteria(cur_res.release)),
+                        # the standing approval's out-of-specification release, with its justification
+                        "oos_approved": oos.words() if oos else ""},
             "qc_flags": service.source.qc_flags(product_id),
             "signatures": [_signature(v) for v in signatures],
         })

@@ -64,7 +64,7 @@
     $("spec-name").textContent = S.release.spec;
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
-    renderQC(); renderSignatures(); renderOverrule(); renderVersions(); renderApply(); renderJustify();
+    renderQC(); renderSignatures(); renderOverrule(); renderOOS(); renderVersions(); renderApply(); renderJustify();
     loadCandidates();
     if (!restored) { restored = true; restoreDraft(); }
   }
@@ -459,6 +459,8 @@
     for (const d of S.release.deviations) {
       rb.appendChild(el("p", { class: "rejection", "data-deviation": d.criterion }, "version " + S.current_version + ": " + d.text));
     }
+    // the standing approval releases gates that fail the spec: the failed criteria and the approver's justification
+    if (S.release.oos_approved) rb.appendChild(el("p", { class: "rejection", id: "oos-release" }, S.release.oos_approved));
     rb.appendChild(rt);
     updatePlotLabels(currentTables);
   }
@@ -535,6 +537,16 @@
     const lab = el("label", {}, " I have read this rejection and approve over it (say why in the comment)");
     lab.prepend(el("input", { type: "checkbox", id: "overrule-check" }));
     box.appendChild(lab);
+  }
+
+  // approving the current version, which fails the spec on its gates, is an out-of-specification release:
+  // named where it is signed, before the comment that must justify it
+  function renderOOS() {
+    const box = $("oos-notice");
+    const shown = $("meaning").value === "approved for release" && !!S.release.oos_current;
+    box.hidden = !shown;
+    box.textContent = shown ? "Version " + S.current_version + " fails the release criteria " + S.release.oos_current +
+      ": approving it is an out-of-specification release; say why it is released anyway in the comment (required)." : "";
   }
 
   function renderSignatures() {
@@ -658,6 +670,7 @@
     if (r.status === 201) { $("comment").value = ""; await load(); message(r.data.message, true); }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
   });
+  $("meaning").addEventListener("change", renderOOS);
   $("justify-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const r = await api(app.dataset.justify, { version: S.current_version, deviation: $("justify").value });
