@@ -1742,3 +1742,22 @@ def test_approving_gates_that_fail_the_release_spec_is_an_out_of_specification_r
                                         check=True).stdout.split())
         assert "Release decision: OUT-OF-SPECIFICATION RELEASE (fail)" in text_
         assert " ".join(words.split()) in text_
+
+
+def test_an_out_of_specification_approval_signed_before_justifications_were_required_says_it_has_none(fresh_service,
+                                                                                                     monkeypatch):
+    """An approval of TIL001 (fails CD3+ > 90 %) stored without a comment by the code before
+    out-of-specification releases needed one stays valid (its signature is unchanged), and the export
+    says it is an out-of-specification release with no justification recorded, naming who approved it."""
+    from tilpheno.review import service as module
+    from tilpheno.review.export import approved_tables
+
+    service, pid = fresh_service, "TIL001"
+    monkeypatch.setattr(module, "_oos_refusal", lambda *args: "")   # the old code: no justification asked for
+    sig = service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", 1, {})
+    monkeypatch.undo()
+    assert sig.comment == "" and service.approved_version(pid).version == 1
+    cell = approved_tables(service)[0].set_index("product_id").loc[pid, "out_of_specification"]
+    assert cell.startswith("out-of-specification release of version 1: fails CD3+ T cells (") and cell.endswith(
+        f"; no justification recorded (approved by Dave Tester (dave) at {sig.signed_at[:19].replace('T', ' ')} UTC, "
+        "before an out-of-specification release needed one)"), cell
