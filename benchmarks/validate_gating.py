@@ -35,7 +35,7 @@ held-out block, now used too), 133001-133060 (stop 40's held-out block, now used
 and 70001-70020 (``benchmarks/draft_fmo_truth.py``'s drafted-study blocks, stop 40), 134001-134060 and
 135001-135060 (stop 41's held-out blocks, now used too), 136001-136180 (stop 41's development seeds of FoxP3),
 137001-137060 (stop 42's held-out block, now used too), 138001-138360 (stop 42's development blocks: false
-alarms, NKT, the FoxP3 reference's shape), 138400-138460 (stop 42's NKT over-call under heavy CD56 binding), 139001-139060 (stop 42's second held-out block, now used too), 141001-141260 (stop 43's development blocks: NKT under heavy CD56 binding, drawn and with binding or tandem loss set), 141401-141640 (stop 43's development blocks of PD1), 141801-141920 (stop 43's FoxP3 false alarms), 94400-94439 (stop 43's simulated FoxP3 references) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
+alarms, NKT, the FoxP3 reference's shape), 138400-138460 (stop 42's NKT over-call under heavy CD56 binding), 139001-139060 (stop 42's second held-out block, now used too), 141001-141260 (stop 43's development blocks: NKT under heavy CD56 binding, drawn and with binding or tandem loss set), 141401-141640 (stop 43's development blocks of PD1), 141801-141920 (stop 43's FoxP3 false alarms), 94400-94439 (stop 43's simulated FoxP3 references), 142201-142600 (stop 43's residual-flag blocks, drawn and with tandem loss or CD56 binding set) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
 93030-93031, 93050-93051, 93060-93069, 116017, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
