@@ -551,8 +551,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
 
 def marker_hint(marker: str, panel: Iterable[str], vocabulary: Vocabulary) -> str:
     """The "did you mean" among a tube's markers (``panel``) of a marker it does not gate, for a
-    plausible typo only (``PD1x``, ``DC56``): '' for a marker ``vocabulary`` knows (``CD39`` is
-    another molecule, no typo of ``CD3``) and when the numbers in the two names differ (``CD38``:
+    plausible typo only (``PD1x``, ``DC56``): '' for a marker ``vocabulary`` knows (``PD-L1`` is
+    another molecule, no typo of ``PD1``) and when the numbers in the two names differ (``CD38``:
     another CD molecule, not ``CD8``)."""
     close = closest_match(marker, panel)
     if vocabulary.known(marker) or close is None or re.findall(r"\d+", marker) != re.findall(r"\d+", close):
