@@ -1831,3 +1831,70 @@ def test_an_analyst_signing_a_qa_decision_is_refused_for_the_role_first(flagged_
     finally:
         service.factory.kw["bind"].dispose()
         drop_schema(url)
+
+
+def run_fails(service, pid: str) -> list:
+    """The release criteria ``pid``'s values in the run's phenotypes.csv fail (version 1 = the run's
+    gates), independently of the review service's own results."""
+    import operator
+
+    ops = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+    row = service.source.phenotype_row(pid)
+    return [c for c in service.source.release_spec.criteria if not ops[c.op](row[c.column], c.limit)]
+
+
+def test_the_product_list_says_an_out_of_specification_release(fresh_service, monkeypatch):
+    """TIL001 fails CD3+ T cells > 90 % on its gates (the run's phenotypes.csv against the spec) and
+    dave approves it for release with a justification; TIL003, failing too, was approved before a
+    justification was needed (none recorded); TIL002 passes. The list's 'Release (approved gates)'
+    said only 'fail' for both failing lots, so a QA reviewer scanning it could not tell that they
+    were released out of specification. Now it says 'fail: out-of-specification release (<failed
+    criteria>)', '; no justification recorded' when none is, the cell's title the product page's words
+    (criteria, values, justification); a passing approval still says 'pass'. Each row on a page of
+    one says the same as on the whole list."""
+    import html
+
+    from tilpheno.review import service as module
+
+    service = fresh_service
+    failing = {p: run_fails(service, p) for p in ("TIL001", "TIL002", "TIL003")}
+    assert failing["TIL001"] and failing["TIL003"] and not failing["TIL002"], failing
+    app = create_app(service)
+    dave, hd, _ = login(app, "dave")
+
+    def approve(pid: str, comment: str) -> None:
+        dave.get(f"/api/products/{pid}/state")   # opened: imported
+        r = dave.post(f"/api/products/{pid}/sign", headers=hd, json={
+            "version": 1, "meaning": "approved for release", "password": PASSWORDS["dave"],
+            "qc_resolutions": approval_resolutions(service, pid), "comment": comment})
+        assert r.status_code == 201, r.text
+
+    approve("TIL001", OOS_REASON)
+    approve("TIL002", "")
+    monkeypatch.setattr(module, "_oos_refusal", lambda *args: "")   # the old code: no justification asked for
+    approve("TIL003", "")
+    monkeypatch.undo()
+
+    def cells(page: str) -> dict[str, tuple[str, str]]:
+        """Each listed product's 'Release (approved gates)' cell: (its text, its title)."""
+        heads = re.findall(r"<th>(.*?)</th>", re.search(r'<table class="grid" id="products">.*?</thead>', page, re.S).group(0))
+        col = heads.index("Release (approved gates)")
+        out = {}
+        for m in re.finditer(r'<tr><td><a href="/products/(TIL\d+)">.*?</tr>', page, re.S):
+            attrs, text = re.findall(r"<td([^>]*)>(.*?)</td>", m.group(0), re.S)[col]
+            title = re.search(r'title="([^"]*)"', attrs)
+            out[m.group(1)] = (html.unescape(text), html.unescape(title.group(1)) if title else "")
+        return out
+
+    listed = cells(dave.get("/").text)
+    for pid, justification in (("TIL001", f"; justification {OOS_REASON!r} by Dave Tester (dave) at "),
+                               ("TIL003", "; no justification recorded (approved by Dave Tester (dave) at ")):
+        text, title = listed[pid]
+        assert text == f"fail: out-of-specification release ({'; '.join(c.name for c in failing[pid])})" + (
+            "; no justification recorded" if pid == "TIL003" else ""), text
+        values = "; ".join(f"{c.name} ({c.describe()}: {service.source.phenotype_row(pid)[c.column]:.2f})"
+                           for c in failing[pid])
+        assert title.startswith(f"out-of-specification release of version 1: fails {values}{justification}"), title
+    assert listed["TIL002"] == ("pass", "")
+    for n, pid in enumerate(("TIL001", "TIL002", "TIL003"), 1):   # paged: the same on a page of one
+        assert cells(dave.get(f"/?page={n}&size=1").text) == {pid: listed[pid]}

@@ -225,14 +225,16 @@ def _concerns(*product_ids: str) -> Callable[[AuditEntry], bool]:
 APPROVED, REJECTED = "approved for release", "rejected"
 
 
+def deciding(views: list[SignatureView]) -> Signature | None:
+    """The signature of the product's standing QA decision: its newest valid approval or rejection
+    (``reviewed`` signatures decide nothing); None when there is none."""
+    return next((v.row for v in reversed(views) if v.valid and v.row.meaning in (APPROVED, REJECTED)), None)
+
+
 def decision_of(views: list[SignatureView]) -> tuple[str, int] | None:
-    """The product's standing QA decision: ``(meaning, version)`` of its newest valid approval or
-    rejection (``reviewed`` signatures decide nothing); None when there is none."""
-    state = None
-    for view in views:
-        if view.valid and view.row.meaning in (APPROVED, REJECTED):
-            state = (view.row.meaning, view.row.version)
-    return state
+    """The product's standing QA decision: ``(meaning, version)`` of :func:`deciding`; None when there is none."""
+    sig = deciding(views)
+    return (sig.meaning, sig.version) if sig is not None else None
 
 
 def _approved_state(views: list[SignatureView]) -> int | None:
@@ -399,6 +401,13 @@ class OutOfSpecification:
                     "out-of-specification release needed one)")
         return f"{head}; justification {self.justification!r} by {_signed_by(self.approval)}"
 
+    def cell(self) -> str:
+        """What the product list says after the release status: ``out-of-specification release
+        (<criterion>; <criterion>)``, ``; no justification recorded`` added when none is (:meth:`words`
+        in full: its cell's title)."""
+        names = "; ".join(r.criterion.name for r in self.failed)
+        return f"out-of-specification release ({names})" + ("" if self.justification else "; no justification recorded")
+
 
 def oos_of(approval: Signature, results: list[CriterionResult]) -> OutOfSpecification | None:
     """The out-of-specification release ``approval`` (of a version whose criteria are ``results``)
@@ -476,9 +485,12 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
 
 @dataclass(frozen=True)
 class Decision:
-    """A product's standing QA decision: ``meaning`` (approved for release or rejected) of ``version``."""
+    """A product's standing QA decision: ``meaning`` (approved for release or rejected) of ``version``,
+    made by ``signature`` (:func:`deciding`: for an approval, the approval whose comment justifies an
+    out-of-specification release, :func:`oos_of`)."""
     meaning: str
     version: GateSetVersion
+    signature: Signature
 
 
 def approved_of(decisions: dict[str, Decision | None]) -> dict[str, GateSetVersion | None]:
@@ -1287,8 +1299,8 @@ class ReviewService:
         out: dict[str, Decision | None] = dict.fromkeys(products)
         for pid, rows in signed.items():
             current = versions[(pid, products[pid].current_version)]
-            state = decision_of(self._views(pid, rows, in_trail, current))
-            out[pid] = Decision(state[0], versions[(pid, state[1])]) if state is not None else None
+            sig = deciding(self._views(pid, rows, in_trail, current))
+            out[pid] = Decision(sig.meaning, versions[(pid, sig.version)], sig) if sig is not None else None
         return ListedDecisions(out, refused)
 
     def release_status(self, product_id: str, version: GateSetVersion) -> str:

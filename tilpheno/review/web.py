@@ -31,7 +31,7 @@ from flask import Flask, Response, g, jsonify, redirect, render_template, reques
 from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
-from tilpheno.release import FAIL, NOT_EVALUABLE, PASS
+from tilpheno.release import FAIL, NOT_EVALUABLE, PASS, overall
 from tilpheno.review import audit
 from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check_password, csrf_ok, find_session,
                                   new_session)
@@ -264,11 +264,16 @@ def create_app(service: ReviewService) -> Flask:
         for pid in shown:
             row = service.source.phenotype_row(pid)
             approved, decided = approvals.get(pid), decisions.get(pid)
+            results = service.version_criteria(pid, approved) if approved else []   # memoised by the gates' SHA-256
+            # an approval of gates that fail: its approval is the standing decision's signature (no query more)
+            oos = oos_of(decided.signature, results) if approved and decided else None
             rows.append({"id": pid, "version": imported.get(pid, "not opened yet"), "refused": pid in refused,
                          "approved": approved.version if approved else None,
                          "rejected": decided.version.version if decided and decided.meaning == REJECTED else None,
-                         "approved_release": service.release_status(pid, approved) if approved
+                         "approved_release": overall(results) if approved
                          else "refused" if pid in refused else "not approved",
+                         # the out-of-specification release it is: the failed criteria (the page's words: the title)
+                         "oos": oos.cell() if oos else "", "oos_words": oos.words() if oos else "",
                          # the run's determined fails the approved gates pass, each with its justification's entry
                          "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved)) if approved else "",
                          "run_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
