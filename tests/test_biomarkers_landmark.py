@@ -148,3 +148,16 @@ def test_a_patient_followed_for_no_time_adds_no_lifelines_warning():
     assert got.coef == pytest.approx(1.24245332489400, rel=1e-6)
     assert got.se == pytest.approx(1.41787269212784, rel=1e-6)
     assert (got.n, got.events, got.warning) == (6, 3, "")
+
+
+def test_an_event_at_time_zero_is_not_an_event_of_the_time_dependent_model():
+    """A patient with the event at time 0 has a zero-length start-stop row (0, 0] that the model leaves out (as R
+    coxph: 'Stop time must be > start time, NA created'), yet the row's events counted it (4, the model has 3) ->
+    the model's own events. Its coefficient and SE are R's for these rows without that patient (the same rows as
+    when the patient is censored at 0: survival 3.5.3, test above), fitted or not."""
+    got = time_dependent_cox([0, 2, 3, 4, 5, 6], [1, 1, 1, 0, 1, 0], [np.nan, 1, np.nan, 2, np.nan, np.nan]).iloc[0]
+    assert got.coef == pytest.approx(1.24245332489400, rel=1e-6)
+    assert got.se == pytest.approx(1.41787269212784, rel=1e-6)
+    assert (got.n, got.events) == (6, 3)
+    unfitted = time_dependent_cox([0, 2, 3], [1, 0, 0], [np.nan, 1, np.nan]).iloc[0]   # its only event at time 0
+    assert unfitted.warning.startswith("not fitted") and unfitted.events == 0

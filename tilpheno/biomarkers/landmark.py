@@ -151,7 +151,8 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
 
     Returns one row per coefficient: analysis, endpoint, variable, coef, se, hr, CI, p, n, events,
     loglik, warning (lifelines' warnings recorded, never silenced). A patient followed for no time (time 0) is in
-    no risk set: the zero-length row is left out, as R ``coxph`` leaves it out (NA).
+    no risk set: the zero-length row is left out, as R ``coxph`` leaves it out (NA), and so is its event from
+    ``events`` (the model's events, R's ``nevent``); ``n`` counts every patient given.
     """
     from lifelines import CoxTimeVaryingFitter
 
@@ -162,7 +163,7 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
     if reason:   # lifelines would report a hazard ratio of 1e13 (monotone) or 1 (no information)
         return pd.DataFrame({"analysis": "time-dependent Cox", "endpoint": endpoint, "variable": cols, "coef": np.nan,
                              "se": np.nan, "hr": np.nan, "hr_ci_low": np.nan, "hr_ci_high": np.nan, "p": np.nan,
-                             "n": int(np.asarray(time).size), "events": int(np.asarray(event).sum()),
+                             "n": int(np.asarray(time).size), "events": int(data.event.sum()),
                              "loglik": np.nan, "warning": f"not fitted: {reason}"})
     ctv = CoxTimeVaryingFitter(alpha=1 - conf_level)
     with _warnings.catch_warnings(record=True) as caught:
@@ -176,7 +177,7 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
         "analysis": "time-dependent Cox", "endpoint": endpoint, "variable": cols, "coef": coef, "se": se,
         "hr": np.exp(coef), "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
         "p": 2 * stats.norm.sf(np.abs(coef / se)), "n": int(np.asarray(time).size),
-        "events": int(np.asarray(event).sum()), "loglik": float(ctv.log_likelihood_), "warning": "; ".join(notes)})
+        "events": int(data.event.sum()), "loglik": float(ctv.log_likelihood_), "warning": "; ".join(notes)})
 
 
 def naive_responder_comparison(time, event, responder) -> dict:
