@@ -470,3 +470,24 @@ def test_a_covariate_mixing_numbers_and_text_is_refused_where_it_is_chosen(tmp_p
         build_cohort(pheno, read_outcomes(sexes))
     cohort = build_cohort(pheno, read_outcomes(sexes), covariates=["age"])   # not used: nothing stops
     assert cohort.covariates == ["age"]
+
+
+@pytest.mark.parametrize("which", ["phenotypes", "outcomes"])
+def test_a_path_instead_of_a_table_is_a_type_error_naming_the_argument_and_its_reader(tables, tmp_path, which):
+    """tp.run_biomarkers(phenotypes, outcomes, out) given a file's path instead of a DataFrame raised
+    AttributeError: 'str' object has no attribute 'columns' deep inside -> a one-line TypeError naming the argument,
+    what it got and the reader that makes a table of the file; build_cohort alike; nothing written."""
+    import tilpheno as tp
+
+    paths = {"phenotypes": str(REF / "til_cohort_phenotypes.csv"), "outcomes": str(REF / "til_cohort_outcomes.csv")}
+    given = dict(zip(("phenotypes", "outcomes"), tables), **{which: paths[which]})
+    reader = {"phenotypes": "tilpheno.biomarkers.read_phenotypes", "outcomes": "tilpheno.io.outcomes.read_outcomes"}
+    for call in (lambda: tp.run_biomarkers(given["phenotypes"], given["outcomes"], tmp_path / "out", n_perm=0,
+                                           n_boot=0),
+                 lambda: build_cohort(given["phenotypes"], given["outcomes"])):
+        with pytest.raises(TypeError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"{which}: expected a pandas DataFrame, got str")
+        assert paths[which][:60] in msg and reader[which] in msg
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ from tilpheno.io import atomic
 from tilpheno.io.outcomes import locale_numbers, number
 from tilpheno.io.workbook import decode_text, place, table_frame, text_rows
 
-from .cohort import ENDPOINTS, Cohort, build_cohort
+from .cohort import ENDPOINTS, Cohort, build_cohort, require_frames
 from .cox import ZPH_ONE_EVENT_TIME, fit_cox
 from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
@@ -666,7 +666,9 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                    sources: tuple[str, str] = ("phenotypes", "outcomes")) -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
-    ``outcomes`` must be validated (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
+    ``phenotypes`` and ``outcomes`` are DataFrames (a path is a TypeError naming the argument and its reader:
+    :func:`tilpheno.biomarkers.cohort.read_phenotypes`); ``outcomes`` must be validated
+    (:func:`tilpheno.io.outcomes.read_outcomes`); ``cutpoints``
     is a DataFrame from :func:`read_cutpoints`, a path to such a CSV, or None. ``inputs``: paths
     of the input files, recorded with their SHA-256 in ``run.json`` and the report's footer.
     Every figure is written to ``figures/<name>.svg``; ``pdf=True`` also writes ``figures.pdf``.
@@ -688,7 +690,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     from .report import FigureExport, render_report
 
     started = _time.monotonic()
-
+    require_frames(phenotypes, outcomes)
     bad = [e for e in endpoints if e not in ENDPOINTS]
     if not endpoints:
         raise ValueError("no endpoint given; choose from pfs, os")

@@ -86,6 +86,17 @@ def read_phenotypes(path) -> pd.DataFrame:
     return validate_phenotypes(frame, str(path))
 
 
+def require_frames(phenotypes, outcomes) -> None:
+    """TypeError naming the argument when ``phenotypes`` or ``outcomes`` is not a pandas DataFrame (a file's
+    path, say), and the reader that makes one of a file."""
+    readers = {"phenotypes": (phenotypes, "tilpheno.biomarkers.read_phenotypes(path)"),
+               "outcomes": (outcomes, "tilpheno.io.outcomes.read_outcomes(path)")}
+    for name, (value, reader) in readers.items():
+        if not isinstance(value, pd.DataFrame):
+            raise TypeError(f"{name}: expected a pandas DataFrame, got {type(value).__name__} {str(value)[:80]!r}; "
+                            f"read a file with {reader}")
+
+
 def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     """Numbers; blank/NA missing; text or an infinite value is an error naming the row and column.
 
@@ -131,7 +142,8 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
                  study: Study | None = None, sources: tuple[str, str] = ("phenotypes", "outcomes")) -> Cohort:
     """Join on product_id; choose markers (default: the study's ``biomarkers`` present) and covariates.
 
-    ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`).
+    ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`); either
+    table not a DataFrame (a path) is a TypeError naming it (:func:`require_frames`).
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
     absent from the tables are skipped with a note. A column cannot be both a marker and a
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
@@ -142,6 +154,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     naming its cell; such a column unused stops nothing. ``sources``:
     how errors name the two tables (their files, when read from files).
     """
+    require_frames(phenotypes, outcomes)
     phen_source, out_source = sources
     pheno = validate_phenotypes(phenotypes, phen_source).reset_index(drop=True)
     notes: list[str] = []
