@@ -491,3 +491,36 @@ def test_a_path_instead_of_a_table_is_a_type_error_naming_the_argument_and_its_r
         assert "\n" not in msg and msg.startswith(f"{which}: expected a pandas DataFrame, got str")
         assert paths[which][:60] in msg and reader[which] in msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("column, cells, chosen", [
+    ("comment", ("2", "3", "progressed early"), dict(covariates=["age", "comment"])),
+    ("comment", (2, 3.5, "progressed early"), dict(covariates=["age", "comment"])),   # numbers as numbers
+    ("comment", ("2", "3", "progressed early"), dict(markers=["comment"])),
+    ("sex", ("M", "F", "1"), {}),   # a default covariate
+])
+def test_a_mixed_column_of_a_table_without_the_readers_attrs_is_refused_as_the_reader_refuses_it(
+        tmp_path, column, cells, chosen):
+    """The reader records a column mixing numbers and text in the table's attrs, and build_cohort refused it only
+    from there: the same table built by hand (or after a pandas step that drops attrs) made 'comment' ('2' beside
+    'progressed early') a categorical covariate, silently -> a chosen text column the attrs do not name is checked
+    as the reader checks it: the same one-line error, naming the file, the row (as in the CSV of the table) and the
+    column, as when the CSV is read."""
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    path = _with_comment(tmp_path, column, cells)
+    with pytest.raises(TableError) as read:
+        build_cohort(pheno, read_outcomes(path), **chosen)
+    by_hand = pd.DataFrame(read_outcomes(REF / "til_cohort_outcomes.csv").to_dict("list"))
+    by_hand[column] = [cells[i % len(cells)] for i in range(len(by_hand))]
+    assert by_hand.attrs == {}
+    with pytest.raises(TableError) as built:
+        build_cohort(pheno, by_hand, sources=("phenotypes", str(path)), **chosen)
+    assert str(built.value) == str(read.value)
+    assert f"{path}: row 4, column '{column}': mixed types" in str(built.value)
+
+
+def test_a_text_covariate_of_a_table_built_by_hand_is_still_a_category():
+    """The check of a hand-built table refuses only what the reader refuses: a text column is a covariate."""
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    by_hand = pd.DataFrame(read_outcomes(REF / "til_cohort_outcomes.csv").to_dict("list"))
+    assert build_cohort(pheno, by_hand, markers=["cd8_pct_of_cd3"]).covariates == ["age", "sex", "ecog"]

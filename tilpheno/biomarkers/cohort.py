@@ -130,10 +130,11 @@ def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[s
             f"multivariable models, their validation and calibration (complete cases): {patient_ids(data, rows)}"]
 
 
-def _refuse_unusable(outcomes: pd.DataFrame, column: str) -> None:
-    """Refuse, as the outcomes reader found it, a column chosen as a covariate or a marker that cannot be
-    one (numbers mixed with text, ...: :func:`tilpheno.io.outcomes.column_problem`)."""
-    problem = column_problem(outcomes, column)
+def _refuse_unusable(outcomes: pd.DataFrame, column: str, source: str) -> None:
+    """Refuse, as the outcomes reader finds it, a column chosen as a covariate or a marker that cannot be
+    one (numbers mixed with text, ...: :func:`tilpheno.io.outcomes.column_problem`, also without the
+    reader's ``attrs``); ``source`` names the outcomes table."""
+    problem = column_problem(outcomes, column, source)
     if problem:
         raise TableError(problem)
 
@@ -150,8 +151,9 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     default covariate that is also a marker, or that has one value in every patient analysed (an
     all-male cohort), is not used as a covariate (with a note); a named one with one value is a
     TableError. A covariate (default or named) or a marker from the outcomes that the reader could
-    not type (numbers mixed with text: :func:`tilpheno.io.outcomes.column_problem`) is a TableError
-    naming its cell; such a column unused stops nothing. ``sources``:
+    not type (numbers mixed with text: :func:`tilpheno.io.outcomes.column_problem`; in a table built by
+    hand, or whose ``attrs`` were dropped, checked as the reader checks it) is a TableError naming its cell;
+    such a column unused stops nothing. ``sources``:
     how errors name the two tables (their files, when read from files).
     """
     require_frames(phenotypes, outcomes)
@@ -181,7 +183,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         if m in pheno.columns:
             pheno[m] = _numeric_column(pheno, m, phen_source)
         elif m in outcomes.columns:
-            _refuse_unusable(outcomes, m)
+            _refuse_unusable(outcomes, m, out_source)
             if not pd.api.types.is_numeric_dtype(outcomes[m]):
                 raise TableError(f"{out_source}: column '{m}': marker is not numeric")
         else:
@@ -211,7 +213,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     if covariates is None:
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
         for c in cov:
-            _refuse_unusable(outcomes, c)
+            _refuse_unusable(outcomes, c, out_source)
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
         if empty:
             notes.append(f"default covariate(s) with no values, not used: {', '.join(empty)}")
@@ -232,7 +234,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
                                  "cannot adjust a marker for itself")
             if c not in data.columns:
                 raise TableError(f"{out_source}: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
-            _refuse_unusable(outcomes, c)
+            _refuse_unusable(outcomes, c, out_source)
             if data[c].isna().all():
                 raise TableError(f"{out_source}: column '{c}': covariate has no values")
             if data[c].nunique() == 1:

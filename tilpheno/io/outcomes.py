@@ -352,12 +352,27 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
     return typed
 
 
-def column_problem(outcomes: pd.DataFrame, column: str) -> str | None:
-    """Why ``column`` of a validated outcomes table (:func:`validate_outcomes`) cannot be a covariate
-    or a marker, as the one-line error naming the file, the row and the column (numbers mixed with
-    text, a number in another style, a duration: :func:`_covariate`), or None. Such a column is
-    carried as written (its cells as text), so the analysis refuses it only where it chooses it."""
-    return outcomes.attrs.get(UNUSABLE, {}).get(column)
+def column_problem(outcomes: pd.DataFrame, column: str, source: str = "outcomes") -> str | None:
+    """Why ``column`` of an outcomes table cannot be a covariate or a marker, as the one-line error
+    naming the file, the row and the column (numbers mixed with text, a number in another style, a
+    duration: :func:`_covariate`), or None. Such a column is carried as written (its cells as text),
+    so the analysis refuses it only where it chooses it.
+
+    The reader's finding (``attrs``, :func:`validate_outcomes`) first; a text (object) column it did
+    not record (a table built by hand, or whose ``attrs`` a pandas step dropped) is checked as the
+    reader checks it, its rows numbered as in a CSV of the table (header row 1, first patient row 2)
+    and the file named ``source``."""
+    recorded = outcomes.attrs.get(UNUSABLE, {}).get(column)
+    if recorded or column not in outcomes.columns:
+        return recorded
+    cells = outcomes[column]
+    if not (pd.api.types.is_object_dtype(cells) or pd.api.types.is_string_dtype(cells)):
+        return None
+    try:
+        _covariate(cells.set_axis(range(2, len(cells) + 2)), source, column)
+    except TableError as exc:
+        return str(exc)
+    return None
 
 
 def _doses(raw: pd.DataFrame, source: str) -> pd.Series:
