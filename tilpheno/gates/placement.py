@@ -1177,9 +1177,15 @@ def lognormal_fitted_cut(fmo_values: np.ndarray, stained_values: np.ndarray, tra
     the FMO ``percentile`` carried over with it at the :data:`TAIL_QUANTILES`. With ``s`` near 0 it is
     the normal model of ``fit`` again, so the two cuts differ by what the data say of the tail's
     shape. Transformed units; NaN without a positive ``fit.shift`` (no binding to shape) or with fewer
-    than 20 events in either tube. Used only by the fit gate's self-check (``checks``:
-    ``fit_lognormal``) of a normal fit."""
-    f_lin, s_lin = _finite_linear(fmo_values, transform), _finite_linear(stained_values, transform)
+    than 20 events in either tube. Used by the fit gate's self-check (``checks``: ``fit_lognormal``)
+    of a normal fit and by :func:`reference_tail_cut`."""
+    return _linear_lognormal_cut(_finite_linear(fmo_values, transform), _finite_linear(stained_values, transform),
+                                 transform, percentile, fit)
+
+
+def _linear_lognormal_cut(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentile: float,
+                          fit: FitCarry) -> float:
+    """:func:`lognormal_fitted_cut` of both tubes' finite events already in linear units."""
     if not fit.shift > 0 or f_lin.size < 20 or s_lin.size < 20:
         return float("nan")
     scale = _fmo_scale(f_lin)
@@ -1187,11 +1193,22 @@ def lognormal_fitted_cut(fmo_values: np.ndarray, stained_values: np.ndarray, tra
     return _lognormal_fit(f_lin, s_lin, transform, percentile, fit.share, starts, scale)[0]
 
 
+def _log_sd(p: np.ndarray, scale: float) -> float:
+    """The log-SD of a log-normal fit's parameters ``p`` (:func:`_lognormal_offsets`: ``p[1]`` is it x
+    ``scale``), at most :data:`LOGNORMAL_MAX_SD`."""
+    return min(abs(float(p[1])) / scale, LOGNORMAL_MAX_SD)
+
+
+def _lognormal_carry(cut: float, p: np.ndarray, share: float, scale: float) -> FitCarry:
+    """The :class:`FitCarry` of a log-normal fit's ``cut`` and parameters ``p`` at ``share``."""
+    return FitCarry(cut, abs(float(p[0])), abs(float(p[2])), share, _log_sd(p, scale))
+
+
 def _lognormal_offsets(p: np.ndarray, scale: float, z: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The log-normal binding plus normal spreading of :func:`lognormal_fitted_cut` at the normal
     quantiles ``z`` (binding's, spreading's), linear units; ``p``: median m, log-SD s x ``scale`` (the
     fit's steps of one size), spreading SD sigma."""
-    binding = abs(p[0]) * np.exp(min(abs(p[1]) / scale, LOGNORMAL_MAX_SD) * z[0])
+    binding = abs(p[0]) * np.exp(_log_sd(p, scale) * z[0])
     return (binding[:, None] + abs(p[2]) * z[1][None, :]).ravel()
 
 
@@ -1254,7 +1271,7 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
     if start is not None and share is not None:
         cut, p = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, [start], scale, step=WARM_STEP,
                                 fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
-        return FitCarry(cut, abs(float(p[0])), abs(float(p[2])), share, min(abs(float(p[1])) / scale, LOGNORMAL_MAX_SD))
+        return _lognormal_carry(cut, p, share, scale)
     shift = float(np.median(s_sorted) - np.median(f_sorted))
     if not shift > 0:
         return None
@@ -1268,7 +1285,7 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
         used, share, starts, step = share, _share_below(s_sorted, cut, transform, percentile), [p], WARM_STEP
         if abs(share - used) < SHARE_TOLERANCE:
             break
-    return FitCarry(cut, abs(float(p[0])), abs(float(p[2])), used, min(abs(float(p[1])) / scale, LOGNORMAL_MAX_SD))
+    return _lognormal_carry(cut, p, used, scale)
 
 
 CONFIDENCE = 0.95
@@ -1481,8 +1498,7 @@ def reference_tail_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, refere
     normal = fitted_carry(rf, rs, transform, percentile, 1.0)
     if normal is None:
         return float("nan")
-    predicted = lognormal_fitted_cut(reference_fmo, reference_stained, transform, percentile,
-                                     FitCarry(normal[0], normal[1], normal[2], 1.0))
+    predicted = _linear_lognormal_cut(rf, rs, transform, percentile, FitCarry(normal[0], normal[1], normal[2], 1.0))
     if not np.isfinite(predicted):
         return float("nan")
     lin = np.percentile(f, percentile) - np.percentile(rf, percentile) + float(transform.inverse(np.array([predicted]))[0])
