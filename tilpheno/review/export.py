@@ -43,7 +43,7 @@ from tilpheno.review.regate import recompute
 from tilpheno.io import atomic
 from tilpheno.io.csvcells import counts_as_integers
 from tilpheno.review.db import ReviewError
-from tilpheno.review.service import Approval, NotFound, ReviewService, VersionConflict
+from tilpheno.review.service import APPROVED, Approval, NotFound, ReviewService, VersionConflict, oos_of
 
 NOT_APPROVED = "not released (not approved)"
 FAILED_PROCESSING = "not released (failed processing)"
@@ -53,19 +53,21 @@ log = logging.getLogger(__name__)
 def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]:
     phen_rows: list[dict[str, Any]] = []
     pop_frames: list[pd.DataFrame] = []
-    approvals = service.approved_versions()   # a product never opened has none: not re-gated for it
+    decisions = service.decisions()   # a product never opened has none: not re-gated for it
     for pid in service.source.product_ids():
-        approved = approvals.get(pid)
-        if approved is None:
+        decision = decisions.get(pid)
+        if decision is None or decision.meaning != APPROVED:
             phen_rows.append({"product_id": pid, "review_status": "not approved", "gate_version": None,
                               "gates_sha256": "", "release_status": NOT_APPROVED, "deviations": "",
                               "out_of_specification": ""})
             continue
+        approved = decision.version
         res = recompute(service.source, pid, json.loads(approved.gates_json))
         phen_rows.append({**res.phenotype, "review_status": "approved", "gate_version": approved.version,
                           "gates_sha256": approved.gates_sha256, "release_status": res.release_status,
                           "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved, res.release)),
-                          "out_of_specification": oos.words() if (oos := service.out_of_specification(pid, approved, res.release))
+                          # an approval of gates that fail: the standing decision's signature (as the product list)
+                          "out_of_specification": oos.words() if (oos := oos_of(decision.signature, res.release))
                           else ""})
         for tube, table in res.populations.items():
             stained = service.source.stained(pid)[tube]

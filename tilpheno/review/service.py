@@ -74,7 +74,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tilpheno.release import FAIL, PASS, CriterionResult, overall
+from tilpheno.release import FAIL, PASS, CriterionResult
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError, default_db_path
@@ -1303,10 +1303,6 @@ class ReviewService:
             out[pid] = Decision(sig.meaning, versions[(pid, sig.version)], sig) if sig is not None else None
         return ListedDecisions(out, refused)
 
-    def release_status(self, product_id: str, version: GateSetVersion) -> str:
-        """Release outcome of a stored version."""
-        return overall(self.version_criteria(product_id, version))
-
     def version_criteria(self, product_id: str, version: GateSetVersion) -> list[CriterionResult]:
         """The release criteria on a stored version's gates (:meth:`criteria`)."""
         return self.criteria(product_id, json.loads(version.gates_json), version.gates_sha256)
@@ -1343,19 +1339,6 @@ class ReviewService:
         with self.factory() as db:
             snapshot(db)
             return _justified(db, product_id, version.version, overturns)
-
-    def out_of_specification(self, product_id: str, version: GateSetVersion,
-                             results: list[CriterionResult] | None = None) -> OutOfSpecification | None:
-        """The out-of-specification release the standing approval of ``version`` (the product's
-        approved version) makes (:class:`OutOfSpecification`: its failed criteria, ``results`` when
-        computed already, and the approval's justification); None when the version fails no criterion
-        or has no valid approval."""
-        results = self.version_criteria(product_id, version) if results is None else results
-        if not failed_criteria(results):
-            return None
-        approvals = [v.row for v in self.signatures(product_id)
-                     if v.valid and v.row.meaning == APPROVED and v.row.version == version.version]
-        return oos_of(approvals[-1], results) if approvals else None
 
     def version_overturns(self, product_id: str, version: GateSetVersion) -> list[Overturn]:
         """The overturns of a stored version (:meth:`overturns` of its criteria; slow the first time)."""

@@ -40,7 +40,7 @@ from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
-                                     ReviewService, VersionConflict, approved_of, decision_of, failed_criteria,
+                                     ReviewService, VersionConflict, approved_of, deciding, decision_of, failed_criteria,
                                      failed_words, oos_of, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
@@ -275,7 +275,7 @@ def create_app(service: ReviewService) -> Flask:
                          # the out-of-specification release it is: the failed criteria (the page's words: the title)
                          "oos": oos.cell() if oos else "", "oos_words": oos.words() if oos else "",
                          # the run's determined fails the approved gates pass, each with its justification's entry
-                         "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved)) if approved else "",
+                         "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved, results)) if approved else "",
                          "run_release": row.get("release_status", ""), "qc": row.get("qc_status", ""),
                          "review": row.get("review_status", "")})
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
@@ -308,9 +308,9 @@ def create_app(service: ReviewService) -> Flask:
         run_release = service.source.run_release(product_id)
         decided = decision_of(signatures)
         rejection = next((v for v in reversed(signatures) if v.valid and v.row.meaning == REJECTED), None)
-        # a valid signature is one of the current version: the standing approval's is the newest
-        approval = next((v.row for v in reversed(signatures) if v.valid and v.row.meaning == APPROVED), None)
-        oos = oos_of(approval, cur_res.release) if approval is not None and decided == (APPROVED, current.version) else None
+        # a valid signature is one of the current version: the standing approval is the deciding signature
+        deciding_sig = deciding(signatures)
+        oos = oos_of(deciding_sig, cur_res.release) if decided == (APPROVED, current.version) and deciding_sig else None
         return jsonify({
             "product_id": product_id,
             "current_version": current.version,
