@@ -1093,14 +1093,11 @@ def main() -> None:  # console-script entry point
     try:
         sys.exit(_run_app())
     except Terminated:
-        typer.secho("error: terminated (SIGTERM) before the command finished",
-                    fg=typer.colors.RED, err=True)
-        _to_run_log("error: terminated (SIGTERM) before the command finished")
+        _print_error("terminated (SIGTERM) before the command finished")
         raise
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
-            typer.secho("error: interrupted (Ctrl-C) before the command finished", fg=typer.colors.RED, err=True)
-            _to_run_log("error: interrupted (Ctrl-C) before the command finished")
+            _print_error("interrupted (Ctrl-C) before the command finished")
         raise
 
 
