@@ -2,6 +2,7 @@
 cut-point files, report safety, the CLI, and the behaviour of the cut-point p-values under the null."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -295,6 +296,21 @@ def test_cutpoints_file_as_a_spreadsheet_saves_it(tmp_path, text):
     cuts = tmp_path / "cuts.csv"
     cuts.write_text(text, encoding="utf-8")
     assert read_cutpoints(cuts).values.tolist() == [["cd8", "", 25.5], ["cd8", "os", 1500.25]]
+
+
+def test_cutpoints_file_too_large_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A cut-points file larger than a table file may be (a phenotypes export or an FCS file named by
+    mistake) was read into memory whole, as the outcomes table is not: its reader had no size limit
+    -> refused as the outcomes table is (same reader), naming the file and its size. The limit is
+    lowered here so that a real small file is above it."""
+    from tilpheno.io import outcomes
+
+    cuts = tmp_path / "cuts.csv"
+    cuts.write_text("marker,cutpoint,endpoint\n" + "cd8,25,\n" * 20)
+    monkeypatch.setattr(outcomes, "_MAX_BYTES", cuts.stat().st_size - 1)
+    with pytest.raises(TableError, match=rf"^{re.escape(str(cuts))}: the file is too large for a cut-points table "
+                                         rf"\({cuts.stat().st_size} bytes\)$"):
+        read_cutpoints(cuts)
 
 
 def test_an_endpoint_cut_overrides_a_blank_one(tmp_path):

@@ -89,6 +89,7 @@ def test_no_path_is_left_to_typers_existence_check():
 def _library_calls(tmp_path):
     """(what, call with the missing path, the path) of the public entry points a script calls."""
     import tilpheno as tp
+    from tilpheno.biomarkers.analysis import read_cutpoints
     from tilpheno.biomarkers.cohort import read_phenotypes
     from tilpheno.io.manifest import read_manifest
     from tilpheno.io.outcomes import read_outcomes
@@ -111,6 +112,7 @@ def _library_calls(tmp_path):
         ("read_panel_file", lambda: read_panel_file(missing), missing),
         ("read_outcomes", lambda: read_outcomes(missing), missing),
         ("read_phenotypes", lambda: read_phenotypes(missing), missing),
+        ("read_cutpoints", lambda: read_cutpoints(missing), missing),
         ("load_release_spec", lambda: load_release_spec(missing), missing),
         ("read_lineage", lambda: read_lineage(missing), missing),
         ("process_folder", lambda: tp.process_folder(missing, run), missing),

@@ -21,7 +21,6 @@ Tables where several markers are tested carry Holm and Benjamini-Hochberg adjust
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +29,8 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io import atomic
-from tilpheno.io.outcomes import locale_numbers, number
-from tilpheno.io.workbook import decode_text, place, table_frame, text_rows
+from tilpheno.io.outcomes import csv_rows, locale_numbers, number, table_bytes
+from tilpheno.io.workbook import place, table_frame
 
 from .cohort import ENDPOINTS, Cohort, build_cohort, require_frames
 from .cox import ZPH_ONE_EVENT_TIME, fit_cox
@@ -124,20 +123,13 @@ def read_cutpoints(path) -> pd.DataFrame:
 
     Read as the outcomes table's text is (:mod:`tilpheno.io.outcomes`): comma-, semicolon- or tab-separated (a
     European Excel's ``25,5`` in semicolon text is 25.5), UTF-8, UTF-16 or Windows-1252, a title or blank lines
-    above the header skipped. One cut per marker and endpoint: a marker listed twice for the same endpoint (or twice
+    above the header skipped; a missing, empty or too large file (:func:`tilpheno.io.outcomes.table_bytes`) is a
+    TableError as the outcomes table's. One cut per marker and endpoint: a marker listed twice for the same endpoint (or twice
     with a blank endpoint) is a TableError naming both rows; a row for one endpoint overrides a blank one.
     """
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise TableError(f"{path}: file not found")
-    text = decode_text(path.read_bytes(), source)
-    if not text.strip():
-        raise TableError(f"{path}: the file is empty")
-    try:
-        header_line, separator, rows = text_rows(text, CUTPOINT_COLUMNS)
-    except csv.Error as exc:
-        raise TableError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    header_line, separator, rows = csv_rows(table_bytes(path, "a cut-points table"), source, CUTPOINT_COLUMNS)
     frame = table_frame(rows, header_line, lambda line: place(source, line), lower=(*CUTPOINT_COLUMNS, "endpoint"))
     for col in CUTPOINT_COLUMNS:
         if col not in frame.columns:

@@ -64,7 +64,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import DECIMAL_COMMA_RE, decimal_comma, path_problem
-from tilpheno.io.workbook import (decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
+from tilpheno.io.workbook import (Rows, decode_text, hidden_sheets, open_workbook, place, refuse_sheet_problems,
                                   lone_value, sheet_values, summary_label, table_frame, text_rows, workbook_table)
 
 RESPONSE_CODES = ("CR", "PR", "SD", "PD", "NE")
@@ -121,6 +121,36 @@ def _fail(source: str, problem: str, row: int | None = None, column: str | None 
     raise TableError(f"{place(source, row, column)}: {one_line}")
 
 
+def table_bytes(path: Path, kind: str) -> bytes:
+    """The bytes of the table file ``path``. TableError, one line naming it, when it is no file
+    (:func:`tilpheno.io.files.path_problem`), is empty, or is larger than :data:`_MAX_BYTES`
+    (``kind`` names the table in that line: ``an outcomes table``). The outcomes table and the
+    biomarker cut-points are read so."""
+    source = str(path)
+    if not path.is_file():
+        raise TableError(path_problem(path))
+    size = path.stat().st_size
+    if size == 0:
+        _fail(source, "the file is empty")
+    if size > _MAX_BYTES:
+        _fail(source, f"the file is too large for {kind} ({size} bytes)")
+    return path.read_bytes()
+
+
+def csv_rows(data: bytes, source: str, required: tuple[str, ...]) -> tuple[int, str, Rows]:
+    """``(header line, separator, rows)`` of a CSV file's ``data`` (UTF-8, UTF-16 or Windows-1252:
+    :func:`tilpheno.io.workbook.decode_text`; the header the row naming the ``required`` columns:
+    :func:`tilpheno.io.workbook.text_rows`). TableError naming ``source`` for blank text or text
+    that is no CSV table. The outcomes table's text and the biomarker cut-points are read so."""
+    text = decode_text(data, source)
+    if not text.strip():
+        _fail(source, "the file is empty")
+    try:
+        return text_rows(text, required)
+    except csv.Error as exc:
+        _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
+
+
 def _read_raw(path: Path, required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     """The table's cells (text; a workbook's values as ``pandas.read_excel(dtype=object)`` gives
     them, dates as datetime objects), index = sheet row / line, ``attrs["header_line"]``.
@@ -131,14 +161,7 @@ def _read_raw(path: Path, required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
     are refused), merged cells read as Excel shows them. A column named twice, or a text row with
     more cells than the header, is refused (:func:`tilpheno.io.workbook.table_frame`)."""
     source = str(path)
-    if not path.is_file():
-        raise TableError(path_problem(path))
-    size = path.stat().st_size
-    if size == 0:
-        _fail(source, "the file is empty")
-    if size > _MAX_BYTES:
-        _fail(source, f"the file is too large for an outcomes table ({size} bytes)")
-    data = path.read_bytes()
+    data = table_bytes(path, "an outcomes table")
     if data[:4] == b"PK\x03\x04" or path.suffix.lower() in EXCEL_SUFFIXES:
         book = open_workbook(data, source)
         sheet, header_line, rows = workbook_table(sheet_values(book), required, "an outcomes", source,
@@ -150,13 +173,7 @@ def _read_raw(path: Path, required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
         if path.suffix.lower() == ".xls":
             _fail(source, "not a CSV or Excel (.xlsx) file: old Excel .xls workbooks are not read; save it as .xlsx "
                           "or CSV UTF-8")
-        text = decode_text(data, source)
-        if not text.strip():
-            _fail(source, "the file is empty")
-        try:
-            header_line, separator, rows = text_rows(text, required)
-        except csv.Error as exc:
-            _fail(source, f"not a valid CSV table ({str(exc).splitlines()[0]})")
+        header_line, separator, rows = csv_rows(data, source, required)
     frame = table_frame(rows, header_line, lambda line: place(source, line), ids=ID_COLUMNS, text=separator != "")
     if separator in (";", "\t"):   # numbers in a locale's style (ids are kept as written)
         for col in frame.columns:
