@@ -218,7 +218,8 @@ def scan(
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
     from tilpheno.panel import read_panel_file
-    from tilpheno.pipeline.inputs import listed_unfit, stained_file_markers, strategy_detectors, strategy_markers
+    from tilpheno.pipeline.inputs import (listed_unfit, listed_unfit_stains, strategy_detectors, strategy_markers,
+                                          unfit_stains)
     from tilpheno.study import load_study
 
     if out is not None and manifest is not None and out.resolve() == manifest.resolve():
@@ -230,10 +231,10 @@ def scan(
         config = load_study(study)
         overrides = read_panel_file(panel) if panel is not None else None
         strategies = [load_strategy(p) for p in config.strategy_paths]
-        kind_markers, kind_detectors = strategy_markers(strategies), strategy_detectors(strategies)
+        kinds = (strategy_markers(strategies), strategy_detectors(strategies))
         if manifest is not None:
-            frame = read_manifest(manifest, base=folder, study=config, markers=kind_markers, keep_missing=True,
-                                  unfit=listed_unfit(config, (kind_markers, kind_detectors), overrides, folder))
+            frame = read_manifest(manifest, base=folder, study=config, markers=kinds[0], keep_missing=True,
+                                  unfit=listed_unfit(config, kinds, overrides, folder))
         else:
             frame = scan_folder(folder, study=config, panel=overrides, markers=file_markers)
             for where, reason in frame.attrs.get("unlistable", []):
@@ -257,11 +258,12 @@ def scan(
     for problem in unreadable["problem"]:
         typer.secho(f"unreadable: {problem}", fg=typer.colors.YELLOW, err=True)
     if manifest is not None:   # listed, not scanned: the listed stained files' labels read here
-        listed = frame[(frame["role"] == "stain") & (frame["problem"] == "")]
-        file_markers = stained_file_markers(map(str, listed["file"]), config.vocabulary, overrides, base=folder)
-    unfit = _warn_unfit_stains(frame, file_markers, (kind_markers, kind_detectors), config, folder)
+        unfit = listed_unfit_stains(frame[frame["problem"] == ""], config, kinds, overrides, folder)
+    else:
+        unfit = unfit_stains(frame, file_markers, kinds[0], config.vocabulary, kinds[1])
+    unfit_files = _warn_unfit_stains(unfit, config, folder)
     if manifest is None:
-        _warn_duplicate_stains(frame, out, _required_kinds(config), unfit)
+        _warn_duplicate_stains(frame, out, _required_kinds(config), unfit_files)
     _warn_controls_only(frame)
     if out is not None:
         written = frame[list(COLUMNS)].copy()
@@ -274,18 +276,16 @@ def scan(
         raise typer.Exit(code=1)
 
 
-def _warn_unfit_stains(frame, file_markers, kinds, config, folder: Path) -> set[str]:
-    """On stderr, one line when stained files of a scanned ``frame`` do not fit the tube kinds of
-    study ``config`` (:func:`tilpheno.pipeline.inputs.unfit_stains`; ``file_markers``: file -> the
-    markers its labels name; ``kinds``: kind -> its strategies' markers, kind -> the detectors they
-    gate as they are, :func:`tilpheno.pipeline.inputs.strategy_detectors`): a new lab's panel
+def _warn_unfit_stains(unfit, config, folder: Path) -> set[str]:
+    """On stderr, one line when stained files do not fit the tube kinds of study ``config``
+    (``unfit``: :func:`tilpheno.pipeline.inputs.unfit_stains` of the scanned files, or
+    :func:`tilpheno.pipeline.inputs.listed_unfit_stains` of a manifest's): a new lab's panel
     read as the study's kinds, which ``process`` fails. The line names the files, the markers each
-    has that its kind does not gate and those it lacks, and points to ``new-study``.
+    has that its kind does not gate and those it lacks, and points to ``new-study``
+    (:func:`tilpheno.pipeline.inputs.describe_unfit`).
     Returns those files (the duplicate-stain advice is not theirs: they are no copies of that kind)."""
-    from tilpheno.pipeline.inputs import describe_unfit, unfit_stains
+    from tilpheno.pipeline.inputs import describe_unfit
 
-    kind_markers, kind_detectors = kinds
-    unfit = unfit_stains(frame, file_markers, kind_markers, config.vocabulary, kind_detectors)
     if unfit:
         typer.secho(describe_unfit(unfit, config, folder), fg=typer.colors.YELLOW, err=True)
     return {u.file for u in unfit}

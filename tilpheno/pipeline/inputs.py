@@ -151,20 +151,26 @@ def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path
             "DIR/study.yaml")
 
 
-def listed_unfit(study: Study, kinds: tuple[Mapping[str, Iterable[str]], Mapping[str, Sequence[str]]], panel,
-                 folder: str | Path):
+Kinds = tuple[Mapping[str, Iterable[str]], Mapping[str, Sequence[str]]]
+"""A study's tube kinds as its strategies gate them: kind -> its strategies' markers
+(:func:`strategy_markers`), and kind -> the detectors they gate as they are (:func:`strategy_detectors`)."""
+
+
+def listed_unfit_stains(rows, study: Study, kinds: Kinds, panel, base: str | Path | None = None) -> list[UnfitStain]:
+    """:func:`unfit_stains` of the stained files among a manifest's ``rows`` (files as listed, a
+    relative one under ``base``), their labels read from their TEXT with ``panel``
+    (:func:`stained_file_markers`; a file that cannot be read is left out, logged)."""
+    kind_markers, kind_detectors = kinds
+    stains = rows[rows["role"] == "stain"]
+    labels = stained_file_markers(map(str, stains["file"]), study.vocabulary, panel, base=base)
+    return unfit_stains(stains, labels, kind_markers, study.vocabulary, kind_detectors)
+
+
+def listed_unfit(study: Study, kinds: Kinds, panel, folder: str | Path):
     """``read_manifest(unfit=)``: a function of a manifest's rows (files as listed, under ``folder``)
     giving :func:`describe_unfit`'s line on those of its stained files that fit no tube kind of
-    ``study`` ('' when all fit), their labels read with ``panel`` (:func:`stained_file_markers`);
-    ``kinds``: tube kind -> its strategies' markers, and -> the detectors they gate as they are."""
-    kind_markers, kind_detectors = kinds
-
-    def line(rows) -> str:
-        stains = rows[rows["role"] == "stain"]
-        labels = stained_file_markers(map(str, stains["file"]), study.vocabulary, panel, base=folder)
-        return describe_unfit(unfit_stains(stains, labels, kind_markers, study.vocabulary, kind_detectors), study,
-                              folder)
-    return line
+    ``study`` ('' when all fit): :func:`listed_unfit_stains`."""
+    return lambda rows: describe_unfit(listed_unfit_stains(rows, study, kinds, panel, folder), study, folder)
 
 
 def unmatched_outcomes(manifest, outcomes) -> list[str]:

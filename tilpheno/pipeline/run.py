@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
-from tilpheno.pipeline.inputs import (UnfitStain, _did_you_mean, attach_doses, group_products, load_manifest,
-                                      products_without_dose, stained_file_markers, strategy_detectors, strategy_markers,
-                                      unfit_stains,
+from tilpheno.pipeline.inputs import (UnfitStain, _did_you_mean, attach_doses, group_products, listed_unfit_stains,
+                                      load_manifest, products_without_dose, strategy_detectors, strategy_markers,
                                       unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
@@ -181,10 +180,8 @@ def failed_unfit_stains(manifest, outcomes: Sequence[ProductOutcome], strategies
         labels = file_labels(group["file"])   # the files as the product's flags name them
         groups.append(group[[(pid, labels[str(f)]) in dropped and role == "stain"
                              for f, role in zip(group["file"], group["role"])]])
-    stains = pd.concat(groups)
-    markers = stained_file_markers(map(str, stains["file"]), options.study.vocabulary, options.panel)
-    return unfit_stains(stains, markers, strategy_markers(strategies), options.study.vocabulary,
-                        strategy_detectors(strategies))
+    return listed_unfit_stains(pd.concat(groups), options.study,
+                               (strategy_markers(strategies), strategy_detectors(strategies)), options.panel)
 
 
 def _absolute(path):
