@@ -623,7 +623,7 @@ class ReviewSource:
         recorded = (self.run.get("product_files") or {}).get(product_id) or {}
         gated = {name for name, *_ in self._file_rows(product_id)}
         labels = sorted(label for label in recorded if label not in gated)
-        entries = product_inputs(labels, recorded, self._inputs_by_path, self.out_dir / "run.json")
+        entries = self._entries(product_id, labels)
         out = [{"file": label, "tube": "", "role": "not gated", "sha256": str(entries[label]["sha256"])}
                for label in labels]
         matrix = (self.run.get("compensation_matrices") or {}).get(product_id)

@@ -62,6 +62,7 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -235,6 +236,14 @@ def decision_of(views: list[SignatureView]) -> tuple[str, int] | None:
     """The product's standing QA decision: ``(meaning, version)`` of :func:`deciding`; None when there is none."""
     sig = deciding(views)
     return (sig.meaning, sig.version) if sig is not None else None
+
+
+def standing_of(views: list[SignatureView], meaning: str, version: int) -> Signature | None:
+    """The valid signature of ``views`` with ``meaning`` that is the product's standing QA decision
+    on ``version`` (:func:`decision_of`); None when the standing decision is another, or none."""
+    if decision_of(views) != (meaning, version):
+        return None
+    return [v.row for v in views if v.valid and v.row.meaning == meaning][-1]
 
 
 def _approved_state(views: list[SignatureView]) -> int | None:
@@ -1129,7 +1138,8 @@ class ReviewService:
             db.flush()
             start = audit.head_seq(db)
             db.refresh(user)
-            rejection = self.standing(db, product_id, REJECTED, current) if meaning == APPROVED else None
+            views = self._read_views(db, product_id, current)
+            rejection = standing_of(views, REJECTED, current.version) if meaning == APPROVED else None
             refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
                        or _overrule_refusal(rejection, overrules, comment)
                        or _oos_refusal(product_id, current.version, failed, comment)
@@ -1143,9 +1153,7 @@ class ReviewService:
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: {self.noun} {product_id} changed while you were signing; reload")
             resolutions = audit.canonical(clean_res)
-            rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
-            repeat = repeated_signature(self._views(product_id, rows, audit.signed_in_trail(db, product_id), current),
-                                        user.username, meaning, data_digest, resolutions, comment)
+            repeat = repeated_signature(views, user.username, meaning, data_digest, resolutions, comment)
             if repeat is not None:   # a double-click: the second request finds the first's signature
                 said = (f"you already signed version {current.version} of {product_id} as '{meaning}' (signature "
                         f"{repeat.id}, {_signed_by(repeat)}) with the same data, QC resolutions and comment, and it "
@@ -1200,11 +1208,12 @@ class ReviewService:
                 return None
             current = db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == product_id,
                                                               GateSetVersion.version == product.current_version)).one()
+        return standing_of(self._read_views(db, product_id, current), meaning, current.version)
+
+    def _read_views(self, db: Session, product_id: str, current: GateSetVersion) -> list[SignatureView]:
+        """:meth:`_views` of the product's signatures as ``db`` reads them now."""
         rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
-        views = self._views(product_id, rows, audit.signed_in_trail(db, product_id), current)
-        if decision_of(views) != (meaning, current.version):
-            return None
-        return [v.row for v in views if v.valid and v.row.meaning == meaning][-1]
+        return self._views(product_id, rows, audit.signed_in_trail(db, product_id), current)
 
     def signatures(self, product_id: str) -> list[SignatureView]:
         """Each signature of the product, valid or void (:meth:`_views`), from one reading."""
@@ -1235,6 +1244,10 @@ class ReviewService:
                 hashes[form] = data_sha256(self.source, product_id, current.version, current.gates_sha256, form=form)
             return hashes[form]
 
+        # the run's QC flags and controls, read once, when a signature first needs them
+        flags_now = functools.cache(lambda: self.source.qc_flags(product_id))
+        controls_now = functools.cache(lambda: self.source.other_inputs(product_id))
+
         out = []
         for s in rows:
             if s.signature_sha256 not in in_trail:
@@ -1244,14 +1257,14 @@ class ReviewService:
             elif (form := next((f for f in DATA_FORMS if s.data_sha256 == data_now(f)), None)) is None:
                 out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
                                                    "changed after signing"))
-            elif s.meaning == APPROVED and (unresolved := unresolved_flags(self.source.qc_flags(product_id), s)):
+            elif s.meaning == APPROVED and (unresolved := unresolved_flags(flags_now(), s)):
                 named = Counter(unresolved)
                 out.append(SignatureView(s, False, f"void: {len(unresolved)} QC flag(s) of the current run have no "
                                                    "resolution in it (" + ", ".join(f"{k} x{n}" if n > 1 else k
                                                                                     for k, n in named.items())
                                                    + "): a re-run raised them after signing"))
             else:
-                controls = self.source.other_inputs(product_id) if form != DATA_FORMS[0] else []
+                controls = controls_now() if form != DATA_FORMS[0] else []
                 out.append(SignatureView(s, True, "", f"{CONTROLS_UNBOUND} (signed before they were bound: a replaced "
                                                       f"{', '.join(c['file'] for c in controls)} would not void it)"
                                          if controls else ""))
