@@ -415,7 +415,7 @@ def anomalous_segments(series: np.ndarray, t_crit: float, tolerance: float, *, r
         return bad
     trend = np.zeros(x.size)
     if max_drift > 0:
-        label = np.repeat(np.arange(len(segments)), [b - a for a, b in segments])
+        label = event_bins(np.array([0, *(b for _, b in segments)]))   # each element's segment (they tile x)
         slope = float(np.clip(within_segment_slope(x, label), -max_drift / x.size, max_drift / x.size))
         trend = slope * (np.arange(x.size, dtype=np.float64) - (ref_a + ref_b - 1) / 2.0)
     base = float(np.median(x[ref_a:ref_b] - trend[ref_a:ref_b]))   # the reference's level off the trend
