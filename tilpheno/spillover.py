@@ -604,7 +604,7 @@ class CompensationChoice:
     """The matrix one product is compensated with: ``spillover`` (None = each file's own
     ``$SPILLOVER``), the control ``files`` it was estimated from, or the ``error`` that made the
     estimate fail (the product then fails with it); ``digests``: each file's SHA-256 of the bytes the
-    estimate read (``SpilloverEstimate.digests``, in ``files``' order; empty when it failed);
+    estimate read (``SpilloverEstimate.digests``, file -> it; empty when it failed);
     ``texts``: each file's TEXT as the estimate read it (``SpilloverEstimate.texts``, file -> it),
     the settings compared with the stained files'; ``read_from_ns``: a moment (this machine's wall
     clock, ns) before the estimate read the files, the moment ``digests`` hold from (0: unknown)."""
@@ -612,7 +612,7 @@ class CompensationChoice:
     spillover: Spillover | None = None
     files: tuple[str, ...] = ()
     error: str = ""
-    digests: tuple[str, ...] = ()
+    digests: Mapping[str, str] = field(default_factory=dict)
     texts: Mapping[str, ControlText] = field(default_factory=dict, compare=False)
     read_from_ns: int = field(default=0, compare=False)
 
@@ -643,7 +643,7 @@ def _estimate_set(name: str, rows) -> CompensationChoice:
         est = estimate_spillover(controls, source=f"single-stain controls of {name} ({names})")
     except (CompensationError, TableError) as exc:
         return CompensationChoice(None, files, f"compensation from single-stain controls of {name} failed: {exc}")
-    return CompensationChoice(est.spillover, files, digests=tuple(est.digests.get(f, "") for f in files),
+    return CompensationChoice(est.spillover, files, digests={f: est.digests[f] for f in files if f in est.digests},
                               texts={f: est.texts[f] for f in files if f in est.texts}, read_from_ns=read_from_ns)
 
 

@@ -331,8 +331,7 @@ def _control_set_digests(choice) -> list[FileDigest]:
     """The single-stain controls of a product's matrix (a CompensationChoice), each with the digest
     of the bytes its estimate read (``choice.digests``); hashed from the disk now only when the
     estimate failed before reading it."""
-    read = dict(zip(choice.files, choice.digests))
-    return [FileDigest(str(f), read[f]) if read.get(f) else _file_digest(f) for f in choice.files]
+    return [FileDigest(str(f), choice.digests[f]) if choice.digests.get(f) else _file_digest(f) for f in choice.files]
 
 
 def _populations_long(product_id: str, tubes) -> object:
