@@ -976,10 +976,12 @@ def test_a_signature_inserted_outside_the_app_is_void_and_named(kind, review_out
 
 
 def test_the_product_lists_approvals_are_each_products_own(service):
-    """approved_versions (the product list: a few queries for the whole run) gives, for every
+    """approved_of(listed_decisions) (the product list: a few queries for the whole run) gives, for every
     product a user may see, what approved_version works out product by product: after an
     approval, an approval then a rejection, and an approval voided by a later save."""
     from sqlalchemy import event
+
+    from tilpheno.review.service import approved_of
 
     dave, carol = user(service, "dave"), user(service, "carol")
     first, second = service.source.product_ids()[:2]
@@ -993,7 +995,7 @@ def test_the_product_lists_approvals_are_each_products_own(service):
         listen = lambda *args: queries.append(1)   # noqa: E731
         event.listen(engine, "before_cursor_execute", listen)
         try:
-            bulk = service.approved_versions(dave)
+            bulk = approved_of(service.listed_decisions(dave).decisions)
         finally:
             event.remove(engine, "before_cursor_execute", listen)
         assert len(queries) <= 5, len(queries)   # not several per product
@@ -1014,7 +1016,7 @@ def test_the_product_lists_approvals_are_each_products_own(service):
     service.save_version(second, carol, v, shifted_cd3(service, second, 0.004), "carol moves CD3 after the approval",
                          void_approval=approvals[second].id)
     check({first: False, second: False})
-    assert set(service.approved_versions(user(service, "bob"))) <= {"TIL001"}   # an analyst: assigned products only
+    assert set(approved_of(service.listed_decisions(user(service, "bob")).decisions)) <= {"TIL001"}   # an analyst: assigned products only
 
 
 def test_a_save_or_signature_is_not_held_up_by_other_products_saves_signatures_and_logins(service, monkeypatch):

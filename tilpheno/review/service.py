@@ -1270,11 +1270,6 @@ class ReviewService:
                                          if controls else ""))
         return out
 
-    def approved_versions(self, user: User | None = None) -> dict[str, GateSetVersion | None]:
-        """:meth:`approved_version` of every imported product ``user`` may see (None: every one; the
-        approved export), from :meth:`decisions`."""
-        return approved_of(self.decisions(user))
-
     def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
         """:meth:`listed_decisions`; OtherFolder, as :meth:`ensure_imported`, naming each product the
         database holds from another output folder (the approved export: nothing of a mixed-up database)."""
