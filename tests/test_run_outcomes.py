@@ -134,6 +134,30 @@ def test_every_file_with_a_panel_error_fails_the_product(two_products, tmp_path)
     assert summary.flag_severity["panel_error"] == summary.flag_severity["product_failed"] == "error"
 
 
+def test_a_panel_errors_failure_names_the_markers_whatever_the_folder_is_called(two_products, tmp_path):
+    """A folder named 'run; channels 2': the product's failure cut each panel error's message at the
+    first '; channels' (where the file's channel list was taken to start), inside the file's path, and
+    said 'P1_surface_stain.fcs: panel_error: /.../run' -> the markers not found, as in any folder
+    (the error carries its problem apart from the channels: nothing is parsed out of the text)."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = tmp_path / "run; channels 2"
+    folder.mkdir()
+    for f in two_products.glob("P1_*_stain.fcs"):   # the stained files without their labels: no marker found
+        fcs = read_fcs(f)
+        channels = [(n, None, float(r)) for n, r in zip(fcs.channels["pnn"], fcs.channels["pnr"])]
+        keywords = {k: v for k, v in fcs.keywords.items() if k in ("$SRC", "TUBE NAME", "$FIL")}
+        write_fcs(folder / f.name, fcs.events.astype("float32"), channels, keywords)
+    pd.DataFrame([{"file": f.name, "product_id": "P1", "tube": f.name.split("_")[1], "role": "stain"}
+                  for f in sorted(folder.glob("*.fcs"))]).to_csv(folder / "m.csv", index=False)
+    summary = process_folder(folder, tmp_path / "out", manifest_csv=folder / "m.csv", make_reports=False)
+    reason = summary.failed["P1"]
+    for f in sorted(folder.glob("*.fcs")):
+        assert re.search(rf"{f.name}: panel_error: marker\(s\) [^;]+ not found", reason), reason
+    assert str(folder) not in reason, reason
+
+
 def test_a_gate_failing_on_the_stained_tube_is_named_despite_the_unstained_control(two_products, tmp_path):
     """A stained file with 5 events: its gates fail (gate_failed); the unstained control's self-check
     skips the populations below them instead of hiding the file's own reason behind a tree error."""

@@ -35,7 +35,21 @@ class FCSReadError(TilphenoError):
 
 
 class PanelError(TilphenoError):
-    """A detector could not be mapped to a required marker (message lists the file's channels)."""
+    """A detector could not be mapped to a required marker (message lists the file's channels).
+    ``path``: the file it is about, ``problem``: what is wrong, on one line without the file and
+    without what the message adds for reference (the file's channels, how a panel file names a
+    marker): ``marker(s) CD56, PD1 not found``, as a product's failure names it
+    (:func:`tilpheno.panel.panel_error_headline`); both '' when the message names no file."""
+
+    def __init__(self, message: str, *, path: str = "", problem: str = ""):
+        super().__init__(message)
+        self.path = path
+        self.problem = problem
+
+    @classmethod
+    def at(cls, path, problem: str, detail: str = "") -> "PanelError":
+        """The error ``'<path>: <problem><detail>'`` (``detail``: what follows for reference)."""
+        return cls(f"{path}: {problem}{detail}", path=str(path), problem=problem)
 
 
 class CompensationError(TilphenoError):

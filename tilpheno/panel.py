@@ -197,25 +197,22 @@ def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None 
     found = {m: by_key.get(key(vocab.canonical_name(m))) for m in wanted}
     missing = [m for m, d in found.items() if d is None]
     if missing:
-        raise PanelError(
-            f"{panel.source}: marker(s) {', '.join(missing)} not found{_shared_labels(panel, missing, vocab)}"
-            f"{PANEL_FILE_HINT}{CHANNEL_LIST} ($PnN ($PnS)): {panel.describe_channels()}"
-        )
+        shared = _shared_labels(panel, missing, vocab)
+        raise PanelError.at(panel.source, f"marker(s) {', '.join(missing)} not found{shared}",
+                            " (a panel file, columns tube, detector, marker, names the marker of an unlabelled "
+                            f"detector); channels ($PnN ($PnS)): {panel.describe_channels()}")
     return {m: d for m, d in found.items() if d is not None}
 
 
-PANEL_FILE_HINT = " (a panel file, columns tube, detector, marker, names the marker of an unlabelled detector)"
-"""What :func:`require`'s message says after the missing markers: how an unlabelled detector gets its marker."""
-CHANNEL_LIST = "; channels"
-"""Where a panel error's message starts listing the file's channels (``$PnN ($PnS)``), to its end."""
-
-
-def panel_error_headline(message: str) -> str:
-    """A panel error's ``message`` (a ``panel_error`` flag's) as a one-line failure names it: without
-    the list of the file's channels it ends with (:data:`CHANNEL_LIST`) and without the panel-file
-    hint (:data:`PANEL_FILE_HINT`): ``/x/LAB7_tcell_stain.fcs: marker(s) CD56, PD1, 7AAD not found``.
-    The flag (``qc.csv``) keeps the whole message."""
-    return message.split(CHANNEL_LIST, 1)[0].replace(PANEL_FILE_HINT, "")
+def panel_error_headline(error: PanelError, file: str) -> str:
+    """A panel error as a one-line failure names it on the flag of ``file`` (a file's label): its
+    ``problem``, without the file's channels and the panel-file hint (``marker(s) CD56, PD1, 7AAD not
+    found``), after the path of the file it is about when that is another (an unstained control read
+    with its stained file's markers); the whole message when it names no file. The flag
+    (``qc.csv``) keeps the whole message."""
+    if not error.problem:
+        return str(error)
+    return error.problem if Path(error.path).name == Path(file).name else f"{error.path}: {error.problem}"
 
 
 @dataclass(frozen=True)
@@ -309,8 +306,8 @@ def _apply_rows(fcs, markers: dict[str, str], rows: Mapping[str, str], channels,
     for detector, marker in rows.items():
         if detector not in names:
             if strict:
-                raise PanelError(f"{fcs.path}: override maps {marker} to detector {detector!r}, not among the "
-                                 f"channels {describe_channels(channels)}")
+                raise PanelError.at(fcs.path, f"override maps {marker} to detector {detector!r}, not among the "
+                                              f"channels {describe_channels(channels)}")
             continue
         for old in [m for m, d in markers.items() if d == detector or m == marker]:
             del markers[old]

@@ -201,7 +201,7 @@ def _compensated_transformed(fcs, detectors: Mapping[str, str], strategy: Strate
     wanted.update({m: det for m, det in detectors.items()})
     missing_scatter = [d for d, det in wanted.items() if det not in index]
     if missing_scatter:
-        raise PanelError(f"{fcs.path}: dimension(s) {missing_scatter} not found; channels are {names}")
+        raise PanelError.at(fcs.path, f"dimension(s) {missing_scatter} not found", f"; channels are {names}")
     # Only the wanted channels are compensated, into rows of one block (new or lent again), transformed in place.
     columns = compensate_columns(fcs.events, names, matrix, list(dict.fromkeys(wanted.values())), pool)
     data, used = {}, {}
@@ -682,7 +682,7 @@ def unstained_detectors(detectors: Mapping[str, str], fcs, *, complete: bool) ->
     has (:func:`_on_control` says what the others hold)."""
     absent = sorted(m for m, d in detectors.items() if d not in fcs.channel_names)
     if absent and complete:
-        raise PanelError(f"{fcs.path}: no detector for {', '.join(absent)} of the stained tube")
+        raise PanelError.at(fcs.path, f"no detector for {', '.join(absent)} of the stained tube")
     return {m: d for m, d in detectors.items() if m not in absent}
 
 
@@ -1548,7 +1548,7 @@ def analyze_product(
     """
     from tilpheno.io.fcs import read_fcs, read_fcs_metadata
     from tilpheno.io.files import file_labels
-    from tilpheno.panel import panel_from_fcs, require
+    from tilpheno.panel import panel_error_headline, panel_from_fcs, require
 
     study = study or default_study()
     strategy_map = _as_strategy_map(strategies)
@@ -1645,7 +1645,8 @@ def analyze_product(
                     detectors = require(panel, strategy.markers, study.vocabulary)
                 data, used, applied = _compensated_transformed(fcs, detectors, strategy, spill, blocks)
             except PanelError as exc:
-                h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc))]
+                h["load_flag"] = [QCFlag(product_id, h["name"], "panel_error", "error", str(exc),
+                                         headline=panel_error_headline(exc, h["name"]))]
                 return None
             except CompensationError as exc:
                 h["load_flag"] = [QCFlag(product_id, h["name"], "compensation_error", "error", str(exc))]

@@ -1,7 +1,7 @@
 """QC flags: one record per finding, raised by gating (``tilpheno.phenotype``) or by the pipeline."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -11,7 +11,9 @@ class QCFlag:
     the field by which reports and the review app put a flag beside its gate (:func:`flags_naming_gate`);
     ``gate_file`` the file whose gate that is when the flag is raised on another file ('' = ``file``):
     ``unstained_positive``, raised on the unstained control, names the stained file whose gate let
-    the control's events through."""
+    the control's events through. ``headline``: the finding as a product's failure names it, on one
+    line ('' = ``message``): a panel error's problem without the file's channels
+    (:func:`tilpheno.panel.panel_error_headline`); qc.csv holds ``message``."""
 
     product_id: str
     file: str
@@ -20,6 +22,7 @@ class QCFlag:
     message: str
     gate: str = ""
     gate_file: str = ""
+    headline: str = field(default="", compare=False)
 
 
 REVIEW_CODES = frozenset({

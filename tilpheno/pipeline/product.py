@@ -195,19 +195,11 @@ def failure_reason(tubes: Sequence, flags: Sequence[QCFlag], strategies: Sequenc
 def _dropped_files(dropped: Sequence[QCFlag], stained: set[str]) -> str:
     """What :func:`failure_reason` says of a tube kind's files that were dropped (``dropped``: their
     file-error flags): ``file: code: why`` for each stained one (of ``stained``; for each file when
-    none is), a panel error by its headline (:func:`tilpheno.panel.panel_error_headline`: the
+    none is), by its ``headline`` (a panel error's: :func:`tilpheno.panel.panel_error_headline`, the
     markers not found, without the file's path and channels), then how many other files of the kind
     were dropped; when a message was shortened, that ``qc.csv`` holds each in full."""
-    from tilpheno.panel import panel_error_headline
-
     shown = [f for f in dropped if f.file in stained] or list(dropped)
-    parts = []
-    for f in shown:
-        why = panel_error_headline(f.message) if f.code == "panel_error" else f.message
-        path, sep, rest = why.partition(": ")
-        if f.code == "panel_error" and sep and Path(path).name == Path(f.file).name:
-            why = rest   # the flag names the file already
-        parts.append(f"{f.file}: {f.code}: {why}")
+    parts = [f"{f.file}: {f.code}: {f.headline or f.message}" for f in shown]
     others = len(dropped) - len(shown)
     if others:
         parts.append(f"{others} other file{'s' if others > 1 else ''} of the kind dropped too")
@@ -423,7 +415,7 @@ def _process_product(job: ProductJob) -> ProductOutcome:
     # file names that are not UTF-8 (surrogate escapes) shown as \xNN in every message, as the tables'
     # file column shows them: the tables, the parquet file and the report are written as UTF-8
     error = display_name(error)
-    flags = [replace(f, message=display_name(f.message)) for f in flags]
+    flags = [replace(f, message=display_name(f.message), headline=display_name(f.headline)) for f in flags]
     if job.compensation is not None:   # the single-stain controls the product's matrix came from
         digests += _control_set_digests(job.compensation)
     if result is not None:
