@@ -524,3 +524,24 @@ def test_a_text_covariate_of_a_table_built_by_hand_is_still_a_category():
     pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
     by_hand = pd.DataFrame(read_outcomes(REF / "til_cohort_outcomes.csv").to_dict("list"))
     assert build_cohort(pheno, by_hand, markers=["cd8_pct_of_cd3"]).covariates == ["age", "sex", "ecog"]
+
+
+@pytest.mark.parametrize("chosen", [dict(covariates=["ecog"]), dict(markers=["cd8_pct_of_cd3", "ecog"]), {}])
+def test_text_numbers_of_a_table_built_by_hand_are_numbers_as_the_reader_reads_them(chosen):
+    """A statistician's outcomes table built in pandas with a column of quoted numbers ('0', '1', '2': ECOG read
+    with dtype=str) made it a categorical covariate (ecog[1], ecog[2] in the Cox models) and refused it as a marker
+    ('not numeric'), while the same cells read from a file are numbers (one HR per unit) -> the table built by hand
+    is typed as the reader types it: the same analysis set as the file's, and a note saying so."""
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    path = REF / "til_cohort_outcomes.csv"
+    by_hand = read_outcomes(path)
+    by_hand["ecog"] = pd.read_csv(path, dtype={"ecog": str})["ecog"]
+    assert by_hand["ecog"].map(type).eq(str).all()
+    from_file = build_cohort(pheno, read_outcomes(path), **chosen)
+    built = build_cohort(pheno, by_hand, **chosen)
+    assert "ecog" in built.covariates + built.markers
+    assert (built.markers, built.covariates) == (from_file.markers, from_file.covariates)
+    pd.testing.assert_frame_equal(built.data, from_file.data)
+    assert [n for n in built.notes if n not in from_file.notes] == [
+        "outcomes column(s) of text holding only numbers analysed as numbers, as the outcomes reader reads them "
+        "from a file: ecog (for categories, write them as words)"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tilpheno.errors import TableError
-from tilpheno.io.outcomes import REQUIRED, column_problem, read_outcomes
+from tilpheno.io.outcomes import REQUIRED, read_outcomes, usable_column
 from test_manifest import _book
 
 HEADER = "patient_id,product_id,til_dose_cells,best_response,pfs_months,pfs_event,os_months,os_event,age,sex"
@@ -28,14 +28,11 @@ def write(tmp_path: Path, rows=ROWS, header=HEADER, name="outcomes.csv") -> Path
 
 def error_of(path: Path, covariate: str | None = None) -> str:
     """The one-line error of reading ``path``; or, for an extra ``covariate`` column, the one the analysis
-    gives when it uses the column (:func:`column_problem`): reading the table stops at nothing then."""
-    if covariate is not None:
-        msg = column_problem(read_outcomes(path), covariate)
-        assert msg is not None
-    else:
-        with pytest.raises(TableError) as info:
-            read_outcomes(path)
-        msg = str(info.value)
+    gives when it uses the column (:func:`usable_column`): reading the table stops at nothing then."""
+    table = read_outcomes(path) if covariate is not None else None
+    with pytest.raises(TableError) as info:
+        read_outcomes(path) if table is None else usable_column(table, covariate)
+    msg = str(info.value)
     assert str(path) in msg and "\n" not in msg
     return msg
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import path_problem
-from tilpheno.io.outcomes import MISSING_WORDS, column_problem
+from tilpheno.io.outcomes import MISSING_WORDS, usable_column
 from tilpheno.study import Study, default_study
 
 from .plausibility import patient_ids, plausibility_warnings
@@ -130,13 +130,18 @@ def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[s
             f"multivariable models, their validation and calibration (complete cases): {patient_ids(data, rows)}"]
 
 
-def _refuse_unusable(outcomes: pd.DataFrame, column: str, source: str) -> None:
-    """Refuse, as the outcomes reader finds it, a column chosen as a covariate or a marker that cannot be
-    one (numbers mixed with text, ...: :func:`tilpheno.io.outcomes.column_problem`, also without the
-    reader's ``attrs``); ``source`` names the outcomes table."""
-    problem = column_problem(outcomes, column, source)
-    if problem:
-        raise TableError(problem)
+def _typed_outcomes(outcomes: pd.DataFrame, columns: list[str], source: str) -> tuple[pd.DataFrame, list[str]]:
+    """A copy of ``outcomes`` whose ``columns`` (those present) are typed as the outcomes reader types a
+    covariate (:func:`tilpheno.io.outcomes.usable_column`: refused when they cannot be one), and the names of
+    those that were text holding only numbers (a table built by hand with ``'1'``, ``'2'``): numbers now."""
+    typed = outcomes.copy()
+    as_numbers = []
+    for column in dict.fromkeys(c for c in columns if c in outcomes.columns):
+        typed[column] = usable_column(outcomes, column, source)
+        if (pd.api.types.is_numeric_dtype(typed[column]) and not pd.api.types.is_numeric_dtype(outcomes[column])
+                and outcomes[column].notna().any()):
+            as_numbers.append(column)
+    return typed, as_numbers
 
 
 def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None, covariates=None,
@@ -151,9 +156,10 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     default covariate that is also a marker, or that has one value in every patient analysed (an
     all-male cohort), is not used as a covariate (with a note); a named one with one value is a
     TableError. A covariate (default or named) or a marker from the outcomes that the reader could
-    not type (numbers mixed with text: :func:`tilpheno.io.outcomes.column_problem`; in a table built by
+    not type (numbers mixed with text: :func:`tilpheno.io.outcomes.usable_column`; in a table built by
     hand, or whose ``attrs`` were dropped, checked as the reader checks it) is a TableError naming its cell;
-    such a column unused stops nothing. ``sources``:
+    such a column unused stops nothing. In a table built by hand, such a column of text holding only numbers
+    (``'1'``, ``'2'``) is analysed as numbers, as the reader reads it from a file (with a note). ``sources``:
     how errors name the two tables (their files, when read from files).
     """
     require_frames(phenotypes, outcomes)
@@ -179,11 +185,16 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
     else:
         chosen = list(markers)
+    outcomes, as_numbers = _typed_outcomes(
+        outcomes, [*(m for m in chosen if m not in pheno.columns), *(DEFAULT_COVARIATES if covariates is None
+                                                                    else covariates)], out_source)
+    if as_numbers:
+        notes.append(f"outcomes column(s) of text holding only numbers analysed as numbers, as the outcomes reader "
+                     f"reads them from a file: {', '.join(as_numbers)} (for categories, write them as words)")
     for m in chosen:
         if m in pheno.columns:
             pheno[m] = _numeric_column(pheno, m, phen_source)
         elif m in outcomes.columns:
-            _refuse_unusable(outcomes, m, out_source)
             if not pd.api.types.is_numeric_dtype(outcomes[m]):
                 raise TableError(f"{out_source}: column '{m}': marker is not numeric")
         else:
@@ -212,8 +223,6 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
     if covariates is None:
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
-        for c in cov:
-            _refuse_unusable(outcomes, c, out_source)
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
         if empty:
             notes.append(f"default covariate(s) with no values, not used: {', '.join(empty)}")
@@ -234,7 +243,6 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
                                  "cannot adjust a marker for itself")
             if c not in data.columns:
                 raise TableError(f"{out_source}: column '{c}': covariate not found{did_you_mean(c, outcomes.columns)}")
-            _refuse_unusable(outcomes, c, out_source)
             if data[c].isna().all():
                 raise TableError(f"{out_source}: column '{c}': covariate has no values")
             if data[c].nunique() == 1:

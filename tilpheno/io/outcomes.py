@@ -49,7 +49,7 @@ cells are all text is categorical; a mixture, or a number text cannot hold as on
 comma-separated text or typed into an English Excel, ``40%``, ``1 500``), cannot be a covariate:
 such an extra column stops nothing when it is read (a free comment column) and is carried as written,
 and the biomarker analysis refuses it, naming its cell, only when it uses it as a covariate or a
-marker (:func:`column_problem`).
+marker (:func:`usable_column`).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ MIN_DOSE_CELLS = 1e6
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
 UNUSABLE = "unusable_columns"
 """Key of a validated table's ``attrs``: {column: its one-line error} of the extra columns carried as
-written that cannot be a covariate or a marker (:func:`column_problem`)."""
+written that cannot be a covariate or a marker (:func:`usable_column`)."""
 
 
 def dose_problem(dose: float, cell: Any) -> str | None:
@@ -304,7 +304,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
 
     ``required``: the columns the caller uses (default all of :data:`REQUIRED`, and every other
     column is typed as a covariate, or carried as written when it cannot be one: its problem in
-    ``attrs``, :func:`column_problem`); a subset of the id columns and ``til_dose_cells``
+    ``attrs``, :func:`usable_column`); a subset of the id columns and ``til_dose_cells``
     (:data:`DOSE_COLUMNS`) requires and checks only those columns and returns only them."""
     if raw.shape[1] == 0 or raw.shape[0] == 0:
         _fail(source, "the table has no rows")
@@ -360,7 +360,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
         elif col not in REQUIRED:
             try:
                 out[col] = _covariate(raw[col], source, col)
-            except TableError as exc:   # refused only where it is used (column_problem): a free comment column
+            except TableError as exc:   # refused only where it is used (usable_column): a free comment column
                 unusable[col] = str(exc)
                 texts = raw[col].map(_cell_text)
                 out[col] = texts.where(texts != "", None)
@@ -369,27 +369,22 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
     return typed
 
 
-def column_problem(outcomes: pd.DataFrame, column: str, source: str = "outcomes") -> str | None:
-    """Why ``column`` of an outcomes table cannot be a covariate or a marker, as the one-line error
-    naming the file, the row and the column (numbers mixed with text, a number in another style, a
-    duration: :func:`_covariate`), or None. Such a column is carried as written (its cells as text),
-    so the analysis refuses it only where it chooses it.
-
-    The reader's finding (``attrs``, :func:`validate_outcomes`) first; a text (object) column it did
-    not record (a table built by hand, or whose ``attrs`` a pandas step dropped) is checked as the
-    reader checks it, its rows numbered as in a CSV of the table (header row 1, first patient row 2)
-    and the file named ``source``."""
-    recorded = outcomes.attrs.get(UNUSABLE, {}).get(column)
-    if recorded or column not in outcomes.columns:
-        return recorded
-    cells = outcomes[column]
+def usable_column(frame: pd.DataFrame, column: str, source: str = "outcomes") -> pd.Series:
+    """``column`` of ``frame`` typed as :func:`validate_outcomes` types a covariate, for a table the reader
+    did not type (built by hand, or whose ``attrs`` a pandas step dropped; a phenotype table): text holding
+    only numbers (``'1'``, ``'2'``) is numbers, as in a file; a column that cannot be a covariate or a
+    marker (numbers mixed with text, a number in another style, a duration: :func:`_covariate`) is a
+    TableError naming ``source``, the row (as in a CSV of ``frame``: header row 1, its first row 2) and
+    the column. The reader's finding (``attrs``) comes first, naming the file's row. A numeric column is
+    returned as it is, and so is a pandas Categorical once checked (categories chosen in code)."""
+    recorded = frame.attrs.get(UNUSABLE, {}).get(column)
+    if recorded:
+        raise TableError(recorded)
+    cells = frame[column]
     if not (pd.api.types.is_object_dtype(cells) or pd.api.types.is_string_dtype(cells)):
-        return None
-    try:
-        _covariate(cells.set_axis(range(2, len(cells) + 2)), source, column)
-    except TableError as exc:
-        return str(exc)
-    return None
+        return cells
+    typed = _covariate(cells.set_axis(range(2, len(cells) + 2)), source, column).set_axis(cells.index)
+    return cells if isinstance(cells.dtype, pd.CategoricalDtype) else typed
 
 
 def _doses(raw: pd.DataFrame, source: str) -> pd.Series:
