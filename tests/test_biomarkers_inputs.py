@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tilpheno.biomarkers.analysis import run_biomarkers
-from tilpheno.biomarkers.cohort import build_cohort
+from tilpheno.biomarkers.cohort import build_cohort, read_phenotypes
 from tilpheno.biomarkers.cox import fit_cox
 from tilpheno.biomarkers.responders import responders_table
 from tilpheno.errors import TableError
@@ -543,5 +543,21 @@ def test_text_numbers_of_a_table_built_by_hand_are_numbers_as_the_reader_reads_t
     assert (built.markers, built.covariates) == (from_file.markers, from_file.covariates)
     pd.testing.assert_frame_equal(built.data, from_file.data)
     assert [n for n in built.notes if n not in from_file.notes] == [
-        "outcomes column(s) of text holding only numbers analysed as numbers, as the outcomes reader reads them "
-        "from a file: ecog (for categories, write them as words)"]
+        "column(s) of text holding only numbers analysed as numbers, as when read from a file: ecog (for "
+        "categories, write them as words)"]
+
+
+def test_a_mixed_covariate_of_the_phenotypes_is_refused_naming_its_file_row_and_column(tmp_path):
+    """A covariate named from the phenotypes table had no check: a garbled column ('1', '2', then 'lung' typed in)
+    became a categorical covariate (site[2], site[lung]) and the models ran -> refused as an outcomes covariate is,
+    one line naming the file, the line the cell is on (a failed product above it still counts) and the column."""
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    pheno["status"] = ["failed"] + ["done"] * (len(pheno) - 1)
+    pheno["site"] = [str(1 + i % 2) for i in range(len(pheno))]
+    pheno.loc[5, "site"] = "lung"
+    path = _write(tmp_path, pheno, "phenotypes.csv")
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.endswith(",lung"))
+    with pytest.raises(TableError) as info:
+        build_cohort(read_phenotypes(path), read_outcomes(REF / "til_cohort_outcomes.csv"), covariates=["site"],
+                     sources=(str(path), "outcomes"))
+    assert str(info.value) == f"{path}: row {line}, column 'site': mixed types: 'lung' is text in a column of numbers"

@@ -130,16 +130,17 @@ def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[s
             f"multivariable models, their validation and calibration (complete cases): {patient_ids(data, rows)}"]
 
 
-def _typed_outcomes(outcomes: pd.DataFrame, columns: list[str], source: str) -> tuple[pd.DataFrame, list[str]]:
-    """A copy of ``outcomes`` whose ``columns`` (those present) are typed as the outcomes reader types a
-    covariate (:func:`tilpheno.io.outcomes.usable_column`: refused when they cannot be one), and the names of
-    those that were text holding only numbers (a table built by hand with ``'1'``, ``'2'``): numbers now."""
-    typed = outcomes.copy()
+def _typed(frame: pd.DataFrame, columns, source: str, rows=None) -> tuple[pd.DataFrame, list[str]]:
+    """A copy of ``frame`` (either table) whose ``columns`` (those present) are typed as the outcomes reader
+    types a covariate (:func:`tilpheno.io.outcomes.usable_column`: refused, naming ``source``, the row of
+    ``rows`` and the column, when they cannot be one), and the names of those that were text holding only
+    numbers (a table built by hand with ``'1'``, ``'2'``): numbers now, as when read from a file."""
+    typed = frame.copy()
     as_numbers = []
-    for column in dict.fromkeys(c for c in columns if c in outcomes.columns):
-        typed[column] = usable_column(outcomes, column, source)
-        if (pd.api.types.is_numeric_dtype(typed[column]) and not pd.api.types.is_numeric_dtype(outcomes[column])
-                and outcomes[column].notna().any()):
+    for column in dict.fromkeys(c for c in columns if c in frame.columns):
+        typed[column] = usable_column(frame, column, source, rows)
+        if (pd.api.types.is_numeric_dtype(typed[column]) and not pd.api.types.is_numeric_dtype(frame[column])
+                and frame[column].notna().any()):
             as_numbers.append(column)
     return typed, as_numbers
 
@@ -155,8 +156,8 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
     default covariate that is also a marker, or that has one value in every patient analysed (an
     all-male cohort), is not used as a covariate (with a note); a named one with one value is a
-    TableError. A covariate (default or named) or a marker from the outcomes that the reader could
-    not type (numbers mixed with text: :func:`tilpheno.io.outcomes.usable_column`; in a table built by
+    TableError. A covariate (default or named; or named from the phenotypes) or a marker from the outcomes
+    that the reader could not type (numbers mixed with text: :func:`tilpheno.io.outcomes.usable_column`; in a table built by
     hand, or whose ``attrs`` were dropped, checked as the reader checks it) is a TableError naming its cell;
     such a column unused stops nothing. In a table built by hand, such a column of text holding only numbers
     (``'1'``, ``'2'``) is analysed as numbers, as the reader reads it from a file (with a note). ``sources``:
@@ -185,12 +186,14 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
     else:
         chosen = list(markers)
-    outcomes, as_numbers = _typed_outcomes(
+    outcomes, as_numbers = _typed(
         outcomes, [*(m for m in chosen if m not in pheno.columns), *(DEFAULT_COVARIATES if covariates is None
                                                                     else covariates)], out_source)
-    if as_numbers:
-        notes.append(f"outcomes column(s) of text holding only numbers analysed as numbers, as the outcomes reader "
-                     f"reads them from a file: {', '.join(as_numbers)} (for categories, write them as words)")
+    pheno, pheno_numbers = _typed(pheno, [c for c in covariates or () if c not in chosen], phen_source,
+                                  pheno.index + 2)   # a covariate from the phenotypes, checked alike
+    if as_numbers + pheno_numbers:
+        notes.append(f"column(s) of text holding only numbers analysed as numbers, as when read from a file: "
+                     f"{', '.join(as_numbers + pheno_numbers)} (for categories, write them as words)")
     for m in chosen:
         if m in pheno.columns:
             pheno[m] = _numeric_column(pheno, m, phen_source)

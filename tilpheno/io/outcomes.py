@@ -369,21 +369,23 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
     return typed
 
 
-def usable_column(frame: pd.DataFrame, column: str, source: str = "outcomes") -> pd.Series:
+def usable_column(frame: pd.DataFrame, column: str, source: str = "outcomes", rows=None) -> pd.Series:
     """``column`` of ``frame`` typed as :func:`validate_outcomes` types a covariate, for a table the reader
     did not type (built by hand, or whose ``attrs`` a pandas step dropped; a phenotype table): text holding
     only numbers (``'1'``, ``'2'``) is numbers, as in a file; a column that cannot be a covariate or a
     marker (numbers mixed with text, a number in another style, a duration: :func:`_covariate`) is a
-    TableError naming ``source``, the row (as in a CSV of ``frame``: header row 1, its first row 2) and
-    the column. The reader's finding (``attrs``) comes first, naming the file's row. A numeric column is
-    returned as it is, and so is a pandas Categorical once checked (categories chosen in code)."""
+    TableError naming ``source``, the row (``rows``: each of ``frame``'s rows' number in its file; by default
+    as in a CSV of ``frame``, header row 1, its first row 2) and the column. The reader's finding (``attrs``)
+    comes first, naming the file's row. A numeric column is returned as it is, and so is a pandas Categorical
+    once checked (categories chosen in code)."""
     recorded = frame.attrs.get(UNUSABLE, {}).get(column)
     if recorded:
         raise TableError(recorded)
     cells = frame[column]
     if not (pd.api.types.is_object_dtype(cells) or pd.api.types.is_string_dtype(cells)):
         return cells
-    typed = _covariate(cells.set_axis(range(2, len(cells) + 2)), source, column).set_axis(cells.index)
+    numbered = cells.set_axis(range(2, len(cells) + 2) if rows is None else rows)
+    typed = _covariate(numbered, source, column).set_axis(cells.index)
     return cells if isinstance(cells.dtype, pd.CategoricalDtype) else typed
 
 
