@@ -143,11 +143,13 @@ def test_a_patient_followed_for_no_time_adds_no_lifelines_warning():
     """A patient censored at time 0 gave a zero-length start-stop row (0, 0], and the time-dependent row's warning
     carried lifelines' RuntimeWarning with its pandas snippet ('>>> df.loc[...]') into the report -> the row, in no
     risk set, is left out as R coxph leaves it out ('Stop time must be > start time, NA created'): R's coefficient
-    and SE (survival 3.5.3, coxph on these start-stop rows), no warning."""
+    and SE (survival 3.5.3, coxph on these start-stop rows), no lifelines warning. ``n`` is the model's patients:
+    R reports 'n= 7, number of events= 3 (1 observation deleted due to missingness)', 7 rows of 5 patients."""
     got = time_dependent_cox([0, 2, 3, 4, 5, 6], [0, 1, 1, 0, 1, 0], [np.nan, 1, np.nan, 2, np.nan, np.nan]).iloc[0]
     assert got.coef == pytest.approx(1.24245332489400, rel=1e-6)
     assert got.se == pytest.approx(1.41787269212784, rel=1e-6)
-    assert (got.n, got.events, got.warning) == (6, 3, "")
+    assert (got.n, got.events, got.warning) == (5, 3, "1 patient(s) followed for no time (time 0) left out: in no "
+                                                      "risk set")
 
 
 def test_an_event_at_time_zero_is_not_an_event_of_the_time_dependent_model():
@@ -158,6 +160,33 @@ def test_an_event_at_time_zero_is_not_an_event_of_the_time_dependent_model():
     got = time_dependent_cox([0, 2, 3, 4, 5, 6], [1, 1, 1, 0, 1, 0], [np.nan, 1, np.nan, 2, np.nan, np.nan]).iloc[0]
     assert got.coef == pytest.approx(1.24245332489400, rel=1e-6)
     assert got.se == pytest.approx(1.41787269212784, rel=1e-6)
-    assert (got.n, got.events) == (6, 3)
+    assert (got.n, got.events) == (5, 3)
     unfitted = time_dependent_cox([0, 2, 3], [1, 0, 0], [np.nan, 1, np.nan]).iloc[0]   # its only event at time 0
     assert unfitted.warning.startswith("not fitted") and unfitted.events == 0
+
+
+def test_the_time_dependent_row_counts_the_patients_and_events_of_its_model(tmp_path):
+    """response_survival.csv's time-dependent row counted in ``n`` a patient followed for no time (PFS 0), whom the
+    model leaves out (R coxph deletes the row, tmerge refuses it), said n_excluded 0, and had no ``events`` column
+    (the landmark row neither) -> n = the model's patients, n_excluded = those left out, events = the model's
+    events (R on the cohort without that patient: survival 3.5.3 coxph(Surv(tstart, tstop, ev) ~ resp) on tmerge
+    rows gives the same HR from these 29 start-stop patients), and the landmark row's events after the landmark."""
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.io.outcomes import read_outcomes
+
+    o = read_outcomes(REF / "til_cohort_outcomes.csv")
+    responder = o.best_response.isin(["CR", "PR"])
+    o["response_months"] = np.where(responder, np.minimum(2.0, o.pfs_months / 2), np.nan)
+    o.loc[0, ["pfs_months", "pfs_event", "response_months"]] = [0.0, 0, np.nan]
+    res = run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), o, tmp_path, markers=["cd8_pct_of_cd3"],
+                         endpoints=("pfs",), n_perm=0, n_boot=0, roc_times=())
+    written = pd.read_csv(tmp_path / "response_survival.csv").set_index("analysis")
+    td, lm = written.loc["time-dependent Cox"], written.loc["landmark"]
+    followed = o.pfs_months > 0
+    assert (td.n, td.n_excluded, td.events) == (followed.sum(), 1, o.pfs_event[followed].sum())
+    assert td.warning.startswith("1 patient(s) followed for no time (time 0) left out: in no risk set")
+    without = time_dependent_cox(o.pfs_months[followed], o.pfs_event[followed],
+                                 np.where(responder, o.response_months, np.nan)[followed]).iloc[0]
+    assert td.hr == pytest.approx(without.hr, rel=1e-9)
+    past = o.pfs_months > 3
+    assert (lm.n, lm.events) == (past.sum(), o.pfs_event[past].sum())

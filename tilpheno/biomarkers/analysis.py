@@ -611,15 +611,16 @@ def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnin
     responses = np.where(responder, rt, np.nan)
     in_model = responders_in_model(o[tcol], responses)
     if not (o[ecol] == 1).any():   # lifelines: 'singular matrix'; the endpoint's note says why
-        rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=len(o), n_excluded=0,
-                         n_responders=in_model, hr=np.nan, hr_ci_low=np.nan, hr_ci_high=np.nan,
+        followed = int((o[tcol] > 0).sum())   # the patients the model would have (time_dependent_cox)
+        rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=followed, events=0,
+                         n_excluded=len(o) - followed, n_responders=in_model, hr=np.nan, hr_ci_low=np.nan, hr_ci_high=np.nan,
                          p_cox=np.nan, warning="not fitted: no events"))
     else:
         try:
             td = time_dependent_cox(o[tcol], o[ecol], responses, endpoint=endpoint, conf_level=settings.conf_level)
             rec = td.iloc[0]
             rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=int(rec.n),
-                             n_excluded=0, n_responders=in_model, hr=rec.hr, hr_ci_low=rec.hr_ci_low,
+                             events=int(rec.events), n_excluded=len(o) - int(rec.n), n_responders=in_model, hr=rec.hr, hr_ci_low=rec.hr_ci_low,
                              hr_ci_high=rec.hr_ci_high, p_cox=rec.p, warning=rec.warning))
         except Exception as exc:  # lifelines raises its own convergence errors
             warnings.append(f"{endpoint}: time-dependent Cox for response not fitted ({type(exc).__name__}: {exc})")

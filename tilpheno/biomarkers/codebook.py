@@ -92,7 +92,8 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "auc_a": ("AUC of marker_a", "", ""), "auc_b": ("AUC of marker_b", "", ""),
     "difference": ("auc_a - auc_b", "", "paired bootstrap"),
     "analysis": ("landmark or time-dependent Cox", "", "no guarantee-time bias"),
-    "landmark": ("landmark time", "months", ""), "n_excluded": ("event/censored before the landmark", "patients", ""),
+    "landmark": ("landmark time", "months", ""), "n_excluded": ("left out: event/censored at or before the landmark; followed for no time "
+                                                                  "(time-dependent Cox)", "patients", ""),
     "n_responders": ("responders", "patients", ""), "p_cox": ("Cox Wald p", "", ""),
     "median_responders": ("median survival of responders", "months", "from time 0"),
     "median_nonresponders": ("median survival of non-responders", "months", "from time 0"),

@@ -41,6 +41,7 @@ class LandmarkResult:
     endpoint: str
     landmark: float
     n: int
+    events: int   # the endpoint's events after the landmark among the n patients
     n_excluded: int
     n_responders: int
     hr: float
@@ -103,7 +104,8 @@ def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str 
     why = not_estimable(n_resp, rr.size, int(ee.sum()))
     if why:
         notes.append(f"landmark comparison not estimable: {why}")
-        return LandmarkResult(endpoint, landmark, int(keep.sum()), int((~keep).sum()), n_resp, nan, nan, nan, nan,
+        return LandmarkResult(endpoint, landmark, int(keep.sum()), int(ee.sum()), int((~keep).sum()), n_resp, nan,
+                              nan, nan, nan,
                               nan, nan, nan, nan, notes)
     frame = pd.DataFrame({"t": tt, "e": ee, "responder": rr.astype(float)})
     try:
@@ -115,7 +117,7 @@ def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str 
         notes.append(f"landmark Cox model not fitted ({exc}); log-rank test and medians given")
     lr = logrank_test(tt, ee, rr.astype(int))
     med = {g: KaplanMeier().fit(tt[rr == g], ee[rr == g]).median().estimate for g in (True, False)}
-    return LandmarkResult(endpoint, landmark, int(keep.sum()), int((~keep).sum()), n_resp, float(c.hr),
+    return LandmarkResult(endpoint, landmark, int(keep.sum()), int(ee.sum()), int((~keep).sum()), n_resp, float(c.hr),
                           float(c.hr_ci_low), float(c.hr_ci_high), float(c.p), lr.chisq, lr.p,
                           med[True] + landmark if np.isfinite(med[True]) else nan,
                           med[False] + landmark if np.isfinite(med[False]) else nan, notes)
@@ -151,32 +153,37 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
 
     Returns one row per coefficient: analysis, endpoint, variable, coef, se, hr, CI, p, n, events,
     loglik, warning (lifelines' warnings recorded, never silenced). A patient followed for no time (time 0) is in
-    no risk set: the zero-length row is left out, as R ``coxph`` leaves it out (NA), and so is its event from
-    ``events`` (the model's events, R's ``nevent``); ``n`` counts every patient given.
+    no risk set: the zero-length row is left out, as R ``coxph`` leaves it out ('Stop time must be > start time,
+    NA created'; R ``tmerge`` refuses the time), and so is the patient from ``n`` (the patients in the model; R's
+    ``n`` counts their start-stop rows) and its event from ``events`` (the model's events, R's ``nevent``), the
+    warning saying how many were left out.
     """
     from lifelines import CoxTimeVaryingFitter
 
     data = start_stop(time, event, response_time, covariates)
     data = data[data.stop > data.start]   # (0, 0] of a patient followed for no time: in no risk set; R coxph drops it
+    n = int(data.id.nunique())
+    left_out = int(np.asarray(time).size) - n
+    excluded = [f"{left_out} patient(s) followed for no time (time 0) left out: in no risk set"] if left_out else []
     cols = ["responder", *([] if covariates is None else list(covariates.columns))]
     reason = no_estimate_reason(data.stop, data.event, data[cols], entry=data.start)
     if reason:   # lifelines would report a hazard ratio of 1e13 (monotone) or 1 (no information)
         return pd.DataFrame({"analysis": "time-dependent Cox", "endpoint": endpoint, "variable": cols, "coef": np.nan,
                              "se": np.nan, "hr": np.nan, "hr_ci_low": np.nan, "hr_ci_high": np.nan, "p": np.nan,
-                             "n": int(np.asarray(time).size), "events": int(data.event.sum()),
-                             "loglik": np.nan, "warning": f"not fitted: {reason}"})
+                             "n": n, "events": int(data.event.sum()), "loglik": np.nan,
+                             "warning": "; ".join([f"not fitted: {reason}", *excluded])})
     ctv = CoxTimeVaryingFitter(alpha=1 - conf_level)
     with _warnings.catch_warnings(record=True) as caught:
         _warnings.simplefilter("always")
         ctv.fit(data[["id", "start", "stop", "event", *cols]], id_col="id", event_col="event", start_col="start",
                 stop_col="stop", fit_options={"precision": 1e-12})
-    notes = [f"lifelines {w.category.__name__}: {' '.join(str(w.message).split())[:300]}" for w in caught]
+    notes = excluded + [f"lifelines {w.category.__name__}: {' '.join(str(w.message).split())[:300]}" for w in caught]
     z = stats.norm.ppf(1 - (1 - conf_level) / 2)
     coef, se = ctv.params_.to_numpy(float), ctv.standard_errors_.to_numpy(float)
     return pd.DataFrame({
         "analysis": "time-dependent Cox", "endpoint": endpoint, "variable": cols, "coef": coef, "se": se,
         "hr": np.exp(coef), "hr_ci_low": np.exp(coef - z * se), "hr_ci_high": np.exp(coef + z * se),
-        "p": 2 * stats.norm.sf(np.abs(coef / se)), "n": int(np.asarray(time).size),
+        "p": 2 * stats.norm.sf(np.abs(coef / se)), "n": n,
         "events": int(data.event.sum()), "loglik": float(ctv.log_likelihood_), "warning": "; ".join(notes)})
 
 
