@@ -658,6 +658,35 @@ def test_read_manifest_fmo_marker_not_in_the_strategy(files):
     assert not (files / "out").exists()
 
 
+@pytest.mark.parametrize("later, its_error", [
+    (["a.fcs", "Q", "surface", "stian", ""], "row 4, column 'role': unknown role 'stian'"),
+    (["gone.fcs", "Q", "surface", "stain", ""], "row 4, column 'file': 'gone.fcs' does not exist"),
+    (["a.fcs", "Q", "surface", "stain", ""], "row 4, column 'file': 'a.fcs' already listed in row 2"),
+])
+def test_an_fmo_of_a_marker_its_tube_does_not_gate_is_reported_before_a_later_rows_problem(files, later, its_error):
+    """The FMO-marker refusal waited for every file to be found (the product's stained files may explain it), so a
+    manifest with such an FMO in row 3 and any problem in a later row (a mistyped role, a missing or twice-listed
+    file) reported row 4 first, and row 3 only once row 4 was fixed -> the file's first problem first: row 3, as
+    `scan --manifest` prints it; with row 4 fixed, the same line."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.pipeline.inputs import strategy_markers
+    from tilpheno.study import default_study
+
+    markers = strategy_markers(load_strategy(p) for p in default_study().strategy_paths)
+    fmo_error = ("row 3, column 'fmo_marker': 'FoxP3' is not a marker of the surface tube (its markers: CD3, CD4, "
+                 "CD8, CD56, PD1, 7AAD)")
+    rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "FoxP3"], later]
+    path = _write(files / "m.csv", rows)
+    with pytest.raises(TableError) as info:
+        read_manifest(path, markers=markers)
+    assert str(info.value) == f"{path}: {fmo_error}"
+    result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(path)])
+    assert result.exit_code == 2 and " ".join(result.output.split()) == f"error: {path}: {fmo_error}", result.output
+    rows[2][4] = "PD1"
+    with pytest.raises(TableError, match=re.escape(its_error)):
+        read_manifest(_write(files / "m.csv", rows), markers=markers)
+
+
 def test_read_manifest_windows_backslash_paths(files):
     """A manifest typed on Windows names 'sub\\a.fcs': on Linux that was 'does not exist' -> found as
     sub/a.fcs (and returned so); a Windows absolute path gets a hint to give it relative."""

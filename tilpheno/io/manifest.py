@@ -477,66 +477,69 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers, problems = [], [], []
     foreign: tuple[int, str, str, str, str] | None = None   # the first FMO row of a marker its tube does not gate
-    for line, row in zip(frame.index, frame.itertuples(index=False)):
-        where = place(str(path), line)
-        for column in COLUMNS[:4]:
-            label = summary_label(frame.loc[line].items()) if getattr(row, column) == "" else None
-            if label:
-                raise TableError(f"{where}, column '{column}': '{label[1][:40]}' in column '{label[0]}': this looks like "
-                                 "a total or summary row under the table, not a file; delete it (the manifest holds "
-                                 "one row per FCS file)")
-            if getattr(row, column) == "":
-                raise TableError(f"{where}, column '{column}': empty value{lone_value(frame.loc[line].items())}")
-        if row.role not in ROLES:
-            raise TableError(f"{where}, column 'role': unknown role {row.role!r}{did_you_mean(row.role, ROLES)} "
-                             f"(allowed: {', '.join(ROLES)})")
-        if row.tube not in tubes:
-            raise TableError(f"{where}, column 'tube': unknown tube {row.tube!r}{did_you_mean(row.tube, tubes)} "
-                             f"(allowed: {', '.join(tubes)})")
-        marker = vocabulary.marker_in(row.fmo_marker) if row.fmo_marker else None
-        if row.role == "fmo" and marker is None:
-            raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
-        if row.role != "fmo" and row.fmo_marker:
-            raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
-        panel = panels.get(row.tube)
-        if (foreign is None and marker is not None and panel is not None
-                and not any(vocabulary.same(marker, m) for m in panel)):
-            foreign = (line, str(row.product_id), f"{row.fmo_marker!r} is not a marker of the {row.tube} tube",
-                       marker_hint(marker, panel, vocabulary), f"(its markers: {', '.join(panel)})")
-        fmo_markers.append(marker or "")
-        file, resolved = _locate(row.file, base)
-        problem = ""
-        if resolved is None:
-            resolved = Path(row.file) if Path(row.file).is_absolute() else base / row.file
-            windows = " (a Windows path: give it relative to the folder)" if _WINDOWS_ABSOLUTE.match(row.file) else ""
-            problem = (f"{where}, column 'file': {row.file!r} does not exist or is not a regular file "
-                       f"(looked for {resolved}){windows}")
-            if not keep_missing:
-                raise TableError(problem)
-        problems.append(problem)
-        if not allow_outside and outside(resolved, base):
-            raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
-                             "pass allow_outside=True to accept files outside the folder")
-        key = str(resolved.resolve())
-        if key in seen:
-            first, owner = seen[key]
-            shared = (f" for product {owner!r}: a file is one product's (its FMO and unstained controls are "
-                      "acquired with its stained tubes, and the run, its cache and the review app key each file to "
-                      "one product); list it for one product only" if owner != row.product_id else "")
-            raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {first}{shared}")
-        seen[key] = (line, row.product_id)
-        found.append(file)
-        spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, line))
-        if spelt[0] != row.product_id:
-            raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
-                             f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
+    try:
+        for line, row in zip(frame.index, frame.itertuples(index=False)):
+            where = place(str(path), line)
+            for column in COLUMNS[:4]:
+                label = summary_label(frame.loc[line].items()) if getattr(row, column) == "" else None
+                if label:
+                    raise TableError(f"{where}, column '{column}': '{label[1][:40]}' in column '{label[0]}': this "
+                                     "looks like a total or summary row under the table, not a file; delete it (the "
+                                     "manifest holds one row per FCS file)")
+                if getattr(row, column) == "":
+                    raise TableError(f"{where}, column '{column}': empty value{lone_value(frame.loc[line].items())}")
+            if row.role not in ROLES:
+                raise TableError(f"{where}, column 'role': unknown role {row.role!r}{did_you_mean(row.role, ROLES)} "
+                                 f"(allowed: {', '.join(ROLES)})")
+            if row.tube not in tubes:
+                raise TableError(f"{where}, column 'tube': unknown tube {row.tube!r}{did_you_mean(row.tube, tubes)} "
+                                 f"(allowed: {', '.join(tubes)})")
+            marker = vocabulary.marker_in(row.fmo_marker) if row.fmo_marker else None
+            if row.role == "fmo" and marker is None:
+                raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
+            if row.role != "fmo" and row.fmo_marker:
+                raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
+            panel = panels.get(row.tube)
+            if (foreign is None and marker is not None and panel is not None
+                    and not any(vocabulary.same(marker, m) for m in panel)):
+                foreign = (line, str(row.product_id), f"{row.fmo_marker!r} is not a marker of the {row.tube} tube",
+                           marker_hint(marker, panel, vocabulary), f"(its markers: {', '.join(panel)})")
+            fmo_markers.append(marker or "")
+            file, resolved = _locate(row.file, base)
+            problem = ""
+            if resolved is None:
+                resolved = Path(row.file) if Path(row.file).is_absolute() else base / row.file
+                windows = (" (a Windows path: give it relative to the folder)" if _WINDOWS_ABSOLUTE.match(row.file)
+                           else "")
+                problem = (f"{where}, column 'file': {row.file!r} does not exist or is not a regular file "
+                           f"(looked for {resolved}){windows}")
+                if not keep_missing:
+                    raise TableError(problem)
+            problems.append(problem)
+            if not allow_outside and outside(resolved, base):
+                raise TableError(f"{where}, column 'file': {row.file!r} lies outside {base} (links resolved); "
+                                 "pass allow_outside=True to accept files outside the folder")
+            key = str(resolved.resolve())
+            if key in seen:
+                first, owner = seen[key]
+                shared = (f" for product {owner!r}: a file is one product's (its FMO and unstained controls are "
+                          "acquired with its stained tubes, and the run, its cache and the review app key each file to "
+                          "one product); list it for one product only" if owner != row.product_id else "")
+                raise TableError(f"{where}, column 'file': {row.file!r} already listed in row {first}{shared}")
+            seen[key] = (line, row.product_id)
+            found.append(file)
+            spelt = ids.setdefault(row.product_id.casefold(), (row.product_id, line))
+            if spelt[0] != row.product_id:
+                raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
+                                 f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
+    except TableError:   # a later row's problem: the FMO row's, above it, is the file's first
+        if foreign is None:
+            raise
+        located = frame.iloc[:len(found)].assign(file=found)
+        raise _foreign_fmo_error(path, foreign, located, problems[:len(found)], unfit) from None
     frame["file"] = found
     if foreign is not None:   # refused once every file is found: the product's stained files may explain it
-        line, product, said, hint, panel_named = foreign
-        usable = (frame["product_id"] == product) & pd.Series([p == "" for p in problems], index=frame.index)
-        why = unfit(frame[usable]) if unfit is not None else ""
-        raise TableError(f"{place(str(path), line)}, column 'fmo_marker': {said} {panel_named}: {why}" if why else
-                         f"{place(str(path), line)}, column 'fmo_marker': {said}{hint} {panel_named}")
+        raise _foreign_fmo_error(path, foreign, frame, problems, unfit)
     frame["fmo_marker"] = fmo_markers
     if "detector" in frame.columns:
         frame[DETECTOR_AT] = [place(str(path), line, "detector") for line in frame.index]
@@ -547,6 +550,18 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame.attrs.pop("separator", None)
     frame.attrs.pop("header_line", None)
     return frame.reset_index(drop=True)
+
+
+def _foreign_fmo_error(path: Path, foreign: tuple[int, str, str, str, str], rows: pd.DataFrame, problems: list[str],
+                       unfit: Callable[[pd.DataFrame], str] | None) -> TableError:
+    """The refusal of the first FMO row of a marker its tube kind does not gate (``foreign``: its line, product,
+    what is wrong, the "did you mean", the tube's markers), explained by ``unfit``'s line on the product's
+    ``rows`` (files located; ``problems``: '' for a file found) when its stained files fit no tube kind."""
+    line, product, said, hint, panel_named = foreign
+    usable = (rows["product_id"] == product) & pd.Series([p == "" for p in problems], index=rows.index)
+    why = unfit(rows[usable]) if unfit is not None else ""
+    return TableError(f"{place(str(path), line)}, column 'fmo_marker': {said} {panel_named}: {why}" if why else
+                      f"{place(str(path), line)}, column 'fmo_marker': {said}{hint} {panel_named}")
 
 
 def marker_hint(marker: str, panel: Iterable[str], vocabulary: Vocabulary) -> str:
