@@ -1331,9 +1331,9 @@ def _newlab_panels():
     return make_newlab.TUBES, surface
 
 
-def _assert_newlab_unfit_line(output: str) -> None:
+def _assert_newlab_unfit_line(output: str, fate: str = "process fails them") -> None:
     """``output`` (scan's or process's, tests/data/newlab under til) has the one line on the lab's
-    three stained files: what each has that surface does not gate, what it lacks, and new-study."""
+    three stained files: what each has that surface does not gate, what it lacks, ``fate``, and new-study."""
     tubes, surface = _newlab_panels()
     lines = [x for x in output.splitlines() if "fit no tube kind" in x]
     assert len(lines) == 1, output
@@ -1344,7 +1344,7 @@ def _assert_newlab_unfit_line(output: str) -> None:
         missing = [m for m in surface if m not in markers]
         assert f"LAB7_{kind}_stain.fcs (read as surface: has {', '.join(extra)}, not gated there; lacks " \
                f"{', '.join(missing)})" in line, (kind, line)
-    assert line.endswith(f"process fails them. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
+    assert line.endswith(f"{fate}. Another lab's panel: tilpheno new-study {NEWLAB} -o DIR drafts a study "
                          "of the files' own tube kinds, then scan or process with --study DIR/study.yaml"), line
 
 
@@ -1494,7 +1494,8 @@ def test_a_new_labs_full_manifest_under_the_study_points_to_new_study(tmp_path):
     'CD3'?)": a different molecule offered as a typo, and never the line that scanning the folder
     prints -> one line naming the manifest's row and column that says the stained files fit no tube
     kind of study til (each with what it has and lacks; truth: make_newlab.TUBES against
-    til_surface.yaml) and points to new-study; no "did you mean"."""
+    til_surface.yaml) and points to new-study; no "did you mean". That line said "process fails them" there too,
+    where process refuses the whole manifest (exit 2, nothing run) -> "scan and process refuse this manifest"."""
     fcs = sorted((NEWLAB / "fcs").glob("*.fcs"))
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("file,product_id,tube,role,fmo_marker\n" + "".join(
@@ -1510,5 +1511,5 @@ def test_a_new_labs_full_manifest_under_the_study_points_to_new_study(tmp_path):
         assert text.startswith(f"error: {manifest}: row 2, column 'fmo_marker': 'CD39' is not a marker of the surface "
                                "tube (its markers: CD3, CD4, CD8, CD56, PD1, 7AAD): "), text
         assert "did you mean" not in text and "Traceback" not in text, text
-        _assert_newlab_unfit_line(text[text.index("3 stained files"):])
+        _assert_newlab_unfit_line(text[text.index("3 stained files"):], "scan and process refuse this manifest")
     assert not (tmp_path / "out").exists()

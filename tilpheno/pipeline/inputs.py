@@ -132,21 +132,23 @@ def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_marke
     return unfit
 
 
-def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path) -> str:
+def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path, refused: bool = False) -> str:
     """One line on stained files that fit no tube kind of ``study`` (:func:`unfit_stains`), as
     ``scan`` and ``process`` say it ('' for none): how many, the first three with the markers each
-    has that its kind does not gate and those it lacks, that ``process`` fails them, and the way
-    out: ``tilpheno new-study FOLDER -o DIR`` (``folder`` as the user named it), then ``--study
-    DIR/study.yaml``."""
+    has that its kind does not gate and those it lacks, what ``process`` does (fails their products;
+    ``refused``: the manifest listing them is refused by ``scan`` and ``process``, nothing run), and
+    the way out: ``tilpheno new-study FOLDER -o DIR`` (``folder`` as the user named it), then
+    ``--study DIR/study.yaml``."""
     if not unfit:
         return ""
     shown = "; ".join(f"{Path(u.file).name} ({f'read as {u.kind}: has' if u.missing else 'no tube kind:'} "
                       f"{', '.join(u.extra)}{', not gated there; lacks ' + ', '.join(u.missing) if u.missing else ''})"
                       for u in unfit[:3])
     more = f"; and {len(unfit) - 3} more" if len(unfit) > 3 else ""
+    fate = ("scan and process refuse this manifest" if refused
+            else f"process fails {'them' if len(unfit) > 1 else 'it'}")
     return (f"{len(unfit)} stained file{'s' if len(unfit) > 1 else ''} fit{'' if len(unfit) > 1 else 's'} no tube "
-            f"kind of study {study.name} ({', '.join(study.tubes)}): {shown}{more}; process fails "
-            f"{'them' if len(unfit) > 1 else 'it'}. Another lab's panel: tilpheno new-study "
+            f"kind of study {study.name} ({', '.join(study.tubes)}): {shown}{more}; {fate}. Another lab's panel: tilpheno new-study "
             f"{folder} -o DIR drafts a study of the files' own tube kinds, then scan or process with --study "
             "DIR/study.yaml")
 
@@ -169,8 +171,9 @@ def listed_unfit_stains(rows, study: Study, kinds: Kinds, panel, base: str | Pat
 def listed_unfit(study: Study, kinds: Kinds, panel, folder: str | Path):
     """``read_manifest(unfit=)``: a function of a manifest's rows (files as listed, under ``folder``)
     giving :func:`describe_unfit`'s line on those of its stained files that fit no tube kind of
-    ``study`` ('' when all fit): :func:`listed_unfit_stains`."""
-    return lambda rows: describe_unfit(listed_unfit_stains(rows, study, kinds, panel, folder), study, folder)
+    ``study`` ('' when all fit; saying the manifest is refused: it is): :func:`listed_unfit_stains`."""
+    return lambda rows: describe_unfit(listed_unfit_stains(rows, study, kinds, panel, folder), study, folder,
+                                       refused=True)
 
 
 def unmatched_outcomes(manifest, outcomes) -> list[str]:
