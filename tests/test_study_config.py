@@ -498,3 +498,29 @@ def _certificate_says_not_applicable(out, source, product, owner, tmp_path):
     other = next(k for k, p in owner.items() if p != product)
     assert "Release decision: RELEASE CRITERIA MET" in words
     assert f"NOT APPLICABLE (no {other} tube; optional)" in words
+
+
+def test_a_study_folder_without_its_study_yaml_names_the_missing_file(tmp_path, monkeypatch):
+    """A study folder that is there but holds no study.yaml (saved as study.yml, or not yet written) or whose
+    study.yaml is a folder was "mystudy: no such study (a study.yaml, its folder, or one of the bundled studies:
+    til)", as if the folder were not there -> the file missing or not a file, with a near name the folder holds;
+    a name that is nothing still lists the bundled studies, and a folder named like a bundled study in the working
+    directory still leaves that study found."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "yml").mkdir()
+    (tmp_path / "yml" / "study.yml").write_text("study: x\n")
+    (tmp_path / "dir" / "study.yaml").mkdir(parents=True)
+    for given, said in (("empty", "empty/study.yaml: no such file"),
+                        ("yml", "yml/study.yaml: no such file (yml holds study.yml: a study folder's file is "
+                                "study.yaml)"),
+                        ("dir", "dir/study.yaml: not a file"),
+                        ("nothing", "nothing: no such study (a study.yaml, its folder, or one of the bundled "
+                                    f"studies: {', '.join(bundled_studies())})")):
+        with pytest.raises(StudyError) as info:
+            load_study(given)
+        assert str(info.value) == said
+        result = CliRunner().invoke(app, ["scan", str(tmp_path / "empty"), "--study", given])
+        assert result.exit_code == 2 and " ".join(result.output.split()) == f"error: {said}", result.output
+    (tmp_path / "til").mkdir()
+    assert load_study("til").name == default_study().name

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tilpheno.errors import StudyError
+from tilpheno.io.files import path_problem
 from tilpheno.release import ReleaseSpec, load_release_spec, load_spec_source
 from tilpheno.vocabulary import STUDIES_DIR, Vocabulary, default_vocabulary, key, parse_aliases
 
@@ -190,7 +192,9 @@ def bundled_studies() -> list[str]:
 
 
 def study_path(name_or_path: str | Path) -> Path:
-    """The study.yaml of a bundled study name, a study folder or a study file."""
+    """The study.yaml of a bundled study name, a study folder or a study file; a StudyError naming the file
+    missing from a folder that is there (``mystudy/study.yaml: no such file``, with a near name it holds:
+    ``study.yml``) or a path that is no file, else "no such study" with the bundled studies."""
     text = str(name_or_path)
     candidate = Path(text)
     if candidate.is_dir():
@@ -200,6 +204,11 @@ def study_path(name_or_path: str | Path) -> Path:
     bundled = STUDIES_DIR / text / "study.yaml"
     if "/" not in text and bundled.is_file():
         return bundled
+    if os.path.lexists(text):   # a folder without study.yaml, or no file: name what is missing
+        near = sorted(p.name for p in Path(text).glob("*") if p.name.lower().startswith("study.")
+                      and p.name != "study.yaml") if Path(text).is_dir() else []
+        holds = f" ({text} holds {', '.join(near)}: a study folder's file is study.yaml)" if near else ""
+        raise StudyError(f"{path_problem(candidate)}{holds}")
     raise StudyError(f"{text}: no such study (a study.yaml, its folder, or one of the bundled studies: "
                      f"{', '.join(bundled_studies())})")
 
