@@ -672,3 +672,47 @@ def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
     on_subsample = residual_slopes({m: v[index] for m, v in linear.items()}, "CD56")
     assert set(on_all) == {"CD8"} and abs(on_all["CD8"] - 0.08) < 0.01, on_all
     assert on_subsample == on_all
+
+
+def _skewed_product(seed, median, log_sd, n=8000, positives=0.15):
+    """A parent (FMO N(0, 60); stained: the same plus binding ``median`` x exp(``log_sd`` Z), and 15 %
+    positives log-normal around 1,500 units plus the binding) and a marker-poor reference
+    (:func:`_reference_tubes`, the same binding); the ideal cut = the 99.5th percentile of the stained
+    negatives (linear units)."""
+    rng = np.random.default_rng(seed)
+    added = lambda k: median * np.exp(log_sd * rng.standard_normal(k))   # noqa: E731
+    tr, ref_fmo, ref_stained = _reference_tubes(rng, added)
+    fmo = rng.normal(0.0, 60.0, n)
+    neg = rng.normal(0.0, 60.0, n) + added(n)
+    k = int(n * positives)
+    stained = tr.apply(np.concatenate([neg, rng.lognormal(np.log(1500.0), 0.5, k) + added(k)]))
+    return tr, tr.apply(fmo), stained, ref_fmo, ref_stained, float(np.percentile(neg, 99.5))
+
+
+def test_a_right_skewed_reference_read_carries_part_of_the_lognormal_tail():
+    """Stop 44: heavy right-skewed binding (250 x exp(0.7 Z)): the normal signal of the reference's read
+    shift and SD puts the cut into the binding's tail (2.5-3.1 points over the ideal on these seeds);
+    the read is right-skewed (log-SD over 0.8, the skew over 0.9 of the spread), so the cut moves a
+    third of the way to the log-normal signal's: within 1.5 points. A nearly normal binding (log-SD
+    0.3) is not read as skewed and keeps the normal carry-over. ``reference_cut`` (the folds of the
+    reference's sampling error) gives the same cut as the gate."""
+    for seed in range(94440, 94445):
+        tr, fmo, stained, ref_fmo, ref_stained, ideal = _skewed_product(seed, 250.0, 0.7)
+        binding = pl.reference_binding(ref_fmo, ref_stained, tr)
+        assert binding.right_skewed, binding
+        placed = pl.place_fmo_anchored(fmo, stained, "PD1", reference=binding, percentile=99.5, transform=tr,
+                                       rule="relative")
+        d = placed.diagnostics
+        truth = 100.0 * np.mean(stained > tr.apply(np.array([ideal]))[0])
+        err = 100.0 * np.mean(stained > d["threshold"]) - truth
+        normal = tr.apply(np.array([pl.additive_threshold(tr.inverse(fmo), binding.shift, binding.total_spread, 99.5)]))[0]
+        assert 100.0 * np.mean(stained > normal) - truth > 2.0   # what the normal signal alone gives
+        assert d["threshold"] == pytest.approx(d["relative_reference"]) and abs(err) < 1.5, (seed, err, d)
+        assert pl.reference_cut(fmo, binding, tr, 99.5) == pytest.approx(d["relative_reference"])
+        tr, fmo, stained, ref_fmo, ref_stained, ideal = _skewed_product(seed, 250.0, 0.3)
+        binding = pl.reference_binding(ref_fmo, ref_stained, tr)
+        assert not binding.right_skewed, binding
+        placed = pl.place_fmo_anchored(fmo, stained, "PD1", reference=binding, percentile=99.5, transform=tr,
+                                       rule="relative")
+        normal = tr.apply(np.array([pl.additive_threshold(tr.inverse(fmo), binding.shift, binding.total_spread, 99.5)]))[0]
+        assert placed.diagnostics["relative_reference"] == pytest.approx(normal)

@@ -169,7 +169,8 @@ def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], bind
                   limit: float) -> str:
     """The ``uncertain_threshold`` message of the tail-shape check (:func:`tail_shape`)."""
     tail, sd = d["relative_lognormal"], binding.total_spread
-    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the FMO percentile with a normal "
+    shape = "a normal" if not binding.right_skewed else f"{pl.SKEWED_WEIGHT:.2f} of the way from a normal to a log-normal"
+    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the FMO percentile with {shape} "
             f"nonspecific signal read on the reference population (median {binding.shift:.0f}, SD {sd:.0f} linear "
             f"units); a log-normal signal with the same median and SD would put it at {tail:.3f} and "
             f"{'lower' if tail > cut else 'raise'} the % by {d['tail_points']:.1f} points of the parent (limit "
@@ -357,7 +358,8 @@ def place_and_check(
                 # carry-overs disagree with it by what the parent's dim positives do to its mode and sides)
                 assert reference_fmo is not None and reference_stained is not None
                 err = pl.reference_cut_error(fmo, reference_fmo, reference_stained, anchor["transform"], percentile,
-                                             max_shift=anchor.get("max_shift", 0.3), carry=reference_carry)
+                                             max_shift=anchor.get("max_shift", 0.3), carry=reference_carry,
+                                             skewed=anchor["reference"].right_skewed)
                 d["reference_error"] = err
                 d["candidate_points"] = (max(_points_between(stained, cut, cut - err),
                                              _points_between(stained, cut, cut + err))

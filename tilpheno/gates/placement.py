@@ -950,9 +950,46 @@ def lognormal_offsets(median: float, sd: float) -> np.ndarray | None:
     None when ``median`` <= 0 (no signal to shape)."""
     if not (median > 0 and sd >= 0):
         return None
+    return median * np.exp(_lognormal_log_sd(median, sd) * SIGNAL_QUANTILES)
+
+
+def _lognormal_log_sd(median: float, sd: float) -> float:
+    """The log-SD s of a log-normal with this ``median`` and SD ``sd`` (exp(s^2) = (1 + sqrt(1 + 4
+    (sd/median)^2)) / 2); NaN when ``median`` <= 0."""
+    if not (median > 0 and sd >= 0):
+        return float("nan")
     ratio = sd / median
-    s = float(np.sqrt(np.log((1.0 + np.sqrt(1.0 + 4.0 * ratio * ratio)) / 2.0)))
-    return median * np.exp(s * SIGNAL_QUANTILES)
+    return float(np.sqrt(np.log((1.0 + np.sqrt(1.0 + 4.0 * ratio * ratio)) / 2.0)))
+
+
+SKEWED_LOG_SD = 0.8
+"""Read log-SD (:attr:`ReferenceBinding.log_sd`) above which a reference's signal counts as a heavy
+right-skewed binding (with :data:`SKEWED_SHARE`): stop 44, development seeds 143001-143240."""
+SKEWED_SHARE = 0.9
+"""Least share of the read total spread that the upper-side skew makes for the same (skew / total):
+a lower-side spread of its own (spillover spreading, normal) keeps the normal carry-over."""
+SKEWED_WEIGHT = 1.0 / 3.0
+"""How far the carry-over of a right-skewed reference read moves from the normal signal's cut towards
+the log-normal signal's of the same median and SD (linear units; :func:`reference_carried`)."""
+
+
+def reference_carried(upper: UpperEvents, binding: "ReferenceBinding", percentile: float,
+                      skewed: bool | None = None) -> float:
+    """The parent's FMO ``percentile`` (its upper events, :func:`upper_events`) carried over with a
+    reference's read (``relative_reference``), linear units: the normal signal of the read shift and SD
+    sqrt(spread^2 + skew^2) (:func:`carried_threshold`); for a right-skewed heavy binding
+    (:attr:`ReferenceBinding.right_skewed`) :data:`SKEWED_WEIGHT` of the way from that cut to the
+    log-normal signal's of the same median and SD (:func:`lognormal_offsets`, the same 32 quantiles).
+    The normal signal under-carries such a tail (the cut 11-23 % under the population's at read
+    log-SD 0.67-0.75, stop 43) and the log-normal one over-carries it, its SD swollen by the
+    reference's own positives (stops 27, 44). ``skewed``: that choice made already (the folds of
+    :func:`reference_cut_error` keep the one read on all events), else ``binding.right_skewed``."""
+    normal = carried_threshold(upper, binding.shift, binding.total_spread, percentile)
+    skewed = binding.right_skewed if skewed is None else skewed
+    offsets = lognormal_offsets(binding.shift, binding.total_spread) if skewed else None
+    if offsets is None:
+        return normal
+    return normal + SKEWED_WEIGHT * (upper_offset_threshold(upper, offsets, percentile) - normal)
 
 
 def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02,
@@ -1013,14 +1050,12 @@ def _carried_over(transform: Any, fmo_x: np.ndarray, x: np.ndarray, fmo_mode: fl
         return None
     spreads = [float(np.sqrt(max(sw**2 - fw**2, 0.0)))]
     spreads.append(_upper_spread(transform, fmo_coarse, coarse, fmo_mode, stained_mode, UPPER_LEVEL, spreads[0]))
-    shifts = [sm - fm, sm - fm]
-    if reference is not None:
-        spreads.append(reference.total_spread)
-        shifts.append(reference.shift)
     # the FMO's upper events sorted once for the two or three thresholds
     events = upper_events(f_lin, percentile) if f_sorted is None else _all_sorted(f_sorted)
-    lower, upper, *ref = (float(transform.apply(np.array([carried_threshold(events, sh, sd, percentile)]))[0])
-                          for sh, sd in zip(shifts, spreads))
+    cuts = [carried_threshold(events, sm - fm, sd, percentile) for sd in spreads]
+    if reference is not None:
+        cuts.append(reference_carried(events, reference, percentile))
+    lower, upper, *ref = (float(transform.apply(np.array([c]))[0]) for c in cuts)
     return float(sw / fw), lower, upper, ref[0] if ref else float("nan")
 
 
@@ -1369,6 +1404,19 @@ class ReferenceBinding:
         """The SD of the added signal the carry-over uses: sqrt(spread^2 + skew^2), linear units."""
         return float(np.hypot(self.spread, self.skew))
 
+    @property
+    def log_sd(self) -> float:
+        """The log-SD of a log-normal signal whose median is ``shift`` and whose SD is
+        :attr:`total_spread` (:func:`lognormal_offsets`); NaN without a positive shift."""
+        return _lognormal_log_sd(self.shift, self.total_spread)
+
+    @property
+    def right_skewed(self) -> bool:
+        """The read signal is a heavy right-skewed binding (:data:`SKEWED_LOG_SD`, :data:`SKEWED_SHARE`):
+        broad for its median and broad on the upper side only."""
+        total = self.total_spread
+        return bool(self.log_sd > SKEWED_LOG_SD and total > 0 and self.skew / total > SKEWED_SHARE)
+
     def moved(self, shift_tolerance: float, width_tolerance: float) -> bool:
         """The reference's negatives shifted or widened beyond the tolerances of
         :func:`place_fmo_anchored` (as its ``moved`` test on the gated parent)."""
@@ -1430,10 +1478,13 @@ def sorted_fmo_linear(fmo_values: np.ndarray, transform: Any) -> np.ndarray:
     return np.sort(_finite_linear(fmo_values, transform))
 
 
-def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float) -> float:
+def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float,
+                  skewed: bool | None = None) -> float:
     """The parent's FMO ``percentile`` carried over with ``binding`` (``relative_reference`` of
-    :func:`place_fmo_anchored`: the reference's shift and spread sqrt(spread^2 + skew^2)), transformed units."""
-    lin = additive_threshold(_finite_linear(fmo_values, transform), binding.shift, binding.total_spread, percentile)
+    :func:`place_fmo_anchored`, :func:`reference_carried`, ``skewed`` as there: the reference's shift
+    and spread sqrt(spread^2 + skew^2)), transformed units."""
+    lin = reference_carried(upper_events(_finite_linear(fmo_values, transform), percentile), binding, percentile,
+                            skewed)
     return float(transform.apply(np.array([lin]))[0])
 
 
@@ -1508,7 +1559,7 @@ def reference_tail_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, refere
 def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
                         transform: Any, percentile: float, *, max_shift: float = 0.3,
                         folds: int = REFERENCE_FOLDS, confidence: float = CONFIDENCE,
-                        carry: str = "additive") -> float:
+                        carry: str = "additive", skewed: bool | None = None) -> float:
     """Sampling error of the reference carry-over (:func:`reference_cut`), transformed units: the
     half-width of its ``confidence`` interval, NaN when it cannot be measured.
 
@@ -1519,7 +1570,9 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     k independent readings on 1/k of the events, so the cut read on all events has standard error
     SD(fold cuts) / sqrt(k); the half-width is that times Student's t quantile with k - 1 degrees of
     freedom (the SD itself is estimated from k values). ``carry`` ``quantile``: the fold cuts are
-    :func:`reference_quantile_cut`'s instead. The reading's noise only: a reference whose
+    :func:`reference_quantile_cut`'s instead. ``skewed``: the carry-over's shape as chosen on all events
+    (:attr:`ReferenceBinding.right_skewed`), kept on every fold (a fold's own choice would add the jump
+    between the two shapes to the noise). The reading's noise only: a reference whose
     binding differs from the parent's is not seen here."""
     def finite(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
@@ -1538,7 +1591,7 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
             continue
         binding = reference_binding(rf[i::k], rs[i::k], transform, max_shift=max_shift)
         if binding is not None and f[i::k].size >= 20:
-            cuts.append(reference_cut(f[i::k], binding, transform, percentile))
+            cuts.append(reference_cut(f[i::k], binding, transform, percentile, skewed))
     if len(cuts) < 2:
         return float("nan")
     se = float(np.std(cuts, ddof=1)) / np.sqrt(k)
