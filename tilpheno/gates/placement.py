@@ -980,7 +980,7 @@ def reference_carried(upper: UpperEvents, binding: "ReferenceBinding", percentil
     sqrt(spread^2 + skew^2) (:func:`carried_threshold`); for a right-skewed heavy binding
     (:attr:`ReferenceBinding.right_skewed`) :data:`SKEWED_WEIGHT` of the way from that cut to the
     log-normal signal's of the same median and SD (:func:`lognormal_offsets`, the same 32 quantiles).
-    The normal signal under-carries such a tail (the cut 11-23 % under the population's at read
+    The normal signal under-carries such a tail (the cut 11-23 % under the population's at drawn
     log-SD 0.67-0.75, stop 43) and the log-normal one over-carries it, its SD swollen by the
     reference's own positives (stops 27, 44). ``skewed``: that choice made already (the folds of
     :func:`reference_cut_error` keep the one read on all events), else ``binding.right_skewed``."""
@@ -1640,7 +1640,8 @@ def place_fmo_anchored(
       :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
       gives it) the additive model is read on a marker-poor population of the same tube instead: ``relative_reference`` adds the
       reference's shift and the spread sqrt(reference lower-side spread^2 + reference skew^2) to
-      the parent's FMO events (the gated parent's own mode and lower side are pulled up by its dim
+      the parent's FMO events (part of the way to a log-normal signal for a right-skewed read,
+      :func:`reference_carried`) (the gated parent's own mode and lower side are pulled up by its dim
       positives). With ``reference`` and a finite ``reference_quantile`` (the strategy's
       ``reference_carry: quantile``, :func:`reference_quantile_cut`, computed by the caller on the
       reference's events) that cut is ``relative_reference`` instead of the additive carry-over.
