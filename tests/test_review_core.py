@@ -1623,6 +1623,36 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
+    """TIL001 approved for release (binding its controls), then its unstained control replaced by
+    TIL002's and the folder processed again: the reimport_product entry named the control, but the
+    page's VOID said only 'input data, infused cell number, strategy or release spec changed after
+    signing', leaving QA to find which in the trail. Now the void reason names the replaced file and
+    the entry recording it."""
+    from review_support import SAMPLE, drop_schema
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.server import build_service
+
+    pid, control = "TIL001", "TIL001_unstained.fcs"
+    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    try:
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        first.factory.kw["bind"].dispose()
+        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
+        rerun()
+        again = build_service(tmp_path / "out", url)
+        [view] = again.signatures(pid)
+        with again.factory() as db:
+            [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product"))
+        assert not view.valid and view.void_reason == (
+            "void: input data changed after signing: the folder was processed again with other input files: "
+            f"{control} (reimport_product, audit entry {entry.seq})"), view.void_reason
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path):
     """A database made before the controls were recorded holds each product's gated files only
     (here: TIL001's row set back to that list): its controls were never recorded, so its unstained

@@ -528,6 +528,42 @@ def changed_inputs(before: list[dict], after: list[dict]) -> list[str]:
             + [f"{name} (no longer read)" for name in old if name not in new])
 
 
+@dataclass(frozen=True)
+class Rerun:
+    """A re-run of the output folder that read other input files for a product, as its
+    ``reimport_product`` entry records it: when (``at``, UTC), the entry (``entry``, its ``seq``) and
+    the files that changed, in words (:func:`changed_inputs`)."""
+    at: str
+    entry: int
+    files: list[str]
+
+
+def reruns_of(db: Session, product_id: str) -> list[Rerun]:
+    """The re-runs that read other input files for ``product_id`` (its ``reimport_product`` entries
+    recording inputs; those recording only new automatic gates are left out), oldest first."""
+    out = []
+    for e in db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product",
+                                                 AuditEntry.product_id == product_id).order_by(AuditEntry.seq)):
+        before, after = json.loads(e.before_json) or {}, json.loads(e.after_json) or {}
+        if "inputs" not in before or "inputs" not in after:
+            continue
+        controls = before.get("controls")   # a row stored before controls were recorded had none before
+        out.append(Rerun(e.at, e.seq, changed_inputs(before["inputs"] + (controls or []),
+                                                     after["inputs"] + (after.get("controls", []) if controls is not None else []))))
+    return out
+
+
+def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
+    """Why a signature made at ``signed_at`` whose data hash no longer matches is void: the files
+    each later re-run replaced, named with its audit entry, when ``reruns`` (:func:`reruns_of`)
+    hold one; else what the hash binds, in general."""
+    later = [r for r in reruns if r.at > signed_at and r.files]
+    if not later:
+        return "void: input data, infused cell number, strategy or release spec changed after signing"
+    return ("void: input data changed after signing: the folder was processed again with other input files: "
+            + "; ".join(f"{', '.join(r.files)} (reimport_product, audit entry {r.entry})" for r in later))
+
+
 def inputs_record(files: list[dict], controls: list[dict]) -> str:
     """What a product's row records of the files its run read (``Product.inputs_json``): the gated
     files (:meth:`ReviewSource.inputs_digest`) and the others, its controls and compensation matrix
@@ -1230,13 +1266,16 @@ class ReviewService:
                                        .order_by(GateSetVersion.version)))
             rows = list(db.scalars(select(Signature).where(Signature.product_id == product_id).order_by(Signature.id)))
             in_trail = audit.signed_in_trail(db, product_id)
+            reruns = reruns_of(db, product_id)
         current = next(v for v in versions if v.version == current_version)
         automatic = [v for v in versions if v.source == "automatic"][-1]
-        return ProductState(automatic, current, versions, self._views(product_id, rows, in_trail, current))
+        return ProductState(automatic, current, versions, self._views(product_id, rows, in_trail, current, reruns))
 
     def _views(self, product_id: str, rows: list[Signature], in_trail: set[str],
-               current: GateSetVersion) -> list[SignatureView]:
-        """Each signature of ``product_id`` (in signing order) valid or void, and why (module docstring)."""
+               current: GateSetVersion, reruns: list[Rerun] | None = None) -> list[SignatureView]:
+        """Each signature of ``product_id`` (in signing order) valid or void, and why (module
+        docstring); ``reruns`` (:func:`reruns_of`): to name the files a re-run replaced in the reason
+        of a signature their change voided (the page's list; others need only valid or void)."""
         hashes: dict[str, str] = {}   # form -> the data hash now, made when a signature is first checked
 
         def data_now(form: str) -> str:
@@ -1255,8 +1294,7 @@ class ReviewService:
             elif s.version != current.version:
                 out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
             elif (form := next((f for f in DATA_FORMS if s.data_sha256 == data_now(f)), None)) is None:
-                out.append(SignatureView(s, False, "void: input data, infused cell number, strategy or release spec "
-                                                   "changed after signing"))
+                out.append(SignatureView(s, False, _data_void_reason(s.signed_at, reruns or [])))
             elif s.meaning == APPROVED and (unresolved := unresolved_flags(flags_now(), s)):
                 named = Counter(unresolved)
                 out.append(SignatureView(s, False, f"void: {len(unresolved)} QC flag(s) of the current run have no "
