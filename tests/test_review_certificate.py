@@ -132,6 +132,26 @@ def test_export_approved_refuses_an_approval_changed_during_the_export(approved,
     assert certificate_entries(approved) == []
 
 
+def test_export_approved_refuses_a_second_approval_signed_during_the_export(approved, monkeypatch, tmp_path):
+    """While export-approved recomputes TIL001's approved version 1 (dave's out-of-specification
+    approval), carol approves version 1 too, with another justification: the table's
+    out_of_specification cell quoted dave's justification while the certificate beside it, made
+    from the approval read later, quoted carol's (exit 0, both audited as one export). Now the
+    certificates must come from the approval the table was computed with: refused naming TIL001,
+    nothing written, nothing audited."""
+    from tilpheno.review import export
+
+    carol = user(approved, "carol")
+    done = while_recomputing(monkeypatch, lambda: approved.sign(
+        PID, carol.id, PASSWORDS["carol"], "approved for release", 1, approval_resolutions(approved, PID),
+        "released out of specification: second QA opinion (QA-OOS-8)"), export)
+    r = export_approved(approved, tmp_path / "x")
+    assert done and r.exit_code == 2, r.output
+    assert "TIL001" in r.output and "changed during the export" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    assert certificate_entries(approved) == []
+
+
 def _entries(service, action):
     with service.factory() as db:
         return list(db.scalars(select(AuditEntry).where(AuditEntry.action == action)))

@@ -43,17 +43,22 @@ from tilpheno.review.regate import recompute
 from tilpheno.io import atomic
 from tilpheno.io.csvcells import counts_as_integers
 from tilpheno.review.db import ReviewError
-from tilpheno.review.service import APPROVED, Approval, NotFound, ReviewService, VersionConflict, oos_of
+from tilpheno.review.service import APPROVED, Approval, Decision, NotFound, ReviewService, VersionConflict, oos_of
 
 NOT_APPROVED = "not released (not approved)"
 FAILED_PROCESSING = "not released (failed processing)"
 log = logging.getLogger(__name__)
 
 
-def approved_tables(service: ReviewService) -> tuple[pd.DataFrame, pd.DataFrame]:
+def approved_tables(service: ReviewService,
+                    decisions: dict[str, Decision | None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two approved tables, from ``decisions`` (:meth:`ReviewService.decisions`, read now when
+    not given): each approved row from its product's standing decision, whose approval's
+    justification the ``out_of_specification`` cell quotes."""
     phen_rows: list[dict[str, Any]] = []
     pop_frames: list[pd.DataFrame] = []
-    decisions = service.decisions()   # a product never opened has none: not re-gated for it
+    if decisions is None:
+        decisions = service.decisions()   # a product never opened has none: not re-gated for it
     for pid in service.source.product_ids():
         decision = decisions.get(pid)
         if decision is None or decision.meaning != APPROVED:
@@ -104,21 +109,25 @@ class ApprovedExport:
 
 def approved_export(service: ReviewService) -> ApprovedExport:
     """Everything ``export-approved`` writes, in memory (nothing is written if a product fails).
-    VersionConflict naming the product when its approval is no longer that of the version its table
-    row was computed with (a save, a rejection or an approval during the export): a table of one
-    version beside the Gating-ML and certificate of another."""
+    VersionConflict naming the product when its standing approval is no longer the one its table
+    row was computed with (a save, a rejection or another approval during the export): a table of
+    one version, or quoting one approval's justification, beside the Gating-ML and certificate of
+    another."""
     from tilpheno.pipeline import product_slug
     from tilpheno.review.certificate import certificate_pdf
 
-    phenotypes, populations = approved_tables(service)
+    decisions = service.decisions()
+    phenotypes, populations = approved_tables(service, decisions)
     files: dict[str, bytes] = {}
     approvals: dict[str, Approval] = {}
-    rows = phenotypes[phenotypes["review_status"] == "approved"]
-    for pid, version in zip(rows["product_id"], rows["gate_version"]):
-        issued = _still_approved(service, pid, int(version))
+    for pid, decision in sorted(decisions.items()):   # the table's approved rows
+        if decision is None or decision.meaning != APPROVED:
+            continue
+        issued = _still_approved(service, pid, decision)
         folder = product_slug(pid)
         for tube in sorted(service.source.stained(pid)):
-            files[f"{folder}/gates_{tube}.xml"] = approved_gatingml(service, pid, tube, version=int(version)).encode("utf-8")
+            files[f"{folder}/gates_{tube}.xml"] = approved_gatingml(service, pid, tube,
+                                                                   version=issued.version.version).encode("utf-8")
         files[f"{folder}/certificate.pdf"] = certificate_pdf(service, pid, issued)
         approvals[pid] = issued
     return ApprovedExport(phenotypes, populations, files, approvals)
@@ -257,17 +266,19 @@ def _publish(staged: Path, dest: Path) -> None:
     shutil.rmtree(backup, onerror=lambda _f, path, err: log.warning("%s: not removed: %s", path, err[1]))
 
 
-def _still_approved(service: ReviewService, product_id: str, version: int) -> Approval:
-    """The product's approval, which must still be that of ``version`` (the table's)."""
+def _still_approved(service: ReviewService, product_id: str, decision: Decision) -> Approval:
+    """The product's standing approval, which must still be ``decision``'s (the table row's)."""
     try:
         issued = service.release_approval(product_id)
     except VersionConflict:
         issued = None
-    if issued is None or issued.version.version != version:
-        now = "no approval" if issued is None else f"version {issued.version.version} approved"
-        raise VersionConflict(f"{service.noun} {product_id}: its approval changed during the export (version {version} "
-                              f"approved when its table row was computed, now {now}); nothing was written: run "
-                              "export-approved again")
+    if issued is None or issued.approval.id != decision.signature.id:
+        then = f"version {decision.version.version} approved by {decision.signature.full_name}"
+        now = ("no approval" if issued is None
+               else f"version {issued.version.version} approved by {issued.approval.full_name} at "
+                    f"{issued.approval.signed_at[:19].replace('T', ' ')} UTC")
+        raise VersionConflict(f"{service.noun} {product_id}: its approval changed during the export ({then} when its "
+                              f"table row was computed, now {now}); nothing was written: run export-approved again")
     return issued
 
 
