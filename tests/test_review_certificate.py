@@ -62,6 +62,19 @@ def test_the_certificate_entry_records_what_was_certified(approved):
                                             "approval_sha256": sig.signature_sha256}
 
 
+def test_an_analyst_downloads_the_certificate_of_an_assigned_approved_product_audited(approved):
+    """As the README's roles say: an analyst (bob, assigned TIL001 only) may download the certificate
+    of an approved product assigned to them, a copy of what QA approved, audited under their name;
+    another product's is refused (403) and audits nothing."""
+    c, _, _ = login(create_app(approved), "bob")
+    r = c.get(f"/products/{PID}/certificate.pdf")
+    assert r.status_code == 200 and r.data.startswith(b"%PDF")
+    assert [e.username for e in certificate_entries(approved)] == ["bob"]
+    r = c.get("/products/TIL002/certificate.pdf")
+    assert r.status_code == 403 and "not assigned to you" in r.json["error"], r.data[:200]
+    assert len(certificate_entries(approved)) == 1
+
+
 def test_no_certificate_for_a_version_rejected_while_it_was_made(approved, monkeypatch):
     """Carol rejects version 1 while the certificate is being made: refused naming the rejection, nothing
     audited (it used to be issued and audited for a product whose standing decision was a rejection)."""
