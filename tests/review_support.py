@@ -18,7 +18,7 @@ PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-12", "carol": "ca
 ROLES = {"alice": "reviewer", "bob": "analyst", "carol": "reviewer", "root": "admin", "dave": "reviewer"}
 PRODUCTS = ("TIL001", "TIL002")
 OOS_REASON = "released out of specification at the treating physician's request (QA rationale QA-OOS-7)"
-"""An approval's comment justifying an out-of-specification release: TIL001 fails CD3+ > 90 % (87.74)."""
+"""An approval's out-of-specification justification (``oos_justification``): TIL001 fails CD3+ > 90 % (87.74)."""
 
 
 def cheap_password_hashing() -> None:

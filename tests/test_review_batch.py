@@ -100,7 +100,7 @@ def test_an_approval_signed_while_the_batch_runs_is_not_voided_unasked(service, 
 
     def dave_approves():
         service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", service.current_version("TIL003"),
-                     approval_resolutions(service, "TIL003"), OOS_REASON)
+                     approval_resolutions(service, "TIL003"), oos_justification=OOS_REASON)
 
     when_loading(service, monkeypatch, "TIL003", dave_approves)
     with pytest.raises(ApprovalsWouldBeVoided, match=r"approval for release of TIL003 version 1 by Dave Tester \(dave\)") as exc:
@@ -136,7 +136,7 @@ def test_an_approval_committed_after_the_check_inside_the_transaction_is_seen(se
         if (product_id, meaning) == ("TIL003", "approved for release") and not done:
             done.append(True)
             service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", 1,
-                         approval_resolutions(service, "TIL003"), OOS_REASON)
+                         approval_resolutions(service, "TIL003"), oos_justification=OOS_REASON)
         return found
 
     monkeypatch.setattr(service, "standing", standing)
@@ -156,7 +156,7 @@ def test_a_refused_batch_imports_no_target_and_an_applied_one_imports_with_its_s
     source_with_own_cd3(service)
     alice, dave = user(service, "alice"), user(service, "dave")
     approval = service.sign("TIL003", dave.id, PASSWORDS["dave"], "approved for release", 1,
-                            approval_resolutions(service, "TIL003"), OOS_REASON)
+                            approval_resolutions(service, "TIL003"), oos_justification=OOS_REASON)
 
     def trail():
         with service.factory() as db:

@@ -174,7 +174,7 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
     Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
     for field in driver.find_elements("css selector", "[data-resolution]"):
         field.send_keys("reviewed on the plots")
-    driver.find_element("id", "comment").send_keys(OOS_REASON)   # version 3 fails CD3+ > 90 %: out of specification
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)   # version 3 fails CD3+ > 90 %: out of specification
     driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: "signed version 3" in d.find_element("id", "message").text, "the signature")
@@ -577,6 +577,7 @@ def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowled
     assert service.decision(PID) == ("rejected", 1)
     driver.find_element("id", "overrule-check").click()
     driver.find_element("id", "comment").send_keys("valley at the FMO's 99.5th percentile: cut is right")
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)   # TIL001 fails CD3+ > 90 %: its own field
     driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
@@ -590,6 +591,7 @@ def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowled
                                                          ("dave", "sign")]
     assert json.loads(entries[-1].before_json)["overrules"]["signature_sha256"] == rejection.signature_sha256
     assert entries[-1].reason == "valley at the FMO's 99.5th percentile: cut is right"
+    assert json.loads(entries[-1].before_json)["out_of_specification"]["justification"] == OOS_REASON
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
 
@@ -603,7 +605,7 @@ def test_a_save_that_would_void_an_approval_asks_first_naming_it(driver, server)
     with service.factory() as db:
         dave = db.scalar(select(User).where(User.username == "dave"))
     approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, PID),
-                            OOS_REASON)
+                            oos_justification=OOS_REASON)
     open_product(driver, base, "alice")
     assert driver.find_element("id", "approved-badge").text == "approved: version 1"
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
@@ -697,7 +699,7 @@ def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids
     with service.factory() as db:
         dave = db.scalar(select(User).where(User.username == "dave"))
     approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, PID),
-                            OOS_REASON)
+                            oos_justification=OOS_REASON)
     driver.find_element("id", "reason").send_keys("CD3 dim tail is debris")
     driver.find_element("id", "save-button").click()
     alert = wait(driver, lambda d: d.switch_to.alert, "the question before the approval is voided")
@@ -980,7 +982,7 @@ def test_every_flag_of_one_kind_is_resolved_with_one_resolution(driver, server, 
         if field.get_attribute("data-code") != "no_time_channel":
             field.send_keys("threshold checked on the plot")
     driver.find_element("css selector", '[data-code="no_time_channel"]').send_keys("   ")
-    driver.find_element("id", "comment").send_keys(OOS_REASON)   # TIL001 fails CD3+ > 90 %: out of specification
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)   # TIL001 fails CD3+ > 90 %: out of specification
     driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: "signed version 1" in d.find_element("id", "message").text, "the approval")
@@ -1080,17 +1082,17 @@ def test_an_approval_that_binds_no_control_says_so_beside_valid(driver, server, 
     hashed = module.data_sha256
     monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
     old = service.sign(PID, service_user(service, "dave"), PASSWORDS["dave"], "approved for release", 1,
-                       approval_resolutions(service, PID), OOS_REASON)
+                       approval_resolutions(service, PID), oos_justification=OOS_REASON)
     monkeypatch.setattr(module, "data_sha256", hashed)
     new = service.sign(PID, service_user(service, "carol"), PASSWORDS["carol"], "approved for release", 1,
-                       approval_resolutions(service, PID), OOS_REASON)
+                       approval_resolutions(service, PID), oos_justification=OOS_REASON)
     open_product(driver, base)
     lines = wait(driver, lambda d: {int(p.get_attribute("data-signature")): p.text
                                     for p in d.find_elements("css selector", "#signatures p[data-signature]")} or None,
                  "the signatures")
     assert (f"VALID - control digests not recorded at approval (signed before they were bound: a replaced "
             f"{PID}_unstained.fcs would not void it)") in lines[old.id]
-    assert "VALID; comment: " in lines[new.id] and "not recorded" not in lines[new.id], lines[new.id]   # VALID, nothing beside it
+    assert "VALID; out-of-specification justification: " in lines[new.id] and "not recorded" not in lines[new.id], lines[new.id]   # VALID, nothing beside it
 
 
 def service_user(service, name: str) -> int:
@@ -1101,7 +1103,8 @@ def service_user(service, name: str) -> int:
 def test_approving_a_failing_version_names_what_fails_and_needs_a_justification(driver, server):
     """TIL001 fails CD3+ T cells > 90 % on its gates (87.74 in the run's phenotypes.csv); dave
     approved it for release in one click, the page saying nothing. Now choosing "approved for
-    release" names the failed criterion and its value where he signs; signing without a comment is
+    release" names the failed criterion and its value where he signs, with a field of its own for
+    the out-of-specification justification (hidden for "reviewed"); signing with only a comment is
     refused saying so (nothing stored); with his justification it is approved, and the page's
     release section says "out-of-specification release" with the criterion and the justification."""
     from selenium.webdriver.support.ui import Select
@@ -1113,15 +1116,18 @@ def test_approving_a_failing_version_names_what_fails_and_needs_a_justification(
     named = f"CD3+ T cells (cd3_pct_of_live_lymph > 90 % of live lymphocytes: {cd3:.2f})"
     open_product(driver, base, "dave")
     assert not driver.find_element("id", "oos-notice").is_displayed()   # "reviewed" releases nothing
+    assert not driver.find_element("id", "oos-justification").is_displayed()
     Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
     notice = driver.find_element("id", "oos-notice")
     assert notice.is_displayed() and named in notice.text and "out-of-specification release" in notice.text, notice.text
-    sign(driver, "approved for release", "dave")
+    assert driver.find_element("id", "oos-justification").is_displayed()
+    sign(driver, "approved for release", "dave", "plots checked")   # a comment is not the justification
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "out-of-specification" in
                d.find_element("id", "message").text else None, "the refusal")
     assert msg.startswith(f"version 1 of {PID} fails the release criteria {named}"), msg
     assert service.signatures(PID) == [] and not driver.find_elements("id", "oos-release")
-    driver.find_element("id", "comment").send_keys(OOS_REASON)
+    driver.find_element("id", "comment").clear()
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
     driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")

@@ -27,7 +27,7 @@ def user(service, name):
 def approved(fresh_service):
     """TIL001's version 1 approved for release by dave (it fails CD3+ > 90 %: an out-of-specification release, justified)."""
     fresh_service.sign(PID, user(fresh_service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
-                       approval_resolutions(fresh_service, PID), OOS_REASON)
+                       approval_resolutions(fresh_service, PID), oos_justification=OOS_REASON)
     return fresh_service
 
 
@@ -135,7 +135,7 @@ def test_export_approved_refuses_an_approval_changed_during_the_export(approved,
         approved.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": {**gate, "low": gate["low"] + 0.01}}}}},
                               "trim the dim tail", void_approval=standing_approval_id(approved, PID))
         approved.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", 2, approval_resolutions(approved, PID),
-                      OOS_REASON)
+                      oos_justification=OOS_REASON)
 
     done = while_recomputing(monkeypatch, save_and_approve, export)
     r = export_approved(approved, tmp_path / "x")
@@ -157,7 +157,7 @@ def test_export_approved_refuses_a_second_approval_signed_during_the_export(appr
     carol = user(approved, "carol")
     done = while_recomputing(monkeypatch, lambda: approved.sign(
         PID, carol.id, PASSWORDS["carol"], "approved for release", 1, approval_resolutions(approved, PID),
-        "released out of specification: second QA opinion (QA-OOS-8)"), export)
+        oos_justification="released out of specification: second QA opinion (QA-OOS-8)"), export)
     r = export_approved(approved, tmp_path / "x")
     assert done and r.exit_code == 2, r.output
     assert "TIL001" in r.output and "changed during the export" in r.output and "Traceback" not in r.output, r.output

@@ -176,7 +176,7 @@ def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     with pytest.raises(Forbidden):
         service.sign(pid, user(service, "bob").id, PASSWORDS["bob"], "approved for release", v, {})
     service.sign(pid, user(service, "bob").id, PASSWORDS["bob"], "reviewed", v, {})
-    sig = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {}, OOS_REASON)
+    sig = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {}, oos_justification=OOS_REASON)
     assert service.approved_version(pid).version == v
     views = service.signatures(pid)
     assert all(s.valid for s in views if s.row.version == v)
@@ -184,7 +184,7 @@ def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     rejection = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
     assert service.approved_version(pid) is None           # a later valid rejection withdraws the approval
     approval = service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "approved for release", v, {},
-                            "FMO overlay checked", overrules=rejection.id)   # over it, saying why (test_an_approval_over_...)
+                            "FMO overlay checked", overrules=rejection.id, oos_justification=OOS_REASON)   # over it, saying why (test_an_approval_over_...)
     assert service.approved_version(pid).version == v
     service.save_version(pid, user(service, "carol"), v, shifted_cd3(service, pid, 0.01), "carol moves it again",
                          void_approval=approval.id)   # carol was told it voids alice's approval
@@ -371,7 +371,7 @@ def test_certificate_pdf_renders_with_the_approved_values(service, tmp_path):
         certificate_pdf(service, pid)
     resolutions = approval_resolutions(service, pid)
     service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", v, resolutions,
-                 "QA release review")   # not alice or carol: one of them saved TIL002's version (four eyes)
+                 "QA release review", oos_justification=OOS_REASON)   # not alice or carol: one of them saved TIL002's version (four eyes)
     pdf = tmp_path / "c.pdf"
     pdf.write_bytes(certificate_pdf(service, pid))
     assert pdf.read_bytes().startswith(b"%PDF-")
@@ -467,7 +467,7 @@ def test_approval_requires_a_resolution_of_each_warning_flag(service, tmp_path):
         assert len(service.signatures("TIL001")) == before
         key = "fallback_gate:TIL001_surface_stain.fcs:0"
         service.sign("TIL001", qa.id, PASSWORDS["dave"], "approved for release", v,
-                     {key: "threshold checked against the FMO-free valley by eye"}, OOS_REASON)
+                     {key: "threshold checked against the FMO-free valley by eye"}, oos_justification=OOS_REASON)
         if shutil.which("pdftotext"):
             pdf = tmp_path / "c.pdf"
             pdf.write_bytes(certificate_pdf(service, "TIL001"))
@@ -499,9 +499,9 @@ def test_a_blank_resolution_of_a_flag_leaves_it_the_one_typed_for_its_kind(servi
         dave = user(service, "dave")
         with pytest.raises(GateSetError, match=rf"resolution of QC flag no_time_channel \({files[0]}\): required"):
             service.sign("TIL001", dave.id, PASSWORDS["dave"], "approved for release", v, own,
-                         OOS_REASON, kind_resolutions={"no_time_channel": "   "})
+                         oos_justification=OOS_REASON, kind_resolutions={"no_time_channel": "   "})
         sig = service.sign("TIL001", dave.id, PASSWORDS["dave"], "approved for release", v, own,
-                           OOS_REASON, kind_resolutions={"no_time_channel": "FlowJo export, order checked "})
+                           oos_justification=OOS_REASON, kind_resolutions={"no_time_channel": "FlowJo export, order checked "})
         stored = json.loads(sig.qc_resolutions_json)
         assert sorted(stored) == sorted(keys) and len(timeless_keys) == 2
         assert {stored[k] for k in timeless_keys} == {"FlowJo export, order checked"}
@@ -531,7 +531,7 @@ def test_four_eyes_no_one_approves_a_correction_they_saved(service):
         with pytest.raises(Forbidden, match=f"four-eyes rule: {name} saved"):
             service.sign(pid, user(service, name).id, PASSWORDS[name], "approved for release", w, resolutions)
     assert service.approved_version(pid) is None
-    service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions, OOS_REASON)
+    service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", w, resolutions, oos_justification=OOS_REASON)
     assert service.approved_version(pid).version == w
 
 
@@ -554,7 +554,7 @@ def test_a_save_committed_while_an_approval_is_stored_makes_it_a_conflict(servic
     before = len(service.signatures(pid))
     with pytest.raises(VersionConflict, match=f"product {pid} changed while you were signing"):
         service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, pid),
-                     "approved once more for this test")   # not a repeat of the approval an earlier test left standing
+                     "approved once more for this test", oos_justification=OOS_REASON)   # not a repeat of the approval an earlier test left standing
     assert saved and service.current_version(pid) == v + 1
     assert len(service.signatures(pid)) == before
 
@@ -736,7 +736,7 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
     try:
         assert first.automatic_version(pid).version == 1          # the run's own gates: nothing added
         first.save_version(pid, user(first, "alice"), 1, shifted_cd3(first, pid, 0.05), "CD3 cut into the valley")
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 2, {}, OOS_REASON)
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 2, {}, oos_justification=OOS_REASON)
         assert first.approved_version(pid).version == 2
         first.factory.kw["bind"].dispose()
 
@@ -820,7 +820,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         dose = approved_tables(first)[0].set_index("product_id").loc[pid, "cd3_dose_cells"]
         first.factory.kw["bind"].dispose()
 
@@ -834,7 +834,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
         [view] = again.signatures(pid)
         assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy or release "
                                                        "spec changed after signing")
-        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "approved" and row["cd3_dose_cells"] == pytest.approx(2 * dose, rel=1e-9)
         again.factory.kw["bind"].dispose()
@@ -878,7 +878,7 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         assert first.approved_version(pid).version == 1
         old_inputs = first.source.inputs_digest(pid)
         first.factory.kw["bind"].dispose()
@@ -903,7 +903,7 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
         assert json.loads(entry.after_json)["inputs"] == again.source.inputs_digest(pid)
         assert changed in entry.reason and "TIL001_surface_stain.fcs" not in entry.reason
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid), {},
-                   OOS_REASON)
+                   oos_justification=OOS_REASON)
         assert again.approved_version(pid).version == again.current_version(pid)
         again.factory.kw["bind"].dispose()
 
@@ -1009,7 +1009,7 @@ def test_the_product_lists_approvals_are_each_products_own(service):
         service.ensure_imported(pid)
         approvals[pid] = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release",
                                       service.current_version(pid), resolutions(pid),
-                                      "approved for the list test")   # not a repeat of an earlier test's approval
+                                      "approved for the list test", oos_justification=OOS_REASON)   # not a repeat of an earlier test's approval
     check({first: True, second: True})
     service.sign(first, carol.id, PASSWORDS["carol"], "rejected", service.current_version(first), {}, "second look")
     v = service.current_version(second)
@@ -1143,7 +1143,7 @@ def test_an_approval_over_a_rejection_names_it_and_says_why(service):
         assert "rejected by Carol Tester (carol)" in entry.reason
     service.sign(pid, dave.id, PASSWORDS["dave"], "reviewed", v, {})   # a "reviewed" signature decides nothing
     sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, resolutions,
-                       "the valley is at the FMO's 99.5th percentile", rejection.id)
+                       "the valley is at the FMO's 99.5th percentile", rejection.id, oos_justification=OOS_REASON)
     assert service.decision(pid) == ("approved for release", v)
     with service.factory() as db:
         entries = db.scalars(select(AuditEntry).where(AuditEntry.product_id == pid, AuditEntry.action == "sign")
@@ -1460,7 +1460,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
         assert not [f for f in first.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         hashed = module.data_sha256   # signed as before the controls were bound: its hash lacks them
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         monkeypatch.setattr(module, "data_sha256", hashed)
         first.factory.kw["bind"].dispose()
 
@@ -1478,7 +1478,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
         assert again.decisions()[pid] is None
         assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "not approved"
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version(pid),
-                   approval_resolutions(again, pid), OOS_REASON)
+                   approval_resolutions(again, pid), oos_justification=OOS_REASON)
         assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "approved"
         again.factory.kw["bind"].dispose()
     finally:
@@ -1508,9 +1508,9 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
                                                    "sha256": hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()}]
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))   # the old code's hash
-        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         monkeypatch.setattr(module, "data_sha256", hashed)
-        new = first.sign(pid, user(first, "carol").id, PASSWORDS["carol"], "approved for release", 1, {}, OOS_REASON)
+        new = first.sign(pid, user(first, "carol").id, PASSWORDS["carol"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         assert old.data_sha256 != new.data_sha256
         views = {v.row.id: v for v in first.signatures(pid)}
         assert views[old.id].valid and views[new.id].valid
@@ -1595,7 +1595,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     try:
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
-        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        old = first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         monkeypatch.setattr(module, "data_sha256", hashed)
         [view] = first.signatures(pid)
         assert view.valid and view.note.startswith("control digests not recorded at approval") and control in view.note
@@ -1636,7 +1636,7 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
     pid, control = "TIL001", "TIL001_unstained.fcs"
     inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
     try:
-        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         first.factory.kw["bind"].dispose()
         shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
         rerun()
@@ -1702,9 +1702,9 @@ def test_approving_gates_that_fail_the_release_spec_is_an_out_of_specification_r
     approved it for release in one click, with no warning and no justification: only the
     certificate said "RELEASE CRITERIA NOT MET". Now that approval is refused, naming the product,
     the version and the failed criterion with its value (audited ``signature_refused``, nothing
-    stored), until a written justification (the comment, checked as any reason) is given; the
-    ``sign`` entry then records the failed criteria (``before.out_of_specification``) and the
-    justification (its reason), and the approved export and the certificate say "out-of-specification
+    stored), until a written out-of-specification justification (its own field, checked as any
+    reason) is given; the signature stores it and the ``sign`` entry records the failed criteria and
+    it (``before.out_of_specification``), and the approved export and the certificate say "out-of-specification
     release" with both. TIL002, which passes, is approved without a comment as before."""
     import operator
 
@@ -1741,18 +1741,20 @@ def test_approving_gates_that_fail_the_release_spec_is_an_out_of_specification_r
     assert (entry.action, entry.username, entry.product_id) == ("signature_refused", "dave", pid)
     assert entry.reason == f"approved for release of version {v}: {message}"
     for bad, why in (("ok", "at least 3 characters"), ("<b>physician</b>", "plain text only")):
-        with pytest.raises(GateSetError, match=f"comment: .*{why}"):
-            service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {}, bad)
+        with pytest.raises(GateSetError, match=f"out-of-specification justification: .*{why}"):
+            service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {}, oos_justification=bad)
     assert count() == 0
     # "reviewed" and "rejected" decide no release: no justification asked for
     service.sign(pid, user(service, "alice").id, PASSWORDS["alice"], "reviewed", v, {})
 
-    sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {}, OOS_REASON)
-    assert service.approved_version(pid).version == v and sig.comment == OOS_REASON
+    sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {}, oos_justification=OOS_REASON)
+    assert service.approved_version(pid).version == v and (sig.oos_justification, sig.comment) == (OOS_REASON, "")
     with service.factory() as db:
         signed = db.scalars(select(AuditEntry).where(AuditEntry.action == "sign", AuditEntry.product_id == pid)
                             .order_by(AuditEntry.seq.desc())).first()
-    assert signed.reason == OOS_REASON
+    assert signed.reason == "approved for release"
+    assert json.loads(signed.before_json)["out_of_specification"]["justification"] == OOS_REASON
+    assert json.loads(signed.after_json)["oos_justification"] == OOS_REASON   # bound by the signature's SHA-256
     [recorded] = json.loads(signed.before_json)["out_of_specification"]["criteria"]
     assert json.loads(signed.before_json)["out_of_specification"]["release"] == "fail"
     assert (recorded["criterion"], recorded["rule"], recorded["outcome"]) == ("CD3+ T cells", failing[0].describe(), "fail")
@@ -1793,3 +1795,52 @@ def test_an_out_of_specification_approval_signed_before_justifications_were_requ
     assert cell.startswith("out-of-specification release of version 1: fails CD3+ T cells (") and cell.endswith(
         f"; no justification recorded (approved by Dave Tester (dave) at {sig.signed_at[:19].replace('T', ' ')} UTC, "
         "before an out-of-specification release needed one)"), cell
+
+
+def test_a_comment_overruling_a_rejection_is_not_an_out_of_specification_justification(fresh_service):
+    """carol rejects TIL001 version 1 (it fails CD3+ > 90 %); dave approves it over her rejection,
+    his comment saying why he overrules it. That one comment was taken as the out-of-specification
+    justification too: the lot was released out of specification with no one having confirmed
+    that deviation, and the certificate and export quoted the overrule comment as its
+    justification. Now the approval is refused (audited) until the justification is given in its
+    own field; the signature then holds both apart, and the export quotes the justification."""
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.models import AuditEntry
+
+    service, pid = fresh_service, "TIL001"
+    dave = user(service, "dave")
+    rejection = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", 1, {},
+                             "CD3 cut in the dim tail")
+    overrule = "re-gated CD3 by eye: the cut sits in the valley, the rejection's concern does not hold"
+    with pytest.raises(Forbidden, match="out-of-specification release; say why .* out-of-specification justification"):
+        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, pid),
+                     overrule, overrules=rejection.id)
+    assert service.approved_version(pid) is None
+    with service.factory() as db:
+        last = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+    assert (last.action, last.username) == ("signature_refused", "dave")
+    sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, pid),
+                       overrule, overrules=rejection.id, oos_justification=OOS_REASON)
+    assert (sig.comment, sig.oos_justification) == (overrule, OOS_REASON) and service.approved_version(pid).version == 1
+    cell = approved_tables(service)[0].set_index("product_id").loc[pid, "out_of_specification"]
+    assert f"; justification {OOS_REASON!r} by Dave Tester (dave)" in cell and overrule not in cell, cell
+
+
+def test_an_out_of_specification_approval_justified_by_its_comment_before_it_had_a_field_says_so(fresh_service,
+                                                                                              monkeypatch):
+    """An approval of TIL001 (fails CD3+ > 90 %) signed by the code before the field existed, its
+    comment being the justification then asked for: still valid (its SHA-256 unchanged: an empty
+    justification is not part of its content) and quoted as the approval's comment."""
+    from tilpheno.review import audit
+    from tilpheno.review import service as module
+    from tilpheno.review.export import approved_tables
+
+    service, pid = fresh_service, "TIL001"
+    monkeypatch.setattr(module, "_oos_refusal", lambda *args: "")   # the old code: the comment was the justification
+    sig = service.sign(pid, user(service, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
+    monkeypatch.undo()
+    assert sig.oos_justification == "" and "oos_justification" not in audit.signature_content(sig)
+    assert service.approved_version(pid).version == 1
+    cell = approved_tables(service)[0].set_index("product_id").loc[pid, "out_of_specification"]
+    assert (f"; justification (the approval's comment: signed before an out-of-specification release had one of its "
+            f"own) {OOS_REASON!r} by Dave Tester (dave)") in cell, cell

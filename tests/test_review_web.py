@@ -957,7 +957,7 @@ def test_applying_a_gate_to_an_approved_product_names_the_approval_it_voids_firs
     target = "TIL002"
     v = service.current_version(target)
     approval = service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v,
-                            approval_resolutions(service, target), OOS_REASON)
+                            approval_resolutions(service, target), oos_justification=OOS_REASON)
     c, h, _ = login(app, "alice")
     gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
     gate["low"] += 0.013
@@ -998,7 +998,7 @@ def test_a_save_over_an_approval_signed_since_the_page_loaded_is_refused_unless_
     with service.factory() as db:
         dave = db.query(User).filter(User.username == "dave").one()
     approval = service.sign(PID, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, PID),
-                            OOS_REASON)
+                            oos_justification=OOS_REASON)
     before = counts(service)
     r = c.post(f"/api/products/{PID}/versions", headers=h, json=body)   # what the page saw: no approval
     when = approval.signed_at[:19].replace("T", " ")
@@ -1085,7 +1085,7 @@ def test_a_batch_acknowledges_the_approvals_it_was_shown_not_whatever_stands_lat
         dave, gwen = (db.query(User).filter(User.username == n).one() for n in ("dave", "gwen"))
     v = service.current_version(target)
     service.sign(target, dave.id, PASSWORDS["dave"], "approved for release", v, approval_resolutions(service, target),
-                 OOS_REASON)
+                 oos_justification=OOS_REASON)
     c, h, _ = login(app, "alice")
     body = {"tube": "surface", "population": "CD3+", "products": [target], "reason": "same CD3 valley across the batch"}
     gate = c.get(f"/api/products/{PID}/state").json["current"]["tubes"]["surface"]["gates"]["CD3+"]
@@ -1096,7 +1096,7 @@ def test_a_batch_acknowledges_the_approvals_it_was_shown_not_whatever_stands_lat
     asked = c.post(f"/api/products/{PID}/apply", json=body, headers=h)
     assert asked.status_code == 409
     later = service.sign(target, gwen.id, "gwen-password-1", "approved for release", v, approval_resolutions(service, target),
-                         OOS_REASON)
+                         oos_justification=OOS_REASON)
     r = c.post(f"/api/products/{PID}/apply", json={**body, "void_approvals": asked.json["approvals"]}, headers=h)
     assert r.status_code == 409 and r.json["approvals"] == [later.id] and "Gwen (gwen)" in r.json["error"], r.json
     assert service.current_version(target) == v
@@ -1754,7 +1754,7 @@ def test_a_double_click_on_sign_stores_one_signature(fresh_service):
     app = create_app(service)
     dave, hd, _ = login(app, "dave")
     body = {"version": 1, "meaning": "approved for release", "password": PASSWORDS["dave"],
-            "qc_resolutions": approval_resolutions(service, PID), "comment": OOS_REASON}
+            "qc_resolutions": approval_resolutions(service, PID), "oos_justification": OOS_REASON}
     assert dave.post(f"/api/products/{PID}/sign", headers=hd, json=body).status_code == 201
     before = counts(service)[2]
     r = dave.post(f"/api/products/{PID}/sign", headers=hd, json=body)
@@ -1862,11 +1862,11 @@ def test_the_product_list_says_an_out_of_specification_release(fresh_service, mo
     app = create_app(service)
     dave, hd, _ = login(app, "dave")
 
-    def approve(pid: str, comment: str) -> None:
+    def approve(pid: str, justification: str) -> None:
         dave.get(f"/api/products/{pid}/state")   # opened: imported
         r = dave.post(f"/api/products/{pid}/sign", headers=hd, json={
             "version": 1, "meaning": "approved for release", "password": PASSWORDS["dave"],
-            "qc_resolutions": approval_resolutions(service, pid), "comment": comment})
+            "qc_resolutions": approval_resolutions(service, pid), "oos_justification": justification})
         assert r.status_code == 201, r.text
 
     approve("TIL001", OOS_REASON)

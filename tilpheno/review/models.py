@@ -83,6 +83,9 @@ class Signature(Base):
     gates_sha256: Mapped[str] = mapped_column(String(64))
     qc_resolutions_json: Mapped[str] = mapped_column(Text)
     comment: Mapped[str] = mapped_column(Text)
+    # why an approval of a version that fails its release criteria releases it anyway ("" otherwise,
+    # and for signatures made before revision 0003, whose comment was that justification)
+    oos_justification: Mapped[str] = mapped_column(Text, default="")
     signature_sha256: Mapped[str] = mapped_column(String(64))
 
 

@@ -37,10 +37,14 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
 * **Out-of-specification release**: approving for release a version whose release status,
   recomputed on its gates with the run's spec, is ``fail`` releases a lot that fails its
   specification (a documented exceptional release, never one click): the request must give a
-  written justification in the comment (checked as any reason), else it is refused naming the
-  product, the version and each failed criterion with its value (audited ``signature_refused``);
-  the approval's ``sign`` entry holds the failed criteria as ``before.out_of_specification`` and the
-  justification as its reason. The page names the failed criteria where the approval is signed,
+  written out-of-specification justification (``oos_justification``, checked as any reason; apart
+  from the comment, which may say something else, e.g. why a rejection is overruled), else it is
+  refused naming the product, the version and each failed criterion with its value (audited
+  ``signature_refused``); the signature stores it (``Signature.oos_justification``, bound by its
+  SHA-256) and its ``sign`` entry holds the failed criteria and it as ``before.out_of_specification``.
+  One given for a version that fails nothing is not needed and not stored. An approval signed
+  before the field existed (revision 0003) was justified by its comment: shown as such.
+  The page names the failed criteria where the approval is signed,
   and the page, the certificate and the approved export show the release as an
   out-of-specification release with them and the justification (:class:`OutOfSpecification`). A
   ``not evaluable`` version (nothing determined fails) is not one; a version whose gates were
@@ -267,11 +271,12 @@ def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str)
 
 
 def repeated_signature(views: list[SignatureView], username: str, meaning: str, data_digest: str,
-                       resolutions_json: str, comment: str) -> Signature | None:
+                       resolutions_json: str, comment: str, oos_justification: str = "") -> Signature | None:
     """The signature of ``views`` (the product's, in signing order, checked against its current
     version) that a new one by ``username`` with ``meaning`` on that version would repeat: valid,
     theirs, of that meaning, over the same data hash (``data_digest``: one made before the dose or
-    controls were bound is re-signed to bind them), QC resolutions (canonical JSON) and comment, and
+    controls were bound is re-signed to bind them), QC resolutions (canonical JSON), comment and
+    out-of-specification justification, and
     with no valid approval or rejection of another meaning after it (approving again after a
     rejection overrules it); None when there is none."""
     repeated = None
@@ -279,8 +284,8 @@ def repeated_signature(views: list[SignatureView], username: str, meaning: str, 
         s = view.row
         if not view.valid:
             continue
-        if (s.username, s.meaning, s.data_sha256, s.qc_resolutions_json, s.comment) == (
-                username, meaning, data_digest, resolutions_json, comment):
+        if (s.username, s.meaning, s.data_sha256, s.qc_resolutions_json, s.comment, s.oos_justification or "") == (
+                username, meaning, data_digest, resolutions_json, comment, oos_justification):
             repeated = s
         elif s.meaning in (APPROVED, REJECTED) and s.meaning != meaning:
             repeated = None
@@ -379,36 +384,41 @@ def failed_words(failed: list[CriterionResult]) -> str:
     return "; ".join(f"{r.criterion.name} ({r.criterion.describe()}: {r.shown() or 'NA'})" for r in failed)
 
 
-def _oos_refusal(product_id: str, version: int, failed: list[CriterionResult], comment: str) -> str:
+def _oos_refusal(product_id: str, version: int, failed: list[CriterionResult], justification: str) -> str:
     """Why an approval for release of ``version``, which fails ``failed`` (its release criteria on
-    its gates), may not be signed: an out-of-specification release needs a written justification
-    (the comment); "" when it has one or nothing fails."""
-    if not failed or comment:
+    its gates), may not be signed: an out-of-specification release needs a written justification of
+    its own (``justification``, not the comment); "" when it has one or nothing fails."""
+    if not failed or justification:
         return ""
     return (f"version {version} of {product_id} fails the release criteria {failed_words(failed)}: approving it "
-            "is an out-of-specification release; say why it is released anyway in the comment")
+            "is an out-of-specification release; say why it is released anyway in the out-of-specification "
+            "justification (the comment does not count)")
 
 
 @dataclass(frozen=True)
 class OutOfSpecification:
     """An approval for release (``approval``) of a version that fails release criteria (``failed``:
     on its gates with the run's spec): an out-of-specification release, justified by the approval's
-    comment (empty for one signed before a justification was required)."""
+    out-of-specification justification; one signed before that field existed, by its comment (the
+    justification then asked for; empty for one signed before any was required)."""
     failed: list[CriterionResult]
     approval: Signature
 
     @property
     def justification(self) -> str:
-        return self.approval.comment
+        return self.approval.oos_justification or self.approval.comment
 
     def words(self) -> str:
         """``out-of-specification release of version <n>: fails <criteria>; justification '...' by
-        <name> (<user>) at <YYYY-MM-DD HH:MM:SS> UTC``, as the page, the certificate and the export say it."""
+        <name> (<user>) at <YYYY-MM-DD HH:MM:SS> UTC``, as the page, the certificate and the export say
+        it (``justification (the approval's comment, ...)`` for one signed before it had its own)."""
         head = f"out-of-specification release of version {self.approval.version}: fails {failed_words(self.failed)}"
         if not self.justification:
             return (f"{head}; no justification recorded (approved by {_signed_by(self.approval)}, before an "
                     "out-of-specification release needed one)")
-        return f"{head}; justification {self.justification!r} by {_signed_by(self.approval)}"
+        said = ("justification" if self.approval.oos_justification else
+                "justification (the approval's comment: signed before an out-of-specification release had one of its own)")
+        return f"{head}; {said} {self.justification!r} by {_signed_by(self.approval)}"
 
     def cell(self) -> str:
         """What the product list says after the release status: ``out-of-specification release
@@ -495,8 +505,8 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
 @dataclass(frozen=True)
 class Decision:
     """A product's standing QA decision: ``meaning`` (approved for release or rejected) of ``version``,
-    made by ``signature`` (:func:`deciding`: for an approval, the approval whose comment justifies an
-    out-of-specification release, :func:`oos_of`)."""
+    made by ``signature`` (:func:`deciding`: for an approval, the approval whose out-of-specification
+    justification an out-of-specification release quotes, :func:`oos_of`)."""
     meaning: str
     version: GateSetVersion
     signature: Signature
@@ -1122,9 +1132,12 @@ class ReviewService:
 
     # -- signatures --------------------------------------------------------------------------------
     def sign(self, product_id: str, user_id: int, password: Any, meaning: Any, version: Any, qc_resolutions: Any,
-             comment: Any = "", overrules: Any = None, kind_resolutions: Any = None) -> Signature:
+             comment: Any = "", overrules: Any = None, kind_resolutions: Any = None,
+             oos_justification: Any = None) -> Signature:
         """Sign the current ``version`` with ``meaning`` (module docstring); ``overrules``: the id of
-        the standing rejection of that version an approval overrules (required to approve it).
+        the standing rejection of that version an approval overrules (required to approve it);
+        ``oos_justification``: why a version that fails its release criteria is approved anyway
+        (required to approve one; not stored for a version that fails none).
         ``qc_resolutions``: {``code:file:i``: text} of each warning or error flag; a flag with none
         (or only whitespace) gets ``kind_resolutions[code]``, typed for all flags of its code
         (:func:`resolutions_typed`)."""
@@ -1145,12 +1158,15 @@ class ReviewService:
         if meaning == "rejected" and may_sign and comment in (None, ""):   # a QA rejection says why (its entry's reason)
             raise GateSetError("comment: say why you reject (at least 3 characters)")
         comment = "" if comment in (None, "") else check_reason(comment, "comment")
+        justification = ("" if meaning != APPROVED or oos_justification in (None, "")
+                         else check_reason(oos_justification, "out-of-specification justification"))
         if not isinstance(password, str) or not password:
             raise AuthError("password: re-enter your password to sign")
         gates_digest = current.gates_sha256
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
         criteria = self.version_criteria(product_id, current) if meaning == APPROVED else []   # slow: outside
         overturns, failed = self.overturns(product_id, criteria), failed_criteria(criteria)
+        justification = justification if failed else ""   # a version in specification needs none: not stored
         entry = PasswordEntry(password)   # a re-run of ``do`` re-checks it without verifying it again
 
         def do(db: Session):
@@ -1178,7 +1194,7 @@ class ReviewService:
             rejection = standing_of(views, REJECTED, current.version) if meaning == APPROVED else None
             refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
                        or _overrule_refusal(rejection, overrules, comment)
-                       or _oos_refusal(product_id, current.version, failed, comment)
+                       or _oos_refusal(product_id, current.version, failed, justification)
                        or _deviation_refusal(product_id, user.username, current.version,
                                              _justified(db, product_id, current.version, overturns)))
             if refusal:
@@ -1189,7 +1205,7 @@ class ReviewService:
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: {self.noun} {product_id} changed while you were signing; reload")
             resolutions = audit.canonical(clean_res)
-            repeat = repeated_signature(views, user.username, meaning, data_digest, resolutions, comment)
+            repeat = repeated_signature(views, user.username, meaning, data_digest, resolutions, comment, justification)
             if repeat is not None:   # a double-click: the second request finds the first's signature
                 said = (f"you already signed version {current.version} of {product_id} as '{meaning}' (signature "
                         f"{repeat.id}, {_signed_by(repeat)}) with the same data, QC resolutions and comment, and it "
@@ -1200,14 +1216,15 @@ class ReviewService:
                 raise RepeatedSignature(said)
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
-                            gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=comment)
+                            gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=comment,
+                            oos_justification=justification)
             content = audit.signature_content(sig)
             sig.signature_sha256 = audit.signature_sha256(content)
             db.add(sig)
             db.flush()
             ends = {**({"overrules": _signature_record(rejection)} if rejection is not None else {}),
-                    **({"out_of_specification": {"release": FAIL, "criteria": [_criterion_record(r) for r in failed]}}
-                       if failed else {})}
+                    **({"out_of_specification": {"release": FAIL, "criteria": [_criterion_record(r) for r in failed],
+                                                 "justification": justification}} if failed else {})}
             audit.append(db, user.username, "sign", product_id=product_id, after=content, before=ends or None,
                          reason=comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig

@@ -420,7 +420,7 @@ def create_app(service: ReviewService) -> Flask:
         try:
             sig = service.sign(product_id, g.user.id, data.get("password"), data.get("meaning"), data.get("version"),
                                data.get("qc_resolutions"), data.get("comment", ""), data.get("overrule_rejection"),
-                               data.get("qc_kind_resolutions"))
+                               data.get("qc_kind_resolutions"), data.get("oos_justification"))
         except AuthError as exc:
             if not exc.locked_now:
                 raise
@@ -581,7 +581,8 @@ def _tables(res) -> dict:
 def _signature(view) -> dict:
     s = view.row
     return {"id": s.id, "version": s.version, "meaning": s.meaning, "username": s.username, "full_name": s.full_name,
-            "role": s.role, "signed_at": s.signed_at, "data_sha256": s.data_sha256, "comment": s.comment, "valid": view.valid,
+            "role": s.role, "signed_at": s.signed_at, "data_sha256": s.data_sha256, "comment": s.comment,
+            "oos_justification": s.oos_justification, "valid": view.valid,
             "void_reason": view.void_reason, "note": view.note}
 
 

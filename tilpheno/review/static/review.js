@@ -540,13 +540,12 @@
   }
 
   // approving the current version, which fails the spec on its gates, is an out-of-specification release:
-  // named where it is signed, before the comment that must justify it
+  // named where it is signed, with the field of its own justification (required; the comment does not count)
   function renderOOS() {
-    const box = $("oos-notice");
     const shown = $("meaning").value === "approved for release" && !!S.release.oos_current;
-    box.hidden = !shown;
-    box.textContent = shown ? "Version " + S.current_version + " fails the release criteria " + S.release.oos_current +
-      ": approving it is an out-of-specification release; say why it is released anyway in the comment (required)." : "";
+    $("oos-box").hidden = !shown;
+    $("oos-notice").textContent = shown ? "Version " + S.current_version + " fails the release criteria " + S.release.oos_current +
+      ": approving it is an out-of-specification release; say why it is released anyway in the out-of-specification justification (required)." : "";
   }
 
   function renderSignatures() {
@@ -556,7 +555,8 @@
       const p = el("p", { class: s.valid ? "valid" : "void", "data-signature": s.id });
       p.textContent = s.full_name + " (" + s.username + ", " + s.role + "): " + s.meaning + ", version " + s.version +
         ", " + s.signed_at.slice(0, 19).replace("T", " ") + " UTC, data " + s.data_sha256.slice(0, 12) + "... " +
-        (s.valid ? "VALID" + (s.note ? " - " + s.note : "") : "VOID - " + s.void_reason) + (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "");
+        (s.valid ? "VALID" + (s.note ? " - " + s.note : "") : "VOID - " + s.void_reason) + (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "") +
+        (s.oos_justification ? "; out-of-specification justification: \u201c" + s.oos_justification + "\u201d" : "");
       box.appendChild(p);
     }
   }
@@ -665,9 +665,10 @@
     const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
       password: $("sign-password").value, qc_resolutions: fieldsTyped("data-resolution", "resolution"),
       qc_kind_resolutions: fieldsTyped("data-resolve-all", "resolveAll"), comment: $("comment").value,
+      oos_justification: $("oos-box").hidden ? null : $("oos-justification").value,
       overrule_rejection: S.rejection && $("overrule-check") && $("overrule-check").checked ? S.rejection.id : null });
     $("sign-password").value = "";
-    if (r.status === 201) { $("comment").value = ""; await load(); message(r.data.message, true); }
+    if (r.status === 201) { $("comment").value = ""; $("oos-justification").value = ""; await load(); message(r.data.message, true); }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
   });
   $("meaning").addEventListener("change", renderOOS);
