@@ -653,6 +653,41 @@ def test_a_degraded_tandem_seen_on_the_cd56_fmo_is_flagged_on_cd56(tmp_path):
             assert abs(nkt) < 2.0, nkt
 
 
+
+def test_a_residual_check_whose_replaced_gate_is_itself_uncertain_raises_no_flag(tmp_path):
+    """Development product V143981 (stop 44; bench phenomena drawn by its seed, then CD56 binding set
+    to 299 units and CD8's tandem loss to 10.7 %): the CD56+ gate is right (NK, NKT within 0.2
+    points of label truth), yet the residual-spillover check said +19.5 points: with CD8's
+    residual taken out, the re-placed gate took the normal fit under the heavy log-normal binding,
+    which over-calls, and its own check flags it uncertain (its fit range spans over 12 points).
+    The spillover's true effect (the same product without the tandem loss, the same events) is
+    under 3 points, so the flag was a false alarm. Now a re-placed cut that is itself uncertain
+    raises no residual flag (its move is recorded)."""
+    from dataclasses import replace
+
+    drawn = simulate_product("V143981", 143981, 20000, phenomena=True).phenomena
+    assert drawn is not None
+    heavy = replace(drawn, nsb={**drawn.nsb, "CD56": 299.0}, tandem_loss=0.107)
+    cd56 = {}
+    for phen, degraded in ((heavy, True), (replace(heavy, tandem_loss=0.0), False)):
+        folder = tmp_path / str(degraded)
+        folder.mkdir()
+        prod = simulate_product("V143981", 143981, 20000, phenomena=phen)
+        write_product(prod, folder)
+        manifest = pd.DataFrame(manifest_rows(prod))
+        manifest["file"] = [str(folder / f) for f in manifest["file"]]
+        result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+        tube = next(t for t in result.tubes if t.role == "stain" and "CD56+" in t.diagnostics)
+        cd56[degraded] = float(tube.populations.set_index("population").loc["CD56+", "pct_of_parent"])
+        if degraded:
+            for v in ("nkt_pct_of_live_lymph", "nk_pct_of_live_lymph"):
+                assert abs(result.phenotype[v] - prod.truth[v]) < 1.0, v
+            d = tube.diagnostics["CD56+"]
+            assert d["residual_points"] > 10.0 and d["residual_uncertain"], d
+            spill = [f.message for f in result.qc if f.gate == "CD56+" and "spillover" in f.message]
+            assert not spill, spill
+    assert abs(cd56[False] - cd56[True]) < 3.0, cd56
+
 def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
     """The residual-spillover check takes back to linear units only the FMO parent's events the
     slopes are read on (``spillover.residual_events``: every k-th beyond ``RESIDUAL_MAX_EVENTS``),
