@@ -413,3 +413,40 @@ def test_one_population_is_called_against_the_unstained_control():
     cd69 = rng.normal(0.64, 0.04, 10000)
     p = place_valley(cd69, "CD69", keep="high", zero=0.11, unstained=rng.normal(0.12, 0.05, 5000))
     assert p.gate.contains({"CD69": cd69}).mean() > 0.999 and "positive_peak" in p.diagnostics
+
+
+@pytest.mark.parametrize("gate", ["lymphocytes", "cluster"])
+def test_mixture_gates_fit_the_sample_of_their_finite_events_without_stacking_every_event(monkeypatch, gate):
+    """The lymphocyte and cluster gates fit a fixed-seed subsample (10,000) of the events finite in
+    both dimensions. They stacked all of them into an (events, 2) array, tested it row by row and
+    then took the subsample's rows (a few ms a gate at 150,000 events); the points are now gathered
+    at the subsample's indices only. Truth: that definition, computed here on 30,000 events with NaN
+    and infinities in either dimension; the fitted sample must be the same bit for bit, and no array
+    of more points than the sample may be stacked."""
+    from tilpheno.gates import placement as pl
+
+    kind, fsc, ssc, _ = scatter_events(8, n=30000)
+    rng = np.random.default_rng(8)
+    fsc[rng.choice(fsc.size, 40, replace=False)] = np.nan
+    ssc[rng.choice(ssc.size, 40, replace=False)] = np.inf
+    fsc[rng.choice(fsc.size, 5, replace=False)] = -np.inf
+    points = np.column_stack([fsc, ssc])
+    points = points[np.all(np.isfinite(points), axis=1)]
+    expected = points[pl._subsample(len(points), 10000, 0)]
+    if gate == "lymphocytes":
+        expected = expected / 262143.0
+    fitted, stacked = [], []
+    real_fit, real_stack = pl._fit_mixture, np.column_stack
+    monkeypatch.setattr(pl, "_fit_mixture", lambda sample, *a: fitted.append(sample.copy()) or real_fit(sample, *a))
+    monkeypatch.setattr(np, "column_stack", lambda arrays: stacked.append(len(arrays[0])) or real_stack(arrays))
+    if gate == "lymphocytes":
+        placed = pl.place_lymphocytes(fsc, ssc)
+    else:
+        placed = pl.place_cluster(fsc, ssc, ("FSC-A", "SSC-A"), x_side="low", y_side="low")
+    assert len(fitted) == 1 and np.array_equal(fitted[0], expected)
+    assert placed.diagnostics["events_used"] == 10000
+    assert stacked and max(stacked) <= 10000, stacked
+    with pytest.raises(GatingError, match="only 49 events"):
+        (pl.place_lymphocytes if gate == "lymphocytes" else
+         lambda x, y: pl.place_cluster(x, y, ("FSC-A", "SSC-A")))(np.append(np.linspace(6e4, 8e4, 49), np.nan),
+                                                                  np.linspace(2e4, 3e4, 50))

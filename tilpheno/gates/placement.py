@@ -383,6 +383,16 @@ def _subsample(n: int, max_events: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_events, replace=False))
 
 
+def _finite_sample(x: np.ndarray, y: np.ndarray, max_events: int, seed: int) -> tuple[np.ndarray, int]:
+    """The ``(events, 2)`` float64 points ``(x, y)`` of the :func:`_subsample` of the events finite
+    in both, and how many events are finite in both: the rows that subsample takes of the stacked
+    finite points, gathered from ``x`` and ``y`` by index without stacking every event first."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    finite = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    chosen = finite[_subsample(finite.size, max_events, seed)]
+    return np.column_stack([x[chosen], y[chosen]]), int(finite.size)
+
+
 @lru_cache(maxsize=1)
 def _threadpools():
     """The process's BLAS/OpenMP thread pools (``threadpoolctl``: numpy's BLAS), inspected once
@@ -471,11 +481,10 @@ def place_lymphocytes(
     ceiling: float = 262143.0,
 ) -> Placement:
     """Lymphocytes on FSC-A/SSC-A of live singlets: ellipse of the main mixture component."""
-    points = np.column_stack([np.asarray(fsc, np.float64), np.asarray(ssc, np.float64)])
-    points = points[np.all(np.isfinite(points), axis=1)]
-    if len(points) < 50:
-        raise GatingError(f"lymphocyte gate: only {len(points)} events to place the gate on (need >= 50)")
-    sample = points[_subsample(len(points), max_events, seed)] / ceiling
+    sample, finite = _finite_sample(fsc, ssc, max_events, seed)
+    if finite < 50:
+        raise GatingError(f"lymphocyte gate: only {finite} events to place the gate on (need >= 50)")
+    sample = sample / ceiling
     model = _fit_mixture(sample, max_components, seed)
     if model is None:
         raise GatingError(f"lymphocyte gate: max_components = {max_components}; needs at least 1")
@@ -529,11 +538,9 @@ def place_cluster(
     for side in (x_side, y_side):
         if side not in CLUSTER_SIDES:
             raise GatingError(f"cluster gate on {list(dims)}: side must be one of {CLUSTER_SIDES}, got {side!r}")
-    points = np.column_stack([np.asarray(x, np.float64), np.asarray(y, np.float64)])
-    points = points[np.all(np.isfinite(points), axis=1)]
-    if len(points) < 50:
-        raise GatingError(f"cluster gate on {list(dims)}: only {len(points)} events to place the gate on (need >= 50)")
-    sample = points[_subsample(len(points), max_events, seed)]
+    sample, finite = _finite_sample(x, y, max_events, seed)
+    if finite < 50:
+        raise GatingError(f"cluster gate on {list(dims)}: only {finite} events to place the gate on (need >= 50)")
     model = _fit_mixture(sample, min(max_components, len(sample) // 10), seed)
     assert model is not None   # k = 1 always runs (>= 50 events)
     q75, q25 = np.percentile(sample, [75, 25], axis=0)
