@@ -15,9 +15,6 @@ import os
 
 log = logging.getLogger(__name__)
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters (malloc.h)
-MMAP_THRESHOLD = 32 * 2**20   # glibc's largest dynamic mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD   # glibc keeps the trim threshold at twice the mmap threshold
 FIXED_BY_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
@@ -29,22 +26,17 @@ def heap_thresholds() -> bool:
     threshold, so every allocation above 128 KiB (each numpy temporary of a 200,000-event file)
     gets fresh pages from ``mmap`` and gives them back at ``free``: measured on a 200,000-event
     product, 66x the page faults of a plain process, 12 x its system CPU time, 26 % more CPU in
-    all. This sets the thresholds that glibc's dynamic rule reaches for large arrays (mmap above
-    32 MiB, trim beyond 64 MiB free at the heap top); each product still ends with
+    all. This sets the thresholds that glibc's dynamic rule reaches for large arrays
+    (``tilpheno.pipeline.product.large_arrays_on_heap``, which every process also does before its
+    first product) at once, before the libraries are imported; each product still ends with
     ``malloc_trim(0)`` (``tilpheno.pipeline.product``), so a worker's memory stays flat.
     Returns True when it changed them (only when one of those variables is set, only with glibc).
     """
     if not any(name in os.environ for name in FIXED_BY_ENVIRONMENT):
         return False
-    try:
-        import ctypes
+    from tilpheno.pipeline.product import large_arrays_on_heap
 
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    log.debug("glibc heap thresholds set (mmap %d, trim %d): %s", MMAP_THRESHOLD, TRIM_THRESHOLD, done)
-    return done
+    return large_arrays_on_heap()
 
 
 PROFILER_CALLBACKS = ("profile", "profile-cycle")
