@@ -448,3 +448,30 @@ def test_split_dye_names_wavelengths_and_numbered_detectors_are_no_markers(tmp_p
     changed = {label for label in labels if (vocabulary.marker_in(label), vocabulary.named_markers(label))
                != (without.marker_in(label), without.named_markers(label))}
     assert changed and all(label.startswith("FL") and vocabulary.marker_in(label) is None for label in changed)
+
+
+@pytest.mark.parametrize("detector, dye", [("488/552nm PI (615/30) LogH", "PI"), ("PI-A", "PI"), ("7-AAD-A", "7AAD")])
+def test_a_dye_named_detector_the_lab_left_unlabelled_is_no_marker_unless_gated(tmp_path, detector, dye):
+    """A detector named after a viability dye (FACSAria's '488/552nm PI (615/30) LogH', FACSDiva's
+    'PI-A', '7-AAD-A') without $PnS was read as that dye also in a file that labels its panel in
+    $PnS (CD3, CD8, CD4) and left that detector unlabelled, unused -> there it is no marker of the
+    file, and a strategy that gates the dye still finds it on that detector; a file that labels no
+    channel (labels by detector) still reads it as the dye, and a $PnS naming the dye counts as ever."""
+    from tilpheno.panel import file_markers
+
+    names = ("FSC-A", "SSC-A", "FITC-A", "PE-A", detector, "APC-A", "Time")
+    labels = {"$P3S": "CD3", "$P4S": "CD8", "$P6S": "CD4"}
+
+    def panel_of(name: str, extra: dict):
+        path = tmp_path / name
+        path.write_bytes(float_file(np.ones((3, len(names))), channels=names, extra=extra))
+        fcs = read_fcs_metadata(path)
+        return panel_from_fcs(fcs), file_markers(fcs, default_vocabulary(), None)
+
+    panel, scanned = panel_of("panel_in_pns.fcs", labels)
+    assert dict(panel) == scanned == {"CD3": "FITC-A", "CD8": "PE-A", "CD4": "APC-A"}
+    assert require(panel, [dye, "CD3"]) == {dye: detector, "CD3": "FITC-A"}
+    panel, scanned = panel_of("by_detector.fcs", {})
+    assert dict(panel) == scanned == {dye: detector}
+    panel, scanned = panel_of("dye_labelled.fcs", {**labels, "$P5S": dye})
+    assert dict(panel) == scanned == {"CD3": "FITC-A", "CD8": "PE-A", dye: detector, "CD4": "APC-A"}

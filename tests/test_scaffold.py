@@ -1513,3 +1513,55 @@ def test_a_new_labs_full_manifest_under_the_study_points_to_new_study(tmp_path):
         assert "did you mean" not in text and "Traceback" not in text, text
         _assert_newlab_unfit_line(text[text.index("3 stained files"):], "scan and process refuse this manifest")
     assert not (tmp_path / "out").exists()
+
+
+ARIA = ("FSC LinA", "SSC LinA", "488/552nm FITC (530/30) LogH", "488/552nm PE (580/30) LogH", "488/552nm PI (615/30) LogH",
+        "642nm APC (676/29) LogH", "Time")
+
+
+def _aria_file(path: Path, labels: dict[str, str], keywords: dict[str, str]) -> None:
+    """A FACSAria-named export ($PnN as the instrument names its detectors); ``labels``: $PnN -> $PnS."""
+    import numpy as np
+
+    from tilpheno.io.fcs_write import write_fcs
+
+    events = np.random.default_rng(0).uniform(1, 1000, size=(200, len(ARIA)))
+    write_fcs(path, events, [(n, labels.get(n), 262144) for n in ARIA], keywords)
+
+
+def test_an_unused_pi_detector_is_no_stain_and_an_export_without_pns_is_a_control(tmp_path):
+    """A lab labelling its panel in $PnS (CD3, CD8, CD4), its FACSAria's PI detector unused and
+    unlabelled, and an export with no $PnS and no tube name: scan said the stained file "has PI,
+    not gated there", new-study drafted a PI viability gate on the unused detector and the export
+    as a stained 'PI' tube kind -> the stained file has CD3, CD8, CD4 (no PI line, no live gate on
+    PI) and the export is an unstained control, a product of controls only that process fails, as
+    the README says of exports without $PnS."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    _aria_file(folder / "P1_surface_stain.fcs", {ARIA[2]: "CD3", ARIA[3]: "CD8", ARIA[5]: "CD4"}, {"TUBE NAME": "surface"})
+    _aria_file(folder / "P1_unstained.fcs", {}, {"TUBE NAME": "unstained"})
+    _aria_file(folder / "P1_noname.fcs", {}, {})
+    scanned = _run(["scan", str(folder), "-o", str(tmp_path / "m.csv")])
+    assert "has PI" not in scanned.output, scanned.output
+    rows = pd.read_csv(tmp_path / "m.csv", dtype=str, keep_default_na=False).set_index("file")
+    assert rows.loc["P1_noname.fcs", "role"] == "unstained" and rows.loc["P1_surface_stain.fcs", "role"] == "stain"
+    study = tmp_path / "study"
+    result = _run(["new-study", str(folder), "-o", str(study)])
+    assert result.exit_code == 1, result.output   # the controls-only product needs a panel file first
+    assert list(yaml.safe_load((study / "study.yaml").read_text())["tubes"]) == ["surface"]
+    surface = yaml.safe_load((study / "surface.yaml").read_text())
+    assert surface["markers"] == ["CD3", "CD8", "CD4"] and "live" not in {p["name"] for p in surface["populations"]}
+    assert "process fails it: product P1_noname: no stained tube, only controls" in " ".join(result.output.split())
+
+
+def test_a_diva_export_labelled_by_detector_keeps_its_pi_detector_with_a_panel_file(tmp_path):
+    """A lab whose exports carry no $PnS (labels by detector: PI on its PI detector) and whose panel
+    file names the antibodies only: the PI detector is the viability dye the draft gates low."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    _aria_file(folder / "P1_surface_stain.fcs", {}, {"TUBE NAME": "surface"})
+    _aria_file(folder / "P1_unstained.fcs", {}, {"TUBE NAME": "unstained"})
+    panel = tmp_path / "panel.csv"
+    panel.write_text(f"tube,detector,marker\n,{ARIA[2]},CD3\n,{ARIA[3]},CD8\n,{ARIA[5]},CD4\n")
+    [tube] = draft_study(folder, panel=panel).tubes
+    assert set(tube.markers) == {"CD3", "CD8", "CD4", "PI"} and tube.viability == "PI"

@@ -9,6 +9,12 @@ Conventions
 * Markers come from $PnS (a $PnS equal to its $PnN counts as no label); a channel without $PnS
   whose $PnN names a *known* marker (channels renamed ``CD3`` etc.) counts too. Scatter and time
   channels (``FSC*``, ``SSC*``, ``Time``) never do.
+* A detector named after a viability dye (``PI-A``, ``7-AAD-A``, ``488/552nm PI (615/30) LogH``:
+  the instrument's filter, named whether or not the dye was added) counts as that dye only in a
+  file that labels none of its fluorescence channels in $PnS (a lab that labels by detector). A
+  file that labels its panel in $PnS and leaves that detector unlabelled did not use it: the dye
+  is set aside (:attr:`Panel.dyes`), no marker of the file, and taken only when a strategy gates
+  it (:func:`require`).
 * A marker labelled on several detectors (FACSDiva repeats $PnS on -A, -H and -W) maps to the
   ``-A`` detector, else the first one.
 * FMO tubes: the omitted marker's detector is present without $PnS; ``panel_from_fcs`` resolves
@@ -73,12 +79,16 @@ class Panel(Mapping):
     ``channels``: the file's (``$PnN``, ``$PnS``) pairs, for error messages.
     ``resolved``: markers not labelled in this file and where they came from (FMO resolution or
     an override), marker -> description.
+    ``dyes``: viability dyes named only by an unlabelled detector of a file that labels its panel
+    in $PnS (:func:`set_aside_dyes`), dye -> detector: no marker of the file, taken by
+    :func:`require` when a strategy gates the dye.
     """
 
     source: str
     markers: dict[str, str]
     channels: tuple[tuple[str, str], ...] = ()
     resolved: dict[str, str] = field(default_factory=dict)
+    dyes: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, marker: str) -> str:
         return self.markers[marker]
@@ -130,14 +140,41 @@ def labelled(pnn: str, pns: str) -> bool:
     return bool(pns.strip()) and pns.strip().upper() != pnn.strip().upper()
 
 
+def labels_its_panel(channels: Iterable[tuple[str, str]]) -> bool:
+    """True when some fluorescence channel (not scatter or time) has a $PnS label of its own."""
+    return any(labelled(pnn, pns) for pnn, pns in channels if not is_scatter_or_time(pnn))
+
+
+def detector_dyes(channels: Iterable[tuple[str, str]], vocabulary: Vocabulary) -> dict[str, str]:
+    """Viability dye -> detector, for each unlabelled fluorescence detector whose $PnN names a
+    viability dye of the vocabulary (``PI-A``, ``7-AAD-A``): a name the instrument gives its filter."""
+    dyes: dict[str, str] = {}
+    for pnn, pns in channels:
+        if is_scatter_or_time(pnn) or labelled(pnn, pns):
+            continue
+        dye = vocabulary.marker_in(pnn, free=False)
+        if dye is not None and vocabulary.is_viability_dye(dye):
+            dyes[dye] = _prefer(dyes[dye], pnn) if dye in dyes else pnn
+    return dyes
+
+
+def set_aside_dyes(channels: Iterable[tuple[str, str]], vocabulary: Vocabulary) -> dict[str, str]:
+    """The :func:`detector_dyes` of a file that labels its panel in $PnS (:func:`labels_its_panel`):
+    detectors it left unlabelled, unused, so not its markers (module docstring); {} otherwise."""
+    channels = tuple(channels)
+    return detector_dyes(channels, vocabulary) if labels_its_panel(channels) else {}
+
+
 def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabulary | None = None,
                       exported_first: bool = False) -> dict[str, str]:
     """Marker -> detector from $PnS, or from $PnN itself when it names a known marker (renamed
-    channels); a marker on two detectors: :func:`_prefer`."""
+    channels) but for :func:`set_aside_dyes`; a marker on two detectors: :func:`_prefer`."""
     vocab = vocabulary or default_vocabulary()
+    channels = tuple(channels)
+    aside = set(set_aside_dyes(channels, vocab).values())
     markers: dict[str, str] = {}
     for pnn, pns in channels:
-        if is_scatter_or_time(pnn):
+        if is_scatter_or_time(pnn) or pnn in aside:
             continue
         marker = vocab.marker_in(pns) if labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
         if marker is None:
@@ -185,14 +222,17 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
                 resolved[marker] = f"unlabelled detector resolved from {reference.source}"
     for marker in _apply_rows(fcs, markers, _override_rows(override, fcs, markers, tube, study), channels, strict=True):
         resolved[marker] = "override"
-    return Panel(str(fcs.path), markers, channels, resolved)
+    taken = set(markers.values())
+    dyes = {d: n for d, n in set_aside_dyes(channels, vocab).items() if d not in markers and n not in taken}
+    return Panel(str(fcs.path), markers, channels, resolved, dyes)
 
 
 def require(panel: Panel, markers: Iterable[str], vocabulary: Vocabulary | None = None) -> dict[str, str]:
     """``{marker: detector}`` for ``markers`` (names as the caller spells them; matched through the
-    vocabulary, so ``PD-1`` finds ``PD1``); PanelError listing the file's channels if any is missing."""
+    vocabulary, so ``PD-1`` finds ``PD1``; a gated dye the file set aside, :attr:`Panel.dyes`, on the
+    detector named after it); PanelError listing the file's channels if any is missing."""
     vocab = vocabulary or default_vocabulary()
-    by_key = {key(vocab.canonical_name(m)): d for m, d in panel.markers.items()}
+    by_key = {key(vocab.canonical_name(m)): d for m, d in {**panel.dyes, **panel.markers}.items()}
     wanted = list(markers)
     found = {m: by_key.get(key(vocab.canonical_name(m))) for m in wanted}
     missing = [m for m, d in found.items() if d is None]

@@ -53,8 +53,7 @@ from tilpheno.io.outcomes import MISSING_WORDS, dose_problem, locale_numbers, nu
 from tilpheno.io.workbook import (decode_text, hidden_sheets, lone_value, open_workbook, place,
                                   refuse_sheet_problems, sheet_rows, summary_label, table_frame, text_rows,
                                   windows_1252, workbook_table)
-from tilpheno.panel import PanelOverrides, file_markers, is_scatter_or_time
-from tilpheno.panel import labelled as panel_labelled
+from tilpheno.panel import PanelOverrides, detector_dyes, file_markers, labels_its_panel
 from tilpheno.study import Study, default_study
 
 if TYPE_CHECKING:
@@ -146,11 +145,13 @@ def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides 
     stem = path.name.rsplit(".", 1)[0]
     kw = fcs.keywords if fcs is not None else {}
     markers: set[str] = set()
-    labelled = True  # some fluorescence detector has a $PnS of its own (any text but a copy of its $PnN)
+    stained = True  # a $PnS label of its own on some fluorescence detector, or a marker beside detector-named dyes
     if fcs is not None:
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
-        markers = set(file_markers(fcs, study.vocabulary, panel))
-        labelled = any(panel_labelled(n, s) for n, s in channels if not is_scatter_or_time(n))
+        found = file_markers(fcs, study.vocabulary, panel)
+        markers = set(found)
+        dyes = detector_dyes(channels, study.vocabulary)   # PI-A: the filter's name, in an unstained tube too
+        stained = labels_its_panel(channels) or any(dyes.get(m) != d for m, d in found.items())
     design = _design_name(study).match(stem)
     if design:
         role = "stain" if design.group("stain") else "fmo"
@@ -171,7 +172,7 @@ def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides 
         named_role, marker = _role_from_text(text, study)
         if named_role:
             break
-    role = named_role or ("stain" if labelled or markers else "unstained")
+    role = named_role or ("stain" if stained else "unstained")
     names = " ".join((kw.get("TUBE NAME", ""), stem))
     kind = _kind_named(study, names)
     return _row(path, product, kind, role, marker, markers, experiment)
