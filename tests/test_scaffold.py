@@ -1565,3 +1565,33 @@ def test_a_diva_export_labelled_by_detector_keeps_its_pi_detector_with_a_panel_f
     panel.write_text(f"tube,detector,marker\n,{ARIA[2]},CD3\n,{ARIA[3]},CD8\n,{ARIA[5]},CD4\n")
     [tube] = draft_study(folder, panel=panel).tubes
     assert set(tube.markers) == {"CD3", "CD8", "CD4", "PI"} and tube.viability == "PI"
+
+
+def test_scan_writing_a_manifest_says_what_process_does_with_it(tmp_path):
+    """scan FOLDER -o m.csv of a new lab's folder under til said its stained files fit no tube kind
+    and "process fails them": true of `process FOLDER`, but `process --manifest m.csv` refuses the
+    manifest scan had just written (its FMO rows of markers til does not gate; exit 2, nothing run)
+    -> the line says both, naming those FMO markers (truth: the written manifest's FMO rows against
+    til_surface.yaml's markers); with -o of a folder of stained files only, whose manifest process
+    runs (failing them), the line says "process fails them" as before."""
+    written = tmp_path / "m.csv"
+    panel = ["--panel", str(NEWLAB / "panel.csv")]
+    result = _run(["scan", str(NEWLAB), *panel, "-o", str(written)])
+    assert result.exit_code == 0, result.output
+    _, surface = _newlab_panels()
+    fmo = pd.read_csv(written, dtype=str).query("role == 'fmo'")["fmo_marker"]
+    ungated = sorted(set(fmo) - set(surface))
+    assert ungated and set(fmo) & set(surface)   # some FMO markers are til's, some not: the case of this test
+    _assert_newlab_unfit_line(result.output, f"process {NEWLAB} fails them; process --manifest {written} refuses the "
+                                             f"manifest written here (nothing run): it lists FMO controls of "
+                                             f"{', '.join(ungated)}, which study til does not gate")
+    refused = _run(["process", str(NEWLAB), "--manifest", str(written), *panel, "-o", str(tmp_path / "out")])
+    assert refused.exit_code == 2 and not (tmp_path / "out").exists(), refused.output
+    stains = tmp_path / "stains"
+    stains.mkdir()
+    for stain in (NEWLAB / "fcs").glob("*_stain.fcs"):
+        shutil.copy(stain, stains)
+    result = _run(["scan", str(stains), *panel, "-o", str(written)])
+    assert result.exit_code == 0 and "process fails them. Another lab's panel" in result.output, result.output
+    ran = _run(["process", str(stains), "--manifest", str(written), *panel, "-o", str(tmp_path / "ran"), "--reports", "none"])
+    assert ran.exit_code == 1 and "failed LAB7" in ran.output, ran.output

@@ -216,7 +216,7 @@ def scan(
     from tilpheno.io.atomic import write_csv
     from tilpheno.io.files import display_name
     from tilpheno.gates.strategy import load_strategy
-    from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
+    from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder, ungated_fmo_markers
     from tilpheno.panel import read_panel_file
     from tilpheno.pipeline.inputs import (listed_unfit, listed_unfit_stains, strategy_detectors, strategy_markers,
                                           unfit_stains)
@@ -261,7 +261,8 @@ def scan(
         unfit = listed_unfit_stains(frame[frame["problem"] == ""], config, kinds, overrides, folder)
     else:
         unfit = unfit_stains(frame, file_markers, kinds[0], config.vocabulary, kinds[1])
-    unfit_files = _warn_unfit_stains(unfit, config, folder)
+    refusing = ungated_fmo_markers(frame, kinds[0], config.vocabulary) if out is not None and manifest is None else []
+    unfit_files = _warn_unfit_stains(unfit, config, folder, (display_name(str(out)), refusing) if out is not None else None)
     if manifest is None:
         _warn_duplicate_stains(frame, out, _required_kinds(config), unfit_files)
     _warn_controls_only(frame)
@@ -276,18 +277,19 @@ def scan(
         raise typer.Exit(code=1)
 
 
-def _warn_unfit_stains(unfit, config, folder: Path) -> set[str]:
+def _warn_unfit_stains(unfit, config, folder: Path, written: tuple[str, list[str]] | None = None) -> set[str]:
     """On stderr, one line when stained files do not fit the tube kinds of study ``config``
     (``unfit``: :func:`tilpheno.pipeline.inputs.unfit_stains` of the scanned files, or
     :func:`tilpheno.pipeline.inputs.listed_unfit_stains` of a manifest's): a new lab's panel
     read as the study's kinds, which ``process`` fails. The line names the files, the markers each
     has that its kind does not gate and those it lacks, and points to ``new-study``
-    (:func:`tilpheno.pipeline.inputs.describe_unfit`).
+    (:func:`tilpheno.pipeline.inputs.describe_unfit`; ``written``: the manifest ``-o`` writes and
+    the FMO markers it lists that their kinds do not gate, which ``process --manifest`` refuses).
     Returns those files (the duplicate-stain advice is not theirs: they are no copies of that kind)."""
     from tilpheno.pipeline.inputs import describe_unfit
 
     if unfit:
-        typer.secho(describe_unfit(unfit, config, folder), fg=typer.colors.YELLOW, err=True)
+        typer.secho(describe_unfit(unfit, config, folder, written=written), fg=typer.colors.YELLOW, err=True)
     return {u.file for u in unfit}
 
 

@@ -501,8 +501,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             if row.role != "fmo" and row.fmo_marker:
                 raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
             panel = panels.get(row.tube)
-            if (foreign is None and marker is not None and panel is not None
-                    and not any(vocabulary.same(marker, m) for m in panel)):
+            if foreign is None and marker is not None and panel is not None and not gates(panel, marker, vocabulary):
                 foreign = (line, str(row.product_id), f"{row.fmo_marker!r} is not a marker of the {row.tube} tube",
                            marker_hint(marker, panel, vocabulary), f"(its markers: {', '.join(panel)})")
             fmo_markers.append(marker or "")
@@ -563,6 +562,21 @@ def _foreign_fmo_error(path: Path, foreign: tuple[int, str, str, str, str], rows
     why = unfit(rows[usable]) if unfit is not None else ""
     return TableError(f"{place(str(path), line)}, column 'fmo_marker': {said} {panel_named}: {why}" if why else
                       f"{place(str(path), line)}, column 'fmo_marker': {said}{hint} {panel_named}")
+
+
+def gates(panel: Iterable[str], marker: str, vocabulary: Vocabulary) -> bool:
+    """True when ``marker`` is one of a tube kind's strategy markers ``panel`` (any spelling)."""
+    return any(vocabulary.same(marker, m) for m in panel)
+
+
+def ungated_fmo_markers(rows: pd.DataFrame, markers: Mapping[str, Iterable[str]], vocabulary: Vocabulary) -> list[str]:
+    """The FMO markers of manifest ``rows`` that their tube kind does not gate (``markers``: kind ->
+    its strategies' markers; a kind with none is not checked), sorted: :func:`read_manifest` given
+    these ``markers`` refuses a manifest holding such a row."""
+    panels = {kind: tuple(names) for kind, names in markers.items() if names}
+    return sorted({str(r.fmo_marker) for r in rows.itertuples(index=False)
+                   if r.role == "fmo" and r.fmo_marker and r.tube in panels
+                   and not gates(panels[r.tube], str(r.fmo_marker), vocabulary)})
 
 
 def marker_hint(marker: str, panel: Iterable[str], vocabulary: Vocabulary) -> str:

@@ -132,21 +132,26 @@ def unfit_stains(manifest, file_markers: Mapping[str, Iterable[str]], kind_marke
     return unfit
 
 
-def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path, refused: bool = False) -> str:
+def describe_unfit(unfit: Sequence[UnfitStain], study: Study, folder: str | Path, refused: bool = False,
+                   written: tuple[str, Sequence[str]] | None = None) -> str:
     """One line on stained files that fit no tube kind of ``study`` (:func:`unfit_stains`), as
     ``scan`` and ``process`` say it ('' for none): how many, the first three with the markers each
     has that its kind does not gate and those it lacks, what ``process`` does (fails their products;
-    ``refused``: the manifest listing them is refused by ``scan`` and ``process``, nothing run), and
-    the way out: ``tilpheno new-study FOLDER -o DIR`` (``folder`` as the user named it), then
-    ``--study DIR/study.yaml``."""
+    ``refused``: the manifest listing them is refused by ``scan`` and ``process``, nothing run;
+    ``written``: the manifest ``scan -o`` writes and the FMO markers it lists that their kinds do not
+    gate, for which ``process --manifest`` of it refuses it), and the way out:
+    ``tilpheno new-study FOLDER -o DIR`` (``folder`` as the user named it), then ``--study DIR/study.yaml``."""
     if not unfit:
         return ""
     shown = "; ".join(f"{Path(u.file).name} ({f'read as {u.kind}: has' if u.missing else 'no tube kind:'} "
                       f"{', '.join(u.extra)}{', not gated there; lacks ' + ', '.join(u.missing) if u.missing else ''})"
                       for u in unfit[:3])
     more = f"; and {len(unfit) - 3} more" if len(unfit) > 3 else ""
-    fate = ("scan and process refuse this manifest" if refused
-            else f"process fails {'them' if len(unfit) > 1 else 'it'}")
+    them = "them" if len(unfit) > 1 else "it"
+    fate = "scan and process refuse this manifest" if refused else f"process fails {them}"
+    if written is not None and written[1]:
+        fate = (f"process {folder} fails {them}; process --manifest {written[0]} refuses the manifest written here "
+                f"(nothing run): it lists FMO controls of {', '.join(written[1])}, which study {study.name} does not gate")
     return (f"{len(unfit)} stained file{'s' if len(unfit) > 1 else ''} fit{'' if len(unfit) > 1 else 's'} no tube "
             f"kind of study {study.name} ({', '.join(study.tubes)}): {shown}{more}; {fate}. Another lab's panel: tilpheno new-study "
             f"{folder} -o DIR drafts a study of the files' own tube kinds, then scan or process with --study "
