@@ -820,3 +820,34 @@ def test_pns_copying_pnn_is_no_label(tmp_path, name):
     shutil.copy(source, tmp_path / "Tube_001.fcs")
     frame = scan_folder(tmp_path)
     assert frame[["role", "tube"]].values.tolist() == [["unstained", "unstained"]]
+
+
+@pytest.mark.parametrize("dose, dose_error", [
+    ("2.5", "row 2, column 'til_dose_cells': '2.5' is fewer than 1e+06 cells"),
+    ("abc", "row 2, column 'til_dose_cells': 'abc' is not a number"),
+])
+def test_a_dose_error_is_reported_before_a_later_rows_problem(files, dose, dose_error):
+    """til_dose_cells was checked after every row, so a manifest with a dose typed in units of 1e9
+    (or not a number) in row 2 and an unknown role in row 4 reported row 4, and row 2 only once row 4
+    was fixed -> the file's first problem first: row 2's dose, as `scan --manifest` prints it; a
+    row's other cells still come before its dose, an earlier row's problem before a later dose, and
+    with row 4 fixed, the same line."""
+    header = [*COLUMNS, "til_dose_cells"]
+    rows = [header, ["a.fcs", "P", "surface", "stain", "", dose], ["b.fcs", "P", "surface", "fmo", "PD1", ""],
+            ["b.fcs", "Q", "surface", "stian", "", ""]]
+    path = _write(files / "m.csv", rows)
+    with pytest.raises(TableError) as info:
+        read_manifest(path)
+    assert str(info.value).startswith(f"{path}: {dose_error}"), str(info.value)
+    result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(path)])
+    assert result.exit_code == 2 and " ".join(result.output.split()).startswith(f"error: {path}: {dose_error}"), result.output
+    rows[3][3] = "stain"   # row 4 fixed: a twice-listed file now, still after row 2's dose
+    with pytest.raises(TableError, match=re.escape(dose_error)):
+        read_manifest(_write(files / "m.csv", rows))
+    rows[1][3] = "stian"   # the dose's own row: its role first
+    with pytest.raises(TableError, match=re.escape("row 2, column 'role': unknown role 'stian'")):
+        read_manifest(_write(files / "m.csv", rows))
+    rows[1][3], rows[3][5] = "stain", dose   # a dose error below a problem (row 4's file listed twice)
+    rows[1][5] = ""
+    with pytest.raises(TableError, match=re.escape("row 4, column 'file': 'b.fcs' already listed in row 3")):
+        read_manifest(_write(files / "m.csv", rows))

@@ -65,7 +65,13 @@ class GatingError(TilphenoError):
 
 
 class TableError(TilphenoError):
-    """A manifest, outcomes or phenotype table is invalid; the message names file, row and column."""
+    """A manifest, outcomes or phenotype table is invalid; the message names file, row and column.
+    ``row``: the table's row (its line, as the message numbers it) when the problem is one row's,
+    so that a reader checking row by row can report the table's first problem first."""
+
+    def __init__(self, message: str, *, row: int | None = None):
+        self.row = row
+        super().__init__(message)
 
 
 class StudyError(TilphenoError):

@@ -478,6 +478,12 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     ids: dict[str, tuple[str, int]] = {}   # product id case-folded -> (as first written, row)
     found, fmo_markers, problems = [], [], []
     foreign: tuple[int, str, str, str, str] | None = None   # the first FMO row of a marker its tube does not gate
+    doses, dose_error = None, None
+    if "til_dose_cells" in frame.columns:   # read whole (the column's number style); refused at its row, below
+        try:
+            doses = _doses(frame, path)
+        except TableError as exc:
+            dose_error = exc
     try:
         for line, row in zip(frame.index, frame.itertuples(index=False)):
             where = place(str(path), line)
@@ -532,6 +538,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             if spelt[0] != row.product_id:
                 raise TableError(f"{where}, column 'product_id': {row.product_id!r} differs only in case from "
                                  f"{spelt[0]!r} in row {spelt[1]}; write one product's id one way")
+            if dose_error is not None and dose_error.row == line:   # the row's last column: its other cells first
+                raise dose_error
     except TableError:   # a later row's problem: the FMO row's, above it, is the file's first
         if foreign is None:
             raise
@@ -540,13 +548,15 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     frame["file"] = found
     if foreign is not None:   # refused once every file is found: the product's stained files may explain it
         raise _foreign_fmo_error(path, foreign, frame, problems, unfit)
+    if dose_error is not None:   # a problem of the column, no one row's
+        raise dose_error
     frame["fmo_marker"] = fmo_markers
     if "detector" in frame.columns:
         frame[DETECTOR_AT] = [place(str(path), line, "detector") for line in frame.index]
     if keep_missing:
         frame["problem"] = problems
-    if "til_dose_cells" in frame.columns:
-        frame["til_dose_cells"] = _doses(frame, path)
+    if doses is not None:
+        frame["til_dose_cells"] = doses
     frame.attrs.pop("separator", None)
     frame.attrs.pop("header_line", None)
     return frame.reset_index(drop=True)
@@ -626,11 +636,11 @@ def _doses(frame: pd.DataFrame, path: Path) -> list[float]:
         dose = number(cell, source, line, "til_dose_cells")
         problem = dose_problem(dose, cell)
         if problem:
-            raise TableError(f"{where}: {problem}")
+            raise TableError(f"{where}: {problem}", row=line)
         if not math.isnan(dose):
             earlier = first.setdefault(product, (line, dose))
             if earlier[1] != dose:
                 raise TableError(f"{where}: {str(cell).strip()[:40]!r} differs from the dose {earlier[1]:g} of "
-                                 f"product {product!r} in row {earlier[0]} (a product has one dose)")
+                                 f"product {product!r} in row {earlier[0]} (a product has one dose)", row=line)
         doses.append(dose)
     return doses

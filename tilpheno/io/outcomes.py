@@ -118,7 +118,7 @@ def _fail(source: str, problem: str, row: int | None = None, column: str | None 
     """Raise the TableError of one cell, on one line: a line break the problem quotes from a cell
     (a quoted cell typed with Alt+Enter) is shown as ``\\n``."""
     one_line = problem.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
-    raise TableError(f"{place(source, row, column)}: {one_line}")
+    raise TableError(f"{place(source, row, column)}: {one_line}", row=row)
 
 
 def table_bytes(path: Path, kind: str) -> bytes:
