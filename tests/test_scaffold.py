@@ -1595,3 +1595,20 @@ def test_scan_writing_a_manifest_says_what_process_does_with_it(tmp_path):
     assert result.exit_code == 0 and "process fails them. Another lab's panel" in result.output, result.output
     ran = _run(["process", str(stains), "--manifest", str(written), *panel, "-o", str(tmp_path / "ran"), "--reports", "none"])
     assert ran.exit_code == 1 and "failed LAB7" in ran.output, ran.output
+
+
+def test_new_study_of_the_current_folder_names_it(tmp_path, monkeypatch):
+    """`new-study . -o DIR`, run in the lab's FCS folder: the draft's study.yaml said
+    "description: drafted from the FCS files of " (no folder) and each strategy "stained ... files in
+    /." -> both name the folder (its name, as the study's name already was)."""
+    folder = tmp_path / "lab7_fcs"
+    shutil.copytree(NEWLAB / "fcs", folder)
+    monkeypatch.chdir(folder)
+    study = tmp_path / "study"
+    result = _run(["new-study", ".", "-o", str(study), "--panel", str(NEWLAB / "panel.csv")])
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load((study / "study.yaml").read_text())
+    assert (doc["study"], doc["description"]) == ("lab7_fcs", "drafted from the FCS files of lab7_fcs")
+    for kind in doc["tubes"]:
+        first = (study / f"{kind}.yaml").read_text().splitlines()[0]
+        assert first.endswith(f"stained '{kind}' files in lab7_fcs/."), first

@@ -175,6 +175,12 @@ class StudyDraft:
     unreadable: list[str] = field(default_factory=list)
     unlistable: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def folder_name(self) -> str:
+        """The name of the folder drafted from, links and ``.`` resolved (``new-study .`` names the
+        folder it is run in); the folder as given when it has none (``/``)."""
+        return self.folder.resolve().name or str(self.folder)
+
     def variables(self) -> dict[str, dict[str, tuple[str, str]]]:
         """Per kind: variable name -> (numerator, denominator) population."""
         plain: dict[str, dict[str, tuple[str, str]]] = {}
@@ -463,7 +469,7 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     base = tube.base
     lines = [
         f"# Drafted by `tilpheno new-study` from {tube.products} product(s)' stained '{tube.kind}' files in "
-        f"{draft.folder.name}/.",
+        f"{draft.folder_name}/.",
         f"# A marker gate sits directly under `{base}` unless the marker vocabulary's lineage table",
         "# (tilpheno/studies/vocabulary.yaml, `lineage:`; new-study --lineage FILE) nests it within another",
         f"# marker's positive gate (its comment says which). To un-nest a gate, set its `parent:` to `{base}`",
@@ -520,7 +526,7 @@ def study_yaml(draft: StudyDraft) -> str:
         f"# Drafted by `tilpheno new-study` from {draft.folder}: {draft.manifest['product_id'].nunique() if len(draft.manifest) else 0} "
         f"product(s), {len(draft.manifest)} file(s) (manifest.csv). Edit freely: see README, 'Another lab's panel'.",
         f"study: {_scalar(draft.name)}",
-        f"description: {_scalar('drafted from the FCS files of ' + draft.folder.name)}",
+        f"description: {_scalar('drafted from the FCS files of ' + draft.folder_name)}",
         "tubes:",
     ]
     for tube in draft.tubes:
