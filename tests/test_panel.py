@@ -475,3 +475,29 @@ def test_a_dye_named_detector_the_lab_left_unlabelled_is_no_marker_unless_gated(
     assert dict(panel) == scanned == {dye: detector}
     panel, scanned = panel_of("dye_labelled.fcs", {**labels, "$P5S": dye})
     assert dict(panel) == scanned == {"CD3": "FITC-A", "CD8": "PE-A", dye: detector, "CD4": "APC-A"}
+
+
+def test_attune_labels_with_the_signal_suffix_name_their_markers(tmp_path):
+    """Attune NxT writes each $PnS label with its parameter's signal, as the detector's ('BL1-A'
+    labelled 'GFP-A', tests/data's G11.fcs): 'KLRG1-A', 'CD38-A', 'HLA-DR-A' (markers the vocabulary
+    does not list) and the real file's 'GFP-A', 'mCherry-A' read as detector names, no marker: the
+    lab's panel lost but for known markers ('CD3-A') -> read without the suffix the detector shares;
+    MACSQuant's 'V2-A' on FL2-A (a detector's short name) and Accuri's 'FITC-A' still name none."""
+    from tilpheno.scaffold import draft_study
+
+    path = tmp_path / "attune.fcs"
+    path.write_bytes(float_file(np.ones((3, 8)), channels=("FSC-A", "SSC-A", "BL1-A", "VL1-A", "RL1-A", "YL1-A", "BL1-H", "Time"),
+                                extra={"$P3S": "CD3-A", "$P4S": "KLRG1-A", "$P5S": "CD38-A", "$P6S": "HLA-DR-A",
+                                       "$P7S": "CD3-H"}))
+    assert dict(panel_from_fcs(read_fcs_metadata(path))) == {"CD3": "BL1-A", "KLRG1": "VL1-A", "CD38": "RL1-A",
+                                                             "HLA-DR": "YL1-A"}
+    real = Path(__file__).parent / "data" / "fcs"
+    g11 = read_fcs_metadata(real / "flowio" / "G11.fcs")
+    assert dict(panel_from_fcs(g11)) == {"GFP": "BL1-A", "mCherry": "YL2-A"}   # 'Alexa Fluor™ 405-A': a dye, none
+    for other in ("fcsparser_instruments/MiltenyiBiotec/FCS3.1/EY_2013-07-19_PBS_FCS_3.1_Well_A1.001.fcs",
+                  "flowio/B01 KC-A-W---91-US.fcs"):
+        assert dict(panel_from_fcs(read_fcs_metadata(real / other))) == {}, other
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    (folder / "G11.fcs").write_bytes((real / "flowio" / "G11.fcs").read_bytes())
+    assert [set(t.markers) for t in draft_study(folder).tubes] == [{"GFP", "mCherry"}]

@@ -9,6 +9,8 @@ Conventions
 * Markers come from $PnS (a $PnS equal to its $PnN counts as no label); a channel without $PnS
   whose $PnN names a *known* marker (channels renamed ``CD3`` etc.) counts too. Scatter and time
   channels (``FSC*``, ``SSC*``, ``Time``) never do.
+* Attune NxT writes a label with its parameter's signal (``KLRG1-A`` on ``BL1-A``): read without
+  it (:func:`label_marker`).
 * A detector named after a viability dye (``PI-A``, ``7-AAD-A``, ``488/552nm PI (615/30) LogH``:
   the instrument's filter, named whether or not the dye was added) counts as that dye only in a
   file that labels none of its fluorescence channels in $PnS (a lab that labels by detector). A
@@ -140,6 +142,23 @@ def labelled(pnn: str, pns: str) -> bool:
     return bool(pns.strip()) and pns.strip().upper() != pnn.strip().upper()
 
 
+_SIGNAL = re.compile(r"^(?P<stem>.+)-(?P<signal>[AHW])$", re.IGNORECASE)
+_LETTER_DETECTOR = re.compile(r"^[A-Z]\d{1,2}$", re.IGNORECASE)   # MACSQuant's V2, B1, Y2 (as $PnS of FL2-A ...)
+
+
+def label_marker(pnn: str, pns: str, vocabulary: Vocabulary) -> str | None:
+    """The marker the $PnS label ``pns`` of detector ``pnn`` names. Attune NxT writes its label with
+    the parameter's signal, as the detector's (``BL1-A`` labelled ``KLRG1-A``, ``GFP-A``): a label
+    naming no marker whole is read without that suffix when ``pnn`` ends in the same one, unless
+    what is left is a detector's own short name (MACSQuant's ``V2-A`` on ``FL2-A``: no marker)."""
+    marker = vocabulary.marker_in(pns)
+    suffixed = _SIGNAL.match(pns.strip())
+    if marker is not None or suffixed is None or not pnn.strip().upper().endswith("-" + suffixed["signal"].upper()):
+        return marker
+    stem = suffixed["stem"].strip()
+    return None if _LETTER_DETECTOR.match(stem) else vocabulary.marker_in(stem)
+
+
 def labels_its_panel(channels: Iterable[tuple[str, str]]) -> bool:
     """True when some fluorescence channel (not scatter or time) has a $PnS label of its own."""
     return any(labelled(pnn, pns) for pnn, pns in channels if not is_scatter_or_time(pnn))
@@ -176,7 +195,7 @@ def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabular
     for pnn, pns in channels:
         if is_scatter_or_time(pnn) or pnn in aside:
             continue
-        marker = vocab.marker_in(pns) if labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
+        marker = label_marker(pnn, pns, vocab) if labelled(pnn, pns) else vocab.marker_in(pnn, free=False)
         if marker is None:
             continue
         markers[marker] = _prefer(markers[marker], pnn, exported_first) if marker in markers else pnn
