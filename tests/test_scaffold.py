@@ -1612,3 +1612,26 @@ def test_new_study_of_the_current_folder_names_it(tmp_path, monkeypatch):
     for kind in doc["tubes"]:
         first = (study / f"{kind}.yaml").read_text().splitlines()[0]
         assert first.endswith(f"stained '{kind}' files in lab7_fcs/."), first
+
+
+def test_new_study_names_an_unlabelled_dye_detector_it_took_as_unused(tmp_path):
+    """A lab labelling CD3, CD8, CD4 in $PnS whose FACSAria PI detector has no label: the draft gates
+    no PI (taken as unused) and said nothing, so a lab that did stain with PI lost its viability gate
+    without a word -> one line names the detector, the dye and the files, and the panel file row
+    that names it; with that row the draft gates PI (live, kept low) and the line is gone."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    _aria_file(folder / "P1_surface_stain.fcs", {ARIA[2]: "CD3", ARIA[3]: "CD8", ARIA[5]: "CD4"}, {"TUBE NAME": "surface"})
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert (f"not gated: detector {ARIA[4]}, named after PI, has no $PnS label in stained files that label their panel "
+            "in $PnS: taken as unused; if they were stained with PI, a panel file row (tube, detector, marker) names it "
+            "(1 file(s): P1_surface_stain.fcs)") in said, said
+    panel = tmp_path / "panel.csv"
+    panel.write_text(f"tube,detector,marker\nsurface,{ARIA[4]},PI\n")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "with"), "--panel", str(panel)])
+    assert result.exit_code == 0 and "not gated: detector" not in result.output, result.output
+    surface = yaml.safe_load((tmp_path / "with" / "surface.yaml").read_text())
+    assert {"name": "live", "parent": "root", "dims": ["PI"], "method": "valley", "params": {"keep": "low"}} \
+        in surface["populations"]

@@ -408,6 +408,11 @@ def new_study(
     for label, files in draft.shared.items():
         typer.secho(f"no marker read: {label.describe()} (--panel; {len(files)} file(s): {', '.join(sorted(files))})",
                     fg=typer.colors.YELLOW, err=True)
+    for (detector, dye), files in draft.unused_dyes.items():
+        typer.secho(f"not gated: detector {detector}, named after {dye}, has no $PnS label in stained files that label "
+                    f"their panel in $PnS: taken as unused; if they were stained with {dye}, a panel file row (tube, "
+                    f"detector, marker) names it ({len(files)} file(s): {', '.join(sorted(files))})",
+                    fg=typer.colors.YELLOW, err=True)
     bases = [f"{t.base} ({t.kind}{': every event' if t.base == 'root' else ''}"
              f"{''.join(f'; {m}+ under {t.above_lymph}' for m in t.outside_lymph())}"
              f"{f'; {t.lymph} within {t.lymph_parent}' if t.leukocytes else ''})" for t in draft.tubes]

@@ -58,7 +58,7 @@ import pandas as pd
 from tilpheno.errors import TableError
 from tilpheno.io.files import display_name
 from tilpheno.io.manifest import scan_files
-from tilpheno.panel import SharedLabel, file_markers, read_panel_file, shared_labels
+from tilpheno.panel import SharedLabel, file_markers, read_panel_file, set_aside_dyes, shared_labels
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key, read_lineage
 
@@ -162,8 +162,10 @@ class StudyDraft:
     used (``file`` relative to ``folder``), the files left out with the reason (``unreadable``: the
     names of those left out because they could not be read, a failure rather than a choice), the
     folders that could not be listed (``unlistable``: folder, reason; their files are in neither
-    list), and the labels read as no marker because they name several (``shared``: each with the
-    names of its files)."""
+    list), the labels read as no marker because they name several (``shared``: each with the
+    names of its files), and the detectors named after a viability dye that stained files labelling
+    their panel in $PnS leave unlabelled, taken as unused (``unused_dyes``, :func:`tilpheno.panel.set_aside_dyes`:
+    (detector, dye) -> the names of those files)."""
 
     name: str
     folder: Path
@@ -174,6 +176,7 @@ class StudyDraft:
     case_merged: list[str] = field(default_factory=list)   # product ids merged across case (scan's warnings)
     unreadable: list[str] = field(default_factory=list)
     unlistable: list[tuple[str, str]] = field(default_factory=list)
+    unused_dyes: dict[tuple[str, str], list[str]] = field(default_factory=dict)   # (detector, dye) -> stained files
 
     @property
     def folder_name(self) -> str:
@@ -283,6 +286,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     scanned, metadata = scan_files(folder, study=study, panel=overrides)
     skipped: list[tuple[str, str]] = []
     shared: dict[SharedLabel, list[str]] = {}
+    unused: dict[tuple[str, str], list[str]] = {}
     files = []
     for row in scanned.to_dict("records"):
         path = Path(row["file"])
@@ -293,8 +297,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         words = _name_words(fcs, path, row["product_id"], vocabulary)
         # process refuses a stained or FMO file (not a control) on whose channels a row of the panel is not
         markers = file_markers(fcs, vocabulary, overrides, strict=row["role"] in ("stain", "fmo"))
-        for label in shared_labels(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])), markers, vocabulary):
+        channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
+        for label in shared_labels(channels, markers, vocabulary):
             shared.setdefault(label, []).append(path.name)
+        for dye, detector in set_aside_dyes(channels, vocabulary).items() if row["role"] == "stain" else ():
+            if dye not in markers and detector not in markers.values():   # a panel file row may name it
+                unused.setdefault((detector, dye), []).append(path.name)
         files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
     stained = [f for f in files if f["role"] == "stain" and f["markers"]]
     unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)
@@ -350,7 +358,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     unreadable = [Path(f).name for f in scanned.loc[scanned["problem"] != "", "file"]]
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
                       shared, list(scanned.attrs.get("case_merged", [])), unreadable,
-                      [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])])
+                      [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])],
+                      unused)
 
 
 def disjoint_kinds(products: dict[str, set[str]]) -> set[str]:
