@@ -1653,6 +1653,39 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced_file(kind, tmp_path):
+    """TIL001 approved for release (version 1), then its stained surface tube replaced (by TIL002's)
+    and the folder processed again: the new run's automatic gates became version 2, and the page's
+    VOID said only 'gates changed to version 2 after signing', though the trail records which file
+    the re-run replaced (a replaced control that leaves the gates as they were is named). Now the
+    reason names the file and its reimport_product entry, and the version its gates became."""
+    from review_support import SAMPLE, drop_schema
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.server import build_service
+
+    pid, stain = "TIL001", "TIL001_surface_stain.fcs"
+    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    try:
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
+        first.factory.kw["bind"].dispose()
+        shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / stain)
+        rerun()
+        again = build_service(tmp_path / "out", url)
+        [view] = again.signatures(pid)
+        with again.factory() as db:
+            replaced, made = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product")
+                                        .order_by(AuditEntry.seq))
+        assert stain in replaced.reason and json.loads(made.after_json)["version"] == 2 == again.current_version(pid)
+        assert json.loads(again.version(pid, 2).gates_json) == again.source.automatic(pid)
+        assert not view.valid and view.void_reason == (
+            "void: gates changed to version 2 after signing: the folder was processed again with other input files: "
+            f"{stain} (reimport_product, audit entry {replaced.seq}; its automatic gates became version 2)"), view.void_reason
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path):
     """A database made before the controls were recorded holds each product's gated files only
     (here: TIL001's row set back to that list): its controls were never recorded, so its unstained

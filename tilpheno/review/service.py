@@ -71,7 +71,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -541,26 +541,39 @@ def changed_inputs(before: list[dict], after: list[dict]) -> list[str]:
 @dataclass(frozen=True)
 class Rerun:
     """A re-run of the output folder that read other input files for a product, as its
-    ``reimport_product`` entry records it: when (``at``, UTC), the entry (``entry``, its ``seq``) and
-    the files that changed, in words (:func:`changed_inputs`)."""
+    ``reimport_product`` entry records it: when (``at``, UTC), the entry (``entry``, its ``seq``),
+    the files that changed, in words (:func:`changed_inputs`), and the gate-set version its automatic
+    gates became (``version``: None when they were the newest automatic version's, or when the entry
+    recording that version does not name this re-run's, as none made before it was recorded does)."""
     at: str
     entry: int
     files: list[str]
+    version: int | None = None
 
 
 def reruns_of(db: Session, product_id: str) -> list[Rerun]:
     """The re-runs that read other input files for ``product_id`` (its ``reimport_product`` entries
-    recording inputs; those recording only new automatic gates are left out), oldest first."""
-    out = []
+    recording inputs; those recording only new automatic gates are left out, each naming the version
+    it made in the re-run's ``version``: :meth:`ReviewService.automatic_version`), oldest first."""
+    out, made = [], {}
     for e in db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product",
                                                  AuditEntry.product_id == product_id).order_by(AuditEntry.seq)):
         before, after = json.loads(e.before_json) or {}, json.loads(e.after_json) or {}
         if "inputs" not in before or "inputs" not in after:
+            if "rerun_entry" in after:
+                made[after["rerun_entry"]] = after["version"]
             continue
         controls = before.get("controls")   # a row stored before controls were recorded had none before
         out.append(Rerun(e.at, e.seq, changed_inputs(before["inputs"] + (controls or []),
                                                      after["inputs"] + (after.get("controls", []) if controls is not None else []))))
-    return out
+    return [replace(r, version=made.get(r.entry)) for r in out]
+
+
+def _rerun_words(rerun: Rerun) -> str:
+    """A re-run in a void reason: ``<files> (reimport_product, audit entry <seq>)``, with ``; its
+    automatic gates became version <n>`` inside the brackets when they made one."""
+    made = f"; its automatic gates became version {rerun.version}" if rerun.version is not None else ""
+    return f"{', '.join(rerun.files)} (reimport_product, audit entry {rerun.entry}{made})"
 
 
 def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
@@ -571,7 +584,18 @@ def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
     if not later:
         return "void: input data, infused cell number, strategy or release spec changed after signing"
     return ("void: input data changed after signing: the folder was processed again with other input files: "
-            + "; ".join(f"{', '.join(r.files)} (reimport_product, audit entry {r.entry})" for r in later))
+            + "; ".join(_rerun_words(r) for r in later))
+
+
+def _gates_void_reason(signed_at: str, current_version: int, reruns: list[Rerun]) -> str:
+    """Why a signature made at ``signed_at`` on a version before ``current_version`` is void: the
+    gates changed, naming the files of each later re-run whose automatic gates made a new version
+    (:func:`reruns_of`), with its audit entry."""
+    head = f"void: gates changed to version {current_version} after signing"
+    made = [r for r in reruns if r.at > signed_at and r.files and r.version is not None]
+    if not made:
+        return head
+    return f"{head}: the folder was processed again with other input files: " + "; ".join(_rerun_words(r) for r in made)
 
 
 def inputs_record(files: list[dict], controls: list[dict]) -> str:
@@ -751,21 +775,21 @@ class ReviewService:
         they differ from the newest automatic one (:meth:`automatic_version`)."""
         now, now_controls = self.source.inputs_digest(product_id), self.source.other_inputs(product_id)
 
-        def record(db: Session) -> None:
+        def record(db: Session) -> int | None:
             product = _get(db, Product, product_id)
             before, controls = stored_inputs(product)
             if (before, controls) == (now, now_controls):   # recorded meanwhile by another request
-                return
+                return None
             product.inputs_json = inputs_record(now, now_controls)
             changed = changed_inputs(before + (controls or []), now + (now_controls if controls is not None else []))
-            audit.append(db, username, "reimport_product", product_id=product_id,
-                         before={"inputs": before, **({"controls": controls} if controls is not None else {})},
-                         after={"inputs": now, "controls": now_controls, "out_dir": str(self.source.out_dir)},
-                         reason=f"process re-run in {self.source.out_dir} read other input files: "
-                                f"{', '.join(changed)}; signatures bound to the earlier files are void")
+            return audit.append(db, username, "reimport_product", product_id=product_id,
+                                before={"inputs": before, **({"controls": controls} if controls is not None else {})},
+                                after={"inputs": now, "controls": now_controls, "out_dir": str(self.source.out_dir)},
+                                reason=f"process re-run in {self.source.out_dir} read other input files: "
+                                       f"{', '.join(changed)}; signatures bound to the earlier files are void").seq
 
-        transaction(self.factory, record)
-        self.automatic_version(product_id, username)
+        entry = transaction(self.factory, record)
+        self.automatic_version(product_id, username, rerun_entry=entry)
 
     def _record_controls(self, product_id: str, username: str) -> None:
         """Record this run's controls (:meth:`ReviewSource.other_inputs`) for a product whose row was
@@ -842,12 +866,15 @@ class ReviewService:
                      expect_seq=expect_seq, relevant=relevant)
         return product
 
-    def automatic_version(self, product_id: str, username: str = "system") -> GateSetVersion:
+    def automatic_version(self, product_id: str, username: str = "system", rerun_entry: int | None = None) -> GateSetVersion:
         """The newest automatic version. When the run in this output folder placed other automatic
         gates than that version holds (``process --overwrite`` on the same files with other
         strategies, settings or software), the run's gates first become a new automatic version,
         the current one (audited ``reimport_product``): the review starts again from the run's own
-        gates; earlier versions stay, and signatures on them are void (the version changed)."""
+        gates; earlier versions stay, and signatures on them are void (the version changed).
+        ``rerun_entry``: the ``seq`` of the ``reimport_product`` entry recording the other input files
+        this run read (:meth:`_reimport_inputs`), which the new version's entry names (``after.rerun_entry``),
+        so a signature it voids names those files (:func:`reruns_of`)."""
         self.ensure_imported(product_id, username)
         gate_set = self.source.automatic(product_id)   # slow part outside the transaction (memoised per process)
         digest = gates_sha256(gate_set)
@@ -877,7 +904,8 @@ class ReviewService:
             product.current_version = version
             audit.append(db, username, "reimport_product", product_id=product_id,
                          before={"version": stale.version, "gates_sha256": stale.gates_sha256},
-                         after={"version": version, "gates_sha256": digest}, reason=reason)
+                         after={"version": version, "gates_sha256": digest,
+                                **({"rerun_entry": rerun_entry} if rerun_entry is not None else {})}, reason=reason)
             db.flush()
             return row
 
@@ -1309,7 +1337,7 @@ class ReviewService:
             if s.signature_sha256 not in in_trail:
                 out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
             elif s.version != current.version:
-                out.append(SignatureView(s, False, f"void: gates changed to version {current.version} after signing"))
+                out.append(SignatureView(s, False, _gates_void_reason(s.signed_at, current.version, reruns or [])))
             elif (form := next((f for f in DATA_FORMS if s.data_sha256 == data_now(f)), None)) is None:
                 out.append(SignatureView(s, False, _data_void_reason(s.signed_at, reruns or [])))
             elif s.meaning == APPROVED and (unresolved := unresolved_flags(flags_now(), s)):
