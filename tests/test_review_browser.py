@@ -472,6 +472,9 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     open_product(driver, base, "dave", version=2)
     sign(driver, "approved for release", "dave")
     wait(driver, lambda d: "approved: version 2" in d.find_element("id", "approved-badge").text, "the approval")
+    # the release section states the approved version's release, no longer what it would be once approved
+    assert wait(driver, status, "the release status") == ("release status: pass (version 2 approved for release; "
+                                                          "criteria on the automatic gates: fail)")
     open_product(driver, base, "carol", version=2)
     sign(driver, "rejected", "carol")
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "reject" in d.find_element("id", "message").text
@@ -1134,5 +1137,13 @@ def test_approving_a_failing_version_names_what_fails_and_needs_a_justification(
     shown = wait(driver, lambda d: d.find_element("id", "oos-release").text, "the out-of-specification release")
     assert shown.startswith(f"out-of-specification release of version 1: fails {named}; justification {OOS_REASON!r} "
                             "by Dave Tester (dave) at "), shown
+    # approved: the release section states the released status (it said "draft release status: fail once these
+    # gates are approved"); a draft moved from the approved gates is again what release would be once approved
+    status = lambda d: d.find_element("id", "release-status").text   # noqa: E731
+    assert status(driver) == ("release status: fail, released out of specification (version 1 approved for release; "
+                              "criteria on the automatic gates: fail)")
+    drag_cd3(driver, 40)
+    assert wait(driver, lambda d: status(d) if status(d).startswith("draft ") else None, "the draft's status") == (
+        "draft release status: fail once these gates are approved (criteria on the automatic gates: fail)")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems

@@ -450,10 +450,7 @@
       rt.appendChild(tr);
     }
     const rb = $("release"); rb.textContent = "";
-    // the criteria on the draft's gates are the release once these gates are approved (the approval resolves
-    // the review flags); the run's release (phenotypes.csv) is held by those flags until then
-    rb.appendChild(el("p", { id: "release-status" }, "draft release status: " + status +
-      " once these gates are approved (criteria on the automatic gates: " + S.release.automatic_status + ")"));
+    rb.appendChild(el("p", { id: "release-status" }, releaseStatus(status)));
     rb.appendChild(el("p", { id: "run-release" }, runRelease(S.release)));
     // the saved version's overturns of the run's determined fails, each with its justification (who, when, why)
     for (const d of S.release.deviations) {
@@ -463,6 +460,19 @@
     if (S.release.oos_approved) rb.appendChild(el("p", { class: "rejection", id: "oos-release" }, S.release.oos_approved));
     rb.appendChild(rt);
     updatePlotLabels(currentTables);
+  }
+
+  // what the release section says of ``status``, the release status on the draft's gates: the released status
+  // once the draft is the approved current version ("released out of specification" where it fails), else the
+  // release once these gates are approved (the approval resolves the review flags; the run's release,
+  // phenotypes.csv, is held by those flags until then)
+  function releaseStatus(status) {
+    const automatic = "criteria on the automatic gates: " + S.release.automatic_status;
+    if (S.approved_version !== S.current_version || changedFrom(S.current).length) {
+      return "draft release status: " + status + " once these gates are approved (" + automatic + ")";
+    }
+    return "release status: " + status + (S.release.oos_approved ? ", released out of specification" : "") +
+      " (version " + S.current_version + " approved for release; " + automatic + ")";
   }
 
   // the saved version overturns a determined fail with no justification recorded (saved before deviations were):
