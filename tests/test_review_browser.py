@@ -1147,3 +1147,34 @@ def test_approving_a_failing_version_names_what_fails_and_needs_a_justification(
         "draft release status: fail once these gates are approved (criteria on the automatic gates: fail)")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_an_unsigned_out_of_specification_justification_is_kept_in_the_browser(driver, server):
+    """The reason and the deviation justification are kept in the browser's storage as they are
+    typed; the out-of-specification justification (typed to approve TIL001, which fails CD3+ > 90 %)
+    was not, so a crash or a closed tab before signing lost it. Now it is kept under the user and
+    the product, put back in its field when the product is opened again (saying so, nothing
+    signed), and forgotten once the approval is signed."""
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    driver.get_log("browser")
+    key, get = f"tilpheno-draft|dave|{PID}", "return window.localStorage.getItem(arguments[0]);"
+    open_product(driver, base, "dave")
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
+    kept = wait(driver, lambda d: d.execute_script(get, key), "the justification kept in the browser")
+    assert json.loads(kept)["oos_justification"] == OOS_REASON and json.loads(kept)["edited"] == []
+    driver.get(base + f"/products/{PID}")   # the tab closed and opened again: same session, nothing signed
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
+               else None, "the restored justification")
+    assert msg.startswith("Restored your unsigned out-of-specification justification of ") and "nothing is signed" in msg, msg
+    assert driver.find_element("id", "oos-justification").get_attribute("value") == OOS_REASON
+    assert service.signatures(PID) == [] and service.current_version(PID) == 1
+    sign(driver, "approved for release", "dave")   # the restored justification, nothing typed again
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
+    [sig] = service.signatures(PID)
+    assert sig.valid and sig.row.oos_justification == OOS_REASON
+    wait(driver, lambda d: d.execute_script(get, key) is None, "the signed justification forgotten")
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

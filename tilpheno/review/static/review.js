@@ -74,7 +74,9 @@
   // the product, so an expired session (8 h), a closed tab or a crash loses nothing: when this user opens
   // the product again the page puts the kept changes over the current version and says so (from when,
   // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
-  // Saving it or resetting the draft forgets it; so does "Log out" (session.js: the user is done at this browser),
+  // Saving it or resetting the draft forgets it. The out-of-specification justification typed to approve
+  // (with no gate changed: a signature signs the saved version) is kept the same way until a signature is
+  // made, and put back in its field (never signed by itself). "Log out" forgets both (session.js: the user is done at this browser),
   // in every tab: a page loaded before this user's last logout at this browser keeps nothing any more.
   // (review.js is deferred after session.js, which defines tilphenoSession.)
   const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
@@ -88,11 +90,11 @@
 
   function keepDraft() {
     if (!S || loggedOut()) return;
-    const edited = changedFrom(S.current);
+    const edited = changedFrom(S.current), oos = $("oos-justification").value;
     try {
-      if (edited.length) {
+      if (edited.length || oos) {
         localStorage.setItem(draftKey, JSON.stringify({ version: S.current_version, edited: edited,
-          reason: $("reason").value, deviation: $("deviation").value, at: new Date().toISOString() }));
+          reason: $("reason").value, deviation: $("deviation").value, oos_justification: oos, at: new Date().toISOString() }));
       } else localStorage.removeItem(draftKey);
     } catch (e) { console.warn("the draft could not be kept in this browser: " + e); }
   }
@@ -108,13 +110,22 @@
       draft[tube][pop] = g;
       put.push(tube + "/" + pop);
     }
-    if (!put.length) { keepDraft(); return; }
+    const oos = !$("oos-justification").value && kept.oos_justification ? kept.oos_justification : "";
+    if (!put.length && !oos) { keepDraft(); return; }
+    const when = String(kept.at).slice(0, 19).replace("T", " ") + " UTC";
+    const moved = kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
+      " is now at version " + S.current_version : "";
+    if (oos) $("oos-justification").value = oos;
+    if (!put.length) {   // no gate changed: the out-of-specification justification typed to approve, alone
+      message("Restored your unsigned out-of-specification justification of " + when + moved + ": it is in its field " +
+        "when you choose \u201capproved for release\u201d; nothing is signed until you sign.", false);
+      return;
+    }
     if (!$("reason").value && kept.reason) $("reason").value = kept.reason;
     if (!$("deviation").value && kept.deviation) $("deviation").value = kept.deviation;
     schedulePreview(true);
-    message("Restored your unsaved draft of " + String(kept.at).slice(0, 19).replace("T", " ") + " UTC (" + put.join(", ") +
-      ")" + (kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
-      " is now at version " + S.current_version + ": your changes are put over it, compare before saving" : "") +
+    message("Restored your unsaved draft of " + when + " (" + put.join(", ") + (oos ? "; the out-of-specification justification" : "") +
+      ")" + (moved ? moved + ": your changes are put over it, compare before saving" : "") +
       ". It is not saved: save it with a reason, or reset the draft.", false);
   }
 
@@ -659,6 +670,7 @@
   });
   $("reason").addEventListener("input", keepDraft);
   $("deviation").addEventListener("input", keepDraft);
+  $("oos-justification").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
     schedulePreview(true);
@@ -678,7 +690,7 @@
       oos_justification: $("oos-box").hidden ? null : $("oos-justification").value,
       overrule_rejection: S.rejection && $("overrule-check") && $("overrule-check").checked ? S.rejection.id : null });
     $("sign-password").value = "";
-    if (r.status === 201) { $("comment").value = ""; $("oos-justification").value = ""; await load(); message(r.data.message, true); }
+    if (r.status === 201) { $("comment").value = ""; $("oos-justification").value = ""; await load(); keepDraft(); message(r.data.message, true); }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
   });
   $("meaning").addEventListener("change", renderOOS);
