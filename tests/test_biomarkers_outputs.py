@@ -844,3 +844,43 @@ def test_methods_state_the_blank_follow_up_and_the_two_p_values_of_a_split(res):
         lr = lifelines_logrank(d[tcol][low], d[tcol][~low], d[ecol][low], d[ecol][~low])
         assert rec.logrank_p == pytest.approx(lr.p_value, rel=1e-6)
         assert rec.p_raw != pytest.approx(rec.logrank_p, rel=1e-3)
+
+
+def test_a_disk_full_while_writing_names_the_folder_and_keeps_the_previous_analysis(tmp_path, monkeypatch):
+    """The disk fills while the outputs are written (simulated: fsync answers ENOSPC naming no file,
+    as the system does). The line used to be 'error: No space left on device (disk full)', naming
+    nothing; now it names the output folder and says it was left as it was (the previous analysis
+    whole), and the next run writes what an undisturbed run writes."""
+    import errno
+    import os
+
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    def run(out):
+        return CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                        "--outcomes", str(REF / "til_cohort_outcomes.csv"), "--out", str(out),
+                                        "--markers", "cd8_pct_of_cd3", "--permutations", "10", "--bootstrap", "0"])
+
+    def tables(folder):
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.csv"))}
+
+    out = tmp_path / "bio"
+    assert run(out).exit_code == 0
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = run(out)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert errors == [f"error: cannot write the outputs: {out}: No space left on device (disk full); "
+                      f"{out} was left as it was"], result.output
+    assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert run(out).exit_code == 0 and run(tmp_path / "clean").exit_code == 0
+    assert tables(out) == tables(tmp_path / "clean") != {}

@@ -715,7 +715,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     results = analyse(cohort, settings, pre)
     record.finish([FileDigest(str(p), sha256_file(p)) for p in inputs if p is not None], 0.0)
     results.run_record = record
-    from tilpheno.io.outdir import RECORD_NAME, OutputFolder
+    from tilpheno.io.outdir import RECORD_NAME, OutputFolder, unwritable
 
     tables = {"response.csv": results.response, "km.csv": results.km, "cutpoints.csv": results.cutpoints,
               "cox_univariable.csv": results.cox_univariable, "cox_multivariable.csv": results.cox_multivariable,
@@ -727,26 +727,29 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
               "time_auc.csv": results.time_auc, "time_auc_comparisons.csv": results.auc_comparisons,
               "response_survival.csv": results.response_survival}
     tables["codebook.csv"] = codebook(tables)
-    with OutputFolder.claim(out, overwrite=True, run_id=record.started_at) as folder:
-        if previous_record is not None and not isinstance(previous_record.get("outputs"), list):
-            # a biomarker run.json without `outputs` (tilpheno 0.1): its files are the fixed names
-            folder.previous = sorted(n for n in [*tables, "report.html", "figures.pdf", RECORD_NAME] if (out / n).is_file())
-        stage = folder.staging
-        for name, frame in tables.items():
-            if frame.shape[1] == 0:  # an analysis not run (e.g. --bootstrap 0): no file rather than an empty one
-                continue
-            atomic.write_csv(stage / name, frame)
-            results.files[name] = out / name
-        figures = FigureExport(pdf)
-        atomic.write_text(stage / "report.html", render_report(results, figures))
-        results.files["report.html"] = out / "report.html"
-        _export_figures(stage, figures)
-        if pdf:
-            results.files["figures.pdf"] = out / "figures.pdf"
-        record.finish(record.inputs, _time.monotonic() - started)
-        record.extra.update(folder.record())
-        atomic.write_text(stage / RECORD_NAME, record.to_json())
-        folder.publish()
+    try:
+        with OutputFolder.claim(out, overwrite=True, run_id=record.started_at) as folder:
+            if previous_record is not None and not isinstance(previous_record.get("outputs"), list):
+                # a biomarker run.json without `outputs` (tilpheno 0.1): its files are the fixed names
+                folder.previous = sorted(n for n in [*tables, "report.html", "figures.pdf", RECORD_NAME] if (out / n).is_file())
+            stage = folder.staging
+            for name, frame in tables.items():
+                if frame.shape[1] == 0:  # an analysis not run (e.g. --bootstrap 0): no file rather than an empty one
+                    continue
+                atomic.write_csv(stage / name, frame)
+                results.files[name] = out / name
+            figures = FigureExport(pdf)
+            atomic.write_text(stage / "report.html", render_report(results, figures))
+            results.files["report.html"] = out / "report.html"
+            _export_figures(stage, figures)
+            if pdf:
+                results.files["figures.pdf"] = out / "figures.pdf"
+            record.finish(record.inputs, _time.monotonic() - started)
+            record.extra.update(folder.record())
+            atomic.write_text(stage / RECORD_NAME, record.to_json())
+            folder.publish()
+    except OSError as exc:   # a full or read-only disk: the system names no file, the folder is named
+        raise unwritable(exc, out) from None
     results.files["run.json"] = out / RECORD_NAME
     return results
 

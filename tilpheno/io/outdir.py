@@ -74,6 +74,13 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
     return f"{where}: {reason}{hint}" if where is not None else f"{reason}{hint}"
 
 
+def unwritable(exc: OSError, folder: str | os.PathLike, what: str = "the outputs") -> OutputFolderError:
+    """The one-line error of writing ``what`` into ``folder`` that failed and was undone (disk full,
+    read-only): the path the system named, else ``folder`` (a full disk names no file), and that
+    ``folder`` was left as it was."""
+    return OutputFolderError(f"cannot write {what}: {describe_os_error(exc, folder)}; {folder} was left as it was")
+
+
 def own_log_files(folder: Path) -> set[str]:
     """Names of the files at ``folder``'s top that the ``tilpheno`` logger writes to (``tilpheno
     --log OUT/run.log``): the run's own log, which neither makes OUT a foreign folder nor is an

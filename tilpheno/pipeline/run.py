@@ -107,7 +107,7 @@ def run_process(
     demand) or ``none``; ``report_products``: with ``now``, only these products get a report
     drawn, the others keep a report stored in the cache, if any.
     """
-    from tilpheno.io.outdir import OutputFolder, OutputFolderError, describe_os_error
+    from tilpheno.io.outdir import OutputFolder, unwritable
 
     if manifest is None or len(manifest) == 0:
         raise NoInputError("no FCS files to process (empty manifest)")
@@ -137,8 +137,7 @@ def run_process(
                 scans.save()
             folder.publish()
         except OSError as exc:
-            raise OutputFolderError(f"cannot write the outputs: {describe_os_error(exc, out_dir)}; "
-                                    f"{out_dir} was left as it was") from None
+            raise unwritable(exc, out_dir) from None
     from tilpheno.pipeline.product import worst_severity
 
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
