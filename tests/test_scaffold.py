@@ -197,6 +197,43 @@ def test_refusals_are_one_line(tmp_path):
     assert result.exit_code == 2 and "no readable stained FCS file" in result.output
 
 
+def _files(folder: Path) -> dict[str, bytes] | None:
+    """``folder``'s files -> their bytes (None: no such folder)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else None
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 5])
+def test_a_disk_full_while_drafting_writes_no_part_of_the_study(tmp_path, monkeypatch, fail_at):
+    """The disk fills while the files are written (simulated: the ``fail_at``-th fsync answers ENOSPC,
+    naming no file, as the system does). It used to leave study.yaml and release.yaml without their
+    strategies, say 'error: No space left on device (disk full)' naming nothing, and refuse the next
+    draft ('already holds study.yaml'). Now one line names the folder, nothing of the study is left,
+    and the next draft writes what a clean draft writes."""
+    import errno
+    import os
+
+    clean, study = tmp_path / "clean", tmp_path / "study"
+    assert _run(["new-study", str(SAMPLE), "-o", str(clean)]).exit_code == 0
+    real_fsync, calls = os.fsync, []
+
+    def full(fd):
+        calls.append(fd)
+        if len(calls) == fail_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = _run(["new-study", str(SAMPLE), "-o", str(study)])
+    assert len(calls) >= fail_at
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(errors) == 1 and f"{study}: No space left on device (disk full)" in errors[0], result.output
+    assert _files(study) is None
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert _run(["new-study", str(SAMPLE), "-o", str(study)]).exit_code == 0
+    assert _files(study) == _files(clean)
+
+
 def _stained(product, words, markers):
     return {"product_id": product, "words": words, "markers": dict.fromkeys(markers, "")}
 

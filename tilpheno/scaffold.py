@@ -606,9 +606,15 @@ def release_yaml(draft: StudyDraft) -> str:
 
 def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) -> list[Path]:
     """Write ``study.yaml``, ``<kind>.yaml`` per tube kind, ``release.yaml`` and ``manifest.csv``
-    into ``out`` (created); each file atomically. Refuses (TableError) to replace an existing file
-    unless ``overwrite``. Returns the paths written."""
-    from tilpheno.io.atomic import write_csv, write_text
+    into ``out`` (created); all files or none: each is written to a temporary sibling, and the
+    temporaries are renamed over their targets only once all are written, so a failed write (a
+    full disk) leaves ``out`` as it was (an OutputFolderError naming it) rather than a study.yaml
+    without its strategies that the next draft refuses to replace. Refuses (TableError) to
+    replace an existing file unless ``overwrite``. Returns the paths written."""
+    import contextlib
+
+    from tilpheno.io.atomic import atomic_open, csv_text
+    from tilpheno.io.outdir import unwritable
 
     out = Path(out)
     texts = {out / "study.yaml": study_yaml(draft), out / "release.yaml": release_yaml(draft)}
@@ -617,11 +623,31 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     existing = [p.name for p in targets if p.exists()]
     if existing and not overwrite:
         raise TableError(f"{out}: already holds {', '.join(existing)} (pass overwrite=True to replace)")
-    out.mkdir(parents=True, exist_ok=True)
-    for path, text in texts.items():
-        write_text(path, text)
-    write_csv(out / "manifest.csv", draft.manifest, errors="surrogateescape")   # non-UTF-8 names read back as written
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as together:   # each file renamed into place as the stack unwinds
+            for path, text in texts.items():
+                _write_through(together.enter_context(atomic_open(path, "w")), text)
+            # non-UTF-8 file names are written as their bytes, to read back as written
+            _write_through(together.enter_context(atomic_open(out / "manifest.csv", "w", errors="surrogateescape")),
+                           csv_text(draft.manifest))
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise unwritable(exc, out, "the study") from None
     return targets
+
+
+def _write_through(fh, text: str) -> None:
+    """Write ``text`` to ``fh`` and on to the disk now, so that a full disk fails here, before any
+    file of the group is renamed into place, not when the buffer is flushed at close."""
+    import os
+
+    fh.write(text)
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def check_draft(out: str | Path, folder: str | Path, *, panel: str | Path | None = None) -> str:
