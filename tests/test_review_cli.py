@@ -71,6 +71,32 @@ def test_audit_export_to_a_folder_is_one_line_naming_it(review_out, tmp_path):
     assert not any(p.name.endswith(".part") for p in tmp_path.iterdir()) and not any(target.iterdir())
 
 
+def test_a_disk_full_while_exporting_is_one_line_naming_the_target(review_out, tmp_path, monkeypatch):
+    """The disk fills while `audit export` or `export-approved` writes (simulated: fsync answers
+    ENOSPC naming no file, as the system does). They said 'error: No space left on device (disk
+    full)', naming nothing, and 'export to DEST: [Errno 28] No space left on device; ...' (Python's
+    repr); now one line names -o and the cause in the words of every other command, nothing is
+    left behind."""
+    import errno
+    import os
+
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    assert run("users", "list", review_out, "--db", db).exit_code == 0
+    target = tmp_path / "exports"
+    target.mkdir()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    r = run("audit", "export", review_out, "-o", target / "audit.csv", "--db", db)
+    assert r.exit_code == 2 and r.output == f"error: {target / 'audit.csv'}: No space left on device (disk full)\n", r.output
+    r = run("export-approved", review_out, "-o", target / "approved", "--db", db)
+    assert r.exit_code == 2 and r.output == (f"error: cannot export: {target / 'approved'}: No space left on device "
+                                             "(disk full); nothing was exported and no certificate was audited\n"), r.output
+    assert not any(target.iterdir())
+
+
 def test_bad_database_url_is_one_line(review_out):
     r = run("users", "list", review_out, "--db", "mysql://x")
     assert r.exit_code == 2 and "use sqlite:///FILE or postgresql://" in r.output

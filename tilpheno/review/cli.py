@@ -360,6 +360,7 @@ def audit_verify(out: Path = typer.Argument(...), db: Optional[str] = typer.Opti
 def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(..., "-o", "--out", help="CSV file to write."),
                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Write every audit entry (oldest first) as CSV."""
+    from tilpheno.cli import _write_or_fail
     from tilpheno.errors import TilphenoError
     from tilpheno.io.atomic import write_text
     from tilpheno.review.audit import export_csv
@@ -367,9 +368,11 @@ def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(
     try:
         factory = _factory(out, db)
         with factory() as s:
-            write_text(csv_path, export_csv(s))
-    except (TilphenoError, OSError) as exc:   # -o a folder, no permission, disk full
+            text = export_csv(s)
+    except (TilphenoError, OSError) as exc:
         _fail(exc)
+    # -o a folder, no permission, a full disk (whose error names no file): one line naming -o
+    _write_or_fail(csv_path, lambda path: write_text(path, text))
     typer.echo(f"audit trail written to {csv_path}")
 
 
@@ -385,6 +388,7 @@ def export_approved(
     recorded in the audit trail (action `certificate`, user `cli:` and your login name, e.g. cli:root) only
     once all were written, then they are moved into it."""
     from tilpheno.errors import TilphenoError
+    from tilpheno.io.outdir import describe_os_error
     from tilpheno.review.db import ReviewError
     from tilpheno.review.export import approved_export, write_approved_export
     from tilpheno.review.server import build_service
@@ -395,8 +399,8 @@ def export_approved(
         write_approved_export(service, export, dest, _actor())
     except TilphenoError as exc:
         _fail(exc)
-    except OSError as exc:
-        _fail(ReviewError(f"export to {dest}: {exc}; nothing was exported and no certificate was audited"))
+    except OSError as exc:   # a full disk names no file: the folder is named
+        _fail(ReviewError(f"cannot export: {describe_os_error(exc, dest)}; nothing was exported and no certificate was audited"))
     failed = int((export.phenotypes["review_status"] == "failed processing").sum())
     typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}"
                + (f" ({failed} failed processing: not released)" if failed else ""))
