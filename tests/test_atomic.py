@@ -63,3 +63,44 @@ def test_exchange_swaps_two_folders_in_one_step_or_says_it_cannot(tmp_path, monk
         atomic.exchange(a, tmp_path / "gone")
     monkeypatch.setattr(atomic, "_renameat2", lambda: None)
     assert atomic.exchange(a, b) is False and (a / "name.txt").read_text() == "b"
+
+
+@pytest.mark.parametrize("args", [
+    ["scan", "{in}", "-o", "{file}/manifest.csv"],
+    ["new-study", "{in}", "-o", "{file}"],
+    ["--log", "{file}/run.log", "scan", "{in}"],
+])
+def test_a_file_where_an_outputs_folder_should_be_is_said_as_such(tmp_path, args):
+    """`-o notes.txt/manifest.csv` (or `--log`, `new-study -o`) with notes.txt a file said
+    'error: notes.txt: File exists', as though the folder were there; now the file is named as
+    not a folder, exit 2, the file untouched and nothing written beside it."""
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("TIL001_surface_stain.fcs", "TIL001_treg_stain.fcs"):
+        shutil.copy(sample / name, folder)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file\n")
+    result = CliRunner().invoke(app, [a.format(**{"in": folder, "file": notes}) for a in args])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "File exists" not in errors[0] and "Not a directory (a path component is a file, not a folder)" in errors[0]
+    assert str(notes) in errors[0] and notes.read_text() == "a file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "notes.txt"]
+
+
+def test_make_folder_names_a_file_in_its_place(tmp_path):
+    (tmp_path / "f").write_text("x")
+    atomic.make_folder(tmp_path / "a" / "b")
+    atomic.make_folder(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    with pytest.raises(NotADirectoryError) as caught:
+        atomic.make_folder(tmp_path / "f")
+    assert caught.value.filename == str(tmp_path / "f")

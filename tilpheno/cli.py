@@ -177,8 +177,10 @@ def configure_logging(*, verbose: bool = False, log_file: Optional[Path] = None)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
+        from tilpheno.io.atomic import make_folder
+
         try:   # its folder is created: `--log OUT/run.log process -o OUT` logs into the OUT the run creates
-            log_file.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(log_file.parent)
             file_handler = RunLogHandler(log_file, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             _fail(exc)

@@ -613,7 +613,7 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     replace an existing file unless ``overwrite``. Returns the paths written."""
     import contextlib
 
-    from tilpheno.io.atomic import atomic_open, csv_text
+    from tilpheno.io.atomic import atomic_open, csv_text, make_folder
     from tilpheno.io.outdir import unwritable
 
     out = Path(out)
@@ -625,7 +625,7 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
         raise TableError(f"{out}: already holds {', '.join(existing)} (pass overwrite=True to replace)")
     created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         with contextlib.ExitStack() as together:   # each file renamed into place as the stack unwinds
             for path, text in texts.items():
                 _write_through(together.enter_context(atomic_open(path, "w")), text)

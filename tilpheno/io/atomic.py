@@ -64,6 +64,16 @@ def replace_naming_target(tmp: str | os.PathLike, path: str | os.PathLike) -> No
         raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
 
 
+def make_folder(path: str | os.PathLike) -> None:
+    """Create the folder ``path`` and its parents (nothing done when it is there); a file in its
+    place is a NotADirectoryError naming ``path`` (the system's FileExistsError reads 'File
+    exists', as though the folder were there)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(path)) from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
                 errors: str = "backslashreplace") -> Iterator[IO]:
@@ -73,7 +83,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     byte in a file name) is written as a backslash escape (``errors``), never a crash.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:

@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 
 from tilpheno.errors import TilphenoError
-from tilpheno.io.atomic import default_mode, replace_naming_target
+from tilpheno.io.atomic import default_mode, make_folder, replace_naming_target
 
 KEPT_KEYWORDS = ("$SRC", "$DATE", "$BTIM", "$ETIM", "$CYT", "$CYTSN", "$INST", "$OP", "$PROJ", "$FIL",
                  "TUBE NAME", "EXPERIMENT NAME")
@@ -132,7 +132,7 @@ def export_h5ad(
         var=var,
         uns={"source_file": str(fcs.path), "source_sha256": fcs.sha256, "keywords": _kept_keywords(fcs)},
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:

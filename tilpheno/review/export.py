@@ -189,7 +189,7 @@ def _real_folder(dest: Path) -> Path:
 def _stage(export: ApprovedExport, dest: Path) -> Path:
     """Every file of ``export`` written into a new hidden folder beside ``dest``
     (``.NAME.partial-XXXX``, the same file system); removed again if a write fails (re-raised)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.make_folder(dest.parent)
     staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         atomic.write_csv(staged / "phenotypes_approved.csv", export.phenotypes)
