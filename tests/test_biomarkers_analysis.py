@@ -298,6 +298,20 @@ def test_cutpoints_file_as_a_spreadsheet_saves_it(tmp_path, text):
     assert read_cutpoints(cuts).values.tolist() == [["cd8", "", 25.5], ["cd8", "os", 1500.25]]
 
 
+@pytest.mark.parametrize("name", ["cuts.xlsx", "cuts.csv"])
+def test_a_cutpoints_workbook_is_told_to_be_saved_as_text(tmp_path, name):
+    """A cut-points table saved from Excel as a workbook (or a workbook renamed .csv) was refused as
+    'not a CSV or Excel (.xlsx) file (binary content)': an Excel file told it is not one. A cut-points
+    file is text (README): the line now says it is a workbook and how to save it."""
+    cuts = tmp_path / name
+    pd.DataFrame({"marker": ["cd8"], "cutpoint": [25.5]}).to_excel(cuts, index=False, engine="openpyxl")
+    with pytest.raises(TableError) as caught:
+        read_cutpoints(cuts)
+    assert str(caught.value) == (f"{cuts}: an Excel workbook; a cut-points file is text: save the sheet as CSV UTF-8 "
+                                 "(columns marker, cutpoint, optional endpoint)")
+    assert "binary content" not in str(caught.value)
+
+
 def test_cutpoints_file_too_large_is_refused_before_it_is_read(tmp_path, monkeypatch):
     """A cut-points file larger than a table file may be (a phenotypes export or an FCS file named by
     mistake) was read into memory whole, as the outcomes table is not: its reader had no size limit

@@ -29,7 +29,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io import atomic
-from tilpheno.io.outcomes import csv_rows, locale_numbers, number, table_bytes
+from tilpheno.io.outcomes import EXCEL_SUFFIXES, csv_rows, locale_numbers, number, table_bytes
 from tilpheno.io.workbook import place, table_frame
 
 from .cohort import ENDPOINTS, Cohort, build_cohort, require_frames
@@ -129,7 +129,12 @@ def read_cutpoints(path) -> pd.DataFrame:
     """
     path = Path(path)
     source = str(path)
-    header_line, separator, rows = csv_rows(table_bytes(path, "a cut-points table"), source, CUTPOINT_COLUMNS)
+    data = table_bytes(path, "a cut-points table")
+    if data[:4] == b"PK\x03\x04" or path.suffix.lower() in (*EXCEL_SUFFIXES, ".xls"):
+        # an Excel workbook's bytes read as text were 'not a CSV or Excel (.xlsx) file (binary content)'
+        raise TableError(f"{source}: an Excel workbook; a cut-points file is text: save the sheet as CSV UTF-8 "
+                         f"(columns {', '.join(CUTPOINT_COLUMNS)}, optional endpoint)")
+    header_line, separator, rows = csv_rows(data, source, CUTPOINT_COLUMNS)
     frame = table_frame(rows, header_line, lambda line: place(source, line), lower=(*CUTPOINT_COLUMNS, "endpoint"))
     for col in CUTPOINT_COLUMNS:
         if col not in frame.columns:
