@@ -73,6 +73,34 @@ def test_an_unreadable_fmo_file_makes_the_run_not_ok_though_its_product_is_done(
             "complete) or an input file could not be read") in shown, shown
 
 
+def test_an_fmo_that_is_the_stained_file_copied_is_not_used_and_holds_release(tmp_path):
+    """TIL002's FoxP3 FMO replaced by a copy of its Treg stained file (a slip when renaming exports):
+    the FoxP3 cut was set at the stained tube's own 99.5th percentile, CD4+FoxP3+ reported 0.5 % of
+    CD4+ (truth, sample_fcs/truth.csv: 7.1 %), with no flag and the release 'pass'. Now the copy is
+    flagged fmo_copy_of_stain (error) naming the stained file, not used (the gate falls back, as
+    without an FMO: within 2 points of the truth), and the release waits for review."""
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sample.glob("TIL002_*.fcs"):
+        shutil.copy(f, folder)
+    shutil.copy(folder / "TIL002_treg_stain.fcs", folder / "TIL002_treg_FMO_FoxP3.fcs")
+    before = _digests(folder)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
+    assert "1 of 1 products done" in result.output, result.output
+    qc = pd.read_csv(out / "qc.csv")
+    (copy,) = qc[qc["code"] == "fmo_copy_of_stain"].itertuples()
+    assert copy.file == "TIL002_treg_FMO_FoxP3.fcs" and copy.severity == "error"
+    assert "the same bytes as the stained file TIL002_treg_stain.fcs" in copy.message
+    assert {"missing_fmo", "fallback_gate"} <= set(qc[qc["gate"] == "CD4+FoxP3+"]["code"])
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    truth = pd.read_csv(sample / "truth.csv").set_index("product_id").loc["TIL002"]
+    assert abs(row["cd4foxp3_pct_of_cd4"] - truth["cd4foxp3_pct_of_cd4"]) < 2.0
+    assert row["release_status"] == "not evaluable" and row["review_status"] == "needs review"
+    assert _digests(folder) == before
+
+
 def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     before = _digests(broken_folder)
     out = tmp_path / "out"

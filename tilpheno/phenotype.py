@@ -780,6 +780,21 @@ class _Source:
     handle: Any = None                        # loader's data (e.g. the manifest row, the FCSFile for the digest)
 
 
+def stained_copy(fmo, stained: Sequence[tuple[str, Any]]) -> str | None:
+    """The name of the stained file that the FMO file ``fmo`` (an FCSFile) is a byte-for-byte copy
+    of, None when it is none of ``stained`` ((name, FCSFile) pairs): a stained file copied under
+    an FMO's name (a slip when exporting or renaming) passes every other check, and its cut at
+    the stained tube's own 99.5th percentile reports every positive fraction near 0.5 %. The
+    TEXT keywords are compared first (a real FMO differs at least in $FIL, TUBE NAME or the
+    times); only for identical ones are the files' bytes compared."""
+    import filecmp
+
+    for name, meta in stained:
+        if meta.keywords == fmo.keywords and filecmp.cmp(meta.path, fmo.path, shallow=False):
+            return name
+    return None
+
+
 def _duplicate_controls(product_id: str, tube_kind: str, gated: Sequence[_Source], vocabulary) -> list[QCFlag]:
     """A ``duplicate_control`` flag (review) for each marker with more than one gated FMO file in
     a tube kind (the same FMO in two folders, a re-acquired control, another product's): its
@@ -1594,6 +1609,7 @@ def analyze_product(
         # the events, which are read when the file is gated (a DATA read that fails then is flagged
         # by load).
         reference, reference_src, stained_read = None, None, []
+        stained_meta: list[tuple[str, Any]] = []   # (name, FCSFile) of each readable stained file
         for src in sources:
             if src.role != "stain":
                 continue
@@ -1605,6 +1621,7 @@ def analyze_product(
                 src.handle["read_flag"] = QCFlag(product_id, src.handle["name"], "unreadable_file", "error", exc.problem)
                 continue
             stained_read.append(src)
+            stained_meta.append((src.handle["name"], fcs))
             if reference is None:
                 reference, reference_src = fcs, src
         if reference is None:
@@ -1629,6 +1646,13 @@ def analyze_product(
                 fcs = read_fcs(h["row"].file, empty=blocks.take)
             except FCSReadError as exc:
                 h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
+                return None
+            copied = stained_copy(fcs, stained_meta) if src.role == "fmo" else None
+            if copied is not None:
+                h["load_flag"] = [QCFlag(product_id, h["name"], "fmo_copy_of_stain", "error",
+                                         f"the same bytes as the stained file {copied}: a copy, not an FMO control "
+                                         "(its cut would be the stained tube's own 99.5th percentile); not used, "
+                                         "its marker's gates fall back as without an FMO")]
                 return None
             h["acquisition"] = acquisition_step(fcs, strategy.acquisition, h.get("acquisition"))
             try:
