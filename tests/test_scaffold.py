@@ -717,6 +717,41 @@ def test_several_stained_files_with_controls_say_where_the_controls_go(tmp_path)
     assert (pd.read_csv(out / "phenotypes.csv")["status"] == "done").all()
 
 
+def test_several_stained_files_of_one_name_in_two_folders_are_told_apart(tmp_path):
+    """Two specimens' exports of the same names in folders a/ and b/: the duplicate_tube line named
+    'TIL001_surface_stain.fcs, TIL001_surface_stain.fcs' and offered both the product_id
+    TIL001_surface_stain, which, done as told, leaves them one product. It now names them by their
+    paths (as qc.csv does) and offers a_TIL001_surface_stain, b_TIL001_surface_stain; done as it
+    says (each folder's controls with its specimen), every product is done."""
+    import re
+
+    folder = tmp_path / "fcs"
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True)
+        for name in ("TIL001_surface_stain.fcs", "TIL001_surface_FMO_PD1.fcs", "TIL001_unstained.fcs"):
+            shutil.copy(SAMPLE / name, folder / sub / name)
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    (line,) = [x for x in result.output.splitlines() if x.startswith("product TIL001")]
+    assert "2 stained surface files (a/TIL001_surface_stain.fcs, b/TIL001_surface_stain.fcs)" in line, line
+    written = tmp_path / "study" / "manifest.csv"
+    manifest = pd.read_csv(written, dtype=str, keep_default_na=False)
+    stained = re.search(r"lines ([\d, ]+), give each specimen its own product_id, e\.g\. (.+?) \(", line)
+    specimens = dict(zip(stained.group(1).split(", "), stained.group(2).split(", ")))
+    assert sorted(specimens.values()) == ["a_TIL001_surface_stain", "b_TIL001_surface_stain"], line
+    for number, specimen in specimens.items():
+        manifest.loc[int(number) - 2, "product_id"] = specimen
+    others = re.search(r"its other files \(lines? ([\d, ]+): (.+?)\) keep product_id TIL001", line)
+    for number, label in zip(others.group(1).split(", "), others.group(2).split(", ")):
+        manifest.loc[int(number) - 2, "product_id"] = f"{label.split('/')[0]}_TIL001_surface_stain"
+    manifest.to_csv(written, index=False)
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(tmp_path / "study" / "study.yaml"),
+                   "--manifest", str(written), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    status = pd.read_csv(out / "phenotypes.csv").set_index("product_id")["status"].to_dict()
+    assert status == {"a_TIL001_surface_stain": "done", "b_TIL001_surface_stain": "done"}, status
+
+
 def test_duplicate_stain_advice_says_which_tube_kinds_a_product_needs(tmp_path):
     """Two panels (TIL001 surface, two stained files and its FMO; TIL002 treg only): both kinds are
     optional, yet the duplicate-stain line said TIL001, left with its FMO once its stained files are

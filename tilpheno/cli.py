@@ -310,31 +310,45 @@ def _warn_duplicate_stains(manifest, written: Path | None, required: tuple[str, 
     the study's name and required tube kinds, which the product's other files must still have;
     ``unfit``: files that fit no tube kind of the study (:func:`_warn_unfit_stains`), no copies of
     the kind they were read as, so a group of only those has no line."""
+    from tilpheno.io.files import file_labels
+
     rows = manifest.reset_index(drop=True)
     stains = rows[rows["role"] == "stain"]
     for (product, kind), files in stains.groupby(["product_id", "tube"], sort=True):
         if len(files) < 2 or files["file"].isin(unfit).all():
             continue
-        names = [Path(str(f)).name for f in files["file"]]
+        # files of one name in two folders are named by their paths, and offered ids from them
+        labels = file_labels(rows.loc[rows["product_id"] == product, "file"])
+        names = [labels[str(f)] for f in files["file"]]
         where = (f"in {written}, lines {', '.join(str(i + 2) for i in files.index)}" if written is not None
                  else "in a manifest (scan -o manifest.csv)")
         typer.secho(f"product {product}: {len(files)} stained {kind} files ({', '.join(names)}); process takes its "
                     f"variables from one (duplicate_tube): {where}, give each specimen its own product_id, e.g. "
-                    f"{', '.join(n.rsplit('.', 1)[0] for n in names)} (a re-acquired file: delete its line)"
-                    f"{_other_files_of(rows, product, files.index, written, required)}",
+                    f"{', '.join(_product_id_of(n) for n in names)} (a re-acquired file: delete its line)"
+                    f"{_other_files_of(rows, product, files.index, written, required, labels)}",
                     fg=typer.colors.YELLOW, err=True)
 
 
-def _other_files_of(rows, product, renamed, written: Path | None, required: tuple[str, list[str]]) -> str:
+def _product_id_of(label: str) -> str:
+    """A product id offered for the file its flags name ``label`` (``file_labels``): the label
+    without its extension, a folder's separator as ``_`` (``a/TIL001_stain.fcs`` -> ``a_TIL001_stain``)."""
+    import os
+
+    return label.rsplit(".", 1)[0].replace(os.sep, "_")
+
+
+def _other_files_of(rows, product, renamed, written: Path | None, required: tuple[str, list[str]],
+                    labels: dict[str, str]) -> str:
     """The tail of a duplicate_tube line: ``product``'s files in ``rows`` other than the ``renamed``
     stained files (its controls, its other tube kinds) keep its product_id, so once the stained files
     are given their specimens' ids, ``process`` fails ``product`` (controls only, or a required tube
     kind missing, named with the study, ``required``: its name and those kinds; an optional one may be)
-    unless each of them is given its specimen's id too; '' when there are none."""
+    unless each of them is given its specimen's id too; '' when there are none. ``labels``: how the
+    product's files are named (``file_labels``: paths where two share a name)."""
     others = rows[(rows["product_id"] == product) & ~rows.index.isin(renamed)]
     if others.empty:
         return ""
-    names = ", ".join(Path(str(f)).name for f in others["file"])
+    names = ", ".join(labels[str(f)] for f in others["file"])
     numbers = [str(i + 2) for i in others.index]
     where = f"line{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}: {names}" if written is not None else names
     study, kinds = required
