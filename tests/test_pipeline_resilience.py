@@ -409,6 +409,36 @@ def test_a_hand_edited_run_json_is_refused_in_one_line(processed, tmp_path, fiel
             ReviewSource(out)
 
 
+@pytest.mark.parametrize("damage, said", [
+    ("no run.json", "(OUT/run.json: No such file or directory)"),
+    ("run.json a folder", "(OUT/run.json: Is a directory)"),
+    ("run.json cut short", "(run.json is not complete JSON: "),
+    ("no phenotypes.parquet", "(OUT/phenotypes.parquet: No such file or directory)"),
+])
+def test_report_of_a_folder_without_a_readable_run_says_which_file_in_words(processed, tmp_path, damage, said):
+    """`tilpheno report` of a folder whose run.json is missing or a folder, or whose
+    phenotypes.parquet is missing, said '(... [Errno 2] No such file or directory: 'OUT/run.json')',
+    Python's repr of the error -> the file and the cause, as every other message; nothing changes."""
+    out = tmp_path / "out"
+    shutil.copytree(processed[0], out)
+    run = out / "run.json"
+    if damage == "run.json cut short":
+        run.write_bytes(run.read_bytes()[:500])
+    elif damage == "no phenotypes.parquet":
+        (out / "phenotypes.parquet").unlink()
+    else:
+        run.unlink()
+        if damage == "run.json a folder":
+            run.mkdir()
+    before = _digests(out)
+    result = CliRunner().invoke(app, ["report", str(out)])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert errors[0].startswith(f"error: {out}: no readable run of `tilpheno process` here ")
+    assert said.replace("OUT", str(out)) in errors[0] and "Errno" not in errors[0], errors[0]
+    assert _digests(out) == before
+
+
 def test_biomarkers_refuse_a_hand_edited_run_json_in_one_line(processed, small_cohort, tmp_path):
     """biomarkers takes the study from the run.json beside PHENOTYPES: its parameters edited into
     a number ended in AttributeError; now one line naming run.json and the field."""

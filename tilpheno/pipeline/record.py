@@ -147,6 +147,23 @@ def _json_text(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _unreadable_run(exc: Exception) -> str:
+    """Why a run folder's ``run.json`` or ``phenotypes.parquet`` could not be read, in words: a field
+    missing, a file missing or not a file (its path and the cause, not Python's ``[Errno 2] ...``),
+    a run.json cut short or not JSON."""
+    import json
+
+    from tilpheno.io.outdir import describe_os_error
+
+    if isinstance(exc, KeyError):
+        return f"run.json has no field {exc}"
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        return f"run.json is not complete JSON: {exc}"
+    return str(exc)
+
+
 def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
     """The arguments of the ``process`` run recorded in ``OUT/run.json`` (input folder, manifest,
     outcomes, strategies, release spec, FMO percentile, identifiers, local jobs, and its input
@@ -169,8 +186,7 @@ def rerun_arguments(out_dir: str | Path) -> tuple[dict, set[str]]:
         params = check_run_record(run, out_dir / "run.json")["parameters"]
         known = set(pd.read_parquet(out_dir / "phenotypes.parquet", columns=["product_id"])["product_id"].astype(str))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        why = f"run.json has no field {exc}" if isinstance(exc, KeyError) else exc
-        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({why})") from None
+        raise TilphenoError(f"{out_dir}: no readable run of `tilpheno process` here ({_unreadable_run(exc)})") from None
     folder = params.get("input_folder")
     if folder is None:
         raise TilphenoError(f"{out_dir / 'run.json'}: field parameters.input_folder is missing {_HAND_EDITED}")
