@@ -561,3 +561,15 @@ def test_a_mixed_covariate_of_the_phenotypes_is_refused_naming_its_file_row_and_
         build_cohort(read_phenotypes(path), read_outcomes(REF / "til_cohort_outcomes.csv"), covariates=["site"],
                      sources=(str(path), "outcomes"))
     assert str(info.value) == f"{path}: row {line}, column 'site': mixed types: 'lung' is text in a column of numbers"
+
+
+@pytest.mark.parametrize("sep, decimal", [(";", ","), ("\t", ".")])
+def test_phenotypes_saved_again_by_a_spreadsheet_read_as_written_by_process(tmp_path, sep, decimal):
+    """phenotypes.csv opened in a European Excel (a product excluded, say) and saved: semicolons and
+    decimal commas; or copied as tab-separated text. It was refused as "row 1, column 'product_id':
+    missing required column", though the column is there; now read as the file process wrote (the
+    outcomes table beside it is read in these forms too)."""
+    original = REF / "til_cohort_phenotypes.csv"
+    saved = tmp_path / "phenotypes.csv"
+    pd.read_csv(original, dtype={"product_id": str}).to_csv(saved, sep=sep, decimal=decimal, index=False)
+    pd.testing.assert_frame_equal(read_phenotypes(saved), read_phenotypes(original))

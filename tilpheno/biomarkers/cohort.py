@@ -64,7 +64,10 @@ def validate_phenotypes(phenotypes: pd.DataFrame, source: str = "phenotypes") ->
 
 
 def read_phenotypes(path) -> pd.DataFrame:
-    """Read ``phenotypes.csv`` (or ``.parquet``) of ``tilpheno process``; TableError when unreadable."""
+    """Read ``phenotypes.csv`` (or ``.parquet``) of ``tilpheno process``, also as a spreadsheet saves
+    it again: semicolon-separated with decimal commas (European Excel) or tab-separated (the
+    separator read from the header line, :func:`tilpheno.io.files.column_separator`); TableError
+    when unreadable."""
     from pathlib import Path
 
     path = Path(path)
@@ -76,11 +79,16 @@ def read_phenotypes(path) -> pd.DataFrame:
         if path.suffix.lower() == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            if b"\x00" in path.read_bytes()[:65536]:
+            data = path.read_bytes()
+            if b"\x00" in data[:65536]:
                 raise TableError(f"{path}: not a CSV file")
             from tilpheno.io.csvcells import restore_frame
+            from tilpheno.io.files import column_separator
 
-            frame = restore_frame(pd.read_csv(path, dtype={"product_id": str}))   # formula-neutralised cells
+            # saved again by a European Excel: semicolons, decimal commas (as the outcomes table may be)
+            sep = column_separator(data.decode("utf-8-sig", errors="replace").split("\n", 1)[0])
+            frame = restore_frame(pd.read_csv(path, dtype={"product_id": str}, sep=sep,   # formula-neutralised cells
+                                              decimal="," if sep == ";" else "."))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise TableError(f"{path}: not a readable table ({type(exc).__name__})") from None
     return validate_phenotypes(frame, str(path))
