@@ -464,12 +464,19 @@ def simulate(
     events: int = typer.Option(20000, "--events", min=1, help="Events per tube."),
 ) -> None:
     """Simulate raw FCS 3.1 files (9 tubes per product) with manifest.csv, truth.csv, outcomes.csv."""
+    from tilpheno.errors import TilphenoError
     from tilpheno.simulate.cohort import simulate_cohort
 
     try:
         paths = simulate_cohort(out, products, seed, events)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         _fail(exc)
+    except OSError as exc:   # a full disk names no file: the folder is named, and what it now holds
+        from tilpheno.io.outdir import describe_os_error
+
+        left = out.is_dir() and any(out.glob("*.fcs"))
+        _fail(TilphenoError(describe_os_error(exc, out) + (f"; the FCS files in {out} are an incomplete cohort (no "
+                                                           "manifest.csv): simulate again" if left else "")))
     typer.echo(f"wrote {len(paths.files)} FCS files for {products} products to {paths.out_dir}")
     typer.echo(f"manifest: {paths.manifest}\ntruth: {paths.truth}\noutcomes: {paths.outcomes}")
 
