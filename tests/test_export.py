@@ -122,3 +122,31 @@ def test_cli_export_events(tmp_path):
 def test_cli_export_events_needs_an_output(tmp_path):
     result = CliRunner().invoke(app, ["export-events", str(GML / "data1.fcs"), "--gatingml", str(GML / "gml" / "gml_rect1_gate.xml")])
     assert result.exit_code != 0
+
+
+@pytest.mark.parametrize("command, option, name", [
+    ("apply-gates", "-o", "gates.csv"), ("export-events", "--fcs", "q.fcs"), ("export-events", "--h5ad", "q.h5ad"),
+])
+def test_a_disk_full_while_exporting_is_one_line_naming_the_file(tmp_path, monkeypatch, command, option, name):
+    """The disk fills while the file is written (simulated: fsync, or h5py's write, answers ENOSPC
+    with no file named, as the system does). apply-gates and export-events --fcs said 'error: No
+    space left on device (disk full)', naming nothing; --h5ad printed h5py's paragraph naming the
+    hidden temporary file ('.q.h5ad.x1y2.part'). Now one line names the file asked for; none is left."""
+    import errno
+    import os
+
+    import anndata
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "Unable to synchronously create file (file write failed: errno = 28, "
+                                    f"filename = '{tmp_path}/.{name}.abcd.part')" if name.endswith(".h5ad")
+                      else os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(anndata.AnnData, "write_h5ad", full)
+    target = tmp_path / name
+    result = CliRunner().invoke(app, [command, str(GML / "data1.fcs"), "--gatingml", str(GML / "gml" / "gml_rect1_gate.xml"),
+                                      option, str(target)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {target}: No space left on device (disk full)\n", result.output
+    assert list(tmp_path.iterdir()) == []

@@ -70,10 +70,12 @@ def _to_run_log(line: str) -> None:
 def _write_or_fail(path: Path, write: Callable[[Path], object]) -> None:
     """``write(path)``; an ``OSError`` (the path a folder, a read-only or full disk) is one line
     naming ``path`` as given, not the temporary file the atomic writer was filling, exit status 2."""
+    import os
+
     try:
         write(path)
-    except OSError as exc:
-        _fail(OSError(exc.errno, exc.strerror, str(path)))
+    except OSError as exc:   # the system's words for its errno: h5py's strerror is a paragraph naming the temporary
+        _fail(OSError(exc.errno, os.strerror(exc.errno) if exc.errno else exc.strerror, str(path)))
 
 
 def _existing(param: typer.CallbackParam, value, *, folder: bool):
@@ -972,9 +974,9 @@ def apply_gates(
             assert fcs.events is not None   # read_fcs decodes the events
             table = population_counts(sample, fcs.events, fcs.channel_names, markers)
             what = f"{len(table)} populations"
-        write_csv(out, table)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
+    _write_or_fail(out, lambda path: write_csv(path, table))
     typer.echo(f"wrote {what} to {out}")
 
 
@@ -997,7 +999,7 @@ def export_events(
         fcs, masks = _gates_on_file(file, gatingml, wsp, group)
         for target, writer in ((fcs_out, export_fcs), (h5ad_out, export_h5ad)):
             if target is not None:
-                writer(fcs, masks, target)
+                _write_or_fail(target, lambda path: writer(fcs, masks, path))
                 typer.echo(f"wrote {fcs.n_events} events x {len(masks)} populations to {target}")
     except (TilphenoError, OSError) as exc:
         _fail(exc)
