@@ -24,12 +24,18 @@ PD1_GATES = {"pd1_pct_of_live_lymph": "PD1+", "cd8pd1_pct_of_cd8": "CD8+PD1+", "
 ALL = {**PD1_GATES, "cd4foxp3_pct_of_cd4": "CD4+FoxP3+"}
 
 
-def _run(tmp_path, seed, phen):
-    prod = simulate_product(f"F{seed}", seed, 20000, phenomena=phen)
-    write_product(prod, tmp_path)
+def _analyzed(folder, product_id, seed, phen):
+    """The product simulated with ``seed`` and ``phen``, written to ``folder`` and analyzed with
+    the study's strategies: (the simulated product, its result)."""
+    prod = simulate_product(product_id, seed, 20000, phenomena=phen)
+    write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
-    manifest["file"] = [str(tmp_path / f) for f in manifest["file"]]
-    result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+    manifest["file"] = [str(folder / f) for f in manifest["file"]]
+    return prod, analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+
+
+def _run(tmp_path, seed, phen):
+    prod, result = _analyzed(tmp_path, f"F{seed}", seed, phen)
     errors = {v: result.phenotype[v] - prod.truth[f"ref_{v}"] for v in ALL}
     flagged = {f.message.split(" (")[0] for f in result.qc if needs_review(f)}
     return errors, flagged, result
@@ -635,11 +641,7 @@ def test_a_degraded_tandem_seen_on_the_cd56_fmo_is_flagged_on_cd56(tmp_path):
     for phen, degraded in ((drawn, True), (replace(drawn, tandem_loss=0.0), False)):
         folder = tmp_path / str(degraded)
         folder.mkdir()
-        prod = simulate_product("V138221", 138221, 20000, phenomena=phen)
-        write_product(prod, folder)
-        manifest = pd.DataFrame(manifest_rows(prod))
-        manifest["file"] = [str(folder / f) for f in manifest["file"]]
-        result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+        prod, result = _analyzed(folder, "V138221", 138221, phen)
         nkt, nk = (result.phenotype[v] - prod.truth[v] for v in ("nkt_pct_of_live_lymph", "nk_pct_of_live_lymph"))
         flags = [f for f in result.qc if needs_review(f) and f.gate == "CD56+" and "spillover" in f.message]
         assert bool(flags) is degraded, (nkt, [f.message for f in result.qc if f.gate == "CD56+"])
@@ -672,11 +674,7 @@ def test_a_residual_check_whose_replaced_gate_is_itself_uncertain_raises_no_flag
     for phen, degraded in ((heavy, True), (replace(heavy, tandem_loss=0.0), False)):
         folder = tmp_path / str(degraded)
         folder.mkdir()
-        prod = simulate_product("V143981", 143981, 20000, phenomena=phen)
-        write_product(prod, folder)
-        manifest = pd.DataFrame(manifest_rows(prod))
-        manifest["file"] = [str(folder / f) for f in manifest["file"]]
-        result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+        prod, result = _analyzed(folder, "V143981", 143981, phen)
         tube = next(t for t in result.tubes if t.role == "stain" and "CD56+" in t.diagnostics)
         cd56[degraded] = float(tube.populations.set_index("population").loc["CD56+", "pct_of_parent"])
         if degraded:
@@ -687,6 +685,7 @@ def test_a_residual_check_whose_replaced_gate_is_itself_uncertain_raises_no_flag
             spill = [f.message for f in result.qc if f.gate == "CD56+" and "spillover" in f.message]
             assert not spill, spill
     assert abs(cd56[False] - cd56[True]) < 3.0, cd56
+
 
 def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
     """The residual-spillover check takes back to linear units only the FMO parent's events the
