@@ -48,6 +48,7 @@ A file that cannot be read, mapped or compensated is dropped with a QC flag (``u
 """
 from __future__ import annotations
 
+import filecmp
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -787,8 +788,6 @@ def stained_copy(fmo, stained: Sequence[tuple[str, Any]]) -> str | None:
     the stained tube's own 99.5th percentile reports every positive fraction near 0.5 %. The
     TEXT keywords are compared first (a real FMO differs at least in $FIL, TUBE NAME or the
     times); only for identical ones are the files' bytes compared."""
-    import filecmp
-
     for name, meta in stained:
         if meta.keywords == fmo.keywords and filecmp.cmp(meta.path, fmo.path, shallow=False):
             return name
