@@ -1178,3 +1178,35 @@ def test_an_unsigned_out_of_specification_justification_is_kept_in_the_browser(d
     wait(driver, lambda d: d.execute_script(get, key) is None, "the signed justification forgotten")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_a_reviewed_signature_keeps_the_unsent_out_of_specification_justification(driver, server):
+    """Dave types the out-of-specification justification to approve TIL001 (fails CD3+ > 90 %), then
+    signs "reviewed" first (the justification's field hidden, not sent). The signature emptied the
+    field and forgot its kept copy in the browser: the justification, never signed, was lost. Now a
+    signature clears only what it sent: the comment goes, the justification stays in its field and in
+    the browser, and the approval signed after it is made with it."""
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    driver.get_log("browser")
+    key, get = f"tilpheno-draft|dave|{PID}", "return window.localStorage.getItem(arguments[0]);"
+    open_product(driver, base, "dave")
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
+    wait(driver, lambda d: d.execute_script(get, key), "the justification kept in the browser")
+    sign(driver, "reviewed", "dave", "plots checked")
+    wait(driver, lambda d: d.find_element("css selector", "#signatures p.valid"), "the reviewed signature")
+    [reviewed] = service.signatures(PID)
+    assert reviewed.row.meaning == "reviewed" and reviewed.row.comment == "plots checked"
+    assert not reviewed.row.oos_justification   # not sent with "reviewed"
+    assert driver.find_element("id", "comment").get_attribute("value") == ""   # sent: cleared
+    assert driver.find_element("id", "oos-justification").get_attribute("value") == OOS_REASON
+    assert json.loads(driver.execute_script(get, key))["oos_justification"] == OOS_REASON
+    sign(driver, "approved for release", "dave")   # the justification typed before, nothing typed again
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
+    approval = [s for s in service.signatures(PID) if s.row.meaning == "approved for release"]
+    assert len(approval) == 1 and approval[0].valid and approval[0].row.oos_justification == OOS_REASON
+    wait(driver, lambda d: d.execute_script(get, key) is None, "the signed justification forgotten")
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

@@ -75,8 +75,8 @@
   // the product again the page puts the kept changes over the current version and says so (from when,
   // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
   // Saving it or resetting the draft forgets it. The out-of-specification justification typed to approve
-  // (with no gate changed: a signature signs the saved version) is kept the same way until a signature is
-  // made, and put back in its field (never signed by itself). "Log out" forgets both (session.js: the user is done at this browser),
+  // (with no gate changed: a signature signs the saved version) is kept the same way until a signature that
+  // sends it (an approval for release) is made, and put back in its field (never signed by itself). "Log out" forgets both (session.js: the user is done at this browser),
   // in every tab: a page loaded before this user's last logout at this browser keeps nothing any more.
   // (review.js is deferred after session.js, which defines tilphenoSession.)
   const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
@@ -684,13 +684,18 @@
         ") and a signature signs the saved version " + S.current_version + ". Save the draft as a new version, or reset it, then sign.", false);
       return;
     }
+    const oosSent = !$("oos-box").hidden;   // hidden (not "approved for release"): the justification is not sent, and stays
     const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
       password: $("sign-password").value, qc_resolutions: fieldsTyped("data-resolution", "resolution"),
       qc_kind_resolutions: fieldsTyped("data-resolve-all", "resolveAll"), comment: $("comment").value,
-      oos_justification: $("oos-box").hidden ? null : $("oos-justification").value,
+      oos_justification: oosSent ? $("oos-justification").value : null,
       overrule_rejection: S.rejection && $("overrule-check") && $("overrule-check").checked ? S.rejection.id : null });
     $("sign-password").value = "";
-    if (r.status === 201) { $("comment").value = ""; $("oos-justification").value = ""; await load(); keepDraft(); message(r.data.message, true); }
+    if (r.status === 201) {   // clear only what the signature used
+      $("comment").value = "";
+      if (oosSent) $("oos-justification").value = "";
+      await load(); keepDraft(); message(r.data.message, true);
+    }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
   });
   $("meaning").addEventListener("change", renderOOS);
