@@ -1210,3 +1210,41 @@ def test_a_reviewed_signature_keeps_the_unsent_out_of_specification_justificatio
     wait(driver, lambda d: d.execute_script(get, key) is None, "the signed justification forgotten")
     problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
     assert not problems, problems
+
+
+def test_an_unsigned_comment_is_kept_in_the_browser(driver, server):
+    """The reason, the deviation and the out-of-specification justification are kept in the browser's
+    storage as they are typed; the sign form's comment was not, so a closed tab lost a typed comment.
+    Now it is kept the same way: put back in its field when the product is opened again (saying so,
+    nothing signed), forgotten once a signature with it is made, and forgotten by "Log out"."""
+    service, base = server
+    driver.get_log("browser")
+    key, get = f"tilpheno-draft|alice|{PID}", "return window.localStorage.getItem(arguments[0]);"
+    comment = "CD3 valley checked against the FMO"
+    for leave in ("reload", "log out"):
+        open_product(driver, base, "alice")
+        driver.find_element("id", "comment").send_keys(comment)
+        kept = wait(driver, lambda d: d.execute_script(get, key), "the comment kept in the browser")
+        assert json.loads(kept)["comment"] == comment and json.loads(kept)["edited"] == []
+        if leave == "log out":
+            driver.find_element("css selector", 'form[action="/logout"] button').click()
+            wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
+            assert driver.execute_script(get, key) is None
+            open_product(driver, base, "alice")
+            time.sleep(1.0)
+            assert "Restored" not in driver.find_element("id", "message").text
+            assert driver.find_element("id", "comment").get_attribute("value") == ""
+            continue
+        driver.get(base + f"/products/{PID}")   # the tab closed and opened again: same session, nothing signed
+        msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
+                   else None, "the restored comment")
+        assert msg.startswith("Restored your unsigned comment of ") and "nothing is signed" in msg, msg
+        assert driver.find_element("id", "comment").get_attribute("value") == comment
+        assert service.signatures(PID) == []
+        sign(driver, "reviewed", "alice")   # the restored comment, nothing typed again
+        wait(driver, lambda d: d.find_element("css selector", "#signatures p.valid"), "the reviewed signature")
+        [sig] = service.signatures(PID)
+        assert sig.valid and sig.row.comment == comment
+        wait(driver, lambda d: d.execute_script(get, key) is None, "the signed comment forgotten")
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems

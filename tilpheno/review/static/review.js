@@ -76,7 +76,8 @@
   // which version). It is never saved by itself: a save needs the reason and passes the server's checks.
   // Saving it or resetting the draft forgets it. The out-of-specification justification typed to approve
   // (with no gate changed: a signature signs the saved version) is kept the same way until a signature that
-  // sends it (an approval for release) is made, and put back in its field (never signed by itself). "Log out" forgets both (session.js: the user is done at this browser),
+  // sends it (an approval for release) is made, and put back in its field (never signed by itself); so is the
+  // sign form's comment, until a signature (which always sends it) is made. "Log out" forgets them all (session.js: the user is done at this browser),
   // in every tab: a page loaded before this user's last logout at this browser keeps nothing any more.
   // (review.js is deferred after session.js, which defines tilphenoSession.)
   const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
@@ -90,11 +91,11 @@
 
   function keepDraft() {
     if (!S || loggedOut()) return;
-    const edited = changedFrom(S.current), oos = $("oos-justification").value;
+    const edited = changedFrom(S.current), oos = $("oos-justification").value, comment = $("comment").value;
     try {
-      if (edited.length || oos) {
-        localStorage.setItem(draftKey, JSON.stringify({ version: S.current_version, edited: edited,
-          reason: $("reason").value, deviation: $("deviation").value, oos_justification: oos, at: new Date().toISOString() }));
+      if (edited.length || oos || comment) {
+        localStorage.setItem(draftKey, JSON.stringify({ version: S.current_version, edited: edited, reason: $("reason").value,
+          deviation: $("deviation").value, oos_justification: oos, comment: comment, at: new Date().toISOString() }));
       } else localStorage.removeItem(draftKey);
     } catch (e) { console.warn("the draft could not be kept in this browser: " + e); }
   }
@@ -111,20 +112,25 @@
       put.push(tube + "/" + pop);
     }
     const oos = !$("oos-justification").value && kept.oos_justification ? kept.oos_justification : "";
-    if (!put.length && !oos) { keepDraft(); return; }
+    const comment = !$("comment").value && kept.comment ? kept.comment : "";
+    if (!put.length && !oos && !comment) { keepDraft(); return; }
     const when = String(kept.at).slice(0, 19).replace("T", " ") + " UTC";
     const moved = kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
       " is now at version " + S.current_version : "";
     if (oos) $("oos-justification").value = oos;
-    if (!put.length) {   // no gate changed: the out-of-specification justification typed to approve, alone
-      message("Restored your unsigned out-of-specification justification of " + when + moved + ": it is in its field " +
-        "when you choose \u201capproved for release\u201d; nothing is signed until you sign.", false);
+    if (comment) $("comment").value = comment;
+    const unsigned = [comment ? "comment" : "", oos ? "out-of-specification justification" : ""].filter(Boolean);
+    if (!put.length) {   // no gate changed: the sign form's comment or justification typed to sign, alone
+      message("Restored your unsigned " + unsigned.join(" and ") + " of " + when + moved + ": " +
+        (unsigned.length > 1 ? "they are in their fields" : "it is in its field") +
+        (oos ? " (the justification when you choose \u201capproved for release\u201d)" : "") +
+        "; nothing is signed until you sign.", false);
       return;
     }
     if (!$("reason").value && kept.reason) $("reason").value = kept.reason;
     if (!$("deviation").value && kept.deviation) $("deviation").value = kept.deviation;
     schedulePreview(true);
-    message("Restored your unsaved draft of " + when + " (" + put.join(", ") + (oos ? "; the out-of-specification justification" : "") +
+    message("Restored your unsaved draft of " + when + " (" + put.join(", ") + unsigned.map((u) => "; the " + u).join("") +
       ")" + (moved ? moved + ": your changes are put over it, compare before saving" : "") +
       ". It is not saved: save it with a reason, or reset the draft.", false);
   }
@@ -671,6 +677,7 @@
   $("reason").addEventListener("input", keepDraft);
   $("deviation").addEventListener("input", keepDraft);
   $("oos-justification").addEventListener("input", keepDraft);
+  $("comment").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
     schedulePreview(true);
