@@ -239,6 +239,25 @@ def test_valley_single_bright_population_is_positive_when_zero_is_known():
     assert "negative_peak" in q.diagnostics and q.flags[0].code == "no_second_peak"
 
 
+def test_valley_one_population_negative_keeps_a_dim_viability_peak_above_zero_as_live():
+    """A viability dye whose live cells stain dimly: one peak (99.7 % of the events) 0.4 above the
+    transformed zero, a few dye-bright dead cells. ``auto`` took the peak as positive (dead) and a
+    ``keep: low`` gate kept the 0.3 % below it -> ``one_population: negative`` keeps the peak (the
+    simulated live cells) and records the positive call's cut, flagged."""
+    rng = np.random.default_rng(11)
+    n = 20000
+    live = rng.random(n) < 0.997
+    x = np.where(live, rng.normal(0.51, 0.04, n), rng.normal(0.15, 0.04, n))
+    auto = place_valley(x, "Dye", keep="low", zero=0.111)
+    assert auto.gate.contains({"Dye": x})[live].mean() < 0.01
+    p = place_valley(x, "Dye", keep="low", zero=0.111, one_population="negative")
+    assert p.gate.contains({"Dye": x})[live].mean() > 0.999
+    assert [f.code for f in p.flags] == ["no_second_peak"] and "one_population: negative" in p.flags[0].message
+    assert p.diagnostics["positive_side_cut"] == pytest.approx(auto.diagnostics["threshold"])
+    with pytest.raises(GatingError, match="one_population must be"):
+        place_valley(x, "Dye", one_population="dead")
+
+
 def test_valley_rule_higher_keeps_the_flat_valley_of_dim_events_out():
     # negatives, a flat smear of dim events and a positive cluster (labels known): the valley
     # minimum lies anywhere in the smear; rule 'higher' cuts at the foot of the positive peak

@@ -1705,5 +1705,29 @@ def test_new_study_names_an_unlabelled_dye_detector_it_took_as_unused(tmp_path):
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "with"), "--panel", str(panel)])
     assert result.exit_code == 0 and "not gated: detector" not in result.output, result.output
     surface = yaml.safe_load((tmp_path / "with" / "surface.yaml").read_text())
-    assert {"name": "live", "parent": "root", "dims": ["PI"], "method": "valley", "params": {"keep": "low"}} \
+    assert {"name": "live", "parent": "root", "dims": ["PI"], "method": "valley",
+            "params": {"keep": "low", "one_population": "negative"}} \
         in surface["populations"]
+
+
+def test_one_population_in_the_drafted_viability_dye_is_the_live_cells(tmp_path):
+    """A FACSAria file (flowio's 100715.fcs; its VIVID / CD14 dump channel the viability dye, no FMO,
+    no unstained control): the dye's one peak lies above the scale's zero (amine dyes stain live
+    cells dimly), and the drafted live gate took it as dead: live kept 0.18 % of singlets, every
+    later gate starved and the product failed -> the one population is the live cells: live keeps
+    all singlets up to the cut 4 SD above the peak (the singlets' own events below it, counted
+    independently), the product is done, and the live gate stays held for review (its size counts
+    the other side's call)."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                   str(study / "manifest.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    counts = pd.read_csv(out / "populations.csv").set_index("population")["count"]
+    assert counts["live"] / counts["singlets"] > 0.95, counts[["singlets", "live"]]
+    live = pd.read_csv(out / "qc.csv").query("gate == 'live' and code == 'no_second_peak'")
+    assert len(live) == 1 and live["needs_review"].all() and "taken as negative" in live["message"].iloc[0]

@@ -504,7 +504,8 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         lines.append(f"  # not gated: {', '.join(tube.partial)}, which only some of the files' panels have")
     if tube.viability:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
-                     "params: {keep: low}}   # the viability dye: dead cells are bright")
+                     "params: {keep: low, one_population: negative}}   # the viability dye: dead cells are bright; "
+                     "one population alone is the live cells (dim in the dye), flagged for review")
     outside = tube.outside_lymph()
     unstained = bool((draft.manifest["role"] == "unstained").any())
     lines += [_marker_line(tube, m, unstained) for m in _gated(tube) if m in outside]

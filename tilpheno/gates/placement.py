@@ -612,9 +612,10 @@ def valley_threshold(
 
 def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float, min_separation: float,
                 fallback_sd: float, zero: float | None,
-                unstained: np.ndarray | None = None) -> tuple[float, dict[str, Any], bool]:
+                unstained: np.ndarray | None = None, one_population: str = "auto") -> tuple[float, dict[str, Any], bool]:
     """:func:`valley_threshold` of the finite events ``x`` and their ``density`` at ``bandwidth``;
-    ``unstained``: an unstained control's events (see :func:`place_valley`)."""
+    ``unstained``: an unstained control's events; ``one_population``: ``negative`` takes one
+    population as negative wherever it lies (see :func:`place_valley`)."""
     peaks, prominences = density.peaks(min_prominence)
     by_prominence = peaks[np.argsort(-prominences, kind="stable")]
     negative = int(by_prominence[:2].min())
@@ -637,25 +638,31 @@ def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_promin
                 return cut, {"negative_peak": float(density.grid[near[0]]),
                              "positive_peak": float(density.grid[above[0]]), **control}, True
     low, high = float(density.grid[peaks.min()]), float(density.grid[peaks.max()])
+    positive: dict[str, Any] = {}
     if zero is not None and low - zero >= min_separation:
         above_high = x[x >= high] - high
         sigma = float(np.sqrt(np.mean(above_high**2))) if above_high.size else bandwidth
-        return low - fallback_sd * sigma, {"positive_peak": low, "positive_sigma": sigma, "zero": zero, **control}, False
+        positive = {"positive_peak": low, "positive_sigma": sigma, "zero": zero}
+        if one_population == "auto":
+            return low - fallback_sd * sigma, {**positive, **control}, False
     main = float(density.grid[by_prominence[0]])
     below = x[x <= main] - main
     sigma = float(np.sqrt(np.mean(below**2))) if below.size else bandwidth
+    # taken as negative against the distance from zero: the positive call's cut is the other side
+    other = {"zero": zero, "positive_side_cut": low - fallback_sd * positive["positive_sigma"]} if positive else {}
     return high + fallback_sd * sigma, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma,
-                                        **control}, False
+                                        **other, **control}, False
 
 
 def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float,
                      min_separation: float, fallback_sd: float, zero: float | None, rule: str, k_sd: float,
-                     sd_side: str, unstained: np.ndarray | None) -> tuple[float, dict[str, Any], bool]:
+                     sd_side: str, unstained: np.ndarray | None,
+                     one_population: str = "auto") -> tuple[float, dict[str, Any], bool]:
     """:func:`place_valley`'s cut of the finite events ``x`` and their ``density`` (its rules, the
     clamp to the data's range): ``(cut, diagnostics, two populations)``."""
     cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                                         min_separation=min_separation, fallback_sd=fallback_sd, zero=zero,
-                                        unstained=unstained)
+                                        unstained=unstained, one_population=one_population)
     diagnostics: dict[str, Any] = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley",
                                    **found}
     if rule in ("positive_sd", "higher") and "positive_peak" in diagnostics:
@@ -698,6 +705,7 @@ def place_valley(
     k_sd: float = 4.0,
     sd_side: str = "lower",
     unstained: np.ndarray | Callable[[], np.ndarray | None] | None = None,
+    one_population: str = "auto",
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
 
@@ -728,7 +736,11 @@ def place_valley(
     RMS is its robust SD, the half free of the other population: ``lower`` (default; negatives
     with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
     CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
-    peak's lower side up to ``k_sd`` SDs above its mode). The cut never leaves the data's range (it is clamped to the lowest and
+    peak's lower side up to ``k_sd`` SDs above its mode). ``one_population``: ``auto`` decides a
+    lone population's side as above; ``negative`` always takes it as negative (a viability dye:
+    amine-reactive dyes stain live cells dimly, so the live cells' one peak may lie well above
+    zero and above an unstained control; the dye-bright dead cells are the second population);
+    a control's split into a negative and a positive peak stays. The cut never leaves the data's range (it is clamped to the lowest and
     highest value; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave).
     """
     if keep not in ("low", "high"):
@@ -737,12 +749,14 @@ def place_valley(
         raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
     if sd_side not in ("lower", "upper"):
         raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
+    if one_population not in ("auto", "negative"):
+        raise GatingError(f"valley gate on {dim!r}: one_population must be 'auto' or 'negative', got {one_population!r}")
     # the events and their density once, for the valley and for the negative_sd/lower rules
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
     decide = partial(_valley_decision, x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                      min_separation=min_separation, fallback_sd=fallback_sd, zero=zero, rule=rule, k_sd=k_sd,
-                     sd_side=sd_side)
+                     sd_side=sd_side, one_population=one_population)
     if callable(unstained):
         cut, diagnostics, two_peaks = decide(unstained=None)
         control = unstained() if not two_peaks else None
@@ -762,6 +776,10 @@ def place_valley(
                 "warning",
                 f"{dim}: no {other} density peak; all peaks taken as {side}"
                 + _against_control(diagnostics, side, min_separation)
+                + (f" by the strategy (one_population: negative), although its lowest peak lies {min_separation:g} or "
+                   f"more above {'the unstained control' if 'unstained_median' in diagnostics else 'the scale'}'s zero: "
+                   f"as positive its cut would be {diagnostics['positive_side_cut']:.4g}"
+                   if "positive_side_cut" in diagnostics else "")
                 + ", cut "
                 f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
                 f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
