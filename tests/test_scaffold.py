@@ -1731,3 +1731,29 @@ def test_one_population_in_the_drafted_viability_dye_is_the_live_cells(tmp_path)
     assert counts["live"] / counts["singlets"] > 0.95, counts[["singlets", "live"]]
     live = pd.read_csv(out / "qc.csv").query("gate == 'live' and code == 'no_second_peak'")
     assert len(live) == 1 and live["needs_review"].all() and "taken as negative" in live["message"].iloc[0]
+
+
+def test_a_gate_starved_by_a_gate_above_names_that_gate(tmp_path):
+    """The same file with the live gate's one population decided by its distance from zero (taken
+    as dead: live keeps 118 singlets): CD127+ (within CD4+ within CD3+) failed the product with
+    'CD127+: ... only 1 events to place the gate on', naming the gate that could not be placed but
+    not the one that emptied it (qc.csv's low_events does) -> the line names the first gate on the
+    way down that left fewer than 20 events, with its count and its parent's (populations.csv's)."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    _edit(study / "tube1.yaml", "keep: low, one_population: negative", "keep: low")
+    out = tmp_path / "out"
+    result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                   str(study / "manifest.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 1, result.output
+    counts = pd.read_csv(out / "populations.csv").set_index("population")["count"]
+    assert counts["CD3+"] >= 20 > counts["CD4+"]   # CD4+ is the first gate on the way down below 20
+    said = f"CD4+ left {counts['CD4+']} of the {counts['CD3+']} events of CD3+"
+    qc = pd.read_csv(out / "qc.csv")
+    for code in ("gate_failed", "product_failed"):
+        message = qc.query("code == @code")["message"].iloc[0]
+        assert message.startswith("CD127+" if code == "gate_failed" else "100715.fcs") and said in message, message
+    assert said in " ".join(result.output.split())

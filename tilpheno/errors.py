@@ -64,6 +64,15 @@ class GatingError(TilphenoError):
     """A gate could not be placed or applied."""
 
 
+class TooFewEventsError(GatingError):
+    """A gate could not be placed: only ``count`` usable events, ``needed`` at least."""
+
+    def __init__(self, message: str, *, count: int, needed: int):
+        super().__init__(message)
+        self.count = count
+        self.needed = needed
+
+
 class TableError(TilphenoError):
     """A manifest, outcomes or phenotype table is invalid; the message names file, row and column.
     ``row``: the table's row (its line, as the message numbers it) when the problem is one row's,

@@ -59,7 +59,7 @@ import pandas as pd
 
 from tilpheno.compensation import BlockPool, Spillover, compensate_columns, exported_compensated, read_spillover_csv
 from tilpheno.control_settings import compare_settings, control_flags
-from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError
+from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError, TooFewEventsError
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.geometry import Gate, RangeGate
@@ -968,6 +968,8 @@ class _TubeKindRun:
                     # one population: negative or positive against the control
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
                                  else _place_on(pop, st.tube, placed_on, applied, lambda: self._unstained(i, pop)))
+                except TooFewEventsError as exc:
+                    placement = _Failed(f"{pop.name}: {exc}{_emptied_by(self.strategy, st, reference or pop.parent, exc.needed)}")
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -1210,6 +1212,25 @@ def _threshold_row(pop: Population, placement: pl.Placement, source: str, strate
 
 def _lymph_population(strategy: Strategy) -> str | None:
     return next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
+
+
+def _emptied_by(strategy: Strategy, st: _Gated, name: str, needed: int) -> str:
+    """Which gate left too few events for a gate placed on population ``name``: the first
+    population on the way from the root down to ``name`` (itself included) holding fewer than
+    ``needed`` events, as ``'; <population> left <n> of the <m> events of <its parent>'``; '' when
+    every one holds enough (the gate's own events were not finite)."""
+    by_name = {p.name: p for p in strategy.populations}
+    chain = []
+    while name != ROOT:
+        chain.append(name)
+        name = by_name[name].parent
+    for name in reversed(chain):
+        count = int(np.count_nonzero(st.masks[name]))
+        if count < needed:
+            parent = by_name[name].parent
+            return (f"; {name} left {count} of the {int(np.count_nonzero(st.parent_mask(by_name[name])))} events "
+                    f"of {'the file' if parent == ROOT else parent}")
+    return ""
 
 
 def _descends_from(strategy: Strategy, name: str, ancestor: str | None) -> bool:
