@@ -384,9 +384,28 @@ def test_disk_full_and_read_only_out_give_one_line(two_products, tmp_path, monke
     result = _process(two_products, "-o", out, "--overwrite")
     assert result.exit_code == 2, result.output
     line = [l for l in result.output.splitlines() if l.startswith("error:")]
-    assert len(line) == 1 and words in line[0] and "phenotypes.csv" in line[0], result.output
+    assert len(line) == 1 and words in line[0].lower() and "phenotypes.csv" in line[0], result.output
+    assert line[0].lower().count(words) == 1, result.output   # said once, not repeated as a hint
     assert "Traceback" not in result.output
     assert _tree(out) == before and not list(out.glob(".tilpheno*"))
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EDQUOT, errno.EPERM])
+def test_a_hint_does_not_repeat_what_the_system_said(code):
+    """The system's text ("Read-only file system") already says what the hint would: said once."""
+    from tilpheno.io.outdir import describe_os_error
+
+    text = describe_os_error(OSError(code, os.strerror(code), "/o/phenotypes.csv"))
+    assert text == f"/o/phenotypes.csv: {os.strerror(code)}"
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
+def test_a_hint_is_kept_where_it_adds_plain_words(code, words):
+    """"No space left on device (disk full)"; an error with no system text still gets its hint."""
+    from tilpheno.io.outdir import describe_os_error
+
+    assert describe_os_error(OSError(code, os.strerror(code)), "/o").endswith(f"({words})") == (code == errno.ENOSPC)
+    assert describe_os_error(OSError(code, ""), "/o").endswith(f"({words})")
 
 
 def test_a_malformed_spillover_keyword_is_named_not_called_missing(two_products, tmp_path):

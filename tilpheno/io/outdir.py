@@ -60,7 +60,9 @@ class OutputFolderError(TilphenoError):
 
 
 def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
-    """One line for a file-system error: ``<path>: <what happened>`` (disk full, read-only, ...)."""
+    """One line for a file-system error: ``<path>: <what happened>`` (disk full, read-only, ...).
+    A plain-words hint follows the system's text only when that text does not already say it
+    ("Read-only file system", not "Read-only file system (read-only file system)")."""
     where = exc.filename if exc.filename is not None else path
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = {
@@ -71,6 +73,8 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
         errno.EPERM: " (not permitted)",
         errno.ENOTDIR: " (a path component is a file, not a folder)",
     }.get(exc.errno or 0, "")   # errno None (or 0): no hint
+    if hint and hint.strip(" ()").lower() in reason.lower():
+        hint = ""
     return f"{where}: {reason}{hint}" if where is not None else f"{reason}{hint}"
 
 
