@@ -846,6 +846,31 @@ def test_methods_state_the_blank_follow_up_and_the_two_p_values_of_a_split(res):
         assert rec.p_raw != pytest.approx(rec.logrank_p, rel=1e-3)
 
 
+def test_a_disk_full_into_a_new_folder_says_it_was_not_created(tmp_path, monkeypatch):
+    """OUT did not exist: the line used to end '<OUT> was left as it was'; the failed run removes
+    the folder it created, and the line says so."""
+    import errno
+    import os
+
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "bio"
+    monkeypatch.setattr(os, "fsync", full)
+    result = CliRunner().invoke(app, ["biomarkers", "--phenotypes", str(REF / "til_cohort_phenotypes.csv"),
+                                      "--outcomes", str(REF / "til_cohort_outcomes.csv"), "--out", str(out),
+                                      "--markers", "cd8_pct_of_cd3", "--permutations", "10", "--bootstrap", "0"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert errors == [f"error: cannot write the outputs: {out}: No space left on device (disk full); "
+                      f"{out} was not created"], result.output
+    assert not out.exists()
+
+
 def test_a_disk_full_while_writing_names_the_folder_and_keeps_the_previous_analysis(tmp_path, monkeypatch):
     """The disk fills while the outputs are written (simulated: fsync answers ENOSPC naming no file,
     as the system does). The line used to be 'error: No space left on device (disk full)', naming

@@ -390,6 +390,27 @@ def test_disk_full_and_read_only_out_give_one_line(two_products, tmp_path, monke
     assert _tree(out) == before and not list(out.glob(".tilpheno*"))
 
 
+def test_a_disk_full_into_a_new_out_says_what_it_left(two_products, tmp_path, monkeypatch):
+    """OUT did not exist: the line used to end '<OUT> was left as it was'; the run created OUT and
+    left its cache there, so the line now says that (and the next run re-uses the cache)."""
+    from tilpheno.io import atomic
+
+    out = tmp_path / "new" / "out"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic, "write_csv", full)
+        result = _process(two_products, "-o", out)
+    line = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert result.exit_code == 2 and len(line) == 1, result.output
+    assert sorted(p.name for p in out.iterdir()) == [".cache"]
+    assert line[0].endswith(f"; no output was written to {out} (created by this run; it holds only .cache); "
+                            "its cache (.cache) keeps the finished products for the next run"), result.output
+    assert _process(two_products, "-o", out).exit_code == 0
+
+
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EDQUOT, errno.EPERM])
 def test_a_hint_does_not_repeat_what_the_system_said(code):
     """The system's text ("Read-only file system") already says what the hint would: said once."""

@@ -732,6 +732,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
               "time_auc.csv": results.time_auc, "time_auc_comparisons.csv": results.auc_comparisons,
               "response_survival.csv": results.response_survival}
     tables["codebook.csv"] = codebook(tables)
+    created = not Path(out).exists()
     try:
         with OutputFolder.claim(out, overwrite=True, run_id=record.started_at) as folder:
             if previous_record is not None and not isinstance(previous_record.get("outputs"), list):
@@ -754,7 +755,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
             atomic.write_text(stage / RECORD_NAME, record.to_json())
             folder.publish()
     except OSError as exc:   # a full or read-only disk: the system names no file, the folder is named
-        raise unwritable(exc, out) from None
+        raise unwritable(exc, out, created=created) from None
     results.files["run.json"] = out / RECORD_NAME
     return results
 

@@ -78,11 +78,25 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
     return f"{where}: {reason}{hint}" if where is not None else f"{reason}{hint}"
 
 
-def unwritable(exc: OSError, folder: str | os.PathLike, what: str = "the outputs") -> OutputFolderError:
+def unwritable(exc: OSError, folder: str | os.PathLike, what: str = "the outputs", *,
+               created: bool = False) -> OutputFolderError:
     """The one-line error of writing ``what`` into ``folder`` that failed and was undone (disk full,
-    read-only): the path the system named, else ``folder`` (a full disk names no file), and that
-    ``folder`` was left as it was."""
-    return OutputFolderError(f"cannot write {what}: {describe_os_error(exc, folder)}; {folder} was left as it was")
+    read-only): the path the system named, else ``folder`` (a full disk names no file), and what
+    became of ``folder`` (:func:`left_behind`; call once the claim is released)."""
+    return OutputFolderError(f"cannot write {what}: {describe_os_error(exc, folder)}; {left_behind(Path(folder), created)}")
+
+
+def left_behind(folder: Path, created: bool) -> str:
+    """What a failed run left of ``folder``, as found now: as it was (it existed before the run),
+    not created (the run created it and removed it again, empty), or, for a folder the run
+    created, what it still holds (``process`` keeps the cache it filled, re-used by the next run)."""
+    if not created:
+        return f"{folder} was left as it was"
+    if not folder.exists():
+        return f"{folder} was not created"
+    left = sorted(os.listdir(folder))
+    cache = f"; its cache ({CACHE_NAME}) keeps the finished products for the next run" if CACHE_NAME in left else ""
+    return f"no output was written to {folder} (created by this run; it holds only {', '.join(left)}){cache}"
 
 
 def own_log_files(folder: Path) -> set[str]:

@@ -125,10 +125,11 @@ def run_process(
     from tilpheno.io.outdir import STANDARD_OUTPUTS
 
     tables = tuple(name for name in STANDARD_OUTPUTS if name != "products")   # the files every run writes at OUT's top
-    with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at, writes=tables) as folder:
-        if on_start is not None:
-            on_start(len(jobs), len(manifest))
-        try:
+    created = not out_dir.exists()
+    try:   # an OSError is reported once the claim is released: what it left of OUT is then known
+        with OutputFolder.claim(out_dir, overwrite=overwrite, run_id=record.started_at, writes=tables) as folder:
+            if on_start is not None:
+                on_start(len(jobs), len(manifest))
             outcomes = _stage(folder.staging, jobs, options, record, t0, executor=executor, n_jobs=n_jobs,
                               scheduler=scheduler, on_outcome=on_outcome, folder=folder,
                               run_flags=run_flags, strategies=strategies, use_cache=use_cache, reports=reports,
@@ -136,8 +137,8 @@ def run_process(
             if scans is not None:
                 scans.save()
             folder.publish()
-        except OSError as exc:
-            raise unwritable(exc, out_dir) from None
+    except OSError as exc:
+        raise unwritable(exc, out_dir, created=created) from None
     from tilpheno.pipeline.product import worst_severity
 
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
