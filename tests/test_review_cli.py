@@ -380,6 +380,36 @@ def test_a_new_default_database_is_announced(review_out, tmp_path):
     assert r.exit_code == 0 and "note:" not in r.output, r.output
 
 
+def test_a_database_file_left_by_a_full_disk_is_still_announced_as_new(review_out, tmp_path, monkeypatch):
+    """The disk fills while ``users add`` makes the default database (simulated: SQLite has made
+    the file, the schema's write answers ENOSPC). The file it left used to silence the note on the
+    next run, which does make the new, empty database; the note now depends on the schema."""
+    import errno
+    import os
+    import shutil
+
+    import tilpheno.review.db as db
+
+    out = tmp_path / "out"   # a copy: the shared fixture keeps no default database
+    shutil.copytree(review_out, out)
+
+    def full(engine):
+        with engine.connect():   # SQLite makes the file
+            pass
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    note = f"note: no review database beside {out}; a new, empty one is made: {out}.review.sqlite"
+    with monkeypatch.context() as m:
+        m.setattr(db, "upgrade", full)
+        r = run("users", "add", out, "ann", "--role", "admin", "--password-stdin", stdin="ann-password-1\n")
+    assert r.exit_code == 2 and note in r.output and "No space left on device" in r.output, r.output
+    assert (tmp_path / "out.review.sqlite").exists()
+    r = run("users", "add", out, "ann", "--role", "admin", "--password-stdin", stdin="ann-password-1\n")
+    assert r.exit_code == 0 and note in r.output and "user ann (admin) added" in r.output, r.output
+    r = run("users", "list", out)
+    assert r.exit_code == 0 and "note:" not in r.output and "ann" in r.output, r.output
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_two_processes_opening_a_new_database_at_once_both_start(kind, tmp_path, monkeypatch):
     """This process is creating the tables of a new database (migration run, not yet committed) when

@@ -42,12 +42,12 @@ def _database_url(out: Path, db: Optional[str]) -> str:
     """``--db``, else the default database beside OUT (``default_db_url``: a mistyped OUT is refused).
     When that default is about to be made, say so (stderr): after OUT was moved, its review (users,
     versions, signatures) is still in the database beside OUT's old place."""
-    from tilpheno.review.db import default_db_path, default_db_url
+    from tilpheno.review.db import default_db_path, default_db_url, holds_review_database
 
     if db is not None:
         return db
     url, path = default_db_url(out), default_db_path(out)
-    if not path.exists():
+    if not holds_review_database(path):   # a file a failed first command left is no database yet
         typer.secho(f"note: no review database beside {out}; a new, empty one is made: {path}. If this run was "
                     f"reviewed before and OUT moved since, move its {path.name} beside it (or pass --db) instead",
                     fg=typer.colors.YELLOW, err=True)

@@ -8,6 +8,8 @@ to the newest migration before use, so every database has the same tables and tr
 from __future__ import annotations
 
 import logging
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -28,6 +30,20 @@ def default_db_path(out_dir: str | Path) -> Path:
     """``<OUT>.review.sqlite``, beside the output folder (it stays where it was made when OUT moves)."""
     out = Path(out_dir).resolve()
     return out.parent / (out.name + ".review.sqlite")
+
+
+def holds_review_database(path: Path) -> bool:
+    """Whether the SQLite file ``path`` holds a review database (its schema: Alembic's version
+    table). A missing file does not, nor one a failed first command left (a full disk: 0 bytes, or
+    a header and no table). A file SQLite cannot read counts as holding one: opening it says why."""
+    if not path.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is not None
+    except sqlite3.Error as exc:
+        log.debug("%s: not readable as SQLite (%s)", path, exc)
+        return True
 
 
 def default_db_url(out_dir: str | Path) -> str:
