@@ -1219,40 +1219,23 @@ def _emptied_by(strategy: Strategy, st: _Gated, name: str, needed: int) -> str:
     population on the way from the root down to ``name`` (itself included) holding fewer than
     ``needed`` events, as ``'; <population> left <n> of the <m> events of <its parent>'``; '' when
     every one holds enough (the gate's own events were not finite)."""
-    by_name = {p.name: p for p in strategy.populations}
-    chain = []
-    while name != ROOT:
-        chain.append(name)
-        name = by_name[name].parent
-    for name in reversed(chain):
-        count = int(np.count_nonzero(st.masks[name]))
+    for pop in reversed(strategy.lineage(name)):
+        count = int(np.count_nonzero(st.masks[pop.name]))
         if count < needed:
-            parent = by_name[name].parent
-            return (f"; {name} left {count} of the {int(np.count_nonzero(st.parent_mask(by_name[name])))} events "
-                    f"of {'the file' if parent == ROOT else parent}")
+            return (f"; {pop.name} left {count} of the {int(np.count_nonzero(st.parent_mask(pop)))} events "
+                    f"of {'the file' if pop.parent == ROOT else pop.parent}")
     return ""
 
 
 def _descends_from(strategy: Strategy, name: str, ancestor: str | None) -> bool:
-    by_name = {p.name: p for p in strategy.populations}
-    while ancestor is not None and name != ROOT:
-        if name == ancestor:
-            return True
-        name = by_name[name].parent
-    return False
+    return ancestor is not None and any(p.name == ancestor for p in strategy.lineage(name))
 
 
 def _gated_above(strategy: Strategy, pop: Population, marker: str, vocabulary: Vocabulary) -> str | None:
     """The nearest population above ``pop`` (its parent, or one of that parent's ancestors) whose
     gate is on ``marker``, or None."""
-    by_name = {p.name: p for p in strategy.populations}
-    name = pop.parent
-    while name != ROOT:
-        above = by_name[name]
-        if any(vocabulary.same(d, marker) for d in above.dims):
-            return name
-        name = above.parent
-    return None
+    above = next((p for p in strategy.lineage(pop.parent) if any(vocabulary.same(d, marker) for d in p.dims)), None)
+    return None if above is None else above.name
 
 
 def _median_selecting(values: np.ndarray) -> float:

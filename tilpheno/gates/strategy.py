@@ -318,6 +318,16 @@ class Strategy:
                 return p
         raise KeyError(name)
 
+    def lineage(self, name: str) -> tuple[Population, ...]:
+        """Population ``name`` and its ancestors, nearest first, up to (not including) the root
+        (``()`` for the root itself)."""
+        by_name = {p.name: p for p in self.populations}
+        chain = []
+        while name != ROOT:
+            chain.append(by_name[name])
+            name = by_name[name].parent
+        return tuple(chain)
+
     def variable_gates(self, name: str) -> tuple[str, ...]:
         """The populations whose gates variable ``name`` depends on, in gating order: its numerator
         and denominator and everything they are gated from (parents, boolean operands, reference
