@@ -558,14 +558,11 @@ def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population])
     """The strategy's declared ``dim_subset`` checks on a gated stained file (``checks.dim_subset_flag``);
     the flag names the nearest population above the subset gated on the check's marker."""
     out = []
-    by_name = {p.name: p for p in pops}
     for c in strategy.checks:
         if c.marker not in state.tube.data or c.subset not in state.masks or c.reference not in state.masks:
             continue
-        gate = by_name[c.subset].parent
-        while gate != ROOT and c.marker not in by_name[gate].dims:
-            gate = by_name[gate].parent
-        if gate == ROOT:
+        gate = next((p.name for p in strategy.lineage(strategy.population(c.subset).parent) if c.marker in p.dims), None)
+        if gate is None:
             continue
         values = state.tube.data[c.marker]
         _, flag = checks.dim_subset_flag(gate, c.subset, c.reference, c.marker, values[state.masks[c.subset]],
@@ -600,7 +597,6 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
     ``sub1/X.fcs`` where two files of the product share a name), else by their file names."""
     stained = stained_name or Path(state.tube.file).name
     control_label = control_name or Path(control.file).name
-    by_name = {p.name: p for p in strategy.populations}
     masks, stained_defined = _on_control(strategy, state.gates, control)
     n = control.n_events
     flags, checked, cuts = [], [], {}
@@ -608,7 +604,7 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
         if name not in masks or not (isinstance(gate, RangeGate) and gate.high is None and gate.low is not None
                                      and gate.dim in control.detectors):
             continue
-        base = _control_base(by_name, parent, stained_defined)
+        base = _control_base(strategy, parent, stained_defined)
         inside = masks[base] if base != ROOT else np.ones(n, dtype=bool)
         n_base = int(np.count_nonzero(inside))
         if not n_base:
@@ -733,12 +729,10 @@ def _without_stain(gate: Gate, markers: set[str]) -> bool | None:
     return gate.low is None
 
 
-def _control_base(by_name: Mapping[str, Population], parent: str, stained_defined: set[str]) -> str:
+def _control_base(strategy: Strategy, parent: str, stained_defined: set[str]) -> str:
     """``parent`` or its nearest ancestor not defined by stains (an unstained cell never reaches
-    CD3+ > CD4+: a CD4+ gate is judged on the control's live lymphocytes)."""
-    while parent != ROOT and parent in stained_defined:
-        parent = by_name[parent].parent
-    return parent
+    CD3+ > CD4+: a CD4+ gate is judged on the control's live lymphocytes); ROOT when every one is."""
+    return next((p.name for p in strategy.lineage(parent) if p.name not in stained_defined), ROOT)
 
 
 def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, pop: Population) -> np.ndarray | None:
@@ -749,7 +743,7 @@ def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, pop: 
     if dim not in control.data:
         return None
     masks, stained_defined = _on_control(strategy, state.gates, control)
-    base = _control_base({p.name: p for p in strategy.populations}, pop.parent, stained_defined)
+    base = _control_base(strategy, pop.parent, stained_defined)
     if base == ROOT:
         return control.data[dim]
     return control.data[dim][masks[base]] if base in masks else None

@@ -673,7 +673,6 @@ def control_flags(flags: list, pop, strategy, files: list, vocabulary) -> list:
     unstained``; ``files``: the ProductFiles of the tube kind and the unstained controls) that name a gate above ``pop`` (its parent and
     theirs, :func:`tilpheno.qc.flags_naming_gate` on each control): a wrong gate of the control
     moves the control's events the threshold is taken from. Empty for other gates."""
-    from tilpheno.gates.strategy import ROOT
     from tilpheno.qc import flags_naming_gate
 
     if pop.method != "fmo" or not pop.dims:
@@ -681,10 +680,7 @@ def control_flags(flags: list, pop, strategy, files: list, vocabulary) -> list:
     unstained = pop.params.get("control") == "unstained"
     controls = [f.name for f in files if (f.role == "unstained" if unstained else
                                           f.role == "fmo" and vocabulary.same(f.fmo_marker, pop.dims[0]))]
-    above, name = [], pop.parent
-    while name != ROOT:
-        above.append(name)
-        name = strategy.population(name).parent
+    above = [p.name for p in strategy.lineage(pop.parent)]
     return [f for c in controls for a in above for f in flags_naming_gate(flags, a, c) if f.file == c]
 
 
