@@ -75,28 +75,39 @@ def make_folder(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
-                errors: str = "backslashreplace") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it to ``path``.
-
-    Text is UTF-8; a character that UTF-8 cannot hold (the surrogate escape of an undecodable
-    byte in a file name) is written as a backslash escape (``errors``), never a crash.
-    """
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """The name of a new, empty temporary sibling of ``path`` to write (for a writer that takes a
+    file name, as AnnData's ``write_h5ad``); on success it gets the mode of an ordinary new file
+    and is renamed to ``path``; on any error it is removed."""
     path = Path(path)
     make_folder(path.parent)
-    binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding, errors=None if binary else errors) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.chmod(tmp, default_mode())  # mkstemp creates 0600; outputs are ordinary files
         replace_naming_target(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
+                errors: str = "backslashreplace") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it to ``path``
+    (:func:`atomic_path`).
+
+    Text is UTF-8; a character that UTF-8 cannot hold (the surrogate escape of an undecodable
+    byte in a file name) is written as a backslash escape (``errors``), never a crash.
+    """
+    binary = "b" in mode
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if binary else encoding,
+                                        errors=None if binary else errors) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

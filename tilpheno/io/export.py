@@ -18,16 +18,14 @@ with the source path, its SHA-256 and the kept keywords.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from tilpheno.errors import TilphenoError
-from tilpheno.io.atomic import default_mode, make_folder, replace_naming_target
+from tilpheno.io.atomic import atomic_path
 
 KEPT_KEYWORDS = ("$SRC", "$DATE", "$BTIM", "$ETIM", "$CYT", "$CYTSN", "$INST", "$OP", "$PROJ", "$FIL",
                  "TUBE NAME", "EXPERIMENT NAME")
@@ -132,15 +130,6 @@ def export_h5ad(
         var=var,
         uns={"source_file": str(fcs.path), "source_sha256": fcs.sha256, "keywords": _kept_keywords(fcs)},
     )
-    make_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:   # the mode of every other output (mkstemp's is 0600)
         adata.write_h5ad(tmp)
-        os.chmod(tmp, default_mode())   # mkstemp's 0600: as the FCS export and every other output
-        replace_naming_target(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
