@@ -602,3 +602,34 @@ def test_a_control_replaced_after_its_estimate_is_hashed_again_next_run(tmp_path
     assert recorded[str(pe)] == sha256_file(pe)
     assert (out / "qc.csv").read_bytes() == (clean / "qc.csv").read_bytes()
     assert pd.read_csv(clean / "qc.csv")["code"].eq("control_settings_differ").sum() == 2
+
+
+def test_the_controls_of_a_failed_estimate_are_not_hashed_again_next_run(tmp_path, monkeypatch):
+    """The single-stain controls' estimate fails (30 events: too few in the unstained control), so
+    the product fails and its job hashes the controls itself. Their digests were recorded as of the
+    failed estimate's ``read_from_ns``, 0 (it never read them), so the next run took every control
+    as possibly rewritten since and hashed the seven again, though nothing had changed -> the
+    digests the job took are recorded as of the job's start, as the stained files' are."""
+    import types
+
+    import tilpheno.pipeline.executors as executors
+    from tilpheno.simulate.cohort import simulate_product, write_product
+    from tilpheno.simulate.controls import simulate_controls
+
+    folder = tmp_path / "in"
+    write_product(simulate_product("TIL001", 21, 4000), folder)
+    simulate_controls(folder / "controls", 6, n_events=30)
+    real = time.time_ns
+    # the product's job starts 10 s from now: RACY_SECONDS after every file was written
+    monkeypatch.setattr(executors, "time", types.SimpleNamespace(time_ns=lambda: real() + 10**10))
+    out = tmp_path / "out"
+    assert not process_folder(folder, out, make_reports=False).ok
+    monkeypatch.undo()
+    assert "compensation from single-stain controls" in pd.read_csv(out / "qc.csv")["message"].iloc[0]
+    recorded = json.loads((out / "run.json").read_text())["inputs"]
+    assert sum("Compensation Controls_" in i["path"] for i in recorded) == 7
+
+    process_folder(folder, out, make_reports=False, overwrite=True)
+    cache = _cache_record(out)
+    assert cache["reused"] == ["TIL001"]
+    assert (cache["inputs_hashed"], cache["inputs_digest_reused"]) == (0, len(recorded))

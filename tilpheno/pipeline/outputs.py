@@ -317,14 +317,16 @@ def _read_from_ns(outcome: ProductOutcome, executor: str, dispatched_ns: int) ->
 
 
 def _estimate_read_from_ns(job: ProductJob, read_from_ns: int) -> dict[str, int]:
-    """Each single-stain control of the job's matrix -> a moment (ns) before its digest in the
-    outcome was taken: the estimate's (``CompensationChoice.read_from_ns``, in this process, before
-    the run's jobs) when earlier than the job's ``read_from_ns``. A control replaced between its
-    estimate and the job is then not recorded as settled under the digest of the bytes it had."""
+    """Each single-stain control of the job's matrix whose digest in the outcome is the estimate's
+    (``CompensationChoice.digests``) -> a moment (ns) before the estimate read it
+    (``CompensationChoice.read_from_ns``, in this process, before the run's jobs) when earlier than
+    the job's ``read_from_ns``. A control replaced between its estimate and the job is then not
+    recorded as settled under the digest of the bytes it had. A control the job hashed itself (the
+    estimate failed before reading it) is left to the job's moment."""
     choice = job.compensation
     if choice is None:
         return {}
-    return {str(f): min(read_from_ns, choice.read_from_ns) for f in choice.files}
+    return {str(f): min(read_from_ns, choice.read_from_ns) for f in choice.digests}
 
 
 def _write_populations(path: Path, parquet_paths: Sequence[Path]) -> list[str]:
