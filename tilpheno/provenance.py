@@ -23,7 +23,6 @@ DEPENDENCIES = (
     "numpy", "pandas", "scipy", "flowio", "flowutils", "matplotlib", "jinja2",
     "pyyaml", "pyarrow", "lifelines", "dask", "distributed",
 )
-TIME_FIELDS = ("started_at", "finished_at", "duration_s")
 EXECUTION_PARAMETERS = ("executor", "jobs", "scheduler", "overwrite", "reports", "cache")
 """How a run was executed; not in the reports' short form, so results do not depend on it."""
 SHORT_RELEASE_SPEC = "release spec"
@@ -175,8 +174,3 @@ def start_record(
         started_at=utc_now(),
         code_sha256=code_sha256,
     )
-
-
-def strip_times(record: Mapping) -> dict:
-    """A copy of a run.json mapping without the time fields (for comparing two runs)."""
-    return {k: v for k, v in record.items() if k not in TIME_FIELDS}
