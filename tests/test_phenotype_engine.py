@@ -4,18 +4,20 @@ import textwrap
 import numpy as np
 import pytest
 
-from tilpheno.gates.strategy import parse_strategy
+from tilpheno.gates.strategy import Strategy, parse_strategy
 from tilpheno.phenotype import TubeData, gate_tube_kind, population_table, tube_variables
 from tilpheno.transforms import Linear, Logicle
 
-STRATEGY = parse_strategy(textwrap.dedent(
-    """\
-    strategy: toy
-    tube: surface
-    markers: [CD3, CD56]
-    transforms:
-      CD3: {kind: linear}
-      CD56: {kind: linear}
+
+def linear_strategy(name: str, tube: str, markers: list[str], body: str) -> Strategy:
+    """Strategy ``name`` (file ``<name>.yaml``) of tube kind ``tube`` with ``markers`` on linear
+    scales; ``body``: its ``populations`` (and ``variables``) as YAML."""
+    header = (f"strategy: {name}\ntube: {tube}\nmarkers: [{', '.join(markers)}]\n"
+              f"transforms: {{{', '.join(f'{m}: {{kind: linear}}' for m in markers)}}}\n")
+    return parse_strategy(header + textwrap.dedent(body), f"{name}.yaml")
+
+
+STRATEGY = linear_strategy("toy", "surface", ["CD3", "CD56"], """\
     populations:
       - name: big
         parent: root
@@ -37,8 +39,7 @@ STRATEGY = parse_strategy(textwrap.dedent(
         expression: CD56+ & !CD3+
     variables:
       nk_pct: {numerator: NK, denominator: big}
-    """
-), "toy.yaml")
+    """)
 
 
 def tube(role, fmo_marker, seed, n=20000):
@@ -121,22 +122,14 @@ def test_a_threshold_gate_that_cannot_be_placed_is_named_in_its_flag():
     assert [f.code for f in flags_naming_gate(flags, "CD56+", stained.file)] == ["gate_failed"]
 
 
-NESTED = parse_strategy(textwrap.dedent(
-    """\
-    strategy: nested
-    tube: surface
-    markers: [CD3, CD56]
-    transforms:
-      CD3: {kind: linear}
-      CD56: {kind: linear}
+NESTED = linear_strategy("nested", "surface", ["CD3", "CD56"], """\
     populations:
       - {name: big, parent: root, dims: [FSC-A], method: fixed, params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}}
       - {name: CD3+, parent: big, dims: [CD3], method: fmo, params: {percentile: 99.99, rule: percentile}}
       - {name: CD56+, parent: CD3+, dims: [CD56], method: valley}
     variables:
       nkt_pct: {numerator: CD56+, denominator: CD3+}
-    """
-), "nested.yaml")
+    """)
 
 
 def test_a_gate_within_an_fmos_own_marker_gate_that_cannot_be_placed_there_holds_no_release():
@@ -173,12 +166,7 @@ def test_a_population_named_as_the_prefix_of_another_does_not_take_its_flags():
     CD56+ gate as well. Now a flag is on the gate its ``gate`` names, and on no other."""
     from tilpheno.qc import QCFlag, flags_naming_gate
 
-    strategy = parse_strategy(textwrap.dedent(
-        """\
-        strategy: prefix
-        tube: surface
-        markers: [CD3, CD56]
-        transforms: {CD3: {kind: linear}, CD56: {kind: linear}}
+    strategy = linear_strategy("prefix", "surface", ["CD3", "CD56"], """\
         populations:
           - {name: big, parent: root, dims: [FSC-A], method: fixed,
              params: {gate: {type: range, dim: FSC-A, low: 100, high: null}}}
@@ -187,8 +175,7 @@ def test_a_population_named_as_the_prefix_of_another_does_not_take_its_flags():
           - {name: CD56+ (bright), parent: big, dims: [CD56], method: fmo, params: {rule: percentile}}
         variables:
           cd56_pct: {numerator: CD56+, denominator: big}
-        """
-    ), "prefix.yaml")
+        """)
     stained, _, _ = tube("stain", None, 6)
     (state,) = gate_tube_kind(strategy, [stained])
     flags = [QCFlag("P", stained.file, f.code, f.severity, f.message, f.gate) for f in state.flags]
@@ -201,18 +188,13 @@ def test_a_population_named_as_the_prefix_of_another_does_not_take_its_flags():
 def test_reference_gate_places_the_cut_on_another_population_and_applies_it_to_the_parent():
     # CD4+ cells carry a CD8 smear with no valley; CD4- cells are CD8- (DN) or CD8+ (bimodal).
     # The CD8 cut placed on CD4- cells lies between DN and CD8+, whatever the CD4+ smear does.
-    strategy = parse_strategy(textwrap.dedent(
-        """\
-        strategy: ref
-        tube: t
-        markers: [CD4, CD8]
-        transforms: {CD4: {kind: linear}, CD8: {kind: linear}}
+    strategy = linear_strategy("ref", "t", ["CD4", "CD8"], """\
         populations:
           - {name: CD4+, parent: root, dims: [CD4], method: valley, params: {keep: high}}
           - {name: CD4-, parent: root, expression: "!CD4+"}
           - {name: CD8+, parent: root, dims: [CD8], method: valley, params: {keep: high, reference: CD4-}}
           - {name: CD8 own, parent: root, dims: [CD8], method: valley, params: {keep: high}}
-        """), "ref.yaml")
+        """)
     assert strategy.population("CD8+").depends_on == ("CD4-",)
     rng = np.random.default_rng(3)
     n4, ndn, n8 = 9000, 1500, 3000

@@ -112,6 +112,29 @@ def drag_cd3(driver, dx: int) -> None:
     ActionChains(driver).click_and_hold(knob).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
 
 
+def assert_no_script_errors(driver) -> None:
+    """No script error or CSP violation in the browser's log since it was last read (a network
+    entry, the app's own 4xx answer to a refused request, is not one)."""
+    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not problems, problems
+
+
+def kept_draft(driver, user: str, pid: str = PID) -> str | None:
+    """What the page keeps in the browser's storage for ``user``'s unsigned work on ``pid`` (JSON), or None."""
+    return driver.execute_script("return window.localStorage.getItem(arguments[0]);", f"tilpheno-draft|{user}|{pid}")
+
+
+def justification_typed(driver, base: str) -> str:
+    """Dave opens the product (PID fails CD3+ > 90 %), chooses "approved for release" and types the
+    out-of-specification justification, not yet signed: the draft the browser keeps then."""
+    from selenium.webdriver.support.ui import Select
+
+    open_product(driver, base, "dave")
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
+    return wait(driver, lambda d: kept_draft(d, "dave"), "the justification kept in the browser")
+
+
 def open_product(driver, base: str, user: str = "alice", version: int = 1, pid: str = PID) -> None:
     """Log in as ``user`` on a fresh session and wait for product ``pid``'s page at ``version``."""
     driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
@@ -193,8 +216,7 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
         res = recompute(service.source, PID, json.loads(v3.gates_json))
         assert f"{res.phenotype['cd3_pct_of_live_lymph']:.2f}" in words
     # script errors and CSP violations only (the expected 409 of the conflict is logged as a network error)
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_candidate_cut_in_one_click(driver, server):
@@ -222,8 +244,7 @@ def test_a_candidate_cut_in_one_click(driver, server):
     wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
     saved = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
     assert saved["low"] == want["value"] and "control percentile" in service.version(PID).reason
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems   # script errors and CSP violations
+    assert_no_script_errors(driver)   # script errors and CSP violations
 
 
 def test_the_whole_gate_is_one_click_away(driver, server):
@@ -261,8 +282,7 @@ def test_the_whole_gate_is_one_click_away(driver, server):
     assert button.text == "report view" and [t for t in y_ticks(driver) if t.startswith("-")]
     button.click()
     wait(driver, lambda d: not [t for t in y_ticks(d) if t.startswith("-")], "the report's range again")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp_path):
@@ -529,8 +549,7 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     assert all(e["at"].endswith("Z") and len(e["at"]) == 27 for e in entries)
     with service.factory() as db:
         assert audit.verify(db).ok
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_flagged_product_says_its_runs_release_is_held_not_only_automatic_pass(driver, flagged_out, tmp_path):
@@ -595,8 +614,7 @@ def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowled
     assert json.loads(entries[-1].before_json)["overrules"]["signature_sha256"] == rejection.signature_sha256
     assert entries[-1].reason == "valley at the FMO's 99.5th percentile: cut is right"
     assert json.loads(entries[-1].before_json)["out_of_specification"]["justification"] == OOS_REASON
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_save_that_would_void_an_approval_asks_first_naming_it(driver, server):
@@ -626,8 +644,7 @@ def test_a_save_that_would_void_an_approval_asks_first_naming_it(driver, server)
     wait(driver, lambda d: d.switch_to.alert, "the question again").accept()
     wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
     assert service.decision(PID) is None
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_draft_with_unsaved_changes_is_not_signed_as_if_it_were_the_saved_version(driver, server):
@@ -652,8 +669,7 @@ def test_a_draft_with_unsaved_changes_is_not_signed_as_if_it_were_the_saved_vers
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: "signed version 1 as 'reviewed'" in d.find_element("id", "message").text, "the signature")
     assert [(v.row.username, v.row.version, v.valid) for v in service.signatures(PID)] == [("alice", 1, True)]
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_applying_a_gate_to_an_approved_product_asks_first_naming_the_approval(driver, server):
@@ -683,8 +699,7 @@ def test_applying_a_gate_to_an_approved_product_asks_first_naming_the_approval(d
     wait(driver, lambda d: d.switch_to.alert, "the question again").accept()
     wait(driver, lambda d: f"{target} v2" in d.find_element("id", "message").text, "the applied gate")
     assert service.decision(target) is None and service.version(target).created_by == "alice"
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids_it(driver, server):
@@ -721,8 +736,7 @@ def test_an_approval_signed_while_the_page_was_open_is_named_before_a_save_voids
     with service.factory() as db:
         entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")).one()
     assert json.loads(entry.before_json)["voids_approval"]["signature_id"] == approval.id
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, monkeypatch):
@@ -758,8 +772,7 @@ def test_a_flagged_gate_is_the_first_plot_with_its_flag_in_full(driver, server, 
     cd4 = driver.find_element("css selector", '[data-plot="surface|CD4+"]')
     assert cd4.find_element("css selector", '[data-flag="no_second_peak"]').text == (
         "warning no_second_peak (on TIL001_surface_FMO_CD4.fcs): live (7AAD): no positive density peak")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_draft_outlives_an_expired_session(driver, server):
@@ -802,11 +815,8 @@ def test_a_draft_outlives_an_expired_session(driver, server):
     assert saved.created_by == "alice" and saved.reason == "CD3 dim tail is debris"
     res = json.loads(saved.gates_json)["tubes"]["surface"]["gates"]["CD3+"]
     assert res != json.loads(service.version(PID, 1).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
-    key = f"tilpheno-draft|alice|{PID}"
-    wait(driver, lambda d: d.execute_script("return window.localStorage.getItem(arguments[0]) === null;", key),
-         "the saved draft forgotten")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    wait(driver, lambda d: kept_draft(d, "alice") is None, "the saved draft forgotten")
+    assert_no_script_errors(driver)
 
 
 @pytest.mark.parametrize("population, rule, label, reason", [
@@ -846,8 +856,7 @@ def test_a_density_gate_suggestion_in_one_click(driver, server, population, rule
     wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
     moved = {"vertices": want["vertices"]} if "vertices" in want else {"high": want["value"]}
     assert json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"][population] == {**gates[population], **moved}
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_out, tmp_path, monkeypatch):
@@ -888,8 +897,7 @@ def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_ou
         options = [o.get_attribute("value") for o in driver.find_elements("css selector", "#apply-gate option")]
         assert "surface|CD4+" not in options and "surface|CD8+" in options
         wait(driver, lambda d: d.find_element("css selector", '[data-handle="surface|CD3+|low-knob"]'), "the other plots")
-        problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-        assert not problems, problems
+        assert_no_script_errors(driver)
     service.factory.kw["bind"].dispose()
 
 
@@ -899,22 +907,21 @@ def test_log_out_forgets_the_users_kept_drafts_but_not_anothers(driver, server):
     Now 'Log out' (on the product page, or on the list) removes alice's kept drafts, not carol's
     (hers survive, as after an expiry); alice's next login restores nothing."""
     service, base = server
-    mine, hers = f"tilpheno-draft|alice|{PID}", "tilpheno-draft|carol|TIL002"
-    get = "return window.localStorage.getItem(arguments[0]);"
+    hers = "tilpheno-draft|carol|TIL002"
     for page in ("product", "list"):
         open_product(driver, base, "alice")
         driver.execute_script("window.localStorage.setItem(arguments[0], arguments[1]);", hers, '{"edited": []}')
         start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
         drag_cd3(driver, 40)
-        wait(driver, lambda d: d.execute_script(get, mine), "the draft kept in the browser")
+        wait(driver, lambda d: kept_draft(d, "alice"), "the draft kept in the browser")
         driver.execute_script("window.localStorage.setItem(arguments[0], '{}');", "tilpheno-draft|alice|TIL002")
         if page == "list":
             driver.get(base + "/")
             wait(driver, lambda d: d.find_element("css selector", 'a[href="/products/TIL001"]'), "the product list")
         driver.find_element("css selector", 'form[action="/logout"] button').click()
         wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
-        assert driver.execute_script(get, mine) is None and driver.execute_script(get, "tilpheno-draft|alice|TIL002") is None
-        assert driver.execute_script(get, hers) == '{"edited": []}'
+        assert kept_draft(driver, "alice") is None and kept_draft(driver, "alice", "TIL002") is None
+        assert kept_draft(driver, "carol", "TIL002") == '{"edited": []}'
         open_product(driver, base, "alice")
         time.sleep(1.0)
         assert "Restored" not in driver.find_element("id", "message").text and draft_pct(driver) == start
@@ -927,7 +934,6 @@ def test_a_tab_left_open_after_log_out_keeps_no_draft(driver, server):
     so). Now a page loaded before her logout keeps nothing and says why; once she logs in again, a
     product page she opens keeps its draft as before."""
     service, base = server
-    key, get = f"tilpheno-draft|alice|{PID}", "return window.localStorage.getItem(arguments[0]);"
     open_product(driver, base, "alice")
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
     first = driver.current_window_handle
@@ -940,7 +946,7 @@ def test_a_tab_left_open_after_log_out_keeps_no_draft(driver, server):
     drag_cd3(driver, 40)
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "bad" in d.find_element("id", "message").get_attribute(
         "class") else None, "the refused preview")
-    assert driver.execute_script(get, key) is None
+    assert kept_draft(driver, "alice") is None
     assert "draft is not kept in this browser" in msg, msg
     driver.switch_to.window(second)
     driver.close()
@@ -948,7 +954,7 @@ def test_a_tab_left_open_after_log_out_keeps_no_draft(driver, server):
     open_product(driver, base, "alice")   # logged in again: a page loaded now keeps its draft
     assert draft_pct(driver) == start
     drag_cd3(driver, 40)
-    wait(driver, lambda d: d.execute_script(get, key), "the draft kept in the browser")
+    wait(driver, lambda d: kept_draft(d, "alice"), "the draft kept in the browser")
     driver.execute_script("window.localStorage.clear();")
 
 
@@ -1030,8 +1036,7 @@ def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, 
             time.sleep(1.0)   # nothing the page does next (plots, preview) replaces it
             assert driver.find_element("id", "message").text == text
             assert not driver.find_elements("css selector", '[data-candidate$="|unstained_cut"]')
-            problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-            assert not problems, problems
+            assert_no_script_errors(driver)
     finally:
         service.factory.kw["bind"].dispose()
         drop_schema(url)
@@ -1070,8 +1075,7 @@ def test_a_version_overturning_a_determined_fail_without_a_justification_gets_on
     assert not driver.find_element("id", "justify-form").is_displayed()
     sign(driver, "approved for release", "dave")
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 2", "the approval")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_an_approval_that_binds_no_control_says_so_beside_valid(driver, server, monkeypatch):
@@ -1145,8 +1149,7 @@ def test_approving_a_failing_version_names_what_fails_and_needs_a_justification(
     drag_cd3(driver, 40)
     assert wait(driver, lambda d: status(d) if status(d).startswith("draft ") else None, "the draft's status") == (
         "draft release status: fail once these gates are approved (criteria on the automatic gates: fail)")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    assert_no_script_errors(driver)
 
 
 def test_an_unsigned_out_of_specification_justification_is_kept_in_the_browser(driver, server):
@@ -1155,15 +1158,9 @@ def test_an_unsigned_out_of_specification_justification_is_kept_in_the_browser(d
     was not, so a crash or a closed tab before signing lost it. Now it is kept under the user and
     the product, put back in its field when the product is opened again (saying so, nothing
     signed), and forgotten once the approval is signed."""
-    from selenium.webdriver.support.ui import Select
-
     service, base = server
     driver.get_log("browser")
-    key, get = f"tilpheno-draft|dave|{PID}", "return window.localStorage.getItem(arguments[0]);"
-    open_product(driver, base, "dave")
-    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
-    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
-    kept = wait(driver, lambda d: d.execute_script(get, key), "the justification kept in the browser")
+    kept = justification_typed(driver, base)
     assert json.loads(kept)["oos_justification"] == OOS_REASON and json.loads(kept)["edited"] == []
     driver.get(base + f"/products/{PID}")   # the tab closed and opened again: same session, nothing signed
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
@@ -1175,9 +1172,8 @@ def test_an_unsigned_out_of_specification_justification_is_kept_in_the_browser(d
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
     [sig] = service.signatures(PID)
     assert sig.valid and sig.row.oos_justification == OOS_REASON
-    wait(driver, lambda d: d.execute_script(get, key) is None, "the signed justification forgotten")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    wait(driver, lambda d: kept_draft(d, "dave") is None, "the signed justification forgotten")
+    assert_no_script_errors(driver)
 
 
 def test_a_reviewed_signature_keeps_the_unsent_out_of_specification_justification(driver, server):
@@ -1186,15 +1182,9 @@ def test_a_reviewed_signature_keeps_the_unsent_out_of_specification_justificatio
     field and forgot its kept copy in the browser: the justification, never signed, was lost. Now a
     signature clears only what it sent: the comment goes, the justification stays in its field and in
     the browser, and the approval signed after it is made with it."""
-    from selenium.webdriver.support.ui import Select
-
     service, base = server
     driver.get_log("browser")
-    key, get = f"tilpheno-draft|dave|{PID}", "return window.localStorage.getItem(arguments[0]);"
-    open_product(driver, base, "dave")
-    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
-    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
-    wait(driver, lambda d: d.execute_script(get, key), "the justification kept in the browser")
+    justification_typed(driver, base)
     sign(driver, "reviewed", "dave", "plots checked")
     wait(driver, lambda d: d.find_element("css selector", "#signatures p.valid"), "the reviewed signature")
     [reviewed] = service.signatures(PID)
@@ -1202,14 +1192,13 @@ def test_a_reviewed_signature_keeps_the_unsent_out_of_specification_justificatio
     assert not reviewed.row.oos_justification   # not sent with "reviewed"
     assert driver.find_element("id", "comment").get_attribute("value") == ""   # sent: cleared
     assert driver.find_element("id", "oos-justification").get_attribute("value") == OOS_REASON
-    assert json.loads(driver.execute_script(get, key))["oos_justification"] == OOS_REASON
+    assert json.loads(kept_draft(driver, "dave"))["oos_justification"] == OOS_REASON
     sign(driver, "approved for release", "dave")   # the justification typed before, nothing typed again
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
     approval = [s for s in service.signatures(PID) if s.row.meaning == "approved for release"]
     assert len(approval) == 1 and approval[0].valid and approval[0].row.oos_justification == OOS_REASON
-    wait(driver, lambda d: d.execute_script(get, key) is None, "the signed justification forgotten")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+    wait(driver, lambda d: kept_draft(d, "dave") is None, "the signed justification forgotten")
+    assert_no_script_errors(driver)
 
 
 def test_an_unsigned_comment_is_kept_in_the_browser(driver, server):
@@ -1219,17 +1208,16 @@ def test_an_unsigned_comment_is_kept_in_the_browser(driver, server):
     nothing signed), forgotten once a signature with it is made, and forgotten by "Log out"."""
     service, base = server
     driver.get_log("browser")
-    key, get = f"tilpheno-draft|alice|{PID}", "return window.localStorage.getItem(arguments[0]);"
     comment = "CD3 valley checked against the FMO"
     for leave in ("reload", "log out"):
         open_product(driver, base, "alice")
         driver.find_element("id", "comment").send_keys(comment)
-        kept = wait(driver, lambda d: d.execute_script(get, key), "the comment kept in the browser")
+        kept = wait(driver, lambda d: kept_draft(d, "alice"), "the comment kept in the browser")
         assert json.loads(kept)["comment"] == comment and json.loads(kept)["edited"] == []
         if leave == "log out":
             driver.find_element("css selector", 'form[action="/logout"] button').click()
             wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
-            assert driver.execute_script(get, key) is None
+            assert kept_draft(driver, "alice") is None
             open_product(driver, base, "alice")
             time.sleep(1.0)
             assert "Restored" not in driver.find_element("id", "message").text
@@ -1245,6 +1233,5 @@ def test_an_unsigned_comment_is_kept_in_the_browser(driver, server):
         wait(driver, lambda d: d.find_element("css selector", "#signatures p.valid"), "the reviewed signature")
         [sig] = service.signatures(PID)
         assert sig.valid and sig.row.comment == comment
-        wait(driver, lambda d: d.execute_script(get, key) is None, "the signed comment forgotten")
-    problems = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
-    assert not problems, problems
+        wait(driver, lambda d: kept_draft(d, "alice") is None, "the signed comment forgotten")
+    assert_no_script_errors(driver)

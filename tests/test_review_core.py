@@ -1437,6 +1437,19 @@ def imported_copy(kind, tmp_path, pid: str):
     return inputs, rerun, url, service
 
 
+def processed_again(first, inputs: Path, rerun, url: str, tmp_path, name: str):
+    """``name`` in the ``inputs`` copy replaced by TIL002's file of that name (``TIL001`` ->
+    ``TIL002``), the folder processed again (``rerun``) and a new service over its output on the
+    database of ``first``, whose connections are closed first."""
+    from review_support import SAMPLE
+    from tilpheno.review.server import build_service
+
+    first.factory.kw["bind"].dispose()
+    shutil.copy(SAMPLE / name.replace("TIL001", "TIL002"), inputs / name)
+    rerun()
+    return build_service(tmp_path / "out", url)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch):
     """TIL001 approved for release, then processed again with its unstained control replaced (here by
@@ -1497,7 +1510,6 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
 
     from review_support import SAMPLE, database_url, drop_schema, make_service
     from tilpheno.review import service as module
-    from tilpheno.review.server import build_service
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
     inputs, rerun = copied_and_processed(tmp_path, pid)
@@ -1514,11 +1526,8 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
         assert old.data_sha256 != new.data_sha256
         views = {v.row.id: v for v in first.signatures(pid)}
         assert views[old.id].valid and views[new.id].valid
-        first.factory.kw["bind"].dispose()
 
-        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
-        rerun()
-        again = build_service(tmp_path / "out", url)
+        again = processed_again(first, inputs, rerun, url, tmp_path, control)
         assert not [f for f in again.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         assert again.current_version(pid) == 1   # the same gates: only the control's digest changed
         views = {v.row.id: v for v in again.signatures(pid)}
@@ -1588,7 +1597,6 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     from test_review_certificate import certificate_text
     from tilpheno.review import service as module
     from tilpheno.review.models import AuditEntry
-    from tilpheno.review.server import build_service
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
     inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
@@ -1599,11 +1607,8 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
         monkeypatch.setattr(module, "data_sha256", hashed)
         [view] = first.signatures(pid)
         assert view.valid and view.note.startswith("control digests not recorded at approval") and control in view.note
-        first.factory.kw["bind"].dispose()
 
-        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
-        rerun()
-        again = build_service(tmp_path / "out", url)
+        again = processed_again(first, inputs, rerun, url, tmp_path, control)
         assert again.current_version(pid) == 1   # opened: the same gates
         with again.factory() as db:
             [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product"))
@@ -1629,18 +1634,14 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
     page's VOID said only 'input data, infused cell number, strategy or release spec changed after
     signing', leaving QA to find which in the trail. Now the void reason names the replaced file and
     the entry recording it."""
-    from review_support import SAMPLE, drop_schema
+    from review_support import drop_schema
     from tilpheno.review.models import AuditEntry
-    from tilpheno.review.server import build_service
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
     inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
     try:
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
-        first.factory.kw["bind"].dispose()
-        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
-        rerun()
-        again = build_service(tmp_path / "out", url)
+        again = processed_again(first, inputs, rerun, url, tmp_path, control)
         [view] = again.signatures(pid)
         with again.factory() as db:
             [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product"))
@@ -1659,18 +1660,14 @@ def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced
     VOID said only 'gates changed to version 2 after signing', though the trail records which file
     the re-run replaced (a replaced control that leaves the gates as they were is named). Now the
     reason names the file and its reimport_product entry, and the version its gates became."""
-    from review_support import SAMPLE, drop_schema
+    from review_support import drop_schema
     from tilpheno.review.models import AuditEntry
-    from tilpheno.review.server import build_service
 
     pid, stain = "TIL001", "TIL001_surface_stain.fcs"
     inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
     try:
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
-        first.factory.kw["bind"].dispose()
-        shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / stain)
-        rerun()
-        again = build_service(tmp_path / "out", url)
+        again = processed_again(first, inputs, rerun, url, tmp_path, stain)
         [view] = again.signatures(pid)
         with again.factory() as db:
             replaced, made = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product")
@@ -1696,7 +1693,6 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
 
     from review_support import SAMPLE, drop_schema
     from tilpheno.review.models import AuditEntry, Product
-    from tilpheno.review.server import build_service
     from tilpheno.review.service import transaction
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
@@ -1716,11 +1712,8 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
         recorded = [after for action, after in actions() if action == "record_controls"]
         digest = hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()
         assert len(recorded) == 1 and [c["sha256"] for c in recorded[0]["controls"] if c["file"] == control] == [digest]
-        first.factory.kw["bind"].dispose()
 
-        shutil.copy(SAMPLE / "TIL002_unstained.fcs", inputs / control)
-        rerun()
-        again = build_service(tmp_path / "out", url)
+        again = processed_again(first, inputs, rerun, url, tmp_path, control)
         again.current_version(pid)
         [after] = [after for action, after in actions() if action == "reimport_product"]
         assert [c["sha256"] for c in after["controls"] if c["file"] == control] == [
