@@ -865,7 +865,7 @@ class _TubeKindRun:
         self.global_flags: list[tuple[int, pl.Flag]] = []   # flags of fmo thresholds, given to the target file
 
     # -- loading ---------------------------------------------------------------------------
-    def state(self, i: int, final: bool = False) -> _Gated | None:
+    def state(self, i: int) -> _Gated | None:
         if i in self.loaded:
             return self.loaded[i]
         src = self.sources[i]
@@ -874,7 +874,7 @@ class _TubeKindRun:
         if not self.keep_loaded:   # release the previous file's arrays before reading the next
             for j in [j for j in self.loaded if j != self._kept() and j not in self.slim]:
                 self._release(j)
-        tube = self.load(src, final)
+        tube = self.load(src)
         if tube is None:
             src.failed = True
             return None
@@ -1131,7 +1131,7 @@ class _TubeKindRun:
         order = sorted(self.loaded, key=lambda i: i not in self.slim) + [
             i for i in range(len(self.sources)) if i not in self.loaded]
         for i in order:
-            st = self.state(i, final=True)
+            st = self.state(i)
             if st is None:
                 continue
             self.walk(i, len(self.pops))
@@ -1172,7 +1172,7 @@ def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile
     tubes = list(tubes)
     sources = [_Source(i, t.role, t.fmo_marker) for i, t in enumerate(tubes)]
     control = control or next((t for t in tubes if t.role == "unstained"), None)
-    run = _TubeKindRun(strategy, sources, lambda src, final: tubes[src.order], fmo_percentile, keep_loaded=True,
+    run = _TubeKindRun(strategy, sources, lambda src: tubes[src.order], fmo_percentile, keep_loaded=True,
                        vocabulary=study.vocabulary, qc=study.qc, control=lambda: control)
     run.resolve()
     states: dict[int, _Gated] = {}
@@ -1474,7 +1474,7 @@ def _product_flags(product_id: str, phenotype: Mapping[str, float], stained: Map
                                 f"imprecise: check the {lymph} gate on the scatter plot (does it hold the "
                                 "lymphocytes?) and the tube's events"))
     for code, variable, gate, message in checks.variable_checks(
-            product_id, phenotype, [v for s in strategies.values() for v in s.variables]):
+            phenotype, [v for s in strategies.values() for v in s.variables]):
         tube = next((t for t, s in strategies.items() if any(v.name == variable for v in s.variables)), "")
         file = stained[tube].file if tube in stained else ""
         flags.append(QCFlag(product_id, file, code, "warning", message, gate))
@@ -1632,7 +1632,7 @@ def analyze_product(
                         product_id, src.handle["name"], "not_gated", "info",
                         f"not gated: no readable {tube_kind} stained file to resolve its panel against")]
 
-        def load(src: _Source, final: bool, strategy=strategy, tube_kind=str(tube_kind),
+        def load(src: _Source, strategy=strategy, tube_kind=str(tube_kind),
                  check: bool = False) -> TubeData | None:
             """``src`` compensated and transformed, or None (its flag kept in its handle). ``check``: an
             unstained control read for the stained files' gates (self-check, one-population cuts) keeps
@@ -1696,7 +1696,7 @@ def analyze_product(
                 src = _row_source(-1, "unstained", None, row, labels)
                 checked = (str(row.file), strategy.acquisition)
                 src.handle["acquisition"] = unstained_acquisition.get(checked)
-                controls[k] = (src, load(src, True, check=True))
+                controls[k] = (src, load(src, check=True))
                 if src.handle["fcs"] is not None:
                     controls_read.append((src.handle["name"], src.handle["fcs"]))
                 if src.handle.get("acquisition") is not None:

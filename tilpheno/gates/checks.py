@@ -580,9 +580,7 @@ def reference_positives(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     return 100.0 * drop / rs.size, current
 
 
-def variable_checks(
-    product_id: str, phenotype: Mapping[str, float], variables,
-) -> list[tuple[str, str, str, str]]:
+def variable_checks(phenotype: Mapping[str, float], variables) -> list[tuple[str, str, str, str]]:
     """Product-level checks from the strategies' variables: ``[(code, variable, gate, message)]``;
     ``gate``: the variable's numerator, the population whose gate the message asks to look at.
 
