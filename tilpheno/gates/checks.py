@@ -82,8 +82,8 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     ``uncertain_points`` points of the parent away (``kept_points``, signed: + when both would
     lower the % positive): binding below the tolerance can still move a dim marker's % when many
     events sit at the cut. Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
-    taken as all positive) yet more than ``NO_PEAK_POINTS`` (6) % of the parent lies at or below
-    that cut. Also (the engine, ``phenotype``) when a gate's FMO shows spillover the compensation
+    taken as all positive, or with ``skew_reference`` the reference carry-over) yet more than ``NO_PEAK_POINTS`` (6) %
+    of the parent lies at or below that cut. Also (the engine, ``phenotype``) when a gate's FMO shows spillover the compensation
     left in the omitted marker's detector (:func:`residual_slopes`: the FMO parent's events, the
     marker regressed on the other markers at once, a partial slope beyond the residual check's
     tolerance) and the gate placed again with that residual taken out of both files' events
@@ -330,9 +330,11 @@ def place_and_check(
         far = ((math.isfinite(shift) and abs(shift) > shift_warning)
                or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
         if "note" in d and below > NO_PEAK_POINTS and not fitted:
+            used = ("the FMO percentile carried over with the binding read on the reference population"
+                    if d.get("relative_carry") == "reference" else "the FMO percentile")
             flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
-                                    f"transformed units), yet {below:.1f}% of the parent lies at or below the FMO "
-                                    f"percentile {cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
+                                    f"transformed units), yet {below:.1f}% of the parent lies at or below {used} "
+                                    f"{cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
                                     f"reach and the cut several points off; look at the {marker} histogram of the parent, "
                                     f"stained vs FMO"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))

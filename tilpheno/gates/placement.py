@@ -1693,7 +1693,9 @@ def place_fmo_anchored(
     ``valley_depth`` x the lower of its two peaks (clearly bimodal) or at most ``valley_depth``
     x the density at that threshold (the carried-over cut lies inside the negatives); otherwise
     as ``relative``. Without a stained negative peak near the FMO's (the parent is all
-    positive) the FMO percentile is used. The threshold is kept inside the stained data's range.
+    positive) the FMO percentile is used; with ``reference`` (its negatives moved beyond the tolerances, or a
+    ``reference_quantile``) and any rule but ``percentile`` the reference carry-over instead, which reads
+    nothing on the parent's stained events (a PD1-rich parent's dim positives can merge its negative peak away). The threshold is kept inside the stained data's range.
     A log-normal fit's cut (``width_side: fit`` under heavy binding, :func:`two_step_fit`) gives way to
     any valley not below the lower of it and ``relative_low``, whatever its depth, its positive peak
     looked for above that lower one too (the fit can climb past a dim positive peak).
@@ -1736,6 +1738,17 @@ def place_fmo_anchored(
         winner, cut = "fmo_relative", fitted.cut
         diagnostics["note"] = "no stained negative peak near the FMO's mode: the fitted carry-over"
         diagnostics["relative_carry"] = "fit"
+    elif (not neg.found and reference is not None and transform is not None and rule != "percentile"
+          and (reference.moved(shift_tolerance, width_tolerance) or np.isfinite(reference_quantile))):
+        # the reference carry-over reads the binding on the reference and carries the parent's FMO events:
+        # it needs no negative peak of the parent's own, which dim positives next to it can merge away
+        cut = (float(reference_quantile) if np.isfinite(reference_quantile)
+               else reference_cut(fmo_x, reference, transform, percentile))
+        winner = "fmo_relative"
+        diagnostics.update(relative_reference=cut, relative_carry="reference", relative_threshold=cut,
+                           reference_shift=reference.shift, reference_spread=reference.spread,
+                           reference_extra=reference.skew,
+                           note="no stained negative peak near the FMO's mode: the reference population's carry-over")
     elif not neg.found:
         winner, cut = "fmo_percentile", t_fmo
         diagnostics["note"] = "no stained negative peak near the FMO's: parent taken as all positive"
