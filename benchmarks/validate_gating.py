@@ -36,7 +36,7 @@ and 70001-70020 (``benchmarks/draft_fmo_truth.py``'s drafted-study blocks, stop 
 135001-135060 (stop 41's held-out blocks, now used too), 136001-136180 (stop 41's development seeds of FoxP3),
 137001-137060 (stop 42's held-out block, now used too), 138001-138360 (stop 42's development blocks: false
 alarms, NKT, the FoxP3 reference's shape), 138400-138460 (stop 42's NKT over-call under heavy CD56 binding), 139001-139060 (stop 42's second held-out block, now used too), 139101-139160, 139201-139260 (CD56 binding set 250-300 units, tandem loss 0: the NKT fit's held-out test) and 139301-139360 (stop 43's held-out blocks, now used too), 141001-141260 (stop 43's development blocks: NKT under heavy CD56 binding, drawn and with binding or tandem loss set), 141401-141640 (stop 43's development blocks of PD1), 141801-141920 (stop 43's FoxP3 false alarms), 94400-94439 (stop 43's simulated FoxP3 references), 142201-142600 (stop 43's residual-flag blocks, drawn and with tandem loss or CD56 binding set), 143001-143420 (stop 44's PD1 blocks: 143001-143180 and 143301-143360 drawn, 143181-143300 and 143361-143420 with PD1 binding set 150-300 units), 94440-94444 (stop 44's simulated PD1 products), 139401-139580 (stop 44's held-out blocks, 139521-139580 with PD1 binding and its log-SD set, now used too), 144401-144460 (stop 44's development block of the tail-shape rule, PD1 binding set), 143801-144220 (stop 44's false-alarm blocks: drawn 143801-143920 and 144041-144100, CD56 binding set 143921-143980, binding and tandem loss set 143981-144040 and 144101-144160, tandem loss set 144161-144220), 144601-145200 (stop 44's FoxP3 diagnosis: drawn; 144601-144720 also with FoxP3 binding 150-300 units, log-SD 0.6-0.8, FoxP3 scale 0.6-0.8), 94450-94489 (stop 44's simulated FoxP3 products without binding), 147461-147520 (stop 45's before/after check of read-through changes), 146001-146600 (stop 45's PD1 development
-seeds: 146001-146315 captured and replayed, their products beyond 1.5 re-simulated; 146192 in a unit test) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
+seeds: 146001-146315 captured and replayed, their products beyond 1.5 re-simulated; 146192 in a unit test), 146601-147120 (stop 45's self-check blocks: drawn 146601-146840; ``--set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8`` 146841-147000; the same for CD56 147001-147120) and the unit tests' seeds (9001-9020, 93001-93011, 93020-93021,
 93030-93031, 93050-93051, 93060-93069, 116017, ...); a measurement on products the gating never saw needs
 other seeds (``--first-seed``).
 
@@ -56,12 +56,21 @@ alarm = any flag that puts it under review, ``checks.needs_review``).
 (``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that ``rule``, ``live`` = ``!dead``).
 ``--cells BOUNDARY``: the ``cells`` gates of both tubes placed with that ``boundary`` (``fsc``, the
 bundled vertical FSC-A cut, or ``oblique``, the line of the 2-D density; ``placement.place_cells``).
+``--set NAME=LOW-HIGH`` (repeatable; ``NAME=VALUE`` for one value): every product's drawn phenomena
+with that one set to a value drawn per product, uniformly in [LOW, HIGH], from a stream of the
+product's seed (the rest of the product, its other phenomena included, is the drawn block's). Names
+(:data:`SETTABLE`): ``<marker>_binding`` (nonspecific binding median, linear units) and
+``<marker>_binding_sd`` (its log-SD) for CD3, CD4, CD8, CD56, PD1, FoxP3 (lower case),
+``tandem_loss``, ``pd1_dim_scale``, ``foxp3_scale``, ``dim_dead``. Heavy PD1 binding:
+``--set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``.
 
-Writes ``errors.csv`` (product x variable signed errors, flags) and prints the tables.
+Writes ``errors.csv`` (product x variable signed errors, flags, the review flags' codes and gates and
+their messages) and prints the tables.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -69,6 +78,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tilpheno.simulate.phenomena import NSB_MARKERS
 
 LINEAGE = ("viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3",
            "nk_pct_of_live_lymph", "nkt_pct_of_live_lymph")
@@ -142,15 +153,54 @@ def strategies_for(live: str, cells: str = "fsc") -> list:
     return out
 
 
+SETTABLE = (tuple(f"{m.lower()}_binding" for m in NSB_MARKERS) + tuple(f"{m.lower()}_binding_sd" for m in NSB_MARKERS)
+            + ("tandem_loss", "pd1_dim_scale", "foxp3_scale", "dim_dead"))
+"""The phenomena ``--set`` can fix (module docstring)."""
+
+
+def parse_set(text: str) -> tuple[str, float, float]:
+    """``NAME=LOW-HIGH`` or ``NAME=VALUE`` -> (name, low, high); a clear error otherwise."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in SETTABLE:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected NAME=LOW-HIGH with NAME one of {', '.join(SETTABLE)}")
+    low, _, high = value.partition("-")
+    try:
+        bounds = float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: {value!r} is not a number or a range LOW-HIGH") from None
+    if bounds[0] > bounds[1]:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: LOW {bounds[0]:g} exceeds HIGH {bounds[1]:g}")
+    return name, bounds[0], bounds[1]
+
+
+def set_phenomena(phen, seed: int, sets: tuple[tuple[str, float, float], ...]):
+    """``phen`` (a drawn ``Phenomena``) with each of ``sets`` (:func:`parse_set`) drawn for the product of
+    ``seed`` (its own stream: the same value whatever else is set)."""
+    nsb, nsb_sd, other = dict(phen.nsb), dict(phen.nsb_sd), {}
+    for name, low, high in sets:
+        value = float(np.random.default_rng([seed, SETTABLE.index(name)]).uniform(low, high))
+        marker = {m.lower(): m for m in NSB_MARKERS}.get(name.split("_binding")[0])
+        if name.endswith("_binding_sd"):
+            nsb_sd[marker] = value
+        elif name.endswith("_binding"):
+            nsb[marker] = value
+        else:
+            other[name] = value
+    return dataclasses.replace(phen, nsb=nsb, nsb_sd=nsb_sd, **other)
+
+
 def one_product(args) -> dict:
-    seed, events, live, cells = args
+    seed, events, live, cells, sets = args
     from tilpheno.gates.checks import needs_review
     from tilpheno.phenotype import analyze_product
     from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
     strategies = strategies_for(live, cells)
     with tempfile.TemporaryDirectory() as tmp:
-        prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
+        phenomena = True
+        if sets:   # the drawn phenomena (one event per tube is enough to draw them), then the set ones
+            phenomena = set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
+        prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
         write_product(prod, tmp)
         manifest = pd.DataFrame(manifest_rows(prod))
         manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
@@ -159,7 +209,8 @@ def one_product(args) -> dict:
         seconds = time.process_time() - start
     review = [f for f in result.qc if needs_review(f)]
     row = {"product_id": prod.product_id, "seed": seed, "gating_cpu_s": seconds,
-           "review_flags": ";".join(sorted({f"{f.code}:{f.gate or ''}" for f in review}))}
+           "review_flags": ";".join(sorted({f"{f.code}:{f.gate or ''}" for f in review})),
+           "review_messages": " | ".join(f.message for f in review)}
     flagged_gates = {f.gate for f in review if f.gate}
     for v in ALL_VARIABLES:
         row[v] = result.phenotype[v] - prod.truth[truth_key(v)]
@@ -179,10 +230,12 @@ def main(argv=None) -> None:
                         help="surface live gate: the bundled 7AAD valley rule, or the control-based cut with this rule")
     parser.add_argument("--cells", default="fsc", choices=("fsc", "oblique"),
                         help="boundary of the cells gates (placement.place_cells)")
+    parser.add_argument("--set", dest="sets", action="append", type=parse_set, default=[], metavar="NAME=LOW-HIGH",
+                        help="set this phenomenon per product, drawn uniformly in the range (repeatable; see the docstring)")
     args = parser.parse_args(argv)
 
     seeds = range(args.first_seed, args.first_seed + args.products)
-    work = [(s, args.events, args.live, args.cells) for s in seeds]
+    work = [(s, args.events, args.live, args.cells, tuple(args.sets)) for s in seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one_product, work))
@@ -194,7 +247,8 @@ def main(argv=None) -> None:
     table.to_csv(out / "errors.csv")
 
     print_tables(table, f"{len(table)} products (seeds {seeds.start}-{seeds.stop - 1}), {args.events} events per tube, "
-                        f"live gate {args.live}, cells boundary {args.cells}")
+                        f"live gate {args.live}, cells boundary {args.cells}"
+                        + "".join(f", {name} {low:g}-{high:g}" for name, low, high in args.sets))
     print(f"\ngating CPU per product: median {table['gating_cpu_s'].median():.2f} s")
     print(f"written: {out / 'errors.csv'}")
 
