@@ -784,3 +784,27 @@ def test_a_parent_whose_negatives_make_no_peak_is_carried_with_the_reference(tmp
     recorded = {str(r.population): r for t in result.tubes for r in t.thresholds.itertuples(index=False)}
     assert recorded["CD8+PD1+"].winner == "fmo_relative", recorded["CD8+PD1+"]
     assert "CD8+PD1+" in flagged, flagged
+
+
+def test_a_reference_cut_above_the_parents_own_upper_carry_over_is_flagged(tmp_path):
+    """Development product V146862 (bench phenomena drawn by its seed, then PD1 binding set to 269
+    units with log-SD 0.80, as ``validate_gating.py --set pd1_binding=150-300 --set
+    pd1_binding_sd=0.6-0.8`` draws them): the binding read on non_T carries the PD1 FMO percentile to
+    0.613, far above what the T cells' own negatives show, and every PD1 gate under-calls (CD4+PD1+
+    of CD4 more than 3 points under the ideal-FMO reference). CD4+PD1+ had no flag: its reference
+    interval and tail-shape checks were within their limits. The parent's upper-side carry-over
+    (relative_high) follows its nonspecific tail and is only raised by its positives; a reference cut
+    more than 3 points of the parent above it is now flagged (``reference_above_points``)."""
+    from dataclasses import replace
+
+    drawn = simulate_product("V146862", 146862, 1, phenomena=True).phenomena
+    assert drawn is not None
+    heavy = replace(drawn, nsb={**drawn.nsb, "PD1": 269.0}, nsb_sd={**drawn.nsb_sd, "PD1": 0.80})
+    prod, result = _analyzed(tmp_path, "V146862", 146862, heavy)
+    error = result.phenotype["cd4pd1_pct_of_cd4"] - prod.truth["ref_cd4pd1_pct_of_cd4"]
+    assert error < -3.0, error
+    flags = [f.message for f in result.qc if needs_review(f) and f.gate == "CD4+PD1+"]
+    assert any("above the parent's own upper-side carry-over" in m for m in flags), flags
+    tube = next(t for t in result.tubes if t.role == "stain" and "CD4+PD1+" in t.diagnostics)
+    d = tube.diagnostics["CD4+PD1+"]
+    assert d["threshold"] > d["relative_high"] and d["reference_above_points"] > 3.0, d

@@ -54,7 +54,13 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     ``uncertain_points``. A sensitivity check: it says the data cannot tell, not that the cut is
     wrong (heavy, broad binding with many dim positives near the cut). It does not see a
     reference whose binding differs from the parent's
-    (e.g. a heavier tail on the T cells than on the non-T lymphocytes). (A small correction
+    (e.g. a heavier tail on the T cells than on the non-T lymphocytes). Before it, that additive
+    cut is flagged when it lies more than ``uncertain_points`` points of the parent above
+    ``relative_high`` (``reference_above_points``): the parent's own upper-side carry-over follows
+    its nonspecific tail and its positives next to the negatives only raise it, so a reference cut
+    above it reads more binding than the parent shows (under-call; V146862 under heavy PD1 binding:
+    CD4+PD1+ 5.8 points under, 7.6 points above it, no other flag); the tail-shape flag is then not
+    added (its numbers are recorded). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     A ``width_side: fit`` cut (``relative_carry`` ``fit``: the additive binding fitted to the
     stained negatives' percentiles, ``placement.two_step_fit``) is judged by the fit's own evidence,
@@ -432,11 +438,25 @@ def place_and_check(
                         flags.append(_uncertain(f"{message}; {tail}; look at the {marker} histogram of the reference "
                                                 f"population, stained vs FMO, for {marker}+ cells in it"))
             elif referenced and anchor.get("reference") is not None:
+                # the parent's upper-side carry-over follows its own nonspecific tail, widened by its
+                # positives next to the negatives: a reference cut above it reads more binding than
+                # the parent shows (a reference whose binding or reading differs: under-call)
+                d["reference_above_points"] = _points_between(stained, high, cut) if cut > high else 0.0
+                if d["reference_above_points"] > uncertain_points:
+                    uncertain = True
+                    flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on "
+                                            f"the reference population) lies {d['reference_above_points']:.1f} points "
+                                            f"of the parent above the parent's own upper-side carry-over of the FMO "
+                                            f"percentile {high:.3f} (limit {uncertain_points:g}), which its "
+                                            f"nonspecific tail and its positives next to the negatives can only raise: "
+                                            f"the reference reads more binding than the parent shows (under-call); "
+                                            f"look at the {marker} histogram of the parent and of the reference "
+                                            f"population, stained vs FMO"))
                 # the additive carry-over gives the nonspecific signal a normal shape; the reference's
                 # reads fit a heavier, log-normal tail as well: how far would that move the %
                 d["relative_lognormal"], d["tail_points"] = tail_shape(fmo, stained, cut, anchor["reference"],
                                                                        anchor["transform"], percentile)
-                if d["tail_points"] > uncertain_points:
+                if d["tail_points"] > uncertain_points and not uncertain:
                     uncertain = True
                     flags.append(_uncertain(_tail_message(name, marker, cut, d, anchor["reference"], uncertain_points)))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
