@@ -1042,21 +1042,27 @@ def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, 
         drop_schema(url)
 
 
+def store_unjustified_version_2(service) -> None:
+    """TIL001's version 2 by alice: its CD3 cut lowered past the run's determined CD3 fail, stored as
+    a save before deviations were recorded (no justification)."""
+    from tilpheno.review.service import transaction
+
+    gate = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    gate["low"] -= 0.2
+    change = service._gate_change(PID, 1, {"tubes": {"surface": {"gates": {"CD3+": gate}}}})
+    transaction(service.factory, lambda db: service._store(db, "alice", change, "CD3 dim cells are T cells", "adjusted",
+                                                            expect_seq=None, relevant=None))
+
+
 def test_a_version_overturning_a_determined_fail_without_a_justification_gets_one_on_the_page(driver, server):
     """TIL001's version 2 lowers its CD3 cut past the run's determined CD3 fail and was stored before
     deviations were recorded: the page said "no deviation justification recorded" and offered no way
     to add one, while its approval is refused until one is added. The page now asks for it where
     one signs; carol records it (its own ``deviation`` entry), the line then names her reason, the
     question goes, and dave approves."""
-    from tilpheno.review.service import transaction
-
     service, base = server
     driver.get_log("browser")
-    gate = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
-    gate["low"] -= 0.2
-    change = service._gate_change(PID, 1, {"tubes": {"surface": {"gates": {"CD3+": gate}}}})
-    transaction(service.factory, lambda db: service._store(db, "alice", change, "CD3 dim cells are T cells", "adjusted",
-                                                            expect_seq=None, relevant=None))
+    store_unjustified_version_2(service)
     open_product(driver, base, "carol", version=2)
     asked = wait(driver, lambda d: d.find_element("id", "justify-what").text if d.find_element("id", "justify-form")
                  .is_displayed() else None, "the question for a justification")
@@ -1234,4 +1240,100 @@ def test_an_unsigned_comment_is_kept_in_the_browser(driver, server):
         [sig] = service.signatures(PID)
         assert sig.valid and sig.row.comment == comment
         wait(driver, lambda d: kept_draft(d, "alice") is None, "the signed comment forgotten")
+    assert_no_script_errors(driver)
+
+
+def test_typed_qc_resolutions_and_the_overrule_tick_outlive_a_closed_tab(driver, server, monkeypatch):
+    """The browser kept the comment and the out-of-specification justification of an unsigned
+    approval, but not the QC flag resolutions nor the tick acknowledging a standing rejection: a
+    closed tab (or a crash) lost them. Dave,
+    approving TIL001 over carol's rejection, types a resolution for each flag (one for all three
+    no_time_channel flags), ticks the rejection and types his comment; the tab closes; opened again
+    the page puts each back (saying so, nothing signed) and the approval signed without typing
+    anything again holds each resolution. A "reviewed" signature in between keeps the resolutions
+    (it does not sign them)."""
+    import pandas as pd
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    driver.get_log("browser")
+    files = sorted(set(service.source.populations_csv.query("product_id == @PID")["file"]))[:3]
+    timeless = [{"product_id": PID, "file": f, "gate": "", "code": "no_time_channel", "severity": "warning",
+                 "needs_review": "True", "message": "no Time channel"} for f in files]
+    fallback = {**timeless[0], "gate": "CD3+", "code": "fallback_gate", "message": "CD3+ (CD3): threshold from the stained tube"}
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame([*timeless, fallback])],
+                                                        ignore_index=True))
+    flags = [f for f in service.source.qc_flags(PID) if f["severity"] in ("warning", "error")]
+    service.sign(PID, service_user(service, "carol"), PASSWORDS["carol"], "rejected", 1, {}, "CD3 valley too high")
+    open_product(driver, base, "dave")
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    driver.find_element("css selector", '[data-resolve-all="no_time_channel"]').send_keys("FlowJo export: checked in FlowJo")
+    own = {f.get_attribute("data-resolution"): f"{f.get_attribute('data-code')} checked on the plot"
+           for f in driver.find_elements("css selector", "[data-resolution]") if f.get_attribute("data-code") != "no_time_channel"}
+    for k, text in own.items():
+        driver.find_element("css selector", f'[data-resolution="{k}"]').send_keys(text)
+    wait(driver, lambda d: d.find_element("id", "overrule-check"), "the rejection's tick").click()
+    comment = "valley at the FMO's 99.5th percentile: cut is right"
+    driver.find_element("id", "comment").send_keys(comment)
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
+    wait(driver, lambda d: json.loads(kept_draft(d, "dave") or "{}").get("oos_justification"), "the draft kept")
+    for leave in ("closed tab", "reviewed signature"):
+        if leave == "closed tab":
+            driver.get(base + f"/products/{PID}")   # the tab closed and opened again: same session, nothing signed
+            msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
+                       else None, "the restored fields")
+            assert msg.startswith("Restored your unsigned comment, out-of-specification justification, 2 QC flag resolutions "
+                                  "and tick acknowledging the rejection of ") and "nothing is signed" in msg, msg
+        else:   # a "reviewed" signature signs no resolution: they stay in their fields (and in the browser)
+            Select(driver.find_element("id", "meaning")).select_by_value("reviewed")
+            driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
+            driver.find_element("id", "sign-button").click()
+            wait(driver, lambda d: "signed version 1 as 'reviewed'" in d.find_element("id", "message").text, "the reviewed signature")
+            driver.find_element("id", "comment").send_keys(comment)
+            Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+        assert driver.find_element("css selector", '[data-resolve-all="no_time_channel"]').get_attribute("value") == \
+            "FlowJo export: checked in FlowJo"
+        for k, text in own.items():
+            assert driver.find_element("css selector", f'[data-resolution="{k}"]').get_attribute("value") == text
+        assert driver.find_element("id", "overrule-check").is_selected()
+    assert service.decision(PID) == ("rejected", 1)
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["dave"])
+    driver.find_element("id", "sign-button").click()
+    wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
+    approval = service.signatures(PID)[-1].row
+    assert (approval.meaning, approval.comment, approval.oos_justification) == ("approved for release", comment, OOS_REASON)
+    assert json.loads(approval.qc_resolutions_json) == {
+        f"{f['code']}:{f['file']}:{i}": "FlowJo export: checked in FlowJo" if f["code"] == "no_time_channel"
+        else own[f"{f['code']}:{f['file']}:{i}"] for i, f in enumerate(flags)}
+    wait(driver, lambda d: kept_draft(d, "dave") is None, "the signed fields forgotten")
+    assert all(not f.get_attribute("value") for f in driver.find_elements("css selector", "[data-resolution], [data-resolve-all]"))
+    assert_no_script_errors(driver)
+
+
+def test_a_typed_deviation_justification_of_a_saved_version_outlives_a_closed_tab(driver, server):
+    """TIL001's version 2 overturns the run's determined CD3 fail with no justification recorded
+    (saved before deviations were); carol types one where the page asks for it and the tab closes:
+    it was lost. Now it is put back in its field when she opens the product again (saying so,
+    nothing recorded), recorded with one click, and then forgotten by the browser."""
+    service, base = server
+    driver.get_log("browser")
+    get = "return window.localStorage.getItem(arguments[0]);"
+    store_unjustified_version_2(service)
+    open_product(driver, base, "carol", version=2)
+    why = "FMO overlay shows the CD3-dim cells are T cells; QA deviation DV-17"
+    wait(driver, lambda d: d.find_element("id", "justify-form").is_displayed(), "the question for a justification")
+    driver.find_element("id", "justify").send_keys(why)
+    wait(driver, lambda d: json.loads(kept_draft(d, "carol") or "{}").get("justify"), "kept")
+    driver.get(base + f"/products/{PID}")
+    msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
+               else None, "the restored justification")
+    assert msg.startswith("Restored your unsigned deviation justification of version 2 of ") and \
+        "nothing is signed or recorded until you sign or record it" in msg, msg
+    assert driver.find_element("id", "justify").get_attribute("value") == why
+    driver.find_element("id", "justify-button").click()
+    wait(driver, lambda d: not d.find_element("id", "justify-form").is_displayed(), "the justification recorded")
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "deviation")).one()
+    assert (entry.username, entry.reason) == ("carol", why)
+    wait(driver, lambda d: kept_draft(d, "carol") is None, "the recorded justification forgotten")
     assert_no_script_errors(driver)

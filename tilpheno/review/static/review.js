@@ -55,6 +55,7 @@
   async function load() {
     const r = await api(app.dataset.state);
     if (r.status !== 200) { message(r.data.error || "could not load the " + app.dataset.noun, false); return; }
+    const typed = S ? formsTyped() : null;   // a state read again (after a save or a signature) keeps what was typed
     S = r.data;
     draft = {};
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
@@ -65,6 +66,7 @@
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderOverrule(); renderOOS(); renderVersions(); renderApply(); renderJustify();
+    if (typed) putFormsTyped(typed);
     loadCandidates();
     if (!restored) { restored = true; restoreDraft(); }
   }
@@ -77,7 +79,10 @@
   // Saving it or resetting the draft forgets it. The out-of-specification justification typed to approve
   // (with no gate changed: a signature signs the saved version) is kept the same way until a signature that
   // sends it (an approval for release) is made, and put back in its field (never signed by itself); so is the
-  // sign form's comment, until a signature (which always sends it) is made. "Log out" forgets them all (session.js: the user is done at this browser),
+  // sign form's comment, until a signature (which always sends it) is made, and so are the QC flag resolutions
+  // (until an approval for release, which signs them, is made), the tick acknowledging the standing rejection
+  // (for that rejection only) and the deviation justification of the saved version (for that version, until it
+  // is recorded). "Log out" forgets them all (session.js: the user is done at this browser),
   // in every tab: a page loaded before this user's last logout at this browser keeps nothing any more.
   // (review.js is deferred after session.js, which defines tilphenoSession.)
   const draftKey = "tilpheno-draft|" + app.dataset.user + "|" + app.dataset.product;
@@ -89,13 +94,50 @@
     : status === 401 ? " Your unsaved draft is kept in this browser: log in again and open this " + app.dataset.noun +
       " to get it back." : "";
 
+  // what the sign form and the justification form hold besides the comment and the out-of-specification
+  // justification: each flag's QC resolution and the one for all flags of a kind, the tick acknowledging the
+  // standing rejection (its signature id) and the deviation justification of the saved version (``version``)
+  function formsTyped() {
+    const tick = $("overrule-check");
+    return { version: S.current_version, resolutions: fieldsTyped("data-resolution", "resolution"),
+      kind_resolutions: fieldsTyped("data-resolve-all", "resolveAll"),
+      overrule: S.rejection && tick && tick.checked ? S.rejection.id : null,
+      justify: $("justify-form").hidden ? "" : $("justify").value };
+  }
+  const anyTyped = (t) => Object.keys(t.resolutions).length || Object.keys(t.kind_resolutions).length || t.overrule || t.justify;
+
+  // put ``typed`` (formsTyped) back in the fields still empty: a resolution in its flag's field, the tick for the
+  // same standing rejection only, the justification for the same version only; what was put back, in words
+  function putFormsTyped(typed) {
+    const put = [];
+    let n = 0;
+    for (const [attr, values] of [["data-resolution", typed.resolutions], ["data-resolve-all", typed.kind_resolutions]]) {
+      for (const [k, v] of Object.entries(values || {})) {
+        const field = document.querySelector("[" + attr + '="' + CSS.escape(k) + '"]');
+        if (field && !field.value && typeof v === "string" && v) { field.value = v; n += 1; }
+      }
+    }
+    if (n) put.push(n > 1 ? n + " QC flag resolutions" : "QC flag resolution");
+    const tick = $("overrule-check");
+    if (tick && !tick.checked && S.rejection && typed.overrule === S.rejection.id) {
+      tick.checked = true;
+      put.push("tick acknowledging the rejection");
+    }
+    if (!$("justify-form").hidden && !$("justify").value && typed.justify && typed.version === S.current_version) {
+      $("justify").value = typed.justify;
+      put.push("deviation justification of version " + S.current_version);
+    }
+    return put;
+  }
+
   function keepDraft() {
     if (!S || loggedOut()) return;
     const edited = changedFrom(S.current), oos = $("oos-justification").value, comment = $("comment").value;
+    const typed = formsTyped();
     try {
-      if (edited.length || oos || comment) {
-        localStorage.setItem(draftKey, JSON.stringify({ version: S.current_version, edited: edited, reason: $("reason").value,
-          deviation: $("deviation").value, oos_justification: oos, comment: comment, at: new Date().toISOString() }));
+      if (edited.length || oos || comment || anyTyped(typed)) {
+        localStorage.setItem(draftKey, JSON.stringify(Object.assign(typed, { edited: edited, reason: $("reason").value,
+          deviation: $("deviation").value, oos_justification: oos, comment: comment, at: new Date().toISOString() })));
       } else localStorage.removeItem(draftKey);
     } catch (e) { console.warn("the draft could not be kept in this browser: " + e); }
   }
@@ -113,18 +155,22 @@
     }
     const oos = !$("oos-justification").value && kept.oos_justification ? kept.oos_justification : "";
     const comment = !$("comment").value && kept.comment ? kept.comment : "";
-    if (!put.length && !oos && !comment) { keepDraft(); return; }
+    const typed = putFormsTyped({ version: kept.version, resolutions: kept.resolutions, kind_resolutions: kept.kind_resolutions,
+      overrule: kept.overrule, justify: kept.justify });
+    if (!put.length && !oos && !comment && !typed.length) { keepDraft(); return; }
     const when = String(kept.at).slice(0, 19).replace("T", " ") + " UTC";
     const moved = kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
       " is now at version " + S.current_version : "";
     if (oos) $("oos-justification").value = oos;
     if (comment) $("comment").value = comment;
-    const unsigned = [comment ? "comment" : "", oos ? "out-of-specification justification" : ""].filter(Boolean);
-    if (!put.length) {   // no gate changed: the sign form's comment or justification typed to sign, alone
-      message("Restored your unsigned " + unsigned.join(" and ") + " of " + when + moved + ": " +
+    const unsigned = [comment ? "comment" : "", oos ? "out-of-specification justification" : ""].filter(Boolean).concat(typed);
+    const recorded = typed.some((t) => t.startsWith("deviation"));
+    if (!put.length) {   // no gate changed: what was typed to sign (or to justify the saved version), alone
+      message("Restored your unsigned " + unsigned.slice(0, -1).join(", ") + (unsigned.length > 1 ? " and " : "") +
+        unsigned[unsigned.length - 1] + " of " + when + moved + ": " +
         (unsigned.length > 1 ? "they are in their fields" : "it is in its field") +
         (oos ? " (the justification when you choose \u201capproved for release\u201d)" : "") +
-        "; nothing is signed until you sign.", false);
+        "; nothing is signed" + (recorded ? " or recorded until you sign or record it." : " until you sign."), false);
       return;
     }
     if (!$("reason").value && kept.reason) $("reason").value = kept.reason;
@@ -678,6 +724,9 @@
   $("deviation").addEventListener("input", keepDraft);
   $("oos-justification").addEventListener("input", keepDraft);
   $("comment").addEventListener("input", keepDraft);
+  $("resolutions").addEventListener("input", keepDraft);   // the flags' fields are made by renderQC
+  $("overrule").addEventListener("change", keepDraft);     // the tick, made by renderOverrule
+  $("justify").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
     for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
     schedulePreview(true);
@@ -692,7 +741,8 @@
       return;
     }
     const oosSent = !$("oos-box").hidden;   // hidden (not "approved for release"): the justification is not sent, and stays
-    const r = await api(app.dataset.sign, { version: S.current_version, meaning: $("meaning").value,
+    const meaning = $("meaning").value;
+    const r = await api(app.dataset.sign, { version: S.current_version, meaning: meaning,
       password: $("sign-password").value, qc_resolutions: fieldsTyped("data-resolution", "resolution"),
       qc_kind_resolutions: fieldsTyped("data-resolve-all", "resolveAll"), comment: $("comment").value,
       oos_justification: oosSent ? $("oos-justification").value : null,
@@ -701,6 +751,9 @@
     if (r.status === 201) {   // clear only what the signature used
       $("comment").value = "";
       if (oosSent) $("oos-justification").value = "";
+      if (meaning === "approved for release") {   // only an approval signs the QC flag resolutions
+        for (const f of document.querySelectorAll("[data-resolution], [data-resolve-all]")) f.value = "";
+      }
       await load(); keepDraft(); message(r.data.message, true);
     }
     else message(r.data.error || ("signature failed: HTTP " + r.status), false);
@@ -709,7 +762,7 @@
   $("justify-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const r = await api(app.dataset.justify, { version: S.current_version, deviation: $("justify").value });
-    if (r.status === 201) { $("justify").value = ""; await load(); message(r.data.message, true); }
+    if (r.status === 201) { $("justify").value = ""; await load(); keepDraft(); message(r.data.message, true); }
     else message(r.data.error || ("the justification was not recorded: HTTP " + r.status), false);
   });
   const applyForm = $("apply-form");
