@@ -503,6 +503,11 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     assert "approved: version 2" in driver.find_element("id", "approved-badge").text
     sign(driver, "rejected", "carol", "CD3 cut lowered into the CD3- shoulder")
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "rejected: version 2", "the rejection")
+    # the release section states the rejection (it said "draft release status: pass once these gates are approved")
+    rejected = wait(driver, lambda d: status(d) if "rejected" in status(d) else None, "the release status after the rejection")
+    assert re.fullmatch(r"release status: rejected \(version 2 rejected by Carol Tester \(carol\) on \d{4}-\d\d-\d\d "
+                        r"\d\d:\d\d:\d\d UTC: \u201cCD3 cut lowered into the CD3- shoulder\u201d; criteria on its gates: pass; "
+                        r"criteria on the automatic gates: fail\)", rejected), rejected
     driver.get(base + "/")   # the list tells a rejected product from one not decided yet
     cells = [td.text for td in driver.find_element("link text", PID).find_elements("xpath", "../../td")]
     assert cells[2] == "rejected: version 2", cells

@@ -526,12 +526,18 @@
   }
 
   // what the release section says of ``status``, the release status on the draft's gates: the released status
-  // once the draft is the approved current version ("released out of specification" where it fails), else the
-  // release once these gates are approved (the approval resolves the review flags; the run's release,
-  // phenotypes.csv, is held by those flags until then)
+  // once the draft is the approved current version ("released out of specification" where it fails); the
+  // rejection once the draft is the rejected current version (who, when, why: it is not released, whatever its
+  // criteria give); else the release once these gates are approved (the approval resolves the review flags; the
+  // run's release, phenotypes.csv, is held by those flags until then)
   function releaseStatus(status) {
     const automatic = "criteria on the automatic gates: " + S.release.automatic_status;
-    if (S.approved_version !== S.current_version || changedFrom(S.current).length) {
+    const unsaved = changedFrom(S.current).length;
+    if (S.rejection && S.rejected_version === S.current_version && !unsaved) {
+      return "release status: rejected (version " + S.current_version + " rejected by " + signedBy(S.rejection) + ": \u201c" +
+        S.rejection.comment + "\u201d; criteria on its gates: " + status + "; " + automatic + ")";
+    }
+    if (S.approved_version !== S.current_version || unsaved) {
       return "draft release status: " + status + " once these gates are approved (" + automatic + ")";
     }
     return "release status: " + status + (S.release.oos_approved ? ", released out of specification" : "") +
