@@ -522,6 +522,10 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     wait(driver, lambda d: "gate version 3" in d.find_element("id", "version-badge").text, "version 3")
     lines = [e.text for e in driver.find_elements("css selector", "[data-signature]")]
     assert len(lines) == 3 and all("VOID - void: gates changed to version 3 after signing" in t for t in lines), lines
+    # the versions signed before name the version that replaced them, linked
+    link = driver.find_element("css selector", '#version-2 a[data-replaced-by="3"]')
+    assert link.text == "replaced by version 3" and link.get_attribute("href").endswith("#version-3")
+    assert driver.find_element("id", "version-3").text.endswith("(current version)")
     open_product(driver, base, "dave", version=3)
     sign(driver, "approved for release", "dave", "checked against the FMO")
     wait(driver, lambda d: "approved: version 3" in d.find_element("id", "approved-badge").text, "the new approval")

@@ -1683,6 +1683,49 @@ def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_path):
+    """TIL001's version 2 (alice's CD3 cut) was replaced by the automatic gates of a re-run with its
+    stained surface tube replaced (version 3). The page's list of versions said nothing on version 1
+    or 2 of what replaced them: a reviewer reading an older version could not tell it was no longer
+    the current one, nor get to the version or the re-run that replaced it. Now the state answer
+    gives each version but the current one the version that replaced it, in words naming, for a
+    re-run's, the replaced file and its reimport_product entry (the page links it to that version)."""
+    import re
+
+    from review_support import SAMPLE, drop_schema
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.server import build_service
+    from tilpheno.review.web import create_app
+
+    pid, stain = "TIL001", "TIL001_surface_stain.fcs"
+    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    try:
+        first.save_version(pid, user(first, "alice"), 1, shifted_cd3(first, pid, 0.15), "CD3 cut raised above the shoulder")
+        first.factory.kw["bind"].dispose()
+        shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / stain)
+        rerun()
+        again = build_service(tmp_path / "out", url)
+        client = create_app(again).test_client()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+        assert client.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": token,
+                                           "next": "/"}).status_code == 302
+        state = client.get(f"/api/products/{pid}/state").json
+        with again.factory() as db:
+            replaced = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product")
+                                  .order_by(AuditEntry.seq)).first()
+        assert stain in replaced.reason and state["current_version"] == 3
+        assert [(v["version"], v["source"], v["replaced_by"]) for v in state["versions"]] == [
+            (1, "automatic", {"version": 2, "words": "replaced by version 2"}),
+            (2, "adjusted", {"version": 3, "words": "replaced by version 3, the automatic gates of the folder processed "
+                                                    f"again with other input files: {stain} (reimport_product, audit entry "
+                                                    f"{replaced.seq})"}),
+            (3, "automatic", None)]
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path):
     """A database made before the controls were recorded holds each product's gated files only
     (here: TIL001's row set back to that list): its controls were never recorded, so its unstained

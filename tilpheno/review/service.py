@@ -576,6 +576,25 @@ def _rerun_words(rerun: Rerun) -> str:
     return f"{', '.join(rerun.files)} (reimport_product, audit entry {rerun.entry}{made})"
 
 
+def replaced_words(versions: list[GateSetVersion], reruns: list[Rerun]) -> dict[int, tuple[int, str]]:
+    """What replaced each of ``versions`` (a product's, oldest first) but the newest: the next
+    version's number and, in words, ``replaced by version <n>``, and where ``n`` holds the automatic gates of the
+    folder processed again, ``, the automatic gates of the folder processed again``, naming the
+    input files that re-run replaced and its entry when ``reruns`` (:func:`reruns_of`) record them
+    (``with other input files: <files> (reimport_product, audit entry <seq>)``)."""
+    made = {r.version: r for r in reruns if r.version is not None and r.files}
+    out = {}
+    for old, new in zip(versions, versions[1:]):
+        words = f"replaced by version {new.version}"
+        if new.source == "automatic":
+            words += ", the automatic gates of the folder processed again"
+            rerun = made.get(new.version)
+            if rerun is not None:
+                words += f" with other input files: {', '.join(rerun.files)} (reimport_product, audit entry {rerun.entry})"
+        out[old.version] = (new.version, words)
+    return out
+
+
 def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
     """Why a signature made at ``signed_at`` whose data hash no longer matches is void: the files
     each later re-run replaced, named with its audit entry, when ``reruns`` (:func:`reruns_of`)
@@ -674,12 +693,14 @@ class SignatureView:
 @dataclass(frozen=True)
 class ProductState:
     """One reading of a product's review (:meth:`ReviewService.product_state`): its newest automatic
-    version, its current version, every version (oldest first) and every signature, valid or void
-    against ``current`` (signing order)."""
+    version, its current version, every version (oldest first), every signature, valid or void
+    against ``current`` (signing order), and the re-runs that read other input files for it
+    (:func:`reruns_of`)."""
     automatic: GateSetVersion
     current: GateSetVersion
     versions: list[GateSetVersion]
     signatures: list[SignatureView]
+    reruns: list[Rerun]
 
 
 def snapshot(db: Session) -> None:
@@ -1314,7 +1335,7 @@ class ReviewService:
             reruns = reruns_of(db, product_id)
         current = next(v for v in versions if v.version == current_version)
         automatic = [v for v in versions if v.source == "automatic"][-1]
-        return ProductState(automatic, current, versions, self._views(product_id, rows, in_trail, current, reruns))
+        return ProductState(automatic, current, versions, self._views(product_id, rows, in_trail, current, reruns), reruns)
 
     def _views(self, product_id: str, rows: list[Signature], in_trail: set[str],
                current: GateSetVersion, reruns: list[Rerun] | None = None) -> list[SignatureView]:

@@ -41,7 +41,7 @@ from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, rec
                                     validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
                                      ReviewService, VersionConflict, approved_of, deciding, decision_of, failed_criteria,
-                                     failed_words, oos_of, transaction)
+                                     failed_words, oos_of, replaced_words, transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,7 @@ def create_app(service: ReviewService) -> Flask:
         service.automatic_version(product_id, g.user.username)   # first: it may add the current version
         read = service.product_state(product_id)   # versions and signatures of one moment
         current, signatures = read.current, read.signatures
+        replaced = replaced_words(read.versions, read.reruns)
         cur_set, auto_set = json.loads(current.gates_json), json.loads(read.automatic.gates_json)
         auto_res = recompute(service.source, product_id, auto_set, medians=False)
         cur_res = recompute(service.source, product_id, cur_set, medians=False)
@@ -318,8 +319,10 @@ def create_app(service: ReviewService) -> Flask:
             "rejected_version": decided[1] if decided and decided[0] == REJECTED else None,
             # the standing rejection an approval of the current version would overrule
             "rejection": _signature(rejection) if rejection and decided == (REJECTED, current.version) else None,
+            # each version but the current one names the version that replaced it (a re-run's: the files it replaced)
             "versions": [{"version": v.version, "based_on": v.based_on, "source": v.source, "reason": v.reason,
-                          "created_by": v.created_by, "created_at": v.created_at, "gates_sha256": v.gates_sha256}
+                          "created_by": v.created_by, "created_at": v.created_at, "gates_sha256": v.gates_sha256,
+                          "replaced_by": dict(zip(("version", "words"), replaced[v.version])) if v.version in replaced else None}
                          for v in read.versions],
             "automatic": auto_set, "current": cur_set,
             "plots": _plots(service, product_id, cur_set, auto_set),

@@ -640,11 +640,20 @@
     }
   }
 
+  // newest first; each version but the current one says what replaced it (a re-run's automatic gates: the files
+  // it replaced and its audit entry), with a link to that version's line
   function renderVersions() {
     const box = $("versions"); box.textContent = "";
     for (const v of S.versions.slice().reverse()) {
-      box.appendChild(el("p", { "data-version": v.version }, "v" + v.version + " (" + v.source + ") by " + v.created_by + ", " +
-        v.created_at.slice(0, 19).replace("T", " ") + " UTC: " + v.reason));
+      const p = el("p", { "data-version": v.version, id: "version-" + v.version }, "v" + v.version + " (" + v.source + ") by " +
+        v.created_by + ", " + v.created_at.slice(0, 19).replace("T", " ") + " UTC: " + v.reason +
+        (v.version === S.current_version ? " (current version)" : ""));
+      if (v.replaced_by) {
+        p.appendChild(document.createTextNode(" \u2014 "));
+        p.appendChild(el("a", { href: "#version-" + v.replaced_by.version, "data-replaced-by": v.replaced_by.version },
+          v.replaced_by.words));
+      }
+      box.appendChild(p);
     }
   }
 
