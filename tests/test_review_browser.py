@@ -503,6 +503,10 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
     assert "approved: version 2" in driver.find_element("id", "approved-badge").text
     sign(driver, "rejected", "carol", "CD3 cut lowered into the CD3- shoulder")
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "rejected: version 2", "the rejection")
+    approved, rejected_by = [v.row for v in service.signatures(PID) if v.row.meaning != "reviewed"]
+    line = driver.find_element("css selector", f'[data-signature="{approved.id}"]').text   # dave's approval: valid, not the decision
+    assert f" VALID - not the decision: rejected after it by Carol Tester (carol) on " in line and \
+        line.endswith(f" UTC (signature {rejected_by.id})"), line
     # the release section states the rejection (it said "draft release status: pass once these gates are approved")
     rejected = wait(driver, lambda d: status(d) if "rejected" in status(d) else None, "the release status after the rejection")
     assert re.fullmatch(r"release status: rejected \(version 2 rejected by Carol Tester \(carol\) on \d{4}-\d\d-\d\d "
@@ -613,8 +617,13 @@ def test_approving_a_rejected_version_shows_the_rejection_and_needs_it_acknowled
     driver.find_element("id", "sign-button").click()
     wait(driver, lambda d: d.find_element("id", "approved-badge").text == "approved: version 1", "the approval")
     assert not driver.find_elements("id", "rejection-notice")
-    lines = [e.text for e in driver.find_elements("css selector", "[data-signature]")]
-    assert any("rejected" in t and "CD3 valley too high" in t for t in lines), lines
+    lines = {int(e.get_attribute("data-signature")): e.text for e in driver.find_elements("css selector", "[data-signature]")}
+    approval = service.signatures(PID)[-1].row
+    # the rejection stays valid (bound to these data) but is no longer the decision: its line says so, naming the approval
+    assert re.search(r" VALID - not the decision: approved for release over it by Dave Tester \(dave\) on \d{4}-\d\d-\d\d "
+                     rf"\d\d:\d\d:\d\d UTC \(signature {approval.id}\); comment: \u201cCD3 valley too high\u201d$",
+                     lines[rejection.id]), lines
+    assert "not the decision" not in lines[approval.id], lines
     with service.factory() as db:
         entries = db.scalars(select(AuditEntry).where(AuditEntry.product_id == PID, AuditEntry.action.in_(
             ["sign", "signature_refused"])).order_by(AuditEntry.seq)).all()

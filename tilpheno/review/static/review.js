@@ -627,14 +627,26 @@
       ": approving it is an out-of-specification release; say why it is released anyway in the out-of-specification justification (required)." : "";
   }
 
+  // a valid approval or rejection that a later one of the other meaning decided against (an approval over a
+  // rejection, a rejection after an approval) is not the product's decision: its line says which one is
+  const decides = (s) => s.valid && (s.meaning === "approved for release" || s.meaning === "rejected");
+  function overruledBy(s) {
+    const standing = S.signatures.filter(decides).pop();
+    return decides(s) && standing && standing.id !== s.id && standing.meaning !== s.meaning ? standing : null;
+  }
+
   function renderSignatures() {
     const box = $("signatures"); box.textContent = "";
     if (!S.signatures.length) box.appendChild(el("p", {}, "none yet"));
     for (const s of S.signatures) {
       const p = el("p", { class: s.valid ? "valid" : "void", "data-signature": s.id });
+      const over = overruledBy(s);
       p.textContent = s.full_name + " (" + s.username + ", " + s.role + "): " + s.meaning + ", version " + s.version +
         ", " + s.signed_at.slice(0, 19).replace("T", " ") + " UTC, data " + s.data_sha256.slice(0, 12) + "... " +
-        (s.valid ? "VALID" + (s.note ? " - " + s.note : "") : "VOID - " + s.void_reason) + (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "") +
+        (s.valid ? "VALID" + (s.note ? " - " + s.note : "") : "VOID - " + s.void_reason) +
+        (over ? " - not the decision: " + (over.meaning === "rejected" ? "rejected after it" : "approved for release over it") +
+          " by " + signedBy(over) + " (signature " + over.id + ")" : "") +
+        (s.comment ? "; comment: \u201c" + s.comment + "\u201d" : "") +
         (s.oos_justification ? "; out-of-specification justification: \u201c" + s.oos_justification + "\u201d" : "");
       box.appendChild(p);
     }
