@@ -519,3 +519,20 @@ def test_the_certificate_says_which_determined_fail_the_release_overturns_and_wh
                                                                  expect_seq=None, relevant=None))
     [d] = service.deviations("TIL003", old)
     assert d.words().endswith("on these gates): no deviation justification recorded") and v2.version == 2
+
+
+def test_a_rejection_the_approval_overruled_is_said_so_on_the_certificate(fresh_service, tmp_path):
+    """Carol rejected TIL001's version 1; Dave approved it over her rejection. The certificate of
+    analysis listed her signature under "Electronic signatures (valid for this version)" as
+    'rejected', beside the approval, with nothing saying which decision stands: a released lot's
+    certificate read as rejected. Now her signature's meaning, in both tables, says the approval
+    overruled it."""
+    service = fresh_service
+    rejection = service.sign(PID, user(service, "carol").id, PASSWORDS["carol"], "rejected", 1, {}, "CD3 valley too high")
+    service.sign(PID, user(service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                 approval_resolutions(service, PID), "valley at the FMO's 99.5th percentile", overrules=rejection.id,
+                 oos_justification=OOS_REASON)
+    flowing = " ".join(certificate_text(service, tmp_path)[0].split())
+    overruled = "rejected (overruled by Dave Tester's approval)"
+    assert flowing.count(overruled) == 2, flowing   # the signatures and the comments
+    assert flowing.count("approved for release") >= 2

@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
-from tilpheno.review.service import Approval, ReviewService, oos_of
+from tilpheno.review.service import REJECTED, Approval, ReviewService, oos_of
 
 
 def _fmt(v) -> str:
@@ -142,7 +142,11 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
                        [15, 35, 25, 35, 70]))
     story += [Spacer(1, 3 * mm), p("Electronic signatures (valid for this version)", heading)]
     # a signature's SHA-256 (64 hex digits, wider than any column) on a row of its own under it: one line, never broken
-    signed = [row for s in sigs for row in ([s.full_name, s.username, s.meaning, s.signed_at[:19]],
+    # a rejection of the approved version came before its approval, which overruled it (else it would be rejected)
+    def meaning(s):
+        return f"{s.meaning} (overruled by {approval.full_name}'s approval)" if s.meaning == REJECTED else s.meaning
+
+    signed = [row for s in sigs for row in ([s.full_name, s.username, meaning(s), s.signed_at[:19]],
                                             [f"signature SHA-256: {s.signature_sha256}", "", "", ""])]
     story.append(table([["name", "user", "meaning", "UTC time"]] + signed, [45, 35, 50, 50],
                        spanned=range(2, len(signed) + 1, 2)))
@@ -150,7 +154,7 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
               for s in sigs if s.id in issued.notes]   # what it does not bind: a control replaced since would not void it
     said = [s for s in sigs if s.comment]   # why: a rejection's reason, an approval's over it
     if said:
-        story.append(table([["name", "meaning", "comment"]] + [[s.full_name, s.meaning, s.comment] for s in said],
+        story.append(table([["name", "meaning", "comment"]] + [[s.full_name, meaning(s), s.comment] for s in said],
                            [32, 30, 118]))
     story += [Spacer(1, 3 * mm), p("Inputs and software", heading)]
     rows = [["item", "value"]]
