@@ -367,7 +367,8 @@ def test_a_file_in_place_of_the_cache_is_refused_before_gating(two_products, tmp
     assert [p.name for p in out.iterdir()] == [".cache"] and (out / ".cache").read_text() == "not a folder\n"
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system"),
+                                         (errno.EACCES, "permission denied")])
 def test_disk_full_and_read_only_out_give_one_line(two_products, tmp_path, monkeypatch, code, words):
     """The file system's answer is simulated (tests run as root, which ignores permission bits)."""
     from tilpheno.io import atomic
@@ -411,16 +412,18 @@ def test_a_disk_full_into_a_new_out_says_what_it_left(two_products, tmp_path, mo
     assert _process(two_products, "-o", out).exit_code == 0
 
 
-@pytest.mark.parametrize("code", [errno.EROFS, errno.EDQUOT, errno.EPERM])
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EACCES])
 def test_a_hint_does_not_repeat_what_the_system_said(code):
-    """The system's text ("Read-only file system") already says what the hint would: said once."""
+    """The system's text ("Read-only file system", "Permission denied") already says what the hint
+    would: said once."""
     from tilpheno.io.outdir import describe_os_error
 
     text = describe_os_error(OSError(code, os.strerror(code), "/o/phenotypes.csv"))
     assert text == f"/o/phenotypes.csv: {os.strerror(code)}"
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only file system"),
+                                         (errno.EACCES, "permission denied")])
 def test_a_hint_is_kept_where_it_adds_plain_words(code, words):
     """"No space left on device (disk full)"; an error with no system text still gets its hint."""
     from tilpheno.io.outdir import describe_os_error

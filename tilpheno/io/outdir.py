@@ -69,7 +69,7 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
         errno.ENOSPC: " (disk full)",
         errno.EDQUOT: " (disk quota exceeded)",
         errno.EROFS: " (read-only file system)",
-        errno.EACCES: " (no permission)",
+        errno.EACCES: " (permission denied)",
         errno.EPERM: " (not permitted)",
         errno.ENOTDIR: " (a path component is a file, not a folder)",
     }.get(exc.errno or 0, "")   # errno None (or 0): no hint
