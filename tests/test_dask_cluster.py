@@ -131,7 +131,8 @@ def test_a_lost_scheduler_stops_the_run_and_leaves_the_output_folder_as_it_was(s
     instead = {name: scheduler for name in workers}   # once a worker is busy, kill the scheduler, not it
     killer = threading.Thread(target=_kill_a_busy_worker, args=(address, instead, killed), daemon=True)
     killer.start()
-    with pytest.raises(TilphenoError, match=r"the cluster dropped the run's tasks .* the output folder was left as it was"):
+    with pytest.raises(TilphenoError, match=rf"the cluster dropped the run's tasks .* unfinished; run again to resume; "
+                                            rf"{re.escape(str(out))} was left as it was$"):
         process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
                        executor="dask", scheduler=address, use_cache=False, overwrite=True)
     killer.join(timeout=60)
@@ -213,7 +214,9 @@ def test_a_worker_that_does_not_see_the_input_files_stops_the_run_with_one_line(
 def test_a_scheduler_without_workers_stops_the_run_instead_of_waiting_for_ever(small_cohort, tmp_path, monkeypatch):
     """A scheduler with no worker started: the run waited for ever at 0 of N products. It now stops
     after ``NO_WORKERS_WAIT_S`` (1 s here) with one line naming the scheduler and what to start.
-    OUT did not exist before: the run that stopped leaves none (it left an empty folder)."""
+    OUT did not exist before: the run that stopped leaves none (it left an empty folder), and says
+    so (the line used to end 'the output folder was left as it was and finished products are kept
+    in its cache': no product had finished, and there was no folder)."""
     from tilpheno.errors import TilphenoError
     from tilpheno.pipeline import executors
 
@@ -222,7 +225,8 @@ def test_a_scheduler_without_workers_stops_the_run_instead_of_waiting_for_ever(s
             distributed.Client(local) as client:
         out = tmp_path / "out"
         with pytest.raises(TilphenoError, match=r"^scheduler \S+: no Dask worker for 1 s with 3 product\(s\) "
-                                                 r"unfinished; start workers \(dask worker "):
+                                                 r"unfinished; start workers \(dask worker .* and run again; "
+                                                 rf"{re.escape(str(out))} was not created$"):
             process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
                            executor="dask", scheduler=client)
     assert not out.exists() and out.parent.exists()

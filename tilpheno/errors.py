@@ -89,3 +89,9 @@ class StudyError(TilphenoError):
 
 class NoInputError(TilphenoError):
     """A run found nothing to process (no FCS files in the folder)."""
+
+
+class RunStoppedError(TilphenoError):
+    """A run stopped before it finished by a failure outside its products (the Dask cluster dropped
+    its tasks or has no worker). Raised within the output folder's claim; ``run_process`` adds what
+    became of OUT once the claim is released (``tilpheno.io.outdir.left_behind``)."""

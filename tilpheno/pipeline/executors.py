@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Callable, Iterator, Sequence
 
-from tilpheno.errors import TableError, TilphenoError
+from tilpheno.errors import RunStoppedError, TableError, TilphenoError
 from tilpheno.pipeline.jobs import ProductJob, ProductOutcome
 
 log = logging.getLogger(__name__)
@@ -276,12 +276,11 @@ def _address(scheduler) -> str:
     return str(getattr(getattr(scheduler, "scheduler", None), "address", scheduler))
 
 
-def _no_workers(scheduler, unfinished: int) -> TilphenoError:
+def _no_workers(scheduler, unfinished: int) -> RunStoppedError:
     address = _address(scheduler)
-    return TilphenoError(f"scheduler {address}: no Dask worker for {NO_WORKERS_WAIT_S:g} s with {unfinished} "
-                         f"product(s) unfinished; start workers (dask worker {address} --preload tilpheno.daskworker) "
-                         "and run again: the output folder was left as it was and finished products are kept "
-                         "in its cache")
+    return RunStoppedError(f"scheduler {address}: no Dask worker for {NO_WORKERS_WAIT_S:g} s with {unfinished} "
+                           f"product(s) unfinished; start workers (dask worker {address} --preload "
+                           "tilpheno.daskworker) and run again")
 
 
 def _check_workers_code(client) -> None:
@@ -338,17 +337,17 @@ def _close(client) -> None:
         logger.setLevel(level)
 
 
-def _cluster_lost(scheduler, future, unfinished: int) -> TilphenoError:
+def _cluster_lost(scheduler, future, unfinished: int) -> RunStoppedError:
     """The error that stops a Dask run whose tasks the cluster dropped (the scheduler stopped or the
     connection to it was lost): an infrastructure failure, not the products', so the run does not
-    go on to publish them as failed; OUT keeps its outputs and the finished products' cache entries."""
+    go on to publish them as failed; OUT keeps its outputs and the finished products' cache entries
+    (what became of OUT is said by ``run_process``, which knows whether the run created it)."""
     try:
         future.result()
         reason = "cancelled"
     except Exception as exc:
         reason = str(getattr(exc, "reason", "") or "cancelled")
     address = _address(scheduler)
-    return TilphenoError(f"scheduler {address}: the cluster dropped the run's tasks ({reason}: the scheduler "
-                         f"stopped or the connection to it was lost) with {unfinished} product(s) unfinished; "
-                         "the output folder was left as it was and the finished products are kept in its cache: "
-                         "run again to resume")
+    return RunStoppedError(f"scheduler {address}: the cluster dropped the run's tasks ({reason}: the scheduler "
+                           f"stopped or the connection to it was lost) with {unfinished} product(s) unfinished; "
+                           "run again to resume")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
-from tilpheno.errors import NoInputError, StudyError, TableError, TilphenoError
+from tilpheno.errors import NoInputError, RunStoppedError, StudyError, TableError, TilphenoError
 from tilpheno.io.files import display_name
 from tilpheno.pipeline.executors import EXECUTORS
 from tilpheno.pipeline.inputs import (UnfitStain, _did_you_mean, attach_doses, group_products, listed_unfit_stains,
@@ -107,7 +107,7 @@ def run_process(
     demand) or ``none``; ``report_products``: with ``now``, only these products get a report
     drawn, the others keep a report stored in the cache, if any.
     """
-    from tilpheno.io.outdir import OutputFolder, unwritable
+    from tilpheno.io.outdir import OutputFolder, left_behind, unwritable
 
     if manifest is None or len(manifest) == 0:
         raise NoInputError("no FCS files to process (empty manifest)")
@@ -139,6 +139,8 @@ def run_process(
             folder.publish()
     except OSError as exc:
         raise unwritable(exc, out_dir, created=created) from None
+    except RunStoppedError as exc:
+        raise RunStoppedError(f"{exc}; {left_behind(out_dir, created)}") from None
     from tilpheno.pipeline.product import worst_severity
 
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
