@@ -78,7 +78,10 @@ def test_an_fmo_that_is_the_stained_file_copied_is_not_used_and_holds_release(tm
     the FoxP3 cut was set at the stained tube's own 99.5th percentile, CD4+FoxP3+ reported 0.5 % of
     CD4+ (truth, sample_fcs/truth.csv: 7.1 %), with no flag and the release 'pass'. Now the copy is
     flagged fmo_copy_of_stain (error) naming the stained file, not used (the gate falls back, as
-    without an FMO: within 2 points of the truth), and the release waits for review."""
+    without an FMO: within 2 points of the truth), and the release waits for review; the run is not
+    ok (exit status 1: it exited 0), as with an FMO file that cannot be read."""
+    import json
+
     sample = Path(__file__).resolve().parents[1] / "sample_fcs"
     folder = tmp_path / "in"
     folder.mkdir()
@@ -89,6 +92,12 @@ def test_an_fmo_that_is_the_stained_file_copied_is_not_used_and_holds_release(tm
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
     assert "1 of 1 products done" in result.output, result.output
+    # an input file the run was given and could not use, as an unreadable one: exit status 1 (it was 0)
+    assert result.exit_code == 1, result.output
+    assert "unusable TIL002: TIL002_treg_FMO_FoxP3.fcs: fmo_copy_of_stain: the same bytes" in result.output
+    run = json.loads((out / "run.json").read_text())["result"]
+    assert run["ok"] is False and run["done"] == ["TIL002"] and run["unreadable"] == []
+    assert [u.split(": ")[:3] for u in run["unusable"]] == [["TIL002", "TIL002_treg_FMO_FoxP3.fcs", "fmo_copy_of_stain"]]
     qc = pd.read_csv(out / "qc.csv")
     (copy,) = qc[qc["code"] == "fmo_copy_of_stain"].itertuples()
     assert copy.file == "TIL002_treg_FMO_FoxP3.fcs" and copy.severity == "error"
@@ -99,6 +108,37 @@ def test_an_fmo_that_is_the_stained_file_copied_is_not_used_and_holds_release(tm
     assert abs(row["cd4foxp3_pct_of_cd4"] - truth["cd4foxp3_pct_of_cd4"]) < 2.0
     assert row["release_status"] == "not evaluable" and row["review_status"] == "needs review"
     assert _digests(folder) == before
+
+
+def test_an_fmo_with_a_panel_error_makes_the_run_not_ok_though_its_product_is_done(tmp_path):
+    """P1's CD4 FMO file lacks the CD8 detector: a panel_error (error) drops it and its product is
+    done without it (gate fallen back), but the run exited 0 with run.json's result ok. Now exit
+    status 1, the summary's 'unusable' line and result.unusable name it, as an unreadable FMO's."""
+    import json
+
+    import numpy as np
+
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_product(simulate_product("P1", 100, EVENTS), folder)
+    fmo = folder / "P1_surface_FMO_CD4.fcs"
+    fcs = read_fcs(fmo)
+    keep = [i for i, s in enumerate(fcs.channels["pns"]) if "CD8" not in str(s)]
+    assert len(keep) == len(fcs.channels["pns"]) - 1
+    write_fcs(fmo, np.asarray(fcs.events)[:, keep].astype("float32"),
+              [(fcs.channels["pnn"][i], fcs.channels["pns"][i] or None, float(fcs.channels["pnr"][i])) for i in keep],
+              {k: v for k, v in fcs.keywords.items() if k in ("$SRC", "TUBE NAME", "$FIL")})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "1 of 1 products done, 0 failed" in result.output
+    assert "unusable P1: P1_surface_FMO_CD4.fcs: panel_error: " in result.output
+    run = json.loads((out / "run.json").read_text())["result"]
+    assert run["ok"] is False and run["done"] == ["P1"] and run["failed"] == {} and run["unreadable"] == []
+    assert [u.split(": ")[:3] for u in run["unusable"]] == [["P1", "P1_surface_FMO_CD4.fcs", "panel_error"]]
 
 
 def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
@@ -143,7 +183,8 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     clean = process_folder(alone, tmp_path / "alone_out", make_reports=False)
     assert clean.ok
     assert json.loads((tmp_path / "alone_out" / "run.json").read_text())["result"] == {
-        "ok": True, "done": ["P1"], "failed": {}, "errors": [], "unreadable": []}
+        "ok": True, "done": ["P1"], "failed": {}, "errors": [], "unreadable": [],
+        "unusable": []}
     ref = pd.read_csv(tmp_path / "alone_out" / "phenotypes.csv").set_index("product_id").loc["P1"]
     got = phen.loc["P1"]
     for col in ("viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "n_events_total"):

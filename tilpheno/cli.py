@@ -548,8 +548,9 @@ def process(
 
     Exit status: 0 every product done and every input file read, 1 some product failed (the others'
     outputs are complete) or an input file could not be read (an FMO or control cut short or missing:
-    its product is done without it, flagged), 2 the run could not start or finish (no FCS files, bad
-    options, OUT in use or not writable).
+    its product is done without it, flagged) or used (an FMO that is its stained file copied, a panel
+    or compensation error), 2 the run could not start or finish (no FCS files, bad options, OUT in
+    use or not writable).
     """
 
     from tilpheno.errors import TilphenoError
@@ -681,6 +682,7 @@ def _not_ok(summary) -> str:
     errors = [f for f in summary.run_flags if f.severity == "error"]
     parts = [(len(summary.failed), "product failed", "products failed"),
              (len(summary.unreadable), "input file unreadable", "input files unreadable"),
+             (len(summary.unusable), "input file unusable", "input files unusable"),
              (len(errors), "error of the run itself", "errors of the run itself")]
     return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
 
@@ -694,6 +696,8 @@ def _print_summary(summary) -> None:
         typer.echo(f"  failed {pid}: {reason}")
     for line in summary.unreadable:   # its product may be done without it: still not a clean run (exit status 1)
         typer.echo(f"  unreadable {line}")
+    for line in summary.unusable:   # read, but dropped by the product done without it: exit status 1 too
+        typer.echo(f"  unusable {line}")
     if summary.flag_counts:   # each code with its worst severity, so an info-only record reads as one
         typer.echo("QC flags: " + ", ".join(f"{code} {n} ({summary.flag_severity.get(code, '?')})"
                                             for code, n in summary.flag_counts.items()))

@@ -102,7 +102,7 @@ def no_stained_tube(product_id: str, rows) -> str:
             "gives it no markers)")
 
 
-FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error")
+FILE_ERROR_CODES = ("unreadable_file", "panel_error", "compensation_error", "fmo_copy_of_stain")
 """QC codes that drop a file from its product."""
 
 

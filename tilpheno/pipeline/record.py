@@ -50,14 +50,16 @@ def start_run_record(*, folder: str | Path, manifest_csv: str | Path | None, out
 
 def run_result(outcomes: Sequence, run_flags: Sequence = ()) -> dict:
     """What the run came to, for ``run.json``'s ``result``: ``ok`` (every product done, every input
-    file read and no error of the run itself: ``process`` exits 0), the products ``done``, the
-    ``failed`` ones with their reasons, the run's own ``errors`` (e.g. a folder it could not list)
-    and the ``unreadable`` input files (:func:`unreadable_inputs`)."""
+    file read and used, no error of the run itself: ``process`` exits 0), the products ``done``, the
+    ``failed`` ones with their reasons, the run's own ``errors`` (e.g. a folder it could not list),
+    the ``unreadable`` input files (:func:`unreadable_inputs`) and the ``unusable`` ones
+    (:func:`unusable_inputs`)."""
     failed = {o.product_id: o.error for o in outcomes if not o.ok}
     errors = [f.message for f in run_flags if f.severity == "error"]
-    unreadable = unreadable_inputs(outcomes)
-    return {"ok": not failed and not errors and not unreadable, "done": [o.product_id for o in outcomes if o.ok],
-            "failed": failed, "errors": errors, "unreadable": unreadable}
+    unreadable, unusable = unreadable_inputs(outcomes), unusable_inputs(outcomes)
+    return {"ok": not failed and not errors and not unreadable and not unusable,
+            "done": [o.product_id for o in outcomes if o.ok], "failed": failed, "errors": errors,
+            "unreadable": unreadable, "unusable": unusable}
 
 
 def unreadable_inputs(outcomes: Sequence) -> list[str]:
@@ -65,6 +67,18 @@ def unreadable_inputs(outcomes: Sequence) -> list[str]:
     ``'<product>: <file>: <problem>'``: the product may be done without it (an FMO file: its gate
     falls back, flagged), but the run did not read every input it was given, so it is not ``ok``."""
     return [f"{f.product_id}: {f.file}: {f.message}" for o in outcomes for f in o.qc if f.code == "unreadable_file"]
+
+
+def unusable_inputs(outcomes: Sequence) -> list[str]:
+    """Each input file that was read but dropped by a product done without it, for an input error
+    (``FILE_ERROR_CODES`` but ``unreadable_file``: a panel or compensation error, an FMO that is its
+    stained file copied), as ``'<product>: <file>: <code>: <problem>'``: its gates fell back (flagged,
+    release not evaluable), but the run did not use every input it was given, so it is not ``ok``,
+    as with an unreadable file. A failed product's dropped files are named by its failure."""
+    from tilpheno.pipeline.product import FILE_ERROR_CODES
+
+    return [f"{f.product_id}: {f.file}: {f.code}: {f.message}" for o in outcomes if o.ok for f in o.qc
+            if f.code in FILE_ERROR_CODES and f.code != "unreadable_file"]
 
 
 def write_run_record(path: Path, record: RunRecord, outcomes: Sequence, *, cache: dict, folder: Any,

@@ -17,7 +17,7 @@ from tilpheno.pipeline.inputs import (UnfitStain, _did_you_mean, attach_doses, g
                                       unmatched_outcomes)
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, ProductOutcome, strategy_sources
 from tilpheno.pipeline.outputs import REPORT_MODES, _stage
-from tilpheno.pipeline.record import keep_run_command, start_run_record, unreadable_inputs
+from tilpheno.pipeline.record import keep_run_command, start_run_record, unreadable_inputs, unusable_inputs
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
 from tilpheno.release import DEFAULT_SPEC
@@ -49,15 +49,18 @@ class RunSummary:
     seconds: float = 0.0
     run_flags: list = field(default_factory=list)   # QCFlags of the run itself (product_id ''), e.g. unlistable_folder
     unreadable: list[str] = field(default_factory=list)   # '<product>: <file>: <problem>' (record.unreadable_inputs)
+    unusable: list[str] = field(default_factory=list)   # '<product>: <file>: <code>: <problem>' (record.unusable_inputs)
     unfit: list[UnfitStain] = field(default_factory=list)   # failed stained files of another lab's panel (failed_unfit_stains)
     study: Study | None = None   # the run's study (tube kinds named beside ``unfit``)
 
     @property
     def ok(self) -> bool:
-        """No product failed, every input file was read (no ``unreadable_file`` flag: a product done
-        without an unreadable FMO file is flagged, not failed) and the run met no error of its own
-        (e.g. a folder it could not list)."""
-        return not self.failed and not self.unreadable and not any(f.severity == "error" for f in self.run_flags)
+        """No product failed, every input file was read and used (no ``unreadable_file`` flag, no
+        ``unusable`` file: a product done without an unreadable FMO file, or one that is its stained
+        file copied, is flagged, not failed) and the run met no error of its own (e.g. a folder it
+        could not list)."""
+        return (not self.failed and not self.unreadable and not self.unusable
+                and not any(f.severity == "error" for f in self.run_flags))
 
 
 def run_process(
@@ -145,7 +148,7 @@ def run_process(
 
     summary = RunSummary(out_dir=out_dir, n_products=len(outcomes), seconds=record.duration_s,
                          release_spec=options.release_spec.name, run_flags=list(run_flags),
-                         unreadable=unreadable_inputs(outcomes), study=options.study,
+                         unreadable=unreadable_inputs(outcomes), unusable=unusable_inputs(outcomes), study=options.study,
                          unfit=failed_unfit_stains(manifest, outcomes, strategies, options))
     by_code: dict[str, list[QCFlag]] = {}
     for o in outcomes:
