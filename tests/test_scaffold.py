@@ -202,6 +202,35 @@ def _files(folder: Path) -> dict[str, bytes] | None:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else None
 
 
+def test_ctrl_c_while_the_study_is_renamed_into_place_waits_for_the_last_file(tmp_path, monkeypatch):
+    """Ctrl-C (a real SIGINT to this process) arrives as the first finished file is renamed into
+    place. The files were renamed one after another, and the interrupt stopped that midway: a
+    study.yaml without its strategies, or without its manifest, and no error on the next step. Now
+    the interrupt is acted on (KeyboardInterrupt) once every file is in place: the study is whole,
+    as a clean draft writes it, and no temporary file is left."""
+    import os
+    import signal
+
+    draft = draft_study(SAMPLE)
+    clean, study = tmp_path / "clean", tmp_path / "study"
+    write_study(draft, clean)
+    real_replace, renamed = os.replace, []
+
+    def replace(src, dst):
+        renamed.append(dst)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_study(draft, study)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(renamed) == len(_files(clean)) > 2
+    assert _files(study) == _files(clean)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("fail_at", [1, 3, 5])
 def test_a_disk_full_while_drafting_writes_no_part_of_the_study(tmp_path, monkeypatch, fail_at):
     """The disk fills while the files are written (simulated: the ``fail_at``-th fsync answers ENOSPC,

@@ -610,11 +610,12 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     into ``out`` (created); all files or none: each is written to a temporary sibling, and the
     temporaries are renamed over their targets only once all are written, so a failed write (a
     full disk) leaves ``out`` as it was (an OutputFolderError naming it) rather than a study.yaml
-    without its strategies that the next draft refuses to replace. Refuses (TableError) to
+    without its strategies that the next draft refuses to replace; a Ctrl-C or SIGTERM while they
+    are renamed is acted on once all are (``uninterrupted``). Refuses (TableError) to
     replace an existing file unless ``overwrite``. Returns the paths written."""
     import contextlib
 
-    from tilpheno.io.atomic import atomic_open, csv_text, make_folder
+    from tilpheno.io.atomic import atomic_open, csv_text, make_folder, uninterrupted
     from tilpheno.io.outdir import unwritable
 
     out = Path(out)
@@ -627,7 +628,8 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     created = not out.exists()
     try:
         make_folder(out)
-        with contextlib.ExitStack() as together:   # each file renamed into place as the stack unwinds
+        # each file renamed into place as the stack unwinds, a signal meanwhile held until all are
+        with uninterrupted(), contextlib.ExitStack() as together:
             for path, text in texts.items():
                 _write_through(together.enter_context(atomic_open(path, "w")), text)
             # non-UTF-8 file names are written as their bytes, to read back as written

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 def default_mode(directory: bool = False) -> int:
@@ -108,6 +108,35 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM received within the block are held until it ends, then acted on
+    as they would have been (KeyboardInterrupt, the command's own SIGTERM handler): for a group of
+    files renamed into place one after another that must all be renamed or none. Outside the main
+    thread (no signal handler can be set there) the block runs as it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, Any]] = []   # (signal number, frame) as a handler receives them
+    previous: dict[int, Any] = {s: signal.signal(s, lambda signum, frame: held.append((signum, frame)))
+                                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if held:
+            signum, frame = held[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler != signal.SIG_IGN:   # the default action (or a handler not set from Python)
+                signal.raise_signal(signum)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
