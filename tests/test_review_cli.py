@@ -383,7 +383,9 @@ def test_a_new_default_database_is_announced(review_out, tmp_path):
 def test_a_database_file_left_by_a_full_disk_is_still_announced_as_new(review_out, tmp_path, monkeypatch):
     """The disk fills while ``users add`` makes the default database (simulated: SQLite has made
     the file, the schema's write answers ENOSPC). The file it left used to silence the note on the
-    next run, which does make the new, empty database; the note now depends on the schema."""
+    next run, which does make the new, empty database; the note now depends on the schema. And it
+    left that file, with no table in it, beside OUT: a new database is now made whole (its schema in
+    a temporary file, linked into place) or not at all, so nothing is left."""
     import errno
     import os
     import shutil
@@ -403,7 +405,7 @@ def test_a_database_file_left_by_a_full_disk_is_still_announced_as_new(review_ou
         m.setattr(db, "upgrade", full)
         r = run("users", "add", out, "ann", "--role", "admin", "--password-stdin", stdin="ann-password-1\n")
     assert r.exit_code == 2 and note in r.output and "No space left on device" in r.output, r.output
-    assert (tmp_path / "out.review.sqlite").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # no database file, no temporary
     r = run("users", "add", out, "ann", "--role", "admin", "--password-stdin", stdin="ann-password-1\n")
     assert r.exit_code == 0 and note in r.output and "user ann (admin) added" in r.output, r.output
     r = run("users", "list", out)

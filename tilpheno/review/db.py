@@ -141,10 +141,38 @@ def _audit_upgrade(conn, before: str, after: str, added: list[tuple[str, str]]) 
     log.warning("%s", reason)
 
 
+def _create_sqlite_whole(path: Path) -> None:
+    """Make the new SQLite database ``path`` whole or not at all: its schema is made in a temporary
+    sibling, which is then linked to ``path`` (``os.link`` refuses when another process made
+    ``path`` meanwhile: that one is used). A failure (a full disk) removes the temporary file, so no
+    database file without tables is left behind; the temporary of a killed process is a hidden
+    ``.<name>.<pid>.creating`` beside it."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        engine = make_engine(f"sqlite:///{tmp}")
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()   # the last connection closed: its write-ahead log is folded into the file
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+
+
 def open_database(url: str) -> sessionmaker:
-    """Engine for ``url``, schema upgraded, and a session factory (``expire_on_commit=False``)."""
+    """Engine for ``url``, schema upgraded, and a session factory (``expire_on_commit=False``). A new
+    SQLite file is made with its schema or not at all (:func:`_create_sqlite_whole`)."""
     engine = make_engine(url)
     try:
+        database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if database not in (None, "", ":memory:") and not Path(str(database)).exists():
+            _create_sqlite_whole(Path(str(database)))
         upgrade(engine)
     except Exception as exc:  # connection refused, bad credentials, ...: one line
         if isinstance(exc, TilphenoError):
