@@ -52,20 +52,28 @@ def _product_with_an_fmo_cut_short(tmp_path):
     return folder
 
 
+def _done_but_not_ok(folder: Path, out: Path, line: str) -> dict:
+    """``process FOLDER -o OUT`` of one product done without one of its files: exit status 1, the
+    summary saying it is done (none failed) and naming the file (``line``); run.json's ``result``,
+    not ok, returned."""
+    import json
+
+    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "1 of 1 products done, 0 failed" in result.output and line in result.output, result.output
+    run = json.loads((out / "run.json").read_text())["result"]
+    assert run["ok"] is False and run["failed"] == {}
+    return run
+
+
 def test_an_unreadable_fmo_file_makes_the_run_not_ok_though_its_product_is_done(tmp_path):
     """A product whose FMO file is cut short is done (its gate falls back, flagged), but the run did
     not read an input it was given: exit status 1, run.json's result not ok and naming the file, the
     summary's line naming it; the product is not called failed."""
-    import json
-
     folder = _product_with_an_fmo_cut_short(tmp_path)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
-    assert result.exit_code == 1, result.output
-    assert "1 of 1 products done, 0 failed" in result.output
-    assert "unreadable P1: P1_surface_FMO_CD4.fcs: " in result.output
-    run = json.loads((out / "run.json").read_text())["result"]
-    assert run["ok"] is False and run["done"] == ["P1"] and run["failed"] == {}
+    run = _done_but_not_ok(folder, out, "unreadable P1: P1_surface_FMO_CD4.fcs: ")
+    assert run["done"] == ["P1"]
     assert len(run["unreadable"]) == 1 and run["unreadable"][0].startswith("P1: P1_surface_FMO_CD4.fcs: ")
     # `process --help` says so too: its exit statuses read "1 some product failed", not this case
     shown = " ".join(CliRunner().invoke(app, ["process", "--help"], terminal_width=200).output.split())
@@ -114,8 +122,6 @@ def test_an_fmo_with_a_panel_error_makes_the_run_not_ok_though_its_product_is_do
     """P1's CD4 FMO file lacks the CD8 detector: a panel_error (error) drops it and its product is
     done without it (gate fallen back), but the run exited 0 with run.json's result ok. Now exit
     status 1, the summary's 'unusable' line and result.unusable name it, as an unreadable FMO's."""
-    import json
-
     import numpy as np
 
     from tilpheno.io.fcs import read_fcs
@@ -131,13 +137,8 @@ def test_an_fmo_with_a_panel_error_makes_the_run_not_ok_though_its_product_is_do
     write_fcs(fmo, np.asarray(fcs.events)[:, keep].astype("float32"),
               [(fcs.channels["pnn"][i], fcs.channels["pns"][i] or None, float(fcs.channels["pnr"][i])) for i in keep],
               {k: v for k, v in fcs.keywords.items() if k in ("$SRC", "TUBE NAME", "$FIL")})
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["process", str(folder), "-o", str(out)])
-    assert result.exit_code == 1, result.output
-    assert "1 of 1 products done, 0 failed" in result.output
-    assert "unusable P1: P1_surface_FMO_CD4.fcs: panel_error: " in result.output
-    run = json.loads((out / "run.json").read_text())["result"]
-    assert run["ok"] is False and run["done"] == ["P1"] and run["failed"] == {} and run["unreadable"] == []
+    run = _done_but_not_ok(folder, tmp_path / "out", "unusable P1: P1_surface_FMO_CD4.fcs: panel_error: ")
+    assert run["done"] == ["P1"] and run["unreadable"] == []
     assert [u.split(": ")[:3] for u in run["unusable"]] == [["P1", "P1_surface_FMO_CD4.fcs", "panel_error"]]
 
 

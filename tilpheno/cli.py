@@ -638,7 +638,7 @@ def report(
 
     Exit status: 0 reports drawn and the run is ok (every product done, every input file read); 1
     reports drawn, but the run is not ok, as its `process` exited 1 (some product failed: it has no
-    report; or an input file could not be read), said on stderr; 2 nothing drawn (OUT holds no
+    report; or an input file could not be read or used), said on stderr; 2 nothing drawn (OUT holds no
     readable run, an input changed since, an unknown product, OUT not writable).
     """
 
