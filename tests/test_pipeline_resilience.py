@@ -266,25 +266,29 @@ def test_include_identifiers_opts_in(planted, tmp_path):
     assert PLANTED_NAME in report and "&lt;script&gt;" in report
 
 
-def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, jobs: int):
-    """``tilpheno process`` into an OUT holding a previous run's files, the process sending itself
-    ``signame`` once its first product is done (as in a terminal: SIGINT raises KeyboardInterrupt);
-    the finished subprocess and OUT."""
+def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, jobs: int, previous: bool = True,
+                                       after: int = 1):
+    """``tilpheno process`` into an OUT holding a previous run's files (``previous``; else a new
+    OUT), the process sending itself ``signame`` once its first product is done (as in a terminal:
+    SIGINT raises KeyboardInterrupt), before the run takes it in (``after`` 1), or once the run has
+    taken in ``after - 1`` products (and stored them in its cache); the finished subprocess and OUT."""
     import subprocess
     import sys
 
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "phenotypes.csv").write_text("previous complete table\n")
-    (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
+    if previous:
+        out.mkdir()
+        (out / "phenotypes.csv").write_text("previous complete table\n")
+        (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
     script = ("import os, signal, sys\n"
               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from tilpheno.cli import main\n"
               "from tilpheno.pipeline import outputs\n"
               "real = outputs.iter_outcomes\n"
               "def first_then_signal(*args, **kwargs):\n"
-              "    for outcome in real(*args, **kwargs):\n"
-              f"        os.kill(os.getpid(), signal.{signame})\n"
+              "    for i, outcome in enumerate(real(*args, **kwargs), 1):\n"
+              f"        if i >= {after}:\n"
+              f"            os.kill(os.getpid(), signal.{signame})\n"
               "        yield outcome\n"
               "outputs.iter_outcomes = first_then_signal\n"
               "sys.argv = ['tilpheno', *sys.argv[1:]]\n"
@@ -309,10 +313,23 @@ def test_a_signal_stops_the_run_cleanly(small_cohort, tmp_path, signame, jobs, s
     done, out = _signalled_after_the_first_product(small_cohort, tmp_path, signame, jobs)
     assert done.returncode == status, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == line, done.stderr
+    assert done.stderr.strip().splitlines()[-2:] == [f"note: {out} was left as it was", line], done.stderr
     assert sorted(p.name for p in out.iterdir() if p.name not in (".cache", ".tilpheno.lock")) == \
         ["phenotypes.csv", "run.json"]
     assert (out / "phenotypes.csv").read_text() == "previous complete table\n"
+
+
+def test_ctrl_c_into_a_new_out_says_what_it_left(small_cohort, tmp_path):
+    """Ctrl-C once the first product is stored in the cache, OUT new: the run left OUT holding only
+    that cache, and said only 'interrupted', while README said a killed run leaves OUT as it was
+    -> a line says so, as a full disk's does (what the run created, what it holds)."""
+    done, out = _signalled_after_the_first_product(small_cohort, tmp_path, "SIGINT", 1, previous=False, after=2)
+    assert done.returncode == 130, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".cache"]
+    assert done.stderr.strip().splitlines()[-2:] == [
+        f"note: no output was written to {out} (created by this run; it holds only .cache); its cache (.cache) "
+        "keeps the finished products for the next run", "error: interrupted (Ctrl-C) before the command finished"], \
+        done.stderr
 
 
 def _manifest_missing(small_cohort, tmp_path):

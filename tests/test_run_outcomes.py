@@ -412,6 +412,18 @@ def test_a_disk_full_into_a_new_out_says_what_it_left(two_products, tmp_path, mo
     assert _process(two_products, "-o", out).exit_code == 0
 
 
+@pytest.mark.parametrize("created", [False, True])
+def test_an_out_stopped_while_publishing_is_said_to_be_incomplete(tmp_path, created):
+    """A run stopped (Ctrl-C, SIGTERM) while it published left OUT marked incomplete, some outputs
+    moved: what the run says of OUT is that, not 'left as it was' nor 'no output was written'."""
+    from tilpheno.io.outdir import INCOMPLETE_NAME, left_behind
+
+    (tmp_path / INCOMPLETE_NAME).write_text("{}\n")
+    (tmp_path / "qc.csv").write_text("moved in\n")
+    assert left_behind(tmp_path, created) == (f"{tmp_path} is marked incomplete ({INCOMPLETE_NAME}): `tilpheno "
+                                              f"report {tmp_path}` or `process --overwrite` publishes it again")
+
+
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EACCES])
 def test_a_hint_does_not_repeat_what_the_system_said(code):
     """The system's text ("Read-only file system", "Permission denied") already says what the hint

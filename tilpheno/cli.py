@@ -554,7 +554,9 @@ def process(
     """
 
     from tilpheno.errors import TilphenoError
+    from tilpheno.io.outdir import left_behind
 
+    created = not out.exists()
     try:
         summary = _run_with_progress(
             folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec,
@@ -567,6 +569,9 @@ def process(
         )
     except (TilphenoError, OSError) as exc:
         _fail(exc)
+    except (KeyboardInterrupt, Terminated):   # what became of OUT, before main's closing line
+        typer.secho(f"note: {left_behind(out, created)}", fg=typer.colors.YELLOW, err=True)
+        raise
     _print_summary(summary)
     _warn_run_unfit(summary, folder)
     if not summary.ok:

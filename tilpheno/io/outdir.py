@@ -89,7 +89,11 @@ def unwritable(exc: OSError, folder: str | os.PathLike, what: str = "the outputs
 def left_behind(folder: Path, created: bool) -> str:
     """What a failed run left of ``folder``, as found now: as it was (it existed before the run),
     not created (the run created it and removed it again, empty), or, for a folder the run
-    created, what it still holds (``process`` keeps the cache it filled, re-used by the next run)."""
+    created, what it still holds (``process`` keeps the cache it filled, re-used by the next run);
+    marked incomplete when it was stopped while publishing."""
+    if (folder / INCOMPLETE_NAME).exists():
+        return (f"{folder} is marked incomplete ({INCOMPLETE_NAME}): `tilpheno report {folder}` or `process "
+                "--overwrite` publishes it again")
     if not created:
         return f"{folder} was left as it was"
     if not folder.exists():
