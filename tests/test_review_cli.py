@@ -412,6 +412,28 @@ def test_a_database_file_left_by_a_full_disk_is_still_announced_as_new(review_ou
     assert r.exit_code == 0 and "note:" not in r.output and "ann" in r.output, r.output
 
 
+def test_a_new_database_is_made_on_a_file_system_without_hard_links(review_out, tmp_path, monkeypatch):
+    """The new database is linked into place (os.link); where the file system has no hard links
+    (some network shares answer EPERM) the first command failed on it -> renamed into place; the
+    database holds its schema and the user, no temporary is left."""
+    import errno
+    import os
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(review_out, out)
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    r = run("users", "add", out, "ann", "--role", "admin", "--password-stdin", stdin="ann-password-1\n")
+    assert r.exit_code == 0 and "user ann (admin) added" in r.output, r.output
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "out.review.sqlite" in left and not [n for n in left if "creating" in n], left
+    assert "ann" in run("users", "list", out).output
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_two_processes_opening_a_new_database_at_once_both_start(kind, tmp_path, monkeypatch):
     """This process is creating the tables of a new database (migration run, not yet committed) when

@@ -144,9 +144,11 @@ def _audit_upgrade(conn, before: str, after: str, added: list[tuple[str, str]]) 
 def _create_sqlite_whole(path: Path) -> None:
     """Make the new SQLite database ``path`` whole or not at all: its schema is made in a temporary
     sibling, which is then linked to ``path`` (``os.link`` refuses when another process made
-    ``path`` meanwhile: that one is used). A failure (a full disk) removes the temporary file, so no
+    ``path`` meanwhile: that one is used; on a file system without hard links it is renamed to
+    ``path`` if that is still free). A failure (a full disk) removes the temporary file, so no
     database file without tables is left behind; the temporary of a killed process is a hidden
     ``.<name>.<pid>.creating`` beside it."""
+    import errno
     import os
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
@@ -160,6 +162,11 @@ def _create_sqlite_whole(path: Path) -> None:
             os.link(tmp, path)
         except FileExistsError:
             pass
+        except OSError as exc:   # a file system without hard links (some network shares): renamed, if still free
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            if not path.exists():
+                os.replace(tmp, path)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             leftover.unlink(missing_ok=True)
