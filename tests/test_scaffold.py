@@ -1773,7 +1773,7 @@ def test_a_gate_starved_by_a_gate_above_names_that_gate(tmp_path):
     shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
     study = tmp_path / "study"
     assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
-    _edit(study / "tube1.yaml", "keep: low, one_population: negative", "keep: low")
+    _edit(study / "tube025.yaml", "keep: low, one_population: negative", "keep: low")
     out = tmp_path / "out"
     result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
                    str(study / "manifest.csv"), "-o", str(out), "--reports", "none"])
@@ -1786,3 +1786,26 @@ def test_a_gate_starved_by_a_gate_above_names_that_gate(tmp_path):
         message = qc.query("code == @code")["message"].iloc[0]
         assert message.startswith("CD127+" if code == "gate_failed" else "100715.fcs") and said in message, message
     assert said in " ".join(result.output.split())
+
+
+def test_a_tube_name_of_a_role_word_and_a_number_names_its_kind(tmp_path):
+    """FACSDiva names tubes 'Tube_025' (100715.fcs, a FACSAria file): its words are a role word and a
+    number, so the kind was drafted 'tube1', a name that is nowhere in the lab's files -> the TUBE NAME
+    its stained files share, whole: tube025 (study.yaml, the strategy file, the manifest). Two kinds'
+    files with one shared TUBE NAME stay tube1, tube2 (the name would not tell them apart)."""
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.scaffold import _kinds
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    source = ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs"
+    assert read_fcs_metadata(source, checksum=False).keywords["TUBE NAME"] == "Tube_025"
+    shutil.copy(source, folder / "100715.fcs")
+    draft = draft_study(folder)
+    assert [t.kind for t in draft.tubes] == ["tube025"] and list(draft.manifest["tube"]) == ["tube025"]
+    write_study(draft, tmp_path / "study")
+    assert (tmp_path / "study" / "tube025.yaml").exists()
+    assert "tube025: {strategy: tube025.yaml" in (tmp_path / "study" / "study.yaml").read_text()
+    same = [{**_stained("P1", [], ["CD3", "CD4"]), "tube_name": "tube025"},
+            {**_stained("P1", [], ["CD19"]), "tube_name": "tube025"}]
+    assert sorted(_kinds(same)) == ["tube1", "tube2"]

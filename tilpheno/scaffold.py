@@ -10,7 +10,9 @@ run needs no hand-written YAML.
   vocabulary; a ``--panel`` file names unlabelled detectors), named by the first word of the files'
   ``TUBE NAME`` / file name that is neither the product id, a role word, a marker nor a number
   (a word that every stained file of the kind has and no other kind's has, so that it tells the
-  kinds apart), else ``tube1``, ``tube2``...; stained files whose marker sets no product has
+  kinds apart), else the ``TUBE NAME`` they all share, whole, lower case, without separators, when
+  it starts with a letter and no other kind's files have it (FACSDiva's ``Tube_025`` -> ``tube025``),
+  else ``tube1``, ``tube2``...; stained files whose marker sets no product has
   together and that share at least 2/3 of their markers are versions of one tube (a marker swapped
   between exports) and make one kind with the markers they all have;
   an FMO file belongs to the kind whose stained markers are its own plus the one it omits;
@@ -303,7 +305,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         for dye, detector in set_aside_dyes(channels, vocabulary).items() if row["role"] == "stain" else ():
             if dye not in markers and detector not in markers.values():   # a panel file row may name it
                 unused.setdefault((detector, dye), []).append(path.name)
-        files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers})
+        files.append({**row, "path": path, "fcs": fcs, "words": words, "markers": markers,
+                      "tube_name": _SLUG.sub("", str(fcs.keywords.get("TUBE NAME", "")).lower())})
     stained = [f for f in files if f["role"] == "stain" and f["markers"]]
     unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)
     if not stained:
@@ -423,6 +426,13 @@ def _kinds(stained: list[dict]) -> dict[str, list[dict]]:
         # a name tells kinds apart: in every stained file of this kind, in none of another kind's
         choice = next((w for w, n in words.most_common() if n == len(members) and w not in named and w not in others
                        and not w[0].isdigit()), None)
+        # else the TUBE NAME all its stained files share, whole ('Tube_025' -> tube025: its words are a role
+        # word and a number), when no other kind's files have it
+        tube_names = {f.get("tube_name", "") for f in members}
+        whole = next(iter(tube_names)) if len(tube_names) == 1 else ""
+        if choice is None and whole[:1].isalpha() and whole not in named and all(
+                f.get("tube_name") != whole for group in ordered if group is not members for f in group):
+            choice = whole
         named[choice or f"tube{i}"] = members
     return named
 
