@@ -822,6 +822,29 @@ def test_pns_copying_pnn_is_no_label(tmp_path, name):
     assert frame[["role", "tube"]].values.tolist() == [["unstained", "unstained"]]
 
 
+def test_a_detectors_other_name_is_no_label(tmp_path):
+    """MACSQuant's FCS 3.1 export writes each detector's other name as its $PnS ('V2-A' on FL2-A,
+    'B1-A' on FL7-A), its FCS 2.0 export of the same well the same name as $PnN and $PnS: scan took
+    the 3.1 files for stained files (a label on a fluorescence detector) and the 2.0 one for the
+    unstained control, so one acquisition was two roles and new-study left the 3.1 files out as stained
+    with no marker. The detector's other name with its signal is no label: both are unstained controls,
+    and a stain's label that ends in the signal (Attune's 'KLRG1-A' on BL1-A) still is one."""
+    import shutil
+
+    from tilpheno.io.fcs import read_fcs_metadata
+    from tilpheno.panel import labelled
+
+    macsquant = Path(__file__).parent / "data" / "fcs" / "fcsparser_instruments" / "MiltenyiBiotec"
+    three = macsquant / "FCS3.1" / "EY_2013-07-19_PBS_FCS_3.1_Well_A1.001.fcs"
+    channels = dict(zip(read_fcs_metadata(three).channels["pnn"], read_fcs_metadata(three).channels["pns"]))
+    assert channels["FL2-A"] == "V2-A" and channels["FL7-H"] == "B1-H"
+    shutil.copy(three, tmp_path / "three.fcs")
+    shutil.copy(macsquant / "FCS2.0" / "EY_2013-07-19_PBS_FCS_2.0_Custom_Without_Add_Well_A1.001.fcs", tmp_path / "two.fcs")
+    frame = scan_folder(tmp_path)
+    assert frame[["role", "tube"]].values.tolist() == [["unstained", "unstained"]] * 2
+    assert labelled("BL1-A", "KLRG1-A") and labelled("FL2-A", "CD3") and not labelled("FL2-A", "V2-A")
+
+
 @pytest.mark.parametrize("dose, dose_error", [
     ("2.5", "row 2, column 'til_dose_cells': '2.5' is fewer than 1e+06 cells"),
     ("abc", "row 2, column 'til_dose_cells': 'abc' is not a number"),

@@ -6,7 +6,8 @@ Conventions
   study's; default ``tilpheno/studies/vocabulary.yaml``): ``"CD3 BV421"``, ``"hCD3"``,
   ``"anti-CD3"`` -> ``CD3``; ``"PD-1"``, ``"CD279"`` -> ``PD1``; ``"7-AAD"`` -> ``7AAD``; an
   unknown marker keeps its own name (``"CD38 BV605"`` -> ``CD38``, ``"Zombie NIR"`` -> ``Zombie``).
-* Markers come from $PnS (a $PnS equal to its $PnN counts as no label); a channel without $PnS
+* Markers come from $PnS (a $PnS equal to its $PnN, or the detector's other name with its signal,
+  MACSQuant's ``V2-A`` on ``FL2-A``, counts as no label: :func:`labelled`); a channel without $PnS
   whose $PnN names a *known* marker (channels renamed ``CD3`` etc.) counts too. Scatter and time
   channels (``FSC*``, ``SSC*``, ``Time``) never do.
 * Attune NxT writes a label with its parameter's signal (``KLRG1-A`` on ``BL1-A``): read without
@@ -137,26 +138,34 @@ def _prefer(current: str, candidate: str, exported_first: bool = False) -> str:
     return current
 
 
-def labelled(pnn: str, pns: str) -> bool:
-    """True when the channel carries a $PnS label of its own (not empty, not a copy of $PnN)."""
-    return bool(pns.strip()) and pns.strip().upper() != pnn.strip().upper()
-
-
 _SIGNAL = re.compile(r"^(?P<stem>.+)-(?P<signal>[AHW])$", re.IGNORECASE)
 _LETTER_DETECTOR = re.compile(r"^[A-Z]\d{1,2}$", re.IGNORECASE)   # MACSQuant's V2, B1, Y2 (as $PnS of FL2-A ...)
+
+
+def _same_signal(pnn: str, pns: str) -> re.Match | None:
+    """The match of ``pns`` as ``<stem>-<signal>`` when ``pnn`` ends in the same signal, else None."""
+    suffixed = _SIGNAL.match(pns.strip())
+    return suffixed if suffixed and pnn.strip().upper().endswith("-" + suffixed["signal"].upper()) else None
+
+
+def labelled(pnn: str, pns: str) -> bool:
+    """True when the channel carries a $PnS label of its own: not empty, not a copy of $PnN, not the
+    detector's other name with its signal (MACSQuant 3.1 writes ``V2-A`` as $PnS of ``FL2-A``, its
+    FCS 2.0 export ``V2-A`` as both: neither labels a stain)."""
+    label = pns.strip()
+    if not label or label.upper() == pnn.strip().upper():
+        return False
+    suffixed = _same_signal(pnn, label)
+    return not (suffixed and _LETTER_DETECTOR.match(suffixed["stem"].strip()))
 
 
 def label_marker(pnn: str, pns: str, vocabulary: Vocabulary) -> str | None:
     """The marker the $PnS label ``pns`` of detector ``pnn`` names. Attune NxT writes its label with
     the parameter's signal, as the detector's (``BL1-A`` labelled ``KLRG1-A``, ``GFP-A``): a label
-    naming no marker whole is read without that suffix when ``pnn`` ends in the same one, unless
-    what is left is a detector's own short name (MACSQuant's ``V2-A`` on ``FL2-A``: no marker)."""
+    naming no marker whole is read without that suffix when ``pnn`` ends in the same one."""
     marker = vocabulary.marker_in(pns)
-    suffixed = _SIGNAL.match(pns.strip())
-    if marker is not None or suffixed is None or not pnn.strip().upper().endswith("-" + suffixed["signal"].upper()):
-        return marker
-    stem = suffixed["stem"].strip()
-    return None if _LETTER_DETECTOR.match(stem) else vocabulary.marker_in(stem)
+    suffixed = _same_signal(pnn, pns)
+    return vocabulary.marker_in(suffixed["stem"].strip()) if marker is None and suffixed else marker
 
 
 def labels_its_panel(channels: Iterable[tuple[str, str]]) -> bool:
