@@ -121,7 +121,9 @@ def test_a_known_marker_joined_to_an_unknown_one_names_no_marker(tmp_path):
     assert [normalize_marker(t) for t in ("CD39-TIGIT", "TIGIT-CD39", "CD39-KLRG1", "KLRG1-CD39", "CD45-RA",
                                           "CD4-PerCP-Cy5.5", "CD56-PE-Texas Red", "Ki-67-BV605", "anti-CD3", "CD3-FITC-A")] \
         == [None, None, None, None, None, "CD4", "CD56", "Ki67", "CD3", "CD3"]
-    assert not [label for label in _corpus_labels() if vocabulary.named_markers(label) != vocabulary.known_markers(label)]
+    # but 100715.fcs's dump channel: CD14, a CD name, is no clone (test_scaffold.py::test_a_dump_channel_names_its_dye_and_its_marker)
+    assert [label for label in _corpus_labels() if vocabulary.named_markers(label) != vocabulary.known_markers(label)] \
+        == ["VIVID / CD14"]
     path = tmp_path / "P1_surface.fcs"
     path.write_bytes(float_file(np.ones((3, 3)), channels=("FSC-A", "FITC-A", "PE-A"),
                                 extra={"$P2S": "CD3 FITC", "$P3S": "CD39-TIGIT"}))
@@ -176,7 +178,9 @@ def test_an_unknown_word_before_a_marker_or_a_plus_between_two_names_no_marker()
     assert [normalize_marker(t) for t in ("CD4+", "h CD3", "anti CD3", "FITC CD3", "BV421 CD4", "Mouse anti-Human CD8",
                                           "488/552nm PI (615/30) LogH", "CD3 OKT3", "PD 1 BV421")] == \
         ["CD4", "CD3", "CD3", "CD3", "CD4", "CD8", "PI", "CD3", "PD1"]
-    assert not [label for label in _corpus_labels() if vocabulary.named_markers(label) != vocabulary.known_markers(label)]
+    # but 100715.fcs's dump channel: CD14, a CD name, is no clone (test_scaffold.py::test_a_dump_channel_names_its_dye_and_its_marker)
+    assert [label for label in _corpus_labels() if vocabulary.named_markers(label) != vocabulary.known_markers(label)] \
+        == ["VIVID / CD14"]
 
 
 def test_canonical_names_normalise_to_themselves():

@@ -28,8 +28,6 @@ def _run(args: list[str]):
 def test_viability_dyes_come_from_the_vocabulary():
     vocabulary = default_vocabulary()
     assert all(vocabulary.is_viability_dye(n) for n in ("7-AAD", "DAPI", "LIVE/DEAD", "Zombie dye", "propidium iodide"))
-    # a FACSDiva export's dump channel (fcs_corpus/flowkit/100715.fcs, $P11S): drafted as a marker gated high
-    assert vocabulary.is_viability_dye(vocabulary.marker_in("VIVID / CD14"))
     assert not any(vocabulary.is_viability_dye(n) for n in ("CD3", "FoxP3", "Ki67"))
 
 
@@ -1739,8 +1737,39 @@ def test_new_study_names_an_unlabelled_dye_detector_it_took_as_unused(tmp_path):
         in surface["populations"]
 
 
+def _dump_panel(tmp_path: Path) -> Path:
+    """The panel file row a lab gives 100715.fcs's dump channel (V450-A, 'VIVID / CD14') to gate it as the live gate."""
+    panel = tmp_path / "dump.csv"
+    panel.write_text("tube,detector,marker\n,V450-A,LiveDead\n")
+    return panel
+
+
+def test_a_dump_channel_names_its_dye_and_its_marker(tmp_path):
+    """100715.fcs (FACSAria) labels its V450-A detector 'VIVID / CD14': a viability dye and CD14 on one
+    dump detector. CD14 was read as VIVID's clone (an unknown word after a known marker, as 'CD3 OKT3'),
+    the label as the dye only: the draft gated it as pure viability, viability_pct and its release
+    criterion counting CD14+ monocytes as dead cells, CD14 named nowhere. A CD name is a molecule, never
+    a clone: the label names both, is read as neither, and new-study says so in one line naming the
+    detector, the label, the file and what a panel row naming the dye does; with that row the live gate
+    is drafted on it."""
+    vocabulary = default_vocabulary()
+    assert vocabulary.named_markers("VIVID / CD14") == ("LiveDead", "CD14") and vocabulary.marker_in("VIVID / CD14") is None
+    assert vocabulary.marker_in("CD4 CD45RA") is None and vocabulary.marker_in("CD3 OKT3") == "CD3"
+    assert vocabulary.marker_in("CD45RA BV605") == "CD45RA" and vocabulary.marker_in("CD8a") == "CD8"
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "VIVID / CD14" in line]
+    assert len(said) == 1 and "V450-A" in said[0] and "100715.fcs" in said[0] and "CD14+ cells out with the dead" in said[0]
+    assert "no viability dye" in result.output
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "with"), "--panel", str(_dump_panel(tmp_path))])
+    assert result.exit_code == 0 and "viability dye LiveDead" in result.output and "VIVID" not in result.output, result.output
+
+
 def test_one_population_in_the_drafted_viability_dye_is_the_live_cells(tmp_path):
-    """A FACSAria file (flowio's 100715.fcs; its VIVID / CD14 dump channel the viability dye, no FMO,
+    """A FACSAria file (flowio's 100715.fcs; its VIVID / CD14 dump channel the viability dye by a panel row, no FMO,
     no unstained control): the dye's one peak lies above the scale's zero (amine dyes stain live
     cells dimly), and the drafted live gate took it as dead: live kept 0.18 % of singlets, every
     later gate starved and the product failed -> the one population is the live cells: live keeps
@@ -1750,11 +1779,11 @@ def test_one_population_in_the_drafted_viability_dye_is_the_live_cells(tmp_path)
     folder = tmp_path / "fcs"
     folder.mkdir()
     shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
-    study = tmp_path / "study"
-    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    study, panel = tmp_path / "study", _dump_panel(tmp_path)
+    assert _run(["new-study", str(folder), "-o", str(study), "--panel", str(panel)]).exit_code == 0
     out = tmp_path / "out"
     result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
-                   str(study / "manifest.csv"), "-o", str(out), "--reports", "none"])
+                   str(study / "manifest.csv"), "--panel", str(panel), "-o", str(out), "--reports", "none"])
     assert result.exit_code == 0, result.output
     counts = pd.read_csv(out / "populations.csv").set_index("population")["count"]
     assert counts["live"] / counts["singlets"] > 0.95, counts[["singlets", "live"]]
@@ -1771,12 +1800,12 @@ def test_a_gate_starved_by_a_gate_above_names_that_gate(tmp_path):
     folder = tmp_path / "fcs"
     folder.mkdir()
     shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
-    study = tmp_path / "study"
-    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    study, panel = tmp_path / "study", _dump_panel(tmp_path)
+    assert _run(["new-study", str(folder), "-o", str(study), "--panel", str(panel)]).exit_code == 0
     _edit(study / "tube025.yaml", "keep: low, one_population: negative", "keep: low")
     out = tmp_path / "out"
     result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
-                   str(study / "manifest.csv"), "-o", str(out), "--reports", "none"])
+                   str(study / "manifest.csv"), "--panel", str(panel), "-o", str(out), "--reports", "none"])
     assert result.exit_code == 1, result.output
     counts = pd.read_csv(out / "populations.csv").set_index("population")["count"]
     assert counts["CD3+"] >= 20 > counts["CD4+"]   # CD4+ is the first gate on the way down below 20

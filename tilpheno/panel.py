@@ -291,11 +291,16 @@ class SharedLabel:
     detector: str
     label: str
     markers: tuple[str, ...]
+    dye: str = ""   # the viability dye among the markers: a dump channel ("VIVID / CD14")
 
     def describe(self) -> str:
-        """``detector X's label 'Foxp3-IgM' names FoxP3 and IgM, ...: a panel file row ... says which``."""
+        """``detector X's label 'Foxp3-IgM' names FoxP3 and IgM, ...: a panel file row ... says which``;
+        for a dump channel (a viability dye and markers), what naming the dye does."""
+        dump = (f"; a dump channel: a row naming {self.dye} gates it as the live gate, leaving the "
+                f"{', '.join(m + '+' for m in self.markers if m != self.dye)} cells out with the dead ones "
+                "(viability_pct counts them as dead)" if self.dye else "")
         return (f"detector {self.detector}'s label {self.label!r} names {' and '.join(self.markers)}, one detector shared "
-                "by two stains: a panel file row (tube, detector, marker) says which this tube carries")
+                f"by two stains: a panel file row (tube, detector, marker) says which this tube carries{dump}")
 
 
 def shared_labels(channels: Iterable[tuple[str, str]], markers: Mapping[str, str],
@@ -304,7 +309,8 @@ def shared_labels(channels: Iterable[tuple[str, str]], markers: Mapping[str, str
     carries none of ``markers`` (marker -> detector: a panel file row resolves it)."""
     taken = set(markers.values())
     found = ((pnn, pns, vocabulary.named_markers(pns)) for pnn, pns in channels)
-    return [SharedLabel(pnn, pns.strip(), named) for pnn, pns, named in found if len(named) > 1 and pnn not in taken]
+    return [SharedLabel(pnn, pns.strip(), named, next((m for m in named if vocabulary.is_viability_dye(m)), ""))
+            for pnn, pns, named in found if len(named) > 1 and pnn not in taken]
 
 
 def _shared_labels(panel: Panel, missing: Iterable[str], vocab: Vocabulary) -> str:

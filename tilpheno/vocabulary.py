@@ -25,7 +25,8 @@ Conventions
   (``"CD8-KLRG1"``: KLRG1 unknown), or a known marker after an unknown word (``"KLRG1 CD8"``), or
   parts joined by ``+`` (``"CD8+TIGIT"``, ``"CD45RA+CD62L+"``; ``"CD4+"`` is CD4), names no marker
   (an unknown word after a space is taken for the antibody's clone: ``"CD3 OKT3"`` is CD3, so a
-  marker written that way must be in the vocabulary; before the marker it is another stain, unless
+  marker written that way must be in the vocabulary, but a CD name is a molecule, never a clone:
+  ``"VIVID / CD14"``, a viability dye and CD14 on one dump detector, names both; before the marker it is another stain, unless
   a prefix, fluorochrome, filler word, number, wavelength or detector name):
   which one the file's tube carries is the lab's to say (a panel file row),
   :meth:`Vocabulary.named_markers`.
@@ -65,6 +66,7 @@ _SEPARATORS = re.compile(r"[\s_/:;,+()\[\]]+")
 _KEY_DROP = re.compile(r"[\s\-._/™®]+")
 _NUMBERED = re.compile(r"^([A-Z]+)(\d+)$")
 # a key: "552nm" of "488/552nm PI (615/30)", a laser or filter; "740LP", a long-pass (short-, band-pass) filter
+_CD_NAME = re.compile(r"^CD\d+[A-Za-z]{0,2}$", re.IGNORECASE)   # a cluster of differentiation: CD14, CD45RA, CD8a
 _WAVELENGTH = re.compile(r"^\d+(?:NM|LP|SP|BP)$")
 # scatter (also after its laser's wavelength: "405SSC", violet side scatter), time, a signal suffix
 _DETECTOR = re.compile(r"^\d*(?:FSC|SSC|TIME)(?:[-_ ]?[AHW])?$|^.+-[AHW]$", re.IGNORECASE)
@@ -209,6 +211,10 @@ class Vocabulary:
         leading = self._leading_unknown(words)
         if leading is not None:
             found.setdefault(leading, None)
+        if found:   # a CD name is a molecule, never a clone: "VIVID / CD14" (a dump channel), "CD4 CD45RA"
+            for word in words:
+                if _CD_NAME.match(word) and self.known(word) is None:
+                    found.setdefault(word, None)
         joined = [part for part in str(text or "").split("+") if part.strip()]
         if len(joined) > 1:   # "CD45RA+CD62L": each part a stain, known or not
             for part in joined:
