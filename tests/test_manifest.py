@@ -185,7 +185,7 @@ def test_read_manifest_valid(files):
          "row 3, column 'file': 'zz.fcs' does not exist"),
         ([list(COLUMNS), ["a.fcs", "", "surface", "stain", ""]], "row 2, column 'product_id': empty"),
         ([list(COLUMNS), ["b.fcs", "P", "surface", "fmo", "FITC"]], "column 'fmo_marker': FMO row needs a marker name"),
-        ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", "CD3"]], "column 'fmo_marker': 'CD3' given for a stain row"),
+        ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", "CD3"]], "column 'fmo_marker': 'CD3' given for a row of role stain"),
         ([list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["./a.fcs", "P", "surface", "stain", ""]],
          "row 3, column 'file': './a.fcs' already listed in row 2$"),
         # one FMO file listed for two products (an FMO shared between products): refused, saying why

@@ -1838,3 +1838,32 @@ def test_a_tube_name_of_a_role_word_and_a_number_names_its_kind(tmp_path):
     same = [{**_stained("P1", [], ["CD3", "CD4"]), "tube_name": "tube025"},
             {**_stained("P1", [], ["CD19"]), "tube_name": "tube025"}]
     assert sorted(_kinds(same)) == ["tube1", "tube2"]
+
+
+def test_a_kind_name_is_never_after_an_article(tmp_path):
+    """Two panels (P1 stained with one, P2 with the other; TUBE NAMEs 'surface' and 'il10'): new-study
+    said 'for the 1 of 2 products without a il10 file' and the codebook 'blank for a product without a
+    il10 tube' (an article before a name that starts with a vowel sound; a manifest FMO marker on an
+    unstained row: 'given for a unstained row') -> the lines name the kind or role without an article."""
+    from test_panel import design_file
+
+    from tilpheno.io.manifest import read_manifest
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    design_file(folder, "P1 a.fcs", "surface", keywords={"$SRC": "P1", "TUBE NAME": "surface"})
+    design_file(folder, "P2 b.fcs", "treg", keywords={"$SRC": "P2", "TUBE NAME": "il10"})
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    assert "for the 1 of 2 products with no il10 file" in result.output, result.output
+    assert " a il10" not in result.output and " a surface" not in result.output
+    from tilpheno.report.codebook import _optional_said
+    from tilpheno.gates.strategy import load_strategy
+
+    strategy = load_strategy(tmp_path / "study" / "il10.yaml")
+    said = _optional_said({v.name: {"meaning": "m"} for v in strategy.variables}, [strategy], frozenset({"il10"}))
+    assert {e["meaning"] for e in said.values()} == {"m; blank for a product with no il10 tube (optional in the study)"}
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,product_id,tube,role,fmo_marker\nP1 a.fcs,P1,unstained,unstained,CD3\n")
+    with pytest.raises(TableError, match="'CD3' given for a row of role unstained"):
+        read_manifest(manifest, base=folder)

@@ -364,7 +364,7 @@ def test_a_product_without_an_optional_tube_kind_is_processed(tmp_path):
     book = pd.read_csv(tmp_path / "out" / "codebook.csv", dtype=str, keep_default_na=False).set_index("column")
     kind = next(iter(owner))
     column = list(strategies[kind]["variables"])[0]
-    assert book.loc[column, "meaning"].endswith(f"blank for a product without a {kind} tube (optional in the study)")
+    assert book.loc[column, "meaning"].endswith(f"blank for a product with no {kind} tube (optional in the study)")
     assert book.loc["absent_tubes", "meaning"] != "not documented"
 
 

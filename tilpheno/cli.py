@@ -408,7 +408,7 @@ def new_study(
                    f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}{partial}")
         if tube.products < products and tube.optional:
             typer.echo(f"tube kind {tube.kind}: optional (no product has it with another kind; study.yaml: optional: "
-                       f"true): for the {products - tube.products} of {products} products without a {tube.kind} file, "
+                       f"true): for the {products - tube.products} of {products} products with no {tube.kind} file, "
                        f"process leaves the {tube.kind} variables blank and release criteria on them not applicable")
         elif tube.products < products:
             failing |= set(stained["product_id"]) - set(stained.loc[stained["tube"] == tube.kind, "product_id"])

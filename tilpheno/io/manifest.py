@@ -505,7 +505,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
             if row.role == "fmo" and marker is None:
                 raise TableError(f"{where}, column 'fmo_marker': FMO row needs a marker name, got {row.fmo_marker!r}")
             if row.role != "fmo" and row.fmo_marker:
-                raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a {row.role} row")
+                raise TableError(f"{where}, column 'fmo_marker': {row.fmo_marker!r} given for a row of role {row.role}")
             panel = panels.get(row.tube)
             if foreign is None and marker is not None and panel is not None and not gates(panel, marker, vocabulary):
                 foreign = (line, str(row.product_id), f"{row.fmo_marker!r} is not a marker of the {row.tube} tube",

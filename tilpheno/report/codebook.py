@@ -113,7 +113,7 @@ def _optional_said(entries: Mapping[str, Mapping[str, str]], strategies: Sequenc
         return dict(entries)
     own = {c: str(st.tube) for st in strategies if str(st.tube) in optional
            for c in (*(v.name for v in st.variables), *st.count_columns())}
-    return {c: ({**e, "meaning": f"{e['meaning']}; blank for a product without a {own[c]} tube (optional in the study)"}
+    return {c: ({**e, "meaning": f"{e['meaning']}; blank for a product with no {own[c]} tube (optional in the study)"}
                 if c in own else e) for c, e in entries.items()}
 
 

@@ -331,7 +331,7 @@ def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument
     if unchanged:
         typer.echo(f"unchanged: {', '.join(unchanged)} {'not' if remove else 'already'} assigned to {username}")
     if role != "analyst":
-        typer.echo(f"note: {username} is a {role}: reviewers and admins see every product; assignments count "
+        typer.echo(f"note: {username}'s role is {role}: reviewers and admins see every product; assignments count "
                    "only while the account is an analyst")
 
 
