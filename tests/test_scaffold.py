@@ -1867,3 +1867,24 @@ def test_a_kind_name_is_never_after_an_article(tmp_path):
     manifest.write_text("file,product_id,tube,role,fmo_marker\nP1 a.fcs,P1,unstained,unstained,CD3\n")
     with pytest.raises(TableError, match="'CD3' given for a row of role unstained"):
         read_manifest(manifest, base=folder)
+
+
+def test_a_folder_of_unlabelled_exports_says_they_are_controls(tmp_path):
+    """A Fortessa export with no $PnS (fcsparser's FCS_3.0_Fortessa_PBS_Specimen_001_A1_A01.fcs; a lab
+    that labels its panel in FlowJo): new-study refused with '(1 file(s), 0 unreadable)', saying neither
+    what became of the file nor what to do -> the line counts the files taken as unstained controls, why,
+    and names the panel file that makes them stained; with it the folder drafts."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "fcsparser_instruments" / "Fortessa" /
+                "FCS_3.0_Fortessa_PBS_Specimen_001_A1_A01.fcs", folder / "A01.fcs")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and line.endswith(
+        "(1 file(s), 0 unreadable, 1 taken as unstained controls: no $PnS label on their fluorescence detectors, or "
+        "their names say so; a panel file (--panel, columns tube, detector, marker) naming their markers makes them "
+        "stained files)"), result.output
+    panel = tmp_path / "panel.csv"
+    panel.write_text("tube,detector,marker\n,FITC-A,CD3\n,PE-Texas Red-A,CD8\n")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study"), "--panel", str(panel)])
+    assert result.exit_code == 0 and "markers CD3, CD8" in result.output, result.output

@@ -69,6 +69,9 @@ ROLE_WORDS = frozenset({"stain", "stained", "fmo", "unstained", "unstain", "blan
 """Words of a tube or file name that say a file's role, never its tube kind."""
 UNNAMED = "no detector's $PnS names a marker (a panel file, columns tube, detector, marker, names them)"
 """Why a stained file with no marker is left out: a tube kind is its markers."""
+CONTROLS = ("no $PnS label on their fluorescence detectors, or their names say so; a panel file (--panel, columns "
+            "tube, detector, marker) naming their markers makes them stained files")
+"""Why files count as unstained controls, and how a lab whose exports carry no labels drafts them."""
 _WORDS = re.compile(r"[^A-Za-z0-9]+")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -309,10 +312,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
                       "tube_name": _SLUG.sub("", str(fcs.keywords.get("TUBE NAME", "")).lower())})
     stained = [f for f in files if f["role"] == "stain" and f["markers"]]
     unnamed = sum(f["role"] == "stain" and not f["markers"] for f in files)
+    controls = sum(f["role"] == "unstained" for f in files)
     if not stained:
         raise TableError(f"{folder}: no readable stained FCS file to draft a study from "
                          f"({len(scanned)} file(s), {len(skipped)} unreadable"
-                         f"{f', {unnamed} stained with no marker named: {UNNAMED}' if unnamed else ''})")
+                         f"{f', {unnamed} stained with no marker named: {UNNAMED}' if unnamed else ''}"
+                         f"{f', {controls} taken as unstained controls: {CONTROLS}' if controls else ''})")
     kinds = _kinds(stained)
     tubes, manifest = [], []
     for kind, members in kinds.items():
