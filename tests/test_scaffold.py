@@ -1888,3 +1888,27 @@ def test_a_folder_of_unlabelled_exports_says_they_are_controls(tmp_path):
     panel.write_text("tube,detector,marker\n,FITC-A,CD3\n,PE-Texas Red-A,CD8\n")
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study"), "--panel", str(panel)])
     assert result.exit_code == 0 and "markers CD3, CD8" in result.output, result.output
+
+
+def test_a_marker_labelled_on_two_detectors_is_said(tmp_path):
+    """flowio's data1.fcs (FACSCalibur) labels FL2-H 'CD8 B PE' and FL4-H 'CD8 APC': the draft gated CD8
+    on FL2-H and said nothing of FL4-H, a stained detector gated nowhere -> new-study names the marker,
+    the detector gated and the other with its label, in one line with the file; a panel row naming the
+    other detector's marker (CD8beta, the beta chain) settles it and the line goes. FACSDiva's -A/-H/-W of one detector
+    labelled alike are one detector, not said."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "data1.fcs", folder / "data1.fcs")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if line.startswith("one marker")]
+    assert said == ["one marker, 2 detectors: CD8 is gated on FL2-H ('CD8 B PE'); the $PnS of FL4-H ('CD8 APC') names it "
+                    "too, not gated (another stain of CD8, or a label to correct: a panel file row (tube, detector, "
+                    "marker) names its marker) (1 file(s): data1.fcs)"], result.output
+    panel = tmp_path / "panel.csv"
+    panel.write_text("tube,detector,marker\n,FL2-H,CD8beta\n")
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "with"), "--panel", str(panel)])
+    assert result.exit_code == 0 and "one marker" not in result.output and "CD8beta" in result.output, result.output
+    diva = _run(["new-study", str(ROOT / "tests" / "data" / "fcs" / "fcsparser_instruments" / "FACS_Diva"), "-o",
+                 str(tmp_path / "diva")])
+    assert diva.exit_code == 0 and "one marker" not in diva.output, diva.output

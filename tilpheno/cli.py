@@ -426,6 +426,11 @@ def new_study(
     for label, files in draft.shared.items():
         typer.secho(f"no marker read: {label.describe()} (--panel; {len(files)} file(s): {', '.join(sorted(files))})",
                     fg=typer.colors.YELLOW, err=True)
+    for (marker, ((used, text), *others)), files in draft.repeated.items():
+        typer.secho(f"one marker, {len(others) + 1} detectors: {marker} is gated on {used} ({text!r}); the $PnS of "
+                    f"{', '.join(f'{d} ({t!r})' for d, t in others)} names it too, not gated (another stain of "
+                    f"{marker}, or a label to correct: a panel file row (tube, detector, marker) names its marker) "
+                    f"({len(files)} file(s): {', '.join(sorted(files))})", fg=typer.colors.YELLOW, err=True)
     for (detector, dye), files in draft.unused_dyes.items():
         typer.secho(f"not gated: detector {detector}, named after {dye}, has no $PnS label in stained files that label "
                     f"their panel in $PnS: taken as unused; if they were stained with {dye}, a panel file row (tube, "

@@ -211,6 +211,41 @@ def _labelled_markers(channels: Iterable[tuple[str, str]], vocabulary: Vocabular
     return markers
 
 
+def _detector_stem(pnn: str) -> str:
+    """One detector's name for all its parameters: without its signal (-A, -H, -W) and without the
+    prefix of a compensated export parameter (``Comp-PE-A`` -> ``PE``)."""
+    name = pnn.strip()
+    for prefix in COMPENSATED_PREFIXES:
+        name = name[len(prefix):] if name.startswith(prefix) else name
+    signal = _SIGNAL.match(name)
+    return (signal["stem"] if signal else name).upper()
+
+
+def repeated_markers(channels: Iterable[tuple[str, str]], markers: Mapping[str, str],
+                     vocabulary: Vocabulary) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """``(marker, ((detector, label), ...))``, the detector used first, for each marker that the
+    $PnS labels of two detectors or more name (not one detector's -A/-H/-W, nor a compensated export
+    parameter beside its detector: data1.fcs labels FL2-H 'CD8 B PE' and FL4-H 'CD8 APC'), where
+    ``markers`` (marker -> detector, the file's, panel file rows applied) took one of them: the others are
+    gated nowhere (a detector a row gave another marker is not one of them)."""
+    channels = tuple(channels)
+    owner = {d: m for m, d in markers.items()}   # a panel file row may have put another marker on a labelled detector
+    labels: dict[str, list[tuple[str, str]]] = {}
+    for pnn, pns in channels:
+        if not is_scatter_or_time(pnn) and labelled(pnn, pns) and owner.get(pnn) in (None, label_marker(pnn, pns, vocabulary)):
+            marker = label_marker(pnn, pns, vocabulary)
+            if marker is not None:
+                labels.setdefault(marker, []).append((pnn, pns.strip()))
+    found = []
+    for marker, named in labels.items():
+        used = markers.get(marker)
+        stems = {_detector_stem(d) for d, _ in named}
+        if used in {d for d, _ in named} and len(stems) > 1:
+            mine = next(pair for pair in named if pair[0] == used)
+            found.append((marker, (mine, *((d, label) for d, label in named if _detector_stem(d) != _detector_stem(used)))))
+    return found
+
+
 def _fcs_channels(fcs) -> tuple[tuple[str, str], ...]:
     return tuple(zip((str(x) for x in fcs.channels["pnn"]), (str(x) for x in fcs.channels["pns"])))
 

@@ -60,7 +60,7 @@ import pandas as pd
 from tilpheno.errors import TableError
 from tilpheno.io.files import display_name
 from tilpheno.io.manifest import scan_files
-from tilpheno.panel import SharedLabel, file_markers, read_panel_file, set_aside_dyes, shared_labels
+from tilpheno.panel import SharedLabel, file_markers, read_panel_file, repeated_markers, set_aside_dyes, shared_labels
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key, read_lineage
 
@@ -170,7 +170,9 @@ class StudyDraft:
     list), the labels read as no marker because they name several (``shared``: each with the
     names of its files), and the detectors named after a viability dye that stained files labelling
     their panel in $PnS leave unlabelled, taken as unused (``unused_dyes``, :func:`tilpheno.panel.set_aside_dyes`:
-    (detector, dye) -> the names of those files)."""
+    (detector, dye) -> the names of those files), and the markers stained files label on two detectors, one
+    gated, the others not (``repeated``, :func:`tilpheno.panel.repeated_markers`: (marker, (detector, label)
+    of each, the one gated first) -> the names of those files)."""
 
     name: str
     folder: Path
@@ -182,6 +184,7 @@ class StudyDraft:
     unreadable: list[str] = field(default_factory=list)
     unlistable: list[tuple[str, str]] = field(default_factory=list)
     unused_dyes: dict[tuple[str, str], list[str]] = field(default_factory=dict)   # (detector, dye) -> stained files
+    repeated: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = field(default_factory=dict)   # -> stained files
 
     @property
     def folder_name(self) -> str:
@@ -292,6 +295,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     skipped: list[tuple[str, str]] = []
     shared: dict[SharedLabel, list[str]] = {}
     unused: dict[tuple[str, str], list[str]] = {}
+    repeated: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     files = []
     for row in scanned.to_dict("records"):
         path = Path(row["file"])
@@ -305,6 +309,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
         for label in shared_labels(channels, markers, vocabulary):
             shared.setdefault(label, []).append(path.name)
+        for repeat in repeated_markers(channels, markers, vocabulary) if row["role"] == "stain" else ():
+            repeated.setdefault(repeat, []).append(path.name)
         for dye, detector in set_aside_dyes(channels, vocabulary).items() if row["role"] == "stain" else ():
             if dye not in markers and detector not in markers.values():   # a panel file row may name it
                 unused.setdefault((detector, dye), []).append(path.name)
@@ -367,7 +373,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
                       shared, list(scanned.attrs.get("case_merged", [])), unreadable,
                       [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])],
-                      unused)
+                      unused, repeated)
 
 
 def disjoint_kinds(products: dict[str, set[str]]) -> set[str]:
