@@ -874,3 +874,20 @@ def test_a_dose_error_is_reported_before_a_later_rows_problem(files, dose, dose_
     rows[1][5] = ""
     with pytest.raises(TableError, match=re.escape("row 4, column 'file': 'b.fcs' already listed in row 3")):
         read_manifest(_write(files / "m.csv", rows))
+
+
+def test_a_specimen_name_of_na_names_no_product(tmp_path):
+    """Attune NxT writes $SRC 'NA' when a well has no sample name (flowio's G11.fcs): scan made it the
+    product id, so every well of a plate was one product 'NA' (its stained files duplicate tubes of one
+    product; 'NA' is also what CSV readers take for a missing value) -> 'NA' names no specimen: each
+    file is its own product, named by its file name, as a file without $SRC."""
+    import shutil
+
+    from tilpheno.io.fcs import read_fcs_metadata
+
+    source = Path(__file__).parent / "data" / "fcs" / "flowio" / "G11.fcs"
+    assert read_fcs_metadata(source, checksum=False).keywords["$SRC"] == "NA"
+    for well in ("G11", "G12"):
+        shutil.copy(source, tmp_path / f"{well}.fcs")
+    frame = scan_folder(tmp_path)
+    assert sorted(frame["product_id"]) == ["G11", "G12"], frame

@@ -14,7 +14,8 @@ A manifest has one row per FCS file with columns ``file, product_id, tube, role,
 
 1. design naming ``<product>_<tube>_<role>[_<marker>].fcs`` / ``<product>_unstained.fcs`` (``<tube>``
    one of the study's tube kinds or their names);
-2. otherwise product from ``$SRC`` (else the folder name, else the file name; a ``$SRC`` found in
+2. otherwise product from ``$SRC`` (else the folder name, else the file name; a ``$SRC`` of
+   :data:`NO_NAME`, Attune's ``NA``, is none; a ``$SRC`` found in
    several FACSDiva experiments, ``EXPERIMENT NAME``, with stained files of one tube kind in more than
    one is ``<$SRC> (<experiment>)``; ids that differ only in case within one experiment, ``p01`` and
    ``P01``, are one product, spelt as its stained files, with a warning), and role from
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("file", "product_id", "tube", "role", "fmo_marker")
 ROLES = ("stain", "fmo", "unstained", "single_stain")
+NO_NAME = frozenset({"", "NA", "N/A", "NONE", "NULL", "-"})
+"""``$SRC`` values that name no specimen (Attune NxT writes ``NA``): the folder or file name names the product."""
 DETECTOR_AT = "detector_at"
 """The column :func:`read_manifest` adds beside an optional ``detector`` column (a single-stain
 control's detector): where each row's ``detector`` cell lies (``manifest.csv: row 5, column
@@ -160,7 +163,8 @@ def _infer_row(path: Path, root: Path, fcs, study: Study, panel: PanelOverrides 
     unstained = _DESIGN_UNSTAINED.match(stem)
     if unstained:
         return _row(path, unstained.group("product"), "unstained", "unstained", None, markers)
-    specimen = kw.get("$SRC", "").strip() or kw.get("SPECIMEN NAME", "").strip()
+    specimen = next((name for name in (kw.get("$SRC", "").strip(), kw.get("SPECIMEN NAME", "").strip())
+                     if name.upper() not in NO_NAME), "")
     product = specimen or (path.parent.name if path.parent != root else stem)
     experiment = kw.get("EXPERIMENT NAME", "").strip() if specimen else ""
     named = " ".join((kw.get("TUBE NAME", ""), Path(kw.get("$FIL", "")).stem, stem)).replace("_", " ")
