@@ -218,3 +218,39 @@ def test_workers_import_no_library_after_the_fork(tmp_path):
     libraries = ("tilpheno", "numpy", "pandas", "scipy", "matplotlib", "jinja2", "pyarrow", "threadpoolctl", "yaml")
     late = sorted({module for _, module in imported if module.split(".")[0] in libraries})
     assert late == [], late
+
+
+def test_process_with_jobs_starts_the_fork_server_before_typer_reads_the_command_line(monkeypatch):
+    """Issue 18, ``--jobs 2``'s serial head: the fork server's imports of the workers' libraries are
+    the longest serial part of a parallel run, so ``tilpheno process --jobs N`` starts the server
+    first, before Typer reads the command line (pydantic and an adapter per parameter, 0.1 s of CPU)
+    and the command imports the pipeline (0.05 s); it was started inside ``process_folder``.
+    Other command lines start nothing before Typer."""
+    import sys
+
+    import tilpheno.cli as cli
+    from tilpheno.pipeline import pool
+
+    events: list[str] = []
+    monkeypatch.setattr(pool, "start_fork_server", lambda: events.append("fork server"))
+    monkeypatch.setattr(cli, "_run_app", lambda: events.append("typer") or 0)
+    for argv, expected in [
+        (["process", "IN", "-o", "OUT", "--jobs", "2"], ["fork server", "typer"]),
+        (["--verbose", "--log", "run.log", "process", "IN", "--jobs=3", "-o", "OUT", "--executor", "local"],
+         ["fork server", "typer"]),
+        (["process", "IN", "-o", "OUT"], ["typer"]),
+        (["process", "IN", "-o", "OUT", "--jobs", "1"], ["typer"]),
+        (["process", "IN", "-o", "OUT", "--jobs", "2", "--jobs", "1"], ["typer"]),   # the last one counts
+        (["process", "IN", "-o", "OUT", "--jobs", "2", "--executor", "dask", "--scheduler", "tcp://h:8786"], ["typer"]),
+        (["process", "IN", "-o", "OUT", "--jobs", "x"], ["typer"]),
+        (["process", "--help", "--jobs", "2"], ["typer"]),
+        (["--log", "process", "report", "OUT", "--jobs", "2"], ["typer"]),   # "process" is --log's file
+        (["demo", "--jobs", "2"], ["typer"]),
+    ]:
+        events.clear()
+        monkeypatch.setattr(sys, "argv", ["tilpheno", *argv])
+        try:
+            cli.main()
+        except SystemExit:
+            pass
+        assert events == expected, argv
