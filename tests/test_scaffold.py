@@ -206,6 +206,17 @@ def test_ctrl_c_while_the_study_is_renamed_into_place_waits_for_the_last_file(tm
     study.yaml without its strategies, or without its manifest, and no error on the next step. Now
     the interrupt is acted on (KeyboardInterrupt) once every file is in place: the study is whole,
     as a clean draft writes it, and no temporary file is left."""
+    import signal
+
+    # Python's own Ctrl-C handler, as the command line has it (a pytest-xdist worker ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _renamed_while_interrupted(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _renamed_while_interrupted(tmp_path, monkeypatch) -> None:
     import os
     import signal
 
