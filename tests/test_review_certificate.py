@@ -104,6 +104,56 @@ def test_no_certificate_for_a_version_replaced_while_it_was_made(approved, monke
     assert certificate_entries(approved) == []
 
 
+def test_a_downloaded_approved_table_is_audited(approved):
+    """A reviewer downloads /export/phenotypes.csv and /export/populations.csv: nothing in the audit
+    trail said so (a certificate download and export-approved audit what they issue). Now one
+    ``export_table`` entry each: who, the file, its rows, the SHA-256 of the bytes sent and each
+    approved product's version, gates' and approval's SHA-256; the chain still verifies. A role
+    that may not export is refused (403) and audits nothing."""
+    import csv
+    import hashlib
+    import io
+
+    from tilpheno.review import audit
+
+    bob, _, _ = login(create_app(approved), "bob")
+    assert bob.get("/export/phenotypes.csv").status_code == 403
+    c, _, _ = login(create_app(approved), "carol")
+    sent = {}
+    for table in ("phenotypes", "populations"):
+        r = c.get(f"/export/{table}.csv")
+        assert r.status_code == 200, r.data[:200]
+        sent[f"{table}_approved.csv"] = r.data
+    sig = approved.signatures(PID)[-1].row
+    with approved.factory() as db:
+        entries = list(db.scalars(select(AuditEntry).where(AuditEntry.action == "export_table").order_by(AuditEntry.seq)))
+        assert audit.verify(db).ok
+    assert [e.username for e in entries] == ["carol", "carol"]
+    for entry, (name, data) in zip(entries, sent.items()):
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+        assert json.loads(entry.after_json) == {
+            "file": name, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest(),
+            "approved": {PID: {"version": 1, "gates_sha256": approved.version(PID, 1).gates_sha256,
+                               "approval_sha256": sig.signature_sha256}}}
+        assert {row["product_id"] for row in rows} >= {PID}
+    assert len(list(csv.DictReader(io.StringIO(sent["phenotypes_approved.csv"].decode())))) == 3   # TIL001-TIL003
+
+
+def test_no_table_export_of_an_approval_rejected_while_it_was_made(approved, monkeypatch):
+    """Carol rejects TIL001's approved version 1 while the approved table is recomputed: refused (409)
+    naming the rejection, nothing audited, as a certificate is."""
+    from tilpheno.review import export
+
+    carol = user(approved, "carol")
+    done = while_recomputing(monkeypatch, lambda: approved.sign(PID, carol.id, PASSWORDS["carol"], "rejected", 1, {},
+                                                                "CD3 cut in the dim tail"), export)
+    c, _, _ = login(create_app(approved), "alice")
+    r = c.get("/export/phenotypes.csv")
+    assert done and r.status_code == 409 and "rejected by Carol Tester (carol)" in r.json["error"], r.data[:200]
+    with approved.factory() as db:
+        assert list(db.scalars(select(AuditEntry).where(AuditEntry.action == "export_table"))) == []
+
+
 def export_approved(service, dest):
     from typer.testing import CliRunner
 

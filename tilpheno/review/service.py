@@ -94,8 +94,8 @@ EDIT_ROLES = ("analyst", "reviewer", "admin")
 BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
-ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_failed",
-                            "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
+ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
+                            "export_failed", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -426,6 +426,12 @@ class OutOfSpecification:
         in full: its cell's title)."""
         names = "; ".join(r.criterion.name for r in self.failed)
         return f"out-of-specification release ({names})" + ("" if self.justification else "; no justification recorded")
+
+
+def _issued_record(version: GateSetVersion, approval: Signature) -> dict:
+    """What an entry of something issued from an approval (a certificate, an exported table) records
+    of it: the version, its gates' SHA-256 and the approval's."""
+    return {"version": version.version, "gates_sha256": version.gates_sha256, "approval_sha256": approval.signature_sha256}
 
 
 def oos_of(approval: Signature, results: list[CriterionResult]) -> OutOfSpecification | None:
@@ -1510,21 +1516,47 @@ class ReviewService:
         finds every one of those approvals still its product's standing decision; VersionConflict
         naming the first that changed, and nothing recorded, when a save, a rejection or another
         approval was committed while the certificates were being made."""
+        approvals = {pid: (a.version, a.approval) for pid, a in issued.items()}
+
         def record(db: Session) -> None:
             start = audit.head_seq(db)
-            for pid, approval in issued.items():
-                standing = self.standing(db, pid, APPROVED)
-                if standing is None or standing.id != approval.approval.id:
-                    raise VersionConflict(f"{self.noun} {pid}: the approval of version {approval.version.version} by "
-                                          f"{approval.approval.full_name} changed while its certificate was made "
-                                          f"({self._decision_now(db, pid)}); nothing was issued: reload")
-            for i, (pid, approval) in enumerate(issued.items()):
-                audit.append(db, username, "certificate", product_id=pid,
-                             after={"version": approval.version.version, "gates_sha256": approval.version.gates_sha256,
-                                    "approval_sha256": approval.approval.signature_sha256},
+            self._require_standing(db, approvals, "its certificate was made", "nothing was issued")
+            for i, (pid, (version, approval)) in enumerate(approvals.items()):
+                audit.append(db, username, "certificate", product_id=pid, after=_issued_record(version, approval),
                              expect_seq=None if i else start, relevant=_concerns(*issued))
 
         transaction(self.factory, record)
+
+    def record_table_export(self, username: str, file: str, text: str, rows: int,
+                            decisions: dict[str, Decision | None]) -> None:
+        """Audit the download of an approved table (``export_table``: the file's name, its ``rows``,
+        the SHA-256 of ``text`` as sent, and the version, gates' and approval's SHA-256 of each
+        approved product of ``decisions``, the ones the table was computed from), in one transaction
+        that finds each of those approvals still standing, as :meth:`record_certificates` does
+        (VersionConflict, nothing recorded, when one changed meanwhile)."""
+        approvals = {pid: (d.version, d.signature) for pid, d in sorted(decisions.items())
+                     if d is not None and d.meaning == APPROVED}
+
+        def record(db: Session) -> None:
+            start = audit.head_seq(db)
+            self._require_standing(db, approvals, f"{file} was made", "nothing was exported")
+            audit.append(db, username, "export_table",
+                         after={"file": file, "rows": rows, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                                "approved": {pid: _issued_record(v, a) for pid, (v, a) in approvals.items()}},
+                         expect_seq=start, relevant=_concerns(*approvals))
+
+        transaction(self.factory, record)
+
+    def _require_standing(self, db: Session, approvals: dict[str, tuple[GateSetVersion, Signature]],
+                          while_: str, outcome: str) -> None:
+        """VersionConflict naming the first product whose approval of ``approvals`` is no longer its
+        standing decision in ``db`` (changed while ``while_``; ``outcome``: what was not done)."""
+        for pid, (version, approval) in approvals.items():
+            standing = self.standing(db, pid, APPROVED)
+            if standing is None or standing.id != approval.id:
+                raise VersionConflict(f"{self.noun} {pid}: the approval of version {version.version} by "
+                                      f"{approval.full_name} changed while {while_} "
+                                      f"({self._decision_now(db, pid)}); {outcome}: reload")
 
     def record_export_failure(self, username: str, issued: dict[str, Approval], dest: str, error: str) -> None:
         """Audit (``export_failed``) that the export whose certificates of ``issued`` were just audited

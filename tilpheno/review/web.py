@@ -490,12 +490,14 @@ def create_app(service: ReviewService) -> Flask:
         if g.user.role not in ("reviewer", "admin"):
             raise Forbidden(f"role {g.user.role} cannot export every {service.noun}'s results (reviewer or admin)")
 
-        phenotypes, populations = approved_tables(service)
+        decisions = service.decisions()
+        phenotypes, populations = approved_tables(service, decisions)
         frame = phenotypes if table == "phenotypes" else populations
         from tilpheno.io.csvcells import csv_text
 
-        return Response(csv_text(frame), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{table}_approved.csv"'})
+        text, name = csv_text(frame), f"{table}_approved.csv"
+        service.record_table_export(g.user.username, name, text, len(frame), decisions)   # refused if an approval changed
+        return Response(text, mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/audit.csv")
     @login_required
