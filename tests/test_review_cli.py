@@ -436,6 +436,49 @@ def test_a_new_database_is_made_on_a_file_system_without_hard_links(review_out, 
     assert "ann" in run("users", "list", out).output
 
 
+def test_a_killed_first_command_s_temporary_database_is_removed_once_its_process_is_gone(review_out, tmp_path):
+    """A first command killed (SIGKILL) while it made the new database left its hidden temporary
+    ``.out.review.sqlite.<pid>.creating`` (and its -wal, -shm) beside OUT, and nothing ever removed
+    it. A later command now removes those of a process no longer running, saying so in one line,
+    and never those of a running process (its database being made): removed once that one ended."""
+    import shutil
+    import signal
+
+    out = tmp_path / "out"
+    shutil.copytree(review_out, out)
+    url = f"sqlite:///{tmp_path / 'out.review.sqlite'}"
+    code = ("import sys, time; import tilpheno.review.db as db; made = db.upgrade\n"
+            "def upgrade(engine):\n    made(engine); print('made', flush=True); time.sleep(120)\n"
+            "db.upgrade = upgrade; db.open_database(sys.argv[1])")
+
+    def making():
+        """A process inside the first command's creation of the database: its schema made, not yet linked."""
+        proc = subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "made"
+        return proc, sorted(tmp_path.glob(f".out.review.sqlite.{proc.pid}.creating*"))
+
+    running, live = making()   # first: the other's creation would remove what the killed one left
+    try:
+        killed, dead = making()
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert dead and live and not (tmp_path / "out.review.sqlite").exists()
+        r = run("users", "add", out, "ann", "--role", "admin", "--password-stdin", stdin="ann-password-1\n")
+        assert r.exit_code == 0 and "user ann (admin) added" in r.output, r.output
+        said = [line for line in r.output.splitlines() if "no longer running" in line]
+        assert len(said) == 1 and f"process {killed.pid} " in said[0], r.output
+        assert all(path.name in said[0] for path in dead) and str(running.pid) not in said[0], said
+        assert not any(path.exists() for path in dead) and all(path.exists() for path in live)
+        r = run("users", "list", out)
+        assert r.exit_code == 0 and "no longer running" not in r.output and all(path.exists() for path in live), r.output
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait()
+    r = run("users", "list", out)
+    assert r.exit_code == 0 and f"process {running.pid} " in r.output and "ann" in r.output, r.output
+    assert (tmp_path / "out.review.sqlite").exists() and not [p for p in tmp_path.iterdir() if "creating" in p.name]
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_two_processes_opening_a_new_database_at_once_both_start(kind, tmp_path, monkeypatch):
     """This process is creating the tables of a new database (migration run, not yet committed) when

@@ -172,14 +172,58 @@ def _create_sqlite_whole(path: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (another user's too)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        pass
+    return True
+
+
+def _remove_dead_creations(path: Path) -> None:
+    """Remove the temporary files (:func:`_create_sqlite_whole`: ``.<name>.<pid>.creating`` and its
+    ``-wal``, ``-shm``, ``-journal``) that a command killed while making ``path`` left beside it,
+    nothing else removes: those of a process no longer running, one log line each; never a running
+    process's (its database being made). The pid is this machine's: POSIX only (signal 0 checks a
+    process without sending anything)."""
+    import os
+    import re
+
+    if os.name != "posix" or not path.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.creating(?:-wal|-shm|-journal)?")
+    left: dict[int, list[Path]] = {}
+    try:
+        for entry in path.parent.iterdir():
+            if (found := pattern.fullmatch(entry.name)) is not None:
+                left.setdefault(int(found.group(1)), []).append(entry)
+        for pid, files in sorted(left.items()):
+            if _running(pid):
+                continue
+            for leftover in files:
+                leftover.unlink(missing_ok=True)
+            log.warning("%s: removed %s, left by process %d (no longer running) killed while making that database",
+                        path, ", ".join(sorted(f.name for f in files)), pid)
+    except OSError as exc:   # tidying only: the command goes on (opening the database says what is wrong)
+        log.warning("%s: a leftover of a killed command beside it not removed: %s", path, exc)
+
+
 def open_database(url: str) -> sessionmaker:
     """Engine for ``url``, schema upgraded, and a session factory (``expire_on_commit=False``). A new
-    SQLite file is made with its schema or not at all (:func:`_create_sqlite_whole`)."""
+    SQLite file is made with its schema or not at all (:func:`_create_sqlite_whole`); the temporary
+    files of a killed first command beside an SQLite file are removed (:func:`_remove_dead_creations`)."""
     engine = make_engine(url)
     try:
         database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
-        if database not in (None, "", ":memory:") and not Path(str(database)).exists():
-            _create_sqlite_whole(Path(str(database)))
+        if database not in (None, "", ":memory:"):
+            _remove_dead_creations(Path(str(database)))
+            if not Path(str(database)).exists():
+                _create_sqlite_whole(Path(str(database)))
         upgrade(engine)
     except Exception as exc:  # connection refused, bad credentials, ...: one line
         if isinstance(exc, TilphenoError):
