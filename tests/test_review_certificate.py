@@ -36,10 +36,11 @@ def certificate_entries(service):
         return list(db.scalars(select(AuditEntry).where(AuditEntry.action == "certificate")))
 
 
-def while_recomputing(monkeypatch, action, module=certificate):
-    """Run ``action`` once, after ``module`` (the certificate, the export) recomputed approved values:
-    what another user does while it is being made. Returns the list that says it ran."""
-    original, done = module.recompute, []
+def while_recomputing(monkeypatch, action, module=certificate, name="recompute"):
+    """Run ``action`` once, after ``module`` (the certificate, the export) recomputed approved values
+    (``name``: or read another part of what it makes): what another user does while it is being
+    made. Returns the list that says it ran."""
+    original, done = getattr(module, name), []
 
     def recompute(*args, **kwargs):
         result = original(*args, **kwargs)
@@ -48,7 +49,7 @@ def while_recomputing(monkeypatch, action, module=certificate):
             action()
         return result
 
-    monkeypatch.setattr(module, "recompute", recompute)
+    monkeypatch.setattr(module, name, recompute)
     return done
 
 
@@ -152,6 +153,57 @@ def test_no_table_export_of_an_approval_rejected_while_it_was_made(approved, mon
     assert done and r.status_code == 409 and "rejected by Carol Tester (carol)" in r.json["error"], r.data[:200]
     with approved.factory() as db:
         assert list(db.scalars(select(AuditEntry).where(AuditEntry.action == "export_table"))) == []
+
+
+def gatingml_entries(service):
+    with service.factory() as db:
+        return list(db.scalars(select(AuditEntry).where(AuditEntry.action == "export_gatingml").order_by(AuditEntry.seq)))
+
+
+def test_a_downloaded_approved_gatingml_is_audited(approved):
+    """An analyst (bob, assigned TIL001) downloads TIL001's approved Gating-ML of each tube: nothing in
+    the audit trail said so, while a certificate and an approved table are audited. Now one
+    ``export_gatingml`` entry on the product each: who, the file, the tube, the SHA-256 of the bytes
+    sent, the version, its gates' and the approval's SHA-256; the chain still verifies. An unknown
+    tube (404) or a product not approved (409) audits nothing."""
+    import hashlib
+
+    from tilpheno.review import audit
+
+    c, _, _ = login(create_app(approved), "bob")
+    sent = {}
+    for tube in ("surface", "treg"):
+        r = c.get(f"/products/{PID}/gates/{tube}.xml")
+        assert r.status_code == 200 and b"gating:Gating-ML" in r.data, r.data[:200]
+        sent[tube] = r.data
+    assert c.get(f"/products/{PID}/gates/nosuch.xml").status_code == 404
+    sig = approved.signatures(PID)[-1].row
+    entries = gatingml_entries(approved)
+    with approved.factory() as db:
+        assert audit.verify(db).ok
+    assert [(e.username, e.product_id) for e in entries] == [("bob", PID), ("bob", PID)]
+    for entry, (tube, data) in zip(entries, sent.items()):
+        assert json.loads(entry.after_json) == {
+            "file": f"gates_{PID}_{tube}.xml", "tube": tube, "sha256": hashlib.sha256(data).hexdigest(),
+            "version": 1, "gates_sha256": approved.version(PID, 1).gates_sha256, "approval_sha256": sig.signature_sha256}
+    carol, _, _ = login(create_app(approved), "carol")
+    r = carol.get("/products/TIL002/gates/surface.xml")
+    assert r.status_code == 409 and "approved gates are exported only for approved products" in r.json["error"], r.data[:200]
+    assert len(gatingml_entries(approved)) == 2
+
+
+def test_no_gatingml_of_an_approval_rejected_while_it_was_made(approved, monkeypatch):
+    """Carol rejects TIL001's approved version 1 while its Gating-ML is being made: refused (409)
+    naming the rejection, nothing audited, as a certificate is (it used to be sent, unaudited)."""
+    from tilpheno.review import export
+
+    carol = user(approved, "carol")
+    done = while_recomputing(monkeypatch, lambda: approved.sign(PID, carol.id, PASSWORDS["carol"], "rejected", 1, {},
+                                                                "CD3 cut in the dim tail"), export, "tube_gates")
+    c, _, _ = login(create_app(approved), "alice")
+    r = c.get(f"/products/{PID}/gates/surface.xml")
+    assert done and r.status_code == 409 and "rejected by Carol Tester (carol)" in r.json["error"], r.data[:200]
+    assert "\n" not in r.json["error"] and gatingml_entries(approved) == []
 
 
 def export_approved(service, dest):

@@ -297,16 +297,12 @@ def tube_gates(service: ReviewService, product_id: str, tube: str, gate_set: dic
     return out
 
 
-def approved_gatingml(service: ReviewService, product_id: str, tube: str, *, version: int | None = None) -> str:
-    """Gating-ML 2.0 text of a tube kind's approved gates (or of ``version``)."""
+def approved_gatingml(service: ReviewService, product_id: str, tube: str, *, version: int) -> str:
+    """Gating-ML 2.0 text of a tube kind's gates of ``version`` (its approved one: the caller's
+    approval, which the download's or export's audit entry finds still standing)."""
     from tilpheno.gates.gatingml import export_tube_gatingml
 
-    if version is None:
-        approved = service.approved_version(product_id)
-        if approved is None:
-            raise VersionConflict(f"product {product_id} has no valid 'approved for release' signature: no approved gates to export")
-    else:
-        approved = service.version(product_id, version)
+    approved = service.version(product_id, version)
     gates = tube_gates(service, product_id, tube, json.loads(approved.gates_json))   # NotFound for an unknown tube
     st = service.source.stained(product_id)[tube]
     result = SimpleNamespace(gates=gates, detectors=st.tube.detectors)

@@ -95,7 +95,7 @@ BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
-                            "export_failed", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
+                            "export_gatingml", "export_failed", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -1497,14 +1497,14 @@ class ReviewService:
 
         return transaction(self.factory, add)
 
-    def release_approval(self, product_id: str) -> Approval:
-        """The product's standing approval for release, read at once (a certificate's content);
-        VersionConflict when it has none."""
+    def release_approval(self, product_id: str, issued: str = "a certificate of analysis is issued") -> Approval:
+        """The product's standing approval for release, read at once (a certificate's content, an
+        approved Gating-ML's); VersionConflict when it has none (saying that ``issued`` only for approved products)."""
         views = self.signatures(product_id)
         state = _approved_state(views)
         if state is None:
             raise VersionConflict(f"{self.noun} {product_id} has no valid 'approved for release' signature: "
-                                  "a certificate of analysis is issued only for approved products")
+                                  f"{issued} only for approved products")
         valid = [v for v in views if v.valid and v.row.version == state]
         sigs = [v.row for v in valid]
         return Approval(self.version(product_id, state), sigs, [s for s in sigs if s.meaning == APPROVED][-1],
@@ -1531,18 +1531,34 @@ class ReviewService:
                             decisions: dict[str, Decision | None]) -> None:
         """Audit the download of an approved table (``export_table``: the file's name, its ``rows``,
         the SHA-256 of ``text`` as sent, and the version, gates' and approval's SHA-256 of each
-        approved product of ``decisions``, the ones the table was computed from), in one transaction
-        that finds each of those approvals still standing, as :meth:`record_certificates` does
-        (VersionConflict, nothing recorded, when one changed meanwhile)."""
+        approved product of ``decisions``, the ones the table was computed from), as
+        :meth:`_record_download` does (VersionConflict, nothing recorded, when one changed meanwhile)."""
         approvals = {pid: (d.version, d.signature) for pid, d in sorted(decisions.items())
                      if d is not None and d.meaning == APPROVED}
+        self._record_download(username, "export_table", file, text, approvals, {
+            "rows": rows, "approved": {pid: _issued_record(v, a) for pid, (v, a) in approvals.items()}})
 
+    def record_gatingml_export(self, username: str, product_id: str, tube: str, file: str, text: str,
+                               issued: Approval) -> None:
+        """Audit the download of a product's approved Gating-ML of ``tube`` (``export_gatingml`` on
+        the product: the file's name, the tube, the SHA-256 of ``text`` as sent, and the version,
+        gates' and approval's SHA-256 of ``issued``, the approval it was made from), as
+        :meth:`_record_download` does (VersionConflict, nothing recorded, when it changed meanwhile)."""
+        self._record_download(username, "export_gatingml", file, text, {product_id: (issued.version, issued.approval)},
+                              {"tube": tube, **_issued_record(issued.version, issued.approval)}, product_id=product_id)
+
+    def _record_download(self, username: str, action: str, file: str, text: str,
+                         approvals: dict[str, tuple[GateSetVersion, Signature]], record_: dict,
+                         product_id: str = "") -> None:
+        """Audit (``action``) a file made from ``approvals`` and sent (``file``, the SHA-256 of
+        ``text``, and ``record_``), in one transaction that finds each of those approvals still
+        standing, as :meth:`record_certificates` does (VersionConflict naming the first that
+        changed, nothing recorded, when one changed while the file was made)."""
         def record(db: Session) -> None:
             start = audit.head_seq(db)
             self._require_standing(db, approvals, f"{file} was made", "nothing was exported")
-            audit.append(db, username, "export_table",
-                         after={"file": file, "rows": rows, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                                "approved": {pid: _issued_record(v, a) for pid, (v, a) in approvals.items()}},
+            audit.append(db, username, action, product_id=product_id,
+                         after={"file": file, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), **record_},
                          expect_seq=start, relevant=_concerns(*approvals))
 
         transaction(self.factory, record)

@@ -478,9 +478,11 @@ def create_app(service: ReviewService) -> Flask:
         from tilpheno.review.export import approved_gatingml
 
         opened(product_id)
-        text = approved_gatingml(service, product_id, tube)
-        return Response(text, mimetype="application/xml",
-                        headers={"Content-Disposition": f'attachment; filename="gates_{_ascii(product_id)}_{_ascii(tube)}.xml"'})
+        issued = service.release_approval(product_id, "approved gates are exported")
+        text = approved_gatingml(service, product_id, tube, version=issued.version.version)
+        name = f"gates_{_ascii(product_id)}_{_ascii(tube)}.xml"
+        service.record_gatingml_export(g.user.username, product_id, tube, name, text, issued)   # refused if the approval changed
+        return Response(text, mimetype="application/xml", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/export/<any(phenotypes, populations):table>.csv")
     @login_required
