@@ -61,6 +61,30 @@ def test_too_few_events_fail_release_while_a_gate_awaits_review(small_cohort):
     assert stored.release == outcome.release
 
 
+def test_a_passing_release_held_by_a_flag_on_no_criterion_s_gate_names_the_flag(small_cohort):
+    """A drafted study whose one criterion is an event count the file passes, the PD1 FMO missing
+    (PD1+ gates flagged missing_fmo, review): release is "not evaluable" until the review, yet the
+    index's release cell and the report's release line said only that, no criterion failed or held.
+    Now both name the flags: "<n> flags need review (first: <gate>: <code>)", from the run's own flags."""
+    from tilpheno.qc import needs_review
+    from tilpheno.report.html import render_index
+
+    rows = _rows(small_cohort, "TIL002", "PD1")
+    stained = next(f for f, r, t in zip(rows["file"], rows["role"], rows["tube"]) if r == "stain" and t == "surface")
+    n_events = read_fcs_metadata(stained).n_events
+    spec = dataclasses.replace(DEFAULT_SPEC, name="drafted", criteria=(
+        Criterion("Events (surface)", "n_events_surface", ">=", n_events // 2, "events"),))
+    outcome = _process(rows, spec, reports=True)
+    (events,) = outcome.release
+    assert events.outcome == "pass" and events.held_by == () and outcome.release_status == NOT_EVALUABLE
+    review = [f for f in outcome.qc if needs_review(f)]
+    assert review and review[0].gate.startswith("PD1") and review[0].code == "missing_fmo"
+    why = f"{len(review)} flag{'s' if len(review) > 1 else ''} need{'' if len(review) > 1 else 's'} review (first: {review[0].gate}: missing_fmo)"
+    assert f'id="release-hold">{why}</span>' in outcome.report_html
+    index = render_index([outcome], ProcessOptions(release_spec=spec))
+    assert f'<span class="reasons">{why}</span>' in index
+
+
 @pytest.mark.parametrize("without_fmo, expected", [("CD3", NOT_EVALUABLE), ("PD1", FAIL)])
 def test_a_flag_holds_only_the_criteria_whose_variable_rests_on_its_gate(small_cohort, without_fmo, expected):
     """CD3+ > 100 % of live lymphocytes can never pass. With the CD3 FMO missing its CD3+ gate is

@@ -160,6 +160,24 @@ def failed_criteria(release: Sequence) -> list[str]:
     return out
 
 
+def review_hold(outcome) -> str:
+    """Why a usable product's release is ``not evaluable`` though every release criterion passed and
+    no review flag holds one (a flag on a gate no criterion reads: release waits for the review all
+    the same, ``tilpheno.pipeline.release``), in words: ``"2 flags need review (first: PD1+: missing_fmo)"``;
+    "" otherwise (a criterion not passed or held names the reason itself: :func:`failed_criteria`)."""
+    from tilpheno.qc import needs_review
+    from tilpheno.release import NOT_EVALUABLE
+
+    review = [f for f in outcome.qc if needs_review(f)]
+    if (not outcome.ok or outcome.release_status != NOT_EVALUABLE or not outcome.release or not review
+            or failed_criteria(outcome.release)):
+        return ""
+    first = review[0]
+    many = len(review) > 1
+    return (f"{len(review)} flag{'s' if many else ''} need{'' if many else 's'} review "
+            f"(first: {f'{first.gate}: ' if first.gate else ''}{first.code})")
+
+
 def _has_report(outcome, options) -> bool:
     """Whether the product's report was published (``has_report``; unset: as ``options.make_reports``)."""
     has = getattr(outcome, "has_report", None)
@@ -257,7 +275,7 @@ def _index_row(o, options, columns) -> dict:
         "status": "done" if o.ok else "failed",
         "error": o.error,
         "release": o.release_status,
-        "reasons": failed_criteria(o.release),
+        "reasons": failed_criteria(o.release) or [r for r in (review_hold(o),) if r],
         "qc": o.phenotype.get("qc_status", ""),
         "review": o.phenotype.get("review_status", ""),
         "review_reasons": review_reasons(o.qc),

@@ -686,7 +686,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     from tilpheno.qc import needs_review
     from tilpheno.report.codebook import build_codebook
     from tilpheno.release import FAIL
-    from tilpheno.report.html import failed_criteria, render, study_of
+    from tilpheno.report.html import failed_criteria, render, review_hold, study_of
 
     strategies = tuple(strategies)
     axes = product_axes(result, meta, strategies) if result is not None else {}
@@ -712,6 +712,7 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
         release=outcome.release,
         determined_failures=failed_criteria([r for r in outcome.release if r.outcome == FAIL and not r.held_by]),
         held=[r.criterion.name for r in outcome.release if r.held_by],
+        review_hold=review_hold(outcome),
         spec=options.release_spec,
         flags=outcome.qc,
         review=[needs_review(f) for f in outcome.qc],   # qc.csv's needs_review: the flags that hold release
