@@ -360,3 +360,21 @@ def test_the_check_on_the_union_of_its_event_sets_equals_the_check_on_every_even
     got = residual_spillover({d: v[used] for d, v in values.items()}, negative_cuts=cuts)
     assert len(expected) or n < 10_000   # 5,000 events: too few lymphocyte negatives for any pair
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_the_lever_read_off_one_sort_is_numpys_quantile_and_medians():
+    """The residual check's lever (``_lever``, one sort) is the difference of ``np.median`` of the
+    values at or above ``np.quantile``'s bright cut and at or below its dim cut, bit for bit: odd and
+    even counts, heavy ties (rounded values, a constant run at a cut), a single value (seed 45311)."""
+    from tilpheno.spillover import _lever
+
+    def by_masks(x, low, bright):
+        lo_cut, hi_cut = np.quantile(x, [low, 1.0 - bright])
+        return float(np.median(x[x >= hi_cut]) - np.median(x[x <= lo_cut]))
+
+    rng = np.random.default_rng(45311)
+    for n in (1, 2, 3, 10, 101, 1000, 20_000):
+        for x in (rng.normal(0, 60, n) + np.where(rng.random(n) < 0.3, rng.lognormal(8, 0.4, n), 0.0),
+                  np.round(rng.normal(0, 3, n)), np.where(rng.random(n) < 0.5, 7.0, rng.normal(7, 1, n))):
+            for low, bright in ((0.2, 0.05), (0.5, 0.5), (0.01, 0.3)):
+                assert _lever(x, low_fraction=low, bright_fraction=bright) == by_masks(x, low, bright)
