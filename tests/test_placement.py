@@ -70,6 +70,28 @@ def test_singlets_exclude_doublets():
     assert p.diagnostics["ratio_mode"] == pytest.approx(0.78, abs=0.01)
 
 
+@pytest.mark.parametrize("seed, n", [(1, 30000), (3, 30001), (4, 200000)])
+def test_singlets_read_off_one_sort_are_numpys_medians_and_percentiles(seed, n):
+    """place_singlets sorts the H/A ratios once and reads the median, the 0.5th and 99.5th percentiles
+    and the median above the mode off them: the band is the one np.median and np.percentile of the
+    unsorted ratios give, bit for bit (odd and even counts; ratios rounded to 3 digits: ties)."""
+    from tilpheno.gates.placement import smoothed_density
+
+    kind, fsc, _, height = scatter_events(seed, n)
+    cells = (kind != 1) & (kind != 4)
+    area, height = fsc[cells], np.round(height[cells] / fsc[cells], 3) * fsc[cells]
+    ratio = height / area
+    centre = float(np.median(ratio))
+    low, high = np.percentile(ratio, [0.5, 99.5])
+    density = smoothed_density(ratio, 0.01 * abs(centre), float(low), float(high))
+    peaks, _ = density.peaks(0.02)
+    mode = float(density.grid[int(peaks[np.argmax(density.values[peaks])])])
+    spread = 1.4826 * float(np.median(ratio[ratio > mode] - mode))
+    d = place_singlets(area, height).diagnostics
+    assert (d["ratio_mode"], d["ratio_spread"]) == (mode, spread)
+    assert d["ratio_high"] == mode + 4.0 * spread
+
+
 def two_peaks(seed=2, n=20000, positive=0.2):
     rng = np.random.default_rng(seed)
     pos = rng.random(n) < positive

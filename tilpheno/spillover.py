@@ -482,10 +482,10 @@ def _lever(x: np.ndarray, *, low_fraction: float, bright_fraction: float) -> flo
     lo_cut, hi_cut = np.quantile(ordered, [low_fraction, 1.0 - bright_fraction])
     bright = ordered[int(np.searchsorted(ordered, hi_cut, side="left")):]
     dim = ordered[: int(np.searchsorted(ordered, lo_cut, side="right"))]
-    return float(_sorted_median(bright) - _sorted_median(dim))
+    return float(sorted_median(bright) - sorted_median(dim))
 
 
-def _sorted_median(ordered: np.ndarray) -> float:
+def sorted_median(ordered: np.ndarray) -> float:
     """``np.median`` of ascending ``ordered`` (non-empty): the middle value, the mean of the two
     middle ones for an even count (as ``np.mean`` forms it)."""
     half = ordered.size // 2
