@@ -139,6 +139,18 @@ def test_time_dependent_row_counts_the_responders_of_its_model(tmp_path):
         assert rows.loc[("time-dependent Cox", endpoint), "n_responders"] == in_model.sum() < responder.sum()
 
 
+def test_a_responder_followed_for_no_time_is_not_a_responder_of_the_model():
+    """A patient with time 0 and a response at 0 gave a zero-length responder row (0, 0], which the time-dependent
+    model leaves out (R coxph deletes it, tmerge refuses the time), yet n_responders counted the patient (3 where
+    the model's rows hold 2) -> the responders of the model's rows: a response strictly before the patient's time
+    (patients 2 and 4 here), as test_time_dependent_row_counts_the_responders_of_its_model states it."""
+    from tilpheno.biomarkers.landmark import responders_in_model
+
+    time, response = np.array([0.0, 5, 8, 3]), np.array([0.0, 2, np.nan, 1])
+    assert responders_in_model(time, response) == int(np.sum(response < time)) == 2
+    assert time_dependent_cox(time, [0, 1, 1, 0], response).iloc[0].n == 3   # the model's patients: the same three
+
+
 def test_a_patient_followed_for_no_time_adds_no_lifelines_warning():
     """A patient censored at time 0 gave a zero-length start-stop row (0, 0], and the time-dependent row's warning
     carried lifelines' RuntimeWarning with its pandas snippet ('>>> df.loc[...]') into the report -> the row, in no

@@ -142,8 +142,10 @@ def start_stop(time, event, response_time, covariates: pd.DataFrame | None = Non
 
 def responders_in_model(time, response_time) -> int:
     """How many patients are responders at some time of their follow-up in :func:`start_stop`'s rows: a response
-    time (months) blank, or at or past the patient's time, is none (as R ``tmerge`` drops it)."""
+    time (months) blank, or at or past the patient's time, is none (as R ``tmerge`` drops it); a patient followed
+    for no time (time 0, response at 0) is in no risk set, left out as :func:`time_dependent_cox` leaves it out."""
     rows = start_stop(time, np.zeros(np.asarray(time).size), response_time)
+    rows = rows[rows.stop > rows.start]   # the zero-length row (0, 0]: not in the model
     return int(rows.groupby("id").responder.max().sum())
 
 
