@@ -221,9 +221,10 @@ def open_database(url: str) -> sessionmaker:
     try:
         database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
         if database not in (None, "", ":memory:"):
-            _remove_dead_creations(Path(str(database)))
-            if not Path(str(database)).exists():
-                _create_sqlite_whole(Path(str(database)))
+            path = Path(str(database))
+            _remove_dead_creations(path)
+            if not path.exists():
+                _create_sqlite_whole(path)
         upgrade(engine)
     except Exception as exc:  # connection refused, bad credentials, ...: one line
         if isinstance(exc, TilphenoError):

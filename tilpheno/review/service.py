@@ -575,11 +575,11 @@ def reruns_of(db: Session, product_id: str) -> list[Rerun]:
     return [replace(r, version=made.get(r.entry)) for r in out]
 
 
-def _rerun_words(rerun: Rerun) -> str:
+def _rerun_words(rerun: Rerun, *, made: bool = True) -> str:
     """A re-run in a void reason: ``<files> (reimport_product, audit entry <seq>)``, with ``; its
-    automatic gates became version <n>`` inside the brackets when they made one."""
-    made = f"; its automatic gates became version {rerun.version}" if rerun.version is not None else ""
-    return f"{', '.join(rerun.files)} (reimport_product, audit entry {rerun.entry}{made})"
+    automatic gates became version <n>`` inside the brackets when they made one (and ``made``)."""
+    version = f"; its automatic gates became version {rerun.version}" if made and rerun.version is not None else ""
+    return f"{', '.join(rerun.files)} (reimport_product, audit entry {rerun.entry}{version})"
 
 
 def replaced_words(versions: list[GateSetVersion], reruns: list[Rerun]) -> dict[int, tuple[int, str]]:
@@ -595,8 +595,8 @@ def replaced_words(versions: list[GateSetVersion], reruns: list[Rerun]) -> dict[
         if new.source == "automatic":
             words += ", the automatic gates of the folder processed again"
             rerun = made.get(new.version)
-            if rerun is not None:
-                words += f" with other input files: {', '.join(rerun.files)} (reimport_product, audit entry {rerun.entry})"
+            if rerun is not None:   # the version it made is the one named already
+                words += f" with other input files: {_rerun_words(rerun, made=False)}"
         out[old.version] = (new.version, words)
     return out
 

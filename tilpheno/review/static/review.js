@@ -155,8 +155,7 @@
     }
     const oos = !$("oos-justification").value && kept.oos_justification ? kept.oos_justification : "";
     const comment = !$("comment").value && kept.comment ? kept.comment : "";
-    const typed = putFormsTyped({ version: kept.version, resolutions: kept.resolutions, kind_resolutions: kept.kind_resolutions,
-      overrule: kept.overrule, justify: kept.justify });
+    const typed = putFormsTyped(kept);   // the draft holds formsTyped's fields
     if (!put.length && !oos && !comment && !typed.length) { keepDraft(); return; }
     const when = String(kept.at).slice(0, 19).replace("T", " ") + " UTC";
     const moved = kept.version !== S.current_version ? ", made on version " + kept.version + "; the " + app.dataset.noun +
