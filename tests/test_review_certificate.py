@@ -224,6 +224,35 @@ def test_export_approved_writes_one_approval_per_product_and_audits_its_certific
     assert entry.username.startswith("cli") and json.loads(entry.after_json)["version"] == 1
 
 
+def test_export_approved_audits_the_sha256_of_each_table_it_writes(approved, tmp_path):
+    """export-approved wrote phenotypes_approved.csv and populations_approved.csv and audited only
+    the certificates, while the same tables downloaded from the app are audited with the SHA-256 of
+    the bytes sent. Now one ``export_table`` entry each, in the certificates' transaction: the file,
+    its rows, the SHA-256 of the file as written, each approved product's version, gates' and
+    approval's SHA-256, as a download records; the chain still verifies."""
+    import csv
+    import hashlib
+
+    from tilpheno.review import audit
+
+    r = export_approved(approved, tmp_path / "x")
+    assert r.exit_code == 0, r.output
+    sig = approved.signatures(PID)[-1].row
+    entries = _entries(approved, "export_table")
+    with approved.factory() as db:
+        assert audit.verify(db).ok
+    assert [e.username for e in entries] == [certificate_entries(approved)[0].username] * 2
+    assert [e.seq for e in entries] == [certificate_entries(approved)[0].seq + 1, certificate_entries(approved)[0].seq + 2]
+    for entry, name in zip(entries, ("phenotypes_approved.csv", "populations_approved.csv")):
+        data = (tmp_path / "x" / name).read_bytes()
+        with open(tmp_path / "x" / name, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows and json.loads(entry.after_json) == {
+            "file": name, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest(),
+            "approved": {PID: {"version": 1, "gates_sha256": approved.version(PID, 1).gates_sha256,
+                               "approval_sha256": sig.signature_sha256}}}
+
+
 def test_export_approved_refuses_an_approval_changed_during_the_export(approved, monkeypatch, tmp_path):
     """While export-approved recomputes TIL001's approved version 1, alice saves version 2 and dave
     approves it: refused naming TIL001, nothing written (the tables used to say version 1 while the
@@ -269,7 +298,7 @@ def test_export_approved_refuses_a_second_approval_signed_during_the_export(appr
 
 def _entries(service, action):
     with service.factory() as db:
-        return list(db.scalars(select(AuditEntry).where(AuditEntry.action == action)))
+        return list(db.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq)))
 
 
 def test_a_disk_full_during_export_approved_writes_nothing_and_audits_no_certificate(approved, monkeypatch, tmp_path):

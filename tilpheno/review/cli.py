@@ -386,7 +386,8 @@ def export_approved(
     certificate, all made from one approval per product (an approval changed during the export:
     nothing is written). The files are written beside the folder first; each certificate is
     recorded in the audit trail (action `certificate`, user `cli:` and your login name, e.g. cli:root) only
-    once all were written, then they are moved into it."""
+    once all were written, with each table (`export_table`: its rows and the SHA-256 of the file),
+    then they are moved into it."""
     from tilpheno.errors import TilphenoError
     from tilpheno.io.outdir import describe_os_error
     from tilpheno.review.db import ReviewError

@@ -106,6 +106,11 @@ class ApprovedExport:
     files: dict[str, bytes]
     approvals: dict[str, Approval]
 
+    def tables(self) -> dict[str, tuple[str, int]]:
+        """The two tables' files: name -> the CSV text written (``atomic.csv_text``) and its rows."""
+        return {name: (atomic.csv_text(frame), len(frame)) for name, frame in
+                (("phenotypes_approved.csv", self.phenotypes), ("populations_approved.csv", self.populations))}
+
 
 def approved_export(service: ReviewService) -> ApprovedExport:
     """Everything ``export-approved`` writes, in memory (nothing is written if a product fails).
@@ -141,19 +146,20 @@ def write_approved_export(service: ReviewService, export: ApprovedExport, dest: 
     """Write ``export`` into ``dest``, all at once: every file is first written into a new hidden
     folder beside it (:func:`_stage`), with the other files of an existing ``dest`` linked in
     (:func:`_keep_others`; an OSError there removes it: nothing written, nothing audited), then the
-    certificates are audited (:meth:`ReviewService.record_certificates`: refused, nothing written,
-    when an approval changed meanwhile), then that folder takes ``dest``'s place (:func:`_publish`).
+    certificates and the two tables (``export_table``: the SHA-256 of the bytes written) are audited
+    (:meth:`ReviewService.record_certificates`: refused, nothing written, when an approval changed
+    meanwhile), then that folder takes ``dest``'s place (:func:`_publish`).
     A ``dest`` that is a symbolic link stays one: its target's folder is what is replaced
     (:func:`_real_folder`), the staging folder made beside it.
     Should that last move fail (OSError, rare: the same file system), ``dest`` is as it was, an
     ``export_failed`` entry records it and :class:`ExportNotDelivered` says so (and, in the same
     line, when the database could not record it either)."""
-    place = _real_folder(dest)
-    staged = _stage(export, place)
+    place, tables = _real_folder(dest), export.tables()
+    staged = _stage(export, tables, place)
     try:
         _check_publishable(staged, dest)
         _keep_others(staged, place)
-        service.record_certificates(username, export.approvals)
+        service.record_certificates(username, export.approvals, tables)
         try:
             _publish(staged, place)
         except OSError as exc:
@@ -186,14 +192,15 @@ def _real_folder(dest: Path) -> Path:
     return Path(os.path.realpath(dest)) if dest.is_symlink() else dest
 
 
-def _stage(export: ApprovedExport, dest: Path) -> Path:
-    """Every file of ``export`` written into a new hidden folder beside ``dest``
-    (``.NAME.partial-XXXX``, the same file system); removed again if a write fails (re-raised)."""
+def _stage(export: ApprovedExport, tables: dict[str, tuple[str, int]], dest: Path) -> Path:
+    """Every file of ``export`` (its ``tables``: :meth:`ApprovedExport.tables`) written into a new
+    hidden folder beside ``dest`` (``.NAME.partial-XXXX``, the same file system); removed again if a
+    write fails (re-raised)."""
     atomic.make_folder(dest.parent)
     staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
-        atomic.write_csv(staged / "phenotypes_approved.csv", export.phenotypes)
-        atomic.write_csv(staged / "populations_approved.csv", export.populations)
+        for name, (text, _rows) in tables.items():
+            atomic.write_text(staged / name, text)   # UTF-8: the bytes whose SHA-256 the audit records
         for name, content in export.files.items():
             atomic.write_bytes(staged / name, content)
     except BaseException:

@@ -73,7 +73,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -432,6 +432,18 @@ def _issued_record(version: GateSetVersion, approval: Signature) -> dict:
     """What an entry of something issued from an approval (a certificate, an exported table) records
     of it: the version, its gates' SHA-256 and the approval's."""
     return {"version": version.version, "gates_sha256": version.gates_sha256, "approval_sha256": approval.signature_sha256}
+
+
+def _sent(file: str, text: str) -> dict:
+    """What an entry of a file handed out records of it: its name and the SHA-256 of its bytes
+    (``text`` in UTF-8, as sent or written)."""
+    return {"file": file, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def _table_record(file: str, text: str, rows: int, approvals: dict[str, tuple[GateSetVersion, Signature]]) -> dict:
+    """What an ``export_table`` entry records of an approved table: :func:`_sent`, its ``rows``, and
+    per approved product (``approvals``, those its rows were computed from) :func:`_issued_record`."""
+    return {**_sent(file, text), "rows": rows, "approved": {pid: _issued_record(v, a) for pid, (v, a) in approvals.items()}}
 
 
 def oos_of(approval: Signature, results: list[CriterionResult]) -> OutOfSpecification | None:
@@ -1510,12 +1522,15 @@ class ReviewService:
         return Approval(self.version(product_id, state), sigs, [s for s in sigs if s.meaning == APPROVED][-1],
                         {v.row.id: v.note for v in valid if v.note})
 
-    def record_certificates(self, username: str, issued: dict[str, Approval]) -> None:
+    def record_certificates(self, username: str, issued: dict[str, Approval],
+                            tables: Mapping[str, tuple[str, int]] | None = None) -> None:
         """Audit the certificate of each product made from ``issued[product]`` (a ``certificate``
-        entry each: the version, its gates' SHA-256 and the approval's), in one transaction that
-        finds every one of those approvals still its product's standing decision; VersionConflict
-        naming the first that changed, and nothing recorded, when a save, a rejection or another
-        approval was committed while the certificates were being made."""
+        entry each: the version, its gates' SHA-256 and the approval's), and each approved table
+        written beside them (``tables``: file name -> its text and rows; an ``export_table`` entry
+        each, as :meth:`record_table_export` records a download, computed from ``issued``), in one
+        transaction that finds every one of those approvals still its product's standing decision;
+        VersionConflict naming the first that changed, and nothing recorded, when a save, a
+        rejection or another approval was committed while the certificates were being made."""
         approvals = {pid: (a.version, a.approval) for pid, a in issued.items()}
 
         def record(db: Session) -> None:
@@ -1524,6 +1539,9 @@ class ReviewService:
             for i, (pid, (version, approval)) in enumerate(approvals.items()):
                 audit.append(db, username, "certificate", product_id=pid, after=_issued_record(version, approval),
                              expect_seq=None if i else start, relevant=_concerns(*issued))
+            for file, (text, rows) in (tables or {}).items():
+                audit.append(db, username, "export_table", after=_table_record(file, text, rows, approvals),
+                             expect_seq=None if approvals else start, relevant=_concerns(*issued))
 
         transaction(self.factory, record)
 
@@ -1535,8 +1553,7 @@ class ReviewService:
         :meth:`_record_download` does (VersionConflict, nothing recorded, when one changed meanwhile)."""
         approvals = {pid: (d.version, d.signature) for pid, d in sorted(decisions.items())
                      if d is not None and d.meaning == APPROVED}
-        self._record_download(username, "export_table", file, text, approvals, {
-            "rows": rows, "approved": {pid: _issued_record(v, a) for pid, (v, a) in approvals.items()}})
+        self._record_download(username, "export_table", file, _table_record(file, text, rows, approvals), approvals)
 
     def record_gatingml_export(self, username: str, product_id: str, tube: str, file: str, text: str,
                                issued: Approval) -> None:
@@ -1544,21 +1561,20 @@ class ReviewService:
         the product: the file's name, the tube, the SHA-256 of ``text`` as sent, and the version,
         gates' and approval's SHA-256 of ``issued``, the approval it was made from), as
         :meth:`_record_download` does (VersionConflict, nothing recorded, when it changed meanwhile)."""
-        self._record_download(username, "export_gatingml", file, text, {product_id: (issued.version, issued.approval)},
-                              {"tube": tube, **_issued_record(issued.version, issued.approval)}, product_id=product_id)
+        self._record_download(username, "export_gatingml", file,
+                              {**_sent(file, text), "tube": tube, **_issued_record(issued.version, issued.approval)},
+                              {product_id: (issued.version, issued.approval)}, product_id=product_id)
 
-    def _record_download(self, username: str, action: str, file: str, text: str,
-                         approvals: dict[str, tuple[GateSetVersion, Signature]], record_: dict,
-                         product_id: str = "") -> None:
-        """Audit (``action``) a file made from ``approvals`` and sent (``file``, the SHA-256 of
-        ``text``, and ``record_``), in one transaction that finds each of those approvals still
-        standing, as :meth:`record_certificates` does (VersionConflict naming the first that
-        changed, nothing recorded, when one changed while the file was made)."""
+    def _record_download(self, username: str, action: str, file: str, after: dict,
+                         approvals: dict[str, tuple[GateSetVersion, Signature]], product_id: str = "") -> None:
+        """Audit (``action``, ``after``: what it records of the file, :func:`_sent` and more) a file
+        made from ``approvals`` and sent (``file``), in one transaction that finds each of those
+        approvals still standing, as :meth:`record_certificates` does (VersionConflict naming the
+        first that changed, nothing recorded, when one changed while the file was made)."""
         def record(db: Session) -> None:
             start = audit.head_seq(db)
             self._require_standing(db, approvals, f"{file} was made", "nothing was exported")
-            audit.append(db, username, action, product_id=product_id,
-                         after={"file": file, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), **record_},
+            audit.append(db, username, action, product_id=product_id, after=after,
                          expect_seq=start, relevant=_concerns(*approvals))
 
         transaction(self.factory, record)
