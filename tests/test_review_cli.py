@@ -61,6 +61,50 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
     assert r.exit_code == 1 and "entry 1: content does not match its hash (edited)" in r.output
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_audit_export_is_itself_audited_after_the_copy(kind, review_out, tmp_path):
+    """`audit export` handed out a copy of the whole trail and recorded nothing (a copy of records
+    given out is itself a record in GMP). Now, once the file is written, an ``audit_export`` entry:
+    who (cli:LOGIN), the file, the entries it holds and the SHA-256 of its bytes. The copy does not
+    hold its own entry; the next copy does; the chain still verifies."""
+    import csv
+    import hashlib
+
+    from sqlalchemy import select
+
+    from tilpheno.review import audit
+    from tilpheno.review.cli import _actor
+    from tilpheno.review.db import open_database
+    from tilpheno.review.models import AuditEntry
+
+    db = database_url(kind, tmp_path)
+    try:
+        assert run("users", "add", review_out, "dana", "--role", "reviewer", "--password-stdin", "--db", db,
+                   stdin="dana-password-1\n").exit_code == 0
+        copies = []
+        for name in ("first.csv", "second.csv"):
+            r = run("audit", "export", review_out, "-o", tmp_path / name, "--db", db)
+            assert r.exit_code == 0, r.output
+            copies.append(list(csv.DictReader((tmp_path / name).open(encoding="utf-8", newline=""))))
+            seq = int(copies[-1][-1]["seq"]) + 1
+            assert r.output == f"audit trail written to {tmp_path / name}; this export is audited as entry {seq} (audit_export)\n"
+        assert [row["action"] for row in copies[0]] == ["user_added"]
+        assert [row["action"] for row in copies[1]] == ["user_added", "audit_export"]
+        factory = open_database(db)
+        with factory() as s:
+            entries = list(s.scalars(select(AuditEntry).where(AuditEntry.action == "audit_export").order_by(AuditEntry.seq)))
+            assert audit.verify(s).ok
+        factory.kw["bind"].dispose()
+        assert [(e.seq, e.username) for e in entries] == [(2, _actor()), (3, _actor())]
+        for entry, name, rows in zip(entries, ("first.csv", "second.csv"), copies):
+            assert json.loads(entry.after_json) == {
+                "file": str(tmp_path / name), "sha256": hashlib.sha256((tmp_path / name).read_bytes()).hexdigest(),
+                "first_seq": int(rows[0]["seq"]), "last_seq": int(rows[-1]["seq"])}
+        assert copies[1][1]["after_json"] == entries[0].after_json   # the second copy holds the first's entry
+    finally:
+        drop_schema(db)
+
+
 def test_audit_export_to_a_folder_is_one_line_naming_it(review_out, tmp_path):
     """`audit export OUT -o DIR` (a folder where the CSV should go) printed a Python traceback ending
     "IsADirectoryError: ... '/tmp/.x.part' -> 'DIR'" -> one line naming DIR, exit 2, nothing left in its folder."""

@@ -269,7 +269,7 @@ def test_a_retried_login_verifies_the_password_once_and_counts_it_once(service, 
     client = create_app(service).test_client()
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
     with service.factory() as db:
-        before = len(audit.export_csv(db).splitlines())
+        before = len(audit.export_csv(db).text.splitlines())
     monkeypatch.setattr(auth, "_HASHER", CountingHasher())
     monkeypatch.setattr(audit, "append", append_once_in_conflict)
     r = client.post("/login", data={"username": name, "password": "wrong password", "csrf_token": csrf},
@@ -278,7 +278,7 @@ def test_a_retried_login_verifies_the_password_once_and_counts_it_once(service, 
     assert verified == ["wrong password"] and not conflicts
     assert user(service, name).failed_logins == 1
     with service.factory() as db:
-        added = audit.export_csv(db).splitlines()[before:]
+        added = audit.export_csv(db).text.splitlines()[before:]
     assert [line.split(",")[3] for line in added] == ["login_failed"], added
 
 

@@ -163,12 +163,29 @@ def test_script_in_product_id_page_is_escaped(app):
 
 
 def test_exports_and_audit_csv(app, service):
+    """/audit.csv for a reviewer; the download is itself audited, after the copy (``audit_export``:
+    who, the file, the entries it holds, the SHA-256 of the bytes sent): the copy does not hold its
+    own entry. An analyst is refused (403), nothing audited."""
+    import csv
+    import hashlib
+    import io
+
+    from tilpheno.review.models import AuditEntry
+
     c, _, _ = login(app, "alice")
     r = c.get("/audit.csv")
     assert r.status_code == 200 and r.text.startswith("seq,at,username,action")
     assert "save_gates" in r.text
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    with service.factory() as db:
+        newest = db.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
+    assert (newest.username, newest.action, newest.seq) == ("alice", "audit_export", int(rows[-1]["seq"]) + 1)
+    assert json.loads(newest.after_json) == {"file": "audit.csv", "sha256": hashlib.sha256(r.data).hexdigest(),
+                                             "first_seq": 1, "last_seq": int(rows[-1]["seq"])}
     c_bob, _, _ = login(app, "bob")
     assert c_bob.get("/audit.csv").status_code == 403
+    with service.factory() as db:
+        assert db.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).seq == newest.seq + 1   # bob's login only
     assert c_bob.get("/export/phenotypes.csv").status_code == 403
     home = c_bob.get("/").text
     assert "TIL001" in home and "TIL002" not in home          # an analyst sees the products assigned to them

@@ -176,14 +176,25 @@ def verify(db: Session) -> Verification:
     return Verification(not problems, n, prev, problems)
 
 
-def export_csv(db: Session) -> str:
+@dataclass(frozen=True)
+class TrailCopy:
+    """A copy of the trail (:func:`export_csv`): its CSV text and the entries it holds, ``first``
+    to ``last`` (``seq``; 0 and 0 when the trail is empty)."""
+    text: str
+    first: int
+    last: int
+
+
+def export_csv(db: Session) -> TrailCopy:
     """Every entry, oldest first, as CSV text (cells starting with = + - @ are prefixed with ')."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    seqs = []
     for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
         writer.writerow([_cell(getattr(e, c)) for c in CSV_COLUMNS])
-    return buf.getvalue()
+        seqs.append(e.seq)
+    return TrailCopy(buf.getvalue(), seqs[0] if seqs else 0, seqs[-1] if seqs else 0)
 
 
 def _cell(value):

@@ -359,21 +359,29 @@ def audit_verify(out: Path = typer.Argument(...), db: Optional[str] = typer.Opti
 @audit_app.command("export")
 def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(..., "-o", "--out", help="CSV file to write."),
                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Write every audit entry (oldest first) as CSV."""
+    """Write every audit entry (oldest first) as CSV, then record the copy in the trail (action
+    `audit_export`: who, the file, the entries it holds and its SHA-256; the copy holds not its own
+    entry, the next copy does)."""
     from tilpheno.cli import _write_or_fail
     from tilpheno.errors import TilphenoError
     from tilpheno.io.atomic import write_text
     from tilpheno.review.audit import export_csv
+    from tilpheno.review.db import ReviewError
+    from tilpheno.review.service import record_trail_export
 
     try:
         factory = _factory(out, db)
         with factory() as s:
-            text = export_csv(s)
+            copy = export_csv(s)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     # -o a folder, no permission, a full disk (whose error names no file): one line naming -o
-    _write_or_fail(csv_path, lambda path: write_text(path, text))
-    typer.echo(f"audit trail written to {csv_path}")
+    _write_or_fail(csv_path, lambda path: write_text(path, copy.text))
+    try:
+        seq = record_trail_export(factory, _actor(), str(csv_path), copy)
+    except TilphenoError as exc:
+        _fail(ReviewError(f"{csv_path}: written, but recording its export in the audit trail failed: {exc}"))
+    typer.echo(f"audit trail written to {csv_path}; this export is audited as entry {seq} (audit_export)")
 
 
 def export_approved(

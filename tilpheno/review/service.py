@@ -95,7 +95,7 @@ BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
-                            "export_gatingml", "export_failed", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
+                            "export_gatingml", "export_failed", "audit_export", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -215,6 +215,15 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             raise
         finally:
             db.close()
+
+
+def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy) -> int:
+    """Audit (``audit_export``) a copy of the audit trail handed out: who, the file (:func:`_sent`:
+    its name and the SHA-256 of its bytes) and the entries it holds (``first_seq`` to ``last_seq``;
+    0 and 0 when none). Written after the copy was made: the copy never holds its own entry, the
+    next one does. Returns the entry's ``seq``."""
+    return transaction(factory, lambda db: audit.append(db, username, "audit_export", after={
+        **_sent(file, copy.text), "first_seq": copy.first, "last_seq": copy.last}).seq)
 
 
 def _concerns(*product_ids: str) -> Callable[[AuditEntry], bool]:

@@ -41,7 +41,8 @@ from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, rec
                                     validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
                                      ReviewService, VersionConflict, approved_of, deciding, decision_of, failed_criteria,
-                                     failed_words, oos_of, replaced_words, transaction)
+                                     failed_words, oos_of, record_trail_export, replaced_words,
+                                     transaction)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -507,8 +508,9 @@ def create_app(service: ReviewService) -> Flask:
         if g.user.role not in ("reviewer", "admin"):
             raise Forbidden(f"role {g.user.role} cannot export the audit trail")
         with factory() as db:
-            text = audit.export_csv(db)
-        return Response(text, mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+            copy = audit.export_csv(db)
+        record_trail_export(factory, g.user.username, "audit.csv", copy)   # after the copy: it holds not its own entry
+        return Response(copy.text, mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
 
     @app.get("/healthz")
     def healthz():
