@@ -128,3 +128,33 @@ def test_a_flag_holds_the_gate_of_its_own_tube_kind():
     tube_of = {"P1_treg_stain.fcs": "treg", "P1_surface_stain.fcs": "surface"}
     assert release_decision(spec, row, [flag], usable=True, strategies=STRATEGIES, tube_of=tube_of)[1] == FAIL
     assert release_decision(spec, row, [flag], usable=True, strategies=STRATEGIES, tube_of={})[1] == NOT_EVALUABLE
+
+
+def test_the_run_summary_names_why_products_are_not_evaluable(small_cohort, tmp_path):
+    """`process`'s summary said 'release (...): ..., not evaluable 2, ...' with no reason, where the
+    report names it. Now the reasons follow in short, most products first: TIL002 without its PD1
+    FMO (a flag on a gate no criterion reads: awaiting review) and TIL003 whose stained surface file
+    is not an FCS file (failed processing); each product's reason read from phenotypes.csv."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    manifest = pd.read_csv(small_cohort.manifest)
+    manifest = manifest[~((manifest["product_id"] == "TIL002") & (manifest["fmo_marker"].astype(str) == "PD1"))]
+    manifest["file"] = [str(small_cohort.out_dir / f) for f in manifest["file"]]
+    broken = (manifest["product_id"] == "TIL003") & (manifest["role"] == "stain") & (manifest["tube"] == "surface")
+    (tmp_path / "broken.fcs").write_bytes(b"not an FCS file")
+    manifest.loc[broken, "file"] = str(tmp_path / "broken.fcs")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    r = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "-o", str(tmp_path / "out"), "--manifest",
+                                 str(tmp_path / "manifest.csv"), "--reports", "none", "--allow-outside"])
+    assert (tmp_path / "out" / "phenotypes.csv").exists(), r.output
+    phen = pd.read_csv(tmp_path / "out" / "phenotypes.csv", dtype=str, keep_default_na=False)
+    held = phen[phen["release_status"] == NOT_EVALUABLE]
+    why = ["failed processing" if row.status == "failed" else "awaiting review" if row.review_status == "needs review"
+           else "?" for row in held.itertuples()]
+    assert sorted(why) == ["awaiting review", "failed processing"], phen[["product_id", "status", "review_status"]]
+    counts = phen["release_status"].value_counts()
+    expected = ", ".join(f"{s} {counts[s]}" + (" (1 awaiting review, 1 failed processing)" if s == NOT_EVALUABLE else "")
+                         for s in sorted(counts.index))
+    assert r.exit_code == 1 and f"): {expected}\n" in r.output, r.output

@@ -505,6 +505,25 @@ def certificate_text(service, tmp_path: Path, issued=None) -> tuple[str, str]:
     return re.sub(r"(?<=[_\-./])\n", "", flowing), layout
 
 
+@pytest.mark.parametrize("criteria, why", [
+    ((("Dose", "no_such_column", ">=", 1.0, "cells"),), "value missing"),   # a column the phenotype lacks: no value
+    ((), "no criterion applicable"),
+])
+def test_the_certificates_release_decision_names_why_it_is_not_evaluable(approved, tmp_path, monkeypatch, criteria, why):
+    """The certificate's release decision said a bare 'RELEASE CRITERIA NOT MET (not evaluable)' where
+    the report names the reason; now in short: a criterion whose column the product has no value of
+    ('value missing'), a spec with no criterion ('no criterion applicable')."""
+    import dataclasses
+
+    from tilpheno.release import Criterion
+
+    issued = approved.release_approval(PID)   # read before the spec changes (a changed spec voids the approval)
+    spec = dataclasses.replace(approved.source.release_spec, criteria=tuple(Criterion(*c) for c in criteria))
+    monkeypatch.setattr(approved.source, "release_spec", spec)
+    flowing, _ = certificate_text(approved, tmp_path, issued)
+    assert f"Release decision: RELEASE CRITERIA NOT MET (not evaluable: {why})" in " ".join(flowing.split())
+
+
 def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, monkeypatch):
     """Flag codes and file names wider than their column were broken mid-word by reportlab
     ('cut_in_dense_regio' / 'n', 'compensation_negative_spillove' / 'r'); now only after an

@@ -714,7 +714,18 @@ def _print_summary(summary) -> None:
     else:
         typer.echo("QC flags: none")
     typer.echo(f"release ({summary.release_spec}): "
-               + ", ".join(f"{status} {n}" for status, n in sorted(summary.release_counts.items())))
+               + ", ".join(f"{status} {n}{_why(status, summary.not_evaluable)}"
+                           for status, n in sorted(summary.release_counts.items())))
+
+
+def _why(status: str, not_evaluable: dict[str, int]) -> str:
+    """The reasons beside ``not evaluable`` in the summary's release line, most products first:
+    `` (2 awaiting review, 1 value missing)``; nothing beside another status."""
+    from tilpheno.release import NOT_EVALUABLE
+
+    if status != NOT_EVALUABLE or not not_evaluable:
+        return ""
+    return " (" + ", ".join(f"{n} {why}" for why, n in sorted(not_evaluable.items(), key=lambda item: (-item[1], item[0]))) + ")"
 
 
 # --- biomarkers: outcomes join, response rates, Kaplan-Meier, cut-points, Cox models ---

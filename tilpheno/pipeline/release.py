@@ -139,6 +139,26 @@ def held_overall(results: Sequence[CriterionResult], flags: Sequence[QCFlag]) ->
     return FAIL if any(r.outcome == FAIL and not r.held_by for r in results) else NOT_EVALUABLE
 
 
+AWAITING_REVIEW, VALUE_MISSING, NONE_APPLICABLE, FAILED_PROCESSING = (
+    "awaiting review", "value missing", "no criterion applicable", "failed processing")
+
+
+def not_evaluable_reason(results: Sequence[CriterionResult], *, usable: bool = True) -> str:
+    """Why a release that is ``not evaluable`` is so, in short (the run's summary line, the
+    certificate's release decision): ``failed processing`` (a product not usable), ``no criterion
+    applicable``, ``value missing`` (a criterion without a value that no review flag holds: no
+    review gives it one), else ``awaiting review`` (a criterion held by a review flag, or every one
+    passed and a flag on another gate needs review: the report's ``review_hold``)."""
+    applicable = [r for r in results if r.outcome != NOT_APPLICABLE]
+    if not usable:
+        return FAILED_PROCESSING
+    if not applicable:
+        return NONE_APPLICABLE
+    if any(r.outcome == NOT_EVALUABLE and not r.held_by for r in applicable):
+        return VALUE_MISSING
+    return AWAITING_REVIEW
+
+
 def release_decision(spec: ReleaseSpec, phenotype: Mapping, flags: Sequence[QCFlag], *, usable: bool,
                      strategies: Sequence = (), doses: Sequence = (),
                      tube_of: Mapping[str, str] | None = None) -> tuple[list[CriterionResult], str]:

@@ -20,7 +20,8 @@ from tilpheno.pipeline.outputs import REPORT_MODES, _stage
 from tilpheno.pipeline.record import keep_run_command, start_run_record, unreadable_inputs, unusable_inputs
 from tilpheno.provenance import RunRecord
 from tilpheno.qc import QCFlag
-from tilpheno.release import DEFAULT_SPEC
+from tilpheno.pipeline.release import not_evaluable_reason
+from tilpheno.release import DEFAULT_SPEC, NOT_EVALUABLE
 from tilpheno.study import Study, default_study
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class RunSummary:
     flag_counts: dict[str, int] = field(default_factory=dict)
     flag_severity: dict[str, str] = field(default_factory=dict)
     release_counts: dict[str, int] = field(default_factory=dict)
+    not_evaluable: dict[str, int] = field(default_factory=dict)   # why (release.not_evaluable_reason) -> products
     release_spec: str = ""
     seconds: float = 0.0
     run_flags: list = field(default_factory=list)   # QCFlags of the run itself (product_id ''), e.g. unlistable_folder
@@ -153,6 +155,9 @@ def run_process(
     by_code: dict[str, list[QCFlag]] = {}
     for o in outcomes:
         summary.release_counts[o.release_status] = summary.release_counts.get(o.release_status, 0) + 1
+        if o.release_status == NOT_EVALUABLE:
+            why = not_evaluable_reason(o.release, usable=o.ok)
+            summary.not_evaluable[why] = summary.not_evaluable.get(why, 0) + 1
         if o.ok:
             summary.done.append(o.product_id)
         else:

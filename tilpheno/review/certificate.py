@@ -20,6 +20,8 @@ import math
 import re
 from xml.sax.saxutils import escape
 
+from tilpheno.pipeline.release import not_evaluable_reason
+from tilpheno.release import NOT_EVALUABLE
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
 from tilpheno.review.service import REJECTED, Approval, ReviewService, oos_of
@@ -103,9 +105,12 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
              p(f"Issued {utcnow()[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
                f"(approved for release by {approval.full_name}, {approval.signed_at[:19]} UTC).")]
     oos = oos_of(approval, res.release)
+    status = res.release_status
+    if status == NOT_EVALUABLE:   # why, in short: a value missing, no criterion applicable
+        status += f": {not_evaluable_reason(res.release)}"
     decision = ("RELEASE CRITERIA MET" if res.release_status == "pass" else
-                f"OUT-OF-SPECIFICATION RELEASE ({res.release_status})" if oos else
-                f"RELEASE CRITERIA NOT MET ({res.release_status})")
+                f"OUT-OF-SPECIFICATION RELEASE ({status})" if oos else
+                f"RELEASE CRITERIA NOT MET ({status})")
     story += [Spacer(1, 3 * mm), p(f"Release decision: {decision}", styles["Heading2"].clone("decision", keepWithNext=1))]
     if oos:   # approved although it fails: the failed criteria and the approver's justification
         story.append(p(oos.words()))
