@@ -636,7 +636,8 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     replace an existing file unless ``overwrite``. Returns the paths written."""
     import contextlib
 
-    from tilpheno.io.atomic import atomic_open, csv_text, make_folder, uninterrupted
+    from tilpheno.io.atomic import atomic_open, make_folder, uninterrupted
+    from tilpheno.io.csvcells import csv_text
     from tilpheno.io.outdir import unwritable
 
     out = Path(out)

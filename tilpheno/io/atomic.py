@@ -155,16 +155,10 @@ def write_csv(path: str | os.PathLike, frame, *, errors: str = "backslashreplace
     """Atomically write a pandas DataFrame as CSV (no index), every text cell and column name
     neutralised against spreadsheet formulas (``tilpheno.io.csvcells``). ``errors``: how characters
     UTF-8 cannot hold are written (``surrogateescape`` keeps undecodable file-name bytes as bytes)."""
+    from tilpheno.io.csvcells import csv_text
+
     with atomic_open(path, "w", errors=errors) as fh:
         fh.write(csv_text(frame))
-
-
-def csv_text(frame) -> str:
-    """A pandas DataFrame as the CSV text :func:`write_csv` writes (no index, ``\\n`` line ends,
-    every text cell and column name neutralised against spreadsheet formulas)."""
-    from tilpheno.io.csvcells import neutralise_frame
-
-    return neutralise_frame(frame).to_csv(index=False, lineterminator="\n")
 
 
 def write_parquet(path: str | os.PathLike, frame) -> None:

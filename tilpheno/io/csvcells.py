@@ -59,7 +59,9 @@ def restore_frame(frame):
 
 
 def csv_text(frame) -> str:
-    """A DataFrame as neutralised CSV text (no index): for CSV served rather than written to a file."""
+    """A pandas DataFrame as the CSV text :func:`tilpheno.io.atomic.write_csv` writes (no index,
+    ``\\n`` line ends, every text cell and column name neutralised against spreadsheet formulas):
+    also for CSV served or hashed rather than written."""
     return neutralise_frame(frame).to_csv(index=False, lineterminator="\n")
 
 

@@ -41,6 +41,7 @@ from tilpheno.gates.geometry import gate_from_dict
 from tilpheno.gates.strategy import ROOT
 from tilpheno.review.regate import recompute
 from tilpheno.io import atomic
+from tilpheno.io import csvcells
 from tilpheno.io.csvcells import counts_as_integers
 from tilpheno.review.db import ReviewError
 from tilpheno.review.service import APPROVED, Approval, Decision, NotFound, ReviewService, VersionConflict, oos_of
@@ -107,8 +108,8 @@ class ApprovedExport:
     approvals: dict[str, Approval]
 
     def tables(self) -> dict[str, tuple[str, int]]:
-        """The two tables' files: name -> the CSV text written (``atomic.csv_text``) and its rows."""
-        return {name: (atomic.csv_text(frame), len(frame)) for name, frame in
+        """The two tables' files: name -> the CSV text written (``csvcells.csv_text``) and its rows."""
+        return {name: (csvcells.csv_text(frame), len(frame)) for name, frame in
                 (("phenotypes_approved.csv", self.phenotypes), ("populations_approved.csv", self.populations))}
 
 
