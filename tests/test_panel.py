@@ -189,6 +189,19 @@ def test_canonical_names_normalise_to_themselves():
     assert [normalize_marker(m) for m in names] == names
 
 
+def test_the_alpha_and_the_beta_chain_of_cd8_are_two_markers(tmp_path):
+    """CD8b was an alias of CD8: a panel staining CD8 alpha (CD8aa and CD8ab cells) and CD8 beta (CD8ab T
+    cells only) on two detectors read as one marker labelled on two detectors, the beta chain's gate and
+    variable never drafted -> CD8b (CD8beta) is its own marker, nested within CD3 as CD8 is; CD8a is CD8."""
+    assert [normalize_marker(t) for t in ("CD8a", "CD8alpha", "CD8b", "CD8 beta", "CD8b BV510")] == \
+        ["CD8", "CD8", "CD8b", "CD8b", "CD8b"]
+    assert default_vocabulary().lineage_parent("CD8 beta") == "CD3"
+    path = tmp_path / "cd8.fcs"
+    path.write_bytes(float_file(np.ones((3, 4)), channels=("FSC-A", "SSC-A", "APC-H7-A", "PE-A"),
+                                extra={"$P3S": "CD8a APC-H7", "$P4S": "CD8b PE"}))
+    assert dict(panel_from_fcs(read_fcs_metadata(path))) == {"CD8": "APC-H7-A", "CD8b": "PE-A"}
+
+
 def test_surface_and_treg_panels_follow_the_design_layout(tmp_path):
     surface = panel_from_fcs(read_fcs_metadata(design_file(tmp_path, "s.fcs", "surface")))
     treg = panel_from_fcs(read_fcs_metadata(design_file(tmp_path, "t.fcs", "treg")))
