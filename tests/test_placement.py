@@ -7,6 +7,7 @@ from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 from tilpheno.errors import GatingError
+from tilpheno.gates import checks
 from tilpheno.gates.placement import (
     fmo_threshold,
     place_cells,
@@ -278,6 +279,48 @@ def test_valley_one_population_negative_keeps_a_dim_viability_peak_above_zero_as
     assert p.diagnostics["positive_side_cut"] == pytest.approx(auto.diagnostics["threshold"])
     with pytest.raises(GatingError, match="one_population must be"):
         place_valley(x, "Dye", one_population="dead")
+
+
+def test_one_population_without_a_control_is_undetermined():
+    """Issue 13: one population is called positive or negative against an FMO or an unstained control,
+    never by its distance from zero. Simulated truth: HLA-DR of tissue T cells, every cell negative but
+    lifted 0.29 above the transformed zero (0.11) by autofluorescence, and CD3 of T cells, every cell
+    positive, 0.54 above it: without a control both were 'all peaks taken as positive' (the first
+    wrongly: 100 % HLA-DR+), the flag saying nothing of the guess -> both are undetermined, held as
+    positive (the gates below them are placed), the flag names the missing FMO or unstained control,
+    the negative call's cut (which keeps every HLA-DR cell negative) and what decides it; the flag is
+    sized with that cut. A strategy's ``one_population: positive`` or ``negative`` decides it (the other
+    side's cut kept only where the zero says that side), and so does a control; a population near zero
+    stays negative (nothing stained sits where no signal is)."""
+    rng = np.random.default_rng(46)
+    hladr, cd3 = rng.normal(0.40, 0.04, 10000), rng.normal(0.65, 0.05, 10000)
+    for x, dim in ((hladr, "HLA-DR"), (cd3, "CD3")):
+        p = place_valley(x, dim, keep="high", zero=0.11)
+        assert p.diagnostics["undetermined"] is True and p.gate.contains({dim: x}).mean() > 0.999
+        [flag] = p.flags
+        assert flag.code == "no_second_peak" and "taken as" not in flag.message, flag.message
+        assert (f"{dim}: no negative density peak; one population and no FMO or unstained control of {dim}: positive "
+                "or negative undetermined") in flag.message and "one_population: positive or negative" in flag.message
+        negative = p.diagnostics["negative_side_cut"]
+        assert f"held as positive (as negative its cut would be {negative:.4g})" in flag.message
+        assert (x > negative).mean() < 0.001   # the negative call: no cell of the one population positive
+        assert negative in checks.check_valley(f"{dim}+", p, x).diagnostics["alternative_cuts"]["no_second_peak"]
+        stated = place_valley(x, dim, keep="high", zero=0.11, one_population="positive")
+        assert stated.diagnostics["threshold"] == p.diagnostics["threshold"] and "undetermined" not in stated.diagnostics
+        assert "all peaks taken as positive by the strategy (one_population: positive), cut" in stated.flags[0].message
+        assert "negative_side_cut" not in stated.diagnostics   # decided: the flag is sized as any other
+        assert "undetermined" not in place_valley(x, dim, keep="high", zero=0.11, one_population="negative").diagnostics
+    control = place_valley(hladr, "HLA-DR", keep="high", zero=0.11, unstained=rng.normal(0.33, 0.03, 5000))
+    assert "undetermined" not in control.diagnostics and "negative_peak" in control.diagnostics
+    low = rng.normal(0.2, 0.04, 10000)
+    near = place_valley(low, "CD3", keep="high", zero=0.11)
+    assert "undetermined" not in near.diagnostics and "all peaks taken as negative" in near.flags[0].message
+    # stated positive where the zero says negative: the negative call's cut beside it, sizing the flag
+    positive = place_valley(low, "CD3", keep="high", zero=0.11, one_population="positive")
+    negative = near.diagnostics.get("unclamped_threshold", near.diagnostics["threshold"])   # the negative call's rule
+    assert positive.diagnostics["negative_side_cut"] == pytest.approx(negative, abs=1e-12)
+    assert ("by the strategy (one_population: positive), although its lowest peak lies less than 0.25 above the "
+            f"scale's zero: as negative its cut would be {negative:.4g}") in positive.flags[0].message
 
 
 def test_valley_rule_higher_keeps_the_flat_valley_of_dim_events_out():

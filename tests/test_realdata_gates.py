@@ -77,7 +77,9 @@ STRATEGY = {
     "strategy": "sim", "tube": "t", "markers": ["CD45", "CD3", "CD19", "CD4", "CD8"],
     "transforms": {m: {"kind": "linear"} for m in ["CD45", "CD3", "CD19", "CD4", "CD8"]},
     "populations": [
-        {"name": "CD45+", "parent": "root", "dims": ["CD45"], "method": "valley", "params": {"keep": "high"}},
+        # a CD45+ export: the lab states its one population positive (undetermined without a control)
+        {"name": "CD45+", "parent": "root", "dims": ["CD45"], "method": "valley",
+         "params": {"keep": "high", "one_population": "positive"}},
         {"name": "T cells", "parent": "CD45+", "dims": ["CD3"], "method": "valley", "params": {"keep": "high"}},
         {"name": "CD4+", "parent": "T cells", "dims": ["CD4"], "method": "valley", "params": {"keep": "high"}},
         {"name": "CD8+", "parent": "T cells", "dims": ["CD8"], "method": "valley", "params": {"keep": "high"}},

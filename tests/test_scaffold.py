@@ -1279,7 +1279,8 @@ def test_a_drafted_valley_gate_says_what_decides_one_population(tmp_path):
     """A drafted valley gate's comment said 'no FMO in the folder: the density valley' whether or not
     the folder held an unstained control, though a control decides a one-population gate (place_valley)
     -> the comment says which decides: the product's unstained control when the folder has one (the
-    412C mLN export with its donor's control), else the distance from the scale's zero."""
+    412C mLN export with its donor's control), else the distance from the scale's zero (later: near it
+    negative, above it undetermined and flagged, test_one_population_without_a_control_is_undetermined)."""
     with_control, without = tmp_path / "with", tmp_path / "without"
     for folder, files in ((with_control, (REALDATA / "fcs" / "412C_mLN_026.fcs",
                                           REALDATA / "unstained" / "412C__412C_unst_022.cleaned.fcs")),
@@ -1288,8 +1289,9 @@ def test_a_drafted_valley_gate_says_what_decides_one_population(tmp_path):
         for file in files:
             shutil.copy(file, folder / file.name)
     for folder, words in ((with_control, "one population is called against the product's unstained control"),
-                          (without, "one population is called by its distance from the scale's zero "
-                                    "(no unstained control in the folder)")):
+                          (without, "one population near the scale's zero is negative, above it undetermined, "
+                                    "held as positive and flagged (no unstained control in the folder; "
+                                    "one_population: positive or negative states it)")):
         draft = draft_study(folder, panel=REALDATA / "panel.csv")
         write_study(draft, tmp_path / f"study_{folder.name}")
         [tube] = draft.tubes
@@ -1800,6 +1802,45 @@ def test_one_population_in_the_drafted_viability_dye_is_the_live_cells(tmp_path)
     assert counts["live"] / counts["singlets"] > 0.95, counts[["singlets", "live"]]
     live = pd.read_csv(out / "qc.csv").query("gate == 'live' and code == 'no_second_peak'")
     assert len(live) == 1 and live["needs_review"].all() and "taken as negative" in live["message"].iloc[0]
+
+
+def test_one_population_without_a_control_is_undetermined(tmp_path):
+    """100715.fcs (a FACSAria file; no FMO, no unstained control) drafted and processed: 9 marker gates
+    show one population above the scale's zero, and each was 'all peaks taken as positive' by that
+    distance alone (CD4+ 97.6 % and CD8+ 93.8 % of CD3+: impossible together) -> each flag says the call
+    is undetermined without an FMO or unstained control, held as positive, with the negative call's cut
+    and what decides it, and is sized with that cut (CD4+: within 1 point of its 97.6 % of CD3+); the product needs review.
+    Stating the side in the strategy (one_population: positive) decides it: no undetermined flag."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+
+    def process(out: Path) -> pd.DataFrame:
+        result = _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                       str(study / "manifest.csv"), "-o", str(out), "--reports", "none"])
+        assert result.exit_code == 0, result.output
+        return pd.read_csv(out / "qc.csv").query("code == 'no_second_peak'").set_index("gate")
+
+    flags = process(tmp_path / "out")
+    held = [gate for gate, message in flags["message"].items() if "no negative density peak" in message]
+    assert {"CD3+", "CD4+", "CD8+"} <= set(held) and len(held) == 9, flags["message"].to_dict()
+    for gate in held:
+        message = flags.loc[gate, "message"]
+        marker = gate.rstrip("+")
+        assert "taken as positive" not in message and f"one population and no FMO or unstained control of {marker}: " \
+            "positive or negative undetermined" in message and "one_population: positive or negative" in message, message
+        assert flags.loc[gate, "needs_review"], message
+    cd4 = flags.loc["CD4+", "message"]
+    negative = float(cd4.split("as negative its cut would be ")[1].split(")")[0])
+    size = float(cd4.split(f", {negative:.3f} changes cd4_pct_of_cd3 by ")[1].split(" points")[0])
+    held_pct = pd.read_csv(tmp_path / "out" / "populations.csv").set_index("population").loc["CD4+", "pct_of_parent"]
+    assert held_pct > 95 and held_pct - 1 < size <= held_pct, (size, held_pct)   # the negative call: CD4+ about 0 %
+    _edit(study / "tube025.yaml", "name: CD3+, parent: lymph, dims: [CD3], method: valley, params: {keep: high}",
+          "name: CD3+, parent: lymph, dims: [CD3], method: valley, params: {keep: high, one_population: positive}")
+    stated = process(tmp_path / "stated").loc["CD3+", "message"]
+    assert "undetermined" not in stated and "by the strategy (one_population: positive)" in stated, stated
 
 
 def test_a_gate_starved_by_a_gate_above_names_that_gate(tmp_path):

@@ -472,9 +472,10 @@ def _marker_method(marker: str, fmo: set[str], dim: set[str], unstained: bool) -
     (``unstained``: the folder has unstained controls, against which a valley gate decides one
     population, ``tilpheno.gates.placement.place_valley``)."""
     if marker not in fmo:
-        one = ("against the product's unstained control" if unstained else
-               "by its distance from the scale's zero (no unstained control in the folder)")
-        return f"method: valley, params: {{keep: high}}}}   # no FMO in the folder: the density valley; one population is called {one}"
+        one = ("is called against the product's unstained control" if unstained else
+               "near the scale's zero is negative, above it undetermined, held as positive and flagged (no unstained "
+               "control in the folder; one_population: positive or negative states it)")
+        return f"method: valley, params: {{keep: high}}}}   # no FMO in the folder: the density valley; one population {one}"
     if marker in dim:
         return ("method: fmo, params: {rule: relative}}   # its FMO is in the folder; rule relative: a dim marker "
                 "(vocabulary `dim:`), its FMO percentile carried over to the stained negatives, never the valley")

@@ -645,8 +645,10 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     transformed units) from which the engine sizes each flag (:func:`size_flag`): a
     ``no_second_peak`` cut against ``alternative`` (a ``reference`` gate: the same rule on the
     parent it is applied to) or, by default, the cut with half the SDs (midway between the cut and
-    the one population's peak), and the positive call's cut when a ``one_population: negative``
-    gate overrode it (``positive_side_cut``); ``cut_in_dense_region`` and ``few_events`` against the cut moved
+    the one population's peak), and the other side's call: the positive call's cut when a
+    ``one_population: negative`` gate overrode it (``positive_side_cut``), the negative call's
+    when one population was held as positive undetermined or by ``one_population: positive``
+    (``negative_side_cut``); ``cut_in_dense_region`` and ``few_events`` against the cut moved
     by ``DELTA`` either way (the smoothing scale)."""
     d = dict(placement.diagnostics)
     x = np.asarray(values, dtype=np.float64)
@@ -658,8 +660,8 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     if any(f.code == "no_second_peak" for f in placement.flags):
         if alternative is None:
             alternative = 0.5 * (cut + float(d.get("highest_negative_peak", d.get("positive_peak", float("nan")))))
-        alternatives["no_second_peak"] = [float(alternative)] + (
-            [float(d["positive_side_cut"])] if "positive_side_cut" in d else [])   # the other side's call
+        alternatives["no_second_peak"] = [float(alternative)] + [   # the other side's call
+            float(d[side]) for side in ("positive_side_cut", "negative_side_cut") if side in d]
     edge = (valley_edge_flag(population, placement.gate, d, x),) if d.get("clamped") and x.size else ()
     if edge:   # sized (for a gate the engine does not report) as its rule's flag
         alternatives["cut_at_scale_edge"] = alternatives.get("no_second_peak", [cut - DELTA, cut + DELTA])

@@ -31,10 +31,11 @@ Methods
     the next prominent peak beyond that distance is taken instead. ``keep='low'`` keeps the
     negative side ``x < cut``, ``keep='high'`` the positive side ``x > cut``. With one
     population only (flag ``no_second_peak``): negative unless its peaks lie ``min_separation``
-    above the transformed zero, or, given the product's unstained control, above the control's
-    median (a small peak near it and a dominant one above it are then two populations); cut
-    ``fallback_sd`` robust SDs above (negative) or below (positive) its peaks (see
-    ``valley_threshold``).
+    above the product's unstained control's median (a small peak near it and a dominant one above
+    it are then two populations), or, without a control, above the transformed zero: then
+    undetermined (negative cells sit there too), held as positive and said; the strategy may state
+    the side (``one_population``); cut ``fallback_sd`` robust SDs above (negative) or below
+    (positive) its peaks (see ``valley_threshold``).
 ``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (``gates.mixture``:
     scikit-learn's model and fit in numpy; full covariance, components 1..``max_components``
     chosen by BIC, k-means init with a fixed ``seed``) on at most ``max_events`` events; the
@@ -73,6 +74,8 @@ from tilpheno.spillover import sorted_median
 _BINS = 1024
 VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
 """``valley`` gate rules (strategy param ``rule``); see :func:`place_valley`."""
+ONE_POPULATION = ("auto", "negative", "positive")
+"""How a ``valley`` gate calls one population (strategy param ``one_population``); see :func:`place_valley`."""
 
 
 @dataclass(frozen=True)
@@ -602,10 +605,14 @@ def valley_threshold(
     of the negatives (e.g. autofluorescent large cells), and the positive peak is the most
     prominent one at least ``min_separation`` above the negative peak.
 
-    Without such a pair all peaks belong to one population. It is the positive one when ``zero``
-    (the transformed value of 0, where unstained cells sit) is given and the lowest peak lies at
-    least ``min_separation`` above it: ``cut = lowest peak - fallback_sd x sigma``, sigma the RMS
-    deviation of the events above the highest peak. Otherwise it is the negative one:
+    Without such a pair all peaks belong to one population. When ``zero`` (the transformed value
+    of 0, the least signal a cell can have) is given and the lowest peak lies at least
+    ``min_separation`` above it, it is held as the positive one, undetermined (``undetermined``
+    in the diagnostics: negative cells lifted by autofluorescence, nonspecific binding or
+    spillover sit there too; ``negative_side_cut`` is the negative call's cut):
+    ``cut = lowest peak - fallback_sd x sigma``, sigma the RMS
+    deviation of the events above the highest peak. Otherwise it is the negative one (nothing
+    stained sits at zero):
     ``cut = highest peak + fallback_sd x sigma``, sigma the RMS deviation of the events below
     the main peak (lower halves and upper halves are free of shoulders and of the few events of
     the other population). :func:`place_valley` with an unstained control decides this against
@@ -620,8 +627,8 @@ def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_promin
                 fallback_sd: float, zero: float | None,
                 unstained: np.ndarray | None = None, one_population: str = "auto") -> tuple[float, dict[str, Any], bool]:
     """:func:`valley_threshold` of the finite events ``x`` and their ``density`` at ``bandwidth``;
-    ``unstained``: an unstained control's events; ``one_population``: ``negative`` takes one
-    population as negative wherever it lies (see :func:`place_valley`)."""
+    ``unstained``: an unstained control's events; ``one_population``: ``negative`` or
+    ``positive`` takes one population as that side wherever it lies (see :func:`place_valley`)."""
     peaks, prominences = density.peaks(min_prominence)
     by_prominence = peaks[np.argsort(-prominences, kind="stable")]
     negative = int(by_prominence[:2].min())
@@ -644,20 +651,26 @@ def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_promin
                 return cut, {"negative_peak": float(density.grid[near[0]]),
                              "positive_peak": float(density.grid[above[0]]), **control}, True
     low, high = float(density.grid[peaks.min()]), float(density.grid[peaks.max()])
-    positive: dict[str, Any] = {}
-    if zero is not None and low - zero >= min_separation:
-        above_high = x[x >= high] - high
-        sigma = float(np.sqrt(np.mean(above_high**2))) if above_high.size else bandwidth
-        positive = {"positive_peak": low, "positive_sigma": sigma, "zero": zero}
-        if one_population == "auto":
-            return low - fallback_sd * sigma, {**positive, **control}, False
+    above_high = x[x >= high] - high
+    up_sigma = float(np.sqrt(np.mean(above_high**2))) if above_high.size else bandwidth
     main = float(density.grid[by_prominence[0]])
     below = x[x <= main] - main
     sigma = float(np.sqrt(np.mean(below**2))) if below.size else bandwidth
-    # taken as negative against the distance from zero: the positive call's cut is the other side
-    other = {"zero": zero, "positive_side_cut": low - fallback_sd * positive["positive_sigma"]} if positive else {}
-    return high + fallback_sd * sigma, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma,
-                                        **other, **control}, False
+    positive_cut, negative_cut = low - fallback_sd * up_sigma, high + fallback_sd * sigma
+    above_zero = zero is not None and low - zero >= min_separation
+    if one_population == "positive" or (one_population == "auto" and above_zero):
+        # above the unstained control: positive; above the scale's zero only: undetermined (negative
+        # cells sit there too, lifted by autofluorescence, nonspecific binding or spillover), held
+        # as positive; stated by the strategy: decided. The negative call's cut beside an undetermined
+        # call and beside a stated one that the zero (or the control) would have called negative.
+        undetermined = {"undetermined": True} if one_population == "auto" and not control else {}
+        other = {"negative_side_cut": negative_cut} if undetermined or not above_zero else {}
+        held: dict[str, Any] = {"positive_peak": low, "positive_sigma": up_sigma, "zero": zero}
+        return positive_cut, {**held, **other, **undetermined, **control}, False
+    # taken as negative below the distance from zero, or by the strategy: the positive call's cut is the other side
+    positive_side: dict[str, Any] = {"zero": zero, "positive_side_cut": positive_cut} if above_zero else {}
+    return negative_cut, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma,
+                          **positive_side, **control}, False
 
 
 def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float,
@@ -743,10 +756,17 @@ def place_valley(
     with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
     CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
     peak's lower side up to ``k_sd`` SDs above its mode). ``one_population``: ``auto`` decides a
-    lone population's side as above; ``negative`` always takes it as negative (a viability dye:
-    amine-reactive dyes stain live cells dimly, so the live cells' one peak may lie well above
-    zero and above an unstained control; the dye-bright dead cells are the second population);
-    a control's split into a negative and a positive peak stays. The cut never leaves the data's range (it is clamped to the lowest and
+    lone population's side as above: against the unstained control; without one a population
+    ``min_separation`` or more above the transformed zero is undetermined (diagnostic
+    ``undetermined``, the flag says so and gives the negative call's cut, ``negative_side_cut``),
+    held as positive so that the gates below it are placed; ``negative`` always takes it as
+    negative (a viability dye: amine-reactive dyes stain live cells dimly, so the live cells' one
+    peak may lie well above zero and above an unstained control; the dye-bright dead cells are the
+    second population; ``positive_side_cut`` records the positive call's cut when ``auto`` would
+    not have called it negative); ``positive`` always as positive (a lab's convention for a marker
+    every parent cell carries, e.g. CD3 of a T-cell product without controls;
+    ``negative_side_cut`` when the population lies less than ``min_separation`` above zero or the
+    control); a control's split into a negative and a positive peak stays. The cut never leaves the data's range (it is clamped to the lowest and
     highest value; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave).
     """
     if keep not in ("low", "high"):
@@ -755,8 +775,8 @@ def place_valley(
         raise GatingError(f"valley gate on {dim!r}: rule must be one of {VALLEY_RULES}, got {rule!r}")
     if sd_side not in ("lower", "upper"):
         raise GatingError(f"valley gate on {dim!r}: sd_side must be 'lower' or 'upper', got {sd_side!r}")
-    if one_population not in ("auto", "negative"):
-        raise GatingError(f"valley gate on {dim!r}: one_population must be 'auto' or 'negative', got {one_population!r}")
+    if one_population not in ONE_POPULATION:
+        raise GatingError(f"valley gate on {dim!r}: one_population must be one of {ONE_POPULATION}, got {one_population!r}")
     # the events and their density once, for the valley and for the negative_sd/lower rules
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
@@ -780,12 +800,10 @@ def place_valley(
             Flag(
                 "no_second_peak",
                 "warning",
-                f"{dim}: no {other} density peak; all peaks taken as {side}"
-                + _against_control(diagnostics, side, min_separation)
-                + (f" by the strategy (one_population: negative), although its lowest peak lies {min_separation:g} or "
-                   f"more above {'the unstained control' if 'unstained_median' in diagnostics else 'the scale'}'s zero: "
-                   f"as positive its cut would be {diagnostics['positive_side_cut']:.4g}"
-                   if "positive_side_cut" in diagnostics else "")
+                f"{dim}: no {other} density peak; "
+                + (_undetermined(dim, diagnostics) if diagnostics.get("undetermined") else
+                   f"all peaks taken as {side}" + _against_control(diagnostics, side, min_separation)
+                   + _by_strategy(diagnostics, one_population, min_separation))
                 + ", cut "
                 f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
                 f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
@@ -796,6 +814,32 @@ def place_valley(
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
     return Placement(gate, method, diagnostics, flags)
+
+
+def _undetermined(dim: str, diagnostics: Mapping[str, Any]) -> str:
+    """Why one population lying above the scale's zero, with no unstained control, is neither
+    positive nor negative (``undetermined`` in ``diagnostics``), the side it is held on, the other
+    side's cut, and what decides it."""
+    return (f"one population and no FMO or unstained control of {dim}: positive or negative undetermined (its "
+            f"lowest peak lies {float(diagnostics['positive_peak']) - float(diagnostics['zero']):.3f} above the scale's "
+            "zero, where autofluorescence, nonspecific binding or spillover put negative cells too; the strategy's "
+            "one_population: positive or negative decides it); held as positive (as negative its cut would be "
+            f"{diagnostics['negative_side_cut']:.4g})")
+
+
+def _by_strategy(diagnostics: Mapping[str, Any], one_population: str, min_separation: float) -> str:
+    """The side the strategy's ``one_population`` stated for one population and, when the population's
+    distance from zero (or the unstained control) says the other side, that side's cut
+    (``positive_side_cut``/``negative_side_cut`` in ``diagnostics``); '' when no side was stated."""
+    if one_population == "negative" and "positive_side_cut" in diagnostics:
+        return (f" by the strategy (one_population: negative), although its lowest peak lies {min_separation:g} or "
+                f"more above {'the unstained control' if 'unstained_median' in diagnostics else 'the scale'}'s zero: "
+                f"as positive its cut would be {diagnostics['positive_side_cut']:.4g}")
+    if one_population == "positive" and "negative_side_cut" in diagnostics:
+        return (f" by the strategy (one_population: positive), although its lowest peak lies less than {min_separation:g} "
+                f"above {'the unstained control' if 'unstained_median' in diagnostics else 'the scale'}'s zero: "
+                f"as negative its cut would be {diagnostics['negative_side_cut']:.4g}")
+    return " by the strategy (one_population: positive)" if one_population == "positive" else ""
 
 
 def _against_control(diagnostics: Mapping[str, Any], side: str, min_separation: float) -> str:

@@ -25,8 +25,9 @@ cluster        2     x_side high|low|any (high), y_side (low), max_components 4,
                      two markers (transformed units), e.g. T cells on CD3 (high) vs CD19 (low)
 valley         1     keep low|high, bandwidth 0.02, min_prominence 0.01, min_separation 0.25,
                      fallback_sd 4, rule valley|negative_sd|lower|positive_sd|higher (valley), k_sd 4,
-                     sd_side lower|upper (lower), one_population auto|negative (auto: a lone
-                     population's side by its distance from zero or the unstained control),
+                     sd_side lower|upper (lower), one_population auto|negative|positive (auto:
+                     a lone population's side by the unstained control; without one, near
+                     zero negative, above it undetermined: held as positive and flagged),
                      reference (the parent): the population whose events place the cut
 fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200,
                      bandwidth / min_prominence / min_separation / fallback_sd for the
@@ -135,7 +136,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "k_sd": ParamSpec(_NUM, 4.0, 0.5, 50),
         "reference": ParamSpec(str, None),
         "sd_side": ParamSpec(str, "lower", choices=("lower", "upper")),
-        "one_population": ParamSpec(str, "auto", choices=("auto", "negative")),
+        "one_population": ParamSpec(str, "auto", choices=("auto", "negative", "positive")),
     }),
     "fmo": (1, {
         "percentile": ParamSpec(_NUM, None, 50, 99.999),
