@@ -1843,6 +1843,38 @@ def test_one_population_without_a_control_is_undetermined(tmp_path):
     assert "undetermined" not in stated and "by the strategy (one_population: positive)" in stated, stated
 
 
+def test_a_marker_of_one_positive_population_is_no_residual_target(tmp_path):
+    """100715.fcs drafted without controls: compensation_residual said 'CCR7-negative events shift +0.082
+    per unit of CD28 (R710-A -> G610-A, matrix coefficient 0.0000): under-compensated' (and CD8, V800-A;
+    CCR5, G780-A): CCR7's gate saw one population, held as positive, so its 'negatives' were the low
+    tail of the positives, which leans with every co-expressed marker, across lasers where no spillover
+    is -> a marker whose gates called their one population positive is no residual target; stated
+    negative (one_population: negative: every event a negative) it is one again."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.phenotype import analyze_product
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    rows = pd.DataFrame([{"file": str(folder / "100715.fcs"), "product_id": "P", "tube": "tube025", "role": "stain",
+                          "fmo_marker": ""}])
+
+    def gated():
+        result = analyze_product("P", rows, [load_strategy(study / "tube025.yaml")])
+        residual = result.tubes[0].compensation.residual
+        return result, result.tubes[0].diagnostics["CCR7+"], set(residual["target"]) if "target" in residual else set()
+
+    result, ccr7, targets = gated()
+    assert "positive_peak" in ccr7 and "negative_peak" not in ccr7   # one population, held as positive
+    assert "G610-A" not in targets and not [f for f in result.qc if f.code == "compensation_residual"]
+    _edit(study / "tube025.yaml", "name: CCR7+, parent: lymph, dims: [CCR7], method: valley, params: {keep: high}",
+          "name: CCR7+, parent: lymph, dims: [CCR7], method: valley, params: {keep: high, one_population: negative}")
+    result, ccr7, targets = gated()
+    assert "negative_peak" in ccr7 and "G610-A" in targets   # CCR7's detector
+
+
 def test_a_gate_starved_by_a_gate_above_names_that_gate(tmp_path):
     """The same file with the live gate's one population decided by its distance from zero (taken
     as dead: live keeps 118 singlets): CD127+ (within CD4+ within CD3+) failed the product with

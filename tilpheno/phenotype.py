@@ -312,6 +312,19 @@ def _negative_cuts(state: _Gated) -> dict[str, float]:
     return cuts
 
 
+def _lone_positive_markers(state: _Gated) -> set[str]:
+    """The markers whose every 1-D gate in the tube saw one population and called it positive
+    (``single_population_sd`` with a ``positive_peak``; undetermined, by the strategy or by the
+    unstained control): the events below their cuts are that population's low tail, no negatives."""
+    lone: dict[str, bool] = {}
+    for name, _, gate, method in state.gates:
+        if gate.drawing().shape == "intervals" and len(gate.dims) == 1:
+            d = state.diagnostics.get(name, {})
+            positive = method.endswith("single_population_sd") and "positive_peak" in d and "negative_peak" not in d
+            lone[gate.dims[0]] = lone.get(gate.dims[0], True) and positive
+    return {marker for marker, only in lone.items() if only}
+
+
 def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover | None,
                        fmo_marker: str | None = None) -> pd.DataFrame | None:
     """Residual spillover of a gated stained or FMO tube (``tilpheno.spillover.residual_spillover``):
@@ -320,7 +333,10 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
     every channel together; else its singlets, else all events). A marker the strategy gates
     within the singlets but outside the lymphocytes (the viability dye of the live gate: bright only
     on the dead cells the lymphocytes leave out) is checked as a source on the singlets. Stained
-    tube: every detector is a target, its negatives below the marker's own gate threshold. FMO tube
+    tube: every detector is a target, its negatives below the marker's own gate threshold, but for a
+    marker whose gates saw one population and called it positive (:func:`_lone_positive_markers`:
+    below its cut lies the positives' low tail, which leans with any co-expressed marker as if
+    under-compensated). FMO tube
     (``fmo_marker`` = the omitted marker, as named in ``state.tube.detectors``): only the omitted
     marker's detector is a target and every event is negative there, so the pairs a stained tube
     cannot show (the source is bright only on cells positive for the target, e.g. CD4 and CD8 into
@@ -331,7 +347,8 @@ def compensation_check(strategy: Strategy, state: _Gated, spillover: Spillover |
         return None
     markers = {m: d for m, d in state.tube.detectors.items() if d in spillover.detectors and m in state.tube.data}
     if fmo_marker is None:
-        targets = None
+        lone = _lone_positive_markers(state)
+        targets = [d for m, d in markers.items() if m not in lone] if lone else None
         cuts = {markers[m]: c for m, c in _negative_cuts(state).items() if m in markers}
     else:
         if fmo_marker not in markers:
