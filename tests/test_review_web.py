@@ -357,6 +357,32 @@ def test_a_one_population_gate_suggests_the_cut_its_flag_was_sized_with():
     assert "no_second_peak flag" in out["live"][1]["meaning"]
 
 
+def test_an_undetermined_one_population_gate_offers_the_negative_call():
+    """One population 0.54 above the transformed zero and no control: the gate is undetermined, held
+    as positive, its flag sized with the negative call's cut as well; the review app offered that cut
+    as 'other one-population cut', meaning 'half the robust SDs: midway between the cut and the one
+    population's peak', which it is not -> it is the 'negative call', said to be undetermined without
+    an FMO or unstained control; the midway cut keeps its label."""
+    import numpy as np
+    import pandas as pd
+
+    from tilpheno.gates.checks import check_valley
+    from tilpheno.gates.placement import place_valley
+    from tilpheno.review.regate import gate_candidates
+
+    x = np.random.default_rng(4).normal(0.65, 0.05, 20000)
+    placed = check_valley("CD3+", place_valley(x, "CD3", keep="high", zero=0.11), x)
+    d = placed.diagnostics
+    assert d["undetermined"] and [f.code for f in placed.flags] == ["no_second_peak"]
+    out = gate_candidates(pd.DataFrame(), {"CD3+": d}, [("CD3+", "lymph", placed.gate, placed.method)],
+                          [("no_second_peak", "CD3+")], 99.5)["CD3+"]
+    assert [c["rule"] for c in out] == ["automatic", "no_second_peak:0", "no_second_peak:1"]
+    assert out[1]["label"] == "other one-population cut" and "midway" in out[1]["meaning"]
+    assert out[2]["cut"] == d["negative_side_cut"] and out[2]["label"] == "negative call"
+    assert "called negative" in out[2]["meaning"] and "undetermined without an FMO or unstained control" in out[2]["meaning"]
+    assert (x > out[2]["cut"]).mean() < 0.001   # the negative call: none of the one population positive
+
+
 def test_a_flagged_gate_is_marked_on_its_plot(app, service, monkeypatch):
     """The run's review flags land on the plot of the gate they name (the self-checks open their
     message with "<gate> ("): a warning on PD1+ marks PD1+ only; an info flag is a note on its gate

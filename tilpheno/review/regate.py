@@ -904,7 +904,8 @@ def density_candidates(d: Mapping[str, Any], flagged: list[str]) -> list[dict]:
     (``valley_threshold``), the cut k robust SDs from a peak (``sd_threshold``), and for each of
     ``flagged`` (the codes of the self-check flags raised on the gate) the alternative cuts the
     flag was sized with (``alternative_cuts``, ``checks.check_valley``: rule
-    ``<code>:<i>``). Non-finite numbers are left out."""
+    ``<code>:<i>``; ``no_second_peak``'s second, the other side's call, is labelled ``negative
+    call`` or ``positive call``). Non-finite numbers are left out."""
     meanings = _valley_meanings(d)
     out: list[dict[str, Any]] = []
     for column, label in DENSITY_LABELS.items():
@@ -916,7 +917,13 @@ def density_candidates(d: Mapping[str, Any], flagged: list[str]) -> list[dict]:
         for i, value in enumerate(d.get("alternative_cuts", {}).get(code, ())):
             if not math.isfinite(float(value)):
                 continue
-            if code == "no_second_peak":
+            if code == "no_second_peak" and i > 0:   # the other side's call (checks.check_valley)
+                side = "negative" if "negative_side_cut" in d else "positive"
+                label = f"{side} call"
+                how = (f"the one population called {side}, its cut beside the peaks: "
+                       + ("undetermined without an FMO or unstained control" if d.get("undetermined") else
+                          "the side the strategy's one_population did not state"))
+            elif code == "no_second_peak":
                 label = "other one-population cut"
                 how = ("the same rule on the parent the gate is applied to" if d.get("reference") else
                        "half the robust SDs: midway between the cut and the one population's peak")
