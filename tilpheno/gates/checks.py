@@ -29,9 +29,10 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     carry-overs (which the parent's dim positives bias: disagreement with them is expected):
     ``candidate_points`` = the larger % of the parent between the cut and either end of the
     reading's 95 % interval (``reference_error``, ``placement.reference_cut_error``: the binding
-    re-read on up to 8 interleaved folds of the reference's and the parent FMO's events, SD of the
-    fold cuts / sqrt(folds) x Student t; the parent's two carry-overs as above when the reference is
-    too small for 2 folds; with ``reference_carry: quantile`` the cut and the fold cuts are
+    re-read on 16 bootstrap resamples of the reference's and the parent FMO's events, 1.96 x the
+    robust SD (1.4826 x MAD) of the resample cuts; the parent's two carry-overs as above when the
+    reference is too small to read (fewer than 200 events); with ``reference_carry: quantile`` the cut
+    and the resample cuts are
     ``placement.reference_quantile_cut``'s, and the cut is also flagged when it lies more than
     ``uncertain_points`` points of the parent above the parent's own mid carry-over (halfway between
     ``relative_low`` and ``relative_high``, the cut the gate has without the reference;

@@ -1057,7 +1057,7 @@ def reference_carried(upper: UpperEvents, binding: "ReferenceBinding", percentil
     log-normal signal's of the same median and SD (:func:`lognormal_offsets`, the same 32 quantiles).
     The normal signal under-carries such a tail (the cut 11-23 % under the population's at drawn
     log-SD 0.67-0.75, stop 43) and the log-normal one over-carries it, its SD swollen by the
-    reference's own positives (stops 27, 44). ``skewed``: that choice made already (the folds of
+    reference's own positives (stops 27, 44). ``skewed``: that choice made already (the resamples of
     :func:`reference_cut_error` keep the one read on all events), else ``binding.right_skewed``."""
     normal = carried_threshold(upper, binding.shift, binding.total_spread, percentile)
     skewed = binding.right_skewed if skewed is None else skewed
@@ -1399,8 +1399,8 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
 
 
 CONFIDENCE = 0.95
-"""Two-sided confidence of the intervals :func:`reference_cut_error` and :func:`fit_cut_error` give
-(Student t on the folds)."""
+"""Two-sided confidence of the intervals :func:`reference_cut_error` (bootstrap, normal quantile) and
+:func:`fit_cut_error` (Student t on the folds) give."""
 FIT_FOLDS = 8
 """Interleaved folds :func:`fit_cut_error` re-fits a ``width_side: fit`` carry-over on."""
 
@@ -1536,9 +1536,8 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
                             float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
 
 
-REFERENCE_FOLDS = 8
-"""Most interleaved folds :func:`reference_cut_error` re-reads the reference carry-over on (each
-fold keeps at least :data:`MIN_REFERENCE_EVENTS` reference events)."""
+REFERENCE_RESAMPLES = 16
+"""Bootstrap resamples :func:`reference_cut_error` re-reads the reference carry-over on."""
 
 
 def _finite_linear(values: np.ndarray, transform: Any) -> np.ndarray:
@@ -1633,44 +1632,48 @@ def reference_tail_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, refere
 
 def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
                         transform: Any, percentile: float, *, max_shift: float = 0.3,
-                        folds: int = REFERENCE_FOLDS, confidence: float = CONFIDENCE,
+                        resamples: int = REFERENCE_RESAMPLES, confidence: float = CONFIDENCE,
                         carry: str = "additive", skewed: bool | None = None) -> float:
     """Sampling error of the reference carry-over (:func:`reference_cut`), transformed units: the
     half-width of its ``confidence`` interval, NaN when it cannot be measured.
 
-    The events of the reference's FMO and stained tubes and of the parent's FMO are dealt into
-    ``k`` interleaved folds (event i to fold i mod k, deterministic; k = ``folds``, fewer when a fold
-    would hold fewer than :data:`MIN_REFERENCE_EVENTS` reference events, at least 2); on each fold
-    the binding is read again (:func:`reference_binding`) and the cut carried over. The fold cuts are
-    k independent readings on 1/k of the events, so the cut read on all events has standard error
-    SD(fold cuts) / sqrt(k); the half-width is that times Student's t quantile with k - 1 degrees of
-    freedom (the SD itself is estimated from k values). ``carry`` ``quantile``: the fold cuts are
-    :func:`reference_quantile_cut`'s instead. ``skewed``: the carry-over's shape as chosen on all events
-    (:attr:`ReferenceBinding.right_skewed`), kept on every fold (a fold's own choice would add the jump
-    between the two shapes to the noise). The reading's noise only: a reference whose
-    binding differs from the parent's is not seen here."""
+    Bootstrap: the events of the reference's FMO and stained tubes and of the parent's FMO are each
+    drawn with replacement (``resamples`` times, a fixed seed: deterministic), the binding read again
+    on each resample (:func:`reference_binding`) and the cut carried over; the half-width is the
+    normal quantile of ``confidence`` times the resample cuts' robust SD (1.4826 x their median
+    absolute deviation: a resample whose negative-peak search jumps to another mode does not widen
+    it). Each resample keeps every event count, so a reference of a few hundred events is measured
+    as it is read (interleaved folds of it held 200-400 events each, and their Student t on 1-2
+    degrees of freedom, 12.7 or 4.3, made a 2-fold interval arbitrary: too wide or too narrow by
+    chance). ``carry`` ``quantile``: the resample cuts are :func:`reference_quantile_cut`'s instead.
+    ``skewed``: the carry-over's shape as chosen on all events (:attr:`ReferenceBinding.right_skewed`),
+    kept on every resample (a resample's own choice would add the jump between the two shapes to the
+    noise). The reading's noise only: a reference whose binding differs from the parent's is not
+    seen here. NaN with fewer than :data:`MIN_REFERENCE_EVENTS` reference events (either tube) or 20
+    parent FMO events, or fewer than 2 resamples read."""
     def finite(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
         return v[np.isfinite(v)]
 
     f, rf, rs = finite(fmo_values), finite(reference_fmo), finite(reference_stained)
-    k = min(folds, min(rf.size, rs.size) // MIN_REFERENCE_EVENTS)
-    if k < 2:
+    if min(rf.size, rs.size) < MIN_REFERENCE_EVENTS or f.size < 20:
         return float("nan")
+    rng = np.random.default_rng(0)
     cuts = []
-    for i in range(k):
+    for _ in range(resamples):
+        fb, rfb, rsb = (v[rng.integers(0, v.size, v.size)] for v in (f, rf, rs))
         if carry == "quantile":
-            cut = reference_quantile_cut(f[i::k], rf[i::k], rs[i::k], transform, percentile)
+            cut = reference_quantile_cut(fb, rfb, rsb, transform, percentile)
             if np.isfinite(cut):
                 cuts.append(cut)
             continue
-        binding = reference_binding(rf[i::k], rs[i::k], transform, max_shift=max_shift)
-        if binding is not None and f[i::k].size >= 20:
-            cuts.append(reference_cut(f[i::k], binding, transform, percentile, skewed))
+        binding = reference_binding(rfb, rsb, transform, max_shift=max_shift)
+        if binding is not None:
+            cuts.append(reference_cut(fb, binding, transform, percentile, skewed))
     if len(cuts) < 2:
         return float("nan")
-    se = float(np.std(cuts, ddof=1)) / np.sqrt(k)
-    return se * float(stdtrit(len(cuts) - 1, 0.5 + confidence / 2))
+    mad = float(np.median(np.abs(np.asarray(cuts) - np.median(cuts))))
+    return 1.4826 * mad * float(ndtri(0.5 + confidence / 2))
 
 
 def place_fmo_anchored(
