@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from reference_noise import pd1_parents, pd1_values
 from tilpheno.gates import checks
-from tilpheno.simulate import instrument as ins
 from tilpheno.simulate.cohort import SimulatedProduct, simulate_product
 from tilpheno.simulate.products import TUBES, TubeEvents, simulate_tube
-from tilpheno.simulate.truth import FMO_PERCENTILE, compensated_detector, live_lymphocytes
+from tilpheno.simulate.truth import FMO_PERCENTILE
 
 VARIABLES = {"pd1_pct_of_live_lymph": ("PD1+", "ref_pd1_threshold"),
              "cd8pd1_pct_of_cd8": ("CD8+PD1+", "ref_cd8pd1_threshold"),
@@ -69,17 +69,6 @@ class Split:
     spreading: float
     dim_scale: float
     pd1_other: float
-
-
-def pd1_parents(tube: TubeEvents) -> dict[str, np.ndarray]:
-    """The PD1 gates' label-defined parents in a stained surface tube (as ``truth.stained_negative_reference``)."""
-    live = live_lymphocytes(tube)
-    cd3 = live & tube.labels["cd3"]
-    return {"PD1+": live, "CD8+PD1+": cd3 & tube.labels["cd8"], "CD4+PD1+": cd3 & tube.labels["cd4"]}
-
-
-def pd1_values(tube: TubeEvents) -> np.ndarray:
-    return compensated_detector(tube, "PE-A", ins.true_spillover())
 
 
 def resimulated_tube(product: SimulatedProduct, seed: int, stream: int, rep: int, events: int) -> TubeEvents:
