@@ -54,6 +54,14 @@ message opened with ``"<gate> ("``, the convention of ``tilpheno.gates.checks`` 
 points off (missed = none of its variables' gates flagged) vs products within tolerance (false
 alarm = any flag that puts it under review, ``checks.needs_review``).
 
+The yardstick's own noise (since stop 46): the ideal-FMO reference's cut is a percentile of a finite
+sample of label negatives, so the reference has a sampling SD of its own; ``ref_sd_<variable>`` (each
+PD1/FoxP3 variable, points) is that SD on the product's tubes (``reference_noise.reference_sampling_sd``:
+the parent's events between the negatives' order statistics one binomial SD below and above the cut,
+halved, over the denominator). Below the 2x2 tables a separate line lists each PD1/FoxP3 variable
+beyond tolerance with its error and that SD, ``explained`` when |error| < ``NOISE_SDS`` (2) SDs: the
+miss could be the yardstick's. The errors, the 2x2 tables and the counts above it are unchanged.
+
 ``--live RULE``: the surface tube's ``live`` valley replaced by the control-based live/dead cut
 (``dead`` = ``fmo`` on 7AAD with ``control: unstained`` and that ``rule``, ``live`` = ``!dead``).
 ``--cells BOUNDARY``: the ``cells`` gates of both tubes placed with that ``boundary`` (``fsc``, the
@@ -67,7 +75,7 @@ product's seed (the rest of the product, its other phenomena included, is the dr
 ``--set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``.
 
 Writes ``errors.csv`` (product x variable signed errors, flags, the review flags' codes and gates and
-their messages) and prints the tables.
+their messages, the references' ``ref_sd_`` columns) and prints the tables.
 """
 from __future__ import annotations
 
@@ -100,6 +108,8 @@ def truth_key(variable: str) -> str:
     PD1/FoxP3 variables, the label truth for the lineage ones."""
     return f"ref_{variable}" if variable in FMO_GATED + EXTRA_FMO_GATED else variable
 MISS_POINTS = 3.0
+NOISE_SDS = 2.0
+"""A PD1/FoxP3 miss within this many of the reference's own sampling SDs could be the yardstick's (module docstring)."""
 VARIABLE_GATES = {
     "viability_pct": ("cells", "singlets", "live", "dead"),
     "cd3_pct_of_live_lymph": ("live_lymph", "CD3+"),
@@ -195,6 +205,7 @@ def one_product(args) -> dict:
     seed, events, live, cells, sets = args
     from tilpheno.gates.checks import needs_review
     from tilpheno.phenotype import analyze_product
+    from reference_noise import reference_sampling_sd
     from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
     strategies = strategies_for(live, cells)
@@ -218,6 +229,8 @@ def one_product(args) -> dict:
         row[v] = result.phenotype[v] - prod.truth[truth_key(v)]
         row[f"flag_{v}"] = bool(flagged_gates & set(VARIABLE_GATES[v]))
     row.update({k: v for k, v in prod.truth.items() if k.startswith("phen_")})
+    sd = reference_sampling_sd(prod.tube("surface", "stain").data, prod.tube("treg", "stain").data)
+    row.update({f"ref_sd_{v}": sd[v] for v in FMO_GATED + EXTRA_FMO_GATED})
     return row
 
 
@@ -296,6 +309,33 @@ def print_tables(table: pd.DataFrame, title: str) -> None:
               f"{c['between_flagged']} of them flagged)")
         if c["within"]:
             print(f"false-alarm rate on products within tolerance: {100 * c['within_flagged'] / c['within']:.1f} %")
+    print_yardstick(table)
+
+
+def yardstick_noise(table: pd.DataFrame) -> pd.DataFrame:
+    """The PD1/FoxP3 variables beyond tolerance, each with its error, the ideal-FMO reference's own
+    sampling SD (``ref_sd_<variable>``) and ``explained``: |error| < ``NOISE_SDS`` of those SDs (the
+    yardstick's own noise could explain the miss); empty when the table predates the SD columns."""
+    rows = []
+    for v in FMO_GATED + EXTRA_FMO_GATED:
+        if f"ref_sd_{v}" not in table:
+            continue
+        for product in table.index[table[v].abs() > TOLERANCE[v]]:
+            error, sd = float(table.loc[product, v]), float(table.loc[product, f"ref_sd_{v}"])
+            rows.append({"product_id": product, "variable": v, "error": error, "ref_sd": sd,
+                         "explained": bool(abs(error) < NOISE_SDS * sd)})
+    return pd.DataFrame(rows, columns=["product_id", "variable", "error", "ref_sd", "explained"])
+
+
+def print_yardstick(table: pd.DataFrame) -> None:
+    """The yardstick's own noise beside the PD1/FoxP3 misses (:func:`yardstick_noise`; the counts
+    above are unchanged by it)."""
+    noise = yardstick_noise(table)
+    if noise.empty:
+        return
+    print(f"\nPD1/FoxP3 beyond tolerance vs the ideal-FMO reference's own sampling SD "
+          f"(explained: |error| < {NOISE_SDS:g} SD): {int(noise['explained'].sum())} of {len(noise)} explained")
+    print(noise.round(2).to_string(index=False))
 
 
 if __name__ == "__main__":

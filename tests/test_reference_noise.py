@@ -78,3 +78,31 @@ def test_reference_sampling_sd_matches_the_spread_over_redrawn_tubes():
             estimates[gate].append(rn.percentile_cut_sd(values, parent, negative, parent))
     for gate, sd in spread.items():
         assert float(np.mean(estimates[gate])) == pytest.approx(sd, rel=0.20), gate
+
+
+def table(errors: dict[str, float], sds: dict[str, float] | None) -> pd.DataFrame:
+    """A one-product ``errors.csv`` table: these errors (others 0), no flags; with ``ref_sd_`` columns if ``sds``."""
+    row: dict[str, object] = {v: errors.get(v, 0.0) for v in vg.ALL_VARIABLES}
+    row.update({f"flag_{v}": False for v in vg.ALL_VARIABLES})
+    row["review_flags"] = ""
+    if sds is not None:
+        row.update({f"ref_sd_{v}": sds.get(v, 0.1) for v in vg.FMO_GATED + vg.EXTRA_FMO_GATED})
+    return pd.DataFrame([row], index=pd.Index(["V1"], name="product_id"))
+
+
+def test_yardstick_line_leaves_the_counts_alone(capsys):
+    """A CD4+PD1+ miss of -1.97 with a reference SD of 2.0 (V148159's) is explained, a FoxP3 miss of
+    2.5 with SD 0.5 is not; the 2x2 counts and the error table are those of the table without the
+    SD columns, and the new line stands apart."""
+    errors = {"cd4pd1_pct_of_cd4": -1.97, "cd4foxp3_pct_of_cd4": 2.5}
+    with_sd = table(errors, {"cd4pd1_pct_of_cd4": 2.0, "cd4foxp3_pct_of_cd4": 0.5})
+    noise = vg.yardstick_noise(with_sd)
+    assert noise.set_index("variable")["explained"].to_dict() == {"cd4foxp3_pct_of_cd4": False, "cd4pd1_pct_of_cd4": True}
+    variables = list(vg.ALL_VARIABLES)
+    assert vg.two_by_two(with_sd, variables) == vg.two_by_two(table(errors, None), variables)
+    vg.print_tables(table(errors, None), "t")
+    before = capsys.readouterr().out
+    vg.print_tables(with_sd, "t")
+    after = capsys.readouterr().out
+    assert after.startswith(before)
+    assert "1 of 2 explained" in after[len(before):]
