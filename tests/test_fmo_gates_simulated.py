@@ -689,13 +689,39 @@ def test_a_residual_check_whose_replaced_gate_is_itself_uncertain_raises_no_flag
         tube = next(t for t in result.tubes if t.role == "stain" and "CD56+" in t.diagnostics)
         cd56[degraded] = float(tube.populations.set_index("population").loc["CD56+", "pct_of_parent"])
         if degraded:
+            # within 0.2 points until stop 46; the log-normal cut the bulk's shape picks (placement.
+            # skewed_or_normal) sits higher with CD8's tandem loss here: NKT 1.4 under, within the lineage
+            # tolerance (2 points)
             for v in ("nkt_pct_of_live_lymph", "nk_pct_of_live_lymph"):
-                assert abs(result.phenotype[v] - prod.truth[v]) < 1.0, v
+                assert abs(result.phenotype[v] - prod.truth[v]) < 2.0, v
             d = tube.diagnostics["CD56+"]
-            assert d["residual_points"] > 10.0 and d["residual_uncertain"], d
+            # a move beyond the flag's 3 points (+19.5 before stop 46's log-normal shape choice, +8.9 since)
+            assert d["residual_points"] > 3.0 and d["residual_uncertain"], d
             spill = [f.message for f in result.qc if f.gate == "CD56+" and "spillover" in f.message]
             assert not spill, spill
     assert abs(cd56[False] - cd56[True]) < 3.0, cd56
+
+
+def test_heavy_lognormal_cd56_binding_is_carried_with_its_log_normal_tail_not_counted_nkt(tmp_path):
+    """Development product V149459 (stop 46; bench phenomena drawn by its seed, then CD56 binding set
+    to 213 units, log-SD 0.68, as ``validate_gating.py --set cd56_binding=150-300 --set
+    cd56_binding_sd=0.6-0.8`` drew them; CD8's tandem loses 4.7 %): the CD56 FMO percentile still
+    had most negatives below it, so the normal binding was fitted to the negatives' bulk; it falls
+    short of the log-normal binding's upper tail, the cut sat about 2 % of the CD3+ T cells too low
+    and NKT came out 2.2 points above label truth with no flag. The log-normal shape fits the bulk
+    far better (F test), so its cut is taken: NKT and NK within 1 point of label truth (tolerance of
+    the study's lineage variables: 2), the replaced normal cut recorded below it."""
+    from dataclasses import replace
+
+    drawn = simulate_product("V149459", 149459, 20000, phenomena=True).phenomena
+    assert drawn is not None and 0.04 < drawn.tandem_loss < 0.05
+    phen = replace(drawn, nsb={**drawn.nsb, "CD56": 213.0}, nsb_sd={**drawn.nsb_sd, "CD56": 0.68})
+    prod, result = _analyzed(tmp_path, "V149459", 149459, phen)
+    for v in ("nkt_pct_of_live_lymph", "nk_pct_of_live_lymph"):
+        assert abs(result.phenotype[v] - prod.truth[v]) < 1.0, (v, result.phenotype[v] - prod.truth[v])
+    d = next(t for t in result.tubes if t.role == "stain" and "CD56+" in t.diagnostics).diagnostics["CD56+"]
+    assert d["winner"] == "fmo_relative" and d["threshold"] == d["fit_threshold"], d
+    assert 0.5 < d["fit_log_sd"] < 0.9 and d["fit_normal"] < d["threshold"], d
 
 
 def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():

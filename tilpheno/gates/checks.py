@@ -72,14 +72,16 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     max(cut, ``fit_lognormal``) + ``fit_error``] (:func:`fit_judgement`), where ``fit_lognormal`` is
     the cut with a log-normal binding plus a normal spreading fitted to the same percentiles
     (``placement.lognormal_fitted_cut``: it nests the normal signal and follows a skewed bulk into
-    its heavier tail) and ``fit_error``
+    its heavier tail; for a log-normal cut that replaced the normal fit, ``placement.skewed_or_normal``,
+    the other shape is that normal cut, ``fit_normal``, and ``fit_lognormal`` is NaN) and ``fit_error``
     the half-width of the fit's 95 % interval (``placement.fit_cut_error``, the fit repeated on 8
     interleaved folds of both tubes' events); flagged when it exceeds ``uncertain_points`` (or is
     NaN: the fit could not be repeated on the folds) and the cut moved more than ``shift_points``
     from the FMO percentile. Measured only when one of the two
     checks can use it (the cut moved more than ``shift_points``, or ``negative_shift``'s peak reads
-    lie beyond its limits); NaN otherwise. A log-normal fit (``fit_log_sd`` > 0,
-    ``placement.lognormal_share_fit``: binding moved the whole negative peak past the FMO percentile)
+    lie beyond its limits); NaN otherwise. A log-normal fit under binding past the FMO percentile
+    (``fit_log_sd`` > 0 and no ``fit_normal``, ``placement.lognormal_share_fit``: binding moved the whole
+    negative peak past it)
     has no other shape to be compared with (``fit_lognormal`` NaN; it nests the normal) and is always
     flagged: no stained valley set the cut (one would have, ``placement.place_fmo_anchored``), and dim
     positives merged into the binding's tail cannot be told from a heavier tail. The no-peak rule below does not apply to a fit cut (the
@@ -156,7 +158,7 @@ which ``uncertain_threshold`` is raised."""
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
-                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_error"]
+                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error"]
 """Threshold-table columns recording both candidates, the shift and the rule that won (and a
 ``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured)."""
 
@@ -199,12 +201,15 @@ def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: A
     max(cut, fit_lognormal) + fit_error] (without ``fit_lognormal`` when it is NaN; NaN when
     ``fit_error`` is: the fit could not be repeated, the cut is not settled). ``d``: the placement's
     diagnostics (``fit_*``, ``fmo_threshold``)."""
-    fit = pl.FitCarry(d["fit_threshold"], d["fit_shift"], d["fit_spread"], d["fit_share"], d.get("fit_log_sd", 0.0))
+    fit = pl.FitCarry(d["fit_threshold"], d["fit_shift"], d["fit_spread"], d["fit_share"], d.get("fit_log_sd", 0.0),
+                      d.get("fit_normal", float("nan")))
     error = pl.fit_cut_error(fmo, stained, transform, percentile, float(d["fmo_threshold"]), fit=fit)
-    # a log-normal fit (heavy binding, placement.lognormal_share_fit) is the other shape itself; it nests the normal
-    other = float("nan") if fit.log_sd > 0 else pl.lognormal_fitted_cut(fmo, stained, transform, percentile, fit)
+    # a log-normal fit is the other shape itself (it nests the normal): the other is the normal cut it replaced
+    # (placement.skewed_or_normal; none under binding past the FMO percentile, lognormal_share_fit)
+    lognormal = float("nan") if fit.log_sd > 0 else pl.lognormal_fitted_cut(fmo, stained, transform, percentile, fit)
+    other = fit.normal_cut if fit.log_sd > 0 else lognormal
     ends = [cut - error, cut + error] + ([other - error, other + error] if math.isfinite(other) else [])
-    return {"fit_error": error, "fit_lognormal": other,
+    return {"fit_error": error, "fit_lognormal": lognormal,
             "candidate_points": max(_points_between(stained, cut, end) for end in ends)
             if math.isfinite(error) else float("nan")}
 
@@ -212,13 +217,19 @@ def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: A
 def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift_points: float,
                  limit: float) -> str:
     """The ``uncertain_threshold`` message of a ``width_side: fit`` cut (:func:`fit_judgement`)."""
-    evidence = (f"a log-normal binding with spreading fitted to the same negatives puts it at {d['fit_lognormal']:.3f} "
+    skewed = d.get("fit_log_sd", 0.0) > 0
+    other = (f"a normal binding fitted to the same negatives puts it at {d['fit_normal']:.3f}" if skewed else
+             f"a log-normal binding with spreading fitted to the same negatives puts it at {d['fit_lognormal']:.3f}")
+    evidence = (f"{other} "
                 f"and the fit's {100 * pl.CONFIDENCE:g} % interval is +/- {d['fit_error']:.3f}: the % could move by "
                 f"{d['candidate_points']:.1f} points (limit {limit:g}); the bulk of the negatives does not fix the shape "
                 f"of the binding's tail" if math.isfinite(d["candidate_points"]) else
                 "the fit could not be repeated on folds of the events, so its uncertainty is unknown")
-    return (f"{name}: the threshold {cut:.3f} (the additive binding fitted to the stained negatives, shift "
-            f"{d['fit_shift']:.0f}, SD {d['fit_spread']:.0f} linear units) moved {d['correction_points']:.1f} points of "
+    fitted = (f"the log-normal binding fitted to the stained negatives, median {d['fit_shift']:.0f} linear units, log-SD "
+              f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}" if skewed else
+              f"the additive binding fitted to the stained negatives, shift {d['fit_shift']:.0f}, SD {d['fit_spread']:.0f} "
+              f"linear units")
+    return (f"{name}: the threshold {cut:.3f} ({fitted}) moved {d['correction_points']:.1f} points of "
             f"the parent from the FMO percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
             f"of the parent, stained vs FMO")
 
@@ -355,7 +366,7 @@ def place_and_check(
                 uncertain = d["correction_points"] > shift_points and not d["candidate_points"] <= uncertain_points
                 if uncertain:
                     flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points)))
-            if d.get("fit_log_sd", 0.0) > 0 and not uncertain:
+            if d.get("fit_log_sd", 0.0) > 0 and not math.isfinite(d.get("fit_normal", float("nan"))) and not uncertain:
                 # binding moved the whole negative peak past the FMO percentile and no stained valley set the
                 # cut (placement: it would have): a log-normal tail fitted, which dim positives merged into it
                 # would move unseen

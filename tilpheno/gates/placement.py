@@ -58,13 +58,13 @@ Methods
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial, wraps
 from typing import Any, Callable, Mapping, ParamSpec, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.special import gammaincinv, ndtri, stdtrit
+from scipy.special import fdtri, gammaincinv, ndtri, stdtrit
 
 from tilpheno.errors import GatingError, TooFewEventsError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
@@ -1193,26 +1193,27 @@ def fitted_carry(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentil
     parent's finite events in compensated linear units. None with fewer than 20 events in either
     tube or a ``negative_share`` below :data:`MIN_FIT_SHARE` (too few negatives for the percentiles). Either tube's
     events in any order (sorted once here, see :func:`_sorted_fitted_carry`)."""
-    return _sorted_fitted_carry(np.sort(np.asarray(f_lin, dtype=np.float64)), np.sort(np.asarray(s_lin, dtype=np.float64)),
-                                transform, percentile, negative_share)
+    fit = _sorted_fitted_carry(np.sort(np.asarray(f_lin, dtype=np.float64)), np.sort(np.asarray(s_lin, dtype=np.float64)),
+                               transform, percentile, negative_share)
+    return None if fit is None else fit[:3]
 
 
 def _sorted_fitted_carry(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: Any, percentile: float,
-                         negative_share: float) -> tuple[float, float, float] | None:
+                         negative_share: float) -> tuple[float, float, float, float] | None:
     """:func:`fitted_carry` of the two tubes' events already sorted (float64, compensated linear
     units): the same result (medians and percentiles are order statistics), each of them selected
     from a sorted array without a partition's pass over all events, the FMO percentile carried over
     without a sort (:func:`sorted_additive_threshold`); :func:`two_step_fit` sorts each tube once for
-    its two fits."""
+    its two fits. Also the fit's sum of squares (the fourth number)."""
     if f_sorted.size < 20 or s_sorted.size < 20 or not negative_share >= MIN_FIT_SHARE:
         return None
     scale = _fmo_scale(f_sorted)
     start = np.array([float(np.median(s_sorted) - np.median(f_sorted)), 0.0])
-    p, _ = _fit_signal(f_sorted, s_sorted, transform, negative_share, lambda p: p[0] + abs(p[1]) * SIGNAL_QUANTILES,
-                       start, np.array([scale, scale]), scale)
+    p, sse = _fit_signal(f_sorted, s_sorted, transform, negative_share, lambda p: p[0] + abs(p[1]) * SIGNAL_QUANTILES,
+                         start, np.array([scale, scale]), scale)
     shift, spread = float(p[0]), float(abs(p[1]))
     lin = sorted_additive_threshold(f_sorted, shift, spread, percentile)
-    return float(transform.apply(np.array([lin]))[0]), shift, spread
+    return float(transform.apply(np.array([lin]))[0]), shift, spread, sse
 
 
 @dataclass(frozen=True)
@@ -1226,8 +1227,11 @@ class FitCarry:
     spread: float
     share: float
     log_sd: float = 0.0
-    """The log-SD of a log-normal binding (:func:`lognormal_share_fit`: ``shift`` is then its median,
-    ``spread`` the normal spreading's SD); 0 for the normal model of :func:`fitted_carry`."""
+    """The log-SD of a log-normal binding (:func:`lognormal_share_fit`, :func:`skewed_or_normal`:
+    ``shift`` is then its median, ``spread`` the normal spreading's SD); 0 for the normal model of
+    :func:`fitted_carry`."""
+    normal_cut: float = float("nan")
+    """The normal fit's cut a log-normal one replaced (:func:`skewed_or_normal`); NaN otherwise."""
 
 
 MIN_FIT_SHARE = 0.35
@@ -1235,8 +1239,40 @@ MIN_FIT_SHARE = 0.35
 negatives leave too few events for its percentiles)."""
 
 
+SHAPE_CONFIDENCE = 0.99
+"""Confidence of the F test by which :func:`skewed_or_normal` takes the log-normal binding over the normal."""
+
+
+def skewed_or_normal(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: Any, percentile: float,
+                     normal: FitCarry, normal_sse: float) -> FitCarry:
+    """The signal's shape the stained negatives' bulk shows: the log-normal binding plus normal
+    spreading of :func:`lognormal_fitted_cut`, fitted to the same :data:`FIT_PERCENTILES` of the
+    same share (one fit, from the normal fit's shift and spread and a log-SD of 0.5; the FMO as
+    :data:`SHARE_FMO_QUANTILES` quantiles, to :data:`SHARE_FATOL`: time), replaces the ``normal``
+    fit (sum of squares ``normal_sse``) when it fits those percentiles better by the F test of nested
+    least squares (one parameter more: (normal_sse - its) / (its / (14 - 3)) above F's
+    :data:`SHAPE_CONFIDENCE` quantile) and its log-SD stays below :data:`LOGNORMAL_MAX_SD` (a fit at
+    that bound is a vanishing median with an ever wider tail: no binding to shape). Binding per cell
+    is log-normal; a normal fitted to its bulk falls short of its upper tail, so the FMO percentile is
+    carried over too low and the gate over-calls (CD56+ under heavy binding: CD3+ T cells counted
+    NKT). ``normal`` itself otherwise, and without a positive shift. ``f_sorted``, ``s_sorted``: both
+    tubes' finite events, linear units, sorted."""
+    if not normal.shift > 0:
+        return normal
+    scale = _fmo_scale(f_sorted)
+    cut, p, sse = _lognormal_fit(f_sorted, s_sorted, transform, percentile, normal.share,
+                                 [np.array([normal.shift, 0.5 * scale, 0.5 * normal.spread])], scale,
+                                 fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL, fmo_sorted=True)
+    dof = FIT_PERCENTILES.size - 3
+    better = (normal_sse - sse) * dof > float(fdtri(1, dof, SHAPE_CONFIDENCE)) * sse
+    if not (better and _log_sd(p, scale) < LOGNORMAL_MAX_SD):
+        return normal
+    return replace(_lognormal_carry(cut, p, normal.share, scale), normal_cut=normal.cut)
+
+
 def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
-                 t_fmo: float, f_sorted: np.ndarray | None = None, s_lin: np.ndarray | None = None) -> FitCarry | None:
+                 t_fmo: float, f_sorted: np.ndarray | None = None, s_lin: np.ndarray | None = None,
+                 shape: bool = True) -> FitCarry | None:
     """:func:`fitted_carry` with the negatives' share read twice: first the stained events at or
     below the FMO percentile ``t_fmo`` (too few under binding), then those at or below the first
     fit's cut, divided by ``percentile`` / 100 (the share of negatives below it). Both fits take the
@@ -1246,7 +1282,8 @@ def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: f
     When the first share is below :data:`MIN_FIT_SHARE` (binding has moved the whole negative peak
     past the FMO percentile) and the FMO and stained tubes hold 20 events or more: the log-normal fit
     of :func:`lognormal_share_fit` (heavy binding has the log-normal's upper tail, which a normal
-    fitted to the bulk does not carry over)."""
+    fitted to the bulk does not carry over). Otherwise the normal fit, or the log-normal one in its
+    place where the bulk shows that shape (:func:`skewed_or_normal`; not with ``shape`` False)."""
     if f_sorted is None:
         f_sorted = sorted_fmo_linear(fmo_x, transform)
     s_sorted = np.sort(_finite_linear(x, transform) if s_lin is None else s_lin)
@@ -1258,7 +1295,10 @@ def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: f
         return None
     share = min(1.0, float(np.mean(x <= first[0])) / (percentile / 100.0))
     final = _sorted_fitted_carry(f_sorted, s_sorted, transform, percentile, share)
-    return None if final is None else FitCarry(*final, share)
+    if final is None:
+        return None
+    normal = FitCarry(*final[:3], share)
+    return skewed_or_normal(f_sorted, s_sorted, transform, percentile, normal, final[3]) if shape else normal
 
 
 FIT_LOGNORMAL_QUANTILES = (ndtri((np.arange(16) + 0.5) / 16), ndtri((np.arange(8) + 0.5) / 8))
@@ -1324,12 +1364,15 @@ def _lognormal_offsets(p: np.ndarray, scale: float, z: tuple[np.ndarray, np.ndar
 
 def _lognormal_fit(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentile: float, share: float,
                    starts: list[np.ndarray], scale: float, maxiter: int = 800, step: float = 1.0,
-                   fmo_quantiles: int = FIT_FMO_QUANTILES, fatol: float = 1e-12) -> tuple[float, np.ndarray]:
+                   fmo_quantiles: int = FIT_FMO_QUANTILES, fatol: float = 1e-12,
+                   fmo_sorted: bool = False) -> tuple[float, np.ndarray, float]:
     """The log-normal binding plus spreading fitted from each of ``starts`` (the best kept) to the
     :data:`FIT_PERCENTILES` of ``share`` of the stained events (:func:`_fit_signal`, first steps
     ``step`` x (half the start's median, a quarter and half of ``scale``); the FMO as ``fmo_quantiles``
-    quantiles; ``fatol`` as :func:`_fit_signal`'s): (the FMO ``percentile`` carried over with it at the
-    :data:`TAIL_QUANTILES`, transformed units; the parameters, as :func:`_lognormal_offsets` reads them)."""
+    quantiles; ``fatol`` as :func:`_fit_signal`'s; ``fmo_sorted``: ``f_lin`` is sorted already, the carry
+    reads it as it is): (the FMO ``percentile`` carried over with it at the
+    :data:`TAIL_QUANTILES`, transformed units; the parameters, as :func:`_lognormal_offsets` reads them;
+    the fit's sum of squares)."""
     def offsets(p: np.ndarray) -> np.ndarray:
         return _lognormal_offsets(p, scale, FIT_LOGNORMAL_QUANTILES)
 
@@ -1337,10 +1380,11 @@ def _lognormal_fit(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percent
                         step * np.array([0.5 * abs(start[0]), 0.25 * scale, 0.5 * scale]), scale, maxiter=maxiter,
                         fmo_quantiles=fmo_quantiles, fatol=fatol)
             for start in starts]
-    p = min(fits, key=lambda f: f[1])[0]
+    p, sse = min(fits, key=lambda f: f[1])
     tail = _lognormal_offsets(p, scale, TAIL_QUANTILES)
-    lin = upper_offset_threshold(upper_events(f_lin, percentile, tail.size), tail, percentile)
-    return float(transform.apply(np.array([lin]))[0]), p
+    upper = _all_sorted(f_lin) if fmo_sorted else upper_events(f_lin, percentile, tail.size)
+    lin = upper_offset_threshold(upper, tail, percentile)
+    return float(transform.apply(np.array([lin]))[0]), p, sse
 
 
 SHARE_ROUNDS = 6
@@ -1379,8 +1423,8 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
         return None
     scale = _fmo_scale(f_sorted)
     if start is not None and share is not None:
-        cut, p = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, [start], scale, step=WARM_STEP,
-                                fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
+        cut, p, _ = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, [start], scale, step=WARM_STEP,
+                                   fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
         return _lognormal_carry(cut, p, share, scale)
     shift = float(np.median(s_sorted) - np.median(f_sorted))
     if not shift > 0:
@@ -1390,8 +1434,8 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
     starts = [np.array([shift, s0 * scale, 0.5 * scale]) for s0 in LOGNORMAL_STARTS]
     step = 1.0
     for _ in range(SHARE_ROUNDS):
-        cut, p = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, starts, scale, step=step,
-                                fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
+        cut, p, _ = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, starts, scale, step=step,
+                                   fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
         used, share, starts, step = share, _share_below(s_sorted, cut, transform, percentile), [p], WARM_STEP
         if abs(share - used) < SHARE_TOLERANCE:
             break
@@ -1422,7 +1466,7 @@ def fit_cut_error(fmo_values: np.ndarray, stained_values: np.ndarray, transform:
 
     def refit(i: int) -> FitCarry | None:
         if fit is None or not fit.log_sd > 0:
-            return two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo)
+            return two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo, shape=fit is None)
         f_sorted = sorted_fmo_linear(f[i::folds], transform)
         start = np.array([fit.shift, fit.log_sd * _fmo_scale(f_sorted), fit.spread])
         return lognormal_share_fit(f_sorted, np.sort(_finite_linear(x[i::folds], transform)), transform, percentile,
@@ -1712,7 +1756,7 @@ def place_fmo_anchored(
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
       ``upper``, ``mid`` (halfway between them) or ``fit`` (:func:`two_step_fit`, no tolerance test;
-      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share``, ``fit_log_sd`` recorded); ``relative_carry``
+      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share``, ``fit_log_sd``, ``fit_normal`` recorded); ``relative_carry``
       names the carry-over the relative threshold is (``reference``, ``fit`` or the ``width_side``
       read). With ``reference`` (a
       :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
@@ -1783,7 +1827,7 @@ def place_fmo_anchored(
     fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted, linear[1]) if linear is not None else None
     if fitted is not None:
         diagnostics.update(fit_threshold=fitted.cut, fit_shift=fitted.shift, fit_spread=fitted.spread,
-                           fit_share=fitted.share, fit_log_sd=fitted.log_sd)
+                           fit_share=fitted.share, fit_log_sd=fitted.log_sd, fit_normal=fitted.normal_cut)
     if not neg.found and fitted is not None:
         winner, cut = "fmo_relative", fitted.cut
         diagnostics["note"] = "no stained negative peak near the FMO's mode: the fitted carry-over"

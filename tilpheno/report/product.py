@@ -372,14 +372,18 @@ FMO_TABLE_COLUMNS = (
 
 def fit_evidence(row) -> str:
     """The evidence a ``width_side: fit`` cut is judged by (``gates.checks.fit_judgement``), as the
-    FMO table's rule states it: the log-normal fit's cut and the half-width of the fit's 95 %
-    interval (transformed units); '' where it was not measured."""
+    FMO table's rule states it: the other shape's cut (the log-normal fit's, or the normal fit's that a
+    log-normal cut replaced) and the half-width of the fit's 95 % interval (transformed units); ''
+    where it was not measured."""
     from tilpheno.report.html import fmt
 
     lognormal, error = getattr(row, "fit_lognormal", None), getattr(row, "fit_error", None)
     if error is None or not math.isfinite(float(error)):
         return ""
-    return (f", log-normal fit {fmt(lognormal, 3)}, fit ± {fmt(error, 3)} (95 % interval; "
+    normal = getattr(row, "fit_normal", None)
+    other = (f"normal fit {fmt(normal, 3)}" if normal is not None and math.isfinite(float(normal))
+             else f"log-normal fit {fmt(lognormal, 3)}")
+    return (f", {other}, fit ± {fmt(error, 3)} (95 % interval; "
             f"{fmt(getattr(row, 'candidate_points', None), 1)} points of the parent)")
 
 

@@ -834,6 +834,8 @@ CANDIDATE_RULES = (
                                               "(the tail-shape check)"),
     ("fit_lognormal", "log-normal fit", "the cut with a log-normal binding (plus normal spreading) fitted to the same "
                                         "stained negatives as the additive fit (the fit's tail-shape check)"),
+    ("fit_normal", "normal fit", "the cut with the additive (normal) binding fitted to the same stained negatives, "
+                                 "which a log-normal fit of the bulk replaced (the fit's tail-shape check)"),
 )
 """``thresholds`` column -> (short label, meaning) of the cuts a threshold gate's placement weighed
 (``tilpheno.gates.checks.RECORD_COLUMNS``; the report's FMO table shows the same numbers)."""
