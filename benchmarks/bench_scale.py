@@ -32,7 +32,8 @@ it is missing: 4 products x 9 files, 8 of them gated, x 200,000 events, seed 7):
   the gates; the file's SHA-256, which the pipeline records for provenance and FlowKit does not
   compute, is timed apart (``+ SHA-256``).
 
-Every ``process`` runs in a subprocess (``python -m tilpheno.cli process``, ``--no-cache`` unless the
+Every ``process`` runs in a subprocess (``python -m tilpheno process``, the ``tilpheno`` script's entry
+point; ``-m tilpheno.cli`` in a tree without ``tilpheno/launch.py``; ``--no-cache`` unless the
 cache is what is measured) against the ``tilpheno`` of ``--tree`` (default: this checkout), whose
 modules are byte-compiled first as an installed package's are (``byte_compile``); wall
 time, CPU time of the process tree (psutil, sampled every 50 ms) and the 1-minute load average
@@ -63,9 +64,9 @@ between runs of one invocation.
   cohort split into two halves, processed by two independent ``--jobs 1`` runs started together
   (:func:`two_halves_at_once`).
 - timeline: where a run's wall time goes: one ``process`` (``--jobs N``, or ``--executor dask``
-  with ``--dask``) in a subprocess whose parent and workers log timestamps (process start, CLI
-  imported, fork server started, manifest, run record, each worker started, each product's start
-  and end in its worker, cohort tables, ``run.json``, exit), printed as a timeline and summed up:
+  with ``--dask``) in a subprocess whose parent and workers log timestamps (process start, fork
+  server started, manifest, run record, each worker started, each product's start and end in its
+  worker, cohort tables, ``run.json``, exit), printed as a timeline and summed up:
   the serial head (start to the first product), the products, the time one worker sat idle while
   another still ran (imbalance), the serial tail (last product to exit).
 """
@@ -105,6 +106,12 @@ def byte_compile(tree: Path) -> None:
         _COMPILED.add(tree)
 
 
+def entry_module(tree: Path) -> str:
+    """``tilpheno``: ``python -m tilpheno`` runs the ``tilpheno`` script's entry point
+    (``tilpheno.launch.main``); a tree from before it (no ``tilpheno/launch.py``): ``tilpheno.cli``."""
+    return "tilpheno" if (Path(tree) / "tilpheno" / "launch.py").exists() else "tilpheno.cli"
+
+
 def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
     """``tilpheno process`` of ``tree`` in a subprocess (its modules byte-compiled first,
     :func:`byte_compile`): wall s, CPU s of the tree, load before, exit."""
@@ -112,7 +119,7 @@ def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
 
     byte_compile(tree)
     cohort, out = cohort.resolve(), out.resolve()
-    cmd = [sys.executable, "-m", "tilpheno.cli", "process", str(cohort), "-o", str(out),
+    cmd = [sys.executable, "-m", entry_module(tree), "process", str(cohort), "-o", str(out),
            "--manifest", str(cohort / "manifest.csv"), *extra]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     before = load()
@@ -426,24 +433,49 @@ def _traced(owner, name: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def traced_cli(argv: list[str]) -> None:
-    """``tilpheno`` + ``argv`` in this process, its steps and its workers' products logged."""
-    _event("parent python started")
-    import tilpheno.cli
+def _trace_the_run() -> None:
+    """Log the parent's steps (and the workers' products: ``traced_run_product``)."""
     import tilpheno.pipeline.executors as executors
     import tilpheno.pipeline.outputs as outputs
     import tilpheno.pipeline.pool as pool
     import tilpheno.pipeline.run as run
 
-    _event("parent CLI imported")
     executors.run_product = traced_run_product   # pickled by reference: the workers run the traced one
-    for owner, name in [(pool, "start_fork_server"), (run, "load_manifest"), (run, "start_run_record"),
-                        (pool.WorkerPool, "_start"), (outputs, "_tables"),
-                        (outputs, "_write_populations"), (outputs, "write_run_record")]:
+    for owner, name in [(run, "load_manifest"), (run, "start_run_record"), (pool.WorkerPool, "_start"),
+                        (outputs, "_tables"), (outputs, "_write_populations"), (outputs, "write_run_record")]:
         _traced(owner, name)
+
+
+def traced_cli(argv: list[str]) -> None:
+    """``tilpheno`` + ``argv`` in this process, as the ``tilpheno`` script runs it (``tilpheno.launch.main``;
+    ``tilpheno.cli.main`` in a tree without it), its steps and its workers' products logged. The
+    pipeline's modules are imported for the tracing only once the fork server has started (or at
+    once, when the command starts none), so the run's head is the command's own."""
+    import tilpheno.pipeline.pool as pool
+
+    _event("parent python started")
+    start_fork_server = pool.start_fork_server
+    server = "--jobs" in argv and argv[argv.index("--jobs") + 1] != "1"
+    if not server:   # nothing to wait for: traced at once
+        _trace_the_run()
+
+    def traced_start() -> None:
+        nonlocal server
+        _event("parent start_fork_server start")
+        start_fork_server()
+        _event("parent start_fork_server end")
+        if server:   # the first start: trace the rest of the run
+            server = False
+            _trace_the_run()
+
+    pool.start_fork_server = traced_start
     sys.argv = ["tilpheno", *argv]
     try:
-        tilpheno.cli.main()
+        from tilpheno.launch import main
+    except ImportError:   # a tree from before tilpheno.launch
+        from tilpheno.cli import main
+    try:
+        main()
     except SystemExit:
         pass
     _event("parent exit")

@@ -268,8 +268,8 @@ def test_include_identifiers_opts_in(planted, tmp_path):
 
 def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, jobs: int, previous: bool = True,
                                        after: int = 1):
-    """``tilpheno process`` into an OUT holding a previous run's files (``previous``; else a new
-    OUT), the process sending itself ``signame`` once its first product is done (as in a terminal:
+    """``tilpheno process`` (``tilpheno.launch.main``) into an OUT holding a previous run's files
+    (``previous``; else a new OUT), the process sending itself ``signame`` once its first product is done (as in a terminal:
     SIGINT raises KeyboardInterrupt), before the run takes it in (``after`` 1), or once the run has
     taken in ``after - 1`` products (and stored them in its cache); the finished subprocess and OUT."""
     import subprocess
@@ -282,7 +282,7 @@ def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, job
         (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
     script = ("import os, signal, sys\n"
               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              "from tilpheno.cli import main\n"
+              "from tilpheno.launch import main\n"   # the tilpheno script's entry point
               "from tilpheno.pipeline import outputs\n"
               "real = outputs.iter_outcomes\n"
               "def first_then_signal(*args, **kwargs):\n"
@@ -303,6 +303,7 @@ def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, job
 @pytest.mark.parametrize("signame, jobs, status, line", [
     ("SIGTERM", 2, 143, "error: terminated (SIGTERM) before the command finished"),
     ("SIGINT", 1, 130, "error: interrupted (Ctrl-C) before the command finished"),
+    ("SIGINT", 2, 130, "error: interrupted (Ctrl-C) before the command finished"),
 ])
 def test_a_signal_stops_the_run_cleanly(small_cohort, tmp_path, signame, jobs, status, line):
     """``kill`` (SIGTERM: a batch scheduler's time limit, ``docker stop``) mid-run with --jobs 2, or

@@ -1138,29 +1138,6 @@ def _run_app() -> int:
     return code if isinstance(code, int) else 0
 
 
-def parallel_local_process(argv: List[str]) -> bool:
-    """Whether ``argv`` (the arguments after ``tilpheno``) asks for ``process`` with ``--jobs N``, N > 1,
-    on the local executor, read as typed (``--verbose process DIR -o OUT --jobs 2``, ``--jobs=2``,
-    ``--executor local``); False for anything else (``--help``, a value that is no number): Typer
-    reads and checks the command line afterwards, as always."""
-    command, it = None, iter(argv)
-    for arg in it:
-        if arg == "--log":
-            next(it, None)   # the root option's value
-        elif not arg.startswith("-"):
-            command = arg
-            break
-    if command != "process" or "--help" in argv:
-        return False
-    given: dict[str, str] = {}
-    for arg in it:
-        name, eq, value = arg.partition("=")
-        if name in ("--jobs", "--executor"):
-            given[name] = value if eq else next(it, "")
-    jobs = given.get("--jobs", "1")
-    return jobs.isdigit() and int(jobs) > 1 and given.get("--executor", "local") == "local"
-
-
 def main() -> None:  # console-script entry point
     """Run the command line. SIGTERM (``kill``, a batch scheduler's time limit, ``docker stop``)
     stops a command as Ctrl-C does, so its clean-up runs (a ``process`` run's staging folder and
@@ -1168,18 +1145,17 @@ def main() -> None:  # console-script entry point
     Python would die at once, leaving its workers running on. Ctrl-C (which Typer turns into a
     silent exit status 130) says so in one line too.
 
-    ``process --jobs N`` (:func:`parallel_local_process`) starts its workers' fork server first,
-    before Typer reads the command line (0.15 s of CPU: pydantic, an adapter per parameter, the
-    pipeline's imports): the server's imports of the workers' libraries, the longest serial part of
-    a parallel run, overlap with all of that. A command line Typer then refuses leaves the server
-    to stop with this process."""
+    ``process --jobs N`` starts its workers' fork server first, before Typer reads the command line
+    (0.15 s of CPU: pydantic, an adapter per parameter, the pipeline's imports): the server's
+    imports of the workers' libraries, the longest serial part of a parallel run, overlap with all
+    of that (:func:`tilpheno.launch.start_fork_server_early`; the ``tilpheno`` script and ``python -m
+    tilpheno`` start it even before this module's imports, and then it is running already)."""
     import signal
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    if parallel_local_process(sys.argv[1:]):
-        from tilpheno.pipeline.pool import start_fork_server
+    from tilpheno.launch import start_fork_server_early
 
-        start_fork_server()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    start_fork_server_early(sys.argv[1:])
     try:
         sys.exit(_run_app())
     except Terminated:

@@ -1,0 +1,102 @@
+"""The ``tilpheno`` command's entry point (``tilpheno.launch``; the console script and ``python -m
+tilpheno``): ``process --jobs N``'s fork server started before the command line's own imports."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# run as ``tilpheno`` (``entry``) would be, the fork server's start replaced by a probe: was Typer
+# (the command line's first import) already imported when the server was started?
+PROBE = """\
+import runpy, sys
+import tilpheno.pipeline.pool as pool
+def probe():
+    print("server started; typer imported:", "typer" in sys.modules, flush=True)
+    raise SystemExit(0)
+pool.start_fork_server = probe
+sys.argv = ["tilpheno", "process", "IN", "-o", "OUT", "--jobs", "2"]
+entry = {entry!r}
+if entry == "python -m tilpheno":
+    runpy.run_module("tilpheno", run_name="__main__", alter_sys=True)
+else:
+    module, _, function = entry.partition(":")
+    getattr(__import__(module, fromlist=[function]), function)()
+"""
+
+
+def _console_script() -> str:
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)["project"]["scripts"]["tilpheno"]
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m tilpheno"])
+def test_process_with_jobs_starts_the_fork_server_before_the_command_line_imports_typer(entry):
+    """Issue 18, ``--jobs 2``'s serial head: the fork server's imports of the workers' libraries are
+    its longest serial part, and the server was started only once ``tilpheno.cli`` had been imported
+    (Typer, Click, Rich: 0.07-0.17 s, the server waiting on all of it); the ``tilpheno`` script and
+    ``python -m tilpheno`` now start it first, with nothing of the command line imported."""
+    target = _console_script() if entry == "console script" else entry
+    run = subprocess.run([sys.executable, "-c", PROBE.format(entry=target)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "server started; typer imported: False", run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("argv, started", [
+    (["process", "IN", "-o", "OUT", "--jobs", "2"], True),
+    (["process", "IN", "-o", "OUT"], False),
+    (["process", "IN", "-o", "OUT", "--jobs", "1"], False),
+    (["process", "IN", "-o", "OUT", "--jobs", "2", "--executor", "dask", "--scheduler", "tcp://h:8786"], False),
+    (["demo", "--jobs", "2"], False),
+])
+def test_the_entry_point_starts_a_server_only_for_a_parallel_local_process(monkeypatch, argv, started):
+    """``--jobs 1``, Dask and other commands start no fork server before the command line; every
+    command line then goes to ``tilpheno.cli.main`` as it is."""
+    import tilpheno.cli as cli
+    from tilpheno import launch
+    from tilpheno.pipeline import pool
+
+    events: list[str] = []
+    monkeypatch.setattr(pool, "start_fork_server", lambda: events.append("fork server"))
+    monkeypatch.setattr(cli, "main", lambda: events.append(f"cli {sys.argv[1:]}"))
+    monkeypatch.setattr(sys, "argv", ["tilpheno", *argv])
+    launch.main()
+    assert events == [*(["fork server"] if started else []), f"cli {argv}"]
+
+
+def test_python_m_tilpheno_jobs_2_with_a_failing_product_exits_1_and_names_it(small_cohort, tmp_path):
+    """The whole parallel path through the entry point, as a user types it (``python -m tilpheno
+    process ... --jobs 2``): a product whose stained file is not an FCS file fails in its worker,
+    the others are done, exit status 1 and the failed product named; outputs as ``--jobs 1``'s."""
+    folder = tmp_path / "in"
+    shutil.copytree(small_cohort.out_dir, folder)
+    manifest = folder / small_cohort.manifest.name
+    (folder / "TIL002_surface_stain.fcs").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    runs = {}
+    for jobs in ("2", "1"):
+        out = tmp_path / f"out{jobs}"
+        runs[jobs] = subprocess.run([sys.executable, "-m", "tilpheno", "process", str(folder), "-o", str(out),
+                                     "--manifest", str(manifest), "--no-cache", "--jobs", jobs],
+                                    capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    done = runs["2"]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    text = " ".join((done.stdout + done.stderr).split())
+    assert "2 of 3 products done, 1 failed" in text and "TIL002" in text, text
+    assert runs["1"].returncode == 1, runs["1"].stdout + runs["1"].stderr
+
+    def outputs(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and p.name not in ("run.json", ".tilpheno.lock")
+                and ".cache" not in p.relative_to(out).parts}   # the cache records each run's own times
+
+    assert outputs(tmp_path / "out2") == outputs(tmp_path / "out1")
