@@ -68,15 +68,12 @@ def stop_profiler(worker) -> bool:
 def dask_setup(worker=None) -> None:
     """``distributed``'s preload hook (also callable as ``client.run(dask_setup)``, which passes no
     worker: then the profiler is left as it is)."""
-    import importlib
-
     from threadpoolctl import threadpool_limits
 
-    from tilpheno.pipeline.pool import PRELOAD
+    from tilpheno.pipeline.pool import import_libraries
 
     heap_thresholds()
-    for name in PRELOAD:
-        importlib.import_module(name)
+    import_libraries()
     threadpool_limits(1)
     if worker is not None:
         stop_profiler(worker)
