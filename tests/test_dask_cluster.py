@@ -359,3 +359,35 @@ def test_a_worker_running_other_code_stops_the_run_with_one_line(small_cohort, t
             process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, make_reports=False,
                            executor="dask", scheduler=client)
     assert not (out / "run.json").exists()
+
+
+FULL_COLLECTIONS_WHILE_IMPORTING = """\
+import gc, sys
+from tilpheno.pipeline import executors
+
+class Stop(Exception):
+    pass
+
+def full_collections():
+    return gc.get_stats()[2]["collections"]
+
+def stop(address):   # the first step after the import
+    raise Stop(full_collections() - before)
+
+executors._check_scheduler = stop
+assert "distributed" not in sys.modules
+before = full_collections()
+try:
+    list(executors._iter_dask([], "tcp://127.0.0.1:1"))
+except Stop as exc:
+    print("full collections:", exc.args[0], "collector on:", gc.isenabled())
+"""
+
+
+def test_the_dask_client_imports_distributed_with_the_garbage_collector_paused():
+    """Issue 18, Dask's serial head: the client's ``import distributed`` (0.3 s of CPU, before any
+    product starts) set off a full collection of everything the run had made (a quarter of the
+    import's CPU on a loaded machine); it now runs with the collector paused, on again after."""
+    done = subprocess.run([sys.executable, "-c", FULL_COLLECTIONS_WHILE_IMPORTING], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.stdout.strip() == "full collections: 0 collector on: True", done.stdout + done.stderr

@@ -11,6 +11,7 @@ as a whole when one worker dies, and on Python 3.11 its shutdown can then hang.)
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,13 +40,25 @@ def import_libraries() -> None:
     import gc
     import importlib
 
-    gc.disable()
-    try:
+    with collector_paused():
         for name in PRELOAD:
             importlib.import_module(name)
         gc.freeze()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off in the block (imports: the many objects they make
+    would set off collections that walk everything made so far), on again after it if it was on."""
+    import gc
+
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
-        gc.enable()
+        if was_on:
+            gc.enable()
 
 
 def pool_context():
