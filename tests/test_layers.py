@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "tilpheno"
 LAYERS = {
     # 0 configuration and foundations: errors, QC records, atomic files, the study's vocabulary in YAML
     "tilpheno": 0, "tilpheno.errors": 0, "tilpheno.qc": 0, "tilpheno.vocabulary": 0, "tilpheno.release": 0,
-    "tilpheno.study": 0, "tilpheno.io": 0, "tilpheno.io.atomic": 0, "tilpheno.io.files": 0, "tilpheno.io.text": 0,
+    "tilpheno.study": 0, "tilpheno.quantiles": 0, "tilpheno.io": 0, "tilpheno.io.atomic": 0, "tilpheno.io.files": 0, "tilpheno.io.text": 0,
     # 1 read: FCS files (and the spillover matrices they carry), tables, output folders
     "tilpheno.io.fcs": 1, "tilpheno.io.spill": 1, "tilpheno.io.fcs_write": 1, "tilpheno.io.outcomes": 1,
     "tilpheno.io.outdir": 1, "tilpheno.io.export": 1, "tilpheno.io.workbook": 1,

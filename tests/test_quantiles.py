@@ -1,0 +1,76 @@
+"""tilpheno.quantiles against numpy itself: the same bits on arrays of every kind the gating meets
+(continuous, heavy ties, small, sorted, zeros of both signs, NaN, infinities)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tilpheno import quantiles as qt
+
+PERCENTILES = [99.5, 0.05, 50, 75, 25.0, 0.0, 100.0, [0.05, 99.95], [75, 25], [0.5, 99.5], [99.5, 0.05],
+               list(np.arange(5.0, 71.0, 5.0)), list((np.arange(128) + 0.5) * 100.0 / 128), np.array([84.13]),
+               [50.0, 50.0, 49.99]]
+
+
+def _arrays(rng: np.random.Generator):
+    for n in (1, 2, 3, 4, 5, 7, 10, 33, 100, 1001, 4096, 20000):
+        yield rng.normal(size=n)
+        yield rng.lognormal(3.0, 2.0, size=n) - 30.0
+        yield rng.integers(-5, 6, size=n).astype(np.float64)              # ties, and zeros
+        yield rng.integers(1, 4, size=n).astype(np.float64)               # ties without zeros
+        yield np.round(rng.normal(size=n), 1) + 0.0
+        x = rng.normal(size=n)
+        x[rng.random(n) < 0.2] = -0.0                                    # zeros of both signs
+        x[rng.random(n) < 0.2] = 0.0
+        yield x
+        y = rng.normal(size=n)
+        y[rng.integers(0, n)] = np.nan
+        yield y
+        z = rng.normal(size=n)
+        z[rng.integers(0, n)] = np.inf
+        z[rng.integers(0, n)] = -np.inf
+        yield z
+        yield np.full(n, 2.5)
+
+
+def _same(got, want) -> bool:
+    return type(got) is type(want) and np.asarray(got).tobytes() == np.asarray(want).tobytes() \
+        and np.shape(got) == np.shape(want)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_percentile_and_quantile_are_numpys_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for x in _arrays(rng):
+        before = x.copy()
+        ordered = np.sort(x)
+        for q in PERCENTILES:
+            want = np.percentile(x, q)
+            assert _same(qt.percentile(x, q), want), (x.size, q)
+            assert _same(qt.sorted_percentile(ordered, q), np.percentile(ordered, q)), (x.size, q)
+            fractions = np.true_divide(q, 100)
+            fractions = float(fractions) if np.ndim(fractions) == 0 else list(fractions)
+            assert _same(qt.quantile(x, fractions), np.quantile(x, fractions)), (x.size, q)
+            assert _same(qt.sorted_quantile(ordered, fractions), np.quantile(ordered, fractions)), (x.size, q)
+            checked += 1
+        assert before.tobytes() == x.tobytes()      # the input is not changed
+    assert checked == 12 * 9 * len(PERCENTILES)
+
+
+def test_selection_and_sort_paths_both_taken():
+    """Up to MAX_SELECTIONS order statistics below their neighbours are selected, more are sorted:
+    both give numpy's bits on the same arrays (the test above holds either way; this pins that
+    both ways are exercised there)."""
+    x = np.random.default_rng(9).normal(size=5000)
+    few = [1.0, 40.0, 99.0][: qt.MAX_SELECTIONS]
+    many = list(np.linspace(1.0, 99.0, qt.MAX_SELECTIONS + 1))
+    for q in (few, many):
+        assert _same(qt.percentile(x, q), np.percentile(x, q))
+
+
+def test_what_numpy_rejects_it_rejects():
+    with pytest.raises(ValueError):
+        qt.percentile(np.arange(5.0), 101.0)
+    with pytest.raises(ValueError):
+        qt.quantile(np.arange(5.0), [-0.1, 0.5])
