@@ -480,6 +480,72 @@ def test_a_new_database_is_made_on_a_file_system_without_hard_links(review_out, 
     assert "ann" in run("users", "list", out).output
 
 
+def test_two_creators_on_a_file_system_without_hard_links_keep_one_database(tmp_path):
+    """Where the file system has no hard links (os.link: EPERM) the new database was renamed into
+    place if ``not path.exists()``: two commands making it at once could both find it missing, and
+    the second's rename replaced the first's database after the first had audited into it (here:
+    the first waits up to 3 s at its rename for the second's, and the second's waits until the
+    first's entry is committed). The check and the rename are now under a lock beside it: one
+    database, both entries in its chain, nothing else left beside it."""
+    from tilpheno.review import audit
+    from tilpheno.review.db import open_database
+
+    folder, sync = tmp_path / "db", tmp_path / "sync"
+    folder.mkdir()
+    sync.mkdir()
+    path = folder / "out.review.sqlite"
+    code = """if True:
+        import errno, os, sys, time
+        from pathlib import Path
+        from tilpheno.review import audit
+        from tilpheno.review.db import open_database
+        path, sync, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+        real_replace = os.replace
+
+        def no_links(src, dst, *args, **kwargs):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM), str(src), None, str(dst))
+
+        def wait_for(marker, seconds):
+            end = time.monotonic() + seconds
+            while not (sync / marker).exists() and time.monotonic() < end:
+                time.sleep(0.02)
+
+        def rename(src, dst, *args, **kwargs):
+            if Path(dst) == path:
+                try:
+                    os.close(os.open(sync / "first", os.O_CREAT | os.O_EXCL))
+                    wait_for("second", 3)   # the other creator's rename too (never, when it waits on the lock)
+                except FileExistsError:
+                    (sync / "second").touch()
+                    wait_for("audited", 30)   # the first's entry committed into the database it renamed
+            real_replace(src, dst, *args, **kwargs)
+
+        os.link, os.replace = no_links, rename
+        print("ready", flush=True)
+        sys.stdin.readline()   # both started: they make the database at once
+        sessions = open_database(f"sqlite:///{path}")
+        with sessions() as db:
+            audit.append(db, name, "test_entry", reason=f"written by {name}")
+            db.commit()
+        sessions.kw["bind"].dispose()   # its last connection closed: the entry is in the database file
+        (sync / "audited").touch()
+    """
+    procs = {name: subprocess.Popen([sys.executable, "-c", code, str(path), str(sync), name], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")}
+    assert all(proc.stdout.readline().strip() == "ready" for proc in procs.values())
+    for proc in procs.values():
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (name, err.strip().splitlines()[-1:])
+    with open_database(f"sqlite:///{path}")() as db:
+        assert audit.verify(db).ok
+        assert sorted(e.username for e in db.query(audit.AuditEntry).filter_by(action="test_entry")) == ["a", "b"]
+    assert sorted(p.name for p in sync.iterdir()) == ["audited", "first"]   # one creator renamed, the other used it
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(("-wal", "-shm"))) == ["out.review.sqlite"]
+
+
 def test_a_killed_first_command_s_temporary_database_is_removed_once_its_process_is_gone(review_out, tmp_path):
     """A first command killed (SIGKILL) while it made the new database left its hidden temporary
     ``.out.review.sqlite.<pid>.creating`` (and its -wal, -shm) beside OUT, and nothing ever removed
