@@ -240,6 +240,58 @@ def _renamed_while_interrupted(tmp_path, monkeypatch) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.parametrize("over", ["nothing", "an older draft"])
+def test_a_draft_killed_while_renamed_into_place_is_never_taken_for_a_whole_study(tmp_path, over):
+    """``kill -9`` (no signal to hold) after the first finished file of a draft is renamed into place.
+    Over an older draft (--overwrite) that left the old study.yaml beside the new manifest.csv, a
+    mixed study that process took for whole; in an empty folder the next draft refused with 'already
+    holds manifest.csv', as though a draft were there, and the killed one's hidden temporaries stayed
+    for good. Now study.yaml is removed before the first rename and renamed last, so a study.yaml is
+    always a whole study's; the next draft names the incomplete one in one line and how to finish it,
+    and --overwrite writes what a clean draft writes, removing the temporaries."""
+    import signal
+    import subprocess
+    import sys
+
+    clean, study, older = tmp_path / "clean", tmp_path / "study", tmp_path / "older"
+    assert _run(["new-study", str(SAMPLE), "-o", str(clean)]).exit_code == 0
+    if over == "an older draft":
+        older.mkdir()
+        for fcs in SAMPLE.glob("TIL00[12]_*.fcs"):
+            shutil.copy(fcs, older / fcs.name)
+        assert _run(["new-study", str(older), "-o", str(study), "--name", "sample_fcs"]).exit_code == 0
+        assert _files(study) != _files(clean)
+    before = _files(study)
+    code = """if True:
+        import os, signal, sys
+        from tilpheno.cli import app
+        real_replace, renamed = os.replace, []
+
+        def replace(src, dst):
+            if renamed:   # the first file renamed into place: killed before the next
+                os.kill(os.getpid(), signal.SIGKILL)
+            renamed.append(dst)
+            real_replace(src, dst)
+
+        os.replace = replace
+        app(sys.argv[1:], prog_name="tilpheno")
+    """
+    killed = subprocess.run([sys.executable, "-c", code, "new-study", str(SAMPLE), "-o", str(study), "--overwrite"],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = _files(study)
+    assert any(name.endswith(".part") for name in left)   # killed mid-way: some files not renamed
+    study_files = {name: data for name, data in left.items() if not name.startswith(".")}
+    assert "study.yaml" not in left or study_files in (before, _files(clean)), sorted(left)
+    again = _run(["new-study", str(SAMPLE), "-o", str(study)])
+    errors = [line for line in again.output.splitlines() if line.startswith("error:")]
+    assert again.exit_code == 2 and len(errors) == 1, again.output
+    assert f"{study}: holds an incomplete draft" in errors[0] and "--overwrite" in errors[0], errors
+    assert _files(study) == left
+    assert _run(["new-study", str(SAMPLE), "-o", str(study), "--overwrite"]).exit_code == 0
+    assert _files(study) == _files(clean)
+
+
 @pytest.mark.parametrize("fail_at", [1, 3, 5])
 def test_a_disk_full_while_drafting_writes_no_part_of_the_study(tmp_path, monkeypatch, fail_at):
     """The disk fills while the files are written (simulated: the ``fail_at``-th fsync answers ENOSPC,

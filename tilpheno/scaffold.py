@@ -633,8 +633,11 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     temporaries are renamed over their targets only once all are written, so a failed write (a
     full disk) leaves ``out`` as it was (an OutputFolderError naming it) rather than a study.yaml
     without its strategies that the next draft refuses to replace; a Ctrl-C or SIGTERM while they
-    are renamed is acted on once all are (``uninterrupted``). Refuses (TableError) to
-    replace an existing file unless ``overwrite``. Returns the paths written."""
+    are renamed is acted on once all are (``uninterrupted``). A ``kill -9`` cannot be held: study.yaml
+    is removed before the first rename and renamed last, so a study.yaml in ``out`` is always a whole
+    draft's; one killed meanwhile is named (TableError, :func:`_killed_draft`) and finished by
+    ``overwrite``, which removes its temporaries. Refuses (TableError) to replace an existing file
+    unless ``overwrite``. Returns the paths written."""
     import contextlib
 
     from tilpheno.io.atomic import atomic_open, make_folder, uninterrupted
@@ -646,6 +649,11 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     texts.update({out / f"{t.kind}.yaml": strategy_yaml(draft, t) for t in draft.tubes})
     targets = [*texts, out / "manifest.csv"]
     existing = [p.name for p in targets if p.exists()]
+    temporaries = _killed_draft(out, targets)
+    if temporaries and not overwrite and not (out / "study.yaml").exists():
+        raise TableError(f"{out}: holds an incomplete draft, a new-study killed while writing it (no study.yaml; "
+                         f"{', '.join(existing) or 'none of its files'} in place; {', '.join(temporaries)} not renamed): "
+                         "draft again with overwrite=True to finish it (its temporaries are removed), or remove them")
     if existing and not overwrite:
         raise TableError(f"{out}: already holds {', '.join(existing)} (pass overwrite=True to replace)")
     created = not out.exists()
@@ -658,12 +666,25 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
             # non-UTF-8 file names are written as their bytes, to read back as written
             _write_through(together.enter_context(atomic_open(out / "manifest.csv", "w", errors="surrogateescape")),
                            csv_text(draft.manifest))
+            # study.yaml, first in, is renamed last: until then none is there, not an older draft's
+            (out / "study.yaml").unlink(missing_ok=True)
+        for leftover in temporaries:
+            (out / leftover).unlink(missing_ok=True)
     except OSError as exc:
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise unwritable(exc, out, "the study") from None
     return targets
+
+
+def _killed_draft(out: Path, targets: list[Path]) -> list[str]:
+    """The hidden temporaries (``.<file>.<8 characters>.part``, :func:`tilpheno.io.atomic.atomic_path`)
+    of the study's files in ``out`` that a draft killed before renaming them left, sorted."""
+    if not out.is_dir():
+        return []
+    pattern = re.compile(rf"\.(?:{'|'.join(re.escape(p.name) for p in targets)})\.\w{{8}}\.part")
+    return sorted(p.name for p in out.iterdir() if pattern.fullmatch(p.name))
 
 
 def _write_through(fh, text: str) -> None:
