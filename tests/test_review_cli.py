@@ -499,6 +499,7 @@ def test_two_creators_on_a_file_system_without_hard_links_keep_one_database(tmp_
         from pathlib import Path
         from tilpheno.review import audit
         from tilpheno.review.db import open_database
+        from tilpheno.review.service import transaction
         path, sync, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
         real_replace = os.replace
 
@@ -524,9 +525,8 @@ def test_two_creators_on_a_file_system_without_hard_links_keep_one_database(tmp_
         print("ready", flush=True)
         sys.stdin.readline()   # both started: they make the database at once
         sessions = open_database(f"sqlite:///{path}")
-        with sessions() as db:
-            audit.append(db, name, "test_entry", reason=f"written by {name}")
-            db.commit()
+        # as the app and the CLI write: retried when the other writer took the chain's next number
+        transaction(sessions, lambda db: audit.append(db, name, "test_entry", reason=f"written by {name}"))
         sessions.kw["bind"].dispose()   # its last connection closed: the entry is in the database file
         (sync / "audited").touch()
     """
