@@ -11,6 +11,7 @@ statistics numpy reads, interpolated with numpy's formula (``_lerp`` of
 ``numpy/lib/_function_base_impl.py``), so the result is the same bits; when the two can differ
 (a selected value is a zero, whose sign depends on which of equal values a selection meets first;
 a NaN among the values; an empty array) numpy computes it.
+Also ``np.median`` of an ascending array (:func:`sorted_median`), read off it.
 """
 from __future__ import annotations
 
@@ -41,6 +42,15 @@ def sorted_percentile(ordered: np.ndarray, q: Any) -> Any:
 def sorted_quantile(ordered: np.ndarray, q: Any) -> Any:
     """:func:`quantile` of ascending ``ordered`` (float64), read off it without a selection."""
     return _quantile(ordered, q, np.asanyarray(q), np.quantile, ordered=True)
+
+
+def sorted_median(ordered: np.ndarray) -> float:
+    """``np.median`` of ascending ``ordered`` (non-empty): the middle value, the mean of the two
+    middle ones for an even count (as ``np.mean`` forms it)."""
+    half = ordered.size // 2
+    if ordered.size % 2:
+        return float(ordered[half])
+    return float((ordered[half - 1] + ordered[half]) / 2)
 
 
 def _quantile(values: np.ndarray, q: Any, fractions: np.ndarray, numpy_way: Any, ordered: bool) -> Any:

@@ -59,7 +59,7 @@ import pandas as pd
 
 from tilpheno.compensation import Spillover, compensate
 from tilpheno.errors import CompensationError, FCSReadError, TableError
-from tilpheno.quantiles import sorted_quantile
+from tilpheno.quantiles import sorted_median, sorted_quantile
 
 SCATTER_SD = 2.5
 MAX_CONDITION = 100.0
@@ -484,15 +484,6 @@ def _lever(x: np.ndarray, *, low_fraction: float, bright_fraction: float) -> flo
     bright = ordered[int(np.searchsorted(ordered, hi_cut, side="left")):]
     dim = ordered[: int(np.searchsorted(ordered, lo_cut, side="right"))]
     return float(sorted_median(bright) - sorted_median(dim))
-
-
-def sorted_median(ordered: np.ndarray) -> float:
-    """``np.median`` of ascending ``ordered`` (non-empty): the middle value, the mean of the two
-    middle ones for an even count (as ``np.mean`` forms it)."""
-    half = ordered.size // 2
-    if ordered.size % 2:
-        return float(ordered[half])
-    return float((ordered[half - 1] + ordered[half]) / 2)
 
 
 def residual_events(n_events: int, mask: np.ndarray | None = None, max_events: int = RESIDUAL_MAX_EVENTS) -> np.ndarray:

@@ -70,7 +70,6 @@ from tilpheno.errors import GatingError, TooFewEventsError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
 from tilpheno.gates.mixture import MixtureFit, fit_best_mixture, ridgeline_ratio
 from tilpheno import quantiles
-from tilpheno.spillover import sorted_median
 
 _BINS = 1024
 VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
@@ -350,7 +349,7 @@ def place_singlets(
     # sorted once: the median, the percentiles and the median above the mode read off it (np.median and
     # np.percentile of the unsorted ratios select the same values at 2-3x the CPU)
     ratio = np.sort(_finite(height[ok] / area[ok], "singlets gate (FSC-H/FSC-A)", 50))
-    centre_guess = sorted_median(ratio)
+    centre_guess = quantiles.sorted_median(ratio)
     bandwidth = 0.01 * abs(centre_guess) if centre_guess else 0.01
     low, high = quantiles.sorted_percentile(ratio, [0.5, 99.5])
     density = smoothed_density(ratio, bandwidth, float(low), float(high))
@@ -358,7 +357,7 @@ def place_singlets(
     main = int(peaks[np.argmax(density.values[peaks])])
     mode = float(density.grid[main])
     above = ratio[int(np.searchsorted(ratio, mode, side="right")):] - mode
-    spread = 1.4826 * sorted_median(above) if above.size else bandwidth
+    spread = 1.4826 * quantiles.sorted_median(above) if above.size else bandwidth
     lower = mode - width * spread
     upper = mode + width * spread
     doublet_peaks = peaks[peaks < main]
