@@ -190,11 +190,11 @@ def export_csv(db: Session) -> TrailCopy:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    seqs = []
+    first = last = 0
     for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
         writer.writerow([_cell(getattr(e, c)) for c in CSV_COLUMNS])
-        seqs.append(e.seq)
-    return TrailCopy(buf.getvalue(), seqs[0] if seqs else 0, seqs[-1] if seqs else 0)
+        first, last = first or e.seq, e.seq
+    return TrailCopy(buf.getvalue(), first, last)
 
 
 def _cell(value):
