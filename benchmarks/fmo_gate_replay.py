@@ -4,7 +4,8 @@
     PYTHONPATH=$PWD .venv/bin/python benchmarks/fmo_gate_replay.py replay "/tmp/cap/91*.pkl" --csv /tmp/replay.csv
 
 ``capture`` simulates the products as ``validate_gating.py`` does (bench phenomena, 20,000 events
-per tube), runs ``analyze_product`` once and pickles, per product, every call of
+per tube; ``--set NAME=LOW-HIGH`` as there, e.g. ``--set pd1_binding=150-300 --set
+pd1_binding_sd=0.6-0.8``), runs ``analyze_product`` once and pickles, per product, every call of
 ``checks.place_and_check`` (the FMO and stained parents' values, the strategy parameters, the
 skew-reference arrays), the QC flags, the phenotype and the truth. ``replay`` places every captured
 ``fmo`` gate again with the code on ``PYTHONPATH``, moves the FMO-gated variables by the change of
@@ -37,7 +38,7 @@ VARIABLE_GATE = {"pd1_pct_of_live_lymph": "PD1+", "cd8pd1_pct_of_cd8": "CD8+PD1+
 
 
 def capture_one(args) -> int:
-    seed, events, outdir = args
+    seed, events, outdir, sets = args
     out = Path(outdir) / f"{seed}.pkl"
     if out.exists():
         return seed
@@ -58,7 +59,10 @@ def capture_one(args) -> int:
     checks.place_and_check = recording
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
+            phenomena = True
+            if sets:   # as validate_gating.one_product: the drawn phenomena, then the set ones
+                phenomena = vg.set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
+            prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
             write_product(prod, tmp)
             manifest = pd.DataFrame(manifest_rows(prod))
             manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
@@ -114,13 +118,15 @@ def main(argv=None) -> None:
     cap.add_argument("--events", type=int, default=20000)
     cap.add_argument("--out", required=True)
     cap.add_argument("--jobs", type=int, default=1)
+    cap.add_argument("--set", dest="sets", action="append", type=vg.parse_set, default=[], metavar="NAME=LOW-HIGH",
+                     help="set this phenomenon per product, as validate_gating.py --set (repeatable)")
     rep = sub.add_parser("replay")
     rep.add_argument("pattern", help="glob of captured .pkl files")
     rep.add_argument("--csv", help="write the per-product errors here")
     args = parser.parse_args(argv)
     if args.command == "capture":
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        work = [(s, args.events, args.out) for s in range(args.first_seed, args.first_seed + args.products)]
+        work = [(s, args.events, args.out, tuple(args.sets)) for s in range(args.first_seed, args.first_seed + args.products)]
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
                 list(pool.map(capture_one, work))
