@@ -649,9 +649,15 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     the positive one; for a one-population cut, the negative peak): the populations overlap and
     a small move of the cut moves many events. A cut of the ``negative_sd``/``positive_sd`` rules
     lies on the flank of the peak it is measured from (that peak is the reference) by convention:
-    its limit is the larger of ``shallow_ratio`` and twice
-    the density a Gaussian peak has ``k_sd`` SDs from its mode (``2 exp(-k_sd^2 / 2)``: never
-    reached for k_sd <= 1.2; 0.5 for k_sd = 3). ``few_events`` when it was placed on fewer than
+    the limit of a ``negative_sd`` cut is twice the density a Gaussian peak has ``k_sd`` SDs from its
+    mode (``2 exp(-k_sd^2 / 2)``: never reached for k_sd <= 1.2; 0.022 for k_sd = 3): the rule calls
+    everything beyond the negatives' flank the other population, so denser events at the cut are a
+    population of their own that it splits (on a live/dead gate: autofluorescent live cells, or dead
+    cells dim in the dye, which the dye alone cannot tell apart), the message says so. A
+    ``positive_sd`` cut (rule ``higher``) leaves a flat valley of dim events below the positive
+    cluster by design: its limit is the larger of ``shallow_ratio`` and that density (at the Gaussian
+    limit alone, 4 more FlowAtlas samples within 5 points of the expert's T cells were flagged, none
+    beyond). ``few_events`` when it was placed on fewer than
     :data:`MIN_GATE_EVENTS` events. Adds ``cut_density_ratio`` and ``sensitivity_points`` to the
     diagnostics, and ``alternative_cuts`` (flag code -> the cuts a reviewer could defend instead,
     transformed units) from which the engine sizes each flag (:func:`size_flag`): a
@@ -697,14 +703,17 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     sens = cut_sensitivity(x, cut)
     d.update(cut_density_ratio=ratio, sensitivity_points=sens)
     flags = list(placement.flags)
-    limit = shallow_ratio
-    if d.get("winner", "density_valley") != "density_valley":   # an SD rule: on a peak's flank by design
-        limit = max(shallow_ratio, 2.0 * math.exp(-0.5 * float(d.get("k_sd", 0.0)) ** 2))
+    gaussian = 2.0 * math.exp(-0.5 * float(d.get("k_sd", 0.0)) ** 2)   # an SD rule: on its peak's flank by design
+    limit = shallow_ratio if rule_peak is None else gaussian if rule_peak == "negative_mode" else max(shallow_ratio, gaussian)
+    split = "" if rule_peak != "negative_mode" else (
+        f", {gaussian / 2:.2g} for a Gaussian peak {float(d['k_sd']):g} SDs out: the cut splits another population "
+        f"than the peak's it is measured from (its SDs), whose side the {marker} density alone does not tell")
     if np.isfinite(ratio) and ratio > limit:
         flags.append(pl.Flag("cut_in_dense_region", "warning",
                              f"{population} ({marker}): the cut {cut:.3f} lies where events are dense (density "
-                             f"{ratio:.2f} of the neighbouring peak's, limit {limit:.2g}); {sens:.1f} points of the "
-                             f"parent lie within {DELTA} of it; look at the {marker} histogram of the parent", population))
+                             f"{ratio:.2f} of the {'peak' if split else 'neighbouring peak'}'s, limit {limit:.2g}{split}); "
+                             f"{sens:.1f} points of the parent lie within {DELTA} of it; look at the {marker} histogram "
+                             f"of the parent" + (f" and {marker} against the scatter" if split else ""), population))
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
 
 
