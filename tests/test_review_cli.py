@@ -565,7 +565,7 @@ def test_a_killed_first_command_s_temporary_database_is_removed_once_its_process
         """A process inside the first command's creation of the database: its schema made, not yet linked."""
         proc = subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "made"
-        return proc, sorted(tmp_path.glob(f".out.review.sqlite.{proc.pid}.creating*"))
+        return proc, sorted(tmp_path.glob(f".out.review.sqlite.{proc.pid}.*creating*"))
 
     running, live = making()   # first: the other's creation would remove what the killed one left
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from tilpheno.errors import TilphenoError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger(__name__)
+_MIGRATING = threading.Lock()   # Alembic's migration context is one per process: one thread migrates at a time
 
 
 class ReviewError(TilphenoError):
@@ -89,8 +91,9 @@ def upgrade(engine: Engine) -> None:
     """Apply every Alembic migration not yet applied (``alembic upgrade head``). The database's write
     lock (SQLite) or an advisory lock (PostgreSQL) is taken first, so processes opening a new
     database at once (two servers, ``users add`` beside ``serve``) migrate it one after the other:
-    the second finds it at head (each used to create the tables, the second failing "already exists").
-    Upgrading a database that had a schema is audited (:func:`_audit_upgrade`), in the same
+    the second finds it at head (each used to create the tables, the second failing "already exists");
+    threads of one process migrate one after the other too (:data:`_MIGRATING`: Alembic's context is
+    the process's, shared by threads). Upgrading a database that had a schema is audited (:func:`_audit_upgrade`), in the same
     transaction; making a new, empty one is not (there is nothing yet to change)."""
     from alembic import command
     from alembic.config import Config
@@ -98,7 +101,7 @@ def upgrade(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _MIGRATING, engine.begin() as conn:
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")   # waits (busy timeout) while another process migrates
         else:
@@ -149,11 +152,12 @@ def _create_sqlite_whole(path: Path) -> None:
     ``path`` if that is still free, the check and the rename under :func:`_creation_lock`, so a
     second creator never replaces the first's database). A failure (a full disk) removes the temporary file, so no
     database file without tables is left behind; the temporary of a killed process is a hidden
-    ``.<name>.<pid>.creating`` beside it."""
+    ``.<name>.<pid>.<thread>.creating`` beside it (the thread's too: two threads of one process
+    making ``path`` at once each make their own)."""
     import errno
     import os
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.creating")
     try:
         engine = make_engine(f"sqlite:///{tmp}")
         try:
@@ -220,7 +224,7 @@ def _running(pid: int) -> bool:
 
 
 def _remove_dead_creations(path: Path) -> None:
-    """Remove the temporary files (:func:`_create_sqlite_whole`: ``.<name>.<pid>.creating`` and its
+    """Remove the temporary files (:func:`_create_sqlite_whole`: ``.<name>.<pid>.<thread>.creating`` and its
     ``-wal``, ``-shm``, ``-journal``) that a command killed while making ``path`` left beside it,
     nothing else removes: those of a process no longer running, one log line each; never a running
     process's (its database being made). The pid is this machine's: POSIX only (signal 0 checks a
@@ -230,7 +234,7 @@ def _remove_dead_creations(path: Path) -> None:
 
     if os.name != "posix" or not path.parent.is_dir():
         return
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.creating(?:-wal|-shm|-journal)?")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)(?:\.\d+)?\.creating(?:-wal|-shm|-journal)?")
     left: dict[int, list[Path]] = {}
     try:
         for entry in path.parent.iterdir():
