@@ -2,9 +2,27 @@
 a draft whose renames stop part-way. Each leaves one whole result or a leftover named in one line."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
 from tilpheno.review import db as review_db
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(app, args)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """``folder``'s files -> their bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_two_threads_making_one_review_database_each_use_their_own_temporary(tmp_path, monkeypatch):
@@ -45,3 +63,69 @@ def test_two_threads_making_one_review_database_each_use_their_own_temporary(tmp
     assert not errors, errors
     assert review_db.holds_review_database(path)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == ["out.review.sqlite"]
+
+
+_PAUSED_AT_FIRST_RENAME = """if True:
+    import os, sys, time
+    from pathlib import Path
+    from tilpheno.cli import app
+    real_replace, go = os.replace, Path(sys.argv[1])
+
+    def replace(src, dst):   # the first file renamed into place: paused until the test says go
+        if not go.exists():
+            print("renaming", flush=True)
+            while not go.exists():
+                time.sleep(0.05)
+        real_replace(src, dst)
+
+    os.replace = replace
+    app(sys.argv[2:], prog_name="tilpheno")
+"""
+
+_SAYS_WHEN_WRITING = """if True:
+    import sys
+    import tilpheno.scaffold as scaffold
+    from tilpheno.cli import app
+    real_write = scaffold.write_study
+
+    def write_study(*args, **kwargs):
+        print("writing", flush=True)
+        return real_write(*args, **kwargs)
+
+    scaffold.write_study = write_study
+    app(sys.argv[1:], prog_name="tilpheno")
+"""
+
+
+def test_two_new_study_runs_into_one_folder_at_once_are_not_taken_for_a_killed_draft(tmp_path):
+    """Two ``tilpheno new-study`` runs into one folder at once (two analysts, a script run twice):
+    the second, arriving while the first renamed its files into place, saw the first's temporaries
+    and no study.yaml and refused with 'holds an incomplete draft, a new-study killed while writing
+    it', though nothing was killed. Now new-study writes under a lock file beside the folder: the
+    second waits for the first to finish, then refuses as for any drafted folder ('already holds
+    study.yaml, ...'), and the folder holds the first's whole study, no lock or temporary left."""
+    clean, study, go = tmp_path / "clean", tmp_path / "study", tmp_path / "go"
+    assert _run(["new-study", str(SAMPLE), "-o", str(clean)]).exit_code == 0
+    first = subprocess.Popen([sys.executable, "-c", _PAUSED_AT_FIRST_RENAME, str(go), "new-study", str(SAMPLE),
+                              "-o", str(study)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        assert first.stdout.readline().strip() == "renaming", first.stderr.read()
+        second = subprocess.Popen([sys.executable, "-c", _SAYS_WHEN_WRITING, "new-study", str(SAMPLE), "-o", str(study)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert second.stdout.readline().strip() == "writing", second.stderr.read()
+        time.sleep(1.0)   # the second reaches the folder while the first is paused mid-way
+        go.touch()
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        out, err = second.communicate(timeout=120)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    errors = [line for line in (out + err).splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1, (out, err)
+    assert f"{study}: already holds study.yaml" in errors[0] and "incomplete" not in errors[0], errors
+    assert _files(study) == _files(clean)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "go", "study"]

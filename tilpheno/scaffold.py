@@ -627,6 +627,9 @@ def release_yaml(draft: StudyDraft) -> str:
     ]) + "\n"
 
 
+DRAFT_LOCK = ".new-study.lock"   # in the study folder while a draft is written (tilpheno.io.atomic.held_lock)
+
+
 def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) -> list[Path]:
     """Write ``study.yaml``, ``<kind>.yaml`` per tube kind, ``release.yaml`` and ``manifest.csv``
     into ``out`` (created); all files or none: each is written to a temporary sibling, and the
@@ -640,7 +643,7 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     unless ``overwrite``. Returns the paths written."""
     import contextlib
 
-    from tilpheno.io.atomic import atomic_open, make_folder, uninterrupted
+    from tilpheno.io.atomic import atomic_open, held_lock, make_folder, uninterrupted
     from tilpheno.io.csvcells import csv_text
     from tilpheno.io.outdir import unwritable
 
@@ -648,6 +651,34 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     texts = {out / "study.yaml": study_yaml(draft), out / "release.yaml": release_yaml(draft)}
     texts.update({out / f"{t.kind}.yaml": strategy_yaml(draft, t) for t in draft.tubes})
     targets = [*texts, out / "manifest.csv"]
+    created = not out.exists()
+    try:
+        make_folder(out)
+        # another draft into out waits here: its temporaries are never taken for a killed draft's
+        with held_lock(out / DRAFT_LOCK):
+            temporaries = _refused_unless_overwrite(out, targets, overwrite)
+            # each file renamed into place as the stack unwinds, a signal meanwhile held until all are
+            with uninterrupted(), contextlib.ExitStack() as together:
+                for path, text in texts.items():
+                    _write_through(together.enter_context(atomic_open(path, "w")), text)
+                # non-UTF-8 file names are written as their bytes, to read back as written
+                _write_through(together.enter_context(atomic_open(out / "manifest.csv", "w", errors="surrogateescape")),
+                               csv_text(draft.manifest))
+                # study.yaml, first in, is renamed last: until then none is there, not an older draft's
+                (out / "study.yaml").unlink(missing_ok=True)
+            for leftover in temporaries:
+                (out / leftover).unlink(missing_ok=True)
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise unwritable(exc, out, "the study") from None
+    return targets
+
+
+def _refused_unless_overwrite(out: Path, targets: list[Path], overwrite: bool) -> list[str]:
+    """The temporaries a killed draft left in ``out`` (:func:`_killed_draft`), for ``overwrite`` to
+    remove; without ``overwrite`` a TableError naming that draft, or the study's files ``out`` holds."""
     existing = [p.name for p in targets if p.exists()]
     temporaries = _killed_draft(out, targets)
     if temporaries and not overwrite and not (out / "study.yaml").exists():
@@ -656,26 +687,7 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
                          "draft again with overwrite=True to finish it (its temporaries are removed), or remove them")
     if existing and not overwrite:
         raise TableError(f"{out}: already holds {', '.join(existing)} (pass overwrite=True to replace)")
-    created = not out.exists()
-    try:
-        make_folder(out)
-        # each file renamed into place as the stack unwinds, a signal meanwhile held until all are
-        with uninterrupted(), contextlib.ExitStack() as together:
-            for path, text in texts.items():
-                _write_through(together.enter_context(atomic_open(path, "w")), text)
-            # non-UTF-8 file names are written as their bytes, to read back as written
-            _write_through(together.enter_context(atomic_open(out / "manifest.csv", "w", errors="surrogateescape")),
-                           csv_text(draft.manifest))
-            # study.yaml, first in, is renamed last: until then none is there, not an older draft's
-            (out / "study.yaml").unlink(missing_ok=True)
-        for leftover in temporaries:
-            (out / leftover).unlink(missing_ok=True)
-    except OSError as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise unwritable(exc, out, "the study") from None
-    return targets
+    return temporaries
 
 
 def _killed_draft(out: Path, targets: list[Path]) -> list[str]:

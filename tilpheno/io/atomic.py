@@ -111,6 +111,37 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 
 
 @contextlib.contextmanager
+def held_lock(lock: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock file ``lock`` (``flock``, waiting while another process or call holds it) for
+    the block, then remove it: for writers of one file or folder that must not meet (two commands
+    making one database, two drafts into one folder). The lock is the file still at that name (one a
+    finishing holder unlinked meanwhile is let go and the new one taken); the system releases it
+    when its holder dies (``kill -9``), so no stale lock is ever waited on: the next writer takes the
+    empty file left and removes it."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            same = os.path.samestat(os.stat(lock, follow_symlinks=False), os.fstat(fd))
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)   # closing releases the flock, after the unlink: a waiter then finds the name free or new
+
+
+@contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
     """Ctrl-C (SIGINT) and SIGTERM received within the block are held until it ends, then acted on
     as they would have been (KeyboardInterrupt, the command's own SIGTERM handler): for a group of

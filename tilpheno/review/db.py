@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -149,13 +148,16 @@ def _create_sqlite_whole(path: Path) -> None:
     """Make the new SQLite database ``path`` whole or not at all: its schema is made in a temporary
     sibling, which is then linked to ``path`` (``os.link`` refuses when another process made
     ``path`` meanwhile: that one is used; on a file system without hard links it is renamed to
-    ``path`` if that is still free, the check and the rename under :func:`_creation_lock`, so a
+    ``path`` if that is still free, the check and the rename under the lock file ``.<name>.lock``
+    (:func:`tilpheno.io.atomic.held_lock`), so a
     second creator never replaces the first's database). A failure (a full disk) removes the temporary file, so no
     database file without tables is left behind; the temporary of a killed process is a hidden
     ``.<name>.<pid>.<thread>.creating`` beside it (the thread's too: two threads of one process
     making ``path`` at once each make their own)."""
     import errno
     import os
+
+    from tilpheno.io.atomic import held_lock
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.creating")
     try:
@@ -171,43 +173,12 @@ def _create_sqlite_whole(path: Path) -> None:
         except OSError as exc:   # a file system without hard links (some network shares): renamed, if still free
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                 raise
-            with _creation_lock(path):
+            with held_lock(path.with_name(f".{path.name}.lock")):
                 if not path.exists():
                     os.replace(tmp, path)
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             leftover.unlink(missing_ok=True)
-
-
-@contextmanager
-def _creation_lock(path: Path) -> Iterator[None]:
-    """Hold the lock file ``.<name>.lock`` beside ``path`` (``flock``, waiting while another creator
-    holds it) for the block, then remove it. The lock is the file still at that name (one a finishing
-    holder unlinked meanwhile is let go and the new one taken); the system releases it when its
-    holder dies (``kill -9``), so no stale lock is ever waited on: the next creator takes the empty
-    file left and removes it."""
-    import fcntl
-    import os
-
-    lock = path.with_name(f".{path.name}.lock")
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            same = os.path.samestat(os.stat(lock, follow_symlinks=False), os.fstat(fd))
-        except FileNotFoundError:
-            same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)   # closing releases the flock, after the unlink: a waiter then finds the name free or new
 
 
 def _running(pid: int) -> bool:
