@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tilpheno.cli import app
@@ -129,3 +130,45 @@ def test_two_new_study_runs_into_one_folder_at_once_are_not_taken_for_a_killed_d
     assert f"{study}: already holds study.yaml" in errors[0] and "incomplete" not in errors[0], errors
     assert _files(study) == _files(clean)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "go", "study"]
+
+
+@pytest.mark.parametrize("over", ["nothing", "an older draft"])
+def test_a_rename_refused_mid_way_leaves_a_draft_named_incomplete(tmp_path, monkeypatch, over):
+    """The system refuses a rename after the draft's first file is in place (EACCES: a permission
+    changed meanwhile, a network share's policy). The other temporaries were removed, so the folder
+    held manifest.csv and no study.yaml or temporary: this run said '<folder> was left as it was', and
+    the next refused with 'already holds manifest.csv', as though a draft were there. Now the files
+    not renamed stay as the killed draft's do: this run's line says the folder holds an incomplete
+    draft, the next names it as for a ``kill -9``, and --overwrite writes what a clean draft writes."""
+    import errno
+    import os
+
+    clean, study = tmp_path / "clean", tmp_path / "study"
+    assert _run(["new-study", str(SAMPLE), "-o", str(clean)]).exit_code == 0
+    if over == "an older draft":   # another study name: its study.yaml differs
+        assert _run(["new-study", str(SAMPLE), "-o", str(study), "--name", "older"]).exit_code == 0
+        assert _files(study)["study.yaml"] != _files(clean)["study.yaml"]
+    real_replace, renamed = os.replace, []
+
+    def replace(src, dst):   # the first file renamed into place, the next refused
+        if renamed:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(src), os.fspath(dst))
+        renamed.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    failed = _run(["new-study", str(SAMPLE), "-o", str(study), "--overwrite"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    errors = [line for line in failed.output.splitlines() if line.startswith("error:")]
+    assert failed.exit_code == 2 and len(errors) == 1, failed.output
+    assert "Permission denied" in errors[0] and f"{study}: holds an incomplete draft" in errors[0], errors
+    assert "left as it was" not in errors[0] and "--overwrite" in errors[0], errors
+    left = _files(study)
+    assert "study.yaml" not in left and any(name.endswith(".part") for name in left), sorted(left)
+    again = _run(["new-study", str(SAMPLE), "-o", str(study)])
+    errors = [line for line in again.output.splitlines() if line.startswith("error:")]
+    assert again.exit_code == 2 and len(errors) == 1, again.output
+    assert f"{study}: holds an incomplete draft" in errors[0] and "--overwrite" in errors[0], errors
+    assert _files(study) == left   # nothing lost
+    assert _run(["new-study", str(SAMPLE), "-o", str(study), "--overwrite"]).exit_code == 0
+    assert _files(study) == _files(clean)

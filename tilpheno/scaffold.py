@@ -638,37 +638,55 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     without its strategies that the next draft refuses to replace; a Ctrl-C or SIGTERM while they
     are renamed is acted on once all are (``uninterrupted``). A ``kill -9`` cannot be held: study.yaml
     is removed before the first rename and renamed last, so a study.yaml in ``out`` is always a whole
-    draft's; one killed meanwhile is named (TableError, :func:`_killed_draft`) and finished by
-    ``overwrite``, which removes its temporaries. Refuses (TableError) to replace an existing file
-    unless ``overwrite``. Returns the paths written."""
+    draft's; one killed meanwhile, or whose rename the system refused (its files not renamed are kept,
+    and this call's OutputFolderError says so), is named (TableError, :func:`_killed_draft`) and
+    finished by ``overwrite``, which removes its temporaries. Another draft into ``out`` at once waits
+    (the lock file ``.new-study.lock``). Refuses (TableError) to replace an existing file unless
+    ``overwrite``. Returns the paths written."""
     import contextlib
+    import os
 
-    from tilpheno.io.atomic import atomic_open, held_lock, make_folder, uninterrupted
+    from tilpheno.io.atomic import default_mode, held_lock, make_folder, replace_naming_target, temporary_sibling, uninterrupted
     from tilpheno.io.csvcells import csv_text
-    from tilpheno.io.outdir import unwritable
+    from tilpheno.io.outdir import OutputFolderError, describe_os_error, unwritable
 
     out = Path(out)
     texts = {out / "study.yaml": study_yaml(draft), out / "release.yaml": release_yaml(draft)}
     texts.update({out / f"{t.kind}.yaml": strategy_yaml(draft, t) for t in draft.tubes})
-    targets = [*texts, out / "manifest.csv"]
-    created = not out.exists()
+    texts[out / "manifest.csv"] = csv_text(draft.manifest)
+    targets = list(texts)
+    created, renaming = not out.exists(), False
+    staged: list[tuple[str, Path]] = []   # (temporary, target) written
     try:
         make_folder(out)
         # another draft into out waits here: its temporaries are never taken for a killed draft's
         with held_lock(out / DRAFT_LOCK):
             temporaries = _refused_unless_overwrite(out, targets, overwrite)
-            # each file renamed into place as the stack unwinds, a signal meanwhile held until all are
-            with uninterrupted(), contextlib.ExitStack() as together:
-                for path, text in texts.items():
-                    _write_through(together.enter_context(atomic_open(path, "w")), text)
-                # non-UTF-8 file names are written as their bytes, to read back as written
-                _write_through(together.enter_context(atomic_open(out / "manifest.csv", "w", errors="surrogateescape")),
-                               csv_text(draft.manifest))
-                # study.yaml, first in, is renamed last: until then none is there, not an older draft's
-                (out / "study.yaml").unlink(missing_ok=True)
+            with uninterrupted():   # a signal meanwhile held until every file is in place
+                try:
+                    for path, text in texts.items():
+                        staged.append((temporary_sibling(path), path))
+                        # non-UTF-8 file names are written as their bytes, to read back as written
+                        errors = "surrogateescape" if path.name == "manifest.csv" else "backslashreplace"
+                        with open(staged[-1][0], "w", encoding="utf-8", errors=errors) as fh:
+                            _write_through(fh, text)
+                        os.chmod(staged[-1][0], default_mode())
+                    # study.yaml, first in, is renamed last: until then none is there, not an older draft's
+                    (out / "study.yaml").unlink(missing_ok=True)
+                except BaseException:
+                    for tmp, _ in staged:
+                        Path(tmp).unlink(missing_ok=True)
+                    raise
+                # from here a failure leaves the files not renamed: the draft is named incomplete, as a killed one's
+                renaming = True
+                for tmp, path in reversed(staged):
+                    replace_naming_target(tmp, path)
             for leftover in temporaries:
                 (out / leftover).unlink(missing_ok=True)
     except OSError as exc:
+        if renaming:
+            raise OutputFolderError(f"cannot write the study: {describe_os_error(exc, out)}; "
+                                    f"{_incomplete_draft(out, targets)}") from None
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
@@ -677,22 +695,28 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
 
 
 def _refused_unless_overwrite(out: Path, targets: list[Path], overwrite: bool) -> list[str]:
-    """The temporaries a killed draft left in ``out`` (:func:`_killed_draft`), for ``overwrite`` to
+    """The temporaries a stopped draft left in ``out`` (:func:`_killed_draft`), for ``overwrite`` to
     remove; without ``overwrite`` a TableError naming that draft, or the study's files ``out`` holds."""
-    existing = [p.name for p in targets if p.exists()]
     temporaries = _killed_draft(out, targets)
     if temporaries and not overwrite and not (out / "study.yaml").exists():
-        raise TableError(f"{out}: holds an incomplete draft, a new-study killed while writing it (no study.yaml; "
-                         f"{', '.join(existing) or 'none of its files'} in place; {', '.join(temporaries)} not renamed): "
-                         "draft again with overwrite=True to finish it (its temporaries are removed), or remove them")
+        raise TableError(_incomplete_draft(out, targets))
+    existing = [p.name for p in targets if p.exists()]
     if existing and not overwrite:
         raise TableError(f"{out}: already holds {', '.join(existing)} (pass overwrite=True to replace)")
     return temporaries
 
 
+def _incomplete_draft(out: Path, targets: list[Path]) -> str:
+    """The line naming the incomplete draft in ``out``: its files in place, its temporaries not renamed."""
+    existing = ", ".join(p.name for p in targets if p.exists()) or "none of its files"
+    return (f"{out}: holds an incomplete draft, a new-study stopped while writing it (killed, or a rename refused; no "
+            f"study.yaml; {existing} in place; {', '.join(_killed_draft(out, targets))} not renamed): "
+            "draft again with overwrite=True to finish it (its temporaries are removed), or remove them")
+
+
 def _killed_draft(out: Path, targets: list[Path]) -> list[str]:
     """The hidden temporaries (``.<file>.<8 characters>.part``, :func:`tilpheno.io.atomic.atomic_path`)
-    of the study's files in ``out`` that a draft killed before renaming them left, sorted."""
+    of the study's files in ``out`` that a draft killed (or refused a rename) before renaming them left, sorted."""
     if not out.is_dir():
         return []
     pattern = re.compile(rf"\.(?:{'|'.join(re.escape(p.name) for p in targets)})\.\w{{8}}\.part")

@@ -74,6 +74,14 @@ def make_folder(path: str | os.PathLike) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(path)) from None
 
 
+def temporary_sibling(path: Path) -> str:
+    """A new, empty hidden file ``.<name>.<8 characters>.part`` beside ``path`` (its folder there),
+    for ``path``'s content until it is renamed to ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """The name of a new, empty temporary sibling of ``path`` to write (for a writer that takes a
@@ -81,8 +89,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     and is renamed to ``path``; on any error it is removed."""
     path = Path(path)
     make_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_sibling(path)
     try:
         yield tmp
         os.chmod(tmp, default_mode())  # mkstemp creates 0600; outputs are ordinary files
