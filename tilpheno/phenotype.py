@@ -66,7 +66,7 @@ from tilpheno.gates.geometry import Gate, RangeGate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
 from tilpheno.gates.tree import population_mask
-from tilpheno.qc import QCFlag
+from tilpheno.qc import UNDETERMINED_CODE, QCFlag
 from tilpheno.study import QCRules, Study, default_study
 from tilpheno.vocabulary import Vocabulary, default_vocabulary
 
@@ -1324,10 +1324,50 @@ def _bucketed(values: np.ndarray) -> _BucketedColumn | None:
     return _BucketedColumn(values, position.astype(np.uint16))
 
 
-def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
+UNDETERMINED = "undetermined: no FMO or unstained control"
+"""What stands for a percentage that rests on an undetermined gate (:func:`undetermined_gates`)."""
+
+
+def undetermined_gates(diagnostics: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """The populations whose gate is undetermined: one population and no FMO or unstained control of
+    its marker, held as positive only so that the gates below it are placed (``placement.place_valley``'s
+    ``undetermined``; ``diagnostics``: population -> placement numbers, a file's)."""
+    return frozenset(p for p, d in diagnostics.items() if d.get("undetermined"))
+
+
+def resting_on(strategy: Strategy, undetermined: frozenset[str], *populations: str) -> tuple[str, ...]:
+    """The undetermined gates (:func:`undetermined_gates`) the events of ``populations`` depend on
+    (``Strategy.population_gates``), in gating order; empty when none."""
+    if not undetermined:
+        return ()
+    return tuple(p for p in strategy.population_gates(*populations) if p in undetermined)
+
+
+def undetermined_flags(product_id: str, name: str, strategy: Strategy,
+                       undetermined: frozenset[str]) -> list[QCFlag]:
+    """One ``undetermined`` warning per undetermined gate of stained file ``name`` (as flags name it)
+    that a variable rests on: the gate, why, and the variables left blank (NaN) for it, which a
+    reviewer's cut on that gate gives a value (``tilpheno.review.regate.recompute``)."""
+    flags = []
+    by_name = {p.name: p for p in strategy.populations}
+    for gate in (g for g in strategy.population_gates(*undetermined) if g in undetermined):
+        blank = [v.name for v in strategy.variables if gate in resting_on(strategy, undetermined, v.numerator, v.denominator)]
+        if not blank:
+            continue
+        marker = "/".join(by_name[gate].dims)
+        flags.append(QCFlag(product_id, name, UNDETERMINED_CODE, "warning",
+                            f"{gate} ({marker}): {UNDETERMINED} of {marker}, positive or negative not known: "
+                            f"{', '.join(blank)} left blank (NA), not reported as if measured; an FMO or unstained "
+                            f"control of {marker}, the strategy's one_population, or a reviewer's cut decides it", gate))
+    return flags
+
+
+def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Per population: count, % of parent, % of live lymphocytes, median of each marker: the median
     of the transformed values mapped back to compensated linear units (the linear median for an
-    odd count; for an even count the two middle values are averaged on the transformed scale)."""
+    odd count; for an even count the two middle values are averaged on the transformed scale).
+    A percentage whose numerator or denominator rests on an ``undetermined`` gate (:func:`resting_on`)
+    is NaN: the gate's side is not known, so neither is the share (the count stays)."""
     n = state.tube.n_events
     lymph = _lymph_population(strategy)
     lymph_count = int(np.count_nonzero(state.masks[lymph])) if lymph in state.masks else 0
@@ -1344,9 +1384,10 @@ def population_table(strategy: Strategy, state: _Gated) -> pd.DataFrame:
             "population": pop.name,
             "parent": pop.parent,
             "count": count,
-            "pct_of_parent": 100.0 * count / parent_count if parent_count else float("nan"),
+            "pct_of_parent": (100.0 * count / parent_count if parent_count and not resting_on(strategy, undetermined, pop.name)
+                              else float("nan")),
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
-                                  else float("nan")),
+                                  and not resting_on(strategy, undetermined, pop.name, lymph or ROOT) else float("nan")),
         }
         # the population's event indices once; per marker the median from the value buckets, or
         # (a column with a non-finite value) by selection in a fresh gathered array
@@ -1392,7 +1433,7 @@ def _tube_result(strategy: Strategy, state: _Gated, plot_events: int | None = No
     n = t.n_events
     result = TubeResult(
         file=t.file, sha256=t.sha256, tube=t.tube, role=t.role, fmo_marker=t.fmo_marker,
-        populations=population_table(strategy, state),
+        populations=population_table(strategy, state, undetermined_gates(state.diagnostics)),
         thresholds=pd.DataFrame(state.thresholds, columns=_THRESHOLD_COLUMNS),
         gates=list(state.gates), data=state.plot_data if state.plot_data is not None else _plot_data(t, plot_events),
         masks=dict(state.masks), detectors=dict(t.detectors),
@@ -1418,14 +1459,16 @@ def _quadrants(state: _Gated) -> dict:
     return out
 
 
-def tube_variables(strategy: Strategy, state: _Gated) -> dict[str, float]:
-    """The strategy's variables on a gated stained tube, plus event counts ``n_<population>_<tube>``."""
+def tube_variables(strategy: Strategy, state: _Gated, undetermined: frozenset[str] = frozenset()) -> dict[str, float]:
+    """The strategy's variables on a gated stained tube, plus event counts ``n_<population>_<tube>``.
+    A variable resting on an ``undetermined`` gate (:func:`resting_on`) is NaN (its counts stay)."""
     out: dict[str, float] = {}
     counts = {name: int(np.count_nonzero(m)) for name, m in state.masks.items()}
     counts[ROOT] = state.tube.n_events
     for v in strategy.variables:
         den = counts.get(v.denominator, 0)
-        out[v.name] = 100.0 * counts.get(v.numerator, 0) / den if den else float("nan")
+        out[v.name] = (100.0 * counts.get(v.numerator, 0) / den if den and not resting_on(strategy, undetermined, v.numerator, v.denominator)
+                       else float("nan"))
     for column, name in strategy.count_columns().items():
         out[column] = counts.get(name, 0)
     return out
@@ -1740,7 +1783,7 @@ def analyze_product(
             made[i].acquisition = sources[i].handle.get("acquisition")
             made[i].compensation = sources[i].handle.get("compensation")   # its check made by settle
             if sources[i].role == "stain":
-                variables[i] = (tube_variables(strategy, state),
+                variables[i] = (tube_variables(strategy, state, undetermined_gates(state.diagnostics)),
                                 _stained_summary(state, sources[i].handle["name"]))
                 read[i] = _read_detectors(state.tube)
                 for k, row in enumerate(unstained_rows.itertuples(index=False)):   # positives in the unstained control
@@ -1781,6 +1824,7 @@ def analyze_product(
             values, summary = variables[first]
             stained_summaries[str(tube_kind)] = summary
             phenotype.update(values)
+            qc.extend(undetermined_flags(product_id, summary.file, strategy, undetermined_gates(made[first].diagnostics)))
         if len(stained_read) > 1 and first is not None:   # none gated: no variables to come from one of them
             shown = [src.handle["name"] for src in stained_read]
             used = next(n for n, src in zip(shown, stained_read) if src is sources[first])

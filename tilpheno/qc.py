@@ -45,6 +45,12 @@ review" as well, and this flag is the one that says why."""
 
 NEEDS_REVIEW, NO_REVIEW_FLAGS = "needs review", "no gating flags"
 
+UNDETERMINED_CODE = "undetermined"
+"""QC code of an undetermined gate (one population, no FMO or unstained control of its marker) on
+which variables rest: they are left blank (``tilpheno.phenotype.undetermined_flags``). Not a review
+code: the gate's ``no_second_peak`` holds release; a criterion on such a variable is ``not
+evaluable`` for that reason (``tilpheno.pipeline.release.undetermined_criteria``)."""
+
 
 def needs_review(flag) -> bool:
     """True for a warning/error flag whose code is in :data:`REVIEW_CODES` (a gate that may be

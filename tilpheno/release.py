@@ -84,17 +84,22 @@ class CriterionResult:
     the value, ``held_by``: the review flags on the gates the value depends on, as ``"<code>
     (<gate>)"`` (empty: the outcome is determined; ``tilpheno.pipeline.release``), and ``absent``:
     for a ``not applicable`` criterion, the optional tube kinds the product has no file of whose
-    columns the value needs."""
+    columns the value needs, ``undetermined``: for a ``not evaluable`` one, the undetermined gates
+    (one population, no FMO or unstained control) its blank value rests on."""
 
     criterion: Criterion
     value: float
     outcome: str  # PASS | FAIL | NOT_EVALUABLE | NOT_APPLICABLE
     held_by: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
+    undetermined: tuple[str, ...] = ()
 
     def result(self) -> str:
-        """The outcome as every output words it: ``pass``, ``fail``, ``not evaluable``, or ``not
-        applicable (no <kind> tube; optional)``."""
+        """The outcome as every output words it: ``pass``, ``fail``, ``not evaluable``, ``not evaluable
+        (undetermined: <gates>, no FMO or unstained control)`` (a value left blank because it rests on
+        those gates, ``undetermined``), or ``not applicable (no <kind> tube; optional)``."""
+        if self.outcome == NOT_EVALUABLE and self.undetermined:
+            return f"{NOT_EVALUABLE} (undetermined: {', '.join(self.undetermined)}, no FMO or unstained control)"
         if self.outcome != NOT_APPLICABLE:
             return self.outcome
         return f"{NOT_APPLICABLE} (no {' or '.join(self.absent)} tube; optional)"

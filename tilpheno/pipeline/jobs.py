@@ -139,7 +139,7 @@ def outcome_from_record(rec: Mapping) -> ProductOutcome:
     from tilpheno.release import Criterion
 
     release = [CriterionResult(Criterion(**r["criterion"]), r["value"], r["outcome"], tuple(r.get("held_by", ())),
-                               tuple(r.get("absent", ()))) for r in rec["release"]]
+                               tuple(r.get("absent", ())), tuple(r.get("undetermined", ()))) for r in rec["release"]]
     return ProductOutcome(
         product_id=rec["product_id"], slug=rec["slug"], ok=rec["ok"], error=rec["error"],
         phenotype=dict(rec["phenotype"]), populations=None, qc=[QCFlag(**f) for f in rec["qc"]],

@@ -19,13 +19,19 @@ evaluable``. The product's release is decided on the applicable criteria:
 * ``fail``: a determined criterion failed (reviewing the gates cannot change it), whatever the
   criteria held for review would give;
 * ``not evaluable``: otherwise (a criterion held for review, a value missing, or no criterion applicable).
+
+A variable resting on an *undetermined* gate (one population and no FMO or unstained control of
+its marker: ``tilpheno.phenotype.undetermined_flags``) has no value: its criterion is ``not
+evaluable (undetermined: <gates>, no FMO or unstained control)`` and so is the release
+(:func:`not_evaluable_reason`), signed or not, until a control, the strategy's ``one_population`` or
+a reviewer's cut on that gate (``tilpheno.review.regate.recompute``) decides the side.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from tilpheno.qc import NEEDS_REVIEW, QCFlag, needs_review, review_status
+from tilpheno.qc import NEEDS_REVIEW, UNDETERMINED_CODE, QCFlag, needs_review, review_status
 from tilpheno.release import (FAIL, NOT_APPLICABLE, NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate,
                               overall)
 
@@ -130,6 +136,30 @@ def held_criteria(results: Sequence[CriterionResult], flags: Sequence[QCFlag], s
     return out
 
 
+def undetermined_criteria(results: Sequence[CriterionResult], undetermined: frozenset[GateKey], strategies: Sequence,
+                          doses: Sequence = ()) -> list[CriterionResult]:
+    """``results`` with ``undetermined`` set on each ``not evaluable`` criterion whose column rests on
+    a gate of ``undetermined`` (one population, no FMO or unstained control: the value was left blank,
+    ``tilpheno.phenotype.undetermined_flags``), naming those gates' populations in gating order."""
+    order = {(s.tube, p.name): i for i, (s, p) in enumerate((s, p) for s in strategies for p in s.populations)}
+    out = []
+    for r in results:
+        needs = column_gates(r.criterion.column, strategies, doses) if undetermined and r.outcome == NOT_EVALUABLE else None
+        on = sorted(needs & undetermined, key=order.__getitem__) if needs is not None else []
+        out.append(replace(r, undetermined=tuple(dict.fromkeys(p for _, p in on))) if on else r)
+    return out
+
+
+def flagged_undetermined(flags: Sequence[QCFlag], strategies: Sequence,
+                         tube_of: Mapping[str, str] | None = None) -> frozenset[GateKey]:
+    """The undetermined gates the ``undetermined`` flags name (:func:`flag_gates`)."""
+    gates: set[GateKey] = set()
+    for f in flags:
+        on = flag_gates(f, strategies, tube_of or {}) if f.code == UNDETERMINED_CODE else None
+        gates |= on or set()
+    return frozenset(gates)
+
+
 def held_overall(results: Sequence[CriterionResult], flags: Sequence[QCFlag]) -> str:
     """The release status under the module's rule: ``tilpheno.release.overall`` (on the applicable
     criteria) when no flag needs review; else ``fail`` when a criterion no flag holds (``held_by``
@@ -139,21 +169,27 @@ def held_overall(results: Sequence[CriterionResult], flags: Sequence[QCFlag]) ->
     return FAIL if any(r.outcome == FAIL and not r.held_by for r in results) else NOT_EVALUABLE
 
 
-AWAITING_REVIEW, VALUE_MISSING, NONE_APPLICABLE, FAILED_PROCESSING = (
-    "awaiting review", "value missing", "no criterion applicable", "failed processing")
+AWAITING_REVIEW, VALUE_MISSING, NONE_APPLICABLE, FAILED_PROCESSING, UNDETERMINED = (
+    "awaiting review", "value missing", "no criterion applicable", "failed processing",
+    "undetermined gate, no FMO or unstained control")
 
 
 def not_evaluable_reason(results: Sequence[CriterionResult], *, usable: bool = True) -> str:
     """Why a release that is ``not evaluable`` is so, in short (the run's summary line, the
     certificate's release decision): ``failed processing`` (a product not usable), ``no criterion
-    applicable``, ``value missing`` (a criterion without a value that no review flag holds: no
-    review gives it one), else ``awaiting review`` (a criterion held by a review flag, or every one
-    passed and a flag on another gate needs review: the report's ``review_hold``)."""
+    applicable``, ``undetermined gate, no FMO or unstained control`` (a criterion whose value was
+    left blank because it rests on an undetermined gate, ``CriterionResult.undetermined``: a control,
+    the strategy's ``one_population`` or a reviewer's cut on that gate gives it one), ``value
+    missing`` (a criterion without a value that no review flag holds: no review gives it one), else
+    ``awaiting review`` (a criterion held by a review flag, or every one passed and a flag on another
+    gate needs review: the report's ``review_hold``)."""
     applicable = [r for r in results if r.outcome != NOT_APPLICABLE]
     if not usable:
         return FAILED_PROCESSING
     if not applicable:
         return NONE_APPLICABLE
+    if any(r.undetermined for r in applicable):
+        return UNDETERMINED
     if any(r.outcome == NOT_EVALUABLE and not r.held_by for r in applicable):
         return VALUE_MISSING
     return AWAITING_REVIEW
@@ -172,5 +208,6 @@ def release_decision(spec: ReleaseSpec, phenotype: Mapping, flags: Sequence[QCFl
     if not usable:
         return [], NOT_EVALUABLE
     results = not_applicable(evaluate(spec, phenotype), absent_in(phenotype), strategies, doses)
+    results = undetermined_criteria(results, flagged_undetermined(flags, strategies, tube_of), strategies, doses)
     release = held_criteria(results, flags, strategies, doses, tube_of)
     return release, held_overall(release, flags)

@@ -36,6 +36,8 @@ Conventions:
 """
 from __future__ import annotations
 
+import math
+
 import hashlib
 import re
 import zlib
@@ -562,6 +564,12 @@ def _stairs(frame: Frame, counts: np.ndarray, edges: np.ndarray) -> str:
     return svg.polyline(frame.sx(xs), frame.sy(ys))
 
 
+def pct_label(population: str, pct_of_parent: float) -> str:
+    """A gate's label, ``"CD4+ 41.2%"``; ``"CD4+ % not determined"`` for a NaN share (a gate resting on
+    an undetermined one, ``tilpheno.phenotype.population_table``), never ``"nan%"``."""
+    return f"{population} {pct_of_parent:.1f}%" if math.isfinite(pct_of_parent) else f"{population} % not determined"
+
+
 def density_plot(
     x: np.ndarray,
     y: np.ndarray,
@@ -586,11 +594,11 @@ def density_plot(
     _style_axis(canvas, frame, xaxis, "x")
     _style_axis(canvas, frame, yaxis, "y")
     _draw_gate(canvas, frame, gate, xaxis.dim, yaxis.dim, colour)
-    _placed_label(canvas, frame, [f"{population} {pct_of_parent:.1f}%"], colour,
+    _placed_label(canvas, frame, [pct_label(population, pct_of_parent)], colour,
                   _gate_label_candidates(gate, xaxis.dim, yaxis.dim, xlim, ylim), _grid_cover(counts, xlim, ylim),
                   gid="tp-label", slack=0.02 * float(counts.sum()))   # next to its gate unless that hides 2 % more events
     _title(canvas, title)
-    return canvas.svg(alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_of_parent:.1f}%")
+    return canvas.svg(alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_label('', pct_of_parent).strip()}")
 
 
 def histogram_plot(
@@ -621,10 +629,10 @@ def histogram_plot(
     span = xlim[1] - xlim[0]
     candidates = [(c, top, ha, "top") for c, ha in zip(_around(lo, hi, span), ("center", "left", "right"))]
     candidates += [(xlim[1], top, "right", "top"), (xlim[0], top, "left", "top")]
-    _placed_label(canvas, frame, [f"{population} {pct_of_parent:.1f}%"], colour, candidates,
+    _placed_label(canvas, frame, [pct_label(population, pct_of_parent)], colour, candidates,
                   _curve_cover(edges, [counts]), gid="tp-label", vlines=_gate_extent(gate, axis.dim))
     _title(canvas, title)
-    return canvas.svg(alt or f"{population} gate on {axis.label}, {pct_of_parent:.1f}%")
+    return canvas.svg(alt or f"{population} gate on {axis.label}, {pct_label('', pct_of_parent).strip()}")
 
 
 def _gated_interval(gate, dim: str, xlim) -> tuple[float, float]:

@@ -14,11 +14,12 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import numpy as np
 
 from tilpheno.gates.quadrants import sibling_range_pairs
+from tilpheno.phenotype import UNDETERMINED, resting_on, undetermined_gates
 from tilpheno.report.qc_sections import acquisition_section, compensation_sections
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def gate_figure(tube, population: str, parent, gate, method: str, detectors: Map
     pct = _pct_of_parent(tube, population, masks, parent_mask)
     parent_name = _parent_name(parent)
     title = f"{parent_name} → {population}"
-    alt = f"{population} gate on {' vs '.join(dims)} ({method}), {pct:.1f}% of {parent_name}"
+    alt = f"{population} gate on {' vs '.join(dims)} ({method}), {plots.pct_label('', pct).strip()} of {parent_name}"
     axis = [_axis(d, detectors, strategy, axes.get((tube.tube, d))) for d in dims[:2]]
     if len(dims) == 1:
         svg = plots.histogram_plot(tube.data[dims[0]][parent_mask], axis[0], gate=gate,
@@ -513,6 +514,42 @@ def gate_rules(tube) -> str:
     return "Gate methods: " + "; ".join(parts) + "."
 
 
+def _undetermined_shown(table, strategy, undetermined: frozenset[str]):
+    """The subset table with each percentage blanked because it rests on an undetermined gate
+    (``tilpheno.phenotype.population_table``) saying so: ``undetermined: no FMO or unstained control (CD4+)``."""
+    if strategy is None or not undetermined:
+        return table
+    table = table.astype({c: object for c in ("pct_of_parent", "pct_of_live_lymph") if c in table.columns})
+    for i, row in table.iterrows():
+        gates = resting_on(strategy, undetermined, row["population"])
+        for column in (c for c in ("pct_of_parent", "pct_of_live_lymph") if c in table.columns and gates):
+            if not _is_number(row[column]):
+                table.at[i, column] = f"{UNDETERMINED} ({', '.join(gates)})"
+    return table
+
+
+def undetermined_values(result, strategies, study) -> dict[str, str]:
+    """Per study variable and dose left blank because it rests on an undetermined gate of its tube's
+    stained file (the first by name, whose counts give the variables), what the report shows instead:
+    ``undetermined: no FMO or unstained control (CD3+, CD4+)``."""
+    stained: dict[str, Any] = {}
+    for t in sorted(getattr(result, "tubes", ()), key=lambda t: str(t.file)):
+        if t.role == "stain":
+            stained.setdefault(t.tube, t)
+    gates: dict[str, tuple[str, ...]] = {}
+    for strategy in (s for s in strategies if s.tube in stained):
+        undetermined = undetermined_gates(stained[strategy.tube].diagnostics)
+        for v in strategy.variables:
+            on = resting_on(strategy, undetermined, v.numerator, v.denominator)
+            if on:
+                gates[v.name] = on
+    for dose in getattr(study, "doses", ()):   # in order: a dose's base may be an earlier dose
+        on = tuple(dict.fromkeys(gates.get(dose.base, ()) + gates.get(dose.variable, ())))
+        if on:
+            gates[dose.name] = on
+    return {name: f"{UNDETERMINED} ({', '.join(on)})" for name, on in gates.items()}
+
+
 def gating_sections(ctx: ReportContext) -> list[Section]:
     """Per stained tube: the gating hierarchy as plots, then its subset table."""
     sections = []
@@ -520,7 +557,8 @@ def gating_sections(ctx: ReportContext) -> list[Section]:
         name = t.shown_name
         figures = with_review_flags(gate_figures(t, t.detectors, t.tube, _strategy_for(ctx.strategies, t.tube), ctx.axes,
                                                  _colours(ctx)), getattr(ctx.outcome, "qc", ()))
-        shown = _without_empty(t.populations, ("pct_of_live_lymph",))   # a strategy without a lymphocyte gate
+        shown = _undetermined_shown(_without_empty(t.populations, ("pct_of_live_lymph",)),   # a strategy without a lymphocyte gate
+                                    _strategy_for(ctx.strategies, t.tube), undetermined_gates(t.diagnostics))
         table = _table(shown, f"subsets-{t.tube}", _labels(ctx, shown.columns),
                        f"{name}: every population on all {t.n_events} events; medians in compensated linear units.")
         sections.append(Section(
@@ -700,10 +738,12 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
                           getattr(options, "study", None))
     book = book.set_index("column")
     words = study_of(options).with_noun
-    study = [(k, book.at[k, "label"], v, book.at[k, "unit"], words(book.at[k, "meaning"])) for k, v in outcome.phenotype.items()
+    blank = undetermined_values(result, strategies, getattr(options, "study", None))
+    study = [(k, book.at[k, "label"], blank.get(k, v) if not _is_number(v) else v, book.at[k, "unit"],
+              words(book.at[k, "meaning"])) for k, v in outcome.phenotype.items()
              if k != "product_id" and k not in COUNT_AND_STATUS and not k.startswith("n_")]
-    no_dose = [row for row in study if row[3] == "cells" and not _is_number(row[2])]
-    study = [(k, label, _cells(v) if unit == "cells" else v, unit, meaning)
+    no_dose = [row for row in study if row[3] == "cells" and not _is_number(row[2]) and row[0] not in blank]
+    study = [(k, label, _cells(v) if unit == "cells" and _is_number(v) else v, unit, meaning)
              for k, label, v, unit, meaning in study if (k, label, v, unit, meaning) not in no_dose]
     counts = [(k, book.at[k, "label"], v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
     return render(

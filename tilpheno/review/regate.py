@@ -48,8 +48,8 @@ from tilpheno.errors import GatingError, TilphenoError
 from tilpheno.gates.checks import UNSTAINED_LIMIT
 from tilpheno.gates.geometry import PolygonGate, RangeGate, gate_from_dict
 from tilpheno.gates.strategy import ROOT, Strategy, default_strategy_paths, load_strategy
-from tilpheno.phenotype import TubeData, doses, population_table, tube_variables
-from tilpheno.pipeline.release import absent_in, not_applicable
+from tilpheno.phenotype import TubeData, doses, population_table, resting_on, tube_variables, undetermined_gates
+from tilpheno.pipeline.release import absent_in, not_applicable, undetermined_criteria
 from tilpheno.study import Study
 from tilpheno.release import (DEFAULT_SPEC, FAIL, CriterionResult, evaluate as evaluate_release, load_spec_source,
                               overall, spec_path)
@@ -728,6 +728,9 @@ class ReviewSource:
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
+            undetermined = undetermined_gates(t.diagnostics)
+            if undetermined:   # each with the gate it was held at: a reviewer's other cut decides it (undetermined_in)
+                tubes[t.tube]["undetermined"] = {p: g for p, g in tubes[t.tube]["gates"].items() if p in undetermined}
             flagged = [(f.code, f.gate) for f in result.qc if (f.gate_file or f.file) in (name, "")]   # qc.flags_naming_gate
             candidates[t.tube] = gate_candidates(t.thresholds, t.diagnostics, t.gates, flagged, self.fmo_percentile)
         self._automatic[product_id] = {"tubes": tubes}
@@ -1106,8 +1109,10 @@ def evaluate(strategy: Strategy, tube: TubeData, gates: Mapping[str, Mapping]) -
     return masks
 
 
-def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndarray]) -> list[dict]:
-    """Fast counts and percentages (no medians) for interactive previews."""
+def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndarray],
+                 undetermined: frozenset[str] = frozenset()) -> list[dict]:
+    """Fast counts and percentages (no medians) for interactive previews; a percentage resting on an
+    ``undetermined`` gate None, as ``population_table`` leaves it NaN."""
     counts = {name: int(np.count_nonzero(m)) for name, m in masks.items()}
     lymph = next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
     below_lymph = _descendants(strategy, lymph)
@@ -1116,9 +1121,10 @@ def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndar
         parent_count = tube.n_events if pop.parent == ROOT else counts.get(pop.parent, 0)
         c = counts.get(pop.name, 0)
         rows.append({"population": pop.name, "parent": pop.parent, "count": c,
-                     "pct_of_parent": 100.0 * c / parent_count if parent_count else None,
+                     "pct_of_parent": (100.0 * c / parent_count if parent_count
+                                       and not resting_on(strategy, undetermined, pop.name) else None),
                      "pct_of_live_lymph": (100.0 * c / counts[lymph] if lymph and counts.get(lymph) and pop.name in below_lymph
-                                           else None)})
+                                           and not resting_on(strategy, undetermined, pop.name, lymph) else None)})
     return rows
 
 
@@ -1132,24 +1138,39 @@ def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
     return out
 
 
+def undetermined_in(entry: Mapping) -> frozenset[str]:
+    """The undetermined gates of a gate set's tube ``entry`` (one population, no FMO or unstained
+    control: ``tilpheno.phenotype.undetermined_gates``): those the automatic gate set records under
+    ``undetermined`` whose gate is still the one held there; a reviewer's other cut decides the gate."""
+    held = entry.get("undetermined") or {}
+    return frozenset(p for p, gate in held.items() if entry.get("gates", {}).get(p) == gate)
+
+
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
     """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set
-    (a criterion on an optional tube kind the run found no file of: not applicable, ``tilpheno.pipeline.release``)."""
+    (a criterion on an optional tube kind the run found no file of: not applicable, ``tilpheno.pipeline.release``).
+    A percentage resting on a gate still undetermined (:func:`undetermined_in`) is NaN, as in the run,
+    and a criterion on it ``not evaluable`` for that reason; once a reviewer moves that gate it has a value."""
     stained = source.stained(product_id)
     phenotype: dict[str, Any] = {v: math.nan for v in source.study.variables}
     tables, all_masks = {}, {}
+    undetermined: set[tuple[str, str]] = set()
     for tube_kind in sorted(stained):
         st = stained[tube_kind]
-        gates = gate_set["tubes"].get(tube_kind, {}).get("gates", {})
-        masks = evaluate(st.strategy, st.tube, gates)
+        entry = gate_set["tubes"].get(tube_kind, {})
+        masks = evaluate(st.strategy, st.tube, entry.get("gates", {}))
+        held = undetermined_in(entry)
         state: Any = SimpleNamespace(tube=st.tube, masks=masks)   # what population_table/tube_variables read
-        tables[tube_kind] = (population_table(st.strategy, state) if medians
-                             else pd.DataFrame(counts_table(st.strategy, st.tube, masks)))
-        phenotype.update(tube_variables(st.strategy, state))
+        tables[tube_kind] = (population_table(st.strategy, state, held) if medians
+                             else pd.DataFrame(counts_table(st.strategy, st.tube, masks, held)))
+        phenotype.update(tube_variables(st.strategy, state, held))
         all_masks[tube_kind] = masks
+        undetermined |= {(tube_kind, p) for p in held}
     phenotype.update(doses(phenotype, source.til_dose_cells(product_id), source.study))
+    strategies = list(source.strategies.values())
     release = not_applicable(evaluate_release(source.release_spec, phenotype), absent_in(source.phenotype_row(product_id)),
-                             list(source.strategies.values()), source.study.doses)
+                             strategies, source.study.doses)
+    release = undetermined_criteria(release, frozenset(undetermined), strategies, source.study.doses)
     return Recomputed(tables, {"product_id": product_id, **phenotype}, release, overall(release), all_masks)
 
 

@@ -1,0 +1,143 @@
+"""An undetermined gate (one population, no FMO or unstained control of its marker: issue 13 item 2)
+reports no number: its percentages and those below it are blank with the reason, in phenotypes.csv,
+populations.csv, qc.csv, the report, the release and the review app's re-gating."""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tilpheno.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+FILE = ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs"
+RELEASE = """name: lab release
+criteria:
+  - {name: Events acquired, column: n_events_tube025, op: ">=", limit: 5000, unit: events}
+  - {name: CD4 of T cells, column: cd4_pct_of_cd3, op: ">", limit: 10}
+"""
+
+
+def _process(folder: Path, study: Path, out: Path, reports: str = "none") -> str:
+    result = CliRunner().invoke(app, ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                                      str(study / "manifest.csv"), "-o", str(out), "--reports", reports])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def drafted(tmp_path_factory):
+    """100715.fcs (a FACSAria file, no FMO, no unstained control) drafted by new-study, its release
+    spec with a criterion on CD4+ of CD3+ (both gates undetermined), processed with its report."""
+    tmp = tmp_path_factory.mktemp("undetermined")
+    folder = tmp / "fcs"
+    folder.mkdir()
+    shutil.copy(FILE, folder / FILE.name)
+    study = tmp / "study"
+    assert CliRunner().invoke(app, ["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    (study / "release.yaml").write_text(RELEASE)
+    said = _process(folder, study, tmp / "out", "now")
+    return folder, study, tmp / "out", said
+
+
+def test_an_undetermined_gate_reports_no_number(drafted):
+    """Stop 46 held such a gate as positive and reported its share as if measured (CD4+ 97.6 % and
+    CD8+ 93.8 % of CD3+, impossible together) -> every percentage resting on it (its own, those below
+    it, a variable with it in its numerator or denominator) is blank, its event count kept; qc.csv
+    says why and which variables (code undetermined); a criterion on such a variable is 'not
+    evaluable' for that reason, and so is the release. A gate with two populations keeps its number:
+    CCR5+ % of lymph = its count over lymph's (populations.csv, independent of the variable's code)."""
+    _, _, out, said = drafted
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    pops = pd.read_csv(out / "populations.csv").set_index("population")
+    for variable in ("cd3_pct_of_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "cd127_pct_of_cd4"):
+        assert math.isnan(row[variable]), (variable, row[variable])
+    assert row["n_cd4pos_tube025"] == pops.loc["CD4+", "count"] > 0.9 * pops.loc["CD3+", "count"]   # held as positive
+    for population in ("CD3+", "CD4+", "CD8+", "CD127+"):
+        assert math.isnan(pops.loc[population, "pct_of_parent"]) and math.isnan(pops.loc[population, "pct_of_live_lymph"])
+    assert row["ccr5_pct_of_lymph"] == pytest.approx(100 * pops.loc["CCR5+", "count"] / pops.loc["lymph", "count"], abs=1e-9)
+    assert pops.loc["lymph", "pct_of_parent"] == pytest.approx(100 * pops.loc["lymph", "count"] / pops.loc["singlets", "count"])
+    qc = pd.read_csv(out / "qc.csv").query("code == 'undetermined'").set_index("gate")
+    assert {"CD3+", "CD4+", "CD8+"} <= set(qc.index) and "CCR5+" not in qc.index
+    message = qc.loc["CD4+", "message"]
+    assert "no FMO or unstained control of CD4" in message and "cd4_pct_of_cd3, cd127_pct_of_cd4 left blank (NA)" in message
+    assert not qc["needs_review"].any()   # the gate's no_second_peak holds release
+    assert row["release_status"] == "not evaluable"
+    assert "not evaluable 1 (1 undetermined gate, no FMO or unstained control)" in said, said
+
+
+def test_the_report_says_undetermined_where_the_number_was(drafted):
+    """The report's study variables, release criteria and subset table say 'undetermined: no FMO or
+    unstained control' with the gates, where a blank or a number stood; a gate plot's label says
+    '% not determined', never 'nan%'."""
+    _, _, out, _ = drafted
+    html = next(out.glob("products/*/report.html")).read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<svg.*?</svg>", "", html, flags=re.S)))
+    variables = text.split("Study variables")[1].split("Release criteria")[0]
+    assert "CD4+ % CD3+ undetermined: no FMO or unstained control (CD3+, CD4+)" in variables, variables[:600]
+    release = text.split("Release criteria")[1].split("QC flags")[0]
+    assert "not evaluable (undetermined: CD3+, CD4+, no FMO or unstained control)" in release, release
+    subsets = text.split("every population on all")[1]
+    assert re.search(r"CD4\+ CD3\+ \d+ undetermined: no FMO or unstained control \(CD3\+, CD4\+\) "
+                     r"undetermined: no FMO or unstained control \(CD3\+, CD4\+\)", subsets), subsets[:2000]
+    assert "nan%" not in html and "CD4+ % not determined" in html
+
+
+def test_a_stated_side_reports_the_number(drafted, tmp_path):
+    """one_population: positive on CD3 and CD4 (the lab states the side): the gates are decided and
+    cd4_pct_of_cd3 is reported, the counts' ratio; the release has its value."""
+    folder, study, _, _ = drafted
+    stated = tmp_path / "study"
+    shutil.copytree(study, stated)
+    strategy = stated / "tube025.yaml"
+    text = strategy.read_text()
+    for marker in ("CD3", "CD4"):
+        text = text.replace(f"dims: [{marker}], method: valley, params: {{keep: high}}",
+                            f"dims: [{marker}], method: valley, params: {{keep: high, one_population: positive}}", 1)
+    strategy.write_text(text)
+    _process(folder, stated, tmp_path / "out")
+    row = pd.read_csv(tmp_path / "out" / "phenotypes.csv").iloc[0]
+    assert row["cd4_pct_of_cd3"] == pytest.approx(100 * row["n_cd4pos_tube025"] / row["n_cd3pos_tube025"], abs=1e-9)
+    assert math.isnan(row["cd8_pct_of_cd3"])   # CD8 still undetermined
+    gates = set(pd.read_csv(tmp_path / "out" / "qc.csv").query("code == 'undetermined'")["gate"])
+    assert "CD4+" not in gates and "CD3+" not in gates and "CD8+" in gates
+
+
+def test_a_reviewers_cut_determines_the_gate(drafted):
+    """The review app's re-gating keeps the run's blanks while the gates are as held (the automatic
+    gate set records them, undetermined), its release criterion 'not evaluable' for that reason;
+    once a reviewer moves CD3+ and CD4+ to cuts of their own, cd4_pct_of_cd3 has a value: the share
+    of the moved gates' events counted on the stained file's transformed data (lymph's mask the
+    re-gating's, its gate unchanged), and the criterion is tested. CD8+, still as held, stays blank."""
+    from tilpheno.pipeline.release import UNDETERMINED, not_evaluable_reason
+    from tilpheno.release import PASS
+    from tilpheno.review.regate import ReviewSource, recompute, validate_gate_set
+
+    _, _, out, _ = drafted
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    automatic = source.automatic(pid)
+    held = recompute(source, pid, automatic)
+    assert math.isnan(held.phenotype["cd4_pct_of_cd3"]) and held.release_status == "not evaluable"
+    [criterion] = [r for r in held.release if r.criterion.column == "cd4_pct_of_cd3"]
+    assert criterion.undetermined == ("CD3+", "CD4+") and not_evaluable_reason(held.release) == UNDETERMINED
+    assert math.isnan(held.populations["tube025"].set_index("population").loc["CD4+", "pct_of_parent"])
+    tube = source.stained(pid)["tube025"].tube
+    cuts = {"CD3+": float(np.quantile(tube.data["CD3"], 0.3)), "CD4+": float(np.quantile(tube.data["CD4"], 0.5))}
+    moved = validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {
+        p: {"type": "range", "dim": p[:-1], "low": c, "high": None} for p, c in cuts.items()}}}}, source.stained(pid))
+    decided = recompute(source, pid, moved)
+    lymph = decided.masks["tube025"]["lymph"]
+    cd3 = lymph & (tube.data["CD3"] > cuts["CD3+"])
+    cd4 = cd3 & (tube.data["CD4"] > cuts["CD4+"])
+    assert decided.phenotype["cd4_pct_of_cd3"] == pytest.approx(100 * cd4.sum() / cd3.sum(), abs=1e-9)
+    assert decided.phenotype["cd3_pct_of_lymph"] == pytest.approx(100 * cd3.sum() / lymph.sum(), abs=1e-9)
+    assert math.isnan(decided.phenotype["cd8_pct_of_cd3"])
+    [criterion] = [r for r in decided.release if r.criterion.column == "cd4_pct_of_cd3"]
+    assert criterion.outcome == PASS and not criterion.undetermined
