@@ -505,3 +505,21 @@ def test_a_cut_with_every_patient_on_one_side_says_so():
     assert dich.loc["cd8_pct_of_cd3", "warning"].startswith("not fitted: every patient at or below the prespecified "
                                                             "cut 1000 ")
     assert not any("constant among the" in w for w in res.warnings)
+
+
+def test_a_blank_marker_value_is_left_out_and_counted_never_zero(tables, tmp_path):
+    """A percentage left blank in phenotypes.csv (an undetermined gate: no FMO or unstained control, or a
+    failed tube) was left out of its marker's analyses without a word -> a cohort note names the marker,
+    how many patients and which; the analyses use the others only (never a 0 in its place): the KM
+    groups at the median hold the 57 patients with a value."""
+    pheno, outcomes = tables
+    blank = pheno.copy()
+    blank.loc[blank.index[:3], "cd8_pct_of_cd3"] = np.nan
+    patients = outcomes.set_index("product_id").loc[blank["product_id"].iloc[:3], "patient_id"].tolist()
+    cohort = build_cohort(blank, outcomes, markers=["cd8_pct_of_cd3"])
+    [note] = [n for n in cohort.notes if n.startswith("marker value(s) blank")]
+    assert f"cd8_pct_of_cd3 3 ({', '.join(sorted(patients))})" in note and "never counted as 0" in note, note
+    res = run_biomarkers(blank, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], n_perm=0, n_boot=0)
+    km = res.km.set_index(["endpoint", "grouping", "group"])
+    assert km.loc[("pfs", "cd8_pct_of_cd3:median", "low"), "n"] + km.loc[("pfs", "cd8_pct_of_cd3:median", "high"), "n"] \
+        == len(cohort.data) - 3

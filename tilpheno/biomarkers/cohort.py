@@ -125,6 +125,19 @@ def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     return values.astype(float)
 
 
+def blank_markers_note(data: pd.DataFrame, markers: list[str]) -> list[str]:
+    """The one note naming, per marker, the patients analysed (``data``) whose value is blank: each
+    marker's analyses leave them out (never a 0), e.g. a percentage left blank because it rests on an
+    undetermined gate (qc.csv code ``undetermined``: one population, no FMO or unstained control) or
+    a failed tube; [] when every marker has every value."""
+    blank = {m: data[m].isna() for m in markers if data[m].isna().any()}
+    if not blank:
+        return []
+    counts = "; ".join(f"{m} {int(b.sum())} ({patient_ids(data, b)})" for m, b in blank.items())
+    return [f"marker value(s) blank for some of the {len(data)} patients analysed, left out of that marker's analyses "
+            f"(never counted as 0; qc.csv says why: e.g. an undetermined gate or a failed tube): {counts}"]
+
+
 def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[str]:
     """The one note naming the patients analysed (``data``) who miss a covariate: the multivariable models, their
     bootstrap validation and calibration leave them out (complete cases, as R's ``na.action = na.omit``), so
@@ -259,6 +272,7 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             if data[c].nunique() == 1:
                 raise TableError(f"{out_source}: column '{c}': covariate has one value ({data[c].dropna().iloc[0]}) in "
                                  "every patient analysed; a model cannot adjust for it")
+    notes += blank_markers_note(data, chosen)
     notes += missing_covariates_note(data, cov)
     notes += plausibility_warnings(outcomes, data, chosen)
     return Cohort(outcomes=outcomes.copy(), data=data, markers=chosen, covariates=cov,
