@@ -60,6 +60,8 @@ def design_file(folder: Path, name: str, tube: str, omit: str | None = None, key
         # a detector shared by two stains names no marker (FlowAtlas 423/428: "Foxp3-IgM", "CD3-IgD");
         # two spellings of one marker are one marker
         ("Foxp3-IgM", None), ("CD3-IgD", None), ("CD279-PD1", "PD1"), ("CD8-PE-Cy7", "CD8"),
+        # two words that name a marker joined win over the first alone (data1.fcs's 'CD8 B PE': the beta chain)
+        ("CD8 B PE", "CD8b"), ("CD8 beta APC", "CD8b"), ("CD8 A PE", "CD8"), ("PD 1 BV421", "PD1"),
     ],
 )
 def test_normalize_marker(text, expected):
@@ -72,7 +74,9 @@ def test_normalize_marker(text, expected):
     # Beckman Coulter: 'CD103-FITC', 'CD23-PE', 'CD19-ECD', 'CD22-PC5' (PC5: PE-Cy5), 'CD45-PC7': CD22 was 'CD22-PC5'
     ("fcsparser_instruments/fake_bitmask_error/fcs1_cleaned.lmd",
      {"CD103": "FL1 INT LOG", "CD23": "FL2 INT LOG", "CD19": "FL3 INT LOG", "CD22": "FL4 INT LOG", "CD45": "FL5 INT LOG"}),
-    ("flowio/data1.fcs", {"CD4": "FL1-H", "CD8": "FL2-H", "CD3": "FL3-H"}),   # 'CD4 FITC', 'CD8 B PE', 'CD3 PerCP'
+    # 'CD4 FITC', 'CD8 B PE', 'CD3 PerCP', 'CD8 APC': 'CD8 B' was CD8 (FL4-H's CD8 never gated); two words that
+    # name a marker joined win over the first alone: CD8b, the beta chain (vocabulary alias CD8beta)
+    ("flowio/data1.fcs", {"CD4": "FL1-H", "CD8b": "FL2-H", "CD3": "FL3-H", "CD8": "FL4-H"}),
 ])
 def test_real_files_labels(name, markers):
     """The markers new-study reads from real instruments' $PnS labels (as each label says them)."""

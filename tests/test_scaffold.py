@@ -2029,18 +2029,21 @@ def test_a_folder_of_unlabelled_exports_says_they_are_controls(tmp_path):
 
 
 def test_a_marker_labelled_on_two_detectors_is_said(tmp_path):
-    """flowio's data1.fcs (FACSCalibur) labels FL2-H 'CD8 B PE' and FL4-H 'CD8 APC': the draft gated CD8
+    """flowio's data1.fcs (FACSCalibur) with FL2-H labelled 'CD8 A PE' (the alpha chain, CD8; the file's
+    own 'CD8 B PE' is CD8b, the beta chain: tests/test_panel.py) and FL4-H 'CD8 APC': the draft gated CD8
     on FL2-H and said nothing of FL4-H, a stained detector gated nowhere -> new-study names the marker,
     the detector gated and the other with its label, in one line with the file; a panel row naming the
     other detector's marker (CD8beta, the beta chain) settles it and the line goes. FACSDiva's -A/-H/-W of one detector
     labelled alike are one detector, not said."""
     folder = tmp_path / "fcs"
     folder.mkdir()
-    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "data1.fcs", folder / "data1.fcs")
+    data = (ROOT / "tests" / "data" / "fcs" / "flowio" / "data1.fcs").read_bytes()
+    assert data.count(b"CD8 B PE") == 1
+    (folder / "data1.fcs").write_bytes(data.replace(b"CD8 B PE", b"CD8 A PE"))   # as long: the offsets hold
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
     assert result.exit_code == 0, result.output
     said = [line for line in result.output.splitlines() if line.startswith("one marker")]
-    assert said == ["one marker, 2 detectors: CD8 is gated on FL2-H ('CD8 B PE'); the $PnS of FL4-H ('CD8 APC') names it "
+    assert said == ["one marker, 2 detectors: CD8 is gated on FL2-H ('CD8 A PE'); the $PnS of FL4-H ('CD8 APC') names it "
                     "too, not gated (another stain of CD8, or a label to correct: a panel file row (tube, detector, "
                     "marker) names its marker) (1 file(s): data1.fcs)"], result.output
     panel = tmp_path / "panel.csv"
@@ -2048,6 +2051,12 @@ def test_a_marker_labelled_on_two_detectors_is_said(tmp_path):
     result = _run(["new-study", str(folder), "-o", str(tmp_path / "with"), "--panel", str(panel)])
     assert result.exit_code == 0 and "one marker" not in result.output and "markers CD4, CD8b, CD3" in result.output, \
         result.output   # CD8beta: the vocabulary's CD8b, another marker than CD8 (the alpha chain)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "data1.fcs", plain / "data1.fcs")
+    result = _run(["new-study", str(plain), "-o", str(tmp_path / "own")])   # the file's own 'CD8 B PE': CD8b
+    assert result.exit_code == 0 and "one marker" not in result.output and "markers CD4, CD8b, CD3, CD8" in result.output, \
+        result.output
     diva = _run(["new-study", str(ROOT / "tests" / "data" / "fcs" / "fcsparser_instruments" / "FACS_Diva"), "-o",
                  str(tmp_path / "diva")])
     assert diva.exit_code == 0 and "one marker" not in diva.output, diva.output

@@ -11,7 +11,8 @@ Conventions
   ``"Brilliant Violet 421™"``: a fluorochrome and the number 421), after
   mapping aliases to their canonical name (``CD279`` -> ``PD1``).
 * :meth:`Vocabulary.marker_in` reads a label (``$PnS``, a panel-file cell, an FMO tube name):
-  the first known marker in it (a word, two adjacent words joined, or a hyphen-separated part;
+  the first known marker in it (a word, two adjacent words joined, or a hyphen-separated part; two
+  words joined that name a marker win over the first alone: ``"CD8 B PE"`` is CD8b, the beta chain, not CD8;
   a species/``anti`` prefix is dropped when the rest is known: ``hCD3``, ``anti-CD3``); if
   none is known and ``free`` is true, the first word that is not a fluorochrome, a filler word
   or a detector name, with a trailing fluorochrome part removed (``"KLRG1 BV605"`` -> ``KLRG1``,
@@ -162,11 +163,16 @@ class Vocabulary:
                 return self.canonical[k[len(prefix):]]
         return None
 
+    def _known_pair(self, words: list[str], i: int) -> tuple[str | None, int]:
+        """The known marker starting at ``words[i]`` and the words it takes: the word and the next
+        joined when they name a marker (``"CD8 B"`` -> CD8b, the beta chain; ``"PD 1"`` -> PD1), which
+        wins over the first word alone (CD8, another molecule), else the word."""
+        joined = self.known(words[i] + words[i + 1]) if i + 1 < len(words) else None
+        return (joined, 2) if joined is not None else (self.known(words[i]), 1)
+
     def _known_in(self, words: list[str]) -> str | None:
         for i, word in enumerate(words):
-            found = self.known(word)
-            if found is None and i + 1 < len(words):
-                found = self.known(word + words[i + 1])
+            found = self._known_pair(words, i)[0]
             if found is None and "-" in word:  # "CD3-FITC", "anti-CD3"
                 parts = [p for p in word.split("-") if p]
                 for j, part in enumerate(parts):
@@ -186,12 +192,10 @@ class Vocabulary:
         for tokens in (words, *([p for p in w.split("-") if p] for w in words if "-" in w)):
             i = 0
             while i < len(tokens):
-                single = self.known(tokens[i])
-                joined = self.known(tokens[i] + tokens[i + 1]) if single is None and i + 1 < len(tokens) else None
-                for marker in (single, joined):
-                    if marker is not None:
-                        found.setdefault(marker, None)
-                i += 2 if joined is not None else 1
+                marker, taken = self._known_pair(tokens, i)
+                if marker is not None:
+                    found.setdefault(marker, None)
+                i += taken
         return tuple(found)
 
     def named_markers(self, text: str | None) -> tuple[str, ...]:
