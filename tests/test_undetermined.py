@@ -24,6 +24,13 @@ criteria:
 """
 
 
+def blank_variables(qc: pd.DataFrame, product: str) -> set[str]:
+    """The variables qc.csv's ``undetermined`` flags of ``product`` say were left blank (resting on a gate
+    undetermined without an FMO or unstained control)."""
+    said = qc.loc[(qc["product_id"].astype(str) == product) & (qc["code"] == "undetermined"), "message"]
+    return {v for m in said for v in m.split(" left blank (NA)")[0].rsplit(": ", 1)[1].split(", ")}
+
+
 def _process(folder: Path, study: Path, out: Path, reports: str = "none") -> str:
     result = CliRunner().invoke(app, ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
                                       str(study / "manifest.csv"), "-o", str(out), "--reports", reports])
