@@ -62,6 +62,7 @@ from tilpheno.control_settings import compare_settings, control_flags
 from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelError, TooFewEventsError
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
+from tilpheno.gates.coexpression import co_expression_flags
 from tilpheno.gates.geometry import Gate, RangeGate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
@@ -587,6 +588,21 @@ def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population])
                                          c.quantile, c.limit)
         if flag is not None:
             out.append((next(k for k, p in enumerate(pops) if p.name == c.subset), flag))
+    return out
+
+
+def _co_expression_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
+    """The strategy's declared ``co_expression`` checks on a gated stained file
+    (``tilpheno.gates.coexpression``), each flag at its gate's place in the strategy."""
+    out = []
+    index = {p.name: k for k, p in enumerate(pops)}
+    for c in strategy.co_expression:
+        first, second = (strategy.population(n) for n in c.populations)
+        if not {first.name, second.name, first.parent} <= set(state.masks) | {ROOT}:
+            continue
+        masks = {**state.masks, ROOT: np.ones(state.tube.n_events, dtype=bool)} if first.parent == ROOT else state.masks
+        flags = co_expression_flags(first.name, second.name, first.parent, masks, c.limit, (first.dims[0], second.dims[0]))
+        out += [(index[f.gate], f) for f in flags]
     return out
 
 
@@ -1155,6 +1171,7 @@ class _TubeKindRun:
             if self.sources[i].role == "stain":
                 self.file_flags[i] = _sized_flags(self.strategy, st, self.file_flags[i], self.pops)
                 self.file_flags[i] += _subset_flags(self.strategy, st, self.pops)
+                self.file_flags[i] += _co_expression_flags(self.strategy, st, self.pops)
             self._settle(i)
             consume(i, st)
             if not self.keep_loaded:

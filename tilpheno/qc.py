@@ -29,7 +29,7 @@ REVIEW_CODES = frozenset({
     "cut_in_dense_region", "fmo_excess_positive", "negative_shift", "cut_at_scale_edge",
     "out_of_expected_range", "tube_disagreement", "no_second_peak", "fallback_gate", "missing_fmo",
     "missing_control", "gate_failed", "few_events", "uncertain_threshold", "dim_subset_events", "unstained_positive",
-    "duplicate_tube", "duplicate_control", "control_settings_differ", "control_instrument_differs",
+    "duplicate_tube", "duplicate_control", "control_settings_differ", "control_instrument_differs", "co_expression",
 })
 """QC codes of a gate that may be wrong (raised by ``tilpheno.gates.checks`` and the gating engine),
 or of variables that may come from the wrong file (``duplicate_tube``: two stained files of one

@@ -241,6 +241,19 @@ class SubsetCheck:
 
 
 @dataclass(frozen=True)
+class CoExpressionCheck:
+    """A declared plausibility check (``checks:``, kind ``co_expression``): the two ``populations``,
+    gates of one parent on two markers one cell rarely carries together (CD4+ and CD8+ of CD3+), may
+    share at most ``limit`` % of that parent. Convention: the double positives' share = the events in
+    both populations / the parent's events x 100; above ``limit`` (default 10, a lab with many double
+    positives raises it) both gates get a ``co_expression`` review warning
+    (``tilpheno.gates.coexpression``): CD4+ and CD8+ each ~95 % of CD3+ cannot both be right."""
+
+    populations: tuple[str, str]
+    limit: float = 10.0
+
+
+@dataclass(frozen=True)
 class Strategy:
     """A validated strategy: populations in gating order (parents and operands first)."""
 
@@ -259,6 +272,7 @@ class Strategy:
     # (x population, y population) -> {(x inside, y inside): name}: the report's quadrant labels
     acquisition: AcquisitionSettings = AcquisitionSettings()   # step 0, the ``acquisition_qc`` section
     checks: tuple[SubsetCheck, ...] = ()   # declared self-checks (the ``checks`` section)
+    co_expression: tuple[CoExpressionCheck, ...] = ()   # declared co-expression checks (the ``checks`` section)
 
     # -- the ways to build one -------------------------------------------------------------
     @classmethod
@@ -683,6 +697,7 @@ def parse_strategy(text: str, path: str = "<strategy>", *, lines: bool = True) -
         quadrant_names=_quadrant_names(ctx, doc, seen),
         acquisition=acquisition,
         checks=_checks(ctx, doc, seen, set(markers)),
+        co_expression=_co_expression(ctx, doc, {p.name: p for p in ordered}),
     )
 
 
@@ -750,10 +765,12 @@ def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers
     [, quantile: 5, limit: 2]}]`` (see :class:`SubsetCheck`)."""
     raw = doc.get("checks") or []
     if not isinstance(raw, list):
-        raise ctx.error(_line(doc, "checks"), "checks", "must be a list of {kind: dim_subset, ...}")
+        raise ctx.error(_line(doc, "checks"), "checks", "must be a list of {kind: dim_subset, ...} or {kind: co_expression, ...}")
     out = []
     for i, item in enumerate(raw):
         where = f"checks[{i}]"
+        if isinstance(item, dict) and item.get("kind") == "co_expression":
+            continue   # _co_expression
         line = _line(item) or _line(doc, "checks")
         keys = {"kind", "subset", "reference", "marker", "quantile", "limit"}
         if not isinstance(item, dict) or item.get("kind") != "dim_subset" or not {"subset", "reference", "marker"} <= set(item) \
@@ -769,6 +786,31 @@ def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers
                                 ParamSpec(_NUM, 5.0, 0.1, 50))
         limit = _check_param(ctx, _line(item, "limit"), where, "limit", item.get("limit", 2.0), ParamSpec(_NUM, 2.0, 0, 100))
         out.append(SubsetCheck(item["subset"], item["reference"], item["marker"], quantile, limit))
+    return tuple(out)
+
+
+def _co_expression(ctx: _Context, doc: Mapping, populations: Mapping[str, Population]) -> tuple[CoExpressionCheck, ...]:
+    """``checks: [{kind: co_expression, populations: [<population>, <population>][, limit: 10]}]``: two
+    gates of one parent on two different markers (see :class:`CoExpressionCheck`)."""
+    out = []
+    for i, item in enumerate(doc.get("checks") or []):
+        if not isinstance(item, dict) or item.get("kind") != "co_expression":
+            continue
+        where, line = f"checks[{i}]", _line(item) or _line(doc, "checks")
+        pair = item.get("populations")
+        if set(item) - {"kind", "populations", "limit"} or not isinstance(pair, list) or len(pair) != 2:
+            raise ctx.error(line, where, "must be {kind: co_expression, populations: [<population>, <population>]"
+                                         "[, limit: <percent of their parent>]}")
+        for name in pair:
+            if name not in populations:
+                raise ctx.error(_line(item, "populations"), f"{where}.populations", f"unknown population {name!r}")
+        first, second = (populations[n] for n in pair)
+        if first.parent != second.parent or first.boolean is not None or second.boolean is not None \
+                or len(first.dims) != 1 or len(second.dims) != 1 or first.dims == second.dims:
+            raise ctx.error(_line(item, "populations"), f"{where}.populations",
+                            f"{pair[0]!r} and {pair[1]!r} must be gates of one parent on two different markers")
+        limit = _check_param(ctx, _line(item, "limit"), where, "limit", item.get("limit", 10.0), ParamSpec(_NUM, 10.0, 0, 100))
+        out.append(CoExpressionCheck((str(pair[0]), str(pair[1])), limit))
     return tuple(out)
 
 
