@@ -66,10 +66,44 @@ def test_the_entry_point_starts_a_server_only_for_a_parallel_local_process(monke
 
     events: list[str] = []
     monkeypatch.setattr(pool, "start_fork_server", lambda: events.append("fork server"))
+    monkeypatch.setattr(pool, "import_libraries", lambda names: events.append("libraries"))   # no gc.freeze here
     monkeypatch.setattr(cli, "main", lambda: events.append(f"cli {sys.argv[1:]}"))
     monkeypatch.setattr(sys, "argv", ["tilpheno", *argv])
     launch.main()
-    assert events == [*(["fork server"] if started else []), f"cli {argv}"]
+    assert events == [*(["fork server"] if started else []), "libraries", f"cli {argv}"]
+
+
+# run as ``python -m tilpheno`` on a folder that does not exist (the command stops with exit 2 before
+# any product): what had this process imported, and frozen, once its command line ran?
+FROZEN_PROBE = """\
+import atexit, gc, runpy, sys
+def said():
+    print(gc.get_freeze_count() > 50_000, gc.isenabled(),
+          [m for m in ("tilpheno.phenotype", "scipy.optimize", "matplotlib.ticker") if m in sys.modules], flush=True)
+atexit.register(said)
+sys.argv = ["tilpheno", "process", "NO-SUCH-FOLDER", "-o", "OUT", *sys.argv[1:]]
+runpy.run_module("tilpheno", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("options, imported", [
+    ([], "['tilpheno.phenotype', 'scipy.optimize', 'matplotlib.ticker']"),
+    (["--jobs", "1", "--reports", "later"], "['tilpheno.phenotype', 'scipy.optimize']"),
+    (["--reports=none"], "['tilpheno.phenotype', 'scipy.optimize']"),
+])
+def test_a_jobs_1_process_imports_its_products_libraries_with_the_collector_paused_and_frozen(tmp_path, options,
+                                                                                               imported):
+    """Issue 18, per core: ``process --jobs 1`` gates every product in its own process, which imported
+    the command line, pandas, SciPy, the gating and the report as it met them, with the cyclic garbage
+    collector on: the automatic collections during the imports, and every full collection of the run
+    after them, walked the 10^5 objects the imports made (0.30 s of collections in a run of
+    /tmp/scale_b4's 4 products, 0.06 s with them frozen, at load 13). The entry point now imports them
+    first with the collector paused and freezes them, as the fork server does for ``--jobs N``; under
+    ``--reports later``/``none`` without the report's modules, which such a run never imports."""
+    run = subprocess.run([sys.executable, "-c", FROZEN_PROBE, *options], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stdout.strip() == f"True True {imported}", run.stdout + run.stderr
 
 
 def test_python_m_tilpheno_jobs_2_with_a_failing_product_exits_1_and_names_it(small_cohort, tmp_path):

@@ -3,19 +3,22 @@
 What has to happen before the command line's own imports (Typer, Click, Rich, pydantic: 0.07 s of
 CPU and more, before ``tilpheno.cli.main`` can run) happens here: ``process --jobs N`` starts its
 workers' fork server (:func:`start_fork_server_early`), whose imports of the workers' libraries are
-the longest serial part of a parallel run; then :func:`tilpheno.cli.main` runs as always.
+the longest serial part of a parallel run; then this process imports what its command will run
+(:func:`command_libraries`) with the cyclic garbage collector paused and freezes what the imports
+made, as the fork server does (:func:`tilpheno.pipeline.pool.import_libraries`), and
+:func:`tilpheno.cli.main` runs as always.
 """
 from __future__ import annotations
 
 import sys
-from typing import List
+from typing import Dict, List, Optional
 
 
-def parallel_local_process(argv: List[str]) -> bool:
-    """Whether ``argv`` (the arguments after ``tilpheno``) asks for ``process`` with ``--jobs N``, N > 1,
-    on the local executor, read as typed (``--verbose process DIR -o OUT --jobs 2``, ``--jobs=2``,
-    ``--executor local``); False for anything else (``--help``, a value that is no number): Typer
-    reads and checks the command line afterwards, as always."""
+def _process_options(argv: List[str]) -> Optional[Dict[str, str]]:
+    """The options ``--jobs``, ``--executor`` and ``--reports`` as ``argv`` (the arguments after
+    ``tilpheno``) gives them to ``process``, read as typed (``--verbose process DIR -o OUT --jobs 2``,
+    ``--jobs=2``); None for another command or ``--help``: Typer reads and checks the command line
+    afterwards, as always."""
     command, it = None, iter(argv)
     for arg in it:
         if arg == "--log":
@@ -24,14 +27,43 @@ def parallel_local_process(argv: List[str]) -> bool:
             command = arg
             break
     if command != "process" or "--help" in argv:
-        return False
+        return None
     given: dict[str, str] = {}
     for arg in it:
         name, eq, value = arg.partition("=")
-        if name in ("--jobs", "--executor"):
+        if name in ("--jobs", "--executor", "--reports"):
             given[name] = value if eq else next(it, "")
+    return given
+
+
+def parallel_local_process(argv: List[str]) -> bool:
+    """Whether ``argv`` (the arguments after ``tilpheno``) asks for ``process`` with ``--jobs N``, N > 1,
+    on the local executor (``--executor local``, the default); False for anything else (``--help``, a
+    value that is no number)."""
+    given = _process_options(argv)
+    if given is None:
+        return False
     jobs = given.get("--jobs", "1")
     return jobs.isdigit() and int(jobs) > 1 and given.get("--executor", "local") == "local"
+
+
+def command_libraries(argv: List[str]) -> List[str]:
+    """The modules this process imports for ``argv``'s command, before it runs: the command line
+    (``tilpheno.cli``); for ``process`` also the run's own modules (``tilpheno.pipeline.run``: the
+    manifest, pandas), and when this process gates the products itself (``--jobs 1`` on the local
+    executor) the products' libraries (:data:`tilpheno.pipeline.pool.PRELOAD`, without the
+    report's modules under ``--reports later`` or ``none``), which the run would import anyway."""
+    from tilpheno.pipeline.pool import PRELOAD, REPORT_MODULES
+
+    given = _process_options(argv)
+    if given is None:
+        return ["tilpheno.cli"]
+    libraries = ["tilpheno.cli", "tilpheno.pipeline.run"]
+    jobs = given.get("--jobs", "1")
+    if jobs.isdigit() and int(jobs) == 1 and given.get("--executor", "local") == "local":
+        drawn = given.get("--reports", "now") == "now"
+        libraries += [m for m in PRELOAD if drawn or m not in REPORT_MODULES]
+    return libraries
 
 
 def start_fork_server_early(argv: List[str]) -> None:
@@ -45,9 +77,13 @@ def start_fork_server_early(argv: List[str]) -> None:
 
 
 def main() -> None:
-    """``tilpheno ...``: the fork server of ``process --jobs N`` started first, then the command line
-    (:func:`tilpheno.cli.main`: SIGTERM and Ctrl-C handling, exit status)."""
+    """``tilpheno ...``: the fork server of ``process --jobs N`` started first, then the command's
+    libraries imported with the collector paused and frozen (:func:`command_libraries`), then the
+    command line (:func:`tilpheno.cli.main`: SIGTERM and Ctrl-C handling, exit status)."""
     start_fork_server_early(sys.argv[1:])
+    from tilpheno.pipeline.pool import import_libraries
+
+    import_libraries(command_libraries(sys.argv[1:]))
     from tilpheno.cli import main as cli_main
 
     cli_main()

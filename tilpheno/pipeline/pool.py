@@ -28,10 +28,17 @@ FMO carry's ``scipy.optimize``, the report), so that no worker imports them agai
 alone is 0.17 s of CPU)."""
 
 
-def import_libraries() -> None:
-    """Import :data:`PRELOAD` with Python's cyclic garbage collector paused, then freeze what they
-    made (``gc.freeze``) and let the collector run again: the fork server's preload
-    (``tilpheno.pipeline.preload``) and a Dask worker's (``tilpheno.daskworker``).
+REPORT_MODULES = ("tilpheno.report.product", "tilpheno.report.plots", "tilpheno.report.qc_plots",
+                  "tilpheno.report.svg", "matplotlib.ticker", "matplotlib.font_manager")
+"""The modules of :data:`PRELOAD` that only a report imports (a ``--jobs 1`` run under ``--reports
+later`` or ``none`` imports none of them: ``tilpheno.launch.command_libraries``)."""
+
+
+def import_libraries(names: Sequence[str] = PRELOAD) -> None:
+    """Import ``names`` (default :data:`PRELOAD`) with Python's cyclic garbage collector paused, then
+    freeze what they made (``gc.freeze``) and let the collector run again: the fork server's preload
+    (``tilpheno.pipeline.preload``), a Dask worker's (``tilpheno.daskworker``) and the command's own
+    (``tilpheno.launch``: the command line, and a ``--jobs 1`` run's products' libraries).
 
     The imports make some 10^5 long-lived objects, and the automatic full collections in between
     walked all of them (two such collections, 0.14-0.20 s of the preload's 1.0-1.2 s of CPU on a
@@ -41,7 +48,7 @@ def import_libraries() -> None:
     import importlib
 
     with collector_paused():
-        for name in PRELOAD:
+        for name in names:
             importlib.import_module(name)
         gc.freeze()
 
