@@ -1726,37 +1726,48 @@ def test_a_product_that_failed_processing_is_shown_not_hidden(kind, failed_run, 
         drop_schema(url)
 
 
+@pytest.fixture(scope="module")
+def two_folders(tmp_path_factory):
+    """TIL001 and TIL002 of the sample processed (tables only) into ``out`` and into ``other``, where
+    TIL001's CD8 FMO file is TIL002's (TIL001 processed from other files, TIL002 from the same):
+    ``(out, other)``. The outputs do not depend on the database, so both backends' runs of the test
+    below read the same two folders (they only read them)."""
+    import shutil
+
+    import pandas as pd
+
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+
+    tmp = tmp_path_factory.mktemp("two_folders")
+    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    two = manifest[manifest["product_id"].isin(["TIL001", "TIL002"])]
+    two.to_csv(tmp / "manifest.csv", index=False)
+
+    def run(folder, replace=None):
+        inputs = tmp / f"in_{folder}"
+        inputs.mkdir()
+        for name in two["file"]:
+            shutil.copy(SAMPLE / (replace or {}).get(name, name), inputs / name)
+        summary = process_folder(inputs, tmp / folder, manifest_csv=tmp / "manifest.csv", make_reports=False)
+        assert summary.ok, summary.failed
+        return tmp / folder
+
+    return run("out"), run("other", replace={"TIL001_surface_FMO_CD8.fcs": "TIL002_surface_FMO_CD8.fcs"})
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_product_of_another_folder_is_refused_on_its_row_not_the_whole_list(kind, tmp_path):
+def test_a_product_of_another_folder_is_refused_on_its_row_not_the_whole_list(kind, tmp_path, two_folders):
     """A database holding TIL001 and TIL002 from one output folder, served with another folder whose
     TIL001 was processed from other files (its CD8 FMO re-acquired) and whose TIL002 from the same:
     the product list answered HTTP 400 with TIL001's refusal, so TIL002 could not be reached from
     it either. Now the list shows TIL002 and names TIL001 with its refusal (both folders); TIL001
     itself is still refused, and the counts above the table say it is refused (it was counted among
     the products neither approved nor rejected, as if it awaited a decision here)."""
-    import shutil
-
-    import pandas as pd
-
-    from review_support import SAMPLE, database_url, drop_schema, make_service
-    from tilpheno.pipeline import process_folder
+    from review_support import database_url, drop_schema, make_service
     from tilpheno.review.server import build_service
 
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    two = manifest[manifest["product_id"].isin(["TIL001", "TIL002"])]
-    two.to_csv(tmp_path / "manifest.csv", index=False)
-
-    def run(folder, replace=None):
-        inputs = tmp_path / f"in_{folder}"
-        inputs.mkdir()
-        for name in two["file"]:
-            shutil.copy(SAMPLE / (replace or {}).get(name, name), inputs / name)
-        summary = process_folder(inputs, tmp_path / folder, manifest_csv=tmp_path / "manifest.csv", make_reports=False)
-        assert summary.ok, summary.failed
-        return tmp_path / folder
-
-    out = run("out")
-    other = run("other", replace={"TIL001_surface_FMO_CD8.fcs": "TIL002_surface_FMO_CD8.fcs"})
+    out, other = two_folders
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
