@@ -36,9 +36,8 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
-
 import hashlib
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -564,10 +563,15 @@ def _stairs(frame: Frame, counts: np.ndarray, edges: np.ndarray) -> str:
     return svg.polyline(frame.sx(xs), frame.sy(ys))
 
 
-def pct_label(population: str, pct_of_parent: float) -> str:
-    """A gate's label, ``"CD4+ 41.2%"``; ``"CD4+ % not determined"`` for a NaN share (a gate resting on
+def pct_text(pct_of_parent: float) -> str:
+    """A gate's share as shown, ``"41.2%"``; ``"% not determined"`` for a NaN share (a gate resting on
     an undetermined one, ``tilpheno.phenotype.population_table``), never ``"nan%"``."""
-    return f"{population} {pct_of_parent:.1f}%" if math.isfinite(pct_of_parent) else f"{population} % not determined"
+    return f"{pct_of_parent:.1f}%" if math.isfinite(pct_of_parent) else "% not determined"
+
+
+def pct_label(population: str, pct_of_parent: float) -> str:
+    """A gate's label, ``"CD4+ 41.2%"`` (:func:`pct_text`)."""
+    return f"{population} {pct_text(pct_of_parent)}"
 
 
 def density_plot(
@@ -598,7 +602,7 @@ def density_plot(
                   _gate_label_candidates(gate, xaxis.dim, yaxis.dim, xlim, ylim), _grid_cover(counts, xlim, ylim),
                   gid="tp-label", slack=0.02 * float(counts.sum()))   # next to its gate unless that hides 2 % more events
     _title(canvas, title)
-    return canvas.svg(alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_label('', pct_of_parent).strip()}")
+    return canvas.svg(alt or f"{population} gate on {yaxis.label} vs {xaxis.label}, {pct_text(pct_of_parent)}")
 
 
 def histogram_plot(
@@ -632,7 +636,7 @@ def histogram_plot(
     _placed_label(canvas, frame, [pct_label(population, pct_of_parent)], colour, candidates,
                   _curve_cover(edges, [counts]), gid="tp-label", vlines=_gate_extent(gate, axis.dim))
     _title(canvas, title)
-    return canvas.svg(alt or f"{population} gate on {axis.label}, {pct_label('', pct_of_parent).strip()}")
+    return canvas.svg(alt or f"{population} gate on {axis.label}, {pct_text(pct_of_parent)}")
 
 
 def _gated_interval(gate, dim: str, xlim) -> tuple[float, float]:

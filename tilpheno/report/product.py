@@ -215,7 +215,7 @@ def gate_figure(tube, population: str, parent, gate, method: str, detectors: Map
     pct = _pct_of_parent(tube, population, masks, parent_mask)
     parent_name = _parent_name(parent)
     title = f"{parent_name} → {population}"
-    alt = f"{population} gate on {' vs '.join(dims)} ({method}), {plots.pct_label('', pct).strip()} of {parent_name}"
+    alt = f"{population} gate on {' vs '.join(dims)} ({method}), {plots.pct_text(pct)} of {parent_name}"
     axis = [_axis(d, detectors, strategy, axes.get((tube.tube, d))) for d in dims[:2]]
     if len(dims) == 1:
         svg = plots.histogram_plot(tube.data[dims[0]][parent_mask], axis[0], gate=gate,
