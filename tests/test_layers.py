@@ -27,8 +27,8 @@ LAYERS = {
     "tilpheno.transforms": 4, "tilpheno.acquisition": 4, "tilpheno.control_settings": 4,
     # 5 gate
     "tilpheno.gates": 5,
-    # 6 measure
-    "tilpheno.phenotype": 6,
+    # 6 measure (and which gates a phenotype column rests on)
+    "tilpheno.phenotype": 6, "tilpheno.gating_path": 6,
     # 7 report and provenance
     "tilpheno.report": 7, "tilpheno.provenance": 7,
     # 8 pipeline, public API, analyses, simulation; 9 the command line

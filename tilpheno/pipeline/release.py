@@ -6,8 +6,8 @@ A criterion is *determined* when no gate its column depends on carries a review 
 depends on no gate; a study variable (``100 x numerator / denominator``) on the gates of its
 numerator and denominator and everything they are gated from (``Strategy.variable_gates``); a
 population's count on that population's gates (``Strategy.population_gates``); a dose on its
-base and its variable. A review flag on no gate (``duplicate_tube``, ``duplicate_control``), and
-a column no strategy or dose defines, hold every criterion.
+base and its variable (``tilpheno.gating_path``). A review flag on no gate (``duplicate_tube``,
+``duplicate_control``), and a column no strategy or dose defines, hold every criterion.
 
 A criterion is *not applicable* when its column belongs to a tube kind the study declares optional
 and the product has no file of (its row's :data:`ABSENT_COLUMN`): the kind's variables, its
@@ -28,19 +28,13 @@ a reviewer's cut on that gate (``tilpheno.review.regate.recompute``) decides the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Mapping, Sequence
 
+from tilpheno.gating_path import GateKey, column_gates, column_source
 from tilpheno.qc import NEEDS_REVIEW, UNDETERMINED_CODE, QCFlag, needs_review, review_status
 from tilpheno.release import (FAIL, NOT_APPLICABLE, NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate,
                               overall)
-
-GateKey = tuple[str, str]
-"""(tube kind, population): a gate of a tube kind's strategy."""
-
-NO_GATE_COLUMNS = frozenset({"til_dose_cells", "dose"})
-"""Columns from the manifest or the outcomes table (the infused cell number): no gate's."""
-
 
 ABSENT_COLUMN = "absent_tubes"
 """The phenotype column, in a study with optional tube kinds, naming those the product has no file
@@ -51,46 +45,6 @@ def absent_in(row: Mapping) -> tuple[str, ...]:
     """The optional tube kinds a phenotype row's :data:`ABSENT_COLUMN` names (none when blank or missing)."""
     value = row.get(ABSENT_COLUMN)
     return tuple(k for k in (p.strip() for p in value.split(";")) if k) if isinstance(value, str) else ()
-
-
-@dataclass(frozen=True)
-class ColumnSource:
-    """Where a phenotype column's value comes from: the gates it depends on, as (tube kind,
-    population) pairs, and the tube kinds whose files give it (an event count of a file depends on
-    no gate but on its kind's file; the infused cell number on neither)."""
-
-    gates: frozenset[GateKey]
-    tubes: frozenset[str]
-
-
-def column_source(column: str, strategies: Sequence, doses: Sequence = ()) -> ColumnSource | None:
-    """The :class:`ColumnSource` of phenotype column ``column``: a strategy's variable
-    (``Strategy.variable_gates``) or event count (``Strategy.population_gates``; ``n_events_<tube>``
-    none), a dose (``Study.doses``) its base's and variable's. None when no strategy or dose
-    defines the column: it may depend on any gate."""
-    if column in NO_GATE_COLUMNS:
-        return ColumnSource(frozenset(), frozenset())
-    for strategy in strategies:
-        tube = frozenset({strategy.tube})
-        if any(v.name == column for v in strategy.variables):
-            return ColumnSource(frozenset((strategy.tube, p) for p in strategy.variable_gates(column)), tube)
-        counted = strategy.count_columns().get(column)
-        if counted is not None:
-            return ColumnSource(frozenset((strategy.tube, p) for p in strategy.population_gates(counted)), tube)
-    dose = next((d for d in doses if d.name == column), None)
-    if dose is None:
-        return None
-    base, variable = column_source(dose.base, strategies, doses), column_source(dose.variable, strategies, doses)
-    if base is None or variable is None:
-        return None
-    return ColumnSource(base.gates | variable.gates, base.tubes | variable.tubes)
-
-
-def column_gates(column: str, strategies: Sequence, doses: Sequence = ()) -> frozenset[GateKey] | None:
-    """The gates phenotype column ``column`` depends on (:func:`column_source`); None when no
-    strategy or dose defines the column."""
-    source = column_source(column, strategies, doses)
-    return None if source is None else source.gates
 
 
 def not_applicable(results: Sequence[CriterionResult], absent: Sequence[str], strategies: Sequence,
