@@ -96,6 +96,33 @@ def test_the_report_says_undetermined_where_the_number_was(drafted):
     assert "nan%" not in html and "CD4+ % not determined" in html
 
 
+def test_a_dose_names_its_undetermined_gates_in_the_order_its_criterion_does(drafted, tmp_path):
+    """A dose rests on its base's gates and its variable's. The report's study variables named a dose's
+    undetermined gates base first, then the variable's (a Ki67+ dose on the CD4+ dose: 'CD3+, CD4+,
+    Ki67+'), while its release criterion, in the same report, named them in gating order ('Ki67+, CD3+,
+    CD4+': the drafted strategy gates Ki67+ before CD3+) -> both name them in the strategy's order."""
+    import yaml
+
+    folder, study, _, _ = drafted
+    dosed = tmp_path / "study"
+    shutil.copytree(study, dosed)
+    with open(dosed / "study.yaml", "a") as fh:
+        fh.write("doses:\n  cd3_dose_cells: {base: dose, variable: cd3_pct_of_lymph}\n"
+                 "  cd4_dose_cells: {base: cd3_dose_cells, variable: cd4_pct_of_cd3}\n"
+                 "  ki67_dose_cells: {base: cd4_dose_cells, variable: ki67_pct_of_lymph}\n")
+    (dosed / "release.yaml").write_text(RELEASE + "  - {name: Ki67 dose, column: ki67_dose_cells, op: \">\", limit: 10}\n")
+    _process(folder, dosed, tmp_path / "out", "now")
+    populations = [p["name"] for p in yaml.safe_load((dosed / "tube025.yaml").read_text())["populations"]]
+    order = [p for p in populations if p in ("CD3+", "CD4+", "Ki67+")]
+    assert order.index("Ki67+") < order.index("CD3+"), order   # the variable's gate comes first: the orders differ
+    html = next((tmp_path / "out").glob("products/*/report.html")).read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<svg.*?</svg>", "", html, flags=re.S)))
+    variables = text.split("Study variables")[1].split("Release criteria")[0]
+    release = text.split("Release criteria")[1].split("QC flags")[0]
+    assert f"Ki67 dose ki67_dose_cells &gt; 10 % not evaluable (undetermined: {', '.join(order)}," in release, release
+    assert f"Ki67+ dose undetermined: no FMO or unstained control ({', '.join(order)})" in variables, variables[-1500:]
+
+
 def test_a_stated_side_reports_the_number(drafted, tmp_path):
     """one_population: positive on CD3 and CD4 (the lab states the side): the gates are decided and
     cd4_pct_of_cd3 is reported, the counts' ratio; the release has its value."""

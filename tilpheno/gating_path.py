@@ -57,3 +57,15 @@ def column_gates(column: str, strategies: Sequence, doses: Sequence = ()) -> fro
     strategy or dose defines the column."""
     source = column_source(column, strategies, doses)
     return None if source is None else source.gates
+
+
+def column_resting_on(column: str, gates: frozenset[GateKey], strategies: Sequence, doses: Sequence = ()) -> tuple[str, ...]:
+    """The populations of ``gates`` (the undetermined ones: one population, no FMO or unstained
+    control) that phenotype column ``column`` rests on (:func:`column_gates`), in gating order (the
+    strategies' order, then each one's populations), each named once; empty when none, or when no
+    strategy or dose defines ``column``."""
+    needs = column_gates(column, strategies, doses) if gates else None
+    if not needs or not needs & gates:
+        return ()
+    order = {(s.tube, p.name): i for i, (s, p) in enumerate((s, p) for s in strategies for p in s.populations)}
+    return tuple(dict.fromkeys(p for _, p in sorted(needs & gates, key=order.__getitem__)))

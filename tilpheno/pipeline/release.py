@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping, Sequence
 
-from tilpheno.gating_path import GateKey, column_gates, column_source
+from tilpheno.gating_path import GateKey, column_gates, column_resting_on, column_source
 from tilpheno.qc import NEEDS_REVIEW, UNDETERMINED_CODE, QCFlag, needs_review, review_status
 from tilpheno.release import (FAIL, NOT_APPLICABLE, NOT_EVALUABLE, CriterionResult, ReleaseSpec, evaluate,
                               overall)
@@ -94,13 +94,12 @@ def undetermined_criteria(results: Sequence[CriterionResult], undetermined: froz
                           doses: Sequence = ()) -> list[CriterionResult]:
     """``results`` with ``undetermined`` set on each ``not evaluable`` criterion whose column rests on
     a gate of ``undetermined`` (one population, no FMO or unstained control: the value was left blank,
-    ``tilpheno.phenotype.undetermined_flags``), naming those gates' populations in gating order."""
-    order = {(s.tube, p.name): i for i, (s, p) in enumerate((s, p) for s in strategies for p in s.populations)}
+    ``tilpheno.phenotype.undetermined_flags``), naming those gates' populations in gating order
+    (``tilpheno.gating_path.column_resting_on``)."""
     out = []
     for r in results:
-        needs = column_gates(r.criterion.column, strategies, doses) if undetermined and r.outcome == NOT_EVALUABLE else None
-        on = sorted(needs & undetermined, key=order.__getitem__) if needs is not None else []
-        out.append(replace(r, undetermined=tuple(dict.fromkeys(p for _, p in on))) if on else r)
+        on = column_resting_on(r.criterion.column, undetermined, strategies, doses) if r.outcome == NOT_EVALUABLE else ()
+        out.append(replace(r, undetermined=on) if on else r)
     return out
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol
 import numpy as np
 
 from tilpheno.gates.quadrants import sibling_range_pairs
+from tilpheno.gating_path import column_resting_on
 from tilpheno.phenotype import UNDETERMINED, resting_on, undetermined_gates
 from tilpheno.report.qc_sections import acquisition_section, compensation_sections
 
@@ -536,18 +537,11 @@ def undetermined_values(result, strategies, study) -> dict[str, str]:
     for t in sorted(getattr(result, "tubes", ()), key=lambda t: str(t.file)):
         if t.role == "stain":
             stained.setdefault(t.tube, t)
-    gates: dict[str, tuple[str, ...]] = {}
-    for strategy in (s for s in strategies if s.tube in stained):
-        undetermined = undetermined_gates(stained[strategy.tube].diagnostics)
-        for v in strategy.variables:
-            on = resting_on(strategy, undetermined, v.numerator, v.denominator)
-            if on:
-                gates[v.name] = on
-    for dose in getattr(study, "doses", ()):   # in order: a dose's base may be an earlier dose
-        on = tuple(dict.fromkeys(gates.get(dose.base, ()) + gates.get(dose.variable, ())))
-        if on:
-            gates[dose.name] = on
-    return {name: f"{UNDETERMINED} ({', '.join(on)})" for name, on in gates.items()}
+    undetermined = frozenset((tube, p) for tube, t in stained.items() for p in undetermined_gates(t.diagnostics))
+    doses = getattr(study, "doses", ())
+    columns = [*(v.name for s in strategies for v in s.variables), *(d.name for d in doses)]
+    gates = {column: column_resting_on(column, undetermined, strategies, doses) for column in columns}
+    return {name: f"{UNDETERMINED} ({', '.join(on)})" for name, on in gates.items() if on}
 
 
 def gating_sections(ctx: ReportContext) -> list[Section]:
