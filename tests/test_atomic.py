@@ -1,6 +1,7 @@
 """Atomic writes: complete or absent, never half-written; ordinary permissions."""
 import os
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -37,6 +38,31 @@ def test_a_failed_rename_names_the_file_asked_for_not_the_temporary_one(tmp_path
         atomic.write_csv(target, pd.DataFrame({"x": [1]}))
     assert caught.value.filename == str(target) and caught.value.filename2 is None
     assert [p.name for p in tmp_path.iterdir()] == ["a.csv"] and not any(target.iterdir())
+
+
+def test_a_staged_file_waits_for_publish_and_a_refused_publish_keeps_it(tmp_path):
+    """new-study stages its files first and publishes them after (its draft named incomplete when a
+    rename is refused: tests/test_concurrent_writers.py): a staged file is on the disk under its hidden
+    temporary name with an ordinary file's mode, the target untouched; publish renames it; a refused
+    rename names the target and keeps the temporary for the caller (atomic_open removes it: above)."""
+    old = os.umask(0o022)
+    try:
+        with atomic.staged_open(tmp_path / "a.txt") as staged:
+            staged.write("new")
+    finally:
+        os.umask(old)
+    tmp = Path(staged.name)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".a.txt.") and tmp.name.endswith(".part")
+    assert tmp.read_text() == "new" and not (tmp_path / "a.txt").exists()
+    assert stat.S_IMODE(tmp.stat().st_mode) == 0o644
+    (tmp_path / "b.txt").mkdir()
+    with atomic.staged_open(tmp_path / "b.txt") as refused:
+        refused.write("b")
+    with pytest.raises(IsADirectoryError) as caught:
+        atomic.publish(refused.name, tmp_path / "b.txt")
+    assert caught.value.filename == str(tmp_path / "b.txt") and Path(refused.name).read_text() == "b"
+    atomic.publish(staged.name, tmp_path / "a.txt")
+    assert (tmp_path / "a.txt").read_text() == "new" and not tmp.exists()
 
 
 def test_permissions_follow_umask(tmp_path):

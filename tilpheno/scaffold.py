@@ -644,9 +644,8 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
     (the lock file ``.new-study.lock``). Refuses (TableError) to replace an existing file unless
     ``overwrite``. Returns the paths written."""
     import contextlib
-    import os
 
-    from tilpheno.io.atomic import default_mode, held_lock, make_folder, replace_naming_target, temporary_sibling, uninterrupted
+    from tilpheno.io.atomic import discard, held_lock, make_folder, publish, staged_open, uninterrupted
     from tilpheno.io.csvcells import csv_text
     from tilpheno.io.outdir import OutputFolderError, describe_os_error, unwritable
 
@@ -665,22 +664,20 @@ def write_study(draft: StudyDraft, out: str | Path, *, overwrite: bool = False) 
             with uninterrupted():   # a signal meanwhile held until every file is in place
                 try:
                     for path, text in texts.items():
-                        staged.append((temporary_sibling(path), path))
                         # non-UTF-8 file names are written as their bytes, to read back as written
                         errors = "surrogateescape" if path.name == "manifest.csv" else "backslashreplace"
-                        with open(staged[-1][0], "w", encoding="utf-8", errors=errors) as fh:
-                            _write_through(fh, text)
-                        os.chmod(staged[-1][0], default_mode())
+                        with staged_open(path, "w", errors=errors) as fh:   # on the disk when the block ends
+                            fh.write(text)
+                        staged.append((fh.name, path))
                     # study.yaml, first in, is renamed last: until then none is there, not an older draft's
                     (out / "study.yaml").unlink(missing_ok=True)
                 except BaseException:
-                    for tmp, _ in staged:
-                        Path(tmp).unlink(missing_ok=True)
+                    discard(*(tmp for tmp, _ in staged))
                     raise
                 # from here a failure leaves the files not renamed: the draft is named incomplete, as a killed one's
                 renaming = True
                 for tmp, path in reversed(staged):
-                    replace_naming_target(tmp, path)
+                    publish(tmp, path)
             for leftover in temporaries:
                 (out / leftover).unlink(missing_ok=True)
     except OSError as exc:
@@ -715,22 +712,12 @@ def _incomplete_draft(out: Path, targets: list[Path]) -> str:
 
 
 def _killed_draft(out: Path, targets: list[Path]) -> list[str]:
-    """The hidden temporaries (``.<file>.<8 characters>.part``, :func:`tilpheno.io.atomic.atomic_path`)
+    """The hidden temporaries (``.<file>.<8 characters>.part``, :func:`tilpheno.io.atomic.staged`)
     of the study's files in ``out`` that a draft killed (or refused a rename) before renaming them left, sorted."""
     if not out.is_dir():
         return []
     pattern = re.compile(rf"\.(?:{'|'.join(re.escape(p.name) for p in targets)})\.\w{{8}}\.part")
     return sorted(p.name for p in out.iterdir() if pattern.fullmatch(p.name))
-
-
-def _write_through(fh, text: str) -> None:
-    """Write ``text`` to ``fh`` and on to the disk now, so that a full disk fails here, before any
-    file of the group is renamed into place, not when the buffer is flushed at close."""
-    import os
-
-    fh.write(text)
-    fh.flush()
-    os.fsync(fh.fileno())
 
 
 def check_draft(out: str | Path, folder: str | Path, *, panel: str | Path | None = None) -> str:

@@ -55,15 +55,6 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def replace_naming_target(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """``os.replace(tmp, path)``; its error names ``path``, the file asked for (a folder of that name, no
-    permission), not the hidden temporary sibling the user never named."""
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
-
-
 def make_folder(path: str | os.PathLike) -> None:
     """Create the folder ``path`` and its parents (nothing done when it is there); a file in its
     place is a NotADirectoryError naming ``path`` (the system's FileExistsError reads 'File
@@ -83,20 +74,75 @@ def temporary_sibling(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """The name of a new, empty temporary sibling of ``path`` to write (for a writer that takes a
-    file name, as AnnData's ``write_h5ad``); on success it gets the mode of an ordinary new file
-    and is renamed to ``path``; on any error it is removed."""
+def staged(path: str | os.PathLike) -> Iterator[str]:
+    """Stage ``path``'s content: the name of a new, empty temporary sibling of ``path`` (its folder
+    made) to write in the block. When the block ends the temporary has the mode of an ordinary new
+    file (mkstemp's is 0600) and waits for :func:`publish`; on any error in the block it is removed.
+    A ``kill -9`` leaves it, hidden (:func:`temporary_sibling`'s name)."""
     path = Path(path)
     make_folder(path.parent)
     tmp = temporary_sibling(path)
     try:
         yield tmp
-        os.chmod(tmp, default_mode())  # mkstemp creates 0600; outputs are ordinary files
-        replace_naming_target(tmp, path)
+        os.chmod(tmp, default_mode())
     except BaseException:
+        discard(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _written(tmp: str, mode: str, encoding: str | None, errors: str) -> Iterator[IO]:
+    """``tmp`` opened for writing; when the block ends, written through to the disk (flush, fsync), so
+    that a full disk fails there, before the rename, not when a buffer is flushed later. Text is
+    UTF-8; a character that UTF-8 cannot hold (the surrogate escape of an undecodable byte in a file
+    name) is written as a backslash escape (``errors``), never a crash."""
+    binary = "b" in mode
+    with open(tmp, mode, encoding=None if binary else encoding, errors=None if binary else errors) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def staged_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
+                errors: str = "backslashreplace") -> Iterator[IO]:
+    """:func:`staged`, opened for writing (the file's ``name`` is the temporary) and on the disk
+    when the block ends (fsync), ready for :func:`publish`."""
+    with staged(path) as tmp, _written(tmp, mode, encoding, errors) as fh:
+        yield fh
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the staged temporary ``tmp`` over ``path`` (``os.replace``); its error names ``path``,
+    the file asked for (a folder of that name, no permission), not the hidden temporary sibling the
+    user never named. On an error ``tmp`` stays, for the caller to remove or name."""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
+
+
+def discard(*temporaries: str | os.PathLike) -> None:
+    """Remove staged temporaries that will not be published (one already gone is no error)."""
+    for tmp in temporaries:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """The name of a new, empty temporary sibling of ``path`` to write (for a writer that takes a
+    file name, as AnnData's ``write_h5ad``); on success it gets the mode of an ordinary new file
+    and is renamed to ``path`` (:func:`staged`, :func:`publish`); on any error, the rename's too, it
+    is removed."""
+    tmp = ""
+    try:
+        with staged(path) as tmp:
+            yield tmp
+        publish(tmp, path)
+    except BaseException:
+        if tmp:   # staged: made (a failure before is mkstemp's or the folder's, nothing to remove)
+            discard(tmp)
         raise
 
 
@@ -109,12 +155,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     Text is UTF-8; a character that UTF-8 cannot hold (the surrogate escape of an undecodable
     byte in a file name) is written as a backslash escape (``errors``), never a crash.
     """
-    binary = "b" in mode
-    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if binary else encoding,
-                                        errors=None if binary else errors) as fh:
+    with atomic_path(path) as tmp, _written(tmp, mode, encoding, errors) as fh:
         yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 @contextlib.contextmanager
