@@ -34,6 +34,18 @@ def _analyzed(folder, product_id, seed, phen):
     return prod, analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
 
 
+def _with_pd1_binding(folder, seed, binding, log_sd):
+    """Product V<seed> with the bench phenomena its seed draws, then the PD1 binding set to ``binding``
+    units with log-SD ``log_sd`` (as ``validate_gating.py --set pd1_binding=... --set pd1_binding_sd=...``
+    draws them), analyzed: (the simulated product, its result)."""
+    from dataclasses import replace
+
+    drawn = simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena
+    assert drawn is not None
+    heavy = replace(drawn, nsb={**drawn.nsb, "PD1": binding}, nsb_sd={**drawn.nsb_sd, "PD1": log_sd})
+    return _analyzed(folder, f"V{seed}", seed, heavy)
+
+
 def _run(tmp_path, seed, phen):
     prod, result = _analyzed(tmp_path, f"F{seed}", seed, phen)
     errors = {v: result.phenotype[v] - prod.truth[f"ref_{v}"] for v in ALL}
@@ -832,12 +844,7 @@ def test_a_reference_cut_above_the_parents_own_upper_carry_over_is_flagged(tmp_p
     interval and tail-shape checks were within their limits. The parent's upper-side carry-over
     (relative_high) follows its nonspecific tail and is only raised by its positives; a reference cut
     more than 3 points of the parent above it is now flagged (``reference_above_points``)."""
-    from dataclasses import replace
-
-    drawn = simulate_product("V146862", 146862, 1, phenomena=True).phenomena
-    assert drawn is not None
-    heavy = replace(drawn, nsb={**drawn.nsb, "PD1": 269.0}, nsb_sd={**drawn.nsb_sd, "PD1": 0.80})
-    prod, result = _analyzed(tmp_path, "V146862", 146862, heavy)
+    prod, result = _with_pd1_binding(tmp_path, 146862, 269.0, 0.80)
     error = result.phenotype["cd4pd1_pct_of_cd4"] - prod.truth["ref_cd4pd1_pct_of_cd4"]
     assert error < -3.0, error
     flags = [f.message for f in result.qc if needs_review(f) and f.gate == "CD4+PD1+"]
@@ -855,13 +862,26 @@ def test_a_small_references_sampling_interval_is_measured_on_all_its_events(tmp_
     folds of 210 events happened to read nearly the same cut (+/- 0.013 with Student t on 1 degree of
     freedom), so no gate was flagged; bootstrap resamples of all its events spread the cut +/- 0.05 and
     the CD8+PD1+ gate is uncertain_threshold, its message giving the reference reading's interval."""
-    from dataclasses import replace
-
-    drawn = simulate_product("V147730", 147730, 1, phenomena=True).phenomena
-    assert drawn is not None
-    heavy = replace(drawn, nsb={**drawn.nsb, "PD1": 295.07}, nsb_sd={**drawn.nsb_sd, "PD1": 0.7465})
-    prod, result = _analyzed(tmp_path, "V147730", 147730, heavy)
+    prod, result = _with_pd1_binding(tmp_path, 147730, 295.07, 0.7465)
     error = result.phenotype["cd8pd1_pct_of_cd8"] - prod.truth["ref_cd8pd1_pct_of_cd8"]
     assert error > 3.0, error
     flags = [f.message for f in result.qc if needs_review(f) and f.gate == "CD8+PD1+"]
     assert any("95 % interval of the reference reading" in m for m in flags), flags
+
+
+def test_the_tail_shape_finding_on_one_pd1_gate_flags_the_gates_of_the_same_read(tmp_path):
+    """Development product V153138 (stop 48; bench phenomena drawn by its seed, then PD1 binding set to
+    239 units with log-SD 0.79, as ``validate_gating.py --set pd1_binding=150-300 --set
+    pd1_binding_sd=0.6-0.8`` draws them): the three PD1 gates carry the FMO percentile with one binding
+    read on non_T, whose tail is heavier than the carry-over's. CD8+PD1+ of CD8 lies about 9 points over
+    the ideal-FMO reference, and its tail-shape check flags it (3.3 points); PD1+ of live lymphocytes
+    lies more than 3 points over it too, but its own tail points (2.5) stayed under the limit: no flag on
+    its gate. The read's unfixed tail shape is the same for every gate it carries: PD1+ is flagged now,
+    naming the sibling whose check found it."""
+    prod, result = _with_pd1_binding(tmp_path, 153138, 238.85, 0.7892)
+    error = result.phenotype["pd1_pct_of_live_lymph"] - prod.truth["ref_pd1_pct_of_live_lymph"]
+    assert error > 3.0, error
+    tube = next(t for t in result.tubes if t.role == "stain" and "PD1+" in t.diagnostics)
+    assert tube.diagnostics["PD1+"]["tail_points"] < 3.0 < tube.diagnostics["CD8+PD1+"]["tail_points"], tube.diagnostics
+    flags = [f.message for f in result.qc if needs_review(f) and f.gate == "PD1+"]
+    assert any("read on non_T as CD8+PD1+, whose tail-shape check" in m for m in flags), flags

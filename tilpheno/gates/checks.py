@@ -53,7 +53,10 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     (``relative_lognormal``, ``placement.reference_lognormal_cut``), fits the reference's reads as
     well and has a heavier tail; flagged when the % of the parent between the two cuts exceeds
     ``uncertain_points``. A sensitivity check: it says the data cannot tell, not that the cut is
-    wrong (heavy, broad binding with many dim positives near the cut). It does not see a
+    wrong (heavy, broad binding with many dim positives near the cut). The read is one per tube and
+    carries every gate of the same marker and ``skew_reference``: when it flags one of them, the
+    others whose cut is that carry-over get ``uncertain_threshold`` too (:func:`shared_read_flags`,
+    added by the engine; their own points understate the shape's effect). It does not see a
     reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). Before it, that additive
     cut is flagged when it lies more than ``uncertain_points`` points of the parent above
@@ -136,7 +139,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -507,6 +510,42 @@ def place_and_check(
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
                                  f"[{stained.min():.3f}, {stained.max():.3f}]; look at the {marker} histogram"))
     return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
+
+
+def shared_read_flags(gates: Sequence[tuple[str, str, str, pl.Placement, float]]) -> dict[str, pl.Flag]:
+    """The tail-shape check's finding passed on to every gate carried over with the same reading
+    (module docstring, ``uncertain_threshold``): ``gates`` = (population, marker, the population the
+    binding is read on (``skew_reference``), placement, ``uncertain_points``) of one tube kind's ``fmo``
+    gates; returns population -> the flag to add. A gate whose ``tail_points`` exceed its limit shows
+    that the read nonspecific signal's unknown tail shape matters; the same read (one shift, SD and
+    shape) carries its siblings' cuts, so a sibling whose cut is that carry-over (``tail_points``
+    measured) and which has no ``uncertain_threshold`` of its own gets one, with its own points and its
+    sibling's. Its own points understate the risk: the log-normal cut is taken at the 32 quantiles of
+    the carry-over, whose tail stops at z = 2.15 (stop 47), and on development blocks PD1+ lay 5.4 points
+    over the ideal-FMO reference with 2.5 tail points while CD8+PD1+ of the same read was flagged (V153138).
+    The product is already under review by the sibling's flag, so this adds none."""
+    found: dict[tuple[str, str], tuple[str, float, float]] = {}
+    for population, marker, reference, placement, limit in gates:
+        key = (marker, reference)
+        points = float(placement.diagnostics.get("tail_points", float("nan")))
+        if points > limit and points > found.get(key, ("", -math.inf, 0.0))[1]:
+            found[key] = (population, points, limit)
+    flags = {}
+    for population, marker, reference, placement, _ in gates:
+        key, d = (marker, reference), placement.diagnostics
+        points = float(d.get("tail_points", float("nan")))
+        if key not in found or found[key][0] == population or not math.isfinite(points) or any(
+                f.code == "uncertain_threshold" for f in placement.flags):
+            continue
+        source, source_points, limit = found[key]
+        flags[population] = _uncertain(
+            f"{population} ({marker}): the threshold {float(d['threshold']):.3f} carries the FMO percentile with the "
+            f"same nonspecific signal read on {reference} as {source}, whose tail-shape check found "
+            f"that a log-normal signal of that read would move its % by {source_points:.1f} points of its parent "
+            f"(limit {limit:g}); here by {points:.1f}, a lower bound (the log-normal cut is taken at the carry-over's "
+            f"32 quantiles): the read does not fix the tail's shape for any gate it carries; look at the {marker} "
+            f"histogram of the parent and of {reference}, stained vs FMO")
+    return flags
 
 
 def residual_slopes(fmo_linear: Mapping[str, np.ndarray], marker: str) -> dict[str, float]:
