@@ -1952,3 +1952,57 @@ def test_the_product_list_says_an_out_of_specification_release(fresh_service, mo
     assert listed["TIL002"] == ("pass", "")
     for n, pid in enumerate(("TIL001", "TIL002", "TIL003"), 1):   # paged: the same on a page of one
         assert cells(dave.get(f"/?page={n}&size=1").text) == {pid: listed[pid]}
+
+
+def test_a_drafted_study_whose_valley_gates_read_the_unstained_control_opens_for_review(tmp_path):
+    """A lab's own panel, as the README has it run: FlowAtlas's 412C mLN export (no $PnS; a panel
+    file names CD3, CD4, CD127 and FoxP3) with its donor's unstained control, `new-study --panel`
+    drafts valley gates, `process` gates them. Where a valley gate sees one population, the run
+    calls it against the unstained control's median (two peaks near it are paired by it: FoxP3 here);
+    this control raised no unstained_positive
+    flag, and the review re-run read only flagged controls: it called FoxP3+ otherwise (0 % of CD4+
+    against the run's 20.35 %), so the product's page answered HTTP 400 "re-gating gives
+    foxp3_pct_of_cd4 = 0, phenotypes.csv says 20.3506; inputs or software changed since the run"
+    for a run nothing had changed. The page's state must open, its automatic gates giving the run's
+    numbers (independent truth: phenotypes.csv and populations.csv as `process` wrote them)."""
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from review_support import make_service
+    from tilpheno.cli import app as cli
+
+    atlas = Path(__file__).parent / "data" / "realdata_flowatlas"
+    pid = "412C_mLN_026"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(atlas / "fcs" / f"{pid}.fcs", inputs / f"{pid}.fcs")
+    shutil.copy(atlas / "unstained" / "412C__412C_unst_022.cleaned.fcs", inputs / f"{pid}_unstained.fcs")
+    (tmp_path / "panel.csv").write_text("tube,detector,marker\n,FJComp-355 379_28-A,CD3\n,FJComp-355 820_60-A,CD4\n"
+                                        ",FJComp-561 780_60-A,CD127\n,FJComp-561 585_15-A,FoxP3\n")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["new-study", str(inputs), "-o", str(tmp_path / "study"), "--panel", str(tmp_path / "panel.csv")])
+    assert r.exit_code in (0, 1) and (tmp_path / "study" / "study.yaml").exists(), r.output
+    (tmp_path / "manifest.csv").write_text(f"file,product_id,tube,role,fmo_marker\n{pid}.fcs,{pid},mln,stain,\n"
+                                           f"{pid}_unstained.fcs,{pid},unstained,unstained,\n")
+    out = tmp_path / "out"
+    r = runner.invoke(cli, ["process", str(inputs), "-o", str(out), "--study", str(tmp_path / "study" / "study.yaml"),
+                            "--panel", str(tmp_path / "panel.csv"), "--manifest", str(tmp_path / "manifest.csv"),
+                            "--reports", "none"])
+    assert r.exit_code == 0, r.output
+    qc = pd.read_csv(out / "qc.csv")
+    assert "unstained_positive" not in set(qc["code"])            # the case: a control no flag names
+    recorded = pd.read_csv(out / "phenotypes.csv").set_index("product_id").loc[pid]
+    assert recorded["foxp3_pct_of_cd4"] > 5      # two peaks the control tells apart (without it: one, negative)
+    service = make_service(out, f"sqlite:///{tmp_path / 'r.sqlite'}")
+    c, _h, _ = login(create_app(service), "alice")
+    r = c.get(f"/api/products/{pid}/state")
+    assert r.status_code == 200, r.json
+    shown = {row["population"]: row for row in r.json["populations"]["automatic"]["mln"]}
+    populations = pd.read_csv(out / "populations.csv")
+    run = populations[(populations["file"] == f"{pid}.fcs")].set_index("population")
+    for population in ("CD3+", "CD4+", "FoxP3+", "CD127+"):
+        assert shown[population]["count"] == run.loc[population, "count"], population
+    assert abs(100 * shown["FoxP3+"]["count"] / shown["CD4+"]["count"] - recorded["foxp3_pct_of_cd4"]) < 1e-9
+    service.factory.kw["bind"].dispose()

@@ -528,21 +528,26 @@ class ReviewSource:
                 if recorded is not None else recorded_inputs(labels, self._inputs, self.out_dir / "run.json"))
 
     def unstained_controls(self, product_id: str) -> list[ProductFile]:
-        """The product's unstained controls whose check flagged a stained gate (qc.csv's
-        ``unstained_positive`` flags are raised on them) and that were not gated (populations.csv
-        lists the gated files, :meth:`product_files`): the re-run checks them again, which records
-        the cut that clears each such flag (``unstained_cut``). One that cannot be found, or whose
-        bytes differ from run.json's SHA-256 (changed since the run: its cut would not be the run's),
-        is left out, logged and listed by :meth:`controls_left_out`: the gates are reviewed without
-        that candidate."""
+        """The product's unstained controls that were not gated (populations.csv lists the gated
+        files, :meth:`product_files`): each that run.json records with role ``unstained``
+        (``product_file_roles``) and each whose check flagged a stained gate (qc.csv's
+        ``unstained_positive`` flags are raised on them; the only ones a run.json without roles
+        names). The run's gating read them: a valley gate that sees one population calls it against
+        the control (``unstained_median``), so a re-run without it may place another gate; and the
+        check records the cut that clears each such flag (``unstained_cut``). One that cannot be
+        found, or whose bytes differ from run.json's SHA-256 (changed since the run: its cut would
+        not be the run's), is left out, logged and listed by :meth:`controls_left_out`: the gates
+        are reviewed without it, or not at all when they then differ from the run's."""
         from tilpheno.provenance import sha256_file
 
         gated = {name for name, *_ in self._file_rows(product_id)}
+        recorded = (self.run.get("product_file_roles") or {}).get(product_id)
+        roles = {str(k): v for k, v in recorded.items() if isinstance(v, dict)} if isinstance(recorded, dict) else {}
         flags = self._rows("qc", product_id)
-        labels = list(dict.fromkeys(str(f) for f, code in zip(flags["file"], flags["code"])
-                                    if code == "unstained_positive" and str(f) not in gated))
+        labels = list(dict.fromkeys([*(label for label, r in roles.items() if r.get("role") == "unstained"),
+                                     *(str(f) for f, code in zip(flags["file"], flags["code"]) if code == "unstained_positive")]))
         out, left_out = [], []
-        for label in labels:
+        for label in (label for label in labels if label not in gated):
             try:
                 entry = self._entries(product_id, [label])[label]
                 path = self._resolve(str(entry["path"]), label)
@@ -552,7 +557,8 @@ class ReviewSource:
                     raise ReviewError(f"{path}: cannot be read ({exc.strerror or exc})") from None
                 if not same:
                     raise ReviewError(changed_since_run(path))
-                out.append(ProductFile(path, label, str(entry["sha256"]), "unstained", "unstained", ""))
+                tube = str(roles.get(label, {}).get("tube") or "unstained")
+                out.append(ProductFile(path, label, str(entry["sha256"]), tube, "unstained", ""))
             except ReviewError as exc:
                 log.warning("product %s: unstained control left out of the re-run (no unstained_cut candidates): %s",
                             product_id, exc)
@@ -693,7 +699,7 @@ class ReviewSource:
         return json.loads(json.dumps(self._candidates[product_id]))
 
     def _rerun(self, product_id: str) -> None:
-        """Re-gate the product's files and its flagged unstained controls (:meth:`unstained_controls`),
+        """Re-gate the product's files and its unstained controls (:meth:`unstained_controls`),
         keeping the automatic gates and the candidate cuts. A control is checked on the bytes the
         re-run read (:func:`replaced_controls`): one replaced after :meth:`unstained_controls`
         hashed it is left out as that check leaves it out (logged, :meth:`controls_left_out`) and the
@@ -714,8 +720,9 @@ class ReviewSource:
         for var in self.study.variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
             if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= REPRODUCE_TOLERANCE:
+                left_out = "".join(f"; left out of the re-run: {why}" for why in self._left_out.get(product_id, []))
                 raise ReviewError(f"product {product_id}: re-gating gives {var} = {a:.6g}, phenotypes.csv says {b:.6g}; "
-                                  "inputs or software changed since the run, re-run `tilpheno process`")
+                                  f"inputs or software changed since the run, re-run `tilpheno process`{left_out}")
         by_name = {f.name: f for f in files}
         tubes: dict[str, dict] = {}
         candidates: dict[str, dict[str, list[dict]]] = {}
