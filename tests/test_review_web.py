@@ -2006,3 +2006,43 @@ def test_a_drafted_study_whose_valley_gates_read_the_unstained_control_opens_for
         assert shown[population]["count"] == run.loc[population, "count"], population
     assert abs(100 * shown["FoxP3+"]["count"] / shown["CD4+"]["count"] - recorded["foxp3_pct_of_cd4"]) < 1e-9
     service.factory.kw["bind"].dispose()
+
+
+def test_a_product_page_offers_gating_ml_only_for_the_tube_kinds_it_has(tmp_path):
+    """A study of two panels, each product stained with one (FlowAtlas 390C liver: the T-cell panel;
+    412C mLN: the T+B panel; `new-study` drafts both kinds optional): each product page offered
+    "approved gates as Gating-ML 2.0" for every tube kind of the study, and the link of the kind the
+    product lacks answered HTTP 404 "product ... has no stained ... tube". The page now links the
+    kinds the run gated a stained file of for it (the manifest's), no other."""
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from review_support import make_service
+    from tilpheno.cli import app as cli
+
+    atlas = Path(__file__).parent / "data" / "realdata_flowatlas"
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    for name in ("390C_Liver_026.fcs", "412C_mLN_026.fcs"):
+        shutil.copy(atlas / "fcs" / name, folder / name)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["new-study", str(folder), "-o", str(tmp_path / "study"), "--panel", str(atlas / "panel.csv")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["process", str(folder), "-o", str(tmp_path / "out"), "--study", str(tmp_path / "study" / "study.yaml"),
+                            "--manifest", str(tmp_path / "study" / "manifest.csv"), "--panel", str(atlas / "panel.csv"),
+                            "--reports", "none"])
+    assert r.exit_code == 0, r.output
+    manifest = pd.read_csv(tmp_path / "study" / "manifest.csv", dtype=str, keep_default_na=False)
+    kinds = dict(zip(manifest["product_id"], manifest["tube"]))
+    assert len(set(kinds.values())) == 2
+    service = make_service(tmp_path / "out", f"sqlite:///{tmp_path / 'r.sqlite'}")
+    c, _h, _ = login(create_app(service), "alice")
+    for pid, kind in kinds.items():
+        page = c.get(f"/products/{pid}")
+        assert page.status_code == 200
+        assert re.findall(r'data-gatingml="([^"]+)"', page.text) == [kind], pid
+        other = next(k for k in kinds.values() if k != kind)
+        assert f"/gates/{other}.xml" not in page.text
+    service.factory.kw["bind"].dispose()

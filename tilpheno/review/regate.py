@@ -509,6 +509,13 @@ class ReviewSource:
         return [ProductFile(self._resolve(path, name), name, sha256, tube, role, marker)
                 for name, path, sha256, tube, role, marker in self._recorded_files(product_id)]
 
+    def stained_kinds(self, product_id: str) -> list[str]:
+        """The tube kinds of the run's strategies whose stained file the run gated for the product
+        (populations.csv), sorted: those its gates can be exported for; a product without a kind the
+        study declares optional, or one that failed, lacks it. Reads no FCS file."""
+        return sorted({tube for _name, tube, role, _marker in self._file_rows(product_id)
+                       if role == "stain" and tube in self.strategies})
+
     def _recorded_files(self, product_id: str) -> list[tuple[str, str, str, str, str, str]]:
         """``(name, recorded path, sha256, tube, role, fmo_marker)`` of each of the product's files, from
         populations.csv and run.json alone."""
