@@ -2066,3 +2066,30 @@ def test_a_marker_labelled_on_two_detectors_is_said(tmp_path):
     diva = _run(["new-study", str(ROOT / "tests" / "data" / "fcs" / "fcsparser_instruments" / "FACS_Diva"), "-o",
                  str(tmp_path / "diva")])
     assert diva.exit_code == 0 and "one marker" not in diva.output, diva.output
+
+
+def test_a_panel_row_whose_tube_applies_to_no_file_is_named(tmp_path):
+    """FlowAtlas 412C mLN (no $PnS: the panel file names every marker) with one row's tube misspelt
+    ('412D' for '412C'): the row labelled nothing and said nothing; scan then called the file one
+    that 'fits no tube kind' of a study drafted from it ('lacks CD69') and pointed to new-study,
+    and process failed the product with 'marker(s) CD69 not found', neither naming the panel row.
+    scan and new-study now name the row (file, row, detector, marker) in one line; a panel whose
+    rows all apply says nothing of the kind."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(REALDATA / "fcs" / "412C_mLN_026.fcs", folder / "412C_mLN_026.fcs")
+    rows = [("412C", "FJComp-355 379_28-A", "CD3"), ("412C", "FJComp-355 820_60-A", "CD4"),
+            ("412C", "FJComp-355 740_35-A", "CD69"), ("", "FJComp-561 585_15-A", "FoxP3")]
+    good, bad = tmp_path / "panel.csv", tmp_path / "panel_typo.csv"
+    good.write_text("tube,detector,marker\n" + "".join(f"{t},{d},{m}\n" for t, d, m in rows))
+    bad.write_text("tube,detector,marker\n" + "".join(f"{'412D' if m == 'CD69' else t},{d},{m}\n" for t, d, m in rows))
+    want = (f"{bad}: row 4: tube '412D' applies to no file of {folder} (no tube kind, TUBE NAME or file name is it, "
+            "nor a word of them): its row (FJComp-355 740_35-A: CD69) labels nothing")
+    for command in (["scan", str(folder)], ["new-study", str(folder), "-o", str(tmp_path / "study_typo")]):
+        result = _run([*command, "--panel", str(bad)])
+        assert [line for line in result.output.splitlines() if "applies to no file" in line] == [want], result.output
+    for command in (["scan", str(folder)], ["new-study", str(folder), "-o", str(tmp_path / "study")]):
+        result = _run([*command, "--panel", str(good)])
+        assert "applies to no file" not in result.output, result.output
+    assert "cd69_pct_of" in (tmp_path / "study" / "study.yaml").read_text()   # the row applies: CD69 drafted
+    assert "cd69_pct_of" not in (tmp_path / "study_typo" / "study.yaml").read_text()

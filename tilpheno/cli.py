@@ -243,7 +243,7 @@ def scan(
             frame = scan_folder(folder, study=config, panel=overrides, markers=file_markers)
             for where, reason in frame.attrs.get("unlistable", []):
                 typer.secho(f"unlistable folder: {display_name(where)}: {reason}", fg=typer.colors.YELLOW, err=True)
-            for note in frame.attrs.get("case_merged", []):
+            for note in [*frame.attrs.get("case_merged", []), *frame.attrs.get("panel_unmatched", [])]:
                 typer.secho(note, fg=typer.colors.YELLOW, err=True)
             if frame.empty:
                 raise NoInputError(f"{folder}: no FCS files (.fcs, .lmd) found")
@@ -415,7 +415,7 @@ def new_study(
             typer.secho(f"tube kind {tube.kind}: {products - tube.products} of {products} products have no stained "
                         f"{tube.kind} file: process fails them (a product needs every tube kind of its study); "
                         "drop the kind from study.yaml or draft their folders apart", fg=typer.colors.YELLOW, err=True)
-    for note in draft.case_merged:
+    for note in [*draft.case_merged, *draft.panel_unmatched]:
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
     _warn_duplicate_stains(draft.manifest, out / "manifest.csv", (draft.name, [t.kind for t in draft.tubes if not t.optional]))
     failing |= _warn_controls_only(draft.manifest)

@@ -366,6 +366,7 @@ class PanelOverride:
     tube: str
     detector: str
     marker: str
+    where: str = field(default="", compare=False, repr=False)   # its place in the file, for messages
 
 
 @dataclass(frozen=True)
@@ -377,9 +378,23 @@ class PanelOverrides:
 
     def for_file(self, tube_kind: str, tube_name: str, file_stem: str) -> dict[str, str]:
         """Detector -> marker (as written) of the rows that apply to a file (module docstring)."""
-        keys = {tube_kind.lower(), tube_name.strip().lower(), file_stem.lower(),
-                *(w for w in _NAME_WORDS.split(f"{tube_name} {file_stem}".lower()) if w)}
+        keys = _file_keys(tube_kind, tube_name, file_stem)
         return {r.detector: r.marker for r in self.rows if r.tube in ("", "*") or r.tube.lower() in keys}
+
+    def applying_to_none(self, files: Iterable[tuple[str, str, str]]) -> list[PanelOverride]:
+        """The rows whose ``tube`` applies to none of ``files`` (each ``(tube kind, TUBE NAME, file
+        stem)``, as :meth:`for_file` takes them): a misspelt tube word labels nothing, and the files
+        it was meant for then lack its marker."""
+        keys: set[str] = set()
+        for kind, name, stem in files:
+            keys |= _file_keys(kind, name, stem)
+        return [r for r in self.rows if r.tube not in ("", "*") and r.tube.lower() not in keys]
+
+
+def _file_keys(tube_kind: str, tube_name: str, file_stem: str) -> set[str]:
+    """The words a panel row's ``tube`` is matched against for one file (module docstring)."""
+    return {tube_kind.lower(), tube_name.strip().lower(), file_stem.lower(),
+            *(w for w in _NAME_WORDS.split(f"{tube_name} {file_stem}".lower()) if w)}
 
 
 _NAME_WORDS = re.compile(r"[^a-z0-9]+")
@@ -489,5 +504,5 @@ def read_panel_file(path: str | os.PathLike) -> PanelOverrides:
             raise TableError(f"{where}, column 'detector': empty")
         if not marker:
             raise TableError(f"{where}, column 'marker': empty")
-        rows.append(PanelOverride(str(rec["tube"]).strip(), detector, marker))
+        rows.append(PanelOverride(str(rec["tube"]).strip(), detector, marker, where))
     return PanelOverrides(str(path), tuple(rows))

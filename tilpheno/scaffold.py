@@ -185,6 +185,7 @@ class StudyDraft:
     unlistable: list[tuple[str, str]] = field(default_factory=list)
     unused_dyes: dict[tuple[str, str], list[str]] = field(default_factory=dict)   # (detector, dye) -> stained files
     repeated: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = field(default_factory=dict)   # -> stained files
+    panel_unmatched: list[str] = field(default_factory=list)   # panel rows whose tube applies to no file (scan's lines)
 
     @property
     def folder_name(self) -> str:
@@ -373,7 +374,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
                       shared, list(scanned.attrs.get("case_merged", [])), unreadable,
                       [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])],
-                      unused, repeated)
+                      unused, repeated, list(scanned.attrs.get("panel_unmatched", [])))
 
 
 def disjoint_kinds(products: dict[str, set[str]]) -> set[str]:

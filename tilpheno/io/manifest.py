@@ -279,6 +279,19 @@ def _scan_context(root: Path, study: Study, panel: PanelOverrides | None) -> str
     return hashlib.sha256("\0".join((str(root), repr(study), repr(panel))).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _panel_unmatched(panel: PanelOverrides | None, found: list[dict], metadata: dict[str, FCSFile], root: Path) -> list[str]:
+    """One line per row of ``panel`` whose ``tube`` applies to none of the scanned files (``found``;
+    ``metadata``: the TEXT of each readable one), by its inferred tube kind, TUBE NAME or name
+    (:meth:`PanelOverrides.applying_to_none`)."""
+    if panel is None:
+        return []
+    files = [(str(row["tube"]), str(metadata[row["file"]].keywords.get("TUBE NAME", "")) if row["file"] in metadata else "",
+              Path(row["file"]).stem) for row in found]
+    return [f"{r.where or panel.source}: tube '{r.tube}' applies to no file of {display_name(str(root))} (no tube kind, "
+            f"TUBE NAME or file name is it, nor a word of them): its row ({r.detector}: {r.marker}) labels nothing"
+            for r in panel.applying_to_none(files)]
+
+
 def scan_folder(path: str | os.PathLike, *, allow_outside: bool = False, study: Study | None = None,
                 panel: PanelOverrides | None = None, rows: RowIndex | None = None,
                 markers: dict[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
@@ -354,6 +367,7 @@ def scan_files(path: str | os.PathLike, *, allow_outside: bool = False, study: S
         frame = frame.drop(columns="_order").reset_index(drop=True)
     frame.attrs["unlistable"] = unlistable
     frame.attrs["case_merged"] = case_merged
+    frame.attrs["panel_unmatched"] = _panel_unmatched(panel, found, metadata, root) if rows is None else []
     if markers is not None:
         markers.update({row["file"]: tuple(sorted(row["_markers"])) for row in found})
     return frame, metadata
