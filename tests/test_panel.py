@@ -338,8 +338,13 @@ def test_override_mapping_and_files(tmp_path):
     for source in (csv, yaml, read_panel_file(csv)):
         panel = panel_from_fcs(unlabelled, override=source)
         assert panel["PD1"] == "PE-A" and panel["CD8"] == "APC-H7-A"
-    with pytest.raises(PanelError, match="not among the channels"):
+    with pytest.raises(PanelError, match="override maps CD3 to detector 'BUV395-A', not among the channels"):
         panel_from_fcs(fcs, override={"BUV395-A": "CD3"})
+    # a panel file's row on a detector the file lacks: named by its place (process's panel_error, qc.csv)
+    csv.write_text("tube,detector,marker\nsurface,PE-A,CD279\nsurface,APC-H7A,hCD8\n")
+    for source in (csv, str(csv), read_panel_file(csv)):
+        with pytest.raises(PanelError, match=rf"override maps CD8 to detector 'APC-H7A' \({csv}: row 3\), not among"):
+            panel_from_fcs(unlabelled, override=source)
 
 
 @pytest.mark.parametrize(

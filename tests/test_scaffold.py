@@ -720,13 +720,14 @@ def test_every_product_of_two_panels_has_an_applicable_drafted_release_criterion
 
 def test_panel_row_on_an_absent_detector_is_refused(tmp_path):
     """A mistyped detector in the panel file was passed over by new-study (exit 0) and every product
-    then failed in process on it; the draft refuses it in process's words, in one line."""
+    then failed in process on it; the draft refuses it in process's words, in one line, which names
+    the panel file's row (it named the detector and the FCS file only)."""
     from tilpheno.cli import as_cli_text
     from tilpheno.errors import PanelError
 
     panel = tmp_path / "panel.csv"
     panel.write_text("tube,detector,marker\nresidency,FITC-A,CD103\nexhaustion,FITCA,LAG3\n")
-    with pytest.raises(PanelError, match="override maps LAG3 to detector 'FITCA', not among the channels") as refused:
+    with pytest.raises(PanelError, match=rf"override maps LAG3 to detector 'FITCA' \({panel}: row 3\), not among the channels") as refused:
         draft_study(NEWLAB / "fcs", panel=panel)
     result = _run(["new-study", str(NEWLAB / "fcs"), "-o", str(tmp_path / "study"), "--panel", str(panel)])
     assert result.exit_code == 2 and not (tmp_path / "study").exists()

@@ -283,7 +283,11 @@ def panel_from_fcs(fcs, *, reference: Panel | None = None, stained=None, overrid
             if marker not in markers and detector in unlabelled and detector not in taken:
                 markers[marker] = detector
                 resolved[marker] = f"unlabelled detector resolved from {reference.source}"
-    for marker in _apply_rows(fcs, markers, _override_rows(override, fcs, markers, tube, study), channels, strict=True):
+    if isinstance(override, (str, os.PathLike)):
+        override = read_panel_file(override)
+    rows = _override_rows(override, fcs, markers, tube, study)
+    for marker in _apply_rows(fcs, markers, rows, channels, strict=True,
+                              source=override if isinstance(override, PanelOverrides) else None):
         resolved[marker] = "override"
     taken = set(markers.values())
     dyes = {d: n for d, n in set_aside_dyes(channels, vocab).items() if d not in markers and n not in taken}
@@ -381,6 +385,10 @@ class PanelOverrides:
         keys = _file_keys(tube_kind, tube_name, file_stem)
         return {r.detector: r.marker for r in self.rows if r.tube in ("", "*") or r.tube.lower() in keys}
 
+    def place_of(self, detector: str) -> str:
+        """Where the last row naming ``detector`` lies (``panel.csv: row 19``; the row that wins), else the file."""
+        return next((r.where for r in reversed(self.rows) if r.detector == detector and r.where), self.source)
+
     def applying_to_none(self, files: Iterable[tuple[str, str, str]]) -> list[PanelOverride]:
         """The rows whose ``tube`` applies to none of ``files`` (each ``(tube kind, TUBE NAME, file
         stem)``, as :meth:`for_file` takes them): a misspelt tube word labels nothing, and the files
@@ -416,21 +424,24 @@ def file_markers(fcs, vocabulary: Vocabulary, overrides: PanelOverrides | None, 
         return markers
     rows = overrides.for_file(tube_kind, str(fcs.keywords.get("TUBE NAME", "")), Path(str(fcs.path)).stem)
     _apply_rows(fcs, markers, {d: vocabulary.marker_in(m) or m.strip() for d, m in rows.items()}, channels,
-                strict=strict)
+                strict=strict, source=overrides)
     return markers
 
 
-def _apply_rows(fcs, markers: dict[str, str], rows: Mapping[str, str], channels, *, strict: bool) -> list[str]:
+def _apply_rows(fcs, markers: dict[str, str], rows: Mapping[str, str], channels, *, strict: bool,
+                source: PanelOverrides | None = None) -> list[str]:
     """Put a panel file's ``rows`` (detector -> marker, in the vocabulary's spelling) into ``markers``
     (marker -> detector, in place): each row's marker replaces whatever its detector or that marker
-    had. A row on a detector the file lacks is refused (PanelError naming it and the channels) with
-    ``strict``, else passed over. Returns the markers put in, in row order."""
+    had. A row on a detector the file lacks is refused (PanelError naming it, its place in
+    ``source``, the panel file, and the channels) with ``strict``, else passed over. Returns the
+    markers put in, in row order."""
     names = {n for n, _ in channels}
     applied = []
     for detector, marker in rows.items():
         if detector not in names:
             if strict:
-                raise PanelError.at(fcs.path, f"override maps {marker} to detector {detector!r}, not among the "
+                where = f" ({source.place_of(detector)})" if source is not None else ""
+                raise PanelError.at(fcs.path, f"override maps {marker} to detector {detector!r}{where}, not among the "
                                               f"channels {describe_channels(channels)}")
             continue
         for old in [m for m, d in markers.items() if d == detector or m == marker]:
