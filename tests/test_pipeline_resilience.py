@@ -172,6 +172,9 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     assert run["done"] == phen.index[phen["status"] == "done"].tolist() == ["P1", "P2", "P3"]
     assert sorted(run["failed"]) == ["P4", "P5"]
     assert all(f"failed {pid}: {reason}" in " ".join(result.output.split()) for pid, reason in run["failed"].items())
+    # the line printed as each product fails is whole: it was cut at 80 columns when stdout was no terminal (a log file)
+    live = [x for x in result.output.splitlines() if x.startswith("failed ")]
+    assert sorted(live) == sorted(f"failed {pid}: {reason}" for pid, reason in run["failed"].items()), live
     for pid in ("P1", "P2", "P3", "P4", "P5"):
         assert (out / "products" / pid / "report.html").is_file()
     assert "could not be processed" in (out / "products" / "P4" / "report.html").read_text()

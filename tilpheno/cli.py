@@ -622,7 +622,9 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
         def on_outcome(o) -> None:
             bar = state["bar"]
             if not o.ok:
-                bar.console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False)
+                # whole, not cut at the console's width (80 columns when stdout is a log file, not a terminal)
+                bar.console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False,
+                                  soft_wrap=True)
             bar.advance(state["task"])
 
         return process_folder(
