@@ -686,3 +686,20 @@ def test_a_rejection_the_approval_overruled_is_said_so_on_the_certificate(fresh_
     overruled = "rejected (overruled by Dave Tester's approval)"
     assert flowing.count(overruled) == 2, flowing   # the signatures and the comments
     assert flowing.count("approved for release") >= 2
+
+
+def test_the_certificates_phenotype_names_each_variable_in_the_reports_words(approved, tmp_path):
+    """The certificate's phenotype table listed the study's variables by column name only
+    ('cd3_pct_of_live_lymph'; a drafted study's 'hladr_pct_of_root'), where the report, the index and
+    codebook.csv use the study's words ('CD3+ % live lymph'); QA signs the certificate. Each row now
+    gives the label codebook.csv holds for the column (the run's own file: independent of the
+    certificate's code), then the column, then the value."""
+    import pandas as pd
+
+    book = pd.read_csv(approved.source.out_dir / "codebook.csv", dtype=str, keep_default_na=False).set_index("column")
+    _, layout = certificate_text(approved, tmp_path)
+    lines = [" ".join(line.split()) for line in layout.splitlines()]
+    for variable in approved.source.study.variables:
+        label = book.loc[variable, "label"]
+        assert label != variable
+        assert any(line.startswith(f"{label} {variable} ") for line in lines), (variable, label)

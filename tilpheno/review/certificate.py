@@ -21,6 +21,7 @@ import re
 from xml.sax.saxutils import escape
 
 from tilpheno.pipeline.release import not_evaluable_reason
+from tilpheno.report.codebook import labels
 from tilpheno.release import NOT_EVALUABLE
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
@@ -124,7 +125,9 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
         story += [Spacer(1, 3 * mm), p("Deviations: the run's determined fails this release overturns", heading)]
         story += [p(d.words()) for d in deviations]
     story += [Spacer(1, 3 * mm), p("Phenotype (percent; recomputed from every event with the approved gates)", heading)]
-    story.append(table([["variable", "value"]] + [[v, _fmt(res.phenotype.get(v))] for v in src.study.variables], [80, 40]))
+    words = labels(src.study.variables, list(src.strategies.values()), src.study)   # the reports' and codebook's words
+    story.append(table([["variable", "column", "value"]] +
+                       [[words[v], v, _fmt(res.phenotype.get(v))] for v in src.study.variables], [70, 60, 30]))
     flags = src.qc_flags(product_id)
     story += [Spacer(1, 3 * mm), p("QC flags and their resolution", heading)]
     if flags:
