@@ -573,3 +573,17 @@ def test_phenotypes_saved_again_by_a_spreadsheet_read_as_written_by_process(tmp_
     saved = tmp_path / "phenotypes.csv"
     pd.read_csv(original, dtype={"product_id": str}).to_csv(saved, sep=sep, decimal=decimal, index=False)
     pd.testing.assert_frame_equal(read_phenotypes(saved), read_phenotypes(original))
+
+
+@pytest.mark.parametrize("typo", ["ecgo", "Age"])
+def test_a_misspelt_default_covariate_header_is_said(tables, typo):
+    """An outcomes table whose 'ecog' header read 'ecgo' (or 'age' read 'Age') ran without a word:
+    the multivariable models quietly adjusted for the two others. Now a note names the covariate left
+    out and the header it may be."""
+    pheno, outcomes = tables
+    meant = typo.lower() if typo.lower() in outcomes.columns else "ecog"
+    cohort = build_cohort(pheno, outcomes.rename(columns={meant: typo}))
+    assert cohort.covariates == [c for c in ("age", "sex", "ecog") if c != meant]
+    assert any(f"default covariate(s) not in the outcomes, not adjusted for: {meant} (did you mean '{typo}'?)" in n
+               for n in cohort.notes), cohort.notes
+    assert not any("not in the outcomes" in n for n in build_cohort(pheno, outcomes).notes)

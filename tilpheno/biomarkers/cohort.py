@@ -173,7 +173,8 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`); either
     table not a DataFrame (a path) is a TypeError naming it (:func:`require_frames`).
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
-    absent from the tables are skipped with a note. A column cannot be both a marker and a
+    absent from the tables are skipped with a note, and so are default covariates absent from the
+    outcomes (with "did you mean": a misspelt header). A column cannot be both a marker and a
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
     default covariate that is also a marker, or that has one value in every patient analysed (an
     all-male cohort), is not used as a covariate (with a note); a named one with one value is a
@@ -246,6 +247,11 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     data = outcomes.merge(pheno, on="product_id", how="inner", validate="one_to_one")
     data = data.sort_values("patient_id", kind="stable").reset_index(drop=True)
     if covariates is None:
+        absent = [c for c in DEFAULT_COVARIATES if c not in outcomes.columns]
+        if absent:   # a misspelt header ('ecgo', 'Age') would leave the adjustment out unsaid
+            notes.append("default covariate(s) not in the outcomes, not adjusted for: "
+                         f"{', '.join(c + did_you_mean(c, outcomes.columns) for c in absent)}; "
+                         "--covariates names the columns to adjust for")
         cov = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and outcomes[c].notna().any()]
         empty = [c for c in DEFAULT_COVARIATES if c in outcomes.columns and c not in cov]
         if empty:
