@@ -202,3 +202,28 @@ def test_the_time_dependent_row_counts_the_patients_and_events_of_its_model(tmp_
     assert td.hr == pytest.approx(without.hr, rel=1e-9)
     past = o.pfs_months > 3
     assert (lm.n, lm.events) == (past.sum(), o.pfs_event[past].sum())
+
+
+def test_the_patients_left_out_of_the_response_analyses_are_named(tmp_path):
+    """response_survival.csv said '17 patient(s) excluded, their time at or before the 3-month landmark' and '1
+    patient(s) followed for no time (time 0) left out' without saying who (README: 'named in the warning'), so
+    the statistician could not check the rows -> both warnings name them (the first 5, then how many more), in
+    the order of the outcomes table."""
+    from tilpheno.biomarkers.analysis import run_biomarkers
+    from tilpheno.io.outcomes import read_outcomes
+
+    o = read_outcomes(REF / "til_cohort_outcomes.csv")
+    responder = o.best_response.isin(["CR", "PR"])
+    o["response_months"] = np.where(responder, np.minimum(2.0, o.pfs_months / 2), np.nan)
+    o.loc[3, ["pfs_months", "pfs_event", "response_months"]] = [0.0, 0, np.nan]
+    run_biomarkers(pd.read_csv(REF / "til_cohort_phenotypes.csv"), o, tmp_path, markers=["cd8_pct_of_cd3"],
+                   endpoints=("pfs",), n_perm=0, n_boot=0, roc_times=())
+    written = pd.read_csv(tmp_path / "response_survival.csv").set_index("analysis")
+    early = o.patient_id[o.pfs_months <= 3].tolist()
+    assert len(early) > 5
+    named = f"({', '.join(early[:5])} and {len(early) - 5} more)"
+    assert (f"{len(early)} patient(s) excluded, their time at or before the 3-month landmark: "
+            f"{int(o.pfs_event[o.pfs_months <= 3].sum())} with the event, "
+            f"{int((o.pfs_event[o.pfs_months <= 3] == 0).sum())} censored {named}") in written.loc["landmark", "warning"]
+    assert written.loc["time-dependent Cox", "warning"].startswith(
+        f"1 patient(s) followed for no time (time 0) left out: in no risk set ({o.patient_id[3]})")

@@ -609,7 +609,8 @@ def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnin
         assumption = (f"no response_months column: responders (CR/PR) taken as responding by the {L:g}-month "
                       "landmark (the first tumour assessment); give response_months for an exact landmark")
     rows = []
-    lm = landmark_analysis(o[tcol], o[ecol], by_landmark, L, endpoint, assumption, settings.conf_level)
+    lm = landmark_analysis(o[tcol], o[ecol], by_landmark, L, endpoint, assumption, settings.conf_level,
+                           ids=o["patient_id"])
     rows.append(lm.row())
     if rt is None:
         return rows
@@ -622,7 +623,8 @@ def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnin
                          p_cox=np.nan, warning="not fitted: no events"))
     else:
         try:
-            td = time_dependent_cox(o[tcol], o[ecol], responses, endpoint=endpoint, conf_level=settings.conf_level)
+            td = time_dependent_cox(o[tcol], o[ecol], responses, endpoint=endpoint, conf_level=settings.conf_level,
+                                    ids=o["patient_id"])
             rec = td.iloc[0]
             rows.append(dict(analysis="time-dependent Cox", endpoint=endpoint, landmark=np.nan, n=int(rec.n),
                              events=int(rec.events), n_excluded=len(o) - int(rec.n), n_responders=in_model, hr=rec.hr, hr_ci_low=rec.hr_ci_low,

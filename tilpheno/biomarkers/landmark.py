@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from .cox import fit_cox, no_estimate_reason
+from .plausibility import patient_ids
 from .survival import KaplanMeier, logrank_test
 
 NAIVE_WARNING = ("naive responder comparison from the start of therapy: biased in favour of responders "
@@ -61,13 +62,19 @@ class LandmarkResult:
         return d
 
 
-def excluded_note(event_before, landmark: float) -> str:
+def excluded_note(event_before, landmark: float, named: str = "") -> str:
     """Who the landmark analysis leaves out and why (``event_before``: the events, 1/0, of the patients whose
-    time is at or before the landmark, in months)."""
+    time is at or before the landmark, in months; ``named``: their ids, :func:`left_out_ids`)."""
     events = int(np.sum(event_before))
     censored = len(event_before) - events
     return (f"{len(event_before)} patient(s) excluded, their time at or before the {landmark:g}-month landmark: "
-            f"{events} with the event, {censored} censored")
+            f"{events} with the event, {censored} censored" + (f" ({named})" if named else ""))
+
+
+def left_out_ids(ids, mask) -> str:
+    """The ids (a patient's, in the order given) where ``mask`` holds, for a message (the first 5, then how many
+    more); "" without ``ids``."""
+    return "" if ids is None else patient_ids(pd.DataFrame({"patient_id": np.asarray(ids)}), np.asarray(mask))
 
 
 def not_estimable(n_responders: int, n: int, events: int) -> str:
@@ -84,12 +91,13 @@ def not_estimable(n_responders: int, n: int, events: int) -> str:
 
 
 def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str = "",
-                      assumption: str | None = None, conf_level: float = 0.95) -> LandmarkResult:
+                      assumption: str | None = None, conf_level: float = 0.95, ids=None) -> LandmarkResult:
     """Survival from ``landmark`` of patients still event-free and followed at ``landmark``.
 
     ``responded_by`` is True for patients who had responded by the landmark. A Cox model that
     cannot be fitted (a group without events after the landmark: infinite hazard ratio) leaves the
     hazard ratio blank with the reason in ``notes``; the log-rank test and medians are still given.
+    ``ids`` (the patients' ids, as ``time``): the note on the patients excluded names them.
     """
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
@@ -97,7 +105,7 @@ def landmark_analysis(time, event, responded_by, landmark: float, endpoint: str 
     keep = t > landmark
     notes = [assumption] if assumption else []
     if not keep.all():
-        notes.append(excluded_note(e[~keep], landmark))
+        notes.append(excluded_note(e[~keep], landmark, left_out_ids(ids, ~keep)))
     tt, ee, rr = t[keep] - landmark, e[keep], r[keep]
     n_resp = int(rr.sum())
     nan = float("nan")
@@ -150,7 +158,7 @@ def responders_in_model(time, response_time) -> int:
 
 
 def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | None = None,
-                       endpoint: str = "", conf_level: float = 0.95) -> pd.DataFrame:
+                       endpoint: str = "", conf_level: float = 0.95, ids=None) -> pd.DataFrame:
     """Cox model with response as a time-dependent covariate (lifelines CoxTimeVaryingFitter).
 
     Returns one row per coefficient: analysis, endpoint, variable, coef, se, hr, CI, p, n, events,
@@ -158,7 +166,7 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
     no risk set: the zero-length row is left out, as R ``coxph`` leaves it out ('Stop time must be > start time,
     NA created'; R ``tmerge`` refuses the time), and so is the patient from ``n`` (the patients in the model; R's
     ``n`` counts their start-stop rows) and its event from ``events`` (the model's events, R's ``nevent``), the
-    warning saying how many were left out.
+    warning saying how many were left out (and who, given ``ids``: the patients' ids, as ``time``).
     """
     from lifelines import CoxTimeVaryingFitter
 
@@ -166,7 +174,9 @@ def time_dependent_cox(time, event, response_time, covariates: pd.DataFrame | No
     data = data[data.stop > data.start]   # (0, 0] of a patient followed for no time: in no risk set; R coxph drops it
     n = int(data.id.nunique())
     left_out = int(np.asarray(time).size) - n
-    excluded = [f"{left_out} patient(s) followed for no time (time 0) left out: in no risk set"] if left_out else []
+    named = left_out_ids(ids, ~np.isin(np.arange(np.asarray(time).size), data.id.unique()))
+    excluded = [f"{left_out} patient(s) followed for no time (time 0) left out: in no risk set"
+                + (f" ({named})" if named else "")] if left_out else []
     cols = ["responder", *([] if covariates is None else list(covariates.columns))]
     reason = no_estimate_reason(data.stop, data.event, data[cols], entry=data.start)
     if reason:   # lifelines would report a hazard ratio of 1e13 (monotone) or 1 (no information)
