@@ -63,6 +63,7 @@ from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelE
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.coexpression import co_expression_flags
+from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
 from tilpheno.gates.geometry import Gate, RangeGate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
@@ -1155,6 +1156,7 @@ class _TubeKindRun:
                     f"{low:g}-{high:g} (compensated linear units)", pop.name,
                 )))
         self._shared_read_flags()
+        self.global_flags.extend(self._shared_reading_flags())
 
     def _shared_read_flags(self) -> None:
         """The tail-shape check of one ``fmo`` gate passed on to the gates carried over with the same
@@ -1169,6 +1171,16 @@ class _TubeKindRun:
         for name, flag in checks.shared_read_flags(read).items():
             k, pop = index[name]
             self.global_flags.append((k, gate_flag(pop, flag)))
+
+    def _shared_reading_flags(self) -> list[tuple[int, pl.Flag]]:
+        """The resolved thresholds' verdicts on a shared reference reading (``tilpheno.gates.shared_reading``),
+        each flag at its gate's place in the strategy."""
+        index = {p.name: k for k, p in enumerate(self.pops)}
+        gates = [(p.name, th.row["marker"], reading_key(th.row["marker"], th.row["source_file"], p.params, self.percentile),
+                  th.placement.diagnostics)
+                 for p in self.pops if (th := self.thresholds.get(p.name)) is not None and th.placement is not None
+                 and th.row is not None]
+        return [(index[f.gate], f) for f in shared_reading_flags(gates)]
 
     def finish(self, consume) -> None:
         """Pass 2: gate every loadable file to the end and hand it to ``consume(index, state)``,

@@ -105,6 +105,16 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     move is then that cut's own uncertainty, not the spillover's effect (under heavy log-normal
     binding the re-placed normal fit over-called by 10-20 points where removing the spillover moved
     the gate by about 1, stop 44), and the gate as placed keeps its own flags.
+    What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
+    ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
+    gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
+    carry) and ``reference_positive_points`` judge it; when one fires on a gate, its ``reading_verdict``
+    diagnostic names it and every other gate carrying the reading gets an ``uncertain_threshold`` naming that
+    gate and the size there (a parent with positives next to its negatives raises its own carry-over and hides
+    the same reading's error: CD8+PD1+ against PD1+). The reading's sampling interval (``reference_error``)
+    and its tail shape (``tail_points``) are measured on every gate carrying it, each on its own parent, so
+    each gate has its own verdict on them. Every other check judges the gate's own parent or FMO parent
+    (its carry-overs, its fit, its kept FMO percentile, its missing peak, its residual spillover).
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
     narrow, and the cut is carried over from the FMO (not a valley): the correction is an
@@ -446,6 +456,8 @@ def place_and_check(
                                             percentile))
                     if not d["reference_tail_cut"] >= cut:   # NaN: no binding tail to explain the cut
                         uncertain = True
+                        d["reading_verdict"] = ("reference_above_points" if d["reference_above_points"] > uncertain_points
+                                                else "reference_positive_points")   # shared_reading: the reading is wrong
                         tail = (f"a log-normal binding tail fitted to the reference's bulk reaches only "
                                 f"{d['reference_tail_cut']:.3f}, {d['reference_tail_points']:.1f} points of the parent "
                                 f"below the cut" if math.isfinite(d["reference_tail_cut"])
@@ -459,6 +471,7 @@ def place_and_check(
                 d["reference_above_points"] = _points_between(stained, high, cut) if cut > high else 0.0
                 if d["reference_above_points"] > uncertain_points:
                     uncertain = True
+                    d["reading_verdict"] = "reference_above_points"   # shared_reading: the reading is wrong
                     flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on "
                                             f"the reference population) lies {d['reference_above_points']:.1f} points "
                                             f"of the parent above the parent's own upper-side carry-over of the FMO "

@@ -1,0 +1,76 @@
+"""One reading, one verdict: a check that finds a shared reference reading wrong flags every gate carrying it.
+
+A strategy's ``skew_reference`` gates read the marker's nonspecific signal once per tube on a marker-poor
+population (``placement.reference_binding``; with ``reference_carry: quantile`` the reference's own percentile
+move, ``placement.reference_quantile_cut``) and carry that reading over to each gate's own parent's FMO
+events (``relative_reference``). The TIL surface tube has three such gates: PD1+ of the live lymphocytes,
+CD4+PD1+ of CD4+ and CD8+PD1+ of CD8+, one PD1 FMO, one reading on ``non_T``. A gate *carries* the
+reading when its cut is that carry-over (``winner`` ``fmo_relative``, ``relative_carry`` ``reference``);
+gates carrying readings of one key (:func:`reading_key`: the marker, the control file, the reference
+population, ``reference_carry`` and ``max_shift``; with ``quantile`` also the percentile) carry one reading.
+
+Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; a check that
+judges the reading records its name in the gate's ``reading_verdict`` diagnostic when it fires (``READING_CHECKS``).
+Every other gate carrying that reading then gets ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
+naming the gate where the verdict was found, its size there (points of that gate's parent) and the same comparison
+on its own parent (points between its own cut and its own carry-over, the check's number recorded on it; "not
+compared" when its other checks flagged it first). That own number may stay under the limit: a parent with many
+positives next to its negatives (CD8+ T cells for PD1) raises its own carry-over, which the comparison is against,
+and hides the same wrong reading (development seeds 153821-154000 under heavy PD1 binding, benchmarks/README.md,
+stop 48). A gate whose own check fired keeps its own flag and gets none from this pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Hashable, Mapping, Sequence
+
+from tilpheno.gates import placement as pl
+
+READING_CHECKS = {
+    "reference_above_points": "the cut lies above that parent's own carry-over of the FMO percentile: the reference "
+                              "reads more binding (or marker+ cells) than the parent shows (under-call)",
+    "reference_positive_points": "the reference's own marker+ cells move the cut",
+}
+"""The ``tilpheno.gates.checks`` numbers that judge the shared reading (diagnostic key -> what a value above
+``uncertain_points`` says); every other check judges the gate's own parent or FMO parent."""
+
+
+def reading_key(marker: str, control_file: str, params: Mapping[str, Any], percentile: float) -> Hashable | None:
+    """What identifies the reading an ``fmo`` gate's reference carry-over rests on (module docstring): None
+    without a ``skew_reference`` or a control file (a fallback gate reads no control)."""
+    reference = params.get("skew_reference")
+    if not reference or not control_file:
+        return None
+    carry = params.get("reference_carry", "additive")
+    return (marker, control_file, reference, carry, float(params.get("max_shift", 0.3)),
+            float(params.get("percentile", percentile)) if carry == "quantile" else None)
+
+
+def carries_reading(diagnostics: Mapping[str, Any]) -> bool:
+    """The gate's cut is its reference carry-over (not a stained valley, the FMO percentile or a fit)."""
+    return diagnostics.get("winner") == "fmo_relative" and diagnostics.get("relative_carry") == "reference"
+
+
+def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> list[pl.Flag]:
+    """The ``uncertain_threshold`` warnings of the module docstring. ``gates``: (population, marker, its
+    :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; a flag for each gate carrying a
+    reading that a check on another gate carrying it found wrong, in the order of ``gates``."""
+    found = [(name, key, d) for name, _, key, d in gates
+             if key is not None and carries_reading(d) and d.get("reading_verdict") in READING_CHECKS]
+    out = []
+    for name, marker, key, d in gates:
+        if key is None or not carries_reading(d) or d.get("reading_verdict"):
+            continue
+        for where, _, other in (f for f in found if f[1] == key and f[0] != name):
+            check = str(other["reading_verdict"])
+            own = float(d.get(check, float("nan")))
+            here = (f"here the same comparison gives {own:.1f} points of the parent" if math.isfinite(own)
+                    else "here it was not compared (another check flagged this gate first)")
+            out.append(pl.Flag(
+                "uncertain_threshold", "warning",
+                f"{name} ({marker}): the threshold {float(d['threshold']):.3f} carries the reference reading that "
+                f"{where}'s check found wrong ({check} {float(other[check]):.1f} points of {where}'s parent, above its "
+                f"limit: {READING_CHECKS[check]}); {here}, which a parent with "
+                f"positives next to its negatives can hide; one reading, one verdict: look at the {marker} histogram "
+                f"of the parent and of the reference population, stained vs FMO", name))
+    return out
