@@ -11,13 +11,14 @@ population, ``reference_carry`` and ``max_shift``; with ``quantile`` also the pe
 
 Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; a check that
 judges the reading records its name in the gate's ``reading_verdict`` diagnostic when it fires (``READING_CHECKS``).
-Every other gate carrying that reading then gets ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
-naming the gate where the verdict was found, its size there (points of that gate's parent) and the same comparison
-on its own parent (points between its own cut and its own carry-over, the check's number recorded on it; "not
-compared" when its other checks flagged it first). That own number may stay under the limit: a parent with many
-positives next to its negatives (CD8+ T cells for PD1) raises its own carry-over, which the comparison is against,
-and hides the same wrong reading (development seeds 153821-154000 under heavy PD1 binding, benchmarks/README.md,
-stop 48). A gate whose own check fired keeps its own flag and gets none from this pass.
+Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
+naming each gate where the verdict was found, its size there (points of that gate's parent) and the same
+comparison on its own parent (points between its own cut and its own carry-over, the check's number recorded on
+it; "not compared" when its other checks flagged it first). That own number may stay under the limit: a parent
+with many positives next to its negatives (CD8+ T cells for PD1) raises its own carry-over, which the comparison
+is against, and hides the same wrong reading (V153826 with the binding read on a reference that binds more than
+the parents: CD8+PD1+ 22 points under, its own comparison 0 points; ``tests/test_shared_reading.py``,
+benchmarks/README.md, stop 48). A gate whose own check fired keeps its own flag and gets none from this pass.
 """
 from __future__ import annotations
 
@@ -53,24 +54,26 @@ def carries_reading(diagnostics: Mapping[str, Any]) -> bool:
 
 def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> list[pl.Flag]:
     """The ``uncertain_threshold`` warnings of the module docstring. ``gates``: (population, marker, its
-    :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; a flag for each gate carrying a
-    reading that a check on another gate carrying it found wrong, in the order of ``gates``."""
+    :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; one flag for each gate carrying a
+    reading that a check on other gates carrying it found wrong (naming each of them), in the order of ``gates``."""
     found = [(name, key, d) for name, _, key, d in gates
              if key is not None and carries_reading(d) and d.get("reading_verdict") in READING_CHECKS]
     out = []
     for name, marker, key, d in gates:
-        if key is None or not carries_reading(d) or d.get("reading_verdict"):
+        sources = [(where, other) for where, k, other in found if k == key and where != name]
+        if key is None or not carries_reading(d) or d.get("reading_verdict") or not sources:
             continue
-        for where, _, other in (f for f in found if f[1] == key and f[0] != name):
-            check = str(other["reading_verdict"])
-            own = float(d.get(check, float("nan")))
-            here = (f"here the same comparison gives {own:.1f} points of the parent" if math.isfinite(own)
-                    else "here it was not compared (another check flagged this gate first)")
-            out.append(pl.Flag(
-                "uncertain_threshold", "warning",
-                f"{name} ({marker}): the threshold {float(d['threshold']):.3f} carries the reference reading that "
-                f"{where}'s check found wrong ({check} {float(other[check]):.1f} points of {where}'s parent, above its "
-                f"limit: {READING_CHECKS[check]}); {here}, which a parent with "
-                f"positives next to its negatives can hide; one reading, one verdict: look at the {marker} histogram "
-                f"of the parent and of the reference population, stained vs FMO", name))
+        checks = list(dict.fromkeys(str(other["reading_verdict"]) for _, other in sources))
+        where = " and ".join(f"{w}'s check ({other['reading_verdict']} {float(other[other['reading_verdict']]):.1f} points of "
+                             f"its parent)" for w, other in sources)
+        own = [(check, float(d.get(check, float("nan")))) for check in checks]
+        here = "; ".join(f"here {check} is {value:.1f} points of the parent" if math.isfinite(value)
+                         else f"here {check} was not compared (another check flagged this gate first)"
+                         for check, value in own)
+        out.append(pl.Flag(
+            "uncertain_threshold", "warning",
+            f"{name} ({marker}): the threshold {float(d['threshold']):.3f} carries the reference reading that "
+            f"{where} found wrong, above the limit ({'; '.join(f'{c}: {READING_CHECKS[c]}' for c in checks)}); "
+            f"{here}, which a parent with positives next to its negatives can hide; one reading, one verdict: look at "
+            f"the {marker} histogram of the parent and of the reference population, stained vs FMO", name))
     return out
