@@ -10,8 +10,9 @@ pd1_binding_sd=0.6-0.8``), runs ``analyze_product`` once and pickles, per produc
 skew-reference arrays), the QC flags, the phenotype and the truth. ``replay`` places every captured
 ``fmo`` gate again with the code on ``PYTHONPATH``, moves the FMO-gated variables by the change of
 their gate's % of parent (``cd8pd1_pct_of_cd3`` scaled by CD8 % of CD3), replaces the placement
-flags of those gates by the new ones (with ``checks.shared_read_flags`` over the gates carried with a
-reference's read, as the engine adds them) and prints ``validate_gating.py``'s tables (the upstream
+flags of those gates by the new ones (with ``gates.shared_reading.shared_reading_flags`` over the gates
+carrying one reference reading, as the engine adds them; the capture keeps the reference's events, not its
+name, so they stand for it in the reading's key) and prints ``validate_gating.py``'s tables (the upstream
 gates are as captured: a change to the lineage gates needs a new capture). With the capturing code
 the replay reproduces ``validate_gating.py``'s figures. Development seeds only (see
 ``validate_gating.py`` for the seeds already used).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import pickle
 import sys
 import tempfile
@@ -84,18 +86,21 @@ def _pct(values: np.ndarray, cut: float) -> float:
 
 def replay_one(record: dict) -> dict:
     from tilpheno.gates import checks
+    from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
 
     new_review, moved, read = [], {}, []
     for c in record["calls"]:
-        placed = checks.place_and_check(c["population"], c["marker"], c["fmo"], c["stained"], **c["kw"])
+        kw = c["kw"]
+        placed = checks.place_and_check(c["population"], c["marker"], c["fmo"], c["stained"], **kw)
         if c["stained"] is not None:
             moved[c["population"]] = (_pct(c["stained"], float(placed.diagnostics["threshold"]))
                                       - _pct(c["stained"], c["threshold"]))
         new_review += [(f.code, f.message) for f in placed.flags if checks.needs_review(f)]
-        if c["kw"].get("reference_fmo") is not None:   # the capture keeps the reference's events, not its name
-            read.append((c["population"], c["marker"], "the reference population", placed,
-                         float(c["kw"].get("uncertain_points", 3.0))))
-    new_review += [(f.code, f.message) for f in checks.shared_read_flags(read).values()]
+        reference = kw.get("reference_fmo")   # its events stand for the reference population's name
+        params = {**kw, "skew_reference": None if reference is None else hashlib.sha1(reference.tobytes()).hexdigest()}
+        read.append((c["population"], c["marker"], reading_key(c["marker"], kw["source_file"], params, kw["percentile"]),
+                     placed.diagnostics))
+    new_review += [(f.code, f.message) for f in shared_reading_flags(read)]
     replayed = {c["population"] for c in record["calls"]}
     review = [f for f in record["review"]
               if not (f[0] in PLACEMENT_CODES and f[1].split(" (")[0] in replayed)] + new_review

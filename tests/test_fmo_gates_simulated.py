@@ -884,4 +884,4 @@ def test_the_tail_shape_finding_on_one_pd1_gate_flags_the_gates_of_the_same_read
     tube = next(t for t in result.tubes if t.role == "stain" and "PD1+" in t.diagnostics)
     assert tube.diagnostics["PD1+"]["tail_points"] < 3.0 < tube.diagnostics["CD8+PD1+"]["tail_points"], tube.diagnostics
     flags = [f.message for f in result.qc if needs_review(f) and f.gate == "PD1+"]
-    assert any("read on non_T as CD8+PD1+, whose tail-shape check" in m for m in flags), flags
+    assert any("carries the reference reading that CD8+PD1+'s check (tail_points" in m for m in flags), flags

@@ -43,6 +43,31 @@ def test_a_verdict_on_the_reading_flags_every_gate_carrying_it_and_no_other():
     assert shared_reading_flags(quiet) == []
 
 
+def test_the_tail_shape_finding_is_a_verdict_on_the_reading_too():
+    """The tail-shape check judges the reading, not the parent: the read fixes no tail shape for any gate it
+    carries, and a gate's own tail_points are a lower bound. CD8+PD1+'s check found 3.3 tail points, PD1+'s
+    found the reading wrong: CD4+PD1+ gets one flag saying what each found, and its own numbers; PD1+ (own
+    tail points 2.5) gets one naming CD8+PD1+'s finding, its own 2.5 a lower bound."""
+    key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
+    gates = [
+        ("PD1+", "PD1", key, _carried(0.485, tail_points=2.5)),
+        ("CD8+PD1+", "PD1", key, _carried(0.486, reading_verdict="tail_points", tail_points=3.3)),
+        ("CD4+PD1+", "PD1", key, _carried(0.486, tail_points=1.7, reference_above_points=0.4)),
+    ]
+    flags = shared_reading_flags(gates)
+    assert [f.gate for f in flags] == ["PD1+", "CD4+PD1+"]
+    assert flags[0].message.startswith("PD1+ (PD1): the threshold 0.485 carries the reference reading that CD8+PD1+'s "
+                                       "check (tail_points 3.3 points of its parent) found unable to fix the shape of "
+                                       "the binding's tail"), flags[0].message
+    assert "here tail_points is 2.5 points of the parent, a lower bound" in flags[0].message
+    gates[0] = ("PD1+", "PD1", key, _carried(0.485, reading_verdict="reference_above_points", reference_above_points=5.0,
+                                             tail_points=2.5))
+    (flag,) = [f for f in shared_reading_flags(gates) if f.gate == "CD4+PD1+"]
+    assert ("PD1+'s check (reference_above_points 5.0 points of its parent) found wrong, and that CD8+PD1+'s check "
+            "(tail_points 3.3 points of its parent) found unable to fix") in flag.message, flag.message
+    assert "here reference_above_points is 0.4 points" in flag.message and "here tail_points is 1.7 points" in flag.message
+
+
 def test_the_reading_is_the_marker_control_reference_and_carry():
     """Same marker, control file, reference population, carry and max_shift: one reading; a quantile carry's
     reading also depends on the percentile (the reference's own percentile move); no reference or no control

@@ -1155,22 +1155,7 @@ class _TubeKindRun:
                     f"{pop.name} ({marker}): threshold {row['value_raw']:.4g} outside the expected "
                     f"{low:g}-{high:g} (compensated linear units)", pop.name,
                 )))
-        self._shared_read_flags()
         self.global_flags.extend(self._shared_reading_flags())
-
-    def _shared_read_flags(self) -> None:
-        """The tail-shape check of one ``fmo`` gate passed on to the gates carried over with the same
-        binding read (``checks.shared_read_flags``: the same marker and ``skew_reference``)."""
-        read, index = [], {}
-        for k, pop in enumerate(self.pops):
-            th = self.thresholds.get(pop.name)
-            if pop.method == "fmo" and pop.params.get("skew_reference") and th is not None and th.placement is not None:
-                read.append((pop.name, pop.dims[0], str(pop.params["skew_reference"]), th.placement,
-                             float(pop.params.get("uncertain_points", 3.0))))
-                index[pop.name] = (k, pop)
-        for name, flag in checks.shared_read_flags(read).items():
-            k, pop = index[name]
-            self.global_flags.append((k, gate_flag(pop, flag)))
 
     def _shared_reading_flags(self) -> list[tuple[int, pl.Flag]]:
         """The resolved thresholds' verdicts on a shared reference reading (``tilpheno.gates.shared_reading``),

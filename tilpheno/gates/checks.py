@@ -53,10 +53,8 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     (``relative_lognormal``, ``placement.reference_lognormal_cut``), fits the reference's reads as
     well and has a heavier tail; flagged when the % of the parent between the two cuts exceeds
     ``uncertain_points``. A sensitivity check: it says the data cannot tell, not that the cut is
-    wrong (heavy, broad binding with many dim positives near the cut). The read is one per tube and
-    carries every gate of the same marker and ``skew_reference``: when it flags one of them, the
-    others whose cut is that carry-over get ``uncertain_threshold`` too (:func:`shared_read_flags`,
-    added by the engine; their own points understate the shape's effect). It does not see a
+    wrong (heavy, broad binding with many dim positives near the cut). It judges the reading, not
+    the parent (below, "What each check judges"). It does not see a
     reference whose binding differs from the parent's
     (e.g. a heavier tail on the T cells than on the non-T lymphocytes). Before it, that additive
     cut is flagged when it lies more than ``uncertain_points`` points of the parent above
@@ -108,13 +106,17 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
     ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
-    carry) and ``reference_positive_points`` judge it; when one fires on a gate, its ``reading_verdict``
-    diagnostic names it and every other gate carrying the reading gets an ``uncertain_threshold`` naming that
-    gate and the size there (a parent with positives next to its negatives raises its own carry-over and hides
-    the same reading's error: CD8+PD1+ against PD1+). The reading's sampling interval (``reference_error``)
-    and its tail shape (``tail_points``) are measured on every gate carrying it, each on its own parent, so
-    each gate has its own verdict on them. Every other check judges the gate's own parent or FMO parent
-    (its carry-overs, its fit, its kept FMO percentile, its missing peak, its residual spillover).
+    carry), ``reference_positive_points`` and the tail-shape check (``tail_points``) judge it; when one fires on
+    a gate, its ``reading_verdict`` diagnostic names it and every other gate carrying the reading gets an
+    ``uncertain_threshold`` naming that gate and the size there. A parent with positives next to its negatives
+    raises its own carry-over and hides the same reading's error (CD8+PD1+ against PD1+); and the read fixes no
+    tail shape for any gate it carries, while a gate's own ``tail_points`` are a lower bound of the shape's
+    effect (the log-normal cut is taken at the carry-over's 32 quantiles, whose tail stops at z = 2.15): on
+    V153138 under heavy PD1 binding PD1+ lay 5.4 points over the ideal-FMO reference with 2.5 tail points while
+    CD8+PD1+ of the same read had 3.3 (stop 48). The reading's sampling interval (``reference_error``) is
+    measured on every gate carrying it, each on its own parent, so each gate has its own verdict on it. Every
+    other check judges the gate's own parent or FMO parent (its carry-overs, its fit, its kept FMO percentile,
+    its missing peak, its residual spillover).
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
     transformed units from the FMO's, or is more than ``width_warning`` (3) times as wide or
     narrow, and the cut is carried over from the FMO (not a valley): the correction is an
@@ -149,7 +151,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -486,6 +488,7 @@ def place_and_check(
                                                                        anchor["transform"], percentile)
                 if d["tail_points"] > uncertain_points and not uncertain:
                     uncertain = True
+                    d["reading_verdict"] = "tail_points"   # shared_reading: the read fixes no tail shape
                     flags.append(_uncertain(_tail_message(name, marker, cut, d, anchor["reference"], uncertain_points)))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
@@ -523,42 +526,6 @@ def place_and_check(
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "
                                  f"[{stained.min():.3f}, {stained.max():.3f}]; look at the {marker} histogram"))
     return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
-
-
-def shared_read_flags(gates: Sequence[tuple[str, str, str, pl.Placement, float]]) -> dict[str, pl.Flag]:
-    """The tail-shape check's finding passed on to every gate carried over with the same reading
-    (module docstring, ``uncertain_threshold``): ``gates`` = (population, marker, the population the
-    binding is read on (``skew_reference``), placement, ``uncertain_points``) of one tube kind's ``fmo``
-    gates; returns population -> the flag to add. A gate whose ``tail_points`` exceed its limit shows
-    that the read nonspecific signal's unknown tail shape matters; the same read (one shift, SD and
-    shape) carries its siblings' cuts, so a sibling whose cut is that carry-over (``tail_points``
-    measured) and which has no ``uncertain_threshold`` of its own gets one, with its own points and its
-    sibling's. Its own points understate the risk: the log-normal cut is taken at the 32 quantiles of
-    the carry-over, whose tail stops at z = 2.15 (stop 47), and on development blocks PD1+ lay 5.4 points
-    over the ideal-FMO reference with 2.5 tail points while CD8+PD1+ of the same read was flagged (V153138).
-    The product is already under review by the sibling's flag, so this adds none."""
-    found: dict[tuple[str, str], tuple[str, float, float]] = {}
-    for population, marker, reference, placement, limit in gates:
-        key = (marker, reference)
-        points = float(placement.diagnostics.get("tail_points", float("nan")))
-        if points > limit and points > found.get(key, ("", -math.inf, 0.0))[1]:
-            found[key] = (population, points, limit)
-    flags = {}
-    for population, marker, reference, placement, _ in gates:
-        key, d = (marker, reference), placement.diagnostics
-        points = float(d.get("tail_points", float("nan")))
-        if key not in found or found[key][0] == population or not math.isfinite(points) or any(
-                f.code == "uncertain_threshold" for f in placement.flags):
-            continue
-        source, source_points, limit = found[key]
-        flags[population] = _uncertain(
-            f"{population} ({marker}): the threshold {float(d['threshold']):.3f} carries the FMO percentile with the "
-            f"same nonspecific signal read on {reference} as {source}, whose tail-shape check found "
-            f"that a log-normal signal of that read would move its % by {source_points:.1f} points of its parent "
-            f"(limit {limit:g}); here by {points:.1f}, a lower bound (the log-normal cut is taken at the carry-over's "
-            f"32 quantiles): the read does not fix the tail's shape for any gate it carries; look at the {marker} "
-            f"histogram of the parent and of {reference}, stained vs FMO")
-    return flags
 
 
 def residual_slopes(fmo_linear: Mapping[str, np.ndarray], marker: str) -> dict[str, float]:

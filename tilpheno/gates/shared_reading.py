@@ -1,4 +1,4 @@
-"""One reading, one verdict: a check that finds a shared reference reading wrong flags every gate carrying it.
+"""One reading, one verdict: a check that finds a shared reference reading wrong or unsure flags every gate carrying it.
 
 A strategy's ``skew_reference`` gates read the marker's nonspecific signal once per tube on a marker-poor
 population (``placement.reference_binding``; with ``reference_carry: quantile`` the reference's own percentile
@@ -10,30 +10,51 @@ gates carrying readings of one key (:func:`reading_key`: the marker, the control
 population, ``reference_carry`` and ``max_shift``; with ``quantile`` also the percentile) carry one reading.
 
 Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; a check that
-judges the reading records its name in the gate's ``reading_verdict`` diagnostic when it fires (``READING_CHECKS``).
+judges the reading records its name in the gate's ``reading_verdict`` diagnostic when it fires (``READING_CHECKS``:
+``reference_above_points`` of either carry and ``reference_positive_points`` find the reading wrong, the
+additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open).
 Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
-naming each gate where the verdict was found, its size there (points of that gate's parent) and the same
-comparison on its own parent (points between its own cut and its own carry-over, the check's number recorded on
-it; "not compared" when its other checks flagged it first). That own number may stay under the limit: a parent
-with many positives next to its negatives (CD8+ T cells for PD1) raises its own carry-over, which the comparison
-is against, and hides the same wrong reading (V153826 with the binding read on a reference that binds more than
-the parents: CD8+PD1+ 22 points under, its own comparison 0 points; ``tests/test_shared_reading.py``,
-benchmarks/README.md, stop 48). A gate whose own check fired keeps its own flag and gets none from this pass.
+naming each gate where the verdict was found, what that check found, its size there (points of that gate's
+parent) and the same number on its own parent (the check's number recorded on it; "not compared" when its other
+checks flagged it first). That own number may stay under the limit. A parent with many positives next to its
+negatives (CD8+ T cells for PD1) raises its own carry-over, which ``reference_above_points`` compares against,
+and hides the same wrong reading (V153826 with the binding read on a reference that binds more than the
+parents: CD8+PD1+ 22 points under, its own comparison 0 points; ``tests/test_shared_reading.py``). The read
+fixes no tail shape for any gate it carries, and a gate's own ``tail_points`` are a lower bound of the shape's
+effect (the log-normal cut is taken at the carry-over's 32 quantiles): V153138 under heavy PD1 binding, PD1+
+5.4 points over the ideal-FMO reference with 2.5 tail points while CD8+PD1+ of the same read had 3.3
+(``tests/test_fmo_gates_simulated.py``; benchmarks/README.md, stop 48). A gate whose own check fired keeps its
+own flag and gets none from this pass.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 from tilpheno.gates import placement as pl
 
+
+class ReadingCheck(NamedTuple):
+    """What a check that judges the shared reading says when it fires (``READING_CHECKS``)."""
+    found: str   # what it found the reading: "... that PD1+'s check (...) found <found>"
+    says: str    # what its number above ``uncertain_points`` says
+    own: str     # what the same number on another gate carrying the reading is worth
+
+
+_HIDDEN = "which a parent with positives next to its negatives can hide"
 READING_CHECKS = {
-    "reference_above_points": "the cut lies above that parent's own carry-over of the FMO percentile: the reference "
-                              "reads more binding (or marker+ cells) than the parent shows (under-call)",
-    "reference_positive_points": "the reference's own marker+ cells move the cut",
+    "reference_above_points": ReadingCheck(
+        "wrong", "the cut lies above that parent's own carry-over of the FMO percentile: the reference reads more "
+                 "binding (or marker+ cells) than the parent shows (under-call)", _HIDDEN),
+    "reference_positive_points": ReadingCheck("wrong", "the reference's own marker+ cells move the cut", _HIDDEN),
+    "tail_points": ReadingCheck(
+        "unable to fix the shape of the binding's tail",
+        "a log-normal signal of the read median and SD would move that gate's % by so many points: the read does not "
+        "fix the tail's shape for any gate it carries",
+        "a lower bound (the log-normal cut is taken at the carry-over's 32 quantiles)"),
 }
-"""The ``tilpheno.gates.checks`` numbers that judge the shared reading (diagnostic key -> what a value above
-``uncertain_points`` says); every other check judges the gate's own parent or FMO parent."""
+"""The ``tilpheno.gates.checks`` numbers that judge the shared reading (diagnostic key -> what it says); every
+other check judges the gate's own parent or FMO parent."""
 
 
 def reading_key(marker: str, control_file: str, params: Mapping[str, Any], percentile: float) -> Hashable | None:
@@ -64,16 +85,20 @@ def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mappin
         if key is None or not carries_reading(d) or d.get("reading_verdict") or not sources:
             continue
         checks = list(dict.fromkeys(str(other["reading_verdict"]) for _, other in sources))
-        where = " and ".join(f"{w}'s check ({other['reading_verdict']} {float(other[other['reading_verdict']]):.1f} points of "
-                             f"its parent)" for w, other in sources)
+        findings = list(dict.fromkeys(READING_CHECKS[c].found for c in checks))
+        where = ", and that ".join(" and ".join(
+            f"{w}'s check ({other['reading_verdict']} {float(other[other['reading_verdict']]):.1f} points of its parent)"
+            for w, other in sources if READING_CHECKS[other["reading_verdict"]].found == found) + f" found {found}"
+            for found in findings)
         own = [(check, float(d.get(check, float("nan")))) for check in checks]
-        here = "; ".join(f"here {check} is {value:.1f} points of the parent" if math.isfinite(value)
+        here = "; ".join(f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
+                         if math.isfinite(value)
                          else f"here {check} was not compared (another check flagged this gate first)"
                          for check, value in own)
         out.append(pl.Flag(
             "uncertain_threshold", "warning",
             f"{name} ({marker}): the threshold {float(d['threshold']):.3f} carries the reference reading that "
-            f"{where} found wrong, above the limit ({'; '.join(f'{c}: {READING_CHECKS[c]}' for c in checks)}); "
-            f"{here}, which a parent with positives next to its negatives can hide; one reading, one verdict: look at "
+            f"{where}, above the limit ({'; '.join(f'{c}: {READING_CHECKS[c].says}' for c in checks)}); "
+            f"{here}; one reading, one verdict: look at "
             f"the {marker} histogram of the parent and of the reference population, stained vs FMO", name))
     return out
