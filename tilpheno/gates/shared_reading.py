@@ -76,7 +76,8 @@ def carries_reading(diagnostics: Mapping[str, Any]) -> bool:
 def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> list[pl.Flag]:
     """The ``uncertain_threshold`` warnings of the module docstring. ``gates``: (population, marker, its
     :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; one flag for each gate carrying a
-    reading that a check on other gates carrying it found wrong (naming each of them), in the order of ``gates``."""
+    reading that a check on other gates carrying it found wrong or unsure of its tail (naming each of them and what it
+    found, ``READING_CHECKS``), in the order of ``gates``."""
     found = [(name, key, d) for name, _, key, d in gates
              if key is not None and carries_reading(d) and d.get("reading_verdict") in READING_CHECKS]
     out = []
