@@ -78,19 +78,19 @@ def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mappin
     :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; one flag for each gate carrying a
     reading that a check on other gates carrying it found wrong or unsure of its tail (naming each of them and what it
     found, ``READING_CHECKS``), in the order of ``gates``."""
-    found = [(name, key, d) for name, _, key, d in gates
-             if key is not None and carries_reading(d) and d.get("reading_verdict") in READING_CHECKS]
+    judged = [(name, key, d) for name, _, key, d in gates
+              if key is not None and carries_reading(d) and d.get("reading_verdict") in READING_CHECKS]
     out = []
     for name, marker, key, d in gates:
-        sources = [(where, other) for where, k, other in found if k == key and where != name]
+        sources = [(where, other) for where, k, other in judged if k == key and where != name]
         if key is None or not carries_reading(d) or d.get("reading_verdict") or not sources:
             continue
         checks = list(dict.fromkeys(str(other["reading_verdict"]) for _, other in sources))
         findings = list(dict.fromkeys(READING_CHECKS[c].found for c in checks))
         where = ", and that ".join(" and ".join(
             f"{w}'s check ({other['reading_verdict']} {float(other[other['reading_verdict']]):.1f} points of its parent)"
-            for w, other in sources if READING_CHECKS[other["reading_verdict"]].found == found) + f" found {found}"
-            for found in findings)
+            for w, other in sources if READING_CHECKS[other["reading_verdict"]].found == finding) + f" found {finding}"
+            for finding in findings)
         own = [(check, float(d.get(check, float("nan")))) for check in checks]
         here = "; ".join(f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
                          if math.isfinite(value)
