@@ -25,7 +25,13 @@ def import_all(service: ReviewService) -> None:
         try:
             service.ensure_imported(pid)
         except Exception as exc:  # one product's missing input must not stop the others
-            log.warning("product %s: %s", pid, exc)
+            log.warning("%s", named_once(pid, str(exc)))
+
+
+def named_once(product_id: str, message: str) -> str:
+    """``message`` led by ``product <product_id>: `` once (the review errors already name their product)."""
+    lead = f"product {product_id}: "
+    return message if message.startswith(lead) else lead + message
 
 
 def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, threads: int = 8) -> None:
