@@ -62,6 +62,10 @@ def design_file(folder: Path, name: str, tube: str, omit: str | None = None, key
         ("Foxp3-IgM", None), ("CD3-IgD", None), ("CD279-PD1", "PD1"), ("CD8-PE-Cy7", "CD8"),
         # two words that name a marker joined win over the first alone (data1.fcs's 'CD8 B PE': the beta chain)
         ("CD8 B PE", "CD8b"), ("CD8 beta APC", "CD8b"), ("CD8 A PE", "CD8"), ("PD 1 BV421", "PD1"),
+        # a word of one or two letters after a name continues it, unless a fluorochrome, filler, signal letter
+        ("CD45 RA FITC", "CD45RA"), ("HLA DR", "HLA-DR"), ("CD45 RO PE-Cy7", "CD45RO"), ("TCR gd", "TCR-gd"),
+        ("CD8β", "CD8b"), ("CD3 e", "CD3"), ("CD3 Ab", "CD3"), ("CD3 PE", "CD3"), ("CD3 OKT3", "CD3"), ("KLRG1 A", "KLRG1"),
+        ("CD4 CD45 RA", None), ("xxxxxxxxx", None),
     ],
 )
 def test_normalize_marker(text, expected):
@@ -86,6 +90,51 @@ def test_real_files_labels(name, markers):
     assert file_markers(fcs, default_vocabulary(), None) == markers
 
 
+def _relabelled(tmp_path: Path, name: str, old: bytes, new: bytes):
+    """A real file of tests/data with one $PnS label rewritten (as long: the offsets hold)."""
+    data = (Path(__file__).parent / "data" / name).read_bytes()
+    assert data.count(old) == 1 and len(old) == len(new)
+    path = tmp_path / Path(name).name
+    path.write_bytes(data.replace(old, new))
+    return read_fcs_metadata(path)
+
+
+@pytest.mark.parametrize("name, old, new, marker, detector", [
+    # an isoform written apart from its CD name: FL4-H 'CD45 RA' was CD45 (RA taken for a clone)
+    ("fcs/flowio/data1.fcs", b"CD8 APC", b"CD45 RA", "CD45RA", "FL4-H"),
+    ("fcs/flowio/data1.fcs", b"CD4 FITC", b"CD45 RO ", "CD45RO", "FL1-H"),
+    # a locus written apart: FlowAtlas 390C's 'HLA-DR' as 'HLA DR' was the free-text marker HLA
+    ("realdata_flowatlas/fcs/390C_Ileum_028.fcs", b"HLA-DR", b"HLA DR", "HLA-DR", "FJComp-405 515_20-A"),
+])
+def test_a_name_written_in_two_words_is_one_marker(tmp_path, name, old, new, marker, detector):
+    """A word of one or two letters after a name continues it (an isoform, a chain, a locus), unless
+    a fluorochrome, filler word, prefix, detector family, signal letter or known marker. The other
+    labels of the file read as before."""
+    from tilpheno.panel import file_markers
+
+    vocabulary = default_vocabulary()
+    before = file_markers(read_fcs_metadata(Path(__file__).parent / "data" / name), vocabulary, None)
+    after = file_markers(_relabelled(tmp_path, name, old, new), vocabulary, None)
+    assert after[marker] == detector
+    assert {m: d for m, d in after.items() if d != detector} == {m: d for m, d in before.items() if d != detector}
+    assert vocabulary.same(marker, normalize_marker(new.decode()))
+
+
+def test_masked_labels_and_a_slashed_name_are_read_as_written():
+    """flowio's data_start_offset_discrepancy_example.fcs masks every $PnS as 'xxxxxxxxx' (an
+    anonymised export): each was a marker 'xxxxxxxxx' (four detectors one marker) -> one letter
+    repeated names no marker. FlowSOM's mouse file labels PE-A 'NK1/1' (NK1.1, mouse NK cells): it
+    was NK1 -> the vocabulary's NK1.1 (its key, NK11, as 'NK1.1')."""
+    from tilpheno.panel import file_markers
+
+    vocabulary = default_vocabulary()
+    masked = read_fcs_metadata(Path(__file__).parent / "data" / "fcs" / "flowio" / "data_start_offset_discrepancy_example.fcs")
+    assert {str(s) for s in masked.channels["pns"]} >= {"xxxxxxxxx", "xxxxxxxxxx"}
+    assert file_markers(masked, vocabulary, None) == {}
+    assert normalize_marker("NK1/1") == "NK1.1" == normalize_marker("NK1.1 PE")
+    assert normalize_marker("CD161c") == "NK1.1"
+
+
 def test_the_syto_family_is_read_by_its_number_without_false_matches():
     """Only 17 SYTO dyes were listed: 'SYTO 17', 'SYTO-14' (real SYTO dyes not in the list) were
     the marker 'SYTO' (the number lost: every SYTO dye the same marker) -> the vocabulary's
@@ -97,7 +146,7 @@ def test_the_syto_family_is_read_by_its_number_without_false_matches():
     assert [vocabulary.marker_in(label) for label in ("SYTO 17", "SYTO-14 FITC", "syto80", "Syto 41", "SYTO 62 APC")] \
         == ["SYTO17", "SYTO14", "SYTO80", "SYTO41", "SYTO62"]
     assert [vocabulary.marker_in(label) for label in ("SYTOX Green", "SYTOX AADvanced", "SYTO", "SYTO BC")] \
-        == ["SYTOX", "SYTOX", "SYTO", "SYTO"]
+        == ["SYTOX", "SYTOX", "SYTO", "SYTO-BC"]   # SYTO BC, a dye of its own: two letters continue a name
     plain = dataclasses.replace(vocabulary, numbered={})
     changed = {label for label in _corpus_labels() if vocabulary.marker_in(label) != plain.marker_in(label)}
     assert changed == {"Syto 41"}

@@ -31,6 +31,11 @@ Conventions
   a prefix, fluorochrome, filler word, number, wavelength or detector name):
   which one the file's tube carries is the lab's to say (a panel file row),
   :meth:`Vocabulary.named_markers`.
+* A word of one or two letters after a name continues it (an isoform written apart from its CD name,
+  ``RA``, ``RO``; a chain, ``"CD8 b"``; a locus, ``"HLA DR"`` -> ``HLA-DR``), unless it is a
+  fluorochrome (or starts one in two words), filler word, prefix, detector family, signal letter
+  (``A``, ``H``, ``W``) or known marker; a Greek chain letter is keyed as its Latin one (``CD8β`` =
+  ``CD8b``). A word of one letter repeated (``xxxxxxxxx``, an anonymised export's $PnS) names no marker.
 * A dye family whose number names the dye (``numbered:``, the SYTO nucleic-acid stains: SYTO 9,
   SYTO 41 and SYTO 62 are other dyes) is known as a whole: the family word followed by a number
   (``"Syto 41"``, ``"SYTO-9"``, ``"syto17"``) is the marker ``SYTO41`` etc.; the word alone or
@@ -65,6 +70,8 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 
 _SEPARATORS = re.compile(r"[\s_/:;,+()\[\]]+")
 _KEY_DROP = re.compile(r"[\s\-._/™®]+")
+_GREEK = str.maketrans("αβγδεκ", "abgdek")   # "CD8β" = CD8b, "TCRγδ" = TCRgd: labels write a chain either way
+_SUFFIX = re.compile(r"^[^\W\d_]{1,2}$")   # a word of one or two letters: an isoform or chain ("RA", "DR", "b")
 _NUMBERED = re.compile(r"^([A-Z]+)(\d+)$")
 # a key: "552nm" of "488/552nm PI (615/30)", a laser or filter; "740LP", a long-pass (short-, band-pass) filter
 _CD_NAME = re.compile(r"^CD\d+[A-Za-z]{0,2}$", re.IGNORECASE)   # a cluster of differentiation: CD14, CD45RA, CD8a
@@ -76,8 +83,9 @@ _NUMBERED_DETECTOR = re.compile(r"^([A-Z]+)\d+[AHW]?$")   # a key: "BL1", "FL2H"
 
 def key(name: str) -> str:
     """The comparison key of a name: upper case without hyphens, dots, spaces, underscores, slashes
-    and trade-mark signs (™, ®: vendors' dye names carry them)."""
-    return _KEY_DROP.sub("", str(name)).upper()
+    and trade-mark signs (™, ®: vendors' dye names carry them), a Greek chain letter as its Latin one
+    (``CD8β`` = ``CD8b``)."""
+    return _KEY_DROP.sub("", str(name).translate(_GREEK)).upper()
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,31 @@ class Vocabulary:
         return replace(self, canonical=table, source="; ".join(s for s in (self.source, source) if s))
 
     # -- reading labels ------------------------------------------------------------------
+    def _words(self, text: str | None) -> list[str]:
+        """A label's words (split at spaces and separators), a word of one or two letters joined to the
+        name before it (:meth:`_is_suffix`): ``"HLA DR"`` -> ``["HLA-DR"]`` (a hyphen between letters,
+        as such names are written), ``"CD8 b PE"`` -> ``["CD8b", "PE"]``; not the start of a
+        fluorochrome written in two words (``"CD3 CF 405M"``)."""
+        split = [w for w in _SEPARATORS.split(str(text or "").strip()) if w]
+        words: list[str] = []
+        for i, word in enumerate(split):
+            dye = i + 1 < len(split) and key(word + split[i + 1]) in self.fluorochromes
+            if words and not dye and self._is_suffix(word) and not self._not_marker(words[-1]) \
+                    and key(words[-1]) not in self.prefixes:
+                words[-1] += word if words[-1][-1].isdigit() else "-" + word
+            else:
+                words.append(word)
+        return words
+
+    def _is_suffix(self, word: str) -> bool:
+        """True for a word that continues the name before it: one or two letters (an isoform written apart
+        from its CD name, ``RA`` or ``RO``; a chain, ``CD8 b``, ``TCR gd``; a locus, ``HLA DR``) that is no fluorochrome, filler
+        word, prefix, detector family, known marker, nor a signal letter (``A``, ``H``, ``W``)."""
+        k = key(word)
+        return (bool(_SUFFIX.match(word)) and k not in self.fluorochromes and k not in self.filler
+                and k not in self.prefixes and k not in self.detectors and k not in ("A", "H", "W")
+                and self.known(word) is None)
+
     def known(self, token: str) -> str | None:
         """The canonical marker a single token names (aliases, prefixes, a numbered dye), or None."""
         k = key(token)
@@ -187,7 +220,7 @@ class Vocabulary:
         """Every distinct known marker a label names, in order: each word, two adjacent words
         joined and each hyphen-separated part (or two adjacent parts joined) read through
         :meth:`known` (``"Foxp3-IgM"`` -> ``("FoxP3", "IgM")``; ``"CD279 (PD-1) BV605"`` -> ``("PD1",)``)."""
-        words = [w for w in _SEPARATORS.split(str(text or "").strip()) if w]
+        words = self._words(text)
         found: dict[str, None] = {}
         for tokens in (words, *([p for p in w.split("-") if p] for w in words if "-" in w)):
             i = 0
@@ -208,7 +241,7 @@ class Vocabulary:
         ``+``-joined parts, each part's marker (:meth:`marker_in`: ``"CD45RA+CD62L+"`` -> ``("CD45RA",
         "CD62L")``)."""
         found = dict.fromkeys(self.known_markers(text))
-        words = [w for w in _SEPARATORS.split(str(text or "").strip()) if w]
+        words = self._words(text)
         for word in (w for w in words if "-" in w):
             for run in self._unknown_runs([p for p in word.split("-") if p]):
                 found.setdefault(run, None)
@@ -277,11 +310,12 @@ class Vocabulary:
     def _not_marker(self, word: str) -> bool:
         """True for a word that names no marker: empty, a number, a wavelength, a fluorochrome, a
         filler word or a detector name, or made of such parts joined by hyphens (``FL1-Height``: a
-        detector and a signal word; ``488-BL1``: a laser and a detector)."""
+        detector and a signal word; ``488-BL1``: a laser and a detector), or one letter repeated, a
+        label masked out (``xxxxxxxxx``: an anonymised export's $PnS)."""
         def plain(part: str) -> bool:
             k = key(part)
             return (not k or k in self.fluorochromes or k in self.filler or self._is_detector(part) or k.isdigit()
-                    or bool(_WAVELENGTH.match(k)))
+                    or bool(_WAVELENGTH.match(k)) or (len(k) >= 3 and len(set(k)) == 1))
 
         return plain(word) or all(plain(part) for part in word.split("-"))
 
@@ -311,7 +345,7 @@ class Vocabulary:
         """The marker a label names: a known marker (canonical spelling), else free text (module docstring)."""
         if text is None:
             return None
-        words = [w for w in _SEPARATORS.split(str(text).strip()) if w]
+        words = self._words(text)
         if not words:
             return None
         whole = self.known("".join(words))
