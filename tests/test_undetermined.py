@@ -21,6 +21,7 @@ RELEASE = """name: lab release
 criteria:
   - {name: Events acquired, column: n_events_tube025, op: ">=", limit: 5000, unit: events}
   - {name: CD4 of T cells, column: cd4_pct_of_cd3, op: ">", limit: 10}
+  - {name: CD4 T cells counted, column: n_cd4pos_tube025, op: ">=", limit: 100, unit: events}
 """
 
 
@@ -65,7 +66,6 @@ def test_an_undetermined_gate_reports_no_number(drafted):
     pops = pd.read_csv(out / "populations.csv").set_index("population")
     for variable in ("cd3_pct_of_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "cd127_pct_of_cd4"):
         assert math.isnan(row[variable]), (variable, row[variable])
-    assert row["n_cd4pos_tube025"] == pops.loc["CD4+", "count"] > 0.9 * pops.loc["CD3+", "count"]   # held as positive
     for population in ("CD3+", "CD4+", "CD8+", "CD127+"):
         assert math.isnan(pops.loc[population, "pct_of_parent"]) and math.isnan(pops.loc[population, "pct_of_live_lymph"])
     assert row["ccr5_pct_of_lymph"] == pytest.approx(100 * pops.loc["CCR5+", "count"] / pops.loc["lymph", "count"], abs=1e-9)
@@ -73,10 +73,55 @@ def test_an_undetermined_gate_reports_no_number(drafted):
     qc = pd.read_csv(out / "qc.csv").query("code == 'undetermined'").set_index("gate")
     assert {"CD3+", "CD4+", "CD8+"} <= set(qc.index) and "CCR5+" not in qc.index
     message = qc.loc["CD4+", "message"]
-    assert "no FMO or unstained control of CD4" in message and "cd4_pct_of_cd3, cd127_pct_of_cd4 left blank (NA)" in message
+    assert "no FMO or unstained control of CD4" in message and "cd4_pct_of_cd3, cd127_pct_of_cd4, " in message
+    assert "n_cd4pos_tube025, n_cd127pos_tube025 left blank (NA), as are the counts and medians of CD4+" in message
     assert not qc["needs_review"].any()   # the gate's no_second_peak holds release
     assert row["release_status"] == "not evaluable"
     assert "not evaluable 1 (1 undetermined gate, no FMO or unstained control)" in said, said
+
+
+def test_an_undetermined_gates_counts_and_medians_are_blank(drafted):
+    """Stop 47 blanked the percentages but kept the event counts and medians of an undetermined
+    population and those within it (n_cd4pos_tube025 52983 of 100715.fcs's 65016 events, the CD4+
+    row's counts and medians in populations.csv), so a release criterion on the count was tested as
+    if measured -> blank (NA) with the percentages, and the criterion 'not evaluable (undetermined:
+    ...)'. A count or median of a population resting on no undetermined gate keeps its value: the
+    lymphocytes' count is its mask's events (the scatter gates', independent of the markers), the
+    CCR5+ count its share of it."""
+    from tilpheno.release import NOT_EVALUABLE
+    from tilpheno.review.regate import ReviewSource, recompute
+
+    _, _, out, _ = drafted
+    row = pd.read_csv(out / "phenotypes.csv").iloc[0]
+    pops = pd.read_csv(out / "populations.csv").set_index("population")
+    medians = [c for c in pops.columns if c.startswith("median_")]
+    blank = {"CD3+", "CD4+", "CD8+", "CD127+"}
+    for population in blank:
+        assert pops.loc[population, [*medians, "count"]].isna().all(), population
+        column = f"n_{population[:-1].lower()}pos_tube025"
+        assert math.isnan(row[column]), column
+    for population in ("lymph", "CCR5+"):
+        assert pops.loc[population, [*medians, "count"]].notna().all(), population
+    assert row["n_lymph_tube025"] == pops.loc["lymph", "count"]
+    assert row["ccr5_pct_of_lymph"] == pytest.approx(100 * row["n_ccr5pos_tube025"] / row["n_lymph_tube025"], abs=1e-9)
+    assert row["n_events_tube025"] == 65016
+    html = next(out.glob("products/*/report.html")).read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<svg.*?</svg>", "", html, flags=re.S)))
+    criteria = text.split("Release criteria")[1].split("QC flags")[0]
+    assert re.search(r"CD4 T cells counted .*?not evaluable \(undetermined: CD3\+, CD4\+, no FMO or unstained control\)",
+                     criteria), criteria
+    counts = text.split("Event counts and status")[1].split("Release criteria")[0]
+    assert "n CD4+ (tube025) undetermined: no FMO or unstained control (CD3+, CD4+)" in counts, counts[:1500]
+    assert "n lymph (tube025) 61708" in counts and f"n CCR5+ (tube025) {int(row['n_ccr5pos_tube025'])}" in counts
+    source = ReviewSource(out)   # the review app's re-gating of the gates as held: the same blanks
+    held = recompute(source, str(row["product_id"]), source.automatic(str(row["product_id"])))
+    [criterion] = [r for r in held.release if r.criterion.column == "n_cd4pos_tube025"]
+    assert criterion.outcome == NOT_EVALUABLE and criterion.undetermined == ("CD3+", "CD4+")
+    assert math.isnan(held.phenotype["n_cd4pos_tube025"]) and held.phenotype["n_lymph_tube025"] == row["n_lymph_tube025"]
+    assert pd.isna(held.populations["tube025"].set_index("population").loc["CD4+", "count"])
+    subsets = text.split("every population on all")[1]
+    assert re.search(r"CD4\+ CD3\+ undetermined: no FMO or unstained control \(CD3\+, CD4\+\)", subsets), subsets[:2000]
+    assert re.search(r"CCR5\+ lymph \d+ [\d.]+ [\d.]+ [\d.]+", subsets), subsets[:2000]
 
 
 def test_the_report_says_undetermined_where_the_number_was(drafted):
@@ -91,8 +136,9 @@ def test_the_report_says_undetermined_where_the_number_was(drafted):
     release = text.split("Release criteria")[1].split("QC flags")[0]
     assert "not evaluable (undetermined: CD3+, CD4+, no FMO or unstained control)" in release, release
     subsets = text.split("every population on all")[1]
-    assert re.search(r"CD4\+ CD3\+ \d+ undetermined: no FMO or unstained control \(CD3\+, CD4\+\) "
-                     r"undetermined: no FMO or unstained control \(CD3\+, CD4\+\)", subsets), subsets[:2000]
+    assert re.search(r"CD4\+ CD3\+ undetermined: no FMO or unstained control \(CD3\+, CD4\+\) "
+                     r"undetermined: no FMO or unstained control \(CD3\+, CD4\+\) "
+                     r"undetermined: no FMO or unstained control \(CD3\+, CD4\+\) undetermined undetermined", subsets), subsets[:2000]
     assert "nan%" not in html and "CD4+ % not determined" in html
 
 

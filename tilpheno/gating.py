@@ -53,8 +53,10 @@ from tilpheno.phenotype import (
     file_residual,
     gate_tube_kind,
     gated_on_unstained,
+    resting_on,
     step_flags,
     uncompensated_flags,
+    undetermined_gates,
     unstained_detectors,
     unstained_qc,
 )
@@ -192,21 +194,26 @@ class GatingResult(TubeResult):
 
     @property
     def counts(self) -> dict[str, int]:
-        """Events per population (all events of the file)."""
-        table = self.populations
-        return {str(p): int(c) for p, c in zip(table["population"], table["count"])}
+        """Events per population (all events of the file) within its gate as placed: an undetermined
+        gate's as held (``populations`` leaves that count blank, ``tilpheno.phenotype.population_table``)."""
+        return {str(p.name): int(np.count_nonzero(self.masks[p.name])) if p.name in self.masks else 0
+                for p in self.strategy.populations} if self.strategy is not None else {}
 
     @property
     def summary(self) -> pd.DataFrame:
         """One row per strategy variable: ``variable, numerator, denominator, numerator_count,
-        denominator_count, percent`` (100 x numerator / denominator; NaN for an empty denominator)."""
+        denominator_count, percent`` (100 x numerator / denominator; NaN for an empty denominator or
+        one resting on an undetermined gate, as in phenotypes.csv: ``tilpheno.phenotype.tube_variables``)."""
         counts = {**self.counts, ROOT: self.n_events}
         rows = []
-        for v in (self.strategy.variables if self.strategy is not None else ()):
-            num, den = counts.get(v.numerator, 0), counts.get(v.denominator, 0)
-            rows.append({"variable": v.name, "numerator": v.numerator, "denominator": v.denominator,
-                         "numerator_count": num, "denominator_count": den,
-                         "percent": 100.0 * num / den if den else float("nan")})
+        if self.strategy is not None:
+            undetermined = undetermined_gates(self.diagnostics)
+            for v in self.strategy.variables:
+                num, den = counts.get(v.numerator, 0), counts.get(v.denominator, 0)
+                rows.append({"variable": v.name, "numerator": v.numerator, "denominator": v.denominator,
+                             "numerator_count": num, "denominator_count": den,
+                             "percent": 100.0 * num / den if den and not resting_on(self.strategy, undetermined, v.numerator,
+                                                                                    v.denominator) else float("nan")})
         return pd.DataFrame(rows, columns=["variable", "numerator", "denominator", "numerator_count",
                                            "denominator_count", "percent"])
 

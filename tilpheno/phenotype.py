@@ -1375,7 +1375,7 @@ def resting_on(strategy: Strategy, undetermined: frozenset[str], *populations: s
 def undetermined_flags(product_id: str, name: str, strategy: Strategy,
                        undetermined: frozenset[str]) -> list[QCFlag]:
     """One ``undetermined`` warning per undetermined gate of stained file ``name`` (as flags name it)
-    that a variable rests on: the gate, why, and the variables left blank (NaN) for it, which a
+    that a variable rests on: the gate, why, and the variables and event counts left blank (NaN) for it, which a
     reviewer's cut on that gate gives a value (``tilpheno.review.regate.recompute``)."""
     flags = []
     by_name = {p.name: p for p in strategy.populations}
@@ -1383,10 +1383,12 @@ def undetermined_flags(product_id: str, name: str, strategy: Strategy,
         blank = [v.name for v in strategy.variables if gate in resting_on(strategy, undetermined, v.numerator, v.denominator)]
         if not blank:
             continue
+        blank += [c for c, p in strategy.count_columns().items() if gate in resting_on(strategy, undetermined, p)]
         marker = "/".join(by_name[gate].dims)
         flags.append(QCFlag(product_id, name, UNDETERMINED_CODE, "warning",
                             f"{gate} ({marker}): {UNDETERMINED} of {marker}, positive or negative not known: "
-                            f"{', '.join(blank)} left blank (NA), not reported as if measured; an FMO or unstained "
+                            f"{', '.join(blank)} left blank (NA), as are the counts and medians of {gate} and the "
+                            f"populations within it, not reported as if measured; an FMO or unstained "
                             f"control of {marker}, the strategy's one_population, or a reviewer's cut decides it", gate))
     return flags
 
@@ -1396,7 +1398,9 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
     of the transformed values mapped back to compensated linear units (the linear median for an
     odd count; for an even count the two middle values are averaged on the transformed scale).
     A percentage whose numerator or denominator rests on an ``undetermined`` gate (:func:`resting_on`)
-    is NaN: the gate's side is not known, so neither is the share (the count stays)."""
+    is NaN: the gate's side is not known, so neither is the share; so are the count (``<NA>``, the
+    column then of pandas' nullable ``Int64``) and the medians of a population resting on one, events
+    of a side no one knows."""
     n = state.tube.n_events
     lymph = _lymph_population(strategy)
     lymph_count = int(np.count_nonzero(state.masks[lymph])) if lymph in state.masks else 0
@@ -1409,10 +1413,11 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
         mask = state.masks.get(pop.name)
         count = counts.get(pop.name, 0)
         parent_count = n if pop.parent == ROOT else counts.get(pop.parent, 0)
+        blank = bool(resting_on(strategy, undetermined, pop.name))
         row = {
             "population": pop.name,
             "parent": pop.parent,
-            "count": count,
+            "count": pd.NA if blank else count,
             "pct_of_parent": (100.0 * count / parent_count if parent_count and not resting_on(strategy, undetermined, pop.name)
                               else float("nan")),
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
@@ -1423,7 +1428,7 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
         index = np.flatnonzero(mask) if count and mask is not None else np.empty(0, dtype=np.intp)
         for m in markers:
             column = columns.get(m)
-            medians[m].append(float("nan") if not count else column.median(index) if column is not None
+            medians[m].append(float("nan") if not count or blank else column.median(index) if column is not None
                               else _median_selecting(state.tube.data[m].take(index)))
         rows.append(row)
     # back to linear units, one inverse per marker over every population's median (elementwise:
@@ -1432,7 +1437,8 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
         linear = state.tube.transforms[m].inverse(np.array(medians[m], dtype=np.float64))
         for row, value in zip(rows, linear.tolist()):
             row[f"median_{m}"] = value
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.astype({"count": "Int64"}) if any(r["count"] is pd.NA for r in rows) else table
 
 
 _THRESHOLD_COLUMNS = ["population", "marker", "parent", "percentile", "value_transformed", "value_raw", "method", "source_file",
@@ -1490,7 +1496,7 @@ def _quadrants(state: _Gated) -> dict:
 
 def tube_variables(strategy: Strategy, state: _Gated, undetermined: frozenset[str] = frozenset()) -> dict[str, float]:
     """The strategy's variables on a gated stained tube, plus event counts ``n_<population>_<tube>``.
-    A variable resting on an ``undetermined`` gate (:func:`resting_on`) is NaN (its counts stay)."""
+    A variable or count resting on an ``undetermined`` gate (:func:`resting_on`) is NaN."""
     out: dict[str, float] = {}
     counts = {name: int(np.count_nonzero(m)) for name, m in state.masks.items()}
     counts[ROOT] = state.tube.n_events
@@ -1499,7 +1505,7 @@ def tube_variables(strategy: Strategy, state: _Gated, undetermined: frozenset[st
         out[v.name] = (100.0 * counts.get(v.numerator, 0) / den if den and not resting_on(strategy, undetermined, v.numerator, v.denominator)
                        else float("nan"))
     for column, name in strategy.count_columns().items():
-        out[column] = counts.get(name, 0)
+        out[column] = float("nan") if resting_on(strategy, undetermined, name) else counts.get(name, 0)
     return out
 
 

@@ -516,22 +516,24 @@ def gate_rules(tube) -> str:
 
 
 def _undetermined_shown(table, strategy, undetermined: frozenset[str]):
-    """The subset table with each percentage blanked because it rests on an undetermined gate
-    (``tilpheno.phenotype.population_table``) saying so: ``undetermined: no FMO or unstained control (CD4+)``."""
+    """The subset table with each count and percentage blanked because it rests on an undetermined gate
+    (``tilpheno.phenotype.population_table``) saying so: ``undetermined: no FMO or unstained control (CD4+)``,
+    and each median so blanked ``undetermined`` (the row says why)."""
     if strategy is None or not undetermined:
         return table
-    table = table.astype({c: object for c in ("pct_of_parent", "pct_of_live_lymph") if c in table.columns})
+    blanked = [c for c in table.columns if c in ("count", "pct_of_parent", "pct_of_live_lymph") or str(c).startswith("median_")]
+    table = table.astype({c: object for c in blanked})
     for i, row in table.iterrows():
         gates = resting_on(strategy, undetermined, row["population"])
-        for column in (c for c in ("pct_of_parent", "pct_of_live_lymph") if c in table.columns and gates):
+        for column in (c for c in blanked if gates):
             if not _is_number(row[column]):
-                table.at[i, column] = f"{UNDETERMINED} ({', '.join(gates)})"
+                table.at[i, column] = "undetermined" if str(column).startswith("median_") else f"{UNDETERMINED} ({', '.join(gates)})"
     return table
 
 
 def undetermined_values(result, strategies, study) -> dict[str, str]:
-    """Per study variable and dose left blank because it rests on an undetermined gate of its tube's
-    stained file (the first by name, whose counts give the variables), what the report shows instead:
+    """Per study variable, event count and dose left blank because it rests on an undetermined gate of its
+    tube's stained file (the first by name, whose counts give the variables), what the report shows instead:
     ``undetermined: no FMO or unstained control (CD3+, CD4+)``."""
     stained: dict[str, Any] = {}
     for t in sorted(getattr(result, "tubes", ()), key=lambda t: str(t.file)):
@@ -539,7 +541,8 @@ def undetermined_values(result, strategies, study) -> dict[str, str]:
             stained.setdefault(t.tube, t)
     undetermined = frozenset((tube, p) for tube, t in stained.items() for p in undetermined_gates(t.diagnostics))
     doses = getattr(study, "doses", ())
-    columns = [*(v.name for s in strategies for v in s.variables), *(d.name for d in doses)]
+    columns = [*(v.name for s in strategies for v in s.variables), *(c for s in strategies for c in s.count_columns()),
+               *(d.name for d in doses)]
     gates = {column: column_resting_on(column, undetermined, strategies, doses) for column in columns}
     return {name: f"{UNDETERMINED} ({', '.join(on)})" for name, on in gates.items() if on}
 
@@ -739,7 +742,8 @@ def render_product(outcome, result, meta: Mapping, options, strategies=()) -> st
     no_dose = [row for row in study if row[3] == "cells" and not _is_number(row[2]) and row[0] not in blank]
     study = [(k, label, _cells(v) if unit == "cells" and _is_number(v) else v, unit, meaning)
              for k, label, v, unit, meaning in study if (k, label, v, unit, meaning) not in no_dose]
-    counts = [(k, book.at[k, "label"], v) for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
+    counts = [(k, book.at[k, "label"], blank.get(k, v) if k.startswith("n_") and not _is_number(v) else v)
+              for k, v in outcome.phenotype.items() if k in COUNT_AND_STATUS or k.startswith("n_")]
     return render(
         "product.html.j2",
         o=outcome,

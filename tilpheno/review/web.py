@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
@@ -571,6 +572,8 @@ def _ascii(text: str) -> str:
 
 
 def _num(v):
+    if v is pd.NA:   # a count left blank: its population rests on an undetermined gate
+        return None
     try:
         f = float(v)
     except (TypeError, ValueError):
