@@ -323,6 +323,31 @@ def test_one_population_without_a_control_is_undetermined():
             f"scale's zero: as negative its cut would be {negative:.4g}") in positive.flags[0].message
 
 
+def test_a_negative_sd_cut_is_not_undetermined():
+    """A keep-low gate with rule negative_sd (k robust SDs above the main peak: a live gate, the FlowAtlas
+    CD127lo) on one population above the scale's zero, no control, came out undetermined (its percentages,
+    counts and medians blank, qc.csv's undetermined warning) with no no_second_peak flag: the
+    one-population call was made first, and the rule's cut then replaced it and set 'two populations'
+    (it needs no second peak), leaving the call's 'undetermined' in the diagnostics though it no longer
+    placed the cut. The rule's cut is measured from the main peak whatever side the population would be
+    called: the same with one_population: negative or positive stated -> not undetermined. Simulated
+    truth: every cell live, dim in an amine-reactive dye 0.5 above zero: the gate keeps them all. The
+    rule 'lower', where the one-population call's cut stays lower, keeps the call and its flag."""
+    from tilpheno.phenotype import undetermined_gates
+
+    rng = np.random.default_rng(48)
+    live = rng.normal(0.6, 0.05, 10000)
+    auto = place_valley(live, "LiveDead", keep="low", zero=0.1, rule="negative_sd")
+    assert not undetermined_gates({"live": auto.diagnostics}) and not auto.flags
+    assert "negative_side_cut" not in auto.diagnostics and auto.diagnostics["winner"] == "negative_sd"
+    for side in ("negative", "positive"):
+        stated = place_valley(live, "LiveDead", keep="low", zero=0.1, rule="negative_sd", one_population=side)
+        assert stated.gate.high == auto.gate.high
+    assert auto.gate.contains({"LiveDead": live}).mean() > 0.999
+    lower = place_valley(live, "LiveDead", keep="low", zero=0.1, rule="lower")
+    assert lower.diagnostics["undetermined"] is True and [f.code for f in lower.flags] == ["no_second_peak"]
+
+
 def test_valley_rule_higher_keeps_the_flat_valley_of_dim_events_out():
     # negatives, a flat smear of dim events and a positive cluster (labels known): the valley
     # minimum lies anywhere in the smear; rule 'higher' cuts at the foot of the positive peak

@@ -701,7 +701,9 @@ def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_p
         if rule == "negative_sd" or sd_cut < cut:
             cut = sd_cut
             diagnostics.update(threshold=cut, winner="negative_sd")
-            two_peaks = True   # the rule does not need a second peak
+            two_peaks = True   # the rule does not need a second peak, nor a lone population's side: its cut is
+            for held in ("undetermined", "negative_side_cut"):   # measured from the main peak whatever that side
+                diagnostics.pop(held, None)                       # (the strategy's rule states it)
     low_end, high_end = float(x.min()), float(x.max())
     if not low_end <= cut <= high_end:
         diagnostics.update(unclamped_threshold=cut)
@@ -751,7 +753,10 @@ def place_valley(
     events (doublets, dying cells, spillover) stays out of it, as an expert draws the gate at the
     foot of the positive peak. Without a positive peak the ``positive_sd``/``higher`` rules keep
     the valley result. Both candidates are recorded (``valley_threshold``, ``sd_threshold``)
-    with the ``winner``. ``sd_side`` (``negative_sd``/``lower``): the half of the main peak whose
+    with the ``winner``. A ``negative_sd`` cut (the rule's, or the lower one's when it wins) is never
+    undetermined: it is measured from the main peak whatever side a lone population would be called,
+    so the rule states the side (no ``no_second_peak`` flag, no ``undetermined``).
+    ``sd_side`` (``negative_sd``/``lower``): the half of the main peak whose
     RMS is its robust SD, the half free of the other population: ``lower`` (default; negatives
     with positives above them) or ``upper`` (a main population with a low tail, e.g. CD127 of
     CD4 T cells, whose Tregs are CD127 low: ``keep: low`` then keeps the tail and the main
