@@ -1248,6 +1248,7 @@ def _drafted_412c_mln(tmp_path: Path, drop: str = "") -> tuple:
         spec["populations"] = [p for p in spec["populations"] if p["dims"] != [drop]]
         gated = {p["name"] for p in spec["populations"]}
         spec["variables"] = {k: v for k, v in spec["variables"].items() if v["numerator"] in gated}
+        spec["checks"] = [c for c in spec.get("checks", []) if set(c["populations"]) <= gated]   # its co-expression check
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
     rows = draft.manifest.assign(file=[str(folder / f) for f in draft.manifest["file"]])
     return load_strategy(path), rows, read_panel_file(REALDATA / "panel.csv")
@@ -2105,3 +2106,44 @@ def test_a_panel_row_whose_tube_applies_to_no_file_is_named(tmp_path):
         assert "applies to no file" not in result.output, result.output
     assert "cd69_pct_of" in (tmp_path / "study" / "study.yaml").read_text()   # the row applies: CD69 drafted
     assert "cd69_pct_of" not in (tmp_path / "study_typo" / "study.yaml").read_text()
+
+
+def test_a_pair_a_cell_rarely_carries_drafts_a_co_expression_check(tmp_path):
+    """new-study drafted no co-expression check, so a new lab's 100715.fcs (no FMO, no unstained control)
+    had CD4+ and CD8+ each ~95 % of CD3+, CD3+ and CD19+ each most of the lymphocytes, and nothing said
+    they cannot both be right -> the vocabulary's `exclusive:` pairs gated within one parent are drafted
+    as `checks: [{kind: co_expression, ...}]`, their comment saying the limit is the lab's to set; the
+    run flags both gates of each pair, the share the double positives of the masks as held. data1.fcs
+    (FACSCalibur: CD4 and CD8 within CD3, no CD19) drafts only CD4/CD8; sample_fcs's TIL panel
+    (CD4 and CD8 within CD3+) drafts it."""
+    from tilpheno.gates.strategy import load_strategy
+    from tilpheno.review.regate import ReviewSource, evaluate
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    study = tmp_path / "study"
+    assert _run(["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    text = (study / "tube025.yaml").read_text()
+    assert "checks:\n  - {kind: co_expression, populations: [CD4+, CD8+], limit: 10}   # vocabulary `exclusive:`" in text
+    assert "populations: [CD3+, CD19+], limit: 10}" in text and "The limit is the lab's to set" in text
+    pairs = {c.populations: c.limit for c in load_strategy(study / "tube025.yaml").co_expression}
+    assert pairs == {("CD3+", "CD19+"): 10.0, ("CD4+", "CD8+"): 10.0}
+    out = tmp_path / "out"
+    assert _run(["process", str(folder), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+                 "-o", str(out), "--reports", "none"]).exit_code == 0
+    flags = pd.read_csv(out / "qc.csv").query("code == 'co_expression'").set_index("gate")["message"]
+    assert sorted(flags.index) == ["CD19+", "CD3+", "CD4+", "CD8+"]
+    source = ReviewSource(out)
+    stained = source.stained("Specimen_001")["tube025"]
+    masks = evaluate(stained.strategy, stained.tube, source.automatic("Specimen_001")["tubes"]["tube025"]["gates"])
+    share = 100 * (masks["CD4+"] & masks["CD8+"]).sum() / masks["CD3+"].sum()
+    assert share > 80 and f"{share:.1f} % of CD3+ are both CD4+ and CD8+" in flags["CD4+"]
+    calibur = tmp_path / "calibur"
+    calibur.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "data1.fcs", calibur / "data1.fcs")
+    assert _run(["new-study", str(calibur), "-o", str(tmp_path / "s1")]).exit_code == 0
+    assert [c.populations for c in load_strategy(tmp_path / "s1" / "data1.yaml").co_expression] == [("CD4+", "CD8+")]
+    til = draft_study(SAMPLE)
+    for tube in til.tubes:
+        assert tube.exclusive == (("CD4", "CD8"),) if {"CD4", "CD8"} <= set(tube.markers) else not tube.exclusive

@@ -87,7 +87,9 @@ class TubeDraft:
     positive gate it is gated, from the lineage table; markers not listed sit under :attr:`base`),
     the FMO-gated markers the vocabulary calls dim (``dim:``; gated with ``rule: relative``), and
     the markers it gates on all cells (``all_cells:``; unless nested, they sit under :attr:`above_lymph`,
-    not within the lymphocyte gate), and whether a product may lack it (:func:`disjoint_kinds`)."""
+    not within the lymphocyte gate), whether a product may lack it (:func:`disjoint_kinds`), and the
+    pairs of its markers a cell does not normally carry together (``exclusive:``; a co-expression check
+    drafted for each pair gated within one parent)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -103,6 +105,7 @@ class TubeDraft:
     dim: tuple[str, ...] = ()
     all_cells: tuple[str, ...] = ()
     optional: bool = False
+    exclusive: tuple[tuple[str, str], ...] = ()
 
     @property
     def lymph(self) -> str | None:
@@ -355,7 +358,7 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
                                nesting(order, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m)),
                                tuple(m for m in order if m != viability and vocabulary.is_all_cells(m))))
     optional = disjoint_kinds({kind: {f["product_id"] for f in members} for kind, members in kinds.items()})
-    tubes = [replace(t, optional=t.kind in optional) for t in tubes]
+    tubes = [replace(t, optional=t.kind in optional, exclusive=tuple(vocabulary.exclusive_pairs(t.markers))) for t in tubes]
     for f in files:
         if f["role"] == "unstained":
             f.update(tube="unstained", placed=True)
@@ -543,7 +546,21 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
     lines.append("variables:")
     for name, (numerator, denominator) in draft.variables()[tube.kind].items():
         lines.append(f"  {_scalar(name)}: {{numerator: {_scalar(numerator)}, denominator: {_scalar(denominator)}}}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _co_expression_lines(tube)) + "\n"
+
+
+def _co_expression_lines(tube: TubeDraft) -> list[str]:
+    """The drafted ``checks:`` section: a co-expression check for each pair of the vocabulary's
+    ``exclusive:`` list whose gates the tube draws within one parent, its limit the default, its
+    comment saying the limit is the lab's to set; none when no such pair."""
+    gated = _gated(tube)
+    pairs = [(a, b) for a, b in tube.exclusive if a in gated and b in gated and tube.parent(a) == tube.parent(b)]
+    if not pairs:
+        return []
+    return ["checks:", *(f"  - {{kind: co_expression, populations: {_list([a + '+', b + '+'])}, limit: 10}}   # vocabulary "
+                         f"`exclusive:`: few cells carry both {a} and {b}; more than the limit (% of {tube.parent(a)} in "
+                         "both gates) flags both for review. The limit is the lab's to set: its products' double "
+                         "positives, as its experts gate them" for a, b in pairs)]
 
 
 OPTIONAL_COMMENT = ("   # no product has it with another kind: a product without it is processed, its variables "

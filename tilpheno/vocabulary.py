@@ -53,6 +53,9 @@ Conventions
 * A list of markers gated on all cells (``all_cells:``, :meth:`Vocabulary.is_all_cells`) says
   which gates ``tilpheno new-study`` draws before its lymphocyte scatter gate (markers that tell
   leukocytes from the large cells that gate leaves out).
+* A list of marker pairs a cell does not normally carry together (``exclusive:``,
+  :meth:`Vocabulary.exclusive_pairs`) says which co-expression checks ``tilpheno new-study`` drafts
+  (two gates of one parent; the limit is the lab's to set).
 * The vocabulary is data: adding a marker or a spelling touches no code.
 """
 from __future__ import annotations
@@ -101,6 +104,7 @@ class Vocabulary:
     ``dim``: keys of the markers whose positives are dim (the ``dim:`` list). ``all_cells``: keys
     of the markers drafted on all live cells, not within the lymphocyte scatter gate (``all_cells:``).
     ``detectors``: keys of the detector families whose number names a detector (``detectors:``).
+    ``exclusive``: pairs of canonical marker names a cell does not normally carry together (``exclusive:``).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -114,6 +118,7 @@ class Vocabulary:
     dim: frozenset[str] = frozenset()
     all_cells: frozenset[str] = frozenset()
     detectors: frozenset[str] = frozenset()
+    exclusive: tuple[tuple[str, str], ...] = ()
 
     def with_lineage(self, lineage: Mapping[str, str | None], source: str = "") -> "Vocabulary":
         """A new vocabulary whose lineage table has ``marker: parent`` entries added (they win over
@@ -377,6 +382,17 @@ class Vocabulary:
         negatives differ in scatter (leukocytes and larger tumour cells)."""
         return key(self.canonical_name(name)) in self.all_cells
 
+    def exclusive_pairs(self, markers: Iterable[str]) -> list[tuple[str, str]]:
+        """The ``exclusive:`` pairs both of whose markers are among ``markers`` (any spelling), each as
+        ``markers`` spell them, in the list's order."""
+        markers = list(markers)
+        pairs = []
+        for a, b in self.exclusive:
+            first, second = (next((m for m in markers if self.same(m, x)), None) for x in (a, b))
+            if first is not None and second is not None:
+                pairs.append((first, second))
+        return pairs
+
     def same(self, a: str | None, b: str | None) -> bool:
         """True when ``a`` and ``b`` name the same marker."""
         if a is None or b is None:
@@ -403,14 +419,14 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``, ``numbered``, ``detectors``, ``lineage``, ``dim``, ``all_cells``)."""
+    ``viability``, ``numbered``, ``detectors``, ``lineage``, ``dim``, ``all_cells``, ``exclusive``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
     doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, detectors, "
-                      "lineage, dim, all_cells",
+                      "lineage, dim, all_cells, exclusive",
                       StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "detectors",
-                                   "lineage", "dim", "all_cells"),
+                                   "lineage", "dim", "all_cells", "exclusive"),
                       empty_ok=True)[1]
     base = Vocabulary(
         fluorochromes=frozenset(key(f) for f in _string_list(doc.get("fluorochromes"), f"{path}: fluorochromes")),
@@ -424,8 +440,24 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
     vocabulary = replace(vocabulary, dim=frozenset(key(vocabulary.canonical_name(d))
                                                    for d in _string_list(doc.get("dim"), f"{path}: dim")),
                          all_cells=frozenset(key(vocabulary.canonical_name(m))
-                                             for m in _string_list(doc.get("all_cells"), f"{path}: all_cells")))
+                                             for m in _string_list(doc.get("all_cells"), f"{path}: all_cells")),
+                         exclusive=_pairs(vocabulary, doc.get("exclusive"), f"{path}: exclusive"))
     return vocabulary.with_lineage(parse_lineage(doc.get("lineage"), f"{path}: lineage"), str(path))
+
+
+def _pairs(vocabulary: Vocabulary, value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """Validate an ``exclusive:`` list of marker pairs (``[[CD4, CD8], ...]``), canonical names."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise StudyError(f"{where}: must be a list of marker pairs, e.g. [[CD4, CD8]]")
+    pairs = []
+    for i, item in enumerate(value):
+        pair = _string_list(item, f"{where}[{i}]")
+        if len(pair) != 2 or vocabulary.same(*pair):
+            raise StudyError(f"{where}[{i}]: must be two different markers, e.g. [CD4, CD8]")
+        pairs.append((vocabulary.canonical_name(pair[0]), vocabulary.canonical_name(pair[1])))
+    return tuple(pairs)
 
 
 def parse_lineage(value: Any, where: str) -> dict[str, str | None]:
