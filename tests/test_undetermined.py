@@ -221,3 +221,33 @@ def test_a_reviewers_cut_determines_the_gate(drafted):
     assert math.isnan(decided.phenotype["cd8_pct_of_cd3"])
     [criterion] = [r for r in decided.release if r.criterion.column == "cd4_pct_of_cd3"]
     assert criterion.outcome == PASS and not criterion.undetermined
+
+
+def test_a_gate_set_sent_back_whole_keeps_the_automatic_gates(drafted):
+    """The review page sends every gate of its draft; the automatic singlets polygon of 100715.fcs has a
+    corner at 600081 on FSC-H, beyond the bounds a moved gate must keep to (-262207 to 524414), so any
+    save of that product was refused ('tube025/singlets.vertices[2][1]: 600081 is outside the allowed
+    range'), whatever gate was moved -> a gate sent back as the base has it is kept unchecked; a moved
+    one is still checked, and still refused there."""
+    from tilpheno.review.regate import GateSetError, ReviewSource, validate_gate_set
+
+    _, _, out, _ = drafted
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    automatic, stained = source.automatic(pid), source.stained(pid)
+    gates = json_copy(automatic["tubes"]["tube025"]["gates"])
+    low, high = stained["tube025"].bounds[gates["singlets"]["dims"][1]]
+    assert any(not low <= y <= high for _, y in gates["singlets"]["vertices"]), gates["singlets"]   # as the run placed it
+    gates["CD3+"]["low"] += 0.05
+    moved = validate_gate_set(automatic, {"tubes": {"tube025": {"gates": gates}}}, stained)
+    assert moved["tubes"]["tube025"]["gates"]["CD3+"]["low"] == gates["CD3+"]["low"]
+    assert moved["tubes"]["tube025"]["gates"]["singlets"] == automatic["tubes"]["tube025"]["gates"]["singlets"]
+    gates["singlets"]["vertices"][0] = [gates["singlets"]["vertices"][0][0] + 1, gates["singlets"]["vertices"][0][1]]
+    with pytest.raises(GateSetError, match=r"singlets\.vertices\[2\]\[1\]: .* is outside the allowed range"):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": gates}}}, stained)
+
+
+def json_copy(value):
+    import json
+
+    return json.loads(json.dumps(value))

@@ -1288,6 +1288,8 @@ def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, Stain
             auto = out["tubes"][tube_kind]["gates"].get(pop)
             if auto is None:
                 raise GateSetError(f"gates.{tube_kind}: unknown or non-editable population {str(pop)[:60]!r}")
+            if gate == auto:   # the base's own gate, sent back unchanged (the page sends every gate): kept as it is
+                continue   # (an automatic polygon may reach beyond the bounds a moved gate must keep to)
             out["tubes"][tube_kind]["gates"][pop] = validate_gate(auto, gate, f"{tube_kind}/{pop}", stained[tube_kind].bounds)
     return out
 
