@@ -7,6 +7,7 @@ checked against the public gating library and the audit trail."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -1358,3 +1359,88 @@ def test_a_typed_deviation_justification_of_a_saved_version_outlives_a_closed_ta
     assert (entry.username, entry.reason) == ("carol", why)
     wait(driver, lambda d: kept_draft(d, "carol") is None, "the recorded justification forgotten")
     assert_no_script_errors(driver)
+
+
+@pytest.fixture(scope="module")
+def undetermined_out(tmp_path_factory):
+    """100715.fcs (a FACSAria file, no FMO, no unstained control) drafted by new-study, with a release
+    criterion on CD4+ of CD3+ (both gates undetermined: one population each), processed (tables only)."""
+    from typer.testing import CliRunner
+
+    from test_undetermined import FILE, RELEASE
+    from tilpheno.cli import app
+
+    tmp = tmp_path_factory.mktemp("undetermined")
+    (tmp / "fcs").mkdir()
+    shutil.copy(FILE, tmp / "fcs" / FILE.name)
+    assert CliRunner().invoke(app, ["new-study", str(tmp / "fcs"), "-o", str(tmp / "study")]).exit_code == 0
+    (tmp / "study" / "release.yaml").write_text(RELEASE)
+    result = CliRunner().invoke(app, ["process", str(tmp / "fcs"), "--study", str(tmp / "study" / "study.yaml"), "--manifest",
+                                      str(tmp / "study" / "manifest.csv"), "-o", str(tmp / "out"), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    return tmp / "out"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_out, backend, tmp_path):
+    """An undetermined gate (one population, no FMO or unstained control, held as positive) reported no
+    number until a reviewer moved its cut: one who agreed with the held call had to move it anyway
+    (signing left the values blank). -> each such gate's plot has 'accept the held positive call': the
+    draft's tables show the numbers at once, the cut unchanged; saved with a reason it is version 2, its
+    gate set recording the decision, the audit's save_gates entry naming it; cd4_pct_of_cd3 is then the
+    share of the held gates' events (their masks counted here) and its criterion is tested. Before
+    signing, the sign form says which gates stay undetermined (CD8+ ...) and that release stays not
+    evaluable on them; the signature's message says so too."""
+    from selenium.webdriver.support.ui import Select
+
+    from tilpheno.release import NOT_EVALUABLE
+    from tilpheno.review.regate import evaluate, recompute
+    from tilpheno.review.web import create_app
+
+    url = database_url(backend, tmp_path)
+    service = make_service(undetermined_out, url)
+    pid = "Specimen_001"
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base, "alice", pid=pid)
+            notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the undetermined notice")
+            assert "tube025/CD3+" in notice and "tube025/CD4+" in notice and "release stays not evaluable" in notice, notice
+            for population in ("CD3+", "CD4+"):
+                found = f'[data-decide="tube025|{population}"]'
+                wait(driver, lambda d: "accept the held positive call" in d.find_element("css selector", found).text,
+                     f"{population}'s decision button")
+                # the plots are drawn again when the suggested cuts arrive: click the button found then (stale: again)
+                wait(driver, lambda d: d.find_element("css selector", found).click() or True, f"{population}'s click")
+                wait(driver, lambda d: "withdraw" in d.find_element("css selector", f'[data-decide="tube025|{population}"]').text,
+                     f"{population} accepted in the draft")
+            driver.find_element("id", "reason").send_keys("one CD3 and one CD4 population: T cells of a T-cell product")
+            driver.find_element("id", "save-button").click()
+            wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+            wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version badge 2")
+            saved, automatic = (json.loads(v.gates_json) for v in (service.version(pid), service.automatic_version(pid)))
+            assert saved["tubes"]["tube025"]["decided"] == {"CD3+": "positive", "CD4+": "positive"}
+            assert saved["tubes"]["tube025"]["gates"] == automatic["tubes"]["tube025"]["gates"]   # no cut moved
+            stained = service.source.stained(pid)["tube025"]
+            masks = evaluate(stained.strategy, stained.tube, saved["tubes"]["tube025"]["gates"])
+            res = recompute(service.source, pid, saved)
+            assert res.phenotype["cd4_pct_of_cd3"] == pytest.approx(100 * masks["CD4+"].sum() / masks["CD3+"].sum(), abs=1e-9)
+            assert math.isnan(res.phenotype["cd8_pct_of_cd3"])   # CD8+ still undetermined
+            [criterion] = [r for r in res.release if r.criterion.column == "cd4_pct_of_cd3"]
+            assert criterion.outcome != NOT_EVALUABLE and not criterion.undetermined
+            with service.factory() as db:
+                entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")
+                                   .order_by(AuditEntry.seq.desc())).first()
+            after = json.loads(entry.after_json)["gates"]
+            assert after == {"tube025/CD3+ decided": "positive", "tube025/CD4+ decided": "positive"}, after
+            notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the notice of version 2")
+            assert "tube025/CD8+" in notice and "CD3+" not in notice and "CD4+" not in notice, notice
+            Select(driver.find_element("id", "meaning")).select_by_value("reviewed")
+            driver.find_element("id", "sign-password").send_keys(PASSWORDS["alice"])
+            driver.find_element("id", "sign-button").click()
+            said = wait(driver, lambda d: d.find_element("id", "message").text if "signed version 2" in
+                        d.find_element("id", "message").text else None, "the signature")
+            assert "release stays not evaluable" in said and "tube025/CD8+" in said, said
+            assert_no_script_errors(driver)
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)

@@ -251,3 +251,29 @@ def json_copy(value):
     import json
 
     return json.loads(json.dumps(value))
+
+
+def test_a_reviewers_decision_is_checked(drafted):
+    """The review app's decision on an undetermined gate (gate set ``decided``): 'positive' accepts the
+    held call, the cut unchanged, and the numbers resting on that gate alone appear (cd3_pct_of_lymph,
+    the held CD3+ gate's share of lymph's events counted here); 'undecided' withdraws it; a decision on a
+    gate that is not undetermined, or another word, is refused in one line naming the field."""
+    from tilpheno.review.regate import GateSetError, ReviewSource, evaluate, recompute, validate_gate_set
+
+    _, _, out, _ = drafted
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    automatic, stained = source.automatic(pid), source.stained(pid)
+    accepted = validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "positive"}}}}, stained)
+    assert accepted["tubes"]["tube025"]["decided"] == {"CD3+": "positive"}
+    assert accepted["tubes"]["tube025"]["gates"] == automatic["tubes"]["tube025"]["gates"]
+    masks = evaluate(stained["tube025"].strategy, stained["tube025"].tube, automatic["tubes"]["tube025"]["gates"])
+    res = recompute(source, pid, accepted)
+    assert res.phenotype["cd3_pct_of_lymph"] == pytest.approx(100 * masks["CD3+"].sum() / masks["lymph"].sum(), abs=1e-9)
+    assert math.isnan(res.phenotype["cd4_pct_of_cd3"])   # CD4+ still undetermined
+    withdrawn = validate_gate_set(accepted, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "undecided"}}}}, stained)
+    assert "decided" not in withdrawn["tubes"]["tube025"]
+    with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided: 'CCR5\+' is no undetermined gate of this product"):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CCR5+": "positive"}}}}, stained)
+    with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided\.CD3\+: 'negative' must be one of"):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "negative"}}}}, stained)

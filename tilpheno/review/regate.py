@@ -1155,9 +1155,11 @@ def _descendants(strategy: Strategy, ancestor: str | None) -> set[str]:
 def undetermined_in(entry: Mapping) -> frozenset[str]:
     """The undetermined gates of a gate set's tube ``entry`` (one population, no FMO or unstained
     control: ``tilpheno.phenotype.undetermined_gates``): those the automatic gate set records under
-    ``undetermined`` whose gate is still the one held there; a reviewer's other cut decides the gate."""
-    held = entry.get("undetermined") or {}
-    return frozenset(p for p, gate in held.items() if entry.get("gates", {}).get(p) == gate)
+    ``undetermined`` whose gate is still the one held there and that no reviewer decided (``decided``:
+    population -> ``positive``, the held call accepted as it stands, :func:`validate_gate_set`); a
+    reviewer's other cut decides the gate too."""
+    held, decided = entry.get("undetermined") or {}, entry.get("decided") or {}
+    return frozenset(p for p, gate in held.items() if entry.get("gates", {}).get(p) == gate and p not in decided)
 
 
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
@@ -1273,8 +1275,11 @@ def validate_gate(auto: Mapping, submitted: Any, where: str, bounds: Mapping[str
 def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, StainedTube]) -> dict:
     """The base version's gate set with the submitted gates replaced (each validated).
 
-    ``submitted``: ``{"tubes": {tube: {"gates": {population: gate}}}}``; tubes or populations
-    not named keep the base gates; unknown tubes or populations are refused."""
+    ``submitted``: ``{"tubes": {tube: {"gates": {population: gate}[, "decided": {population: "positive"}]}}}``;
+    tubes or populations not named keep the base gates; unknown tubes or populations are refused.
+    ``decided``: a reviewer's decision on an undetermined gate (one population, no FMO or unstained
+    control, held as positive: the base records it under ``undetermined``) that the held positive call
+    stands, so the gate is determined without moving its cut; ``"undecided"`` withdraws it."""
     if not isinstance(submitted, Mapping) or not isinstance(submitted.get("tubes"), Mapping):
         raise GateSetError("gates: a JSON object {\"tubes\": {tube: {\"gates\": {population: gate}}}} is required")
     out = json.loads(json.dumps(base))
@@ -1291,17 +1296,53 @@ def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, Stain
             if gate == auto:   # the base's own gate, sent back unchanged (the page sends every gate): kept as it is
                 continue   # (an automatic polygon may reach beyond the bounds a moved gate must keep to)
             out["tubes"][tube_kind]["gates"][pop] = validate_gate(auto, gate, f"{tube_kind}/{pop}", stained[tube_kind].bounds)
+        _decide(out["tubes"][tube_kind], entry.get("decided"), tube_kind)
     return out
 
 
+DECISIONS = ("positive", "undecided")
+"""A reviewer's decisions on an undetermined gate (:func:`validate_gate_set`): the held positive call
+accepted, or that acceptance withdrawn."""
+
+
+def _decide(entry: dict, decided: Any, tube_kind: str) -> None:
+    """``entry`` (a tube of the new gate set) with the submitted ``decided`` applied (None: unchanged)."""
+    if decided is None:
+        return
+    if not isinstance(decided, Mapping):
+        raise GateSetError(f"gates.{tube_kind}.decided: a JSON object of population -> one of {list(DECISIONS)} is required")
+    held = entry.get("undetermined") or {}
+    out = dict(entry.get("decided") or {})
+    for pop, decision in decided.items():
+        if pop not in held:
+            raise GateSetError(f"gates.{tube_kind}.decided: {str(pop)[:60]!r} is no undetermined gate of this product "
+                               f"(those are: {', '.join(held) or 'none'})")
+        if decision not in DECISIONS:
+            raise GateSetError(f"gates.{tube_kind}.decided.{pop}: {str(decision)[:60]!r} must be one of {list(DECISIONS)}")
+        if decision == "positive":
+            out[pop] = decision
+        else:
+            out.pop(pop, None)
+    if out:
+        entry["decided"] = out
+    else:
+        entry.pop("decided", None)
+
+
 def changed_gates(before: Mapping, after: Mapping) -> dict:
-    """``{tube/population: {"before": gate, "after": gate}}`` for every gate that differs."""
+    """``{tube/population: {"before": gate, "after": gate}}`` for every gate that differs, and
+    ``{tube/population decided: {"before": decision, "after": decision}}`` for every reviewer's decision
+    on an undetermined gate that differs (None: none; :func:`validate_gate_set`)."""
     diff = {}
     for tube_kind, entry in after["tubes"].items():
         for pop, gate in entry["gates"].items():
             old = before["tubes"].get(tube_kind, {}).get("gates", {}).get(pop)
             if old != gate:
                 diff[f"{tube_kind}/{pop}"] = {"before": old, "after": gate}
+        was, now = before["tubes"].get(tube_kind, {}).get("decided") or {}, entry.get("decided") or {}
+        for pop in sorted(set(was) | set(now)):
+            if was.get(pop) != now.get(pop):
+                diff[f"{tube_kind}/{pop} decided"] = {"before": was.get(pop), "after": now.get(pop)}
     return diff
 
 

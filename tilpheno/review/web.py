@@ -39,7 +39,7 @@ from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
-                                    validate_gate_set)
+                                    undetermined_in, validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
                                      ReviewService, VersionConflict, approved_of, deciding, decision_of, failed_criteria,
                                      failed_words, oos_of, record_trail_export, replaced_words,
@@ -346,6 +346,9 @@ def create_app(service: ReviewService) -> Flask:
                         "oos_approved": oos.words() if oos else ""},
             "qc_flags": service.source.qc_flags(product_id),
             "signatures": [_signature(v) for v in signatures],
+            # the current version's gates still undetermined (one population, no FMO or unstained control, neither
+            # accepted nor moved): release stays not evaluable on the criteria resting on them, whatever is signed
+            "undetermined": [f"{tube}/{pop}" for tube, entry in cur_set["tubes"].items() for pop in sorted(undetermined_in(entry))],
         })
 
     @app.get("/api/products/<path:product_id>/candidates")
@@ -433,7 +436,12 @@ def create_app(service: ReviewService) -> Flask:
             resp, status = _error(403, f"signature refused: {exc}; this session is ended: log in again")
             resp.delete_cookie(COOKIE, path="/")
             return resp, status
-        return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'", "signature_sha256": sig.signature_sha256}), 201
+        signed = json.loads(service.version(product_id, sig.version).gates_json)
+        left = [f"{tube}/{pop}" for tube, entry in signed["tubes"].items() for pop in sorted(undetermined_in(entry))]
+        stays = (f"; undetermined gates left ({', '.join(left)}: no FMO or unstained control): release stays not evaluable "
+                 "on the criteria resting on them") if left else ""
+        return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'{stays}",
+                        "signature_sha256": sig.signature_sha256}), 201
 
     @app.post("/api/products/<path:product_id>/apply")
     @login_required

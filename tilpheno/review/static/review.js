@@ -11,6 +11,7 @@
   let S = null;          // state from the server
   let C = null;          // candidate cuts of the threshold gates, from the server (version C.version)
   let draft = null;      // {tube: {pop: gate}}
+  let decided = {};      // the draft's decisions on undetermined gates: {tube: {pop: "positive"}} (the current version's at load)
   let previewSeq = 0, lastShown = 0, inFlight = false, lastSent = 0, pending = false;
   let restored = false;  // the draft kept in this browser is offered once, at the page's first load
 
@@ -57,8 +58,8 @@
     if (r.status !== 200) { message(r.data.error || "could not load the " + app.dataset.noun, false); return; }
     const typed = S ? formsTyped() : null;   // a state read again (after a save or a signature) keeps what was typed
     S = r.data;
-    draft = {};
-    for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
+    draft = {}; decided = {};
+    for (const [tube, entry] of Object.entries(S.current.tubes)) { draft[tube] = clone(entry.gates); decided[tube] = clone(entry.decided || {}); }
     $("version-badge").textContent = "gate version " + S.current_version;
     $("approved-badge").textContent = S.approved_version ? "approved: version " + S.approved_version
       : S.rejected_version ? "rejected: version " + S.rejected_version : "not approved";
@@ -66,6 +67,7 @@
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderOverrule(); renderOOS(); renderVersions(); renderApply(); renderJustify();
+    renderUndetermined();
     if (typed) putFormsTyped(typed);
     loadCandidates();
     if (!restored) { restored = true; restoreDraft(); }
@@ -284,6 +286,7 @@
       const svg = sv("svg", { width: W, height: H, "data-svg": key(p.tube, p.population) });
       stack.appendChild(canvas); stack.appendChild(svg); card.appendChild(stack);
       if (p.type === "range" || p.type === "polygon") card.appendChild(el("div", { class: "candidates", "data-candidates-for": key(p.tube, p.population) }));
+      if (((S.current.tubes[p.tube] || {}).undetermined || {})[p.population]) card.appendChild(decideButton(p));
       box.appendChild(card);
       drawEvents(canvas, p);
       p._svg = svg;
@@ -443,8 +446,49 @@
 
   function draftBody() {
     const tubes = {};
-    for (const [tube, gates] of Object.entries(draft)) tubes[tube] = { gates };
+    for (const [tube, gates] of Object.entries(draft)) tubes[tube] = { gates, decided: undecidedToo(tube) };
     return { tubes };
+  }
+
+  // the draft's decisions of ``tube`` as the server takes them: each accepted gate "positive", each the
+  // current version accepted and the draft no longer does "undecided"
+  function undecidedToo(tube) {
+    const out = clone(decided[tube] || {});
+    for (const pop of Object.keys((S.current.tubes[tube] || {}).decided || {})) if (!(pop in out)) out[pop] = "undecided";
+    return out;
+  }
+
+  // an undetermined gate (one population, no FMO or unstained control, held as positive): a button that
+  // accepts the held positive call as it stands, the gate determined without moving its cut (saved with a
+  // reason, audited), or withdraws that acceptance
+  function decideButton(p) {
+    const k = key(p.tube, p.population);
+    const b = el("button", { type: "button", class: "decide", "data-decide": k }, "");
+    const show = () => {
+      const on = (decided[p.tube] || {})[p.population] === "positive";
+      b.textContent = on ? "withdraw: held positive call accepted" : "accept the held positive call (undetermined: no FMO or unstained control)";
+    };
+    b.addEventListener("click", () => {
+      decided[p.tube] = decided[p.tube] || {};
+      if (decided[p.tube][p.population] === "positive") delete decided[p.tube][p.population];
+      else decided[p.tube][p.population] = "positive";
+      show();
+      message(p.population + ": " + ((decided[p.tube] || {})[p.population] ? "the held positive call accepted in the draft (its cut unchanged)"
+        : "acceptance withdrawn in the draft") + "; save it with a reason.", true);
+      schedulePreview(true);
+    });
+    show();
+    return b;
+  }
+
+  // before signing: the gates the current version leaves undetermined, and that release stays not evaluable
+  function renderUndetermined() {
+    const box = $("undetermined-notice");
+    const left = S.undetermined || [];
+    box.hidden = !left.length;
+    box.textContent = left.length ? "Undetermined gates left in version " + S.current_version + ": " + left.join(", ") +
+      " (one population, no FMO or unstained control). Whatever you sign, release stays not evaluable (undetermined) " +
+      "for the criteria resting on them, until a reviewer accepts the held positive call or moves the cut, and saves it." : "";
   }
 
   function schedulePreview(final) {
@@ -693,6 +737,10 @@
         const was = (gateSet.tubes[tube] || { gates: {} }).gates[pop];
         if (JSON.stringify(g) !== JSON.stringify(was)) out.push([tube, pop, clone(g)]);
       }
+      const before = (gateSet.tubes[tube] || {}).decided || {}, now = decided[tube] || {};
+      for (const pop of new Set([...Object.keys(before), ...Object.keys(now)])) {
+        if (before[pop] !== now[pop]) out.push([tube, pop + " decided", now[pop] || null]);
+      }
     }
     return out;
   }
@@ -754,7 +802,8 @@
   $("overrule").addEventListener("change", keepDraft);     // the tick, made by renderOverrule
   $("justify").addEventListener("input", keepDraft);
   $("reset-button").addEventListener("click", () => {
-    for (const [tube, entry] of Object.entries(S.current.tubes)) draft[tube] = clone(entry.gates);
+    for (const [tube, entry] of Object.entries(S.current.tubes)) { draft[tube] = clone(entry.gates); decided[tube] = clone(entry.decided || {}); }
+    renderPlots(S.plots, S.populations.current);
     schedulePreview(true);
   });
   $("sign-form").addEventListener("submit", async (ev) => {
