@@ -702,35 +702,66 @@ def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(serv
     assert last.reason.endswith("account fay was disabled while signing"), last.reason
 
 
-def til001_run(tmp_path, outcomes_path, products=("TIL001",)):
-    """``(out, run)``: ``run(**settings)`` processes the sample's ``products`` (TIL001 unless named)
-    into ``out`` (tables only) with the outcomes table at ``outcomes_path``, as often as a test re-runs it."""
+@pytest.fixture(scope="module")
+def processed_once(tmp_path_factory):
+    """``processed_once(name, process)``: a folder that ``process(folder)`` fills (a pipeline run),
+    made once per module, not once per test and backend: each later call first puts it back as the
+    run left it, at the same path (from a copy taken after the run), so its run.json, cache and every
+    recorded path are that run's own and a test may change it (replace an input, process it again)
+    without another test seeing that."""
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def folder(name, process):
+        if name in made:
+            work, kept = made[name]
+            shutil.rmtree(work)
+            shutil.copytree(kept, work, symlinks=True)
+            return work
+        work = tmp_path_factory.mktemp(name)
+        process(work)
+        kept = tmp_path_factory.mktemp(f"{name}_as_run")
+        shutil.copytree(work, kept, symlinks=True, dirs_exist_ok=True)
+        made[name] = (work, kept)
+        return work
+    return folder
+
+
+def til001_run(processed_once, outcomes_copy=False, products=("TIL001",)):
+    """``(out, run)``: the sample's ``products`` (TIL001 unless named) processed into ``out`` (tables
+    only; :func:`processed_once`) with the sample's outcomes table or, ``outcomes_copy``, a copy of it
+    at ``out.parent / "outcomes.csv"`` (which the test may change); ``run(**settings)`` processes them
+    again, as often as a test re-runs it."""
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
 
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    one = manifest[manifest["product_id"].isin(products)].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
-    one.to_csv(tmp_path / "manifest.csv", index=False)
-    out = tmp_path / "out"
-
-    def run(**settings):
-        summary = process_folder(SAMPLE, out, manifest_csv=tmp_path / "manifest.csv", outcomes_path=outcomes_path,
+    def run_in(work, **settings):
+        outcomes_path = work / "outcomes.csv" if outcomes_copy else SAMPLE / "outcomes.csv"
+        summary = process_folder(SAMPLE, work / "out", manifest_csv=work / "manifest.csv", outcomes_path=outcomes_path,
                                  allow_unmatched=True, make_reports=False, **settings)
         assert summary.ok, summary.failed
-    return out, run
+
+    def first(work):
+        manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+        one = manifest[manifest["product_id"].isin(products)].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]])
+        one.to_csv(work / "manifest.csv", index=False)
+        if outcomes_copy:
+            pd.read_csv(SAMPLE / "outcomes.csv").to_csv(work / "outcomes.csv", index=False)
+        run_in(work)
+
+    work = processed_once(f"run_{'_'.join(products)}{'_outcomes' if outcomes_copy else ''}", first)
+    return work / "out", lambda **settings: run_in(work, **settings)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path):
+def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path, processed_once):
     """process --overwrite on the same files with another FMO percentile: the app's automatic gates
     follow the new run (a new automatic version, audited), not the first run's version 1; the
     correction and approval made on the first run's gates stay in the history, void."""
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from review_support import database_url, drop_schema, make_service
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    out, run = til001_run(tmp_path, SAMPLE / "outcomes.csv")
-    run()
+    out, run = til001_run(processed_once)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -765,18 +796,17 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(kind, tmp_path):
+def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(kind, tmp_path, processed_once):
     """TIL001 and TIL002 opened on a first run, then process --overwrite on the same files with
     another FMO percentile: a batch apply of TIL001's CD3+ to TIL002 built on TIL002's version 1
     (the first run's gates: its CD8/PD-1 cuts and the rest undone, nothing said) because only a
     change of input files made the new run's automatic gates current. Now TIL002 first gets the
     new run's gates as its current automatic version (as opening it does), and the batch version
     holds them beside the copied gate."""
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from review_support import database_url, drop_schema, make_service
     from tilpheno.review.server import build_service
 
-    out, run = til001_run(tmp_path, SAMPLE / "outcomes.csv", products=("TIL001", "TIL002"))
-    run()
+    out, run = til001_run(processed_once, products=("TIL001", "TIL002"))
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -802,21 +832,19 @@ def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(k
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
+def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, processed_once):
     """process --overwrite on the same files with a corrected outcomes table (TIL001's infused cells
     doubled): the gates are the same, so no new version, and the approval stayed valid while the
     approved export's doses (cd3_dose_cells, ...) doubled under it: approved numbers changed with
     nothing void and nothing audited. The signature now binds the infused cell number: it is void,
     saying why, and the product is approved again only by a new signature."""
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from review_support import database_url, drop_schema, make_service
     from tilpheno.review.export import approved_tables
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    outcomes = pd.read_csv(SAMPLE / "outcomes.csv")
-    outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
-    out, run = til001_run(tmp_path, tmp_path / "outcomes.csv")
-    run()
+    out, run = til001_run(processed_once, outcomes_copy=True)
+    outcomes = pd.read_csv(out.parent / "outcomes.csv")
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -825,7 +853,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
         first.factory.kw["bind"].dispose()
 
         outcomes.loc[outcomes["product_id"] == pid, "til_dose_cells"] *= 2
-        outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
+        outcomes.to_csv(out.parent / "outcomes.csv", index=False)
         run(overwrite=True)
         again = build_service(out, url)
         assert again.current_version(pid) == 1   # the same gates: no new version
@@ -843,7 +871,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
+def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path, processed_once):
     """process --overwrite in the same output folder after one input file was replaced (TIL001's CD8
     FMO re-acquired: here TIL002's): the database held TIL001 with the first run's files, so the
     product list, the product and its certificate answered 'the database holds it with other input
@@ -874,7 +902,7 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
         assert summary.ok, summary.failed
         return tmp_path / folder, inputs
 
-    out, inputs = run("out")
+    out, inputs, rerun = copied_and_processed(processed_once, pid)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -884,7 +912,7 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path):
         first.factory.kw["bind"].dispose()
 
         shutil.copy(SAMPLE / "TIL002_surface_FMO_CD8.fcs", inputs / changed)   # re-acquired
-        run("out", overwrite=True)
+        rerun()
         again = build_service(out, url)
         assert again.decisions()[pid] is None                   # the product list: not approved, no error
         [view] = again.signatures(pid)                           # opening the product
@@ -1396,62 +1424,63 @@ def test_a_save_overturning_a_determined_fail_needs_a_deviation_justification_re
         assert audit.verify(db).ok
 
 
-def copied_and_processed(tmp_path, pid: str):
-    """``pid``'s sample files copied into ``tmp_path/in`` and processed (tables only) into
-    ``tmp_path/out``: ``(inputs folder, rerun)``, ``rerun()`` processing it again with ``--overwrite``
-    (after a test replaced a file there)."""
+def copied_and_processed(processed_once, pid: str):
+    """``pid``'s sample files copied into ``WORK/in`` and processed (tables only) into ``WORK/out``
+    (:func:`processed_once`): ``(WORK/out, inputs folder, rerun)``, ``rerun()`` processing it again
+    with ``--overwrite`` (after a test replaced a file there)."""
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
 
-    manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
-    one = manifest[manifest["product_id"] == pid]
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for name in one["file"]:
-        shutil.copy(SAMPLE / name, inputs / name)
-    one.to_csv(tmp_path / "manifest.csv", index=False)
-
-    def run(overwrite=False):
-        summary = process_folder(inputs, tmp_path / "out", manifest_csv=tmp_path / "manifest.csv",
+    def run(work, overwrite=False):
+        summary = process_folder(work / "in", work / "out", manifest_csv=work / "manifest.csv",
                                  make_reports=False, overwrite=overwrite)
         assert summary.ok, summary.failed
 
-    run()
-    return inputs, lambda: run(overwrite=True)
+    def first(work):
+        manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+        one = manifest[manifest["product_id"] == pid]
+        (work / "in").mkdir()
+        for name in one["file"]:
+            shutil.copy(SAMPLE / name, work / "in" / name)
+        one.to_csv(work / "manifest.csv", index=False)
+        run(work)
+
+    work = processed_once(f"copied_{pid}", first)
+    return work / "out", work / "in", lambda: run(work, overwrite=True)
 
 
-def imported_copy(kind, tmp_path, pid: str):
-    """:func:`copied_and_processed` of ``pid``, and a service on a fresh database of ``kind`` over its
-    output with ``pid`` opened (imported): ``(inputs folder, rerun, database url, service)``; the
-    caller drops the schema (``drop_schema(url)``)."""
+def imported_copy(kind, tmp_path, processed_once, pid: str):
+    """:func:`copied_and_processed` of ``pid``, and a service on a fresh database of ``kind`` (in
+    ``tmp_path``) over its output with ``pid`` opened (imported): ``(output folder, inputs folder,
+    rerun, database url, service)``; the caller drops the schema (``drop_schema(url)``)."""
     from review_support import database_url, drop_schema, make_service
 
-    inputs, rerun = copied_and_processed(tmp_path, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, pid)
     url = database_url(kind, tmp_path)
-    service = make_service(tmp_path / "out", url)
+    service = make_service(out, url)
     try:
         service.ensure_imported(pid)
     except BaseException:
         drop_schema(url)
         raise
-    return inputs, rerun, url, service
+    return out, inputs, rerun, url, service
 
 
-def processed_again(first, inputs: Path, rerun, url: str, tmp_path, name: str):
+def processed_again(first, out: Path, inputs: Path, rerun, url: str, name: str):
     """``name`` in the ``inputs`` copy replaced by TIL002's file of that name (``TIL001`` ->
-    ``TIL002``), the folder processed again (``rerun``) and a new service over its output on the
-    database of ``first``, whose connections are closed first."""
+    ``TIL002``), the folder processed again (``rerun``) and a new service over its output ``out`` on
+    the database of ``first``, whose connections are closed first."""
     from review_support import SAMPLE
     from tilpheno.review.server import build_service
 
     first.factory.kw["bind"].dispose()
     shutil.copy(SAMPLE / name.replace("TIL001", "TIL002"), inputs / name)
     rerun()
-    return build_service(tmp_path / "out", url)
+    return build_service(out, url)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch):
+def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch, processed_once):
     """TIL001 approved for release, then processed again with its unstained control replaced (here by
     a copy of its stained surface tube): the new run raises unstained_positive review warnings on
     the control, which the signature's data hash did not bind (the control is not a gated file; an
@@ -1466,9 +1495,9 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    inputs, rerun = copied_and_processed(tmp_path, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, pid)
     url = database_url(kind, tmp_path)
-    first = make_service(tmp_path / "out", url)
+    first = make_service(out, url)
     try:
         assert not [f for f in first.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         hashed = module.data_sha256   # signed as before the controls were bound: its hash lacks them
@@ -1479,8 +1508,8 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
 
         shutil.copy(SAMPLE / f"{pid}_surface_stain.fcs", inputs / f"{pid}_unstained.fcs")
         rerun()
-        again = build_service(tmp_path / "out", url)
-        qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
+        again = build_service(out, url)
+        qc = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
         raised = qc[(qc["product_id"] == pid) & qc["severity"].isin(["warning", "error"])]
         assert len(raised) > 0 and set(raised["code"]) == {"unstained_positive"}
         [view] = again.signatures(pid)
@@ -1499,7 +1528,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monkeypatch):
+def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monkeypatch, processed_once):
     """TIL001's unstained control (read by the run, not gated) replaced after approval by another
     product's control, which raises no flag, and the folder processed again: the signature's data
     hash held only the gated files, so the approval stayed valid and nothing told QA. Now a new
@@ -1512,9 +1541,9 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
     from tilpheno.review import service as module
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    inputs, rerun = copied_and_processed(tmp_path, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, pid)
     url = database_url(kind, tmp_path)
-    first = make_service(tmp_path / "out", url)
+    first = make_service(out, url)
     try:
         assert first.source.other_inputs(pid) == [{"file": control, "tube": "", "role": "not gated",
                                                    "sha256": hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()}]
@@ -1527,7 +1556,7 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
         views = {v.row.id: v for v in first.signatures(pid)}
         assert views[old.id].valid and views[new.id].valid
 
-        again = processed_again(first, inputs, rerun, url, tmp_path, control)
+        again = processed_again(first, out, inputs, rerun, url, control)
         assert not [f for f in again.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         assert again.current_version(pid) == 1   # the same gates: only the control's digest changed
         views = {v.row.id: v for v in again.signatures(pid)}
@@ -1582,7 +1611,7 @@ def test_gate_coordinates_on_an_arcsinh_axis_are_bounded_on_that_scale(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_says_so(kind, tmp_path, monkeypatch):
+def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_says_so(kind, tmp_path, monkeypatch, processed_once):
     """TIL001 opened (imported), approved as the code before the controls were bound signed, then its
     unstained control (read, not gated) replaced by TIL002's and the folder processed again: the
     product's stored input list held the gated files only, so the trail recorded no re-import (a
@@ -1599,7 +1628,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     from tilpheno.review.models import AuditEntry
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
     try:
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
@@ -1608,7 +1637,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
         [view] = first.signatures(pid)
         assert view.valid and view.note.startswith("control digests not recorded at approval") and control in view.note
 
-        again = processed_again(first, inputs, rerun, url, tmp_path, control)
+        again = processed_again(first, out, inputs, rerun, url, control)
         assert again.current_version(pid) == 1   # opened: the same gates
         with again.factory() as db:
             [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product"))
@@ -1628,7 +1657,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
+def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path, processed_once):
     """TIL001 approved for release (binding its controls), then its unstained control replaced by
     TIL002's and the folder processed again: the reimport_product entry named the control, but the
     page's VOID said only 'input data, infused cell number, strategy or release spec changed after
@@ -1638,10 +1667,10 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
     from tilpheno.review.models import AuditEntry
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
     try:
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
-        again = processed_again(first, inputs, rerun, url, tmp_path, control)
+        again = processed_again(first, out, inputs, rerun, url, control)
         [view] = again.signatures(pid)
         with again.factory() as db:
             [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product"))
@@ -1654,7 +1683,7 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced_file(kind, tmp_path):
+def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced_file(kind, tmp_path, processed_once):
     """TIL001 approved for release (version 1), then its stained surface tube replaced (by TIL002's)
     and the folder processed again: the new run's automatic gates became version 2, and the page's
     VOID said only 'gates changed to version 2 after signing', though the trail records which file
@@ -1664,10 +1693,10 @@ def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced
     from tilpheno.review.models import AuditEntry
 
     pid, stain = "TIL001", "TIL001_surface_stain.fcs"
-    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
     try:
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
-        again = processed_again(first, inputs, rerun, url, tmp_path, stain)
+        again = processed_again(first, out, inputs, rerun, url, stain)
         [view] = again.signatures(pid)
         with again.factory() as db:
             replaced, made = db.scalars(select(AuditEntry).where(AuditEntry.action == "reimport_product")
@@ -1683,7 +1712,7 @@ def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_path):
+def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_path, processed_once):
     """TIL001's version 2 (alice's CD3 cut) was replaced by the automatic gates of a re-run with its
     stained surface tube replaced (version 3). The page's list of versions said nothing on version 1
     or 2 of what replaced them: a reviewer reading an older version could not tell it was no longer
@@ -1698,13 +1727,13 @@ def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_p
     from tilpheno.review.web import create_app
 
     pid, stain = "TIL001", "TIL001_surface_stain.fcs"
-    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
     try:
         first.save_version(pid, user(first, "alice"), 1, shifted_cd3(first, pid, 0.15), "CD3 cut raised above the shoulder")
         first.factory.kw["bind"].dispose()
         shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / stain)
         rerun()
-        again = build_service(tmp_path / "out", url)
+        again = build_service(out, url)
         client = create_app(again).test_client()
         token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
         assert client.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": token,
@@ -1726,7 +1755,7 @@ def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_p
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path):
+def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path, processed_once):
     """A database made before the controls were recorded holds each product's gated files only
     (here: TIL001's row set back to that list): its controls were never recorded, so its unstained
     control replaced and the folder processed again went unrecorded in the trail for good. Now
@@ -1739,7 +1768,7 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
     from tilpheno.review.service import transaction
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    inputs, rerun, url, first = imported_copy(kind, tmp_path, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
     try:
         def legacy(db):   # the row as the code before wrote it: the gated files only
             db.get(Product, pid).inputs_json = json.dumps(first.source.inputs_digest(pid))
@@ -1756,7 +1785,7 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
         digest = hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()
         assert len(recorded) == 1 and [c["sha256"] for c in recorded[0]["controls"] if c["file"] == control] == [digest]
 
-        again = processed_again(first, inputs, rerun, url, tmp_path, control)
+        again = processed_again(first, out, inputs, rerun, url, control)
         again.current_version(pid)
         [after] = [after for action, after in actions() if action == "reimport_product"]
         assert [c["sha256"] for c in after["controls"] if c["file"] == control] == [
