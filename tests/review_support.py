@@ -5,6 +5,7 @@ an unreachable PostgreSQL fails the tests instead of skipping them."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -118,8 +119,6 @@ def processed_with_stained_control(tmp: Path, pid: str) -> tuple[Path, Path, pd.
     stained surface tube (its events lie above the positive cuts: flagged ``unstained_positive``),
     processed (tables only) into ``tmp/out``: (the output folder, the inputs folder, the product's
     manifest rows, files by name)."""
-    import shutil
-
     from tilpheno.pipeline import process_folder
 
     inputs = tmp / "in"
@@ -153,6 +152,30 @@ def review_source(review_out):
     from tilpheno.review.regate import ReviewSource
 
     return ReviewSource(review_out)
+
+
+@pytest.fixture(scope="module")
+def processed_once(tmp_path_factory):
+    """``processed_once(name, process)``: a folder that ``process(folder)`` fills (a pipeline run),
+    made once per module, not once per test and backend: each later call first puts it back as the
+    run left it, at the same path (from a copy taken after the run), so its run.json, cache and every
+    recorded path are that run's own and a test may change it (replace an input, process it again)
+    without another test seeing that."""
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def folder(name, process):
+        if name in made:
+            work, kept = made[name]
+            shutil.rmtree(work)
+            shutil.copytree(kept, work, symlinks=True)
+            return work
+        work = tmp_path_factory.mktemp(name)
+        process(work)
+        kept = tmp_path_factory.mktemp(f"{name}_as_run")
+        shutil.copytree(work, kept, symlinks=True, dirs_exist_ok=True)
+        made[name] = (work, kept)
+        return work
+    return folder
 
 
 def make_service(out: Path, url: str, source=None):

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, review_out, review_source, service, standing_approval_id  # noqa: F401  (fixtures)
-from review_support import fresh_service, source3  # noqa: F401  (fixtures)
+from review_support import fresh_service, processed_once, source3  # noqa: F401  (fixtures)
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
 from tilpheno.review.models import AuditEntry, User
@@ -700,30 +700,6 @@ def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(serv
         last = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).one()
     assert (last.username, last.action) == ("fay", "signature_refused")
     assert last.reason.endswith("account fay was disabled while signing"), last.reason
-
-
-@pytest.fixture(scope="module")
-def processed_once(tmp_path_factory):
-    """``processed_once(name, process)``: a folder that ``process(folder)`` fills (a pipeline run),
-    made once per module, not once per test and backend: each later call first puts it back as the
-    run left it, at the same path (from a copy taken after the run), so its run.json, cache and every
-    recorded path are that run's own and a test may change it (replace an input, process it again)
-    without another test seeing that."""
-    made: dict[str, tuple[Path, Path]] = {}
-
-    def folder(name, process):
-        if name in made:
-            work, kept = made[name]
-            shutil.rmtree(work)
-            shutil.copytree(kept, work, symlinks=True)
-            return work
-        work = tmp_path_factory.mktemp(name)
-        process(work)
-        kept = tmp_path_factory.mktemp(f"{name}_as_run")
-        shutil.copytree(work, kept, symlinks=True, dirs_exist_ok=True)
-        made[name] = (work, kept)
-        return work
-    return folder
 
 
 def til001_run(processed_once, outcomes_copy=False, products=("TIL001",)):
