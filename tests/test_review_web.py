@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, processed_once, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -1247,7 +1247,19 @@ def test_flags_on_an_fmo_files_gates_are_shown_on_the_threshold_they_set(service
     assert plots[("surface", "CD4+")]["file"] == "TIL001_surface_stain.fcs"
 
 
-def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(tmp_path):
+def stained_control_run(processed_once):
+    """``PID`` processed (tables only) with its unstained control a copy of its stained surface tube
+    (:func:`review_support.processed_with_stained_control`), once per module (:func:`processed_once`):
+    ``(the output folder, the inputs folder, the manifest)``, which the test may change."""
+    import pandas as pd
+
+    from review_support import processed_with_stained_control
+
+    work = processed_once("stained_control", lambda folder: processed_with_stained_control(folder, PID))
+    return work / "out", work / "in", pd.read_csv(work / "manifest.csv", dtype=str, keep_default_na=False)
+
+
+def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(processed_once):
     """``unstained_positive`` is raised on the unstained control about a stained file's gate; the
     review page and the report found that file by the text "the stained tube <file>" in its message.
     Now qc.csv's ``gate_file`` names it (the control here: a copy of the surface stained tube, so
@@ -1262,14 +1274,13 @@ def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(t
 
     import numpy as np
 
-    from review_support import processed_with_stained_control
     from tilpheno.qc import flags_naming_gate
     from tilpheno.review.regate import ReviewSource, evaluate
 
-    _, _, manifest = processed_with_stained_control(tmp_path, PID)
+    out, _, manifest = stained_control_run(processed_once)
     stained = dict(zip(manifest.loc[manifest["role"] == "stain", "tube"], manifest.loc[manifest["role"] == "stain", "file"]))
     control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
-    source = ReviewSource(tmp_path / "out")
+    source = ReviewSource(out)
     raised = source.qc[source.qc["code"] == "unstained_positive"]
     assert set(raised["file"]) == {control}
     assert set(raised["gate_file"]) == set(stained.values())   # both tube kinds' gates let the copy through
@@ -1294,9 +1305,9 @@ def test_unstained_positive_names_the_stained_file_whose_gate_it_is_in_a_field(t
         values = st.tube.data[automatic[tube]["gates"][flag.gate]["dim"]][inside]
         assert values.size == int(n)
         assert np.count_nonzero(values > offered["cut"]) <= 0.01 * values.size < np.count_nonzero(values >= offered["cut"])
-    written = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
-    written.drop(columns=["gate_file"]).to_csv(tmp_path / "out" / "qc.csv", index=False)   # as before the column
-    assert ReviewSource(tmp_path / "out").qc["gate_file"].tolist() == written["gate_file"].tolist()
+    written = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
+    written.drop(columns=["gate_file"]).to_csv(out / "qc.csv", index=False)   # as before the column
+    assert ReviewSource(out).qc["gate_file"].tolist() == written["gate_file"].tolist()
 
 
 def test_a_qc_csv_from_before_the_gate_column_is_read_as_those_versions_attached_flags(review_out, tmp_path):
@@ -1398,7 +1409,7 @@ def test_an_analyst_with_no_product_is_told_how_one_is_assigned(fresh_service):
     assert "0 product(s) assigned to you" in home and command in home
 
 
-def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_why(tmp_path, caplog):
+def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_why(tmp_path, caplog, processed_once):
     """The re-run that offers each ``unstained_positive`` gate its ``unstained_cut`` read the control
     without checking it against run.json's SHA-256 (the stained files are checked): a control
     replaced since the run gave a candidate computed from the new file, silently. It is now left
@@ -1406,12 +1417,12 @@ def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_
     import logging
     import shutil
 
-    from review_support import SAMPLE, database_url, make_service, processed_with_stained_control
+    from review_support import SAMPLE, database_url, make_service
 
-    _, inputs, manifest = processed_with_stained_control(tmp_path, PID)   # the control: a copy of a stained tube (flagged)
+    out, inputs, manifest = stained_control_run(processed_once)   # the control: a copy of a stained tube (flagged)
     control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
     shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / control)   # another copy, still flagged, after the run
-    service = make_service(tmp_path / "out", database_url("sqlite", tmp_path))
+    service = make_service(out, database_url("sqlite", tmp_path))
     c, _, _ = login(create_app(service), "alice")
     with caplog.at_level(logging.WARNING, logger="tilpheno.review.regate"):
         r = c.get(f"/api/products/{PID}/candidates")
@@ -1425,7 +1436,8 @@ def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_
     service.factory.kw["bind"].dispose()
 
 
-def test_an_unstained_control_replaced_after_its_check_is_left_out_as_one_replaced_before(tmp_path, monkeypatch, caplog):
+def test_an_unstained_control_replaced_after_its_check_is_left_out_as_one_replaced_before(tmp_path, monkeypatch, caplog,
+                                                                                          processed_once):
     """The re-run hashed each flagged unstained control (against run.json) and then read it again
     to re-gate: a control replaced between the hash and the read gave an ``unstained_cut``
     candidate computed from the new file, and said nothing. The re-run now checks the digest of
@@ -1436,11 +1448,11 @@ def test_an_unstained_control_replaced_after_its_check_is_left_out_as_one_replac
 
     import tilpheno.provenance
 
-    from review_support import SAMPLE, database_url, make_service, processed_with_stained_control
+    from review_support import SAMPLE, database_url, make_service
 
-    _, inputs, manifest = processed_with_stained_control(tmp_path, PID)   # the control: a copy of a stained tube (flagged)
+    out, inputs, manifest = stained_control_run(processed_once)   # the control: a copy of a stained tube (flagged)
     control = inputs / manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
-    service = make_service(tmp_path / "out", database_url("sqlite", tmp_path))
+    service = make_service(out, database_url("sqlite", tmp_path))
     hashed = tilpheno.provenance.sha256_file
 
     def hash_then_replace(path, *args, **kwargs):   # the file is replaced just after its check hashed it
