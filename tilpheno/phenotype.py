@@ -63,10 +63,10 @@ from tilpheno.errors import CompensationError, FCSReadError, GatingError, PanelE
 from tilpheno.gates import checks
 from tilpheno.gates import placement as pl
 from tilpheno.gates.coexpression import co_expression_flags
-from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
 from tilpheno.gates.geometry import Gate, RangeGate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
+from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
 from tilpheno.gates.tree import population_mask
 from tilpheno.qc import UNDETERMINED_CODE, QCFlag
 from tilpheno.study import QCRules, Study, default_study
@@ -1418,8 +1418,7 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
             "population": pop.name,
             "parent": pop.parent,
             "count": pd.NA if blank else count,
-            "pct_of_parent": (100.0 * count / parent_count if parent_count and not resting_on(strategy, undetermined, pop.name)
-                              else float("nan")),
+            "pct_of_parent": 100.0 * count / parent_count if parent_count and not blank else float("nan"),
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
                                   and not resting_on(strategy, undetermined, pop.name, lymph or ROOT) else float("nan")),
         }

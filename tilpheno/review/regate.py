@@ -1162,6 +1162,12 @@ def undetermined_in(entry: Mapping) -> frozenset[str]:
     return frozenset(p for p, gate in held.items() if entry.get("gates", {}).get(p) == gate and p not in decided)
 
 
+def undetermined_named(gate_set: Mapping) -> list[str]:
+    """``tube/population`` of every gate of ``gate_set`` still undetermined (:func:`undetermined_in`),
+    tube by tube, each tube's sorted: release stays not evaluable on the criteria resting on them."""
+    return [f"{tube}/{pop}" for tube, entry in gate_set["tubes"].items() for pop in sorted(undetermined_in(entry))]
+
+
 def recompute(source: ReviewSource, product_id: str, gate_set: Mapping, *, medians: bool = True) -> Recomputed:
     """Populations (every event), phenotype (study variables, counts, doses) and release of a gate set
     (a criterion on an optional tube kind the run found no file of: not applicable, ``tilpheno.pipeline.release``).

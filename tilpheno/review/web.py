@@ -39,7 +39,7 @@ from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check
 from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
-                                    undetermined_in, validate_gate_set)
+                                    undetermined_named, validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired, Forbidden, NotFound,
                                      ReviewService, VersionConflict, approved_of, deciding, decision_of, failed_criteria,
                                      failed_words, oos_of, record_trail_export, replaced_words,
@@ -348,7 +348,7 @@ def create_app(service: ReviewService) -> Flask:
             "signatures": [_signature(v) for v in signatures],
             # the current version's gates still undetermined (one population, no FMO or unstained control, neither
             # accepted nor moved): release stays not evaluable on the criteria resting on them, whatever is signed
-            "undetermined": [f"{tube}/{pop}" for tube, entry in cur_set["tubes"].items() for pop in sorted(undetermined_in(entry))],
+            "undetermined": undetermined_named(cur_set),
         })
 
     @app.get("/api/products/<path:product_id>/candidates")
@@ -436,8 +436,7 @@ def create_app(service: ReviewService) -> Flask:
             resp, status = _error(403, f"signature refused: {exc}; this session is ended: log in again")
             resp.delete_cookie(COOKIE, path="/")
             return resp, status
-        signed = json.loads(service.version(product_id, sig.version).gates_json)
-        left = [f"{tube}/{pop}" for tube, entry in signed["tubes"].items() for pop in sorted(undetermined_in(entry))]
+        left = undetermined_named(json.loads(service.version(product_id, sig.version).gates_json))
         stays = (f"; undetermined gates left ({', '.join(left)}: no FMO or unstained control): release stays not evaluable "
                  "on the criteria resting on them") if left else ""
         return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'{stays}",
