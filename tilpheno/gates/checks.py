@@ -328,7 +328,7 @@ def place_and_check(
     else:
         if reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
             anchor["reference"] = pl.reference_binding(
-                reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", 0.3))
+                reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
             if reference_carry == "quantile" and anchor["reference"] is not None:
                 anchor["reference_quantile"] = pl.reference_quantile_cut(fmo_values, reference_fmo, reference_stained,
                                                                     anchor["transform"], percentile)
@@ -365,7 +365,7 @@ def place_and_check(
         if "note" in d and below > NO_PEAK_POINTS and not fitted:
             used = ("the FMO percentile carried over with the binding read on the reference population"
                     if d.get("relative_carry") == "reference" else "the FMO percentile")
-            flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', 0.3):g} "
+            flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', pl.MAX_SHIFT):g} "
                                     f"transformed units), yet {below:.1f}% of the parent lies at or below {used} "
                                     f"{cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
                                     f"reach and the cut several points off; look at the {marker} histogram of the parent, "
@@ -397,7 +397,7 @@ def place_and_check(
                 # carry-overs disagree with it by what the parent's dim positives do to its mode and sides)
                 assert reference_fmo is not None and reference_stained is not None
                 err = pl.reference_cut_error(fmo, reference_fmo, reference_stained, anchor["transform"], percentile,
-                                             max_shift=anchor.get("max_shift", 0.3), carry=reference_carry,
+                                             max_shift=anchor.get("max_shift", pl.MAX_SHIFT), carry=reference_carry,
                                              skewed=anchor["reference"].right_skewed)
                 d["reference_error"] = err
                 d["candidate_points"] = (max(_points_between(stained, cut, cut - err),

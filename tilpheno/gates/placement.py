@@ -71,6 +71,11 @@ from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
 from tilpheno.gates.mixture import MixtureFit, fit_best_mixture, ridgeline_ratio
 from tilpheno import quantiles
 
+MAX_SHIFT = 0.3
+"""Default ``max_shift`` of an ``fmo`` gate (transformed units): how far above its FMO's negative mode the
+stained tube's negative peak is looked for (``stained_negative_peak``); checks and the shared reading's key
+read a strategy's own value or this."""
+
 _BINS = 1024
 VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
 """``valley`` gate rules (strategy param ``rule``); see :func:`place_valley`."""
@@ -1549,7 +1554,7 @@ class ReferenceBinding:
 
 
 def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
-                      bandwidth: float = 0.02, max_shift: float = 0.3, min_prominence: float = 0.01,
+                      bandwidth: float = 0.02, max_shift: float = MAX_SHIFT, min_prominence: float = 0.01,
                       level: float = REFERENCE_LEVEL) -> ReferenceBinding | None:
     """The additive model of nonspecific binding read once per tube on a marker-poor population
     (e.g. the non-T lymphocytes for PD1), where few positives sit next to the negatives: the
@@ -1680,7 +1685,7 @@ def reference_tail_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, refere
 
 
 def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
-                        transform: Any, percentile: float, *, max_shift: float = 0.3,
+                        transform: Any, percentile: float, *, max_shift: float = MAX_SHIFT,
                         resamples: int = REFERENCE_RESAMPLES, confidence: float = CONFIDENCE,
                         carry: str = "additive", skewed: bool | None = None) -> float:
     """Sampling error of the reference carry-over (:func:`reference_cut`), transformed units: the
@@ -1737,7 +1742,7 @@ def place_fmo_anchored(
     bandwidth: float = 0.02,
     min_prominence: float = 0.01,
     min_separation: float = 0.25,
-    max_shift: float = 0.3,
+    max_shift: float = MAX_SHIFT,
     shift_tolerance: float = 0.02,
     width_tolerance: float = 1.25,
     valley_depth: float = 0.5,

@@ -64,7 +64,7 @@ def reading_key(marker: str, control_file: str, params: Mapping[str, Any], perce
     if not reference or not control_file:
         return None
     carry = params.get("reference_carry", "additive")
-    return (marker, control_file, reference, carry, float(params.get("max_shift", 0.3)),
+    return (marker, control_file, reference, carry, float(params.get("max_shift", pl.MAX_SHIFT)),
             float(params.get("percentile", percentile)) if carry == "quantile" else None)
 
 
