@@ -120,6 +120,19 @@ def test_a_name_written_in_two_words_is_one_marker(tmp_path, name, old, new, mar
     assert vocabulary.same(marker, normalize_marker(new.decode()))
 
 
+@pytest.mark.parametrize("label, marker", [
+    ("CD45 KO", "CD45"), ("CD8 PO", "CD8"), ("CD16 PE TR", "CD16"),   # Krome Orange, Pacific Orange, PE-Texas Red
+    ("CD3 AF 594", "CD3"), ("CD4 BV 999", "CD4"), ("CD19 eF 999", "CD19"), ("CD56 CF 405M", "CD56"),
+    ("CD45 RA FITC", "CD45RA"),
+])
+def test_a_fluorochrome_written_in_short_after_a_name_is_no_isoform(label, marker):
+    """The word-of-one-or-two-letters rule (``CD45 RA`` = CD45RA) read Beckman's 'CD45 KO' (Krome
+    Orange) as a marker CD45KO and 'CD8 PO' (Pacific Orange) as CD8PO, where main read CD45 and CD8;
+    so a dye family's word written apart from a number it does not list ('AF 594') -> the short names
+    are fluorochromes, each family word too. An isoform still joins its name."""
+    assert normalize_marker(label) == marker
+
+
 def test_masked_labels_and_a_slashed_name_are_read_as_written():
     """flowio's data_start_offset_discrepancy_example.fcs masks every $PnS as 'xxxxxxxxx' (an
     anonymised export): each was a marker 'xxxxxxxxx' (four detectors one marker) -> one letter
