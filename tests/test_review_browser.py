@@ -388,6 +388,35 @@ def test_reloading_the_throttled_login_page_does_not_send_the_password_again(dri
         service.factory.kw["bind"].dispose()
 
 
+def test_a_request_the_server_does_not_answer_is_said_on_the_page(driver, review_out, review_source, tmp_path):
+    """The server stops (or the network drops) while a product's page is open: a request the page
+    then makes fails in the browser ("Failed to fetch"). That was an uncaught error in review.js and
+    the page said nothing (a save clicked looked ignored; a lost preview left the drags unpreviewed;
+    a page still open as a browser test's server stopped put the error in the next test's log). Now
+    the page says the server did not answer, and the draft and the reason stay on the page."""
+    from tilpheno.review.web import create_app
+
+    service = make_service(review_out, database_url("sqlite", tmp_path), review_source)
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base)
+            start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+            drag_cd3(driver, 40)
+            moved = wait(driver, lambda d: settled_pct(d) if draft_pct(d) != start else None, "the recomputed CD3+ %")
+            driver.find_element("id", "reason").send_keys("CD3 dim tail is debris")
+            driver.get_log("browser")
+        driver.find_element("id", "save-button").click()   # the server has stopped
+        msg = wait(driver, lambda d: d.find_element("id", "message").text if "no answer" in d.find_element("id", "message").text
+                   else None, "the failed save")
+        assert msg.startswith("no answer from the server (") and msg.endswith("check that it runs and try again"), msg
+        assert draft_pct(driver) == moved
+        assert driver.find_element("id", "reason").get_attribute("value") == "CD3 dim tail is debris"
+        assert_no_script_errors(driver)
+        assert [v.version for v in service.versions(PID)] == [1]
+    finally:
+        service.factory.kw["bind"].dispose()
+
+
 def independent_counts(service, gate_set: dict) -> dict[str, int]:
     """The surface tube's counts under ``gate_set`` from the public gating library: the study's
     strategy with each gate made a fixed gate at the version's coordinates, the stained file read and

@@ -47,7 +47,11 @@
       headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
       body: JSON.stringify(body),
     };
-    const resp = await fetch(url, opts);
+    let resp;
+    try { resp = await fetch(url, opts); }
+    catch (e) {   // no answer (the server stopped, the network dropped): status 0, said like any refusal
+      return { status: 0, data: { error: "no answer from the server (" + e.message + "): check that it runs and try again" } };
+    }
     let data = {};
     try { data = await resp.json(); } catch (e) { data = { error: "HTTP " + resp.status }; }
     return { status: resp.status, data };
