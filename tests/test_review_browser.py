@@ -7,6 +7,7 @@ checked against the public gating library and the audit trail."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shutil
@@ -88,7 +89,25 @@ def wait(driver, predicate, what, timeout=20.0):
         except Exception:  # element not there yet / re-rendered
             pass
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; message: {driver.find_element('id', 'message').text!r}")
+    shown = [e.text for e in driver.find_elements("id", "message")]   # none on the login page
+    raise AssertionError(f"timed out waiting for {what}; message: {shown[0] if shown else None!r}")
+
+
+def left(driver, page, what: str) -> None:
+    """Wait until ``page`` (the <html> element of the page before a click or a reload) is gone: the
+    next page may show the same ids (the login form, its error), so a wait on them alone may read the
+    old page while the browser has not started to leave it (chromedriver's click and refresh can
+    return before that navigation starts, under load)."""
+    from selenium.webdriver.support.expected_conditions import staleness_of
+
+    wait(driver, staleness_of(page), what)
+
+
+def reload(driver) -> None:
+    """Reload the page and wait for the new one (:func:`left`)."""
+    page = driver.find_element("tag name", "html")
+    driver.refresh()
+    left(driver, page, "the page reloaded")
 
 
 def draft_pct(driver) -> float:
@@ -338,7 +357,7 @@ def test_reloading_a_refused_login_does_not_send_the_password_again(driver, serv
     wait(driver, lambda d: "wrong user name or password" in d.find_element("id", "login-error").text, "the refusal")
     assert driver.find_element("id", "username").get_attribute("value") == "carol"   # kept for the next try
     for _ in range(3):
-        driver.refresh()
+        reload(driver)
         wait(driver, lambda d: d.find_element("id", "login-button"), "the login page again")
     with service.factory() as db:
         assert get_user(db, "carol").failed_logins == 1
@@ -353,7 +372,7 @@ def test_reloading_a_refused_login_does_not_send_the_password_again(driver, serv
 
 
 def test_reloading_the_throttled_login_page_does_not_send_the_password_again(driver, review_out, review_source,
-                                                                             tmp_path):
+                                                                             tmp_path, caplog):
     """A login refused by the address's throttle (HTTP 429) also answers with a redirect to the
     login page: reloading that page once the throttle has ended shows the form, it does not post
     the password typed again (a wrong one counted towards the account's lock-out, a second audited
@@ -368,17 +387,23 @@ def test_reloading_the_throttled_login_page_does_not_send_the_password_again(dri
     throttle.clock = lambda: now[0]
     for _ in range(throttle.limit):   # a flood of refused logins from this address a moment ago
         throttle.failed("127.0.0.1")
+    caplog.set_level(logging.WARNING, logger="tilpheno.review.web")
     try:
         with serving(app) as base:
             driver.delete_all_cookies()
-            driver.get(f"{base}/login")
+            driver.get(f"{base}/login")   # the form says so already (wait for the answer to the login, not this)
+            assert "too many refused logins" in driver.find_element("id", "login-error").text
             driver.find_element("id", "username").send_keys("carol")
             driver.find_element("id", "password").send_keys("not carol's password")
+            form = driver.find_element("tag name", "html")
             driver.find_element("id", "login-button").click()
+            left(driver, form, "the answer to the login")
             wait(driver, lambda d: "too many refused logins" in d.find_element("id", "login-error").text, "the throttle")
             assert driver.find_element("id", "username").get_attribute("value") == "carol"
+            refused = [r.getMessage() for r in caplog.records if "without a password check" in r.getMessage()]
+            assert len(refused) == 1, refused   # the login was posted, and refused by the throttle
             now[0] += throttle.window   # the throttle has ended: the reviewer reloads the page
-            driver.refresh()
+            reload(driver)
             wait(driver, lambda d: d.find_element("id", "login-button"), "the login page again")
             assert not driver.find_elements("id", "login-error")
         with service.factory() as db:
