@@ -1069,8 +1069,11 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
     cut), ``raw`` (the cut in compensated linear units: the dimension's inverse transform) and
     ``pct_of_parent`` (% of the parent inside the moved gate; ``masks`` =
     :func:`evaluate` of ``gates``; None without a parent event). Cuts whose coordinate falls outside
-    the dimension's bounds are left out (a submitted gate must stay inside them). Empty when the
-    gate is not a range gate."""
+    the dimension's bounds are left out (a submitted gate must stay inside them), and so is every cut
+    but the run's own (``automatic``) above the top of the detector's range (``$PnR``,
+    ``StainedTube.tops``): a rule's cut beyond the parent's events, from which the gate's own cut was
+    clamped (``unclamped_threshold``), is no place on the instrument's scale. Empty when the gate is
+    not a range gate."""
     gate = gates.get(population)
     if not gate or gate.get("type") not in ("range", "polygon"):
         return []
@@ -1089,10 +1092,12 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
         value = candidate_coordinate(side, cut["cut"])
         if not bounds[0] <= value <= bounds[1]:
             continue
+        raw = float(transform.inverse(np.array([cut["cut"]]))[0])
+        if cut["rule"] != "automatic" and raw > st.tops.get(gate["dim"], math.inf):
+            continue
         moved = gate_from_dict({**gate, side: value})
         inside = int(np.count_nonzero(moved.membership(st.tube.data) & parent))
-        out.append({**cut, "value": value, "raw": float(transform.inverse(np.array([cut["cut"]]))[0]),
-                    "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
+        out.append({**cut, "value": value, "raw": raw, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
     return out
 
 
