@@ -19,7 +19,7 @@ def test_a_verdict_on_the_reading_flags_every_gate_carrying_it_and_no_other():
     flagged gate itself get none."""
     key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
     gates = [
-        ("PD1+", "PD1", key, _carried(0.630, reading_verdict="reference_above_points", reference_above_points=7.6)),
+        ("PD1+", "PD1", key, _carried(0.630, reading_verdict=("reference_above_points",), reference_above_points=7.6)),
         ("CD8+PD1+", "PD1", key, _carried(0.631, reference_above_points=1.2)),
         ("CD4+PD1+", "PD1", key, _carried(0.629)),
         ("other", "PD1", reading_key("PD1", "/data/P2_FMO_PD1.fcs", PARAMS, 99.5), _carried(0.6)),
@@ -33,11 +33,17 @@ def test_a_verdict_on_the_reading_flags_every_gate_carrying_it_and_no_other():
                                        "PD1+'s check (reference_above_points 7.6 points of its parent) found wrong")
     assert "here reference_above_points is 1.2 points of the parent" in flags[0].message
     assert "here reference_above_points was not compared" in flags[1].message
-    # two gates found it: one flag on the third, naming both
-    gates[2] = ("CD4+PD1+", "PD1", key, _carried(0.629, reading_verdict="reference_above_points", reference_above_points=4.1))
+    # two gates found it: one flag on the third, naming both; each of the two keeps its own flag and gets one
+    # naming the other's check (its own said too)
+    gates[2] = ("CD4+PD1+", "PD1", key, _carried(0.629, reading_verdict=("reference_above_points",),
+                                                 reference_above_points=4.1))
     flags = shared_reading_flags(gates)
-    assert [f.gate for f in flags] == ["CD8+PD1+"] and "PD1+'s check (reference_above_points 7.6 points of its parent) and " \
-        "CD4+PD1+'s check (reference_above_points 4.1 points of its parent) found wrong" in flags[0].message, flags[0].message
+    assert [f.gate for f in flags] == ["PD1+", "CD8+PD1+", "CD4+PD1+"]
+    assert "PD1+'s check (reference_above_points 7.6 points of its parent) and " \
+        "CD4+PD1+'s check (reference_above_points 4.1 points of its parent) found wrong" in flags[1].message, flags[1].message
+    assert "that CD4+PD1+'s check (reference_above_points 4.1 points of its parent) found wrong" in flags[0].message
+    assert "here reference_above_points is 7.6 points of the parent too (this gate's own flag)" in flags[0].message
+    assert "that PD1+'s check (reference_above_points 7.6 points of its parent) found wrong" in flags[2].message
     # no verdict, no flag; the gate's own verdict stays its own
     quiet = [(n, m, k, {x: y for x, y in d.items() if x != "reading_verdict"}) for n, m, k, d in gates]
     assert shared_reading_flags(quiet) == []
@@ -51,7 +57,7 @@ def test_the_tail_shape_finding_is_a_verdict_on_the_reading_too():
     key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
     gates = [
         ("PD1+", "PD1", key, _carried(0.485, tail_points=2.5)),
-        ("CD8+PD1+", "PD1", key, _carried(0.486, reading_verdict="tail_points", tail_points=3.3)),
+        ("CD8+PD1+", "PD1", key, _carried(0.486, reading_verdict=("tail_points",), tail_points=3.3)),
         ("CD4+PD1+", "PD1", key, _carried(0.486, tail_points=1.7, reference_above_points=0.4)),
     ]
     flags = shared_reading_flags(gates)
@@ -60,12 +66,55 @@ def test_the_tail_shape_finding_is_a_verdict_on_the_reading_too():
                                        "check (tail_points 3.3 points of its parent) found unable to fix the shape of "
                                        "the binding's tail"), flags[0].message
     assert "here tail_points is 2.5 points of the parent, a lower bound" in flags[0].message
-    gates[0] = ("PD1+", "PD1", key, _carried(0.485, reading_verdict="reference_above_points", reference_above_points=5.0,
+    gates[0] = ("PD1+", "PD1", key, _carried(0.485, reading_verdict=("reference_above_points",), reference_above_points=5.0,
                                              tail_points=2.5))
     (flag,) = [f for f in shared_reading_flags(gates) if f.gate == "CD4+PD1+"]
     assert ("PD1+'s check (reference_above_points 5.0 points of its parent) found wrong, and that CD8+PD1+'s check "
             "(tail_points 3.3 points of its parent) found unable to fix") in flag.message, flag.message
     assert "here reference_above_points is 0.4 points" in flag.message and "here tail_points is 1.7 points" in flag.message
+
+
+def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_it():
+    """A reference reading heavy right-skewed binding (log-normal, median 100 units, log-SD 1.2) carried to a
+    parent without binding whose dim positives spread from 0.30 (transformed) to past the log-normal cut:
+    the cut lies far above the parent's own upper-side carry-over (reference_above_points) and a
+    log-normal signal would move it by several points (tail_points). Both checks fired; before stop 49
+    the gate recorded only the first (the tail-shape finding was neither in its flag nor in the
+    verdict, so no other gate carrying the reading heard of it). Now its one flag and its
+    ``reading_verdict`` name both, each with its size: the % of the parent between the parent's upper-side
+    carry-over and the cut, and between the cut and the log-normal cut, counted on the events here; the
+    other gates' flags name both too, in READING_CHECKS order."""
+    import numpy as np
+    import pytest
+
+    from tilpheno.gates import checks
+    from tilpheno.transforms import Logicle
+
+    tr, rng, n = Logicle(), np.random.default_rng(0), 8000
+    ref_fmo, ref_stained = rng.normal(0, 60, n), rng.normal(0, 60, n) + 100 * np.exp(1.2 * rng.standard_normal(n))
+    fmo = rng.normal(0, 60, n)
+    stained = tr.apply(np.concatenate([rng.normal(0, 60, n), rng.uniform(tr.inverse(np.array([0.30]))[0], 1410.0, 2400),
+                                       rng.lognormal(np.log(3000), 0.3, 1000)]))
+    placed = checks.place_and_check("PD1+", "PD1", tr.apply(fmo), stained, percentile=99.5, source_file="", transform=tr,
+                                    rule="relative", reference_fmo=tr.apply(ref_fmo),
+                                    reference_stained=tr.apply(ref_stained))
+    d = placed.diagnostics
+    cut, high, tail = d["threshold"], d["relative_high"], d["relative_lognormal"]
+    above = 100.0 * np.mean((stained > high) & (stained <= cut))
+    shape = 100.0 * np.mean((stained > cut) & (stained <= tail))
+    assert above > 3.0 and shape > 3.0, (above, shape)
+    assert d["reading_verdict"] == ("reference_above_points", "tail_points")
+    assert d["reference_above_points"] == pytest.approx(above, abs=1e-9) and d["tail_points"] == pytest.approx(shape, abs=1e-9)
+    (flag,) = [f for f in placed.flags if f.code == "uncertain_threshold"]
+    assert f"lies {above:.1f} points of the parent above" in flag.message, flag.message
+    assert "the tail-shape check fired too" in flag.message and f"by {shape:.1f} points of the parent (tail_points" \
+        in flag.message, flag.message
+    key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
+    gates = [("PD1+", "PD1", key, d), ("CD8+PD1+", "PD1", key, _carried(0.631, reference_above_points=0.0, tail_points=1.2))]
+    (other,) = shared_reading_flags(gates)
+    assert other.gate == "CD8+PD1+" and (f"PD1+'s check (reference_above_points {above:.1f} points of its parent) found "
+                                         f"wrong, and that PD1+'s check (tail_points {shape:.1f} points of its parent) "
+                                         "found unable to fix") in other.message, other.message
 
 
 def test_the_reading_is_the_marker_control_reference_and_carry():
@@ -124,7 +173,8 @@ def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
         assert any(f.gate == gate for f in review), (variable, errors[variable], [(f.code, f.gate) for f in review])
     tube = next(t for t in result.tubes if t.role == "stain" and "CD8+PD1+" in t.diagnostics)
     d = tube.diagnostics
-    assert d["CD4+PD1+"]["reading_verdict"] == "reference_above_points" and "reading_verdict" not in d["CD8+PD1+"]
+    assert d["CD4+PD1+"]["reading_verdict"] == ("reference_above_points",) and "reading_verdict" not in d["CD8+PD1+"]
     assert d["CD8+PD1+"]["reference_above_points"] <= 3.0, d["CD8+PD1+"]   # its own comparison cannot tell
     shared = [f.message for f in review if f.gate == "CD8+PD1+"]
     assert any("carries the reference reading that CD4+PD1+'s check" in m for m in shared), shared
+

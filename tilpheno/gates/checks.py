@@ -61,8 +61,8 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     ``relative_high`` (``reference_above_points``): the parent's own upper-side carry-over follows
     its nonspecific tail and its positives next to the negatives only raise it, so a reference cut
     above it reads more binding than the parent shows (under-call; V146862 under heavy PD1 binding:
-    CD4+PD1+ 5.8 points under, 7.6 points above it, no other flag); the tail-shape flag is then not
-    added (its numbers are recorded). (A small correction
+    CD4+PD1+ 5.8 points under, 7.6 points above it, no other flag); a tail-shape check that fired too is
+    then named in that flag (one flag, both in ``reading_verdict``). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     A ``width_side: fit`` cut (``relative_carry`` ``fit``: the additive binding fitted to the
     stained negatives' percentiles, ``placement.two_step_fit``) is judged by the fit's own evidence,
@@ -106,9 +106,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
     ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
-    carry), ``reference_positive_points`` and the tail-shape check (``tail_points``) judge it; when one fires on
-    a gate, its ``reading_verdict`` diagnostic names it and every other gate carrying the reading gets an
-    ``uncertain_threshold`` naming that gate and the size there. A parent with positives next to its negatives
+    carry), ``reference_positive_points`` and the tail-shape check (``tail_points``) judge it; the ones that fire on
+    a gate are its ``reading_verdict`` diagnostic (every one, in that order) and every other gate carrying the reading
+    gets an ``uncertain_threshold`` naming that gate, each check and its size there. A parent with positives next to its negatives
     raises its own carry-over and hides the same reading's error (CD8+PD1+ against PD1+); and the read fixes no
     tail shape for any gate it carries, while a gate's own ``tail_points`` are a lower bound of the shape's
     effect (the log-normal cut is taken at the carry-over's 32 quantiles, whose tail stops at z = 2.15): on
@@ -204,6 +204,20 @@ def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], bind
             f"{'lower' if tail > cut else 'raise'} the % by {d['tail_points']:.1f} points of the parent (limit "
             f"{limit:g}): the reads do not fix the shape of a heavy binding tail; look at the {marker} histogram of "
             f"the parent and of the reference population, stained vs FMO")
+
+
+def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high: float, limit: float) -> str:
+    """The ``uncertain_threshold`` message of an additive reference carry-over's ``reference_above_points``
+    (module docstring), naming the tail-shape check too when it fired on the same reading (``tail_points``)."""
+    tail = (f"; the tail-shape check fired too: a log-normal signal with the read median and SD would put the cut at "
+            f"{d['relative_lognormal']:.3f} and {'lower' if d['relative_lognormal'] > cut else 'raise'} the % by "
+            f"{d['tail_points']:.1f} points of the parent (tail_points, limit {limit:g})"
+            if d["tail_points"] > limit else "")
+    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the reference population) lies "
+            f"{d['reference_above_points']:.1f} points of the parent above the parent's own upper-side carry-over of "
+            f"the FMO percentile {high:.3f} (limit {limit:g}), which its nonspecific tail and its positives next to "
+            f"the negatives can only raise: the reference reads more binding than the parent shows (under-call){tail}; "
+            f"look at the {marker} histogram of the parent and of the reference population, stained vs FMO")
 
 
 def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: Any, percentile: float,
@@ -458,8 +472,8 @@ def place_and_check(
                                             percentile))
                     if not d["reference_tail_cut"] >= cut:   # NaN: no binding tail to explain the cut
                         uncertain = True
-                        d["reading_verdict"] = ("reference_above_points" if d["reference_above_points"] > uncertain_points
-                                                else "reference_positive_points")   # shared_reading: the reading is wrong
+                        d["reading_verdict"] = (("reference_above_points",) if d["reference_above_points"] > uncertain_points
+                                                else ("reference_positive_points",))   # shared_reading: the reading is wrong
                         tail = (f"a log-normal binding tail fitted to the reference's bulk reaches only "
                                 f"{d['reference_tail_cut']:.3f}, {d['reference_tail_points']:.1f} points of the parent "
                                 f"below the cut" if math.isfinite(d["reference_tail_cut"])
@@ -471,25 +485,18 @@ def place_and_check(
                 # positives next to the negatives: a reference cut above it reads more binding than
                 # the parent shows (a reference whose binding or reading differs: under-call)
                 d["reference_above_points"] = _points_between(stained, high, cut) if cut > high else 0.0
-                if d["reference_above_points"] > uncertain_points:
-                    uncertain = True
-                    d["reading_verdict"] = "reference_above_points"   # shared_reading: the reading is wrong
-                    flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on "
-                                            f"the reference population) lies {d['reference_above_points']:.1f} points "
-                                            f"of the parent above the parent's own upper-side carry-over of the FMO "
-                                            f"percentile {high:.3f} (limit {uncertain_points:g}), which its "
-                                            f"nonspecific tail and its positives next to the negatives can only raise: "
-                                            f"the reference reads more binding than the parent shows (under-call); "
-                                            f"look at the {marker} histogram of the parent and of the reference "
-                                            f"population, stained vs FMO"))
                 # the additive carry-over gives the nonspecific signal a normal shape; the reference's
                 # reads fit a heavier, log-normal tail as well: how far would that move the %
                 d["relative_lognormal"], d["tail_points"] = tail_shape(fmo, stained, cut, anchor["reference"],
                                                                        anchor["transform"], percentile)
-                if d["tail_points"] > uncertain_points and not uncertain:
+                # shared_reading: every check that fired on the reading (wrong; the read fixes no tail shape)
+                verdict = tuple(c for c in ("reference_above_points", "tail_points") if d[c] > uncertain_points)
+                if verdict:
                     uncertain = True
-                    d["reading_verdict"] = "tail_points"   # shared_reading: the read fixes no tail shape
-                    flags.append(_uncertain(_tail_message(name, marker, cut, d, anchor["reference"], uncertain_points)))
+                    d["reading_verdict"] = verdict
+                    flags.append(_uncertain(_above_message(name, marker, cut, d, high, uncertain_points)
+                                            if verdict[0] == "reference_above_points" else
+                                            _tail_message(name, marker, cut, d, anchor["reference"], uncertain_points)))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
             # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs

@@ -9,14 +9,15 @@ reading when its cut is that carry-over (``winner`` ``fmo_relative``, ``relative
 gates carrying readings of one key (:func:`reading_key`: the marker, the control file, the reference
 population, ``reference_carry`` and ``max_shift``; with ``quantile`` also the percentile) carry one reading.
 
-Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; a check that
-judges the reading records its name in the gate's ``reading_verdict`` diagnostic when it fires (``READING_CHECKS``:
+Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; the checks that
+judge the reading and fired on a gate are its ``reading_verdict`` diagnostic (a tuple in ``READING_CHECKS`` order:
 ``reference_above_points`` of either carry and ``reference_positive_points`` find the reading wrong, the
-additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open).
+additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open; under the
+additive carry both ``reference_above_points`` and ``tail_points`` can fire on one gate, and its flag names both).
 Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
-naming each gate where the verdict was found, what that check found, its size there (points of that gate's
-parent) and the same number on its own parent (the check's number recorded on it; "not compared" when its other
-checks flagged it first). That own number may stay under the limit. A parent with many positives next to its
+naming each gate where a check fired, every check that fired there, what it found, its size there (points of that
+gate's parent) and the same number on its own parent (the check's number recorded on it; "not compared" when its
+other checks flagged it first). That own number may stay under the limit. A parent with many positives next to its
 negatives (CD8+ T cells for PD1) raises its own carry-over, which ``reference_above_points`` compares against,
 and hides the same wrong reading (V153826 with the binding read on a reference that binds more than the
 parents: CD8+PD1+ 22 points under, its own comparison 0 points; ``tests/test_shared_reading.py``). The read
@@ -24,7 +25,8 @@ fixes no tail shape for any gate it carries, and a gate's own ``tail_points`` ar
 effect (the log-normal cut is taken at the carry-over's 32 quantiles): V153138 under heavy PD1 binding, PD1+
 5.4 points over the ideal-FMO reference with 2.5 tail points while CD8+PD1+ of the same read had 3.3
 (``tests/test_fmo_gates_simulated.py``; benchmarks/README.md, stop 48). A gate whose own check fired keeps its
-own flag and gets none from this pass.
+own flag, and gets one from this pass only when a check fired on another gate carrying the reading (its own
+checks then said "too (this gate's own flag)").
 """
 from __future__ import annotations
 
@@ -73,29 +75,44 @@ def carries_reading(diagnostics: Mapping[str, Any]) -> bool:
     return diagnostics.get("winner") == "fmo_relative" and diagnostics.get("relative_carry") == "reference"
 
 
+def _judged(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]
+            ) -> list[tuple[str, Hashable, Mapping[str, Any], tuple[str, ...]]]:
+    """(population, its :func:`reading_key`, its diagnostics, the checks that fired on its reading, in
+    ``READING_CHECKS`` order) of each gate of ``gates`` carrying a reading on which a check fired, in their order."""
+    out = []
+    for name, _, key, d in gates:
+        fired = tuple(c for c in READING_CHECKS if c in d.get("reading_verdict", ()))
+        if key is not None and carries_reading(d) and fired:
+            out.append((name, key, d, fired))
+    return out
+
+
 def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> list[pl.Flag]:
     """The ``uncertain_threshold`` warnings of the module docstring. ``gates``: (population, marker, its
     :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; one flag for each gate carrying a
-    reading that a check on other gates carrying it found wrong or unsure of its tail (naming each of them and what it
-    found, ``READING_CHECKS``), in the order of ``gates``."""
-    judged = [(name, key, d) for name, _, key, d in gates
-              if key is not None and carries_reading(d) and d.get("reading_verdict") in READING_CHECKS]
+    reading on which a check fired on another gate carrying it (naming each such gate, every check that fired there
+    with its size and what it found, ``READING_CHECKS``, and the same numbers on the gate's own parent), in the order
+    of ``gates``."""
+    judged = _judged(gates)
     out = []
     for name, marker, key, d in gates:
-        sources = [(where, other) for where, k, other in judged if k == key and where != name]
-        if key is None or not carries_reading(d) or d.get("reading_verdict") or not sources:
+        sources = [(where, other, fired) for where, k, other, fired in judged if k == key and where != name]
+        if key is None or not carries_reading(d) or not sources:
             continue
-        checks = list(dict.fromkeys(str(other["reading_verdict"]) for _, other in sources))
+        found = [(where, other, c) for where, other, fired in sources for c in fired]
+        checks = list(dict.fromkeys(c for _, _, c in found))
         findings = list(dict.fromkeys(READING_CHECKS[c].found for c in checks))
         where = ", and that ".join(" and ".join(
-            f"{w}'s check ({other['reading_verdict']} {float(other[other['reading_verdict']]):.1f} points of its parent)"
-            for w, other in sources if READING_CHECKS[other["reading_verdict"]].found == finding) + f" found {finding}"
+            f"{w}'s check ({c} {float(other[c]):.1f} points of its parent)"
+            for w, other, c in found if READING_CHECKS[c].found == finding) + f" found {finding}"
             for finding in findings)
-        own = [(check, float(d.get(check, float("nan")))) for check in checks]
-        here = "; ".join(f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
+        mine = next((fired for where, k, _, fired in judged if where == name and k == key), ())
+        own = [(check, float(d.get(check, float("nan"))), check in mine) for check in checks]
+        here = "; ".join(f"here {check} is {value:.1f} points of the parent too (this gate's own flag)" if fired
+                         else f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
                          if math.isfinite(value)
                          else f"here {check} was not compared (another check flagged this gate first)"
-                         for check, value in own)
+                         for check, value, fired in own)
         out.append(pl.Flag(
             "uncertain_threshold", "warning",
             f"{name} ({marker}): the threshold {float(d['threshold']):.3f} carries the reference reading that "
