@@ -83,11 +83,12 @@ def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_i
     verdict, so no other gate carrying the reading heard of it). Now its one flag and its
     ``reading_verdict`` name both, each with its size: the % of the parent between the parent's upper-side
     carry-over and the cut, and between the cut and the log-normal cut, counted on the events here; the
-    other gates' flags name both too, in READING_CHECKS order."""
+    other gates' flags and the record name both too, in READING_CHECKS order."""
     import numpy as np
     import pytest
 
     from tilpheno.gates import checks
+    from tilpheno.gates.shared_reading import reading_verdicts
     from tilpheno.transforms import Logicle
 
     tr, rng, n = Logicle(), np.random.default_rng(0), 8000
@@ -115,6 +116,8 @@ def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_i
     assert other.gate == "CD8+PD1+" and (f"PD1+'s check (reference_above_points {above:.1f} points of its parent) found "
                                          f"wrong, and that PD1+'s check (tail_points {shape:.1f} points of its parent) "
                                          "found unable to fix") in other.message, other.message
+    record = f"PD1+: reference_above_points {above:.1f}, tail_points {shape:.1f}"
+    assert reading_verdicts(gates) == {"PD1+": record, "CD8+PD1+": record}
 
 
 def test_the_reading_is_the_marker_control_reference_and_carry():
@@ -177,4 +180,12 @@ def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
     assert d["CD8+PD1+"]["reference_above_points"] <= 3.0, d["CD8+PD1+"]   # its own comparison cannot tell
     shared = [f.message for f in review if f.gate == "CD8+PD1+"]
     assert any("carries the reference reading that CD4+PD1+'s check" in m for m in shared), shared
+    # stop 49: the threshold record (result.thresholds, the report's FMO table) names on every gate carrying
+    # the reading the gate where the verdict was found, its check and its size there; '' on the others
+    from tilpheno.report.product import fmo_table
 
+    record = f"CD4+PD1+: reference_above_points {d['CD4+PD1+']['reference_above_points']:.1f}"
+    verdicts = dict(zip(tube.thresholds["population"], tube.thresholds["reading_verdict"]))
+    assert {g: v for g, v in verdicts.items() if v} == {g: record for g in gates.values()}, verdicts
+    rules = {row[0]: row[-1] for row in fmo_table(result, 99.5).rows}
+    assert all(rules[g].endswith(f", shared reading's verdict: {record}") for g in gates.values()), rules

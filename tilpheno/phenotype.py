@@ -66,7 +66,7 @@ from tilpheno.gates.coexpression import co_expression_flags
 from tilpheno.gates.geometry import Gate, RangeGate
 from tilpheno.gates.strategy import ROOT, Population, Strategy
 from tilpheno.gates.quadrants import quadrant_percentages, sibling_range_pairs
-from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
+from tilpheno.gates.shared_reading import reading_key, reading_verdicts, shared_reading_flags
 from tilpheno.gates.tree import population_mask
 from tilpheno.qc import UNDETERMINED_CODE, QCFlag
 from tilpheno.study import QCRules, Study, default_study
@@ -1155,16 +1155,18 @@ class _TubeKindRun:
                     f"{pop.name} ({marker}): threshold {row['value_raw']:.4g} outside the expected "
                     f"{low:g}-{high:g} (compensated linear units)", pop.name,
                 )))
-        self.global_flags.extend(self._shared_reading_flags())
+        self.global_flags.extend(self._shared_reading())
 
-    def _shared_reading_flags(self) -> list[tuple[int, pl.Flag]]:
-        """The resolved thresholds' verdicts on a shared reference reading (``tilpheno.gates.shared_reading``),
-        each flag at its gate's place in the strategy."""
+    def _shared_reading(self) -> list[tuple[int, pl.Flag]]:
+        """The resolved thresholds' verdicts on a shared reference reading (``tilpheno.gates.shared_reading``):
+        each gate's ``reading_verdict`` in its threshold row, and the flags, each at its gate's place in the strategy."""
         index = {p.name: k for k, p in enumerate(self.pops)}
         gates = [(p.name, th.row["marker"], reading_key(th.row["marker"], th.row["source_file"], p.params, self.percentile),
                   th.placement.diagnostics)
                  for p in self.pops if (th := self.thresholds.get(p.name)) is not None and th.placement is not None
                  and th.row is not None]
+        for name, verdict in reading_verdicts(gates).items():
+            self.thresholds[name].row["reading_verdict"] = verdict   # type: ignore[index]  # a row: gates above
         return [(index[f.gate], f) for f in shared_reading_flags(gates)]
 
     def finish(self, consume) -> None:

@@ -108,7 +108,8 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
     carry), ``reference_positive_points`` and the tail-shape check (``tail_points``) judge it; the ones that fire on
     a gate are its ``reading_verdict`` diagnostic (every one, in that order) and every other gate carrying the reading
-    gets an ``uncertain_threshold`` naming that gate, each check and its size there. A parent with positives next to its negatives
+    gets an ``uncertain_threshold`` naming that gate, each check and its size there (the record's ``reading_verdict``
+    column names them on every gate carrying the reading). A parent with positives next to its negatives
     raises its own carry-over and hides the same reading's error (CD8+PD1+ against PD1+); and the read fixes no
     tail shape for any gate it carries, while a gate's own ``tail_points`` are a lower bound of the shape's
     effect (the log-normal cut is taken at the carry-over's 32 quantiles, whose tail stops at z = 2.15): on
@@ -173,9 +174,12 @@ which ``uncertain_threshold`` is raised."""
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
-                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error"]
+                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error", "reading_verdict"]
 """Threshold-table columns recording both candidates, the shift and the rule that won (and a
-``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured)."""
+``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured). ``reading_verdict``: on a gate
+whose cut carries a shared reference reading, each gate carrying it where a check that judges the reading fired, its
+checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set by the engine once every threshold
+is placed; '' otherwise)."""
 
 
 def _uncertain(message: str) -> pl.Flag:
@@ -276,12 +280,12 @@ def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any],
 
 
 def threshold_record(placement: pl.Placement) -> dict[str, Any]:
-    """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number)."""
+    """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number; ``reading_verdict`` '':
+    the engine sets it when every threshold is placed)."""
     d = placement.diagnostics
     out: dict[str, Any] = {}
     for key in RECORD_COLUMNS:
-        value = d.get(key, "" if key in ("rule", "winner") else float("nan"))
-        out[key] = value
+        out[key] = "" if key == "reading_verdict" else d.get(key, "" if key in ("rule", "winner") else float("nan"))
     if not out["winner"]:
         out["winner"] = placement.method
     return out

@@ -17,7 +17,9 @@ additive carry both ``reference_above_points`` and ``tail_points`` can fire on o
 Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
 naming each gate where a check fired, every check that fired there, what it found, its size there (points of that
 gate's parent) and the same number on its own parent (the check's number recorded on it; "not compared" when its
-other checks flagged it first). That own number may stay under the limit. A parent with many positives next to its
+other checks flagged it first). That own number may stay under the limit. The threshold record's
+``reading_verdict`` column (:func:`reading_verdicts`) names, on every gate carrying the reading, each gate where a
+check fired, its checks and their sizes, its own included. A parent with many positives next to its
 negatives (CD8+ T cells for PD1) raises its own carry-over, which ``reference_above_points`` compares against,
 and hides the same wrong reading (V153826 with the binding read on a reference that binds more than the
 parents: CD8+PD1+ 22 points under, its own comparison 0 points; ``tests/test_shared_reading.py``). The read
@@ -84,6 +86,22 @@ def _judged(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]
         fired = tuple(c for c in READING_CHECKS if c in d.get("reading_verdict", ()))
         if key is not None and carries_reading(d) and fired:
             out.append((name, key, d, fired))
+    return out
+
+
+def reading_verdicts(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> dict[str, str]:
+    """The threshold record's ``reading_verdict`` (``tilpheno.gates.checks.RECORD_COLUMNS``) of each gate of
+    ``gates`` (as :func:`shared_reading_flags`) carrying a reading on which a check fired, on it or on another
+    gate carrying it: every such gate with each check that fired there and its size (points of that gate's
+    parent), ``"PD1+: reference_above_points 7.6, tail_points 3.4; CD4+PD1+: tail_points 3.1"``, in the order
+    of ``gates`` and ``READING_CHECKS``; gates without one are left out."""
+    judged = _judged(gates)
+    out = {}
+    for name, _, key, d in gates:
+        found = [(where, other, fired) for where, k, other, fired in judged if k == key]
+        if key is not None and carries_reading(d) and found:
+            out[name] = "; ".join(f"{where}: " + ", ".join(f"{c} {float(other[c]):.1f}" for c in fired)
+                                  for where, other, fired in found)
     return out
 
 

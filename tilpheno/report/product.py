@@ -415,6 +415,9 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                 rule += (f", log-normal tail {fmt(tail, 3)} ({fmt(getattr(row, 'tail_points', None), 1)} "
                          f"points of the parent)")
             rule += fit_evidence(row)
+            verdict = getattr(row, "reading_verdict", "")
+            if isinstance(verdict, str) and verdict:   # gates.shared_reading: the checks that fired on its reading
+                rule += f", shared reading's verdict: {verdict}"
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
         rows.append((
@@ -430,7 +433,10 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                  "control's events in the parent; control % + = its % of them above the threshold; stained % + = the "
                  "stained tube's % of the parent above it; threshold (linear) = in compensated linear units (the "
                  "marker's scale inverted); threshold (scale) = on the marker's scale (the plots' axes: logicle 0–1 "
-                 "unless the strategy says otherwise), as are the rule's FMO, rel., valley and shift values.")
+                 "unless the strategy says otherwise), as are the rule's FMO, rel., valley and shift values; shared "
+                 "reading's verdict = for a cut carrying a binding reading shared with other gates (skew_reference), "
+                 "each gate where a check on that reading fired, the check and its size in points of that gate's "
+                 "parent.")
 
 
 def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
