@@ -33,17 +33,12 @@ def test_a_verdict_on_the_reading_flags_every_gate_carrying_it_and_no_other():
                                        "PD1+'s check (reference_above_points 7.6 points of its parent) found wrong")
     assert "here reference_above_points is 1.2 points of the parent" in flags[0].message
     assert "here reference_above_points was not compared" in flags[1].message
-    # two gates found it: one flag on the third, naming both; each of the two keeps its own flag and gets one
-    # naming the other's check (its own said too)
+    # two gates found it: one flag on the third, naming both; the two keep their own flags (the same finding)
     gates[2] = ("CD4+PD1+", "PD1", key, _carried(0.629, reading_verdict=("reference_above_points",),
                                                  reference_above_points=4.1))
     flags = shared_reading_flags(gates)
-    assert [f.gate for f in flags] == ["PD1+", "CD8+PD1+", "CD4+PD1+"]
-    assert "PD1+'s check (reference_above_points 7.6 points of its parent) and " \
-        "CD4+PD1+'s check (reference_above_points 4.1 points of its parent) found wrong" in flags[1].message, flags[1].message
-    assert "that CD4+PD1+'s check (reference_above_points 4.1 points of its parent) found wrong" in flags[0].message
-    assert "here reference_above_points is 7.6 points of the parent too (this gate's own flag)" in flags[0].message
-    assert "that PD1+'s check (reference_above_points 7.6 points of its parent) found wrong" in flags[2].message
+    assert [f.gate for f in flags] == ["CD8+PD1+"] and "PD1+'s check (reference_above_points 7.6 points of its parent) and " \
+        "CD4+PD1+'s check (reference_above_points 4.1 points of its parent) found wrong" in flags[0].message, flags[0].message
     # no verdict, no flag; the gate's own verdict stays its own
     quiet = [(n, m, k, {x: y for x, y in d.items() if x != "reading_verdict"}) for n, m, k, d in gates]
     assert shared_reading_flags(quiet) == []
@@ -68,10 +63,20 @@ def test_the_tail_shape_finding_is_a_verdict_on_the_reading_too():
     assert "here tail_points is 2.5 points of the parent, a lower bound" in flags[0].message
     gates[0] = ("PD1+", "PD1", key, _carried(0.485, reading_verdict=("reference_above_points",), reference_above_points=5.0,
                                              tail_points=2.5))
-    (flag,) = [f for f in shared_reading_flags(gates) if f.gate == "CD4+PD1+"]
+    flags = {f.gate: f.message for f in shared_reading_flags(gates)}
+    flag = flags["CD4+PD1+"]
     assert ("PD1+'s check (reference_above_points 5.0 points of its parent) found wrong, and that CD8+PD1+'s check "
-            "(tail_points 3.3 points of its parent) found unable to fix") in flag.message, flag.message
-    assert "here reference_above_points is 0.4 points" in flag.message and "here tail_points is 1.7 points" in flag.message
+            "(tail_points 3.3 points of its parent) found unable to fix") in flag, flag
+    assert "here reference_above_points is 0.4 points" in flag and "here tail_points is 1.7 points" in flag
+    # each of the two gates whose own check fired is told what the other's found, not its own finding again
+    assert list(flags) == ["PD1+", "CD8+PD1+", "CD4+PD1+"]
+    assert flags["PD1+"].startswith("PD1+ (PD1): the threshold 0.485 carries the reference reading that CD8+PD1+'s "
+                                    "check (tail_points 3.3 points of its parent) found unable to fix"), flags["PD1+"]
+    assert flags["CD8+PD1+"].startswith("CD8+PD1+ (PD1): the threshold 0.486 carries the reference reading that PD1+'s "
+                                        "check (reference_above_points 5.0 points of its parent) found wrong")
+    assert "here reference_above_points was not compared" in flags["CD8+PD1+"], flags["CD8+PD1+"]
+    gates[0] = ("PD1+", "PD1", key, _carried(0.485, reading_verdict=("tail_points",), tail_points=3.1))
+    assert [f.gate for f in shared_reading_flags(gates)] == ["CD4+PD1+"]   # V155994: both found the tail; told once
 
 
 def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_it():
@@ -118,6 +123,12 @@ def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_i
                                          "found unable to fix") in other.message, other.message
     record = f"PD1+: reference_above_points {above:.1f}, tail_points {shape:.1f}"
     assert reading_verdicts(gates) == {"PD1+": record, "CD8+PD1+": record}
+    # CD8+PD1+'s own tail-shape check fired too: told of PD1+'s other finding, its own said too; PD1+ told nothing new
+    gates[1] = ("CD8+PD1+", "PD1", key, _carried(0.631, reading_verdict=("tail_points",), reference_above_points=0.0,
+                                                 tail_points=3.5))
+    (other,) = shared_reading_flags(gates)
+    assert other.gate == "CD8+PD1+" and "here reference_above_points is 0.0 points of the parent, which" in other.message
+    assert "here tail_points is 3.5 points of the parent too (this gate's own flag)" in other.message, other.message
 
 
 def test_the_reading_is_the_marker_control_reference_and_carry():

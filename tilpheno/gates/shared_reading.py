@@ -27,8 +27,10 @@ fixes no tail shape for any gate it carries, and a gate's own ``tail_points`` ar
 effect (the log-normal cut is taken at the carry-over's 32 quantiles): V153138 under heavy PD1 binding, PD1+
 5.4 points over the ideal-FMO reference with 2.5 tail points while CD8+PD1+ of the same read had 3.3
 (``tests/test_fmo_gates_simulated.py``; benchmarks/README.md, stop 48). A gate whose own check fired keeps its
-own flag, and gets one from this pass only when a check fired on another gate carrying the reading (its own
-checks then said "too (this gate's own flag)").
+own flag, and gets one from this pass only when another gate carrying the reading found what its own checks did
+not (a check that did not fire on it; its own checks then said "too (this gate's own flag)"): two gates whose
+tail-shape checks both fired (V155994 under heavy PD1 binding, PD1+ 3.1 and CD8+PD1+ 4.3 points) are not told
+each other's finding twice; the record names both.
 """
 from __future__ import annotations
 
@@ -108,9 +110,9 @@ def reading_verdicts(gates: Sequence[tuple[str, str, Hashable | None, Mapping[st
 def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> list[pl.Flag]:
     """The ``uncertain_threshold`` warnings of the module docstring. ``gates``: (population, marker, its
     :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; one flag for each gate carrying a
-    reading on which a check fired on another gate carrying it (naming each such gate, every check that fired there
-    with its size and what it found, ``READING_CHECKS``, and the same numbers on the gate's own parent), in the order
-    of ``gates``."""
+    reading on which a check fired on another gate carrying it, and that check not on this one (naming each such gate,
+    every check that fired there with its size and what it found, ``READING_CHECKS``, and the same numbers on the
+    gate's own parent), in the order of ``gates``."""
     judged = _judged(gates)
     out = []
     for name, marker, key, d in gates:
@@ -119,12 +121,14 @@ def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mappin
             continue
         found = [(where, other, c) for where, other, fired in sources for c in fired]
         checks = list(dict.fromkeys(c for _, _, c in found))
+        mine = next((fired for where, k, _, fired in judged if where == name and k == key), ())
+        if set(checks) <= set(mine):   # its own flag already says what the others found
+            continue
         findings = list(dict.fromkeys(READING_CHECKS[c].found for c in checks))
         where = ", and that ".join(" and ".join(
             f"{w}'s check ({c} {float(other[c]):.1f} points of its parent)"
             for w, other, c in found if READING_CHECKS[c].found == finding) + f" found {finding}"
             for finding in findings)
-        mine = next((fired for where, k, _, fired in judged if where == name and k == key), ())
         own = [(check, float(d.get(check, float("nan"))), check in mine) for check in checks]
         here = "; ".join(f"here {check} is {value:.1f} points of the parent too (this gate's own flag)" if fired
                          else f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
