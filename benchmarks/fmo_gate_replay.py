@@ -7,8 +7,11 @@
 per tube; ``--set NAME=LOW-HIGH`` as there, e.g. ``--set pd1_binding=150-300 --set
 pd1_binding_sd=0.6-0.8``), runs ``analyze_product`` once and pickles, per product, every call of
 ``checks.place_and_check`` (the FMO and stained parents' values, the strategy parameters, the
-skew-reference arrays), the QC flags, the phenotype and the truth. ``replay`` places every captured
-``fmo`` gate again with the code on ``PYTHONPATH``, moves the FMO-gated variables by the change of
+skew-reference arrays; the residual-spillover check's second placement of a gate, ``phenotype``'s
+``_residual_check``, marked with its slopes, ``residual_slopes``), the QC flags, the phenotype and the
+truth. ``replay`` places every captured ``fmo`` gate again with the code on ``PYTHONPATH`` (a marked
+second placement too, judged by ``checks.residual_impact`` against the gate's replayed placement as
+the engine does: one placement per gate; a capture from before the mark is refused), moves the FMO-gated variables by the change of
 their gate's % of parent (``cd8pd1_pct_of_cd3`` scaled by CD8 % of CD3), replaces the placement
 flags of those gates by the new ones (with ``gates.shared_reading.shared_reading_flags`` over the gates
 carrying one reference reading, as the engine adds them; the capture keeps the reference's events, not its
@@ -50,16 +53,22 @@ def capture_one(args) -> int:
     from tilpheno.phenotype import analyze_product
     from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
-    calls, original = [], checks.place_and_check
+    calls, placed, original, impact = [], [], checks.place_and_check, checks.residual_impact
 
     def recording(population, marker, fmo_values, stained_values, **kw):
         result = original(population, marker, fmo_values, stained_values, **kw)
         calls.append(dict(population=population, marker=marker, fmo=np.array(fmo_values),
                           stained=None if stained_values is None else np.array(stained_values), kw=kw,
                           threshold=float(result.diagnostics["threshold"])))
+        placed.append(result)
         return result
 
-    checks.place_and_check = recording
+    def residual(population, marker, placement, stained, corrected, corrected_stained, slopes, **kw):
+        # the call that placed ``corrected`` was the residual check's second placement, not the gate's
+        calls[next(i for i, p in enumerate(placed) if p is corrected)]["residual_slopes"] = dict(slopes)
+        return impact(population, marker, placement, stained, corrected, corrected_stained, slopes, **kw)
+
+    checks.place_and_check, checks.residual_impact = recording, residual
     try:
         with tempfile.TemporaryDirectory() as tmp:
             phenomena = True
@@ -71,7 +80,7 @@ def capture_one(args) -> int:
             manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
             result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
     finally:
-        checks.place_and_check = original
+        checks.place_and_check, checks.residual_impact = original, impact
     review = [(f.code, f.message) for f in result.qc if checks.needs_review(f)]
     with open(out, "wb") as fh:
         pickle.dump(dict(seed=seed, calls=calls, truth=dict(prod.truth), phenotype=dict(result.phenotype),
@@ -88,17 +97,28 @@ def replay_one(record: dict) -> dict:
     from tilpheno.gates import checks
     from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
 
-    new_review, moved, read = [], {}, []
+    moved, final, gate_call = {}, {}, {}
     for c in record["calls"]:
-        kw = c["kw"]
-        placed = checks.place_and_check(c["population"], c["marker"], c["fmo"], c["stained"], **kw)
+        population, kw = c["population"], c["kw"]
+        placed = checks.place_and_check(population, c["marker"], c["fmo"], c["stained"], **kw)
+        if "residual_slopes" in c:   # the residual check's second placement of the gate placed before (engine)
+            main = gate_call[population]
+            final[population] = checks.residual_impact(population, c["marker"], final[population], main["stained"],
+                                                       placed, c["stained"], c["residual_slopes"])
+            continue
+        if population in final:
+            raise ValueError(f"{population} was placed twice: captured before the residual check's second placement "
+                             "was marked (stop 49); capture again")
+        gate_call[population], final[population] = c, placed
         if c["stained"] is not None:
-            moved[c["population"]] = (_pct(c["stained"], float(placed.diagnostics["threshold"]))
-                                      - _pct(c["stained"], c["threshold"]))
+            moved[population] = _pct(c["stained"], float(placed.diagnostics["threshold"])) - _pct(c["stained"], c["threshold"])
+    new_review, read = [], []
+    for population, placed in final.items():
+        c, kw = gate_call[population], gate_call[population]["kw"]
         new_review += [(f.code, f.message) for f in placed.flags if checks.needs_review(f)]
         reference = kw.get("reference_fmo")   # its events stand for the reference population's name
         params = {**kw, "skew_reference": None if reference is None else hashlib.sha1(reference.tobytes()).hexdigest()}
-        read.append((c["population"], c["marker"], reading_key(c["marker"], kw["source_file"], params, kw["percentile"]),
+        read.append((population, c["marker"], reading_key(c["marker"], kw["source_file"], params, kw["percentile"]),
                      placed.diagnostics))
     new_review += [(f.code, f.message) for f in shared_reading_flags(read)]
     replayed = {c["population"] for c in record["calls"]}
@@ -148,7 +168,10 @@ def main(argv=None) -> None:
     rows = []
     for path in sorted(glob.glob(args.pattern)):
         with open(path, "rb") as fh:
-            rows.append(replay_one(pickle.load(fh)))
+            try:
+                rows.append(replay_one(pickle.load(fh)))
+            except ValueError as exc:
+                sys.exit(f"{path}: {exc}")
     table = pd.DataFrame(rows).set_index("product_id")
     if args.csv:
         table.to_csv(args.csv)

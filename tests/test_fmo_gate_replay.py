@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fmo_gate_replay  # noqa: E402
@@ -23,3 +24,34 @@ def test_capture_draws_the_set_phenomena_as_validate_gating(tmp_path):
     wanted = float(np.random.default_rng([seed, vg.SETTABLE.index("pd1_binding")]).uniform(150.0, 300.0))
     assert 150.0 <= truth["phen_nsb_PD1"] <= 300.0
     assert abs(truth["phen_nsb_PD1"] - wanted) < 1e-9
+
+
+def test_the_residual_checks_second_placement_is_replayed_as_the_engines_check_not_as_the_gate(tmp_path):
+    """Development product V155871 (bench phenomena drawn by its seed, CD56 binding set to 299 units and
+    CD8's tandem loss to 10.7 %, 3,000 events per tube): the CD56 FMO shows CD8's residual spillover, so the
+    engine placed CD56+ twice, the second time with the residual taken out (``_residual_check``), and flagged
+    the gate by ``residual_impact``. The replay used to take both placements for the gate (the second's %
+    move and flags counted as CD56+'s, the residual check never run): the spillover flag the engine raised
+    was lost. Now the second placement is marked and replayed through ``residual_impact``: with the capturing
+    code the replay gives the engine's review flags and variables; a capture without the mark is refused."""
+    seed = 155871
+    fmo_gate_replay.main(["capture", "--first-seed", str(seed), "--products", "1", "--events", "3000",
+                          "--out", str(tmp_path), "--set", "cd56_binding=299", "--set", "tandem_loss=0.107"])
+    with open(tmp_path / f"{seed}.pkl", "rb") as fh:
+        record = pickle.load(fh)
+    assert [(c["population"], sorted(c["residual_slopes"])) for c in record["calls"] if "residual_slopes" in c] == \
+        [("CD56+", ["CD8"])]
+    assert any(code == "uncertain_threshold" and message.startswith("CD56+ (CD56): its FMO shows spillover")
+               for code, message in record["review"]), record["review"]
+    row = fmo_gate_replay.replay_one(record)
+    assert row["review_flags"] == ";".join(sorted({f"{code}:{message.split(' (')[0]}" for code, message in record["review"]}))
+    for v in vg.ALL_VARIABLES:   # the same code on the same events: the same cuts, no move
+        assert row[v] == pytest.approx(record["phenotype"][v] - record["truth"][vg.truth_key(v)], abs=1e-9), v
+    for c in record["calls"]:
+        c.pop("residual_slopes", None)
+    with open(tmp_path / "unmarked.pkl", "wb") as fh:
+        pickle.dump(record, fh)
+    with pytest.raises(SystemExit) as refused:
+        fmo_gate_replay.main(["replay", str(tmp_path / "unmarked.pkl")])
+    assert str(refused.value) == (f"{tmp_path / 'unmarked.pkl'}: CD56+ was placed twice: captured before the residual "
+                                  "check's second placement was marked (stop 49); capture again")
