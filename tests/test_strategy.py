@@ -248,3 +248,39 @@ def test_a_variable_over_root_reads_as_percent_of_all_events():
         assert entry["unit"] == "% of all events"
         assert entry["meaning"] == f"{variable.numerator} as % of all events ({strategy.tube} tube)"
         assert "root" not in entry["method"].split("; ", 1)[1]   # the gate's line: within all events
+
+
+def test_the_fmo_parameter_table_states_the_defaults_the_placement_uses():
+    """strategy.py's parameter table (its module docstring: the strategy author's documentation) and
+    ``METHODS['fmo']`` state each ``fmo`` default apart from the code that uses it (``placement.
+    place_fmo_anchored``, ``checks.place_and_check``; ``max_shift``: ``placement.MAX_SHIFT``, which the checks
+    and the shared reading's key read, stop 48), so that reading a strategy loads no SciPy: each default the
+    table states and each ``ParamSpec`` default equal the signatures' defaults. A changed default (0.3 ->
+    0.35 in placement.MAX_SHIFT alone) fails here."""
+    import inspect
+    import re
+    import subprocess
+    import sys
+
+    from tilpheno.gates import checks, placement, strategy
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, tilpheno.gates.strategy; "
+                             "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'numba'}))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded   # reading a strategy loads no SciPy
+    specs = strategy.METHODS["fmo"][1]
+    used = {}
+    for function in (placement.place_fmo_anchored, checks.place_and_check):
+        for name, parameter in inspect.signature(function).parameters.items():
+            # percentile: None in METHODS, the run's fmo_percentile
+            if name in specs and specs[name].default is not None and parameter.default not in (inspect.Parameter.empty, None):
+                assert used.setdefault(name, parameter.default) == parameter.default, name
+    assert used["max_shift"] == placement.MAX_SHIFT
+    assert {name: specs[name].default for name in used} == used
+    doc = strategy.__doc__ or ""
+    row = doc[doc.index("\nfmo "):doc.index("\nfixed ")]
+    stated = {name: float(value) for name, value in re.findall(r"\b([a-z_]+) (\d+(?:\.\d+)?)\b", row) if name in specs}
+    stated.update({name: default for name, default in re.findall(r"\b([a-z_]+) [a-z]+(?:\|[a-z]+)+ \(([a-z]+)\)", row)
+                   if name in specs})
+    assert {"max_shift", "shift_tolerance", "uncertain_points", "rule", "reference_carry"} <= set(stated), stated
+    assert {name: specs[name].default for name in stated} == stated

@@ -146,7 +146,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "min_separation": ParamSpec(_NUM, 0.25, 0, 100),
         "fallback_sd": ParamSpec(_NUM, 4.0, 0, 50),
         "rule": ParamSpec(str, "anchored", choices=("anchored", "relative", "percentile")),
-        "max_shift": ParamSpec(_NUM, 0.3, 0, 10),
+        "max_shift": ParamSpec(_NUM, 0.3, 0, 10),   # placement.MAX_SHIFT (not imported: SciPy); tests/test_strategy.py
         "shift_tolerance": ParamSpec(_NUM, 0.02, 0, 10),
         "width_tolerance": ParamSpec(_NUM, 1.25, 1, 100),
         "valley_depth": ParamSpec(_NUM, 0.5, 0, 1),
