@@ -64,7 +64,9 @@ def test_knots_equal_rcspline_eval(case):
     """rcspline.eval's special cases, which rms::rcs(x, k) uses: a marker with a floor at 0 and a ceiling at
     100 in 40 patients (5 and 4 of them: before, knots at 0 and at quantiles of all values: 0;57.99;89.96
     where R has 1.86;38.96;97.21), 6 distinct values (before 1;2.85;4;5 for 4 knots, R 2;3;4;5: the inner
-    values, with a warning), knots that tie, and 5 to 9 values (refused below 10, R needs 6)."""
+    values, with a warning), knots that tie, and 5 to 9 values (refused below 10, R needs 6); an 81 % floor (49 of
+    60, 486 of 600, with pairs or a ceiling; with a middle value held by 5 %, 3 knots: R stops where tilpheno put
+    knots at 0, 2.576 and 3.37 after moving the outer ones)."""
     if case.r_error:   # R stops: fewer than 6 values, or fewer than 3 unique knots
         with pytest.raises(ValueError, match="too few"):
             harrell_knots(numbers(case.x), int(case.k))

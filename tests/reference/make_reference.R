@@ -389,7 +389,18 @@ knot_cases <- list(
   # values whose middle quantile R's index arithmetic (1 + (n - 1) p) puts exactly on the 5th value
   small5 = round(rnorm(5, 50, 10), 1), small6 = round(rnorm(6, 50, 10), 1), small7 = round(rnorm(7, 50, 10), 1),
   small8 = round(rnorm(8, 50, 10), 1), small9 = round(rnorm(9, 50, 10), 1), few_distinct7 = c(1, 1, 2, 3, 4, 5, 5),
-  steps9 = seq_len(9) * 1.5 + rep(c(0.1, 0.3), length.out = 9))
+  steps9 = seq_len(9) * 1.5 + rep(c(0.1, 0.3), length.out = 9),
+  # an 81 % floor (a marker 0 in most products, e.g. a rare subset): 49 of 60 patients (the demo cohort's size)
+  # with the rest distinct, with pairs, with a 5 % ceiling too, and 486 of 600 (above 100 values left past the
+  # floor); 26 of 31 leaves 4 values past the next one, where rcspline.eval's "5th largest" index is 0 (3 knots:
+  # R stops, 'replacement has length zero'); 49 of 60 with a middle value held by 3 (5 %: no floor rule, every
+  # quantile 0: R stops)
+  floor81_60 = c(rep(0, 49), round(rexp(11, 1 / 8), 2)),
+  floor81_pairs60 = c(rep(0, 49), rep(round(rexp(5, 1 / 8), 2), each = 2), 35),
+  floor81_ceiling60 = c(rep(0, 49), round(runif(8, 0.1, 99), 2), rep(100, 3)),
+  floor81_600 = c(rep(0, 486), round(rexp(114, 1 / 8), 3)),
+  floor81_31 = c(rep(0, 26), round(rexp(5, 1 / 8), 2)),
+  floor81_tied60 = c(rep(0, 49), rep(2.5, 3), round(rexp(8, 1 / 8), 2)))
 kn <- list()
 for (nm in names(knot_cases)) for (k in 3:5) {
   warned <- FALSE

@@ -67,8 +67,9 @@ def harrell_knots(x, k: int, fractied: float = FRACTIED) -> Knots:
     rcspline.eval's special cases: with at most k + 2 distinct values the knots are the distinct values
     less the smallest and largest; when the smallest (largest) value holds at least ``fractied`` of the
     values and no other value does, the first (last) knot is the next distinct value and the other knots
-    come from the values beyond it; when the quantiles tie, the alternate algorithm (2k quantiles).
-    Tied knots are dropped. At least 6 values are required, as R: below 10 R's "5th smallest" outer knot
+    come from the values beyond it; when the quantiles tie, the alternate algorithm (2k quantiles), an error
+    when those give fewer than 3 distinct knots (e.g. a floor held by most patients and a value in the middle by
+    5 %: no floor rule, every quantile at the floor), before the outer knots move. Tied knots are dropped. At least 6 values are required, as R: below 10 R's "5th smallest" outer knot
     lies at or above its "5th largest"; the knots are sorted all the same (or, tied, too few: an error).
     """
     if k not in (3, 4, 5):
@@ -102,6 +103,9 @@ def harrell_knots(x, k: int, fractied: float = FRACTIED) -> Knots:
             if first is not None and np.unique(inner).size < 3:
                 mid = (first + last) / 2 if last is not None else float(np.median(xx))
                 inner = np.sort([first, mid, last if last is not None else r_quantile(xx, [1 - outer])[0]])
+            if np.unique(inner).size < 3:   # R stops here, before the outer knots move to the 5th values
+                raise ValueError(f"marker has too few distinct values for a spline: its quantiles tie (fewer than 3 "
+                                 f"distinct knots from 2 x {nke} quantiles, as rcspline.eval)")
             note = f"{k} knots asked for: the marker's quantiles tie, knots from 2 x {nke} quantiles (as rcspline.eval)"
         if xx.size < 100:   # R grows the vector on assignment past its end; its NAs, like indexes past xx's end, are dropped
             inner = np.r_[inner, np.full(max(0, nke - inner.size), np.nan)]
