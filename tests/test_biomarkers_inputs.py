@@ -587,3 +587,21 @@ def test_a_misspelt_default_covariate_header_is_said(tables, typo):
     assert any(f"default covariate(s) not in the outcomes, not adjusted for: {meant} (did you mean '{typo}'?)" in n
                for n in cohort.notes), cohort.notes
     assert not any("not in the outcomes" in n for n in build_cohort(pheno, outcomes).notes)
+
+
+def test_a_default_marker_missing_from_the_tables_says_what_the_tables_have_for_it(tables):
+    """Phenotypes of an older run (CD8+PD1+ only as % of CD3+, no Treg column): the note said 'default marker(s) not
+    in the tables, skipped: cd8pd1_pct_of_cd8, cd4foxp3_pct_of_cd4', and a difflib "did you mean" would have offered
+    other real variables (cd8pd1_pct_of_cd3 for cd4foxp3, cd8_pct_of_cd3 for cd8pd1). Now it says the marker is
+    missing from both tables, which columns the tables have for its population, and how to choose the markers."""
+    pheno, outcomes = tables
+    old = pheno.drop(columns=["cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4"])
+    cohort = build_cohort(old, outcomes)
+    assert "cd8pd1_pct_of_cd3" in cohort.markers and "cd8pd1_pct_of_cd8" not in cohort.markers
+    note = next(n for n in cohort.notes if n.startswith("default marker(s)"))
+    assert note == ("default marker(s) of study 'til' missing from both tables (phenotypes and outcomes), not analysed: "
+                    "cd8pd1_pct_of_cd8 (the tables have cd8pd1_pct_of_cd3 for cd8pd1); cd4foxp3_pct_of_cd4 (no column "
+                    "for cd4foxp3); --markers names the columns to analyse, or the study's `biomarkers` list "
+                    "(til/study.yaml (bundled)) sets the defaults"), note
+    assert "did you mean" not in note
+    assert not any(n.startswith("default marker(s)") for n in build_cohort(pheno, outcomes).notes)

@@ -9,6 +9,7 @@ only, and the ``n`` of every result says how many were used.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +139,25 @@ def blank_markers_note(data: pd.DataFrame, markers: list[str]) -> list[str]:
             f"(never counted as 0; qc.csv says why: e.g. an undetermined gate or a failed tube): {counts}"]
 
 
+def population(column: str) -> str:
+    """The population a variable counts (``cd8pd1`` of ``cd8pd1_pct_of_cd8`` and ``cd8pd1_dose_cells``),
+    else the whole name."""
+    return re.split(r"_pct_of_|_dose_cells$", column, maxsplit=1)[0]
+
+
+def missing_markers_note(skipped: list[str], columns: list[str], study: Study) -> str:
+    """The note naming the ``study``'s default markers missing from both tables (``columns``), each with the
+    columns the tables have for its population (:func:`population`: the same subset of another parent, or as a
+    dose), and how to choose the markers. No "did you mean": the closest names are other variables."""
+    def have(marker: str) -> str:
+        same = [c for c in dict.fromkeys(columns) if population(c) == population(marker)]
+        return (f"the tables have {', '.join(same)} for {population(marker)}" if same
+                else f"no column for {population(marker)}")
+    return (f"default marker(s) of study '{study.name}' missing from both tables (phenotypes and outcomes), not "
+            f"analysed: {'; '.join(f'{m} ({have(m)})' for m in skipped)}; --markers names the columns to analyse, "
+            f"or the study's `biomarkers` list ({study.source}) sets the defaults")
+
+
 def missing_covariates_note(data: pd.DataFrame, covariates: list[str]) -> list[str]:
     """The one note naming the patients analysed (``data``) who miss a covariate: the multivariable models, their
     bootstrap validation and calibration leave them out (complete cases, as R's ``na.action = na.omit``), so
@@ -173,7 +193,8 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
     ``outcomes`` is a validated outcomes table (:func:`tilpheno.io.outcomes.read_outcomes`); either
     table not a DataFrame (a path) is a TypeError naming it (:func:`require_frames`).
     A marker or covariate asked for by name must exist (TableError otherwise); default markers
-    absent from the tables are skipped with a note, and so are default covariates absent from the
+    absent from the tables are skipped with a note naming what the tables have for them
+    (:func:`missing_markers_note`), and so are default covariates absent from the
     outcomes (with "did you mean": a misspelt header). A column cannot be both a marker and a
     covariate (a model cannot adjust a marker for itself): named in both, it is a TableError; a
     default covariate that is also a marker, or that has one value in every patient analysed (an
@@ -201,11 +222,11 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
         notes.append(f"column(s) in both tables, outcomes' values used: {', '.join(overlap)}")
         pheno = pheno.drop(columns=overlap)
     if markers is None:
-        defaults = (study or default_study()).biomarkers
-        chosen = [m for m in defaults if m in pheno.columns or m in outcomes.columns]
-        skipped = [m for m in defaults if m not in chosen]
+        study = study or default_study()
+        chosen = [m for m in study.biomarkers if m in pheno.columns or m in outcomes.columns]
+        skipped = [m for m in study.biomarkers if m not in chosen]
         if skipped:
-            notes.append(f"default marker(s) not in the tables, skipped: {', '.join(skipped)}")
+            notes.append(missing_markers_note(skipped, [*pheno.columns, *outcomes.columns], study))
     else:
         chosen = list(markers)
     outcomes, as_numbers = _typed(
