@@ -32,3 +32,44 @@ def test_demo_runs_the_whole_chain(tmp_path):
     for code, rows in qc.groupby("code"):
         worst = max(rows["severity"], key=rank.__getitem__)
         assert f"{code} {len(rows)} ({worst})" in line, (code, line)
+
+
+def test_the_demo_prints_the_biomarker_analysis_warnings_once(tmp_path, monkeypatch):
+    """`tilpheno demo` printed the process steps' failures and flags but none of the biomarker analysis' warnings
+    (default markers missing from the tables, patients missing a covariate), which only its report showed. Now the third
+    step prints what `tilpheno biomarkers` prints: its patients and outputs, then each warning once, after the
+    step's heading. The two process steps are stubbed (the reference cohort stands for the simulated one)."""
+    import types
+
+    import tilpheno.biomarkers.analysis as analysis
+    import tilpheno.cli as cli
+    import tilpheno.simulate.cohort as simulate
+
+    ref = Path(__file__).parent / "reference"
+    outcomes = pd.read_csv(ref / "til_cohort_outcomes.csv")
+    outcomes.loc[:3, "age"] = None   # patients missing a covariate: a warning naming them
+    outcomes.to_csv(tmp_path / "outcomes.csv", index=False)
+
+    def process(folder, out, **kwargs):
+        if folder == tmp_path / "fcs":
+            out.mkdir(parents=True)
+            phenotypes = pd.read_csv(ref / "til_cohort_phenotypes.csv")   # 2 of the study's markers: a faster run
+            phenotypes[["product_id", "cd8_pct_of_cd3", "cd8pd1_pct_of_cd3"]].assign(status="done").to_csv(
+                out / "phenotypes.csv", index=False)
+        return types.SimpleNamespace()
+
+    monkeypatch.setattr(cli, "_run_with_progress", process)
+    monkeypatch.setattr(cli, "_print_summary", lambda summary: None)
+    monkeypatch.setattr(simulate, "simulate_cohort", lambda out, n, seed, events: types.SimpleNamespace(
+        out_dir=tmp_path / "fcs", manifest=None, outcomes=tmp_path / "outcomes.csv"))
+    results = []
+    run = analysis.run_biomarkers
+    monkeypatch.setattr(analysis, "run_biomarkers", lambda *a, **k: results.append(run(*a, **k)) or results[-1])
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    warnings = results[0].warnings
+    assert any("covariate(s) missing" in w for w in warnings) and any("default marker(s)" in w for w in warnings)
+    after = result.output.split("3/3 biomarker analysis of the simulated cohort\n", 1)[1]
+    assert after.startswith(f"60 patients with phenotypes and outcomes (60 with outcomes); 3 markers; times in months")
+    for w in warnings:
+        assert result.output.count(f"  warning: {w}\n") == 1, w

@@ -786,6 +786,12 @@ def biomarkers(
         )
     except (TilphenoError, ValueError, OSError) as exc:
         _fail(exc)
+    _print_biomarker_summary(results, out)
+
+
+def _print_biomarker_summary(results, out: Path) -> None:
+    """The lines after a biomarker analysis (``biomarkers``, the demo's third step): patients, markers, unmatched
+    ids and every warning, each once."""
     cohort = results.cohort
     typer.echo(f"{len(cohort.data)} patients with phenotypes and outcomes ({len(cohort.outcomes)} with outcomes); "
                f"{len(cohort.markers)} marker{'' if len(cohort.markers) == 1 else 's'}; times in months (pfs_months, os_months as given); outputs in {out}")
@@ -905,6 +911,7 @@ def demo(
         phenotypes = read_phenotypes(out / "cohort" / "phenotypes.csv")   # as `tilpheno biomarkers` reads it
         bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers",
                              n_boot=n_boot, inputs=[out / "cohort" / "phenotypes.csv", cohort.outcomes])
+        _print_biomarker_summary(bio, out / "biomarkers")
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     typer.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
