@@ -605,3 +605,65 @@ def test_a_default_marker_missing_from_the_tables_says_what_the_tables_have_for_
                     "(til/study.yaml (bundled)) sets the defaults"), note
     assert "did you mean" not in note
     assert not any(n.startswith("default marker(s)") for n in build_cohort(pheno, outcomes).notes)
+
+
+def _blanked(tmp_path, cells: dict[str, list[int]]):
+    """The reference outcomes read from a file in which ``cells`` (column -> row positions) are blank."""
+    raw = pd.read_csv(REF / "til_cohort_outcomes.csv", dtype=str, keep_default_na=False)
+    for column, rows in cells.items():
+        raw.loc[rows, column] = ""
+    return read_outcomes(_write(tmp_path, raw, "blank.csv"))
+
+
+def _run(pheno, outcomes, out):
+    return run_biomarkers(pheno, outcomes, out, markers=["cd8_pct_of_cd3", "til_dose_cells"], n_perm=50, n_boot=0)
+
+
+def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_os(tables, tmp_path):
+    """Stop 48: a patient whose PFS cells were blank stopped the whole run ('missing time'). Complete cases per
+    endpoint: the PFS analyses equal those of the cohort without the patient, the OS analyses those of the whole
+    cohort; one warning names the patient, the blank columns and the file's row; unmatched.csv lists them."""
+    pheno, outcomes = tables
+    blank = _blanked(tmp_path, {"pfs_months": [4], "pfs_event": [4, 9]})   # P005 both cells, P010 the event only
+    got = _run(pheno, blank, tmp_path / "blank")
+    without = _run(pheno, outcomes.drop(index=[4, 9]), tmp_path / "without")
+    whole = _run(pheno, outcomes, tmp_path / "whole")
+    for name in ("km", "cutpoints", "cox_univariable", "cox_multivariable", "logrank", "km_table", "response_survival"):
+        for endpoint, truth in (("pfs", without), ("os", whole)):
+            mine, want = (getattr(r, name) for r in (got, truth))
+            pd.testing.assert_frame_equal(mine[mine.endpoint == endpoint].reset_index(drop=True),
+                                          want[want.endpoint == endpoint].reset_index(drop=True), obj=f"{name} {endpoint}")
+    pd.testing.assert_frame_equal(got.response, whole.response)   # their responses count
+    assert ("missing pfs_months, pfs_event for patient P005 (row 6); missing pfs_event for patient P010 (row 11): left "
+            "out of the pfs analyses (complete cases), kept in the os and response analyses") in got.warnings, got.warnings
+    unmatched = pd.read_csv(tmp_path / "blank" / "unmatched.csv")
+    assert unmatched.values.tolist() == [["missing_pfs", "P005"], ["missing_pfs", "P010"]]
+    assert "missing pfs: P005" in (tmp_path / "blank" / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_blank_best_response_is_missing_for_the_response_analyses_and_named(tables, tmp_path):
+    """A blank best_response said "unknown response code '(empty)'" and stopped the run. It is missing: ORR/DCR,
+    the responders table and the responders' survival equal those without the patient, its survival and marker
+    analyses those of the whole cohort; the warning says 'missing best_response for patient P008 (row 9)'."""
+    pheno, outcomes = tables
+    got = _run(pheno, _blanked(tmp_path, {"best_response": [7]}), tmp_path / "blank")
+    without = _run(pheno, outcomes.drop(index=[7]), tmp_path / "without")
+    whole = _run(pheno, outcomes, tmp_path / "whole")
+    for name in ("response", "responders", "response_survival"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(without, name), obj=name)
+    for name in ("km", "cutpoints", "cox_univariable", "cox_multivariable"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(whole, name), obj=name)
+    assert got.response.n.tolist() == [59, 59]
+    assert ("missing best_response for patient P008 (row 9): left out of the response rates (ORR, DCR), the "
+            "responders table and the responders' survival (landmark, time-dependent Cox) (complete cases), kept in "
+            "the survival and marker analyses") in got.warnings, got.warnings
+    assert pd.read_csv(tmp_path / "blank" / "unmatched.csv").values.tolist() == [["missing_best_response", "P008"]]
+
+
+def test_an_endpoint_without_two_patients_is_a_one_line_error_saying_what_to_do(tables, tmp_path):
+    pheno, outcomes = tables
+    blank = _blanked(tmp_path, {"os_event": list(range(59))})
+    with pytest.raises(TableError, match=r"^os \(os_months, os_event\): 1 patient\(s\) with a phenotyped product and "
+                                         r"both cells filled; .* or analyse the pfs endpoint only$"):
+        _run(pheno, blank, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -105,12 +105,14 @@ def test_every_repository_path_the_docs_cite_exists():
 
 def test_readme_names_the_columns_of_the_biomarker_tables():
     """A statistician preparing the outcomes and cut-points tables from the README found no column
-    named there (only `tilpheno biomarkers --help` listed the cut-points file's), nor that a blank
-    time, event or response is refused."""
+    named there (only `tilpheno biomarkers --help` listed the cut-points file's), nor what a blank
+    id, time, event or response does (stop 49: a blank time or response is missing, complete cases per endpoint)."""
     from tilpheno.biomarkers.analysis import CUTPOINT_COLUMNS
     from tilpheno.io.outcomes import OPTIONAL_TIME_COLUMNS, REQUIRED, RESPONSE_CODES
 
     named = set(re.findall(r"`([A-Za-z_]+)`", README))
     columns = (*REQUIRED, *OPTIONAL_TIME_COLUMNS, *CUTPOINT_COLUMNS, "endpoint", *RESPONSE_CODES)
     assert [c for c in columns if c not in named] == []
-    assert "a blank id, response, time or event is an error naming its row and column" in " ".join(README.split())
+    text = " ".join(README.split())
+    assert "a blank id is an error naming its row and column" in text
+    assert "a blank time or event is missing, complete cases per endpoint" in text

@@ -32,7 +32,7 @@ from tilpheno.io import atomic
 from tilpheno.io.outcomes import EXCEL_SUFFIXES, csv_rows, locale_numbers, number, table_bytes
 from tilpheno.io.workbook import place, table_frame
 
-from .cohort import ENDPOINTS, Cohort, build_cohort, require_frames
+from .cohort import ENDPOINTS, Cohort, build_cohort, endpoint_cohort, missing_outcome_note, require_frames
 from .cox import ZPH_ONE_EVENT_TIME, fit_cox
 from .cutpoints import MaxstatResult, fixed_cut_statistic, maxstat_logrank
 from .endpoints import is_responder, response_rates
@@ -464,23 +464,32 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     logrank_rows: list[dict] = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
-        note = _endpoint_note(cohort, endpoint)
+        others = " and ".join(e for e in ENDPOINTS if e != endpoint)
+        warnings += missing_outcome_note(cohort.outcomes, (tcol, ecol), f"the {endpoint} analyses",
+                                         f"the {others} and response analyses")
+        known = endpoint_cohort(cohort, endpoint)
+        if len(known.data) < MIN_PATIENTS:
+            raise TableError(f"{endpoint} ({tcol}, {ecol}): {len(known.data)} patient(s) with a phenotyped product "
+                             f"and both cells filled; the {endpoint} analyses need at least {MIN_PATIENTS}: fill them "
+                             f"in, or analyse the {others} endpoint only")
+        note = _endpoint_note(known, endpoint)
         if note:
             warnings.append(note)
-        km_rows.append(_km_row(endpoint, "all", "all", cohort.outcomes[tcol].to_numpy(float),
-                               cohort.outcomes[ecol].to_numpy(float), settings, curves))
+        km_rows.append(_km_row(endpoint, "all", "all", known.outcomes[tcol].to_numpy(float),
+                               known.outcomes[ecol].to_numpy(float), settings, curves))
         said: list[str] = []
         for marker in cohort.markers:
-            k, c, u, m = _marker_analyses(cohort, endpoint, marker, pre, settings, said, curves, logrank_rows)
+            k, c, u, m = _marker_analyses(known, endpoint, marker, pre, settings, said, curves, logrank_rows)
             km_rows += k
             cut_rows += c
             uni += u
             multi += m
-        if _marker_events(cohort, endpoint):   # else all said once, in the endpoint's note
+        if _marker_events(known, endpoint):   # else all said once, in the endpoint's note
             warnings += _not_said_in(note, said)
-    resp = response_rates(cohort.outcomes["best_response"], settings.conf_level)
+    resp = response_rates(cohort.outcomes["best_response"].dropna(), settings.conf_level)
     responder_vars = [v for v in [*cohort.markers, *cohort.covariates] if v in cohort.data.columns]
-    responders = responders_table(cohort.data, is_responder(cohort.data["best_response"]), responder_vars)
+    evaluated = cohort.data[cohort.data["best_response"].notna()]   # a blank response: named in the notes
+    responders = responders_table(evaluated, is_responder(evaluated["best_response"]), responder_vars)
     marker_rows = responders.variable.isin(cohort.markers) & (responders.kind == "numeric")
     responders = adjust_markers(responders.assign(_all=0), "p", ["_all"], marker_rows).drop(columns="_all")
     cuts = adjust_markers(pd.DataFrame(cut_rows, columns=CUT_COLUMNS), "p_for_adjustment", ["endpoint", "method"])
@@ -505,12 +514,14 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
 def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: list[str]) -> dict:
     """Splines, bootstrap validation, time-dependent AUC and response-without-bias tables."""
     spl_rows, curves, val_rows, auc_tables, comparisons, resp_rows, cal = [], [], [], [], [], [], []
+    every = cohort   # the splines' knots: every marker value, also of patients without the endpoint (as rms)
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
+        cohort = endpoint_cohort(every, endpoint)   # complete cases of the endpoint (said in analyse)
         sink = warnings if _marker_events(cohort, endpoint) else []   # else said once in the endpoint's note
         for marker in cohort.markers:
             try:
-                fit = fit_spline(cohort.data, tcol, ecol, marker, settings.spline_knots)
+                fit = fit_spline(every.data, tcol, ecol, marker, settings.spline_knots)
                 spl_rows.append(spline_rows(fit, endpoint))
                 curve = fit.curve(conf_level=settings.conf_level)
                 if curve.se.isna().any():
@@ -520,7 +531,7 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                 curves.append(curve.assign(endpoint=endpoint, marker=marker))
             except (ValueError, np.linalg.LinAlgError) as exc:
                 sink.append(f"{endpoint} {marker}: spline model not fitted ({exc})")
-                spl_rows.append(unfitted_spline_row(cohort.data, tcol, ecol, marker, settings.spline_knots, endpoint,
+                spl_rows.append(unfitted_spline_row(every.data, tcol, ecol, marker, settings.spline_knots, endpoint,
                                                     str(exc)))
             if settings.n_boot > 0:
                 variables = [marker, *cohort.covariates]
@@ -594,9 +605,10 @@ def _auc_not_computed(endpoint: str, roc_times, time: pd.Series) -> list[str]:
 
 
 def _response_survival(cohort: Cohort, endpoint: str, settings: Settings, warnings: list[str]) -> list[dict]:
-    """Responders vs non-responders by landmark and (with ``response_months``) time-dependent Cox."""
+    """Responders vs non-responders by landmark and (with ``response_months``) time-dependent Cox, among the
+    patients with a best response (``cohort``: the endpoint's)."""
     tcol, ecol = ENDPOINTS[endpoint]
-    o = cohort.outcomes
+    o = cohort.outcomes[cohort.outcomes["best_response"].notna()].reset_index(drop=True)
     responder = is_responder(o["best_response"]).to_numpy()
     L = settings.landmark
     if "response_months" in o.columns:

@@ -5,25 +5,30 @@ patients whose product has no phenotype row are listed in :class:`Cohort` (and i
 and ``unmatched.csv``). Patients with outcomes but no phenotypes still count in the response
 rates and whole-cohort survival; marker analyses use patients with both. A marker value that
 is missing (e.g. a product that failed QC) removes that patient from that marker's analyses
-only, and the ``n`` of every result says how many were used.
+only, and the ``n`` of every result says how many were used. A blank outcome is missing, complete
+cases per analysis: a patient without a PFS time or event is left out of the PFS analyses and kept in
+the OS ones (:func:`endpoint_cohort`), one without a best response out of the response analyses;
+each is named with its row in the file (:func:`missing_outcome_note`) and listed in ``unmatched.csv``.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from tilpheno.errors import TableError, did_you_mean
 from tilpheno.io.files import path_problem
-from tilpheno.io.outcomes import MISSING_WORDS, usable_column
+from tilpheno.io.outcomes import FILE_ROWS, MISSING_WORDS, usable_column
 from tilpheno.study import Study, default_study
 
 from .plausibility import patient_ids, plausibility_warnings
 
 DEFAULT_COVARIATES = ("age", "sex", "ecog")
 ENDPOINTS = {"pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
+RESPONSE_ANALYSES = ("the response rates (ORR, DCR), the responders table and the responders' survival (landmark, "
+                     "time-dependent Cox)")
 
 
 @dataclass
@@ -40,11 +45,43 @@ class Cohort:
     patients_with_products_not_done: list[str] = field(default_factory=list)   # their product failed in `process`
 
     def unmatched(self) -> pd.DataFrame:
-        """One row per unmatched id: kind, id."""
+        """One row per unmatched or left-out id: kind, id (``missing_pfs``: a patient without a PFS time or event,
+        ``missing_best_response``: without a best response)."""
         rows = [("product_without_outcomes", p) for p in self.products_without_outcomes]
         rows += [("patient_without_product", p) for p in self.patients_without_products]
         rows += [("patient_product_not_done", p) for p in self.patients_with_products_not_done]
+        for name, columns in [*ENDPOINTS.items(), ("best_response", ("best_response",))]:
+            missing = self.outcomes[list(columns)].isna().any(axis=1)
+            rows += [(f"missing_{name}", p) for p in self.outcomes.loc[missing, "patient_id"]]
         return pd.DataFrame(rows, columns=["kind", "id"])
+
+
+def endpoint_cohort(cohort: Cohort, endpoint: str) -> Cohort:
+    """``cohort`` with only the patients who have ``endpoint``'s time and event (complete cases per endpoint: a
+    patient without a PFS time is left out of the PFS analyses, kept in the OS ones), events as 0/1 integers."""
+    tcol, ecol = ENDPOINTS[endpoint]
+
+    def known(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame[tcol].notna() & frame[ecol].notna()].astype({ecol: int}).reset_index(drop=True)
+
+    return replace(cohort, outcomes=known(cohort.outcomes), data=known(cohort.data))
+
+
+def missing_outcome_note(outcomes: pd.DataFrame, columns: tuple[str, ...], analyses: str, kept: str) -> list[str]:
+    """The one note naming each patient of ``outcomes`` (every patient with outcomes, as read) with a blank cell in
+    ``columns``, the columns and the patient's row in the file (``attrs["file_rows"]`` of the reader; in a table
+    built by hand, as in a CSV of it: header row 1), left out of ``analyses`` and ``kept`` in the others; []
+    when none is blank."""
+    blank = outcomes[list(columns)].isna()
+    rows = outcomes.attrs.get(FILE_ROWS)
+    if rows is None or len(rows) != len(outcomes):
+        rows = range(2, len(outcomes) + 2)
+    named = [f"missing {', '.join(c for c in columns if blank.at[i, c])} for patient {pid} (row {row})"
+             for i, pid, row in zip(outcomes.index, outcomes["patient_id"], rows) if blank.loc[i].any()]
+    if not named:
+        return []
+    more = f"; and {len(named) - 10} more (unmatched.csv lists them)" if len(named) > 10 else ""
+    return [f"{'; '.join(named[:10])}{more}: left out of {analyses} (complete cases), kept in {kept}"]
 
 
 def validate_phenotypes(phenotypes: pd.DataFrame, source: str = "phenotypes") -> pd.DataFrame:
@@ -299,6 +336,8 @@ def build_cohort(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, markers=None,
             if data[c].nunique() == 1:
                 raise TableError(f"{out_source}: column '{c}': covariate has one value ({data[c].dropna().iloc[0]}) in "
                                  "every patient analysed; a model cannot adjust for it")
+    notes += missing_outcome_note(outcomes, ("best_response",), RESPONSE_ANALYSES,
+                                  "the survival and marker analyses")
     notes += blank_markers_note(data, chosen)
     notes += missing_covariates_note(data, cov)
     notes += plausibility_warnings(outcomes, data, chosen)

@@ -1,7 +1,7 @@
 """Response rates: objective response (CR + PR) and disease control (CR + PR + SD).
 
-Convention: the denominator is every patient in the outcomes table; not-evaluable (NE)
-patients count as non-responders. Confidence intervals are exact Clopper-Pearson (as R
+Convention: the denominator is every patient in the outcomes table with a best response (a blank one is
+missing: left out, named by the analysis); not-evaluable (NE) patients count as non-responders. Confidence intervals are exact Clopper-Pearson (as R
 ``binom.test``): the ``alpha/2`` and ``1 - alpha/2`` beta quantiles, 0 and 1 at the edges.
 Rates are fractions (0-1).
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cohort import ENDPOINTS
+from .cohort import ENDPOINTS, endpoint_cohort
 from .formatting import cell, dose, fmt_hr_ci, fmt_p, sig, whole_number_columns
 from .survival import KaplanMeier
 
@@ -196,12 +196,13 @@ def _place_p_text(fig, ax, fits, text: str) -> None:
 
 def km_figures(results, export: FigureExport | None = None) -> list[dict]:
     """The whole cohort per endpoint, then one figure per endpoint x marker x grouping."""
-    cohort, settings = results.cohort, results.settings
+    settings = results.settings
     breaks = settings.break_times
-    names = marker_labels(cohort.markers)
+    names = marker_labels(results.cohort.markers)
     figures = []
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
+        cohort = endpoint_cohort(results.cohort, endpoint)   # its patients with the endpoint's time and event
         ylabel = ENDPOINT_YLABEL[endpoint]
         fig = km_figure([("all patients", cohort.outcomes[tcol].to_numpy(float), cohort.outcomes[ecol].to_numpy(float))],
                         f"{ENDPOINT_NAMES[endpoint]}: all patients", ylabel, settings, breaks=breaks)
@@ -476,11 +477,13 @@ def methods_text(results) -> list[str]:
         f"Patients: {len(results.cohort.outcomes)} in the outcomes table, {len(results.cohort.data)} with a "
         "phenotyped TIL product (joined on product_id). Products without outcomes and patients without a "
         "product are listed below and in unmatched.csv. Response rates and whole-cohort survival use every "
-        "patient with outcomes; marker analyses use patients with the marker measured (complete cases per "
+        "patient with outcomes, complete cases per analysis (a patient without a PFS time or event is left out of "
+        "the PFS analyses and kept in the OS ones, one without a best response left out of the response analyses; "
+        "the warnings name them, with their rows, and the list below); marker analyses use patients with the marker measured (complete cases per "
         "marker; the multivariable models, their validation and calibration also need every covariate: the "
         "warnings name the patients they leave out; each row gives its n).",
         "Response: objective response rate (ORR) = CR + PR, disease control rate (DCR) = CR + PR + SD, over all "
-        "patients (not evaluable counted as non-responders), with exact Clopper-Pearson "
+        "patients with a best response (not evaluable counted as non-responders), with exact Clopper-Pearson "
         f"{round(100 * s.conf_level)}% confidence intervals.",
         "Survival (PFS, OS; months from the start of TIL therapy): Kaplan-Meier estimates with R survival's "
         f"conventions. Pointwise confidence intervals use the '{s.conf_type}' transformation with the Greenwood "

@@ -16,7 +16,7 @@ an empty file, a file that is neither CSV nor Excel (an old .xls workbook), text
 Windows-1252 (or that may be Mac Roman, Excel for Mac's CSV), two sheets holding a table, a column named twice (also in another case), a CSV row
 longer than the header, a value beside the table (in a column without a header; an empty one is ignored),
 missing required columns, missing or
-duplicate ids, missing/non-numeric/negative times, events other than 0/1, unknown response
+duplicate ids, non-numeric/negative times, events other than 0/1, unknown response
 codes, non-numeric or negative doses and doses above 0 below 1e6 cells (typed in units of 1e9 cells; the
 manifest refuses them alike), dates or Excel durations where a number belongs, and
 formula cells of a workbook never calculated (written by a script: no saved values), a workbook row
@@ -39,7 +39,9 @@ evaluable); times (and the optional ``response_months``, blank without a respons
 from the start of TIL therapy, never dates; events are 1 (event) or 0
 (censored), or unambiguous words (yes/no, true/false, y/n, event/censored; case-insensitive);
 other words (``dead``, ``alive``: whether a death is the event depends on the endpoint) are refused
-with the accepted codes.
+with the accepted codes. A blank time, event or best response is missing (the biomarker analysis leaves
+the patient out of that endpoint's analyses, or of the response analyses, naming the patient and the row:
+complete cases per endpoint); ``attrs["file_rows"]`` holds each patient's row in the file for such messages.
 ``NA``, ``N/A``, ``NaN`` and ``NULL`` (any case, as R and spreadsheets write them) are missing,
 like a blank cell; Excel's error values (``#N/A``, ``#DIV/0!``, ...: a formula that failed) are
 refused, ``#N/A`` too: it is mostly a lookup that found nothing, not a value known to be missing.
@@ -93,6 +95,9 @@ _MAX_BYTES = 200 * 1024 * 1024
 MIN_DOSE_CELLS = 1e6
 """Fewer infused cells than this is no TIL dose in cells: a dose given in units of 1e9 (or 1e6) cells."""
 MISSING_WORDS = frozenset({"na", "n/a", "nan", "null"})
+FILE_ROWS = "file_rows"
+"""Key of a validated table's ``attrs``: each patient's row in the file (as the errors number it), in the
+table's order; messages about a patient's cells name it."""
 UNUSABLE = "unusable_columns"
 """Key of a validated table's ``attrs``: {column: its one-line error} of the extra columns carried as
 written that cannot be a covariate or a marker (:func:`usable_column`)."""
@@ -283,10 +288,12 @@ def number(value, source: str, row: int, column: str) -> float:
     return number
 
 
-def _event(value, source: str, row: int, column: str) -> int:
-    """1 (event) or 0 (censored) from a number or an accepted word; anything else (a word such as
-    ``dead``, whose meaning depends on the endpoint, an empty cell, 2) is an error naming the codes."""
+def _event(value, source: str, row: int, column: str) -> float:
+    """1 (event) or 0 (censored) from a number or an accepted word, NaN for an empty cell (missing); anything
+    else (a word such as ``dead``, whose meaning depends on the endpoint, 2) is an error naming the codes."""
     text = _cell_text(value)
+    if text == "":
+        return float("nan")
     if text.lower() in EVENT_WORDS:
         return int(EVENT_WORDS[text.lower()])
     try:
@@ -294,9 +301,9 @@ def _event(value, source: str, row: int, column: str) -> int:
     except ValueError:
         number = float("nan")
     if number not in (0.0, 1.0):
-        _fail(source, f"event must be 0 (censored) or 1 (event), not '{(text or '(empty)')[:40]}' (also accepted, "
+        _fail(source, f"event must be 0 (censored) or 1 (event), not '{text[:40]}' (also accepted, "
                       f"any case: {', '.join('/'.join(p) for p in _EVENT_WORD_PAIRS)})", row, column)
-    return int(number)
+    return number
 
 
 def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tuple[str, ...] = REQUIRED) -> pd.DataFrame:
@@ -343,21 +350,21 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
         return out[list(required)]
     codes = raw["best_response"].map(lambda v: _cell_text(v).upper())
     for row, code in codes.items():
-        if code not in RESPONSE_CODES:
+        if code not in (*RESPONSE_CODES, ""):   # blank: missing
             shown = _cell_text(raw.at[row, "best_response"])[:40] or "(empty)"
             _fail(source, f"unknown response code '{shown}'{did_you_mean(code, RESPONSE_CODES)}; expected one of "
                           f"{', '.join(RESPONSE_CODES)}", row, "best_response")
-    out["best_response"] = codes
-    for col in TIME_COLUMNS:
-        out[col] = _times(raw[col], source, col, required=True)
+    out["best_response"] = codes.where(codes != "", None)
+    for col in (*TIME_COLUMNS, *OPTIONAL_TIME_COLUMNS):
+        if col in raw.columns:
+            out[col] = _times(raw[col], source, col)
     for col in EVENT_COLUMNS:
-        out[col] = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=int)
+        events = pd.Series({row: _event(v, source, row, col) for row, v in raw[col].items()}, dtype=float)
+        out[col] = events if events.isna().any() else events.astype(int)
     out["til_dose_cells"] = _doses(raw, source)
     unusable: dict[str, str] = {}
     for col in raw.columns:
-        if col in OPTIONAL_TIME_COLUMNS:
-            out[col] = _times(raw[col], source, col, required=False)
-        elif col not in REQUIRED:
+        if col not in (*REQUIRED, *OPTIONAL_TIME_COLUMNS):
             try:
                 out[col] = _covariate(raw[col], source, col)
             except TableError as exc:   # refused only where it is used (usable_column): a free comment column
@@ -366,6 +373,7 @@ def validate_outcomes(raw: pd.DataFrame, source: str = "outcomes", required: tup
                 out[col] = texts.where(texts != "", None)
     typed = out[[*REQUIRED, *[c for c in raw.columns if c not in REQUIRED]]]
     typed.attrs[UNUSABLE] = unusable
+    typed.attrs[FILE_ROWS] = [int(row) for row in typed.index]
     return typed
 
 
@@ -401,14 +409,11 @@ def _doses(raw: pd.DataFrame, source: str) -> pd.Series:
     return dose
 
 
-def _times(cells: pd.Series, source: str, column: str, required: bool) -> pd.Series:
-    """A column of times in months: a date, text or a negative time is an error naming the row, and
-    so is an empty cell when ``required`` (``pfs_months``, ``os_months``; ``response_months`` is
-    blank for patients without a response)."""
+def _times(cells: pd.Series, source: str, column: str) -> pd.Series:
+    """A column of times in months, NaN for an empty cell (missing; ``response_months`` is blank for patients
+    without a response): a date, text or a negative time is an error naming the row."""
     values = pd.Series({row: number(v, source, row, column) for row, v in cells.items()}, dtype=float)
     for row, v in values.items():
-        if required and np.isnan(v):
-            _fail(source, "missing time", row, column)
         if v < 0:
             _fail(source, f"negative time {v:g}", row, column)
     return values
