@@ -76,6 +76,33 @@ def test_knots_equal_rcspline_eval(case):
     assert bool(got.note) == (case.r_warned or got.knots.size < case.k), got.note
 
 
+def assert_equals_cph(fit, want):
+    """``fit`` (fit_spline) equals R cph's rows ``want`` (one per term): knots within 1e-15, coefficients, SEs and
+    the overall and nonlinear Wald chi-squares within 1e-6, their df exactly."""
+    np.testing.assert_allclose(fit.knots, numbers(want.knots.iloc[0]), rtol=1e-15)
+    np.testing.assert_allclose(fit.cox.coefficients.coef, want.coef, rtol=1e-6)
+    np.testing.assert_allclose(fit.cox.coefficients.se, want.se, rtol=1e-6)
+    w = want.iloc[0]
+    assert (fit.overall_chisq, fit.overall_df) == (pytest.approx(w.overall_chisq, rel=1e-6), w.overall_df)
+    assert (fit.nonlinear_chisq, fit.nonlinear_df) == (pytest.approx(w.nonlin_chisq, rel=1e-6), w.nonlin_df)
+
+
+FLOOR_RCS = pd.read_csv(REF / "rcs_floor_reference.csv", float_precision="round_trip")
+FLOOR_KEYS = sorted(set(map(tuple, FLOOR_RCS[["case", "k"]].to_numpy())))
+
+
+@pytest.mark.parametrize("key", FLOOR_KEYS, ids=[f"{c}-{k}" for c, k in FLOOR_KEYS])
+def test_spline_of_a_marker_with_an_81_percent_floor_equals_cph_rcs(key):
+    """A marker 0 in 49 of the 60 patients (and with a 5 % ceiling too), the TIL cohort's PFS: the knots
+    rcspline.eval places past the floor (within 1e-15), cph's coefficients, SEs and Wald tests (within 1e-6)."""
+    case, k = key
+    want = FLOOR_RCS[(FLOOR_RCS.case == case) & (FLOOR_RCS.k == k)]
+    til = pd.read_csv(REF / "til_cohort_outcomes.csv").sort_values("product_id")
+    x = numbers(KNOTS[KNOTS.case == case].x.iloc[0])
+    fit = fit_spline(pd.DataFrame({"time": til.pfs_months, "event": til.pfs_event, "x": x}), "time", "event", "x", int(k))
+    assert_equals_cph(fit, want)
+
+
 MESSY_KEYS = sorted(set(map(tuple, MESSY_RCS[["cohort", "k"]].to_numpy())))
 
 
@@ -86,13 +113,8 @@ def test_spline_on_a_small_messy_cohort_equals_cph_rcs(key):
     cohort, k = key
     want = MESSY_RCS[(MESSY_RCS.cohort == cohort) & (MESSY_RCS.k == k)]
     fit = fit_spline(MESSY[MESSY.cohort == cohort], "time", "event", "x", int(k))
-    np.testing.assert_allclose(fit.knots, numbers(want.knots.iloc[0]), rtol=1e-15)
-    np.testing.assert_allclose(fit.cox.coefficients.coef, want.coef, rtol=1e-6)
-    np.testing.assert_allclose(fit.cox.coefficients.se, want.se, rtol=1e-6)
-    w = want.iloc[0]
-    assert (fit.overall_chisq, fit.overall_df) == (pytest.approx(w.overall_chisq, rel=1e-6), w.overall_df)
-    assert (fit.nonlinear_chisq, fit.nonlinear_df) == (pytest.approx(w.nonlin_chisq, rel=1e-6), w.nonlin_df)
-    assert fit.nonlinear_p == pytest.approx(w.nonlin_p, rel=1e-6)
+    assert_equals_cph(fit, want)
+    assert fit.nonlinear_p == pytest.approx(want.nonlin_p.iloc[0], rel=1e-6)
 
 
 def test_fewer_knots_than_asked_are_said_in_the_table():

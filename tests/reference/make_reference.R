@@ -412,6 +412,18 @@ for (nm in names(knot_cases)) for (k in 3:5) {
                                      knots = paste(num(knots), collapse = ";"), r_warned = warned, r_error = r_error)
 }
 write_ref(do.call(rbind, kn), "rcs_knots_reference.csv")
+# cph(Surv ~ rcs(x, k)) of a marker with an 81 % floor: the TIL cohort's 60 PFS times and events (in product_id
+# order) with the 60 values of floor81_60 and floor81_ceiling60 as the marker
+fl <- list()
+for (nm in c("floor81_60", "floor81_ceiling60")) for (k in 3:5) {
+  dd <- data.frame(time = til$pfs_months, event = til$pfs_event, x = knot_cases[[nm]])
+  f <- cph(Surv(time, event) ~ rcs(x, k), data = dd, eps = 1e-12, tol = 1e-14, iter.max = 100)
+  a <- anova(f)
+  fl[[length(fl) + 1]] <- data.frame(case = nm, k = k, term = seq_along(coef(f)),
+    knots = paste(num(f$Design$parms$x), collapse = ";"), coef = unname(coef(f)), se = unname(sqrt(diag(vcov(f)))),
+    overall_chisq = a[1, 1], overall_df = a[1, 2], nonlin_chisq = a[2, 1], nonlin_df = a[2, 2])
+}
+write_ref(do.call(rbind, fl), "rcs_floor_reference.csv")
 mr <- list()
 for (co in c("m40", "m25")) for (k in 3:5) {
   dd <- messy[messy$cohort == co, ]
