@@ -175,6 +175,12 @@ def test_broken_batch_keeps_good_products(broken_folder, tmp_path):
     # the line printed as each product fails is whole: it was cut at 80 columns when stdout was no terminal (a log file)
     live = [x for x in result.output.splitlines() if x.startswith("failed ")]
     assert sorted(live) == sorted(f"failed {pid}: {reason}" for pid, reason in run["failed"].items()), live
+    # ... and printed once: the summary names the failed products and counts them, their reasons above
+    # (each reason was printed twice, live and again in the summary)
+    for reason in run["failed"].values():
+        assert result.output.count(reason) == 1, reason
+    assert "3 of 5 products done, 2 failed in " in result.output
+    assert "  failed (reasons above): P4, P5" in result.output.splitlines()
     for pid in ("P1", "P2", "P3", "P4", "P5"):
         assert (out / "products" / pid / "report.html").is_file()
     assert "could not be processed" in (out / "products" / "P4" / "report.html").read_text()

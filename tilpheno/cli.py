@@ -563,7 +563,7 @@ def process(
 
     created = not out.exists()
     try:
-        summary = _run_with_progress(
+        summary, shown = _run_with_progress(
             folder, out, manifest=manifest, outcomes=outcomes, strategy=strategy, release_spec=release_spec,
             study=study, panel=panel, jobs=jobs,
             executor=executor, scheduler=scheduler, fmo_percentile=fmo_percentile,
@@ -577,7 +577,7 @@ def process(
     except (KeyboardInterrupt, Terminated):   # what became of OUT, before main's closing line
         typer.secho(f"note: {left_behind(out, created)}", fg=typer.colors.YELLOW, err=True)
         raise
-    _print_summary(summary)
+    _print_summary(summary, shown)
     _warn_run_unfit(summary, folder)
     if not summary.ok:
         raise typer.Exit(code=1)
@@ -601,7 +601,9 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
                        rerun_of=None, describe=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description),
     shown once the output folder is claimed (a refused folder prints only its error). ``describe``:
-    (n_products, n_files) -> the bar's description; default ``gating N products (M files)``."""
+    (n_products, n_files) -> the bar's description; default ``gating N products (M files)``. Each
+    product that fails is printed as it fails, with its reason: returns the run's summary and their
+    ids, which :func:`_print_summary` names without printing each reason a second time."""
     from contextlib import ExitStack
 
     from rich.markup import escape
@@ -611,6 +613,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
 
     with ExitStack() as stack:
         state = {}
+        shown: set[str] = set()
 
         def on_start(n_products: int, n_files: int) -> None:
             bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -625,9 +628,10 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
                 # whole, not cut at the console's width (80 columns when stdout is a log file, not a terminal)
                 bar.console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False,
                                   soft_wrap=True)
+                shown.add(o.product_id)
             bar.advance(state["task"])
 
-        return process_folder(
+        summary = process_folder(
             folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
             study=study, panel_path=panel,
             fmo_percentile=fmo_percentile, include_identifiers=include_identifiers, make_reports=make_reports,
@@ -636,6 +640,7 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
             allow_outside=allow_outside, compensation_path=compensation, use_cache=use_cache, reports=reports,
             report_products=report_products, run_inputs=run_inputs, rerun_of=rerun_of,
         )
+        return summary, frozenset(shown)
 
 
 @app.command()
@@ -663,12 +668,12 @@ def report(
         if unknown:
             raise TilphenoError(f"{out}: no product {', '.join(map(repr, unknown))} in this run (products: "
                                 f"{', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''})")
-        summary = _run_with_progress(**kwargs, out=out, reports="now", report_products=products or None,
+        summary, shown = _run_with_progress(**kwargs, out=out, reports="now", report_products=products or None,
                                      command_line=["tilpheno", *sys.argv[1:]], overwrite=True,
                                      describe=lambda n, files: _report_progress_text(products or [], n, files))
     except (TilphenoError, OSError) as exc:
         _fail(exc)
-    _print_summary(summary)
+    _print_summary(summary, shown)
     _warn_run_unfit(summary, kwargs["folder"])
     if not summary.ok:
         typer.secho(f"warning: {out}: reports drawn, but the run is not ok ({_not_ok(summary)}), as its process "
@@ -699,13 +704,19 @@ def _not_ok(summary) -> str:
     return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in parts if n)
 
 
-def _print_summary(summary) -> None:
+def _print_summary(summary, shown: frozenset[str]) -> None:
+    """The run's closing lines: counts, each failed product (its reason unless it is in ``shown``,
+    printed as it failed), unreadable and unusable inputs, QC flags, release."""
     typer.echo(
         f"{len(summary.done)} of {summary.n_products} products done, {len(summary.failed)} failed "
         f"in {summary.seconds:.1f} s; outputs in {summary.out_dir}"
     )
+    above = [pid for pid in summary.failed if pid in shown]
+    if above:   # each printed whole, with its reason, as it failed: named here, not printed twice
+        typer.echo(f"  failed (reason{'s' if len(above) > 1 else ''} above): {', '.join(above)}")
     for pid, reason in summary.failed.items():
-        typer.echo(f"  failed {pid}: {reason}")
+        if pid not in shown:   # failed before gating started (e.g. run-level compensation)
+            typer.echo(f"  failed {pid}: {reason}")
     for line in summary.unreadable:   # its product may be done without it: still not a clean run (exit status 1)
         typer.echo(f"  unreadable {line}")
     for line in summary.unusable:   # read, but dropped by the product done without it: exit status 1 too
@@ -899,14 +910,14 @@ def demo(
     try:
         typer.echo(f"1/3 process {sample} -> {out / 'sample'}")
         # the demo owns its output folders: a second `make demo` replaces the first one's outputs
-        first = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"),
+        first, shown = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"),
                                    outcomes=_optional(sample / "outcomes.csv"), jobs=jobs, overwrite=True)
-        _print_summary(first)
+        _print_summary(first, shown)
         typer.echo(f"2/3 simulate {products} products x 9 tubes x {events} events, then process (tables only)")
         cohort = simulate_cohort(out / "cohort_fcs", products, seed, events)
-        second = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest,
+        second, shown = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest,
                                     outcomes=cohort.outcomes, jobs=jobs, make_reports=False, overwrite=True)
-        _print_summary(second)
+        _print_summary(second, shown)
         typer.echo("3/3 biomarker analysis of the simulated cohort")
         phenotypes = read_phenotypes(out / "cohort" / "phenotypes.csv")   # as `tilpheno biomarkers` reads it
         bio = run_biomarkers(phenotypes[phenotypes["status"] == "done"], read_outcomes(cohort.outcomes), out / "biomarkers",
