@@ -1498,3 +1498,34 @@ def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_out, bac
     finally:
         service.factory.kw["bind"].dispose()
         drop_schema(url)
+
+
+def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(driver, tmp_path):
+    """A product whose state the server refuses (its stained file changed since the run: re-gating
+    would not give the run's numbers) showed the refusal, and above the empty release table the
+    heading 'Release ()': the spec's name came only with the state -> the page names the run's
+    release spec (run.json) itself."""
+    from review_support import SAMPLE, processed_with_stained_control
+    from tilpheno.review.web import create_app
+
+    out, inputs, manifest = processed_with_stained_control(tmp_path, PID)
+    stained = manifest.loc[(manifest["role"] == "stain") & (manifest["tube"] == "surface"), "file"].iloc[0]
+    shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / stained)   # changed since the run
+    spec = json.loads((out / "run.json").read_text())["release_spec"]["name"]
+    assert spec
+    url = database_url("sqlite", tmp_path)
+    service = make_service(out, url)
+    driver.get_log("browser")
+    try:
+        with serving(create_app(service)) as base:
+            driver.delete_all_cookies()
+            driver.get(base + f"/products/{PID}")
+            driver.find_element("id", "username").send_keys("alice")
+            driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
+            driver.find_element("id", "login-button").click()
+            message = wait(driver, lambda d: d.find_element("id", "message").text, "the refusal in the message bar")
+            assert message.startswith(f"product {PID}: re-gating gives "), message
+            headings = [h.text for h in driver.find_elements("css selector", ".side h2")]
+            assert f"Release ({spec})" in headings, headings
+    finally:
+        service.factory.kw["bind"].dispose()

@@ -294,7 +294,8 @@ def create_app(service: ReviewService) -> Flask:
         allowed = service.accessible(g.user)
         others = [p for p in service.source.product_ids() if p != product_id and (allowed is None or p in allowed)]
         return render_template("product.html", product_id=product_id, user=g.user, csrf=g.sess.csrf_token,
-                               others=others, tubes=service.source.stained_kinds(product_id), can_approve=g.user.role in ("reviewer", "admin"))
+                               others=others, tubes=service.source.stained_kinds(product_id), can_approve=g.user.role in ("reviewer", "admin"),
+                               spec=service.source.release_spec.name)   # in the page: a product whose state fails keeps it
 
     # -- API ---------------------------------------------------------------------------------------------
     @app.get("/api/products/<path:product_id>/state")

@@ -67,7 +67,6 @@
     $("version-badge").textContent = "gate version " + S.current_version;
     $("approved-badge").textContent = S.approved_version ? "approved: version " + S.approved_version
       : S.rejected_version ? "rejected: version " + S.rejected_version : "not approved";
-    $("spec-name").textContent = S.release.spec;
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderOverrule(); renderOOS(); renderVersions(); renderApply(); renderJustify();
