@@ -53,6 +53,34 @@ def test_instrument_words_are_no_markers(tmp_path):
         [None, None, "SYTO41", "SYTO9"]
 
 
+def test_a_dna_dye_is_drafted_as_the_nucleated_gate_not_a_marker(tmp_path):
+    """FACSDiva's 'Syto 41' (SYTO 41, a DNA dye that enters every cell, live or dead) was drafted as a
+    marker gate, 'SYTO41+' within the lymphocyte gate, reported as syto41_pct_of_lymph -> a DNA dye of
+    the vocabulary's ``nucleic_acid:`` list (a numbered family: every SYTO dye; DRAQ5) is drafted as
+    the ``nucleated`` gate, keeping its bright events, right after the scatter gates, the other gates
+    within it; SYTOX (impermeant, another family) and the viability dyes are not such dyes."""
+    vocabulary = default_vocabulary()
+    assert [vocabulary.is_nucleic_acid_dye(n) for n in ("Syto 41", "SYTO-9", "SYTO 17", "DRAQ5")] == [True] * 4
+    assert not any(vocabulary.is_nucleic_acid_dye(n) for n in ("SYTOX Green", "7-AAD", "DAPI", "CD45", "LIVE/DEAD"))
+    shutil.copytree(Path(__file__).parent / "data" / "fcs" / "fcsparser_instruments" / "FACS_Diva", tmp_path / "diva")
+    result = _run(["new-study", str(tmp_path / "diva"), "-o", str(tmp_path / "study")])
+    assert result.exit_code == 0, result.output
+    assert "DNA dye SYTO41 (gated as nucleated)" in result.output
+    strategy = yaml.safe_load((tmp_path / "study" / "km1.yaml").read_text())
+    gates = {g["name"]: g for g in strategy["populations"]}
+    assert "SYTO41+" not in gates and not any("syto" in v for v in strategy["variables"])
+    assert gates["nucleated"] == {"name": "nucleated", "parent": "cells", "dims": ["SYTO41"], "method": "valley",
+                                  "params": {"keep": "high", "one_population": "positive"}}
+    assert gates["CD45+"]["parent"] == "nucleated"   # the all-cells marker on the nucleated cells
+    assert strategy["variables"]["nucleated_pct"] == {"numerator": "nucleated", "denominator": "cells"}
+    out = tmp_path / "out"
+    result = _run(["process", str(tmp_path / "diva"), "--study", str(tmp_path / "study" / "study.yaml"),
+                   "--manifest", str(tmp_path / "study" / "manifest.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    populations = pd.read_csv(out / "populations.csv").set_index("population")
+    assert populations.loc["nucleated", "parent"] == "cells" and populations.loc["CD45+", "parent"] == "nucleated"
+
+
 def test_newlab_draft_runs_and_agrees_with_truth(tmp_path):
     """Another lab's three tubes (one marker on an unlabelled detector, named by its panel file):
     kinds, FMOs and viability dye inferred; `process` with the draft exits 0. The lineage table nests

@@ -405,7 +405,8 @@ def new_study(
         fmo = f"; FMO gates: {', '.join(tube.fmo_markers)}" if tube.fmo_markers else "; no FMO in the folder"
         partial = f"; only in some files' panels, not gated: {', '.join(tube.partial)}" if tube.partial else ""
         typer.echo(f"tube kind {tube.kind}: {tube.products} product(s), markers {', '.join(tube.markers)}"
-                   f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}{fmo}{partial}")
+                   f"{'; viability dye ' + tube.viability if tube.viability else '; no viability dye'}"
+                   f"{'; DNA dye ' + tube.dna + ' (gated as nucleated)' if tube.dna else ''}{fmo}{partial}")
         if tube.products < products and tube.optional:
             typer.echo(f"tube kind {tube.kind}: optional (no product has it with another kind; study.yaml: optional: "
                        f"true): for the {products - tube.products} of {products} products with no {tube.kind} file, "

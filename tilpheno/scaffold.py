@@ -22,7 +22,9 @@ run needs no hand-written YAML.
   kind those products share, stays required (a missing tube fails its product);
 * **gates** per kind, in this order: ``cells`` (FSC-A x SSC-A, ``ceiling`` = the scatter channels'
   ``$PnR`` - 1; none when the files have no scatter channels, e.g. a FlowJo export of gated
-  fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``live`` (the viability
+  fluorescence), ``singlets`` (FSC-A x FSC-H, when the files have FSC-H), ``nucleated`` (a DNA dye
+  that enters every cell, the vocabulary's ``nucleic_acid:`` list, e.g. SYTO 41, kept high at its
+  density valley), ``live`` (the viability
   dye, the vocabulary's ``viability:`` list, kept low at its density valley), ``live_lymph``
   (``lymph`` without a viability dye; when the files have scatter: ``method: lymphocytes`` on
   FSC-A x SSC-A, the main scatter cluster's ellipse, as the TIL strategies' lymphocyte gate; large
@@ -38,7 +40,7 @@ run needs no hand-written YAML.
   marker: its negatives are the larger non-leukocytes) under the gate above the lymphocyte gate, and the
   lymphocyte gate within the first such marker's positive gate (``live -> <marker>+ -> live_lymph``), so
   that markers nested within it (a T-cell marker of the pan-leukocyte one) sit in the lymphocyte gate as the others;
-* **variables**: ``viability_pct`` (live % of singlets) and ``<marker>_pct_of_<parent>`` per marker,
+* **variables**: ``nucleated_pct`` (nucleated % of singlets), ``viability_pct`` (live % of singlets, or of nucleated) and ``<marker>_pct_of_<parent>`` per marker,
   ``<parent>`` the marker it is nested within (``cd4_pct_of_cd3``) or the gate it sits under
   (``cd3_pct_of_live_lymph``); ``_<kind>`` appended where two kinds would give the same name.
 
@@ -89,7 +91,8 @@ class TubeDraft:
     the markers it gates on all cells (``all_cells:``; unless nested, they sit under :attr:`above_lymph`,
     not within the lymphocyte gate), whether a product may lack it (:func:`disjoint_kinds`), and the
     pairs of its markers a cell does not normally carry together (``exclusive:``; a co-expression check
-    drafted for each pair gated within one parent)."""
+    drafted for each pair gated within one parent), and its DNA dye (``nucleic_acid:``, gated as
+    ``nucleated`` before ``live``; None: none)."""
 
     kind: str
     markers: tuple[str, ...]
@@ -106,6 +109,7 @@ class TubeDraft:
     all_cells: tuple[str, ...] = ()
     optional: bool = False
     exclusive: tuple[tuple[str, str], ...] = ()
+    dna: str | None = None
 
     @property
     def lymph(self) -> str | None:
@@ -200,7 +204,9 @@ class StudyDraft:
         """Per kind: variable name -> (numerator, denominator) population."""
         plain: dict[str, dict[str, tuple[str, str]]] = {}
         for tube in self.tubes:
-            own = {"viability_pct": ("live", _before_live(tube))} if tube.viability else {}
+            own = {"nucleated_pct": ("nucleated", _scatter_end(tube))} if tube.dna else {}
+            if tube.viability:
+                own["viability_pct"] = ("live", _before_live(tube))
             for marker in _gated(tube):
                 above = tube.parent_marker(marker)
                 own[f"{_slug(marker)}_pct_of_{_slug(above) if above else tube.parent(marker)}"] = (f"{marker}+", tube.parent(marker))
@@ -215,9 +221,9 @@ def _slug(text: str) -> str:
 
 
 def _gated(tube: TubeDraft) -> list[str]:
-    """The marker gates' markers (not the viability dye), parents before their children, else in
+    """The marker gates' markers (not the viability or DNA dye), parents before their children, else in
     the tube's order."""
-    return _parents_first([m for m in tube.markers if m != tube.viability], dict(tube.nested))
+    return _parents_first([m for m in tube.markers if m not in (tube.viability, tube.dna)], dict(tube.nested))
 
 
 def _parents_first(markers: Sequence[str], parents: dict[str, str]) -> list[str]:
@@ -254,8 +260,14 @@ def _scatter_gates(tube: TubeDraft) -> list[str]:
     return [] if tube.scatter is None else ["cells", *(["singlets"] if tube.height else [])]
 
 
-def _before_live(tube: TubeDraft) -> str:
+def _scatter_end(tube: TubeDraft) -> str:
+    """The last scatter gate (``root`` without scatter channels): the DNA dye's gate is drawn in it."""
     return (_scatter_gates(tube) or ["root"])[-1]
+
+
+def _before_live(tube: TubeDraft) -> str:
+    """The population the live gate is drawn in: ``nucleated`` with a DNA dye, else the last scatter gate."""
+    return "nucleated" if tube.dna else _scatter_end(tube)
 
 
 def _name_words(fcs, path: Path, product: str, vocabulary: Vocabulary) -> list[str]:
@@ -351,12 +363,14 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         top = max(ranges.get(d, 0.0) for d in markers.values()) or 262144.0
         order = [m for m, _ in sorted(markers.items(), key=lambda kv: pnn.index(kv[1]) if kv[1] in pnn else 0)]
         viability = next((m for m in order if vocabulary.is_viability_dye(m)), None)
+        dna = next((m for m in order if vocabulary.is_nucleic_acid_dye(m)), None)
         fmo_gated = tuple(m for m in order if m in set(fmo_markers))
+        gated = [m for m in order if m != dna]
         tubes.append(TubeDraft(kind, tuple(order), viability, fmo_gated,
                                scatter, height, ceiling, top, len({f["product_id"] for f in members}),
                                tuple(sorted(set().union(*versions) - set(markers))),
-                               nesting(order, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m)),
-                               tuple(m for m in order if m != viability and vocabulary.is_all_cells(m))))
+                               nesting(gated, viability, vocabulary), tuple(m for m in fmo_gated if vocabulary.is_dim(m)),
+                               tuple(m for m in gated if m != viability and vocabulary.is_all_cells(m)), dna=dna))
     optional = disjoint_kinds({kind: {f["product_id"] for f in members} for kind, members in kinds.items()})
     tubes = [replace(t, optional=t.kind in optional, exclusive=tuple(vocabulary.exclusive_pairs(t.markers))) for t in tubes]
     for f in files:
@@ -528,6 +542,11 @@ def strategy_yaml(draft: StudyDraft, tube: TubeDraft) -> str:
         lines.append("  # the files have no forward/side scatter channels: the gates start from all events (root)")
     if tube.partial:
         lines.append(f"  # not gated: {', '.join(tube.partial)}, which only some of the files' panels have")
+    if tube.dna:
+        lines.append(f"  - {{name: nucleated, parent: {_scatter_end(tube)}, dims: {_list([tube.dna])}, method: valley, "
+                     "params: {keep: high, one_population: positive}}   # a DNA dye that enters every cell, live or dead "
+                     "(vocabulary `nucleic_acid:`): nucleated cells are bright, debris, red cells and platelets dim; one "
+                     "population alone is the nucleated cells, flagged for review")
     if tube.viability:
         lines.append(f"  - {{name: live, parent: {_before_live(tube)}, dims: {_list([tube.viability])}, method: valley, "
                      "params: {keep: low, one_population: negative}}   # the viability dye: dead cells are bright; "

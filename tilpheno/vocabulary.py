@@ -105,6 +105,8 @@ class Vocabulary:
     of the markers drafted on all live cells, not within the lymphocyte scatter gate (``all_cells:``).
     ``detectors``: keys of the detector families whose number names a detector (``detectors:``).
     ``exclusive``: pairs of canonical marker names a cell does not normally carry together (``exclusive:``).
+    ``nucleic_acid``: keys of the DNA dyes that enter every cell, live or dead (``nucleic_acid:``; a
+    ``numbered:`` family's key names each of its dyes).
     """
 
     canonical: Mapping[str, str] = field(default_factory=dict)
@@ -119,6 +121,7 @@ class Vocabulary:
     all_cells: frozenset[str] = frozenset()
     detectors: frozenset[str] = frozenset()
     exclusive: tuple[tuple[str, str], ...] = ()
+    nucleic_acid: frozenset[str] = frozenset()
 
     def with_lineage(self, lineage: Mapping[str, str | None], source: str = "") -> "Vocabulary":
         """A new vocabulary whose lineage table has ``marker: parent`` entries added (they win over
@@ -371,6 +374,15 @@ class Vocabulary:
         """True when ``name`` (any spelling) is a dye that marks dead cells (``viability:`` list)."""
         return key(self.canonical_name(name)) in self.viability
 
+    def is_nucleic_acid_dye(self, name: str) -> bool:
+        """True when ``name`` (any spelling) is a DNA dye that enters every cell, live or dead, and
+        so marks the nucleated cells, not the dead ones (``nucleic_acid:`` list; a ``numbered:``
+        family in it names each of its dyes: SYTO41, SYTO9)."""
+        canonical = key(self.canonical_name(name))
+        numbered = _NUMBERED.match(canonical)
+        return canonical in self.nucleic_acid or bool(numbered and numbered.group(1) in self.nucleic_acid
+                                                      and numbered.group(1) in self.numbered)
+
     def is_dim(self, name: str) -> bool:
         """True when ``name`` (any spelling) is a marker whose positives are dim, a shoulder on the
         negatives (``dim:`` list): ``tilpheno new-study`` drafts its FMO gate with ``rule: relative``."""
@@ -419,13 +431,13 @@ def parse_aliases(value: Any, where: str) -> dict[str, list[str]]:
 
 def read_vocabulary(path: str | Path) -> Vocabulary:
     """Read a vocabulary YAML file (keys ``aliases``, ``prefixes``, ``filler``, ``fluorochromes``,
-    ``viability``, ``numbered``, ``detectors``, ``lineage``, ``dim``, ``all_cells``, ``exclusive``)."""
+    ``viability``, ``nucleic_acid``, ``numbered``, ``detectors``, ``lineage``, ``dim``, ``all_cells``, ``exclusive``)."""
     from tilpheno.io.yamlsafe import load_config
 
     path = Path(path)
-    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, numbered, detectors, "
-                      "lineage, dim, all_cells, exclusive",
-                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "numbered", "detectors",
+    doc = load_config(path, "vocabulary", "aliases, prefixes, filler, fluorochromes, viability, nucleic_acid, numbered, "
+                      "detectors, lineage, dim, all_cells, exclusive",
+                      StudyError, ("aliases", "prefixes", "filler", "fluorochromes", "viability", "nucleic_acid", "numbered", "detectors",
                                    "lineage", "dim", "all_cells", "exclusive"),
                       empty_ok=True)[1]
     base = Vocabulary(
@@ -434,6 +446,7 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
         prefixes=tuple(sorted({key(p) for p in _string_list(doc.get("prefixes"), f"{path}: prefixes")}, key=len, reverse=True)),
         viability=frozenset(key(v) for v in _string_list(doc.get("viability"), f"{path}: viability")),
         numbered={key(f): str(f).strip() for f in _string_list(doc.get("numbered"), f"{path}: numbered")},
+        nucleic_acid=frozenset(key(d) for d in _string_list(doc.get("nucleic_acid"), f"{path}: nucleic_acid")),
         detectors=frozenset(key(f) for f in _string_list(doc.get("detectors"), f"{path}: detectors")),
     )
     vocabulary = base.with_aliases(parse_aliases(doc.get("aliases"), f"{path}: aliases"), str(path.name))
