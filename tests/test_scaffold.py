@@ -2175,3 +2175,47 @@ def test_a_pair_a_cell_rarely_carries_drafts_a_co_expression_check(tmp_path):
     til = draft_study(SAMPLE)
     for tube in til.tubes:
         assert tube.exclusive == (("CD4", "CD8"),) if {"CD4", "CD8"} <= set(tube.markers) else not tube.exclusive
+
+
+def test_a_labs_manifest_gives_the_draft_its_products_and_tubes(tmp_path):
+    """FlowAtlas's 390C ileum and liver exports share $SRC's donor: new-study made them one product
+    '390C' with two stained files of one tube (duplicate_tube) and could only name manifest lines to
+    edit by hand -> ``new-study --manifest`` takes each file's product, tube and role from the lab's
+    own table: the draft's products are the lab's, its tube kind named by the lab's tube, a file the
+    table leaves out is left out, and process runs the draft as written. A bad table is refused in
+    one line naming its row (a missing file; one panel's files in two tubes), nothing drafted."""
+    atlas = Path(__file__).parent / "data" / "realdata_flowatlas" / "fcs"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("390C_Ileum_028.fcs", "390C_Liver_026.fcs", "423_Donor_Lung_032.fcs"):
+        shutil.copy(atlas / name, inputs / name)
+    table = tmp_path / "lab.csv"
+    table.write_text("file,product_id,tube,role\n390C_Ileum_028.fcs,390C ileum,T cell,stain\n"
+                     "390C_Liver_026.fcs,390C liver,T cell,stain\n")
+    study = tmp_path / "study"
+    result = _run(["new-study", str(inputs), "-o", str(study), "--manifest", str(table)])
+    assert result.exit_code == 0, result.output
+    assert "duplicate_tube" not in result.output
+    assert "left out: 423_Donor_Lung_032.fcs: not in the manifest" in result.output
+    drafted = pd.read_csv(study / "manifest.csv", dtype=str, keep_default_na=False)
+    assert drafted[["file", "product_id", "tube", "role"]].values.tolist() == [
+        ["390C_Ileum_028.fcs", "390C ileum", "t_cell", "stain"], ["390C_Liver_026.fcs", "390C liver", "t_cell", "stain"]]
+    assert (study / "t_cell.yaml").is_file()
+    out = tmp_path / "out"
+    result = _run(["process", str(inputs), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+                   "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    phenotypes = pd.read_csv(out / "phenotypes.csv")
+    assert sorted(phenotypes["product_id"]) == ["390C ileum", "390C liver"] and set(phenotypes["status"]) == {"done"}
+
+    for rows, said in (
+            ("390C_Ileum_028.fcs,390C ileum,T cell,stain\n390C_Liver.fcs,390C liver,T cell,stain\n",
+             f"{table}: row 3, column 'file': '390C_Liver.fcs' does not exist"),
+            ("390C_Ileum_028.fcs,390C ileum,T cell,stain\n390C_Liver_026.fcs,390C liver,Tcell,stain\n",
+             f"{table}: row 2, column 'tube': 390C_Ileum_028.fcs is in tube 'T cell' and {table}: row 3: "
+             "390C_Liver_026.fcs in tube 'Tcell', with the same markers")):
+        table.write_text("file,product_id,tube,role\n" + rows)
+        result = _run(["new-study", str(inputs), "-o", str(tmp_path / "refused"), "--manifest", str(table)])
+        assert result.exit_code == 2, result.output
+        assert " ".join(result.output.split()).startswith(f"error: {said}"), result.output
+        assert not (tmp_path / "refused").exists()

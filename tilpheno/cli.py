@@ -381,6 +381,7 @@ def new_study(
     name: Optional[str] = typer.Option(None, "--name", help="The study's name (default: the folder's name)."),
     panel: Optional[Path] = typer.Option(None, "--panel", help="Panel file (CSV/YAML: tube, detector, marker) naming markers on unlabelled detectors.", callback=_existing_file),
     lineage: Optional[Path] = typer.Option(None, "--lineage", help="YAML file with a `lineage:` mapping (marker: the marker it is gated within; empty: not nested) overriding the vocabulary's, e.g. {CD8: ~, PD1: CD8}.", callback=_existing_file),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="The lab's manifest CSV/Excel (file, product_id, tube, role[, fmo_marker]): each file's product, tube and role as the lab knows them, not inferred; its tube names name the tube kinds; files it does not list are left out.", callback=_existing_file),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files a previous draft wrote into OUT."),
 ) -> None:
     """Draft a study for the lab's own panel from FOLDER's FCS files: tube kinds, gates, variables, a manifest (runs as written).
@@ -394,7 +395,7 @@ def new_study(
     from tilpheno.scaffold import check_draft, draft_study, write_study
 
     try:
-        draft = draft_study(folder, name=name, panel=panel, lineage=lineage)
+        draft = draft_study(folder, name=name, panel=panel, lineage=lineage, manifest=manifest)
         write_study(draft, out, overwrite=overwrite)
     except (TilphenoError, OSError) as exc:
         _fail(exc)

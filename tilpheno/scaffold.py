@@ -61,7 +61,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io.files import display_name
-from tilpheno.io.manifest import scan_files
+from tilpheno.io.manifest import read_lab_manifest, scan_files
 from tilpheno.panel import SharedLabel, file_markers, read_panel_file, repeated_markers, set_aside_dyes, shared_labels
 from tilpheno.study import default_study
 from tilpheno.vocabulary import Vocabulary, key, read_lineage
@@ -291,14 +291,17 @@ def _channel(channels: Sequence[str], *names: str) -> str | None:
 
 
 def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Path | None = None,
-                lineage: str | Path | None = None) -> StudyDraft:
+                lineage: str | Path | None = None, manifest: str | Path | None = None) -> StudyDraft:
     """Draft a study from the FCS files under ``folder`` (module docstring). ``panel``: a panel file
     (``tube, detector, marker``; ``tube`` a word of the files' TUBE NAME or file names, or empty for
     every file) naming markers on detectors the export left unlabelled; its markers are the files'
     labels in the scan too, so that an export without ``$PnS`` (labels kept in a FlowJo workspace)
     drafts as stained files, not unstained controls. ``lineage``: a lab's lineage file (a YAML
     ``lineage:`` mapping, :func:`tilpheno.vocabulary.read_lineage`) whose entries win over the
-    vocabulary's table (StudyError naming the file and entry when invalid). Raises TableError when no file can be used
+    vocabulary's table (StudyError naming the file and entry when invalid). ``manifest``: a lab's own
+    manifest (:func:`tilpheno.io.manifest.read_lab_manifest`) giving each file's product, role, FMO
+    marker and tube, whose name names the tube kind of its stained files (:func:`_lab_kinds`); a file
+    it does not list is left out. Raises TableError when no file can be used
     (no readable stained file), PanelError when a panel row names a detector that a stained or FMO
     file it applies to does not have (``process`` would fail the file's product)."""
     folder = Path(folder)
@@ -307,6 +310,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     if lineage is not None:
         vocabulary = vocabulary.with_lineage(read_lineage(lineage), str(lineage))
     overrides = read_panel_file(panel) if panel is not None else None
+    lab = read_lab_manifest(manifest, base=folder) if manifest is not None else None
+    listed = {} if lab is None else {str((folder / r["file"]).resolve()): r for r in lab.to_dict("records")}
     scanned, metadata = scan_files(folder, study=study, panel=overrides)
     skipped: list[tuple[str, str]] = []
     shared: dict[SharedLabel, list[str]] = {}
@@ -318,6 +323,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         if row["problem"]:
             skipped.append((path.name, row["problem"]))
             continue
+        if lab is not None:
+            entry = listed.get(str(path.resolve()))
+            if entry is None:
+                skipped.append((path.name, f"not in the manifest {display_name(str(manifest))}"))
+                continue
+            row = {**row, **{k: entry[k] for k in ("product_id", "tube", "role", "fmo_marker")}, "lab": entry}
         fcs = metadata[row["file"]]
         words = _name_words(fcs, path, row["product_id"], vocabulary)
         # process refuses a stained or FMO file (not a control) on whose channels a row of the panel is not
@@ -337,11 +348,12 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
     controls = sum(f["role"] == "unstained" for f in files)
     if not stained:
         raise TableError(f"{folder}: no readable stained FCS file to draft a study from "
-                         f"({len(scanned)} file(s), {len(skipped)} unreadable"
+                         f"({len(scanned)} file(s), {int((scanned['problem'] != '').sum())} unreadable"
+                         f"{f', {len(scanned) - len(lab)} not in the manifest' if lab is not None and len(scanned) > len(lab) else ''}"
                          f"{f', {unnamed} stained with no marker named: {UNNAMED}' if unnamed else ''}"
                          f"{f', {controls} taken as unstained controls: {CONTROLS}' if controls else ''})")
-    kinds = _kinds(stained)
-    tubes, manifest = [], []
+    kinds = _kinds(stained) if lab is None else _lab_kinds(_kinds(stained))
+    tubes, rows = [], []
     for kind, members in kinds.items():
         markers = shared_markers(members)
         versions = sorted({frozenset(f["markers"]) for f in members}, key=sorted)
@@ -384,14 +396,41 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
                    if f["role"] == "fmo" else UNNAMED if not f["markers"] else "fits no tube kind")
             skipped.append((f["path"].name, why))
             continue
-        manifest.append({"file": str(f["path"].relative_to(folder)), "product_id": f["product_id"], "tube": f["tube"],
+        rows.append({"file": str(f["path"].relative_to(folder)), "product_id": f["product_id"], "tube": f["tube"],
                          "role": f["role"], "fmo_marker": f["fmo_marker"]})
     default = re.sub(r"[^a-z0-9]+", "_", folder.resolve().name.lower()).strip("_") or "lab"
     unreadable = [Path(f).name for f in scanned.loc[scanned["problem"] != "", "file"]]
-    return StudyDraft(name or default, folder, tubes, pd.DataFrame(manifest, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
+    return StudyDraft(name or default, folder, tubes, pd.DataFrame(rows, columns=["file", "product_id", "tube", "role", "fmo_marker"]), skipped,
                       shared, list(scanned.attrs.get("case_merged", [])), unreadable,
                       [(display_name(str(where)), reason) for where, reason in scanned.attrs.get("unlistable", [])],
                       unused, repeated, list(scanned.attrs.get("panel_unmatched", [])))
+
+
+def _lab_kinds(kinds: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The tube kinds of a draft from a lab's manifest: each kind (one panel, :func:`_kinds`) named by
+    the ``tube`` its manifest gives its stained files, written as a kind name (lower case, runs of
+    other characters than letters and digits as ``_``: ``T cell`` -> ``t_cell``). TableError naming
+    the rows when one panel's files are in two tubes, or one tube holds two panels."""
+    named: dict[str, list[dict]] = {}
+    for members in kinds.values():
+        first: dict[str, dict] = {}
+        for f in members:
+            first.setdefault(f["lab"]["tube"], f)
+        if len(first) > 1:
+            (a, fa), (b, fb) = list(first.items())[:2]
+            raise TableError(f"{fa['lab']['row']}, column 'tube': {fa['path'].name} is in tube {a!r} and "
+                             f"{fb['lab']['row']}: {fb['path'].name} in tube {b!r}, with the same markers "
+                             f"({', '.join(sorted(fa['markers']))}): a tube kind is one panel; give them one tube name")
+        tube, f = next(iter(first.items()))
+        kind = re.sub(r"[^a-z0-9]+", "_", tube.lower()).strip("_") or "tube"
+        if kind in named:
+            other = named[kind][0]
+            raise TableError(f"{f['lab']['row']}, column 'tube': tube {tube!r} holds {f['path'].name}, stained for "
+                             f"{', '.join(sorted(f['markers']))}, and ({other['lab']['row']}) {other['path'].name}, stained "
+                             f"for {', '.join(sorted(other['markers']))}: a tube kind is one panel; give each panel its "
+                             "own tube name")
+        named[kind] = members
+    return named
 
 
 def disjoint_kinds(products: dict[str, set[str]]) -> set[str]:

@@ -580,6 +580,20 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     return frame.reset_index(drop=True)
 
 
+def read_lab_manifest(path: str | os.PathLike, *, base: str | os.PathLike) -> pd.DataFrame:
+    """A lab's own manifest for ``tilpheno new-study --manifest`` (``file, product_id, tube, role``,
+    optional ``fmo_marker``): each file's product, tube and role as the lab knows them, not inferred.
+    Every check of :func:`read_manifest` (each refusal names the row and column; a listed file that
+    does not exist under ``base`` is refused), but any tube name: the draft names its tube kinds by
+    them. Adds ``row``, each row's place (``<manifest>: row N``), for the draft's own refusals."""
+    path = Path(path)
+    table = _read_table(path)
+    names = {str(v).strip() for v in table["tube"] if v is not None and str(v).strip()} if "tube" in table.columns else set()
+    frame = read_manifest(path, base=base, tubes=names)
+    frame["row"] = [place(str(path), line) for line in table.index]
+    return frame
+
+
 def _foreign_fmo_error(path: Path, foreign: tuple[int, str, str, str, str], rows: pd.DataFrame, problems: list[str],
                        unfit: Callable[[pd.DataFrame], str] | None) -> TableError:
     """The refusal of the first FMO row of a marker its tube kind does not gate (``foreign``: its line, product,
