@@ -1005,6 +1005,38 @@ def test_shared_detector_label_is_announced_and_a_panel_row_resolves_it(tmp_path
     assert all("FoxP3" in t.markers for t in draft.tubes)
 
 
+def test_a_shared_label_is_announced_on_stained_files_only_with_the_row_to_write(tmp_path):
+    """FlowAtlas's 423C and 428C unstained controls label their CD3 detector 'CD3-IgD' (their stained
+    files: 'CD3'), and new-study said 'no marker read ... a panel file row says which' of the two
+    controls, though a control is read on its stained file's detectors (nothing to do); for the stained
+    files' 'Foxp3-IgM' the lab had to work out the row -> only stained and FMO files' labels are named,
+    with the rows to write; the row written as printed drafts FoxP3."""
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.io.fcs_write import write_fcs
+
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    stained = REALDATA / "fcs" / "423_Donor_Lung_032.fcs"
+    shutil.copy(stained, folder / stained.name)
+    fcs = read_fcs(stained)
+    labels = [str(x) for x in fcs.channels["pns"]]
+    assert labels[0] == "CD3"
+    labels[0] = "CD3-IgD"   # as 423C__Donor_unst_037.cleaned.fcs labels it
+    write_fcs(folder / "423_Donor_Lung_032_unstained.fcs", fcs.events[:2000],
+              [(str(n), label or None, float(r)) for n, label, r in zip(fcs.channels["pnn"], labels, fcs.channels["pnr"])],
+              {"$SRC": fcs.keywords.get("$SRC", "")})
+    result = _run(["new-study", str(folder), "-o", str(tmp_path / "study")])
+    assert result.exit_code in (0, 1), result.output   # 1: the control's $SRC is not the stained file's product
+    assert "unstained" in pd.read_csv(tmp_path / "study" / "manifest.csv")["role"].tolist()
+    (line,) = [x for x in result.output.splitlines() if x.startswith("no marker read")]
+    assert "'Foxp3-IgM' names FoxP3 and IgM" in line and "1 file(s): 423_Donor_Lung_032.fcs" in line
+    row = "',FJComp-561 585_15-A,FoxP3'"
+    assert f"e.g. {row} or ',FJComp-561 585_15-A,IgM'" in line
+    (tmp_path / "panel.csv").write_text("tube,detector,marker\n" + row.strip("'") + "\n")
+    draft = draft_study(folder, panel=tmp_path / "panel.csv")
+    assert not draft.shared and all("FoxP3" in t.markers for t in draft.tubes)
+
+
 def test_a_label_naming_a_second_stain_before_a_marker_or_with_a_plus_is_announced(tmp_path):
     """$PnS 'KLRG1 CD39' (KLRG1 not in the vocabulary) was drafted as CD39, the unknown word before
     it dropped without a word, and 'CD39+TIGIT' as one free-text marker 'CD39+TIGIT' though it names

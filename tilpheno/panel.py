@@ -338,8 +338,10 @@ class SharedLabel:
         dump = (f"; a dump channel: a row naming {self.dye} gates it as the live gate, leaving the "
                 f"{', '.join(m + '+' for m in self.markers if m != self.dye)} cells out with the dead ones "
                 "(viability_pct counts them as dead)" if self.dye else "")
+        rows = " or ".join(f"',{self.detector},{m}'" for m in self.markers if m != self.dye)
         return (f"detector {self.detector}'s label {self.label!r} names {' and '.join(self.markers)}, one detector shared "
-                f"by two stains: a panel file row (tube, detector, marker) says which this tube carries{dump}")
+                f"by two stains: a panel file row (tube, detector, marker) says which this tube carries, e.g. {rows} "
+                f"(an empty tube: every file; a file's name or a word of it: that file){dump}")
 
 
 def shared_labels(channels: Iterable[tuple[str, str]], markers: Mapping[str, str],

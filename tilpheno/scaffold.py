@@ -334,7 +334,8 @@ def draft_study(folder: str | Path, *, name: str | None = None, panel: str | Pat
         # process refuses a stained or FMO file (not a control) on whose channels a row of the panel is not
         markers = file_markers(fcs, vocabulary, overrides, strict=row["role"] in ("stain", "fmo"))
         channels = list(zip(map(str, fcs.channels["pnn"]), map(str, fcs.channels["pns"])))
-        for label in shared_labels(channels, markers, vocabulary):
+        # a control is read on its stained file's detectors: its labels name nothing the run reads
+        for label in shared_labels(channels, markers, vocabulary) if row["role"] in ("stain", "fmo") else ():
             shared.setdefault(label, []).append(path.name)
         for repeat in repeated_markers(channels, markers, vocabulary) if row["role"] == "stain" else ():
             repeated.setdefault(repeat, []).append(path.name)
