@@ -1524,7 +1524,7 @@ def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(d
             driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
             driver.find_element("id", "login-button").click()
             message = wait(driver, lambda d: d.find_element("id", "message").text, "the refusal in the message bar")
-            assert message.startswith(f"product {PID}: re-gating gives "), message
+            assert f"{inputs / stained}: SHA-256 differs from run.json" in message, message
             headings = [h.text for h in driver.find_elements("css selector", ".side h2")]
             assert f"Release ({spec})" in headings, headings
     finally:

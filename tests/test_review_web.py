@@ -1436,6 +1436,34 @@ def test_an_unstained_control_changed_since_the_run_gives_no_candidate_and_says_
     service.factory.kw["bind"].dispose()
 
 
+@pytest.mark.parametrize("role", ["stain", "fmo"])
+def test_a_stained_or_fmo_file_changed_since_the_run_is_named_when_the_product_is_opened(tmp_path, processed_once, role):
+    """Walkthrough of the FlowAtlas lab (audit_49): a product's stained file replaced after the run made
+    its page answer 'product TIL001: re-gating gives viability_pct = 83.7567, phenotypes.csv says
+    78.4001; inputs or software changed since the run', naming neither the file nor the check that
+    finds it (run.json's SHA-256, compared only after the numbers) -> the re-run names the changed
+    file, as for a control; the same for an FMO file, which moves its gate."""
+    import shutil
+
+    from review_support import SAMPLE, database_url, make_service
+
+    out, inputs, manifest = stained_control_run(processed_once)
+    surface = manifest[(manifest["tube"] == "surface") & (manifest["role"] == role)]
+    changed = surface["file"].iloc[0]
+    kept = (inputs / changed).read_bytes()
+    try:
+        shutil.copy(SAMPLE / ("TIL002_surface_stain.fcs" if role == "stain" else changed.replace(PID, "TIL002")),
+                    inputs / changed)
+        service = make_service(out, database_url("sqlite", tmp_path))
+        c, _, _ = login(create_app(service), "alice")
+        r = c.get(f"/api/products/{PID}/state")
+        assert r.status_code == 400, r.text
+        assert r.json["error"] == f"{inputs / changed}: SHA-256 differs from run.json (the file changed since the run)"
+        service.factory.kw["bind"].dispose()
+    finally:
+        (inputs / changed).write_bytes(kept)   # the module's run, as other tests read it
+
+
 def test_an_unstained_control_replaced_after_its_check_is_left_out_as_one_replaced_before(tmp_path, monkeypatch, caplog,
                                                                                           processed_once):
     """The re-run hashed each flagged unstained control (against run.json) and then read it again

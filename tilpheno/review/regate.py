@@ -723,6 +723,11 @@ class ReviewSource:
                             product_id, reason)
             self._left_out[product_id] = self._left_out.get(product_id, []) + list(replaced.values())
             controls = [c for c in controls if c.name not in replaced]
+        by_name = {f.name: f for f in files}
+        changed = next((by_name[t.shown_name].path for t in result.tubes
+                        if t.shown_name in by_name and t.sha256 != by_name[t.shown_name].sha256), None)
+        if changed is not None:   # the file, not only the numbers it moved (the comparison below)
+            raise ReviewError(changed_since_run(changed))
         recorded = self.phenotype_row(product_id)
         for var in self.study.variables:
             a, b = float(result.phenotype.get(var, math.nan)), float(recorded.get(var, math.nan))
@@ -730,15 +735,12 @@ class ReviewSource:
                 left_out = "".join(f"; left out of the re-run: {why}" for why in self._left_out.get(product_id, []))
                 raise ReviewError(f"product {product_id}: re-gating gives {var} = {a:.6g}, phenotypes.csv says {b:.6g}; "
                                   f"inputs or software changed since the run, re-run `tilpheno process`{left_out}")
-        by_name = {f.name: f for f in files}
         tubes: dict[str, dict] = {}
         candidates: dict[str, dict[str, list[dict]]] = {}
         for t in result.tubes:
             name = t.shown_name
             if t.role != "stain" or t.tube in tubes:
                 continue
-            if t.sha256 != by_name[name].sha256:
-                raise ReviewError(changed_since_run(name))
             tubes[t.tube] = {"file": name, "sha256": t.sha256,
                              "gates": {pop: gate.to_dict() for pop, _parent, gate, method in t.gates if method != "boolean"},
                              "methods": {pop: method for pop, _parent, _gate, method in t.gates}}
