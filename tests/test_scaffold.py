@@ -2221,6 +2221,10 @@ def test_a_labs_manifest_gives_the_draft_its_products_and_tubes(tmp_path):
     inputs.mkdir()
     for name in ("390C_Ileum_028.fcs", "390C_Liver_026.fcs", "423_Donor_Lung_032.fcs"):
         shutil.copy(atlas / name, inputs / name)
+    inferred = _run(["new-study", str(inputs), "-o", str(tmp_path / "inferred")])   # one product '390C', two tissues
+    assert "duplicate_tube" in inferred.output, inferred.output
+    assert (f"can give them instead of editing the lines above: tilpheno new-study {inputs} -o {tmp_path / 'inferred'} "
+            "--manifest lab.csv") in " ".join(inferred.output.split())
     table = tmp_path / "lab.csv"
     table.write_text("file,product_id,tube,role\n390C_Ileum_028.fcs,390C ileum,T cell,stain\n"
                      "390C_Liver_026.fcs,390C liver,T cell,stain\n")

@@ -421,6 +421,12 @@ def new_study(
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
     _warn_duplicate_stains(draft.manifest, out / "manifest.csv", (draft.name, [t.kind for t in draft.tubes if not t.optional]))
     failing |= _warn_controls_only(draft.manifest)
+    stains = draft.manifest[draft.manifest["role"] == "stain"]
+    if manifest is None and (failing or stains.duplicated(["product_id", "tube"]).any()):
+        typer.secho(f"products as inferred from $SRC, file names and keywords: a lab that knows each file's product and "
+                    f"tube can give them instead of editing the lines above: tilpheno new-study {folder} -o {out} "
+                    "--manifest lab.csv (columns file, product_id, tube, role; README: 'When the lab knows better')",
+                    fg=typer.colors.YELLOW, err=True)
     for file, why in draft.skipped:
         typer.secho(f"left out: {file}: {why}", fg=typer.colors.YELLOW, err=True)
     for where, why in draft.unlistable:
