@@ -638,6 +638,11 @@ def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_
             "out of the pfs analyses (complete cases), kept in the os and response analyses") in got.warnings, got.warnings
     unmatched = pd.read_csv(tmp_path / "blank" / "unmatched.csv")
     assert unmatched.values.tolist() == [["missing_pfs", "P005"], ["missing_pfs", "P010"]]
+    # the written dataset keeps the events as the file gave them: 0/1, the missing one blank (not 0.0/1.0)
+    written = (tmp_path / "blank" / "analysis_dataset.csv").read_text(encoding="utf-8").splitlines()
+    header = written[0].split(",")
+    events = {row.split(",")[0]: row.split(",")[header.index("pfs_event")] for row in written[1:]}
+    assert events["P010"] == "" and set(events.values()) == {"0", "1", ""}, events
     assert "missing pfs: P005" in (tmp_path / "blank" / "report.html").read_text(encoding="utf-8")
 
 

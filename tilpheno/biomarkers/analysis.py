@@ -29,7 +29,7 @@ import pandas as pd
 
 from tilpheno.errors import TableError
 from tilpheno.io import atomic
-from tilpheno.io.outcomes import EXCEL_SUFFIXES, csv_rows, locale_numbers, number, table_bytes
+from tilpheno.io.outcomes import EVENT_COLUMNS, EXCEL_SUFFIXES, csv_rows, locale_numbers, number, table_bytes
 from tilpheno.io.workbook import place, table_frame
 
 from .cohort import ENDPOINTS, Cohort, build_cohort, endpoint_cohort, missing_outcome_note, require_frames
@@ -667,7 +667,11 @@ def analysis_dataset(cohort: Cohort) -> pd.DataFrame:
     outcome_cols = [c for c in cohort.outcomes.columns if c not in cohort.covariates]
     cols = [*outcome_cols, *[c for c in cohort.covariates if c not in outcome_cols],
             *[m for m in cohort.markers if m not in outcome_cols]]
-    return cohort.data[[c for c in dict.fromkeys(cols) if c in cohort.data.columns]]
+    data = cohort.data[[c for c in dict.fromkeys(cols) if c in cohort.data.columns]]
+    # an event column with a blank cell (missing: that endpoint's complete cases) is read as floats;
+    # written as read, 0/1 and blank, not 0.0/1.0
+    events = {c: data[c].astype("Int64") for c in EVENT_COLUMNS if c in data.columns and data[c].dtype.kind == "f"}
+    return data.assign(**events) if events else data
 
 
 def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, markers=None, covariates=None,
