@@ -94,3 +94,32 @@ def test_100715_with_both_sides_stated_is_flagged(tmp_path):
     from tilpheno.qc import needs_review
 
     assert all(needs_review(f) for f in flags)
+
+
+def test_a_deleted_gate_a_drafted_check_names_says_which_check_line_to_delete(tmp_path):
+    """A lab deleted new-study's drafted CD19+ gate (and its variable) from 100715.fcs's draft: the strategy
+    refused to load with 'checks[1].populations: unknown population 'CD19+'', leaving the lab to work out
+    that the drafted co_expression check [CD3+, CD19+] must go too -> the one line says so, with the line
+    of that check in the file (found here by its text); nothing is run, exit 2. A dim_subset check naming
+    an unknown population says the same."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    study = tmp_path / "study"
+    assert CliRunner().invoke(app, ["new-study", str(folder), "-o", str(study)]).exit_code == 0
+    path = study / "tube025.yaml"
+    lines = [line for line in path.read_text().splitlines(keepends=True)
+             if not line.startswith(("  - {name: CD19+,", "  cd19_pct_of_lymph:"))]
+    path.write_text("".join(lines))
+    [check] = [i + 1 for i, line in enumerate(lines) if "kind: co_expression, populations: [CD3+, CD19+]" in line]
+    result = CliRunner().invoke(app, ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                                      str(study / "manifest.csv"), "-o", str(tmp_path / "out"), "--reports", "none"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists(), result.output
+    said = result.output.strip()
+    assert said == (f"error: {path}:{check}: checks[1].populations: unknown population 'CD19+'; if its gate was deleted, "
+                    f"delete this check too (line {check}), or name another population"), said
+    subset = STRATEGY.replace("CHECK", "").replace("\n  - {kind: co_expression", "\n  - {kind: dim_subset, subset: CD4-, "
+                                                    "reference: CD4+, marker: CD3}\n  - {kind: co_expression")
+    with pytest.raises(StrategyError, match=r"^s\.yaml:11: checks\[0\]\.subset: unknown population 'CD4-'; if its gate was "
+                                            r"deleted, delete this check too \(line 11\), or name another population$"):
+        parse_strategy(subset, "s.yaml")

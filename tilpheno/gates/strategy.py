@@ -779,7 +779,7 @@ def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers
                                          "marker: <marker>[, quantile: <percent>, limit: <points>]}")
         for key in ("subset", "reference"):
             if item[key] not in populations:
-                raise ctx.error(_line(item, key), f"{where}.{key}", f"unknown population {item[key]!r}")
+                raise _unknown_in_check(ctx, item, key, where, item[key])
         if item["marker"] not in markers:
             raise ctx.error(_line(item, "marker"), f"{where}.marker", f"unknown marker {item['marker']!r}")
         quantile = _check_param(ctx, _line(item, "quantile"), where, "quantile", item.get("quantile", 5.0),
@@ -787,6 +787,14 @@ def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers
         limit = _check_param(ctx, _line(item, "limit"), where, "limit", item.get("limit", 2.0), ParamSpec(_NUM, 2.0, 0, 100))
         out.append(SubsetCheck(item["subset"], item["reference"], item["marker"], quantile, limit))
     return tuple(out)
+
+
+def _unknown_in_check(ctx: _Context, item: Mapping, key: str, where: str, name: Any) -> StrategyError:
+    """A check naming a population the strategy has not (its gate deleted, e.g. from a new-study draft):
+    which check to delete with it, by its line."""
+    line = _line(item, key)
+    return ctx.error(line, f"{where}.{key}", f"unknown population {name!r}; if its gate was deleted, delete this "
+                                             f"check too{f' (line {line})' if line else ''}, or name another population")
 
 
 def _co_expression(ctx: _Context, doc: Mapping, populations: Mapping[str, Population]) -> tuple[CoExpressionCheck, ...]:
@@ -803,7 +811,7 @@ def _co_expression(ctx: _Context, doc: Mapping, populations: Mapping[str, Popula
                                          "[, limit: <percent of their parent>]}")
         for name in pair:
             if name not in populations:
-                raise ctx.error(_line(item, "populations"), f"{where}.populations", f"unknown population {name!r}")
+                raise _unknown_in_check(ctx, item, "populations", where, name)
         first, second = (populations[n] for n in pair)
         if first.parent != second.parent or first.boolean is not None or second.boolean is not None \
                 or len(first.dims) != 1 or len(second.dims) != 1 or first.dims == second.dims:
