@@ -277,3 +277,32 @@ def test_a_reviewers_decision_is_checked(drafted):
         validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CCR5+": "positive"}}}}, stained)
     with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided\.CD3\+: 'negative' must be one of"):
         validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "negative"}}}}, stained)
+
+
+def test_a_gate_starved_below_undetermined_gates_quotes_no_held_count(drafted, tmp_path):
+    """A gate that failed for too few events below undetermined gates quoted their held counts in its
+    gate_failed (and product_failed) message ('only 1 events to place the gate on; CD57lo left 1 of the
+    575 events of CD28lo'), counts no output reports -> 'too few', naming the gates the counts rest on;
+    the threshold it missed is kept. (CD28lo and CD57lo: keep-low gates, one population each, held.)"""
+    folder, study, _, _ = drafted
+    chained = tmp_path / "study"
+    shutil.copytree(study, chained)
+    strategy = chained / "tube025.yaml"
+    strategy.write_text(strategy.read_text().replace("variables:\n", """\
+  - {name: CD28lo, parent: lymph, dims: [CD28], method: valley, params: {keep: low}}
+  - {name: CD57lo, parent: CD28lo, dims: [CD57], method: valley, params: {keep: low}}
+  - {name: CD27x, parent: CD57lo, dims: [CD27], method: valley, params: {keep: high}}
+variables:
+  cd27x_pct_of_cd57lo: {numerator: CD27x, denominator: CD57lo}
+""", 1))
+    result = CliRunner().invoke(app, ["process", str(folder), "--study", str(strategy.parent / "study.yaml"), "--manifest",
+                                      str(chained / "manifest.csv"), "-o", str(tmp_path / "out"), "--reports", "none"])
+    assert result.exit_code == 1, result.output
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    assert {"CD28lo", "CD57lo"} <= set(qc.query("code == 'undetermined'")["gate"])
+    for code in ("gate_failed", "product_failed"):
+        message = qc.query("code == @code")["message"].iloc[0]
+        assert ("CD27x (CD27): density threshold: too few events to place the gate on (need >= 20); CD57lo left fewer than "
+                "20 of the events of CD28lo; counts resting on CD28lo, CD57lo (undetermined: no FMO or unstained control) "
+                "are not reported") in message, message
+        assert not re.search(r"only \d+ events|left \d+ of", message), message

@@ -65,10 +65,12 @@ class GatingError(TilphenoError):
 
 
 class TooFewEventsError(GatingError):
-    """A gate could not be placed: only ``count`` usable events, ``needed`` at least."""
+    """A gate could not be placed: only ``count`` usable events, ``needed`` at least (``what``: the gate,
+    as the message begins)."""
 
-    def __init__(self, message: str, *, count: int, needed: int):
-        super().__init__(message)
+    def __init__(self, what: str, *, count: int, needed: int):
+        super().__init__(f"{what}: only {count} events to place the gate on (need >= {needed})")
+        self.what = what
         self.count = count
         self.needed = needed
 

@@ -997,7 +997,7 @@ class _TubeKindRun:
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
                                  else _place_on(pop, st.tube, placed_on, applied, lambda: self._unstained(i, pop)))
                 except TooFewEventsError as exc:
-                    placement = _Failed(f"{pop.name}: {exc}{_emptied_by(self.strategy, st, reference or pop.parent, exc.needed)}")
+                    placement = _Failed(f"{pop.name}: {_too_few(self.strategy, st, reference or pop.parent, exc)}")
                 except GatingError as exc:
                     placement = _Failed(f"{pop.name}: {exc}")
                 src.placed[pop.name] = placement
@@ -1256,16 +1256,31 @@ def _lymph_population(strategy: Strategy) -> str | None:
     return next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
 
 
-def _emptied_by(strategy: Strategy, st: _Gated, name: str, needed: int) -> str:
+def _too_few(strategy: Strategy, st: _Gated, name: str, exc: TooFewEventsError) -> str:
+    """Why a gate placed on population ``name`` failed (``exc``) and which gate left too few events
+    (:func:`_emptied_by`). Counts resting on an undetermined gate placed so far (one population, no FMO
+    or unstained control: :func:`undetermined_gates`) are not quoted, as no output reports them: the
+    message says 'too few' and names those gates."""
+    held = resting_on(strategy, undetermined_gates(st.diagnostics), name)
+    if not held:
+        return f"{exc}{_emptied_by(strategy, st, name, exc.needed)}"
+    return (f"{exc.what}: too few events to place the gate on (need >= {exc.needed}){_emptied_by(strategy, st, name, exc.needed, held)}"
+            f"; counts resting on {', '.join(held)} ({UNDETERMINED}) are not reported")
+
+
+def _emptied_by(strategy: Strategy, st: _Gated, name: str, needed: int, held: tuple[str, ...] = ()) -> str:
     """Which gate left too few events for a gate placed on population ``name``: the first
     population on the way from the root down to ``name`` (itself included) holding fewer than
-    ``needed`` events, as ``'; <population> left <n> of the <m> events of <its parent>'``; '' when
-    every one holds enough (the gate's own events were not finite)."""
+    ``needed`` events, as ``'; <population> left <n> of the <m> events of <its parent>'``, or ``'left
+    fewer than <needed> of the events'`` where it rests on a gate of ``held`` (undetermined: its count
+    not reported); '' when every one holds enough (the gate's own events were not finite)."""
     for pop in reversed(strategy.lineage(name)):
         count = int(np.count_nonzero(st.masks[pop.name]))
         if count < needed:
-            return (f"; {pop.name} left {count} of the {int(np.count_nonzero(st.parent_mask(pop)))} events "
-                    f"of {'the file' if pop.parent == ROOT else pop.parent}")
+            of = "the file" if pop.parent == ROOT else pop.parent
+            if resting_on(strategy, frozenset(held), pop.name):
+                return f"; {pop.name} left fewer than {needed} of the events of {of}"
+            return f"; {pop.name} left {count} of the {int(np.count_nonzero(st.parent_mask(pop)))} events of {of}"
     return ""
 
 

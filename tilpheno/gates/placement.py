@@ -149,8 +149,7 @@ def _finite(values: np.ndarray, what: str, min_events: int = 2) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size < min_events:
-        raise TooFewEventsError(f"{what}: only {values.size} events to place the gate on (need >= {min_events})",
-                                count=int(values.size), needed=min_events)
+        raise TooFewEventsError(what, count=int(values.size), needed=min_events)
     return values
 
 
@@ -495,8 +494,7 @@ def place_lymphocytes(
     """Lymphocytes on FSC-A/SSC-A of live singlets: ellipse of the main mixture component."""
     sample, finite = _finite_sample(fsc, ssc, max_events, seed)
     if finite < 50:
-        raise TooFewEventsError(f"lymphocyte gate: only {finite} events to place the gate on (need >= 50)",
-                                count=int(finite), needed=50)
+        raise TooFewEventsError("lymphocyte gate", count=int(finite), needed=50)
     sample = sample / ceiling
     model = _fit_mixture(sample, max_components, seed)
     if model is None:
@@ -553,8 +551,7 @@ def place_cluster(
             raise GatingError(f"cluster gate on {list(dims)}: side must be one of {CLUSTER_SIDES}, got {side!r}")
     sample, finite = _finite_sample(x, y, max_events, seed)
     if finite < 50:
-        raise TooFewEventsError(f"cluster gate on {list(dims)}: only {finite} events to place the gate on (need >= 50)",
-                                count=int(finite), needed=50)
+        raise TooFewEventsError(f"cluster gate on {list(dims)}", count=int(finite), needed=50)
     model = _fit_mixture(sample, min(max_components, len(sample) // 10), seed)
     assert model is not None   # k = 1 always runs (>= 50 events)
     q75, q25 = np.percentile(sample, [75, 25], axis=0)
