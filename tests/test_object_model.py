@@ -27,7 +27,8 @@ def test_readme_five_lines():
     sample = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
     result = tp.gate_sample(strategy, sample)   # no FMO controls: density fallback, flagged
     summary = result.summary
-    assert list(summary.columns) == ["variable", "numerator", "denominator", "numerator_count", "denominator_count", "percent"]
+    assert list(summary.columns) == ["variable", "numerator", "denominator", "numerator_count", "denominator_count", "percent",
+                                     "undetermined"]
     assert set(summary["variable"]) >= {"viability_pct", "cd3_pct_of_live_lymph", "cd8pd1_pct_of_cd8"}
     assert {f.code for f in result.flags} >= {"missing_fmo", "fallback_gate"}
     svg = result.plot("CD3+")

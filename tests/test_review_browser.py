@@ -1529,3 +1529,40 @@ def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(d
             assert f"Release ({spec})" in headings, headings
     finally:
         service.factory.kw["bind"].dispose()
+
+
+def held_counts(service, pid: str, gate_set: dict) -> dict[str, int]:
+    """Events per population of tube025 under ``gate_set``'s gates (its masks counted here)."""
+    from tilpheno.review.regate import evaluate
+
+    stained = service.source.stained(pid)["tube025"]
+    masks = evaluate(stained.strategy, stained.tube, gate_set["tubes"]["tube025"]["gates"])
+    return {population: int(mask.sum()) for population, mask in masks.items()}
+
+
+def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undetermined_out, tmp_path):
+    """The page's live table and each plot's label showed an undetermined gate's held events as its count
+    ('n=52983' for CD4+ of 100715.fcs) where every output leaves it blank, and 'null' once the server left
+    it blank -> 'undetermined: no FMO or unstained control (CD3+, CD4+)' in their place, as the report
+    says; lymph's count, resting on no such gate, is its mask's events (counted here). A page behaviour:
+    SQLite only (the database plays no part)."""
+    from tilpheno.review.web import create_app
+
+    url = database_url("sqlite", tmp_path)
+    service = make_service(undetermined_out, url)
+    pid = "Specimen_001"
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base, "alice", pid=pid)
+            counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
+            rows = wait(driver, lambda d: page_rows(d) if "tube025|CD4+" in page_rows(d) else None, "the population table")
+            said = "undetermined: no FMO or unstained control (CD3+, CD4+)"
+            assert rows["tube025|CD4+"][1:] == [said] * 5, rows["tube025|CD4+"]
+            assert rows["tube025|lymph"][1] == rows["tube025|lymph"][3] == str(counts["lymph"]), rows["tube025|lymph"]
+            label = driver.find_element("css selector", '[data-pct="tube025|CD4+"]').text
+            assert label == f"automatic {said} -> draft {said}", label
+            assert str(counts["CD4+"]) not in driver.find_element("id", "population-table").text and "null" not in label
+            assert_no_script_errors(driver)
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)

@@ -279,6 +279,35 @@ def test_a_reviewers_decision_is_checked(drafted):
         validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "negative"}}}}, stained)
 
 
+def test_the_live_counts_leave_an_undetermined_gates_count_blank(drafted):
+    """The review page's live table (counts_table) and GatingResult.summary gave an undetermined gate's
+    event counts as measured (CD4+'s n, the held gate's events) where populations.csv leaves them blank
+    -> None / NA with the gates they rest on (the reason the page shows); a count resting on no such gate
+    is its mask's events (lymph: populations.csv's count)."""
+    import tilpheno as tp
+    from tilpheno.review.regate import ReviewSource, counts_table, evaluate, undetermined_in
+
+    _, study, out, _ = drafted
+    pops = pd.read_csv(out / "populations.csv").set_index("population")
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    entry, st = source.automatic(pid)["tubes"]["tube025"], source.stained(pid)["tube025"]
+    rows = {r["population"]: r for r in counts_table(st.strategy, st.tube, evaluate(st.strategy, st.tube, entry["gates"]),
+                                                      undetermined_in(entry))}
+    assert (rows["CD4+"]["count"], rows["CD4+"]["pct_of_parent"], rows["CD4+"]["undetermined"]) == (None, None, ["CD3+", "CD4+"])
+    assert rows["lymph"]["count"] == pops.loc["lymph", "count"] and rows["lymph"]["undetermined"] == []
+    for population, row in rows.items():
+        assert (row["count"] is None) == pd.isna(pops.loc[population, "count"]), population
+    strategy = tp.GatingStrategy.from_yaml(study / "tube025.yaml")
+    result = tp.gate_sample(strategy, tp.Sample.from_fcs(FILE, strategy))
+    summary = result.summary.set_index("variable")
+    cd4, ccr5 = summary.loc["cd4_pct_of_cd3"], summary.loc["ccr5_pct_of_lymph"]
+    assert pd.isna(cd4["numerator_count"]) and pd.isna(cd4["denominator_count"]) and math.isnan(cd4["percent"])
+    assert cd4["undetermined"] == "CD3+, CD4+"
+    assert (ccr5["numerator_count"], ccr5["denominator_count"]) == (pops.loc["CCR5+", "count"], pops.loc["lymph", "count"])
+    assert ccr5["undetermined"] == ""
+
+
 def test_a_gate_starved_below_undetermined_gates_quotes_no_held_count(drafted, tmp_path):
     """A gate that failed for too few events below undetermined gates quoted their held counts in its
     gate_failed (and product_failed) message ('only 1 events to place the gate on; CD57lo left 1 of the

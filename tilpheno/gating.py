@@ -202,20 +202,23 @@ class GatingResult(TubeResult):
     @property
     def summary(self) -> pd.DataFrame:
         """One row per strategy variable: ``variable, numerator, denominator, numerator_count,
-        denominator_count, percent`` (100 x numerator / denominator; NaN for an empty denominator or
-        one resting on an undetermined gate, as in phenotypes.csv: ``tilpheno.phenotype.tube_variables``)."""
+        denominator_count, percent, undetermined`` (100 x numerator / denominator; NaN for an empty
+        denominator). A count resting on an undetermined gate is blank (NA), and so is the percent of a
+        variable with such a count, as in phenotypes.csv (``tilpheno.phenotype.tube_variables``);
+        ``undetermined`` names those gates (``Strategy.population_gates`` order; '' when none)."""
         counts = {**self.counts, ROOT: self.n_events}
         rows = []
         if self.strategy is not None:
             undetermined = undetermined_gates(self.diagnostics)
             for v in self.strategy.variables:
                 num, den = counts.get(v.numerator, 0), counts.get(v.denominator, 0)
+                on = resting_on(self.strategy, undetermined, v.numerator, v.denominator)
                 rows.append({"variable": v.name, "numerator": v.numerator, "denominator": v.denominator,
-                             "numerator_count": num, "denominator_count": den,
-                             "percent": 100.0 * num / den if den and not resting_on(self.strategy, undetermined, v.numerator,
-                                                                                    v.denominator) else float("nan")})
-        return pd.DataFrame(rows, columns=["variable", "numerator", "denominator", "numerator_count",
-                                           "denominator_count", "percent"])
+                             "numerator_count": pd.NA if resting_on(self.strategy, undetermined, v.numerator) else num,
+                             "denominator_count": pd.NA if resting_on(self.strategy, undetermined, v.denominator) else den,
+                             "percent": 100.0 * num / den if den and not on else float("nan"), "undetermined": ", ".join(on)})
+        return pd.DataFrame(rows, columns=["variable", "numerator", "denominator", "numerator_count", "denominator_count",
+                                           "percent", "undetermined"]).astype({"numerator_count": "Int64", "denominator_count": "Int64"})
 
     def plot(self, population: str) -> str:
         """``population``'s gate on its parent's events, as in the product report: inline ``<svg>`` markup."""

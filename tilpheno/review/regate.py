@@ -1132,8 +1132,9 @@ def evaluate(strategy: Strategy, tube: TubeData, gates: Mapping[str, Mapping]) -
 
 def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndarray],
                  undetermined: frozenset[str] = frozenset()) -> list[dict]:
-    """Fast counts and percentages (no medians) for interactive previews; a percentage resting on an
-    ``undetermined`` gate None, as ``population_table`` leaves it NaN."""
+    """Fast counts and percentages (no medians) for interactive previews; a count or percentage resting on
+    an ``undetermined`` gate None, as ``population_table`` leaves it blank, and ``undetermined`` the gates
+    it rests on, in gating order (the reason the page shows in its place; empty when none)."""
     counts = {name: int(np.count_nonzero(m)) for name, m in masks.items()}
     lymph = next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
     below_lymph = _descendants(strategy, lymph)
@@ -1141,9 +1142,9 @@ def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndar
     for pop in strategy.populations:
         parent_count = tube.n_events if pop.parent == ROOT else counts.get(pop.parent, 0)
         c = counts.get(pop.name, 0)
-        rows.append({"population": pop.name, "parent": pop.parent, "count": c,
-                     "pct_of_parent": (100.0 * c / parent_count if parent_count
-                                       and not resting_on(strategy, undetermined, pop.name) else None),
+        on = resting_on(strategy, undetermined, pop.name)
+        rows.append({"population": pop.name, "parent": pop.parent, "count": None if on else c, "undetermined": list(on),
+                     "pct_of_parent": 100.0 * c / parent_count if parent_count and not on else None,
                      "pct_of_live_lymph": (100.0 * c / counts[lymph] if lymph and counts.get(lymph) and pop.name in below_lymph
                                            and not resting_on(strategy, undetermined, pop.name, lymph) else None)})
     return rows

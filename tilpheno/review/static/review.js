@@ -522,12 +522,19 @@
     return out;
   }
 
+  // a population resting on an undetermined gate (one population, no FMO or unstained control) has its count and
+  // percentages blank (null) in the server's table: the reason stands in their place, as in the report
+  const undetermined = (row) => "undetermined: no FMO or unstained control (" + (row.undetermined || []).join(", ") + ")";
+  const countOf = (row) => (row.count === null ? undetermined(row) : row.count === undefined ? "NA" : String(row.count));
+  const pctOf = (row, column) => (row.count === null ? undetermined(row) : fmt(row[column]));
+  const shareOf = (row) => (row.count === null ? undetermined(row) : fmt(row.pct_of_parent) + "% (n=" + row.count + ")");
+
   function updatePlotLabels(currentTables) {
     const auto = rowsBy(S.populations.automatic), cur = rowsBy(currentTables);
     for (const e of document.querySelectorAll("[data-pct]")) {
       const a = auto[e.dataset.pct], c = cur[e.dataset.pct];
       if (!a || !c) continue;
-      e.textContent = "automatic " + fmt(a.pct_of_parent) + "% (n=" + a.count + ")  ->  draft " + fmt(c.pct_of_parent) + "% (n=" + c.count + ")";
+      e.textContent = "automatic " + shareOf(a) + "  ->  draft " + shareOf(c);
     }
   }
 
@@ -544,8 +551,8 @@
       const a = auto[k] || {};
       const tr = el("tr", { "data-row": k });
       if (a.count !== c.count) tr.className = "changed";
-      const cells = [k, a.count, fmt(a.pct_of_parent), c.count, fmt(c.pct_of_parent)];
-      for (const v of lymph ? cells.concat([fmt(c.pct_of_live_lymph)]) : cells) tr.appendChild(el("td", {}, String(v)));
+      const cells = [k, countOf(a), pctOf(a, "pct_of_parent"), countOf(c), pctOf(c, "pct_of_parent")];
+      for (const v of lymph ? cells.concat([pctOf(c, "pct_of_live_lymph")]) : cells) tr.appendChild(el("td", {}, v));
       t.appendChild(tr);
     }
     const box = $("populations"); box.textContent = ""; box.appendChild(t);
