@@ -1540,6 +1540,14 @@ def held_counts(service, pid: str, gate_set: dict) -> dict[str, int]:
     return {population: int(mask.sum()) for population, mask in masks.items()}
 
 
+def click_decision(driver, found: str, population: str) -> None:
+    """Click the decision button ``found`` (a CSS selector) once it is drawn and wait for it to say withdraw
+    (the plots are drawn again when the suggested cuts arrive: a stale button is found again)."""
+    wait(driver, lambda d: d.find_element("css selector", found).text, f"{population}'s decision button")
+    wait(driver, lambda d: d.find_element("css selector", found).click() or True, f"{population}'s click")
+    wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, f"{population} decided in the draft")
+
+
 def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undetermined_out, tmp_path):
     """The page's live table and each plot's label showed an undetermined gate's held events as its count
     ('n=52983' for CD4+ of 100715.fcs) where every output leaves it blank, and 'null' once the server left
@@ -1562,6 +1570,39 @@ def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undeterm
             label = driver.find_element("css selector", '[data-pct="tube025|CD4+"]').text
             assert label == f"automatic {said} -> draft {said}", label
             assert str(counts["CD4+"]) not in driver.find_element("id", "population-table").text and "null" not in label
+            assert_no_script_errors(driver)
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)
+
+
+def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, undetermined_out, tmp_path):
+    """The draft kept in the browser holds an accepted held call ('tube025/CD3+ decided'), but a reload put
+    back only moved cuts: the acceptance was lost without a word. -> restored with the draft and named in
+    its message; the button says withdraw, CD3+'s count is its held gate's events (counted here), and
+    saved with a reason the version records the decision. SQLite only (a page behaviour)."""
+    from tilpheno.review.web import create_app
+
+    url = database_url("sqlite", tmp_path)
+    service = make_service(undetermined_out, url)
+    pid = "Specimen_001"
+    found = '[data-decide="tube025|CD3+"]'
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base, "alice", pid=pid)
+            counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
+            click_decision(driver, found, "CD3+")
+            wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
+            reload(driver)
+            said = wait(driver, lambda d: d.find_element("id", "message").text
+                        if "Restored your unsaved draft" in d.find_element("id", "message").text else None, "the restored draft")
+            assert "(tube025/CD3+ decided)" in said, said
+            wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision restored")
+            wait(driver, lambda d: page_rows(d)["tube025|CD3+"][3] == str(counts["CD3+"]), "CD3+'s count in the draft")
+            driver.find_element("id", "reason").send_keys("one CD3 population: T cells of a T-cell product")
+            driver.find_element("id", "save-button").click()
+            wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+            assert json.loads(service.version(pid).gates_json)["tubes"]["tube025"]["decided"] == {"CD3+": "positive"}
             assert_no_script_errors(driver)
     finally:
         service.factory.kw["bind"].dispose()

@@ -17,6 +17,7 @@
 
   const $ = (id) => document.getElementById(id);
   const key = (tube, pop) => tube + "|" + pop;
+  const DECIDED = " decided";   // changedFrom's name of a decision on an undetermined gate: "<population> decided"
   let clipCount = 0;   // one clipPath id per plot
   const clone = (x) => JSON.parse(JSON.stringify(x));
   const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v)) ? "NA" : Number(v).toFixed(d);
@@ -153,11 +154,7 @@
     catch (e) { console.warn("the draft kept in this browser could not be read: " + e); }
     if (!kept || !Array.isArray(kept.edited)) return;
     const put = [];
-    for (const [tube, pop, g] of kept.edited) {
-      if (!draft[tube] || !(pop in draft[tube])) continue;
-      draft[tube][pop] = g;
-      put.push(tube + "/" + pop);
-    }
+    for (const [tube, pop, g] of kept.edited) if (putChange(tube, pop, g)) put.push(tube + "/" + pop);
     const oos = !$("oos-justification").value && kept.oos_justification ? kept.oos_justification : "";
     const comment = !$("comment").value && kept.comment ? kept.comment : "";
     const typed = putFormsTyped(kept);   // the draft holds formsTyped's fields
@@ -749,10 +746,32 @@
       }
       const before = (gateSet.tubes[tube] || {}).decided || {}, now = decided[tube] || {};
       for (const pop of new Set([...Object.keys(before), ...Object.keys(now)])) {
-        if (before[pop] !== now[pop]) out.push([tube, pop + " decided", now[pop] || null]);
+        if (before[pop] !== now[pop]) out.push([tube, pop + DECIDED, now[pop] || null]);
       }
     }
     return out;
+  }
+
+  // a change as changedFrom names it ("<population> decided": a decision on an undetermined gate) in ``gateSet``:
+  // the gate, or the decision (null: none)
+  function changeIn(gateSet, tube, pop) {
+    const entry = gateSet.tubes[tube] || { gates: {} };
+    return pop.endsWith(DECIDED) ? (entry.decided || {})[pop.slice(0, -DECIDED.length)] || null : entry.gates[pop];
+  }
+
+  // one of changedFrom's changes put back over the loaded version (a kept draft, or one a newer version refused):
+  // a gate, or a decision on a gate the version holds undetermined (null: withdrawn); false where it has no such gate
+  function putChange(tube, pop, g) {
+    if (pop.endsWith(DECIDED)) {
+      const gate = pop.slice(0, -DECIDED.length);
+      if (!((S.current.tubes[tube] || {}).undetermined || {})[gate]) return false;
+      decided[tube] = decided[tube] || {};
+      if (g) decided[tube][gate] = g; else delete decided[tube][gate];
+      return true;
+    }
+    if (!draft[tube] || !(pop in draft[tube])) return false;
+    draft[tube][pop] = g;
+    return true;
   }
 
   // a save refused because someone saved a newer version first: load that version and put the
@@ -767,9 +786,9 @@
     }
     const both = [];
     for (const [tube, pop, g] of edited) {
-      if (!draft[tube] || !(pop in draft[tube])) continue;
-      if (JSON.stringify(draft[tube][pop]) !== JSON.stringify(base.tubes[tube].gates[pop])) both.push(tube + "/" + pop);
-      draft[tube][pop] = g;
+      const newer = changeIn(S.current, tube, pop);
+      if (!putChange(tube, pop, g)) continue;
+      if (JSON.stringify(newer) !== JSON.stringify(changeIn(base, tube, pop))) both.push(tube + "/" + pop);
     }
     schedulePreview(true);
     message(refusal + " Your draft is kept over version " + S.current_version + " (your changes: " +
