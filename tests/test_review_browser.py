@@ -1607,3 +1607,51 @@ def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, u
     finally:
         service.factory.kw["bind"].dispose()
         drop_schema(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_out, backend, tmp_path):
+    """A reviewer who judged an undetermined gate's one population negative (CD19 in a T-cell product)
+    could only move its cut (the 'negative call' candidate), no decision recorded -> the plot's 'judge the
+    one population negative' puts the draft's gate at the negative call's cut at once (its count shown,
+    counted here); saved with a reason, version 2 records decided: negative with that gate and the audit's
+    save_gates entry names both; withdrawn in the draft, the gate is as held again. The sign form no longer
+    names CD19+."""
+    from tilpheno.review.web import create_app
+
+    url = database_url(backend, tmp_path)
+    service = make_service(undetermined_out, url)
+    pid = "Specimen_001"
+    found = '[data-decide-negative="tube025|CD19+"]'
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base, "alice", pid=pid)
+            automatic = json.loads(service.automatic_version(pid).gates_json)
+            negative = service.source.negative_calls(pid)["tube025"]["CD19+"]
+            judged = json.loads(json.dumps(automatic))
+            judged["tubes"]["tube025"]["gates"]["CD19+"] = negative
+            counts = held_counts(service, pid, judged)
+            assert counts["CD19+"] < held_counts(service, pid, automatic)["CD19+"]
+            click_decision(driver, found, "CD19+")
+            wait(driver, lambda d: page_rows(d)["tube025|CD19+"][3] == str(counts["CD19+"]), "CD19+'s count at the negative call")
+            wait(driver, lambda d: d.find_element("css selector", found).click() or True, "the withdrawal")   # the gate as held
+            wait(driver, lambda d: page_rows(d)["tube025|CD19+"][3].startswith("undetermined"), "CD19+ undetermined again")
+            click_decision(driver, found, "CD19+")
+            driver.find_element("id", "reason").send_keys("CD19: B cells, none in a T-cell product")
+            driver.find_element("id", "save-button").click()
+            wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+            wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version badge 2")
+            saved = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]
+            assert saved["decided"] == {"CD19+": "negative"} and saved["gates"]["CD19+"] == negative
+            assert {p: g for p, g in saved["gates"].items() if p != "CD19+"} == \
+                {p: g for p, g in automatic["tubes"]["tube025"]["gates"].items() if p != "CD19+"}
+            with service.factory() as db:
+                entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")
+                                   .order_by(AuditEntry.seq.desc())).first()
+            assert set(json.loads(entry.after_json)["gates"]) == {"tube025/CD19+", "tube025/CD19+ decided"}
+            notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the notice of version 2")
+            assert "tube025/CD8+" in notice and "CD19+" not in notice, notice
+            assert_no_script_errors(driver)
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)

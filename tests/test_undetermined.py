@@ -275,8 +275,46 @@ def test_a_reviewers_decision_is_checked(drafted):
     assert "decided" not in withdrawn["tubes"]["tube025"]
     with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided: 'CCR5\+' is no undetermined gate of this product"):
         validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CCR5+": "positive"}}}}, stained)
-    with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided\.CD3\+: 'negative' must be one of"):
-        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "negative"}}}}, stained)
+    with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided\.CD3\+: 'maybe' must be one of"):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "maybe"}}}}, stained)
+
+
+def test_a_reviewer_judges_the_one_population_negative(drafted, tmp_path):
+    """A reviewer who judged an undetermined gate's one population negative (CD19 in a T-cell product) had
+    no decision for it: only the 'negative call' candidate, a cut moved like any other, the gate set not
+    saying why -> decided: {CD19+: negative}, the gate at the negative call's cut, so that the numbers are
+    those of the gate saved: cd19_pct_of_lymph is what the run reports when the strategy states
+    one_population: negative for CD19 (processed here). The change names the gate and the decision;
+    withdrawn, the gate is as held and undetermined again; with a cut of the reviewer's own it is refused."""
+    from tilpheno.review.regate import (GateSetError, ReviewSource, changed_gates, recompute, undetermined_in,
+                                        validate_gate_set)
+
+    folder, study, out, _ = drafted
+    stated = tmp_path / "study"
+    shutil.copytree(study, stated)
+    strategy = stated / "tube025.yaml"
+    old = "dims: [CD19], method: valley, params: {keep: high}"
+    assert old in strategy.read_text()
+    strategy.write_text(strategy.read_text().replace(old, "dims: [CD19], method: valley, params: {keep: high, one_population: negative}"))
+    _process(folder, stated, tmp_path / "out")
+    run = pd.read_csv(tmp_path / "out" / "phenotypes.csv").iloc[0]
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    automatic, stained = source.automatic(pid), source.stained(pid)
+    calls = lambda: source.negative_calls(pid)   # noqa: E731
+    judged = validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD19+": "negative"}}}}, stained, calls)
+    entry = judged["tubes"]["tube025"]
+    assert entry["decided"] == {"CD19+": "negative"} and "CD19+" not in undetermined_in(entry)
+    assert entry["gates"]["CD19+"]["low"] > automatic["tubes"]["tube025"]["gates"]["CD19+"]["low"]
+    assert recompute(source, pid, judged).phenotype["cd19_pct_of_lymph"] == pytest.approx(run["cd19_pct_of_lymph"], abs=1e-9)
+    assert math.isnan(pd.read_csv(out / "phenotypes.csv").iloc[0]["cd19_pct_of_lymph"])   # as held: undetermined
+    assert set(changed_gates(automatic, judged)) == {"tube025/CD19+", "tube025/CD19+ decided"}
+    withdrawn = validate_gate_set(judged, {"tubes": {"tube025": {"gates": {}, "decided": {"CD19+": "undecided"}}}}, stained, calls)
+    assert withdrawn["tubes"]["tube025"] == automatic["tubes"]["tube025"] and "CD19+" in undetermined_in(withdrawn["tubes"]["tube025"])
+    own = {**automatic["tubes"]["tube025"]["gates"]["CD19+"], "low": 0.5}
+    with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided\.CD19\+: 'negative' puts the cut at the negative call's"):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {"CD19+": own}, "decided": {"CD19+": "negative"}}}},
+                          stained, calls)
 
 
 def test_the_live_counts_leave_an_undetermined_gates_count_blank(drafted):

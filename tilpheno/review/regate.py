@@ -38,7 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -289,6 +289,7 @@ class ReviewSource:
         self._cache: OrderedDict[str, dict[str, StainedTube]] = OrderedDict()
         self._automatic: dict[str, dict] = {}
         self._candidates: dict[str, dict] = {}
+        self._negative_calls: dict[str, dict[str, dict[str, dict]]] = {}
         self._left_out: dict[str, list[str]] = {}
         self._row_index: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]] = {}
         self._done: tuple[pd.DataFrame, list[str], set[str]] | None = None
@@ -705,6 +706,14 @@ class ReviewSource:
             self._rerun(product_id)
         return json.loads(json.dumps(self._candidates[product_id]))
 
+    def negative_calls(self, product_id: str) -> dict[str, dict[str, dict]]:
+        """Tube kind -> undetermined population -> its gate at the negative call's cut (the one population
+        called negative: ``placement``'s ``negative_side_cut``, the cut ``one_population: negative`` places),
+        the held gate's open side kept (:func:`candidate_coordinate`); from the same re-run as :meth:`automatic`."""
+        if product_id not in self._negative_calls:
+            self._rerun(product_id)
+        return json.loads(json.dumps(self._negative_calls[product_id]))
+
     def _rerun(self, product_id: str) -> None:
         """Re-gate the product's files and its unstained controls (:meth:`unstained_controls`),
         keeping the automatic gates and the candidate cuts. A control is checked on the bytes the
@@ -737,6 +746,7 @@ class ReviewSource:
                                   f"inputs or software changed since the run, re-run `tilpheno process`{left_out}")
         tubes: dict[str, dict] = {}
         candidates: dict[str, dict[str, list[dict]]] = {}
+        negative: dict[str, dict[str, dict]] = {}
         for t in result.tubes:
             name = t.shown_name
             if t.role != "stain" or t.tube in tubes:
@@ -747,10 +757,12 @@ class ReviewSource:
             undetermined = undetermined_gates(t.diagnostics)
             if undetermined:   # each with the gate it was held at: a reviewer's other cut decides it (undetermined_in)
                 tubes[t.tube]["undetermined"] = {p: g for p, g in tubes[t.tube]["gates"].items() if p in undetermined}
+                negative[t.tube] = negative_call_gates(tubes[t.tube]["undetermined"], t.diagnostics)
             flagged = [(f.code, f.gate) for f in result.qc if (f.gate_file or f.file) in (name, "")]   # qc.flags_naming_gate
             candidates[t.tube] = gate_candidates(t.thresholds, t.diagnostics, t.gates, flagged, self.fmo_percentile)
         self._automatic[product_id] = {"tubes": tubes}
         self._candidates[product_id] = candidates
+        self._negative_calls[product_id] = negative
 
     def _analyzed(self, product_id: str, files: list[ProductFile]):
         """``tilpheno.phenotype.analyze_product`` of ``files`` with the run's study, strategies, panel,
@@ -1043,6 +1055,19 @@ def candidate_coordinate(side: str, cut: float) -> float:
     return float(np.nextafter(cut, np.inf)) if side == "low" else float(cut)
 
 
+def negative_call_gates(held: Mapping[str, Mapping], diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    """Population -> each ``held`` range gate (an undetermined one, as the run held it) at the negative call's cut
+    its placement recorded (``negative_side_cut``, transformed scale), on the gate's own side; a gate without
+    that cut is left out."""
+    out = {}
+    for population, gate in held.items():
+        cut = diagnostics.get(population, {}).get("negative_side_cut")
+        if gate.get("type") == "range" and isinstance(cut, (int, float)) and math.isfinite(cut):
+            side = "low" if gate.get("low") is not None else "high"
+            out[population] = {**gate, side: candidate_coordinate(side, float(cut))}
+    return out
+
+
 def applied_candidates(diff: Mapping[str, Mapping], candidates: Mapping[str, Mapping[str, list[dict]]]) -> dict[str, dict]:
     """``tube/population`` -> ``{rule, label, cut}`` of the candidate (:meth:`ReviewSource.candidates`)
     each changed gate of ``diff`` (:func:`changed_gates`) was moved to exactly: its one moved
@@ -1286,14 +1311,18 @@ def validate_gate(auto: Mapping, submitted: Any, where: str, bounds: Mapping[str
     return clean
 
 
-def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, StainedTube]) -> dict:
+def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, StainedTube],
+                      negative_calls: Callable[[], Mapping[str, Mapping[str, dict]]] = dict) -> dict:
     """The base version's gate set with the submitted gates replaced (each validated).
 
-    ``submitted``: ``{"tubes": {tube: {"gates": {population: gate}[, "decided": {population: "positive"}]}}}``;
+    ``submitted``: ``{"tubes": {tube: {"gates": {population: gate}[, "decided": {population: decision}]}}}``;
     tubes or populations not named keep the base gates; unknown tubes or populations are refused.
     ``decided``: a reviewer's decision on an undetermined gate (one population, no FMO or unstained
-    control, held as positive: the base records it under ``undetermined``) that the held positive call
-    stands, so the gate is determined without moving its cut; ``"undecided"`` withdraws it."""
+    control, held as positive: the base records it under ``undetermined``): ``"positive"``, the held
+    positive call stands, the gate determined without moving its cut; ``"negative"``, the one population
+    is negative: the gate at the negative call's cut (``negative_calls()``: tube -> population -> that gate,
+    :meth:`ReviewSource.negative_calls`, asked for only then), as ``one_population: negative`` places it, so that the numbers
+    are always those of the gates saved; ``"undecided"`` withdraws either (:func:`_decide`)."""
     if not isinstance(submitted, Mapping) or not isinstance(submitted.get("tubes"), Mapping):
         raise GateSetError("gates: a JSON object {\"tubes\": {tube: {\"gates\": {population: gate}}}} is required")
     out = json.loads(json.dumps(base))
@@ -1310,17 +1339,20 @@ def validate_gate_set(base: Mapping, submitted: Any, stained: Mapping[str, Stain
             if gate == auto:   # the base's own gate, sent back unchanged (the page sends every gate): kept as it is
                 continue   # (an automatic polygon may reach beyond the bounds a moved gate must keep to)
             out["tubes"][tube_kind]["gates"][pop] = validate_gate(auto, gate, f"{tube_kind}/{pop}", stained[tube_kind].bounds)
-        _decide(out["tubes"][tube_kind], entry.get("decided"), tube_kind)
+        _decide(out["tubes"][tube_kind], entry.get("decided"), tube_kind, lambda: negative_calls().get(tube_kind, {}))
     return out
 
 
-DECISIONS = ("positive", "undecided")
+DECISIONS = ("positive", "negative", "undecided")
 """A reviewer's decisions on an undetermined gate (:func:`validate_gate_set`): the held positive call
-accepted, or that acceptance withdrawn."""
+accepted, the one population called negative (the negative call's cut), or the decision withdrawn."""
 
 
-def _decide(entry: dict, decided: Any, tube_kind: str) -> None:
-    """``entry`` (a tube of the new gate set) with the submitted ``decided`` applied (None: unchanged)."""
+def _decide(entry: dict, decided: Any, tube_kind: str, negative_calls: Callable[[], Mapping[str, dict]]) -> None:
+    """``entry`` (a tube of the new gate set, its submitted gates applied) with the submitted ``decided``
+    applied (None: unchanged). A ``negative`` decision has its gate at the negative call's cut
+    (``negative_calls()``: population -> that gate): a gate still as held is moved there, one the reviewer moved
+    elsewhere is refused; withdrawn, a gate still at the negative call's cut is held again."""
     if decided is None:
         return
     if not isinstance(decided, Mapping):
@@ -1333,10 +1365,22 @@ def _decide(entry: dict, decided: Any, tube_kind: str) -> None:
                                f"(those are: {', '.join(held) or 'none'})")
         if decision not in DECISIONS:
             raise GateSetError(f"gates.{tube_kind}.decided.{pop}: {str(decision)[:60]!r} must be one of {list(DECISIONS)}")
-        if decision == "positive":
-            out[pop] = decision
-        else:
+        gates = entry["gates"]
+        negative = negative_calls() if "negative" in (decision, out.get(pop)) else {}
+        if decision == "negative":
+            if pop not in negative:
+                raise GateSetError(f"gates.{tube_kind}.decided.{pop}: 'negative' needs the negative call's cut, which "
+                                   "the run did not record for this gate: move its cut instead")
+            if gates[pop] not in (held[pop], negative[pop]):
+                raise GateSetError(f"gates.{tube_kind}.decided.{pop}: 'negative' puts the cut at the negative call's, "
+                                   "but the gate sent has a cut of its own: send the gate as held, or withdraw the decision")
+            gates[pop] = negative[pop]
+        elif out.get(pop) == "negative" and gates[pop] == negative.get(pop):
+            gates[pop] = held[pop]   # a negative call withdrawn: the gate as held again
+        if decision == "undecided":
             out.pop(pop, None)
+        else:
+            out[pop] = decision
     if out:
         entry["decided"] = out
     else:

@@ -1045,7 +1045,8 @@ class ReviewService:
         Slow: loads the product's stained tubes; run outside transactions."""
         if base_set is None:
             base_set = json.loads(self.version(product_id, base_version).gates_json)
-        new_set = validate_gate_set(base_set, submitted, self.source.stained(product_id))
+        new_set = validate_gate_set(base_set, submitted, self.source.stained(product_id),
+                                    lambda: self.source.negative_calls(product_id))
         return GateChange(product_id, base_version, new_set, gates_sha256(new_set), changed_gates(base_set, new_set))
 
     def _store(self, db: Session, username: str, change: GateChange, reason: str, source_label: str, *,

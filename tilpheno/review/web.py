@@ -350,6 +350,8 @@ def create_app(service: ReviewService) -> Flask:
             # the current version's gates still undetermined (one population, no FMO or unstained control, neither
             # accepted nor moved): release stays not evaluable on the criteria resting on them, whatever is signed
             "undetermined": undetermined_named(cur_set),
+            # each undetermined gate at the negative call's cut: where judging its one population negative puts it
+            "negative_calls": service.source.negative_calls(product_id),
         })
 
     @app.get("/api/products/<path:product_id>/candidates")
@@ -384,7 +386,8 @@ def create_app(service: ReviewService) -> Flask:
         data = body()
         current = service.version(product_id)
         stained = service.source.stained(product_id)
-        draft = validate_gate_set(json.loads(current.gates_json), data.get("gates"), stained)
+        draft = validate_gate_set(json.loads(current.gates_json), data.get("gates"), stained,
+                                  lambda: service.source.negative_calls(product_id))
         res = recompute(service.source, product_id, draft, medians=False)
         out = {"populations": _tables(res), "phenotype": _clean(res.phenotype), "release": release_rows(res.release),
                "release_status": res.release_status,

@@ -212,6 +212,7 @@
   }
 
   function useCandidate(p, c) {
+    ownCut(p);
     const g = draft[p.tube][p.population];
     if (c.vertices) g.vertices = clone(c.vertices);
     else g[g.low !== null ? "low" : "high"] = c.value;
@@ -286,7 +287,7 @@
       const svg = sv("svg", { width: W, height: H, "data-svg": key(p.tube, p.population) });
       stack.appendChild(canvas); stack.appendChild(svg); card.appendChild(stack);
       if (p.type === "range" || p.type === "polygon") card.appendChild(el("div", { class: "candidates", "data-candidates-for": key(p.tube, p.population) }));
-      if (((S.current.tubes[p.tube] || {}).undetermined || {})[p.population]) card.appendChild(decideButton(p));
+      if (((S.current.tubes[p.tube] || {}).undetermined || {})[p.population]) card.appendChild(decideButtons(p));
       box.appendChild(card);
       drawEvents(canvas, p);
       p._svg = svg;
@@ -413,6 +414,7 @@
 
   function startDrag(ev, p, name) {
     ev.preventDefault();
+    ownCut(p);
     const s = scales(p), svg = p._svg, g = draft[p.tube][p.population];
     const rect = () => svg.getBoundingClientRect();
     const start = { x: ev.clientX, y: ev.clientY, mean: g.mean ? g.mean.slice() : null };
@@ -459,26 +461,45 @@
   }
 
   // an undetermined gate (one population, no FMO or unstained control, held as positive): a button that
-  // accepts the held positive call as it stands, the gate determined without moving its cut (saved with a
-  // reason, audited), or withdraws that acceptance
-  function decideButton(p) {
-    const k = key(p.tube, p.population);
-    const b = el("button", { type: "button", class: "decide", "data-decide": k }, "");
+  // accepts the held positive call as it stands, the gate determined without moving its cut, and one that judges
+  // the one population negative, the gate at the negative call's cut (as one_population: negative places it: the
+  // numbers are those of the gate saved); each saved with a reason, audited, and withdrawn by a second click
+  // (the gate as held again)
+  const CALLS = { positive: ["accept the held positive call (undetermined: no FMO or unstained control)",
+    "withdraw: held positive call accepted", "the held positive call accepted in the draft (its cut unchanged)"],
+  negative: ["judge the one population negative (the negative call's cut)", "withdraw: one population judged negative",
+    "the one population judged negative in the draft (its cut moved to the negative call's)"] };
+  function decideButtons(p) {
+    const k = key(p.tube, p.population), entry = S.current.tubes[p.tube];
+    const gates = { positive: entry.undetermined[p.population], negative: ((S.negative_calls || {})[p.tube] || {})[p.population] };
+    const box = el("div", { class: "decide-box" });
+    const buttons = {};
     const show = () => {
-      const on = (decided[p.tube] || {})[p.population] === "positive";
-      b.textContent = on ? "withdraw: held positive call accepted" : "accept the held positive call (undetermined: no FMO or unstained control)";
+      for (const [call, b] of Object.entries(buttons)) b.textContent = CALLS[call][(decided[p.tube] || {})[p.population] === call ? 1 : 0];
     };
-    b.addEventListener("click", () => {
-      decided[p.tube] = decided[p.tube] || {};
-      if (decided[p.tube][p.population] === "positive") delete decided[p.tube][p.population];
-      else decided[p.tube][p.population] = "positive";
-      show();
-      message(p.population + ": " + ((decided[p.tube] || {})[p.population] ? "the held positive call accepted in the draft (its cut unchanged)"
-        : "acceptance withdrawn in the draft") + "; save it with a reason.", true);
-      schedulePreview(true);
-    });
+    for (const call of Object.keys(CALLS)) {
+      if (!gates[call]) continue;   // no negative call recorded: the reviewer moves the cut instead
+      const b = buttons[call] = el("button", { type: "button", class: "decide", [call === "positive" ? "data-decide" : "data-decide-negative"]: k });
+      b.addEventListener("click", () => {
+        decided[p.tube] = decided[p.tube] || {};
+        const on = decided[p.tube][p.population] === call;
+        if (on) delete decided[p.tube][p.population]; else decided[p.tube][p.population] = call;
+        draft[p.tube][p.population] = clone(on ? gates.positive : gates[call]);   // the held gate is the positive call's
+        show();
+        drawOverlay(p);
+        message(p.population + ": " + (on ? "decision withdrawn in the draft (the gate as held)" : CALLS[call][2]) +
+          "; save it with a reason.", true);
+        schedulePreview(true);
+      });
+      box.appendChild(b);
+    }
     show();
-    return b;
+    return box;
+  }
+
+  // the reviewer's own cut on a gate judged negative decides it: the negative call is withdrawn in the draft
+  function ownCut(p) {
+    if ((decided[p.tube] || {})[p.population] === "negative") delete decided[p.tube][p.population];
   }
 
   // before signing: the gates the current version leaves undetermined, and that release stays not evaluable
