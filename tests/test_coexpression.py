@@ -62,6 +62,16 @@ def test_the_check_is_declared_and_checked():
         parse_strategy(STRATEGY.replace("[CD4+, CD8+]", "[CD4+, CD99+]").replace("CHECK", ""), "s.yaml")
 
 
+def drafted_100715(tmp_path: Path) -> tuple[Path, Path]:
+    """100715.fcs (no FMO, no unstained control) in ``tmp_path/fcs``, drafted by new-study into
+    ``tmp_path/study``: the folder and the drafted strategy file."""
+    folder = tmp_path / "fcs"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
+    assert CliRunner().invoke(app, ["new-study", str(folder), "-o", str(tmp_path / "study")]).exit_code == 0
+    return folder, tmp_path / "study" / "tube025.yaml"
+
+
 def test_100715_with_both_sides_stated_is_flagged(tmp_path):
     """100715.fcs drafted (no FMO, no unstained control) with CD3, CD4 and CD8 stated one_population:
     positive reports CD4+ and CD8+ each above 90 % of CD3+ with no word on it -> with the pair declared,
@@ -70,12 +80,7 @@ def test_100715_with_both_sides_stated_is_flagged(tmp_path):
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.phenotype import analyze_product
 
-    folder = tmp_path / "fcs"
-    folder.mkdir()
-    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
-    study = tmp_path / "study"
-    assert CliRunner().invoke(app, ["new-study", str(folder), "-o", str(study)]).exit_code == 0
-    path = study / "tube025.yaml"
+    folder, path = drafted_100715(tmp_path)
     text = path.read_text()
     for marker in ("CD3", "CD4", "CD8"):
         text = text.replace(f"dims: [{marker}], method: valley, params: {{keep: high}}",
@@ -102,16 +107,12 @@ def test_a_deleted_gate_a_drafted_check_names_says_which_check_line_to_delete(tm
     that the drafted co_expression check [CD3+, CD19+] must go too -> the one line says so, with the line
     of that check in the file (found here by its text); nothing is run, exit 2. A dim_subset check naming
     an unknown population says the same."""
-    folder = tmp_path / "fcs"
-    folder.mkdir()
-    shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs", folder / "100715.fcs")
-    study = tmp_path / "study"
-    assert CliRunner().invoke(app, ["new-study", str(folder), "-o", str(study)]).exit_code == 0
-    path = study / "tube025.yaml"
+    folder, path = drafted_100715(tmp_path)
     lines = [line for line in path.read_text().splitlines(keepends=True)
              if not line.startswith(("  - {name: CD19+,", "  cd19_pct_of_lymph:"))]
     path.write_text("".join(lines))
     [check] = [i + 1 for i, line in enumerate(lines) if "kind: co_expression, populations: [CD3+, CD19+]" in line]
+    study = path.parent
     result = CliRunner().invoke(app, ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
                                       str(study / "manifest.csv"), "-o", str(tmp_path / "out"), "--reports", "none"])
     assert result.exit_code == 2 and not (tmp_path / "out").exists(), result.output

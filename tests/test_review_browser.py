@@ -1540,6 +1540,26 @@ def held_counts(service, pid: str, gate_set: dict) -> dict[str, int]:
     return {population: int(mask.sum()) for population, mask in masks.items()}
 
 
+UNDETERMINED_PID = "Specimen_001"   # 100715.fcs's product
+
+
+@contextmanager
+def undetermined_page(driver, out, backend: str, tmp_path):
+    """A review server on ``out`` (undetermined_out) with a fresh ``backend`` database, alice on its product's
+    page: the service; the database dropped afterwards."""
+    from tilpheno.review.web import create_app
+
+    url = database_url(backend, tmp_path)
+    service = make_service(out, url)
+    try:
+        with serving(create_app(service)) as base:
+            open_product(driver, base, "alice", pid=UNDETERMINED_PID)
+            yield service
+    finally:
+        service.factory.kw["bind"].dispose()
+        drop_schema(url)
+
+
 def click_decision(driver, found: str, population: str) -> None:
     """Click the decision button ``found`` (a CSS selector) once it is drawn and wait for it to say withdraw
     (the plots are drawn again when the suggested cuts arrive: a stale button is found again)."""
@@ -1554,26 +1574,17 @@ def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undeterm
     it blank -> 'undetermined: no FMO or unstained control (CD3+, CD4+)' in their place, as the report
     says; lymph's count, resting on no such gate, is its mask's events (counted here). A page behaviour:
     SQLite only (the database plays no part)."""
-    from tilpheno.review.web import create_app
-
-    url = database_url("sqlite", tmp_path)
-    service = make_service(undetermined_out, url)
-    pid = "Specimen_001"
-    try:
-        with serving(create_app(service)) as base:
-            open_product(driver, base, "alice", pid=pid)
-            counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
-            rows = wait(driver, lambda d: page_rows(d) if "tube025|CD4+" in page_rows(d) else None, "the population table")
-            said = "undetermined: no FMO or unstained control (CD3+, CD4+)"
-            assert rows["tube025|CD4+"][1:] == [said] * 5, rows["tube025|CD4+"]
-            assert rows["tube025|lymph"][1] == rows["tube025|lymph"][3] == str(counts["lymph"]), rows["tube025|lymph"]
-            label = driver.find_element("css selector", '[data-pct="tube025|CD4+"]').text
-            assert label == f"automatic {said} -> draft {said}", label
-            assert str(counts["CD4+"]) not in driver.find_element("id", "population-table").text and "null" not in label
-            assert_no_script_errors(driver)
-    finally:
-        service.factory.kw["bind"].dispose()
-        drop_schema(url)
+    pid = UNDETERMINED_PID
+    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+        counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
+        rows = wait(driver, lambda d: page_rows(d) if "tube025|CD4+" in page_rows(d) else None, "the population table")
+        said = "undetermined: no FMO or unstained control (CD3+, CD4+)"
+        assert rows["tube025|CD4+"][1:] == [said] * 5, rows["tube025|CD4+"]
+        assert rows["tube025|lymph"][1] == rows["tube025|lymph"][3] == str(counts["lymph"]), rows["tube025|lymph"]
+        label = driver.find_element("css selector", '[data-pct="tube025|CD4+"]').text
+        assert label == f"automatic {said} -> draft {said}", label
+        assert str(counts["CD4+"]) not in driver.find_element("id", "population-table").text and "null" not in label
+        assert_no_script_errors(driver)
 
 
 def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, undetermined_out, tmp_path):
@@ -1581,32 +1592,23 @@ def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, u
     back only moved cuts: the acceptance was lost without a word. -> restored with the draft and named in
     its message; the button says withdraw, CD3+'s count is its held gate's events (counted here), and
     saved with a reason the version records the decision. SQLite only (a page behaviour)."""
-    from tilpheno.review.web import create_app
-
-    url = database_url("sqlite", tmp_path)
-    service = make_service(undetermined_out, url)
-    pid = "Specimen_001"
+    pid = UNDETERMINED_PID
     found = '[data-decide="tube025|CD3+"]'
-    try:
-        with serving(create_app(service)) as base:
-            open_product(driver, base, "alice", pid=pid)
-            counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
-            click_decision(driver, found, "CD3+")
-            wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
-            reload(driver)
-            said = wait(driver, lambda d: d.find_element("id", "message").text
-                        if "Restored your unsaved draft" in d.find_element("id", "message").text else None, "the restored draft")
-            assert "(tube025/CD3+ decided)" in said, said
-            wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision restored")
-            wait(driver, lambda d: page_rows(d)["tube025|CD3+"][3] == str(counts["CD3+"]), "CD3+'s count in the draft")
-            driver.find_element("id", "reason").send_keys("one CD3 population: T cells of a T-cell product")
-            driver.find_element("id", "save-button").click()
-            wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
-            assert json.loads(service.version(pid).gates_json)["tubes"]["tube025"]["decided"] == {"CD3+": "positive"}
-            assert_no_script_errors(driver)
-    finally:
-        service.factory.kw["bind"].dispose()
-        drop_schema(url)
+    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+        counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
+        click_decision(driver, found, "CD3+")
+        wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
+        reload(driver)
+        said = wait(driver, lambda d: d.find_element("id", "message").text
+                    if "Restored your unsaved draft" in d.find_element("id", "message").text else None, "the restored draft")
+        assert "(tube025/CD3+ decided)" in said, said
+        wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision restored")
+        wait(driver, lambda d: page_rows(d)["tube025|CD3+"][3] == str(counts["CD3+"]), "CD3+'s count in the draft")
+        driver.find_element("id", "reason").send_keys("one CD3 population: T cells of a T-cell product")
+        driver.find_element("id", "save-button").click()
+        wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+        assert json.loads(service.version(pid).gates_json)["tubes"]["tube025"]["decided"] == {"CD3+": "positive"}
+        assert_no_script_errors(driver)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -1617,41 +1619,32 @@ def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_out,
     counted here); saved with a reason, version 2 records decided: negative with that gate and the audit's
     save_gates entry names both; withdrawn in the draft, the gate is as held again. The sign form no longer
     names CD19+."""
-    from tilpheno.review.web import create_app
-
-    url = database_url(backend, tmp_path)
-    service = make_service(undetermined_out, url)
-    pid = "Specimen_001"
+    pid = UNDETERMINED_PID
     found = '[data-decide-negative="tube025|CD19+"]'
-    try:
-        with serving(create_app(service)) as base:
-            open_product(driver, base, "alice", pid=pid)
-            automatic = json.loads(service.automatic_version(pid).gates_json)
-            negative = service.source.negative_calls(pid)["tube025"]["CD19+"]
-            judged = json.loads(json.dumps(automatic))
-            judged["tubes"]["tube025"]["gates"]["CD19+"] = negative
-            counts = held_counts(service, pid, judged)
-            assert counts["CD19+"] < held_counts(service, pid, automatic)["CD19+"]
-            click_decision(driver, found, "CD19+")
-            wait(driver, lambda d: page_rows(d)["tube025|CD19+"][3] == str(counts["CD19+"]), "CD19+'s count at the negative call")
-            wait(driver, lambda d: d.find_element("css selector", found).click() or True, "the withdrawal")   # the gate as held
-            wait(driver, lambda d: page_rows(d)["tube025|CD19+"][3].startswith("undetermined"), "CD19+ undetermined again")
-            click_decision(driver, found, "CD19+")
-            driver.find_element("id", "reason").send_keys("CD19: B cells, none in a T-cell product")
-            driver.find_element("id", "save-button").click()
-            wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
-            wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version badge 2")
-            saved = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]
-            assert saved["decided"] == {"CD19+": "negative"} and saved["gates"]["CD19+"] == negative
-            assert {p: g for p, g in saved["gates"].items() if p != "CD19+"} == \
-                {p: g for p, g in automatic["tubes"]["tube025"]["gates"].items() if p != "CD19+"}
-            with service.factory() as db:
-                entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")
-                                   .order_by(AuditEntry.seq.desc())).first()
-            assert set(json.loads(entry.after_json)["gates"]) == {"tube025/CD19+", "tube025/CD19+ decided"}
-            notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the notice of version 2")
-            assert "tube025/CD8+" in notice and "CD19+" not in notice, notice
-            assert_no_script_errors(driver)
-    finally:
-        service.factory.kw["bind"].dispose()
-        drop_schema(url)
+    with undetermined_page(driver, undetermined_out, backend, tmp_path) as service:
+        automatic = json.loads(service.automatic_version(pid).gates_json)
+        negative = service.source.negative_calls(pid)["tube025"]["CD19+"]
+        judged = json.loads(json.dumps(automatic))
+        judged["tubes"]["tube025"]["gates"]["CD19+"] = negative
+        counts = held_counts(service, pid, judged)
+        assert counts["CD19+"] < held_counts(service, pid, automatic)["CD19+"]
+        click_decision(driver, found, "CD19+")
+        wait(driver, lambda d: page_rows(d)["tube025|CD19+"][3] == str(counts["CD19+"]), "CD19+'s count at the negative call")
+        wait(driver, lambda d: d.find_element("css selector", found).click() or True, "the withdrawal")   # the gate as held
+        wait(driver, lambda d: page_rows(d)["tube025|CD19+"][3].startswith("undetermined"), "CD19+ undetermined again")
+        click_decision(driver, found, "CD19+")
+        driver.find_element("id", "reason").send_keys("CD19: B cells, none in a T-cell product")
+        driver.find_element("id", "save-button").click()
+        wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+        wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version badge 2")
+        saved = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]
+        assert saved["decided"] == {"CD19+": "negative"} and saved["gates"]["CD19+"] == negative
+        assert {p: g for p, g in saved["gates"].items() if p != "CD19+"} == \
+            {p: g for p, g in automatic["tubes"]["tube025"]["gates"].items() if p != "CD19+"}
+        with service.factory() as db:
+            entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "save_gates")
+                               .order_by(AuditEntry.seq.desc())).first()
+        assert set(json.loads(entry.after_json)["gates"]) == {"tube025/CD19+", "tube025/CD19+ decided"}
+        notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the notice of version 2")
+        assert "tube025/CD8+" in notice and "CD19+" not in notice, notice
+        assert_no_script_errors(driver)
