@@ -55,3 +55,22 @@ def test_the_residual_checks_second_placement_is_replayed_as_the_engines_check_n
         fmo_gate_replay.main(["replay", str(tmp_path / "unmarked.pkl")])
     assert str(refused.value) == (f"{tmp_path / 'unmarked.pkl'}: CD56+ was placed twice: captured before the residual "
                                   "check's second placement was marked (stop 49); capture again")
+
+
+def test_the_replay_keeps_the_flags_the_engine_keeps_after_the_residual_check(tmp_path):
+    # V155576 (stop 49, CD56 binding set 150-300 units, log-SD 0.6-0.8): its CD56+ gate's FMO shows
+    # residual spillover, so the engine places the gate again with it taken out; that re-placement
+    # calls itself uncertain, which the residual check reads as "no move measured" and drops. The
+    # replay counted the re-placement's flags as the gate's (an uncertain_threshold on CD56+ the
+    # engine never raised: a false alarm on a product within tolerance)
+    seed = 155576
+    fmo_gate_replay.main(["capture", "--first-seed", str(seed), "--products", "1", "--out", str(tmp_path),
+                          "--set", "cd56_binding=150-300", "--set", "cd56_binding_sd=0.6-0.8"])
+    with open(tmp_path / f"{seed}.pkl", "rb") as fh:
+        record = pickle.load(fh)
+    assert [c["population"] for c in record["calls"]].count("CD56+") == 2   # the gate and its re-placement
+    engine = {f"{code}:{message.split(' (')[0]}" for code, message in record["review"]}
+    replayed = fmo_gate_replay.replay_one(record)
+    assert set(filter(None, replayed["review_flags"].split(";"))) == engine
+    assert abs(replayed["nkt_pct_of_live_lymph"] - (record["phenotype"]["nkt_pct_of_live_lymph"]
+                                                     - record["truth"]["nkt_pct_of_live_lymph"])) < 1e-9
