@@ -56,10 +56,10 @@ def test_the_demo_prints_the_biomarker_analysis_warnings_once(tmp_path, monkeypa
             phenotypes = pd.read_csv(ref / "til_cohort_phenotypes.csv")   # 2 of the study's markers: a faster run
             phenotypes[["product_id", "cd8_pct_of_cd3", "cd8pd1_pct_of_cd3"]].assign(status="done").to_csv(
                 out / "phenotypes.csv", index=False)
-        return types.SimpleNamespace()
+        return types.SimpleNamespace(), frozenset()   # the summary, the failures printed as they failed
 
     monkeypatch.setattr(cli, "_run_with_progress", process)
-    monkeypatch.setattr(cli, "_print_summary", lambda summary: None)
+    monkeypatch.setattr(cli, "_print_summary", lambda summary, shown: None)
     monkeypatch.setattr(simulate, "simulate_cohort", lambda out, n, seed, events: types.SimpleNamespace(
         out_dir=tmp_path / "fcs", manifest=None, outcomes=tmp_path / "outcomes.csv"))
     results = []
