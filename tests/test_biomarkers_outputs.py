@@ -456,6 +456,29 @@ def test_exported_figures_are_the_same_bytes_at_any_time():
     assert b"<dc:date>" not in first[0] and b"CreationDate" not in first[1] and first == later
 
 
+@pytest.mark.parametrize("pdf", [False, True])
+def test_a_figure_is_laid_out_for_its_export_and_not_again_for_the_page(monkeypatch, pdf):
+    """A Kaplan-Meier figure (constrained layout) is laid out when it is exported (figures/*.svg,
+    and again for its figures.pdf page, drawn with bbox "tight" too); the report page's inline copy
+    is drawn where the export left it, without running the layout engine a third time (about 10 %
+    of the report's CPU: 42 of its 66 figures are laid out so)."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    from tilpheno.biomarkers.analysis import Settings
+    from tilpheno.biomarkers.report import FigureExport, _svg, km_figure
+
+    runs = []
+    execute = ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", lambda self, fig: runs.append(fig) or execute(self, fig))
+    t = np.array([2.0, 5.0, 7.0, 11.0, 13.0, 20.0])
+    e = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    fig = km_figure([("all patients", t, e)], "PFS: all patients", "progression-free", Settings())
+    export = FigureExport(pdf=pdf)
+    page = _svg(fig, "PFS", export, "km_pfs_all")
+    assert len(runs) == (2 if pdf else 1)
+    assert page["svg"].startswith('<svg class="plot"') and export.svgs[0][0] == "km_pfs_all"
+
+
 def test_a_variance_that_is_not_estimable_is_a_recorded_warning_not_a_numpy_one(monkeypatch):
     """Newton can stop where the information matrix is not positive definite, so that some variances
     come out negative. numpy's 'invalid value in sqrt' went to the terminal and nothing to the table;

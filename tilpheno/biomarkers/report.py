@@ -69,6 +69,9 @@ def _svg(fig, alt: str, export: FigureExport | None = None, name: str | None = N
         with matplotlib_rc():
             fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
         export.add(name, buf.getvalue(), fig)
+        # laid out by the export's drawing: the page's copy is drawn where the exported one is,
+        # without running the figure's layout engine (constrained layout) once more
+        fig.set_layout_engine("none")
     width_px = fig.get_figwidth() * 96
     markup = inline_svg(fig, alt)
     plt.close(fig)
