@@ -28,8 +28,9 @@ def heap_thresholds() -> bool:
     product, 66x the page faults of a plain process, 12 x its system CPU time, 26 % more CPU in
     all. This sets the thresholds that glibc's dynamic rule reaches for large arrays
     (``tilpheno.pipeline.product.large_arrays_on_heap``, which every process also does before its
-    first product) at once, before the libraries are imported; each product still ends with
-    ``malloc_trim(0)`` (``tilpheno.pipeline.product``), so a worker's memory stays flat.
+    first product) at once, before the libraries are imported; a product's freed heap is kept for
+    the next one (``tilpheno.pipeline.product``), and a worker's memory stays flat at its largest
+    product's.
     Returns True when it changed them (only when one of those variables is set, only with glibc).
     """
     if not any(name in os.environ for name in FIXED_BY_ENVIRONMENT):

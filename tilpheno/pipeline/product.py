@@ -292,8 +292,8 @@ _THREAD = threading.local()
 def _blocks():
     """This thread's ``compensation.BlockPool``: the products a worker (or a ``--jobs 1`` run) gates
     one after the other decode their events and write their compensated arrays into the blocks of
-    the one before, not into fresh pages the kernel must zero. Between products it keeps (and
-    :func:`_return_free_memory` leaves) at most the blocks one product had in use at once."""
+    the one before, not into fresh pages the kernel must zero. Between products it keeps at most
+    the blocks one product had in use at once."""
     from tilpheno.compensation import BlockPool
 
     if not hasattr(_THREAD, "blocks"):
@@ -343,7 +343,7 @@ def _populations_long(product_id: str, tubes) -> object:
 def process_product(job: ProductJob) -> ProductOutcome:
     """Run one product end to end; never raises on bad input (returns ``ok=False`` with the reason).
     Before the process's first product, what its imports made is frozen (``gc.freeze``, see
-    :func:`_return_free_memory`): the first product's collections do not walk the libraries either;
+    :func:`_collect_garbage`): the first product's collections do not walk the libraries either;
     and large arrays are put on the heap (:func:`large_arrays_on_heap`)."""
     if not _FROZEN:
         import gc
@@ -351,7 +351,7 @@ def process_product(job: ProductJob) -> ProductOutcome:
         gc.freeze()
         large_arrays_on_heap()
     outcome = _process_product(job)
-    _return_free_memory()   # the product's arrays are gone: give their pages back before the next product
+    _collect_garbage()   # the product's cycles are gone before the next product; its freed heap is kept for it
     return outcome
 
 
@@ -370,8 +370,8 @@ def large_arrays_on_heap() -> bool:
     far: a file's columns and masks (1.6 MB and 0.2 MB each at 200,000 events, several alive at
     once) are mapped or trimmed when freed and come back as fresh pages the kernel zeroes, file
     after file (``process --jobs 1`` on the 4 x 9 x 200,000-event benchmark folder: 150,000-190,000
-    page faults, 79,000 with these thresholds). Each product still ends with ``malloc_trim(0)``
-    (:func:`_return_free_memory`), so a worker's memory stays flat."""
+    page faults, 79,000 with these thresholds). The heap a product freed is not given back to the
+    system (:func:`_collect_garbage`): the next product's arrays take the same pages."""
     try:
         import ctypes
 
@@ -383,10 +383,14 @@ def large_arrays_on_heap() -> bool:
     return done
 
 
-def _return_free_memory() -> None:
-    """Collect cyclic garbage, then glibc ``malloc_trim(0)``: return freed heap pages to the system (large numpy temporaries that
-    landed on the heap would otherwise keep a worker's RSS at its high-water mark and let freed
-    gaps accumulate from product to product). A no-op where glibc is not the allocator.
+def _collect_garbage() -> None:
+    """Collect cyclic garbage after a product (free it now, not at some later collection). The
+    heap pages the product's arrays freed stay with the process: the next product's arrays, of the
+    same sizes, take them again instead of fresh pages the kernel must zero (glibc's
+    ``malloc_trim(0)`` here gave them back after every product: on the 4 x 200,000-event benchmark
+    folder 71,000 page faults a ``--jobs 1`` run against 48,000, 0.35-0.7 s more system CPU). A
+    process's memory stays flat all the same: its peak is that of its largest product (the
+    200-product folder's peak within 10 % of 20 products', benchmarks/README.md, issue 18).
 
     After the process's first collection here, what is still alive is frozen (``gc.freeze``, once
     per process): mostly the libraries the first product imported and their caches, which live as
@@ -395,26 +399,16 @@ def _return_free_memory() -> None:
     product of the benchmark folder: 0.065 s per collection before, under 0.01 s after). A frozen
     object is still freed by its reference count; only a reference cycle among frozen objects
     would stay, at most what the first product left alive."""
-    global _MALLOC_TRIM, _FROZEN
+    global _FROZEN
     import gc
 
-    gc.collect()   # cyclic garbage: free it now, not at some later collection
+    gc.collect()
     if not _FROZEN:
         gc.freeze()
         _FROZEN = True
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
 
 
-_MALLOC_TRIM: Any = None
-_FROZEN = False   # gc.freeze() done in this process (_return_free_memory)
+_FROZEN = False   # gc.freeze() done in this process (_collect_garbage)
 
 
 def _process_product(job: ProductJob) -> ProductOutcome:
