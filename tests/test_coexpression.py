@@ -106,9 +106,10 @@ def test_a_deleted_gate_a_drafted_check_names_says_which_check_line_to_delete(tm
     refused to load with 'checks[1].populations: unknown population 'CD19+'', leaving the lab to work out
     that the drafted co_expression check [CD3+, CD19+] must go too -> the one line says so, with the line
     of that check in the file (found here by its text); nothing is run, exit 2. A dim_subset check naming
-    an unknown population says the same."""
+    an unknown population says the same, and so does the drafted variable when only the gate was deleted."""
     folder, path = drafted_100715(tmp_path)
-    lines = [line for line in path.read_text().splitlines(keepends=True)
+    original = path.read_text().splitlines(keepends=True)
+    lines = [line for line in original
              if not line.startswith(("  - {name: CD19+,", "  cd19_pct_of_lymph:"))]
     path.write_text("".join(lines))
     [check] = [i + 1 for i, line in enumerate(lines) if "kind: co_expression, populations: [CD3+, CD19+]" in line]
@@ -119,6 +120,17 @@ def test_a_deleted_gate_a_drafted_check_names_says_which_check_line_to_delete(tm
     said = result.output.strip()
     assert said == (f"error: {path}:{check}: checks[1].populations: unknown population 'CD19+'; if its gate was deleted, "
                     f"delete this check too (line {check}), or name another population"), said
+    # the gate deleted, its drafted variable kept: the variable's line is named the same way (variables are read first)
+    gate = next(line for line in original if line.startswith("  - {name: CD19+,"))
+    path.write_text("".join(line for line in original if line != gate))
+    [variable] = [i + 1 for i, line in enumerate(line for line in original if line != gate)
+                  if line.startswith("  cd19_pct_of_lymph:")]
+    result = CliRunner().invoke(app, ["process", str(folder), "--study", str(study / "study.yaml"), "--manifest",
+                                      str(study / "manifest.csv"), "-o", str(tmp_path / "out"), "--reports", "none"])
+    assert result.exit_code == 2 and not (tmp_path / "out").exists(), result.output
+    assert result.output.strip() == (f"error: {path}:{variable}: variables.cd19_pct_of_lymph.numerator: unknown population "
+                                     f"'CD19+'; if its gate was deleted, delete this variable too (line {variable}), or "
+                                     "name another population"), result.output
     subset = STRATEGY.replace("CHECK", "").replace("\n  - {kind: co_expression", "\n  - {kind: dim_subset, subset: CD4-, "
                                                     "reference: CD4+, marker: CD3}\n  - {kind: co_expression")
     with pytest.raises(StrategyError, match=r"^s\.yaml:11: checks\[0\]\.subset: unknown population 'CD4-'; if its gate was "

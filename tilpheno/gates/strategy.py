@@ -659,7 +659,7 @@ def parse_strategy(text: str, path: str = "<strategy>", *, lines: bool = True) -
                             "[, expected: [low, high], agrees_with: <variable>, tolerance: <points>]}")
         for role in ("numerator", "denominator"):
             if spec[role] not in seen and not (role == "denominator" and spec[role] == ROOT):
-                raise ctx.error(_line(spec, role), f"variables.{name}.{role}", f"unknown population {spec[role]!r}")
+                raise _unknown_population(ctx, spec, role, f"variables.{name}", spec[role], "variable")
         expected = spec.get("expected")
         if expected is not None:
             if (not isinstance(expected, list) or len(expected) != 2
@@ -750,7 +750,7 @@ def _quadrant_names(ctx: _Context, doc: Mapping, populations: Mapping[str, int])
             raise ctx.error(_line(item) or _line(doc, "quadrants"), where, "must be {x: <population>, y: <population>, names: {...}}")
         for axis in ("x", "y"):
             if item[axis] not in populations:
-                raise ctx.error(_line(item, axis), f"{where}.{axis}", f"unknown population {item[axis]!r}")
+                raise _unknown_population(ctx, item, axis, where, item[axis], "quadrant plot")
         names = item["names"]
         if not isinstance(names, dict) or not names or set(names) - set(QUADRANT_SIGNS) \
                 or not all(isinstance(v, str) and v.strip() for v in names.values()):
@@ -779,7 +779,7 @@ def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers
                                          "marker: <marker>[, quantile: <percent>, limit: <points>]}")
         for key in ("subset", "reference"):
             if item[key] not in populations:
-                raise _unknown_in_check(ctx, item, key, where, item[key])
+                raise _unknown_population(ctx, item, key, where, item[key], "check")
         if item["marker"] not in markers:
             raise ctx.error(_line(item, "marker"), f"{where}.marker", f"unknown marker {item['marker']!r}")
         quantile = _check_param(ctx, _line(item, "quantile"), where, "quantile", item.get("quantile", 5.0),
@@ -789,12 +789,12 @@ def _checks(ctx: _Context, doc: Mapping, populations: Mapping[str, int], markers
     return tuple(out)
 
 
-def _unknown_in_check(ctx: _Context, item: Mapping, key: str, where: str, name: Any) -> StrategyError:
-    """A check naming a population the strategy has not (its gate deleted, e.g. from a new-study draft):
-    which check to delete with it, by its line."""
+def _unknown_population(ctx: _Context, item: Mapping, key: str, where: str, name: Any, entry: str) -> StrategyError:
+    """A check, variable or quadrant plot (``entry``) naming a population the strategy has not (its gate deleted,
+    e.g. from a new-study draft): which entry to delete with it, by its line."""
     line = _line(item, key)
     return ctx.error(line, f"{where}.{key}", f"unknown population {name!r}; if its gate was deleted, delete this "
-                                             f"check too{f' (line {line})' if line else ''}, or name another population")
+                                             f"{entry} too{f' (line {line})' if line else ''}, or name another population")
 
 
 def _co_expression(ctx: _Context, doc: Mapping, populations: Mapping[str, Population]) -> tuple[CoExpressionCheck, ...]:
@@ -811,7 +811,7 @@ def _co_expression(ctx: _Context, doc: Mapping, populations: Mapping[str, Popula
                                          "[, limit: <percent of their parent>]}")
         for name in pair:
             if name not in populations:
-                raise _unknown_in_check(ctx, item, "populations", where, name)
+                raise _unknown_population(ctx, item, "populations", where, name, "check")
         first, second = (populations[n] for n in pair)
         if first.parent != second.parent or first.boolean is not None or second.boolean is not None \
                 or len(first.dims) != 1 or len(second.dims) != 1 or first.dims == second.dims:
