@@ -346,11 +346,9 @@ def test_the_live_counts_leave_an_undetermined_gates_count_blank(drafted):
     assert ccr5["undetermined"] == ""
 
 
-def test_a_gate_starved_below_undetermined_gates_quotes_no_held_count(drafted, tmp_path):
-    """A gate that failed for too few events below undetermined gates quoted their held counts in its
-    gate_failed (and product_failed) message ('only 1 events to place the gate on; CD57lo left 1 of the
-    575 events of CD28lo'), counts no output reports -> 'too few', naming the gates the counts rest on;
-    the threshold it missed is kept. (CD28lo and CD57lo: keep-low gates, one population each, held.)"""
+def _process_chained(drafted, tmp_path: Path, below: str):
+    """The drafted study with keep-low CD28lo (one population, held) > CD57lo added to its tube and
+    ``below`` (gates under them, and ``variables:``) after, processed into ``tmp_path/out``."""
     folder, study, _, _ = drafted
     chained = tmp_path / "study"
     shutil.copytree(study, chained)
@@ -358,12 +356,21 @@ def test_a_gate_starved_below_undetermined_gates_quotes_no_held_count(drafted, t
     strategy.write_text(strategy.read_text().replace("variables:\n", """\
   - {name: CD28lo, parent: lymph, dims: [CD28], method: valley, params: {keep: low}}
   - {name: CD57lo, parent: CD28lo, dims: [CD57], method: valley, params: {keep: low}}
+""" + below, 1))
+    return CliRunner().invoke(app, ["process", str(folder), "--study", str(chained / "study.yaml"), "--manifest",
+                                    str(chained / "manifest.csv"), "-o", str(tmp_path / "out"), "--reports", "none"])
+
+
+def test_a_gate_starved_below_undetermined_gates_quotes_no_held_count(drafted, tmp_path):
+    """A gate that failed for too few events below undetermined gates quoted their held counts in its
+    gate_failed (and product_failed) message ('only 1 events to place the gate on; CD57lo left 1 of the
+    575 events of CD28lo'), counts no output reports -> 'too few', naming the gates the counts rest on;
+    the threshold it missed is kept. (CD28lo and CD57lo: keep-low gates, one population each, held.)"""
+    result = _process_chained(drafted, tmp_path, """\
   - {name: CD27x, parent: CD57lo, dims: [CD27], method: valley, params: {keep: high}}
 variables:
   cd27x_pct_of_cd57lo: {numerator: CD27x, denominator: CD57lo}
-""", 1))
-    result = CliRunner().invoke(app, ["process", str(folder), "--study", str(strategy.parent / "study.yaml"), "--manifest",
-                                      str(chained / "manifest.csv"), "-o", str(tmp_path / "out"), "--reports", "none"])
+""")
     assert result.exit_code == 1, result.output
     qc = pd.read_csv(tmp_path / "out" / "qc.csv")
     assert {"CD28lo", "CD57lo"} <= set(qc.query("code == 'undetermined'")["gate"])
@@ -373,3 +380,25 @@ variables:
                 "20 of the events of CD28lo; counts resting on CD28lo, CD57lo (undetermined: no FMO or unstained control) "
                 "are not reported") in message, message
         assert not re.search(r"only \d+ events|left \d+ of", message), message
+
+
+def test_a_gate_placed_below_undetermined_gates_quotes_no_held_count_in_its_flags(drafted, tmp_path):
+    """CD57lo, placed on CD28lo's held events (fewer than 1000), was flagged few_events with CD28lo's
+    held count ('the cut 0.046 was placed on only 575 events (< 1000)'), and the density-gate flags
+    of gates below undetermined ones were sized from held masks ('size: moving the cut to ... changes
+    cd4_pct_of_cd3 by 97.4 points'): counts no output reports -> 'fewer than 1000 events', and 'size:
+    not measured', naming the gates they rest on. A gate on determined events keeps its size."""
+    result = _process_chained(drafted, tmp_path, "variables:\n  cd57lo_pct_of_cd28lo: {numerator: CD57lo, denominator: CD28lo}\n")
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    assert {"CD28lo", "CD57lo"} <= set(qc.query("code == 'undetermined'")["gate"])
+    few = qc.query("code == 'few_events'").set_index("gate")["message"]
+    assert "CD57lo (CD57): the cut " in few["CD57lo"] and " was placed on fewer than 1000 events; " in few["CD57lo"], few
+    held = "size: not measured, the percentages it moves rest on CD28lo (undetermined: no FMO or unstained control)"
+    assert few["CD57lo"].endswith(held), few["CD57lo"]
+    sized = qc[qc["code"].isin(["no_second_peak", "cut_in_dense_region", "few_events"])].set_index(["gate", "code"])["message"]
+    for gate, code in (("CD57lo", "no_second_peak"), ("CD4+", "no_second_peak"), ("CD127+", "cut_in_dense_region")):
+        assert not re.search(r"only \d+ events|changes \S+ by [\d.]+ points", sized[gate, code]), (gate, sized[gate, code])
+    assert sized["CD57lo", "no_second_peak"].endswith(held)
+    assert sized["CD127+", "cut_in_dense_region"].endswith("rest on CD3+, CD4+ (undetermined: no FMO or unstained control)")
+    assert re.search(r"changes cd3_pct_of_lymph by [\d.]+ points", sized["CD3+", "no_second_peak"])   # on lymph: sized

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import filecmp
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -554,9 +555,13 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
     warning only when a cut at an alternative changes a reported percentage by more than
     ``checks.IMPACT_POINTS``. A ``cut_at_scale_edge`` of a reported population (a variable's
     numerator; every population when the strategy has none) stays a warning, unsized: the clamped
-    cut makes that percentage 0 or 100 by itself, and no cut near the data's edge tells how wrong."""
+    cut makes that percentage 0 or 100 by itself, and no cut near the data's edge tells how wrong.
+    A gate placed on events resting on an undetermined gate (:func:`undetermined_gates`) is not
+    sized, its flags kept as raised: the counts and percentages below such a gate are held, not
+    reported, so its flags say which gates they rest on instead (:func:`_held_flag`)."""
     placed = {name: g for name, _, g, _ in state.gates}
     reported = {v.numerator for v in strategy.variables} if strategy.variables else {p.name for p in pops}
+    undetermined = undetermined_gates(state.diagnostics)
     out = []
     for k, flag in flags:
         pop = pops[k]
@@ -565,12 +570,26 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
             continue
         alternatives = state.diagnostics.get(pop.name, {}).get("alternative_cuts", {}).get(flag.code)
         gate = placed.get(pop.name)
-        if alternatives and isinstance(gate, RangeGate):
+        held = resting_on(strategy, undetermined, *pop.depends_on)
+        if held:
+            flag = _held_flag(flag, held, bool(alternatives))
+        elif alternatives and isinstance(gate, RangeGate):
             impacts = [variable_impact(strategy, state, pop.name, _moved(gate, a)) for a in alternatives]
             impact, what = max(impacts, key=lambda t: t[0] if math.isfinite(t[0]) else -1.0)
             flag = checks.size_flag(flag, impact, what, alternatives)
         out.append((k, flag))
     return out
+
+
+def _held_flag(flag: pl.Flag, held: tuple[str, ...], sized: bool) -> pl.Flag:
+    """``flag`` of a gate placed on events resting on the undetermined gates ``held``, quoting no
+    count of them: ``few_events``' 'only <n> events (< 1000)' becomes 'fewer than 1000 events', and a
+    flag the engine sizes (``sized``) says its size rests on ``held`` instead of a change in points
+    computed from their held masks, naming them. Severity as raised."""
+    message = re.sub(r"on only \d+ events \(< (\d+)\)", r"on fewer than \1 events", flag.message)
+    if sized:
+        message += f"; size: not measured, the percentages it moves rest on {', '.join(held)} ({UNDETERMINED})"
+    return pl.Flag(flag.code, flag.severity, message, flag.gate)
 
 
 def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
