@@ -1611,6 +1611,28 @@ def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, u
         assert_no_script_errors(driver)
 
 
+def test_a_cut_of_the_reviewers_own_withdraws_an_accepted_positive_call(driver, undetermined_out, tmp_path):
+    """A reviewer who accepted CD19+'s held positive call and then moved its cut (a suggested cut here) sent
+    both, 'positive' and a cut of their own, which the server now refuses (the held call's cut unchanged is
+    what 'positive' means) -> the page withdraws the acceptance on a drag or a suggested cut, as it did a
+    negative call: the button offers to accept again, and the save keeps the reviewer's cut, no decision.
+    SQLite only (a page behaviour)."""
+    pid = UNDETERMINED_PID
+    found = '[data-decide="tube025|CD19+"]'
+    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+        click_decision(driver, found, "CD19+")
+        button = '[data-candidate="tube025|CD19+|no_second_peak:0"]'
+        wait(driver, lambda d: d.find_element("css selector", button).click() or True, "the suggested cut")
+        wait(driver, lambda d: "accept the held positive call" in d.find_element("css selector", found).text, "the acceptance withdrawn")
+        driver.find_element("id", "reason").send_keys("CD19: the cut at the lower valley")
+        driver.find_element("id", "save-button").click()
+        wait(driver, lambda d: "saved version 2" in d.find_element("id", "message").text, "saved version 2")
+        saved = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]
+        [cut] = [c["cut"] for c in service.source.candidates(pid)["tube025"]["CD19+"] if c["rule"] == "no_second_peak:0"]
+        assert "decided" not in saved and saved["gates"]["CD19+"]["low"] == pytest.approx(cut, abs=1e-12)
+        assert_no_script_errors(driver)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_out, backend, tmp_path):
     """A reviewer who judged an undetermined gate's one population negative (CD19 in a T-cell product)

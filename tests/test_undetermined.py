@@ -402,3 +402,56 @@ def test_a_gate_placed_below_undetermined_gates_quotes_no_held_count_in_its_flag
     assert sized["CD57lo", "no_second_peak"].endswith(held)
     assert sized["CD127+", "cut_in_dense_region"].endswith("rest on CD3+, CD4+ (undetermined: no FMO or unstained control)")
     assert re.search(r"changes cd3_pct_of_lymph by [\d.]+ points", sized["CD3+", "no_second_peak"])   # on lymph: sized
+
+
+def test_a_decision_keeps_its_own_cut(drafted):
+    """The server accepted 'positive' (the held call, its cut unchanged) sent with a moved cut, as an API
+    client may send both, and kept a base version's decision when a later gate set moved the cut without
+    withdrawing it: the version said 'accepted as held' of a gate it did not hold -> refused in one line
+    naming the gate, as a 'negative' with a cut of its own is; the reviewer's own cut alone decides."""
+    from tilpheno.review.regate import GateSetError, ReviewSource, undetermined_in, validate_gate_set
+
+    _, _, out, _ = drafted
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    automatic, stained = source.automatic(pid), source.stained(pid)
+    own = {**automatic["tubes"]["tube025"]["gates"]["CD3+"], "low": float(np.quantile(stained["tube025"].tube.data["CD3"], 0.3))}
+    refused = r"^gates\.tube025\.decided\.CD3\+: 'positive' keeps the held positive call's cut, but the gate sent has a cut of its own"
+    with pytest.raises(GateSetError, match=refused):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {"CD3+": own}, "decided": {"CD3+": "positive"}}}}, stained)
+    accepted = validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "positive"}}}}, stained)
+    with pytest.raises(GateSetError, match=refused):   # the base's decision, not withdrawn
+        validate_gate_set(accepted, {"tubes": {"tube025": {"gates": {"CD3+": own}}}}, stained)
+    moved = validate_gate_set(accepted, {"tubes": {"tube025": {"gates": {"CD3+": own}, "decided": {"CD3+": "undecided"}}}}, stained)
+    assert "decided" not in moved["tubes"]["tube025"] and "CD3+" not in undetermined_in(moved["tubes"]["tube025"])
+
+
+def test_a_negative_call_off_the_scale_is_no_decision(drafted):
+    """The negative call's gate (negative_call_gates) was offered and accepted wherever its cut lay, while
+    candidate_gates leaves out a cut above the detector's top ($PnR) or outside the dimension's bounds:
+    CD3+ of 100715.fcs, 'as negative its cut would be 1.287' (qc.csv), above the logicle scale's top, got a
+    'judge the one population negative' button and a decision saving a gate past the instrument's range ->
+    such a call is left out (ReviewSource.negative_calls: the page draws no button; CD19+'s, on the scale,
+    stays) and 'negative' is refused in one line naming the gate; a cut past the bounds likewise."""
+    from tilpheno.review.regate import GateSetError, ReviewSource, negative_calls_on_scale, validate_gate_set
+
+    _, _, out, _ = drafted
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    automatic, stained = source.automatic(pid), source.stained(pid)
+    st = stained["tube025"]
+    said = pd.read_csv(out / "qc.csv").query("code == 'no_second_peak'").set_index("gate")["message"]
+    cut = {p: float(re.search(r"as negative its cut would be ([-\d.]+)", said[p]).group(1)) for p in ("CD3+", "CD19+")}
+    raw = {p: float(st.tube.transforms[p[:-1]].inverse(np.array([c]))[0]) for p, c in cut.items()}
+    assert raw["CD3+"] > st.tops["CD3"] and raw["CD19+"] < st.tops["CD19"], (raw, st.tops)
+    calls = source.negative_calls(pid)
+    assert "CD3+" not in calls["tube025"]
+    assert calls["tube025"]["CD19+"]["low"] == pytest.approx(cut["CD19+"], abs=1e-3)   # qc.csv rounds to 4 digits
+    refused = (r"^gates\.tube025\.decided\.{}: 'negative' needs the negative call's cut, which the run did not record for "
+               r"this gate or which lies off the scale")
+    with pytest.raises(GateSetError, match=refused.format(r"CD3\+")):
+        validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {}, "decided": {"CD3+": "negative"}}}}, stained,
+                          lambda: source.negative_calls(pid))
+    past = json_copy(calls)
+    past["tube025"]["CD19+"]["low"] = st.bounds["CD19"][1] + 0.1
+    assert "CD19+" not in negative_calls_on_scale(past, stained)["tube025"]

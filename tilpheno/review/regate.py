@@ -709,10 +709,11 @@ class ReviewSource:
     def negative_calls(self, product_id: str) -> dict[str, dict[str, dict]]:
         """Tube kind -> undetermined population -> its gate at the negative call's cut (the one population
         called negative: ``placement``'s ``negative_side_cut``, the cut ``one_population: negative`` places),
-        the held gate's open side kept (:func:`candidate_coordinate`); from the same re-run as :meth:`automatic`."""
+        the held gate's open side kept (:func:`candidate_coordinate`); from the same re-run as :meth:`automatic`;
+        a cut off the scale left out (:func:`negative_calls_on_scale`)."""
         if product_id not in self._negative_calls:
             self._rerun(product_id)
-        return json.loads(json.dumps(self._negative_calls[product_id]))
+        return json.loads(json.dumps(negative_calls_on_scale(self._negative_calls[product_id], self.stained(product_id))))
 
     def _rerun(self, product_id: str) -> None:
         """Re-gate the product's files and its unstained controls (:meth:`unstained_controls`),
@@ -1112,19 +1113,42 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
                 if "vertices" in cut and all(st.bounds[d][0] <= v[i] <= st.bounds[d][1]
                                              for v in cut["vertices"] for i, d in enumerate(gate["dims"]))]
     side = "low" if gate.get("low") is not None else "high"
-    bounds = st.bounds[gate["dim"]]
     transform = st.tube.transforms[gate["dim"]]
     out = []
     for cut in cuts:
         value = candidate_coordinate(side, cut["cut"])
-        if not bounds[0] <= value <= bounds[1]:
+        if not on_scale(st, gate["dim"], value, cut["cut"], top=cut["rule"] != "automatic"):
             continue
         raw = float(transform.inverse(np.array([cut["cut"]]))[0])
-        if cut["rule"] != "automatic" and raw > st.tops.get(gate["dim"], math.inf):
-            continue
         moved = gate_from_dict({**gate, side: value})
         inside = int(np.count_nonzero(moved.membership(st.tube.data) & parent))
         out.append({**cut, "value": value, "raw": raw, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
+    return out
+
+
+def on_scale(st: StainedTube, dim: str, value: float, cut: float, *, top: bool = True) -> bool:
+    """Whether a range gate coordinate ``value`` (at ``cut``, transformed units: :func:`candidate_coordinate`)
+    lies inside ``dim``'s bounds (a submitted gate must stay inside them) and, with ``top``, ``cut``'s raw
+    value not above the top of the detector's range (``$PnR``, ``StainedTube.tops``): no place on the
+    instrument's scale."""
+    low, high = st.bounds[dim]
+    if not low <= value <= high:
+        return False
+    return not top or float(st.tube.transforms[dim].inverse(np.array([cut]))[0]) <= st.tops.get(dim, math.inf)
+
+
+def negative_calls_on_scale(calls: Mapping[str, Mapping[str, dict]], stained: Mapping[str, StainedTube]) -> dict[str, dict[str, dict]]:
+    """``calls`` (tube -> population -> the gate at the negative call's cut: :func:`negative_call_gates`)
+    without those whose cut lies off the scale (:func:`on_scale`, as :func:`candidate_gates` leaves such
+    cuts out): neither the page's 'judge the one population negative' nor a ``negative`` decision
+    (:func:`_decide`) can put a gate there."""
+    out: dict[str, dict[str, dict]] = {}
+    for tube, by_population in calls.items():
+        st = stained.get(tube)
+        for population, gate in by_population.items():
+            value = float(gate["low"] if gate.get("low") is not None else gate["high"])
+            if st is not None and on_scale(st, gate["dim"], value, value):
+                out.setdefault(tube, {})[population] = gate
     return out
 
 
@@ -1352,9 +1376,11 @@ def _decide(entry: dict, decided: Any, tube_kind: str, negative_calls: Callable[
     """``entry`` (a tube of the new gate set, its submitted gates applied) with the submitted ``decided``
     applied (None: unchanged). A ``negative`` decision has its gate at the negative call's cut
     (``negative_calls()``: population -> that gate): a gate still as held is moved there, one the reviewer moved
-    elsewhere is refused; withdrawn, a gate still at the negative call's cut is held again."""
+    elsewhere is refused; withdrawn, a gate still at the negative call's cut is held again. A ``positive``
+    decision keeps the held gate: sent (or kept from the base) with a cut of the reviewer's own, it is refused,
+    as a negative one is, the reviewer's cut deciding the gate by itself (the page withdraws either on a drag)."""
     if decided is None:
-        return
+        decided = {}
     if not isinstance(decided, Mapping):
         raise GateSetError(f"gates.{tube_kind}.decided: a JSON object of population -> one of {list(DECISIONS)} is required")
     held = entry.get("undetermined") or {}
@@ -1370,7 +1396,8 @@ def _decide(entry: dict, decided: Any, tube_kind: str, negative_calls: Callable[
         if decision == "negative":
             if pop not in negative:
                 raise GateSetError(f"gates.{tube_kind}.decided.{pop}: 'negative' needs the negative call's cut, which "
-                                   "the run did not record for this gate: move its cut instead")
+                                   "the run did not record for this gate or which lies off the scale (outside the gate's "
+                                   "bounds or above the detector's top, $PnR): move its cut instead")
             if gates[pop] not in (held[pop], negative[pop]):
                 raise GateSetError(f"gates.{tube_kind}.decided.{pop}: 'negative' puts the cut at the negative call's, "
                                    "but the gate sent has a cut of its own: send the gate as held, or withdraw the decision")
@@ -1381,6 +1408,11 @@ def _decide(entry: dict, decided: Any, tube_kind: str, negative_calls: Callable[
             out.pop(pop, None)
         else:
             out[pop] = decision
+    for pop, decision in out.items():   # a decision kept from the base, or a positive one sent, with a moved gate
+        if entry["gates"][pop] != (held[pop] if decision == "positive" else negative_calls().get(pop)):
+            kept = "the held positive call's cut" if decision == "positive" else "the negative call's cut"
+            raise GateSetError(f"gates.{tube_kind}.decided.{pop}: {decision!r} keeps {kept}, but the gate sent has a cut "
+                               "of its own: send the gate as held, or withdraw the decision")
     if out:
         entry["decided"] = out
     else:

@@ -494,12 +494,16 @@
       box.appendChild(b);
     }
     show();
+    p._showDecided = show;
     return box;
   }
 
-  // the reviewer's own cut on a gate judged negative decides it: the negative call is withdrawn in the draft
+  // the reviewer's own cut on a gate decided decides it by itself: the decision (the held positive call accepted
+  // or the negative call) is withdrawn in the draft (the server refuses a decision with a cut of the reviewer's own)
   function ownCut(p) {
-    if ((decided[p.tube] || {})[p.population] === "negative") delete decided[p.tube][p.population];
+    if (!(p.population in (decided[p.tube] || {}))) return;
+    delete decided[p.tube][p.population];
+    if (p._showDecided) p._showDecided();
   }
 
   // before signing: the gates the current version leaves undetermined, and that release stays not evaluable
