@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -551,6 +552,26 @@ def test_report_command_says_which_reports_it_draws(first, tmp_path):
     result = CliRunner().invoke(app, ["report", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "gating" not in result.output and "drawing the reports of 3 products (27 files)" in result.output
+
+
+def test_report_written_to_a_file_says_what_it_draws_in_whole_lines(first, tmp_path):
+    """`tilpheno report OUT TIL002 > log` wrote rich's progress bar as the run ended, cut at 80 columns
+    ('drawing the report of TIL002 (the other 2 products from the cache) ━━ 1/1 0:…'): on an output that
+    is no terminal the line is whole and no bar is drawn; the summary follows."""
+    import subprocess
+
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    log = tmp_path / "report.log"
+    with log.open("w") as fh:
+        done = subprocess.run([sys.executable, "-m", "tilpheno", "report", str(out), "TIL002"], stdout=fh,
+                              stderr=subprocess.STDOUT, env=env, timeout=300)
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert done.returncode == 0, lines
+    assert lines[0] == "drawing the report of TIL002 (the other 2 products from the cache)", lines
+    assert lines[1].startswith("3 of 3 products done, 0 failed in "), lines
+    assert not any("…" in line or "━" in line for line in lines), lines
 
 
 def test_a_control_replaced_after_its_estimate_is_hashed_again_next_run(tmp_path, monkeypatch):

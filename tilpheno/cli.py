@@ -608,12 +608,14 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
                        use_cache=True, reports=None, report_products=None, compensation=None, run_inputs=None,
                        rerun_of=None, describe=None):
     """``pipeline.process_folder`` with a rich progress bar over products (files in the description),
-    shown once the output folder is claimed (a refused folder prints only its error). ``describe``:
+    shown once the output folder is claimed (a refused folder prints only its error); on an output that is
+    no terminal (a log file) the description is printed whole on its own line, and no bar. ``describe``:
     (n_products, n_files) -> the bar's description; default ``gating N products (M files)``. Each
     product that fails is printed as it fails, with its reason: returns the run's summary and their
     ids, which :func:`_print_summary` names without printing each reason a second time."""
     from contextlib import ExitStack
 
+    from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -623,21 +625,26 @@ def _run_with_progress(folder, out, *, manifest=None, outcomes=None, strategy=No
         state = {}
         shown: set[str] = set()
 
+        console = Console()
+
         def on_start(n_products: int, n_files: int) -> None:
-            bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                               TimeElapsedColumn(), transient=False))
-            state["bar"] = bar
             text = describe(n_products, n_files) if describe else f"gating {n_products} products ({n_files} files)"
+            if not console.is_terminal:   # a log file: the line whole, no bar (rich cuts it at 80 columns there)
+                console.print(escape(text), highlight=False, soft_wrap=True)
+                return
+            bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                               TimeElapsedColumn(), transient=False, console=console))
             state["task"] = bar.add_task(escape(text), total=n_products)
+            state["bar"] = bar
 
         def on_outcome(o) -> None:
-            bar = state["bar"]
             if not o.ok:
                 # whole, not cut at the console's width (80 columns when stdout is a log file, not a terminal)
-                bar.console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False,
-                                  soft_wrap=True)
+                console.print(f"[red]failed[/red] {escape(o.product_id)}: {escape(o.error)}", highlight=False,
+                              soft_wrap=True)
                 shown.add(o.product_id)
-            bar.advance(state["task"])
+            if "bar" in state:
+                state["bar"].advance(state["task"])
 
         summary = process_folder(
             folder, out, manifest_csv=manifest, outcomes_path=outcomes, strategy_paths=strategy, release_spec_path=release_spec,
