@@ -1932,7 +1932,8 @@ def test_one_population_without_a_control_is_undetermined(tmp_path):
     show one population above the scale's zero, and each was 'all peaks taken as positive' by that
     distance alone (CD4+ 97.6 % and CD8+ 93.8 % of CD3+: impossible together) -> each flag says the call
     is undetermined without an FMO or unstained control, held as positive, with the negative call's cut
-    and what decides it, and is sized with that cut (CD4+: within 1 point of its 97.6 % of CD3+); the product needs review.
+    and what decides it, and is sized with that cut (CD3+: within 1 point of its held % of lymph; CD4+, placed within
+    CD3+, says its size rests on CD3+); the product needs review.
     Stating the side in the strategy (one_population: positive) decides it: no undetermined flag."""
     folder = tmp_path / "fcs"
     folder.mkdir()
@@ -1955,16 +1956,18 @@ def test_one_population_without_a_control_is_undetermined(tmp_path):
         assert "taken as positive" not in message and f"one population and no FMO or unstained control of {marker}: " \
             "positive or negative undetermined" in message and "one_population: positive or negative" in message, message
         assert flags.loc[gate, "needs_review"], message
-    cd4 = flags.loc["CD4+", "message"]
-    negative = float(cd4.split("as negative its cut would be ")[1].split(")")[0])
-    size = float(cd4.split(f", {negative:.3f} changes cd4_pct_of_cd3 by ")[1].split(" points")[0])
+    cd3 = flags.loc["CD3+", "message"]
+    negative = float(cd3.split("as negative its cut would be ")[1].split(")")[0])
+    size = float(cd3.split(f", {negative:.3f} changes cd3_pct_of_lymph by ")[1].split(" points")[0])
+    # CD4+ is placed within CD3+, held: its size would be counted on held events, so it is not given (left_49)
+    assert "size: not measured, the percentages it moves rest on CD3+" in flags.loc["CD4+", "message"], flags.loc["CD4+"]
     from tilpheno.review.regate import ReviewSource, evaluate
 
     source = ReviewSource(tmp_path / "out")   # the gates as held, counted on the file (populations.csv leaves them blank)
     stained = source.stained("Specimen_001")["tube025"]
     masks = evaluate(stained.strategy, stained.tube, source.automatic("Specimen_001")["tubes"]["tube025"]["gates"])
-    held_pct = 100 * masks["CD4+"].sum() / masks["CD3+"].sum()   # held as positive (its % left blank: tests/test_undetermined.py)
-    assert held_pct > 95 and held_pct - 1 < size <= held_pct, (size, held_pct)   # the negative call: CD4+ about 0 %
+    held_pct = 100 * masks["CD3+"].sum() / masks["lymph"].sum()   # held as positive (its % left blank: tests/test_undetermined.py)
+    assert held_pct > 50 and held_pct - 1 < size <= held_pct, (size, held_pct)   # the negative call: CD3+ about 0 %
     _edit(study / "tube025.yaml", "name: CD3+, parent: lymph, dims: [CD3], method: valley, params: {keep: high}",
           "name: CD3+, parent: lymph, dims: [CD3], method: valley, params: {keep: high, one_population: positive}")
     stated = process(tmp_path / "stated").loc["CD3+", "message"]
