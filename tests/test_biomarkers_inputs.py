@@ -644,6 +644,11 @@ def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_
     events = {row.split(",")[0]: row.split(",")[header.index("pfs_event")] for row in written[1:]}
     assert events["P010"] == "" and set(events.values()) == {"0", "1", ""}, events
     assert "missing pfs: P005" in (tmp_path / "blank" / "report.html").read_text(encoding="utf-8")
+    # PFS alone analysed: the patients are kept only where they are, the response analyses
+    alone = run_biomarkers(pheno, blank, tmp_path / "alone", markers=["cd8_pct_of_cd3"], n_perm=50, n_boot=0,
+                           endpoints=("pfs",))
+    assert any(w.endswith("left out of the pfs analyses (complete cases), kept in the response analyses")
+               for w in alone.warnings), alone.warnings
 
 
 def test_a_blank_best_response_is_missing_for_the_response_analyses_and_named(tables, tmp_path):

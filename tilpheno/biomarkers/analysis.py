@@ -465,8 +465,9 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     for endpoint in settings.endpoints:
         tcol, ecol = ENDPOINTS[endpoint]
         others = " and ".join(e for e in ENDPOINTS if e != endpoint)
+        analysed = "".join(f"the {e} and " for e in settings.endpoints if e != endpoint)   # kept where it is analysed
         warnings += missing_outcome_note(cohort.outcomes, (tcol, ecol), f"the {endpoint} analyses",
-                                         f"the {others} and response analyses")
+                                         f"{analysed or 'the '}response analyses")
         known = endpoint_cohort(cohort, endpoint)
         if len(known.data) < MIN_PATIENTS:
             raise TableError(f"{endpoint} ({tcol}, {ecol}): {len(known.data)} patient(s) with a phenotyped product "
