@@ -1113,28 +1113,29 @@ def candidate_gates(st: StainedTube, gates: Mapping[str, Mapping], masks: Mappin
                 if "vertices" in cut and all(st.bounds[d][0] <= v[i] <= st.bounds[d][1]
                                              for v in cut["vertices"] for i, d in enumerate(gate["dims"]))]
     side = "low" if gate.get("low") is not None else "high"
-    transform = st.tube.transforms[gate["dim"]]
     out = []
     for cut in cuts:
-        value = candidate_coordinate(side, cut["cut"])
-        if not on_scale(st, gate["dim"], value, cut["cut"], top=cut["rule"] != "automatic"):
+        value, raw = candidate_coordinate(side, cut["cut"]), raw_value(st, gate["dim"], cut["cut"])
+        if not on_scale(st, gate["dim"], value, raw if cut["rule"] != "automatic" else None):
             continue
-        raw = float(transform.inverse(np.array([cut["cut"]]))[0])
         moved = gate_from_dict({**gate, side: value})
         inside = int(np.count_nonzero(moved.membership(st.tube.data) & parent))
         out.append({**cut, "value": value, "raw": raw, "pct_of_parent": 100.0 * inside / n_parent if n_parent else None})
     return out
 
 
-def on_scale(st: StainedTube, dim: str, value: float, cut: float, *, top: bool = True) -> bool:
-    """Whether a range gate coordinate ``value`` (at ``cut``, transformed units: :func:`candidate_coordinate`)
-    lies inside ``dim``'s bounds (a submitted gate must stay inside them) and, with ``top``, ``cut``'s raw
-    value not above the top of the detector's range (``$PnR``, ``StainedTube.tops``): no place on the
-    instrument's scale."""
+def raw_value(st: StainedTube, dim: str, cut: float) -> float:
+    """``cut`` (transformed units) in compensated linear units: ``dim``'s inverse transform."""
+    return float(st.tube.transforms[dim].inverse(np.array([cut]))[0])
+
+
+def on_scale(st: StainedTube, dim: str, value: float, raw: float | None) -> bool:
+    """Whether a range gate coordinate ``value`` (transformed units: :func:`candidate_coordinate`) lies inside
+    ``dim``'s bounds (a submitted gate must stay inside them) and its cut's ``raw`` value (:func:`raw_value`;
+    None: not checked) not above the top of the detector's range (``$PnR``, ``StainedTube.tops``): no place
+    on the instrument's scale."""
     low, high = st.bounds[dim]
-    if not low <= value <= high:
-        return False
-    return not top or float(st.tube.transforms[dim].inverse(np.array([cut]))[0]) <= st.tops.get(dim, math.inf)
+    return low <= value <= high and (raw is None or raw <= st.tops.get(dim, math.inf))
 
 
 def negative_calls_on_scale(calls: Mapping[str, Mapping[str, dict]], stained: Mapping[str, StainedTube]) -> dict[str, dict[str, dict]]:
@@ -1147,7 +1148,7 @@ def negative_calls_on_scale(calls: Mapping[str, Mapping[str, dict]], stained: Ma
         st = stained.get(tube)
         for population, gate in by_population.items():
             value = float(gate["low"] if gate.get("low") is not None else gate["high"])
-            if st is not None and on_scale(st, gate["dim"], value, value):
+            if st is not None and on_scale(st, gate["dim"], value, raw_value(st, gate["dim"], value)):
                 out.setdefault(tube, {})[population] = gate
     return out
 
