@@ -61,16 +61,21 @@ def pct(part: np.ndarray, whole: np.ndarray) -> float:
     return 100.0 * np.count_nonzero(part & whole) / max(1, np.count_nonzero(whole))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def realdata_folder(argv, description: str) -> Path:
+    """The ``--realdata`` folder of a FlowAtlas draft benchmark's command line (default: ../shared/realdata)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--realdata", default=next((str(p / "shared" / "realdata") for p in ROOT.parents
                                                     if (p / "shared" / "realdata").exists()), "../shared/realdata"))
-    args = parser.parse_args(argv)
+    return Path(parser.parse_args(argv).realdata)
+
+
+def main(argv=None) -> None:
+    realdata = realdata_folder(argv, __doc__.splitlines()[0])
 
     from tilpheno.gates.flowjo import apply_workspace, read_workspace
     from tilpheno.io.fcs import read_fcs
 
-    base = Path(args.realdata) / "flowatlas_tissue_tcell"
+    base = realdata / "flowatlas_tissue_tcell"
     manifest = pd.read_csv(base / "fcs_manifest.csv")
     test_panel = pd.read_csv(ROOT / "tests" / "data" / "realdata_flowatlas" / "panel.csv", dtype=str, keep_default_na=False)
     rows = []

@@ -505,7 +505,9 @@ def test_one_population_is_called_against_the_unstained_control():
     assert place_valley(hladr, "HLA-DR", keep="high", zero=0.11).gate.contains({"HLA-DR": hladr}).mean() > 0.99
     control = rng.normal(0.33, 0.03, 5000)
     p = place_valley(hladr, "HLA-DR", keep="high", zero=0.11, unstained=control)
-    assert p.gate.contains({"HLA-DR": hladr}).mean() < 0.001
+    # the control's 99.5th percentile carried to the population (unstained_carry): 0.5 % of negatives above it,
+    # as above an FMO gate's percentile
+    assert p.method == "unstained_carry" and p.gate.contains({"HLA-DR": hladr}).mean() < 0.01
     assert [f.code for f in p.flags] == ["no_second_peak"]
     # the flag says why (its peak against the control's median, the margin) and what to do (an FMO):
     # it gave the median and the margin only, and no way out of a gate that keeps none of the parent
@@ -559,3 +561,49 @@ def test_mixture_gates_fit_the_sample_of_their_finite_events_without_stacking_ev
         (pl.place_lymphocytes if gate == "lymphocytes" else
          lambda x, y: pl.place_cluster(x, y, ("FSC-A", "SSC-A")))(np.append(np.linspace(6e4, 8e4, 49), np.nan),
                                                                   np.linspace(2e4, 3e4, 50))
+
+
+def test_one_population_negative_against_the_control_carries_the_controls_percentile():
+    """One population of FoxP3 lifted above the unstained control as a whole (the stained cells'
+    background, which the control lacks: FlowAtlas 412C_BM_032's CD4 T cells, median 0.22 against the
+    control's 0.07) with a dim tail of real positives that makes no second peak: the valley called it
+    negative against the control and cut 4 robust SDs above its own peak, beyond the largest event,
+    clamped there: 0 % kept, where the simulated truth holds 4 % positives -> rule unstained_carry:
+    the control's 99.5th percentile carried to the population's peak (the additive carry of an FMO
+    gate's relative rule), inside the data, the tail kept within 1 point of the truth, the negatives
+    and the control above the cut at most 0.5 %. The risk, stated: a control lacks the antibody's
+    nonspecific binding (and the other stains' spreading); negatives with a skewed binding tail and
+    no positives are partly called positive, and the no_second_peak flag's size, the carry that takes
+    the whole upper flank for background, spans more than 2 points of the parent: a review warning."""
+    from tilpheno.transforms import Logicle
+
+    t = Logicle()
+    zero = float(t.apply(np.zeros(1))[0])
+    rng = np.random.default_rng(50)
+    control = t.apply(rng.normal(0, 60, 10000))
+    n, n_pos = 10000, 400
+    background = rng.normal(0, 60, n) + 300 + rng.normal(0, 150, n)
+    signal = np.concatenate([np.zeros(n - n_pos), 800 * rng.lognormal(0, 0.5, n_pos)])
+    x = t.apply(background + signal)
+    placed = place_valley(x, "FoxP3", keep="high", zero=zero, unstained=control, transform=t)
+    d = placed.diagnostics
+    inside = placed.gate.contains({"FoxP3": x})
+    assert 100 * inside.mean() == pytest.approx(100 * n_pos / n, abs=1.0)
+    assert not d.get("clamped") and x.min() < d["threshold"] < x.max()
+    assert placed.method == "unstained_carry" and d["winner"] == "unstained_carry" and d["control_carry"] == "relative"
+    assert d["single_population_cut"] > x.max()   # the population's own SDs: beyond every event
+    assert inside[: n - n_pos].mean() <= 0.005 and (control > d["threshold"]).mean() <= 0.005
+    [flag] = placed.flags
+    assert flag.code == "no_second_peak" and "rule unstained_carry" in flag.message
+    assert f"{d['single_population_cut']:.4g}" in flag.message
+    # fewer control events than MIN_CONTROL_EVENTS: the population's own SDs, as before
+    few = place_valley(x, "FoxP3", keep="high", zero=zero, unstained=control[:150], transform=t)
+    assert few.method == "single_population_sd" and few.diagnostics["clamped"]
+
+    skewed = t.apply(rng.normal(0, 60, n) + 150 * rng.lognormal(0, 0.8, n))   # binding only, no positives
+    placed = checks.check_valley("FoxP3+", place_valley(skewed, "FoxP3", keep="high", zero=zero, unstained=control,
+                                                        transform=t), skewed)
+    d = placed.diagnostics
+    assert d["winner"] == "unstained_carry" and d["alternative_cuts"]["no_second_peak"] == [d["carried_high"]]
+    kept, at_high = (100 * (skewed > c).mean() for c in (d["threshold"], d["carried_high"]))
+    assert kept > 2 and kept - at_high > checks.IMPACT_POINTS

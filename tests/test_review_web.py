@@ -355,6 +355,21 @@ def test_a_one_population_gate_suggests_the_cut_its_flag_was_sized_with():
     assert out["live"][0]["cut"] == placed.gate.high and "single_population_sd" in out["live"][0]["meaning"]
     assert out["live"][1]["cut"] == pytest.approx(0.5 * (d["threshold"] + d["highest_negative_peak"]), abs=1e-12)
     assert "no_second_peak flag" in out["live"][1]["meaning"]
+    # one population the unstained control called negative (rule unstained_carry): the flag's size is the carry
+    # with the upper-side spread, and the candidate says so (it said 'half the robust SDs', a cut never measured)
+    from tilpheno.transforms import Logicle
+
+    t = Logicle()
+    rng = np.random.default_rng(50)
+    stained, control = t.apply(rng.normal(300, 160, 10000)), t.apply(rng.normal(0, 60, 10000))
+    placed = check_valley("FoxP3+", place_valley(stained, "FoxP3", keep="high", zero=float(t.apply(np.zeros(1))[0]),
+                                                 unstained=control, transform=t), stained)
+    d = placed.diagnostics
+    out = gate_candidates(pd.DataFrame(), {"FoxP3+": d}, [("FoxP3+", "CD4+", placed.gate, placed.method)],
+                          [(f.code, "FoxP3+") for f in placed.flags], 99.5)
+    [other] = [c for c in out["FoxP3+"] if c["rule"] == "no_second_peak:0"]
+    assert other["cut"] == d["carried_high"] and "upper-side spread" in other["meaning"], other
+    assert out["FoxP3+"][0]["meaning"] == "the cut the run placed (rule: unstained_carry)"
 
 
 def test_an_undetermined_one_population_gate_offers_the_negative_call():

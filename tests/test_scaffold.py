@@ -2,6 +2,7 @@
 agree with the simulated ground truth of the files (independent of the draft)."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -2258,3 +2259,49 @@ def test_a_labs_manifest_gives_the_draft_its_products_and_tubes(tmp_path):
         assert result.exit_code == 2, result.output
         assert " ".join(result.output.split()).startswith(f"error: {said}"), result.output
         assert not (tmp_path / "refused").exists()
+
+
+def test_a_drafted_one_population_gate_with_a_control_keeps_its_tail_of_positives(tmp_path):
+    """FlowAtlas 412C mLN drafted as README's lab does (new-study --manifest with the donor's unstained
+    control, --panel naming the export's detectors), no FMO: CXCR3, CD25 and CCR4 are one population
+    each, called negative against the control, and the valley cut 4 robust SDs above the population's
+    own peak, beyond its largest event: cut_at_scale_edge, 0 events kept, where the expert's Th1 gate
+    (CXCR3+ CCR6- memory CD4 T cells) holds 462 events -> rule unstained_carry: the control's 99.5th
+    percentile carried to the population's peak, inside the data. Truth: the expert's stored counts
+    (tests/data/realdata_flowatlas, MIT): at least the Th1 cells are CXCR3+; the control keeps at most
+    0.5 % of its events above each carried cut (the rule's own percentile, 0.1 point of slack)."""
+    atlas = ROOT / "tests" / "data" / "realdata_flowatlas"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    control = "412C__412C_unst_022.cleaned.fcs"
+    shutil.copy(atlas / "fcs" / "412C_mLN_026.fcs", inputs)
+    shutil.copy(atlas / "unstained" / control, inputs)
+    (tmp_path / "lab.csv").write_text(f"file,product_id,tube,role\n412C_mLN_026.fcs,412C mLN,T cell,stain\n"
+                                      f"{control},412C mLN,T cell,unstained\n")
+    panel = pd.read_csv(atlas / "panel.csv", dtype=str, keep_default_na=False)
+    panel = pd.concat([panel[panel["tube"].isin(["*", "412C_mLN_026"])].assign(tube=""), pd.DataFrame(
+        [("", "FJComp-488 715_30-A", "CXCR3"), ("", "FJComp-640 670_30-A", "CD25"), ("", "FJComp-405 605_40-A", "CCR4")],
+        columns=panel.columns)])
+    panel.to_csv(tmp_path / "panel.csv", index=False)
+    study = tmp_path / "study"
+    result = _run(["new-study", str(inputs), "-o", str(study), "--manifest", str(tmp_path / "lab.csv"),
+                   "--panel", str(tmp_path / "panel.csv")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    result = _run(["process", str(inputs), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+                   "--panel", str(tmp_path / "panel.csv"), "-o", str(out), "--reports", "none"])
+    assert result.exit_code == 0, result.output
+    qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
+    populations = pd.read_csv(out / "populations.csv").set_index("population")
+    counts = pd.read_csv(atlas / "stored_counts_from_wsp_2021-08-06.csv")
+    th1 = int(counts.loc[(counts["sample_name"] == "Specimen_001_412C mLN_026.fcs") & (counts["population"] == "CD4 | Th1"),
+                         "count"].iloc[0])
+    assert populations.loc["CXCR3+", "count"] >= th1 == 462
+    assert "cut_at_scale_edge" not in set(qc["code"]), qc[qc["code"] == "cut_at_scale_edge"]["message"].tolist()
+    for gate in ("CXCR3+", "CD25+", "CCR4+"):
+        [said] = qc.loc[(qc["gate"] == gate) & (qc["code"] == "no_second_peak"), "message"]
+        assert "rule unstained_carry" in said and "the control lacks the other stains' spreading" in said, said
+    [checked] = [m for m in qc.loc[qc["code"] == "unstained_control", "message"] if "above each positive gate's cut" in m]
+    for gate in ("CXCR3+", "CD25+", "CCR4+"):
+        share = float(re.search(rf"{re.escape(gate)} ([0-9.]+)% of", checked).group(1))
+        assert share <= 0.6, checked

@@ -474,12 +474,13 @@ def gate_flag(pop: Population, flag: pl.Flag) -> pl.Flag:
 
 
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None,
-              unstained: Callable[[], np.ndarray | None] | None = None) -> pl.Placement:
+              unstained: Callable[[], np.ndarray | None] | None = None, percentile: float = 99.5) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
     (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
     parent's mask, for the self-check of a one-population cut; ``unstained``: gives the product's
     unstained control's events (or None) for a valley gate's one-population decision, called
-    once, only for a gate that is one population without them: ``place_valley``)."""
+    once, only for a gate that is one population without them: ``place_valley``, which carries the
+    control's ``percentile``, the run's FMO percentile, to one population it calls negative)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
     reference = params.pop("reference", None)
@@ -499,17 +500,18 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
             read.append(unstained() if unstained is not None else None)
         return read[0]
 
-    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), unstained=control, **params)
+    carry: dict[str, Any] = {"transform": tube.transforms.get(pop.dims[0]), "control_percentile": percentile}
+    placement = pl.place_valley(cols[0], pop.dims[0], zero=_zero(tube, pop.dims[0]), unstained=control, **carry, **params)
     if tube.role != "stain":
         return placement
     alternative = None
     if reference and applied is not None:
         placement = pl.Placement(placement.gate, placement.method, {**placement.diagnostics, "reference": reference},
                                  placement.flags)
-        if placement.method == "single_population_sd":   # the same rule on the parent it is applied to
+        if placement.method in pl.ONE_POPULATION_METHODS:   # the same rule on the parent it is applied to
             alternative = float(pl.place_valley(tube.data[pop.dims[0]][applied], pop.dims[0],
                                                 zero=_zero(tube, pop.dims[0]), unstained=read[0] if read else None,
-                                                **params).diagnostics["threshold"])
+                                                **carry, **params).diagnostics["threshold"])
     return checks.check_valley(pop.name, placement, cols[0], alternative=alternative)
 
 
@@ -1014,7 +1016,8 @@ class _TubeKindRun:
                     applied = st.parent_mask(pop) if reference else None
                     # one population: negative or positive against the control
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
-                                 else _place_on(pop, st.tube, placed_on, applied, lambda: self._unstained(i, pop)))
+                                 else _place_on(pop, st.tube, placed_on, applied, lambda: self._unstained(i, pop),
+                                                self.percentile))
                 except TooFewEventsError as exc:
                     placement = _Failed(f"{pop.name}: {_too_few(self.strategy, st, reference or pop.parent, exc)}")
                 except GatingError as exc:

@@ -692,8 +692,10 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     diagnostics, and ``alternative_cuts`` (flag code -> the cuts a reviewer could defend instead,
     transformed units) from which the engine sizes each flag (:func:`size_flag`): a
     ``no_second_peak`` cut against ``alternative`` (a ``reference`` gate: the same rule on the
-    parent it is applied to) or, by default, the cut with half the SDs (midway between the cut and
-    the one population's peak), and the other side's call: the positive call's cut when a
+    parent it is applied to), for an ``unstained_carry`` cut the carry with the spread read on the upper
+    side (``carried_high``: the whole upper flank taken for background, as spreading from the other
+    stains, which the control lacks, would make it) or, by default, the cut with half the SDs (midway
+    between the cut and the one population's peak), and the other side's call: the positive call's cut when a
     ``one_population: negative`` gate overrode it (``positive_side_cut``), the negative call's
     when one population was held as positive undetermined or by ``one_population: positive``
     (``negative_side_cut``); ``cut_in_dense_region`` and ``few_events`` against the cut moved
@@ -706,6 +708,8 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     alternatives: dict[str, list[float]] = {"cut_in_dense_region": [cut - DELTA, cut + DELTA],
                                             "few_events": [cut - DELTA, cut + DELTA]}
     if any(f.code == "no_second_peak" for f in placement.flags):
+        if alternative is None and d.get("winner") == "unstained_carry" and np.isfinite(d["carried_high"]):
+            alternative = float(d["carried_high"])   # the whole upper flank taken for background the control lacks
         if alternative is None:
             alternative = 0.5 * (cut + float(d.get("highest_negative_peak", d.get("positive_peak", float("nan")))))
         alternatives["no_second_peak"] = [float(alternative)] + [   # the other side's call

@@ -35,7 +35,8 @@ Methods
     it are then two populations), or, without a control, above the transformed zero: then
     undetermined (negative cells sit there too), held as positive and said; the strategy may state
     the side (``one_population``); cut ``fallback_sd`` robust SDs above (negative) or below
-    (positive) its peaks (see ``valley_threshold``).
+    (positive) its peaks (see ``valley_threshold``), except one population the control calls
+    negative: the control's percentile carried to it (``unstained_carry``, :func:`_control_carry`).
 ``place_lymphocytes``  FSC-A/SSC-A on live singlets. A Gaussian mixture (``gates.mixture``:
     scikit-learn's model and fit in numpy; full covariance, components 1..``max_components``
     chosen by BIC, k-means init with a fixed ``seed``) on at most ``max_events`` events; the
@@ -81,6 +82,8 @@ VALLEY_RULES = ("valley", "negative_sd", "lower", "positive_sd", "higher")
 """``valley`` gate rules (strategy param ``rule``); see :func:`place_valley`."""
 ONE_POPULATION = ("auto", "negative", "positive")
 """How a ``valley`` gate calls one population (strategy param ``one_population``); see :func:`place_valley`."""
+ONE_POPULATION_METHODS = ("single_population_sd", "unstained_carry")
+"""The methods of a ``valley`` gate that saw one population (flag ``no_second_peak``); see :func:`place_valley`."""
 
 
 @dataclass(frozen=True)
@@ -627,10 +630,12 @@ def valley_threshold(
 
 def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float, min_separation: float,
                 fallback_sd: float, zero: float | None,
-                unstained: np.ndarray | None = None, one_population: str = "auto") -> tuple[float, dict[str, Any], bool]:
+                unstained: np.ndarray | None = None, one_population: str = "auto", transform: Any = None,
+                control_percentile: float = 99.5) -> tuple[float, dict[str, Any], bool]:
     """:func:`valley_threshold` of the finite events ``x`` and their ``density`` at ``bandwidth``;
     ``unstained``: an unstained control's events; ``one_population``: ``negative`` or
-    ``positive`` takes one population as that side wherever it lies (see :func:`place_valley`)."""
+    ``positive`` takes one population as that side wherever it lies; one population the control
+    calls negative is cut at the control's carry-over (:func:`_control_carry`; see :func:`place_valley`)."""
     peaks, prominences = density.peaks(min_prominence)
     by_prominence = peaks[np.argsort(-prominences, kind="stable")]
     negative = int(by_prominence[:2].min())
@@ -671,19 +676,58 @@ def _valley_cut(x: np.ndarray, density: Density, *, bandwidth: float, min_promin
         return positive_cut, {**held, **other, **undetermined, **control}, False
     # taken as negative below the distance from zero, or by the strategy: the positive call's cut is the other side
     positive_side: dict[str, Any] = {"zero": zero, "positive_side_cut": positive_cut} if above_zero else {}
-    return negative_cut, {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma,
-                          **positive_side, **control}, False
+    called: dict[str, Any] = {"negative_peak": main, "highest_negative_peak": high, "negative_sigma": sigma,
+                              **positive_side, **control}
+    if control and one_population == "auto" and int(control["unstained_events"]) >= MIN_CONTROL_EVENTS:
+        # the control called it negative: its percentile carried to the population, not SDs above its own peak
+        carried = _control_carry(u, x, transform, percentile=control_percentile, bandwidth=bandwidth,
+                                 min_prominence=min_prominence)
+        return float(carried["carried_threshold"]), {**called, **carried, "single_population_cut": negative_cut}, False
+    return negative_cut, called, False
+
+
+MIN_CONTROL_EVENTS = 200
+"""Fewest unstained-control events (in the gate's parent's nearest ancestor not defined by stains)
+whose percentile a ``valley`` gate carries to one population the control calls negative
+(:func:`_control_carry`); with fewer, the population's own SDs set the cut."""
+
+
+def _control_carry(control: np.ndarray, x: np.ndarray, transform: Any, *, percentile: float, bandwidth: float,
+                   min_prominence: float) -> dict[str, Any]:
+    """The ``unstained_carry`` rule's cut of one population ``x`` that the unstained ``control`` calls
+    negative, as diagnostics (``winner: unstained_carry``, ``carried_threshold`` the cut before any
+    clamp). The control is the FMO of :func:`place_fmo_anchored`'s ``relative`` rule: its
+    ``percentile`` carried to the population's peak nearest the control's, in compensated linear
+    units with ``transform`` (the stained cells' background, which the control lacks, added to every
+    control event: the shift of the peaks and the lower-side spread, ``control_carry: relative``),
+    or the control's percentile itself when the population lies where the control does (within the
+    FMO tolerances, ``control_carry: percentile``). A tail of real positives above the population's
+    background is kept, where the population's own SDs (``single_population_cut``) reach past it.
+    ``carried_high``: the same carry with the spread read on the upper side, which takes the whole
+    upper flank for background (spreading from the other stains, absent from the control, is
+    there): the no_second_peak flag's size."""
+    fit = place_fmo_anchored(control, x, "control", rule="relative", percentile=percentile, bandwidth=bandwidth,
+                             min_prominence=min_prominence, transform=transform, min_events=MIN_CONTROL_EVENTS)
+    d = fit.diagnostics
+    carried = d["winner"] == "fmo_relative"
+    return {"winner": "unstained_carry", "control_carry": "relative" if carried else "percentile",
+            "control_percentile": percentile, "control_threshold": d["fmo_threshold"], "control_mode": d["fmo_mode"],
+            "stained_mode": d["stained_mode"], "shift": d["shift"], "width_ratio": d["width_ratio"],
+            "carried_threshold": float(d["relative_threshold"] if carried else d["fmo_threshold"]),
+            "carried_high": float(d["relative_high"] if carried else d["fmo_threshold"])}
 
 
 def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float,
                      min_separation: float, fallback_sd: float, zero: float | None, rule: str, k_sd: float,
                      sd_side: str, unstained: np.ndarray | None,
-                     one_population: str = "auto") -> tuple[float, dict[str, Any], bool]:
+                     one_population: str = "auto", transform: Any = None,
+                     control_percentile: float = 99.5) -> tuple[float, dict[str, Any], bool]:
     """:func:`place_valley`'s cut of the finite events ``x`` and their ``density`` (its rules, the
     clamp to the data's range): ``(cut, diagnostics, two populations)``."""
     cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                                         min_separation=min_separation, fallback_sd=fallback_sd, zero=zero,
-                                        unstained=unstained, one_population=one_population)
+                                        unstained=unstained, one_population=one_population, transform=transform,
+                                        control_percentile=control_percentile)
     diagnostics: dict[str, Any] = {"threshold": cut, "rule": rule, "valley_threshold": cut, "winner": "density_valley",
                                    **found}
     if rule in ("positive_sd", "higher") and "positive_peak" in diagnostics:
@@ -729,6 +773,8 @@ def place_valley(
     sd_side: str = "lower",
     unstained: np.ndarray | Callable[[], np.ndarray | None] | None = None,
     one_population: str = "auto",
+    transform: Any = None,
+    control_percentile: float = 99.5,
 ) -> Placement:
     """1-D gate at the density valley; ``keep='low'`` -> ``x < cut``, ``'high'`` -> ``x > cut``.
 
@@ -741,7 +787,13 @@ def place_valley(
     positive population after all (a small negative peak below a dominant positive one, e.g. the
     CD127-low cells of CD4 T cells), cut at the density valley between the most prominent of each
     kind; else one population, negative or positive as its peaks are (cuts as in
-    ``valley_threshold``). ``unstained`` may be a function giving those events (or None): it is
+    ``valley_threshold``), except that one population the control calls negative (``one_population:
+    auto``, at least :data:`MIN_CONTROL_EVENTS` control events) is cut by the ``unstained_carry``
+    rule (method and ``winner``; :func:`_control_carry`): the control's ``control_percentile`` (the
+    run's FMO percentile) carried to the population with ``transform`` (the dimension's), not
+    ``fallback_sd`` SDs above its own peak, which a population lifted as a whole by its background
+    puts past its tail of positives and often past its largest event (``single_population_cut``
+    records that cut). ``unstained`` may be a function giving those events (or None): it is
     called only when the cut without them is one population (``single_population_sd``), and that
     cut is then decided again with them on the same density: the pipeline's order, which computes
     the control's events only for such a gate. ``rule`` (stated by the
@@ -789,7 +841,8 @@ def place_valley(
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
     decide = partial(_valley_decision, x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                      min_separation=min_separation, fallback_sd=fallback_sd, zero=zero, rule=rule, k_sd=k_sd,
-                     sd_side=sd_side, one_population=one_population)
+                     sd_side=sd_side, one_population=one_population, transform=transform,
+                     control_percentile=control_percentile)
     if callable(unstained):
         cut, diagnostics, two_peaks = decide(unstained=None)
         control = unstained() if not two_peaks else None
@@ -800,7 +853,7 @@ def place_valley(
     flags: tuple[Flag, ...] = ()
     method = diagnostics["winner"]
     if not two_peaks:
-        method = "single_population_sd"
+        method = "unstained_carry" if method == "unstained_carry" else "single_population_sd"
         side = "negative" if "negative_peak" in diagnostics else "positive"
         other = "positive" if side == "negative" else "negative"
         flags = (
@@ -811,9 +864,9 @@ def place_valley(
                 + (_undetermined(dim, diagnostics) if diagnostics.get("undetermined") else
                    f"all peaks taken as {side}" + _against_control(diagnostics, side, min_separation)
                    + _by_strategy(diagnostics, one_population, min_separation))
-                + ", cut "
-                f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
-                f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}"
+                + (_carried(diagnostics, fallback_sd, cut) if method == "unstained_carry" else ", cut "
+                   f"{k_sd if diagnostics['winner'] == 'positive_sd' else fallback_sd} SD "
+                   f"{'above' if side == 'negative' else 'below'} them at {cut:.4g}")
                 + (" (clamped to the data's range)" if diagnostics.get("clamped") else "")
                 + f"; look at the {dim} histogram of the parent for a {other} population"
                 + (f"; if there is one, an FMO control for {dim} sets the cut (gate method: fmo)" if keep == "high" else ""),
@@ -821,6 +874,20 @@ def place_valley(
         )
     gate = RangeGate(dim, None, cut) if keep == "low" else RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
     return Placement(gate, method, diagnostics, flags)
+
+
+def _carried(diagnostics: Mapping[str, Any], fallback_sd: float, cut: float) -> str:
+    """How the ``unstained_carry`` rule cut one population the unstained control called negative
+    (:func:`_control_carry`'s diagnostics), what the control cannot show, and the cut the
+    population's own SDs would have given."""
+    how = (f"carried to their peak at {float(diagnostics['stained_mode']):.3f} (the control's at "
+           f"{float(diagnostics['control_mode']):.3f}: the stained cells' background lifts the whole population)"
+           if diagnostics["control_carry"] == "relative" else "(the population lies where the control does)")
+    return (f", cut at the unstained control's {float(diagnostics['control_percentile']):g}th percentile "
+            f"{float(diagnostics['control_threshold']):.4g} {how} at {cut:.4g} (rule unstained_carry; {fallback_sd:g} SD above "
+            f"the peak would cut at {float(diagnostics['single_population_cut']):.4g}); the control lacks the other stains' "
+            f"spreading: taking the population's whole upper flank for background would cut at "
+            f"{float(diagnostics['carried_high']):.4g}")
 
 
 def _undetermined(dim: str, diagnostics: Mapping[str, Any]) -> str:

@@ -497,6 +497,8 @@ GATE_RULES = {
     "positive_sd": "k robust SDs (upper-half RMS) below the positive peak, the foot of the positive cluster "
                    "(rule positive_sd; rule higher: where that lies above the valley)",
     "single_population_sd": "one population only (flag no_second_peak): a set number of robust SDs beside its peak",
+    "unstained_carry": "one population only (flag no_second_peak), negative against the unstained control: the "
+                       "control's percentile carried to the population's peak",
     "gmm_main_component": "ellipse of the heaviest Gaussian-mixture component (merged with components inside it) "
                           "at the chi-square coverage",
     "gmm_cluster": "ellipse of the Gaussian-mixture cluster furthest to the strategy's stated sides",

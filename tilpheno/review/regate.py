@@ -960,6 +960,9 @@ def density_candidates(d: Mapping[str, Any], flagged: list[str]) -> list[dict]:
             elif code == "no_second_peak":
                 label = "other one-population cut"
                 how = ("the same rule on the parent the gate is applied to" if d.get("reference") else
+                       "the unstained control's percentile carried with the population's upper-side spread: its "
+                       "whole upper flank taken for background, the binding and spreading the control lacks"
+                       if d.get("winner") == "unstained_carry" else
                        "half the robust SDs: midway between the cut and the one population's peak")
             else:
                 label = f"cut {float(value) - cut:+.3f}"
