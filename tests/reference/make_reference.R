@@ -1,7 +1,8 @@
 # Reference numbers for tilpheno's biomarker statistics, computed with R.
 #
 # Run from this folder:  Rscript make_reference.R
-# Needs R with the packages survival, maxstat and rms (Debian: r-cran-survival r-cran-maxstat r-cran-rms).
+# Needs R with the packages survival, maxstat, rms and riskRegression (Debian: r-cran-survival r-cran-maxstat
+# r-cran-rms r-cran-riskregression).
 # Writes *_reference.csv next to this script; the tests read those files and never need R.
 # Datasets: survival's lung and veteran, a few small hand-made curves (edge cases of the
 # median rule), and the simulated TIL cohort (til_cohort_*.csv, from make_til_cohort.py).
@@ -611,5 +612,42 @@ for (cs in names(rm_cases)) for (nm in names(rm_fits)) {
 }
 write_ref(do.call(rbind, rmr), "rcs_monotone_reference.csv")
 
+# ---- time-dependent AUC (cumulative/dynamic, IPCW): riskRegression::Score(metrics = "auc", cens.model = "km"),
+# the Blanche-Gerds implementation (timeROC's successor; timeROC 0.4 uses the same weights, pec::ipcw marginal with
+# subjectTimesLag = 1): cases T <= t with the event, weighted 1 / G(T-), G the Kaplan-Meier of the censoring times
+# (events before censorings at a tie), controls T > t. Score takes risks in [0, 1]: the marker rescaled (order and
+# ties kept). Data: lung, veteran, the TIL cohort at 6 and 12 months, random whole-number times (events and
+# censorings tied at t and before it), the messy cohorts.
+ta <- list()
+add_tdauc <- function(dataset, marker, time, event, x, times) {
+  d <- data.frame(time = time, event = event)
+  risk <- (x - min(x)) / (max(x) - min(x))
+  sc <- riskRegression::Score(list(m = risk), formula = Surv(time, event) ~ 1, data = d, times = times, metrics = "auc",
+              cens.model = "km", null.model = FALSE, conf.int = FALSE)$AUC$score
+  ta[[length(ta) + 1]] <<- data.frame(dataset = dataset, marker = marker, time = sc$times, auc = sc$AUC,
+    cases = sapply(sc$times, function(u) sum(time <= u & event == 1)),
+    cases_at_t = sapply(sc$times, function(u) sum(time == u & event == 1)),
+    controls = sapply(sc$times, function(u) sum(time > u)))
+}
+lung3 <- na.omit(lung2)
+for (m in c("age", "ph_ecog", "sex")) add_tdauc("lung", m, lung3$time, lung3$event, lung3[[m]], c(180, 365, 500))
+add_tdauc("veteran", "karno", vet2$time, vet2$event, -vet2$karno, c(30, 90, 180))
+add_tdauc("veteran", "age", vet2$time, vet2$event, vet2$age, c(30, 90, 180))
+for (ep in c("pfs", "os")) for (m in c(markers, "ecog"))
+  add_tdauc(paste0("til_", ep), m, til[[paste0(ep, "_months")]], til[[paste0(ep, "_event")]], til[[m]], c(6, 12))
+for (nm in unique(rand$dataset)) {
+  d <- rand[rand$dataset == nm, ]
+  u <- median(d$time)
+  if (nrow(d) >= 20 && sum(d$event) >= 5 && any(d$time > u) && any(d$time <= u & d$event == 1))
+    add_tdauc(nm, "x", d$time, d$event, d$x, u)
+}
+for (nm in unique(messy$cohort)) {
+  d <- messy[messy$cohort == nm, ]
+  add_tdauc(nm, "x", d$time, d$event, d$x, c(6, 12))
+}
+write_ref(do.call(rbind, ta), "tdauc_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
-             paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms"))), "R_versions.txt")
+             paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms")),
+             paste("riskRegression", packageVersion("riskRegression")),
+             paste("prodlim", packageVersion("prodlim"))), "R_versions.txt")

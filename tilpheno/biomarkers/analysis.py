@@ -559,16 +559,13 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
         if settings.n_boot > 0:
             sink += _auc_not_computed(endpoint, settings.roc_times, complete[tcol])
         if settings.n_boot > 0 and times and len(complete) >= 10:
-            try:
-                roc = time_roc(complete[tcol], complete[ecol], {m: complete[m].to_numpy(float) for m in cohort.markers},
-                               times, settings.n_boot, settings.seed, settings.conf_level)
-                auc_tables.append(roc.table.assign(endpoint=endpoint))
-                first = cohort.markers[0]
-                for m in cohort.markers[1:]:
-                    for t in times:
-                        comparisons.append(dict(endpoint=endpoint, **roc.compare(m, first, t)))
-            except ValueError as exc:
-                sink.append(f"{endpoint}: time-dependent AUC not computed ({exc})")
+            roc = time_roc(complete[tcol], complete[ecol], {m: complete[m].to_numpy(float) for m in cohort.markers},
+                           times, settings.n_boot, settings.seed, settings.conf_level)
+            auc_tables.append(roc.table.assign(endpoint=endpoint))
+            first = cohort.markers[0]
+            for m in cohort.markers[1:]:
+                for t in times:
+                    comparisons.append(dict(endpoint=endpoint, **roc.compare(m, first, t)))
         resp_rows += _response_survival(cohort, endpoint, settings, warnings)
     auc = pd.concat(auc_tables, ignore_index=True) if auc_tables else pd.DataFrame()
     spl = pd.DataFrame(spl_rows, columns=list(SPLINE_COLUMNS)) if spl_rows else pd.DataFrame()

@@ -86,7 +86,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "slope_corrected": ("optimism-corrected calibration slope", "", ""), "B": ("bootstrap samples used", "", ""),
     "B_asked": ("bootstrap samples asked", "", ""), "seed": ("random seed", "", ""),
     "cases": ("events by time", "patients", ""), "controls": ("event-free after time", "patients", ""),
-    "auc": ("cumulative/dynamic AUC", "", "IPCW, Uno; = scikit-survival"),
+    "auc": ("cumulative/dynamic AUC", "", "IPCW 1/G(T-); = R riskRegression::Score"),
     "se_boot": ("bootstrap standard error", "", ""), "n_boot": ("bootstrap resamples used", "", ""),
     "marker_a": ("marker compared", "", ""), "marker_b": ("reference marker", "", ""),
     "auc_a": ("AUC of marker_a", "", ""), "auc_b": ("AUC of marker_b", "", ""),

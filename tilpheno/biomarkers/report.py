@@ -571,7 +571,9 @@ def _bootstrap_methods(s) -> list[str]:
         f"observed blank, as the {s.calibration_time:g}-month rate, where the group's last time is before "
         f"{s.calibration_time:g} months).",
         f"Time-dependent discrimination: cumulative/dynamic AUC at {', '.join(f'{t:g}' for t in s.roc_times)} months "
-        "with inverse-probability-of-censoring weights (Uno; equal to scikit-survival's cumulative_dynamic_auc), "
+        "with inverse-probability-of-censoring weights (cases: an event at or before t, each weighted by 1/G(T-), G the "
+        "Kaplan-Meier curve of the censoring times just before the case's time; controls: event-free after t; tied "
+        "marker values count 1/2; equal to R riskRegression::Score, cens.model 'km'), "
         "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); 95% "
         f"percentile bootstrap CIs ({s.n_boot} resamples); each marker compared with the first marker on the same "
         "resamples (z test of the difference).",

@@ -1,15 +1,18 @@
 """Time-dependent ROC: cumulative/dynamic AUC at a time t with inverse-probability-of-censoring weights.
 
-Definition (Uno et al. 2007; Hung & Chiang 2010; as scikit-survival's ``cumulative_dynamic_auc``
-with the same data as training and test set): cases are patients with an event at or before t,
-controls those still event-free after t. Each case is weighted by ``1 / G(T_i)``, G the
-Kaplan-Meier curve of the censoring times (deaths leave the risk set before censorings at the
-same time; G evaluated at T_i, right-continuous). ``AUC(t) = sum_i sum_j w_i [1(s_i > s_j) + 1/2 1(s_i = s_j)]
-/ (sum_i w_i x #controls)`` for a risk score s (higher = higher risk); scores within 1e-8 of each
-other (in sorted order) are ties.
+Definition (Uno et al. 2007; Blanche et al. 2013; as R ``riskRegression::Score(metrics = "auc",
+cens.model = "km")``): cases are patients with an event at or before t, controls those still event-free
+after t. Each case is weighted by ``1 / G(T_i-)``, G the Kaplan-Meier curve of the censoring times (deaths
+leave the risk set before censorings at the same time), taken just before T_i: the probability of being
+still uncensored at T_i, when a censoring at T_i comes after the event (R timeROC and pec::ipcw's
+``subjectTimesLag = 1``; scikit-survival's ``cumulative_dynamic_auc`` takes G at T_i, which weighs a case
+more when a censoring falls at its time, as with whole-month times). G(T_i-) is above 0 at every event time.
+``AUC(t) = sum_i sum_j w_i [1(s_i > s_j) + 1/2 1(s_i = s_j)] / (sum_i w_i x #controls)`` for a risk score s
+(higher = higher risk); scores within 1e-8 of each other (in sorted order) are ties. (R timeROC 0.4 counts
+an event at exactly t neither as a case nor as a control; its code takes T < t.)
 
-Confidence intervals and the comparison of two markers (not in scikit-survival; R ``timeROC``
-uses an iid representation): nonparametric bootstrap of patients (B resamples, fixed seed) with
+Confidence intervals and the comparison of two markers (R ``timeROC`` and ``Score`` use an iid
+representation): nonparametric bootstrap of patients (B resamples, fixed seed) with
 G re-estimated in each resample; the CI is the percentile interval; two markers are compared
 on the same resamples, ``z = (AUC_1 - AUC_2) / SD_boot(AUC_1 - AUC_2)``, two-sided normal p.
 Their coverage is checked by simulation (benchmarks/tdroc_coverage.py).
@@ -37,16 +40,13 @@ def censoring_survival(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray,
 
 
 def ipcw_weights(time, event) -> np.ndarray:
-    """``event_i / G(T_i)`` (0 for censored patients)."""
+    """``event_i / G(T_i-)`` (0 for censored patients): G just before the patient's time. G reaches 0 only at a
+    time when everyone still at risk is censored, after the last event, so every event's weight is finite."""
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
-    if e.all():
-        return np.ones_like(t)
     uniq, G = censoring_survival(t, e)
-    g = G[np.searchsorted(uniq, t)]
-    if np.any(g[e == 1] == 0):
-        raise ValueError("censoring survival is zero at an event time: AUC not estimable")
-    return np.where(e == 1, 1.0 / np.where(g > 0, g, 1.0), 0.0)
+    before = np.concatenate(([1.0], G[:-1]))[np.searchsorted(uniq, t)]
+    return np.where(e == 1, 1.0 / np.where(e == 1, before, 1.0), 0.0)
 
 
 def _tie_ranks(score: np.ndarray) -> np.ndarray:
@@ -114,10 +114,7 @@ def time_roc(time, event, scores: dict[str, np.ndarray], times, n_boot: int = 20
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
         tb, eb = time[idx], event[idx]
-        try:
-            wb = ipcw_weights(tb, eb)
-        except ValueError:
-            continue
+        wb = ipcw_weights(tb, eb)
         for j, m in enumerate(names):
             for t in times:
                 boot[(m, t)][b] = auc_at(tb, eb, S[idx, j], t, wb)
