@@ -43,3 +43,31 @@ def test_rates_doses_and_cells():
     assert cell("p_holm", 0.2) == "0.20"
     assert cell("n", np.int64(60)) == "60"
     assert cell("converged", np.True_) == "yes"
+
+
+def test_a_ci_reads_on_the_scale_of_its_estimate():
+    """The report's time-dependent AUC table read 'auc 0.3502, ci_low 22.2 %, ci_high 49.8 %' (PFS, TIL dose at 6
+    months, tests/reference's cohort; a difference of AUCs' CI '-0.8 %' to '34.6 %'): every ci_low/ci_high was taken
+    for a rate. Now the CI of an AUC or of a difference of AUCs reads as the estimate (4 significant digits), the CI of
+    ORR/DCR as a rate, as before."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tilpheno.biomarkers.endpoints import response_rates
+    from tilpheno.biomarkers.report import table_view
+    from tilpheno.biomarkers.tdroc import time_roc
+
+    lung = pd.read_csv(Path(__file__).parent / "reference" / "lung.csv").dropna()
+    roc = time_roc(lung.time, lung.event, {"age": lung.age.to_numpy(float), "sex": lung.sex.to_numpy(float)},
+                   [365.0], n_boot=20, seed=1)
+    for frame in (roc.table, pd.DataFrame([roc.compare("sex", "age", 365.0)])):
+        view = table_view(frame)
+        for row, cells in zip(frame.itertuples(index=False), view["rows"]):
+            shown = dict(zip(view["columns"], cells))
+            for column in ("ci_low", "ci_high"):
+                assert "%" not in shown[column]
+                assert float(shown[column]) == pytest.approx(getattr(row, column), rel=1e-3)
+    rates = response_rates(pd.Series(["CR", "PR", "SD", "PD", "PD"]))
+    shown = dict(zip(table_view(rates)["columns"], table_view(rates)["rows"][0]))
+    assert (shown["rate"], shown["ci_low"], shown["ci_high"]) == ("40.0 %", pct(rates.ci_low[0]), pct(rates.ci_high[0]))

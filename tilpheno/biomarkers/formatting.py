@@ -78,8 +78,9 @@ def dose(v) -> str:
     return f"{float(v) / 1e9:.3g} ×10⁹" if _finite(v) else "–"
 
 
-def cell(column: str, value) -> str:
-    """Display text for one table cell, by column name (the module's conventions)."""
+def cell(column: str, value, columns=()) -> str:
+    """Display text for one table cell, by column name and the names of its table's ``columns`` (the module's
+    conventions, :func:`column_kind`)."""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -88,18 +89,21 @@ def cell(column: str, value) -> str:
         return str(int(value))
     if not isinstance(value, (float, np.floating)):
         return str(value)
-    kind = column_kind(column)
+    kind = column_kind(column, columns)
     return fmt_p(value) if kind == "p" else pct(value) if kind == "rate" else dose(value) if kind == "dose" \
         else sig(value, 4)
 
 
-def column_kind(column: str) -> str:
+def column_kind(column: str, columns=()) -> str:
     """How a table column's floats read (the module's conventions): ``p``, ``rate``, ``dose`` or
-    ``number`` (4 significant digits)."""
+    ``number`` (4 significant digits). ``ci_low`` and ``ci_high`` read as their table's estimate: rates in a table
+    of rates (a ``rate`` among its ``columns``: ORR, DCR), numbers beside an AUC or a difference of AUCs."""
     c = column.lower()
     if c == "p" or c.startswith("p_") or c.endswith("_p") or c in ("logrank_p", "lr_p", "wald_p", "score_p"):
         return "p"
-    if c in ("rate", "ci_low", "ci_high") or c.startswith("rate_") or c in ("surv", "lower", "upper"):
+    if c in ("ci_low", "ci_high"):
+        return "rate" if "rate" in columns else "number"
+    if c == "rate" or c.startswith("rate_") or c in ("surv", "lower", "upper"):
         return "rate"
     return "dose" if "dose_cells" in c else "number"
 
@@ -112,7 +116,7 @@ def whole_number_columns(frame) -> list[str]:
     out = []
     for column in frame.columns:
         values = frame[column]
-        if values.dtype.kind != "f" or column_kind(str(column)) != "number":
+        if values.dtype.kind != "f" or column_kind(str(column), frame.columns) != "number":
             continue
         finite = values.to_numpy(float)[np.isfinite(values.to_numpy(float))]
         if finite.size and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 1e15):

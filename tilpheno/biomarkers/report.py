@@ -449,7 +449,7 @@ def _row_cells(columns: list[str], row, whole: set[str]) -> list[str]:
     ``whole`` columns (formatting.whole_number_columns) without decimals."""
     marker = next((str(v) for c, v in zip(columns, row) if c in ("variable", "marker")), "")
     return [dose(v) if c in _CUT_COLUMNS and marker.endswith("_dose_cells") and isinstance(v, (float, np.floating))
-            and np.isfinite(v) else str(int(v)) if c in whole and np.isfinite(v) else cell(c, v)
+            and np.isfinite(v) else str(int(v)) if c in whole and np.isfinite(v) else cell(c, v, columns)
             for c, v in zip(columns, row)]
 
 
