@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from tilpheno.biomarkers.cox import cox_zph, design_matrix, fit_cox
-from tilpheno.biomarkers.cutpoints import logrank_scores, maxstat_logrank
+from tilpheno.biomarkers.cutpoints import fixed_cut_statistic, logrank_scores, maxstat_logrank
 from tilpheno.biomarkers.survival import KaplanMeier, logrank_test, median_followup
 
 REF = Path(__file__).parent / "reference"
@@ -144,6 +145,24 @@ def test_maxstat_every_candidate_statistic():
         np.testing.assert_allclose(res.stats, grp.stat.to_numpy(), atol=1e-6)
 
 
+def test_a_fixed_cut_statistic_equals_maxstat_at_that_cut():
+    """cutpoints.csv's median and pre-specified rows (statistic, p_raw) use fixed_cut_statistic: at each of maxstat's
+    721 candidate cuts it is R maxstat's standardised statistic (within 1e-9; 2.7e-15 seen) and p_raw its
+    2(1 - Phi). The cuts are tilpheno's own (R's written cuts can be 1 ulp off a value and split it elsewhere)."""
+    r = ref("maxstat_stats")
+    checked = 0
+    for (ds, ep, mk), grp in r.groupby(["dataset", "endpoint", "marker"]):
+        row = next(m for m in MS_ROWS if (m.dataset, m.endpoint, m.marker) == (ds, ep, mk))
+        x, t, e = _maxstat_data(row)
+        for cut, want in zip(maxstat_logrank(x, t, e, n_perm=0).cuts, grp.stat):
+            got = fixed_cut_statistic(x, t, e, cut)
+            assert got.statistic == pytest.approx(want, abs=1e-9)
+            assert got.p_raw == pytest.approx(2 * stats.norm.sf(want), abs=1e-9)
+            assert got.n_low == int((x <= cut).sum())
+            checked += 1
+    assert checked == len(r) == 721
+
+
 def test_lung_age_maxstat_matches_issue_numbers():
     d = dataset("lung", "os")
     res = maxstat_logrank(d.age, d.time, d.event, n_perm=0)
@@ -184,6 +203,8 @@ def test_cox_coefficients_lr_and_zph(row):
     np.testing.assert_allclose(got.coef, want.coef, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(got.se, want.se, rtol=1e-6)
     np.testing.assert_allclose(got.p, want.p, rtol=1e-6)
+    # the tables' hazard ratio and Wald 95% CI: summary(coxph)$conf.int
+    np.testing.assert_allclose(got[["hr", "hr_ci_low", "hr_ci_high"]], want[["hr", "hr_ci_low", "hr_ci_high"]], rtol=1e-6)
     assert fit.converged and fit.max_scaled_score < 1e-6
     assert (fit.n, fit.events) == (row.n, row.events)
     assert fit.loglik == pytest.approx(row.loglik, rel=1e-10)

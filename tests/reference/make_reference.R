@@ -111,8 +111,10 @@ add_cox <- function(dataset, model, formula, data) {
   environment(formula) <- environment()  # model.frame and cox.zph look the data up here
   fit <- coxph(formula, data = data, ties = "efron", model = TRUE, x = TRUE)
   s <- summary(fit)$coefficients
+  ci <- summary(fit)$conf.int  # Wald: exp(coef -+ qnorm(0.975) se)
   cox_rows[[length(cox_rows) + 1]] <<- data.frame(dataset = dataset, model = model, variable = rownames(s),
-    coef = s[, "coef"], se = s[, "se(coef)"], p = s[, "Pr(>|z|)"])
+    coef = s[, "coef"], se = s[, "se(coef)"], p = s[, "Pr(>|z|)"], hr = ci[, "exp(coef)"],
+    hr_ci_low = ci[, "lower .95"], hr_ci_high = ci[, "upper .95"])
   lrt <- 2 * diff(fit$loglik)
   model_rows[[length(model_rows) + 1]] <<- data.frame(dataset = dataset, model = model, n = fit$n,
     events = fit$nevent, loglik = fit$loglik[2], lr_chisq = lrt, lr_df = length(fit$coefficients),
