@@ -648,6 +648,26 @@ for (nm in unique(messy$cohort)) {
   add_tdauc(nm, "x", d$time, d$event, d$x, c(6, 12))
 }
 write_ref(do.call(rbind, ta), "tdauc_reference.csv")
+# standard errors of the AUC and of the difference of two markers' AUCs (Score's iid representation, conf.int =
+# TRUE, as timeROC's): tilpheno's CIs are bootstrap ones (percentile, and a paired bootstrap SD for the difference),
+# so the test asks for agreement within Monte Carlo and asymptotic error, not equality
+ts <- list()
+add_tdauc_se <- function(dataset, marker_a, marker_b, time, event, a, b, times) {
+  d <- data.frame(time = time, event = event)
+  r <- function(v) (v - min(v)) / (max(v) - min(v))
+  sc <- riskRegression::Score(list(a = r(a), b = r(b)), formula = Surv(time, event) ~ 1, data = d, times = times,
+                              metrics = "auc", cens.model = "km", null.model = FALSE, conf.int = TRUE)$AUC
+  s <- sc$score; cc <- sc$contrasts
+  ts[[length(ts) + 1]] <<- data.frame(dataset = dataset, marker_a = marker_a, marker_b = marker_b, time = times,
+    auc_a = s$AUC[s$model == "a"], se_a = s$se[s$model == "a"], auc_b = s$AUC[s$model == "b"],
+    se_b = s$se[s$model == "b"], difference = -cc$delta.AUC, se_difference = cc$se, p_difference = cc$p)
+}
+add_tdauc_se("lung", "ph_ecog", "age", lung3$time, lung3$event, lung3$ph_ecog, lung3$age, c(180, 365))
+add_tdauc_se("veteran", "karno", "age", vet2$time, vet2$event, -vet2$karno, vet2$age, c(30, 90))
+for (ep in c("pfs", "os"))
+  add_tdauc_se(paste0("til_", ep), "cd8pd1_pct_of_cd8", "til_dose_cells", til[[paste0(ep, "_months")]],
+               til[[paste0(ep, "_event")]], til$cd8pd1_pct_of_cd8, til$til_dose_cells, c(6, 12))
+write_ref(do.call(rbind, ts), "tdauc_se_reference.csv")
 
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms")),
