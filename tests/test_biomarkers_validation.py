@@ -195,3 +195,30 @@ def test_the_analysis_warns_when_bootstrap_samples_were_left_out(tmp_path, monke
                     "optimism is their mean"]
     table = pd.read_csv(tmp_path / "validation.csv")
     assert (table.B.tolist(), table.B_asked.tolist()) == ([4], [6]) and "left_out" not in table.columns
+
+
+def test_calibration_observed_ci_takes_the_analysis_conf_type():
+    """With --conf-type log-log the Kaplan-Meier summaries' CIs were log-log but calibration.csv's observed CIs stayed
+    log (calibration_at's KaplanMeier() default), while the methods said the KM CIs use 'log-log'. Now they take the
+    analysis' conf_type: the log-log bounds are R survfit's, exp(-exp(log(-log S) -+ z se / log S)), with se the
+    Greenwood standard error read back from the same group's log interval, log(S / lower) / z."""
+    from scipy import stats
+
+    from tilpheno.biomarkers.analysis import Settings, analyse
+    from tilpheno.biomarkers.cohort import build_cohort
+    from tilpheno.io.outcomes import read_outcomes
+
+    pheno = pd.read_csv(REF / "til_cohort_phenotypes.csv")
+    cohort = build_cohort(pheno, read_outcomes(REF / "til_cohort_outcomes.csv"), markers=["cd8_pct_of_cd3"])
+    cal = {ct: analyse(cohort, Settings(endpoints=("os",), n_perm=0, n_boot=2, roc_times=(), conf_type=ct)).calibration
+           for ct in ("log", "log-log")}
+    log, loglog = cal["log"], cal["log-log"]
+    assert log.observed.notna().sum() >= 3
+    pd.testing.assert_series_equal(log.observed, loglog.observed)
+    z = stats.norm.ppf(0.975)
+    S = log.observed
+    se = np.log(S / log.observed_ci_low) / z
+    np.testing.assert_allclose(loglog.observed_ci_low, np.exp(-np.exp(np.log(-np.log(S)) - z * se / np.log(S))),
+                               rtol=1e-10)
+    np.testing.assert_allclose(loglog.observed_ci_high, np.exp(-np.exp(np.log(-np.log(S)) + z * se / np.log(S))),
+                               rtol=1e-10)

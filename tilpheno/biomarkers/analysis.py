@@ -546,7 +546,8 @@ def _continuous_marker_analyses(cohort: Cohort, settings: Settings, warnings: li
                                          **v.row()))
                     last = float(cohort.data[tcol].max())
                     if settings.calibration_time < last:
-                        cal.append(calibration_at(cohort.data, tcol, ecol, variables, settings.calibration_time)
+                        cal.append(calibration_at(cohort.data, tcol, ecol, variables, settings.calibration_time,
+                                                  conf_type=settings.conf_type, conf_level=settings.conf_level)
                                    .assign(endpoint=endpoint, model_id=model_id))
                     else:
                         sink.append(f"{endpoint} calibration ({marker}): not computed at "

@@ -102,7 +102,7 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "test": ("test used", "", ""), "welch_p": ("Welch t-test p", "", ""), "mannwhitney_p": ("Mann-Whitney p", "", ""),
     "id": ("unmatched id", "", ""),
     "predicted": ("mean predicted survival at time in the group", "fraction", "Cox, Efron baseline hazard"),
-    "observed_ci_low": ("lower CI", "fraction", "log"), "observed_ci_high": ("upper CI", "fraction", "log"),
+    "observed_ci_low": ("lower CI", "fraction", "pointwise, conf_type"), "observed_ci_high": ("upper CI", "fraction", ""),
 }
 
 FILE_COLUMNS: dict[tuple[str, str], tuple[str, str, str]] = {

@@ -567,7 +567,8 @@ def _bootstrap_methods(s) -> list[str]:
         "(rms::validate method 'boot', with its refits: a sample whose refit fails in R, at 10 iterations or singular, "
         "is left out; B is the number used); the optimism-corrected values are in validation.csv. Calibration at "
         f"{s.calibration_time:g} months: patients in quartiles of the predicted survival (Cox with the Efron baseline "
-        "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed (apparent, calibration.csv; "
+        "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed with its pointwise CI "
+        f"('{s.conf_type}' transformation, as above; apparent, calibration.csv; "
         f"observed blank, as the {s.calibration_time:g}-month rate, where the group's last time is before "
         f"{s.calibration_time:g} months).",
         f"Time-dependent discrimination: cumulative/dynamic AUC at {', '.join(f'{t:g}' for t in s.roc_times)} months "

@@ -193,10 +193,11 @@ def predicted_survival(time, event, lp, lp_new, u: float) -> np.ndarray:
 
 
 def calibration_at(frame: pd.DataFrame, duration: str, event: str, variables: list[str], u: float,
-                   groups: int = 4) -> pd.DataFrame:
+                   groups: int = 4, conf_type: str = "log", conf_level: float = 0.95) -> pd.DataFrame:
     """Apparent calibration at time ``u`` (as ``rms::calibrate(cmethod = "KM")`` without the bootstrap):
     patients in ``groups`` equal-size groups of predicted S(u); per group the mean predicted S(u) and the
-    Kaplan-Meier S(u) with its log CI (missing when the group's follow-up ends before u)."""
+    Kaplan-Meier S(u) with its pointwise CI (``conf_type``, as the analysis' Kaplan-Meier summaries; missing when
+    the group's follow-up ends before u)."""
     from .survival import KaplanMeier
 
     data = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
@@ -209,7 +210,7 @@ def calibration_at(frame: pd.DataFrame, duration: str, event: str, variables: li
     order = np.argsort(pred, kind="stable")
     rows = []
     for g, idx in enumerate(np.array_split(order, groups), start=1):
-        lm = KaplanMeier().fit(t[idx], e[idx]).survival_at(u)
+        lm = KaplanMeier(conf_type, conf_level).fit(t[idx], e[idx]).survival_at(u)
         rows.append(dict(time=u, group=g, n=idx.size, predicted=float(pred[idx].mean()), observed=lm.surv,
                          observed_ci_low=lm.ci_low, observed_ci_high=lm.ci_high))
     return pd.DataFrame(rows)
