@@ -1,8 +1,8 @@
-"""Worst relative differences between tilpheno and the committed R / scikit-survival reference numbers.
+"""Worst relative differences between tilpheno and the committed R reference numbers.
 
     .venv/bin/python benchmarks/r_agreement.py
 
-Reads tests/reference/*_reference.csv (made by make_reference.R and make_sksurv_reference.py) and
+Reads tests/reference/*_reference.csv (made by make_reference.R) and
 prints, per quantity, the largest |tilpheno - reference| / |reference| over every model or curve.
 """
 from __future__ import annotations
@@ -43,6 +43,8 @@ def data(ds):
         return read(f"{ds}.csv")
     if ds.startswith("til_"):
         return til(ds.split("_")[1])
+    if ds in ("m15", "m25", "m40"):
+        return read("messy_cohorts.csv").query("cohort == @ds")
     return read("random_data.csv").query("dataset == @ds")
 
 
@@ -60,6 +62,8 @@ def main() -> None:
         got = fit.coefficients
         for q in ("coef", "se", "p"):
             note(f"Cox {q} (vs R coxph, {len(models)} models)", rel(got[q], want[q]))
+        note("Cox HR and Wald CI (vs summary(coxph)$conf.int)", max(rel(got[q], want[q]) for q in
+                                                                    ("hr", "hr_ci_low", "hr_ci_high")))
         note("Cox concordance", rel(fit.concordance, m.concordance))
         note("Cox concordance SE", rel(fit.concordance_se, m.concordance_se))
         note("Cox LR / Wald / score chi-square", max(rel(fit.lr_chisq, m.lr_chisq), rel(fit.wald_chisq, m.wald_chisq),
@@ -76,7 +80,8 @@ def main() -> None:
         s = d[r.marker] if r.marker != "karno" else -d[r.marker]
         if r.dataset.startswith("til_"):
             s = d[r.marker]
-        note(f"time-dependent AUC (vs scikit-survival, {len(td)} values)", rel(auc_at(d.time, d.event, s, r.time), r.auc))
+        note(f"time-dependent AUC (vs R riskRegression::Score, {len(td)} values)",
+             rel(auc_at(d.time, d.event, s, r.time), r.auc))
     pa = read("padjust_reference.csv")
     for _, g in pa.groupby("set"):
         ok = g.p.notna()
