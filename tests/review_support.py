@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -198,15 +199,25 @@ def make_service(out: Path, url: str, source=None):
     return service
 
 
+@contextmanager
+def service_on(kind: str, tmp_path: Path, source):
+    """A review service over ``source`` (a loaded output folder) with a new ``kind`` database ("sqlite" in
+    ``tmp_path``, or "postgresql") holding users alice/carol (reviewer), bob (analyst), root (admin) and dave
+    (a reviewer who never saves gates: the second person of the four-eyes rule); the database dropped after."""
+    url = database_url(kind, tmp_path)
+    svc = make_service(source.out_dir, url, source)
+    try:
+        yield svc
+    finally:
+        svc.factory.kw["bind"].dispose()
+        drop_schema(url)
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def service(request, review_out, review_source, tmp_path_factory):
-    """A review service over ``review_out`` with users alice/carol (reviewer), bob (analyst), root (admin)
-    and dave (a reviewer who never saves gates: the second person of the four-eyes rule)."""
-    url = database_url(request.param, tmp_path_factory.mktemp("db"))
-    svc = make_service(review_out, url, review_source)
-    yield svc
-    svc.factory.kw["bind"].dispose()
-    drop_schema(url)
+def service(request, review_source, tmp_path_factory):
+    """A review service over ``review_out`` (:func:`service_on`), shared by a module's tests."""
+    with service_on(request.param, tmp_path_factory.mktemp("db"), review_source) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="session")
@@ -219,9 +230,6 @@ def source3(tmp_path_factory):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_service(request, source3, tmp_path):
-    """A review service over :func:`source3` with a new, empty database per test (users as :func:`service`)."""
-    url = database_url(request.param, tmp_path)
-    svc = make_service(source3.out_dir, url, source3)
-    yield svc
-    svc.factory.kw["bind"].dispose()
-    drop_schema(url)
+    """A review service over :func:`source3` with a new, empty database per test (users as :func:`service_on`)."""
+    with service_on(request.param, tmp_path, source3) as svc:
+        yield svc
