@@ -1415,24 +1415,31 @@ def test_a_typed_deviation_justification_of_a_saved_version_outlives_a_closed_ta
     assert_no_script_errors(driver)
 
 
-@pytest.fixture(scope="module")
-def undetermined_out(tmp_path_factory):
+def processed_100715(tmp, edit=lambda strategy: strategy):
     """100715.fcs (a FACSAria file, no FMO, no unstained control) drafted by new-study, with a release
-    criterion on CD4+ of CD3+ (both gates undetermined: one population each), processed (tables only)."""
+    criterion on CD4+ of CD3+ (both gates undetermined: one population each), its strategy's text changed by
+    ``edit``, processed (tables only) into ``tmp/out``."""
     from typer.testing import CliRunner
 
     from test_undetermined import FILE, RELEASE
     from tilpheno.cli import app
 
-    tmp = tmp_path_factory.mktemp("undetermined")
     (tmp / "fcs").mkdir()
     shutil.copy(FILE, tmp / "fcs" / FILE.name)
     assert CliRunner().invoke(app, ["new-study", str(tmp / "fcs"), "-o", str(tmp / "study")]).exit_code == 0
     (tmp / "study" / "release.yaml").write_text(RELEASE)
+    strategy = tmp / "study" / "tube025.yaml"
+    strategy.write_text(edit(strategy.read_text()))
     result = CliRunner().invoke(app, ["process", str(tmp / "fcs"), "--study", str(tmp / "study" / "study.yaml"), "--manifest",
                                       str(tmp / "study" / "manifest.csv"), "-o", str(tmp / "out"), "--reports", "none"])
     assert result.exit_code == 0, result.output
     return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def undetermined_out(tmp_path_factory):
+    """:func:`processed_100715` as new-study drafted it."""
+    return processed_100715(tmp_path_factory.mktemp("undetermined"))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -1670,3 +1677,20 @@ def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_out,
         notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the notice of version 2")
         assert "tube025/CD8+" in notice and "CD19+" not in notice, notice
         assert_no_script_errors(driver)
+
+
+def test_a_population_outside_lymph_has_no_share_of_it_on_the_page(driver, tmp_path):
+    """Ki67+ gated on singlets (beside lymph) and undetermined: the live table said 'undetermined: no FMO or
+    unstained control (Ki67+)' in its 'draft % live lymph' cell, a share no population outside lymph has
+    (singlets': NA) -> NA there, as the report leaves it blank; its counts and % of parent still say
+    undetermined, and so does every cell of CD3+ (within lymph). A page behaviour: SQLite only."""
+    out = processed_100715(tmp_path, lambda strategy: strategy.replace(
+        "{name: Ki67+, parent: lymph,", "{name: Ki67+, parent: singlets,", 1).replace(
+        "{numerator: Ki67+, denominator: lymph}", "{numerator: Ki67+, denominator: singlets}", 1))
+    with undetermined_page(driver, out, "sqlite", tmp_path):
+        rows = wait(driver, lambda d: page_rows(d) if "tube025|Ki67+" in page_rows(d) else None, "the population table")
+        ki67, cd3 = "undetermined: no FMO or unstained control (Ki67+)", "undetermined: no FMO or unstained control (CD3+)"
+        assert rows["tube025|Ki67+"][1:] == [ki67] * 4 + ["NA"], rows["tube025|Ki67+"]
+        assert rows["tube025|singlets"][5] == "NA" and rows["tube025|CD3+"][1:] == [cd3] * 5, rows
+        assert_no_script_errors(driver)
+

@@ -455,3 +455,39 @@ def test_a_negative_call_off_the_scale_is_no_decision(drafted):
     past = json_copy(calls)
     past["tube025"]["CD19+"]["low"] = st.bounds["CD19"][1] + 0.1
     assert "CD19+" not in negative_calls_on_scale(past, stained)["tube025"]
+
+
+def test_a_population_outside_lymph_has_no_share_of_it_not_an_undetermined_one(drafted, tmp_path):
+    """Ki67+ gated on singlets (beside lymph, not within it) and undetermined: the report's subset table and the
+    review page's live table (counts_table) said 'undetermined: no FMO or unstained control (Ki67+)' for its %
+    of live lymph, which no population outside lymph has whatever its gates (blank for cells and singlets, NA in
+    populations.csv) -> blank as theirs (the page: NA, ``within_lymph`` false); its count and % of parent and
+    every cell of CD3+ (within lymph) still say undetermined."""
+    from tilpheno.review.regate import ReviewSource, counts_table, evaluate, undetermined_in
+
+    folder, study, _, _ = drafted
+    beside = tmp_path / "study"
+    shutil.copytree(study, beside)
+    strategy = beside / "tube025.yaml"
+    strategy.write_text(strategy.read_text().replace("{name: Ki67+, parent: lymph,", "{name: Ki67+, parent: singlets,", 1)
+                        .replace("{numerator: Ki67+, denominator: lymph}", "{numerator: Ki67+, denominator: singlets}", 1))
+    out = tmp_path / "out"
+    _process(folder, beside, out, "now")
+    pops = pd.read_csv(out / "populations.csv").set_index("population")
+    assert pops.loc["Ki67+", "parent"] == "singlets" and pd.isna(pops.loc["Ki67+", "pct_of_live_lymph"])
+    html = next(out.glob("products/*/report.html")).read_text()
+    table = next(t for t in re.findall(r"<table.*?</table>", html, flags=re.S) if "% of live lymph" in t)
+    cells = {row[0]: row[1:] for row in ([re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td.*?</td>", tr, flags=re.S)]
+                                          for tr in re.findall(r"<tr.*?</tr>", table, flags=re.S)) if row}
+    header = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<th.*?</th>", table, flags=re.S)]
+    share = header.index("% of live lymph") - 1
+    ki67, cd3 = "undetermined: no FMO or unstained control (Ki67+)", "undetermined: no FMO or unstained control (CD3+)"
+    assert cells["Ki67+"][1:share + 1] == [ki67, ki67, ""] and cells["singlets"][share] == "", cells["Ki67+"]
+    assert cells["CD3+"][1:share + 1] == [cd3, cd3, cd3], cells["CD3+"]
+    source = ReviewSource(out)
+    pid = str(pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str})["product_id"].iloc[0])
+    entry, st = source.automatic(pid)["tubes"]["tube025"], source.stained(pid)["tube025"]
+    rows = {r["population"]: r for r in counts_table(st.strategy, st.tube, evaluate(st.strategy, st.tube, entry["gates"]),
+                                                      undetermined_in(entry))}
+    assert (rows["Ki67+"]["count"], rows["Ki67+"]["within_lymph"], rows["Ki67+"]["pct_of_live_lymph"]) == (None, False, None)
+    assert rows["CD3+"]["within_lymph"] and rows["lymph"]["within_lymph"] and not rows["singlets"]["within_lymph"]

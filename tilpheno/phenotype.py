@@ -1310,6 +1310,12 @@ def _descends_from(strategy: Strategy, name: str, ancestor: str | None) -> bool:
     return ancestor is not None and any(p.name == ancestor for p in strategy.lineage(name))
 
 
+def within_lymph(strategy: Strategy, name: str) -> bool:
+    """Population ``name`` is the lymphocyte gate or within it: it has a % of live lymphocytes (blank for
+    any other, whatever its gates: not a share resting on an undetermined gate)."""
+    return _descends_from(strategy, name, _lymph_population(strategy))
+
+
 def _gated_above(strategy: Strategy, pop: Population, marker: str, vocabulary: Vocabulary) -> str | None:
     """The nearest population above ``pop`` (its parent, or one of that parent's ancestors) whose
     gate is on ``marker``, or None."""

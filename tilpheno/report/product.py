@@ -20,7 +20,7 @@ import numpy as np
 
 from tilpheno.gates.quadrants import sibling_range_pairs
 from tilpheno.gating_path import column_resting_on
-from tilpheno.phenotype import UNDETERMINED, resting_on, undetermined_gates
+from tilpheno.phenotype import UNDETERMINED, resting_on, undetermined_gates, within_lymph
 from tilpheno.report.qc_sections import acquisition_section, compensation_sections
 
 if TYPE_CHECKING:
@@ -526,14 +526,15 @@ def gate_rules(tube) -> str:
 def _undetermined_shown(table, strategy, undetermined: frozenset[str]):
     """The subset table with each count and percentage blanked because it rests on an undetermined gate
     (``tilpheno.phenotype.population_table``) saying so: ``undetermined: no FMO or unstained control (CD4+)``,
-    and each median so blanked ``undetermined`` (the row says why)."""
+    and each median so blanked ``undetermined`` (the row says why); the % of live lymphocytes of a population
+    not within the lymphocyte gate stays blank, as for any such population (it has none)."""
     if strategy is None or not undetermined:
         return table
     blanked = [c for c in table.columns if c in ("count", "pct_of_parent", "pct_of_live_lymph") or str(c).startswith("median_")]
     table = table.astype({c: object for c in blanked})
     for i, row in table.iterrows():
         gates = resting_on(strategy, undetermined, row["population"])
-        for column in (c for c in blanked if gates):
+        for column in (c for c in blanked if gates and (c != "pct_of_live_lymph" or within_lymph(strategy, row["population"]))):
             if not _is_number(row[column]):
                 table.at[i, column] = "undetermined" if str(column).startswith("median_") else f"{UNDETERMINED} ({', '.join(gates)})"
     return table

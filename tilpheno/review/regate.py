@@ -1187,7 +1187,8 @@ def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndar
                  undetermined: frozenset[str] = frozenset()) -> list[dict]:
     """Fast counts and percentages (no medians) for interactive previews; a count or percentage resting on
     an ``undetermined`` gate None, as ``population_table`` leaves it blank, and ``undetermined`` the gates
-    it rests on, in gating order (the reason the page shows in its place; empty when none)."""
+    it rests on, in gating order (the reason the page shows in its place; empty when none); ``within_lymph``:
+    the population has a % of live lymphocytes (none otherwise, whatever its gates)."""
     counts = {name: int(np.count_nonzero(m)) for name, m in masks.items()}
     lymph = next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
     below_lymph = _descendants(strategy, lymph)
@@ -1197,6 +1198,7 @@ def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndar
         c = counts.get(pop.name, 0)
         on = resting_on(strategy, undetermined, pop.name)
         rows.append({"population": pop.name, "parent": pop.parent, "count": None if on else c, "undetermined": list(on),
+                     "within_lymph": pop.name in below_lymph,
                      "pct_of_parent": 100.0 * c / parent_count if parent_count and not on else None,
                      "pct_of_live_lymph": (100.0 * c / counts[lymph] if lymph and counts.get(lymph) and pop.name in below_lymph
                                            and not resting_on(strategy, undetermined, pop.name, lymph) else None)})

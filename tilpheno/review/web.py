@@ -597,7 +597,7 @@ def _clean(d: dict) -> dict:
 
 
 def _tables(res) -> dict:
-    return {tube: [{k: _num(v) if k not in ("population", "parent") else v for k, v in row.items()}
+    return {tube: [{k: v if k in ("population", "parent") else bool(v) if k == "within_lymph" else _num(v) for k, v in row.items()}
                    for row in table.to_dict("records")] for tube, table in res.populations.items()}
 
 

@@ -545,10 +545,12 @@
   }
 
   // a population resting on an undetermined gate (one population, no FMO or unstained control) has its count and
-  // percentages blank (null) in the server's table: the reason stands in their place, as in the report
+  // percentages blank (null) in the server's table: the reason stands in their place, as in the report; a
+  // population not within the lymphocyte gate has no % of live lymph whatever its gates: NA, as for any such one
   const undetermined = (row) => "undetermined: no FMO or unstained control (" + (row.undetermined || []).join(", ") + ")";
   const countOf = (row) => (row.count === null ? undetermined(row) : row.count === undefined ? "NA" : String(row.count));
-  const pctOf = (row, column) => (row.count === null ? undetermined(row) : fmt(row[column]));
+  const pctOf = (row, column) => (row.count === null && (column !== "pct_of_live_lymph" || row.within_lymph)
+    ? undetermined(row) : fmt(row[column]));
   const shareOf = (row) => (row.count === null ? undetermined(row) : fmt(row.pct_of_parent) + "% (n=" + row.count + ")");
 
   function updatePlotLabels(currentTables) {
