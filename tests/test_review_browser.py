@@ -1594,6 +1594,16 @@ def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undeterm
         assert_no_script_errors(driver)
 
 
+def reloaded_with_the_decision(driver, found: str) -> None:
+    """Reload the page and wait for the draft kept in the browser to be restored with CD3+'s accepted held call
+    (its message names it; the decision button ``found`` says withdraw)."""
+    reload(driver)
+    said = wait(driver, lambda d: d.find_element("id", "message").text
+                if "Restored your unsaved draft" in d.find_element("id", "message").text else None, "the restored draft")
+    assert "(tube025/CD3+ decided)" in said, said
+    wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision restored")
+
+
 def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, undetermined_out, tmp_path):
     """The draft kept in the browser holds an accepted held call ('tube025/CD3+ decided'), but a reload put
     back only moved cuts: the acceptance was lost without a word. -> restored with the draft and named in
@@ -1605,11 +1615,7 @@ def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, u
         counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
         click_decision(driver, found, "CD3+")
         wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
-        reload(driver)
-        said = wait(driver, lambda d: d.find_element("id", "message").text
-                    if "Restored your unsaved draft" in d.find_element("id", "message").text else None, "the restored draft")
-        assert "(tube025/CD3+ decided)" in said, said
-        wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision restored")
+        reloaded_with_the_decision(driver, found)
         wait(driver, lambda d: page_rows(d)["tube025|CD3+"][3] == str(counts["CD3+"]), "CD3+'s count in the draft")
         driver.find_element("id", "reason").send_keys("one CD3 population: T cells of a T-cell product")
         driver.find_element("id", "save-button").click()
@@ -1694,3 +1700,34 @@ def test_a_population_outside_lymph_has_no_share_of_it_on_the_page(driver, tmp_p
         assert rows["tube025|singlets"][5] == "NA" and rows["tube025|CD3+"][1:] == [cd3] * 5, rows
         assert_no_script_errors(driver)
 
+
+def test_a_decision_drafted_over_a_refused_save_outlives_a_reload(driver, undetermined_out, tmp_path):
+    """A save refused because carol saved version 2 first keeps the reviewer's draft over version 2
+    (keepDraftOver): an accepted held call (CD3+) is named among the changes and still drafted (the button
+    says withdraw); reloaded, the draft kept in the browser puts it back over version 2, and saved with a
+    reason version 3 records the decision beside carol's CCR5 cut. SQLite only (a page behaviour)."""
+    pid = UNDETERMINED_PID
+    found = '[data-decide="tube025|CD3+"]'
+    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+        click_decision(driver, found, "CD3+")
+        wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
+        with service.factory() as db:
+            carol = db.scalar(select(User).where(User.username == "carol"))
+        ccr5 = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]["gates"]["CCR5+"]
+        ccr5["low"] += 0.01
+        service.save_version(pid, carol, 1, {"tubes": {"tube025": {"gates": {"CCR5+": ccr5}}}}, "carol: CCR5 cut higher")
+        driver.find_element("id", "reason").send_keys("one CD3 population: T cells of a T-cell product")
+        driver.find_element("id", "save-button").click()
+        said = wait(driver, lambda d: d.find_element("id", "message").text if "conflict" in d.find_element("id", "message").text
+                    else None, "the conflict message")
+        assert "Your draft is kept over version 2 (your changes: tube025/CD3+ decided)" in said, said
+        wait(driver, lambda d: "gate version 2" in d.find_element("id", "version-badge").text, "version 2 under the draft")
+        wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision still drafted")
+        wait(driver, lambda d: '"version":2' in (kept_draft(d, "alice", pid) or ""), "the draft kept over version 2")
+        reloaded_with_the_decision(driver, found)
+        driver.find_element("id", "reason").send_keys("one CD3 population: T cells of a T-cell product")
+        driver.find_element("id", "save-button").click()
+        wait(driver, lambda d: "saved version 3" in d.find_element("id", "message").text, "saved version 3")
+        saved = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]
+        assert saved["decided"] == {"CD3+": "positive"} and saved["gates"]["CCR5+"] == ccr5
+        assert_no_script_errors(driver)
