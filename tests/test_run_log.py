@@ -141,3 +141,26 @@ def test_a_command_stopped_by_bad_input_says_why_in_its_log(tmp_path):
     assert "no FCS files" in line and result.output.count(line) == 1
     assert line in log.read_text(encoding="utf-8")
     configure_logging()   # the next command's logging: the log's handler closed
+
+
+def test_the_run_log_has_one_line_per_product_with_its_seconds(tmp_path):
+    """A lab running `process` from cron with `--log` read 'product TIL001: done' for each product gated,
+    with no time, and nothing for a product taken from the cache (a second run: no line at all) -> each
+    product gated says done or failed and its seconds, each product from the cache says so."""
+    import re
+
+    folder = _two_products(tmp_path)
+    (folder / "TIL002_treg_stain.fcs").write_bytes(b"FCS3.1 broken")
+    for run in ("first", "second"):
+        log = tmp_path / f"{run}.log"
+        result = CliRunner().invoke(app, ["--log", str(log), "process", str(folder), "-o", str(tmp_path / "out"), "--reports",
+                                          "none", "--overwrite"])
+        assert result.exit_code == 1, result.output
+        lines = [line.split(" tilpheno.pipeline.outputs: ", 1)[1] for line in log.read_text().splitlines()
+                 if " INFO tilpheno.pipeline.outputs: product " in line]
+        if run == "first":
+            assert len(lines) == 2 and re.fullmatch(r"product TIL001: done in \d+\.\d s", lines[0]), lines
+            assert re.match(r"product TIL002: failed in \d+\.\d s: .*TIL002_treg_stain\.fcs", lines[1]), lines
+        else:
+            assert lines[0] == "product TIL001: done, from the cache", lines
+            assert len(lines) == 2 and "product TIL002: failed" in lines[1], lines

@@ -251,6 +251,7 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
             _publish_report(entry.report_path, report_path(staging, outcome.product_id))
         done[outcome.product_id] = (outcome, entry.populations_path)
         reused.append(outcome.product_id)
+        log.info("product %s: %s, from the cache", outcome.product_id, "done" if outcome.ok else f"failed: {outcome.error}")
         if on_outcome is not None:
             on_outcome(outcome)
     run = uuid.uuid4().hex
@@ -262,7 +263,8 @@ def _stage(staging: Path, jobs: Sequence[ProductJob], options: ProcessOptions, r
             log.error("product %s: %s (a bug, not bad input; traceback in the run log)", fresh.product_id, fresh.error)
             log.debug("product %s: traceback of the internal error\n%s", fresh.product_id, fresh.traceback.rstrip())
         else:
-            log.info("product %s: %s", fresh.product_id, "done" if fresh.ok else f"failed: {fresh.error}")
+            log.info("product %s: %s in %.1f s%s", fresh.product_id, "done" if fresh.ok else "failed", fresh.seconds,
+                     "" if fresh.ok else f": {fresh.error}")
         job = todo[fresh.product_id]
         key = job_key(job, fresh)
         if key is not None:
