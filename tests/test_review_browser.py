@@ -1731,3 +1731,38 @@ def test_a_decision_drafted_over_a_refused_save_outlives_a_reload(driver, undete
         saved = json.loads(service.version(pid).gates_json)["tubes"]["tube025"]
         assert saved["decided"] == {"CD3+": "positive"} and saved["gates"]["CCR5+"] == ccr5
         assert_no_script_errors(driver)
+
+
+def test_a_reviewer_who_saved_the_version_is_told_before_approving_it(driver, server):
+    """Alice saved version 2; choosing 'approved for release' she was asked for the out-of-specification
+    justification (PID fails CD3+ > 90 %), typed it, her QC resolutions and password, and only then read the
+    refusal 'four-eyes rule: alice saved version(s) 2 ...' -> the sign form says it as soon as she chooses
+    to approve (the server's own words); dave, who saved nothing, is told nothing; signing, alice gets the same
+    refusal."""
+    from selenium.webdriver.support.ui import Select
+
+    service, base = server
+    with service.factory() as db:
+        alice = db.scalar(select(User).where(User.username == "alice"))
+    g = json.loads(service.version(PID).gates_json)["tubes"]["surface"]["gates"]["CD3+"]
+    g["low"] += 0.15
+    service.save_version(PID, alice, 1, {"tubes": {"surface": {"gates": {"CD3+": g}}}}, "alice: CD3 cut higher")
+    rule = f"four-eyes rule: alice saved version(s) 2 of {PID}, so another reviewer must approve version 2 for release"
+    open_product(driver, base, "alice", version=2)
+    assert not driver.find_element("id", "four-eyes-notice").is_displayed()
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    notice = wait(driver, lambda d: d.find_element("id", "four-eyes-notice").text, "the four-eyes notice")
+    assert notice.startswith(rule + ": your approval would be refused"), notice
+    driver.find_element("id", "oos-justification").send_keys(OOS_REASON)
+    driver.find_element("id", "sign-password").send_keys(PASSWORDS["alice"])
+    driver.find_element("id", "sign-button").click()
+    refused = wait(driver, lambda d: d.find_element("id", "message").text if "four-eyes" in d.find_element("id", "message").text
+                   else None, "the refusal")
+    assert rule in refused, refused
+    Select(driver.find_element("id", "meaning")).select_by_value("reviewed")
+    assert not driver.find_element("id", "four-eyes-notice").is_displayed()
+    open_product(driver, base, "dave", version=2)
+    Select(driver.find_element("id", "meaning")).select_by_value("approved for release")
+    wait(driver, lambda d: d.find_element("id", "oos-box").is_displayed(), "dave's out-of-specification box")
+    assert not driver.find_element("id", "four-eyes-notice").is_displayed()
+    assert_no_script_errors(driver)

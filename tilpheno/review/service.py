@@ -374,10 +374,28 @@ def _deviation_refusal(product_id: str, username: str, version: int, deviations:
         return (f"version {version} of {product_id} overturns the run's determined fail on "
                 f"{'; '.join(d.overturn.words() for d in open_)} with no deviation justification recorded: "
                 "a justification must be added to this version before it is approved for release")
+    return _justified_own(product_id, username, version, deviations)
+
+
+def _justified_own(product_id: str, username: str, version: int, deviations: list[Deviation]) -> str:
+    """The four-eyes rule on ``version``'s ``deviations``: ``username`` justified one of them, so they do not
+    approve it; "" when they justified none."""
     own = [d.overturn.criterion for d in deviations if d.username == username]
     if own:
         return (f"four-eyes rule: {username} justified the deviation on {'; '.join(own)} of {product_id}, so another "
                 f"reviewer must approve version {version} for release")
+    return ""
+
+
+def _saved_own(db: Session, username: str, product_id: str, version: int) -> str:
+    """The four-eyes rule on the versions up to ``version``: ``username`` saved one of them (an automatic version
+    is no one's), so they do not approve it; "" when they saved none."""
+    own = sorted(db.scalars(select(GateSetVersion.version).where(
+        GateSetVersion.product_id == product_id, GateSetVersion.based_on.is_not(None),
+        GateSetVersion.version <= version, GateSetVersion.created_by == username)))
+    if own:
+        return (f"four-eyes rule: {username} saved version(s) {', '.join(map(str, own))} of "
+                f"{product_id}, so another reviewer must approve version {version} for release")
     return ""
 
 
@@ -1319,13 +1337,16 @@ class ReviewService:
         if not self.can_access(user, product_id):
             return f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role})"
         if meaning == "approved for release":
-            own = sorted(db.scalars(select(GateSetVersion.version).where(
-                GateSetVersion.product_id == product_id, GateSetVersion.based_on.is_not(None),
-                GateSetVersion.version <= version, GateSetVersion.created_by == user.username)))
-            if own:
-                return (f"four-eyes rule: {user.username} saved version(s) {', '.join(map(str, own))} of "
-                        f"{product_id}, so another reviewer must approve version {version} for release")
+            return _saved_own(db, user.username, product_id, version)
         return ""
+
+    def four_eyes(self, username: str, product_id: str, version: GateSetVersion, deviations: list[Deviation]) -> str:
+        """Why the four-eyes rule keeps ``username`` from approving ``version`` for release (they saved a version up
+        to it, or justified one of its ``deviations``), as a signature would be refused: the sign form says it
+        before they type anything; "" when the rule lets them."""
+        with self.factory() as db:
+            return (_saved_own(db, username, product_id, version.version)
+                    or _justified_own(product_id, username, version.version, deviations))
 
     def standing(self, db: Session, product_id: str, meaning: str,
                  current: GateSetVersion | None = None) -> Signature | None:

@@ -315,6 +315,7 @@ def create_app(service: ReviewService) -> Flask:
         # a valid signature is one of the current version: the standing approval is the deciding signature
         deciding_sig = deciding(signatures)
         oos = oos_of(deciding_sig, cur_res.release) if decided == (APPROVED, current.version) and deciding_sig else None
+        deviations = service.deviations(product_id, current)
         return jsonify({
             "product_id": product_id,
             "current_version": current.version,
@@ -339,7 +340,7 @@ def create_app(service: ReviewService) -> Flask:
                         "run_held": [{"criterion": name, "held_by": list(by)} for name, by in run_release.held],
                         # the current version's overturns of the run's determined fails, with their justification
                         "deviations": [{"criterion": d.overturn.criterion, "text": d.words(), "justified": bool(d.reason)}
-                                       for d in service.deviations(product_id, current)],
+                                       for d in deviations],
                         "spec": service.source.release_spec.name,
                         # approving the current version releases it out of specification: its failed criteria
                         "oos_current": failed_words(failed_criteria(cur_res.release)),
@@ -347,6 +348,8 @@ def create_app(service: ReviewService) -> Flask:
                         "oos_approved": oos.words() if oos else ""},
             "qc_flags": service.source.qc_flags(product_id),
             "signatures": [_signature(v) for v in signatures],
+            # why this user may not approve the current version by the four-eyes rule ("": they may)
+            "four_eyes": service.four_eyes(g.user.username, product_id, current, deviations),
             # the current version's gates still undetermined (one population, no FMO or unstained control, neither
             # accepted nor moved): release stays not evaluable on the criteria resting on them, whatever is signed
             "undetermined": undetermined_named(cur_set),

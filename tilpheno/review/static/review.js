@@ -698,6 +698,10 @@
   // approving the current version, which fails the spec on its gates, is an out-of-specification release:
   // named where it is signed, with the field of its own justification (required; the comment does not count)
   function renderOOS() {
+    // the four-eyes rule refuses this user's approval (they saved or justified the version): said before they type
+    const barred = $("meaning").value === "approved for release" && !!S.four_eyes;
+    $("four-eyes-notice").hidden = !barred;
+    $("four-eyes-notice").textContent = barred ? S.four_eyes + ": your approval would be refused; you may sign it reviewed or rejected." : "";
     const shown = $("meaning").value === "approved for release" && !!S.release.oos_current;
     $("oos-box").hidden = !shown;
     $("oos-notice").textContent = shown ? "Version " + S.current_version + " fails the release criteria " + S.release.oos_current +
