@@ -12,7 +12,9 @@ skew-reference arrays; the residual-spillover check's second placement of a gate
 truth. ``replay`` places every captured ``fmo`` gate again with the code on ``PYTHONPATH`` (a marked
 second placement too, judged by ``checks.residual_impact`` against the gate's replayed placement as
 the engine does: one placement per gate; a capture from before the mark is refused), moves the FMO-gated variables by the change of
-their gate's % of parent (``cd8pd1_pct_of_cd3`` scaled by CD8 % of CD3), replaces the placement
+their gate's % of parent (``cd8pd1_pct_of_cd3`` scaled by CD8 % of CD3) and NK and NKT (``CD56+ & !CD3+``,
+``CD3+ & CD56+``: both gates are placed on the live lymphocytes, the same events in the same order, so the
+two are counted again on the captured values with both gates' replayed cuts; stop 50), replaces the placement
 flags of those gates by the new ones (with ``gates.shared_reading.shared_reading_flags`` over the gates
 carrying one reference reading, as the engine adds them; the capture keeps the reference's events, not its
 name, so they stand for it in the reading's key) and prints ``validate_gating.py``'s tables (the upstream
@@ -39,6 +41,9 @@ import validate_gating as vg  # noqa: E402
 
 PLACEMENT_CODES = {"uncertain_threshold", "cut_in_dense_region", "negative_shift", "fmo_excess_positive",
                    "cut_at_scale_edge", "low_events"}
+EXPRESSION_VARIABLES = {"nk_pct_of_live_lymph": ("CD56+", "CD3+", False), "nkt_pct_of_live_lymph": ("CD56+", "CD3+", True)}
+"""Variables of two gates placed on one parent: (gate, other gate, inside the other), as the surface strategy's
+``NK`` (``CD56+ & !CD3+``) and ``NKT`` (``CD3+ & CD56+``) of the live lymphocytes."""
 VARIABLE_GATE = {"pd1_pct_of_live_lymph": "PD1+", "cd8pd1_pct_of_cd8": "CD8+PD1+", "cd8pd1_pct_of_cd3": "CD8+PD1+",
                  "cd4pd1_pct_of_cd4": "CD4+PD1+", "cd4foxp3_pct_of_cd4": "CD4+FoxP3+"}
 
@@ -93,6 +98,14 @@ def _pct(values: np.ndarray, cut: float) -> float:
     return 100.0 * np.count_nonzero(v > cut) / v.size
 
 
+def _pct_with(values: np.ndarray, other: np.ndarray, cut: float, other_cut: float, inside: bool) -> float:
+    """% of the parent above ``cut`` and inside (``inside``) or outside the other gate (above ``other_cut``):
+    ``values`` and ``other`` are the two gates' values of the parent's events, in one order."""
+    if values.shape != other.shape:
+        raise ValueError(f"the two gates' parents differ ({values.size} and {other.size} events)")
+    return 100.0 * np.count_nonzero((values > cut) & ((other > other_cut) == inside)) / values.size
+
+
 def replay_one(record: dict) -> dict:
     from tilpheno.gates import checks
     from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
@@ -129,6 +142,11 @@ def replay_one(record: dict) -> dict:
         if gate in moved:
             scale = phenotype["cd8_pct_of_cd3"] / 100.0 if v == "cd8pd1_pct_of_cd3" else 1.0
             phenotype[v] += moved[gate] * scale
+    for v, (gate, other, inside) in EXPRESSION_VARIABLES.items():
+        if gate in gate_call and other in gate_call:
+            cuts = [(float(final[g].diagnostics["threshold"]), gate_call[g]["threshold"]) for g in (gate, other)]
+            phenotype[v] += (_pct_with(gate_call[gate]["stained"], gate_call[other]["stained"], *(c[0] for c in cuts), inside)
+                             - _pct_with(gate_call[gate]["stained"], gate_call[other]["stained"], *(c[1] for c in cuts), inside))
     row = {"product_id": f"V{record['seed']}", "seed": record["seed"],
            "review_flags": ";".join(sorted({f"{code}:{msg.split(' (')[0]}" for code, msg in review}))}
     flagged = {msg.split(" (")[0] for _, msg in review}

@@ -74,3 +74,37 @@ def test_the_replay_keeps_the_flags_the_engine_keeps_after_the_residual_check(tm
     assert set(filter(None, replayed["review_flags"].split(";"))) == engine
     assert abs(replayed["nkt_pct_of_live_lymph"] - (record["phenotype"]["nkt_pct_of_live_lymph"]
                                                      - record["truth"]["nkt_pct_of_live_lymph"])) < 1e-9
+
+
+def test_the_replay_moves_nk_and_nkt_with_the_replayed_cd56_cut(tmp_path, monkeypatch):
+    """V154318 (stop 49's drawn product: CD56 binding 283 units, NKT +7.06 flagged; 3,000 events per tube).
+    The replay moved only the PD1/FoxP3 variables, so a change to the CD56+ gate left NK and NKT as
+    captured (stop 50 had to count them again by hand). Independent truth: the engine run with the CD56+
+    cut moved 0.05 up (a stand-in for a changed placement) counts NK and NKT on its own; replaying the
+    main code's capture with that same moved cut must give the engine's NK and NKT."""
+    from tilpheno.gates import checks
+    from tilpheno.gates import placement as pl
+    from tilpheno.gates.geometry import RangeGate
+
+    seed, original = 154318, checks.place_and_check
+    args = ["capture", "--first-seed", str(seed), "--products", "1", "--events", "3000"]
+    fmo_gate_replay.main(args + ["--out", str(tmp_path / "main")])
+
+    def moved(population, marker, fmo, stained, **kw):
+        placed = original(population, marker, fmo, stained, **kw)
+        if population != "CD56+":
+            return placed
+        cut = float(placed.diagnostics["threshold"]) + 0.05
+        return pl.Placement(RangeGate(marker, float(np.nextafter(cut, np.inf)), None), placed.method,
+                            {**placed.diagnostics, "threshold": cut}, placed.flags)
+
+    monkeypatch.setattr(checks, "place_and_check", moved)
+    fmo_gate_replay.main(args + ["--out", str(tmp_path / "moved")])
+    records = {}
+    for name in ("main", "moved"):
+        with open(tmp_path / name / f"{seed}.pkl", "rb") as fh:
+            records[name] = pickle.load(fh)
+    engine, replayed = records["moved"], fmo_gate_replay.replay_one(records["main"])
+    for v in ("nk_pct_of_live_lymph", "nkt_pct_of_live_lymph"):
+        assert records["main"]["phenotype"][v] != pytest.approx(engine["phenotype"][v], abs=0.1), v   # the cut moved it
+        assert replayed[v] == pytest.approx(engine["phenotype"][v] - engine["truth"][v], abs=1e-9), v
