@@ -387,7 +387,9 @@ def test_a_gate_placed_below_undetermined_gates_quotes_no_held_count_in_its_flag
     held count ('the cut 0.046 was placed on only 575 events (< 1000)'), and the density-gate flags
     of gates below undetermined ones were sized from held masks ('size: moving the cut to ... changes
     cd4_pct_of_cd3 by 97.4 points'): counts no output reports -> 'fewer than 1000 events', and 'size:
-    not measured', naming the gates they rest on. A gate on determined events keeps its size."""
+    not measured', naming the gates they rest on. A gate on determined events keeps its size.
+    CD127+'s cut_in_dense_region (placed within CD4+, within CD3+, both held) quoted the held parent's
+    points ('0.6 points of the parent lie within 0.03 of it') -> none (stop 50)."""
     result = _process_chained(drafted, tmp_path, "variables:\n  cd57lo_pct_of_cd28lo: {numerator: CD57lo, denominator: CD28lo}\n")
     assert result.exit_code == 0, result.output
     qc = pd.read_csv(tmp_path / "out" / "qc.csv")
@@ -401,6 +403,8 @@ def test_a_gate_placed_below_undetermined_gates_quotes_no_held_count_in_its_flag
         assert not re.search(r"only \d+ events|changes \S+ by [\d.]+ points", sized[gate, code]), (gate, sized[gate, code])
     assert sized["CD57lo", "no_second_peak"].endswith(held)
     assert sized["CD127+", "cut_in_dense_region"].endswith("rest on CD3+, CD4+ (undetermined: no FMO or unstained control)")
+    assert not re.search(r"[\d.]+ points of the parent", sized["CD127+", "cut_in_dense_region"])
+    assert re.search(r"[\d.]+ points of the parent lie within", sized["CD3+", "cut_in_dense_region"])   # on lymph
     assert re.search(r"changes cd3_pct_of_lymph by [\d.]+ points", sized["CD3+", "no_second_peak"])   # on lymph: sized
 
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import filecmp
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -474,13 +473,15 @@ def gate_flag(pop: Population, flag: pl.Flag) -> pl.Flag:
 
 
 def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.ndarray | None = None,
-              unstained: Callable[[], np.ndarray | None] | None = None, percentile: float = 99.5) -> pl.Placement:
+              unstained: Callable[[], np.ndarray | None] | None = None, percentile: float = 99.5,
+              held: tuple[str, ...] = ()) -> pl.Placement:
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
     (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
     parent's mask, for the self-check of a one-population cut; ``unstained``: gives the product's
     unstained control's events (or None) for a valley gate's one-population decision, called
     once, only for a gate that is one population without them: ``place_valley``, which carries the
-    control's ``percentile``, the run's FMO percentile, to one population it calls negative)."""
+    control's ``percentile``, the run's FMO percentile, to one population it calls negative; ``held``: the
+    undetermined gates ``parent``'s events rest on, whose counts the self-check's flags do not quote)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
     reference = params.pop("reference", None)
@@ -512,7 +513,7 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
             alternative = float(pl.place_valley(tube.data[pop.dims[0]][applied], pop.dims[0],
                                                 zero=_zero(tube, pop.dims[0]), unstained=read[0] if read else None,
                                                 **carry, **params).diagnostics["threshold"])
-    return checks.check_valley(pop.name, placement, cols[0], alternative=alternative)
+    return checks.check_valley(pop.name, placement, cols[0], alternative=alternative, held=held)
 
 
 def variable_impact(strategy: Strategy, state: _Gated, population: str, gate: Gate) -> tuple[float, str]:
@@ -560,7 +561,8 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
     cut makes that percentage 0 or 100 by itself, and no cut near the data's edge tells how wrong.
     A gate placed on events resting on an undetermined gate (:func:`undetermined_gates`) is not
     sized, its flags kept as raised: the counts and percentages below such a gate are held, not
-    reported, so its flags say which gates they rest on instead (:func:`_held_flag`)."""
+    reported, so its flags quote none of them (``checks.check_valley``'s ``held``) and a sized one says
+    which gates its size rests on instead."""
     placed = {name: g for name, _, g, _ in state.gates}
     reported = {v.numerator for v in strategy.variables} if strategy.variables else {p.name for p in pops}
     undetermined = undetermined_gates(state.diagnostics)
@@ -573,25 +575,15 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
         alternatives = state.diagnostics.get(pop.name, {}).get("alternative_cuts", {}).get(flag.code)
         gate = placed.get(pop.name)
         held = resting_on(strategy, undetermined, *pop.depends_on)
-        if held:
-            flag = _held_flag(flag, held, bool(alternatives))
-        elif alternatives and isinstance(gate, RangeGate):
+        if held and alternatives:
+            flag = replace(flag, message=f"{flag.message}; size: not measured, the percentages it moves rest on "
+                                         f"{', '.join(held)} ({UNDETERMINED})")
+        elif not held and alternatives and isinstance(gate, RangeGate):
             impacts = [variable_impact(strategy, state, pop.name, _moved(gate, a)) for a in alternatives]
             impact, what = max(impacts, key=lambda t: t[0] if math.isfinite(t[0]) else -1.0)
             flag = checks.size_flag(flag, impact, what, alternatives)
         out.append((k, flag))
     return out
-
-
-def _held_flag(flag: pl.Flag, held: tuple[str, ...], sized: bool) -> pl.Flag:
-    """``flag`` of a gate placed on events resting on the undetermined gates ``held``, quoting no
-    count of them: ``few_events``' 'only <n> events (< 1000)' becomes 'fewer than 1000 events', and a
-    flag the engine sizes (``sized``) says its size rests on ``held`` instead of a change in points
-    computed from their held masks, naming them. Severity as raised."""
-    message = re.sub(r"on only \d+ events \(< (\d+)\)", r"on fewer than \1 events", flag.message)
-    if sized:
-        message += f"; size: not measured, the percentages it moves rest on {', '.join(held)} ({UNDETERMINED})"
-    return pl.Flag(flag.code, flag.severity, message, flag.gate)
 
 
 def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
@@ -1017,7 +1009,9 @@ class _TubeKindRun:
                     # one population: negative or positive against the control
                     placement = (pl.Placement(pop.fixed_gate, "fixed") if pop.fixed_gate is not None
                                  else _place_on(pop, st.tube, placed_on, applied, lambda: self._unstained(i, pop),
-                                                self.percentile))
+                                                self.percentile,
+                                                resting_on(self.strategy, undetermined_gates(st.diagnostics),
+                                                           *pop.depends_on)))
                 except TooFewEventsError as exc:
                     placement = _Failed(f"{pop.name}: {_too_few(self.strategy, st, reference or pop.parent, exc)}")
                 except GatingError as exc:

@@ -673,7 +673,8 @@ def variable_checks(phenotype: Mapping[str, float], variables) -> list[tuple[str
 
 
 def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *,
-                 shallow_ratio: float = 0.5, alternative: float | None = None) -> pl.Placement:
+                 shallow_ratio: float = 0.5, alternative: float | None = None,
+                 held: tuple[str, ...] = ()) -> pl.Placement:
     """Self-check of a stained-tube ``valley`` gate: ``cut_in_dense_region`` when the density at
     the cut exceeds ``shallow_ratio`` x the lower of its two neighbouring peaks (the negative and
     the positive one; for a one-population cut, the negative peak): the populations overlap and
@@ -699,7 +700,9 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     ``one_population: negative`` gate overrode it (``positive_side_cut``), the negative call's
     when one population was held as positive undetermined or by ``one_population: positive``
     (``negative_side_cut``); ``cut_in_dense_region`` and ``few_events`` against the cut moved
-    by ``DELTA`` either way (the smoothing scale)."""
+    by ``DELTA`` either way (the smoothing scale). ``held``: the undetermined gates ``values`` rest on
+    (``phenotype.resting_on``), whose counts no output reports: then ``few_events`` says 'fewer than
+    1000 events' and ``cut_in_dense_region`` quotes no points of the parent."""
     d = dict(placement.diagnostics)
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -720,9 +723,10 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     d["alternative_cuts"] = alternatives
     placement = pl.Placement(placement.gate, placement.method, d, placement.flags + edge)
     if x.size < MIN_GATE_EVENTS:
+        few = f"fewer than {MIN_GATE_EVENTS} events" if held else f"only {x.size} events (< {MIN_GATE_EVENTS})"
         placement = pl.Placement(placement.gate, placement.method, placement.diagnostics, placement.flags + (
             pl.Flag("few_events", "warning",
-                    f"{population} ({marker}): the cut {cut:.3f} was placed on only {x.size} events (< {MIN_GATE_EVENTS}); "
+                    f"{population} ({marker}): the cut {cut:.3f} was placed on {few}; "
                     f"a density valley is unreliable on so few; look at the {marker} histogram of the parent", population),))
     if x.size < 20 or not np.isfinite(cut):
         return placement
@@ -746,8 +750,9 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
         flags.append(pl.Flag("cut_in_dense_region", "warning",
                              f"{population} ({marker}): the cut {cut:.3f} lies where events are dense (density "
                              f"{ratio:.2f} of the {'peak' if split else 'neighbouring peak'}'s, limit {limit:.2g}{split}); "
-                             f"{sens:.1f} points of the parent lie within {DELTA} of it; look at the {marker} histogram "
-                             f"of the parent" + (f" and {marker} against the scatter" if split else ""), population))
+                             + ("" if held else f"{sens:.1f} points of the parent lie within {DELTA} of it; ")
+                             + f"look at the {marker} histogram of the parent"
+                             + (f" and {marker} against the scatter" if split else ""), population))
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
 
 
