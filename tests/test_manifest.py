@@ -891,3 +891,23 @@ def test_a_specimen_name_of_na_names_no_product(tmp_path):
         shutil.copy(source, tmp_path / f"{well}.fcs")
     frame = scan_folder(tmp_path)
     assert sorted(frame["product_id"]) == ["G11", "G12"], frame
+
+
+def test_a_labs_manifest_is_read_once(files, monkeypatch):
+    """read_lab_manifest (``new-study --manifest``) read the lab's table for its tube names, then read_manifest
+    read the same file again (its bytes twice, an .xlsx parsed twice) -> the table read once is validated
+    (stop 50); the rows, their places and the refusals are as before."""
+    from tilpheno.io.manifest import read_lab_manifest
+
+    path = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "007", "Surface A", "stain", ""],
+                                    ["b.fcs", "007", "Surface A", "fmo", "PD-1"]])
+    reads = []
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
+    frame = read_lab_manifest(path, base=files)
+    assert reads == [path]
+    assert frame[["file", "tube", "fmo_marker", "row"]].values.tolist() == [
+        ["a.fcs", "Surface A", "", f"{path}: row 2"], ["b.fcs", "Surface A", "PD1", f"{path}: row 3"]]
+    bad = _write(files / "bad.csv", [list(COLUMNS), ["a.fcs", "007", "Surface A", "stian", ""]])
+    with pytest.raises(TableError, match=re.escape(f"{bad}: row 2, column 'role': unknown role 'stian'")):
+        read_lab_manifest(bad, base=files)

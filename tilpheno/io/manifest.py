@@ -431,7 +431,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
                   tubes: Iterable[str] | None = None,
                   markers: Mapping[str, Iterable[str]] | None = None,
                   keep_missing: bool = False,
-                  unfit: Callable[[pd.DataFrame], str] | None = None) -> pd.DataFrame:
+                  unfit: Callable[[pd.DataFrame], str] | None = None,
+                  table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Read and validate a manifest CSV (or Excel) with columns ``file, product_id, tube, role``
     and optional ``fmo_marker`` (extra columns are kept).
 
@@ -467,6 +468,8 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     looked for) in an extra ``problem`` column, ``''`` in the others', as :func:`scan_folder` keeps
     an unreadable file (``process`` fails that product alone). Every other check still refuses.
     An optional ``detector`` column (single-stain controls) gets :data:`DETECTOR_AT` beside it.
+    ``table``: ``path``'s cells as :func:`_read_table` read them, for a caller that read them already (the
+    file is then not read again; left as read).
     """
     study = study or default_study()
     vocabulary = study.vocabulary
@@ -474,7 +477,7 @@ def read_manifest(path: str | os.PathLike, *, base: str | os.PathLike | None = N
     panels = {kind: tuple(names) for kind, names in (markers or {}).items() if names}
     path = Path(path)
     base = Path(base) if base is not None else path.parent
-    frame = _read_table(path)
+    frame = _read_table(path) if table is None else table.copy()
     header_line = frame.attrs["header_line"]
     if not len(frame.columns):
         raise TableError(f"{path}: no table found (no row names the columns file, product_id, tube, role)")
@@ -585,11 +588,12 @@ def read_lab_manifest(path: str | os.PathLike, *, base: str | os.PathLike) -> pd
     optional ``fmo_marker``): each file's product, tube and role as the lab knows them, not inferred.
     Every check of :func:`read_manifest` (each refusal names the row and column; a listed file that
     does not exist under ``base`` is refused), but any tube name: the draft names its tube kinds by
-    them. Adds ``row``, each row's place (``<manifest>: row N``), for the draft's own refusals."""
+    them. Adds ``row``, each row's place (``<manifest>: row N``), for the draft's own refusals. The file
+    is read once."""
     path = Path(path)
     table = _read_table(path)
     names = {str(v).strip() for v in table["tube"] if v is not None and str(v).strip()} if "tube" in table.columns else set()
-    frame = read_manifest(path, base=base, tubes=names)
+    frame = read_manifest(path, base=base, tubes=names, table=table)
     frame["row"] = [place(str(path), line) for line in table.index]
     return frame
 
