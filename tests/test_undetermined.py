@@ -312,7 +312,8 @@ def test_a_reviewer_judges_the_one_population_negative(drafted, tmp_path):
     withdrawn = validate_gate_set(judged, {"tubes": {"tube025": {"gates": {}, "decided": {"CD19+": "undecided"}}}}, stained, calls)
     assert withdrawn["tubes"]["tube025"] == automatic["tubes"]["tube025"] and "CD19+" in undetermined_in(withdrawn["tubes"]["tube025"])
     own = {**automatic["tubes"]["tube025"]["gates"]["CD19+"], "low": 0.5}
-    with pytest.raises(GateSetError, match=r"^gates\.tube025\.decided\.CD19\+: 'negative' puts the cut at the negative call's"):
+    refused = r"^gates\.tube025\.decided\.CD19\+: 'negative' keeps the negative call's cut, but the gate sent has a cut of its own"
+    with pytest.raises(GateSetError, match=refused):   # one rule, one message (stop 50: was 'puts the cut at ...')
         validate_gate_set(automatic, {"tubes": {"tube025": {"gates": {"CD19+": own}, "decided": {"CD19+": "negative"}}}},
                           stained, calls)
 

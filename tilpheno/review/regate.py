@@ -1381,10 +1381,10 @@ accepted, the one population called negative (the negative call's cut), or the d
 def _decide(entry: dict, decided: Any, tube_kind: str, negative_calls: Callable[[], Mapping[str, dict]]) -> None:
     """``entry`` (a tube of the new gate set, its submitted gates applied) with the submitted ``decided``
     applied (None: unchanged). A ``negative`` decision has its gate at the negative call's cut
-    (``negative_calls()``: population -> that gate): a gate still as held is moved there, one the reviewer moved
-    elsewhere is refused; withdrawn, a gate still at the negative call's cut is held again. A ``positive``
-    decision keeps the held gate: sent (or kept from the base) with a cut of the reviewer's own, it is refused,
-    as a negative one is, the reviewer's cut deciding the gate by itself (the page withdraws either on a drag)."""
+    (``negative_calls()``: population -> that gate): a gate still as held is moved there; withdrawn, a gate still
+    at the negative call's cut is held again. A ``positive`` decision keeps the held gate. Either decision, sent
+    or kept from the base, with a cut of the reviewer's own is refused (one rule, one message, after the
+    decisions are applied): the reviewer's cut decides the gate by itself (the page withdraws either on a drag)."""
     if decided is None:
         decided = {}
     if not isinstance(decided, Mapping):
@@ -1404,17 +1404,15 @@ def _decide(entry: dict, decided: Any, tube_kind: str, negative_calls: Callable[
                 raise GateSetError(f"gates.{tube_kind}.decided.{pop}: 'negative' needs the negative call's cut, which "
                                    "the run did not record for this gate or which lies off the scale (outside the gate's "
                                    "bounds or above the detector's top, $PnR): move its cut instead")
-            if gates[pop] not in (held[pop], negative[pop]):
-                raise GateSetError(f"gates.{tube_kind}.decided.{pop}: 'negative' puts the cut at the negative call's, "
-                                   "but the gate sent has a cut of its own: send the gate as held, or withdraw the decision")
-            gates[pop] = negative[pop]
+            if gates[pop] == held[pop]:
+                gates[pop] = negative[pop]
         elif out.get(pop) == "negative" and gates[pop] == negative.get(pop):
             gates[pop] = held[pop]   # a negative call withdrawn: the gate as held again
         if decision == "undecided":
             out.pop(pop, None)
         else:
             out[pop] = decision
-    for pop, decision in out.items():   # a decision kept from the base, or a positive one sent, with a moved gate
+    for pop, decision in out.items():   # a decision sent or kept from the base, with a gate of the reviewer's own
         if entry["gates"][pop] != (held[pop] if decision == "positive" else negative_calls().get(pop)):
             kept = "the held positive call's cut" if decision == "positive" else "the negative call's cut"
             raise GateSetError(f"gates.{tube_kind}.decided.{pop}: {decision!r} keeps {kept}, but the gate sent has a cut "
