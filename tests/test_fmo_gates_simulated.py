@@ -451,6 +451,14 @@ def test_quantile_carry_flags_a_reference_with_positives_in_it():
     assert flags and flags[0].severity == "warning", dirty.flags
     assert "CD4+FoxP3+" in flags[0].message and "reference" in flags[0].message and "FoxP3+ cells" in flags[0].message
     assert dirty.diagnostics["reference_above_points"] > 3.0, dirty.diagnostics
+    # stop 50: the direct test for the reference's positives runs too once the first check fired (before, it did
+    # not: the verdict on the reading held one check); both found it wrong, the one flag and the verdict name both
+    d = dirty.diagnostics
+    assert d["reference_positive_points"] > 3.0 and d["reading_verdict"] == ("reference_above_points",
+                                                                             "reference_positive_points"), d
+    assert (f"lies {d['reference_above_points']:.1f} points of the parent above" in flags[0].message
+            and f"{d['reference_positive_pct']:.2f}% of the reference population's stained events are FoxP3+"
+            in flags[0].message and len(flags) == 1), flags
 
 
 def test_quantile_carry_stands_when_the_negatives_moved_less_than_the_tolerance():

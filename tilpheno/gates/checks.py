@@ -45,7 +45,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     share). Both read a heavy binding tail in the reference as marker+ cells too, so either flags only
     when a log-normal binding plus spreading fitted to the reference's bulk, carried to the
     percentile, does not reach the cut (:func:`tail_judgement`: ``reference_tail_cut``,
-    ``reference_tail_points``; a second opinion on the flag, never on the cut). With
+    ``reference_tail_points``; a second opinion on the flag, never on the cut). Both are measured on
+    every such gate (before stop 50 the second was not once the first fired) and the one flag and the
+    gate's ``reading_verdict`` name each that fired. With
     ``reference_carry: additive`` (the PD1 gates) the cut is also flagged when the
     shape of the nonspecific signal would move it (``tail_points``, the tail-shape check): the
     additive model gives the signal a normal shape; a log-normal one with the same median (the
@@ -447,43 +449,43 @@ def place_and_check(
                 # that the parent's positives move least (its negative peak's lower-side spread)
                 own = 0.5 * (low + high)
                 d["reference_above_points"] = _points_between(stained, own, cut) if cut > own else 0.0
-                message = None
+                messages = []
                 if d["reference_above_points"] > uncertain_points:
-                    message = (f"{name}: the threshold {cut:.3f} read on the reference population "
-                               f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
-                               f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
-                               f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
-                               f"stained tail and this cut (under-call)")
-                else:
-                    # a direct test for marker+ cells in the reference: its stained events as bright as the
-                    # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
-                    assert reference_fmo is not None and reference_stained is not None
-                    found = reference_positives(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
-                                                percentile)
-                    if found is not None:
-                        d["reference_positive_pct"], cleaned = found
-                        d["reference_positive_points"] = _points_between(stained, cleaned, cut)
-                        if d["reference_positive_points"] > uncertain_points:
-                            message = (f"{name}: {d['reference_positive_pct']:.2f}% of the reference population's "
-                                       f"stained events are {marker}+ (as bright as the parent's positives, beyond "
-                                       f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
-                                       f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
-                                       f"parent away (limit {uncertain_points:g})")
-                if message is not None:
+                    messages.append(f"the threshold {cut:.3f} read on the reference population "
+                                    f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
+                                    f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
+                                    f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
+                                    f"stained tail and this cut (under-call)")
+                # a direct test for marker+ cells in the reference: its stained events as bright as the
+                # parent's positives, beyond its FMO's; the cut without them (:func:`reference_positives`)
+                assert reference_fmo is not None and reference_stained is not None
+                found = reference_positives(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
+                                            percentile)
+                if found is not None:
+                    d["reference_positive_pct"], cleaned = found
+                    d["reference_positive_points"] = _points_between(stained, cleaned, cut)
+                    if d["reference_positive_points"] > uncertain_points:
+                        messages.append(f"{d['reference_positive_pct']:.2f}% of the reference population's "
+                                        f"stained events are {marker}+ (as bright as the parent's positives, beyond "
+                                        f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
+                                        f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
+                                        f"parent away (limit {uncertain_points:g})")
+                if messages:
                     # both checks also read a heavy binding tail as marker+ cells: a second opinion
-                    assert reference_fmo is not None and reference_stained is not None
                     d.update(tail_judgement(fmo, reference_fmo, reference_stained, stained, cut, anchor["transform"],
                                             percentile))
                     if not d["reference_tail_cut"] >= cut:   # NaN: no binding tail to explain the cut
                         uncertain = True
-                        d["reading_verdict"] = (("reference_above_points",) if d["reference_above_points"] > uncertain_points
-                                                else ("reference_positive_points",))   # shared_reading: the reading is wrong
+                        # shared_reading: the reading is wrong (every check that found it)
+                        d["reading_verdict"] = tuple(c for c in ("reference_above_points", "reference_positive_points")
+                                                     if d.get(c, 0.0) > uncertain_points)
                         tail = (f"a log-normal binding tail fitted to the reference's bulk reaches only "
                                 f"{d['reference_tail_cut']:.3f}, {d['reference_tail_points']:.1f} points of the parent "
                                 f"below the cut" if math.isfinite(d["reference_tail_cut"])
                                 else "no binding tail could be fitted to the reference's bulk")
-                        flags.append(_uncertain(f"{message}; {tail}; look at the {marker} histogram of the reference "
-                                                f"population, stained vs FMO, for {marker}+ cells in it"))
+                        flags.append(_uncertain(f"{name}: {'; and '.join(messages)}; {tail}; look at the {marker} "
+                                                f"histogram of the reference population, stained vs FMO, for {marker}+ "
+                                                f"cells in it"))
             elif referenced and anchor.get("reference") is not None:
                 # the parent's upper-side carry-over follows its own nonspecific tail, widened by its
                 # positives next to the negatives: a reference cut above it reads more binding than

@@ -12,8 +12,9 @@ population, ``reference_carry`` and ``max_shift``; with ``quantile`` also the pe
 Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; the checks that
 judge the reading and fired on a gate are its ``reading_verdict`` diagnostic (a tuple in ``READING_CHECKS`` order:
 ``reference_above_points`` of either carry and ``reference_positive_points`` find the reading wrong, the
-additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open; under the
-additive carry both ``reference_above_points`` and ``tail_points`` can fire on one gate, and its flag names both).
+additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open; under either
+carry both of its checks (``reference_above_points`` and ``tail_points``; ``reference_above_points`` and
+``reference_positive_points``) can fire on one gate, and its flag names both).
 Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
 naming each gate where a check fired, every check that fired there, what it found, its size there (points of that
 gate's parent) and the same number on its own parent (the check's number recorded on it; "not compared" when its
