@@ -14,7 +14,7 @@ def _carried(threshold: float, **more) -> dict:
 
 def test_a_verdict_on_the_reading_flags_every_gate_carrying_it_and_no_other():
     """PD1+'s check found the reading wrong (7.6 points above its own carry-over); CD8+PD1+ and CD4+PD1+
-    carry the same reading (1.2 points, and not compared), each gets one warning naming PD1+ and its size
+    carry the same reading (1.2 points, and not measured), each gets one warning naming PD1+ and its size
     there and its own comparison; a gate of another control file, one whose cut is a stained valley and the
     flagged gate itself get none."""
     key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
@@ -32,7 +32,7 @@ def test_a_verdict_on_the_reading_flags_every_gate_carrying_it_and_no_other():
     assert flags[0].message.startswith("CD8+PD1+ (PD1): the threshold 0.631 carries the reference reading that "
                                        "PD1+'s check (reference_above_points 7.6 points of its parent) found wrong")
     assert "here reference_above_points is 1.2 points of the parent" in flags[0].message
-    assert "here reference_above_points was not compared" in flags[1].message
+    assert "here reference_above_points was not measured" in flags[1].message
     # two gates found it: one flag on the third, naming both; the two keep their own flags (the same finding)
     gates[2] = ("CD4+PD1+", "PD1", key, _carried(0.629, reading_verdict=("reference_above_points",),
                                                  reference_above_points=4.1))
@@ -74,7 +74,7 @@ def test_the_tail_shape_finding_is_a_verdict_on_the_reading_too():
                                     "check (tail_points 3.3 points of its parent) found unable to fix"), flags["PD1+"]
     assert flags["CD8+PD1+"].startswith("CD8+PD1+ (PD1): the threshold 0.486 carries the reference reading that PD1+'s "
                                         "check (reference_above_points 5.0 points of its parent) found wrong")
-    assert "here reference_above_points was not compared" in flags["CD8+PD1+"], flags["CD8+PD1+"]
+    assert "here reference_above_points was not measured" in flags["CD8+PD1+"], flags["CD8+PD1+"]
     gates[0] = ("PD1+", "PD1", key, _carried(0.485, reading_verdict=("tail_points",), tail_points=3.1))
     assert [f.gate for f in shared_reading_flags(gates)] == ["CD4+PD1+"]   # V155994: both found the tail; told once
 
@@ -144,6 +144,26 @@ def test_the_reading_is_the_marker_control_reference_and_carry():
     assert reading_key("PD1", "f.fcs", {"rule": "relative"}, 99.5) is None and reading_key("PD1", "", PARAMS, 99.5) is None
 
 
+def _heavy_pd1_product(tmp_path, seed: int, binding: float, log_sd: float):
+    """The development product of ``seed`` (bench phenomena drawn by it) with PD1 binding set to ``binding``
+    units and log-SD ``log_sd``, as ``validate_gating.py --set pd1_binding=... --set pd1_binding_sd=...`` draws
+    them, written to ``tmp_path``: (the simulated product, its manifest)."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+
+    drawn = simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena
+    assert drawn is not None
+    heavy = replace(drawn, nsb={**drawn.nsb, "PD1": binding}, nsb_sd={**drawn.nsb_sd, "PD1": log_sd})
+    prod = simulate_product(f"V{seed}", seed, 20000, phenomena=heavy)
+    write_product(prod, tmp_path)
+    manifest = pd.DataFrame(manifest_rows(prod))
+    manifest["file"] = [str(tmp_path / f) for f in manifest["file"]]
+    return prod, manifest
+
+
 def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
     """Development product V153826 (bench phenomena drawn by its seed, then PD1 binding set to 213.5 units
     with log-SD 0.790, as ``validate_gating.py --set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``
@@ -154,23 +174,13 @@ def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
     (its PD1+ cells next to the negatives raise its own upper-side carry-over: 0 points), and before stop
     48 it was more than 20 points under with no review flag. Now every PD1 variable more than 3 points
     off carries a review flag on its gate, CD8+PD1+'s naming the gate where the verdict was found."""
-    from dataclasses import replace
     from pathlib import Path
-
-    import pandas as pd
 
     from tilpheno.gates.checks import needs_review
     from tilpheno.gates.strategy import default_strategy_paths, parse_strategy
     from tilpheno.phenotype import analyze_product
-    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
-    drawn = simulate_product("V153826", 153826, 1, phenomena=True).phenomena
-    assert drawn is not None
-    heavy = replace(drawn, nsb={**drawn.nsb, "PD1": 213.5}, nsb_sd={**drawn.nsb_sd, "PD1": 0.790})
-    prod = simulate_product("V153826", 153826, 20000, phenomena=heavy)
-    write_product(prod, tmp_path)
-    manifest = pd.DataFrame(manifest_rows(prod))
-    manifest["file"] = [str(tmp_path / f) for f in manifest["file"]]
+    prod, manifest = _heavy_pd1_product(tmp_path, 153826, 213.5, 0.790)
     strategies = []
     for path in default_strategy_paths():
         text = Path(path).read_text()
@@ -189,14 +199,48 @@ def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
     d = tube.diagnostics
     assert d["CD4+PD1+"]["reading_verdict"] == ("reference_above_points",) and "reading_verdict" not in d["CD8+PD1+"]
     assert d["CD8+PD1+"]["reference_above_points"] <= 3.0, d["CD8+PD1+"]   # its own comparison cannot tell
+    # stop 50: PD1+'s own interval flag no longer keeps its reading checks from running: it finds the reading too
+    assert d["PD1+"]["reading_verdict"] == ("reference_above_points",), d["PD1+"]
     shared = [f.message for f in review if f.gate == "CD8+PD1+"]
-    assert any("carries the reference reading that CD4+PD1+'s check" in m for m in shared), shared
+    assert any("carries the reference reading that PD1+'s check (reference_above_points "
+               f"{d['PD1+']['reference_above_points']:.1f} points of its parent) and CD4+PD1+'s check" in m
+               for m in shared), shared
     # stop 49: the threshold record (result.thresholds, the report's FMO table) names on every gate carrying
     # the reading the gate where the verdict was found, its check and its size there; '' on the others
     from tilpheno.report.product import fmo_table
 
-    record = f"CD4+PD1+: reference_above_points {d['CD4+PD1+']['reference_above_points']:.1f}"
+    record = "; ".join(f"{g}: reference_above_points {d[g]['reference_above_points']:.1f}" for g in ("PD1+", "CD4+PD1+"))
     verdicts = dict(zip(tube.thresholds["population"], tube.thresholds["reading_verdict"]))
     assert {g: v for g, v in verdicts.items() if v} == {g: record for g in gates.values()}, verdicts
     rules = {row[0]: row[-1] for row in fmo_table(result, 99.5).rows}
     assert all(rules[g].endswith(f", shared reading's verdict: {record}") for g in gates.values()), rules
+
+
+def test_a_gate_flagged_first_by_its_own_interval_still_judges_the_reading(tmp_path):
+    """Development product V158625 (bench phenomena drawn by its seed, then PD1 binding set to 238.081 units
+    with log-SD 0.7951, as ``validate_gating.py --set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``
+    draws them). CD8+PD1+'s own check fires first: the reading's 95 % interval could move its % by 3.8
+    points of its parent. Before stop 50 that flag ended its checks: the tail-shape check (a log-normal
+    signal of the read median and SD moves CD8+PD1+ by 4.9 points) never ran there, so no verdict on the
+    reading was recorded and the shared pass did not reach PD1+ and CD4+PD1+ (their own tail points 2.8 and
+    1.4, under the limit). The checks that judge the reading now run on every gate carrying it, whatever
+    flagged it first: CD8+PD1+ keeps its interval flag, adds the tail-shape one, and the other two gates
+    carrying the reading are told (issue 13's lead case: an over-call of CD4+PD1+ unflagged while PD1+ and
+    CD8+PD1+ carried only their own flags)."""
+    from tilpheno.gates.checks import needs_review
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.phenotype import analyze_product
+
+    prod, manifest = _heavy_pd1_product(tmp_path, 158625, 238.081, 0.7951)
+    result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+    d = next(t for t in result.tubes if t.role == "stain" and "CD8+PD1+" in t.diagnostics).diagnostics
+    review = [f for f in result.qc if needs_review(f) and f.code == "uncertain_threshold"]
+    own = [f.message for f in review if f.gate == "CD8+PD1+"]
+    assert any("within the 95 % interval of the reference reading" in m for m in own), own
+    assert d["CD8+PD1+"]["reading_verdict"] == ("tail_points",), d["CD8+PD1+"]
+    assert any("a log-normal signal with the same median and SD" in m for m in own), own
+    for gate in ("PD1+", "CD4+PD1+"):
+        assert d[gate]["tail_points"] <= 3.0 and "reading_verdict" not in d[gate], d[gate]
+        told = [f.message for f in review if f.gate == gate]
+        assert any(f"carries the reference reading that CD8+PD1+'s check (tail_points "
+                   f"{d['CD8+PD1+']['tail_points']:.1f} points of its parent)" in m for m in told), (gate, told)

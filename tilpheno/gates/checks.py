@@ -117,7 +117,10 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     effect (the log-normal cut is taken at the carry-over's 32 quantiles, whose tail stops at z = 2.15): on
     V153138 under heavy PD1 binding PD1+ lay 5.4 points over the ideal-FMO reference with 2.5 tail points while
     CD8+PD1+ of the same read had 3.3 (stop 48). The reading's sampling interval (``reference_error``) is
-    measured on every gate carrying it, each on its own parent, so each gate has its own verdict on it. Every
+    measured on every gate carrying it, each on its own parent, so each gate has its own verdict on it; the checks
+    that judge the reading run on every gate carrying it whatever flagged the gate first (before stop 50 a gate
+    whose interval fired was not judged on the reading, and the other gates carrying it were not told: V158625
+    under heavy PD1 binding, CD8+PD1+ 4.9 tail points behind its interval flag). Every
     other check judges the gate's own parent or FMO parent (its carry-overs, its fit, its kept FMO percentile,
     its missing peak, its residual spillover).
 ``negative_shift``  the stained tube's negative peak lies more than ``shift_warning`` (0.25)
@@ -443,7 +446,9 @@ def place_and_check(
                                         f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
                                         f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
                                         f"histogram of the parent, stained vs FMO"))
-            elif referenced and reference_carry == "quantile":
+            # the checks that judge the shared reading run on every gate carrying it, whatever flagged the gate
+            # above (the reading's interval on its own parent): one reading, one verdict (shared_reading)
+            if referenced and reference_carry == "quantile":
                 # FoxP3+ (marker+) cells inside the reference raise its stained percentile and so this
                 # cut, upwards only: compare it with the parent's own carry-over of the FMO percentile
                 # that the parent's positives move least (its negative peak's lower-side spread)

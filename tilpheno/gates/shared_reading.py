@@ -17,8 +17,9 @@ carry both of its checks (``reference_above_points`` and ``tail_points``; ``refe
 ``reference_positive_points``) can fire on one gate, and its flag names both).
 Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
 naming each gate where a check fired, every check that fired there, what it found, its size there (points of that
-gate's parent) and the same number on its own parent (the check's number recorded on it; "not compared" when its
-other checks flagged it first). That own number may stay under the limit. The threshold record's
+gate's parent) and the same number on its own parent (the check's number recorded on it, measured on every gate
+carrying the reading whatever else flagged it; "not measured" when it could not be: ``reference_positive_points``
+with fewer than 20 of the parent's events above the cut). That own number may stay under the limit. The threshold record's
 ``reading_verdict`` column (:func:`reading_verdicts`) names, on every gate carrying the reading, each gate where a
 check fired, its checks and their sizes, its own included. A parent with many positives next to its
 negatives (CD8+ T cells for PD1) raises its own carry-over, which ``reference_above_points`` compares against,
@@ -134,7 +135,7 @@ def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mappin
         here = "; ".join(f"here {check} is {value:.1f} points of the parent too (this gate's own flag)" if fired
                          else f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
                          if math.isfinite(value)
-                         else f"here {check} was not compared (another check flagged this gate first)"
+                         else f"here {check} was not measured on this parent"
                          for check, value, fired in own)
         out.append(pl.Flag(
             "uncertain_threshold", "warning",
