@@ -829,6 +829,79 @@ def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(k
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, processed_once):
+    """`tilpheno process --overwrite` with another FMO percentile over a folder whose products QA had
+    approved: the approvals were void (right), but the product list said 'not approved', counted them
+    with the products never reviewed ('2 neither'), and `export-approved` said '0 approved product(s)
+    of 2' with 'not released (not approved)': nothing told the lab that signed work had been re-run.
+    Now the list, its counts, phenotypes_approved.csv's release_status and export-approved's summary
+    say 're-run after signing: needs review' with the void reason, before and after the product is
+    opened; an approval a reviewer's own later save voided is named as that, not as a re-run."""
+    import re
+    import sys
+
+    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from tilpheno.review.server import build_service
+    from tilpheno.review.web import create_app
+
+    out, _ = til001_run(processed_once, products=("TIL001", "TIL002"))
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        dave, alice = user(first, "dave"), user(first, "alice")
+        for pid in ("TIL001", "TIL002"):
+            first.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(first, pid),
+                       oos_justification=OOS_REASON if pid == "TIL001" else None)
+        first.save_version("TIL002", alice, 1, shifted_cd3(first, "TIL002", 0.02), "CD3 cut into the valley",
+                           void_approval=standing_approval_id(first, "TIL002"))
+        saved = "approval for release of version 1 void (gates changed to version 2 after signing)"
+        assert first.listed_decisions().voided == {"TIL002": saved}
+        first.factory.kw["bind"].dispose()
+
+        def cli(*args):
+            r = subprocess.run([sys.executable, "-m", "tilpheno", *map(str, args)], capture_output=True, text=True,
+                               timeout=600)
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+
+        cli("process", SAMPLE, "-o", out, "--manifest", out.parent / "manifest.csv", "--outcomes", SAMPLE / "outcomes.csv",
+            "--allow-unmatched", "--reports", "none", "--overwrite", "--fmo-percentile", "99")
+        rerun = ("approval for release of version 1 void: re-run after signing: needs review (input data, infused cell "
+                 "number, strategy or release spec changed after signing)")
+        said = cli("export-approved", out, "-o", tmp_path / "approved", "--db", url)
+        assert said.strip().endswith("0 approved product(s) of 2 exported to " + str(tmp_path / "approved")
+                                     + " (1 re-run after signing: approval or rejection void, needs review; "
+                                       "release_status says why)"), said
+        table = pd.read_csv(tmp_path / "approved" / "phenotypes_approved.csv").set_index("product_id")
+        assert list(table["review_status"]) == ["not approved", "not approved"]
+        assert table.loc["TIL001", "release_status"] == f"not released (not approved: {rerun})"
+        assert table.loc["TIL002", "release_status"] == f"not released (not approved: {saved})"
+
+        again = build_service(out, url)
+        client = create_app(again).test_client()
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+        client.post("/login", data={"username": "dave", "password": PASSWORDS["dave"], "csrf_token": csrf})
+
+        def listed():
+            page = client.get("/").text
+            rows = {re.search(r">(TIL00\d)</a>", r).group(1): r for r in re.findall(r"<tr><td><a .*?</tr>", page, re.S)}
+            return re.search(r'<p id="run-counts">(.*?)</p>', page, re.S).group(1), rows
+
+        counts, rows = listed()
+        assert ("0 approved, 0 rejected, 2 neither (<span class=\"needs-review\">1 re-run after signing: approval or "
+                "rejection void, needs review</span>)") in counts, counts
+        assert f'<td class="needs-review">not approved: {rerun}</td>' in rows["TIL001"], rows["TIL001"]
+        assert f'<td class="needs-review">not approved: {saved}</td>' in rows["TIL002"], rows["TIL002"]
+        assert again.automatic_version("TIL001", "dave").version == 2   # opened: the new run's gates, version 2
+        _, rows = listed()
+        assert ("not approved: approval for release of version 1 void: re-run after signing: needs review (gates "
+                "changed to version 2 after signing)") in rows["TIL001"], rows["TIL001"]
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, processed_once):
     """process --overwrite on the same files with a corrected outcomes table (TIL001's infused cells
     doubled): the gates are the same, so no new version, and the approval stayed valid while the

@@ -10,7 +10,9 @@
   ``release_status`` is fail: ``out-of-specification release of version <n>: fails <criteria with
   rule and value>; justification '...' by <name> (<user>) at <UTC>``; empty otherwise); a product
   without a valid approval has its values left
-  empty and ``release_status`` "not released (not approved)") and
+  empty and ``release_status`` "not released (not approved)", or, when its approval or rejection
+  is void, "not released (not approved: approval for release of version 1 void: re-run after
+  signing: needs review (...))", :func:`tilpheno.review.service.voided_words`) and
   ``populations_approved.csv`` (every population of each approved product's stained tubes).
 * :func:`approved_export`: everything ``export-approved`` writes, each product's files made from
   the one approval its table row was computed with (refused when it changed during the export).
@@ -44,7 +46,8 @@ from tilpheno.io import atomic
 from tilpheno.io import csvcells
 from tilpheno.io.csvcells import counts_as_integers
 from tilpheno.review.db import ReviewError
-from tilpheno.review.service import APPROVED, Approval, Decision, NotFound, ReviewService, VersionConflict, oos_of
+from tilpheno.review.service import (APPROVED, Approval, Decision, ListedDecisions, NotFound, ReviewService,
+                                     VersionConflict, oos_of)
 
 NOT_APPROVED = "not released (not approved)"
 FAILED_PROCESSING = "not released (failed processing)"
@@ -52,20 +55,22 @@ log = logging.getLogger(__name__)
 
 
 def approved_tables(service: ReviewService,
-                    decisions: dict[str, Decision | None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The two approved tables, from ``decisions`` (:meth:`ReviewService.decisions`, read now when
+                    listed: ListedDecisions | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two approved tables, from ``listed`` (:meth:`ReviewService.export_decisions`, read now when
     not given): each approved row from its product's standing decision, whose approval's
-    justification the ``out_of_specification`` cell quotes."""
+    justification the ``out_of_specification`` cell quotes; a product whose approval or rejection
+    is void says so in its ``release_status``."""
     phen_rows: list[dict[str, Any]] = []
     pop_frames: list[pd.DataFrame] = []
-    if decisions is None:
-        decisions = service.decisions()   # a product never opened has none: not re-gated for it
+    if listed is None:
+        listed = service.export_decisions()   # a product never opened has none: not re-gated for it
     for pid in service.source.product_ids():
-        decision = decisions.get(pid)
+        decision = listed.decisions.get(pid)
         if decision is None or decision.meaning != APPROVED:
+            voided = listed.voided.get(pid)
             phen_rows.append({"product_id": pid, "review_status": "not approved", "gate_version": None,
-                              "gates_sha256": "", "release_status": NOT_APPROVED, "deviations": "",
-                              "out_of_specification": ""})
+                              "gates_sha256": "", "deviations": "", "out_of_specification": "",
+                              "release_status": f"not released (not approved: {voided})" if voided else NOT_APPROVED})
             continue
         approved = decision.version
         res = recompute(service.source, pid, json.loads(approved.gates_json))
@@ -122,11 +127,11 @@ def approved_export(service: ReviewService) -> ApprovedExport:
     from tilpheno.pipeline import product_slug
     from tilpheno.review.certificate import certificate_pdf
 
-    decisions = service.decisions()
-    phenotypes, populations = approved_tables(service, decisions)
+    listed = service.export_decisions()
+    phenotypes, populations = approved_tables(service, listed)
     files: dict[str, bytes] = {}
     approvals: dict[str, Approval] = {}
-    for pid, decision in sorted(decisions.items()):   # the table's approved rows
+    for pid, decision in sorted(listed.decisions.items()):   # the table's approved rows
         if decision is None or decision.meaning != APPROVED:
             continue
         issued = _still_approved(service, pid, decision)

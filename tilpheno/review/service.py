@@ -251,6 +251,32 @@ def decision_of(views: list[SignatureView]) -> tuple[str, int] | None:
     return (sig.meaning, sig.version) if sig is not None else None
 
 
+RERUN_VOIDED = "re-run after signing: needs review"
+"""What the product list, its counts and the approved export say of a product whose approval or
+rejection a new run of its output folder voided (:func:`voided_words`)."""
+
+
+def voided_words(views: list[SignatureView], versions: list[GateSetVersion]) -> str:
+    """A product without a standing QA decision whose newest approval or rejection is void, in
+    words: ``approval for release of version 1 void: re-run after signing: needs review (input
+    data, ... changed after signing)``; "" when it has a standing decision or never had one. The
+    words :data:`RERUN_VOIDED` when a new run voided it: its data hash changed, a flag of the new
+    run has no resolution in it (both on the version signed), or an automatic version of a later
+    run followed the version signed (``versions``: the product's, any order); a reviewer's later
+    save, or a signature the app did not make, is named by its void reason alone."""
+    if deciding(views) is not None:
+        return ""
+    last = next((v for v in reversed(views) if v.row.meaning in (APPROVED, REJECTED)), None)
+    if last is None:
+        return ""
+    signed, cause = last.row.version, last.void_reason.removeprefix("void: ")
+    later = [v for v in versions if v.version > signed]
+    rerun = not cause.startswith("not in the audit trail") and (
+        not later or any(v.source == "automatic" for v in later))
+    what = "approval for release" if last.row.meaning == APPROVED else "rejection"
+    return f"{what} of version {signed} void" + (f": {RERUN_VOIDED}" if rerun else "") + f" ({cause})"
+
+
 def standing_of(views: list[SignatureView], meaning: str, version: int) -> Signature | None:
     """The valid signature of ``views`` with ``meaning`` that is the product's standing QA decision
     on ``version`` (:func:`decision_of`); None when the standing decision is another, or none."""
@@ -706,6 +732,9 @@ class ListedDecisions:
     output folder, with its refusal (``refused``: id -> message)."""
     decisions: dict[str, Decision | None]
     refused: dict[str, str]
+    voided: dict[str, str] = field(default_factory=dict)
+    """Each product with no standing decision whose newest approval or rejection is void, in words
+    (:func:`voided_words`: ``... void: re-run after signing: needs review (...)`` when a new run voided it)."""
 
 
 @dataclass(frozen=True)
@@ -1424,12 +1453,16 @@ class ReviewService:
         return out
 
     def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
+        """The standing decisions of :meth:`export_decisions`."""
+        return self.export_decisions(user).decisions
+
+    def export_decisions(self, user: User | None = None) -> ListedDecisions:
         """:meth:`listed_decisions`; OtherFolder, as :meth:`ensure_imported`, naming each product the
         database holds from another output folder (the approved export: nothing of a mixed-up database)."""
         listed = self.listed_decisions(user)
         if listed.refused:
             raise OtherFolder("; ".join(listed.refused.values()))
-        return listed.decisions
+        return listed
 
     def listed_decisions(self, user: User | None = None) -> ListedDecisions:
         """The standing QA decision (:func:`decision_of`: approved or rejected, and which version) of
@@ -1437,7 +1470,9 @@ class ReviewService:
         few queries for the whole run instead of several per product. A product not imported yet
         has no signature, so it is left out (never re-gated here: its input files may be gone). A
         product the database holds from another output folder with other input files is left out
-        too, and its refusal (:meth:`_inputs_changed`) kept in ``refused``: the others are listed."""
+        too, and its refusal (:meth:`_inputs_changed`) kept in ``refused``: the others are listed.
+        A product whose approval or rejection is void, with no standing decision, is said in
+        ``voided`` (:func:`voided_words`)."""
         allowed = self.accessible(user) if user is not None else None
         with self.factory() as db:
             products = {p.product_id: p for p in db.scalars(select(Product))
@@ -1458,11 +1493,18 @@ class ReviewService:
             versions = {(v.product_id, v.version): v for v in db.scalars(
                 select(GateSetVersion).where(GateSetVersion.product_id.in_(list(signed))))} if signed else {}
         out: dict[str, Decision | None] = dict.fromkeys(products)
+        voided: dict[str, str] = {}
+        of_product: dict[str, list[GateSetVersion]] = {}
+        for (pid, _), v in versions.items():
+            of_product.setdefault(pid, []).append(v)
         for pid, rows in signed.items():
             current = versions[(pid, products[pid].current_version)]
-            sig = deciding(self._views(pid, rows, in_trail, current))
+            views = self._views(pid, rows, in_trail, current)
+            sig = deciding(views)
             out[pid] = Decision(sig.meaning, versions[(pid, sig.version)], sig) if sig is not None else None
-        return ListedDecisions(out, refused)
+            if sig is None and (words := voided_words(views, of_product[pid])):
+                voided[pid] = words
+        return ListedDecisions(out, refused, voided)
 
     def version_criteria(self, product_id: str, version: GateSetVersion) -> list[CriterionResult]:
         """The release criteria on a stored version's gates (:meth:`criteria`)."""
