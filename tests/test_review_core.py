@@ -901,6 +901,47 @@ def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, p
         drop_schema(url)
 
 
+def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_path, processed_once):
+    """`tilpheno process OUT --overwrite` over a folder whose products QA had approved in the default
+    review database (OUT.review.sqlite, beside OUT) said nothing of it: the operator re-ran over signed
+    work without a word. Now a note on stderr names the products it holds decisions of, that the
+    database is kept, and which changes void them; a run with no such database, or one holding no
+    approval or rejection, prints none."""
+    import sys
+
+    from review_support import SAMPLE, make_service
+    from tilpheno.review.db import default_db_path
+    from tilpheno.review.server import build_service
+
+    out, _ = til001_run(processed_once)
+    database = default_db_path(out)
+
+    def process():
+        r = subprocess.run([sys.executable, "-m", "tilpheno", "process", SAMPLE, "-o", out, "--manifest",
+                            out.parent / "manifest.csv", "--outcomes", SAMPLE / "outcomes.csv", "--allow-unmatched",
+                            "--reports", "none", "--overwrite", "--fmo-percentile", "99"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    assert "note:" not in process()                              # no database beside OUT
+    service = make_service(out, f"sqlite:///{database}")
+    service.sign("TIL001", user(service, "alice").id, PASSWORDS["alice"], "reviewed", 1, {})
+    service.factory.kw["bind"].dispose()
+    assert "note:" not in process()                              # a 'reviewed' signature decides nothing
+    again = build_service(out, f"sqlite:///{database}")
+    again.sign("TIL001", user(again, "dave").id, PASSWORDS["dave"], "approved for release", again.current_version("TIL001"),
+               approval_resolutions(again, "TIL001"), oos_justification=OOS_REASON)
+    again.factory.kw["bind"].dispose()
+    before = database.read_bytes()
+    said = process().strip().splitlines()[-1]   # after the outcomes table's line
+    assert said == (f"note: {database} holds QA decisions (approvals or rejections) of TIL001: kept; one on a "
+                            "product whose input files, strategies, release spec, FMO percentile or infused dose this run "
+                            "changed is void, as is one whose automatic gates it changed once the product is opened: "
+                            f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'"), said
+    assert database.read_bytes() == before                       # read, not changed
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, processed_once):
     """process --overwrite on the same files with a corrected outcomes table (TIL001's infused cells

@@ -587,8 +587,27 @@ def process(
         raise
     _print_summary(summary, shown)
     _warn_run_unfit(summary, folder)
+    _note_signed_review(out)
     if not summary.ok:
         raise typer.Exit(code=1)
+
+
+def _note_signed_review(out: Path) -> None:
+    """On stderr, after a run into ``out``: when the review app's default database beside it
+    (``OUT.review.sqlite``) holds approvals or rejections, a note naming their products: the
+    database is kept, and a decision whose signed data this run changed is void, listed by
+    ``serve`` as re-run after signing (a PostgreSQL database, ``--db``, is not seen from here)."""
+    from tilpheno.review.db import decided_products, default_db_path
+
+    path = default_db_path(out)
+    decided = decided_products(path)
+    if decided:
+        named = ", ".join(decided[:5]) + (f" and {len(decided) - 5} more" if len(decided) > 5 else "")
+        typer.secho(f"note: {path} holds QA decisions (approvals or rejections) of {named}: kept; one on a product "
+                    "whose input files, strategies, release spec, FMO percentile or infused dose this run changed is "
+                    "void, as is one whose automatic gates it changed once the product is opened: "
+                    f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 def _warn_run_unfit(summary, folder) -> None:

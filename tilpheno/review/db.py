@@ -48,6 +48,22 @@ def holds_review_database(path: Path) -> bool:
         return True
 
 
+def decided_products(path: Path) -> list[str]:
+    """The products of which the SQLite review database ``path`` holds an approval or rejection
+    (valid or void), sorted, read without changing it (read-only, no schema upgrade); [] when
+    there is no such file, or it holds no review database or cannot be read."""
+    if not holds_review_database(path):
+        return []
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("SELECT DISTINCT product_id FROM signatures WHERE meaning IN (?, ?) ORDER BY product_id",
+                                ("approved for release", "rejected")).fetchall()
+    except sqlite3.Error as exc:
+        log.debug("%s: signatures not readable (%s)", path, exc)
+        return []
+    return [str(pid) for (pid,) in rows]
+
+
 def default_db_url(out_dir: str | Path) -> str:
     """``sqlite:///<OUT>.review.sqlite``: a file beside the output folder. ReviewError when that
     file does not exist yet and OUT is not a processed output folder (no ``run.json``): a mistyped
