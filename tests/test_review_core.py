@@ -867,7 +867,7 @@ def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, p
         cli("process", SAMPLE, "-o", out, "--manifest", out.parent / "manifest.csv", "--outcomes", SAMPLE / "outcomes.csv",
             "--allow-unmatched", "--reports", "none", "--overwrite", "--fmo-percentile", "99")
         rerun = ("approval for release of version 1 void: re-run after signing: needs review (input data, infused cell "
-                 "number, strategy or release spec changed after signing)")
+                 "number, strategy, FMO percentile, study dose definitions or release spec changed after signing)")
         said = cli("export-approved", out, "-o", tmp_path / "approved", "--db", url)
         assert said.strip().endswith("0 approved product(s) of 2 exported to " + str(tmp_path / "approved")
                                      + " (1 re-run after signing: approval or rejection void, needs review; "
@@ -971,11 +971,56 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, pr
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "not approved" and math.isnan(row.get("cd3_dose_cells", math.nan))
         [view] = again.signatures(pid)
-        assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy or release "
-                                                       "spec changed after signing")
+        assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy, FMO percentile, "
+                                                       "study dose definitions or release spec changed after signing")
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "approved" and row["cd3_dose_cells"] == pytest.approx(2 * dose, rel=1e-9)
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_rerun_with_another_dose_definition_voids_the_approval(kind, tmp_path, processed_once):
+    """process --overwrite on the same files with a copy of the study whose treg_dose_cells is based
+    on cd3_dose_cells instead of cd4_dose_cells: gates, inputs, strategies, release spec and infused
+    cells unchanged, so the approval stayed valid while the approved export's treg_dose_cells grew
+    under it (TIL001: 2.57e8 -> 6.21e8 cells, `export-approved` still '2 approved'). The signature
+    now binds the study's dose definitions: it is void, saying so, and the product is approved
+    again only by a new signature, whose doses are the new run's."""
+    from review_support import database_url, drop_schema, make_service
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.server import build_service
+
+    pid = "TIL001"
+    out, run = til001_run(processed_once)
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
+        signed = approved_tables(first)[0].set_index("product_id").loc[pid]
+        first.factory.kw["bind"].dispose()
+
+        study = tmp_path / "study"
+        shutil.copytree(Path(__file__).resolve().parents[1] / "tilpheno" / "studies" / "til", study)
+        text_before = (study / "study.yaml").read_text()
+        edited = text_before.replace("treg_dose_cells:   {base: cd4_dose_cells", "treg_dose_cells:   {base: cd3_dose_cells")
+        assert edited != text_before
+        (study / "study.yaml").write_text(edited)
+        run(overwrite=True, study=study / "study.yaml")
+        again = build_service(out, url)
+        assert again.current_version(pid) == 1   # the same gates: no new version
+        run_row = pd.read_csv(out / "phenotypes.csv", dtype={"product_id": str}).set_index("product_id").loc[pid]
+        moved = signed["treg_dose_cells"] * signed["cd3_dose_cells"] / signed["cd4_dose_cells"]   # the new base
+        assert run_row["treg_dose_cells"] == pytest.approx(moved, rel=1e-9)
+        row = approved_tables(again)[0].set_index("product_id").loc[pid]
+        assert row["review_status"] == "not approved" and math.isnan(row.get("treg_dose_cells", math.nan))
+        [view] = again.signatures(pid)
+        assert not view.valid and "study dose definitions" in view.void_reason, view.void_reason
+        again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
+        row = approved_tables(again)[0].set_index("product_id").loc[pid]
+        assert row["review_status"] == "approved" and row["treg_dose_cells"] == pytest.approx(moved, rel=1e-9)
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)

@@ -13,8 +13,9 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   files' SHA-256, the strategies' SHA-256, the release spec, the gate set's SHA-256, the
   infused cell number (the doses' base: a re-run with a corrected outcomes table voids it) and
   the SHA-256 of the files the run read but did not gate (unstained and compensation controls,
-  the compensation matrix: a replaced control voids it); a signature made before the controls, or
-  the dose, were bound is checked without them (:data:`DATA_FORMS`). A
+  the compensation matrix: a replaced control voids it) and the study's dose definitions (a re-run
+  with another base or variable of a dose voids it); a signature made before the dose definitions,
+  the controls, or the dose, were bound is checked without them (:data:`DATA_FORMS`). A
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). The role, account, assignment
   and version are checked as they are after the (slow) password check, and an audited change
@@ -540,9 +541,11 @@ def _get(db: Session, model: type[T], key: Any) -> T:
     return row
 
 
-DATA_FORMS = ("controls", "dose", "legacy")
+DATA_FORMS = ("study_doses", "controls", "dose", "legacy")
 """The forms of what a signature signs besides its gates (:func:`data_sha256`), newest first: a
 signature made now binds the first; one made before is checked against the form it was made in."""
+CONTROLS_BOUND = DATA_FORMS[:2]
+"""The forms that bind the product's controls (:meth:`ReviewSource.other_inputs`)."""
 
 
 def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str, *,
@@ -551,8 +554,11 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
     strategies, the release spec, the FMO percentile, the gate version and set, the infused cell
     number the doses are computed from (cells, 9 significant digits; None when the run has none)
     and the files the run read for it but did not gate (its unstained and compensation controls,
-    its compensation matrix: :meth:`ReviewSource.other_inputs`). ``form`` (:data:`DATA_FORMS`):
-    ``dose`` without those other files, as signatures made before they were bound were hashed;
+    its compensation matrix: :meth:`ReviewSource.other_inputs`) and the study's dose definitions
+    (each absolute dose's base and variable: the approved doses are computed with them, so a re-run
+    with another definition voids an approval instead of changing its doses under it). ``form``
+    (:data:`DATA_FORMS`): ``controls`` without the dose definitions, as signatures made before they
+    were bound were hashed; ``dose`` without the other files either;
     ``legacy`` without the infused cell number either, as signatures made before it was bound were
     (they stay valid, and a changed dose or control does not void them)."""
     spec = source.release_spec
@@ -568,8 +574,10 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
     if form != "legacy":
         dose = source.til_dose_cells(product_id)
         payload["infused_cells"] = None if dose is None else float(f"{dose:.9g}")
-    if form == "controls":
+    if form in CONTROLS_BOUND:
         payload["other_inputs"] = source.other_inputs(product_id)
+    if form == "study_doses":
+        payload["dose_definitions"] = [[d.name, d.base, d.variable] for d in source.study.doses]
     return hashlib.sha256(audit.canonical(payload).encode("utf-8")).hexdigest()
 
 
@@ -672,7 +680,8 @@ def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
     hold one; else what the hash binds, in general."""
     later = [r for r in reruns if r.at > signed_at and r.files]
     if not later:
-        return "void: input data, infused cell number, strategy or release spec changed after signing"
+        return ("void: input data, infused cell number, strategy, FMO percentile, study dose definitions or "
+                "release spec changed after signing")
     return ("void: input data changed after signing: the folder was processed again with other input files: "
             + "; ".join(_rerun_words(r) for r in later))
 
@@ -1446,7 +1455,7 @@ class ReviewService:
                                                                                     for k, n in named.items())
                                                    + "): a re-run raised them after signing"))
             else:
-                controls = controls_now() if form != DATA_FORMS[0] else []
+                controls = controls_now() if form not in CONTROLS_BOUND else []
                 out.append(SignatureView(s, True, "", f"{CONTROLS_UNBOUND} (signed before they were bound: a replaced "
                                                       f"{', '.join(c['file'] for c in controls)} would not void it)"
                                          if controls else ""))
