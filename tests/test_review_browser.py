@@ -1766,3 +1766,52 @@ def test_a_reviewer_who_saved_the_version_is_told_before_approving_it(driver, se
     wait(driver, lambda d: d.find_element("id", "oos-box").is_displayed(), "dave's out-of-specification box")
     assert not driver.find_element("id", "four-eyes-notice").is_displayed()
     assert_no_script_errors(driver)
+
+
+def test_the_product_list_says_a_product_was_re_run_after_signing(driver, tmp_path):
+    """TIL001 approved for release, then `tilpheno process --overwrite` with another FMO percentile:
+    the approval was void (right), but the product list Chromium shows said only 'not approved' and
+    '0 approved, 0 rejected, 1 neither', as for a product never reviewed. Now its cell, marked like
+    gating that needs review, says the approval of version 1 is void because the folder was re-run
+    after signing, and the counts above the table count it."""
+    from review_support import SAMPLE
+    from tilpheno.pipeline import process_folder
+    from tilpheno.review.server import build_service
+    from tilpheno.review.web import create_app
+
+    import pandas as pd
+
+    rows = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = tmp_path / "manifest.csv"
+    rows[rows["product_id"] == PID].assign(file=lambda m: [str(SAMPLE / f) for f in m["file"]]).to_csv(manifest, index=False)
+    url = f"sqlite:///{tmp_path / 'review.sqlite'}"
+
+    def run(**settings):
+        summary = process_folder(SAMPLE, tmp_path / "out", manifest_csv=manifest, make_reports=False, **settings)
+        assert summary.ok, summary.failed
+
+    run()
+    first = make_service(tmp_path / "out", url)
+    first.sign(PID, service_user(first, "dave"), PASSWORDS["dave"], "approved for release", 1,
+               approval_resolutions(first, PID), oos_justification=OOS_REASON)
+    first.factory.kw["bind"].dispose()
+    run(overwrite=True, fmo_percentile=99.0)
+    service = build_service(tmp_path / "out", url)
+    try:
+        with serving(create_app(service)) as base:
+            driver.delete_all_cookies()
+            driver.get(base + "/")
+            driver.find_element("id", "username").send_keys("dave")
+            driver.find_element("id", "password").send_keys(PASSWORDS["dave"])
+            driver.find_element("id", "login-button").click()
+            counts = wait(driver, lambda d: " ".join(d.find_element("id", "run-counts").text.split()), "the product list")
+            cell = driver.find_element("link text", PID).find_elements("xpath", "../../td")[2]
+            assert cell.text == ("not approved: approval for release of version 1 void: re-run after signing: needs "
+                                 "review (input data, infused cell number, strategy, FMO percentile, study dose "
+                                 "definitions or release spec changed after signing)"), cell.text
+            assert cell.get_attribute("class") == "needs-review"
+            assert "0 approved, 0 rejected, 1 neither (1 re-run after signing: approval or rejection void, needs review);" \
+                in counts, counts
+            assert_no_script_errors(driver)
+    finally:
+        service.factory.kw["bind"].dispose()
