@@ -936,8 +936,9 @@ def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_p
     before = database.read_bytes()
     said = process().strip().splitlines()[-1]   # after the outcomes table's line
     assert said == (f"note: {database} holds QA decisions (approvals or rejections) of TIL001: kept; one on a "
-                            "product whose input files, strategies, release spec, FMO percentile or infused dose this run "
-                            "changed is void, as is one whose automatic gates it changed once the product is opened: "
+                            "product whose input files, strategies, release spec, FMO percentile, infused dose or study "
+                            "dose definitions this run changed is void, as is one whose automatic gates it changed once "
+                            "the product is opened: "
                             f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'"), said
     assert database.read_bytes() == before                       # read, not changed
 
