@@ -901,6 +901,48 @@ def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, p
         drop_schema(url)
 
 
+def test_a_re_export_leaves_out_the_certificate_of_an_approval_a_re_run_voided(tmp_path, processed_once):
+    """TIL001 approved and exported (`export-approved OUT -o DIR`: its certificate and Gating-ML),
+    then processed again with another FMO percentile (the approval void) and exported into DIR again:
+    phenotypes_approved.csv said 'not approved', but DIR still held TIL001/certificate.pdf, a
+    certificate of analysis approving the lot, and its Gating-ML: _keep_others kept every file the new
+    export did not write. Now a previous export's certificate and Gating-ML of a product of the run
+    that the new export does not write are left out, and the summary line names them; the lab's own
+    files in DIR stay."""
+    import sys
+
+    from review_support import make_service
+
+    out, run = til001_run(processed_once)
+    url = f"sqlite:///{tmp_path / 'review.sqlite'}"
+    service = make_service(out, url)
+    service.sign("TIL001", user(service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                 approval_resolutions(service, "TIL001"), oos_justification=OOS_REASON)
+    service.factory.kw["bind"].dispose()
+    dest = tmp_path / "approved"
+
+    def export():
+        r = subprocess.run([sys.executable, "-m", "tilpheno", "export-approved", str(out), "-o", str(dest), "--db", url],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    def files():
+        return sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+
+    assert export() == f"1 approved product(s) of 1 exported to {dest}"
+    exported = ["TIL001/certificate.pdf", "TIL001/gates_surface.xml", "TIL001/gates_treg.xml"]
+    assert files() == [*exported, "phenotypes_approved.csv", "populations_approved.csv"]
+    (dest / "notes.txt").write_text("the lab's own\n")
+    (dest / "TIL001" / "lab_notes.txt").write_text("the lab's own\n")
+    run(overwrite=True, fmo_percentile=99.0)
+    assert export().endswith(f"; removed the previous export's {', '.join(exported)} (3 file(s) of products no "
+                             "longer approved)")
+    assert files() == ["TIL001/lab_notes.txt", "notes.txt", "phenotypes_approved.csv", "populations_approved.csv"]
+    table = pd.read_csv(dest / "phenotypes_approved.csv")
+    assert list(table["review_status"]) == ["not approved"]
+
+
 def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_path, processed_once):
     """`tilpheno process OUT --overwrite` over a folder whose products QA had approved in the default
     review database (OUT.review.sqlite, beside OUT) said nothing of it: the operator re-ran over signed

@@ -406,7 +406,7 @@ def export_approved(
     try:
         service = build_service(out, db, inputs)
         export = approved_export(service)
-        write_approved_export(service, export, dest, _actor())
+        left_out = write_approved_export(service, export, dest, _actor())
     except TilphenoError as exc:
         _fail(exc)
     except OSError as exc:   # a full disk names no file: the folder is named
@@ -416,7 +416,9 @@ def export_approved(
     typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}"
                + (f" ({failed} failed processing: not released)" if failed else "")
                + (f" ({rerun} re-run after signing: approval or rejection void, needs review; release_status says why)"
-                  if rerun else ""))
+                  if rerun else "")
+               + (f"; removed the previous export's {', '.join(left_out[:4])}{' ...' if len(left_out) > 4 else ''} "
+                  f"({len(left_out)} file(s) of products no longer approved)" if left_out else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -148,10 +148,12 @@ class ExportNotDelivered(ReviewError):
     """The export's certificates were audited, then moving its files into place failed (audited too)."""
 
 
-def write_approved_export(service: ReviewService, export: ApprovedExport, dest: Path, username: str) -> None:
+def write_approved_export(service: ReviewService, export: ApprovedExport, dest: Path, username: str) -> list[str]:
     """Write ``export`` into ``dest``, all at once: every file is first written into a new hidden
     folder beside it (:func:`_stage`), with the other files of an existing ``dest`` linked in
-    (:func:`_keep_others`; an OSError there removes it: nothing written, nothing audited), then the
+    (:func:`_keep_others`; an OSError there removes it: nothing written, nothing audited) but for
+    the files a previous export wrote for a product of the run that this one does not write (its
+    certificate and Gating-ML: a product whose approval is void since, :func:`_exported_for`), then the
     certificates and the two tables (``export_table``: the SHA-256 of the bytes written) are audited
     (:meth:`ReviewService.record_certificates`: refused, nothing written, when an approval changed
     meanwhile), then that folder takes ``dest``'s place (:func:`_publish`).
@@ -159,12 +161,16 @@ def write_approved_export(service: ReviewService, export: ApprovedExport, dest: 
     (:func:`_real_folder`), the staging folder made beside it.
     Should that last move fail (OSError, rare: the same file system), ``dest`` is as it was, an
     ``export_failed`` entry records it and :class:`ExportNotDelivered` says so (and, in the same
-    line, when the database could not record it either)."""
+    line, when the database could not record it either). Returns the previous export's files left
+    out (paths relative to ``dest``)."""
+    from tilpheno.pipeline import product_slug
+
     place, tables = _real_folder(dest), export.tables()
+    folders = {product_slug(pid) for pid in [*service.source.product_ids(), *service.source.failed_products()]}
     staged = _stage(export, tables, place)
     try:
         _check_publishable(staged, dest)
-        _keep_others(staged, place)
+        left_out = _keep_others(staged, place, folders)
         service.record_certificates(username, export.approvals, tables)
         try:
             _publish(staged, place)
@@ -175,6 +181,7 @@ def write_approved_export(service: ReviewService, export: ApprovedExport, dest: 
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+    return left_out
 
 
 def _record_failure(service: ReviewService, username: str, export: ApprovedExport, dest: Path, exc: OSError) -> str:
@@ -230,17 +237,31 @@ def _check_publishable(staged: Path, dest: Path) -> None:
             raise IsADirectoryError(f"{dest / path}: a folder where the export writes a file")
 
 
-def _keep_others(staged: Path, dest: Path) -> None:
+def _exported_for(path: Path, folders: set[str]) -> bool:
+    """Whether ``path`` (relative to the export folder) is a file an export writes for a product
+    whose folder is one of ``folders``: ``<product>/certificate.pdf`` or ``<product>/gates_<tube>.xml``."""
+    return (len(path.parts) == 2 and path.parts[0] in folders
+            and (path.name == "certificate.pdf" or (path.name.startswith("gates_") and path.name.endswith(".xml"))))
+
+
+def _keep_others(staged: Path, dest: Path, folders: set[str]) -> list[str]:
     """The files of an existing ``dest`` that the export does not replace, hard-linked (else
     copied; symbolic links as links) into ``staged`` at the same places, and ``dest``'s folders'
-    permissions: ``staged`` is then what ``dest`` becomes."""
+    permissions: ``staged`` is then what ``dest`` becomes. A previous export's certificate or
+    Gating-ML of a product of the run (``folders``: :func:`_exported_for`) that this export does
+    not write is left out, never shown beside a table that no longer approves it: returned
+    (relative paths, sorted)."""
     if not dest.exists():
-        return
+        return []
     replaced = {str(p) for p in _staged_files(staged)}
+    left_out: list[str] = []
 
     def ignore(folder: str, names: list[str]) -> set[str]:
         here = Path(folder).relative_to(dest)
-        return {n for n in names if str(here / n) in replaced}
+        stale = {n for n in names if str(here / n) not in replaced and _exported_for(here / n, folders)
+                 and not (Path(folder) / n).is_dir()}
+        left_out.extend(str(here / n) for n in stale)
+        return {n for n in names if str(here / n) in replaced} | stale
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -249,6 +270,7 @@ def _keep_others(staged: Path, dest: Path) -> None:
             shutil.copy2(src, dst)
 
     shutil.copytree(dest, staged, symlinks=True, ignore=ignore, copy_function=link_or_copy, dirs_exist_ok=True)
+    return sorted(left_out)
 
 
 def _publish(staged: Path, dest: Path) -> None:
