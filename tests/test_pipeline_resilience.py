@@ -276,16 +276,17 @@ def test_include_identifiers_opts_in(planted, tmp_path):
 
 
 def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, jobs: int, previous: bool = True,
-                                       after: int = 1):
+                                       after: int = 1, command: list[str] | None = None):
     """``tilpheno process`` (``tilpheno.launch.main``) into an OUT holding a previous run's files
     (``previous``; else a new OUT), the process sending itself ``signame`` once its first product is done (as in a terminal:
     SIGINT raises KeyboardInterrupt), before the run takes it in (``after`` 1), or once the run has
-    taken in ``after - 1`` products (and stored them in its cache); the finished subprocess and OUT."""
+    taken in ``after - 1`` products (and stored them in its cache); the finished subprocess and OUT.
+    ``command``: another command line to run so (``report OUT``), OUT left as the caller made it."""
     import subprocess
     import sys
 
     out = tmp_path / "out"
-    if previous:
+    if previous and command is None:
         out.mkdir()
         (out / "phenotypes.csv").write_text("previous complete table\n")
         (out / "run.json").write_text('{"outputs": ["phenotypes.csv", "run.json"]}\n')
@@ -303,9 +304,9 @@ def _signalled_after_the_first_product(small_cohort, tmp_path, signame: str, job
               "sys.argv = ['tilpheno', *sys.argv[1:]]\n"
               "main()\n")
     # stderr is inherited by the workers: run() returns once they have ended too
-    done = subprocess.run([sys.executable, "-c", script, "process", str(small_cohort.out_dir), "-o", str(out),
-                           "--manifest", str(small_cohort.manifest), "--jobs", str(jobs), "--overwrite"],
-                          capture_output=True, text=True, timeout=300)
+    argv = command or ["process", str(small_cohort.out_dir), "-o", str(out), "--manifest", str(small_cohort.manifest),
+                       "--jobs", str(jobs), "--overwrite"]
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300)
     return done, out
 
 
@@ -340,6 +341,28 @@ def test_ctrl_c_into_a_new_out_says_what_it_left(small_cohort, tmp_path):
         f"note: no output was written to {out} (created by this run; it holds only .cache); its cache (.cache) "
         "keeps the finished products for the next run", "error: interrupted (Ctrl-C) before the command finished"], \
         done.stderr
+
+
+@pytest.mark.parametrize("signame, status, line", [
+    ("SIGTERM", 143, "error: terminated (SIGTERM) before the command finished"),
+    ("SIGINT", 130, "error: interrupted (Ctrl-C) before the command finished"),
+])
+def test_a_signal_stops_report_cleanly_and_says_what_it_left(small_cohort, tmp_path, signame, status, line):
+    """`tilpheno report OUT` (after `process --reports later`) stopped by SIGTERM or Ctrl-C once its
+    first report was drawn: OUT stayed as it was, but the command said only 'terminated', where
+    `process` says what became of OUT -> the same `note:` line; OUT's run.json unchanged, no report
+    published, and `report OUT` run again draws them all (exit 0)."""
+    out = tmp_path / "out"
+    assert process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, reports="later").ok
+    record = (out / "run.json").read_bytes()
+    done, _ = _signalled_after_the_first_product(small_cohort, tmp_path, signame, 1, command=["report", str(out)])
+    assert done.returncode == status, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-2:] == [f"note: {out} was left as it was", line], done.stderr
+    assert (out / "run.json").read_bytes() == record and not list(out.glob("products/*/report.html"))
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.parent.name for p in out.glob("products/*/report.html")) == ["TIL001", "TIL002", "TIL003"]
 
 
 def _manifest_missing(small_cohort, tmp_path):

@@ -694,6 +694,7 @@ def report(
     """
 
     from tilpheno.errors import TilphenoError
+    from tilpheno.io.outdir import left_behind
     from tilpheno.pipeline import rerun_arguments
 
     try:
@@ -707,6 +708,9 @@ def report(
                                      describe=lambda n, files: _report_progress_text(products or [], n, files))
     except (TilphenoError, OSError) as exc:
         _fail(exc)
+    except (KeyboardInterrupt, Terminated):   # what became of OUT (an existing run's folder), as process says
+        typer.secho(f"note: {left_behind(out, created=False)}", fg=typer.colors.YELLOW, err=True)
+        raise
     _print_summary(summary, shown)
     _warn_run_unfit(summary, kwargs["folder"])
     if not summary.ok:
