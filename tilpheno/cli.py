@@ -690,7 +690,8 @@ def report(
     Exit status: 0 reports drawn and the run is ok (every product done, every input file read); 1
     reports drawn, but the run is not ok, as its `process` exited 1 (some product failed: it has no
     report; or an input file could not be read or used), said on stderr; 2 nothing drawn (OUT holds no
-    readable run, an input changed since, an unknown product, OUT not writable).
+    readable run, an input changed since, an unknown product, OUT not writable); 130 / 143 stopped by
+    Ctrl-C / SIGTERM (OUT as it was, a note says so).
     """
 
     from tilpheno.errors import TilphenoError
