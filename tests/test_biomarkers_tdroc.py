@@ -123,3 +123,38 @@ def test_bootstrap_standard_errors_agree_with_r_score(case):
         compared = roc.compare("a", "b", row.time)
         assert compared["difference"] == pytest.approx(row.difference, rel=1e-10, abs=1e-12)
         assert compared["se_boot"] == pytest.approx(row.se_difference, rel=0.15)
+
+
+def test_the_comparison_ci_is_at_the_asked_conf_level():
+    """conf_level 0.90: the AUCs' CIs were 90% but the CI of the difference of two markers stayed at the 2.5/97.5%
+    quantiles (95%). Against a marker with one value for everyone (AUC 1/2 in every resample), the difference is
+    AUC_x - 1/2 in every resample, so its CI must be the AUC's own CI minus 1/2 (both percentile intervals of the
+    same resamples, to 1e-12); and narrower than the 95% one (same seed)."""
+    rng = np.random.default_rng(7)
+    t, e, x = _simulate(rng, 150)
+    flat = np.zeros_like(x)
+    for level in (0.90, 0.95):
+        roc = time_roc(t, e, {"x": x, "flat": flat}, [0.5], n_boot=120, seed=3, conf_level=level)
+        own = roc.table.set_index("marker").loc["x"]
+        compared = roc.compare("x", "flat", 0.5)
+        assert compared["ci_low"] == pytest.approx(own.ci_low - 0.5, abs=1e-12)
+        assert compared["ci_high"] == pytest.approx(own.ci_high - 0.5, abs=1e-12)
+        if level == 0.90:
+            narrow = compared["ci_high"] - compared["ci_low"]
+    assert narrow < compared["ci_high"] - compared["ci_low"]
+
+
+def test_the_methods_give_the_level_of_the_auc_and_spline_intervals():
+    """conf_level 0.90: the methods said '95% percentile bootstrap CIs' of the AUCs and a 'pointwise 95% band' of
+    the splines, both drawn at 90%."""
+    from types import SimpleNamespace
+
+    from tilpheno.biomarkers.analysis import Settings
+    from tilpheno.biomarkers.report import extra_methods
+
+    text = " ".join(extra_methods(SimpleNamespace(settings=Settings(conf_level=0.90), cox_univariable=pd.DataFrame(),
+                                                  cox_multivariable=pd.DataFrame(), cutpoints=pd.DataFrame(),
+                                                  splines=pd.DataFrame(), auc_comparisons=pd.DataFrame(),
+                                                  responders=pd.DataFrame())))
+    assert "90% percentile bootstrap CIs" in text and "pointwise 90% band" in text
+    assert "95%" not in text

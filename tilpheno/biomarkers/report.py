@@ -575,9 +575,9 @@ def _bootstrap_methods(s) -> list[str]:
         "with inverse-probability-of-censoring weights (cases: an event at or before t, each weighted by 1/G(T-), G the "
         "Kaplan-Meier curve of the censoring times just before the case's time; controls: event-free after t; tied "
         "marker values count 1/2; equal to R riskRegression::Score, cens.model 'km'), "
-        "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); 95% "
-        f"percentile bootstrap CIs ({s.n_boot} resamples); each marker compared with the first marker on the same "
-        "resamples (z test of the difference).",
+        "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); "
+        f"{round(100 * s.conf_level)}% percentile bootstrap CIs ({s.n_boot} resamples); each marker compared with the "
+        "first marker on the same resamples (z test of the difference, and its percentile CI at the same level).",
     ]
 
 
@@ -589,7 +589,8 @@ def extra_methods(results) -> list[str]:
         "knots at Harrell's quantiles (rms::rcs conventions; outer knots at the 5th smallest and largest values "
         "below 100 patients; a floor or ceiling value shared by 5% of the patients or more moves the outer knot to the "
         "next value, as Hmisc rcspline.eval) in a univariable Cox model; Wald tests of any association and of nonlinearity "
-        "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise 95% band "
+        "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise "
+        f"{round(100 * s.conf_level)}% band "
         "and a rug of the observed values. A spline whose model has no finite estimate (a monotone likelihood: at every "
         "event time the patients with the event have the highest, or lowest, marker value at risk; R coxph and cph: "
         "huge coefficients and 'Ran out of iterations') is not fitted, its row kept with 'not fitted: why': the splines "

@@ -78,24 +78,28 @@ def auc_at(time, event, score, t: float, weights=None) -> float:
 
 @dataclass
 class TimeROC:
-    """AUC(t) of each marker at each time with bootstrap percentile CIs; ``boot`` holds the resamples."""
+    """AUC(t) of each marker at each time with bootstrap percentile CIs at ``conf_level``; ``boot`` holds the
+    resamples."""
 
     table: pd.DataFrame  # marker, time, n, cases, controls, auc, ci_low, ci_high, se_boot
     boot: dict[tuple[str, float], np.ndarray]
     n_boot: int
+    conf_level: float
 
     def compare(self, marker_a: str, marker_b: str, t: float) -> dict:
-        """Paired bootstrap comparison of two markers' AUC(t)."""
+        """Paired bootstrap comparison of two markers' AUC(t); the percentile CI of the difference at the
+        ``conf_level`` of the AUCs' own CIs."""
         tab = self.table.set_index(["marker", "time"])
         diff = tab.at[(marker_a, t), "auc"] - tab.at[(marker_b, t), "auc"]
         d = self.boot[(marker_a, t)] - self.boot[(marker_b, t)]
         d = d[np.isfinite(d)]
         se = float(np.std(d, ddof=1)) if d.size > 1 else float("nan")
         z = diff / se if se > 0 else float("nan")
+        alpha = 1 - self.conf_level
         return dict(marker_a=marker_a, marker_b=marker_b, time=t, auc_a=tab.at[(marker_a, t), "auc"],
                     auc_b=tab.at[(marker_b, t), "auc"], difference=diff, se_boot=se,
-                    ci_low=float(np.quantile(d, 0.025)) if d.size else np.nan,
-                    ci_high=float(np.quantile(d, 0.975)) if d.size else np.nan,
+                    ci_low=float(np.quantile(d, alpha / 2)) if d.size else np.nan,
+                    ci_high=float(np.quantile(d, 1 - alpha / 2)) if d.size else np.nan,
                     z=z, p=float(2 * stats.norm.sf(abs(z))) if np.isfinite(z) else float("nan"))
 
 
@@ -129,4 +133,4 @@ def time_roc(time, event, scores: dict[str, np.ndarray], times, n_boot: int = 20
                              ci_low=float(np.quantile(bs, alpha / 2)) if bs.size else np.nan,
                              ci_high=float(np.quantile(bs, 1 - alpha / 2)) if bs.size else np.nan,
                              se_boot=float(np.std(bs, ddof=1)) if bs.size > 1 else np.nan, n_boot=int(bs.size)))
-    return TimeROC(pd.DataFrame(rows), boot, n_boot)
+    return TimeROC(pd.DataFrame(rows), boot, n_boot, conf_level)
