@@ -3,6 +3,7 @@ numbers at risk, log-rank O/E, Holm/BH, Lau94 conventions, recorded Cox warnings
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,39 @@ def test_cox_tables_have_model_ids_and_numeric_cuts(res):
     assert multi[multi.coding == "continuous"].cut.isna().all()
     assert multi.converged.all() and (multi.max_scaled_score < 1e-6).all()
     assert {"wald_chisq", "score_chisq", "concordance_se", "zph_df", "zph_global_df"} <= set(multi.columns)
+
+
+def test_doses_read_in_1e9_cells_in_every_table_of_the_report(res):
+    """The report's responders table read 'til_dose_cells ... 3.61e+10 ± 2.07e+10; 3.2e+10 (...)' and 'resp_mean
+    3.614e+10', its splines table knots '1.197e+10;2.08855e+10;...' and reference '2.664e+10', where the rest of the
+    report reads doses in 10⁹ cells -> every number of a dose row in the dose's unit reads 'x ×10⁹', x the raw value
+    (the CSV's, and the responders' mean, SD and median straight from the outcomes file) / 1e9 to 3 significant
+    digits; the CSVs keep cells (codebook: marker unit)."""
+    from tilpheno.biomarkers.report import table_view
+
+    page = Path(res.files["report.html"]).read_text()
+    assert re.search(r"\d\.?\d*e\+(09|10|11)", page) is None
+    outcomes = pd.read_csv(REF / "til_cohort_outcomes.csv")
+    resp = outcomes.til_dose_cells[outcomes.best_response.isin(["CR", "PR"])] / 1e9
+    truth = f"{resp.mean():.3g} ± {resp.std():.3g}; {resp.median():.3g} "
+    responders = pd.read_csv(res.files["responders.csv"])
+    splines = pd.read_csv(res.files["splines.csv"])
+    for frame, key in ((responders, "variable"), (splines, "marker")):
+        view = table_view(frame)
+        for raw, cells in zip(frame.itertuples(index=False), view["rows"]):
+            if getattr(raw, key) != "til_dose_cells":
+                continue
+            shown = dict(zip(view["columns"], cells))
+            for column in ("resp_mean", "resp_sd", "nonresp_median", "mean_diff", "mean_diff_ci_low", "reference"):
+                if column in shown:
+                    assert shown[column].endswith(" ×10⁹")
+                    assert float(shown[column].split()[0]) == pytest.approx(getattr(raw, column) / 1e9, rel=5e-3)
+            if "resp_summary" in shown:
+                assert shown["resp_summary"].startswith(truth) and shown["resp_summary"].endswith(" ×10⁹")
+                assert raw.resp_summary == shown["resp_summary"]    # the CSV's text reads as the report's
+            if "knots" in shown:
+                knots = [float(k) / 1e9 for k in raw.knots.split(";")]
+                assert [float(k.split()[0]) for k in shown["knots"].split("; ")] == pytest.approx(knots, rel=5e-3)
 
 
 def test_holm_and_bh_across_markers(res):

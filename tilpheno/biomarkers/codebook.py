@@ -103,6 +103,21 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "id": ("unmatched id", "", ""),
     "predicted": ("mean predicted survival at time in the group", "fraction", "Cox, Efron baseline hazard"),
     "observed_ci_low": ("lower CI", "fraction", "pointwise, conf_type"), "observed_ci_high": ("upper CI", "fraction", ""),
+    "resp_summary": ("responders: mean ± SD; median (IQR), 3 significant digits", "marker unit; cell doses ×10⁹ cells", ""),
+    "nonresp_summary": ("non-responders: mean ± SD; median (IQR), 3 significant digits",
+                        "marker unit; cell doses ×10⁹ cells", ""),
+    **{f"{group}_{stat}": (f"{group}: {stat}", "marker unit", method)
+       for group in ("resp", "nonresp") for stat, method in (("mean", ""), ("sd", "n - 1 denominator"), ("median", ""),
+                                                             ("q1", "R quantile type 7"), ("q3", "R quantile type 7"))},
+    "t_statistic": ("Welch t statistic", "", "R t.test"), "t_df": ("Welch degrees of freedom", "", "R t.test"),
+    "mean_diff": ("difference in means, responders - non-responders", "marker unit", "R t.test"),
+    "mean_diff_ci_low": ("lower CI of mean_diff", "marker unit", "Welch"),
+    "mean_diff_ci_high": ("upper CI of mean_diff", "marker unit", "Welch"),
+    "median_diff": ("difference in medians, responders - non-responders", "marker unit", ""),
+    "w_statistic": ("Mann-Whitney W: pairs with the responder value larger, ties 1/2", "", "R wilcox.test"),
+    "odds_ratio": ("odds ratio of response, second level vs first", "", "conditional MLE, R fisher.test"),
+    "or_ci_low": ("lower CI of odds_ratio", "", "exact, R fisher.test"),
+    "or_ci_high": ("upper CI of odds_ratio", "", "exact, R fisher.test"),
 }
 
 FILE_COLUMNS: dict[tuple[str, str], tuple[str, str, str]] = {
@@ -112,13 +127,13 @@ FILE_COLUMNS: dict[tuple[str, str], tuple[str, str, str]] = {
 
 
 def codebook(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Rows ``file, column, meaning, unit, method`` for every column of ``tables`` (file name -> frame)."""
+    """Rows ``file, column, meaning, unit, method`` for every column of ``tables`` (file name -> frame). A column in
+    ``marker unit`` is in the unit of its row's marker (cells for ``*_dose_cells``); the report reads those of a cell
+    dose in 10⁹ cells (report.table_view)."""
     rows = []
     for name, frame in tables.items():
         for col in frame.columns:
             meaning, unit, method = FILE_COLUMNS.get((name, str(col))) or COLUMNS.get(
                 str(col), ("input column (outcomes or phenotypes)", "", ""))
-            if str(col).startswith(("resp_", "nonresp_")):
-                meaning = f"{'non-responders' if str(col).startswith('nonresp') else 'responders'}: {col.split('_', 1)[1]}"
             rows.append((name, col, meaning, unit, method))
     return pd.DataFrame(rows, columns=["file", "column", "meaning", "unit", "method"])

@@ -7,7 +7,9 @@ Conventions:
 - Hazard ratios with CIs: 3 significant digits, more (up to 6) while a bound that excludes 1
   would print as 1 (e.g. ``1.026 (1.0004-1.052)``), or while the estimate prints equal to a bound.
 - Rates (response, survival probabilities) as percentages with one decimal.
-- Cell doses (columns ``*_dose_cells``) in units of 10^9 cells: ``5.98 ×10⁹``.
+- Cell doses (columns ``*_dose_cells``) in units of 10^9 cells: ``5.98 ×10⁹``; so are, in a table row of a cell-dose
+  marker, the columns the codebook gives in ``marker unit`` (cut, spline knots, responders' means, SDs, quartiles and
+  differences, and their ``mean ± SD; median (IQR)`` text).
 - Other numbers to 4 significant digits; a column whose every value is whole (counts, whole months)
   without decimals (:func:`whole_number_columns`).
 """
@@ -76,6 +78,17 @@ def pct(v, decimals: int = 1) -> str:
 
 def dose(v) -> str:
     return f"{float(v) / 1e9:.3g} ×10⁹" if _finite(v) else "–"
+
+
+def is_dose(marker: str) -> bool:
+    """A cell-dose column (``*_dose_cells``), read in 10⁹ cells."""
+    return str(marker).endswith("_dose_cells")
+
+
+def spread(marker: str, mean, sd, median, q1, q3) -> str:
+    """``mean ± SD; median (Q1–Q3)`` at 3 significant digits; a cell dose in 10⁹ cells (``... ×10⁹``)."""
+    scale, unit = (1e9, " ×10⁹") if is_dose(marker) else (1.0, "")
+    return f"{mean / scale:.3g} ± {sd / scale:.3g}; {median / scale:.3g} ({q1 / scale:.3g}–{q3 / scale:.3g}){unit}"
 
 
 def cell(column: str, value, columns=()) -> str:

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .cohort import ENDPOINTS, endpoint_cohort
-from .formatting import cell, dose, fmt_hr_ci, fmt_p, sig, whole_number_columns
+from .codebook import COLUMNS as CODEBOOK_COLUMNS
+from .formatting import cell, dose, fmt_hr_ci, fmt_p, is_dose, sig, whole_number_columns
 from .survival import KaplanMeier
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -238,7 +239,7 @@ def _slug(text: str) -> str:
 
 
 def fmt_cut(marker: str, value: float) -> str:
-    return dose(value) if marker.endswith("_dose_cells") else sig(value, 4)
+    return dose(value) if is_dose(marker) else sig(value, 4)
 
 
 def marker_labels(markers) -> dict[str, str]:
@@ -252,7 +253,7 @@ def _marker_unit(marker: str) -> str:
     """What one unit of a continuous marker's hazard ratio is, for the forest plot."""
     from tilpheno.report.codebook import build_codebook
 
-    if marker.endswith("_dose_cells"):
+    if is_dose(marker):
         return "per 10⁹ cells"
     unit = str(build_codebook({"": [marker]}).loc[0, "unit"])
     return "per 1 %-point" if unit.startswith("%") else "per 1 unit"
@@ -424,7 +425,7 @@ def spline_figure(results, endpoint: str, marker: str, export: FigureExport | No
         return None
     row = results.splines[(results.splines.endpoint == endpoint) & (results.splines.marker == marker)].iloc[0]
     x = results.cohort.data[marker].dropna().to_numpy(float)
-    scale = 1e9 if marker.endswith("_dose_cells") else 1.0
+    scale = 1e9 if is_dose(marker) else 1.0
     with matplotlib_rc():
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
         ax.fill_between(c.x / scale, c.ci_low, c.ci_high, color=COLORS[0], alpha=0.2, lw=0)
@@ -441,14 +442,16 @@ def spline_figure(results, endpoint: str, marker: str, export: FigureExport | No
                 f"spline_{endpoint}_{_slug(marker)}")
 
 
-_CUT_COLUMNS = ("cut", "cutpoint")
+_MARKER_UNIT = frozenset(c for c, (_, unit, _) in CODEBOOK_COLUMNS.items() if unit == "marker unit")
 
 
 def _row_cells(columns: list[str], row, whole: set[str]) -> list[str]:
-    """One table row for reading: formatting.cell by column; a dose marker's cut in 10⁹ cells; the
-    ``whole`` columns (formatting.whole_number_columns) without decimals."""
+    """One table row for reading: formatting.cell by column; in a dose marker's row the columns in the marker's
+    unit (codebook ``marker unit``: cut, knots, responders' means, quartiles, differences) in 10⁹ cells; spline
+    knots each as a cut (fmt_cut); the ``whole`` columns (formatting.whole_number_columns) without decimals."""
     marker = next((str(v) for c, v in zip(columns, row) if c in ("variable", "marker")), "")
-    return [dose(v) if c in _CUT_COLUMNS and marker.endswith("_dose_cells") and isinstance(v, (float, np.floating))
+    return ["; ".join(fmt_cut(marker, float(k)) for k in v.split(";")) if c == "knots" and isinstance(v, str) and v
+            else dose(v) if c in _MARKER_UNIT and is_dose(marker) and isinstance(v, (float, np.floating))
             and np.isfinite(v) else str(int(v)) if c in whole and np.isfinite(v) else cell(c, v, columns)
             for c, v in zip(columns, row)]
 

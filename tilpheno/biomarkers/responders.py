@@ -16,6 +16,8 @@ statistic: pairs with the responder value larger, ties 1/2); for two-level categ
 the conditional maximum-likelihood odds ratio of response (second level vs first) with its exact
 CI (R ``fisher.test``).
 Missing values are left out per variable; ``n_resp``/``n_nonresp`` say how many were used.
+The ``*_summary`` texts follow the report's reading convention (formatting.spread: a cell dose in 10⁹ cells); the
+numeric columns keep the variable's own unit (codebook: ``marker unit``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import itertools
 import numpy as np
 import pandas as pd
 from scipy import special, stats
+
+from .formatting import spread
 
 MAX_EXACT_TABLES = 200_000
 MC_TABLES = 20_000
@@ -65,18 +69,18 @@ def fisher_rx2(table: np.ndarray) -> float:
     return float(min(total, 1.0))
 
 
-def _summary(x: np.ndarray) -> tuple:
+def _summary(name: str, x: np.ndarray) -> tuple:
     if x.size == 0:
         return ("", *[np.nan] * 5)
     mean, sd = float(np.mean(x)), float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
     med, q1, q3 = (float(v) for v in np.percentile(x, [50, 25, 75]))
-    return f"{mean:.3g} ± {sd:.3g}; {med:.3g} ({q1:.3g}–{q3:.3g})", mean, sd, med, q1, q3
+    return spread(name, mean, sd, med, q1, q3), mean, sd, med, q1, q3
 
 
 def _numeric_row(name: str, x: np.ndarray, responder: np.ndarray) -> dict:
     ok = ~np.isnan(x)
     a, b = x[ok & responder], x[ok & ~responder]
-    sa, sb = _summary(a), _summary(b)
+    sa, sb = _summary(name, a), _summary(name, b)
     effects = dict(t_statistic=np.nan, t_df=np.nan, mean_diff=np.nan, mean_diff_ci_low=np.nan,
                    mean_diff_ci_high=np.nan, median_diff=np.nan, w_statistic=np.nan)
     welch = np.nan
