@@ -75,6 +75,30 @@ def test_calibration_at_a_time_groups():
     assert (cal.observed.between(cal.observed_ci_low, cal.observed_ci_high) | cal.observed.isna()).all()
 
 
+CAL = pd.read_csv(REF / "calibration_reference.csv", float_precision="round_trip")
+
+
+@pytest.mark.parametrize("ds", sorted(CAL.dataset.unique()))
+def test_calibration_groups_and_values_equal_rms_calibrate(ds):
+    """calibration_at said it was 'as rms::calibrate(cmethod = "KM")' but split the patients into equal-size rank
+    groups (lung at 365 days: 57, 57, 57, 56), where rms cuts at the quantiles of c(0, 1, S(u | x)) (cut2 intervals):
+    54, 58, 58, 57 -> the same groups. Against calibration_reference.csv (rms::calibrate(cph, cmethod = "KM", u,
+    m = n %/% 4)'s mean.predicted and KM, equal to rms::groupkm's, with its n): each group's size equal, the mean
+    predicted S(u) within 1e-9 (both Cox fits converged), the Kaplan-Meier S(u) within 1e-12. The TIL dose enters in
+    10⁹ cells (predictions do not change with the unit; in cells newton_cox stops early, see the report)."""
+    from tilpheno.biomarkers.validation import calibration_at
+
+    want = CAL[CAL.dataset == ds]
+    frame = pd.read_csv(REF / "lung.csv") if ds == "lung" else data(ds)[0]
+    frame = frame.assign(til_dose_cells=frame.til_dose_cells / 1e9) if "til_dose_cells" in frame else frame
+    variables = want.model.iloc[0].split(" + ")
+    columns = ("time", "event") if ds == "lung" else (f"{ds[4:]}_months", f"{ds[4:]}_event")
+    got = calibration_at(frame, *columns, variables, float(want.time.iloc[0]), groups=4)
+    assert got.n.tolist() == want.n.tolist()
+    np.testing.assert_allclose(got.predicted, want.predicted, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got.observed, want.observed, rtol=0, atol=1e-12)
+
+
 def test_newton_trial_step_that_overflows_is_halved_without_numpy_warnings():
     """From beta = 1 on this 12-patient bootstrap-like sample (the demo's calibration refit), the first
     Newton step is so long that every late risk set underflows (log(0), 0/0): that trial is rejected

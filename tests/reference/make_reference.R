@@ -669,6 +669,33 @@ for (ep in c("pfs", "os"))
                til[[paste0(ep, "_event")]], til$cd8pd1_pct_of_cd8, til$til_dose_cells, c(6, 12))
 write_ref(do.call(rbind, ts), "tdauc_se_reference.csv")
 
+# ---- apparent calibration at a time u, as rms::calibrate(cph(..., surv = TRUE, time.inc = u), cmethod = "KM", u, m):
+# S(u | x) = S0(u)^exp(lp) (cph's surv.summary); g = floor(n / m) groups (m = n %/% 4: 4 groups) at the cuts
+# unique(quantile(c(0, 1, S(u | x)), seq(0, 1, length = g + 1))), cut2 intervals [cut_i, cut_i+1) (the last closed);
+# per group (rms::groupkm, which calibrate calls) the mean predicted S(u), n, events and the Kaplan-Meier S(u); cph
+# converged to eps 1e-12, not its default 1e-4.
+# calibrate's own mean.predicted and KM columns (its apparent ones, B = 2) are checked equal to groupkm's here.
+cal <- list()
+add_calibration <- function(dataset, d, form, u) {
+  f <- cph(form, data = d, x = TRUE, y = TRUE, surv = TRUE, time.inc = u, eps = 1e-12, tol = 1e-13)
+  m <- nrow(d) %/% 4
+  set.seed(1)
+  out <- capture.output(k <- suppressWarnings(calibrate(f, cmethod = "KM", u = u, m = m, B = 2)))
+  surv <- as.vector(f$surv.summary[2, , 1]^exp(f$linear.predictors))
+  cuts <- unique(quantile(c(0, 1, surv), seq(0, 1, length = floor(nrow(d) / m) + 1), na.rm = TRUE))
+  gk <- groupkm(surv, f$y, u = u, cuts = cuts)
+  stopifnot(isTRUE(all.equal(unname(gk[, "x"]), unname(k[, "mean.predicted"]), tolerance = 1e-12)),
+            isTRUE(all.equal(unname(gk[, "KM"]), unname(k[, "KM"]), tolerance = 1e-12)))
+  cal[[length(cal) + 1]] <<- data.frame(dataset = dataset, model = deparse(form[[3]]), time = u,
+    group = seq_len(nrow(gk)), n = gk[, "n"], events = gk[, "events"], predicted = gk[, "x"], observed = gk[, "KM"])
+}
+tc <- til[, c("pfs_months", "pfs_event", "os_months", "os_event", "cd8_pct_of_cd3", "age", "til_dose_cells")]
+add_calibration("til_pfs", tc, Surv(pfs_months, pfs_event) ~ cd8_pct_of_cd3 + age, 12)
+add_calibration("til_os", tc, Surv(os_months, os_event) ~ til_dose_cells, 12)
+lc <- na.omit(lung2[, c("time", "event", "age", "sex", "ph_ecog")])
+add_calibration("lung", lc, Surv(time, event) ~ age + sex + ph_ecog, 365)
+write_ref(do.call(rbind, cal), "calibration_reference.csv")
+
 writeLines(c(R.version.string, paste("survival", packageVersion("survival")),
              paste("maxstat", packageVersion("maxstat")), paste("rms", packageVersion("rms")),
              paste("riskRegression", packageVersion("riskRegression")),

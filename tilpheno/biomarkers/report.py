@@ -569,11 +569,12 @@ def _bootstrap_methods(s) -> list[str]:
         f"bootstrap samples (seed {s.seed}); optimism = mean(training - test) Somers' Dxy and calibration slope "
         "(rms::validate method 'boot', with its refits: a sample whose refit fails in R, at 10 iterations or singular, "
         "is left out; B is the number used); the optimism-corrected values are in validation.csv. Calibration at "
-        f"{s.calibration_time:g} months: patients in quartiles of the predicted survival (Cox with the Efron baseline "
-        "hazard, as R survfit.coxph), mean predicted against Kaplan-Meier observed with its pointwise CI "
-        f"('{s.conf_type}' transformation, as above; apparent, calibration.csv; "
+        f"{s.calibration_time:g} months: patients in 4 groups of the predicted survival (Cox with the Efron baseline "
+        "hazard, as R survfit.coxph) cut at the quartiles of the predictions with 0 and 1 added, as rms::calibrate "
+        "(cmethod 'KM', m = n/4; Hmisc::cut2 intervals, so not equal-size groups), mean predicted against Kaplan-Meier "
+        f"observed with its pointwise CI ('{s.conf_type}' transformation, as above; apparent, calibration.csv; "
         f"observed blank, as the {s.calibration_time:g}-month rate, where the group's last time is before "
-        f"{s.calibration_time:g} months).",
+        f"{s.calibration_time:g} months, or, as rms::groupkm, the group has fewer than 2 patients).",
         f"Time-dependent discrimination: cumulative/dynamic AUC at {', '.join(f'{t:g}' for t in s.roc_times)} months "
         "with inverse-probability-of-censoring weights (cases: an event at or before t, each weighted by 1/G(T-), G the "
         "Kaplan-Meier curve of the censoring times just before the case's time; controls: event-free after t; tied "
@@ -692,7 +693,7 @@ def render_report(results, export: FigureExport | None = None) -> str:
         ("Multivariable Cox models (cox_multivariable.csv)", results.cox_multivariable),
         ("Restricted cubic splines (splines.csv)", results.splines),
         ("Bootstrap internal validation (validation.csv)", results.validation),
-        ("Calibration at a time: predicted vs Kaplan-Meier by quartile of predicted survival (calibration.csv)",
+        ("Calibration at a time: predicted vs Kaplan-Meier by group of predicted survival, as rms::calibrate (calibration.csv)",
          results.calibration),
         ("Time-dependent AUC (time_auc.csv)", results.time_auc),
         ("Time-dependent AUC comparisons (time_auc_comparisons.csv)", results.auc_comparisons),

@@ -192,12 +192,25 @@ def predicted_survival(time, event, lp, lp_new, u: float) -> np.ndarray:
     return np.exp(-H0 * np.exp(np.asarray(lp_new, dtype=float)))
 
 
+def calibration_groups(pred: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
+    """Group (1, 2, ...) of each predicted S(u) and the number of groups, as ``rms::calibrate(cmethod = "KM")``: cuts
+    ``unique(quantile(c(0, 1, pred), seq(0, 1, length = groups + 1)))`` (R type 7), ``Hmisc::cut2`` intervals
+    ``[cut_i, cut_i+1)``, the last closed (cut2 moves each cut but the last down by half the smallest gap between
+    the predictions and cuts, then R ``cut``'s right-closed intervals). Not equal-size groups: with ties, or as the
+    quantiles take 0 and 1 in (lung, 227 patients: 54, 58, 58, 57). A group may be empty (tied predictions)."""
+    cuts = np.unique(np.quantile(np.r_[0.0, 1.0, pred], np.linspace(0, 1, groups + 1)))
+    edges = cuts - np.min(np.diff(np.unique(np.r_[pred, cuts]))) / 2
+    edges[-1] = cuts[-1]
+    return np.searchsorted(edges, pred, side="left"), cuts.size - 1
+
+
 def calibration_at(frame: pd.DataFrame, duration: str, event: str, variables: list[str], u: float,
                    groups: int = 4, conf_type: str = "log", conf_level: float = 0.95) -> pd.DataFrame:
-    """Apparent calibration at time ``u`` (as ``rms::calibrate(cmethod = "KM")`` without the bootstrap):
-    patients in ``groups`` equal-size groups of predicted S(u); per group the mean predicted S(u) and the
+    """Apparent calibration at time ``u``, as ``rms::calibrate(cph(..., surv = TRUE, time.inc = u), cmethod = "KM",
+    u = u, m = n %/% groups)`` without the bootstrap (its mean.predicted and KM columns; rms::groupkm): patients in
+    ``groups`` groups of predicted S(u) (:func:`calibration_groups`); per group the mean predicted S(u) and the
     Kaplan-Meier S(u) with its pointwise CI (``conf_type``, as the analysis' Kaplan-Meier summaries; missing when
-    the group's follow-up ends before u)."""
+    the group's follow-up ends before u, or, as groupkm, when the group has fewer than 2 patients)."""
     from .survival import KaplanMeier
 
     data = frame[[duration, event, *variables]].dropna().reset_index(drop=True)
@@ -207,10 +220,13 @@ def calibration_at(frame: pd.DataFrame, duration: str, event: str, variables: li
     fit = newton_cox(t, e, X)
     lp = linear_predictor(X, fit.beta)
     pred = predicted_survival(t, e, lp, lp, u)
-    order = np.argsort(pred, kind="stable")
+    group, n_groups = calibration_groups(pred, groups)
     rows = []
-    for g, idx in enumerate(np.array_split(order, groups), start=1):
-        lm = KaplanMeier(conf_type, conf_level).fit(t[idx], e[idx]).survival_at(u)
-        rows.append(dict(time=u, group=g, n=idx.size, predicted=float(pred[idx].mean()), observed=lm.surv,
-                         observed_ci_low=lm.ci_low, observed_ci_high=lm.ci_high))
+    for g in range(1, n_groups + 1):
+        idx = np.flatnonzero(group == g)
+        lm = KaplanMeier(conf_type, conf_level).fit(t[idx], e[idx]).survival_at(u) if idx.size >= 2 else None
+        rows.append(dict(time=u, group=g, n=idx.size, predicted=float(pred[idx].mean()) if idx.size else np.nan,
+                         observed=lm.surv if lm is not None else np.nan,
+                         observed_ci_low=lm.ci_low if lm is not None else np.nan,
+                         observed_ci_high=lm.ci_high if lm is not None else np.nan))
     return pd.DataFrame(rows)
