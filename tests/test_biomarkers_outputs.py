@@ -766,6 +766,24 @@ def test_methods_do_not_describe_bootstrap_analyses_that_were_not_run():
     assert "Internal validation, calibration and time-dependent AUC: not done (0 bootstrap samples asked for)." in text
 
 
+def test_an_analysis_at_90_percent_says_90_percent_everywhere_in_its_report():
+    """Settings(conf_level=0.90): the Cox tables' CIs are 90% ones, but the forest plots' column read 'HR (95% CI)'
+    and the text above them 'Wald 95% confidence intervals' -> both give the level used; no '95%' is left on the
+    page (the methods' AUC and spline levels: test_biomarkers_tdroc)."""
+    from tilpheno.biomarkers.analysis import Settings, analyse
+    from tilpheno.biomarkers.cohort import build_cohort
+    from tilpheno.biomarkers.report import render_report
+
+    cohort = build_cohort(pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv"),
+                          markers=["cd8_pct_of_cd3", "til_dose_cells"], covariates=[])
+    results = analyse(cohort, Settings(endpoints=("pfs",), n_perm=0, n_boot=20, conf_level=0.90))
+    cox = results.cox_univariable.dropna(subset=["hr"]).iloc[0]
+    assert np.log(cox.hr_ci_high / cox.hr) == pytest.approx(1.6448536 * cox.se, rel=1e-6)   # the CIs are 90% ones
+    page = render_report(results)
+    assert "HR (90% CI)" in page and "Wald 90% confidence intervals" in page
+    assert re.search(r"95 ?%", page) is None
+
+
 def test_an_endpoint_without_events_is_one_warning_not_one_per_marker_and_model(tmp_path):
     """PFS without events: after the endpoint's warning came, per marker, 'maximally selected cut-point not
     computed', 'no log-rank test: no events', four 'Cox model not fitted (no events)', 'spline model not fitted',

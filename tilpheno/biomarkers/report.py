@@ -313,12 +313,13 @@ def _thin_tick_labels(fig, ax) -> None:
 
 
 def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None = None,
-                  name: str | None = None) -> dict | None:
+                  name: str | None = None, conf_level: float = 0.95) -> dict | None:
     """ggforest-style forest plot of the markers' hazard ratios from a Cox table (one endpoint, one
     model kind): per row the marker's readable name, its level or unit, N, the estimate and CI on a
-    log axis, "HR (95% CI)" and p as text. Continuous markers (HR per unit) and dichotomised ones
-    (high vs the low level, shown as a "reference" row with its N) are separate panels with their own
-    axes. A row whose model could not be fitted says "not estimable" (why: the table's ``warning``).
+    log axis, "HR (95% CI)" (at the table's ``conf_level``) and p as text. Continuous markers (HR per
+    unit) and dichotomised ones (high vs the low level, shown as a "reference" row with its N) are
+    separate panels with their own axes. A row whose model could not be fitted says "not estimable"
+    (why: the table's ``warning``).
     Returns ``_svg``'s dict, or None when no row has an estimate."""
     import matplotlib
 
@@ -350,7 +351,7 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
                  parse_math=False, gid="tp-title")
         header_y = 1 - (head_in - 0.1) / height
         for key, label, ha in (("marker", "Marker", "left"), ("level", "Level / unit", "left"), ("n", "N", "right"),
-                               ("hr", "HR (95% CI)", "left"), ("p", "p", "right")):
+                               ("hr", f"HR ({round(100 * conf_level)}% CI)", "left"), ("p", "p", "right")):
             fig.text(col[key], header_y, label, ha=ha, va="bottom", fontsize=8.5, weight="bold", gid=f"tp-head-{key}")
         fig.add_artist(plt.Line2D([0.01, 0.99], [header_y - 0.03 / height] * 2, color="#555555", lw=0.8))
         top = 1 - head_in / height
@@ -411,7 +412,8 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
 
 
 def spline_figure(results, endpoint: str, marker: str, export: FigureExport | None = None) -> dict[str, Any] | None:
-    """log HR (vs the median) against the marker with its 95% band and a rug of the observed values."""
+    """log HR (vs the median) against the marker with its pointwise band (the analysis' conf_level) and a rug of the
+    observed values."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -675,7 +677,8 @@ def render_report(results, export: FigureExport | None = None) -> str:
             part = table[table.endpoint == endpoint] if not table.empty else table
             title = f"{ENDPOINT_NAMES[endpoint]}: {name.lower()} Cox models" + (
                 f" (each marker adjusted for {covs})" if name == "Multivariable" and covs else "")
-            fig = forest_figure(part, title, export, f"forest_{name.lower()}_{endpoint}") if not part.empty else None
+            fig = (forest_figure(part, title, export, f"forest_{name.lower()}_{endpoint}", results.settings.conf_level)
+                   if not part.empty else None)
             if fig:
                 forests.append({"title": title, "id": f"forest_{name.lower()}_{endpoint}", **fig})
     splines = []
