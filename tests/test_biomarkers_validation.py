@@ -85,7 +85,7 @@ def test_calibration_groups_and_values_equal_rms_calibrate(ds):
     54, 58, 58, 57 -> the same groups. Against calibration_reference.csv (rms::calibrate(cph, cmethod = "KM", u,
     m = n %/% 4)'s mean.predicted and KM, equal to rms::groupkm's, with its n): each group's size equal, the mean
     predicted S(u) within 1e-9 (both Cox fits converged), the Kaplan-Meier S(u) within 1e-12. The TIL dose enters in
-    10⁹ cells (predictions do not change with the unit; in cells newton_cox stops early, see the report)."""
+    10⁹ cells (predictions do not change with the unit)."""
     from tilpheno.biomarkers.validation import calibration_at
 
     want = CAL[CAL.dataset == ds]
