@@ -1808,7 +1808,8 @@ def test_the_product_list_says_a_product_was_re_run_after_signing(driver, tmp_pa
             cell = driver.find_element("link text", PID).find_elements("xpath", "../../td")[2]
             assert cell.text == ("not approved: approval for release of version 1 void: re-run after signing: needs "
                                  "review (input data, infused cell number, strategy, FMO percentile, study dose "
-                                 "definitions or release spec changed after signing)"), cell.text
+                                 "definitions, panel file, FMO control markers (manifest fmo_marker) or release spec "
+                                 "changed after signing)"), cell.text
             assert cell.get_attribute("class") == "needs-review"
             assert "0 approved, 0 rejected, 1 neither (1 re-run after signing: approval or rejection void, needs review);" \
                 in counts, counts

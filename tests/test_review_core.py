@@ -723,18 +723,20 @@ def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(serv
     assert last.reason.endswith("account fay was disabled while signing"), last.reason
 
 
-def til001_run(processed_once, outcomes_copy=False, products=("TIL001",)):
+def til001_run(processed_once, outcomes_copy=False, products=("TIL001",), panel=""):
     """``(out, run)``: the sample's ``products`` (TIL001 unless named) processed into ``out`` (tables
-    only; :func:`processed_once`) with the sample's outcomes table or, ``outcomes_copy``, a copy of it
-    at ``out.parent / "outcomes.csv"`` (which the test may change); ``run(**settings)`` processes them
-    again, as often as a test re-runs it."""
+    only; :func:`processed_once`) with the manifest ``out.parent / "manifest.csv"`` and the sample's
+    outcomes table or, ``outcomes_copy``, a copy of it at ``out.parent / "outcomes.csv"``, and with
+    ``panel`` (a panel file's text) the panel file ``out.parent / "panel.csv"`` (each of which the
+    test may change); ``run(**settings)`` processes them again, as often as a test re-runs it."""
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
 
     def run_in(work, **settings):
         outcomes_path = work / "outcomes.csv" if outcomes_copy else SAMPLE / "outcomes.csv"
         summary = process_folder(SAMPLE, work / "out", manifest_csv=work / "manifest.csv", outcomes_path=outcomes_path,
-                                 allow_unmatched=True, make_reports=False, **settings)
+                                 allow_unmatched=True, make_reports=False,
+                                 panel_path=work / "panel.csv" if panel else None, **settings)
         assert summary.ok, summary.failed
 
     def first(work):
@@ -743,9 +745,11 @@ def til001_run(processed_once, outcomes_copy=False, products=("TIL001",)):
         one.to_csv(work / "manifest.csv", index=False)
         if outcomes_copy:
             pd.read_csv(SAMPLE / "outcomes.csv").to_csv(work / "outcomes.csv", index=False)
+        if panel:
+            (work / "panel.csv").write_text(panel)
         run_in(work)
 
-    work = processed_once(f"run_{'_'.join(products)}{'_outcomes' if outcomes_copy else ''}", first)
+    work = processed_once(f"run_{'_'.join(products)}{'_outcomes' if outcomes_copy else ''}{'_panel' if panel else ''}", first)
     return work / "out", lambda **settings: run_in(work, **settings)
 
 
@@ -867,7 +871,8 @@ def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, p
         cli("process", SAMPLE, "-o", out, "--manifest", out.parent / "manifest.csv", "--outcomes", SAMPLE / "outcomes.csv",
             "--allow-unmatched", "--reports", "none", "--overwrite", "--fmo-percentile", "99")
         rerun = ("approval for release of version 1 void: re-run after signing: needs review (input data, infused cell "
-                 "number, strategy, FMO percentile, study dose definitions or release spec changed after signing)")
+                 "number, strategy, FMO percentile, study dose definitions, panel file, FMO control markers (manifest "
+                 "fmo_marker) or release spec changed after signing)")
         said = cli("export-approved", out, "-o", tmp_path / "approved", "--db", url)
         assert said.strip().endswith("0 approved product(s) of 2 exported to " + str(tmp_path / "approved")
                                      + " (1 re-run after signing: approval or rejection void, needs review; "
@@ -978,8 +983,9 @@ def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_p
     before = database.read_bytes()
     said = process().strip().splitlines()[-1]   # after the outcomes table's line
     assert said == (f"note: {database} holds QA decisions (approvals or rejections) of TIL001: kept; one on a "
-                            "product whose input files, strategies, release spec, FMO percentile, infused dose or study "
-                            "dose definitions this run changed is void, as is one whose automatic gates it changed once "
+                            "product whose input files, strategies, release spec, FMO percentile, infused dose, study "
+                            "dose definitions, panel file or FMO control markers this run changed is void, as is one "
+                            "whose automatic gates it changed once "
                             "the product is opened: "
                             f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'"), said
     assert database.read_bytes() == before                       # read, not changed
@@ -1015,7 +1021,8 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, pr
         assert row["review_status"] == "not approved" and math.isnan(row.get("cd3_dose_cells", math.nan))
         [view] = again.signatures(pid)
         assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy, FMO percentile, "
-                                                       "study dose definitions or release spec changed after signing")
+                                                       "study dose definitions, panel file, FMO control markers (manifest "
+                                                       "fmo_marker) or release spec changed after signing")
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "approved" and row["cd3_dose_cells"] == pytest.approx(2 * dose, rel=1e-9)
@@ -1064,6 +1071,65 @@ def test_a_rerun_with_another_dose_definition_voids_the_approval(kind, tmp_path,
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "approved" and row["treg_dose_cells"] == pytest.approx(moved, rel=1e-9)
+        again.factory.kw["bind"].dispose()
+    finally:
+        drop_schema(url)
+
+
+SAMPLE_PANEL = "tube,detector,marker\nsurface,PE-A,PD1\nsurface,APC-A,CD56\n"
+"""A panel file naming the detectors of the sample's surface PD1 and CD56 as its files' $PnS do."""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("change", ["panel row", "fmo_marker"])
+def test_a_rerun_with_a_corrected_panel_row_or_fmo_label_voids_the_approval(change, kind, tmp_path, processed_once):
+    """TIL001 processed with the panel file's PD1 and CD56 rows swapped (which detector carries which
+    marker), or with the manifest's fmo_marker of its PD1 and CD56 FMO controls swapped (which FMO
+    anchors which gate), approved with its QC flags resolved; the lab corrects the row or the label
+    and processes the same files again (inputs, strategies, release spec, doses unchanged; the
+    new run raises no flag): the approval stayed valid (the list, export-approved: approved) until
+    the product was opened and its new automatic gates imported. The signature binds the panel
+    file's rows and the FMO controls' markers: void at once, the reason naming them."""
+    from review_support import database_url, drop_schema, make_service
+    from tilpheno.review.export import approved_tables
+    from tilpheno.review.server import build_service
+
+    pid = "TIL001"
+    out, run = til001_run(processed_once, panel=SAMPLE_PANEL)
+    if change == "panel row":
+        path = out.parent / "panel.csv"
+        swapped = SAMPLE_PANEL.replace("PE-A,PD1", "PE-A,CD56").replace("APC-A,CD56", "APC-A,PD1")
+    else:
+        path = out.parent / "manifest.csv"
+        manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+        swapped = manifest.assign(fmo_marker=manifest["fmo_marker"].replace({"PD1": "CD56", "CD56": "PD1"})).to_csv(index=False)
+    correct = path.read_text()
+    assert swapped != correct
+    path.write_text(swapped)
+    run(overwrite=True)
+    signed = pd.read_csv(out / "populations.csv", dtype=str, keep_default_na=False)
+    url = database_url(kind, tmp_path)
+    first = make_service(out, url)
+    try:
+        first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                   approval_resolutions(first, pid), oos_justification=OOS_REASON)
+        assert approved_tables(first)[0].set_index("product_id").loc[pid, "review_status"] == "approved"
+        first.factory.kw["bind"].dispose()
+
+        path.write_text(correct)
+        run(overwrite=True)
+        assert not pd.read_csv(out / "populations.csv", dtype=str, keep_default_na=False).equals(signed)   # gates moved
+        again = build_service(out, url)
+        assert not [f for f in again.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+        listed = again.listed_decisions()   # the product not opened: its new gates not imported
+        assert listed.decisions[pid] is None, listed.decisions
+        assert listed.voided[pid] == (
+            "approval for release of version 1 void: re-run after signing: needs review (input data, infused cell "
+            "number, strategy, FMO percentile, study dose definitions, panel file, FMO control markers (manifest "
+            "fmo_marker) or release spec changed after signing)"), listed.voided[pid]
+        assert approved_tables(again)[0].set_index("product_id").loc[pid, "review_status"] == "not approved"
+        [view] = again.signatures(pid)   # opened: still void
+        assert not view.valid, view
         again.factory.kw["bind"].dispose()
     finally:
         drop_schema(url)
@@ -1146,15 +1212,17 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path, proces
         drop_schema(url)
 
 
-def test_a_signature_made_before_the_dose_was_bound_stays_valid(service, monkeypatch):
-    """A database's signatures made before the infused cell number was part of the signed data
-    (their data SHA-256 lacks it) stay valid while their product is unchanged; a signature made now
-    binds it."""
+@pytest.mark.parametrize("form", ["legacy", "dose", "controls", "study_doses"])
+def test_a_signature_made_before_the_dose_was_bound_stays_valid(form, service, monkeypatch):
+    """A database's signatures made before the infused cell number (``legacy``), the controls
+    (``dose``), the dose definitions (``controls``) or the panel file and FMO markers
+    (``study_doses``) were part of the signed data (their data SHA-256 lacks them) stay valid while
+    their product is unchanged; a signature made now binds them."""
     from tilpheno.review import service as module
 
     pid = "TIL002"
     hashed = module.data_sha256
-    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="legacy"))
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form=form))
     old = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "reviewed", service.current_version(pid), {})
     monkeypatch.setattr(module, "data_sha256", hashed)
     new = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "reviewed", service.current_version(pid), {})

@@ -626,6 +626,12 @@ class ReviewSource:
         return [{"file": name, "tube": tube, "role": role, "sha256": sha256}
                 for name, _path, sha256, tube, role, _marker in self._recorded_files(product_id)]
 
+    def fmo_markers(self, product_id: str) -> list[list[str]]:
+        """``[file, marker]`` of each of the product's gated files with an FMO marker (the marker the
+        control omits, as the manifest's ``fmo_marker`` named it; populations.csv), in its order:
+        which FMO anchors which marker's gate (signatures bind these)."""
+        return [[name, marker] for name, _tube, _role, marker in self._file_rows(product_id) if marker]
+
     def other_inputs(self, product_id: str) -> list[dict]:
         """What else the run read for the product, as :meth:`inputs_digest` records the gated files
         (``file``, ``tube``, ``role``, ``sha256``, from run.json alone): each of its files that

@@ -14,8 +14,10 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   infused cell number (the doses' base: a re-run with a corrected outcomes table voids it) and
   the SHA-256 of the files the run read but did not gate (unstained and compensation controls,
   the compensation matrix: a replaced control voids it) and the study's dose definitions (a re-run
-  with another base or variable of a dose voids it); a signature made before the dose definitions,
-  the controls, or the dose, were bound is checked without them (:data:`DATA_FORMS`). A
+  with another base or variable of a dose voids it), the run's panel file (marker -> detector) and
+  the marker each FMO control omits (the manifest's ``fmo_marker``: a swapped row or label voids
+  it); a signature made before the panel and FMO markers, the dose definitions, the controls, or
+  the dose, were bound is checked without them (:data:`DATA_FORMS`). A
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). The role, account, assignment
   and version are checked as they are after the (slow) password check, and an audited change
@@ -541,11 +543,13 @@ def _get(db: Session, model: type[T], key: Any) -> T:
     return row
 
 
-DATA_FORMS = ("study_doses", "controls", "dose", "legacy")
+DATA_FORMS = ("panel", "study_doses", "controls", "dose", "legacy")
 """The forms of what a signature signs besides its gates (:func:`data_sha256`), newest first: a
 signature made now binds the first; one made before is checked against the form it was made in."""
-CONTROLS_BOUND = DATA_FORMS[:2]
+CONTROLS_BOUND = DATA_FORMS[:3]
 """The forms that bind the product's controls (:meth:`ReviewSource.other_inputs`)."""
+DOSES_BOUND = DATA_FORMS[:2]
+"""The forms that bind the study's dose definitions."""
 
 
 def data_sha256(source: ReviewSource, product_id: str, version: int, gates_digest: str, *,
@@ -556,9 +560,13 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
     and the files the run read for it but did not gate (its unstained and compensation controls,
     its compensation matrix: :meth:`ReviewSource.other_inputs`) and the study's dose definitions
     (each absolute dose's base and variable: the approved doses are computed with them, so a re-run
-    with another definition voids an approval instead of changing its doses under it). ``form``
-    (:data:`DATA_FORMS`): ``controls`` without the dose definitions, as signatures made before they
-    were bound were hashed; ``dose`` without the other files either;
+    with another definition voids an approval instead of changing its doses under it), the run's
+    panel file (each row's tube, detector and marker, in file order; None without one: which
+    detector carries which marker) and the marker each of the product's FMO controls omits, as the
+    manifest's ``fmo_marker`` named it (:meth:`ReviewSource.fmo_markers`: which FMO anchors which
+    gate). ``form`` (:data:`DATA_FORMS`): ``study_doses`` without the panel and FMO markers, as
+    signatures made before they were bound were hashed; ``controls`` without the dose definitions
+    either; ``dose`` without the other files either;
     ``legacy`` without the infused cell number either, as signatures made before it was bound were
     (they stay valid, and a changed dose or control does not void them)."""
     spec = source.release_spec
@@ -576,8 +584,12 @@ def data_sha256(source: ReviewSource, product_id: str, version: int, gates_diges
         payload["infused_cells"] = None if dose is None else float(f"{dose:.9g}")
     if form in CONTROLS_BOUND:
         payload["other_inputs"] = source.other_inputs(product_id)
-    if form == "study_doses":
+    if form in DOSES_BOUND:
         payload["dose_definitions"] = [[d.name, d.base, d.variable] for d in source.study.doses]
+    if form == "panel":
+        panel = source.panel
+        payload["panel"] = None if panel is None else [[r.tube, r.detector, r.marker] for r in panel.rows]
+        payload["fmo_markers"] = source.fmo_markers(product_id)
     return hashlib.sha256(audit.canonical(payload).encode("utf-8")).hexdigest()
 
 
@@ -680,8 +692,8 @@ def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
     hold one; else what the hash binds, in general."""
     later = [r for r in reruns if r.at > signed_at and r.files]
     if not later:
-        return ("void: input data, infused cell number, strategy, FMO percentile, study dose definitions or "
-                "release spec changed after signing")
+        return ("void: input data, infused cell number, strategy, FMO percentile, study dose definitions, panel "
+                "file, FMO control markers (manifest fmo_marker) or release spec changed after signing")
     return ("void: input data changed after signing: the folder was processed again with other input files: "
             + "; ".join(_rerun_words(r) for r in later))
 
