@@ -1814,5 +1814,21 @@ def test_the_product_list_says_a_product_was_re_run_after_signing(driver, tmp_pa
             assert "0 approved, 0 rejected, 1 neither (1 re-run after signing: approval or rejection void, needs review);" \
                 in counts, counts
             assert_no_script_errors(driver)
+
+            # the product page's badge said only 'not approved' (its signatures VOID with the reason): now it
+            # says what the list says, marked alike, once opened (the new run's gates imported: version 2)
+            driver.find_element("link text", PID).click()
+            badge = wait(driver, lambda d: d.find_element("id", "approved-badge").text, "the product page")
+            assert badge.startswith("not approved: approval for release of version 1 void: re-run after signing: needs "
+                                    "review (gates changed to version 2 after signing"), badge
+            assert "needs-review" in driver.find_element("id", "approved-badge").get_attribute("class").split()
+            void = wait(driver, lambda d: [e.text for e in d.find_elements("css selector", "#signatures .void")],
+                        "the signature list")
+            assert len(void) == 1 and f"VOID - void: {badge.split(' needs review (', 1)[1][:-1]}" in void[0], (badge, void)
+            assert_no_script_errors(driver)
+            driver.get(base + "/")
+            cell = wait(driver, lambda d: d.find_element("link text", PID).find_elements("xpath", "../../td")[2].text,
+                        "the product list")
+            assert cell == badge, (cell, badge)
     finally:
         service.factory.kw["bind"].dispose()

@@ -67,7 +67,8 @@
     for (const [tube, entry] of Object.entries(S.current.tubes)) { draft[tube] = clone(entry.gates); decided[tube] = clone(entry.decided || {}); }
     $("version-badge").textContent = "gate version " + S.current_version;
     $("approved-badge").textContent = S.approved_version ? "approved: version " + S.approved_version
-      : S.rejected_version ? "rejected: version " + S.rejected_version : "not approved";
+      : S.rejected_version ? "rejected: version " + S.rejected_version : S.voided ? "not approved: " + S.voided : "not approved";
+    $("approved-badge").classList.toggle("needs-review", !S.approved_version && !S.rejected_version && !!S.voided);
     renderPlots(S.plots, S.populations.current);
     renderTables(S.populations.current, S.release.current, S.release.current_status);
     renderQC(); renderSignatures(); renderOverrule(); renderOOS(); renderVersions(); renderApply(); renderJustify();
