@@ -2101,3 +2101,62 @@ def test_a_product_page_offers_gating_ml_only_for_the_tube_kinds_it_has(tmp_path
         other = next(k for k in kinds.values() if k != kind)
         assert f"/gates/{other}.xml" not in page.text
     service.factory.kw["bind"].dispose()
+
+
+def assign_as_told(app, service):
+    """bob (an analyst assigned TIL001) opens TIL002: the 403 names the command an admin runs to assign
+    it; that command, run as given (``***`` put back as the database's password), lets bob open it;
+    withdrawn again after. The command's words."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app as cli
+
+    bob, _, _ = login(app, "bob")
+    r = bob.get("/api/products/TIL002/state")
+    assert r.status_code == 403, r.text
+    said = r.json["error"]
+    assert said.startswith("product TIL002 is not assigned to you (bob, analyst); an admin can run: "), said
+    words = shlex.split(said.split("an admin can run: ", 1)[1])
+    url = service.factory.kw["bind"].url
+    secret = url.render_as_string(hide_password=False)
+    given = [secret if w == url.render_as_string(hide_password=True) else w for w in words]
+    assert given[0] == "tilpheno"
+    r = CliRunner().invoke(cli, given[1:])
+    assert r.exit_code == 0 and "assigned TIL002 to bob" in r.output, r.output
+    try:
+        assert bob.get("/api/products/TIL002/state").status_code == 200
+    finally:
+        r = CliRunner().invoke(cli, [*given[1:], "--remove"])
+        assert r.exit_code == 0 and "withdrew TIL002 from bob" in r.output, r.output
+    return words
+
+
+def test_the_403_of_an_unassigned_product_names_the_command_that_assigns_it(app, service):
+    """An analyst opening a product not assigned to them was told 'an admin can run: tilpheno users
+    assign OUT bob TIL002' with the word OUT, not the folder the server reviews, and no word of the
+    database (a server started with --db: the command as given assigns nothing there). Now the
+    command names the output folder and this server's --db (password as ***): run as given, it
+    assigns the product."""
+    words = assign_as_told(app, service)
+    assert words[:6] == ["tilpheno", "users", "assign", str(service.source.out_dir), "bob", "TIL002"], words
+    assert words[6:] == ["--db", service.factory.kw["bind"].url.render_as_string(hide_password=True)], words
+    assert service.factory.kw["bind"].url.password is None or "***" in words[7]
+
+
+def test_the_403_names_no_db_when_the_server_uses_the_folders_own_database(review_source):
+    """The same, served with the folder's own database (OUT.review.sqlite beside it, `serve OUT`
+    without --db): the command names the folder alone, as an admin runs it there."""
+    from review_support import make_service
+    from tilpheno.review.db import default_db_path, default_db_url
+
+    out = review_source.out_dir
+    assert not default_db_path(out).exists()
+    service = make_service(out, default_db_url(out), review_source)
+    try:
+        words = assign_as_told(create_app(service), service)
+        assert words == ["tilpheno", "users", "assign", str(out), "bob", "TIL002"], words
+    finally:
+        service.factory.kw["bind"].dispose()
+        default_db_path(out).unlink()

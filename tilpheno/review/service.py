@@ -72,6 +72,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import shlex
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -843,7 +844,16 @@ class ReviewService:
         self.require_product(product_id)
         if not self.can_access(user, product_id):
             raise Forbidden(f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role}); "
-                            f"an admin can run: tilpheno users assign OUT {user.username} {product_id}")
+                            f"an admin can run: {self.assign_command(user.username, product_id)}")
+
+    def assign_command(self, username: str, product_id: str) -> str:
+        """The command an admin runs to assign ``product_id`` to ``username`` here: ``tilpheno users
+        assign <this output folder> NAME PRODUCT``, shell-quoted, with ``--db`` naming this database
+        (its password shown as ``***``) unless it is the folder's own (:meth:`_folders_own_database`)."""
+        words = ["tilpheno", "users", "assign", str(self.source.out_dir), username, product_id]
+        if not self._folders_own_database():
+            words += ["--db", self.factory.kw["bind"].url.render_as_string(hide_password=True)]
+        return shlex.join(words)
 
     def _inputs_changed(self, product: Product) -> bool:
         """False when the database holds ``product`` with this run's input files; True when this
