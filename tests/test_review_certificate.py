@@ -703,3 +703,47 @@ def test_the_certificates_phenotype_names_each_variable_in_the_reports_words(app
         label = book.loc[variable, "label"]
         assert label != variable
         assert any(line.startswith(f"{label} {variable} ") for line in lines), (variable, label)
+
+
+UNBOUND_BY_FORM = {   # what a signature of each older form does not bind, the newest form's signature binding all
+    "study_doses": ["panel file and FMO control markers not recorded at approval"],
+    "controls": ["study dose definitions not recorded at approval",
+                 "panel file and FMO control markers not recorded at approval"],
+    "dose": ["control digests not recorded at approval", "study dose definitions not recorded at approval",
+             "panel file and FMO control markers not recorded at approval"],
+    "legacy": ["control digests not recorded at approval", "infused cell number not recorded at approval",
+               "study dose definitions not recorded at approval",
+               "panel file and FMO control markers not recorded at approval"],
+}
+
+
+@pytest.mark.parametrize("form", sorted(UNBOUND_BY_FORM))
+def test_an_approval_of_an_older_form_says_what_it_does_not_bind(fresh_service, tmp_path, monkeypatch, form):
+    """An approval made before the panel file and FMO markers (``study_doses``), the study's dose
+    definitions (``controls``) or the infused cell number (``legacy``) were bound stands VALID and a
+    change there would not void it; only one made before the controls were bound said so (the
+    controls), the others said only VALID, on the page (state API) and on the certificate. Now each
+    says every thing it does not bind, with the change that would not void it; a signature made now
+    says nothing."""
+    from tilpheno.review import service as module
+
+    svc, hashed = fresh_service, module.data_sha256
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form=form))
+    old = svc.sign(PID, user(svc, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                   approval_resolutions(svc, PID), oos_justification=OOS_REASON)
+    monkeypatch.setattr(module, "data_sha256", hashed)
+    new = svc.sign(PID, user(svc, "carol").id, PASSWORDS["carol"], "reviewed", 1, {})
+    c, _, _ = login(create_app(svc), "carol")
+    shown = {s["id"]: s for s in c.get(f"/api/products/{PID}/state").json["signatures"]}
+    assert shown[old.id]["valid"] and shown[new.id]["valid"] and shown[new.id]["note"] == ""
+    note = shown[old.id]["note"]
+    said = [part.split(" (")[0] for part in note.split("; ")]
+    assert said == UNBOUND_BY_FORM[form], note
+    assert all(part.endswith("would not void it)") for part in note.split("; ")), note
+    if "panel file and FMO control markers not recorded at approval" in said:
+        assert "panel file row" in note and "fmo_marker" in note
+    if "control digests not recorded at approval" in said:
+        assert f"a replaced {PID}_unstained.fcs" in note
+    flowing = " ".join(certificate_text(svc, tmp_path)[0].split())
+    assert f"Dave Tester (dave), approved for release: {note}" in flowing
+    assert svc.release_approval(PID).notes == {old.id: note}

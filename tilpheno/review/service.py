@@ -773,13 +773,39 @@ class Approval:
 CONTROLS_UNBOUND = "control digests not recorded at approval"
 """What a valid signature made before the controls were bound (:data:`DATA_FORMS`) says: a control
 replaced since does not void it, as nothing recorded which control it was made over."""
+DOSE_UNBOUND = "infused cell number not recorded at approval"
+"""What a valid signature made before the infused cell number was bound (``legacy``) says."""
+DOSES_UNBOUND = "study dose definitions not recorded at approval"
+"""What a valid signature made before the study's dose definitions were bound says."""
+PANEL_UNBOUND = "panel file and FMO control markers not recorded at approval"
+"""What a valid signature made before the panel file and FMO markers were bound says."""
+
+
+def unbound_note(form: str, controls: Callable[[], list[dict]]) -> str:
+    """What a valid signature made in ``form`` (:data:`DATA_FORMS`) does not bind, so that a change
+    there would not void it ("" for the newest form): the product's controls (``controls()``: its
+    :meth:`ReviewSource.other_inputs`, read only for a form that does not bind them; named, when it
+    has any), the infused cell number, the study's dose definitions, the panel file and FMO markers."""
+    said = []
+    if form not in CONTROLS_BOUND and (named := [c["file"] for c in controls()]):
+        said.append(f"{CONTROLS_UNBOUND} (signed before they were bound: a replaced {', '.join(named)} would not void it)")
+    if form == "legacy":
+        said.append(f"{DOSE_UNBOUND} (signed before it was bound: a changed infused cell number would not void it)")
+    if form not in DOSES_BOUND:
+        said.append(f"{DOSES_UNBOUND} (signed before they were bound: a changed dose definition of the study would "
+                    "not void it)")
+    if form != DATA_FORMS[0]:
+        said.append(f"{PANEL_UNBOUND} (signed before they were bound: a changed panel file row, a panel file added "
+                    "or removed, or a changed manifest fmo_marker would not void it)")
+    return "; ".join(said)
 
 
 @dataclass
 class SignatureView:
     """A signature (``row``) checked against its product's current version: ``valid`` or void and why
-    (``void_reason``); ``note``: what a valid one does not bind (:data:`CONTROLS_UNBOUND`, naming the
-    controls, for one made before the controls were bound on a product with controls), else ""."""
+    (``void_reason``); ``note``: what a valid one made in an older form does not bind
+    (:func:`unbound_note`: the controls, named, the infused cell number, the dose definitions, the
+    panel file and FMO markers), else ""."""
     row: Signature
     valid: bool
     void_reason: str
@@ -1477,10 +1503,7 @@ class ReviewService:
                                                                                     for k, n in named.items())
                                                    + "): a re-run raised them after signing"))
             else:
-                controls = controls_now() if form not in CONTROLS_BOUND else []
-                out.append(SignatureView(s, True, "", f"{CONTROLS_UNBOUND} (signed before they were bound: a replaced "
-                                                      f"{', '.join(c['file'] for c in controls)} would not void it)"
-                                         if controls else ""))
+                out.append(SignatureView(s, True, "", unbound_note(form, controls_now)))
         return out
 
     def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
