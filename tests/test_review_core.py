@@ -2209,3 +2209,41 @@ def test_an_out_of_specification_approval_justified_by_its_comment_before_it_had
     cell = approved_tables(service)[0].set_index("product_id").loc[pid, "out_of_specification"]
     assert (f"; justification (the approval's comment: signed before an out-of-specification release had one of its "
             f"own) {OOS_REASON!r} by Dave Tester (dave)") in cell, cell
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_certificate_names_the_panel_file_the_run_read(kind, tmp_path, processed_once, monkeypatch):
+    """TIL001 processed with a panel file (which detector carries which marker: the approval binds
+    its rows) and approved: the certificate's "Inputs and software" listed the input files, the
+    strategies and the data hash, but not the panel file, though run.json records it and its SHA-256
+    (``parameters.panel``, ``panel_sha256``). Now it names it with the SHA-256 of the file (hashed
+    here from the file itself); a run without a panel file says 'no panel file'; a run.json that
+    recorded no SHA-256 says so."""
+    import hashlib
+
+    from review_support import database_url, drop_schema, make_service
+    from test_review_certificate import certificate_text
+
+    pid = "TIL001"
+    for panel in (SAMPLE_PANEL, ""):
+        out, _ = til001_run(processed_once, panel=panel)
+        (where := tmp_path / ("panel" if panel else "none")).mkdir()
+        url = database_url(kind, where)
+        svc = make_service(out, url)
+        try:
+            svc.sign(pid, user(svc, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                     approval_resolutions(svc, pid), oos_justification=OOS_REASON)
+            inputs = certificate_text(svc, tmp_path)[1].split("Inputs and software")[1]
+            named = [line.split() for line in inputs.splitlines() if "panel file" in line]
+            if panel:
+                digest = hashlib.sha256((out.parent / "panel.csv").read_bytes()).hexdigest()
+                assert named == [["panel", "file", "panel.csv", digest]], named
+                monkeypatch.setitem(svc.source.run["parameters"], "panel_sha256", "")   # an older run.json
+                inputs = certificate_text(svc, tmp_path)[1].split("Inputs and software")[1]
+                assert [line.split() for line in inputs.splitlines() if "panel file" in line] == [
+                    ["panel", "file", "panel.csv", "SHA-256", "not", "recorded"]]
+            else:
+                assert named == [["panel", "file", "no", "panel", "file"]], named
+            svc.factory.kw["bind"].dispose()
+        finally:
+            drop_schema(url)

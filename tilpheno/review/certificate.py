@@ -9,7 +9,8 @@ when, why: ``ReviewService.deviations``), the study
 variables recomputed with the approved gates, every QC flag with its resolution (as entered at
 approval), the gate adjustments that led to the approved version (who, when, why), the input
 files' SHA-256 (the gated files, then the controls and compensation matrix the run read but did
-not gate: ``ReviewSource.other_inputs``), the data hash the signatures are bound to, and the software and strategy
+not gate: ``ReviewSource.other_inputs``), the run's panel file and its SHA-256 (run.json's
+``parameters.panel``, ``panel_sha256``; "no panel file" without one), the data hash the signatures are bound to, and the software and strategy
 versions. A product without a valid "approved for release" signature gets no certificate.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from tilpheno.pipeline.release import not_evaluable_reason
@@ -169,6 +171,9 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     roles = src.file_roles(product_id)   # tube, role and FMO marker of each file; each control's as run.json records it
     rows += [[f"{f['file']} ({roles.get(f['file'], f['role'])})", f["sha256"]]
              for f in src.inputs_digest(product_id) + src.other_inputs(product_id)]
+    params = src.run.get("parameters", {})   # the panel file the run read (which detector carries which marker)
+    rows.append([f"panel file {Path(params['panel']).name}", params.get("panel_sha256") or "SHA-256 not recorded"]
+                if params.get("panel") else ["panel file", "no panel file"])
     rows += [[f"strategy {s.name} ({tube})", s.sha256] for tube, s in sorted(src.strategies.items())]
     rows += [["FMO percentile", f"{src.fmo_percentile:g}"],
              ["gate set SHA-256 (approved version)", approved.gates_sha256],
