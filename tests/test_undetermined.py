@@ -496,3 +496,26 @@ def test_a_population_outside_lymph_has_no_share_of_it_not_an_undetermined_one(d
                                                       undetermined_in(entry))}
     assert (rows["Ki67+"]["count"], rows["Ki67+"]["within_lymph"], rows["Ki67+"]["pct_of_live_lymph"]) == (None, False, None)
     assert rows["CD3+"]["within_lymph"] and rows["lymph"]["within_lymph"] and not rows["singlets"]["within_lymph"]
+
+
+def test_a_clamped_cut_below_undetermined_gates_quotes_no_held_count():
+    """cut_at_scale_edge of a valley gate placed on events resting on an undetermined gate said what the
+    gate keeps in held counts ('the gate keeps 299 of 300 events (99.67%)'), counts no output reports ->
+    whether it keeps all, none or part of them (edge_50). On determined events it keeps its count."""
+    from tilpheno.gates import checks
+    from tilpheno.gates.placement import place_valley
+
+    x = np.random.default_rng(12).normal(0.3, 0.1, 300)   # one broad population: 4 SDs above it is beyond the data
+    placement = place_valley(x, "CD19", keep="low", fallback_sd=4)
+    assert placement.diagnostics["clamped"]
+    kept = int(np.count_nonzero(placement.gate.contains({"CD19": x})))
+
+    def edge(held):
+        [flag] = [f for f in checks.check_valley("CD19lo", placement, x, held=held).flags if f.code == "cut_at_scale_edge"]
+        return flag.message
+
+    assert f"the gate keeps {kept} of 300 events ({100 * kept / 300:.2f}%)" in edge(())
+    said = edge(("CD3+",))
+    word = "none" if kept == 0 else "all" if kept == x.size else "part"
+    assert f"the gate keeps {word} of the events; look at" in said, said
+    assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%", said), said

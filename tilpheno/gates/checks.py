@@ -709,7 +709,8 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     (``negative_side_cut``); ``cut_in_dense_region`` and ``few_events`` against the cut moved
     by ``DELTA`` either way (the smoothing scale). ``held``: the undetermined gates ``values`` rest on
     (``phenotype.resting_on``), whose counts no output reports: then ``few_events`` says 'fewer than
-    1000 events' and ``cut_in_dense_region`` quotes no points of the parent."""
+    1000 events', ``cut_in_dense_region`` quotes no points of the parent and ``cut_at_scale_edge`` no count
+    (:func:`valley_edge_flag`)."""
     d = dict(placement.diagnostics)
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -724,7 +725,7 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
             alternative = 0.5 * (cut + float(d.get("highest_negative_peak", d.get("positive_peak", float("nan")))))
         alternatives["no_second_peak"] = [float(alternative)] + [   # the other side's call
             float(d[side]) for side in ("positive_side_cut", "negative_side_cut") if side in d]
-    edge = (valley_edge_flag(population, placement.gate, d, x),) if d.get("clamped") and x.size else ()
+    edge = (valley_edge_flag(population, placement.gate, d, x, held),) if d.get("clamped") and x.size else ()
     if edge:   # sized (for a gate the engine does not report) as its rule's flag
         alternatives["cut_at_scale_edge"] = alternatives.get("no_second_peak", [cut - DELTA, cut + DELTA])
     d["alternative_cuts"] = alternatives
@@ -763,13 +764,18 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     return pl.Placement(placement.gate, placement.method, d, tuple(flags))
 
 
-def valley_edge_flag(population: str, gate, diagnostics: Mapping[str, Any], values: np.ndarray) -> pl.Flag:
+def valley_edge_flag(population: str, gate, diagnostics: Mapping[str, Any], values: np.ndarray,
+                     held: tuple[str, ...] = ()) -> pl.Flag:
     """``cut_at_scale_edge`` (warning; see the module docstring for its size) for a stained ``valley`` gate whose rule put the
     cut beyond the parent's events (``diagnostics``: ``unclamped_threshold``, ``threshold`` = the
     clamped cut): the gate then keeps all or none of the parent, a call no density evidence made.
-    The message gives the rule's cut, the data's range (transformed units) and what the gate keeps."""
+    The message gives the rule's cut, the data's range (transformed units) and what the gate keeps:
+    its count and % of the parent's events, or, when ``values`` rest on the undetermined gates ``held``
+    (:func:`check_valley`), whose counts no output reports, only whether it keeps all or none of them."""
     marker = gate.dim
     kept = int(np.count_nonzero(gate.contains({marker: values})))
+    keeps = (f"{kept} of {values.size} events ({100.0 * kept / values.size:.2f}%)" if not held else
+             "none of the events" if kept == 0 else "all of the events" if kept == values.size else "part of the events")
     if "negative_sigma" in diagnostics or "positive_sigma" in diagnostics:
         side = "negative" if "negative_sigma" in diagnostics else "positive"
         peak = diagnostics.get("negative_peak", diagnostics.get("positive_peak"))
@@ -779,8 +785,7 @@ def valley_edge_flag(population: str, gate, diagnostics: Mapping[str, Any], valu
     return pl.Flag("cut_at_scale_edge", "warning",
                    f"{population} ({marker}): the cut {float(diagnostics['unclamped_threshold']):.4g} ({how}) lies beyond "
                    f"the parent's events [{values.min():.4g}, {values.max():.4g}]; clamped to "
-                   f"{float(diagnostics['threshold']):.4g}, the gate keeps {kept} of {values.size} events "
-                   f"({100.0 * kept / values.size:.2f}%); look at the {marker} histogram of the parent against the "
+                   f"{float(diagnostics['threshold']):.4g}, the gate keeps {keeps}; look at the {marker} histogram of the parent against the "
                    f"unstained control or an FMO", population)
 
 
