@@ -519,3 +519,68 @@ def test_a_clamped_cut_below_undetermined_gates_quotes_no_held_count():
     word = "none" if kept == 0 else "all" if kept == x.size else "part"
     assert f"the gate keeps {word} of the events; look at" in said, said
     assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%", said), said
+
+
+def _fmo_flags(fmo, stained, held, percentile):
+    from tilpheno.gates import checks
+
+    placement = checks.place_and_check("PD1+", "PD1", fmo, stained, percentile=percentile, source_file="fmo.fcs", held=held)
+    return {f.code: f.message for f in placement.flags}, checks.threshold_record(placement), placement
+
+
+@pytest.mark.parametrize("case", ["dense", "no_peak", "shifted"])
+def test_an_fmo_gates_flags_and_record_below_undetermined_gates_quote_no_held_points(case):
+    """An FMO gate whose stained parent rests on an undetermined gate quoted that held parent in its flags
+    (cut_in_dense_region '16.7 points of the parent lie within 0.03 of it', uncertain_threshold 'yet 22.8% of
+    the parent lies at or below', negative_shift 'moved 46.1 points of the parent') and its threshold record
+    (sensitivity_points, correction_points: the report's and GatingResult.thresholds' columns) -> with
+    held, the flags (same codes) quote none ('more than' a limit where the size is the check's) and the
+    record's *_points are blank (edge_50). Without held the record keeps the points measured here."""
+    rng = np.random.default_rng(3)
+    fmo = rng.normal(0.0, 0.1, 20000)
+    stained, percentile, code = {
+        "dense": (rng.normal(0.0, 0.1, 20000), 80.0, "cut_in_dense_region"),
+        "no_peak": (np.concatenate([rng.normal(0.3, 0.13, 12000), rng.normal(0.45, 0.1, 8000)]), 99.5, "uncertain_threshold"),
+        "shifted": (np.concatenate([rng.normal(0.15, 0.13, 12000), rng.normal(0.35, 0.1, 8000)]), 99.5, "negative_shift"),
+    }[case]
+    said, record, placement = _fmo_flags(fmo, stained, (), percentile)
+    held_said, held_record, _ = _fmo_flags(fmo, stained, ("CD3+", "CD4+"), percentile)
+    assert code in said and set(held_said) == set(said), (said, held_said)
+    cut = float(placement.diagnostics["threshold"])
+    sens = 100.0 * np.count_nonzero(np.abs(stained - cut) <= 0.03) / stained.size   # checks.DELTA
+    assert record["sensitivity_points"] == pytest.approx(sens, abs=1e-9)
+    assert re.search(r"\d+\.\d+(%| points)", said[code]), said[code]
+    for message in held_said.values():
+        assert not re.search(r"\d+\.\d+(%| points)", message), message
+    if case == "dense":
+        assert f"{sens:.1f} points of the parent lie within 0.03 of it" in said[code]
+    if case == "no_peak":
+        assert "yet more than 6% of the parent lies at or below" in held_said[code], held_said[code]
+    assert all(math.isnan(v) for k, v in held_record.items() if k.endswith("_points")), held_record
+    assert {k: v for k, v in held_record.items() if not k.endswith("_points")} == pytest.approx(
+        {k: v for k, v in record.items() if not k.endswith("_points")}, nan_ok=True)
+
+
+def test_an_fmo_gate_placed_below_undetermined_gates_quotes_no_held_points(drafted, tmp_path):
+    """The drafted study with CD127+ (within CD4+ within CD3+, both undetermined) gated on an FMO of CD127
+    at its 80th percentile, in the negatives: its cut_in_dense_region quoted the held parent ('30.2 points
+    of the parent lie within 0.03 of it') -> none: the engine passes the gates the stained parent rests on
+    to the FMO gate's checks (edge_50)."""
+    folder, study, _, _ = drafted
+    fcs, own = tmp_path / "fcs", tmp_path / "study"
+    shutil.copytree(folder, fcs)
+    shutil.copytree(study, own)
+    data = (fcs / FILE.name).read_bytes()   # the same events, other bytes (a byte copy is refused as no FMO)
+    (fcs / "fmo_cd127.fcs").write_bytes(data.replace(b"$BTIM\\15:36:28", b"$BTIM\\15:37:28", 1))
+    with open(own / "manifest.csv", "a") as manifest:
+        manifest.write(f"fmo_cd127.fcs,{pd.read_csv(own / 'manifest.csv')['product_id'].iloc[0]},tube025,fmo,CD127\n")
+    strategy = own / "tube025.yaml"
+    drafted_gate = "{name: CD127+, parent: CD4+, dims: [CD127], method: valley, params: {keep: high}}"
+    assert drafted_gate in strategy.read_text()
+    strategy.write_text(strategy.read_text().replace(
+        drafted_gate, "{name: CD127+, parent: CD4+, dims: [CD127], method: fmo, params: {percentile: 80}}"))
+    _process(fcs, own, tmp_path / "out")
+    qc = pd.read_csv(tmp_path / "out" / "qc.csv")
+    [message] = qc.query("gate == 'CD127+' and code == 'cut_in_dense_region' and file == @FILE.name")["message"]
+    assert "CD127+ (CD127): the threshold " in message and "lies inside the negative peak" in message, message
+    assert not re.search(r"points of the parent", message), message

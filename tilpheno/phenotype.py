@@ -1078,8 +1078,11 @@ class _TubeKindRun:
                     if skew_reference:   # a marker-poor population of the same tubes (gated before k)
                         params["reference_fmo"] = st.tube.data[marker][st.masks[skew_reference]]
                         params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
+                # the stained parent's counts are not reported below an undetermined gate: its flags quote none
+                held = (resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
+                        if evidence is not None and stained is not None else ())
                 call = dict(percentile=pct, source_file=source, min_events=min_events,
-                            transform=st.tube.transforms.get(marker), **params, **anchor)
+                            transform=st.tube.transforms.get(marker), held=held, **params, **anchor)
                 placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
                 if evidence is not None and kind == "FMO" and stained is not None:
                     placement = self._residual_check(pop, st, stained[1], placement, call, skew_reference)
@@ -1140,7 +1143,7 @@ class _TubeKindRun:
         evidence = corrected(stained, stained.parent_mask(pop))
         other = checks.place_and_check(pop.name, marker, corrected(fmo, fmo.parent_mask(pop)), evidence, **again)
         return checks.residual_impact(pop.name, marker, placement, stained.tube.data[marker][stained.parent_mask(pop)],
-                                      other, evidence, slopes)
+                                      other, evidence, slopes, held=call["held"])
 
     def _unstained(self, i: int, pop: Population) -> np.ndarray | None:
         """The product's unstained control's events for file ``i``'s one-population valley cut of

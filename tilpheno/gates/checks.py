@@ -187,6 +187,13 @@ checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set 
 is placed; '' otherwise)."""
 
 
+def _points(value: float, limit: float, held: tuple[str, ...], unit: str = " points") -> str:
+    """``value`` (percentage points of a stained parent, over ``limit``: its check fired) as a flag quotes it, or,
+    when that parent rests on the undetermined gates ``held`` (``phenotype.resting_on``), whose counts no output
+    reports, 'more than ``limit``'."""
+    return f"more than {limit:g}{unit}" if held else f"{value:.1f}{unit}"
+
+
 def _uncertain(message: str) -> pl.Flag:
     """An ``uncertain_threshold`` review warning (module docstring) with ``message``."""
     return pl.Flag("uncertain_threshold", "warning", message)
@@ -203,27 +210,28 @@ def tail_shape(fmo: np.ndarray, stained: np.ndarray, cut: float, binding: pl.Ref
 
 
 def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], binding: pl.ReferenceBinding,
-                  limit: float) -> str:
+                  limit: float, held: tuple[str, ...]) -> str:
     """The ``uncertain_threshold`` message of the tail-shape check (:func:`tail_shape`)."""
     tail, sd = d["relative_lognormal"], binding.total_spread
     shape = "a normal" if not binding.right_skewed else f"{pl.SKEWED_WEIGHT:.2f} of the way from a normal to a log-normal"
     return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the FMO percentile with {shape} "
             f"nonspecific signal read on the reference population (median {binding.shift:.0f}, SD {sd:.0f} linear "
             f"units); a log-normal signal with the same median and SD would put it at {tail:.3f} and "
-            f"{'lower' if tail > cut else 'raise'} the % by {d['tail_points']:.1f} points of the parent (limit "
+            f"{'lower' if tail > cut else 'raise'} the % by {_points(d['tail_points'], limit, held)} of the parent (limit "
             f"{limit:g}): the reads do not fix the shape of a heavy binding tail; look at the {marker} histogram of "
             f"the parent and of the reference population, stained vs FMO")
 
 
-def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high: float, limit: float) -> str:
+def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high: float, limit: float,
+                   held: tuple[str, ...]) -> str:
     """The ``uncertain_threshold`` message of an additive reference carry-over's ``reference_above_points``
     (module docstring), naming the tail-shape check too when it fired on the same reading (``tail_points``)."""
     tail = (f"; the tail-shape check fired too: a log-normal signal with the read median and SD would put the cut at "
             f"{d['relative_lognormal']:.3f} and {'lower' if d['relative_lognormal'] > cut else 'raise'} the % by "
-            f"{d['tail_points']:.1f} points of the parent (tail_points, limit {limit:g})"
+            f"{_points(d['tail_points'], limit, held)} of the parent (tail_points, limit {limit:g})"
             if d["tail_points"] > limit else "")
     return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the reference population) lies "
-            f"{d['reference_above_points']:.1f} points of the parent above the parent's own upper-side carry-over of "
+            f"{_points(d['reference_above_points'], limit, held)} of the parent above the parent's own upper-side carry-over of "
             f"the FMO percentile {high:.3f} (limit {limit:g}), which its nonspecific tail and its positives next to "
             f"the negatives can only raise: the reference reads more binding than the parent shows (under-call){tail}; "
             f"look at the {marker} histogram of the parent and of the reference population, stained vs FMO")
@@ -253,31 +261,33 @@ def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: A
 
 
 def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift_points: float,
-                 limit: float) -> str:
+                 limit: float, held: tuple[str, ...]) -> str:
     """The ``uncertain_threshold`` message of a ``width_side: fit`` cut (:func:`fit_judgement`)."""
     skewed = d.get("fit_log_sd", 0.0) > 0
     other = (f"a normal binding fitted to the same negatives puts it at {d['fit_normal']:.3f}" if skewed else
              f"a log-normal binding with spreading fitted to the same negatives puts it at {d['fit_lognormal']:.3f}")
     evidence = (f"{other} "
                 f"and the fit's {100 * pl.CONFIDENCE:g} % interval is +/- {d['fit_error']:.3f}: the % could move by "
-                f"{d['candidate_points']:.1f} points (limit {limit:g}); the bulk of the negatives does not fix the shape "
+                f"{_points(d['candidate_points'], limit, held)} (limit {limit:g}); the bulk of the negatives does not fix the shape "
                 f"of the binding's tail" if math.isfinite(d["candidate_points"]) else
                 "the fit could not be repeated on folds of the events, so its uncertainty is unknown")
     fitted = (f"the log-normal binding fitted to the stained negatives, median {d['fit_shift']:.0f} linear units, log-SD "
               f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}" if skewed else
               f"the additive binding fitted to the stained negatives, shift {d['fit_shift']:.0f}, SD {d['fit_spread']:.0f} "
               f"linear units")
-    return (f"{name}: the threshold {cut:.3f} ({fitted}) moved {d['correction_points']:.1f} points of "
+    return (f"{name}: the threshold {cut:.3f} ({fitted}) moved {_points(d['correction_points'], shift_points, held)} of "
             f"the parent from the FMO percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
             f"of the parent, stained vs FMO")
 
 
-def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any], below_fmo: float) -> str:
+def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any], below_fmo: float,
+                       held: tuple[str, ...]) -> str:
     """The ``uncertain_threshold`` message of a log-normal ``width_side: fit`` cut
     (``placement.lognormal_share_fit``) that no stained valley confirmed; ``below_fmo``: % of the
-    stained parent at or below the FMO percentile."""
-    return (f"{name}: binding moved the stained negatives past the FMO percentile {d['fmo_threshold']:.3f} (only "
-            f"{below_fmo:.0f}% of the parent at or below it); the threshold {cut:.3f} carries it over with a "
+    stained parent at or below the FMO percentile (not quoted when that parent rests on the undetermined gates ``held``)."""
+    below = "" if held else f" (only {below_fmo:.0f}% of the parent at or below it)"
+    return (f"{name}: binding moved the stained negatives past the FMO percentile {d['fmo_threshold']:.3f}{below}; "
+            f"the threshold {cut:.3f} carries it over with a "
             f"log-normal binding fitted to the negatives (median {d['fit_shift']:.0f} linear units, log-SD "
             f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}) and no stained valley confirms it: dim "
             f"{marker}+ cells merged into the binding's tail would be taken for it; look at the {marker} histogram of "
@@ -286,11 +296,14 @@ def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any],
 
 def threshold_record(placement: pl.Placement) -> dict[str, Any]:
     """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number; ``reading_verdict`` '':
-    the engine sets it when every threshold is placed)."""
+    the engine sets it when every threshold is placed). The ``*_points`` columns (points of the stained parent)
+    are NaN when that parent rests on undetermined gates (``resting_on``, :func:`place_and_check`'s ``held``)."""
     d = placement.diagnostics
     out: dict[str, Any] = {}
     for key in RECORD_COLUMNS:
         out[key] = "" if key == "reading_verdict" else d.get(key, "" if key in ("rule", "winner") else float("nan"))
+        if key.endswith("_points") and d.get("resting_on"):
+            out[key] = float("nan")
     if not out["winner"]:
         out["winner"] = placement.method
     return out
@@ -336,11 +349,15 @@ def place_and_check(
     reference_fmo: np.ndarray | None = None,
     reference_stained: np.ndarray | None = None,
     reference_carry: str = "additive",
+    held: tuple[str, ...] = (),
     **anchor: Any,
 ) -> pl.Placement:
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
     there is no stained evidence) and add the self-check flags of the module docstring; every
-    flag (the placement's and the checks') has ``gate`` ``population``."""
+    flag (the placement's and the checks') has ``gate`` ``population``. ``held``: the undetermined gates the
+    stained parent rests on (``phenotype.resting_on``), whose counts no output reports: then the flags quote
+    no points or % of it (a size over its limit says 'more than' the limit) and :func:`threshold_record`
+    leaves its ``*_points`` columns blank."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
         placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
                                            min_events=min_events)
@@ -360,6 +377,8 @@ def place_and_check(
         stained = np.asarray(stained_values, dtype=np.float64)
         stained = stained[np.isfinite(stained)]
     d = dict(placement.diagnostics)
+    if held:
+        d["resting_on"] = held
     cut = float(d["threshold"])
     name = f"{population} ({marker})"
     flags = list(placement.flags)
@@ -389,7 +408,7 @@ def place_and_check(
             used = ("the FMO percentile carried over with the binding read on the reference population"
                     if d.get("relative_carry") == "reference" else "the FMO percentile")
             flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', pl.MAX_SHIFT):g} "
-                                    f"transformed units), yet {below:.1f}% of the parent lies at or below {used} "
+                                    f"transformed units), yet {_points(below, NO_PEAK_POINTS, held, '%')} of the parent lies at or below {used} "
                                     f"{cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
                                     f"reach and the cut several points off; look at the {marker} histogram of the parent, "
                                     f"stained vs FMO"))
@@ -403,14 +422,14 @@ def place_and_check(
                 d.update(fit_judgement(fmo, stained, cut, anchor["transform"], percentile, d))
                 uncertain = d["correction_points"] > shift_points and not d["candidate_points"] <= uncertain_points
                 if uncertain:
-                    flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points)))
+                    flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points, held)))
             if d.get("fit_log_sd", 0.0) > 0 and not math.isfinite(d.get("fit_normal", float("nan"))) and not uncertain:
                 # binding moved the whole negative peak past the FMO percentile and no stained valley set the
                 # cut (placement: it would have): a log-normal tail fitted, which dim positives merged into it
                 # would move unseen
                 uncertain = True
                 below_fmo = 100.0 * np.count_nonzero(stained <= t_fmo) / stained.size
-                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, below_fmo)))
+                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, below_fmo, held)))
         elif extrapolated and math.isfinite(low) and math.isfinite(high):
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
             referenced = (d.get("winner") == "fmo_relative"
@@ -431,19 +450,19 @@ def place_and_check(
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
             if uncertain and referenced:
                 flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
-                                        f"reference population) moved {d['correction_points']:.1f} points of the parent from "
+                                        f"reference population) moved {_points(d['correction_points'], shift_points, held)} of the parent from "
                                         f"the FMO percentile (limit {shift_points:g}) and could move the % by "
-                                        f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}) within the "
+                                        f"{_points(d['candidate_points'], uncertain_points, held)} (limit {uncertain_points:g}) within the "
                                         f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
                                         f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
                                         f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
                                         f"population, stained vs FMO"))
             elif uncertain:
                 flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
-                                        f"{d['correction_points']:.1f} points of the parent from the FMO percentile (limit "
+                                        f"{_points(d['correction_points'], shift_points, held)} of the parent from the FMO percentile (limit "
                                         f"{shift_points:g}) and the other carry-over of the FMO percentile (negative peak's "
                                         f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
-                                        f"{d['candidate_points']:.1f} points (limit {uncertain_points:g}): the data do not tell a "
+                                        f"{_points(d['candidate_points'], uncertain_points, held)} (limit {uncertain_points:g}): the data do not tell a "
                                         f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
                                         f"histogram of the parent, stained vs FMO"))
             # the checks that judge the shared reading run on every gate carrying it, whatever flagged the gate
@@ -457,7 +476,7 @@ def place_and_check(
                 messages = []
                 if d["reference_above_points"] > uncertain_points:
                     messages.append(f"the threshold {cut:.3f} read on the reference population "
-                                    f"(reference_carry quantile) lies {d['reference_above_points']:.1f} points of the "
+                                    f"(reference_carry quantile) lies {_points(d['reference_above_points'], uncertain_points, held)} of the "
                                     f"parent above the parent's own carry-over of the FMO percentile {own:.3f} "
                                     f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
                                     f"stained tail and this cut (under-call)")
@@ -473,7 +492,7 @@ def place_and_check(
                         messages.append(f"{d['reference_positive_pct']:.2f}% of the reference population's "
                                         f"stained events are {marker}+ (as bright as the parent's positives, beyond "
                                         f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
-                                        f"would be {cleaned:.3f}, {d['reference_positive_points']:.1f} points of the "
+                                        f"would be {cleaned:.3f}, {_points(d['reference_positive_points'], uncertain_points, held)} of the "
                                         f"parent away (limit {uncertain_points:g})")
                 if messages:
                     # both checks also read a heavy binding tail as marker+ cells: a second opinion
@@ -485,8 +504,8 @@ def place_and_check(
                         d["reading_verdict"] = tuple(c for c in ("reference_above_points", "reference_positive_points")
                                                      if d.get(c, 0.0) > uncertain_points)
                         tail = (f"a log-normal binding tail fitted to the reference's bulk reaches only "
-                                f"{d['reference_tail_cut']:.3f}, {d['reference_tail_points']:.1f} points of the parent "
-                                f"below the cut" if math.isfinite(d["reference_tail_cut"])
+                                f"{d['reference_tail_cut']:.3f}" + ("" if held else f", {d['reference_tail_points']:.1f} points of the parent")
+                                + " below the cut" if math.isfinite(d["reference_tail_cut"])
                                 else "no binding tail could be fitted to the reference's bulk")
                         flags.append(_uncertain(f"{name}: {'; and '.join(messages)}; {tail}; look at the {marker} "
                                                 f"histogram of the reference population, stained vs FMO, for {marker}+ "
@@ -505,9 +524,9 @@ def place_and_check(
                 if verdict:
                     uncertain = True
                     d["reading_verdict"] = verdict
-                    flags.append(_uncertain(_above_message(name, marker, cut, d, high, uncertain_points)
+                    flags.append(_uncertain(_above_message(name, marker, cut, d, high, uncertain_points, held)
                                             if verdict[0] == "reference_above_points" else
-                                            _tail_message(name, marker, cut, d, anchor["reference"], uncertain_points)))
+                                            _tail_message(name, marker, cut, d, anchor["reference"], uncertain_points, held)))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
             # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs
@@ -520,7 +539,8 @@ def place_and_check(
                 flags.append(_uncertain(f"{name}: the FMO percentile {cut:.3f} was kept (stained negatives within the "
                                         f"shift/width tolerance of the FMO's), yet both carry-overs of it (negative peak's "
                                         f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
-                                        f"at least {abs(d['kept_points']):.1f} points (limit {uncertain_points:g}); look at the "
+                                        f"{'' if held else 'at least '}{_points(abs(d['kept_points']), uncertain_points, held)} (limit "
+                                        f"{uncertain_points:g}); look at the "
                                         f"{marker} histogram of the parent, stained vs FMO"))
         # a dim marker's FMO cut (rule relative) lies in the overlap of negatives and positives by
         # convention: a dense cut there is recorded; review rests on uncertain_threshold
@@ -528,16 +548,18 @@ def place_and_check(
         if d["cut_density_ratio"] > dense_cut_ratio and sens > dense_points:
             flags.append(pl.Flag("cut_in_dense_region", "info" if settled_dim else "warning",
                                  f"{name}: the threshold {cut:.3f} lies inside the negative peak (density "
-                                 f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); {sens:.1f} "
-                                 f"points of the parent lie within {DELTA} of it; rule {d.get('winner')}; look at the "
+                                 f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); "
+                                 + ("" if held else f"{sens:.1f} points of the parent lie within {DELTA} of it; ")
+                                 + f"rule {d.get('winner')}; look at the "
                                  f"{marker} histogram of the parent, stained vs FMO"))
         if extrapolated and far:
             settled = math.isfinite(d.get("candidate_points", float("nan"))) and d["candidate_points"] <= uncertain_points
             flags.append(pl.Flag("negative_shift", "info" if settled else "warning",
                                  f"{name}: stained negatives sit {shift:+.3f} transformed units from the FMO's and "
                                  f"are {ratio:.2f}x as wide (limits {shift_warning:g}, {width_warning:g}x); the "
-                                 f"threshold carried over from the FMO moved {d['correction_points']:.1f} points of the "
-                                 f"parent and rests on the additive model of nonspecific binding; look at nonspecific "
+                                 f"threshold carried over from the FMO "
+                                 + ("" if held else f"moved {d['correction_points']:.1f} points of the parent and ")
+                                 + f"rests on the additive model of nonspecific binding; look at nonspecific "
                                  f"binding / spreading in {marker}, stained vs FMO"))
         if cut >= stained.max() or cut <= stained.min():
             flags.append(pl.Flag("cut_at_scale_edge", "warning",
@@ -571,13 +593,14 @@ def without_residual(linear: Mapping[str, np.ndarray], marker: str, slopes: Mapp
 
 def residual_impact(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
                     corrected: pl.Placement, corrected_stained: np.ndarray, slopes: Mapping[str, float],
-                    uncertain_points: float = 3.0) -> pl.Placement:
+                    uncertain_points: float = 3.0, held: tuple[str, ...] = ()) -> pl.Placement:
     """``placement`` with the residual-spillover check (module docstring, ``uncertain_threshold``):
     ``residual_points`` = the gate's % of the ``stained`` parent placed again with the FMO's residual
     spillover ``slopes`` taken out of both tubes (``corrected``, on ``corrected_stained``) minus
     its % as placed (signed, points of the parent: + when the placed % is too low); flagged when
     its size exceeds ``uncertain_points`` and ``corrected`` carries no ``uncertain_threshold`` of its
-    own (``residual_uncertain``). Transformed units for both stained arrays."""
+    own (``residual_uncertain``). Transformed units for both stained arrays. ``held``: as :func:`place_and_check`'s
+    (the flag says which way and 'more than' the limit)."""
     cut, other = float(placement.diagnostics["threshold"]), float(corrected.diagnostics["threshold"])
     points = (100.0 * (np.count_nonzero(corrected_stained > other) - np.count_nonzero(stained > cut)) / stained.size
               if stained.size else float("nan"))
@@ -590,7 +613,9 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
         flags += (pl.Flag("uncertain_threshold", "warning",
                           f"{population} ({marker}): its FMO shows spillover into {marker} that the compensation left in (partial "
                           f"slope per unit of {sources}); with it taken out of both tubes the gate would move the % "
-                          f"by {points:+.1f} points of the parent (limit {uncertain_points:g}); check the "
+                          + (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
+                          if held else f"by {points:+.1f} points of the parent")
+                          + f" (limit {uncertain_points:g}); check the "
                           f"compensation (a degraded tandem?) and the {marker} vs {'/'.join(slopes)} plot of the "
                           f"FMO", gate=population),)
     return pl.Placement(placement.gate, placement.method, d, flags)
