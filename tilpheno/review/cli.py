@@ -401,7 +401,6 @@ def export_approved(
     from tilpheno.review.db import ReviewError
     from tilpheno.review.export import approved_export, write_approved_export
     from tilpheno.review.server import build_service
-    from tilpheno.review.service import RERUN_VOIDED
 
     try:
         service = build_service(out, db, inputs)
@@ -412,7 +411,7 @@ def export_approved(
     except OSError as exc:   # a full disk names no file: the folder is named
         _fail(ReviewError(f"cannot export: {describe_os_error(exc, dest)}; nothing was exported and no certificate was audited"))
     failed = int((export.phenotypes["review_status"] == "failed processing").sum())
-    rerun = int(export.phenotypes["release_status"].astype(str).str.contains(RERUN_VOIDED, regex=False).sum())
+    rerun = len(export.rerun)
     typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}"
                + (f" ({failed} failed processing: not released)" if failed else "")
                + (f" ({rerun} re-run after signing: approval or rejection void, needs review; release_status says why)"

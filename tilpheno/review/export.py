@@ -111,6 +111,9 @@ class ApprovedExport:
     populations: pd.DataFrame
     files: dict[str, bytes]
     approvals: dict[str, Approval]
+    rerun: frozenset[str] = frozenset()
+    """The run's products whose approval or rejection a new run voided (:attr:`ListedDecisions.rerun`; their
+    ``release_status`` says why)."""
 
     def tables(self) -> dict[str, tuple[str, int]]:
         """The two tables' files: name -> the CSV text written (``csvcells.csv_text``) and its rows."""
@@ -141,7 +144,8 @@ def approved_export(service: ReviewService) -> ApprovedExport:
                                                                    version=issued.version.version).encode("utf-8")
         files[f"{folder}/certificate.pdf"] = certificate_pdf(service, pid, issued)
         approvals[pid] = issued
-    return ApprovedExport(phenotypes, populations, files, approvals)
+    return ApprovedExport(phenotypes, populations, files, approvals,
+                          frozenset(listed.rerun & set(service.source.product_ids())))
 
 
 class ExportNotDelivered(ReviewError):

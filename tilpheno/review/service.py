@@ -264,21 +264,27 @@ def voided_words(views: list[SignatureView], versions: list[GateSetVersion]) -> 
     """A product without a standing QA decision whose newest approval or rejection is void, in
     words: ``approval for release of version 1 void: re-run after signing: needs review (input
     data, ... changed after signing)``; "" when it has a standing decision or never had one. The
-    words :data:`RERUN_VOIDED` when a new run voided it: its data hash changed, a flag of the new
-    run has no resolution in it (both on the version signed), or an automatic version of a later
-    run followed the version signed (``versions``: the product's, any order); a reviewer's later
-    save, or a signature the app did not make, is named by its void reason alone."""
+    words :data:`RERUN_VOIDED` when a new run voided it (:func:`voided`)."""
+    return voided(views, versions)[0]
+
+
+def voided(views: list[SignatureView], versions: list[GateSetVersion]) -> tuple[str, bool]:
+    """:func:`voided_words`, and whether a new run voided the decision: its data hash changed, a flag of
+    the new run has no resolution in it (both on the version signed), or an automatic version of a later
+    run followed the version signed (``versions``: the product's, any order); a reviewer's later save, or
+    a signature the app did not make, is named by its void reason alone. ("", False) when the product has
+    a standing decision or never had one."""
     if deciding(views) is not None:
-        return ""
+        return "", False
     last = next((v for v in reversed(views) if v.row.meaning in (APPROVED, REJECTED)), None)
     if last is None:
-        return ""
+        return "", False
     signed, cause = last.row.version, last.void_reason.removeprefix("void: ")
     later = [v for v in versions if v.version > signed]
     rerun = not cause.startswith("not in the audit trail") and (
         not later or any(v.source == "automatic" for v in later))
     what = "approval for release" if last.row.meaning == APPROVED else "rejection"
-    return f"{what} of version {signed} void" + (f": {RERUN_VOIDED}" if rerun else "") + f" ({cause})"
+    return f"{what} of version {signed} void" + (f": {RERUN_VOIDED}" if rerun else "") + f" ({cause})", rerun
 
 
 def standing_of(views: list[SignatureView], meaning: str, version: int) -> Signature | None:
@@ -757,6 +763,8 @@ class ListedDecisions:
     voided: dict[str, str] = field(default_factory=dict)
     """Each product with no standing decision whose newest approval or rejection is void, in words
     (:func:`voided_words`: ``... void: re-run after signing: needs review (...)`` when a new run voided it)."""
+    rerun: frozenset[str] = frozenset()
+    """The products of ``voided`` whose decision a new run voided (:func:`voided`)."""
 
 
 @dataclass(frozen=True)
@@ -1547,7 +1555,8 @@ class ReviewService:
             versions = {(v.product_id, v.version): v for v in db.scalars(
                 select(GateSetVersion).where(GateSetVersion.product_id.in_(list(signed))))} if signed else {}
         out: dict[str, Decision | None] = dict.fromkeys(products)
-        voided: dict[str, str] = {}
+        void_words: dict[str, str] = {}
+        rerun: set[str] = set()
         of_product: dict[str, list[GateSetVersion]] = {}
         for (pid, _), v in versions.items():
             of_product.setdefault(pid, []).append(v)
@@ -1556,9 +1565,13 @@ class ReviewService:
             views = self._views(pid, rows, in_trail, current)
             sig = deciding(views)
             out[pid] = Decision(sig.meaning, versions[(pid, sig.version)], sig) if sig is not None else None
-            if sig is None and (words := voided_words(views, of_product[pid])):
-                voided[pid] = words
-        return ListedDecisions(out, refused, voided)
+            if sig is None:
+                words, by_rerun = voided(views, of_product[pid])
+                if words:
+                    void_words[pid] = words
+                if by_rerun:
+                    rerun.add(pid)
+        return ListedDecisions(out, refused, void_words, frozenset(rerun))
 
     def version_criteria(self, product_id: str, version: GateSetVersion) -> list[CriterionResult]:
         """The release criteria on a stored version's gates (:meth:`criteria`)."""

@@ -40,7 +40,7 @@ from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     undetermined_named, validate_gate_set)
-from tilpheno.review.service import (APPROVED, REJECTED, RERUN_VOIDED, ApprovalsWouldBeVoided, DeviationRequired,
+from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired,
                                      Forbidden, NotFound, ReviewService, VersionConflict, approved_of, deciding,
                                      decision_of, failed_criteria,
                                      failed_words, oos_of, record_trail_export, replaced_words,
@@ -284,7 +284,7 @@ def create_app(service: ReviewService) -> Flask:
         return render_template("index.html", rows=rows, user=g.user, csrf=g.sess.csrf_token,
                                out_dir=str(service.source.out_dir), page=page, pages=pages, size=size,
                                sizes=PAGE_SIZES, query=query, n_found=len(found), first=(page - 1) * size + 1,
-                               counts=_run_counts(service, visible, decisions, refused, listed.voided),
+                               counts=_run_counts(service, visible, decisions, refused, listed.rerun),
                                failed=service.source.failed_products() if allowed is None else {},
                                refused=refused)
 
@@ -553,13 +553,13 @@ def _list_request(args) -> tuple[int, int, str]:
 
 
 def _run_counts(service: ReviewService, visible: list[str], decisions: dict,
-                refused: Mapping[str, str], voided: Mapping[str, str]) -> dict[str, int]:
+                refused: Mapping[str, str], rerun: frozenset[str]) -> dict[str, int]:
     """Counts over every product in ``visible`` (the whole run a user may see, not one page): all,
     approved (a valid approval) and rejected (a valid rejection, no approval after it) by their
     standing QA decision (``decisions``, :meth:`ReviewService.decisions`), refused (held by the
     database from another output folder, ``refused``: neither approved, rejected nor undecided
     here), ``neither`` the others (``rerun``: those whose approval or rejection a new run voided,
-    ``voided``: :attr:`ListedDecisions.voided`), the run's release
+    :attr:`ListedDecisions.rerun`), the run's release
     (phenotypes.csv's, held while gating needs review) pass / fail / not evaluable, and those the run's gating
     marks ``needs review``."""
     frame = service.source.phenotypes
@@ -572,7 +572,7 @@ def _run_counts(service: ReviewService, visible: list[str], decisions: dict,
     n_refused = sum(pid in refused for pid in visible)
     return {"products": len(visible), "approved": meanings.count(APPROVED), "rejected": meanings.count(REJECTED),
             "refused": n_refused, "neither": len(visible) - len(meanings) - n_refused,
-            "rerun": sum(RERUN_VOIDED in voided.get(pid, "") for pid in visible),
+            "rerun": sum(pid in rerun for pid in visible),
             "pass": n("release_status", PASS), "fail": n("release_status", FAIL),
             "not_evaluable": n("release_status", NOT_EVALUABLE), "needs_review": n("review_status", "needs review")}
 
