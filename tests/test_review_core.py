@@ -22,6 +22,12 @@ from tilpheno.review.models import AuditEntry, User
 from tilpheno.review.regate import GateSetError, evaluate, recompute
 from tilpheno.review.service import Forbidden, VersionConflict
 
+DATA_CHANGED = ("input data, infused cell number, strategy, FMO percentile, study dose definitions, panel file, "
+                "FMO control markers (manifest fmo_marker) or release spec")
+"""What a signature's data hash binds, as a signature voided by a change there says it
+(test_a_rerun_with_another_infused_dose_voids_the_approval) and as ``process`` names it in its note
+on a review database's decisions (test_process_over_signed_work_says_the_review_database_holds_decisions)."""
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def service(request, review_source, tmp_path):
@@ -952,8 +958,9 @@ def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_p
     """`tilpheno process OUT --overwrite` over a folder whose products QA had approved in the default
     review database (OUT.review.sqlite, beside OUT) said nothing of it: the operator re-ran over signed
     work without a word. Now a note on stderr names the products it holds decisions of, that the
-    database is kept, and which changes void them; a run with no such database, or one holding no
-    approval or rejection, prints none."""
+    database is kept, and which changes void them, in the words a signature voided by such a change
+    gives (the CLI kept its own list: 'input files, strategies, ..., infused dose, ...'); a run with no
+    such database, or one holding no approval or rejection, prints none."""
     import sys
 
     from review_support import SAMPLE, make_service
@@ -983,8 +990,7 @@ def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_p
     before = database.read_bytes()
     said = process().strip().splitlines()[-1]   # after the outcomes table's line
     assert said == (f"note: {database} holds QA decisions (approvals or rejections) of TIL001: kept; one on a "
-                            "product whose input files, strategies, release spec, FMO percentile, infused dose, study "
-                            "dose definitions, panel file or FMO control markers this run changed is void, as is one "
+                            f"product whose {DATA_CHANGED} this run changed is void, as is one "
                             "whose automatic gates it changed once "
                             "the product is opened: "
                             f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'"), said
@@ -1020,9 +1026,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, pr
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "not approved" and math.isnan(row.get("cd3_dose_cells", math.nan))
         [view] = again.signatures(pid)
-        assert not view.valid and view.void_reason == ("void: input data, infused cell number, strategy, FMO percentile, "
-                                                       "study dose definitions, panel file, FMO control markers (manifest "
-                                                       "fmo_marker) or release spec changed after signing")
+        assert not view.valid and view.void_reason == f"void: {DATA_CHANGED} changed after signing"
         again.sign(pid, user(again, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         row = approved_tables(again)[0].set_index("product_id").loc[pid]
         assert row["review_status"] == "approved" and row["cd3_dose_cells"] == pytest.approx(2 * dose, rel=1e-9)

@@ -602,11 +602,12 @@ def _note_signed_review(out: Path) -> None:
     path = default_db_path(out)
     decided = decided_products(path)
     if decided:
+        from tilpheno.review.service import DATA_BOUND
+
         named = ", ".join(decided[:5]) + (f" and {len(decided) - 5} more" if len(decided) > 5 else "")
         typer.secho(f"note: {path} holds QA decisions (approvals or rejections) of {named}: kept; one on a product "
-                    "whose input files, strategies, release spec, FMO percentile, infused dose, study dose definitions, "
-                    "panel file or FMO control markers "
-                    "this run changed is void, as is one whose automatic gates it changed once the product is opened: "
+                    f"whose {DATA_BOUND} this run changed is void, as is one whose automatic gates it changed once "
+                    "the product is opened: "
                     f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'",
                     fg=typer.colors.YELLOW, err=True)
 

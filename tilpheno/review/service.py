@@ -693,14 +693,20 @@ def replaced_words(versions: list[GateSetVersion], reruns: list[Rerun]) -> dict[
     return out
 
 
+DATA_BOUND = ("input data, infused cell number, strategy, FMO percentile, study dose definitions, panel file, "
+              "FMO control markers (manifest fmo_marker) or release spec")
+"""What a signature's data hash binds besides its gates (:func:`data_sha256`), in words: a signature
+is void when one of them changed after signing (:func:`_data_void_reason`), and ``process`` says so
+of the decisions a review database beside its output folder holds (``cli._note_signed_review``)."""
+
+
 def _data_void_reason(signed_at: str, reruns: list[Rerun]) -> str:
     """Why a signature made at ``signed_at`` whose data hash no longer matches is void: the files
     each later re-run replaced, named with its audit entry, when ``reruns`` (:func:`reruns_of`)
-    hold one; else what the hash binds, in general."""
+    hold one; else what the hash binds, in general (:data:`DATA_BOUND`)."""
     later = [r for r in reruns if r.at > signed_at and r.files]
     if not later:
-        return ("void: input data, infused cell number, strategy, FMO percentile, study dose definitions, panel "
-                "file, FMO control markers (manifest fmo_marker) or release spec changed after signing")
+        return f"void: {DATA_BOUND} changed after signing"
     return ("void: input data changed after signing: the folder was processed again with other input files: "
             + "; ".join(_rerun_words(r) for r in later))
 
