@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tilpheno.biomarkers.formatting import cell, dose, fmt_hr_ci, fmt_p, pct, sig
+from tilpheno.biomarkers.formatting import cell, dose, fmt_hr_ci, fmt_level, fmt_p, pct, sig
 
 
 def test_issue_example_lower_bound_not_rounded_onto_one():
@@ -32,6 +32,13 @@ def test_p_values():
     assert fmt_p(0.0496) == "0.0496"  # 2 digits would read 0.050
     assert fmt_p(0.047) == "0.047"
     assert fmt_p(float("nan")) == "–"
+
+
+@pytest.mark.parametrize("level, said", [(0.95, "95%"), (0.975, "97.5%"), (0.9, "90%"), (0.999, "99.9%"),
+                                         (0.58, "58%")])
+def test_a_confidence_level_reads_as_the_percentage_it_is(level, said):
+    """A 0.975 level was printed round(100 * level): '98%' CIs; 0.58 * 100 is 57.99999999999999 in floats."""
+    assert fmt_level(level) == said
 
 
 def test_rates_doses_and_cells():

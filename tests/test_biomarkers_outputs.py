@@ -766,22 +766,27 @@ def test_methods_do_not_describe_bootstrap_analyses_that_were_not_run():
     assert "Internal validation, calibration and time-dependent AUC: not done (0 bootstrap samples asked for)." in text
 
 
-def test_an_analysis_at_90_percent_says_90_percent_everywhere_in_its_report():
+@pytest.mark.parametrize("level, said", [(0.90, "90%"), (0.975, "97.5%")])
+def test_an_analysis_at_another_level_says_that_level_everywhere_in_its_report(level, said):
     """Settings(conf_level=0.90): the Cox tables' CIs are 90% ones, but the forest plots' column read 'HR (95% CI)'
     and the text above them 'Wald 95% confidence intervals' -> both give the level used; no '95%' is left on the
-    page (the methods' AUC and spline levels: test_biomarkers_tdroc)."""
+    page (the methods' AUC and spline levels: test_biomarkers_tdroc). At 0.975 they said '98%' (the level rounded
+    to a whole percent): now '97.5%'."""
+    from scipy import stats
+
     from tilpheno.biomarkers.analysis import Settings, analyse
     from tilpheno.biomarkers.cohort import build_cohort
     from tilpheno.biomarkers.report import render_report
 
     cohort = build_cohort(pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv"),
                           markers=["cd8_pct_of_cd3", "til_dose_cells"], covariates=[])
-    results = analyse(cohort, Settings(endpoints=("pfs",), n_perm=0, n_boot=20, conf_level=0.90))
+    results = analyse(cohort, Settings(endpoints=("pfs",), n_perm=0, n_boot=20, conf_level=level))
     cox = results.cox_univariable.dropna(subset=["hr"]).iloc[0]
-    assert np.log(cox.hr_ci_high / cox.hr) == pytest.approx(1.6448536 * cox.se, rel=1e-6)   # the CIs are 90% ones
+    z = stats.norm.ppf(1 - (1 - level) / 2)   # 1.645 at 0.90, 2.241 at 0.975
+    assert np.log(cox.hr_ci_high / cox.hr) == pytest.approx(z * cox.se, rel=1e-6)   # the CIs are at the level
     page = render_report(results)
-    assert "HR (90% CI)" in page and "Wald 90% confidence intervals" in page
-    assert re.search(r"95 ?%", page) is None
+    assert f"HR ({said} CI)" in page and f"Wald {said} confidence intervals" in page
+    assert re.search(r"\b(95|98) ?%", page) is None
 
 
 def test_an_endpoint_without_events_is_one_warning_not_one_per_marker_and_model(tmp_path):

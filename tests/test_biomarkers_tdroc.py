@@ -144,17 +144,18 @@ def test_the_comparison_ci_is_at_the_asked_conf_level():
     assert narrow < compared["ci_high"] - compared["ci_low"]
 
 
-def test_the_methods_give_the_level_of_the_auc_and_spline_intervals():
+@pytest.mark.parametrize("level, said", [(0.90, "90%"), (0.975, "97.5%")])
+def test_the_methods_give_the_level_of_the_auc_and_spline_intervals(level, said):
     """conf_level 0.90: the methods said '95% percentile bootstrap CIs' of the AUCs and a 'pointwise 95% band' of
-    the splines, both drawn at 90%."""
+    the splines, both drawn at 90%; at 0.975 they said '98%'."""
     from types import SimpleNamespace
 
     from tilpheno.biomarkers.analysis import Settings
     from tilpheno.biomarkers.report import extra_methods
 
-    text = " ".join(extra_methods(SimpleNamespace(settings=Settings(conf_level=0.90), cox_univariable=pd.DataFrame(),
+    text = " ".join(extra_methods(SimpleNamespace(settings=Settings(conf_level=level), cox_univariable=pd.DataFrame(),
                                                   cox_multivariable=pd.DataFrame(), cutpoints=pd.DataFrame(),
                                                   splines=pd.DataFrame(), auc_comparisons=pd.DataFrame(),
                                                   responders=pd.DataFrame())))
-    assert "90% percentile bootstrap CIs" in text and "pointwise 90% band" in text
-    assert "95%" not in text
+    assert f"{said} percentile bootstrap CIs" in text and f"pointwise {said} band" in text
+    assert "95%" not in text and "98%" not in text

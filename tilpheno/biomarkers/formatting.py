@@ -7,6 +7,7 @@ Conventions:
 - Hazard ratios with CIs: 3 significant digits, more (up to 6) while a bound that excludes 1
   would print as 1 (e.g. ``1.026 (1.0004-1.052)``), or while the estimate prints equal to a bound.
 - Rates (response, survival probabilities) as percentages with one decimal.
+- Confidence levels as the percentage they are (``97.5%`` CIs, not ``98%``: :func:`fmt_level`).
 - Cell doses (columns ``*_dose_cells``) in units of 10^9 cells: ``5.98 ×10⁹``; so are, in a table row of a cell-dose
   marker, the columns the codebook gives in ``marker unit`` (cut, spline knots, responders' means, SDs, quartiles and
   differences, and their ``mean ± SD; median (IQR)`` text).
@@ -16,6 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import numpy as np
 
@@ -70,6 +72,12 @@ def fmt_hr_ci(hr, low, high, digits: int = 3) -> str:
             continue
         break
     return f"{h} ({lo}–{hi})"
+
+
+def fmt_level(conf_level: float) -> str:
+    """A confidence level as the percentage it is: 0.95 -> ``95%``, 0.975 -> ``97.5%``, 0.999 -> ``99.9%``
+    (the decimal the level was written as, times 100: not rounded to a whole percent, no float noise)."""
+    return f"{(Decimal(repr(float(conf_level))) * 100).normalize():f}%"
 
 
 def pct(v, decimals: int = 1) -> str:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .cohort import ENDPOINTS, endpoint_cohort
 from .codebook import COLUMNS as CODEBOOK_COLUMNS
-from .formatting import cell, dose, fmt_hr_ci, fmt_p, is_dose, sig, whole_number_columns
+from .formatting import cell, dose, fmt_hr_ci, fmt_level, fmt_p, is_dose, sig, whole_number_columns
 from .survival import KaplanMeier
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -351,7 +351,7 @@ def forest_figure(table: pd.DataFrame, title: str, export: FigureExport | None =
                  parse_math=False, gid="tp-title")
         header_y = 1 - (head_in - 0.1) / height
         for key, label, ha in (("marker", "Marker", "left"), ("level", "Level / unit", "left"), ("n", "N", "right"),
-                               ("hr", f"HR ({round(100 * conf_level)}% CI)", "left"), ("p", "p", "right")):
+                               ("hr", f"HR ({fmt_level(conf_level)} CI)", "left"), ("p", "p", "right")):
             fig.text(col[key], header_y, label, ha=ha, va="bottom", fontsize=8.5, weight="bold", gid=f"tp-head-{key}")
         fig.add_artist(plt.Line2D([0.01, 0.99], [header_y - 0.03 / height] * 2, color="#555555", lw=0.8))
         top = 1 - head_in / height
@@ -492,7 +492,7 @@ def methods_text(results) -> list[str]:
         "warnings name the patients they leave out; each row gives its n).",
         "Response: objective response rate (ORR) = CR + PR, disease control rate (DCR) = CR + PR + SD, over all "
         "patients with a best response (not evaluable counted as non-responders), with exact Clopper-Pearson "
-        f"{round(100 * s.conf_level)}% confidence intervals.",
+        f"{fmt_level(s.conf_level)} confidence intervals.",
         "Survival (PFS, OS; months from the start of TIL therapy): Kaplan-Meier estimates with R survival's "
         f"conventions. Pointwise confidence intervals use the '{s.conf_type}' transformation with the Greenwood "
         "variance. The median is the first time the curve reaches 0.5; when it equals 0.5 exactly over a flat "
@@ -582,7 +582,7 @@ def _bootstrap_methods(s) -> list[str]:
         "Kaplan-Meier curve of the censoring times just before the case's time; controls: event-free after t; tied "
         "marker values count 1/2; equal to R riskRegression::Score, cens.model 'km'), "
         "the marker as measured taken as the risk score (AUC below 0.5: higher values, lower risk); "
-        f"{round(100 * s.conf_level)}% percentile bootstrap CIs ({s.n_boot} resamples); each marker compared with the "
+        f"{fmt_level(s.conf_level)} percentile bootstrap CIs ({s.n_boot} resamples); each marker compared with the "
         "first marker on the same resamples (z test of the difference, and its percentile CI at the same level).",
     ]
 
@@ -596,7 +596,7 @@ def extra_methods(results) -> list[str]:
         "below 100 patients; a floor or ceiling value shared by 5% of the patients or more moves the outer knot to the "
         "next value, as Hmisc rcspline.eval) in a univariable Cox model; Wald tests of any association and of nonlinearity "
         "(as rms anova); the log hazard ratio against the marker's median is plotted with its pointwise "
-        f"{round(100 * s.conf_level)}% band "
+        f"{fmt_level(s.conf_level)} band "
         "and a rug of the observed values. A spline whose model has no finite estimate (a monotone likelihood: at every "
         "event time the patients with the event have the highest, or lowest, marker value at risk; R coxph and cph: "
         "huge coefficients and 'Ran out of iterations') is not fitted, its row kept with 'not fitted: why': the splines "
@@ -707,7 +707,7 @@ def render_report(results, export: FigureExport | None = None) -> str:
     record = results.run_record
     return env.get_template("biomarkers.html.j2").render(
         methods=methods_text(results) + extra_methods(results), warnings=results.warnings,
-        settings=results.settings, km_figures=km_figures(results, export), forests=forests, splines=splines,
+        settings=results.settings, ci_level=fmt_level(results.settings.conf_level), km_figures=km_figures(results, export), forests=forests, splines=splines,
         tables=[{"title": t, "id": f"table{i}", "note": note[0] if note else "", **table_view(f)}
                 for i, (t, f, *note) in enumerate(tables)],
         unmatched=results.cohort.unmatched().to_dict("records"), remark=REMARK,
