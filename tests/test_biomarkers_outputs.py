@@ -711,6 +711,24 @@ def test_codebook_describes_each_files_observed_column(res):
     assert book.loc[("calibration.csv", "observed")].unit == "fraction"
 
 
+def test_the_codebook_says_what_responders_csv_compares(res):
+    """responders.csv's `variable` names the variable compared (sex, each of its levels on a row of its own, in
+    `level`), but the codebook gave it the Cox tables' meaning 'model term: the marker, or a covariate (categorical
+    as var[level] vs the first level)', and its `p` 'two-sided Wald (Cox) / the row's test'."""
+    book = pd.read_csv(res.files["codebook.csv"], keep_default_na=False).set_index(["file", "column"])
+    responders = pd.read_csv(res.files["responders.csv"], keep_default_na=False)
+    cox = pd.read_csv(res.files["cox_multivariable.csv"], keep_default_na=False)
+    assert "sex[M]" in set(cox.variable) and book.loc[("cox_multivariable.csv", "variable")].meaning.startswith(
+        "model term")
+    sex = responders[responders.variable == "sex"]
+    assert list(sex.level) == ["F", "M"] and not responders.variable.str.contains("[", regex=False).any()
+    assert sex.p.nunique() == 1   # one test of the variable, on each level's row
+    meaning = book.loc[("responders.csv", "variable")].meaning
+    assert "model term" not in meaning and "responders and non-responders" in meaning and "level" in meaning, meaning
+    p = book.loc[("responders.csv", "p")]
+    assert "Wald" not in p.meaning + p.method and "the row's test" in p.meaning, tuple(p)
+
+
 def test_a_prespecified_cut_beyond_every_value_is_named_once(tmp_path):
     """A pre-specified cut outside the marker's range (CD8 1000 %; a dose cut of 20 meant as 20 x 10^9 cells) puts
     everyone in one group: the Cox reason said '(values tied at the cut)' where no value is at 1000, and nothing

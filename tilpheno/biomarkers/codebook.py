@@ -122,6 +122,10 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
 
 FILE_COLUMNS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("calibration.csv", "observed"): ("Kaplan-Meier survival at time in the group", "fraction", ""),
+    ("responders.csv", "variable"): ("variable compared between responders and non-responders: a marker or a "
+                                     "covariate (categorical: one row per level, the level in level)", "", ""),
+    ("responders.csv", "p"): ("p-value of the row's test (test), the same on each level's row of a categorical "
+                              "variable", "", "two-sided; Welch t for a numeric variable"),
 }
 """Columns whose meaning depends on the file (``COLUMNS`` holds one meaning per name)."""
 
