@@ -76,6 +76,32 @@ def test_responders_table_matches_r(tables):
         assert sex[col] == pytest.approx(cat.at["sex", col], rel=1e-5)
 
 
+def test_responders_cis_are_at_the_analysis_level(tables):
+    """Settings(conf_level=0.90): the Cox, Kaplan-Meier and response-rate CIs were 90% ones, but responders.csv's
+    CIs of the difference in means and of the odds ratio stayed 95% ones (scipy's default). Truth at 0.90: the
+    Welch interval mean_diff +- t(0.95, df) se (se = mean_diff / t, both checked against R above), and the exact
+    conditional interval whose ends leave 5% of Fisher's noncentral hypergeometric distribution on either side of
+    the observed count."""
+    from scipy import stats
+
+    pheno, outcomes = tables
+    data = outcomes.merge(pheno, on="product_id").sort_values("product_id").reset_index(drop=True)
+    responder = is_responder(data.best_response)
+    tab = responders_table(data, responder, ["age", "sex"], conf_level=0.90)
+    age = tab[tab.variable == "age"].iloc[0]
+    half = stats.t.ppf(0.95, age.t_df) * age.mean_diff / age.t_statistic
+    assert (age.mean_diff_ci_low, age.mean_diff_ci_high) == pytest.approx((age.mean_diff - half, age.mean_diff + half),
+                                                                          rel=1e-9)
+    sex = tab[tab.variable == "sex"].iloc[0]
+    counts = pd.crosstab(data.sex, responder).to_numpy()   # levels x (non-responder, responder)
+    x, drawn, first_col, total = counts[0, 0], counts[0].sum(), counts[:, 0].sum(), counts.sum()
+    low = stats.nchypergeom_fisher(total, first_col, drawn, sex.or_ci_low).sf(x - 1)
+    high = stats.nchypergeom_fisher(total, first_col, drawn, sex.or_ci_high).cdf(x)
+    assert (low, high) == pytest.approx((0.05, 0.05), abs=1e-6)
+    at_95 = responders_table(data, responder, ["age", "sex"]).groupby("variable").first()   # the default: wider
+    assert at_95.at["age", "mean_diff_ci_low"] < age.mean_diff_ci_low and at_95.at["sex", "or_ci_low"] < sex.or_ci_low
+
+
 def test_fisher_rx2_equals_scipy_for_2x2():
     from scipy import stats
 

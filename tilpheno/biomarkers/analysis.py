@@ -490,7 +490,8 @@ def analyse(cohort: Cohort, settings: Settings = Settings(), prespecified: pd.Da
     resp = response_rates(cohort.outcomes["best_response"].dropna(), settings.conf_level)
     responder_vars = [v for v in [*cohort.markers, *cohort.covariates] if v in cohort.data.columns]
     evaluated = cohort.data[cohort.data["best_response"].notna()]   # a blank response: named in the notes
-    responders = responders_table(evaluated, is_responder(evaluated["best_response"]), responder_vars)
+    responders = responders_table(evaluated, is_responder(evaluated["best_response"]), responder_vars,
+                                  settings.conf_level)
     marker_rows = responders.variable.isin(cohort.markers) & (responders.kind == "numeric")
     responders = adjust_markers(responders.assign(_all=0), "p", ["_all"], marker_rows).drop(columns="_all")
     cuts = adjust_markers(pd.DataFrame(cut_rows, columns=CUT_COLUMNS), "p_for_adjustment", ["endpoint", "method"])

@@ -548,7 +548,9 @@ def methods_text(results) -> list[str]:
         "(and numeric ones with at most 3 values) as counts, compared by the chi-square test (Yates-corrected "
         "for 2x2) or Fisher's exact test when an expected count is below 5 (estimated from 20,000 random "
         "tables with the same margins when a variable has too many levels to enumerate; the table says "
-        "which). Where several markers are tested, Holm (family-wise) and Benjamini-Hochberg (false discovery "
+        f"which); the difference in means with its Welch {fmt_level(s.conf_level)} CI, for a two-level variable the "
+        f"conditional maximum-likelihood odds ratio with its exact {fmt_level(s.conf_level)} CI (R fisher.test). "
+        "Where several markers are tested, Holm (family-wise) and Benjamini-Hochberg (false discovery "
         "rate) adjusted p-values (R p.adjust) are given beside the raw p across the markers of one endpoint, model "
         f"and coding (cut-points: the {'permutation' if s.n_perm > 0 else 'Lausen-Schumacher (1992)'} p of the "
         "maximally selected statistic, else the log-rank p).",

@@ -14,7 +14,7 @@ Effect sizes (responders minus non-responders): Welch's t statistic and df, the 
 means with its Welch CI (R ``t.test``), the difference in medians, the Mann-Whitney W (R's
 statistic: pairs with the responder value larger, ties 1/2); for two-level categorical variables
 the conditional maximum-likelihood odds ratio of response (second level vs first) with its exact
-CI (R ``fisher.test``).
+CI (R ``fisher.test``); both CIs at the analysis' ``conf_level`` (R ``conf.level``).
 Missing values are left out per variable; ``n_resp``/``n_nonresp`` say how many were used.
 The ``*_summary`` texts follow the report's reading convention (formatting.spread: a cell dose in 10⁹ cells); the
 numeric columns keep the variable's own unit (codebook: ``marker unit``).
@@ -77,7 +77,7 @@ def _summary(name: str, x: np.ndarray) -> tuple:
     return spread(name, mean, sd, med, q1, q3), mean, sd, med, q1, q3
 
 
-def _numeric_row(name: str, x: np.ndarray, responder: np.ndarray) -> dict:
+def _numeric_row(name: str, x: np.ndarray, responder: np.ndarray, conf_level: float) -> dict:
     ok = ~np.isnan(x)
     a, b = x[ok & responder], x[ok & ~responder]
     sa, sb = _summary(name, a), _summary(name, b)
@@ -86,7 +86,7 @@ def _numeric_row(name: str, x: np.ndarray, responder: np.ndarray) -> dict:
     welch = np.nan
     if a.size > 1 and b.size > 1:
         tt = stats.ttest_ind(a, b, equal_var=False)
-        ci = tt.confidence_interval()
+        ci = tt.confidence_interval(confidence_level=conf_level)
         welch = float(tt.pvalue)
         effects.update(t_statistic=float(tt.statistic), t_df=float(tt.df), mean_diff=float(a.mean() - b.mean()),
                        mean_diff_ci_low=float(ci.low), mean_diff_ci_high=float(ci.high))
@@ -119,7 +119,7 @@ def categorical_test(table: np.ndarray) -> tuple[str, float]:
     return "chi-square", float(stats.chi2_contingency(table, correction=True).pvalue)
 
 
-def _categorical_rows(name: str, values: pd.Series, responder: np.ndarray) -> list[dict]:
+def _categorical_rows(name: str, values: pd.Series, responder: np.ndarray, conf_level: float) -> list[dict]:
     ok = values.notna().to_numpy()
     levels = sorted(values[ok].astype(str).unique())
     v = values.astype(str).to_numpy()
@@ -129,7 +129,7 @@ def _categorical_rows(name: str, values: pd.Series, responder: np.ndarray) -> li
     odds = dict(odds_ratio=np.nan, or_ci_low=np.nan, or_ci_high=np.nan)
     if table.shape == (2, 2) and (table.sum(axis=0) > 0).all() and (table.sum(axis=1) > 0).all():
         res = stats.contingency.odds_ratio(table[:, ::-1], kind="conditional")
-        ci = res.confidence_interval()
+        ci = res.confidence_interval(confidence_level=conf_level)
         odds = dict(odds_ratio=float(res.statistic), or_ci_low=float(ci.low), or_ci_high=float(ci.high))
     rows = []
     for lev, (cr, cn) in zip(levels, table):
@@ -140,14 +140,16 @@ def _categorical_rows(name: str, values: pd.Series, responder: np.ndarray) -> li
     return rows
 
 
-def responders_table(data: pd.DataFrame, responder: pd.Series, variables: list[str]) -> pd.DataFrame:
-    """Table 3: one row per numeric variable, one row per level of a categorical one."""
+def responders_table(data: pd.DataFrame, responder: pd.Series, variables: list[str],
+                     conf_level: float = 0.95) -> pd.DataFrame:
+    """Table 3: one row per numeric variable, one row per level of a categorical one; the CIs (of the
+    difference in means, of the odds ratio) at ``conf_level``."""
     r = responder.to_numpy(dtype=bool)
     rows: list[dict] = []
     for var in variables:
         col = data[var]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col) and col.nunique() > 3:
-            rows.append(_numeric_row(var, col.to_numpy(dtype=float), r))
+            rows.append(_numeric_row(var, col.to_numpy(dtype=float), r, conf_level))
         else:
-            rows.extend(_categorical_rows(var, col, r))
+            rows.extend(_categorical_rows(var, col, r, conf_level))
     return pd.DataFrame(rows, columns=COLUMNS)
