@@ -1239,7 +1239,9 @@ def test_a_signature_made_before_the_dose_was_bound_stays_valid(form, service, m
 def test_a_signature_inserted_outside_the_app_is_void_and_named(kind, review_out, review_source, tmp_path):
     """The signatures table refuses UPDATE and DELETE but must accept INSERT: a row written there
     directly (a forged approval, its own hash consistent) has no 'sign' entry in the chained trail,
-    so it approves nothing and `audit verify` names it; the app's own signatures stay valid."""
+    so it approves nothing and `audit verify` names it; the app's own signatures stay valid. The
+    product list names it void, not re-run after signing: the signature's view carries that it is
+    outside the trail (``in_trail``; service.voided read it back from the reason's words)."""
     import hashlib
 
     from review_support import database_url, drop_schema, make_service
@@ -1263,6 +1265,10 @@ def test_a_signature_inserted_outside_the_app_is_void_and_named(kind, review_out
         views = {view.row.id: view for view in svc.signatures(pid)}
         assert views[genuine.id].valid and not views[forged_id].valid
         assert "not in the audit trail" in views[forged_id].void_reason
+        assert not views[forged_id].in_trail and views[genuine.id].in_trail
+        listed = svc.listed_decisions()   # void, and no re-run voided it: the product list says so
+        assert listed.voided[pid] == (f"approval for release of version {v} void (not in the audit trail (a signature "
+                                      "the app did not make))") and pid not in listed.rerun, listed
         assert svc.approved_version(pid) is None
         with svc.factory() as db:
             result = audit.verify(db)

@@ -281,8 +281,7 @@ def voided(views: list[SignatureView], versions: list[GateSetVersion]) -> tuple[
         return "", False
     signed, cause = last.row.version, last.void_reason.removeprefix("void: ")
     later = [v for v in versions if v.version > signed]
-    rerun = not cause.startswith("not in the audit trail") and (
-        not later or any(v.source == "automatic" for v in later))
+    rerun = last.in_trail and (not later or any(v.source == "automatic" for v in later))
     what = "approval for release" if last.row.meaning == APPROVED else "rejection"
     return f"{what} of version {signed} void" + (f": {RERUN_VOIDED}" if rerun else "") + f" ({cause})", rerun
 
@@ -819,11 +818,13 @@ class SignatureView:
     """A signature (``row``) checked against its product's current version: ``valid`` or void and why
     (``void_reason``); ``note``: what a valid one made in an older form does not bind
     (:func:`unbound_note`: the controls, named, the infused cell number, the dose definitions, the
-    panel file and FMO markers), else ""."""
+    panel file and FMO markers), else ""; ``in_trail``: False for a signature the audit trail does not
+    hold (one the app did not make: void, and never voided by a re-run, :func:`voided`)."""
     row: Signature
     valid: bool
     void_reason: str
     note: str = ""
+    in_trail: bool = True
 
 
 @dataclass(frozen=True)
@@ -1505,7 +1506,8 @@ class ReviewService:
         out = []
         for s in rows:
             if s.signature_sha256 not in in_trail:
-                out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)"))
+                out.append(SignatureView(s, False, "void: not in the audit trail (a signature the app did not make)",
+                                         in_trail=False))
             elif s.version != current.version:
                 out.append(SignatureView(s, False, _gates_void_reason(s.signed_at, current.version, reruns or [])))
             elif (form := next((f for f in DATA_FORMS if s.data_sha256 == data_now(f)), None)) is None:
