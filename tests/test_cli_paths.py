@@ -79,6 +79,20 @@ def test_a_missing_or_wrong_kind_of_path_is_one_line_naming_the_option(tmp_path,
     assert not out.exists()
 
 
+def test_apply_gates_and_export_events_say_alike_how_they_read_a_workspace():
+    """export-events reads FILE's gates as apply-gates does (one --gatingml or --wsp, the --group's sample
+    matching FILE's name when it has several), but declared the options again and its --help said only
+    'Sample group of the workspace.' -> both commands use the same declarations."""
+    said = {}
+    for command in ("apply-gates", "export-events"):
+        result = CliRunner().invoke(app, [command, "--help"], terminal_width=200, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        said[command] = " ".join(result.output.replace("│", " ").split())
+    for text in said.values():
+        assert "Sample group of the workspace (its sample matching FILE's name when it has several)." in text, text
+        assert "Gating-ML 2.0 document." in text and "FlowJo 10 workspace (.wsp)." in text
+
+
 def test_no_path_is_left_to_typers_existence_check():
     """Typer's ``exists=True`` check prints its usage box before any command code runs: every path
     that must exist is checked by the CLI's own callback instead (the test above covers each)."""

@@ -994,6 +994,14 @@ def _optional(path: Path) -> Optional[Path]:
 # --- interop: apply Gating-ML / FlowJo gates to one file; export events with membership ---
 
 
+# what apply-gates and export-events read (one FCS file and its gates, _read_gating), declared once
+GATED_FILE = typer.Argument(..., help="FCS file.", callback=_existing_file)
+GATINGML = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", callback=_existing_file)
+WORKSPACE = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", callback=_existing_file)
+WORKSPACE_GROUP = typer.Option("All Samples", "--group", help="Sample group of the workspace (its sample matching "
+                                                              "FILE's name when it has several).")
+
+
 def _read_gating(file: Path, gatingml: Optional[Path], wsp: Optional[Path], group: str):
     """(FCSFile, its $PnS markers, Gating-ML document or FlowJo workspace sample) for one of --gatingml / --wsp."""
     from tilpheno.errors import TilphenoError
@@ -1030,10 +1038,10 @@ def _gates_on_file(file: Path, gatingml: Optional[Path], wsp: Optional[Path], gr
 
 @app.command("apply-gates")
 def apply_gates(
-    file: Path = typer.Argument(..., help="FCS file.", callback=_existing_file),
-    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", callback=_existing_file),
-    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", callback=_existing_file),
-    group: str = typer.Option("All Samples", "--group", help="Sample group of the workspace (its sample matching FILE's name when it has several)."),
+    file: Path = GATED_FILE,
+    gatingml: Optional[Path] = GATINGML,
+    wsp: Optional[Path] = WORKSPACE,
+    group: str = WORKSPACE_GROUP,
     out: Path = typer.Option(..., "-o", "--out", help="Output CSV (written atomically)."),
 ) -> None:
     """Apply Gating-ML or FlowJo gates to FILE with tilpheno's geometry.
@@ -1068,10 +1076,10 @@ def apply_gates(
 
 @app.command("export-events")
 def export_events(
-    file: Path = typer.Argument(..., help="FCS file.", callback=_existing_file),
-    gatingml: Optional[Path] = typer.Option(None, "--gatingml", help="Gating-ML 2.0 document.", callback=_existing_file),
-    wsp: Optional[Path] = typer.Option(None, "--wsp", help="FlowJo 10 workspace (.wsp).", callback=_existing_file),
-    group: str = typer.Option("All Samples", "--group", help="Sample group of the workspace."),
+    file: Path = GATED_FILE,
+    gatingml: Optional[Path] = GATINGML,
+    wsp: Optional[Path] = WORKSPACE,
+    group: str = WORKSPACE_GROUP,
     fcs_out: Optional[Path] = typer.Option(None, "--fcs", help="Write FCS 3.1: the events plus one 0/1 channel per population."),
     h5ad_out: Optional[Path] = typer.Option(None, "--h5ad", help="Write AnnData .h5ad: obs = membership columns, var = channels."),
 ) -> None:
