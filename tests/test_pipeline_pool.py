@@ -182,6 +182,55 @@ def test_a_worker_whose_parent_was_killed_stops_without_a_traceback():
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
 
 
+
+def _running(pid: int) -> bool:
+    """Process ``pid`` exists and is not a zombie (an ended process not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_worker_stops_at_once_when_its_parent_is_killed():
+    """Issue 18: ``tilpheno process --jobs 2`` killed with SIGKILL left its workers running their
+    products to the end (10-15 s of two cores for results nobody reads; they noticed the parent
+    only when sending the result). A worker now watches its connection to the parent and stops as
+    soon as the parent is gone. Here the parent kills itself a second after it handed a job of a minute to its worker."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    script = ("import os, signal, sys, threading, time; sys.path.insert(0, sys.argv[1])\n"
+              "from test_pipeline_pool import _failed, _pid_of\n"
+              "from tilpheno.pipeline.pool import WorkerPool\n"
+              "def later():\n"
+              "    while not (pool.workers and pool.workers[0].job):\n"
+              "        time.sleep(0.05)\n"
+              "    time.sleep(1)\n"
+              "    print(pool.workers[0].process.pid, flush=True)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "with WorkerPool(1, _pid_of, _failed) as pool:\n"
+              "    threading.Thread(target=later, daemon=True).start()\n"
+              "    list(pool.imap_unordered(['long']))\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    worker = int(parent.stdout.readline())
+    assert parent.wait(timeout=60) == -9
+    deadline = time.monotonic() + 5
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    still = _running(worker)
+    if still:
+        os.kill(worker, 9)
+    assert not still, "the worker still runs its job 5 s after its parent was killed"
+
+
 IMPORT_LOG_HOOK = '''
 import os, sys
 
