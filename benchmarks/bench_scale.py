@@ -8,6 +8,7 @@
     .venv/bin/python benchmarks/bench_scale.py throughput --cohort /tmp/b12 --baseline /path/to/old/tree
     .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
     .venv/bin/python benchmarks/bench_scale.py timeline --cohort /tmp/scale_b4 --jobs 2
+    .venv/bin/python benchmarks/bench_scale.py contention --cohort /tmp/scale_b4 --rounds 3
     .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
     .venv/bin/python benchmarks/bench_scale.py all --make-cohort /tmp/scale_b4 --baseline-commit b929823
     .venv/bin/python benchmarks/bench_scale.py gating --cohort /tmp/scale_b4 --repeat 7
@@ -69,6 +70,15 @@ between runs of one invocation.
   worker, cohort tables, ``run.json``, exit), printed as a timeline and summed up:
   the serial head (start to the first product), the products, the time one worker sat idle while
   another still ran (imbalance), the serial tail (last product to exit).
+- contention: why two processes at once fall short of 2x. Each round runs the cohort's two halves
+  (as ``parallel``'s ceiling does) one after the other, then both at once, each a ``--jobs 1`` process
+  that logs its own CPU (user, system; ``getrusage``) and minor page faults at its start, before and
+  after each product and at its exit; printed per phase (start-up to the first product, the first
+  product, the later products, the tail), alone against at once, least and median over the
+  rounds' runs. Then a probe of the machine: a fresh process writes 200 MB of new memory 10 times
+  (``np.empty`` + ``fill``, mapped and zeroed by the kernel each time) and 10 times into memory it
+  already has, alone and two at once: system CPU per GB of fresh pages against user CPU per GB of
+  plain writes.
 """
 from __future__ import annotations
 
@@ -449,6 +459,20 @@ def _trace_the_run() -> None:
             _traced(owner, name)
 
 
+def _run_cli(argv: list[str]) -> None:
+    """``tilpheno`` + ``argv`` in this process, as the ``tilpheno`` script runs it (``tilpheno.launch.main``;
+    ``tilpheno.cli.main`` in a tree without it); its exit status is not raised."""
+    sys.argv = ["tilpheno", *argv]
+    try:
+        from tilpheno.launch import main
+    except ImportError:   # a tree from before tilpheno.launch
+        from tilpheno.cli import main
+    try:
+        main()
+    except SystemExit:
+        pass
+
+
 def traced_cli(argv: list[str]) -> None:
     """``tilpheno`` + ``argv`` in this process, as the ``tilpheno`` script runs it (``tilpheno.launch.main``;
     ``tilpheno.cli.main`` in a tree without it), its steps and its workers' products logged. The
@@ -472,15 +496,7 @@ def traced_cli(argv: list[str]) -> None:
             _trace_the_run()
 
     pool.start_fork_server = traced_start
-    sys.argv = ["tilpheno", *argv]
-    try:
-        from tilpheno.launch import main
-    except ImportError:   # a tree from before tilpheno.launch
-        from tilpheno.cli import main
-    try:
-        main()
-    except SystemExit:
-        pass
+    _run_cli(argv)
     _event("parent exit")
 
 
@@ -531,6 +547,135 @@ def timeline(args) -> None:
           f"serial head (start to the first product) {first - t0:.1f} s; products {last - first:.1f} s "
           f"({busy:.1f} s summed over products); workers idle while another still ran {idle:.1f} s; "
           f"serial tail (last product to exit) {exit_t - last:.1f} s")
+
+
+CONTENTION_LOG = "TILPHENO_BENCH_CONTENTION"   # environment variable: the file a logged run appends its usage to
+
+
+def _usage(what: str) -> None:
+    """Append ``<what> <user s> <system s> <minor faults>`` of this process to the contention log."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    with open(os.environ[CONTENTION_LOG], "a") as fh:
+        fh.write(f"{what} {r.ru_utime:.4f} {r.ru_stime:.4f} {r.ru_minflt}\n")
+
+
+def usage_logged_run_product(job):
+    """``executors.run_product`` (which this replaces) with this process's usage logged around it."""
+    from tilpheno.pipeline.product import process_product
+
+    _usage("product")
+    outcome = process_product(job)
+    _usage("product-end")
+    return outcome
+
+
+def usage_logged_cli(argv: list[str]) -> None:
+    """``tilpheno`` + ``argv`` (a ``--jobs 1`` run) in this process, its usage logged at its start,
+    around each product and at its exit (``contention``)."""
+    _usage("start")
+    import tilpheno.pipeline.executors as executors
+
+    executors.run_product = usage_logged_run_product
+    _run_cli(argv)
+    _usage("exit")
+
+
+def _usage_logged_process(tree: Path, half: Path, work: Path, tag: str) -> tuple[subprocess.Popen, Path]:
+    log = work / f"{tag}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)]), CONTENTION_LOG: str(log)}
+    argv = ["process", str(half), "-o", str(work / tag), "--manifest", str(half / "manifest.csv"), "--no-cache"]
+    return subprocess.Popen([sys.executable, "-c", f"import bench_scale; bench_scale.usage_logged_cli({argv!r})"],
+                            env=env, stdout=subprocess.DEVNULL, cwd=str(tree)), log
+
+
+def phases(log: Path) -> dict[str, tuple[float, float, int]]:
+    """A logged run's (user s, system s, minor faults) by phase: ``start-up`` (to the first product),
+    ``first product``, ``later products`` (per product), ``tail`` (last product to exit)."""
+    marks = [(w, float(u), float(y), int(f)) for w, u, y, f in (line.split() for line in log.read_text().splitlines())]
+    starts = [m for m in marks if m[0] == "product"]
+    ends = [m for m in marks if m[0] == "product-end"]
+
+    def spent(a, b) -> tuple[float, float, int]:
+        return b[1] - a[1], b[2] - a[2], b[3] - a[3]
+
+    later = [spent(a, b) for a, b in zip(starts[1:], ends[1:])]
+    return {"start-up": spent(marks[0], starts[0]), "first product": spent(starts[0], ends[0]),
+            "later products": tuple(sum(x[i] for x in later) / len(later) for i in range(3)),  # type: ignore[misc]
+            "tail": spent(ends[-1], marks[-1])}
+
+
+FAULT_PROBE = """
+import sys, time, resource, numpy as np
+n, fresh = 25_000_000, sys.argv[1] == "fresh"   # 200 MB of float64
+a = None if fresh else np.ones(n)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+for _ in range(10):
+    if fresh:
+        b = np.empty(n); b.fill(1.0); del b   # above glibc's mmap threshold: new pages every time
+    else:
+        a.fill(1.0)
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime)
+"""
+
+
+def _fault_probe(kind: str, at_once: int) -> list[tuple[float, float]]:
+    procs = [subprocess.Popen([sys.executable, "-c", FAULT_PROBE, kind], stdout=subprocess.PIPE, text=True)
+             for _ in range(at_once)]
+    return [tuple(float(x) for x in p.communicate()[0].split()) for p in procs]   # type: ignore[misc]
+
+
+def contention(args) -> None:
+    """Alone against two at once, by phase, and the machine's cost of fresh pages (module docstring)."""
+    import statistics
+
+    byte_compile(args.tree)
+    work = Path(tempfile.mkdtemp(prefix="scale-ct-"))
+    runs: dict[str, list[dict]] = {"alone": [], "at once": []}
+    loads = []
+    try:
+        halves = split_cohort(args.cohort, work / "halves")
+        for r in range(args.rounds):
+            loads.append(load())
+            for i, half in enumerate(halves):
+                proc, log = _usage_logged_process(args.tree, half, work, f"alone{i}-{r}")
+                proc.wait()
+                runs["alone"].append(phases(log))
+            started = [_usage_logged_process(args.tree, half, work, f"once{i}-{r}") for i, half in enumerate(halves)]
+            for proc, log in started:
+                proc.wait()
+            runs["at once"].extend(phases(log) for _, log in started)
+        probe = {(kind, n): [] for kind in ("fresh", "written") for n in (1, 2)}
+        for _ in range(args.rounds):
+            for kind, n in probe:
+                probe[kind, n].extend(_fault_probe(kind, n))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = ["| phase | alone: user / system s, faults (least; median) | two at once: user / system s, faults "
+             "(least; median) | user at once / alone (medians) |", "|---|---|---|---|"]
+    for phase in ("start-up", "first product", "later products", "tail"):
+        cells, medians = [], []
+        for name in ("alone", "at once"):
+            user = [run[phase][0] for run in runs[name]]
+            system = [run[phase][1] for run in runs[name]]
+            faults = [run[phase][2] for run in runs[name]]
+            cells.append(f"{min(user):.3f} / {min(system):.3f}, {min(faults):,.0f}; "
+                         f"{statistics.median(user):.3f} / {statistics.median(system):.3f}, {statistics.median(faults):,.0f}")
+            medians.append(statistics.median(user))
+        lines.append(f"| {phase} | {cells[0]} | {cells[1]} | {medians[1] / medians[0]:.3f} |")
+    lines.append(f"\n{len(runs['alone'])} runs each; load before each round: {', '.join(f'{x:.1f}' for x in loads)}")
+    lines.append("\n| 2 GB written | alone: CPU s per GB (least; median) | two at once: CPU s per GB (least; median) |")
+    lines.append("|---|---|---|")
+    for kind, column, what in (("fresh", 1, "into new pages (system s: the kernel maps and zeroes them)"),
+                               ("written", 0, "into pages the process has (user s)")):
+        cells = []
+        for n in (1, 2):
+            per_gb = [x[column] / 2.0 for x in probe[kind, n]]
+            cells.append(f"{min(per_gb):.3f}; {statistics.median(per_gb):.3f}")
+        lines.append(f"| {what} | {cells[0]} | {cells[1]} |")
+    print("\n".join(lines))
 
 
 def scan(args) -> None:
@@ -743,8 +888,8 @@ def gating(args) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("incremental", "memory", "throughput", "analysis", "parallel", "timeline", "scan",
-                                       "gating", "all"))
+    ap.add_argument("what", choices=("incremental", "memory", "throughput", "analysis", "parallel", "timeline", "contention",
+                                       "scan", "gating", "all"))
     ap.add_argument("--cohort", type=Path, help="folder from benchmarks/make_cohort.py")
     ap.add_argument("--make-cohort", type=Path, help="`all`: the issue's folder here (written first if missing)")
     ap.add_argument("--baseline-commit", default=None, help="`all`: commit to compare against (git worktree)")
@@ -752,7 +897,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tree", type=Path, default=HERE.parent, help="tilpheno checkout to run (default: this one)")
     ap.add_argument("--baseline", type=Path, default=None, help="older tilpheno checkout for `throughput`, `analysis`")
     ap.add_argument("--small", type=int, default=20, help="products of the small memory run")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of `throughput`, `analysis`, `parallel` and `all`")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="interleaved rounds of `throughput`, `analysis`, `parallel`, `contention` and `all`")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--jobs", type=int, default=2, help="`timeline`: --jobs of the traced run")
     ap.add_argument("--dask", action="store_true", help="`timeline`: trace a run on a 2-worker LocalCluster instead")
@@ -764,7 +910,7 @@ def main(argv=None) -> None:
     args.cohort, args.tree = args.cohort.resolve(), args.tree.resolve()   # the runs' working directory is the tree
     args.baseline = args.baseline.resolve() if args.baseline else None
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
-     "timeline": timeline, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
+     "timeline": timeline, "contention": contention, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
 
 
 if __name__ == "__main__":
