@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tilpheno.cli import app
+from tilpheno.gates import checks
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs"
@@ -584,3 +585,44 @@ def test_an_fmo_gate_placed_below_undetermined_gates_quotes_no_held_points(draft
     [message] = qc.query("gate == 'CD127+' and code == 'cut_in_dense_region' and file == @FILE.name")["message"]
     assert "CD127+ (CD127): the threshold " in message and "lies inside the negative peak" in message, message
     assert not re.search(r"points of the parent", message), message
+
+
+def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_quote_no_held_share():
+    """Two flags of an FMO gate whose parents rest on undetermined gates still quoted held shares (held_51):
+    fmo_excess_positive the FMO parent's ('12.3% of the FMO's parent events lie above the threshold') and the
+    quantile carry's reference check the reference population's ('2.08% of the reference population's stained
+    events are FoxP3+') -> with held, 'more than' the excess limit and 'some'; without, the shares measured here."""
+    from test_fmo_gates_simulated import _treg_parent
+
+    rng = np.random.default_rng(8)
+    fmo, stained = rng.normal(0.2, 0.03, 5000), rng.normal(0.1, 0.03, 5000)   # stained negatives below the FMO's
+
+    def excess(held):
+        placement = checks.place_and_check("CD4+", "CD4", fmo, stained, percentile=99.5, source_file="f.fcs",
+                                           max_shift=0.3, held=held)
+        [flag] = [f for f in placement.flags if f.code == "fmo_excess_positive"]
+        return flag.message, placement.diagnostics
+
+    said, d = excess(())
+    share = f"{100.0 * np.count_nonzero(fmo > float(d['threshold'])) / fmo.size:.1f}%"
+    assert f"CD4+ (CD4): {share} of the FMO's parent events lie above" in said, said
+    said = excess(("CD3+",))[0]
+    assert "CD4+ (CD4): more than 1.5% of the FMO's parent events lie above the threshold" in said, said
+    assert share not in said and re.findall(r"\d+\.\d+%", said) == ["1.5%", "0.5%"], said   # the limit, the nominal
+
+    tr, population, treg_fmo, s, _ = _treg_parent(93031)
+    ref_fmo, ref_stained, _ = population(10000, 0.02)
+
+    def reference(held):
+        placement = checks.place_and_check(
+            "CD4+FoxP3+", "FoxP3", tr.apply(treg_fmo), s, reference_fmo=tr.apply(ref_fmo),
+            reference_stained=tr.apply(ref_stained), percentile=99.5, source_file="", transform=tr, rule="relative",
+            width_side="mid", reference_carry="quantile", held=held)
+        [flag] = [f for f in placement.flags if f.code == "uncertain_threshold"]
+        return flag.message, placement.diagnostics
+
+    said, d = reference(())
+    assert f"{d['reference_positive_pct']:.2f}% of the reference population's stained events are FoxP3+" in said, said
+    said = reference(("CD3+", "CD4+"))[0]
+    assert "some of the reference population's stained events are FoxP3+" in said, said
+    assert not re.search(r"\d+\.\d+(%| points)", said), said

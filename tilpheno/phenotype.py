@@ -1078,9 +1078,11 @@ class _TubeKindRun:
                     if skew_reference:   # a marker-poor population of the same tubes (gated before k)
                         params["reference_fmo"] = st.tube.data[marker][st.masks[skew_reference]]
                         params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
-                # the stained parent's counts are not reported below an undetermined gate: its flags quote none
-                held = (resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
-                        if evidence is not None and stained is not None else ())
+                # the counts of the control's and the stained parent (and reference) are not reported below an
+                # undetermined gate of their file: the flags quote none
+                undetermined = undetermined_gates(st.diagnostics) | (
+                    undetermined_gates(stained[1].diagnostics) if evidence is not None and stained is not None else frozenset())
+                held = resting_on(self.strategy, undetermined, *pop.depends_on)
                 call = dict(percentile=pct, source_file=source, min_events=min_events,
                             transform=st.tube.transforms.get(marker), held=held, **params, **anchor)
                 placement = checks.place_and_check(pop.name, marker, values, evidence, **call)

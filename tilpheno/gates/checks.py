@@ -355,9 +355,10 @@ def place_and_check(
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
     there is no stained evidence) and add the self-check flags of the module docstring; every
     flag (the placement's and the checks') has ``gate`` ``population``. ``held``: the undetermined gates the
-    stained parent rests on (``phenotype.resting_on``), whose counts no output reports: then the flags quote
-    no points or % of it (a size over its limit says 'more than' the limit) and :func:`threshold_record`
-    leaves its ``*_points`` columns blank."""
+    stained parent, the FMO's parent or the reference population (in either tube) rest on
+    (``phenotype.resting_on``), whose counts no output reports: then the flags quote no points or % of them
+    (a size over its limit says 'more than' the limit; the reference's own % of positives is 'some') and
+    :func:`threshold_record` leaves its ``*_points`` columns blank."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
         placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
                                            min_events=min_events)
@@ -387,9 +388,10 @@ def place_and_check(
     nominal = 100.0 - percentile
     fmo_above = 100.0 * np.count_nonzero(fmo > cut) / fmo.size if fmo.size else float("nan")
     d["fmo_pct_above"] = fmo_above
-    if fmo.size and fmo_above > max(3.0 * nominal, nominal + 1.0):
+    excess = max(3.0 * nominal, nominal + 1.0)
+    if fmo.size and fmo_above > excess:
         flags.append(pl.Flag("fmo_excess_positive", "warning",
-                             f"{name}: {fmo_above:.1f}% of the FMO's parent events lie above the threshold "
+                             f"{name}: {_points(fmo_above, excess, held, '%')} of the FMO's parent events lie above the threshold "
                              f"{cut:.3f} (nominal {nominal:g}%, rule {d.get('winner')}); look at the FMO and stained "
                              f"histograms of {marker} in the parent"))
     if stained is not None and stained.size:
@@ -489,8 +491,8 @@ def place_and_check(
                     d["reference_positive_pct"], cleaned = found
                     d["reference_positive_points"] = _points_between(stained, cleaned, cut)
                     if d["reference_positive_points"] > uncertain_points:
-                        messages.append(f"{d['reference_positive_pct']:.2f}% of the reference population's "
-                                        f"stained events are {marker}+ (as bright as the parent's positives, beyond "
+                        messages.append(f"{'some' if held else format(d['reference_positive_pct'], '.2f') + '%'} of the "
+                                        f"reference population's stained events are {marker}+ (as bright as the parent's positives, beyond "
                                         f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
                                         f"would be {cleaned:.3f}, {_points(d['reference_positive_points'], uncertain_points, held)} of the "
                                         f"parent away (limit {uncertain_points:g})")
