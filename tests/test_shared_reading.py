@@ -244,3 +244,32 @@ def test_a_gate_flagged_first_by_its_own_interval_still_judges_the_reading(tmp_p
         told = [f.message for f in review if f.gate == gate]
         assert any(f"carries the reference reading that CD8+PD1+'s check (tail_points "
                    f"{d['CD8+PD1+']['tail_points']:.1f} points of its parent)" in m for m in told), (gate, told)
+
+
+def test_a_gate_resting_on_undetermined_gates_is_not_quoted_by_the_verdict():
+    """The shared reading's flags and record quoted the size of a check on a gate whose parent rests on an
+    undetermined gate (held_51: 'PD1+'s check (reference_above_points 7.6 points of its parent)', record
+    'PD1+: reference_above_points 7.6'), and a held gate's own size ('here reference_above_points is 1.2 points of
+    the parent'), counts no output reports -> 'over its limit' for a check that fired there, 'not quoted' for
+    one that did not; a gate on determined events keeps its numbers."""
+    from tilpheno.gates.shared_reading import reading_verdicts
+
+    key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
+    gates = [
+        ("PD1+", "PD1", key, _carried(0.630, reading_verdict=("reference_above_points",), reference_above_points=7.6)),
+        ("CD8+PD1+", "PD1", key, _carried(0.631, reference_above_points=1.2)),
+        ("CD4+PD1+", "PD1", key, _carried(0.629, reference_above_points=0.4)),
+    ]
+    plain = shared_reading_flags(gates)
+    assert "PD1+'s check (reference_above_points 7.6 points of its parent)" in plain[0].message
+    assert reading_verdicts(gates)["CD8+PD1+"] == "PD1+: reference_above_points 7.6"
+    held = {"PD1+": ("CD3+",), "CD8+PD1+": ("CD3+", "CD8+")}
+    flags = shared_reading_flags(gates, held)
+    assert [f.gate for f in flags] == ["CD8+PD1+", "CD4+PD1+"]
+    for flag in flags:
+        assert "PD1+'s check (reference_above_points over its limit) found wrong" in flag.message, flag.message
+        assert "7.6" not in flag.message, flag.message
+    assert ("here reference_above_points is not quoted, the parent resting on CD3+, CD8+ (undetermined)"
+            in flags[0].message and "1.2" not in flags[0].message), flags[0].message
+    assert "here reference_above_points is 0.4 points of the parent" in flags[1].message   # determined: quoted
+    assert set(reading_verdicts(gates, held).values()) == {"PD1+: reference_above_points over its limit"}

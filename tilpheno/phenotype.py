@@ -872,6 +872,7 @@ class _Threshold:
     placement: pl.Placement | None
     row: dict[str, Any] | None
     error: str = ""
+    held: tuple[str, ...] = ()   # the undetermined gates its checks' parents rest on (checks.place_and_check)
 
 
 class _TubeKindRun:
@@ -1044,8 +1045,9 @@ class _TubeKindRun:
                                               f"{marker}) and what lies within it hold (almost) no events in this file, "
                                               "and no threshold is taken from there")
 
-    def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str]:
-        """The threshold gate of ``fmo`` population ``pop`` (index ``k``) and the file that set it ('' = fallback)."""
+    def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str, tuple[str, ...]]:
+        """The threshold gate of ``fmo`` population ``pop`` (index ``k``), the file that set it ('' = fallback) and
+        the undetermined gates the parents its checks count rest on (``checks.place_and_check``'s ``held``)."""
         stains = [i for i, s in enumerate(self.sources) if s.role == "stain"]
         marker = pop.dims[0]
         params = dict(pop.params)
@@ -1064,6 +1066,7 @@ class _TubeKindRun:
             controls = [i for i, s in enumerate(self.sources) if s.role == "fmo" and self.vocabulary.same(s.fmo_marker, marker)]
         found = self.first_loadable(controls[::-1])
         placement, source = None, ""
+        held: tuple[str, ...] = ()
         if found is not None and marker in found[1].tube.data:
             i, st = found
             self.walk(i, k)
@@ -1108,7 +1111,7 @@ class _TubeKindRun:
                 ),
             )
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
-        return placement, source
+        return placement, source, held
 
     def _residual_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
                         call: dict[str, Any], skew_reference: str | None) -> pl.Placement:
@@ -1161,13 +1164,13 @@ class _TubeKindRun:
             if pop.method != "fmo":
                 continue
             try:
-                placement, source = self._placement(k, pop)
+                placement, source, held = self._placement(k, pop)
             except GatingError as exc:
                 self.thresholds[pop.name] = _Threshold(None, None, str(exc))
                 continue
             marker = pop.dims[0]
             row = _threshold_row(pop, placement, source, self.strategy, self.percentile)
-            self.thresholds[pop.name] = _Threshold(placement, row)
+            self.thresholds[pop.name] = _Threshold(placement, row, held=held)
             self.global_flags.extend((k, gate_flag(pop, f)) for f in placement.flags)
             low, high = self.qc.fmo_threshold_range
             if not low <= row["value_raw"] <= high:
@@ -1186,9 +1189,10 @@ class _TubeKindRun:
                   th.placement.diagnostics)
                  for p in self.pops if (th := self.thresholds.get(p.name)) is not None and th.placement is not None
                  and th.row is not None]
-        for name, verdict in reading_verdicts(gates).items():
+        held = {name: th.held for name, th in self.thresholds.items()}
+        for name, verdict in reading_verdicts(gates, held).items():
             self.thresholds[name].row["reading_verdict"] = verdict   # type: ignore[index]  # a row: gates above
-        return [(index[f.gate], f) for f in shared_reading_flags(gates)]
+        return [(index[f.gate], f) for f in shared_reading_flags(gates, held)]
 
     def finish(self, consume) -> None:
         """Pass 2: gate every loadable file to the end and hand it to ``consume(index, state)``,

@@ -21,7 +21,9 @@ gate's parent) and the same number on its own parent (the check's number recorde
 carrying the reading whatever else flagged it; "not measured" when it could not be: ``reference_positive_points``
 with fewer than 20 of the parent's events above the cut). That own number may stay under the limit. The threshold record's
 ``reading_verdict`` column (:func:`reading_verdicts`) names, on every gate carrying the reading, each gate where a
-check fired, its checks and their sizes, its own included. A parent with many positives next to its
+check fired, its checks and their sizes, its own included. Neither quotes a size on a gate whose parent rests on
+an undetermined gate (its counts are not reported, ``tilpheno.phenotype.resting_on``): 'over its limit' where its
+check fired, 'not quoted' for its own number. A parent with many positives next to its
 negatives (CD8+ T cells for PD1) raises its own carry-over, which ``reference_above_points`` compares against,
 and hides the same wrong reading (V153826 with the binding read on a reference that binds more than the
 parents: CD8+PD1+ 22 points under, its own comparison 0 points; ``tests/test_shared_reading.py``). The read
@@ -93,28 +95,42 @@ def _judged(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]
     return out
 
 
-def reading_verdicts(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> dict[str, str]:
+def _size(check: str, d: Mapping[str, Any], held: tuple[str, ...], unit: str = "") -> str:
+    """A fired ``check``'s size on a gate (diagnostics ``d``) as a message or the record quotes it: its number
+    (``unit`` after it), or, when that gate's parent rests on the undetermined gates ``held`` (counts no output
+    reports, ``tilpheno.phenotype.resting_on``), 'over its limit'."""
+    return f"{check} over its limit" if held else f"{check} {float(d[check]):.1f}{unit}"
+
+
+def reading_verdicts(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]],
+                     held: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, str]:
     """The threshold record's ``reading_verdict`` (``tilpheno.gates.checks.RECORD_COLUMNS``) of each gate of
     ``gates`` (as :func:`shared_reading_flags`) carrying a reading on which a check fired, on it or on another
     gate carrying it: every such gate with each check that fired there and its size (points of that gate's
     parent), ``"PD1+: reference_above_points 7.6, tail_points 3.4; CD4+PD1+: tail_points 3.1"``, in the order
-    of ``gates`` and ``READING_CHECKS``; gates without one are left out."""
+    of ``gates`` and ``READING_CHECKS``; gates without one are left out. ``held``: as :func:`shared_reading_flags`'s
+    (such a gate's size reads 'over its limit')."""
+    held = held or {}
     judged = _judged(gates)
     out = {}
     for name, _, key, d in gates:
         found = [(where, other, fired) for where, k, other, fired in judged if k == key]
         if key is not None and carries_reading(d) and found:
-            out[name] = "; ".join(f"{where}: " + ", ".join(f"{c} {float(other[c]):.1f}" for c in fired)
+            out[name] = "; ".join(f"{where}: " + ", ".join(_size(c, other, held.get(where, ())) for c in fired)
                                   for where, other, fired in found)
     return out
 
 
-def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]]) -> list[pl.Flag]:
+def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mapping[str, Any]]],
+                         held: Mapping[str, tuple[str, ...]] | None = None) -> list[pl.Flag]:
     """The ``uncertain_threshold`` warnings of the module docstring. ``gates``: (population, marker, its
     :func:`reading_key`, its placement's diagnostics) of the placed ``fmo`` gates; one flag for each gate carrying a
     reading on which a check fired on another gate carrying it, and that check not on this one (naming each such gate,
     every check that fired there with its size and what it found, ``READING_CHECKS``, and the same numbers on the
-    gate's own parent), in the order of ``gates``."""
+    gate's own parent), in the order of ``gates``. ``held``: population -> the undetermined gates its checks' parents
+    rest on (``tilpheno.gates.checks.place_and_check``'s ``held``; none when absent), whose counts no output reports:
+    a size on such a gate is not quoted ('over its limit' where its check fired)."""
+    held = held or {}
     judged = _judged(gates)
     out = []
     for name, marker, key, d in gates:
@@ -128,11 +144,15 @@ def shared_reading_flags(gates: Sequence[tuple[str, str, Hashable | None, Mappin
             continue
         findings = list(dict.fromkeys(READING_CHECKS[c].found for c in checks))
         where = ", and that ".join(" and ".join(
-            f"{w}'s check ({c} {float(other[c]):.1f} points of its parent)"
+            f"{w}'s check ({_size(c, other, held.get(w, ()), ' points of its parent')})"
             for w, other, c in found if READING_CHECKS[c].found == finding) + f" found {finding}"
             for finding in findings)
         own = [(check, float(d.get(check, float("nan"))), check in mine) for check in checks]
-        here = "; ".join(f"here {check} is {value:.1f} points of the parent too (this gate's own flag)" if fired
+        mine_held = held.get(name, ())
+        here = "; ".join(f"here {check} is over its limit too (this gate's own flag)" if fired and mine_held
+                         else f"here {check} is {value:.1f} points of the parent too (this gate's own flag)" if fired
+                         else f"here {check} is not quoted, the parent resting on {', '.join(mine_held)} (undetermined)"
+                         if mine_held and math.isfinite(value)
                          else f"here {check} is {value:.1f} points of the parent, {READING_CHECKS[check].own}"
                          if math.isfinite(value)
                          else f"here {check} was not measured on this parent"
