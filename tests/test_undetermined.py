@@ -562,11 +562,16 @@ def test_an_fmo_gates_flags_and_record_below_undetermined_gates_quote_no_held_po
         {k: v for k, v in record.items() if not k.endswith("_points")}, nan_ok=True)
 
 
-def test_an_fmo_gate_placed_below_undetermined_gates_quotes_no_held_points(drafted, tmp_path):
+@pytest.mark.parametrize("whole", [False, True])
+def test_an_fmo_gate_placed_below_undetermined_gates_quotes_no_held_points(drafted, tmp_path, monkeypatch, whole):
     """The drafted study with CD127+ (within CD4+ within CD3+, both undetermined) gated on an FMO of CD127
     at its 80th percentile, in the negatives: its cut_in_dense_region quoted the held parent ('30.2 points
     of the parent lie within 0.03 of it') -> none: the engine passes the gates the stained parent rests on
-    to the FMO gate's checks (edge_50)."""
+    to the FMO gate's checks (edge_50). The report's FMO overlay of it said the held shares above the cut,
+    counted on the events kept for plots when they are all of the file's (``whole``: 'stained 20.0% positive,
+    FMO 20.0%' in its legend and description) or 'nan%' from the tables -> '% not determined' (held_51)."""
+    if whole:   # every event kept for the plots (a file of at most PLOT_EVENTS events)
+        monkeypatch.setattr("tilpheno.phenotype.PLOT_EVENTS", 10**9)
     folder, study, _, _ = drafted
     fcs, own = tmp_path / "fcs", tmp_path / "study"
     shutil.copytree(folder, fcs)
@@ -580,11 +585,16 @@ def test_an_fmo_gate_placed_below_undetermined_gates_quotes_no_held_points(draft
     assert drafted_gate in strategy.read_text()
     strategy.write_text(strategy.read_text().replace(
         drafted_gate, "{name: CD127+, parent: CD4+, dims: [CD127], method: fmo, params: {percentile: 80}}"))
-    _process(fcs, own, tmp_path / "out")
+    _process(fcs, own, tmp_path / "out", "now")
     qc = pd.read_csv(tmp_path / "out" / "qc.csv")
     [message] = qc.query("gate == 'CD127+' and code == 'cut_in_dense_region' and file == @FILE.name")["message"]
     assert "CD127+ (CD127): the threshold " in message and "lies inside the negative peak" in message, message
     assert not re.search(r"points of the parent", message), message
+    html = next((tmp_path / "out").glob("products/*/report.html")).read_text()
+    [overlay] = re.findall(r"<svg(?:(?!</svg>).)*?CD127 FMO vs stained histogram.*?</svg>", html, flags=re.S)
+    assert "stained % not determined positive, FMO % not determined" in overlay, overlay[:600]
+    assert "stained: % + not determined" in overlay and "FMO: % + not determined" in overlay, overlay[-3000:]
+    assert not re.search(r"\d+\.\d+%", overlay), re.findall(r".{60}\d+\.\d+%.{20}", overlay)
 
 
 def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_quote_no_held_share():

@@ -703,8 +703,8 @@ def fmo_overlay_plot(
     """FMO (grey, filled) vs stained (coloured line) histograms, normalised to mode, with the
     threshold line; the legend sits in a band above the axes, clear of the line and the curves.
 
-    Percentages are of the parent population in each tube with value > threshold; ``colours``:
-    the study's (``population_colour``). Returns SVG.
+    Percentages are of the parent population in each tube with value > threshold (NaN, a share
+    resting on an undetermined gate: '% + not determined'); ``colours``: the study's (``population_colour``). Returns SVG.
     """
     colour = population_colour(marker, colours)
     xlim = _limits(axis, np.concatenate([stained, fmo]), [threshold])
@@ -722,8 +722,10 @@ def fmo_overlay_plot(
                                                           stroke="#000000", width=1.1, dash=_dash(1.1))))
     _draw_ticks(canvas, frame, "y", [0, 25, 50, 75, 100], ["0", "25", "50", "75", "100"], label="% of mode")
     _style_axis(canvas, frame, axis, "x")
-    _legend(canvas, [("patch", "#b0b0b0", 0.0, None, f"FMO: {pct_fmo:.1f}% +"),
-                     ("line", colour, 1.3, None, f"stained: {pct_stained:.1f}% +"),
+    plus = {kind: f"{pct:.1f}% +" if math.isfinite(pct) else "% + not determined"
+            for kind, pct in (("fmo", pct_fmo), ("stained", pct_stained))}
+    _legend(canvas, [("patch", "#b0b0b0", 0.0, None, f"FMO: {plus['fmo']}"),
+                     ("line", colour, 1.3, None, f"stained: {plus['stained']}"),
                      ("line", "#000000", 1.1, _dash(1.1), threshold_note)],
             frame.box.y0 - 0.01 * canvas.height)
     _title(canvas, title)

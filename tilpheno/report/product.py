@@ -310,12 +310,14 @@ def _fmo_pairs(result):
 
 def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
     """% above the threshold in the stained and FMO parent: from the arrays when they hold all events,
-    else from each tube's population table (all events; the population is the parent's events above it)."""
-    if getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None:
-        pct_s = 100.0 * float(np.mean(s_vals > thr)) if s_vals.size else float("nan")
-        pct_f = 100.0 * float(np.mean(f_vals > thr)) if f_vals.size else float("nan")
-        return pct_s, pct_f
+    else from each tube's population table (all events; the population is the parent's events above it).
+    NaN where that table leaves the share blank: it rests on an undetermined gate of the tube
+    (``tilpheno.phenotype.population_table``), a share no output reports."""
     values = [_pop_value(t, str(row.population), "pct_of_parent") for t in (stain, fmo)]
+    if getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None:
+        counted = [100.0 * float(np.mean(v > thr)) if v.size else float("nan") for v in (s_vals, f_vals)]
+        pct_s, pct_f = (c if v is None or math.isfinite(v) else float("nan") for c, v in zip(counted, values))
+        return pct_s, pct_f
     pct_s, pct_f = (float("nan") if v is None else v for v in values)
     return pct_s, pct_f
 
@@ -354,7 +356,7 @@ def fmo_figures(result, percentile: float, strategies=(),
         pctl = float(getattr(row, "percentile", percentile))
         source = fmo.shown_name
         alt = (f"{marker} FMO vs stained histogram; threshold {thr:.3f} from {source}; "
-               f"stained {pct_s:.1f}% positive, FMO {pct_f:.1f}%")
+               f"stained {plots.pct_text(pct_s)} positive, FMO {plots.pct_text(pct_f)}")
         svg = plots.fmo_overlay_plot(
             s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
             threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker,
