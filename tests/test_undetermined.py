@@ -526,7 +526,7 @@ def _fmo_flags(fmo, stained, held, percentile):
     from tilpheno.gates import checks
 
     placement = checks.place_and_check("PD1+", "PD1", fmo, stained, percentile=percentile, source_file="fmo.fcs", held=held)
-    return {f.code: f.message for f in placement.flags}, checks.threshold_record(placement), placement
+    return {f.code: f.message for f in placement.flags}, checks.threshold_record(placement, held), placement
 
 
 @pytest.mark.parametrize("case", ["dense", "no_peak", "shifted"])

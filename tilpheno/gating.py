@@ -187,7 +187,13 @@ def _external_dimensions(strategy: Strategy, fcs, spillover: Spillover | None) -
 class GatingResult(TubeResult):
     """One file gated by a strategy: a ``TubeResult`` (``populations``, ``thresholds``, ``gates``,
     ``masks``, ``data``, the placement ``diagnostics``: population -> numbers behind its gate) plus
-    the strategy, the QC ``flags`` and the ``variables`` the strategy defines."""
+    the strategy, the QC ``flags`` and the ``variables`` the strategy defines.
+
+    Held numbers (counted on events resting on an undetermined gate, ``tilpheno.phenotype.resting_on``): what
+    a user or reviewer reads (``populations``, ``thresholds``, ``summary``, ``flags``, the files and reports
+    built from them) quotes none; what the API hands over as gated keeps them by design: ``masks`` and
+    :attr:`counts` the held gate's events (a reviewer's cut re-counts them), ``diagnostics`` every number
+    as measured (``sensitivity_points`` of a gate below one too), its ``resting_on`` naming the gates."""
 
     strategy: Strategy | None = None
     flags: list[QCFlag] = field(default_factory=list)
@@ -195,7 +201,8 @@ class GatingResult(TubeResult):
     @property
     def counts(self) -> dict[str, int]:
         """Events per population (all events of the file) within its gate as placed: an undetermined
-        gate's as held (``populations`` leaves that count blank, ``tilpheno.phenotype.population_table``)."""
+        gate's and those below it as held, by design (the class docstring; ``populations`` leaves those
+        counts blank, ``tilpheno.phenotype.population_table``)."""
         return {str(p.name): int(np.count_nonzero(self.masks[p.name])) if p.name in self.masks else 0
                 for p in self.strategy.populations} if self.strategy is not None else {}
 

@@ -561,20 +561,20 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
     cut makes that percentage 0 or 100 by itself, and no cut near the data's edge tells how wrong.
     A gate placed on events resting on an undetermined gate (:func:`undetermined_gates`) is not
     sized, its flags kept as raised: the counts and percentages below such a gate are held, not
-    reported, so its flags quote none of them (``checks.check_valley``'s ``held``) and a sized one says
-    which gates its size rests on instead."""
+    reported, so its flags quote none of them (``checks.check_valley``'s ``held``, which its
+    diagnostics name, ``resting_on``) and a sized one says which gates its size rests on instead."""
     placed = {name: g for name, _, g, _ in state.gates}
     reported = {v.numerator for v in strategy.variables} if strategy.variables else {p.name for p in pops}
-    undetermined = undetermined_gates(state.diagnostics)
     out = []
     for k, flag in flags:
         pop = pops[k]
         if flag.code == "cut_at_scale_edge" and pop.name in reported:
             out.append((k, flag))
             continue
-        alternatives = state.diagnostics.get(pop.name, {}).get("alternative_cuts", {}).get(flag.code)
+        diagnostics = state.diagnostics.get(pop.name, {})
+        alternatives = diagnostics.get("alternative_cuts", {}).get(flag.code)
         gate = placed.get(pop.name)
-        held = resting_on(strategy, undetermined, *pop.depends_on)
+        held = diagnostics.get("resting_on", ())   # checks.check_valley's, which set alternative_cuts
         if held and alternatives:
             flag = replace(flag, message=f"{flag.message}; size: not measured, the percentages it moves rest on "
                                          f"{', '.join(held)} ({UNDETERMINED})")
@@ -1169,7 +1169,7 @@ class _TubeKindRun:
                 self.thresholds[pop.name] = _Threshold(None, None, str(exc))
                 continue
             marker = pop.dims[0]
-            row = _threshold_row(pop, placement, source, self.strategy, self.percentile)
+            row = _threshold_row(pop, placement, source, self.strategy, self.percentile, held)
             self.thresholds[pop.name] = _Threshold(placement, row, held=held)
             self.global_flags.extend((k, gate_flag(pop, f)) for f in placement.flags)
             low, high = self.qc.fmo_threshold_range
@@ -1255,7 +1255,8 @@ def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile
     return [states[i] for i in range(len(tubes))]
 
 
-def _threshold_row(pop: Population, placement: pl.Placement, source: str, strategy: Strategy, percentile: float) -> dict:
+def _threshold_row(pop: Population, placement: pl.Placement, source: str, strategy: Strategy, percentile: float,
+                   held: tuple[str, ...]) -> dict:
     marker = pop.dims[0]
     value = float(placement.diagnostics["threshold"])
     row = {
@@ -1268,7 +1269,7 @@ def _threshold_row(pop: Population, placement: pl.Placement, source: str, strate
         "method": placement.method,
         "source_file": source,
     }
-    row.update(checks.threshold_record(placement))
+    row.update(checks.threshold_record(placement, held))
     return row
 
 

@@ -294,16 +294,15 @@ def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any],
             f"the parent, stained vs FMO")
 
 
-def threshold_record(placement: pl.Placement) -> dict[str, Any]:
+def threshold_record(placement: pl.Placement, held: tuple[str, ...] = ()) -> dict[str, Any]:
     """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number; ``reading_verdict`` '':
-    the engine sets it when every threshold is placed). The ``*_points`` columns (points of the stained parent)
-    are NaN when that parent rests on undetermined gates (``resting_on``, :func:`place_and_check`'s ``held``)."""
+    the engine sets it when every threshold is placed). ``held``: as :func:`place_and_check`'s; then the
+    ``*_points`` columns (points of the stained parent) are NaN."""
     d = placement.diagnostics
     out: dict[str, Any] = {}
     for key in RECORD_COLUMNS:
-        out[key] = "" if key == "reading_verdict" else d.get(key, "" if key in ("rule", "winner") else float("nan"))
-        if key.endswith("_points") and d.get("resting_on"):
-            out[key] = float("nan")
+        out[key] = ("" if key == "reading_verdict" else float("nan") if held and key.endswith("_points")
+                    else d.get(key, "" if key in ("rule", "winner") else float("nan")))
     if not out["winner"]:
         out["winner"] = placement.method
     return out
@@ -357,8 +356,9 @@ def place_and_check(
     flag (the placement's and the checks') has ``gate`` ``population``. ``held``: the undetermined gates the
     stained parent, the FMO's parent or the reference population (in either tube) rest on
     (``phenotype.resting_on``), whose counts no output reports: then the flags quote no points or % of them
-    (a size over its limit says 'more than' the limit; the reference's own % of positives is 'some') and
-    :func:`threshold_record` leaves its ``*_points`` columns blank."""
+    (a size over its limit says 'more than' the limit; the reference's own % of positives is 'some'; so does
+    :func:`threshold_record` given them). The diagnostics keep every number as measured and name those gates
+    (``resting_on``): they are the API's, written to no output (``tilpheno.gating.GatingResult``)."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
         placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
                                            min_events=min_events)
@@ -737,8 +737,11 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     by ``DELTA`` either way (the smoothing scale). ``held``: the undetermined gates ``values`` rest on
     (``phenotype.resting_on``), whose counts no output reports: then ``few_events`` says 'fewer than
     1000 events', ``cut_in_dense_region`` quotes no points of the parent and ``cut_at_scale_edge`` no count
-    (:func:`valley_edge_flag`)."""
+    (:func:`valley_edge_flag`); the diagnostics keep the numbers and name those gates (``resting_on``, as
+    :func:`place_and_check`'s)."""
     d = dict(placement.diagnostics)
+    if held:
+        d["resting_on"] = held
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     cut = float(d.get("threshold", float("nan")))
