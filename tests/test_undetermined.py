@@ -636,3 +636,20 @@ def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_qu
     said = reference(("CD3+", "CD4+"))[0]
     assert "some of the reference population's stained events are FoxP3+" in said, said
     assert not re.search(r"\d+\.\d+(%| points)", said), said
+
+
+def test_a_co_expression_warning_on_undetermined_gates_quotes_no_held_share(drafted):
+    """The drafted study's co_expression checks (CD4+/CD8+ of CD3+, CD3+/CD19+ of lymph: one-population gates,
+    held) quoted the held shares that stop 46 took out of every table ('92.7 % of CD3+ are both CD4+ and
+    CD8+ (double positives; ... CD4+ 97.6 %, CD8+ 93.8 % of CD3+)') -> the warnings stay, on both gates,
+    saying 'more than' the limit and naming the gates the shares rest on, in gating order (held_51)."""
+    _, _, out, _ = drafted
+    qc = pd.read_csv(out / "qc.csv")
+    said = qc.query("code == 'co_expression'").set_index("gate")["message"]
+    assert set(said.index) == {"CD4+", "CD8+", "CD3+", "CD19+"}, said
+    assert said["CD4+"].startswith("CD4+ (CD4): more than the 10 % of CD3+ the strategy allows are both CD4+ and CD8+ "
+                                   "(double positives; checks: co_expression; the shares rest on CD3+, CD8+, CD4+, "
+                                   "undetermined, not quoted): one cell rarely carries CD4 and CD8"), said["CD4+"]
+    assert "the shares rest on CD3+, CD19+, undetermined" in said["CD19+"], said["CD19+"]
+    for message in said:
+        assert re.findall(r"[\d.]+ %", message) == ["10 %"], message

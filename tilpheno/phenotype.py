@@ -607,15 +607,18 @@ def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population])
 
 def _co_expression_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
     """The strategy's declared ``co_expression`` checks on a gated stained file
-    (``tilpheno.gates.coexpression``), each flag at its gate's place in the strategy."""
+    (``tilpheno.gates.coexpression``), each flag at its gate's place in the strategy, quoting no share resting
+    on an undetermined gate (its ``held``)."""
     out = []
     index = {p.name: k for k, p in enumerate(pops)}
+    undetermined = undetermined_gates(state.diagnostics)
     for c in strategy.co_expression:
         first, second = (strategy.population(n) for n in c.populations)
         if not {first.name, second.name, first.parent} <= set(state.masks) | {ROOT}:
             continue
         masks = {**state.masks, ROOT: np.ones(state.tube.n_events, dtype=bool)} if first.parent == ROOT else state.masks
-        flags = co_expression_flags(first.name, second.name, first.parent, masks, c.limit, (first.dims[0], second.dims[0]))
+        flags = co_expression_flags(first.name, second.name, first.parent, masks, c.limit, (first.dims[0], second.dims[0]),
+                                    resting_on(strategy, undetermined, first.name, second.name))
         out += [(index[f.gate], f) for f in flags]
     return out
 
