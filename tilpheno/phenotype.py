@@ -1461,6 +1461,7 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
     columns = {m: _bucketed(state.tube.data[m]) for m in markers} if any(counts.values()) else {}
     rows = []
     medians: dict[str, list[float]] = {m: [] for m in markers}   # per marker, one per population, transformed
+    lymph_blank = bool(lymph and resting_on(strategy, undetermined, lymph))   # once: the % of lymph rests on it too
     for pop in strategy.populations:
         mask = state.masks.get(pop.name)
         count = counts.get(pop.name, 0)
@@ -1472,7 +1473,7 @@ def population_table(strategy: Strategy, state: _Gated, undetermined: frozenset[
             "count": pd.NA if blank else count,
             "pct_of_parent": 100.0 * count / parent_count if parent_count and not blank else float("nan"),
             "pct_of_live_lymph": (100.0 * count / lymph_count if lymph_count and _descends_from(strategy, pop.name, lymph)
-                                  and not resting_on(strategy, undetermined, pop.name, lymph or ROOT) else float("nan")),
+                                  and not (blank or lymph_blank) else float("nan")),
         }
         # the population's event indices once; per marker the median from the value buckets, or
         # (a column with a non-finite value) by selection in a fresh gathered array

@@ -1198,6 +1198,7 @@ def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndar
     counts = {name: int(np.count_nonzero(m)) for name, m in masks.items()}
     lymph = next((p.name for p in strategy.populations if p.method == "lymphocytes"), None)
     below_lymph = _descendants(strategy, lymph)
+    lymph_on = resting_on(strategy, undetermined, lymph) if lymph else ()
     rows = []
     for pop in strategy.populations:
         parent_count = tube.n_events if pop.parent == ROOT else counts.get(pop.parent, 0)
@@ -1207,7 +1208,7 @@ def counts_table(strategy: Strategy, tube: TubeData, masks: Mapping[str, np.ndar
                      "within_lymph": pop.name in below_lymph,
                      "pct_of_parent": 100.0 * c / parent_count if parent_count and not on else None,
                      "pct_of_live_lymph": (100.0 * c / counts[lymph] if lymph and counts.get(lymph) and pop.name in below_lymph
-                                           and not resting_on(strategy, undetermined, pop.name, lymph) else None)})
+                                           and not (on or lymph_on) else None)})
     return rows
 
 
