@@ -653,3 +653,23 @@ def test_a_co_expression_warning_on_undetermined_gates_quotes_no_held_share(draf
     assert "the shares rest on CD3+, CD19+, undetermined" in said["CD19+"], said["CD19+"]
     for message in said:
         assert re.findall(r"[\d.]+ %", message) == ["10 %"], message
+
+
+def test_a_dim_subset_warning_on_undetermined_gates_quotes_no_held_points():
+    """A declared dim_subset check on populations resting on an undetermined gate quoted their held count's
+    points ('12.5 points of T cells are CD4- CD8- events with CD3 below ...') -> 'more than' its limit
+    (held_51); on determined events the points as counted here."""
+    rng = np.random.default_rng(5)
+    reference, subset = rng.normal(0.6, 0.05, 2000), np.concatenate([rng.normal(0.6, 0.05, 200), rng.normal(0.3, 0.03, 300)])
+    low = np.percentile(reference, 5.0)
+    excess = 100.0 * (np.count_nonzero(subset < low) - 0.05 * subset.size) / 2500
+
+    def said(held):
+        points, flag = checks.dim_subset_flag("T cells", "CD4- CD8-", "CD4+ or CD8+", "CD3", subset, reference, 2500,
+                                              held=held)
+        assert points == pytest.approx(excess, abs=1e-9) and flag is not None
+        return flag.message
+
+    assert said(()).startswith(f"T cells (CD3): {excess:.1f} points of T cells are CD4- CD8- events"), said(())
+    assert said(("CD3+",)).startswith("T cells (CD3): more than 2 points of T cells are CD4- CD8- events"), said(("CD3+",))
+    assert f"{excess:.1f}" not in said(("CD3+",))

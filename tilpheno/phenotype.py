@@ -588,8 +588,10 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
 
 def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population]) -> list[tuple[int, pl.Flag]]:
     """The strategy's declared ``dim_subset`` checks on a gated stained file (``checks.dim_subset_flag``);
-    the flag names the nearest population above the subset gated on the check's marker."""
+    the flag names the nearest population above the subset gated on the check's marker and quotes no points
+    resting on an undetermined gate (its ``held``)."""
     out = []
+    undetermined = undetermined_gates(state.diagnostics)
     for c in strategy.checks:
         if c.marker not in state.tube.data or c.subset not in state.masks or c.reference not in state.masks:
             continue
@@ -599,7 +601,7 @@ def _subset_flags(strategy: Strategy, state: _Gated, pops: Sequence[Population])
         values = state.tube.data[c.marker]
         _, flag = checks.dim_subset_flag(gate, c.subset, c.reference, c.marker, values[state.masks[c.subset]],
                                          values[state.masks[c.reference]], int(np.count_nonzero(state.masks[gate])),
-                                         c.quantile, c.limit)
+                                         c.quantile, c.limit, resting_on(strategy, undetermined, gate, c.subset, c.reference))
         if flag is not None:
             out.append((next(k for k, p in enumerate(pops) if p.name == c.subset), flag))
     return out

@@ -835,14 +835,16 @@ def size_flag(flag: pl.Flag, impact: float, what: str, alternatives, limit: floa
 
 def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_values: np.ndarray,
                     reference_values: np.ndarray, gated_count: int, quantile: float = 5.0,
-                    limit: float = IMPACT_POINTS) -> tuple[float, pl.Flag | None]:
+                    limit: float = IMPACT_POINTS, held: tuple[str, ...] = ()) -> tuple[float, pl.Flag | None]:
     """A declared ``dim_subset`` check (``tilpheno.gates.strategy.SubsetCheck``): the ``subset``
     events with ``marker`` below the ``quantile``-th percentile of the ``reference`` events, less
     the ``quantile`` % of the subset a population like the reference would put there, in points of
     ``gated_count`` (the events of ``gate``, the population gated on ``marker``). Real double
     negative T cells carry CD3 like CD4/CD8 T cells; an excess of CD3-dim double negatives is
     non-T events above the T-cell cut. Returns (excess points, a ``dim_subset_events`` warning
-    naming ``gate`` when the excess exceeds ``limit``, else None)."""
+    naming ``gate`` when the excess exceeds ``limit``, else None). ``held``: the undetermined gates those
+    populations rest on (``phenotype.resting_on``), whose counts no output reports: the warning then says
+    'more than' the limit."""
     sub = np.asarray(subset_values, dtype=np.float64)
     ref = np.asarray(reference_values, dtype=np.float64)
     sub, ref = sub[np.isfinite(sub)], ref[np.isfinite(ref)]
@@ -854,7 +856,7 @@ def dim_subset_flag(gate: str, subset: str, reference: str, marker: str, subset_
         return excess, None
     return excess, pl.Flag(
         "dim_subset_events", "warning",
-        f"{gate} ({marker}): {excess:.1f} points of {gate} are {subset} events with {marker} below the "
+        f"{gate} ({marker}): {_points(excess, limit, held)} of {gate} are {subset} events with {marker} below the "
         f"{quantile:g}th percentile of {reference} ({low:.3f}), beyond the {quantile:g} % expected (limit "
         f"{limit:g}); the {gate} gate may hold {marker}-dim events of another kind; look at {marker} of {subset} "
         f"against {reference}", gate)
