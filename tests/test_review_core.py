@@ -1438,7 +1438,7 @@ def test_an_approval_over_a_rejection_names_it_and_says_why(service):
     rejection = service.sign(pid, carol.id, PASSWORDS["carol"], "rejected", v, {}, "CD3 valley too high")
     for overrules, comment in ((None, "looks fine to me"), (rejection.id + 1000, "looks fine"), (True, "looks fine"),
                                (rejection.id, "")):
-        with pytest.raises(Forbidden, match=rf"version {v} was rejected by Carol Tester \(carol\) at .* UTC: "
+        with pytest.raises(GateSetError, match=rf"version {v} was rejected by Carol Tester \(carol\) at .* UTC: "
                                             r"'CD3 valley too high'"):
             service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, resolutions, comment, overrules)
         assert service.decision(pid) == ("rejected", v)
@@ -2104,7 +2104,7 @@ def test_approving_gates_that_fail_the_release_spec_is_an_out_of_specification_r
         with service.factory() as db:
             return len(db.scalars(select(Signature).where(Signature.product_id == pid)).all())
 
-    with pytest.raises(Forbidden) as refused:
+    with pytest.raises(GateSetError) as refused:
         service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", v, {})
     message = str(refused.value)
     assert "\n" not in message
@@ -2187,7 +2187,7 @@ def test_a_comment_overruling_a_rejection_is_not_an_out_of_specification_justifi
     rejection = service.sign(pid, user(service, "carol").id, PASSWORDS["carol"], "rejected", 1, {},
                              "CD3 cut in the dim tail")
     overrule = "re-gated CD3 by eye: the cut sits in the valley, the rejection's concern does not hold"
-    with pytest.raises(Forbidden, match="out-of-specification release; say why .* out-of-specification justification"):
+    with pytest.raises(GateSetError, match="out-of-specification release; say why .* out-of-specification justification"):
         service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, pid),
                      overrule, overrules=rejection.id)
     assert service.approved_version(pid) is None
@@ -2257,3 +2257,44 @@ def test_the_certificate_names_the_panel_file_the_run_read(kind, tmp_path, proce
             svc.factory.kw["bind"].dispose()
         finally:
             drop_schema(url)
+
+
+def last_entry(service):
+    """The newest audit entry: (username, action, reason)."""
+    with service.factory() as db:
+        e = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+    return e.username, e.action, e.reason
+
+
+def test_a_signature_is_authenticated_then_authorised_then_its_content_refused_at_once(fresh_service, monkeypatch):
+    """A signature request is judged in one order: the password (authenticate), then whether this
+    user may sign it (role, assignment, four eyes), then what it says, all of it in one refusal.
+    The form used to be checked first, the password and the rules after: an API client sending
+    dave's approval of TIL001 (it fails CD3+ > 90 %) with no QC resolutions and no
+    out-of-specification justification was refused for the first resolution alone (unaudited),
+    then for the justification; a wrong password or an analyst's approval with a markup comment
+    was refused for the comment, the password unchecked and the role unsaid."""
+    service, pid = fresh_service, "TIL001"
+    dave, bob = user(service, "dave"), user(service, "bob")
+    flags = [{"product_id": pid, "file": f"{pid}_surface_stain.fcs", "code": code, "severity": "warning",
+              "message": "test flag"} for code in ("fallback_gate", "no_time_channel")]
+    monkeypatch.setattr(service.source, "qc", pd.concat([service.source.qc, pd.DataFrame(flags)], ignore_index=True))
+    flags = [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
+    assert len(flags) >= 2   # more than one thing an approval must resolve
+    with pytest.raises(AuthError, match="wrong"):   # authenticate first
+        service.sign(pid, dave.id, "not dave's", "approved for release", 1, {}, "<b>ok</b>")
+    assert last_entry(service)[:2] == ("dave", "signature_refused")
+    with pytest.raises(Forbidden, match="^role analyst cannot sign 'approved for release'$"):   # then authorise
+        service.sign(pid, bob.id, PASSWORDS["bob"], "approved for release", 1, {}, "<b>ok</b>")
+    with pytest.raises(GateSetError) as refused:   # then everything wrong with the content, at once
+        service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", 1, {}, "<b>ok</b>")
+    wanted = ([f"resolution of QC flag {f['code']} ({f['file']}): required (at least 3 characters)" for f in flags]
+              + ["comment: plain text only ('<' and '>' are refused so no markup or script is stored)",
+                 "version 1 of TIL001 fails the release criteria"])
+    said = str(refused.value).split("; ")
+    assert len(said) >= len(wanted) and all(s.startswith(w) for s, w in zip(said, wanted)), said
+    assert last_entry(service) == ("dave", "signature_refused", f"approved for release of version 1: {refused.value}")
+    assert service.approved_version(pid) is None
+    sig = service.sign(pid, dave.id, PASSWORDS["dave"], "approved for release", 1, approval_resolutions(service, pid),
+                       "QA release review", oos_justification=OOS_REASON)
+    assert sig.oos_justification == OOS_REASON and service.approved_version(pid).version == 1

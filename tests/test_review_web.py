@@ -912,7 +912,7 @@ def test_a_rejection_says_why_and_a_refused_signature_says_what_was_refused(app,
     """The audit trail's "why" of a QA decision. A rejection could be signed without a word (its
     entry's reason was just "rejected"), and a signature refused for a wrong password was audited
     as "wrong user name or password" without the meaning or the version it was for (other refusals
-    name both). Now a rejection needs a comment (400 naming the field, nothing stored), which the
+    name both). Now a rejection needs a comment (400 naming the field, audited, nothing stored), which the
     entry holds as its reason, and a refused signature's entry names the meaning and version."""
     from tilpheno.review.service import transaction
 
@@ -922,7 +922,7 @@ def test_a_rejection_says_why_and_a_refused_signature_says_what_was_refused(app,
     r = c.post(f"/api/products/{PID}/sign", headers=h,
                json={"version": version, "meaning": "rejected", "password": PASSWORDS["carol"]})
     assert r.status_code == 400 and r.json["error"] == "comment: say why you reject (at least 3 characters)"
-    assert counts(service) == before   # no signature, no audit entry
+    assert counts(service) == (before[0] + 1, *before[1:])   # no signature; the refusal audited
     r = c.post(f"/api/products/{PID}/sign", headers=h,
                json={"version": version, "meaning": "rejected", "password": "not carol's", "comment": "CD3 cut too high"})
     assert r.status_code == 403
@@ -2160,3 +2160,31 @@ def test_the_403_names_no_db_when_the_server_uses_the_folders_own_database(revie
     finally:
         service.factory.kw["bind"].dispose()
         default_db_path(out).unlink()
+
+
+def test_an_out_of_specification_justification_sent_with_an_approval_in_specification_is_kept(fresh_service):
+    """dave approves TIL002 (it passes its release criteria) over HTTP with an out-of-specification
+    justification an API client sent anyway. It used to be dropped without a word: neither the
+    signature, nor its audit entry, nor the reply held it. Now the reply says it is not needed and
+    where it is kept, the signature holds none (nothing is released out of specification), and the
+    ``sign`` entry keeps it (``before.oos_justification_not_needed``)."""
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.service import failed_criteria
+
+    service, pid = fresh_service, "TIL002"
+    c, h, _ = login(create_app(service), "dave")
+    version = c.get(f"/api/products/{pid}/state").json["current_version"]
+    assert failed_criteria(service.version_criteria(pid, service.version(pid, version))) == []   # in specification
+    r = c.post(f"/api/products/{pid}/sign", headers=h, json={
+        "version": version, "meaning": "approved for release", "password": PASSWORDS["dave"],
+        "qc_resolutions": approval_resolutions(service, pid), "oos_justification": OOS_REASON})
+    assert r.status_code == 201, r.json
+    assert r.json["message"].endswith("; the out-of-specification justification sent is not needed (only an approval "
+                                      "for release of a version that fails a release criterion has one): not signed, "
+                                      "kept in the signature's audit entry"), r.json
+    sig = [v for v in service.signatures(pid) if v.valid][-1].row
+    assert (sig.meaning, sig.oos_justification) == ("approved for release", "")
+    with service.factory() as db:
+        entry = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc())).first()
+    assert (entry.action, entry.username) == ("sign", "dave")
+    assert json.loads(entry.before_json) == {"oos_justification_not_needed": OOS_REASON}

@@ -32,6 +32,9 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   comment: a double-click on Sign, the second request checked after the first is stored) is
   refused naming it (:class:`RepeatedSignature`, :func:`repeated_signature`); re-signing with
   something new (a comment, a resolution, a signature of an older data-hash form) is a signature.
+  A request is judged in one order: authenticate (the password), authorise (account, role,
+  assignment, four eyes, an unjustified deviation: Forbidden), then its content, one refusal
+  naming everything wrong with it (:func:`signed_content`; GateSetError).
   Every refused signature is audited (``signature_refused``: the meaning, the version and why).
   A rejection needs a comment saying why (its audit entry's reason). Approving a version whose
   standing decision is a rejection overrules it: the request must name that rejection
@@ -45,7 +48,8 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   refused naming the product, the version and each failed criterion with its value (audited
   ``signature_refused``); the signature stores it (``Signature.oos_justification``, bound by its
   SHA-256) and its ``sign`` entry holds the failed criteria and it as ``before.out_of_specification``.
-  One given for a version that fails nothing is not needed and not stored. An approval signed
+  One given for a version that fails nothing (or with another meaning) is not needed: not part of
+  the signature, kept in its ``sign`` entry (``before.oos_justification_not_needed``). An approval signed
   before the field existed (revision 0003) was justified by its comment: shown as such.
   The page names the failed criteria where the approval is signed,
   and the page, the certificate and the approved export show the release as an
@@ -360,6 +364,46 @@ def unresolved_flags(flags: list[dict], approval: Signature) -> list[str]:
     held = json.loads(approval.qc_resolutions_json or "{}")
     serious = [f for f in flags if f["severity"] in ("warning", "error")]
     return [f"{f['code']} ({f['file']})" for i, f in enumerate(serious) if f"{f['code']}:{f['file']}:{i}" not in held]
+
+
+@dataclass(frozen=True)
+class SentContent:
+    """What a signature request sent, checked (:func:`signed_content`): the QC resolutions
+    (``code:file:i`` -> text), the comment and the out-of-specification justification, each
+    stripped ("" when none was sent), and everything wrong with them (``wrong``, in the sign
+    form's order; empty when nothing is)."""
+    resolutions: dict[str, str]
+    comment: str
+    justification: str
+    wrong: list[str]
+
+
+def signed_content(meaning: str, flags: list[dict], own: Any, by_kind: Any, comment: Any,
+                   oos_justification: Any) -> SentContent:
+    """The content of a signature with ``meaning`` checked as a whole (:func:`check_reason`), so one
+    refusal names every problem: a resolution of each of ``flags`` (the product's warning and error
+    QC flags) for an approval (:func:`resolutions_typed`), a comment saying why for a rejection,
+    the comment's and the out-of-specification justification's form (read with any meaning: one not
+    needed is kept in the ``sign`` entry, never dropped unsaid)."""
+    wrong: list[str] = []
+
+    def checked(text: Any, what: str) -> str:
+        try:
+            return check_reason(text, what)
+        except GateSetError as exc:
+            wrong.append(str(exc))
+            return ""
+
+    resolutions = {}
+    if meaning == APPROVED:
+        for f, (key, text) in zip(flags, resolutions_typed(flags, own, by_kind).items()):
+            resolutions[key] = checked(text, f"resolution of QC flag {f['code']} ({f['file']})")
+    if meaning == REJECTED and comment in (None, ""):   # a QA rejection says why (its entry's reason)
+        wrong.append("comment: say why you reject (at least 3 characters)")
+    said = "" if comment in (None, "") else checked(comment, "comment")
+    justification = ("" if oos_justification in (None, "")
+                     else checked(oos_justification, "out-of-specification justification"))
+    return SentContent(resolutions, said, justification, wrong)
 
 
 def _justification(product_id: str, base_version: int, overturns: list[Overturn], deviation: Any) -> str:
@@ -1333,7 +1377,7 @@ class ReviewService:
         """Sign the current ``version`` with ``meaning`` (module docstring); ``overrules``: the id of
         the standing rejection of that version an approval overrules (required to approve it);
         ``oos_justification``: why a version that fails its release criteria is approved anyway
-        (required to approve one; not stored for a version that fails none).
+        (required to approve one; one not needed is kept in the ``sign`` entry only).
         ``qc_resolutions``: {``code:file:i``: text} of each warning or error flag; a flag with none
         (or only whitespace) gets ``kind_resolutions[code]``, typed for all flags of its code
         (:func:`resolutions_typed`)."""
@@ -1343,26 +1387,13 @@ class ReviewService:
         if version != current.version:
             raise VersionConflict(f"conflict: you are signing version {version} but {self.noun} {product_id} is at version "
                                   f"{current.version}; reload and review the current gates before signing")
-        with self.factory() as db:   # a role that cannot sign ``meaning`` is refused (audited, below) before
-            may_sign = _get(db, User, user_id).role in MEANINGS[meaning]   # asking for what only a signer gives
-        flags = [f for f in self.source.qc_flags(product_id) if f["severity"] in ("warning", "error")]
-        clean_res = {}
-        if meaning == "approved for release" and may_sign:
-            typed = resolutions_typed(flags, qc_resolutions, kind_resolutions)
-            for f, (key, text) in zip(flags, typed.items()):
-                clean_res[key] = check_reason(text, f"resolution of QC flag {f['code']} ({f['file']})")
-        if meaning == "rejected" and may_sign and comment in (None, ""):   # a QA rejection says why (its entry's reason)
-            raise GateSetError("comment: say why you reject (at least 3 characters)")
-        comment = "" if comment in (None, "") else check_reason(comment, "comment")
-        justification = ("" if meaning != APPROVED or oos_justification in (None, "")
-                         else check_reason(oos_justification, "out-of-specification justification"))
         if not isinstance(password, str) or not password:
             raise AuthError("password: re-enter your password to sign")
+        flags = [f for f in self.source.qc_flags(product_id) if f["severity"] in ("warning", "error")]
         gates_digest = current.gates_sha256
         data_digest = data_sha256(self.source, product_id, current.version, gates_digest)
         criteria = self.version_criteria(product_id, current) if meaning == APPROVED else []   # slow: outside
         overturns, failed = self.overturns(product_id, criteria), failed_criteria(criteria)
-        justification = justification if failed else ""   # a version in specification needs none: not stored
         entry = PasswordEntry(password)   # a re-run of ``do`` re-checks it without verifying it again
 
         def do(db: Session):
@@ -1389,19 +1420,31 @@ class ReviewService:
             views = self._read_views(db, product_id, current)
             rejection = standing_of(views, REJECTED, current.version) if meaning == APPROVED else None
             refusal = (self._signing_refusal(db, user, product_id, meaning, current.version)
-                       or _overrule_refusal(rejection, overrules, comment)
-                       or _oos_refusal(product_id, current.version, failed, justification)
                        or _deviation_refusal(product_id, user.username, current.version,
                                              _justified(db, product_id, current.version, overturns)))
-            if refusal:
+            if refusal:   # authorised only after authenticated; the content is judged only once authorised
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
                              reason=f"{meaning} of version {current.version}: {refusal}")
                 db.commit()
                 raise Forbidden(refusal)
+            sent = signed_content(meaning, flags, qc_resolutions, kind_resolutions, comment, oos_justification)
+            wrong = sent.wrong + [w for w in (
+                _overrule_refusal(rejection, overrules, sent.comment),
+                "" if oos_justification not in (None, "") else _oos_refusal(product_id, current.version, failed, ""))
+                if w]
+            if wrong:   # one refusal naming everything wrong with what was sent
+                refusal = "; ".join(wrong)
+                audit.append(db, user.username, "signature_refused", product_id=product_id,
+                             reason=f"{meaning} of version {current.version}: {refusal}")
+                db.commit()
+                raise GateSetError(refusal)
+            justification = sent.justification if failed else ""   # a version in specification needs none:
+            unneeded = "" if failed else sent.justification            # one sent anyway is kept in the trail only
             if _get(db, Product, product_id).current_version != current.version:
                 raise VersionConflict(f"conflict: {self.noun} {product_id} changed while you were signing; reload")
-            resolutions = audit.canonical(clean_res)
-            repeat = repeated_signature(views, user.username, meaning, data_digest, resolutions, comment, justification)
+            resolutions = audit.canonical(sent.resolutions)
+            repeat = repeated_signature(views, user.username, meaning, data_digest, resolutions, sent.comment,
+                                        justification)
             if repeat is not None:   # a double-click: the second request finds the first's signature
                 said = (f"you already signed version {current.version} of {product_id} as '{meaning}' (signature "
                         f"{repeat.id}, {_signed_by(repeat)}) with the same data, QC resolutions and comment, and it "
@@ -1412,7 +1455,7 @@ class ReviewService:
                 raise RepeatedSignature(said)
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
-                            gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=comment,
+                            gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=sent.comment,
                             oos_justification=justification)
             content = audit.signature_content(sig)
             sig.signature_sha256 = audit.signature_sha256(content)
@@ -1420,9 +1463,10 @@ class ReviewService:
             db.flush()
             ends = {**({"overrules": _signature_record(rejection)} if rejection is not None else {}),
                     **({"out_of_specification": {"release": FAIL, "criteria": [_criterion_record(r) for r in failed],
-                                                 "justification": justification}} if failed else {})}
+                                                 "justification": justification}} if failed else {}),
+                    **({"oos_justification_not_needed": unneeded} if unneeded else {})}
             audit.append(db, user.username, "sign", product_id=product_id, after=content, before=ends or None,
-                         reason=comment or meaning, expect_seq=start, relevant=_concerns(product_id))
+                         reason=sent.comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig
 
         return transaction(self.factory, do)

@@ -449,7 +449,10 @@ def create_app(service: ReviewService) -> Flask:
         left = undetermined_named(json.loads(service.version(product_id, sig.version).gates_json))
         stays = (f"; undetermined gates left ({', '.join(left)}: no FMO or unstained control): release stays not evaluable "
                  "on the criteria resting on them") if left else ""
-        return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'{stays}",
+        kept = ("; the out-of-specification justification sent is not needed (only an approval for release of a "
+                "version that fails a release criterion has one): not signed, kept in the signature's audit entry"
+                if data.get("oos_justification") not in (None, "") and not sig.oos_justification else "")
+        return jsonify({"message": f"signed version {sig.version} as '{sig.meaning}'{stays}{kept}",
                         "signature_sha256": sig.signature_sha256}), 201
 
     @app.post("/api/products/<path:product_id>/apply")
