@@ -151,6 +151,11 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         with service.factory() as db:
             action, reason = db.execute(text("SELECT action, reason FROM audit_entries ORDER BY seq DESC")).first()
         assert action == "signature_refused" and expect[1].removeprefix("signature refused: ") in reason, reason
+    elif case in ("no_csrf", "wrong_csrf", "other_users_product"):   # a logged-in user's 403: audited, with why
+        assert after[0] == before[0] + 1
+        with service.factory() as db:
+            action, reason = db.execute(text("SELECT action, reason FROM audit_entries ORDER BY seq DESC")).first()
+        assert action == "access_refused" and expect[1] in reason, reason
     else:
         assert after[0] == before[0]
 
@@ -165,7 +170,10 @@ def test_script_in_product_id_page_is_escaped(app):
 def test_exports_and_audit_csv(app, service):
     """/audit.csv for a reviewer; the download is itself audited, after the copy (``audit_export``:
     who, the file, the entries it holds, the SHA-256 of the bytes sent): the copy does not hold its
-    own entry. An analyst is refused (403), nothing audited."""
+    own entry. An analyst is refused (403), and the refusal is audited (``access_refused``: who, the
+    request, the product it named, why): a 403 used to leave no trace, while refused signatures and
+    logins did; the analyst's attempts to read the audit trail, export every product or open a
+    product not assigned to them, or a POST without a CSRF token, were nowhere in the trail."""
     import csv
     import hashlib
     import io
@@ -182,14 +190,35 @@ def test_exports_and_audit_csv(app, service):
     assert (newest.username, newest.action, newest.seq) == ("alice", "audit_export", int(rows[-1]["seq"]) + 1)
     assert json.loads(newest.after_json) == {"file": "audit.csv", "sha256": hashlib.sha256(r.data).hexdigest(),
                                              "first_seq": 1, "last_seq": int(rows[-1]["seq"])}
-    c_bob, _, _ = login(app, "bob")
-    assert c_bob.get("/audit.csv").status_code == 403
-    with service.factory() as db:
-        assert db.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).seq == newest.seq + 1   # bob's login only
-    assert c_bob.get("/export/phenotypes.csv").status_code == 403
+    c_bob, h_bob, _ = login(app, "bob")
+
+    def refused(url, method="get", **kw):
+        """bob's request to ``url``, refused 403; the newest audit entries since it was sent."""
+        with service.factory() as db:
+            head = db.scalar(select(func.max(AuditEntry.seq)))
+        r = getattr(c_bob, method)(url, **kw)
+        assert r.status_code == 403, r.text
+        with service.factory() as db:
+            new = list(db.scalars(select(AuditEntry).where(AuditEntry.seq > head).order_by(AuditEntry.seq)))
+        return r.json["error"] if r.is_json else r.text, [(e.username, e.action, e.product_id, json.loads(e.after_json),
+                                                           e.reason) for e in new]
+
+    error, entries = refused("/audit.csv")
+    assert entries == [("bob", "access_refused", "", {"request": "GET /audit.csv"}, error)]
+    assert error == "role analyst cannot export the audit trail"
+    error, entries = refused("/export/phenotypes.csv")
+    assert entries == [("bob", "access_refused", "", {"request": "GET /export/phenotypes.csv"}, error)]
     home = c_bob.get("/").text
     assert "TIL001" in home and "TIL002" not in home          # an analyst sees the products assigned to them
-    assert c_bob.get("/api/products/TIL002/state").status_code == 403
+    error, entries = refused("/api/products/TIL002/state")
+    assert entries == [("bob", "access_refused", "TIL002", {"request": "GET /api/products/TIL002/state"}, error)]
+    assert error.startswith("product TIL002 is not assigned to you (bob, analyst)")
+    error, entries = refused(f"/api/products/{PID}/sign", "post", json={"meaning": "reviewed"})   # no CSRF token
+    assert entries == [("bob", "access_refused", PID, {"request": f"POST /api/products/{PID}/sign"}, error)]
+    assert error.startswith("CSRF token missing or wrong")
+    error, entries = refused(f"/api/products/{PID}/sign", "post", headers=h_bob, json={   # audited once, as before
+        "meaning": "approved for release", "version": service.current_version(PID), "password": PASSWORDS["bob"]})
+    assert [e[:3] for e in entries] == [("bob", "signature_refused", PID)]
     r = c.get("/export/phenotypes.csv")
     assert r.status_code == 200 and "review_status" in r.text.splitlines()[0]
     r = c.get(f"/products/{PID}/certificate.pdf")

@@ -103,7 +103,8 @@ BATCH_ROLES = ("reviewer", "admin")
 # audited actions that change no account, role or assignment: committed during a save or signature
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
-                            "export_gatingml", "export_failed", "audit_export", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused"})
+                            "export_gatingml", "export_failed", "audit_export", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused",
+                            "access_refused"})
 
 
 class VersionConflict(ReviewError):
@@ -117,6 +118,11 @@ class RepeatedSignature(VersionConflict):
 
 class Forbidden(ReviewError):
     """The user's role does not allow this (HTTP 403)."""
+
+
+class AuditedRefusal(Forbidden):
+    """A refusal (HTTP 403) its operation audited itself (a signature's ``signature_refused``): the
+    server does not audit it again as ``access_refused`` (:meth:`ReviewService.record_access_refused`)."""
 
 
 class NotFound(ReviewError):
@@ -931,6 +937,15 @@ class ReviewService:
             raise Forbidden(f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role}); "
                             f"an admin can run: {self.assign_command(user.username, product_id)}")
 
+    def record_access_refused(self, username: str, product_id: str, request: str, refusal: str) -> int:
+        """Audit (``access_refused``) a request of ``username`` the server refused with HTTP 403 for
+        their role, assignment or session (``request``: its method and path; ``product_id``: the
+        product it asked for, "" for none), with the refusal's message as its reason. Returns the
+        entry's ``seq``."""
+        return transaction(self.factory, lambda db: audit.append(
+            db, username, "access_refused", product_id=product_id, after={"request": request[:500]},
+            reason=refusal).seq)
+
     def assign_command(self, username: str, product_id: str) -> str:
         """The command an admin runs to assign ``product_id`` to ``username`` here: ``tilpheno users
         assign <this output folder> NAME PRODUCT``, shell-quoted, with ``--db`` naming this database
@@ -1403,7 +1418,7 @@ class ReviewService:
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
                              reason=f"{meaning} of version {current.version}: {refusal}")
                 db.commit()
-                raise Forbidden(refusal)
+                raise AuditedRefusal(refusal)
             try:
                 check_password(db, user, entry)
             except AuthError as exc:
@@ -1426,7 +1441,7 @@ class ReviewService:
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
                              reason=f"{meaning} of version {current.version}: {refusal}")
                 db.commit()
-                raise Forbidden(refusal)
+                raise AuditedRefusal(refusal)
             sent = signed_content(meaning, flags, qc_resolutions, kind_resolutions, comment, oos_justification)
             wrong = sent.wrong + [w for w in (
                 _overrule_refusal(rejection, overrules, sent.comment),

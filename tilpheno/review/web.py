@@ -40,7 +40,7 @@ from tilpheno.review.db import ReviewError
 from tilpheno.review.models import LoginSession, Product, User, utcnow
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     undetermined_named, validate_gate_set)
-from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, DeviationRequired,
+from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, AuditedRefusal, DeviationRequired,
                                      Forbidden, NotFound, ReviewService, VersionConflict, approved_of, deciding,
                                      decision_of, failed_criteria,
                                      failed_words, oos_of, record_trail_export, replaced_words,
@@ -99,7 +99,7 @@ def create_app(service: ReviewService) -> Flask:
         if request.method == "POST" and request.endpoint != "static":
             sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")
             if not csrf_ok(g.sess, sent):
-                return _error(403, "CSRF token missing or wrong: reload the page and try again (nothing was changed)")
+                return _refused("CSRF token missing or wrong: reload the page and try again (nothing was changed)")
         superseded = service.source.superseded() if request.endpoint not in ("static", "healthz") else ""
         if superseded:   # never show, recompute or sign another run's results as this folder's
             return _error(503, f"{superseded} (nothing was changed)")
@@ -121,8 +121,24 @@ def create_app(service: ReviewService) -> Flask:
         return render_template("error.html", status=status, message=message, user=g.get("user"),
                                csrf=sess.csrf_token if sess is not None else "", asked_for=_asked_for()), status
 
+    def _refused(message: str):
+        """HTTP 403 with ``message``, audited ``access_refused`` (who, the request, why) when a user is
+        logged in (an anonymous request names no one: its refusal is logged only)."""
+        if g.get("user") is not None:
+            asked = (request.view_args or {}).get("product_id", "")
+            try:
+                service.record_access_refused(g.user.username, asked if service.source.has_product(asked) else "",
+                                              f"{request.method} {request.path}", message)
+            except ReviewError as exc:   # the refusal stands; the entry could not be written
+                log.warning("refusal of %s %s to %s not audited: %s", request.method, request.path, g.user.username, exc)
+        else:
+            log.info("refused %s %s (no one logged in): %s", request.method, request.path, message)
+        return _error(403, message)
+
     @app.errorhandler(ReviewError)
     def _review_error(exc: ReviewError):
+        if isinstance(exc, Forbidden) and not isinstance(exc, AuditedRefusal):
+            return _refused(str(exc))
         return _error(next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400), str(exc))
 
     @app.errorhandler(AuthError)
