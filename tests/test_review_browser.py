@@ -1184,6 +1184,30 @@ def test_an_approval_that_binds_no_control_says_so_beside_valid(driver, server, 
     assert "VALID; out-of-specification justification: " in lines[new.id] and "not recorded" not in lines[new.id], lines[new.id]   # VALID, nothing beside it
 
 
+def test_the_product_list_says_what_an_older_approval_does_not_bind(driver, server, monkeypatch):
+    """dave's approval of TIL001 made before the panel file and FMO markers were bound (form
+    ``study_doses``) is its standing decision: the page said beside VALID what it does not bind, the
+    product list said only its approved version. Now the list's row says it too, in the page's words."""
+    from tilpheno.review import service as module
+
+    service, base = server
+    hashed = module.data_sha256
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="study_doses"))
+    old = service.sign(PID, service_user(service, "dave"), PASSWORDS["dave"], "approved for release", 1,
+                       approval_resolutions(service, PID), oos_justification=OOS_REASON)
+    monkeypatch.setattr(module, "data_sha256", hashed)
+    note = next(v.note for v in service.signatures(PID) if v.row.id == old.id)
+    assert note.startswith("panel file and FMO control markers not recorded at approval"), note
+    open_product(driver, base, "carol")
+    line = wait(driver, lambda d: d.find_element("css selector", f'#signatures p[data-signature="{old.id}"]').text,
+                "the signature")
+    assert f"VALID - {note}" in " ".join(line.split()), line
+    driver.get(base + "/")
+    cell = wait(driver, lambda d: d.find_element("link text", PID), "the product list").find_elements("xpath", "../../td")[2]
+    assert " ".join(cell.text.split()) == f"1 (signed approval: {note})", cell.text
+    assert_no_script_errors(driver)
+
+
 def service_user(service, name: str) -> int:
     with service.factory() as db:
         return db.scalars(select(User).where(User.username == name)).one().id

@@ -718,14 +718,20 @@ UNBOUND_BY_FORM = {   # what a signature of each older form does not bind, the n
 
 
 @pytest.mark.parametrize("form", sorted(UNBOUND_BY_FORM))
-def test_an_approval_of_an_older_form_says_what_it_does_not_bind(fresh_service, tmp_path, monkeypatch, form):
+def test_an_approval_of_an_older_form_says_what_it_does_not_bind(fresh_service, tmp_path, monkeypatch, capsys, form):
     """An approval made before the panel file and FMO markers (``study_doses``), the study's dose
     definitions (``controls``) or the infused cell number (``legacy``) were bound stands VALID and a
     change there would not void it; only one made before the controls were bound said so (the
     controls), the others said only VALID, on the page (state API) and on the certificate. Now each
     says every thing it does not bind, with the change that would not void it; a signature made now
-    says nothing."""
+    says nothing. The product list, ``phenotypes_approved.csv`` (``unbound``) and ``export-approved``'s
+    summary said none of it: now they say the note of the approval that is the standing decision
+    (the summary names the product)."""
+    import html
+
     from tilpheno.review import service as module
+    from tilpheno.review.cli import export_approved
+    from tilpheno.review.export import approved_tables
 
     svc, hashed = fresh_service, module.data_sha256
     monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form=form))
@@ -747,3 +753,9 @@ def test_an_approval_of_an_older_form_says_what_it_does_not_bind(fresh_service, 
     flowing = " ".join(certificate_text(svc, tmp_path)[0].split())
     assert f"Dave Tester (dave), approved for release: {note}" in flowing
     assert svc.release_approval(PID).notes == {old.id: note}
+    # the product list and the approved table say it too (they said only the approved version)
+    assert f"1<span class=\"unbound\"> (signed approval: {html.escape(note)})</span>" in c.get("/").text
+    assert approved_tables(svc)[0].set_index("product_id").loc[PID, "unbound"] == note
+    export_approved(svc.source.out_dir, tmp_path / "approved", svc.factory.kw["bind"].url.render_as_string(False), None)
+    assert ("(1 approved by a signature of an older form: TIL001; its unbound column says what the signature does not "
+            "bind)") in capsys.readouterr().out

@@ -69,7 +69,7 @@ def approved_tables(service: ReviewService,
         if decision is None or decision.meaning != APPROVED:
             voided = listed.voided.get(pid)
             phen_rows.append({"product_id": pid, "review_status": "not approved", "gate_version": None,
-                              "gates_sha256": "", "deviations": "", "out_of_specification": "",
+                              "gates_sha256": "", "deviations": "", "out_of_specification": "", "unbound": "",
                               "release_status": f"not released (not approved: {voided})" if voided else NOT_APPROVED})
             continue
         approved = decision.version
@@ -79,7 +79,9 @@ def approved_tables(service: ReviewService,
                           "deviations": "; ".join(d.cell() for d in service.deviations(pid, approved, res.release)),
                           # an approval of gates that fail: the standing decision's signature (as the product list)
                           "out_of_specification": oos.words() if (oos := oos_of(decision.signature, res.release))
-                          else ""})
+                          else "",
+                          # what the approval, signed in an older form, does not bind (the page's words beside VALID)
+                          "unbound": listed.unbound.get(pid, "")})
         for tube, table in res.populations.items():
             stained = service.source.stained(pid)[tube]
             frame = table.copy()
@@ -95,7 +97,7 @@ def approved_tables(service: ReviewService,
     phenotypes["gate_version"] = phenotypes["gate_version"].astype("Int64")   # 3, not 3.0 beside a not-approved row
     phenotypes = counts_as_integers(phenotypes)   # 36948 events, not 36948.0, likewise
     first = ["product_id", "review_status", "gate_version", "gates_sha256", "release_status", "deviations",
-             "out_of_specification"]
+             "out_of_specification", "unbound"]
     phenotypes = phenotypes[first + [c for c in phenotypes.columns if c not in first]]
     populations = pd.concat(pop_frames, ignore_index=True) if pop_frames else pd.DataFrame(
         columns=["product_id", "file", "tube", "gate_version", "population", "parent", "count", "pct_of_parent"])

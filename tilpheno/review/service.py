@@ -820,6 +820,9 @@ class ListedDecisions:
     (:func:`voided_words`: ``... void: re-run after signing: needs review (...)`` when a new run voided it)."""
     rerun: frozenset[str] = frozenset()
     """The products of ``voided`` whose decision a new run voided (:func:`voided`)."""
+    unbound: dict[str, str] = field(default_factory=dict)
+    """Each product whose standing decision was signed in an older form, with what that signature
+    does not bind (:attr:`SignatureView.note`: the page's words beside VALID)."""
 
 
 @dataclass(frozen=True)
@@ -1601,7 +1604,8 @@ class ReviewService:
         product the database holds from another output folder with other input files is left out
         too, and its refusal (:meth:`_inputs_changed`) kept in ``refused``: the others are listed.
         A product whose approval or rejection is void, with no standing decision, is said in
-        ``voided`` (:func:`voided_words`)."""
+        ``voided`` (:func:`voided_words`); one whose standing decision's signature does not bind
+        something (an older form), in ``unbound``."""
         allowed = self.accessible(user) if user is not None else None
         with self.factory() as db:
             products = {p.product_id: p for p in db.scalars(select(Product))
@@ -1623,6 +1627,7 @@ class ReviewService:
                 select(GateSetVersion).where(GateSetVersion.product_id.in_(list(signed))))} if signed else {}
         out: dict[str, Decision | None] = dict.fromkeys(products)
         void_words: dict[str, str] = {}
+        unbound: dict[str, str] = {}
         rerun: set[str] = set()
         of_product: dict[str, list[GateSetVersion]] = {}
         for (pid, _), v in versions.items():
@@ -1632,13 +1637,15 @@ class ReviewService:
             views = self._views(pid, rows, in_trail, current)
             sig = deciding(views)
             out[pid] = Decision(sig.meaning, versions[(pid, sig.version)], sig) if sig is not None else None
+            if note := next((v.note for v in views if v.row is sig), ""):
+                unbound[pid] = note
             if sig is None:
                 words, by_rerun = voided(views, of_product[pid])
                 if words:
                     void_words[pid] = words
                 if by_rerun:
                     rerun.add(pid)
-        return ListedDecisions(out, refused, void_words, frozenset(rerun))
+        return ListedDecisions(out, refused, void_words, frozenset(rerun), unbound)
 
     def version_criteria(self, product_id: str, version: GateSetVersion) -> list[CriterionResult]:
         """The release criteria on a stored version's gates (:meth:`criteria`)."""

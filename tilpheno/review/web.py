@@ -288,6 +288,7 @@ def create_app(service: ReviewService) -> Flask:
             oos = oos_of(decided.signature, results) if approved and decided else None
             rows.append({"id": pid, "version": imported.get(pid, "not opened yet"), "refused": pid in refused,
                          "approved": approved.version if approved else None, "voided": listed.voided.get(pid, ""),
+                         "unbound": listed.unbound.get(pid, ""),   # what the decision's older-form signature does not bind
                          "rejected": decided.version.version if decided and decided.meaning == REJECTED else None,
                          "approved_release": overall(results) if approved
                          else "refused" if pid in refused else "not approved",
