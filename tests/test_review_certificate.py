@@ -757,5 +757,48 @@ def test_an_approval_of_an_older_form_says_what_it_does_not_bind(fresh_service, 
     assert f"1<span class=\"unbound\"> (signed approval: {html.escape(note)})</span>" in c.get("/").text
     assert approved_tables(svc)[0].set_index("product_id").loc[PID, "unbound"] == note
     export_approved(svc.source.out_dir, tmp_path / "approved", svc.factory.kw["bind"].url.render_as_string(False), None)
-    assert ("(1 approved by a signature of an older form: TIL001; its unbound column says what the signature does not "
-            "bind)") in capsys.readouterr().out
+    assert ("(1 approved by a signature of an older form or other software: TIL001; its unbound column says what the "
+            "signature does not bind)") in capsys.readouterr().out
+
+
+def test_an_approval_made_under_other_software_stands_and_says_so(fresh_service, tmp_path, monkeypatch):
+    """dave approved TIL001 under another tilpheno (its version and code digest), then the server was
+    upgraded. No signature recorded the software it was made under, so nothing told QA that the
+    approved numbers, computed anew from the approved gates by the code running now, may differ from
+    those signed. Now the signature records it (part of its signed content: the chain and every
+    signature verify) and, the code not being bound, the approval stands and says so beside VALID on
+    the page, on the certificate, in the product list and in ``phenotypes_approved.csv``; a signature
+    made under the software running now says nothing."""
+    import html
+
+    from tilpheno import __version__
+    from tilpheno.cache import code_digest
+    from tilpheno.review import audit
+    from tilpheno.review import service as module
+    from tilpheno.review.export import approved_tables
+
+    svc = fresh_service
+    other = {"tilpheno": "0.0.9", "code_sha256": "ab" * 32}
+    monkeypatch.setattr(module, "software_now", lambda: audit.canonical(other))
+    old = svc.sign(PID, user(svc, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                   approval_resolutions(svc, PID), oos_justification=OOS_REASON)
+    monkeypatch.undo()
+    new = svc.sign(PID, user(svc, "carol").id, PASSWORDS["carol"], "reviewed", 1, {})
+    assert json.loads(old.software) == other and json.loads(new.software) == {"tilpheno": __version__,
+                                                                             "code_sha256": code_digest()}
+    with svc.factory() as db:
+        assert audit.verify(db).ok, audit.verify(db).problems
+        signed = [json.loads(e.after_json) for e in db.scalars(select(AuditEntry).where(AuditEntry.action == "sign"))]
+    assert [s["software"] for s in signed] == [other, json.loads(new.software)]
+    note = (f"signed under tilpheno 0.0.9 (code abababababab); now tilpheno {__version__} (code {code_digest()[:12]}) "
+            "(the code is not bound: not void: a re-run whose automatic gates differ voids it; numbers computed anew "
+            "from the same gates may differ)")
+    c, _, _ = login(create_app(svc), "carol")
+    shown = {s["id"]: s for s in c.get(f"/api/products/{PID}/state").json["signatures"]}
+    assert shown[old.id]["valid"] and shown[old.id]["note"] == note
+    assert shown[new.id]["valid"] and shown[new.id]["note"] == ""
+    assert svc.approved_version(PID).version == 1   # not void
+    assert f"1<span class=\"unbound\"> (signed approval: {html.escape(note)})</span>" in c.get("/").text
+    assert approved_tables(svc)[0].set_index("product_id").loc[PID, "unbound"] == note
+    flowing = " ".join(certificate_text(svc, tmp_path)[0].split())
+    assert f"Dave Tester (dave), approved for release: {note}" in flowing

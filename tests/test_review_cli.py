@@ -263,8 +263,8 @@ def _at_revision(engine, revision: str):
 
 
 def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
-    """A database at revision 0001 gains the assignments table (0002) and the signatures' out-of-specification
-    justification (0003) when opened; data kept."""
+    """A database at revision 0001 gains the assignments table (0002), the signatures' out-of-specification
+    justification (0003) and the software they were made under (0004) when opened; data kept."""
     from sqlalchemy import inspect, text
 
     from tilpheno.review.db import make_engine, open_database
@@ -279,7 +279,7 @@ def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
     factory = open_database(url)
     with factory() as db:
         assert "product_assignments" in inspect(db.bind).get_table_names()
-        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert db.execute(text("SELECT full_name FROM users")).scalar() == "Old User"
 
 
@@ -314,16 +314,16 @@ def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, 
         engine.dispose()
         factory = open_database(url)
         with factory() as db:
-            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
             entries = list(db.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
             assert audit.verify(db).ok
             ann = db.scalar(select(User).where(User.username == "ann"))
         assert [(e.username, e.action) for e in entries] == [("cli:admin", "user_added"), ("system", "schema_upgrade")]
         upgrade = entries[-1]
         assert json.loads(upgrade.before_json) == {"revision": "0001"}
-        assert json.loads(upgrade.after_json) == {"revision": "0003", "assignments_added": [
+        assert json.loads(upgrade.after_json) == {"revision": "0004", "assignments_added": [
             {"username": u, "product_id": p} for u in ("abe", "ann") for p in ("TIL001", "TIL002")]}
-        assert upgrade.reason.startswith("review database schema upgraded from revision 0001 to 0003; analysts saw "
+        assert upgrade.reason.startswith("review database schema upgraded from revision 0001 to 0004; analysts saw "
                                          "every product before revision 0002, so 4 assignment(s) keep what abe, ann saw")
         assert "tilpheno users assign OUT NAME PRODUCT" in upgrade.reason
         assert ReviewService(ReviewSource(review_out), factory).accessible(ann) == {"TIL001", "TIL002"}
@@ -340,9 +340,10 @@ def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, 
 def test_an_upgrade_to_out_of_specification_justifications_keeps_every_signature_valid(kind, review_out, tmp_path,
                                                                                        monkeypatch):
     """A database at revision 0002 holding an out-of-specification approval justified in its comment
-    (as signed then) gains the signatures' own justification field (0003) when opened: the
-    append-only signatures are not rewritten, the chain and every signature verify, the approval
-    stands and is quoted with its comment."""
+    (as signed then) gains the signatures' own justification field (0003) and the software they were
+    made under (0004) when opened: the append-only signatures are not rewritten, the chain and every
+    signature verify, the approval stands and is quoted with its comment, and says that the software
+    it was made under was not recorded."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import inspect, text
@@ -357,6 +358,7 @@ def test_an_upgrade_to_out_of_specification_justifications_keeps_every_signature
     try:
         service = make_service(review_out, url)
         monkeypatch.setattr(module, "_oos_refusal", lambda *args: "")   # the code at 0002: the comment justified it
+        monkeypatch.setattr(module, "software_now", lambda: "")   # and recorded no software
         with service.factory() as db:
             dave = db.execute(text("SELECT id FROM users WHERE username = 'dave'")).scalar()
         sig = service.sign("TIL001", dave, PASSWORDS["dave"], "approved for release", 1, {}, OOS_REASON)
@@ -371,12 +373,14 @@ def test_an_upgrade_to_out_of_specification_justifications_keeps_every_signature
             assert "oos_justification" not in {c["name"] for c in inspect(conn).get_columns("signatures")}
         engine.dispose()
 
-        again = build_service(review_out, url)   # opened: upgraded to 0003
+        again = build_service(review_out, url)   # opened: upgraded to 0004
         with again.factory() as db:
-            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
             assert audit.verify(db).ok, audit.verify(db).problems
         [view] = again.signatures("TIL001")
         assert view.valid and view.row.signature_sha256 == sig.signature_sha256 and view.row.oos_justification == ""
+        assert view.row.software == "" and view.note.startswith(
+            f"{module.SOFTWARE_UNRECORDED} (signed before it was recorded; now tilpheno "), view.note
         assert again.approved_version("TIL001").version == 1
         again.factory.kw["bind"].dispose()
     finally:

@@ -110,13 +110,16 @@ class Verification:
 def signature_content(sig: Signature) -> dict:
     """What a signature signs (its ``signature_sha256`` is the SHA-256 of this, canonical JSON), and
     what its ``sign`` entry of the trail holds as ``after``. Its out-of-specification justification
-    only when it has one, so a signature made before there was one hashes as it did."""
+    and the software it was made under only when it has them, so a signature made before they were
+    recorded hashes as it did."""
     content = {"product_id": sig.product_id, "version": sig.version, "meaning": sig.meaning, "username": sig.username,
                "full_name": sig.full_name, "signed_at": sig.signed_at, "data_sha256": sig.data_sha256,
                "gates_sha256": sig.gates_sha256, "qc_resolutions": json.loads(sig.qc_resolutions_json),
                "comment": sig.comment}
     if sig.oos_justification:
         content["oos_justification"] = sig.oos_justification
+    if sig.software:
+        content["software"] = json.loads(sig.software)
     return content
 
 

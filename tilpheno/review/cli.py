@@ -415,8 +415,9 @@ def export_approved(
     unbound = sorted(pid for pid, a in export.approvals.items() if a.approval.id in a.notes)
     typer.echo(f"{len(export.approvals)} approved product(s) of {len(export.phenotypes)} exported to {dest}"
                + (f" ({failed} failed processing: not released)" if failed else "")
-               + (f" ({len(unbound)} approved by a signature of an older form: {', '.join(unbound[:4])}"
-                  f"{' ...' if len(unbound) > 4 else ''}; its unbound column says what the signature does not bind)"
+               + (f" ({len(unbound)} approved by a signature of an older form or other software: "
+                  f"{', '.join(unbound[:4])}{' ...' if len(unbound) > 4 else ''}; its unbound column says what the "
+                  "signature does not bind)"
                   if unbound else "")
                + (f" ({rerun} re-run after signing: approval or rejection void, needs review; release_status says why)"
                   if rerun else "")

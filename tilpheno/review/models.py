@@ -86,6 +86,9 @@ class Signature(Base):
     # why an approval of a version that fails its release criteria releases it anyway ("" otherwise,
     # and for signatures made before revision 0003, whose comment was that justification)
     oos_justification: Mapped[str] = mapped_column(Text, default="")
+    # the software it was made under (canonical JSON: tilpheno version and code digest; "" for
+    # signatures made before revision 0004)
+    software: Mapped[str] = mapped_column(Text, default="")
     signature_sha256: Mapped[str] = mapped_column(String(64))
 
 

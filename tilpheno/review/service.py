@@ -17,7 +17,9 @@ Every operation runs in one transaction together with its audit entry (:mod:`aud
   with another base or variable of a dose voids it), the run's panel file (marker -> detector) and
   the marker each FMO control omits (the manifest's ``fmo_marker``: a swapped row or label voids
   it); a signature made before the panel and FMO markers, the dose definitions, the controls, or
-  the dose, were bound is checked without them (:data:`DATA_FORMS`). A
+  the dose, were bound is checked without them (:data:`DATA_FORMS`). It records the software it
+  was made under (:func:`software_now`), which it does not bind: one made under other software
+  stands and says so (:func:`software_note`). A
   signature is valid only while the product is still at its version and the data hash still
   matches; any later save voids it (shown as void, never deleted). The role, account, assignment
   and version are checked as they are after the (slow) password check, and an audited change
@@ -87,6 +89,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tilpheno import __version__
+from tilpheno.cache import code_digest
 from tilpheno.release import FAIL, PASS, CriterionResult
 from tilpheno.review import audit
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
@@ -325,12 +329,14 @@ def _overrule_refusal(rejection: Signature | None, overrules: Any, comment: str)
 
 
 def repeated_signature(views: list[SignatureView], username: str, meaning: str, data_digest: str,
-                       resolutions_json: str, comment: str, oos_justification: str = "") -> Signature | None:
+                       resolutions_json: str, comment: str, oos_justification: str = "",
+                       software: str = "") -> Signature | None:
     """The signature of ``views`` (the product's, in signing order, checked against its current
     version) that a new one by ``username`` with ``meaning`` on that version would repeat: valid,
     theirs, of that meaning, over the same data hash (``data_digest``: one made before the dose or
     controls were bound is re-signed to bind them), QC resolutions (canonical JSON), comment and
-    out-of-specification justification, and
+    out-of-specification justification, made under the same software (one made before an upgrade is
+    signed again to record the software now), and
     with no valid approval or rejection of another meaning after it (approving again after a
     rejection overrules it); None when there is none."""
     repeated = None
@@ -338,8 +344,9 @@ def repeated_signature(views: list[SignatureView], username: str, meaning: str, 
         s = view.row
         if not view.valid:
             continue
-        if (s.username, s.meaning, s.data_sha256, s.qc_resolutions_json, s.comment, s.oos_justification or "") == (
-                username, meaning, data_digest, resolutions_json, comment, oos_justification):
+        if (s.username, s.meaning, s.data_sha256, s.qc_resolutions_json, s.comment, s.oos_justification or "",
+                s.software or "") == (username, meaning, data_digest, resolutions_json, comment, oos_justification,
+                                      software):
             repeated = s
         elif s.meaning in (APPROVED, REJECTED) and s.meaning != meaning:
             repeated = None
@@ -821,8 +828,8 @@ class ListedDecisions:
     rerun: frozenset[str] = frozenset()
     """The products of ``voided`` whose decision a new run voided (:func:`voided`)."""
     unbound: dict[str, str] = field(default_factory=dict)
-    """Each product whose standing decision was signed in an older form, with what that signature
-    does not bind (:attr:`SignatureView.note`: the page's words beside VALID)."""
+    """Each product whose standing decision was signed in an older form or under other software,
+    with what that signature does not bind (:attr:`SignatureView.note`: the page's words beside VALID)."""
 
 
 @dataclass(frozen=True)
@@ -845,6 +852,37 @@ DOSES_UNBOUND = "study dose definitions not recorded at approval"
 """What a valid signature made before the study's dose definitions were bound says."""
 PANEL_UNBOUND = "panel file and FMO control markers not recorded at approval"
 """What a valid signature made before the panel file and FMO markers were bound says."""
+
+
+SOFTWARE_UNRECORDED = "tilpheno version not recorded at signing"
+"""What a valid signature made before the software was recorded (schema revision 0004) says."""
+
+
+def software_now() -> str:
+    """The software a signature made now is made under (``Signature.software``): canonical JSON of
+    tilpheno's version and the digest of its source files (:func:`tilpheno.cache.code_digest`: the
+    version alone says too little of a development checkout)."""
+    return audit.canonical({"tilpheno": __version__, "code_sha256": code_digest()})
+
+
+def software_words(software: str) -> str:
+    """``tilpheno 0.1.0 (code 1a2b3c4d5e6f)``: a :func:`software_now` record in words."""
+    record = json.loads(software)
+    return f"tilpheno {record.get('tilpheno', '?')} (code {str(record.get('code_sha256', ''))[:12] or '?'})"
+
+
+def software_note(signed: str, now: str) -> str:
+    """What a valid signature made under ``signed`` (its ``software``; "" before it was recorded)
+    says when that is not ``now`` (:func:`software_now`), else "": the code is not bound, so an
+    upgrade does not void it (lab policy decides whether to sign again), while an upgrade whose
+    re-run places other automatic gates makes a new version and voids it, as any re-run does."""
+    if signed == now:
+        return ""
+    tail = ("not void: a re-run whose automatic gates differ voids it; numbers computed anew from the same gates "
+            "may differ)")
+    if not signed:
+        return f"{SOFTWARE_UNRECORDED} (signed before it was recorded; now {software_words(now)}: {tail}"
+    return f"signed under {software_words(signed)}; now {software_words(now)} (the code is not bound: {tail}"
 
 
 def unbound_note(form: str, controls: Callable[[], list[dict]]) -> str:
@@ -877,6 +915,7 @@ class SignatureView:
     valid: bool
     void_reason: str
     note: str = ""
+    """:func:`unbound_note` and :func:`software_note`, ``; ``-separated."""
     in_trail: bool = True
 
 
@@ -1413,6 +1452,7 @@ class ReviewService:
         criteria = self.version_criteria(product_id, current) if meaning == APPROVED else []   # slow: outside
         overturns, failed = self.overturns(product_id, criteria), failed_criteria(criteria)
         entry = PasswordEntry(password)   # a re-run of ``do`` re-checks it without verifying it again
+        software = software_now()
 
         def do(db: Session):
             user = _get(db, User, user_id)
@@ -1462,7 +1502,7 @@ class ReviewService:
                 raise VersionConflict(f"conflict: {self.noun} {product_id} changed while you were signing; reload")
             resolutions = audit.canonical(sent.resolutions)
             repeat = repeated_signature(views, user.username, meaning, data_digest, resolutions, sent.comment,
-                                        justification)
+                                        justification, software)
             if repeat is not None:   # a double-click: the second request finds the first's signature
                 said = (f"you already signed version {current.version} of {product_id} as '{meaning}' (signature "
                         f"{repeat.id}, {_signed_by(repeat)}) with the same data, QC resolutions and comment, and it "
@@ -1474,7 +1514,7 @@ class ReviewService:
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
                             gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=sent.comment,
-                            oos_justification=justification)
+                            oos_justification=justification, software=software)
             content = audit.signature_content(sig)
             sig.signature_sha256 = audit.signature_sha256(content)
             db.add(sig)
@@ -1564,6 +1604,7 @@ class ReviewService:
         # the run's QC flags and controls, read once, when a signature first needs them
         flags_now = functools.cache(lambda: self.source.qc_flags(product_id))
         controls_now = functools.cache(lambda: self.source.other_inputs(product_id))
+        now_software = software_now()
 
         out = []
         for s in rows:
@@ -1581,7 +1622,8 @@ class ReviewService:
                                                                                     for k, n in named.items())
                                                    + "): a re-run raised them after signing"))
             else:
-                out.append(SignatureView(s, True, "", unbound_note(form, controls_now)))
+                out.append(SignatureView(s, True, "", "; ".join(filter(None, (
+                    unbound_note(form, controls_now), software_note(s.software or "", now_software))))))
         return out
 
     def decisions(self, user: User | None = None) -> dict[str, Decision | None]:
