@@ -603,6 +603,8 @@ def test_a_day_of_review_in_the_browser(driver, server, tmp_path):
         ("alice", "deviation", deviation),
         ("alice", "sign", "reviewed"),
         ("dave", "sign", "approved for release"),
+        # her first try, without a comment: refused after her password, audited (authenticate, authorise, then content)
+        ("carol", "signature_refused", "rejected of version 2: comment: say why you reject (at least 3 characters)"),
         ("carol", "sign", "CD3 cut lowered into the CD3- shoulder"),
         ("alice", "save_gates", "CD3 cut raised above the shoulder (carol's rejection)"),
         ("dave", "sign", "checked against the FMO")]
