@@ -2202,7 +2202,9 @@ def test_a_pair_a_cell_rarely_carries_drafts_a_co_expression_check(tmp_path):
     stained = source.stained("Specimen_001")["tube025"]
     masks = evaluate(stained.strategy, stained.tube, source.automatic("Specimen_001")["tubes"]["tube025"]["gates"])
     share = 100 * (masks["CD4+"] & masks["CD8+"]).sum() / masks["CD3+"].sum()
-    assert share > 80 and f"{share:.1f} % of CD3+ are both CD4+ and CD8+" in flags["CD4+"]
+    assert share > 80   # counted on the masks (API); the flag quotes no held share (its gates are undetermined)
+    assert "more than the 10 % of CD3+ the strategy allows are both CD4+ and CD8+" in flags["CD4+"]
+    assert f"{share:.1f}" not in flags["CD4+"] and "%" not in flags["CD4+"].replace("10 %", "")
     calibur = tmp_path / "calibur"
     calibur.mkdir()
     shutil.copy(ROOT / "tests" / "data" / "fcs" / "flowio" / "data1.fcs", calibur / "data1.fcs")
