@@ -82,11 +82,17 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     NaN: the fit could not be repeated on the folds) and the cut moved more than ``shift_points``
     from the FMO percentile. Measured only when one of the two
     checks can use it (the cut moved more than ``shift_points``, or ``negative_shift``'s peak reads
-    lie beyond its limits); NaN otherwise. A log-normal fit under binding past the FMO percentile
+    lie beyond its limits); NaN otherwise. With ``skew_reference`` (``fit_on`` ``reference``,
+    ``placement.reference_fit``: the binding fitted on the reference population's events of both tubes and
+    carried over the parent's FMO events) the folds and the other shape are fitted on the reference's events
+    too and carried over the parent's FMO events (its fold for a fold), as the cut was; ``candidate_points``
+    stays points of the parent. A log-normal fit under binding past the FMO percentile
     (``fit_log_sd`` > 0 and no ``fit_normal``, ``placement.lognormal_share_fit``: binding moved the whole
     negative peak past it)
     has no other shape to be compared with (``fit_lognormal`` NaN; it nests the normal) and is always
-    flagged: no stained valley set the cut (one would have, ``placement.place_fmo_anchored``), and dim
+    flagged while fewer than ``MIN_FIT_SHARE`` (35 %) of the parent lie at or below the parent's FMO
+    percentile (a reference's own percentile, without the parent's tandem-bright cells, is passed at a
+    binding that leaves more of the parent below the parent's: stop 51): no stained valley set the cut (one would have, ``placement.place_fmo_anchored``), and dim
     positives merged into the binding's tail cannot be told from a heavier tail. The no-peak rule below does not apply to a fit cut (the
     fit reads no peak).
     Also when the FMO percentile was kept (the stained negatives moved less than the
@@ -238,7 +244,7 @@ def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], hig
 
 
 def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: Any, percentile: float,
-                  d: Mapping[str, Any]) -> dict[str, float]:
+                  d: Mapping[str, Any], reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """The evidence a ``width_side: fit`` cut is judged by (module docstring, ``uncertain_threshold``):
     ``fit_error`` (the half-width of the fit's 95 % interval, ``placement.fit_cut_error``, transformed
     units), ``fit_lognormal`` (the cut with a log-normal binding plus normal spreading fitted to the
@@ -246,13 +252,20 @@ def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: A
     ``stained`` parent between ``cut`` and the farther end of [min(cut, fit_lognormal) - fit_error,
     max(cut, fit_lognormal) + fit_error] (without ``fit_lognormal`` when it is NaN; NaN when
     ``fit_error`` is: the fit could not be repeated, the cut is not settled). ``d``: the placement's
-    diagnostics (``fit_*``, ``fmo_threshold``)."""
+    diagnostics (``fit_*``, ``fmo_threshold``). ``reference``: the (FMO, stained) events of the reference
+    population the fit was made on (``fit_on`` ``reference``, ``placement.reference_fit``): the folds and the
+    other shape are fitted there too and carried over the parent's FMO events (``fmo``), as the cut was."""
     fit = pl.FitCarry(d["fit_threshold"], d["fit_shift"], d["fit_spread"], d["fit_share"], d.get("fit_log_sd", 0.0),
                       d.get("fit_normal", float("nan")))
-    error = pl.fit_cut_error(fmo, stained, transform, percentile, float(d["fmo_threshold"]), fit=fit)
+    on, carry = (fmo, stained), None
+    if reference is not None and d.get("fit_on") == "reference":
+        on, carry = reference, fmo
+    t_fmo = float(d["fmo_threshold"]) if carry is None else pl.fmo_threshold(on[0], percentile)
+    error = pl.fit_cut_error(*on, transform, percentile, t_fmo, fit=fit, carry=carry)
     # a log-normal fit is the other shape itself (it nests the normal): the other is the normal cut it replaced
     # (placement.skewed_or_normal; none under binding past the FMO percentile, lognormal_share_fit)
-    lognormal = float("nan") if fit.log_sd > 0 else pl.lognormal_fitted_cut(fmo, stained, transform, percentile, fit)
+    lognormal = (float("nan") if fit.log_sd > 0
+                 else pl.lognormal_fitted_cut(*on, transform, percentile, fit, carry=carry))
     other = fit.normal_cut if fit.log_sd > 0 else lognormal
     ends = [cut - error, cut + error] + ([other - error, other + error] if math.isfinite(other) else [])
     return {"fit_error": error, "fit_lognormal": lognormal,
@@ -271,13 +284,18 @@ def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift
                 f"{_points(d['candidate_points'], limit, held)} (limit {limit:g}); the bulk of the negatives does not fix the shape "
                 f"of the binding's tail" if math.isfinite(d["candidate_points"]) else
                 "the fit could not be repeated on folds of the events, so its uncertainty is unknown")
-    fitted = (f"the log-normal binding fitted to the stained negatives, median {d['fit_shift']:.0f} linear units, log-SD "
-              f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}" if skewed else
-              f"the additive binding fitted to the stained negatives, shift {d['fit_shift']:.0f}, SD {d['fit_spread']:.0f} "
-              f"linear units")
+    fitted = (f"the log-normal binding fitted to the {_fitted_on(d)}stained negatives, median {d['fit_shift']:.0f} "
+              f"linear units, log-SD {d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}" if skewed else
+              f"the additive binding fitted to the {_fitted_on(d)}stained negatives, shift {d['fit_shift']:.0f}, SD "
+              f"{d['fit_spread']:.0f} linear units")
     return (f"{name}: the threshold {cut:.3f} ({fitted}) moved {_points(d['correction_points'], shift_points, held)} of "
             f"the parent from the FMO percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
             f"of the parent, stained vs FMO")
+
+
+def _fitted_on(d: Mapping[str, Any]) -> str:
+    """Where a ``width_side: fit`` binding was fitted, for its messages: '' (the parent) or the reference's words."""
+    return "reference population's " if d.get("fit_on") == "reference" else ""
 
 
 def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any], below_fmo: float,
@@ -288,7 +306,7 @@ def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any],
     below = "" if held else f" (only {below_fmo:.0f}% of the parent at or below it)"
     return (f"{name}: binding moved the stained negatives past the FMO percentile {d['fmo_threshold']:.3f}{below}; "
             f"the threshold {cut:.3f} carries it over with a "
-            f"log-normal binding fitted to the negatives (median {d['fit_shift']:.0f} linear units, log-SD "
+            f"log-normal binding fitted to the {_fitted_on(d)}negatives (median {d['fit_shift']:.0f} linear units, log-SD "
             f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}) and no stained valley confirms it: dim "
             f"{marker}+ cells merged into the binding's tail would be taken for it; look at the {marker} histogram of "
             f"the parent, stained vs FMO")
@@ -367,7 +385,11 @@ def place_and_check(
                                   "fmo_threshold": placement.diagnostics["threshold"]}, placement.flags)
         stained = None
     else:
-        if reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
+        if (reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None
+                and anchor.get("width_side") == "fit"):
+            # the binding fitted on the reference population (placement.reference_fit), not its mode and sides read
+            anchor["fit_reference"] = (reference_fmo, reference_stained)
+        elif reference_fmo is not None and reference_stained is not None and anchor.get("transform") is not None:
             anchor["reference"] = pl.reference_binding(
                 reference_fmo, reference_stained, anchor["transform"], max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
             if reference_carry == "quantile" and anchor["reference"] is not None:
@@ -421,17 +443,20 @@ def place_and_check(
             d["bracket_points"] = _points_between(stained, low, high)
         if fitted:
             if far or d["correction_points"] > shift_points:   # else neither check below needs it (time)
-                d.update(fit_judgement(fmo, stained, cut, anchor["transform"], percentile, d))
+                d.update(fit_judgement(fmo, stained, cut, anchor["transform"], percentile, d,
+                                       anchor.get("fit_reference")))
                 uncertain = d["correction_points"] > shift_points and not d["candidate_points"] <= uncertain_points
                 if uncertain:
                     flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points, held)))
-            if d.get("fit_log_sd", 0.0) > 0 and not math.isfinite(d.get("fit_normal", float("nan"))) and not uncertain:
-                # binding moved the whole negative peak past the FMO percentile and no stained valley set the
-                # cut (placement: it would have): a log-normal tail fitted, which dim positives merged into it
-                # would move unseen
+            below_fmo = float(np.count_nonzero(stained <= t_fmo) / stained.size)   # two_step_fit's first share
+            if (d.get("fit_log_sd", 0.0) > 0 and not math.isfinite(d.get("fit_normal", float("nan"))) and not uncertain
+                    and below_fmo < pl.MIN_FIT_SHARE):
+                # binding moved the parent's whole negative peak past the FMO percentile and no stained valley set
+                # the cut (placement: it would have): a log-normal tail fitted, which dim positives merged into it
+                # would move unseen. A fit on a reference population (placement.reference_fit) passes its own FMO
+                # percentile sooner (the CD8- cells' lacks the CD8+ T cells' tandem signal): the parent's says it
                 uncertain = True
-                below_fmo = 100.0 * np.count_nonzero(stained <= t_fmo) / stained.size
-                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, below_fmo, held)))
+                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, 100.0 * below_fmo, held)))
         elif extrapolated and math.isfinite(low) and math.isfinite(high):
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
             referenced = (d.get("winner") == "fmo_relative"

@@ -1306,6 +1306,10 @@ class FitCarry:
     :func:`fitted_carry`."""
     normal_cut: float = float("nan")
     """The normal fit's cut a log-normal one replaced (:func:`skewed_or_normal`); NaN otherwise."""
+    normal_shift: float = float("nan")
+    """That normal fit's shift (compensated linear units; :func:`carried_fit` carries it over again); NaN otherwise."""
+    normal_spread: float = float("nan")
+    """That normal fit's spread (compensated linear units); NaN otherwise."""
 
 
 MIN_FIT_SHARE = 0.35
@@ -1341,7 +1345,8 @@ def skewed_or_normal(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: Any,
     better = (normal_sse - sse) * dof > float(fdtri(1, dof, SHAPE_CONFIDENCE)) * sse
     if not (better and _log_sd(p, scale) < LOGNORMAL_MAX_SD):
         return normal
-    return replace(_lognormal_carry(cut, p, normal.share, scale), normal_cut=normal.cut)
+    return replace(_lognormal_carry(cut, p, normal.share, scale), normal_cut=normal.cut, normal_shift=normal.shift,
+                   normal_spread=normal.spread)
 
 
 def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: float,
@@ -1375,6 +1380,48 @@ def two_step_fit(fmo_x: np.ndarray, x: np.ndarray, transform: Any, percentile: f
     return skewed_or_normal(f_sorted, s_sorted, transform, percentile, normal, final[3]) if shape else normal
 
 
+def _carried_cut(f_sorted: np.ndarray, transform: Any, percentile: float, shift: float, spread: float,
+                 log_sd: float = 0.0) -> float:
+    """The FMO ``percentile`` carried over the FMO events ``f_sorted`` (finite, compensated linear units,
+    sorted) with a fitted signal, transformed units: the normal one (``shift``, ``spread``,
+    :func:`sorted_additive_threshold`) when ``log_sd`` is 0, else the log-normal binding of median ``shift``
+    and that log-SD plus the normal spreading ``spread`` at the :data:`TAIL_QUANTILES` (as :func:`_lognormal_fit`)."""
+    if log_sd > 0:
+        tail = _lognormal_offsets(np.array([shift, log_sd, spread]), 1.0, TAIL_QUANTILES)
+        lin = upper_offset_threshold(_all_sorted(f_sorted), tail, percentile)
+    else:
+        lin = sorted_additive_threshold(f_sorted, shift, spread, percentile)
+    return float(transform.apply(np.array([lin]))[0])
+
+
+def carried_fit(fit: FitCarry, f_sorted: np.ndarray, transform: Any, percentile: float) -> FitCarry:
+    """``fit`` (fitted on another population's events, :func:`reference_fit`) with its cut, and the normal cut a
+    log-normal one replaced, carried over the FMO events ``f_sorted`` instead (finite, compensated linear
+    units, sorted; :func:`_carried_cut`): the same signal added to every cell of the tube."""
+    normal = (_carried_cut(f_sorted, transform, percentile, fit.normal_shift, fit.normal_spread)
+              if math.isfinite(fit.normal_cut) else fit.normal_cut)
+    return replace(fit, cut=_carried_cut(f_sorted, transform, percentile, fit.shift, fit.spread, fit.log_sd),
+                   normal_cut=normal)
+
+
+def reference_fit(reference_fmo: np.ndarray, reference_stained: np.ndarray, transform: Any, percentile: float,
+                  f_sorted: np.ndarray) -> FitCarry | None:
+    """``width_side: fit`` with a ``skew_reference``: :func:`two_step_fit` on the reference population's
+    events of both tubes (its own FMO ``percentile`` for the first share), the fitted signal carried over the
+    gated parent's FMO events ``f_sorted`` (:func:`carried_fit`; finite, compensated linear units, sorted).
+    A population whose stained negatives are of one kind (the CD8- lymphocytes for CD56: CD8's tandem
+    spillover puts the CD8+ T cells higher in CD56 in both tubes, and the parent's positives, mostly CD8-
+    NK cells, leave its stained negatives with more CD8+ cells than its FMO holds) reads the binding the
+    parent's mixture misreads. None with fewer than :data:`MIN_REFERENCE_EVENTS` finite events in either
+    tube or no fit."""
+    rf, rs = (np.asarray(v, dtype=np.float64) for v in (reference_fmo, reference_stained))
+    rf, rs = rf[np.isfinite(rf)], rs[np.isfinite(rs)]
+    if rf.size < MIN_REFERENCE_EVENTS or rs.size < MIN_REFERENCE_EVENTS:
+        return None
+    fit = two_step_fit(rf, rs, transform, percentile, fmo_threshold(rf, percentile))
+    return None if fit is None else carried_fit(fit, f_sorted, transform, percentile)
+
+
 FIT_LOGNORMAL_QUANTILES = (ndtri((np.arange(16) + 0.5) / 16), ndtri((np.arange(8) + 0.5) / 8))
 """The standard normal quantiles (binding's, spreading's) that stand for the two parts of the signal of
 :func:`lognormal_fitted_cut` while it is fitted (every pair: 128 offsets, as many as the FMO's quantiles)."""
@@ -1390,7 +1437,7 @@ binding the bulk is fitted by a vanishing median with an ever wider tail."""
 
 
 def lognormal_fitted_cut(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, percentile: float,
-                         fit: FitCarry) -> float:
+                         fit: FitCarry, carry: np.ndarray | None = None) -> float:
     """The other shape of a ``width_side: fit`` signal, fitted to the same evidence: a log-normal
     binding ``m exp(s Z1)`` (binding per cell is positive and roughly log-normal, with a heavier upper
     tail than a normal; log-SD ``s`` at most :data:`LOGNORMAL_MAX_SD`) plus a normal spreading
@@ -1402,19 +1449,24 @@ def lognormal_fitted_cut(fmo_values: np.ndarray, stained_values: np.ndarray, tra
     the normal model of ``fit`` again, so the two cuts differ by what the data say of the tail's
     shape. Transformed units; NaN without a positive ``fit.shift`` (no binding to shape) or with fewer
     than 20 events in either tube. Used by the fit gate's self-check (``checks``: ``fit_lognormal``)
-    of a normal fit and by :func:`reference_tail_cut`."""
+    of a normal fit and by :func:`reference_tail_cut`. ``carry``: the FMO events (transformed units) the
+    percentile is carried over instead, the fit being on a reference population's events (:func:`reference_fit`)."""
     return _linear_lognormal_cut(_finite_linear(fmo_values, transform), _finite_linear(stained_values, transform),
-                                 transform, percentile, fit)
+                                 transform, percentile, fit,
+                                 None if carry is None else sorted_fmo_linear(carry, transform))
 
 
 def _linear_lognormal_cut(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, percentile: float,
-                          fit: FitCarry) -> float:
-    """:func:`lognormal_fitted_cut` of both tubes' finite events already in linear units."""
+                          fit: FitCarry, carry_sorted: np.ndarray | None = None) -> float:
+    """:func:`lognormal_fitted_cut` of both tubes' finite events already in linear units (``carry_sorted``:
+    the FMO events carried over instead, linear units, sorted)."""
     if not fit.shift > 0 or f_lin.size < 20 or s_lin.size < 20:
         return float("nan")
     scale = _fmo_scale(f_lin)
     starts = [np.array([fit.shift, s0 * scale, 0.5 * fit.spread]) for s0 in LOGNORMAL_STARTS]
-    return _lognormal_fit(f_lin, s_lin, transform, percentile, fit.share, starts, scale)[0]
+    cut, p, _ = _lognormal_fit(f_lin, s_lin, transform, percentile, fit.share, starts, scale)
+    return cut if carry_sorted is None else carried_fit(_lognormal_carry(cut, p, fit.share, scale), carry_sorted,
+                                                        transform, percentile).cut
 
 
 def _log_sd(p: np.ndarray, scale: float) -> float:
@@ -1525,7 +1577,7 @@ FIT_FOLDS = 8
 
 def fit_cut_error(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, percentile: float,
                   t_fmo: float, folds: int = FIT_FOLDS, confidence: float = CONFIDENCE,
-                  fit: FitCarry | None = None) -> float:
+                  fit: FitCarry | None = None, carry: np.ndarray | None = None) -> float:
     """Sampling error of the ``width_side: fit`` cut (:func:`two_step_fit`), transformed units: the
     half-width of its ``confidence`` interval, NaN when fewer than 2 folds can be fitted. The FMO's
     and the stained parent's finite events are dealt into ``folds`` interleaved folds (event i to
@@ -1533,18 +1585,24 @@ def fit_cut_error(fmo_values: np.ndarray, stained_values: np.ndarray, transform:
     the fold cuts / sqrt(k) x Student's t with k - 1 degrees of freedom, as
     :func:`reference_cut_error`. ``fit``: the fit on all events; a log-normal one (``log_sd`` > 0,
     :func:`lognormal_share_fit`) is repeated on each fold from its parameters at its share (one fit
-    a fold, not the share's iteration: time)."""
+    a fold, not the share's iteration: time). ``carry``: the FMO events (transformed units) each fold's fit is
+    carried over instead (their fold i; the fit being on a reference population's events, :func:`reference_fit`)."""
     f = np.asarray(fmo_values, dtype=np.float64)
     x = np.asarray(stained_values, dtype=np.float64)
     f, x = f[np.isfinite(f)], x[np.isfinite(x)]
+    over = None if carry is None else np.asarray(carry, dtype=np.float64)
+    over = None if over is None else over[np.isfinite(over)]
 
     def refit(i: int) -> FitCarry | None:
         if fit is None or not fit.log_sd > 0:
-            return two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo, shape=fit is None)
-        f_sorted = sorted_fmo_linear(f[i::folds], transform)
-        start = np.array([fit.shift, fit.log_sd * _fmo_scale(f_sorted), fit.spread])
-        return lognormal_share_fit(f_sorted, np.sort(_finite_linear(x[i::folds], transform)), transform, percentile,
-                                   start, fit.share)
+            found = two_step_fit(f[i::folds], x[i::folds], transform, percentile, t_fmo, shape=fit is None)
+        else:
+            f_sorted = sorted_fmo_linear(f[i::folds], transform)
+            start = np.array([fit.shift, fit.log_sd * _fmo_scale(f_sorted), fit.spread])
+            found = lognormal_share_fit(f_sorted, np.sort(_finite_linear(x[i::folds], transform)), transform,
+                                        percentile, start, fit.share)
+        return (found if found is None or over is None
+                else carried_fit(found, sorted_fmo_linear(over[i::folds], transform), transform, percentile))
 
     cuts = [c.cut for c in (refit(i) for i in range(folds)) if c is not None]
     if len(cuts) < 2:
@@ -1814,6 +1872,7 @@ def place_fmo_anchored(
     transform: Any = None,
     reference: ReferenceBinding | None = None,
     reference_quantile: float = float("nan"),
+    fit_reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence.
 
@@ -1830,7 +1889,10 @@ def place_fmo_anchored(
       positives, blind to a right-skewed nonspecific tail) and on its upper side (follows that
       tail, widened by positives next to the negatives); ``width_side`` picks ``lower``,
       ``upper``, ``mid`` (halfway between them) or ``fit`` (:func:`two_step_fit`, no tolerance test;
-      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share``, ``fit_log_sd``, ``fit_normal`` recorded); ``relative_carry``
+      ``fit_threshold``, ``fit_shift``, ``fit_spread``, ``fit_share``, ``fit_log_sd``, ``fit_normal`` recorded;
+      with ``fit_reference``, a reference population's (FMO, stained) events, as the strategy's ``skew_reference``
+      gives them, the fit is made on them and carried over the parent's FMO events, :func:`reference_fit`;
+      ``fit_on`` records ``reference`` or, when it cannot be fitted there, ``parent``); ``relative_carry``
       names the carry-over the relative threshold is (``reference``, ``fit`` or the ``width_side``
       read). With ``reference`` (a
       :class:`ReferenceBinding`, :func:`reference_binding`, as the strategy's ``skew_reference``
@@ -1898,10 +1960,15 @@ def place_fmo_anchored(
     if width_side == "fit" and transform is not None:
         linear = (transform.inverse(fmo_x), transform.inverse(x))
         f_sorted = np.sort(linear[0])
-    fitted = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted, linear[1]) if linear is not None else None
+    fitted, fit_on = None, "parent"
+    if linear is not None and f_sorted is not None and fit_reference is not None:
+        fitted, fit_on = reference_fit(*fit_reference, transform, percentile, f_sorted), "reference"
+    if linear is not None and fitted is None:
+        fitted, fit_on = two_step_fit(fmo_x, x, transform, percentile, t_fmo, f_sorted, linear[1]), "parent"
     if fitted is not None:
         diagnostics.update(fit_threshold=fitted.cut, fit_shift=fitted.shift, fit_spread=fitted.spread,
-                           fit_share=fitted.share, fit_log_sd=fitted.log_sd, fit_normal=fitted.normal_cut)
+                           fit_share=fitted.share, fit_log_sd=fitted.log_sd, fit_normal=fitted.normal_cut,
+                           fit_on=fit_on)
     if not neg.found and fitted is not None:
         winner, cut = "fmo_relative", fitted.cut
         diagnostics["note"] = "no stained negative peak near the FMO's mode: the fitted carry-over"

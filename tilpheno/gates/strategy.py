@@ -38,7 +38,8 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      width_warning 3, uncertain_points 3, shift_points 3 (gates.checks);
                      skew_reference (none): a marker-poor population of the same tubes on
                      which the nonspecific signal (shift, lower-side spread, right skew) is
-                     measured (placement.reference_binding) and carried to this gate;
+                     measured (placement.reference_binding) and carried to this gate (with
+                     width_side fit: the binding fitted there, placement.reference_fit);
                      reference_carry additive|quantile (additive): carry that model, or the
                      reference's own percentile shift, stained - FMO (placement.reference_quantile_cut);
                      control fmo|unstained (fmo): the control whose events set the cut, the
