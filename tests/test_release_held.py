@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+from tilpheno.gates.strategy import ROOT, default_strategy_paths, load_strategy
 from tilpheno.io.fcs import read_fcs_metadata
 from tilpheno.pipeline.jobs import ProcessOptions, ProductJob, outcome_from_record, outcome_record, strategy_sources
 from tilpheno.pipeline.product import process_product
@@ -158,3 +158,43 @@ def test_the_run_summary_names_why_products_are_not_evaluable(small_cohort, tmp_
     expected = ", ".join(f"{s} {counts[s]}" + (" (1 awaiting review, 1 failed processing)" if s == NOT_EVALUABLE else "")
                          for s in sorted(counts.index))
     assert r.exit_code == 1 and f"): {expected}\n" in r.output, r.output
+
+
+def test_a_flag_on_the_gate_a_cuts_reference_rests_on_holds_the_variable_but_is_no_catch_in_the_benchmark():
+    """The rule for a ``skew_reference`` (since stop 51 also the CD56+ gate's ``not_CD8``, !CD8+ of the live
+    lymphocytes): the cut is read on the reference, so a wrong gate the reference rests on moves it, and a
+    flag there holds the variable's criterion (``Strategy.variable_gates``, as PD1+ of the live lymphocytes is
+    held by a CD3+ flag through ``non_T``): a CD8+ flag now holds NKT's. validate_gating's silent-miss count
+    reads the gates of the variable's own lineage (``VARIABLE_GATES``), never a reference's (PD1's non_T,
+    FoxP3's non_CD4_T, CD56+'s not_CD8), so a CD8+ flag is not counted as having caught an NKT error."""
+    import sys
+    from pathlib import Path
+
+    from tilpheno.pipeline.release import release_decision
+    from tilpheno.qc import QCFlag
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import validate_gating as vg
+
+    surface = next(s for s in STRATEGIES if s.tube == "surface")
+    for variable in ("nkt_pct_of_live_lymph", "nk_pct_of_live_lymph"):
+        assert {"not_CD8", "CD8+"} <= set(surface.variable_gates(variable)), surface.variable_gates(variable)
+    spec = dataclasses.replace(DEFAULT_SPEC, criteria=(Criterion("NKT", "nkt_pct_of_live_lymph", "<", 1.0),))
+    row = {"nkt_pct_of_live_lymph": 5.0}
+    tube_of = {"P1_surface_stain.fcs": "surface"}
+    cd8 = QCFlag("P1", "P1_surface_stain.fcs", "uncertain_threshold", "warning", "CD8+ (CD8): moved", "CD8+")
+    pd1 = QCFlag("P1", "P1_surface_stain.fcs", "uncertain_threshold", "warning", "PD1+ (PD1): moved", "PD1+")
+    assert release_decision(spec, row, [cd8], usable=True, strategies=STRATEGIES, tube_of=tube_of)[1] == NOT_EVALUABLE
+    assert release_decision(spec, row, [pd1], usable=True, strategies=STRATEGIES, tube_of=tube_of)[1] == FAIL
+
+    def lineage(strategy, population: str) -> set[str]:   # parents, operands and `reference`, no skew_reference
+        p = strategy.population(population)
+        refs = [p.parent, *(p.boolean.operands if p.boolean else ()), p.params.get("reference")]
+        return {population}.union(*(lineage(strategy, r) for r in refs if r and r != ROOT))
+
+    for strategy in STRATEGIES:
+        names = {p.name for p in strategy.populations}
+        for v in (x for x in strategy.variables if x.name in vg.VARIABLE_GATES):
+            gates = set(vg.VARIABLE_GATES[v.name]) & names   # `dead`: validate_gating --live's gate, not the bundled one
+            assert gates <= lineage(strategy, v.numerator) | lineage(strategy, v.denominator), (v.name, gates)
+    assert "CD8+" not in vg.VARIABLE_GATES["nkt_pct_of_live_lymph"] + vg.VARIABLE_GATES["nk_pct_of_live_lymph"]
