@@ -137,6 +137,7 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         url = f"/api/products/{PID}/sign"
         payload = {"version": state["current_version"], "meaning": "approved for release", "qc_resolutions": {},
                    "password": PASSWORDS["bob"] if case == "analyst_approves" else "not-my-password"}
+    service.write_repeated_refusals(everything=True)   # the identical refusal of another case is not counted against this one
     before = counts(service)
     if case == "not_json":
         r = c.post(url, data="gates=1", headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
@@ -194,6 +195,7 @@ def test_exports_and_audit_csv(app, service):
 
     def refused(url, method="get", **kw):
         """bob's request to ``url``, refused 403; the newest audit entries since it was sent."""
+        service.write_repeated_refusals(everything=True)   # an identical refusal of another test is not counted against it
         with service.factory() as db:
             head = db.scalar(select(func.max(AuditEntry.seq)))
         r = getattr(c_bob, method)(url, **kw)
@@ -223,6 +225,57 @@ def test_exports_and_audit_csv(app, service):
     assert r.status_code == 200 and "review_status" in r.text.splitlines()[0]
     r = c.get(f"/products/{PID}/certificate.pdf")
     assert r.status_code == 409 and "approved" in json.loads(r.text)["error"]
+
+
+def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monkeypatch):
+    """A logged-in script hitting a forbidden URL in a loop added one ``access_refused`` entry per
+    request (the trail flooded). Identical refusals (same user, request and reason) within the window
+    of the one written are counted, not written; once the window has closed (the next request, or the
+    server stopping) one ``access_refused_repeated`` entry gives their count and the entry they
+    repeat. Nothing is changed in the trail, which still verifies; another request's refusal is
+    written in its own right."""
+    from tilpheno.review import audit
+    from tilpheno.review.models import AuditEntry
+    from tilpheno.review.throttle import RefusalCounter
+
+    service.write_repeated_refusals(everything=True)
+    now = [1000.0]
+    counter = RefusalCounter(clock=lambda: now[0])
+    monkeypatch.setattr(service, "refusals", counter)
+    c_bob, _, _ = login(app, "bob")
+    with service.factory() as db:
+        start = audit.head_seq(db)
+
+    def new_entries():
+        with service.factory() as db:
+            rows = db.scalars(select(AuditEntry).where(AuditEntry.seq > start).order_by(AuditEntry.seq))
+            return [(e.seq, e.username, e.action, e.product_id, json.loads(e.after_json), e.reason, e.at) for e in rows]
+
+    for _ in range(50):   # 50 refusals within the window, 1 s apart
+        r = c_bob.get("/audit.csv")
+        assert r.status_code == 403
+        now[0] += 1.0
+    error = "role analyst cannot export the audit trail"
+    assert c_bob.get("/api/products/TIL002/state").status_code == 403   # another request: its own entry
+    first, other = new_entries()
+    assert first[1:6] == ("bob", "access_refused", "", {"request": "GET /audit.csv"}, error)
+    assert other[2:4] == ("access_refused", "TIL002")
+    now[0] = 1000.0 + counter.window          # the first window has closed: any request writes its count
+    assert c_bob.get("/").status_code == 200
+    entries = new_entries()
+    assert len(entries) == 3
+    seq, user, action, product, after, reason, at = entries[2]
+    assert (user, action, product, reason) == ("bob", "access_refused_repeated", "", error)
+    assert first[6] < after.pop("last_at") < other[6]   # the 50th refusal's time (UTC)
+    assert after == {"request": "GET /audit.csv", "count": 49, "repeats_entry": first[0], "window_s": counter.window}
+    for _ in range(4):   # a new window: one entry, three counted, written as the server stops
+        assert c_bob.get("/audit.csv").status_code == 403
+    service.write_repeated_refusals(everything=True)
+    entries = new_entries()
+    assert [e[2] for e in entries[3:]] == ["access_refused", "access_refused_repeated"]   # TIL002's counted none
+    assert entries[4][4]["count"] == 3 and entries[4][4]["repeats_entry"] == entries[3][0]
+    with service.factory() as db:
+        assert audit.verify(db).ok
 
 
 def test_apply_gate_to_other_products_over_http(app, service):

@@ -41,4 +41,7 @@ def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, thr
     from tilpheno.review.web import create_app
 
     threading.Thread(target=import_all, args=(service,), daemon=True, name="import-products").start()
-    waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")
+    try:
+        waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")
+    finally:   # the counts of identical refusals still in their window go to the trail before the server stops
+        service.write_repeated_refusals(everything=True)

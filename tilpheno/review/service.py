@@ -98,6 +98,7 @@ from tilpheno.review.db import ReviewError, default_db_path
 from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, applied_candidates, changed_gates, check_reason,
                                     gates_sha256, recompute, validate_gate_set)
+from tilpheno.review.throttle import RefusalCounter, RefusalKey, RefusalWindow
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -108,7 +109,7 @@ BATCH_ROLES = ("reviewer", "admin")
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
                             "export_gatingml", "export_failed", "audit_export", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused",
-                            "access_refused"})
+                            "access_refused", "access_refused_repeated"})
 
 
 class VersionConflict(ReviewError):
@@ -233,6 +234,17 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             raise
         finally:
             db.close()
+
+
+def _write_repeated(db: Session, closed: list[tuple[RefusalKey, RefusalWindow]], window: float) -> list[int]:
+    """One ``access_refused_repeated`` entry per closed window of identical refusals: who, the
+    product, ``after``: the request, ``count`` (the refusals counted, not written), ``repeats_entry``
+    (the ``seq`` of the one written), ``window_s`` and ``last_at`` (the last one's time); the refusal
+    as its reason. Returns their ``seq``."""
+    return [audit.append(db, username, "access_refused_repeated", product_id=product_id, reason=refusal,
+                         after={"request": request, "count": win.count, "repeats_entry": win.seq,
+                                "window_s": window, "last_at": win.last_at}).seq
+            for (username, request, product_id, refusal), win in closed]
 
 
 def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy) -> int:
@@ -950,6 +962,7 @@ class ReviewService:
         self.source, self.factory = source, factory
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
+        self.refusals = RefusalCounter()   # identical refused requests counted, not each written
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
@@ -979,14 +992,44 @@ class ReviewService:
             raise Forbidden(f"{self.noun} {product_id} is not assigned to you ({user.username}, {user.role}); "
                             f"an admin can run: {self.assign_command(user.username, product_id)}")
 
-    def record_access_refused(self, username: str, product_id: str, request: str, refusal: str) -> int:
+    def record_access_refused(self, username: str, product_id: str, request: str, refusal: str) -> int | None:
         """Audit (``access_refused``) a request of ``username`` the server refused with HTTP 403 for
         their role, assignment or session (``request``: its method and path; ``product_id``: the
         product it asked for, "" for none), with the refusal's message as its reason. Returns the
-        entry's ``seq``."""
-        return transaction(self.factory, lambda db: audit.append(
-            db, username, "access_refused", product_id=product_id, after={"request": request[:500]},
-            reason=refusal).seq)
+        entry's ``seq``, or None when an identical refusal (same user, request and reason) was written
+        less than ``self.refusals.window`` seconds ago: this one is counted, and written with the
+        others as one ``access_refused_repeated`` entry once that window has closed
+        (:meth:`write_repeated_refusals`; :class:`~tilpheno.review.throttle.RefusalCounter`)."""
+        key = (username, request[:500], product_id, refusal)
+        if self.refusals.counted(key, utcnow()):
+            return None
+        closed = self.refusals.closed()
+
+        def write(db):
+            _write_repeated(db, closed, self.refusals.window)
+            return audit.append(db, username, "access_refused", product_id=product_id, after={"request": key[1]},
+                                reason=refusal).seq
+        try:
+            seq = transaction(self.factory, write)
+        except Exception:
+            self.refusals.put_back(closed)
+            self.refusals.forget(key)
+            raise
+        self.refusals.opened(key, seq)
+        return seq
+
+    def write_repeated_refusals(self, everything: bool = False) -> list[int]:
+        """Write the counts of identical refusals whose window has closed (all open windows with
+        ``everything``, as the server stops): :func:`_write_repeated`. Returns the entries' ``seq``;
+        on failure the counts are kept for the next call."""
+        closed = self.refusals.closed(everything)
+        if not closed:
+            return []
+        try:
+            return transaction(self.factory, lambda db: _write_repeated(db, closed, self.refusals.window))
+        except Exception:
+            self.refusals.put_back(closed)
+            raise
 
     def assign_command(self, username: str, product_id: str) -> str:
         """The command an admin runs to assign ``product_id`` to ``username`` here: ``tilpheno users
