@@ -1167,14 +1167,8 @@ def test_an_approval_that_binds_no_control_says_so_beside_valid(driver, server, 
     is not voided by a replaced control (nothing recorded which control it was made over); the page
     said only VALID. Now its line says 'control digests not recorded at approval', naming TIL001's
     unstained control; a signature made now, which binds it, says nothing more."""
-    from tilpheno.review import service as module
-
     service, base = server
-    hashed = module.data_sha256
-    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
-    old = service.sign(PID, service_user(service, "dave"), PASSWORDS["dave"], "approved for release", 1,
-                       approval_resolutions(service, PID), oos_justification=OOS_REASON)
-    monkeypatch.setattr(module, "data_sha256", hashed)
+    old = older_approval(service, monkeypatch, "dose")
     new = service.sign(PID, service_user(service, "carol"), PASSWORDS["carol"], "approved for release", 1,
                        approval_resolutions(service, PID), oos_justification=OOS_REASON)
     open_product(driver, base)
@@ -1190,14 +1184,8 @@ def test_the_product_list_says_what_an_older_approval_does_not_bind(driver, serv
     """dave's approval of TIL001 made before the panel file and FMO markers were bound (form
     ``study_doses``) is its standing decision: the page said beside VALID what it does not bind, the
     product list said only its approved version. Now the list's row says it too, in the page's words."""
-    from tilpheno.review import service as module
-
     service, base = server
-    hashed = module.data_sha256
-    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="study_doses"))
-    old = service.sign(PID, service_user(service, "dave"), PASSWORDS["dave"], "approved for release", 1,
-                       approval_resolutions(service, PID), oos_justification=OOS_REASON)
-    monkeypatch.setattr(module, "data_sha256", hashed)
+    old = older_approval(service, monkeypatch, "study_doses")
     note = next(v.note for v in service.signatures(PID) if v.row.id == old.id)
     assert note.startswith("panel file and FMO control markers not recorded at approval"), note
     open_product(driver, base, "carol")
@@ -1208,6 +1196,19 @@ def test_the_product_list_says_what_an_older_approval_does_not_bind(driver, serv
     cell = wait(driver, lambda d: d.find_element("link text", PID), "the product list").find_elements("xpath", "../../td")[2]
     assert " ".join(cell.text.split()) == f"1 (signed approval: {note})", cell.text
     assert_no_script_errors(driver)
+
+
+def older_approval(service, monkeypatch, form: str):
+    """dave's approval of version 1 of TIL001 signed with its data hash of the older ``form``
+    (service.data_sha256's), as one made before what that form leaves out was bound."""
+    from tilpheno.review import service as module
+
+    hashed = module.data_sha256
+    monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form=form))
+    signed = service.sign(PID, service_user(service, "dave"), PASSWORDS["dave"], "approved for release", 1,
+                          approval_resolutions(service, PID), oos_justification=OOS_REASON)
+    monkeypatch.setattr(module, "data_sha256", hashed)
+    return signed
 
 
 def service_user(service, name: str) -> int:
