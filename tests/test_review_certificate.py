@@ -761,6 +761,38 @@ def test_an_approval_of_an_older_form_says_what_it_does_not_bind(fresh_service, 
             "signature does not bind)") in capsys.readouterr().out
 
 
+def test_a_run_made_by_other_software_says_so_on_the_page_and_certificate(fresh_service, tmp_path, monkeypatch):
+    """The numbers the product page and the certificate show are recomputed by the server's code;
+    run.json names the tilpheno version and code that made the run (its report and tables), and
+    nothing said when those were not the server's. Now the page and the certificate say so, once;
+    a run of the server's own software says nothing."""
+    import html
+
+    from tilpheno import __version__
+    from tilpheno.cache import code_digest
+
+    svc = fresh_service
+    svc.sign(PID, user(svc, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+             approval_resolutions(svc, PID), oos_justification=OOS_REASON)
+    c, _, _ = login(create_app(svc), "carol")
+    assert (svc.source.run["tilpheno_version"], svc.source.run["tilpheno_code_sha256"]) == (__version__, code_digest())
+    assert 'id="run-software"' not in c.get(f"/products/{PID}").text
+    assert "The run in this folder" not in certificate_text(svc, tmp_path)[0]
+    monkeypatch.setitem(svc.source.run, "tilpheno_version", "0.0.9")
+    monkeypatch.setitem(svc.source.run, "tilpheno_code_sha256", "ab" * 32)
+    note = (f"The run in this folder was made by tilpheno 0.0.9 (code abababababab); this server runs tilpheno "
+            f"{__version__} (code {code_digest()[:12]}): the numbers shown are recomputed by the server's code from "
+            "the run's files and may differ from the run's report and tables.")
+    page = html.unescape(c.get(f"/products/{PID}").text)
+    assert page.count(note) == 1 and page.count("The run in this folder") == 1
+    flowing = " ".join(certificate_text(svc, tmp_path)[0].split())
+    assert flowing.count(note) == 1
+    monkeypatch.setitem(svc.source.run, "tilpheno_version", __version__)   # same version, other code: said too
+    assert "(code abababababab)" in c.get(f"/products/{PID}").text
+    monkeypatch.setitem(svc.source.run, "tilpheno_code_sha256", "")   # same version, no code recorded: nothing to say
+    assert 'id="run-software"' not in c.get(f"/products/{PID}").text
+
+
 def test_an_approval_made_under_other_software_stands_and_says_so(fresh_service, tmp_path, monkeypatch):
     """dave approved TIL001 under another tilpheno (its version and code digest), then the server was
     upgraded. No signature recorded the software it was made under, so nothing told QA that the

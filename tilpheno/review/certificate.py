@@ -27,7 +27,7 @@ from tilpheno.report.codebook import labels
 from tilpheno.release import NOT_EVALUABLE
 from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
-from tilpheno.review.service import REJECTED, Approval, ReviewService, oos_of
+from tilpheno.review.service import REJECTED, Approval, ReviewService, oos_of, run_software_note
 
 
 def _fmt(v) -> str:
@@ -107,6 +107,9 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
     story = [p(f"Certificate of analysis: product {product_id}", styles["Title"]),
              p(f"Issued {utcnow()[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
                f"(approved for release by {approval.full_name}, {approval.signed_at[:19]} UTC).")]
+    ran = run_software_note(src.run)   # its numbers are this tilpheno's, not the run's
+    if ran:
+        story.append(p(ran))
     oos = oos_of(approval, res.release)
     status = res.release_status
     if status == NOT_EVALUABLE:   # why, in short: a value missing, no criterion applicable

@@ -897,6 +897,20 @@ def software_note(signed: str, now: str) -> str:
     return f"signed under {software_words(signed)}; now {software_words(now)} (the code is not bound: {tail}"
 
 
+def run_software_note(run: Mapping[str, Any]) -> str:
+    """What the product page and the certificate say, once, when the run in the output folder was
+    made by other software than the server runs (run.json's ``tilpheno_version`` and ``tilpheno_code_sha256``;
+    a run that recorded no code is compared on its version), else "": the numbers they show are
+    recomputed by the server's code from the run's files, not read from the run's tables."""
+    ran = {"tilpheno": str(run.get("tilpheno_version") or "?"), "code_sha256": str(run.get("tilpheno_code_sha256") or "")}
+    now = software_now()
+    if ran["tilpheno"] == json.loads(now)["tilpheno"] and ran["code_sha256"] in ("", json.loads(now)["code_sha256"]):
+        return ""
+    return (f"The run in this folder was made by {software_words(audit.canonical(ran))}; this server runs "
+            f"{software_words(now)}: the numbers shown are recomputed by the server's code from the run's files and "
+            "may differ from the run's report and tables.")
+
+
 def unbound_note(form: str, controls: Callable[[], list[dict]]) -> str:
     """What a valid signature made in ``form`` (:data:`DATA_FORMS`) does not bind, so that a change
     there would not void it ("" for the newest form): the product's controls (``controls()``: its

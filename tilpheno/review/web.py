@@ -43,7 +43,7 @@ from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, rec
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, AuditedRefusal, DeviationRequired,
                                      Forbidden, NotFound, ReviewService, VersionConflict, approved_of, deciding,
                                      decision_of, failed_criteria,
-                                     failed_words, oos_of, record_trail_export, replaced_words,
+                                     failed_words, oos_of, record_trail_export, replaced_words, run_software_note,
                                      transaction, voided_words)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
@@ -317,7 +317,8 @@ def create_app(service: ReviewService) -> Flask:
         others = [p for p in service.source.product_ids() if p != product_id and (allowed is None or p in allowed)]
         return render_template("product.html", product_id=product_id, user=g.user, csrf=g.sess.csrf_token,
                                others=others, tubes=service.source.stained_kinds(product_id), can_approve=g.user.role in ("reviewer", "admin"),
-                               spec=service.source.release_spec.name)   # in the page: a product whose state fails keeps it
+                               spec=service.source.release_spec.name,   # in the page: a product whose state fails keeps it
+                               run_software=run_software_note(service.source.run))
 
     # -- API ---------------------------------------------------------------------------------------------
     @app.get("/api/products/<path:product_id>/state")
