@@ -673,3 +673,56 @@ def test_a_dim_subset_warning_on_undetermined_gates_quotes_no_held_points():
     assert said(()).startswith(f"T cells (CD3): {excess:.1f} points of T cells are CD4- CD8- events"), said(())
     assert said(("CD3+",)).startswith("T cells (CD3): more than 2 points of T cells are CD4- CD8- events"), said(("CD3+",))
     assert f"{excess:.1f}" not in said(("CD3+",))
+
+
+HELD_FMO_STRATEGY = """\
+strategy: toy
+tube: surface
+markers: [CD3, PD1]
+transforms: {CD3: {kind: linear}, PD1: {kind: linear}}
+populations:
+  - {name: CD3+, parent: root, dims: [CD3], method: valley, params: {keep: high}}
+  - {name: PD1+, parent: CD3+, dims: [PD1], method: fmo, params: {max_shift: 0.3}}
+variables:
+  pd1_pct_of_cd3: {numerator: PD1+, denominator: CD3+}
+"""
+
+
+def _toy_tube(role: str, fmo_marker: str | None, cd3: np.ndarray, pd1: np.ndarray):
+    from tilpheno.phenotype import TubeData
+    from tilpheno.transforms import Linear
+
+    data = {"CD3": cd3, "PD1": pd1}
+    return TubeData(f"{role}.fcs", "0" * 64, "surface", role, fmo_marker, data, {"CD3": "FITC-A", "PD1": "PE-A"},
+                    {k: Linear() for k in data}, True)
+
+
+def test_an_fmo_gate_whose_controls_own_gate_is_undetermined_quotes_no_held_share():
+    """The engine end to end (held_51's wiring (a), unit-tested on checks.place_and_check only): the stained file's
+    CD3 has two populations (CD3+ determined there), the PD1 FMO's one, lying 1.0 above zero with no unstained
+    control (CD3+ undetermined in the FMO file: its table leaves the FMO's CD3+ and PD1+ counts and shares blank).
+    PD1+'s fmo_excess_positive quoted that held share ('46.0% of the FMO's parent events lie above the threshold')
+    -> the FMO file's undetermined gates join held: 'more than' its limit, and no flag quotes a share."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind, population_table, undetermined_gates
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 5000
+    positive = rng.random(n) < 0.7
+    stained = _toy_tube("stain", None, np.where(positive, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n)),
+                        rng.normal(0.1, 0.03, n))   # the stained negatives below the FMO's: the cut moves down
+    fmo = _toy_tube("fmo", "PD1", rng.normal(1.0, 0.05, n), rng.normal(0.2, 0.03, n))
+    state, control = gate_tube_kind(strategy, [stained, fmo])
+    assert undetermined_gates(state.diagnostics) == frozenset() and undetermined_gates(control.diagnostics) == {"CD3+"}
+    table = population_table(strategy, control, undetermined_gates(control.diagnostics)).set_index("population")
+    assert table[["count", "pct_of_parent"]].isna().all().all(), table   # the FMO's shares: held
+    [threshold] = state.thresholds
+    held_share = 100.0 * np.count_nonzero(fmo.data["PD1"][control.masks["CD3+"]] > threshold["value_transformed"]) / n
+    assert held_share > 1.5   # fmo_excess_positive's limit: the check fires
+    said = {f.code: f.message for f in state.flags if f.gate == "PD1+"}
+    assert said["fmo_excess_positive"].startswith("PD1+ (PD1): more than 1.5% of the FMO's parent events lie above "
+                                                  "the threshold"), said
+    for message in said.values():
+        assert f"{held_share:.1f}" not in message and not re.search(r"\d+\.\d+ points", message), message
+        assert set(re.findall(r"\d+\.\d+%", message)) <= {"1.5%", "0.5%"}, message   # the limit, the nominal
