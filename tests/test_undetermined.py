@@ -557,9 +557,10 @@ def test_an_fmo_gates_flags_and_record_below_undetermined_gates_quote_no_held_po
         assert f"{sens:.1f} points of the parent lie within 0.03 of it" in said[code]
     if case == "no_peak":
         assert "yet more than 6% of the parent lies at or below" in held_said[code], held_said[code]
-    assert all(math.isnan(v) for k, v in held_record.items() if k.endswith("_points")), held_record
-    assert {k: v for k, v in held_record.items() if not k.endswith("_points")} == pytest.approx(
-        {k: v for k, v in record.items() if not k.endswith("_points")}, nan_ok=True)
+    blank = [k for k in held_record if k.endswith("_points") or k == "fmo_pct_above"]   # fmo_pct_above: held2_51
+    assert all(math.isnan(held_record[k]) for k in blank) and math.isfinite(record["fmo_pct_above"]), held_record
+    assert {k: v for k, v in held_record.items() if k not in blank} == pytest.approx(
+        {k: v for k, v in record.items() if k not in blank}, nan_ok=True)
 
 
 @pytest.mark.parametrize("whole", [False, True])
@@ -718,8 +719,12 @@ def test_an_fmo_gate_whose_controls_own_gate_is_undetermined_quotes_no_held_shar
     table = population_table(strategy, control, undetermined_gates(control.diagnostics)).set_index("population")
     assert table[["count", "pct_of_parent"]].isna().all().all(), table   # the FMO's shares: held
     [threshold] = state.thresholds
-    held_share = 100.0 * np.count_nonzero(fmo.data["PD1"][control.masks["CD3+"]] > threshold["value_transformed"]) / n
+    parent = fmo.data["PD1"][control.masks["CD3+"]]   # the FMO's parent: its events the FMO's table leaves blank
+    held_share = 100.0 * np.count_nonzero(parent > threshold["value_transformed"]) / parent.size
     assert held_share > 1.5   # fmo_excess_positive's limit: the check fires
+    assert state.diagnostics["PD1+"]["fmo_pct_above"] == pytest.approx(held_share, abs=1e-9)   # the API keeps it
+    assert math.isnan(threshold["fmo_pct_above"]), threshold   # the record (GatingResult.thresholds): blank
+    assert all(math.isnan(v) for k, v in threshold.items() if k.endswith("_points")), threshold
     said = {f.code: f.message for f in state.flags if f.gate == "PD1+"}
     assert said["fmo_excess_positive"].startswith("PD1+ (PD1): more than 1.5% of the FMO's parent events lie above "
                                                   "the threshold"), said

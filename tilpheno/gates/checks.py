@@ -315,11 +315,13 @@ def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any],
 def threshold_record(placement: pl.Placement, held: tuple[str, ...] = ()) -> dict[str, Any]:
     """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number; ``reading_verdict`` '':
     the engine sets it when every threshold is placed). ``held``: as :func:`place_and_check`'s; then the
-    ``*_points`` columns (points of the stained parent) are NaN."""
+    ``*_points`` columns (points of the stained parent) and ``fmo_pct_above`` (the % of the FMO's parent above
+    the cut: the FMO tube's share of the gate) are NaN."""
     d = placement.diagnostics
     out: dict[str, Any] = {}
     for key in RECORD_COLUMNS:
-        out[key] = ("" if key == "reading_verdict" else float("nan") if held and key.endswith("_points")
+        blank = held and (key.endswith("_points") or key == "fmo_pct_above")
+        out[key] = ("" if key == "reading_verdict" else float("nan") if blank
                     else d.get(key, "" if key in ("rule", "winner") else float("nan")))
     if not out["winner"]:
         out["winner"] = placement.method
