@@ -731,3 +731,35 @@ def test_an_fmo_gate_whose_controls_own_gate_is_undetermined_quotes_no_held_shar
     for message in said.values():
         assert f"{held_share:.1f}" not in message and not re.search(r"\d+\.\d+ points", message), message
         assert set(re.findall(r"\d+\.\d+%", message)) <= {"1.5%", "0.5%"}, message   # the limit, the nominal
+
+
+@pytest.mark.parametrize("pd1", ["two populations", "one population"])
+def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
+    """The no-FMO fallback of a threshold gate (placement.place_valley on the stained tube, without
+    checks.check_valley) below an undetermined gate (CD3: one population 1.0 above zero, no FMO or unstained
+    control): its flags (missing_fmo, fallback_gate, no_second_peak) quote cuts and peaks, no count, and its record
+    no points (audit, held2_51). The undetermined gate's own cut_at_scale_edge said what it keeps in its held count
+    ('the gate keeps 4999 of 5000 events (99.98%)'; populations.csv leaves CD3+'s count blank) -> 'part of the
+    events' (all, none or part, as below such a gate)."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind, population_table, undetermined_gates
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 5000
+    values = (np.where(rng.random(n) < 0.3, rng.normal(1.0, 0.05, n), rng.normal(0.1, 0.05, n))
+              if pd1 == "two populations" else rng.normal(0.05, 0.03, n))
+    [state] = gate_tube_kind(strategy, [_toy_tube("stain", None, rng.normal(1.0, 0.05, n), values)])
+    assert undetermined_gates(state.diagnostics) == {"CD3+"}
+    table = population_table(strategy, state, undetermined_gates(state.diagnostics)).set_index("population")
+    assert table[["count", "pct_of_parent"]].isna().all().all(), table
+    [threshold] = state.thresholds
+    assert threshold["method"].startswith("fallback_") and threshold["source_file"] == ""
+    assert all(math.isnan(v) for k, v in threshold.items() if k.endswith("_points") or k == "fmo_pct_above"), threshold
+    said = {(f.gate, f.code): f.message for f in state.flags}
+    assert {("PD1+", "missing_fmo"), ("PD1+", "fallback_gate"), ("CD3+", "cut_at_scale_edge")} <= set(said), said
+    assert (("PD1+", "no_second_peak") in said) == (pd1 == "one population"), said
+    kept = int(np.count_nonzero(state.masks["CD3+"]))
+    assert 0 < kept < n and ", the gate keeps part of the events; look at" in said["CD3+", "cut_at_scale_edge"], said
+    for message in said.values():
+        assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%|points of the parent", message), message

@@ -764,7 +764,8 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
     by ``DELTA`` either way (the smoothing scale). ``held``: the undetermined gates ``values`` rest on
     (``phenotype.resting_on``), whose counts no output reports: then ``few_events`` says 'fewer than
     1000 events', ``cut_in_dense_region`` quotes no points of the parent and ``cut_at_scale_edge`` no count
-    (:func:`valley_edge_flag`); the diagnostics keep the numbers and name those gates (``resting_on``, as
+    (:func:`valley_edge_flag`), nor does the ``cut_at_scale_edge`` of an undetermined gate (``undetermined``: its own
+    count is held); the diagnostics keep the numbers and name those gates (``resting_on``, as
     :func:`place_and_check`'s)."""
     d = dict(placement.diagnostics)
     if held:
@@ -782,7 +783,9 @@ def check_valley(population: str, placement: pl.Placement, values: np.ndarray, *
             alternative = 0.5 * (cut + float(d.get("highest_negative_peak", d.get("positive_peak", float("nan")))))
         alternatives["no_second_peak"] = [float(alternative)] + [   # the other side's call
             float(d[side]) for side in ("positive_side_cut", "negative_side_cut") if side in d]
-    edge = (valley_edge_flag(population, placement.gate, d, x, held),) if d.get("clamped") and x.size else ()
+    # what an undetermined gate keeps is its own count, held as those below it are
+    kept_held = held or ((population,) if d.get("undetermined") else ())
+    edge = (valley_edge_flag(population, placement.gate, d, x, kept_held),) if d.get("clamped") and x.size else ()
     if edge:   # sized (for a gate the engine does not report) as its rule's flag
         alternatives["cut_at_scale_edge"] = alternatives.get("no_second_peak", [cut - DELTA, cut + DELTA])
     d["alternative_cuts"] = alternatives
