@@ -273,3 +273,57 @@ def test_a_gate_resting_on_undetermined_gates_is_not_quoted_by_the_verdict():
             in flags[0].message and "1.2" not in flags[0].message), flags[0].message
     assert "here reference_above_points is 0.4 points of the parent" in flags[1].message   # determined: quoted
     assert set(reading_verdicts(gates, held).values()) == {"PD1+: reference_above_points over its limit"}
+
+
+def test_the_engines_verdict_quotes_no_held_size():
+    """The engine end to end (held_51's wiring (b), unit-tested on shared_reading only): PD1+ (within CD3+) and
+    CD8+PD1+ (within CD8+, one population 1.0 above zero and no FMO or unstained control: undetermined) carry one
+    PD1 reading on non_T, whose binding (0.3) is heavier than the T cells' (0.05); the check fires on both. The
+    threshold record's reading_verdict quoted CD8+PD1+'s held size ('CD8+PD1+: reference_above_points 28.7') ->
+    the engine passes each threshold's held gates (_Threshold.held): 'over its limit' there, PD1+'s size kept."""
+    import textwrap
+
+    import numpy as np
+
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import TubeData, gate_tube_kind, undetermined_gates
+    from tilpheno.transforms import Linear
+
+    reading = "method: fmo, params: {rule: relative, skew_reference: non_T, max_shift: 0.5}"
+    strategy = parse_strategy(textwrap.dedent(f"""\
+        strategy: toy
+        tube: surface
+        markers: [CD3, CD8, PD1]
+        transforms: {{CD3: {{kind: linear}}, CD8: {{kind: linear}}, PD1: {{kind: linear}}}}
+        populations:
+          - {{name: CD3+, parent: root, dims: [CD3], method: valley, params: {{keep: high}}}}
+          - {{name: non_T, parent: root, expression: "!CD3+"}}
+          - {{name: CD8+, parent: CD3+, dims: [CD8], method: valley, params: {{keep: high}}}}
+          - {{name: PD1+, parent: CD3+, dims: [PD1], {reading}}}
+          - {{name: CD8+PD1+, parent: CD8+, dims: [PD1], {reading}}}
+        """), "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 20000
+
+    def tube(role: str, fmo_marker: str | None, binding: tuple[float, float]) -> TubeData:
+        t = rng.random(n) < 0.6
+        pd1 = rng.normal(0.1, 0.05, n) + np.where(t, *binding)   # the T cells' binding, the reference's
+        if role == "stain":   # 30 % PD1+ T cells, dim: between the parent's own carry-over and the reference's
+            pd1 = np.where(t & (rng.random(n) < 0.3), rng.normal(0.45, 0.05, n), pd1)
+        data = {"CD3": np.where(t, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n)), "CD8": rng.normal(1.0, 0.05, n),
+                "PD1": pd1}
+        return TubeData(f"{role}.fcs", "0" * 64, "surface", role, fmo_marker, data, {k: k for k in data},
+                        {k: Linear() for k in data}, True)
+
+    state, _ = gate_tube_kind(strategy, [tube("stain", None, (0.05, 0.3)), tube("fmo", "PD1", (0.0, 0.0))])
+    d = state.diagnostics
+    assert undetermined_gates(d) == {"CD8+"}
+    assert d["PD1+"]["reading_verdict"] == d["CD8+PD1+"]["reading_verdict"] == ("reference_above_points",)
+    held, kept = d["CD8+PD1+"]["reference_above_points"], d["PD1+"]["reference_above_points"]   # the API keeps both
+    assert held > 3.0 and kept > 3.0
+    verdicts = {r["population"]: r["reading_verdict"] for r in state.thresholds}
+    said = f"PD1+: reference_above_points {kept:.1f}; CD8+PD1+: reference_above_points over its limit"
+    assert verdicts == {"PD1+": said, "CD8+PD1+": said}, verdicts
+    for flag in state.flags:
+        if flag.gate == "CD8+PD1+":
+            assert f"{held:.1f} points" not in flag.message and "more than 3 points" in flag.message, flag.message
