@@ -763,3 +763,35 @@ def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
     assert 0 < kept < n and ", the gate keeps part of the events; look at" in said["CD3+", "cut_at_scale_edge"], said
     for message in said.values():
         assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%|points of the parent", message), message
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_the_fmo_tables_rule_quotes_no_blank_points_below_undetermined_gates(held):
+    """The report's FMO table states a gate's tail-shape check and fit interval with their sizes ('log-normal
+    tail 0.512 (3.1 points of the parent)', '95 % interval; 1.2 points of the parent'); below an undetermined
+    gate the threshold record leaves those sizes blank (``checks.threshold_record``), and the rule read
+    'log-normal tail 0.512 ( points of the parent)' -> the size is left out where it is blank."""
+    from types import SimpleNamespace
+
+    from tilpheno.report.product import fmo_table
+
+    blank = float("nan")
+    row = {"population": "M+", "marker": "M", "parent": "P", "percentile": 99.5, "value_transformed": 0.5,
+           "value_raw": 500.0, "method": "fmo", "source_file": "fmo.fcs", "winner": "fmo_relative",
+           "fmo_threshold": 0.45, "relative_threshold": 0.5, "relative_low": 0.48, "relative_high": 0.52,
+           "valley_threshold": blank, "shift": 0.05, "relative_lognormal": 0.512,
+           "tail_points": blank if held else 3.14, "fit_error": 0.021, "fit_normal": 0.49,
+           "candidate_points": blank if held else 1.23}
+    table = pd.DataFrame([row])
+    populations = pd.DataFrame({"population": ["P", "M+"], "count": [1000, 100], "pct_of_parent": [100.0, 10.0]})
+    result = SimpleNamespace(tubes=[SimpleNamespace(file="stain.fcs", shown_name="stain.fcs", role="stain",
+                                                    thresholds=table, populations=populations),
+                                    SimpleNamespace(file="fmo.fcs", shown_name="fmo.fcs", role="fmo",
+                                                    thresholds=table[:0], populations=populations)])
+    rule = fmo_table(result, 99.5).rows[0][-1]
+    assert "log-normal tail 0.512" in rule and "fit ± 0.021 (95 % interval" in rule, rule
+    if held:
+        assert "points" not in rule and "( " not in rule and "; )" not in rule, rule
+    else:
+        assert "log-normal tail 0.512 (3.1 points of the parent)" in rule, rule
+        assert "fit ± 0.021 (95 % interval; 1.2 points of the parent)" in rule, rule

@@ -387,8 +387,17 @@ def fit_evidence(row) -> str:
     normal = getattr(row, "fit_normal", None)
     other = (f"normal fit {fmt(normal, 3)}" if normal is not None and math.isfinite(float(normal))
              else f"log-normal fit {fmt(lognormal, 3)}")
-    return (f", {other}, fit ± {fmt(error, 3)} (95 % interval; "
-            f"{fmt(getattr(row, 'candidate_points', None), 1)} points of the parent)")
+    points = _parent_points(getattr(row, "candidate_points", None))
+    return f", {other}, fit ± {fmt(error, 3)} (95 % interval{'; ' + points if points else ''})"
+
+
+def _parent_points(points) -> str:
+    """A threshold record's ``*_points`` as the FMO table's rule quotes it ('2.4 points of the parent'); ''
+    where it is blank: not measured, or held (the parent rests on an undetermined gate, whose counts no
+    output reports: ``gates.checks.threshold_record``)."""
+    from tilpheno.report.html import fmt
+
+    return f"{fmt(points, 1)} points of the parent" if points is not None and math.isfinite(float(points)) else ""
 
 
 def fmo_table(result, fmo_percentile: float) -> Table:
@@ -414,8 +423,8 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                     f"shift {fmt(getattr(row, 'shift', None), 3)}")
             tail = getattr(row, "relative_lognormal", None)
             if tail is not None and math.isfinite(float(tail)):   # the tail-shape check (gates.checks)
-                rule += (f", log-normal tail {fmt(tail, 3)} ({fmt(getattr(row, 'tail_points', None), 1)} "
-                         f"points of the parent)")
+                points = _parent_points(getattr(row, "tail_points", None))
+                rule += f", log-normal tail {fmt(tail, 3)}" + (f" ({points})" if points else "")
             rule += fit_evidence(row)
             verdict = getattr(row, "reading_verdict", "")
             if isinstance(verdict, str) and verdict:   # gates.shared_reading: the checks that fired on its reading
