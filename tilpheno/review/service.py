@@ -1513,18 +1513,20 @@ class ReviewService:
 
         def do(db: Session):
             user = _get(db, User, user_id)
-            if not user.active:   # disabled since the request came in (or since a re-run's last read)
-                refusal = f"account {user.username} was disabled while signing"
+
+            def refused(why: str) -> str:
+                """Audit ``why`` as this request's ``signature_refused`` and commit it; returns ``why``."""
                 audit.append(db, user.username, "signature_refused", product_id=product_id,
-                             reason=f"{meaning} of version {current.version}: {refusal}")
+                             reason=f"{meaning} of version {current.version}: {why}")
                 db.commit()
-                raise AuditedRefusal(refusal)
+                return why
+
+            if not user.active:   # disabled since the request came in (or since a re-run's last read)
+                raise AuditedRefusal(refused(f"account {user.username} was disabled while signing"))
             try:
                 check_password(db, user, entry)
             except AuthError as exc:
-                audit.append(db, user.username, "signature_refused", product_id=product_id,
-                             reason=f"{meaning} of version {current.version}: {exc}")
-                db.commit()
+                refused(str(exc))
                 raise
             # the password check takes a while: the role, account, assignment and version checks read
             # the rows as they are after it, and an audited change committed after this point (a role
@@ -1538,21 +1540,14 @@ class ReviewService:
                        or _deviation_refusal(product_id, user.username, current.version,
                                              _justified(db, product_id, current.version, overturns)))
             if refusal:   # authorised only after authenticated; the content is judged only once authorised
-                audit.append(db, user.username, "signature_refused", product_id=product_id,
-                             reason=f"{meaning} of version {current.version}: {refusal}")
-                db.commit()
-                raise AuditedRefusal(refusal)
+                raise AuditedRefusal(refused(refusal))
             sent = signed_content(meaning, flags, qc_resolutions, kind_resolutions, comment, oos_justification)
             wrong = sent.wrong + [w for w in (
                 _overrule_refusal(rejection, overrules, sent.comment),
                 "" if oos_justification not in (None, "") else _oos_refusal(product_id, current.version, failed, ""))
                 if w]
             if wrong:   # one refusal naming everything wrong with what was sent
-                refusal = "; ".join(wrong)
-                audit.append(db, user.username, "signature_refused", product_id=product_id,
-                             reason=f"{meaning} of version {current.version}: {refusal}")
-                db.commit()
-                raise GateSetError(refusal)
+                raise GateSetError(refused("; ".join(wrong)))
             justification = sent.justification if failed else ""   # a version in specification needs none:
             unneeded = "" if failed else sent.justification            # one sent anyway is kept in the trail only
             if _get(db, Product, product_id).current_version != current.version:
@@ -1564,10 +1559,7 @@ class ReviewService:
                 said = (f"you already signed version {current.version} of {product_id} as '{meaning}' (signature "
                         f"{repeat.id}, {_signed_by(repeat)}) with the same data, QC resolutions and comment, and it "
                         "stands: an identical signature is not stored twice")
-                audit.append(db, user.username, "signature_refused", product_id=product_id,
-                             reason=f"{meaning} of version {current.version}: {said}")
-                db.commit()
-                raise RepeatedSignature(said)
+                raise RepeatedSignature(refused(said))
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
                             full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
                             gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=sent.comment,
