@@ -12,7 +12,7 @@
   without a valid approval has its values left
   empty and ``release_status`` "not released (not approved)", or, when its approval or rejection
   is void, "not released (not approved: approval for release of version 1 void: re-run after
-  signing: needs review (...))", :func:`tilpheno.review.service.voided_words`) and
+  signing: needs review (...))", :func:`tilpheno.review.service.voided`) and
   ``populations_approved.csv`` (every population of each approved product's stained tubes).
 * :func:`approved_export`: everything ``export-approved`` writes, each product's files made from
   the one approval its table row was computed with (refused when it changed during the export).

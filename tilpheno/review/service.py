@@ -283,19 +283,14 @@ def decision_of(views: list[SignatureView]) -> tuple[str, int] | None:
 
 RERUN_VOIDED = "re-run after signing: needs review"
 """What the product list, its counts and the approved export say of a product whose approval or
-rejection a new run of its output folder voided (:func:`voided_words`)."""
-
-
-def voided_words(views: list[SignatureView], versions: list[GateSetVersion]) -> str:
-    """A product without a standing QA decision whose newest approval or rejection is void, in
-    words: ``approval for release of version 1 void: re-run after signing: needs review (input
-    data, ... changed after signing)``; "" when it has a standing decision or never had one. The
-    words :data:`RERUN_VOIDED` when a new run voided it (:func:`voided`)."""
-    return voided(views, versions)[0]
+rejection a new run of its output folder voided (:func:`voided`)."""
 
 
 def voided(views: list[SignatureView], versions: list[GateSetVersion]) -> tuple[str, bool]:
-    """:func:`voided_words`, and whether a new run voided the decision: its data hash changed, a flag of
+    """A product without a standing QA decision whose newest approval or rejection is void, in words
+    (``approval for release of version 1 void: re-run after signing: needs review (input data, ...
+    changed after signing)``; the words :data:`RERUN_VOIDED` only when a new run voided it), and whether
+    a new run voided the decision: its data hash changed, a flag of
     the new run has no resolution in it (both on the version signed), or an automatic version of a later
     run followed the version signed (``versions``: the product's, any order); a reviewer's later save, or
     a signature the app did not make, is named by its void reason alone. ("", False) when the product has
@@ -836,7 +831,7 @@ class ListedDecisions:
     refused: dict[str, str]
     voided: dict[str, str] = field(default_factory=dict)
     """Each product with no standing decision whose newest approval or rejection is void, in words
-    (:func:`voided_words`: ``... void: re-run after signing: needs review (...)`` when a new run voided it)."""
+    (:func:`voided`: ``... void: re-run after signing: needs review (...)`` when a new run voided it)."""
     rerun: frozenset[str] = frozenset()
     """The products of ``voided`` whose decision a new run voided (:func:`voided`)."""
     unbound: dict[str, str] = field(default_factory=dict)
@@ -904,7 +899,8 @@ def run_software_note(run: Mapping[str, Any]) -> str:
     recomputed by the server's code from the run's files, not read from the run's tables."""
     ran = {"tilpheno": str(run.get("tilpheno_version") or "?"), "code_sha256": str(run.get("tilpheno_code_sha256") or "")}
     now = software_now()
-    if ran["tilpheno"] == json.loads(now)["tilpheno"] and ran["code_sha256"] in ("", json.loads(now)["code_sha256"]):
+    server = json.loads(now)
+    if ran["tilpheno"] == server["tilpheno"] and ran["code_sha256"] in ("", server["code_sha256"]):
         return ""
     return (f"The run in this folder was made by {software_words(audit.canonical(ran))}; this server runs "
             f"{software_words(now)}: the numbers shown are recomputed by the server's code from the run's files and "
@@ -1695,7 +1691,7 @@ class ReviewService:
         product the database holds from another output folder with other input files is left out
         too, and its refusal (:meth:`_inputs_changed`) kept in ``refused``: the others are listed.
         A product whose approval or rejection is void, with no standing decision, is said in
-        ``voided`` (:func:`voided_words`); one whose standing decision's signature does not bind
+        ``voided`` (:func:`voided`); one whose standing decision's signature does not bind
         something (an older form), in ``unbound``."""
         allowed = self.accessible(user) if user is not None else None
         with self.factory() as db:

@@ -44,7 +44,7 @@ from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided,
                                      Forbidden, NotFound, ReviewService, VersionConflict, approved_of, deciding,
                                      decision_of, failed_criteria,
                                      failed_words, oos_of, record_trail_export, replaced_words, run_software_note,
-                                     transaction, voided_words)
+                                     transaction, voided)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ def create_app(service: ReviewService) -> Flask:
             "approved_version": decided[1] if decided and decided[0] == APPROVED else None,
             "rejected_version": decided[1] if decided and decided[0] == REJECTED else None,
             # no standing decision, its newest approval or rejection void: why, as the product list says it
-            "voided": voided_words(signatures, read.versions),
+            "voided": voided(signatures, read.versions)[0],
             # the standing rejection an approval of the current version would overrule
             "rejection": _signature(rejection) if rejection and decided == (REJECTED, current.version) else None,
             # each version but the current one names the version that replaced it (a re-run's: the files it replaced)
