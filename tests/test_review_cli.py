@@ -264,7 +264,8 @@ def _at_revision(engine, revision: str):
 
 def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
     """A database at revision 0001 gains the assignments table (0002), the signatures' out-of-specification
-    justification (0003) and the software they were made under (0004) when opened; data kept."""
+    justification (0003), the software they were made under (0004) and the open windows of refused requests
+    (0005) when opened; data kept."""
     from sqlalchemy import inspect, text
 
     from tilpheno.review.db import make_engine, open_database
@@ -278,8 +279,8 @@ def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
     engine.dispose()
     factory = open_database(url)
     with factory() as db:
-        assert "product_assignments" in inspect(db.bind).get_table_names()
-        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert {"product_assignments", "refusal_windows"} <= set(inspect(db.bind).get_table_names())
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         assert db.execute(text("SELECT full_name FROM users")).scalar() == "Old User"
 
 
@@ -314,16 +315,16 @@ def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, 
         engine.dispose()
         factory = open_database(url)
         with factory() as db:
-            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
             entries = list(db.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
             assert audit.verify(db).ok
             ann = db.scalar(select(User).where(User.username == "ann"))
         assert [(e.username, e.action) for e in entries] == [("cli:admin", "user_added"), ("system", "schema_upgrade")]
         upgrade = entries[-1]
         assert json.loads(upgrade.before_json) == {"revision": "0001"}
-        assert json.loads(upgrade.after_json) == {"revision": "0004", "assignments_added": [
+        assert json.loads(upgrade.after_json) == {"revision": "0005", "assignments_added": [
             {"username": u, "product_id": p} for u in ("abe", "ann") for p in ("TIL001", "TIL002")]}
-        assert upgrade.reason.startswith("review database schema upgraded from revision 0001 to 0004; analysts saw "
+        assert upgrade.reason.startswith("review database schema upgraded from revision 0001 to 0005; analysts saw "
                                          "every product before revision 0002, so 4 assignment(s) keep what abe, ann saw")
         assert "tilpheno users assign OUT NAME PRODUCT" in upgrade.reason
         assert ReviewService(ReviewSource(review_out), factory).accessible(ann) == {"TIL001", "TIL002"}
@@ -373,9 +374,9 @@ def test_an_upgrade_to_out_of_specification_justifications_keeps_every_signature
             assert "oos_justification" not in {c["name"] for c in inspect(conn).get_columns("signatures")}
         engine.dispose()
 
-        again = build_service(review_out, url)   # opened: upgraded to 0004
+        again = build_service(review_out, url)   # opened: upgraded to 0005
         with again.factory() as db:
-            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
             assert audit.verify(db).ok, audit.verify(db).problems
         [view] = again.signatures("TIL001")
         assert view.valid and view.row.signature_sha256 == sig.signature_sha256 and view.row.oos_justification == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import func, select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, processed_once, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
+from tilpheno.review.refusals import SERVER_STOPPED
 from tilpheno.review.web import COOKIE, create_app
 
 PID = "TIL001"
@@ -137,7 +139,7 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         url = f"/api/products/{PID}/sign"
         payload = {"version": state["current_version"], "meaning": "approved for release", "qc_resolutions": {},
                    "password": PASSWORDS["bob"] if case == "analyst_approves" else "not-my-password"}
-    service.write_repeated_refusals(everything=True)   # the identical refusal of another case is not counted against this one
+    service.write_repeated_refusals(SERVER_STOPPED)   # the identical refusal of another case is not counted against this one
     before = counts(service)
     if case == "not_json":
         r = c.post(url, data="gates=1", headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
@@ -195,7 +197,7 @@ def test_exports_and_audit_csv(app, service):
 
     def refused(url, method="get", **kw):
         """bob's request to ``url``, refused 403; the newest audit entries since it was sent."""
-        service.write_repeated_refusals(everything=True)   # an identical refusal of another test is not counted against it
+        service.write_repeated_refusals(SERVER_STOPPED)   # an identical refusal of another test is not counted against it
         with service.factory() as db:
             head = db.scalar(select(func.max(AuditEntry.seq)))
         r = getattr(c_bob, method)(url, **kw)
@@ -236,11 +238,11 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
     written in its own right."""
     from tilpheno.review import audit
     from tilpheno.review.models import AuditEntry
-    from tilpheno.review.throttle import RefusalCounter
+    from tilpheno.review.refusals import WINDOW_OVER, RefusalRule
 
-    service.write_repeated_refusals(everything=True)
+    service.write_repeated_refusals(SERVER_STOPPED)
     now = [1000.0]
-    counter = RefusalCounter(clock=lambda: now[0])
+    counter = RefusalRule(clock=lambda: now[0])
     monkeypatch.setattr(service, "refusals", counter)
     c_bob, _, _ = login(app, "bob")
     with service.factory() as db:
@@ -267,15 +269,107 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
     seq, user, action, product, after, reason, at = entries[2]
     assert (user, action, product, reason) == ("bob", "access_refused_repeated", "", error)
     assert first[6] < after.pop("last_at") < other[6]   # the 50th refusal's time (UTC)
-    assert after == {"request": "GET /audit.csv", "count": 49, "repeats_entry": first[0], "window_s": counter.window}
+    assert after == {"request": "GET /audit.csv", "count": 49, "repeats_entry": first[0], "window_s": counter.window,
+                     "closed": WINDOW_OVER}
     for _ in range(4):   # a new window: one entry, three counted, written as the server stops
         assert c_bob.get("/audit.csv").status_code == 403
-    service.write_repeated_refusals(everything=True)
+    service.write_repeated_refusals(SERVER_STOPPED)
     entries = new_entries()
     assert [e[2] for e in entries[3:]] == ["access_refused", "access_refused_repeated"]   # TIL002's counted none
     assert entries[4][4]["count"] == 3 and entries[4][4]["repeats_entry"] == entries[3][0]
+    assert entries[4][4]["closed"] == SERVER_STOPPED
     with service.factory() as db:
         assert audit.verify(db).ok
+
+
+@contextmanager
+def two_servers_on_one_database(kind, review_source, tmp_path):
+    """A service on a new ``kind`` database (users as :func:`review_support.service_on`) and a second
+    opened on the same database (``tilpheno serve`` run again: a restart, or another process)."""
+    from review_support import database_url, drop_schema, make_service
+    from tilpheno.review.server import build_service
+
+    url = database_url(kind, tmp_path)
+    first = make_service(review_source.out_dir, url, review_source)
+    second = None
+    try:
+        second = build_service(review_source.out_dir, url, source=review_source)
+        yield first, second
+    finally:
+        for svc in (first, second):
+            if svc is not None:
+                svc.factory.kw["bind"].dispose()
+        drop_schema(url)
+
+
+def entries_of(service, *actions):
+    """``(seq, username, action, product_id, after, reason)`` of the trail's entries of ``actions``, oldest first."""
+    from tilpheno.review.models import AuditEntry
+
+    with service.factory() as db:
+        return [(e.seq, e.username, e.action, e.product_id, json.loads(e.after_json), e.reason)
+                for e in db.scalars(select(AuditEntry).where(AuditEntry.action.in_(actions)).order_by(AuditEntry.seq))]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_refusals_counted_before_a_crash_reach_the_trail_when_the_server_starts_again(kind, review_source, tmp_path,
+                                                                                     monkeypatch):
+    """The counts of identical refusals lived in the server process's memory until their window
+    closed: a crash or ``kill -9`` lost them, and the trail under-stated what was refused (bob
+    refused 4 times: one entry, no count). Now the open windows are rows of the database: the next
+    server start writes the count of a window a crashed server left open, saying so (``closed``);
+    the trail verifies."""
+    from tilpheno.review import audit, server
+    from tilpheno.review.refusals import SERVER_STARTED
+
+    monkeypatch.setattr(server, "import_all", lambda service: None)   # the products are not needed here
+    monkeypatch.setattr("waitress.serve", lambda *args, **kwargs: None)   # the server stops at once
+    error = "role analyst cannot export the audit trail"
+    with two_servers_on_one_database(kind, review_source, tmp_path) as (crashed, restarted):
+        seqs = [crashed.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(4)]
+        assert seqs[0] is not None and seqs[1:] == [None] * 3
+        crashed.factory.kw["bind"].dispose()   # killed: its open window never closed
+        server.serve(restarted)
+        entries = entries_of(restarted, "access_refused", "access_refused_repeated")
+        assert [e[1:4] for e in entries] == [("bob", "access_refused", ""), ("bob", "access_refused_repeated", "")]
+        after = entries[1][4]
+        assert after.pop("last_at") > "2026"
+        assert after == {"request": "GET /audit.csv", "count": 3, "repeats_entry": seqs[0], "window_s": 300.0,
+                         "closed": SERVER_STARTED}
+        assert entries[1][5] == error
+        with restarted.factory() as db:
+            assert audit.verify(db).ok
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_server_processes_on_one_database_count_into_one_window(kind, review_source, tmp_path):
+    """Server processes sharing one database (a lab's PostgreSQL) counted identical refusals apart:
+    each wrote the first it saw as ``access_refused`` and counted the rest in its own memory (a
+    script spread over two processes: two entries, two counts). Now both count into the window in
+    the database: one ``access_refused`` entry, and once the window has closed one
+    ``access_refused_repeated`` entry counting the refusals of both, written once although both
+    servers close it."""
+    from tilpheno.review import audit
+    from tilpheno.review.refusals import WINDOW_OVER, RefusalRule
+
+    now = [1000.0]
+    rule = RefusalRule(clock=lambda: now[0])
+    error = "product TIL002 is not assigned to you (bob, analyst)"
+    with two_servers_on_one_database(kind, review_source, tmp_path) as (one, other):
+        one.refusals = other.refusals = rule
+        seqs = [svc.record_access_refused("bob", "TIL002", "GET /api/products/TIL002/state", error)
+                for svc in (one, other, other, one, other)]
+        assert seqs[0] is not None and seqs[1:] == [None] * 4
+        assert one.write_repeated_refusals() == other.write_repeated_refusals() == []   # still open
+        now[0] += rule.window
+        closed = one.write_repeated_refusals() + other.write_repeated_refusals()
+        entries = entries_of(one, "access_refused", "access_refused_repeated")
+        assert [e[0] for e in entries] == [seqs[0]] + closed and len(closed) == 1
+        assert entries[1][1:4] == ("bob", "access_refused_repeated", "TIL002")
+        assert {k: entries[1][4][k] for k in ("count", "repeats_entry", "closed")} == {
+            "count": 4, "repeats_entry": seqs[0], "closed": WINDOW_OVER}
+        with one.factory() as db:
+            assert audit.verify(db).ok
 
 
 def test_apply_gate_to_other_products_over_http(app, service):

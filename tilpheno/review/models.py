@@ -2,7 +2,8 @@
 
 Times are stored as UTC ISO 8601 text (``2026-12-02T07:45:01.123456Z``) so that they hash
 identically on every database. ``audit_entries``, ``gate_set_versions`` and ``signatures`` are
-append-only: database triggers (created by the migration) refuse UPDATE and DELETE.
+append-only: database triggers (created by the migration) refuse UPDATE and DELETE. ``refusal_windows``
+is a working table (rows counted and deleted as windows close; ``tilpheno.review.refusals``).
 """
 from __future__ import annotations
 
@@ -125,3 +126,22 @@ class ProductAssignment(Base):
     username: Mapped[str] = mapped_column(ForeignKey("users.username"))
     assigned_by: Mapped[str] = mapped_column(String(64))
     assigned_at: Mapped[str] = mapped_column(String(32))
+
+
+class RefusalWindow(Base):
+    """An open window of identical refused requests (``tilpheno.review.refusals``): one user's
+    request (method and path), the product it named and the refusal. ``repeats_entry``: the ``seq``
+    of its ``access_refused`` entry, and ``count`` the identical refusals after it. ``opened``:
+    seconds since the epoch (the server's clock)."""
+
+    __tablename__ = "refusal_windows"
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)   # of [username, request, product_id, refusal]
+    username: Mapped[str] = mapped_column(String(64))
+    request: Mapped[str] = mapped_column(String(500))
+    product_id: Mapped[str] = mapped_column(String(200))
+    refusal: Mapped[str] = mapped_column(Text)
+    opened: Mapped[float] = mapped_column(Float, index=True)
+    opened_at: Mapped[str] = mapped_column(String(32))
+    repeats_entry: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[str] = mapped_column(String(32))

@@ -92,13 +92,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from tilpheno import __version__
 from tilpheno.cache import code_digest
 from tilpheno.release import FAIL, PASS, CriterionResult
-from tilpheno.review import audit
+from tilpheno.review import audit, refusals
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError, default_db_path
 from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, applied_candidates, changed_gates, check_reason,
                                     gates_sha256, recompute, validate_gate_set)
-from tilpheno.review.throttle import RefusalCounter, RefusalKey, RefusalWindow
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -234,17 +233,6 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             raise
         finally:
             db.close()
-
-
-def _write_repeated(db: Session, closed: list[tuple[RefusalKey, RefusalWindow]], window: float) -> list[int]:
-    """One ``access_refused_repeated`` entry per closed window of identical refusals: who, the
-    product, ``after``: the request, ``count`` (the refusals counted, not written), ``repeats_entry``
-    (the ``seq`` of the one written), ``window_s`` and ``last_at`` (the last one's time); the refusal
-    as its reason. Returns their ``seq``."""
-    return [audit.append(db, username, "access_refused_repeated", product_id=product_id, reason=refusal,
-                         after={"request": request, "count": win.count, "repeats_entry": win.seq,
-                                "window_s": window, "last_at": win.last_at}).seq
-            for (username, request, product_id, refusal), win in closed]
 
 
 def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy) -> int:
@@ -972,7 +960,7 @@ class ReviewService:
         self.source, self.factory = source, factory
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
-        self.refusals = RefusalCounter()   # identical refused requests counted, not each written
+        self.refusals = refusals.RefusalRule()   # identical refused requests counted, not each written
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
@@ -1006,40 +994,22 @@ class ReviewService:
         """Audit (``access_refused``) a request of ``username`` the server refused with HTTP 403 for
         their role, assignment or session (``request``: its method and path; ``product_id``: the
         product it asked for, "" for none), with the refusal's message as its reason. Returns the
-        entry's ``seq``, or None when an identical refusal (same user, request and reason) was written
-        less than ``self.refusals.window`` seconds ago: this one is counted, and written with the
-        others as one ``access_refused_repeated`` entry once that window has closed
-        (:meth:`write_repeated_refusals`; :class:`~tilpheno.review.throttle.RefusalCounter`)."""
-        key = (username, request[:500], product_id, refusal)
-        if self.refusals.counted(key, utcnow()):
-            return None
-        closed = self.refusals.closed()
+        entry's ``seq``, or None when it was counted in an open window, to be written with the others
+        once that window has closed: an identical refusal (same user, request, product and reason)
+        was written less than ``self.refusals.window`` seconds ago (:mod:`tilpheno.review.refusals`)."""
+        return transaction(self.factory, lambda db: refusals.record(db, self.refusals, username, request[:500],
+                                                                    product_id, refusal))
 
-        def write(db):
-            _write_repeated(db, closed, self.refusals.window)
-            return audit.append(db, username, "access_refused", product_id=product_id, after={"request": key[1]},
-                                reason=refusal).seq
-        try:
-            seq = transaction(self.factory, write)
-        except Exception:
-            self.refusals.put_back(closed)
-            self.refusals.forget(key)
-            raise
-        self.refusals.opened(key, seq)
-        return seq
-
-    def write_repeated_refusals(self, everything: bool = False) -> list[int]:
-        """Write the counts of identical refusals whose window has closed (all open windows with
-        ``everything``, as the server stops): :func:`_write_repeated`. Returns the entries' ``seq``;
-        on failure the counts are kept for the next call."""
-        closed = self.refusals.closed(everything)
-        if not closed:
-            return []
-        try:
-            return transaction(self.factory, lambda db: _write_repeated(db, closed, self.refusals.window))
-        except Exception:
-            self.refusals.put_back(closed)
-            raise
+    def write_repeated_refusals(self, closed: str = refusals.WINDOW_OVER) -> list[int]:
+        """Write the counts of the refusal windows whose time is over, or of every open one as a server
+        stops or starts (``closed``: :data:`~tilpheno.review.refusals.SERVER_STOPPED`,
+        :data:`~tilpheno.review.refusals.SERVER_STARTED`), :func:`~tilpheno.review.refusals.close`.
+        Returns the entries' ``seq``; on failure the windows stay in the database for the next call."""
+        if closed == refusals.WINDOW_OVER:
+            with self.factory() as db:
+                if not refusals.due(db, self.refusals):
+                    return []
+        return transaction(self.factory, lambda db: refusals.close(db, self.refusals, closed))
 
     def assign_command(self, username: str, product_id: str) -> str:
         """The command an admin runs to assign ``product_id`` to ``username`` here: ``tilpheno users
