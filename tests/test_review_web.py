@@ -372,6 +372,50 @@ def test_two_server_processes_on_one_database_count_into_one_window(kind, review
             assert audit.verify(db).ok
 
 
+def test_a_script_varying_the_path_folds_into_one_window_beyond_the_cap(app, service, monkeypatch):
+    """A script varying the path (or the product) opened a new window per request: every refusal
+    was written (bob POSTing without a CSRF token to 30 paths: 30 ``access_refused`` entries), so
+    the trail could still be flooded. Now a user with ``MAX_OPEN_PER_USER`` windows open has each
+    further refused request folded into one window of that user, written once it has closed as one
+    ``access_refused_folded`` entry naming how many distinct requests it holds and how often they
+    were refused; another user's refusals are written as before, and a written window's repeats are
+    counted as before."""
+    from tilpheno.review import audit
+    from tilpheno.review.refusals import FOLDED_NAMED, MAX_OPEN_PER_USER, WINDOW_OVER, RefusalRule
+
+    service.write_repeated_refusals(SERVER_STOPPED)
+    now = [1000.0]
+    monkeypatch.setattr(service, "refusals", RefusalRule(clock=lambda: now[0]))
+    with service.factory() as db:
+        start = audit.head_seq(db)
+    c_bob, _, _ = login(app, "bob")
+    paths = [f"/api/flood/{i:02d}" for i in range(MAX_OPEN_PER_USER + 10)]
+    for path in paths + paths[:1] + paths[-1:] * 3:   # the first (written) once more, the last (folded) thrice more
+        assert c_bob.post(path, json={}).status_code == 403
+        now[0] += 1.0
+    c_alice, _, _ = login(app, "alice")
+    assert c_alice.post("/api/flood/00", json={}).status_code == 403   # another user: written
+    new = [e for e in entries_of(service, "access_refused", "access_refused_repeated", "access_refused_folded")
+           if e[0] > start]
+    assert [(e[1], e[4]["request"]) for e in new] == [("bob", f"POST {p}") for p in paths[:MAX_OPEN_PER_USER]] + [
+        ("alice", "POST /api/flood/00")]
+    now[0] = 1000.0 + MAX_OPEN_PER_USER + service.refusals.window   # the folded window (opened then) has closed
+    assert c_bob.get("/").status_code == 200
+    new = [e for e in entries_of(service, "access_refused_repeated", "access_refused_folded") if e[0] > start]
+    assert [e[1:3] for e in new] == [("bob", "access_refused_repeated"), ("bob", "access_refused_folded")]
+    assert new[0][4]["request"] == f"POST {paths[0]}" and new[0][4]["count"] == 1
+    folded = new[1][4]
+    assert {k: folded[k] for k in ("distinct_requests", "count", "max_open", "closed")} == {
+        "distinct_requests": 10, "count": 13, "max_open": MAX_OPEN_PER_USER, "closed": WINDOW_OVER}
+    assert folded["requests"][0] == f"POST {paths[-1]}" and len(folded["requests"]) == FOLDED_NAMED
+    assert set(folded["requests"]) == {f"POST {p}" for p in paths[MAX_OPEN_PER_USER:]}
+    assert new[1][5].startswith(f"10 distinct requests of bob refused 13 times within 300 s, beyond the "
+                                f"{MAX_OPEN_PER_USER} windows")
+    service.write_repeated_refusals(SERVER_STOPPED)
+    with service.factory() as db:
+        assert audit.verify(db).ok
+
+
 def test_apply_gate_to_other_products_over_http(app, service):
     c, h, _ = login(app, "carol")
     before = service.current_version("TIL002")

@@ -67,6 +67,14 @@ def head_seq(db: Session) -> int:
     return db.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0
 
 
+def locked_head(db: Session) -> AuditHead | None:
+    """The head row (None before the first entry), locked until the caller's transaction ends
+    (PostgreSQL; SQLite's write lock serialises writers anyway): a writer taking it waits for every
+    other writer of the trail to commit, and reads what they committed."""
+    return db.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()
+                      .execution_options(populate_existing=True)).scalar_one_or_none()
+
+
 def append(db: Session, username: str, action: str, *, product_id: str = "", before: Any = None, after: Any = None,
            reason: str = "", expect_seq: int | None = None,
            relevant: Callable[[AuditEntry], bool] | None = None) -> AuditEntry:
@@ -75,8 +83,7 @@ def append(db: Session, username: str, action: str, *, product_id: str = "", bef
     ``relevant`` (any entry when None); others (another product's save, a login) do not make the
     caller re-run. The entries checked are those up to the head read here, and the head update
     below succeeds only if no entry was added since: one committed later is ordered after this one."""
-    head = db.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()
-                      .execution_options(populate_existing=True)).scalar_one_or_none()
+    head = locked_head(db)
     seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
     if expect_seq is not None and seq != expect_seq and (relevant is None or any(
             relevant(e) for e in db.scalars(select(AuditEntry).where(AuditEntry.seq > expect_seq, AuditEntry.seq <= seq)))):

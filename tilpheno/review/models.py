@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("analyst", "reviewer", "admin")
@@ -131,10 +131,13 @@ class ProductAssignment(Base):
 class RefusalWindow(Base):
     """An open window of identical refused requests (``tilpheno.review.refusals``): one user's
     request (method and path), the product it named and the refusal. ``repeats_entry``: the ``seq``
-    of its ``access_refused`` entry, and ``count`` the identical refusals after it. ``opened``:
-    seconds since the epoch (the server's clock)."""
+    of its ``access_refused`` entry, and ``count`` the identical refusals after it; None for a
+    request folded into its user's one window beyond the cap, ``count`` then every refusal of it.
+    ``opened``: seconds since the epoch (the server's clock; a folded request: its user's folded
+    window's)."""
 
     __tablename__ = "refusal_windows"
+    __table_args__ = (Index("ix_refusal_windows_user_opened", "username", "opened"),)
     key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)   # of [username, request, product_id, refusal]
     username: Mapped[str] = mapped_column(String(64))
     request: Mapped[str] = mapped_column(String(500))
@@ -142,6 +145,6 @@ class RefusalWindow(Base):
     refusal: Mapped[str] = mapped_column(Text)
     opened: Mapped[float] = mapped_column(Float, index=True)
     opened_at: Mapped[str] = mapped_column(String(32))
-    repeats_entry: Mapped[int] = mapped_column(Integer)
+    repeats_entry: Mapped[int | None] = mapped_column(Integer, nullable=True)
     count: Mapped[int] = mapped_column(Integer)
     last_at: Mapped[str] = mapped_column(String(32))

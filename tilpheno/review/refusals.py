@@ -3,7 +3,11 @@
 A logged-in script hitting a forbidden URL in a loop would add one ``access_refused`` entry per
 request. Rule: the first refusal of a (user, method and path, product, reason) is written; identical
 refusals within :data:`WINDOW_S` seconds of it are counted, not written; once that window has
-closed, one ``access_refused_repeated`` entry gives their count.
+closed, one ``access_refused_repeated`` entry gives their count. A script varying the path or the
+product would open a window per request: a user with :data:`MAX_OPEN_PER_USER` windows open has
+each further refused request folded into one window of that user (opened by the first of them,
+as long as the others), written as one ``access_refused_folded`` entry naming how many distinct
+requests it holds and how often they were refused.
 
 The open windows are rows of ``refusal_windows`` (:class:`~tilpheno.review.models.RefusalWindow`),
 so the counts survive a crash or kill and every server process on one database counts into the
@@ -29,6 +33,8 @@ from tilpheno.review import audit
 from tilpheno.review.models import RefusalWindow, utcnow
 
 WINDOW_S = 300.0          # identical refused requests within this many seconds of the written one are counted
+MAX_OPEN_PER_USER = 20    # windows open at once per user; beyond, a user's refused requests fold into one window
+FOLDED_NAMED = 10         # requests an access_refused_folded entry names (the most refused first)
 WINDOW_OVER = "window over"
 SERVER_STOPPED = "server stopped"
 SERVER_STARTED = "server started (left open by a server that stopped without writing it)"
@@ -36,9 +42,10 @@ SERVER_STARTED = "server started (left open by a server that stopped without wri
 
 @dataclass(frozen=True)
 class RefusalRule:
-    """The window's length and the clock (seconds since the epoch: one for every server process on
-    the database)."""
+    """The window's length, the per-user cap and the clock (seconds since the epoch: one for every
+    server process on the database)."""
     window: float = WINDOW_S
+    max_open: int = MAX_OPEN_PER_USER
     clock: Callable[[], float] = time.time
 
 
@@ -49,8 +56,8 @@ def window_key(username: str, request: str, product_id: str, refusal: str) -> st
 
 def record(db: Session, rule: RefusalRule, username: str, request: str, product_id: str, refusal: str) -> int | None:
     """Count or write one refused request (module docstring), in the caller's transaction: the
-    ``seq`` of its ``access_refused`` entry, or None when it was counted in its open window. Windows
-    whose time is over are closed first."""
+    ``seq`` of its ``access_refused`` entry, or None when it was counted in an open window (its own,
+    or its user's folded one). Windows whose time is over are closed first."""
     now, at = rule.clock(), utcnow()
     key = window_key(username, request, product_id, refusal)
     counted = db.execute(update(RefusalWindow).where(RefusalWindow.key_sha256 == key,
@@ -59,10 +66,19 @@ def record(db: Session, rule: RefusalRule, username: str, request: str, product_
     if audit.rowcount(counted):
         return None
     close(db, rule, WINDOW_OVER, now)   # this request's own window among them, if its time is over
-    seq = audit.append(db, username, "access_refused", product_id=product_id, after={"request": request},
-                       reason=refusal).seq
-    db.add(RefusalWindow(key_sha256=key, username=username, request=request, product_id=product_id, refusal=refusal,
-                         opened=now, opened_at=at, repeats_entry=seq, count=0, last_at=at))
+    audit.locked_head(db)   # the user's open windows read below stay so until this commits (PostgreSQL)
+    open_windows = db.execute(select(RefusalWindow.repeats_entry, RefusalWindow.opened).where(
+        RefusalWindow.username == username, RefusalWindow.opened > now - rule.window)).all()
+    window = RefusalWindow(key_sha256=key, username=username, request=request, product_id=product_id,
+                           refusal=refusal, opened=now, opened_at=at, last_at=at, count=0)
+    if sum(entry is not None for entry, _ in open_windows) < rule.max_open:
+        window.repeats_entry = audit.append(db, username, "access_refused", product_id=product_id,
+                                            after={"request": request}, reason=refusal).seq
+        seq: int | None = window.repeats_entry
+    else:   # folded: counted in the user's one window beyond the cap, opened by its first request
+        window.opened = min((opened for entry, opened in open_windows if entry is None), default=now)
+        window.count, seq = 1, None
+    db.add(window)
     db.flush()   # a window another server opened meanwhile: IntegrityError, the transaction re-runs and counts
     return seq
 
@@ -79,14 +95,36 @@ def close(db: Session, rule: RefusalRule, closed: str, now: float | None = None)
     ``access_refused_repeated``: who, the product, ``after``: the request, ``count`` (the refusals
     counted, not written), ``repeats_entry`` (the ``seq`` of the one written), ``window_s``,
     ``last_at`` (the last one's time) and ``closed``; the refusal as its reason (a window that
-    counted none: no entry)."""
+    counted none: no entry). ``access_refused_folded``, one per user: ``distinct_requests``,
+    ``count`` (their refusals), ``max_open``, ``window_s``, ``first_at``, ``last_at``, ``closed``,
+    and the :data:`FOLDED_NAMED` most refused ``requests`` (method and path)."""
     query = delete(RefusalWindow).returning(RefusalWindow)
     if closed == WINDOW_OVER:
         query = query.where(RefusalWindow.opened <= (rule.clock() if now is None else now) - rule.window)
     windows = sorted(db.scalars(query, execution_options={"synchronize_session": False}),
                      key=lambda w: (w.opened, w.opened_at, w.key_sha256))
-    return [audit.append(db, w.username, "access_refused_repeated", product_id=w.product_id, reason=w.refusal,
-                         after={"request": w.request, "count": w.count, "repeats_entry": w.repeats_entry,
-                                "window_s": rule.window, "last_at": w.last_at, "closed": closed}).seq
-            for w in windows if w.count]
+    folded: dict[str, list[RefusalWindow]] = {}
+    for w in windows:
+        if w.repeats_entry is None:
+            folded.setdefault(w.username, []).append(w)
+    seqs = []
+    for w in windows:
+        if w.repeats_entry is not None and w.count:
+            seqs.append(audit.append(db, w.username, "access_refused_repeated", product_id=w.product_id, reason=w.refusal,
+                                     after={"request": w.request, "count": w.count, "repeats_entry": w.repeats_entry,
+                                            "window_s": rule.window, "last_at": w.last_at, "closed": closed}).seq)
+        elif w.repeats_entry is None and w.username in folded:
+            seqs.append(_write_folded(db, rule, w.username, folded.pop(w.username), closed))
+    return seqs
 
+
+def _write_folded(db: Session, rule: RefusalRule, username: str, windows: list[RefusalWindow], closed: str) -> int:
+    """The ``access_refused_folded`` entry of ``username``'s folded window (:func:`close`)."""
+    count = sum(w.count for w in windows)
+    named = sorted(windows, key=lambda w: (-w.count, w.request, w.product_id))[:FOLDED_NAMED]
+    return audit.append(db, username, "access_refused_folded", after={
+        "distinct_requests": len(windows), "count": count, "max_open": rule.max_open, "window_s": rule.window,
+        "first_at": min(w.opened_at for w in windows), "last_at": max(w.last_at for w in windows), "closed": closed,
+        "requests": [w.request for w in named]},
+        reason=(f"{len(windows)} distinct requests of {username} refused {count} times within {rule.window:g} s, "
+                f"beyond the {rule.max_open} windows of refused requests open at once per user")).seq

@@ -108,7 +108,7 @@ BATCH_ROLES = ("reviewer", "admin")
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
                             "export_gatingml", "export_failed", "audit_export", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused",
-                            "access_refused", "access_refused_repeated"})
+                            "access_refused", "access_refused_repeated", "access_refused_folded"})
 
 
 class VersionConflict(ReviewError):
@@ -996,7 +996,8 @@ class ReviewService:
         product it asked for, "" for none), with the refusal's message as its reason. Returns the
         entry's ``seq``, or None when it was counted in an open window, to be written with the others
         once that window has closed: an identical refusal (same user, request, product and reason)
-        was written less than ``self.refusals.window`` seconds ago (:mod:`tilpheno.review.refusals`)."""
+        was written less than ``self.refusals.window`` seconds ago, or the user has
+        ``self.refusals.max_open`` windows open (:mod:`tilpheno.review.refusals`)."""
         return transaction(self.factory, lambda db: refusals.record(db, self.refusals, username, request[:500],
                                                                     product_id, refusal))
 

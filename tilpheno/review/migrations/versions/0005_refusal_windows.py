@@ -28,11 +28,12 @@ def upgrade() -> None:
         sa.Column("refusal", sa.Text, nullable=False),
         sa.Column("opened", sa.Float, nullable=False),
         sa.Column("opened_at", sa.String(32), nullable=False),
-        sa.Column("repeats_entry", sa.Integer, nullable=False),
+        sa.Column("repeats_entry", sa.Integer, nullable=True),
         sa.Column("count", sa.Integer, nullable=False),
         sa.Column("last_at", sa.String(32), nullable=False),
     )
     op.create_index("ix_refusal_windows_opened", "refusal_windows", ["opened"])
+    op.create_index("ix_refusal_windows_user_opened", "refusal_windows", ["username", "opened"])
 
 
 def downgrade() -> None:
