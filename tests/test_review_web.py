@@ -372,6 +372,48 @@ def test_two_server_processes_on_one_database_count_into_one_window(kind, review
             assert audit.verify(db).ok
 
 
+def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, monkeypatch):
+    """Two server processes on one PostgreSQL database refusing the same request at the same moment
+    both find no window open (their UPDATEs match no row): the second's new window collides with the
+    first's (its key), its transaction re-runs and counts it there. Each service's thread waits, after
+    its first UPDATE, for the other's; 10 refusals each: one ``access_refused`` entry and one
+    ``access_refused_repeated`` counting the other 19. (SQLite's write lock, taken by the UPDATE,
+    lets one writer at a time.)"""
+    import threading
+
+    from tilpheno.review import audit, refusals
+
+    error = "role analyst cannot export the audit trail"
+    both_missed, waited = threading.Barrier(2, timeout=60), set()
+    real_close = refusals.close
+
+    def close(db, rule, closed, now=None):   # reached once the request's UPDATE found no window
+        if threading.current_thread().name.startswith("server") and threading.current_thread().name not in waited:
+            waited.add(threading.current_thread().name)
+            both_missed.wait()
+        return real_close(db, rule, closed, now)
+
+    monkeypatch.setattr(refusals, "close", close)
+    with two_servers_on_one_database("postgresql", review_source, tmp_path) as services:
+        seqs: list[int | None] = []
+
+        def refuse(svc):
+            seqs.extend(svc.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(10))
+
+        threads = [threading.Thread(target=refuse, args=(svc,), name=f"server{i}") for i, svc in enumerate(services)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert waited == {"server0", "server1"}
+        assert len(seqs) == 20 and len([seq for seq in seqs if seq is not None]) == 1, seqs
+        services[0].write_repeated_refusals(refusals.SERVER_STOPPED)
+        entries = entries_of(services[0], "access_refused", "access_refused_repeated")
+        assert [(e[2], e[4].get("count")) for e in entries] == [("access_refused", None), ("access_refused_repeated", 19)]
+        with services[0].factory() as db:
+            assert audit.verify(db).ok
+
+
 def test_a_script_varying_the_path_folds_into_one_window_beyond_the_cap(app, service, monkeypatch):
     """A script varying the path (or the product) opened a new window per request: every refusal
     was written (bob POSTing without a CSRF token to 30 paths: 30 ``access_refused`` entries), so
