@@ -765,6 +765,38 @@ def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
         assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%|points of the parent", message), message
 
 
+def test_a_fallback_gates_self_checks_below_an_undetermined_gate_quote_no_held_count():
+    """The no-FMO fallback now carries the valley gates' self-checks (checks.check_valley, fallback_52): placed on
+    600 events resting on CD3+ (undetermined: one population 1.0 above zero, no control), one PD1 population whose
+    cut 4 SDs up lies beyond the data -> few_events and cut_at_scale_edge, quoting no held count ('fewer than 1000
+    events', 'keeps none of the events', not 'only 600 events'), their size not measured and naming CD3+; the
+    threshold record leaves the check's points blank (the API's diagnostics keep them)."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind, undetermined_gates
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 600
+    pd1 = rng.normal(0.05, 0.03, n)
+    [state] = gate_tube_kind(strategy, [_toy_tube("stain", None, rng.normal(1.0, 0.05, n), pd1)])
+    assert undetermined_gates(state.diagnostics) == {"CD3+"}
+    parent = pd1[state.masks["CD3+"]]   # its count is held (populations.csv: blank)
+    assert 0 < parent.size < 1000
+    said = {f.code: f for f in state.flags if f.gate == "PD1+"}
+    assert {"missing_fmo", "fallback_gate", "no_second_peak", "few_events", "cut_at_scale_edge"} <= set(said), said
+    assert "was placed on fewer than 1000 events" in said["few_events"].message, said["few_events"].message
+    assert f"{parent.max():.4g}]; clamped to" in said["cut_at_scale_edge"].message
+    assert "the gate keeps none of the events" in said["cut_at_scale_edge"].message, said["cut_at_scale_edge"].message
+    for code in ("few_events", "no_second_peak"):
+        assert said[code].message.endswith("size: not measured, the percentages it moves rest on CD3+ (undetermined: "
+                                           "no FMO or unstained control)"), said[code].message
+    for flag in said.values():
+        assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%|points of the parent|only \d+ events", flag.message), flag
+    [threshold] = state.thresholds
+    assert math.isnan(threshold["sensitivity_points"]) and state.diagnostics["PD1+"]["resting_on"] == ("CD3+",)
+    assert math.isfinite(state.diagnostics["PD1+"]["sensitivity_points"])
+
+
 @pytest.mark.parametrize("held", [False, True])
 def test_the_fmo_tables_rule_quotes_no_blank_points_below_undetermined_gates(held):
     """The report's FMO table states a gate's tail-shape check and fit interval with their sizes ('log-normal

@@ -17,7 +17,8 @@ controls) go down the strategy's population tree together, population by populat
   events in the same parent population; that one threshold is then applied to every file of the
   tube kind (the stained tube and the other FMO controls). Without the FMO file (or with an
   empty parent in it) the threshold falls back to the density valley on the stained tube's
-  parent events, with QC flags ``missing_fmo`` and ``fallback_gate``;
+  parent events, with QC flags ``missing_fmo`` and ``fallback_gate`` and the ``valley`` gates' self-checks
+  (``checks.check_valley``, sized on that stained file as theirs: :func:`_sized_flags`);
 * boolean populations combine other populations' masks.
 
 A population's mask covers all events of the file and is already ANDed with its parent.
@@ -916,6 +917,7 @@ class _TubeKindRun:
         self.file_flags: dict[int, list[tuple[int, pl.Flag]]] = {}
         self.thresholds: dict[str, _Threshold] = {}
         self.global_flags: list[tuple[int, pl.Flag]] = []   # flags of fmo thresholds, given to the target file
+        self.fallbacks: dict[int, int] = {}   # an fmo gate placed on the stained density (its index) -> that file
 
     # -- loading ---------------------------------------------------------------------------
     def state(self, i: int) -> _Gated | None:
@@ -1105,8 +1107,12 @@ class _TubeKindRun:
                 raise GatingError(f"{pop.name}: {reason} and no stained tube to fall back on")
             i, st = stained
             self.walk(i, k)
-            valley = pl.place_valley(st.tube.data[marker][st.parent_mask(pop)], marker, keep="high",
-                                     zero=_zero(st.tube, marker), **params)
+            values = st.tube.data[marker][st.parent_mask(pop)]
+            # the same self-checks as the stained tube's valley gates, quoting no count resting on its undetermined gates
+            held = resting_on(self.strategy, undetermined_gates(st.diagnostics), *pop.depends_on)
+            valley = checks.check_valley(pop.name, pl.place_valley(values, marker, keep="high", zero=_zero(st.tube, marker),
+                                                                   **params), values, held=held)
+            self.fallbacks[k] = i
             flags = valley.flags + (
                 pl.Flag(missing_code, "warning", f"{pop.name} ({marker}): {reason}"),
                 pl.Flag(
@@ -1214,6 +1220,7 @@ class _TubeKindRun:
             self.walk(i, len(self.pops))
             if self.sources[i].role == "stain":
                 self.file_flags[i] = _sized_flags(self.strategy, st, self.file_flags[i], self.pops)
+                self._size_fallbacks(i, st)
                 self.file_flags[i] += _subset_flags(self.strategy, st, self.pops)
                 self.file_flags[i] += _co_expression_flags(self.strategy, st, self.pops)
             self._settle(i)
@@ -1222,6 +1229,15 @@ class _TubeKindRun:
                 self.loaded.pop(i, None)
                 self.slim.pop(i, None)
                 del st   # no reference left: the file's arrays are freed before the next file is read
+
+    def _size_fallbacks(self, i: int, st: _Gated) -> None:
+        """The self-check flags of the fmo gates placed on stained file ``i``'s density (their fallback,
+        ``checks.check_valley``'s) sized on it as its valley gates' are (:func:`_sized_flags`)."""
+        mine = [k for k, on in self.fallbacks.items() if on == i]
+        if not mine:
+            return
+        sized = iter(_sized_flags(self.strategy, st, [e for e in self.global_flags if e[0] in mine], self.pops))
+        self.global_flags = [next(sized) if k in mine else (k, f) for k, f in self.global_flags]
 
     def target(self) -> int | None:
         """The file that carries the thresholds' flags: the first usable stained file, else the first usable file."""
