@@ -391,7 +391,8 @@ def test_a_gate_placed_below_undetermined_gates_quotes_no_held_count_in_its_flag
     cd4_pct_of_cd3 by 97.4 points'): counts no output reports -> 'fewer than 1000 events', and 'size:
     not measured', naming the gates they rest on. A gate on determined events keeps its size.
     CD127+'s cut_in_dense_region (placed within CD4+, within CD3+, both held) quoted the held parent's
-    points ('0.6 points of the parent lie within 0.03 of it') -> none (stop 50)."""
+    points ('0.6 points of the parent lie within 0.03 of it') -> none (stop 50). CD3+'s own flags were sized on
+    its held % of lymph ('changes cd3_pct_of_lymph by 4.2 points') -> not quoted (undet_52)."""
     result = _process_chained(drafted, tmp_path, "variables:\n  cd57lo_pct_of_cd28lo: {numerator: CD57lo, denominator: CD28lo}\n")
     assert result.exit_code == 0, result.output
     qc = pd.read_csv(tmp_path / "out" / "qc.csv")
@@ -407,7 +408,10 @@ def test_a_gate_placed_below_undetermined_gates_quotes_no_held_count_in_its_flag
     assert sized["CD127+", "cut_in_dense_region"].endswith("rest on CD3+, CD4+ (undetermined: no FMO or unstained control)")
     assert not re.search(r"[\d.]+ points of the parent", sized["CD127+", "cut_in_dense_region"])
     assert re.search(r"[\d.]+ points of the parent lie within", sized["CD3+", "cut_in_dense_region"])   # on lymph
-    assert re.search(r"changes cd3_pct_of_lymph by [\d.]+ points", sized["CD3+", "no_second_peak"])   # on lymph: sized
+    for code in ("no_second_peak", "cut_in_dense_region"):   # CD3+ itself undetermined: cd3_pct_of_lymph blank
+        assert sized["CD3+", code].endswith("; size: not quoted, the percentages it moves rest on CD3+ itself "
+                                            "(undetermined: no FMO or unstained control) and are not reported"), sized
+        assert not re.search(r"changes \S+ by", sized["CD3+", code]), sized["CD3+", code]
 
 
 def test_a_decision_keeps_its_own_cut(drafted):
@@ -795,6 +799,43 @@ def test_a_fallback_gates_self_checks_below_an_undetermined_gate_quote_no_held_c
     [threshold] = state.thresholds
     assert math.isnan(threshold["sensitivity_points"]) and state.diagnostics["PD1+"]["resting_on"] == ("CD3+",)
     assert math.isfinite(state.diagnostics["PD1+"]["sensitivity_points"])
+
+
+@pytest.mark.parametrize("pd1", ["even", "on the dimmest CD3"])
+def test_an_undetermined_gates_own_flags_quote_no_size_of_its_held_percentages(pd1):
+    """An undetermined gate's own density flags were sized on the percentages its cut moves, every one resting
+    on it, held, blank in every table ('CD3+ (CD3): ...; size: moving the cut to 0.910, 1.203 changes
+    pd1_pct_of_cd3 by 0.0 points', pd1_pct_of_cd3 blank; the drafted study's CD3+: 'changes cd3_pct_of_lymph by
+    88.0 points', its held % of lymph) -> the message says those percentages rest on the gate itself and are not
+    reported; code and severity as sized: a review warning where moving the cut to an alternative changes the
+    variable by more than 2 points (counted here on the events: PD1+ only on the dimmest CD3), else info."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind, undetermined_gates
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 5000
+    cd3 = rng.normal(1.0, 0.05, n)   # one population 1.0 above zero, no FMO or unstained control: undetermined
+    positive = rng.random(n) < 0.3 if pd1 == "even" else cd3 < 0.95
+    values = np.where(positive, rng.normal(1.0, 0.05, n), rng.normal(0.1, 0.05, n))
+    [state] = gate_tube_kind(strategy, [_toy_tube("stain", None, cd3, values)])
+    assert undetermined_gates(state.diagnostics) == {"CD3+"}
+    [threshold] = state.thresholds
+    pd1_cut, d = threshold["value_transformed"], state.diagnostics["CD3+"]
+
+    def pd1_pct_of_cd3(cut: float) -> float:   # the variable with CD3+ cut at ``cut`` (positive: above it)
+        return 100.0 * np.count_nonzero((cd3 > cut) & (values > pd1_cut)) / np.count_nonzero(cd3 > cut)
+
+    said = {f.code: f for f in state.flags if f.gate == "CD3+"}
+    assert {"no_second_peak", "cut_at_scale_edge"} <= set(said), said
+    for code, flag in said.items():
+        size = max(abs(pd1_pct_of_cd3(a) - pd1_pct_of_cd3(d["threshold"]))   # a cut above every event: no %
+                   for a in d["alternative_cuts"][code] if np.count_nonzero(cd3 > a))
+        assert flag.severity == ("warning" if size > checks.IMPACT_POINTS else "info"), (code, size, flag)
+        assert flag.message.endswith("; size: not quoted, the percentages it moves rest on CD3+ itself (undetermined: "
+                                     "no FMO or unstained control) and are not reported"), flag.message
+        assert not re.search(r"changes \S+ by|[\d.]+ points", flag.message), flag.message
+    assert {f.severity for f in said.values()} == ({"info"} if pd1 == "even" else {"warning"})
 
 
 @pytest.mark.parametrize("held", [False, True])

@@ -563,7 +563,9 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
     A gate placed on events resting on an undetermined gate (:func:`undetermined_gates`) is not
     sized, its flags kept as raised: the counts and percentages below such a gate are held, not
     reported, so its flags quote none of them (``checks.check_valley``'s ``held``, which its
-    diagnostics name, ``resting_on``) and a sized one says which gates its size rests on instead."""
+    diagnostics name, ``resting_on``) and a sized one says which gates its size rests on instead. An
+    undetermined gate's own flags are sized (their severity), but every percentage its cut moves rests on
+    it, held: the message says so instead of the size."""
     placed = {name: g for name, _, g, _ in state.gates}
     reported = {v.numerator for v in strategy.variables} if strategy.variables else {p.name for p in pops}
     out = []
@@ -582,7 +584,9 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
         elif not held and alternatives and isinstance(gate, RangeGate):
             impacts = [variable_impact(strategy, state, pop.name, _moved(gate, a)) for a in alternatives]
             impact, what = max(impacts, key=lambda t: t[0] if math.isfinite(t[0]) else -1.0)
-            flag = checks.size_flag(flag, impact, what, alternatives)
+            own = (f"the percentages it moves rest on {pop.name} itself ({UNDETERMINED}) and are not reported"
+                   if diagnostics.get("undetermined") else "")   # every one it moves lies within it
+            flag = checks.size_flag(flag, impact, what, alternatives, held=own)
         out.append((k, flag))
     return out
 
