@@ -868,3 +868,41 @@ def test_the_fmo_tables_rule_quotes_no_blank_points_below_undetermined_gates(hel
     else:
         assert "log-normal tail 0.512 (3.1 points of the parent)" in rule, rule
         assert "fit ± 0.021 (95 % interval; 1.2 points of the parent)" in rule, rule
+
+
+@pytest.mark.parametrize("params", ["{max_shift: 0.3}", "{rule: percentile}"])
+def test_the_fmo_tables_rule_leaves_out_a_candidate_the_record_lacks(params):
+    """The report's FMO table states the rule that won with its candidates, each blank one as an empty slot: a
+    stained tube without a valley read 'fmo_percentile: FMO 0.271, rel. 0.272 [0.272–0.278], valley , shift 0.001',
+    a rule: percentile gate (no stained evidence) 'fmo_percentile: FMO 0.271, rel.  [–], valley , shift ' ->
+    only the candidates the threshold record has (the engine's record: PD1 stained like its FMO, one population)."""
+    from types import SimpleNamespace
+
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind, population_table
+    from tilpheno.report.html import fmt
+    from tilpheno.report.product import fmo_table
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY.replace("{max_shift: 0.3}", params), "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 5000
+
+    def tube(role: str, fmo_marker: str | None):
+        cd3 = np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
+        return _toy_tube(role, fmo_marker, cd3, rng.normal(0.2, 0.03, n))
+
+    files = [tube("stain", None), tube("fmo", "PD1")]
+    states = gate_tube_kind(strategy, files)
+    [record] = states[0].thresholds
+    assert math.isnan(record["valley_threshold"]), record   # no stained valley
+    result = SimpleNamespace(tubes=[
+        SimpleNamespace(file=f.file, shown_name=f.file, role=f.role, thresholds=pd.DataFrame(st.thresholds),
+                        populations=population_table(strategy, st)) for f, st in zip(files, states)])
+    [row] = fmo_table(result, 99.5).rows
+    said = [f"FMO {fmt(record['fmo_threshold'], 3)}"]
+    if params == "{max_shift: 0.3}":
+        said += [f"rel. {fmt(record['relative_threshold'], 3)} [{fmt(record['relative_low'], 3)}–"
+                 f"{fmt(record['relative_high'], 3)}]", f"shift {fmt(record['shift'], 3)}"]
+    else:
+        assert all(math.isnan(record[k]) for k in ("relative_threshold", "relative_low", "relative_high", "shift"))
+    assert row[-1] == f"{record['winner']}: {', '.join(said)}", row[-1]

@@ -400,6 +400,22 @@ def _parent_points(points) -> str:
     return f"{fmt(points, 1)} points of the parent" if points is not None and math.isfinite(float(points)) else ""
 
 
+def _candidates(row, kind: str) -> list[str]:
+    """A threshold record's candidates as the FMO table's rule states them (``kind``'s percentile, the relative
+    carry-over with its lower- and upper-side ends, the stained valley, the shift; transformed units), each only
+    where the record has it: a blank one (no stained valley; a ``rule: percentile`` gate's carry-over and shift) is
+    left out, not an empty slot."""
+    from tilpheno.report.html import fmt
+
+    value = {key: fmt(getattr(row, key, None), 3) for key in
+             ("fmo_threshold", "relative_threshold", "relative_low", "relative_high", "valley_threshold", "shift")}
+    relative = value["relative_threshold"]
+    if relative and value["relative_low"] and value["relative_high"]:
+        relative += f" [{value['relative_low']}–{value['relative_high']}]"
+    said = [(kind, value["fmo_threshold"]), ("rel.", relative), ("valley", value["valley_threshold"]), ("shift", value["shift"])]
+    return [f"{label} {text}" for label, text in said if text]
+
+
 def fmo_table(result, fmo_percentile: float) -> Table:
     """Every threshold of the stained tubes in one compact table: the control (FMO) file it came
     from, that control's parent events and % above the threshold (≈ 100 − percentile by
@@ -416,11 +432,8 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                 else f"no FMO: {method}" if method else "no FMO")
         winner = str(getattr(row, "winner", "") or "")
         if fmo is not None and winner:   # gates.checks.RECORD_COLUMNS: both candidates, shift, winner
-            rule = (f"{winner}: {kind} {fmt(getattr(row, 'fmo_threshold', None), 3)}, "
-                    f"rel. {fmt(getattr(row, 'relative_threshold', None), 3)} "
-                    f"[{fmt(getattr(row, 'relative_low', None), 3)}–{fmt(getattr(row, 'relative_high', None), 3)}], "
-                    f"valley {fmt(getattr(row, 'valley_threshold', None), 3)}, "
-                    f"shift {fmt(getattr(row, 'shift', None), 3)}")
+            candidates = _candidates(row, kind)
+            rule = f"{winner}: {', '.join(candidates)}" if candidates else winner
             tail = getattr(row, "relative_lognormal", None)
             if tail is not None and math.isfinite(float(tail)):   # the tail-shape check (gates.checks)
                 points = _parent_points(getattr(row, "tail_points", None))
@@ -444,7 +457,8 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                  "control's events in the parent; control % + = its % of them above the threshold; stained % + = the "
                  "stained tube's % of the parent above it; threshold (linear) = in compensated linear units (the "
                  "marker's scale inverted); threshold (scale) = on the marker's scale (the plots' axes: logicle 0–1 "
-                 "unless the strategy says otherwise), as are the rule's FMO, rel., valley and shift values; shared "
+                 "unless the strategy says otherwise), as are the rule's FMO, rel., valley and shift values (each where "
+                 "the rule measured it: no stained valley, no valley value); shared "
                  "reading's verdict = for a cut carrying a binding reading shared with other gates (skew_reference), "
                  "each gate where a check on that reading fired, the check and its size in points of that gate's "
                  "parent.")
