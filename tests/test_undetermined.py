@@ -527,10 +527,12 @@ def test_a_clamped_cut_below_undetermined_gates_quotes_no_held_count():
 
 
 def _fmo_flags(fmo, stained, held, percentile):
+    """PD1+ placed on ``fmo`` and ``stained`` with both files' parents resting on the undetermined gates ``held``."""
     from tilpheno.gates import checks
 
-    placement = checks.place_and_check("PD1+", "PD1", fmo, stained, percentile=percentile, source_file="fmo.fcs", held=held)
-    return {f.code: f.message for f in placement.flags}, checks.threshold_record(placement, held), placement
+    placement = checks.place_and_check("PD1+", "PD1", fmo, stained, percentile=percentile, source_file="fmo.fcs",
+                                       held=held, control_held=held)
+    return {f.code: f.message for f in placement.flags}, checks.threshold_record(placement, held, held), placement
 
 
 @pytest.mark.parametrize("case", ["dense", "no_peak", "shifted"])
@@ -606,15 +608,17 @@ def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_qu
     """Two flags of an FMO gate whose parents rest on undetermined gates still quoted held shares (held_51):
     fmo_excess_positive the FMO parent's ('12.3% of the FMO's parent events lie above the threshold') and the
     quantile carry's reference check the reference population's ('2.08% of the reference population's stained
-    events are FoxP3+') -> with held, 'more than' the excess limit and 'some'; without, the shares measured here."""
+    events are FoxP3+') -> with held, 'more than' the excess limit and 'some'; without, the shares measured here.
+    The excess is the FMO parent's (held when that rests on them, control_held), the reference's share is read on both
+    files' reference events ('some' when either rests on them; undet_52)."""
     from test_fmo_gates_simulated import _treg_parent
 
     rng = np.random.default_rng(8)
     fmo, stained = rng.normal(0.2, 0.03, 5000), rng.normal(0.1, 0.03, 5000)   # stained negatives below the FMO's
 
-    def excess(held):
+    def excess(held):   # the FMO's parent resting on them (control_held): its share is held
         placement = checks.place_and_check("CD4+", "CD4", fmo, stained, percentile=99.5, source_file="f.fcs",
-                                           max_shift=0.3, held=held)
+                                           max_shift=0.3, control_held=held)
         [flag] = [f for f in placement.flags if f.code == "fmo_excess_positive"]
         return flag.message, placement.diagnostics
 
@@ -628,19 +632,21 @@ def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_qu
     tr, population, treg_fmo, s, _ = _treg_parent(93031)
     ref_fmo, ref_stained, _ = population(10000, 0.02)
 
-    def reference(held):
+    def reference(**held):
         placement = checks.place_and_check(
             "CD4+FoxP3+", "FoxP3", tr.apply(treg_fmo), s, reference_fmo=tr.apply(ref_fmo),
             reference_stained=tr.apply(ref_stained), percentile=99.5, source_file="", transform=tr, rule="relative",
-            width_side="mid", reference_carry="quantile", held=held)
+            width_side="mid", reference_carry="quantile", **held)
         [flag] = [f for f in placement.flags if f.code == "uncertain_threshold"]
         return flag.message, placement.diagnostics
 
-    said, d = reference(())
+    said, d = reference()
     assert f"{d['reference_positive_pct']:.2f}% of the reference population's stained events are FoxP3+" in said, said
-    said = reference(("CD3+", "CD4+"))[0]
+    said = reference(held=("CD3+", "CD4+"))[0]
     assert "some of the reference population's stained events are FoxP3+" in said, said
     assert not re.search(r"\d+\.\d+(%| points)", said), said
+    said = reference(control_held=("CD3+", "CD4+"))[0]   # the stained parent's points reported, the share not
+    assert "some of the reference population's stained events are FoxP3+" in said and " points of the parent" in said, said
 
 
 def test_a_co_expression_warning_on_undetermined_gates_quotes_no_held_share(drafted):
@@ -702,39 +708,60 @@ def _toy_tube(role: str, fmo_marker: str | None, cd3: np.ndarray, pd1: np.ndarra
                     {k: Linear() for k in data}, True)
 
 
-def test_an_fmo_gate_whose_controls_own_gate_is_undetermined_quotes_no_held_share():
-    """The engine end to end (held_51's wiring (a), unit-tested on checks.place_and_check only): the stained file's
-    CD3 has two populations (CD3+ determined there), the PD1 FMO's one, lying 1.0 above zero with no unstained
-    control (CD3+ undetermined in the FMO file: its table leaves the FMO's CD3+ and PD1+ counts and shares blank).
-    PD1+'s fmo_excess_positive quoted that held share ('46.0% of the FMO's parent events lie above the threshold')
-    -> the FMO file's undetermined gates join held: 'more than' its limit, and no flag quotes a share."""
+@pytest.mark.parametrize("undetermined_in", ["FMO", "stained"])
+def test_an_fmo_gate_holds_only_what_rests_on_an_undetermined_gate_of_its_own_file(undetermined_in):
+    """The engine end to end (held_51's wiring (a), unit-tested on checks.place_and_check only): CD3 has two
+    populations in one file and one in the other, lying 1.0 above zero with no unstained control (CD3+
+    undetermined in that file only: its table leaves its CD3+ and PD1+ counts and shares blank, the other file's
+    are reported). With the FMO's CD3+ undetermined, PD1+'s fmo_excess_positive quoted that held share ('46.0% of
+    the FMO's parent events lie above the threshold') -> 'more than' its limit (held2_51). But both files'
+    undetermined gates were held for every number: the stained parent's, reported, was blanked too (the record's
+    sensitivity_points and correction_points NaN, uncertain_threshold's 'more than 6% of the parent lies at or
+    below'), and with the stained CD3+ undetermined the FMO's reported share too (undet_52) -> each file's
+    undetermined gates hold that file's numbers only (``held`` and ``control_held``), counted here on the events."""
     from tilpheno.gates.strategy import parse_strategy
     from tilpheno.phenotype import gate_tube_kind, population_table, undetermined_gates
 
     strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
     rng = np.random.default_rng(8)
     n = 5000
-    positive = rng.random(n) < 0.7
-    stained = _toy_tube("stain", None, np.where(positive, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n)),
+
+    def cd3(one: bool) -> np.ndarray:
+        positive = rng.random(n) < 0.7
+        return rng.normal(1.0, 0.05, n) if one else np.where(positive, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
+
+    stained = _toy_tube("stain", None, cd3(undetermined_in == "stained"),
                         rng.normal(0.1, 0.03, n))   # the stained negatives below the FMO's: the cut moves down
-    fmo = _toy_tube("fmo", "PD1", rng.normal(1.0, 0.05, n), rng.normal(0.2, 0.03, n))
+    fmo = _toy_tube("fmo", "PD1", cd3(undetermined_in == "FMO"), rng.normal(0.2, 0.03, n))
     state, control = gate_tube_kind(strategy, [stained, fmo])
-    assert undetermined_gates(state.diagnostics) == frozenset() and undetermined_gates(control.diagnostics) == {"CD3+"}
-    table = population_table(strategy, control, undetermined_gates(control.diagnostics)).set_index("population")
-    assert table[["count", "pct_of_parent"]].isna().all().all(), table   # the FMO's shares: held
+    held_file, reported_file = (control, state) if undetermined_in == "FMO" else (state, control)
+    assert undetermined_gates(held_file.diagnostics) == {"CD3+"} and undetermined_gates(reported_file.diagnostics) == frozenset()
+    table = population_table(strategy, held_file, undetermined_gates(held_file.diagnostics)).set_index("population")
+    assert table[["count", "pct_of_parent"]].isna().all().all(), table   # the held file's shares
     [threshold] = state.thresholds
-    parent = fmo.data["PD1"][control.masks["CD3+"]]   # the FMO's parent: its events the FMO's table leaves blank
-    held_share = 100.0 * np.count_nonzero(parent > threshold["value_transformed"]) / parent.size
-    assert held_share > 1.5   # fmo_excess_positive's limit: the check fires
-    assert state.diagnostics["PD1+"]["fmo_pct_above"] == pytest.approx(held_share, abs=1e-9)   # the API keeps it
-    assert math.isnan(threshold["fmo_pct_above"]), threshold   # the record (GatingResult.thresholds): blank
-    assert all(math.isnan(v) for k, v in threshold.items() if k.endswith("_points")), threshold
+    cut, d = threshold["value_transformed"], state.diagnostics["PD1+"]
+    fmo_parent = fmo.data["PD1"][control.masks["CD3+"]]
+    share = 100.0 * np.count_nonzero(fmo_parent > cut) / fmo_parent.size   # the FMO table's PD1+ % of CD3+
+    stained_parent = stained.data["PD1"][state.masks["CD3+"]]
+    sensitivity = 100.0 * np.count_nonzero(np.abs(stained_parent - cut) <= checks.DELTA) / stained_parent.size
+    below = 100.0 * np.count_nonzero(stained_parent <= cut) / stained_parent.size
+    assert share > 1.5 and below > 6   # fmo_excess_positive's and uncertain_threshold's limits: both fire
+    assert d["fmo_pct_above"] == pytest.approx(share, abs=1e-9) and d["sensitivity_points"] == pytest.approx(sensitivity)
     said = {f.code: f.message for f in state.flags if f.gate == "PD1+"}
-    assert said["fmo_excess_positive"].startswith("PD1+ (PD1): more than 1.5% of the FMO's parent events lie above "
-                                                  "the threshold"), said
-    for message in said.values():
-        assert f"{held_share:.1f}" not in message and not re.search(r"\d+\.\d+ points", message), message
-        assert set(re.findall(r"\d+\.\d+%", message)) <= {"1.5%", "0.5%"}, message   # the limit, the nominal
+    excess, uncertain = said["fmo_excess_positive"], said["uncertain_threshold"]
+    if undetermined_in == "FMO":
+        assert math.isnan(threshold["fmo_pct_above"]), threshold   # the record (GatingResult.thresholds): blank
+        assert threshold["sensitivity_points"] == pytest.approx(sensitivity, abs=1e-9), threshold
+        assert excess.startswith("PD1+ (PD1): more than 1.5% of the FMO's parent events lie above the threshold"), said
+        assert f"yet {below:.1f}% of the parent lies at or below the FMO percentile" in uncertain, uncertain
+        assert all(f"{share:.1f}" not in message for message in said.values()), said
+    else:
+        assert threshold["fmo_pct_above"] == pytest.approx(share, abs=1e-9), threshold
+        assert all(math.isnan(v) for k, v in threshold.items() if k.endswith("_points")), threshold
+        assert excess.startswith(f"PD1+ (PD1): {share:.1f}% of the FMO's parent events lie above the threshold"), said
+        assert "yet more than 6% of the parent lies at or below the FMO percentile" in uncertain, uncertain
+        for message in said.values():
+            assert not re.search(r"\d+\.\d+ points", message) and f"{below:.1f}%" not in message, message
 
 
 @pytest.mark.parametrize("pd1", ["two populations", "one population"])

@@ -882,7 +882,7 @@ class _Threshold:
     placement: pl.Placement | None
     row: dict[str, Any] | None
     error: str = ""
-    held: tuple[str, ...] = ()   # the undetermined gates its checks' parents rest on (checks.place_and_check)
+    held: tuple[str, ...] = ()   # the undetermined gates its stained parent rests on (checks.place_and_check)
 
 
 class _TubeKindRun:
@@ -1056,9 +1056,10 @@ class _TubeKindRun:
                                               f"{marker}) and what lies within it hold (almost) no events in this file, "
                                               "and no threshold is taken from there")
 
-    def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str, tuple[str, ...]]:
+    def _placement(self, k: int, pop: Population) -> tuple[pl.Placement, str, tuple[str, ...], tuple[str, ...]]:
         """The threshold gate of ``fmo`` population ``pop`` (index ``k``), the file that set it ('' = fallback) and
-        the undetermined gates the parents its checks count rest on (``checks.place_and_check``'s ``held``)."""
+        the undetermined gates the parents its checks count rest on, the stained file's and the control's
+        (``checks.place_and_check``'s ``held`` and ``control_held``)."""
         stains = [i for i, s in enumerate(self.sources) if s.role == "stain"]
         marker = pop.dims[0]
         params = dict(pop.params)
@@ -1078,6 +1079,7 @@ class _TubeKindRun:
         found = self.first_loadable(controls[::-1])
         placement, source = None, ""
         held: tuple[str, ...] = ()
+        control_held: tuple[str, ...] = ()
         if found is not None and marker in found[1].tube.data:
             i, st = found
             self.walk(i, k)
@@ -1093,12 +1095,12 @@ class _TubeKindRun:
                         params["reference_fmo"] = st.tube.data[marker][st.masks[skew_reference]]
                         params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
                 # the counts of the control's and the stained parent (and reference) are not reported below an
-                # undetermined gate of their file: the flags quote none
-                undetermined = undetermined_gates(st.diagnostics) | (
-                    undetermined_gates(stained[1].diagnostics) if evidence is not None and stained is not None else frozenset())
-                held = resting_on(self.strategy, undetermined, *pop.depends_on)
-                call = dict(percentile=pct, source_file=source, min_events=min_events,
-                            transform=st.tube.transforms.get(marker), held=held, **params, **anchor)
+                # undetermined gate of their own file: the flags quote none of those, each file's alone
+                control_held = resting_on(self.strategy, undetermined_gates(st.diagnostics), *pop.depends_on)
+                if evidence is not None and stained is not None:
+                    held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
+                call = dict(percentile=pct, source_file=source, min_events=min_events, transform=st.tube.transforms.get(marker),
+                            held=held, control_held=control_held, **params, **anchor)
                 placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
                 if evidence is not None and kind == "FMO" and stained is not None:
                     placement = self._residual_check(pop, st, stained[1], placement, call, skew_reference)
@@ -1126,7 +1128,7 @@ class _TubeKindRun:
                 ),
             )
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
-        return placement, source, held
+        return placement, source, held, control_held
 
     def _residual_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
                         call: dict[str, Any], skew_reference: str | None) -> pl.Placement:
@@ -1179,12 +1181,12 @@ class _TubeKindRun:
             if pop.method != "fmo":
                 continue
             try:
-                placement, source, held = self._placement(k, pop)
+                placement, source, held, control_held = self._placement(k, pop)
             except GatingError as exc:
                 self.thresholds[pop.name] = _Threshold(None, None, str(exc))
                 continue
             marker = pop.dims[0]
-            row = _threshold_row(pop, placement, source, self.strategy, self.percentile, held)
+            row = _threshold_row(pop, placement, source, self.strategy, self.percentile, held, control_held)
             self.thresholds[pop.name] = _Threshold(placement, row, held=held)
             self.global_flags.extend((k, gate_flag(pop, f)) for f in placement.flags)
             low, high = self.qc.fmo_threshold_range
@@ -1281,7 +1283,7 @@ def gate_tube_kind(strategy: Strategy, tubes: Sequence[TubeData], fmo_percentile
 
 
 def _threshold_row(pop: Population, placement: pl.Placement, source: str, strategy: Strategy, percentile: float,
-                   held: tuple[str, ...]) -> dict:
+                   held: tuple[str, ...], control_held: tuple[str, ...]) -> dict:
     marker = pop.dims[0]
     value = float(placement.diagnostics["threshold"])
     row = {
@@ -1294,7 +1296,7 @@ def _threshold_row(pop: Population, placement: pl.Placement, source: str, strate
         "method": placement.method,
         "source_file": source,
     }
-    row.update(checks.threshold_record(placement, held))
+    row.update(checks.threshold_record(placement, held, control_held))
     return row
 
 

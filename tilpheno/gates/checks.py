@@ -312,15 +312,16 @@ def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any],
             f"the parent, stained vs FMO")
 
 
-def threshold_record(placement: pl.Placement, held: tuple[str, ...] = ()) -> dict[str, Any]:
+def threshold_record(placement: pl.Placement, held: tuple[str, ...] = (),
+                     control_held: tuple[str, ...] = ()) -> dict[str, Any]:
     """The RECORD_COLUMNS of one threshold (NaN / '' when the method has no such number; ``reading_verdict`` '':
-    the engine sets it when every threshold is placed). ``held``: as :func:`place_and_check`'s; then the
-    ``*_points`` columns (points of the stained parent) and ``fmo_pct_above`` (the % of the FMO's parent above
-    the cut: the FMO tube's share of the gate) are NaN."""
+    the engine sets it when every threshold is placed). ``held``, ``control_held``: as :func:`place_and_check`'s;
+    with ``held`` the ``*_points`` columns (points of the stained parent) are NaN, with ``control_held``
+    ``fmo_pct_above`` (the % of the FMO's parent above the cut: the FMO tube's share of the gate)."""
     d = placement.diagnostics
     out: dict[str, Any] = {}
     for key in RECORD_COLUMNS:
-        blank = held and (key.endswith("_points") or key == "fmo_pct_above")
+        blank = (held and key.endswith("_points")) or (control_held and key == "fmo_pct_above")
         out[key] = ("" if key == "reading_verdict" else float("nan") if blank
                     else d.get(key, "" if key in ("rule", "winner") else float("nan")))
     if not out["winner"]:
@@ -369,16 +370,18 @@ def place_and_check(
     reference_stained: np.ndarray | None = None,
     reference_carry: str = "additive",
     held: tuple[str, ...] = (),
+    control_held: tuple[str, ...] = (),
     **anchor: Any,
 ) -> pl.Placement:
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
     there is no stained evidence) and add the self-check flags of the module docstring; every
-    flag (the placement's and the checks') has ``gate`` ``population``. ``held``: the undetermined gates the
-    stained parent, the FMO's parent or the reference population (in either tube) rest on
-    (``phenotype.resting_on``), whose counts no output reports: then the flags quote no points or % of them
-    (a size over its limit says 'more than' the limit; the reference's own % of positives is 'some'; so does
-    :func:`threshold_record` given them). The diagnostics keep every number as measured and name those gates
-    (``resting_on``): they are the API's, written to no output (``tilpheno.gating.GatingResult``)."""
+    flag (the placement's and the checks') has ``gate`` ``population``. ``held``: the undetermined gates of the
+    stained file the stained parent or the reference population rest on (``phenotype.resting_on``), whose counts
+    no output reports: then the flags quote no points of that parent (a size over its limit says 'more than' the
+    limit; so does :func:`threshold_record` given them); ``control_held``: those of the FMO file its parent or
+    reference rest on: then no % of the FMO's parent. The reference's own % of positives (read on both files) is
+    'some' with either. The diagnostics keep every number as measured and name those gates (``resting_on``): they
+    are the API's, written to no output (``tilpheno.gating.GatingResult``)."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
         placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
                                            min_events=min_events)
@@ -402,8 +405,8 @@ def place_and_check(
         stained = np.asarray(stained_values, dtype=np.float64)
         stained = stained[np.isfinite(stained)]
     d = dict(placement.diagnostics)
-    if held:
-        d["resting_on"] = held
+    if held or control_held:
+        d["resting_on"] = tuple(dict.fromkeys(held + control_held))
     cut = float(d["threshold"])
     name = f"{population} ({marker})"
     flags = list(placement.flags)
@@ -415,7 +418,7 @@ def place_and_check(
     excess = max(3.0 * nominal, nominal + 1.0)
     if fmo.size and fmo_above > excess:
         flags.append(pl.Flag("fmo_excess_positive", "warning",
-                             f"{name}: {_points(fmo_above, excess, held, '%')} of the FMO's parent events lie above the threshold "
+                             f"{name}: {_points(fmo_above, excess, control_held, '%')} of the FMO's parent events lie above the threshold "
                              f"{cut:.3f} (nominal {nominal:g}%, rule {d.get('winner')}); look at the FMO and stained "
                              f"histograms of {marker} in the parent"))
     if stained is not None and stained.size:
@@ -518,7 +521,7 @@ def place_and_check(
                     d["reference_positive_pct"], cleaned = found
                     d["reference_positive_points"] = _points_between(stained, cleaned, cut)
                     if d["reference_positive_points"] > uncertain_points:
-                        messages.append(f"{'some' if held else format(d['reference_positive_pct'], '.2f') + '%'} of the "
+                        messages.append(f"{'some' if held or control_held else format(d['reference_positive_pct'], '.2f') + '%'} of the "
                                         f"reference population's stained events are {marker}+ (as bright as the parent's positives, beyond "
                                         f"its FMO); without them the threshold {cut:.3f} (reference_carry quantile) "
                                         f"would be {cleaned:.3f}, {_points(d['reference_positive_points'], uncertain_points, held)} of the "
