@@ -1221,9 +1221,10 @@ def main() -> None:  # console-script entry point
     tilpheno`` start it even before this module's imports, and then it is running already)."""
     import signal
 
-    from tilpheno.launch import start_fork_server_early
+    from tilpheno.launch import small_pages, start_fork_server_early
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    small_pages()   # (the ``tilpheno`` script has done it already; ``python -m tilpheno.cli`` has not)
     start_fork_server_early(sys.argv[1:])
     try:
         sys.exit(_run_app())

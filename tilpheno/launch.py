@@ -6,10 +6,12 @@ workers' fork server (:func:`start_fork_server_early`), whose imports of the wor
 the longest serial part of a parallel run; then this process imports what its command will run
 (:func:`command_libraries`) with the cyclic garbage collector paused and freezes what the imports
 made, as the fork server does (:func:`tilpheno.pipeline.pool.import_libraries`), and
-:func:`tilpheno.cli.main` runs as always.
+:func:`tilpheno.cli.main` runs as always. Before all of it NumPy is told to keep its arrays on
+ordinary pages (:func:`small_pages`), for this process and every process it starts.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Dict, List, Optional
 
@@ -76,10 +78,33 @@ def start_fork_server_early(argv: List[str]) -> None:
         start_fork_server()
 
 
+HUGE_PAGES = "NUMPY_MADVISE_HUGEPAGE"
+"""NumPy's switch (read once, when NumPy is imported) for asking the kernel for transparent huge
+pages (2 MiB) on every array of 4 MiB and more: ``1`` asks, ``0`` does not."""
+
+
+def small_pages() -> None:
+    """Set :data:`HUGE_PAGES` to ``0`` unless the environment sets it: NumPy's arrays on ordinary
+    4 KiB pages in this process, its fork server and its workers (which inherit the environment),
+    all of which import NumPy after this.
+
+    A process pays for its memory's first touch once, in its first product (later products reuse
+    its heap: ``tilpheno.pipeline.product``), and with huge pages that first touch is the largest
+    part of the per-process fixed cost that holds ``--jobs 2`` below twice ``--jobs 1`` (issue 18):
+    on this project's 2-vCPU VM (transparent huge pages on ``madvise``, a balloon that hands freed
+    pages back to the host) a ``--jobs 1`` process of 2 x 9 x 200,000 events spent 0.24-0.97 s of
+    system CPU in its first product with huge pages, 0.08-0.11 s without, its later products' CPU
+    the same (benchmarks/README.md, stop 52). ``NUMPY_MADVISE_HUGEPAGE=1`` in the environment keeps
+    NumPy's own default."""
+    os.environ.setdefault(HUGE_PAGES, "0")
+
+
 def main() -> None:
-    """``tilpheno ...``: the fork server of ``process --jobs N`` started first, then the command's
-    libraries imported with the collector paused and frozen (:func:`command_libraries`), then the
-    command line (:func:`tilpheno.cli.main`: SIGTERM and Ctrl-C handling, exit status)."""
+    """``tilpheno ...``: NumPy on small pages (:func:`small_pages`), the fork server of ``process
+    --jobs N`` started, then the command's libraries imported with the collector paused and frozen
+    (:func:`command_libraries`), then the command line (:func:`tilpheno.cli.main`: SIGTERM and Ctrl-C
+    handling, exit status)."""
+    small_pages()
     start_fork_server_early(sys.argv[1:])
     from tilpheno.pipeline.pool import import_libraries
 
