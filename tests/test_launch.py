@@ -174,3 +174,23 @@ def test_the_command_and_its_workers_keep_numpys_arrays_on_small_pages(given, ex
                          text=True, timeout=120, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == expected, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("entry", ["tilpheno.launch", "tilpheno.cli"])
+def test_either_entry_sets_small_pages_before_it_starts_the_fork_server(monkeypatch, entry):
+    """``python -m tilpheno.cli`` (``tilpheno.cli.main``) starts the fork server itself too: the
+    variable is set before, so its workers inherit it as the ``tilpheno`` script's do."""
+    import tilpheno.cli as cli
+    from tilpheno import launch
+    from tilpheno.pipeline import pool
+
+    seen: list[str | None] = []
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "")   # recorded first, so what the entry sets is undone
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+    monkeypatch.setattr(pool, "start_fork_server", lambda: seen.append(os.environ.get("NUMPY_MADVISE_HUGEPAGE")))
+    monkeypatch.setattr(pool, "import_libraries", lambda names: None)
+    monkeypatch.setattr(cli, "_run_app", lambda: 0)
+    monkeypatch.setattr(sys, "argv", ["tilpheno", "process", "IN", "-o", "OUT", "--jobs", "2"])
+    with pytest.raises(SystemExit):
+        (launch.main if entry == "tilpheno.launch" else cli.main)()
+    assert seen and set(seen) == {"0"}
