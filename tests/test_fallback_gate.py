@@ -1,5 +1,6 @@
-"""The no-FMO fallback of a threshold gate (an ``fmo`` gate whose FMO file is missing falls back to a valley of
-the stained tube, ``phenotype._TubeKindRun._placement``) carries the self-checks of the stained tube's valley gates
+"""The no-FMO fallback of a threshold gate (an ``fmo`` gate whose FMO file is missing is anchored on the product's
+unstained control, the last test; without one it falls back to a valley of the stained tube,
+``phenotype._TubeKindRun._placement``, the others) carries the self-checks of the stained tube's valley gates
 (``checks.check_valley``): ``few_events``, ``cut_in_dense_region``, ``cut_at_scale_edge``, with their sizes and
 severities as on those gates (issue 13: a gate that may be wrong must say so). Before, the fallback was flagged
 only ``missing_fmo``/``fallback_gate`` (and ``no_second_peak`` for one population): PD1+ placed on 761 events said
@@ -26,21 +27,25 @@ PARENTS = {"PD1+": "live_lymph", "CD8+PD1+": "CD8+", "CD4+PD1+": "CD4+"}
 VARIABLES = {"PD1+": "pd1_pct_of_live_lymph", "CD8+PD1+": "cd8pd1_pct_of_cd8", "CD4+PD1+": "cd4pd1_pct_of_cd4"}
 
 
-def _without_pd1_fmo(folder, seed: int, events: int):
-    """Product V<seed> (its drawn bench phenomena, ``events`` per tube) analyzed without its PD1 FMO file:
-    (the simulated product, its result, the surface stain's TubeResult, its flags by (gate, code))."""
+def _without_pd1_fmo(folder, seed: int, events: int, unstained: bool = False):
+    """Product V<seed> (its drawn bench phenomena, ``events`` per tube) analyzed without its PD1 FMO file, and
+    without its unstained control unless ``unstained`` (the valley is the fallback without either): (the
+    simulated product, its result, the surface stain's TubeResult, its flags by (gate, code))."""
     prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(folder / f) for f in manifest["file"]]
-    kept = manifest[manifest["fmo_marker"] != "PD1"]
-    assert len(kept) == len(manifest) - 1
+    kept = manifest[(manifest["fmo_marker"] != "PD1") & (unstained | (manifest["role"] != "unstained"))]
+    assert len(kept) == len(manifest) - (1 if unstained else 2)
     result = analyze_product(prod.product_id, kept, [load_strategy(p) for p in default_strategy_paths()])
     [stained] = [t for t in result.tubes if t.tube == "surface" and t.role == "stain"]
     assert stained.subsample is None
     flags = {(f.gate, f.code): f for f in result.qc}
+    sources = stained.thresholds.set_index("population")["source_file"]
     for gate in PARENTS:
         assert {(gate, "missing_fmo"), (gate, "fallback_gate")} <= set(flags), gate
+        if not unstained:   # the valley of the stained tube: no control file
+            assert sources[gate] == "" and "no usable unstained control either" in flags[gate, "fallback_gate"].message
     return prod, result, stained, flags
 
 
@@ -104,3 +109,36 @@ def test_a_clamped_fallback_cut_says_what_the_gate_keeps(tmp_path):
         assert "no second peak; one population taken as negative" in flag.message, flag.message
         error = result.phenotype[VARIABLES[gate]] - prod.truth[f"ref_{VARIABLES[gate]}"]
         assert error < -1.5, (gate, error)
+
+
+UNSTAINED_TOLERANCE = 2.0
+"""Points of a PD1 variable the unstained-anchored fallback may lie from the ideal-FMO reference here (the
+lineage variables' validate_gating tolerance; the PD1 one is 1.5: the control lacks the FMO's spreading)."""
+
+
+@pytest.mark.parametrize("seed", [165055, 165020])
+def test_a_missing_fmo_falls_back_on_the_unstained_control(tmp_path, seed):
+    """Issue 13: one population is decided against an FMO or an unstained control, never by the distance from zero.
+    V165055 / V165020 without the PD1 FMO: the valley of the stained tube put every PD1 variable 4.9 to 7.2 / 22.9
+    to 42.9 points below the simulator's ideal-FMO reference (the valley tests above, the control left out too) ->
+    with the product's unstained control the gate is anchored on the control's live lymphocytes as on an FMO (rule
+    fmo_relative, carried to the parent's own stained negatives): within UNSTAINED_TOLERANCE of the reference,
+    the threshold record naming the control and the rule, missing_fmo and fallback_gate (warning) saying the cut
+    was anchored on the unstained control instead of the FMO and why that can be wrong."""
+    from tilpheno.gates.checks import needs_review
+
+    prod, result, stained, flags = _without_pd1_fmo(tmp_path, seed, 20000, unstained=True)
+    control = f"V{seed}_unstained.fcs"
+    rows = stained.thresholds.set_index("population")
+    for gate, variable in VARIABLES.items():
+        row = rows.loc[gate]
+        assert row["method"] == f"fallback_{row['winner']}" and row["winner"] == "fmo_relative", row.to_dict()
+        assert row["source_file"].endswith(control) and row["percentile"] == 99.5, row.to_dict()
+        said = flags[gate, "fallback_gate"]
+        assert said.severity == "warning" and needs_review(said), said
+        assert f"anchored on the unstained control {control} (fmo_relative) instead of the FMO" in said.message, said
+        assert "spreading into PD1" in said.message and "nonspecific binding" in said.message, said
+        assert flags[gate, "missing_fmo"].message == f"{gate} (PD1): no FMO file for this marker"
+        assert (gate, "no_second_peak") not in flags, gate
+        error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
+        assert abs(error) <= UNSTAINED_TOLERANCE, (gate, error)

@@ -97,14 +97,18 @@ def test_fmo_percentile_parameter(product, strategies):
     assert lo["pd1_pct_of_live_lymph"] > hi["pd1_pct_of_live_lymph"]
 
 
-def test_missing_fmo_falls_back_with_flags(product, strategies):
+@pytest.mark.parametrize("unstained", [True, False])
+def test_missing_fmo_falls_back_with_flags(product, strategies, unstained):
+    """Without the CD56 FMO the gate falls back on the product's unstained control (its file recorded), or
+    without that on the stained tube's valley (no file)."""
     _, rows, _ = product
-    result = run(rows[rows["fmo_marker"] != "CD56"], strategies)
+    result = run(rows[(rows["fmo_marker"] != "CD56") & (unstained | (rows["role"] != "unstained"))], strategies)
     codes = {(f.code, f.file) for f in result.qc}
     assert ("missing_fmo", "TIL900_surface_stain.fcs") in codes and ("fallback_gate", "TIL900_surface_stain.fcs") in codes
     stain = next(t for t in result.tubes if t.tube == "surface" and t.role == "stain")
     row = stain.thresholds.set_index("population").loc["CD56+"]
-    assert row["source_file"] == "" and row["method"].startswith("fallback_")
+    assert row["method"].startswith("fallback_")
+    assert row["source_file"].endswith("TIL900_unstained.fcs") if unstained else row["source_file"] == ""
     assert np.isfinite(result.phenotype["nk_pct_of_live_lymph"])
 
 

@@ -16,9 +16,11 @@ controls) go down the strategy's population tree together, population by populat
 * an ``fmo`` gate's threshold is the percentile (default 99.5) of the marker's FMO file's
   events in the same parent population; that one threshold is then applied to every file of the
   tube kind (the stained tube and the other FMO controls). Without the FMO file (or with an
-  empty parent in it) the threshold falls back to the density valley on the stained tube's
-  parent events, with QC flags ``missing_fmo`` and ``fallback_gate`` and the ``valley`` gates' self-checks
-  (``checks.check_valley``, sized on that stained file as theirs: :func:`_sized_flags`);
+  empty parent in it) the threshold is anchored on the product's unstained control as on an FMO
+  (``_TubeKindRun._on_unstained``), flagged ``missing_fmo`` and ``fallback_gate``; without a usable
+  one it falls back to the density valley on the stained tube's parent events, with those flags and
+  the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
+  :func:`_sized_flags`);
 * boolean populations combine other populations' masks.
 
 A population's mask covers all events of the file and is already ANDed with its parent.
@@ -792,15 +794,14 @@ def _control_base(strategy: Strategy, parent: str, stained_defined: set[str]) ->
     return next((p.name for p in strategy.lineage(parent) if p.name not in stained_defined), ROOT)
 
 
-def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, pop: Population) -> np.ndarray | None:
-    """The unstained ``control``'s events on ``pop``'s marker (transformed) in the nearest ancestor
-    of ``pop``'s parent not defined by stains, the stained file's gates placed so far
-    (``state.gates``) applied to it; None when the control lacks the marker or that ancestor."""
-    dim = pop.dims[0]
+def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, dim: str, population: str) -> np.ndarray | None:
+    """The unstained ``control``'s events on marker ``dim`` (transformed) in ``population`` or its nearest
+    ancestor not defined by stains, the stained file's gates placed so far (``state.gates``) applied to
+    it; None when the control lacks the marker or that population."""
     if dim not in control.data:
         return None
     masks, stained_defined = _on_control(strategy, state.gates, control)
-    base = _control_base(strategy, pop.parent, stained_defined)
+    base = _control_base(strategy, population, stained_defined)
     if base == ROOT:
         return control.data[dim]
     return control.data[dim][masks[base]] if base in masks else None
@@ -1080,39 +1081,31 @@ class _TubeKindRun:
         placement, source = None, ""
         held: tuple[str, ...] = ()
         control_held: tuple[str, ...] = ()
+        rule = (params, anchor, pct, min_events, skew_reference)
         if found is not None and marker in found[1].tube.data:
             i, st = found
             self.walk(i, k)
             values = st.tube.data[marker][st.parent_mask(pop)]
             if values.size:
                 source = st.tube.file
-                stained = self.first_loadable(stains) if anchor.get("rule", "anchored") != "percentile" else None
-                evidence = None
-                if stained is not None and marker in stained[1].tube.data:
-                    self.walk(stained[0], k)
-                    evidence = stained[1].tube.data[marker][stained[1].parent_mask(pop)]
-                    if skew_reference:   # a marker-poor population of the same tubes (gated before k)
-                        params["reference_fmo"] = st.tube.data[marker][st.masks[skew_reference]]
-                        params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
-                # the counts of the control's and the stained parent (and reference) are not reported below an
-                # undetermined gate of their own file: the flags quote none of those, each file's alone
-                control_held = resting_on(self.strategy, undetermined_gates(st.diagnostics), *pop.depends_on)
-                if evidence is not None and stained is not None:
-                    held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
-                call = dict(percentile=pct, source_file=source, min_events=min_events, transform=st.tube.transforms.get(marker),
-                            held=held, control_held=control_held, **params, **anchor)
-                placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
-                if evidence is not None and kind == "FMO" and stained is not None:
-                    placement = self._residual_check(pop, st, stained[1], placement, call, skew_reference)
+                reference = st.tube.data[marker][st.masks[skew_reference]] if skew_reference else None
+                placement, held, control_held, call, stained = self._anchored(k, pop, values, reference, st.tube,
+                                                                undetermined_gates(st.diagnostics), rule)
+                if stained is not None and kind == "FMO":
+                    placement = self._residual_check(pop, st, stained, placement, call, skew_reference)
             reason = f"{kind} {Path(st.tube.file).name} has no events in {pop.parent}"
         else:
             reason = missing
         if placement is None:
-            stained = self.first_loadable(stains)
-            if stained is None:
+            stained_file = self.first_loadable(stains)
+            if stained_file is None:
                 raise GatingError(f"{pop.name}: {reason} and no stained tube to fall back on")
-            i, st = stained
+            i, st = stained_file
             self.walk(i, k)
+            missing_flag = pl.Flag(missing_code, "warning", f"{pop.name} ({marker}): {reason}")
+            on_control = self._on_unstained(k, pop, st, rule, missing_flag) if kind == "FMO" else None
+            if on_control is not None:
+                return on_control
             values = st.tube.data[marker][st.parent_mask(pop)]
             # the same self-checks as the stained tube's valley gates, quoting no count resting on its undetermined gates
             held = resting_on(self.strategy, undetermined_gates(st.diagnostics), *pop.depends_on)
@@ -1120,15 +1113,79 @@ class _TubeKindRun:
                                                                    **params), values, held=held)
             self.fallbacks[k] = i
             flags = valley.flags + (
-                pl.Flag(missing_code, "warning", f"{pop.name} ({marker}): {reason}"),
+                missing_flag,
                 pl.Flag(
                     "fallback_gate", "warning",
                     f"{pop.name} ({marker}): threshold {valley.diagnostics['threshold']:.4g} from the density of the "
-                    f"stained tube ({valley.method}) instead of the {kind} {pct}th percentile",
+                    f"stained tube ({valley.method}) instead of the {kind} {pct}th percentile"
+                    + (", no usable unstained control either" if kind == "FMO" else ""),
                 ),
             )
             placement = pl.Placement(valley.gate, f"fallback_{valley.method}", valley.diagnostics, flags)
         return placement, source, held, control_held
+
+    def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
+                  undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
+                  ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
+        """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
+        strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
+        on that are undetermined) with the first stained file's parent as evidence (``checks.place_and_check``;
+        ``rule``: :meth:`_placement`'s params, anchor params, percentile, min_events, skew_reference): the
+        placement, the undetermined gates the stained parent rests on and those the control's parent rests on
+        (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
+        state (None: no evidence)."""
+        marker = pop.dims[0]
+        params, anchor, pct, min_events, skew_reference = rule
+        params = dict(params)
+        stains = [i for i, s in enumerate(self.sources) if s.role == "stain"]
+        stained = self.first_loadable(stains) if anchor.get("rule", "anchored") != "percentile" else None
+        evidence = None
+        if stained is not None and marker in stained[1].tube.data:
+            self.walk(stained[0], k)
+            evidence = stained[1].tube.data[marker][stained[1].parent_mask(pop)]
+            if skew_reference:   # a marker-poor population of the same tubes (gated before k)
+                params["reference_fmo"] = reference
+                params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
+        # the counts of the control's and the stained parent (and reference) are not reported below an
+        # undetermined gate of their own file: the flags quote none of those, each file's alone
+        control_held = resting_on(self.strategy, undetermined, *pop.depends_on)
+        held: tuple[str, ...] = ()
+        if evidence is not None and stained is not None:
+            held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
+        call = dict(percentile=pct, source_file=control.file, min_events=min_events, transform=control.transforms.get(marker),
+                    held=held, control_held=control_held, **params, **anchor)
+        placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
+        return placement, held, control_held, call, stained[1] if evidence is not None and stained is not None else None
+
+    def _on_unstained(self, k: int, pop: Population, stained: _Gated,
+                      rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None], missing: pl.Flag,
+                      ) -> tuple[pl.Placement, str, tuple[str, ...], tuple[str, ...]] | None:
+        """Without its FMO, ``pop``'s threshold anchored on the product's unstained control as on an FMO
+        (:meth:`_anchored`, as ``control: unstained``): the control's events in the nearest ancestor of the
+        parent an unstained cell reaches, the stained file's gates applied (:func:`unstained_values`), carried to
+        the parent's own stained negatives, not through a ``skew_reference`` (the control lacks every stain's
+        spreading, which the T cells' stains put into the parent and not into a marker-poor reference: PD1's
+        CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
+        negatives to 0.4); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong:
+        (placement, the control's file, held, control_held) as :meth:`_placement`'s; the control's events were
+        gated on the stained file's gates, so they rest on its undetermined gates too. None without a control carrying the
+        marker with ``MIN_CONTROL_EVENTS`` events there (the valley then)."""
+        control = self.control() if self.control is not None else None
+        marker = pop.dims[0]
+        values = unstained_values(self.strategy, stained, control, marker, pop.parent) if control is not None else None
+        if control is None or values is None or values.size < pl.MIN_CONTROL_EVENTS:
+            return None
+        placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
+                                                             undetermined_gates(stained.diagnostics), (*rule[:4], None))
+        d = placement.diagnostics
+        flag = pl.Flag(
+            "fallback_gate", "warning",
+            f"{pop.name} ({marker}): threshold {d['threshold']:.4g} anchored on the unstained control "
+            f"{Path(control.file).name} ({d.get('winner', placement.method)}) instead of the FMO: an unstained tube "
+            f"lacks the other colours' spreading into {marker} and any nonspecific binding of the {marker} antibody "
+            f"that the FMO would show, so the cut can lie too low (positives over-called)")
+        return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
+                control.file, held, control_held)
 
     def _residual_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
                         call: dict[str, Any], skew_reference: str | None) -> pl.Placement:
@@ -1173,7 +1230,7 @@ class _TubeKindRun:
         if self.sources[i].role != "stain" or self.control is None:
             return None
         control = self.control()
-        return unstained_values(self.strategy, self.loaded[i], control, pop) if control is not None else None
+        return unstained_values(self.strategy, self.loaded[i], control, pop.dims[0], pop.parent) if control is not None else None
 
     def resolve(self) -> None:
         """Pass 1: every ``fmo`` threshold, in strategy order."""
