@@ -1523,7 +1523,8 @@ fits end at 2e-6 to 1e-4, and 1e-7 is 14 percentiles off by 1e-4 each (time)."""
 SHARE_FMO_QUANTILES = 64
 """The FMO's quantiles in :func:`lognormal_share_fit`'s fits (half of :data:`FIT_FMO_QUANTILES`: time)."""
 WARM_STEP = 0.2
-"""First simplex of a fit started from an earlier fit's parameters, as a share of a cold start's."""
+"""First simplex of a fit started from an earlier fit's parameters (a fold's refit from the fit on all
+events, :func:`fit_cut_error`), as a share of a cold start's."""
 
 
 def _share_below(s_sorted: np.ndarray, cut: float, transform: Any, percentile: float) -> float:
@@ -1540,8 +1541,10 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
     :func:`lognormal_fitted_cut` fitted to the stained negatives, their share iterated to its fixed
     point (share = stained events at or below the cut / (``percentile`` / 100); from the cut of the
     FMO shifted by the medians' difference; at most :data:`SHARE_ROUNDS` fits, stopping when the
-    share moves less than :data:`SHARE_TOLERANCE`). The first fit starts from the medians' difference
-    at each of :data:`LOGNORMAL_STARTS`, each later one from the fit before. With ``start`` (parameters
+    share moves less than :data:`SHARE_TOLERANCE`). Every round's fit starts afresh from the medians'
+    difference at each of :data:`LOGNORMAL_STARTS`, not from the round before: a first round's poor
+    fit (a log-SD far below the binding's at the FMO-shifted share) would otherwise be kept through the
+    rounds (V165337, benchmarks/README.md stop 52). With ``start`` (parameters
     of a fit, e.g. on all events) and ``share``: one fit from there at that share (the folds of
     :func:`fit_cut_error`). ``f_sorted``, ``s_sorted``: both tubes' finite events, linear units, sorted.
     None with fewer than 20 events in either tube or no positive medians' difference (no binding)."""
@@ -1558,11 +1561,10 @@ def lognormal_share_fit(f_sorted: np.ndarray, s_sorted: np.ndarray, transform: A
     share = _share_below(s_sorted, float(transform.apply(np.array([sorted_additive_threshold(f_sorted, shift, 0.0, percentile)]))[0]),
                          transform, percentile)
     starts = [np.array([shift, s0 * scale, 0.5 * scale]) for s0 in LOGNORMAL_STARTS]
-    step = 1.0
     for _ in range(SHARE_ROUNDS):
-        cut, p, _ = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, starts, scale, step=step,
+        cut, p, _ = _lognormal_fit(f_sorted, s_sorted, transform, percentile, share, starts, scale,
                                    fmo_quantiles=SHARE_FMO_QUANTILES, fatol=SHARE_FATOL)
-        used, share, starts, step = share, _share_below(s_sorted, cut, transform, percentile), [p], WARM_STEP
+        used, share = share, _share_below(s_sorted, cut, transform, percentile)
         if abs(share - used) < SHARE_TOLERANCE:
             break
     return _lognormal_carry(cut, p, used, scale)
