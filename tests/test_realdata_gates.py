@@ -282,9 +282,9 @@ def test_a_control_without_one_detector_is_used_for_the_markers_it_has():
                          "not checked on the control: CD45+")
     assert all(f.severity == "info" for f in checked.flags if f.code == "unstained_control")
     t_cells = next(p for p in strategy.populations if p.name == "T cells")
-    np.testing.assert_array_equal(unstained_values(strategy, state, lacking, t_cells), control["CD3"])
+    np.testing.assert_array_equal(unstained_values(strategy, state, lacking, t_cells.dims[0], t_cells.parent), control["CD3"])
     cd45 = next(p for p in strategy.populations if p.name == "CD45+")
-    assert unstained_values(strategy, state, lacking, cd45) is None
+    assert unstained_values(strategy, state, lacking, cd45.dims[0], cd45.parent) is None
 
 
 def test_a_control_without_a_detector_of_a_two_marker_gate_leaves_it_and_the_gates_below_unchecked():
