@@ -12,7 +12,6 @@ from sqlalchemy import func, select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, processed_once, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from tilpheno.review.db import ReviewError
-from tilpheno.review.refusals import SERVER_STOPPED
 from tilpheno.review.web import COOKIE, create_app
 
 PID = "TIL001"
@@ -32,6 +31,16 @@ def login(app, name):
     home = c.get("/")
     token = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
     return c, {"X-CSRF-Token": token}, r
+
+
+def close_refusal_windows(service):
+    """Close every open refusal window as if its time were over: an identical refusal of an earlier
+    test or case is then not counted against this one."""
+    from tilpheno.review import refusals
+    from tilpheno.review.service import transaction
+
+    rule = service.refusals
+    return transaction(service.factory, lambda db: refusals.close(db, rule, rule.clock() + rule.window))
 
 
 def counts(service):
@@ -139,7 +148,7 @@ def test_bad_requests_are_refused_and_store_nothing(app, service, case):
         url = f"/api/products/{PID}/sign"
         payload = {"version": state["current_version"], "meaning": "approved for release", "qc_resolutions": {},
                    "password": PASSWORDS["bob"] if case == "analyst_approves" else "not-my-password"}
-    service.write_repeated_refusals(SERVER_STOPPED)   # the identical refusal of another case is not counted against this one
+    close_refusal_windows(service)   # the identical refusal of another case is not counted against this one
     before = counts(service)
     if case == "not_json":
         r = c.post(url, data="gates=1", headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
@@ -197,7 +206,7 @@ def test_exports_and_audit_csv(app, service):
 
     def refused(url, method="get", **kw):
         """bob's request to ``url``, refused 403; the newest audit entries since it was sent."""
-        service.write_repeated_refusals(SERVER_STOPPED)   # an identical refusal of another test is not counted against it
+        close_refusal_windows(service)   # an identical refusal of another test is not counted against it
         with service.factory() as db:
             head = db.scalar(select(func.max(AuditEntry.seq)))
         r = getattr(c_bob, method)(url, **kw)
@@ -232,15 +241,15 @@ def test_exports_and_audit_csv(app, service):
 def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monkeypatch):
     """A logged-in script hitting a forbidden URL in a loop added one ``access_refused`` entry per
     request (the trail flooded). Identical refusals (same user, request and reason) within the window
-    of the one written are counted, not written; once the window has closed (the next request, or the
-    server stopping) one ``access_refused_repeated`` entry gives their count and the entry they
-    repeat. Nothing is changed in the trail, which still verifies; another request's refusal is
+    of the one written are counted, not written; once the window has closed (the next request after
+    its time) one ``access_refused_repeated`` entry gives their count, the entry they repeat and when
+    the window closed. Nothing is changed in the trail, which still verifies; another request's refusal is
     written in its own right."""
     from tilpheno.review import audit
-    from tilpheno.review.models import AuditEntry
-    from tilpheno.review.refusals import WINDOW_OVER, RefusalRule
+    from tilpheno.review.models import AuditEntry, utc
+    from tilpheno.review.refusals import RefusalRule
 
-    service.write_repeated_refusals(SERVER_STOPPED)
+    close_refusal_windows(service)
     now = [1000.0]
     counter = RefusalRule(clock=lambda: now[0])
     monkeypatch.setattr(service, "refusals", counter)
@@ -270,14 +279,16 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
     assert (user, action, product, reason) == ("bob", "access_refused_repeated", "", error)
     assert first[6] < after.pop("last_at") < other[6]   # the 50th refusal's time (UTC)
     assert after == {"request": "GET /audit.csv", "count": 49, "repeats_entry": first[0], "window_s": counter.window,
-                     "closed": WINDOW_OVER}
-    for _ in range(4):   # a new window: one entry, three counted, written as the server stops
+                     "closed_at": utc(1000.0 + counter.window)}
+    for _ in range(4):   # a new window: one entry, three counted, written once its time is over
         assert c_bob.get("/audit.csv").status_code == 403
-    service.write_repeated_refusals(SERVER_STOPPED)
+    assert service.write_repeated_refusals() == []
+    now[0] += counter.window
+    service.write_repeated_refusals()
     entries = new_entries()
     assert [e[2] for e in entries[3:]] == ["access_refused", "access_refused_repeated"]   # TIL002's counted none
     assert entries[4][4]["count"] == 3 and entries[4][4]["repeats_entry"] == entries[3][0]
-    assert entries[4][4]["closed"] == SERVER_STOPPED
+    assert entries[4][4]["closed_at"] == utc(1000.0 + 2 * counter.window)
     with service.factory() as db:
         assert audit.verify(db).ok
 
@@ -316,26 +327,33 @@ def test_refusals_counted_before_a_crash_reach_the_trail_when_the_server_starts_
                                                                                      monkeypatch):
     """The counts of identical refusals lived in the server process's memory until their window
     closed: a crash or ``kill -9`` lost them, and the trail under-stated what was refused (bob
-    refused 4 times: one entry, no count). Now the open windows are rows of the database: the next
-    server start writes the count of a window a crashed server left open, saying so (``closed``);
-    the trail verifies."""
+    refused 4 times: one entry, no count). Now the open windows are rows of the database: a server
+    restarted while the window is open leaves it open, and one restarted after its time (a day
+    later) writes its count with the time it closed (``closed_at``); the trail verifies."""
     from tilpheno.review import audit, server
-    from tilpheno.review.refusals import SERVER_STARTED
+    from tilpheno.review.models import utc
+    from tilpheno.review.refusals import RefusalRule
 
     monkeypatch.setattr(server, "import_all", lambda service: None)   # the products are not needed here
     monkeypatch.setattr("waitress.serve", lambda *args, **kwargs: None)   # the server stops at once
     error = "role analyst cannot export the audit trail"
+    now = [1000.0]
     with two_servers_on_one_database(kind, review_source, tmp_path) as (crashed, restarted):
+        crashed.refusals = restarted.refusals = RefusalRule(clock=lambda: now[0])
         seqs = [crashed.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(4)]
         assert seqs[0] is not None and seqs[1:] == [None] * 3
         crashed.factory.kw["bind"].dispose()   # killed: its open window never closed
+        now[0] += 60.0
+        server.serve(restarted)   # within the window: still open, its count kept in the database
+        assert entries_of(restarted, "access_refused_repeated") == []
+        now[0] += 86400.0
         server.serve(restarted)
         entries = entries_of(restarted, "access_refused", "access_refused_repeated")
         assert [e[1:4] for e in entries] == [("bob", "access_refused", ""), ("bob", "access_refused_repeated", "")]
         after = entries[1][4]
         assert after.pop("last_at") > "2026"
         assert after == {"request": "GET /audit.csv", "count": 3, "repeats_entry": seqs[0], "window_s": 300.0,
-                         "closed": SERVER_STARTED}
+                         "closed_at": utc(1300.0)}
         assert entries[1][5] == error
         with restarted.factory() as db:
             assert audit.verify(db).ok
@@ -350,7 +368,8 @@ def test_two_server_processes_on_one_database_count_into_one_window(kind, review
     ``access_refused_repeated`` entry counting the refusals of both, written once although both
     servers close it."""
     from tilpheno.review import audit
-    from tilpheno.review.refusals import WINDOW_OVER, RefusalRule
+    from tilpheno.review.models import utc
+    from tilpheno.review.refusals import RefusalRule
 
     now = [1000.0]
     rule = RefusalRule(clock=lambda: now[0])
@@ -366,9 +385,47 @@ def test_two_server_processes_on_one_database_count_into_one_window(kind, review
         entries = entries_of(one, "access_refused", "access_refused_repeated")
         assert [e[0] for e in entries] == [seqs[0]] + closed and len(closed) == 1
         assert entries[1][1:4] == ("bob", "access_refused_repeated", "TIL002")
-        assert {k: entries[1][4][k] for k in ("count", "repeats_entry", "closed")} == {
-            "count": 4, "repeats_entry": seqs[0], "closed": WINDOW_OVER}
+        assert {k: entries[1][4][k] for k in ("count", "repeats_entry", "closed_at")} == {
+            "count": 4, "repeats_entry": seqs[0], "closed_at": utc(1000.0 + rule.window)}
         with one.factory() as db:
+            assert audit.verify(db).ok
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_server_starting_or_stopping_leaves_a_live_peers_window_open(kind, review_source, tmp_path, monkeypatch):
+    """A server process starting or stopping closed every open refusal window on the database,
+    including those another live server was counting into, and wrote them early saying ``closed:
+    server started (left open by a server that stopped without writing it)`` or ``server stopped``:
+    untrue of a live peer's window, and the peer's next refusal opened a new window (a second
+    ``access_refused`` entry). Now a server starts and stops leaving open windows open: the peer's
+    window goes on counting (the restarted server's refusals too) and is written once, after its
+    time, with the time it closed."""
+    from tilpheno.review import audit, server
+    from tilpheno.review.models import utc
+    from tilpheno.review.refusals import RefusalRule
+
+    monkeypatch.setattr(server, "import_all", lambda service: None)   # the products are not needed here
+    monkeypatch.setattr("waitress.serve", lambda *args, **kwargs: None)   # the server stops at once
+    now = [1000.0]
+    rule = RefusalRule(clock=lambda: now[0])
+    error = "role analyst cannot export the audit trail"
+    with two_servers_on_one_database(kind, review_source, tmp_path) as (peer, restarted):
+        peer.refusals = restarted.refusals = rule
+        seqs = [peer.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(3)]
+        now[0] += 100.0
+        server.serve(restarted)   # starts and stops while the peer's window is open
+        assert entries_of(peer, "access_refused_repeated") == []
+        seqs += [svc.record_access_refused("bob", "", "GET /audit.csv", error) for svc in (peer, restarted)]
+        assert seqs[0] is not None and seqs[1:] == [None] * 4   # one window still: one written, four counted
+        now[0] = 1000.0 + rule.window
+        closed = restarted.write_repeated_refusals() + peer.write_repeated_refusals()
+        entries = entries_of(peer, "access_refused", "access_refused_repeated")
+        assert [e[0] for e in entries] == [seqs[0]] + closed and len(closed) == 1
+        after = entries[1][4]
+        assert after.pop("last_at") > "2026"
+        assert after == {"request": "GET /audit.csv", "count": 4, "repeats_entry": seqs[0], "window_s": rule.window,
+                         "closed_at": utc(1000.0 + rule.window)}
+        with peer.factory() as db:
             assert audit.verify(db).ok
 
 
@@ -387,11 +444,11 @@ def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, mo
     both_missed, waited = threading.Barrier(2, timeout=60), set()
     real_close = refusals.close
 
-    def close(db, rule, closed, now=None):   # reached once the request's UPDATE found no window
+    def close(db, rule, now=None):   # reached once the request's UPDATE found no window
         if threading.current_thread().name.startswith("server") and threading.current_thread().name not in waited:
             waited.add(threading.current_thread().name)
             both_missed.wait()
-        return real_close(db, rule, closed, now)
+        return real_close(db, rule, now)
 
     monkeypatch.setattr(refusals, "close", close)
     with two_servers_on_one_database("postgresql", review_source, tmp_path) as services:
@@ -407,7 +464,7 @@ def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, mo
             thread.join(120)
         assert waited == {"server0", "server1"}
         assert len(seqs) == 20 and len([seq for seq in seqs if seq is not None]) == 1, seqs
-        services[0].write_repeated_refusals(refusals.SERVER_STOPPED)
+        close_refusal_windows(services[0])
         entries = entries_of(services[0], "access_refused", "access_refused_repeated")
         assert [(e[2], e[4].get("count")) for e in entries] == [("access_refused", None), ("access_refused_repeated", 19)]
         with services[0].factory() as db:
@@ -423,9 +480,10 @@ def test_a_script_varying_the_path_folds_into_one_window_beyond_the_cap(app, ser
     were refused; another user's refusals are written as before, and a written window's repeats are
     counted as before."""
     from tilpheno.review import audit
-    from tilpheno.review.refusals import FOLDED_NAMED, MAX_OPEN_PER_USER, WINDOW_OVER, RefusalRule
+    from tilpheno.review.models import utc
+    from tilpheno.review.refusals import FOLDED_NAMED, MAX_OPEN_PER_USER, RefusalRule
 
-    service.write_repeated_refusals(SERVER_STOPPED)
+    close_refusal_windows(service)
     now = [1000.0]
     monkeypatch.setattr(service, "refusals", RefusalRule(clock=lambda: now[0]))
     with service.factory() as db:
@@ -446,14 +504,16 @@ def test_a_script_varying_the_path_folds_into_one_window_beyond_the_cap(app, ser
     new = [e for e in entries_of(service, "access_refused_repeated", "access_refused_folded") if e[0] > start]
     assert [e[1:3] for e in new] == [("bob", "access_refused_repeated"), ("bob", "access_refused_folded")]
     assert new[0][4]["request"] == f"POST {paths[0]}" and new[0][4]["count"] == 1
+    assert new[0][4]["closed_at"] == utc(1000.0 + service.refusals.window)
     folded = new[1][4]
-    assert {k: folded[k] for k in ("distinct_requests", "count", "max_open", "closed")} == {
-        "distinct_requests": 10, "count": 13, "max_open": MAX_OPEN_PER_USER, "closed": WINDOW_OVER}
+    assert {k: folded[k] for k in ("distinct_requests", "count", "max_open", "closed_at")} == {
+        "distinct_requests": 10, "count": 13, "max_open": MAX_OPEN_PER_USER,
+        "closed_at": utc(1000.0 + MAX_OPEN_PER_USER + service.refusals.window)}
     assert folded["requests"][0] == f"POST {paths[-1]}" and len(folded["requests"]) == FOLDED_NAMED
     assert set(folded["requests"]) == {f"POST {p}" for p in paths[MAX_OPEN_PER_USER:]}
     assert new[1][5].startswith(f"10 distinct requests of bob refused 13 times within 300 s, beyond the "
                                 f"{MAX_OPEN_PER_USER} windows")
-    service.write_repeated_refusals(SERVER_STOPPED)
+    close_refusal_windows(service)
     with service.factory() as db:
         assert audit.verify(db).ok
 

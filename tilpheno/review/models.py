@@ -7,6 +7,7 @@ is a working table (rows counted and deleted as windows close; ``tilpheno.review
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -15,9 +16,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ROLES = ("analyst", "reviewer", "admin")
 
 
+def utc(seconds: float) -> str:
+    """``seconds`` since the epoch as times are stored: UTC, ISO 8601 with microseconds and a ``Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def utcnow() -> str:
-    """Now, UTC, ISO 8601 with microseconds and a ``Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Now, as :func:`utc`."""
+    return utc(time.time())
 
 
 class Base(DeclarativeBase):

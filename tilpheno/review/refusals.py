@@ -12,12 +12,14 @@ requests it holds and how often they were refused.
 The open windows are rows of ``refusal_windows`` (:class:`~tilpheno.review.models.RefusalWindow`),
 so the counts survive a crash or kill and every server process on one database counts into the
 same window. A refusal in an open window is one UPDATE of its row (the count, under the row's lock).
-A window is closed by deleting its row (DELETE ... RETURNING: of two servers closing it at once, one
-gets it), its entry written in the same transaction; windows close when their time is over (at the
-next request to any server, or the next refusal that opens a window), every open one as a server
-stops, and those left open (a crash or kill) as the next server starts. Each entry says how it
-was closed (``closed``: :data:`WINDOW_OVER`, :data:`SERVER_STOPPED`, :data:`SERVER_STARTED`).
-The trail stays append-only: no entry is changed.
+A window is closed only when its time is over, by deleting its row (DELETE ... RETURNING: of two
+servers closing it at once, one gets it), its entry written in the same transaction: at the next
+request to any server, the next refusal that opens a window, or a server starting or stopping. A
+server stopping (or crashing) leaves the windows still open in the database, where the servers
+still running go on counting into them; the first server to find one over writes it, and one
+started later (a lone server restarted) writes those over at its start. Each entry gives the time
+its window closed (``closed_at``: when its time was over, which may be before the entry was
+written). The trail stays append-only: no entry is changed.
 """
 from __future__ import annotations
 
@@ -30,14 +32,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from tilpheno.review import audit
-from tilpheno.review.models import RefusalWindow, utcnow
+from tilpheno.review.models import RefusalWindow, utc, utcnow
 
 WINDOW_S = 300.0          # identical refused requests within this many seconds of the written one are counted
 MAX_OPEN_PER_USER = 20    # windows open at once per user; beyond, a user's refused requests fold into one window
 FOLDED_NAMED = 10         # requests an access_refused_folded entry names (the most refused first)
-WINDOW_OVER = "window over"
-SERVER_STOPPED = "server stopped"
-SERVER_STARTED = "server started (left open by a server that stopped without writing it)"
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def record(db: Session, rule: RefusalRule, username: str, request: str, product_
                          .values(count=RefusalWindow.count + 1, last_at=at))
     if audit.rowcount(counted):
         return None
-    close(db, rule, WINDOW_OVER, now)   # this request's own window among them, if its time is over
+    close(db, rule, now)   # this request's own window among them, if its time is over
     audit.locked_head(db)   # the user's open windows read below stay so until this commits (PostgreSQL)
     open_windows = db.execute(select(RefusalWindow.repeats_entry, RefusalWindow.opened).where(
         RefusalWindow.username == username, RefusalWindow.opened > now - rule.window)).all()
@@ -89,42 +88,43 @@ def due(db: Session, rule: RefusalRule) -> bool:
                      .limit(1)) is not None
 
 
-def close(db: Session, rule: RefusalRule, closed: str, now: float | None = None) -> list[int]:
-    """Close the windows whose time is over (every open one unless ``closed`` is :data:`WINDOW_OVER`)
-    and write their entries, oldest first, in the caller's transaction; returns their ``seq``.
+def close(db: Session, rule: RefusalRule, now: float | None = None) -> list[int]:
+    """Close the windows whose time is over at ``now`` (default: the rule's clock) and write their
+    entries, oldest first, in the caller's transaction; returns their ``seq``. Each gives
+    ``closed_at``, the time its window's time was over (opened + ``window_s``).
     ``access_refused_repeated``: who, the product, ``after``: the request, ``count`` (the refusals
     counted, not written), ``repeats_entry`` (the ``seq`` of the one written), ``window_s``,
-    ``last_at`` (the last one's time) and ``closed``; the refusal as its reason (a window that
-    counted none: no entry). ``access_refused_folded``, one per user: ``distinct_requests``,
-    ``count`` (their refusals), ``max_open``, ``window_s``, ``first_at``, ``last_at``, ``closed``,
-    and the :data:`FOLDED_NAMED` most refused ``requests`` (method and path)."""
-    query = delete(RefusalWindow).returning(RefusalWindow)
-    if closed == WINDOW_OVER:
-        query = query.where(RefusalWindow.opened <= (rule.clock() if now is None else now) - rule.window)
+    ``last_at`` (the last one's time) and ``closed_at``; the refusal as its reason (a window that
+    counted none: no entry). ``access_refused_folded``, one per folded window of a user:
+    ``distinct_requests``, ``count`` (their refusals), ``max_open``, ``window_s``, ``first_at``,
+    ``last_at``, ``closed_at``, and the :data:`FOLDED_NAMED` most refused ``requests`` (method and path)."""
+    query = delete(RefusalWindow).returning(RefusalWindow).where(
+        RefusalWindow.opened <= (rule.clock() if now is None else now) - rule.window)
     windows = sorted(db.scalars(query, execution_options={"synchronize_session": False}),
                      key=lambda w: (w.opened, w.opened_at, w.key_sha256))
-    folded: dict[str, list[RefusalWindow]] = {}
+    folded: dict[tuple[str, float], list[RefusalWindow]] = {}   # a user's folded window: its requests share opened
     for w in windows:
         if w.repeats_entry is None:
-            folded.setdefault(w.username, []).append(w)
+            folded.setdefault((w.username, w.opened), []).append(w)
     seqs = []
     for w in windows:
         if w.repeats_entry is not None and w.count:
             seqs.append(audit.append(db, w.username, "access_refused_repeated", product_id=w.product_id, reason=w.refusal,
                                      after={"request": w.request, "count": w.count, "repeats_entry": w.repeats_entry,
-                                            "window_s": rule.window, "last_at": w.last_at, "closed": closed}).seq)
-        elif w.repeats_entry is None and w.username in folded:
-            seqs.append(_write_folded(db, rule, w.username, folded.pop(w.username), closed))
+                                            "window_s": rule.window, "last_at": w.last_at,
+                                            "closed_at": utc(w.opened + rule.window)}).seq)
+        elif w.repeats_entry is None and (w.username, w.opened) in folded:
+            seqs.append(_write_folded(db, rule, w.username, folded.pop((w.username, w.opened))))
     return seqs
 
 
-def _write_folded(db: Session, rule: RefusalRule, username: str, windows: list[RefusalWindow], closed: str) -> int:
-    """The ``access_refused_folded`` entry of ``username``'s folded window (:func:`close`)."""
+def _write_folded(db: Session, rule: RefusalRule, username: str, windows: list[RefusalWindow]) -> int:
+    """The ``access_refused_folded`` entry of one folded window of ``username`` (:func:`close`)."""
     count = sum(w.count for w in windows)
     named = sorted(windows, key=lambda w: (-w.count, w.request, w.product_id))[:FOLDED_NAMED]
     return audit.append(db, username, "access_refused_folded", after={
         "distinct_requests": len(windows), "count": count, "max_open": rule.max_open, "window_s": rule.window,
-        "first_at": min(w.opened_at for w in windows), "last_at": max(w.last_at for w in windows), "closed": closed,
-        "requests": [w.request for w in named]},
+        "first_at": min(w.opened_at for w in windows), "last_at": max(w.last_at for w in windows),
+        "closed_at": utc(windows[0].opened + rule.window), "requests": [w.request for w in named]},
         reason=(f"{len(windows)} distinct requests of {username} refused {count} times within {rule.window:g} s, "
                 f"beyond the {rule.max_open} windows of refused requests open at once per user")).seq

@@ -5,7 +5,6 @@ import logging
 import threading
 from pathlib import Path
 
-from tilpheno.review import refusals
 from tilpheno.review.db import ReviewError, default_db_url, open_database
 from tilpheno.review.regate import ReviewSource
 from tilpheno.review.service import ReviewService
@@ -41,12 +40,12 @@ def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, thr
 
     from tilpheno.review.web import create_app
 
-    try:   # refusal windows a server left open (a crash, a kill): their counts go to the trail, saying so
-        service.write_repeated_refusals(refusals.SERVER_STARTED)
-    except ReviewError as exc:   # they stay in the database: written when their time is over
-        log.warning("counts of refusals left open by an earlier server not audited yet: %s", exc)
+    try:   # refusal windows whose time is over while no server ran (a stop, a crash, a kill): their counts
+        service.write_repeated_refusals()   # go to the trail; those still open stay open, for every server
+    except ReviewError as exc:   # they stay in the database: written at the next request
+        log.warning("counts of refused requests whose window is over not audited yet: %s", exc)
     threading.Thread(target=import_all, args=(service,), daemon=True, name="import-products").start()
     try:
         waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")
-    finally:   # the counts of refusals still in their window go to the trail before the server stops
-        service.write_repeated_refusals(refusals.SERVER_STOPPED)
+    finally:   # the windows whose time is over go to the trail; those still open stay in the database,
+        service.write_repeated_refusals()   # counted into by other servers, written by the first after their time

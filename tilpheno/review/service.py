@@ -1001,16 +1001,14 @@ class ReviewService:
         return transaction(self.factory, lambda db: refusals.record(db, self.refusals, username, request[:500],
                                                                     product_id, refusal))
 
-    def write_repeated_refusals(self, closed: str = refusals.WINDOW_OVER) -> list[int]:
-        """Write the counts of the refusal windows whose time is over, or of every open one as a server
-        stops or starts (``closed``: :data:`~tilpheno.review.refusals.SERVER_STOPPED`,
-        :data:`~tilpheno.review.refusals.SERVER_STARTED`), :func:`~tilpheno.review.refusals.close`.
+    def write_repeated_refusals(self) -> list[int]:
+        """Write the counts of the refusal windows whose time is over, whichever server counted them
+        (:func:`~tilpheno.review.refusals.close`); the windows still open stay open, for every server.
         Returns the entries' ``seq``; on failure the windows stay in the database for the next call."""
-        if closed == refusals.WINDOW_OVER:
-            with self.factory() as db:
-                if not refusals.due(db, self.refusals):
-                    return []
-        return transaction(self.factory, lambda db: refusals.close(db, self.refusals, closed))
+        with self.factory() as db:
+            if not refusals.due(db, self.refusals):
+                return []
+        return transaction(self.factory, lambda db: refusals.close(db, self.refusals))
 
     def assign_command(self, username: str, product_id: str) -> str:
         """The command an admin runs to assign ``product_id`` to ``username`` here: ``tilpheno users
