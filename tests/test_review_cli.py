@@ -105,6 +105,47 @@ def test_an_audit_export_is_itself_audited_after_the_copy(kind, review_out, tmp_
         drop_schema(db)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_audit_export_holds_the_counts_of_refusal_windows_over_since_the_server_stopped(kind, review_out, tmp_path):
+    """A server stopping leaves its open refusal windows in the database (another server may still
+    count into them); with no server running, `audit export` handed out a copy without the counts of
+    the windows whose time was over since. Now it writes those first (``access_refused_repeated``,
+    ``closed_at``: their time over); a window still open stays open, its count in the database."""
+    import csv
+
+    from sqlalchemy import func, select
+
+    from tilpheno.review import audit, refusals
+    from tilpheno.review.db import open_database
+    from tilpheno.review.models import RefusalWindow, utc
+    from tilpheno.review.service import transaction
+
+    db = database_url(kind, tmp_path)
+    opened = time.time() - refusals.WINDOW_S - 60.0   # refused a minute longer ago than a window lasts
+    error = "role analyst cannot export the audit trail"
+    factory = open_database(db)
+    try:
+        for clock, request in ((time.time, "GET /export/phenotypes.csv"), (lambda: opened, "GET /audit.csv")):
+            rule = refusals.RefusalRule(clock=clock)
+            for _ in range(3):
+                transaction(factory, lambda s: refusals.record(s, rule, "bob", request, "", error))
+        r = run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db)
+        assert r.exit_code == 0, r.output
+        rows = list(csv.DictReader((tmp_path / "audit.csv").open(encoding="utf-8", newline="")))
+        assert [(row["action"], json.loads(row["after_json"])["request"]) for row in rows] == [
+            ("access_refused", "GET /export/phenotypes.csv"), ("access_refused", "GET /audit.csv"),
+            ("access_refused_repeated", "GET /audit.csv")]
+        after = json.loads(rows[2]["after_json"])
+        assert (after["count"], after["repeats_entry"], after["closed_at"]) == (
+            2, int(rows[1]["seq"]), utc(opened + refusals.WINDOW_S))
+        with factory() as s:
+            assert s.scalar(select(func.sum(RefusalWindow.count))) == 2   # the open window, still counting
+            assert audit.verify(s).ok
+    finally:
+        factory.kw["bind"].dispose()
+        drop_schema(db)
+
+
 def test_audit_export_to_a_folder_is_one_line_naming_it(review_out, tmp_path):
     """`audit export OUT -o DIR` (a folder where the CSV should go) printed a Python traceback ending
     "IsADirectoryError: ... '/tmp/.x.part' -> 'DIR'" -> one line naming DIR, exit 2, nothing left in its folder."""

@@ -17,7 +17,8 @@ servers closing it at once, one gets it), its entry written in the same transact
 request to any server, the next refusal that opens a window, or a server starting or stopping. A
 server stopping (or crashing) leaves the windows still open in the database, where the servers
 still running go on counting into them; the first server to find one over writes it, and one
-started later (a lone server restarted) writes those over at its start. Each entry gives the time
+started later (a lone server restarted) writes those over at its start, as ``tilpheno audit export``
+does before its copy. Each entry gives the time
 its window closed (``closed_at``: when its time was over, which may be before the entry was
 written). The trail stays append-only: no entry is changed.
 """
