@@ -1444,7 +1444,7 @@ class _BucketedColumn:
     values: np.ndarray
     codes: np.ndarray
 
-    def _in_bucket(self, index: np.ndarray, codes: np.ndarray, bucket, ranks: tuple[int, ...]) -> list[float]:
+    def _in_bucket(self, index: np.ndarray, codes: np.ndarray, bucket: int, ranks: tuple[int, ...]) -> list[float]:
         """The ``ranks``-th smallest (0-based) of the values at ``index``, all in bucket ``bucket``
         (``codes``: the bucket codes of the values at ``index``)."""
         first = int(np.count_nonzero(codes < bucket))
