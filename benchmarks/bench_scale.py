@@ -148,8 +148,11 @@ def run_process(tree: Path, cohort: Path, out: Path, *extra: str) -> dict:
 
 def split_cohort(cohort: Path, work: Path) -> tuple[Path, Path]:
     """The cohort's products in two folders of ``work`` (first half, second half by product ID; files
-    hard-linked where possible), each with its own manifest: the same work as the whole folder,
-    in two independent halves."""
+    copied), each with its own manifest: the same work as the whole folder, in two independent
+    halves. The cohort's files are left as they were: a hard link changed each file's ctime and link
+    count, and tilpheno's file identity (``io.fcs``: device, inode, size, mtime, ctime) then failed a
+    product of any run reading the cohort at that moment ('file changed since it was read'); a
+    symbolic link would lie outside the half's folder, which the manifest refuses (links resolved)."""
     import csv
 
     with open(cohort / "manifest.csv", newline="") as fh:
@@ -162,10 +165,7 @@ def split_cohort(cohort: Path, work: Path) -> tuple[Path, Path]:
         folder.mkdir(parents=True)
         mine = [r for r in rows if r["product_id"] in half]
         for r in mine:
-            try:
-                os.link(cohort / r["file"], folder / r["file"])
-            except OSError:
-                shutil.copy2(cohort / r["file"], folder / r["file"])
+            shutil.copy2(cohort / r["file"], folder / r["file"])
         with open(folder / "manifest.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()

@@ -1,0 +1,46 @@
+"""``benchmarks/bench_scale.py``: a benchmark leaves its inputs as they were (tput_52)."""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_scale  # noqa: E402
+
+
+def test_split_cohort_leaves_the_cohorts_files_as_they_were(tmp_path):
+    """``split_cohort`` (``contention``, ``parallel``) hard-linked the cohort's files into its halves: each link
+    changed the file's ctime and link count, and tilpheno's file identity (io.fcs: device, inode, size, mtime,
+    ctime) then failed a product of any other run reading the cohort at that moment ('file changed since it was
+    read'). The cohort's files keep their stat; the halves hold the same bytes, each with its products' rows."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    rows = [{"file": f"TIL{p}_surface_{role}.fcs", "product_id": f"TIL{p}", "tube": "surface", "role": role,
+             "fmo_marker": "PD1" if role == "fmo" else ""} for p in ("001", "002", "003") for role in ("stain", "fmo")]
+    for i, r in enumerate(rows):
+        (cohort / r["file"]).write_bytes(bytes([i]) * (100 + i))
+    with open(cohort / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    def stats() -> dict[str, tuple[int, ...]]:
+        return {f.name: (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
+                for f in sorted(cohort.iterdir()) for st in [os.stat(f)]}
+
+    before = stats()
+    halves = bench_scale.split_cohort(cohort, tmp_path / "work")
+    assert stats() == before
+    assert all(nlink == 1 for *_, nlink in before.values())
+    seen = []
+    for half in halves:
+        with open(half / "manifest.csv", newline="") as fh:
+            mine = list(csv.DictReader(fh))
+        assert {f.name for f in half.iterdir()} == {r["file"] for r in mine} | {"manifest.csv"}
+        for r in mine:
+            assert not (half / r["file"]).is_symlink()
+            assert (half / r["file"]).read_bytes() == (cohort / r["file"]).read_bytes()
+        seen += mine
+    assert sorted(seen, key=lambda r: r["file"]) == sorted(rows, key=lambda r: r["file"])
