@@ -753,15 +753,61 @@ def test_an_fmo_gate_holds_only_what_rests_on_an_undetermined_gate_of_its_own_fi
         assert math.isnan(threshold["fmo_pct_above"]), threshold   # the record (GatingResult.thresholds): blank
         assert threshold["sensitivity_points"] == pytest.approx(sensitivity, abs=1e-9), threshold
         assert excess.startswith("PD1+ (PD1): more than 1.5% of the FMO's parent events lie above the threshold"), said
-        assert f"yet {below:.1f}% of the parent lies at or below the FMO percentile" in uncertain, uncertain
+        assert f"yet {below:.1f}% of the parent lies at or below the cut" in uncertain, uncertain
         assert all(f"{share:.1f}" not in message for message in said.values()), said
     else:
         assert threshold["fmo_pct_above"] == pytest.approx(share, abs=1e-9), threshold
         assert all(math.isnan(v) for k, v in threshold.items() if k.endswith("_points")), threshold
         assert excess.startswith(f"PD1+ (PD1): {share:.1f}% of the FMO's parent events lie above the threshold"), said
-        assert "yet more than 6% of the parent lies at or below the FMO percentile" in uncertain, uncertain
+        assert "yet more than 6% of the parent lies at or below the cut" in uncertain, uncertain
         for message in said.values():
             assert not re.search(r"\d+\.\d+ points", message) and f"{below:.1f}%" not in message, message
+
+
+def test_an_fmo_gate_without_a_stained_negative_peak_says_what_its_cut_keeps():
+    """The toy above with both CD3+ gates determined: the stained PD1 negatives (0.1) lie below the FMO's (0.2),
+    beyond the stained negative peak's reach (the FMO's mode - 2 widths - 0.02 up to + max_shift 0.3), so the FMO
+    percentile is the cut, beyond the stained parent's events and clamped to its largest. Its note said 'parent
+    taken as all positive', the gate keeping none of it; uncertain_threshold quoted 'the FMO percentile' with the
+    clamped cut's value (0.203, the record's fmo_threshold 0.27) and 'within 0.3 transformed units' (undet_52) ->
+    both say the cut, the rule's own cut as recorded, that it was clamped and what the gate keeps. The outcome is
+    the issue's convention (one population called against its control): the stained parent lies below its FMO's
+    percentile, none of it positive."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 5000
+
+    def cd3() -> np.ndarray:
+        return np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
+
+    stained = _toy_tube("stain", None, cd3(), rng.normal(0.1, 0.03, n))
+    fmo = _toy_tube("fmo", "PD1", cd3(), rng.normal(0.2, 0.03, n))
+    state, control = gate_tube_kind(strategy, [stained, fmo])
+    stained_parent = stained.data["PD1"][state.masks["CD3+"]]
+    fmo_parent = fmo.data["PD1"][control.masks["CD3+"]]
+    [threshold] = state.thresholds
+    d, cut, rule_cut = state.diagnostics["PD1+"], threshold["value_transformed"], threshold["fmo_threshold"]
+    # independent truth: the FMO's 99.5th percentile in its parent, beyond every stained parent event
+    assert rule_cut == pytest.approx(np.percentile(fmo_parent, 99.5), abs=2e-3)
+    assert threshold["winner"] == "fmo_percentile" and math.isnan(threshold["stained_mode"])
+    assert stained_parent.max() < rule_cut and cut == pytest.approx(stained_parent.max(), abs=1e-12)
+    assert np.count_nonzero(state.masks["PD1+"]) == 0   # called against its control: none positive
+    assert "all positive" not in d["note"]
+    assert d["note"].endswith(f"; cut {cut:.4g} ({rule_cut:.4g} clamped to the stained parent's largest event), "
+                              "the gate keeps none of the parent"), d["note"]
+    said = {f.code: f.message for f in state.flags if f.gate == "PD1+"}
+    low, high = d["fmo_mode"] - 2.0 * d["fmo_width"] - 0.02, d["fmo_mode"] + 0.3
+    assert low > np.median(stained_parent)   # the stained negatives lie below the window
+    below = 100.0 * np.count_nonzero(stained_parent <= cut) / stained_parent.size
+    assert (f"PD1+ (PD1): no stained negative peak near the FMO's mode {d['fmo_mode']:.3f} (none from {low:.3f} to "
+            f"{high:.3f}), yet {below:.1f}% of the parent lies at or below the cut {cut:.3f} (the FMO percentile "
+            f"{rule_cut:.3f}, clamped to the stained parent's largest event; the gate keeps none of the parent, called "
+            "against its control) (limit 6)") in said["uncertain_threshold"], said["uncertain_threshold"]
+    assert (f"lie above the threshold {cut:.3f} (nominal 0.5%, rule fmo_percentile, its cut {rule_cut:.3f}, clamped to "
+            "the stained parent's largest event)") in said["fmo_excess_positive"], said["fmo_excess_positive"]
 
 
 @pytest.mark.parametrize("pd1", ["two populations", "one population"])

@@ -100,8 +100,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     ``uncertain_points`` points of the parent away (``kept_points``, signed: + when both would
     lower the % positive): binding below the tolerance can still move a dim marker's % when many
     events sit at the cut. Also when no stained negative peak lies near the FMO's (the FMO percentile was used, parent
-    taken as all positive, or with ``skew_reference`` the reference carry-over) yet more than ``NO_PEAK_POINTS`` (6) %
-    of the parent lies at or below that cut. Also (the engine, ``phenotype``) when a gate's FMO shows spillover the compensation
+    called against its control, or with ``skew_reference`` the reference carry-over) yet more than ``NO_PEAK_POINTS``
+    (6) % of the parent lies at or below that cut (clamped to the stained parent's events: the message quotes the cut,
+    the rule's own cut and what the gate keeps). Also (the engine, ``phenotype``) when a gate's FMO shows spillover the compensation
     left in the omitted marker's detector (:func:`residual_slopes`: the FMO parent's events, the
     marker regressed on the other markers at once, a partial slope beyond the residual check's
     tolerance) and the gate placed again with that residual taken out of both files' events
@@ -198,6 +199,14 @@ def _points(value: float, limit: float, held: tuple[str, ...], unit: str = " poi
     when that parent rests on the undetermined gates ``held`` (``phenotype.resting_on``), whose counts no output
     reports, 'more than ``limit``'."""
     return f"more than {limit:g}{unit}" if held else f"{value:.1f}{unit}"
+
+
+def _clamped(d: Mapping[str, Any], cut: float) -> str:
+    """', clamped to the stained parent's largest (smallest) event' when an FMO gate's rule put its cut beyond
+    the parent's events (``place_fmo_anchored``'s ``unclamped_threshold``, ``cut`` the clamped cut), else ''."""
+    if not d.get("clamped"):
+        return ""
+    return f", clamped to the stained parent's {'largest' if float(d['unclamped_threshold']) > cut else 'smallest'} event"
 
 
 def _uncertain(message: str) -> pl.Flag:
@@ -419,7 +428,9 @@ def place_and_check(
     if fmo.size and fmo_above > excess:
         flags.append(pl.Flag("fmo_excess_positive", "warning",
                              f"{name}: {_points(fmo_above, excess, control_held, '%')} of the FMO's parent events lie above the threshold "
-                             f"{cut:.3f} (nominal {nominal:g}%, rule {d.get('winner')}); look at the FMO and stained "
+                             f"{cut:.3f} (nominal {nominal:g}%, rule {d.get('winner')}"
+                             + (f", its cut {float(d['unclamped_threshold']):.3f}{_clamped(d, cut)}" if d.get("clamped") else "")
+                             + f"); look at the FMO and stained "
                              f"histograms of {marker} in the parent"))
     if stained is not None and stained.size:
         sens = cut_sensitivity(stained, cut)
@@ -436,11 +447,16 @@ def place_and_check(
         if "note" in d and below > NO_PEAK_POINTS and not fitted:
             used = ("the FMO percentile carried over with the binding read on the reference population"
                     if d.get("relative_carry") == "reference" else "the FMO percentile")
-            flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's (within {anchor.get('max_shift', pl.MAX_SHIFT):g} "
-                                    f"transformed units), yet {_points(below, NO_PEAK_POINTS, held, '%')} of the parent lies at or below {used} "
-                                    f"{cut:.3f} (limit {NO_PEAK_POINTS:g}): the negatives may be shifted beyond "
-                                    f"reach and the cut several points off; look at the {marker} histogram of the parent, "
-                                    f"stained vs FMO"))
+            low_end, high_end = pl.negative_peak_window(float(d["fmo_mode"]), float(d["fmo_width"]),
+                                                        float(anchor.get("max_shift", pl.MAX_SHIFT)))
+            kept = pl.keeps(int(np.count_nonzero(placement.gate.membership({marker: stained}))), stained.size)
+            flags.append(_uncertain(f"{name}: no stained negative peak near the FMO's mode {float(d['fmo_mode']):.3f} (none from "
+                                    f"{low_end:.3f} to {high_end:.3f}), yet {_points(below, NO_PEAK_POINTS, held, '%')} of the "
+                                    f"parent lies at or below the cut {cut:.3f} ({used} "
+                                    f"{float(d.get('unclamped_threshold', cut)):.3f}{_clamped(d, cut)}; the gate keeps {kept} of "
+                                    f"the parent, called against its control) (limit {NO_PEAK_POINTS:g}): the negatives may be "
+                                    f"shifted beyond reach and the cut several points off; look at the {marker} histogram of the "
+                                    f"parent, stained vs FMO"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
         extrapolated = d.get("winner") != "stained_valley"
         uncertain = False
@@ -838,7 +854,7 @@ def valley_edge_flag(population: str, gate, diagnostics: Mapping[str, Any], valu
     marker = gate.dim
     kept = int(np.count_nonzero(gate.contains({marker: values})))
     keeps = (f"{kept} of {values.size} events ({100.0 * kept / values.size:.2f}%)" if not held else
-             "none of the events" if kept == 0 else "all of the events" if kept == values.size else "part of the events")
+             f"{pl.keeps(kept, values.size)} of the events")
     if "negative_sigma" in diagnostics or "positive_sigma" in diagnostics:
         side = "negative" if "negative_sigma" in diagnostics else "positive"
         peak = diagnostics.get("negative_peak", diagnostics.get("positive_peak"))

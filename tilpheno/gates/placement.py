@@ -1152,14 +1152,26 @@ def fmo_negative_peak(fmo_values: np.ndarray, bandwidth: float = 0.02,
     return NegativePeak(mode, width if np.isfinite(width) else bandwidth), density
 
 
+def negative_peak_window(fmo_mode: float, fmo_width: float, max_shift: float) -> tuple[float, float]:
+    """Where :func:`stained_negative_peak` looks for the stained negatives, in transformed units:
+    ``(FMO mode - 2 FMO widths - 0.02, FMO mode + max_shift)`` (binding and spreading move them up)."""
+    return fmo_mode - 2.0 * fmo_width - 0.02, fmo_mode + max_shift
+
+
+def keeps(kept: int, total: int) -> str:
+    """What a gate keeps of ``total`` events, ``kept`` of them, without the count (a count below an
+    undetermined gate is held): all, none or part of them."""
+    return "none" if kept == 0 else "all" if kept == total else "part"
+
+
 def stained_negative_peak(
     values: np.ndarray, fmo: NegativePeak, density: Density, *, max_shift: float, min_prominence: float,
 ) -> NegativePeak:
     """The stained tube's negative peak: its density peak nearest to the FMO's mode within
-    ``[FMO mode - 2 widths, FMO mode + max_shift]``; ``found`` False when there is none (no
-    negative cells)."""
+    :func:`negative_peak_window`; ``found`` False when there is none (no negative cells, or negatives
+    moved beyond that reach)."""
     peaks, _ = density.peaks(min_prominence)
-    low, high = fmo.mode - 2.0 * fmo.width - 0.02, fmo.mode + max_shift
+    low, high = negative_peak_window(fmo.mode, fmo.width, max_shift)
     near = [int(p) for p in peaks if low <= density.grid[p] <= high]
     if not near:
         return NegativePeak(float("nan"), float("nan"), False)
@@ -1924,8 +1936,10 @@ def place_fmo_anchored(
     carried to the stained negatives; the FMO percentile when unshifted) and either at most
     ``valley_depth`` x the lower of its two peaks (clearly bimodal) or at most ``valley_depth``
     x the density at that threshold (the carried-over cut lies inside the negatives); otherwise
-    as ``relative``. Without a stained negative peak near the FMO's (the parent is all
-    positive) the FMO percentile is used; with ``reference`` (its negatives moved beyond the tolerances, or a
+    as ``relative``. Without a stained negative peak near the FMO's (none in :func:`negative_peak_window`:
+    the parent is all positive, or its negatives lie beyond that reach) the FMO percentile is used: one
+    population is called against its control, the parent's events above the FMO percentile positive
+    (none when the parent lies at or below it, as when its negatives lie below the FMO's); with ``reference`` (its negatives moved beyond the tolerances, or a
     ``reference_quantile``) and any rule but ``percentile`` the reference carry-over instead, which reads
     nothing on the parent's stained events (a PD1-rich parent's dim positives can merge its negative peak away). The threshold is kept inside the stained data's range.
     A log-normal fit's cut (``width_side: fit`` under heavy binding, :func:`two_step_fit`) gives way to
@@ -1988,7 +2002,8 @@ def place_fmo_anchored(
                            note="no stained negative peak near the FMO's mode: the reference population's carry-over")
     elif not neg.found:
         winner, cut = "fmo_percentile", t_fmo
-        diagnostics["note"] = "no stained negative peak near the FMO's: parent taken as all positive"
+        diagnostics["note"] = ("no stained negative peak near the FMO's mode: the FMO percentile, the parent called "
+                               "against its control")
     else:
         shift, ratio = neg.mode - fmo.mode, neg.width / fmo.width if fmo.width > 0 else 1.0
         relative = neg.mode + (t_fmo - fmo.mode) * ratio
@@ -2048,9 +2063,16 @@ def place_fmo_anchored(
                 # a binding tail falls away from the negative peak and makes no second one; the log-normal
                 # fit's share grows with its cut and climbs into dim positives (stop 43): their valley is the cut
                 winner, cut = "stained_valley", float(density.grid[v])
-    cut = float(min(max(cut, x.min()), x.max()))
+    rule_cut, cut = float(cut), float(min(max(cut, x.min()), x.max()))
+    if cut != rule_cut:
+        diagnostics.update(unclamped_threshold=rule_cut, clamped=True)
     diagnostics.update(threshold=cut, winner=winner)
     gate = RangeGate(dim, float(np.nextafter(cut, np.inf)), None)
+    if "note" in diagnostics:   # what the gate did without the negative peak: its cut and what it keeps
+        clamped = (f" ({rule_cut:.4g} clamped to the stained parent's {'largest' if rule_cut > cut else 'smallest'} "
+                   "event)" if cut != rule_cut else "")
+        kept = keeps(int(np.count_nonzero(gate.contains({dim: x}))), x.size)
+        diagnostics["note"] += f"; cut {cut:.4g}{clamped}, the gate keeps {kept} of the parent"
     return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
 
 ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side", "reference_carry",
