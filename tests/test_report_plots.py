@@ -205,6 +205,9 @@ def test_fmo_legend_names_the_rule_that_placed_the_threshold():
     fmo, unstained = SimpleNamespace(role="fmo"), SimpleNamespace(role="unstained")
     assert threshold_note(SimpleNamespace(winner="fmo_relative"), fmo, 99.5) == "threshold: FMO pct carried over"
     assert threshold_note(SimpleNamespace(winner="fmo_percentile"), unstained, 99.0) == "threshold: 99th pct of unstained control"
+    # the FMO percentile beyond the stained parent's events, clamped to its largest (undet_52's toy: 0.271 -> 0.203)
+    clamped = SimpleNamespace(winner="fmo_percentile", fmo_threshold=0.271, value_transformed=0.203)
+    assert threshold_note(clamped, fmo, 99.5) == "threshold: 99.5th pct of FMO (clamped to the stained data)"
 
 
 def test_quadrant_names_from_the_strategy():

@@ -325,14 +325,18 @@ def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
 def threshold_note(row, control, percentile: float) -> str:
     """The FMO overlay's legend for the threshold line: the candidate that won (``winner``,
     gates.checks.RECORD_COLUMNS), not always the control's percentile (the cut is often the stained
-    valley or the percentile carried over to the stained negatives, where the control has < 0.5 % +)."""
+    valley or the percentile carried over to the stained negatives, where the control has < 0.5 % +); a
+    percentile beyond the stained parent's events (``fmo_threshold`` not the cut: clamped to them, the line
+    at the parent's largest or smallest event, not at the percentile) says so."""
     unstained = control.role == "unstained"
     winner = str(getattr(row, "winner", "") or "")
     if winner == "stained_valley":
         return "threshold: stained valley"
     if winner == "fmo_relative":
         return f"threshold: {'control' if unstained else 'FMO'} pct carried over"
-    return f"threshold: {percentile:g}th pct of {'unstained control' if unstained else 'FMO'}"
+    rule_cut, cut = float(getattr(row, "fmo_threshold", "nan")), float(getattr(row, "value_transformed", "nan"))
+    clamped = " (clamped to the stained data)" if math.isfinite(rule_cut) and rule_cut != cut else ""
+    return f"threshold: {percentile:g}th pct of {'unstained control' if unstained else 'FMO'}{clamped}"
 
 
 def fmo_figures(result, percentile: float, strategies=(),
