@@ -322,6 +322,32 @@ def entries_of(service, *actions):
                 for e in db.scalars(select(AuditEntry).where(AuditEntry.action.in_(actions)).order_by(AuditEntry.seq))]
 
 
+def test_a_database_error_writing_due_refusal_windows_is_logged_and_the_server_still_stops(review_source, tmp_path,
+                                                                                          monkeypatch, caplog):
+    """As a server started and stopped it wrote the refusal windows whose time was over; an error doing so at
+    the start was logged, at the stop it escaped ``serve`` (a stopping server ended with a traceback, though
+    nothing is lost: the windows stay in the database). Now both are logged as warnings and ``serve`` returns."""
+    import logging
+
+    from review_support import database_url, make_service
+    from tilpheno.review import server
+    from tilpheno.review.db import ReviewError
+
+    monkeypatch.setattr(server, "import_all", lambda service: None)   # the products are not needed here
+    monkeypatch.setattr("waitress.serve", lambda *args, **kwargs: None)   # the server stops at once
+    service = make_service(review_source.out_dir, database_url("sqlite", tmp_path), review_source)
+    try:
+        def broken():
+            raise ReviewError("database is locked")
+        monkeypatch.setattr(service, "write_repeated_refusals", broken)
+        with caplog.at_level(logging.WARNING, logger="tilpheno.review.server"):
+            server.serve(service)
+        said = [r.getMessage() for r in caplog.records if r.name == "tilpheno.review.server"]
+        assert len(said) == 2 and all("not audited yet" in m and "database is locked" in m for m in said), said
+    finally:
+        service.factory.kw["bind"].dispose()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_refusals_counted_before_a_crash_reach_the_trail_when_the_server_starts_again(kind, review_source, tmp_path,
                                                                                      monkeypatch):

@@ -40,12 +40,22 @@ def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, thr
 
     from tilpheno.review.web import create_app
 
-    try:   # refusal windows whose time is over while no server ran (a stop, a crash, a kill): their counts
-        service.write_repeated_refusals()   # go to the trail; those still open stay open, for every server
-    except ReviewError as exc:   # they stay in the database: written at the next request
-        log.warning("counts of refused requests whose window is over not audited yet: %s", exc)
+    _write_due_refusals(service)   # those whose time is over while no server ran (a stop, a crash, a kill)
     threading.Thread(target=import_all, args=(service,), daemon=True, name="import-products").start()
     try:
         waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")
-    finally:   # the windows whose time is over go to the trail; those still open stay in the database,
-        service.write_repeated_refusals()   # counted into by other servers, written by the first after their time
+    finally:
+        _write_due_refusals(service)
+
+
+def _write_due_refusals(service: ReviewService) -> None:
+    """Write the counts of the refusal windows whose time is over (as a server starts and stops);
+    those still open stay in the database, counted into by every server and written by the first
+    after their time. A database error is logged, not raised: the windows stay in the database and
+    are written at the next request, start or ``tilpheno audit export``, and a stopping server
+    stops."""
+    try:
+        service.write_repeated_refusals()
+    except ReviewError as exc:
+        log.warning("counts of refused requests whose window is over not audited yet (kept for the next "
+                    "request or start): %s", exc)
