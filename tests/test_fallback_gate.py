@@ -142,3 +142,29 @@ def test_a_missing_fmo_falls_back_on_the_unstained_control(tmp_path, seed):
         assert (gate, "no_second_peak") not in flags, gate
         error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
         assert abs(error) <= UNSTAINED_TOLERANCE, (gate, error)
+
+
+def test_the_fmo_table_names_the_unstained_control_a_fallback_was_anchored_on(tmp_path):
+    """The report's FMO table on V165055 without its PD1 FMO: each PD1 row said 'no FMO: fallback_fmo_relative'
+    with '—' for the control file and its % above, though the unstained control set the cut -> the row names the
+    control (its file, 'unstained control, FMO missing'), the rule's candidates as other anchored rows list them
+    (the unstained control's percentile, the carry-over with its ends, the shift) and the control's % above the cut
+    as the threshold record measured it on the control's events (at most its 0.5 % nominal share: the cut is carried
+    up to the wider stained negatives); its parent events blank (not the parent's: the caption says so)."""
+    from tilpheno.report.html import fmt
+    from tilpheno.report.product import fmo_table
+
+    _, result, stained, _ = _without_pd1_fmo(tmp_path, 165055, 20000, unstained=True)
+    table = fmo_table(result, 99.5)
+    columns = list(table.columns)
+    rows = {row[0]: dict(zip(columns, row)) for row in table.rows}
+    records = stained.thresholds.set_index("population")
+    assert "anchored on the product's unstained control instead" in table.caption
+    for gate in PARENTS:
+        row, record = rows[gate], records.loc[gate]
+        assert row["control file"] == "V165055_unstained.fcs (unstained control, FMO missing)", row
+        assert row["control parent events"] == "", row
+        assert row["control % +"] == fmt(record["fmo_pct_above"]) and 0.0 <= float(row["control % +"]) <= 0.5, row
+        rule = row["rule"]
+        assert rule.startswith("no FMO, anchored on the unstained control (fallback_fmo_relative): fmo_relative: "), rule
+        assert f"unstained control {fmt(record['fmo_threshold'], 3)}" in rule and "rel. " in rule and "shift " in rule, rule

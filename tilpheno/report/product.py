@@ -426,18 +426,25 @@ def fmo_table(result, fmo_percentile: float) -> Table:
     construction), the stained tube's % above it, the threshold on both scales and the rule used."""
     from tilpheno.report.html import fmt
 
+    # an fmo gate without its FMO anchored on the product's unstained control (phenotype._TubeKindRun._on_unstained):
+    # that control is read for the stained file's gates, not gated as a tube (ProductResult.controls)
+    stand_ins = {str(fcs.path): name for name, fcs in getattr(result, "controls", ())}
     rows = []
     for stain, row, fmo in _fmo_pairs(result):
         population, parent = str(row.population), str(row.parent)
         method = str(getattr(row, "method", ""))
         pctl = getattr(row, "percentile", fmo_percentile)
-        kind = "unstained control" if fmo is not None and fmo.role == "unstained" else "FMO"
+        stand_in = (stand_ins.get(str(getattr(row, "source_file", "") or ""))
+                    if fmo is None and method.startswith("fallback_") else None)
+        kind = "unstained control" if stand_in is not None or (fmo is not None and fmo.role == "unstained") else "FMO"
         rule = (f"{fmt(pctl, 1)}th pct of {kind}" if fmo is not None
                 else f"no FMO: {method}" if method else "no FMO")
         winner = str(getattr(row, "winner", "") or "")
-        if fmo is not None and winner:   # gates.checks.RECORD_COLUMNS: both candidates, shift, winner
+        if (fmo is not None or stand_in is not None) and winner:   # gates.checks.RECORD_COLUMNS: both candidates, shift, winner
             candidates = _candidates(row, kind)
             rule = f"{winner}: {', '.join(candidates)}" if candidates else winner
+            if stand_in is not None:
+                rule = f"no FMO, anchored on the unstained control ({method}): {rule}"
             tail = getattr(row, "relative_lognormal", None)
             if tail is not None and math.isfinite(float(tail)):   # the tail-shape check (gates.checks)
                 points = _parent_points(getattr(row, "tail_points", None))
@@ -448,9 +455,12 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                 rule += f", shared reading's verdict: {verdict}"
         control_n = _pop_value(fmo, parent, "count") if fmo is not None else None
         control_pct = _pop_value(fmo, population, "pct_of_parent") if fmo is not None else None
+        if stand_in is not None:   # read in the nearest ancestor an unstained cell reaches: the caption says so
+            control_pct = getattr(row, "fmo_pct_above", None)
         rows.append((
-            population, str(row.marker), parent, fmo.shown_name if fmo is not None else "—",
-            fmt(control_n, 0) if control_n is not None else "—",
+            population, str(row.marker), parent,
+            fmo.shown_name if fmo is not None else f"{stand_in} (unstained control, FMO missing)" if stand_in else "—",
+            fmt(control_n, 0) if control_n is not None else "" if stand_in is not None else "—",
             fmt(control_pct) if control_pct is not None else "—",
             fmt(_pop_value(stain, population, "pct_of_parent")),
             fmt(getattr(row, "value_raw", None), 1), fmt(row.value_transformed, 3), rule,
@@ -465,7 +475,11 @@ def fmo_table(result, fmo_percentile: float) -> Table:
                  "the rule measured it: no stained valley, no valley value); shared "
                  "reading's verdict = for a cut carrying a binding reading shared with other gates (skew_reference), "
                  "each gate where a check on that reading fired, the check and its size in points of that gate's "
-                 "parent.")
+                 "parent. A gate whose FMO file is missing, anchored on the product's unstained control instead "
+                 "(rule 'no FMO, anchored on the unstained control', flags missing_fmo and fallback_gate), names that "
+                 "control: its control % + is of the control's events in the nearest ancestor of the parent an unstained "
+                 "cell reaches (the parent itself when no stain defines it; live lymphocytes for CD8+), blank where those "
+                 "rest on an undetermined gate; control parent events is blank, those events not being the parent's.")
 
 
 def _keywords(meta, include_identifiers: bool) -> list[tuple[str, str]]:
