@@ -197,3 +197,17 @@ def test_the_object_model_takes_the_unstained_control_and_agrees_with_the_pipeli
     assert 100.0 * counts["live"] / counts["singlets"] == pytest.approx(pipeline.phenotype["viability_pct"], abs=1e-9)
     with pytest.raises(ValueError, match="not both"):
         tp.Sample.from_fcs(SAMPLE / "TIL001_unstained.fcs", strategy, fmo="7AAD", unstained=True, stained=stained)
+
+
+def test_the_checks_on_a_control_gated_cut_name_the_unstained_control(tmp_path):
+    """A ``control: unstained`` gate's checks spoke of 'the FMO' (negative_shift: 'stained negatives sit ... from the
+    FMO's ... the threshold carried over from the FMO', 'stained vs FMO'), though no FMO set its cut -> they name
+    the unstained control. D93050's dead cut with shift_warning 0 (every shift of the live peak beyond it, so
+    negative_shift fires as on a real shift; its code and the cut unchanged by the wording)."""
+    prod, manifest = _product(tmp_path, 93050)
+    result = analyze_product(prod.product_id, manifest, [_viability("{control: unstained, rule: relative, shift_warning: 0.0}")])
+    [flag] = [f for f in result.qc if f.gate == "dead" and f.code == "negative_shift"]
+    assert "FMO" not in flag.message, flag
+    assert "transformed units from the unstained control's and" in flag.message, flag
+    assert "the threshold carried over from the unstained control" in flag.message, flag
+    assert flag.message.endswith("look at nonspecific binding / spreading in 7AAD, stained vs unstained control"), flag

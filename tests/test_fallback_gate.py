@@ -168,3 +168,45 @@ def test_the_fmo_table_names_the_unstained_control_a_fallback_was_anchored_on(tm
         rule = row["rule"]
         assert rule.startswith("no FMO, anchored on the unstained control (fallback_fmo_relative): fmo_relative: "), rule
         assert f"unstained control {fmt(record['fmo_threshold'], 3)}" in rule and "rel. " in rule and "shift " in rule, rule
+
+
+def test_the_checks_on_a_fallback_name_the_unstained_control_it_was_anchored_on(tmp_path):
+    """V165020 without its PD1 FMO, anchored on its unstained control: negative_shift said 'stained negatives sit
+    +0.194 transformed units from the FMO's ... the threshold carried over from the FMO moved 55.7 points' and
+    cut_in_dense_region 'stained vs FMO', of a cut no FMO set -> every check's message on the PD1 gates names the
+    unstained control (the FMO only where missing_fmo and fallback_gate say it is missing), codes and severities as
+    before (negative_shift info on the three, cut_in_dense_region info on CD8+PD1+)."""
+    _, _, _, flags = _without_pd1_fmo(tmp_path, 165020, 20000, unstained=True)
+    checked = {(gate, code): flag for (gate, code), flag in flags.items()
+               if gate in PARENTS and code not in ("missing_fmo", "fallback_gate")}
+    assert {(gate, "negative_shift") for gate in PARENTS} | {("CD8+PD1+", "cut_in_dense_region")} <= set(checked)
+    for (gate, code), flag in checked.items():
+        assert "FMO" not in flag.message and "stained vs unstained control" in flag.message, flag
+        assert flag.severity == "info", flag
+        if code == "negative_shift":
+            assert "transformed units from the unstained control's and" in flag.message, flag
+            assert "the threshold carried over from the unstained control moved" in flag.message, flag
+
+
+def test_a_cut_without_a_stained_negative_peak_names_the_unstained_control_in_its_note_and_flags():
+    """The placement's note and the checks of an anchored cut whose stained negatives (0.1) lie below the control's
+    (0.2), beyond the negative peak's reach, as on an unstained control standing in for the FMO
+    (``checks.place_and_check``'s ``control``): 'no stained negative peak near the FMO's mode: the FMO percentile'
+    of a cut no FMO set -> the unstained control's mode and percentile; the cut the control's own 99.5th percentile
+    clamped to the stained parent (numpy's, independently), codes as with an FMO."""
+    from tilpheno.gates.checks import place_and_check
+
+    rng = np.random.default_rng(8)
+    control, stained = rng.normal(0.2, 0.03, 5000), rng.normal(0.1, 0.03, 5000)
+    kw = dict(percentile=99.5, source_file="u.fcs", rule="relative")
+    on_fmo = place_and_check("P+", "PD1", control, stained, **kw)
+    placed = place_and_check("P+", "PD1", control, stained, control="unstained control", **kw)
+    d = placed.diagnostics
+    assert d["fmo_threshold"] == pytest.approx(np.percentile(control, 99.5), abs=2e-3)
+    assert d["threshold"] == on_fmo.diagnostics["threshold"] == pytest.approx(stained.max(), abs=1e-12)
+    assert d["note"].startswith("no stained negative peak near the unstained control's mode: the unstained control "
+                                "percentile, the parent called against its control"), d["note"]
+    assert [(f.code, f.severity) for f in placed.flags] == [(f.code, f.severity) for f in on_fmo.flags]
+    [uncertain] = [f.message for f in placed.flags if f.code == "uncertain_threshold"]
+    assert "FMO" not in uncertain and "near the unstained control's mode" in uncertain, uncertain
+    assert "(the unstained control percentile " in uncertain and uncertain.endswith("stained vs unstained control"), uncertain

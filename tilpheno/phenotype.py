@@ -1090,7 +1090,7 @@ class _TubeKindRun:
                 source = st.tube.file
                 reference = st.tube.data[marker][st.masks[skew_reference]] if skew_reference else None
                 placement, held, control_held, call, stained = self._anchored(k, pop, values, reference, st.tube,
-                                                                undetermined_gates(st.diagnostics), rule)
+                                                                undetermined_gates(st.diagnostics), rule, kind)
                 if stained is not None and kind == "FMO":
                     placement = self._residual_check(pop, st, stained, placement, call, skew_reference)
             reason = f"{kind} {Path(st.tube.file).name} has no events in {pop.parent}"
@@ -1126,11 +1126,12 @@ class _TubeKindRun:
 
     def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
                   undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
-                  ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
+                  kind: str) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
         """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
         strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
         on that are undetermined) with the first stained file's parent as evidence (``checks.place_and_check``;
-        ``rule``: :meth:`_placement`'s params, anchor params, percentile, min_events, skew_reference): the
+        ``rule``: :meth:`_placement`'s params, anchor params, percentile, min_events, skew_reference; ``kind``: the control
+        as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO): the
         placement, the undetermined gates the stained parent rests on and those the control's parent rests on
         (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
         state (None: no evidence)."""
@@ -1153,7 +1154,7 @@ class _TubeKindRun:
         if evidence is not None and stained is not None:
             held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
         call = dict(percentile=pct, source_file=control.file, min_events=min_events, transform=control.transforms.get(marker),
-                    held=held, control_held=control_held, **params, **anchor)
+                    held=held, control_held=control_held, control=kind, **params, **anchor)
         placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
         return placement, held, control_held, call, stained[1] if evidence is not None and stained is not None else None
 
@@ -1176,7 +1177,8 @@ class _TubeKindRun:
         if control is None or values is None or values.size < pl.MIN_CONTROL_EVENTS:
             return None
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
-                                                             undetermined_gates(stained.diagnostics), (*rule[:4], None))
+                                                             undetermined_gates(stained.diagnostics), (*rule[:4], None),
+                                                             "unstained control")
         d = placement.diagnostics
         flag = pl.Flag(
             "fallback_gate", "warning",
