@@ -200,7 +200,7 @@ def test_a_cut_without_a_stained_negative_peak_names_the_unstained_control_in_it
     control, stained = rng.normal(0.2, 0.03, 5000), rng.normal(0.1, 0.03, 5000)
     kw = dict(percentile=99.5, source_file="u.fcs", rule="relative")
     on_fmo = place_and_check("P+", "PD1", control, stained, **kw)
-    placed = place_and_check("P+", "PD1", control, stained, control="unstained control", **kw)
+    placed = place_and_check("P+", "PD1", control, stained, control_name="unstained control", **kw)
     d = placed.diagnostics
     assert d["fmo_threshold"] == pytest.approx(np.percentile(control, 99.5), abs=2e-3)
     assert d["threshold"] == on_fmo.diagnostics["threshold"] == pytest.approx(stained.max(), abs=1e-12)

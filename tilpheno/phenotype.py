@@ -1154,7 +1154,7 @@ class _TubeKindRun:
         if evidence is not None and stained is not None:
             held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
         call = dict(percentile=pct, source_file=control.file, min_events=min_events, transform=control.transforms.get(marker),
-                    held=held, control_held=control_held, control=kind, **params, **anchor)
+                    held=held, control_held=control_held, control_name=kind, **params, **anchor)
         placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
         return placement, held, control_held, call, stained[1] if evidence is not None and stained is not None else None
 

@@ -225,20 +225,20 @@ def tail_shape(fmo: np.ndarray, stained: np.ndarray, cut: float, binding: pl.Ref
 
 
 def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], binding: pl.ReferenceBinding,
-                  limit: float, held: tuple[str, ...], control: str) -> str:
+                  limit: float, held: tuple[str, ...], control_name: str) -> str:
     """The ``uncertain_threshold`` message of the tail-shape check (:func:`tail_shape`)."""
     tail, sd = d["relative_lognormal"], binding.total_spread
     shape = "a normal" if not binding.right_skewed else f"{pl.SKEWED_WEIGHT:.2f} of the way from a normal to a log-normal"
-    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the {control} percentile with {shape} "
+    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) carries the {control_name} percentile with {shape} "
             f"nonspecific signal read on the reference population (median {binding.shift:.0f}, SD {sd:.0f} linear "
             f"units); a log-normal signal with the same median and SD would put it at {tail:.3f} and "
             f"{'lower' if tail > cut else 'raise'} the % by {_points(d['tail_points'], limit, held)} of the parent (limit "
             f"{limit:g}): the reads do not fix the shape of a heavy binding tail; look at the {marker} histogram of "
-            f"the parent and of the reference population, stained vs {control}")
+            f"the parent and of the reference population, stained vs {control_name}")
 
 
 def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high: float, limit: float,
-                   held: tuple[str, ...], control: str) -> str:
+                   held: tuple[str, ...], control_name: str) -> str:
     """The ``uncertain_threshold`` message of an additive reference carry-over's ``reference_above_points``
     (module docstring), naming the tail-shape check too when it fired on the same reading (``tail_points``)."""
     tail = (f"; the tail-shape check fired too: a log-normal signal with the read median and SD would put the cut at "
@@ -247,9 +247,9 @@ def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], hig
             if d["tail_points"] > limit else "")
     return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the reference population) lies "
             f"{_points(d['reference_above_points'], limit, held)} of the parent above the parent's own upper-side carry-over of "
-            f"the {control} percentile {high:.3f} (limit {limit:g}), which its nonspecific tail and its positives next to "
+            f"the {control_name} percentile {high:.3f} (limit {limit:g}), which its nonspecific tail and its positives next to "
             f"the negatives can only raise: the reference reads more binding than the parent shows (under-call){tail}; "
-            f"look at the {marker} histogram of the parent and of the reference population, stained vs {control}")
+            f"look at the {marker} histogram of the parent and of the reference population, stained vs {control_name}")
 
 
 def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: Any, percentile: float,
@@ -283,7 +283,7 @@ def fit_judgement(fmo: np.ndarray, stained: np.ndarray, cut: float, transform: A
 
 
 def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift_points: float,
-                 limit: float, held: tuple[str, ...], control: str) -> str:
+                 limit: float, held: tuple[str, ...], control_name: str) -> str:
     """The ``uncertain_threshold`` message of a ``width_side: fit`` cut (:func:`fit_judgement`)."""
     skewed = d.get("fit_log_sd", 0.0) > 0
     other = (f"a normal binding fitted to the same negatives puts it at {d['fit_normal']:.3f}" if skewed else
@@ -298,8 +298,8 @@ def _fit_message(name: str, marker: str, cut: float, d: Mapping[str, Any], shift
               f"the additive binding fitted to the {_fitted_on(d)}stained negatives, shift {d['fit_shift']:.0f}, SD "
               f"{d['fit_spread']:.0f} linear units")
     return (f"{name}: the threshold {cut:.3f} ({fitted}) moved {_points(d['correction_points'], shift_points, held)} of "
-            f"the parent from the {control} percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
-            f"of the parent, stained vs {control}")
+            f"the parent from the {control_name} percentile (limit {shift_points:g}); {evidence}; look at the {marker} histogram "
+            f"of the parent, stained vs {control_name}")
 
 
 def _fitted_on(d: Mapping[str, Any]) -> str:
@@ -308,17 +308,17 @@ def _fitted_on(d: Mapping[str, Any]) -> str:
 
 
 def _lognormal_message(name: str, marker: str, cut: float, d: Mapping[str, Any], below_fmo: float,
-                       held: tuple[str, ...], control: str) -> str:
+                       held: tuple[str, ...], control_name: str) -> str:
     """The ``uncertain_threshold`` message of a log-normal ``width_side: fit`` cut
     (``placement.lognormal_share_fit``) that no stained valley confirmed; ``below_fmo``: % of the
     stained parent at or below the FMO percentile (not quoted when that parent rests on the undetermined gates ``held``)."""
     below = "" if held else f" (only {below_fmo:.0f}% of the parent at or below it)"
-    return (f"{name}: binding moved the stained negatives past the {control} percentile {d['fmo_threshold']:.3f}{below}; "
+    return (f"{name}: binding moved the stained negatives past the {control_name} percentile {d['fmo_threshold']:.3f}{below}; "
             f"the threshold {cut:.3f} carries it over with a "
             f"log-normal binding fitted to the {_fitted_on(d)}negatives (median {d['fit_shift']:.0f} linear units, log-SD "
             f"{d['fit_log_sd']:.2f}, spreading SD {d['fit_spread']:.0f}) and no stained valley confirms it: dim "
             f"{marker}+ cells merged into the binding's tail would be taken for it; look at the {marker} histogram of "
-            f"the parent, stained vs {control}")
+            f"the parent, stained vs {control_name}")
 
 
 def threshold_record(placement: pl.Placement, held: tuple[str, ...] = (),
@@ -380,7 +380,7 @@ def place_and_check(
     reference_carry: str = "additive",
     held: tuple[str, ...] = (),
     control_held: tuple[str, ...] = (),
-    control: str = "FMO",
+    control_name: str = "FMO",
     **anchor: Any,
 ) -> pl.Placement:
     """Place an ``fmo`` gate (``placement.place_fmo_anchored``, or the plain percentile when
@@ -390,13 +390,13 @@ def place_and_check(
     no output reports: then the flags quote no points of that parent (a size over its limit says 'more than' the
     limit; so does :func:`threshold_record` given them); ``control_held``: those of the FMO file its parent or
     reference rest on: then no % of the FMO's parent. The reference's own % of positives (read on both files) is
-    'some' with either. ``control``: the control's name in the messages (``unstained control`` for a ``control:
+    'some' with either. ``control_name``: the control's name in the messages (``unstained control`` for a ``control:
     unstained`` gate and where it stands in for a missing FMO, ``phenotype._TubeKindRun._on_unstained``). The
     diagnostics keep every number as measured and name those gates (``resting_on``): they
     are the API's, written to no output (``tilpheno.gating.GatingResult``)."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
         placement = pl.place_fmo_threshold(fmo_values, marker, percentile=percentile, source_file=source_file,
-                                           min_events=min_events, control=control)
+                                           min_events=min_events, control_name=control_name)
         placement = pl.Placement(placement.gate, placement.method,
                                  {**placement.diagnostics, "rule": "percentile", "winner": "fmo_percentile",
                                   "fmo_threshold": placement.diagnostics["threshold"]}, placement.flags)
@@ -413,7 +413,7 @@ def place_and_check(
                 anchor["reference_quantile"] = pl.reference_quantile_cut(fmo_values, reference_fmo, reference_stained,
                                                                     anchor["transform"], percentile)
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
-                                          source_file=source_file, min_events=min_events, control=control, **anchor)
+                                          source_file=source_file, min_events=min_events, control_name=control_name, **anchor)
         stained = np.asarray(stained_values, dtype=np.float64)
         stained = stained[np.isfinite(stained)]
     d = dict(placement.diagnostics)
@@ -421,7 +421,7 @@ def place_and_check(
         d["resting_on"] = tuple(dict.fromkeys(held + control_held))
     cut = float(d["threshold"])
     name = f"{population} ({marker})"
-    control_events = "FMO's parent events" if control == "FMO" else f"{control}'s events"
+    control_events = "FMO's parent events" if control_name == "FMO" else f"{control_name}'s events"
     flags = list(placement.flags)
     fmo = np.asarray(fmo_values, dtype=np.float64)
     fmo = fmo[np.isfinite(fmo)]
@@ -434,7 +434,7 @@ def place_and_check(
                              f"{name}: {_points(fmo_above, excess, control_held, '%')} of the {control_events} lie above the threshold "
                              f"{cut:.3f} (nominal {nominal:g}%, rule {d.get('winner')}"
                              + (f", its cut {float(d['unclamped_threshold']):.3f}{_clamped(d, cut)}" if d.get("clamped") else "")
-                             + f"); look at the {control} and stained "
+                             + f"); look at the {control_name} and stained "
                              f"histograms of {marker} in the parent"))
     if stained is not None and stained.size:
         sens = cut_sensitivity(stained, cut)
@@ -449,18 +449,18 @@ def place_and_check(
         far = ((math.isfinite(shift) and abs(shift) > shift_warning)
                or (math.isfinite(ratio) and not 1 / width_warning <= ratio <= width_warning))
         if "note" in d and below > NO_PEAK_POINTS and not fitted:
-            used = (f"the {control} percentile carried over with the binding read on the reference population"
-                    if d.get("relative_carry") == "reference" else f"the {control} percentile")
+            used = (f"the {control_name} percentile carried over with the binding read on the reference population"
+                    if d.get("relative_carry") == "reference" else f"the {control_name} percentile")
             low_end, high_end = pl.negative_peak_window(float(d["fmo_mode"]), float(d["fmo_width"]),
                                                         float(anchor.get("max_shift", pl.MAX_SHIFT)))
             kept = pl.keeps(int(np.count_nonzero(placement.gate.membership({marker: stained}))), stained.size)
-            flags.append(_uncertain(f"{name}: no stained negative peak near the {control}'s mode {float(d['fmo_mode']):.3f} (none from "
+            flags.append(_uncertain(f"{name}: no stained negative peak near the {control_name}'s mode {float(d['fmo_mode']):.3f} (none from "
                                     f"{low_end:.3f} to {high_end:.3f}), yet {_points(below, NO_PEAK_POINTS, held, '%')} of the "
                                     f"parent lies at or below the cut {cut:.3f} ({used} "
                                     f"{float(d.get('unclamped_threshold', cut)):.3f}{_clamped(d, cut)}; the gate keeps {kept} of "
                                     f"the parent, called against its control) (limit {NO_PEAK_POINTS:g}): the negatives may be "
                                     f"shifted beyond reach and the cut several points off; look at the {marker} histogram of the "
-                                    f"parent, stained vs {control}"))
+                                    f"parent, stained vs {control_name}"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
         extrapolated = d.get("winner") != "stained_valley"
         uncertain = False
@@ -472,7 +472,7 @@ def place_and_check(
                                        anchor.get("fit_reference")))
                 uncertain = d["correction_points"] > shift_points and not d["candidate_points"] <= uncertain_points
                 if uncertain:
-                    flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points, held, control)))
+                    flags.append(_uncertain(_fit_message(name, marker, cut, d, shift_points, uncertain_points, held, control_name)))
             below_fmo = float(np.count_nonzero(stained <= t_fmo) / stained.size)   # two_step_fit's first share
             if (d.get("fit_log_sd", 0.0) > 0 and not math.isfinite(d.get("fit_normal", float("nan"))) and not uncertain
                     and below_fmo < pl.MIN_FIT_SHARE):
@@ -481,7 +481,7 @@ def place_and_check(
                 # would move unseen. A fit on a reference population (placement.reference_fit) passes its own FMO
                 # percentile sooner (the CD8- cells' lacks the CD8+ T cells' tandem signal): the parent's says it
                 uncertain = True
-                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, 100.0 * below_fmo, held, control)))
+                flags.append(_uncertain(_lognormal_message(name, marker, cut, d, 100.0 * below_fmo, held, control_name)))
         elif extrapolated and math.isfinite(low) and math.isfinite(high):
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
             referenced = (d.get("winner") == "fmo_relative"
@@ -503,20 +503,20 @@ def place_and_check(
             if uncertain and referenced:
                 flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
                                         f"reference population) moved {_points(d['correction_points'], shift_points, held)} of the parent from "
-                                        f"the {control} percentile (limit {shift_points:g}) and could move the % by "
+                                        f"the {control_name} percentile (limit {shift_points:g}) and could move the % by "
                                         f"{_points(d['candidate_points'], uncertain_points, held)} (limit {uncertain_points:g}) within the "
                                         f"{100 * pl.CONFIDENCE:g} % interval of the reference reading "
                                         f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
                                         f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
-                                        f"population, stained vs {control}"))
+                                        f"population, stained vs {control_name}"))
             elif uncertain:
                 flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
-                                        f"{_points(d['correction_points'], shift_points, held)} of the parent from the {control} percentile (limit "
-                                        f"{shift_points:g}) and the other carry-over of the {control} percentile (negative peak's "
+                                        f"{_points(d['correction_points'], shift_points, held)} of the parent from the {control_name} percentile (limit "
+                                        f"{shift_points:g}) and the other carry-over of the {control_name} percentile (negative peak's "
                                         f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
                                         f"{_points(d['candidate_points'], uncertain_points, held)} (limit {uncertain_points:g}): the data do not tell a "
                                         f"skewed nonspecific tail from positives next to the negatives; look at the {marker} "
-                                        f"histogram of the parent, stained vs {control}"))
+                                        f"histogram of the parent, stained vs {control_name}"))
             # the checks that judge the shared reading run on every gate carrying it, whatever flagged the gate
             # above (the reading's interval on its own parent): one reading, one verdict (shared_reading)
             if referenced and reference_carry == "quantile":
@@ -529,7 +529,7 @@ def place_and_check(
                 if d["reference_above_points"] > uncertain_points:
                     messages.append(f"the threshold {cut:.3f} read on the reference population "
                                     f"(reference_carry quantile) lies {_points(d['reference_above_points'], uncertain_points, held)} of the "
-                                    f"parent above the parent's own carry-over of the {control} percentile {own:.3f} "
+                                    f"parent above the parent's own carry-over of the {control_name} percentile {own:.3f} "
                                     f"(limit {uncertain_points:g}): {marker}+ cells in the reference raise its "
                                     f"stained tail and this cut (under-call)")
                 # a direct test for marker+ cells in the reference: its stained events as bright as the
@@ -543,7 +543,7 @@ def place_and_check(
                     if d["reference_positive_points"] > uncertain_points:
                         messages.append(f"{'some' if held or control_held else format(d['reference_positive_pct'], '.2f') + '%'} of the "
                                         f"reference population's stained events are {marker}+ (as bright as the parent's positives, beyond "
-                                        f"its {control}); without them the threshold {cut:.3f} (reference_carry quantile) "
+                                        f"its {control_name}); without them the threshold {cut:.3f} (reference_carry quantile) "
                                         f"would be {cleaned:.3f}, {_points(d['reference_positive_points'], uncertain_points, held)} of the "
                                         f"parent away (limit {uncertain_points:g})")
                 if messages:
@@ -560,7 +560,7 @@ def place_and_check(
                                 + " below the cut" if math.isfinite(d["reference_tail_cut"])
                                 else "no binding tail could be fitted to the reference's bulk")
                         flags.append(_uncertain(f"{name}: {'; and '.join(messages)}; {tail}; look at the {marker} "
-                                                f"histogram of the reference population, stained vs {control}, for {marker}+ "
+                                                f"histogram of the reference population, stained vs {control_name}, for {marker}+ "
                                                 f"cells in it"))
             elif referenced and anchor.get("reference") is not None:
                 # the parent's upper-side carry-over follows its own nonspecific tail, widened by its
@@ -576,9 +576,9 @@ def place_and_check(
                 if verdict:
                     uncertain = True
                     d["reading_verdict"] = verdict
-                    flags.append(_uncertain(_above_message(name, marker, cut, d, high, uncertain_points, held, control)
+                    flags.append(_uncertain(_above_message(name, marker, cut, d, high, uncertain_points, held, control_name)
                                             if verdict[0] == "reference_above_points" else
-                                            _tail_message(name, marker, cut, d, anchor["reference"], uncertain_points, held, control)))
+                                            _tail_message(name, marker, cut, d, anchor["reference"], uncertain_points, held, control_name)))
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
             # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs
@@ -588,12 +588,12 @@ def place_and_check(
             d["kept_points"] = both[0] if both[0] > 0 else (-both[1] if both[1] < 0 else 0.0)
             if abs(d["kept_points"]) > uncertain_points:
                 uncertain = True
-                flags.append(_uncertain(f"{name}: the {control} percentile {cut:.3f} was kept (stained negatives within the "
-                                        f"shift/width tolerance of the {control}'s), yet both carry-overs of it (negative peak's "
+                flags.append(_uncertain(f"{name}: the {control_name} percentile {cut:.3f} was kept (stained negatives within the "
+                                        f"shift/width tolerance of the {control_name}'s), yet both carry-overs of it (negative peak's "
                                         f"lower-side spread {low:.3f}, upper-side spread {high:.3f}) would change the % by "
                                         f"{'' if held else 'at least '}{_points(abs(d['kept_points']), uncertain_points, held)} (limit "
                                         f"{uncertain_points:g}); look at the "
-                                        f"{marker} histogram of the parent, stained vs {control}"))
+                                        f"{marker} histogram of the parent, stained vs {control_name}"))
         # a dim marker's FMO cut (rule relative) lies in the overlap of negatives and positives by
         # convention: a dense cut there is recorded; review rests on uncertain_threshold
         settled_dim = anchor.get("rule") == "relative" and not uncertain
@@ -603,16 +603,16 @@ def place_and_check(
                                  f"{d['cut_density_ratio']:.2f} of the peak's, limit {dense_cut_ratio:g}); "
                                  + ("" if held else f"{sens:.1f} points of the parent lie within {DELTA} of it; ")
                                  + f"rule {d.get('winner')}; look at the "
-                                 f"{marker} histogram of the parent, stained vs {control}"))
+                                 f"{marker} histogram of the parent, stained vs {control_name}"))
         if extrapolated and far:
             settled = math.isfinite(d.get("candidate_points", float("nan"))) and d["candidate_points"] <= uncertain_points
             flags.append(pl.Flag("negative_shift", "info" if settled else "warning",
-                                 f"{name}: stained negatives sit {shift:+.3f} transformed units from the {control}'s and "
+                                 f"{name}: stained negatives sit {shift:+.3f} transformed units from the {control_name}'s and "
                                  f"are {ratio:.2f}x as wide (limits {shift_warning:g}, {width_warning:g}x); the "
-                                 f"threshold carried over from the {control} "
+                                 f"threshold carried over from the {control_name} "
                                  + ("" if held else f"moved {d['correction_points']:.1f} points of the parent and ")
                                  + f"rests on the additive model of nonspecific binding; look at nonspecific "
-                                 f"binding / spreading in {marker}, stained vs {control}"))
+                                 f"binding / spreading in {marker}, stained vs {control_name}"))
         if cut >= stained.max() or cut <= stained.min():
             flags.append(pl.Flag("cut_at_scale_edge", "warning",
                                  f"{name}: the threshold {cut:.3f} is at the edge of the stained data "

@@ -945,9 +945,9 @@ def place_fmo_threshold(
     percentile: float = 99.5,
     source_file: str = "",
     min_events: int = 200,
-    control: str = "FMO",
+    control_name: str = "FMO",
 ) -> Placement:
-    """Positive gate ``x > threshold`` with the threshold from the FMO tube's parent population (``control``: the
+    """Positive gate ``x > threshold`` with the threshold from the FMO tube's parent population (``control_name``: the
     control's name in the flag, ``unstained control`` where that stands in for the FMO)."""
     threshold = fmo_threshold(fmo_values, percentile)
     n = int(np.isfinite(np.asarray(fmo_values, dtype=np.float64)).sum())
@@ -957,7 +957,7 @@ def place_fmo_threshold(
             Flag(
                 "low_events",
                 "warning",
-                f"{dim}: {control} {source_file or '(unnamed)'} has only {n} events in the parent population "
+                f"{dim}: {control_name} {source_file or '(unnamed)'} has only {n} events in the parent population "
                 f"(< {min_events}); the {percentile}th percentile is imprecise",
             ),
         )
@@ -1889,9 +1889,9 @@ def place_fmo_anchored(
     reference: ReferenceBinding | None = None,
     reference_quantile: float = float("nan"),
     fit_reference: tuple[np.ndarray, np.ndarray] | None = None,
-    control: str = "FMO",
+    control_name: str = "FMO",
 ) -> Placement:
-    """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control``: the
+    """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
 
     Transformed units throughout. Candidates, all recorded in ``diagnostics``:
@@ -1957,7 +1957,7 @@ def place_fmo_anchored(
     if width_side not in WIDTH_SIDES:
         raise GatingError(f"FMO gate on {dim!r}: width_side must be one of {', '.join(WIDTH_SIDES)}, got {width_side!r}")
     base = place_fmo_threshold(fmo_values, dim, percentile=percentile, source_file=source_file, min_events=min_events,
-                               control=control)
+                               control_name=control_name)
     t_fmo = float(base.diagnostics["threshold"])
     x = _finite(stained_values, f"{dim}: stained tube parent", 20)
     fmo_x = _finite(fmo_values, f"{dim}: FMO parent", 20)
@@ -1992,7 +1992,7 @@ def place_fmo_anchored(
                            fit_on=fit_on)
     if not neg.found and fitted is not None:
         winner, cut = "fmo_relative", fitted.cut
-        diagnostics["note"] = f"no stained negative peak near the {control}'s mode: the fitted carry-over"
+        diagnostics["note"] = f"no stained negative peak near the {control_name}'s mode: the fitted carry-over"
         diagnostics["relative_carry"] = "fit"
     elif (not neg.found and reference is not None and transform is not None and rule != "percentile"
           and (reference.moved(shift_tolerance, width_tolerance) or np.isfinite(reference_quantile))):
@@ -2004,10 +2004,10 @@ def place_fmo_anchored(
         diagnostics.update(relative_reference=cut, relative_carry="reference", relative_threshold=cut,
                            reference_shift=reference.shift, reference_spread=reference.spread,
                            reference_extra=reference.skew,
-                           note=f"no stained negative peak near the {control}'s mode: the reference population's carry-over")
+                           note=f"no stained negative peak near the {control_name}'s mode: the reference population's carry-over")
     elif not neg.found:
         winner, cut = "fmo_percentile", t_fmo
-        diagnostics["note"] = (f"no stained negative peak near the {control}'s mode: the {control} percentile, the parent called "
+        diagnostics["note"] = (f"no stained negative peak near the {control_name}'s mode: the {control_name} percentile, the parent called "
                                "against its control")
     else:
         shift, ratio = neg.mode - fmo.mode, neg.width / fmo.width if fmo.width > 0 else 1.0
