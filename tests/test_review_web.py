@@ -340,9 +340,9 @@ def test_a_database_error_writing_due_refusal_windows_is_logged_and_the_server_s
         def broken():
             raise ReviewError("database is locked")
         monkeypatch.setattr(service, "write_repeated_refusals", broken)
-        with caplog.at_level(logging.WARNING, logger="tilpheno.review.server"):
+        with caplog.at_level(logging.WARNING, logger="tilpheno.review.service"):
             server.serve(service)
-        said = [r.getMessage() for r in caplog.records if r.name == "tilpheno.review.server"]
+        said = [r.getMessage() for r in caplog.records if r.name == "tilpheno.review.service"]
         assert len(said) == 2 and all("not audited yet" in m and "database is locked" in m for m in said), said
     finally:
         service.factory.kw["bind"].dispose()

@@ -5,7 +5,7 @@ import logging
 import threading
 from pathlib import Path
 
-from tilpheno.review.db import ReviewError, default_db_url, open_database
+from tilpheno.review.db import default_db_url, open_database
 from tilpheno.review.regate import ReviewSource
 from tilpheno.review.service import ReviewService
 
@@ -40,22 +40,10 @@ def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, thr
 
     from tilpheno.review.web import create_app
 
-    _write_due_refusals(service)   # those whose time is over while no server ran (a stop, a crash, a kill)
+    service.write_due_refusals()   # refusal windows whose time is over while no server ran (a stop, a crash, a kill)
     threading.Thread(target=import_all, args=(service,), daemon=True, name="import-products").start()
     try:
         waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")
     finally:
-        _write_due_refusals(service)
+        service.write_due_refusals()
 
-
-def _write_due_refusals(service: ReviewService) -> None:
-    """Write the counts of the refusal windows whose time is over (as a server starts and stops);
-    those still open stay in the database, counted into by every server and written by the first
-    after their time. A database error is logged, not raised: the windows stay in the database and
-    are written at the next request, start or ``tilpheno audit export``, and a stopping server
-    stops."""
-    try:
-        service.write_repeated_refusals()
-    except ReviewError as exc:
-        log.warning("counts of refused requests whose window is over not audited yet (kept for the next "
-                    "request or start): %s", exc)

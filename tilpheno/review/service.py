@@ -78,6 +78,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import shlex
 import time
 from collections import Counter
@@ -98,6 +99,8 @@ from tilpheno.review.db import ReviewError, default_db_path
 from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
 from tilpheno.review.regate import (GateSetError, ReviewSource, applied_candidates, changed_gates, check_reason,
                                     gates_sha256, recompute, validate_gate_set)
+
+log = logging.getLogger(__name__)
 
 MEANINGS = {"reviewed": ("analyst", "reviewer", "admin"),
             "approved for release": ("reviewer", "admin"),
@@ -1009,6 +1012,18 @@ class ReviewService:
             if not refusals.due(db, self.refusals):
                 return []
         return transaction(self.factory, lambda db: refusals.close(db, self.refusals))
+
+    def write_due_refusals(self) -> list[int]:
+        """:meth:`write_repeated_refusals` as every request and a server's start and stop run it: a
+        database error is logged, not raised (the windows stay in the database, written at the next
+        request, start or ``tilpheno audit export``), so the request is served and a stopping server
+        stops."""
+        try:
+            return self.write_repeated_refusals()
+        except ReviewError as exc:
+            log.warning("counts of refused requests whose window is over not audited yet (kept for the next "
+                        "request or start): %s", exc)
+            return []
 
     def assign_command(self, username: str, product_id: str) -> str:
         """The command an admin runs to assign ``product_id`` to ``username`` here: ``tilpheno users

@@ -72,10 +72,7 @@ def create_app(service: ReviewService) -> Flask:
     # -- sessions, CSRF, headers -----------------------------------------------------------------
     @app.before_request
     def _session():
-        try:   # identical refusals counted in a window that has closed since: their count goes to the trail
-            service.write_repeated_refusals()
-        except ReviewError as exc:   # kept for the next request
-            log.warning("counts of repeated refusals not audited yet: %s", exc)
+        service.write_due_refusals()   # refusals counted in a window whose time is over since: to the trail
         token = request.cookies.get(COOKIE)
         g.user, g.new_token = None, None
         with factory() as db:
