@@ -202,7 +202,7 @@ def test_fmo_legend_names_the_rule_that_placed_the_threshold():
         assert expected[winners[figure.population]] in legend, (figure.population, legend)
     from tilpheno.report.product import threshold_note
 
-    fmo, unstained = SimpleNamespace(role="fmo"), SimpleNamespace(role="unstained")
+    fmo, unstained = False, True
     assert threshold_note(SimpleNamespace(winner="fmo_relative"), fmo, 99.5) == "threshold: FMO pct carried over"
     assert threshold_note(SimpleNamespace(winner="fmo_percentile"), unstained, 99.0) == "threshold: 99th pct of unstained control"
     # the FMO percentile beyond the stained parent's events, clamped to its largest (undet_52's toy: 0.271 -> 0.203)

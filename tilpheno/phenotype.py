@@ -110,6 +110,29 @@ class TubeData:
         return len(next(iter(self.data.values()))) if self.data else 0
 
 
+@dataclass(frozen=True)
+class ControlEvents:
+    """The unstained control's events that a threshold without its FMO was anchored on
+    (``_TubeKindRun._on_unstained``), as the report's overlay draws them: ``file`` (the control's path),
+    ``population`` (where they were read: the nearest ancestor of the gate's parent an unstained cell
+    reaches, the stained file's gates applied to the control; ``root``: all its events), ``values`` (the
+    marker's transformed values there: all of them, or every k-th, at most ``plot_events``:
+    :func:`_plot_index`) and ``n_events`` (all its events there)."""
+
+    file: str
+    population: str
+    values: np.ndarray
+    n_events: int
+
+
+def control_events(file: str, population: str, values: np.ndarray, plot_events: int | None) -> ControlEvents:
+    """:class:`ControlEvents` keeping of ``values`` what the overlay draws (:func:`_plot_index`'s events), as
+    a copy: a view would keep the control's whole block of columns (``compensation.BlockPool``) alive."""
+    index = _plot_index(values.size, plot_events)
+    kept = values if index is None else values[index]
+    return ControlEvents(file, population, np.array(kept, dtype=np.float64, copy=True), int(values.size))
+
+
 @dataclass
 class TubeResult:
     """Gating result of one file (see the module docstring for the conventions)."""
@@ -137,6 +160,9 @@ class TubeResult:
     # population -> the numbers behind its placed gate (placement diagnostics: the candidates a
     # gate weighed, e.g. ``valley_threshold`` and ``sd_threshold`` of a ``valley`` gate, transformed units;
     # a stained file's gate flagged ``unstained_positive``: ``unstained_cut``, :class:`UnstainedCheck`)
+    control_events: dict[str, ControlEvents] = field(default_factory=dict)
+    # a stained file's fmo population whose FMO was missing and whose cut was anchored on the product's
+    # unstained control (``_TubeKindRun._on_unstained``) -> the control's events it rests on, for the overlay
 
     @property
     def shown_name(self) -> str:
@@ -798,13 +824,21 @@ def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, dim: 
     """The unstained ``control``'s events on marker ``dim`` (transformed) in ``population`` or its nearest
     ancestor not defined by stains, the stained file's gates placed so far (``state.gates``) applied to
     it; None when the control lacks the marker or that population."""
+    read = unstained_reading(strategy, state, control, dim, population)
+    return None if read is None else read[1]
+
+
+def unstained_reading(strategy: Strategy, state: _Gated, control: TubeData, dim: str,
+                      population: str) -> tuple[str, np.ndarray] | None:
+    """(the population, the values) of :func:`unstained_values`: where the control's events were read
+    (``population`` or its nearest ancestor not defined by stains; ROOT: all of them) and their values."""
     if dim not in control.data:
         return None
     masks, stained_defined = _on_control(strategy, state.gates, control)
     base = _control_base(strategy, population, stained_defined)
     if base == ROOT:
-        return control.data[dim]
-    return control.data[dim][masks[base]] if base in masks else None
+        return base, control.data[dim]
+    return (base, control.data[dim][masks[base]]) if base in masks else None
 
 
 def _moved(gate: RangeGate, cut: float) -> RangeGate:
@@ -908,7 +942,7 @@ class _TubeKindRun:
 
     def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
                  vocabulary: Vocabulary | None = None, qc: QCRules | None = None, settle=None,
-                 control: Callable[[], TubeData | None] | None = None):
+                 control: Callable[[], TubeData | None] | None = None, plot_events: int | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
         self.control = control   # the product's unstained control (loaded on first call), for one-population cuts
         self.percentile, self.keep_loaded, self.settle = percentile, keep_loaded, settle
@@ -923,6 +957,8 @@ class _TubeKindRun:
         self.thresholds: dict[str, _Threshold] = {}
         self.global_flags: list[tuple[int, pl.Flag]] = []   # flags of fmo thresholds, given to the target file
         self.fallbacks: dict[int, int] = {}   # an fmo gate placed on the stained density (its index) -> that file
+        self.plot_events = plot_events   # the overlay's share of a control's events (TubeResult.control_events)
+        self.control_events: dict[str, ControlEvents] = {}   # an fmo gate anchored on the unstained control -> its events
 
     # -- loading ---------------------------------------------------------------------------
     def state(self, i: int) -> _Gated | None:
@@ -1170,12 +1206,15 @@ class _TubeKindRun:
         negatives to 0.4); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong:
         (placement, the control's file, held, control_held) as :meth:`_placement`'s; the control's events were
         gated on the stained file's gates, so they rest on its undetermined gates too. None without a control carrying the
-        marker with ``MIN_CONTROL_EVENTS`` events there (the valley then)."""
+        marker with ``MIN_CONTROL_EVENTS`` events there (the valley then). The control's events it rests on are kept
+        for the overlay (``control_events``: at most ``plot_events`` of them)."""
         control = self.control() if self.control is not None else None
         marker = pop.dims[0]
-        values = unstained_values(self.strategy, stained, control, marker, pop.parent) if control is not None else None
-        if control is None or values is None or values.size < pl.MIN_CONTROL_EVENTS:
+        read = unstained_reading(self.strategy, stained, control, marker, pop.parent) if control is not None else None
+        if control is None or read is None or read[1].size < pl.MIN_CONTROL_EVENTS:
             return None
+        base, values = read
+        self.control_events[pop.name] = control_events(control.file, base, values, self.plot_events)
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
                                                              "unstained control")
@@ -1946,7 +1985,8 @@ def analyze_product(
             return next((t for t in tried if t is not None), None)
 
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
-                           vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control)
+                           vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control,
+                           plot_events=plot_events)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}
@@ -1959,6 +1999,7 @@ def analyze_product(
             made[i].acquisition = sources[i].handle.get("acquisition")
             made[i].compensation = sources[i].handle.get("compensation")   # its check made by settle
             if sources[i].role == "stain":
+                made[i].control_events = dict(run.control_events)
                 variables[i] = (tube_variables(strategy, state, undetermined_gates(state.diagnostics)),
                                 _stained_summary(state, sources[i].handle["name"]))
                 read[i] = _read_detectors(state.tube)

@@ -699,12 +699,15 @@ def fmo_overlay_plot(
     title: str,
     alt: str = "",
     colours: Mapping[str, str] | None = None,
+    control: str = "FMO",
 ) -> str:
     """FMO (grey, filled) vs stained (coloured line) histograms, normalised to mode, with the
     threshold line; the legend sits in a band above the axes, clear of the line and the curves.
 
     Percentages are of the parent population in each tube with value > threshold (NaN, a share
-    resting on an undetermined gate: '% + not determined'); ``colours``: the study's (``population_colour``). Returns SVG.
+    resting on an undetermined gate: '% + not determined'); ``colours``: the study's (``population_colour``);
+    ``control``: the grey histogram's name in the legend (an unstained control standing in for the FMO:
+    ``unstained control in live_lymph``, where its events were read). Returns SVG.
     """
     colour = population_colour(marker, colours)
     xlim = _limits(axis, np.concatenate([stained, fmo]), [threshold])
@@ -724,12 +727,12 @@ def fmo_overlay_plot(
     _style_axis(canvas, frame, axis, "x")
     plus = {kind: f"{pct:.1f}% +" if math.isfinite(pct) else "% + not determined"
             for kind, pct in (("fmo", pct_fmo), ("stained", pct_stained))}
-    _legend(canvas, [("patch", "#b0b0b0", 0.0, None, f"FMO: {plus['fmo']}"),
+    _legend(canvas, [("patch", "#b0b0b0", 0.0, None, f"{control}: {plus['fmo']}"),
                      ("line", colour, 1.3, None, f"stained: {plus['stained']}"),
                      ("line", "#000000", 1.1, _dash(1.1), threshold_note)],
             frame.box.y0 - 0.01 * canvas.height)
     _title(canvas, title)
-    return canvas.svg(alt or f"{marker} FMO vs stained on {axis.label}, threshold {threshold:.3f}")
+    return canvas.svg(alt or f"{marker} {control} vs stained on {axis.label}, threshold {threshold:.3f}")
 
 
 def _threshold(gate, dim: str, limits) -> float:

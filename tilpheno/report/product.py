@@ -313,22 +313,27 @@ def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
     else from each tube's population table (all events; the population is the parent's events above it).
     NaN where that table leaves the share blank: it rests on an undetermined gate of the tube
     (``tilpheno.phenotype.population_table``), a share no output reports."""
-    values = [_pop_value(t, str(row.population), "pct_of_parent") for t in (stain, fmo)]
-    if getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None:
-        counted = [100.0 * float(np.mean(v > thr)) if v.size else float("nan") for v in (s_vals, f_vals)]
-        pct_s, pct_f = (c if v is None or math.isfinite(v) else float("nan") for c, v in zip(counted, values))
-        return pct_s, pct_f
-    pct_s, pct_f = (float("nan") if v is None else v for v in values)
-    return pct_s, pct_f
+    counted = getattr(stain, "subsample", None) is None and getattr(fmo, "subsample", None) is None
+    return _share_above(stain, row, s_vals, thr, counted), _share_above(fmo, row, f_vals, thr, counted)
 
 
-def threshold_note(row, control, percentile: float) -> str:
+def _share_above(tube, row, values, thr: float, counted: bool) -> float:
+    """% of ``values`` (the tube's parent events) above ``thr``: counted on them when ``counted`` (they hold
+    all events), else the tube's population table's; NaN where that table leaves it blank (:func:`_pct_positive`)."""
+    table = _pop_value(tube, str(row.population), "pct_of_parent")
+    if counted:
+        share = 100.0 * float(np.mean(values > thr)) if values.size else float("nan")
+        return share if table is None or math.isfinite(table) else float("nan")
+    return float("nan") if table is None else table
+
+
+def threshold_note(row, unstained: bool, percentile: float) -> str:
     """The FMO overlay's legend for the threshold line: the candidate that won (``winner``,
     gates.checks.RECORD_COLUMNS), not always the control's percentile (the cut is often the stained
     valley or the percentile carried over to the stained negatives, where the control has < 0.5 % +); a
     percentile beyond the stained parent's events (``fmo_threshold`` not the cut: clamped to them, the line
-    at the parent's largest or smallest event, not at the percentile) says so."""
-    unstained = control.role == "unstained"
+    at the parent's largest or smallest event, not at the percentile) says so. ``unstained``: the control is
+    the product's unstained control (``control: unstained``, or standing in for a missing FMO), not an FMO."""
     winner = str(getattr(row, "winner", "") or "")
     if winner == "stained_valley":
         return "threshold: stained valley"
@@ -349,6 +354,10 @@ def fmo_figures(result, percentile: float, strategies=(),
     figures = []
     for stain, row, fmo in _fmo_pairs(result):
         marker, parent = str(row.marker), str(row.parent)
+        stand_in = getattr(stain, "control_events", {}).get(str(row.population)) if fmo is None else None
+        if stand_in is not None:
+            figures.extend(_stand_in_figure(stain, row, stand_in, strategies, axes, colours))
+            continue
         if fmo is None or marker not in stain.data or marker not in fmo.data:
             continue
         s_mask, f_mask = stain.masks.get(parent), fmo.masks.get(parent)
@@ -364,12 +373,41 @@ def fmo_figures(result, percentile: float, strategies=(),
         svg = plots.fmo_overlay_plot(
             s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
             threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker,
-            threshold_note=threshold_note(row, fmo, pctl), title=f"{marker} in {parent} ({stain.tube})", alt=alt,
+            threshold_note=threshold_note(row, fmo.role == "unstained", pctl), title=f"{marker} in {parent} ({stain.tube})", alt=alt,
             colours=colours,
         )
         figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt,
                               population=str(row.population), file=stain.shown_name))
     return figures
+
+
+def _stand_in_figure(stain, row, control, strategies, axes, colours) -> list[Figure]:
+    """The overlay of an ``fmo`` gate whose FMO was missing and whose cut was anchored on the product's
+    unstained control (``control``: ``phenotype.ControlEvents``): the control's events where the fallback read
+    them (the nearest ancestor of the parent an unstained cell reaches) against the stained parent's, with the
+    cut; the control's % above it as the threshold record measured it on all those events (``fmo_pct_above``;
+    NaN where they rest on an undetermined gate). No figure without the stained parent's events."""
+    from tilpheno.report import plots
+
+    marker, parent = str(row.marker), str(row.parent)
+    s_mask = stain.masks.get(parent)
+    if s_mask is None or marker not in stain.data:
+        return []
+    s_vals, thr = stain.data[marker][s_mask], float(row.value_transformed)
+    pct_s = _share_above(stain, row, s_vals, thr, getattr(stain, "subsample", None) is None)
+    pct_c = float(getattr(row, "fmo_pct_above", float("nan")))
+    where, source = _parent_name(control.population), Path(str(control.file)).name
+    alt = (f"{marker} unstained control ({where}) vs stained histogram; FMO missing, threshold {thr:.3f} anchored on "
+           f"{source}; stained {plots.pct_text(pct_s)} positive, unstained control {plots.pct_text(pct_c)}")
+    svg = plots.fmo_overlay_plot(
+        s_vals, control.values, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube),
+                                      axes.get((stain.tube, marker))),
+        threshold=thr, pct_stained=pct_s, pct_fmo=pct_c, marker=marker, control=f"unstained control in {where}",
+        threshold_note=threshold_note(row, True, float(getattr(row, "percentile", "nan"))),
+        title=f"{marker} in {parent} ({stain.tube})", alt=alt, colours=colours,
+    )
+    return [Figure(f"{marker} in {parent}: unstained control ({where}, FMO missing) vs stained ({stain.tube} tube)",
+                   svg, alt, population=str(row.population), file=stain.shown_name)]
 
 
 FMO_TABLE_COLUMNS = (
@@ -638,9 +676,19 @@ def fmo_section(ctx: ReportContext) -> Section | None:
         "with a log-normal binding fitted to the same negatives, fit ± = the half-width of the fit's 95 % interval, "
         "the points of the parent the % could move between them); else the FMO percentile. A gate with control: unstained "
         "(e.g. a live/dead cut) reads the product's unstained control instead of an FMO. Histograms normalised "
-        "to mode; grey = FMO (or unstained control), line = stained tube.",
+        "to mode; grey = FMO (or unstained control), line = stained tube." + _stand_in_words(ctx.result),
         tuple(with_review_flags(fmo_figures(ctx.result, ctx.options.fmo_percentile, ctx.strategies, ctx.axes,
                                             _colours(ctx)), getattr(ctx.outcome, "qc", ()))), (table,))
+
+
+def _stand_in_words(result) -> str:
+    """What the FMO section's intro adds when a gate without its FMO was anchored on the unstained control
+    (``TubeResult.control_events``); '' otherwise (a product with its FMOs: the intro as before)."""
+    if not any(getattr(t, "control_events", None) for t in result.tubes):
+        return ""
+    return (" A gate whose FMO file is missing, its cut anchored on the product's unstained control (flags missing_fmo, "
+            "fallback_gate), draws that control's events where the cut read them (grey, 'unstained control in "
+            "<population>': the nearest ancestor of the parent an unstained cell reaches, as its % + in the table).")
 
 
 FILE_COLUMNS = ("file", "tube", "role", "events", "SHA-256")
