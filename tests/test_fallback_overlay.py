@@ -137,3 +137,25 @@ def test_a_product_with_its_fmos_keeps_no_control_events(tmp_path):
     assert all(not t.control_events for t in result.tubes)
     figures = fmo_figures(result, 99.5, strategies)
     assert figures and all(">FMO: " in f.svg and "unstained" not in f.svg for f in figures)
+
+
+def test_the_overlay_of_a_gate_with_control_unstained_names_the_unstained_control(tmp_path):
+    """A dead cut with control: unstained (tests/test_control_live_dead.py's strategy, D93050 as there): its overlay
+    drew the product's unstained control with the legend 'FMO: 0.x% +', the caption 'FMO vs stained' and the alt
+    'FMO vs stained histogram', though no FMO set it (only its threshold line said 'unstained control') -> legend,
+    caption and alt name the unstained control; its grey histogram is the control's singlets (the control tube's
+    own mask, as before)."""
+    from test_control_live_dead import _product, _viability
+
+    from tilpheno.report.product import fmo_figures
+
+    prod, manifest = _product(tmp_path, 93050)
+    result = analyze_product(prod.product_id, manifest, [_viability()])
+    [figure] = fmo_figures(result, 99.5)
+    [control] = [t for t in result.tubes if t.role == "unstained"]
+    [stained] = [t for t in result.tubes if t.role == "stain"]
+    cut = stained.thresholds.set_index("population").at["dead", "value_transformed"]
+    shown = 100.0 * float(np.mean(control.data["7AAD"][control.masks["singlets"]] > cut))
+    assert figure.title == "7AAD in singlets: unstained control vs stained (surface tube)", figure.title
+    assert f">unstained control: {shown:.1f}% +<" in figure.svg, figure.svg
+    assert "FMO" not in figure.svg and "FMO" not in figure.alt and figure.alt.startswith("7AAD unstained control vs stained")

@@ -368,15 +368,17 @@ def fmo_figures(result, percentile: float, strategies=(),
         pct_s, pct_f = _pct_positive(stain, fmo, row, s_vals, f_vals, thr)
         pctl = float(getattr(row, "percentile", percentile))
         source = fmo.shown_name
-        alt = (f"{marker} FMO vs stained histogram; threshold {thr:.3f} from {source}; "
-               f"stained {plots.pct_text(pct_s)} positive, FMO {plots.pct_text(pct_f)}")
+        unstained = fmo.role == "unstained"   # a gate with control: unstained
+        kind = "unstained control" if unstained else "FMO"
+        alt = (f"{marker} {kind} vs stained histogram; threshold {thr:.3f} from {source}; "
+               f"stained {plots.pct_text(pct_s)} positive, {kind} {plots.pct_text(pct_f)}")
         svg = plots.fmo_overlay_plot(
             s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
-            threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker,
-            threshold_note=threshold_note(row, fmo.role == "unstained", pctl), title=f"{marker} in {parent} ({stain.tube})", alt=alt,
+            threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker, control=kind,
+            threshold_note=threshold_note(row, unstained, pctl), title=f"{marker} in {parent} ({stain.tube})", alt=alt,
             colours=colours,
         )
-        figures.append(Figure(f"{marker} in {parent}: FMO vs stained ({stain.tube} tube)", svg, alt,
+        figures.append(Figure(f"{marker} in {parent}: {kind} vs stained ({stain.tube} tube)", svg, alt,
                               population=str(row.population), file=stain.shown_name))
     return figures
 
