@@ -140,7 +140,7 @@ def test_a_product_with_its_fmos_keeps_no_control_events(tmp_path):
 
 
 def test_the_overlay_of_a_gate_with_control_unstained_names_the_unstained_control(tmp_path):
-    """A dead cut with control: unstained (tests/test_control_live_dead.py's strategy, D93050 as there): its overlay
+    """A dead cut with control: unstained (tests/test_control_live_dead.py's strategy and product, seed 168903): its overlay
     drew the product's unstained control with the legend 'FMO: 0.x% +', the caption 'FMO vs stained' and the alt
     'FMO vs stained histogram', though no FMO set it (only its threshold line said 'unstained control') -> legend,
     caption and alt name the unstained control; its grey histogram is the control's singlets (the control tube's
@@ -149,7 +149,7 @@ def test_the_overlay_of_a_gate_with_control_unstained_names_the_unstained_contro
 
     from tilpheno.report.product import fmo_figures
 
-    prod, manifest = _product(tmp_path, 93050)
+    prod, manifest = _product(tmp_path, 168903)
     result = analyze_product(prod.product_id, manifest, [_viability()])
     [figure] = fmo_figures(result, 99.5)
     [control] = [t for t in result.tubes if t.role == "unstained"]
