@@ -109,16 +109,18 @@ def test_a_fallback_gate_gets_an_overlay_of_the_unstained_controls_events(tmp_pa
 def test_the_controls_events_kept_for_the_overlay_are_bounded(tmp_path):
     """With plot_events (the pipeline's bound) the result keeps at most that many of the control's events for each
     fallback gate: every k-th of the independent reading (k the smallest that leaves so many), as the FMO's plot
-    subsample is taken, and the number read there in full."""
+    subsample is taken, and the number read there in full; once for the three PD1 gates, which read the same."""
     result, stained, control, strategies = _without_pd1_fmo(tmp_path, 1000)
     surface = next(s for s in strategies if s.tube == "surface")
     truth = _control_in_base(stained, str(control.file), surface)
     assert truth.size > 1000
     k = -(-truth.size // 1000)
     assert set(stained.control_events) == set(PD1_GATES)
+    # the three gates read the same events (PD1 in live_lymph): one array kept for them, not three
+    assert len({id(stained.control_events[gate]) for gate in PD1_GATES}) == 1
     for gate in PD1_GATES:
         kept = stained.control_events[gate]
-        assert kept.population == BASE and kept.file.endswith("V168901_unstained.fcs") and kept.n_events == truth.size
+        assert kept.population == BASE and kept.marker == "PD1" and kept.file.endswith("V168901_unstained.fcs") and kept.n_events == truth.size
         np.testing.assert_allclose(kept.values, truth[::k], rtol=0, atol=1e-12)
         assert kept.values.size <= 1000
 

@@ -114,23 +114,25 @@ class TubeData:
 class ControlEvents:
     """The unstained control's events that a threshold without its FMO was anchored on
     (``_TubeKindRun._on_unstained``), as the report's overlay draws them: ``file`` (the control's path),
-    ``population`` (where they were read: the nearest ancestor of the gate's parent an unstained cell
+    ``marker``, ``population`` (where they were read: the nearest ancestor of the gate's parent an unstained cell
     reaches, the stained file's gates applied to the control; ``root``: all its events), ``values`` (the
     marker's transformed values there: all of them, or every k-th, at most ``plot_events``:
-    :func:`_plot_index`) and ``n_events`` (all its events there)."""
+    :func:`_plot_index`) and ``n_events`` (all its events there). Gates read on the same control, marker and
+    population (the TIL PD1+, CD8+PD1+ and CD4+PD1+ on live_lymph) share one."""
 
     file: str
+    marker: str
     population: str
     values: np.ndarray
     n_events: int
 
 
-def control_events(file: str, population: str, values: np.ndarray, plot_events: int | None) -> ControlEvents:
+def control_events(file: str, marker: str, population: str, values: np.ndarray, plot_events: int | None) -> ControlEvents:
     """:class:`ControlEvents` keeping of ``values`` what the overlay draws (:func:`_plot_index`'s events), as
     a copy: a view would keep the control's whole block of columns (``compensation.BlockPool``) alive."""
     index = _plot_index(values.size, plot_events)
     kept = values if index is None else values[index]
-    return ControlEvents(file, population, np.array(kept, dtype=np.float64, copy=True), int(values.size))
+    return ControlEvents(file, marker, population, np.array(kept, dtype=np.float64, copy=True), int(values.size))
 
 
 @dataclass
@@ -1214,7 +1216,9 @@ class _TubeKindRun:
         if control is None or read is None or read[1].size < pl.MIN_CONTROL_EVENTS:
             return None
         base, values = read
-        self.control_events[pop.name] = control_events(control.file, base, values, self.plot_events)
+        kept = next((e for e in self.control_events.values() if (e.file, e.marker, e.population) == (control.file, marker, base)),
+                    None)   # the same events: a gate's own population's mask depends only on gates placed before
+        self.control_events[pop.name] = kept or control_events(control.file, marker, base, values, self.plot_events)
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
                                                              "unstained control")
