@@ -810,14 +810,52 @@ def test_an_fmo_gate_without_a_stained_negative_peak_says_what_its_cut_keeps():
             "the stained parent's largest event)") in said["fmo_excess_positive"], said["fmo_excess_positive"]
 
 
+def test_an_fmo_gate_clamped_below_the_stained_parents_lowest_event_keeps_all_of_it():
+    """The mirror of the toy above: the stained PD1 events (0.9) lie far above the FMO's (0.2), beyond the stained
+    negative peak's reach, so the FMO percentile is the cut, below every stained parent event. Clamped to the
+    lowest event, the gate (positive: above the cut) kept all of the parent but that event, 'part' of it, where
+    the convention says one population called against its control above the FMO's percentile is all positive
+    (stop 52's note, msg_52) -> the clamp puts the cut just below that event (placement.clamp_to_events): the gate
+    keeps all of the parent, the note and the record say so, and the review app's automatic candidate (the
+    recorded cut) reproduces the gate's coordinate exactly."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind
+    from tilpheno.review.regate import candidate_coordinate
+
+    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
+    rng = np.random.default_rng(8)
+    n = 5000
+
+    def cd3() -> np.ndarray:
+        return np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
+
+    stained = _toy_tube("stain", None, cd3(), rng.normal(0.9, 0.03, n))
+    fmo = _toy_tube("fmo", "PD1", cd3(), rng.normal(0.2, 0.03, n))
+    state, control = gate_tube_kind(strategy, [stained, fmo])
+    stained_parent = stained.data["PD1"][state.masks["CD3+"]]
+    fmo_parent = fmo.data["PD1"][control.masks["CD3+"]]
+    [threshold] = state.thresholds
+    d, cut, rule_cut = state.diagnostics["PD1+"], threshold["value_transformed"], threshold["fmo_threshold"]
+    # independent truth: the FMO's 99.5th percentile in its parent, below every stained parent event
+    assert rule_cut == pytest.approx(np.percentile(fmo_parent, 99.5), abs=2e-3)
+    assert threshold["winner"] == "fmo_percentile" and math.isnan(threshold["stained_mode"])
+    assert rule_cut < cut < stained_parent.min() and cut == np.nextafter(stained_parent.min(), -np.inf)
+    assert np.array_equal(state.masks["PD1+"], state.masks["CD3+"])   # called against its control: all positive
+    assert d["note"].endswith(f"; cut {cut:.4g} ({rule_cut:.4g} clamped to just below the stained parent's smallest "
+                              "event), the gate keeps all of the parent"), d["note"]
+    [gate] = [g for name, _, g, _ in state.gates if name == "PD1+"]
+    assert candidate_coordinate("low", cut) == gate.low == stained_parent.min()
+
+
 @pytest.mark.parametrize("pd1", ["two populations", "one population"])
 def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
     """The no-FMO fallback of a threshold gate (placement.place_valley on the stained tube, without
     checks.check_valley) below an undetermined gate (CD3: one population 1.0 above zero, no FMO or unstained
     control): its flags (missing_fmo, fallback_gate, no_second_peak) quote cuts and peaks, no count, and its record
     no points (audit, held2_51). The undetermined gate's own cut_at_scale_edge said what it keeps in its held count
-    ('the gate keeps 4999 of 5000 events (99.98%)'; populations.csv leaves CD3+'s count blank) -> 'part of the
-    events' (all, none or part, as below such a gate)."""
+    ('the gate keeps 4999 of 5000 events (99.98%)'; populations.csv leaves CD3+'s count blank) -> 'all of the
+    events' (all, none or part, as below such a gate). The clamp below the lowest event kept all but that event
+    (msgs_53: placement.clamp_to_events): held as positive, the one population is kept whole."""
     from tilpheno.gates.strategy import parse_strategy
     from tilpheno.phenotype import gate_tube_kind, population_table, undetermined_gates
 
@@ -837,7 +875,7 @@ def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
     assert {("PD1+", "missing_fmo"), ("PD1+", "fallback_gate"), ("CD3+", "cut_at_scale_edge")} <= set(said), said
     assert (("PD1+", "no_second_peak") in said) == (pd1 == "one population"), said
     kept = int(np.count_nonzero(state.masks["CD3+"]))
-    assert 0 < kept < n and ", the gate keeps part of the events; look at" in said["CD3+", "cut_at_scale_edge"], said
+    assert kept == n and ", the gate keeps all of the events; look at" in said["CD3+", "cut_at_scale_edge"], said
     for message in said.values():
         assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%|points of the parent", message), message
 
