@@ -1934,9 +1934,9 @@ def test_one_population_without_a_control_is_undetermined(tmp_path):
     show one population above the scale's zero, and each was 'all peaks taken as positive' by that
     distance alone (CD4+ 97.6 % and CD8+ 93.8 % of CD3+: impossible together) -> each flag says the call
     is undetermined without an FMO or unstained control, held as positive, with the negative call's cut
-    and what decides it, and is sized with that cut: CD3+'s size, within 1 point of its held % of lymph, is a review
-    (more than 2 points) but not quoted, that % resting on CD3+ itself (undet_52: 'changes cd3_pct_of_lymph by 88.0
-    points' before); CD4+, placed within CD3+, says its size rests on CD3+; the product needs review.
+    and what decides it; CD3+'s flag is a review, not sized, the % it moves resting on CD3+ itself (undet_52: 'changes
+    cd3_pct_of_lymph by 88.0 points' before; msgs_53: sized, its severity rested on that held %); CD4+, placed within
+    CD3+, says its size rests on CD3+; the product needs review.
     Stating the side in the strategy (one_population: positive) decides it: no undetermined flag."""
     folder = tmp_path / "fcs"
     folder.mkdir()
@@ -1961,9 +1961,9 @@ def test_one_population_without_a_control_is_undetermined(tmp_path):
         assert flags.loc[gate, "needs_review"], message
     cd3 = flags.loc["CD3+", "message"]
     negative = float(cd3.split("as negative its cut would be ")[1].split(")")[0])
-    assert cd3.endswith("; size: not quoted, the percentages it moves rest on CD3+ itself (undetermined: no FMO or "
+    assert cd3.endswith("; size: not measured, the percentages it moves rest on CD3+ itself (undetermined: no FMO or "
                         "unstained control) and are not reported") and "cd3_pct_of_lymph" not in cd3, cd3
-    assert flags.loc["CD3+", "severity"] == "warning"   # sized: the negative call moves the held % below by more than 2
+    assert flags.loc["CD3+", "severity"] == "warning"   # not sized: its side is for a reviewer to decide
     # CD4+ is placed within CD3+, held: its size would be counted on held events, so it is not given (left_49)
     assert "size: not measured, the percentages it moves rest on CD3+" in flags.loc["CD4+", "message"], flags.loc["CD4+"]
     from tilpheno.review.regate import ReviewSource, evaluate

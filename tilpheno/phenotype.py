@@ -593,9 +593,12 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
     A gate placed on events resting on an undetermined gate (:func:`undetermined_gates`) is not
     sized, its flags kept as raised: the counts and percentages below such a gate are held, not
     reported, so its flags quote none of them (``checks.check_valley``'s ``held``, which its
-    diagnostics name, ``resting_on``) and a sized one says which gates its size rests on instead. An
-    undetermined gate's own flags are sized (their severity), but every percentage its cut moves rests on
-    it, held: the message says so instead of the size."""
+    diagnostics name, ``resting_on``) and a sized one says which gates its size rests on instead. Nor are an
+    undetermined gate's own flags: every percentage its cut moves rests on it, held, its side decided by no
+    one yet, so they stay warnings (its ``no_second_peak`` holds release, ``qc.UNDETERMINED_CODE``) and say
+    so instead of a size (before stop 53 they were sized on those held percentages, and info where the cut
+    moved none of them by 2 points: a product whose only flags were an undetermined gate's then needed no
+    review)."""
     placed = {name: g for name, _, g, _ in state.gates}
     reported = {v.numerator for v in strategy.variables} if strategy.variables else {p.name for p in pops}
     out = []
@@ -611,12 +614,13 @@ def _sized_flags(strategy: Strategy, state: _Gated, flags: list[tuple[int, pl.Fl
         if held and alternatives:
             flag = replace(flag, message=f"{flag.message}; size: not measured, the percentages it moves rest on "
                                          f"{', '.join(held)} ({UNDETERMINED})")
+        elif diagnostics.get("undetermined") and alternatives:   # every percentage it moves lies within it
+            flag = replace(flag, message=f"{flag.message}; size: not measured, the percentages it moves rest on "
+                                         f"{pop.name} itself ({UNDETERMINED}) and are not reported")
         elif not held and alternatives and isinstance(gate, RangeGate):
             impacts = [variable_impact(strategy, state, pop.name, _moved(gate, a)) for a in alternatives]
             impact, what = max(impacts, key=lambda t: t[0] if math.isfinite(t[0]) else -1.0)
-            own = (f"the percentages it moves rest on {pop.name} itself ({UNDETERMINED}) and are not reported"
-                   if diagnostics.get("undetermined") else "")   # every one it moves lies within it
-            flag = checks.size_flag(flag, impact, what, alternatives, held=own)
+            flag = checks.size_flag(flag, impact, what, alternatives)
         out.append((k, flag))
     return out
 

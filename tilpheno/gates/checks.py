@@ -873,20 +873,17 @@ def valley_edge_flag(population: str, gate, diagnostics: Mapping[str, Any], valu
                    f"unstained control or an FMO", population)
 
 
-def size_flag(flag: pl.Flag, impact: float, what: str, alternatives, limit: float = IMPACT_POINTS,
-              held: str = "") -> pl.Flag:
+def size_flag(flag: pl.Flag, impact: float, what: str, alternatives, limit: float = IMPACT_POINTS) -> pl.Flag:
     """A density-gate flag with its size: ``impact`` = the largest change, in percentage points,
     of a reported percentage (``what``) when the cut moves to one of ``alternatives``. Severity
     ``warning`` (review) when ``impact`` exceeds ``limit``, else ``info``: the flag is kept, with
     its size, but does not hold the product back. NaN impact (nothing reported below the gate)
-    leaves the flag as it was. ``held``: why the percentages the cut moves are not reported (they rest
-    on an undetermined gate, ``phenotype.resting_on``): the severity as sized, the message says that
-    instead of the size."""
+    leaves the flag as it was. A flag whose percentages are held (an undetermined gate's own, or one
+    resting on such a gate) is not sized (``phenotype._sized_flags``)."""
     if not math.isfinite(impact):
         return flag
     cuts = ", ".join(f"{a:.3f}" for a in alternatives)
-    size = (f"not quoted, {held}" if held else
-            f"moving the cut to {cuts} changes {what} by {impact:.1f} points (review above {limit:g})")
+    size = f"moving the cut to {cuts} changes {what} by {impact:.1f} points (review above {limit:g})"
     return pl.Flag(flag.code, "warning" if impact > limit else "info", f"{flag.message}; size: {size}", flag.gate)
 
 
