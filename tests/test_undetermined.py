@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -764,6 +765,26 @@ def test_an_fmo_gate_holds_only_what_rests_on_an_undetermined_gate_of_its_own_fi
             assert not re.search(r"\d+\.\d+ points", message) and f"{below:.1f}%" not in message, message
 
 
+def fmo_toy(stained_pd1: Callable[[np.random.Generator, int], np.ndarray]):
+    """HELD_FMO_STRATEGY gated on a stained tube and its PD1 FMO (5000 events each), CD3 two populations in both
+    (CD3+ determined), the FMO's PD1 normal(0.2, 0.03), the stained tube's from ``stained_pd1(rng, n)``: (the
+    engine's state of the stained file, its CD3+ events' PD1, the FMO's, the one threshold record)."""
+    from tilpheno.gates.strategy import parse_strategy
+    from tilpheno.phenotype import gate_tube_kind
+
+    rng = np.random.default_rng(8)
+    n = 5000
+
+    def cd3() -> np.ndarray:
+        return np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
+
+    stained = _toy_tube("stain", None, cd3(), stained_pd1(rng, n))
+    fmo = _toy_tube("fmo", "PD1", cd3(), rng.normal(0.2, 0.03, n))
+    state, control = gate_tube_kind(parse_strategy(HELD_FMO_STRATEGY, "toy.yaml"), [stained, fmo])
+    [threshold] = state.thresholds
+    return state, stained.data["PD1"][state.masks["CD3+"]], fmo.data["PD1"][control.masks["CD3+"]], threshold
+
+
 def test_an_fmo_gate_without_a_stained_negative_peak_says_what_its_cut_keeps():
     """The toy above with both CD3+ gates determined: the stained PD1 negatives (0.1) lie below the FMO's (0.2),
     beyond the stained negative peak's reach (the FMO's mode - 2 widths - 0.02 up to + max_shift 0.3), so the FMO
@@ -773,22 +794,7 @@ def test_an_fmo_gate_without_a_stained_negative_peak_says_what_its_cut_keeps():
     both say the cut, the rule's own cut as recorded, that it was clamped and what the gate keeps. The outcome is
     the issue's convention (one population called against its control): the stained parent lies below its FMO's
     percentile, none of it positive."""
-    from tilpheno.gates.strategy import parse_strategy
-    from tilpheno.phenotype import gate_tube_kind
-
-    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
-    rng = np.random.default_rng(8)
-    n = 5000
-
-    def cd3() -> np.ndarray:
-        return np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
-
-    stained = _toy_tube("stain", None, cd3(), rng.normal(0.1, 0.03, n))
-    fmo = _toy_tube("fmo", "PD1", cd3(), rng.normal(0.2, 0.03, n))
-    state, control = gate_tube_kind(strategy, [stained, fmo])
-    stained_parent = stained.data["PD1"][state.masks["CD3+"]]
-    fmo_parent = fmo.data["PD1"][control.masks["CD3+"]]
-    [threshold] = state.thresholds
+    state, stained_parent, fmo_parent, threshold = fmo_toy(lambda rng, n: rng.normal(0.1, 0.03, n))
     d, cut, rule_cut = state.diagnostics["PD1+"], threshold["value_transformed"], threshold["fmo_threshold"]
     # independent truth: the FMO's 99.5th percentile in its parent, beyond every stained parent event
     assert rule_cut == pytest.approx(np.percentile(fmo_parent, 99.5), abs=2e-3)
@@ -818,23 +824,9 @@ def test_an_fmo_gate_clamped_below_the_stained_parents_lowest_event_keeps_all_of
     (stop 52's note, msg_52) -> the clamp puts the cut just below that event (placement.clamp_to_events): the gate
     keeps all of the parent, the note and the record say so, and the review app's automatic candidate (the
     recorded cut) reproduces the gate's coordinate exactly."""
-    from tilpheno.gates.strategy import parse_strategy
-    from tilpheno.phenotype import gate_tube_kind
     from tilpheno.review.regate import candidate_coordinate
 
-    strategy = parse_strategy(HELD_FMO_STRATEGY, "toy.yaml")
-    rng = np.random.default_rng(8)
-    n = 5000
-
-    def cd3() -> np.ndarray:
-        return np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
-
-    stained = _toy_tube("stain", None, cd3(), rng.normal(0.9, 0.03, n))
-    fmo = _toy_tube("fmo", "PD1", cd3(), rng.normal(0.2, 0.03, n))
-    state, control = gate_tube_kind(strategy, [stained, fmo])
-    stained_parent = stained.data["PD1"][state.masks["CD3+"]]
-    fmo_parent = fmo.data["PD1"][control.masks["CD3+"]]
-    [threshold] = state.thresholds
+    state, stained_parent, fmo_parent, threshold = fmo_toy(lambda rng, n: rng.normal(0.9, 0.03, n))
     d, cut, rule_cut = state.diagnostics["PD1+"], threshold["value_transformed"], threshold["fmo_threshold"]
     # independent truth: the FMO's 99.5th percentile in its parent, below every stained parent event
     assert rule_cut == pytest.approx(np.percentile(fmo_parent, 99.5), abs=2e-3)
