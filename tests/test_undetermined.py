@@ -821,7 +821,7 @@ def test_an_fmo_gate_clamped_below_the_stained_parents_lowest_event_keeps_all_of
     negative peak's reach, so the FMO percentile is the cut, below every stained parent event. Clamped to the
     lowest event, the gate (positive: above the cut) kept all of the parent but that event, 'part' of it, where
     the convention says one population called against its control above the FMO's percentile is all positive
-    (stop 52's note, msg_52) -> the clamp puts the cut just below that event (placement.clamp_to_events): the gate
+    (stop 52's note, msg_52) -> the clamp puts the cut just below that event (placement.clamp_to_parent): the gate
     keeps all of the parent, the note and the record say so, and the review app's automatic candidate (the
     recorded cut) reproduces the gate's coordinate exactly."""
     from tilpheno.review.regate import candidate_coordinate
@@ -845,9 +845,8 @@ def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
     checks.check_valley) below an undetermined gate (CD3: one population 1.0 above zero, no FMO or unstained
     control): its flags (missing_fmo, fallback_gate, no_second_peak) quote cuts and peaks, no count, and its record
     no points (audit, held2_51). The undetermined gate's own cut_at_scale_edge said what it keeps in its held count
-    ('the gate keeps 4999 of 5000 events (99.98%)'; populations.csv leaves CD3+'s count blank) -> 'all of the
-    events' (all, none or part, as below such a gate). The clamp below the lowest event kept all but that event
-    (msgs_53: placement.clamp_to_events): held as positive, the one population is kept whole."""
+    ('the gate keeps 4999 of 5000 events (99.98%)'; populations.csv leaves CD3+'s count blank) -> 'part of the
+    events' (all, none or part, as below such a gate)."""
     from tilpheno.gates.strategy import parse_strategy
     from tilpheno.phenotype import gate_tube_kind, population_table, undetermined_gates
 
@@ -867,7 +866,7 @@ def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
     assert {("PD1+", "missing_fmo"), ("PD1+", "fallback_gate"), ("CD3+", "cut_at_scale_edge")} <= set(said), said
     assert (("PD1+", "no_second_peak") in said) == (pd1 == "one population"), said
     kept = int(np.count_nonzero(state.masks["CD3+"]))
-    assert kept == n and ", the gate keeps all of the events; look at" in said["CD3+", "cut_at_scale_edge"], said
+    assert 0 < kept < n and ", the gate keeps part of the events; look at" in said["CD3+", "cut_at_scale_edge"], said
     for message in said.values():
         assert not re.search(r"\d+ of \d+ events|\d+(\.\d+)?%|points of the parent", message), message
 

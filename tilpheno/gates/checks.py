@@ -204,7 +204,7 @@ def _points(value: float, limit: float, held: tuple[str, ...], unit: str = " poi
 def _clamped(d: Mapping[str, Any], cut: float) -> str:
     """', clamped to the stained parent's largest event' (', ... just below its smallest event') when an FMO
     gate's rule put its cut beyond the parent's events (``place_fmo_anchored``'s ``unclamped_threshold``, ``cut``
-    the clamped cut, ``placement.clamp_to_events``), else ''."""
+    the clamped cut, ``placement.clamp_to_parent``), else ''."""
     if not d.get("clamped"):
         return ""
     return f", clamped to {pl.clamped_to(float(d['unclamped_threshold']), cut)}"

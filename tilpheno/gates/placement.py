@@ -719,12 +719,11 @@ def _control_carry(control: np.ndarray, x: np.ndarray, transform: Any, *, percen
 
 def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float,
                      min_separation: float, fallback_sd: float, zero: float | None, rule: str, k_sd: float,
-                     sd_side: str, unstained: np.ndarray | None, keep: str,
+                     sd_side: str, unstained: np.ndarray | None,
                      one_population: str = "auto", transform: Any = None,
                      control_percentile: float = 99.5) -> tuple[float, dict[str, Any], bool]:
     """:func:`place_valley`'s cut of the finite events ``x`` and their ``density`` (its rules, the
-    clamp to the data's range, :func:`clamp_to_events` on the gate's side ``keep``): ``(cut, diagnostics, two
-    populations)``."""
+    clamp to the data's range): ``(cut, diagnostics, two populations)``."""
     cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                                         min_separation=min_separation, fallback_sd=fallback_sd, zero=zero,
                                         unstained=unstained, one_population=one_population, transform=transform,
@@ -751,9 +750,10 @@ def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_p
             two_peaks = True   # the rule does not need a second peak, nor a lone population's side: its cut is
             for held in ("undetermined", "negative_side_cut"):   # measured from the main peak whatever that side
                 diagnostics.pop(held, None)                       # (the strategy's rule states it)
-    if not float(x.min()) <= cut <= float(x.max()):   # the gate keeps all or none of the events, as the rule's cut
+    low_end, high_end = float(x.min()), float(x.max())
+    if not low_end <= cut <= high_end:
         diagnostics.update(unclamped_threshold=cut)
-        cut = clamp_to_events(cut, x, keep)
+        cut = min(max(cut, low_end), high_end)
         diagnostics.update(threshold=cut, clamped=True)
     return cut, diagnostics, two_peaks
 
@@ -825,9 +825,10 @@ def place_valley(
     not have called it negative); ``positive`` always as positive (a lab's convention for a marker
     every parent cell carries, e.g. CD3 of a T-cell product without controls;
     ``negative_side_cut`` when the population lies less than ``min_separation`` above zero or the
-    control); a control's split into a negative and a positive peak stays. The cut never leaves the data's range
-    (:func:`clamp_to_events`: a cut beyond the events is moved to their edge, where the gate keeps all of them or
-    none, as the rule's cut did; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave).
+    control); a control's split into a negative and a positive peak stays. The cut never leaves the data's range (it is clamped to the lowest and
+    highest value; ``clamped`` records it, ``unclamped_threshold`` the cut the rule gave; a gate keeping the side
+    of a cut clamped to the edge event keeps all but that event, unlike :func:`clamp_to_parent`'s: see
+    benchmarks/README.md, stop 53).
     """
     if keep not in ("low", "high"):
         raise GatingError(f"valley gate on {dim!r}: keep must be 'low' or 'high', got {keep!r}")
@@ -842,7 +843,7 @@ def place_valley(
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
     decide = partial(_valley_decision, x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                      min_separation=min_separation, fallback_sd=fallback_sd, zero=zero, rule=rule, k_sd=k_sd,
-                     sd_side=sd_side, keep=keep, one_population=one_population, transform=transform,
+                     sd_side=sd_side, one_population=one_population, transform=transform,
                      control_percentile=control_percentile)
     if callable(unstained):
         cut, diagnostics, two_peaks = decide(unstained=None)
@@ -1161,25 +1162,20 @@ def negative_peak_window(fmo_mode: float, fmo_width: float, max_shift: float) ->
     return fmo_mode - 2.0 * fmo_width - 0.02, fmo_mode + max_shift
 
 
-def clamp_to_events(cut: float, x: np.ndarray, keep: str) -> float:
-    """``cut`` (transformed units) kept within the finite events ``x`` (at least one) of a one-dimensional gate
-    that keeps the side ``keep`` (``high``: ``x > cut``, ``low``: ``x < cut``, as :func:`place_valley` and
-    :func:`place_fmo_anchored` place it): a cut beyond the events becomes the one at their edge at which the gate
-    keeps all of them or none, as the rule's cut did, not all but the edge event: below the lowest event a
-    positive gate keeps all, so its cut lies just below that event (the next float down); above the largest
-    event it keeps none, the cut at that event (a negative gate the mirror image). A cut within the events is
-    returned as it is. The gate's coordinate (``high``: the next float up from the cut) is then reproduced from
-    the recorded cut exactly (``tilpheno.review.regate.candidate_coordinate``)."""
+def clamp_to_parent(cut: float, x: np.ndarray) -> float:
+    """``cut`` (transformed units) of a positive gate (``x > cut``, as :func:`place_fmo_anchored` places it) kept
+    within the stained parent's finite events ``x`` (at least one): a cut beyond them becomes the one at their edge
+    at which the gate keeps all of them or none, as the rule's cut did, not all but the edge event: below the
+    lowest event the gate keeps all, so the cut lies just below that event (the next float down); above the
+    largest it keeps none, the cut at that event. A cut within the events is returned as it is. The gate's
+    coordinate (the next float up from the cut) is then reproduced from the recorded cut exactly
+    (``tilpheno.review.regate.candidate_coordinate``)."""
     low, high = float(x.min()), float(x.max())
-    if cut < low:
-        return float(np.nextafter(low, -np.inf)) if keep == "high" else low
-    if cut > high:
-        return high if keep == "high" else float(np.nextafter(high, np.inf))
-    return float(cut)
+    return float(np.nextafter(low, -np.inf)) if cut < low else high if cut > high else float(cut)
 
 
 def clamped_to(rule_cut: float, cut: float) -> str:
-    """Where :func:`clamp_to_events` put a positive gate's ``cut`` from the rule's ``rule_cut`` beyond the stained
+    """Where :func:`clamp_to_parent` put a positive gate's ``cut`` from the rule's ``rule_cut`` beyond the stained
     parent's events, in words: at its largest event (the gate keeps none of it) or just below its smallest (all)."""
     return "the stained parent's largest event" if rule_cut > cut else "just below the stained parent's smallest event"
 
@@ -2093,7 +2089,7 @@ def place_fmo_anchored(
                 # fit's share grows with its cut and climbs into dim positives (stop 43): their valley is the cut
                 winner, cut = "stained_valley", float(density.grid[v])
     rule_cut = float(cut)
-    cut = clamp_to_events(rule_cut, x, "high")   # beyond the parent's events the gate keeps all or none of them
+    cut = clamp_to_parent(rule_cut, x)   # beyond the parent's events the gate keeps all or none of them
     if cut != rule_cut:
         diagnostics.update(unclamped_threshold=rule_cut, clamped=True)
     diagnostics.update(threshold=cut, winner=winner)
