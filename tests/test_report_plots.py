@@ -206,8 +206,35 @@ def test_fmo_legend_names_the_rule_that_placed_the_threshold():
     assert threshold_note(SimpleNamespace(winner="fmo_relative"), fmo, 99.5) == "threshold: FMO pct carried over"
     assert threshold_note(SimpleNamespace(winner="fmo_percentile"), unstained, 99.0) == "threshold: 99th pct of unstained control"
     # the FMO percentile beyond the stained parent's events, clamped to its largest (undet_52's toy: 0.271 -> 0.203)
-    clamped = SimpleNamespace(winner="fmo_percentile", fmo_threshold=0.271, value_transformed=0.203)
+    clamped = SimpleNamespace(winner="fmo_percentile", fmo_threshold=0.271, value_transformed=0.203,
+                              unclamped_threshold=0.271)
     assert threshold_note(clamped, fmo, 99.5) == "threshold: 99.5th pct of FMO (clamped to the stained data)"
+
+
+def test_fmo_legend_says_a_clamped_carried_cut_was_clamped():
+    """The FMO overlay's legend said 'clamped' only for the FMO percentile (its fmo_threshold differing from the
+    cut); a carried cut clamped to the stained parent's events read 'threshold: FMO pct carried over', the line at
+    the parent's largest event, not at the carry-over (stop 52's note) -> the threshold record keeps the winner's
+    own cut where it was clamped (``unclamped_threshold``) and the legend says 'clamped' for any winner. Here the
+    stained PD1 negatives are shifted up and their lower side three times as wide as the FMO's, their upper side
+    narrow: the carry-over with the lower side's spread lies beyond every stained parent event."""
+    import math
+    from types import SimpleNamespace
+
+    from test_undetermined import fmo_toy
+    from tilpheno.report.product import threshold_note
+
+    def pd1(rng: np.random.Generator, n: int) -> np.ndarray:   # mode 0.3, lower side SD 0.1, upper side 0.01
+        return np.where(rng.random(n) < 0.5, 0.3 - np.abs(rng.normal(0, 0.1, n)), 0.3 + np.abs(rng.normal(0, 0.01, n)))
+
+    _, parent, _, record = fmo_toy(pd1)
+    assert record["winner"] == "fmo_relative" and record["relative_threshold"] > parent.max()
+    assert record["unclamped_threshold"] == record["relative_threshold"] and record["value_transformed"] == parent.max()
+    row, fmo, unstained = SimpleNamespace(**record), False, True
+    assert threshold_note(row, fmo, 99.5) == "threshold: FMO pct carried over (clamped to the stained data)"
+    assert threshold_note(row, unstained, 99.5) == "threshold: control pct carried over (clamped to the stained data)"
+    unclamped = SimpleNamespace(**{**record, "unclamped_threshold": math.nan})
+    assert threshold_note(unclamped, fmo, 99.5) == "threshold: FMO pct carried over"
 
 
 def test_quadrant_names_from_the_strategy():

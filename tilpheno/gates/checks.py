@@ -186,9 +186,12 @@ which ``uncertain_threshold`` is raised."""
 RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "relative_low", "relative_high",
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
-                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error", "reading_verdict"]
+                  "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error", "reading_verdict",
+                  "unclamped_threshold"]
 """Threshold-table columns recording both candidates, the shift and the rule that won (and a
-``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured). ``reading_verdict``: on a gate
+``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured). ``unclamped_threshold``: the
+winner's own cut where it lay beyond the stained parent's events and the gate's cut was clamped to them
+(``placement.clamp_to_parent``), NaN otherwise. ``reading_verdict``: on a gate
 whose cut carries a shared reference reading, each gate carrying it where a check that judges the reading fired, its
 checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set by the engine once every threshold
 is placed; '' otherwise)."""

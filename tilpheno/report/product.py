@@ -331,17 +331,14 @@ def threshold_note(row, unstained: bool, percentile: float) -> str:
     """The FMO overlay's legend for the threshold line: the candidate that won (``winner``,
     gates.checks.RECORD_COLUMNS), not always the control's percentile (the cut is often the stained
     valley or the percentile carried over to the stained negatives, where the control has < 0.5 % +); a
-    percentile beyond the stained parent's events (``fmo_threshold`` not the cut: clamped to them, the line
-    at the parent's largest or smallest event, not at the percentile) says so. ``unstained``: the control is
-    the product's unstained control (``control: unstained``, or standing in for a missing FMO), not an FMO."""
+    winner's cut beyond the stained parent's events (a percentile or a carried cut, ``unclamped_threshold``
+    finite: clamped to them, the line at the parent's largest or smallest event, not at the rule's cut) says so.
+    ``unstained``: the control is the product's unstained control (``control: unstained``, or standing in for a
+    missing FMO), not an FMO."""
     winner = str(getattr(row, "winner", "") or "")
-    if winner == "stained_valley":
-        return "threshold: stained valley"
-    if winner == "fmo_relative":
-        return f"threshold: {'control' if unstained else 'FMO'} pct carried over"
-    rule_cut, cut = float(getattr(row, "fmo_threshold", "nan")), float(getattr(row, "value_transformed", "nan"))
-    clamped = " (clamped to the stained data)" if math.isfinite(rule_cut) and rule_cut != cut else ""
-    return f"threshold: {percentile:g}th pct of {'unstained control' if unstained else 'FMO'}{clamped}"
+    rule = {"stained_valley": "stained valley", "fmo_relative": f"{'control' if unstained else 'FMO'} pct carried over"}
+    clamped = " (clamped to the stained data)" if math.isfinite(float(getattr(row, "unclamped_threshold", "nan"))) else ""
+    return f"threshold: {rule.get(winner, f'{percentile:g}th pct of ' + ('unstained control' if unstained else 'FMO'))}{clamped}"
 
 
 def fmo_figures(result, percentile: float, strategies=(),
