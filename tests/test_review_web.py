@@ -293,6 +293,48 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
         assert audit.verify(db).ok
 
 
+def test_a_refusal_whose_window_another_server_opened_meanwhile_is_counted_there(app, service, monkeypatch):
+    """A refused request that finds no open window of its key opens one; when another server opened
+    that window between this request's read and its insert, the insert collided (IntegrityError), the
+    whole transaction re-ran, and a request whose key collided at each of the 8 runs
+    (``service.transaction``) ended in HTTP 500, its refusal counted nowhere. Forced here at every
+    run: right after the request found no window, another server's identical refusal (the same code,
+    in the request's transaction) opens it. Now the request is counted in that window, in the same
+    transaction: HTTP 403, one ``access_refused`` entry (the other server's), and once the window is
+    over one ``access_refused_repeated`` counting this request; the trail verifies."""
+    from tilpheno.review import audit, refusals
+
+    close_refusal_windows(service)
+    c_bob, _, _ = login(app, "bob")
+    error, others, inside = "role analyst cannot export the audit trail", [], [False]
+    real_close = refusals.close
+
+    def close(db, rule, now=None):   # reached by a refusal whose UPDATE found no open window
+        closed = real_close(db, rule, now)
+        if now is not None and not inside[0]:   # the request's own run, not the other server's refusal
+            inside[0] = True
+            try:
+                others.append(refusals.record(db, rule, "bob", "GET /audit.csv", "", error))
+            finally:
+                inside[0] = False
+        return closed
+
+    monkeypatch.setattr(refusals, "close", close)
+    with service.factory() as db:
+        start = audit.head_seq(db)
+    r = c_bob.get("/audit.csv")
+    assert r.status_code == 403 and json.loads(r.text)["error"] == error, r.text
+    assert len(others) == 1   # one run: the transaction did not re-run
+    monkeypatch.setattr(refusals, "close", real_close)
+    close_refusal_windows(service)
+    entries = [e for e in entries_of(service, "access_refused", "access_refused_repeated") if e[0] > start]
+    assert [(e[1], e[2], e[4].get("count"), e[5]) for e in entries] == [
+        ("bob", "access_refused", None, error), ("bob", "access_refused_repeated", 1, error)]
+    assert entries[1][4]["repeats_entry"] == entries[0][0]
+    with service.factory() as db:
+        assert audit.verify(db).ok
+
+
 @contextmanager
 def two_servers_on_one_database(kind, review_source, tmp_path):
     """A service on a new ``kind`` database (users as :func:`review_support.service_on`) and a second
@@ -458,7 +500,7 @@ def test_a_server_starting_or_stopping_leaves_a_live_peers_window_open(kind, rev
 def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, monkeypatch):
     """Two server processes on one PostgreSQL database refusing the same request at the same moment
     both find no window open (their UPDATEs match no row): the second's new window collides with the
-    first's (its key), its transaction re-runs and counts it there. Each service's thread waits, after
+    first's (its key), and the second counts it there (in the same transaction). Each service's thread waits, after
     its first UPDATE, for the other's; 10 refusals each: one ``access_refused`` entry and one
     ``access_refused_repeated`` counting the other 19. (SQLite's write lock, taken by the UPDATE,
     lets one writer at a time.)"""

@@ -11,7 +11,10 @@ requests it holds and how often they were refused.
 
 The open windows are rows of ``refusal_windows`` (:class:`~tilpheno.review.models.RefusalWindow`),
 so the counts survive a crash or kill and every server process on one database counts into the
-same window. A refusal in an open window is one UPDATE of its row (the count, under the row's lock).
+same window. A refusal in an open window is one UPDATE of its row (the count, under the row's lock);
+one that finds no window opens it with an INSERT ... ON CONFLICT DO NOTHING, and when another
+server opened the same window meanwhile (its key taken) counts there instead, in the same
+transaction.
 A window is closed only when its time is over, by deleting its row (DELETE ... RETURNING: of two
 servers closing it at once, one gets it), its entry written in the same transaction: at the next
 request to any server, the next refusal that opens a window, or a server starting or stopping. A
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tilpheno.review import audit
@@ -57,30 +62,60 @@ def window_key(username: str, request: str, product_id: str, refusal: str) -> st
 def record(db: Session, rule: RefusalRule, username: str, request: str, product_id: str, refusal: str) -> int | None:
     """Count or write one refused request (module docstring), in the caller's transaction: the
     ``seq`` of its ``access_refused`` entry, or None when it was counted in an open window (its own,
-    or its user's folded one). Windows whose time is over are closed first."""
+    or its user's folded one). Windows whose time is over are closed first. A window of the same
+    key that another server opened (and committed) after this request found none counts it, in this
+    transaction: a key taken is never an error, however often it happens (:func:`_open`)."""
     now, at = rule.clock(), utcnow()
     key = window_key(username, request, product_id, refusal)
-    counted = db.execute(update(RefusalWindow).where(RefusalWindow.key_sha256 == key,
-                                                     RefusalWindow.opened > now - rule.window)
-                         .values(count=RefusalWindow.count + 1, last_at=at))
-    if audit.rowcount(counted):
+    if _count(db, key, at, opened_after=now - rule.window):
         return None
     close(db, rule, now)   # this request's own window among them, if its time is over
-    audit.locked_head(db)   # the user's open windows read below stay so until this commits (PostgreSQL)
+    head = audit.locked_head(db)   # the user's open windows read below stay so until this commits (PostgreSQL)
     open_windows = db.execute(select(RefusalWindow.repeats_entry, RefusalWindow.opened).where(
         RefusalWindow.username == username, RefusalWindow.opened > now - rule.window)).all()
-    window = RefusalWindow(key_sha256=key, username=username, request=request, product_id=product_id,
-                           refusal=refusal, opened=now, opened_at=at, last_at=at, count=0)
+    window = {"key_sha256": key, "username": username, "request": request, "product_id": product_id,
+              "refusal": refusal, "opened": now, "opened_at": at, "last_at": at, "count": 0}
     if sum(entry is not None for entry, _ in open_windows) < rule.max_open:
-        window.repeats_entry = audit.append(db, username, "access_refused", product_id=product_id,
-                                            after={"request": request}, reason=refusal).seq
-        seq: int | None = window.repeats_entry
+        # the entry this window repeats is the trail's next: the head is locked (PostgreSQL) or the
+        # database write-locked (SQLite) since this transaction's first UPDATE
+        window["repeats_entry"] = (head.seq if head is not None else 0) + 1
     else:   # folded: counted in the user's one window beyond the cap, opened by its first request
-        window.opened = min((opened for entry, opened in open_windows if entry is None), default=now)
-        window.count, seq = 1, None
-    db.add(window)
-    db.flush()   # a window another server opened meanwhile: IntegrityError, the transaction re-runs and counts
-    return seq
+        window.update(repeats_entry=None, count=1,
+                      opened=min((opened for entry, opened in open_windows if entry is None), default=now))
+    if not _open(db, window):   # another server opened this key's window since this request's UPDATE: counted there
+        if not _count(db, key, at):   # and a third closed it since (its time over): the transaction re-runs
+            raise audit.ChainConflict(f"refusal window {key[:12]} closed while this refusal was counted")
+        return None
+    if window["repeats_entry"] is None:
+        return None
+    entry = audit.append(db, username, "access_refused", product_id=product_id, after={"request": request},
+                         reason=refusal)
+    if entry.seq != window["repeats_entry"]:   # another writer appended meanwhile: the transaction re-runs
+        raise audit.ChainConflict(f"refusal window {key[:12]}: entry {entry.seq} written, "
+                                  f"{window['repeats_entry']} expected")
+    return entry.seq
+
+
+def _count(db: Session, key: str, at: str, opened_after: float | None = None) -> bool:
+    """Count one more refusal (``last_at`` = ``at``) in the window of ``key``, if there is one
+    (opened after ``opened_after``: still open; None: whatever its time); whether one was."""
+    query = update(RefusalWindow).where(RefusalWindow.key_sha256 == key)
+    if opened_after is not None:
+        query = query.where(RefusalWindow.opened > opened_after)
+    return audit.rowcount(db.execute(query.values(count=RefusalWindow.count + 1, last_at=at))) == 1
+
+
+def _open(db: Session, window: dict) -> bool:
+    """Insert the window row ``window`` (its columns), unless a row holds its key already: one that
+    another server committed after this transaction's UPDATE found none (PostgreSQL waits for that
+    server's transaction to end; SQLite's write lock lets none in). Whether it was inserted. An
+    INSERT ... ON CONFLICT DO NOTHING, not a failed INSERT: a collision used to roll the whole
+    transaction back and re-run it (:func:`tilpheno.review.service.transaction`), and a request
+    whose key collided at each of its 8 runs ended in HTTP 500, its refusal not counted."""
+    dialect = db.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return db.scalar(insert(RefusalWindow).values(**window).on_conflict_do_nothing(index_elements=["key_sha256"])
+                     .returning(RefusalWindow.key_sha256)) is not None   # the row inserted (rowcount: -1 on psycopg)
 
 
 def due(db: Session, rule: RefusalRule) -> bool:
