@@ -40,7 +40,7 @@ def close_refusal_windows(service):
     from tilpheno.review.service import transaction
 
     rule = service.refusals
-    return transaction(service.factory, lambda db: refusals.close(db, rule, rule.clock() + rule.window))
+    return transaction(service.factory, lambda db: refusals.close(db, rule, rule.now(db) + rule.window))
 
 
 def counts(service):
@@ -277,7 +277,7 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
     assert len(entries) == 3
     seq, user, action, product, after, reason, at = entries[2]
     assert (user, action, product, reason) == ("bob", "access_refused_repeated", "", error)
-    assert first[6] < after.pop("last_at") < other[6]   # the 50th refusal's time (UTC)
+    assert after.pop("last_at") == utc(1049.0)   # the 50th refusal's time, by the windows' clock
     assert after == {"request": "GET /audit.csv", "count": 49, "repeats_entry": first[0], "window_s": counter.window,
                      "closed_at": utc(1000.0 + counter.window)}
     for _ in range(4):   # a new window: one entry, three counted, written once its time is over
@@ -419,7 +419,7 @@ def test_refusals_counted_before_a_crash_reach_the_trail_when_the_server_starts_
         entries = entries_of(restarted, "access_refused", "access_refused_repeated")
         assert [e[1:4] for e in entries] == [("bob", "access_refused", ""), ("bob", "access_refused_repeated", "")]
         after = entries[1][4]
-        assert after.pop("last_at") > "2026"
+        assert after.pop("last_at") == utc(1000.0)
         assert after == {"request": "GET /audit.csv", "count": 3, "repeats_entry": seqs[0], "window_s": 300.0,
                          "closed_at": utc(1300.0)}
         assert entries[1][5] == error
@@ -490,11 +490,42 @@ def test_a_server_starting_or_stopping_leaves_a_live_peers_window_open(kind, rev
         entries = entries_of(peer, "access_refused", "access_refused_repeated")
         assert [e[0] for e in entries] == [seqs[0]] + closed and len(closed) == 1
         after = entries[1][4]
-        assert after.pop("last_at") > "2026"
+        assert after.pop("last_at") == utc(1100.0)   # the last refusal, after the restart
         assert after == {"request": "GET /audit.csv", "count": 4, "repeats_entry": seqs[0], "window_s": rule.window,
                          "closed_at": utc(1000.0 + rule.window)}
         with peer.factory() as db:
             assert audit.verify(db).ok
+
+
+def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_source, tmp_path, monkeypatch):
+    """The windows' times were each server's wall clock: of two servers on one PostgreSQL database,
+    one whose clock ran 10 minutes ahead found its peer's window (opened a minute ago) over, wrote
+    its count early and opened a second window (a second ``access_refused`` entry); one running
+    behind kept a window open past its time. Now the windows' times are the database's clock: the
+    server ahead counts into the peer's window, whose ``opened``, first and last times are
+    PostgreSQL's ``clock_timestamp()``, within 5 s of it (this test's steps); the trail verifies."""
+    import time
+    import types
+
+    from tilpheno.review import audit, refusals
+    from tilpheno.review.models import RefusalWindow, utc
+
+    error = "role analyst cannot export the audit trail"
+    with two_servers_on_one_database("postgresql", review_source, tmp_path) as (peer, ahead):
+        seqs = [peer.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(2)]
+        real_time = time.time   # the servers share this process: the machine's clock is moved on, not the database's
+        monkeypatch.setattr(refusals, "time", types.SimpleNamespace(time=lambda: real_time() + 600.0))
+        seqs += [ahead.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(2)]
+        assert ahead.write_repeated_refusals() == []
+        assert seqs[0] is not None and seqs[1:] == [None] * 3, seqs
+        assert entries_of(peer, "access_refused_repeated") == []
+        with peer.factory() as db:
+            (window,) = db.scalars(select(RefusalWindow)).all()
+            database_now = float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
+            assert audit.verify(db).ok
+        assert window.count == 3 and window.repeats_entry == seqs[0]
+        assert 0.0 <= database_now - window.opened < 5.0
+        assert window.opened_at <= window.last_at <= utc(database_now)
 
 
 def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, monkeypatch):

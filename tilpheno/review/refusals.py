@@ -24,6 +24,11 @@ started later (a lone server restarted) writes those over at its start, as ``til
 does before its copy. Each entry gives the time
 its window closed (``closed_at``: when its time was over, which may be before the entry was
 written). The trail stays append-only: no entry is changed.
+
+A window's times (opened, each refusal's, closed) are the database's clock
+(:func:`database_clock`): on PostgreSQL one clock for every server, so servers on several machines
+with skewed clocks, or one whose clock NTP moves, neither stretch nor shrink a window; on SQLite
+(one machine's file) that machine's clock.
 """
 from __future__ import annotations
 
@@ -32,26 +37,42 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tilpheno.review import audit
-from tilpheno.review.models import RefusalWindow, utc, utcnow
+from tilpheno.review.models import RefusalWindow, utc
 
 WINDOW_S = 300.0          # identical refused requests within this many seconds of the written one are counted
 MAX_OPEN_PER_USER = 20    # windows open at once per user; beyond, a user's refused requests fold into one window
 FOLDED_NAMED = 10         # requests an access_refused_folded entry names (the most refused first)
 
 
+def database_clock(db: Session) -> float:
+    """Now, in seconds since the epoch, by the database's clock. PostgreSQL: its
+    ``clock_timestamp()``, one clock for every server process on the database, whatever their
+    machines' clocks say (skewed, or jumped by NTP). SQLite: this machine's clock (``time.time``),
+    the one every process using the file reads (SQLite's own ``'now'`` is that clock too): a jump
+    of it still stretches or shrinks the windows open at the time."""
+    if db.get_bind().dialect.name == "postgresql":
+        return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
+    return time.time()
+
+
 @dataclass(frozen=True)
 class RefusalRule:
-    """The window's length, the per-user cap and the clock (seconds since the epoch: one for every
-    server process on the database)."""
+    """The window's length, the per-user cap and the clock the windows' times are read from
+    (seconds since the epoch): None for the database's (:func:`database_clock`); a function for one
+    clock every server shares (tests)."""
     window: float = WINDOW_S
     max_open: int = MAX_OPEN_PER_USER
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] | None = None
+
+    def now(self, db: Session) -> float:
+        """Now by this rule's clock, in seconds since the epoch."""
+        return self.clock() if self.clock is not None else database_clock(db)
 
 
 def window_key(username: str, request: str, product_id: str, refusal: str) -> str:
@@ -65,7 +86,8 @@ def record(db: Session, rule: RefusalRule, username: str, request: str, product_
     or its user's folded one). Windows whose time is over are closed first. A window of the same
     key that another server opened (and committed) after this request found none counts it, in this
     transaction: a key taken is never an error, however often it happens (:func:`_open`)."""
-    now, at = rule.clock(), utcnow()
+    now = rule.now(db)
+    at = utc(now)
     key = window_key(username, request, product_id, refusal)
     if _count(db, key, at, opened_after=now - rule.window):
         return None
@@ -120,7 +142,7 @@ def _open(db: Session, window: dict) -> bool:
 
 def due(db: Session, rule: RefusalRule) -> bool:
     """Whether a window's time is over (one indexed read: what a request costs when none is)."""
-    return db.scalar(select(RefusalWindow.key_sha256).where(RefusalWindow.opened <= rule.clock() - rule.window)
+    return db.scalar(select(RefusalWindow.key_sha256).where(RefusalWindow.opened <= rule.now(db) - rule.window)
                      .limit(1)) is not None
 
 
@@ -135,7 +157,7 @@ def close(db: Session, rule: RefusalRule, now: float | None = None) -> list[int]
     ``distinct_requests``, ``count`` (their refusals), ``max_open``, ``window_s``, ``first_at``,
     ``last_at``, ``closed_at``, and the :data:`FOLDED_NAMED` most refused ``requests`` (method and path)."""
     query = delete(RefusalWindow).returning(RefusalWindow).where(
-        RefusalWindow.opened <= (rule.clock() if now is None else now) - rule.window)
+        RefusalWindow.opened <= (rule.now(db) if now is None else now) - rule.window)
     windows = sorted(db.scalars(query, execution_options={"synchronize_session": False}),
                      key=lambda w: (w.opened, w.opened_at, w.key_sha256))
     folded: dict[tuple[str, float], list[RefusalWindow]] = {}   # a user's folded window: its requests share opened
