@@ -99,7 +99,7 @@ def test_an_audit_export_is_itself_audited_after_the_copy(kind, review_out, tmp_
         for entry, name, rows in zip(entries, ("first.csv", "second.csv"), copies):
             assert json.loads(entry.after_json) == {
                 "file": str(tmp_path / name), "sha256": hashlib.sha256((tmp_path / name).read_bytes()).hexdigest(),
-                "first_seq": int(rows[0]["seq"]), "last_seq": int(rows[-1]["seq"])}
+                "first_seq": int(rows[0]["seq"]), "last_seq": int(rows[-1]["seq"]), "open_windows": 0}
         assert copies[1][1]["after_json"] == entries[0].after_json   # the second copy holds the first's entry
     finally:
         drop_schema(db)
@@ -110,14 +110,16 @@ def test_an_audit_export_holds_the_counts_of_refusal_windows_over_since_the_serv
     """A server stopping leaves its open refusal windows in the database (another server may still
     count into them); with no server running, `audit export` handed out a copy without the counts of
     the windows whose time was over since. Now it writes those first (``access_refused_repeated``,
-    ``closed_at``: their time over); a window still open stays open, its count in the database."""
+    ``closed_at``: their time over); a window still open stays open, its count in the database, and
+    the copy, which lacked that count, shows it after the entries, marked open (no ``seq``, action
+    ``access_refused_repeated_open``, ``open``, ``closes_at``), written as no entry."""
     import csv
 
-    from sqlalchemy import func, select
+    from sqlalchemy import select
 
     from tilpheno.review import audit, refusals
     from tilpheno.review.db import open_database
-    from tilpheno.review.models import RefusalWindow, utc
+    from tilpheno.review.models import AuditEntry, RefusalWindow, utc
     from tilpheno.review.service import transaction
 
     db = database_url(kind, tmp_path)
@@ -134,13 +136,19 @@ def test_an_audit_export_holds_the_counts_of_refusal_windows_over_since_the_serv
         rows = list(csv.DictReader((tmp_path / "audit.csv").open(encoding="utf-8", newline="")))
         assert [(row["action"], json.loads(row["after_json"])["request"]) for row in rows] == [
             ("access_refused", "GET /export/phenotypes.csv"), ("access_refused", "GET /audit.csv"),
-            ("access_refused_repeated", "GET /audit.csv")]
+            ("access_refused_repeated", "GET /audit.csv"), ("access_refused_repeated_open", "GET /export/phenotypes.csv")]
         after = json.loads(rows[2]["after_json"])
         assert (after["count"], after["repeats_entry"], after["closed_at"]) == (
             2, int(rows[1]["seq"]), utc(opened + refusals.WINDOW_S))
+        still = json.loads(rows[3]["after_json"])
+        assert (rows[3]["seq"], rows[3]["entry_sha256"], still["count"], still["repeats_entry"], still["open"]) == (
+            "", "", 2, int(rows[0]["seq"]), True)
         with factory() as s:
-            assert s.scalar(select(func.sum(RefusalWindow.count))) == 2   # the open window, still counting
+            (window,) = s.scalars(select(RefusalWindow)).all()   # the open window, still counting
+            assert (window.count, still["closes_at"]) == (2, utc(window.opened + refusals.WINDOW_S))
             assert audit.verify(s).ok
+            export = s.scalar(select(AuditEntry).where(AuditEntry.action == "audit_export"))
+            assert json.loads(export.after_json)["open_windows"] == 1
     finally:
         factory.kw["bind"].dispose()
         drop_schema(db)

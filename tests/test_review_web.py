@@ -192,6 +192,7 @@ def test_exports_and_audit_csv(app, service):
 
     from tilpheno.review.models import AuditEntry
 
+    close_refusal_windows(service)   # another test's open window would be shown after the entries
     c, _, _ = login(app, "alice")
     r = c.get("/audit.csv")
     assert r.status_code == 200 and r.text.startswith("seq,at,username,action")
@@ -201,7 +202,7 @@ def test_exports_and_audit_csv(app, service):
         newest = db.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
     assert (newest.username, newest.action, newest.seq) == ("alice", "audit_export", int(rows[-1]["seq"]) + 1)
     assert json.loads(newest.after_json) == {"file": "audit.csv", "sha256": hashlib.sha256(r.data).hexdigest(),
-                                             "first_seq": 1, "last_seq": int(rows[-1]["seq"])}
+                                             "first_seq": 1, "last_seq": int(rows[-1]["seq"]), "open_windows": 0}
     c_bob, h_bob, _ = login(app, "bob")
 
     def refused(url, method="get", **kw):
@@ -289,6 +290,54 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
     assert [e[2] for e in entries[3:]] == ["access_refused", "access_refused_repeated"]   # TIL002's counted none
     assert entries[4][4]["count"] == 3 and entries[4][4]["repeats_entry"] == entries[3][0]
     assert entries[4][4]["closed_at"] == utc(1000.0 + 2 * counter.window)
+    with service.factory() as db:
+        assert audit.verify(db).ok
+
+
+def test_an_audit_copy_shows_the_open_refusal_windows_counts_marked_open(app, service, monkeypatch):
+    """A copy of the trail held only the entries: refusals counted in a window still open (bob
+    refused 3 times: one ``access_refused`` entry, 2 counted) were in no copy until the window's
+    time was over, and with no server running none wrote them (a copy in that gap lacked them).
+    Now /audit.csv shows each open window after the entries, as it stands: its entry-to-be's action
+    with ``_open``, no ``seq`` or hashes (not an entry of the chain), ``at`` the copy's time, its
+    count so far, ``open`` and ``closes_at``; nothing is written for it (the window keeps counting;
+    its entry comes once its time is over), the copy's ``audit_export`` entry says how many such
+    rows it held, and the trail verifies."""
+    import csv
+    import io
+
+    from tilpheno.review import audit
+    from tilpheno.review.models import utc
+    from tilpheno.review.refusals import RefusalRule
+
+    close_refusal_windows(service)
+    now = [1000.0]
+    monkeypatch.setattr(service, "refusals", RefusalRule(clock=lambda: now[0]))
+    c_bob, _, _ = login(app, "bob")
+    for _ in range(3):
+        assert c_bob.get("/audit.csv").status_code == 403
+        now[0] += 1.0
+    c_alice, _, _ = login(app, "alice")
+    r = c_alice.get("/audit.csv")
+    assert r.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    written = [row for row in rows if row["action"] == "access_refused" and row["username"] == "bob"][-1]
+    assert all(row["seq"] for row in rows[:-1]) and rows[-1]["action"] == "access_refused_repeated_open"
+    assert {k: rows[-1][k] for k in ("seq", "at", "username", "product_id", "before_json", "reason", "prev_sha256",
+                                     "entry_sha256")} == {
+        "seq": "", "at": utc(1003.0), "username": "bob", "product_id": "", "before_json": "null",
+        "reason": "role analyst cannot export the audit trail", "prev_sha256": "", "entry_sha256": ""}
+    assert json.loads(rows[-1]["after_json"]) == {
+        "request": "GET /audit.csv", "count": 2, "repeats_entry": int(written["seq"]), "window_s": 300.0,
+        "last_at": utc(1002.0), "open": True, "closes_at": utc(1300.0)}
+    assert [e for e in entries_of(service, "access_refused_repeated") if e[0] > int(written["seq"])] == []   # none written
+    export = entries_of(service, "audit_export")[-1]
+    assert (export[1], export[4]["last_seq"], export[4]["open_windows"]) == ("alice", int(rows[-2]["seq"]), 1)
+    now[0] = 1300.0   # its time over: the next request writes its entry, with the count the copy showed
+    assert c_bob.get("/audit.csv").status_code == 403
+    close_refusal_windows(service)
+    closed = entries_of(service, "access_refused_repeated")[-1]
+    assert (closed[4]["count"], closed[4]["repeats_entry"], closed[4]["closed_at"]) == (2, int(written["seq"]), utc(1300.0))
     with service.factory() as db:
         assert audit.verify(db).ok
 

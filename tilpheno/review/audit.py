@@ -25,7 +25,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -188,15 +188,18 @@ def verify(db: Session) -> Verification:
 
 @dataclass(frozen=True)
 class TrailCopy:
-    """A copy of the trail (:func:`export_csv`): its CSV text and the entries it holds, ``first``
-    to ``last`` (``seq``; 0 and 0 when the trail is empty)."""
+    """A copy of the trail (:func:`export_csv`): its CSV text, the entries it holds, ``first`` to
+    ``last`` (``seq``; 0 and 0 when the trail is empty), and the rows after them that are not
+    entries (``open_windows``: the open refusal windows' counts so far)."""
     text: str
     first: int
     last: int
+    open_windows: int = 0
 
 
-def export_csv(db: Session) -> TrailCopy:
-    """Every entry, oldest first, as CSV text (cells starting with = + - @ are prefixed with ')."""
+def export_csv(db: Session, open_windows: Sequence[Mapping[str, str]] = ()) -> TrailCopy:
+    """Every entry, oldest first, as CSV text (cells starting with = + - @ are prefixed with '),
+    then the rows ``open_windows`` (:data:`CSV_COLUMNS` each; no ``seq``: not entries of the chain)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -204,7 +207,9 @@ def export_csv(db: Session) -> TrailCopy:
     for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
         writer.writerow([_cell(getattr(e, c)) for c in CSV_COLUMNS])
         first, last = first or e.seq, e.seq
-    return TrailCopy(buf.getvalue(), first, last)
+    for row in open_windows:
+        writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
+    return TrailCopy(buf.getvalue(), first, last, len(open_windows))
 
 
 def _cell(value):

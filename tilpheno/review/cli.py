@@ -362,20 +362,20 @@ def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(
     """Write every audit entry (oldest first) as CSV, then record the copy in the trail (action
     `audit_export`: who, the file, the entries it holds and its SHA-256; the copy holds not its own
     entry, the next copy does). The refusal windows whose time is over (no server ran since) are
-    written first: the copy holds their counts."""
+    written first: the copy holds their counts; those still open follow the entries, their counts
+    so far marked open (action `..._open`, no `seq`: not entries of the chain)."""
     from tilpheno.cli import _write_or_fail
     from tilpheno.errors import TilphenoError
     from tilpheno.io.atomic import write_text
     from tilpheno.review import refusals
-    from tilpheno.review.audit import export_csv
     from tilpheno.review.db import ReviewError
-    from tilpheno.review.service import record_trail_export, transaction
+    from tilpheno.review.service import record_trail_export, trail_copy, transaction
 
     try:
         factory = _factory(out, db)
-        transaction(factory, lambda s: refusals.close(s, refusals.RefusalRule()))
-        with factory() as s:
-            copy = export_csv(s)
+        rule = refusals.RefusalRule()
+        transaction(factory, lambda s: refusals.close(s, rule))
+        copy = trail_copy(factory, rule)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     # -o a folder, no permission, a full disk (whose error names no file): one line naming -o

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -48,6 +48,7 @@ from tilpheno.review.models import RefusalWindow, utc
 WINDOW_S = 300.0          # identical refused requests within this many seconds of the written one are counted
 MAX_OPEN_PER_USER = 20    # windows open at once per user; beyond, a user's refused requests fold into one window
 FOLDED_NAMED = 10         # requests an access_refused_folded entry names (the most refused first)
+OPEN_SUFFIX = "_open"     # a copy of the trail shows an open window as its entry-to-be's action + this
 
 
 def database_clock(db: Session) -> float:
@@ -148,41 +149,75 @@ def due(db: Session, rule: RefusalRule) -> bool:
 
 def close(db: Session, rule: RefusalRule, now: float | None = None) -> list[int]:
     """Close the windows whose time is over at ``now`` (default: the rule's clock) and write their
-    entries, oldest first, in the caller's transaction; returns their ``seq``. Each gives
-    ``closed_at``, the time its window's time was over (opened + ``window_s``).
-    ``access_refused_repeated``: who, the product, ``after``: the request, ``count`` (the refusals
-    counted, not written), ``repeats_entry`` (the ``seq`` of the one written), ``window_s``,
-    ``last_at`` (the last one's time) and ``closed_at``; the refusal as its reason (a window that
-    counted none: no entry). ``access_refused_folded``, one per folded window of a user:
-    ``distinct_requests``, ``count`` (their refusals), ``max_open``, ``window_s``, ``first_at``,
-    ``last_at``, ``closed_at``, and the :data:`FOLDED_NAMED` most refused ``requests`` (method and path)."""
+    entries (:func:`window_counts`), oldest first, in the caller's transaction; returns their
+    ``seq``. Each gives ``closed_at``, the time its window's time was over (opened + ``window_s``)."""
     query = delete(RefusalWindow).returning(RefusalWindow).where(
         RefusalWindow.opened <= (rule.now(db) if now is None else now) - rule.window)
-    windows = sorted(db.scalars(query, execution_options={"synchronize_session": False}),
-                     key=lambda w: (w.opened, w.opened_at, w.key_sha256))
-    folded: dict[tuple[str, float], list[RefusalWindow]] = {}   # a user's folded window: its requests share opened
-    for w in windows:
+    counts = window_counts(db.scalars(query, execution_options={"synchronize_session": False}), rule)
+    return [audit.append(db, c.username, c.action, product_id=c.product_id, reason=c.reason,
+                         after={**c.after, "closed_at": utc(c.ends)}).seq for c in counts]
+
+
+@dataclass(frozen=True)
+class WindowCount:
+    """What one window's refusals come to: the entry that closes it writes (:func:`close`), or what
+    a copy of the trail shows of it while it is open (:func:`open_rows`). ``after`` lacks the
+    window's end, ``ends`` (seconds since the epoch: opened + ``window_s``)."""
+    action: str   # access_refused_repeated | access_refused_folded
+    username: str
+    product_id: str
+    after: dict[str, Any]
+    reason: str
+    ends: float
+
+
+def window_counts(windows: Iterable[RefusalWindow], rule: RefusalRule) -> list[WindowCount]:
+    """The counts of ``windows`` (rows of ``refusal_windows``), oldest first.
+    ``access_refused_repeated``: who, the product, ``after``: the request, ``count`` (the refusals
+    counted, not written), ``repeats_entry`` (the ``seq`` of the one written), ``window_s`` and
+    ``last_at`` (the last one's time); the refusal as its reason (a window that counted none: no
+    entry). ``access_refused_folded``, one per folded window of a user (its requests' rows share
+    ``opened``): ``distinct_requests``, ``count`` (their refusals), ``max_open``, ``window_s``,
+    ``first_at``, ``last_at``, and the :data:`FOLDED_NAMED` most refused ``requests`` (method and path)."""
+    ordered = sorted(windows, key=lambda w: (w.opened, w.opened_at, w.key_sha256))
+    folded: dict[tuple[str, float], list[RefusalWindow]] = {}
+    for w in ordered:
         if w.repeats_entry is None:
             folded.setdefault((w.username, w.opened), []).append(w)
-    seqs = []
-    for w in windows:
+    counts = []
+    for w in ordered:
         if w.repeats_entry is not None and w.count:
-            seqs.append(audit.append(db, w.username, "access_refused_repeated", product_id=w.product_id, reason=w.refusal,
-                                     after={"request": w.request, "count": w.count, "repeats_entry": w.repeats_entry,
-                                            "window_s": rule.window, "last_at": w.last_at,
-                                            "closed_at": utc(w.opened + rule.window)}).seq)
+            counts.append(WindowCount("access_refused_repeated", w.username, w.product_id, {
+                "request": w.request, "count": w.count, "repeats_entry": w.repeats_entry, "window_s": rule.window,
+                "last_at": w.last_at}, w.refusal, w.opened + rule.window))
         elif w.repeats_entry is None and (w.username, w.opened) in folded:
-            seqs.append(_write_folded(db, rule, w.username, folded.pop((w.username, w.opened))))
-    return seqs
+            counts.append(_folded(rule, w.username, folded.pop((w.username, w.opened))))
+    return counts
 
 
-def _write_folded(db: Session, rule: RefusalRule, username: str, windows: list[RefusalWindow]) -> int:
-    """The ``access_refused_folded`` entry of one folded window of ``username`` (:func:`close`)."""
+def _folded(rule: RefusalRule, username: str, windows: list[RefusalWindow]) -> WindowCount:
+    """The ``access_refused_folded`` count of one folded window of ``username`` (:func:`window_counts`)."""
     count = sum(w.count for w in windows)
     named = sorted(windows, key=lambda w: (-w.count, w.request, w.product_id))[:FOLDED_NAMED]
-    return audit.append(db, username, "access_refused_folded", after={
+    return WindowCount("access_refused_folded", username, "", {
         "distinct_requests": len(windows), "count": count, "max_open": rule.max_open, "window_s": rule.window,
         "first_at": min(w.opened_at for w in windows), "last_at": max(w.last_at for w in windows),
-        "closed_at": utc(windows[0].opened + rule.window), "requests": [w.request for w in named]},
-        reason=(f"{len(windows)} distinct requests of {username} refused {count} times within {rule.window:g} s, "
-                f"beyond the {rule.max_open} windows of refused requests open at once per user")).seq
+        "requests": [w.request for w in named]},
+        (f"{len(windows)} distinct requests of {username} refused {count} times within {rule.window:g} s, "
+         f"beyond the {rule.max_open} windows of refused requests open at once per user"), windows[0].opened + rule.window)
+
+
+def open_rows(db: Session, rule: RefusalRule) -> list[dict[str, str]]:
+    """What a copy of the trail shows of the windows still open (their time not over; a window that
+    counted nothing beyond its written entry: nothing), oldest first: one row per window in the
+    trail's CSV columns (:data:`tilpheno.review.audit.CSV_COLUMNS`), not an entry of the trail:
+    ``seq``, ``prev_sha256`` and ``entry_sha256`` empty, ``at`` now (the rule's clock), ``action``
+    the entry it will be once closed with :data:`OPEN_SUFFIX` (``access_refused_repeated_open``,
+    ``access_refused_folded_open``), ``after`` its count so far, ``"open": true`` and
+    ``closes_at`` (when its time will be over; a refusal counted after the copy still counts)."""
+    now = rule.now(db)
+    counts = window_counts(db.scalars(select(RefusalWindow).where(RefusalWindow.opened > now - rule.window)), rule)
+    return [{"seq": "", "at": utc(now), "username": c.username, "action": c.action + OPEN_SUFFIX,
+             "product_id": c.product_id, "before_json": audit.canonical(None),
+             "after_json": audit.canonical({**c.after, "open": True, "closes_at": utc(c.ends)}), "reason": c.reason,
+             "prev_sha256": "", "entry_sha256": ""} for c in counts]

@@ -238,13 +238,25 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             db.close()
 
 
+def trail_copy(factory: sessionmaker, rule: refusals.RefusalRule) -> audit.TrailCopy:
+    """A copy of the audit trail (:func:`audit.export_csv`) with the open refusal windows' counts so
+    far after its entries, marked open (:func:`refusals.open_rows`), read at one moment
+    (:func:`snapshot`): a window closed meanwhile is either an entry or an open row, never both or
+    neither. Nothing is written: the chain stays as it is."""
+    with factory() as db:
+        snapshot(db)
+        return audit.export_csv(db, refusals.open_rows(db, rule))
+
+
 def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy) -> int:
     """Audit (``audit_export``) a copy of the audit trail handed out: who, the file (:func:`_sent`:
-    its name and the SHA-256 of its bytes) and the entries it holds (``first_seq`` to ``last_seq``;
-    0 and 0 when none). Written after the copy was made: the copy never holds its own entry, the
-    next one does. Returns the entry's ``seq``."""
+    its name and the SHA-256 of its bytes), the entries it holds (``first_seq`` to ``last_seq``;
+    0 and 0 when none) and the open refusal windows shown after them (``open_windows``). Written
+    after the copy was made: the copy never holds its own entry, the next one does. Returns the
+    entry's ``seq``."""
     return transaction(factory, lambda db: audit.append(db, username, "audit_export", after={
-        **_sent(file, copy.text), "first_seq": copy.first, "last_seq": copy.last}).seq)
+        **_sent(file, copy.text), "first_seq": copy.first, "last_seq": copy.last,
+        "open_windows": copy.open_windows}).seq)
 
 
 def _concerns(*product_ids: str) -> Callable[[AuditEntry], bool]:
