@@ -16,6 +16,9 @@ and measures over HTTP with a logged-in session, wall clock, after one warm-up r
   draws: plots, automatic and current populations, release, QC, signatures, versions);
 * candidate cuts: ``GET /api/products/P/candidates`` (the cuts each threshold gate weighed, with the %
   of its parent each gives), the page's second request;
+* the per-request check for refusal windows whose time is over (``ReviewService.write_due_refusals``
+  with none due, in process: what every request pays before its own work; ``refusals.due``), beside
+  ``GET /healthz``, the lightest request (which pays it too), with no window open and with 1,000;
 * first open of a product (version 1 made by re-running the automatic gating), once; and the
   first candidates request of a server started after the product was imported (a fresh
   ``ReviewSource`` re-gates the product for them), once.
@@ -110,10 +113,25 @@ def main() -> None:
     def candidates():
         assert json.loads(opener.open(base + "/api/products/TIL001/candidates").read())["tubes"]["surface"]
 
+    def due_check():
+        assert service.write_due_refusals() == []
+
+    def open_windows(n: int) -> None:
+        """``n`` refused requests of one user, each its own window (beyond the cap: folded), all open."""
+        from tilpheno.review import refusals
+
+        transaction(service.factory, lambda db: [refusals.record(db, service.refusals, "bench", f"GET /flood/{i}", "",
+                                                                 "bench refusal") for i in range(n)])
+
     rows = [("drag (preview, all populations)", timed(lambda: drag(False), args.repeats)),
             ("drag end (preview + plot data)", timed(lambda: drag(True), args.repeats)),
             ("product page (HTML + state JSON)", timed(product_page, args.repeats)),
-            ("candidate cuts (JSON)", timed(candidates, args.repeats))]
+            ("candidate cuts (JSON)", timed(candidates, args.repeats)),
+            ("GET /healthz (the lightest request)", timed(lambda: opener.open(base + "/healthz").read(), args.repeats)),
+            ("due-window check alone, none open", timed(due_check, 10 * args.repeats))]
+    open_windows(1000)
+    rows += [("due-window check alone, 1000 open", timed(due_check, 10 * args.repeats)),
+             ("GET /healthz, 1000 windows open", timed(lambda: opener.open(base + "/healthz").read(), args.repeats))]
     from tilpheno.review.regate import ReviewSource
 
     service.source = ReviewSource(tmp / "out")   # as a server started later: the product is in the database
