@@ -23,7 +23,8 @@ still running go on counting into them; the first server to find one over writes
 started later (a lone server restarted) writes those over at its start, as ``tilpheno audit export``
 does before its copy. Each entry gives the time
 its window closed (``closed_at``: when its time was over, which may be before the entry was
-written). The trail stays append-only: no entry is changed.
+written). The trail stays append-only: no entry is changed. A copy of the trail shows the windows
+still open after its entries, their counts so far marked open (:func:`open_rows`), and writes nothing.
 
 A window's times (opened, each refusal's, closed) are the database's clock
 (:func:`database_clock`): on PostgreSQL one clock for every server, so servers on several machines
