@@ -77,6 +77,15 @@ other draws of the same phenomena: stop 49, benchmarks/README.md). Names
 ``tandem_loss``, ``pd1_dim_scale``, ``foxp3_scale``, ``dim_dead``. Heavy PD1 binding:
 ``--set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``.
 
+``--without-fmo MARKER`` (repeatable: PD1, FoxP3, CD8, CD3, CD4, CD56): every product gated with that marker's FMO
+file left out of its manifest, so its ``fmo`` gates fall back as README's fallback order says (the product's unstained
+control, else the stained valley); the errors are still against the ideal-FMO reference and the label truth, so
+they measure the fallback. It also writes ``fallback.csv`` (each fallback gate of each product: its threshold record,
+``method``, ``winner``, ``source_file``, shift, width ratio, the candidates, and the variable whose numerator it is, its
+error, the skew check's ``skew_points``/``skew_cut``/``skew_extra`` and the review flags on the gate other than
+``missing_fmo``/``fallback_gate``, the checks that say the cut itself looks wrong) and prints, per variable, how many fallbacks lie beyond tolerance (over- and under-calls) and how
+many of those and of the ones within carry such a specific flag. Without it errors.csv is as before.
+
 Writes ``errors.csv`` (product x variable signed errors, flags, the review flags' codes and gates and
 their messages, the references' ``ref_sd_`` columns) and prints the tables.
 """
@@ -204,8 +213,51 @@ def set_phenomena(phen, seed: int, sets: tuple[tuple[str, float, float], ...]):
     return dataclasses.replace(phen, nsb=nsb, nsb_sd=nsb_sd, **other)
 
 
+FMO_MARKERS = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3")
+"""The markers whose FMO file ``--without-fmo`` can leave out (the simulated products' FMO tubes)."""
+GENERIC_FALLBACK = frozenset({"missing_fmo", "fallback_gate"})
+"""The review flags every fallback gate carries: they say the FMO is missing, not that the cut looks wrong."""
+
+
+SKEW_COLUMNS = ("skew_points", "skew_cut", "skew_extra")
+"""The skew check's diagnostics of a cut anchored on the unstained control (``checks.fallback_skew``), in fallback.csv."""
+
+
+def numerator_variables(gate: str) -> list[str]:
+    """The FMO-gated variables whose numerator is ``gate`` (the last of their ``VARIABLE_GATES``)."""
+    return [v for v in FMO_GATED + EXTRA_FMO_GATED if VARIABLE_GATES[v][-1] == gate]
+
+
+def fallback_rows(product_id: str, seed: int, result, errors: dict) -> list[dict]:
+    """One row per fallback gate of ``result`` (an ``fmo`` gate whose threshold method is ``fallback_...``) and
+    per variable it is the numerator of (:func:`numerator_variables`; one row with an empty variable when none):
+    its threshold record, the skew check's numbers (:data:`SKEW_COLUMNS`, NaN where it did not run), the
+    variable's signed error (``errors``) and ``specific_flags``, the codes of the review flags on the gate other
+    than :data:`GENERIC_FALLBACK`."""
+    from tilpheno.gates.checks import needs_review
+
+    specific: dict[str, set[str]] = {}
+    for f in result.qc:
+        if f.gate and needs_review(f) and f.code not in GENERIC_FALLBACK:
+            specific.setdefault(f.gate, set()).add(f.code)
+    rows = []
+    for tube in result.tubes:
+        if tube.role != "stain" or tube.thresholds is None or tube.thresholds.empty:
+            continue
+        for record in tube.thresholds.to_dict("records"):
+            if not str(record["method"]).startswith("fallback_"):
+                continue
+            gate = record["population"]
+            skew = {k: tube.diagnostics.get(gate, {}).get(k, float("nan")) for k in SKEW_COLUMNS}
+            for variable in numerator_variables(gate) or [""]:
+                rows.append({"product_id": product_id, "seed": seed, "tube": tube.tube, "gate": gate,
+                             "variable": variable, "error": errors.get(variable, float("nan")),
+                             "specific_flags": ";".join(sorted(specific.get(gate, ()))), **record, **skew})
+    return rows
+
+
 def one_product(args) -> dict:
-    seed, events, live, cells, sets = args
+    seed, events, live, cells, sets, without = args
     from tilpheno.gates.checks import needs_review
     from tilpheno.phenotype import analyze_product
     from reference_noise import reference_sampling_sd
@@ -220,6 +272,7 @@ def one_product(args) -> dict:
         write_product(prod, tmp)
         manifest = pd.DataFrame(manifest_rows(prod))
         manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
+        manifest = manifest[~((manifest["role"] == "fmo") & manifest["fmo_marker"].isin(without))]
         start = time.process_time()
         result = analyze_product(prod.product_id, manifest, strategies)
         seconds = time.process_time() - start
@@ -234,6 +287,8 @@ def one_product(args) -> dict:
     row.update({k: v for k, v in prod.truth.items() if k.startswith("phen_")})
     sd = reference_sampling_sd(prod.tube("surface", "stain").data, prod.tube("treg", "stain").data)
     row.update({f"ref_sd_{v}": sd[v] for v in FMO_GATED + EXTRA_FMO_GATED})
+    if without:
+        row["fallbacks"] = fallback_rows(prod.product_id, seed, result, {v: row[v] for v in ALL_VARIABLES})
     return row
 
 
@@ -250,15 +305,19 @@ def main(argv=None) -> None:
                         help="boundary of the cells gates (placement.place_cells)")
     parser.add_argument("--set", dest="sets", action="append", type=parse_set, default=[], metavar="NAME=LOW-HIGH",
                         help="set this phenomenon per product, drawn uniformly in the range (repeatable; see the docstring)")
+    parser.add_argument("--without-fmo", dest="without", action="append", choices=FMO_MARKERS, default=[],
+                        metavar="MARKER", help="leave this marker's FMO file out of every product (repeatable): "
+                                               "measures the fallback; also writes fallback.csv")
     args = parser.parse_args(argv)
 
     seeds = range(args.first_seed, args.first_seed + args.products)
-    work = [(s, args.events, args.live, args.cells, tuple(args.sets)) for s in seeds]
+    work = [(s, args.events, args.live, args.cells, tuple(args.sets), tuple(args.without)) for s in seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(one_product, work))
     else:
         rows = [one_product(w) for w in work]
+    fallbacks = pd.DataFrame([f for r in rows for f in r.pop("fallbacks", [])])
     table = pd.DataFrame(rows).set_index("product_id")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +325,12 @@ def main(argv=None) -> None:
 
     print_tables(table, f"{len(table)} products (seeds {seeds.start}-{seeds.stop - 1}), {args.events} events per tube, "
                         f"live gate {args.live}, cells boundary {args.cells}"
-                        + "".join(f", {name} {low:g}-{high:g}" for name, low, high in args.sets))
+                        + "".join(f", {name} {low:g}-{high:g}" for name, low, high in args.sets)
+                        + (f", without the FMO of {', '.join(args.without)}" if args.without else ""))
+    if args.without:
+        fallbacks.to_csv(out / "fallback.csv", index=False)
+        print_fallbacks(fallbacks)
+        print(f"written: {out / 'fallback.csv'}")
     print(f"\ngating CPU per product: median {table['gating_cpu_s'].median():.2f} s")
     print(f"written: {out / 'errors.csv'}")
 
@@ -313,6 +377,45 @@ def print_tables(table: pd.DataFrame, title: str) -> None:
         if c["within"]:
             print(f"false-alarm rate on products within tolerance: {100 * c['within_flagged'] / c['within']:.1f} %")
     print_yardstick(table)
+
+
+def fallback_summary(fallbacks: pd.DataFrame) -> pd.DataFrame:
+    """Per variable of :func:`fallback_rows`'s rows (those with a variable): the fallback gates ``n``, by the
+    method they took (``methods``), ``beyond`` tolerance (``over``, ``under``: the signed error's side), the
+    ``worst`` |error|, those beyond with a specific flag (``beyond_flagged``; ``over_flagged`` the over-calls among
+    them), those within (``within``) and
+    with one (``within_flagged``: false alarms of the specific checks; every fallback is under review anyway)."""
+    rows = []
+    for variable, group in fallbacks[fallbacks["variable"] != ""].groupby("variable", sort=False):
+        err = group["error"].astype(float)
+        beyond = err.abs() > TOLERANCE[variable]
+        flagged = group["specific_flags"].fillna("") != ""
+        rows.append({"variable": variable, "n": len(group),
+                     "methods": ", ".join(f"{m} {n}" for m, n in group["method"].value_counts().items()),
+                     "beyond": int(beyond.sum()), "over": int((beyond & (err > 0)).sum()),
+                     "under": int((beyond & (err < 0)).sum()), "worst": float(err.abs().max()),
+                     "beyond_flagged": int((beyond & flagged).sum()),
+                     "over_flagged": int((beyond & (err > 0) & flagged).sum()), "within": int((~beyond).sum()),
+                     "within_flagged": int((~beyond & flagged).sum())})
+    return pd.DataFrame(rows)
+
+
+def print_fallbacks(fallbacks: pd.DataFrame) -> None:
+    """The fallback gates' table (:func:`fallback_summary`) and each specific flag's count on those beyond
+    tolerance and those within."""
+    if fallbacks.empty:
+        print("\nno fallback gate")
+        return
+    print("\nfallback gates (FMO left out): beyond tolerance, and a review flag other than missing_fmo/fallback_gate "
+          "on the gate (beyond_flagged; within_flagged = its false alarms)")
+    print(fallback_summary(fallbacks).round(2).to_string(index=False))
+    scored = fallbacks[fallbacks["variable"] != ""]
+    beyond = scored["error"].astype(float).abs() > scored["variable"].map(TOLERANCE)
+    codes = sorted({c for s in scored["specific_flags"].fillna("") for c in s.split(";") if c})
+    for code in codes:
+        has = scored["specific_flags"].fillna("").str.split(";").apply(lambda cs: code in cs)
+        print(f"  {code}: on {int((has & beyond).sum())} of {int(beyond.sum())} beyond tolerance, "
+              f"{int((has & ~beyond).sum())} of {int((~beyond).sum())} within")
 
 
 def yardstick_noise(table: pd.DataFrame) -> pd.DataFrame:
