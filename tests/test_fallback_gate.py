@@ -175,14 +175,15 @@ def test_the_checks_on_a_fallback_name_the_unstained_control_it_was_anchored_on(
     +0.194 transformed units from the FMO's ... the threshold carried over from the FMO moved 55.7 points' and
     cut_in_dense_region 'stained vs FMO', of a cut no FMO set -> every check's message on the PD1 gates names the
     unstained control (the FMO only where missing_fmo and fallback_gate say it is missing), codes and severities as
-    before (negative_shift info on the three, cut_in_dense_region info on CD8+PD1+)."""
+    before (negative_shift info on the three, cut_in_dense_region info on CD8+PD1+); since stop 53 the skew check's
+    uncertain_threshold (a warning) on PD1+ (1.84 points over the ideal-FMO reference) and CD8+PD1+ names it too."""
     _, _, _, flags = _without_pd1_fmo(tmp_path, 165020, 20000, unstained=True)
     checked = {(gate, code): flag for (gate, code), flag in flags.items()
                if gate in PARENTS and code not in ("missing_fmo", "fallback_gate")}
     assert {(gate, "negative_shift") for gate in PARENTS} | {("CD8+PD1+", "cut_in_dense_region")} <= set(checked)
     for (gate, code), flag in checked.items():
         assert "FMO" not in flag.message and "stained vs unstained control" in flag.message, flag
-        assert flag.severity == "info", flag
+        assert flag.severity == ("warning" if code == "uncertain_threshold" else "info"), flag
         if code == "negative_shift":
             assert "transformed units from the unstained control's and" in flag.message, flag
             assert "the threshold carried over from the unstained control moved" in flag.message, flag
@@ -210,3 +211,83 @@ def test_a_cut_without_a_stained_negative_peak_names_the_unstained_control_in_it
     [uncertain] = [f.message for f in placed.flags if f.code == "uncertain_threshold"]
     assert "FMO" not in uncertain and "near the unstained control's mode" in uncertain, uncertain
     assert "(the unstained control percentile " in uncertain and uncertain.endswith("stained vs unstained control"), uncertain
+
+
+def test_a_fallback_cut_below_the_reference_populations_binding_tail_says_so(tmp_path):
+    """Issue 13, stop 53: an unstained control lacks the PD1 antibody's nonspecific binding, whose right-skewed tail
+    the fallback's carry-over (the control plus the parent's own shift and lower-side spread) does not follow.
+    V168605 (drawn PD1 binding 240 linear units) without its PD1 FMO: every PD1 gate more than 1.5 points over the
+    simulator's ideal-FMO reference, flagged only missing_fmo/fallback_gate -> uncertain_threshold (warning) naming
+    non_T's skew (stained vs the unstained control) and the cut with it (``skew_cut``, above the placed one), the
+    points of the parent between the two as counted here on the stained tube's events; moving the cut there brings
+    the gate nearer the reference. V168601 (no PD1 binding; every PD1 gate within 1.5 points) gets no such flag
+    (its skew_points, recorded, within the limit)."""
+    from tilpheno.gates.checks import FALLBACK_SKEW_POINTS
+
+    prod, result, stained, flags = _without_pd1_fmo(tmp_path / "over", 168605, 20000, unstained=True)
+    for gate, variable in VARIABLES.items():
+        error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
+        assert error > 1.5, (gate, error)   # the truth: an over-call the generic flags alone announced
+        flag = flags.get((gate, "uncertain_threshold"))
+        assert flag is not None and flag.severity == "warning", (gate, flag)
+        d = stained.diagnostics[gate]
+        values = stained.data["PD1"][stained.masks[PARENTS[gate]]]
+        cut, skew_cut = float(d["threshold"]), float(d["skew_cut"])
+        between = 100.0 * np.count_nonzero((values > cut) & (values <= skew_cut)) / values.size
+        assert skew_cut > cut and between > FALLBACK_SKEW_POINTS, (gate, cut, skew_cut, between)
+        said = f"with it the cut would lie at {skew_cut:.3f} and lower the % by {between:.1f} points of the parent"
+        assert said in flag.message, flag
+        assert "non_T shows a right-skewed nonspecific PD1 tail the control lacks" in flag.message, flag
+        assert "FMO" not in flag.message and "stained vs unstained control" in flag.message, flag
+        moved = 100.0 * np.count_nonzero(values > skew_cut) / values.size
+        assert abs(moved - prod.truth[f"ref_{variable}"]) < abs(error), (gate, moved, error)
+
+    _, _, stained, flags = _without_pd1_fmo(tmp_path / "within", 168601, 20000, unstained=True)
+    for gate in PARENTS:
+        assert (gate, "uncertain_threshold") not in flags, flags[gate, "uncertain_threshold"]
+        assert stained.diagnostics[gate]["skew_points"] <= FALLBACK_SKEW_POINTS, stained.diagnostics[gate]
+
+
+def test_the_skew_check_follows_a_right_skewed_binding_tail_the_control_lacks():
+    """``checks.fallback_skew`` on synthetic events with a known truth (linear units, the PD1 logicle): an unstained
+    control (autofluorescence), stained negatives = control-like cells + spreading (normal) + nonspecific binding, a
+    marker-poor reference of such negatives only and a parent with 20 % positives. The truth is the negatives' own
+    99.5th percentile (what an ideal FMO would give). A log-normal binding (log-SD 0.8): the parent's own carry-over
+    (the cut the fallback places, ``place_and_check`` on the control) lies below the truth, the skew cut nearer it
+    and more than FALLBACK_SKEW_POINTS above the placed cut. A normal binding of the same median: no skew to add,
+    the check stays within its limit. On a gate already ``uncertain_threshold`` the check joins that flag (one of a
+    code per gate) and makes it a warning."""
+    from tilpheno.gates.checks import FALLBACK_SKEW_POINTS, fallback_skew, fallback_skew_check, place_and_check
+    from tilpheno.gates.placement import Flag, Placement
+
+    transform = load_strategy(default_strategy_paths()[0]).transform_for("PD1")
+    rng = np.random.default_rng(53)
+
+    def negatives(n: int, binding: np.ndarray) -> np.ndarray:
+        return rng.normal(60.0, 35.0, n) + rng.normal(0.0, 40.0, n) + binding
+
+    for skewed in (True, False):
+        n = 20000
+        draw = ((lambda k: 200.0 * np.exp(0.8 * rng.standard_normal(k))) if skewed
+                else (lambda k: rng.normal(200.0, 60.0, k)))
+        control = transform.apply(rng.normal(60.0, 35.0, n))
+        negs = negatives(int(0.8 * n), draw(int(0.8 * n)))
+        parent = transform.apply(np.concatenate([negs, 3000.0 * np.exp(0.5 * rng.standard_normal(n - negs.size))]))
+        reference = transform.apply(negatives(n, draw(n)))
+        placed = place_and_check("PD1+", "PD1", control, parent, percentile=99.5, source_file="u.fcs", rule="relative",
+                                 transform=transform, control_name="unstained control")
+        cut = float(placed.diagnostics["threshold"])
+        truth = float(transform.apply(np.array([np.percentile(negs, 99.5)]))[0])
+        skew = fallback_skew(control, parent, reference, cut, transform, 99.5)
+        if skewed:
+            assert cut < truth and abs(skew["skew_cut"] - truth) < abs(cut - truth), (cut, skew, truth)
+            assert skew["skew_points"] > FALLBACK_SKEW_POINTS, skew
+            # a gate already uncertain: one uncertain_threshold, the gate's own message first, a warning
+            own = Flag("uncertain_threshold", "info", "PD1+ (PD1): its own doubt")
+            checked = fallback_skew_check("PD1+", "PD1", Placement(placed.gate, placed.method, placed.diagnostics, (own,)),
+                                          control, parent, reference, "non_T", transform, 99.5)
+            [joined] = [f for f in checked.flags if f.code == "uncertain_threshold"]
+            assert joined.severity == "warning" and joined.message.startswith("PD1+ (PD1): its own doubt; also the cut ")
+            assert checked.diagnostics["skew_cut"] == skew["skew_cut"] and checked.gate == placed.gate
+        else:
+            assert skew["skew_points"] <= FALLBACK_SKEW_POINTS, (cut, skew, truth)

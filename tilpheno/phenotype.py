@@ -17,7 +17,9 @@ controls) go down the strategy's population tree together, population by populat
   events in the same parent population; that one threshold is then applied to every file of the
   tube kind (the stained tube and the other FMO controls). Without the FMO file (or with an
   empty parent in it) the threshold is anchored on the product's unstained control as on an FMO
-  (``_TubeKindRun._on_unstained``), flagged ``missing_fmo`` and ``fallback_gate``; without a usable
+  (``_TubeKindRun._on_unstained``), flagged ``missing_fmo`` and ``fallback_gate`` (and
+  ``uncertain_threshold`` when the gate's ``skew_reference`` shows a binding tail the control lacks that would
+  move the cut: ``checks.fallback_skew_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
   the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
   :func:`_sized_flags`);
@@ -1209,7 +1211,10 @@ class _TubeKindRun:
         the parent's own stained negatives, not through a ``skew_reference`` (the control lacks every stain's
         spreading, which the T cells' stains put into the parent and not into a marker-poor reference: PD1's
         CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
-        negatives to 0.4); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong:
+        negatives to 0.4), the reference read only by the skew check (``checks.fallback_skew_check``: its
+        right-skewed binding tail, stained vs the control, added to the parent's own carry-over; the cut unchanged,
+        ``uncertain_threshold`` when that would lower the % by more than 1.5 points); flagged ``missing`` and
+        ``fallback_gate`` saying why the cut can be wrong:
         (placement, the control's file, held, control_held) as :meth:`_placement`'s; the control's events were
         gated on the stained file's gates, so they rest on its undetermined gates too. None without a control carrying the
         marker with ``MIN_CONTROL_EVENTS`` events there (the valley then). The control's events it rests on are kept
@@ -1226,6 +1231,11 @@ class _TubeKindRun:
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
                                                              "unstained control")
+        reference, transform = rule[4], control.transforms.get(marker)
+        if reference and transform is not None:   # the binding tail the control lacks, read on the reference
+            placement = checks.fallback_skew_check(
+                pop.name, marker, placement, values, stained.tube.data[marker][stained.parent_mask(pop)],
+                stained.tube.data[marker][stained.masks[reference]], reference, transform, rule[2], held)
         d = placement.diagnostics
         flag = pl.Flag(
             "fallback_gate", "warning",

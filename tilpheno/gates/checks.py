@@ -112,6 +112,15 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     move is then that cut's own uncertainty, not the spillover's effect (under heavy log-normal
     binding the re-placed normal fit over-called by 10-20 points where removing the spillover moved
     the gate by about 1, stop 44), and the gate as placed keeps its own flags.
+    Also (the engine, ``phenotype._TubeKindRun._on_unstained``) on a cut anchored on the product's unstained
+    control for want of the gate's FMO, when the strategy gives the gate a ``skew_reference``: the control lacks
+    the antibody's nonspecific binding, and the parent's own carry-over of the control's percentile (its negative
+    peak's shift and lower-side spread) does not follow that binding's right-skewed tail, which the reference
+    population shows (its stained events vs the control's, ``ReferenceBinding.skew``); flagged when the same
+    carry-over with that skew added lies more than ``FALLBACK_SKEW_POINTS`` (1.5) points of the parent above the
+    cut (``skew_points``, ``skew_cut``, ``skew_extra``: :func:`fallback_skew`; over-calls only; joined to the
+    gate's own ``uncertain_threshold`` when it has one). The cut is not changed (stop 53: without the PD1 FMO,
+    benchmarks/README.md).
     What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
     ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
@@ -674,6 +683,62 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
                           + f" (limit {uncertain_points:g}); check the "
                           f"compensation (a degraded tandem?) and the {marker} vs {'/'.join(slopes)} plot of the "
                           f"FMO", gate=population),)
+    return pl.Placement(placement.gate, placement.method, d, flags)
+
+
+FALLBACK_SKEW_POINTS = 1.5
+"""Percentage points of the stained parent between a cut anchored on the unstained control and the same carry-over
+with the reference population's right skew (:func:`fallback_skew`) above which ``uncertain_threshold`` is raised:
+issue 13's tolerance of the dim markers (PD1, FoxP3)."""
+
+
+def fallback_skew(control: np.ndarray, stained: np.ndarray, reference_stained: np.ndarray, cut: float, transform: Any,
+                  percentile: float) -> dict[str, float]:
+    """The skew check of an ``fmo`` gate's cut anchored on the product's unstained control for want of its FMO
+    (module docstring, ``uncertain_threshold``; transformed units in, ``cut`` the placed one): the control lacks the
+    antibody's nonspecific binding, whose right-skewed tail the parent's own carry-over (the control's events
+    plus the parent's negative-peak shift and lower-side added spread, ``placement.reference_binding`` read on the
+    parent stained vs the control) does not follow; the strategy's marker-poor ``skew_reference`` population shows
+    it (``ReferenceBinding.skew``, read on its stained events vs the control's). ``skew_cut``: that carry-over with
+    the skew added in quadrature to the parent's spread (``placement.additive_threshold``, the ``percentile``),
+    ``skew_points``: the % of the ``stained`` parent between ``cut`` and a ``skew_cut`` above it (0 below it: the
+    check looks for over-calls only), ``skew_extra``: the skew (linear units); NaN when either reading fails."""
+    reference = pl.reference_binding(control, reference_stained, transform)
+    parent = pl.reference_binding(control, stained, transform)
+    if reference is None or parent is None:
+        return {"skew_cut": float("nan"), "skew_points": float("nan"), "skew_extra": float("nan")}
+    linear = transform.inverse(np.asarray(control, dtype=np.float64)[np.isfinite(control)])
+    carried = pl.additive_threshold(linear, parent.shift, float(np.hypot(parent.spread, reference.skew)), percentile)
+    skew_cut = float(transform.apply(np.array([carried]))[0])
+    points = float(_points_between(np.asarray(stained, dtype=np.float64), cut, skew_cut)) if skew_cut > cut else 0.0
+    return {"skew_cut": skew_cut, "skew_points": points, "skew_extra": reference.skew}
+
+
+def fallback_skew_check(population: str, marker: str, placement: pl.Placement, control: np.ndarray,
+                        stained: np.ndarray, reference_stained: np.ndarray, reference: str, transform: Any,
+                        percentile: float, held: tuple[str, ...] = (), limit: float = FALLBACK_SKEW_POINTS,
+                        ) -> pl.Placement:
+    """``placement`` (a cut anchored on the unstained control, ``stained`` its parent's events) with the skew check
+    (:func:`fallback_skew`; ``reference``: the ``skew_reference`` population's name, ``reference_stained`` its
+    stained events) in its diagnostics, and ``uncertain_threshold`` when ``skew_points`` exceeds ``limit``: added,
+    or joined to the gate's own one (one flag of a code per gate). ``held``: as :func:`place_and_check`'s."""
+    cut = float(placement.diagnostics["threshold"])
+    skew = fallback_skew(control, stained, reference_stained, cut, transform, percentile)
+    d = {**placement.diagnostics, **skew}
+    if not skew["skew_points"] > limit:
+        return pl.Placement(placement.gate, placement.method, d, placement.flags)
+    message = (f"the cut {cut:.3f} anchored on the unstained control carries its percentile with the parent's own spread, "
+               f"while {reference} shows a right-skewed nonspecific {marker} tail the control lacks (skew "
+               f"{skew['skew_extra']:.0f} linear units, stained {reference} vs the unstained control); with it the cut "
+               f"would lie at {skew['skew_cut']:.3f} and lower the % by {_points(skew['skew_points'], limit, held)} of the "
+               f"parent (limit {limit:g}): positives likely over-called; look at the {marker} histogram of the parent and of "
+               f"{reference}, stained vs unstained control")
+    own = [f for f in placement.flags if f.code == "uncertain_threshold"]
+    if own:
+        joined = replace(own[0], severity="warning", message=f"{own[0].message}; also {message}")
+        flags = tuple(joined if f is own[0] else f for f in placement.flags)
+    else:
+        flags = placement.flags + (_uncertain(f"{population} ({marker}): {message}"),)
     return pl.Placement(placement.gate, placement.method, d, flags)
 
 
