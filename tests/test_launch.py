@@ -194,3 +194,33 @@ def test_either_entry_sets_small_pages_before_it_starts_the_fork_server(monkeypa
     with pytest.raises(SystemExit):
         (launch.main if entry == "tilpheno.launch" else cli.main)()
     assert seen and set(seen) == {"0"}
+
+
+# run as ``python -m tilpheno process``: which of these had the command imported when it ended?
+ENDED_PROBE = """\
+import atexit, runpy, sys
+atexit.register(lambda: print([m for m in ("sqlalchemy", "alembic") if m in sys.modules], flush=True))
+sys.argv = ["tilpheno", "process", *sys.argv[1:]]
+runpy.run_module("tilpheno", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_process_run_reads_the_review_database_beside_it_without_importing_sqlalchemy(small_cohort, tmp_path):
+    """Issue 18, the run's fixed cost: every ``process`` ends by looking for QA decisions in the
+    review database beside OUT (``OUT.review.sqlite``: ``tilpheno.review.db.decided_products``, read
+    with ``sqlite3``), and importing ``tilpheno.review.db`` imported SQLAlchemy with it: 0.22-0.29 s
+    of CPU in the run's serial tail for a library the read does not use. Now SQLAlchemy is imported
+    where an engine is made; a database beside OUT (made by the review app, holding no decision) is
+    still read, and the run says nothing of it."""
+    from tilpheno.review.db import default_db_path, open_database
+
+    out = tmp_path / "out"
+    database = default_db_path(out)
+    open_database(f"sqlite:///{database}").kw["bind"].dispose()   # the review app's schema, no signature
+    run = subprocess.run([sys.executable, "-c", ENDED_PROBE, str(small_cohort.out_dir), "-o", str(out), "--manifest",
+                          str(small_cohort.manifest), "--no-cache", "--reports", "none"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout + run.stderr
+    assert "note:" not in run.stderr and database.is_file(), run.stderr

@@ -4,6 +4,12 @@ Default database: an SQLite file beside the output folder, ``<OUT>.review.sqlite
 folder itself stays the pipeline's). A lab server passes a PostgreSQL URL
 (``postgresql://user:password@host/db``; driver psycopg 3). ``open_database`` upgrades the schema
 to the newest migration before use, so every database has the same tables and triggers.
+
+SQLAlchemy is imported where an engine is made (:func:`make_engine`, :func:`open_database`), not
+with this module: ``tilpheno process`` reads the default database beside its output folder with
+the standard library's ``sqlite3`` alone (:func:`decided_products`, at the end of every run), and
+importing SQLAlchemy there was 0.22-0.29 s of CPU in the run's serial tail (benchmarks/README.md,
+stop 53).
 """
 from __future__ import annotations
 
@@ -12,12 +18,13 @@ import sqlite3
 import threading
 from contextlib import closing
 from pathlib import Path
-
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import sessionmaker
+from typing import TYPE_CHECKING
 
 from tilpheno.errors import TilphenoError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger(__name__)
@@ -87,6 +94,8 @@ def normalise_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    from sqlalchemy import create_engine, event
+
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -242,6 +251,8 @@ def open_database(url: str) -> sessionmaker:
     """Engine for ``url``, schema upgraded, and a session factory (``expire_on_commit=False``). A new
     SQLite file is made with its schema or not at all (:func:`_create_sqlite_whole`); the temporary
     files of a killed first command beside an SQLite file are removed (:func:`_remove_dead_creations`)."""
+    from sqlalchemy.orm import sessionmaker
+
     engine = make_engine(url)
     try:
         database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
