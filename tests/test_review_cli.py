@@ -62,6 +62,42 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_trail_written_by_servers_clocks_still_verifies_with_entries_timed_by_the_database(kind, review_out, tmp_path,
+                                                                                           monkeypatch):
+    """Entries' ``at`` came from the writing server's clock; new entries' ``at`` is the database's
+    clock (PostgreSQL's ``clock_timestamp()``; SQLite: the machine's, as before). A trail written
+    before the change (here: its entry's ``at`` read from a machine clock 10 minutes ahead, as a
+    skewed server wrote it) keeps its hashes: with a new entry after it, 10 minutes earlier by its
+    ``at``, ``tilpheno audit verify`` still passes. On PostgreSQL the new entry's ``at`` is within
+    5 s of the database's clock."""
+    from sqlalchemy import select, text
+
+    from tilpheno.review import audit
+    from tilpheno.review.db import open_database
+    from tilpheno.review.models import AuditEntry, utc
+
+    db = database_url(kind, tmp_path)
+    try:
+        with monkeypatch.context() as skewed:   # the old code: each entry's time by its server's clock
+            skewed.setattr(audit, "database_clock", lambda session: time.time() + 600.0)
+            assert run("users", "add", review_out, "dana", "--role", "reviewer", "--password-stdin", "--db", db,
+                       stdin="dana-password-1\n").exit_code == 0
+        assert run("users", "add", review_out, "kim", "--role", "analyst", "--password-stdin", "--db", db,
+                   stdin="kim-password-12\n").exit_code == 0
+        factory = open_database(db)
+        with factory() as s:
+            old, new = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
+            now = float(s.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))) if kind == "postgresql" else time.time()
+        factory.kw["bind"].dispose()
+        assert (old.action, new.action) == ("user_added", "user_added") and new.at < old.at
+        assert utc(now - 5.0) <= new.at <= utc(now)
+        r = run("audit", "verify", review_out, "--db", db)
+        assert r.exit_code == 0 and "audit trail intact: 2 entries" in r.output, r.output
+    finally:
+        drop_schema(db)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_an_audit_export_is_itself_audited_after_the_copy(kind, review_out, tmp_path):
     """`audit export` handed out a copy of the whole trail and recorded nothing (a copy of records
     given out is itself a record in GMP). Now, once the file is written, an ``audit_export`` entry:

@@ -552,29 +552,38 @@ def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_sou
     its count early and opened a second window (a second ``access_refused`` entry); one running
     behind kept a window open past its time. Now the windows' times are the database's clock: the
     server ahead counts into the peer's window, whose ``opened``, first and last times are
-    PostgreSQL's ``clock_timestamp()``, within 5 s of it (this test's steps); the trail verifies."""
+    PostgreSQL's ``clock_timestamp()``, within 5 s of it (this test's steps); the trail verifies.
+    The entries' ``at`` were each server's clock too (the one ahead wrote entries 10 minutes after
+    its peer's next ones, out of time order along the chain): an entry the server ahead writes is
+    within 5 s of the database's clock, and the entries' times follow the chain's order."""
     import time
-    import types
 
-    from tilpheno.review import audit, refusals
-    from tilpheno.review.models import RefusalWindow, utc
+    from tilpheno.review import audit
+    from tilpheno.review.models import AuditEntry, RefusalWindow, utc
 
     error = "role analyst cannot export the audit trail"
     with two_servers_on_one_database("postgresql", review_source, tmp_path) as (peer, ahead):
         seqs = [peer.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(2)]
         real_time = time.time   # the servers share this process: the machine's clock is moved on, not the database's
-        monkeypatch.setattr(refusals, "time", types.SimpleNamespace(time=lambda: real_time() + 600.0))
+        monkeypatch.setattr(time, "time", lambda: real_time() + 600.0)
         seqs += [ahead.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(2)]
         assert ahead.write_repeated_refusals() == []
         assert seqs[0] is not None and seqs[1:] == [None] * 3, seqs
         assert entries_of(peer, "access_refused_repeated") == []
+        ahead_seq = ahead.record_access_refused("bob", "", "GET /users", "role analyst cannot manage users")
+        peer_seq = peer.record_access_refused("carol", "", "GET /users", "role reviewer cannot manage users")
         with peer.factory() as db:
-            (window,) = db.scalars(select(RefusalWindow)).all()
+            (window,) = db.scalars(select(RefusalWindow).where(RefusalWindow.request == "GET /audit.csv")).all()
             database_now = float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
+            ats = {e.seq: e.at for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq))}
             assert audit.verify(db).ok
+        monkeypatch.setattr(time, "time", real_time)
         assert window.count == 3 and window.repeats_entry == seqs[0]
         assert 0.0 <= database_now - window.opened < 5.0
         assert window.opened_at <= window.last_at <= utc(database_now)
+        assert ahead_seq is not None and peer_seq == ahead_seq + 1
+        assert utc(database_now - 5.0) <= ats[ahead_seq] <= ats[peer_seq] <= utc(database_now), ats
+        assert list(ats.values()) == sorted(ats.values())   # ISO 8601 UTC text sorts as time
 
 
 def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, monkeypatch):

@@ -24,13 +24,14 @@ import csv
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from tilpheno.review.models import AuditEntry, AuditHead, Signature, utcnow
+from tilpheno.review.models import AuditEntry, AuditHead, Signature, utc
 
 GENESIS = "0" * 64
 CSV_COLUMNS = ("seq", "at", "username", "action", "product_id", "before_json", "after_json", "reason",
@@ -58,6 +59,18 @@ def entry_hash(seq: int, at: str, username: str, action: str, product_id: str, b
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def database_clock(db: Session) -> float:
+    """Now, in seconds since the epoch, by the database's clock: the time of every new entry
+    (:func:`append`) and of the refusal windows (:mod:`tilpheno.review.refusals`). PostgreSQL: its
+    ``clock_timestamp()``, one clock for every server process on the database, whatever their
+    machines' clocks say (skewed, or jumped by NTP). SQLite: this machine's clock (``time.time``),
+    the one every process using the file reads (SQLite's own ``'now'`` is that clock too): a jump
+    of it still moves the times of what is written after it."""
+    if db.get_bind().dialect.name == "postgresql":
+        return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
+    return time.time()
+
+
 def head_seq(db: Session) -> int:
     """The newest entry's number (0 before the first). A change that depends on rows read after it
     passes it to :func:`append` as ``expect_seq``: an audited change committed meanwhile that could
@@ -82,13 +95,17 @@ def append(db: Session, username: str, action: str, *, product_id: str = "", bef
     With ``expect_seq`` (:func:`head_seq`): ChainConflict when an entry added after it is
     ``relevant`` (any entry when None); others (another product's save, a login) do not make the
     caller re-run. The entries checked are those up to the head read here, and the head update
-    below succeeds only if no entry was added since: one committed later is ordered after this one."""
+    below succeeds only if no entry was added since: one committed later is ordered after this one.
+    The entry's ``at`` is :func:`database_clock`, read once the head is locked: on PostgreSQL one
+    clock for all servers, so entries' times follow the chain's order and agree with the refusal
+    windows' times whatever a server's own clock says (entries written before this was so keep the
+    ``at`` their server's clock gave, and their hashes)."""
     head = locked_head(db)
     seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
     if expect_seq is not None and seq != expect_seq and (relevant is None or any(
             relevant(e) for e in db.scalars(select(AuditEntry).where(AuditEntry.seq > expect_seq, AuditEntry.seq <= seq)))):
         raise ChainConflict("audit head moved since the change's rows were read")
-    at = utcnow()
+    at = utc(database_clock(db))   # read with the head locked: in chain order on PostgreSQL
     before_json, after_json = canonical(before), canonical(after)
     digest = entry_hash(seq + 1, at, username, action, product_id, before_json, after_json, reason, prev)
     entry = AuditEntry(seq=seq + 1, at=at, username=username, action=action, product_id=product_id,

@@ -27,18 +27,18 @@ written). The trail stays append-only: no entry is changed. A copy of the trail 
 still open after its entries, their counts so far marked open (:func:`open_rows`), and writes nothing.
 
 A window's times (opened, each refusal's, closed) are the database's clock
-(:func:`database_clock`): on PostgreSQL one clock for every server, so servers on several machines
+(:func:`~tilpheno.review.audit.database_clock`, as the
+entries' ``at``): on PostgreSQL one clock for every server, so servers on several machines
 with skewed clocks, or one whose clock NTP moves, neither stretch nor shrink a window; on SQLite
 (one machine's file) that machine's clock.
 """
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -52,21 +52,10 @@ FOLDED_NAMED = 10         # requests an access_refused_folded entry names (the m
 OPEN_SUFFIX = "_open"     # a copy of the trail shows an open window as its entry-to-be's action + this
 
 
-def database_clock(db: Session) -> float:
-    """Now, in seconds since the epoch, by the database's clock. PostgreSQL: its
-    ``clock_timestamp()``, one clock for every server process on the database, whatever their
-    machines' clocks say (skewed, or jumped by NTP). SQLite: this machine's clock (``time.time``),
-    the one every process using the file reads (SQLite's own ``'now'`` is that clock too): a jump
-    of it still stretches or shrinks the windows open at the time."""
-    if db.get_bind().dialect.name == "postgresql":
-        return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
-    return time.time()
-
-
 @dataclass(frozen=True)
 class RefusalRule:
     """The window's length, the per-user cap and the clock the windows' times are read from
-    (seconds since the epoch): None for the database's (:func:`database_clock`); a function for one
+    (seconds since the epoch): None for the database's (:func:`audit.database_clock`); a function for one
     clock every server shares (tests)."""
     window: float = WINDOW_S
     max_open: int = MAX_OPEN_PER_USER
@@ -74,7 +63,7 @@ class RefusalRule:
 
     def now(self, db: Session) -> float:
         """Now by this rule's clock, in seconds since the epoch."""
-        return self.clock() if self.clock is not None else database_clock(db)
+        return self.clock() if self.clock is not None else audit.database_clock(db)
 
 
 def window_key(username: str, request: str, product_id: str, refusal: str) -> str:
