@@ -586,6 +586,49 @@ def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_sou
         assert list(ats.values()) == sorted(ats.values())   # ISO 8601 UTC text sorts as time
 
 
+def test_a_server_whose_clock_runs_behind_writes_a_window_once_its_time_is_over(review_source, tmp_path, monkeypatch):
+    """A server whose clock ran 10 minutes behind its peer's (or jumped back) kept the peer's window
+    open 10 minutes past its time: it found the window not over by its own clock, went on counting
+    into it and wrote no count. Now the windows' times are the database's: with 2 s windows, a
+    window the peer opened and the server behind counted into is written by the server behind once
+    2 s have passed by the database's clock (polled, at most 30 s), ``closed_at`` its opened + 2 s, the
+    entry's ``at`` within 5 s of the database's clock; its next identical refusal opens a new window
+    (a new ``access_refused`` entry). The trail verifies."""
+    import time
+
+    from tilpheno.review import audit
+    from tilpheno.review.models import AuditEntry, RefusalWindow, utc
+    from tilpheno.review.refusals import RefusalRule
+
+    error = "role analyst cannot export the audit trail"
+    rule = RefusalRule(window=2.0)
+    with two_servers_on_one_database("postgresql", review_source, tmp_path) as (peer, behind):
+        for svc in (peer, behind):
+            monkeypatch.setattr(svc, "refusals", rule)
+        first = peer.record_access_refused("bob", "", "GET /audit.csv", error)
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() - 600.0)
+        assert behind.record_access_refused("bob", "", "GET /audit.csv", error) is None   # counted in the peer's window
+        with peer.factory() as db:
+            (window,) = db.scalars(select(RefusalWindow)).all()
+        deadline = real_time() + 30.0
+        while not (written := behind.write_repeated_refusals()) and real_time() < deadline:
+            time.sleep(0.2)
+        again = behind.record_access_refused("bob", "", "GET /audit.csv", error)
+        with peer.factory() as db:
+            database_now = float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
+            assert audit.verify(db).ok
+        monkeypatch.setattr(time, "time", real_time)
+        ((seq, user, action, _, after, _),) = entries_of(peer, "access_refused_repeated")
+        assert written == [seq] and (user, action) == ("bob", "access_refused_repeated")
+        assert after["count"] == 1 and after["repeats_entry"] == first
+        assert after["closed_at"] == utc(window.opened + rule.window)
+        assert again is not None and again > seq
+        with peer.factory() as db:
+            at = db.get(AuditEntry, seq).at
+        assert utc(database_now - 5.0) <= at <= utc(database_now)
+
+
 def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, monkeypatch):
     """Two server processes on one PostgreSQL database refusing the same request at the same moment
     both find no window open (their UPDATEs match no row): the second's new window collides with the
