@@ -413,6 +413,25 @@ def entries_of(service, *actions):
                 for e in db.scalars(select(AuditEntry).where(AuditEntry.action.in_(actions)).order_by(AuditEntry.seq))]
 
 
+def test_a_refusal_the_database_would_not_take_is_logged_as_not_counted(app, service, monkeypatch, caplog):
+    """A refusal whose transaction hit "database busy" at each of its 8 runs stands (HTTP 403) but is
+    neither written nor counted in the trail; its warning named the request and the user, not the
+    refusal, nor that it was not counted. Now the one line names the user, the method and path, the
+    database's error and the refusal, and says it was neither written nor counted."""
+    import logging
+
+    def busy(*args, **kwargs):
+        raise ReviewError("database busy: please retry")
+
+    c_bob, _, _ = login(app, "bob")
+    monkeypatch.setattr(service, "record_access_refused", busy)
+    with caplog.at_level(logging.WARNING, logger="tilpheno.review.web"):
+        assert c_bob.get("/audit.csv").status_code == 403
+    said = [r.getMessage() for r in caplog.records if r.name == "tilpheno.review.web"]
+    assert said == ["refusal of GET /audit.csv to user bob neither written nor counted in the audit trail "
+                    "(database busy: please retry); refused because: role analyst cannot export the audit trail"], said
+
+
 def test_a_database_error_writing_due_refusal_windows_is_logged_and_the_server_still_stops(review_source, tmp_path,
                                                                                           monkeypatch, caplog):
     """As a server started and stopped it wrote the refusal windows whose time was over; an error doing so at
