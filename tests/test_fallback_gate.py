@@ -27,26 +27,32 @@ PARENTS = {"PD1+": "live_lymph", "CD8+PD1+": "CD8+", "CD4+PD1+": "CD4+"}
 VARIABLES = {"PD1+": "pd1_pct_of_live_lymph", "CD8+PD1+": "cd8pd1_pct_of_cd8", "CD4+PD1+": "cd4pd1_pct_of_cd4"}
 
 
-def _without_pd1_fmo(folder, seed: int, events: int, unstained: bool = False):
-    """Product V<seed> (its drawn bench phenomena, ``events`` per tube) analyzed without its PD1 FMO file, and
+def _without_fmo(folder, seed: int, events: int, marker: str, gates, unstained: bool = False):
+    """Product V<seed> (its drawn bench phenomena, ``events`` per tube) analyzed without its ``marker`` FMO file, and
     without its unstained control unless ``unstained`` (the valley is the fallback without either): (the
-    simulated product, its result, the surface stain's TubeResult, its flags by (gate, code))."""
+    simulated product, its result, the surface stain's TubeResult, its flags by (gate, code)); each of ``gates``
+    flagged missing_fmo and fallback_gate."""
     prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(folder / f) for f in manifest["file"]]
-    kept = manifest[(manifest["fmo_marker"] != "PD1") & (unstained | (manifest["role"] != "unstained"))]
+    kept = manifest[(manifest["fmo_marker"] != marker) & (unstained | (manifest["role"] != "unstained"))]
     assert len(kept) == len(manifest) - (1 if unstained else 2)
     result = analyze_product(prod.product_id, kept, [load_strategy(p) for p in default_strategy_paths()])
     [stained] = [t for t in result.tubes if t.tube == "surface" and t.role == "stain"]
     assert stained.subsample is None
     flags = {(f.gate, f.code): f for f in result.qc}
     sources = stained.thresholds.set_index("population")["source_file"]
-    for gate in PARENTS:
+    for gate in gates:
         assert {(gate, "missing_fmo"), (gate, "fallback_gate")} <= set(flags), gate
         if not unstained:   # the valley of the stained tube: no control file
             assert sources[gate] == "" and "no usable unstained control either" in flags[gate, "fallback_gate"].message
     return prod, result, stained, flags
+
+
+def _without_pd1_fmo(folder, seed: int, events: int, unstained: bool = False):
+    """:func:`_without_fmo` of the PD1 FMO, its three gates checked."""
+    return _without_fmo(folder, seed, events, "PD1", PARENTS, unstained)
 
 
 def _size(message: str) -> float:
@@ -291,3 +297,32 @@ def test_the_skew_check_follows_a_right_skewed_binding_tail_the_control_lacks():
             assert checked.diagnostics["skew_cut"] == skew["skew_cut"] and checked.gate == placed.gate
         else:
             assert skew["skew_points"] <= FALLBACK_SKEW_POINTS, (cut, skew, truth)
+
+
+def test_a_fallback_cut_inside_the_bulk_of_the_cells_outside_the_reference_says_so(tmp_path):
+    """Issue 13, stop 53 (fbcd56_53): without its CD56 FMO, CD56+ anchors on the unstained control, which lacks CD8's
+    tandem spillover into CD56; the stained valley between the control-like CD8- cells and the CD8+ T cells wins and
+    NKT is over-called by tens of points with only missing_fmo/fallback_gate (V168782, fbcheck_53's). -> the outside
+    check: uncertain_threshold (warning) naming not_CD8 and the share of the parent's cells outside it above the cut,
+    counted here on the stained tube's events. V169909 (NK and NKT within 2 points of the label truth): no such flag."""
+    prod, result, stained, flags = _without_fmo(tmp_path / "over", 168782, 20000, "CD56", ["CD56+"], unstained=True)
+    error = result.phenotype["nkt_pct_of_live_lymph"] - prod.truth["nkt_pct_of_live_lymph"]
+    assert error > 30, error   # the truth: the labels
+    flag = flags.get(("CD56+", "uncertain_threshold"))
+    assert flag is not None and flag.severity == "warning", flag
+    cut = float(stained.diagnostics["CD56+"]["threshold"])
+    parent = stained.masks["live_lymph"]
+    outside = stained.data["CD56"][parent & ~stained.masks["not_CD8"]]
+    pct = 100.0 * np.count_nonzero(outside > cut) / outside.size
+    points = 100.0 * np.count_nonzero(outside > cut) / np.count_nonzero(parent)
+    assert pct > 50 and points > 1.5, (pct, points)
+    said = (f"lies below the median {np.median(outside):.3f} of the parent's cells outside not_CD8 ({pct:.0f}% of them "
+            f"above it, {points:.1f} points of the parent)")
+    assert said in flag.message and "FMO" not in flag.message, flag.message
+
+    prod, result, stained, flags = _without_fmo(tmp_path / "within", 169909, 20000, "CD56", ["CD56+"], unstained=True)
+    for variable in ("nk_pct_of_live_lymph", "nkt_pct_of_live_lymph"):
+        assert abs(result.phenotype[variable] - prod.truth[variable]) < 2, variable
+    own = flags.get(("CD56+", "uncertain_threshold"))
+    assert own is None or "outside not_CD8" not in own.message, own
+    assert stained.diagnostics["CD56+"]["outside_pct"] < 50, stained.diagnostics["CD56+"]

@@ -19,7 +19,8 @@ controls) go down the strategy's population tree together, population by populat
   empty parent in it) the threshold is anchored on the product's unstained control as on an FMO
   (``_TubeKindRun._on_unstained``), flagged ``missing_fmo`` and ``fallback_gate`` (and
   ``uncertain_threshold`` when the gate's ``skew_reference`` shows a binding tail the control lacks that would
-  move the cut: ``checks.fallback_skew_check``); without a usable
+  move the cut: ``checks.fallback_skew_check``; or when the cut lies below the median of the parent's cells outside that
+  reference, whose spillover the control lacks too: ``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
   the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
   :func:`_sized_flags`);
@@ -1213,7 +1214,9 @@ class _TubeKindRun:
         CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
         negatives to 0.4), the reference read only by the skew check (``checks.fallback_skew_check``: its
         right-skewed binding tail, stained vs the control, added to the parent's own carry-over; the cut unchanged,
-        ``uncertain_threshold`` when that would lower the % by more than 1.5 points); flagged ``missing`` and
+        ``uncertain_threshold`` when that would lower the % by more than 1.5 points), and the parent's cells outside the
+        reference by the outside check (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them lie
+        above the cut, e.g. CD56's CD8+ T cells under CD8's tandem spillover); flagged ``missing`` and
         ``fallback_gate`` saying why the cut can be wrong:
         (placement, the control's file, held, control_held) as :meth:`_placement`'s; the control's events were
         gated on the stained file's gates, so they rest on its undetermined gates too. None without a control carrying the
@@ -1236,6 +1239,11 @@ class _TubeKindRun:
             placement = checks.fallback_skew_check(
                 pop.name, marker, placement, values, stained.tube.data[marker][stained.parent_mask(pop)],
                 stained.tube.data[marker][stained.masks[reference]], reference, transform, rule[2], held)
+        if reference:   # the cells the reference leaves out for their spillover, which the control lacks too
+            parent = stained.parent_mask(pop)
+            placement = checks.fallback_outside_check(
+                pop.name, marker, placement, stained.tube.data[marker][parent],
+                stained.tube.data[marker][parent & ~stained.masks[reference]], reference, held)
         d = placement.diagnostics
         flag = pl.Flag(
             "fallback_gate", "warning",

@@ -120,7 +120,12 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     carry-over with that skew added lies more than ``FALLBACK_SKEW_POINTS`` (1.5) points of the parent above the
     cut (``skew_points``, ``skew_cut``, ``skew_extra``: :func:`fallback_skew`; over-calls only; joined to the
     gate's own ``uncertain_threshold`` when it has one). The cut is not changed (stop 53: without the PD1 FMO,
-    benchmarks/README.md).
+    benchmarks/README.md). On such a cut the engine also flags (joined the same way) when more than
+    ``FALLBACK_OUTSIDE_SHARE`` (50) % of the parent's cells outside the ``skew_reference``, and more than 1.5 points
+    of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``: :func:`fallback_outside`):
+    the cut lies inside the bulk of cells the reference leaves out for their spillover into the marker, which the
+    control lacks too (CD56 without its FMO: the stained valley below the CD8+ T cells, NKT over-called by 37-64
+    points; stop 53, fbcd56_53).
     What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
     ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
@@ -733,13 +738,61 @@ def fallback_skew_check(population: str, marker: str, placement: pl.Placement, c
                f"would lie at {skew['skew_cut']:.3f} and lower the % by {_points(skew['skew_points'], limit, held)} of the "
                f"parent (limit {limit:g}): positives likely over-called; look at the {marker} histogram of the parent and of "
                f"{reference}, stained vs unstained control")
-    own = [f for f in placement.flags if f.code == "uncertain_threshold"]
-    if own:
-        joined = replace(own[0], severity="warning", message=f"{own[0].message}; also {message}")
-        flags = tuple(joined if f is own[0] else f for f in placement.flags)
-    else:
-        flags = placement.flags + (_uncertain(f"{population} ({marker}): {message}"),)
-    return pl.Placement(placement.gate, placement.method, d, flags)
+    return pl.Placement(placement.gate, placement.method, d, _joined_uncertain(placement.flags, population, marker, message))
+
+
+def _joined_uncertain(flags: tuple[pl.Flag, ...], population: str, marker: str, message: str) -> tuple[pl.Flag, ...]:
+    """``flags`` with ``uncertain_threshold`` saying ``message``: added, or joined to the gate's own one (one flag
+    of a code per gate)."""
+    own = [f for f in flags if f.code == "uncertain_threshold"]
+    if not own:
+        return flags + (_uncertain(f"{population} ({marker}): {message}"),)
+    joined = replace(own[0], severity="warning", message=f"{own[0].message}; also {message}")
+    return tuple(joined if f is own[0] else f for f in flags)
+
+
+FALLBACK_OUTSIDE_SHARE = 50.0
+"""% of the parent's cells outside the ``skew_reference`` above a cut anchored on the unstained control beyond which
+``uncertain_threshold`` is raised (:func:`fallback_outside_check`): the cut then lies below their median, inside their
+bulk."""
+
+
+def fallback_outside(stained: np.ndarray, outside: np.ndarray, cut: float) -> dict[str, float]:
+    """The outside check of an ``fmo`` gate's cut anchored on the product's unstained control (transformed units;
+    ``stained``: the parent's stained events, ``outside``: those of them outside the strategy's ``skew_reference``,
+    the cells it leaves out because other stains spill or spread into the marker, e.g. CD56's CD8+ T cells under
+    CD8's tandem spillover, which the unstained control lacks): ``outside_pct`` (% of ``outside`` above ``cut``),
+    ``outside_median`` and ``outside_points`` (those cells above the cut as percentage points of the parent); NaN
+    without outside events."""
+    x = np.asarray(outside, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(np.count_nonzero(np.isfinite(stained)))
+    if x.size == 0 or n == 0:
+        return {"outside_pct": float("nan"), "outside_median": float("nan"), "outside_points": float("nan")}
+    above = int(np.count_nonzero(x > cut))
+    return {"outside_pct": 100.0 * above / x.size, "outside_median": float(np.median(x)), "outside_points": 100.0 * above / n}
+
+
+def fallback_outside_check(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
+                           outside: np.ndarray, reference: str, held: tuple[str, ...] = (),
+                           share: float = FALLBACK_OUTSIDE_SHARE, limit: float = FALLBACK_SKEW_POINTS) -> pl.Placement:
+    """``placement`` (a cut anchored on the unstained control) with the outside check (:func:`fallback_outside`) in its
+    diagnostics, and ``uncertain_threshold`` (added, or joined to the gate's own) when more than ``share`` % of the
+    parent's cells outside ``reference`` lie above the cut and they are more than ``limit`` points of the parent: the
+    control cannot show their spillover, so a valley or carry-over below their bulk calls them positive (CD56 without
+    its FMO: the stained valley between the control-like CD8- cells and the CD8+ T cells, NKT over-called by 37-64
+    points). ``held``: as :func:`place_and_check`'s."""
+    cut = float(placement.diagnostics["threshold"])
+    found = fallback_outside(stained, outside, cut)
+    d = {**placement.diagnostics, **found}
+    if not (found["outside_pct"] > share and found["outside_points"] > limit):
+        return pl.Placement(placement.gate, placement.method, d, placement.flags)
+    message = (f"the cut {cut:.3f} anchored on the unstained control lies below the median {found['outside_median']:.3f} of "
+               f"the parent's cells outside {reference} ({found['outside_pct']:.0f}% of them above it, "
+               f"{_points(found['outside_points'], limit, held)} of the parent), whose spillover into {marker} the "
+               f"control lacks: positives likely over-called; look at the {marker} histogram of the parent outside "
+               f"{reference}")
+    return pl.Placement(placement.gate, placement.method, d, _joined_uncertain(placement.flags, population, marker, message))
 
 
 def tail_judgement(fmo: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray, stained: np.ndarray,
