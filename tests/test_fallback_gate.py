@@ -27,18 +27,18 @@ PARENTS = {"PD1+": "live_lymph", "CD8+PD1+": "CD8+", "CD4+PD1+": "CD4+"}
 VARIABLES = {"PD1+": "pd1_pct_of_live_lymph", "CD8+PD1+": "cd8pd1_pct_of_cd8", "CD4+PD1+": "cd4pd1_pct_of_cd4"}
 
 
-def _without_fmo(folder, seed: int, events: int, marker: str, gates, unstained: bool = False):
+def _without_fmo(folder, seed: int, events: int, marker: str, gates, unstained: bool = False, strategies=None):
     """Product V<seed> (its drawn bench phenomena, ``events`` per tube) analyzed without its ``marker`` FMO file, and
-    without its unstained control unless ``unstained`` (the valley is the fallback without either): (the
-    simulated product, its result, the surface stain's TubeResult, its flags by (gate, code)); each of ``gates``
-    flagged missing_fmo and fallback_gate."""
+    without its unstained control unless ``unstained`` (the valley is the fallback without either), with
+    ``strategies`` (default: the bundled TIL ones): (the simulated product, its result, the surface stain's
+    TubeResult, its flags by (gate, code)); each of ``gates`` flagged missing_fmo and fallback_gate."""
     prod = simulate_product(f"V{seed}", seed, events, phenomena=True)
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(folder / f) for f in manifest["file"]]
     kept = manifest[(manifest["fmo_marker"] != marker) & (unstained | (manifest["role"] != "unstained"))]
     assert len(kept) == len(manifest) - (1 if unstained else 2)
-    result = analyze_product(prod.product_id, kept, [load_strategy(p) for p in default_strategy_paths()])
+    result = analyze_product(prod.product_id, kept, strategies or [load_strategy(p) for p in default_strategy_paths()])
     [stained] = [t for t in result.tubes if t.tube == "surface" and t.role == "stain"]
     assert stained.subsample is None
     flags = {(f.gate, f.code): f for f in result.qc}
@@ -326,3 +326,25 @@ def test_a_fallback_cut_inside_the_bulk_of_the_cells_outside_the_reference_says_
     own = flags.get(("CD56+", "uncertain_threshold"))
     assert own is None or "outside not_CD8" not in own.message, own
     assert stained.diagnostics["CD56+"]["outside_pct"] < 50, stained.diagnostics["CD56+"]
+
+
+def test_the_outside_check_runs_only_where_the_strategy_states_the_outside_cells_negative(tmp_path):
+    """The outside check rests on the parent's cells outside the ``skew_reference`` being marker-negative: true of
+    CD56's CD8+ T cells (high in CD56 only by CD8's tandem spillover), not of the PD1 gates' T cells (outside
+    ``non_T``; PD1+ in many TIL products, where "most of them above the cut" is no sign of an over-call). The strategy
+    states it (``outside_cells: negative``, default ``any``). V168782 without its CD56 FMO, the bundled surface
+    strategy with that one parameter removed from CD56+: no outside reading, no outside flag (with it:
+    test_a_fallback_cut_inside_the_bulk_of_the_cells_outside_the_reference_says_so); the PD1 gates, ``any``, are
+    never read."""
+    surface, *others = default_strategy_paths()
+    text = surface.read_text()
+    assert text.count(", outside_cells: negative}") == 1
+    edited = tmp_path / surface.name
+    edited.write_text(text.replace(", outside_cells: negative}", "}"))
+    strategies = [load_strategy(edited)] + [load_strategy(p) for p in others]
+    prod, result, stained, flags = _without_fmo(tmp_path / "p", 168782, 20000, "CD56", ["CD56+"], unstained=True,
+                                                strategies=strategies)
+    assert "outside_pct" not in stained.diagnostics["CD56+"], stained.diagnostics["CD56+"]
+    own = flags.get(("CD56+", "uncertain_threshold"))
+    assert own is None or "outside not_CD8" not in own.message, own.message
+    assert not any("outside_pct" in d for d in stained.diagnostics.values())

@@ -1112,6 +1112,7 @@ class _TubeKindRun:
         pct = float(params.pop("percentile", self.percentile))
         min_events = int(params.pop("min_events", 200))
         skew_reference = params.pop("skew_reference", None)
+        params.pop("outside_cells", None)   # read by _on_unstained's outside check
         anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
         # the control: the last FMO file of the marker that loads (as a dict keyed by marker would
         # keep), or with control: unstained the product's unstained control
@@ -1239,7 +1240,7 @@ class _TubeKindRun:
             placement = checks.fallback_skew_check(
                 pop.name, marker, placement, values, stained.tube.data[marker][stained.parent_mask(pop)],
                 stained.tube.data[marker][stained.masks[reference]], reference, transform, rule[2], held)
-        if reference:   # the cells the reference leaves out for their spillover, which the control lacks too
+        if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
             placement = checks.fallback_outside_check(
                 pop.name, marker, placement, stained.tube.data[marker][parent],

@@ -45,7 +45,13 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      control fmo|unstained (fmo): the control whose events set the cut, the
                      marker's FMO file or the product's unstained control (a control-based
                      live/dead cut: ``dead`` = the dye above the unstained control's percentile,
-                     carried to the stained live peak; ``live`` = ``!dead``)
+                     carried to the stained live peak; ``live`` = ``!dead``);
+                     outside_cells any|negative (any): what the parent's cells outside
+                     skew_reference are for the marker; negative (left out of the reference for
+                     the spillover of other stains, e.g. CD56's CD8+ T cells): a cut anchored on
+                     the unstained control for want of the FMO is flagged when most of them lie
+                     above it (checks.fallback_outside_check); any (they may be positives, e.g.
+                     PD1's T cells): not checked
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================
@@ -161,6 +167,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "skew_reference": ParamSpec(str, None),
         "reference_carry": ParamSpec(str, "additive", choices=("additive", "quantile")),
         "control": ParamSpec(str, "fmo", choices=("fmo", "unstained")),
+        "outside_cells": ParamSpec(str, "any", choices=("any", "negative")),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
