@@ -82,7 +82,7 @@ file left out of its manifest, so its ``fmo`` gates fall back as README's fallba
 control, else the stained valley); the errors are still against the ideal-FMO reference and the label truth, so
 they measure the fallback. It also writes ``fallback.csv`` (each fallback gate of each product: its threshold record,
 ``method``, ``winner``, ``source_file``, shift, width ratio, the candidates, and the variable whose numerator it is, its
-error, the skew check's ``skew_points``/``skew_cut``/``skew_extra`` and the review flags on the gate other than
+error, the skew carry's ``skew_points``/``skew_cut``/``skew_extra`` and the review flags on the gate other than
 ``missing_fmo``/``fallback_gate``, the checks that say the cut itself looks wrong) and prints, per variable, how many fallbacks lie beyond tolerance (over- and under-calls) and how
 many of those and of the ones within carry such a specific flag. Without it errors.csv is as before.
 
@@ -220,7 +220,9 @@ GENERIC_FALLBACK = frozenset({"missing_fmo", "fallback_gate"})
 
 
 SKEW_COLUMNS = ("skew_points", "skew_cut", "skew_extra")
-"""The skew check's diagnostics of a cut anchored on the unstained control (``checks.fallback_skew``), in fallback.csv."""
+"""The skew carry's diagnostics of a cut anchored on the unstained control (``placement.place_fmo_anchored``'s
+``skew_binding``: ``skew_points`` the % of the parent the raise took off, 0 when it did not raise the cut), in
+fallback.csv."""
 
 
 def numerator_variables(gate: str) -> list[str]:
@@ -231,7 +233,7 @@ def numerator_variables(gate: str) -> list[str]:
 def fallback_rows(product_id: str, seed: int, result, errors: dict) -> list[dict]:
     """One row per fallback gate of ``result`` (an ``fmo`` gate whose threshold method is ``fallback_...``) and
     per variable it is the numerator of (:func:`numerator_variables`; one row with an empty variable when none):
-    its threshold record, the skew check's numbers (:data:`SKEW_COLUMNS`, NaN where it did not run), the
+    its threshold record, the skew carry's numbers (:data:`SKEW_COLUMNS`, NaN where it did not run), the
     variable's signed error (``errors``) and ``specific_flags``, the codes of the review flags on the gate other
     than :data:`GENERIC_FALLBACK`."""
     from tilpheno.gates.checks import needs_review

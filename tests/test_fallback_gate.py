@@ -128,7 +128,8 @@ def test_a_missing_fmo_falls_back_on_the_unstained_control(tmp_path, seed):
     V165055 / V165020 without the PD1 FMO: the valley of the stained tube put every PD1 variable 4.9 to 7.2 / 22.9
     to 42.9 points below the simulator's ideal-FMO reference (the valley tests above, the control left out too) ->
     with the product's unstained control the gate is anchored on the control's live lymphocytes as on an FMO (rule
-    fmo_relative, carried to the parent's own stained negatives): within UNSTAINED_TOLERANCE of the reference,
+    fmo_relative, carried to the parent's own stained negatives; since stop 53 skew_carry where non_T's binding tail
+    raises it, placement.place_fmo_anchored's skew_binding): within UNSTAINED_TOLERANCE of the reference,
     the threshold record naming the control and the rule, missing_fmo and fallback_gate (warning) saying the cut
     was anchored on the unstained control instead of the FMO and why that can be wrong."""
     from tilpheno.gates.checks import needs_review
@@ -138,11 +139,11 @@ def test_a_missing_fmo_falls_back_on_the_unstained_control(tmp_path, seed):
     rows = stained.thresholds.set_index("population")
     for gate, variable in VARIABLES.items():
         row = rows.loc[gate]
-        assert row["method"] == f"fallback_{row['winner']}" and row["winner"] == "fmo_relative", row.to_dict()
+        assert row["method"] == f"fallback_{row['winner']}" and row["winner"] in ("fmo_relative", "skew_carry"), row.to_dict()
         assert row["source_file"].endswith(control) and row["percentile"] == 99.5, row.to_dict()
         said = flags[gate, "fallback_gate"]
         assert said.severity == "warning" and needs_review(said), said
-        assert f"anchored on the unstained control {control} (fmo_relative) instead of the FMO" in said.message, said
+        assert f"anchored on the unstained control {control} ({row['winner']}) instead of the FMO" in said.message, said
         assert "spreading into PD1" in said.message and "nonspecific binding" in said.message, said
         assert flags[gate, "missing_fmo"].message == f"{gate} (PD1): no FMO file for this marker"
         assert (gate, "no_second_peak") not in flags, gate
@@ -172,7 +173,7 @@ def test_the_fmo_table_names_the_unstained_control_a_fallback_was_anchored_on(tm
         assert row["control parent events"] == "", row
         assert row["control % +"] == fmt(record["fmo_pct_above"]) and 0.0 <= float(row["control % +"]) <= 0.5, row
         rule = row["rule"]
-        assert rule.startswith("no FMO, anchored on the unstained control (fallback_fmo_relative): fmo_relative: "), rule
+        assert rule.startswith(f"no FMO, anchored on the unstained control ({record['method']}): {record['winner']}: "), rule
         assert f"unstained control {fmt(record['fmo_threshold'], 3)}" in rule and "rel. " in rule and "shift " in rule, rule
 
 
@@ -181,12 +182,14 @@ def test_the_checks_on_a_fallback_name_the_unstained_control_it_was_anchored_on(
     +0.194 transformed units from the FMO's ... the threshold carried over from the FMO moved 55.7 points' and
     cut_in_dense_region 'stained vs FMO', of a cut no FMO set -> every check's message on the PD1 gates names the
     unstained control (the FMO only where missing_fmo and fallback_gate say it is missing), codes and severities as
-    before (negative_shift info on the three, cut_in_dense_region info on CD8+PD1+); since stop 53 the skew check's
-    uncertain_threshold (a warning) on PD1+ (1.84 points over the ideal-FMO reference) and CD8+PD1+ names it too."""
-    _, _, _, flags = _without_pd1_fmo(tmp_path, 165020, 20000, unstained=True)
+    before (negative_shift info on the three); since stop 53 the cut raised by non_T's skew (winner skew_carry) on
+    CD8+PD1+ lies above its dense negatives (its cut_in_dense_region, of the unraised cut, gone), and any other check
+    (an uncertain_threshold is a warning) names the unstained control too."""
+    _, _, stained, flags = _without_pd1_fmo(tmp_path, 165020, 20000, unstained=True)
     checked = {(gate, code): flag for (gate, code), flag in flags.items()
                if gate in PARENTS and code not in ("missing_fmo", "fallback_gate")}
-    assert {(gate, "negative_shift") for gate in PARENTS} | {("CD8+PD1+", "cut_in_dense_region")} <= set(checked)
+    assert {(gate, "negative_shift") for gate in PARENTS} <= set(checked)
+    assert stained.diagnostics["CD8+PD1+"]["winner"] == "skew_carry" and ("CD8+PD1+", "cut_in_dense_region") not in checked
     for (gate, code), flag in checked.items():
         assert "FMO" not in flag.message and "stained vs unstained control" in flag.message, flag
         assert flag.severity == ("warning" if code == "uncertain_threshold" else "info"), flag
@@ -219,52 +222,62 @@ def test_a_cut_without_a_stained_negative_peak_names_the_unstained_control_in_it
     assert "(the unstained control percentile " in uncertain and uncertain.endswith("stained vs unstained control"), uncertain
 
 
-def test_a_fallback_cut_below_the_reference_populations_binding_tail_says_so(tmp_path):
+def test_a_fallback_cut_is_raised_by_the_reference_populations_binding_tail(tmp_path):
     """Issue 13, stop 53: an unstained control lacks the PD1 antibody's nonspecific binding, whose right-skewed tail
     the fallback's carry-over (the control plus the parent's own shift and lower-side spread) does not follow.
-    V168605 (drawn PD1 binding 240 linear units) without its PD1 FMO: every PD1 gate more than 1.5 points over the
-    simulator's ideal-FMO reference, flagged only missing_fmo/fallback_gate -> uncertain_threshold (warning) naming
-    non_T's skew (stained vs the unstained control) and the cut with it (``skew_cut``, above the placed one), the
-    points of the parent between the two as counted here on the stained tube's events; moving the cut there brings
-    the gate nearer the reference. V168601 (no PD1 binding; every PD1 gate within 1.5 points) gets no such flag
-    (its skew_points, recorded, within the limit)."""
-    from tilpheno.gates.checks import FALLBACK_SKEW_POINTS
+    V168605 (drawn PD1 binding 240 linear units) without its PD1 FMO: every PD1 gate was more than 1.5 points over the
+    simulator's ideal-FMO reference -> the cut is raised to the carry-over with non_T's skew (winner ``skew_carry``,
+    ``skew_raised_from`` the cut it replaced): each gate nearer the reference than the % above the replaced cut
+    (counted here on the stained tube's events), still flagged missing_fmo and fallback_gate, whose message says the
+    cut was raised, from where, by whose skew, and the points of the parent it took off (counted here). V168601 (no
+    PD1 binding): every PD1 gate stays within 1.5 points of the reference (the raise makes no under-call). The FMO
+    table's rule names ``skew_carry`` and its cut (``skew``), the overlay's legend the carry with the reference's skew."""
+    from types import SimpleNamespace
+
+    from tilpheno.report.html import fmt
+    from tilpheno.report.product import fmo_table, threshold_note
 
     prod, result, stained, flags = _without_pd1_fmo(tmp_path / "over", 168605, 20000, unstained=True)
     for gate, variable in VARIABLES.items():
-        error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
-        assert error > 1.5, (gate, error)   # the truth: an over-call the generic flags alone announced
-        flag = flags.get((gate, "uncertain_threshold"))
-        assert flag is not None and flag.severity == "warning", (gate, flag)
+        truth = prod.truth[f"ref_{variable}"]
         d = stained.diagnostics[gate]
+        assert d["winner"] == "skew_carry", (gate, d["winner"])
         values = stained.data["PD1"][stained.masks[PARENTS[gate]]]
-        cut, skew_cut = float(d["threshold"]), float(d["skew_cut"])
-        between = 100.0 * np.count_nonzero((values > cut) & (values <= skew_cut)) / values.size
-        assert skew_cut > cut and between > FALLBACK_SKEW_POINTS, (gate, cut, skew_cut, between)
-        said = f"with it the cut would lie at {skew_cut:.3f} and lower the % by {between:.1f} points of the parent"
-        assert said in flag.message, flag
-        assert "non_T shows a right-skewed nonspecific PD1 tail the control lacks" in flag.message, flag
-        assert "FMO" not in flag.message and "stained vs unstained control" in flag.message, flag
-        moved = 100.0 * np.count_nonzero(values > skew_cut) / values.size
-        assert abs(moved - prod.truth[f"ref_{variable}"]) < abs(error), (gate, moved, error)
-
-    _, _, stained, flags = _without_pd1_fmo(tmp_path / "within", 168601, 20000, unstained=True)
+        before, cut = float(d["skew_raised_from"]), float(d["threshold"])
+        unraised = 100.0 * np.count_nonzero(values > before) / values.size
+        assert unraised - truth > 1.5, (gate, unraised, truth)   # the over-call the raise corrects
+        assert abs(result.phenotype[variable] - truth) < abs(unraised - truth), (gate, result.phenotype[variable], truth)
+        assert {(gate, "missing_fmo"), (gate, "fallback_gate")} <= set(flags)
+        taken = 100.0 * np.count_nonzero((values > before) & (values <= cut)) / values.size
+        said = (f"threshold {cut:.4g} anchored on the unstained control" in flags[gate, "fallback_gate"].message
+                and f"the cut was raised from {before:.4g} by the right-skewed PD1 tail of non_T (skew "
+                in flags[gate, "fallback_gate"].message
+                and f"{taken:.1f} points of the parent fewer called positive" in flags[gate, "fallback_gate"].message)
+        assert said, flags[gate, "fallback_gate"]
+    # the FMO table's rule and the overlay's legend name the winner and its cut
+    rows = {row[0]: dict(zip(table.columns, row)) for table in [fmo_table(result, 99.5)] for row in table.rows}
     for gate in PARENTS:
-        assert (gate, "uncertain_threshold") not in flags, flags[gate, "uncertain_threshold"]
-        assert stained.diagnostics[gate]["skew_points"] <= FALLBACK_SKEW_POINTS, stained.diagnostics[gate]
+        rule, cut = rows[gate]["rule"], stained.diagnostics[gate]["threshold"]
+        assert rule.startswith("no FMO, anchored on the unstained control (fallback_skew_carry): skew_carry: "), rule
+        assert f"skew {fmt(cut, 3)}" in rule, rule
+    assert threshold_note(SimpleNamespace(winner="skew_carry"), True, 99.5) == (
+        "threshold: control pct carried over with the reference's skew")
+
+    prod, result, _, _ = _without_pd1_fmo(tmp_path / "within", 168601, 20000, unstained=True)
+    for gate, variable in VARIABLES.items():
+        assert abs(result.phenotype[variable] - prod.truth[f"ref_{variable}"]) <= 1.5, (gate, variable)
 
 
-def test_the_skew_check_follows_a_right_skewed_binding_tail_the_control_lacks():
-    """``checks.fallback_skew`` on synthetic events with a known truth (linear units, the PD1 logicle): an unstained
-    control (autofluorescence), stained negatives = control-like cells + spreading (normal) + nonspecific binding, a
-    marker-poor reference of such negatives only and a parent with 20 % positives. The truth is the negatives' own
-    99.5th percentile (what an ideal FMO would give). A log-normal binding (log-SD 0.8): the parent's own carry-over
-    (the cut the fallback places, ``place_and_check`` on the control) lies below the truth, the skew cut nearer it
-    and more than FALLBACK_SKEW_POINTS above the placed cut. A normal binding of the same median: no skew to add,
-    the check stays within its limit. On a gate already ``uncertain_threshold`` the check joins that flag (one of a
-    code per gate) and makes it a warning."""
-    from tilpheno.gates.checks import FALLBACK_SKEW_POINTS, fallback_skew, fallback_skew_check, place_and_check
-    from tilpheno.gates.placement import Flag, Placement
+def test_the_skew_carry_follows_a_right_skewed_binding_tail_the_control_lacks():
+    """``placement.place_fmo_anchored``'s ``skew_binding`` on synthetic events with a known truth (linear units, the
+    PD1 logicle): an unstained control (autofluorescence), stained negatives = control-like cells + spreading
+    (normal) + nonspecific binding, a marker-poor reference of such negatives only and a parent with 20 %
+    positives. The truth is the negatives' own 99.5th percentile (what an ideal FMO would give). A log-normal binding
+    (log-SD 0.8): the parent's own carry-over (the cut without the reference) lies below the truth, the raised cut
+    (winner ``skew_carry``, ``skew_cut`` = ``placement.skew_carried_cut``) nearer it, more than 1.5 points of the
+    parent above. A normal binding of the same median: no skew to add, the cut moves by at most 1.5 points."""
+    from tilpheno.gates.checks import place_and_check
+    from tilpheno.gates.placement import reference_binding, skew_carried_cut
 
     transform = load_strategy(default_strategy_paths()[0]).transform_for("PD1")
     rng = np.random.default_rng(53)
@@ -279,24 +292,23 @@ def test_the_skew_check_follows_a_right_skewed_binding_tail_the_control_lacks():
         control = transform.apply(rng.normal(60.0, 35.0, n))
         negs = negatives(int(0.8 * n), draw(int(0.8 * n)))
         parent = transform.apply(np.concatenate([negs, 3000.0 * np.exp(0.5 * rng.standard_normal(n - negs.size))]))
-        reference = transform.apply(negatives(n, draw(n)))
-        placed = place_and_check("PD1+", "PD1", control, parent, percentile=99.5, source_file="u.fcs", rule="relative",
-                                 transform=transform, control_name="unstained control")
-        cut = float(placed.diagnostics["threshold"])
+        binding = reference_binding(control, transform.apply(negatives(n, draw(n))), transform)
+        assert binding is not None
+        kw = dict(percentile=99.5, source_file="u.fcs", rule="relative", transform=transform,
+                  control_name="unstained control")
+        plain = float(place_and_check("PD1+", "PD1", control, parent, **kw).diagnostics["threshold"])
+        d = place_and_check("PD1+", "PD1", control, parent, skew_binding=binding, **kw).diagnostics
+        cut = float(d["threshold"])
         truth = float(transform.apply(np.array([np.percentile(negs, 99.5)]))[0])
-        skew = fallback_skew(control, parent, reference, cut, transform, 99.5)
+        moved = 100.0 * np.count_nonzero((parent > plain) & (parent <= cut)) / parent.size
+        assert d["skew_cut"] == pytest.approx(skew_carried_cut(control, parent, binding, transform, 99.5), abs=1e-12)
         if skewed:
-            assert cut < truth and abs(skew["skew_cut"] - truth) < abs(cut - truth), (cut, skew, truth)
-            assert skew["skew_points"] > FALLBACK_SKEW_POINTS, skew
-            # a gate already uncertain: one uncertain_threshold, the gate's own message first, a warning
-            own = Flag("uncertain_threshold", "info", "PD1+ (PD1): its own doubt")
-            checked = fallback_skew_check("PD1+", "PD1", Placement(placed.gate, placed.method, placed.diagnostics, (own,)),
-                                          control, parent, reference, "non_T", transform, 99.5)
-            [joined] = [f for f in checked.flags if f.code == "uncertain_threshold"]
-            assert joined.severity == "warning" and joined.message.startswith("PD1+ (PD1): its own doubt; also the cut ")
-            assert checked.diagnostics["skew_cut"] == skew["skew_cut"] and checked.gate == placed.gate
+            assert d["winner"] == "skew_carry" and d["skew_raised_from"] == pytest.approx(plain, abs=1e-12), d
+            assert plain < truth and abs(cut - truth) < abs(plain - truth), (plain, cut, truth)
+            assert moved > 1.5 and d["skew_points"] == pytest.approx(moved, abs=1e-9), (moved, d["skew_points"])
         else:
-            assert skew["skew_points"] <= FALLBACK_SKEW_POINTS, (cut, skew, truth)
+            assert moved <= 1.5, (plain, cut, truth, moved)
+
 
 
 def test_a_fallback_cut_inside_the_bulk_of_the_cells_outside_the_reference_says_so(tmp_path):

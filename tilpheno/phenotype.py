@@ -17,10 +17,11 @@ controls) go down the strategy's population tree together, population by populat
   events in the same parent population; that one threshold is then applied to every file of the
   tube kind (the stained tube and the other FMO controls). Without the FMO file (or with an
   empty parent in it) the threshold is anchored on the product's unstained control as on an FMO
-  (``_TubeKindRun._on_unstained``), flagged ``missing_fmo`` and ``fallback_gate`` (and
-  ``uncertain_threshold`` when the gate's ``skew_reference`` shows a binding tail the control lacks that would
-  move the cut: ``checks.fallback_skew_check``; or when the cut lies below the median of the parent's cells outside that
-  reference, whose spillover the control lacks too: ``checks.fallback_outside_check``); without a usable
+  (``_TubeKindRun._on_unstained``; raised to the carry-over with the right-skewed binding tail the gate's
+  ``skew_reference`` shows and the control lacks where that lies above, winner ``skew_carry``), flagged
+  ``missing_fmo`` and ``fallback_gate`` (and ``uncertain_threshold`` when the cut lies below the median of the
+  parent's cells outside that reference, stated marker-negative by the strategy, whose spillover the control lacks
+  too: ``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
   the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
   :func:`_sized_flags`);
@@ -1172,12 +1173,14 @@ class _TubeKindRun:
 
     def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
                   undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
-                  kind: str) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
+                  kind: str, skew_binding: pl.ReferenceBinding | None = None,
+                  ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
         """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
         strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
         on that are undetermined) with the first stained file's parent as evidence (``checks.place_and_check``;
         ``rule``: :meth:`_placement`'s params, anchor params, percentile, min_events, skew_reference; ``kind``: the control
-        as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO): the
+        as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO; ``skew_binding``:
+        ``placement.place_fmo_anchored``'s, a cut on the unstained control standing in for the FMO): the
         placement, the undetermined gates the stained parent rests on and those the control's parent rests on
         (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
         state (None: no evidence)."""
@@ -1201,6 +1204,8 @@ class _TubeKindRun:
             held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
         call = dict(percentile=pct, source_file=control.file, min_events=min_events, transform=control.transforms.get(marker),
                     held=held, control_held=control_held, control_name=kind, **params, **anchor)
+        if skew_binding is not None:
+            call["skew_binding"] = skew_binding
         placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
         return placement, held, control_held, call, stained[1] if evidence is not None and stained is not None else None
 
@@ -1213,12 +1218,14 @@ class _TubeKindRun:
         the parent's own stained negatives, not through a ``skew_reference`` (the control lacks every stain's
         spreading, which the T cells' stains put into the parent and not into a marker-poor reference: PD1's
         CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
-        negatives to 0.4), the reference read only by the skew check (``checks.fallback_skew_check``: its
-        right-skewed binding tail, stained vs the control, added to the parent's own carry-over; the cut unchanged,
-        ``uncertain_threshold`` when that would lower the % by more than 1.5 points), and the parent's cells outside the
-        reference by the outside check (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them lie
-        above the cut, e.g. CD56's CD8+ T cells under CD8's tandem spillover); flagged ``missing`` and
-        ``fallback_gate`` saying why the cut can be wrong:
+        negatives to 0.4), the reference read only for its right-skewed binding tail, stained vs the control
+        (``placement.reference_binding``'s ``skew``), added to the parent's own carry-over: the cut is raised to that
+        carry-over where it lies above (``placement.place_fmo_anchored``'s ``skew_binding``, winner ``skew_carry``;
+        stop 53: PD1 gates beyond 1.5 points, benchmarks/README.md), and the parent's cells outside the reference,
+        where the strategy states them marker-negative (``outside_cells: negative``), by the outside check
+        (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them lie above the cut, e.g. CD56's
+        CD8+ T cells under CD8's tandem spillover); flagged ``missing`` and ``fallback_gate`` saying
+        why the cut can be wrong and by how much a raise moved it:
         (placement, the control's file, held, control_held) as :meth:`_placement`'s; the control's events were
         gated on the stained file's gates, so they rest on its undetermined gates too. None without a control carrying the
         marker with ``MIN_CONTROL_EVENTS`` events there (the valley then). The control's events it rests on are kept
@@ -1232,14 +1239,14 @@ class _TubeKindRun:
         kept = next((e for e in self.control_events.values() if (e.file, e.marker, e.population) == (control.file, marker, base)),
                     None)   # the same events: a gate's own population's mask depends only on gates placed before
         self.control_events[pop.name] = kept or control_events(control.file, marker, base, values, self.plot_events)
+        reference, transform = rule[4], control.transforms.get(marker)
+        binding = None
+        if reference and transform is not None:   # the binding tail the control lacks, read on the reference
+            binding = pl.reference_binding(values, stained.tube.data[marker][stained.masks[reference]], transform,
+                                           max_shift=rule[1].get("max_shift", pl.MAX_SHIFT))
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
-                                                             "unstained control")
-        reference, transform = rule[4], control.transforms.get(marker)
-        if reference and transform is not None:   # the binding tail the control lacks, read on the reference
-            placement = checks.fallback_skew_check(
-                pop.name, marker, placement, values, stained.tube.data[marker][stained.parent_mask(pop)],
-                stained.tube.data[marker][stained.masks[reference]], reference, transform, rule[2], held)
+                                                             "unstained control", binding)
         if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
             placement = checks.fallback_outside_check(
@@ -1251,7 +1258,11 @@ class _TubeKindRun:
             f"{pop.name} ({marker}): threshold {d['threshold']:.4g} anchored on the unstained control "
             f"{Path(control.file).name} ({d.get('winner', placement.method)}) instead of the FMO: an unstained tube "
             f"lacks the other colours' spreading into {marker} and any nonspecific binding of the {marker} antibody "
-            f"that the FMO would show, so the cut can lie too low (positives over-called)")
+            f"that the FMO would show, so the cut can lie too low (positives over-called)"
+            + (f"; the cut was raised from {d['skew_raised_from']:.4g} by the right-skewed {marker} tail of {reference} "
+               f"(skew {d['skew_extra']:.0f} linear units, stained {reference} vs the unstained control)"
+               + ("" if held else f", {d['skew_points']:.1f} points of the parent fewer called positive")
+               if d.get("winner") == "skew_carry" else ""))
         return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
                 control.file, held, control_held)
 

@@ -112,20 +112,16 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     move is then that cut's own uncertainty, not the spillover's effect (under heavy log-normal
     binding the re-placed normal fit over-called by 10-20 points where removing the spillover moved
     the gate by about 1, stop 44), and the gate as placed keeps its own flags.
-    Also (the engine, ``phenotype._TubeKindRun._on_unstained``) on a cut anchored on the product's unstained
-    control for want of the gate's FMO, when the strategy gives the gate a ``skew_reference``: the control lacks
-    the antibody's nonspecific binding, and the parent's own carry-over of the control's percentile (its negative
-    peak's shift and lower-side spread) does not follow that binding's right-skewed tail, which the reference
-    population shows (its stained events vs the control's, ``ReferenceBinding.skew``); flagged when the same
-    carry-over with that skew added lies more than ``FALLBACK_SKEW_POINTS`` (1.5) points of the parent above the
-    cut (``skew_points``, ``skew_cut``, ``skew_extra``: :func:`fallback_skew`; over-calls only; joined to the
-    gate's own ``uncertain_threshold`` when it has one). The cut is not changed (stop 53: without the PD1 FMO,
-    benchmarks/README.md). On such a cut the engine also flags (joined the same way) when more than
-    ``FALLBACK_OUTSIDE_SHARE`` (50) % of the parent's cells outside the ``skew_reference``, and more than 1.5 points
-    of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``: :func:`fallback_outside`):
-    the cut lies inside the bulk of cells the reference leaves out for their spillover into the marker, which the
-    control lacks too (CD56 without its FMO: the stained valley below the CD8+ T cells, NKT over-called by 37-64
-    points; stop 53, fbcd56_53).
+    A cut anchored on the product's unstained control for want of the gate's FMO is raised by the reference
+    population's right skew inside the placement (``placement.place_fmo_anchored``'s ``skew_binding``, winner
+    ``skew_carry``), so every check here judges the raised cut. On such a cut the engine
+    (``phenotype._TubeKindRun._on_unstained``) also flags, where the strategy states the parent's cells outside the
+    ``skew_reference`` marker-negative (``outside_cells: negative``), when more than ``FALLBACK_OUTSIDE_SHARE`` (50)
+    % of them, and more than ``FALLBACK_OUTSIDE_POINTS`` (1.5) points of the parent, lie above it (``outside_pct``,
+    ``outside_median``, ``outside_points``: :func:`fallback_outside`; joined to the gate's own
+    ``uncertain_threshold`` when it has one): the cut lies inside the bulk of cells the reference leaves out for their
+    spillover into the marker, which the control lacks too (CD56 without its FMO: the stained valley below the CD8+ T
+    cells, NKT over-called by 37-64 points; stop 53, fbcd56_53).
     What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
     ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
@@ -201,11 +197,13 @@ RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "rela
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
                   "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error", "reading_verdict",
-                  "unclamped_threshold"]
+                  "unclamped_threshold", "skew_cut"]
 """Threshold-table columns recording both candidates, the shift and the rule that won (and a
 ``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured). ``unclamped_threshold``: the
 winner's own cut where it lay beyond the stained parent's events and the gate's cut was clamped to them
-(``placement.clamp_to_parent``), NaN otherwise. ``reading_verdict``: on a gate
+(``placement.clamp_to_parent``), NaN otherwise. ``skew_cut``: a cut anchored on the unstained control for want of
+the FMO, the control's percentile carried with the ``skew_reference``'s right skew (``placement.skew_carried_cut``;
+the cut when it won, winner ``skew_carry``), NaN otherwise. ``reading_verdict``: on a gate
 whose cut carries a shared reference reading, each gate carrying it where a check that judges the reading fired, its
 checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set by the engine once every threshold
 is placed; '' otherwise)."""
@@ -691,54 +689,9 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
     return pl.Placement(placement.gate, placement.method, d, flags)
 
 
-FALLBACK_SKEW_POINTS = 1.5
-"""Percentage points of the stained parent between a cut anchored on the unstained control and the same carry-over
-with the reference population's right skew (:func:`fallback_skew`) above which ``uncertain_threshold`` is raised:
-issue 13's tolerance of the dim markers (PD1, FoxP3)."""
-
-
-def fallback_skew(control: np.ndarray, stained: np.ndarray, reference_stained: np.ndarray, cut: float, transform: Any,
-                  percentile: float) -> dict[str, float]:
-    """The skew check of an ``fmo`` gate's cut anchored on the product's unstained control for want of its FMO
-    (module docstring, ``uncertain_threshold``; transformed units in, ``cut`` the placed one): the control lacks the
-    antibody's nonspecific binding, whose right-skewed tail the parent's own carry-over (the control's events
-    plus the parent's negative-peak shift and lower-side added spread, ``placement.reference_binding`` read on the
-    parent stained vs the control) does not follow; the strategy's marker-poor ``skew_reference`` population shows
-    it (``ReferenceBinding.skew``, read on its stained events vs the control's). ``skew_cut``: that carry-over with
-    the skew added in quadrature to the parent's spread (``placement.additive_threshold``, the ``percentile``),
-    ``skew_points``: the % of the ``stained`` parent between ``cut`` and a ``skew_cut`` above it (0 below it: the
-    check looks for over-calls only), ``skew_extra``: the skew (linear units); NaN when either reading fails."""
-    reference = pl.reference_binding(control, reference_stained, transform)
-    parent = pl.reference_binding(control, stained, transform)
-    if reference is None or parent is None:
-        return {"skew_cut": float("nan"), "skew_points": float("nan"), "skew_extra": float("nan")}
-    linear = transform.inverse(np.asarray(control, dtype=np.float64)[np.isfinite(control)])
-    carried = pl.additive_threshold(linear, parent.shift, float(np.hypot(parent.spread, reference.skew)), percentile)
-    skew_cut = float(transform.apply(np.array([carried]))[0])
-    points = float(_points_between(np.asarray(stained, dtype=np.float64), cut, skew_cut)) if skew_cut > cut else 0.0
-    return {"skew_cut": skew_cut, "skew_points": points, "skew_extra": reference.skew}
-
-
-def fallback_skew_check(population: str, marker: str, placement: pl.Placement, control: np.ndarray,
-                        stained: np.ndarray, reference_stained: np.ndarray, reference: str, transform: Any,
-                        percentile: float, held: tuple[str, ...] = (), limit: float = FALLBACK_SKEW_POINTS,
-                        ) -> pl.Placement:
-    """``placement`` (a cut anchored on the unstained control, ``stained`` its parent's events) with the skew check
-    (:func:`fallback_skew`; ``reference``: the ``skew_reference`` population's name, ``reference_stained`` its
-    stained events) in its diagnostics, and ``uncertain_threshold`` when ``skew_points`` exceeds ``limit``: added,
-    or joined to the gate's own one (one flag of a code per gate). ``held``: as :func:`place_and_check`'s."""
-    cut = float(placement.diagnostics["threshold"])
-    skew = fallback_skew(control, stained, reference_stained, cut, transform, percentile)
-    d = {**placement.diagnostics, **skew}
-    if not skew["skew_points"] > limit:
-        return pl.Placement(placement.gate, placement.method, d, placement.flags)
-    message = (f"the cut {cut:.3f} anchored on the unstained control carries its percentile with the parent's own spread, "
-               f"while {reference} shows a right-skewed nonspecific {marker} tail the control lacks (skew "
-               f"{skew['skew_extra']:.0f} linear units, stained {reference} vs the unstained control); with it the cut "
-               f"would lie at {skew['skew_cut']:.3f} and lower the % by {_points(skew['skew_points'], limit, held)} of the "
-               f"parent (limit {limit:g}): positives likely over-called; look at the {marker} histogram of the parent and of "
-               f"{reference}, stained vs unstained control")
-    return pl.Placement(placement.gate, placement.method, d, _joined_uncertain(placement.flags, population, marker, message))
+FALLBACK_OUTSIDE_POINTS = 1.5
+"""Percentage points of the stained parent that the cells outside the ``skew_reference`` above a cut anchored on the
+unstained control must exceed for :func:`fallback_outside_check` to flag: issue 13's tolerance of the dim markers."""
 
 
 def _joined_uncertain(flags: tuple[pl.Flag, ...], population: str, marker: str, message: str) -> tuple[pl.Flag, ...]:
@@ -775,7 +728,7 @@ def fallback_outside(stained: np.ndarray, outside: np.ndarray, cut: float) -> di
 
 def fallback_outside_check(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
                            outside: np.ndarray, reference: str, held: tuple[str, ...] = (),
-                           share: float = FALLBACK_OUTSIDE_SHARE, limit: float = FALLBACK_SKEW_POINTS) -> pl.Placement:
+                           share: float = FALLBACK_OUTSIDE_SHARE, limit: float = FALLBACK_OUTSIDE_POINTS) -> pl.Placement:
     """``placement`` (a cut anchored on the unstained control) with the outside check (:func:`fallback_outside`) in its
     diagnostics, and ``uncertain_threshold`` (added, or joined to the gate's own) when more than ``share`` % of the
     parent's cells outside ``reference`` lie above the cut and they are more than ``limit`` points of the parent: the

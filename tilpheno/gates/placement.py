@@ -1764,6 +1764,21 @@ def sorted_fmo_linear(fmo_values: np.ndarray, transform: Any) -> np.ndarray:
     return np.sort(_finite_linear(fmo_values, transform))
 
 
+def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any,
+                     percentile: float, *, max_shift: float = MAX_SHIFT) -> float:
+    """The unstained ``control``'s ``percentile`` carried to the ``stained`` parent with the parent's own binding read
+    against it (:func:`reference_binding`: shift and lower-side spread) and the reference population's right skew
+    (``binding.skew``, read on its stained events vs the same control) added in quadrature to that spread
+    (:func:`additive_threshold`): the carry-over of :func:`place_fmo_anchored`'s ``skew_binding``. Transformed
+    units in and out; NaN when the parent's binding cannot be read."""
+    parent = reference_binding(control, stained, transform, max_shift=max_shift)
+    if parent is None:
+        return float("nan")
+    carried = additive_threshold(_finite_linear(control, transform), parent.shift,
+                                 float(np.hypot(parent.spread, binding.skew)), percentile)
+    return float(transform.apply(np.array([carried]))[0])
+
+
 def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float,
                   skewed: bool | None = None) -> float:
     """The parent's FMO ``percentile`` carried over with ``binding`` (``relative_reference`` of
@@ -1910,6 +1925,7 @@ def place_fmo_anchored(
     reference_quantile: float = float("nan"),
     fit_reference: tuple[np.ndarray, np.ndarray] | None = None,
     control_name: str = "FMO",
+    skew_binding: ReferenceBinding | None = None,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
@@ -1971,6 +1987,14 @@ def place_fmo_anchored(
     looked for above that lower one too (the fit can climb past a dim positive peak).
     ``winner`` names the candidate used. ``shift`` is in transformed units, ``width_ratio`` on
     the lower-side widths (linear units with ``transform``).
+    ``skew_binding`` (a cut anchored on the product's unstained control for want of the FMO,
+    ``phenotype._TubeKindRun._on_unstained``: the ``skew_reference`` population's binding read against that
+    control): the control lacks the antibody's nonspecific binding, whose right-skewed tail the parent's own
+    carry-over does not follow, so with ``transform`` and any rule but ``percentile`` the cut is at least
+    ``skew_cut`` (:func:`skew_carried_cut`); where that raised it, ``winner`` is ``skew_carry`` and
+    ``skew_raised_from`` the cut it replaced. ``skew_cut``, ``skew_extra`` (the reference's skew, linear units)
+    and ``skew_points`` (% of the stained parent between the rule's cut and a ``skew_cut`` above it, else 0) are
+    recorded with it.
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
@@ -2088,6 +2112,14 @@ def place_fmo_anchored(
                 # a binding tail falls away from the negative peak and makes no second one; the log-normal
                 # fit's share grows with its cut and climbs into dim positives (stop 43): their valley is the cut
                 winner, cut = "stained_valley", float(density.grid[v])
+    if skew_binding is not None and transform is not None and rule != "percentile":
+        skew_cut = skew_carried_cut(fmo_x, x, skew_binding, transform, percentile, max_shift=max_shift)
+        raised = bool(skew_cut > cut)   # NaN (no negative peak read) raises nothing
+        diagnostics.update(skew_cut=skew_cut, skew_extra=skew_binding.skew,
+                           skew_points=100.0 * np.count_nonzero((x > cut) & (x <= skew_cut)) / x.size if raised else 0.0)
+        if raised:
+            diagnostics["skew_raised_from"] = float(cut)
+            winner, cut = "skew_carry", skew_cut
     rule_cut = float(cut)
     cut = clamp_to_parent(rule_cut, x)   # beyond the parent's events the gate keeps all or none of them
     if cut != rule_cut:

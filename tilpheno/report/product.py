@@ -336,7 +336,8 @@ def threshold_note(row, unstained: bool, percentile: float) -> str:
     ``unstained``: the control is the product's unstained control (``control: unstained``, or standing in for a
     missing FMO), not an FMO."""
     winner = str(getattr(row, "winner", "") or "")
-    rule = {"stained_valley": "stained valley", "fmo_relative": f"{'control' if unstained else 'FMO'} pct carried over"}
+    rule = {"stained_valley": "stained valley", "fmo_relative": f"{'control' if unstained else 'FMO'} pct carried over",
+            "skew_carry": "control pct carried over with the reference's skew"}
     clamped = " (clamped to the stained data)" if math.isfinite(float(getattr(row, "unclamped_threshold", "nan"))) else ""
     return f"threshold: {rule.get(winner, f'{percentile:g}th pct of ' + ('unstained control' if unstained else 'FMO'))}{clamped}"
 
@@ -445,15 +446,18 @@ def _candidates(row, kind: str) -> list[str]:
     """A threshold record's candidates as the FMO table's rule states them (``kind``'s percentile, the relative
     carry-over with its lower- and upper-side ends, the stained valley, the shift; transformed units), each only
     where the record has it: a blank one (no stained valley; a ``rule: percentile`` gate's carry-over and shift) is
-    left out, not an empty slot."""
+    left out, not an empty slot; ``skew``: the carry-over with the reference's right skew of a cut anchored on the
+    unstained control for want of the FMO (``placement.skew_carried_cut``)."""
     from tilpheno.report.html import fmt
 
     value = {key: fmt(getattr(row, key, None), 3) for key in
-             ("fmo_threshold", "relative_threshold", "relative_low", "relative_high", "valley_threshold", "shift")}
+             ("fmo_threshold", "relative_threshold", "relative_low", "relative_high", "valley_threshold", "skew_cut",
+              "shift")}
     relative = value["relative_threshold"]
     if relative and value["relative_low"] and value["relative_high"]:
         relative += f" [{value['relative_low']}–{value['relative_high']}]"
-    said = [(kind, value["fmo_threshold"]), ("rel.", relative), ("valley", value["valley_threshold"]), ("shift", value["shift"])]
+    said = [(kind, value["fmo_threshold"]), ("rel.", relative), ("valley", value["valley_threshold"]),
+            ("skew", value["skew_cut"]), ("shift", value["shift"])]
     return [f"{label} {text}" for label, text in said if text]
 
 
