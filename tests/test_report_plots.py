@@ -221,7 +221,7 @@ def test_fmo_legend_says_a_clamped_carried_cut_was_clamped():
     import math
     from types import SimpleNamespace
 
-    from test_undetermined import fmo_toy
+    from fmo_support import fmo_toy
     from tilpheno.report.product import threshold_note
 
     def pd1(rng: np.random.Generator, n: int) -> np.ndarray:   # mode 0.3, lower side SD 0.1, upper side 0.01

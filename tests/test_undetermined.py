@@ -7,13 +7,13 @@ import math
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from fmo_support import HELD_FMO_STRATEGY, fmo_toy, toy_tube
 from tilpheno.cli import app
 from tilpheno.gates import checks
 
@@ -687,28 +687,6 @@ def test_a_dim_subset_warning_on_undetermined_gates_quotes_no_held_points():
     assert f"{excess:.1f}" not in said(("CD3+",))
 
 
-HELD_FMO_STRATEGY = """\
-strategy: toy
-tube: surface
-markers: [CD3, PD1]
-transforms: {CD3: {kind: linear}, PD1: {kind: linear}}
-populations:
-  - {name: CD3+, parent: root, dims: [CD3], method: valley, params: {keep: high}}
-  - {name: PD1+, parent: CD3+, dims: [PD1], method: fmo, params: {max_shift: 0.3}}
-variables:
-  pd1_pct_of_cd3: {numerator: PD1+, denominator: CD3+}
-"""
-
-
-def _toy_tube(role: str, fmo_marker: str | None, cd3: np.ndarray, pd1: np.ndarray):
-    from tilpheno.phenotype import TubeData
-    from tilpheno.transforms import Linear
-
-    data = {"CD3": cd3, "PD1": pd1}
-    return TubeData(f"{role}.fcs", "0" * 64, "surface", role, fmo_marker, data, {"CD3": "FITC-A", "PD1": "PE-A"},
-                    {k: Linear() for k in data}, True)
-
-
 @pytest.mark.parametrize("undetermined_in", ["FMO", "stained"])
 def test_an_fmo_gate_holds_only_what_rests_on_an_undetermined_gate_of_its_own_file(undetermined_in):
     """The engine end to end (held_51's wiring (a), unit-tested on checks.place_and_check only): CD3 has two
@@ -731,9 +709,9 @@ def test_an_fmo_gate_holds_only_what_rests_on_an_undetermined_gate_of_its_own_fi
         positive = rng.random(n) < 0.7
         return rng.normal(1.0, 0.05, n) if one else np.where(positive, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
 
-    stained = _toy_tube("stain", None, cd3(undetermined_in == "stained"),
-                        rng.normal(0.1, 0.03, n))   # the stained negatives below the FMO's: the cut moves down
-    fmo = _toy_tube("fmo", "PD1", cd3(undetermined_in == "FMO"), rng.normal(0.2, 0.03, n))
+    stained = toy_tube("stain", None, cd3(undetermined_in == "stained"),
+                       rng.normal(0.1, 0.03, n))   # the stained negatives below the FMO's: the cut moves down
+    fmo = toy_tube("fmo", "PD1", cd3(undetermined_in == "FMO"), rng.normal(0.2, 0.03, n))
     state, control = gate_tube_kind(strategy, [stained, fmo])
     held_file, reported_file = (control, state) if undetermined_in == "FMO" else (state, control)
     assert undetermined_gates(held_file.diagnostics) == {"CD3+"} and undetermined_gates(reported_file.diagnostics) == frozenset()
@@ -763,26 +741,6 @@ def test_an_fmo_gate_holds_only_what_rests_on_an_undetermined_gate_of_its_own_fi
         assert "yet more than 6% of the parent lies at or below the cut" in uncertain, uncertain
         for message in said.values():
             assert not re.search(r"\d+\.\d+ points", message) and f"{below:.1f}%" not in message, message
-
-
-def fmo_toy(stained_pd1: Callable[[np.random.Generator, int], np.ndarray]):
-    """HELD_FMO_STRATEGY gated on a stained tube and its PD1 FMO (5000 events each), CD3 two populations in both
-    (CD3+ determined), the FMO's PD1 normal(0.2, 0.03), the stained tube's from ``stained_pd1(rng, n)``: (the
-    engine's state of the stained file, its CD3+ events' PD1, the FMO's, the one threshold record)."""
-    from tilpheno.gates.strategy import parse_strategy
-    from tilpheno.phenotype import gate_tube_kind
-
-    rng = np.random.default_rng(8)
-    n = 5000
-
-    def cd3() -> np.ndarray:
-        return np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
-
-    stained = _toy_tube("stain", None, cd3(), stained_pd1(rng, n))
-    fmo = _toy_tube("fmo", "PD1", cd3(), rng.normal(0.2, 0.03, n))
-    state, control = gate_tube_kind(parse_strategy(HELD_FMO_STRATEGY, "toy.yaml"), [stained, fmo])
-    [threshold] = state.thresholds
-    return state, stained.data["PD1"][state.masks["CD3+"]], fmo.data["PD1"][control.masks["CD3+"]], threshold
 
 
 def test_an_fmo_gate_without_a_stained_negative_peak_says_what_its_cut_keeps():
@@ -855,7 +813,7 @@ def test_a_fallback_gate_below_an_undetermined_gate_quotes_no_held_count(pd1):
     n = 5000
     values = (np.where(rng.random(n) < 0.3, rng.normal(1.0, 0.05, n), rng.normal(0.1, 0.05, n))
               if pd1 == "two populations" else rng.normal(0.05, 0.03, n))
-    [state] = gate_tube_kind(strategy, [_toy_tube("stain", None, rng.normal(1.0, 0.05, n), values)])
+    [state] = gate_tube_kind(strategy, [toy_tube("stain", None, rng.normal(1.0, 0.05, n), values)])
     assert undetermined_gates(state.diagnostics) == {"CD3+"}
     table = population_table(strategy, state, undetermined_gates(state.diagnostics)).set_index("population")
     assert table[["count", "pct_of_parent"]].isna().all().all(), table
@@ -884,7 +842,7 @@ def test_a_fallback_gates_self_checks_below_an_undetermined_gate_quote_no_held_c
     rng = np.random.default_rng(8)
     n = 600
     pd1 = rng.normal(0.05, 0.03, n)
-    [state] = gate_tube_kind(strategy, [_toy_tube("stain", None, rng.normal(1.0, 0.05, n), pd1)])
+    [state] = gate_tube_kind(strategy, [toy_tube("stain", None, rng.normal(1.0, 0.05, n), pd1)])
     assert undetermined_gates(state.diagnostics) == {"CD3+"}
     parent = pd1[state.masks["CD3+"]]   # its count is held (populations.csv: blank)
     assert 0 < parent.size < 1000
@@ -923,7 +881,7 @@ def test_an_undetermined_gates_own_flags_are_review_warnings_not_sized_on_its_he
     cd3 = rng.normal(1.0, 0.05, n)   # one population 1.0 above zero, no FMO or unstained control: undetermined
     positive = rng.random(n) < 0.3 if pd1 == "even" else cd3 < 0.95
     values = np.where(positive, rng.normal(1.0, 0.05, n), rng.normal(0.1, 0.05, n))
-    [state] = gate_tube_kind(strategy, [_toy_tube("stain", None, cd3, values)])
+    [state] = gate_tube_kind(strategy, [toy_tube("stain", None, cd3, values)])
     assert undetermined_gates(state.diagnostics) == {"CD3+"}
     [threshold] = state.thresholds
     pd1_cut, d = threshold["value_transformed"], state.diagnostics["CD3+"]
@@ -995,7 +953,7 @@ def test_the_fmo_tables_rule_leaves_out_a_candidate_the_record_lacks(params):
 
     def tube(role: str, fmo_marker: str | None):
         cd3 = np.where(rng.random(n) < 0.7, rng.normal(1.0, 0.05, n), rng.normal(0.0, 0.05, n))
-        return _toy_tube(role, fmo_marker, cd3, rng.normal(0.2, 0.03, n))
+        return toy_tube(role, fmo_marker, cd3, rng.normal(0.2, 0.03, n))
 
     files = [tube("stain", None), tube("fmo", "PD1")]
     states = gate_tube_kind(strategy, files)
