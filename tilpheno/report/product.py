@@ -342,72 +342,94 @@ def threshold_note(row, unstained: bool, percentile: float) -> str:
     return f"threshold: {rule.get(winner, f'{percentile:g}th pct of ' + ('unstained control' if unstained else 'FMO'))}{clamped}"
 
 
+@dataclass(frozen=True)
+class OverlayControl:
+    """The grey histogram of an FMO overlay and what the figure says of it: ``values`` (the control's events of
+    the marker, transformed), ``pct_above`` (its % above the cut; NaN: not determined), ``name`` ("FMO" or
+    "unstained control", in the legend, caption and alt text), ``source`` (the control file's shown name),
+    ``percentile`` (the control percentile the threshold note names when the percentile won) and
+    ``stand_in_at``: where an unstained control standing in for a missing FMO was read (the population's
+    name; empty for the gate's own control, an FMO or ``control: unstained``)."""
+
+    values: np.ndarray
+    pct_above: float
+    name: str
+    source: str
+    percentile: float
+    stand_in_at: str = ""
+
+
 def fmo_figures(result, percentile: float, strategies=(),
                 axes: Mapping[tuple[str, str], tuple[float, float]] | None = None,
                 colours: Mapping[str, str] | None = None) -> list[Figure]:
-    """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file."""
-    from tilpheno.report import plots
-
-    axes = axes or {}
+    """FMO vs stained histograms with the threshold line, for every threshold set from an FMO file, or from the
+    unstained control standing in for a missing FMO."""
     figures = []
     for stain, row, fmo in _fmo_pairs(result):
-        marker, parent = str(row.marker), str(row.parent)
         stand_in = getattr(stain, "control_events", {}).get(str(row.population)) if fmo is None else None
-        if stand_in is not None:
-            figures.extend(_stand_in_figure(stain, row, stand_in, strategies, axes, colours))
-            continue
-        if fmo is None or marker not in stain.data or marker not in fmo.data:
-            continue
-        s_mask, f_mask = stain.masks.get(parent), fmo.masks.get(parent)
-        if s_mask is None or f_mask is None:
-            continue
-        s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
-        thr = float(row.value_transformed)
-        pct_s, pct_f = _pct_positive(stain, fmo, row, s_vals, f_vals, thr)
-        pctl = float(getattr(row, "percentile", percentile))
-        source = fmo.shown_name
-        unstained = fmo.role == "unstained"   # a gate with control: unstained
-        kind = "unstained control" if unstained else "FMO"
-        alt = (f"{marker} {kind} vs stained histogram; threshold {thr:.3f} from {source}; "
-               f"stained {plots.pct_text(pct_s)} positive, {kind} {plots.pct_text(pct_f)}")
-        svg = plots.fmo_overlay_plot(
-            s_vals, f_vals, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
-            threshold=thr, pct_stained=pct_s, pct_fmo=pct_f, marker=marker, control=kind,
-            threshold_note=threshold_note(row, unstained, pctl), title=f"{marker} in {parent} ({stain.tube})", alt=alt,
-            colours=colours,
-        )
-        figures.append(Figure(f"{marker} in {parent}: {kind} vs stained ({stain.tube} tube)", svg, alt,
-                              population=str(row.population), file=stain.shown_name))
+        drawn = (_stand_in_control(stain, row, stand_in) if stand_in is not None
+                 else _fmo_control(stain, row, fmo, percentile) if fmo is not None else None)
+        if drawn is not None:
+            figures.append(_overlay_figure(stain, row, *drawn, strategies, axes or {}, colours))
     return figures
 
 
-def _stand_in_figure(stain, row, control, strategies, axes, colours) -> list[Figure]:
-    """The overlay of an ``fmo`` gate whose FMO was missing and whose cut was anchored on the product's
-    unstained control (``control``: ``phenotype.ControlEvents``): the control's events where the fallback read
-    them (the nearest ancestor of the parent an unstained cell reaches) against the stained parent's, with the
-    cut; the control's % above it as the threshold record measured it on all those events (``fmo_pct_above``;
-    NaN where they rest on an undetermined gate). No figure without the stained parent's events."""
-    from tilpheno.report import plots
+def _fmo_control(stain, row, fmo, percentile: float) -> tuple[np.ndarray, float, OverlayControl] | None:
+    """The stained parent's events, their % above the cut and the gate's own control (its FMO file, or the
+    unstained control of a ``control: unstained`` gate), each read in the parent within its own file; None
+    where either file lacks the marker or the parent."""
+    marker, parent = str(row.marker), str(row.parent)
+    if marker not in stain.data or marker not in fmo.data:
+        return None
+    s_mask, f_mask = stain.masks.get(parent), fmo.masks.get(parent)
+    if s_mask is None or f_mask is None:
+        return None
+    s_vals, f_vals = stain.data[marker][s_mask], fmo.data[marker][f_mask]
+    pct_s, pct_f = _pct_positive(stain, fmo, row, s_vals, f_vals, float(row.value_transformed))
+    name = "unstained control" if fmo.role == "unstained" else "FMO"
+    return s_vals, pct_s, OverlayControl(f_vals, pct_f, name, fmo.shown_name, float(getattr(row, "percentile", percentile)))
 
+
+def _stand_in_control(stain, row, control) -> tuple[np.ndarray, float, OverlayControl] | None:
+    """The stained parent's events, their % above the cut and the unstained control a gate whose FMO was missing
+    was anchored on (``control``: ``phenotype.ControlEvents``): its events where the fallback read them (the
+    nearest ancestor of the parent an unstained cell reaches), its % above the cut as the threshold record
+    measured it on all those events (``fmo_pct_above``; NaN where they rest on an undetermined gate). None
+    without the stained parent's events."""
     marker, parent = str(row.marker), str(row.parent)
     s_mask = stain.masks.get(parent)
     if s_mask is None or marker not in stain.data:
-        return []
-    s_vals, thr = stain.data[marker][s_mask], float(row.value_transformed)
-    pct_s = _share_above(stain, row, s_vals, thr, getattr(stain, "subsample", None) is None)
-    pct_c = float(getattr(row, "fmo_pct_above", float("nan")))
-    where, source = _parent_name(control.population), Path(str(control.file)).name
-    alt = (f"{marker} unstained control ({where}) vs stained histogram; FMO missing, threshold {thr:.3f} anchored on "
-           f"{source}; stained {plots.pct_text(pct_s)} positive, unstained control {plots.pct_text(pct_c)}")
+        return None
+    s_vals = stain.data[marker][s_mask]
+    pct_s = _share_above(stain, row, s_vals, float(row.value_transformed), getattr(stain, "subsample", None) is None)
+    drawn = OverlayControl(control.values, float(getattr(row, "fmo_pct_above", float("nan"))), "unstained control",
+                           Path(str(control.file)).name, float(getattr(row, "percentile", "nan")),
+                           _parent_name(control.population))
+    return s_vals, pct_s, drawn
+
+
+def _overlay_figure(stain, row, s_vals: np.ndarray, pct_s: float, control: OverlayControl, strategies,
+                    axes: Mapping[tuple[str, str], tuple[float, float]], colours) -> Figure:
+    """One overlay of a gate's control (grey) against its stained parent, with the cut; a stand-in for a
+    missing FMO says where it was read and that the FMO is missing."""
+    from tilpheno.report import plots
+
+    marker, parent, thr = str(row.marker), str(row.parent), float(row.value_transformed)
+    name, where = control.name, control.stand_in_at
+    named, legend, captioned = ((f"{name} ({where})", f"{name} in {where}", f"{name} ({where}, FMO missing)") if where
+                                else (name, name, name))
+    anchor = (f"FMO missing, threshold {thr:.3f} anchored on" if where else f"threshold {thr:.3f} from")
+    alt = (f"{marker} {named} vs stained histogram; {anchor} {control.source}; "
+           f"stained {plots.pct_text(pct_s)} positive, {name} {plots.pct_text(control.pct_above)}")
     svg = plots.fmo_overlay_plot(
-        s_vals, control.values, _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube),
-                                      axes.get((stain.tube, marker))),
-        threshold=thr, pct_stained=pct_s, pct_fmo=pct_c, marker=marker, control=f"unstained control in {where}",
-        threshold_note=threshold_note(row, True, float(getattr(row, "percentile", "nan"))),
+        s_vals, control.values,
+        _axis(marker, stain.detectors, _strategy_for(strategies, stain.tube), axes.get((stain.tube, marker))),
+        threshold=thr, pct_stained=pct_s, pct_fmo=control.pct_above, marker=marker, control=legend,
+        threshold_note=threshold_note(row, name != "FMO", control.percentile),
         title=f"{marker} in {parent} ({stain.tube})", alt=alt, colours=colours,
     )
-    return [Figure(f"{marker} in {parent}: unstained control ({where}, FMO missing) vs stained ({stain.tube} tube)",
-                   svg, alt, population=str(row.population), file=stain.shown_name)]
+    return Figure(f"{marker} in {parent}: {captioned} vs stained ({stain.tube} tube)", svg, alt,
+                  population=str(row.population), file=stain.shown_name)
 
 
 FMO_TABLE_COLUMNS = (
