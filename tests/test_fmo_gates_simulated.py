@@ -821,6 +821,37 @@ def test_v165337s_heavy_cd56_binding_leaves_nk_and_nkt_within_2_points(v165337):
         assert abs(result.phenotype[v] - prod.truth[v]) < 2.0, (v, result.phenotype[v] - prod.truth[v])
 
 
+def test_a_residual_check_on_a_gate_already_uncertain_joins_its_flag():
+    """A gate whose own checks raised ``uncertain_threshold`` and whose residual-spillover check fires got a second
+    ``uncertain_threshold`` from ``checks.residual_impact`` (qc.csv and the reports counted two on one gate), where
+    ``checks.fallback_outside_check`` joins its reason to the gate's own -> one flag a gate and code, its message the
+    gate's own reason '; also' the residual one, still a review warning; a gate without one of its own gets the
+    residual flag alone, worded as before. The move is counted here on the events: the parent's share between the
+    placed cut (1.0) and the cut placed again without the residual (0.5)."""
+    from tilpheno.gates.checks import residual_impact
+    from tilpheno.gates.geometry import RangeGate
+
+    stained = np.random.default_rng(172201).normal(0.0, 1.0, 10_000)
+    points = 100.0 * np.count_nonzero((stained > 0.5) & (stained <= 1.0)) / stained.size
+    assert points > 3.0   # over the check's limit: it fires
+    own = pl.Flag("uncertain_threshold", "info", "CD56+ (CD56): the threshold 1.000 (rule fmo_relative) moved 5.0 points",
+                  "CD56+")
+    shift = pl.Flag("negative_shift", "info", "CD56+ (CD56): stained negatives sit +0.300 transformed units", "CD56+")
+    corrected = pl.Placement(RangeGate("CD56", low=0.5), "fmo", {"threshold": 0.5}, ())
+    said = (f"its FMO shows spillover into CD56 that the compensation left in (partial slope per unit of CD8 +0.070); "
+            f"with it taken out of both tubes the gate would move the % by {points:+.1f} points of the parent (limit 3); "
+            "check the compensation (a degraded tandem?) and the CD56 vs CD8 plot of the FMO")
+    for flags in ((own, shift), (shift,)):
+        placed = pl.Placement(RangeGate("CD56", low=1.0), "fmo", {"threshold": 1.0}, flags)
+        checked = residual_impact("CD56+", "CD56", placed, stained, corrected, stained, {"CD8": 0.07})
+        assert checked.diagnostics["residual_points"] == pytest.approx(points, abs=1e-9)
+        [uncertain] = [f for f in checked.flags if f.code == "uncertain_threshold"]
+        assert needs_review(uncertain) and uncertain.gate == "CD56+"
+        assert [f for f in checked.flags if f.code != "uncertain_threshold"] == [shift]
+        first = f"{own.message}; also " if own in flags else "CD56+ (CD56): "
+        assert uncertain.message == first + said, uncertain.message
+
+
 def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
     """The residual-spillover check takes back to linear units only the FMO parent's events the
     slopes are read on (``spillover.residual_events``: every k-th beyond ``RESIDUAL_MAX_EVENTS``),

@@ -667,26 +667,26 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
     spillover ``slopes`` taken out of both tubes (``corrected``, on ``corrected_stained``) minus
     its % as placed (signed, points of the parent: + when the placed % is too low); flagged when
     its size exceeds ``uncertain_points`` and ``corrected`` carries no ``uncertain_threshold`` of its
-    own (``residual_uncertain``). Transformed units for both stained arrays. ``held``: as :func:`place_and_check`'s
-    (the flag says which way and 'more than' the limit)."""
+    own (``residual_uncertain``): added, or joined to the gate's own (one ``uncertain_threshold`` a gate, its
+    message naming every reason: :func:`_joined_uncertain`). Transformed units for both stained arrays. ``held``:
+    as :func:`place_and_check`'s (the flag says which way and 'more than' the limit)."""
     cut, other = float(placement.diagnostics["threshold"]), float(corrected.diagnostics["threshold"])
     points = (100.0 * (np.count_nonzero(corrected_stained > other) - np.count_nonzero(stained > cut)) / stained.size
               if stained.size else float("nan"))
     # a re-placed cut that its own checks call uncertain measures no move of the spillover's
     unsure = any(f.code == "uncertain_threshold" and needs_review(f) for f in corrected.flags)
     d = {**placement.diagnostics, "residual_points": points, "residual_threshold": other, "residual_uncertain": unsure}
-    flags = placement.flags
-    if abs(points) > uncertain_points and not unsure:
-        sources = ", ".join(f"{source} {slope:+.3f}" for source, slope in slopes.items())
-        flags += (pl.Flag("uncertain_threshold", "warning",
-                          f"{population} ({marker}): its FMO shows spillover into {marker} that the compensation left in (partial "
-                          f"slope per unit of {sources}); with it taken out of both tubes the gate would move the % "
-                          + (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
-                          if held else f"by {points:+.1f} points of the parent")
-                          + f" (limit {uncertain_points:g}); check the "
-                          f"compensation (a degraded tandem?) and the {marker} vs {'/'.join(slopes)} plot of the "
-                          f"FMO", gate=population),)
-    return pl.Placement(placement.gate, placement.method, d, flags)
+    if unsure or not abs(points) > uncertain_points:
+        return pl.Placement(placement.gate, placement.method, d, placement.flags)
+    sources = ", ".join(f"{source} {slope:+.3f}" for source, slope in slopes.items())
+    message = (f"its FMO shows spillover into {marker} that the compensation left in (partial slope per unit of "
+               f"{sources}); with it taken out of both tubes the gate would move the % "
+               + (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
+                  if held else f"by {points:+.1f} points of the parent")
+               + f" (limit {uncertain_points:g}); check the compensation (a degraded tandem?) and the {marker} vs "
+               f"{'/'.join(slopes)} plot of the FMO")
+    flags = _joined_uncertain(placement.flags, population, marker, message)
+    return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
 
 
 FALLBACK_OUTSIDE_POINTS = 1.5
