@@ -360,3 +360,34 @@ def test_the_outside_check_runs_only_where_the_strategy_states_the_outside_cells
     own = flags.get(("CD56+", "uncertain_threshold"))
     assert own is None or "outside not_CD8" not in own.message, own.message
     assert not any("outside_pct" in d for d in stained.diagnostics.values())
+
+
+def test_each_gate_is_applied_to_the_unstained_control_once_per_tube_kind(tmp_path, monkeypatch):
+    """V172201 (tidy_54's development seeds) without its PD1 FMO: its three PD1 gates fall back on the unstained
+    control, and each read it with the stained file's gates placed so far applied to it again from the top
+    (``phenotype._on_control``), as did each tube kind's self-check once every gate was placed: 65 masks computed on
+    the two controls (the control loaded for each tube kind) for 23 gates -> the masks of the gates applied before
+    are kept, so each (control, gate) is applied once. Counted here on ``population_mask``'s calls on a control's events; the
+    readings themselves are the independent ones of tests/test_fallback_overlay.py."""
+    import tilpheno.phenotype as phenotype
+
+    controls: dict[int, dict] = {}   # the events of every control the gates are applied to, by id (kept alive)
+    applied: list[tuple[int, int]] = []
+    alive: list = []   # every gate applied: no id taken again by another object
+    on_control, population_mask = phenotype._on_control, phenotype.population_mask
+
+    def on(strategy, gates, control, *args, **kwargs):
+        controls[id(control.data)] = control.data
+        return on_control(strategy, gates, control, *args, **kwargs)
+
+    def mask(gate, data, *args, **kwargs):
+        applied.append((id(data), id(gate)))
+        alive.append(gate)
+        return population_mask(gate, data, *args, **kwargs)
+
+    monkeypatch.setattr(phenotype, "_on_control", on)
+    monkeypatch.setattr(phenotype, "population_mask", mask)
+    _without_pd1_fmo(tmp_path, 172201, 4000, unstained=True)
+    on_controls = [a for a in applied if a[0] in controls]
+    assert len({data for data, _ in on_controls}) == 2   # the control loaded once for each tube kind
+    assert on_controls and len(on_controls) == len(set(on_controls)), (len(on_controls), len(set(on_controls)))

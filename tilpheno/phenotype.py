@@ -679,7 +679,7 @@ class UnstainedCheck:
 
 
 def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, stained_name: str | None = None,
-                    control_name: str | None = None) -> UnstainedCheck:
+                    control_name: str | None = None, kept: ControlGated | None = None) -> UnstainedCheck:
     """Positives in an unstained control: the stained file's placed gates (``state.gates``, fixed
     geometry, FMO thresholds included) applied to the ``control``'s events. For every positive
     1-D marker gate (``x > cut``): the % of the control's events above the cut among its events in
@@ -689,10 +689,12 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
     One ``unstained_control`` info flag lists every such % (what was checked), another the markers
     the control has no detector for (:func:`_lacking_detectors`). The flags name the
     two files by ``stained_name`` and ``control_name`` (their labels, :func:`tilpheno.io.files.file_labels`:
-    ``sub1/X.fcs`` where two files of the product share a name), else by their file names."""
+    ``sub1/X.fcs`` where two files of the product share a name), else by their file names. ``kept``: an
+    earlier application of the stained file's gates to the control (:func:`_on_control`), whose masks are kept."""
     stained = stained_name or Path(state.tube.file).name
     control_label = control_name or Path(control.file).name
-    masks, stained_defined = _on_control(strategy, state.gates, control)
+    gated = _on_control(strategy, state.gates, control, kept)
+    masks, stained_defined = gated.masks, gated.stained_defined
     n = control.n_events
     flags, checked, cuts = [], [], {}
     for name, parent, gate, _ in state.gates:
@@ -720,14 +722,16 @@ def unstained_check(strategy: Strategy, state: _Gated, control: TubeData, *, sta
 
 
 def unstained_qc(product_id: str, strategy: Strategy, state: _Gated, control: TubeData,
-                 diagnostics: dict[str, dict[str, Any]], *, stained_name: str, control_name: str) -> list[QCFlag]:
+                 diagnostics: dict[str, dict[str, Any]], *, stained_name: str, control_name: str,
+                 kept: ControlGated | None = None) -> list[QCFlag]:
     """:func:`unstained_check` of one gated stained file (``state``) against one unstained
     ``control`` as the product's QC flags, the one form ``analyze_product`` and the object model's
     ``gate_sample`` give: raised on the control (``control_name``), a flag on a gate naming the
     stained file whose gate it is (``gate_file``: ``stained_name``). Each flagged gate's lowest
     clearing cut (transformed units) is recorded in ``diagnostics`` (the stained file's result's,
-    population -> numbers) as ``unstained_cut``, the highest where two controls flag it."""
-    check = unstained_check(strategy, state, control, stained_name=stained_name, control_name=control_name)
+    population -> numbers) as ``unstained_cut``, the highest where two controls flag it. ``kept``: as
+    :func:`unstained_check`'s."""
+    check = unstained_check(strategy, state, control, stained_name=stained_name, control_name=control_name, kept=kept)
     for population, cut in check.cuts.items():
         d = diagnostics.setdefault(population, {})
         d["unstained_cut"] = max(cut, d.get("unstained_cut", cut))
@@ -784,23 +788,45 @@ def _read_detectors(tube: TubeData) -> set[str]:
     return set(tube.detectors.values()) | set(tube.data)
 
 
-def _on_control(strategy: Strategy, gates: Sequence[tuple[str, str, Gate, str]],
-                control: TubeData) -> tuple[dict[str, np.ndarray], set[str]]:
+@dataclass(frozen=True)
+class ControlGated:
+    """A stained file's placed gates applied to an unstained control (:func:`_on_control`): the ``control``,
+    the gate each population's mask was computed with (``applied``), the masks over the control's events and the
+    populations defined by stains."""
+
+    control: TubeData
+    applied: dict[str, Gate]
+    masks: dict[str, np.ndarray]
+    stained_defined: frozenset[str]
+
+
+def _on_control(strategy: Strategy, gates: Sequence[tuple[str, str, Gate, str]], control: TubeData,
+                kept: ControlGated | None = None) -> ControlGated:
     """A stained file's placed ``gates`` (parents first) applied as they are to an unstained
     ``control``: each population's mask over the control's events, and the populations defined by
     stains (a positive 1-D marker gate, or a boolean of such gates). A gate on a marker the control
     has no detector for holds what an unstained event would (:func:`_without_stain`); no mask for
     any other gate on a dimension the control lacks, nor for one depending on a failed gate or on
-    such a gate."""
+    such a gate. ``kept``: an earlier application to the same control (the gates placed so far then): a
+    population whose gate is the one applied then, and whose parent's and operands' masks were kept too, keeps
+    its mask (a gate's mask depends only on it and on those), so that the fallback gates of a tube kind, each
+    reading the control after a few more gates are placed, and its self-check apply each gate once."""
     by_name = {p.name: p for p in strategy.populations}
     markers = set(strategy.markers)
+    reuse = kept if kept is not None and kept.control is control else None
+    applied: dict[str, Gate] = {}
     masks: dict[str, np.ndarray] = {}
+    same: set[str] = set()   # populations whose mask is the kept one
     stained_defined: set[str] = set()
     for name, parent, gate, _ in gates:
-        if any(p not in masks for p in (parent, *getattr(gate, "operands", ())) if p != ROOT):
+        depends = [p for p in (parent, *getattr(gate, "operands", ())) if p != ROOT]
+        if any(p not in masks for p in depends):
             continue   # it depends on a population whose gate failed on the stained file (gate_failed)
         pop = by_name[name]
-        if all(d in control.data for d in gate.dims):
+        if reuse is not None and reuse.applied.get(name) is gate and name in reuse.masks and all(p in same for p in depends):
+            masks[name] = reuse.masks[name]
+            same.add(name)
+        elif all(d in control.data for d in gate.dims):
             masks[name] = population_mask(gate, control.data, masks, None if parent == ROOT else parent,
                                           control.n_events, pop.complement)
         else:
@@ -809,10 +835,11 @@ def _on_control(strategy: Strategy, gates: Sequence[tuple[str, str, Gate, str]],
                 continue   # the control lacks a dimension: the populations below cannot be evaluated
             own = np.full(control.n_events, held != pop.complement)
             masks[name] = own if parent == ROOT else own & masks[parent]
+        applied[name] = gate
         positive = isinstance(gate, RangeGate) and gate.high is None and gate.dim in markers
         if positive or pop.boolean is not None:
             stained_defined.add(name)
-    return masks, stained_defined
+    return ControlGated(control, applied, masks, frozenset(stained_defined))
 
 
 def _without_stain(gate: Gate, markers: set[str]) -> bool | None:
@@ -824,7 +851,7 @@ def _without_stain(gate: Gate, markers: set[str]) -> bool | None:
     return gate.low is None
 
 
-def _control_base(strategy: Strategy, parent: str, stained_defined: set[str]) -> str:
+def _control_base(strategy: Strategy, parent: str, stained_defined: frozenset[str]) -> str:
     """``parent`` or its nearest ancestor not defined by stains (an unstained cell never reaches
     CD3+ > CD4+: a CD4+ gate is judged on the control's live lymphocytes); ROOT when every one is."""
     return next((p.name for p in strategy.lineage(parent) if p.name not in stained_defined), ROOT)
@@ -834,21 +861,21 @@ def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, dim: 
     """The unstained ``control``'s events on marker ``dim`` (transformed) in ``population`` or its nearest
     ancestor not defined by stains, the stained file's gates placed so far (``state.gates``) applied to
     it; None when the control lacks the marker or that population."""
-    read = unstained_reading(strategy, state, control, dim, population)
+    read = unstained_reading(strategy, _on_control(strategy, state.gates, control), dim, population)
     return None if read is None else read[1]
 
 
-def unstained_reading(strategy: Strategy, state: _Gated, control: TubeData, dim: str,
-                      population: str) -> tuple[str, np.ndarray] | None:
-    """(the population, the values) of :func:`unstained_values`: where the control's events were read
-    (``population`` or its nearest ancestor not defined by stains; ROOT: all of them) and their values."""
+def unstained_reading(strategy: Strategy, gated: ControlGated, dim: str, population: str) -> tuple[str, np.ndarray] | None:
+    """(the population, the values) of :func:`unstained_values`, the gates applied to the control (``gated``,
+    :func:`_on_control`): where the control's events were read (``population`` or its nearest ancestor not
+    defined by stains; ROOT: all of them) and their values."""
+    control = gated.control
     if dim not in control.data:
         return None
-    masks, stained_defined = _on_control(strategy, state.gates, control)
-    base = _control_base(strategy, population, stained_defined)
+    base = _control_base(strategy, population, gated.stained_defined)
     if base == ROOT:
         return base, control.data[dim]
-    return (base, control.data[dim][masks[base]]) if base in masks else None
+    return (base, control.data[dim][gated.masks[base]]) if base in gated.masks else None
 
 
 def _moved(gate: RangeGate, cut: float) -> RangeGate:
@@ -969,6 +996,7 @@ class _TubeKindRun:
         self.fallbacks: dict[int, int] = {}   # an fmo gate placed on the stained density (its index) -> that file
         self.plot_events = plot_events   # the overlay's share of a control's events (TubeResult.control_events)
         self.control_events: dict[str, ControlEvents] = {}   # an fmo gate anchored on the unstained control -> its events
+        self.control_gated: ControlGated | None = None   # the gates last applied to the unstained control (:meth:`_on`)
 
     # -- loading ---------------------------------------------------------------------------
     def state(self, i: int) -> _Gated | None:
@@ -1232,7 +1260,7 @@ class _TubeKindRun:
         for the overlay (``control_events``: at most ``plot_events`` of them)."""
         control = self.control() if self.control is not None else None
         marker = pop.dims[0]
-        read = unstained_reading(self.strategy, stained, control, marker, pop.parent) if control is not None else None
+        read = unstained_reading(self.strategy, self._on(stained, control), marker, pop.parent) if control is not None else None
         if control is None or read is None or read[1].size < pl.MIN_CONTROL_EVENTS:
             return None
         base, values = read
@@ -1309,7 +1337,16 @@ class _TubeKindRun:
         if self.sources[i].role != "stain" or self.control is None:
             return None
         control = self.control()
-        return unstained_values(self.strategy, self.loaded[i], control, pop.dims[0], pop.parent) if control is not None else None
+        read = unstained_reading(self.strategy, self._on(self.loaded[i], control), pop.dims[0], pop.parent) \
+            if control is not None else None
+        return None if read is None else read[1]
+
+    def _on(self, state: _Gated, control: TubeData) -> ControlGated:
+        """``state``'s gates placed so far applied to the unstained ``control`` (:func:`_on_control`), the masks of
+        the gates applied before kept: every gate of the tube kind applied to the control once, whichever of its
+        fallback gates, one-population cuts and self-checks read it."""
+        self.control_gated = _on_control(self.strategy, state.gates, control, self.control_gated)
+        return self.control_gated
 
     def resolve(self) -> None:
         """Pass 1: every ``fmo`` threshold, in strategy order."""
@@ -2055,7 +2092,8 @@ def analyze_product(
                                                for f in problems)
                         continue
                     unstained_flags.extend(unstained_qc(product_id, strategy, state, control, made[i].diagnostics,
-                                                        stained_name=sources[i].handle["name"], control_name=name))
+                                                        stained_name=sources[i].handle["name"], control_name=name,
+                                                        kept=run.control_gated))
 
         run.finish(consume)
         for c in (i for i in sorted(made) if sources[i].role in ("fmo", "unstained")):
