@@ -19,9 +19,10 @@ controls) go down the strategy's population tree together, population by populat
   empty parent in it) the threshold is anchored on the product's unstained control as on an FMO
   (``_TubeKindRun._on_unstained``; raised to the carry-over with the right-skewed binding tail the gate's
   ``skew_reference`` shows and the control lacks where that lies above, winner ``skew_carry``), flagged
-  ``missing_fmo`` and ``fallback_gate`` (and ``uncertain_threshold`` when the cut lies below the median of the
-  parent's cells outside that reference, stated marker-negative by the strategy, whose spillover the control lacks
-  too: ``checks.fallback_outside_check``); without a usable
+  ``missing_fmo`` and ``fallback_gate``; where the strategy states the parent's cells outside that reference
+  marker-negative, a cut inside their bulk (their spillover the control lacks too) is moved up to the parent's
+  first valley above their negative peak (winner ``outside_valley``) and ``uncertain_threshold`` flags a cut still
+  below their median (``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
   the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
   :func:`_sized_flags`);
@@ -1202,14 +1203,15 @@ class _TubeKindRun:
 
     def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
                   undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
-                  kind: str, skew_binding: pl.ReferenceBinding | None = None,
+                  kind: str, skew_binding: pl.ReferenceBinding | None = None, outside: np.ndarray | None = None,
                   ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
         """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
         strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
         on that are undetermined) with the first stained file's parent as evidence (``checks.place_and_check``;
         ``rule``: :meth:`_placement`'s params, anchor params, percentile, min_events, skew_reference; ``kind``: the control
         as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO; ``skew_binding``:
-        ``placement.place_fmo_anchored``'s, a cut on the unstained control standing in for the FMO): the
+        ``placement.place_fmo_anchored``'s, a cut on the unstained control standing in for the FMO; ``outside``: its
+        ``outside_values``, the stained parent's events outside the reference stated marker-negative): the
         placement, the undetermined gates the stained parent rests on and those the control's parent rests on
         (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
         state (None: no evidence)."""
@@ -1235,6 +1237,8 @@ class _TubeKindRun:
                     held=held, control_held=control_held, control_name=kind, **params, **anchor)
         if skew_binding is not None:
             call["skew_binding"] = skew_binding
+        if outside is not None:
+            call["outside_values"] = outside
         placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
         return placement, held, control_held, call, stained[1] if evidence is not None and stained is not None else None
 
@@ -1251,10 +1255,12 @@ class _TubeKindRun:
         (``placement.reference_binding``'s ``skew``), added to the parent's own carry-over: the cut is raised to that
         carry-over where it lies above (``placement.place_fmo_anchored``'s ``skew_binding``, winner ``skew_carry``;
         stop 53: PD1 gates beyond 1.5 points, benchmarks/README.md), and the parent's cells outside the reference,
-        where the strategy states them marker-negative (``outside_cells: negative``), by the outside check
-        (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them lie above the cut, e.g. CD56's
-        CD8+ T cells under CD8's tandem spillover); flagged ``missing`` and ``fallback_gate`` saying
-        why the cut can be wrong and by how much a raise moved it:
+        where the strategy states them marker-negative (``outside_cells: negative``, e.g. CD56's CD8+ T cells under
+        CD8's tandem spillover), move a cut inside their bulk up to the parent's first valley above their negative
+        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54) and are read by the
+        outside check (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them still lie above
+        the cut); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong and by how much a raise
+        or move changed it:
         (placement, the control's file, held, control_held) as :meth:`_placement`'s; the control's events were
         gated on the stained file's gates, so they rest on its undetermined gates too. None without a control carrying the
         marker with ``MIN_CONTROL_EVENTS`` events there (the valley then). The control's events it rests on are kept
@@ -1273,14 +1279,17 @@ class _TubeKindRun:
         if reference and transform is not None:   # the binding tail the control lacks, read on the reference
             binding = pl.reference_binding(values, stained.tube.data[marker][stained.masks[reference]], transform,
                                            max_shift=rule[1].get("max_shift", pl.MAX_SHIFT))
-        placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
-                                                             undetermined_gates(stained.diagnostics), (*rule[:4], None),
-                                                             "unstained control", binding)
+        outside = None
         if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
-            placement = checks.fallback_outside_check(
-                pop.name, marker, placement, stained.tube.data[marker][parent],
-                stained.tube.data[marker][parent & ~stained.masks[reference]], reference, held)
+            outside = stained.tube.data[marker][parent & ~stained.masks[reference]]
+        placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
+                                                             undetermined_gates(stained.diagnostics), (*rule[:4], None),
+                                                             "unstained control", binding, outside)
+        if outside is not None:
+            placement = checks.fallback_outside_check(pop.name, marker, placement,
+                                                      stained.tube.data[marker][stained.parent_mask(pop)], outside,
+                                                      str(reference), held)
         d = placement.diagnostics
         flag = pl.Flag(
             "fallback_gate", "warning",
@@ -1291,7 +1300,12 @@ class _TubeKindRun:
             + (f"; the cut was raised from {d['skew_raised_from']:.4g} by the right-skewed {marker} tail of {reference} "
                f"(skew {d['skew_extra']:.0f} linear units, stained {reference} vs the unstained control)"
                + ("" if held else f", {d['skew_points']:.1f} points of the parent fewer called positive")
-               if d.get("winner") == "skew_carry" else ""))
+               if d.get("winner") == "skew_carry" else "")
+            + (f"; the cut was moved up from {d['outside_raised_from']:.4g} to the stained valley above the peak "
+               f"{d['outside_peak']:.4g} of the parent's cells outside {reference} (stated {marker}-negative, their "
+               f"spillover the control lacks)"
+               + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent fewer called positive")
+               if d.get("winner") == "outside_valley" else ""))
         return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
                 control.file, held, control_held)
 

@@ -114,14 +114,15 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     the gate by about 1, stop 44), and the gate as placed keeps its own flags.
     A cut anchored on the product's unstained control for want of the gate's FMO is raised by the reference
     population's right skew inside the placement (``placement.place_fmo_anchored``'s ``skew_binding``, winner
-    ``skew_carry``), so every check here judges the raised cut. On such a cut the engine
-    (``phenotype._TubeKindRun._on_unstained``) also flags, where the strategy states the parent's cells outside the
-    ``skew_reference`` marker-negative (``outside_cells: negative``), when more than ``FALLBACK_OUTSIDE_SHARE`` (50)
-    % of them, and more than ``FALLBACK_OUTSIDE_POINTS`` (1.5) points of the parent, lie above it (``outside_pct``,
-    ``outside_median``, ``outside_points``: :func:`fallback_outside`; joined to the gate's own
-    ``uncertain_threshold`` when it has one): the cut lies inside the bulk of cells the reference leaves out for their
-    spillover into the marker, which the control lacks too (CD56 without its FMO: the stained valley below the CD8+ T
-    cells, NKT over-called by 37-64 points; stop 53, fbcd56_53).
+    ``skew_carry``), so every check here judges the raised cut. Where the strategy states the parent's cells outside
+    the ``skew_reference`` marker-negative (``outside_cells: negative``) such a cut lying inside their bulk is moved
+    up inside the placement too, to the parent's first valley above their negative peak (winner ``outside_valley``,
+    ``placement.outside_valley``), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut still there:
+    when more than ``placement.OUTSIDE_SHARE`` (50) % of them, and more than ``placement.OUTSIDE_POINTS`` (1.5)
+    points of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``:
+    ``placement.outside_reading``; joined to the gate's own ``uncertain_threshold`` when it has one): no valley was
+    found above them, or most of them lie above the moved cut (CD56 without its FMO: the stained valley below the
+    CD8+ T cells over-called NKT by 37-64 points; stop 53, fbcd56_53; moved since stop 54).
     What each check judges (``tilpheno.gates.shared_reading``: one reading, one verdict). The reading a
     ``skew_reference`` cut carries (the binding read once per tube on the reference population, shared by every
     gate of that marker, control file, reference and ``reference_carry``): ``reference_above_points`` (either
@@ -197,13 +198,17 @@ RECORD_COLUMNS = ["rule", "winner", "fmo_threshold", "relative_threshold", "rela
                   "valley_threshold", "shift", "width_ratio", "fmo_mode", "stained_mode", "sensitivity_points",
                   "correction_points", "bracket_points", "candidate_points", "cut_density_ratio", "fmo_pct_above",
                   "relative_lognormal", "tail_points", "fit_lognormal", "fit_normal", "fit_error", "reading_verdict",
-                  "unclamped_threshold", "skew_cut"]
+                  "unclamped_threshold", "skew_cut", "outside_cut", "outside_raised_from"]
 """Threshold-table columns recording both candidates, the shift and the rule that won (and a
 ``width_side: fit`` cut's evidence, :func:`fit_judgement`, where it was measured). ``unclamped_threshold``: the
 winner's own cut where it lay beyond the stained parent's events and the gate's cut was clamped to them
 (``placement.clamp_to_parent``), NaN otherwise. ``skew_cut``: a cut anchored on the unstained control for want of
 the FMO, the control's percentile carried with the ``skew_reference``'s right skew (``placement.skew_carried_cut``;
-the cut when it won, winner ``skew_carry``), NaN otherwise. ``reading_verdict``: on a gate
+the cut when it won, winner ``skew_carry``), NaN otherwise. ``outside_cut``: such a cut that lay inside the bulk of
+the parent's cells outside the ``skew_reference`` stated marker-negative (``outside_cells: negative``), the parent's
+first valley above their negative peak (``placement.outside_valley``; NaN when none was found or the cut lay below
+less than half of them), and ``outside_raised_from`` the rule's cut it replaced where it won (winner
+``outside_valley``), NaN otherwise. ``reading_verdict``: on a gate
 whose cut carries a shared reference reading, each gate carrying it where a check that judges the reading fired, its
 checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set by the engine once every threshold
 is placed; '' otherwise)."""
@@ -478,7 +483,7 @@ def place_and_check(
                                     f"shifted beyond reach and the cut several points off; look at the {marker} histogram of the "
                                     f"parent, stained vs {control_name}"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
-        extrapolated = d.get("winner") != "stained_valley"
+        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley")   # a valley is the stained data's own
         uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
@@ -689,11 +694,6 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
     return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
 
 
-FALLBACK_OUTSIDE_POINTS = 1.5
-"""Percentage points of the stained parent that the cells outside the ``skew_reference`` above a cut anchored on the
-unstained control must exceed for :func:`fallback_outside_check` to flag: issue 13's tolerance of the dim markers."""
-
-
 def _joined_uncertain(flags: tuple[pl.Flag, ...], population: str, marker: str, message: str) -> tuple[pl.Flag, ...]:
     """``flags`` with ``uncertain_threshold`` saying ``message``: added, or joined to the gate's own one (one flag
     of a code per gate)."""
@@ -704,47 +704,45 @@ def _joined_uncertain(flags: tuple[pl.Flag, ...], population: str, marker: str, 
     return tuple(joined if f is own[0] else f for f in flags)
 
 
-FALLBACK_OUTSIDE_SHARE = 50.0
-"""% of the parent's cells outside the ``skew_reference`` above a cut anchored on the unstained control beyond which
-``uncertain_threshold`` is raised (:func:`fallback_outside_check`): the cut then lies below their median, inside their
-bulk."""
-
-
-def fallback_outside(stained: np.ndarray, outside: np.ndarray, cut: float) -> dict[str, float]:
-    """The outside check of an ``fmo`` gate's cut anchored on the product's unstained control (transformed units;
-    ``stained``: the parent's stained events, ``outside``: those of them outside the strategy's ``skew_reference``,
-    the cells it leaves out because other stains spill or spread into the marker, e.g. CD56's CD8+ T cells under
-    CD8's tandem spillover, which the unstained control lacks): ``outside_pct`` (% of ``outside`` above ``cut``),
-    ``outside_median`` and ``outside_points`` (those cells above the cut as percentage points of the parent); NaN
-    without outside events."""
-    x = np.asarray(outside, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    n = int(np.count_nonzero(np.isfinite(stained)))
-    if x.size == 0 or n == 0:
-        return {"outside_pct": float("nan"), "outside_median": float("nan"), "outside_points": float("nan")}
-    above = int(np.count_nonzero(x > cut))
-    return {"outside_pct": 100.0 * above / x.size, "outside_median": float(np.median(x)), "outside_points": 100.0 * above / n}
-
-
 def fallback_outside_check(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
-                           outside: np.ndarray, reference: str, held: tuple[str, ...] = (),
-                           share: float = FALLBACK_OUTSIDE_SHARE, limit: float = FALLBACK_OUTSIDE_POINTS) -> pl.Placement:
-    """``placement`` (a cut anchored on the unstained control) with the outside check (:func:`fallback_outside`) in its
-    diagnostics, and ``uncertain_threshold`` (added, or joined to the gate's own) when more than ``share`` % of the
-    parent's cells outside ``reference`` lie above the cut and they are more than ``limit`` points of the parent: the
-    control cannot show their spillover, so a valley or carry-over below their bulk calls them positive (CD56 without
-    its FMO: the stained valley between the control-like CD8- cells and the CD8+ T cells, NKT over-called by 37-64
-    points). ``held``: as :func:`place_and_check`'s."""
+                           outside: np.ndarray, reference: str, held: tuple[str, ...] = ()) -> pl.Placement:
+    """``placement`` (a cut anchored on the unstained control) with the outside check (``placement.outside_reading``)
+    in its diagnostics, and ``uncertain_threshold`` (added, or joined to the gate's own) when the cut lies inside the
+    bulk of the parent's cells outside ``reference`` (``placement.outside_inside``: more than
+    ``placement.OUTSIDE_SHARE`` % of them and more than ``placement.OUTSIDE_POINTS`` points of the parent above it):
+    the control cannot show their spillover, so a valley or carry-over below their bulk calls them positive (CD56
+    without its FMO: the stained valley between the control-like CD8- cells and the CD8+ T cells, NKT over-called by
+    37-64 points before the placement moved such a cut, winner ``outside_valley``). A cut still there found no
+    valley above their negative peak, or was moved and still has most of them above it (most of them positive, as
+    the strategy says they are not, or the valley inside their bulk). A cut moved to a valley no prominent peak of
+    the parent follows (``outside_prominent`` false: the positives a shoulder) is flagged too. ``held``: as
+    :func:`place_and_check`'s."""
     cut = float(placement.diagnostics["threshold"])
-    found = fallback_outside(stained, outside, cut)
+    found = pl.outside_reading(stained, outside, cut)
     d = {**placement.diagnostics, **found}
-    if not (found["outside_pct"] > share and found["outside_points"] > limit):
+    if d.get("winner") == "outside_valley" and not d.get("outside_prominent", True) and not pl.outside_inside(found):
+        message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
+                   f"{float(d['outside_raised_from']):.3f} to a shallow valley above the peak {float(d['outside_peak']):.3f} "
+                   f"of the parent's cells outside {reference}, with no prominent peak of the parent above it (few "
+                   f"positives on the negatives' upper side, or their tail): the cut may lie among positives or "
+                   f"negatives; look at the {marker} histogram of the parent outside {reference}")
+        return pl.Placement(placement.gate, placement.method, d,
+                            _joined_uncertain(placement.flags, population, marker, message))
+    if not pl.outside_inside(found):
         return pl.Placement(placement.gate, placement.method, d, placement.flags)
-    message = (f"the cut {cut:.3f} anchored on the unstained control lies below the median {found['outside_median']:.3f} of "
-               f"the parent's cells outside {reference} ({found['outside_pct']:.0f}% of them above it, "
-               f"{_points(found['outside_points'], limit, held)} of the parent), whose spillover into {marker} the "
-               f"control lacks: positives likely over-called; look at the {marker} histogram of the parent outside "
-               f"{reference}")
+    valley = float(d.get("outside_cut", float("nan")))   # absent: no move read (a synthetic caller)
+    moved = (f" (moved up from {float(d['outside_raised_from']):.3f} to the stained valley above their peak "
+             f"{float(d['outside_peak']):.3f})" if d.get("winner") == "outside_valley" else
+             " (no stained valley above their peak)" if "outside_cut" in d and not math.isfinite(valley) else
+             f" (at or above the stained valley {valley:.3f} above their peak {float(d['outside_peak']):.3f})"
+             if math.isfinite(valley) else "")
+    message = (f"the cut {cut:.3f} anchored on the unstained control{moved} lies below the median "
+               f"{found['outside_median']:.3f} of the parent's cells outside {reference} ({found['outside_pct']:.0f}% of "
+               f"them above it, {_points(found['outside_points'], pl.OUTSIDE_POINTS, held)} of the parent), whose "
+               f"spillover into {marker} the control lacks: "
+               + ("most of them positive, which the strategy states they are not, or the valley inside their bulk"
+                  if math.isfinite(valley) else "positives likely over-called")
+               + f"; look at the {marker} histogram of the parent outside {reference}")
     return pl.Placement(placement.gate, placement.method, d, _joined_uncertain(placement.flags, population, marker, message))
 
 

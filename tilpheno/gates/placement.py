@@ -1779,6 +1779,75 @@ def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: Referenc
     return float(transform.apply(np.array([carried]))[0])
 
 
+OUTSIDE_SHARE = 50.0
+"""% of a fallback parent's cells outside the ``skew_reference`` (stated marker-negative, ``outside_cells: negative``)
+above a cut anchored on the unstained control beyond which the cut lies inside their bulk: :func:`place_fmo_anchored`
+moves it (``outside_cells``) and ``checks.fallback_outside_check`` flags a cut still there."""
+OUTSIDE_POINTS = 1.5
+"""Percentage points of the stained parent that those cells above the cut must also exceed (issue 13's tolerance of
+the dim markers)."""
+OUTSIDE_PEAK_PROMINENCE = 0.1
+"""Prominence (x the highest density) of the peaks of the cells outside the reference among which
+:func:`outside_valley` takes the lowest as their negative peak: a subpopulation, not a noise bump of their tails."""
+
+
+def outside_reading(stained: np.ndarray, outside: np.ndarray, cut: float) -> dict[str, float]:
+    """The parent's cells outside the ``skew_reference`` against a cut anchored on the unstained control (transformed
+    units; ``stained``: the parent's stained events, ``outside``: those of them outside the reference, the cells it
+    leaves out because other stains spill or spread into the marker, e.g. CD56's CD8+ T cells under CD8's tandem
+    spillover, which the unstained control lacks): ``outside_pct`` (% of ``outside`` above ``cut``),
+    ``outside_median`` and ``outside_points`` (those cells above the cut as percentage points of the parent); NaN
+    without outside events."""
+    x = np.asarray(outside, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(np.count_nonzero(np.isfinite(stained)))
+    if x.size == 0 or n == 0:
+        return {"outside_pct": float("nan"), "outside_median": float("nan"), "outside_points": float("nan")}
+    above = int(np.count_nonzero(x > cut))
+    return {"outside_pct": 100.0 * above / x.size, "outside_median": float(np.median(x)), "outside_points": 100.0 * above / n}
+
+
+def outside_inside(reading: dict[str, float]) -> bool:
+    """The cut lies inside the bulk of the cells outside the reference (:func:`outside_reading`): more than
+    :data:`OUTSIDE_SHARE` % of them, and more than :data:`OUTSIDE_POINTS` points of the parent, above it."""
+    return bool(reading["outside_pct"] > OUTSIDE_SHARE and reading["outside_points"] > OUTSIDE_POINTS)
+
+
+def outside_valley(density: Density, outside: np.ndarray, bandwidth: float, min_prominence: float,
+                   ) -> tuple[float, float, bool] | None:
+    """The stained parent's first density valley above the negative peak of its cells outside the ``skew_reference``
+    (transformed units): (the valley, that peak, whether a prominent peak of the parent follows the valley), None
+    when the parent's density only falls above it.
+
+    Their negative peak: the lowest peak of their own density (same ``bandwidth``, on ``density``'s grid) of
+    prominence at least :data:`OUTSIDE_PEAK_PROMINENCE` of its highest: the strategy states them marker-negative,
+    so their bulk is the spillover the unstained control lacks (CD56: the CD8+ T cells under CD8's tandem
+    spillover), and their positives (CD8+ NKT), however many, lie above it (their median would lie among them once
+    they are half). The valley: the lowest density of the parent (``density``) between its prominent peak
+    (``min_prominence``) nearest to that negative peak and the next prominent peak above it, the parent's
+    positives; without such a peak (few positives make a shoulder on the negatives' upper side) the parent's first
+    local density minimum above that peak, not prominent (the caller flags it)."""
+    x = np.asarray(outside, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 20:
+        return None
+    step = float(density.grid[1] - density.grid[0])
+    own = smoothed_density(x, bandwidth, float(density.grid[0] - 0.5 * step), float(density.grid[-1] + 0.5 * step))
+    low, _ = own.peaks(OUTSIDE_PEAK_PROMINENCE)
+    peaks, _ = density.peaks(min_prominence)
+    if low.size == 0 or peaks.size == 0:
+        return None
+    mode = float(own.grid[low[0]])
+    start = int(np.argmin(np.abs(density.grid[peaks] - mode)))
+    if start + 1 < peaks.size:
+        return float(density.grid[density.valley(int(peaks[start]), int(peaks[start + 1]))]), mode, True
+    rises = np.diff(density.values[int(peaks[start]):])   # rises[k]: from index peaks[start] + k to the next
+    turns = np.flatnonzero((rises[:-1] < 0) & (rises[1:] > 0))   # a local minimum at peaks[start] + k + 1
+    if turns.size == 0:
+        return None
+    return float(density.grid[int(peaks[start]) + int(turns[0]) + 1]), mode, False
+
+
 def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float,
                   skewed: bool | None = None) -> float:
     """The parent's FMO ``percentile`` carried over with ``binding`` (``relative_reference`` of
@@ -1926,6 +1995,7 @@ def place_fmo_anchored(
     fit_reference: tuple[np.ndarray, np.ndarray] | None = None,
     control_name: str = "FMO",
     skew_binding: ReferenceBinding | None = None,
+    outside_values: np.ndarray | None = None,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
@@ -1995,6 +2065,15 @@ def place_fmo_anchored(
     ``skew_raised_from`` the cut it replaced. ``skew_cut``, ``skew_extra`` (the reference's skew, linear units)
     and ``skew_points`` (% of the stained parent between the rule's cut and a ``skew_cut`` above it, else 0) are
     recorded with it.
+    ``outside_values`` (the same fallback, where the strategy states the parent's cells outside the
+    ``skew_reference`` marker-negative, ``outside_cells: negative``: those cells' stained events): the control lacks
+    the spillover other stains put into them (CD56: CD8's tandem into the CD8+ T cells), and no valley or carry-over
+    on the parent tells that spillover peak from a positive one, so when the cut (after the skew raise) lies inside
+    their bulk (:func:`outside_inside`) and :func:`outside_valley` finds a valley above it, the cut moves up to that
+    valley, the parent's first above their negative peak: ``winner`` ``outside_valley``, ``outside_raised_from`` the
+    cut it replaced, ``outside_cut`` the valley (recorded whenever the cut lay inside their bulk; NaN when no valley
+    was found and the cut stayed), ``outside_peak`` their negative peak, ``outside_prominent`` whether a prominent
+    peak of the parent follows the valley, ``outside_moved_points`` (% of the stained parent between the two cuts).
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
@@ -2120,6 +2199,9 @@ def place_fmo_anchored(
         if raised:
             diagnostics["skew_raised_from"] = float(cut)
             winner, cut = "skew_carry", skew_cut
+    if outside_values is not None and rule != "percentile":
+        winner, cut = _outside_moved(density, x, outside_values, bandwidth, min_prominence, winner, float(cut),
+                                     diagnostics)
     rule_cut = float(cut)
     cut = clamp_to_parent(rule_cut, x)   # beyond the parent's events the gate keeps all or none of them
     if cut != rule_cut:
@@ -2131,6 +2213,24 @@ def place_fmo_anchored(
         kept = keeps(int(np.count_nonzero(gate.contains({dim: x}))), x.size)
         diagnostics["note"] += f"; cut {cut:.4g}{clamped}, the gate keeps {kept} of the parent"
     return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
+
+def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, bandwidth: float,
+                   min_prominence: float, winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
+    """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), moved up to :func:`outside_valley` when
+    ``cut`` lies inside the bulk of the cells ``outside`` the reference (:func:`outside_inside`) and that valley lies
+    above it; what it found recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_raised_from``,
+    ``outside_moved_points``)."""
+    if not outside_inside(outside_reading(stained, outside, cut)):
+        return winner, cut
+    found = outside_valley(density, outside, bandwidth, min_prominence)
+    valley, peak, prominent = found if found is not None else (float("nan"), float("nan"), False)
+    diagnostics.update(outside_cut=valley, outside_peak=peak, outside_prominent=prominent)
+    if not valley > cut:   # none found (NaN), or not above: the cut stays and the outside check flags it
+        return winner, cut
+    diagnostics.update(outside_raised_from=cut,
+                       outside_moved_points=100.0 * np.count_nonzero((stained > cut) & (stained <= valley)) / stained.size)
+    return "outside_valley", valley
+
 
 ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side", "reference_carry",
                  "dense_cut_ratio", "dense_points", "shift_warning", "width_warning", "uncertain_points", "shift_points")

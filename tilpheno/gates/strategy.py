@@ -49,9 +49,11 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      outside_cells any|negative (any): what the parent's cells outside
                      skew_reference are for the marker; negative (left out of the reference for
                      the spillover of other stains, e.g. CD56's CD8+ T cells): a cut anchored on
-                     the unstained control for want of the FMO is flagged when most of them lie
+                     the unstained control for want of the FMO with most of them above it moves
+                     up to the parent's first valley above their negative peak (winner
+                     outside_valley, placement.outside_valley) and is flagged when most still lie
                      above it (checks.fallback_outside_check); any (they may be positives, e.g.
-                     PD1's T cells): not checked
+                     PD1's T cells): neither
 fixed          any   gate: a geometry dict (``tilpheno.gates.geometry.gate_from_dict``)
 boolean        -     expression
 =============  ====  ===============================================================

@@ -337,7 +337,8 @@ def threshold_note(row, unstained: bool, percentile: float) -> str:
     missing FMO), not an FMO."""
     winner = str(getattr(row, "winner", "") or "")
     rule = {"stained_valley": "stained valley", "fmo_relative": f"{'control' if unstained else 'FMO'} pct carried over",
-            "skew_carry": "control pct carried over with the reference's skew"}
+            "skew_carry": "control pct carried over with the reference's skew",
+            "outside_valley": "stained valley above the cells outside the reference"}
     clamped = " (clamped to the stained data)" if math.isfinite(float(getattr(row, "unclamped_threshold", "nan"))) else ""
     return f"threshold: {rule.get(winner, f'{percentile:g}th pct of ' + ('unstained control' if unstained else 'FMO'))}{clamped}"
 
@@ -469,17 +470,18 @@ def _candidates(row, kind: str) -> list[str]:
     carry-over with its lower- and upper-side ends, the stained valley, the shift; transformed units), each only
     where the record has it: a blank one (no stained valley; a ``rule: percentile`` gate's carry-over and shift) is
     left out, not an empty slot; ``skew``: the carry-over with the reference's right skew of a cut anchored on the
-    unstained control for want of the FMO (``placement.skew_carried_cut``)."""
+    unstained control for want of the FMO (``placement.skew_carried_cut``); ``outside``: such a cut's valley above the
+    negative peak of the parent's cells outside the reference (``placement.outside_valley``)."""
     from tilpheno.report.html import fmt
 
     value = {key: fmt(getattr(row, key, None), 3) for key in
              ("fmo_threshold", "relative_threshold", "relative_low", "relative_high", "valley_threshold", "skew_cut",
-              "shift")}
+              "outside_cut", "shift")}
     relative = value["relative_threshold"]
     if relative and value["relative_low"] and value["relative_high"]:
         relative += f" [{value['relative_low']}–{value['relative_high']}]"
     said = [(kind, value["fmo_threshold"]), ("rel.", relative), ("valley", value["valley_threshold"]),
-            ("skew", value["skew_cut"]), ("shift", value["shift"])]
+            ("skew", value["skew_cut"]), ("outside", value["outside_cut"]), ("shift", value["shift"])]
     return [f"{label} {text}" for label, text in said if text]
 
 
