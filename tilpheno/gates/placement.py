@@ -1782,7 +1782,7 @@ def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: Referenc
 OUTSIDE_SHARE = 50.0
 """% of a fallback parent's cells outside the ``skew_reference`` (stated marker-negative, ``outside_cells: negative``)
 above a cut anchored on the unstained control beyond which the cut lies inside their bulk: :func:`place_fmo_anchored`
-moves it (``outside_cells``) and ``checks.fallback_outside_check`` flags a cut still there."""
+moves it (``outside_values``) and ``checks.fallback_outside_check`` flags a cut still there."""
 OUTSIDE_POINTS = 1.5
 """Percentage points of the stained parent that those cells above the cut must also exceed (issue 13's tolerance of
 the dim markers)."""
@@ -2214,12 +2214,13 @@ def place_fmo_anchored(
         diagnostics["note"] += f"; cut {cut:.4g}{clamped}, the gate keeps {kept} of the parent"
     return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
 
+
 def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, bandwidth: float,
                    min_prominence: float, winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
     """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), moved up to :func:`outside_valley` when
     ``cut`` lies inside the bulk of the cells ``outside`` the reference (:func:`outside_inside`) and that valley lies
-    above it; what it found recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_raised_from``,
-    ``outside_moved_points``)."""
+    above it; what it found recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``,
+    ``outside_raised_from``, ``outside_moved_points``)."""
     if not outside_inside(outside_reading(stained, outside, cut)):
         return winner, cut
     found = outside_valley(density, outside, bandwidth, min_prominence)
