@@ -79,6 +79,36 @@ def test_the_tail_shape_finding_is_a_verdict_on_the_reading_too():
     assert [f.gate for f in shared_reading_flags(gates)] == ["CD4+PD1+"]   # V155994: both found the tail; told once
 
 
+def test_the_readings_sampling_interval_is_a_verdict_on_the_reading_too():
+    """The reading's 95 % interval (``reference_error``: the binding re-read on bootstrap resamples of the
+    reference's events and of the gate's own FMO events, ``candidate_points`` its span in points of the parent) is
+    the reference's noise, the same for every gate carrying the reading; each gate's 16 resamples estimate it
+    (stop 54, V171804: PD1+ read +/- 0.075, CD8+PD1+ and CD4+PD1+ +/- 0.02). PD1+'s interval fired (8.9 points):
+    CD8+PD1+ and CD4+PD1+ each get one flag naming it and their own number; before stop 54 the interval was each
+    gate's own verdict and neither was told."""
+    key = reading_key("PD1", "/data/P1_FMO_PD1.fcs", PARAMS, 99.5)
+    gates = [
+        ("PD1+", "PD1", key, _carried(0.470, reading_verdict=("candidate_points",), candidate_points=8.9, tail_points=1.8)),
+        ("CD8+PD1+", "PD1", key, _carried(0.471, candidate_points=2.4, tail_points=2.0)),
+        ("CD4+PD1+", "PD1", key, _carried(0.469, candidate_points=1.4, tail_points=1.5)),
+    ]
+    flags = shared_reading_flags(gates)
+    assert [(f.code, f.severity, f.gate) for f in flags] == [("uncertain_threshold", "warning", "CD8+PD1+"),
+                                                             ("uncertain_threshold", "warning", "CD4+PD1+")]
+    assert flags[0].message.startswith("CD8+PD1+ (PD1): the threshold 0.471 carries the reference reading that PD1+'s "
+                                       "check (candidate_points 8.9 points of its parent) found unsure within its "
+                                       "sampling interval"), flags[0].message
+    assert "here candidate_points is 2.4 points of the parent, this gate's own estimate" in flags[0].message
+    assert "here candidate_points is 1.4 points of the parent" in flags[1].message
+    # after the carry's own checks in the record, as in READING_CHECKS
+    gates[1] = ("CD8+PD1+", "PD1", key, _carried(0.471, reading_verdict=("tail_points",), candidate_points=2.4,
+                                                 tail_points=3.3))
+    from tilpheno.gates.shared_reading import reading_verdicts
+
+    record = "PD1+: candidate_points 8.9; CD8+PD1+: tail_points 3.3"
+    assert reading_verdicts(gates) == {g: record for g in ("PD1+", "CD8+PD1+", "CD4+PD1+")}
+
+
 def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_it():
     """A reference reading heavy right-skewed binding (log-normal, median 100 units, log-SD 1.2) carried to a
     parent without binding whose dim positives spread from 0.30 (transformed) to past the log-normal cut:
@@ -199,8 +229,9 @@ def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
     d = tube.diagnostics
     assert d["CD4+PD1+"]["reading_verdict"] == ("reference_above_points",) and "reading_verdict" not in d["CD8+PD1+"]
     assert d["CD8+PD1+"]["reference_above_points"] <= 3.0, d["CD8+PD1+"]   # its own comparison cannot tell
-    # stop 50: PD1+'s own interval flag no longer keeps its reading checks from running: it finds the reading too
-    assert d["PD1+"]["reading_verdict"] == ("reference_above_points",), d["PD1+"]
+    # stop 50: PD1+'s own interval flag no longer keeps its reading checks from running: it finds the reading too;
+    # stop 54: that interval is a verdict on the reading as well, named after the carry's own checks
+    assert d["PD1+"]["reading_verdict"] == ("reference_above_points", "candidate_points"), d["PD1+"]
     shared = [f.message for f in review if f.gate == "CD8+PD1+"]
     assert any("carries the reference reading that PD1+'s check (reference_above_points "
                f"{d['PD1+']['reference_above_points']:.1f} points of its parent) and CD4+PD1+'s check" in m
@@ -209,7 +240,9 @@ def test_a_gate_hidden_by_its_positives_is_flagged_with_the_reading(tmp_path):
     # the reading the gate where the verdict was found, its check and its size there; '' on the others
     from tilpheno.report.product import fmo_table
 
-    record = "; ".join(f"{g}: reference_above_points {d[g]['reference_above_points']:.1f}" for g in ("PD1+", "CD4+PD1+"))
+    record = (f"PD1+: reference_above_points {d['PD1+']['reference_above_points']:.1f}, candidate_points "
+              f"{d['PD1+']['candidate_points']:.1f}; CD4+PD1+: reference_above_points "
+              f"{d['CD4+PD1+']['reference_above_points']:.1f}")
     verdicts = dict(zip(tube.thresholds["population"], tube.thresholds["reading_verdict"]))
     assert {g: v for g, v in verdicts.items() if v} == {g: record for g in gates.values()}, verdicts
     rules = {row[0]: row[-1] for row in fmo_table(result, 99.5).rows}
@@ -237,13 +270,40 @@ def test_a_gate_flagged_first_by_its_own_interval_still_judges_the_reading(tmp_p
     review = [f for f in result.qc if needs_review(f) and f.code == "uncertain_threshold"]
     own = [f.message for f in review if f.gate == "CD8+PD1+"]
     assert any("within the 95 % interval of the reference reading" in m for m in own), own
-    assert d["CD8+PD1+"]["reading_verdict"] == ("tail_points",), d["CD8+PD1+"]
+    # stop 54: its interval is a verdict on the reading too, named after the tail-shape check
+    assert d["CD8+PD1+"]["reading_verdict"] == ("tail_points", "candidate_points"), d["CD8+PD1+"]
     assert any("a log-normal signal with the same median and SD" in m for m in own), own
     for gate in ("PD1+", "CD4+PD1+"):
         assert d[gate]["tail_points"] <= 3.0 and "reading_verdict" not in d[gate], d[gate]
         told = [f.message for f in review if f.gate == gate]
         assert any(f"carries the reference reading that CD8+PD1+'s check (tail_points "
                    f"{d['CD8+PD1+']['tail_points']:.1f} points of its parent)" in m for m in told), (gate, told)
+
+
+def test_a_siblings_interval_on_the_reading_reaches_the_gate_it_leaves_off(tmp_path):
+    """Development product V171804 (stop 54; bench phenomena drawn by its seed, then PD1 binding set to 222.782
+    units with log-SD 0.7905, as ``validate_gating.py --set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``
+    draws them): its reference holds some 700 events and PD1+'s 16 resamples read its interval +/- 0.08 (the %
+    could move by some 9 points), CD8+PD1+'s +/- 0.02 (2.4 points, under the limit), and no other check fires on
+    CD8+PD1+, which lies more than 3 points over the ideal-FMO reference. Before stop 54 the interval was each
+    gate's own verdict: PD1+ flagged, CD8+PD1+ not (issue 13's silent miss). Now the interval is a verdict on the
+    reading: PD1+'s ``reading_verdict`` names it and CD8+PD1+ and CD4+PD1+ get a flag naming PD1+'s."""
+    from tilpheno.gates.checks import needs_review
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.phenotype import analyze_product
+
+    prod, manifest = _heavy_pd1_product(tmp_path, 171804, 222.78217757067966, 0.790471609368509)
+    result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
+    error = result.phenotype["cd8pd1_pct_of_cd8"] - prod.truth["ref_cd8pd1_pct_of_cd8"]
+    assert error > 3.0, error
+    d = next(t for t in result.tubes if t.role == "stain" and "CD8+PD1+" in t.diagnostics).diagnostics
+    assert d["PD1+"]["reading_verdict"] == ("candidate_points",) and d["PD1+"]["candidate_points"] > 3.0, d["PD1+"]
+    assert d["CD8+PD1+"]["candidate_points"] <= 3.0 and "reading_verdict" not in d["CD8+PD1+"], d["CD8+PD1+"]
+    review = [f for f in result.qc if needs_review(f) and f.code == "uncertain_threshold"]
+    for gate in ("CD8+PD1+", "CD4+PD1+"):
+        told = [f.message for f in review if f.gate == gate]
+        assert any(f"carries the reference reading that PD1+'s check (candidate_points "
+                   f"{d['PD1+']['candidate_points']:.1f} points of its parent) found unsure" in m for m in told), (gate, told)
 
 
 def test_a_gate_resting_on_undetermined_gates_is_not_quoted_by_the_verdict():

@@ -134,8 +134,13 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     tail shape for any gate it carries, while a gate's own ``tail_points`` are a lower bound of the shape's
     effect (the log-normal cut is taken at the carry-over's 32 quantiles, whose tail stops at z = 2.15): on
     V153138 under heavy PD1 binding PD1+ lay 5.4 points over the ideal-FMO reference with 2.5 tail points while
-    CD8+PD1+ of the same read had 3.3 (stop 48). The reading's sampling interval (``reference_error``) is
-    measured on every gate carrying it, each on its own parent, so each gate has its own verdict on it; the checks
+    CD8+PD1+ of the same read had 3.3 (stop 48). The reading's sampling interval (``reference_error``, where it
+    could be measured) judges the reading too (``candidate_points`` in ``reading_verdict``, after the carry's own
+    checks): it is the reference's noise, the same for every gate carrying the reading, and each gate's 16
+    resamples estimate it, in points of its own parent; before stop 54 each gate had its own verdict on it, and on
+    V171804 under heavy PD1 binding PD1+ read +/- 0.075 (8.9 points) while CD8+PD1+, 3.2 points over the ideal-FMO
+    reference, read +/- 0.024 (2.4 points) and was not flagged (64 resamples of the reference alone: +/- 0.026 on
+    all three gates); the checks
     that judge the reading run on every gate carrying it whatever flagged the gate first (before stop 50 a gate
     whose interval fired was not judged on the reading, and the other gates carrying it were not told: V158625
     under heavy PD1 binding, CD8+PD1+ 4.9 tail points behind its interval flag). Every
@@ -521,6 +526,11 @@ def place_and_check(
             else:
                 d["candidate_points"] = max(from_low, from_high)
             uncertain = d["candidate_points"] > uncertain_points and d["correction_points"] > shift_points
+            # the reading's interval is the reference's noise, the same on every gate carrying the reading (each gate's
+            # resamples estimate it): a verdict on the reading (shared_reading); not where it could not be measured
+            # (candidate_points is then the parent's own carry-overs' spread, which judges the parent)
+            interval = (("candidate_points",) if uncertain and referenced and math.isfinite(d["reference_error"])
+                        else ())
             if uncertain and referenced:
                 flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the "
                                         f"reference population) moved {_points(d['correction_points'], shift_points, held)} of the parent from "
@@ -600,6 +610,8 @@ def place_and_check(
                     flags.append(_uncertain(_above_message(name, marker, cut, d, high, uncertain_points, held, control_name)
                                             if verdict[0] == "reference_above_points" else
                                             _tail_message(name, marker, cut, d, anchor["reference"], uncertain_points, held, control_name)))
+            if interval:   # after the checks of either carry (shared_reading.READING_CHECKS order)
+                d["reading_verdict"] = tuple(d.get("reading_verdict", ())) + interval
         if (not uncertain and d.get("winner") == "fmo_percentile" and math.isfinite(low) and math.isfinite(high)
                 and anchor.get("rule", "anchored") != "percentile"):
             # the negatives moved less than the tolerance, so the FMO percentile was kept; both carry-overs

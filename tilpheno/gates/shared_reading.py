@@ -12,7 +12,11 @@ population, ``reference_carry`` and ``max_shift``; with ``quantile`` also the pe
 Some self-checks (``tilpheno.gates.checks``) judge the reading, others the gate's own parent; the checks that
 judge the reading and fired on a gate are its ``reading_verdict`` diagnostic (a tuple in ``READING_CHECKS`` order:
 ``reference_above_points`` of either carry and ``reference_positive_points`` find the reading wrong, the
-additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open; under either
+additive carry's tail-shape check ``tail_points`` finds that it leaves the binding tail's shape open, and the
+reading's sampling interval ``candidate_points`` (either carry, where ``reference_error`` could be measured; since stop
+54) finds it unsure: the interval is the reference's noise, the same for every gate carrying the reading, which each
+gate's bootstrap resamples estimate (V171804: PD1+'s read +/- 0.075 and flagged, CD8+PD1+'s +/- 0.024 and, 3.2
+points over the ideal-FMO reference, not flagged before; ``tests/test_shared_reading.py``); under either
 carry both of its checks (``reference_above_points`` and ``tail_points``; ``reference_above_points`` and
 ``reference_positive_points``) can fire on one gate, and its flag names both).
 Every other gate carrying that reading then gets one ``uncertain_threshold`` (warning; :func:`shared_reading_flags`)
@@ -62,6 +66,12 @@ READING_CHECKS = {
         "a log-normal signal of the read median and SD would move that gate's % by so many points: the read does not "
         "fix the tail's shape for any gate it carries",
         "a lower bound (the log-normal cut is taken at the carry-over's 32 quantiles)"),
+    "candidate_points": ReadingCheck(
+        "unsure within its sampling interval",
+        "the reading's 95 % sampling interval (the binding re-read on bootstrap resamples of the reference's events "
+        "and that parent's FMO events, reference_error) could move that gate's % by so many points: the interval is "
+        "the reference's noise, the same for every gate carrying the reading",
+        "this gate's own estimate of the same interval (each gate's bootstrap resamples estimate it)"),
 }
 """The ``tilpheno.gates.checks`` numbers that judge the shared reading (diagnostic key -> what it says); every
 other check judges the gate's own parent or FMO parent."""
