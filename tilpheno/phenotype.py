@@ -1203,15 +1203,16 @@ class _TubeKindRun:
 
     def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
                   undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
-                  kind: str, skew_binding: pl.ReferenceBinding | None = None, outside: np.ndarray | None = None,
+                  kind: str, skew_stained: np.ndarray | None = None, outside: np.ndarray | None = None,
                   ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
         """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
         strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
         on that are undetermined) with the first stained file's parent as evidence (``checks.place_and_check``;
         ``rule``: :meth:`_placement`'s params, anchor params, percentile, min_events, skew_reference; ``kind``: the control
-        as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO; ``skew_binding``:
-        ``placement.place_fmo_anchored``'s, a cut on the unstained control standing in for the FMO; ``outside``: its
-        ``outside_values``, the stained parent's events outside the reference stated marker-negative): the
+        as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO; ``skew_stained``:
+        ``checks.place_and_check``'s, the ``skew_reference`` population's stained events, a cut on the unstained
+        control standing in for the FMO; ``outside``: ``placement.place_fmo_anchored``'s ``outside_values``, the
+        stained parent's events outside the reference stated marker-negative): the
         placement, the undetermined gates the stained parent rests on and those the control's parent rests on
         (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
         state (None: no evidence)."""
@@ -1235,8 +1236,8 @@ class _TubeKindRun:
             held = resting_on(self.strategy, undetermined_gates(stained[1].diagnostics), *pop.depends_on)
         call = dict(percentile=pct, source_file=control.file, min_events=min_events, transform=control.transforms.get(marker),
                     held=held, control_held=control_held, control_name=kind, **params, **anchor)
-        if skew_binding is not None:
-            call["skew_binding"] = skew_binding
+        if skew_stained is not None:
+            call["skew_stained"] = skew_stained
         if outside is not None:
             call["outside_values"] = outside
         placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
@@ -1253,8 +1254,10 @@ class _TubeKindRun:
         CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
         negatives to 0.4), the reference read only for its right-skewed binding tail, stained vs the control
         (``placement.reference_binding``'s ``skew``), added to the parent's own carry-over: the cut is raised to that
-        carry-over where it lies above (``placement.place_fmo_anchored``'s ``skew_binding``, winner ``skew_carry``;
-        stop 53: PD1 gates beyond 1.5 points, benchmarks/README.md), and the parent's cells outside the reference,
+        carry-over where it lies above (``placement.place_fmo_anchored``'s ``skew_binding``, read by
+        ``checks.place_and_check`` from the reference's stained events, ``skew_stained``, which also judges such a
+        cut by its own reading, ``placement.skew_cut_error``; winner ``skew_carry``; stops 53-54: PD1 gates beyond
+        1.5 points and their flags, benchmarks/README.md), and the parent's cells outside the reference,
         where the strategy states them marker-negative (``outside_cells: negative``, e.g. CD56's CD8+ T cells under
         CD8's tandem spillover), move a cut inside their bulk up to the parent's first valley above their negative
         peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54) and are read by the
@@ -1274,18 +1277,16 @@ class _TubeKindRun:
         kept = next((e for e in self.control_events.values() if (e.file, e.marker, e.population) == (control.file, marker, base)),
                     None)   # the same events: a gate's own population's mask depends only on gates placed before
         self.control_events[pop.name] = kept or control_events(control.file, marker, base, values, self.plot_events)
-        reference, transform = rule[4], control.transforms.get(marker)
-        binding = None
-        if reference and transform is not None:   # the binding tail the control lacks, read on the reference
-            binding = pl.reference_binding(values, stained.tube.data[marker][stained.masks[reference]], transform,
-                                           max_shift=rule[1].get("max_shift", pl.MAX_SHIFT))
+        reference = rule[4]
+        # the binding tail the control lacks, read on the reference's stained events (checks.place_and_check)
+        skew_stained = stained.tube.data[marker][stained.masks[reference]] if reference else None
         outside = None
         if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
             outside = stained.tube.data[marker][parent & ~stained.masks[reference]]
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
-                                                             "unstained control", binding, outside)
+                                                             "unstained control", skew_stained, outside)
         if outside is not None:
             placement = checks.fallback_outside_check(pop.name, marker, placement,
                                                       stained.tube.data[marker][stained.parent_mask(pop)], outside,

@@ -114,7 +114,21 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     the gate by about 1, stop 44), and the gate as placed keeps its own flags.
     A cut anchored on the product's unstained control for want of the gate's FMO is raised by the reference
     population's right skew inside the placement (``placement.place_fmo_anchored``'s ``skew_binding``, winner
-    ``skew_carry``), so every check here judges the raised cut. Where the strategy states the parent's cells outside
+    ``skew_carry``), so every check here judges the raised cut. Such a cut is judged on its own terms, not by
+    the parent's carry-overs below it, the cuts it was raised from (the raise itself lay 3.5-8.8 points of the
+    parent from them under heavy PD1 binding: stop 53's false alarms): ``candidate_points`` = the larger of the % of
+    the parent between the cut and either end of its reading's 95 % interval (``skew_error``,
+    ``placement.skew_cut_error``: the control's, the parent's and the ``skew_reference``'s stained events
+    resampled 16 times, the skew and the parent's binding re-read and carried, 1.96 x the robust SD of the cuts,
+    none below the rule's cut it was raised from) and the % between the cut and the parent's upper-side carry-over
+    where that lies above it (``skew_upper_points``: the parent's tail shows more than the raise gives; the raise
+    explains no carry-over above the cut); flagged as above when it exceeds ``uncertain_points`` and the cut moved
+    more than ``shift_points``; and, where the skew makes most of the signal the carry adds (skew above the parent's
+    lower-side spread), by the tail-shape check of that signal (:func:`skew_tail`: the parent's shift and the SD
+    sqrt(lower-side spread^2 + skew^2) with a log-normal shape, ``relative_lognormal``, ``tail_points``) when it
+    would lower the % by more than ``uncertain_points``: the normal shape under-reaches a heavy log-normal binding
+    tail (stop 54, fbflags_54).
+    Where the strategy states the parent's cells outside
     the ``skew_reference`` marker-negative (``outside_cells: negative``) such a cut lying inside their bulk is moved
     up inside the placement too, to the parent's first valley above their negative peak (winner ``outside_valley``,
     ``placement.outside_valley``), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut still there:
@@ -248,6 +262,48 @@ def tail_shape(fmo: np.ndarray, stained: np.ndarray, cut: float, binding: pl.Ref
     and ``cut``, 0 when there is no such cut)."""
     tail = pl.reference_lognormal_cut(fmo, binding, transform, percentile)
     return tail, (_points_between(stained, cut, tail) if math.isfinite(tail) else 0.0)
+
+
+def skew_tail(control: np.ndarray, stained: np.ndarray, cut: float, binding: pl.ReferenceBinding, transform: Any,
+              percentile: float, max_shift: float = pl.MAX_SHIFT) -> dict[str, float]:
+    """The tail-shape check of a ``skew_carry`` cut (module docstring, ``uncertain_threshold``): the signal the skew
+    carry adds to the unstained ``control`` (``placement.skew_carry_binding``: the parent's shift and lower-side
+    spread, ``binding``'s skew) given a log-normal shape of the same median and SD (:func:`tail_shape`):
+    ``relative_lognormal`` (transformed units) and ``tail_points`` (points of the ``stained`` parent between it and
+    ``cut``), with that signal's ``skew_shift`` and ``skew_sd`` (linear units). Only where the skew exceeds that
+    lower-side spread (the skew makes most of the signal's variance: its shape is the question; a normal spreading
+    of the parent's own, spillover, is the model's); otherwise, or when the parent's binding cannot be read, NaN
+    and 0 points (on drawn development products the check fired on FoxP3 fallbacks of no or little skew, 6 of 56
+    within tolerance)."""
+    carry = pl.skew_carry_binding(control, stained, binding, transform, max_shift=max_shift)
+    if carry is None or not carry.skew > carry.spread:
+        return {"relative_lognormal": float("nan"), "tail_points": 0.0}
+    tail, points = tail_shape(control, stained, cut, carry, transform, percentile)
+    return {"relative_lognormal": tail, "tail_points": points, "skew_shift": carry.shift, "skew_sd": carry.total_spread}
+
+
+def _skew_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high: float, shift_points: float,
+                  limit: float, held: tuple[str, ...], control_name: str) -> str:
+    """The ``uncertain_threshold`` message of a ``skew_carry`` cut: its reading's interval or the parent's upper-side
+    carry-over above it (``candidate_points``), and the tail-shape check (``tail_points``), each where it fired."""
+    parts = []
+    if d["candidate_points"] > limit:
+        upper = d["skew_upper_points"] >= d["candidate_points"]
+        where = (f"to the parent's own upper-side carry-over {high:.3f}, which the raise does not explain" if upper else
+                 f"within the {100 * pl.CONFIDENCE:g} % interval of that reading (+/- {d['skew_error']:.3f})")
+        parts.append(f"moved {_points(d['correction_points'], shift_points, held)} of the parent from the {control_name} "
+                     f"percentile (limit {shift_points:g}) and could move the % by "
+                     f"{_points(d['candidate_points'], limit, held)} (limit {limit:g}) {where}")
+    if d["tail_points"] > limit:
+        parts.append(f"a log-normal signal with the same median and SD ({d['skew_shift']:.0f}, {d['skew_sd']:.0f} linear "
+                     f"units) would put it at {d['relative_lognormal']:.3f} and "
+                     f"{'lower' if d['relative_lognormal'] > cut else 'raise'} the % by "
+                     f"{_points(d['tail_points'], limit, held)} of the parent (limit {limit:g}): the reads do not fix the "
+                     f"shape of a heavy binding tail")
+    return (f"{name}: the threshold {cut:.3f} (rule skew_carry: the {control_name} percentile carried over with the "
+            f"parent's own binding and the reference population's right skew, raised from "
+            f"{float(d['skew_raised_from']):.3f}) {'; and '.join(parts)}; look at the {marker} histogram of the parent "
+            f"and of the reference population, stained vs {control_name}")
 
 
 def _tail_message(name: str, marker: str, cut: float, d: Mapping[str, Any], binding: pl.ReferenceBinding,
@@ -404,6 +460,7 @@ def place_and_check(
     reference_fmo: np.ndarray | None = None,
     reference_stained: np.ndarray | None = None,
     reference_carry: str = "additive",
+    skew_stained: np.ndarray | None = None,
     held: tuple[str, ...] = (),
     control_held: tuple[str, ...] = (),
     control_name: str = "FMO",
@@ -417,7 +474,10 @@ def place_and_check(
     limit; so does :func:`threshold_record` given them); ``control_held``: those of the FMO file its parent or
     reference rest on: then no % of the FMO's parent. The reference's own % of positives (read on both files) is
     'some' with either. ``control_name``: the control's name in the messages (``unstained control`` for a ``control:
-    unstained`` gate and where it stands in for a missing FMO, ``phenotype._TubeKindRun._on_unstained``). The
+    unstained`` gate and where it stands in for a missing FMO, ``phenotype._TubeKindRun._on_unstained``).
+    ``skew_stained``: there, the ``skew_reference`` population's stained events, whose right-skewed binding tail
+    against the control (``placement.reference_binding``) raises the cut (``placement.place_fmo_anchored``'s
+    ``skew_binding``, winner ``skew_carry``), a cut judged by that reading (module docstring). The
     diagnostics keep every number as measured and name those gates (``resting_on``): they
     are the API's, written to no output (``tilpheno.gating.GatingResult``)."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
@@ -438,6 +498,10 @@ def place_and_check(
             if reference_carry == "quantile" and anchor["reference"] is not None:
                 anchor["reference_quantile"] = pl.reference_quantile_cut(fmo_values, reference_fmo, reference_stained,
                                                                     anchor["transform"], percentile)
+        if skew_stained is not None and anchor.get("transform") is not None:
+            # the skew_reference's binding tail the unstained control (fmo_values, standing in for the FMO) lacks
+            anchor["skew_binding"] = pl.reference_binding(fmo_values, skew_stained, anchor["transform"],
+                                                          max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
                                           source_file=source_file, min_events=min_events, control_name=control_name, **anchor)
         stained = np.asarray(stained_values, dtype=np.float64)
@@ -512,7 +576,20 @@ def place_and_check(
             from_low, from_high = _points_between(stained, cut, low), _points_between(stained, cut, high)
             referenced = (d.get("winner") == "fmo_relative"
                           and math.isfinite(float(d.get("relative_reference", float("nan")))))
-            if referenced:
+            skewed = d.get("winner") == "skew_carry" and skew_stained is not None
+            if skewed:
+                # the cut is the skew carry-over, raised from the parent's own carry-overs by the reference's skew:
+                # judged by its own reading's sampling error (its distance from them is the raise itself)
+                assert skew_stained is not None
+                err = pl.skew_cut_error(fmo, stained, skew_stained, anchor["transform"], percentile,
+                                        floor=float(d["skew_raised_from"]), max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
+                d["skew_error"] = err
+                # the raise explains the parent's carry-overs below the cut, not its upper-side one above it
+                d["skew_upper_points"] = from_high if high > cut else 0.0
+                d["candidate_points"] = max((max(_points_between(stained, cut, cut - err),
+                                                 _points_between(stained, cut, cut + err))
+                                             if math.isfinite(err) else max(from_low, from_high)), d["skew_upper_points"])
+            elif referenced:
                 # the cut is the reference carry-over: judged by its own sampling error (the parent's
                 # carry-overs disagree with it by what the parent's dim positives do to its mode and sides)
                 assert reference_fmo is not None and reference_stained is not None
@@ -540,6 +617,13 @@ def place_and_check(
                                         f"(+/- {d['reference_error']:.3f}; the parent's own carry-overs {low:.3f}, "
                                         f"{high:.3f}); look at the {marker} histogram of the parent and of the reference "
                                         f"population, stained vs {control_name}"))
+            elif skewed:
+                d.update(skew_tail(fmo, stained, cut, anchor["skew_binding"], anchor["transform"], percentile,
+                                   anchor.get("max_shift", pl.MAX_SHIFT)))
+                if uncertain or d["tail_points"] > uncertain_points:
+                    uncertain = True
+                    flags.append(_uncertain(_skew_message(name, marker, cut, d, high, shift_points, uncertain_points,
+                                                          held, control_name)))
             elif uncertain:
                 flags.append(_uncertain(f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}) moved "
                                         f"{_points(d['correction_points'], shift_points, held)} of the parent from the {control_name} percentile (limit "

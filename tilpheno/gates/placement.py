@@ -1764,18 +1764,27 @@ def sorted_fmo_linear(fmo_values: np.ndarray, transform: Any) -> np.ndarray:
     return np.sort(_finite_linear(fmo_values, transform))
 
 
+def skew_carry_binding(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any, *,
+                       max_shift: float = MAX_SHIFT) -> ReferenceBinding | None:
+    """The signal :func:`skew_carried_cut` adds to the unstained ``control``'s events: the ``stained`` parent's own
+    binding read against the control (:func:`reference_binding`: shift and lower-side spread) with the reference
+    population's right skew (``binding.skew``, read on its stained events vs the same control) as its skew, linear
+    units (:attr:`ReferenceBinding.total_spread` the carry's SD); None when the parent's binding cannot be read."""
+    parent = reference_binding(control, stained, transform, max_shift=max_shift)
+    return None if parent is None else ReferenceBinding(parent.shift, parent.spread, binding.skew)
+
+
 def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any,
                      percentile: float, *, max_shift: float = MAX_SHIFT) -> float:
     """The unstained ``control``'s ``percentile`` carried to the ``stained`` parent with the parent's own binding read
     against it (:func:`reference_binding`: shift and lower-side spread) and the reference population's right skew
     (``binding.skew``, read on its stained events vs the same control) added in quadrature to that spread
-    (:func:`additive_threshold`): the carry-over of :func:`place_fmo_anchored`'s ``skew_binding``. Transformed
-    units in and out; NaN when the parent's binding cannot be read."""
-    parent = reference_binding(control, stained, transform, max_shift=max_shift)
-    if parent is None:
+    (:func:`skew_carry_binding`, :func:`additive_threshold`): the carry-over of :func:`place_fmo_anchored`'s
+    ``skew_binding``. Transformed units in and out; NaN when the parent's binding cannot be read."""
+    carry = skew_carry_binding(control, stained, binding, transform, max_shift=max_shift)
+    if carry is None:
         return float("nan")
-    carried = additive_threshold(_finite_linear(control, transform), parent.shift,
-                                 float(np.hypot(parent.spread, binding.skew)), percentile)
+    carried = additive_threshold(_finite_linear(control, transform), carry.shift, carry.total_spread, percentile)
     return float(transform.apply(np.array([carried]))[0])
 
 
@@ -1926,6 +1935,12 @@ def reference_tail_cut(fmo_values: np.ndarray, reference_fmo: np.ndarray, refere
     return float(transform.apply(np.array([lin]))[0])
 
 
+def _finite_float(values: np.ndarray) -> np.ndarray:
+    """The finite ``values`` as float64, in their order (the events a bootstrap resamples)."""
+    v = np.asarray(values, dtype=np.float64)
+    return v[np.isfinite(v)]
+
+
 def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, reference_stained: np.ndarray,
                         transform: Any, percentile: float, *, max_shift: float = MAX_SHIFT,
                         resamples: int = REFERENCE_RESAMPLES, confidence: float = CONFIDENCE,
@@ -1947,11 +1962,7 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     noise). The reading's noise only: a reference whose binding differs from the parent's is not
     seen here. NaN with fewer than :data:`MIN_REFERENCE_EVENTS` reference events (either tube) or 20
     parent FMO events, or fewer than 2 resamples read."""
-    def finite(v: np.ndarray) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        return v[np.isfinite(v)]
-
-    f, rf, rs = finite(fmo_values), finite(reference_fmo), finite(reference_stained)
+    f, rf, rs = _finite_float(fmo_values), _finite_float(reference_fmo), _finite_float(reference_stained)
     if min(rf.size, rs.size) < MIN_REFERENCE_EVENTS or f.size < 20:
         return float("nan")
     rng = np.random.default_rng(0)
@@ -1966,10 +1977,48 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
         binding = reference_binding(rfb, rsb, transform, max_shift=max_shift)
         if binding is not None:
             cuts.append(reference_cut(fb, binding, transform, percentile, skewed))
+    return _robust_half_width(cuts, confidence)
+
+
+def _robust_half_width(cuts: list[float], confidence: float) -> float:
+    """The half-width of a ``confidence`` interval from bootstrap resample ``cuts`` (transformed units): the normal
+    quantile of ``confidence`` times their robust SD (1.4826 x their median absolute deviation: a resample whose
+    negative-peak search jumps to another mode does not widen it); NaN with fewer than 2 cuts."""
     if len(cuts) < 2:
         return float("nan")
     mad = float(np.median(np.abs(np.asarray(cuts) - np.median(cuts))))
     return 1.4826 * mad * float(ndtri(0.5 + confidence / 2))
+
+
+def skew_cut_error(control: np.ndarray, stained: np.ndarray, reference_stained: np.ndarray, transform: Any,
+                   percentile: float, *, floor: float = -np.inf, max_shift: float = MAX_SHIFT,
+                   resamples: int = REFERENCE_RESAMPLES, confidence: float = CONFIDENCE) -> float:
+    """Sampling error of the skew carry-over (:func:`skew_carried_cut`, the cut of :func:`place_fmo_anchored`'s
+    ``skew_binding`` anchored on the unstained ``control`` for want of the FMO), transformed units: the half-width of
+    its ``confidence`` interval, NaN when it cannot be measured.
+
+    Bootstrap, as :func:`reference_cut_error`: the events of the ``control``, of the ``stained`` parent and of the
+    ``skew_reference`` population's stained tube (``reference_stained``, read against the control for its right
+    skew) are each drawn with replacement (``resamples`` times, a fixed seed: deterministic), the reference's skew
+    read again against the resampled control (:func:`reference_binding`), the parent's own shift and lower-side
+    spread again and the control's percentile carried over with both (:func:`skew_carried_cut`), the cut taken as
+    the placement takes it, not below ``floor`` (the rule's cut it was raised from, ``skew_raised_from``: a
+    resample whose skew raises less leaves the gate there); the half-width is :func:`_robust_half_width` of those
+    cuts. The reading's noise only: a reference whose binding tail differs from
+    the parent's is not seen here. NaN with fewer than :data:`MIN_REFERENCE_EVENTS` events in the control or the
+    reference, fewer than 20 in the parent, or fewer than 2 resamples read."""
+    c, s, rs = _finite_float(control), _finite_float(stained), _finite_float(reference_stained)
+    if min(c.size, rs.size) < MIN_REFERENCE_EVENTS or s.size < 20:
+        return float("nan")
+    rng = np.random.default_rng(0)
+    cuts = []
+    for _ in range(resamples):
+        cb, sb, rsb = (v[rng.integers(0, v.size, v.size)] for v in (c, s, rs))
+        binding = reference_binding(cb, rsb, transform, max_shift=max_shift)
+        cut = skew_carried_cut(cb, sb, binding, transform, percentile, max_shift=max_shift) if binding is not None else float("nan")
+        if np.isfinite(cut):
+            cuts.append(max(cut, floor))
+    return _robust_half_width(cuts, confidence)
 
 
 def place_fmo_anchored(
