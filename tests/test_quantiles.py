@@ -74,3 +74,26 @@ def test_what_numpy_rejects_it_rejects():
         qt.percentile(np.arange(5.0), 101.0)
     with pytest.raises(ValueError):
         qt.quantile(np.arange(5.0), [-0.1, 0.5])
+
+
+def test_tail_order_statistics_are_selected_beyond_a_sampled_bound():
+    """An order statistic in a tail of a large array (the 0.05th and 99.95th percentiles of 20,000
+    values) is selected among the values beyond a bound read off a strided sample (``_tail_pair``),
+    numpy's bits either way; where the sample misleads (every sampled value among the largest, so the
+    bound keeps too few values) the whole array is selected in, as before (seed 417)."""
+    rng = np.random.default_rng(417)
+    x = rng.normal(size=20000)
+    n = x.size
+    for k in (0, 9, n - 11, n - 1, int(0.9995 * (n - 1)), int(0.0005 * (n - 1))):
+        pair = qt._tail_pair(x, k)
+        assert pair is not None, k
+        ordered = np.sort(x)
+        assert pair[0] == ordered[k] and (k == n - 1 and np.isnan(pair[1]) or pair[1] == ordered[k + 1]), k
+    assert qt._tail_pair(x, n // 2) is None   # the middle: no tail
+    misleading = rng.normal(size=32 * 1000)
+    misleading[:: qt.TAIL_STRIDE] += 100.0   # the sample holds only the 1,000 largest values
+    k = misleading.size - 1 - 300
+    assert qt._tail_pair(misleading, k) is None
+    for values in (x, misleading):
+        for q in ([0.05, 99.95], 99.0625, [0.5, 50.0]):
+            assert _same(qt.percentile(values, q), np.percentile(values, q)), q

@@ -6,6 +6,10 @@ takes the generic multi-kth selection: 8-30x the CPU of a one-kth partition at 2
 than a sort. Here the order statistics each quantile reads are selected one kth at a time, from the
 highest down, each on the head of the array below the one before (the next one up is the least of
 the values between the two); with more than :data:`MAX_SELECTIONS` of them the array is sorted.
+An order statistic in a tail of a large array (:func:`_tail_pair`: the 0.05th or 99.95th percentile of
+200,000 values) is selected among the values beyond a bound read off a strided sample of the array
+(one comparison pass; those values, a few hundred, then selected) instead of in the whole array:
+NumPy 2.4's ``partition`` of 200,000 float64 values measured 1.4 ms against 0.05 ms for the pass.
 An ascending array is read directly (:func:`sorted_quantile`). The values read are the order
 statistics numpy reads, interpolated with numpy's formula (``_lerp`` of
 ``numpy/lib/_function_base_impl.py``), so the result is the same bits; when the two can differ
@@ -15,12 +19,19 @@ Also ``np.median`` of an ascending array (:func:`sorted_median`), read off it.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 MAX_SELECTIONS = 3
 """More distinct order statistics below their neighbours than this: sort instead of selecting."""
+TAIL_MIN_VALUES = 4096
+"""Arrays of fewer values select every order statistic in the whole array (:func:`_tail_pair`)."""
+TAIL_SHARE = 1 / 64
+"""An order statistic with at most this share of the values beyond it is in a tail (:func:`_tail_pair`)."""
+TAIL_STRIDE = 32
+"""Every this many-th value forms the sample :func:`_tail_pair` reads its bound off."""
 
 
 def percentile(values: np.ndarray, q: Any) -> Any:
@@ -87,10 +98,20 @@ def _select(x: np.ndarray, below: np.ndarray, above: np.ndarray) -> tuple[np.nda
     if ranks.size > MAX_SELECTIONS:
         ordered = np.sort(x)
         return ordered[below], ordered[above], bool(np.isnan(ordered[-1]))
-    work = x.copy()
     value: dict[int, float] = {}
+    middle = []
+    finite_order = x.size >= TAIL_MIN_VALUES and not np.isnan(x).any()
+    for k in ranks.tolist():
+        pair = _tail_pair(x, k) if finite_order else None
+        if pair is None:
+            middle.append(k)
+        else:
+            value[k] = pair[0]
+            if k + 1 < x.size:
+                value[k + 1] = pair[1]
+    work = x.copy() if middle else x
     end = work.size
-    for k in ranks[::-1].tolist():
+    for k in middle[::-1]:
         head = work[:end]
         head.partition(k)
         value[k] = head[k]
@@ -104,3 +125,38 @@ def _select(x: np.ndarray, below: np.ndarray, above: np.ndarray) -> tuple[np.nda
     a = np.array([value[k] for k in below.ravel().tolist()], dtype=np.float64).reshape(below.shape)
     b = np.array([value[k] for k in above.ravel().tolist()], dtype=np.float64).reshape(above.shape)
     return a, b, nan
+
+
+def _tail_pair(x: np.ndarray, k: int) -> tuple[float, float] | None:
+    """The order statistics ``k`` and ``k + 1`` (0-based; the second NaN when ``k`` is the last) of
+    ``x`` (1-D float64 without NaN, not changed) when ``k`` lies in one of its tails, at most
+    :data:`TAIL_SHARE` of the values below it or above it; None otherwise, or when the bound does not
+    hold enough values. The bound is the sample's (every :data:`TAIL_STRIDE`-th value) order statistic
+    a margin of four binomial standard deviations and 4 values further out than the sample's share of
+    the tail; every value beyond the bound (or equal to it) is kept, so the order statistics among them
+    are ``x``'s, shifted by the number left out: the same values as a selection in all of ``x``."""
+    n = x.size
+    top = n - 1 - k <= k
+    beyond = n - 1 - k if top else k + 1   # values on the tail's side of k + 1 (top) or of k (bottom), k's pair included
+    if beyond + 1 > n * TAIL_SHARE:
+        return None
+    sample = x[::TAIL_STRIDE].copy()
+    expected = (beyond + 1) / TAIL_STRIDE
+    reach = int(expected + 4.0 * math.sqrt(expected)) + 4   # sample values to keep beyond the bound
+    if reach >= sample.size:
+        return None
+    if top:
+        rank = sample.size - 1 - reach
+        sample.partition(rank)
+        kept = x[x >= sample[rank]]
+        if kept.size < n - k:   # k and every value above it
+            return None
+        kth = k - (n - kept.size)
+    else:
+        sample.partition(reach)
+        kept = x[x <= sample[reach]]
+        if kept.size < min(k + 2, n):   # k, k + 1 and every value below them
+            return None
+        kth = k
+    kept.partition(kth)
+    return float(kept[kth]), float(kept[kth + 1:].min()) if kth + 1 < kept.size else float("nan")
