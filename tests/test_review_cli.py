@@ -62,8 +62,7 @@ def test_users_audit_and_export_commands(review_out, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_trail_written_by_servers_clocks_still_verifies_with_entries_timed_by_the_database(kind, review_out, tmp_path,
-                                                                                           monkeypatch):
+def test_a_trail_written_by_servers_clocks_still_verifies_with_entries_timed_by_the_database(kind, review_out, tmp_path):
     """Entries' ``at`` came from the writing server's clock; new entries' ``at`` is the database's
     clock (PostgreSQL's ``clock_timestamp()``; SQLite: the machine's, as before). A trail written
     before the change (here: its entry's ``at`` read from a machine clock 10 minutes ahead, as a
@@ -75,16 +74,15 @@ def test_a_trail_written_by_servers_clocks_still_verifies_with_entries_timed_by_
     from tilpheno.review import audit
     from tilpheno.review.db import open_database
     from tilpheno.review.models import AuditEntry, utc
+    from tilpheno.review.service import transaction
 
     db = database_url(kind, tmp_path)
     try:
-        with monkeypatch.context() as skewed:   # the old code: each entry's time by its server's clock
-            skewed.setattr(audit, "database_clock", lambda session: time.time() + 600.0)
-            assert run("users", "add", review_out, "dana", "--role", "reviewer", "--password-stdin", "--db", db,
-                       stdin="dana-password-1\n").exit_code == 0
+        factory = open_database(db)   # the old code: each entry's time by its server's clock, here 10 min ahead
+        transaction(factory, lambda s: audit.append(s, "root", "user_added", after={"username": "dana"},
+                                                    clock=audit.Clock.shared(lambda: time.time() + 600.0)))
         assert run("users", "add", review_out, "kim", "--role", "analyst", "--password-stdin", "--db", db,
                    stdin="kim-password-12\n").exit_code == 0
-        factory = open_database(db)
         with factory() as s:
             old, new = s.scalars(select(AuditEntry).order_by(AuditEntry.seq)).all()
             now = float(s.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))) if kind == "postgresql" else time.time()
@@ -164,7 +162,7 @@ def test_an_audit_export_holds_the_counts_of_refusal_windows_over_since_the_serv
     factory = open_database(db)
     try:
         for clock, request in ((time.time, "GET /export/phenotypes.csv"), (lambda: opened, "GET /audit.csv")):
-            rule = refusals.RefusalRule(clock=clock)
+            rule = refusals.RefusalRule(clock=audit.Clock.shared(clock))
             for _ in range(3):
                 transaction(factory, lambda s: refusals.record(s, rule, "bob", request, "", error))
         r = run("audit", "export", review_out, "-o", tmp_path / "audit.csv", "--db", db)

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, processed_once, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from tilpheno.review.audit import Clock
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
 
@@ -252,7 +253,7 @@ def test_a_script_refused_in_a_loop_adds_one_entry_per_window(app, service, monk
 
     close_refusal_windows(service)
     now = [1000.0]
-    counter = RefusalRule(clock=lambda: now[0])
+    counter = RefusalRule(clock=Clock.shared(lambda: now[0]))
     monkeypatch.setattr(service, "refusals", counter)
     c_bob, _, _ = login(app, "bob")
     with service.factory() as db:
@@ -312,7 +313,7 @@ def test_an_audit_copy_shows_the_open_refusal_windows_counts_marked_open(app, se
 
     close_refusal_windows(service)
     now = [1000.0]
-    monkeypatch.setattr(service, "refusals", RefusalRule(clock=lambda: now[0]))
+    monkeypatch.setattr(service, "refusals", RefusalRule(clock=Clock.shared(lambda: now[0])))
     c_bob, _, _ = login(app, "bob")
     for _ in range(3):
         assert c_bob.get("/audit.csv").status_code == 403
@@ -385,9 +386,10 @@ def test_a_refusal_whose_window_another_server_opened_meanwhile_is_counted_there
 
 
 @contextmanager
-def two_servers_on_one_database(kind, review_source, tmp_path):
+def two_servers_on_one_database(kind, review_source, tmp_path, second_clock=None):
     """A service on a new ``kind`` database (users as :func:`review_support.service_on`) and a second
-    opened on the same database (``tilpheno serve`` run again: a restart, or another process)."""
+    opened on the same database (``tilpheno serve`` run again: a restart, or another process), its
+    clock ``second_clock`` (:class:`tilpheno.review.audit.Clock`; default: the servers' own)."""
     from review_support import database_url, drop_schema, make_service
     from tilpheno.review.server import build_service
 
@@ -395,7 +397,8 @@ def two_servers_on_one_database(kind, review_source, tmp_path):
     first = make_service(review_source.out_dir, url, review_source)
     second = None
     try:
-        second = build_service(review_source.out_dir, url, source=review_source)
+        second = build_service(review_source.out_dir, url, source=review_source,
+                               **({} if second_clock is None else {"clock": second_clock}))
         yield first, second
     finally:
         for svc in (first, second):
@@ -475,7 +478,7 @@ def test_refusals_counted_before_a_crash_reach_the_trail_when_the_server_starts_
     error = "role analyst cannot export the audit trail"
     now = [1000.0]
     with two_servers_on_one_database(kind, review_source, tmp_path) as (crashed, restarted):
-        crashed.refusals = restarted.refusals = RefusalRule(clock=lambda: now[0])
+        crashed.refusals = restarted.refusals = RefusalRule(clock=Clock.shared(lambda: now[0]))
         seqs = [crashed.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(4)]
         assert seqs[0] is not None and seqs[1:] == [None] * 3
         crashed.factory.kw["bind"].dispose()   # killed: its open window never closed
@@ -508,7 +511,7 @@ def test_two_server_processes_on_one_database_count_into_one_window(kind, review
     from tilpheno.review.refusals import RefusalRule
 
     now = [1000.0]
-    rule = RefusalRule(clock=lambda: now[0])
+    rule = RefusalRule(clock=Clock.shared(lambda: now[0]))
     error = "product TIL002 is not assigned to you (bob, analyst)"
     with two_servers_on_one_database(kind, review_source, tmp_path) as (one, other):
         one.refusals = other.refusals = rule
@@ -543,7 +546,7 @@ def test_a_server_starting_or_stopping_leaves_a_live_peers_window_open(kind, rev
     monkeypatch.setattr(server, "import_all", lambda service: None)   # the products are not needed here
     monkeypatch.setattr("waitress.serve", lambda *args, **kwargs: None)   # the server stops at once
     now = [1000.0]
-    rule = RefusalRule(clock=lambda: now[0])
+    rule = RefusalRule(clock=Clock.shared(lambda: now[0]))
     error = "role analyst cannot export the audit trail"
     with two_servers_on_one_database(kind, review_source, tmp_path) as (peer, restarted):
         peer.refusals = restarted.refusals = rule
@@ -565,7 +568,7 @@ def test_a_server_starting_or_stopping_leaves_a_live_peers_window_open(kind, rev
             assert audit.verify(db).ok
 
 
-def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_source, tmp_path, monkeypatch):
+def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_source, tmp_path):
     """The windows' times were each server's wall clock: of two servers on one PostgreSQL database,
     one whose clock ran 10 minutes ahead found its peer's window (opened a minute ago) over, wrote
     its count early and opened a second window (a second ``access_refused`` entry); one running
@@ -581,10 +584,9 @@ def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_sou
     from tilpheno.review.models import AuditEntry, RefusalWindow, utc
 
     error = "role analyst cannot export the audit trail"
-    with two_servers_on_one_database("postgresql", review_source, tmp_path) as (peer, ahead):
+    ahead_clock = audit.Clock(lambda: time.time() + 600.0)   # its machine's clock; the database's is the database's
+    with two_servers_on_one_database("postgresql", review_source, tmp_path, ahead_clock) as (peer, ahead):
         seqs = [peer.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(2)]
-        real_time = time.time   # the servers share this process: the machine's clock is moved on, not the database's
-        monkeypatch.setattr(time, "time", lambda: real_time() + 600.0)
         seqs += [ahead.record_access_refused("bob", "", "GET /audit.csv", error) for _ in range(2)]
         assert ahead.write_repeated_refusals() == []
         assert seqs[0] is not None and seqs[1:] == [None] * 3, seqs
@@ -596,7 +598,6 @@ def test_a_server_whose_clock_runs_ahead_counts_into_its_peers_window(review_sou
             database_now = float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
             ats = {e.seq: e.at for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq))}
             assert audit.verify(db).ok
-        monkeypatch.setattr(time, "time", real_time)
         assert window.count == 3 and window.repeats_entry == seqs[0]
         assert 0.0 <= database_now - window.opened < 5.0
         assert window.opened_at <= window.last_at <= utc(database_now)
@@ -620,24 +621,22 @@ def test_a_server_whose_clock_runs_behind_writes_a_window_once_its_time_is_over(
     from tilpheno.review.refusals import RefusalRule
 
     error = "role analyst cannot export the audit trail"
-    rule = RefusalRule(window=2.0)
-    with two_servers_on_one_database("postgresql", review_source, tmp_path) as (peer, behind):
+    behind_clock = audit.Clock(lambda: time.time() - 600.0)   # its machine's clock
+    with two_servers_on_one_database("postgresql", review_source, tmp_path, behind_clock) as (peer, behind):
         for svc in (peer, behind):
-            monkeypatch.setattr(svc, "refusals", rule)
+            monkeypatch.setattr(svc, "refusals", RefusalRule(window=2.0, clock=svc.clock))
+        rule = behind.refusals
         first = peer.record_access_refused("bob", "", "GET /audit.csv", error)
-        real_time = time.time
-        monkeypatch.setattr(time, "time", lambda: real_time() - 600.0)
         assert behind.record_access_refused("bob", "", "GET /audit.csv", error) is None   # counted in the peer's window
         with peer.factory() as db:
             (window,) = db.scalars(select(RefusalWindow)).all()
-        deadline = real_time() + 30.0
-        while not (written := behind.write_repeated_refusals()) and real_time() < deadline:
+        deadline = time.time() + 30.0
+        while not (written := behind.write_repeated_refusals()) and time.time() < deadline:
             time.sleep(0.2)
         again = behind.record_access_refused("bob", "", "GET /audit.csv", error)
         with peer.factory() as db:
             database_now = float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
             assert audit.verify(db).ok
-        monkeypatch.setattr(time, "time", real_time)
         ((seq, user, action, _, after, _),) = entries_of(peer, "access_refused_repeated")
         assert written == [seq] and (user, action) == ("bob", "access_refused_repeated")
         assert after["count"] == 1 and after["repeats_entry"] == first
@@ -704,7 +703,7 @@ def test_a_script_varying_the_path_folds_into_one_window_beyond_the_cap(app, ser
 
     close_refusal_windows(service)
     now = [1000.0]
-    monkeypatch.setattr(service, "refusals", RefusalRule(clock=lambda: now[0]))
+    monkeypatch.setattr(service, "refusals", RefusalRule(clock=Clock.shared(lambda: now[0])))
     with service.factory() as db:
         start = audit.head_seq(db)
     c_bob, _, _ = login(app, "bob")

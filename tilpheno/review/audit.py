@@ -59,16 +59,32 @@ def entry_hash(seq: int, at: str, username: str, action: str, product_id: str, b
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def database_clock(db: Session) -> float:
-    """Now, in seconds since the epoch, by the database's clock: the time of every new entry
-    (:func:`append`) and of the refusal windows (:mod:`tilpheno.review.refusals`). PostgreSQL: its
-    ``clock_timestamp()``, one clock for every server process on the database, whatever their
-    machines' clocks say (skewed, or jumped by NTP). SQLite: this machine's clock (``time.time``),
-    the one every process using the file reads (SQLite's own ``'now'`` is that clock too): a jump
-    of it still moves the times of what is written after it."""
-    if db.get_bind().dialect.name == "postgresql":
-        return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
-    return time.time()
+@dataclass(frozen=True)
+class Clock:
+    """The clock of the GMP record: the time of every new audit entry (:func:`append`) and of the
+    refusal windows (:mod:`tilpheno.review.refusals`), read in seconds since the epoch. PostgreSQL:
+    its ``clock_timestamp()``, one clock for every server process on the database, whatever their
+    machines' clocks say (skewed, or jumped by NTP). SQLite: ``machine``, this machine's clock
+    (``time.time``), the one every process using the file reads (SQLite's own ``'now'`` is that
+    clock too): a jump of it still moves the times of what is written after it. A server is given
+    its clock (``ReviewService(clock=...)``): a test injects a machine clock running ahead or behind,
+    or with ``database=False`` one clock that every service of the test reads on PostgreSQL too."""
+    machine: Callable[[], float] = time.time
+    database: bool = True
+
+    @classmethod
+    def shared(cls, read: Callable[[], float]) -> "Clock":
+        """A clock read from ``read`` on every database (tests: one clock all their services share)."""
+        return cls(read, database=False)
+
+    def now(self, db: Session) -> float:
+        """Now, in seconds since the epoch (one query on PostgreSQL)."""
+        if self.database and db.get_bind().dialect.name == "postgresql":
+            return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
+        return self.machine()
+
+
+DATABASE_CLOCK = Clock()   # a server's clock unless it is given another (tests)
 
 
 def head_seq(db: Session) -> int:
@@ -90,13 +106,13 @@ def locked_head(db: Session) -> AuditHead | None:
 
 def append(db: Session, username: str, action: str, *, product_id: str = "", before: Any = None, after: Any = None,
            reason: str = "", expect_seq: int | None = None,
-           relevant: Callable[[AuditEntry], bool] | None = None) -> AuditEntry:
+           relevant: Callable[[AuditEntry], bool] | None = None, clock: Clock = DATABASE_CLOCK) -> AuditEntry:
     """Add one entry to the chain inside the caller's transaction (flushes; the caller commits).
     With ``expect_seq`` (:func:`head_seq`): ChainConflict when an entry added after it is
     ``relevant`` (any entry when None); others (another product's save, a login) do not make the
     caller re-run. The entries checked are those up to the head read here, and the head update
     below succeeds only if no entry was added since: one committed later is ordered after this one.
-    The entry's ``at`` is :func:`database_clock`, read once the head is locked: on PostgreSQL one
+    The entry's ``at`` is ``clock`` (:class:`Clock`), read once the head is locked: on PostgreSQL one
     clock for all servers, so entries' times follow the chain's order and agree with the refusal
     windows' times whatever a server's own clock says (entries written before this was so keep the
     ``at`` their server's clock gave, and their hashes)."""
@@ -105,7 +121,7 @@ def append(db: Session, username: str, action: str, *, product_id: str = "", bef
     if expect_seq is not None and seq != expect_seq and (relevant is None or any(
             relevant(e) for e in db.scalars(select(AuditEntry).where(AuditEntry.seq > expect_seq, AuditEntry.seq <= seq)))):
         raise ChainConflict("audit head moved since the change's rows were read")
-    at = utc(database_clock(db))   # read with the head locked: in chain order on PostgreSQL
+    at = utc(clock.now(db))   # read with the head locked: in chain order on PostgreSQL
     before_json, after_json = canonical(before), canonical(after)
     digest = entry_hash(seq + 1, at, username, action, product_id, before_json, after_json, reason, prev)
     entry = AuditEntry(seq=seq + 1, at=at, username=username, action=action, product_id=product_id,

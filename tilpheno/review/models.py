@@ -139,7 +139,7 @@ class RefusalWindow(Base):
     request (method and path), the product it named and the refusal. ``repeats_entry``: the ``seq``
     of its ``access_refused`` entry, and ``count`` the identical refusals after it; None for a
     request folded into its user's one window beyond the cap, ``count`` then every refusal of it.
-    ``opened``: seconds since the epoch (the database's clock, ``audit.database_clock``; a
+    ``opened``: seconds since the epoch (the database's clock, ``audit.Clock``; a
     folded request: its user's folded window's); ``opened_at`` and ``last_at`` by that clock too."""
 
     __tablename__ = "refusal_windows"

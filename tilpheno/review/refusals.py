@@ -27,7 +27,7 @@ written). The trail stays append-only: no entry is changed. A copy of the trail 
 still open after its entries, their counts so far marked open (:func:`open_rows`), and writes nothing.
 
 A window's times (opened, each refusal's, closed) are the database's clock
-(:func:`~tilpheno.review.audit.database_clock`, as the
+(:class:`~tilpheno.review.audit.Clock`, as the
 entries' ``at``): on PostgreSQL one clock for every server, so servers on several machines
 with skewed clocks, or one whose clock NTP moves, neither stretch nor shrink a window; on SQLite
 (one machine's file) that machine's clock.
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -54,16 +54,15 @@ OPEN_SUFFIX = "_open"     # a copy of the trail shows an open window as its entr
 
 @dataclass(frozen=True)
 class RefusalRule:
-    """The window's length, the per-user cap and the clock the windows' times are read from
-    (seconds since the epoch): None for the database's (:func:`audit.database_clock`); a function for one
-    clock every server shares (tests)."""
+    """The window's length, the per-user cap and the clock the windows' times and their entries'
+    are read from (:class:`audit.Clock`: the database's on PostgreSQL; the server's own)."""
     window: float = WINDOW_S
     max_open: int = MAX_OPEN_PER_USER
-    clock: Callable[[], float] | None = None
+    clock: audit.Clock = audit.DATABASE_CLOCK
 
     def now(self, db: Session) -> float:
         """Now by this rule's clock, in seconds since the epoch."""
-        return self.clock() if self.clock is not None else audit.database_clock(db)
+        return self.clock.now(db)
 
 
 def window_key(username: str, request: str, product_id: str, refusal: str) -> str:
@@ -102,7 +101,7 @@ def record(db: Session, rule: RefusalRule, username: str, request: str, product_
     if window["repeats_entry"] is None:
         return None
     entry = audit.append(db, username, "access_refused", product_id=product_id, after={"request": request},
-                         reason=refusal)
+                         reason=refusal, clock=rule.clock)
     if entry.seq != window["repeats_entry"]:   # another writer appended meanwhile: the transaction re-runs
         raise audit.ChainConflict(f"refusal window {key[:12]}: entry {entry.seq} written, "
                                   f"{window['repeats_entry']} expected")
@@ -145,7 +144,7 @@ def close(db: Session, rule: RefusalRule, now: float | None = None) -> list[int]
         RefusalWindow.opened <= (rule.now(db) if now is None else now) - rule.window)
     counts = window_counts(db.scalars(query, execution_options={"synchronize_session": False}), rule)
     return [audit.append(db, c.username, c.action, product_id=c.product_id, reason=c.reason,
-                         after={**c.after, "closed_at": utc(c.ends)}).seq for c in counts]
+                         after={**c.after, "closed_at": utc(c.ends)}, clock=rule.clock).seq for c in counts]
 
 
 @dataclass(frozen=True)

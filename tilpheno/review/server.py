@@ -5,6 +5,7 @@ import logging
 import threading
 from pathlib import Path
 
+from tilpheno.review.audit import DATABASE_CLOCK, Clock
 from tilpheno.review.db import default_db_url, open_database
 from tilpheno.review.regate import ReviewSource
 from tilpheno.review.service import ReviewService
@@ -13,10 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def build_service(out_dir: str | Path, db_url: str | None = None, inputs_dir: str | Path | None = None,
-                  source: ReviewSource | None = None) -> ReviewService:
-    """The review service of OUT on ``db_url`` (default: the SQLite file beside OUT); ``source`` reuses a loaded OUT."""
+                  source: ReviewSource | None = None, clock: Clock = DATABASE_CLOCK) -> ReviewService:
+    """The review service of OUT on ``db_url`` (default: the SQLite file beside OUT); ``source`` reuses a loaded OUT;
+    ``clock``: what it records times by (:class:`~tilpheno.review.audit.Clock`)."""
     source = source or ReviewSource(out_dir, inputs_dir)
-    return ReviewService(source, open_database(db_url or default_db_url(out_dir)))
+    return ReviewService(source, open_database(db_url or default_db_url(out_dir)), clock)
 
 
 def import_all(service: ReviewService) -> None:

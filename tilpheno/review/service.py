@@ -248,15 +248,16 @@ def trail_copy(factory: sessionmaker, rule: refusals.RefusalRule) -> audit.Trail
         return audit.export_csv(db, refusals.open_rows(db, rule))
 
 
-def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy) -> int:
+def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy,
+                        clock: audit.Clock = audit.DATABASE_CLOCK) -> int:
     """Audit (``audit_export``) a copy of the audit trail handed out: who, the file (:func:`_sent`:
     its name and the SHA-256 of its bytes), the entries it holds (``first_seq`` to ``last_seq``;
     0 and 0 when none) and the open refusal windows shown after them (``open_windows``). Written
     after the copy was made: the copy never holds its own entry, the next one does. Returns the
-    entry's ``seq``."""
+    entry's ``seq`` (its ``at`` by ``clock``)."""
     return transaction(factory, lambda db: audit.append(db, username, "audit_export", after={
         **_sent(file, copy.text), "first_seq": copy.first, "last_seq": copy.last,
-        "open_windows": copy.open_windows}).seq)
+        "open_windows": copy.open_windows}, clock=clock).seq)
 
 
 def _concerns(*product_ids: str) -> Callable[[AuditEntry], bool]:
@@ -971,11 +972,17 @@ def snapshot(db: Session) -> None:
 class ReviewService:
     """The review operations over one output folder and one database."""
 
-    def __init__(self, source: ReviewSource, factory: sessionmaker):
-        self.source, self.factory = source, factory
+    def __init__(self, source: ReviewSource, factory: sessionmaker, clock: audit.Clock = audit.DATABASE_CLOCK):
+        """``clock``: the time of everything this server records (:class:`audit.Clock`: the
+        database's on PostgreSQL, this machine's on SQLite; tests inject one)."""
+        self.source, self.factory, self.clock = source, factory, clock
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
-        self.refusals = refusals.RefusalRule()   # identical refused requests counted, not each written
+        self.refusals = refusals.RefusalRule(clock=clock)   # identical refused requests counted, not each written
+
+    def append(self, db: Session, username: str, action: str, **fields: Any) -> AuditEntry:
+        """:func:`audit.append` (``fields``: its keywords) at this server's :attr:`clock`."""
+        return audit.append(db, username, action, clock=self.clock, **fields)
 
     # -- products and versions ---------------------------------------------------------------------
     def require_product(self, product_id: str) -> None:
@@ -1099,7 +1106,7 @@ class ReviewService:
                 return None
             product.inputs_json = inputs_record(now, now_controls)
             changed = changed_inputs(before + (controls or []), now + (now_controls if controls is not None else []))
-            return audit.append(db, username, "reimport_product", product_id=product_id,
+            return self.append(db, username, "reimport_product", product_id=product_id,
                                 before={"inputs": before, **({"controls": controls} if controls is not None else {})},
                                 after={"inputs": now, "controls": now_controls, "out_dir": str(self.source.out_dir)},
                                 reason=f"process re-run in {self.source.out_dir} read other input files: "
@@ -1121,7 +1128,7 @@ class ReviewService:
             if stored is not None:   # recorded meanwhile by another request
                 return
             product.inputs_json = inputs_record(files, controls)
-            audit.append(db, username, "record_controls", product_id=product_id, after={"controls": controls},
+            self.append(db, username, "record_controls", product_id=product_id, after={"controls": controls},
                          reason="the controls this run read for it are recorded (it was imported before they were); "
                                 "a signature made before binds none of them")
 
@@ -1176,7 +1183,7 @@ class ReviewService:
         db.add(GateSetVersion(product_id=pid, version=1, based_on=None, gates_json=audit.canonical(pending.gate_set),
                               gates_sha256=pending.digest, source="automatic", reason="automatic gates of the run",
                               created_by="tilpheno", created_at=now))
-        audit.append(db, username, "import_product", product_id=pid,
+        self.append(db, username, "import_product", product_id=pid,
                      after={"version": 1, "gates_sha256": pending.digest, "inputs": pending.inputs,
                             "controls": pending.controls, "out_dir": str(self.source.out_dir)},
                      reason="automatic gates of the run become version 1" + (f" ({reason})" if reason else ""),
@@ -1219,7 +1226,7 @@ class ReviewService:
                                  created_at=now)
             db.add(row)
             product.current_version = version
-            audit.append(db, username, "reimport_product", product_id=product_id,
+            self.append(db, username, "reimport_product", product_id=product_id,
                          before={"version": stale.version, "gates_sha256": stale.gates_sha256},
                          after={"version": version, "gates_sha256": digest,
                                 **({"rerun_entry": rerun_entry} if rerun_entry is not None else {})}, reason=reason)
@@ -1296,7 +1303,7 @@ class ReviewService:
                               before={"voids_approval": _signature_record(voided)} if voided is not None else None,
                               after={"suggestions": suggested} if suggested else None)
             if overturns:   # its own entry: a QA reviewer finds every deviation by its action
-                audit.append(db, user.username, "deviation", product_id=product_id,
+                self.append(db, user.username, "deviation", product_id=product_id,
                              before={"version": base_version, "release": "the run's determined fail"},
                              after={"version": row.version, "criteria": [o.record() for o in overturns]},
                              reason=justification)
@@ -1335,7 +1342,7 @@ class ReviewService:
                              created_at=utcnow())
         db.add(row)
         db.flush()
-        audit.append(db, username, "save_gates", product_id=pid,
+        self.append(db, username, "save_gates", product_id=pid,
                      before={"version": base, "gates": {k: d["before"] for k, d in change.diff.items()}, **(before or {})},
                      after={"version": base + 1, "gates": {k: d["after"] for k, d in change.diff.items()},
                             "gates_sha256": change.digest, **(after or {})},
@@ -1508,7 +1515,7 @@ class ReviewService:
 
             def refused(why: str) -> str:
                 """Audit ``why`` as this request's ``signature_refused`` and commit it; returns ``why``."""
-                audit.append(db, user.username, "signature_refused", product_id=product_id,
+                self.append(db, user.username, "signature_refused", product_id=product_id,
                              reason=f"{meaning} of version {current.version}: {why}")
                 db.commit()
                 return why
@@ -1564,7 +1571,7 @@ class ReviewService:
                     **({"out_of_specification": {"release": FAIL, "criteria": [_criterion_record(r) for r in failed],
                                                  "justification": justification}} if failed else {}),
                     **({"oos_justification_not_needed": unneeded} if unneeded else {})}
-            audit.append(db, user.username, "sign", product_id=product_id, after=content, before=ends or None,
+            self.append(db, user.username, "sign", product_id=product_id, after=content, before=ends or None,
                          reason=sent.comment or meaning, expect_seq=start, relevant=_concerns(product_id))
             return sig
 
@@ -1798,7 +1805,7 @@ class ReviewService:
             if not open_:
                 raise GateSetError(f"deviation: version {version} of {product_id} overturns no determined fail of the run "
                                    "without a justification: nothing to justify")
-            audit.append(db, user.username, "deviation", product_id=product_id,
+            self.append(db, user.username, "deviation", product_id=product_id,
                          before={"version": version, "release": "the run's determined fail", "added_to": version},
                          after={"version": version, "criteria": [o.record() for o in open_]},
                          reason=reason, expect_seq=start, relevant=_concerns(product_id))
@@ -1834,10 +1841,10 @@ class ReviewService:
             start = audit.head_seq(db)
             self._require_standing(db, approvals, "its certificate was made", "nothing was issued")
             for i, (pid, (version, approval)) in enumerate(approvals.items()):
-                audit.append(db, username, "certificate", product_id=pid, after=_issued_record(version, approval),
+                self.append(db, username, "certificate", product_id=pid, after=_issued_record(version, approval),
                              expect_seq=None if i else start, relevant=_concerns(*issued))
             for file, (text, rows) in (tables or {}).items():
-                audit.append(db, username, "export_table", after=_table_record(file, text, rows, approvals),
+                self.append(db, username, "export_table", after=_table_record(file, text, rows, approvals),
                              expect_seq=None if approvals else start, relevant=_concerns(*issued))
 
         transaction(self.factory, record)
@@ -1871,7 +1878,7 @@ class ReviewService:
         def record(db: Session) -> None:
             start = audit.head_seq(db)
             self._require_standing(db, approvals, f"{file} was made", "nothing was exported")
-            audit.append(db, username, action, product_id=product_id, after=after,
+            self.append(db, username, action, product_id=product_id, after=after,
                          expect_seq=start, relevant=_concerns(*approvals))
 
         transaction(self.factory, record)
@@ -1890,7 +1897,7 @@ class ReviewService:
     def record_export_failure(self, username: str, issued: dict[str, Approval], dest: str, error: str) -> None:
         """Audit (``export_failed``) that the export whose certificates of ``issued`` were just audited
         did not reach ``dest`` (``error``: why), so the trail does not show them delivered."""
-        transaction(self.factory, lambda db: audit.append(
+        transaction(self.factory, lambda db: self.append(
             db, username, "export_failed", after={"dest": dest, "certificates": {
                 pid: {"version": a.version.version, "approval_sha256": a.approval.signature_sha256} for pid, a in issued.items()}},
             reason=f"the export's files could not be moved into place: {error}"))

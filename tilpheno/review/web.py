@@ -33,7 +33,6 @@ from sqlalchemy import delete, select
 from werkzeug.exceptions import HTTPException
 
 from tilpheno.release import FAIL, NOT_EVALUABLE, PASS, overall
-from tilpheno.review import audit
 from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check_password, csrf_ok, find_session,
                                   new_session)
 from tilpheno.review.db import ReviewError
@@ -220,14 +219,14 @@ def create_app(service: ReviewService) -> Flask:
             try:
                 check_password(db, user, password)
             except AuthError as exc:
-                audit.append(db, username or "-", "login_failed", reason=exc.audited())
+                service.append(db, username or "-", "login_failed", reason=exc.audited())
                 return None, str(exc)
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
                 db.delete(old)
             db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))   # forget expired sessions
             token, _row = new_session(db, user.id)
-            audit.append(db, user.username, "login")
+            service.append(db, user.username, "login")
             return token, ""
 
         token, problem = transaction(factory, attempt)
@@ -251,7 +250,7 @@ def create_app(service: ReviewService) -> Flask:
             row = db.get(LoginSession, g.sess.token_sha256)
             if row is not None:
                 db.delete(row)
-            audit.append(db, g.user.username, "session_ended" if reason else "logout", reason=reason)
+            service.append(db, g.user.username, "session_ended" if reason else "logout", reason=reason)
         transaction(factory, out)
 
     @app.post("/logout")
@@ -552,7 +551,7 @@ def create_app(service: ReviewService) -> Flask:
         if g.user.role not in ("reviewer", "admin"):
             raise Forbidden(f"role {g.user.role} cannot export the audit trail")
         copy = trail_copy(factory, service.refusals)   # the entries, then the open refusal windows' counts so far
-        record_trail_export(factory, g.user.username, "audit.csv", copy)   # after the copy: it holds not its own entry
+        record_trail_export(factory, g.user.username, "audit.csv", copy, service.clock)   # after the copy: it holds not its own entry
         return Response(copy.text, mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
 
     @app.get("/healthz")
