@@ -179,33 +179,36 @@ def processed_once(tmp_path_factory):
     return folder
 
 
-def make_service(out: Path, url: str, source=None):
-    from tilpheno.review import audit
+def make_service(out: Path, url: str, source=None, clock=None):
+    """A review service (its clock ``clock``, :class:`tilpheno.review.audit.Clock`; default the servers')
+    with the users of :func:`service_on` and TIL001 assigned to bob."""
     from tilpheno.review.auth import create_user
-    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.models import ProductAssignment
     from tilpheno.review.server import build_service
     from tilpheno.review.service import transaction
 
     cheap_password_hashing()
-    service = build_service(out, url, source=source)
+    service = build_service(out, url, source=source, **({} if clock is None else {"clock": clock}))
 
     def add(db):
         for name, role in ROLES.items():
-            create_user(db, name, name.capitalize() + " Tester", role, PASSWORDS[name])
-            audit.append(db, "test", "user_added", after={"username": name, "role": role})
+            create_user(db, name, name.capitalize() + " Tester", role, PASSWORDS[name], service.clock)
+            service.append(db, "test", "user_added", after={"username": name, "role": role})
         db.flush()
-        db.add(ProductAssignment(product_id="TIL001", username="bob", assigned_by="test", assigned_at=utcnow()))
+        db.add(ProductAssignment(product_id="TIL001", username="bob", assigned_by="test",
+                                 assigned_at=service.clock.stamp(db)))
     transaction(service.factory, add)
     return service
 
 
 @contextmanager
-def service_on(kind: str, tmp_path: Path, source):
+def service_on(kind: str, tmp_path: Path, source, clock=None):
     """A review service over ``source`` (a loaded output folder) with a new ``kind`` database ("sqlite" in
     ``tmp_path``, or "postgresql") holding users alice/carol (reviewer), bob (analyst), root (admin) and dave
-    (a reviewer who never saves gates: the second person of the four-eyes rule); the database dropped after."""
+    (a reviewer who never saves gates: the second person of the four-eyes rule); the database dropped after.
+    ``clock``: the service's (:func:`make_service`)."""
     url = database_url(kind, tmp_path)
-    svc = make_service(source.out_dir, url, source)
+    svc = make_service(source.out_dir, url, source, clock)
     try:
         yield svc
     finally:

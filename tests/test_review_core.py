@@ -183,6 +183,42 @@ def test_concurrent_saves_one_wins_the_other_gets_a_conflict(service):
                           {"p": pid, "b": base}).scalar() == 1
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_imports_versions_and_signatures_are_timed_by_the_records_clock(kind, source3, tmp_path):
+    """A product's ``imported_at``, its versions' ``created_at`` and its signatures' ``signed_at`` came
+    from the writing server's wall clock while the audit entries' ``at`` was the database's: on one
+    PostgreSQL database a server whose clock ran 10 minutes ahead signed 10 minutes after its own
+    ``sign`` entry. Now every one of them is the server's record clock (``audit.Clock``): the
+    database's ``clock_timestamp()`` on PostgreSQL, whatever the server's machine says; on SQLite the
+    machine's, here injected 10 minutes ahead. Each time lies within 5 s before that clock's now, the
+    record's times follow its order (import, version 1, its entry; version 2, its entry; the
+    signature, its entry) and the trail verifies."""
+    import time
+
+    from tilpheno.review.models import GateSetVersion, Product, Signature, utc
+
+    ahead = audit.Clock(lambda: time.time() + 600.0)   # this server's machine clock
+    with service_on(kind, tmp_path, source3, ahead) as svc:
+        pid = "TIL001"
+        v = svc.save_version(pid, user(svc, "bob"), svc.current_version(pid), shifted_cd3(svc, pid, 0.01),
+                             "analyst trims the CD3 dim tail").version
+        svc.sign(pid, user(svc, "bob").id, PASSWORDS["bob"], "reviewed", v, {})
+        with svc.factory() as db:
+            now = (float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))) if kind == "postgresql"
+                   else time.time() + 600.0)
+            product = db.get(Product, pid)
+            versions = db.scalars(select(GateSetVersion).where(GateSetVersion.product_id == pid)
+                                  .order_by(GateSetVersion.version)).all()
+            (signature,) = db.scalars(select(Signature).where(Signature.product_id == pid)).all()
+            entries = {e.action: e.at for e in db.scalars(select(AuditEntry).where(AuditEntry.product_id == pid))}
+            assert audit.verify(db).ok
+    record = [product.imported_at, versions[0].created_at, entries["import_product"], versions[1].created_at,
+              entries["save_gates"], signature.signed_at, entries["sign"]]
+    assert [v.version for v in versions] == [1, 2]
+    assert utc(now - 5.0) <= record[0] and record[-1] <= utc(now), (utc(now), record)
+    assert record == sorted(record), record   # ISO 8601 UTC text sorts as time
+
+
 def test_signature_is_void_after_a_later_change_and_roles_are_enforced(service):
     pid = "TIL001"
     v = service.save_version(pid, user(service, "bob"), service.current_version(pid), shifted_cd3(service, pid, 0.01),

@@ -61,8 +61,9 @@ def entry_hash(seq: int, at: str, username: str, action: str, product_id: str, b
 
 @dataclass(frozen=True)
 class Clock:
-    """The clock of the GMP record: the time of every new audit entry (:func:`append`) and of the
-    refusal windows (:mod:`tilpheno.review.refusals`), read in seconds since the epoch. PostgreSQL:
+    """The clock of the GMP record: the time of every new audit entry (:func:`append`), signature,
+    gate-set version, product import, assignment and account, and of the refusal windows
+    (:mod:`tilpheno.review.refusals`), read in seconds since the epoch. PostgreSQL:
     its ``clock_timestamp()``, one clock for every server process on the database, whatever their
     machines' clocks say (skewed, or jumped by NTP). SQLite: ``machine``, this machine's clock
     (``time.time``), the one every process using the file reads (SQLite's own ``'now'`` is that
@@ -82,6 +83,11 @@ class Clock:
         if self.database and db.get_bind().dialect.name == "postgresql":
             return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
         return self.machine()
+
+    def stamp(self, db: Session) -> str:
+        """Now as the record stores times (:func:`~tilpheno.review.models.utc`): a signature's
+        ``signed_at``, a version's ``created_at``, an assignment's ``assigned_at``."""
+        return utc(self.now(db))
 
 
 DATABASE_CLOCK = Clock()   # a server's clock unless it is given another (tests)

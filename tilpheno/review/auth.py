@@ -28,8 +28,9 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from tilpheno.review.audit import DATABASE_CLOCK, Clock
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import ROLES, LoginSession, User, utcnow
+from tilpheno.review.models import ROLES, LoginSession, User
 
 MAX_FAILURES = 5
 LOCKOUT_MINUTES = 15
@@ -94,13 +95,15 @@ def require_new(db: Session, username: str) -> None:
                           "refused)")
 
 
-def create_user(db: Session, username: str, full_name: str, role: str, password: str) -> User:
-    """A new active account; its full name (on signatures) trimmed, the user name when blank."""
+def create_user(db: Session, username: str, full_name: str, role: str, password: str,
+                clock: Clock = DATABASE_CLOCK) -> User:
+    """A new active account; its full name (on signatures) trimmed, the user name when blank;
+    ``created_at`` by ``clock`` (:class:`~tilpheno.review.audit.Clock`: the database's on PostgreSQL)."""
     validate_account(username, role, full_name)
     validate_password(password)
     require_new(db, username)
     user = User(username=username, full_name=full_name.strip() or username, role=role, password_hash=_HASHER.hash(password),
-                failed_logins=0, locked_until=None, active=True, created_at=utcnow())
+                failed_logins=0, locked_until=None, active=True, created_at=clock.stamp(db))
     db.add(user)
     db.flush()
     return user

@@ -290,7 +290,7 @@ def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument
     from tilpheno.review import audit
     from tilpheno.review.auth import get_user
     from tilpheno.review.db import ReviewError
-    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.models import ProductAssignment
     from tilpheno.review.regate import ReviewSource
     from tilpheno.review.service import transaction
 
@@ -316,7 +316,7 @@ def users_assign(out: Path = typer.Argument(...), username: str = typer.Argument
                     changed.append(pid)
                 elif not remove and exists is None:
                     s.add(ProductAssignment(product_id=pid, username=user.username, assigned_by=_actor(),
-                                            assigned_at=utcnow()))
+                                            assigned_at=audit.DATABASE_CLOCK.stamp(s)))
                     changed.append(pid)
             if changed:
                 audit.append(s, _actor(), "unassign" if remove else "assign",

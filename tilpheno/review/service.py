@@ -96,7 +96,7 @@ from tilpheno.release import FAIL, PASS, CriterionResult
 from tilpheno.review import audit, refusals
 from tilpheno.review.auth import AuthError, PasswordEntry, check_password
 from tilpheno.review.db import ReviewError, default_db_path
-from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User, utcnow
+from tilpheno.review.models import AuditEntry, GateSetVersion, Product, ProductAssignment, Signature, User
 from tilpheno.review.regate import (GateSetError, ReviewSource, applied_candidates, changed_gates, check_reason,
                                     gates_sha256, recompute, validate_gate_set)
 
@@ -1175,7 +1175,7 @@ class ReviewService:
         existing = db.get(Product, pid)
         if existing is not None:
             return existing
-        now = utcnow()
+        now = self.clock.stamp(db)
         product = Product(product_id=pid, current_version=1, inputs_json=inputs_record(pending.inputs, pending.controls),
                           til_dose_cells=self.source.til_dose_cells(pid), imported_at=now)
         db.add(product)
@@ -1218,7 +1218,7 @@ class ReviewService:
             if stale.gates_sha256 == digest:   # added meanwhile by another request
                 return stale
             product = _get(db, Product, product_id)
-            version, now = product.current_version + 1, utcnow()
+            version, now = product.current_version + 1, self.clock.stamp(db)
             reason = (f"the run's automatic gates differ from version {stale.version}'s (process re-run with other "
                       "input files, strategies, settings or software): they become the current version")
             row = GateSetVersion(product_id=product_id, version=version, based_on=None, gates_json=audit.canonical(gate_set),
@@ -1339,7 +1339,7 @@ class ReviewService:
             raise self._conflict(db, pid, base)
         row = GateSetVersion(product_id=pid, version=base + 1, based_on=base, gates_json=audit.canonical(change.gates),
                              gates_sha256=change.digest, source=source_label, reason=reason, created_by=username,
-                             created_at=utcnow())
+                             created_at=self.clock.stamp(db))
         db.add(row)
         db.flush()
         self.append(db, username, "save_gates", product_id=pid,
@@ -1560,7 +1560,7 @@ class ReviewService:
                         "stands: an identical signature is not stored twice")
                 raise RepeatedSignature(refused(said))
             sig = Signature(product_id=product_id, version=current.version, meaning=meaning, username=user.username,
-                            full_name=user.full_name, role=user.role, signed_at=utcnow(), data_sha256=data_digest,
+                            full_name=user.full_name, role=user.role, signed_at=self.clock.stamp(db), data_sha256=data_digest,
                             gates_sha256=gates_digest, qc_resolutions_json=resolutions, comment=sent.comment,
                             oos_justification=justification, software=software)
             content = audit.signature_content(sig)
