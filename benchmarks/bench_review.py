@@ -19,6 +19,9 @@ and measures over HTTP with a logged-in session, wall clock, after one warm-up r
 * the per-request check for refusal windows whose time is over (``ReviewService.write_due_refusals``
   with none due, in process: what every request pays before its own work; ``refusals.due``), beside
   ``GET /healthz``, the lightest request (which pays it too), with no window open and with 1,000;
+* a refused request recorded (``refusals.record`` in its transaction, in process): counted in its
+  open window, and opening a window of its own (a new user each time: its ``access_refused`` entry);
+  with the SQL statements each sends (its round trips to the database), counted once;
 * first open of a product (version 1 made by re-running the automatic gating), once; and the
   first candidates request of a server started after the product was imported (a fresh
   ``ReviewSource`` re-gates the product for them), once.
@@ -48,6 +51,23 @@ def timed(fn, repeats: int) -> list[float]:
         fn()
         out.append((time.perf_counter() - t) * 1000)
     return out
+
+
+def statements(engine, fn) -> int:
+    """The SQL statements ``fn()`` sends through ``engine`` (its round trips to the database)."""
+    from sqlalchemy import event
+
+    sent = []
+
+    def count(*_args):
+        sent.append(1)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        fn()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(sent)
 
 
 def main() -> None:
@@ -116,10 +136,16 @@ def main() -> None:
     def due_check():
         assert service.write_due_refusals() == []
 
+    from tilpheno.review import refusals
+
+    def refuse(username: str, request: str) -> None:
+        transaction(service.factory, lambda db: refusals.record(db, service.refusals, username, request, "",
+                                                                "bench refusal"))
+
+    users = (f"bench{i}" for i in range(10**6))
+
     def open_windows(n: int) -> None:
         """``n`` refused requests of one user, each its own window (beyond the cap: folded), all open."""
-        from tilpheno.review import refusals
-
         transaction(service.factory, lambda db: [refusals.record(db, service.refusals, "bench", f"GET /flood/{i}", "",
                                                                  "bench refusal") for i in range(n)])
 
@@ -128,7 +154,13 @@ def main() -> None:
             ("product page (HTML + state JSON)", timed(product_page, args.repeats)),
             ("candidate cuts (JSON)", timed(candidates, args.repeats)),
             ("GET /healthz (the lightest request)", timed(lambda: opener.open(base + "/healthz").read(), args.repeats)),
-            ("due-window check alone, none open", timed(due_check, 10 * args.repeats))]
+            ("due-window check alone, none open", timed(due_check, 10 * args.repeats)),
+            ("refusal counted in its open window", timed(lambda: refuse("bench", "GET /counted"), 10 * args.repeats)),
+            ("refusal opening a window (+ its entry)", timed(lambda: refuse(next(users), "GET /new"), 10 * args.repeats))]
+    engine = service.factory.kw["bind"]
+    sent = {"due-window check": statements(engine, due_check),
+            "refusal counted": statements(engine, lambda: refuse("bench", "GET /counted")),
+            "refusal opening a window": statements(engine, lambda: refuse(next(users), "GET /new"))}
     open_windows(1000)
     rows += [("due-window check alone, 1000 open", timed(due_check, 10 * args.repeats)),
              ("GET /healthz, 1000 windows open", timed(lambda: opener.open(base + "/healthz").read(), args.repeats))]
@@ -145,6 +177,7 @@ def main() -> None:
         print(f"{name:40s} {statistics.median(ms):10.1f} {max(ms):10.1f}")
     print(f"{'first open (re-gate, version 1)':40s} {first_open:10.1f}")
     print(f"{'first candidates of a later server':40s} {first_candidates:10.1f}")
+    print("SQL statements sent (round trips): " + ", ".join(f"{k} {n}" for k, n in sent.items()))
     srv.close()
 
 

@@ -359,8 +359,8 @@ def test_a_refusal_whose_window_another_server_opened_meanwhile_is_counted_there
     error, others, inside = "role analyst cannot export the audit trail", [], [False]
     real_close = refusals.close
 
-    def close(db, rule, now=None):   # reached by a refusal whose UPDATE found no open window
-        closed = real_close(db, rule, now)
+    def close(db, rule, until=None, *, now=None):   # reached by a refusal whose UPDATE found no open window
+        closed = real_close(db, rule, until, now=now)
         if now is not None and not inside[0]:   # the request's own run, not the other server's refusal
             inside[0] = True
             try:
@@ -414,6 +414,47 @@ def entries_of(service, *actions):
     with service.factory() as db:
         return [(e.seq, e.username, e.action, e.product_id, json.loads(e.after_json), e.reason)
                 for e in db.scalars(select(AuditEntry).where(AuditEntry.action.in_(actions)).order_by(AuditEntry.seq))]
+
+
+def test_the_due_check_and_a_refusal_read_the_clock_once(service):
+    """Every request's check for refusal windows whose time is over read the database's clock (a
+    query on PostgreSQL) and then the windows: two round trips; a refused request read the clock at
+    its start and again for its entry: two queries of the clock. Now the check is one statement
+    that reads the clock itself; a refusal counted in its open window is one statement (its UPDATE
+    reads the clock); one opening a window reads the clock once (a query on PostgreSQL, none on
+    SQLite). Statements counted as SQLAlchemy sends them (``before_cursor_execute``); the count's
+    ``last_at``, stamped by the database on PostgreSQL, is stored as every time is (microseconds, Z)."""
+    from sqlalchemy import event
+
+    from tilpheno.review.models import RefusalWindow
+
+    close_refusal_windows(service)
+    engine, sent = service.factory.kw["bind"], []
+
+    def note(conn, cursor, statement, *args):
+        sent.append(statement)
+
+    def taken(fn):
+        sent.clear()
+        result = fn()
+        return result, list(sent)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        written, due_sent = taken(service.write_due_refusals)
+        first, opening = taken(lambda: service.record_access_refused("bob", "", "GET /clock-reads", "test refusal"))
+        again, counting = taken(lambda: service.record_access_refused("bob", "", "GET /clock-reads", "test refusal"))
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    clock_queries = [q for q in opening if "clock_timestamp()" in q]
+    assert written == [] and first is not None and again is None
+    assert len(due_sent) == 1, due_sent
+    assert len(counting) == 1 and counting[0].lstrip().upper().startswith("UPDATE"), counting
+    assert len(clock_queries) == (1 if engine.dialect.name == "postgresql" else 0), opening
+    with service.factory() as db:
+        (window,) = db.scalars(select(RefusalWindow).where(RefusalWindow.request == "GET /clock-reads")).all()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", window.last_at) and window.count == 1
+    assert window.opened_at <= window.last_at
 
 
 def test_a_refusal_the_database_would_not_take_is_logged_as_not_counted(app, service, monkeypatch, caplog):
@@ -660,15 +701,17 @@ def test_two_servers_refused_at_once_open_one_window(review_source, tmp_path, mo
 
     error = "role analyst cannot export the audit trail"
     both_missed, waited = threading.Barrier(2, timeout=60), set()
-    real_close = refusals.close
+    real_count = refusals._count
 
-    def close(db, rule, now=None):   # reached once the request's UPDATE found no window
-        if threading.current_thread().name.startswith("server") and threading.current_thread().name not in waited:
+    def count(db, key, at, opened_after=None):   # the request's UPDATE of its open window, if any
+        counted = real_count(db, key, at, opened_after)
+        if (not counted and threading.current_thread().name.startswith("server")
+                and threading.current_thread().name not in waited):   # found none: wait for the other's
             waited.add(threading.current_thread().name)
             both_missed.wait()
-        return real_close(db, rule, now)
+        return counted
 
-    monkeypatch.setattr(refusals, "close", close)
+    monkeypatch.setattr(refusals, "_count", count)
     with two_servers_on_one_database("postgresql", review_source, tmp_path) as services:
         seqs: list[int | None] = []
 

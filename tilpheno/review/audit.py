@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import select, text, update
+from sqlalchemy import ColumnElement, func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from tilpheno.review.models import AuditEntry, AuditHead, Signature, utc
@@ -78,11 +78,25 @@ class Clock:
         """A clock read from ``read`` on every database (tests: one clock all their services share)."""
         return cls(read, database=False)
 
+    def reads_database(self, db: Session) -> bool:
+        """Whether this clock is the database's (PostgreSQL) rather than ``machine``."""
+        return self.database and db.get_bind().dialect.name == "postgresql"
+
     def now(self, db: Session) -> float:
         """Now, in seconds since the epoch (one query on PostgreSQL)."""
-        if self.database and db.get_bind().dialect.name == "postgresql":
+        if self.reads_database(db):
             return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
         return self.machine()
+
+    def in_statement(self, db: Session) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+        """Now as SQL a statement evaluates itself, so it costs no query of its own: in seconds since
+        the epoch and as stored text (:meth:`stamp`). PostgreSQL: ``statement_timestamp()``, the
+        database's clock at the statement's start (one instant for both); else ``machine``, read once."""
+        if self.reads_database(db):
+            return (func.extract("epoch", func.statement_timestamp()),
+                    func.to_char(func.timezone("UTC", func.statement_timestamp()), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        now = self.machine()
+        return literal(now), literal(utc(now))
 
     def stamp(self, db: Session) -> str:
         """Now as the record stores times (:func:`~tilpheno.review.models.utc`): a signature's
@@ -112,7 +126,8 @@ def locked_head(db: Session) -> AuditHead | None:
 
 def append(db: Session, username: str, action: str, *, product_id: str = "", before: Any = None, after: Any = None,
            reason: str = "", expect_seq: int | None = None,
-           relevant: Callable[[AuditEntry], bool] | None = None, clock: Clock = DATABASE_CLOCK) -> AuditEntry:
+           relevant: Callable[[AuditEntry], bool] | None = None, clock: Clock = DATABASE_CLOCK,
+           now: float | None = None) -> AuditEntry:
     """Add one entry to the chain inside the caller's transaction (flushes; the caller commits).
     With ``expect_seq`` (:func:`head_seq`): ChainConflict when an entry added after it is
     ``relevant`` (any entry when None); others (another product's save, a login) do not make the
@@ -121,13 +136,15 @@ def append(db: Session, username: str, action: str, *, product_id: str = "", bef
     The entry's ``at`` is ``clock`` (:class:`Clock`), read once the head is locked: on PostgreSQL one
     clock for all servers, so entries' times follow the chain's order and agree with the refusal
     windows' times whatever a server's own clock says (entries written before this was so keep the
-    ``at`` their server's clock gave, and their hashes)."""
+    ``at`` their server's clock gave, and their hashes). ``now``: that time, when the caller read
+    ``clock`` itself once this transaction held the head (:func:`locked_head`), so as not to read it
+    twice."""
     head = locked_head(db)
     seq, prev = (head.seq, head.entry_sha256) if head is not None else (0, GENESIS)
     if expect_seq is not None and seq != expect_seq and (relevant is None or any(
             relevant(e) for e in db.scalars(select(AuditEntry).where(AuditEntry.seq > expect_seq, AuditEntry.seq <= seq)))):
         raise ChainConflict("audit head moved since the change's rows were read")
-    at = utc(clock.now(db))   # read with the head locked: in chain order on PostgreSQL
+    at = utc(clock.now(db) if now is None else now)   # read with the head locked: in chain order on PostgreSQL
     before_json, after_json = canonical(before), canonical(after)
     digest = entry_hash(seq + 1, at, username, action, product_id, before_json, after_json, reason, prev)
     entry = AuditEntry(seq=seq + 1, at=at, username=username, action=action, product_id=product_id,

@@ -38,7 +38,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -75,14 +75,19 @@ def record(db: Session, rule: RefusalRule, username: str, request: str, product_
     ``seq`` of its ``access_refused`` entry, or None when it was counted in an open window (its own,
     or its user's folded one). Windows whose time is over are closed first. A window of the same
     key that another server opened (and committed) after this request found none counts it, in this
-    transaction: a key taken is never an error, however often it happens (:func:`_open`)."""
-    now = rule.now(db)
-    at = utc(now)
+    transaction: a key taken is never an error, however often it happens (:func:`_open`). The clock
+    is read once: by the UPDATE that counts a refusal in its open window (in the statement,
+    :meth:`audit.Clock.in_statement`), or, for one that finds none, once the trail's head is locked
+    (on PostgreSQL a query), the time of its window, of the windows it closes and of its entry."""
     key = window_key(username, request, product_id, refusal)
-    if _count(db, key, at, opened_after=now - rule.window):
+    seconds, stamp = rule.clock.in_statement(db)
+    if _count(db, key, stamp, opened_after=seconds - rule.window):
         return None
-    close(db, rule, now)   # this request's own window among them, if its time is over
     head = audit.locked_head(db)   # the user's open windows read below stay so until this commits (PostgreSQL)
+    now = rule.now(db)   # read with the head locked: the entries' times in chain order
+    at = utc(now)
+    if close(db, rule, now=now):   # this request's own window among them, if its time is over
+        head = audit.locked_head(db)   # moved by the entries written
     open_windows = db.execute(select(RefusalWindow.repeats_entry, RefusalWindow.opened).where(
         RefusalWindow.username == username, RefusalWindow.opened > now - rule.window)).all()
     window = {"key_sha256": key, "username": username, "request": request, "product_id": product_id,
@@ -101,16 +106,17 @@ def record(db: Session, rule: RefusalRule, username: str, request: str, product_
     if window["repeats_entry"] is None:
         return None
     entry = audit.append(db, username, "access_refused", product_id=product_id, after={"request": request},
-                         reason=refusal, clock=rule.clock)
+                         reason=refusal, clock=rule.clock, now=now)
     if entry.seq != window["repeats_entry"]:   # another writer appended meanwhile: the transaction re-runs
         raise audit.ChainConflict(f"refusal window {key[:12]}: entry {entry.seq} written, "
                                   f"{window['repeats_entry']} expected")
     return entry.seq
 
 
-def _count(db: Session, key: str, at: str, opened_after: float | None = None) -> bool:
+def _count(db: Session, key: str, at: str | ColumnElement[Any], opened_after: float | ColumnElement[Any] | None = None) -> bool:
     """Count one more refusal (``last_at`` = ``at``) in the window of ``key``, if there is one
-    (opened after ``opened_after``: still open; None: whatever its time); whether one was."""
+    (opened after ``opened_after``, seconds since the epoch: still open; None: whatever its time);
+    whether one was. ``at`` and ``opened_after`` may be SQL the UPDATE evaluates (:meth:`audit.Clock.in_statement`)."""
     query = update(RefusalWindow).where(RefusalWindow.key_sha256 == key)
     if opened_after is not None:
         query = query.where(RefusalWindow.opened > opened_after)
@@ -131,20 +137,26 @@ def _open(db: Session, window: dict) -> bool:
 
 
 def due(db: Session, rule: RefusalRule) -> bool:
-    """Whether a window's time is over (one indexed read: what a request costs when none is)."""
-    return db.scalar(select(RefusalWindow.key_sha256).where(RefusalWindow.opened <= rule.now(db) - rule.window)
+    """Whether a window's time is over: one indexed read, the clock read in it
+    (:meth:`audit.Clock.in_statement`; what every request costs when none is)."""
+    seconds, _ = rule.clock.in_statement(db)
+    return db.scalar(select(RefusalWindow.key_sha256).where(RefusalWindow.opened <= seconds - rule.window)
                      .limit(1)) is not None
 
 
-def close(db: Session, rule: RefusalRule, now: float | None = None) -> list[int]:
-    """Close the windows whose time is over at ``now`` (default: the rule's clock) and write their
-    entries (:func:`window_counts`), oldest first, in the caller's transaction; returns their
-    ``seq``. Each gives ``closed_at``, the time its window's time was over (opened + ``window_s``)."""
+def close(db: Session, rule: RefusalRule, until: float | None = None, *, now: float | None = None) -> list[int]:
+    """Close the windows whose time is over at ``until`` (default: now) and write their entries
+    (:func:`window_counts`), oldest first, in the caller's transaction; returns their ``seq``. Each
+    gives ``closed_at``, the time its window's time was over (opened + ``window_s``). The entries'
+    time is ``now``: the rule's clock read once the trail's head is locked, here or by the caller."""
+    if now is None:
+        audit.locked_head(db)
+        now = rule.now(db)
     query = delete(RefusalWindow).returning(RefusalWindow).where(
-        RefusalWindow.opened <= (rule.now(db) if now is None else now) - rule.window)
+        RefusalWindow.opened <= (now if until is None else until) - rule.window)
     counts = window_counts(db.scalars(query, execution_options={"synchronize_session": False}), rule)
     return [audit.append(db, c.username, c.action, product_id=c.product_id, reason=c.reason,
-                         after={**c.after, "closed_at": utc(c.ends)}, clock=rule.clock).seq for c in counts]
+                         after={**c.after, "closed_at": utc(c.ends)}, clock=rule.clock, now=now).seq for c in counts]
 
 
 @dataclass(frozen=True)
