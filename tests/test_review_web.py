@@ -457,23 +457,60 @@ def test_the_due_check_and_a_refusal_read_the_clock_once(service):
     assert window.opened_at <= window.last_at
 
 
-def test_a_refusal_the_database_would_not_take_is_logged_as_not_counted(app, service, monkeypatch, caplog):
-    """A refusal whose transaction hit "database busy" at each of its 8 runs stands (HTTP 403) but is
-    neither written nor counted in the trail; its warning named the request and the user, not the
-    refusal, nor that it was not counted. Now the one line names the user, the method and path, the
-    database's error and the refusal, and says it was neither written nor counted."""
+def test_a_refusal_the_database_would_not_take_is_held_and_written_at_the_next_write(app, service, monkeypatch,
+                                                                                     caplog):
+    """A refusal whose transaction hit "database busy" at each of its 8 runs stood (HTTP 403) but was
+    only logged: neither written nor counted in the trail. Now the server holds it (at most its
+    ``limit``, here 2: a third is counted as lost, its warning saying how many) and writes it at its
+    next successful write, the next request's: one ``access_refused_delayed`` entry per refused
+    request (its count, first and last times by the server's clock, the database's error) and one
+    ``access_refused_lost`` entry of ``system`` with the count lost; a copy of the trail
+    (``/audit.csv``) holds them, the trail verifies, and nothing stays held. While the database
+    stays busy a request's attempt to write them fails and they stay held, in order."""
     import logging
+    import time
 
-    def busy(*args, **kwargs):
-        raise ReviewError("database busy: please retry")
+    from tilpheno.review import audit, refusals
+    from tilpheno.review.models import utc
 
+    def busy(*args, **kwargs):   # the database would not take it, at any run
+        raise audit.ChainConflict("audit head moved")
+
+    error = "role analyst cannot export the audit trail"
+    close_refusal_windows(service)
+    monkeypatch.setattr(service, "delayed", refusals.DelayedRefusals(limit=2))
     c_bob, _, _ = login(app, "bob")
-    monkeypatch.setattr(service, "record_access_refused", busy)
-    with caplog.at_level(logging.WARNING, logger="tilpheno.review.web"):
-        assert c_bob.get("/audit.csv").status_code == 403
-    said = [r.getMessage() for r in caplog.records if r.name == "tilpheno.review.web"]
-    assert said == ["refusal of GET /audit.csv to user bob neither written nor counted in the audit trail "
-                    "(database busy: please retry); refused because: role analyst cannot export the audit trail"], said
+    with service.factory() as db:
+        start = audit.head_seq(db)
+    with monkeypatch.context() as database_busy:
+        database_busy.setattr(refusals, "record", busy)
+        database_busy.setattr(refusals, "write_delayed", busy)
+        began = time.time()
+        with caplog.at_level(logging.WARNING, logger="tilpheno.review.service"):
+            assert [c_bob.get("/audit.csv").status_code for _ in range(3)] == [403] * 3
+        ended = time.time()
+    said = [r.getMessage() for r in caplog.records if r.name == "tilpheno.review.service" and "refusal of" in r.getMessage()]
+    held = ("refusal of GET /audit.csv to user bob not written (database busy: please retry): held by this server, "
+            f"written to the audit trail at its next successful write; refused because: {error}")
+    assert said == [held, held, "refusal of GET /audit.csv to user bob not written (database busy: please retry) and "
+                    "not held: this server holds 2 already; lost, 1 lost so far (their count written to the audit trail "
+                    f"at its next successful write); refused because: {error}"], said
+    with service.factory() as db:
+        assert audit.head_seq(db) == start   # nothing written while the database was busy
+    c_alice, _, _ = login(app, "alice")   # its first request writes them
+    copy = c_alice.get("/audit.csv").text
+    entries = [e for e in entries_of(service, "access_refused_delayed", "access_refused_lost") if e[0] > start]
+    assert [(e[1], e[2], e[4]["count"]) for e in entries] == [("bob", "access_refused_delayed", 2),
+                                                              ("system", "access_refused_lost", 1)], entries
+    delayed, lost = entries[0][4], entries[1][4]
+    assert (delayed["request"], delayed["clock"], delayed["error"], entries[0][5]) == (
+        "GET /audit.csv", "server", "database busy: please retry", error)
+    assert utc(began) <= delayed["first_at"] < delayed["last_at"] < lost["first_at"] == lost["last_at"] <= utc(ended)
+    assert (lost["max_held"], lost["clock"]) == (2, "server") and "neither written nor held" in entries[1][5]
+    assert ",access_refused_delayed," in copy and ",access_refused_lost," in copy
+    assert service.delayed.take().refusals == []
+    with service.factory() as db:
+        assert audit.verify(db).ok
 
 
 def test_a_database_error_writing_due_refusal_windows_is_logged_and_the_server_still_stops(review_source, tmp_path,

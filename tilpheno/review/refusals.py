@@ -26,6 +26,11 @@ its window closed (``closed_at``: when its time was over, which may be before th
 written). The trail stays append-only: no entry is changed. A copy of the trail shows the windows
 still open after its entries, their counts so far marked open (:func:`open_rows`), and writes nothing.
 
+A refusal the database would not take ("database busy" at every run of its transaction) is held by
+its server (:class:`DelayedRefusals`, at most :data:`MAX_DELAYED`; beyond, only counted as lost)
+and written at that server's next successful write (:func:`write_delayed`: ``access_refused_delayed``
+and ``access_refused_lost`` entries, their times by the server's clock, saying so).
+
 A window's times (opened, each refusal's, closed) are the database's clock
 (:class:`~tilpheno.review.audit.Clock`, as the
 entries' ``at``): on PostgreSQL one clock for every server, so servers on several machines
@@ -35,6 +40,7 @@ with skewed clocks, or one whose clock NTP moves, neither stretch nor shrink a w
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -222,3 +228,105 @@ def open_rows(db: Session, rule: RefusalRule) -> list[dict[str, str]]:
              "product_id": c.product_id, "before_json": audit.canonical(None),
              "after_json": audit.canonical({**c.after, "open": True, "closes_at": utc(c.ends)}), "reason": c.reason,
              "prev_sha256": "", "entry_sha256": ""} for c in counts]
+
+
+MAX_DELAYED = 1000   # refusals a server holds while the database would not take them; beyond, counted as lost
+
+
+@dataclass(frozen=True)
+class DelayedRefusal:
+    """A refused request the database would not take ("database busy" at every run of its
+    transaction), held by its server: who, the request (method and path), the product it named, the
+    refusal, when (``at``: seconds since the epoch by the server's own clock, the database's being
+    out of reach) and the database's error."""
+    username: str
+    request: str
+    product_id: str
+    refusal: str
+    at: float
+    error: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Refused requests a server could neither write nor hold (beyond its ``limit``): how many, the
+    first's and the last's time (seconds since the epoch, the server's clock)."""
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    def plus(self, other: "Lost") -> "Lost":
+        """These and ``other`` together."""
+        if not (self.count and other.count):
+            return self if self.count else other
+        return Lost(self.count + other.count, min(self.first, other.first), max(self.last, other.last))
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a server held (:class:`DelayedRefusals`): its refusals (oldest first), those it lost,
+    and how many it holds at most."""
+    refusals: list[DelayedRefusal]
+    lost: Lost
+    limit: int
+
+
+class DelayedRefusals:
+    """The refusals one server process could not write, held in its memory (at most ``limit``;
+    each one more is counted in :class:`Lost`) until its next successful write
+    (:func:`write_delayed`, run before every request's own work, at a server's start and at its
+    stop): a server killed before then loses them, as the warning that held each said. Thread-safe
+    (a server's requests run in threads)."""
+
+    def __init__(self, limit: int = MAX_DELAYED):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held: list[DelayedRefusal] = []
+        self._lost = Lost()
+
+    def hold(self, refusal: DelayedRefusal) -> Lost | None:
+        """Hold ``refusal``; None when held, else the refusals lost so far, this one counted."""
+        with self._lock:
+            if len(self._held) < self.limit:
+                self._held.append(refusal)
+                return None
+            self._lost = self._lost.plus(Lost(1, refusal.at, refusal.at))
+            return self._lost
+
+    def take(self) -> Held:
+        """Everything held and the count lost, emptied (:meth:`give_back` what is not written)."""
+        with self._lock:
+            held = Held(self._held, self._lost, self.limit)
+            self._held, self._lost = [], Lost()
+            return held
+
+    def give_back(self, held: Held) -> None:
+        """Hold again what :meth:`take` gave and was not written, before what came since; beyond
+        ``limit`` the newest are counted as lost."""
+        with self._lock:
+            merged, lost = held.refusals + self._held, held.lost.plus(self._lost)
+            for refusal in merged[self.limit:]:
+                lost = lost.plus(Lost(1, refusal.at, refusal.at))
+            self._held, self._lost = merged[:self.limit], lost
+
+
+def write_delayed(db: Session, rule: RefusalRule, held: Held) -> list[int]:
+    """Write what a server held (:class:`Held`), in the caller's transaction; returns the entries'
+    ``seq``. One ``access_refused_delayed`` entry per refused request held (user, request, product
+    and refusal; the first held first): ``request``, ``count``, ``first_at`` and ``last_at`` (by the
+    server's clock: ``clock`` "server") and the database's ``error`` (its first); and, when some were
+    lost, one ``access_refused_lost`` entry of ``system``: their ``count``, ``first_at``, ``last_at``
+    and ``max_held``. Not counted in the refusal windows: their times are not the record's clock."""
+    groups: dict[tuple[str, str, str, str], list[DelayedRefusal]] = {}
+    for r in held.refusals:
+        groups.setdefault((r.username, r.request, r.product_id, r.refusal), []).append(r)
+    seqs = [audit.append(db, username, "access_refused_delayed", product_id=product_id, reason=refusal, after={
+        "request": request, "count": len(rs), "first_at": utc(rs[0].at), "last_at": utc(rs[-1].at), "clock": "server",
+        "error": rs[0].error}, clock=rule.clock).seq for (username, request, product_id, refusal), rs in groups.items()]
+    if held.lost.count:
+        seqs.append(audit.append(db, "system", "access_refused_lost", reason=(
+            f"{held.lost.count} refused requests neither written nor held: the database would not take them and "
+            f"the server held {held.limit} already"), after={
+            "count": held.lost.count, "first_at": utc(held.lost.first), "last_at": utc(held.lost.last),
+            "clock": "server", "max_held": held.limit}, clock=rule.clock).seq)
+    return seqs

@@ -111,7 +111,8 @@ BATCH_ROLES = ("reviewer", "admin")
 # of another product (or of none), they cannot change whether it is allowed (:func:`_concerns`)
 ACCESS_NEUTRAL = frozenset({"login", "login_failed", "logout", "session_ended", "certificate", "export_table",
                             "export_gatingml", "export_failed", "audit_export", "import_product", "reimport_product", "record_controls", "save_gates", "deviation", "sign", "signature_refused",
-                            "access_refused", "access_refused_repeated", "access_refused_folded"})
+                            "access_refused", "access_refused_repeated", "access_refused_folded",
+                            "access_refused_delayed", "access_refused_lost"})
 
 
 class VersionConflict(ReviewError):
@@ -979,6 +980,7 @@ class ReviewService:
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
         self.refusals = refusals.RefusalRule(clock=clock)   # identical refused requests counted, not each written
+        self.delayed = refusals.DelayedRefusals()   # refusals the database would not take, until it does
 
     def append(self, db: Session, username: str, action: str, **fields: Any) -> AuditEntry:
         """:func:`audit.append` (``fields``: its keywords) at this server's :attr:`clock`."""
@@ -1019,9 +1021,48 @@ class ReviewService:
         entry's ``seq``, or None when it was counted in an open window, to be written with the others
         once that window has closed: an identical refusal (same user, request, product and reason)
         was written less than ``self.refusals.window`` seconds ago, or the user has
-        ``self.refusals.max_open`` windows open (:mod:`tilpheno.review.refusals`)."""
-        return transaction(self.factory, lambda db: refusals.record(db, self.refusals, username, request[:500],
-                                                                    product_id, refusal))
+        ``self.refusals.max_open`` windows open (:mod:`tilpheno.review.refusals`), or when the database
+        would not take it ("database busy" at every run): then it is held by this server
+        (:attr:`delayed`) and written at its next successful write (:meth:`write_delayed_refusals`).
+        ``request`` is cut to 500 characters."""
+        request = request[:500]
+        try:
+            return transaction(self.factory, lambda db: refusals.record(db, self.refusals, username, request,
+                                                                        product_id, refusal))
+        except ReviewError as exc:   # "database busy" at every run: held, written at the next successful write
+            self._hold_refusal(refusals.DelayedRefusal(username, request, product_id, refusal, self.clock.machine(),
+                                                       str(exc)))
+            return None
+
+    def _hold_refusal(self, refusal: refusals.DelayedRefusal) -> None:
+        """Hold ``refusal``, which the database would not take, in :attr:`delayed` (or count it lost
+        when that is full); one warning line naming the user, the request, the error and the refusal."""
+        said = f"refusal of {refusal.request} to user {refusal.username} not written ({refusal.error})"
+        lost = self.delayed.hold(refusal)
+        if lost is None:
+            log.warning("%s: held by this server, written to the audit trail at its next successful write; refused "
+                        "because: %s", said, refusal.refusal)
+        else:
+            log.warning("%s and not held: this server holds %d already; lost, %d lost so far (their count written "
+                        "to the audit trail at its next successful write); refused because: %s", said,
+                        self.delayed.limit, lost.count, refusal.refusal)
+
+    def write_delayed_refusals(self) -> list[int]:
+        """Write the refusals this server held (:meth:`record_access_refused`; ``access_refused_delayed``
+        and, for those it lost, ``access_refused_lost``: :func:`~tilpheno.review.refusals.write_delayed`);
+        returns the entries' ``seq``. When the database still would not take them they are held again
+        (ReviewError raised)."""
+        held = self.delayed.take()
+        if not held.refusals and not held.lost.count:
+            return []
+        try:
+            seqs = transaction(self.factory, lambda db: refusals.write_delayed(db, self.refusals, held))
+        except ReviewError:
+            self.delayed.give_back(held)
+            raise
+        log.info("%d held refusals and %d lost written to the audit trail (entries %s)", len(held.refusals),
+                 held.lost.count, ", ".join(map(str, seqs)))
+        return seqs
 
     def write_repeated_refusals(self) -> list[int]:
         """Write the counts of the refusal windows whose time is over, whichever server counted them
@@ -1033,15 +1074,15 @@ class ReviewService:
         return transaction(self.factory, lambda db: refusals.close(db, self.refusals))
 
     def write_due_refusals(self) -> list[int]:
-        """:meth:`write_repeated_refusals` as every request and a server's start and stop run it: a
-        database error is logged, not raised (the windows stay in the database, written at the next
-        request, start or ``tilpheno audit export``), so the request is served and a stopping server
-        stops."""
+        """:meth:`write_delayed_refusals` and :meth:`write_repeated_refusals` as every request and a
+        server's start and stop run them: a database error is logged, not raised (the refusals held
+        stay held, the windows in the database, written at the next request, start, or for the
+        windows ``tilpheno audit export``), so the request is served and a stopping server stops."""
         try:
-            return self.write_repeated_refusals()
+            return self.write_delayed_refusals() + self.write_repeated_refusals()
         except ReviewError as exc:
-            log.warning("counts of refused requests whose window is over not audited yet (kept for the next "
-                        "request or start): %s", exc)
+            log.warning("refused requests held or counted in a window whose time is over not audited yet (kept "
+                        "for the next request or start): %s", exc)
             return []
 
     def assign_command(self, username: str, product_id: str) -> str:

@@ -124,16 +124,12 @@ def create_app(service: ReviewService) -> Flask:
     def _refused(message: str):
         """HTTP 403 with ``message``, audited ``access_refused`` (who, the request, why) when a user is
         logged in (an anonymous request names no one: its refusal is logged only). When the database
-        refused the write at every run ("database busy"), the refusal stands and is neither written
-        nor counted: the warning names the user, the request and the refusal and says so."""
+        refused the write at every run ("database busy"), the refusal stands and the server holds it,
+        written at its next successful write (:meth:`ReviewService.record_access_refused`)."""
         if g.get("user") is not None:
             asked = (request.view_args or {}).get("product_id", "")
-            try:
-                service.record_access_refused(g.user.username, asked if service.source.has_product(asked) else "",
-                                              f"{request.method} {request.path}", message)
-            except ReviewError as exc:   # the refusal stands; the entry could not be written
-                log.warning("refusal of %s %s to user %s neither written nor counted in the audit trail (%s); "
-                            "refused because: %s", request.method, request.path, g.user.username, exc, message)
+            service.record_access_refused(g.user.username, asked if service.source.has_product(asked) else "",
+                                          f"{request.method} {request.path}", message)
         else:
             log.info("refused %s %s (no one logged in): %s", request.method, request.path, message)
         return _error(403, message)
