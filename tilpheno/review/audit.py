@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import ColumnElement, func, literal, select, text, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.orm import Session
 
 from tilpheno.review.models import AuditEntry, AuditHead, Signature, utc
@@ -88,15 +88,16 @@ class Clock:
             return float(db.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")))
         return self.machine()
 
-    def in_statement(self, db: Session) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-        """Now as SQL a statement evaluates itself, so it costs no query of its own: in seconds since
-        the epoch and as stored text (:meth:`stamp`). PostgreSQL: ``statement_timestamp()``, the
-        database's clock at the statement's start (one instant for both); else ``machine``, read once."""
+    def in_statement(self, db: Session) -> tuple[float | ColumnElement[Any], str | ColumnElement[Any]]:
+        """Now for a statement to use, costing no query of its own: in seconds since the epoch and as
+        stored text (:meth:`stamp`). PostgreSQL: SQL the statement evaluates, ``statement_timestamp()``,
+        the database's clock at the statement's start (one instant for both); else ``machine``, read
+        once here (plain values: bound parameters)."""
         if self.reads_database(db):
             return (func.extract("epoch", func.statement_timestamp()),
                     func.to_char(func.timezone("UTC", func.statement_timestamp()), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
         now = self.machine()
-        return literal(now), literal(utc(now))
+        return now, utc(now)
 
     def stamp(self, db: Session) -> str:
         """Now as the record stores times (:func:`~tilpheno.review.models.utc`): a signature's
