@@ -22,6 +22,9 @@ and measures over HTTP with a logged-in session, wall clock, after one warm-up r
 * a refused request recorded (``refusals.record`` in its transaction, in process): counted in its
   open window, and opening a window of its own (a new user each time: its ``access_refused`` entry);
   with the SQL statements each sends (its round trips to the database), counted once;
+* the due-window check's query alone (``refusals.due`` in a session) against the check as it was
+  before stop 54 (the clock read by a query of its own, then the windows), called alternately in one
+  run so that the machine's load weighs on both alike: their ratio;
 * first open of a product (version 1 made by re-running the automatic gating), once; and the
   first candidates request of a server started after the product was imported (a fresh
   ``ReviewSource`` re-gates the product for them), once.
@@ -68,6 +71,18 @@ def statements(engine, fn) -> int:
     finally:
         event.remove(engine, "before_cursor_execute", count)
     return len(sent)
+
+
+def alternately(a, b, repeats: int) -> tuple[list[float], list[float]]:
+    """``a`` and ``b`` timed (ms) one after the other ``repeats`` times, after one warm-up call each."""
+    a(), b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1000)
+    return times
 
 
 def main() -> None:
@@ -144,6 +159,20 @@ def main() -> None:
 
     users = (f"bench{i}" for i in range(10**6))
 
+    def due_query():
+        with service.factory() as db:
+            assert not refusals.due(db, service.refusals)
+
+    def due_query_before():   # stop 53's refusals.due: the clock by a query of its own, then the windows
+        from sqlalchemy import select
+
+        from tilpheno.review.models import RefusalWindow
+
+        with service.factory() as db:
+            now = service.refusals.clock.now(db)
+            assert db.scalar(select(RefusalWindow.key_sha256).where(
+                RefusalWindow.opened <= now - service.refusals.window).limit(1)) is None
+
     def open_windows(n: int) -> None:
         """``n`` refused requests of one user, each its own window (beyond the cap: folded), all open."""
         transaction(service.factory, lambda db: [refusals.record(db, service.refusals, "bench", f"GET /flood/{i}", "",
@@ -157,6 +186,8 @@ def main() -> None:
             ("due-window check alone, none open", timed(due_check, 10 * args.repeats)),
             ("refusal counted in its open window", timed(lambda: refuse("bench", "GET /counted"), 10 * args.repeats)),
             ("refusal opening a window (+ its entry)", timed(lambda: refuse(next(users), "GET /new"), 10 * args.repeats))]
+    one, two = alternately(due_query, due_query_before, 20 * args.repeats)
+    rows += [("due query, one statement (now)", one), ("due query, clock query + windows (before)", two)]
     engine = service.factory.kw["bind"]
     sent = {"due-window check": statements(engine, due_check),
             "refusal counted": statements(engine, lambda: refuse("bench", "GET /counted")),
@@ -177,6 +208,7 @@ def main() -> None:
         print(f"{name:40s} {statistics.median(ms):10.1f} {max(ms):10.1f}")
     print(f"{'first open (re-gate, version 1)':40s} {first_open:10.1f}")
     print(f"{'first candidates of a later server':40s} {first_candidates:10.1f}")
+    print(f"due query now / before (ratio of medians, one run): {statistics.median(one) / statistics.median(two):.2f}")
     print("SQL statements sent (round trips): " + ", ".join(f"{k} {n}" for k, n in sent.items()))
     srv.close()
 
