@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from review_support import OOS_REASON, PASSWORDS, approval_resolutions, fresh_service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import OOS_REASON, PASSWORDS, approval_resolutions, fresh_service, service_on, source3, standing_approval_id  # noqa: F401  (fixtures)
 from test_review_web import login
 from tilpheno.review import certificate
 from tilpheno.review.models import AuditEntry, User
@@ -23,12 +23,27 @@ def user(service, name):
         return db.scalar(select(User).where(User.username == name))
 
 
+def approve(service):
+    """``service`` with TIL001's version 1 approved for release by dave (it fails CD3+ > 90 %: an
+    out-of-specification release, justified)."""
+    service.sign(PID, user(service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
+                 approval_resolutions(service, PID), oos_justification=OOS_REASON)
+    return service
+
+
 @pytest.fixture
 def approved(fresh_service):
-    """TIL001's version 1 approved for release by dave (it fails CD3+ > 90 %: an out-of-specification release, justified)."""
-    fresh_service.sign(PID, user(fresh_service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
-                       approval_resolutions(fresh_service, PID), oos_justification=OOS_REASON)
-    return fresh_service
+    """:func:`approve` on a new database per test (the tests that download, export or sign: they write to it)."""
+    return approve(fresh_service)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def approved_read(request, source3, tmp_path_factory):
+    """:func:`approve` once per module and backend, for the tests that only read the certificate
+    (``certificate.certificate_pdf`` reads the approval, writes nothing: no audit entry, no
+    signature); what a test changes of the shared ``source3`` it changes with ``monkeypatch``."""
+    with service_on(request.param, tmp_path_factory.mktemp("db"), source3) as service:
+        yield approve(service)
 
 
 def certificate_entries(service):
@@ -509,7 +524,7 @@ def certificate_text(service, tmp_path: Path, issued=None) -> tuple[str, str]:
     ((("Dose", "no_such_column", ">=", 1.0, "cells"),), "value missing"),   # a column the phenotype lacks: no value
     ((), "no criterion applicable"),
 ])
-def test_the_certificates_release_decision_names_why_it_is_not_evaluable(approved, tmp_path, monkeypatch, criteria, why):
+def test_the_certificates_release_decision_names_why_it_is_not_evaluable(approved_read, tmp_path, monkeypatch, criteria, why):
     """The certificate's release decision said a bare 'RELEASE CRITERIA NOT MET (not evaluable)' where
     the report names the reason; now in short: a criterion whose column the product has no value of
     ('value missing'), a spec with no criterion ('no criterion applicable')."""
@@ -517,44 +532,44 @@ def test_the_certificates_release_decision_names_why_it_is_not_evaluable(approve
 
     from tilpheno.release import Criterion
 
-    issued = approved.release_approval(PID)   # read before the spec changes (a changed spec voids the approval)
-    spec = dataclasses.replace(approved.source.release_spec, criteria=tuple(Criterion(*c) for c in criteria))
-    monkeypatch.setattr(approved.source, "release_spec", spec)
-    flowing, _ = certificate_text(approved, tmp_path, issued)
+    issued = approved_read.release_approval(PID)   # read before the spec changes (a changed spec voids the approval)
+    spec = dataclasses.replace(approved_read.source.release_spec, criteria=tuple(Criterion(*c) for c in criteria))
+    monkeypatch.setattr(approved_read.source, "release_spec", spec)
+    flowing, _ = certificate_text(approved_read, tmp_path, issued)
     assert f"Release decision: RELEASE CRITERIA NOT MET (not evaluable: {why})" in " ".join(flowing.split())
 
 
-def test_certificate_keeps_flag_codes_and_file_names_whole(approved, tmp_path, monkeypatch):
+def test_certificate_keeps_flag_codes_and_file_names_whole(approved_read, tmp_path, monkeypatch):
     """Flag codes and file names wider than their column were broken mid-word by reportlab
     ('cut_in_dense_regio' / 'n', 'compensation_negative_spillove' / 'r'); now only after an
     underscore (or - . /): the PDF's text, lines ending in one joined to the next, holds every code
     and file name whole. The product's own flags plus two of the pipeline's longest codes."""
-    flags = approved.source.qc_flags(PID) + [
+    flags = approved_read.source.qc_flags(PID) + [
         {"severity": "warning", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD3+",
          "gate_file": "", "message": "CD3+: cut in a dense region"},
         {"severity": "warning", "code": "compensation_negative_spillover", "file": "TIL001_surface_FMO_PD1.fcs", "gate": "",
          "gate_file": "", "message": "m"},
     ]
-    monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
+    monkeypatch.setattr(approved_read.source, "qc_flags", lambda pid: flags)
     # two warnings added after the approval, for the layout only: not flags a re-run raised since it
     monkeypatch.setattr("tilpheno.review.service.unresolved_flags", lambda flags, approval: [])
-    words = set(certificate_text(approved, tmp_path)[0].split())
+    words = set(certificate_text(approved_read, tmp_path)[0].split())
     for f in flags:
         assert f["code"] in words, f["code"]
         assert f["file"] in words, f["file"]
 
 
-def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
+def test_certificate_keeps_every_sha256_whole_on_one_line(approved_read, tmp_path):
     """The signatures' SHA-256 (64 hex digits) did not fit their column and reportlab broke them
     mid-hash over two lines (a QA reviewer comparing a hash with the audit trail reads two pieces);
     now every hash the certificate shows (signatures, data and gate set, input files, strategies) is
     one word of one line of the PDF's text, a signature's on the page of the signature it belongs to."""
-    issued = approved.release_approval(PID)
-    src = approved.source
+    issued = approved_read.release_approval(PID)
+    src = approved_read.source
     hashes = {s.signature_sha256 for s in issued.signatures} | {issued.approval.data_sha256, issued.version.gates_sha256}
     hashes |= {f["sha256"] for f in src.inputs_digest(PID)} | {s.sha256 for s in src.strategies.values()}
     assert all(len(h) == 64 for h in hashes)
-    text = certificate_text(approved, tmp_path, issued)[1]
+    text = certificate_text(approved_read, tmp_path, issued)[1]
     words = {w for line in text.splitlines() for w in line.split()}
     assert sorted(h for h in hashes if h not in words) == []
     pages = text.split("\f")
@@ -565,7 +580,7 @@ def test_certificate_keeps_every_sha256_whole_on_one_line(approved, tmp_path):
     assert "signature SHA-256:" in heading.split("Electronic signatures")[1]
 
 
-def test_certificate_lists_the_controls_the_run_read_with_their_sha256(approved, tmp_path):
+def test_certificate_lists_the_controls_the_run_read_with_their_sha256(approved_read, tmp_path):
     """TIL001's unstained control (read by the run: one-population cuts, self-checks; not gated) was
     missing from the certificate's "Inputs and software", which listed only the gated files. Now it
     is there with the SHA-256 of the file the run read (hashed here from the sample file itself),
@@ -577,14 +592,14 @@ def test_certificate_lists_the_controls_the_run_read_with_their_sha256(approved,
 
     control = "TIL001_unstained.fcs"
     digest = hashlib.sha256((SAMPLE / control).read_bytes()).hexdigest()
-    inputs = certificate_text(approved, tmp_path)[1].split("Inputs and software")[1]
+    inputs = certificate_text(approved_read, tmp_path)[1].split("Inputs and software")[1]
     assert [line.split() for line in inputs.splitlines() if control in line] == [
         [control, "(unstained", "control,", "not", "gated)", digest]]
-    issued = approved.release_approval(PID)
-    assert issued.approval.data_sha256 == data_sha256(approved.source, PID, 1, issued.version.gates_sha256)
+    issued = approved_read.release_approval(PID)
+    assert issued.approval.data_sha256 == data_sha256(approved_read.source, PID, 1, issued.version.gates_sha256)
 
 
-def test_certificate_names_each_control_with_its_tube_and_role(approved, tmp_path, monkeypatch):
+def test_certificate_names_each_control_with_its_tube_and_role(approved_read, tmp_path, monkeypatch):
     """The controls the run read but did not gate stood on the certificate as '(not gated)', with no
     tube or role (run.json did not record them), and the gated FMO files as '(surface, fmo)', without
     the marker each omits. Now run.json records each file's tube and role as the manifest gave them
@@ -598,32 +613,32 @@ def test_certificate_names_each_control_with_its_tube_and_role(approved, tmp_pat
 
     manifest = pd.read_csv(SAMPLE / "manifest.csv", dtype=str, keep_default_na=False)
     mine = manifest[manifest["product_id"] == PID]
-    recorded = json.loads((approved.source.out_dir / "run.json").read_text())["product_file_roles"][PID]
+    recorded = json.loads((approved_read.source.out_dir / "run.json").read_text())["product_file_roles"][PID]
     assert recorded == {r["file"]: {"tube": r["tube"], "role": r["role"], "fmo_marker": r["fmo_marker"]}
                         for r in mine.to_dict("records")}
     lines = [" ".join(line.split()[:-1]) for line in
-             certificate_text(approved, tmp_path)[1].split("Inputs and software")[1].splitlines() if ".fcs" in line]
+             certificate_text(approved_read, tmp_path)[1].split("Inputs and software")[1].splitlines() if ".fcs" in line]
     expected = {f"{r['file']} ({r['tube']}, {r['role']} {r['fmo_marker']})" if r["role"] == "fmo"
                 else f"{r['file']} ({r['tube']}, {r['role']})" for r in mine.to_dict("records") if r["role"] != "unstained"}
     assert set(lines) == expected | {f"{PID}_unstained.fcs (unstained control, not gated)"}
-    monkeypatch.setitem(approved.source.run, "product_file_roles", {})   # a run.json from before they were recorded
-    assert approved.source.file_roles(PID)[f"{PID}_unstained.fcs"] == "not gated"
+    monkeypatch.setitem(approved_read.source.run, "product_file_roles", {})   # a run.json from before they were recorded
+    assert approved_read.source.file_roles(PID)[f"{PID}_unstained.fcs"] == "not gated"
 
 
-def test_certificate_names_each_flags_gate(approved, tmp_path, monkeypatch):
+def test_certificate_names_each_flags_gate(approved_read, tmp_path, monkeypatch):
     """The certificate's QC flags table had no gate column (qc.csv and the product report have one):
     a flag whose message does not open with its gate could not be told to hold which gate. Now the
     gate of each flag stands in its row (the PDF's text, line by line), with its file when the flag
     was raised on another (unstained_positive)."""
-    flags = approved.source.qc_flags(PID) + [
+    flags = approved_read.source.qc_flags(PID) + [
         {"severity": "info", "code": "cut_in_dense_region", "file": "TIL001_surface_stain.fcs", "gate": "CD56+",
          "gate_file": "", "message": "the edge lies where events are dense"},
         {"severity": "info", "code": "few_events", "file": "TIL001_treg_stain.fcs", "gate": "FoxP3+",
          "gate_file": "", "message": "placed on 800 events"},
         {"severity": "info", "code": "unstained_positive", "file": "TIL001_unstained.fcs", "gate": "CD4+",
          "gate_file": "TIL001_treg_stain.fcs", "message": "1.5% of the control above"}]
-    monkeypatch.setattr(approved.source, "qc_flags", lambda pid: flags)
-    flowing, layout = certificate_text(approved, tmp_path)
+    monkeypatch.setattr(approved_read.source, "qc_flags", lambda pid: flags)
+    flowing, layout = certificate_text(approved_read, tmp_path)
     lines = layout.splitlines()
     header = next(line for line in lines if line.split()[:4] == ["severity", "code", "file", "gate"])
     assert header
@@ -688,7 +703,7 @@ def test_a_rejection_the_approval_overruled_is_said_so_on_the_certificate(fresh_
     assert flowing.count("approved for release") >= 2
 
 
-def test_the_certificates_phenotype_names_each_variable_in_the_reports_words(approved, tmp_path):
+def test_the_certificates_phenotype_names_each_variable_in_the_reports_words(approved_read, tmp_path):
     """The certificate's phenotype table listed the study's variables by column name only
     ('cd3_pct_of_live_lymph'; a drafted study's 'hladr_pct_of_root'), where the report, the index and
     codebook.csv use the study's words ('CD3+ % live lymph'); QA signs the certificate. Each row now
@@ -696,10 +711,10 @@ def test_the_certificates_phenotype_names_each_variable_in_the_reports_words(app
     certificate's code), then the column, then the value."""
     import pandas as pd
 
-    book = pd.read_csv(approved.source.out_dir / "codebook.csv", dtype=str, keep_default_na=False).set_index("column")
-    _, layout = certificate_text(approved, tmp_path)
+    book = pd.read_csv(approved_read.source.out_dir / "codebook.csv", dtype=str, keep_default_na=False).set_index("column")
+    _, layout = certificate_text(approved_read, tmp_path)
     lines = [" ".join(line.split()) for line in layout.splitlines()]
-    for variable in approved.source.study.variables:
+    for variable in approved_read.source.study.variables:
         label = book.loc[variable, "label"]
         assert label != variable
         assert any(line.startswith(f"{label} {variable} ") for line in lines), (variable, label)
