@@ -15,11 +15,13 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from review_support import PASSWORDS, database_url, drop_schema, flagged_out, make_service, review_out, review_source  # noqa: F401
+from review_support import PASSWORDS, database_url, drop_schema, flagged_out, make_service, processed_once, review_out, review_source  # noqa: F401
 from review_support import OOS_REASON, approval_resolutions
 from tilpheno.review.models import AuditEntry, User
 
@@ -1080,25 +1082,34 @@ def test_every_flag_of_one_kind_is_resolved_with_one_resolution(driver, server, 
     assert sum(f["code"] == "no_time_channel" for f in flags) == 3
 
 
+def stained_control_run(processed_once) -> tuple[Path, Path, pd.DataFrame]:
+    """:func:`review_support.processed_with_stained_control` of PID, run once per module
+    (``processed_once``: each call gets the folder back as the run left it, at the same path, so
+    run.json's recorded input paths hold and a test may replace an input): (the output folder, the
+    inputs folder, the product's manifest rows)."""
+    from review_support import processed_with_stained_control
+
+    work = processed_once("stained_control", lambda folder: processed_with_stained_control(folder, PID))
+    return work / "out", work / "in", pd.read_csv(work / "manifest.csv", dtype=str, keep_default_na=False)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, tmp_path, kind):
+def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, tmp_path, kind, processed_once):
     """TIL001's unstained control is a copy of a stained tube (flagged unstained_positive); after the
     run it is replaced by another. The re-run that offers the unstained_cut candidates leaves it out
     (test_review_web); the page's message bar says so, naming the file and the reason, and no
     'unstained' candidate button is offered."""
-    import pandas as pd
-
-    from review_support import SAMPLE, processed_with_stained_control
+    from review_support import SAMPLE
     from tilpheno.review.web import create_app
 
-    _, inputs, manifest = processed_with_stained_control(tmp_path, PID)
-    qc = pd.read_csv(tmp_path / "out" / "qc.csv", dtype=str, keep_default_na=False)
+    out, inputs, manifest = stained_control_run(processed_once)
+    qc = pd.read_csv(out / "qc.csv", dtype=str, keep_default_na=False)
     assert "unstained_positive" in set(qc["code"])
     control = manifest.loc[manifest["role"] == "unstained", "file"].iloc[0]
     shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / control)   # changed since the run
 
     url = database_url(kind, tmp_path)
-    service = make_service(tmp_path / "out", url)
+    service = make_service(out, url)
     driver.get_log("browser")
     try:
         with serving(create_app(service)) as base:
@@ -1469,8 +1480,17 @@ def undetermined_out(tmp_path_factory):
     return processed_100715(tmp_path_factory.mktemp("undetermined"))
 
 
+@pytest.fixture(scope="module")
+def undetermined_source(undetermined_out):
+    """:func:`undetermined_out` loaded once for the module's databases (as ``review_source`` is for
+    ``server``): its tube, automatic gates and suggested cuts are read, not changed, by the tests."""
+    from tilpheno.review.regate import ReviewSource
+
+    return ReviewSource(undetermined_out)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_out, backend, tmp_path):
+def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_source, backend, tmp_path):
     """An undetermined gate (one population, no FMO or unstained control, held as positive) reported no
     number until a reviewer moved its cut: one who agreed with the held call had to move it anyway
     (signing left the values blank). -> each such gate's plot has 'accept the held positive call': the
@@ -1486,7 +1506,7 @@ def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_out, bac
     from tilpheno.review.web import create_app
 
     url = database_url(backend, tmp_path)
-    service = make_service(undetermined_out, url)
+    service = make_service(undetermined_source.out_dir, url, undetermined_source)
     pid = "Specimen_001"
     try:
         with serving(create_app(service)) as base:
@@ -1534,15 +1554,15 @@ def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_out, bac
         drop_schema(url)
 
 
-def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(driver, tmp_path):
+def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(driver, tmp_path, processed_once):
     """A product whose state the server refuses (its stained file changed since the run: re-gating
     would not give the run's numbers) showed the refusal, and above the empty release table the
     heading 'Release ()': the spec's name came only with the state -> the page names the run's
     release spec (run.json) itself."""
-    from review_support import SAMPLE, processed_with_stained_control
+    from review_support import SAMPLE
     from tilpheno.review.web import create_app
 
-    out, inputs, manifest = processed_with_stained_control(tmp_path, PID)
+    out, inputs, manifest = stained_control_run(processed_once)
     stained = manifest.loc[(manifest["role"] == "stain") & (manifest["tube"] == "surface"), "file"].iloc[0]
     shutil.copy(SAMPLE / "TIL002_surface_stain.fcs", inputs / stained)   # changed since the run
     spec = json.loads((out / "run.json").read_text())["release_spec"]["name"]
@@ -1578,13 +1598,13 @@ UNDETERMINED_PID = "Specimen_001"   # 100715.fcs's product
 
 
 @contextmanager
-def undetermined_page(driver, out, backend: str, tmp_path):
-    """A review server on ``out`` (undetermined_out) with a fresh ``backend`` database, alice on its product's
-    page: the service; the database dropped afterwards."""
+def undetermined_page(driver, source, backend: str, tmp_path):
+    """A review server on ``source`` (a ReviewSource: undetermined_source) with a fresh ``backend`` database,
+    alice on its product's page: the service; the database dropped afterwards."""
     from tilpheno.review.web import create_app
 
     url = database_url(backend, tmp_path)
-    service = make_service(out, url)
+    service = make_service(source.out_dir, url, source)
     try:
         with serving(create_app(service)) as base:
             open_product(driver, base, "alice", pid=UNDETERMINED_PID)
@@ -1602,14 +1622,14 @@ def click_decision(driver, found: str, population: str) -> None:
     wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, f"{population} decided in the draft")
 
 
-def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undetermined_out, tmp_path):
+def test_an_undetermined_gates_counts_are_not_shown_on_the_page(driver, undetermined_source, tmp_path):
     """The page's live table and each plot's label showed an undetermined gate's held events as its count
     ('n=52983' for CD4+ of 100715.fcs) where every output leaves it blank, and 'null' once the server left
     it blank -> 'undetermined: no FMO or unstained control (CD3+, CD4+)' in their place, as the report
     says; lymph's count, resting on no such gate, is its mask's events (counted here). A page behaviour:
     SQLite only (the database plays no part)."""
     pid = UNDETERMINED_PID
-    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+    with undetermined_page(driver, undetermined_source, "sqlite", tmp_path) as service:
         counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
         rows = wait(driver, lambda d: page_rows(d) if "tube025|CD4+" in page_rows(d) else None, "the population table")
         said = "undetermined: no FMO or unstained control (CD3+, CD4+)"
@@ -1631,14 +1651,14 @@ def reloaded_with_the_decision(driver, found: str) -> None:
     wait(driver, lambda d: "withdraw" in d.find_element("css selector", found).text, "the decision restored")
 
 
-def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, undetermined_out, tmp_path):
+def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, undetermined_source, tmp_path):
     """The draft kept in the browser holds an accepted held call ('tube025/CD3+ decided'), but a reload put
     back only moved cuts: the acceptance was lost without a word. -> restored with the draft and named in
     its message; the button says withdraw, CD3+'s count is its held gate's events (counted here), and
     saved with a reason the version records the decision. SQLite only (a page behaviour)."""
     pid = UNDETERMINED_PID
     found = '[data-decide="tube025|CD3+"]'
-    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+    with undetermined_page(driver, undetermined_source, "sqlite", tmp_path) as service:
         counts = held_counts(service, pid, json.loads(service.version(pid).gates_json))
         click_decision(driver, found, "CD3+")
         wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
@@ -1651,7 +1671,7 @@ def test_an_unsaved_decision_on_an_undetermined_gate_outlives_a_reload(driver, u
         assert_no_script_errors(driver)
 
 
-def test_a_cut_of_the_reviewers_own_withdraws_an_accepted_positive_call(driver, undetermined_out, tmp_path):
+def test_a_cut_of_the_reviewers_own_withdraws_an_accepted_positive_call(driver, undetermined_source, tmp_path):
     """A reviewer who accepted CD19+'s held positive call and then moved its cut (a suggested cut here) sent
     both, 'positive' and a cut of their own, which the server now refuses (the held call's cut unchanged is
     what 'positive' means) -> the page withdraws the acceptance on a drag or a suggested cut, as it did a
@@ -1659,7 +1679,7 @@ def test_a_cut_of_the_reviewers_own_withdraws_an_accepted_positive_call(driver, 
     SQLite only (a page behaviour)."""
     pid = UNDETERMINED_PID
     found = '[data-decide="tube025|CD19+"]'
-    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+    with undetermined_page(driver, undetermined_source, "sqlite", tmp_path) as service:
         click_decision(driver, found, "CD19+")
         button = '[data-candidate="tube025|CD19+|no_second_peak:0"]'
         wait(driver, lambda d: d.find_element("css selector", button).click() or True, "the suggested cut")
@@ -1674,7 +1694,7 @@ def test_a_cut_of_the_reviewers_own_withdraws_an_accepted_positive_call(driver, 
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_out, backend, tmp_path):
+def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_source, backend, tmp_path):
     """A reviewer who judged an undetermined gate's one population negative (CD19 in a T-cell product)
     could only move its cut (the 'negative call' candidate), no decision recorded -> the plot's 'judge the
     one population negative' puts the draft's gate at the negative call's cut at once (its count shown,
@@ -1683,7 +1703,7 @@ def test_a_reviewer_judges_the_one_population_negative(driver, undetermined_out,
     names CD19+."""
     pid = UNDETERMINED_PID
     found = '[data-decide-negative="tube025|CD19+"]'
-    with undetermined_page(driver, undetermined_out, backend, tmp_path) as service:
+    with undetermined_page(driver, undetermined_source, backend, tmp_path) as service:
         automatic = json.loads(service.automatic_version(pid).gates_json)
         negative = service.source.negative_calls(pid)["tube025"]["CD19+"]
         judged = json.loads(json.dumps(automatic))
@@ -1717,10 +1737,12 @@ def test_a_population_outside_lymph_has_no_share_of_it_on_the_page(driver, tmp_p
     unstained control (Ki67+)' in its 'draft % live lymph' cell, a share no population outside lymph has
     (singlets': NA) -> NA there, as the report leaves it blank; its counts and % of parent still say
     undetermined, and so does every cell of CD3+ (within lymph). A page behaviour: SQLite only."""
+    from tilpheno.review.regate import ReviewSource
+
     out = processed_100715(tmp_path, lambda strategy: strategy.replace(
         "{name: Ki67+, parent: lymph,", "{name: Ki67+, parent: singlets,", 1).replace(
         "{numerator: Ki67+, denominator: lymph}", "{numerator: Ki67+, denominator: singlets}", 1))
-    with undetermined_page(driver, out, "sqlite", tmp_path):
+    with undetermined_page(driver, ReviewSource(out), "sqlite", tmp_path):
         rows = wait(driver, lambda d: page_rows(d) if "tube025|Ki67+" in page_rows(d) else None, "the population table")
         ki67, cd3 = "undetermined: no FMO or unstained control (Ki67+)", "undetermined: no FMO or unstained control (CD3+)"
         assert rows["tube025|Ki67+"][1:] == [ki67] * 4 + ["NA"], rows["tube025|Ki67+"]
@@ -1728,14 +1750,14 @@ def test_a_population_outside_lymph_has_no_share_of_it_on_the_page(driver, tmp_p
         assert_no_script_errors(driver)
 
 
-def test_a_decision_drafted_over_a_refused_save_outlives_a_reload(driver, undetermined_out, tmp_path):
+def test_a_decision_drafted_over_a_refused_save_outlives_a_reload(driver, undetermined_source, tmp_path):
     """A save refused because carol saved version 2 first keeps the reviewer's draft over version 2
     (keepDraftOver): an accepted held call (CD3+) is named among the changes and still drafted (the button
     says withdraw); reloaded, the draft kept in the browser puts it back over version 2, and saved with a
     reason version 3 records the decision beside carol's CCR5 cut. SQLite only (a page behaviour)."""
     pid = UNDETERMINED_PID
     found = '[data-decide="tube025|CD3+"]'
-    with undetermined_page(driver, undetermined_out, "sqlite", tmp_path) as service:
+    with undetermined_page(driver, undetermined_source, "sqlite", tmp_path) as service:
         click_decision(driver, found, "CD3+")
         wait(driver, lambda d: "CD3+ decided" in (kept_draft(d, "alice", pid) or ""), "the decision kept in the browser")
         with service.factory() as db:
