@@ -40,6 +40,13 @@ def run(rows, strategies, **kw):
     return analyze_product("TIL900", rows, strategies, **kw)
 
 
+@pytest.fixture(scope="module")
+def default_run(product, strategies):
+    """The product analyzed once with the default options, shared by the tests that only read it (a
+    test that counts reads or decodes, or changes an option, runs its own)."""
+    return run(product[1], strategies)
+
+
 def test_result_structure_and_accuracy(product, strategies):
     prod, rows, _ = product
     result = run(rows, strategies, til_dose_cells=5e9)
@@ -63,9 +70,9 @@ def test_result_structure_and_accuracy(product, strategies):
     assert ph["treg_dose_cells"] == pytest.approx(ph["cd4_dose_cells"] * ph["cd4foxp3_pct_of_cd4"] / 100)
 
 
-def test_tables_thresholds_and_masks(product, strategies):
+def test_tables_thresholds_and_masks(product, default_run):
     prod, rows, out = product
-    result = run(rows, strategies)
+    result = default_run
     stain = next(t for t in result.tubes if t.tube == "surface" and t.role == "stain")
     pops = stain.populations.set_index("population")
     assert pops.loc["CD3+", "parent"] == "live_lymph"
@@ -180,7 +187,7 @@ def test_spillover_override_and_no_compensation(product, strategies, tmp_path):
         assert override.phenotype[v] == reference.phenotype[v]
 
 
-def test_a_flowjo_export_of_compensated_data_is_used_as_it_is(product, strategies, tmp_path):
+def test_a_flowjo_export_of_compensated_data_is_used_as_it_is(product, strategies, default_run, tmp_path):
     """Every file rewritten as FlowJo 10 exports compensated data: the fluorescence parameters
     renamed FJComp-<detector> and holding the compensated values, the raw ones dropped, the raw
     $SPILLOVER kept (naming detectors the file no longer has). The phenotype must equal the one of
@@ -199,7 +206,7 @@ def test_a_flowjo_export_of_compensated_data_is_used_as_it_is(product, strategie
         # the raw matrix as a plain keyword: the writer itself refuses a $SPILLOVER naming absent channels
         write_fcs(tmp_path / t.file, values, channels, {**t.keywords, "$SPILLOVER": format_spillover(spill)})
         exported.loc[exported["file"].str.endswith("/" + t.file), "file"] = str(tmp_path / t.file)
-    reference = run(rows, strategies)
+    reference = default_run
     result = run(exported, strategies)
     codes = {(f.code, f.severity) for f in result.qc}
     assert ("precompensated", "info") in codes
@@ -220,7 +227,7 @@ def test_a_flowjo_export_of_compensated_data_is_used_as_it_is(product, strategie
     assert errors and all("already compensated" in f.message and "FJComp-" in f.message for f in errors)
 
 
-def test_two_stained_files_of_one_tube_need_review_and_are_named(product, strategies, tmp_path):
+def test_two_stained_files_of_one_tube_need_review_and_are_named(product, strategies, default_run, tmp_path):
     """A product with a second surface stained file (a re-acquired tube, or another sample's file
     under the same product id): the variables come from the first by name, and the flag names both
     files and makes the product 'needs review' (release not evaluable until a reviewer signs)."""
@@ -235,7 +242,7 @@ def test_two_stained_files_of_one_tube_need_review_and_are_named(product, strate
     again = tmp_path / "TIL900_surface_stain_z_reacquired.fcs"
     shutil.copy(stain["file"], again)
     doubled = pd.concat([rows, stain.to_frame().T.assign(file=str(again))], ignore_index=True)
-    single, result = run(rows, strategies), run(doubled, strategies)
+    single, result = default_run, run(doubled, strategies)
     flags = [f for f in result.qc if f.code == "duplicate_tube"]
     assert len(flags) == 1 and needs_review(flags[0])
     assert "TIL900_surface_stain.fcs" in flags[0].message and again.name in flags[0].message
@@ -339,9 +346,9 @@ def _digest(result) -> str:
     return h.hexdigest()
 
 
-def test_deterministic_bit_for_bit_across_runs_and_thread_counts(product, strategies, tmp_path):
+def test_deterministic_bit_for_bit_across_runs_and_thread_counts(product, strategies, default_run, tmp_path):
     _, rows, _ = product
-    first = _digest(run(rows, strategies))
+    first = _digest(default_run)   # a run of its own, earlier in this process
     assert _digest(run(rows, strategies)) == first
     rows.to_csv(tmp_path / "rows.csv", index=False)
     script = textwrap.dedent(
@@ -450,7 +457,7 @@ def test_the_unstained_controls_events_are_decoded_once_per_product(product, str
 
 
 @pytest.mark.parametrize("budget", [None, 0])
-def test_fmo_files_are_read_once_and_give_the_results_of_all_in_memory(product, strategies, monkeypatch, budget):
+def test_fmo_files_are_read_once_and_give_the_results_of_all_in_memory(product, strategies, default_run, monkeypatch, budget):
     """With bounded memory (``plot_events``) each FMO file was read, compensated and transformed
     twice: for its threshold (pass 1), released for the next file, and again for its own result
     (pass 2). Now it keeps the columns its populations table and remaining gates read (its plot
@@ -460,7 +467,7 @@ def test_fmo_files_are_read_once_and_give_the_results_of_all_in_memory(product, 
     import tilpheno.phenotype as phenotype
 
     _, rows, _ = product
-    truth = run(rows, strategies)
+    truth = default_run
     if budget is not None:
         monkeypatch.setattr(phenotype, "CONTROLS_KEEP_BYTES", budget)
     reads: list[str] = []
