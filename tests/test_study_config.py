@@ -116,12 +116,20 @@ def test_unknown_study_lists_the_bundled_ones():
         load_study("no-such-study")
 
 
-def test_new_lab_panel_runs_through_process(tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def newlab_run(tmp_path_factory):
+    """`tilpheno process` of the new lab's files with its study, panel and outcomes, run once for the
+    tests that only read its outputs: (the CLI's result, the output folder)."""
+    out = tmp_path_factory.mktemp("newlab") / "out"
     result = CliRunner().invoke(app, [
         "process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "--panel", str(NEWLAB / "panel.csv"),
         "-o", str(out), "--outcomes", str(NEWLAB / "outcomes.csv"),
     ])
+    return result, out
+
+
+def test_new_lab_panel_runs_through_process(newlab_run):
+    result, out = newlab_run
     assert result.exit_code == 0, result.output
     phenotypes = pd.read_csv(out / "phenotypes.csv")
     truth = pd.read_csv(NEWLAB / "truth.csv")
@@ -216,7 +224,9 @@ def test_review_biomarkers_and_plots_use_the_runs_study(tmp_path):
 def test_wheel_install_processes_sample_fcs(tmp_path):
     """`pip install .` (not editable) into a fresh venv, then `tilpheno process sample_fcs -o X` from
     elsewhere: the strategies, study and templates are package data. Dependencies come from the test
-    environment (a .pth file) so the test needs no network; tilpheno itself only from the wheel."""
+    environment (a .pth file) so the test needs no network; tilpheno itself only from the wheel. One
+    product of sample_fcs (its 9 files, through a manifest of its rows) gates every tube, draws its report
+    and the index from the installed templates: the other five would only repeat that."""
     import site
     import sysconfig
 
@@ -239,22 +249,24 @@ def test_wheel_install_processes_sample_fcs(tmp_path):
     where = subprocess.run([str(python), "-c", "import tilpheno.study as s; print(s.default_study().strategy_paths[0])"],
                            cwd=work, env=env, check=True, capture_output=True, text=True).stdout
     assert where.startswith(target), where
+    manifest = pd.read_csv(ROOT / "sample_fcs" / "manifest.csv")
+    one = manifest[manifest["product_id"] == manifest["product_id"].iloc[0]]
+    one.to_csv(work / "manifest.csv", index=False)
     done = subprocess.run([str(python), "-m", "tilpheno.cli", "process", str(ROOT / "sample_fcs"), "-o", str(work / "X"),
-                           "--manifest", str(ROOT / "sample_fcs" / "manifest.csv")],
+                           "--manifest", str(work / "manifest.csv")],
                           cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert pd.read_csv(work / "X" / "phenotypes.csv")["status"].eq("done").all()
+    phenotypes = pd.read_csv(work / "X" / "phenotypes.csv")
+    assert list(phenotypes["product_id"]) == [one["product_id"].iloc[0]] and phenotypes["status"].eq("done").all()
+    assert (work / "X" / "index.html").is_file()
+    assert (work / "X" / "products" / one["product_id"].iloc[0] / "report.html").is_file()
 
 
-def test_another_labs_outputs_carry_its_words_not_the_til_studys(tmp_path):
+def test_another_labs_outputs_carry_its_words_not_the_til_studys(newlab_run):
     """The index, the reports and codebook.csv of the new lab's run name its products and
     variables in its own words: no TIL title, no TIL conventions, no TIL definition of a variable
     the lab defines in its own strategy (viability_pct, from DAPI here)."""
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "process", str(NEWLAB / "fcs"), "--study", str(NEWLAB / "study.yaml"), "--panel", str(NEWLAB / "panel.csv"),
-        "-o", str(out), "--outcomes", str(NEWLAB / "outcomes.csv"),
-    ])
+    result, out = newlab_run
     assert result.exit_code == 0, result.output
     pages = {"index.html": (out / "index.html").read_text(),
              "report.html": next((out / "products").glob("*/report.html")).read_text()}
