@@ -619,7 +619,14 @@ def _run(pheno, outcomes, out):
     return run_biomarkers(pheno, outcomes, out, markers=["cd8_pct_of_cd3", "til_dose_cells"], n_perm=50, n_boot=0)
 
 
-def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_os(tables, tmp_path):
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """``_run`` of the whole reference cohort, the truth the blank-cell tests compare with (they only read it)."""
+    return _run(pd.read_csv(REF / "til_cohort_phenotypes.csv"), read_outcomes(REF / "til_cohort_outcomes.csv"),
+                tmp_path_factory.mktemp("whole"))
+
+
+def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_os(tables, whole, tmp_path):
     """Stop 48: a patient whose PFS cells were blank stopped the whole run ('missing time'). Complete cases per
     endpoint: the PFS analyses equal those of the cohort without the patient, the OS analyses those of the whole
     cohort; one warning names the patient, the blank columns and the file's row; unmatched.csv lists them."""
@@ -627,7 +634,6 @@ def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_
     blank = _blanked(tmp_path, {"pfs_months": [4], "pfs_event": [4, 9]})   # P005 both cells, P010 the event only
     got = _run(pheno, blank, tmp_path / "blank")
     without = _run(pheno, outcomes.drop(index=[4, 9]), tmp_path / "without")
-    whole = _run(pheno, outcomes, tmp_path / "whole")
     for name in ("km", "cutpoints", "cox_univariable", "cox_multivariable", "logrank", "km_table", "response_survival"):
         for endpoint, truth in (("pfs", without), ("os", whole)):
             mine, want = (getattr(r, name) for r in (got, truth))
@@ -651,14 +657,13 @@ def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_
                for w in alone.warnings), alone.warnings
 
 
-def test_a_blank_best_response_is_missing_for_the_response_analyses_and_named(tables, tmp_path):
+def test_a_blank_best_response_is_missing_for_the_response_analyses_and_named(tables, whole, tmp_path):
     """A blank best_response said "unknown response code '(empty)'" and stopped the run. It is missing: ORR/DCR,
     the responders table and the responders' survival equal those without the patient, its survival and marker
     analyses those of the whole cohort; the warning says 'missing best_response for patient P008 (row 9)'."""
     pheno, outcomes = tables
     got = _run(pheno, _blanked(tmp_path, {"best_response": [7]}), tmp_path / "blank")
     without = _run(pheno, outcomes.drop(index=[7]), tmp_path / "without")
-    whole = _run(pheno, outcomes, tmp_path / "whole")
     for name in ("response", "responders", "response_survival"):
         pd.testing.assert_frame_equal(getattr(got, name), getattr(without, name), obj=name)
     for name in ("km", "cutpoints", "cox_univariable", "cox_multivariable"):
