@@ -343,17 +343,28 @@ def test_ctrl_c_into_a_new_out_says_what_it_left(small_cohort, tmp_path):
         done.stderr
 
 
+@pytest.fixture(scope="module")
+def processed_reports_later(small_cohort, tmp_path_factory):
+    """The small cohort processed once with ``--reports later`` (library call): its output folder, which
+    tests copy before they change it."""
+    out = tmp_path_factory.mktemp("later") / "out"
+    assert process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, reports="later").ok
+    return out
+
+
 @pytest.mark.parametrize("signame, status, line", [
     ("SIGTERM", 143, "error: terminated (SIGTERM) before the command finished"),
     ("SIGINT", 130, "error: interrupted (Ctrl-C) before the command finished"),
 ])
-def test_a_signal_stops_report_cleanly_and_says_what_it_left(small_cohort, tmp_path, signame, status, line):
+def test_a_signal_stops_report_cleanly_and_says_what_it_left(small_cohort, processed_reports_later, tmp_path, signame,
+                                                             status, line):
     """`tilpheno report OUT` (after `process --reports later`) stopped by SIGTERM or Ctrl-C once its
     first report was drawn: OUT stayed as it was, but the command said only 'terminated', where
     `process` says what became of OUT -> the same `note:` line; OUT's run.json unchanged, no report
-    published, and `report OUT` run again draws them all (exit 0)."""
+    published, and `report OUT` run again draws them all (exit 0). OUT: a copy of the one
+    `process --reports later` run the two signals share."""
     out = tmp_path / "out"
-    assert process_folder(small_cohort.out_dir, out, manifest_csv=small_cohort.manifest, reports="later").ok
+    shutil.copytree(processed_reports_later, out, symlinks=True)
     record = (out / "run.json").read_bytes()
     done, _ = _signalled_after_the_first_product(small_cohort, tmp_path, signame, 1, command=["report", str(out)])
     assert done.returncode == status, done.stderr
