@@ -973,7 +973,10 @@ def test_a_disk_full_while_writing_names_the_folder_and_keeps_the_previous_analy
     """The disk fills while the outputs are written (simulated: fsync answers ENOSPC naming no file,
     as the system does). The line used to be 'error: No space left on device (disk full)', naming
     nothing; now it names the output folder and says it was left as it was (the previous analysis
-    whole), and the next run writes what an undisturbed run writes."""
+    whole), and the next run writes what an undisturbed run writes: the tables of the first run, which
+    went into a new folder undisturbed with the same arguments and seed (the outputs of one seed are the
+    same bytes: test_biomarkers_analysis::test_same_seed_gives_byte_identical_outputs), so no second clean
+    run is needed to stand for one."""
     import errno
     import os
 
@@ -1005,5 +1008,5 @@ def test_a_disk_full_while_writing_names_the_folder_and_keeps_the_previous_analy
     assert errors == [f"error: cannot write the outputs: {out}: No space left on device (disk full); "
                       f"{out} was left as it was"], result.output
     assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
-    assert run(out).exit_code == 0 and run(tmp_path / "clean").exit_code == 0
-    assert tables(out) == tables(tmp_path / "clean") != {}
+    assert run(out).exit_code == 0
+    assert tables(out) == {name: data for name, data in before.items() if name.endswith(".csv") and "/" not in name} != {}
