@@ -1183,11 +1183,16 @@ def test_a_lab_lineage_file_overrides_the_table(tmp_path):
     """`new-study --lineage FILE`: a lab's own `lineage:` entries win over the vocabulary's (CD4 not
     nested, PD1 within CD8+): the draft gates and names variables as told, the others keep the
     table's nesting, and `process` runs it. A malformed entry or a cycle is refused in one line
-    naming the file and the entry, nothing written (exit 2)."""
+    naming the file and the entry, nothing written (exit 2). The folder: the sample's TIL001 and TIL002
+    (both tube kinds, every FMO; the nesting does not depend on how many products are gated)."""
+    sample = tmp_path / "fcs"
+    sample.mkdir()
+    for f in [*SAMPLE.glob("TIL001_*.fcs"), *SAMPLE.glob("TIL002_*.fcs")]:
+        shutil.copy(f, sample / f.name)
     lineage = tmp_path / "lineage.yaml"
     lineage.write_text("lineage:\n  CD4: ~\n  PD-1: CD8\n")
     study = tmp_path / "study"
-    result = _run(["new-study", str(SAMPLE), "-o", str(study), "--lineage", str(lineage)])
+    result = _run(["new-study", str(sample), "-o", str(study), "--lineage", str(lineage)])
     assert result.exit_code == 0, result.output
     surface = yaml.safe_load((study / "surface.yaml").read_text())
     parents = {p["name"]: p["parent"] for p in surface["populations"]}
@@ -1195,10 +1200,11 @@ def test_a_lab_lineage_file_overrides_the_table(tmp_path):
     assert surface["variables"]["pd1_pct_of_cd8"] == {"numerator": "PD1+", "denominator": "CD8+"}
     assert surface["variables"]["cd4_pct_of_live_lymph"] == {"numerator": "CD4+", "denominator": "live_lymph"}
     out = tmp_path / "out"
-    result = _run(["process", str(SAMPLE), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
+    result = _run(["process", str(sample), "--study", str(study / "study.yaml"), "--manifest", str(study / "manifest.csv"),
                    "-o", str(out), "--reports", "none"])
     assert result.exit_code == 0, result.output
     got = pd.read_csv(out / "phenotypes.csv")
+    assert list(got["product_id"]) == ["TIL001", "TIL002"]
     assert {"pd1_pct_of_cd8", "cd4_pct_of_live_lymph", "cd8_pct_of_cd3", "foxp3_pct_of_cd4"} <= set(got.columns)
     assert got["pd1_pct_of_cd8"].notna().all()
 
@@ -1206,7 +1212,7 @@ def test_a_lab_lineage_file_overrides_the_table(tmp_path):
                            ("lineage:\n  CD3: CD4\n", f"{lineage}: lineage.CD3: CD3 -> CD4 -> CD3 nests a marker within itself"),
                            ("linage:\n  CD4: CD3\n", f"{lineage}:1: linage: unknown key")):
         lineage.write_text(text)
-        result = _run(["new-study", str(SAMPLE), "-o", str(tmp_path / "refused"), "--lineage", str(lineage)])
+        result = _run(["new-study", str(sample), "-o", str(tmp_path / "refused"), "--lineage", str(lineage)])
         assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output, result.output
         assert not (tmp_path / "refused").exists()
 
