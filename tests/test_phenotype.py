@@ -438,24 +438,6 @@ def test_unstained_control_acquisition_checked_once(product, strategies, monkeyp
     assert [(f.file, f.code, f.message) for f in after.qc] == [(f.file, f.code, f.message) for f in before.qc]
 
 
-@pytest.mark.parametrize("plot_events", [None, 1000])
-def test_the_unstained_controls_events_are_decoded_once_per_product(product, strategies, decodes, plot_events):
-    """The unstained control is loaded for each stained tube kind's gates (surface, treg: its self-check, and
-    fallback cuts), each with that kind's detectors: its events were decoded once per kind, twice a product (issue
-    18, stop 53's imports_53: 15-20 ms a product). Now the raw read is kept for the later kind: every file of the
-    product decoded once, also with bounded memory. Both kinds' checks of the control are still made on it: an
-    ``unstained_control`` line for each stained file, naming it and the control."""
-    _, rows, _ = product
-    result = run(rows, strategies, plot_events=plot_events)
-    names = [Path(f).name for f in rows["file"]]
-    [control] = [Path(f).name for f, role in zip(rows["file"], rows["role"]) if role == "unstained"]
-    assert sorted(decodes) == sorted(names) and set(decodes.values()) == {1}, decodes
-    stained = [Path(f).name for f, role in zip(rows["file"], rows["role"]) if role == "stain"]
-    lines = [f.message for f in result.qc if f.code == "unstained_control" and f.file == control]
-    assert len(stained) == 2 and all(any(f"the {name} gates on the unstained control {control}" in m for m in lines)
-                                     for name in stained), lines
-
-
 @pytest.mark.parametrize("budget", [None, 0])
 def test_fmo_files_are_read_once_and_give_the_results_of_all_in_memory(product, strategies, default_run, monkeypatch, budget):
     """With bounded memory (``plot_events``) each FMO file was read, compensated and transformed

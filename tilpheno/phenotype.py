@@ -56,7 +56,6 @@ A file that cannot be read, mapped or compensated is dropped with a QC flag (``u
 """
 from __future__ import annotations
 
-import copy
 import filecmp
 import math
 from dataclasses import dataclass, field, replace
@@ -1893,20 +1892,6 @@ def _fmo_marker(value, vocabulary: Vocabulary) -> str | None:
 
 
 @pl.one_thread
-def _shared_read(reads: dict[str, Any], file: str, keep: bool, read: Callable[[], Any]):
-    """The FCSFile of ``file``, events included: the one ``reads`` holds (read by an earlier tube kind) or
-    ``read()``; ``keep``: a later tube kind reads it too, so ``reads`` holds it (its events) and a shallow copy is
-    returned, which the caller may release or filter (``fcs.events``: the raw array is never written in place);
-    else it is taken out of ``reads``."""
-    fcs = reads.get(file) if keep else reads.pop(file, None)
-    if fcs is None:
-        fcs = read()
-    if not keep:
-        return fcs
-    reads[file] = fcs
-    return copy.copy(fcs)
-
-
 def analyze_product(
     product_id: str,
     manifest_rows: pd.DataFrame,
@@ -1972,10 +1957,6 @@ def analyze_product(
     # tube kind: each control's acquisition settings are compared with its stained tube's (TEXT only)
     compared: dict[tuple[str, str], tuple[Any, Any, set[str], str]] = {}
     controls_read: list[tuple[str, Any]] = []   # ProductResult.controls
-    # an unstained control read for the stained files' gates: its raw read (file -> FCSFile, events included) kept
-    # for the tube kinds after the first that reads it, each loading it with its own detectors (_shared_read)
-    raw_controls: dict[str, Any] = {}
-    gated_kinds = sorted(str(k) for k in rows["tube"].unique() if str(k) in strategy_map)
     for tube_kind, group in rows.groupby("tube", sort=True):
         strategy = strategy_map.get(str(tube_kind))
         if strategy is None:
@@ -2025,17 +2006,15 @@ def analyze_product(
                         product_id, src.handle["name"], "not_gated", "info",
                         f"not gated: no readable {tube_kind} stained file to resolve its panel against")]
 
-        def load(src: _Source, strategy=strategy, tube_kind=str(tube_kind), later=str(tube_kind) != gated_kinds[-1],
+        def load(src: _Source, strategy=strategy, tube_kind=str(tube_kind),
                  check: bool = False) -> TubeData | None:
             """``src`` compensated and transformed, or None (its flag kept in its handle). ``check``: an
             unstained control read for the stained files' gates (self-check, one-population cuts) keeps
-            the markers it has a detector for (:func:`_on_control` says what the others hold), its raw
-            read shared with the tube kinds after this one (``later``: there are some); gated as a source
-            of the tube kind's populations it needs them all."""
+            the markers it has a detector for (:func:`_on_control` says what the others hold); gated as
+            a source of the tube kind's populations it needs them all."""
             h = src.handle
             try:
-                fcs = (_shared_read(raw_controls, str(h["row"].file), later, lambda: read_fcs(h["row"].file, empty=blocks.take))
-                       if check else read_fcs(h["row"].file, empty=blocks.take))
+                fcs = read_fcs(h["row"].file, empty=blocks.take)
             except FCSReadError as exc:
                 h["read_flag"] = QCFlag(product_id, h["name"], "unreadable_file", "error", exc.problem)
                 return None
@@ -2172,7 +2151,6 @@ def analyze_product(
                              "(a re-acquired tube, or two samples under one product id)"))
         qc.extend(_duplicate_controls(product_id, str(tube_kind), [sources[i] for i in sorted(made)], study.vocabulary))
 
-    raw_controls.clear()   # a control the last tube kind did not read
     qc.extend(dict.fromkeys(f for f in unstained_flags if f is not None))   # a control read once per tube kind: once
     against: dict[str, list[tuple[str, str, Any]]] = {}
     for (control_name, stained_name), (control, stained, detectors, kind) in compared.items():
