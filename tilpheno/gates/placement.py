@@ -1965,18 +1965,28 @@ def reference_cut_error(fmo_values: np.ndarray, reference_fmo: np.ndarray, refer
     f, rf, rs = _finite_float(fmo_values), _finite_float(reference_fmo), _finite_float(reference_stained)
     if min(rf.size, rs.size) < MIN_REFERENCE_EVENTS or f.size < 20:
         return float("nan")
+
+    def cut_of(fb: np.ndarray, rfb: np.ndarray, rsb: np.ndarray) -> float | None:
+        if carry == "quantile":
+            cut = reference_quantile_cut(fb, rfb, rsb, transform, percentile)
+            return cut if np.isfinite(cut) else None
+        binding = reference_binding(rfb, rsb, transform, max_shift=max_shift)
+        return None if binding is None else reference_cut(fb, binding, transform, percentile, skewed)
+
+    return _bootstrap_half_width((f, rf, rs), cut_of, resamples, confidence)
+
+
+def _bootstrap_half_width(samples: tuple[np.ndarray, ...], cut_of: Callable[..., float | None], resamples: int,
+                          confidence: float) -> float:
+    """The half-width of a bootstrap ``confidence`` interval of a cut (transformed units): each of ``samples`` drawn
+    with replacement, keeping its event count (``resamples`` times, a fixed seed: deterministic), ``cut_of`` the
+    resampled arrays' cut (None: not read on that resample, left out), :func:`_robust_half_width` of those cuts."""
     rng = np.random.default_rng(0)
     cuts = []
     for _ in range(resamples):
-        fb, rfb, rsb = (v[rng.integers(0, v.size, v.size)] for v in (f, rf, rs))
-        if carry == "quantile":
-            cut = reference_quantile_cut(fb, rfb, rsb, transform, percentile)
-            if np.isfinite(cut):
-                cuts.append(cut)
-            continue
-        binding = reference_binding(rfb, rsb, transform, max_shift=max_shift)
-        if binding is not None:
-            cuts.append(reference_cut(fb, binding, transform, percentile, skewed))
+        cut = cut_of(*(v[rng.integers(0, v.size, v.size)] for v in samples))
+        if cut is not None:
+            cuts.append(cut)
     return _robust_half_width(cuts, confidence)
 
 
@@ -2010,15 +2020,13 @@ def skew_cut_error(control: np.ndarray, stained: np.ndarray, reference_stained: 
     c, s, rs = _finite_float(control), _finite_float(stained), _finite_float(reference_stained)
     if min(c.size, rs.size) < MIN_REFERENCE_EVENTS or s.size < 20:
         return float("nan")
-    rng = np.random.default_rng(0)
-    cuts = []
-    for _ in range(resamples):
-        cb, sb, rsb = (v[rng.integers(0, v.size, v.size)] for v in (c, s, rs))
+
+    def cut_of(cb: np.ndarray, sb: np.ndarray, rsb: np.ndarray) -> float | None:
         binding = reference_binding(cb, rsb, transform, max_shift=max_shift)
         cut = skew_carried_cut(cb, sb, binding, transform, percentile, max_shift=max_shift) if binding is not None else float("nan")
-        if np.isfinite(cut):
-            cuts.append(max(cut, floor))
-    return _robust_half_width(cuts, confidence)
+        return max(cut, floor) if np.isfinite(cut) else None
+
+    return _bootstrap_half_width((c, s, rs), cut_of, resamples, confidence)
 
 
 def place_fmo_anchored(
