@@ -72,9 +72,9 @@ def test_singlets_exclude_doublets():
 
 
 @pytest.mark.parametrize("seed, n", [(1, 30000), (3, 30001), (4, 200000)])
-def test_singlets_read_off_one_sort_are_numpys_medians_and_percentiles(seed, n):
-    """place_singlets sorts the H/A ratios once and reads the median, the 0.5th and 99.5th percentiles
-    and the median above the mode off them: the band is the one np.median and np.percentile of the
+def test_singlets_read_off_the_ratios_order_are_numpys_medians_and_percentiles(seed, n):
+    """place_singlets reads the median, the 0.5th and 99.5th percentiles and the median above the mode
+    off the H/A ratios' order (quantiles.OrderStatistics: selected, or sorted): the band is the one np.median and np.percentile of the
     unsorted ratios give, bit for bit (odd and even counts; ratios rounded to 3 digits: ties)."""
     from tilpheno.gates.placement import smoothed_density
 

@@ -97,3 +97,49 @@ def test_tail_order_statistics_are_selected_beyond_a_sampled_bound():
     for values in (x, misleading):
         for q in ([0.05, 99.95], 99.0625, [0.5, 50.0]):
             assert _same(qt.percentile(values, q), np.percentile(values, q)), q
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_order_statistics_read_the_sorted_arrays_bits(seed):
+    """OrderStatistics, selecting each order statistic when asked (or sorting an array holding a NaN
+    or a zero), reads the bits of ``np.sort``: ranks asked in a shuffled order, the middle of stretches
+    (np.median of them), counts as ``np.searchsorted``, quantiles and percentiles as numpy's of the
+    sorted array (the kinds of ``_arrays``: ties, zeros of both signs, NaN, infinities)."""
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for x in _arrays(rng):
+        before = x.copy()
+        ordered = np.sort(x)
+        n = x.size
+        order = qt.OrderStatistics.of(x)
+        for q in ([0.2, 0.95], 0.5, [0.005, 0.995]):
+            assert _same(order.quantile(q), np.quantile(ordered, q)), (n, q)
+        assert _same(order.percentile([0.5, 99.5]), np.percentile(ordered, [0.5, 99.5])), n
+        for start, stop in ((0, n), (n // 5, n), (0, max(1, n // 5)), (n - 1, n)):
+            middle = order.middle(start, stop)
+            assert middle.tobytes() == ordered[start + (stop - start - 1) // 2: start + (stop - start) // 2 + 1].tobytes()
+        for value in (ordered[n // 3], 0.0, 0.25):
+            assert order.count_below(value) == np.searchsorted(ordered, value, side="left"), (n, value)
+            assert order.count_at_or_below(value) == np.searchsorted(ordered, value, side="right"), (n, value)
+        ranks = rng.permutation(n)
+        assert order.at(ranks).tobytes() == ordered[ranks].tobytes(), n
+        assert before.tobytes() == x.tobytes()      # the input is not changed
+        checked += 1
+    assert checked == 12 * 9
+
+
+def test_order_statistics_select_in_stretches_tails_and_ends():
+    """Without a NaN or a zero the order statistics are selected, not sorted: a rank in a tail of a
+    large stretch is read beyond a sampled bound and not placed; a rank next to a placed one is the
+    stretch's least or greatest, placed; all are ``np.sort``'s (seed 55018)."""
+    x = np.random.default_rng(55018).lognormal(0.0, 1.0, 200_000)
+    ordered = np.sort(x)
+    order = qt.OrderStatistics.of(x)
+    assert not order._ordered
+    n = x.size
+    for k in (n // 2, n // 2 - 1, n // 2 + 1, 500, n - 400, 3 * n // 4):
+        assert order.at([k])[0] == ordered[k], k
+    assert order._placed == [-1, n // 2 - 1, n // 2, n // 2 + 1, 3 * n // 4, n]   # the tails' ranks not placed
+    assert set(order._known) == {500, 501, n - 400, n - 399}
+    with pytest.raises(ValueError, match="between ranks 3 and 3"):
+        order.middle(3, 3)

@@ -362,8 +362,9 @@ def test_the_check_on_the_union_of_its_event_sets_equals_the_check_on_every_even
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
 
 
-def test_the_lever_read_off_one_sort_is_numpys_quantile_and_medians():
-    """The residual check's lever (``_lever``, one sort) is the difference of ``np.median`` of the
+def test_the_lever_read_off_the_order_is_numpys_quantile_and_medians():
+    """The residual check's lever (``_lever``, read off the values' order: selected, or sorted when
+    they hold a zero) is the difference of ``np.median`` of the
     values at or above ``np.quantile``'s bright cut and at or below its dim cut, bit for bit: odd and
     even counts, heavy ties (rounded values, a constant run at a cut), a single value (seed 45311)."""
     from tilpheno.spillover import _lever

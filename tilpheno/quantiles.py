@@ -15,12 +15,15 @@ statistics numpy reads, interpolated with numpy's formula (``_lerp`` of
 ``numpy/lib/_function_base_impl.py``), so the result is the same bits; when the two can differ
 (a selected value is a zero, whose sign depends on which of equal values a selection meets first;
 a NaN among the values; an empty array) numpy computes it.
-Also ``np.median`` of an ascending array (:func:`sorted_median`), read off it.
+Also ``np.median`` of an ascending array (:func:`sorted_median`), read off it, and
+:class:`OrderStatistics`: several order statistics, quantiles and medians of slices of one array's
+ascending order, each selected when asked, where a caller would sort the array once to read them all.
 """
 from __future__ import annotations
 
+import bisect
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,25 +37,29 @@ TAIL_STRIDE = 32
 """Every this many-th value forms the sample :func:`_tail_pair` reads its bound off."""
 
 
+_Reader = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray, bool]"]
+"""The order statistics at ``below`` and ``above`` of an array, and whether it holds a NaN."""
+
+
 def percentile(values: np.ndarray, q: Any) -> Any:
     """``np.percentile(values, q)``: ``q`` a number (a float back) or a 1-D sequence in [0, 100]
     (an array back); ``values`` 1-D, not changed."""
-    return _quantile(values, q, np.true_divide(q, 100, out=...), np.percentile, ordered=False)
+    return _quantile(values, q, np.true_divide(q, 100, out=...), np.percentile, _selected(values))
 
 
 def quantile(values: np.ndarray, q: Any) -> Any:
     """``np.quantile(values, q)`` (``q`` in [0, 1]; as :func:`percentile`)."""
-    return _quantile(values, q, np.asanyarray(q), np.quantile, ordered=False)
+    return _quantile(values, q, np.asanyarray(q), np.quantile, _selected(values))
 
 
 def sorted_percentile(ordered: np.ndarray, q: Any) -> Any:
     """:func:`percentile` of ascending ``ordered`` (float64), read off it without a selection."""
-    return _quantile(ordered, q, np.true_divide(q, 100, out=...), np.percentile, ordered=True)
+    return _quantile(ordered, q, np.true_divide(q, 100, out=...), np.percentile, _read_sorted(ordered))
 
 
 def sorted_quantile(ordered: np.ndarray, q: Any) -> Any:
     """:func:`quantile` of ascending ``ordered`` (float64), read off it without a selection."""
-    return _quantile(ordered, q, np.asanyarray(q), np.quantile, ordered=True)
+    return _quantile(ordered, q, np.asanyarray(q), np.quantile, _read_sorted(ordered))
 
 
 def sorted_median(ordered: np.ndarray) -> float:
@@ -64,7 +71,18 @@ def sorted_median(ordered: np.ndarray) -> float:
     return float((ordered[half - 1] + ordered[half]) / 2)
 
 
-def _quantile(values: np.ndarray, q: Any, fractions: np.ndarray, numpy_way: Any, ordered: bool) -> Any:
+def _selected(values: np.ndarray) -> _Reader:
+    """Reads the order statistics of ``values`` by selection (:func:`_select`)."""
+    return lambda below, above: _select(np.asarray(values), below, above)
+
+
+def _read_sorted(ordered: np.ndarray) -> _Reader:
+    """Reads the order statistics of ascending ``ordered`` off it (a NaN is last)."""
+    x = np.asarray(ordered)
+    return lambda below, above: (x[below], x[above], bool(np.isnan(x[-1])))
+
+
+def _quantile(values: np.ndarray, q: Any, fractions: np.ndarray, numpy_way: Any, read: _Reader) -> Any:
     x = np.asarray(values)
     if x.ndim != 1 or x.dtype != np.float64 or x.size == 0 or fractions.dtype != np.float64 or fractions.ndim > 1 \
             or not (fractions.min() >= 0 and fractions.max() <= 1):
@@ -74,11 +92,7 @@ def _quantile(values: np.ndarray, q: Any, fractions: np.ndarray, numpy_way: Any,
     top = virtual >= n - 1
     below = np.asarray(np.where(top, n - 1, np.floor(virtual)).astype(np.intp))
     above = np.minimum(below + 1, n - 1)
-    if ordered:
-        a, b = x[below], x[above]
-        nan = bool(np.isnan(x[-1]))
-    else:
-        a, b, nan = _select(x, below, above)
+    a, b, nan = read(below, above)
     if nan or not (np.all(a) and np.all(b)):   # a NaN, or a zero (one of two signs) among those read
         return numpy_way(values, q)
     # numpy's gamma: the previous index is -1 (the last) where the virtual index is at or above it
@@ -160,3 +174,99 @@ def _tail_pair(x: np.ndarray, k: int) -> tuple[float, float] | None:
         kth = k
     kept.partition(kth)
     return float(kept[kth]), float(kept[kth + 1:].min()) if kth + 1 < kept.size else float("nan")
+
+
+class OrderStatistics:
+    """The ascending order of a 1-D float64 array, read without sorting it: each order statistic
+    asked for is selected (``ndarray.partition``) in the stretch of a working copy between the
+    positions already selected (the values before a selected position are at or below it, those
+    after at or above), so later reads select in ever smaller stretches; a rank next to a selected
+    position is that stretch's least or greatest value (moved there); a rank in a tail of a large
+    stretch is selected among the values beyond a sampled bound (:func:`_tail_pair`). NumPy 2.4
+    partitions 20,000 float64 values in a quarter and 200,000 in a fifth of a sort's CPU.
+
+    Made by :meth:`of`: an array holding a NaN or a zero is sorted instead (a selection may meet a
+    zero of either sign first, where a sort places them in its own order; a NaN has no rank), so every
+    value read, quantile and count is the one the sorted array gives, bit for bit."""
+
+    def __init__(self, work: np.ndarray, ordered: bool) -> None:
+        self._work = work
+        self._ordered = ordered
+        self._placed = [-1, work.size]   # ascending; positions whose value is its order statistic
+        self._known: dict[int, float] = {}   # order statistics read by _tail_pair, not placed
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "OrderStatistics":
+        """The order of ``values`` (1-D float64, not changed): selected, or sorted (holding a NaN or a zero)."""
+        x = np.asarray(values, dtype=np.float64)
+        if np.isnan(x).any() or not x.all():
+            return cls(np.sort(x), ordered=True)
+        return cls(x.copy(), ordered=False)
+
+    @property
+    def size(self) -> int:
+        return int(self._work.size)
+
+    def at(self, ranks: Any) -> np.ndarray:
+        """The order statistics at ``ranks`` (0-based, each in [0, size)), an array of their shape."""
+        ranks = np.asarray(ranks, dtype=np.intp)
+        if self._ordered:
+            return self._work[ranks]
+        flat = ranks.ravel().tolist()
+        value = {k: self._one(k) for k in sorted(set(flat))}
+        return np.array([value[k] for k in flat], dtype=np.float64).reshape(ranks.shape)
+
+    def quantile(self, q: Any) -> Any:
+        """``np.quantile`` of the values (``q`` in [0, 1]; as :func:`quantile`)."""
+        return _quantile(self._work, q, np.asanyarray(q), np.quantile, self._read)
+
+    def percentile(self, q: Any) -> Any:
+        """``np.percentile`` of the values (``q`` in [0, 100]; as :func:`percentile`)."""
+        return _quantile(self._work, q, np.true_divide(q, 100, out=...), np.percentile, self._read)
+
+    def middle(self, start: int, stop: int) -> np.ndarray:
+        """The one or two middle order statistics of ranks ``start`` to ``stop - 1`` (``stop > start``):
+        their :func:`sorted_median` is ``np.median`` of that stretch of the ascending values."""
+        if stop <= start:
+            raise ValueError(f"no order statistics between ranks {start} and {stop}")
+        return self.at(np.arange(start + (stop - start - 1) // 2, start + (stop - start) // 2 + 1))
+
+    def count_below(self, value: float) -> int:
+        """How many values are below ``value``: ``np.searchsorted`` (side ``left``) in the ascending values."""
+        if self._ordered:
+            return int(np.searchsorted(self._work, value, side="left"))
+        return int(np.count_nonzero(self._work < value))
+
+    def count_at_or_below(self, value: float) -> int:
+        """How many values are at or below ``value``: ``np.searchsorted`` (side ``right``) in the ascending values."""
+        if self._ordered:
+            return int(np.searchsorted(self._work, value, side="right"))
+        return int(np.count_nonzero(self._work <= value))
+
+    def _read(self, below: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        if self._ordered:
+            return _read_sorted(self._work)(below, above)
+        return self.at(below), self.at(above), False
+
+    def _one(self, k: int) -> float:
+        """Order statistic ``k``, placed at ``k`` in the working copy unless a tail read it."""
+        if k in self._known:
+            return self._known[k]
+        i = bisect.bisect_left(self._placed, k)
+        if self._placed[i] == k:
+            return float(self._work[k])
+        lo, hi = self._placed[i - 1] + 1, self._placed[i]   # the stretch work[lo:hi] holds rank k
+        stretch = self._work[lo:hi]
+        if k in (lo, hi - 1) and hi - lo > 1:
+            j = int(stretch.argmin() if k == lo else stretch.argmax())
+            stretch[[j, k - lo]] = stretch[[k - lo, j]]
+        else:
+            pair = _tail_pair(stretch, k - lo) if stretch.size >= TAIL_MIN_VALUES else None
+            if pair is not None:
+                self._known[k] = pair[0]
+                if k + 1 < hi:
+                    self._known[k + 1] = pair[1]
+                return pair[0]
+            stretch.partition(k - lo)
+        self._placed.insert(i, k)
+        return float(self._work[k])
