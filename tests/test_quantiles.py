@@ -128,18 +128,28 @@ def test_order_statistics_read_the_sorted_arrays_bits(seed):
     assert checked == 12 * 9
 
 
-def test_order_statistics_select_in_stretches_tails_and_ends():
-    """Without a NaN or a zero the order statistics are selected, not sorted: a rank in a tail of a
-    large stretch is read beyond a sampled bound and not placed; a rank next to a placed one is the
-    stretch's least or greatest, placed; all are ``np.sort``'s (seed 55018)."""
-    x = np.random.default_rng(55018).lognormal(0.0, 1.0, 200_000)
-    ordered = np.sort(x)
-    order = qt.OrderStatistics.of(x)
-    assert not order._ordered
+def test_order_statistics_select_between_sampled_bounds_or_in_stretches():
+    """Without a NaN or a zero, and with more than SORT_MAX_VALUES values, the order statistics are
+    selected, not sorted: between two bounds read off a strided sample (nothing placed; the least and
+    the greatest are found and moved to the ends); where the
+    sample misleads (every sampled value among the largest) by a partition of the working copy, which
+    places the rank, and the next one up is then the least of the stretch above it; all are np.sort's
+    values (seed 55018)."""
+    rng = np.random.default_rng(55018)
+    x = rng.lognormal(0.0, 1.0, 200_000)
     n = x.size
-    for k in (n // 2, n // 2 - 1, n // 2 + 1, 500, n - 400, 3 * n // 4):
-        assert order.at([k])[0] == ordered[k], k
-    assert order._placed == [-1, n // 2 - 1, n // 2, n // 2 + 1, 3 * n // 4, n]   # the tails' ranks not placed
-    assert set(order._known) == {500, 501, n - 400, n - 399}
+    order = qt.OrderStatistics.of(x)
+    ranks = [n // 2, n // 2 - 1, 500, n - 400, 3 * n // 4, 0, n - 1]
+    assert order.at(ranks).tobytes() == np.sort(x)[ranks].tobytes()
+    assert order._placed == [-1, 0, n - 1, n]   # the ends: the least and the greatest, moved there
+    assert set(ranks) - {0, n - 1} <= set(order._known)
+    misleading = rng.normal(size=32 * 1000)
+    misleading[:: qt.TAIL_STRIDE] += 100.0
+    k = 9000
+    assert qt._bracket_pair(misleading, k) is None
+    order = qt.OrderStatistics.of(misleading)
+    assert order.at([k, k + 1]).tobytes() == np.sort(misleading)[[k, k + 1]].tobytes()
+    assert order._placed == [-1, k, k + 1, misleading.size]
+    assert qt.OrderStatistics.of(x[: qt.SORT_MAX_VALUES])._ordered
     with pytest.raises(ValueError, match="between ranks 3 and 3"):
         order.middle(3, 3)
