@@ -382,8 +382,8 @@ def test_the_outside_valley_lies_above_the_negative_peak_of_the_cells_outside_th
     (``outside_cut``, the valley above their negative peak, the lowest peak of their own density: within 1 point of
     the truth), the cut within 1 point whichever rule set it (the stained valley, already there, is kept), and the
     outside check flags it (most of them above it: positive, which the strategy says they are not, or a valley
-    inside their bulk). With no positive peak above them there is no valley: the cut stays, ``outside_cut`` NaN,
-    flagged as before."""
+    inside their bulk). With no positive peak above them there is no valley (``outside_cut`` NaN): the cut moves to
+    their peak mirrored about its lower side (stop 55, the next test), within 0.5 point of the truth (none positive)."""
     from tilpheno.gates.checks import fallback_outside_check, place_and_check
 
     kw = dict(percentile=99.5, source_file="u.fcs", control_name="unstained control")
@@ -411,12 +411,45 @@ def test_the_outside_valley_lies_above_the_negative_peak_of_the_cells_outside_th
                     f"above it" in said[0]), said
 
     control, parent, outside, _ = _cd56_parent(np.random.default_rng(54), 9000, 0, 0)
+    d = place_and_check("CD56+", "CD56", control, parent, outside_values=outside, **kw).diagnostics
+    assert d["winner"] == "outside_mirror" and np.isnan(d["outside_cut"]), d
+    assert 100.0 * np.mean(parent > d["threshold"]) < 0.5, d["threshold"]
+
+
+def test_a_positive_tail_with_no_valley_above_the_cells_outside_the_reference_takes_their_peak_mirrored():
+    """Issue 13, stop 55 (cd56t_55): without its CD56 FMO, V171339, V171501 and V171513 (stop 54) had NK/NKT cells
+    in a tail on the CD8+ T cells' upper side making no density minimum there: no valley, the stained valley below the
+    CD8+ T cells stayed (NKT +49..+61 points, flagged). Synthetic events with a known truth (the label positives):
+    8,000 control-like CD8- cells (0.13), 9,000 CD8+ T cells spilled to 0.43 (sd 0.04) and 400 CD8+ NKT at 0.58
+    (sd 0.07), a tail with no valley. -> the cut moves to the CD8+ T cells' negative peak mirrored about its lower
+    side (``placement.outside_mirror``: their 99.5th percentile were they symmetric, ``2 x peak - x_(k)``): winner
+    ``outside_mirror``, the % of the parent above it within 1 point of the truth (over-called by 50+ points without
+    the move, counted here), the cut within 0.01 of the negatives' own 99.5th percentile (from their labels), and
+    always flagged ``uncertain_threshold`` by the outside check (no valley tells the positives from the negatives'
+    upper side)."""
+    from tilpheno.gates.checks import fallback_outside_check, place_and_check
+
+    rng = np.random.default_rng(55)
+    control = rng.normal(0.13, 0.03, 20000)
+    spilled, nkt = rng.normal(0.43, 0.04, 9000), rng.normal(0.58, 0.07, 400)
+    parent, outside = np.concatenate([rng.normal(0.13, 0.03, 8000), spilled, nkt]), np.concatenate([spilled, nkt])
+    truth = 100.0 * nkt.size / parent.size
+    kw = dict(percentile=99.5, source_file="u.fcs", control_name="unstained control")
+    plain = place_and_check("CD56+", "CD56", control, parent, **kw).diagnostics
+    assert 100.0 * np.mean(parent > plain["threshold"]) - truth > 50, plain   # the spilled CD8+ T cells called positive
     placement = place_and_check("CD56+", "CD56", control, parent, outside_values=outside, **kw)
     d = placement.diagnostics
-    assert d["winner"] == "stained_valley" and np.isnan(d["outside_cut"]) and "outside_raised_from" not in d, d
+    assert d["winner"] == "outside_mirror" and np.isnan(d["outside_cut"]), d   # no valley above their peak
+    assert 0.43 - 0.02 < d["outside_peak"] < 0.43 + 0.02, d["outside_peak"]
+    assert d["threshold"] == pytest.approx(d["outside_mirror"], abs=1e-12)
+    assert d["threshold"] == pytest.approx(float(np.percentile(spilled, 99.5)), abs=0.01), d["threshold"]
+    assert abs(100.0 * np.mean(parent > d["threshold"]) - truth) < 1.0, (d["threshold"], truth)
+    assert d["outside_raised_from"] == pytest.approx(plain["threshold"], abs=1e-12)
     said = [f.message for f in fallback_outside_check("CD56+", "CD56", placement, parent, outside, "not_CD8").flags
             if f.code == "uncertain_threshold"]
-    assert len(said) == 1 and "(no stained valley above their peak)" in said[0] and "likely over-called" in said[0], said
+    assert len(said) == 1 and (f"the cut {d['threshold']:.3f} anchored on the unstained control was moved up from "
+                               f"{plain['threshold']:.3f} to the peak {d['outside_peak']:.3f} of the parent's cells outside "
+                               "not_CD8 mirrored about its lower side" in said[0]), said
 
 
 def test_the_outside_check_runs_only_where_the_strategy_states_the_outside_cells_negative(tmp_path):
@@ -596,3 +629,29 @@ def test_skew_cut_error_matches_the_spread_of_independent_readings():
     small = [pl.skew_cut_error(*triple(500), transform, 99.5) for _ in range(8)]
     assert np.median(small) > 1.5 * error, (np.median(small), error)
     assert np.isnan(pl.skew_cut_error(*triple(150), transform, 99.5))
+
+
+def test_a_lognormal_fit_cut_above_the_cells_outside_the_reference_moves_down_to_their_peak_mirrored(tmp_path):
+    """Issue 13, stop 55 (cd56t_55): without its CD56 FMO, CD56+'s ``width_side: fit`` fitted a log-normal binding
+    on the parent whose share grows with its cut and climbs past the NK/NKT cells next to the CD8+ T cells' upper
+    side: V174608 (development seed) NK -8.4 points (cut 0.720, flagged), 6 of 60 development products so
+    (174601-174630, 174701-174715 under heavy CD56 binding: NK to -10, NKT to -5). -> the fit's cut above the CD8+
+    T cells' peak mirrored about its lower side (``placement.outside_mirror``) moves down to it: winner
+    ``outside_mirror``, ``outside_lowered_from`` the fit's cut above it, NK and NKT within 2 points of the label truth,
+    the gate still flagged ``uncertain_threshold`` ("moved down ... a log-normal binding fit's cut"), and
+    ``fallback_gate`` says by how many points of the parent more are called positive (counted here)."""
+    prod, result, stained, flags = _without_fmo(tmp_path, 174608, 20000, "CD56", ["CD56+"], unstained=True)
+    d = stained.diagnostics["CD56+"]
+    assert d["winner"] == "outside_mirror" and d["threshold"] == pytest.approx(d["outside_mirror"], abs=1e-12), d
+    before, cut = float(d["outside_lowered_from"]), float(d["threshold"])
+    assert before > cut and d["fit_log_sd"] > 0, (before, cut)
+    for variable in ("nk_pct_of_live_lymph", "nkt_pct_of_live_lymph"):
+        assert abs(result.phenotype[variable] - prod.truth[variable]) < 2, (variable, result.phenotype[variable])
+    values = stained.data["CD56"][stained.masks["live_lymph"]]
+    more = 100.0 * np.count_nonzero((values > cut) & (values <= before)) / values.size
+    assert more > 5, more   # the under-call the move takes off (NK -8.4 points before)
+    own = flags["CD56+", "uncertain_threshold"].message
+    assert (f"the cut {cut:.3f} anchored on the unstained control was moved down from {before:.3f} (a log-normal "
+            f"binding fit's cut) to the peak {float(d['outside_peak']):.3f}" in own), own
+    message = flags["CD56+", "fallback_gate"].message
+    assert f"{more:.1f} points of the parent more called positive" in message, message

@@ -21,7 +21,9 @@ controls) go down the strategy's population tree together, population by populat
   ``skew_reference`` shows and the control lacks where that lies above, winner ``skew_carry``), flagged
   ``missing_fmo`` and ``fallback_gate``; where the strategy states the parent's cells outside that reference
   marker-negative, a cut inside their bulk (their spillover the control lacks too) is moved up to the parent's
-  first valley above their negative peak (winner ``outside_valley``) and ``uncertain_threshold`` flags a cut still
+  first valley above their negative peak (winner ``outside_valley``; without a valley, to that peak mirrored
+  about its lower side, winner ``outside_mirror``, always flagged; a log-normal fit's cut above that mirrored cut
+  moves down to it) and ``uncertain_threshold`` flags a cut still
   below their median (``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
   the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
@@ -958,6 +960,21 @@ class _Threshold:
     held: tuple[str, ...] = ()   # the undetermined gates its stained parent rests on (checks.place_and_check)
 
 
+def _mirror_note(d: dict[str, Any], reference: str, marker: str, held: tuple[str, ...]) -> str:
+    """``fallback_gate``'s words on a cut moved to the peak of the parent's cells outside ``reference`` mirrored about
+    its lower side (winner ``outside_mirror``, ``placement.outside_mirror``): up from a cut inside their bulk with no
+    valley above it, or down from a log-normal fit's cut above it (``outside_lowered_from``); the points of the
+    parent it moved unless ``held``."""
+    lowered = "outside_lowered_from" in d
+    return (f"; the cut was moved {'down' if lowered else 'up'} from "
+            f"{d['outside_lowered_from' if lowered else 'outside_raised_from']:.4g}"
+            + (" (a log-normal binding fit's cut)" if lowered else "")
+            + f" to the peak {d['outside_peak']:.4g} of the parent's cells outside {reference} (stated {marker}-negative) "
+            f"mirrored about its lower side, no stained valley lying above it"
+            + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent "
+               f"{'more' if lowered else 'fewer'} called positive"))
+
+
 class _TubeKindRun:
     """Walks one strategy over the files of one tube kind (see :func:`gate_tube_kind`).
 
@@ -1259,7 +1276,9 @@ class _TubeKindRun:
         1.5 points and their flags, benchmarks/README.md), and the parent's cells outside the reference,
         where the strategy states them marker-negative (``outside_cells: negative``, e.g. CD56's CD8+ T cells under
         CD8's tandem spillover), move a cut inside their bulk up to the parent's first valley above their negative
-        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54) and are read by the
+        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54; without a valley, and
+        from a log-normal fit's cut above it, to that peak mirrored about its lower side, winner ``outside_mirror``;
+        stop 55) and are read by the
         outside check (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them still lie above
         the cut); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong and by how much a raise
         or move changed it:
@@ -1305,7 +1324,8 @@ class _TubeKindRun:
                f"{d['outside_peak']:.4g} of the parent's cells outside {reference} (stated {marker}-negative, their "
                f"spillover the control lacks)"
                + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent fewer called positive")
-               if d.get("winner") == "outside_valley" else ""))
+               if d.get("winner") == "outside_valley" else "")
+            + (_mirror_note(d, str(reference), marker, held) if d.get("winner") == "outside_mirror" else ""))
         return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
                 control.file, held, control_held)
 

@@ -131,7 +131,10 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     Where the strategy states the parent's cells outside
     the ``skew_reference`` marker-negative (``outside_cells: negative``) such a cut lying inside their bulk is moved
     up inside the placement too, to the parent's first valley above their negative peak (winner ``outside_valley``,
-    ``placement.outside_valley``), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut still there:
+    ``placement.outside_valley``; without a valley to their peak mirrored about its lower side, winner
+    ``outside_mirror``, ``placement.outside_mirror``, which the outside check always flags: no valley tells their
+    positives from their upper side; stop 55), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
+    still there:
     when more than ``placement.OUTSIDE_SHARE`` (50) % of them, and more than ``placement.OUTSIDE_POINTS`` (1.5)
     points of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``:
     ``placement.outside_reading``; joined to the gate's own ``uncertain_threshold`` when it has one): no valley was
@@ -429,10 +432,7 @@ def _density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: float
     return float(at[0] / at[1]) if at[1] > 0 else float("nan")
 
 
-def _points_between(values: np.ndarray, a: float, b: float) -> float:
-    """Percentage points of ``values`` in (min(a, b), max(a, b)]: how much the % positive moves
-    when the cut moves from ``a`` to ``b``."""
-    return 100.0 * np.count_nonzero((values > min(a, b)) & (values <= max(a, b))) / values.size if values.size else float("nan")
+_points_between = pl.points_between   # percentage points of values between two cuts (placement's, which moves them too)
 
 
 def cut_sensitivity(values: np.ndarray, cut: float, delta: float = DELTA) -> float:
@@ -552,7 +552,8 @@ def place_and_check(
                                     f"shifted beyond reach and the cut several points off; look at the {marker} histogram of the "
                                     f"parent, stained vs {control_name}"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
-        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley")   # a valley is the stained data's own
+        # a valley, or the outside cells' own lower side mirrored, is the stained data's own: judged by the outside check
+        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley", "outside_mirror")
         uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
@@ -811,8 +812,9 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
     37-64 points before the placement moved such a cut, winner ``outside_valley``). A cut still there found no
     valley above their negative peak, or was moved and still has most of them above it (most of them positive, as
     the strategy says they are not, or the valley inside their bulk). A cut moved to a valley no prominent peak of
-    the parent follows (``outside_prominent`` false: the positives a shoulder) is flagged too. ``held``: as
-    :func:`place_and_check`'s."""
+    the parent follows (``outside_prominent`` false: the positives a shoulder) is flagged too, and so is every cut
+    moved to their peak mirrored about its lower side (winner ``outside_mirror``: no valley at all above their
+    peak, their positives a tail; stop 55). ``held``: as :func:`place_and_check`'s."""
     cut = float(placement.diagnostics["threshold"])
     found = pl.outside_reading(stained, outside, cut)
     d = {**placement.diagnostics, **found}
@@ -822,6 +824,21 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"of the parent's cells outside {reference}, with no prominent peak of the parent above it (few "
                    f"positives on the negatives' upper side, or their tail): the cut may lie among positives or "
                    f"negatives; look at the {marker} histogram of the parent outside {reference}")
+        return pl.Placement(placement.gate, placement.method, d,
+                            _joined_uncertain(placement.flags, population, marker, message))
+    if d.get("winner") == "outside_mirror":
+        lowered = "outside_lowered_from" in d   # a log-normal fit's cut above it (placement._fit_lowered)
+        message = (f"the cut {cut:.3f} anchored on the unstained control was moved {'down' if lowered else 'up'} from "
+                   f"{float(d['outside_lowered_from' if lowered else 'outside_raised_from']):.3f}"
+                   + (" (a log-normal binding fit's cut)" if lowered else "")
+                   + f" to the peak {float(d['outside_peak']):.3f} of the parent's "
+                   f"cells outside {reference} mirrored about its lower side (their {float(d['percentile']):g}th percentile "
+                   f"were their negatives symmetric; {found['outside_pct']:.1f}% of them above it): "
+                   + ("the fit took positives next to their upper side for binding, and no valley sets the cut"
+                      if lowered else "no stained valley above that peak (a positive tail on their upper side)")
+                   + f", so positives dimmer than the cut are missed and a skewed upper side of theirs is called "
+                   f"positive; look at the "
+                   f"{marker} histogram of the parent outside {reference}")
         return pl.Placement(placement.gate, placement.method, d,
                             _joined_uncertain(placement.flags, population, marker, message))
     if not pl.outside_inside(found):

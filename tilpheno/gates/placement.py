@@ -1824,20 +1824,10 @@ def outside_inside(reading: dict[str, float]) -> bool:
     return bool(reading["outside_pct"] > OUTSIDE_SHARE and reading["outside_points"] > OUTSIDE_POINTS)
 
 
-def outside_valley(density: Density, outside: np.ndarray, bandwidth: float, min_prominence: float,
-                   ) -> tuple[float, float, bool] | None:
-    """The stained parent's first density valley above the negative peak of its cells outside the ``skew_reference``
-    (transformed units): (the valley, that peak, whether a prominent peak of the parent follows the valley), None
-    when the parent's density only falls above it.
-
-    Their negative peak: the lowest peak of their own density (same ``bandwidth``, on ``density``'s grid) of
-    prominence at least :data:`OUTSIDE_PEAK_PROMINENCE` of its highest: the strategy states them marker-negative,
-    so their bulk is the spillover the unstained control lacks (CD56: the CD8+ T cells under CD8's tandem
-    spillover), and their positives (CD8+ NKT), however many, lie above it (their median would lie among them once
-    they are half). The valley: the lowest density of the parent (``density``) between its prominent peak
-    (``min_prominence``) nearest to that negative peak and the next prominent peak above it, the parent's
-    positives; without such a peak (few positives make a shoulder on the negatives' upper side) the parent's first
-    local density minimum above that peak, not prominent (the caller flags it)."""
+def outside_peak(density: Density, outside: np.ndarray, bandwidth: float) -> float | None:
+    """The negative peak of the stained parent's cells outside the ``skew_reference`` (transformed units): the lowest
+    peak of their own density (``bandwidth``, on ``density``'s grid) of prominence at least
+    :data:`OUTSIDE_PEAK_PROMINENCE` of its highest; None with fewer than 20 finite events or no such peak."""
     x = np.asarray(outside, dtype=np.float64)
     x = x[np.isfinite(x)]
     if x.size < 20:
@@ -1845,18 +1835,49 @@ def outside_valley(density: Density, outside: np.ndarray, bandwidth: float, min_
     step = float(density.grid[1] - density.grid[0])
     own = smoothed_density(x, bandwidth, float(density.grid[0] - 0.5 * step), float(density.grid[-1] + 0.5 * step))
     low, _ = own.peaks(OUTSIDE_PEAK_PROMINENCE)
+    return float(own.grid[low[0]]) if low.size else None
+
+
+def outside_mirror(outside: np.ndarray, peak: float, percentile: float) -> float:
+    """The ``percentile`` of the negatives of the parent's cells outside the ``skew_reference`` read on their lower
+    side alone, mirrored about their negative peak (:func:`outside_peak`; transformed units): ``2 x peak - x_(k)``,
+    x_(k) the k-th lowest of their events below the peak, k = (100 - ``percentile``) % of twice their number (a
+    negative peak symmetric about its mode holds twice the events below it). Their positives (CD56: CD8+ NKT, and
+    NK cells that spill into the gate) all lie above the peak, so the lower side reads the negatives' spread alone:
+    the cut where no stained valley separates a positive tail from their upper side (:func:`outside_valley` None).
+    NaN with fewer than 20 events below the peak."""
+    x = np.asarray(outside, dtype=np.float64)
+    below = np.sort(x[np.isfinite(x) & (x < peak)])
+    if below.size < 20:
+        return float("nan")
+    k = min(int((100.0 - percentile) / 100.0 * 2 * below.size), below.size - 1)
+    return float(2.0 * peak - below[k])
+
+
+def outside_valley(density: Density, mode: float, min_prominence: float) -> tuple[float, bool] | None:
+    """The stained parent's first density valley above the negative peak ``mode`` of its cells outside the
+    ``skew_reference`` (transformed units): (the valley, whether a prominent peak of the parent follows the valley),
+    None when the parent's density only falls above it.
+
+    Their negative peak (:func:`outside_peak`): the lowest peak of their own density of
+    prominence at least :data:`OUTSIDE_PEAK_PROMINENCE` of its highest: the strategy states them marker-negative,
+    so their bulk is the spillover the unstained control lacks (CD56: the CD8+ T cells under CD8's tandem
+    spillover), and their positives (CD8+ NKT), however many, lie above it (their median would lie among them once
+    they are half). The valley: the lowest density of the parent (``density``) between its prominent peak
+    (``min_prominence``) nearest to that negative peak and the next prominent peak above it, the parent's
+    positives; without such a peak (few positives make a shoulder on the negatives' upper side) the parent's first
+    local density minimum above that peak, not prominent (the caller flags it)."""
     peaks, _ = density.peaks(min_prominence)
-    if low.size == 0 or peaks.size == 0:
+    if peaks.size == 0:
         return None
-    mode = float(own.grid[low[0]])
     start = int(np.argmin(np.abs(density.grid[peaks] - mode)))
     if start + 1 < peaks.size:
-        return float(density.grid[density.valley(int(peaks[start]), int(peaks[start + 1]))]), mode, True
+        return float(density.grid[density.valley(int(peaks[start]), int(peaks[start + 1]))]), True
     rises = np.diff(density.values[int(peaks[start]):])   # rises[k]: from index peaks[start] + k to the next
     turns = np.flatnonzero((rises[:-1] < 0) & (rises[1:] > 0))   # a local minimum at peaks[start] + k + 1
     if turns.size == 0:
         return None
-    return float(density.grid[int(peaks[start]) + int(turns[0]) + 1]), mode, False
+    return float(density.grid[int(peaks[start]) + int(turns[0]) + 1]), False
 
 
 def reference_cut(fmo_values: np.ndarray, binding: ReferenceBinding, transform: Any, percentile: float,
@@ -2133,6 +2154,9 @@ def place_fmo_anchored(
     cut it replaced, ``outside_cut`` the valley (recorded whenever the cut lay inside their bulk; NaN when no valley
     was found and the cut stayed), ``outside_peak`` their negative peak, ``outside_prominent`` whether a prominent
     peak of the parent follows the valley, ``outside_moved_points`` (% of the stained parent between the two cuts).
+    Without a valley above their peak the cut moves up to that peak mirrored about its lower side instead
+    (:func:`outside_mirror`, winner ``outside_mirror``, ``outside_mirror`` recorded), and a log-normal fit's cut above
+    that mirrored cut moves down to it (winner ``outside_mirror``, ``outside_lowered_from``; stop 55).
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
@@ -2259,8 +2283,8 @@ def place_fmo_anchored(
             diagnostics["skew_raised_from"] = float(cut)
             winner, cut = "skew_carry", skew_cut
     if outside_values is not None and rule != "percentile":
-        winner, cut = _outside_moved(density, x, outside_values, bandwidth, min_prominence, winner, float(cut),
-                                     diagnostics)
+        winner, cut = _outside_moved(density, x, outside_values, bandwidth, min_prominence, percentile, winner,
+                                     float(cut), diagnostics)
     rule_cut = float(cut)
     cut = clamp_to_parent(rule_cut, x)   # beyond the parent's events the gate keeps all or none of them
     if cut != rule_cut:
@@ -2275,21 +2299,55 @@ def place_fmo_anchored(
 
 
 def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, bandwidth: float,
-                   min_prominence: float, winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
-    """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), moved up to :func:`outside_valley` when
-    ``cut`` lies inside the bulk of the cells ``outside`` the reference (:func:`outside_inside`) and that valley lies
-    above it; what it found recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``,
-    ``outside_raised_from``, ``outside_moved_points``)."""
+                   min_prominence: float, percentile: float, winner: str, cut: float, diagnostics: dict[str, Any],
+                   ) -> tuple[str, float]:
+    """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), when ``cut`` lies inside the bulk of the
+    cells ``outside`` the reference (:func:`outside_inside`) moved up to :func:`outside_valley` where that valley lies
+    above it, or, with no valley above their negative peak (a positive tail with no local minimum on their upper
+    side), to :func:`outside_mirror` (their ``percentile`` read on their lower side) where that lies above it; and a
+    log-normal fit's cut (winner ``fmo_relative``, ``fit_log_sd`` > 0) above that mirrored cut moved down to it (the
+    fit took positives next to their upper side for binding; stop 55). What it found recorded in ``diagnostics``
+    (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_mirror``, ``outside_raised_from`` or
+    ``outside_lowered_from``, ``outside_moved_points``: % of the stained parent between the two cuts)."""
     if not outside_inside(outside_reading(stained, outside, cut)):
+        return _fit_lowered(density, stained, outside, bandwidth, percentile, winner, cut, diagnostics)
+    peak = outside_peak(density, outside, bandwidth)
+    found = outside_valley(density, peak, min_prominence) if peak is not None else None
+    valley, prominent = found if found is not None else (float("nan"), False)
+    diagnostics.update(outside_cut=valley, outside_peak=float("nan") if peak is None else peak,
+                       outside_prominent=prominent)
+    moved, to = winner, valley
+    if found is None and peak is not None:   # no valley: the negatives' lower side mirrored about their peak
+        moved, to = "outside_mirror", outside_mirror(outside, peak, percentile)
+        diagnostics["outside_mirror"] = to
+    elif found is not None:
+        moved = "outside_valley"
+    if not to > cut:   # none found (NaN), or not above: the cut stays and the outside check flags it
         return winner, cut
-    found = outside_valley(density, outside, bandwidth, min_prominence)
-    valley, peak, prominent = found if found is not None else (float("nan"), float("nan"), False)
-    diagnostics.update(outside_cut=valley, outside_peak=peak, outside_prominent=prominent)
-    if not valley > cut:   # none found (NaN), or not above: the cut stays and the outside check flags it
+    diagnostics.update(outside_raised_from=cut, outside_moved_points=points_between(stained, cut, to))
+    return moved, to
+
+
+def _fit_lowered(density: Density, stained: np.ndarray, outside: np.ndarray, bandwidth: float, percentile: float,
+                 winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
+    """:func:`_outside_moved`'s downward move: a log-normal fit's cut (winner ``fmo_relative``, ``fit_log_sd`` > 0)
+    above the cells ``outside`` the reference's peak mirrored about its lower side (:func:`outside_mirror`) moved
+    down to it, winner ``outside_mirror``, ``outside_lowered_from`` the fit's cut; any other cut unchanged."""
+    if winner != "fmo_relative" or not diagnostics.get("fit_log_sd", 0.0) > 0:
         return winner, cut
-    diagnostics.update(outside_raised_from=cut,
-                       outside_moved_points=100.0 * np.count_nonzero((stained > cut) & (stained <= valley)) / stained.size)
-    return "outside_valley", valley
+    peak = outside_peak(density, outside, bandwidth)
+    mirror = outside_mirror(outside, peak, percentile) if peak is not None else float("nan")
+    if not mirror < cut:   # NaN: no peak, or too few events below it
+        return winner, cut
+    diagnostics.update(outside_peak=peak, outside_mirror=mirror, outside_lowered_from=cut,
+                       outside_moved_points=points_between(stained, mirror, cut))
+    return "outside_mirror", mirror
+
+
+def points_between(values: np.ndarray, a: float, b: float) -> float:
+    """Percentage points of ``values`` in (min(a, b), max(a, b)]: how much the % positive moves
+    when the cut moves from ``a`` to ``b`` (NaN without values)."""
+    return 100.0 * np.count_nonzero((values > min(a, b)) & (values <= max(a, b))) / values.size if values.size else float("nan")
 
 
 ANCHOR_PARAMS = ("rule", "max_shift", "shift_tolerance", "width_tolerance", "valley_depth", "width_side", "reference_carry",

@@ -338,7 +338,8 @@ def threshold_note(row, unstained: bool, percentile: float) -> str:
     winner = str(getattr(row, "winner", "") or "")
     rule = {"stained_valley": "stained valley", "fmo_relative": f"{'control' if unstained else 'FMO'} pct carried over",
             "skew_carry": "control pct carried over with the reference's skew",
-            "outside_valley": "stained valley above the cells outside the reference"}
+            "outside_valley": "stained valley above the cells outside the reference",
+            "outside_mirror": "the cells outside the reference: their peak mirrored about its lower side"}
     clamped = " (clamped to the stained data)" if math.isfinite(float(getattr(row, "unclamped_threshold", "nan"))) else ""
     return f"threshold: {rule.get(winner, f'{percentile:g}th pct of ' + ('unstained control' if unstained else 'FMO'))}{clamped}"
 
