@@ -1220,6 +1220,7 @@ class _TubeKindRun:
     def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
                   undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
                   kind: str, skew_stained: np.ndarray | None = None, outside: np.ndarray | None = None,
+                  gathered: np.ndarray | None = None,
                   ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
         """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
         strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
@@ -1228,7 +1229,8 @@ class _TubeKindRun:
         as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO; ``skew_stained``:
         ``checks.place_and_check``'s, the ``skew_reference`` population's stained events, a cut on the unstained
         control standing in for the FMO; ``outside``: ``placement.place_fmo_anchored``'s ``outside_values``, the
-        stained parent's events outside the reference stated marker-negative): the
+        stained parent's events outside the reference stated marker-negative; ``gathered``: the first stained
+        file's parent events where the caller has gathered them already, not gathered again): the
         placement, the undetermined gates the stained parent rests on and those the control's parent rests on
         (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
         state (None: no evidence)."""
@@ -1240,7 +1242,7 @@ class _TubeKindRun:
         evidence = None
         if stained is not None and marker in stained[1].tube.data:
             self.walk(stained[0], k)
-            evidence = stained[1].tube.data[marker][stained[1].parent_mask(pop)]
+            evidence = gathered if gathered is not None else stained[1].tube.data[marker][stained[1].parent_mask(pop)]
             if skew_reference:   # a marker-poor population of the same tubes (gated before k)
                 params["reference_fmo"] = reference
                 params["reference_stained"] = stained[1].tube.data[marker][stained[1].masks[skew_reference]]
@@ -1298,16 +1300,16 @@ class _TubeKindRun:
         reference = rule[4]
         # the binding tail the control lacks, read on the reference's stained events (checks.place_and_check)
         skew_stained = stained.tube.data[marker][stained.masks[reference]] if reference else None
-        outside = None
+        outside, parent_values = None, None
         if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
-            outside = stained.tube.data[marker][parent & ~stained.masks[reference]]
+            parent_values = stained.tube.data[marker][parent]   # gathered once: the placement's evidence and the check's
+            outside = parent_values[~stained.masks[reference][parent]]
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
-                                                             "unstained control", skew_stained, outside)
-        if outside is not None:
-            placement = checks.fallback_outside_check(pop.name, marker, placement,
-                                                      stained.tube.data[marker][stained.parent_mask(pop)], outside,
+                                                             "unstained control", skew_stained, outside, parent_values)
+        if outside is not None and parent_values is not None:
+            placement = checks.fallback_outside_check(pop.name, marker, placement, parent_values, outside,
                                                       str(reference), held)
         d = placement.diagnostics
         flag = pl.Flag(
